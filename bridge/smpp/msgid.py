@@ -1,0 +1,69 @@
+"""SMSC message-id normalisation: one canonical key for the id in submit_sm_resp and in receipts.
+
+The most reported gateway bug is the receipt for an "unknown message id": the SMSC answers
+submit_sm with `00B8BE19` (hex) and its receipt says `id:12107289` (decimal), or the case or the
+leading zeros differ. Each SMSC's config says in which base each side comes; both sides are turned
+into the same key here, and ids are looked up only by that key. Never raises: an id that does not
+parse in its configured base is still a usable (string-normalised) key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["IdBase", "MsgIdRule", "normalize_id", "normalize_receipt_id", "normalize_resp_id"]
+
+
+class IdBase(StrEnum):
+    STR = "str"  # opaque string: only whitespace, case and leading zeros are normalised
+    HEX = "hex"  # hexadecimal number (an optional 0x prefix is accepted)
+    DEC = "dec"  # decimal number
+
+
+@dataclass(frozen=True, slots=True)
+class MsgIdRule:
+    resp_base: IdBase = IdBase.STR
+    receipt_base: IdBase = IdBase.STR
+    case_insensitive: bool = True
+    strip_leading_zeros: bool = True
+
+
+# ASCII only: int() would also take "１２", "1_000", "+5" and " 5", none of them a real SMSC id.
+_HEX_RE = re.compile(r"(?:0[xX])?([0-9A-Fa-f]+)")
+_DEC_RE = re.compile(r"[0-9]+")
+# Above this many digits int <-> str conversion may refuse (CPython's 4300-digit limit).
+_MAX_NUMERIC_LEN = 1000
+
+
+def _as_string(value: str, rule: MsgIdRule) -> str:
+    if rule.case_insensitive:
+        value = value.upper()
+    if rule.strip_leading_zeros and value:
+        value = value.lstrip("0") or "0"
+    return value
+
+
+def normalize_id(raw: str, base: IdBase, rule: MsgIdRule) -> str:
+    """Canonical key of `raw` read in `base`: numbers become their decimal string, so that the
+    hex and the decimal spelling of one id meet; anything else falls back to the string rules."""
+    value = raw.strip().strip("\x00").strip()
+    if len(value) <= _MAX_NUMERIC_LEN:
+        if base is IdBase.HEX:
+            match = _HEX_RE.fullmatch(value)
+            if match:
+                return str(int(match.group(1), 16))
+        elif base is IdBase.DEC and _DEC_RE.fullmatch(value):
+            return str(int(value))
+    return _as_string(value, rule)
+
+
+def normalize_resp_id(raw: str, rule: MsgIdRule) -> str:
+    """Key for the message_id of a submit_sm_resp."""
+    return normalize_id(raw, rule.resp_base, rule)
+
+
+def normalize_receipt_id(raw: str, rule: MsgIdRule) -> str:
+    """Key for the id of a delivery receipt (receipted_message_id TLV or the text's `id:`)."""
+    return normalize_id(raw, rule.receipt_base, rule)

@@ -1,0 +1,222 @@
+"""Delivery receipts: parse the SMPP 3.4 Appendix B text and the receipt TLVs (pure).
+
+SMSCs disagree on spacing, case, field order, date length and which fields they send at all, so
+parsing is tolerant and never raises; the one thing a receipt cannot do without is a message id.
+When the TLVs (receipted_message_id, message_state, network_error_code) are present they win over
+the text: they are typed, while the text is free-form and sometimes truncated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+__all__ = [
+    "MESSAGE_STATE_STAT",
+    "STAT_STATES",
+    "Receipt",
+    "ReceiptState",
+    "format_receipt_text",
+    "format_smpp_date",
+    "parse_receipt_text",
+    "parse_smpp_date",
+    "receipt_from_fields",
+    "state_for_stat",
+]
+
+
+class ReceiptState(StrEnum):
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    ENROUTE = "enroute"  # intermediate: the SMSC still holds the message; a final receipt follows
+
+
+STAT_STATES: dict[str, ReceiptState] = {
+    "DELIVRD": ReceiptState.DELIVERED,
+    "UNDELIV": ReceiptState.UNDELIVERABLE,
+    "DELETED": ReceiptState.UNDELIVERABLE,
+    "EXPIRED": ReceiptState.EXPIRED,
+    "REJECTD": ReceiptState.REJECTED,
+    "UNKNOWN": ReceiptState.UNKNOWN,
+    "ACCEPTD": ReceiptState.ENROUTE,
+    "ENROUTE": ReceiptState.ENROUTE,
+    "BUFFRED": ReceiptState.ENROUTE,
+    "BUFFERD": ReceiptState.ENROUTE,
+    "ACKED": ReceiptState.ENROUTE,
+}
+
+# message_state TLV values (SMPP 3.4, 5.2.28) and the stat word each stands for.
+MESSAGE_STATE_STAT: dict[int, str] = {
+    1: "ENROUTE",
+    2: "DELIVRD",
+    3: "EXPIRED",
+    4: "DELETED",
+    5: "UNDELIV",
+    6: "ACCEPTD",
+    7: "UNKNOWN",
+    8: "REJECTD",
+}
+
+# A field name starts the text or follows whitespace; "submit date" also comes as "submit_date".
+_FIELD_RE = re.compile(
+    r"(?:^|(?<=\s))(id|sub|dlvrd|submit[ _]*date|done[ _]*date|stat|err|text)\s*:",
+    re.IGNORECASE,
+)
+_DATE_RE = re.compile(r"[0-9]{10}(?:[0-9]{2})?")
+
+
+def _field_key(name: str) -> str:
+    lowered = name.lower()
+    if lowered.startswith("submit"):
+        return "submit_date"
+    if lowered.startswith("done"):
+        return "done_date"
+    return lowered
+
+
+def parse_receipt_text(text: str) -> dict[str, str]:
+    """Return the fields found, keyed `id sub dlvrd submit_date done_date stat err text`.
+
+    Each value is the first word after its `name:` (so a vendor's unknown `foo:bar` field cannot
+    bleed into a known one), except `text`, which takes the rest of the message verbatim because
+    it quotes the user's text, spaces, colons and all. The first occurrence of a field wins.
+    """
+    fields: dict[str, str] = {}
+    matches = list(_FIELD_RE.finditer(text))
+    for index, match in enumerate(matches):
+        key = _field_key(match.group(1))
+        if key == "text":
+            fields.setdefault("text", text[match.end() :].strip())
+            break
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        words = text[match.end() : end].split()
+        fields.setdefault(key, words[0] if words else "")
+    return fields
+
+
+def parse_smpp_date(value: str) -> datetime | None:
+    """`YYMMDDhhmm` or `YYMMDDhhmmss`, read as UTC (receipts carry no zone); None if unparsable."""
+    value = value.strip() if value else ""
+    if not _DATE_RE.fullmatch(value):
+        return None
+    parts = [int(value[i : i + 2]) for i in range(0, len(value), 2)]
+    year, month, day, hour, minute = parts[:5]
+    second = parts[5] if len(parts) == 6 else 0
+    try:
+        return datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def format_smpp_date(value: datetime) -> str:
+    """`YYMMDDhhmm` in UTC (naive datetimes are taken as UTC), as most SMSCs send it."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%y%m%d%H%M")
+
+
+def state_for_stat(stat: str) -> ReceiptState:
+    """Map a stat word; one we do not recognise is UNKNOWN (final), never a guess at success."""
+    return STAT_STATES.get(stat.strip().upper(), ReceiptState.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    message_id: str
+    state: ReceiptState
+    stat: str  # the stat word upper-cased, or the one derived from message_state; "" when neither
+    err: str | None
+    submit_date: datetime | None
+    done_date: datetime | None
+    sub: int | None
+    dlvrd: int | None
+    text: str
+    network_error: int | None
+
+    @property
+    def final(self) -> bool:
+        return self.state is not ReceiptState.ENROUTE
+
+
+def _clean(value: str | None) -> str:
+    """C-octet strings sometimes arrive with their NUL terminator still attached."""
+    return value.strip().strip("\x00").strip() if value else ""
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isascii() and value.isdigit() else None
+
+
+def _network_error(raw: bytes | None) -> int | None:
+    """network_error_code is 3 octets: network type, then the 2-octet error code we keep.
+
+    A 2-octet value (a known SMSC mistake) is taken as the code alone; anything else is dropped.
+    """
+    if raw is None:
+        return None
+    if len(raw) == 3:
+        return int.from_bytes(raw[1:3], "big")
+    if len(raw) == 2:
+        return int.from_bytes(raw, "big")
+    return None
+
+
+def receipt_from_fields(
+    short_message_text: str,
+    tlv_receipted_id: str | None,
+    tlv_message_state: int | None,
+    tlv_network_error: bytes | None,
+) -> Receipt | None:
+    """Combine the text and the TLVs of a deliver_sm receipt; None when no message id is found.
+
+    A message_state outside 1..8 says nothing usable, so the text's stat is used instead.
+    """
+    fields = parse_receipt_text(short_message_text or "")
+    message_id = _clean(tlv_receipted_id) or _clean(fields.get("id"))
+    if not message_id:
+        return None
+    if tlv_message_state in MESSAGE_STATE_STAT:
+        stat = MESSAGE_STATE_STAT[tlv_message_state]
+    else:
+        stat = fields.get("stat", "").upper()
+    state = state_for_stat(stat) if stat else ReceiptState.UNKNOWN
+    return Receipt(
+        message_id=message_id,
+        state=state,
+        stat=stat,
+        err=fields.get("err") or None,
+        submit_date=parse_smpp_date(fields.get("submit_date", "")),
+        done_date=parse_smpp_date(fields.get("done_date", "")),
+        sub=_int_or_none(fields.get("sub")),
+        dlvrd=_int_or_none(fields.get("dlvrd")),
+        text=fields.get("text", ""),
+        network_error=_network_error(tlv_network_error),
+    )
+
+
+def format_receipt_text(
+    message_id: str,
+    stat: str,
+    err: str = "000",
+    sub: int = 1,
+    dlvrd: int = 1,
+    *,
+    submit_date: datetime,
+    done_date: datetime,
+    text: str = "",
+) -> str:
+    """The SMPP 3.4 Appendix B receipt text, as the simulator sends it.
+
+    `text` is written as given; the convention is the first 20 characters of the message, and
+    trimming it is the caller's choice.
+    """
+    return (
+        f"id:{message_id} sub:{sub:03d} dlvrd:{dlvrd:03d} "
+        f"submit date:{format_smpp_date(submit_date)} done date:{format_smpp_date(done_date)} "
+        f"stat:{stat} err:{err} text:{text}"
+    )
