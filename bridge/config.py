@@ -1,0 +1,1090 @@
+"""Typed configuration: YAML -> validated, frozen dataclasses, with env overrides for secrets.
+
+The schema lives in one place, the dataclasses below: each field's type drives the type check and
+its ``metadata`` (built with :func:`meta`) carries the rules, the secret flag and the env variable.
+One small generic loader walks them, so validation, env overrides, masking and the documentation
+test (every field must appear in ``config/bridge.example.yaml``) cannot drift apart.
+
+Every problem is reported with its path and rule (``smscs[1].window: must be between 1 and 1000,
+got 0``), all of them at once, as one :class:`ConfigError`; the loader never lets a traceback out.
+Durations are plain numbers whose unit is in the key name (``_s``, ``_ms``, ``_minutes``,
+``_hours``), so there is no unit-string parser to get wrong.
+"""
+
+import base64
+import binascii
+import collections
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+__all__ = [
+    "DEFAULT_YAML",
+    "SECRET_ENV",
+    "SECRET_PATHS",
+    "Config",
+    "ConfigError",
+    "FrozenMap",
+    "LoggingConfig",
+    "PipelineConfig",
+    "RouteConfig",
+    "SecurityConfig",
+    "ServerConfig",
+    "SimConfig",
+    "SmscConfig",
+    "StoreConfig",
+    "TextConfig",
+    "WebhooksConfig",
+    "check_main",
+    "effective_config_dict",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(Exception):
+    """All configuration problems found, one human-readable line each (path: rule)."""
+
+    code = "CONFIG_INVALID"
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Field metadata and rules
+# --------------------------------------------------------------------------------------------
+
+Rule = Callable[[Any], str | None]
+"""A rule returns None when the value is fine, else the text after ``path: ``."""
+
+
+def meta(
+    *rules: Rule,
+    secret: bool = False,
+    env: str | None = None,
+    item: tuple[Rule, ...] = (),
+    key: tuple[Rule, ...] = (),
+    normalize: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Field metadata: rules on the value, on each list item / mapping value, on mapping keys.
+
+    ``env`` names the variable that overrides the field (secrets only); it may contain ``{NAME}``,
+    replaced by the list entry's ``name`` upper-cased with ``-`` turned into ``_``.
+    """
+    return {
+        "rules": rules,
+        "item": item,
+        "key": key,
+        "secret": secret,
+        "env": env,
+        "normalize": normalize,
+    }
+
+
+def _num(v: float) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def _show(v: Any, secret: bool = False) -> str:
+    """Describe a bad value for an error line; secrets only by their kind, never their text."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if secret:
+        return _kind(v)
+    if isinstance(v, str):
+        return repr(v if len(v) <= 60 else v[:57] + "...")
+    if isinstance(v, int) and v.bit_length() > 64:
+        return "a huge integer"
+    if isinstance(v, int | float):
+        return _num(v)
+    return _kind(v)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list | tuple):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    if v is None:
+        return "null"
+    return f"a {type(v).__name__}"
+
+
+def between(lo: float, hi: float) -> Rule:
+    def rule(v: Any) -> str | None:
+        if v < lo or v > hi:
+            return f"must be between {_num(lo)} and {_num(hi)}, got {_show(v)}"
+        return None
+
+    return rule
+
+
+def at_least(lo: float) -> Rule:
+    def rule(v: Any) -> str | None:
+        return f"must be at least {_num(lo)}, got {_show(v)}" if v < lo else None
+
+    return rule
+
+
+def one_of(*choices: Any) -> Rule:
+    def rule(v: Any) -> str | None:
+        if v in choices:
+            return None
+        listed = ", ".join(_show(c) for c in choices)
+        return f"must be one of {listed}; got {_show(v)}"
+
+    return rule
+
+
+def matches(pattern: str, what: str) -> Rule:
+    rx = re.compile(pattern)
+
+    def rule(v: Any) -> str | None:
+        return None if rx.fullmatch(v) else f"must be {what}, got {_show(v)}"
+
+    return rule
+
+
+def length(lo: int, hi: int | None = None) -> Rule:
+    """Length of a string or list; reports only the length, so it is safe on secrets."""
+
+    def rule(v: Any) -> str | None:
+        n = len(v)
+        unit = "characters" if isinstance(v, str) else "entries"
+        if hi is None:
+            if n >= lo:
+                return None
+            return "must not be empty" if lo == 1 else f"must have at least {lo} {unit}, got {n}"
+        if n < lo or n > hi:
+            if lo == 0:
+                return f"must have at most {hi} {unit}, got {n}"
+            return f"must have {lo} to {hi} {unit}, got {n}"
+        return None
+
+    return rule
+
+
+def _decode_key(v: str) -> bytes | None:
+    """Standard or URL-safe base64, strictly (no stray characters silently dropped)."""
+    s = v.strip().replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _b64_32(v: str) -> str | None:
+    raw = _decode_key(v)
+    if raw is None:
+        return "must be base64 of exactly 32 bytes, got text that is not valid base64"
+    if len(raw) != 32:
+        return f"must be base64 of exactly 32 bytes, got {len(raw)} bytes"
+    return None
+
+
+def _sign_format(v: str) -> str | None:
+    if "{sign}" not in v:
+        return f"must contain {{sign}}, got {_show(v)}"
+    try:
+        v.format(sign="x")
+    except (KeyError, IndexError, ValueError):
+        return f"must contain {{sign}} and no other {{...}} placeholder, got {_show(v)}"
+    return None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+RECEIPT_STATS = ("DELIVRD", "UNDELIV", "REJECTD", "EXPIRED", "DELETED", "UNKNOWN")
+_NAME_RE = r"[a-z0-9_-]+"
+_NONEMPTY = length(1)
+
+
+def _upper(v: str) -> str:
+    return v.upper()
+
+
+# --------------------------------------------------------------------------------------------
+# FrozenMap: a hashable, read-only mapping so frozen dataclasses stay truly frozen
+# --------------------------------------------------------------------------------------------
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """Read-only dict; hashable and picklable (a MappingProxyType is neither)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, data: Mapping[K, V] | None = None) -> None:
+        self._d: dict[K, V] = dict(data or {})
+
+    def __getitem__(self, key: K) -> V:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._d.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self._d,))
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+Problems = Iterator[tuple[str, str]]
+"""Cross-field checks yield (field name or "", message) relative to the section's path."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """HTTP API listener and request limits."""
+
+    host: str = field(default="127.0.0.1", metadata=meta(_NONEMPTY))
+    port: int = field(default=8080, metadata=meta(between(1, 65535)))
+    max_body_bytes: int = field(default=1_048_576, metadata=meta(between(1024, 64 * 1_048_576)))
+    clock_skew_s: int = field(default=300, metadata=meta(between(1, 3600)))
+    # A short admin token is guessable; 16 characters is the floor, not a recommendation.
+    admin_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=meta(length(16), secret=True, env="SMPP_BRIDGE_ADMIN_TOKEN"),
+    )
+    max_recipients: int = field(default=1000, metadata=meta(between(1, 10_000)))
+    idempotency_hours: int = field(default=24, metadata=meta(between(1, 720)))
+    # A 1000-number request line is ~14 KB; aiohttp's 8190 default refuses it (aliyun notes).
+    max_line_size: int = field(default=16_384, metadata=meta(between(8190, 1_048_576)))
+    shutdown_grace_s: float = field(default=10.0, metadata=meta(between(0, 600)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    """Where accepted work is made durable."""
+
+    engine: str = field(default="sqlite", metadata=meta(one_of("sqlite", "postgres")))
+    path: Path = field(default=Path("data/bridge.db"))
+    dsn: str | None = field(
+        default=None,
+        repr=False,
+        metadata=meta(_NONEMPTY, secret=True, env="SMPP_BRIDGE_STORE_DSN"),
+    )
+    group_commit_ms: int = field(default=2, metadata=meta(between(0, 1000)))
+    group_commit_max: int = field(default=500, metadata=meta(between(1, 100_000)))
+    max_queued_segments: int = field(default=1_000_000, metadata=meta(between(1, 1_000_000_000)))
+
+    def _problems(self) -> Problems:
+        if self.engine == "postgres" and not self.dsn:
+            yield "dsn", "required when engine is postgres (set it or env SMPP_BRIDGE_STORE_DSN)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """The master key that encrypts app secrets at rest.
+
+    Precedence: ``master_key`` (YAML or env) wins; else ``master_key_file`` is read; with
+    ``generate_master_key`` the file is created on first start if absent (the loader fills in
+    ``<data dir>/master.key`` when no file is named). Reading and generating are the key store's
+    job, not the loader's: parsing stays free of side effects.
+    """
+
+    master_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=meta(_b64_32, secret=True, env="SMPP_BRIDGE_MASTER_KEY"),
+    )
+    master_key_file: Path | None = None
+    generate_master_key: bool = False
+
+    def key_bytes(self) -> bytes | None:
+        """The inline/env key decoded (validated at load), or None when it comes from the file."""
+        return None if self.master_key is None else _decode_key(self.master_key)
+
+    def _problems(self) -> Problems:
+        if not (self.master_key or self.master_key_file or self.generate_master_key):
+            yield (
+                "",
+                (
+                    "a master key is required: set master_key (or env SMPP_BRIDGE_MASTER_KEY), "
+                    "master_key_file, or generate_master_key: true"
+                ),
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    """Log level and shape; bodies masked by default because they carry verification codes."""
+
+    level: str = field(default="INFO", metadata=meta(one_of(*LOG_LEVELS), normalize=_upper))
+    format: str = field(default="text", metadata=meta(one_of("text", "json")))
+    components: Mapping[str, str] = field(
+        default_factory=FrozenMap,
+        metadata=meta(item=(one_of(*LOG_LEVELS),), key=(_NONEMPTY,), normalize=_upper),
+    )
+    mask_bodies: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextConfig:
+    """Sign-name format and tariff counting rule."""
+
+    sign_format: str = field(default="【{sign}】", metadata=meta(_sign_format))
+    counting_rule: str = field(
+        default="chars_70_67", metadata=meta(one_of("chars_70_67", "wire_segments"))
+    )
+    max_chars: int = field(default=500, metadata=meta(between(1, 10_000)))
+    smart_encoding: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    """Dispatcher and receipt-applier knobs."""
+
+    claim_batch: int = field(default=500, metadata=meta(between(1, 10_000)))
+    receipt_timeout_hours: int = field(default=72, metadata=meta(between(1, 720)))
+    mo_reassembly_timeout_s: float = field(default=300.0, metadata=meta(between(1, 86_400)))
+    dispatch_idle_ms: int = field(default=50, metadata=meta(between(1, 10_000)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhooksConfig:
+    """Outbound status/MO pushes; the last retry delay repeats until retry_for_hours is spent."""
+
+    timeout_s: float = field(default=10.0, metadata=meta(between(0.1, 300)))
+    batch_max: int = field(default=100, metadata=meta(between(1, 100)))
+    concurrency: int = field(default=20, metadata=meta(between(1, 1000)))
+    retry_schedule_s: tuple[int, ...] = field(
+        default=(60, 300, 600, 1800, 3600),
+        metadata=meta(length(0, 50), item=(between(1, 86_400),)),
+    )
+    retry_for_hours: int = field(default=24, metadata=meta(between(1, 720)))
+    send_intermediate: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmscConfig:
+    """One SMSC (carrier link): connection, bind, throughput, addressing, encoding, id rules."""
+
+    name: str = field(metadata=meta(length(1, 32), matches(_NAME_RE, "made of a-z 0-9 _ -")))
+    host: str = field(default="127.0.0.1", metadata=meta(_NONEMPTY))
+    port: int = field(default=2775, metadata=meta(between(1, 65535)))
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
+    # SMPP 3.4 field sizes (C-octet strings, NUL included): system_id 16, system_type 13, ...
+    system_id: str = field(metadata=meta(length(1, 15)))
+    password: str | None = field(
+        default=None,
+        repr=False,
+        metadata=meta(secret=True, env="SMPP_BRIDGE_SMSC_{NAME}_PASSWORD"),
+    )
+    system_type: str = field(default="", metadata=meta(length(0, 12)))
+    interface_version: int = field(default=0x34, metadata=meta(between(0, 255)))
+    address_range: str = field(default="", metadata=meta(length(0, 40)))
+    bind_mode: str = field(
+        default="transceiver",
+        metadata=meta(one_of("transceiver", "transmitter_receiver", "transmitter", "receiver")),
+    )
+    binds: int = field(default=1, metadata=meta(between(1, 64)))
+    window: int = field(default=50, metadata=meta(between(1, 1000)))
+    tps: float = field(default=0.0, metadata=meta(between(0, 100_000)))
+    response_timeout_s: float = field(default=30.0, metadata=meta(between(1, 600)))
+    enquire_link_s: float = field(default=30.0, metadata=meta(between(1, 3600)))
+    reconnect_min_s: float = field(default=1.0, metadata=meta(between(0.1, 3600)))
+    reconnect_max_s: float = field(default=60.0, metadata=meta(between(0.1, 3600)))
+    throttle_pause_min_s: float = field(default=1.0, metadata=meta(between(0.01, 600)))
+    throttle_pause_max_s: float = field(default=10.0, metadata=meta(between(0.01, 600)))
+    max_transient_retries: int = field(default=5, metadata=meta(between(0, 100)))
+    unbind_timeout_s: float = field(default=5.0, metadata=meta(between(0.1, 60)))
+    source_ton: int = field(default=5, metadata=meta(between(0, 6)))
+    source_npi: int = field(default=0, metadata=meta(between(0, 18)))
+    dest_ton: int = field(default=1, metadata=meta(between(0, 6)))
+    dest_npi: int = field(default=1, metadata=meta(between(0, 18)))
+    default_source: str = field(default="smpp-bridge", metadata=meta(length(1, 20)))
+    service_type: str = field(default="", metadata=meta(length(0, 5)))
+    registered_delivery: int = field(default=1, metadata=meta(between(0, 31)))
+    validity_minutes: int | None = field(default=None, metadata=meta(between(1, 525_600)))
+    priority: int = field(default=0, metadata=meta(between(0, 3)))
+    gsm_data_coding: int = field(default=0, metadata=meta(one_of(0, 1)))
+    packed_gsm: bool = False
+    allow_latin1: bool = False
+    split: str = field(default="udh8", metadata=meta(one_of("udh8", "udh16", "sar", "payload")))
+    resp_id_base: str = field(default="str", metadata=meta(one_of("str", "hex", "dec")))
+    receipt_id_base: str = field(default="str", metadata=meta(one_of("str", "hex", "dec")))
+    id_case_insensitive: bool = True
+    id_strip_leading_zeros: bool = True
+    in_flight_on_restart: str = field(default="resend", metadata=meta(one_of("resend", "unknown")))
+
+    def _problems(self) -> Problems:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            yield (
+                "reconnect_max_s",
+                (
+                    f"must be at least reconnect_min_s ({_num(self.reconnect_min_s)}), "
+                    f"got {_num(self.reconnect_max_s)}"
+                ),
+            )
+        if self.throttle_pause_max_s < self.throttle_pause_min_s:
+            yield (
+                "throttle_pause_max_s",
+                (
+                    f"must be at least throttle_pause_min_s ({_num(self.throttle_pause_min_s)}), "
+                    f"got {_num(self.throttle_pause_max_s)}"
+                ),
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """Destination prefix -> SMSCs in failover order."""
+
+    prefix: str = field(metadata=meta(matches(r"\+[0-9]{1,15}", "'+' followed by digits")))
+    smscs: tuple[str, ...] = field(metadata=meta(length(1), item=(_NONEMPTY,)))
+
+    def _problems(self) -> Problems:
+        seen: set[str] = set()
+        for i, name in enumerate(self.smscs):
+            if name in seen:
+                yield f"smscs[{i}]", f"SMSC {name!r} listed twice"
+            seen.add(name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    """The built-in SMSC simulator (a real SMPP server) for demos, tests and benchmarks."""
+
+    enabled: bool = False
+    host: str = field(default="127.0.0.1", metadata=meta(_NONEMPTY))
+    port: int = field(default=2775, metadata=meta(between(1, 65535)))
+    system_id: str = field(default="bridge", metadata=meta(length(1, 15)))
+    # None: the simulator accepts any password.
+    password: str | None = field(
+        default=None, repr=False, metadata=meta(secret=True, env="SMPP_BRIDGE_SIM_PASSWORD")
+    )
+    control_port: int = field(default=2776, metadata=meta(between(1, 65535)))
+    receipt_delay_ms: int = field(default=10, metadata=meta(between(0, 3_600_000)))
+    outcomes: Mapping[str, float] = field(
+        default_factory=lambda: FrozenMap({"DELIVRD": 1.0}),
+        metadata=meta(item=(at_least(0),), key=(one_of(*RECEIPT_STATS),)),
+    )
+    id_format: str = field(default="hex", metadata=meta(one_of("hex", "dec")))
+    tps_limit: float = field(default=0.0, metadata=meta(between(0, 100_000)))
+    throttle_ratio: float = field(default=0.0, metadata=meta(between(0, 1)))
+    syserr_ratio: float = field(default=0.0, metadata=meta(between(0, 1)))
+    drop_after_pdus: int = field(default=0, metadata=meta(at_least(0)))
+    receipts_as: str = field(default="both", metadata=meta(one_of("both", "text", "tlv")))
+    record_file: Path | None = None
+
+    def _problems(self) -> Problems:
+        if self.outcomes and sum(self.outcomes.values()) <= 0:
+            yield "outcomes", "weights must add up to more than 0"
+        if not self.outcomes:
+            yield "outcomes", "must list at least one outcome"
+        if self.throttle_ratio + self.syserr_ratio > 1:
+            yield (
+                "syserr_ratio",
+                (
+                    f"throttle_ratio + syserr_ratio must be at most 1, got "
+                    f"{_num(self.throttle_ratio + self.syserr_ratio)}"
+                ),
+            )
+        if self.enabled and self.control_port == self.port:
+            yield "control_port", f"must differ from sim.port ({self.port})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration. Build it with :func:`load_config` or :func:`parse_config`."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    smscs: tuple[SmscConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    # After loading: never "unset"; YAML null/absent means every SMSC in order, [] means none.
+    default_route: tuple[str, ...] = field(default=(), metadata=meta(item=(_NONEMPTY,)))
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    IMPLICIT_SIM_SMSC: ClassVar[str] = "sim"
+
+    def smsc(self, name: str) -> SmscConfig:
+        """The SMSC called ``name``; KeyError if there is none."""
+        for s in self.smscs:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# The generic loader
+# --------------------------------------------------------------------------------------------
+
+_MISSING = object()
+_INVALID = object()
+
+
+@dataclass(slots=True)
+class _Ctx:
+    env: Mapping[str, str]
+    base_dir: Path
+    errors: list[str]
+
+    def err(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path or 'config'}: {msg}")
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path and name else path or name
+
+
+def _expected(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_expected(inner[0])} or null"
+    if tp is bool:
+        return "a boolean (true or false)"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path (a non-empty string)"
+    if origin is tuple:
+        return "a list"
+    return "a mapping"
+
+
+def _env_key(name: Any) -> str:
+    return str(name).upper().replace("-", "_") if isinstance(name, str) else ""
+
+
+def _resolve_path(ctx: _Ctx, v: str | Path, path: str = "") -> Any:
+    try:
+        p = Path(v).expanduser()
+    except RuntimeError:
+        ctx.err(path, f"cannot expand {_show(str(v))}: no such user or home directory")
+        return _INVALID
+    return p if p.is_absolute() else ctx.base_dir / p
+
+
+def _check(ctx: _Ctx, path: str, v: Any, rules: tuple[Rule, ...]) -> bool:
+    for rule in rules:
+        msg = rule(v)
+        if msg is not None:
+            ctx.err(path, msg)
+            return False
+    return True
+
+
+def _coerce(ctx: _Ctx, tp: Any, v: Any, path: str, md: Mapping[str, Any]) -> Any:
+    """Type-check and convert ``v`` to ``tp``; report and return _INVALID on failure."""
+    secret = bool(md.get("secret"))
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if v is None:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        if _scalar_ok(inner, v):
+            return _coerce(ctx, inner, v, path, md)
+        return _bad(ctx, path, tp, v, secret)
+    if dataclasses.is_dataclass(tp):
+        return _build(ctx, tp, v, path)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(v, list):
+            return _bad(ctx, path, tp, v, secret)
+        item_tp = args[0]
+        out = []
+        ok = True
+        for i, item in enumerate(v):
+            sub = f"{path}[{i}]"
+            if dataclasses.is_dataclass(item_tp):
+                fmt = {"NAME": _env_key(item.get("name"))} if isinstance(item, dict) else {}
+                got = _build(ctx, item_tp, item, sub, fmt)  # type: ignore[arg-type]
+            else:
+                got = _coerce(ctx, item_tp, item, sub, {"secret": secret})
+                if got is not _INVALID:
+                    got = _normalize(md, got)
+                    if not _check(ctx, sub, got, md.get("item", ())):
+                        got = _INVALID
+            ok = ok and got is not _INVALID
+            out.append(got)
+        return tuple(out) if ok else _INVALID
+    if origin is Mapping:
+        if not isinstance(v, dict):
+            return _bad(ctx, path, tp, v, secret)
+        val_tp = args[1]
+        out_map: dict[Any, Any] = {}
+        ok = True
+        for k, item in v.items():
+            if not isinstance(k, str):
+                ctx.err(path, f"keys must be strings, got {_show(k)}")
+                ok = False
+                continue
+            sub = _join(path, k)
+            if not _check(ctx, sub, k, md.get("key", ())):
+                ok = False
+                continue
+            got = _coerce(ctx, val_tp, item, sub, {"secret": secret})
+            if got is not _INVALID:
+                got = _normalize(md, got)
+                if not _check(ctx, sub, got, md.get("item", ())):
+                    got = _INVALID
+            ok = ok and got is not _INVALID
+            out_map[k] = got
+        return FrozenMap(out_map) if ok else _INVALID
+    if not _scalar_ok(tp, v):
+        return _bad(ctx, path, tp, v, secret)
+    if tp is float:
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            ctx.err(path, f"expected a finite number, got {_show(v, secret)}")
+            return _INVALID
+        return f
+    if tp is Path:
+        return _resolve_path(ctx, v, path)
+    return v
+
+
+def _scalar_ok(tp: Any, v: Any) -> bool:
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if tp is Path:
+        return isinstance(v, str) and v != ""
+    return True  # containers and dataclasses check themselves
+
+
+def _bad(ctx: _Ctx, path: str, tp: Any, v: Any, secret: bool) -> Any:
+    hint = ""
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    if inner[0] is str and isinstance(v, int | float) and not isinstance(v, bool):
+        hint = " (put it in quotes)"
+    ctx.err(path, f"expected {_expected(tp)}, got {_show(v, secret)}{hint}")
+    return _INVALID
+
+
+def _normalize(md: Mapping[str, Any], v: Any) -> Any:
+    fn = md.get("normalize")
+    return fn(v) if fn is not None and isinstance(v, str) else v
+
+
+def _fields(
+    ctx: _Ctx, cls: type, data: Any, path: str, fmt: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Check one mapping against one dataclass: the fields that passed, and whether all did."""
+    if data is None:
+        data = {}  # `server:` with every sub-key commented out means "all defaults"
+    if not isinstance(data, dict):
+        ctx.err(path, f"expected a mapping, got {_show(data)}")
+        return {}, False
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    ok = True
+    for k in data:
+        if not isinstance(k, str):
+            ctx.err(path, f"keys must be strings, got {_show(k)}")
+            ok = False
+        elif k not in fields:
+            close = difflib.get_close_matches(k, list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            ctx.err(_join(path, k), f"unknown key{hint}")
+            ok = False
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        md = f.metadata
+        sub = _join(path, name)
+        raw = data.get(name, _MISSING)
+        source = ""
+        if md.get("env"):
+            env_name = md["env"].format_map(collections.defaultdict(str, fmt or {}))
+            if ctx.env.get(env_name):  # an empty variable counts as unset (compose files)
+                raw = ctx.env[env_name]
+                source = f" (from env {env_name})"
+        tp = hints[name]
+        if raw is _MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                ctx.err(sub, "required key missing")
+                ok = False
+            elif dataclasses.is_dataclass(tp):
+                raw = {}  # build nested defaults too, so their paths resolve
+            elif isinstance(f.default, Path):
+                kwargs[name] = _resolve_path(ctx, f.default)
+            if raw is _MISSING:
+                continue
+        n_before = len(ctx.errors)
+        got = _coerce(ctx, tp, raw, sub, md)
+        if got is not _INVALID and got is not None:
+            got = _normalize(md, got)
+            if not _check(ctx, sub, got, md.get("rules", ())):
+                got = _INVALID
+        if source:
+            ctx.errors[n_before:] = [e + source for e in ctx.errors[n_before:]]
+        if got is _INVALID:
+            ok = False
+        else:
+            kwargs[name] = got
+    return kwargs, ok
+
+
+def _build(ctx: _Ctx, cls: type, data: Any, path: str, fmt: Mapping[str, str] | None = None) -> Any:
+    """One dataclass instance from one mapping, cross-field checks included; or _INVALID."""
+    kwargs, ok = _fields(ctx, cls, data, path, fmt)
+    if not ok:
+        return _INVALID
+    obj = cls(**kwargs)
+    problems = getattr(obj, "_problems", None)
+    found = list(problems()) if problems is not None else []
+    for name, msg in found:
+        ctx.err(_join(path, name), msg)
+    return _INVALID if found else obj
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-config assembly and cross-section rules
+# --------------------------------------------------------------------------------------------
+
+
+def parse_config(
+    data: Any, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate already-parsed YAML data. Relative paths resolve against ``base_dir`` (CWD)."""
+    ctx = _Ctx(
+        env=os.environ if env is None else env,
+        base_dir=Path(base_dir if base_dir is not None else Path.cwd()).resolve(),
+        errors=[],
+    )
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: expected a mapping, got {_show(data)}"])
+    data = dict(data)
+    for key in ("smscs", "routes", "default_route"):
+        if key in data and data[key] is None:
+            del data[key]  # an empty `smscs:` means "not given", like an absent key
+    kwargs, _ = _fields(ctx, Config, data, "")
+
+    raw_smscs = data.get("smscs", [])
+    names: list[str] | None = None  # None: unknown (smscs itself is malformed)
+    if isinstance(raw_smscs, list):
+        names = _smsc_names(ctx, raw_smscs)
+        sim = kwargs.get("sim")
+        if not raw_smscs and isinstance(sim, SimConfig):
+            if sim.enabled:
+                names = [Config.IMPLICIT_SIM_SMSC]
+                kwargs["smscs"] = (_implicit_sim_smsc(sim),)
+            else:
+                ctx.err("smscs", "at least one SMSC is required (or set sim.enabled: true)")
+    if names is not None:
+        _check_routes(ctx, data, set(names))
+    if "default_route" not in data and names is not None:
+        kwargs["default_route"] = tuple(names)
+    _check_ports(ctx, kwargs)
+    if ctx.errors:
+        raise ConfigError(ctx.errors)
+    kwargs["security"] = _default_key_file(kwargs["security"], kwargs["store"], ctx.base_dir)
+    return Config(**kwargs)
+
+
+def _smsc_names(ctx: _Ctx, raw: list[Any]) -> list[str]:
+    """Names as written (even in entries with other errors), reporting duplicates."""
+    names: list[str] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            ctx.err(
+                f"smscs[{i}].name",
+                f"duplicate SMSC name {name!r} (first at smscs[{first[name]}])",
+            )
+            continue
+        first[name] = i
+        names.append(name)
+    return names
+
+
+def _check_routes(ctx: _Ctx, data: Mapping[str, Any], known: set[str]) -> None:
+    routes = data.get("routes")
+    first: dict[str, int] = {}
+    for i, route in enumerate(routes if isinstance(routes, list) else []):
+        if not isinstance(route, dict):
+            continue
+        prefix = route.get("prefix")
+        if isinstance(prefix, str):
+            if prefix in first:
+                ctx.err(
+                    f"routes[{i}].prefix",
+                    f"duplicate prefix {prefix!r} (first at routes[{first[prefix]}])",
+                )
+            first.setdefault(prefix, i)
+        smscs = route.get("smscs")
+        for j, name in enumerate(smscs if isinstance(smscs, list) else []):
+            if isinstance(name, str) and name and name not in known:
+                ctx.err(f"routes[{i}].smscs[{j}]", f"unknown SMSC {name!r}")
+    default = data.get("default_route")
+    for j, name in enumerate(default if isinstance(default, list) else []):
+        if isinstance(name, str) and name and name not in known:
+            ctx.err(f"default_route[{j}]", f"unknown SMSC {name!r}")
+    if default == [] and not first:
+        ctx.err("default_route", "is empty and there are no routes: nothing could be sent")
+
+
+def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
+    server, sim = sections.get("server"), sections.get("sim")
+    if not (isinstance(server, ServerConfig) and isinstance(sim, SimConfig) and sim.enabled):
+        return
+    for key in ("port", "control_port"):
+        if getattr(sim, key) == server.port:
+            ctx.err(f"sim.{key}", f"must differ from server.port ({server.port})")
+
+
+def _implicit_sim_smsc(sim: SimConfig) -> SmscConfig:
+    """The SMSC the loader adds when only the simulator is configured."""
+    host = "127.0.0.1" if sim.host in ("0.0.0.0", "::") else sim.host
+    return SmscConfig(
+        name=Config.IMPLICIT_SIM_SMSC,
+        host=host,
+        port=sim.port,
+        system_id=sim.system_id,
+        password=sim.password,
+    )
+
+
+def _default_key_file(sec: SecurityConfig, store: StoreConfig, base_dir: Path) -> SecurityConfig:
+    """generate_master_key with no file named: the key lives next to the database."""
+    if not sec.generate_master_key or sec.master_key_file is not None:
+        return sec
+    data_dir = store.path.parent if store.engine == "sqlite" else base_dir / "data"
+    return dataclasses.replace(sec, master_key_file=data_dir / "master.key")
+
+
+# --------------------------------------------------------------------------------------------
+# Files, YAML, the effective view and the CLI entry
+# --------------------------------------------------------------------------------------------
+
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """Safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A scalar PyYAML cannot build (2024-13-45 as a date, a 5000-digit integer) raises a
+        # bare ValueError; turn it into a marked error so it gets a line and column.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read value {_show(node.value)}: {e}", node.start_mark
+            ) from None
+
+
+def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+            seen.add(key)
+        except TypeError:
+            continue  # unhashable: construct_mapping reports it
+        if dup:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError([f"{origin}: {where}invalid YAML: {what}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{origin}: invalid YAML: {e}"]) from None
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load a YAML file (or the built-in default when ``path`` is None) and validate it."""
+    if path is None:
+        return parse_config(_load_yaml(DEFAULT_YAML, "<default config>"), env, Path.cwd())
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config file: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start})"]) from None
+    return parse_config(_load_yaml(text, str(p)), env, p.resolve().parent)
+
+
+def _secret_paths() -> tuple[frozenset[str], dict[str, str]]:
+    paths: set[str] = set()
+    envs: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            tp = hints[f.name]
+            sub = _join(prefix, f.name)
+            if dataclasses.is_dataclass(tp):
+                walk(tp, sub)  # type: ignore[arg-type]
+            elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(
+                item := typing.get_args(tp)[0]
+            ):
+                walk(item, sub + "[]")  # type: ignore[arg-type]
+            elif f.metadata.get("secret"):
+                paths.add(sub)
+                if f.metadata.get("env"):
+                    envs[sub] = f.metadata["env"]
+
+    walk(Config, "")
+    return frozenset(paths), envs
+
+
+SECRET_PATHS, SECRET_ENV = _secret_paths()
+"""Secret fields by path (list entries as ``smscs[].password``) and their env variables."""
+
+
+def effective_config_dict(cfg: Config, mask_secrets: bool = True) -> dict[str, Any]:
+    """Plain data (YAML/JSON-ready) for the loaded config; set secrets become ``"***"``."""
+
+    def conv(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            out = {}
+            for f in dataclasses.fields(obj):
+                v = getattr(obj, f.name)
+                if mask_secrets and f.metadata.get("secret") and v is not None:
+                    out[f.name] = "***"
+                else:
+                    out[f.name] = conv(v)
+            return out
+        if isinstance(obj, tuple | list):
+            return [conv(v) for v in obj]
+        if isinstance(obj, Mapping):
+            return {k: conv(v) for k, v in obj.items()}
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    return conv(cfg)  # type: ignore[no-any-return]
+
+
+def check_main(path: str | None) -> int:
+    """`smpp-bridge config check [FILE]`: effective config on stdout (0) or errors on stderr (1)."""
+    origin = path if path is not None else "<default config>"
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        n = len(e.errors)
+        plural = "s" if n != 1 else ""
+        print(f"{origin}: invalid configuration ({n} error{plural}):", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    sys.stdout.write(f"# effective configuration of {origin} (secrets masked)\n")
+    sys.stdout.write(
+        yaml.safe_dump(effective_config_dict(cfg), sort_keys=False, allow_unicode=True)
+    )
+    return 0
+
+
+DEFAULT_YAML = """\
+# smpp-bridge default configuration: what `smpp-bridge run` uses when no config file is given.
+# A self-contained demo: SQLite under ./data, the built-in SMPP simulator on loopback as the only
+# SMSC, and a demo master key generated under ./data. For production start from
+# config/bridge.example.yaml, which documents every option.
+# This text is built in as bridge.config.DEFAULT_YAML (config/default.yaml is a copy, kept identical
+# by a test). Built in, relative paths resolve against the current directory; loaded as a file, they
+# resolve against the file's directory, as in every config file.
+
+server:
+  host: 127.0.0.1
+  port: 8080
+  admin_token: null          # admin API off unless env SMPP_BRIDGE_ADMIN_TOKEN is set
+
+store:
+  engine: sqlite
+  path: ./data/bridge.db
+
+security:
+  master_key_file: ./data/master.key
+  generate_master_key: true  # demo only: creates the key file on first start
+
+sim:
+  enabled: true              # the built-in simulator listens on loopback ...
+  host: 127.0.0.1
+  port: 2775
+  control_port: 2776
+  system_id: bridge
+  password: bridge
+
+smscs: []                    # ... and, with no SMSC listed, an implicit SMSC "sim" points at it
+"""
