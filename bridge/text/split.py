@@ -1,0 +1,411 @@
+"""Encoding choice and splitting of a text into SMPP ``submit_sm`` parts.
+
+Limits (payload per part, excluding the UDH):
+
+===============  =========  ======  =========
+mode             GSM-7      Latin-1 UCS-2
+===============  =========  ======  =========
+single part      160 sept.  140 o.  70 units
+UDH8 / SAR       153 sept.  134 o.  67 units
+UDH16            152 sept.  133 o.  66 units
+===============  =========  ======  =========
+
+Greedy fill; an escape pair (two septets) or a surrogate pair (two UTF-16 units) is never split, so
+a part may end one septet/unit short. The first-fit greedy cut is also the minimal part count for a
+sequence split into contiguous parts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bridge.text.gsm import ESC, GSM_CHARS, TextError, gsm_septets, pack_septets
+from bridge.text.smart import smart_map
+
+__all__ = [
+    "EncodeOptions",
+    "EncodedMessage",
+    "Encoding",
+    "Part",
+    "RefCounter",
+    "SplitMode",
+    "TextError",
+    "choose_encoding",
+    "encode_message",
+]
+
+TAG_SAR_MSG_REF_NUM = 0x020C
+TAG_SAR_TOTAL_SEGMENTS = 0x020E
+TAG_SAR_SEGMENT_SEQNUM = 0x020F
+TAG_MESSAGE_PAYLOAD = 0x0424
+ESM_UDHI = 0x40
+MAX_PAYLOAD_OCTETS = 65535  # message_payload length is a 16-bit field
+
+
+class Encoding(StrEnum):
+    GSM7 = "gsm7"
+    UCS2 = "ucs2"
+    LATIN1 = "latin1"
+
+
+class SplitMode(StrEnum):
+    UDH8 = "udh8"
+    UDH16 = "udh16"
+    SAR = "sar"
+    PAYLOAD = "payload"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    split: SplitMode = SplitMode.UDH8
+    gsm_data_coding: int = 0  # 0 (SMSC default) or 1 (IA5/ASCII) used for GSM-7 text
+    allow_latin1: bool = False  # data_coding 3 when text is all Latin-1 but not all GSM
+    packed_gsm: bool = False  # pack GSM septets (with UDH fill bits) instead of one per octet
+    smart: bool = False  # apply smart_map first
+    max_parts: int = 255
+
+    def __post_init__(self) -> None:
+        # Programming/config errors, not user input: the config loader validates with paths.
+        if (
+            type(self.split) is not SplitMode
+        ):  # accept "udh8" etc.; the encoder compares by identity
+            object.__setattr__(self, "split", SplitMode(self.split))
+        if not 1 <= self.max_parts <= 255:  # UDH and SAR carry the total in one octet
+            raise ValueError(f"max_parts: must be between 1 and 255, got {self.max_parts}")
+        if self.gsm_data_coding not in (0, 1):
+            raise ValueError(f"gsm_data_coding: must be 0 or 1, got {self.gsm_data_coding}")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    seq: int  # 1-based
+    total: int
+    short_message: bytes  # UDH + payload; b"" in PAYLOAD mode
+    esm_class: int  # 0x40 (UDHI) when a UDH is present, else 0
+    tlvs: tuple[tuple[int, bytes], ...]
+    chars: int  # characters of the text in this part (a surrogate pair counts 1)
+    size: int  # septets (GSM-7) or octets (UCS-2/Latin-1) of payload, excluding UDH
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedMessage:
+    text: str  # after smart mapping if applied
+    encoding: Encoding
+    data_coding: int  # 0/1 for GSM-7 per options, 8 UCS-2, 3 Latin-1
+    parts: tuple[Part, ...]
+    ucs2_chars: tuple[str, ...]  # distinct chars that forced UCS-2, in order of first appearance
+    # Segments on the air interface when it differs from len(parts): in PAYLOAD mode the SMSC
+    # splits the single PDU, and carriers count (and bill) those segments. 0 means len(parts).
+    air_segments: int = 0
+
+    @property
+    def segments(self) -> int:
+        return self.air_segments or len(self.parts)
+
+
+_DEFAULT_OPTIONS = EncodeOptions()
+
+# (single-part limit, per-part limit for UDH8/SAR, per-part limit for UDH16), in septets/octets.
+_GSM_LIMITS = (160, 153, 152)
+_LATIN1_LIMITS = (140, 134, 133)
+_UCS2_LIMITS = (140, 134, 132)  # octets: 70 / 67 / 66 UTF-16 units
+_LIMITS = {
+    Encoding.GSM7: _GSM_LIMITS,
+    Encoding.LATIN1: _LATIN1_LIMITS,
+    Encoding.UCS2: _UCS2_LIMITS,
+}
+_UNIT_NAME = {
+    Encoding.GSM7: "septets",
+    Encoding.LATIN1: "octets",
+    Encoding.UCS2: "UTF-16 units",
+}
+
+
+def _data_coding(encoding: Encoding, opts: EncodeOptions) -> int:
+    if encoding is Encoding.GSM7:
+        return opts.gsm_data_coding
+    return 8 if encoding is Encoding.UCS2 else 3
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def choose_encoding(text: str, allow_latin1: bool = False) -> Encoding:
+    if gsm_septets(text) is not None:
+        return Encoding.GSM7
+    if allow_latin1 and _is_latin1(text):
+        return Encoding.LATIN1
+    return Encoding.UCS2
+
+
+def _forcing_chars(text: str, allow_latin1: bool) -> tuple[str, ...]:
+    """Characters that made UCS-2 necessary, for the preview ("remove these to stay GSM")."""
+    bad = [c for c in dict.fromkeys(text) if c not in GSM_CHARS]
+    if allow_latin1:
+        # With Latin-1 allowed, a Latin-1 character did not force UCS-2 on its own; if every
+        # offender is Latin-1 (a GSM-only + Latin-1-only mix), report the non-GSM ones.
+        beyond = [c for c in bad if c > "\xff"]
+        bad = beyond or bad
+    return tuple(dict.fromkeys(bad))
+
+
+def _cut_gsm(data: bytes, per: int) -> list[bytes]:
+    chunks = []
+    n = len(data)
+    i = 0
+    while i < n:
+        j = i + per
+        if j >= n:
+            j = n
+        elif data[j - 1] == ESC:  # would separate ESC from its code: leave the pair for later
+            j -= 1
+        chunks.append(data[i:j])
+        i = j
+    return chunks
+
+
+def _cut_ucs2(data: bytes, per_octets: int) -> list[bytes]:
+    chunks = []
+    n = len(data)
+    i = 0
+    while i < n:
+        j = i + per_octets
+        if j >= n:
+            j = n
+        elif 0xD8 <= data[j - 2] <= 0xDB:  # last unit is a high surrogate: keep the pair together
+            j -= 2
+        chunks.append(data[i:j])
+        i = j
+    return chunks
+
+
+def _cut_plain(data: bytes, per: int) -> list[bytes]:
+    return [data[i : i + per] for i in range(0, len(data), per)]
+
+
+def _too_long(
+    size: int, encoding: Encoding, parts: int, per: int, max_parts: int, at_least: bool = False
+) -> TextError:
+    unit = _UNIT_NAME[encoding]
+    if encoding is Encoding.UCS2:  # octets -> UTF-16 units, the figure people know (70/67)
+        size //= 2
+        per //= 2
+    need = "at least " if at_least else ""
+    return TextError(
+        "MESSAGE_TOO_LONG",
+        f"text: {size} {unit} ({encoding.value}) need {need}{parts} parts of at most {per} "
+        f"{unit}; the limit is {max_parts} parts",
+    )
+
+
+def _resolve_text(text: str, opts: EncodeOptions) -> tuple[str, bytes | None]:
+    """Apply smart mapping when asked and useful; return (text, GSM septets or None).
+
+    The mapped text is kept only if it is GSM-7, or Latin-1 (when allowed) where the original
+    needed UCS-2: the customer's characters are not changed for nothing.
+    """
+    septets = gsm_septets(text)
+    if septets is None and opts.smart:
+        mapped = smart_map(text)
+        if mapped and mapped != text:
+            mapped_septets = gsm_septets(mapped)
+            if mapped_septets is not None:
+                return mapped, mapped_septets
+            if opts.allow_latin1 and not _is_latin1(text) and _is_latin1(mapped):
+                return mapped, None
+    return text, septets
+
+
+def _check_ref(ref: int, bits: int) -> None:
+    if not 0 <= ref < (1 << bits):
+        raise ValueError(f"ref: must be between 0 and {(1 << bits) - 1}, got {ref}")
+
+
+def encode_message(
+    text: str, opts: EncodeOptions = _DEFAULT_OPTIONS, ref: int = 0
+) -> EncodedMessage:
+    """Encode and split ``text`` into ``submit_sm`` parts.
+
+    ``ref`` is the concatenation reference (from ``RefCounter``): 0..255 for UDH8, 0..65535 for
+    UDH16 and SAR; unused for single-part and PAYLOAD messages.
+    """
+    if not text:
+        raise TextError("EMPTY_MESSAGE", "text: must not be empty")
+    text, septets = _resolve_text(text, opts)
+    ucs2_chars: tuple[str, ...] = ()
+    if septets is not None:
+        encoding = Encoding.GSM7
+        data = septets
+        limits = _GSM_LIMITS
+    elif opts.allow_latin1 and _is_latin1(text):
+        encoding = Encoding.LATIN1
+        data = text.encode("latin-1")
+        limits = _LATIN1_LIMITS
+    else:
+        encoding = Encoding.UCS2
+        try:
+            data = text.encode("utf-16-be")
+        except UnicodeEncodeError as exc:
+            raise TextError(
+                "UNENCODABLE",
+                f"text: unpaired surrogate U+{ord(text[exc.start]):04X} at position {exc.start}",
+            ) from None
+        limits = _UCS2_LIMITS
+        ucs2_chars = _forcing_chars(text, opts.allow_latin1)
+    data_coding = _data_coding(encoding, opts)
+    size = len(data)
+    mode = opts.split
+    packed = opts.packed_gsm and encoding is Encoding.GSM7
+
+    # Fast path: fits one part (never a UDH or SAR TLVs on a single part).
+    if size <= limits[0] and mode is not SplitMode.PAYLOAD:
+        sm = _pack(data) if packed else data
+        part = Part(1, 1, sm, 0, (), len(text), size)
+        return EncodedMessage(text, encoding, data_coding, (part,), ucs2_chars)
+
+    if mode is SplitMode.PAYLOAD:
+        return _payload_message(text, encoding, data_coding, data, packed, ucs2_chars, opts)
+    per = limits[2] if mode is SplitMode.UDH16 else limits[1]
+    if size > opts.max_parts * per:
+        # Cannot fit even without escape/surrogate pairs: refuse before building thousands of parts.
+        raise _too_long(size, encoding, -(-size // per), per, opts.max_parts, at_least=True)
+    chunks = _cut(data, encoding, per)
+    total = len(chunks)
+    # Character count per part: only UCS-2 with surrogate pairs needs a decode.
+    count = _CHAR_COUNTERS[encoding]
+    if encoding is Encoding.UCS2 and size != 2 * len(text):
+        count = _ucs2_chars
+    if total > opts.max_parts:
+        raise _too_long(size, encoding, total, per, opts.max_parts)
+
+    parts = []
+    if mode is SplitMode.SAR:
+        _check_ref(ref, 16)
+        ref_tlv = (TAG_SAR_MSG_REF_NUM, ref.to_bytes(2, "big"))
+        total_tlv = (TAG_SAR_TOTAL_SEGMENTS, bytes((total,)))
+        for seq, chunk in enumerate(chunks, 1):
+            tlvs = (ref_tlv, total_tlv, (TAG_SAR_SEGMENT_SEQNUM, bytes((seq,))))
+            sm = _pack(chunk) if packed else chunk
+            parts.append(Part(seq, total, sm, 0, tlvs, count(chunk), len(chunk)))
+    else:
+        if mode is SplitMode.UDH16:
+            _check_ref(ref, 16)
+            head = bytes((6, 0x08, 4, ref >> 8, ref & 0xFF, total))
+            fill = 0  # 7 octets = 56 bits = 8 septets exactly
+        else:
+            _check_ref(ref, 8)
+            head = bytes((5, 0x00, 3, ref, total))
+            fill = 1  # 6 octets = 48 bits; 1 fill bit reaches the 7-septet boundary
+        for seq, chunk in enumerate(chunks, 1):
+            body = _pack(chunk, fill) if packed else chunk
+            sm = head + bytes((seq,)) + body
+            parts.append(Part(seq, total, sm, ESM_UDHI, (), count(chunk), len(chunk)))
+    return EncodedMessage(text, encoding, data_coding, tuple(parts), ucs2_chars)
+
+
+def _cut(data: bytes, encoding: Encoding, per: int) -> list[bytes]:
+    if encoding is Encoding.GSM7:
+        return _cut_gsm(data, per)
+    if encoding is Encoding.UCS2:
+        return _cut_ucs2(data, per)
+    return _cut_plain(data, per)
+
+
+def _payload_message(
+    text: str,
+    encoding: Encoding,
+    data_coding: int,
+    data: bytes,
+    packed: bool,
+    ucs2_chars: tuple[str, ...],
+    opts: EncodeOptions,
+) -> EncodedMessage:
+    """One PDU with the whole text in message_payload; the SMSC does the splitting.
+
+    ``air_segments`` records how many segments the SMSC will produce (UDH8 split), because that is
+    what the carrier counts and bills.
+    """
+    payload = _pack(data) if packed else data
+    if len(payload) > MAX_PAYLOAD_OCTETS:
+        raise TextError(
+            "MESSAGE_TOO_LONG",
+            f"text: {len(payload)} octets exceed the message_payload limit of "
+            f"{MAX_PAYLOAD_OCTETS} octets",
+        )
+    size = len(data)
+    limits = _LIMITS[encoding]
+    air = 1 if size <= limits[0] else len(_cut(data, encoding, limits[1]))
+    if air > opts.max_parts:
+        raise _too_long(size, encoding, air, limits[1], opts.max_parts)
+    part = Part(1, 1, b"", 0, ((TAG_MESSAGE_PAYLOAD, payload),), len(text), size)
+    return EncodedMessage(text, encoding, data_coding, (part,), ucs2_chars, air)
+
+
+def _gsm_chars(chunk: bytes) -> int:
+    return len(chunk) - chunk.count(ESC)
+
+
+def _ucs2_bmp_chars(chunk: bytes) -> int:
+    return len(chunk) >> 1
+
+
+def _ucs2_chars(chunk: bytes) -> int:
+    return len(chunk.decode("utf-16-be"))
+
+
+_CHAR_COUNTERS = {Encoding.GSM7: _gsm_chars, Encoding.UCS2: _ucs2_bmp_chars, Encoding.LATIN1: len}
+
+
+def _pack(septets: bytes, fill_bits: int = 0) -> bytes:
+    """Pack, padding 7 spare trailing bits with CR.
+
+    Why: SMPP carries the packed length in octets, so an SMSC derives the septet count as
+    floor(8 * octets / 7); with 7 spare bits that reads one extra septet, a visible '@' (0x00).
+    TS 23.038 §6.1.2.3.1 fills that slot with CR, which displays as nothing. Octet count unchanged.
+    """
+    if (7 * len(septets) + fill_bits) % 8 == 1:
+        septets += b"\r"
+    return pack_septets(septets, fill_bits)
+
+
+class RefCounter:
+    """Concatenation references: one wrapping counter per destination, bounded memory.
+
+    Why a counter and not random: a handset reassembles by (originator, reference); two messages in
+    flight to the same number with the same reference get mixed. A per-destination counter only
+    repeats after 256 (UDH8) or 65536 messages to that number. The least recently used destinations
+    are forgotten beyond ``max_destinations`` (their counter restarts at 0, which is harmless unless
+    a number receives hundreds of long messages while being evicted).
+    """
+
+    __slots__ = ("_counters", "_max")
+
+    def __init__(self, max_destinations: int = 100_000) -> None:
+        if max_destinations < 1:
+            raise ValueError(f"max_destinations: must be at least 1, got {max_destinations}")
+        self._max = max_destinations
+        self._counters: OrderedDict[str, int] = OrderedDict()
+
+    def next(self, destination: str, bits: int) -> int:
+        if bits not in (8, 16):
+            raise ValueError(f"bits: must be 8 or 16, got {bits}")
+        counters = self._counters
+        value = counters.get(destination)
+        if value is None:
+            value = 0
+            if len(counters) >= self._max:
+                counters.popitem(last=False)
+        else:
+            counters.move_to_end(destination)
+        counters[destination] = (value + 1) & 0xFFFF
+        return value & ((1 << bits) - 1)
+
+    def __len__(self) -> int:
+        return len(self._counters)

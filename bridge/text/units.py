@@ -1,0 +1,35 @@
+"""Billable units under a tariff's counting rule (service-rules.md, "Segments").
+
+Separate from the wire split because tariffs do not count what is sent: the domestic rule counts
+characters of the text including the sign name (70, then 67 per unit) whatever the encoding, while
+international tariffs count the segments actually transmitted.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class CountingRule(StrEnum):
+    CHARS_70_67 = "chars_70_67"
+    WIRE_SEGMENTS = "wire_segments"
+
+
+def tariff_chars(text: str) -> int:
+    """Characters as the tariff counts them: one each, two for a character outside the BMP.
+
+    A non-BMP character takes two UTF-16 units on the carrier link, hence two.
+    """
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def billable_units(text: str, rule: CountingRule, wire_segments: int) -> int:
+    """Units billed for ``text`` (which already includes the sign name)."""
+    if rule == CountingRule.CHARS_70_67:
+        n = tariff_chars(text)
+        return 1 if n <= 70 else -(-n // 67)
+    if rule == CountingRule.WIRE_SEGMENTS:
+        return wire_segments
+    raise ValueError(f"rule: unknown counting rule {rule!r}")
