@@ -1,0 +1,187 @@
+"""Account and app-key operations shared by the operator CLI and the admin HTTP API.
+
+Secrets are generated here, sealed before they reach the store, and returned to the caller exactly
+once (at creation); nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bridge.crypto import Sealer, new_app_key, new_secret
+from bridge.ids import new_id
+from bridge.store.base import Store, StoreError
+from bridge.store.models import Account, AppKey
+
+MAX_ACTIVE_KEYS = 2
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+# Fields an operator may set, with their types; webhook secret rotation is its own operation.
+SETTABLE: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "raw_text": bool,
+    "marketing": bool,
+    "default_country": (str, type(None)),
+    "tps": int,
+    "daily_quota": int,
+    "status_callback_url": (str, type(None)),
+    "mo_callback_url": (str, type(None)),
+}
+
+
+class AccountError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class NewCredentials:
+    account: Account
+    app_key: str
+    app_secret: str
+    webhook_secret: str | None = None
+
+
+def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Check operator-supplied account settings; every error names the field."""
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name not in SETTABLE:
+            raise AccountError("UNKNOWN_FIELD", f"{name}: not an account setting")
+        expected = SETTABLE[name]
+        if isinstance(value, bool) and expected is int:
+            raise AccountError("INVALID_FIELD", f"{name}: expected an integer, got a boolean")
+        if not isinstance(value, expected):
+            raise AccountError("INVALID_FIELD", f"{name}: wrong type {type(value).__name__}")
+        if name == "kind" and value not in ("prepaid", "postpaid"):
+            raise AccountError("INVALID_FIELD", "kind: must be 'prepaid' or 'postpaid'")
+        if name in ("tps", "daily_quota") and not 0 <= value <= 1_000_000_000:
+            raise AccountError("INVALID_FIELD", f"{name}: must be between 0 and 1000000000")
+        if name == "default_country" and value is not None:
+            value = value.upper()
+            if not _COUNTRY.match(value):
+                raise AccountError(
+                    "INVALID_FIELD", "default_country: must be an ISO 3166 alpha-2 code like CN"
+                )
+        if name.endswith("_url") and value is not None and not re.match(r"^https?://\S+$", value):
+            raise AccountError("INVALID_FIELD", f"{name}: must be an http(s) URL")
+        out[name] = value
+    return out
+
+
+def public_account(account: Account) -> dict[str, Any]:
+    """An account as shown to operators and to its owner: never a secret."""
+    data = asdict(account)
+    data.pop("webhook_secret_enc", None)
+    return data
+
+
+def public_key(key: AppKey) -> dict[str, Any]:
+    return {
+        "app_key": key.key_id,
+        "account": key.account_id,
+        "status": key.status,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+    }
+
+
+class AccountService:
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self.store = store
+        self.sealer = sealer
+
+    async def create(self, name: str, settings: dict[str, Any], now: int) -> NewCredentials:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise AccountError(
+                "INVALID_FIELD",
+                "name: 1-64 characters of letters, digits and _ . @ -, starting with a letter "
+                "or digit",
+            )
+        values = validate_settings(settings)
+        account_id = new_id("acc_", now)
+        webhook_secret = new_secret()
+        account = Account(
+            id=account_id,
+            name=name,
+            webhook_secret_enc=self.sealer.seal(webhook_secret, account_id),
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+        try:
+            await self.store.create_account(account)
+        except StoreError as exc:
+            raise AccountError(exc.code, exc.message) from None
+        key_id, secret = await self._new_key(account_id, now)
+        return NewCredentials(account, key_id, secret, webhook_secret)
+
+    async def _new_key(self, account_id: str, now: int) -> tuple[str, str]:
+        key_id = new_app_key()
+        secret = new_secret()
+        key = AppKey(
+            key_id=key_id,
+            account_id=account_id,
+            secret_enc=self.sealer.seal(secret, key_id),
+            status="active",
+            created_at=now,
+        )
+        try:
+            await self.store.add_key(key, MAX_ACTIVE_KEYS)
+        except StoreError as exc:
+            raise AccountError(exc.code, exc.message) from None
+        return key_id, secret
+
+    async def resolve(self, ref: str) -> Account:
+        """An account by id or by name."""
+        account = await self.store.get_account(ref)
+        if account is None:
+            account = await self.store.get_account_by_name(ref)
+        if account is None:
+            raise AccountError("NOT_FOUND", f"no account {ref!r}")
+        return account
+
+    async def create_key(self, ref: str, now: int) -> tuple[Account, str, str]:
+        account = await self.resolve(ref)
+        key_id, secret = await self._new_key(account.id, now)
+        return account, key_id, secret
+
+    async def revoke_key(self, key_id: str, now: int) -> None:
+        if not await self.store.revoke_key(key_id, now):
+            key = await self.store.get_key(key_id)
+            if key is None:
+                raise AccountError("NOT_FOUND", f"no app key {key_id!r}")
+            raise AccountError("KEY_REVOKED", f"app key {key_id!r} is already revoked")
+
+    async def update(self, ref: str, settings: dict[str, Any], now: int) -> Account:
+        account = await self.resolve(ref)
+        values = validate_settings(settings)
+        updated = await self.store.update_account(account.id, values, now)
+        assert updated is not None
+        return updated
+
+    async def set_status(self, ref: str, status: str, now: int) -> Account:
+        account = await self.resolve(ref)
+        updated = await self.store.update_account(account.id, {"status": status}, now)
+        assert updated is not None
+        return updated
+
+    async def rotate_webhook_secret(self, ref: str, now: int) -> tuple[Account, str]:
+        account = await self.resolve(ref)
+        secret = new_secret()
+        updated = await self.store.update_account(
+            account.id, {"webhook_secret_enc": self.sealer.seal(secret, account.id)}, now
+        )
+        assert updated is not None
+        return updated, secret
+
+    def webhook_secret(self, account: Account) -> str:
+        return self.sealer.open(account.webhook_secret_enc, account.id)
+
+    async def app_secret(self, key: AppKey) -> str:
+        return self.sealer.open(key.secret_enc, key.key_id)

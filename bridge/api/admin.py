@@ -1,0 +1,145 @@
+"""Operator API under /admin/, behind the bearer token from the config.
+
+The same operations as the CLI (`smpp-bridge account ...`, `key ...`), plus views of the running
+pipeline. Secrets appear only in the response that creates them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from bridge.accounts import AccountError, public_account, public_key
+from bridge.api.errors import ApiError
+from bridge.api.v1 import ctx_of, json_response, parse_json
+
+ADMIN_EXTRA_ROUTES: list[tuple[str, str, Any]] = []  # the pipeline registers its views here
+
+
+def check_admin(request: web.Request) -> None:
+    token = ctx_of(request).config.server.admin_token
+    if not token:
+        raise ApiError("ADMIN_DISABLED", "the admin API is disabled: set server.admin_token")
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else ""
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError("INVALID_ADMIN_TOKEN", "Authorization: Bearer <admin token> required")
+
+
+def _account_error(exc: AccountError) -> ApiError:
+    return ApiError(exc.code, exc.message)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    data = parse_json(raw, request)
+    if not isinstance(data, dict):
+        raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
+    return data
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    accounts = await ctx_of(request).store.list_accounts()
+    return json_response({"accounts": [public_account(a) for a in accounts]})
+
+
+async def create_account(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    data = await _body(request)
+    name = data.pop("name", None)
+    if name is None:
+        raise ApiError("MISSING_FIELD", "name: required")
+    try:
+        creds = await ctx.accounts.create(name, data, ctx.now_ms())
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    return json_response(
+        {
+            "account": public_account(creds.account),
+            "app_key": creds.app_key,
+            "app_secret": creds.app_secret,
+            "webhook_secret": creds.webhook_secret,
+        },
+        status=201,
+    )
+
+
+async def show_account(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        account = await ctx.accounts.resolve(request.match_info["ref"])
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    keys = await ctx.store.list_keys(account.id)
+    data = public_account(account)
+    data["keys"] = [public_key(k) for k in keys]
+    return json_response(data)
+
+
+async def update_account(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    data = await _body(request)
+    try:
+        account = await ctx.accounts.update(request.match_info["ref"], data, ctx.now_ms())
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    return json_response(public_account(account))
+
+
+async def set_status(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    status = "disabled" if request.match_info["action"] == "disable" else "active"
+    try:
+        account = await ctx.accounts.set_status(request.match_info["ref"], status, ctx.now_ms())
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    return json_response(public_account(account))
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        account = await ctx.accounts.resolve(request.match_info["ref"])
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    keys = await ctx.store.list_keys(account.id)
+    return json_response({"keys": [public_key(k) for k in keys]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        account, key_id, secret = await ctx.accounts.create_key(
+            request.match_info["ref"], ctx.now_ms()
+        )
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    return json_response(
+        {"account": account.id, "app_key": key_id, "app_secret": secret}, status=201
+    )
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    key_id = request.match_info["key"]
+    try:
+        await ctx.accounts.revoke_key(key_id, ctx.now_ms())
+    except AccountError as exc:
+        raise _account_error(exc) from None
+    return json_response({"app_key": key_id, "status": "revoked"})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/accounts", list_accounts)
+    r.add_post("/admin/accounts", create_account)
+    r.add_get("/admin/accounts/{ref}", show_account)
+    r.add_patch("/admin/accounts/{ref}", update_account)
+    r.add_post("/admin/accounts/{ref}/{action:disable|enable}", set_status)
+    r.add_get("/admin/accounts/{ref}/keys", list_keys)
+    r.add_post("/admin/accounts/{ref}/keys", create_key)
+    r.add_post("/admin/keys/{key}/revoke", revoke_key)

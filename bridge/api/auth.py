@@ -1,0 +1,101 @@
+"""Request authentication for the native API: the BRIDGE-HMAC-SHA256 checks in their fixed order.
+
+Order matters: cheap syntax checks first, then the key, the clock, the body hash, the signature
+(constant time), and only then the nonce is recorded, so forged requests can never fill the nonce
+table. The pure parts live in `bridge.api.signing`; this is the shell with the store and clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from bridge.api import signing
+from bridge.api.errors import ApiError
+from bridge.crypto import MasterKeyError, Sealer
+from bridge.store.base import Store
+from bridge.store.models import Account, AppKey
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    account: Account
+    key: AppKey
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        *,
+        max_skew_s: int = 300,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._max_skew = max_skew_s
+        self._clock = clock
+
+    async def authenticate(self, request: web.Request, body: bytes) -> Principal:
+        try:
+            auth = signing.parse_authorization(request.headers.get("Authorization"))
+            signing.check_signed_headers(auth, [h.lower() for h in request.headers])
+            date_value = request.headers.get("X-Bridge-Date")
+            if date_value is None:
+                raise signing.SignatureError(
+                    "SIGNATURE_MISMATCH", "X-Bridge-Date header is missing"
+                )
+            when = signing.parse_date(date_value)
+            nonce = signing.check_nonce(request.headers.get("X-Bridge-Nonce"))
+        except signing.SignatureError as exc:
+            raise ApiError(exc.code, exc.message) from None
+
+        key = await self._store.get_key(auth.app_key)
+        if key is None:
+            raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
+        if key.status != "active":
+            raise ApiError("KEY_REVOKED", "this app key has been revoked")
+        account = await self._store.get_account(key.account_id)
+        if account is None:
+            raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
+
+        now = self._clock()
+        try:
+            signing.check_skew(when, _utc(now), self._max_skew)
+            secret = self._sealer.open(key.secret_enc, key.key_id)
+            signing.verify_signature(
+                secret,
+                request.method,
+                request.rel_url.raw_path,
+                request.rel_url.raw_query_string,
+                request.headers,
+                body,
+                auth,
+            )
+        except signing.SignatureError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        except MasterKeyError:
+            raise ApiError(
+                "INTERNAL_ERROR", "this key cannot be verified; contact the operator", status=500
+            ) from None
+
+        now_ms = int(now * 1000)
+        fresh = await self._store.use_nonce(
+            key.key_id, nonce, now_ms + 2 * self._max_skew * 1000, now_ms
+        )
+        if not fresh:
+            raise ApiError(
+                "NONCE_REUSED", "this X-Bridge-Nonce was already used; sign a new request"
+            )
+        if not account.active:
+            raise ApiError("ACCOUNT_DISABLED", "this account is disabled")
+        return Principal(account=account, key=key)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

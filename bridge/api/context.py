@@ -1,0 +1,34 @@
+"""What the HTTP handlers need, gathered in one object the composition root (app.py) builds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.accounts import AccountService
+from bridge.api.auth import Authenticator
+from bridge.api.ratelimit import RateLimiter
+from bridge.api.submit import Submitter
+from bridge.config import Config
+from bridge.store.base import Store
+
+
+@dataclass
+class ApiContext:
+    config: Config
+    store: Store
+    auth: Authenticator
+    submitter: Submitter
+    accounts: AccountService
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    clock: Callable[[], float] = time.time
+    # Hooks the pipeline fills in; the API works without them (tests, `run` before binds are up).
+    on_accepted: Callable[[int], None] = lambda n: None
+    smsc_status: Callable[[], dict[str, Any]] = dict
+    queue_depth: int = 0  # refreshed by the app's background task
+    accepting: bool = True
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)

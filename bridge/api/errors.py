@@ -1,0 +1,78 @@
+"""The error taxonomy of the HTTP API: stable machine codes, their HTTP statuses, one envelope.
+
+Every refusal is `{"error": {"code", "message", "request_id"}}`; the code is the contract clients
+branch on, the message names the field for humans. Adding a code is fine; changing one is a
+breaking change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# code -> HTTP status
+CODES: dict[str, int] = {
+    # 400: the request itself is wrong
+    "INVALID_JSON": 400,
+    "INVALID_REQUEST": 400,
+    "INVALID_FIELD": 400,
+    "UNKNOWN_FIELD": 400,
+    "MISSING_FIELD": 400,
+    "INVALID_NUMBER": 400,
+    "TOO_MANY_RECIPIENTS": 400,
+    "EMPTY_MESSAGE": 400,
+    "MESSAGE_TOO_LONG": 400,
+    "IDEMPOTENCY_KEY_REQUIRED": 400,
+    "INVALID_IDEMPOTENCY_KEY": 400,
+    "INVALID_CURSOR": 400,
+    # 401: authentication
+    "MISSING_AUTH": 401,
+    "UNKNOWN_APP_KEY": 401,
+    "KEY_REVOKED": 401,
+    "REQUEST_EXPIRED": 401,
+    "BODY_HASH_MISMATCH": 401,
+    "SIGNATURE_MISMATCH": 401,
+    "NONCE_REUSED": 401,
+    "INVALID_ADMIN_TOKEN": 401,
+    # 403: authenticated but not allowed
+    "ACCOUNT_DISABLED": 403,
+    "RAW_TEXT_NOT_ALLOWED": 403,
+    "ADMIN_DISABLED": 403,
+    # 404 / 405 / 409 / 413
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "ACCOUNT_EXISTS": 409,
+    "TOO_MANY_KEYS": 409,
+    "BODY_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    # 422: well-formed but not acceptable
+    "IDEMPOTENCY_KEY_REUSED": 422,
+    "TEMPLATE_NOT_FOUND": 422,
+    "INVALID_SCHEDULE": 422,
+    "NO_ROUTE": 422,
+    # 429 / 503
+    "RATE_LIMITED": 429,
+    "QUEUE_FULL": 503,
+    "SHUTTING_DOWN": 503,
+    "STORE_UNAVAILABLE": 503,
+    "INTERNAL_ERROR": 500,
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else CODES.get(code, 400)
+        self.headers = dict(headers or {})
+
+
+def envelope(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message, "request_id": request_id}}

@@ -1,0 +1,283 @@
+"""POST /v1/messages: validate a send request and turn it into stored messages and segments.
+
+The request is checked completely before anything is stored, so a refusal never leaves half a
+batch behind. Encoding and splitting happen here, at acceptance, with the options of the SMSC the
+destination routes to: the response can then state the exact segment and unit counts, and the
+dispatcher sends stored bytes without re-encoding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.api.errors import ApiError
+from bridge.config import Config, SmscConfig
+from bridge.domain.phone import PhoneError, normalize
+from bridge.ids import new_id
+from bridge.smpp.router import Router
+from bridge.smpp.tlvpack import pack_tlvs
+from bridge.store.models import Account, NewMessage, NewSegment
+from bridge.text.preview import with_sign
+from bridge.text.split import EncodeOptions, RefCounter, SplitMode, TextError, encode_message
+from bridge.text.units import CountingRule, billable_units, tariff_chars
+
+ALLOWED_FIELDS = frozenset(
+    {
+        "to",
+        "sign_name",
+        "template",
+        "params",
+        "text",
+        "client_ref",
+        "sender",
+        "validity_minutes",
+        "scheduled_at",
+        "smart_encoding",
+    }
+)
+_SENDER = re.compile(r"^(\+?\d{1,20}|[A-Za-z0-9 ._-]{1,11})$")
+_MAX_SCHEDULE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    to: tuple[str, ...]  # E.164
+    text: str | None
+    template: str | None
+    params: dict[str, str]
+    sign_name: str | None
+    client_ref: str | None
+    sender: str | None
+    validity_minutes: int | None
+    scheduled_at: int | None  # unix ms
+    smart_encoding: bool | None
+
+
+def _field_error(code: str, message: str) -> ApiError:
+    return ApiError(code, message)
+
+
+def _opt_str(body: dict[str, Any], name: str, max_len: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _field_error("INVALID_FIELD", f"{name}: expected a string")
+    if not value or len(value) > max_len:
+        raise _field_error("INVALID_FIELD", f"{name}: must be 1 to {max_len} characters")
+    return value
+
+
+def parse_send_request(
+    body: Any, account: Account, *, max_recipients: int, now_ms: int
+) -> SendRequest:
+    """Validate the JSON body of POST /v1/messages (pure)."""
+    if not isinstance(body, dict):
+        raise _field_error("INVALID_REQUEST", "the body must be a JSON object")
+    unknown = sorted(set(body) - ALLOWED_FIELDS)
+    if unknown:
+        raise _field_error("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
+
+    raw_to = body.get("to")
+    if raw_to is None:
+        raise _field_error("MISSING_FIELD", "to: required (a number or a list of numbers)")
+    if isinstance(raw_to, str):
+        raw_list = [raw_to]
+        names = ["to"]
+    elif isinstance(raw_to, list):
+        if not raw_to:
+            raise _field_error("INVALID_FIELD", "to: the list is empty")
+        if len(raw_to) > max_recipients:
+            raise _field_error(
+                "TOO_MANY_RECIPIENTS",
+                f"to: {len(raw_to)} recipients, at most {max_recipients} per request",
+            )
+        raw_list = raw_to
+        names = [f"to[{i}]" for i in range(len(raw_to))]
+    else:
+        raise _field_error("INVALID_FIELD", "to: expected a string or a list of strings")
+    numbers: list[str] = []
+    seen: dict[str, str] = {}
+    for name, raw in zip(names, raw_list, strict=True):
+        if not isinstance(raw, str):
+            raise _field_error("INVALID_FIELD", f"{name}: expected a string")
+        try:
+            e164 = normalize(raw, account.default_country)
+        except PhoneError as exc:
+            raise _field_error("INVALID_NUMBER", f"{name}: {exc.message}") from None
+        if e164 in seen:
+            raise _field_error("INVALID_FIELD", f"{name}: duplicate of {seen[e164]} ({e164})")
+        seen[e164] = name
+        numbers.append(e164)
+
+    text = body.get("text")
+    template = body.get("template")
+    if text is not None and template is not None:
+        raise _field_error("INVALID_REQUEST", "text and template are mutually exclusive")
+    if text is None and template is None:
+        raise _field_error("MISSING_FIELD", "template: required (or text, for raw-text accounts)")
+    if text is not None and not isinstance(text, str):
+        raise _field_error("INVALID_FIELD", "text: expected a string")
+    if template is not None and not isinstance(template, str):
+        raise _field_error("INVALID_FIELD", "template: expected a string")
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in params.items()
+    ):
+        raise _field_error("INVALID_FIELD", "params: expected an object of string values")
+    if text is not None and params:
+        raise _field_error("INVALID_FIELD", "params: only used with template")
+
+    validity = body.get("validity_minutes")
+    if validity is not None and (
+        isinstance(validity, bool) or not isinstance(validity, int) or not 1 <= validity <= 10080
+    ):
+        raise _field_error("INVALID_FIELD", "validity_minutes: an integer from 1 to 10080")
+    smart = body.get("smart_encoding")
+    if smart is not None and not isinstance(smart, bool):
+        raise _field_error("INVALID_FIELD", "smart_encoding: expected true or false")
+
+    scheduled_ms: int | None = None
+    scheduled = body.get("scheduled_at")
+    if scheduled is not None:
+        if not isinstance(scheduled, str):
+            raise _field_error("INVALID_FIELD", "scheduled_at: expected an ISO-8601 string")
+        try:
+            when = datetime.fromisoformat(scheduled.replace("Z", "+00:00"))
+        except ValueError:
+            raise _field_error(
+                "INVALID_FIELD", "scheduled_at: not ISO-8601 (e.g. 2026-12-01T08:00:00+08:00)"
+            ) from None
+        if when.tzinfo is None:
+            raise _field_error("INVALID_FIELD", "scheduled_at: must carry a UTC offset or Z")
+        scheduled_ms = int(when.astimezone(UTC).timestamp() * 1000)
+        if scheduled_ms > now_ms + _MAX_SCHEDULE_DAYS * 86_400_000:
+            raise _field_error(
+                "INVALID_SCHEDULE", f"scheduled_at: at most {_MAX_SCHEDULE_DAYS} days ahead"
+            )
+        if scheduled_ms <= now_ms:
+            scheduled_ms = None  # in the past or now: send at once
+
+    sender = _opt_str(body, "sender", 21)
+    if sender is not None and not _SENDER.match(sender):
+        raise _field_error("INVALID_FIELD", "sender: digits (up to 20) or up to 11 letters/digits")
+    return SendRequest(
+        to=tuple(numbers),
+        text=text,
+        template=template,
+        params={k: str(v) for k, v in params.items()},
+        sign_name=_opt_str(body, "sign_name", 32),
+        client_ref=_opt_str(body, "client_ref", 64),
+        sender=sender,
+        validity_minutes=validity,
+        scheduled_at=scheduled_ms,
+        smart_encoding=smart,
+    )
+
+
+def encode_options(smsc: SmscConfig, smart: bool) -> EncodeOptions:
+    return EncodeOptions(
+        split=SplitMode(smsc.split),
+        gsm_data_coding=smsc.gsm_data_coding,
+        allow_latin1=smsc.allow_latin1,
+        packed_gsm=smsc.packed_gsm,
+        smart=smart,
+    )
+
+
+class Submitter:
+    """Turns a validated request into NewMessage rows (pure apart from the reference counter)."""
+
+    def __init__(self, config: Config, router: Router, refs: RefCounter | None = None) -> None:
+        self.config = config
+        self.router = router
+        self.refs = refs or RefCounter()
+        self._smscs = {s.name: s for s in config.smscs}
+        self._rule = CountingRule(config.text.counting_rule)
+
+    def final_text(self, req: SendRequest, account: Account) -> str:
+        if req.template is not None:
+            # Templates arrive with the rules issue; until then none exists to be found.
+            raise ApiError("TEMPLATE_NOT_FOUND", f"template: {req.template!r} is not known")
+        if not account.raw_text:
+            raise ApiError(
+                "RAW_TEXT_NOT_ALLOWED", "text: this account may only send approved templates"
+            )
+        assert req.text is not None
+        text = with_sign(req.text, req.sign_name, self.config.text.sign_format)
+        if not req.text.strip():
+            raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
+        n = tariff_chars(text)
+        if n > self.config.text.max_chars:
+            raise ApiError(
+                "MESSAGE_TOO_LONG",
+                f"text: {n} characters including the sign name, at most "
+                f"{self.config.text.max_chars}",
+            )
+        return text
+
+    def build(
+        self,
+        req: SendRequest,
+        account: Account,
+        now_ms: int,
+        id_factory: Callable[[str, int], str] = new_id,
+    ) -> tuple[str, list[NewMessage]]:
+        text = self.final_text(req, account)
+        smart = (
+            self.config.text.smart_encoding if req.smart_encoding is None else req.smart_encoding
+        )
+        batch_id = id_factory("bat_", now_ms)
+        start = req.scheduled_at or now_ms
+        expires = start + req.validity_minutes * 60_000 if req.validity_minutes else None
+        messages: list[NewMessage] = []
+        for number in req.to:
+            candidates = self.router.candidates(number)
+            if not candidates:
+                raise ApiError("NO_ROUTE", f"to: no route to {number}")
+            smsc = self._smscs[candidates[0]]
+            opts = encode_options(smsc, smart)
+            bits = 16 if opts.split is SplitMode.UDH16 else 8
+            try:
+                enc = encode_message(text, opts, self.refs.next(number, bits))
+            except TextError as exc:
+                raise ApiError(exc.code, exc.message) from None
+            segments = tuple(
+                NewSegment(
+                    seq=p.seq,
+                    total=p.total,
+                    esm_class=p.esm_class,
+                    short_message=p.short_message,
+                    tlvs=pack_tlvs(p.tlvs),
+                )
+                for p in enc.parts
+            )
+            messages.append(
+                NewMessage(
+                    id=id_factory("msg_", now_ms),
+                    account_id=account.id,
+                    batch_id=batch_id,
+                    recipient=number,
+                    encoding=str(enc.encoding),
+                    data_coding=enc.data_coding,
+                    billable_units=billable_units(enc.text, self._rule, enc.segments),
+                    segments=segments,
+                    air_segments=enc.segments,
+                    accepted_at=now_ms,
+                    text=enc.text,
+                    client_ref=req.client_ref,
+                    sender=req.sender,
+                    sign_name=req.sign_name,
+                    template=req.template,
+                    scheduled_at=req.scheduled_at,
+                    expires_at=expires,
+                )
+            )
+        return batch_id, messages

@@ -1,0 +1,261 @@
+"""Handlers of the native, signed `/v1/` API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from bridge.accounts import public_account
+from bridge.api.context import ApiContext
+from bridge.api.errors import ApiError
+from bridge.api.submit import encode_options, parse_send_request
+from bridge.api.views import message_view
+from bridge.domain.phone import PhoneError, normalize
+from bridge.store.models import AcceptBatch, IdempotencyRecord
+from bridge.text.preview import preview
+from bridge.text.split import TextError
+from bridge.text.units import CountingRule
+
+_IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_MSG_ID = re.compile(r"^msg_[0-9A-Z]{26}$")
+_STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
+
+
+def ctx_of(request: web.Request) -> ApiContext:
+    return request.app["ctx"]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def parse_json(body: bytes, request: web.Request) -> Any:
+    ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", ""):
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r}: send application/json")
+    if not body:
+        raise ApiError("INVALID_JSON", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None
+
+
+async def post_messages(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = request["principal"].account
+    body: bytes = request["body"]
+    if not ctx.accepting:
+        raise ApiError(
+            "SHUTTING_DOWN", "the gateway is shutting down", headers={"Retry-After": "5"}
+        )
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
+    if not _IDEM_KEY.match(key):
+        raise ApiError(
+            "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key: 1-255 printable ASCII characters"
+        )
+    now_ms = ctx.now_ms()
+    req_hash = hashlib.sha256(body).hexdigest()
+    existing = await ctx.store.get_idempotency(account.id, key, now_ms)
+    if existing is not None:
+        return _replay(existing, req_hash)
+    if ctx.queue_depth >= ctx.config.store.max_queued_segments:
+        raise ApiError(
+            "QUEUE_FULL",
+            "the send queue is full; retry later",
+            headers={"Retry-After": "5"},
+        )
+    data = parse_json(body, request)
+    req = parse_send_request(
+        data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
+    )
+    wait = ctx.limiter.take(account.id, account.tps, len(req.to), ctx.clock())
+    if wait > 0:
+        raise ApiError(
+            "RATE_LIMITED",
+            f"account rate of {account.tps} messages/s exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    batch_id, messages = ctx.submitter.build(req, account, now_ms)
+    result = {
+        "batch_id": batch_id,
+        "count": len(messages),
+        "messages": [
+            {
+                "id": m.id,
+                "to": m.recipient,
+                "client_ref": m.client_ref,
+                "status": "queued",
+                "encoding": m.encoding,
+                "segments": m.air_segments or len(m.segments),
+                "billable_units": m.billable_units,
+            }
+            for m in messages
+        ],
+    }
+    payload = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+    outcome = await ctx.store.accept(
+        AcceptBatch(
+            account_id=account.id,
+            messages=tuple(messages),
+            idempotency_key=key,
+            idempotency=IdempotencyRecord(req_hash, 202, payload),
+            idempotency_expires_at=now_ms + ctx.config.server.idempotency_hours * 3_600_000,
+        ),
+        now_ms,
+    )
+    if not outcome.accepted:
+        assert outcome.existing is not None
+        return _replay(outcome.existing, req_hash)
+    segments = sum(len(m.segments) for m in messages)
+    ctx.queue_depth += segments
+    ctx.on_accepted(segments)
+    return web.Response(body=payload, status=202, content_type="application/json")
+
+
+def _replay(existing: IdempotencyRecord, req_hash: str) -> web.Response:
+    if existing.request_hash != req_hash:
+        raise ApiError(
+            "IDEMPOTENCY_KEY_REUSED",
+            "Idempotency-Key was already used with a different request body",
+        )
+    return web.Response(
+        body=existing.response,
+        status=existing.status_code,
+        content_type="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+async def get_message(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = request["principal"].account
+    mid = request.match_info["id"]
+    record = await ctx.store.get_message(account.id, mid) if _MSG_ID.match(mid) else None
+    if record is None:  # another account's id looks exactly like an unknown one: no probing
+        raise ApiError("NOT_FOUND", f"no message {mid!r}")
+    return json_response(message_view(record))
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = request["principal"].account
+    q = request.rel_url.query
+    unknown = sorted(set(q) - {"to", "date", "status", "cursor", "limit"})
+    if unknown:
+        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown query parameter")
+    recipient = None
+    if "to" in q:
+        try:
+            recipient = normalize(q["to"], account.default_country)
+        except PhoneError as exc:
+            raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
+    since = until = None
+    if "date" in q:
+        try:
+            day = datetime.strptime(q["date"], "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise ApiError("INVALID_FIELD", "date: expected YYYY-MM-DD") from None
+        since = int(day.timestamp() * 1000)
+        until = int((day + timedelta(days=1)).timestamp() * 1000)
+    state = q.get("status")
+    if state is not None and state not in _STATES:
+        raise ApiError("INVALID_FIELD", f"status: one of {', '.join(_STATES)}")
+    limit = 50
+    if "limit" in q:
+        if not q["limit"].isdigit() or not 1 <= int(q["limit"]) <= 200:
+            raise ApiError("INVALID_FIELD", "limit: an integer from 1 to 200")
+        limit = int(q["limit"])
+    cursor = q.get("cursor")
+    if cursor is not None and not _MSG_ID.match(cursor):
+        raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
+    rows = await ctx.store.list_messages(
+        account.id,
+        recipient=recipient,
+        since=since,
+        until=until,
+        state=state,
+        before_id=cursor,
+        limit=limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return json_response(
+        {
+            "messages": [message_view(r, with_parts=False) for r in rows],
+            "next_cursor": rows[-1].id if more and rows else None,
+        }
+    )
+
+
+async def post_preview(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    data = parse_json(request["body"], request)
+    if not isinstance(data, dict):
+        raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
+    unknown = sorted(set(data) - {"text", "sign_name", "to", "smart_encoding"})
+    if unknown:
+        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise ApiError("MISSING_FIELD", "text: required string")
+    sign = data.get("sign_name")
+    if sign is not None and not isinstance(sign, str):
+        raise ApiError("INVALID_FIELD", "sign_name: expected a string")
+    smart = data.get("smart_encoding", ctx.config.text.smart_encoding)
+    if not isinstance(smart, bool):
+        raise ApiError("INVALID_FIELD", "smart_encoding: expected true or false")
+    smsc_name = ctx.config.smscs[0].name
+    to = data.get("to")
+    if to is not None:
+        if not isinstance(to, str):
+            raise ApiError("INVALID_FIELD", "to: expected a string")
+        try:
+            number = normalize(to, request["principal"].account.default_country)
+        except PhoneError as exc:
+            raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
+        candidates = ctx.submitter.router.candidates(number)
+        if candidates:
+            smsc_name = candidates[0]
+    smsc = next(s for s in ctx.config.smscs if s.name == smsc_name)
+    try:
+        result = preview(
+            text,
+            encode_options(smsc, smart),
+            sign=sign,
+            sign_format=ctx.config.text.sign_format,
+            rule=CountingRule(ctx.config.text.counting_rule),
+        )
+    except TextError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return json_response(result)
+
+
+async def get_account(request: web.Request) -> web.Response:
+    account = request["principal"].account
+    data = public_account(account)
+    data["app_key"] = request["principal"].key.key_id
+    return json_response(data)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_get("/v1/messages", list_messages)
+    app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_post("/v1/preview", post_preview)
+    app.router.add_get("/v1/account", get_account)

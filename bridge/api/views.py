@@ -1,0 +1,80 @@
+"""Rendering of stored records as API JSON (pure): one place decides the public field names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.store.models import MessageRecord
+
+
+def iso(ms: int | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and a Z, as the API speaks time."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def message_view(m: MessageRecord, *, with_parts: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": m.id,
+        "batch_id": m.batch_id,
+        "client_ref": m.client_ref,
+        "to": m.recipient,
+        "sender": m.sender,
+        "sign_name": m.sign_name,
+        "template": m.template,
+        "text": m.text,
+        "status": m.state,
+        "error_code": m.error_code,
+        "encoding": m.encoding,
+        "data_coding": m.data_coding,
+        "segments": m.segments,
+        "billable_units": m.billable_units,
+        "segments_sent": m.segments_sent,
+        "segments_delivered": m.segments_delivered,
+        "segments_failed": m.segments_failed,
+        "smsc": m.smsc,
+        "accepted_at": iso(m.accepted_at),
+        "scheduled_at": iso(m.scheduled_at),
+        "expires_at": iso(m.expires_at),
+        "sent_at": iso(m.sent_at),
+        "done_at": iso(m.done_at),
+    }
+    if with_parts:
+        out["parts"] = [
+            {
+                "seq": s.seq,
+                "status": s.state,
+                "smsc": s.smsc,
+                "smsc_message_id": s.smsc_msg_id,
+                "submitted_at": iso(s.submitted_at),
+                "done_at": iso(s.done_at),
+                "error_code": s.error_code,
+            }
+            for s in m.segment_rows
+        ]
+    return out
+
+
+def status_report(m: MessageRecord) -> dict[str, Any]:
+    """The webhook body for one final status (issue 5's field list)."""
+    return {
+        "type": "message.status",
+        "message_id": m.id,
+        "batch_id": m.batch_id,
+        "client_ref": m.client_ref,
+        "to": m.recipient,
+        "status": m.state,
+        "success": m.state == "delivered",
+        "error_code": m.error_code,
+        "error_text": m.error_text,
+        "segments": m.segments,
+        "segments_delivered": m.segments_delivered,
+        "billable_units": m.billable_units,
+        "accepted_at": iso(m.accepted_at),
+        "submitted_at": iso(m.sent_at),
+        "done_at": iso(m.done_at),
+    }

@@ -1,0 +1,442 @@
+"""`smpp-bridge` command line: run the daemon, the simulator, and the operator tools.
+
+Every failure is a one-line message and exit code 1 (2 for usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bridge import __version__
+from bridge.config import Config, ConfigError, check_main, load_config
+
+log = logging.getLogger("bridge.cli")
+
+
+class CliError(Exception):
+    pass
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration:\n{exc}") from None
+
+
+def setup_logging(cfg: Config | None, level: str | None = None) -> None:
+    from bridge.logs import configure
+
+    configure(cfg.logging if cfg else None, level)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.app import Daemon
+
+    cfg = _config(args)
+    setup_logging(cfg)
+    _use_uvloop()
+    asyncio.run(Daemon(cfg).run_forever())
+    return 0
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bridge.sim.server import run_sim
+
+    cfg = _config(args)
+    setup_logging(cfg)
+    sim = cfg.sim
+    changes: dict[str, Any] = {"enabled": True}
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.control_port is not None:
+        changes["control_port"] = args.control_port
+    if args.receipt_delay_ms is not None:
+        changes["receipt_delay_ms"] = args.receipt_delay_ms
+    sim = replace(sim, **changes)
+    try:
+        asyncio.run(run_sim(sim))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_sim_mo(args: argparse.Namespace) -> int:
+    from bridge.sim.server import mo_command
+
+    return mo_command(args.control_url, args.source, args.destination, args.text, args.split)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    return check_main(args.file)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from bridge.text.preview import preview
+    from bridge.text.split import EncodeOptions, SplitMode, TextError
+    from bridge.text.units import CountingRule
+
+    try:
+        result = preview(
+            args.text,
+            EncodeOptions(split=SplitMode(args.split), smart=args.smart),
+            sign=args.sign,
+            sign_format=args.sign_format,
+            rule=CountingRule(args.rule),
+        )
+    except TextError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from None
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from bridge.accounts import AccountService
+    from bridge.app import make_sealer, open_store
+
+    store = open_store(cfg)
+    await store.open()
+    try:
+        return await fn(AccountService(store, make_sealer(cfg)))
+    finally:
+        await store.close()
+
+
+def _account_settings(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "kind", None):
+        out["kind"] = args.kind
+    for name in ("raw_text", "marketing"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    mapping = {
+        "country": "default_country",
+        "tps": "tps",
+        "daily_quota": "daily_quota",
+        "callback": "status_callback_url",
+        "mo_callback": "mo_callback_url",
+    }
+    for arg, field in mapping.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            out[field] = None if value == "" else value
+    return out
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    from bridge.accounts import AccountError, public_account, public_key
+
+    cfg = _config(args)
+    setup_logging(cfg, "WARNING")
+
+    async def go(svc: Any) -> int:
+        try:
+            if args.action == "create":
+                creds = await svc.create(args.name, _account_settings(args), _now_ms())
+                _print(
+                    {
+                        "account": creds.account.id,
+                        "name": creds.account.name,
+                        "app_key": creds.app_key,
+                        "app_secret": creds.app_secret,
+                        "webhook_secret": creds.webhook_secret,
+                        "settings": public_account(creds.account),
+                    }
+                )
+            elif args.action == "list":
+                _print([public_account(a) for a in await svc.store.list_accounts()])
+            elif args.action == "show":
+                account = await svc.resolve(args.ref)
+                data = public_account(account)
+                data["keys"] = [public_key(k) for k in await svc.store.list_keys(account.id)]
+                _print(data)
+            elif args.action == "update":
+                _print(
+                    public_account(await svc.update(args.ref, _account_settings(args), _now_ms()))
+                )
+            elif args.action in ("disable", "enable"):
+                status = "disabled" if args.action == "disable" else "active"
+                _print(public_account(await svc.set_status(args.ref, status, _now_ms())))
+            elif args.action == "rotate-webhook-secret":
+                account, secret = await svc.rotate_webhook_secret(args.ref, _now_ms())
+                _print({"account": account.id, "webhook_secret": secret})
+        except AccountError as exc:
+            raise CliError(f"{exc.code}: {exc.message}") from None
+        return 0
+
+    return asyncio.run(_with_services(cfg, go))
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from bridge.accounts import AccountError, public_key
+
+    cfg = _config(args)
+    setup_logging(cfg, "WARNING")
+
+    async def go(svc: Any) -> int:
+        try:
+            if args.action == "create":
+                account, key_id, secret = await svc.create_key(args.account, _now_ms())
+                _print({"account": account.id, "app_key": key_id, "app_secret": secret})
+            elif args.action == "list":
+                account = await svc.resolve(args.account)
+                _print([public_key(k) for k in await svc.store.list_keys(account.id)])
+            elif args.action == "revoke":
+                await svc.revoke_key(args.key, _now_ms())
+                _print({"app_key": args.key, "status": "revoked"})
+        except AccountError as exc:
+            raise CliError(f"{exc.code}: {exc.message}") from None
+        return 0
+
+    return asyncio.run(_with_services(cfg, go))
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from bridge.app import open_store
+
+    cfg = _config(args)
+    setup_logging(cfg, "WARNING")
+
+    async def go() -> int:
+        store = open_store(cfg)
+        await store.open()
+        try:
+            print(
+                json.dumps(
+                    {"engine": cfg.store.engine, "schema_version": await store.schema_version()}
+                )
+            )
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(go())
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str]:
+    key = os.environ.get("SMPP_BRIDGE_APP_KEY")
+    secret = os.environ.get("SMPP_BRIDGE_APP_SECRET")
+    if args.credentials:
+        try:
+            data = json.loads(Path(args.credentials).read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--credentials {args.credentials}: {exc}") from None
+        key, secret = data.get("app_key"), data.get("app_secret")
+    if not key or not secret:
+        raise CliError(
+            "no credentials: set SMPP_BRIDGE_APP_KEY and SMPP_BRIDGE_APP_SECRET, or pass "
+            "--credentials FILE (the JSON printed by `smpp-bridge account create`)"
+        )
+    return key, secret
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from bridge.client import BridgeClient, BridgeError
+
+    key, secret = _credentials(args)
+    params = None
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except ValueError as exc:
+            raise CliError(f"--params: not JSON: {exc}") from None
+    to: str | list[str] = args.to[0] if len(args.to) == 1 else list(args.to)
+
+    async def go() -> int:
+        async with BridgeClient(args.url, key, secret) as client:
+            try:
+                if args.status:
+                    _print(await client.message(args.status))
+                    return 0
+                result = await client.send(
+                    to,
+                    text=args.text,
+                    template=args.template,
+                    params=params,
+                    sign_name=args.sign,
+                    client_ref=args.client_ref,
+                )
+            except BridgeError as exc:
+                print(
+                    json.dumps(
+                        {
+                            "error": {
+                                "status": exc.status,
+                                "code": exc.code,
+                                "message": exc.message,
+                                "request_id": exc.request_id,
+                            }
+                        }
+                    ),
+                    file=sys.stderr,
+                )
+                return 1
+            _print(result)
+            return 0
+
+    try:
+        return asyncio.run(go())
+    except OSError as exc:
+        raise CliError(f"cannot reach {args.url}: {exc}") from None
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smpp-bridge", description="Signed HTTP to SMPP SMS gateway")
+    p.add_argument("--version", action="version", version=f"smpp-bridge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", help="YAML file (default: built-in demo config)")
+        return sp
+
+    run = with_config(sub.add_parser("run", help="run the daemon"))
+    run.set_defaults(fn=cmd_run)
+
+    sim = with_config(sub.add_parser("sim", help="run the simulated SMSC on its own"))
+    sim.add_argument("--port", type=int)
+    sim.add_argument("--control-port", type=int)
+    sim.add_argument("--receipt-delay-ms", type=int)
+    sim.set_defaults(fn=cmd_sim)
+
+    mo = sub.add_parser("sim-mo", help="make a running simulator send an MO")
+    mo.add_argument("--control-url", default="http://127.0.0.1:2776")
+    mo.add_argument("--from", dest="source", required=True)
+    mo.add_argument("--to", dest="destination", required=True)
+    mo.add_argument("--text", required=True)
+    mo.add_argument("--split", choices=["udh8", "udh16", "sar"], default="udh8")
+    mo.set_defaults(fn=cmd_sim_mo)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    check = cfg_sub.add_parser("check", help="validate and print the effective config")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(fn=cmd_config_check)
+
+    pv = sub.add_parser("preview", help="encoding, segments and units of a text")
+    pv.add_argument("text")
+    pv.add_argument("--sign")
+    pv.add_argument("--sign-format", default="【{sign}】")
+    pv.add_argument("--split", choices=["udh8", "udh16", "sar", "payload"], default="udh8")
+    pv.add_argument("--smart", action="store_true")
+    pv.add_argument("--rule", choices=["chars_70_67", "wire_segments"], default="chars_70_67")
+    pv.set_defaults(fn=cmd_preview)
+
+    acc = sub.add_parser("account", help="manage accounts")
+    acc_sub = acc.add_subparsers(dest="action", required=True)
+
+    def settings(sp: argparse.ArgumentParser) -> None:
+        kind = sp.add_mutually_exclusive_group()
+        kind.add_argument("--prepaid", dest="kind", action="store_const", const="prepaid")
+        kind.add_argument("--postpaid", dest="kind", action="store_const", const="postpaid")
+        raw = sp.add_mutually_exclusive_group()
+        raw.add_argument("--raw-text", dest="raw_text", action="store_const", const=True)
+        raw.add_argument("--no-raw-text", dest="raw_text", action="store_const", const=False)
+        mk = sp.add_mutually_exclusive_group()
+        mk.add_argument("--marketing", dest="marketing", action="store_const", const=True)
+        mk.add_argument("--no-marketing", dest="marketing", action="store_const", const=False)
+        sp.add_argument("--country", help="default country, ISO alpha-2 (e.g. CN)")
+        sp.add_argument("--tps", type=int)
+        sp.add_argument("--daily-quota", type=int)
+        sp.add_argument("--callback", help="status report URL ('' to clear)")
+        sp.add_argument("--mo-callback", help="MO URL ('' to clear)")
+
+    ac = with_config(acc_sub.add_parser("create"))
+    ac.add_argument("name")
+    settings(ac)
+    with_config(acc_sub.add_parser("list"))
+    for action in ("show", "disable", "enable", "rotate-webhook-secret"):
+        with_config(acc_sub.add_parser(action)).add_argument("ref", help="account id or name")
+    au = with_config(acc_sub.add_parser("update"))
+    au.add_argument("ref")
+    settings(au)
+    acc.set_defaults(fn=cmd_account)
+
+    key = sub.add_parser("key", help="manage app keys")
+    key_sub = key.add_subparsers(dest="action", required=True)
+    with_config(key_sub.add_parser("create")).add_argument("account")
+    with_config(key_sub.add_parser("list")).add_argument("account")
+    with_config(key_sub.add_parser("revoke")).add_argument("key")
+    key.set_defaults(fn=cmd_key)
+
+    db = sub.add_parser("db", help="database tools")
+    db_sub = db.add_subparsers(dest="action", required=True)
+    with_config(db_sub.add_parser("migrate", help="apply schema migrations")).set_defaults(
+        fn=cmd_db_migrate
+    )
+
+    send = sub.add_parser("send", help="send a message through a running daemon")
+    send.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))
+    send.add_argument("--credentials", help="JSON file with app_key and app_secret")
+    send.add_argument("--to", nargs="+", default=[])
+    body = send.add_mutually_exclusive_group()
+    body.add_argument("--text")
+    body.add_argument("--template")
+    send.add_argument("--params", help="template parameters as JSON")
+    send.add_argument("--sign")
+    send.add_argument("--client-ref")
+    send.add_argument("--status", metavar="MESSAGE_ID", help="show a message instead of sending")
+    send.set_defaults(fn=cmd_send)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (
+        args.command == "send"
+        and not args.status
+        and (not args.to or not (args.text or args.template))
+    ):
+        parser.error("send: --to and one of --text/--template are required")
+    try:
+        return args.fn(args)
+    except CliError as exc:
+        print(f"smpp-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the promise: no tracebacks for operators
+        from bridge.crypto import MasterKeyError
+
+        if isinstance(exc, MasterKeyError | OSError):
+            print(f"smpp-bridge: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Python client SDK: signs every request with BRIDGE-HMAC-SHA256 and retries safely.
+
+POST /v1/messages always carries an Idempotency-Key (generated when the caller gives none), so a
+retry after a 429/503 or a lost connection can never send a message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+
+from bridge.api import signing
+
+
+class BridgeError(Exception):
+    """A refusal from the gateway: `status`, the stable `code`, the `message`, the `request_id`."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class BridgeClient:
+    def __init__(
+        self,
+        base_url: str,
+        app_key: str,
+        app_secret: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        max_retries: int = 3,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.app_key = app_key
+        self._secret = app_secret
+        self._session = session
+        self._own_session = session is None
+        self.max_retries = max_retries
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    def __repr__(self) -> str:
+        return f"BridgeClient({self.base_url!r}, app_key={self.app_key!r})"
+
+    async def __aenter__(self) -> BridgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    def signed_headers(
+        self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]
+    ) -> dict[str, str]:
+        host = urlsplit(self.base_url).netloc
+        all_headers = {"Host": host, **headers}
+        added = signing.sign_request(
+            self.app_key,
+            self._secret,
+            method,
+            path,
+            query,
+            all_headers,
+            body,
+            datetime.now(UTC),
+            secrets.token_urlsafe(24),
+        )
+        return {**all_headers, **added}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        json_body: Any = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        qs = urlencode({k: v for k, v in (query or {}).items() if v is not None}, quote_via=_quote)
+        body = b"" if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
+        base_headers: dict[str, str] = {}
+        if json_body is not None:
+            base_headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            base_headers["Idempotency-Key"] = idempotency_key
+        url = self.base_url + path + (f"?{qs}" if qs else "")
+        attempt = 0
+        while True:
+            headers = self.signed_headers(method, path, qs, body, base_headers)
+            try:
+                async with self._http().request(
+                    method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    skip_auto_headers=("Content-Type",),
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    resp_headers = dict(resp.headers)
+            except (TimeoutError, aiohttp.ClientConnectionError):
+                if attempt >= self.max_retries or (method != "GET" and idempotency_key is None):
+                    raise
+                attempt += 1
+                await asyncio.sleep(min(2**attempt * 0.25, 5))
+                continue
+            if status in (429, 503) and attempt < self.max_retries:
+                attempt += 1
+                delay = _retry_after(resp_headers.get("Retry-After"), attempt)
+                await asyncio.sleep(delay)
+                continue
+            data = json.loads(raw) if raw else None
+            if status >= 400:
+                err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                raise BridgeError(
+                    status,
+                    err.get("code", f"HTTP_{status}"),
+                    err.get("message", raw.decode(errors="replace")[:200]),
+                    err.get("request_id") or resp_headers.get("X-Request-Id"),
+                )
+            return status, resp_headers, data
+
+    async def send(
+        self,
+        to: str | list[str],
+        *,
+        text: str | None = None,
+        template: str | None = None,
+        params: dict[str, str] | None = None,
+        sign_name: str | None = None,
+        idempotency_key: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"to": to, **{k: v for k, v in extra.items() if v is not None}}
+        if text is not None:
+            body["text"] = text
+        if template is not None:
+            body["template"] = template
+            body["params"] = params or {}
+        if sign_name is not None:
+            body["sign_name"] = sign_name
+        _, _, data = await self.request(
+            "POST",
+            "/v1/messages",
+            json_body=body,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+        return data
+
+    async def message(self, message_id: str) -> dict[str, Any]:
+        _, _, data = await self.request("GET", f"/v1/messages/{message_id}")
+        return data
+
+    async def messages(self, **query: Any) -> dict[str, Any]:
+        _, _, data = await self.request("GET", "/v1/messages", query=query)
+        return data
+
+    async def preview(self, text: str, sign_name: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text}
+        if sign_name:
+            body["sign_name"] = sign_name
+        _, _, data = await self.request("POST", "/v1/preview", json_body=body)
+        return data
+
+    async def account(self) -> dict[str, Any]:
+        _, _, data = await self.request("GET", "/v1/account")
+        return data
+
+
+def _quote(
+    value: str, safe: str = "", encoding: str | None = None, errors: str | None = None
+) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="-_.~")
+
+
+def _retry_after(value: str | None, attempt: int) -> float:
+    try:
+        return max(0.0, min(float(value), 60.0)) if value else min(2**attempt * 0.5, 10.0)
+    except ValueError:
+        return min(2**attempt * 0.5, 10.0)

@@ -1,0 +1,72 @@
+"""Message life cycle: how segment states roll up to the message state (design.md).
+
+Pure so both store engines apply the exact same rule and it can be tested exhaustively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Segment states.
+SEG_QUEUED = "queued"
+SEG_SENT = "sent"
+SEG_DELIVERED = "delivered"
+SEG_FAILED = "failed"  # permanent submit error, or never sent because an earlier part failed
+SEG_TIMEOUT = "timeout"  # no receipt within the receipt timeout
+SEG_EXPIRED_UNSENT = "expired_unsent"  # validity passed before it could be sent
+# Negative receipt states (from bridge.smpp.receipt.ReceiptState values).
+SEG_NEGATIVE = frozenset({"undeliverable", "expired", "rejected", "unknown", SEG_FAILED})
+SEG_FINAL = SEG_NEGATIVE | {SEG_DELIVERED, SEG_TIMEOUT, SEG_EXPIRED_UNSENT}
+
+# Message states.
+MSG_QUEUED = "queued"
+MSG_SENT = "sent"
+MSG_DELIVERED = "delivered"
+MSG_FAILED = "failed"
+MSG_EXPIRED = "expired"
+MSG_UNKNOWN = "unknown"
+MSG_FINAL = frozenset({MSG_DELIVERED, MSG_FAILED, MSG_EXPIRED, MSG_UNKNOWN})
+
+# Receipt-state -> segment error code for the message record; SMPP stat words as carriers use them.
+_RECEIPT_ERROR = {
+    "undeliverable": "UNDELIV",
+    "expired": "EXPIRED",
+    "rejected": "REJECTD",
+    "unknown": "UNKNOWN",
+}
+
+
+def receipt_error_code(state: str, stat: str | None, err: str | None) -> str | None:
+    """The error code a negative receipt leaves on the segment: the stat word, plus err if given."""
+    if state not in _RECEIPT_ERROR:
+        return None
+    word = (stat or _RECEIPT_ERROR[state]).upper()
+    if err and err.strip("0"):
+        return f"{word}:{err}"
+    return word
+
+
+def rollup(states: Iterable[str]) -> str:
+    """The message state implied by its segments' states.
+
+    A message is final only when every segment is final, so a long message is never reported
+    delivered on a guess from one part (the Kannel/Jasmin flaw), and billing sees one outcome.
+    """
+    states = list(states)
+    if not states:
+        return MSG_QUEUED
+    if any(s == SEG_QUEUED for s in states):
+        if all(s in (SEG_QUEUED, SEG_EXPIRED_UNSENT) for s in states) and any(
+            s == SEG_EXPIRED_UNSENT for s in states
+        ):
+            return MSG_EXPIRED
+        return MSG_QUEUED
+    if not all(s in SEG_FINAL for s in states):
+        return MSG_SENT
+    if all(s == SEG_DELIVERED for s in states):
+        return MSG_DELIVERED
+    if any(s == SEG_EXPIRED_UNSENT for s in states) and not any(s in SEG_NEGATIVE for s in states):
+        return MSG_EXPIRED
+    if any(s in SEG_NEGATIVE for s in states):
+        return MSG_FAILED
+    return MSG_UNKNOWN

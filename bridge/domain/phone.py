@@ -1,0 +1,87 @@
+"""Phone numbers to E.164 (pure).
+
+Internally every number is E.164 (`+8613800138000`). National forms are accepted only where the
+account's default country makes them unambiguous; anything else is refused with a reason, because a
+wrongly guessed country code sends a paid message to a stranger.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CountryPlan:
+    code: str  # calling code without "+"
+    national: re.Pattern[str]  # significant national number (after the trunk prefix)
+    trunk: str = ""  # national trunk prefix, e.g. "0"
+
+
+# A deliberately small table of well-understood numbering plans; a country not listed here can
+# still send in E.164 form.
+PLANS: dict[str, CountryPlan] = {
+    "CN": CountryPlan("86", re.compile(r"^1[3-9]\d{9}$")),  # mobiles only: SMS goes to mobiles
+    "HK": CountryPlan("852", re.compile(r"^[4-9]\d{7}$")),
+    "MO": CountryPlan("853", re.compile(r"^6\d{7}$")),
+    "TW": CountryPlan("886", re.compile(r"^9\d{8}$"), "0"),
+    "SG": CountryPlan("65", re.compile(r"^[89]\d{7}$")),
+    "US": CountryPlan("1", re.compile(r"^[2-9]\d{2}[2-9]\d{6}$"), "1"),
+    "CA": CountryPlan("1", re.compile(r"^[2-9]\d{2}[2-9]\d{6}$"), "1"),
+    "GB": CountryPlan("44", re.compile(r"^7\d{9}$"), "0"),
+    "DE": CountryPlan("49", re.compile(r"^1[5-7]\d{8,9}$"), "0"),
+    "FR": CountryPlan("33", re.compile(r"^[67]\d{8}$"), "0"),
+    "IN": CountryPlan("91", re.compile(r"^[6-9]\d{9}$"), "0"),
+    "JP": CountryPlan("81", re.compile(r"^[789]0\d{8}$"), "0"),
+    "AU": CountryPlan("61", re.compile(r"^4\d{8}$"), "0"),
+}
+
+
+class PhoneError(ValueError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def normalize(raw: str, default_country: str | None = None) -> str:
+    """E.164 for `raw`, or PhoneError saying why it is refused."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise PhoneError("phone number is empty")
+    s = _SEPARATORS.sub("", raw.strip())
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    if s.startswith("+"):
+        if not _E164.match(s):
+            raise PhoneError(f"{raw!r} is not a valid E.164 number (+ then 7 to 15 digits)")
+        return s
+    if not s.isdigit():
+        raise PhoneError(f"{raw!r} contains characters that are not digits")
+    if default_country is None:
+        raise PhoneError(
+            f"{raw!r} has no country code; send E.164 (+country code) or set the account's "
+            "default country"
+        )
+    plan = PLANS.get(default_country.upper())
+    if plan is None:
+        raise PhoneError(
+            f"{raw!r} has no country code and national numbers of {default_country} are not "
+            "supported; send E.164"
+        )
+    national = s
+    if plan.trunk and national.startswith(plan.trunk) and not plan.national.match(national):
+        national = national[len(plan.trunk) :]
+    if not plan.national.match(national):
+        raise PhoneError(
+            f"{raw!r} is not an unambiguous {default_country} mobile number; send E.164"
+        )
+    return f"+{plan.code}{national}"
+
+
+def mask(e164: str) -> str:
+    """Keep the country code and the last 4 digits: enough to recognise, not to dial."""
+    if len(e164) <= 7:
+        return "*" * len(e164)
+    return e164[:3] + "*" * (len(e164) - 7) + e164[-4:]

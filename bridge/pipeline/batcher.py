@@ -1,0 +1,92 @@
+"""Micro-batching of store writes at the pipeline's edges.
+
+Receipts and submit results arrive one by one from many binds; each would cost a transaction. The
+batcher gathers what arrives within a few milliseconds (or up to a size) and flushes it in one call;
+callers that need durability (a receipt must be committed before its deliver_sm_resp) await the
+flush that carried their item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger("bridge.pipeline")
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[object]],
+        *,
+        max_items: int = 500,
+        max_delay_s: float = 0.002,
+        name: str = "batch",
+    ) -> None:
+        self._flush = flush
+        self._max = max_items
+        self._delay = max_delay_s
+        self._name = name
+        self._items: list[T] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.flushes = 0
+        self.items = 0
+
+    def add(self, item: T) -> asyncio.Future[None]:
+        """Queue an item; the returned future resolves when its batch is committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._items.append(item)
+        self._waiters.append(fut)
+        if len(self._items) >= self._max:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._delay, self._start_flush)
+        return fut
+
+    async def submit(self, item: T) -> None:
+        await self.add(item)
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._items:
+            return
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters = [], []
+        task = asyncio.get_running_loop().create_task(self._run(items, waiters))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run(self, items: list[T], waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            await self._flush(items)
+        except Exception as exc:
+            log.exception("%s flush of %d items failed", self._name, len(items))
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+                    w.exception()  # mark retrieved: fire-and-forget callers may not await
+            return
+        self.flushes += 1
+        self.items += len(items)
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def drain(self) -> None:
+        """Flush what is queued and wait for every flush in progress."""
+        self._start_flush()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    @property
+    def pending(self) -> int:
+        return len(self._items)

@@ -1,0 +1,209 @@
+"""Dispatcher: claims queued messages from the store and hands them to the SMSC connectors.
+
+Work waits in the store, not in memory: the dispatcher claims only as many messages as the live
+binds have free window slots, so a stopped SMSC leaves the backlog on disk (back-pressure, not
+buffers). A message is claimed whole and its parts go out in order on one bind. Submit results are
+written back in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from bridge.config import SmscConfig
+from bridge.pipeline.batcher import Batcher
+from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
+from bridge.smpp.codec import ShortMessage
+from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
+from bridge.smpp.router import Router
+from bridge.store.base import Store
+from bridge.store.models import Release, SubmitResult, WorkMessage
+
+log = logging.getLogger("bridge.dispatcher")
+
+MAX_MESSAGE_ATTEMPTS = 10
+
+
+class ConnectorLike(Protocol):
+    name: str
+
+    @property
+    def is_up(self) -> bool: ...
+    def free_slots(self) -> int: ...
+    async def send_message(self, parts: Sequence[ShortMessage]) -> list: ...
+
+
+def msgid_rule(smsc: SmscConfig) -> MsgIdRule:
+    return MsgIdRule(
+        resp_base=IdBase(smsc.resp_id_base),
+        receipt_base=IdBase(smsc.receipt_id_base),
+        case_insensitive=smsc.id_case_insensitive,
+        strip_leading_zeros=smsc.id_strip_leading_zeros,
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        connectors: Mapping[str, ConnectorLike],
+        router: Router,
+        smscs: Mapping[str, SmscConfig],
+        *,
+        instance: str,
+        claim_batch: int = 500,
+        idle_s: float = 0.05,
+        lease_ms: int = 300_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.connectors = connectors
+        self.router = router
+        self.smscs = smscs
+        self.instance = instance
+        self.claim_batch = claim_batch
+        self.idle_s = idle_s
+        self.lease_ms = lease_ms
+        self.clock = clock
+        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._results: Batcher[SubmitResult | Release] = Batcher(
+            self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
+        )
+        self.sent = 0
+        self.failed = 0
+        self.retried = 0
+
+    def wake(self, _n: int = 0) -> None:
+        """New work was accepted: claim now rather than at the next idle tick."""
+        self._wake.set()
+
+    def capacity(self) -> int:
+        up = [c for c in self.connectors.values() if c.is_up]
+        return sum(c.free_slots() for c in up) - len(self._inflight)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            free = self.capacity()
+            if free <= 0:
+                self._slot_freed.clear()
+                await _wait(self._slot_freed, self.idle_s * 4)
+                continue
+            now_ms = int(self.clock() * 1000)
+            try:
+                work = await self.store.claim(
+                    self.instance, min(free, self.claim_batch), now_ms, self.lease_ms
+                )
+            except Exception:
+                log.exception("claim failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if not work:
+                self._wake.clear()
+                await _wait(self._wake, self.idle_s)
+                continue
+            for msg in work:
+                task = asyncio.get_running_loop().create_task(self._send(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch task failed", exc_info=task.exception())
+
+    async def _send(self, msg: WorkMessage) -> None:
+        now_ms = int(self.clock() * 1000)
+        if msg.expires_at is not None and msg.expires_at <= now_ms:
+            for seg in msg.segments:
+                self._results.add(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms))
+            return
+        if not msg.segments:  # nothing left to send (already handled): just release the claim
+            self._results.add(Release(msg.id, now_ms, count_attempt=False))
+            return
+        name = self.router.pick(
+            msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
+        )
+        if name is None:
+            self._results.add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            return
+        connector = self.connectors[name]
+        smsc = self.smscs[name]
+        outcomes = await connector.send_message(build_parts(msg, smsc))
+        now_ms = int(self.clock() * 1000)
+        rule = self._rules[name]
+        release: Release | None = None
+        for seg, out in zip(msg.segments, outcomes, strict=False):
+            if out.kind == "ok":
+                raw = out.message_id or ""
+                self._results.add(
+                    SubmitResult(
+                        msg.id, seg.seq, "sent", name, normalize_resp_id(raw, rule), raw, at=now_ms
+                    )
+                )
+                self.sent += 1
+            elif out.kind == "permanent":
+                self._results.add(
+                    SubmitResult(
+                        msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
+                    )
+                )
+                self.failed += 1
+                break
+            elif out.kind in ("transient", "no_bind"):
+                if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
+                    self._results.add(
+                        SubmitResult(
+                            msg.id,
+                            seg.seq,
+                            "failed",
+                            name,
+                            error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
+                            at=now_ms,
+                        )
+                    )
+                    self.failed += 1
+                    break
+                delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
+                release = Release(msg.id, now_ms + delay, count_attempt=out.kind == "transient")
+                self.retried += 1
+                break
+            else:  # cancelled: an earlier part failed; the store fails the rest
+                break
+        if release is not None:
+            self._results.add(release)
+
+    async def _flush_results(self, items: list[SubmitResult | Release]) -> None:
+        results = [i for i in items if isinstance(i, SubmitResult)]
+        releases = [i for i in items if isinstance(i, Release)]
+        await self.store.record_submits(results, releases, int(self.clock() * 1000))
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; wait (bounded) for messages in flight; write their results."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if self._inflight:
+            _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        await self._results.drain()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass

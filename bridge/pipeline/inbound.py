@@ -1,0 +1,153 @@
+"""Inbound deliver_sm: delivery receipts and MO messages.
+
+The connector awaits `on_deliver` before it answers deliver_sm_resp, and this returns only after the
+receipt or MO is committed: a crash in between makes the SMSC resend it instead of losing it.
+Receipts are applied in batches (one transaction for many), matched by (SMSC, normalised id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from bridge.config import SmscConfig
+from bridge.ids import new_id
+from bridge.pipeline.batcher import Batcher
+from bridge.pipeline.dispatcher import msgid_rule
+from bridge.sim.reassembly import decode_payload, parse_segment
+from bridge.smpp import constants as C
+from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
+from bridge.smpp.msgid import normalize_receipt_id
+from bridge.smpp.receipt import receipt_from_fields
+from bridge.store.base import Store
+from bridge.store.models import MoMessage, MoPart, ReceiptIn
+
+log = logging.getLogger("bridge.inbound")
+
+
+def is_receipt(body: ShortMessage) -> bool:
+    # SMPP 3.4 5.2.12: message type bits 2-5; 0x04 is an SMSC delivery receipt. Some SMSCs only
+    # set the receipted_message_id TLV, so that marks a receipt too.
+    return (body.esm_class & 0x3C) in (0x04, 0x08, 0x10, 0x20) or (
+        tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID) is not None
+    )
+
+
+class Inbound:
+    def __init__(
+        self,
+        store: Store,
+        smscs: Mapping[str, SmscConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+        batch_delay_s: float = 0.002,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._receipts: Batcher[ReceiptIn] = Batcher(
+            self._flush_receipts, max_items=1000, max_delay_s=batch_delay_s, name="receipts"
+        )
+        self.receipts = 0
+        self.matched = 0
+        self.unmatched = 0
+        self.unparsable = 0
+        self.mo = 0
+
+    async def on_deliver(self, smsc: str, body: ShortMessage) -> int:
+        try:
+            if is_receipt(body):
+                return await self._receipt(smsc, body)
+            return await self._mo(smsc, body)
+        except Exception:
+            log.exception("could not store deliver_sm from smsc=%s; asking for redelivery", smsc)
+            return C.ESME_RX_T_APPN
+
+    async def _receipt(self, smsc: str, body: ShortMessage) -> int:
+        text = body.short_message.decode("latin-1")
+        tlv_id = tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID)
+        receipt = receipt_from_fields(
+            text,
+            tlv_id.rstrip(b"\x00").decode("latin-1") if tlv_id is not None else None,
+            tlv_int(body.tlvs, C.MESSAGE_STATE),
+            tlv_get(body.tlvs, C.NETWORK_ERROR_CODE),
+        )
+        if receipt is None:
+            self.unparsable += 1
+            log.warning("receipt without a message id from smsc=%s: %r", smsc, text[:120])
+            return C.ESME_ROK  # nothing to correlate; redelivery would not help
+        rule = self._rules.get(smsc)
+        key = normalize_receipt_id(receipt.message_id, rule) if rule else receipt.message_id
+        now_ms = int(self.clock() * 1000)
+        err = receipt.err
+        if receipt.network_error is not None and not (err and err.strip("0")):
+            err = str(receipt.network_error)
+        await self._receipts.submit(
+            ReceiptIn(
+                smsc=smsc,
+                smsc_msg_id=key,
+                state=str(receipt.state),
+                stat=receipt.stat or None,
+                err=err,
+                done_at=int(receipt.done_date.timestamp() * 1000) if receipt.done_date else None,
+                received_at=now_ms,
+                raw=text[:250],
+            )
+        )
+        self.receipts += 1
+        return C.ESME_ROK
+
+    async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
+        out = await self.store.apply_receipts(items, int(self.clock() * 1000))
+        self.matched += out.matched
+        self.unmatched += out.pending
+
+    async def _mo(self, smsc: str, body: ShortMessage) -> int:
+        now_ms = int(self.clock() * 1000)
+        seg = parse_segment(body)
+        if seg.scheme:
+            parts = await self.store.add_mo_part(
+                MoPart(
+                    smsc,
+                    body.source_addr,
+                    body.destination_addr,
+                    seg.ref,
+                    seg.total,
+                    seg.seq,
+                    body.data_coding,
+                    seg.payload,
+                    now_ms,
+                )
+            )
+            if parts is None:
+                return C.ESME_ROK  # stored; waiting for the other parts
+            # Join before decoding, as a handset does: a pair cut across parts still decodes.
+            text = decode_payload(body.data_coding, b"".join(p.payload for p in parts))
+        else:
+            text = decode_payload(seg.data_coding, seg.payload)
+        source = _e164(body.source_addr, body.source_addr_ton)
+        account = await self.store.attribute_mo(source, body.destination_addr, now_ms)
+        await self.store.store_mo(
+            MoMessage(
+                id=new_id("mo_", now_ms),
+                account_id=account,
+                smsc=smsc,
+                source=source,
+                destination=body.destination_addr,
+                text=text,
+                received_at=now_ms,
+            )
+        )
+        self.mo += 1
+        return C.ESME_ROK
+
+    async def drain(self) -> None:
+        await self._receipts.drain()
+
+
+def _e164(addr: str, ton: int) -> str:
+    digits = addr.lstrip("+")
+    if digits.isdigit() and (ton == 1 or addr.startswith("+") or len(digits) >= 10):
+        return "+" + digits
+    return addr

@@ -1,0 +1,70 @@
+"""Build the submit_sm bodies of a stored message for one SMSC, and classify outcomes (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bridge.config import SmscConfig
+from bridge.smpp.codec import ShortMessage
+from bridge.smpp.tlvpack import unpack_tlvs
+from bridge.store.models import WorkMessage
+
+
+def smpp_absolute_time(ms: int) -> str:
+    """SMPP 3.4 absolute time in UTC: YYMMDDhhmmsstnnp with offset 00 '+'."""
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    return dt.strftime("%y%m%d%H%M%S") + f"{dt.microsecond // 100000}00+"
+
+
+def smpp_relative_time(minutes: int) -> str:
+    """SMPP 3.4 relative time: YYMMDDhhmmss000R."""
+    days, rem = divmod(minutes, 1440)
+    hours, mins = divmod(rem, 60)
+    years, days = divmod(days, 365)
+    months, days = divmod(days, 30)
+    return f"{years:02d}{months:02d}{days:02d}{hours:02d}{mins:02d}00000R"
+
+
+def source_address(sender: str | None, smsc: SmscConfig) -> tuple[int, int, str]:
+    """(TON, NPI, address): alphanumeric senders are TON 5; numbers keep the SMSC's TON/NPI."""
+    value = sender or smsc.default_source
+    if value.startswith("+") and value[1:].isdigit():
+        return 1, 1, value[1:]
+    if value.isdigit():
+        return smsc.source_ton if smsc.source_ton != 5 else 0, smsc.source_npi, value
+    return 5, 0, value
+
+
+def build_parts(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage]:
+    ton, npi, source = source_address(msg.sender, smsc)
+    dest = msg.recipient[1:] if msg.recipient.startswith("+") else msg.recipient
+    if msg.expires_at is not None:
+        validity = smpp_absolute_time(msg.expires_at)
+    elif smsc.validity_minutes:
+        validity = smpp_relative_time(smsc.validity_minutes)
+    else:
+        validity = ""
+    return [
+        ShortMessage(
+            service_type=smsc.service_type,
+            source_addr_ton=ton,
+            source_addr_npi=npi,
+            source_addr=source,
+            dest_addr_ton=smsc.dest_ton,
+            dest_addr_npi=smsc.dest_npi,
+            destination_addr=dest,
+            esm_class=seg.esm_class,
+            priority_flag=smsc.priority,
+            validity_period=validity,
+            registered_delivery=smsc.registered_delivery,
+            data_coding=msg.data_coding,
+            short_message=seg.short_message,
+            tlvs=unpack_tlvs(seg.tlvs),
+        )
+        for seg in msg.segments
+    ]
+
+
+def retry_delay_ms(attempt: int) -> int:
+    """Back-off for a message whose submit failed transiently: 5 s doubling to 10 min."""
+    return min(5_000 * 2 ** max(0, attempt - 1), 600_000)

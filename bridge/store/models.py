@@ -1,0 +1,261 @@
+"""Values that cross the store boundary.
+
+Plain frozen dataclasses so both engines (SQLite, PostgreSQL) speak the same language and callers
+never see rows, cursors or engine types. Times are integer unix milliseconds; money is integer
+micro-units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    kind: str = "prepaid"
+    raw_text: bool = False
+    marketing: bool = False
+    default_country: str | None = None
+    tps: int = 0
+    daily_quota: int = 0
+    status_callback_url: str | None = None
+    mo_callback_url: str | None = None
+    webhook_secret_enc: bytes = field(default=b"", repr=False)
+    status: str = "active"
+    created_at: int = 0
+    updated_at: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+ACCOUNT_MUTABLE = frozenset(
+    {
+        "kind",
+        "raw_text",
+        "marketing",
+        "default_country",
+        "tps",
+        "daily_quota",
+        "status_callback_url",
+        "mo_callback_url",
+        "status",
+        "webhook_secret_enc",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AppKey:
+    key_id: str
+    account_id: str
+    secret_enc: bytes = field(repr=False)
+    status: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSegment:
+    seq: int
+    total: int
+    esm_class: int
+    short_message: bytes
+    tlvs: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    id: str
+    account_id: str
+    batch_id: str
+    recipient: str
+    encoding: str
+    data_coding: int
+    billable_units: int
+    segments: tuple[NewSegment, ...]
+    accepted_at: int
+    text: str | None = None
+    client_ref: str | None = None
+    sender: str | None = None
+    sign_name: str | None = None
+    template: str | None = None
+    scheduled_at: int | None = None
+    expires_at: int | None = None
+    # Over-the-air parts when they differ from the PDUs (message_payload mode: 1 PDU, N SMS).
+    air_segments: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    request_hash: str
+    status_code: int
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptBatch:
+    """Everything one API request commits atomically: the 202 is sent only after this lands."""
+
+    account_id: str
+    messages: tuple[NewMessage, ...]
+    idempotency_key: str | None
+    idempotency: IdempotencyRecord | None
+    idempotency_expires_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptOutcome:
+    accepted: bool
+    # When another request with the same idempotency key committed first, its record.
+    existing: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    seq: int
+    total: int
+    state: str
+    smsc: str | None
+    smsc_msg_id: str | None
+    submitted_at: int | None
+    done_at: int | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    account_id: str
+    batch_id: str
+    client_ref: str | None
+    recipient: str
+    sender: str | None
+    sign_name: str | None
+    template: str | None
+    text: str | None
+    encoding: str
+    data_coding: int
+    segments: int
+    billable_units: int
+    segments_sent: int
+    segments_delivered: int
+    segments_failed: int
+    state: str
+    error_code: str | None
+    error_text: str | None
+    smsc: str | None
+    accepted_at: int
+    scheduled_at: int | None
+    expires_at: int | None
+    sent_at: int | None
+    done_at: int | None
+    segment_rows: tuple[SegmentRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkSegment:
+    seq: int
+    total: int
+    esm_class: int
+    short_message: bytes
+    tlvs: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkMessage:
+    """A claimed message: the dispatcher sends its unsent segments in order on one bind."""
+
+    id: str
+    account_id: str
+    recipient: str
+    sender: str | None
+    data_coding: int
+    expires_at: int | None
+    attempts: int
+    segments: tuple[WorkSegment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """The outcome of one segment's submit_sm.
+
+    outcome: 'sent' (smsc_msg_id set), 'failed' (permanent; error_code is the SMPP status name),
+    'retry' (transient; the message is released with not_before), 'unknown'.
+    """
+
+    message_id: str
+    seq: int
+    outcome: str
+    smsc: str
+    smsc_msg_id: str | None = None
+    smsc_msg_id_raw: str | None = None
+    error_code: str | None = None
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a claimed message back to the queue (transient failure, no bind, shutdown)."""
+
+    message_id: str
+    not_before: int
+    count_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptIn:
+    smsc: str
+    smsc_msg_id: str
+    state: str  # delivered|undeliverable|expired|rejected|unknown|enroute
+    stat: str | None
+    err: str | None
+    done_at: int | None
+    received_at: int
+    raw: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptOutcome:
+    matched: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookJob:
+    id: int
+    webhook_id: str
+    account_id: str
+    kind: str
+    url: str
+    payload: str  # the JSON body for events; the referenced id for status and mo reports
+    attempts: int
+    created_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MoPart:
+    smsc: str
+    source: str
+    destination: str
+    ref: int
+    total: int
+    seq: int
+    data_coding: int
+    payload: bytes
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoMessage:
+    id: str
+    account_id: str | None
+    smsc: str
+    source: str
+    destination: str
+    text: str
+    received_at: int

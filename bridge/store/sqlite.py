@@ -1,0 +1,1019 @@
+"""SQLite engine of the Store protocol: one WAL file, group commit, migrations at open."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bridge.domain import lifecycle as lc
+from bridge.store import migrate
+from bridge.store.base import StoreError
+from bridge.store.models import (
+    ACCOUNT_MUTABLE,
+    AcceptBatch,
+    AcceptOutcome,
+    Account,
+    AppKey,
+    IdempotencyRecord,
+    MessageRecord,
+    MoMessage,
+    MoPart,
+    ReceiptIn,
+    ReceiptOutcome,
+    Release,
+    SegmentRecord,
+    SubmitResult,
+    WebhookJob,
+    WorkMessage,
+    WorkSegment,
+)
+from bridge.store.sqlite_runner import SqliteRunner
+
+_ACCOUNT_COLS = (
+    "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
+    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at"
+)
+_MESSAGE_COLS = (
+    "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
+    "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
+    "state, error_code, error_text, smsc, accepted_at, scheduled_at, expires_at, sent_at, done_at"
+)
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    return Account(
+        id=row[0],
+        name=row[1],
+        kind=row[2],
+        raw_text=bool(row[3]),
+        marketing=bool(row[4]),
+        default_country=row[5],
+        tps=row[6],
+        daily_quota=row[7],
+        status_callback_url=row[8],
+        mo_callback_url=row[9],
+        webhook_secret_enc=bytes(row[10]),
+        status=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+    )
+
+
+def _key(row: tuple[Any, ...]) -> AppKey:
+    return AppKey(
+        key_id=row[0],
+        account_id=row[1],
+        secret_enc=bytes(row[2]),
+        status=row[3],
+        created_at=row[4],
+        revoked_at=row[5],
+    )
+
+
+def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> MessageRecord:
+    return MessageRecord(*row, segment_rows=segs)
+
+
+class SqliteStore:
+    engine = "sqlite"
+
+    def __init__(self, path: str | Path, *, linger_ms: float = 0.0, max_batch: int = 500) -> None:
+        self.path = Path(path)
+        self._runner = SqliteRunner(self.path, linger_ms=linger_ms, max_batch=max_batch)
+        self._active_accounts: list[str] = []
+        self._rr = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._runner.start(self._migrate)
+
+    async def close(self) -> None:
+        await self._runner.close()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        available = migrate.migrations("sqlite")
+        if available and current > available[-1][0]:
+            raise migrate.SchemaTooNew(
+                f"database schema version {current} is newer than this release "
+                f"({available[-1][0]}); upgrade smpp-bridge"
+            )
+        for version, _name, sql in available:
+            if version <= current:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+
+    async def ping(self) -> bool:
+        return await self._runner.read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+
+    async def schema_version(self) -> int:
+        return await self._runner.read(
+            lambda c: c.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        )
+
+    @property
+    def commits(self) -> int:
+        return self._runner.commits
+
+    # -- accounts and keys -----------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    f"INSERT INTO accounts ({_ACCOUNT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        account.id,
+                        account.name,
+                        account.kind,
+                        int(account.raw_text),
+                        int(account.marketing),
+                        account.default_country,
+                        account.tps,
+                        account.daily_quota,
+                        account.status_callback_url,
+                        account.mo_callback_url,
+                        account.webhook_secret_enc,
+                        account.status,
+                        account.created_at,
+                        account.updated_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    "ACCOUNT_EXISTS", f"an account named {account.name!r} already exists"
+                ) from exc
+
+        await self._runner.write(job)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        def job(c: sqlite3.Connection) -> Account | None:
+            row = c.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
+            ).fetchone()
+            return _account(row) if row else None
+
+        return await self._runner.read(job)
+
+    async def get_account_by_name(self, name: str) -> Account | None:
+        def job(c: sqlite3.Connection) -> Account | None:
+            row = c.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE name=?", (name,)
+            ).fetchone()
+            return _account(row) if row else None
+
+        return await self._runner.read(job)
+
+    async def list_accounts(self) -> list[Account]:
+        def job(c: sqlite3.Connection) -> list[Account]:
+            rows = c.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
+            return [_account(r) for r in rows]
+
+        return await self._runner.read(job)
+
+    async def update_account(
+        self, account_id: str, changes: dict[str, Any], now: int
+    ) -> Account | None:
+        bad = set(changes) - ACCOUNT_MUTABLE
+        if bad:
+            raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
+
+        def job(c: sqlite3.Connection) -> Account | None:
+            if changes:
+                cols = sorted(changes)
+                values = [int(v) if isinstance(v, bool) else v for v in (changes[k] for k in cols)]
+                sets = ", ".join(f"{k}=?" for k in cols)
+                c.execute(
+                    f"UPDATE accounts SET {sets}, updated_at=? WHERE id=?",
+                    (*values, now, account_id),
+                )
+            row = c.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
+            ).fetchone()
+            return _account(row) if row else None
+
+        return await self._runner.write(job)
+
+    async def add_key(self, key: AppKey, max_active: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            (n,) = c.execute(
+                "SELECT COUNT(*) FROM app_keys WHERE account_id=? AND status='active'",
+                (key.account_id,),
+            ).fetchone()
+            if n >= max_active:
+                raise StoreError(
+                    "TOO_MANY_KEYS",
+                    f"account already has {n} active keys (limit {max_active}); revoke one first",
+                )
+            c.execute(
+                "INSERT INTO app_keys (key_id, account_id, secret_enc, status, created_at) "
+                "VALUES (?,?,?,?,?)",
+                (key.key_id, key.account_id, key.secret_enc, key.status, key.created_at),
+            )
+
+        await self._runner.write(job)
+
+    async def get_key(self, key_id: str) -> AppKey | None:
+        def job(c: sqlite3.Connection) -> AppKey | None:
+            row = c.execute(
+                "SELECT key_id, account_id, secret_enc, status, created_at, revoked_at "
+                "FROM app_keys WHERE key_id=?",
+                (key_id,),
+            ).fetchone()
+            return _key(row) if row else None
+
+        return await self._runner.read(job)
+
+    async def list_keys(self, account_id: str) -> list[AppKey]:
+        def job(c: sqlite3.Connection) -> list[AppKey]:
+            rows = c.execute(
+                "SELECT key_id, account_id, secret_enc, status, created_at, revoked_at "
+                "FROM app_keys WHERE account_id=? ORDER BY created_at",
+                (account_id,),
+            )
+            return [_key(r) for r in rows]
+
+        return await self._runner.read(job)
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE app_keys SET status='revoked', revoked_at=? "
+                "WHERE key_id=? AND status='active'",
+                (now, key_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._runner.write(job)
+
+    async def use_nonce(self, key_id: str, nonce: str, expires_at: int, now: int) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "SELECT expires_at FROM nonces WHERE key_id=? AND nonce=?", (key_id, nonce)
+            ).fetchone()
+            if row and row[0] > now:
+                return False
+            c.execute(
+                "INSERT OR REPLACE INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?)",
+                (key_id, nonce, expires_at),
+            )
+            return True
+
+        return await self._runner.write(job)
+
+    # -- acceptance --------------------------------------------------------------------------------
+
+    async def get_idempotency(
+        self, account_id: str, key: str, now: int
+    ) -> IdempotencyRecord | None:
+        def job(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            return _idem(c, account_id, key, now)
+
+        return await self._runner.read(job)
+
+    async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
+        def job(c: sqlite3.Connection) -> AcceptOutcome:
+            if batch.idempotency_key is not None and batch.idempotency is not None:
+                existing = _idem(c, batch.account_id, batch.idempotency_key, now)
+                if existing is not None:
+                    return AcceptOutcome(accepted=False, existing=existing)
+                c.execute(
+                    "INSERT OR REPLACE INTO idempotency "
+                    "(account_id, key, request_hash, status_code, response, expires_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (
+                        batch.account_id,
+                        batch.idempotency_key,
+                        batch.idempotency.request_hash,
+                        batch.idempotency.status_code,
+                        batch.idempotency.response,
+                        batch.idempotency_expires_at,
+                    ),
+                )
+            c.executemany(
+                "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
+                "sign_name, template, text, encoding, data_coding, segments, billable_units, "
+                "accepted_at, scheduled_at, expires_at, q_not_before) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        m.id,
+                        m.account_id,
+                        m.batch_id,
+                        m.client_ref,
+                        m.recipient,
+                        m.sender,
+                        m.sign_name,
+                        m.template,
+                        m.text,
+                        m.encoding,
+                        m.data_coding,
+                        m.air_segments or len(m.segments),
+                        m.billable_units,
+                        m.accepted_at,
+                        m.scheduled_at,
+                        m.expires_at,
+                        m.scheduled_at or m.accepted_at,
+                    )
+                    for m in batch.messages
+                ],
+            )
+            c.executemany(
+                "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
+                "VALUES (?,?,?,?,?,?)",
+                [
+                    (m.id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs)
+                    for m in batch.messages
+                    for s in m.segments
+                ],
+            )
+            return AcceptOutcome(accepted=True)
+
+        return await self._runner.write(job)
+
+    async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
+        def job(c: sqlite3.Connection) -> MessageRecord | None:
+            row = c.execute(
+                f"SELECT {_MESSAGE_COLS} FROM messages WHERE id=? AND account_id=?",
+                (message_id, account_id),
+            ).fetchone()
+            if row is None:
+                return None
+            segs = tuple(
+                SegmentRecord(*r)
+                for r in c.execute(
+                    "SELECT seq, total, state, smsc, smsc_msg_id_raw, submitted_at, done_at, "
+                    "error_code FROM segments WHERE message_id=? ORDER BY seq",
+                    (message_id,),
+                )
+            )
+            return _message(row, segs)
+
+        return await self._runner.read(job)
+
+    async def list_messages(
+        self,
+        account_id: str,
+        *,
+        recipient: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        state: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[MessageRecord]:
+        where = ["account_id=?"]
+        args: list[Any] = [account_id]
+        if recipient is not None:
+            where.append("recipient=?")
+            args.append(recipient)
+        if since is not None:
+            where.append("accepted_at>=?")
+            args.append(since)
+        if until is not None:
+            where.append("accepted_at<?")
+            args.append(until)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        if before_id is not None:
+            where.append("id<?")
+            args.append(before_id)
+        sql = (
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+
+        def job(c: sqlite3.Connection) -> list[MessageRecord]:
+            return [_message(r) for r in c.execute(sql, (*args, limit))]
+
+        return await self._runner.read(job)
+
+    async def queue_depth(self) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            row = c.execute(
+                "SELECT COALESCE(SUM(segments - segments_sent), 0) FROM messages "
+                "WHERE q_state != 'done'"
+            ).fetchone()
+            return int(row[0])
+
+        return await self._runner.read(job)
+
+    async def stats(
+        self, account_id: str, since: int, until: int, tz_offset_ms: int
+    ) -> list[dict[str, Any]]:
+        def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = c.execute(
+                "SELECT (accepted_at + ?) / 86400000 AS day, COUNT(*), "
+                "SUM(state='delivered'), SUM(state IN ('failed','expired')), "
+                "SUM(state IN ('queued','sent')), SUM(state='unknown'), SUM(segments), "
+                "SUM(billable_units) FROM messages WHERE account_id=? AND accepted_at>=? "
+                "AND accepted_at<? GROUP BY day ORDER BY day",
+                (tz_offset_ms, account_id, since, until),
+            )
+            return [
+                {
+                    "day_index": r[0],
+                    "submitted": r[1],
+                    "delivered": r[2] or 0,
+                    "failed": r[3] or 0,
+                    "pending": r[4] or 0,
+                    "unknown": r[5] or 0,
+                    "segments": r[6] or 0,
+                    "units": r[7] or 0,
+                }
+                for r in rows
+            ]
+
+        return await self._runner.read(job)
+
+    # -- pipeline ---------------------------------------------------------------------------------
+
+    async def recover(
+        self, instance: str, now: int, unknown_smscs: frozenset[str]
+    ) -> dict[str, int]:
+        """Start-up: give back every claim (a single SQLite instance owns them all).
+
+        Segments of a claimed message with no submit_sm_resp recorded may or may not have reached
+        the SMSC before the crash: they are resent (at-least-once) unless the message's last
+        SMSC is configured `in_flight_on_restart: unknown`.
+        """
+
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            claimed = c.execute("SELECT id, smsc FROM messages WHERE q_state='claimed'").fetchall()
+            requeued = marked = 0
+            for mid, smsc in claimed:
+                if smsc is not None and smsc in unknown_smscs:
+                    c.execute(
+                        "UPDATE segments SET state=?, done_at=?, error_code='IN_FLIGHT_AT_RESTART' "
+                        "WHERE message_id=? AND state='queued'",
+                        (lc.SEG_TIMEOUT, now, mid),
+                    )
+                    _rollup_message(c, mid, now)
+                    marked += 1
+                else:
+                    c.execute(
+                        "UPDATE messages SET q_state='queued', q_claimed_by=NULL, "
+                        "q_lease_until=NULL WHERE id=?",
+                        (mid,),
+                    )
+                    requeued += 1
+            return {"requeued": requeued, "marked_unknown": marked}
+
+        return await self._runner.write(job)
+
+    async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
+        def job(c: sqlite3.Connection) -> list[WorkMessage]:
+            accounts = self._queued_accounts(c)
+            if not accounts:
+                return []
+            # Round-robin over accounts with work: one big batch cannot starve small senders.
+            start = self._rr % len(accounts)
+            self._rr += 1
+            order = accounts[start:] + accounts[:start]
+            per = max(1, limit // len(order))
+            ids: list[str] = []
+            for acc in order:
+                if len(ids) >= limit:
+                    break
+                take = min(per, limit - len(ids))
+                rows = c.execute(
+                    "SELECT id FROM messages WHERE q_state='queued' AND account_id=? "
+                    "AND q_not_before<=? ORDER BY q_not_before, id LIMIT ?",
+                    (acc, now, take),
+                ).fetchall()
+                ids.extend(r[0] for r in rows)
+            if len(ids) < limit:  # fill the rest from the oldest work of anyone
+                rows = c.execute(
+                    "SELECT id FROM messages WHERE q_state='queued' AND q_not_before<=? "
+                    "ORDER BY q_not_before, id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                seen = set(ids)
+                for (mid,) in rows:
+                    if len(ids) >= limit:
+                        break
+                    if mid not in seen:
+                        ids.append(mid)
+            if not ids:
+                return []
+            return _claim_ids(c, ids, instance, now + lease_ms)
+
+        return await self._runner.write(job)
+
+    def _queued_accounts(self, c: sqlite3.Connection) -> list[str]:
+        # Skip-scan over the (q_state, account_id, ...) index: one seek per account, not per row.
+        accounts: list[str] = []
+        last = ""
+        while True:
+            row = c.execute(
+                "SELECT account_id FROM messages WHERE q_state='queued' AND account_id>? "
+                "ORDER BY account_id LIMIT 1",
+                (last,),
+            ).fetchone()
+            if row is None:
+                return accounts
+            last = row[0]
+            accounts.append(last)
+
+    async def record_submits(
+        self, results: list[SubmitResult], releases: list[Release], now: int
+    ) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            return _record_submits(c, results, releases, now)
+
+        return await self._runner.write(job)
+
+    async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
+        def job(c: sqlite3.Connection) -> ReceiptOutcome:
+            matched = pending = 0
+            for r in receipts:
+                if _apply_receipt(c, r, now):
+                    matched += 1
+                else:
+                    c.execute(
+                        "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, "
+                        "done_at, received_at, raw) VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            r.smsc,
+                            r.smsc_msg_id,
+                            r.state,
+                            r.stat,
+                            r.err,
+                            r.done_at,
+                            r.received_at,
+                            r.raw,
+                        ),
+                    )
+                    pending += 1
+            return ReceiptOutcome(matched=matched, pending=pending)
+
+        return await self._runner.write(job)
+
+    async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+        """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
+
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            expired = 0
+            for (mid,) in c.execute(
+                "SELECT id FROM messages WHERE q_state='queued' AND expires_at IS NOT NULL "
+                "AND expires_at<=? LIMIT 10000",
+                (now,),
+            ).fetchall():
+                c.execute(
+                    "UPDATE segments SET state=?, done_at=?, error_code='VALIDITY_EXPIRED' "
+                    "WHERE message_id=? AND state='queued'",
+                    (lc.SEG_EXPIRED_UNSENT, now, mid),
+                )
+                _rollup_message(c, mid, now)
+                expired += 1
+            timed_out = 0
+            for (mid,) in c.execute(
+                "SELECT id FROM messages WHERE state='sent' AND sent_at<=? LIMIT 10000",
+                (now - receipt_timeout_ms,),
+            ).fetchall():
+                c.execute(
+                    "UPDATE segments SET state=?, done_at=?, error_code='NO_RECEIPT' "
+                    "WHERE message_id=? AND state='sent'",
+                    (lc.SEG_TIMEOUT, now, mid),
+                )
+                _rollup_message(c, mid, now)
+                timed_out += 1
+            c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
+            c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
+            return {"expired": expired, "timed_out": timed_out}
+
+        return await self._runner.write(job)
+
+    async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
+        def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = c.execute(
+                "SELECT id, smsc, smsc_msg_id, state, stat, err, received_at, raw "
+                "FROM pending_receipts WHERE received_at<=? ORDER BY id LIMIT ?",
+                (older_than, limit),
+            )
+            keys = ("id", "smsc", "smsc_msg_id", "state", "stat", "err", "received_at", "raw")
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return await self._runner.read(job)
+
+    async def pending_receipt_count(self) -> int:
+        return await self._runner.read(
+            lambda c: c.execute("SELECT COUNT(*) FROM pending_receipts").fetchone()[0]
+        )
+
+    # -- MO ---------------------------------------------------------------------------------------
+
+    async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
+        def job(c: sqlite3.Connection) -> list[MoPart] | None:
+            key = (part.smsc, part.source, part.destination, part.ref)
+            c.execute(
+                "INSERT OR REPLACE INTO mo_parts (smsc, source, destination, ref, total, seq, "
+                "data_coding, payload, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (*key, part.total, part.seq, part.data_coding, part.payload, part.received_at),
+            )
+            rows = c.execute(
+                "SELECT smsc, source, destination, ref, total, seq, data_coding, payload, "
+                "received_at FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
+                "ORDER BY seq",
+                key,
+            ).fetchall()
+            if len(rows) < part.total:
+                return None
+            c.execute(
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?", key
+            )
+            return [MoPart(*r[:7], bytes(r[7]), r[8]) for r in rows]
+
+        return await self._runner.write(job)
+
+    async def store_mo(self, mo: MoMessage) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
+                "received_at) VALUES (?,?,?,?,?,?,?)",
+                (mo.id, mo.account_id, mo.smsc, mo.source, mo.destination, mo.text, mo.received_at),
+            )
+            if mo.account_id is not None:
+                _enqueue_webhook(c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at)
+
+        await self._runner.write(job)
+
+    async def attribute_mo(self, source: str, destination: str, now: int) -> str | None:
+        """The account an MO replies to: the latest sender to that number in 30 days, preferring
+        one whose message went out from the address the reply was sent to."""
+
+        def job(c: sqlite3.Connection) -> str | None:
+            since = now - 30 * 86_400_000
+            row = c.execute(
+                "SELECT account_id FROM messages WHERE recipient=? AND accepted_at>=? "
+                "AND sender=? ORDER BY accepted_at DESC LIMIT 1",
+                (source, since, destination),
+            ).fetchone()
+            if row is None:
+                row = c.execute(
+                    "SELECT account_id FROM messages WHERE recipient=? AND accepted_at>=? "
+                    "ORDER BY accepted_at DESC LIMIT 1",
+                    (source, since),
+                ).fetchone()
+            return row[0] if row else None
+
+        return await self._runner.read(job)
+
+    async def get_mo(self, mo_id: str) -> MoMessage | None:
+        def job(c: sqlite3.Connection) -> MoMessage | None:
+            row = c.execute(
+                "SELECT id, account_id, smsc, source, destination, text, received_at "
+                "FROM mo_inbox WHERE id=?",
+                (mo_id,),
+            ).fetchone()
+            return MoMessage(*row) if row else None
+
+        return await self._runner.read(job)
+
+    async def drop_stale_mo_parts(self, older_than: int) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            return c.execute("DELETE FROM mo_parts WHERE received_at<?", (older_than,)).rowcount
+
+        return await self._runner.write(job)
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    async def claim_webhooks(self, now: int, limit: int, lease_ms: int) -> list[WebhookJob]:
+        def job(c: sqlite3.Connection) -> list[WebhookJob]:
+            rows = c.execute(
+                "SELECT o.id, o.webhook_id, o.account_id, o.kind, "
+                "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
+                "o.payload, o.attempts, o.ref_id, o.created_at "
+                "FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id "
+                "WHERE o.state='pending' AND o.next_attempt_at<=? ORDER BY o.next_attempt_at, o.id "
+                "LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            ids = [r[0] for r in rows]
+            marks = ",".join("?" * len(ids))
+            # Lease: if this process dies mid-POST, the job becomes due again after lease_ms.
+            c.execute(
+                f"UPDATE webhook_outbox SET next_attempt_at=? WHERE id IN ({marks})",
+                (now + lease_ms, *ids),
+            )
+            return [
+                WebhookJob(
+                    id=r[0],
+                    webhook_id=r[1],
+                    account_id=r[2],
+                    kind=r[3],
+                    url=r[4] or "",
+                    payload=r[5] if r[5] is not None else (r[7] or ""),
+                    attempts=r[6],
+                    created_at=r[8],
+                )
+                for r in rows
+            ]
+
+        return await self._runner.write(job)
+
+    async def webhook_done(self, ids: list[int], now: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE webhook_outbox SET state='delivered', delivered_at=?, "
+                "attempts=attempts+1 WHERE id=?",
+                [(now, i) for i in ids],
+            )
+
+        await self._runner.write(job)
+
+    async def webhook_retry(self, ids: list[int], next_at: int, error: str, dead: bool) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE webhook_outbox SET state=?, next_attempt_at=?, last_error=?, "
+                "attempts=attempts+1 WHERE id=?",
+                [("dead" if dead else "pending", next_at, error[:500], i) for i in ids],
+            )
+
+        await self._runner.write(job)
+
+    async def dead_webhooks(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
+        def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql = (
+                "SELECT id, webhook_id, account_id, kind, ref_id, attempts, last_error, created_at "
+                "FROM webhook_outbox WHERE state='dead'"
+            )
+            args: tuple[Any, ...] = ()
+            if account_id is not None:
+                sql += " AND account_id=?"
+                args = (account_id,)
+            rows = c.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))
+            keys = (
+                "id",
+                "webhook_id",
+                "account_id",
+                "kind",
+                "ref_id",
+                "attempts",
+                "last_error",
+                "created_at",
+            )
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return await self._runner.read(job)
+
+    async def replay_webhooks(self, ids: list[int], now: int) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            n = 0
+            for i in ids:
+                n += c.execute(
+                    "UPDATE webhook_outbox SET state='pending', next_attempt_at=?, attempts=0 "
+                    "WHERE id=? AND state='dead'",
+                    (now, i),
+                ).rowcount
+            return n
+
+        return await self._runner.write(job)
+
+    async def enqueue_event(
+        self, account_id: str, kind: str, payload: str, webhook_id: str, now: int
+    ) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            _enqueue_webhook(c, account_id, kind, None, payload, webhook_id, now)
+
+        await self._runner.write(job)
+
+    async def webhook_counts(self) -> dict[str, int]:
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            return dict(c.execute("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state"))
+
+        return await self._runner.read(job)
+
+
+# -- helpers running inside a writer job ---------------------------------------------------------
+
+
+def _split_sql(sql: str) -> Iterable[str]:
+    # Migrations hold no "--" or ";" inside literals and no triggers, so this split is exact.
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    for part in body.split(";"):
+        if part.strip():
+            yield part.strip()
+
+
+def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> IdempotencyRecord | None:
+    row = c.execute(
+        "SELECT request_hash, status_code, response, expires_at FROM idempotency "
+        "WHERE account_id=? AND key=?",
+        (account_id, key),
+    ).fetchone()
+    if row is None or row[3] <= now:
+        return None
+    return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+
+
+def _claim_ids(
+    c: sqlite3.Connection, ids: list[str], instance: str, lease_until: int
+) -> list[WorkMessage]:
+    marks = ",".join("?" * len(ids))
+    c.execute(
+        f"UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
+        f"q_attempts=q_attempts+1 WHERE id IN ({marks})",
+        (instance, lease_until, *ids),
+    )
+    msgs = {
+        r[0]: r
+        for r in c.execute(
+            f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts "
+            f"FROM messages WHERE id IN ({marks})",
+            ids,
+        )
+    }
+    segs: dict[str, list[WorkSegment]] = {}
+    for r in c.execute(
+        f"SELECT message_id, seq, total, esm_class, short_message, tlvs, attempts FROM segments "
+        f"WHERE message_id IN ({marks}) AND state='queued' ORDER BY message_id, seq",
+        ids,
+    ):
+        segs.setdefault(r[0], []).append(
+            WorkSegment(
+                seq=r[1],
+                total=r[2],
+                esm_class=r[3],
+                short_message=bytes(r[4]),
+                tlvs=bytes(r[5]),
+                attempts=r[6],
+            )
+        )
+    out = []
+    for mid in ids:
+        m = msgs[mid]
+        out.append(
+            WorkMessage(
+                id=m[0],
+                account_id=m[1],
+                recipient=m[2],
+                sender=m[3],
+                data_coding=m[4],
+                expires_at=m[5],
+                attempts=m[6],
+                segments=tuple(segs.get(mid, ())),
+            )
+        )
+    return out
+
+
+def _record_submits(
+    c: sqlite3.Connection, results: list[SubmitResult], releases: list[Release], now: int
+) -> int:
+    touched: set[str] = set()
+    for r in results:
+        touched.add(r.message_id)
+        if r.outcome == "sent":
+            c.execute(
+                "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
+                "submitted_at=?, attempts=attempts+1 "
+                "WHERE message_id=? AND seq=? AND state='queued'",
+                (r.smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, r.message_id, r.seq),
+            )
+            c.execute(
+                "UPDATE messages SET smsc=?, segments_sent=segments_sent+1 WHERE id=?",
+                (r.smsc, r.message_id),
+            )
+            # A receipt that beat its submit_sm_resp to the store is applied now.
+            pend = c.execute(
+                "SELECT id, smsc, smsc_msg_id, state, stat, err, done_at, received_at, raw "
+                "FROM pending_receipts WHERE smsc=? AND smsc_msg_id=? ORDER BY id",
+                (r.smsc, r.smsc_msg_id),
+            ).fetchall()
+            for p in pend:
+                c.execute("DELETE FROM pending_receipts WHERE id=?", (p[0],))
+                _apply_receipt(c, ReceiptIn(*p[1:]), now, rollup=False)
+        elif r.outcome == "failed":
+            c.execute(
+                "UPDATE segments SET state='failed', smsc=?, error_code=?, done_at=?, "
+                "attempts=attempts+1 WHERE message_id=? AND seq=? AND state='queued'",
+                (r.smsc, r.error_code, now, r.message_id, r.seq),
+            )
+            # Later parts can never be shown as one message now: do not send them.
+            c.execute(
+                "UPDATE segments SET state='failed', error_code='PREVIOUS_PART_FAILED', done_at=? "
+                "WHERE message_id=? AND seq>? AND state='queued'",
+                (now, r.message_id, r.seq),
+            )
+            c.execute("UPDATE messages SET smsc=? WHERE id=?", (r.smsc, r.message_id))
+        elif r.outcome == "expired":
+            c.execute(
+                "UPDATE segments SET state=?, error_code='VALIDITY_EXPIRED', done_at=? "
+                "WHERE message_id=? AND seq=? AND state='queued'",
+                (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq),
+            )
+        elif r.outcome == "unknown":
+            c.execute(
+                "UPDATE segments SET state=?, smsc=?, error_code=?, done_at=? "
+                "WHERE message_id=? AND seq=? AND state='queued'",
+                (
+                    lc.SEG_TIMEOUT,
+                    r.smsc,
+                    r.error_code or "SUBMIT_UNKNOWN",
+                    now,
+                    r.message_id,
+                    r.seq,
+                ),
+            )
+    for rel in releases:
+        touched.discard(rel.message_id)
+        c.execute(
+            "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
+            "q_not_before=?, q_attempts=q_attempts - ? WHERE id=? AND q_state='claimed'",
+            (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id),
+        )
+    for mid in touched:
+        _rollup_message(c, mid, now, release_done=True)
+    return len(results)
+
+
+def _apply_receipt(c: sqlite3.Connection, r: ReceiptIn, now: int, rollup: bool = True) -> bool:
+    row = c.execute(
+        "SELECT message_id, seq, state FROM segments WHERE smsc=? AND smsc_msg_id=?",
+        (r.smsc, r.smsc_msg_id),
+    ).fetchone()
+    if row is None:
+        return False
+    mid, seq, current = row
+    if r.state == "enroute" or current in lc.SEG_FINAL:
+        return True  # intermediate, or a duplicate/late receipt: first final outcome stands
+    new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
+    c.execute(
+        "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
+        (
+            new_state,
+            r.done_at or r.received_at,
+            lc.receipt_error_code(r.state, r.stat, r.err),
+            mid,
+            seq,
+        ),
+    )
+    _rollup_message(c, mid, now)
+    return True
+
+
+def _rollup_message(c: sqlite3.Connection, mid: str, now: int, release_done: bool = False) -> None:
+    seg_rows = c.execute(
+        "SELECT state, error_code FROM segments WHERE message_id=? ORDER BY seq", (mid,)
+    ).fetchall()
+    states = [s for s, _e in seg_rows]
+    new = lc.rollup(states)
+    row = c.execute("SELECT state, account_id, q_state FROM messages WHERE id=?", (mid,)).fetchone()
+    if row is None:
+        return
+    old, account_id, q_state = row
+    error = next(
+        (e for s, e in seg_rows if s in lc.SEG_NEGATIVE or s == lc.SEG_EXPIRED_UNSENT), None
+    )
+    if error is None and new == lc.MSG_UNKNOWN:
+        error = next((e for s, e in seg_rows if s == lc.SEG_TIMEOUT), None)
+    delivered = sum(1 for s in states if s == lc.SEG_DELIVERED)
+    failed = sum(1 for s in states if s in lc.SEG_NEGATIVE)
+    all_dispatched = all(s != lc.SEG_QUEUED for s in states)
+    sets = ["state=?", "segments_delivered=?", "segments_failed=?", "error_code=?"]
+    args: list[Any] = [new, delivered, failed, error]
+    if new == lc.MSG_SENT and old != lc.MSG_SENT:
+        sets.append("sent_at=?")
+        args.append(now)
+    if new in lc.MSG_FINAL and old not in lc.MSG_FINAL:
+        sets.append("done_at=?")
+        args.append(now)
+    if (release_done or new in lc.MSG_FINAL) and all_dispatched and q_state != "done":
+        sets.append("q_state='done', q_claimed_by=NULL, q_lease_until=NULL")
+    c.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id=?", (*args, mid))
+    if new in lc.MSG_FINAL and old not in lc.MSG_FINAL:
+        _enqueue_webhook(c, account_id, "status", mid, None, f"st_{mid}", now)
+
+
+def _enqueue_webhook(
+    c: sqlite3.Connection,
+    account_id: str,
+    kind: str,
+    ref_id: str | None,
+    payload: str | None,
+    webhook_id: str,
+    now: int,
+) -> None:
+    url_col = "mo_callback_url" if kind == "mo" else "status_callback_url"
+    row = c.execute(f"SELECT {url_col} FROM accounts WHERE id=?", (account_id,)).fetchone()
+    if row is None or not row[0]:
+        return  # no callback configured: nothing to push (the status is still queryable)
+    c.execute(
+        "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
+        (webhook_id, account_id, kind, ref_id, payload, now, now),
+    )
