@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from bridge.api import admin, v1
-from bridge.api.context import ApiContext
+from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
 from bridge.api.errors import CODES, ApiError, envelope
 from bridge.api.openapi import openapi_document
 
@@ -36,7 +36,7 @@ def _error_response(
 async def errors_middleware(request: web.Request, handler):
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback."""
     request_id = "req_" + secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
         resp = await handler(request)
@@ -84,10 +84,10 @@ async def errors_middleware(request: web.Request, handler):
 async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
-        ctx: ApiContext = request.app["ctx"]
+        ctx: ApiContext = request.app[CTX]
         body = await request.read()
-        request["body"] = body
-        request["principal"] = await ctx.auth.authenticate(request, body)
+        request[BODY] = body
+        request[PRINCIPAL] = await ctx.auth.authenticate(request, body)
     elif path.startswith("/admin/"):
         admin.check_admin(request)
     return await handler(request)
@@ -98,7 +98,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ctx: ApiContext = request.app["ctx"]
+    ctx: ApiContext = request.app[CTX]
     problems = []
     try:
         if not await ctx.store.ping():
@@ -131,7 +131,7 @@ def make_app(ctx: ApiContext) -> web.Application:
             "max_field_size": ctx.config.server.max_line_size,
         },
     )
-    app["ctx"] = ctx
+    app[CTX] = ctx
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

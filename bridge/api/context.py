@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from bridge.accounts import AccountService
-from bridge.api.auth import Authenticator
+from bridge.api.auth import Authenticator, Principal
 from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
 from bridge.config import Config
@@ -32,3 +34,9 @@ class ApiContext:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)

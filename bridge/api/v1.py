@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import public_account
-from bridge.api.context import ApiContext
+from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
@@ -28,7 +28,7 @@ _STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
 
 
 def ctx_of(request: web.Request) -> ApiContext:
-    return request.app["ctx"]
+    return request.app[CTX]
 
 
 def json_response(
@@ -56,8 +56,8 @@ def parse_json(body: bytes, request: web.Request) -> Any:
 
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    account = request["principal"].account
-    body: bytes = request["body"]
+    account = request[PRINCIPAL].account
+    body: bytes = request[BODY]
     if not ctx.accepting:
         raise ApiError(
             "SHUTTING_DOWN", "the gateway is shutting down", headers={"Retry-After": "5"}
@@ -144,7 +144,7 @@ def _replay(existing: IdempotencyRecord, req_hash: str) -> web.Response:
 
 async def get_message(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    account = request["principal"].account
+    account = request[PRINCIPAL].account
     mid = request.match_info["id"]
     record = await ctx.store.get_message(account.id, mid) if _MSG_ID.match(mid) else None
     if record is None:  # another account's id looks exactly like an unknown one: no probing
@@ -154,7 +154,7 @@ async def get_message(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    account = request["principal"].account
+    account = request[PRINCIPAL].account
     q = request.rel_url.query
     unknown = sorted(set(q) - {"to", "date", "status", "cursor", "limit"})
     if unknown:
@@ -205,7 +205,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 async def post_preview(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    data = parse_json(request["body"], request)
+    data = parse_json(request[BODY], request)
     if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
     unknown = sorted(set(data) - {"text", "sign_name", "to", "smart_encoding"})
@@ -226,7 +226,7 @@ async def post_preview(request: web.Request) -> web.Response:
         if not isinstance(to, str):
             raise ApiError("INVALID_FIELD", "to: expected a string")
         try:
-            number = normalize(to, request["principal"].account.default_country)
+            number = normalize(to, request[PRINCIPAL].account.default_country)
         except PhoneError as exc:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
         candidates = ctx.submitter.router.candidates(number)
@@ -247,9 +247,9 @@ async def post_preview(request: web.Request) -> web.Response:
 
 
 async def get_account(request: web.Request) -> web.Response:
-    account = request["principal"].account
+    account = request[PRINCIPAL].account
     data = public_account(account)
-    data["app_key"] = request["principal"].key.key_id
+    data["app_key"] = request[PRINCIPAL].key.key_id
     return json_response(data)
 
 

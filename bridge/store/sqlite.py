@@ -956,7 +956,7 @@ def _apply_receipt(c: sqlite3.Connection, r: ReceiptIn, now: int, rollup: bool =
         "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
         (
             new_state,
-            r.done_at or r.received_at,
+            r.received_at,
             lc.receipt_error_code(r.state, r.stat, r.err),
             mid,
             seq,

@@ -1,0 +1,218 @@
+"""End-to-end test harness: a real daemon (in-process or as a subprocess), the real simulator, a
+real webhook receiver, real SQLite, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from bridge.accounts import AccountService
+from bridge.api import signing
+from bridge.client import BridgeClient
+from bridge.config import Config, parse_config
+
+MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_dict(tmp: Path, **overrides: Any) -> dict[str, Any]:
+    sim_port = free_port()
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": free_port(), "admin_token": ADMIN_TOKEN,
+                   "shutdown_grace_s": 2},
+        "store": {"engine": "sqlite", "path": str(tmp / "bridge.db")},
+        "security": {"master_key": MASTER_KEY},
+        "logging": {"level": "INFO"},
+        "webhooks": {"retry_schedule_s": [1], "timeout_s": 2},
+        "sim": {
+            "enabled": True,
+            "port": sim_port,
+            "control_port": free_port(),
+            "system_id": "bridge",
+            "password": "bridge",
+            "receipt_delay_ms": 10,
+        },
+        "smscs": [
+            {
+                "name": "sim",
+                "port": sim_port,
+                "system_id": "bridge",
+                "password": "bridge",
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1,
+                "throttle_pause_min_s": 0.05,
+                "throttle_pause_max_s": 0.2,
+            }
+        ],
+    }
+    smscs = overrides.pop("smscs", None)
+    out = deep_merge(base, overrides)
+    if smscs is not None:
+        # Partial SMSC entries: each completes the default one (the first keeps the sim's port).
+        default = base["smscs"][0]
+        out["smscs"] = [
+            {**default, **({} if i == 0 else {"port": free_port()}), **s}
+            for i, s in enumerate(smscs)
+        ]
+    return out
+
+
+def make_config(tmp: Path, **overrides: Any) -> Config:
+    return parse_config(config_dict(tmp, **overrides), env={}, base_dir=tmp)
+
+
+async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def create_account(daemon: Any, name: str = "acme", **settings: Any) -> dict[str, str]:
+    svc: AccountService = daemon.ctx.accounts
+    settings.setdefault("raw_text", True)
+    creds = await svc.create(name, settings, int(time.time() * 1000))
+    return {
+        "account": creds.account.id,
+        "app_key": creds.app_key,
+        "app_secret": creds.app_secret,
+        "webhook_secret": creds.webhook_secret or "",
+    }
+
+
+def client_for(port: int, creds: dict[str, str]) -> BridgeClient:
+    return BridgeClient(f"http://127.0.0.1:{port}", creds["app_key"], creds["app_secret"])
+
+
+class WebhookReceiver:
+    """A customer's callback endpoint: records every POST, checks its signature, can fail."""
+
+    def __init__(self, secret: str | None = None) -> None:
+        self.secret = secret
+        self.requests: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []
+        self.fail_with: int | None = None
+        self.bad_signatures = 0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.fail_with is not None:
+            return web.Response(status=self.fail_with)
+        header = request.headers.get(signing.WEBHOOK_HEADER, "")
+        if self.secret is not None and not signing.verify_webhook_signature(
+            self.secret, body, header, int(time.time())
+        ):
+            self.bad_signatures += 1
+            return web.Response(status=400)
+        items = json.loads(body)
+        self.requests.append({"headers": dict(request.headers), "items": items})
+        self.reports.extend(items)
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class DaemonProcess:
+    """`smpp-bridge run` as a real subprocess, for crash tests (kill -9)."""
+
+    def __init__(self, tmp: Path, cfg: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.cfg = cfg
+        self.path = tmp / "bridge.yaml"
+        self.path.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+        self.port = cfg["server"]["port"]
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.path)],
+            stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        import aiohttp
+
+        async def ready() -> bool:
+            try:
+                async with aiohttp.ClientSession() as s, s.get(
+                    f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=1)
+                ) as r:
+                    return r.status == 200
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+                return False
+
+        await wait_until(ready, timeout, 0.1)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.terminate(5)
