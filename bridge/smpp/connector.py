@@ -1,0 +1,614 @@
+"""One SMSC: keeps its binds up and sends messages over them, in order, within window and TPS.
+
+Why it looks the way it does (see docs/lessons-from-peers):
+- A window is the whole game (throughput per bind ~ window / RTT), so each bind keeps up to
+  ``window`` submit_sm in flight, and ``free_slots`` tells the dispatcher how much it may claim.
+- A message's parts go in order on one bind, part k+1 only after part k was accepted, so no
+  other message's parts, and no retry, can overtake them (Kannel reorders under load).
+- A throttle answer (ESME_RTHROTTLED / ESME_RMSGQFUL) is not a failure and not a retry: the bind
+  pauses briefly (doubling up to a cap, reset after a success) and the same PDU goes first when
+  it resumes. Jasmin reports the first throttle as a failure and counts throttles and errors in one
+  retry budget, losing messages; Kannel pauses the whole link for every throttle.
+- Transient errors get a few quick retries with their own budget, then go back to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from asyncio_throttle import Throttler
+
+from bridge.smpp import constants as C
+from bridge.smpp.codec import Bind, EncodeError, ShortMessage
+from bridge.smpp.protocol import (
+    BindRefusedError,
+    BindTimeoutError,
+    SmppProtocol,
+    SubmitResult,
+    make_ssl_context,
+    open_bind,
+)
+from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
+
+__all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "SubmitOutcome"]
+
+log = logging.getLogger("bridge.smpp")
+
+DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
+"""(smsc name, deliver_sm body) -> status for deliver_sm_resp: ESME_ROK once the pipeline has
+committed it, ESME_RX_T_APPN when it could not (the SMSC will redeliver)."""
+
+CREDENTIAL_STATUSES: Final = frozenset({C.ESME_RBINDFAIL, C.ESME_RINVPASWD, C.ESME_RINVSYSID})
+NO_BIND_WAIT_S: Final = 1.0
+
+
+class SmscSettings(Protocol):
+    """The fields of ``bridge.config.SmscConfig`` the connector reads."""
+
+    name: str
+    host: str
+    port: int
+    tls: bool
+    tls_verify: bool
+    tls_ca_file: Any
+    system_id: str
+    password: str | None
+    system_type: str
+    interface_version: int
+    address_range: str
+    bind_mode: str
+    binds: int
+    window: int
+    tps: float
+    response_timeout_s: float
+    enquire_link_s: float
+    reconnect_min_s: float
+    reconnect_max_s: float
+    throttle_pause_min_s: float
+    throttle_pause_max_s: float
+    max_transient_retries: int
+    unbind_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    index: int  # which part of the message (0-based)
+    kind: str  # "ok" | "permanent" | "transient" | "no_bind" | "cancelled"
+    status: int  # SMPP command_status; 0 for ok, -1 when none (timeout, connection lost, no bind)
+    status_name: str  # "ESME_RINVDSTADR", "TIMEOUT", "CONNECTION_LOST", "NO_BIND", "CANCELLED"
+    message_id: str | None  # the raw submit_sm_resp id when ok
+
+
+def _no_bind(i: int) -> SubmitOutcome:
+    return SubmitOutcome(i, "no_bind", -1, "NO_BIND", None)
+
+
+def _cancelled(i: int) -> SubmitOutcome:
+    return SubmitOutcome(i, "cancelled", -1, "CANCELLED", None)
+
+
+def _modes(bind_mode: str, n: int) -> list[BindMode]:
+    if bind_mode == "transceiver":
+        return [BindMode.TRANSCEIVER] * n
+    if bind_mode == "transmitter_receiver":
+        return [BindMode.TRANSMITTER] * n + [BindMode.RECEIVER] * n
+    if bind_mode == "transmitter":
+        return [BindMode.TRANSMITTER] * n
+    if bind_mode == "receiver":
+        return [BindMode.RECEIVER] * n
+    raise ValueError(f"bind_mode: unknown mode {bind_mode!r}")
+
+
+def _throttler(tps: float) -> Throttler | None:
+    """asyncio-throttle counts whole PDUs per period; a fractional TPS stretches the period."""
+    if tps <= 0:
+        return None
+    per = max(1, int(tps))
+    return Throttler(rate_limit=per, period=per / tps)
+
+
+class _Bind:
+    """One configured bind: its current connection (if any) and its submit gate.
+
+    The gate hands out window slots: priority waiters (resubmissions after a throttle or a
+    transient error) before ordinary ones, none while the bind is paused after a throttle.
+    """
+
+    __slots__ = (
+        "hi",
+        "index",
+        "lo",
+        "mode",
+        "pause",
+        "pause_started",
+        "paused_until",
+        "proto",
+        "reserved",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, index: int, mode: BindMode) -> None:
+        self.index = index
+        self.mode = mode
+        self.proto: SmppProtocol | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.hi: deque[asyncio.Future[bool]] = deque()
+        self.lo: deque[asyncio.Future[bool]] = deque()
+        self.reserved = 0  # slots granted to a sender that has not submitted yet
+        self.pause: float | None = None  # current throttle pause; None after a success
+        self.pause_started = -1.0
+        self.paused_until = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.proto is not None and self.proto.is_bound
+
+    @property
+    def in_flight(self) -> int:
+        return self.proto.session.in_flight if self.proto is not None else 0
+
+    def capacity(self) -> int:
+        """Window slots neither in flight nor already granted."""
+        if self.proto is None:
+            return 0
+        return self.proto.session.free_slots - self.reserved
+
+    def waiting(self) -> int:
+        return len(self.hi) + len(self.lo)
+
+
+class Connector:
+    """Keeps one SMSC's binds up and sends messages over them. See the module docstring."""
+
+    def __init__(
+        self,
+        cfg: SmscSettings,
+        on_deliver: DeliverHandler,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        transient_backoff_s: tuple[float, float] = (0.1, 2.0),
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._on_deliver = on_deliver
+        if ssl_context is None and cfg.tls:
+            ssl_context = make_ssl_context(cfg.tls_verify, cfg.tls_ca_file)
+        self._ssl = ssl_context if cfg.tls or ssl_context is not None else None
+        self._transient_backoff = transient_backoff_s
+        self._binds = [_Bind(i, m) for i, m in enumerate(_modes(cfg.bind_mode, cfg.binds))]
+        self._tx = [b for b in self._binds if b.mode.can_transmit]
+        self._throttler = _throttler(cfg.tps)
+        self._rr = 0
+        self._up_event: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._started = False
+        self._stopping = False  # no new messages
+        self._closing = False  # past the grace period: no more submits at all
+        self._active = 0  # send_message calls in progress
+        self._idle: asyncio.Event | None = None  # set once stopping and nothing is in flight
+        # statistics for snapshot()
+        self._reconnects = 0
+        self._throttle_events = 0
+        self._transient_retries = 0
+        self._last_error: dict[str, Any] | None = None
+        self._ok = 0
+        self._failed: Counter[str] = Counter()
+        self._rtt_avg: float | None = None
+        self._sec = 0
+        self._sec_count = 0
+        self._tps_last = 0
+        self._delivers = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._up_event = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        for b in self._binds:
+            b.task = asyncio.create_task(self._keep_bind(b), name=f"smpp-{self.name}-{b.index}")
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new messages, let those in progress finish (up to ``grace_s``), unbind every bind
+        (each bounded by unbind_timeout_s), close."""
+        if not self._started or self._closing:
+            return
+        self._stopping = True
+        assert self._stop_event is not None
+        self._stop_event.set()
+        self._idle = asyncio.Event()
+        self._check_idle()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        self._closing = True
+        for b in self._binds:
+            self._pump(b)  # waiters see _closing and give up
+        bound = [b.proto for b in self._binds if b.proto is not None]
+        t = self.cfg.unbind_timeout_s
+        await asyncio.gather(
+            *(p.drain_delivers(timeout_s=t) for p in bound), return_exceptions=True
+        )
+        await asyncio.gather(*(p.unbind(timeout_s=t) for p in bound), return_exceptions=True)
+        tasks = [b.task for b in self._binds if b.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for b in self._binds:
+            if b.proto is not None:
+                b.proto.abort("stopped")
+                b.proto = None
+            if b.timer is not None:
+                b.timer.cancel()
+        log.info("smpp connector stopped", extra={"smsc": self.name})
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def is_up(self) -> bool:
+        return any(b.up for b in self._tx)
+
+    def free_slots(self) -> int:
+        if self._stopping or not self._started:
+            return 0
+        now = asyncio.get_running_loop().time()
+        return sum(
+            max(0, b.capacity() - b.waiting()) for b in self._tx if b.up and now >= b.paused_until
+        )
+
+    async def wait_up(self, timeout: float) -> bool:  # noqa: ASYNC109 (the contract's name)
+        if self.is_up:
+            return True
+        if self._up_event is None or timeout <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up_event.wait(), timeout)
+        return self.is_up
+
+    def snapshot(self) -> dict[str, Any]:
+        binds: dict[str, dict[str, int]] = {}
+        for b in self._binds:
+            d = binds.setdefault(str(b.mode), {"configured": 0, "up": 0})
+            d["configured"] += 1
+            d["up"] += b.up
+        self._tick(0)
+        now = asyncio.get_running_loop().time() if self._started else 0.0
+        return {
+            "name": self.name,
+            "up": self.is_up,
+            "binds": binds,
+            "window": {
+                "size": self.cfg.window * sum(1 for b in self._tx if b.up),
+                "in_use": sum(b.in_flight for b in self._tx),
+            },
+            "free_slots": self.free_slots(),
+            "tps": self._tps_last,
+            "tps_limit": self.cfg.tps,
+            "throttle_events": self._throttle_events,
+            "paused_binds": sum(1 for b in self._tx if b.up and now < b.paused_until),
+            "transient_retries": self._transient_retries,
+            "reconnects": self._reconnects,
+            "last_error": self._last_error,
+            "submits": {"ok": self._ok, "failed": dict(self._failed)},
+            "rtt_ms_avg": None if self._rtt_avg is None else round(self._rtt_avg * 1000, 3),
+            "delivers": self._delivers,
+        }
+
+    # --- sending ------------------------------------------------------------------------------
+    async def send_message(self, parts: Sequence[ShortMessage]) -> list[SubmitOutcome]:
+        """Send a message's parts in order on one bind; one outcome per part (see module doc)."""
+        n = len(parts)
+        if n == 0:
+            return []
+        if self._stopping or not self._started or not self._tx:
+            return [_no_bind(i) for i in range(n)]
+        self._active += 1
+        try:
+            bind = await self._pick_bind()
+            if bind is None:
+                return [_no_bind(i) for i in range(n)]
+            outcomes: list[SubmitOutcome] = []
+            for i, part in enumerate(parts):
+                outcome, bind = await self._send_part(i, part, bind)
+                outcomes.append(outcome)
+                if outcome.kind != "ok":
+                    outcomes.extend(_cancelled(j) for j in range(i + 1, n))
+                    break
+            return outcomes
+        finally:
+            self._active -= 1
+            self._check_idle()
+
+    async def _send_part(
+        self, index: int, part: ShortMessage, bind: _Bind | None
+    ) -> tuple[SubmitOutcome, _Bind | None]:
+        loop = asyncio.get_running_loop()
+        transient = 0
+        priority = False
+        while True:
+            if bind is None or not bind.up:
+                bind = await self._pick_bind()
+                if bind is None:
+                    return _no_bind(index), None
+            try:
+                res = await self._submit_on(bind, part, priority)
+            except EncodeError as e:
+                self._failed[e.code] += 1
+                self._error(f"part {index} cannot be encoded: {e}")
+                return SubmitOutcome(index, "permanent", -1, e.code, None), bind
+            if res is None:  # the bind went away before the PDU left: not an attempt
+                bind = None
+                continue
+            self._tick(1)
+            if res.error is None:
+                a = self._rtt_avg
+                self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
+            kind = "transient" if res.error else C.classify_submit_status(res.status)
+            sent_at = loop.time() - res.rtt_s
+            if kind == "ok":
+                if sent_at >= bind.pause_started:
+                    bind.pause = None
+                self._ok += 1
+                return SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id), bind
+            name = res.error or C.status_name(res.status)
+            if kind == "throttled":
+                self._throttle(bind, sent_at, name)
+                priority = True
+                continue
+            if kind == "transient":
+                transient += 1
+                self._failed[name] += 1
+                if transient > self.cfg.max_transient_retries:
+                    self._error(f"part {index}: {name} after {transient - 1} retries")
+                    return SubmitOutcome(index, "transient", res.status, name, None), bind
+                self._transient_retries += 1
+                priority = True
+                if res.error == "CONNECTION_LOST":
+                    bind = None
+                lo, hi = self._transient_backoff
+                await asyncio.sleep(min(hi, lo * 2 ** (transient - 1)) * random.uniform(0.5, 1.0))
+                continue
+            self._failed[name] += 1
+            return SubmitOutcome(index, "permanent", res.status, name, None), bind
+
+    async def _submit_on(self, b: _Bind, part: ShortMessage, priority: bool) -> SubmitResult | None:
+        """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
+        limit, then submit_sm. None when the bind went down or closed before the PDU was sent."""
+        if not await self._acquire(b, priority):
+            return None
+        fut = None
+        try:
+            if self._throttler is not None:
+                await self._throttler.acquire()
+            proto = b.proto
+            if proto is not None and proto.is_bound and not self._closing:
+                with contextlib.suppress(WindowFull, NotBound):
+                    fut = proto.submit(part)
+        finally:
+            b.reserved -= 1
+            if fut is None:
+                self._pump(b)  # hand the unused slot on
+        return None if fut is None else await fut
+
+    async def _acquire(self, b: _Bind, priority: bool) -> bool:
+        if (
+            b.up
+            and not self._closing
+            and not b.hi
+            and not b.lo
+            and b.capacity() > 0
+            and asyncio.get_running_loop().time() >= b.paused_until
+        ):
+            b.reserved += 1
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        (b.hi if priority else b.lo).append(fut)
+        self._pump(b)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.result():
+                b.reserved -= 1
+                self._pump(b)
+            else:
+                with contextlib.suppress(ValueError):
+                    (b.hi if priority else b.lo).remove(fut)
+            raise
+
+    def _pump(self, b: _Bind) -> None:
+        """Grant free slots to waiters, priority first; fail them all when the bind is gone."""
+        if not b.up or self._closing:
+            for q in (b.hi, b.lo):
+                while q:
+                    fut = q.popleft()
+                    if not fut.done():
+                        fut.set_result(False)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < b.paused_until:
+            if b.timer is None and (b.hi or b.lo):
+                b.timer = loop.call_at(b.paused_until, self._pause_over, b)
+            return
+        while b.hi or b.lo:
+            if b.capacity() <= 0:
+                return
+            fut = (b.hi or b.lo).popleft()
+            if not fut.done():
+                b.reserved += 1
+                fut.set_result(True)
+
+    def _slot_freed(self, b: _Bind) -> None:
+        self._pump(b)
+        if self._idle is not None:
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if (
+            self._idle is not None
+            and not self._active
+            and not any(b.in_flight for b in self._binds)
+        ):
+            self._idle.set()
+
+    def _pause_over(self, b: _Bind) -> None:
+        b.timer = None
+        self._pump(b)
+
+    def _throttle(self, b: _Bind, sent_at: float, name: str) -> None:
+        self._throttle_events += 1
+        if sent_at < b.pause_started:
+            return  # sent before the current pause began: already accounted for
+        now = asyncio.get_running_loop().time()
+        cfg = self.cfg
+        b.pause = (
+            cfg.throttle_pause_min_s
+            if b.pause is None
+            else min(b.pause * 2, cfg.throttle_pause_max_s)
+        )
+        b.pause_started = now
+        b.paused_until = now + b.pause
+        log.info(
+            "smpp bind throttled; pausing",
+            extra={"smsc": self.name, "bind": b.index, "status": name, "pause_s": b.pause},
+        )
+
+    def _best_bind(self) -> _Bind | None:
+        if self._closing:
+            return None
+        up = [b for b in self._tx if b.up]
+        if not up:
+            return None
+        now = asyncio.get_running_loop().time()
+        self._rr += 1
+        k = len(up)
+        rotated = up[self._rr % k :] + up[: self._rr % k]  # tie-break round robin
+        return max(rotated, key=lambda b: (now >= b.paused_until, b.capacity() - b.waiting()))
+
+    async def _pick_bind(self) -> _Bind | None:
+        b = self._best_bind()
+        if b is None and not self._closing and await self.wait_up(NO_BIND_WAIT_S):
+            b = self._best_bind()
+        return b
+
+    # --- binds --------------------------------------------------------------------------------
+    async def _keep_bind(self, b: _Bind) -> None:
+        cfg = self.cfg
+        delay = cfg.reconnect_min_s
+        assert self._stop_event is not None
+        while not self._stopping:
+            proto: SmppProtocol | None = None
+            wait: float | None = None
+            try:
+                session = BindSession(
+                    Bind(
+                        cfg.system_id,
+                        cfg.password or "",
+                        cfg.system_type,
+                        cfg.interface_version,
+                        address_range=cfg.address_range,
+                    ),
+                    b.mode,
+                    window=cfg.window,
+                    response_timeout_s=cfg.response_timeout_s,
+                    enquire_link_s=cfg.enquire_link_s,
+                )
+                proto = await open_bind(
+                    cfg.host,
+                    cfg.port,
+                    session,
+                    self._deliver,
+                    ssl_context=self._ssl,
+                    connect_timeout=cfg.response_timeout_s,
+                    name=self.name,
+                )
+                peer = await proto.wait_bound()
+            except BindRefusedError as e:
+                if e.status in CREDENTIAL_STATUSES:
+                    log.error(
+                        "smpp bind refused for credentials; retrying at the back-off cap",
+                        extra={"smsc": self.name, "bind": b.index, "status": e.code,
+                               "system_id": cfg.system_id},
+                    )  # fmt: skip
+                    wait = cfg.reconnect_max_s
+                else:
+                    log.warning("smpp bind refused", extra={"smsc": self.name, "status": e.code})
+                self._error(e.message)
+            except (OSError, ConnectionError, TimeoutError, BindTimeoutError) as e:
+                log.warning(
+                    "smpp connect failed",
+                    extra={"smsc": self.name, "bind": b.index, "error": repr(e)},
+                )
+                self._error(f"connect: {e!r}")
+            else:
+                delay = cfg.reconnect_min_s
+                self._bind_up(b, proto)
+                log.info(
+                    "smpp bound",
+                    extra={"smsc": self.name, "bind": b.index, "mode": str(b.mode), "peer": peer},
+                )
+                reason = await asyncio.shield(proto.closed)
+                self._bind_down(b)
+                if self._stopping:
+                    return
+                self._reconnects += 1
+                self._error(f"bind {b.index} lost: {reason}")
+                log.warning(
+                    "smpp bind lost; reconnecting",
+                    extra={"smsc": self.name, "bind": b.index, "reason": reason},
+                )
+            finally:
+                if proto is not None and b.proto is not proto and not proto.closed.done():
+                    proto.abort("bind failed")
+            if self._stopping:
+                return
+            base = wait if wait is not None else delay
+            delay = min(delay * 2, cfg.reconnect_max_s)
+            sleep_s = max(cfg.reconnect_min_s * 0.5, base * random.uniform(0.75, 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), sleep_s)
+
+    def _bind_up(self, b: _Bind, proto: SmppProtocol) -> None:
+        b.proto = proto
+        b.pause = None
+        b.pause_started = -1.0
+        b.paused_until = 0.0
+        proto.on_slot_freed = lambda: self._slot_freed(b)
+        if b.mode.can_transmit and self._up_event is not None:
+            self._up_event.set()
+        self._pump(b)
+
+    def _bind_down(self, b: _Bind) -> None:
+        b.proto = None
+        if b.timer is not None:
+            b.timer.cancel()
+            b.timer = None
+        self._pump(b)
+        if not self.is_up and self._up_event is not None:
+            self._up_event.clear()
+
+    async def _deliver(self, body: ShortMessage, salvaged: bool) -> int:
+        self._delivers += 1
+        return await self._on_deliver(self.name, body)
+
+    # --- stats --------------------------------------------------------------------------------
+    def _tick(self, n: int) -> None:
+        sec = int(time.monotonic())
+        if sec != self._sec:
+            self._tps_last = self._sec_count if sec == self._sec + 1 else 0
+            self._sec = sec
+            self._sec_count = 0
+        self._sec_count += n
+
+    def _error(self, message: str) -> None:
+        self._last_error = {"message": message, "at": time.time()}

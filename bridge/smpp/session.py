@@ -1,0 +1,507 @@
+"""One SMPP bind's protocol logic, sans-IO (in the manner of h11 and aioquic).
+
+A plain object: bytes in (``receive_data``), events and bytes out (``data_to_send``), time passed
+in. No asyncio, no sockets, no clock of its own, so every rule below (sequence numbers, the window,
+timeouts, keep-alive, nacks, unbind) is tested without a network, and the asyncio layer around it
+(``protocol.py``) only moves bytes and runs one timer.
+
+Lifecycle: OPEN -> ``start`` -> BINDING -> bind_resp ok -> BOUND -> ``unbind`` -> UNBINDING ->
+unbind_resp -> CLOSED. Any event after which the connection must end is followed by ``Closed``; the
+caller then flushes ``data_to_send`` and closes the transport, and calls ``connection_lost`` when
+the transport is gone so requests still outstanding are reported (``RequestAborted``).
+
+Every request we send shares one timeout, so the outstanding-request dict (insertion ordered) is
+also ordered by deadline: the earliest deadline is its first entry, which keeps ``next_deadline``
+and ``on_timer`` O(1) per event however large the window is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from struct import Struct
+from typing import Any, Final
+
+from bridge.smpp import constants as C
+from bridge.smpp.codec import (
+    Bind,
+    BindResp,
+    MessageIdResp,
+    Pdu,
+    PduError,
+    ShortMessage,
+    decode,
+    encode,
+    salvage_deliver_sm,
+)
+from bridge.smpp.framing import FrameError, Framer
+
+__all__ = [
+    "MAX_SEQ",
+    "BindMode",
+    "BindRefused",
+    "BindSession",
+    "Bound",
+    "Closed",
+    "DeliverReceived",
+    "EnquireLinkMissed",
+    "Event",
+    "NotBound",
+    "PeerUnbound",
+    "ProtocolError",
+    "RequestAborted",
+    "RequestTimedOut",
+    "SessionState",
+    "SubmitResponse",
+    "WindowFull",
+]
+
+MAX_SEQ: Final = 0x7FFFFFFF
+_HDR = Struct(">IIII")
+
+
+class BindMode(StrEnum):
+    TRANSCEIVER = "transceiver"
+    TRANSMITTER = "transmitter"
+    RECEIVER = "receiver"
+
+    @property
+    def can_transmit(self) -> bool:
+        return self is not BindMode.RECEIVER
+
+    @property
+    def bind_command(self) -> int:
+        return _BIND_CMD[self]
+
+
+_BIND_CMD: Final = {
+    BindMode.TRANSCEIVER: C.BIND_TRANSCEIVER,
+    BindMode.TRANSMITTER: C.BIND_TRANSMITTER,
+    BindMode.RECEIVER: C.BIND_RECEIVER,
+}
+
+
+class SessionState(StrEnum):
+    OPEN = "open"
+    BINDING = "binding"
+    BOUND = "bound"
+    UNBINDING = "unbinding"
+    CLOSED = "closed"
+
+
+# --- events -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Bound:
+    system_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindRefused:
+    """bind_resp with an error status (or a generic_nack to our bind); always followed by Closed."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResponse:
+    """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too)."""
+
+    seq: int
+    status: int
+    message_id: str
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimedOut:
+    seq: int
+    command_id: int
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAborted:
+    """A request still outstanding when the connection went away (see ``connection_lost``)."""
+
+    seq: int
+    command_id: int
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverReceived:
+    """A deliver_sm to hand to the pipeline; answer it with ``ack_deliver(seq, status)``.
+
+    ``salvaged``: the PDU did not parse strictly, but its receipt fields were recovered.
+    """
+
+    seq: int
+    body: ShortMessage
+    salvaged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnbound:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    message: str
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnquireLinkMissed:
+    """Our enquire_link got no answer in time; always followed by Closed (reconnect)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    reason: str
+
+
+Event = (
+    Bound | BindRefused | SubmitResponse | RequestTimedOut | RequestAborted | DeliverReceived
+    | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed
+)  # fmt: skip
+
+
+# --- errors -----------------------------------------------------------------------------------
+class WindowFull(Exception):
+    """``submit`` called with no free window slot; the caller must wait for a response first."""
+
+    code: Final = "WINDOW_FULL"
+
+    def __init__(self, window: int) -> None:
+        super().__init__(f"window: all {window} slots are in use")
+        self.message = str(self)
+
+
+class NotBound(Exception):
+    """``submit`` called when the session cannot transmit (not bound, or a receiver bind)."""
+
+    code: Final = "NOT_BOUND"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- the session ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Pending:
+    command_id: int
+    deadline: float
+    context: Any
+    sent_at: float
+
+
+_RESP_FOR: Final = {
+    C.SUBMIT_SM: C.SUBMIT_SM_RESP,
+    C.ENQUIRE_LINK: C.ENQUIRE_LINK_RESP,
+    C.UNBIND: C.UNBIND_RESP,
+    C.BIND_TRANSCEIVER: C.BIND_TRANSCEIVER_RESP,
+    C.BIND_TRANSMITTER: C.BIND_TRANSMITTER_RESP,
+    C.BIND_RECEIVER: C.BIND_RECEIVER_RESP,
+}
+
+# Requests from the SMSC that carry no response (answering them would be a protocol error).
+_NO_RESPONSE: Final = frozenset({C.ALERT_NOTIFICATION, C.OUTBIND})
+
+
+class BindSession:
+    """The protocol state of one bind. See the module docstring for the contract."""
+
+    __slots__ = (
+        "_bind",
+        "_el_seq",
+        "_framer",
+        "_in_flight",
+        "_last_rx",
+        "_out",
+        "_pending",
+        "_seq",
+        "enquire_link_s",
+        "mode",
+        "peer_system_id",
+        "response_timeout_s",
+        "state",
+        "window",
+    )
+
+    def __init__(
+        self,
+        bind: Bind,
+        mode: BindMode,
+        *,
+        window: int = 50,
+        response_timeout_s: float = 30,
+        enquire_link_s: float = 30,
+        initial_seq: int = 1,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window: must be at least 1")
+        if not 1 <= initial_seq <= MAX_SEQ:
+            raise ValueError(f"initial_seq: must be in 1..{MAX_SEQ}")
+        self._bind = bind
+        self.mode = BindMode(mode)
+        self.window = window
+        self.response_timeout_s = response_timeout_s
+        self.enquire_link_s = enquire_link_s
+        self.state = SessionState.OPEN
+        self.peer_system_id = ""
+        self._framer = Framer()
+        self._out = bytearray()
+        self._pending: dict[int, _Pending] = {}
+        # submit_sm outstanding; enquire_link, bind and unbind do not take window slots
+        self._in_flight = 0
+        self._seq = initial_seq
+        self._el_seq = 0  # our outstanding enquire_link, 0 when none
+        self._last_rx = 0.0
+
+    # --- properties ---------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def free_slots(self) -> int:
+        if self.state is not SessionState.BOUND or not self.mode.can_transmit:
+            return 0
+        return self.window - self._in_flight
+
+    @property
+    def is_bound(self) -> bool:
+        return self.state is SessionState.BOUND
+
+    # --- outgoing -----------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        seq = self._seq
+        while seq in self._pending:  # only after a wrap with a very old request still open
+            seq = 1 if seq >= MAX_SEQ else seq + 1
+        self._seq = 1 if seq >= MAX_SEQ else seq + 1
+        return seq
+
+    def _request(self, cid: int, body: Any, now: float, context: Any = None) -> int:
+        seq = self._next_seq()
+        data = encode(Pdu(cid, 0, seq, body))  # may raise EncodeError: nothing recorded then
+        self._out += data
+        self._pending[seq] = _Pending(cid, now + self.response_timeout_s, context, now)
+        return seq
+
+    def _respond(self, cid: int, status: int, seq: int, body: Any = None) -> None:
+        self._out += encode(Pdu(cid, status, seq, body))
+
+    def _nack(self, status: int, seq: int) -> None:
+        self._respond(C.GENERIC_NACK, status, seq)
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def start(self, now: float) -> None:
+        """Queue the bind PDU (call once the transport is connected)."""
+        if self.state is not SessionState.OPEN:
+            raise NotBound(f"start: the session is {self.state}, not open")
+        self._last_rx = now
+        self._request(self.mode.bind_command, self._bind, now)
+        self.state = SessionState.BINDING
+
+    def submit(self, body: ShortMessage, now: float, context: Any = None) -> int:
+        """Queue a submit_sm; returns its sequence number. The answer comes as SubmitResponse,
+        RequestTimedOut or RequestAborted carrying ``context``."""
+        if self.state is not SessionState.BOUND:
+            raise NotBound(f"submit: the session is {self.state}, not bound")
+        if not self.mode.can_transmit:
+            raise NotBound("submit: a receiver bind cannot send submit_sm")
+        if self._in_flight >= self.window:
+            raise WindowFull(self.window)
+        seq = self._request(C.SUBMIT_SM, body, now, context)
+        self._in_flight += 1
+        return seq
+
+    def ack_deliver(self, seq: int, status: int = C.ESME_ROK) -> None:
+        """Queue deliver_sm_resp. Called only once the receipt/MO is committed (or refused), so a
+        crash before that leaves the SMSC to redeliver it. A no-op once the session is closed."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._respond(C.DELIVER_SM_RESP, status, seq, MessageIdResp())
+
+    def unbind(self, now: float) -> None:
+        """Start a clean unbind; before the bind completed there is nothing to unbind: close."""
+        if self.state is SessionState.BOUND:
+            self._request(C.UNBIND, None, now)
+            self.state = SessionState.UNBINDING
+        elif self.state in (SessionState.OPEN, SessionState.BINDING):
+            self.state = SessionState.CLOSED
+
+    def connection_lost(self, reason: str = "connection lost") -> list[Event]:
+        """The transport is gone: every outstanding request is aborted (their outcome is unknown:
+        the SMSC may or may not have acted on them)."""
+        events: list[Event] = [
+            RequestAborted(seq, p.command_id, p.context) for seq, p in self._pending.items()
+        ]
+        self._pending.clear()
+        self._in_flight = 0
+        self._el_seq = 0
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.CLOSED
+            events.append(Closed(reason))
+        return events
+
+    # --- timers -------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        if self.state is SessionState.CLOSED:
+            return None
+        deadline: float | None = None
+        if self._pending:
+            deadline = next(iter(self._pending.values())).deadline
+        if self.state is SessionState.BOUND and not self._el_seq:
+            due = self._last_rx + self.enquire_link_s
+            if deadline is None or due < deadline:
+                deadline = due
+        return deadline
+
+    def on_timer(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state is SessionState.CLOSED:
+            return events
+        pending = self._pending
+        while pending:
+            seq, p = next(iter(pending.items()))
+            if p.deadline > now:
+                break
+            del pending[seq]
+            cid = p.command_id
+            if cid == C.SUBMIT_SM:
+                self._in_flight -= 1
+                events.append(RequestTimedOut(seq, cid, p.context))
+            elif cid == C.ENQUIRE_LINK:
+                self._el_seq = 0
+                events.append(EnquireLinkMissed())
+                return self._close(events, "enquire_link_resp missed")
+            elif cid in C.BIND_COMMANDS:
+                events.append(RequestTimedOut(seq, cid, p.context))
+                return self._close(events, "bind_resp timed out")
+            elif cid == C.UNBIND:
+                return self._close(events, "unbind_resp timed out")
+            else:  # pragma: no cover - we send no other requests
+                events.append(RequestTimedOut(seq, cid, p.context))
+        if (
+            self.state is SessionState.BOUND
+            and not self._el_seq
+            and now >= self._last_rx + self.enquire_link_s
+        ):
+            self._el_seq = self._request(C.ENQUIRE_LINK, None, now)
+        return events
+
+    def _close(self, events: list[Event], reason: str) -> list[Event]:
+        self.state = SessionState.CLOSED
+        events.append(Closed(reason))
+        return events
+
+    # --- incoming -----------------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state is SessionState.CLOSED:
+            return events
+        self._last_rx = now
+        try:
+            frames = self._framer.feed(data)
+        except FrameError as e:
+            for frame in e.frames:
+                self._handle_frame(frame, now, events)
+                if self.state is SessionState.CLOSED:
+                    return events
+            self._nack(e.status, e.seq)
+            events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
+            return self._close(events, "bad command_length")
+        for frame in frames:
+            self._handle_frame(frame, now, events)
+            if self.state is SessionState.CLOSED:
+                break
+        return events
+
+    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        try:
+            pdu = decode(frame)
+        except PduError as e:
+            self._handle_bad_frame(frame, e, events)
+            return
+        cid = pdu.command_id
+        if cid & C.RESP_BIT:
+            self._handle_response(pdu, events)
+        elif cid == C.DELIVER_SM:
+            if self.state in (SessionState.BOUND, SessionState.UNBINDING):
+                events.append(DeliverReceived(pdu.seq, pdu.body, False))
+            else:
+                self._respond(C.DELIVER_SM_RESP, C.ESME_RINVBNDSTS, pdu.seq, MessageIdResp())
+                events.append(ProtocolError(f"deliver_sm before bound ({self.state})", False))
+        elif cid == C.ENQUIRE_LINK:
+            self._respond(C.ENQUIRE_LINK_RESP, C.ESME_ROK, pdu.seq)
+        elif cid == C.UNBIND:
+            self._respond(C.UNBIND_RESP, C.ESME_ROK, pdu.seq)
+            events.append(PeerUnbound())
+            self._close(events, "unbound by the SMSC")
+        elif cid in _NO_RESPONSE:
+            events.append(ProtocolError(f"ignored {C.command_name(cid)} from the SMSC", False))
+        else:
+            # A request an ESME does not serve (submit_sm, bind_*, data_sm, query_sm, ...).
+            self._nack(C.ESME_RINVCMDID, pdu.seq)
+            events.append(ProtocolError(f"unsupported {C.command_name(cid)} refused", False))
+
+    def _handle_bad_frame(self, frame: bytes, e: PduError, events: list[Event]) -> None:
+        cid = e.command_id
+        if cid == C.DELIVER_SM:
+            body = salvage_deliver_sm(frame)
+            if body is not None and self.state in (SessionState.BOUND, SessionState.UNBINDING):
+                events.append(DeliverReceived(e.seq, body, True))
+                events.append(ProtocolError(f"salvaged deliver_sm receipt: {e}", False))
+                return
+        if cid & C.RESP_BIT and e.seq in self._pending:
+            # A response we cannot fully parse still answers its request: the SMSC's status is
+            # in the header. Nacking a response is meaningless to the peer, so none is sent.
+            status = _HDR.unpack_from(frame)[2]
+            events.append(ProtocolError(f"malformed response: {e}", False))
+            self._handle_response(Pdu(cid, status, e.seq, None), events)
+            return
+        self._nack(e.status, e.seq)
+        events.append(ProtocolError(str(e), False))
+
+    def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
+        seq = pdu.seq
+        cid = pdu.command_id
+        p = self._pending.get(seq)
+        if p is None or (cid != C.GENERIC_NACK and _RESP_FOR.get(p.command_id) != cid):
+            what = "no request" if p is None else C.command_name(p.command_id)
+            events.append(
+                ProtocolError(f"{C.command_name(cid)} seq {seq} matches {what}; ignored", False)
+            )
+            return
+        del self._pending[seq]
+        req = p.command_id
+        status = pdu.status
+        if cid == C.GENERIC_NACK and status == C.ESME_ROK:
+            status = C.ESME_RUNKNOWNERR  # a nack is never a success
+        if req == C.SUBMIT_SM:
+            self._in_flight -= 1
+            body = pdu.body
+            mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
+            events.append(SubmitResponse(seq, status, mid, p.context))
+        elif req == C.ENQUIRE_LINK:
+            self._el_seq = 0
+        elif req in C.BIND_COMMANDS:
+            if status == C.ESME_ROK and self.state is SessionState.BINDING:
+                body = pdu.body
+                self.peer_system_id = body.system_id if isinstance(body, BindResp) else ""
+                self.state = SessionState.BOUND
+                events.append(Bound(self.peer_system_id))
+            else:
+                events.append(BindRefused(status))
+                self._close(events, f"bind refused: {C.status_name(status)}")
+        elif req == C.UNBIND:
+            self._close(events, "unbound")

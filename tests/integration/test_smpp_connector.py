@@ -1,0 +1,688 @@
+"""Connector, protocol and session over real TCP on 127.0.0.1, against a tiny SMSC built from the
+codec in this file (not bridge/sim: these tests pin the engine's behaviour on their own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import itertools
+import logging
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import SmscConfig
+from bridge.smpp import constants as C
+from bridge.smpp.codec import BindResp, MessageIdResp, Pdu, ShortMessage, decode, encode
+from bridge.smpp.connector import Connector, SubmitOutcome
+from bridge.smpp.framing import Framer
+from bridge.smpp.protocol import make_ssl_context
+
+PASSWORD = "s3cr3tpw"
+
+# A submit hook returns the status to answer, or None to hold the response (see FakeSmsc.held).
+SubmitHook = Callable[["Conn", Pdu], Awaitable[int | None] | int | None]
+
+
+@dataclass(eq=False)
+class Conn:
+    id: int
+    writer: asyncio.StreamWriter
+    mode: int = 0  # the bind command id once bound
+    system_id: str = ""
+
+    def send(self, pdu: Pdu) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(pdu))
+
+
+@dataclass
+class FakeSmsc:
+    """Just enough of an SMSC: binds (with a credential check), submit_sm (hookable), deliver_sm,
+    enquire_link and unbind; records every PDU it receives."""
+
+    password: str = PASSWORD
+    on_submit: SubmitHook | None = None
+    answer_enquire_link: bool = True
+    answer_unbind: bool = True
+    tls: ssl.SSLContext | None = None
+    log: list[tuple[int, Pdu]] = field(default_factory=list)  # (conn id, pdu) in arrival order
+    conns: list[Conn] = field(default_factory=list)
+    held: list[tuple[Conn, int]] = field(default_factory=list)
+    bind_times: list[float] = field(default_factory=list)
+    deliver_resps: dict[int, asyncio.Future[int]] = field(default_factory=dict)
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _next_id: int = 0
+    _seq: int = 1000
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self, port: int = 0) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", port or self.port, ssl=self.tls
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def kill(self) -> None:
+        """Drop every connection and stop listening, like a crashed SMSC."""
+        if self._server is not None:
+            self._server.close()
+        for c in self.conns:
+            c.writer.transport.abort()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = None
+
+    # --- inspection ---------------------------------------------------------------------------
+    def received(self, cid: int) -> list[tuple[int, Pdu]]:
+        return [(c, p) for c, p in self.log if p.command_id == cid]
+
+    def submits(self) -> list[bytes]:
+        return [p.body.short_message for _, p in self.received(C.SUBMIT_SM)]
+
+    def bound(self, mode: int | None = None) -> list[Conn]:
+        return [c for c in self.conns if c.mode and (mode is None or c.mode == mode)]
+
+    def release(self, status: int = 0) -> None:
+        held, self.held = self.held, []
+        for conn, seq in held:
+            conn.send(Pdu(C.SUBMIT_SM_RESP, status, seq, MessageIdResp(f"m{seq}")))
+
+    async def deliver(self, body: ShortMessage) -> asyncio.Future[int]:
+        """Send deliver_sm on a receive-capable bind; the future gets the deliver_sm_resp status."""
+        conn = next(c for c in self.conns if c.mode in (C.BIND_RECEIVER, C.BIND_TRANSCEIVER))
+        self._seq += 1
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.deliver_resps[self._seq] = fut
+        conn.send(Pdu(C.DELIVER_SM, 0, self._seq, body))
+        return fut
+
+    # --- serving ------------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._next_id += 1
+        conn = Conn(self._next_id, writer)
+        self.conns.append(conn)
+        framer = Framer()
+        try:
+            while data := await reader.read(65536):
+                for frame in framer.feed(data):
+                    pdu = decode(frame)
+                    self.log.append((conn.id, pdu))
+                    await self._handle(conn, pdu)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            conn.mode = 0
+            writer.close()
+
+    async def _handle(self, conn: Conn, pdu: Pdu) -> None:
+        cid = pdu.command_id
+        if cid in C.BIND_COMMANDS:
+            self.bind_times.append(time.monotonic())
+            if pdu.body.password != self.password:
+                conn.send(Pdu(cid | C.RESP_BIT, C.ESME_RINVPASWD, pdu.seq))
+                return
+            conn.mode = cid
+            conn.system_id = pdu.body.system_id
+            conn.send(Pdu(cid | C.RESP_BIT, 0, pdu.seq, BindResp("FAKESMSC")))
+        elif cid == C.SUBMIT_SM:
+            status: Any = 0
+            if self.on_submit is not None:
+                status = self.on_submit(conn, pdu)
+                if asyncio.iscoroutine(status):
+                    status = await status
+            if status is None:
+                self.held.append((conn, pdu.seq))
+            elif status == 0:
+                conn.send(Pdu(C.SUBMIT_SM_RESP, 0, pdu.seq, MessageIdResp(f"m{pdu.seq}")))
+            else:
+                conn.send(Pdu(C.SUBMIT_SM_RESP, status, pdu.seq))
+        elif cid == C.ENQUIRE_LINK:
+            if self.answer_enquire_link:
+                conn.send(Pdu(C.ENQUIRE_LINK_RESP, 0, pdu.seq))
+        elif cid == C.UNBIND:
+            if self.answer_unbind:
+                conn.send(Pdu(C.UNBIND_RESP, 0, pdu.seq))
+                conn.mode = 0
+        elif cid == C.DELIVER_SM_RESP:
+            fut = self.deliver_resps.get(pdu.seq)
+            if fut is not None and not fut.done():
+                fut.set_result(pdu.status)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def smsc_cfg(port: int, **kw: Any) -> SmscConfig:
+    base: dict[str, Any] = {
+        "name": "t1",
+        "host": "127.0.0.1",
+        "port": port,
+        "system_id": "esme",
+        "password": PASSWORD,
+        "bind_mode": "transceiver",
+        "binds": 1,
+        "window": 10,
+        "response_timeout_s": 1.0,
+        "enquire_link_s": 30.0,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.2,
+        "throttle_pause_min_s": 0.05,
+        "throttle_pause_max_s": 0.2,
+        "max_transient_retries": 2,
+        "unbind_timeout_s": 0.5,
+    }
+    base.update(kw)
+    return SmscConfig(**base)
+
+
+def part(text: str) -> ShortMessage:
+    return ShortMessage(
+        source_addr="SRC", destination_addr="8613800138000", short_message=text.encode()
+    )
+
+
+async def no_deliver(name: str, body: ShortMessage) -> int:
+    return C.ESME_ROK
+
+
+async def eventually(cond: Callable[[], bool], within_s: float = 2.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: SmscConfig, on_deliver: Any = no_deliver, **kw: Any) -> Any:
+    conn = Connector(cfg, on_deliver, **kw)
+    await conn.start()
+    try:
+        yield conn
+    finally:
+        await conn.stop(grace_s=0.2)
+
+
+@pytest.fixture
+async def smsc() -> Any:
+    s = FakeSmsc()
+    await s.start()
+    yield s
+    await s.kill()
+
+
+def ok(i: int, mid: str) -> SubmitOutcome:
+    return SubmitOutcome(i, "ok", 0, "ESME_ROK", mid)
+
+
+# --- bind modes -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mode", "expected", "can_send"),
+    [
+        ("transceiver", {C.BIND_TRANSCEIVER: 2}, True),
+        ("transmitter_receiver", {C.BIND_TRANSMITTER: 2, C.BIND_RECEIVER: 2}, True),
+        ("transmitter", {C.BIND_TRANSMITTER: 2}, True),
+        ("receiver", {C.BIND_RECEIVER: 2}, False),
+    ],
+)
+async def test_bind_modes(
+    smsc: FakeSmsc, mode: str, expected: dict[int, int], can_send: bool
+) -> None:
+    async with running(smsc_cfg(smsc.port, bind_mode=mode, binds=2)) as c:
+        total = sum(expected.values())
+        await eventually(lambda: len(smsc.bound()) == total)
+        got: dict[int, int] = {}
+        for conn in smsc.bound():
+            got[conn.mode] = got.get(conn.mode, 0) + 1
+        assert got == expected
+        assert all(conn.system_id == "esme" for conn in smsc.bound())
+        assert await c.wait_up(1.0) is can_send
+        snap = c.snapshot()
+        assert sum(v["up"] for v in snap["binds"].values()) == total
+        if can_send:
+            assert c.free_slots() == 2 * 10
+            outcomes = await c.send_message([part("hi")])
+            ((conn_id, sub),) = smsc.received(C.SUBMIT_SM)
+            assert outcomes == [ok(0, f"m{sub.seq}")]
+            # submits never go on a receiver bind
+            assert next(x for x in smsc.conns if x.id == conn_id).mode != C.BIND_RECEIVER
+        else:
+            assert c.free_slots() == 0
+            assert [o.kind for o in await c.send_message([part("hi")])] == ["no_bind"]
+            assert smsc.received(C.SUBMIT_SM) == []
+
+
+# --- window ---------------------------------------------------------------------------------------
+async def test_window_fills_to_exactly_n_and_drains(smsc: FakeSmsc) -> None:
+    smsc.on_submit = lambda conn, pdu: None  # hold every response
+    async with running(smsc_cfg(smsc.port, window=5)) as c:
+        assert await c.wait_up(2.0)
+        assert c.free_slots() == 5
+        tasks = [asyncio.create_task(c.send_message([part(f"m{i}")])) for i in range(8)]
+        await eventually(lambda: len(smsc.held) == 5)
+        await asyncio.sleep(0.1)  # nothing more may leave while the window is full
+        assert len(smsc.received(C.SUBMIT_SM)) == 5
+        assert c.free_slots() == 0
+        assert c.snapshot()["window"] == {"size": 5, "in_use": 5}
+        smsc.on_submit = None  # answer the rest at once
+        smsc.release()
+        results = await asyncio.gather(*tasks)
+        assert all(r[0].kind == "ok" for r in results)
+        assert len(smsc.received(C.SUBMIT_SM)) == 8
+        # single-part messages leave in the order they asked for a slot
+        assert smsc.submits() == [f"m{i}".encode() for i in range(8)]
+        assert c.free_slots() == 5
+        assert c.snapshot()["submits"] == {"ok": 8, "failed": {}}
+
+
+async def test_response_timeout_is_transient_and_bounded(smsc: FakeSmsc) -> None:
+    smsc.on_submit = lambda conn, pdu: None  # never answer
+    cfg = smsc_cfg(smsc.port, response_timeout_s=0.15, max_transient_retries=1)
+    async with running(cfg, transient_backoff_s=(0.01, 0.02)) as c:
+        assert await c.wait_up(2.0)
+        t0 = time.monotonic()
+        out = await c.send_message([part("a"), part("b")])
+        elapsed = time.monotonic() - t0
+        assert out == [
+            SubmitOutcome(0, "transient", -1, "TIMEOUT", None),
+            SubmitOutcome(1, "cancelled", -1, "CANCELLED", None),
+        ]
+        assert smsc.submits() == [b"a", b"a"]  # one try + one retry, part b never sent
+        assert 0.3 <= elapsed < 1.0
+        assert c.snapshot()["transient_retries"] == 1
+        assert c.free_slots() == 10  # timed-out requests gave their slots back
+
+
+# --- throttling and errors ------------------------------------------------------------------------
+async def test_throttle_pauses_and_resubmits_the_same_pdu_first(smsc: FakeSmsc) -> None:
+    throttled: list[bytes] = []
+
+    def hook(conn: Conn, pdu: Pdu) -> int:
+        text = pdu.body.short_message
+        if text == b"p2" and not throttled:
+            throttled.append(text)
+            return C.ESME_RTHROTTLED
+        return 0
+
+    smsc.on_submit = hook
+    cfg = smsc_cfg(smsc.port, throttle_pause_min_s=0.15, max_transient_retries=0)
+    async with running(cfg) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("p1"), part("p2"), part("p3")])
+        assert [o.kind for o in out] == ["ok", "ok", "ok"]
+        assert all(o.message_id for o in out)
+        assert smsc.submits() == [b"p1", b"p2", b"p2", b"p3"]
+        # the resubmission waited out the pause
+        subs = smsc.received(C.SUBMIT_SM)
+        assert len({conn for conn, _ in subs}) == 1  # all on one bind
+        snap = c.snapshot()
+        assert snap["throttle_events"] == 1
+        assert snap["transient_retries"] == 0  # a throttle is not a retry
+        assert snap["submits"]["failed"] == {}  # nor a failure
+
+
+async def test_throttle_pause_is_observed(smsc: FakeSmsc) -> None:
+    times: dict[bytes, list[float]] = {}
+
+    def hook(conn: Conn, pdu: Pdu) -> int:
+        text = pdu.body.short_message
+        times.setdefault(text, []).append(time.monotonic())
+        return C.ESME_RMSGQFUL if len(times[text]) <= 2 else 0
+
+    smsc.on_submit = hook
+    cfg = smsc_cfg(smsc.port, throttle_pause_min_s=0.1, throttle_pause_max_s=1.0)
+    async with running(cfg) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("x")])
+        assert out[0].kind == "ok"
+        t = times[b"x"]
+        assert len(t) == 3
+        assert t[1] - t[0] >= 0.09  # first pause: the minimum
+        assert t[2] - t[1] >= 0.19  # second: doubled
+        assert c.snapshot()["throttle_events"] == 2
+
+
+async def test_transient_status_retried_then_returned(smsc: FakeSmsc) -> None:
+    smsc.on_submit = lambda conn, pdu: C.ESME_RSYSERR
+    async with running(
+        smsc_cfg(smsc.port, max_transient_retries=2), transient_backoff_s=(0.01, 0.02)
+    ) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("a"), part("b")])
+        assert out == [
+            SubmitOutcome(0, "transient", C.ESME_RSYSERR, "ESME_RSYSERR", None),
+            SubmitOutcome(1, "cancelled", -1, "CANCELLED", None),
+        ]
+        assert smsc.submits() == [b"a", b"a", b"a"]
+        snap = c.snapshot()
+        assert snap["transient_retries"] == 2
+        assert snap["submits"]["failed"] == {"ESME_RSYSERR": 3}
+
+
+async def test_transient_then_success(smsc: FakeSmsc) -> None:
+    answers = iter([C.ESME_RSYSERR, 0, 0])
+    smsc.on_submit = lambda conn, pdu: next(answers)
+    async with running(smsc_cfg(smsc.port), transient_backoff_s=(0.01, 0.02)) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("a"), part("b")])
+        assert [o.kind for o in out] == ["ok", "ok"]
+        assert smsc.submits() == [b"a", b"a", b"b"]
+
+
+async def test_permanent_error_cancels_the_rest(smsc: FakeSmsc) -> None:
+    smsc.on_submit = lambda conn, pdu: C.ESME_RINVDSTADR if pdu.body.short_message == b"b" else 0
+    async with running(smsc_cfg(smsc.port)) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("a"), part("b"), part("c")])
+        assert out[0].kind == "ok"
+        assert out[1:] == [
+            SubmitOutcome(1, "permanent", C.ESME_RINVDSTADR, "ESME_RINVDSTADR", None),
+            SubmitOutcome(2, "cancelled", -1, "CANCELLED", None),
+        ]
+        assert smsc.submits() == [b"a", b"b"]  # no retry of a permanent error, c never sent
+
+
+async def test_generic_nack_for_a_submit_is_permanent_with_its_status(smsc: FakeSmsc) -> None:
+    def hook(conn: Conn, pdu: Pdu) -> None:
+        conn.send(Pdu(C.GENERIC_NACK, C.ESME_RINVCMDLEN, pdu.seq))
+        return None
+
+    smsc.on_submit = hook
+    async with running(smsc_cfg(smsc.port)) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("a")])
+        assert out == [SubmitOutcome(0, "permanent", C.ESME_RINVCMDLEN, "ESME_RINVCMDLEN", None)]
+
+
+async def test_parts_of_concurrent_messages_stay_together_and_in_order(smsc: FakeSmsc) -> None:
+    async def slow(conn: Conn, pdu: Pdu) -> int:
+        await asyncio.sleep(0.002)
+        return 0
+
+    smsc.on_submit = slow
+    async with running(smsc_cfg(smsc.port, binds=3, window=4)) as c:
+        await eventually(lambda: len(smsc.bound()) == 3)
+        msgs = [[part(f"{m}:{k}") for k in range(3)] for m in range(12)]
+        results = await asyncio.gather(*(c.send_message(p) for p in msgs))
+        assert all(o.kind == "ok" for r in results for o in r)
+        by_msg: dict[str, list[tuple[int, int]]] = {}
+        for conn_id, pdu in smsc.received(C.SUBMIT_SM):
+            m, k = pdu.body.short_message.decode().split(":")
+            by_msg.setdefault(m, []).append((conn_id, int(k)))
+        assert len(by_msg) == 12
+        for seen in by_msg.values():
+            assert [k for _, k in seen] == [0, 1, 2]  # in order
+            assert len({conn_id for conn_id, _ in seen}) == 1  # on one bind
+        assert len({conn for conn, _ in smsc.received(C.SUBMIT_SM)}) > 1  # load was spread
+
+
+async def test_tps_limit_is_shared_across_binds(smsc: FakeSmsc) -> None:
+    async with running(smsc_cfg(smsc.port, binds=2, tps=10)) as c:
+        await eventually(lambda: len(smsc.bound()) == 2)
+        t0 = time.monotonic()
+        await asyncio.gather(*(c.send_message([part(str(i))]) for i in range(14)))
+        elapsed = time.monotonic() - t0
+        assert len(smsc.received(C.SUBMIT_SM)) == 14
+        assert elapsed >= 0.95  # 10 in the first second, the other 4 after it
+        stamps = [t for t in smsc.bind_times]
+        assert len(stamps) == 2
+
+
+# --- binds ----------------------------------------------------------------------------------------
+async def test_no_bind_when_nothing_listens() -> None:
+    s = FakeSmsc()
+    port = await s.start()
+    await s.kill()
+    async with running(smsc_cfg(port)) as c:
+        t0 = time.monotonic()
+        out = await c.send_message([part("a"), part("b")])
+        assert [o.kind for o in out] == ["no_bind", "no_bind"]
+        assert out[0].status == -1 and out[0].status_name == "NO_BIND"
+        assert 0.9 <= time.monotonic() - t0 < 1.6
+        assert not c.is_up
+        assert c.snapshot()["last_error"]["message"].startswith("connect")
+
+
+async def test_reconnect_after_the_smsc_is_killed_and_restarted(smsc: FakeSmsc) -> None:
+    async with running(smsc_cfg(smsc.port, binds=2)) as c:
+        await eventually(lambda: len(smsc.bound()) == 2)
+        assert (await c.send_message([part("before")]))[0].kind == "ok"
+        await smsc.kill()
+        await eventually(lambda: not c.is_up)
+        assert c.free_slots() == 0
+        await asyncio.sleep(0.3)  # a few refused connection attempts
+        await smsc.start(smsc.port)
+        assert await c.wait_up(2.0)
+        await eventually(lambda: len(smsc.bound()) == 2)
+        assert (await c.send_message([part("after")]))[0].kind == "ok"
+        assert c.snapshot()["reconnects"] == 2
+        assert smsc.submits() == [b"before", b"after"]
+
+
+async def test_submit_in_flight_when_the_connection_drops_is_retried(smsc: FakeSmsc) -> None:
+    dropped: list[int] = []
+
+    def hook(conn: Conn, pdu: Pdu) -> int | None:
+        if not dropped:
+            dropped.append(conn.id)
+            conn.writer.transport.abort()
+            return None
+        return 0
+
+    smsc.on_submit = hook
+    async with running(smsc_cfg(smsc.port), transient_backoff_s=(0.01, 0.02)) as c:
+        assert await c.wait_up(2.0)
+        out = await c.send_message([part("a"), part("b")])
+        assert [o.kind for o in out] == ["ok", "ok"]
+        subs = smsc.received(C.SUBMIT_SM)
+        assert [p.body.short_message for _, p in subs] == [b"a", b"a", b"b"]
+        assert subs[0][0] != subs[1][0]  # resent on the new connection
+        assert c.snapshot()["transient_retries"] == 1
+
+
+async def test_missed_enquire_link_resp_reconnects(smsc: FakeSmsc) -> None:
+    smsc.answer_enquire_link = False
+    cfg = smsc_cfg(smsc.port, enquire_link_s=0.1, response_timeout_s=0.1)
+    async with running(cfg) as c:
+        assert await c.wait_up(2.0)
+        await eventually(lambda: c.snapshot()["reconnects"] >= 1)
+        assert len(smsc.received(C.ENQUIRE_LINK)) >= 1
+        assert await c.wait_up(2.0)
+
+
+async def test_credentials_refused_are_retried_at_the_cap(
+    smsc: FakeSmsc, caplog: pytest.LogCaptureFixture
+) -> None:
+    smsc.password = "other"
+    cfg = smsc_cfg(smsc.port, reconnect_min_s=0.01, reconnect_max_s=0.3)
+    caplog.set_level(logging.DEBUG, logger="bridge.smpp")
+    async with running(cfg) as c:
+        await asyncio.sleep(1.0)
+        assert not c.is_up
+        t = smsc.bind_times
+        assert 2 <= len(t) <= 5  # ~1 s / 0.3 s, not the ~50 attempts back-off from 0.01 s gives
+        assert all(b - a >= 0.3 * 0.75 - 0.01 for a, b in itertools.pairwise(t))
+        assert c.snapshot()["last_error"]["message"] == "bind refused: ESME_RINVPASWD"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and errors[0].status == "ESME_RINVPASWD"  # type: ignore[attr-defined]
+    for r in caplog.records:  # the password never reaches the logs
+        assert PASSWORD not in r.getMessage()
+        assert all(PASSWORD not in repr(v) for v in vars(r).values())
+
+
+# --- deliver_sm -----------------------------------------------------------------------------------
+async def test_deliver_acked_only_after_the_handler_returns_with_its_status(
+    smsc: FakeSmsc,
+) -> None:
+    gate = asyncio.Event()
+    got: list[tuple[str, ShortMessage]] = []
+    statuses = iter([C.ESME_RX_T_APPN, C.ESME_ROK])
+
+    async def handler(name: str, body: ShortMessage) -> int:
+        got.append((name, body))
+        await gate.wait()
+        return next(statuses)
+
+    mo = ShortMessage(source_addr="8613800138000", destination_addr="10086", short_message=b"MO")
+    async with running(smsc_cfg(smsc.port, bind_mode="transmitter_receiver"), handler) as c:
+        await eventually(lambda: len(smsc.bound()) == 2)
+        first = await smsc.deliver(mo)
+        await eventually(lambda: len(got) == 1)
+        await asyncio.sleep(0.1)
+        assert not first.done()  # no deliver_sm_resp while the handler has not returned
+        gate.set()
+        assert await asyncio.wait_for(first, 1.0) == C.ESME_RX_T_APPN
+        second = await smsc.deliver(mo)
+        assert await asyncio.wait_for(second, 1.0) == C.ESME_ROK
+        assert got[0] == ("t1", mo)
+        assert c.snapshot()["delivers"] == 2
+
+
+async def test_deliver_handler_crash_asks_for_redelivery(smsc: FakeSmsc) -> None:
+    async def handler(name: str, body: ShortMessage) -> int:
+        raise RuntimeError("store down")
+
+    async with running(smsc_cfg(smsc.port), handler):
+        await eventually(lambda: len(smsc.bound()) == 1)
+        fut = await smsc.deliver(part("x"))
+        assert await asyncio.wait_for(fut, 1.0) == C.ESME_RX_T_APPN
+
+
+# --- shutdown -------------------------------------------------------------------------------------
+async def test_stop_drains_the_window_then_unbinds(smsc: FakeSmsc) -> None:
+    async def slow(conn: Conn, pdu: Pdu) -> int:
+        await asyncio.sleep(0.2)
+        return 0
+
+    smsc.on_submit = slow
+    c = Connector(smsc_cfg(smsc.port), no_deliver)
+    await c.start()
+    assert await c.wait_up(2.0)
+    task = asyncio.create_task(c.send_message([part("last")]))
+    await eventually(lambda: len(smsc.received(C.SUBMIT_SM)) == 1)
+    await c.stop(grace_s=2.0)
+    assert (await task)[0].kind == "ok"  # answered before the unbind
+    kinds = [p.command_id for _, p in smsc.log]
+    assert kinds == [C.BIND_TRANSCEIVER, C.SUBMIT_SM, C.UNBIND]
+    assert not c.is_up
+    assert [o.kind for o in await c.send_message([part("late")])] == ["no_bind"]
+    await eventually(lambda: not smsc.bound())
+
+
+async def test_stop_is_bounded_when_the_smsc_ignores_unbind(smsc: FakeSmsc) -> None:
+    smsc.answer_unbind = False
+    c = Connector(smsc_cfg(smsc.port, unbind_timeout_s=0.2), no_deliver)
+    await c.start()
+    assert await c.wait_up(2.0)
+    t0 = time.monotonic()
+    await c.stop(grace_s=1.0)
+    assert 0.15 <= time.monotonic() - t0 < 0.6
+    assert len(smsc.received(C.UNBIND)) == 1
+
+
+async def test_stop_gives_up_on_the_window_after_the_grace(smsc: FakeSmsc) -> None:
+    smsc.on_submit = lambda conn, pdu: None
+    c = Connector(smsc_cfg(smsc.port, response_timeout_s=10), no_deliver)
+    await c.start()
+    assert await c.wait_up(2.0)
+    task = asyncio.create_task(c.send_message([part("stuck")]))
+    await eventually(lambda: len(smsc.held) == 1)
+    t0 = time.monotonic()
+    await c.stop(grace_s=0.2)
+    assert time.monotonic() - t0 < 1.2
+    out = await asyncio.wait_for(task, 1.0)
+    assert out[0].kind in ("no_bind", "transient")
+    assert out[0].status == -1
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_verified_with_a_ca_file_and_refused_without(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    s = FakeSmsc(tls=server_ctx)
+    port = await s.start()
+    try:
+        async with running(smsc_cfg(port, tls=True, tls_ca_file=cert)) as c:
+            assert await c.wait_up(2.0)
+            assert (await c.send_message([part("tls")]))[0].kind == "ok"
+        # verification is on by default: the system CAs do not know this certificate
+        async with running(smsc_cfg(port, tls=True)) as c:
+            assert not await c.wait_up(0.5)
+            assert "CERTIFICATE_VERIFY_FAILED" in c.snapshot()["last_error"]["message"]
+        async with running(smsc_cfg(port, tls=True, tls_verify=False)) as c:
+            assert await c.wait_up(2.0)
+        assert make_ssl_context().verify_mode == ssl.CERT_REQUIRED
+    finally:
+        await s.kill()
+
+
+# --- malformed input from the SMSC ----------------------------------------------------------------
+async def test_unknown_command_is_nacked_and_bad_length_forces_a_reconnect(smsc: FakeSmsc) -> None:
+    async with running(smsc_cfg(smsc.port)) as c:
+        await eventually(lambda: len(smsc.bound()) == 1)
+        (conn,) = smsc.bound()
+        conn.writer.write(struct.pack(">IIII", 16, 0x00000077, 0, 501))
+        await eventually(lambda: len(smsc.received(C.GENERIC_NACK)) == 1)
+        ((_, nack),) = smsc.received(C.GENERIC_NACK)
+        assert (nack.status, nack.seq) == (C.ESME_RINVCMDID, 501)
+        assert (await c.send_message([part("still up")]))[0].kind == "ok"
+        assert c.snapshot()["reconnects"] == 0
+        conn.writer.write(struct.pack(">IIII", 70000, C.DELIVER_SM, 0, 502))
+        await eventually(lambda: len(smsc.received(C.GENERIC_NACK)) == 2)
+        nack = smsc.received(C.GENERIC_NACK)[1][1]
+        assert (nack.status, nack.seq) == (C.ESME_RINVCMDLEN, 502)
+        await eventually(lambda: c.snapshot()["reconnects"] == 1)
+        assert await c.wait_up(2.0)
+        assert (await c.send_message([part("again")]))[0].kind == "ok"
