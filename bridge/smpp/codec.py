@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from struct import Struct
 from struct import error as StructError
 from typing import Any, Final
@@ -192,7 +192,7 @@ class Bind:
     """Body of bind_transmitter / bind_receiver / bind_transceiver."""
 
     system_id: str
-    password: str
+    password: str = field(repr=False)
     system_type: str = ""
     interface_version: int = 0x34
     addr_ton: int = 0
