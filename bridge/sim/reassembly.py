@@ -1,0 +1,300 @@
+"""Reassembly and decoding of submitted messages, as a handset would do it (pure).
+
+The simulator records what an integration *meant* to send: the concatenated text, decoded. That is
+the only way a test can tell a correct split (escape pairs and surrogate pairs kept whole, UDH
+fill bits right, references consistent) from one that merely produced the right number of PDUs.
+
+Parts are joined before decoding (GSM septets, UCS-2 octets), so a sender that cuts an escape or
+surrogate pair across parts still reassembles, exactly like a handset. Pure: the caller passes
+``now``; incomplete messages are forgotten after ``ttl_s`` or beyond ``max_pending``.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from bridge.smpp.codec import ShortMessage, tlv_get
+from bridge.smpp.constants import (
+    ESM_UDHI,
+    MESSAGE_PAYLOAD,
+    SAR_MSG_REF_NUM,
+    SAR_SEGMENT_SEQNUM,
+    SAR_TOTAL_SEGMENTS,
+)
+from bridge.text.gsm import gsm_decode, unpack_septets
+
+__all__ = [
+    "Reassembler",
+    "Segment",
+    "SimMessage",
+    "decode_payload",
+    "parse_segment",
+    "segment_text",
+]
+
+_CR = 0x0D
+
+# Character sets by data_coding for the 8-bit single-byte codings SMPP 3.4 names (5.2.19).
+_BYTE_CODECS = {3: "latin-1", 5: "shift_jis", 6: "iso8859_5", 7: "iso8859_8", 0x0D: "shift_jis"}
+
+
+@dataclass(frozen=True, slots=True)
+class SimMessage:
+    """One reassembled message: what the recipient's handset would show."""
+
+    system_id: str
+    source: str
+    destination: str
+    data_coding: int
+    text: str
+    parts: int
+    message_ids: list[str]  # one per part, in part order
+    received_at: float  # when the last part arrived (caller's clock)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "system_id": self.system_id,
+            "source": self.source,
+            "destination": self.destination,
+            "data_coding": self.data_coding,
+            "text": self.text,
+            "parts": self.parts,
+            "message_ids": list(self.message_ids),
+            "received_at": self.received_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One submit_sm reduced to its concatenation header and its payload.
+
+    ``payload`` is the user data without UDH: septets one per octet for GSM (already unpacked when
+    the sender packed them), raw octets otherwise. ``scheme`` is "" for a single-part message,
+    else "udh8", "udh16" or "sar"; ``ref``/``total``/``seq`` come from that header.
+    """
+
+    data_coding: int
+    payload: bytes
+    scheme: str = ""
+    ref: int = 0
+    total: int = 1
+    seq: int = 1
+
+
+def _alphabet(dc: int) -> str:
+    """ "gsm", "ucs2", or "bytes" (decoded by _BYTE_CODECS or shown as hex) for a data_coding."""
+    if dc in (0, 1):
+        return "gsm"
+    if dc == 8:
+        return "ucs2"
+    if 0x10 <= dc <= 0x3F or 0x40 <= dc <= 0x7F:
+        # General data coding groups (TS 23.038 4): alphabet in bits 2-3; compressed (bit 5)
+        # is not supported and shown as bytes.
+        if dc & 0x20:
+            return "bytes"
+        return ("gsm", "bytes", "ucs2", "gsm")[(dc >> 2) & 3]
+    if dc & 0xF0 == 0xF0:  # data coding / message class: bit 2 selects 8-bit data
+        return "bytes" if dc & 0x04 else "gsm"
+    return "bytes"
+
+
+def _unpack(data: bytes, skip_octets: int) -> bytes:
+    """Unpack GSM septets that start after ``skip_octets`` octets of UDH (plus fill bits).
+
+    Drops the <CR> a sender adds when 7 spare bits would otherwise read as '@' (TS 23.038
+    6.1.2.3.1): a part whose septets end exactly on an octet boundary and end in CR.
+    """
+    udh_bits = 8 * skip_octets
+    fill = (7 - udh_bits % 7) % 7
+    bits = 8 * len(data) - udh_bits - fill
+    if bits <= 0:
+        return b""
+    count = bits // 7
+    septets = unpack_septets(data[skip_octets:], count, fill)
+    if bits % 7 == 0 and septets and septets[-1] == _CR:
+        # The septets fill the last octet exactly: a final CR is the padding character.
+        septets = septets[:-1]
+    return septets
+
+
+def _udh_concat(udh: bytes) -> tuple[str, int, int, int] | None:
+    """(scheme, ref, total, seq) from the concatenation IE of a UDH (without its length octet)."""
+    i = 0
+    n = len(udh)
+    while i + 2 <= n:
+        iei = udh[i]
+        ln = udh[i + 1]
+        v = udh[i + 2 : i + 2 + ln]
+        if len(v) != ln:
+            return None
+        if iei == 0x00 and ln == 3:
+            return "udh8", v[0], v[1], v[2]
+        if iei == 0x08 and ln == 4:
+            return "udh16", (v[0] << 8) | v[1], v[2], v[3]
+        i += 2 + ln
+    return None
+
+
+def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
+    """Split a submit_sm (or deliver_sm) into concatenation header and payload; never raises.
+
+    message_payload, when present, replaces short_message (SMPP 3.4 5.3.2.32). A malformed UDH
+    leaves the octets in the payload rather than dropping them: better a visibly odd text than a
+    silently shortened one. A concatenation header with seq 0, seq > total or total < 2 is
+    treated as a single part.
+    """
+    tlvs = sm.tlvs
+    data = sm.short_message
+    if tlvs:
+        mp = tlv_get(tlvs, MESSAGE_PAYLOAD)
+        if mp is not None and not data:
+            data = mp
+    dc = sm.data_coding
+    gsm_packed = packed_gsm and _alphabet(dc) == "gsm"
+    scheme = ""
+    ref = 0
+    total = seq = 1
+    skip = 0
+    if sm.esm_class & ESM_UDHI and data:
+        udhl = data[0]
+        if 1 + udhl <= len(data):
+            skip = 1 + udhl
+            found = _udh_concat(data[1:skip])
+            if found is not None:
+                scheme, ref, total, seq = found
+    elif tlvs:
+        r = tlv_get(tlvs, SAR_MSG_REF_NUM)
+        t = tlv_get(tlvs, SAR_TOTAL_SEGMENTS)
+        s = tlv_get(tlvs, SAR_SEGMENT_SEQNUM)
+        if r and t and s:
+            scheme = "sar"
+            ref = int.from_bytes(r, "big")
+            total = int.from_bytes(t, "big")
+            seq = int.from_bytes(s, "big")
+    if scheme and not (total >= 2 and 1 <= seq <= total):
+        scheme, ref, total, seq = "", 0, 1, 1
+    payload = _unpack(data, skip) if gsm_packed else data[skip:]
+    return Segment(dc, payload, scheme, ref, total, seq)
+
+
+def decode_payload(data_coding: int, payload: bytes) -> str:
+    """Text of a (possibly joined) payload; undecodable octets become U+FFFD, never an error."""
+    kind = _alphabet(data_coding)
+    if kind == "gsm":
+        return gsm_decode(payload)
+    if kind == "ucs2":
+        return payload.decode("utf-16-be", "replace")
+    name = _BYTE_CODECS.get(data_coding)
+    if name is not None:
+        return codecs.decode(payload, name, "replace")
+    return payload.hex()  # binary (2, 4, 8-bit classes): show the octets
+
+
+def segment_text(seg: Segment) -> str:
+    """The text of one segment on its own (for a receipt's ``text:`` field)."""
+    return decode_payload(seg.data_coding, seg.payload)
+
+
+@dataclass(slots=True)
+class _Pending:
+    total: int
+    first_at: float
+    parts: dict[int, tuple[Segment, str]] = field(default_factory=dict)
+
+
+class Reassembler:
+    """Joins concatenated parts per (system_id, source, destination, scheme, ref).
+
+    A part that repeats a seq replaces the earlier one (a resubmission); a part announcing a
+    different total starts the message over (the sender reused the reference). Incomplete messages
+    older than ``ttl_s`` and the oldest beyond ``max_pending`` are dropped and counted in
+    ``abandoned``.
+    """
+
+    __slots__ = ("_pending", "abandoned", "max_pending", "ttl_s")
+
+    def __init__(self, *, ttl_s: float = 600.0, max_pending: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_pending = max_pending
+        self.abandoned = 0
+        self._pending: OrderedDict[tuple[str, str, str, str, int], _Pending] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(
+        self,
+        system_id: str,
+        source: str,
+        destination: str,
+        seg: Segment,
+        message_id: str,
+        now: float,
+    ) -> SimMessage | None:
+        """Record one accepted segment; the whole message when this part completes it."""
+        if not seg.scheme:
+            return SimMessage(
+                system_id,
+                source,
+                destination,
+                seg.data_coding,
+                decode_payload(seg.data_coding, seg.payload),
+                1,
+                [message_id],
+                now,
+            )
+        self._expire(now)
+        pending = self._pending
+        key = (system_id, source, destination, seg.scheme, seg.ref)
+        entry = pending.get(key)
+        if entry is not None and entry.total != seg.total:
+            del pending[key]
+            self.abandoned += 1
+            entry = None
+        if entry is None:
+            if len(pending) >= self.max_pending:
+                pending.popitem(last=False)
+                self.abandoned += 1
+            entry = pending[key] = _Pending(seg.total, now)
+        entry.parts[seg.seq] = (seg, message_id)
+        if len(entry.parts) < entry.total:
+            return None
+        del pending[key]
+        ordered = [entry.parts[i] for i in range(1, entry.total + 1)]
+        return SimMessage(
+            system_id,
+            source,
+            destination,
+            ordered[0][0].data_coding,
+            _join_text([s for s, _ in ordered]),
+            entry.total,
+            [mid for _, mid in ordered],
+            now,
+        )
+
+    def _expire(self, now: float) -> None:
+        pending = self._pending
+        limit = now - self.ttl_s
+        while pending:
+            key, entry = next(iter(pending.items()))
+            if entry.first_at > limit:
+                break
+            del pending[key]
+            self.abandoned += 1
+
+
+def _join_text(segments: list[Segment]) -> str:
+    """Decode runs of parts that share a data_coding as one payload (pairs may straddle parts)."""
+    out: list[str] = []
+    run: list[bytes] = []
+    dc = segments[0].data_coding
+    for seg in segments:
+        if seg.data_coding != dc:
+            out.append(decode_payload(dc, b"".join(run)))
+            run = []
+            dc = seg.data_coding
+        run.append(seg.payload)
+    out.append(decode_payload(dc, b"".join(run)))
+    return "".join(out)
