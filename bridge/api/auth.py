@@ -28,6 +28,8 @@ class Principal:
 
 
 class Authenticator:
+    CACHE_S = 30.0
+
     def __init__(
         self,
         store: Store,
@@ -40,6 +42,28 @@ class Authenticator:
         self._sealer = sealer
         self._max_skew = max_skew_s
         self._clock = clock
+        self._cache: dict[str, tuple[float, AppKey, str]] = {}
+
+    async def _key(self, key_id: str) -> tuple[AppKey, str] | None:
+        """The key and its decrypted secret, cached briefly: the secret never changes for a key
+        id, and the key's live status is re-read by `authorize_request` on every request."""
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        key = await self._store.get_key(key_id)
+        if key is None:
+            return None
+        try:
+            secret = self._sealer.open(key.secret_enc, key.key_id)
+        except MasterKeyError:
+            raise ApiError(
+                "INTERNAL_ERROR", "this key cannot be verified; contact the operator", status=500
+            ) from None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_id] = (now + self.CACHE_S, key, secret)
+        return key, secret
 
     async def authenticate(self, request: web.Request, body: bytes) -> Principal:
         try:
@@ -55,19 +79,16 @@ class Authenticator:
         except signing.SignatureError as exc:
             raise ApiError(exc.code, exc.message) from None
 
-        key = await self._store.get_key(auth.app_key)
-        if key is None:
+        cached = await self._key(auth.app_key)
+        if cached is None:
             raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
+        key, secret = cached
         if key.status != "active":
             raise ApiError("KEY_REVOKED", "this app key has been revoked")
-        account = await self._store.get_account(key.account_id)
-        if account is None:
-            raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
 
         now = self._clock()
         try:
             signing.check_skew(when, _utc(now), self._max_skew)
-            secret = self._sealer.open(key.secret_enc, key.key_id)
             signing.verify_signature(
                 secret,
                 request.method,
@@ -79,16 +100,18 @@ class Authenticator:
             )
         except signing.SignatureError as exc:
             raise ApiError(exc.code, exc.message) from None
-        except MasterKeyError:
-            raise ApiError(
-                "INTERNAL_ERROR", "this key cannot be verified; contact the operator", status=500
-            ) from None
 
         now_ms = int(now * 1000)
-        fresh = await self._store.use_nonce(
+        outcome, account = await self._store.authorize_request(
             key.key_id, nonce, now_ms + 2 * self._max_skew * 1000, now_ms
         )
-        if not fresh:
+        if outcome == "unknown_key" or account is None:
+            self._cache.pop(key.key_id, None)
+            raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
+        if outcome == "revoked":
+            self._cache.pop(key.key_id, None)
+            raise ApiError("KEY_REVOKED", "this app key has been revoked")
+        if outcome == "nonce_reused":
             raise ApiError(
                 "NONCE_REUSED", "this X-Bridge-Nonce was already used; sign a new request"
             )

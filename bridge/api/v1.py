@@ -71,27 +71,31 @@ async def post_messages(request: web.Request) -> web.Response:
         )
     now_ms = ctx.now_ms()
     req_hash = hashlib.sha256(body).hexdigest()
-    existing = await ctx.store.get_idempotency(account.id, key, now_ms)
-    if existing is not None:
-        return _replay(existing, req_hash)
-    if ctx.queue_depth >= ctx.config.store.max_queued_segments:
-        raise ApiError(
-            "QUEUE_FULL",
-            "the send queue is full; retry later",
-            headers={"Retry-After": "5"},
+    try:
+        if ctx.queue_depth >= ctx.config.store.max_queued_segments:
+            raise ApiError(
+                "QUEUE_FULL", "the send queue is full; retry later", headers={"Retry-After": "5"}
+            )
+        data = parse_json(body, request)
+        req = parse_send_request(
+            data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
         )
-    data = parse_json(body, request)
-    req = parse_send_request(
-        data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
-    )
-    wait = ctx.limiter.take(account.id, account.tps, len(req.to), ctx.clock())
-    if wait > 0:
-        raise ApiError(
-            "RATE_LIMITED",
-            f"account rate of {account.tps} messages/s exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
-    batch_id, messages = ctx.submitter.build(req, account, now_ms)
+        wait = ctx.limiter.take(account.id, account.tps, len(req.to), ctx.clock())
+        if wait > 0:
+            raise ApiError(
+                "RATE_LIMITED",
+                f"account rate of {account.tps} messages/s exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        batch_id, messages = ctx.submitter.build(req, account, now_ms)
+    except ApiError:
+        # A retry of an accepted request replays its answer even if it would be refused now
+        # (queue full, rate, settings changed). Looked up only on this path: on the happy path
+        # the accept transaction itself detects a replay, saving a read per request.
+        existing = await ctx.store.get_idempotency(account.id, key, now_ms)
+        if existing is not None:
+            return _replay(existing, req_hash)
+        raise
     result = {
         "batch_id": batch_id,
         "count": len(messages),

@@ -271,6 +271,41 @@ class SqliteStore:
 
         return await self._runner.write(job)
 
+    async def authorize_request(
+        self, key_id: str, nonce: str, expires_at: int, now: int
+    ) -> tuple[str, Account | None]:
+        """Record a nonce and read the key's and account's current state in one transaction.
+
+        Done after the signature verified (so forgeries never reach the nonce table); reading the
+        key status here makes a revocation effective for the very next request, whatever cache
+        the caller keeps for the secret. Outcome: ok | unknown_key | revoked | nonce_reused.
+        """
+
+        def job(c: sqlite3.Connection) -> tuple[str, Account | None]:
+            row = c.execute(
+                "SELECT k.status, "
+                + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
+                + " FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?",
+                (key_id,),
+            ).fetchone()
+            if row is None:
+                return "unknown_key", None
+            account = _account(row[1:])
+            if row[0] != "active":
+                return "revoked", account
+            seen = c.execute(
+                "SELECT expires_at FROM nonces WHERE key_id=? AND nonce=?", (key_id, nonce)
+            ).fetchone()
+            if seen and seen[0] > now:
+                return "nonce_reused", account
+            c.execute(
+                "INSERT OR REPLACE INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?)",
+                (key_id, nonce, expires_at),
+            )
+            return "ok", account
+
+        return await self._runner.write(job)
+
     # -- acceptance --------------------------------------------------------------------------------
 
     async def get_idempotency(
@@ -459,7 +494,9 @@ class SqliteStore:
                         "WHERE message_id=? AND state='queued'",
                         (lc.SEG_TIMEOUT, now, mid),
                     )
-                    _rollup_message(c, mid, now)
+                    # Nothing is left to send: out of the queue even while earlier parts
+                    # still await their receipts (else it sits 'claimed' and in queue_depth).
+                    _rollup_message(c, mid, now, release_done=True)
                     marked += 1
                 else:
                     c.execute(
@@ -575,7 +612,9 @@ class SqliteStore:
                     "WHERE message_id=? AND state='queued'",
                     (lc.SEG_EXPIRED_UNSENT, now, mid),
                 )
-                _rollup_message(c, mid, now)
+                # Parts sent before a release keep the message 'sent', yet nothing is left to
+                # send: without release_done it stayed claimable and counted in queue_depth.
+                _rollup_message(c, mid, now, release_done=True)
                 expired += 1
             timed_out = 0
             for (mid,) in c.execute(
@@ -878,12 +917,14 @@ def _record_submits(
     for r in results:
         touched.add(r.message_id)
         if r.outcome == "sent":
-            c.execute(
+            cur = c.execute(
                 "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
                 "submitted_at=?, attempts=attempts+1 "
                 "WHERE message_id=? AND seq=? AND state='queued'",
                 (r.smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, r.message_id, r.seq),
             )
+            if cur.rowcount != 1:
+                continue  # a repeated result: the part was already settled, count it once
             c.execute(
                 "UPDATE messages SET smsc=?, segments_sent=segments_sent+1 WHERE id=?",
                 (r.smsc, r.message_id),

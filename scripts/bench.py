@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: simulator and daemon as separate processes, signed HTTP load from here.
+
+Prints accepted messages/s, end-to-end messages/s with receipts, submit_sm/s, receipts/s,
+accept -> final receipt latency (p50/p99, from the daemon's own accepted_at/done_at), accept
+latency (p50/p99, as the client saw it) and the daemon's RSS.
+
+    python scripts/bench.py --messages 20000 --concurrency 50
+    python scripts/bench.py --kind ucs3 --throttle 0.02 --syserr 0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bridge.client import BridgeClient  # noqa: E402
+
+TEXTS = {
+    "gsm1": "Your verification code is 123456. It expires in 5 minutes.",
+    "ucs3": "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。" * 3,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            name, value = line.split(":")
+            fields[name] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
+    async with session.get(url) as r:
+        return await r.json()
+
+
+async def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} did not become ready")
+            await asyncio.sleep(0.1)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    http_port, sim_port, ctl_port = free_port(), free_port(), free_port()
+    key = base64.b64encode(os.urandom(32)).decode()
+    cfg = {
+        "server": {"port": http_port, "max_recipients": 1000},
+        "store": {"path": str(tmp / "bridge.db"), "group_commit_ms": args.group_commit_ms},
+        "security": {"master_key": key},
+        "logging": {"level": "WARNING"},
+        "sim": {
+            "enabled": False,
+            "port": sim_port,
+            "control_port": ctl_port,
+            "receipt_delay_ms": args.receipt_delay_ms,
+            "throttle_ratio": args.throttle,
+            "syserr_ratio": args.syserr,
+            "system_id": "bench",
+            "password": "bench",
+        },
+        "smscs": [
+            {
+                "name": "sim",
+                "port": sim_port,
+                "system_id": "bench",
+                "password": "bench",
+                "window": args.window,
+                "binds": args.binds,
+                "throttle_pause_min_s": 0.05,
+                "throttle_pause_max_s": 0.5,
+                "split": "udh8",
+            }
+        ],
+    }
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "bridge.cli"]
+    sim = subprocess.Popen([*cli, "sim", "--config", str(path)], env=env,
+                           stdout=open(tmp / "sim.log", "wb"), stderr=subprocess.STDOUT)
+    daemon = None
+    try:
+        await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
+        out = subprocess.run([*cli, "account", "create", "bench", "--raw-text", "--config", str(path)],
+                             capture_output=True, text=True, check=True, env=env)
+        creds = json.loads(out.stdout)
+        daemon = subprocess.Popen([*cli, "run", "--config", str(path)], env=env,
+                                  stdout=open(tmp / "daemon.log", "wb"), stderr=subprocess.STDOUT)
+        await wait_http(f"http://127.0.0.1:{http_port}/readyz")
+        text = TEXTS[args.kind]
+        accept_lat: list[float] = []
+        ids: list[str] = []
+        errors: dict[str, int] = {}
+        counter = iter(range(args.messages))
+        async with BridgeClient(f"http://127.0.0.1:{http_port}", creds["app_key"],
+                                creds["app_secret"], max_retries=5) as client:
+            # warm-up: one message, so connection set-up is not measured
+            await client.send("+8613700000000", text="warm-up")
+
+            async def worker() -> None:
+                for i in counter:
+                    t = time.perf_counter()
+                    try:
+                        r = await client.send(f"+86138{i:08d}", text=text,
+                                              idempotency_key=str(uuid.uuid4()))
+                    except Exception as exc:  # noqa: BLE001 - counted and reported
+                        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                        continue
+                    accept_lat.append(time.perf_counter() - t)
+                    ids.append(r["messages"][0]["id"])
+
+            async with aiohttp.ClientSession() as s:
+                base = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
+                t0 = time.perf_counter()
+                cpu0 = _cpu(daemon.pid)
+                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                t_accept = time.perf_counter() - t0
+                segs = len(ids) * (1 if args.kind == "gsm1" else 3)
+                counters = {}
+                while True:
+                    st = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
+                    counters = st.get("counters", st)
+                    done = counters["receipts_acked"] - base.get("counters", base)["receipts_acked"]
+                    if done >= segs or time.perf_counter() - t0 > args.timeout:
+                        break
+                    await asyncio.sleep(0.05)
+                t_total = time.perf_counter() - t0
+                cpu1 = _cpu(daemon.pid)
+            rss, hwm = rss_mb(daemon.pid)
+            e2e: list[float] = []
+            statuses: dict[str, int] = {}
+            cursor = None
+            while True:
+                q = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+                page = await client.messages(**q)
+                for m in page["messages"]:
+                    statuses[m["status"]] = statuses.get(m["status"], 0) + 1
+                    if m["done_at"] and m["to"] != "+8613700000000":
+                        e2e.append(_ms(m["done_at"]) - _ms(m["accepted_at"]))
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+        return {
+            "options": {k: v for k, v in vars(args).items() if k != "json"},
+            "accepted": len(ids),
+            "errors": errors,
+            "statuses": statuses,
+            "accepted_per_s": len(ids) / t_accept,
+            "end_to_end_per_s": len(ids) / t_total,
+            "segments_per_s": segs / t_total,
+            "submit_sm": counters.get("submit_ok", 0),
+            "throttled": counters.get("throttled", 0),
+            "syserr": counters.get("syserr", 0),
+            "accept_p50_ms": pct(accept_lat, 50) * 1000,
+            "accept_p99_ms": pct(accept_lat, 99) * 1000,
+            "e2e_p50_ms": pct(e2e, 50),
+            "e2e_p99_ms": pct(e2e, 99),
+            "daemon_cpu_s": cpu1 - cpu0,
+            "daemon_cpu_us_per_msg": (cpu1 - cpu0) / max(1, len(ids)) * 1e6,
+            "daemon_rss_mb": rss,
+            "daemon_peak_rss_mb": hwm,
+            "seconds": t_total,
+        }
+    finally:
+        for p in (daemon, sim):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}", file=sys.stderr)
+
+
+def _ms(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def _cpu(pid: int) -> float:
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=10000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--kind", choices=sorted(TEXTS), default="gsm1")
+    p.add_argument("--window", type=int, default=100)
+    p.add_argument("--binds", type=int, default=1)
+    p.add_argument("--receipt-delay-ms", type=int, default=10)
+    p.add_argument("--throttle", type=float, default=0.0)
+    p.add_argument("--syserr", type=float, default=0.0)
+    p.add_argument("--group-commit-ms", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"options: {result['options']}")
+    rows = [
+        ("accepted messages", f"{result['accepted']}  (errors: {result['errors'] or 'none'})"),
+        ("final statuses", result["statuses"]),
+        ("accepted messages/s", f"{result['accepted_per_s']:.0f}"),
+        ("end-to-end messages/s (with receipts)", f"{result['end_to_end_per_s']:.0f}"),
+        ("segments/s (submit_sm + receipt)", f"{result['segments_per_s']:.0f}"),
+        ("simulator: submit ok / throttled / syserr",
+         f"{result['submit_sm']} / {result['throttled']} / {result['syserr']}"),
+        ("accept latency p50 / p99 (ms)", f"{result['accept_p50_ms']:.1f} / {result['accept_p99_ms']:.1f}"),
+        ("accept -> final receipt p50 / p99 (ms)", f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}"),
+        ("daemon CPU per message (us)", f"{result['daemon_cpu_us_per_msg']:.0f}"),
+        ("daemon RSS / peak (MB)", f"{result['daemon_rss_mb']:.0f} / {result['daemon_peak_rss_mb']:.0f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
