@@ -118,17 +118,20 @@ async def run(args: argparse.Namespace) -> dict:
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "bridge.cli"]
-    sim = subprocess.Popen([*cli, "sim", "--config", str(path)], env=env,
-                           stdout=open(tmp / "sim.log", "wb"), stderr=subprocess.STDOUT)
+    sim = None
+    if not args.accept_only:
+        sim = subprocess.Popen([*cli, "sim", "--config", str(path)], env=env,
+                               stdout=open(tmp / "sim.log", "wb"), stderr=subprocess.STDOUT)
     daemon = None
     try:
-        await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
+        if sim is not None:
+            await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
         out = subprocess.run([*cli, "account", "create", "bench", "--raw-text", "--config", str(path)],
                              capture_output=True, text=True, check=True, env=env)
         creds = json.loads(out.stdout)
         daemon = subprocess.Popen([*cli, "run", "--config", str(path)], env=env,
                                   stdout=open(tmp / "daemon.log", "wb"), stderr=subprocess.STDOUT)
-        await wait_http(f"http://127.0.0.1:{http_port}/readyz")
+        await wait_http(f"http://127.0.0.1:{http_port}/{'healthz' if args.accept_only else 'readyz'}")
         text = TEXTS[args.kind]
         accept_lat: list[float] = []
         ids: list[str] = []
@@ -152,14 +155,14 @@ async def run(args: argparse.Namespace) -> dict:
                     ids.append(r["messages"][0]["id"])
 
             async with aiohttp.ClientSession() as s:
-                base = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
+                base = {} if args.accept_only else await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
                 t0 = time.perf_counter()
                 cpu0 = _cpu(daemon.pid)
                 await asyncio.gather(*(worker() for _ in range(args.concurrency)))
                 t_accept = time.perf_counter() - t0
                 segs = len(ids) * (1 if args.kind == "gsm1" else 3)
                 counters = {}
-                while True:
+                while not args.accept_only:
                     st = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
                     counters = st.get("counters", st)
                     done = counters["receipts_acked"] - base.get("counters", base)["receipts_acked"]
@@ -241,6 +244,8 @@ def main() -> None:
     p.add_argument("--group-commit-ms", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--accept-only", action="store_true",
+                   help="no SMSC: measure the HTTP accept path alone (messages stay queued)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     result = asyncio.run(run(args))

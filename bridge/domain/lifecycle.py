@@ -56,10 +56,8 @@ def rollup(states: Iterable[str]) -> str:
     if not states:
         return MSG_QUEUED
     if any(s == SEG_QUEUED for s in states):
-        if all(s in (SEG_QUEUED, SEG_EXPIRED_UNSENT) for s in states) and any(
-            s == SEG_EXPIRED_UNSENT for s in states
-        ):
-            return MSG_EXPIRED
+        # Even beside expired parts: a part still queued is unsettled, and reporting the message
+        # final here fired its webhook and done_at while results for that part were in flight.
         return MSG_QUEUED
     if not all(s in SEG_FINAL for s in states):
         return MSG_SENT

@@ -1,0 +1,151 @@
+"""Batcher: flush by size or delay; waiters hear only after their own flush commits or fails."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from typing import Any
+
+import pytest
+
+from bridge.pipeline.batcher import Batcher
+
+
+class Sink:
+    """A flush target that records batches and can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.done: list[list[Any]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_if: Any = None
+
+    async def __call__(self, items: list[Any]) -> None:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_if is not None and self.fail_if in items:
+            raise ValueError(f"bad item in {items}")
+        self.done.append(list(items))
+
+
+async def test_flush_by_size() -> None:
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=3, max_delay_s=10.0)
+    futs = [b.add(i) for i in range(3)]
+    assert b.pending == 0  # the third add started the flush at once
+    await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    assert sink.batches == [[0, 1, 2]]
+    assert (b.flushes, b.items) == (1, 3)
+    fut = b.add(3)
+    await asyncio.sleep(0.02)
+    assert not fut.done() and b.pending == 1  # below the size: waits for the (long) delay
+    await b.drain()
+    assert fut.done() and sink.batches == [[0, 1, 2], [3]]
+
+
+async def test_flush_by_delay() -> None:
+    sink = Sink()
+    b: Batcher[str] = Batcher(sink, max_items=100, max_delay_s=0.03)
+    t0 = time.monotonic()
+    futs = [b.add("a"), b.add("b")]
+    await asyncio.sleep(0)
+    assert sink.batches == []
+    await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    assert time.monotonic() - t0 >= 0.025
+    assert sink.batches == [["a", "b"]]
+    # A new item after a flush starts a new timer.
+    await asyncio.wait_for(b.submit("c"), 1.0)
+    assert sink.batches == [["a", "b"], ["c"]]
+
+
+async def test_size_flush_cancels_the_timer() -> None:
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=2, max_delay_s=0.01)
+    first = b.add(1)
+    await asyncio.wait_for(asyncio.gather(first, b.add(2)), 1.0)
+    await asyncio.sleep(0.03)  # the old timer must not fire an empty or duplicate flush
+    assert sink.batches == [[1, 2]]
+    assert b.flushes == 1
+
+
+async def test_waiters_resolve_only_after_their_flush_completes() -> None:
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    b: Batcher[int] = Batcher(sink, max_items=2, max_delay_s=10.0)
+    futs = [b.add(1), b.add(2)]
+    await asyncio.sleep(0.02)
+    assert sink.batches == [[1, 2]]  # flush started ...
+    assert not any(f.done() for f in futs)  # ... but not committed: nobody is told yet
+    sink.gate.set()
+    await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    assert sink.done == [[1, 2]]
+
+
+async def test_exception_goes_to_each_waiter_of_that_batch_only() -> None:
+    sink = Sink()
+    sink.fail_if = "bad"
+    b: Batcher[str] = Batcher(sink, max_items=2, max_delay_s=10.0)
+    bad_batch = [b.add("x"), b.add("bad")]
+    good_batch = [b.add("y"), b.add("z")]
+    results = await asyncio.wait_for(
+        asyncio.gather(*bad_batch, *good_batch, return_exceptions=True), 1.0
+    )
+    assert isinstance(results[0], ValueError) and results[0] is results[1]
+    assert results[2:] == [None, None]
+    assert sink.done == [["y", "z"]]
+    assert (b.flushes, b.items) == (1, 2)  # only committed batches count
+    # The batcher keeps working after a failed flush.
+    await asyncio.wait_for(asyncio.gather(b.add("p"), b.add("q")), 1.0)
+    assert sink.done[-1] == ["p", "q"]
+
+
+async def test_fire_and_forget_failures_are_not_reported_as_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    try:
+        sink = Sink()
+        sink.fail_if = 1
+        b: Batcher[int] = Batcher(sink, max_items=1, max_delay_s=10.0, name="receipts")
+        b.add(1)  # nobody awaits this
+        await b.drain()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unhandled == []
+        assert "receipts flush of 1 items failed" in caplog.text
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_drain_flushes_pending_and_waits_for_flushes_in_progress() -> None:
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    b: Batcher[int] = Batcher(sink, max_items=2, max_delay_s=10.0)
+    in_progress = [b.add(1), b.add(2)]
+    queued = b.add(3)
+    drain = asyncio.create_task(b.drain())
+    await asyncio.sleep(0.02)
+    assert not drain.done()  # the held flush is still running
+    assert sink.batches == [[1, 2], [3]]
+    sink.gate.set()
+    await asyncio.wait_for(drain, 1.0)
+    assert all(f.done() for f in [*in_progress, queued])
+    assert b.pending == 0 and b.flushes == 2
+    await asyncio.wait_for(b.drain(), 1.0)  # nothing to do: returns at once
+    assert len(sink.batches) == 2
+
+
+async def test_batches_keep_arrival_order() -> None:
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=7, max_delay_s=0.001)
+    for i in range(50):
+        b.add(i)
+        if i % 9 == 0:
+            await asyncio.sleep(0)
+    await b.drain()
+    assert [x for batch in sink.batches for x in batch] == list(range(50))
+    assert all(len(batch) <= 7 for batch in sink.batches)

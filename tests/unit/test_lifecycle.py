@@ -1,0 +1,147 @@
+"""Roll-up of segment states to the message state, checked exhaustively and by property."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.domain import lifecycle as lc
+
+NEGATIVE_RECEIPTS = ("undeliverable", "expired", "rejected", "unknown")
+SEGMENT_STATES = (
+    lc.SEG_QUEUED,
+    lc.SEG_SENT,
+    lc.SEG_DELIVERED,
+    lc.SEG_FAILED,
+    lc.SEG_TIMEOUT,
+    lc.SEG_EXPIRED_UNSENT,
+    *NEGATIVE_RECEIPTS,
+)
+FINAL = {
+    lc.SEG_DELIVERED,
+    lc.SEG_FAILED,
+    lc.SEG_TIMEOUT,
+    lc.SEG_EXPIRED_UNSENT,
+    *NEGATIVE_RECEIPTS,
+}
+NEGATIVE = {lc.SEG_FAILED, *NEGATIVE_RECEIPTS}
+
+
+def expected(states: list[str]) -> str:
+    """The rule, written independently of the implementation."""
+    if not states or lc.SEG_QUEUED in states:
+        return lc.MSG_QUEUED
+    if not all(s in FINAL for s in states):
+        return lc.MSG_SENT
+    if all(s == lc.SEG_DELIVERED for s in states):
+        return lc.MSG_DELIVERED
+    if any(s in NEGATIVE for s in states):
+        return lc.MSG_FAILED
+    if lc.SEG_EXPIRED_UNSENT in states:
+        return lc.MSG_EXPIRED
+    return lc.MSG_UNKNOWN
+
+
+def test_state_sets_match_the_module() -> None:
+    assert lc.SEG_FINAL == FINAL
+    assert lc.SEG_NEGATIVE == NEGATIVE
+    assert {lc.MSG_DELIVERED, lc.MSG_FAILED, lc.MSG_EXPIRED, lc.MSG_UNKNOWN} == lc.MSG_FINAL
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4])
+def test_rollup_exhaustive_up_to_four_parts(length: int) -> None:
+    for combo in itertools.product(SEGMENT_STATES, repeat=length):
+        states = list(combo)
+        assert lc.rollup(states) == expected(states), states
+
+
+parts = st.lists(st.sampled_from(SEGMENT_STATES), min_size=1, max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts)
+def test_rollup_properties(states: list[str]) -> None:
+    got = lc.rollup(states)
+    assert got == expected(states)
+    # Final only when every part is final: a long message is never reported on a guess.
+    assert (got in lc.MSG_FINAL) == all(s in FINAL for s in states)
+    assert (got == lc.MSG_DELIVERED) == all(s == lc.SEG_DELIVERED for s in states)
+    if got in lc.MSG_FINAL and any(s in NEGATIVE for s in states):
+        assert got == lc.MSG_FAILED
+    # Takes an iterable once and ignores order.
+    assert lc.rollup(iter(states)) == got
+    assert lc.rollup(list(reversed(states))) == got
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts, st.sampled_from(SEGMENT_STATES))
+def test_one_queued_part_keeps_the_message_queued(states: list[str], extra: str) -> None:
+    assert lc.rollup([*states, lc.SEG_QUEUED, extra]) == lc.MSG_QUEUED
+
+
+@pytest.mark.parametrize(
+    ("states", "message"),
+    [
+        ([], "queued"),
+        (["queued"], "queued"),
+        (["sent", "queued"], "queued"),  # released after part 1: part 2 still to go
+        (["queued", "expired_unsent"], "queued"),  # expiry recorded for one part only so far
+        (["sent"], "sent"),
+        (["delivered", "sent", "delivered"], "sent"),
+        (["delivered", "undeliverable", "sent"], "sent"),  # negative, but not all final
+        (["delivered"] * 3, "delivered"),
+        (["delivered", "rejected", "delivered"], "failed"),
+        (["failed", "failed"], "failed"),
+        (["delivered", "unknown"], "failed"),  # an 'unknown' receipt is a negative outcome
+        (["delivered", "timeout"], "unknown"),
+        (["timeout", "timeout"], "unknown"),
+        (["expired_unsent"], "expired"),
+        (["delivered", "expired_unsent"], "expired"),
+        (["timeout", "expired_unsent"], "expired"),
+        (["failed", "expired_unsent"], "failed"),
+        (["expired", "expired_unsent"], "failed"),  # expired *receipt* is a delivery failure
+    ],
+)
+def test_rollup_examples(states: list[str], message: str) -> None:
+    assert lc.rollup(states) == message
+
+
+@pytest.mark.parametrize(
+    ("state", "stat", "err", "code"),
+    [
+        ("undeliverable", None, None, "UNDELIV"),
+        ("undeliverable", "UNDELIV", "001", "UNDELIV:001"),
+        ("undeliverable", "deleted", "000", "DELETED"),  # stat word kept, upper-cased
+        ("rejected", "REJECTD", "0B", "REJECTD:0B"),
+        ("expired", None, "", "EXPIRED"),
+        ("unknown", None, "0", "UNKNOWN"),
+        ("unknown", "UNKNOWN", "100", "UNKNOWN:100"),
+        ("delivered", "DELIVRD", "000", None),
+        ("delivered", None, "005", None),
+        ("enroute", "ACCEPTD", None, None),
+        ("failed", "X", "1", None),  # not a receipt state
+    ],
+)
+def test_receipt_error_code(
+    state: str, stat: str | None, err: str | None, code: str | None
+) -> None:
+    assert lc.receipt_error_code(state, stat, err) == code
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(NEGATIVE_RECEIPTS),
+    st.one_of(st.none(), st.sampled_from(["UNDELIV", "rejectd", "EXPIRED"])),
+    st.one_of(st.none(), st.text("0123456789ABCDEF", max_size=3)),
+)
+def test_negative_receipts_always_leave_a_code(
+    state: str, stat: str | None, err: str | None
+) -> None:
+    code = lc.receipt_error_code(state, stat, err)
+    assert code is not None
+    word, colon, detail = code.partition(":")
+    assert word == (stat or word).upper() and word.isupper()
+    assert (colon, detail) == ((":", err) if err and err.strip("0") else ("", ""))
