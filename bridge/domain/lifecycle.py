@@ -5,7 +5,8 @@ Pure so both store engines apply the exact same rule and it can be tested exhaus
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 # Segment states.
 SEG_QUEUED = "queued"
@@ -68,3 +69,30 @@ def rollup(states: Iterable[str]) -> str:
     if any(s in SEG_NEGATIVE for s in states):
         return MSG_FAILED
     return MSG_UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a message row records about its parts: state, counts, the error to show."""
+
+    state: str
+    delivered: int
+    failed: int
+    error: str | None
+    all_dispatched: bool  # no part left to send
+
+
+def summarize(parts: Sequence[tuple[str, str | None]]) -> Summary:
+    """Roll (state, error_code) of each part, in seq order, up to the message."""
+    states = [s for s, _e in parts]
+    new = rollup(states)
+    error = next((e for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT), None)
+    if error is None and new == MSG_UNKNOWN:
+        error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
+    return Summary(
+        state=new,
+        delivered=sum(1 for s in states if s == SEG_DELIVERED),
+        failed=sum(1 for s in states if s in SEG_NEGATIVE),
+        error=error,
+        all_dispatched=all(s != SEG_QUEUED for s in states),
+    )

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from struct import Struct
 from struct import error as StructError
 from typing import Any, Final
@@ -192,7 +193,7 @@ class Bind:
     """Body of bind_transmitter / bind_receiver / bind_transceiver."""
 
     system_id: str
-    password: str = field(repr=False)
+    password: str = dc_field(repr=False)
     system_type: str = ""
     interface_version: int = 0x34
     addr_ton: int = 0

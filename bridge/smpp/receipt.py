@@ -79,6 +79,16 @@ def _field_key(name: str) -> str:
     return lowered
 
 
+# The layout nearly every SMSC sends (SMPP 3.4 Appendix B), parsed by one match; anything else
+# takes the tolerant path below.
+_STANDARD_RE = re.compile(
+    r"id:(\S+) sub:(\S+) dlvrd:(\S+) submit date:(\d{10}(?:\d{2})?) "
+    r"done date:(\d{10}(?:\d{2})?) stat:(\S+) err:(\S+)(?: text:(.*))?",
+    re.DOTALL,
+)
+_STANDARD_KEYS = ("id", "sub", "dlvrd", "submit_date", "done_date", "stat", "err")
+
+
 def parse_receipt_text(text: str) -> dict[str, str]:
     """Return the fields found, keyed `id sub dlvrd submit_date done_date stat err text`.
 
@@ -86,7 +96,13 @@ def parse_receipt_text(text: str) -> dict[str, str]:
     bleed into a known one), except `text`, which takes the rest of the message verbatim because
     it quotes the user's text, spaces, colons and all. The first occurrence of a field wins.
     """
-    fields: dict[str, str] = {}
+    m = _STANDARD_RE.fullmatch(text)
+    if m is not None:
+        fields = dict(zip(_STANDARD_KEYS, m.groups(), strict=False))
+        if m.group(8) is not None:
+            fields["text"] = m.group(8).strip()
+        return fields
+    fields = {}
     matches = list(_FIELD_RE.finditer(text))
     for index, match in enumerate(matches):
         key = _field_key(match.group(1))

@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.domain import lifecycle as lc
 from bridge.store import migrate
+from bridge.store import sqlite_pipeline as pipe
 from bridge.store.base import StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -496,7 +497,7 @@ class SqliteStore:
                     )
                     # Nothing is left to send: out of the queue even while earlier parts
                     # still await their receipts (else it sits 'claimed' and in queue_depth).
-                    _rollup_message(c, mid, now, release_done=True)
+                    pipe.rollup_messages(c, {mid: True}, now)
                     marked += 1
                 else:
                     c.execute(
@@ -567,32 +568,13 @@ class SqliteStore:
         self, results: list[SubmitResult], releases: list[Release], now: int
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
-            return _record_submits(c, results, releases, now)
+            return pipe.record_submits(c, results, releases, now)
 
         return await self._runner.write(job)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
-            matched = pending = 0
-            for r in receipts:
-                if _apply_receipt(c, r, now):
-                    matched += 1
-                else:
-                    c.execute(
-                        "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, "
-                        "done_at, received_at, raw) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            r.smsc,
-                            r.smsc_msg_id,
-                            r.state,
-                            r.stat,
-                            r.err,
-                            r.done_at,
-                            r.received_at,
-                            r.raw,
-                        ),
-                    )
-                    pending += 1
+            matched, pending = pipe.apply_receipts(c, receipts, now)
             return ReceiptOutcome(matched=matched, pending=pending)
 
         return await self._runner.write(job)
@@ -614,7 +596,7 @@ class SqliteStore:
                 )
                 # Parts sent before a release keep the message 'sent', yet nothing is left to
                 # send: without release_done it stayed claimable and counted in queue_depth.
-                _rollup_message(c, mid, now, release_done=True)
+                pipe.rollup_messages(c, {mid: True}, now)
                 expired += 1
             timed_out = 0
             for (mid,) in c.execute(
@@ -626,7 +608,7 @@ class SqliteStore:
                     "WHERE message_id=? AND state='sent'",
                     (lc.SEG_TIMEOUT, now, mid),
                 )
-                _rollup_message(c, mid, now)
+                pipe.rollup_messages(c, {mid: False}, now)
                 timed_out += 1
             c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
             c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
@@ -908,136 +890,6 @@ def _claim_ids(
             )
         )
     return out
-
-
-def _record_submits(
-    c: sqlite3.Connection, results: list[SubmitResult], releases: list[Release], now: int
-) -> int:
-    touched: set[str] = set()
-    for r in results:
-        touched.add(r.message_id)
-        if r.outcome == "sent":
-            cur = c.execute(
-                "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
-                "submitted_at=?, attempts=attempts+1 "
-                "WHERE message_id=? AND seq=? AND state='queued'",
-                (r.smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, r.message_id, r.seq),
-            )
-            if cur.rowcount != 1:
-                continue  # a repeated result: the part was already settled, count it once
-            c.execute(
-                "UPDATE messages SET smsc=?, segments_sent=segments_sent+1 WHERE id=?",
-                (r.smsc, r.message_id),
-            )
-            # A receipt that beat its submit_sm_resp to the store is applied now.
-            pend = c.execute(
-                "SELECT id, smsc, smsc_msg_id, state, stat, err, done_at, received_at, raw "
-                "FROM pending_receipts WHERE smsc=? AND smsc_msg_id=? ORDER BY id",
-                (r.smsc, r.smsc_msg_id),
-            ).fetchall()
-            for p in pend:
-                c.execute("DELETE FROM pending_receipts WHERE id=?", (p[0],))
-                _apply_receipt(c, ReceiptIn(*p[1:]), now, rollup=False)
-        elif r.outcome == "failed":
-            c.execute(
-                "UPDATE segments SET state='failed', smsc=?, error_code=?, done_at=?, "
-                "attempts=attempts+1 WHERE message_id=? AND seq=? AND state='queued'",
-                (r.smsc, r.error_code, now, r.message_id, r.seq),
-            )
-            # Later parts can never be shown as one message now: do not send them.
-            c.execute(
-                "UPDATE segments SET state='failed', error_code='PREVIOUS_PART_FAILED', done_at=? "
-                "WHERE message_id=? AND seq>? AND state='queued'",
-                (now, r.message_id, r.seq),
-            )
-            c.execute("UPDATE messages SET smsc=? WHERE id=?", (r.smsc, r.message_id))
-        elif r.outcome == "expired":
-            c.execute(
-                "UPDATE segments SET state=?, error_code='VALIDITY_EXPIRED', done_at=? "
-                "WHERE message_id=? AND seq=? AND state='queued'",
-                (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq),
-            )
-        elif r.outcome == "unknown":
-            c.execute(
-                "UPDATE segments SET state=?, smsc=?, error_code=?, done_at=? "
-                "WHERE message_id=? AND seq=? AND state='queued'",
-                (
-                    lc.SEG_TIMEOUT,
-                    r.smsc,
-                    r.error_code or "SUBMIT_UNKNOWN",
-                    now,
-                    r.message_id,
-                    r.seq,
-                ),
-            )
-    for rel in releases:
-        touched.discard(rel.message_id)
-        c.execute(
-            "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
-            "q_not_before=?, q_attempts=q_attempts - ? WHERE id=? AND q_state='claimed'",
-            (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id),
-        )
-    for mid in touched:
-        _rollup_message(c, mid, now, release_done=True)
-    return len(results)
-
-
-def _apply_receipt(c: sqlite3.Connection, r: ReceiptIn, now: int, rollup: bool = True) -> bool:
-    row = c.execute(
-        "SELECT message_id, seq, state FROM segments WHERE smsc=? AND smsc_msg_id=?",
-        (r.smsc, r.smsc_msg_id),
-    ).fetchone()
-    if row is None:
-        return False
-    mid, seq, current = row
-    if r.state == "enroute" or current in lc.SEG_FINAL:
-        return True  # intermediate, or a duplicate/late receipt: first final outcome stands
-    new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
-    c.execute(
-        "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
-        (
-            new_state,
-            r.received_at,
-            lc.receipt_error_code(r.state, r.stat, r.err),
-            mid,
-            seq,
-        ),
-    )
-    _rollup_message(c, mid, now)
-    return True
-
-
-def _rollup_message(c: sqlite3.Connection, mid: str, now: int, release_done: bool = False) -> None:
-    seg_rows = c.execute(
-        "SELECT state, error_code FROM segments WHERE message_id=? ORDER BY seq", (mid,)
-    ).fetchall()
-    states = [s for s, _e in seg_rows]
-    new = lc.rollup(states)
-    row = c.execute("SELECT state, account_id, q_state FROM messages WHERE id=?", (mid,)).fetchone()
-    if row is None:
-        return
-    old, account_id, q_state = row
-    error = next(
-        (e for s, e in seg_rows if s in lc.SEG_NEGATIVE or s == lc.SEG_EXPIRED_UNSENT), None
-    )
-    if error is None and new == lc.MSG_UNKNOWN:
-        error = next((e for s, e in seg_rows if s == lc.SEG_TIMEOUT), None)
-    delivered = sum(1 for s in states if s == lc.SEG_DELIVERED)
-    failed = sum(1 for s in states if s in lc.SEG_NEGATIVE)
-    all_dispatched = all(s != lc.SEG_QUEUED for s in states)
-    sets = ["state=?", "segments_delivered=?", "segments_failed=?", "error_code=?"]
-    args: list[Any] = [new, delivered, failed, error]
-    if new == lc.MSG_SENT and old != lc.MSG_SENT:
-        sets.append("sent_at=?")
-        args.append(now)
-    if new in lc.MSG_FINAL and old not in lc.MSG_FINAL:
-        sets.append("done_at=?")
-        args.append(now)
-    if (release_done or new in lc.MSG_FINAL) and all_dispatched and q_state != "done":
-        sets.append("q_state='done', q_claimed_by=NULL, q_lease_until=NULL")
-    c.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id=?", (*args, mid))
-    if new in lc.MSG_FINAL and old not in lc.MSG_FINAL:
-        _enqueue_webhook(c, account_id, "status", mid, None, f"st_{mid}", now)
 
 
 def _enqueue_webhook(

@@ -30,7 +30,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.slow
 
 WINDOW = 20
-N = 400
+N = 1500
 
 
 def _create_account(cfg_path) -> dict:
@@ -81,10 +81,15 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
 
         async with client_for(daemon.port, creds) as client:
             client.max_retries = 0
-            for kill_at in (0.3, 0.6, 0.9):
+            # 1: mid-accept (a third accepted); 2 and 3: shortly after a restart, with the
+            # backlog being dispatched and receipts in flight.
+            for kill_when in (N // 3, 0.3, 0.15):
                 batch = [i for i in range(N) if i not in accepted]
                 task = asyncio.create_task(load(batch, client))
-                await asyncio.sleep(kill_at)
+                if isinstance(kill_when, int):
+                    await wait_until(lambda n=kill_when: len(accepted) >= n, 30, 0.005)
+                else:
+                    await asyncio.sleep(kill_when)
                 daemon.kill9()
                 await task
                 phases.append(len(accepted))

@@ -1,0 +1,306 @@
+"""The pipeline's hot writes for SQLite, batched: submit results, receipts, roll-ups, outbox rows.
+
+Each function runs inside one writer job and handles a whole batch with a handful of statements
+(set-based reads, `executemany` writes) instead of several statements per message: at thousands of
+messages a second the per-statement cost, not the disk, is what limits an embedded store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bridge.domain import lifecycle as lc
+from bridge.store.models import ReceiptIn, Release, SubmitResult
+
+_CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# -- roll-up -------------------------------------------------------------------------------------
+
+
+def rollup_messages(c: sqlite3.Connection, touched: dict[str, bool], now: int) -> None:
+    """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
+    send) from their parts, and queue a status webhook for each that just became final."""
+    if not touched:
+        return
+    ids = list(touched)
+    parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
+    current: dict[str, tuple[Any, ...]] = {}
+    for chunk in _chunks(ids):
+        marks = _marks(len(chunk))
+        for mid, state, error in c.execute(
+            f"SELECT message_id, state, error_code FROM segments WHERE message_id IN ({marks}) "
+            "ORDER BY message_id, seq",
+            chunk,
+        ):
+            parts[mid].append((state, error))
+        for row in c.execute(
+            f"SELECT id, state, account_id, q_state, segments_delivered, segments_failed, "
+            f"error_code FROM messages WHERE id IN ({marks})",
+            chunk,
+        ):
+            current[row[0]] = row
+    updates = []
+    finals: list[tuple[str, str]] = []
+    for mid in ids:
+        row = current.get(mid)
+        if row is None or not parts[mid]:
+            continue
+        _id, old, account_id, q_state, old_delivered, old_failed, old_error = row
+        s = lc.summarize(parts[mid])
+        release = (touched[mid] or s.state in lc.MSG_FINAL) and s.all_dispatched
+        release = release and q_state != "done"
+        became_sent = s.state == lc.MSG_SENT and old != lc.MSG_SENT
+        became_final = s.state in lc.MSG_FINAL and old not in lc.MSG_FINAL
+        if (
+            s.state == old
+            and s.delivered == old_delivered
+            and s.failed == old_failed
+            and s.error == old_error
+            and not release
+        ):
+            continue
+        updates.append(
+            (
+                s.state,
+                s.delivered,
+                s.failed,
+                s.error,
+                now if became_sent else None,
+                now if became_final else None,
+                release,
+                mid,
+            )
+        )
+        if became_final:
+            finals.append((account_id, mid))
+    if updates:
+        c.executemany(
+            "UPDATE messages SET state=?1, segments_delivered=?2, segments_failed=?3, "
+            "error_code=?4, sent_at=COALESCE(?5, sent_at), done_at=COALESCE(?6, done_at), "
+            "q_state=CASE WHEN ?7 THEN 'done' ELSE q_state END, "
+            "q_claimed_by=CASE WHEN ?7 THEN NULL ELSE q_claimed_by END, "
+            "q_lease_until=CASE WHEN ?7 THEN NULL ELSE q_lease_until END WHERE id=?8",
+            updates,
+        )
+    if finals:
+        enqueue_status_webhooks(c, finals, now)
+
+
+def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> None:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
+    accounts = sorted({a for a, _m in finals})
+    urls: dict[str, str | None] = {}
+    for chunk in _chunks(accounts):
+        urls.update(
+            c.execute(
+                f"SELECT id, status_callback_url FROM accounts WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    rows = [
+        (f"st_{mid}", account, "status", mid, None, now, now)
+        for account, mid in finals
+        if urls.get(account)
+    ]
+    if rows:
+        c.executemany(
+            "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
+
+
+# -- submit results ------------------------------------------------------------------------------
+
+
+def record_submits(
+    c: sqlite3.Connection, results: list[SubmitResult], releases: list[Release], now: int
+) -> int:
+    touched: dict[str, bool] = {}
+    sent = [r for r in results if r.outcome == "sent"]
+    if sent:
+        # Only parts still queued count: a repeated result is settled once.
+        queued: set[tuple[str, int]] = set()
+        mids = sorted({r.message_id for r in sent})
+        for chunk in _chunks(mids):
+            queued.update(
+                (m, q)
+                for m, q in c.execute(
+                    f"SELECT message_id, seq FROM segments WHERE message_id IN "
+                    f"({_marks(len(chunk))}) AND state='queued'",
+                    chunk,
+                )
+            )
+        fresh = []
+        for r in sent:
+            key = (r.message_id, r.seq)
+            if key in queued:
+                queued.discard(key)
+                fresh.append(r)
+        c.executemany(
+            "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
+            "submitted_at=?, attempts=attempts+1 WHERE message_id=? AND seq=?",
+            [
+                (r.smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, r.message_id, r.seq)
+                for r in fresh
+            ],
+        )
+        per_msg: dict[str, tuple[str, int]] = {}
+        for r in fresh:
+            _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
+            per_msg[r.message_id] = (r.smsc, n + 1)
+        c.executemany(
+            "UPDATE messages SET smsc=?, segments_sent=segments_sent+? WHERE id=?",
+            [(smsc, n, mid) for mid, (smsc, n) in per_msg.items()],
+        )
+        for mid in per_msg:
+            touched[mid] = True
+        _apply_pending(c, fresh, now, touched)
+    for r in results:
+        if r.outcome == "sent":
+            continue
+        touched[r.message_id] = True
+        if r.outcome == "failed":
+            c.execute(
+                "UPDATE segments SET state='failed', smsc=?, error_code=?, done_at=?, "
+                "attempts=attempts+1 WHERE message_id=? AND seq=? AND state='queued'",
+                (r.smsc, r.error_code, now, r.message_id, r.seq),
+            )
+            # Later parts can never be shown as one message now: do not send them.
+            c.execute(
+                "UPDATE segments SET state='failed', error_code='PREVIOUS_PART_FAILED', done_at=? "
+                "WHERE message_id=? AND seq>? AND state='queued'",
+                (now, r.message_id, r.seq),
+            )
+            c.execute("UPDATE messages SET smsc=? WHERE id=?", (r.smsc, r.message_id))
+        elif r.outcome == "expired":
+            c.execute(
+                "UPDATE segments SET state=?, error_code='VALIDITY_EXPIRED', done_at=? "
+                "WHERE message_id=? AND seq=? AND state='queued'",
+                (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq),
+            )
+        elif r.outcome == "unknown":
+            c.execute(
+                "UPDATE segments SET state=?, smsc=?, error_code=?, done_at=? "
+                "WHERE message_id=? AND seq=? AND state='queued'",
+                (
+                    lc.SEG_TIMEOUT,
+                    r.smsc,
+                    r.error_code or "SUBMIT_UNKNOWN",
+                    now,
+                    r.message_id,
+                    r.seq,
+                ),
+            )
+    if releases:
+        for rel in releases:
+            touched.pop(rel.message_id, None)
+        c.executemany(
+            "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
+            "q_not_before=?, q_attempts=q_attempts - ? WHERE id=? AND q_state='claimed'",
+            [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
+        )
+    rollup_messages(c, touched, now)
+    return len(results)
+
+
+def _apply_pending(
+    c: sqlite3.Connection, fresh: list[SubmitResult], now: int, touched: dict[str, bool]
+) -> None:
+    """Receipts that beat their submit_sm_resp to the store are applied now."""
+    if not fresh or c.execute("SELECT 1 FROM pending_receipts LIMIT 1").fetchone() is None:
+        return
+    by_smsc: dict[str, list[str]] = {}
+    for r in fresh:
+        if r.smsc_msg_id is not None:
+            by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
+    found: list[tuple[Any, ...]] = []
+    for smsc, ids in by_smsc.items():
+        for chunk in _chunks(ids):
+            found.extend(
+                c.execute(
+                    "SELECT id, smsc, smsc_msg_id, state, stat, err, done_at, received_at, raw "
+                    f"FROM pending_receipts WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))}) "
+                    "ORDER BY id",
+                    (smsc, *chunk),
+                )
+            )
+    if not found:
+        return
+    c.executemany("DELETE FROM pending_receipts WHERE id=?", [(row[0],) for row in found])
+    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched)
+
+
+# -- receipts ------------------------------------------------------------------------------------
+
+
+def apply_receipts(c: sqlite3.Connection, receipts: list[ReceiptIn], now: int) -> tuple[int, int]:
+    """(matched, kept pending). Unmatched receipts wait in pending_receipts for their id."""
+    touched: dict[str, bool] = {}
+    unmatched = _apply(c, receipts, touched)
+    if unmatched:
+        c.executemany(
+            "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
+            "received_at, raw) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (r.smsc, r.smsc_msg_id, r.state, r.stat, r.err, r.done_at, r.received_at, r.raw)
+                for r in unmatched
+            ],
+        )
+    rollup_messages(c, touched, now)
+    return len(receipts) - len(unmatched), len(unmatched)
+
+
+def _apply(
+    c: sqlite3.Connection, receipts: list[ReceiptIn], touched: dict[str, bool]
+) -> list[ReceiptIn]:
+    """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
+
+    The id map is per SMSC: the same id from two SMSCs is two different messages.
+    """
+    by_smsc: dict[str, list[str]] = {}
+    for r in receipts:
+        by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
+    parts: dict[tuple[str, str], list[Any]] = {}
+    for smsc, ids in by_smsc.items():
+        for chunk in _chunks(sorted(set(ids))):
+            for msg_id, mid, seq, state in c.execute(
+                "SELECT smsc_msg_id, message_id, seq, state FROM segments "
+                f"WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))})",
+                (smsc, *chunk),
+            ):
+                parts[(smsc, msg_id)] = [mid, seq, state]
+    unmatched = []
+    updates = []
+    for r in receipts:
+        part = parts.get((r.smsc, r.smsc_msg_id))
+        if part is None:
+            unmatched.append(r)
+            continue
+        mid, seq, state = part
+        if r.state == "enroute" or state in lc.SEG_FINAL:
+            continue  # intermediate, or a duplicate/late receipt: the first final outcome stands
+        new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
+        part[2] = new_state
+        updates.append(
+            (new_state, r.received_at, lc.receipt_error_code(r.state, r.stat, r.err), mid, seq)
+        )
+        touched.setdefault(mid, False)
+    if updates:
+        c.executemany(
+            "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
+            updates,
+        )
+    return unmatched
