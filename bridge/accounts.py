@@ -16,8 +16,10 @@ from bridge.store.base import Store, StoreError
 from bridge.store.models import Account, AppKey
 
 MAX_ACTIVE_KEYS = 2
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+# Used with fullmatch: `$` would also match before a trailing newline ("acme\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_URL = re.compile(r"https?://\S+")
 
 # Fields an operator may set, with their types; webhook secret rotation is its own operation.
 SETTABLE: dict[str, type | tuple[type, ...]] = {
@@ -63,12 +65,13 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
         if name in ("tps", "daily_quota") and not 0 <= value <= 1_000_000_000:
             raise AccountError("INVALID_FIELD", f"{name}: must be between 0 and 1000000000")
         if name == "default_country" and value is not None:
-            value = value.upper()
-            if not _COUNTRY.match(value):
+            # Checked before upper-casing: "ß".upper() is "SS", which looks like a country.
+            if not _COUNTRY.fullmatch(value):
                 raise AccountError(
                     "INVALID_FIELD", "default_country: must be an ISO 3166 alpha-2 code like CN"
                 )
-        if name.endswith("_url") and value is not None and not re.match(r"^https?://\S+$", value):
+            value = value.upper()
+        if name.endswith("_url") and value is not None and not _URL.fullmatch(value):
             raise AccountError("INVALID_FIELD", f"{name}: must be an http(s) URL")
         out[name] = value
     return out
@@ -97,7 +100,7 @@ class AccountService:
         self.sealer = sealer
 
     async def create(self, name: str, settings: dict[str, Any], now: int) -> NewCredentials:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise AccountError(
                 "INVALID_FIELD",
                 "name: 1-64 characters of letters, digits and _ . @ -, starting with a letter "
@@ -156,7 +159,9 @@ class AccountService:
             key = await self.store.get_key(key_id)
             if key is None:
                 raise AccountError("NOT_FOUND", f"no app key {key_id!r}")
-            raise AccountError("KEY_REVOKED", f"app key {key_id!r} is already revoked")
+            # Not KEY_REVOKED: that code is a 401 for a request signed with a revoked key, and
+            # the operator asking here is authenticated.
+            raise AccountError("KEY_ALREADY_REVOKED", f"app key {key_id!r} is already revoked")
 
     async def update(self, ref: str, settings: dict[str, Any], now: int) -> Account:
         account = await self.resolve(ref)

@@ -40,13 +40,17 @@ class BridgeClient:
         session: aiohttp.ClientSession | None = None,
         max_retries: int = 3,
         timeout_s: float = 30.0,
+        max_retry_delay_s: float = 60.0,
     ) -> None:
+        """`max_retry_delay_s` caps each wait between retries (Retry-After included), for callers
+        with a latency budget such as a login code that is useless a minute later."""
         self.base_url = base_url.rstrip("/")
         self.app_key = app_key
         self._secret = app_secret
         self._session = session
         self._own_session = session is None
         self.max_retries = max_retries
+        self.max_retry_delay_s = max_retry_delay_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     def __repr__(self) -> str:
@@ -121,14 +125,19 @@ class BridgeClient:
                 if attempt >= self.max_retries or (method != "GET" and idempotency_key is None):
                     raise
                 attempt += 1
-                await asyncio.sleep(min(2**attempt * 0.25, 5))
+                await asyncio.sleep(min(2**attempt * 0.25, 5, self.max_retry_delay_s))
                 continue
             if status in (429, 503) and attempt < self.max_retries:
                 attempt += 1
                 delay = _retry_after(resp_headers.get("Retry-After"), attempt)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, self.max_retry_delay_s))
                 continue
-            data = json.loads(raw) if raw else None
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:  # a proxy's or the HTTP layer's own text/HTML error page
+                if status < 400:
+                    raise
+                data = None
             if status >= 400:
                 err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
                 raise BridgeError(

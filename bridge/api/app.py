@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 
 from aiohttp import web
@@ -12,6 +11,7 @@ from bridge.api import admin, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
 from bridge.api.errors import CODES, ApiError, envelope
 from bridge.api.openapi import openapi_document
+from bridge.ids import random_bytes
 
 log = logging.getLogger("bridge.api")
 
@@ -35,7 +35,7 @@ def _error_response(
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback."""
-    request_id = "req_" + secrets.token_hex(8)
+    request_id = "req_" + random_bytes(8).hex()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
@@ -59,7 +59,9 @@ async def errors_middleware(request: web.Request, handler):
             405: f"method {request.method} not allowed on {request.path}",
             413: "the request body is too large",
         }.get(exc.status, exc.reason)
-        return _error_response(code, message, request_id, exc.status)
+        # Keep what the status requires (Allow on a 405); the body is ours.
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error_response(code, message, request_id, exc.status, kept or None)
     except Exception:
         log.exception("internal error request_id=%s path=%s", request_id, request.path)
         return _error_response(

@@ -21,6 +21,7 @@ CODES: dict[str, int] = {
     "TOO_MANY_RECIPIENTS": 400,
     "EMPTY_MESSAGE": 400,
     "MESSAGE_TOO_LONG": 400,
+    "UNENCODABLE": 400,
     "IDEMPOTENCY_KEY_REQUIRED": 400,
     "INVALID_IDEMPOTENCY_KEY": 400,
     "INVALID_CURSOR": 400,
@@ -42,6 +43,7 @@ CODES: dict[str, int] = {
     "METHOD_NOT_ALLOWED": 405,
     "ACCOUNT_EXISTS": 409,
     "TOO_MANY_KEYS": 409,
+    "KEY_ALREADY_REVOKED": 409,
     "BODY_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     # 422: well-formed but not acceptable

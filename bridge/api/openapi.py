@@ -1,15 +1,758 @@
-"""The OpenAPI 3 document served at /openapi.json (filled in by the API documentation work)."""
+"""The OpenAPI 3.0 document served at /openapi.json.
+
+Built from the same tables the server uses (the error taxonomy in `bridge.api.errors`, the message
+states, the send fields), so a new error code or field cannot be forgotten here. The integration
+tests validate every response they receive against this document, so it stays true: a field added
+to a response without being documented fails the suite (response objects are closed with
+`additionalProperties: false`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from copy import deepcopy
 from typing import Any
 
 from bridge import __version__
+from bridge.api.errors import CODES
+from bridge.api.signing import ALGORITHM
+
+# What each error code means to a client; a test checks every code in CODES has an entry.
+ERROR_DESCRIPTIONS: dict[str, str] = {
+    "INVALID_JSON": "The body is empty, not valid JSON, or holds an unpaired surrogate escape.",
+    "INVALID_REQUEST": "The body is not a JSON object, or its fields contradict each other "
+    "(text together with template).",
+    "INVALID_FIELD": "A field or query parameter has a wrong type or value; the message names it.",
+    "UNKNOWN_FIELD": "A field or query parameter the endpoint does not know (named).",
+    "MISSING_FIELD": "A required field is absent; the message names it.",
+    "INVALID_NUMBER": "A phone number is neither E.164 nor an unambiguous national mobile number "
+    "of the account's default country.",
+    "TOO_MANY_RECIPIENTS": "More recipients than server.max_recipients (default 1000).",
+    "EMPTY_MESSAGE": "The text is empty or only white space.",
+    "MESSAGE_TOO_LONG": "The text, sign name included, is over text.max_chars (default 500) or "
+    "needs more parts than an SMS can be split into.",
+    "UNENCODABLE": "The text holds a character no SMS encoding can carry.",
+    "IDEMPOTENCY_KEY_REQUIRED": "POST /v1/messages needs an Idempotency-Key header.",
+    "INVALID_IDEMPOTENCY_KEY": "Idempotency-Key must be 1-255 printable ASCII characters.",
+    "INVALID_CURSOR": "cursor is not a value this API returned as next_cursor.",
+    "MISSING_AUTH": "No Authorization header.",
+    "UNKNOWN_APP_KEY": "The app key in Credential is not known.",
+    "KEY_REVOKED": "The app key was revoked; revocation takes effect at once.",
+    "REQUEST_EXPIRED": "X-Bridge-Date is more than server.clock_skew_s (default 300 s) from the "
+    "server clock; the message carries the server time.",
+    "BODY_HASH_MISMATCH": "X-Bridge-Content-SHA256 is not the SHA-256 of the body received.",
+    "SIGNATURE_MISMATCH": "The signature does not verify, or the signing headers are malformed, "
+    "or a required header is not signed, or a signed header is absent; the message says which.",
+    "NONCE_REUSED": "X-Bridge-Nonce was already used by this key within the skew window.",
+    "INVALID_ADMIN_TOKEN": "The admin API needs `Authorization: Bearer <server.admin_token>`.",
+    "ACCOUNT_DISABLED": "The account is disabled by an operator.",
+    "RAW_TEXT_NOT_ALLOWED": "This account may send approved templates only, not free text.",
+    "ADMIN_DISABLED": "The admin API is off: server.admin_token is not set.",
+    "NOT_FOUND": "No such endpoint, message, account or key. Another account's message id is "
+    "answered exactly like an unknown one.",
+    "METHOD_NOT_ALLOWED": "The path exists but not with this method.",
+    "ACCOUNT_EXISTS": "An account with this name already exists.",
+    "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
+    "KEY_ALREADY_REVOKED": "The app key was already revoked.",
+    "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
+    "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json.",
+    "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used with a different body in the last "
+    "server.idempotency_hours (default 24).",
+    "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
+    "INVALID_SCHEDULE": "scheduled_at is more than 30 days ahead.",
+    "NO_ROUTE": "No SMSC route covers a recipient's number.",
+    "RATE_LIMITED": "The account's messages-per-second rate (tps) is exceeded; see Retry-After.",
+    "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
+    "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
+    "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
+    "INTERNAL_ERROR": "An unexpected error; quote the request_id to the operator.",
+}
+
+MESSAGE_STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
+ENCODINGS = ("gsm7", "ucs2", "latin1")
+_ISO_MS = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+_RETRY_STATUSES = (429, 503)
+
+SIGNING_DESCRIPTION = f"""\
+Every `/v1/` request is signed with the account's app key and app secret.
+
+```
+X-Bridge-Date: 2026-11-29T08:00:00Z        (UTC, whole seconds, within ±300 s of the server)
+X-Bridge-Nonce: <16-64 chars of [A-Za-z0-9_-], never reused>
+X-Bridge-Content-SHA256: <lower-case hex SHA-256 of the raw body; of b"" when empty>
+Authorization: {ALGORITHM} Credential=<app_key>,SignedHeaders=<a;b;c>,Signature=<hex>
+
+CanonicalRequest = METHOD "\\n" CanonicalURI "\\n" CanonicalQuery "\\n" CanonicalHeaders "\\n"
+                   SignedHeaders "\\n" ContentSHA256
+StringToSign     = "{ALGORITHM}\\n" X-Bridge-Date "\\n" hex(SHA-256(CanonicalRequest))
+Signature        = hex(HMAC-SHA256(app_secret, StringToSign))
+```
+
+- CanonicalURI: each path segment percent-decoded once and re-encoded per RFC 3986 (only
+  `A-Z a-z 0-9 - _ . ~` stay bare, upper-case hex); `/` kept; an empty path is `/`.
+- CanonicalQuery: from the raw query string: split on `&`, then on the first `=`, decode once
+  without turning `+` into a space, re-encode per RFC 3986, sort by name then value, join
+  `name=value` with `&`; empty when there is no query. Send `+` as `%2B`.
+- CanonicalHeaders: `lowercase-name:trimmed-value` plus a newline per signed header, sorted by
+  name (so an empty line stands before SignedHeaders).
+- SignedHeaders: lower-case, sorted, `;`-joined; must include `host`, `x-bridge-date`,
+  `x-bridge-nonce`, `x-bridge-content-sha256`, and `content-type` and `idempotency-key` whenever
+  they are sent. `host` is the Host header as sent (without a default port).
+
+Checks, in order, each with its own code (401): MISSING_AUTH, header syntax
+(SIGNATURE_MISMATCH), UNKNOWN_APP_KEY, KEY_REVOKED, REQUEST_EXPIRED, BODY_HASH_MISMATCH,
+SIGNATURE_MISMATCH, NONCE_REUSED (a nonce is recorded only after the signature verifies); then
+ACCOUNT_DISABLED (403) and the account rate limit RATE_LIMITED (429). docs/signing-example.md
+works one request through byte by byte.
+"""
+
+DESCRIPTION = """\
+Signed HTTP in, SMPP 3.4 out. Every refusal is the JSON envelope
+`{"error": {"code", "message", "request_id"}}` with the status its code always has (the table in
+`components.x-error-codes`); every response carries `X-Request-Id`. An unknown path is 404
+`NOT_FOUND` and a known path with the wrong method is 405 `METHOD_NOT_ALLOWED`, both in the same
+envelope. Times in message records are ISO-8601 UTC with milliseconds; times in account and key
+records are unix milliseconds.
+"""
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+def _obj(
+    properties: dict[str, Any], required: Iterable[str] | None = None, *, closed: bool = True
+) -> dict[str, Any]:
+    """An object schema; `required` defaults to every property (responses always carry them all)."""
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    names = sorted(properties if required is None else required)
+    if names:  # OpenAPI 3.0: `required`, when present, lists at least one name
+        out["required"] = names
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_BOOL = {"type": "boolean"}
+_MS = {"type": "integer", "description": "unix milliseconds"}
+_TIME = {"type": "string", "format": "date-time", "pattern": _ISO_MS}
+
+
+def _error_schemas() -> dict[str, Any]:
+    by_status: dict[int, list[str]] = {}
+    for code, status in CODES.items():
+        by_status.setdefault(status, []).append(code)
+    schemas: dict[str, Any] = {}
+    for status, codes in sorted(by_status.items()):
+        schemas[f"Error{status}"] = _obj(
+            {
+                "error": _obj(
+                    {
+                        "code": {"type": "string", "enum": sorted(codes)},
+                        "message": {"type": "string", "description": "names the field"},
+                        "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
+                    }
+                )
+            }
+        )
+        schemas[f"Error{status}"]["description"] = "Codes: " + ", ".join(
+            f"`{c}` ({ERROR_DESCRIPTIONS.get(c, '')})" for c in sorted(codes)
+        )
+    return schemas
+
+
+def error_statuses() -> list[int]:
+    return sorted(set(CODES.values()))
+
+
+def _error_responses() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in error_statuses():
+        headers: dict[str, Any] = {"X-Request-Id": _ref("headers", "XRequestId")}
+        if status in _RETRY_STATUSES:
+            headers["Retry-After"] = _ref("headers", "RetryAfter")
+        codes = sorted(c for c, s in CODES.items() if s == status)
+        out[f"E{status}"] = {
+            "description": "Refused: " + ", ".join(codes),
+            "headers": headers,
+            "content": {"application/json": {"schema": _schema(f"Error{status}")}},
+        }
+    return out
+
+
+def _ok(schema_name: str, description: str, **headers: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-Id": _ref("headers", "XRequestId"), **headers},
+        "content": {"application/json": {"schema": _schema(schema_name)}},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _ref("responses", f"E{s}") for s in sorted(set(statuses))}
+
+
+_V1_ERRORS = (401, 403, 413, 500)
+_ADMIN_ERRORS = (401, 403, 413, 500)
+
+
+def _v1_op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    params = [_ref("parameters", n) for n in ("XBridgeDate", "XBridgeNonce", "XBridgeContentSha")]
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["messages" if "essage" in op_id or op_id == "preview" else "account"],
+        "security": [{"BridgeHmac": []}],
+        "parameters": params + extra.pop("parameters", []),
+        "responses": {**responses, **_errors(*_V1_ERRORS)},
+    }
+    op.update(extra)
+    return op
+
+
+def _admin_op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["admin"],
+        "security": [{"AdminToken": []}],
+        "responses": {**responses, **_errors(*_ADMIN_ERRORS)},
+    }
+    op.update(extra)
+    return op
+
+
+def _json_body(schema_name: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _schema(schema_name)}}}
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _account_props() -> dict[str, Any]:
+    return {
+        "id": {"type": "string", "pattern": "^acc_[0-9A-Z]{26}$"},
+        "name": _STR,
+        "kind": {"type": "string", "enum": ["prepaid", "postpaid"]},
+        "raw_text": _BOOL,
+        "marketing": _BOOL,
+        "default_country": _nullable({"type": "string", "pattern": "^[A-Z]{2}$"}),
+        "tps": {"type": "integer", "minimum": 0, "description": "messages/s; 0 = no limit"},
+        "daily_quota": {"type": "integer", "minimum": 0},
+        "status_callback_url": _nullable(_STR),
+        "mo_callback_url": _nullable(_STR),
+        "status": {"type": "string", "enum": ["active", "disabled"]},
+        "created_at": _MS,
+        "updated_at": _MS,
+    }
+
+
+def _settings_props() -> dict[str, Any]:
+    props = _account_props()
+    return {
+        "kind": props["kind"],
+        "raw_text": _BOOL,
+        "marketing": _BOOL,
+        "default_country": _nullable({"type": "string", "pattern": "^[A-Za-z]{2}$"}),
+        "tps": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
+        "daily_quota": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
+        "status_callback_url": _nullable({"type": "string", "pattern": "^https?://"}),
+        "mo_callback_url": _nullable({"type": "string", "pattern": "^https?://"}),
+    }
+
+
+def _message_props() -> dict[str, Any]:
+    return {
+        "id": {"type": "string", "pattern": "^msg_[0-9A-Z]{26}$"},
+        "batch_id": {"type": "string", "pattern": "^bat_[0-9A-Z]{26}$"},
+        "client_ref": _nullable(_STR),
+        "to": {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$"},
+        "sender": _nullable(_STR),
+        "sign_name": _nullable(_STR),
+        "template": _nullable(_STR),
+        "text": _nullable({"type": "string", "description": "the final text, sign name included"}),
+        "status": {"type": "string", "enum": list(MESSAGE_STATES)},
+        "error_code": _nullable(_STR),
+        "encoding": {"type": "string", "enum": list(ENCODINGS)},
+        "data_coding": {"type": "integer", "minimum": 0, "maximum": 255},
+        "segments": {"type": "integer", "minimum": 1, "description": "parts on the air"},
+        "billable_units": {"type": "integer", "minimum": 1, "description": "by the tariff rule"},
+        "segments_sent": {"type": "integer", "minimum": 0},
+        "segments_delivered": {"type": "integer", "minimum": 0},
+        "segments_failed": {"type": "integer", "minimum": 0},
+        "smsc": _nullable(_STR),
+        "accepted_at": _TIME,
+        "scheduled_at": _nullable(_TIME),
+        "expires_at": _nullable(_TIME),
+        "sent_at": _nullable(_TIME),
+        "done_at": _nullable(_TIME),
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    account = _account_props()
+    message = _message_props()
+    key = _obj(
+        {
+            "app_key": _STR,
+            "account": _STR,
+            "status": {"type": "string", "enum": ["active", "revoked"]},
+            "created_at": _MS,
+            "revoked_at": _nullable(_MS),
+        }
+    )
+    part = _obj(
+        {
+            "seq": {"type": "integer", "minimum": 1},
+            "status": {
+                "type": "string",
+                "description": "queued, sent, delivered, undeliverable, expired, rejected, "
+                "unknown, failed, timeout or expired_unsent",
+            },
+            "smsc": _nullable(_STR),
+            "smsc_message_id": _nullable(_STR),
+            "submitted_at": _nullable(_TIME),
+            "done_at": _nullable(_TIME),
+            "error_code": _nullable(_STR),
+        }
+    )
+    recipients = {
+        "oneOf": [
+            {"type": "string", "description": "one number"},
+            {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "description": "up to server.max_recipients (default 1000) distinct numbers",
+            },
+        ],
+        "description": "E.164 (`+8613800138000`), or a national mobile number when the account "
+        "has a default country that makes it unambiguous",
+    }
+    send_request = _obj(
+        {
+            "to": recipients,
+            "sign_name": {"type": "string", "minLength": 1, "maxLength": 32},
+            "template": {"type": "string", "description": "an approved template code"},
+            "params": {
+                "type": "object",
+                "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                "description": "template parameters (with template only)",
+            },
+            "text": {"type": "string", "description": "free text (raw-text accounts only)"},
+            "client_ref": {"type": "string", "minLength": 1, "maxLength": 64},
+            "sender": {
+                "type": "string",
+                "pattern": r"^(\+?[0-9]{1,20}|[A-Za-z0-9 ._-]{1,11})$",
+                "description": "source address or extension code",
+            },
+            "validity_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+            "scheduled_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO-8601 with an offset; at most 30 days ahead; past = now",
+            },
+            "smart_encoding": _BOOL,
+        },
+        required=["to"],
+    )
+    send_request["description"] = "`to` and exactly one of `template` (with `params`) or `text`."
+    accepted = _obj(
+        {
+            "id": message["id"],
+            "to": message["to"],
+            "client_ref": _nullable(_STR),
+            "status": {"type": "string", "enum": ["queued"]},
+            "encoding": message["encoding"],
+            "segments": message["segments"],
+            "billable_units": message["billable_units"],
+        }
+    )
+    preview_part = _obj({"chars": _INT, "septets_or_octets": _INT})
+    return {
+        **_error_schemas(),
+        "Account": _obj(account),
+        "OwnAccount": _obj({**account, "app_key": _STR}),
+        "AccountDetail": _obj({**account, "keys": {"type": "array", "items": _schema("AppKey")}}),
+        "AccountList": _obj({"accounts": {"type": "array", "items": _schema("Account")}}),
+        "AccountCreate": _obj(
+            {
+                "name": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+                },
+                **_settings_props(),
+            },
+            required=["name"],
+        ),
+        "AccountUpdate": _obj(_settings_props(), required=[]),
+        "AccountCreated": _obj(
+            {
+                "account": _schema("Account"),
+                "app_key": _STR,
+                "app_secret": {"type": "string", "description": "shown only in this response"},
+                "webhook_secret": {"type": "string", "description": "shown only here"},
+            }
+        ),
+        "AppKey": key,
+        "AppKeyList": _obj({"keys": {"type": "array", "items": _schema("AppKey")}}),
+        "AppKeyCreated": _obj(
+            {
+                "account": _STR,
+                "app_key": _STR,
+                "app_secret": {"type": "string", "description": "shown only in this response"},
+            }
+        ),
+        "AppKeyRevoked": _obj({"app_key": _STR, "status": {"type": "string", "enum": ["revoked"]}}),
+        "SendRequest": send_request,
+        "AcceptedMessage": accepted,
+        "SendResult": _obj(
+            {
+                "batch_id": message["batch_id"],
+                "count": {"type": "integer", "minimum": 1},
+                "messages": {"type": "array", "items": _schema("AcceptedMessage")},
+            }
+        ),
+        "MessagePart": part,
+        "Message": _obj({**message, "parts": {"type": "array", "items": _schema("MessagePart")}}),
+        "MessageSummary": _obj(message),
+        "MessageList": _obj(
+            {
+                "messages": {"type": "array", "items": _schema("MessageSummary")},
+                "next_cursor": _nullable(
+                    {"type": "string", "description": "pass as cursor for the next page"}
+                ),
+            }
+        ),
+        "PreviewRequest": _obj(
+            {
+                "text": _STR,
+                "sign_name": _STR,
+                "to": {"type": "string", "description": "picks the SMSC whose options apply"},
+                "smart_encoding": _BOOL,
+            },
+            required=["text"],
+        ),
+        "Preview": _obj(
+            {
+                "text": _STR,
+                "encoding": message["encoding"],
+                "data_coding": message["data_coding"],
+                "segments": message["segments"],
+                "billable_units": message["billable_units"],
+                "chars": {"type": "integer", "minimum": 0},
+                "parts": {"type": "array", "items": preview_part},
+                "ucs2_chars": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "the characters that force UCS-2",
+                },
+            }
+        ),
+        "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}),
+        "Ready": _obj(
+            {
+                "status": {"type": "string", "enum": ["ready", "not ready"]},
+                "problems": {"type": "array", "items": _STR},
+                "smscs": {
+                    "type": "object",
+                    "additionalProperties": _BOOL,
+                    "description": "SMSC name -> bound",
+                },
+            }
+        ),
+        "OpenApiDocument": _obj(
+            {"openapi": _STR, "info": {"type": "object"}, "paths": {"type": "object"}},
+            required=["openapi", "info", "paths"],
+            closed=False,
+        ),
+    }
+
+
+def _components() -> dict[str, Any]:
+    date_param = {
+        "name": "X-Bridge-Date",
+        "in": "header",
+        "required": True,
+        "description": "UTC, whole seconds: 2026-11-29T08:00:00Z (signed)",
+        "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z$"},
+    }
+    return {
+        "securitySchemes": {
+            "BridgeHmac": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": SIGNING_DESCRIPTION,
+            },
+            "AdminToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The operator token from server.admin_token; with none set the "
+                "admin API answers 403 ADMIN_DISABLED.",
+            },
+        },
+        "parameters": {
+            "XBridgeDate": date_param,
+            "XBridgeNonce": {
+                "name": "X-Bridge-Nonce",
+                "in": "header",
+                "required": True,
+                "description": "unique per request (signed)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+            },
+            "XBridgeContentSha": {
+                "name": "X-Bridge-Content-SHA256",
+                "in": "header",
+                "required": True,
+                "description": "hex SHA-256 of the raw body (signed)",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "description": "kept per account for server.idempotency_hours (default 24): the "
+                "same key and body replays the first response with `Idempotent-Replayed: true`; "
+                "the same key with another body is 422 IDEMPOTENCY_KEY_REUSED (signed)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
+        },
+        "headers": {
+            "XRequestId": {
+                "description": "the id of this request, also in every error body and log line",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
+            },
+            "RetryAfter": {
+                "description": "seconds to wait before retrying",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+            "IdempotentReplayed": {
+                "description": "`true` when this is the stored response of an earlier request "
+                "with the same Idempotency-Key and body",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+        "responses": _error_responses(),
+        "schemas": _schemas(),
+        "x-error-codes": {
+            code: {"status": status, "description": ERROR_DESCRIPTIONS.get(code, "")}
+            for code, status in CODES.items()
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    ref, msg_id = _path_param("ref", "account id or name"), _path_param("id", "a message id")
+    query = [
+        {
+            "name": "to",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "recipient (send + as %2B)",
+        },
+        {
+            "name": "date",
+            "in": "query",
+            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$"},
+            "description": "UTC day of acceptance, YYYY-MM-DD",
+        },
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": [*MESSAGE_STATES]}},
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "next_cursor of the previous page",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+        },
+    ]
+    replayed = {"Idempotent-Replayed": _ref("headers", "IdempotentReplayed")}
+    account_ok = _ok("Account", "the account, never a secret")
+    return {
+        "/v1/messages": {
+            "post": _v1_op(
+                "sendMessages",
+                "Send a message to one or more recipients",
+                {
+                    "202": _ok("SendResult", "accepted and stored", **replayed),
+                    **_errors(400, 415, 422, 429, 503),
+                },
+                parameters=[_ref("parameters", "IdempotencyKey")],
+                requestBody=_json_body("SendRequest"),
+            ),
+            "get": _v1_op(
+                "listMessages",
+                "The account's messages, newest first, by cursor",
+                {"200": _ok("MessageList", "one page"), **_errors(400)},
+                parameters=query,
+            ),
+        },
+        "/v1/messages/{id}": {
+            "get": _v1_op(
+                "getMessage",
+                "One message with its parts",
+                {"200": _ok("Message", "the message"), **_errors(404)},
+                parameters=[msg_id],
+            ),
+        },
+        "/v1/preview": {
+            "post": _v1_op(
+                "preview",
+                "Encoding, segments and billable units of a text, without sending",
+                {"200": _ok("Preview", "the preview"), **_errors(400, 415)},
+                requestBody=_json_body("PreviewRequest"),
+            ),
+        },
+        "/v1/account": {
+            "get": _v1_op(
+                "getOwnAccount",
+                "The calling account's settings (no secrets)",
+                {"200": _ok("OwnAccount", "the account and the key that signed the request")},
+            ),
+        },
+        "/admin/accounts": {
+            "get": _admin_op("listAccounts", "All accounts", {"200": _ok("AccountList", "all")}),
+            "post": _admin_op(
+                "createAccount",
+                "Create an account and its first app key",
+                {
+                    "201": _ok("AccountCreated", "created; the secrets are shown only here"),
+                    **_errors(400, 409, 415),
+                },
+                requestBody=_json_body("AccountCreate"),
+            ),
+        },
+        "/admin/accounts/{ref}": {
+            "parameters": [ref],
+            "get": _admin_op(
+                "showAccount",
+                "One account with its keys",
+                {"200": _ok("AccountDetail", "the account"), **_errors(404)},
+            ),
+            "patch": _admin_op(
+                "updateAccount",
+                "Change settings; applies to the next request",
+                {"200": account_ok, **_errors(400, 404, 415)},
+                requestBody=_json_body("AccountUpdate", required=False),
+            ),
+        },
+        "/admin/accounts/{ref}/disable": {
+            "parameters": [ref],
+            "post": _admin_op(
+                "disableAccount",
+                "Refuse the account's requests (403 ACCOUNT_DISABLED)",
+                {"200": account_ok, **_errors(404)},
+            ),
+        },
+        "/admin/accounts/{ref}/enable": {
+            "parameters": [ref],
+            "post": _admin_op(
+                "enableAccount", "Allow the account again", {"200": account_ok, **_errors(404)}
+            ),
+        },
+        "/admin/accounts/{ref}/keys": {
+            "parameters": [ref],
+            "get": _admin_op(
+                "listKeys",
+                "The account's app keys (no secrets)",
+                {"200": _ok("AppKeyList", "the keys"), **_errors(404)},
+            ),
+            "post": _admin_op(
+                "createKey",
+                "A new app key (at most two active)",
+                {
+                    "201": _ok("AppKeyCreated", "created; the secret is shown only here"),
+                    **_errors(404, 409),
+                },
+            ),
+        },
+        "/admin/keys/{key}/revoke": {
+            "parameters": [_path_param("key", "the app key id")],
+            "post": _admin_op(
+                "revokeKey",
+                "Revoke an app key at once",
+                {"200": _ok("AppKeyRevoked", "revoked"), **_errors(404, 409)},
+            ),
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is up",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {"200": _ok("Health", "up"), **_errors(500)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "The store is reachable and at least one SMSC is bound",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {
+                    "200": _ok("Ready", "ready"),
+                    "503": _ok("Ready", "not ready; problems says why"),
+                    **_errors(500),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "tags": ["ops"],
+                "security": [],
+                "responses": {"200": _ok("OpenApiDocument", "OpenAPI 3.0"), **_errors(500)},
+            }
+        },
+    }
+
+
+_DOCUMENT: dict[str, Any] | None = None
 
 
 def openapi_document() -> dict[str, Any]:
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "smpp-bridge", "version": __version__},
-        "paths": {},
-    }
+    """A fresh copy each call, so a caller mutating it cannot change what others are served."""
+    global _DOCUMENT
+    if _DOCUMENT is None:
+        _DOCUMENT = {
+            "openapi": "3.0.3",
+            "info": {
+                "title": "smpp-bridge",
+                "version": __version__,
+                "description": DESCRIPTION,
+                "license": {"name": "Apache-2.0"},
+            },
+            "tags": [
+                {"name": "messages", "description": "send and query messages (signed)"},
+                {"name": "account", "description": "the calling account (signed)"},
+                {"name": "admin", "description": "operator API (bearer token)"},
+                {"name": "ops", "description": "health and this document (no auth)"},
+            ],
+            "paths": _paths(),
+            "components": _components(),
+        }
+    return deepcopy(_DOCUMENT)

@@ -151,13 +151,15 @@ def parse_send_request(
             raise _field_error("INVALID_FIELD", "scheduled_at: expected an ISO-8601 string")
         try:
             when = datetime.fromisoformat(scheduled.replace("Z", "+00:00"))
-        except ValueError:
+            # astimezone overflows at the ends of the calendar (9999-12-31T23:00-05:00).
+            utc = when.astimezone(UTC) if when.tzinfo is not None else None
+        except (ValueError, OverflowError):
             raise _field_error(
                 "INVALID_FIELD", "scheduled_at: not ISO-8601 (e.g. 2026-12-01T08:00:00+08:00)"
             ) from None
-        if when.tzinfo is None:
+        if utc is None:
             raise _field_error("INVALID_FIELD", "scheduled_at: must carry a UTC offset or Z")
-        scheduled_ms = int(when.astimezone(UTC).timestamp() * 1000)
+        scheduled_ms = int(utc.timestamp() * 1000)
         if scheduled_ms > now_ms + _MAX_SCHEDULE_DAYS * 86_400_000:
             raise _field_error(
                 "INVALID_SCHEDULE", f"scheduled_at: at most {_MAX_SCHEDULE_DAYS} days ahead"

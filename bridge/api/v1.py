@@ -22,8 +22,8 @@ from bridge.text.preview import preview
 from bridge.text.split import TextError
 from bridge.text.units import CountingRule
 
-_IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_MSG_ID = re.compile(r"^msg_[0-9A-Z]{26}$")
+_IDEM_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_MSG_ID = re.compile(r"msg_[0-9A-Z]{26}")
 _STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
 
 
@@ -35,11 +35,18 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
+        body=dump_json(data), status=status, content_type="application/json", headers=headers
     )
+
+
+def dump_json(data: Any) -> bytes:
+    """Compact UTF-8 JSON. A lone surrogate (say, echoed from a query parameter name in an error
+    message) cannot be UTF-8 encoded; such a document falls back to \\u escapes instead of
+    failing the response."""
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def parse_json(body: bytes, request: web.Request) -> Any:
@@ -49,9 +56,22 @@ def parse_json(body: bytes, request: web.Request) -> Any:
     if not body:
         raise ApiError("INVALID_JSON", "the request body is empty; send a JSON object")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise ApiError("INVALID_JSON", "the body is nested too deeply") from None
+    try:
+        # JSON may spell lone UTF-16 surrogates (\\ud800); Python keeps them, and they would fail
+        # later when stored or echoed as UTF-8. Refuse them here, once, for every field.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(
+            "INVALID_JSON", "the body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+        ) from None
+    except RecursionError:
+        raise ApiError("INVALID_JSON", "the body is nested too deeply") from None
+    return data
 
 
 async def post_messages(request: web.Request) -> web.Response:
@@ -65,7 +85,7 @@ async def post_messages(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-    if not _IDEM_KEY.match(key):
+    if not _IDEM_KEY.fullmatch(key):
         raise ApiError(
             "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key: 1-255 printable ASCII characters"
         )
@@ -150,7 +170,7 @@ async def get_message(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
     mid = request.match_info["id"]
-    record = await ctx.store.get_message(account.id, mid) if _MSG_ID.match(mid) else None
+    record = await ctx.store.get_message(account.id, mid) if _MSG_ID.fullmatch(mid) else None
     if record is None:  # another account's id looks exactly like an unknown one: no probing
         raise ApiError("NOT_FOUND", f"no message {mid!r}")
     return json_response(message_view(record))
@@ -173,20 +193,21 @@ async def list_messages(request: web.Request) -> web.Response:
     if "date" in q:
         try:
             day = datetime.strptime(q["date"], "%Y-%m-%d").replace(tzinfo=UTC)
-        except ValueError:
+            since = int(day.timestamp() * 1000)
+            until = int((day + timedelta(days=1)).timestamp() * 1000)
+        except (ValueError, OverflowError):  # 9999-12-31 has no next day
             raise ApiError("INVALID_FIELD", "date: expected YYYY-MM-DD") from None
-        since = int(day.timestamp() * 1000)
-        until = int((day + timedelta(days=1)).timestamp() * 1000)
     state = q.get("status")
     if state is not None and state not in _STATES:
         raise ApiError("INVALID_FIELD", f"status: one of {', '.join(_STATES)}")
     limit = 50
     if "limit" in q:
-        if not q["limit"].isdigit() or not 1 <= int(q["limit"]) <= 200:
+        # [0-9] and not str.isdigit(): "²" is a digit to isdigit() and a ValueError to int().
+        if not re.fullmatch(r"[0-9]{1,3}", q["limit"]) or not 1 <= int(q["limit"]) <= 200:
             raise ApiError("INVALID_FIELD", "limit: an integer from 1 to 200")
         limit = int(q["limit"])
     cursor = q.get("cursor")
-    if cursor is not None and not _MSG_ID.match(cursor):
+    if cursor is not None and not _MSG_ID.fullmatch(cursor):
         raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
     rows = await ctx.store.list_messages(
         account.id,

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass
 
 _SEPARATORS = re.compile(r"[\s\-().]")
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# ASCII digits only: `\d` and str.isdigit() also accept "١٣٨" (Arabic-Indic) and "²", which
+# would reach the SMSC as a destination address no network can route.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +57,10 @@ def normalize(raw: str, default_country: str | None = None) -> str:
     if s.startswith("00"):
         s = "+" + s[2:]
     if s.startswith("+"):
-        if not _E164.match(s):
+        if not _E164.fullmatch(s):
             raise PhoneError(f"{raw!r} is not a valid E.164 number (+ then 7 to 15 digits)")
         return s
-    if not s.isdigit():
+    if not _DIGITS.fullmatch(s):
         raise PhoneError(f"{raw!r} contains characters that are not digits")
     if default_country is None:
         raise PhoneError(
@@ -71,9 +74,9 @@ def normalize(raw: str, default_country: str | None = None) -> str:
             "supported; send E.164"
         )
     national = s
-    if plan.trunk and national.startswith(plan.trunk) and not plan.national.match(national):
+    if plan.trunk and national.startswith(plan.trunk) and not plan.national.fullmatch(national):
         national = national[len(plan.trunk) :]
-    if not plan.national.match(national):
+    if not plan.national.fullmatch(national):
         raise PhoneError(
             f"{raw!r} is not an unambiguous {default_country} mobile number; send E.164"
         )

@@ -1,0 +1,240 @@
+"""The client SDK (bridge/client.py) and the `smpp-bridge send` CLI against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.client import BridgeClient, BridgeError
+
+CN = "+8613800138000"
+CN2 = "+8613900139000"
+
+
+async def test_sdk_round_trip(api_server, make_account, sdk_client):
+    creds = await make_account(default_country="CN")
+    client = sdk_client(creds)
+    sent = await client.send(
+        [CN, "139 0013 9000"], text="hello from the SDK", sign_name="Acme", client_ref="sdk-1"
+    )
+    assert sent["count"] == 2
+    assert [m["to"] for m in sent["messages"]] == [CN, CN2]
+    mid = sent["messages"][0]["id"]
+
+    message = await client.message(mid)
+    assert (message["id"], message["text"], message["client_ref"]) == (
+        mid,
+        "【Acme】hello from the SDK",
+        "sdk-1",
+    )
+    assert len(message["parts"]) == 1
+
+    # A "+" in a query value must survive signing on both sides (sent as %2B).
+    page = await client.messages(to=CN, limit=5, status="queued")
+    assert [m["id"] for m in page["messages"]] == [mid]
+    everything = await client.messages()
+    assert len(everything["messages"]) == 2
+
+    preview = await client.preview("hello", sign_name="Acme")
+    assert preview["text"] == "【Acme】hello" and preview["encoding"] == "ucs2"
+    account = await client.account()
+    assert (account["id"], account["app_key"]) == (creds.account_id, creds.app_key)
+
+
+async def test_sdk_errors_carry_status_code_and_request_id(api_server, make_account, sdk_client):
+    creds = await make_account()
+    client = sdk_client(creds)
+    with pytest.raises(BridgeError) as err:
+        await client.send("12345", text="x")
+    assert (err.value.status, err.value.code) == (400, "INVALID_NUMBER")
+    assert err.value.request_id and err.value.request_id.startswith("req_")
+    assert "to:" in err.value.message
+    with pytest.raises(BridgeError) as err:
+        await client.message("msg_" + "0" * 26)
+    assert (err.value.status, err.value.code) == (404, "NOT_FOUND")
+
+    forged = BridgeClient(api_server.url, creds.app_key, "wrong-secret")
+    try:
+        with pytest.raises(BridgeError) as err:
+            await forged.account()
+        assert (err.value.status, err.value.code) == (401, "SIGNATURE_MISMATCH")
+    finally:
+        await forged.close()
+
+
+async def test_sdk_retries_queue_full_with_the_same_key(api_server, make_account, sdk_client):
+    creds = await make_account()
+    client = sdk_client(creds, max_retry_delay_s=0.2)
+    ctx = api_server.ctx
+    ctx.queue_depth = api_server.config.store.max_queued_segments
+    observer = api_server.observer
+    task = asyncio.create_task(client.send(CN, text="retried", idempotency_key="sdk-retry-1"))
+    async with asyncio.timeout(10):
+        await observer.wait_for(lambda s: s.path == "/v1/messages" and s.status == 503)
+    ctx.queue_depth = 0  # the backlog drained while the client waited
+    result = await asyncio.wait_for(task, 10)
+    assert result["count"] == 1
+    attempts = [s for s in observer.served if s.path == "/v1/messages"]
+    assert [s.status for s in attempts] == [503, 202]
+    assert {s.idempotency_key for s in attempts} == {"sdk-retry-1"}
+    stored = await api_server.store.list_messages(creds.account_id, limit=10)
+    assert [m.id for m in stored] == [result["messages"][0]["id"]]
+
+
+async def test_sdk_generates_a_key_and_keeps_it_across_retries(
+    api_server, make_account, sdk_client
+):
+    creds = await make_account()
+    client = sdk_client(creds, max_retry_delay_s=0.05)
+    api_server.ctx.queue_depth = api_server.config.store.max_queued_segments
+    task = asyncio.create_task(client.send(CN, text="auto key"))
+    async with asyncio.timeout(10):
+        await api_server.observer.wait_for(lambda s: s.status == 503)
+    api_server.ctx.queue_depth = 0
+    await asyncio.wait_for(task, 10)
+    keys = {s.idempotency_key for s in api_server.observer.served if s.path == "/v1/messages"}
+    assert len(keys) == 1 and None not in keys
+
+
+async def test_sdk_gives_up_after_max_retries(api_server, make_account, sdk_client):
+    creds = await make_account()
+    client = sdk_client(creds, max_retries=2, max_retry_delay_s=0.01)
+    api_server.ctx.queue_depth = api_server.config.store.max_queued_segments
+    with pytest.raises(BridgeError) as err:
+        await client.send(CN, text="never")
+    assert (err.value.status, err.value.code) == (503, "QUEUE_FULL")
+    assert err.value.request_id.startswith("req_")
+    assert [s.status for s in api_server.observer.served] == [503, 503, 503]
+    assert await api_server.store.list_messages(creds.account_id, limit=10) == []
+
+
+async def test_sdk_send_twice_with_one_key_replays(api_server, make_account, sdk_client):
+    creds = await make_account()
+    client = sdk_client(creds)
+    first = await client.send(CN, text="lost response", idempotency_key="again-1")
+    second = await client.send(CN, text="lost response", idempotency_key="again-1")
+    assert first == second
+    assert len(await api_server.store.list_messages(creds.account_id, limit=10)) == 1
+
+
+async def test_sdk_error_from_a_non_json_answer(api_server, make_account):
+    """An HTTP-level refusal with a text body (a proxy, or aiohttp's own) is still a BridgeError."""
+    creds = await make_account()
+    client = BridgeClient(api_server.url, creds.app_key, creds.app_secret, max_retries=0)
+    try:
+        with pytest.raises(BridgeError) as err:
+            # A request line longer than the server's max_line_size is refused by the HTTP layer
+            # before our application sees it.
+            await client.messages(to="1" * 20_000)
+        assert err.value.status in (400, 414, 431)
+        assert err.value.code == f"HTTP_{err.value.status}"
+    finally:
+        await client.close()
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _env(creds: Any) -> dict[str, str]:
+    return {"SMPP_BRIDGE_APP_KEY": creds.app_key, "SMPP_BRIDGE_APP_SECRET": creds.app_secret}
+
+
+async def test_cli_send_success(api_server, make_account):
+    creds = await make_account()
+    code, out, err = await _cli(
+        "send",
+        "--url",
+        api_server.url,
+        "--to",
+        CN,
+        CN2,
+        "--text",
+        "from the CLI",
+        "--sign",
+        "Acme",
+        "--client-ref",
+        "cli-1",
+        env=_env(creds),
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["count"] == 2
+    assert [m["to"] for m in result["messages"]] == [CN, CN2]
+    assert all(m["client_ref"] == "cli-1" for m in result["messages"])
+    stored = await api_server.store.get_message(creds.account_id, result["messages"][0]["id"])
+    assert stored is not None and stored.text == "【Acme】from the CLI"
+
+    code, out, err = await _cli(
+        "send", "--url", api_server.url, "--status", result["messages"][0]["id"], env=_env(creds)
+    )
+    assert code == 0, err
+    assert json.loads(out)["id"] == result["messages"][0]["id"]
+
+
+async def test_cli_send_refused(api_server, make_account):
+    creds = await make_account(raw_text=False)
+    code, out, err = await _cli(
+        "send", "--url", api_server.url, "--to", CN, "--text", "not allowed", env=_env(creds)
+    )
+    assert code == 1
+    assert out == ""
+    error = json.loads(err)["error"]
+    assert (error["status"], error["code"]) == (403, "RAW_TEXT_NOT_ALLOWED")
+    assert error["request_id"].startswith("req_")
+    assert "Traceback" not in err
+
+
+async def test_cli_send_with_a_credentials_file(api_server, make_account, tmp_path: Path):
+    creds = await make_account()
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps({"app_key": creds.app_key, "app_secret": creds.app_secret}))
+    code, out, err = await _cli(
+        "send",
+        "--url",
+        api_server.url,
+        "--credentials",
+        str(path),
+        "--to",
+        CN,
+        "--text",
+        "f",
+        env={"SMPP_BRIDGE_APP_KEY": "", "SMPP_BRIDGE_APP_SECRET": ""},
+    )
+    assert code == 0, err
+    assert json.loads(out)["count"] == 1
+
+
+async def test_cli_send_without_credentials(api_server):
+    code, out, err = await _cli(
+        "send",
+        "--url",
+        api_server.url,
+        "--to",
+        CN,
+        "--text",
+        "x",
+        env={"SMPP_BRIDGE_APP_KEY": "", "SMPP_BRIDGE_APP_SECRET": ""},
+    )
+    assert code == 1 and out == ""
+    assert "no credentials" in err and "Traceback" not in err
