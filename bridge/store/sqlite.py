@@ -36,6 +36,11 @@ _ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
     "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at"
 )
+_AUTHORIZE_SQL = (
+    "SELECT k.status, "
+    + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
+    + " FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
+)
 _MESSAGE_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
@@ -284,9 +289,7 @@ class SqliteStore:
 
         def job(c: sqlite3.Connection) -> tuple[str, Account | None]:
             row = c.execute(
-                "SELECT k.status, "
-                + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
-                + " FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?",
+                _AUTHORIZE_SQL,
                 (key_id,),
             ).fetchone()
             if row is None:
@@ -294,15 +297,15 @@ class SqliteStore:
             account = _account(row[1:])
             if row[0] != "active":
                 return "revoked", account
-            seen = c.execute(
-                "SELECT expires_at FROM nonces WHERE key_id=? AND nonce=?", (key_id, nonce)
-            ).fetchone()
-            if seen and seen[0] > now:
+            # Inserted, or replaced an expired record: fresh. Otherwise a replay.
+            fresh = c.execute(
+                "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
+                "ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at=excluded.expires_at "
+                "WHERE nonces.expires_at<=?",
+                (key_id, nonce, expires_at, now),
+            ).rowcount
+            if fresh != 1:
                 return "nonce_reused", account
-            c.execute(
-                "INSERT OR REPLACE INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?)",
-                (key_id, nonce, expires_at),
-            )
             return "ok", account
 
         return await self._runner.write(job)
@@ -320,13 +323,13 @@ class SqliteStore:
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
         def job(c: sqlite3.Connection) -> AcceptOutcome:
             if batch.idempotency_key is not None and batch.idempotency is not None:
-                existing = _idem(c, batch.account_id, batch.idempotency_key, now)
-                if existing is not None:
-                    return AcceptOutcome(accepted=False, existing=existing)
-                c.execute(
-                    "INSERT OR REPLACE INTO idempotency "
+                stored = c.execute(
+                    "INSERT INTO idempotency "
                     "(account_id, key, request_hash, status_code, response, expires_at) "
-                    "VALUES (?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?) ON CONFLICT (account_id, key) DO UPDATE SET "
+                    "request_hash=excluded.request_hash, status_code=excluded.status_code, "
+                    "response=excluded.response, expires_at=excluded.expires_at "
+                    "WHERE idempotency.expires_at<=?",
                     (
                         batch.account_id,
                         batch.idempotency_key,
@@ -334,8 +337,12 @@ class SqliteStore:
                         batch.idempotency.status_code,
                         batch.idempotency.response,
                         batch.idempotency_expires_at,
+                        now,
                     ),
-                )
+                ).rowcount
+                if stored != 1:  # a live record for this key: the first request won
+                    existing = _idem(c, batch.account_id, batch.idempotency_key, now)
+                    return AcceptOutcome(accepted=False, existing=existing)
             c.executemany(
                 "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
