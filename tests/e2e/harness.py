@@ -179,7 +179,7 @@ class DaemonProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.path)],
-            stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns it
+            stdout=open(self.log, "ab"),
             stderr=subprocess.STDOUT,
             env=env,
         )
@@ -193,7 +193,7 @@ class DaemonProcess:
                     f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=1)
                 ) as r:
                     return r.status == 200
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
                 return False
 

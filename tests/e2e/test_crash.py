@@ -64,7 +64,7 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
                 r = await client.send(f"+86138{i:08d}", text=f"crash test message {i}",
                                       idempotency_key=keys[i])
                 accepted[i] = r["messages"][0]["id"]
-            except (BridgeError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, BridgeError, OSError):
                 pass  # the daemon died under this request: retried below with the same key
             except Exception as exc:  # aiohttp's disconnect errors
                 if "Server disconnected" not in str(exc) and "Connect" not in type(exc).__name__:
