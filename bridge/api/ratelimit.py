@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.domain.rate import bucket_take
+
 
 @dataclass(slots=True)
 class _Bucket:
@@ -26,15 +28,10 @@ class RateLimiter:
         rate <= 0 means unlimited. A request larger than the bucket is allowed when the bucket is
         full, so a 1000-recipient batch on a 100 TPS account is paced, not refused forever.
         """
-        if rate <= 0:
-            return 0.0
-        cap = max(rate * self._burst, 1.0)
         b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = _Bucket(cap, now)
-        b.tokens = min(cap, b.tokens + (now - b.at) * rate)
-        b.at = now
-        if b.tokens >= min(n, cap):
-            b.tokens -= n
-            return 0.0
-        return (min(n, cap) - b.tokens) / rate
+        wait, tokens, at = bucket_take(
+            b.tokens if b else None, b.at if b else None, rate, n, now, self._burst
+        )
+        if rate > 0:
+            self._buckets[key] = _Bucket(tokens, at)
+        return wait

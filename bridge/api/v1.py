@@ -100,13 +100,6 @@ async def post_messages(request: web.Request) -> web.Response:
         req = parse_send_request(
             data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
         )
-        wait = ctx.limiter.take(account.id, account.tps, len(req.to), ctx.clock())
-        if wait > 0:
-            raise ApiError(
-                "RATE_LIMITED",
-                f"account rate of {account.tps} messages/s exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
         batch_id, messages = ctx.submitter.build(req, account, now_ms)
     except ApiError:
         # A retry of an accepted request replays its answer even if it would be refused now
@@ -140,12 +133,18 @@ async def post_messages(request: web.Request) -> web.Response:
             idempotency_key=key,
             idempotency=IdempotencyRecord(req_hash, 202, payload),
             idempotency_expires_at=now_ms + ctx.config.server.idempotency_hours * 3_600_000,
+            tps=account.tps,
         ),
         now_ms,
     )
     if not outcome.accepted:
-        assert outcome.existing is not None
-        return _replay(outcome.existing, req_hash)
+        if outcome.existing is not None:
+            return _replay(outcome.existing, req_hash)
+        raise ApiError(
+            "RATE_LIMITED",
+            f"account rate of {account.tps:g} messages/s exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(outcome.retry_after)))},
+        )
     segments = sum(len(m.segments) for m in messages)
     ctx.queue_depth += segments
     ctx.on_accepted(segments)

@@ -6,6 +6,7 @@ SQLite-specific leaks into the API or the pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from bridge.store.models import (
@@ -17,6 +18,7 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    QueueGroup,
     ReceiptIn,
     ReceiptOutcome,
     Release,
@@ -110,3 +112,11 @@ class Store(Protocol):
         self, account_id: str, kind: str, payload: str, webhook_id: str, now: int
     ) -> None: ...
     async def get_mo(self, mo_id: str) -> MoMessage | None: ...
+
+    # reports and operator views (read-only; SQL of the SQLite engine in sqlite_reports.py)
+    async def cdr_page(
+        self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
+    ) -> list[MessageRecord]: ...
+    async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]: ...
+    async def count_unmatched_receipts(self, older_than: int) -> tuple[int, int]: ...
+    async def count_dead_webhooks(self, account_id: str | None) -> int: ...

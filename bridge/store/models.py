@@ -105,6 +105,9 @@ class AcceptBatch:
     idempotency_key: str | None
     idempotency: IdempotencyRecord | None
     idempotency_expires_at: int = 0
+    # Account TPS to enforce in the same transaction (0 = none); the bucket is shared by every
+    # process using the store.
+    tps: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,8 @@ class AcceptOutcome:
     accepted: bool
     # When another request with the same idempotency key committed first, its record.
     existing: IdempotencyRecord | None = None
+    # Refused by the account's rate: seconds until it would pass.
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +264,20 @@ class MoMessage:
     destination: str
     text: str
     received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGroup:
+    """Unsent work of one (account, route, wait state): the rows of the operator's queue view.
+
+    route: the longest configured route prefix matching the recipients ('' = default route).
+    bucket: ready (due now) | claimed (with the dispatcher) | retry_wait (backing off after a
+    transient failure or no bind) | scheduled (scheduled_at in the future).
+    """
+
+    account_id: str
+    route: str
+    bucket: str
+    messages: int
+    parts: int
+    oldest_at: int | None  # earliest scheduled_at or accepted_at of the group

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from bridge.domain import lifecycle as lc
+from bridge.domain.rate import bucket_take
 from bridge.store import migrate
 from bridge.store import sqlite_pipeline as pipe
+from bridge.store import sqlite_reports as reports
 from bridge.store.base import StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -21,6 +23,7 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    QueueGroup,
     ReceiptIn,
     ReceiptOutcome,
     Release,
@@ -343,6 +346,24 @@ class SqliteStore:
                 if stored != 1:  # a live record for this key: the first request won
                     existing = _idem(c, batch.account_id, batch.idempotency_key, now)
                     return AcceptOutcome(accepted=False, existing=existing)
+            if batch.tps > 0:
+                row = c.execute(
+                    "SELECT tokens, at FROM rate_buckets WHERE account_id=?", (batch.account_id,)
+                ).fetchone()
+                wait, tokens, at = bucket_take(
+                    row[0] if row else None,
+                    row[1] if row else None,
+                    batch.tps,
+                    len(batch.messages),
+                    now / 1000,
+                )
+                if wait > 0:
+                    raise _RateLimited(wait)  # rolls back the idempotency record too
+                c.execute(
+                    "INSERT INTO rate_buckets (account_id, tokens, at) VALUES (?,?,?) "
+                    "ON CONFLICT (account_id) DO UPDATE SET tokens=excluded.tokens, at=excluded.at",
+                    (batch.account_id, tokens, at),
+                )
             c.executemany(
                 "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
@@ -382,7 +403,10 @@ class SqliteStore:
             )
             return AcceptOutcome(accepted=True)
 
-        return await self._runner.write(job)
+        try:
+            return await self._runner.write(job)
+        except _RateLimited as exc:
+            return AcceptOutcome(accepted=False, retry_after=exc.wait)
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         def job(c: sqlite3.Connection) -> MessageRecord | None:
@@ -825,6 +849,24 @@ class SqliteStore:
 
         return await self._runner.read(job)
 
+    # -- reports and operator views (SQL in sqlite_reports.py) -------------------------------------
+
+    async def cdr_page(
+        self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
+    ) -> list[MessageRecord]:
+        return await self._runner.read(
+            lambda c: reports.cdr_page(c, account_id, since, until, after, limit)
+        )
+
+    async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
+        return await self._runner.read(lambda c: reports.queue_groups(c, now, route_prefixes))
+
+    async def count_unmatched_receipts(self, older_than: int) -> tuple[int, int]:
+        return await self._runner.read(lambda c: reports.count_unmatched_receipts(c, older_than))
+
+    async def count_dead_webhooks(self, account_id: str | None) -> int:
+        return await self._runner.read(lambda c: reports.count_dead_webhooks(c, account_id))
+
 
 # -- helpers running inside a writer job ---------------------------------------------------------
 
@@ -835,6 +877,12 @@ def _split_sql(sql: str) -> Iterable[str]:
     for part in body.split(";"):
         if part.strip():
             yield part.strip()
+
+
+class _RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
 
 
 def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> IdempotencyRecord | None:

@@ -1,0 +1,25 @@
+"""Token-bucket arithmetic for account rates (pure: state and time passed in)."""
+
+from __future__ import annotations
+
+
+def bucket_take(
+    tokens: float | None, at: float | None, rate: float, n: int, now: float, burst_s: float = 1.0
+) -> tuple[float, float, float]:
+    """Token bucket step: (seconds to wait, 0.0 when allowed; tokens after; time).
+
+    `tokens`/`at` None is a new, full bucket. rate <= 0 means unlimited. A request larger than the
+    bucket is allowed when the bucket is full, so a 1000-recipient batch on a 100 TPS account is
+    paced, not refused forever. Pure: the store runs it inside the accept transaction, so every
+    process and instance shares one bucket per account.
+    """
+    if rate <= 0:
+        return 0.0, 0.0, now
+    cap = max(rate * burst_s, 1.0)
+    if tokens is None or at is None:
+        tokens, at = cap, now
+    tokens = min(cap, tokens + max(0.0, now - at) * rate)
+    need = min(n, cap)
+    if tokens >= need:
+        return 0.0, tokens - n, now
+    return (need - tokens) / rate, tokens, now
