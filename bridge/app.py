@@ -9,6 +9,7 @@ HTTP. Stop (SIGTERM): HTTP answers 503 -> dispatcher stops claiming and waits fo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from bridge.config import Config
 from bridge.crypto import Sealer, load_master_key
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
+from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
@@ -67,8 +69,12 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         instance: str | None = None,
+        role: str = "all",
     ) -> None:
+        if role not in ("all", "owner", "acceptor"):
+            raise ValueError(f"unknown role {role!r}")
         self.config = config
+        self.role = role
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
@@ -82,12 +88,33 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.http_port: int | None = None
         self._stopped = asyncio.Event()
+        self._wake_listener: WakeListener | None = None
+        self._wake_sender: WakeSender | None = None
+        self._remote_status: dict[str, Any] = {}
 
     async def start(self) -> None:
         cfg = self.config
-        sealer = make_sealer(cfg)
         self.store = store = open_store(cfg)
         await store.open()
+        sealer = make_sealer(cfg)
+        accounts = AccountService(store, sealer)
+        router = make_router(cfg)
+        loop = asyncio.get_running_loop()
+        if self.role in ("all", "owner"):
+            await self._start_pipeline(store, accounts, router)
+        if self.role == "owner":
+            self._wake_listener = WakeListener(channel_name(cfg.store.path), self._wake_dispatcher)
+            self._wake_listener.start()
+            self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
+        if self.role in ("all", "acceptor"):
+            await self._start_http(store, sealer, accounts, router)
+
+    def _wake_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _start_pipeline(self, store: Store, accounts: AccountService, router: Router) -> None:
+        cfg = self.config
         if cfg.sim.enabled:
             from bridge.sim.server import SimSmsc
 
@@ -104,7 +131,6 @@ class Daemon:
         if any(recovered.values()):
             log.warning("recovered claims after restart: %s", recovered)
 
-        router = make_router(cfg)
         self.inbound = Inbound(store, smscs, clock=self.clock)
         from bridge.smpp.connector import Connector
 
@@ -120,8 +146,27 @@ class Daemon:
             idle_s=cfg.pipeline.dispatch_idle_ms / 1000,
             clock=self.clock,
         )
-        accounts = AccountService(store, sealer)
         self.webhooks = WebhookSender(store, accounts, cfg.webhooks, clock=self.clock)
+        for c in self.connectors.values():
+            await c.start()
+        loop = asyncio.get_running_loop()
+        self._tasks += [
+            loop.create_task(self.dispatcher.run(), name="dispatcher"),
+            loop.create_task(self.webhooks.run(), name="webhooks"),
+            loop.create_task(self._sweeper(), name="sweeper"),
+        ]
+
+    async def _start_http(
+        self, store: Store, sealer: Sealer, accounts: AccountService, router: Router
+    ) -> None:
+        cfg = self.config
+        if self.dispatcher is not None:
+            on_accepted: Callable[[int], None] = self.dispatcher.wake
+            status: Callable[[], dict[str, Any]] = self.smsc_status
+        else:  # an acceptor process: the owner dispatches and reports its binds via the store
+            self._wake_sender = WakeSender(channel_name(cfg.store.path))
+            on_accepted = self._wake_sender.wake
+            status = self._owner_status
         self.ctx = ApiContext(
             config=cfg,
             store=store,
@@ -129,29 +174,31 @@ class Daemon:
             submitter=Submitter(cfg, router),
             accounts=accounts,
             clock=self.clock,
-            on_accepted=self.dispatcher.wake,
-            smsc_status=self.smsc_status,
+            on_accepted=on_accepted,
+            smsc_status=status,
         )
+        if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
+            self.ctx.on_webhooks_replayed = self.webhooks.wake
         self.ctx.queue_depth = await store.queue_depth()
-
-        for c in self.connectors.values():
-            await c.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self.dispatcher.run(), name="dispatcher"),
-            loop.create_task(self.webhooks.run(), name="webhooks"),
-            loop.create_task(self._housekeeping(), name="housekeeping"),
-        ]
+        self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
         app = make_app(self.ctx)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            cfg.server.host,
+            cfg.server.port,
+            reuse_address=True,
+            reuse_port=self.role == "acceptor",
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.server.port
         log.info(
-            "smpp-bridge listening on http://%s:%s (instance %s, store %s)",
+            "smpp-bridge %s listening on http://%s:%s (instance %s, store %s)",
+            self.role,
             cfg.server.host,
             self.http_port,
             self.instance,
@@ -161,27 +208,61 @@ class Daemon:
     def smsc_status(self) -> dict[str, Any]:
         return {name: {"up": c.is_up, **c.snapshot()} for name, c in self.connectors.items()}
 
-    async def _housekeeping(self) -> None:
-        """Queue depth for back-pressure every second; expiry/timeout sweep every 5 s."""
+    def _owner_status(self) -> dict[str, Any]:
+        return self._remote_status
+
+    async def _api_housekeeping(self) -> None:
+        """Every second: queue depth for back-pressure; in an acceptor, the owner's bind status."""
         assert self.store is not None and self.ctx is not None
-        ticks = 0
-        timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000
         while True:
             await asyncio.sleep(1.0)
-            ticks += 1
             try:
                 self.ctx.queue_depth = await self.store.queue_depth()
-                if ticks % 5 == 0:
-                    now_ms = int(self.clock() * 1000)
-                    swept = await self.store.sweep(now_ms, timeout_ms)
-                    if any(swept.values()):
-                        log.info("sweep %s", swept)
-                    stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
-                    await self.store.drop_stale_mo_parts(stale)
-                    if self.webhooks is not None:
-                        self.webhooks.wake()
+                if self.role == "acceptor":
+                    self._remote_status = await self._read_owner_status()
             except Exception:
-                log.exception("housekeeping failed")
+                log.exception("api housekeeping failed")
+
+    async def _read_owner_status(self) -> dict[str, Any]:
+        assert self.store is not None
+        rows = await self.store.instances(int(self.clock() * 1000) - 5_000)
+        for _instance, role, _at, status in rows:
+            if role == "owner":
+                return json.loads(status)
+        # No owner heartbeat for 5 s: nothing is sending, so do not claim to be ready.
+        return {smsc.name: {"up": False} for smsc in self.config.smscs}
+
+    async def _heartbeat(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                await self.store.heartbeat(
+                    self.instance,
+                    self.role,
+                    int(self.clock() * 1000),
+                    json.dumps(self.smsc_status(), default=str),
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(1.0)
+
+    async def _sweeper(self) -> None:
+        """Validity expiry, receipt timeouts, stale MO parts: every 5 s."""
+        assert self.store is not None
+        timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                now_ms = int(self.clock() * 1000)
+                swept = await self.store.sweep(now_ms, timeout_ms)
+                if any(swept.values()):
+                    log.info("sweep %s", swept)
+                stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
+                await self.store.drop_stale_mo_parts(stale)
+                if self.webhooks is not None:
+                    self.webhooks.wake()
+            except Exception:
+                log.exception("sweep failed")
 
     async def stop(self) -> None:
         grace = self.config.server.shutdown_grace_s
@@ -203,6 +284,10 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._wake_listener is not None:
+            self._wake_listener.close()
+        if self._wake_sender is not None:
+            self._wake_sender.close()
         if self.sim is not None:
             await self.sim.stop()
         if self.store is not None:

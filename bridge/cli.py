@@ -56,17 +56,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     setup_logging(cfg)
     _use_uvloop()
-    # The store's writer thread releases the GIL inside SQLite and must take it back between
-    # statements; with the default 5 ms switch interval it queues behind the event loop each time
-    # (the convoy effect) and every commit waits. 0.5 ms keeps both threads moving.
+    # The store's fsync thread releases the GIL and must take it back; with the default 5 ms
+    # switch interval it can queue behind the event loop. 0.5 ms keeps both moving.
     sys.setswitchinterval(float(os.environ.get("SMPP_BRIDGE_SWITCH_INTERVAL", "0.0005")))
+    workers = cfg.server.workers if args.workers is None else args.workers
+    if args.role == "acceptor":
+        main_coro = Daemon(cfg, role="acceptor").run_forever
+    elif workers > 0:
+        from bridge.supervisor import Supervisor
+
+        main_coro = Supervisor(cfg, args.config, workers).run
+    else:
+        main_coro = Daemon(cfg).run_forever
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
     if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
         import cProfile
 
-        cProfile.runctx("asyncio.run(Daemon(cfg).run_forever())", globals(), locals(), profile_to)
+        cProfile.runctx("asyncio.run(main_coro())", globals(), locals(), profile_to)
         return 0
-    asyncio.run(Daemon(cfg).run_forever())
+    asyncio.run(main_coro())
     return 0
 
 
@@ -334,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     run = with_config(sub.add_parser("run", help="run the daemon"))
+    run.add_argument(
+        "--workers", type=int, help="HTTP acceptor processes (overrides server.workers)"
+    )
+    run.add_argument("--role", choices=["all", "acceptor"], default="all", help=argparse.SUPPRESS)
     run.set_defaults(fn=cmd_run)
 
     sim = with_config(sub.add_parser("sim", help="run the simulated SMSC on its own"))

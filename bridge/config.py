@@ -294,6 +294,9 @@ class ServerConfig:
     # A 1000-number request line is ~14 KB; aiohttp's 8190 default refuses it (aliyun notes).
     max_line_size: int = field(default=16_384, metadata=meta(between(8190, 1_048_576)))
     shutdown_grace_s: float = field(default=10.0, metadata=meta(between(0, 600)))
+    # 0: one process does everything. N > 0: N HTTP acceptor processes share the port (SO_REUSEPORT)
+    # and the store; this process keeps the binds, the dispatcher, receipts and webhooks.
+    workers: int = field(default=0, metadata=meta(between(0, 64)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

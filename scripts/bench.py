@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict:
     http_port, sim_port, ctl_port = free_port(), free_port(), free_port()
     key = base64.b64encode(os.urandom(32)).decode()
     cfg = {
-        "server": {"port": http_port, "max_recipients": 1000},
+        "server": {"port": http_port, "max_recipients": 1000, "workers": args.workers},
         "store": {"path": str(tmp / "bridge.db"), "group_commit_ms": args.group_commit_ms},
         "security": {"master_key": key},
         "logging": {"level": "WARNING"},
@@ -257,7 +257,10 @@ async def run(args: argparse.Namespace) -> dict:
                     await asyncio.sleep(0.05)
                 t_total = time.perf_counter() - t0
                 cpu1 = _cpu(daemon.pid)
-            rss, hwm = rss_mb(daemon.pid)
+            rss = hwm = 0.0
+            for p in _tree(daemon.pid):
+                r, h = rss_mb(p)
+                rss, hwm = rss + r, hwm + h
             e2e: list[float] = []
             statuses: dict[str, int] = {}
             cursor = None
@@ -312,9 +315,27 @@ def _ms(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
 
 
+def _tree(pid: int) -> list[int]:
+    """The daemon and its acceptor processes (server.workers)."""
+    out = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        out += _tree(int(child))
+    return out
+
+
 def _cpu(pid: int) -> float:
-    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            parts = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main() -> None:
@@ -331,6 +352,7 @@ def main() -> None:
     p.add_argument("--syserr", type=float, default=0.0)
     p.add_argument("--group-commit-ms", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
     p.add_argument("--keep", action="store_true")
     p.add_argument(
         "--accept-only",

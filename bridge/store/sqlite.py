@@ -739,6 +739,31 @@ class SqliteStore:
 
         return await self._runner.write(job)
 
+    # -- instances -------------------------------------------------------------------------------
+
+    async def heartbeat(self, instance: str, role: str, now: int, status: str) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO instances (instance, role, heartbeat_at, status) VALUES (?,?,?,?) "
+                "ON CONFLICT (instance) DO UPDATE SET role=excluded.role, "
+                "heartbeat_at=excluded.heartbeat_at, status=excluded.status",
+                (instance, role, now, status),
+            )
+            # Forget processes silent for a day: restarts get new instance names.
+            c.execute("DELETE FROM instances WHERE heartbeat_at<?", (now - 86_400_000,))
+
+        await self._runner.write(job)
+
+    async def instances(self, since: int) -> list[tuple[str, str, int, str]]:
+        def job(c: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+            return c.execute(
+                "SELECT instance, role, heartbeat_at, status FROM instances "
+                "WHERE heartbeat_at>=? ORDER BY heartbeat_at DESC",
+                (since,),
+            ).fetchall()
+
+        return await self._runner.read(job)
+
     # -- webhooks ---------------------------------------------------------------------------------
 
     async def claim_webhooks(self, now: int, limit: int, lease_ms: int) -> list[WebhookJob]:
