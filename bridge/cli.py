@@ -72,7 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
         import cProfile
 
-        cProfile.runctx("asyncio.run(main_coro())", globals(), locals(), profile_to)
+        cProfile.runctx(
+            "asyncio.run(main_coro())", globals(), locals(), f"{profile_to}.{args.role}"
+        )
         return 0
     asyncio.run(main_coro())
     return 0

@@ -42,16 +42,27 @@ def random_bytes(n: int) -> bytes:
 
 
 def _b32(value: int, length: int) -> str:
-    # 130 bits (26 chars) -> 17 bytes, right-aligned; base64's b32 then our alphabet.
-    raw = value.to_bytes(20, "big")  # 160 bits = 32 base32 chars
+    # 160 bits -> 32 base32 chars; keep the low `length` chars (26 chars = 130 bits).
+    raw = value.to_bytes(20, "big")
     return base64.b32encode(raw).translate(_FROM_RFC4648).decode()[-length:]
 
 
+_last_ms = -1
+_last_time_part = ""
+
+
 def new_id(prefix: str, now_ms: int | None = None) -> str:
-    """`prefix` + 26 chars: 48-bit millisecond time then 80 random bits (ULID layout)."""
+    """`prefix` + 26 chars: 48-bit millisecond time then 80 random bits (ULID layout).
+
+    The 80 random bits are exactly 16 base32 characters, so the id is the cached time part plus
+    one b32encode of 10 random bytes: no big-integer work per id.
+    """
+    global _last_ms, _last_time_part
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(_POOL.take(10), "big")
-    return prefix + _b32((ms << 80) | rand, 26)
+    if ms != _last_ms:
+        _last_ms, _last_time_part = ms, _b32(ms, 10)
+    rand = base64.b32encode(_POOL.take(10)).translate(_FROM_RFC4648).decode()
+    return prefix + _last_time_part + rand
 
 
 def id_time_ms(ident: str, prefix: str) -> int | None:

@@ -22,9 +22,31 @@ from bridge.store.models import Account, AppKey
 
 
 @dataclass(frozen=True, slots=True)
+class NonceClaim:
+    """A verified request whose nonce is still to be recorded (with the key's and account's live
+    state) inside the handler's own write: one transaction instead of two for a send."""
+
+    key_id: str
+    nonce: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     account: Account
     key: AppKey
+    deferred: NonceClaim | None = None
+
+
+def refusal(outcome: str) -> ApiError:
+    """The API error for an authorize outcome other than "ok"."""
+    if outcome == "revoked":
+        return ApiError("KEY_REVOKED", "this app key has been revoked")
+    if outcome == "nonce_reused":
+        return ApiError("NONCE_REUSED", "this X-Bridge-Nonce was already used; sign a new request")
+    if outcome == "disabled":
+        return ApiError("ACCOUNT_DISABLED", "this account is disabled")
+    return ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
 
 
 class Authenticator:
@@ -43,6 +65,7 @@ class Authenticator:
         self._max_skew = max_skew_s
         self._clock = clock
         self._cache: dict[str, tuple[float, AppKey, str]] = {}
+        self._accounts: dict[str, tuple[float, Account]] = {}
 
     async def _key(self, key_id: str) -> tuple[AppKey, str] | None:
         """The key and its decrypted secret, cached briefly: the secret never changes for a key
@@ -65,7 +88,26 @@ class Authenticator:
         self._cache[key_id] = (now + self.CACHE_S, key, secret)
         return key, secret
 
-    async def authenticate(self, request: web.Request, body: bytes) -> Principal:
+    def remember(self, account: Account) -> None:
+        self._accounts[account.id] = (time.monotonic() + 1.0, account)
+
+    async def _account(self, account_id: str) -> Account | None:
+        """Account settings for validating a deferred request, cached for a second; the live
+        status and rate are re-read inside the accept transaction."""
+        now = time.monotonic()
+        hit = self._accounts.get(account_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        account = await self._store.get_account(account_id)
+        if account is not None:
+            if len(self._accounts) > 10_000:
+                self._accounts.clear()
+            self._accounts[account_id] = (now + 1.0, account)
+        return account
+
+    async def authenticate(
+        self, request: web.Request, body: bytes, *, defer: bool = False
+    ) -> Principal:
         try:
             auth = signing.parse_authorization(request.headers.get("Authorization"))
             signing.check_signed_headers(auth, [h.lower() for h in request.headers])
@@ -102,21 +144,20 @@ class Authenticator:
             raise ApiError(exc.code, exc.message) from None
 
         now_ms = int(now * 1000)
+        expires_at = now_ms + 2 * self._max_skew * 1000
+        if defer:
+            deferred_account = await self._account(key.account_id)
+            if deferred_account is None:
+                raise refusal("unknown_key")
+            return Principal(deferred_account, key, NonceClaim(key.key_id, nonce, expires_at))
         outcome, account = await self._store.authorize_request(
-            key.key_id, nonce, now_ms + 2 * self._max_skew * 1000, now_ms
+            key.key_id, nonce, expires_at, now_ms
         )
-        if outcome == "unknown_key" or account is None:
+        if outcome != "ok" or account is None:
             self._cache.pop(key.key_id, None)
-            raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
-        if outcome == "revoked":
-            self._cache.pop(key.key_id, None)
-            raise ApiError("KEY_REVOKED", "this app key has been revoked")
-        if outcome == "nonce_reused":
-            raise ApiError(
-                "NONCE_REUSED", "this X-Bridge-Nonce was already used; sign a new request"
-            )
+            raise refusal(outcome if account is not None else "unknown_key")
         if not account.active:
-            raise ApiError("ACCOUNT_DISABLED", "this account is disabled")
+            raise refusal("disabled")
         return Principal(account=account, key=key)
 
 

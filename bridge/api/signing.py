@@ -12,6 +12,7 @@ constant-time signature compare), then nonce reuse. Key, nonce and rate state ar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -101,6 +102,7 @@ def _encode(raw: bytes) -> str:
     return quote(raw, safe=_RFC3986_SAFE)
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_uri(path: str) -> str:
     """Decode each segment once and re-encode it, so `%7E`, `~` and `%7e` all sign the same.
 

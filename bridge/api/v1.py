@@ -12,12 +12,19 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import public_account
+from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
-from bridge.store.models import AcceptBatch, IdempotencyRecord
+from bridge.store.models import (
+    AcceptBatch,
+    AcceptOutcome,
+    Account,
+    IdempotencyRecord,
+    NewMessage,
+)
 from bridge.text.preview import preview
 from bridge.text.split import TextError
 from bridge.text.units import CountingRule
@@ -77,6 +84,7 @@ def parse_json(body: bytes, request: web.Request) -> Any:
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
+    claim = request[PRINCIPAL].deferred
     body: bytes = request[BODY]
     if not ctx.accepting:
         raise ApiError(
@@ -91,6 +99,45 @@ async def post_messages(request: web.Request) -> web.Response:
         )
     now_ms = ctx.now_ms()
     req_hash = hashlib.sha256(body).hexdigest()
+    for attempt in (1, 2):
+        outcome, payload, messages = await _accept_once(
+            ctx, request, account, claim, body, key, req_hash, now_ms
+        )
+        if isinstance(outcome, web.Response):
+            return outcome
+        if outcome.auth_refusal == "stale" and outcome.account is not None and attempt == 1:
+            # The account changed since the cached copy validated this request: validate again
+            # with the settings the transaction saw (nothing was written).
+            account = outcome.account
+            ctx.auth.remember(account)
+            continue
+        break
+    if not outcome.accepted:
+        if outcome.auth_refusal is not None:
+            raise refusal(outcome.auth_refusal)
+        if outcome.existing is not None:
+            return _replay(outcome.existing, req_hash)
+        raise ApiError(
+            "RATE_LIMITED",
+            f"account rate of {account.tps:g} messages/s exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(outcome.retry_after)))},
+        )
+    segments = sum(len(m.segments) for m in messages)
+    ctx.queue_depth += segments
+    ctx.on_accepted(segments)
+    return web.Response(body=payload, status=202, content_type="application/json")
+
+
+async def _accept_once(
+    ctx: ApiContext,
+    request: web.Request,
+    account: Account,
+    claim: NonceClaim | None,
+    body: bytes,
+    key: str,
+    req_hash: str,
+    now_ms: int,
+) -> tuple[AcceptOutcome | web.Response, bytes, list[NewMessage]]:
     try:
         if ctx.queue_depth >= ctx.config.store.max_queued_segments:
             raise ApiError(
@@ -107,7 +154,12 @@ async def post_messages(request: web.Request) -> web.Response:
         # the accept transaction itself detects a replay, saving a read per request.
         existing = await ctx.store.get_idempotency(account.id, key, now_ms)
         if existing is not None:
-            return _replay(existing, req_hash)
+            return _replay(existing, req_hash), b"", []
+        if claim is not None:
+            # Refused with the cached account: refuse only what the current settings refuse.
+            fresh = await ctx.store.get_account(account.id)
+            if fresh is not None and fresh.updated_at != account.updated_at:
+                return AcceptOutcome(accepted=False, auth_refusal="stale", account=fresh), b"", []
         raise
     result = {
         "batch_id": batch_id,
@@ -134,21 +186,14 @@ async def post_messages(request: web.Request) -> web.Response:
             idempotency=IdempotencyRecord(req_hash, 202, payload),
             idempotency_expires_at=now_ms + ctx.config.server.idempotency_hours * 3_600_000,
             tps=account.tps,
+            key_id=claim.key_id if claim else None,
+            nonce=claim.nonce if claim else None,
+            nonce_expires_at=claim.expires_at if claim else 0,
+            account_version=account.updated_at if claim else None,
         ),
         now_ms,
     )
-    if not outcome.accepted:
-        if outcome.existing is not None:
-            return _replay(outcome.existing, req_hash)
-        raise ApiError(
-            "RATE_LIMITED",
-            f"account rate of {account.tps:g} messages/s exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(outcome.retry_after)))},
-        )
-    segments = sum(len(m.segments) for m in messages)
-    ctx.queue_depth += segments
-    ctx.on_accepted(segments)
-    return web.Response(body=payload, status=202, content_type="application/json")
+    return outcome, payload, messages
 
 
 def _replay(existing: IdempotencyRecord, req_hash: str) -> web.Response:

@@ -106,8 +106,16 @@ class AcceptBatch:
     idempotency: IdempotencyRecord | None
     idempotency_expires_at: int = 0
     # Account TPS to enforce in the same transaction (0 = none); the bucket is shared by every
-    # process using the store.
+    # process using the store. With `nonce` set, the account's live TPS is used instead.
     tps: float = 0.0
+    # A deferred authorisation (bridge.api.auth.NonceClaim): record this nonce and check the
+    # key and account are still active, first thing in the same transaction.
+    key_id: str | None = None
+    nonce: str | None = None
+    nonce_expires_at: int = 0
+    # With a deferred authorisation: the account's updated_at the request was validated against;
+    # if the row changed since, nothing is written and the fresh account comes back ("stale").
+    account_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,9 @@ class AcceptOutcome:
     existing: IdempotencyRecord | None = None
     # Refused by the account's rate: seconds until it would pass.
     retry_after: float = 0.0
+    # Refused by the deferred authorisation: revoked | nonce_reused | unknown_key | disabled.
+    auth_refusal: str | None = None
+    account: Account | None = None  # the fresh account when auth_refusal == "stale"
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,27 +291,9 @@ class SqliteStore:
         """
 
         def job(c: sqlite3.Connection) -> tuple[str, Account | None]:
-            row = c.execute(
-                _AUTHORIZE_SQL,
-                (key_id,),
-            ).fetchone()
-            if row is None:
-                return "unknown_key", None
-            account = _account(row[1:])
-            if row[0] != "active":
-                return "revoked", account
-            # Inserted, or replaced an expired record: fresh. Otherwise a replay.
-            fresh = c.execute(
-                "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
-                "ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at=excluded.expires_at "
-                "WHERE nonces.expires_at<=?",
-                (key_id, nonce, expires_at, now),
-            ).rowcount
-            if fresh != 1:
-                return "nonce_reused", account
-            return "ok", account
+            return _authorize(c, key_id, nonce, expires_at, now)
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, single=True)
 
     # -- acceptance --------------------------------------------------------------------------------
 
@@ -325,6 +307,21 @@ class SqliteStore:
 
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
         def job(c: sqlite3.Connection) -> AcceptOutcome:
+            tps = batch.tps
+            if batch.nonce is not None and batch.key_id is not None:
+                outcome, account = _authorize(
+                    c, batch.key_id, batch.nonce, batch.nonce_expires_at, now
+                )
+                if outcome != "ok" or account is None:
+                    raise _AuthRefused(outcome)
+                if not account.active:
+                    raise _AuthRefused("disabled")
+                if (
+                    batch.account_version is not None
+                    and account.updated_at != batch.account_version
+                ):
+                    raise _AuthRefused("stale", account)
+                tps = account.tps
             if batch.idempotency_key is not None and batch.idempotency is not None:
                 stored = c.execute(
                     "INSERT INTO idempotency "
@@ -346,14 +343,14 @@ class SqliteStore:
                 if stored != 1:  # a live record for this key: the first request won
                     existing = _idem(c, batch.account_id, batch.idempotency_key, now)
                     return AcceptOutcome(accepted=False, existing=existing)
-            if batch.tps > 0:
+            if tps > 0:
                 row = c.execute(
                     "SELECT tokens, at FROM rate_buckets WHERE account_id=?", (batch.account_id,)
                 ).fetchone()
                 wait, tokens, at = bucket_take(
                     row[0] if row else None,
                     row[1] if row else None,
-                    batch.tps,
+                    tps,
                     len(batch.messages),
                     now / 1000,
                 )
@@ -407,6 +404,8 @@ class SqliteStore:
             return await self._runner.write(job)
         except _RateLimited as exc:
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
+        except _AuthRefused as exc:
+            return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         def job(c: sqlite3.Connection) -> MessageRecord | None:
@@ -902,6 +901,34 @@ def _split_sql(sql: str) -> Iterable[str]:
     for part in body.split(";"):
         if part.strip():
             yield part.strip()
+
+
+def _authorize(
+    c: sqlite3.Connection, key_id: str, nonce: str, expires_at: int, now: int
+) -> tuple[str, Account | None]:
+    row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
+    if row is None:
+        return "unknown_key", None
+    account = _account(row[1:])
+    if row[0] != "active":
+        return "revoked", account
+    # Inserted, or replaced an expired record: fresh. Otherwise a replay.
+    fresh = c.execute(
+        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
+        "ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at=excluded.expires_at "
+        "WHERE nonces.expires_at<=?",
+        (key_id, nonce, expires_at, now),
+    ).rowcount
+    if fresh != 1:
+        return "nonce_reused", account
+    return "ok", account
+
+
+class _AuthRefused(Exception):
+    def __init__(self, outcome: str, account: Account | None = None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.account = account
 
 
 class _RateLimited(Exception):

@@ -57,7 +57,7 @@ class SqliteRunner:
         self._fsync = fsync
         self._conn: sqlite3.Connection | None = None
         self._wal_fd: int | None = None
-        self._jobs: list[tuple[Job, asyncio.Future[Any]]] = []
+        self._jobs: list[tuple[Job, asyncio.Future[Any], bool]] = []
         self._scheduled: asyncio.Handle | None = None
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self._sync_task: asyncio.Task[None] | None = None
@@ -76,12 +76,14 @@ class SqliteRunner:
 
     # -- public -----------------------------------------------------------------------------------
 
-    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, job: Callable[[sqlite3.Connection], T], *, single: bool = False) -> T:
+        """Run `job` in the next group commit. `single=True` promises the job makes at most one
+        write statement, which SQLite makes atomic by itself: no savepoint needed around it."""
         if self._closed:
             raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.append((job, fut))
+        self._jobs.append((job, fut, single))
         if len(self._jobs) >= self._max_batch:
             self._run_now()
         elif self._scheduled is None:
@@ -127,13 +129,19 @@ class SqliteRunner:
             batch, self._jobs = self._jobs[: self._max_batch], self._jobs[self._max_batch :]
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+    def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any], bool]]) -> None:
         conn = self._conn
         assert conn is not None
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job, fut in batch:
+            for job, fut, single in batch:
+                if single:
+                    try:
+                        results.append((fut, True, job(conn)))
+                    except Exception as exc:  # the one statement failed: nothing of it landed
+                        results.append((fut, False, exc))
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     value = job(conn)
@@ -153,7 +161,7 @@ class SqliteRunner:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            _resolve([(fut, False, exc) for _job, fut in batch])
+            _resolve([(fut, False, exc) for _job, fut, _single in batch])
             return
         if not self._fsync:
             _resolve(results)
