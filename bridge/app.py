@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -25,12 +26,13 @@ from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
 from bridge.api.submit import Submitter
-from bridge.config import Config
+from bridge.config import Config, ConfigError, load_config
 from bridge.crypto import Sealer, load_master_key
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
+from bridge.reload import ReloadPlan, plan
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
 
@@ -70,11 +72,13 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         instance: str | None = None,
         role: str = "all",
+        config_path: str | None = None,
     ) -> None:
         if role not in ("all", "owner", "acceptor"):
             raise ValueError(f"unknown role {role!r}")
         self.config = config
         self.role = role
+        self.config_path = config_path
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
@@ -295,12 +299,66 @@ class Daemon:
         self._stopped.set()
         log.info("smpp-bridge stopped")
 
+    async def reload(self, new: Config) -> ReloadPlan:
+        """Apply a new configuration without a restart: routes, SMSC settings (reconnecting only
+        SMSCs whose bind settings changed), text and webhook settings. Server, store, security and
+        simulator settings need a restart; a change to them is logged and ignored."""
+        old = self.config
+        p = plan(old, new)
+        if p.needs_restart:
+            log.warning("reload: %s changed; restart to apply", ", ".join(p.needs_restart))
+        merged = replace(
+            new, server=old.server, store=old.store, security=old.security, sim=old.sim
+        )
+        router = make_router(merged)
+        smscs = {s.name: s for s in merged.smscs}
+        if self.dispatcher is not None and self.inbound is not None:
+            from bridge.smpp.connector import Connector
+
+            grace = old.server.shutdown_grace_s
+            for name in (*p.remove, *p.rebind):
+                connector = self.connectors.pop(name)
+                await connector.stop(grace)
+            self.dispatcher.reconfigure(router, smscs)
+            self.inbound.reconfigure(smscs)
+            for name in (*p.add, *p.rebind):
+                self.connectors[name] = Connector(smscs[name], self.inbound.on_deliver)
+                await self.connectors[name].start()
+            for name in p.update:
+                self.connectors[name].update_limits(smscs[name])
+        if self.ctx is not None:
+            self.ctx.config = merged
+            self.ctx.submitter = Submitter(merged, router)
+        if self.webhooks is not None:
+            self.webhooks.config = merged.webhooks
+        self.config = merged
+        log.info(
+            "reloaded configuration: added %s, removed %s, reconnected %s, updated %s",
+            list(p.add),
+            list(p.remove),
+            list(p.rebind),
+            list(p.update),
+        )
+        return p
+
+    async def reload_from_file(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
+            return
+        try:
+            await self.reload(new)
+        except Exception:
+            log.exception("reload failed")
+
     async def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT; then shut down gracefully."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_from_file()))
         await self.start()
         try:
             await stop.wait()

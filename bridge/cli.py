@@ -61,13 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(float(os.environ.get("SMPP_BRIDGE_SWITCH_INTERVAL", "0.0005")))
     workers = cfg.server.workers if args.workers is None else args.workers
     if args.role == "acceptor":
-        main_coro = Daemon(cfg, role="acceptor").run_forever
+        main_coro = Daemon(cfg, role="acceptor", config_path=args.config).run_forever
     elif workers > 0:
         from bridge.supervisor import Supervisor
 
         main_coro = Supervisor(cfg, args.config, workers).run
     else:
-        main_coro = Daemon(cfg).run_forever
+        main_coro = Daemon(cfg, config_path=args.config).run_forever
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
     if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
         import cProfile

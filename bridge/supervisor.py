@@ -29,7 +29,7 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.workers = workers
-        self.owner = Daemon(config, role="owner")
+        self.owner = Daemon(config, role="owner", config_path=config_path)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._restarts: dict[int, list[float]] = {}
@@ -58,11 +58,19 @@ class Supervisor:
                 if not self._stopping:
                     self._spawn(slot)
 
+    def _reload(self) -> None:
+        """SIGHUP: the owner reloads its binds and routes; each acceptor reloads its own view."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+        asyncio.get_running_loop().create_task(self.owner.reload_from_file())
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         await self.owner.start()  # migrations, recovery and the simulator before any acceptor
         for slot in range(self.workers):
             self._spawn(slot)

@@ -29,6 +29,7 @@ class ApiContext:
     # Hooks the pipeline fills in; the API works without them (tests, `run` before binds are up).
     on_accepted: Callable[[int], None] = lambda n: None
     smsc_status: Callable[[], dict[str, Any]] = dict
+    on_webhooks_replayed: Callable[[], None] = lambda: None  # wake the webhook sender
     queue_depth: int = 0  # refreshed by the app's background task
     accepting: bool = True
 

@@ -483,6 +483,7 @@ def _schemas() -> dict[str, Any]:
             required=["openapi", "info", "paths"],
             closed=False,
         ),
+        **_report_schemas(),
     }
 
 
@@ -728,6 +729,317 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("OpenApiDocument", "OpenAPI 3.0"), **_errors(500)},
             }
         },
+        **_report_paths(),
+    }
+
+
+# -- reports (bridge/api/reports.py) and operator views (bridge/api/admin_ops.py) -------------
+
+_COUNT = {"type": "integer", "minimum": 0}
+_STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+_STAT_DESCRIPTION = (
+    "Messages accepted on the day (UTC), by their status now: submitted = all of them; "
+    "delivered; failed (failed or expired); pending (queued or sent, no final receipt yet); "
+    "unknown (no receipt within the receipt timeout). segments and units: air parts and "
+    "billable units of those messages."
+)
+CDR_DESCRIPTION = """\
+CSV (RFC 4180, UTF-8, no byte-order mark, CRLF line ends), streamed: a header row, then one row
+per message the account sent in the UTC month, in acceptance order:
+
+`message_id, batch_id, client_ref, to, sender, sign_name, template, status, error_code, encoding,
+segments, billable_units, accepted_at, sent_at, done_at, smsc`
+
+Times are ISO-8601 UTC with milliseconds; an absent value is an empty field. A text field that
+starts with `=`, `+`, `-`, `@`, tab or carriage return is prefixed with a single quote `'` so a
+spreadsheet shows it as text instead of running it as a formula; a plain signed number (an
+E.164 `to` such as `+8613800138000`) is left as it is. If the server fails mid-stream the
+connection is cut (the chunked body is left unterminated) rather than ending a short file
+cleanly.
+"""
+
+
+def _counts() -> dict[str, Any]:
+    return _obj({"messages": _COUNT, "parts": _COUNT})
+
+
+def _report_schemas() -> dict[str, Any]:
+    stats = {k: _COUNT for k in _STAT_FIELDS}
+    age = _nullable({"type": "number", "minimum": 0, "description": "seconds"})
+    smsc_names = {"type": "array", "items": _STR}
+    day = _obj({"date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}, **stats})
+    out: dict[str, Any] = {
+        "StatsDay": day,
+        "StatsTotals": _obj(stats),
+        "Stats": _obj(
+            {
+                "from": day["properties"]["date"],
+                "to": day["properties"]["date"],
+                "timezone": {"type": "string", "enum": ["UTC"]},
+                "days": {
+                    "type": "array",
+                    "items": _schema("StatsDay"),
+                    "description": "every day from `from` to `to`, zeros on days without traffic",
+                },
+                "totals": _schema("StatsTotals"),
+            }
+        ),
+        "SmscStatus": _obj(
+            {
+                "name": _STR,
+                "up": {"type": "boolean", "description": "at least one transmitting bind is up"},
+                "binds": {
+                    "type": "object",
+                    "description": "bind mode -> configured and bound binds",
+                    "additionalProperties": _obj({"configured": _COUNT, "up": _COUNT}),
+                },
+                "binds_up": _COUNT,
+                "window": _obj(
+                    {
+                        "size": {**_COUNT, "description": "window x transmitting binds up"},
+                        "in_use": {**_COUNT, "description": "submit_sm awaiting their resp"},
+                    }
+                ),
+                "free_slots": _COUNT,
+                "tps": {**_COUNT, "description": "submit_sm in the last whole second"},
+                "tps_limit": {"type": "number", "minimum": 0, "description": "0 = no limit"},
+                "throttle_events": _COUNT,
+                "paused_binds": {**_COUNT, "description": "binds paused after a throttle"},
+                "transient_retries": _COUNT,
+                "reconnects": _COUNT,
+                "last_error": _nullable(_obj({"message": _STR, "at": _nullable(_TIME)})),
+                "submits": _obj(
+                    {
+                        "ok": _COUNT,
+                        "failed": {
+                            "type": "object",
+                            "additionalProperties": _COUNT,
+                            "description": "SMPP command_status name -> count",
+                        },
+                        "failed_total": _COUNT,
+                    }
+                ),
+                "delivers": {**_COUNT, "description": "deliver_sm received (receipts and MO)"},
+                "rtt_ms_avg": _nullable({"type": "number", "minimum": 0}),
+            }
+        ),
+        "SmscList": _obj({"smscs": {"type": "array", "items": _schema("SmscStatus")}}),
+        "QueueCounts": _counts(),
+        "Queue": _obj(
+            {
+                "depth": {**_COUNT, "description": "unsent parts, as back-pressure counts them"},
+                "messages": _COUNT,
+                "limit": {**_COUNT, "description": "store.max_queued_segments"},
+                "oldest_waiting_since": _nullable(_TIME),
+                "oldest_age_s": age,
+                "by_state": _obj(
+                    {
+                        "ready": _schema("QueueCounts"),
+                        "claimed": _schema("QueueCounts"),
+                        "retry_wait": _schema("QueueCounts"),
+                        "scheduled": _schema("QueueCounts"),
+                    }
+                ),
+                "by_account": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "account_id": _STR,
+                            "name": _nullable(_STR),
+                            "messages": _COUNT,
+                            "parts": _COUNT,
+                            "oldest_age_s": age,
+                        }
+                    ),
+                },
+                "by_route": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "prefix": _nullable(
+                                {"type": "string", "description": "null: the default route"}
+                            ),
+                            "smscs": smsc_names,
+                            "messages": _COUNT,
+                            "parts": _COUNT,
+                        }
+                    ),
+                },
+                "by_smsc": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "smsc": _nullable(
+                                {"type": "string", "description": "first SMSC of the route"}
+                            ),
+                            "messages": _COUNT,
+                            "parts": _COUNT,
+                        }
+                    ),
+                },
+            }
+        ),
+        "UnmatchedReceipt": _obj(
+            {
+                "id": _INT,
+                "smsc": _STR,
+                "smsc_message_id": {"type": "string", "description": "normalised"},
+                "state": _STR,
+                "stat": _nullable(_STR),
+                "err": _nullable(_STR),
+                "received_at": _TIME,
+                "age_s": {"type": "number", "minimum": 0},
+                "raw": _nullable(_STR),
+            }
+        ),
+        "UnmatchedReceipts": _obj(
+            {
+                "total": {**_COUNT, "description": "all receipts waiting for a match"},
+                "matching": {**_COUNT, "description": "those at least older_than_s old"},
+                "older_than_s": _COUNT,
+                "receipts": {"type": "array", "items": _schema("UnmatchedReceipt")},
+            }
+        ),
+        "DeadWebhook": _obj(
+            {
+                "id": {"type": "integer", "minimum": 1, "description": "pass to replay"},
+                "webhook_id": _STR,
+                "account_id": _STR,
+                "kind": {"type": "string", "enum": ["status", "mo", "event"]},
+                "ref_id": _nullable(_STR),
+                "attempts": _COUNT,
+                "last_error": _nullable(_STR),
+                "created_at": _TIME,
+            }
+        ),
+        "DeadWebhooks": _obj(
+            {
+                "total": {**_COUNT, "description": "dead letters (of the account, if given)"},
+                "webhooks": {"type": "array", "items": _schema("DeadWebhook")},
+            }
+        ),
+        "ReplayRequest": _obj(
+            {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": {"type": "integer", "minimum": 1},
+                }
+            }
+        ),
+        "ReplayResult": _obj(
+            {
+                "requested": {**_COUNT, "description": "distinct ids given"},
+                "replayed": {**_COUNT, "description": "dead letters made pending again"},
+            }
+        ),
+    }
+    return out
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> Any:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _report_paths() -> dict[str, Any]:
+    day = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    limit = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+    csv_ok = {
+        "description": "the CDRs as CSV, streamed",
+        "headers": {
+            "X-Request-Id": _ref("headers", "XRequestId"),
+            "Content-Disposition": {
+                "description": 'attachment; filename="cdr-YYYY-MM.csv"',
+                "required": True,
+                "schema": _STR,
+            },
+        },
+        "content": {"text/csv": {"schema": {"type": "string", "description": CDR_DESCRIPTION}}},
+    }
+    return {
+        "/v1/stats": {
+            "get": _v1_op(
+                "getStats",
+                "Messages per UTC day: submitted, delivered, failed, pending, parts, units",
+                {"200": _ok("Stats", _STAT_DESCRIPTION), **_errors(400)},
+                tags=["reports"],
+                parameters=[
+                    _query("from", day, "first UTC day, YYYY-MM-DD", True),
+                    _query("to", day, "last UTC day (inclusive), at most 92 days in all", True),
+                ],
+            ),
+        },
+        "/v1/cdrs": {
+            "get": _v1_op(
+                "getCdrs",
+                "The account's messages of a UTC month as CSV, one row each (streamed)",
+                {"200": csv_ok, **_errors(400)},
+                tags=["reports"],
+                parameters=[
+                    _query(
+                        "month",
+                        {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                        "YYYY-MM (UTC), from 1970-01",
+                        True,
+                    )
+                ],
+            ),
+        },
+        "/admin/smscs": {
+            "get": _admin_op(
+                "listSmscs",
+                "Per SMSC: binds up, window in use, TPS, throttles, errors, submits by status",
+                {"200": _ok("SmscList", "live state of each SMSC connector"), **_errors(400)},
+            ),
+        },
+        "/admin/queue": {
+            "get": _admin_op(
+                "getQueue",
+                "Unsent parts by state, account, route and SMSC; age of the oldest",
+                {"200": _ok("Queue", "the send queue now"), **_errors(400)},
+            ),
+        },
+        "/admin/receipts/unmatched": {
+            "get": _admin_op(
+                "listUnmatchedReceipts",
+                "Receipts that matched no sent part (yet), oldest first",
+                {"200": _ok("UnmatchedReceipts", "pending receipts"), **_errors(400)},
+                parameters=[
+                    _query(
+                        "older_than_s",
+                        {"type": "integer", "minimum": 0, "maximum": 31_622_400, "default": 0},
+                        "only receipts received at least this many seconds ago",
+                    ),
+                    _query("limit", limit, "rows to return"),
+                ],
+            ),
+        },
+        "/admin/webhooks/dead": {
+            "get": _admin_op(
+                "listDeadWebhooks",
+                "Webhook reports that exhausted their retries or were refused, oldest first",
+                {"200": _ok("DeadWebhooks", "dead letters"), **_errors(400, 404)},
+                parameters=[
+                    _query("account", _STR, "account id or name"),
+                    _query("limit", limit, "rows to return"),
+                ],
+            ),
+        },
+        "/admin/webhooks/replay": {
+            "post": _admin_op(
+                "replayWebhooks",
+                "Make dead letters pending again (sent at once, attempts reset)",
+                {"200": _ok("ReplayResult", "replayed"), **_errors(400, 415)},
+                requestBody=_json_body("ReplayRequest"),
+            ),
+        },
     }
 
 
@@ -749,6 +1061,7 @@ def openapi_document() -> dict[str, Any]:
             "tags": [
                 {"name": "messages", "description": "send and query messages (signed)"},
                 {"name": "account", "description": "the calling account (signed)"},
+                {"name": "reports", "description": "daily statistics and monthly CDRs (signed)"},
                 {"name": "admin", "description": "operator API (bearer token)"},
                 {"name": "ops", "description": "health and this document (no auth)"},
             ],

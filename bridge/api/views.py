@@ -12,8 +12,10 @@ def iso(ms: int | None) -> str | None:
     """ISO-8601 UTC with milliseconds and a Z, as the API speaks time."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 

@@ -81,6 +81,12 @@ class Dispatcher:
         self.failed = 0
         self.retried = 0
 
+    def reconfigure(self, router: Router, smscs: Mapping[str, SmscConfig]) -> None:
+        """SIGHUP: new routes and SMSC settings for messages claimed from now on."""
+        self.router = router
+        self.smscs = smscs
+        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+
     def wake(self, _n: int = 0) -> None:
         """New work was accepted: claim now rather than at the next idle tick."""
         self._wake.set()
@@ -121,19 +127,37 @@ class Dispatcher:
             log.error("dispatch task failed", exc_info=task.exception())
 
     async def _send(self, msg: WorkMessage) -> None:
+        """Send one claimed message and hold its dispatch slot until its results are committed.
+
+        Holding the slot until the commit bounds what a crash can make us resend: at most one
+        window of parts whose submit_sm_resp arrived but was not yet recorded.
+        """
+        pending: list[asyncio.Future[None]] = []
+        try:
+            await self._send_parts(msg, pending.append)
+        finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _send_parts(
+        self, msg: WorkMessage, keep: Callable[[asyncio.Future[None]], None]
+    ) -> None:
+        def add(item: SubmitResult | Release) -> None:
+            keep(self._results.add(item))
+
         now_ms = int(self.clock() * 1000)
         if msg.expires_at is not None and msg.expires_at <= now_ms:
             for seg in msg.segments:
-                self._results.add(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms))
+                add(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms))
             return
         if not msg.segments:  # nothing left to send (already handled): just release the claim
-            self._results.add(Release(msg.id, now_ms, count_attempt=False))
+            add(Release(msg.id, now_ms, count_attempt=False))
             return
         name = self.router.pick(
             msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
         )
         if name is None:
-            self._results.add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            add(Release(msg.id, now_ms + 1000, count_attempt=False))
             return
         connector = self.connectors[name]
         smsc = self.smscs[name]
@@ -144,14 +168,14 @@ class Dispatcher:
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
                 raw = out.message_id or ""
-                self._results.add(
+                add(
                     SubmitResult(
                         msg.id, seg.seq, "sent", name, normalize_resp_id(raw, rule), raw, at=now_ms
                     )
                 )
                 self.sent += 1
             elif out.kind == "permanent":
-                self._results.add(
+                add(
                     SubmitResult(
                         msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
                     )
@@ -160,7 +184,7 @@ class Dispatcher:
                 break
             elif out.kind in ("transient", "no_bind"):
                 if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
-                    self._results.add(
+                    add(
                         SubmitResult(
                             msg.id,
                             seg.seq,
@@ -179,7 +203,7 @@ class Dispatcher:
             else:  # cancelled: an earlier part failed; the store fails the rest
                 break
         if release is not None:
-            self._results.add(release)
+            add(release)
 
     async def _flush_results(self, items: list[SubmitResult | Release]) -> None:
         results = [i for i in items if isinstance(i, SubmitResult)]

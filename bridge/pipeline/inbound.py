@@ -55,6 +55,9 @@ class Inbound:
         self.unparsable = 0
         self.mo = 0
 
+    def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
+        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+
     async def on_deliver(self, smsc: str, body: ShortMessage) -> int:
         try:
             if is_receipt(body):

@@ -210,6 +210,15 @@ class Connector:
         self._tps_last = 0
         self._delivers = 0
 
+    def update_limits(self, cfg: SmscSettings) -> None:
+        """Apply a reloaded configuration that changed only limits (TPS, throttle pauses, retries,
+        timeouts, submit fields): the binds stay up. Callers restart the connector for anything
+        that needs a new bind (see bridge/reload.py)."""
+        tps_changed = cfg.tps != self.cfg.tps
+        self.cfg = cfg
+        if tps_changed:
+            self._throttler = _throttler(cfg.tps)
+
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:

@@ -469,7 +469,7 @@ class SqliteStore:
         def job(c: sqlite3.Connection) -> int:
             row = c.execute(
                 "SELECT COALESCE(SUM(segments - segments_sent), 0) FROM messages "
-                "WHERE q_state != 'done'"
+                "WHERE q_state IN ('queued', 'claimed')"
             ).fetchone()
             return int(row[0])
 
@@ -501,7 +501,7 @@ class SqliteStore:
                 for r in rows
             ]
 
-        return await self._runner.read(job)
+        return await self._runner.read_heavy(job)
 
     # -- pipeline ---------------------------------------------------------------------------------
 
@@ -656,7 +656,7 @@ class SqliteStore:
             keys = ("id", "smsc", "smsc_msg_id", "state", "stat", "err", "received_at", "raw")
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
-        return await self._runner.read(job)
+        return await self._runner.read_heavy(job)
 
     async def pending_receipt_count(self) -> int:
         return await self._runner.read(
@@ -844,7 +844,7 @@ class SqliteStore:
             )
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
-        return await self._runner.read(job)
+        return await self._runner.read_heavy(job)
 
     async def replay_webhooks(self, ids: list[int], now: int) -> int:
         def job(c: sqlite3.Connection) -> int:
@@ -878,18 +878,20 @@ class SqliteStore:
     async def cdr_page(
         self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
     ) -> list[MessageRecord]:
-        return await self._runner.read(
+        return await self._runner.read_heavy(
             lambda c: reports.cdr_page(c, account_id, since, until, after, limit)
         )
 
     async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
-        return await self._runner.read(lambda c: reports.queue_groups(c, now, route_prefixes))
+        return await self._runner.read_heavy(lambda c: reports.queue_groups(c, now, route_prefixes))
 
     async def count_unmatched_receipts(self, older_than: int) -> tuple[int, int]:
-        return await self._runner.read(lambda c: reports.count_unmatched_receipts(c, older_than))
+        return await self._runner.read_heavy(
+            lambda c: reports.count_unmatched_receipts(c, older_than)
+        )
 
     async def count_dead_webhooks(self, account_id: str | None) -> int:
-        return await self._runner.read(lambda c: reports.count_dead_webhooks(c, account_id))
+        return await self._runner.read_heavy(lambda c: reports.count_dead_webhooks(c, account_id))
 
 
 # -- helpers running inside a writer job ---------------------------------------------------------

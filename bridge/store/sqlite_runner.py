@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +63,8 @@ class SqliteRunner:
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._heavy: ThreadPoolExecutor | None = None
+        self._heavy_conn: sqlite3.Connection | None = None
         self._checkpointing = False
         self._commits_at_checkpoint = 0
         self.commits = 0
@@ -99,6 +102,28 @@ class SqliteRunner:
             raise RuntimeError("store is closed")
         return job(self._conn)
 
+    async def read_heavy(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """A read that may take milliseconds (reports, exports, operator views): run it on a
+        thread with its own read-only connection so the event loop keeps serving. WAL lets it
+        read a consistent snapshot while the loop keeps writing."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        if self._heavy is None:
+            self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-report")
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, self._run_heavy, job)
+
+    def _run_heavy(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._heavy_conn is None:
+            self._heavy_conn = sqlite3.connect(
+                str(self._path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._heavy_conn.execute("PRAGMA query_only=ON")
+        self._heavy_conn.execute("BEGIN")
+        try:
+            return job(self._heavy_conn)
+        finally:
+            self._heavy_conn.execute("COMMIT")
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -107,6 +132,12 @@ class SqliteRunner:
         while self._sync_task is not None and not self._sync_task.done():
             await asyncio.shield(self._sync_task)
         self._closed = True
+        if self._heavy is not None:
+            self._heavy.shutdown(wait=True)
+            self._heavy = None
+        if self._heavy_conn is not None:
+            self._heavy_conn.close()
+            self._heavy_conn = None
         if self._conn is not None:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,282 @@
+"""Operator views of the running pipeline under /admin/ (bearer token, checked by the app's auth
+middleware like every /admin/ path): SMSC binds, queue depth, unmatched receipts, webhook dead
+letters and their replay.
+
+The views render explicit, documented shapes from the live state (`ApiContext.smsc_status`, the
+connectors' snapshots) and the store, rather than passing internal dicts through, so a new
+counter inside the connector cannot silently change the API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from bridge.accounts import AccountError
+from bridge.api.errors import ApiError
+from bridge.api.reports import query_params
+from bridge.api.v1 import ctx_of, json_response, parse_json
+from bridge.api.views import iso
+from bridge.store.models import QueueGroup
+
+QUEUE_BUCKETS = ("ready", "claimed", "retry_wait", "scheduled")
+MAX_LIST = 1000
+MAX_REPLAY = 1000
+_INT = re.compile(r"[0-9]{1,10}")
+
+
+# -- pure renderers -------------------------------------------------------------------------------
+
+
+def int_param(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    if name not in q:
+        return default
+    # [0-9] and not str.isdigit(): "²" is a digit to isdigit() and a ValueError to int().
+    if not _INT.fullmatch(q[name]) or not lo <= int(q[name]) <= hi:
+        raise ApiError("INVALID_FIELD", f"{name}: an integer from {lo} to {hi}")
+    return int(q[name])
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
+    """One SMSC from `Daemon.smsc_status()` (the connector's snapshot plus `up`)."""
+    binds = {
+        str(mode): {"configured": _int(b.get("configured")), "up": _int(b.get("up"))}
+        for mode, b in (s.get("binds") or {}).items()
+    }
+    window = s.get("window") or {}
+    submits = s.get("submits") or {}
+    failed = {str(k): _int(v) for k, v in (submits.get("failed") or {}).items()}
+    err = s.get("last_error")
+    last_error = None
+    if isinstance(err, Mapping) and err.get("message"):
+        at = err.get("at")
+        last_error = {
+            "message": str(err["message"]),
+            "at": iso(int(at * 1000)) if isinstance(at, int | float) else None,
+        }
+    rtt = s.get("rtt_ms_avg")
+    return {
+        "name": name,
+        "up": bool(s.get("up")),
+        "binds": binds,
+        "binds_up": sum(b["up"] for b in binds.values()),
+        "window": {"size": _int(window.get("size")), "in_use": _int(window.get("in_use"))},
+        "free_slots": _int(s.get("free_slots")),
+        "tps": _int(s.get("tps")),
+        "tps_limit": float(s.get("tps_limit") or 0),
+        "throttle_events": _int(s.get("throttle_events")),
+        "paused_binds": _int(s.get("paused_binds")),
+        "transient_retries": _int(s.get("transient_retries")),
+        "reconnects": _int(s.get("reconnects")),
+        "last_error": last_error,
+        "submits": {
+            "ok": _int(submits.get("ok")),
+            "failed": failed,
+            "failed_total": sum(failed.values()),
+        },
+        "delivers": _int(s.get("delivers")),
+        "rtt_ms_avg": float(rtt) if isinstance(rtt, int | float) else None,
+    }
+
+
+def _age_s(now: int, since: int | None) -> float | None:
+    return None if since is None else round(max(0, now - since) / 1000, 3)
+
+
+def queue_view(
+    groups: Iterable[QueueGroup],
+    now: int,
+    names: Mapping[str, str],
+    candidates: Mapping[str, tuple[str, ...]],
+    limit: int,
+) -> dict[str, Any]:
+    """Aggregate the store's (account, route, bucket) groups into the operator's queue view.
+
+    candidates: route prefix ('' = default route) -> SMSCs in failover order; `by_smsc` counts
+    work under the first of them (where it goes while that SMSC is up). The oldest age ignores
+    scheduled messages: waiting for their time is not a backlog.
+    """
+    groups = list(groups)
+
+    def empty() -> dict[str, int]:
+        return {"messages": 0, "parts": 0}
+
+    by_state = {b: empty() for b in QUEUE_BUCKETS}
+    accounts: dict[str, dict[str, Any]] = {}
+    routes: dict[str, dict[str, int]] = {}
+    smscs: dict[str | None, dict[str, int]] = {}
+    oldest: int | None = None
+    for g in groups:
+        acc = accounts.setdefault(g.account_id, {**empty(), "oldest": None})
+        for target in (
+            by_state.setdefault(g.bucket, empty()),
+            acc,
+            routes.setdefault(g.route, empty()),
+            smscs.setdefault((candidates.get(g.route) or (None,))[0], empty()),
+        ):
+            target["messages"] += g.messages
+            target["parts"] += g.parts
+        if g.bucket != "scheduled" and g.oldest_at is not None:
+            if acc["oldest"] is None or g.oldest_at < acc["oldest"]:
+                acc["oldest"] = g.oldest_at
+            if oldest is None or g.oldest_at < oldest:
+                oldest = g.oldest_at
+    by_account = [
+        {
+            "account_id": aid,
+            "name": names.get(aid),
+            "messages": a["messages"],
+            "parts": a["parts"],
+            "oldest_age_s": _age_s(now, a["oldest"]),
+        }
+        for aid, a in accounts.items()
+    ]
+    by_account.sort(key=lambda a: (-a["parts"], a["account_id"]))
+    return {
+        "depth": sum(b["parts"] for b in by_state.values()),
+        "messages": sum(b["messages"] for b in by_state.values()),
+        "limit": limit,
+        "oldest_waiting_since": iso(oldest),
+        "oldest_age_s": _age_s(now, oldest),
+        "by_state": by_state,
+        "by_account": by_account,
+        "by_route": [
+            {"prefix": prefix or None, "smscs": list(candidates.get(prefix, ())), **r}
+            for prefix, r in sorted(routes.items(), key=lambda kv: (-kv[1]["parts"], kv[0]))
+        ],
+        "by_smsc": [
+            {"smsc": name, **r}
+            for name, r in sorted(smscs.items(), key=lambda kv: (-kv[1]["parts"], kv[0] or ""))
+        ],
+    }
+
+
+def receipt_view(row: Mapping[str, Any], now: int) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "smsc": row["smsc"],
+        "smsc_message_id": row["smsc_msg_id"],
+        "state": row["state"],
+        "stat": row["stat"],
+        "err": row["err"],
+        "received_at": iso(row["received_at"]),
+        "age_s": _age_s(now, row["received_at"]),
+        "raw": row["raw"],
+    }
+
+
+def dead_webhook_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "webhook_id": row["webhook_id"],
+        "account_id": row["account_id"],
+        "kind": row["kind"],
+        "ref_id": row["ref_id"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "created_at": iso(row["created_at"]),
+    }
+
+
+def parse_replay(data: Any) -> list[int]:
+    if not isinstance(data, dict):
+        raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
+    unknown = sorted(set(data) - {"ids"})
+    if unknown:
+        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
+    ids = data.get("ids")
+    if ids is None:
+        raise ApiError("MISSING_FIELD", "ids: required, a list of dead-letter ids")
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_REPLAY:
+        raise ApiError("INVALID_FIELD", f"ids: a list of 1 to {MAX_REPLAY} ids")
+    for i in ids:
+        # bool is an int to Python and true is not an id.
+        if not isinstance(i, int) or isinstance(i, bool) or not 1 <= i <= 2**63 - 1:
+            raise ApiError("INVALID_FIELD", "ids: each id is a positive integer")
+    return list(dict.fromkeys(ids))
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+async def get_smscs(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    query_params(request.rel_url.query, ())
+    status = ctx.smsc_status()
+    order = [s.name for s in ctx.config.smscs]
+    names = [n for n in order if n in status] + sorted(n for n in status if n not in order)
+    return json_response({"smscs": [smsc_view(n, status[n]) for n in names]})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    query_params(request.rel_url.query, ())
+    now = ctx.now_ms()
+    prefixes = [r.prefix for r in ctx.config.routes]
+    groups = await ctx.store.queue_groups(now, prefixes)
+    router = ctx.submitter.router
+    candidates = {p: router.candidates(p) for p in ["", *prefixes]}
+    wanted = {g.account_id for g in groups}
+    names = {a.id: a.name for a in await ctx.store.list_accounts() if a.id in wanted}
+    view = queue_view(groups, now, names, candidates, ctx.config.store.max_queued_segments)
+    return json_response(view)
+
+
+async def get_unmatched_receipts(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    q = query_params(request.rel_url.query, ("older_than_s", "limit"))
+    older_than_s = int_param(q, "older_than_s", 0, 0, 366 * 86_400)
+    limit = int_param(q, "limit", 100, 1, MAX_LIST)
+    now = ctx.now_ms()
+    cutoff = now - older_than_s * 1000
+    rows = await ctx.store.unmatched_receipts(cutoff, limit)
+    total, matching = await ctx.store.count_unmatched_receipts(cutoff)
+    return json_response(
+        {
+            "total": total,
+            "matching": matching,
+            "older_than_s": older_than_s,
+            "receipts": [receipt_view(r, now) for r in rows],
+        }
+    )
+
+
+async def get_dead_webhooks(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    q = query_params(request.rel_url.query, ("account", "limit"))
+    limit = int_param(q, "limit", 100, 1, MAX_LIST)
+    account_id = None
+    if "account" in q:
+        try:
+            account_id = (await ctx.accounts.resolve(q["account"])).id
+        except AccountError as exc:
+            raise ApiError(exc.code, exc.message) from None
+    rows = await ctx.store.dead_webhooks(account_id, limit)
+    total = await ctx.store.count_dead_webhooks(account_id)
+    return json_response({"total": total, "webhooks": [dead_webhook_view(r) for r in rows]})
+
+
+async def replay_webhooks(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    query_params(request.rel_url.query, ())
+    ids = parse_replay(parse_json(await request.read(), request))
+    replayed = await ctx.store.replay_webhooks(ids, ctx.now_ms())
+    if replayed:
+        ctx.on_webhooks_replayed()
+    return json_response({"requested": len(ids), "replayed": replayed})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/smscs", get_smscs)
+    r.add_get("/admin/queue", get_queue)
+    r.add_get("/admin/receipts/unmatched", get_unmatched_receipts)
+    r.add_get("/admin/webhooks/dead", get_dead_webhooks)
+    r.add_post("/admin/webhooks/replay", replay_webhooks)

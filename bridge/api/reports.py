@@ -1,0 +1,249 @@
+"""Customer reports on the signed API: daily statistics and monthly CDRs (call detail records).
+
+Both are scoped to the calling account by the store query itself (never filtered afterwards), and
+days and months are UTC for now. CDRs are streamed page by page from an index cursor, so a month
+of millions of messages costs one page of memory, and a slow reader slows the query loop down
+(back-pressure through `StreamResponse.write`) instead of piling rows up in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import csv
+import io
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date
+from typing import Any
+
+from aiohttp import web
+
+from bridge.api.context import PRINCIPAL, REQUEST_ID
+from bridge.api.errors import ApiError
+from bridge.api.v1 import ctx_of, json_response
+from bridge.api.views import iso
+from bridge.store.models import MessageRecord
+
+log = logging.getLogger("bridge.api.reports")
+
+DAY_MS = 86_400_000
+MAX_STATS_DAYS = 92
+CDR_PAGE = 1000  # rows per store read; also the most rows held at once
+_EPOCH = date(1970, 1, 1).toordinal()
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+
+CDR_COLUMNS = (
+    "message_id",
+    "batch_id",
+    "client_ref",
+    "to",
+    "sender",
+    "sign_name",
+    "template",
+    "status",
+    "error_code",
+    "encoding",
+    "segments",
+    "billable_units",
+    "accepted_at",
+    "sent_at",
+    "done_at",
+    "smsc",
+)
+
+# A cell starting with one of these is a formula to a spreadsheet (=1+2, @SUM(..), -2+cmd|...);
+# tab and carriage return are the OWASP additions (some importers strip them, then see a formula).
+_FORMULA_START = frozenset("=+-@\t\r")
+# ...except a plain signed number: "+8613800138000" is a phone number, not a formula, and quoting
+# it would hand every reconciliation script "'+86..." instead of the E.164 number.
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+
+
+def query_params(query: Mapping[str, str], allowed: Iterable[str]) -> dict[str, str]:
+    """The query as a plain dict, refusing unknown and repeated parameters (a repeated one is
+    ambiguous: which of two `month`s did the caller mean?)."""
+    allowed = set(allowed)
+    names = [name for name, _value in query.items()]  # a multidict: repeats included
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown query parameter")
+    for name in names:
+        if names.count(name) > 1:
+            raise ApiError("INVALID_FIELD", f"{name}: given more than once")
+    return {name: query[name] for name in names}
+
+
+def parse_day(value: str | None, name: str) -> int:
+    """A YYYY-MM-DD as a day index (days since 1970-01-01, UTC)."""
+    if value is None:
+        raise ApiError("MISSING_FIELD", f"{name}: required, YYYY-MM-DD")
+    m = _DATE.fullmatch(value)
+    try:
+        if m is None:
+            raise ValueError(value)
+        day = date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        raise ApiError("INVALID_FIELD", f"{name}: expected a date YYYY-MM-DD") from None
+    return day.toordinal() - _EPOCH
+
+
+def day_string(day_index: int) -> str:
+    return date.fromordinal(day_index + _EPOCH).isoformat()
+
+
+def parse_month(value: str | None) -> tuple[int, int]:
+    """YYYY-MM as [start, end) in unix milliseconds (UTC)."""
+    if value is None:
+        raise ApiError("MISSING_FIELD", "month: required, YYYY-MM")
+    m = _MONTH.fullmatch(value)
+    if m is None or not 1970 <= int(m[1]) <= 9999 or not 1 <= int(m[2]) <= 12:
+        raise ApiError("INVALID_FIELD", "month: expected YYYY-MM, from 1970-01")
+    year, month = int(m[1]), int(m[2])
+    first = date(year, month, 1).toordinal() - _EPOCH
+    days = calendar.monthrange(year, month)[1]
+    return first * DAY_MS, (first + days) * DAY_MS
+
+
+def stats_days(rows: Iterable[Mapping[str, Any]], first: int, last: int) -> list[dict[str, Any]]:
+    """Every day of [first, last] in order, zero where the store had no row (no traffic)."""
+    by_day = {int(r["day_index"]): r for r in rows}
+    out = []
+    for day in range(first, last + 1):
+        row = by_day.get(day, {})
+        out.append({"date": day_string(day), **{k: int(row.get(k) or 0) for k in STAT_FIELDS}})
+    return out
+
+
+def sheet_safe(value: str) -> str:
+    """Defuse spreadsheet formula injection: a leading ' makes the cell text."""
+    if value and value[0] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _cell(value: str | int | None) -> str | int:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return value
+    return sheet_safe(value)
+
+
+def cdr_row(m: MessageRecord) -> list[str | int]:
+    return [
+        _cell(v)
+        for v in (
+            m.id,
+            m.batch_id,
+            m.client_ref,
+            m.recipient,
+            m.sender,
+            m.sign_name,
+            m.template,
+            m.state,
+            m.error_code,
+            m.encoding,
+            m.segments,
+            m.billable_units,
+            iso(m.accepted_at),
+            iso(m.sent_at),
+            iso(m.done_at),
+            m.smsc,
+        )
+    ]
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = request[PRINCIPAL].account
+    q = query_params(request.rel_url.query, ("from", "to"))
+    first = parse_day(q.get("from"), "from")
+    last = parse_day(q.get("to"), "to")
+    if last < first:
+        raise ApiError("INVALID_FIELD", "to: must not be before from")
+    if last - first + 1 > MAX_STATS_DAYS:
+        raise ApiError("INVALID_FIELD", f"to: at most {MAX_STATS_DAYS} days from `from`, inclusive")
+    rows = await ctx.store.stats(account.id, first * DAY_MS, (last + 1) * DAY_MS, 0)
+    days = stats_days(rows, first, last)
+    totals = {k: sum(d[k] for d in days) for k in STAT_FIELDS}
+    return json_response(
+        {
+            "from": day_string(first),
+            "to": day_string(last),
+            "timezone": "UTC",
+            "days": days,
+            "totals": totals,
+        }
+    )
+
+
+async def get_cdrs(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    account = request[PRINCIPAL].account
+    q = query_params(request.rel_url.query, ("month",))
+    since, until = parse_month(q.get("month"))
+    month = q["month"]
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Disposition": f'attachment; filename="cdr-{month}.csv"',
+            "Cache-Control": "no-store",
+            # Set here: the error middleware adds it after the handler, too late for a response
+            # whose headers already went out.
+            "X-Request-Id": request[REQUEST_ID],
+        },
+    )
+    resp.content_type = "text/csv"
+    resp.charset = "utf-8"
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180
+    writer.writerow(CDR_COLUMNS)
+    after: tuple[int, str] | None = None
+    rows = 0
+    try:
+        while True:
+            page = await ctx.store.cdr_page(account.id, since, until, after, CDR_PAGE)
+            writer.writerows(cdr_row(m) for m in page)
+            rows += len(page)
+            await resp.write(buf.getvalue().encode())
+            buf.seek(0)
+            buf.truncate()
+            if len(page) < CDR_PAGE:
+                break
+            after = (page[-1].accepted_at, page[-1].id)
+            # Store reads run on the loop thread: let accepts and receipts in between pages.
+            await asyncio.sleep(0)
+    except ConnectionError:  # the client went away: nothing to tell it
+        log.info("cdr download aborted by the client account=%s rows=%d", account.id, rows)
+        return resp
+    except Exception:
+        # Headers are out: an error envelope can no longer be sent. Cut the connection so the
+        # client sees a truncated transfer, never a short CSV that looks complete.
+        log.exception(
+            "cdr stream failed request_id=%s account=%s rows=%d",
+            request[REQUEST_ID],
+            account.id,
+            rows,
+        )
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/v1/cdrs", get_cdrs)

@@ -1,0 +1,72 @@
+"""What a configuration reload (SIGHUP) must do, decided by comparing two configs (pure).
+
+Only SMSCs whose bind-defining settings changed are reconnected; a limit-only change (TPS,
+throttle pauses, retries, submit fields) is applied to the live binds, so a reload never drops a
+carrier link it does not have to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from bridge.config import Config, SmscConfig
+
+# Changing any of these needs a new bind (or a new session object).
+BIND_FIELDS = frozenset(
+    {
+        "host",
+        "port",
+        "tls",
+        "tls_verify",
+        "tls_ca_file",
+        "system_id",
+        "password",
+        "system_type",
+        "interface_version",
+        "address_range",
+        "bind_mode",
+        "binds",
+        "window",
+        "response_timeout_s",
+        "enquire_link_s",
+    }
+)
+
+# Settings that cannot change without a restart of the whole daemon.
+RESTART_PATHS = ("server", "store", "security", "sim")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    rebind: tuple[str, ...]
+    update: tuple[str, ...]
+    needs_restart: tuple[str, ...]  # sections changed that a reload cannot apply
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.remove or self.rebind or self.update)
+
+
+def _changed(a: SmscConfig, b: SmscConfig) -> set[str]:
+    return {f.name for f in fields(SmscConfig) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def plan(old: Config, new: Config) -> ReloadPlan:
+    olds = {s.name: s for s in old.smscs}
+    news = {s.name: s for s in new.smscs}
+    rebind, update = [], []
+    for name in sorted(set(olds) & set(news)):
+        changed = _changed(olds[name], news[name])
+        if changed & BIND_FIELDS:
+            rebind.append(name)
+        elif changed:
+            update.append(name)
+    return ReloadPlan(
+        add=tuple(sorted(set(news) - set(olds))),
+        remove=tuple(sorted(set(olds) - set(news))),
+        rebind=tuple(rebind),
+        update=tuple(update),
+        needs_restart=tuple(p for p in RESTART_PATHS if getattr(old, p) != getattr(new, p)),
+    )

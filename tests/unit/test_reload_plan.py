@@ -1,0 +1,47 @@
+"""bridge.reload.plan: which SMSCs a SIGHUP reconnects, updates in place, adds or removes."""
+
+from __future__ import annotations
+
+import base64
+
+from bridge.config import parse_config
+from bridge.reload import plan
+
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def cfg(smscs, **extra):
+    return parse_config({"security": {"master_key": KEY}, "smscs": smscs, **extra}, env={})
+
+
+A = {"name": "a", "system_id": "a", "password": "p"}
+B = {"name": "b", "system_id": "b", "password": "p", "port": 2776}
+
+
+def test_nothing_changed_is_empty():
+    p = plan(cfg([A, B]), cfg([A, B]))
+    assert p.empty and p.needs_restart == ()
+
+
+def test_limit_change_updates_in_place():
+    p = plan(cfg([A, B]), cfg([{**A, "tps": 50, "max_transient_retries": 2}, B]))
+    assert p.update == ("a",) and p.rebind == () and p.add == () and p.remove == ()
+
+
+def test_bind_settings_reconnect_only_that_smsc():
+    for change in ({"host": "10.0.0.1"}, {"password": "q"}, {"window": 10}, {"binds": 2},
+                   {"bind_mode": "transmitter_receiver"}):
+        p = plan(cfg([A, B]), cfg([{**A, **change}, B]))
+        assert p.rebind == ("a",), change
+        assert p.update == ()
+
+
+def test_added_and_removed():
+    p = plan(cfg([A]), cfg([B]))
+    assert p.add == ("b",) and p.remove == ("a",)
+
+
+def test_sections_that_need_a_restart_are_reported():
+    p = plan(cfg([A]), cfg([A], server={"port": 9999}))
+    assert p.needs_restart == ("server",)
+    assert p.empty
