@@ -538,7 +538,7 @@ class SqliteStore:
                     requeued += 1
             return {"requeued": requeued, "marked_unknown": marked}
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, durable=False)
 
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         def job(c: sqlite3.Connection) -> list[WorkMessage]:
@@ -577,7 +577,7 @@ class SqliteStore:
                 return []
             return _claim_ids(c, ids, instance, now + lease_ms)
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, durable=False)
 
     def _queued_accounts(self, c: sqlite3.Connection) -> list[str]:
         # Skip-scan over the (q_state, account_id, ...) index: one seek per account, not per row.
@@ -600,7 +600,7 @@ class SqliteStore:
         def job(c: sqlite3.Connection) -> int:
             return pipe.record_submits(c, results, releases, now)
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, durable=False)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
@@ -644,7 +644,7 @@ class SqliteStore:
             c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
             return {"expired": expired, "timed_out": timed_out}
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, durable=False)
 
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -751,7 +751,7 @@ class SqliteStore:
             # Forget processes silent for a day: restarts get new instance names.
             c.execute("DELETE FROM instances WHERE heartbeat_at<?", (now - 86_400_000,))
 
-        await self._runner.write(job)
+        await self._runner.write(job, durable=False)
 
     async def instances(self, since: int) -> list[tuple[str, str, int, str]]:
         def job(c: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
@@ -799,7 +799,7 @@ class SqliteStore:
                 for r in rows
             ]
 
-        return await self._runner.write(job)
+        return await self._runner.write(job, durable=False)
 
     async def webhook_done(self, ids: list[int], now: int) -> None:
         def job(c: sqlite3.Connection) -> None:
@@ -809,7 +809,7 @@ class SqliteStore:
                 [(now, i) for i in ids],
             )
 
-        await self._runner.write(job)
+        await self._runner.write(job, durable=False)
 
     async def webhook_retry(self, ids: list[int], next_at: int, error: str, dead: bool) -> None:
         def job(c: sqlite3.Connection) -> None:
@@ -819,7 +819,7 @@ class SqliteStore:
                 [("dead" if dead else "pending", next_at, error[:500], i) for i in ids],
             )
 
-        await self._runner.write(job)
+        await self._runner.write(job, durable=False)
 
     async def dead_webhooks(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:

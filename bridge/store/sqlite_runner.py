@@ -58,7 +58,7 @@ class SqliteRunner:
         self._fsync = fsync
         self._conn: sqlite3.Connection | None = None
         self._wal_fd: int | None = None
-        self._jobs: list[tuple[Job, asyncio.Future[Any], bool]] = []
+        self._jobs: list[tuple[Job, asyncio.Future[Any], bool, bool]] = []
         self._scheduled: asyncio.Handle | None = None
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self._sync_task: asyncio.Task[None] | None = None
@@ -79,14 +79,21 @@ class SqliteRunner:
 
     # -- public -----------------------------------------------------------------------------------
 
-    async def write(self, job: Callable[[sqlite3.Connection], T], *, single: bool = False) -> T:
+    async def write(
+        self, job: Callable[[sqlite3.Connection], T], *, single: bool = False, durable: bool = True
+    ) -> T:
         """Run `job` in the next group commit. `single=True` promises the job makes at most one
-        write statement, which SQLite makes atomic by itself: no savepoint needed around it."""
+        write statement, which SQLite makes atomic by itself: no savepoint needed around it.
+
+        `durable=False` returns once committed, without waiting for the fsync: for writes that a
+        power cut may lose without breaking a promise (claims and submit results are redone after
+        a restart; heartbeats and webhook bookkeeping repeat). A process crash loses nothing
+        committed either way: the WAL is in the OS page cache."""
         if self._closed:
             raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.append((job, fut, single))
+        self._jobs.append((job, fut, single, durable))
         if len(self._jobs) >= self._max_batch:
             self._run_now()
         elif self._scheduled is None:
@@ -160,18 +167,20 @@ class SqliteRunner:
             batch, self._jobs = self._jobs[: self._max_batch], self._jobs[self._max_batch :]
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any], bool]]) -> None:
+    def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any], bool, bool]]) -> None:
         conn = self._conn
         assert conn is not None
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        at_once: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job, fut, single in batch:
+            for job, fut, single, durable in batch:
+                out = results if durable else at_once
                 if single:
                     try:
-                        results.append((fut, True, job(conn)))
+                        out.append((fut, True, job(conn)))
                     except Exception as exc:  # the one statement failed: nothing of it landed
-                        results.append((fut, False, exc))
+                        out.append((fut, False, exc))
                     continue
                 conn.execute("SAVEPOINT job")
                 try:
@@ -179,10 +188,10 @@ class SqliteRunner:
                 except Exception as exc:  # handed to the awaiting caller
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((fut, False, exc))
+                    out.append((fut, False, exc))
                 else:
                     conn.execute("RELEASE job")
-                    results.append((fut, True, value))
+                    out.append((fut, True, value))
             conn.execute("COMMIT")
             self.commits += 1
             self.jobs_done += len(batch)
@@ -192,10 +201,13 @@ class SqliteRunner:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            _resolve([(fut, False, exc) for _job, fut, _single in batch])
+            _resolve([(fut, False, exc) for _job, fut, _single, _durable in batch])
             return
+        _resolve(at_once)
         if not self._fsync:
             _resolve(results)
+            return
+        if not results:
             return
         self._unsynced.extend(results)
         if self._sync_task is None or self._sync_task.done():
