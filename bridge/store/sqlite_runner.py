@@ -26,6 +26,9 @@ from typing import Any, TypeVar
 
 log = logging.getLogger("bridge.store")
 
+# Commits between WAL checkpoints: rarer checkpoints copy a page rewritten many times only once.
+CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
+
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 
@@ -204,6 +207,11 @@ class SqliteRunner:
             _resolve([(fut, False, exc) for _job, fut, _single, _durable in batch])
             return
         _resolve(at_once)
+        due = self.commits - self._commits_at_checkpoint >= CHECKPOINT_EVERY
+        if due and not self._checkpointing:
+            self._commits_at_checkpoint = self.commits
+            self._checkpointing = True
+            asyncio.get_running_loop().create_task(self.checkpoint())
         if not self._fsync:
             _resolve(results)
             return
@@ -212,10 +220,6 @@ class SqliteRunner:
         self._unsynced.extend(results)
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
-        if self.commits - self._commits_at_checkpoint >= 1000 and not self._checkpointing:
-            self._commits_at_checkpoint = self.commits
-            self._checkpointing = True
-            asyncio.get_running_loop().create_task(self.checkpoint())
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database from a thread with its own connection (PASSIVE: never
