@@ -99,6 +99,8 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         self.store = store = open_store(cfg)
+        if hasattr(store, "send_intermediate"):
+            store.send_intermediate = cfg.webhooks.send_intermediate
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(store, sealer)

@@ -92,6 +92,8 @@ class SqliteStore:
         self.path = Path(path)
         self._runner = SqliteRunner(self.path, linger_ms=linger_ms, max_batch=max_batch)
         self._active_accounts: list[str] = []
+        # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
+        self.send_intermediate = False
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -598,7 +600,9 @@ class SqliteStore:
         self, results: list[SubmitResult], releases: list[Release], now: int
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
-            return pipe.record_submits(c, results, releases, now)
+            return pipe.record_submits(
+                c, results, releases, now, intermediate=self.send_intermediate
+            )
 
         return await self._runner.write(job, durable=False)
 

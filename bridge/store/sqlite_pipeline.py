@@ -7,6 +7,7 @@ messages a second the per-statement cost, not the disk, is what limits an embedd
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,7 +30,9 @@ def _marks(n: int) -> str:
 # -- roll-up -------------------------------------------------------------------------------------
 
 
-def rollup_messages(c: sqlite3.Connection, touched: dict[str, bool], now: int) -> None:
+def rollup_messages(
+    c: sqlite3.Connection, touched: dict[str, bool], now: int, *, intermediate: bool = False
+) -> None:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final."""
     if not touched:
@@ -53,6 +56,7 @@ def rollup_messages(c: sqlite3.Connection, touched: dict[str, bool], now: int) -
             current[row[0]] = row
     updates = []
     finals: list[tuple[str, str]] = []
+    sent: list[tuple[str, str]] = []
     for mid in ids:
         row = current.get(mid)
         if row is None or not parts[mid]:
@@ -85,6 +89,8 @@ def rollup_messages(c: sqlite3.Connection, touched: dict[str, bool], now: int) -
         )
         if became_final:
             finals.append((account_id, mid))
+        elif became_sent and intermediate:
+            sent.append((account_id, mid))
     if updates:
         c.executemany(
             "UPDATE messages SET state=?1, segments_delivered=?2, segments_failed=?3, "
@@ -96,6 +102,55 @@ def rollup_messages(c: sqlite3.Connection, touched: dict[str, bool], now: int) -
         )
     if finals:
         enqueue_status_webhooks(c, finals, now)
+    if sent:
+        enqueue_sent_webhooks(c, sent, now)
+
+
+def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> None:
+    """webhooks.send_intermediate: a report when every part was accepted by the SMSC. The body
+    is a snapshot taken now (the message may be final by the time it is pushed)."""
+    accounts = sorted({a for a, _m in sent})
+    urls: dict[str, str | None] = {}
+    for chunk in _chunks(accounts):
+        urls.update(
+            c.execute(
+                f"SELECT id, status_callback_url FROM accounts WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    rows = []
+    for account, mid in sent:
+        if not urls.get(account):
+            continue
+        m = c.execute(
+            "SELECT batch_id, client_ref, recipient, segments, billable_units, accepted_at "
+            "FROM messages WHERE id=?",
+            (mid,),
+        ).fetchone()
+        payload = {
+            "type": "message.status",
+            "message_id": mid,
+            "batch_id": m[0],
+            "client_ref": m[1],
+            "to": m[2],
+            "status": "sent",
+            "success": None,
+            "final": False,
+            "segments": m[3],
+            "billable_units": m[4],
+            "accepted_at_ms": m[5],
+            "submitted_at_ms": now,
+        }
+        rows.append(
+            (f"st_{mid}_sent", account, "event", mid, json.dumps(payload, separators=(",", ":")),
+             now, now)
+        )
+    if rows:
+        c.executemany(
+            "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
 
 
 def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> None:
@@ -126,7 +181,12 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
 
 
 def record_submits(
-    c: sqlite3.Connection, results: list[SubmitResult], releases: list[Release], now: int
+    c: sqlite3.Connection,
+    results: list[SubmitResult],
+    releases: list[Release],
+    now: int,
+    *,
+    intermediate: bool = False,
 ) -> int:
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
@@ -212,7 +272,7 @@ def record_submits(
             "q_not_before=?, q_attempts=q_attempts - ? WHERE id=? AND q_state='claimed'",
             [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
         )
-    rollup_messages(c, touched, now)
+    rollup_messages(c, touched, now, intermediate=intermediate)
     return len(results)
 
 

@@ -230,3 +230,20 @@ async def test_readyz_reports_binds(start_daemon):
         async with s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
             assert r.status == 503
             assert "no SMSC bound" in (await r.json())["problems"]
+
+
+async def test_intermediate_sent_report_when_enabled(start_daemon, receiver):
+    d = await start_daemon(webhooks={"send_intermediate": True, "retry_schedule_s": [1]})
+    d.sim.receipt_delay_ms = 300  # the "sent" report is made before the receipt
+    creds = await create_account(d, status_callback_url=receiver.url)
+    receiver.secret = creds["webhook_secret"]
+    async with client_for(d.http_port, creds) as c:
+        r = await c.send("+8613800138000", text="two reports", client_ref="ref-1")
+        mid = r["messages"][0]["id"]
+        await _final(c, mid)
+    await wait_until(lambda: len(receiver.reports) >= 2, 10)
+    by_id = {rep["webhook_id"]: rep for rep in receiver.reports}
+    assert set(by_id) == {f"st_{mid}_sent", f"st_{mid}"}
+    sent = by_id[f"st_{mid}_sent"]
+    assert sent["status"] == "sent" and sent["final"] is False and sent["client_ref"] == "ref-1"
+    assert by_id[f"st_{mid}"]["status"] == "delivered"
