@@ -84,14 +84,24 @@ async def raw_load(
     latencies: list[float],
     ids: list[str],
     errors: dict[str, int],
+    rate: float = 0.0,
 ) -> None:
-    """Keep-alive HTTP/1.1 connections writing pre-built requests and reading the answers."""
-    it = iter(requests)
+    """Keep-alive HTTP/1.1 connections writing pre-built requests and reading the answers.
+
+    With `rate`, request i is not sent before t0 + i / rate (an offered load, as a real client
+    population would produce); without it, as fast as the connections allow.
+    """
+    it = iter(enumerate(requests))
+    t0 = time.perf_counter()
 
     async def conn() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            for req in it:
+            for i, req in it:
+                if rate:
+                    delay = t0 + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 t = time.perf_counter()
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -244,7 +254,9 @@ async def run(args: argparse.Namespace) -> dict:
                 )
                 t0 = time.perf_counter()
                 cpu0 = _cpu(daemon.pid)
-                await raw_load(http_port, requests, args.concurrency, accept_lat, ids, errors)
+                await raw_load(
+                    http_port, requests, args.concurrency, accept_lat, ids, errors, args.rate
+                )
                 t_accept = time.perf_counter() - t0
                 segs = len(ids) * (1 if args.kind == "gsm1" else 3)
                 counters = {}
@@ -283,6 +295,13 @@ async def run(args: argparse.Namespace) -> dict:
             "end_to_end_per_s": len(ids) / t_total,
             "segments_per_s": segs / t_total,
             "submit_sm": counters.get("submit_ok", 0),
+            "receipts_per_s": (
+                counters.get("receipts_acked", 0)
+                - base.get("counters", base).get("receipts_acked", 0)
+            )
+            / t_total
+            if not args.accept_only
+            else 0.0,
             "throttled": counters.get("throttled", 0),
             "syserr": counters.get("syserr", 0),
             "accept_p50_ms": pct(accept_lat, 50) * 1000,
@@ -353,6 +372,12 @@ def main() -> None:
     p.add_argument("--group-commit-ms", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered load in messages/s (default: as fast as possible)",
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument(
         "--accept-only",
@@ -372,6 +397,7 @@ def main() -> None:
         ("accepted messages/s", f"{result['accepted_per_s']:.0f}"),
         ("end-to-end messages/s (with receipts)", f"{result['end_to_end_per_s']:.0f}"),
         ("segments/s (submit_sm + receipt)", f"{result['segments_per_s']:.0f}"),
+        ("receipts/s", f"{result['receipts_per_s']:.0f}"),
         (
             "simulator: submit ok / throttled / syserr",
             f"{result['submit_sm']} / {result['throttled']} / {result['syserr']}",
