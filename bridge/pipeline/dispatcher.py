@@ -34,6 +34,7 @@ class ConnectorLike(Protocol):
     @property
     def is_up(self) -> bool: ...
     def free_slots(self) -> int: ...
+    def window_size(self) -> int: ...
     async def send_message(self, parts: Sequence[ShortMessage]) -> list: ...
 
 
@@ -91,14 +92,20 @@ class Dispatcher:
         """New work was accepted: claim now rather than at the next idle tick."""
         self._wake.set()
 
+    def window(self) -> int:
+        return sum(c.window_size() for c in self.connectors.values() if c.is_up)
+
     def capacity(self) -> int:
-        up = [c for c in self.connectors.values() if c.is_up]
-        return sum(c.free_slots() for c in up) - len(self._inflight)
+        """Messages we may claim now: the live windows minus the messages still in flight (a
+        message holds its place until its results are committed)."""
+        return self.window() - len(self._inflight)
 
     async def run(self) -> None:
         while not self._stopping:
             free = self.capacity()
-            if free <= 0:
+            # Claim in batches of a quarter window or more while busy: one claim transaction for
+            # many messages, not one per freed slot.
+            if free <= 0 or (self._inflight and free < max(1, self.window() // 4)):
                 self._slot_freed.clear()
                 await _wait(self._slot_freed, self.idle_s * 4)
                 continue

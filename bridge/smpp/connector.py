@@ -275,6 +275,14 @@ class Connector:
             max(0, b.capacity() - b.waiting()) for b in self._tx if b.up and now >= b.paused_until
         )
 
+    def window_size(self) -> int:
+        """Outstanding submits the live, unpaused transmit binds allow in total (0 when stopping):
+        the dispatcher keeps at most this many messages in flight on this SMSC."""
+        if self._stopping or not self._started:
+            return 0
+        now = asyncio.get_running_loop().time()
+        return self.cfg.window * sum(1 for b in self._tx if b.up and now >= b.paused_until)
+
     async def wait_up(self, timeout: float) -> bool:  # noqa: ASYNC109 (the contract's name)
         if self.is_up:
             return True
