@@ -109,15 +109,7 @@ def rollup_messages(
 def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> None:
     """webhooks.send_intermediate: a report when every part was accepted by the SMSC. The body
     is a snapshot taken now (the message may be final by the time it is pushed)."""
-    accounts = sorted({a for a, _m in sent})
-    urls: dict[str, str | None] = {}
-    for chunk in _chunks(accounts):
-        urls.update(
-            c.execute(
-                f"SELECT id, status_callback_url FROM accounts WHERE id IN ({_marks(len(chunk))})",
-                chunk,
-            ).fetchall()
-        )
+    urls = _status_urls(c, {a for a, _m in sent})
     rows = []
     for account, mid in sent:
         if not urls.get(account):
@@ -153,17 +145,21 @@ def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], no
         )
 
 
-def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> None:
-    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
-    accounts = sorted({a for a, _m in finals})
+def _status_urls(c: sqlite3.Connection, accounts: set[str]) -> dict[str, str | None]:
     urls: dict[str, str | None] = {}
-    for chunk in _chunks(accounts):
+    for chunk in _chunks(sorted(accounts)):
         urls.update(
             c.execute(
                 f"SELECT id, status_callback_url FROM accounts WHERE id IN ({_marks(len(chunk))})",
                 chunk,
             ).fetchall()
         )
+    return urls
+
+
+def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> None:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
+    urls = _status_urls(c, {a for a, _m in finals})
     rows = [
         (f"st_{mid}", account, "status", mid, None, now, now)
         for account, mid in finals
