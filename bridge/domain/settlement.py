@@ -1,0 +1,307 @@
+"""Monthly settlement: price a month at the tier its total reached (pure).
+
+Pure and order-free, so `bill settle --month` run twice (or on two hosts) computes the same bill;
+the store makes it take effect once (one SETTLEMENT_ADJUSTMENT / INVOICE per month, ref = month).
+
+Decisions (the lead documents these):
+- Month boundaries are local midnight on the 1st in the deployment time zone `tz`; a line belongs to
+  the month containing its `at` (acceptance time, unix ms). Lines outside the month are ignored, so
+  the caller may pass a padded UTC range.
+- Tier: chosen by the month's TOTAL billable domestic units. Each line is priced by the tariff
+  version in force at its `at`, at the tier that total reaches in that version's table (all-units).
+- A month is settled only when its outcome is known: a line still queued (or, when billed on
+  delivery, still awaiting its receipt) raises SettlementNotReady. Domestic messages become final at
+  the latest 72 h after sending (no receipt => "unknown" => billed), so schedule the automatic run
+  after the month end + 72 h + the receipt sweep's margin.
+- `charged` on a line is the money actually taken from the balance for that message and not given
+  back (net of plan_refund), so a failed message already refunded at its receipt carries 0 and a
+  failed message whose refund was missed is refunded here instead of being lost.
+- Prepaid refund = domestic charged - domestic amount when positive (never a claw-back); it goes to
+  cash. International is paid by its pre-charge at submission: shown on the bill, no refund path.
+- Postpaid invoice = invoice_round(what is priced but was not taken from the balance).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bridge.domain.ledger import POCKET_CASH, POCKET_INVOICE, Entry, EntryKind
+from bridge.domain.lifecycle import (
+    MSG_DELIVERED,
+    MSG_EXPIRED,
+    MSG_FAILED,
+    MSG_QUEUED,
+    MSG_SENT,
+    MSG_UNKNOWN,
+)
+from bridge.domain.tariffs import BillingError, PriceNotFound, Tariff, tariff_at, tier_for
+
+__all__ = [
+    "FEN",
+    "DomesticGroup",
+    "IntlLine",
+    "MonthBill",
+    "SettlementNotReady",
+    "UsageLine",
+    "billable",
+    "invoice_round",
+    "month_bounds",
+    "settle_month",
+    "settlement_entries",
+]
+
+FEN = 10_000  # micro-units in 0.01 CNY, the smallest amount an invoice shows
+AccountKind = Literal["prepaid", "postpaid"]
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_STATES = frozenset({MSG_QUEUED, MSG_SENT, MSG_DELIVERED, MSG_FAILED, MSG_EXPIRED, MSG_UNKNOWN})
+
+
+class SettlementNotReady(BillingError):
+    """Some of the month's messages have no billable outcome yet; settle later."""
+
+    code = "SETTLEMENT_NOT_READY"
+
+    def __init__(self, pending: int, month: str) -> None:
+        super().__init__(f"month: {pending} message(s) of {month} still await their outcome")
+        self.pending = pending
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageLine:
+    """One message as settlement sees it."""
+
+    at: int  # acceptance time, unix ms: decides the month and the tariff version
+    units: int  # billable units by the tariff's counting rule (domestic)
+    charged: int  # micro taken from the balance for this message, net of refunds already made
+    domestic: bool
+    country_prefix: str | None  # international: the tariff prefix matched at acceptance
+    segments: int  # international: segments the SMSC accepted (submitted)
+    final_state: str  # lifecycle MSG_* state
+    from_vouchers: int = 0  # the part of `charged` paid by vouchers (net), for "vouchers used"
+
+    def __post_init__(self) -> None:
+        for name in ("at", "units", "charged", "segments", "from_vouchers"):
+            v = getattr(self, name)
+            if not _is_int(v) or (name != "at" and v < 0):
+                raise ValueError(f"{name}: must be a non-negative integer, got {v!r}")
+        if self.final_state not in _STATES:
+            raise ValueError(f"final_state: unknown message state {self.final_state!r}")
+        if not self.domestic and not self.country_prefix:
+            raise ValueError("country_prefix: required on an international line")
+
+
+class DomesticGroup(NamedTuple):
+    """Domestic usage under one tariff version (one group unless the price changed mid-month)."""
+
+    version: str
+    units: int
+    tier: int
+    price: int
+    amount: int
+
+
+class IntlLine(NamedTuple):
+    country_prefix: str
+    segments: int
+    price: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthBill:
+    month: str  # "YYYY-MM"
+    account_kind: str
+    units: int  # billable domestic units in the month (the total that picks the tier)
+    tier: int  # 1-based tier reached, in the version in force at the last domestic line
+    tier_price: int  # that version's price at that tier (see `domestic` for every version)
+    domestic_amount: int  # exact micro: sum of units x tier price per version
+    charged: int  # domestic micro taken from the balance (net)
+    refund: int  # prepaid (and any pre-charged postpaid): max(0, charged - domestic_amount)
+    invoice_total: int  # postpaid: invoice_round(priced - taken from balance); prepaid: 0
+    international: tuple[IntlLine, ...]  # per (prefix, price), by prefix then time
+    vouchers_used: int  # micro paid by vouchers in the month (net of refunds)
+    domestic: tuple[DomesticGroup, ...] = ()  # per tariff version, by effective time
+    international_amount: int = 0
+    international_charged: int = 0
+
+    @property
+    def amount(self) -> int:
+        """Exact value of the month's usage in micro (domestic + international), unrounded."""
+        return self.domestic_amount + self.international_amount
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BillingError(f"tz: unknown time zone {tz!r}", code="INVALID_TIME_ZONE") from None
+
+
+def month_bounds(month: str, tz: str) -> tuple[int, int]:
+    """[start, end) of `month` in unix ms: local midnight on the 1st to that of the next month."""
+    m = _MONTH.fullmatch(month) if isinstance(month, str) else None
+    if m is None:
+        raise BillingError(f"month: must be YYYY-MM, got {month!r}", code="INVALID_MONTH")
+    year, mon = int(m.group(1)), int(m.group(2))
+    zone = _zone(tz)
+    start = datetime(year, mon, 1, tzinfo=zone)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=zone)
+    return (start - _EPOCH) // _MS, (end - _EPOCH) // _MS
+
+
+def _ready(line: UsageLine, bill_on: str) -> bool:
+    if line.final_state == MSG_QUEUED:
+        return False
+    return not (bill_on == "delivered" and line.final_state == MSG_SENT)
+
+
+def billable(line: UsageLine, tariff: Tariff) -> bool:
+    """Whether the message is billed under `tariff`'s bill-on rule for its traffic.
+
+    On delivery (domestic): delivered, or "unknown" (no receipt within 72 h is billed); failed and
+    expired (never sent) are not. On submission (international): billed once the SMSC accepted at
+    least one segment, whatever the delivery outcome. A message still pending is not (yet) billable.
+    """
+    bill_on = tariff.domestic_bill_on if line.domestic else tariff.international_bill_on
+    if bill_on == "delivered":
+        return line.final_state in (MSG_DELIVERED, MSG_UNKNOWN)
+    return line.final_state != MSG_QUEUED and line.segments > 0
+
+
+def settle_month(
+    month: str,
+    lines: Sequence[UsageLine],
+    tariffs: Sequence[Tariff],
+    tz: str,
+    account_kind: AccountKind,
+) -> MonthBill:
+    """The month's bill. Pure: the same inputs in any order give the same bill."""
+    if account_kind not in ("prepaid", "postpaid"):
+        raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
+    start, end = month_bounds(month, tz)
+    inside = [ln for ln in lines if start <= ln.at < end]
+
+    pending = 0
+    dom_units: dict[str, int] = {}
+    versions: dict[str, Tariff] = {}
+    intl: dict[tuple[str, int], int] = {}  # (prefix, price) -> segments
+    intl_since: dict[tuple[str, int], int] = {}  # (prefix, price) -> earliest version in force
+    charged = intl_charged = vouchers = 0
+    for ln in inside:
+        t = tariff_at(tariffs, ln.at)
+        bill_on = t.domestic_bill_on if ln.domestic else t.international_bill_on
+        if not _ready(ln, bill_on):
+            pending += 1
+            continue
+        vouchers += ln.from_vouchers
+        if ln.domestic:
+            charged += ln.charged
+        else:
+            intl_charged += ln.charged
+        if not billable(ln, t):
+            continue
+        if ln.domestic:
+            if versions.setdefault(t.version, t) != t:
+                raise BillingError(
+                    f"tariff: two different tariffs share version {t.version!r}",
+                    code="TARIFF_AMBIGUOUS",
+                )
+            dom_units[t.version] = dom_units.get(t.version, 0) + ln.units
+        else:
+            prefix = ln.country_prefix or ""
+            price = t.international.get(prefix)
+            if price is None:
+                raise PriceNotFound(f"country_prefix: {prefix} has no price in tariff {t.version}")
+            intl[(prefix, price)] = intl.get((prefix, price), 0) + ln.segments
+            since = intl_since.get((prefix, price))
+            if since is None or t.effective_at < since:
+                intl_since[(prefix, price)] = t.effective_at
+    if pending:
+        raise SettlementNotReady(pending, month)
+
+    total_units = sum(dom_units.values())
+    groups: list[DomesticGroup] = []
+    for version in sorted(dom_units, key=lambda v: (versions[v].effective_at, v)):
+        t = versions[version]
+        idx, tier = tier_for(total_units, t.tiers)
+        groups.append(
+            DomesticGroup(
+                version, dom_units[version], idx, tier.price, dom_units[version] * tier.price
+            )
+        )
+    if groups:
+        tier_idx, tier_price = groups[-1].tier, groups[-1].price
+    else:
+        tier_idx, last = tier_for(0, tariff_at(tariffs, end - 1).tiers)
+        tier_price = last.price
+    domestic_amount = sum(g.amount for g in groups)
+    # Per country, then in the order the prices were in force (then by price, for determinism).
+    keys = sorted(intl, key=lambda k: (k[0], intl_since[k], k[1]))
+    intl_lines = tuple(IntlLine(p, intl[(p, pr)], pr, intl[(p, pr)] * pr) for p, pr in keys)
+    intl_amount = sum(line.amount for line in intl_lines)
+
+    refund = max(0, charged - domestic_amount)
+    invoice_total = 0
+    if account_kind == "postpaid":
+        owed = max(0, domestic_amount - charged) + max(0, intl_amount - intl_charged)
+        invoice_total = invoice_round(owed)
+    return MonthBill(
+        month=month,
+        account_kind=account_kind,
+        units=total_units,
+        tier=tier_idx,
+        tier_price=tier_price,
+        domestic_amount=domestic_amount,
+        charged=charged,
+        refund=refund,
+        invoice_total=invoice_total,
+        international=intl_lines,
+        vouchers_used=vouchers,
+        domestic=tuple(groups),
+        international_amount=intl_amount,
+        international_charged=intl_charged,
+    )
+
+
+def settlement_entries(bill: MonthBill, account_kind: AccountKind, now: int) -> list[Entry]:
+    """Ledger entries recording the settlement, ref = the month (the store keeps one per month).
+
+    Prepaid: always exactly one SETTLEMENT_ADJUSTMENT (+refund, possibly 0) to cash, so the
+    ledger itself shows the month was settled. Postpaid: one INVOICE (+invoice_total, possibly 0)
+    to the "invoice" receivable pocket, plus a cash adjustment only if something was pre-charged
+    above the tier price.
+    """
+    if account_kind == "prepaid":
+        return [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)]
+    if account_kind != "postpaid":
+        raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
+    out = [Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, bill.month)]
+    if bill.refund:
+        out.append(
+            Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)
+        )
+    return out
+
+
+def invoice_round(micro: int) -> int:
+    """`micro` rounded to whole fen (10,000 micro), half-up: 45,000 (4.5 fen) -> 50,000.
+
+    Half away from zero for negative amounts (a credit note mirrors an invoice). Integer-only.
+    """
+    if not _is_int(micro):
+        raise ValueError(f"micro: must be an integer, got {micro!r}")
+    whole, rest = divmod(abs(micro), FEN)
+    if rest * 2 >= FEN:
+        whole += 1
+    return (whole * FEN) if micro >= 0 else -(whole * FEN)
