@@ -1,0 +1,110 @@
+"""Do-not-contact lists operators import (a national do-not-call register, a carrier's blocklist).
+
+They block a number for every account, so the import is forgiving about format (CSV or one entry
+per line, a header, national numbers in the list's country) but strict about meaning: a line that is
+not clearly a number or a prefix is reported, never guessed, and a prefix must be long enough not
+to block a whole country by a typo.
+
+Lookup is what runs on every send: an exact frozenset hit, then one set lookup per distinct prefix
+length (at most 15), so it stays O(1) with a million entries.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bridge.domain.phone import PLANS, PhoneError, normalize
+
+PREFIX_MIN_DIGITS = 4  # "+86*" or "+1*" would block a country: refused as a likely mistake
+_SEPARATORS = re.compile(r"[\s\-().]")
+_E164_PREFIX = re.compile(r"\+[1-9][0-9]{0,14}")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class DncList:
+    numbers: frozenset[str]  # E.164
+    prefixes: tuple[str, ...]  # E.164 prefixes ("+86138"), sorted
+    _by_length: dict[int, frozenset[str]] = field(
+        init=False, repr=False, compare=False, hash=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        buckets: dict[int, set[str]] = {}
+        for prefix in self.prefixes:
+            buckets.setdefault(len(prefix), set()).add(prefix)
+        self._by_length.update({n: frozenset(b) for n, b in sorted(buckets.items())})
+
+    def blocks(self, e164: str) -> bool:
+        if e164 in self.numbers:
+            return True
+        return any(e164[:n] in bucket for n, bucket in self._by_length.items())
+
+
+def blocked(e164: str, lists: Iterable[DncList]) -> bool:
+    """Whether any list has the number itself or a prefix of it."""
+    return any(lst.blocks(e164) for lst in lists)
+
+
+def _prefix(raw: str, default_country: str | None) -> str:
+    s = _SEPARATORS.sub("", raw)
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    if s.startswith("+"):
+        if not _E164_PREFIX.fullmatch(s):
+            raise PhoneError(f"{raw + '*'!r} is not an E.164 prefix (+ then up to 15 digits)")
+    else:
+        if not _DIGITS.fullmatch(s):
+            raise PhoneError(f"{raw + '*'!r} contains characters that are not digits")
+        plan = PLANS.get(default_country.upper()) if default_country else None
+        if plan is None:
+            raise PhoneError(
+                f"{raw + '*'!r} has no country code and the list has no supported default country"
+            )
+        if plan.trunk and s.startswith(plan.trunk):
+            s = s[len(plan.trunk) :]
+        s = f"+{plan.code}{s}"
+        if len(s) > 16:
+            raise PhoneError(f"{raw + '*'!r} is longer than an E.164 number")
+    if len(s) - 1 < PREFIX_MIN_DIGITS:
+        raise PhoneError(
+            f"prefix {s}* is too short (at least {PREFIX_MIN_DIGITS} digits with the country code)"
+        )
+    return s
+
+
+def parse_dnc_csv(text: str, default_country: str | None) -> tuple[DncList, list[str]]:
+    """The list, and one "line N: reason" per line that was skipped as bad.
+
+    Each line's first CSV column is the entry: an E.164 or ``00`` number, a national number of
+    ``default_country`` (phone.normalize), or a prefix marked with a trailing ``*`` (``+86138*``;
+    a national prefix is read in ``default_country``, trunk prefix dropped: GB ``07700*`` ->
+    ``+447700``). Blank lines and ``#`` comments are skipped; so is the first non-blank line when
+    its first column has no digit (a header). Later lines without a digit are reported as bad.
+    """
+    numbers: set[str] = set()
+    prefixes: set[str] = set()
+    bad: list[str] = []
+    seen_content = False
+    for n, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        first = next(csv.reader([line]), [""])
+        entry = first[0].strip() if first else ""
+        is_first, seen_content = not seen_content, True
+        if not any(ch.isdigit() for ch in entry):
+            if is_first:
+                continue  # header
+            bad.append(f"line {n}: no number in the first column")
+            continue
+        try:
+            if entry.endswith("*"):
+                prefixes.add(_prefix(entry[:-1].strip(), default_country))
+            else:
+                numbers.add(normalize(entry, default_country))
+        except PhoneError as e:
+            bad.append(f"line {n}: {e.message}")
+    return DncList(frozenset(numbers), tuple(sorted(prefixes))), bad

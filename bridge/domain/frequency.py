@@ -1,0 +1,158 @@
+"""Per-recipient frequency limits (service-rules.md, "Message types and content control").
+
+Minute and hour windows are *clock* windows in the deployment's time zone (10:59 and 11:00 are in
+different hours), computed from the zone's wall clock so DST changes and 30/45-minute offsets
+(Asia/Kolkata, Asia/Kathmandu, Australia/Lord_Howe's 30-minute DST) are right: in the hour the
+clocks go back, 01:xx EDT and 01:xx EST are two different clock hours. The day window rolls: the
+24 hours before now.
+
+Counting: a send at ``t`` is in the minute or hour window when ``t >= start`` (inclusive), and in
+the day window when ``t > now - 24 h`` (exclusive: a send exactly 24 h ago no longer counts, so a
+daily cadence exactly 24 h apart is allowed). Timestamps after ``now`` (another node's clock a
+little ahead) count in every window: they are real sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from bridge.domain.templates import TemplateKind
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Most sends allowed per window to one key; 0 means no limit for that window."""
+
+    per_minute: int
+    per_hour: int
+    per_day: int
+
+    def __post_init__(self) -> None:
+        for name in ("per_minute", "per_hour", "per_day"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be an integer >= 0 (0 = no limit), not {value!r}")
+
+
+VERIFICATION_DEFAULT = Limits(1, 5, 10)
+OTHER_DEFAULT = Limits(0, 0, 50)
+
+
+def default_limits(kind: TemplateKind | str) -> Limits:
+    """The shipped defaults for a message type (service-rules.md)."""
+    if TemplateKind(kind) == TemplateKind.VERIFICATION:
+        return VERIFICATION_DEFAULT
+    return OTHER_DEFAULT
+
+
+class Window(StrEnum):
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+
+
+def error_code(window: Window) -> str:
+    """FREQUENCY_LIMIT_MINUTE | FREQUENCY_LIMIT_HOUR | FREQUENCY_LIMIT_DAY."""
+    return f"FREQUENCY_LIMIT_{Window(window).name}"
+
+
+_WINDOW_TEXT = {
+    Window.MINUTE: "per clock minute",
+    Window.HOUR: "per clock hour",
+    Window.DAY: "in 24 hours",
+}
+
+
+def error_message(window: Window, limits: Limits) -> str:
+    """The human half of the refusal, naming the field and the window."""
+    limit = {
+        Window.MINUTE: limits.per_minute,
+        Window.HOUR: limits.per_hour,
+        Window.DAY: limits.per_day,
+    }[Window(window)]
+    noun = "message" if limit == 1 else "messages"
+    return f"to: at most {limit} {noun} {_WINDOW_TEXT[Window(window)]} to this number"
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _ms(dt: datetime) -> int:
+    return (dt - _EPOCH) // _MS
+
+
+def window_starts(now_ms: int, tz: str | tzinfo) -> tuple[int, int, int]:
+    """(start of the clock minute, start of the clock hour, now - 24 h), epoch milliseconds.
+
+    The minute and hour starts are the wall-clock floor of ``now`` in ``tz`` converted back with
+    the offset in force at that wall time (the fold kept, so the repeated hour after a DST change
+    starts at its own 01:00). A floor that lands in a DST gap (only possible where DST shifts by
+    30 minutes) maps to the transition instant. Never later than ``now``.
+    """
+    zone = _zone(tz) if isinstance(tz, str) else tz
+    local = datetime.fromtimestamp(now_ms // 1000, zone)
+    minute = _ms(local.replace(second=0, microsecond=0))
+    hour = _ms(local.replace(minute=0, second=0, microsecond=0))
+    return min(minute, now_ms), min(hour, now_ms), now_ms - DAY_MS
+
+
+def exceeded(
+    sent_ms: Sequence[int], now_ms: int, tz: str | tzinfo, limits: Limits, adding: int = 1
+) -> Window | None:
+    """The narrowest window (minute, then hour, then day) that ``adding`` more sends would overflow.
+
+    ``sent_ms`` are the accepted sends to this key (any order; older than 24 h ignored).
+    """
+    if adding < 0:
+        raise ValueError(f"adding: must be >= 0, not {adding}")
+    minute_start, hour_start, day_start = window_starts(now_ms, tz)
+    in_minute = in_hour = in_day = 0
+    for t in sent_ms:  # the windows nest: minute within hour within day
+        if t > day_start:
+            in_day += 1
+            if t >= hour_start:
+                in_hour += 1
+                if t >= minute_start:
+                    in_minute += 1
+    for window, limit, count in (
+        (Window.MINUTE, limits.per_minute, in_minute),
+        (Window.HOUR, limits.per_hour, in_hour),
+        (Window.DAY, limits.per_day, in_day),
+    ):
+        if limit and count + adding > limit:
+            return window
+    return None
+
+
+def _part(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def key(kind: TemplateKind | str, sign: str, number: str, template: str | None = None) -> str:
+    """The counter key: (sign, number) for verification codes, else (sign, template, number).
+
+    Parts are escaped, so different tuples never share a key.
+    """
+    if TemplateKind(kind) == TemplateKind.VERIFICATION:
+        return f"v|{_part(sign)}|{_part(number)}"
+    if template is None:
+        raise ValueError("template: required for notification and marketing frequency keys")
+    return f"t|{_part(sign)}|{_part(template)}|{_part(number)}"
+
+
+def retention_ms() -> int:
+    """How far back send timestamps must be kept: the longest window, the rolling 24 hours."""
+    return DAY_MS
