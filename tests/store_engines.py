@@ -2,8 +2,9 @@
 
 Tests talk to the database only through the `Store` protocol. The few things a contract test needs
 that the protocol deliberately does not offer (poking the schema version, counting commits, opening
-the same database in a child process) come from the engine's `EngineHandle`. Adding PostgreSQL is
-one factory function plus one entry in `ENGINES`; no test changes.
+the same database in a child process) come from the engine's `EngineHandle`. The PostgreSQL engine
+runs on a throw-away cluster (tests/conftest.py: one per session, a fresh database per test); it
+skips when there is no PostgreSQL, except under CI where it fails.
 
 Use by binding the fixtures in the test module (`engine = store_engines.engine`, likewise
 `store`): module fixtures take precedence over a conftest's fixtures of the same name.
@@ -31,11 +32,16 @@ class EngineHandle:
     child_setup: str
     # Write a schema version into the database behind the store's back (SchemaTooNew tests).
     force_schema_version: Callable[[int], None]
-    # Transactions this Store instance has committed, to prove group commit.
-    commits: Callable[[Store], int]
+    # Transactions this Store instance has committed, to prove group commit; None for an engine
+    # whose server groups commits itself (PostgreSQL): tests then check behaviour only.
+    commits: Callable[[Store], int] | None
+    # Several instances may share the database (claims of other live instances are theirs).
+    multi_instance: bool = False
+    # The DSN (PostgreSQL) or file path (SQLite) of this test's database.
+    location: str = ""
 
 
-def _sqlite(tmp_path: Path) -> EngineHandle:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
     from bridge.store.sqlite import SqliteStore
 
     path = tmp_path / "bridge.db"
@@ -61,17 +67,51 @@ def _sqlite(tmp_path: Path) -> EngineHandle:
         ),
         force_schema_version=force_schema_version,
         commits=commits,
+        location=str(path),
     )
 
 
-# name -> factory(tmp_path). A "postgres" factory would create a throw-away database (skip when no
-# server is reachable, unless SMPP_BRIDGE_CI is set) and return the same kind of handle.
-ENGINES: dict[str, Callable[[Path], EngineHandle]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
+    from bridge.store.postgres import PostgresStore
+    from tests.conftest import run_async
+
+    dsn: str = request.getfixturevalue("pg_dsn")
+
+    def force_schema_version(version: int) -> None:
+        async def go() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
+            finally:
+                await conn.close()
+
+        run_async(go())
+
+    return EngineHandle(
+        name="postgres",
+        new_store=lambda: PostgresStore(dsn, min_size=1, max_size=10),
+        child_setup=(
+            f"from bridge.store.postgres import PostgresStore\nstore = PostgresStore({dsn!r})"
+        ),
+        force_schema_version=force_schema_version,
+        commits=None,
+        multi_instance=True,
+        location=dsn,
+    )
+
+
+# name -> factory(request, tmp_path).
+ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], EngineHandle]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(ENGINES))
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
-    return ENGINES[request.param](tmp_path)
+    return ENGINES[request.param](request, tmp_path)
 
 
 @pytest.fixture

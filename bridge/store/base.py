@@ -86,6 +86,11 @@ class Store(Protocol):
     async def recover(
         self, instance: str, now: int, unknown_smscs: frozenset[str]
     ) -> dict[str, int]: ...
+    async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
+        """Periodic: requeue claims whose lease expired or whose instance is gone (several
+        instances on one database); same result shape as `recover`."""
+        ...
+
     async def claim(
         self, instance: str, limit: int, now: int, lease_ms: int
     ) -> list[WorkMessage]: ...

@@ -542,6 +542,11 @@ class SqliteStore:
 
         return await self._runner.write(job, durable=False)
 
+    async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
+        """Nothing to do: one process owns every claim of a SQLite store, and `recover` gives
+        them all back when it starts (several instances need the PostgreSQL engine)."""
+        return {"requeued": 0, "marked_unknown": 0}
+
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         def job(c: sqlite3.Connection) -> list[WorkMessage]:
             accounts = self._queued_accounts(c)

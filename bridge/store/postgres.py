@@ -1,0 +1,987 @@
+"""PostgreSQL engine of the Store protocol: several daemon instances share one database.
+
+Same semantics as the SQLite engine (tests/integration/test_store.py runs against both); what this
+engine adds is correctness under concurrent instances:
+
+- accept is one transaction (authorisation + nonce, idempotency record, rate bucket, messages,
+  parts). Nonces and idempotency keys are primary keys written with `ON CONFLICT ... WHERE
+  expired`: a concurrent second writer waits for the first and then sees its row, so a nonce is
+  accepted once and a key accepts one batch. The account's rate bucket row is locked (`FOR
+  UPDATE`) so instances share one rate.
+- claims (messages, webhooks) use `FOR UPDATE SKIP LOCKED`, with a lease; see
+  postgres_pipeline.py for the per-message locking of results and receipts.
+- migrations run under an advisory lock, so instances starting together migrate once.
+
+The pipeline SQL is in postgres_pipeline.py, the reports in postgres_reports.py, transactions in
+postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgres_coord.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from bridge.domain.rate import bucket_take
+from bridge.store import migrate
+from bridge.store import postgres_pipeline as pipe
+from bridge.store import postgres_reports as reports
+from bridge.store.base import StoreError
+from bridge.store.models import (
+    ACCOUNT_MUTABLE,
+    AcceptBatch,
+    AcceptOutcome,
+    Account,
+    AppKey,
+    IdempotencyRecord,
+    MessageRecord,
+    MoMessage,
+    MoPart,
+    QueueGroup,
+    ReceiptIn,
+    ReceiptOutcome,
+    Release,
+    SegmentRecord,
+    SubmitResult,
+    WebhookJob,
+    WorkMessage,
+)
+from bridge.store.postgres_tx import create_pool, run_tx, scalar
+
+_ACCOUNT_COLS = (
+    "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
+    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at"
+)
+_BOOL_COLS = frozenset({"raw_text", "marketing"})
+_MESSAGE_COLS = (
+    "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
+    "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
+    "state, error_code, error_text, smsc, accepted_at, scheduled_at, expires_at, sent_at, done_at"
+)
+_KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
+
+# Key status and account in one statement with the nonce write; the nonce is recorded only for an
+# active key, and only if new or expired (a concurrent duplicate waits, then sees it: a replay).
+_AUTHORIZE = f"""
+WITH k AS (
+    SELECT k.status AS key_status, {", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLS.split(","))}
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1
+), n AS (
+    INSERT INTO nonces (key_id, nonce, expires_at)
+    SELECT $1, $2, $3 FROM k WHERE k.key_status = 'active'
+    ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE nonces.expires_at <= $4
+    RETURNING 1
+)
+SELECT k.*, (SELECT COUNT(*) FROM n) AS fresh FROM k
+"""
+
+_STORE_IDEMPOTENCY = (
+    "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, key) DO UPDATE SET "
+    "request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code, "
+    "response = EXCLUDED.response, expires_at = EXCLUDED.expires_at "
+    "WHERE idempotency.expires_at <= $7 RETURNING 1"
+)
+
+_MESSAGE_ARRAYS = """
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int[], $13::int[],
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])"""
+# One message (the usual send): scalars, which asyncpg encodes several times faster than arrays.
+_MESSAGE_SCALARS = """
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
+        $9::text, $10::text, $11::int, $12::int, $13::int, $14::bigint, $15::bigint, $16::bigint,
+        $17::bigint"""
+_SEGMENT_ARRAYS = """
+    SELECT * FROM unnest($18::text[], $19::int[], $20::int[], $21::int[], $22::bytea[],
+        $23::bytea[])"""
+_MESSAGE_INSERT = """
+    INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, sign_name,
+        template, text, encoding, data_coding, segments, billable_units, accepted_at,
+        scheduled_at, expires_at, q_not_before)"""
+_SEGMENT_INSERT = """
+    INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs)"""
+
+# Messages and their parts in one statement (one round trip for the whole batch).
+_INSERT_MESSAGES = f"""
+WITH m AS ({_MESSAGE_INSERT} {_MESSAGE_ARRAYS})
+{_SEGMENT_INSERT} {_SEGMENT_ARRAYS}
+"""
+
+# The send path in one statement, committed on its own (no BEGIN/COMMIT round trips): key and
+# account checked, nonce recorded, idempotency record stored, messages and parts written, each
+# step only if the previous one passed. It writes nothing unless the key and account are
+# active, current ($28) and without a rate; in those other cases the caller runs the general
+# transaction instead (same order of checks as the SQLite engine, rate bucket included).
+_ACCEPT_SEND_TEMPLATE = """
+WITH k AS (
+    SELECT k.status AS key_status, {account_cols}
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $24
+), ok AS (
+    SELECT 1 FROM k WHERE key_status = 'active' AND status = 'active' AND tps = 0
+        AND ($28::bigint IS NULL OR updated_at = $28)
+), n AS (
+    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $24, $25, $26 FROM ok
+    ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE nonces.expires_at <= $27
+    RETURNING 1
+), i AS (
+    INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
+    SELECT $29, $30, $31, $32, $33, $34 FROM n
+    ON CONFLICT (account_id, key) DO UPDATE SET
+        request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
+        response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
+    WHERE idempotency.expires_at <= $27
+    RETURNING 1
+), m AS ({message_insert} {messages} WHERE EXISTS (SELECT 1 FROM i)
+), s AS ({segment_insert} {segments} WHERE EXISTS (SELECT 1 FROM i))
+SELECT k.*, EXISTS (SELECT 1 FROM ok) AS ok, (SELECT COUNT(*) FROM n) AS fresh,
+    (SELECT COUNT(*) FROM i) AS stored
+FROM k
+"""
+_ACCEPT_SEND = {
+    scalar: _ACCEPT_SEND_TEMPLATE.format(
+        account_cols=", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLS.split(",")),
+        message_insert=_MESSAGE_INSERT,
+        messages=_MESSAGE_SCALARS if scalar else _MESSAGE_ARRAYS,
+        segment_insert=_SEGMENT_INSERT,
+        segments=_SEGMENT_ARRAYS,
+    )
+    for scalar in (False, True)
+}
+
+
+def _account(row: Any) -> Account:
+    return Account(
+        id=row[0],
+        name=row[1],
+        kind=row[2],
+        raw_text=bool(row[3]),
+        marketing=bool(row[4]),
+        default_country=row[5],
+        tps=row[6],
+        daily_quota=row[7],
+        status_callback_url=row[8],
+        mo_callback_url=row[9],
+        webhook_secret_enc=bytes(row[10]),
+        status=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+    )
+
+
+def _key(row: Any) -> AppKey:
+    return AppKey(
+        key_id=row[0],
+        account_id=row[1],
+        secret_enc=bytes(row[2]),
+        status=row[3],
+        created_at=row[4],
+        revoked_at=row[5],
+    )
+
+
+class _AuthRefused(Exception):
+    def __init__(self, outcome: str, account: Account | None = None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.account = account
+
+
+class _RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
+class PostgresStore:
+    engine = "postgres"
+
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self._min = min_size
+        self._max = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._rr = 0
+        # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
+        self.send_intermediate = False
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await _migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = await create_pool(self.dsn, min_size=self._min, max_size=self._max)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is closed")
+        return self._pool
+
+    async def ping(self) -> bool:
+        return await self.pool.fetchval("SELECT 1") == 1
+
+    async def schema_version(self) -> int:
+        return scalar(await self.pool.fetchval("SELECT MAX(version) FROM schema_version"))
+
+    # -- accounts and keys -----------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+                account.id,
+                account.name,
+                account.kind,
+                account.raw_text,
+                account.marketing,
+                account.default_country,
+                account.tps,
+                account.daily_quota,
+                account.status_callback_url,
+                account.mo_callback_url,
+                account.webhook_secret_enc,
+                account.status,
+                account.created_at,
+                account.updated_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreError(
+                "ACCOUNT_EXISTS", f"an account named {account.name!r} already exists"
+            ) from exc
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
+        )
+        return _account(row) if row else None
+
+    async def get_account_by_name(self, name: str) -> Account | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE name = $1", name
+        )
+        return _account(row) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self.pool.fetch(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id"
+        )
+        return [_account(r) for r in rows]
+
+    async def update_account(
+        self, account_id: str, changes: dict[str, Any], now: int
+    ) -> Account | None:
+        bad = set(changes) - ACCOUNT_MUTABLE
+        if bad:
+            raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
+        cols = sorted(changes)
+        values = [bool(changes[k]) if k in _BOOL_COLS else changes[k] for k in cols]
+
+        async def job(c: asyncpg.Connection) -> Account | None:
+            if cols:
+                sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))
+                n = len(cols)
+                await c.execute(
+                    f"UPDATE accounts SET {sets}, updated_at = ${n + 1} WHERE id = ${n + 2}",
+                    *values,
+                    now,
+                    account_id,
+                )
+            row = await c.fetchrow(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
+            )
+            return _account(row) if row else None
+
+        return await run_tx(self.pool, job)
+
+    async def add_key(self, key: AppKey, max_active: int) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            # The account row serialises concurrent key creations for one account.
+            await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", key.account_id)
+            n = scalar(
+                await c.fetchval(
+                    "SELECT COUNT(*) FROM app_keys WHERE account_id = $1 AND status = 'active'",
+                    key.account_id,
+                )
+            )
+            if n >= max_active:
+                raise StoreError(
+                    "TOO_MANY_KEYS",
+                    f"account already has {n} active keys (limit {max_active}); revoke one first",
+                )
+            await c.execute(
+                "INSERT INTO app_keys (key_id, account_id, secret_enc, status, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                key.key_id,
+                key.account_id,
+                key.secret_enc,
+                key.status,
+                key.created_at,
+            )
+
+        await run_tx(self.pool, job)
+
+    async def get_key(self, key_id: str) -> AppKey | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_KEY_COLS} FROM app_keys WHERE key_id = $1", key_id
+        )
+        return _key(row) if row else None
+
+    async def list_keys(self, account_id: str) -> list[AppKey]:
+        rows = await self.pool.fetch(
+            f"SELECT {_KEY_COLS} FROM app_keys WHERE account_id = $1 ORDER BY created_at, key_id",
+            account_id,
+        )
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        row = await self.pool.fetchval(
+            "UPDATE app_keys SET status = 'revoked', revoked_at = $1 "
+            "WHERE key_id = $2 AND status = 'active' RETURNING 1",
+            now,
+            key_id,
+        )
+        return row is not None
+
+    async def use_nonce(self, key_id: str, nonce: str, expires_at: int, now: int) -> bool:
+        fresh = await self.pool.fetchval(
+            "INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at "
+            "WHERE nonces.expires_at <= $4 RETURNING 1",
+            key_id,
+            nonce,
+            expires_at,
+            now,
+        )
+        return fresh is not None
+
+    async def authorize_request(
+        self, key_id: str, nonce: str, expires_at: int, now: int
+    ) -> tuple[str, Account | None]:
+        """Record a nonce and read the key's and account's current state in one statement (see
+        the SQLite engine for why). Outcome: ok | unknown_key | revoked | nonce_reused."""
+        row = await self.pool.fetchrow(_AUTHORIZE, key_id, nonce, expires_at, now)
+        return _authorized(row)
+
+    # -- acceptance --------------------------------------------------------------------------------
+
+    async def get_idempotency(
+        self, account_id: str, key: str, now: int
+    ) -> IdempotencyRecord | None:
+        return await _idem(self.pool, account_id, key, now)
+
+    async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
+        if (
+            batch.nonce is not None
+            and batch.key_id is not None
+            and batch.idempotency_key is not None
+            and batch.idempotency is not None
+        ):
+            fast = await self._accept_send(batch, now)
+            if fast is not None:
+                return fast
+
+        async def job(c: asyncpg.Connection) -> AcceptOutcome:
+            tps = batch.tps
+            if batch.nonce is not None and batch.key_id is not None:
+                row = await c.fetchrow(
+                    _AUTHORIZE, batch.key_id, batch.nonce, batch.nonce_expires_at, now
+                )
+                outcome, account = _authorized(row)
+                if outcome != "ok" or account is None:
+                    raise _AuthRefused(outcome)
+                if not account.active:
+                    raise _AuthRefused("disabled")
+                if (
+                    batch.account_version is not None
+                    and account.updated_at != batch.account_version
+                ):
+                    raise _AuthRefused("stale", account)
+                tps = account.tps
+            if batch.idempotency_key is not None and batch.idempotency is not None:
+                stored = await c.fetchval(
+                    _STORE_IDEMPOTENCY,
+                    batch.account_id,
+                    batch.idempotency_key,
+                    batch.idempotency.request_hash,
+                    batch.idempotency.status_code,
+                    batch.idempotency.response,
+                    batch.idempotency_expires_at,
+                    now,
+                )
+                if stored is None:  # a live record for this key: the first request won
+                    existing = await _idem(c, batch.account_id, batch.idempotency_key, now)
+                    return AcceptOutcome(accepted=False, existing=existing)
+            if tps > 0:
+                await _take_rate(c, batch.account_id, tps, len(batch.messages), now)
+            await _insert_messages(c, batch)
+            return AcceptOutcome(accepted=True)
+
+        try:
+            return await run_tx(self.pool, job)
+        except _RateLimited as exc:
+            return AcceptOutcome(accepted=False, retry_after=exc.wait)
+        except _AuthRefused as exc:
+            return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+
+    async def _accept_send(self, batch: AcceptBatch, now: int) -> AcceptOutcome | None:
+        """The API's send request in one round trip; None when the general path must decide."""
+        assert batch.idempotency is not None
+        scalar = len(batch.messages) == 1
+        row = await self.pool.fetchrow(
+            _ACCEPT_SEND[scalar],
+            *_message_arrays(batch, scalar=scalar),
+            batch.key_id,
+            batch.nonce,
+            batch.nonce_expires_at,
+            now,
+            batch.account_version,
+            batch.account_id,
+            batch.idempotency_key,
+            batch.idempotency.request_hash,
+            batch.idempotency.status_code,
+            batch.idempotency.response,
+            batch.idempotency_expires_at,
+        )
+        if row is None:
+            return AcceptOutcome(accepted=False, auth_refusal="unknown_key")
+        if row["key_status"] != "active":
+            return AcceptOutcome(accepted=False, auth_refusal="revoked")
+        if not row["ok"]:
+            return None  # disabled, stale or rated: nothing was written
+        if not row["fresh"]:
+            return AcceptOutcome(accepted=False, auth_refusal="nonce_reused")
+        if not row["stored"]:  # a live record for this key: the first request won
+            existing = await _idem(self.pool, batch.account_id, batch.idempotency_key or "", now)
+            return AcceptOutcome(accepted=False, existing=existing)
+        return AcceptOutcome(accepted=True)
+
+    async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
+        async with self.pool.acquire() as c:
+            row = await c.fetchrow(
+                f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = $1 AND account_id = $2",
+                message_id,
+                account_id,
+            )
+            if row is None:
+                return None
+            segs = tuple(
+                SegmentRecord(*r)
+                for r in await c.fetch(
+                    "SELECT seq, total, state, smsc, smsc_msg_id_raw, submitted_at, done_at, "
+                    "error_code FROM segments WHERE message_id = $1 ORDER BY seq",
+                    message_id,
+                )
+            )
+        return MessageRecord(*row, segment_rows=segs)
+
+    async def list_messages(
+        self,
+        account_id: str,
+        *,
+        recipient: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        state: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[MessageRecord]:
+        where = ["account_id = $1"]
+        args: list[Any] = [account_id]
+        for cond, value in (
+            ("recipient = ${}", recipient),
+            ("accepted_at >= ${}", since),
+            ("accepted_at < ${}", until),
+            ("state = ${}", state),
+            ("id < ${}", before_id),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(cond.format(len(args)))
+        args.append(limit)
+        rows = await self.pool.fetch(
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
+            f"ORDER BY id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [MessageRecord(*r) for r in rows]
+
+    async def queue_depth(self) -> int:
+        return scalar(
+            await self.pool.fetchval(
+                "SELECT SUM(segments - segments_sent) FROM messages "
+                "WHERE q_state IN ('queued', 'claimed')"
+            )
+        )
+
+    async def stats(
+        self, account_id: str, since: int, until: int, tz_offset_ms: int
+    ) -> list[dict[str, Any]]:
+        return await reports.stats(self.pool, account_id, since, until, tz_offset_ms)
+
+    # -- pipeline ---------------------------------------------------------------------------------
+
+    async def recover(
+        self, instance: str, now: int, unknown_smscs: frozenset[str]
+    ) -> dict[str, int]:
+        """Start-up: give back this instance's own claims and any whose lease expired; claims of
+        other live instances are theirs. Dead instances' claims are taken back by `reclaim`."""
+
+        async def job(c: asyncpg.Connection) -> dict[str, int]:
+            return await pipe.requeue_claims(c, now, unknown_smscs, instance=instance)
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
+        """Periodic: take back claims whose lease expired or whose instance is gone (no instance
+        lock and no heartbeat for DEAD_AFTER_MS), so a killed instance's work is resent."""
+
+        async def job(c: asyncpg.Connection) -> dict[str, int]:
+            return await pipe.requeue_claims(c, now, unknown_smscs, instance=None)
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
+        accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
+        if not accounts:
+            return []
+        # Round-robin over accounts with work: one big batch cannot starve small senders.
+        start = self._rr % len(accounts)
+        self._rr += 1
+        order = accounts[start:] + accounts[:start]
+
+        async def job(c: asyncpg.Connection) -> list[WorkMessage]:
+            return await pipe.claim(c, order, instance, limit, now, now + lease_ms)
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def record_submits(
+        self, results: list[SubmitResult], releases: list[Release], now: int
+    ) -> int:
+        async def job(c: asyncpg.Connection) -> int:
+            return await pipe.record_submits(
+                c, results, releases, now, intermediate=self.send_intermediate
+            )
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
+        async def job(c: asyncpg.Connection) -> ReceiptOutcome:
+            matched, pending = await pipe.apply_receipts(c, receipts, now)
+            return ReceiptOutcome(matched=matched, pending=pending)
+
+        return await run_tx(self.pool, job)
+
+    async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+        """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
+
+        async def job(c: asyncpg.Connection) -> dict[str, int]:
+            return await pipe.sweep(c, now, receipt_timeout_ms)
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
+        return await reports.unmatched_receipts(self.pool, older_than, limit)
+
+    async def pending_receipt_count(self) -> int:
+        return scalar(await self.pool.fetchval("SELECT COUNT(*) FROM pending_receipts"))
+
+    # -- MO ---------------------------------------------------------------------------------------
+
+    async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
+        key = (part.smsc, part.source, part.destination, part.ref)
+
+        async def job(c: asyncpg.Connection) -> list[MoPart] | None:
+            # Parts of one message can arrive on binds of two instances at once: serialise them,
+            # else each sees only its own part and the message never completes.
+            await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
+            await c.execute(
+                "INSERT INTO mo_parts (smsc, source, destination, ref, total, seq, data_coding, "
+                "payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                "ON CONFLICT (smsc, source, destination, ref, seq) DO UPDATE SET "
+                "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
+                "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at",
+                *key,
+                part.total,
+                part.seq,
+                part.data_coding,
+                part.payload,
+                part.received_at,
+            )
+            rows = await c.fetch(
+                "SELECT smsc, source, destination, ref, total, seq, data_coding, payload, "
+                "received_at FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
+                "AND ref = $4 ORDER BY seq",
+                *key,
+            )
+            if len(rows) < part.total:
+                return None
+            await c.execute(
+                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
+                "AND ref = $4",
+                *key,
+            )
+            return [MoPart(*tuple(r)[:7], bytes(r[7]), r[8]) for r in rows]
+
+        return await run_tx(self.pool, job)
+
+    async def store_mo(self, mo: MoMessage) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
+                "received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                mo.id,
+                mo.account_id,
+                mo.smsc,
+                mo.source,
+                mo.destination,
+                mo.text,
+                mo.received_at,
+            )
+            if mo.account_id is not None:
+                await _enqueue_webhook(
+                    c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at
+                )
+
+        await run_tx(self.pool, job)
+
+    async def attribute_mo(self, source: str, destination: str, now: int) -> str | None:
+        """The account an MO replies to: the latest sender to that number in 30 days, preferring
+        one whose message went out from the address the reply was sent to."""
+        since = now - 30 * 86_400_000
+        found = await self.pool.fetchval(
+            "SELECT account_id FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
+            "AND sender = $3 ORDER BY accepted_at DESC LIMIT 1",
+            source,
+            since,
+            destination,
+        )
+        if found is None:
+            found = await self.pool.fetchval(
+                "SELECT account_id FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
+                "ORDER BY accepted_at DESC LIMIT 1",
+                source,
+                since,
+            )
+        return found
+
+    async def get_mo(self, mo_id: str) -> MoMessage | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, account_id, smsc, source, destination, text, received_at "
+            "FROM mo_inbox WHERE id = $1",
+            mo_id,
+        )
+        return MoMessage(*row) if row else None
+
+    async def drop_stale_mo_parts(self, older_than: int) -> int:
+        rows = await self.pool.fetch(
+            "DELETE FROM mo_parts WHERE received_at < $1 RETURNING 1", older_than
+        )
+        return len(rows)
+
+    # -- instances -------------------------------------------------------------------------------
+
+    async def heartbeat(self, instance: str, role: str, now: int, status: str) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "INSERT INTO instances (instance, role, heartbeat_at, status) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (instance) DO UPDATE SET "
+                "role = EXCLUDED.role, heartbeat_at = EXCLUDED.heartbeat_at, "
+                "status = EXCLUDED.status",
+                instance,
+                role,
+                now,
+                status,
+            )
+            # Forget processes silent for a day: restarts get new instance names.
+            await c.execute("DELETE FROM instances WHERE heartbeat_at < $1", now - 86_400_000)
+
+        await run_tx(self.pool, job, durable=False)
+
+    async def instances(self, since: int) -> list[tuple[str, str, int, str]]:
+        rows = await self.pool.fetch(
+            "SELECT instance, role, heartbeat_at, status FROM instances "
+            "WHERE heartbeat_at >= $1 ORDER BY heartbeat_at DESC",
+            since,
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    async def claim_webhooks(self, now: int, limit: int, lease_ms: int) -> list[WebhookJob]:
+        """Due outbox rows, leased for `lease_ms`: rows another instance is claiming are skipped,
+        so each report is handed to one sender (if it dies mid-POST, the lease runs out)."""
+
+        async def job(c: asyncpg.Connection) -> list[WebhookJob]:
+            rows = await c.fetch(
+                "WITH due AS (SELECT id, next_attempt_at FROM webhook_outbox "
+                "WHERE state = 'pending' AND next_attempt_at <= $1 "
+                "ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                "UPDATE webhook_outbox o SET next_attempt_at = $3 FROM due, accounts a "
+                "WHERE o.id = due.id AND a.id = o.account_id "
+                "RETURNING o.id, o.webhook_id, o.account_id, o.kind, "
+                "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
+                "o.payload, o.attempts, o.ref_id, o.created_at, due.next_attempt_at",
+                now,
+                limit,
+                now + lease_ms,
+            )
+            rows = sorted(rows, key=lambda r: (r[9], r[0]))
+            return [
+                WebhookJob(
+                    id=r[0],
+                    webhook_id=r[1],
+                    account_id=r[2],
+                    kind=r[3],
+                    url=r[4] or "",
+                    payload=r[5] if r[5] is not None else (r[7] or ""),
+                    attempts=r[6],
+                    created_at=r[8],
+                )
+                for r in rows
+            ]
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def webhook_done(self, ids: list[int], now: int) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "UPDATE webhook_outbox SET state = 'delivered', delivered_at = $2, "
+                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])",
+                ids,
+                now,
+            )
+
+        await run_tx(self.pool, job, durable=False)
+
+    async def webhook_retry(self, ids: list[int], next_at: int, error: str, dead: bool) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "UPDATE webhook_outbox SET state = $2, next_attempt_at = $3, last_error = $4, "
+                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])",
+                ids,
+                "dead" if dead else "pending",
+                next_at,
+                error[:500],
+            )
+
+        await run_tx(self.pool, job, durable=False)
+
+    async def dead_webhooks(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await reports.dead_webhooks(self.pool, account_id, limit)
+
+    async def replay_webhooks(self, ids: list[int], now: int) -> int:
+        rows = await self.pool.fetch(
+            "UPDATE webhook_outbox SET state = 'pending', next_attempt_at = $2, attempts = 0 "
+            "WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING 1",
+            list(ids),
+            now,
+        )
+        return len(rows)
+
+    async def enqueue_event(
+        self, account_id: str, kind: str, payload: str, webhook_id: str, now: int
+    ) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await _enqueue_webhook(c, account_id, kind, None, payload, webhook_id, now)
+
+        await run_tx(self.pool, job)
+
+    async def webhook_counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")
+        return {r[0]: int(r[1]) for r in rows}
+
+    # -- reports and operator views (SQL in postgres_reports.py) -----------------------------------
+
+    async def cdr_page(
+        self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
+    ) -> list[MessageRecord]:
+        return await reports.cdr_page(self.pool, account_id, since, until, after, limit)
+
+    async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
+        return await reports.queue_groups(self.pool, now, route_prefixes)
+
+    async def count_unmatched_receipts(self, older_than: int) -> tuple[int, int]:
+        return await reports.count_unmatched_receipts(self.pool, older_than)
+
+    async def count_dead_webhooks(self, account_id: str | None) -> int:
+        return await reports.count_dead_webhooks(self.pool, account_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Apply pending migrations, each in its own transaction, under a session advisory lock: of
+    several instances starting together one migrates, the others wait and find nothing to do."""
+    await conn.execute("SELECT pg_advisory_lock($1, 0)", pipe.NS_MIGRATE)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+        available = migrate.migrations("postgres")
+        if available and current > available[-1][0]:
+            raise migrate.SchemaTooNew(
+                f"database schema version {current} is newer than this release "
+                f"({available[-1][0]}); upgrade smpp-bridge"
+            )
+        for version, _name, sql in available:
+            if version <= current:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, 0)", pipe.NS_MIGRATE)
+
+
+def _authorized(row: Any) -> tuple[str, Account | None]:
+    if row is None:
+        return "unknown_key", None
+    account = _account(tuple(row)[1:15])
+    if row["key_status"] != "active":
+        return "revoked", account
+    if not row["fresh"]:
+        return "nonce_reused", account
+    return "ok", account
+
+
+async def _idem(
+    c: asyncpg.Connection | asyncpg.Pool, account_id: str, key: str, now: int
+) -> IdempotencyRecord | None:
+    row = await c.fetchrow(
+        "SELECT request_hash, status_code, response, expires_at FROM idempotency "
+        "WHERE account_id = $1 AND key = $2",
+        account_id,
+        key,
+    )
+    if row is None or row[3] <= now:
+        return None
+    return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+
+
+async def _take_rate(c: asyncpg.Connection, account_id: str, tps: float, n: int, now: int) -> None:
+    """The account's token bucket, row-locked so concurrent accepts on every instance share it."""
+    row = await c.fetchrow(
+        "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE", account_id
+    )
+    if row is None:
+        # First use: create the row so the next concurrent request has something to lock.
+        await c.execute(
+            "INSERT INTO rate_buckets (account_id, tokens, at) VALUES ($1, 'NaN', 0) "
+            "ON CONFLICT (account_id) DO NOTHING",
+            account_id,
+        )
+        row = await c.fetchrow(
+            "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE", account_id
+        )
+    assert row is not None
+    tokens, at = row[0], row[1]
+    if tokens != tokens:  # NaN: created above (by us or a concurrent request), never used yet
+        tokens = at = None
+    wait, tokens, at = bucket_take(tokens, at, tps, n, now / 1000)
+    if wait > 0:
+        raise _RateLimited(wait)  # rolls back the idempotency record too
+    await c.execute(
+        "UPDATE rate_buckets SET tokens = $2, at = $3 WHERE account_id = $1", account_id, tokens, at
+    )
+
+
+async def _insert_messages(c: asyncpg.Connection, batch: AcceptBatch) -> None:
+    await c.execute(_INSERT_MESSAGES, *_message_arrays(batch))
+
+
+def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
+    """$1..$23 of _INSERT_MESSAGES / _ACCEPT_SEND: one array per column (with `scalar`, the
+    one message's columns as values, its parts still as arrays)."""
+    msgs = batch.messages
+    segs = [(m.id, s) for m in msgs for s in m.segments]
+    if scalar:
+        (m,) = msgs
+        head: list[Any] = [
+            m.id,
+            m.account_id,
+            m.batch_id,
+            m.client_ref,
+            m.recipient,
+            m.sender,
+            m.sign_name,
+            m.template,
+            m.text,
+            m.encoding,
+            m.data_coding,
+            m.air_segments or len(m.segments),
+            m.billable_units,
+            m.accepted_at,
+            m.scheduled_at,
+            m.expires_at,
+            m.scheduled_at or m.accepted_at,
+        ]
+        return head + _segment_arrays(segs)
+    return [
+        [m.id for m in msgs],
+        [m.account_id for m in msgs],
+        [m.batch_id for m in msgs],
+        [m.client_ref for m in msgs],
+        [m.recipient for m in msgs],
+        [m.sender for m in msgs],
+        [m.sign_name for m in msgs],
+        [m.template for m in msgs],
+        [m.text for m in msgs],
+        [m.encoding for m in msgs],
+        [m.data_coding for m in msgs],
+        [m.air_segments or len(m.segments) for m in msgs],
+        [m.billable_units for m in msgs],
+        [m.accepted_at for m in msgs],
+        [m.scheduled_at for m in msgs],
+        [m.expires_at for m in msgs],
+        [m.scheduled_at or m.accepted_at for m in msgs],
+        *_segment_arrays(segs),
+    ]
+
+
+def _segment_arrays(segs: list[tuple[str, Any]]) -> list[list[Any]]:
+    return [
+        [mid for mid, _s in segs],
+        [s.seq for _m, s in segs],
+        [s.total for _m, s in segs],
+        [s.esm_class for _m, s in segs],
+        [s.short_message for _m, s in segs],
+        [s.tlvs for _m, s in segs],
+    ]
+
+
+async def _enqueue_webhook(
+    c: asyncpg.Connection,
+    account_id: str,
+    kind: str,
+    ref_id: str | None,
+    payload: str | None,
+    webhook_id: str,
+    now: int,
+) -> None:
+    url_col = "mo_callback_url" if kind == "mo" else "status_callback_url"
+    # Only when a callback is configured (the status is still queryable without one).
+    await c.execute(
+        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) "
+        f"SELECT $1, id, $2, $3, $4, $5, $5 FROM accounts WHERE id = $6 AND {url_col} <> '' "
+        "ON CONFLICT (webhook_id) DO NOTHING",
+        webhook_id,
+        kind,
+        ref_id,
+        payload,
+        now,
+        account_id,
+    )

@@ -1,0 +1,366 @@
+"""Cross-instance coordination on PostgreSQL: liveness, bind ownership, wake-ups.
+
+One dedicated connection per daemon instance holds session-level advisory locks:
+
+- the instance lock (NS_INSTANCE, hashtext(instance)): "this instance is alive". Other instances
+  take back the claims of an instance whose lock is free and whose heartbeat is old
+  (postgres_pipeline.requeue_claims), so a kill -9 costs seconds, not a lease.
+- one lock per (SMSC, bind slot) (NS_BIND, hashtext("<smsc>#<slot>")): a carrier allows a limited
+  number of binds per system_id, so the configured `binds` of an SMSC are shared by every
+  instance. A connector opens bind `slot` only while this instance holds that slot's lock
+  (`SlotGate`, given to the connector as its `bind_gate`). The locks live as long as the
+  connection: an instance that stops or dies releases its slots at once and the others take them
+  over at their next poll (every `poll_s`).
+
+Fair share: while more instances are live, an instance takes at most ceil(slots / instances) of an
+SMSC's slots; a slot nobody else took within `grace_s` is taken anyway, so no slot stays idle.
+An instance holding more than its share while another live instance holds less than
+floor(slots / instances) gives one slot up per poll (its bind drains and unbinds first, then
+the lock is released), so binds spread out again after a restart or a late start. When there
+are more instances than slots nobody is short, and nothing moves.
+
+The same connection LISTENs on a channel: an instance that accepted work NOTIFYs it (coalesced,
+at most one per `notify_interval_s`), and every other instance wakes its dispatcher, so one
+whose binds are idle starts sending without waiting for its poll.
+
+If the connection is lost, every slot is treated as lost at once: the connectors see `keep()`
+turn False and unbind (within about 4 s). The coordinator reconnects with back-off and takes no
+slot for `grace_s` after reconnecting: when the server itself restarted, every instance lost its
+locks at the same moment, and each must have closed its binds before any rebinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
+
+log = logging.getLogger("bridge.coord")
+
+CHANNEL = "smpp_bridge_work"
+
+_HOLDERS = f"""
+WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+live AS (
+    SELECT pid FROM pg_locks, db WHERE locktype = 'advisory' AND granted AND objsubid = 2
+    AND classid = {NS_INSTANCE}::oid AND database = db.oid
+)
+SELECT s.slot, l.pid, (SELECT array_agg(pid) FROM live) AS live
+FROM unnest($1::text[], $2::int[]) AS s(k, slot)
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+    AND l.classid = {NS_BIND}::oid AND l.objid = hashtext(s.k)::oid
+    AND l.database = (SELECT oid FROM db)
+"""
+
+_LIVE_INSTANCES = (
+    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+    f"AND classid = {NS_INSTANCE}::oid "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def slot_groups(bind_mode: str, binds: int) -> list[list[int]]:
+    """Slots shared out separately: transmitters and receivers of a transmitter_receiver SMSC
+    are two groups (an instance with only receivers could not send); slot numbers are the
+    connector's bind indexes."""
+    if bind_mode == "transmitter_receiver":
+        return [list(range(binds)), list(range(binds, 2 * binds))]
+    return [list(range(binds))]
+
+
+class SlotGate:
+    """The connector's view of one SMSC's bind slots (bridge.smpp.connector.BindGate)."""
+
+    def __init__(self, coord: Coordinator, smsc: str, bind_mode: str, binds: int) -> None:
+        self._coord = coord
+        self.smsc = smsc
+        self.groups = slot_groups(bind_mode, binds)
+        coord.gates[smsc] = self
+
+    async def acquire(self, slot: int) -> bool:
+        group = next((g for g in self.groups if slot in g), [slot])
+        return await self._coord.acquire(self.smsc, slot, group)
+
+    def keep(self, slot: int) -> bool:
+        return self._coord.holds(self.smsc, slot)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        dsn: str,
+        instance: str,
+        *,
+        on_work: Callable[[], None] | None = None,
+        poll_s: float = 2.0,
+        grace_s: float | None = None,
+        notify_interval_s: float = 0.005,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dsn = dsn
+        self.instance = instance
+        self.on_work = on_work
+        self.poll_s = poll_s
+        self.grace_s = 3 * poll_s if grace_s is None else grace_s
+        self.notify_interval_s = notify_interval_s
+        self._clock = clock
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # one operation at a time on the connection
+        self._held: set[tuple[str, int]] = set()
+        self._yielding: set[tuple[str, int]] = set()  # being given up: unbinding, still locked
+        self.gates: dict[str, SlotGate] = {}
+        self._declined: dict[tuple[str, int], float] = {}
+        self._healthy = False
+        self._dirty = False
+        self._notifier: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._lost_event = asyncio.Event()
+        self._settle_until = 0.0  # after a reconnect: no slots until the others unbound
+        self._stopping = False
+        self.wakes = 0  # notifications received from other instances
+        self.losses = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and take the instance lock; fails if the database is unreachable."""
+        await self._connect()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="pg-coord")
+
+    async def stop(self) -> None:
+        """Close the connection: every lock this instance holds is released with it. Call after
+        the connectors stopped (their binds are closed), so no slot is ever bound twice."""
+        self._stopping = True
+        for task in (self._watcher, self._notifier):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        conn, self._conn = self._conn, None
+        self._healthy = False
+        self._held.clear()
+        self._yielding.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def gate(self, smsc: str, bind_mode: str, binds: int) -> SlotGate:
+        return SlotGate(self, smsc, bind_mode, binds)
+
+    def held(self, smsc: str | None = None) -> list[tuple[str, int]]:
+        return sorted(k for k in self._held if smsc is None or k[0] == smsc)
+
+    # -- bind slots -----------------------------------------------------------------------------
+
+    def holds(self, smsc: str, slot: int) -> bool:
+        key = (smsc, slot)
+        return self._healthy and key in self._held and key not in self._yielding
+
+    async def acquire(self, smsc: str, slot: int, group: list[int]) -> bool:
+        """True when this instance holds the slot (taking it now if it is free and within this
+        instance's fair share, or free for longer than the grace period)."""
+        key = (smsc, slot)
+        async with self._lock:
+            conn = self._conn
+            if not self._healthy or conn is None or self._clock() < self._settle_until:
+                return False
+            try:
+                if key in self._yielding:  # our bind on it is closed now: let it go
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                    )
+                    self._yielding.discard(key)
+                    self._held.discard(key)
+                    self._declined[key] = self._clock()  # not ours again before the grace
+                    log.info("bind slot released", extra={"smsc": smsc, "bind": slot})
+                    return False
+                if key in self._held:
+                    return True
+                live = max(1, int(await conn.fetchval(_LIVE_INSTANCES)))
+                mine = sum(1 for s in group if (smsc, s) in self._held)
+                if mine >= math.ceil(len(group) / live):
+                    first = self._declined.setdefault(key, self._clock())
+                    if self._clock() - first < self.grace_s:
+                        return False
+                got = bool(
+                    await conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                    )
+                )
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                log.warning("bind slot check failed: %r", exc)
+                return False
+            self._declined.pop(key, None)  # taken, or held elsewhere: the grace starts over
+            if got:
+                self._held.add(key)
+                log.info("bind slot taken", extra={"smsc": smsc, "bind": slot})
+            return got
+
+    async def release(self, smsc: str) -> None:
+        """An SMSC's connector stopped for good (removed or rebound by a reload): its slots go
+        back to the pool at once rather than when this process exits."""
+        self.gates.pop(smsc, None)
+        async with self._lock:
+            mine = [k for k in self._held if k[0] == smsc]
+            for key in mine:
+                self._held.discard(key)
+                self._yielding.discard(key)
+                self._declined.pop(key, None)
+            conn = self._conn
+            if conn is None or not self._healthy:
+                return
+            for _smsc, slot in mine:
+                with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                    )
+
+    async def rebalance(self) -> None:
+        """Give up one slot per SMSC group when over the fair share while a live instance is
+        under it (see the module docstring)."""
+        for gate in list(self.gates.values()):
+            for group in gate.groups:
+                keys = [(gate.smsc, s) for s in group]
+                if any(k in self._yielding for k in keys):
+                    continue  # one move at a time
+                async with self._lock:
+                    conn = self._conn
+                    if conn is None or not self._healthy:
+                        return
+                    try:
+                        rows = await conn.fetch(
+                            _HOLDERS, [f"{gate.smsc}#{s}" for s in group], group
+                        )
+                        me = conn.get_server_pid()
+                    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                        return
+                live = set(rows[0]["live"] or []) if rows else set()
+                if me not in live:
+                    continue
+                count = dict.fromkeys(live, 0)
+                for r in rows:
+                    if r["pid"] in count:
+                        count[r["pid"]] += 1
+                share = math.ceil(len(group) / len(live))
+                floor_share = len(group) // len(live)
+                short = any(n < floor_share for n in count.values())
+                mine = sorted(s for s in group if (gate.smsc, s) in self._held)
+                if short and len(mine) > share:
+                    key = (gate.smsc, mine[-1])
+                    self._yielding.add(key)
+                    log.info(
+                        "bind slot handed over to a less loaded instance",
+                        extra={"smsc": gate.smsc, "bind": key[1]},
+                    )
+
+    # -- wake-ups --------------------------------------------------------------------------------
+
+    def notify_work(self, _n: int = 0) -> None:
+        """Work was accepted here: wake the other instances' dispatchers (coalesced)."""
+        self._dirty = True
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.get_running_loop().create_task(self._send_notifies())
+
+    async def _send_notifies(self) -> None:
+        while self._dirty and not self._stopping:
+            self._dirty = False
+            async with self._lock:
+                conn = self._conn
+                if conn is None or not self._healthy:
+                    return  # the others' idle poll covers it
+                try:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.instance)
+                except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    return
+            await asyncio.sleep(self.notify_interval_s)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self.instance and self.on_work is not None:
+            self.wakes += 1
+            self.on_work()
+
+    # -- connection ------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(
+            self.dsn, server_settings={"application_name": f"smpp-bridge {self.instance}"}
+        )
+        try:
+            deadline = self._clock() + 30
+            # After a blip the server may not yet have noticed our old session: wait for it.
+            while not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))", NS_INSTANCE, self.instance
+            ):
+                if self._clock() > deadline:
+                    raise RuntimeError(
+                        f"instance name {self.instance!r} is held by another live process"
+                    )
+                await asyncio.sleep(0.5)
+            await conn.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_terminated)
+        self._conn = conn
+        self._healthy = True
+
+    def _on_terminated(self, conn: object) -> None:
+        if conn is self._conn and not self._stopping:
+            self._lost("connection closed")
+
+    def _lost(self, why: str) -> None:
+        if not self._healthy:
+            return
+        self.losses += 1
+        lost = sorted(self._held)
+        self._healthy = False
+        self._held.clear()
+        self._yielding.clear()
+        self._lost_event.set()
+        log.error(
+            "coordination connection lost (%s): giving up bind slots %s until reconnected",
+            why,
+            lost,
+        )
+
+    async def _watch(self) -> None:
+        """Ping every poll; on failure drop everything, then reconnect with back-off."""
+        delay = 0.5
+        while not self._stopping:
+            if self._healthy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lost_event.wait(), self.poll_s)
+            else:
+                await asyncio.sleep(delay)
+            self._lost_event.clear()
+            if self._healthy:
+                try:
+                    async with self._lock:
+                        assert self._conn is not None
+                        await self._conn.fetchval("SELECT 1", timeout=max(1.0, self.poll_s))
+                    await self.rebalance()
+                    continue
+                except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError):
+                    self._lost("ping failed")
+            old, self._conn = self._conn, None
+            if old is not None:
+                old.terminate()
+            try:
+                await self._connect()
+                delay = 0.5
+                self._settle_until = self._clock() + max(self.grace_s, 6.0)
+                log.info("coordination connection restored")
+            except Exception as exc:
+                delay = min(delay * 2, 10.0)
+                log.warning("coordination reconnect failed (%r); retrying in %.1f s", exc, delay)

@@ -1,0 +1,686 @@
+"""The pipeline's hot writes for PostgreSQL: claims, submit results, receipts, roll-ups, recovery.
+
+Same rules as `sqlite_pipeline.py` (the store contract tests hold both to them), set-based: one
+statement per kind of change with `unnest` arrays, never one per message. What differs is
+concurrency, because several instances write the same rows at once:
+
+- Claims lock rows with `FOR UPDATE SKIP LOCKED`: two instances never claim the same message, and
+  neither waits for the other.
+- A transaction that changes a message's parts first locks the message rows (sorted by id), then
+  changes parts, then recomputes the roll-up. So a receipt applied on one instance and the submit
+  result of the same message recorded on another serialise per message, and the later one rolls
+  up from the parts as both left them (no lost update of counts or state).
+- A receipt can race its own submit result (receipt on instance B while A records the
+  submit_sm_resp): A locks the (SMSC, message id) keys it records (transaction-scoped advisory
+  locks) before looking for pending receipts; B, for a receipt that matched nothing, locks its key
+  and looks again before keeping it pending. So either B sees A's committed id and matches, or A
+  sees B's pending receipt and applies it; without this the receipt could wait in
+  pending_receipts forever. Receipts that match at once (the usual case) take no lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from bridge.domain import lifecycle as lc
+from bridge.store.models import ReceiptIn, Release, SubmitResult, WorkMessage, WorkSegment
+
+# Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
+# A distinctive constant so the locks cannot collide with another application's.
+NS_INSTANCE = 0x5B1D0001  # session lock held by a live instance (postgres_coord.py)
+NS_BIND = 0x5B1D0002  # session lock per (SMSC, bind slot) (postgres_coord.py)
+NS_MIGRATE = 0x5B1D0003  # session lock while migrating
+NS_RECEIPT = 0x5B1D0004  # transaction lock per (SMSC, message id): receipt vs. submit result
+NS_MO = 0x5B1D0005  # transaction lock per MO reference: parts arriving on two instances
+
+# An instance whose heartbeat is older than this and whose instance lock is free is gone: its
+# claims go back to the queue without waiting for their lease.
+DEAD_AFTER_MS = 5_000
+
+_LOCK_KEYS = (
+    "SELECT pg_advisory_xact_lock($1::int, hashtext(k)) "
+    "FROM (SELECT DISTINCT unnest($2::text[]) AS k ORDER BY 1) s"
+)
+
+
+def receipt_key(smsc: str, msg_id: str) -> str:
+    return f"{smsc}\x1f{msg_id}"
+
+
+async def lock_keys(c: asyncpg.Connection, ns: int, keys: Iterable[str]) -> None:
+    """Transaction-scoped advisory locks, taken in sorted order (no deadlock between takers)."""
+    keys = list(keys)
+    if keys:
+        await c.execute(_LOCK_KEYS, ns, keys)
+
+
+async def lock_messages(c: asyncpg.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+    """Lock message rows in id order; their current queue/roll-up fields by id."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    rows = await c.fetch(
+        "SELECT id, state, account_id, q_state, segments_delivered, segments_failed, error_code "
+        "FROM messages WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+        ids,
+    )
+    return {r[0]: tuple(r) for r in rows}
+
+
+# -- claim -----------------------------------------------------------------------------------------
+
+_ACCOUNTS = """
+WITH RECURSIVE a AS (
+    (SELECT account_id FROM messages WHERE q_state = 'queued' ORDER BY account_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.account_id FROM messages m
+            WHERE m.q_state = 'queued' AND m.account_id > a.account_id
+            ORDER BY m.account_id LIMIT 1)
+    FROM a WHERE a.account_id IS NOT NULL
+)
+SELECT account_id FROM a WHERE account_id IS NOT NULL
+"""
+
+_PICK_PER_ACCOUNT = """
+SELECT p.id FROM unnest($1::text[]) WITH ORDINALITY AS a(acc, ord)
+CROSS JOIN LATERAL (
+    SELECT id FROM messages
+    WHERE q_state = 'queued' AND account_id = a.acc AND q_not_before <= $2
+    ORDER BY q_not_before, id LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) p
+LIMIT $4
+"""
+
+_PICK_OLDEST = """
+SELECT id FROM messages
+WHERE q_state = 'queued' AND q_not_before <= $1 AND NOT (id = ANY($2::text[]))
+ORDER BY q_not_before, id LIMIT $3
+FOR UPDATE SKIP LOCKED
+"""
+
+_CLAIM = """
+WITH c AS (
+    UPDATE messages SET q_state = 'claimed', q_claimed_by = $2, q_lease_until = $3,
+        q_attempts = q_attempts + 1
+    WHERE id = ANY($1::text[])
+    RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts
+)
+SELECT c.id, c.account_id, c.recipient, c.sender, c.data_coding, c.expires_at, c.q_attempts,
+    s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts
+FROM c LEFT JOIN segments s ON s.message_id = c.id AND s.state = 'queued'
+ORDER BY c.id, s.seq
+"""
+
+
+async def queued_accounts(c: asyncpg.Connection) -> list[str]:
+    """Accounts with queued work: a loose index scan, one probe per account, not per row."""
+    return [r[0] for r in await c.fetch(_ACCOUNTS)]
+
+
+async def claim(
+    c: asyncpg.Connection,
+    order: list[str],
+    instance: str,
+    limit: int,
+    now: int,
+    lease_until: int,
+) -> list[WorkMessage]:
+    """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
+    caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
+    are skipped, not waited for."""
+    per = max(1, limit // len(order))
+    ids = [r[0] for r in await c.fetch(_PICK_PER_ACCOUNT, order, now, per, limit)]
+    if len(ids) < limit:
+        ids += [r[0] for r in await c.fetch(_PICK_OLDEST, now, ids, limit - len(ids))]
+    if not ids:
+        return []
+    rows = await c.fetch(_CLAIM, ids, instance, lease_until)
+    msgs: dict[str, tuple[Any, ...]] = {}
+    segs: dict[str, list[WorkSegment]] = {}
+    for r in rows:
+        mid = r[0]
+        if mid not in msgs:
+            msgs[mid] = tuple(r[:7])
+            segs[mid] = []
+        if r[7] is not None:
+            segs[mid].append(
+                WorkSegment(
+                    seq=r[7],
+                    total=r[8],
+                    esm_class=r[9],
+                    short_message=bytes(r[10]),
+                    tlvs=bytes(r[11]),
+                    attempts=r[12],
+                )
+            )
+    return [
+        WorkMessage(
+            id=m[0],
+            account_id=m[1],
+            recipient=m[2],
+            sender=m[3],
+            data_coding=m[4],
+            expires_at=m[5],
+            attempts=m[6],
+            segments=tuple(segs[mid]),
+        )
+        for mid in ids
+        if (m := msgs.get(mid)) is not None
+    ]
+
+
+# -- roll-up ---------------------------------------------------------------------------------------
+
+
+async def rollup_messages(
+    c: asyncpg.Connection,
+    touched: dict[str, bool],
+    now: int,
+    locked: dict[str, tuple[Any, ...]] | None = None,
+    *,
+    intermediate: bool = False,
+) -> None:
+    """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
+    send) from their parts, and queue a status webhook for each that just became final (and,
+    with `intermediate`, a 'sent' report for each that just became sent). The rows must be
+    locked by this transaction (`locked`, else they are locked here) so the parts read below
+    include every other transaction's committed change."""
+    if not touched:
+        return
+    ids = sorted(touched)
+    if locked is None or not set(ids) <= set(locked):
+        locked = await lock_messages(c, ids)
+    parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
+    for mid, state, error in await c.fetch(
+        "SELECT message_id, state, error_code FROM segments WHERE message_id = ANY($1::text[]) "
+        "ORDER BY message_id, seq",
+        ids,
+    ):
+        parts[mid].append((state, error))
+    upd: list[list[Any]] = [[] for _ in range(8)]
+    finals: list[tuple[str, str]] = []
+    sent: list[str] = []
+    for mid in ids:
+        row = locked.get(mid)
+        if row is None or not parts[mid]:
+            continue
+        _id, old, account_id, q_state, old_delivered, old_failed, old_error = row
+        s = lc.summarize(parts[mid])
+        release = (touched[mid] or s.state in lc.MSG_FINAL) and s.all_dispatched
+        release = release and q_state != "done"
+        became_sent = s.state == lc.MSG_SENT and old != lc.MSG_SENT
+        became_final = s.state in lc.MSG_FINAL and old not in lc.MSG_FINAL
+        if (
+            s.state == old
+            and s.delivered == old_delivered
+            and s.failed == old_failed
+            and s.error == old_error
+            and not release
+        ):
+            continue
+        for col, value in zip(
+            upd,
+            (
+                mid,
+                s.state,
+                s.delivered,
+                s.failed,
+                s.error,
+                now if became_sent else None,
+                now if became_final else None,
+                release,
+            ),
+            strict=True,
+        ):
+            col.append(value)
+        if became_final:
+            finals.append((account_id, mid))
+        elif became_sent and intermediate:
+            sent.append(mid)
+    if upd[0]:
+        await c.execute(
+            "UPDATE messages m SET state = u.state, segments_delivered = u.delivered, "
+            "segments_failed = u.failed, error_code = u.error, "
+            "sent_at = COALESCE(u.sent_at, m.sent_at), done_at = COALESCE(u.done_at, m.done_at), "
+            "q_state = CASE WHEN u.release THEN 'done' ELSE m.q_state END, "
+            "q_claimed_by = CASE WHEN u.release THEN NULL ELSE m.q_claimed_by END, "
+            "q_lease_until = CASE WHEN u.release THEN NULL ELSE m.q_lease_until END "
+            "FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[], "
+            "$7::bigint[], $8::bool[]) "
+            "AS u(id, state, delivered, failed, error, sent_at, done_at, release) "
+            "WHERE m.id = u.id",
+            *upd,
+        )
+    if finals:
+        await enqueue_status_webhooks(c, finals, now)
+    if sent:
+        await enqueue_sent_webhooks(c, sent, now)
+
+
+async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> None:
+    """webhooks.send_intermediate: a report when every part was accepted by the SMSC, a snapshot
+    taken now (the same body as the SQLite engine's)."""
+    rows = await c.fetch(
+        "SELECT m.id, m.account_id, m.batch_id, m.client_ref, m.recipient, m.segments, "
+        "m.billable_units, m.accepted_at FROM unnest($1::text[]) WITH ORDINALITY AS f(id, ord) "
+        "JOIN messages m ON m.id = f.id JOIN accounts a ON a.id = m.account_id "
+        "WHERE a.status_callback_url <> '' ORDER BY f.ord",
+        list(sent),
+    )
+    if not rows:
+        return
+    bodies = [
+        json.dumps(
+            {
+                "type": "message.status",
+                "message_id": r[0],
+                "batch_id": r[2],
+                "client_ref": r[3],
+                "to": r[4],
+                "status": "sent",
+                "success": None,
+                "final": False,
+                "segments": r[5],
+                "billable_units": r[6],
+                "accepted_at_ms": r[7],
+                "submitted_at_ms": now,
+            },
+            separators=(",", ":"),
+        )
+        for r in rows
+    ]
+    await c.execute(
+        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) "
+        "SELECT 'st_' || f.mid || '_sent', f.acc, 'event', f.mid, f.body, $4, $4 "
+        "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS f(mid, acc, body, ord) "
+        "ORDER BY f.ord ON CONFLICT (webhook_id) DO NOTHING",
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        bodies,
+        now,
+    )
+
+
+async def enqueue_status_webhooks(
+    c: asyncpg.Connection, finals: Sequence[tuple[str, str]], now: int
+) -> None:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
+    await c.execute(
+        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) "
+        "SELECT 'st_' || f.mid, f.acc, 'status', f.mid, NULL, $3, $3 "
+        "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS f(acc, mid, ord) "
+        "JOIN accounts a ON a.id = f.acc "
+        "WHERE a.status_callback_url IS NOT NULL AND a.status_callback_url <> '' "
+        "ORDER BY f.ord ON CONFLICT (webhook_id) DO NOTHING",
+        [a for a, _m in finals],
+        [m for _a, m in finals],
+        now,
+    )
+
+
+# -- submit results --------------------------------------------------------------------------------
+
+
+async def record_submits(
+    c: asyncpg.Connection,
+    results: list[SubmitResult],
+    releases: list[Release],
+    now: int,
+    *,
+    intermediate: bool = False,
+) -> int:
+    touched: dict[str, bool] = {}
+    sent = [r for r in results if r.outcome == "sent"]
+    await lock_keys(
+        c,
+        NS_RECEIPT,
+        (receipt_key(r.smsc, r.smsc_msg_id) for r in sent if r.smsc_msg_id is not None),
+    )
+    locked = await lock_messages(
+        c, [r.message_id for r in results] + [rel.message_id for rel in releases]
+    )
+    if sent:
+        # Only parts still queued count: a repeated result is settled once.
+        queued = {
+            (r[0], r[1])
+            for r in await c.fetch(
+                "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::text[]) "
+                "AND state = 'queued'",
+                sorted({r.message_id for r in sent}),
+            )
+        }
+        fresh = []
+        for r in sent:
+            key = (r.message_id, r.seq)
+            if key in queued:
+                queued.discard(key)
+                fresh.append(r)
+        if fresh:
+            await c.execute(
+                "UPDATE segments s SET state = 'sent', smsc = u.smsc, smsc_msg_id = u.msg_id, "
+                "smsc_msg_id_raw = u.raw, submitted_at = u.at, attempts = s.attempts + 1 "
+                "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], "
+                "$6::bigint[]) AS u(mid, seq, smsc, msg_id, raw, at) "
+                "WHERE s.message_id = u.mid AND s.seq = u.seq",
+                [r.message_id for r in fresh],
+                [r.seq for r in fresh],
+                [r.smsc for r in fresh],
+                [r.smsc_msg_id for r in fresh],
+                [r.smsc_msg_id_raw for r in fresh],
+                [r.at or now for r in fresh],
+            )
+            per_msg: dict[str, tuple[str, int]] = {}
+            for r in fresh:
+                _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
+                per_msg[r.message_id] = (r.smsc, n + 1)
+            await c.execute(
+                "UPDATE messages m SET smsc = u.smsc, segments_sent = m.segments_sent + u.n "
+                "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(id, smsc, n) "
+                "WHERE m.id = u.id",
+                list(per_msg),
+                [v[0] for v in per_msg.values()],
+                [v[1] for v in per_msg.values()],
+            )
+            for mid in per_msg:
+                touched[mid] = True
+            await _apply_pending(c, fresh, touched)
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        await c.executemany(
+            "UPDATE segments SET state = 'failed', smsc = $1, error_code = $2, done_at = $3, "
+            "attempts = attempts + 1 WHERE message_id = $4 AND seq = $5 AND state = 'queued'",
+            [(r.smsc, r.error_code, now, r.message_id, r.seq) for r in failed],
+        )
+        # Later parts can never be shown as one message now: do not send them.
+        await c.executemany(
+            "UPDATE segments SET state = 'failed', error_code = 'PREVIOUS_PART_FAILED', "
+            "done_at = $1 WHERE message_id = $2 AND seq > $3 AND state = 'queued'",
+            [(now, r.message_id, r.seq) for r in failed],
+        )
+        await c.executemany(
+            "UPDATE messages SET smsc = $1 WHERE id = $2", [(r.smsc, r.message_id) for r in failed]
+        )
+    expired = [r for r in results if r.outcome == "expired"]
+    if expired:
+        await c.execute(
+            "UPDATE segments s SET state = $3, error_code = 'VALIDITY_EXPIRED', done_at = $4 "
+            "FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued'",
+            [r.message_id for r in expired],
+            [r.seq for r in expired],
+            lc.SEG_EXPIRED_UNSENT,
+            now,
+        )
+    unknown = [r for r in results if r.outcome == "unknown"]
+    if unknown:
+        await c.executemany(
+            "UPDATE segments SET state = $1, smsc = $2, error_code = $3, done_at = $4 "
+            "WHERE message_id = $5 AND seq = $6 AND state = 'queued'",
+            [
+                (lc.SEG_TIMEOUT, r.smsc, r.error_code or "SUBMIT_UNKNOWN", now, r.message_id, r.seq)
+                for r in unknown
+            ],
+        )
+    for r in results:
+        if r.outcome != "sent":
+            touched[r.message_id] = True
+    if releases:
+        for rel in releases:
+            touched.pop(rel.message_id, None)
+        await c.executemany(
+            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
+            "q_not_before = $1, q_attempts = q_attempts - $2 WHERE id = $3 AND q_state = 'claimed'",
+            [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
+        )
+        # The released rows changed under `locked`: re-read them for the roll-up.
+        locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
+    await rollup_messages(c, touched, now, locked, intermediate=intermediate)
+    return len(results)
+
+
+async def _apply_pending(
+    c: asyncpg.Connection, fresh: list[SubmitResult], touched: dict[str, bool]
+) -> None:
+    """Receipts that beat their submit_sm_resp to the store are applied now."""
+    keyed = [r for r in fresh if r.smsc_msg_id is not None]
+    if not keyed:
+        return
+    found = await c.fetch(
+        "DELETE FROM pending_receipts p USING unnest($1::text[], $2::text[]) AS k(smsc, msg_id) "
+        "WHERE p.smsc = k.smsc AND p.smsc_msg_id = k.msg_id "
+        "RETURNING p.id, p.smsc, p.smsc_msg_id, p.state, p.stat, p.err, p.done_at, "
+        "p.received_at, p.raw",
+        [r.smsc for r in keyed],
+        [r.smsc_msg_id for r in keyed],
+    )
+    if found:
+        rows = sorted(found, key=lambda r: r[0])
+        await _apply(c, [ReceiptIn(*tuple(r)[1:]) for r in rows], touched)
+
+
+# -- receipts --------------------------------------------------------------------------------------
+
+
+async def apply_receipts(
+    c: asyncpg.Connection, receipts: list[ReceiptIn], now: int
+) -> tuple[int, int]:
+    """(matched, kept pending). Unmatched receipts wait in pending_receipts for their id."""
+    where = await _match(c, receipts)
+    missing = [r for r in receipts if (r.smsc, r.smsc_msg_id) not in where]
+    if missing:
+        # Their submit result may be committing right now on another instance: wait for it
+        # (the key lock, taken before any message lock: the global lock order), then look again.
+        await lock_keys(c, NS_RECEIPT, (receipt_key(r.smsc, r.smsc_msg_id) for r in missing))
+        where.update(await _match(c, missing))
+    touched: dict[str, bool] = {}
+    locked: dict[str, tuple[Any, ...]] = {}
+    unmatched = await _apply(c, receipts, touched, where, locked)
+    if unmatched:
+        await c.execute(
+            "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
+            "received_at, raw) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[])",
+            *_columns(
+                unmatched,
+                ("smsc", "smsc_msg_id", "state", "stat", "err", "done_at", "received_at", "raw"),
+            ),
+        )
+    await rollup_messages(c, touched, now, locked)
+    return len(receipts) - len(unmatched), len(unmatched)
+
+
+def _columns(items: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
+    return [[getattr(i, n) for i in items] for n in names]
+
+
+async def _match(
+    c: asyncpg.Connection, receipts: Sequence[ReceiptIn]
+) -> dict[tuple[str, str], str]:
+    """(SMSC, normalised id) -> message id, for the receipts whose part is known."""
+    rows = await c.fetch(
+        "SELECT s.smsc, s.smsc_msg_id, s.message_id FROM segments s "
+        "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
+        "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id",
+        [r.smsc for r in receipts],
+        [r.smsc_msg_id for r in receipts],
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def _apply(
+    c: asyncpg.Connection,
+    receipts: list[ReceiptIn],
+    touched: dict[str, bool],
+    where: dict[tuple[str, str], str] | None = None,
+    locked: dict[str, tuple[Any, ...]] | None = None,
+) -> list[ReceiptIn]:
+    """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
+
+    The parts' messages are locked before their states are read, so the first final outcome
+    stands even when two instances apply receipts for the same part at once.
+    """
+    if where is None:
+        where = await _match(c, receipts)
+    if not where:
+        return list(receipts)
+    rows = await lock_messages(c, where.values())
+    if locked is not None:
+        locked.update(rows)  # unchanged by what follows (only parts change): for the roll-up
+    parts: dict[tuple[str, str], list[Any]] = {}
+    for smsc, msg_id, mid, seq, state in await c.fetch(
+        "SELECT s.smsc, s.smsc_msg_id, s.message_id, s.seq, s.state FROM segments s "
+        "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
+        "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id",
+        [k[0] for k in where],
+        [k[1] for k in where],
+    ):
+        parts[(smsc, msg_id)] = [mid, seq, state]
+    unmatched = []
+    upd: list[list[Any]] = [[] for _ in range(5)]
+    for r in receipts:
+        part = parts.get((r.smsc, r.smsc_msg_id))
+        if part is None:
+            unmatched.append(r)
+            continue
+        mid, seq, state = part
+        if r.state == "enroute" or state in lc.SEG_FINAL:
+            continue  # intermediate, or a duplicate/late receipt: the first final outcome stands
+        new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
+        part[2] = new_state
+        for col, value in zip(
+            upd,
+            (mid, seq, new_state, r.received_at, lc.receipt_error_code(r.state, r.stat, r.err)),
+            strict=True,
+        ):
+            col.append(value)
+        touched.setdefault(mid, False)
+    if upd[0]:
+        await c.execute(
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) "
+            "AS u(mid, seq, state, at, error) WHERE s.message_id = u.mid AND s.seq = u.seq",
+            *upd,
+        )
+    return unmatched
+
+
+# -- recovery --------------------------------------------------------------------------------------
+
+_LIVE_INSTANCE_LOCKS = (
+    "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+    f"AND classid = {NS_INSTANCE}::oid "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+_ABANDONED = f"""
+SELECT m.id, m.smsc FROM messages m
+WHERE m.q_state = 'claimed' AND (
+    m.q_lease_until <= $1
+    OR (
+        NOT EXISTS (SELECT 1 FROM instances i
+                    WHERE i.instance = m.q_claimed_by AND i.heartbeat_at > $2)
+        AND hashtext(m.q_claimed_by)::oid NOT IN ({_LIVE_INSTANCE_LOCKS})
+    )
+)
+ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
+"""
+
+
+async def requeue_claims(
+    c: asyncpg.Connection,
+    now: int,
+    unknown_smscs: frozenset[str],
+    *,
+    instance: str | None,
+) -> dict[str, int]:
+    """Give claims back to the queue: with `instance`, that instance's own claims (a restart) and
+    any whose lease expired; without, claims whose lease expired or whose instance is gone (no
+    instance lock held and no heartbeat for DEAD_AFTER_MS).
+
+    Parts of such a message with no submit_sm_resp recorded may or may not have reached the SMSC:
+    they are resent (at-least-once) unless the message's last SMSC is configured
+    `in_flight_on_restart: unknown`.
+    """
+    if instance is not None:
+        rows = await c.fetch(
+            "SELECT id, smsc FROM messages WHERE q_state = 'claimed' "
+            "AND (q_claimed_by = $1 OR q_lease_until <= $2) ORDER BY id FOR UPDATE",
+            instance,
+            now,
+        )
+    else:
+        rows = await c.fetch(_ABANDONED, now, now - DEAD_AFTER_MS)
+    mark = [r[0] for r in rows if r[1] is not None and r[1] in unknown_smscs]
+    requeue = [r[0] for r in rows if not (r[1] is not None and r[1] in unknown_smscs)]
+    if mark:
+        await c.execute(
+            "UPDATE segments SET state = $2, done_at = $3, error_code = 'IN_FLIGHT_AT_RESTART' "
+            "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
+            mark,
+            lc.SEG_TIMEOUT,
+            now,
+        )
+        # Nothing is left to send: out of the queue even while earlier parts still await their
+        # receipts (else it sits 'claimed' and in queue_depth).
+        await rollup_messages(c, dict.fromkeys(mark, True), now)
+    if requeue:
+        await c.execute(
+            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL "
+            "WHERE id = ANY($1::text[])",
+            requeue,
+        )
+    return {"requeued": len(requeue), "marked_unknown": len(mark)}
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+
+
+async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+    """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
+    sweep, or this one's, gets them)."""
+    expired = [
+        r[0]
+        for r in await c.fetch(
+            "SELECT id FROM messages WHERE q_state = 'queued' AND expires_at IS NOT NULL "
+            "AND expires_at <= $1 ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            now,
+        )
+    ]
+    if expired:
+        await c.execute(
+            "UPDATE segments SET state = $2, done_at = $3, error_code = 'VALIDITY_EXPIRED' "
+            "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
+            expired,
+            lc.SEG_EXPIRED_UNSENT,
+            now,
+        )
+        # Parts sent before a release keep the message 'sent', yet nothing is left to send:
+        # release_done takes it out of the queue.
+        await rollup_messages(c, dict.fromkeys(expired, True), now)
+    timed_out = [
+        r[0]
+        for r in await c.fetch(
+            "SELECT id FROM messages WHERE state = 'sent' AND sent_at <= $1 "
+            "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            now - receipt_timeout_ms,
+        )
+    ]
+    if timed_out:
+        await c.execute(
+            "UPDATE segments SET state = $2, done_at = $3, error_code = 'NO_RECEIPT' "
+            "WHERE message_id = ANY($1::text[]) AND state = 'sent'",
+            timed_out,
+            lc.SEG_TIMEOUT,
+            now,
+        )
+        await rollup_messages(c, dict.fromkeys(timed_out, False), now)
+    await c.execute("DELETE FROM nonces WHERE expires_at <= $1", now)
+    await c.execute("DELETE FROM idempotency WHERE expires_at <= $1", now)
+    return {"expired": len(expired), "timed_out": len(timed_out)}

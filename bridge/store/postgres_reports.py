@@ -1,0 +1,160 @@
+"""Read-only SQL behind the reports and operator views, PostgreSQL flavour of `sqlite_reports.py`.
+
+Same results as the SQLite engine (the contract tests compare them); the queries differ only in
+dialect (`COUNT(*) FILTER`, `$n` parameters, `substr` for route prefixes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from bridge.store.models import MessageRecord, QueueGroup
+from bridge.store.postgres_tx import scalar
+
+_CDR_COLS = (
+    "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, NULL, "
+    "encoding, data_coding, segments, billable_units, segments_sent, segments_delivered, "
+    "segments_failed, state, error_code, error_text, smsc, accepted_at, scheduled_at, "
+    "expires_at, sent_at, done_at"
+)
+
+
+async def stats(
+    pool: asyncpg.Pool, account_id: str, since: int, until: int, tz_offset_ms: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT (accepted_at + $1) / 86400000 AS day, COUNT(*), "
+        "COUNT(*) FILTER (WHERE state = 'delivered'), "
+        "COUNT(*) FILTER (WHERE state IN ('failed', 'expired')), "
+        "COUNT(*) FILTER (WHERE state IN ('queued', 'sent')), "
+        "COUNT(*) FILTER (WHERE state = 'unknown'), SUM(segments), SUM(billable_units) "
+        "FROM messages WHERE account_id = $2 AND accepted_at >= $3 AND accepted_at < $4 "
+        "GROUP BY day ORDER BY day",
+        tz_offset_ms,
+        account_id,
+        since,
+        until,
+    )
+    return [
+        {
+            "day_index": int(r[0]),
+            "submitted": int(r[1]),
+            "delivered": int(r[2]),
+            "failed": int(r[3]),
+            "pending": int(r[4]),
+            "unknown": int(r[5]),
+            "segments": scalar(r[6]),
+            "units": scalar(r[7]),
+        }
+        for r in rows
+    ]
+
+
+async def cdr_page(
+    pool: asyncpg.Pool,
+    account_id: str,
+    since: int,
+    until: int,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> list[MessageRecord]:
+    """One page of an account's messages accepted in [since, until), keyset on (accepted_at, id):
+    every page costs the same however deep into a month it is. `text` is not read."""
+    if after is None:
+        lower, last_id = since, ""
+    else:
+        lower, last_id = max(since, after[0]), after[1]
+    rows = await pool.fetch(
+        f"SELECT {_CDR_COLS} FROM messages WHERE account_id = $1 AND accepted_at >= $2 "
+        "AND accepted_at < $3 AND (accepted_at > $2 OR id > $4) ORDER BY accepted_at, id "
+        "LIMIT $5",
+        account_id,
+        lower,
+        until,
+        last_id,
+        limit,
+    )
+    return [MessageRecord(*r) for r in rows]
+
+
+async def queue_groups(
+    pool: asyncpg.Pool, now: int, route_prefixes: Iterable[str]
+) -> list[QueueGroup]:
+    """Unsent work grouped by (account, longest matching route prefix, wait state)."""
+    prefixes = sorted(set(route_prefixes), key=lambda p: (-len(p), p))
+    args: list[Any] = [now]
+    if prefixes:
+        whens = []
+        for p in prefixes:
+            args += [len(p), p]
+            whens.append(
+                f"WHEN substr(recipient, 1, ${len(args) - 1}) = ${len(args)} THEN ${len(args)}"
+            )
+        route_sql = "CASE " + " ".join(whens) + " ELSE '' END"
+    else:
+        route_sql = "''"
+    sql = (
+        f"SELECT account_id, {route_sql} AS route, "
+        "CASE WHEN q_state = 'claimed' THEN 'claimed' "
+        "WHEN scheduled_at IS NOT NULL AND scheduled_at > $1 THEN 'scheduled' "
+        "WHEN q_not_before > $1 THEN 'retry_wait' ELSE 'ready' END AS bucket, "
+        "COUNT(*), COALESCE(SUM(segments - segments_sent), 0), "
+        "MIN(COALESCE(scheduled_at, accepted_at)) "
+        "FROM messages WHERE q_state IN ('queued', 'claimed') "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+    return [
+        QueueGroup(r[0], r[1], r[2], int(r[3]), scalar(r[4]), r[5])
+        for r in await pool.fetch(sql, *args)
+    ]
+
+
+async def count_unmatched_receipts(pool: asyncpg.Pool, older_than: int) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE received_at <= $1) FROM pending_receipts",
+        older_than,
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def count_dead_webhooks(pool: asyncpg.Pool, account_id: str | None) -> int:
+    if account_id is None:
+        value = await pool.fetchval("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'dead'")
+    else:
+        value = await pool.fetchval(
+            "SELECT COUNT(*) FROM webhook_outbox WHERE state = 'dead' AND account_id = $1",
+            account_id,
+        )
+    return int(value)
+
+
+async def unmatched_receipts(
+    pool: asyncpg.Pool, older_than: int, limit: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT id, smsc, smsc_msg_id, state, stat, err, received_at, raw "
+        "FROM pending_receipts WHERE received_at <= $1 ORDER BY id LIMIT $2",
+        older_than,
+        limit,
+    )
+    return [dict(r.items()) for r in rows]
+
+
+async def dead_webhooks(
+    pool: asyncpg.Pool, account_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT id, webhook_id, account_id, kind, ref_id, attempts, last_error, created_at "
+        "FROM webhook_outbox WHERE state = 'dead'"
+    )
+    if account_id is None:
+        rows = await pool.fetch(sql + " ORDER BY id LIMIT $1", limit)
+    else:
+        rows = await pool.fetch(
+            sql + " AND account_id = $1 ORDER BY id LIMIT $2", account_id, limit
+        )
+    return [dict(r.items()) for r in rows]

@@ -1,0 +1,80 @@
+"""Connections and transactions for the PostgreSQL engine: one asyncpg pool, explicit BEGIN/COMMIT.
+
+Why not `conn.transaction()`: writes the SQLite engine acknowledges before its fsync
+(`durable=False`: claims, submit results, heartbeats, webhook bookkeeping) run here with
+`synchronous_commit = off`, set in the same round trip as the BEGIN; asyncpg's transaction object
+would need a second one. Durable writes (accepts, receipts) keep the server's default (on), so a
+202 is only sent after the WAL reached disk; PostgreSQL itself groups the flushes of concurrent
+commits, which is what the SQLite engine's group commit does by hand.
+
+Why retries: instances race on the same rows (a receipt on one instance, the submit result of the
+same message on another). Every transaction takes its locks in one global order (advisory keys,
+then messages by id, then segments), but a deadlock or serialization failure remains possible in
+corners; such a transaction is rolled back whole and run again, which is safe because every job is
+a function of its arguments and the database only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+log = logging.getLogger("bridge.store")
+
+T = TypeVar("T")
+Job = Callable[[asyncpg.Connection], Awaitable[T]]
+
+_BEGIN = "BEGIN"
+_BEGIN_ASYNC = "BEGIN; SET LOCAL synchronous_commit TO off"
+RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+ATTEMPTS = 8
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    """Pool release hook: our sessions change no settings (only SET LOCAL), hold no session locks
+    and LISTEN nowhere, so the default RESET ALL round trip per release is skipped. An open
+    transaction is still rolled back by asyncpg before this runs."""
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_no_reset,
+        command_timeout=60,
+        server_settings={"application_name": "smpp-bridge"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
+    """Run `job(conn)` in one transaction; commit, or roll back and re-raise. Deadlocks and
+    serialization failures are retried (the whole job) with a short jittered pause."""
+    for attempt in range(ATTEMPTS):
+        async with pool.acquire() as conn:
+            await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
+            try:
+                result = await job(conn)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")  # else the pool's release rolls it back
+                if isinstance(exc, RETRYABLE) and attempt + 1 < ATTEMPTS:
+                    log.info("store transaction retried after %s", type(exc).__name__)
+                    await asyncio.sleep(0.002 * (attempt + 1))
+                    continue
+                raise
+            await conn.execute("COMMIT")
+            return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def scalar(value: Any) -> int:
+    """COUNT/SUM results as int (SUM over BIGINT is NUMERIC in PostgreSQL)."""
+    return int(value or 0)

@@ -1,0 +1,244 @@
+"""A throw-away PostgreSQL cluster for tests and benchmarks: `initdb` + `pg_ctl` in a temp dir.
+
+Why our own cluster rather than a shared server: tests must be hermetic and runnable on any machine
+with Debian's PostgreSQL server package, without a DBA. One cluster per test session (starting one
+costs ~1 s); one fresh database per test, cloned from a template (~10 ms).
+
+Where the binaries come from, in order: env PG_BIN, `pg_config --bindir`, Debian's
+/usr/lib/postgresql/<newest>/bin. A ready server can be given instead with env
+SMPP_BRIDGE_TEST_PG_DSN (a DSN to a database whose user may CREATE DATABASE).
+
+initdb and pg_ctl refuse to run as root: as root they run as the `postgres` system user
+(`runuser -u postgres`), with the data directory chowned to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DSN_ENV = "SMPP_BRIDGE_TEST_PG_DSN"
+CI_ENV = "SMPP_BRIDGE_CI"
+
+
+class ClusterUnavailable(RuntimeError):
+    """No PostgreSQL to test against; the message says why (a skip reason)."""
+
+
+def find_bindir() -> Path | None:
+    candidates: list[Path] = []
+    if os.environ.get("PG_BIN"):
+        candidates.append(Path(os.environ["PG_BIN"]))
+    if shutil.which("pg_config"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    debian = Path("/usr/lib/postgresql")
+    if debian.is_dir():
+        versions = sorted(
+            (p for p in debian.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
+        candidates += [v / "bin" for v in reversed(versions)]
+    for c in candidates:
+        if (c / "initdb").exists() and (c / "pg_ctl").exists():
+            return c
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """A running server. `dsn(db)` names one database on it; `admin_dsn` the maintenance one."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    admin_db: str
+    datadir: Path | None = None
+    bindir: Path | None = None
+    _owner: str | None = None
+
+    def dsn(self, db: str) -> str:
+        auth = self.user if self.password is None else f"{self.user}:{self.password}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{db}"
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.dsn(self.admin_db)
+
+    def stop(self) -> None:
+        if self.datadir is None or self.bindir is None:
+            return  # an external server: not ours to stop
+        _run(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"],
+            self._owner,
+            check=False,
+        )
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def _run(cmd: list[str], owner: str | None, *, check: bool = True) -> str:
+    if owner is not None:
+        cmd = ["runuser", "-u", owner, "--", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise ClusterUnavailable(
+            f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}"
+        )
+    return proc.stdout
+
+
+def start_cluster(*, max_connections: int = 100, extra_conf: str = "") -> Cluster:
+    """An external server from env SMPP_BRIDGE_TEST_PG_DSN, else a new local one.
+
+    Raises ClusterUnavailable (with the reason) when neither is possible.
+    """
+    external = os.environ.get(DSN_ENV)
+    if external:
+        return _external(external)
+    bindir = find_bindir()
+    if bindir is None:
+        raise ClusterUnavailable(
+            "no PostgreSQL server binaries (initdb, pg_ctl): install postgresql, set PG_BIN, "
+            f"or set {DSN_ENV} to a server"
+        )
+    owner: str | None = None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise ClusterUnavailable(
+                "running as root and there is no 'postgres' user to run initdb as"
+            ) from None
+        owner = "postgres"
+    root = Path(tempfile.mkdtemp(prefix="smpp-bridge-pg-"))
+    datadir = root / "data"
+    if owner is not None:
+        info = pwd.getpwnam(owner)
+        os.chown(root, info.pw_uid, info.pw_gid)
+    os.chmod(root, 0o700)
+    user = "bridge"
+    _run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(datadir),
+            "-U",
+            user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        owner,
+    )
+    port = free_port()
+    conf = (
+        "listen_addresses = '127.0.0.1'\n"
+        f"port = {port}\n"
+        f"unix_socket_directories = '{root}'\n"
+        f"max_connections = {max_connections}\n"
+        "fsync = off\n"  # throw-away data: durability is PostgreSQL's business, not the tests'
+        "full_page_writes = off\n"
+        "shared_buffers = 128MB\n"
+        "log_min_messages = warning\n"
+        "logging_collector = off\n"
+        f"{extra_conf}"
+    )
+    with open(datadir / "postgresql.conf", "a", encoding="utf-8") as f:
+        f.write(conf)
+    cluster = Cluster(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        password=None,
+        admin_db="postgres",
+        datadir=datadir,
+        bindir=bindir,
+        _owner=owner,
+    )
+    _run(
+        [str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(root / "server.log"), "-w",
+         "-t", "60", "start"],
+        owner,
+    )  # fmt: skip
+    return cluster
+
+
+def _external(dsn: str) -> Cluster:
+    from urllib.parse import urlparse
+
+    u = urlparse(dsn)
+    return Cluster(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username or "postgres",
+        password=u.password,
+        admin_db=(u.path or "/postgres").lstrip("/") or "postgres",
+    )
+
+
+def ci() -> bool:
+    return os.environ.get(CI_ENV, "") not in ("", "0")
+
+
+def new_database_name(prefix: str = "t") -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+async def create_database(cluster: Cluster, name: str, template: str | None = None) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(cluster.admin_dsn)
+    try:
+        tmpl = f" TEMPLATE {template}" if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
+    finally:
+        await conn.close()
+    return cluster.dsn(name)
+
+
+async def drop_database(cluster: Cluster, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(cluster.admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[Cluster]:
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+            return
+        time.sleep(0.05)
+    raise ClusterUnavailable(f"PostgreSQL on {host}:{port} did not come up")
