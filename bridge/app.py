@@ -28,6 +28,7 @@ from bridge.api.context import ApiContext
 from bridge.api.submit import Submitter
 from bridge.config import Config, ConfigError, load_config
 from bridge.crypto import Sealer, load_master_key
+from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
@@ -48,7 +49,10 @@ def open_store(config: Config) -> Store:
             linger_ms=config.store.group_commit_ms,
             max_batch=config.store.group_commit_max,
         )
-    raise SystemExit("store.engine: postgres is not available in this build yet")
+    from bridge.store.postgres import PostgresStore
+
+    assert config.store.dsn is not None  # the config refuses postgres without a DSN
+    return PostgresStore(config.store.dsn)
 
 
 def make_sealer(config: Config) -> Sealer:
@@ -95,6 +99,8 @@ class Daemon:
         self._wake_listener: WakeListener | None = None
         self._wake_sender: WakeSender | None = None
         self._remote_status: dict[str, Any] = {}
+        self.coord: Any = None  # PostgreSQL: liveness, bind slots, wake-ups across instances
+        self.metrics = Metrics()  # per Daemon: tests run several in one process
 
     async def start(self) -> None:
         cfg = self.config
@@ -107,15 +113,31 @@ class Daemon:
         router = make_router(cfg)
         loop = asyncio.get_running_loop()
         if self.role in ("all", "owner"):
+            if cfg.store.engine == "postgres":  # before recovery and the first claim
+                from bridge.store.postgres_coord import Coordinator
+
+                self.coord = Coordinator(cfg.store.dsn or "", self.instance, on_work=self._woken)
+                await self.coord.start()
             await self._start_pipeline(store, accounts, router)
         if self.role == "owner":
             self._wake_listener = WakeListener(channel_name(cfg.store.path), self._wake_dispatcher)
             self._wake_listener.start()
+        if self.role == "owner" or self.coord is not None:
             self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
         if self.role in ("all", "acceptor"):
             await self._start_http(store, sealer, accounts, router)
+        if multiprocess_dir():  # another process may answer the scrape: keep our files fresh
+            self._tasks.append(loop.create_task(self.metrics.flush_every(1.0), name="metrics"))
 
-    def _wake_dispatcher(self) -> None:
+    def _wake_dispatcher(self, _n: int = 0) -> None:
+        """Work was accepted by this instance (or its acceptor processes)."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        if self.coord is not None:  # and the other instances, whose binds may be idle
+            self.coord.notify_work()
+
+    def _woken(self) -> None:
+        """Another instance accepted work."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
@@ -137,11 +159,9 @@ class Daemon:
         if any(recovered.values()):
             log.warning("recovered claims after restart: %s", recovered)
 
-        self.inbound = Inbound(store, smscs, clock=self.clock)
-        from bridge.smpp.connector import Connector
-
+        self.inbound = Inbound(store, smscs, clock=self.clock, metrics=self.metrics)
         for s in cfg.smscs:
-            self.connectors[s.name] = Connector(s, self.inbound.on_deliver)
+            self.connectors[s.name] = self._connector(s)
         self.dispatcher = Dispatcher(
             store,
             self.connectors,
@@ -152,7 +172,9 @@ class Daemon:
             idle_s=cfg.pipeline.dispatch_idle_ms / 1000,
             clock=self.clock,
         )
-        self.webhooks = WebhookSender(store, accounts, cfg.webhooks, clock=self.clock)
+        self.webhooks = WebhookSender(
+            store, accounts, cfg.webhooks, clock=self.clock, metrics=self.metrics
+        )
         for c in self.connectors.values():
             await c.start()
         loop = asyncio.get_running_loop()
@@ -167,12 +189,19 @@ class Daemon:
     ) -> None:
         cfg = self.config
         if self.dispatcher is not None:
-            on_accepted: Callable[[int], None] = self.dispatcher.wake
-            status: Callable[[], dict[str, Any]] = self.smsc_status
+            on_accepted: Callable[[int], None] = (
+                self.dispatcher.wake if self.coord is None else self._wake_dispatcher
+            )
+            status: Callable[[], dict[str, Any]] = (
+                self.smsc_status if self.coord is None else self._cluster_status
+            )
         else:  # an acceptor process: the owner dispatches and reports its binds via the store
             self._wake_sender = WakeSender(channel_name(cfg.store.path))
             on_accepted = self._wake_sender.wake
             status = self._owner_status
+            # Know the owner's binds before serving: /readyz and /metrics must not report an
+            # empty SMSC list during the first second.
+            self._remote_status = await self._read_owner_status()
         self.ctx = ApiContext(
             config=cfg,
             store=store,
@@ -182,6 +211,7 @@ class Daemon:
             clock=self.clock,
             on_accepted=on_accepted,
             smsc_status=status,
+            metrics=self.metrics,
         )
         if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
             self.ctx.on_webhooks_replayed = self.webhooks.wake
@@ -211,6 +241,16 @@ class Daemon:
             cfg.store.engine,
         )
 
+    def _connector(self, smsc: Any) -> Any:
+        from bridge.smpp.connector import Connector
+
+        assert self.inbound is not None
+        connector = Connector(smsc, self.inbound.on_deliver)
+        connector.on_submit = self.metrics.on_submit
+        if self.coord is not None:  # the configured binds are shared with the other instances
+            connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
+        return connector
+
     def smsc_status(self) -> dict[str, Any]:
         return {name: {"up": c.is_up, **c.snapshot()} for name, c in self.connectors.items()}
 
@@ -226,8 +266,31 @@ class Daemon:
                 self.ctx.queue_depth = await self.store.queue_depth()
                 if self.role == "acceptor":
                     self._remote_status = await self._read_owner_status()
+                elif self.coord is not None:
+                    self._remote_status = await self._read_peer_status()
             except Exception:
                 log.exception("api housekeeping failed")
+
+    def _cluster_status(self) -> dict[str, Any]:
+        """Several instances on PostgreSQL: an SMSC bound only on another live instance is up
+        for readiness too (what this instance accepts, that one sends)."""
+        status = self.smsc_status()
+        for name, st in status.items():
+            if not st.get("up") and self._remote_status.get(name, {}).get("up"):
+                status[name] = {**st, "up": True, "bound_on_other_instance": True}
+        return status
+
+    async def _read_peer_status(self) -> dict[str, Any]:
+        assert self.store is not None
+        merged: dict[str, Any] = {}
+        for instance, _role, _at, status in await self.store.instances(
+            int(self.clock() * 1000) - 5_000
+        ):
+            if instance != self.instance:
+                for name, st in json.loads(status).items():
+                    if isinstance(st, dict) and st.get("up"):
+                        merged[name] = {"up": True}
+        return merged
 
     async def _read_owner_status(self) -> dict[str, Any]:
         assert self.store is not None
@@ -263,6 +326,14 @@ class Daemon:
                 swept = await self.store.sweep(now_ms, timeout_ms)
                 if any(swept.values()):
                     log.info("sweep %s", swept)
+                unknown = frozenset(
+                    s.name for s in self.config.smscs if s.in_flight_on_restart == "unknown"
+                )
+                reclaimed = await self.store.reclaim(now_ms, unknown)
+                if any(reclaimed.values()):  # claims of an instance that died
+                    log.warning("reclaimed abandoned claims: %s", reclaimed)
+                    if self.dispatcher is not None:
+                        self.dispatcher.wake()
                 stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
                 await self.store.drop_stale_mo_parts(stale)
                 if self.webhooks is not None:
@@ -281,6 +352,8 @@ class Daemon:
                 await c.stop(grace)
             except Exception:
                 log.exception("stopping connector %s", c.name)
+        if self.coord is not None:  # binds are closed: now their slots may go to others
+            await self.coord.stop()
         if self.inbound is not None:
             await self.inbound.drain()
         if self.webhooks is not None:
@@ -315,16 +388,16 @@ class Daemon:
         router = make_router(merged)
         smscs = {s.name: s for s in merged.smscs}
         if self.dispatcher is not None and self.inbound is not None:
-            from bridge.smpp.connector import Connector
-
             grace = old.server.shutdown_grace_s
             for name in (*p.remove, *p.rebind):
                 connector = self.connectors.pop(name)
                 await connector.stop(grace)
+                if self.coord is not None:  # its bind slots are free for any instance now
+                    await self.coord.release(name)
             self.dispatcher.reconfigure(router, smscs)
             self.inbound.reconfigure(smscs)
             for name in (*p.add, *p.rebind):
-                self.connectors[name] = Connector(smscs[name], self.inbound.on_deliver)
+                self.connectors[name] = self._connector(smscs[name])
                 await self.connectors[name].start()
             for name in p.update:
                 self.connectors[name].update_limits(smscs[name])

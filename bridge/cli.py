@@ -34,9 +34,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(cfg: Config | None, level: str | None = None) -> None:
-    from bridge.logs import configure
+    from bridge.logs import config_secrets, configure
 
-    configure(cfg.logging if cfg else None, level)
+    configure(cfg.logging if cfg else None, level, secrets=config_secrets(cfg))
 
 
 def _print(data: Any) -> None:
@@ -331,6 +331,21 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise CliError(f"cannot reach {args.url}: {exc}") from None
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.status import StatusError, fetch, render
+
+    token = args.token or os.environ.get("SMPP_BRIDGE_ADMIN_TOKEN") or None
+    try:
+        status = fetch(args.url, token, timeout=args.timeout)
+    except StatusError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        _print(status.as_json())
+    else:
+        print(render(status))
+    return 0 if status.ready else 1
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 
@@ -434,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--client-ref")
     send.add_argument("--status", metavar="MESSAGE_ID", help="show a message instead of sending")
     send.set_defaults(fn=cmd_send)
+
+    st = sub.add_parser(
+        "status", help="binds, queue depth and throughput of a running daemon (admin API)"
+    )
+    st.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))
+    st.add_argument(
+        "--token", help="admin token (default: env SMPP_BRIDGE_ADMIN_TOKEN, which ps cannot see)"
+    )
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    st.add_argument("--json", action="store_true", help="print the raw views as JSON")
+    st.set_defaults(fn=cmd_status)
     return p
 
 

@@ -297,6 +297,8 @@ class ServerConfig:
     # 0: one process does everything. N > 0: N HTTP acceptor processes share the port (SO_REUSEPORT)
     # and the store; this process keeps the binds, the dispatcher, receipts and webhooks.
     workers: int = field(default=0, metadata=meta(between(0, 64)))
+    # Prometheus text format at GET /metrics on this port, open like /healthz (see README).
+    metrics: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from bridge import metrics
 from bridge.app import Daemon
 from bridge.config import Config
 
@@ -29,6 +30,10 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.workers = workers
+        # Before any metric exists: every process writes its numbers to files in one directory
+        # (inherited by the acceptors through the environment); whichever acceptor answers a
+        # scrape merges them all. See bridge/metrics.py.
+        self.metrics_dir, self._metrics_dir_ours = metrics.enable_multiprocess()
         self.owner = Daemon(config, role="owner", config_path=config_path)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
@@ -48,6 +53,7 @@ class Supervisor:
             for slot, proc in list(self.procs.items()):
                 if proc.poll() is None or self._stopping:
                     continue
+                metrics.mark_process_dead(proc.pid)
                 recent = [t for t in self._restarts.get(slot, []) if time.monotonic() - t < 60]
                 delay = min(30.0, 0.5 * 2 ** len(recent))
                 log.error(
@@ -91,3 +97,4 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             await self.owner.stop()
+            metrics.disable_multiprocess(self.metrics_dir, self._metrics_dir_ours)

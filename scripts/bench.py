@@ -7,6 +7,13 @@ latency (p50/p99, as the client saw it) and the daemon's RSS.
 
     python scripts/bench.py --messages 20000 --concurrency 50
     python scripts/bench.py --kind ucs3 --throttle 0.02 --syserr 0.01
+    python scripts/bench.py --store postgres --instances 2 --binds 2
+
+With `--store postgres` the daemons share a throw-away PostgreSQL cluster started for the run
+(initdb/pg_ctl, as the tests do; fsync off) or the database of `--pg-dsn`; `--instances N` runs N
+daemon processes on it and spreads the requests over their ports round-robin. The CPU line splits
+the machine's CPU time between daemons, PostgreSQL, simulator and load generator: the component
+that uses most of it, against the number of cores, is where the bottleneck is.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -166,13 +174,45 @@ async def wait_http(url: str, timeout: float = 20) -> None:
             await asyncio.sleep(0.1)
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+async def start_postgres(args: argparse.Namespace) -> tuple[str, object | None]:
+    """(DSN, cluster to stop afterwards or None): --pg-dsn, else a throw-away local cluster."""
+    if args.pg_dsn:
+        return args.pg_dsn, None
+    from tests.pg_cluster import create_database, start_cluster
+
+    cluster = start_cluster(max_connections=300)
+    return await create_database(cluster, "bench"), cluster
+
+
 async def run(args: argparse.Namespace) -> dict:
+    if args.instances > 1 and args.store != "postgres":
+        raise SystemExit("--instances above 1 needs --store postgres (one shared database)")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
-    http_port, sim_port, ctl_port = free_port(), free_port(), free_port()
+    ports = [free_port() for _ in range(args.instances)]
+    http_port, sim_port, ctl_port = ports[0], free_port(), free_port()
     key = base64.b64encode(os.urandom(32)).decode()
+    cluster = None
+    if args.store == "postgres":
+        dsn, cluster = await start_postgres(args)
+        store: dict = {"engine": "postgres", "dsn": dsn}
+    else:
+        store = {"path": str(tmp / "bridge.db"), "group_commit_ms": args.group_commit_ms}
     cfg = {
-        "server": {"port": http_port, "max_recipients": 1000, "workers": args.workers},
-        "store": {"path": str(tmp / "bridge.db"), "group_commit_ms": args.group_commit_ms},
+        "server": {
+            "port": http_port,
+            "max_recipients": 1000,
+            "workers": args.workers,
+            "admin_token": "bench-admin-token-0123456789",
+        },
+        "store": store,
         "security": {"master_key": key},
         "logging": {"level": "WARNING"},
         "sim": {
@@ -201,6 +241,10 @@ async def run(args: argparse.Namespace) -> dict:
     }
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    paths = [path]
+    for k, port in enumerate(ports[1:], start=1):  # the other instances: their own port only
+        paths.append(tmp / f"bench{k}.yaml")
+        paths[-1].write_text(yaml.safe_dump({**cfg, "server": {**cfg["server"], "port": port}}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "bridge.cli"]
     sim = None
@@ -211,7 +255,7 @@ async def run(args: argparse.Namespace) -> dict:
             stdout=open(tmp / "sim.log", "wb"),
             stderr=subprocess.STDOUT,
         )
-    daemon = None
+    daemons: list[subprocess.Popen[bytes]] = []
     try:
         if sim is not None:
             await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
@@ -223,15 +267,21 @@ async def run(args: argparse.Namespace) -> dict:
             env=env,
         )
         creds = json.loads(out.stdout)
-        daemon = subprocess.Popen(
-            [*cli, "run", "--config", str(path)],
-            env=env,
-            stdout=open(tmp / "daemon.log", "wb"),
-            stderr=subprocess.STDOUT,
-        )
-        await wait_http(
-            f"http://127.0.0.1:{http_port}/{'healthz' if args.accept_only else 'readyz'}"
-        )
+        for k, p in enumerate(paths):
+            daemons.append(
+                subprocess.Popen(
+                    [*cli, "run", "--config", str(p)],
+                    env=env,
+                    stdout=open(tmp / f"daemon{k or ''}.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        for port in ports:
+            await wait_http(
+                f"http://127.0.0.1:{port}/{'healthz' if args.accept_only else 'readyz'}", 60
+            )
+        if len(ports) > 1 and not args.accept_only:
+            await wait_binds_spread(ports, cfg["server"]["admin_token"], args.binds)
         text = TEXTS[args.kind]
         accept_lat: list[float] = []
         ids: list[str] = []
@@ -241,10 +291,22 @@ async def run(args: argparse.Namespace) -> dict:
         ) as client:
             # warm-up: one message, so connection set-up is not measured
             await client.send("+8613700000000", text="warm-up")
+            for port in ports[1:]:
+                async with BridgeClient(
+                    f"http://127.0.0.1:{port}", creds["app_key"], creds["app_secret"]
+                ) as other:
+                    await other.send("+8613700000001", text="warm-up")
 
-            requests = prebuild(
-                creds, http_port, [(f"+86138{i:08d}", text) for i in range(args.messages)]
-            )
+            # Request i goes to instance i % N (round-robin, as a load balancer would).
+            n = len(ports)
+            shares = [
+                prebuild(
+                    creds,
+                    port,
+                    [(f"+86138{i:08d}", text) for i in range(k, args.messages, n)],
+                )
+                for k, port in enumerate(ports)
+            ]
 
             async with aiohttp.ClientSession() as s:
                 base = (
@@ -253,9 +315,21 @@ async def run(args: argparse.Namespace) -> dict:
                     else await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
                 )
                 t0 = time.perf_counter()
-                cpu0 = _cpu(daemon.pid)
-                await raw_load(
-                    http_port, requests, args.concurrency, accept_lat, ids, errors, args.rate
+                cpu0 = sum(_cpu(d.pid) for d in daemons)
+                parts0 = _cpu_parts(sim, cluster)
+                await asyncio.gather(
+                    *(
+                        raw_load(
+                            port,
+                            reqs,
+                            max(1, args.concurrency // n),
+                            accept_lat,
+                            ids,
+                            errors,
+                            args.rate / n,
+                        )
+                        for port, reqs in zip(ports, shares, strict=True)
+                    )
                 )
                 t_accept = time.perf_counter() - t0
                 segs = len(ids) * (1 if args.kind == "gsm1" else 3)
@@ -268,11 +342,21 @@ async def run(args: argparse.Namespace) -> dict:
                         break
                     await asyncio.sleep(0.05)
                 t_total = time.perf_counter() - t0
-                cpu1 = _cpu(daemon.pid)
+                cpu1 = sum(_cpu(d.pid) for d in daemons)
+                parts1 = _cpu_parts(sim, cluster)
             rss = hwm = 0.0
-            for p in _tree(daemon.pid):
-                r, h = rss_mb(p)
-                rss, hwm = rss + r, hwm + h
+            for d in daemons:
+                for p in _tree(d.pid):
+                    r, h = rss_mb(p)
+                    rss, hwm = rss + r, hwm + h
+            cpu_split = {k: parts1[k] - parts0[k] for k in parts0}
+            cpu_split["daemons"] = cpu1 - cpu0
+            cpu_split["other"] = max(
+                0.0,
+                cpu_split.pop("machine")
+                - sum(v for k, v in cpu_split.items() if k not in ("machine_total",)),
+            )
+            cores = cpu_split.pop("machine_total") / t_total
             e2e: list[float] = []
             statuses: dict[str, int] = {}
             cursor = None
@@ -287,7 +371,10 @@ async def run(args: argparse.Namespace) -> dict:
                 if not cursor:
                     break
         return {
-            "options": {k: v for k, v in vars(args).items() if k != "json"},
+            "options": {k: v for k, v in vars(args).items() if k not in ("json", "pg_dsn")},
+            "instances": len(ports),
+            "cpu_seconds": cpu_split,
+            "cores": cores,
             "accepted": len(ids),
             "errors": errors,
             "statuses": statuses,
@@ -315,17 +402,56 @@ async def run(args: argparse.Namespace) -> dict:
             "seconds": t_total,
         }
     finally:
-        for p in (daemon, sim):
+        for p in (*daemons, sim):
             if p is not None:
                 p.terminate()
                 try:
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if cluster is not None:
+            cluster.stop()  # type: ignore[attr-defined]
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"kept {tmp}", file=sys.stderr)
+
+
+async def wait_binds_spread(ports: list[int], token: str, binds: int) -> None:
+    """Several instances: wait until each holds a bind (when there are enough), so the run
+    measures the shared steady state rather than the hand-over after start."""
+    want = 1 if binds >= len(ports) else 0
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
+        while True:
+            ups = []
+            for port in ports:
+                view = await get_json(s, f"http://127.0.0.1:{port}/admin/smscs")
+                ups.append(sum(x["binds_up"] for x in view["smscs"]))
+            if min(ups) >= want and sum(ups) >= binds:
+                return
+            if time.monotonic() > deadline:
+                print(f"binds not spread after 30 s: {ups}", file=sys.stderr)
+                return
+            await asyncio.sleep(0.2)
+
+
+def _cpu_parts(sim: subprocess.Popen[bytes] | None, cluster: object | None) -> dict[str, float]:
+    """CPU seconds so far of the simulator, the local PostgreSQL cluster (postmaster and its
+    backends), this load generator, and the machine (busy and total)."""
+    busy, total = _machine_busy()
+    pg = 0.0
+    datadir = getattr(cluster, "datadir", None)
+    if datadir is not None:
+        with contextlib.suppress(OSError, ValueError):
+            pg = _cpu(int((Path(datadir) / "postmaster.pid").read_text().split()[0]))
+    return {
+        "simulator": _cpu(sim.pid) if sim is not None else 0.0,
+        "postgres": pg,
+        "load_generator": time.process_time(),
+        "machine": busy,
+        "machine_total": total,
+    }
 
 
 def _ms(iso: str) -> float:
@@ -372,6 +498,15 @@ def main() -> None:
     p.add_argument("--group-commit-ms", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
+    p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("SMPP_BRIDGE_BENCH_PG_DSN"),
+        help="PostgreSQL database to use (default: a throw-away local cluster)",
+    )
+    p.add_argument(
+        "--instances", type=int, default=1, help="daemon processes on one database (postgres)"
+    )
     p.add_argument(
         "--rate",
         type=float,
@@ -411,6 +546,11 @@ def main() -> None:
             f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
         ),
         ("daemon CPU per message (us)", f"{result['daemon_cpu_us_per_msg']:.0f}"),
+        (
+            "CPU seconds: " + " / ".join(result["cpu_seconds"]),
+            " / ".join(f"{v:.1f}" for v in result["cpu_seconds"].values())
+            + f"  (of {result['cores']:.0f} cores x {result['seconds']:.1f} s)",
+        ),
         (
             "daemon RSS / peak (MB)",
             f"{result['daemon_rss_mb']:.0f} / {result['daemon_peak_rss_mb']:.0f}",

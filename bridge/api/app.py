@@ -7,11 +7,13 @@ import time
 
 from aiohttp import web
 
+from bridge import logs
 from bridge.api import admin, admin_ops, reports, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
 from bridge.api.errors import CODES, ApiError, envelope
 from bridge.api.openapi import openapi_document
 from bridge.ids import random_bytes
+from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("bridge.api")
 
@@ -32,24 +34,65 @@ def _error_response(
     return resp
 
 
+def _endpoint(request: web.Request) -> str:
+    """The metrics label: method and route template; never the raw path (unbounded)."""
+    match = request.match_info
+    resource = match.route.resource
+    if resource is None or match.http_exception is not None:
+        return "unmatched"
+    return f"{request.method} {resource.canonical}"
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
-    """Every response carries a request id; every refusal is the JSON envelope, not a traceback."""
+    """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
+    Every answer is counted, and every line logged while handling it carries the request id."""
     request_id = "req_" + random_bytes(8).hex()
     request[REQUEST_ID] = request_id
+    token = logs.REQUEST_ID.set(request_id)
     started = time.perf_counter()
     try:
-        resp = await handler(request)
+        resp, code = await _handle(request, handler, request_id)
+    finally:
+        logs.REQUEST_ID.reset(token)
+    resp.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    metrics = request.app[CTX].metrics
+    if code == "OK" and "Idempotent-Replayed" in resp.headers:
+        code = "REPLAYED"
+    elif code == "OK" and resp.status == 202 and request.path == "/v1/messages":
+        metrics.accept(elapsed)
+    metrics.request(_endpoint(request), resp.status, code)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "answered",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": resp.status,
+                "code": code,
+                "ms": round(elapsed * 1000, 1),
+            },
+        )
+    return resp
+
+
+async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.StreamResponse, str]:
+    """The handler's answer and its error code ("OK" when it is not an error)."""
+    try:
+        return await handler(request), "OK"
     except ApiError as exc:
         log.info(
-            "refused request_id=%s method=%s path=%s status=%s code=%s",
-            request_id,
-            request.method,
-            request.path,
-            exc.status,
-            exc.code,
+            "refused",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": exc.status,
+                "code": exc.code,
+            },
         )
-        return _error_response(exc.code, exc.message, request_id, exc.status, exc.headers)
+        return _error_response(exc.code, exc.message, request_id, exc.status, exc.headers), exc.code
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -61,25 +104,15 @@ async def errors_middleware(request: web.Request, handler):
         }.get(exc.status, exc.reason)
         # Keep what the status requires (Allow on a 405); the body is ours.
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return _error_response(code, message, request_id, exc.status, kept or None)
+        return _error_response(code, message, request_id, exc.status, kept or None), code
     except Exception:
-        log.exception("internal error request_id=%s path=%s", request_id, request.path)
+        log.exception("internal error", extra={"method": request.method, "path": request.path})
         return _error_response(
             "INTERNAL_ERROR",
             "internal error; quote the request id to the operator",
             request_id,
             CODES["INTERNAL_ERROR"],
-        )
-    resp.headers["X-Request-Id"] = request_id
-    log.debug(
-        "request_id=%s method=%s path=%s status=%s ms=%.1f",
-        request_id,
-        request.method,
-        request.path,
-        resp.status,
-        (time.perf_counter() - started) * 1000,
-    )
-    return resp
+        ), "INTERNAL_ERROR"
 
 
 @web.middleware
@@ -126,6 +159,22 @@ async def openapi(request: web.Request) -> web.Response:
     return v1.json_response(openapi_document())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Gauges are filled now, from state this process already keeps."""
+    ctx: ApiContext = request.app[CTX]
+    if not ctx.config.server.metrics:
+        raise ApiError("NOT_FOUND", "metrics are disabled on this server (server.metrics: false)")
+    m = ctx.metrics
+    m.observe_smscs(ctx.smsc_status())
+    m.queue_depth.set(ctx.queue_depth)
+    try:
+        total, _older = await ctx.store.count_unmatched_receipts(ctx.now_ms())
+        m.receipts_unmatched_pending.set(total)
+    except Exception:  # a store hiccup must not cost the scrape the other numbers
+        log.warning("metrics: counting unmatched receipts failed", exc_info=True)
+    return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def make_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
@@ -139,6 +188,7 @@ def make_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     v1.add_routes(app)
     admin.add_routes(app)
     reports.add_routes(app)

@@ -14,6 +14,7 @@ from bridge.api.auth import Authenticator, Principal
 from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
 from bridge.config import Config
+from bridge.metrics import Metrics
 from bridge.store.base import Store
 
 
@@ -32,6 +33,7 @@ class ApiContext:
     on_webhooks_replayed: Callable[[], None] = lambda: None  # wake the webhook sender
     queue_depth: int = 0  # refreshed by the app's background task
     accepting: bool = True
+    metrics: Metrics = field(default_factory=Metrics)  # the Daemon passes its own
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

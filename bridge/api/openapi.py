@@ -729,11 +729,34 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("OpenApiDocument", "OpenAPI 3.0"), **_errors(500)},
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text exposition format 0.0.4)",
+                "description": METRICS_DESCRIPTION,
+                "tags": ["ops"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "every metric of this daemon (all its processes)",
+                        "headers": {"X-Request-Id": _ref("headers", "XRequestId")},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(404, 500),
+                },
+            }
+        },
         **_report_paths(),
     }
 
 
 # -- reports (bridge/api/reports.py) and operator views (bridge/api/admin_ops.py) -------------
+
+METRICS_DESCRIPTION = """\
+Open like /healthz (no auth), on the API port; `server.metrics: false` turns it off (404
+NOT_FOUND). With `server.workers > 0` whichever acceptor answers merges the numbers of every
+process (acceptors and the owner), so one scrape target returns everything. Metric names start
+with `smpp_bridge_`; the README lists them and `config/grafana-dashboard.json` charts them."""
 
 _COUNT = {"type": "integer", "minimum": 0}
 _STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge import logs
 from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
@@ -28,6 +30,8 @@ from bridge.store.models import (
 from bridge.text.preview import preview
 from bridge.text.split import TextError
 from bridge.text.units import CountingRule
+
+log = logging.getLogger("bridge.api")
 
 _IDEM_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _MSG_ID = re.compile(r"msg_[0-9A-Z]{26}")
@@ -125,6 +129,21 @@ async def post_messages(request: web.Request) -> web.Response:
     segments = sum(len(m.segments) for m in messages)
     ctx.queue_depth += segments
     ctx.on_accepted(segments)
+    ctx.metrics.accepted(len(messages), segments)
+    if log.isEnabledFor(logging.DEBUG):
+        for m in messages:
+            log.debug(
+                "message accepted",
+                extra={
+                    "message_id": m.id,
+                    "batch_id": m.batch_id,
+                    "account": m.account_id,
+                    "to": logs.number(m.recipient),
+                    "segments": len(m.segments),
+                    "encoding": m.encoding,
+                    "text": logs.body(m.text),
+                },
+            )
     return web.Response(body=payload, status=202, content_type="application/json")
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from bridge import logs
 from bridge.config import SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
@@ -139,6 +140,7 @@ class Dispatcher:
         Holding the slot until the commit bounds what a crash can make us resend: at most one
         window of parts whose submit_sm_resp arrived but was not yet recorded.
         """
+        logs.MESSAGE_ID.set(msg.id)  # this task is about one message: its log lines say which
         pending: list[asyncio.Future[None]] = []
         try:
             await self._send_parts(msg, pending.append)
@@ -169,6 +171,12 @@ class Dispatcher:
         connector = self.connectors[name]
         smsc = self.smscs[name]
         outcomes = await connector.send_message(build_parts(msg, smsc))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "message submitted",
+                extra={"smsc": name, "to": logs.number(msg.recipient),
+                       "outcomes": [o.status_name for o in outcomes]},
+            )  # fmt: skip
         now_ms = int(self.clock() * 1000)
         rule = self._rules[name]
         release: Release | None = None

@@ -11,8 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from bridge import logs
 from bridge.config import SmscConfig
 from bridge.ids import new_id
+from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
 from bridge.sim.reassembly import decode_payload, parse_segment
@@ -42,9 +44,11 @@ class Inbound:
         *,
         clock: Callable[[], float] = time.time,
         batch_delay_s: float = 0.002,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
+        self.metrics = metrics
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._receipts: Batcher[ReceiptIn] = Batcher(
             self._flush_receipts, max_items=1000, max_delay_s=batch_delay_s, name="receipts"
@@ -78,7 +82,13 @@ class Inbound:
         )
         if receipt is None:
             self.unparsable += 1
-            log.warning("receipt without a message id from smsc=%s: %r", smsc, text[:120])
+            if self.metrics is not None:
+                self.metrics.receipt(smsc, "unparsable")
+            # The receipt text quotes the start of the message ("text:..."): a body.
+            log.warning(
+                "receipt without a message id",
+                extra={"smsc": smsc, "receipt": logs.body(text[:120])},
+            )
             return C.ESME_ROK  # nothing to correlate; redelivery would not help
         rule = self._rules.get(smsc)
         key = normalize_receipt_id(receipt.message_id, rule) if rule else receipt.message_id
@@ -99,12 +109,22 @@ class Inbound:
             )
         )
         self.receipts += 1
+        if self.metrics is not None:  # counted once committed: a redelivery is not a new one
+            self.metrics.receipt(smsc, receipt.state.value)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "receipt received",
+                extra={"smsc": smsc, "smsc_message_id": key, "state": receipt.state.value,
+                       "stat": receipt.stat, "err": err},
+            )  # fmt: skip
         return C.ESME_ROK
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))
         self.matched += out.matched
         self.unmatched += out.pending
+        if self.metrics is not None:
+            self.metrics.unmatched(out.pending)
 
     async def _mo(self, smsc: str, body: ShortMessage) -> int:
         now_ms = int(self.clock() * 1000)
@@ -131,9 +151,10 @@ class Inbound:
             text = decode_payload(seg.data_coding, seg.payload)
         source = _e164(body.source_addr, body.source_addr_ton)
         account = await self.store.attribute_mo(source, body.destination_addr, now_ms)
+        mo_id = new_id("mo_", now_ms)
         await self.store.store_mo(
             MoMessage(
-                id=new_id("mo_", now_ms),
+                id=mo_id,
                 account_id=account,
                 smsc=smsc,
                 source=source,
@@ -143,6 +164,14 @@ class Inbound:
             )
         )
         self.mo += 1
+        if self.metrics is not None:
+            self.metrics.mo(smsc)
+        log.debug(
+            "mo received",
+            extra={"smsc": smsc, "mo_id": mo_id, "account": account,
+                   "from": logs.number(source), "to": body.destination_addr,
+                   "text": logs.body(text)},
+        )  # fmt: skip
         return C.ESME_ROK
 
     async def drain(self) -> None:

@@ -24,6 +24,7 @@ from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.api.views import iso, status_report
 from bridge.config import WebhooksConfig
+from bridge.metrics import Metrics
 from bridge.store.base import Store
 from bridge.store.models import WebhookJob
 
@@ -52,8 +53,10 @@ class WebhookSender:
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.2,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.accounts = accounts
         self.config = config
         self.clock = clock
@@ -134,9 +137,11 @@ class WebhookSender:
         now_ms = int(self.clock() * 1000)
         account = await self.store.get_account(jobs[0].account_id)
         url = jobs[0].url
+        kind = jobs[0].kind
         if account is None or not url:
             await self.store.webhook_retry([j.id for j in jobs], now_ms, "no callback URL", True)
             self.dead += len(jobs)
+            self._count(kind, "dead", len(jobs))
             return
         items = []
         live = []
@@ -172,6 +177,7 @@ class WebhookSender:
         if status is not None and 200 <= status < 300:
             await self.store.webhook_done([j.id for j in live], now_ms)
             self.delivered += len(live)
+            self._count(kind, "delivered", len(live))
             return
         self.failed_attempts += len(live)
         error = error or f"HTTP {status}"
@@ -180,29 +186,31 @@ class WebhookSender:
         give_up_at = oldest + int(self.config.retry_for_hours * 3_600_000)
         delay_ms = int(next_delay_s(attempts, tuple(self.config.retry_schedule_s), self.rng) * 1000)
         dead = not is_retryable(status) or now_ms + delay_ms > give_up_at
+        self._count(kind, "dead" if dead else "retry", len(live))
+        about = {
+            "account": account.id,
+            "kind": kind,
+            "url_host": _host(url),
+            "reports": len(live),
+            "attempt": attempts,
+            "error": error,
+        }
+        if kind == "status":  # the payload of a status report is its message id
+            about["message_ids"] = [j.payload for j in live[:20]]
         if dead:
             self.dead += len(live)
-            log.warning(
-                "webhook dead-lettered account=%s url_host=%s reports=%d error=%s",
-                account.id,
-                _host(url),
-                len(live),
-                error,
-            )
+            log.warning("webhook dead-lettered", extra=about)
         else:
-            log.info(
-                "webhook retry account=%s url_host=%s reports=%d attempt=%d error=%s",
-                account.id,
-                _host(url),
-                len(live),
-                attempts,
-                error,
-            )
+            log.info("webhook retry", extra=about)
         await self.store.webhook_retry([j.id for j in live], now_ms + delay_ms, error, dead)
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    def _count(self, kind: str, outcome: str, n: int) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook(kind, outcome, n)
 
 
 def _batch_id(ids: str) -> str:

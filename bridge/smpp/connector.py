@@ -43,12 +43,24 @@ __all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "SubmitOutcome"
 
 log = logging.getLogger("bridge.smpp")
 
+SubmitHook = Callable[[str, str, str, float | None], None]
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 """(smsc name, deliver_sm body) -> status for deliver_sm_resp: ESME_ROK once the pipeline has
 committed it, ESME_RX_T_APPN when it could not (the SMSC will redeliver)."""
 
 CREDENTIAL_STATUSES: Final = frozenset({C.ESME_RBINDFAIL, C.ESME_RINVPASWD, C.ESME_RINVSYSID})
 NO_BIND_WAIT_S: Final = 1.0
+SLOT_POLL_S: Final = 1.0  # how often a bind without its slot asks the gate again
+SLOT_CHECK_S: Final = 0.5  # how often a bound bind checks it still holds its slot
+
+
+class BindGate(Protocol):
+    """Which configured binds this process may open. Without one (the default) all of them,
+    always; with several instances on PostgreSQL the configured count of an SMSC is shared by
+    all of them (bridge/store/postgres_coord.py), so each opens only the slots it holds."""
+
+    async def acquire(self, slot: int) -> bool: ...  # may bind `slot` now (takes it if free)
+    def keep(self, slot: int) -> bool: ...  # still ours while bound; False: unbind now
 
 
 class SmscSettings(Protocol):
@@ -209,6 +221,11 @@ class Connector:
         self._sec_count = 0
         self._tps_last = 0
         self._delivers = 0
+        # Called once per submit_sm answered (or timed out): (smsc, kind, status name, rtt in s
+        # or None without an answer). The daemon points it at its metrics.
+        self.on_submit: SubmitHook | None = None
+        # Set before start() to share the configured binds with other instances (see BindGate).
+        self.bind_gate: BindGate | None = None
 
     def update_limits(self, cfg: SmscSettings) -> None:
         """Apply a reloaded configuration that changed only limits (TPS, throttle pauses, retries,
@@ -371,6 +388,9 @@ class Connector:
                 a = self._rtt_avg
                 self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
             kind = "transient" if res.error else C.classify_submit_status(res.status)
+            if self.on_submit is not None:
+                rtt = None if res.error else res.rtt_s
+                self.on_submit(self.name, kind, res.error or C.status_name(res.status), rtt)
             sent_at = loop.time() - res.rtt_s
             if kind == "ok":
                 if sent_at >= bind.pause_started:
@@ -524,6 +544,10 @@ class Connector:
         delay = cfg.reconnect_min_s
         assert self._stop_event is not None
         while not self._stopping:
+            if self.bind_gate is not None and not await self.bind_gate.acquire(b.index):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), SLOT_POLL_S)
+                continue
             proto: SmppProtocol | None = None
             wait: float | None = None
             try:
@@ -574,7 +598,7 @@ class Connector:
                     "smpp bound",
                     extra={"smsc": self.name, "bind": b.index, "mode": str(b.mode), "peer": peer},
                 )
-                reason = await asyncio.shield(proto.closed)
+                reason = await self._hold(b, proto)
                 self._bind_down(b)
                 if self._stopping:
                     return
@@ -594,6 +618,28 @@ class Connector:
             sleep_s = max(cfg.reconnect_min_s * 0.5, base * random.uniform(0.75, 1.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), sleep_s)
+
+    async def _hold(self, b: _Bind, proto: SmppProtocol) -> str:
+        """Wait until the bind closes. With a gate, give the bind up as soon as its slot is no
+        longer ours (another instance may open it)."""
+        gate = self.bind_gate
+        while gate is not None and not proto.closed.done():
+            await asyncio.wait([proto.closed], timeout=SLOT_CHECK_S)
+            if not proto.closed.done() and not gate.keep(b.index) and not self._stopping:
+                await self._give_up(b, proto)
+        return await asyncio.shield(proto.closed)
+
+    async def _give_up(self, b: _Bind, proto: SmppProtocol) -> None:
+        """No new submits on the bind, a short wait for those in flight, then unbind: about 4 s
+        at most, so the slot is free well before another instance may take it."""
+        log.warning("smpp bind slot lost; unbinding", extra={"smsc": self.name, "bind": b.index})
+        loop = asyncio.get_running_loop()
+        b.paused_until = loop.time() + 3600  # waiters move to another bind when this one closes
+        deadline = loop.time() + min(2.0, self.cfg.response_timeout_s)
+        while b.in_flight and not proto.closed.done() and loop.time() < deadline:
+            await asyncio.wait([proto.closed], timeout=0.02)
+        await proto.drain_delivers(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
+        await proto.unbind(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
 
     def _bind_up(self, b: _Bind, proto: SmppProtocol) -> None:
         b.proto = proto

@@ -1,0 +1,146 @@
+"""`smpp-bridge status`: a running daemon's binds, queue and throughput, from its admin API.
+
+Fetching and rendering are split so the table is tested without a daemon. The command talks HTTP
+only (urllib, no event loop): it is what an operator runs on a box where the daemon may be wedged,
+so it must not share anything with it but the port.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DaemonStatus", "StatusError", "fetch", "render"]
+
+
+class StatusError(Exception):
+    """The daemon could not be asked (unreachable, refused the token, answered nonsense)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    url: str
+    ready: bool
+    problems: tuple[str, ...]
+    smscs: tuple[Mapping[str, Any], ...]
+    queue: Mapping[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "ready": self.ready,
+            "problems": list(self.problems),
+            "smscs": list(self.smscs),
+            "queue": dict(self.queue),
+        }
+
+
+def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # a 4xx/5xx still has our JSON body
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StatusError(f"cannot reach {url}: {reason}") from None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        raise StatusError(f"{url} answered {status} with a body that is not JSON") from None
+
+
+def _admin(base: str, path: str, token: str | None, timeout: float) -> Mapping[str, Any]:
+    status, body = _get(base + path, token, timeout)
+    if status != 200:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        code, message = err.get("code", f"HTTP {status}"), err.get("message", "")
+        hint = "" if token else " (give --token or set SMPP_BRIDGE_ADMIN_TOKEN)"
+        raise StatusError(f"{path}: {code}: {message}{hint}")
+    return body
+
+
+def fetch(url: str, token: str | None, timeout: float = 5.0) -> DaemonStatus:
+    base = url.rstrip("/")
+    status, ready = _get(base + "/readyz", None, timeout)
+    if not isinstance(ready, dict) or status not in (200, 503):
+        raise StatusError(f"{base}/readyz answered {status}: is this smpp-bridge?")
+    smscs = _admin(base, "/admin/smscs", token, timeout)
+    queue = _admin(base, "/admin/queue", token, timeout)
+    return DaemonStatus(
+        url=base,
+        ready=status == 200,
+        problems=tuple(str(p) for p in ready.get("problems", ())),
+        smscs=tuple(smscs.get("smscs", ())),
+        queue=queue,
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in (header, *rows)
+    ]
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.1f}"
+    return str(int(v)) if isinstance(v, int | float) else "-"
+
+
+def render(s: DaemonStatus) -> str:
+    """A compact table; one line per SMSC, then the queue and throughput."""
+    lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
+    lines += [f"  problem: {p}" for p in s.problems]
+    header = ("SMSC", "UP", "BINDS", "WINDOW", "TPS", "LIMIT", "THROTTLED", "RECONNECTS",
+              "SENT", "FAILED", "RTT_MS", "LAST_ERROR")  # fmt: skip
+    rows = []
+    for m in s.smscs:
+        binds = m.get("binds") or {}
+        window = m.get("window") or {}
+        submits = m.get("submits") or {}
+        configured = sum(b.get("configured", 0) for b in binds.values())
+        err = m.get("last_error") or {}
+        limit = m.get("tps_limit") or 0
+        rows.append(
+            (
+                str(m.get("name", "?")),
+                "yes" if m.get("up") else "NO",
+                f"{m.get('binds_up', 0)}/{configured}",
+                f"{window.get('in_use', 0)}/{window.get('size', 0)}",
+                _num(m.get("tps", 0)),
+                _num(limit) if limit else "-",
+                _num(m.get("throttle_events", 0)),
+                _num(m.get("reconnects", 0)),
+                _num(submits.get("ok", 0)),
+                _num(submits.get("failed_total", 0)),
+                _num(m.get("rtt_ms_avg")),
+                str(err.get("message", "-"))[:60] if err else "-",
+            )
+        )
+    lines += _table(header, rows) if rows else ["(no SMSC configured)"]
+    q = s.queue
+    states = q.get("by_state") or {}
+    oldest = q.get("oldest_age_s")
+    lines.append(
+        f"queue: {q.get('depth', 0)} parts in {q.get('messages', 0)} messages "
+        f"(limit {q.get('limit', '-')}); oldest waiting "
+        + (f"{oldest:.1f} s" if isinstance(oldest, int | float) else "-")
+    )
+    lines.append(
+        "  "
+        + ", ".join(f"{k} {v.get('parts', 0)}" for k, v in states.items() if isinstance(v, dict))
+    )
+    total = sum(m.get("tps", 0) or 0 for m in s.smscs)
+    lines.append(f"throughput: {_num(total)} submits/s over the last second, all SMSCs")
+    return "\n".join(lines)

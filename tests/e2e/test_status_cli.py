@@ -1,0 +1,108 @@
+"""`smpp-bridge status` as an operator runs it (a subprocess) against a running daemon: the table
+when all is well (exit 0), a daemon that is up but not ready (exit 1, table still printed), a
+refused token, no token, and nothing listening (exit 1, one line, no traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+
+from bridge.app import Daemon
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    client_for,
+    create_account,
+    free_port,
+    make_config,
+    wait_until,
+)
+
+
+async def status(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SMPP_BRIDGE_")}
+    full_env.update(env or {})
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "status", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode is not None
+    return p.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        yield d
+    finally:
+        await d.stop()
+
+
+async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
+    d = daemon
+    creds = await create_account(d, "status")
+    async with client_for(d.http_port, creds) as c:
+        await c.send(["+8613800138000", "+8613800138001"], text="counted")
+    url = f"http://127.0.0.1:{d.http_port}"
+    await wait_until(lambda: d.connectors["sim"].snapshot()["submits"]["ok"] == 2, 10)
+    rc, out, err = await status("--url", url, "--token", ADMIN_TOKEN)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"smpp-bridge {url}  ready"
+    header = lines[1].split()
+    assert header[:4] == ["SMSC", "UP", "BINDS", "WINDOW"]
+    row = dict(zip(header, lines[2].split(), strict=False))
+    assert row["SMSC"] == "sim" and row["UP"] == "yes" and row["BINDS"] == "1/1"
+    assert row["WINDOW"].endswith("/50") and row["SENT"] == "2" and row["FAILED"] == "0"
+    assert any(line.startswith("queue: ") and "(limit 1000000)" in line for line in lines)
+    assert lines[-1].startswith("throughput: ") and "submits/s" in lines[-1]
+
+    # The token from the environment (not visible in ps), and --json for scripts.
+    rc, out, err = await status(
+        "--url", url, "--json", env={"SMPP_BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+    )
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["ready"] is True and data["smscs"][0]["name"] == "sim"
+    assert data["smscs"][0]["submits"]["ok"] == 2
+    assert set(data["queue"]["by_state"]) == {"ready", "claimed", "retry_wait", "scheduled"}
+
+
+async def test_up_but_not_ready_exits_1_and_still_shows_why(daemon):
+    d = daemon
+    await d.sim.stop()
+    await wait_until(lambda: not d.connectors["sim"].is_up, 10)
+    rc, out, _err = await status("--url", f"http://127.0.0.1:{d.http_port}", "--token", ADMIN_TOKEN)
+    assert rc == 1
+    assert "NOT READY" in out.splitlines()[0]
+    assert "problem: no SMSC bound" in out
+    row = out.splitlines()[3].split()
+    assert row[:3] == ["sim", "NO", "0/1"]
+
+
+async def test_a_wrong_or_missing_token_is_one_line_and_exit_1(daemon):
+    url = f"http://127.0.0.1:{daemon.http_port}"
+    rc, out, err = await status("--url", url, "--token", "wrong-token-0123456789")
+    assert rc == 1 and out == ""
+    assert err.strip() == (
+        "smpp-bridge: /admin/smscs: INVALID_ADMIN_TOKEN: Authorization: Bearer <admin token> "
+        "required"
+    )
+    rc, _out, err = await status("--url", url)
+    assert rc == 1 and "--token or set SMPP_BRIDGE_ADMIN_TOKEN" in err
+    assert "Traceback" not in err
+
+
+async def test_nothing_listening_is_unreachable_exit_1():
+    url = f"http://127.0.0.1:{free_port()}"
+    rc, out, err = await status("--url", url, "--token", ADMIN_TOKEN, "--timeout", "2")
+    assert rc == 1 and out == ""
+    assert err.startswith(f"smpp-bridge: cannot reach {url}/readyz: ")
+    assert "Traceback" not in err

@@ -1,0 +1,320 @@
+"""GET /metrics against real daemons: a send through the simulator moves exactly the counters and
+gauges it should; the output parses as Prometheus text; `server.metrics: false` answers the 404
+envelope; several daemons in one process count apart; and with `server.workers: 2` every scrape,
+whichever acceptor answers it, returns the totals of all processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.app import Daemon
+from bridge.client import BridgeClient, BridgeError
+from bridge.metrics import MULTIPROC_ENV
+from bridge.smpp import constants as C
+from bridge.smpp.codec import ShortMessage
+
+# tests/integration has no __init__.py, so pytest does not put the repository root on sys.path;
+# the end-to-end harness (real daemon, simulator, webhook receiver) lives in the `tests` package.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.e2e.harness import (  # noqa: E402
+    DaemonProcess,
+    WebhookReceiver,
+    client_for,
+    config_dict,
+    create_account,
+    make_config,
+    wait_until,
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+UCS2_3_PARTS = "你好" * 100  # 200 UCS-2 characters: 3 parts of up to 67
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"duplicate sample {key}"
+            out[key] = s.value
+    return out
+
+
+def val(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(port: int) -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return r.status, r.headers.get("Content-Type", ""), await r.text()
+
+
+async def metrics_of(port: int) -> Samples:
+    status, ctype, text = await scrape(port)
+    assert status == 200, text
+    assert ctype.startswith("text/plain; version=0.0.4"), ctype
+    return parse(text)
+
+
+async def final(client: Any, mid: str) -> str:
+    async def done() -> str | None:
+        m = await client.message(mid)
+        return m["status"] if m["status"] not in ("queued", "sent") else None
+
+    return await wait_until(done, 20, 0.05)
+
+
+@pytest.fixture
+async def receiver():
+    r = WebhookReceiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        yield d
+    finally:
+        await d.stop()
+
+
+async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(daemon, receiver):
+    d = daemon
+    before = await metrics_of(d.http_port)
+    assert val(before, "smpp_bridge_binds_up", smsc="sim") == 1
+    assert val(before, "smpp_bridge_binds_configured", smsc="sim") == 1
+    assert val(before, "smpp_bridge_smsc_up", smsc="sim") == 1
+    assert val(before, "smpp_bridge_window_size", smsc="sim") == d.config.smscs[0].window
+    assert val(before, "smpp_bridge_messages_accepted_total") == 0
+    assert val(before, "smpp_bridge_balance_warnings_total") == 0  # defined, billing comes later
+
+    creds = await create_account(d, "metrics", status_callback_url=receiver.url)
+    async with client_for(d.http_port, creds) as c:
+        one = await c.send("+8613800138000", text="one GSM part", idempotency_key="k-one")
+        three = await c.send("+8613800138001", text=UCS2_3_PARTS)
+        again = await c.send("+8613800138000", text="one GSM part", idempotency_key="k-one")
+        assert again == one  # an idempotent replay: counted as REPLAYED, not accepted again
+        for r in (one, three):
+            assert await final(c, r["messages"][0]["id"]) == "delivered"
+    async with client_for(d.http_port, {**creds, "app_secret": "x" * 40}) as bad:
+        with pytest.raises(BridgeError) as refused:
+            await bad.account()
+        assert refused.value.code == "SIGNATURE_MISMATCH"
+    await wait_until(lambda: len(receiver.reports) == 2, 10)
+    await d.sim.inject_mo("8613800138000", "smpp-bridge", "YES")
+    await wait_until(lambda: d.inbound is not None and d.inbound.mo == 1, 10)
+
+    async def settled() -> Samples | None:  # gauges follow within the 1 s housekeeping tick
+        m = await metrics_of(d.http_port)
+        return m if val(m, "smpp_bridge_queue_depth") == 0 else None
+
+    m = await wait_until(settled, 5, 0.2)
+    post = dict(endpoint="POST /v1/messages", status="202")
+    assert val(m, "smpp_bridge_api_requests_total", **post, code="OK") == 2
+    assert val(m, "smpp_bridge_api_requests_total", **post, code="REPLAYED") == 1
+    assert (
+        val(m, "smpp_bridge_api_requests_total", endpoint="GET /v1/account", status="401",
+            code="SIGNATURE_MISMATCH") == 1
+    )  # fmt: skip
+    assert val(m, "smpp_bridge_accept_latency_seconds_count") == 2
+    assert 0 < val(m, "smpp_bridge_accept_latency_seconds_sum") < 10
+    assert val(m, "smpp_bridge_accept_latency_seconds_bucket", le="+Inf") == 2
+    assert val(m, "smpp_bridge_messages_accepted_total") == 2
+    assert val(m, "smpp_bridge_segments_accepted_total") == 4
+    assert val(m, "smpp_bridge_segments_submitted_total", smsc="sim", status="ESME_ROK") == 4
+    assert val(m, "smpp_bridge_submit_rtt_seconds_count", smsc="sim") == 4
+    assert val(m, "smpp_bridge_throttle_events_total", smsc="sim") == 0
+    assert val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == 4
+    assert val(m, "smpp_bridge_receipts_unmatched_total") == 0
+    assert val(m, "smpp_bridge_receipts_unmatched_pending") == 0
+    assert val(m, "smpp_bridge_webhook_deliveries_total", kind="status", outcome="delivered") == 2
+    assert val(m, "smpp_bridge_mo_received_total", smsc="sim") == 1
+    assert val(m, "smpp_bridge_window_in_use", smsc="sim") == 0
+    # Every earlier scrape was counted too, by its route template.
+    scrapes = val(m, "smpp_bridge_api_requests_total", endpoint="GET /metrics", status="200",
+                  code="OK")  # fmt: skip
+    assert scrapes >= 2
+    for (name, _labels), _v in m.items():
+        assert name.startswith("smpp_bridge_"), name
+
+
+async def test_throttling_is_counted_per_smsc_and_matches_the_simulator(daemon):
+    d = daemon
+    d.sim.throttle_ratio = 0.3
+    creds = await create_account(d, "throttled")
+    async with client_for(d.http_port, creds) as c:
+        sent = [await c.send(f"+86138001380{i:02d}", text=f"t{i}") for i in range(20)]
+        for r in sent:
+            assert await final(c, r["messages"][0]["id"]) == "delivered"
+    m = await metrics_of(d.http_port)
+    throttled = d.sim.counters["throttled"]
+    assert throttled > 0  # 0.7 ** 20 < 0.1 %
+    assert val(m, "smpp_bridge_throttle_events_total", smsc="sim") == throttled
+    assert val(m, "smpp_bridge_segments_submitted_total", smsc="sim", status="ESME_RTHROTTLED") == (
+        throttled
+    )
+    assert val(m, "smpp_bridge_segments_submitted_total", smsc="sim", status="ESME_ROK") == 20
+    # Throttled attempts were answered too: their round trips are in the histogram.
+    assert val(m, "smpp_bridge_submit_rtt_seconds_count", smsc="sim") == 20 + throttled
+
+
+async def test_an_unmatched_receipt_counts_and_shows_as_pending(daemon):
+    d = daemon
+    assert d.inbound is not None
+    receipt = ShortMessage(
+        source_addr="8613800138000",
+        destination_addr="smpp-bridge",
+        esm_class=0x04,
+        short_message=b"id:DEADBEEF sub:001 dlvrd:001 submit date:2601010000 "
+        b"done date:2601010000 stat:DELIVRD err:000 text:",
+    )
+    assert await d.inbound.on_deliver("sim", receipt) == C.ESME_ROK
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == 1
+    assert val(m, "smpp_bridge_receipts_unmatched_total") == 1
+    assert val(m, "smpp_bridge_receipts_unmatched_pending") == 1
+
+
+async def test_an_smsc_going_down_shows_in_the_bind_gauges(daemon):
+    d = daemon
+    await d.sim.stop()
+    await wait_until(lambda: not d.connectors["sim"].is_up, 10)
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_smsc_up", smsc="sim") == 0
+    assert val(m, "smpp_bridge_binds_up", smsc="sim") == 0
+    assert val(m, "smpp_bridge_binds_configured", smsc="sim") == 1
+    assert val(m, "smpp_bridge_window_size", smsc="sim") == 0
+
+
+async def test_two_daemons_in_one_process_count_apart(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Daemon(make_config(tmp_path / "a")), Daemon(make_config(tmp_path / "b"))
+    for d in (a, b):
+        await d.start()
+    try:
+        await wait_until(lambda: a.connectors["sim"].is_up and b.connectors["sim"].is_up, 10)
+        creds = await create_account(a, "only-a")
+        async with client_for(a.http_port, creds) as c:
+            await c.send("+8613800138000", text="to a")
+        ma, mb = await metrics_of(a.http_port), await metrics_of(b.http_port)
+        assert val(ma, "smpp_bridge_messages_accepted_total") == 1
+        assert val(mb, "smpp_bridge_messages_accepted_total") == 0
+    finally:
+        for d in (b, a):
+            await d.stop()
+
+
+async def test_metrics_off_by_config_is_the_404_envelope(make_api):
+    api = await make_api({"server": {"metrics": False}})
+    r = await api.request("GET", "/metrics")
+    assert r.status == 404 and r.code == "NOT_FOUND"
+    assert "server.metrics" in r.message
+
+
+async def test_metrics_is_open_and_documented_text(api_server):
+    r = await api_server.request("GET", "/metrics")  # no credentials, no admin token
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    names = {f.name for f in text_string_to_metric_families(r.text)}
+    # Counters are listed by family name (without _total); labelled families with no child yet
+    # still print their HELP and TYPE.
+    for expected in (
+        "smpp_bridge_api_requests",
+        "smpp_bridge_accept_latency_seconds",
+        "smpp_bridge_segments_submitted",
+        "smpp_bridge_receipts",
+        "smpp_bridge_webhook_deliveries",
+        "smpp_bridge_queue_depth",
+        "smpp_bridge_balance_warnings",
+    ):
+        assert expected in names, (expected, sorted(names))
+
+
+async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_path, monkeypatch):
+    """server.workers: 2: the scrape lands on either acceptor (SO_REUSEPORT); each answer must be
+    the sum over both acceptors (which accepted) and the owner (which submitted)."""
+    files = tmp_path / "prom"
+    monkeypatch.setenv(MULTIPROC_ENV, str(files))  # inherited by the daemon: files we can see
+    proc = DaemonProcess(tmp_path, config_dict(tmp_path, server={"workers": 2}))
+    proc.start()
+    try:
+        await proc.wait_ready(30)
+        creds = await _account_via_cli(proc)
+        n = 12
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection, so either acceptor
+        async with (
+            aiohttp.ClientSession(connector=fresh) as session,
+            BridgeClient(f"http://127.0.0.1:{proc.port}", **creds, session=session) as c,
+        ):
+            ids = []
+            for i in range(n):
+                r = await c.send(f"+86138001381{i:02d}", text=f"mp {i}")
+                ids.append(r["messages"][0]["id"])
+            for mid in ids:
+                assert await final(c, mid) == "delivered"
+
+        async def flushed() -> bool:  # each process writes its files at least once a second
+            m = await metrics_of(proc.port)
+            return val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == n
+
+        await wait_until(flushed, 5, 0.2)
+        seen: list[Samples] = []
+        for _ in range(8):
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+                s.get(f"http://127.0.0.1:{proc.port}/metrics") as r,
+            ):
+                assert r.status == 200
+                seen.append(parse(await r.text()))
+        for m in seen:
+            assert val(m, "smpp_bridge_messages_accepted_total") == n
+            assert val(m, "smpp_bridge_accept_latency_seconds_count") == n
+            ok = val(m, "smpp_bridge_segments_submitted_total", smsc="sim", status="ESME_ROK")
+            assert ok == n
+            assert val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == n
+            assert val(m, "smpp_bridge_binds_up", smsc="sim") == 1
+            assert val(m, "smpp_bridge_window_size", smsc="sim") == 50
+            # Merged, not repeated per process: one sample per label set, no "pid" label.
+            assert not any("pid" in dict(labels) for _name, labels in m)
+        # Three processes wrote counters, and the accepts really were split between acceptors.
+        per_process = {
+            f.name: {
+                json.loads(key)[1]: value
+                for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(f))
+            }
+            for f in files.glob("counter_*.db")
+        }
+        assert len(per_process) == 3, sorted(per_process)
+        accepted = [c.get("smpp_bridge_messages_accepted_total", 0) for c in per_process.values()]
+        assert sum(accepted) == n and sum(1 for a in accepted if a) == 2, accepted
+    finally:
+        rc = proc.terminate(30)
+    assert rc == 0, proc.log.read_text()[-3000:]
+
+
+async def _account_via_cli(proc: DaemonProcess) -> dict[str, str]:
+    cmd = [sys.executable, "-m", "bridge.cli", "account", "create", "mp", "--raw-text",
+           "--config", str(proc.path)]  # fmt: skip
+    p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    out, _ = await p.communicate()
+    assert p.returncode == 0
+    data = json.loads(out)
+    return {"app_key": data["app_key"], "app_secret": data["app_secret"]}

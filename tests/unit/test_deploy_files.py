@@ -1,0 +1,159 @@
+"""The deployment files say true things: the Grafana dashboard charts exactly the metrics the
+daemon exports (both ways), the systemd unit stops later than the daemon's grace and reloads with
+SIGHUP as a non-root, hardened service, and the Dockerfile's health check works without curl."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.config import ServerConfig, SmscConfig
+from bridge.metrics import Metrics
+
+REPO = Path(__file__).resolve().parents[2]
+SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+
+
+def exported_families() -> set[str]:
+    text = Metrics().exposition().decode()
+    return {f.name for f in text_string_to_metric_families(text)}
+
+
+def family_of(series: str) -> str:
+    for suffix in SUFFIXES:
+        if series.endswith(suffix):
+            return series[: -len(suffix)]
+    return series
+
+
+def test_the_dashboard_charts_every_metric_and_only_real_ones() -> None:
+    dash = json.loads((REPO / "config/grafana-dashboard.json").read_text(encoding="utf-8"))
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    charted: set[str] = set()
+    for p in panels:
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert 'instance=~"$instance"' in t["expr"], (p["title"], t["expr"])
+            assert t["expr"].count("(") == t["expr"].count(")"), t["expr"]
+            charted |= {family_of(s) for s in re.findall(r"smpp_bridge_[a-z_]+", t["expr"])}
+    exported = exported_families()
+    assert charted - exported == set(), "charted but not exported"
+    assert exported - charted == set(), "exported but not charted"
+    # Panels do not overlap on the 24-column grid.
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & mine, p["title"]
+        cells |= mine
+
+
+def _unit() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (REPO / "config/smpp-bridge.service").read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_the_systemd_unit_stops_after_the_grace_and_reloads_with_sighup() -> None:
+    u = _unit()
+    assert u["User"] == ["smpp-bridge"] and u["Group"] == ["smpp-bridge"]
+    assert u["ExecStart"][0].endswith("smpp-bridge run --config /etc/smpp-bridge/bridge.yaml")
+    assert u["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert u["KillSignal"] == ["SIGTERM"] and u["Restart"] == ["on-failure"]
+    stop_s = int(u["TimeoutStopSec"][0])
+    default_grace = ServerConfig().shutdown_grace_s
+    unbind = SmscConfig(name="x", system_id="x").unbind_timeout_s
+    assert stop_s > default_grace + unbind + 5
+    for key, value in {
+        "NoNewPrivileges": "true",
+        "ProtectSystem": "strict",
+        "ProtectHome": "true",
+        "PrivateTmp": "true",
+        "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    }.items():
+        assert u[key] == [value], key
+    assert u["StateDirectory"] == ["smpp-bridge"]
+    assert "SMPP_BRIDGE_MASTER_KEY" not in "".join(u.get("Environment", []))  # env file only
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
+    text = (REPO / "config/smpp-bridge.service").read_text()
+    exe = shutil.which("smpp-bridge") or sys.executable  # the unit names /opt/...: use a real one
+    unit = tmp_path / "smpp-bridge.service"
+    unit.write_text(text.replace("/opt/smpp-bridge/bin/smpp-bridge", exe))
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in r.stderr.splitlines() if "smpp-bridge.service" in line]
+    assert r.returncode == 0 and not problems, r.stderr
+
+
+def _dockerfile_final_stage() -> list[str]:
+    lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return [line for line in lines[start:] if line and not line.startswith("#")]
+
+
+def test_the_image_runs_as_a_non_root_user_from_a_slim_base() -> None:
+    final = _dockerfile_final_stage()
+    assert final[0].startswith("FROM python:") and final[0].endswith("-slim")
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert any(line.startswith("ENTRYPOINT") and "smpp-bridge" in line for line in final)
+
+
+def _healthcheck_argv() -> list[str]:
+    (line,) = [x for x in _dockerfile_final_stage() if x.startswith("HEALTHCHECK ")]
+    return json.loads(line[line.index("CMD ") + 4 :])
+
+
+def test_the_health_check_needs_no_curl_and_fails_when_nothing_answers() -> None:
+    argv = _healthcheck_argv()
+    assert argv[0] == "python" and "urllib" in argv[2]
+    env_line = next(x for x in _dockerfile_final_stage() if "SMPP_BRIDGE_HEALTHCHECK_URL=" in x)
+    assert env_line.endswith(":8080/healthz")
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cmd = [sys.executable, *argv[1:]]
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for path, expected in (("/healthz", 0), ("/readyz", 1)):
+            env = {"SMPP_BRIDGE_HEALTHCHECK_URL": base + path}
+            assert subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode == (
+                expected
+            )
+    finally:
+        server.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/healthz"
+    env = {"SMPP_BRIDGE_HEALTHCHECK_URL": dead}
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode == 1
