@@ -139,7 +139,7 @@ class SmppProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._handle(self.session.receive_data(data, self._loop.time()))
-        self._flush()
+        self._schedule_flush()
         self._arm_timer()
 
     def eof_received(self) -> bool:
@@ -177,9 +177,7 @@ class SmppProtocol(asyncio.Protocol):
         for its result. The future never raises: no answer is a result with an ``error``."""
         fut: asyncio.Future[SubmitResult] = self._loop.create_future()
         self.session.submit(body, self._loop.time(), (fut, time.perf_counter()))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._schedule_flush()
         self._arm_timer()
         return fut
 
@@ -215,6 +213,13 @@ class SmppProtocol(asyncio.Protocol):
             await asyncio.wait(set(self._deliver_tasks), timeout=timeout_s)
 
     # --- internals ----------------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        """Write what is queued at the end of this loop iteration: every PDU queued meanwhile
+        (submits, acks, responses) goes out in one write (one syscall)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         data = self.session.data_to_send()
@@ -309,7 +314,8 @@ class SmppProtocol(asyncio.Protocol):
                           extra={"smsc": self.name})  # fmt: skip
             status = C.ESME_RX_T_APPN
         self.session.ack_deliver(ev.seq, status)
-        self._flush()
+        # A batch of receipts commits together and its acks leave in one write, not one each.
+        self._schedule_flush()
 
     def _deliver_done(self, task: asyncio.Task[None]) -> None:
         self._deliver_tasks.discard(task)
