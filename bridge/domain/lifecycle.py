@@ -96,3 +96,61 @@ def summarize(parts: Sequence[tuple[str, str | None]]) -> Summary:
         error=error,
         all_dispatched=all(s != SEG_QUEUED for s in states),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpdate:
+    """The new message row after its parts changed, and what the change means for reports."""
+
+    state: str
+    delivered: int
+    failed: int
+    error: str | None
+    sent_at: int | None  # set when the message just became "sent"
+    done_at: int | None  # set when it just became final
+    release: bool  # give the dispatch claim back: nothing is left to send
+    became_sent: bool
+    became_final: bool
+
+
+def row_update(
+    parts: Sequence[tuple[str, str | None]],
+    *,
+    old_state: str,
+    q_state: str,
+    old_delivered: int,
+    old_failed: int,
+    old_error: str | None,
+    release_when_dispatched: bool,
+    now: int,
+) -> RowUpdate | None:
+    """The roll-up both store engines apply; None when the row would not change.
+
+    `release_when_dispatched` is true after submit results (the dispatcher is done with the
+    message once no part is queued); after receipts only a final message releases its claim.
+    """
+    s = summarize(parts)
+    release = (
+        (release_when_dispatched or s.state in MSG_FINAL) and s.all_dispatched and q_state != "done"
+    )
+    became_sent = s.state == MSG_SENT and old_state != MSG_SENT
+    became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
+    if (
+        s.state == old_state
+        and s.delivered == old_delivered
+        and s.failed == old_failed
+        and s.error == old_error
+        and not release
+    ):
+        return None
+    return RowUpdate(
+        state=s.state,
+        delivered=s.delivered,
+        failed=s.failed,
+        error=s.error,
+        sent_at=now if became_sent else None,
+        done_at=now if became_final else None,
+        release=release,
+        became_sent=became_sent,
+        became_final=became_final,
+    )

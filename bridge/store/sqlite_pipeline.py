@@ -62,31 +62,22 @@ def rollup_messages(
         if row is None or not parts[mid]:
             continue
         _id, old, account_id, q_state, old_delivered, old_failed, old_error = row
-        s = lc.summarize(parts[mid])
-        release = (touched[mid] or s.state in lc.MSG_FINAL) and s.all_dispatched
-        release = release and q_state != "done"
-        became_sent = s.state == lc.MSG_SENT and old != lc.MSG_SENT
-        became_final = s.state in lc.MSG_FINAL and old not in lc.MSG_FINAL
-        if (
-            s.state == old
-            and s.delivered == old_delivered
-            and s.failed == old_failed
-            and s.error == old_error
-            and not release
-        ):
+        u = lc.row_update(
+            parts[mid],
+            old_state=old,
+            q_state=q_state,
+            old_delivered=old_delivered,
+            old_failed=old_failed,
+            old_error=old_error,
+            release_when_dispatched=touched[mid],
+            now=now,
+        )
+        if u is None:
             continue
         updates.append(
-            (
-                s.state,
-                s.delivered,
-                s.failed,
-                s.error,
-                now if became_sent else None,
-                now if became_final else None,
-                release,
-                mid,
-            )
+            (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release, mid)
         )
+        became_final, became_sent = u.became_final, u.became_sent
         if became_final:
             finals.append((account_id, mid))
         elif became_sent and intermediate:
