@@ -322,6 +322,10 @@ class Daemon:
         while True:
             await asyncio.sleep(5.0)
             try:
+                if self.dispatcher is not None:
+                    # Messages still being sent (a throttled link can hold one for minutes) keep
+                    # their claims: only a dead instance's claims may be taken back.
+                    await self.dispatcher.renew_leases()
                 now_ms = int(self.clock() * 1000)
                 swept = await self.store.sweep(now_ms, timeout_ms)
                 if any(swept.values()):

@@ -39,7 +39,7 @@ ALLOWED_FIELDS = frozenset(
         "smart_encoding",
     }
 )
-_SENDER = re.compile(r"^(\+?\d{1,20}|[A-Za-z0-9 ._-]{1,11})$")
+_SENDER = re.compile(r"\+?[0-9]{1,20}|[A-Za-z0-9 ._-]{1,11}", re.ASCII)
 _MAX_SCHEDULE_DAYS = 30
 
 
@@ -168,7 +168,7 @@ def parse_send_request(
             scheduled_ms = None  # in the past or now: send at once
 
     sender = _opt_str(body, "sender", 21)
-    if sender is not None and not _SENDER.match(sender):
+    if sender is not None and not _SENDER.fullmatch(sender):
         raise _field_error("INVALID_FIELD", "sender: digits (up to 20) or up to 11 letters/digits")
     return SendRequest(
         to=tuple(numbers),

@@ -87,8 +87,23 @@ def parse_json(body: bytes, request: web.Request) -> Any:
 
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    account = request[PRINCIPAL].account
     claim = request[PRINCIPAL].deferred
+    now_ms = ctx.now_ms()
+    try:
+        return await _checked_post(ctx, request, claim, now_ms)
+    except ApiError as exc:
+        if claim is not None and exc.code != "NONCE_REUSED":
+            # A refused send still spends its nonce: the same signed request must not be
+            # accepted later by replaying it (the accept transaction that would have recorded
+            # the nonce was never committed).
+            await ctx.store.authorize_request(claim.key_id, claim.nonce, claim.expires_at, now_ms)
+        raise
+
+
+async def _checked_post(
+    ctx: ApiContext, request: web.Request, claim: NonceClaim | None, now_ms: int
+) -> web.Response:
+    account = request[PRINCIPAL].account
     body: bytes = request[BODY]
     if not ctx.accepting:
         raise ApiError(
@@ -101,7 +116,18 @@ async def post_messages(request: web.Request) -> web.Response:
         raise ApiError(
             "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key: 1-255 printable ASCII characters"
         )
-    now_ms = ctx.now_ms()
+    return await _post_messages(ctx, request, account, claim, body, key, now_ms)
+
+
+async def _post_messages(
+    ctx: ApiContext,
+    request: web.Request,
+    account: Account,
+    claim: NonceClaim | None,
+    body: bytes,
+    key: str,
+    now_ms: int,
+) -> web.Response:
     req_hash = hashlib.sha256(body).hexdigest()
     for attempt in (1, 2):
         outcome, payload, messages = await _accept_once(

@@ -27,6 +27,9 @@ from bridge.store.models import Release, SubmitResult, WorkMessage
 log = logging.getLogger("bridge.dispatcher")
 
 MAX_MESSAGE_ATTEMPTS = 10
+# Submits that got no answer at all may have been accepted: resend them at most this many claims.
+MAX_UNANSWERED_ATTEMPTS = 3
+UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
 
 
 class ConnectorLike(Protocol):
@@ -75,6 +78,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight_ids: dict[asyncio.Task[None], str] = {}
         self._stopping = False
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
@@ -126,10 +130,12 @@ class Dispatcher:
             for msg in work:
                 task = asyncio.get_running_loop().create_task(self._send(msg))
                 self._inflight.add(task)
+                self._inflight_ids[task] = msg.id
                 task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._inflight_ids.pop(task, None)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch task failed", exc_info=task.exception())
@@ -170,6 +176,7 @@ class Dispatcher:
             return
         connector = self.connectors[name]
         smsc = self.smscs[name]
+        rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
         outcomes = await connector.send_message(build_parts(msg, smsc))
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -178,7 +185,6 @@ class Dispatcher:
                        "outcomes": [o.status_name for o in outcomes]},
             )  # fmt: skip
         now_ms = int(self.clock() * 1000)
-        rule = self._rules[name]
         release: Release | None = None
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
@@ -193,6 +199,23 @@ class Dispatcher:
                 add(
                     SubmitResult(
                         msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
+                    )
+                )
+                self.failed += 1
+                break
+            elif out.kind == "transient" and out.status_name in UNANSWERED and (
+                smsc.in_flight_on_restart == "unknown" or msg.attempts >= MAX_UNANSWERED_ATTEMPTS
+            ):
+                # No answer: the SMSC may well have accepted it. Resending would duplicate, so
+                # stop here when the SMSC is configured so, or after a few claims.
+                add(
+                    SubmitResult(
+                        msg.id,
+                        seg.seq,
+                        "unknown",
+                        name,
+                        error_code=f"SUBMIT_{out.status_name}",
+                        at=now_ms,
                     )
                 )
                 self.failed += 1
@@ -221,9 +244,27 @@ class Dispatcher:
             add(release)
 
     async def _flush_results(self, items: list[SubmitResult | Release]) -> None:
+        """Record submit results; a failed write is retried with the same items (dropping them
+        would leave the messages claimed and their parts resent after a restart)."""
         results = [i for i in items if isinstance(i, SubmitResult)]
         releases = [i for i in items if isinstance(i, Release)]
-        await self.store.record_submits(results, releases, int(self.clock() * 1000))
+        for delay in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 0):
+            try:
+                await self.store.record_submits(results, releases, int(self.clock() * 1000))
+                return
+            except Exception:
+                if not delay:
+                    raise
+                log.warning("recording submit results failed; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+
+    async def renew_leases(self) -> int:
+        """Extend the claims of messages still being sent (called every lease/3 by the app)."""
+        ids = list(self._inflight_ids.values())
+        if not ids:
+            return 0
+        until = int(self.clock() * 1000) + self.lease_ms
+        return await self.store.renew_claims(self.instance, ids, until)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; wait (bounded) for messages in flight; write their results."""

@@ -553,6 +553,24 @@ class PostgresStore:
 
         return await run_tx(self.pool, job, durable=False)
 
+    async def renew_claims(self, instance: str, ids: list[str], lease_until: int) -> int:
+        """Extend the lease of messages this instance is still sending (a throttled link can
+        hold one for minutes): an expired lease must mean a dead sender, never a slow one."""
+        if not ids:
+            return 0
+
+        async def job(c: asyncpg.Connection) -> int:
+            status = await c.execute(
+                "UPDATE messages SET q_lease_until = $3 WHERE q_state = 'claimed' "
+                "AND q_claimed_by = $1 AND id = ANY($2::text[])",
+                instance,
+                ids,
+                lease_until,
+            )
+            return int(status.split()[-1])
+
+        return await run_tx(self.pool, job, durable=False)
+
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:

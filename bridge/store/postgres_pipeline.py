@@ -419,6 +419,12 @@ async def record_submits(
                 for r in unknown
             ],
         )
+        # The parts after one whose fate is unknown are not sent: nothing is left queued.
+        await c.executemany(
+            "UPDATE segments SET state = $1, error_code = 'PREVIOUS_PART_UNKNOWN', done_at = $2 "
+            "WHERE message_id = $3 AND seq > $4 AND state = 'queued'",
+            [(lc.SEG_TIMEOUT, now, r.message_id, r.seq) for r in unknown],
+        )
     for r in results:
         if r.outcome != "sent":
             touched[r.message_id] = True
@@ -674,4 +680,8 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
         await rollup_messages(c, dict.fromkeys(timed_out, False), now)
     await c.execute("DELETE FROM nonces WHERE expires_at <= $1", now)
     await c.execute("DELETE FROM idempotency WHERE expires_at <= $1", now)
+    # Unmatched receipts are kept while a receipt may still be awaited, then dropped.
+    await c.execute(
+        "DELETE FROM pending_receipts WHERE received_at <= $1", now - receipt_timeout_ms
+    )
     return {"expired": len(expired), "timed_out": len(timed_out)}

@@ -547,6 +547,24 @@ class SqliteStore:
         them all back when it starts (several instances need the PostgreSQL engine)."""
         return {"requeued": 0, "marked_unknown": 0}
 
+    async def renew_claims(self, instance: str, ids: list[str], lease_until: int) -> int:
+        """Extend the lease of messages this instance is still sending (a throttled link can
+        hold one for minutes): an expired lease must mean a dead sender, never a slow one."""
+        if not ids:
+            return 0
+
+        def job(c: sqlite3.Connection) -> int:
+            n = 0
+            for chunk in pipe._chunks(ids):
+                n += c.execute(
+                    f"UPDATE messages SET q_lease_until=? WHERE q_state='claimed' "
+                    f"AND q_claimed_by=? AND id IN ({pipe._marks(len(chunk))})",
+                    (lease_until, instance, *chunk),
+                ).rowcount
+            return n
+
+        return await self._runner.write(job, durable=False)
+
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         def job(c: sqlite3.Connection) -> list[WorkMessage]:
             accounts = self._queued_accounts(c)
@@ -651,6 +669,11 @@ class SqliteStore:
                 timed_out += 1
             c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
             c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
+            # Receipts that never matched are kept for inspection as long as a receipt may still
+            # be awaited, then dropped (else ids from elsewhere pile up for ever).
+            c.execute(
+                "DELETE FROM pending_receipts WHERE received_at<=?", (now - receipt_timeout_ms,)
+            )
             return {"expired": expired, "timed_out": timed_out}
 
         return await self._runner.write(job, durable=False)

@@ -251,6 +251,12 @@ def record_submits(
                     r.seq,
                 ),
             )
+            # The parts after one whose fate is unknown are not sent: nothing is left queued.
+            c.execute(
+                "UPDATE segments SET state=?, error_code='PREVIOUS_PART_UNKNOWN', done_at=? "
+                "WHERE message_id=? AND seq>? AND state='queued'",
+                (lc.SEG_TIMEOUT, now, r.message_id, r.seq),
+            )
     if releases:
         for rel in releases:
             touched.pop(rel.message_id, None)

@@ -17,7 +17,9 @@ sequence split into contiguous parts.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -375,23 +377,31 @@ def _pack(septets: bytes, fill_bits: int = 0) -> bytes:
     return pack_septets(septets, fill_bits)
 
 
+def _random_start() -> int:
+    return int.from_bytes(os.urandom(2), "big")
+
+
 class RefCounter:
     """Concatenation references: one wrapping counter per destination, bounded memory.
 
     Why a counter and not random: a handset reassembles by (originator, reference); two messages in
     flight to the same number with the same reference get mixed. A per-destination counter only
     repeats after 256 (UDH8) or 65536 messages to that number. The least recently used destinations
-    are forgotten beyond ``max_destinations`` (their counter restarts at 0, which is harmless unless
-    a number receives hundreds of long messages while being evicted).
+    are forgotten beyond ``max_destinations``. A destination's counter starts at a random value
+    (``start``), so two processes (acceptor workers, a restart) are unlikely to hand the same
+    number the same reference for messages in flight together.
     """
 
-    __slots__ = ("_counters", "_max")
+    __slots__ = ("_counters", "_max", "_start")
 
-    def __init__(self, max_destinations: int = 100_000) -> None:
+    def __init__(
+        self, max_destinations: int = 100_000, start: Callable[[], int] | None = None
+    ) -> None:
         if max_destinations < 1:
             raise ValueError(f"max_destinations: must be at least 1, got {max_destinations}")
         self._max = max_destinations
         self._counters: OrderedDict[str, int] = OrderedDict()
+        self._start = start if start is not None else _random_start
 
     def next(self, destination: str, bits: int) -> int:
         if bits not in (8, 16):
@@ -399,7 +409,7 @@ class RefCounter:
         counters = self._counters
         value = counters.get(destination)
         if value is None:
-            value = 0
+            value = self._start() & 0xFFFF
             if len(counters) >= self._max:
                 counters.popitem(last=False)
         else:

@@ -1515,3 +1515,18 @@ async def test_an_internal_failure_is_a_500_envelope_without_traceback(api_serve
     ready = await api_server.request("GET", "/readyz")
     assert ready.status == 503
     assert any(p.startswith("store not reachable") for p in ready.json["problems"])
+
+
+async def test_refused_send_spends_its_nonce(api_server, make_account):
+    """A valid send refused after the signature verified (here: queue full) still records its
+    nonce: replaying the exact signed request once the queue drains is refused as a replay."""
+    creds = await make_account(raw_text=True)
+    body = {"to": CN, "text": "x"}
+    api_server.ctx.queue_depth = api_server.config.store.max_queued_segments
+    first = await api_server.send(creds, body, key="k-1", nonce="n" * 20)
+    assert first.code == "QUEUE_FULL"
+    api_server.ctx.queue_depth = 0
+    again = await api_server.send(creds, body, key="k-1", nonce="n" * 20)
+    assert again.code == "NONCE_REUSED"
+    fresh = await api_server.send(creds, body, key="k-1", nonce="m" * 20)
+    assert fresh.status == 202

@@ -1130,3 +1130,37 @@ async def test_stats_per_day(store: Store) -> None:
     got = await store.stats("acc_a", day0 - 8 * HOUR + 1, day0 + 16 * HOUR, tz)
     assert [(d["day_index"], d["submitted"]) for d in got] == [(19_000, 1)]
     assert await store.stats("acc_b", 0, day0 * 2, tz) == []
+
+
+async def test_renew_claims_extends_only_this_instances_live_claims(store: Store) -> None:
+    """A sender that is slow (throttled for minutes) renews its claims, so its lease never
+    expires under it; another instance's claims and released messages are not touched."""
+    await store.create_account(account())
+    await accept(store, message("m1", at=NOW - 2))
+    await accept(store, message("m2", at=NOW - 1))
+    claimed = await store.claim("inst-1", 1, NOW, 1000)
+    assert [m.id for m in claimed] == ["m1"]
+    assert await store.renew_claims("inst-2", ["m1"], NOW + 10 * MIN) == 0
+    assert await store.renew_claims("inst-1", ["m1", "m2"], NOW + 10 * MIN) == 1
+    # m1 stays inst-1's (renewed); m2 was never claimed and is still free for anyone.
+    assert [m.id for m in await store.claim("inst-2", 10, NOW + 5 * SEC, 1000)] == ["m2"]
+    assert await store.renew_claims("inst-1", [], NOW) == 0
+
+
+async def test_unknown_part_stops_the_rest_and_releases_the_message(store: Store) -> None:
+    """No answer to part 2 of 3 (and the SMSC says do not resend): part 3 is not sent either, the
+    message leaves the queue and ends 'unknown' once part 1's receipt is in."""
+    await store.create_account(account())
+    await accept(store, message("m", parts=3))
+    [_work] = await store.claim("inst", 10, NOW, MIN)
+    await store.record_submits(
+        [sent("m", 1), SubmitResult("m", 2, "unknown", "smscA", error_code="SUBMIT_TIMEOUT")],
+        [],
+        NOW,
+    )
+    assert await store.queue_depth() == 0
+    assert await store.claim("inst", 10, NOW + MIN, MIN) == []
+    await store.apply_receipts([rcpt("smscA", "m-1", "delivered")], NOW)
+    rec = await store.get_message("acc_a", "m")
+    assert rec is not None and rec.state == "unknown"
+    assert [s.state for s in rec.segment_rows] == ["delivered", "timeout", "timeout"]

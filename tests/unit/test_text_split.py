@@ -380,19 +380,28 @@ def test_smart_to_latin1() -> None:
 
 
 def test_ref_counter_per_destination_wraps() -> None:
-    rc = RefCounter()
+    rc = RefCounter(start=lambda: 0)
     assert [rc.next("A", 8) for _ in range(3)] == [0, 1, 2]
     assert rc.next("B", 8) == 0
     for _ in range(253):
         rc.next("A", 8)
     assert rc.next("A", 8) == 0  # 257th reference wraps to 0
-    rc16 = RefCounter()
+    rc16 = RefCounter(start=lambda: 0)
     vals = [rc16.next("A", 16) for _ in range(65537)]
     assert vals[255] == 255 and vals[256] == 256 and vals[65535] == 65535 and vals[65536] == 0
 
 
+def test_ref_counter_starts_at_random_per_destination() -> None:
+    # Two counters (two worker processes, or before and after a restart) rarely agree.
+    a, b = RefCounter(), RefCounter()
+    firsts = [(a.next(f"+86{i}", 16), b.next(f"+86{i}", 16)) for i in range(50)]
+    assert sum(x == y for x, y in firsts) < 3
+    seq = [a.next("+8613800000000", 8) for _ in range(3)]
+    assert seq[1] == (seq[0] + 1) % 256 and seq[2] == (seq[1] + 1) % 256
+
+
 def test_ref_counter_bounded_lru() -> None:
-    rc = RefCounter(max_destinations=2)
+    rc = RefCounter(max_destinations=2, start=lambda: 0)
     rc.next("A", 8)
     rc.next("A", 8)
     rc.next("B", 8)
