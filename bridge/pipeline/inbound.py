@@ -163,6 +163,8 @@ class Inbound:
                 received_at=now_ms,
             )
         )
+        if seg.scheme:  # only now: a crash before this leaves the parts to complete again
+            await self.store.drop_mo_parts(smsc, body.source_addr, body.destination_addr, seg.ref)
         self.mo += 1
         if self.metrics is not None:
             self.metrics.mo(smsc)

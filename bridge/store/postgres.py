@@ -625,6 +625,13 @@ class PostgresStore:
             # Parts of one message can arrive on binds of two instances at once: serialise them,
             # else each sees only its own part and the message never completes.
             await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
+            # A stale part of an earlier message with another total is discarded, not mixed in.
+            await c.execute(
+                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
+                "AND ref = $4 AND total <> $5",
+                *key,
+                part.total,
+            )
             await c.execute(
                 "INSERT INTO mo_parts (smsc, source, destination, ref, total, seq, data_coding, "
                 "payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
@@ -644,16 +651,25 @@ class PostgresStore:
                 "AND ref = $4 ORDER BY seq",
                 *key,
             )
-            if len(rows) < part.total:
+            if [r[5] for r in rows] != list(range(1, part.total + 1)):
                 return None
-            await c.execute(
-                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4",
-                *key,
-            )
+            # The parts stay until drop_mo_parts, after the MO itself is stored.
             return [MoPart(*tuple(r)[:7], bytes(r[7]), r[8]) for r in rows]
 
         return await run_tx(self.pool, job)
+
+    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None:
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
+                "AND ref = $4",
+                smsc,
+                source,
+                destination,
+                ref,
+            )
+
+        await run_tx(self.pool, job)
 
     async def store_mo(self, mo: MoMessage) -> None:
         async def job(c: asyncpg.Connection) -> None:

@@ -698,8 +698,19 @@ class SqliteStore:
     # -- MO ---------------------------------------------------------------------------------------
 
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
+        """Keep a part; when all parts 1..total of the same total are in, return them in order.
+
+        The parts stay until `drop_mo_parts` (called after the MO itself is stored): a crash in
+        between leaves them for the SMSC's redelivery to complete again, never a lost MO. A stale
+        part of an earlier message with another total is discarded, not mixed in."""
+
         def job(c: sqlite3.Connection) -> list[MoPart] | None:
             key = (part.smsc, part.source, part.destination, part.ref)
+            c.execute(
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
+                "AND total<>?",
+                (*key, part.total),
+            )
             c.execute(
                 "INSERT OR REPLACE INTO mo_parts (smsc, source, destination, ref, total, seq, "
                 "data_coding, payload, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -711,14 +722,20 @@ class SqliteStore:
                 "ORDER BY seq",
                 key,
             ).fetchall()
-            if len(rows) < part.total:
+            if [r[5] for r in rows] != list(range(1, part.total + 1)):
                 return None
-            c.execute(
-                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?", key
-            )
             return [MoPart(*r[:7], bytes(r[7]), r[8]) for r in rows]
 
         return await self._runner.write(job)
+
+    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?",
+                (smsc, source, destination, ref),
+            )
+
+        await self._runner.write(job, single=True)
 
     async def store_mo(self, mo: MoMessage) -> None:
         def job(c: sqlite3.Connection) -> None:

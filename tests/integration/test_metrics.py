@@ -273,9 +273,15 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
 
         async def flushed() -> bool:  # each process writes its files at least once a second
             m = await metrics_of(proc.port)
-            return val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == n
+            return (
+                val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == n
+                and val(m, "smpp_bridge_messages_accepted_total") == n
+                and val(m, "smpp_bridge_accept_latency_seconds_count") == n
+                and val(m, "smpp_bridge_segments_submitted_total", smsc="sim", status="ESME_ROK")
+                == n
+            )
 
-        await wait_until(flushed, 5, 0.2)
+        await wait_until(flushed, 10, 0.2)
         seen: list[Samples] = []
         for _ in range(8):
             async with (

@@ -1002,11 +1002,22 @@ async def test_mo_parts_reassemble_in_seq_order(store: Store) -> None:
     assert got is not None
     assert [(p.seq, p.payload) for p in got] == [(1, b"p1"), (2, b"p2"), (3, b"p3")]
     assert all((p.ref, p.total, p.data_coding) == (7, 3, 8) for p in got)
-    # Completed parts are gone: the same reference starts a new message.
+    # Parts stay until the MO is stored, then the caller drops them: the same reference then
+    # starts a new message.
+    await store.drop_mo_parts("smscA", "+861", "1069", 7)
     assert await store.add_mo_part(part(2)) is None
     # The other message's parts were left alone.
     assert await store.add_mo_part(part(2, ref=8)) is None
     assert await store.drop_stale_mo_parts(NOW + 1) == 4
+
+
+async def test_mo_part_of_another_total_does_not_mix(store: Store) -> None:
+    """A leftover part of an earlier message that used the same reference (another total) is
+    discarded, not joined to the new one."""
+    assert await store.add_mo_part(part(3, total=3)) is None  # stale, from an old 3-part message
+    assert await store.add_mo_part(part(1, total=2)) is None
+    got = await store.add_mo_part(part(2, total=2))
+    assert got is not None and [(p.seq, p.total) for p in got] == [(1, 2), (2, 2)]
 
 
 async def test_stale_mo_parts_are_dropped(store: Store) -> None:
