@@ -73,15 +73,26 @@ class WebhookSender:
         self._wake.set()
 
     async def run(self) -> None:
+        """Claim due reports and deliver each POST as its own task, so a slow or hanging
+        callback of one customer never holds back another's (at most `concurrency` at once)."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         connector = aiohttp.TCPConnector(limit=self.config.concurrency)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         sem = asyncio.Semaphore(self.config.concurrency)
+        running: set[asyncio.Task[None]] = set()
         try:
             while not self._stopping:
+                free = self.config.concurrency - len(running)
+                if free <= 0:
+                    await asyncio.wait(
+                        running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
                 now_ms = int(self.clock() * 1000)
                 lease_ms = int(self.config.timeout_s * 1000) * 3 + 10_000
-                jobs = await self.store.claim_webhooks(now_ms, self.config.batch_max * 10, lease_ms)
+                jobs = await self.store.claim_webhooks(
+                    now_ms, min(self.config.batch_max * free, self.config.batch_max * 10), lease_ms
+                )
                 if not jobs:
                     self._wake.clear()
                     try:
@@ -92,13 +103,16 @@ class WebhookSender:
                 groups: dict[tuple[str, str, str], list[WebhookJob]] = defaultdict(list)
                 for job in jobs:
                     groups[(job.account_id, job.url, job.kind)].append(job)
-                tasks = []
-                for (_acc, _url, _kind), group in groups.items():
+                loop = asyncio.get_running_loop()
+                for group in groups.values():
                     for i in range(0, len(group), self.config.batch_max):
                         chunk = group[i : i + self.config.batch_max]
-                        tasks.append(self._bounded(sem, chunk))
-                await asyncio.gather(*tasks)
+                        task = loop.create_task(self._bounded(sem, chunk))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
         finally:
+            if running:
+                await asyncio.wait(running, timeout=self.config.timeout_s + 1)
             await self._session.close()
 
     async def _bounded(self, sem: asyncio.Semaphore, jobs: list[WebhookJob]) -> None:

@@ -127,6 +127,7 @@ class WebhookReceiver:
         self.requests: list[dict[str, Any]] = []
         self.reports: list[dict[str, Any]] = []
         self.fail_with: int | None = None
+        self.hang_s: float = 0.0  # answer this late (a slow customer endpoint)
         self.bad_signatures = 0
         self.port = free_port()
         self._runner: web.AppRunner | None = None
@@ -137,6 +138,8 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
         if self.fail_with is not None:
             return web.Response(status=self.fail_with)
         header = request.headers.get(signing.WEBHOOK_HEADER, "")

@@ -247,3 +247,27 @@ async def test_intermediate_sent_report_when_enabled(start_daemon, receiver):
     sent = by_id[f"st_{mid}_sent"]
     assert sent["status"] == "sent" and sent["final"] is False and sent["client_ref"] == "ref-1"
     assert by_id[f"st_{mid}"]["status"] == "delivered"
+
+
+async def test_a_hanging_callback_does_not_delay_other_accounts(start_daemon, receiver):
+    slow = WebhookReceiver()
+    slow.hang_s = 8.0
+    await slow.start()
+    try:
+        d = await start_daemon(webhooks={"timeout_s": 6, "retry_schedule_s": [60]})
+        a = await create_account(d, "slowco", status_callback_url=slow.url)
+        b = await create_account(d, "fastco", status_callback_url=receiver.url)
+        async with client_for(d.http_port, a) as ca:
+            r = await ca.send("+8613800138000", text="to the slow endpoint")
+            await _final(ca, r["messages"][0]["id"])
+        await asyncio.sleep(0.5)  # the slow POST is now in flight
+        async with client_for(d.http_port, b) as cb:
+            r = await cb.send("+8613900139000", text="to the fast endpoint")
+            mid = r["messages"][0]["id"]
+            await _final(cb, mid)
+        t0 = asyncio.get_running_loop().time()
+        await wait_until(lambda: receiver.reports, 4)
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        assert receiver.reports[0]["message_id"] == mid
+    finally:
+        await slow.stop()
