@@ -28,6 +28,8 @@ log = logging.getLogger("bridge.store")
 
 # Commits between WAL checkpoints: rarer checkpoints copy a page rewritten many times only once.
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
+# ... or sooner when the WAL passes this size (commits of many random index pages are large).
+WAL_MAX_BYTES = 64 * 1024 * 1024
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
@@ -207,7 +209,8 @@ class SqliteRunner:
             _resolve([(fut, False, exc) for _job, fut, _single, _durable in batch])
             return
         _resolve(at_once)
-        due = self.commits - self._commits_at_checkpoint >= CHECKPOINT_EVERY
+        since = self.commits - self._commits_at_checkpoint
+        due = since >= CHECKPOINT_EVERY or (since % 50 == 0 and self._wal_bytes() > WAL_MAX_BYTES)
         if due and not self._checkpointing:
             self._commits_at_checkpoint = self.commits
             self._checkpointing = True
@@ -221,9 +224,15 @@ class SqliteRunner:
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
 
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(str(self._path) + "-wal").st_size
+        except OSError:
+            return 0
+
     async def checkpoint(self) -> None:
-        """Copy the WAL into the database from a thread with its own connection (PASSIVE: never
-        blocks writers), so the WAL stays small and the loop never waits for the db fsync."""
+        """Copy the WAL into the database from a thread with its own connection, so the WAL stays
+        small and the loop never waits for the database fsync itself."""
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._checkpoint_sync)
@@ -233,10 +242,21 @@ class SqliteRunner:
             self._checkpointing = False
 
     def _checkpoint_sync(self) -> None:
-        conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=30)
+        """TRUNCATE, not PASSIVE: under continuous writes a passive checkpoint never catches up
+        with the tail, so the WAL is never restarted and grows without bound (measured: 12.8 GB
+        after 700k messages with an acceptor process). TRUNCATE waits (bounded) for the readers
+        and writers of the moment, copies the WAL into the database, syncs it and empties the
+        WAL; run every CHECKPOINT_EVERY commits it has little to copy, so writers wait briefly."""
+        conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=5)
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                # Others kept the database busy for the whole wait: copy what we can now and
+                # try to restart the WAL at the next checkpoint.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:  # busy beyond the timeout: next time
+            log.warning("WAL checkpoint deferred: %s", exc)
         finally:
             conn.close()
 
