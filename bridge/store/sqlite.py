@@ -640,33 +640,29 @@ class SqliteStore:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
-            expired = 0
-            for (mid,) in c.execute(
+            # Parts sent before a release keep the message 'sent', yet nothing is left to send:
+            # releasing (True) keeps it from staying claimable and counted in queue_depth.
+            expired = _settle_parts(
+                c,
                 "SELECT id FROM messages WHERE q_state='queued' AND expires_at IS NOT NULL "
                 "AND expires_at<=? LIMIT 10000",
-                (now,),
-            ).fetchall():
-                c.execute(
-                    "UPDATE segments SET state=?, done_at=?, error_code='VALIDITY_EXPIRED' "
-                    "WHERE message_id=? AND state='queued'",
-                    (lc.SEG_EXPIRED_UNSENT, now, mid),
-                )
-                # Parts sent before a release keep the message 'sent', yet nothing is left to
-                # send: without release_done it stayed claimable and counted in queue_depth.
-                pipe.rollup_messages(c, {mid: True}, now)
-                expired += 1
-            timed_out = 0
-            for (mid,) in c.execute(
+                now,
+                from_state="queued",
+                to_state=lc.SEG_EXPIRED_UNSENT,
+                error="VALIDITY_EXPIRED",
+                release=True,
+                now=now,
+            )
+            timed_out = _settle_parts(
+                c,
                 "SELECT id FROM messages WHERE state='sent' AND sent_at<=? LIMIT 10000",
-                (now - receipt_timeout_ms,),
-            ).fetchall():
-                c.execute(
-                    "UPDATE segments SET state=?, done_at=?, error_code='NO_RECEIPT' "
-                    "WHERE message_id=? AND state='sent'",
-                    (lc.SEG_TIMEOUT, now, mid),
-                )
-                pipe.rollup_messages(c, {mid: False}, now)
-                timed_out += 1
+                now - receipt_timeout_ms,
+                from_state="sent",
+                to_state=lc.SEG_TIMEOUT,
+                error="NO_RECEIPT",
+                release=False,
+                now=now,
+            )
             c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
             c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
             # Receipts that never matched are kept for inspection as long as a receipt may still
@@ -973,6 +969,30 @@ def _authorize(
     if fresh != 1:
         return "nonce_reused", account
     return "ok", account
+
+
+def _settle_parts(
+    c: sqlite3.Connection,
+    select_sql: str,
+    bound: int,
+    *,
+    from_state: str,
+    to_state: str,
+    error: str,
+    release: bool,
+    now: int,
+) -> int:
+    """Move the `from_state` parts of the messages `select_sql` finds to `to_state`, then roll
+    those messages up together (one batched roll-up, not one per message)."""
+    ids = [mid for (mid,) in c.execute(select_sql, (bound,)).fetchall()]
+    if not ids:
+        return 0
+    c.executemany(
+        "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND state=?",
+        [(to_state, now, error, mid, from_state) for mid in ids],
+    )
+    pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
+    return len(ids)
 
 
 class _AuthRefused(Exception):
