@@ -31,6 +31,8 @@ SETTABLE: dict[str, type | tuple[type, ...]] = {
     "daily_quota": int,
     "status_callback_url": (str, type(None)),
     "mo_callback_url": (str, type(None)),
+    "low_balance_threshold": int,
+    "report_format": str,
 }
 
 
@@ -64,6 +66,12 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
             raise AccountError("INVALID_FIELD", "kind: must be 'prepaid' or 'postpaid'")
         if name in ("tps", "daily_quota") and not 0 <= value <= 1_000_000_000:
             raise AccountError("INVALID_FIELD", f"{name}: must be between 0 and 1000000000")
+        if name == "report_format" and value not in ("native", "aliyun"):
+            raise AccountError("INVALID_FIELD", "report_format: 'native' or 'aliyun'")
+        if name == "low_balance_threshold" and not 0 <= value <= 10**15:
+            raise AccountError(
+                "INVALID_FIELD", "low_balance_threshold: micro-units, between 0 and 10^15"
+            )
         if name == "default_country" and value is not None:
             # Checked before upper-casing: "ß".upper() is "SS", which looks like a country.
             if not _COUNTRY.fullmatch(value):

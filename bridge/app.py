@@ -26,8 +26,10 @@ from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
 from bridge.api.submit import Submitter
+from bridge.billing import auto_settle
+from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.config import Config, ConfigError, load_config
-from bridge.crypto import Sealer, load_master_key
+from bridge.crypto import Sealer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
@@ -36,32 +38,9 @@ from bridge.pipeline.webhooks import WebhookSender
 from bridge.reload import ReloadPlan, plan
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
+from bridge.wiring import make_sealer, open_store
 
 log = logging.getLogger("bridge.app")
-
-
-def open_store(config: Config) -> Store:
-    if config.store.engine == "sqlite":
-        from bridge.store.sqlite import SqliteStore
-
-        return SqliteStore(
-            config.store.path,
-            linger_ms=config.store.group_commit_ms,
-            max_batch=config.store.group_commit_max,
-        )
-    from bridge.store.postgres import PostgresStore
-
-    assert config.store.dsn is not None  # the config refuses postgres without a DSN
-    return PostgresStore(config.store.dsn)
-
-
-def make_sealer(config: Config) -> Sealer:
-    sec = config.security
-    return Sealer(
-        load_master_key(
-            inline=sec.master_key, key_file=sec.master_key_file, generate=sec.generate_master_key
-        )
-    )
 
 
 def make_router(config: Config) -> Router:
@@ -93,7 +72,9 @@ class Daemon:
         self.webhooks: WebhookSender | None = None
         self.ctx: ApiContext | None = None
         self._runner: web.AppRunner | None = None
+        self._aliyun_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_settle = 0  # unix ms of the last automatic settlement check
         self.http_port: int | None = None
         self._stopped = asyncio.Event()
         self._wake_listener: WakeListener | None = None
@@ -160,6 +141,7 @@ class Daemon:
             log.warning("recovered claims after restart: %s", recovered)
 
         self.inbound = Inbound(store, smscs, clock=self.clock, metrics=self.metrics)
+        self.inbound.optout_keywords = tuple(cfg.rules.optout_keywords)
         for s in cfg.smscs:
             self.connectors[s.name] = self._connector(s)
         self.dispatcher = Dispatcher(
@@ -175,6 +157,7 @@ class Daemon:
         self.webhooks = WebhookSender(
             store, accounts, cfg.webhooks, clock=self.clock, metrics=self.metrics
         )
+        self.webhooks.tz = cfg.rules.timezone
         for c in self.connectors.values():
             await c.start()
         loop = asyncio.get_running_loop()
@@ -216,6 +199,8 @@ class Daemon:
         if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
             self.ctx.on_webhooks_replayed = self.webhooks.wake
         self.ctx.queue_depth = await store.queue_depth()
+        if cfg.billing.enabled:  # seeds billing.tariff when the store has none
+            await self.ctx.tariff_book.load(int(self.clock() * 1000))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
         app = make_app(self.ctx)
@@ -229,6 +214,24 @@ class Daemon:
             reuse_port=self.role == "acceptor",
         )
         await site.start()
+        if cfg.aliyun.enabled:
+            self._aliyun_runner = web.AppRunner(
+                make_aliyun_app(self.ctx), access_log=None, shutdown_timeout=2.0
+            )
+            await self._aliyun_runner.setup()
+            ali = web.TCPSite(
+                self._aliyun_runner,
+                cfg.aliyun.host or cfg.server.host,
+                cfg.aliyun.port,
+                reuse_address=True,
+                reuse_port=self.role == "acceptor",
+            )
+            await ali.start()
+            log.info(
+                "Alibaba Cloud SMS-compatible API on http://%s:%s",
+                cfg.aliyun.host or cfg.server.host,
+                cfg.aliyun.port,
+            )
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.server.port
@@ -260,10 +263,15 @@ class Daemon:
     async def _api_housekeeping(self) -> None:
         """Every second: queue depth for back-pressure; in an acceptor, the owner's bind status."""
         assert self.store is not None and self.ctx is not None
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
             try:
                 self.ctx.queue_depth = await self.store.queue_depth()
+                ticks += 1
+                if ticks % 10 == 0 and self.config.billing.enabled:
+                    # Tariff versions another process added (they only ever get appended).
+                    await self.ctx.tariff_book.refresh(int(self.clock() * 1000))
                 if self.role == "acceptor":
                     self._remote_status = await self._read_owner_status()
                 elif self.coord is not None:
@@ -342,6 +350,13 @@ class Daemon:
                 await self.store.drop_stale_mo_parts(stale)
                 if self.webhooks is not None:
                     self.webhooks.wake()
+                if now_ms - self._last_settle >= 3_600_000 and self.ctx is not None:
+                    self._last_settle = now_ms
+                    settled = await auto_settle(
+                        self.store, self.ctx.tariff_book, self.config, now_ms
+                    )
+                    if settled:
+                        log.info("automatic settlement %s", settled)
             except Exception:
                 log.exception("sweep failed")
 
@@ -367,6 +382,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._aliyun_runner is not None:
+            await self._aliyun_runner.cleanup()
         if self._wake_listener is not None:
             self._wake_listener.close()
         if self._wake_sender is not None:
@@ -408,8 +425,12 @@ class Daemon:
         if self.ctx is not None:
             self.ctx.config = merged
             self.ctx.submitter = Submitter(merged, router)
+            self.ctx.send_rules.reload(merged)
+            self.ctx.submitter.content_filter = self.ctx.send_rules.filter
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
+        if self.inbound is not None:
+            self.inbound.optout_keywords = tuple(merged.rules.optout_keywords)
         self.config = merged
         log.info(
             "reloaded configuration: added %s, removed %s, reconnected %s, updated %s",

@@ -142,7 +142,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
     from bridge.accounts import AccountService
-    from bridge.app import make_sealer, open_store
+    from bridge.wiring import make_sealer, open_store
 
     store = open_store(cfg)
     await store.open()
@@ -174,6 +174,37 @@ def _account_settings(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def parse_amount(text: str) -> int:
+    """A decimal currency amount ("100", "0.045") as exact micro-units; no floats."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise CliError(f"{text!r} is not an amount (e.g. 100 or 12.50)") from None
+    micro = value * 1_000_000
+    if not value.is_finite() or micro != micro.to_integral_value() or micro < 0:
+        raise CliError(f"{text!r}: at most 6 decimal places, not negative")
+    return int(micro)
+
+
+async def _account_extras(store: Any, account_id: str, args: argparse.Namespace) -> None:
+    """`account create --sign NAME --topup AMOUNT`: an operator's approved sign and first funds."""
+    from bridge import review
+    from bridge.domain.ledger import topup
+
+    now = _now_ms()
+    for name in getattr(args, "sign", None) or ():
+        try:
+            await review.submit_sign(store, account_id, {"name": name}, now)
+            await review.decide_sign(store, account_id, name, "approve", None, now)
+        except review.ReviewError as exc:
+            raise CliError(f"{exc.code}: {exc.message}") from None
+    amount = getattr(args, "topup", None)
+    if amount:
+        await store.append_ledger(account_id, topup(parse_amount(amount), now, "initial"))
+
+
 def cmd_account(args: argparse.Namespace) -> int:
     from bridge.accounts import AccountError, public_account, public_key
 
@@ -184,6 +215,7 @@ def cmd_account(args: argparse.Namespace) -> int:
         try:
             if args.action == "create":
                 creds = await svc.create(args.name, _account_settings(args), _now_ms())
+                await _account_extras(svc.store, creds.account.id, args)
                 _print(
                     {
                         "account": creds.account.id,
@@ -211,6 +243,12 @@ def cmd_account(args: argparse.Namespace) -> int:
             elif args.action == "rotate-webhook-secret":
                 account, secret = await svc.rotate_webhook_secret(args.ref, _now_ms())
                 _print({"account": account.id, "webhook_secret": secret})
+            elif args.action == "close":
+                # Erases the account's message texts and numbers, revokes its keys; the ledger and
+                # bills stay (money records are kept). Asks nothing: scripts call it.
+                account = await svc.resolve(args.ref)
+                await svc.store.close_account(account.id, _now_ms())
+                _print(public_account(await svc.resolve(account.id)))
         except AccountError as exc:
             raise CliError(f"{exc.code}: {exc.message}") from None
         return 0
@@ -243,7 +281,7 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from bridge.app import open_store
+    from bridge.wiring import open_store
 
     cfg = _config(args)
     setup_logging(cfg, "WARNING")
@@ -416,8 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     ac = with_config(acc_sub.add_parser("create"))
     ac.add_argument("name")
     settings(ac)
+    ac.add_argument(
+        "--sign", action="append", help="register and approve this sign name (repeatable)"
+    )
+    ac.add_argument("--topup", help="first top-up, in currency units (e.g. 100 or 12.50)")
     with_config(acc_sub.add_parser("list"))
-    for action in ("show", "disable", "enable", "rotate-webhook-secret"):
+    for action in ("show", "disable", "enable", "rotate-webhook-secret", "close"):
         with_config(acc_sub.add_parser(action)).add_argument("ref", help="account id or name")
     au = with_config(acc_sub.add_parser("update"))
     au.add_argument("ref")
@@ -460,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     st.add_argument("--json", action="store_true", help="print the raw views as JSON")
     st.set_defaults(fn=cmd_status)
+
+    from bridge.cli_ops import add_parsers
+
+    add_parsers(sub, with_config)
     return p
 
 
@@ -485,8 +531,17 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, MasterKeyError | OSError):
             print(f"smpp-bridge: {exc}", file=sys.stderr)
             return 1
-        raise
+        if os.environ.get("SMPP_BRIDGE_DEBUG"):
+            raise
+        code = getattr(exc, "code", None)
+        what = f"{code}: {getattr(exc, 'message', exc)}" if code else f"{type(exc).__name__}: {exc}"
+        print(f"smpp-bridge: {what} (SMPP_BRIDGE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bridge.cli`: run the importable module's main, not this __main__ copy, so the
+    # CliError that bridge.cli_ops raises is the class main() catches.
+    from bridge.cli import main as _main
+
+    sys.exit(_main())

@@ -535,6 +535,130 @@ class SimConfig:
             yield "control_port", f"must differ from sim.port ({self.port})"
 
 
+def _time_zone(v: str) -> str | None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(v)
+    except Exception:
+        return f"unknown time zone {_show(v)} (an IANA name such as Asia/Shanghai)"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """Most sends to one key per window; 0 = no limit for that window."""
+
+    per_minute: int = field(default=0, metadata=meta(between(0, 1_000_000)))
+    per_hour: int = field(default=0, metadata=meta(between(0, 1_000_000)))
+    per_day: int = field(default=50, metadata=meta(between(0, 1_000_000)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerificationLimitsConfig:
+    """Verification-code limits per (sign, number): 1 a minute, 5 an hour, 10 a day by default."""
+
+    per_minute: int = field(default=1, metadata=meta(between(0, 1_000_000)))
+    per_hour: int = field(default=5, metadata=meta(between(0, 1_000_000)))
+    per_day: int = field(default=10, metadata=meta(between(0, 1_000_000)))
+
+
+def _e164(v: str) -> str | None:
+    return None if re.fullmatch(r"\+[1-9][0-9]{5,14}", v) else "expected an E.164 number"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrequencyConfig:
+    """Per-recipient limits counted at acceptance (service-rules.md): verification codes per
+    (sign, number); notification and marketing per (sign, template, number); free text per
+    (sign, number)."""
+
+    verification: VerificationLimitsConfig = field(default_factory=VerificationLimitsConfig)
+    notification: LimitsConfig = field(default_factory=LimitsConfig)
+    marketing: LimitsConfig = field(default_factory=LimitsConfig)
+    raw_text: LimitsConfig = field(default_factory=LimitsConfig)
+    exempt: tuple[str, ...] = field(default=(), metadata=meta(item=(_e164,)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RulesConfig:
+    """Sending rules: time zone of the clock windows, opt-out keywords, content filter."""
+
+    # Clock minute/hour windows, the daily quota's day and billing months are in this zone.
+    timezone: str = field(default="Asia/Shanghai", metadata=meta(_time_zone))
+    optout_keywords: tuple[str, ...] = field(
+        default=("TD", "T", "R", "STOP", "UNSUBSCRIBE", "退订"), metadata=meta(item=(_NONEMPTY,))
+    )
+    # Operator word/pattern list, one per line ("re:" prefix for a regular expression).
+    content_filter_file: Path | None = None
+    max_param_chars: int = field(default=35, metadata=meta(between(1, 500)))
+    frequency: FrequencyConfig = field(default_factory=FrequencyConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TierConfig:
+    up_to: int | None = field(default=None, metadata=meta(at_least(1)))
+    price: int = field(metadata=meta(at_least(1)))
+
+
+def _default_tiers() -> tuple[TierConfig, ...]:
+    return tuple(
+        TierConfig(up_to=u, price=p)
+        for u, p in (
+            (100_000, 45_000),
+            (300_000, 40_000),
+            (500_000, 39_000),
+            (1_000_000, 38_000),
+            (3_000_000, 37_000),
+            (None, 36_000),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TariffConfig:
+    """The first tariff, stored at start-up when the store holds none. Later versions are added
+    with `smpp-bridge tariff add` (never by editing this: stored versions are immutable)."""
+
+    version: str = field(default="initial", metadata=meta(length(1, 64)))
+    tiers: tuple[TierConfig, ...] = field(default_factory=_default_tiers)
+    starting_price: int = field(default=45_000, metadata=meta(at_least(1)))
+    domestic_prefix: str = field(
+        default="+86", metadata=meta(matches(r"\+[1-9][0-9]{0,3}", "'+' and a country code"))
+    )
+    # E.164 prefix -> micro-units per transmitted segment; destinations without a price are refused.
+    international: Mapping[str, int] = field(
+        default_factory=lambda: FrozenMap({}),
+        metadata=meta(
+            item=(at_least(1),), key=(matches(r"\+[1-9][0-9]{0,14}", "an E.164 prefix"),)
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillingConfig:
+    """Prepaid/postpaid charging at acceptance, refunds on receipts, monthly settlement."""
+
+    # Off: nothing is priced or charged (a private gateway); units are still counted.
+    enabled: bool = True
+    currency: str = field(default="CNY", metadata=meta(length(3, 3)))
+    tariff: TariffConfig = field(default_factory=TariffConfig)
+    # Settle the previous month automatically once its receipts are final (72 h after month end).
+    auto_settle: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AliyunConfig:
+    """The Alibaba Cloud SMS-compatible API (Dysmsapi 2017-05-25) on its own port: the official
+    SDKs, pointed at it, send through this gateway unchanged (AccessKeyId = app key)."""
+
+    enabled: bool = False
+    host: str | None = None  # null = server.host
+    port: int = field(default=8081, metadata=meta(between(1, 65535)))
+    # SendSms carries up to 1000 numbers in the query: ~14 KB request lines.
+    max_line_size: int = field(default=65_536, metadata=meta(between(8190, 1_048_576)))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration. Build it with :func:`load_config` or :func:`parse_config`."""
@@ -546,6 +670,9 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    aliyun: AliyunConfig = field(default_factory=AliyunConfig)
     smscs: tuple[SmscConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     # After loading: never "unset"; YAML null/absent means every SMSC in order, [] means none.

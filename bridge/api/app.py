@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from bridge import logs
-from bridge.api import admin, admin_ops, reports, v1
+from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
 from bridge.api.errors import CODES, ApiError, envelope
 from bridge.api.openapi import openapi_document
@@ -193,4 +193,6 @@ def make_app(ctx: ApiContext) -> web.Application:
     admin.add_routes(app)
     reports.add_routes(app)
     admin_ops.add_routes(app)
+    rules_api.add_routes(app)
+    admin_rules.add_routes(app)
     return app

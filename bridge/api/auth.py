@@ -88,6 +88,10 @@ class Authenticator:
         self._cache[key_id] = (now + self.CACHE_S, key, secret)
         return key, secret
 
+    async def lookup(self, key_id: str) -> tuple[AppKey, str] | None:
+        """The key and its secret for another signing scheme (the Alibaba-compatible face)."""
+        return await self._key(key_id)
+
     def remember(self, account: Account) -> None:
         self._accounts[account.id] = (time.monotonic() + 1.0, account)
 

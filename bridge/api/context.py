@@ -13,8 +13,10 @@ from bridge.accounts import AccountService
 from bridge.api.auth import Authenticator, Principal
 from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
+from bridge.billing import Tariffs
 from bridge.config import Config
 from bridge.metrics import Metrics
+from bridge.rules import SendRules
 from bridge.store.base import Store
 
 
@@ -34,6 +36,25 @@ class ApiContext:
     queue_depth: int = 0  # refreshed by the app's background task
     accepting: bool = True
     metrics: Metrics = field(default_factory=Metrics)  # the Daemon passes its own
+    rules: SendRules | None = None  # built from config and store when not given
+    tariffs: Tariffs | None = None
+
+    def __post_init__(self) -> None:
+        if self.rules is None:
+            self.rules = SendRules(self.config, self.store)
+        if self.tariffs is None:
+            self.tariffs = Tariffs(self.store, self.config.billing)
+        self.submitter.content_filter = self.rules.filter
+
+    @property
+    def send_rules(self) -> SendRules:
+        assert self.rules is not None
+        return self.rules
+
+    @property
+    def tariff_book(self) -> Tariffs:
+        assert self.tariffs is not None
+        return self.tariffs
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

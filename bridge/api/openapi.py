@@ -61,11 +61,46 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
     "INVALID_SCHEDULE": "scheduled_at is more than 30 days ahead.",
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
-    "RATE_LIMITED": "The account's messages-per-second rate (tps) is exceeded; see Retry-After.",
+    "ACCOUNT_RATE_LIMIT": "The account's messages-per-second rate (tps) is exceeded; see "
+    "Retry-After.",
     "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
     "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
     "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
     "INTERNAL_ERROR": "An unexpected error; quote the request_id to the operator.",
+    "SIGN_NAME_REQUIRED": "A template send needs sign_name (an approved sign of the account).",
+    "SIGN_NAME_INVALID": "sign_name is not a valid sign name (2-12 letters/digits, no brackets, "
+    "NFKC form); the message says why.",
+    "SIGN_NAME_NOT_APPROVED": "sign_name is not registered, still pending, or rejected for this "
+    "account.",
+    "SIGN_NAME_EXISTS": "This account already registered this sign name.",
+    "SIGN_NAME_TAKEN": "Another account holds this sign name (canonically equal).",
+    "TEMPLATE_NOT_APPROVED": "The template is pending review or was rejected.",
+    "TEMPLATE_MISSING_PARAMETERS": "params lacks a value for a placeholder of the template "
+    "(all missing names listed).",
+    "TEMPLATE_UNKNOWN_PARAMETERS": "params has a name the template has no placeholder for.",
+    "TEMPLATE_PARAMETER_INVALID": "A parameter value is too long, not a string or number, holds "
+    "a control character, or a link the template does not allow.",
+    "TEMPLATE_MALFORMED": "The template content has a malformed ${...} placeholder.",
+    "MARKETING_NOT_ALLOWED": "Marketing templates need an account enabled for marketing.",
+    "CONTENT_FILTERED": "Free text matches the operator's content filter (rule named).",
+    "RECIPIENT_OPTED_OUT": "The recipient opted out of this account's messages (reply TD/STOP "
+    "or /v1/optouts).",
+    "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list.",
+    "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed.",
+    "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed.",
+    "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed.",
+    "DAILY_QUOTA_EXCEEDED": "The account's daily message quota is used up; Retry-After points "
+    "at local midnight.",
+    "INSUFFICIENT_BALANCE": "The prepaid balance (vouchers, cash; cards for international) "
+    "does not cover the charge; nothing was queued.",
+    "PRICE_NOT_FOUND": "The tariff has no price for the destination country.",
+    "TARIFF_NOT_FOUND": "No tariff is in force (operator configuration).",
+    "INVALID_TARIFF": "The tariff document is invalid; the message names the field.",
+    "TARIFF_EXISTS": "A tariff with this version or effective time exists; versions are never "
+    "edited.",
+    "INVALID_MONTH": "The month is not YYYY-MM.",
+    "SETTLEMENT_NOT_READY": "Some of the month's messages still await their outcome.",
+    "ACCOUNT_CLOSED": "The account is closed; its data was erased.",
 }
 
 MESSAGE_STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
@@ -102,7 +137,7 @@ Signature        = hex(HMAC-SHA256(app_secret, StringToSign))
 Checks, in order, each with its own code (401): MISSING_AUTH, header syntax
 (SIGNATURE_MISMATCH), UNKNOWN_APP_KEY, KEY_REVOKED, REQUEST_EXPIRED, BODY_HASH_MISMATCH,
 SIGNATURE_MISMATCH, NONCE_REUSED (a nonce is recorded only after the signature verifies); then
-ACCOUNT_DISABLED (403) and the account rate limit RATE_LIMITED (429). docs/signing-example.md
+ACCOUNT_DISABLED (403) and the account rate limit ACCOUNT_RATE_LIMIT (429). docs/signing-example.md
 works one request through byte by byte.
 """
 
@@ -258,9 +293,21 @@ def _account_props() -> dict[str, Any]:
         "daily_quota": {"type": "integer", "minimum": 0},
         "status_callback_url": _nullable(_STR),
         "mo_callback_url": _nullable(_STR),
-        "status": {"type": "string", "enum": ["active", "disabled"]},
+        "status": {"type": "string", "enum": ["active", "disabled", "closed"]},
         "created_at": _MS,
         "updated_at": _MS,
+        "low_balance_threshold": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "micro-units; a balance.low event fires when the available balance "
+            "drops below it (0 = off)",
+        },
+        "report_format": {
+            "type": "string",
+            "enum": ["native", "aliyun"],
+            "description": "status and MO webhooks in this API's shape or Alibaba Cloud's "
+            "SmsReport / SmsUp arrays",
+        },
     }
 
 
@@ -275,6 +322,8 @@ def _settings_props() -> dict[str, Any]:
         "daily_quota": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
         "status_callback_url": _nullable({"type": "string", "pattern": "^https?://"}),
         "mo_callback_url": _nullable({"type": "string", "pattern": "^https?://"}),
+        "low_balance_threshold": {"type": "integer", "minimum": 0, "maximum": 10**15},
+        "report_format": {"type": "string", "enum": ["native", "aliyun"]},
     }
 
 
@@ -283,7 +332,11 @@ def _message_props() -> dict[str, Any]:
         "id": {"type": "string", "pattern": "^msg_[0-9A-Z]{26}$"},
         "batch_id": {"type": "string", "pattern": "^bat_[0-9A-Z]{26}$"},
         "client_ref": _nullable(_STR),
-        "to": {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$"},
+        "to": {
+            "type": "string",
+            "pattern": r"^\+[1-9][0-9*]{6,14}$",
+            "description": "E.164; after an erasure request, masked (+86***********)",
+        },
         "sender": _nullable(_STR),
         "sign_name": _nullable(_STR),
         "template": _nullable(_STR),
@@ -484,6 +537,7 @@ def _schemas() -> dict[str, Any]:
             closed=False,
         ),
         **_report_schemas(),
+        **_rules_module().rules_schemas(),
     }
 
 
@@ -599,7 +653,7 @@ def _paths() -> dict[str, Any]:
                 "Send a message to one or more recipients",
                 {
                     "202": _ok("SendResult", "accepted and stored", **replayed),
-                    **_errors(400, 415, 422, 429, 503),
+                    **_errors(400, 402, 415, 422, 429, 503),
                 },
                 parameters=[_ref("parameters", "IdempotencyKey")],
                 requestBody=_json_body("SendRequest"),
@@ -747,6 +801,7 @@ def _paths() -> dict[str, Any]:
             }
         },
         **_report_paths(),
+        **_rules_module().rules_paths(),
     }
 
 
@@ -1066,6 +1121,14 @@ def _report_paths() -> dict[str, Any]:
     }
 
 
+def _rules_module() -> Any:
+    """The sending-rules and money half (bridge/api/openapi_rules.py), imported late because it
+    builds on the helpers of this module."""
+    from bridge.api import openapi_rules
+
+    return openapi_rules
+
+
 _DOCUMENT: dict[str, Any] | None = None
 
 
@@ -1085,6 +1148,7 @@ def openapi_document() -> dict[str, Any]:
                 {"name": "messages", "description": "send and query messages (signed)"},
                 {"name": "account", "description": "the calling account (signed)"},
                 {"name": "reports", "description": "daily statistics and monthly CDRs (signed)"},
+                *_rules_module().RULES_TAGS,
                 {"name": "admin", "description": "operator API (bearer token)"},
                 {"name": "ops", "description": "health and this document (no auth)"},
             ],

@@ -15,12 +15,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.api.errors import ApiError
+from bridge.billing import PriceNotFound, price
 from bridge.config import Config, SmscConfig
+from bridge.domain.admission import Priced
+from bridge.domain.content_filter import ContentFilter
 from bridge.domain.phone import PhoneError, normalize
+from bridge.domain.signs import SignError, validate_sign_name
+from bridge.domain.tariffs import Tariff
+from bridge.domain.templates import TemplateError, TemplateKind, render
 from bridge.ids import new_id
 from bridge.smpp.router import Router
 from bridge.smpp.tlvpack import pack_tlvs
-from bridge.store.models import Account, NewMessage, NewSegment
+from bridge.store.models import Account, NewMessage, NewSegment, Template
 from bridge.text.preview import with_sign
 from bridge.text.split import EncodeOptions, RefCounter, SplitMode, TextError, encode_message
 from bridge.text.units import CountingRule, billable_units, tariff_chars
@@ -48,7 +54,7 @@ class SendRequest:
     to: tuple[str, ...]  # E.164
     text: str | None
     template: str | None
-    params: dict[str, str]
+    params: dict[str, Any]
     sign_name: str | None
     client_ref: str | None
     sender: str | None
@@ -174,7 +180,7 @@ def parse_send_request(
         to=tuple(numbers),
         text=text,
         template=template,
-        params={k: str(v) for k, v in params.items()},
+        params=dict(params),
         sign_name=_opt_str(body, "sign_name", 32),
         client_ref=_opt_str(body, "client_ref", 64),
         sender=sender,
@@ -197,24 +203,74 @@ def encode_options(smsc: SmscConfig, smart: bool) -> EncodeOptions:
 class Submitter:
     """Turns a validated request into NewMessage rows (pure apart from the reference counter)."""
 
-    def __init__(self, config: Config, router: Router, refs: RefCounter | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        refs: RefCounter | None = None,
+        content_filter: ContentFilter | None = None,
+    ) -> None:
         self.config = config
+        self.content_filter = content_filter
         self.router = router
         self.refs = refs or RefCounter()
         self._smscs = {s.name: s for s in config.smscs}
         self._rule = CountingRule(config.text.counting_rule)
 
-    def final_text(self, req: SendRequest, account: Account) -> str:
+    def final_text(
+        self, req: SendRequest, account: Account, template: Template | None = None
+    ) -> str:
+        """The text as sent: `【sign】` + the rendered template, or the account's free text."""
+        sign = req.sign_name
+        if sign is not None:
+            try:
+                if validate_sign_name(sign) != sign:
+                    raise SignError(
+                        "SIGN_NAME_INVALID", "sign_name: use the registered (NFKC) form of the name"
+                    )
+            except SignError as exc:
+                raise ApiError(
+                    "SIGN_NAME_INVALID", exc.message.replace("name:", "sign_name:", 1)
+                ) from None
         if req.template is not None:
-            # Templates arrive with the rules issue; until then none exists to be found.
-            raise ApiError("TEMPLATE_NOT_FOUND", f"template: {req.template!r} is not known")
-        if not account.raw_text:
-            raise ApiError(
-                "RAW_TEXT_NOT_ALLOWED", "text: this account may only send approved templates"
-            )
-        assert req.text is not None
-        text = with_sign(req.text, req.sign_name, self.config.text.sign_format)
-        if not req.text.strip():
+            if template is None:
+                raise ApiError("TEMPLATE_NOT_FOUND", f"template: {req.template!r} is not known")
+            if sign is None:
+                raise ApiError(
+                    "SIGN_NAME_REQUIRED", "sign_name: required with a template (an approved sign)"
+                )
+            if template.kind == TemplateKind.MARKETING and not account.marketing:
+                raise ApiError(
+                    "MARKETING_NOT_ALLOWED",
+                    "template: marketing messages are not enabled for this account",
+                )
+            try:
+                body = render(
+                    template.content,
+                    req.params,
+                    max_param_len=self.config.rules.max_param_chars,
+                    allow_urls=template.allow_urls,
+                )
+            except TemplateError as exc:
+                raise ApiError(exc.code, exc.message) from None
+        else:
+            if not account.raw_text:
+                raise ApiError(
+                    "RAW_TEXT_NOT_ALLOWED", "text: this account may only send approved templates"
+                )
+            assert req.text is not None
+            body = req.text
+            if not body.strip():
+                raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
+            if self.content_filter is not None:
+                match = self.content_filter.check(body)
+                if match is not None:
+                    raise ApiError(
+                        "CONTENT_FILTERED",
+                        f"text: matches the content filter ({match.kind} {match.rule!r})",
+                    )
+        text = with_sign(body, sign, self.config.text.sign_format)
+        if not body.strip():
             raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
         n = tariff_chars(text)
         if n > self.config.text.max_chars:
@@ -231,8 +287,13 @@ class Submitter:
         account: Account,
         now_ms: int,
         id_factory: Callable[[str, int], str] = new_id,
-    ) -> tuple[str, list[NewMessage]]:
-        text = self.final_text(req, account)
+        *,
+        template: Template | None = None,
+        tariff: Tariff | None = None,
+    ) -> tuple[str, list[NewMessage], tuple[Priced, ...]]:
+        """Messages ready to store, and what each costs under `tariff` (None: billing off)."""
+        text = self.final_text(req, account, template)
+        kind = template.kind if template is not None else None
         smart = (
             self.config.text.smart_encoding if req.smart_encoding is None else req.smart_encoding
         )
@@ -240,6 +301,7 @@ class Submitter:
         start = req.scheduled_at or now_ms
         expires = start + req.validity_minutes * 60_000 if req.validity_minutes else None
         messages: list[NewMessage] = []
+        charges: list[Priced] = []
         for number in req.to:
             candidates = self.router.candidates(number)
             if not candidates:
@@ -261,15 +323,24 @@ class Submitter:
                 )
                 for p in enc.parts
             )
+            units = billable_units(enc.text, self._rule, enc.segments)
+            mid = id_factory("msg_", now_ms)
+            price_class = None
+            if tariff is not None:
+                try:
+                    price_class, amount, intl = price(tariff, number, units, enc.segments)
+                except PriceNotFound as exc:
+                    raise ApiError("PRICE_NOT_FOUND", exc.message) from None
+                charges.append(Priced(mid, amount, intl))
             messages.append(
                 NewMessage(
-                    id=id_factory("msg_", now_ms),
+                    id=mid,
                     account_id=account.id,
                     batch_id=batch_id,
                     recipient=number,
                     encoding=str(enc.encoding),
                     data_coding=enc.data_coding,
-                    billable_units=billable_units(enc.text, self._rule, enc.segments),
+                    billable_units=units,
                     segments=segments,
                     air_segments=enc.segments,
                     accepted_at=now_ms,
@@ -280,6 +351,8 @@ class Submitter:
                     template=req.template,
                     scheduled_at=req.scheduled_at,
                     expires_at=expires,
+                    kind=kind,
+                    price_class=price_class,
                 )
             )
-        return batch_id, messages
+        return batch_id, messages, tuple(charges)

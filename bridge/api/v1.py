@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from bridge import logs
 from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
 from bridge.api.errors import ApiError
+from bridge.api.sending import after_accept, outcome_error, prepare_send
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
@@ -147,29 +146,8 @@ async def _post_messages(
             raise refusal(outcome.auth_refusal)
         if outcome.existing is not None:
             return _replay(outcome.existing, req_hash)
-        raise ApiError(
-            "RATE_LIMITED",
-            f"account rate of {account.tps:g} messages/s exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(outcome.retry_after)))},
-        )
-    segments = sum(len(m.segments) for m in messages)
-    ctx.queue_depth += segments
-    ctx.on_accepted(segments)
-    ctx.metrics.accepted(len(messages), segments)
-    if log.isEnabledFor(logging.DEBUG):
-        for m in messages:
-            log.debug(
-                "message accepted",
-                extra={
-                    "message_id": m.id,
-                    "batch_id": m.batch_id,
-                    "account": m.account_id,
-                    "to": logs.number(m.recipient),
-                    "segments": len(m.segments),
-                    "encoding": m.encoding,
-                    "text": logs.body(m.text),
-                },
-            )
+        raise outcome_error(outcome, account)
+    after_accept(ctx, account, messages, outcome)
     return web.Response(body=payload, status=202, content_type="application/json")
 
 
@@ -192,7 +170,7 @@ async def _accept_once(
         req = parse_send_request(
             data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
         )
-        batch_id, messages = ctx.submitter.build(req, account, now_ms)
+        batch_id, messages, admission = await prepare_send(ctx, account, req, now_ms)
     except ApiError:
         # A retry of an accepted request replays its answer even if it would be refused now
         # (queue full, rate, settings changed). Looked up only on this path: on the happy path
@@ -235,6 +213,7 @@ async def _accept_once(
             nonce=claim.nonce if claim else None,
             nonce_expires_at=claim.expires_at if claim else 0,
             account_version=account.updated_at if claim else None,
+            rules=admission,
         ),
         now_ms,
     )

@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 MICRO_PER_CNY = 1_000_000
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: times beyond are typos, not dates
+MAX_MONEY = 10**15  # one billion CNY in micro-units: far above any price, well inside 64 bits
 STARTING_PRICE = 45_000  # 0.0450 CNY: the prepaid pre-charge / postpaid accrual price per unit
 BILL_ON = ("delivered", "submitted")
 _PREFIX = re.compile(r"\+[1-9][0-9]{0,14}")
@@ -173,14 +175,14 @@ def validate_tariff(t: Tariff) -> list[str]:
     problems: list[str] = []
     if not isinstance(t.version, str) or not t.version.strip():
         problems.append("version: must be a non-empty string")
-    if not _is_int(t.effective_at) or t.effective_at < 0:
-        problems.append("effective_at: must be a non-negative integer (unix ms)")
+    if not _is_int(t.effective_at) or not 0 <= t.effective_at <= MAX_MS:
+        problems.append("effective_at: must be unix ms between 0 and 9999-12-31")
     if not t.tiers:
         problems.append("tiers: at least one tier is required")
     prev: int | None = None
     for i, tier in enumerate(t.tiers, start=1):
         last = i == len(t.tiers)
-        if not _is_int(tier.price) or tier.price <= 0:
+        if not _is_int(tier.price) or not 0 < tier.price <= MAX_MONEY:
             problems.append(f"tiers[{i}].price: must be a positive integer (micro-units)")
         if tier.up_to is None:
             if not last:
@@ -188,13 +190,13 @@ def validate_tariff(t: Tariff) -> list[str]:
             continue
         if last:
             problems.append(f"tiers[{i}].up_to: the last tier must be unbounded (None)")
-        if not _is_int(tier.up_to) or tier.up_to <= 0:
+        if not _is_int(tier.up_to) or not 0 < tier.up_to <= MAX_MONEY:
             problems.append(f"tiers[{i}].up_to: must be a positive integer or None")
             continue
         if prev is not None and tier.up_to <= prev:
             problems.append(f"tiers[{i}].up_to: must be greater than the tier before ({prev})")
         prev = tier.up_to
-    if not _is_int(t.starting_price) or t.starting_price <= 0:
+    if not _is_int(t.starting_price) or not 0 < t.starting_price <= MAX_MONEY:
         problems.append("starting_price: must be a positive integer (micro-units)")
     else:
         # Prepaid charges the starting price and refunds down to the tier price at settlement; a
@@ -208,7 +210,9 @@ def validate_tariff(t: Tariff) -> list[str]:
             problems.append(
                 f"starting_price: below the price of tier(s) {dear}; it must be >= every tier price"
             )
-    if t.counting_rule not in {r.value for r in CountingRule}:
+    if not isinstance(t.counting_rule, str) or t.counting_rule not in {
+        r.value for r in CountingRule
+    }:
         problems.append(
             f"counting_rule: must be one of {sorted(r.value for r in CountingRule)}, "
             f"got {t.counting_rule!r}"
@@ -224,6 +228,6 @@ def validate_tariff(t: Tariff) -> list[str]:
             problems.append(f"international[{prefix!r}]: prefix must be '+' followed by digits")
         elif isinstance(t.domestic_prefix, str) and prefix.startswith(t.domestic_prefix):
             problems.append(f"international[{prefix!r}]: inside the domestic prefix")
-        if not _is_int(price) or price <= 0:
+        if not _is_int(price) or not 0 < price <= MAX_MONEY:
             problems.append(f"international[{prefix!r}]: price must be a positive integer")
     return problems

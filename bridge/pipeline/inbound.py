@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from bridge import logs
 from bridge.config import SmscConfig
+from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.ids import new_id
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
@@ -58,6 +59,9 @@ class Inbound:
         self.unmatched = 0
         self.unparsable = 0
         self.mo = 0
+        self.optouts = 0
+        # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
+        self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -151,6 +155,15 @@ class Inbound:
             text = decode_payload(seg.data_coding, seg.payload)
         source = _e164(body.source_addr, body.source_addr_ton)
         account = await self.store.attribute_mo(source, body.destination_addr, now_ms)
+        if account is not None and is_optout(text, self.optout_keywords):
+            # Before the MO is stored: a crash in between re-delivers the MO, and adding the
+            # number again is a no-op, so the opt-out is never lost.
+            await self.store.add_optouts(account, [source], "mo", now_ms)
+            self.optouts += 1
+            log.info(
+                "recipient opted out by reply",
+                extra={"account": account, "from": logs.number(source)},
+            )
         mo_id = new_id("mo_", now_ms)
         await self.store.store_mo(
             MoMessage(

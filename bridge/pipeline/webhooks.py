@@ -23,6 +23,7 @@ import aiohttp
 from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.api.views import iso, status_report
+from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
 from bridge.metrics import Metrics
 from bridge.store.base import Store
@@ -68,6 +69,7 @@ class WebhookSender:
         self.delivered = 0
         self.failed_attempts = 0
         self.dead = 0
+        self.tz = "Asia/Shanghai"  # local times in Alibaba-shaped reports (rules.timezone)
 
     def wake(self) -> None:
         self._wake.set()
@@ -128,11 +130,16 @@ class WebhookSender:
             record = await self.store.get_message(job.account_id, job.payload)
             if record is None or account is None:
                 return None
+            if account.report_format == "aliyun":
+                return aliyun_reports.sms_report(record, self.tz)
             item = status_report(record)
         elif job.kind == "mo":
             mo = await self.store.get_mo(job.payload)
             if mo is None:
                 return None
+            account = await self.store.get_account(job.account_id)
+            if account is not None and account.report_format == "aliyun":
+                return aliyun_reports.sms_up(mo, self.tz)
             item = {
                 "type": "message.inbound",
                 "mo_id": mo.id,

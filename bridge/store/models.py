@@ -8,6 +8,10 @@ micro-units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.domain.admission import Plan, Refusal, Rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,8 @@ class Account:
     status: str = "active"
     created_at: int = 0
     updated_at: int = 0
+    low_balance_threshold: int = 0  # micro-units; 0 = no warning
+    report_format: str = "native"  # native | aliyun: the shape of status and MO webhooks
 
     @property
     def active(self) -> bool:
@@ -44,6 +50,8 @@ ACCOUNT_MUTABLE = frozenset(
         "mo_callback_url",
         "status",
         "webhook_secret_enc",
+        "low_balance_threshold",
+        "report_format",
     }
 )
 
@@ -87,6 +95,8 @@ class NewMessage:
     expires_at: int | None = None
     # Over-the-air parts when they differ from the PDUs (message_payload mode: 1 PDU, N SMS).
     air_segments: int = 0
+    kind: str | None = None  # template type; None for free text
+    price_class: str | None = None  # 'D' domestic, an international prefix, None: not billed
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +126,8 @@ class AcceptBatch:
     # With a deferred authorisation: the account's updated_at the request was validated against;
     # if the row changed since, nothing is written and the fresh account comes back ("stale").
     account_version: int | None = None
+    # The sending rules and charges to check and apply inside the transaction (admission.decide).
+    rules: Rules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +140,9 @@ class AcceptOutcome:
     # Refused by the deferred authorisation: revoked | nonce_reused | unknown_key | disabled.
     auth_refusal: str | None = None
     account: Account | None = None  # the fresh account when auth_refusal == "stale"
+    # Refused by a sending rule (opt-out, frequency, quota, balance...), decided in the transaction.
+    refusal: Refusal | None = None
+    plan: Plan | None = None  # what was charged (low-balance crossing included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,3 +307,77 @@ class QueueGroup:
     messages: int
     parts: int
     oldest_at: int | None  # earliest scheduled_at or accepted_at of the group
+
+
+@dataclass(frozen=True, slots=True)
+class Sign:
+    account_id: str
+    name: str
+    canonical: str
+    source: str
+    remark: str
+    status: str  # pending | approved | rejected
+    reason: str | None
+    flag: str | None
+    created_at: int
+    reviewed_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    code: str
+    account_id: str
+    kind: str  # verification | notification | marketing
+    name: str
+    content: str
+    remark: str
+    allow_urls: bool
+    status: str  # pending | approved | rejected
+    reason: str | None
+    created_at: int
+    reviewed_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    recipient: str
+    source: str  # mo | api
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DncInfo:
+    id: str
+    name: str
+    country: str | None
+    numbers: int
+    prefixes: int
+    imported_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRow:
+    version: str
+    effective_at: int
+    body: str  # JSON, bridge.billing.tariffs_json
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    id: int
+    account_id: str
+    kind: str
+    amount: int
+    pocket: str
+    at: int
+    ref: str | None
+    expires_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BillRow:
+    account_id: str
+    month: str
+    body: str  # JSON of the settled bill
+    settled_at: int

@@ -8,6 +8,10 @@ engine adds is correctness under concurrent instances:
   expired`: a concurrent second writer waits for the first and then sees its row, so a nonce is
   accepted once and a key accepts one batch. The account's rate bucket row is locked (`FOR
   UPDATE`) so instances share one rate.
+- an accept under sending rules (AcceptBatch.rules) first locks the account row (`FOR NO KEY
+  UPDATE`), then reads the facts it decides on (balance, today's count, frequency history,
+  opt-outs...) in a later statement, so concurrent accepts of one account on any instance decide
+  one after another: none can spend a balance or a frequency allowance another just took.
 - claims (messages, webhooks) use `FOR UPDATE SKIP LOCKED`, with a lease; see
   postgres_pipeline.py for the per-message locking of results and receipts.
 - migrations run under an advisory lock, so instances starting together migrate once.
@@ -23,10 +27,13 @@ from typing import Any
 
 import asyncpg
 
+from bridge.domain import admission as adm
 from bridge.domain.rate import bucket_take
+from bridge.ids import new_id
 from bridge.store import migrate
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
+from bridge.store import postgres_rules as rules_sql
 from bridge.store.base import StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -47,13 +54,16 @@ from bridge.store.models import (
     WebhookJob,
     WorkMessage,
 )
+from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import create_pool, run_tx, scalar
 
 _ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
-    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at"
+    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
+    "low_balance_threshold, report_format"
 )
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
+_N_ACCOUNT_COLS = len(_ACCOUNT_COLS.split(","))
 _MESSAGE_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
@@ -88,21 +98,22 @@ _STORE_IDEMPOTENCY = (
 _MESSAGE_ARRAYS = """
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int[], $13::int[],
-        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])"""
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[])"""
 # One message (the usual send): scalars, which asyncpg encodes several times faster than arrays.
 _MESSAGE_SCALARS = """
     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
         $9::text, $10::text, $11::int, $12::int, $13::int, $14::bigint, $15::bigint, $16::bigint,
-        $17::bigint"""
+        $17::bigint, $18::text, $19::text"""
 _SEGMENT_ARRAYS = """
-    SELECT * FROM unnest($18::text[], $19::int[], $20::int[], $21::int[], $22::bytea[],
-        $23::bytea[])"""
+    SELECT * FROM unnest($20::text[], $21::int[], $22::int[], $23::int[], $24::bytea[],
+        $25::bytea[])"""
 _MESSAGE_INSERT = """
     INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, sign_name,
         template, text, encoding, data_coding, segments, billable_units, accepted_at,
-        scheduled_at, expires_at, q_not_before)"""
+        scheduled_at, expires_at, q_not_before, kind, price_class)"""
 _SEGMENT_INSERT = """
     INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs)"""
+_MESSAGE_PARAMS = 25  # $1..$25 above: the messages' columns, then their parts'
 
 # Messages and their parts in one statement (one round trip for the whole batch).
 _INSERT_MESSAGES = f"""
@@ -113,27 +124,28 @@ WITH m AS ({_MESSAGE_INSERT} {_MESSAGE_ARRAYS})
 # The send path in one statement, committed on its own (no BEGIN/COMMIT round trips): key and
 # account checked, nonce recorded, idempotency record stored, messages and parts written, each
 # step only if the previous one passed. It writes nothing unless the key and account are
-# active, current ($28) and without a rate; in those other cases the caller runs the general
-# transaction instead (same order of checks as the SQLite engine, rate bucket included).
+# active, current ($30) and without a rate; in those other cases the caller runs the general
+# transaction instead (same order of checks as the SQLite engine, rate bucket included). Not
+# used with sending rules (AcceptBatch.rules): those are decided between a read and the writes.
 _ACCEPT_SEND_TEMPLATE = """
 WITH k AS (
     SELECT k.status AS key_status, {account_cols}
-    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $24
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $26
 ), ok AS (
     SELECT 1 FROM k WHERE key_status = 'active' AND status = 'active' AND tps = 0
-        AND ($28::bigint IS NULL OR updated_at = $28)
+        AND ($30::bigint IS NULL OR updated_at = $30)
 ), n AS (
-    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $24, $25, $26 FROM ok
+    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $26, $27, $28 FROM ok
     ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
-    WHERE nonces.expires_at <= $27
+    WHERE nonces.expires_at <= $29
     RETURNING 1
 ), i AS (
     INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
-    SELECT $29, $30, $31, $32, $33, $34 FROM n
+    SELECT $31, $32, $33, $34, $35, $36 FROM n
     ON CONFLICT (account_id, key) DO UPDATE SET
         request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
         response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
-    WHERE idempotency.expires_at <= $27
+    WHERE idempotency.expires_at <= $29
     RETURNING 1
 ), m AS ({message_insert} {messages} WHERE EXISTS (SELECT 1 FROM i)
 ), s AS ({segment_insert} {segments} WHERE EXISTS (SELECT 1 FROM i))
@@ -148,6 +160,56 @@ _ACCEPT_SEND = {
         messages=_MESSAGE_SCALARS if scalar else _MESSAGE_ARRAYS,
         segment_insert=_SEGMENT_INSERT,
         segments=_SEGMENT_ARRAYS,
+    )
+    for scalar in (False, True)
+}
+
+# With sending rules, the first statement of the accept: the account row locked (FOR NO KEY
+# UPDATE: it does not block the foreign-key checks of other tables) so that concurrent accepts of
+# one account, on any instance, decide on its balance, counts and history one after another; then,
+# in the same round trip, the deferred authorisation and the idempotency record, each after the
+# lock (each CTE reads the previous one). The facts are read by the *next* statement, whose
+# snapshot is taken once the lock is held.
+_LOCKED_ACCOUNT = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+_RULES_HEAD_AUTH = f"""
+WITH a AS ({_LOCKED_ACCOUNT}
+), k AS (
+    SELECT k.status AS key_status, a.* FROM app_keys k JOIN a ON a.id = k.account_id
+    WHERE k.key_id = $2
+), n AS (
+    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $2, $3, $4 FROM k
+    WHERE k.key_status = 'active'
+    ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE nonces.expires_at <= $5
+    RETURNING 1
+), i AS (
+    INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
+    SELECT $1, $6, $7, $8, $9, $10 FROM n WHERE $6::text IS NOT NULL
+    ON CONFLICT (account_id, key) DO UPDATE SET
+        request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
+        response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
+    WHERE idempotency.expires_at <= $5
+    RETURNING 1
+)
+SELECT k.*, (SELECT COUNT(*) FROM n) AS fresh, (SELECT COUNT(*) FROM i) AS stored FROM k
+"""
+_RULES_HEAD_IDEM = f"""
+WITH a AS ({_LOCKED_ACCOUNT}
+), i AS (
+    INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
+    SELECT $1, $2, $3, $4, $5, $6 FROM (SELECT COUNT(*) FROM a) locked
+    ON CONFLICT (account_id, key) DO UPDATE SET
+        request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
+        response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
+    WHERE idempotency.expires_at <= $7
+    RETURNING 1
+)
+SELECT (SELECT COUNT(*) FROM i) AS stored
+"""
+_WRITE_MESSAGES = {
+    scalar: (
+        f"{_MESSAGE_INSERT} {_MESSAGE_SCALARS if scalar else _MESSAGE_ARRAYS}",
+        f"{_SEGMENT_INSERT} {_SEGMENT_ARRAYS}",
     )
     for scalar in (False, True)
 }
@@ -169,6 +231,8 @@ def _account(row: Any) -> Account:
         status=row[11],
         created_at=row[12],
         updated_at=row[13],
+        low_balance_threshold=row[14],
+        report_format=row[15],
     )
 
 
@@ -196,7 +260,13 @@ class _RateLimited(Exception):
         self.wait = wait
 
 
-class PostgresStore:
+class _Refused(Exception):
+    def __init__(self, refusal: adm.Refusal) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
+
+
+class PostgresStore(RulesStoreMixin):
     engine = "postgres"
 
     def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
@@ -241,7 +311,7 @@ class PostgresStore:
         try:
             await self.pool.execute(
                 f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)",
                 account.id,
                 account.name,
                 account.kind,
@@ -256,6 +326,8 @@ class PostgresStore:
                 account.status,
                 account.created_at,
                 account.updated_at,
+                account.low_balance_threshold,
+                account.report_format,
             )
         except asyncpg.UniqueViolationError as exc:
             raise StoreError(
@@ -383,6 +455,8 @@ class PostgresStore:
         return await _idem(self.pool, account_id, key, now)
 
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
+        if batch.rules is not None:
+            return await self._accept_rules(batch, batch.rules, now)
         if (
             batch.nonce is not None
             and batch.key_id is not None
@@ -431,6 +505,64 @@ class PostgresStore:
 
         try:
             return await run_tx(self.pool, job)
+        except _RateLimited as exc:
+            return AcceptOutcome(accepted=False, retry_after=exc.wait)
+        except _AuthRefused as exc:
+            return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+
+    async def _accept_rules(self, batch: AcceptBatch, rules: adm.Rules, now: int) -> AcceptOutcome:
+        """Accept under the sending rules: lock the account (with the authorisation and the
+        idempotency record), read the facts, decide, write. Four round trips with BEGIN and
+        COMMIT (the rate bucket rides along with the facts and the writes), one more to return
+        an idempotent replay. A refusal rolls everything back, nonce and idempotency included,
+        as a rate refusal does."""
+        recipients = tuple(m.recipient for m in batch.messages)
+        n = len(batch.messages)
+
+        async def job(c: asyncpg.Connection) -> AcceptOutcome:
+            tps = await _lock_account(c, batch, now)
+            if isinstance(tps, AcceptOutcome):
+                return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
+            facts, (tokens, at) = await rules_sql.read_facts(
+                c, batch.account_id, rules, recipients, now, rate=tps > 0
+            )
+            plan = adm.decide(rules, facts, now)
+            if isinstance(plan, adm.Refusal):
+                raise _Refused(plan)
+            scalar = n == 1
+            w = rules_sql.Writes(_message_arrays(batch, scalar=scalar))
+            w.add(_WRITE_MESSAGES[scalar][0])
+            w.add(_WRITE_MESSAGES[scalar][1])
+            if tps > 0:
+                if tokens is not None and tokens != tokens:  # NaN: see _take_rate
+                    tokens = at = None
+                wait, tokens, at = bucket_take(tokens, at, tps, n, now / 1000)
+                if wait > 0:
+                    raise _RateLimited(wait)
+                w.add(
+                    "INSERT INTO rate_buckets (account_id, tokens, at) VALUES "
+                    f"({w.param(batch.account_id)}, {w.param(tokens)}::float8, "
+                    f"{w.param(at)}::float8) ON CONFLICT (account_id) DO UPDATE SET "
+                    "tokens = EXCLUDED.tokens, at = EXCLUDED.at"
+                )
+            rules_sql.add_plan(w, batch.account_id, plan, n)
+            if plan.low_balance is not None:
+                payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
+                t = w.param(now)
+                w.add(
+                    "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+                    f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
+                    f"'event', NULL, {w.param(payload)}, {t}, {t} FROM accounts "
+                    f"WHERE id = {w.param(batch.account_id)} AND status_callback_url <> '' "
+                    "ON CONFLICT (webhook_id) DO NOTHING"
+                )
+            await w.run(c)
+            return AcceptOutcome(accepted=True, plan=plan)
+
+        try:
+            return await run_tx(self.pool, job)
+        except _Refused as exc:
+            return AcceptOutcome(accepted=False, refusal=exc.refusal)
         except _RateLimited as exc:
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
         except _AuthRefused as exc:
@@ -883,7 +1015,7 @@ async def _migrate(conn: asyncpg.Connection) -> None:
 def _authorized(row: Any) -> tuple[str, Account | None]:
     if row is None:
         return "unknown_key", None
-    account = _account(tuple(row)[1:15])
+    account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
     if row["key_status"] != "active":
         return "revoked", account
     if not row["fresh"]:
@@ -903,6 +1035,67 @@ async def _idem(
     if row is None or row[3] <= now:
         return None
     return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+
+
+async def _lock_account(
+    c: asyncpg.Connection, batch: AcceptBatch, now: int
+) -> float | AcceptOutcome:
+    """The first statement of an accept under sending rules (see _RULES_HEAD_AUTH): the account
+    lock, the deferred authorisation and the idempotency record. Returns the TPS to enforce, or
+    the outcome of an idempotent replay (the first request's record); raises _AuthRefused."""
+    idem = batch.idempotency if batch.idempotency_key is not None else None
+    if batch.nonce is not None and batch.key_id is not None:
+        row = await c.fetchrow(
+            _RULES_HEAD_AUTH,
+            batch.account_id,
+            batch.key_id,
+            batch.nonce,
+            batch.nonce_expires_at,
+            now,
+            batch.idempotency_key if idem is not None else None,
+            idem.request_hash if idem is not None else None,
+            idem.status_code if idem is not None else None,
+            idem.response if idem is not None else None,
+            batch.idempotency_expires_at,
+        )
+        if row is None:  # no such key, or a key of another account
+            raise _AuthRefused("unknown_key")
+        account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
+        # The order of the SQLite engine's checks (_authorize, then the account's state).
+        if row["key_status"] != "active":
+            raise _AuthRefused("revoked")
+        if not row["fresh"]:
+            raise _AuthRefused("nonce_reused")
+        if not account.active:
+            raise _AuthRefused("disabled")
+        if batch.account_version is not None and account.updated_at != batch.account_version:
+            raise _AuthRefused("stale", account)
+        if idem is not None and not row["stored"]:
+            return await _replayed(c, batch, now)
+        return account.tps
+    if idem is not None:
+        stored = await c.fetchval(
+            _RULES_HEAD_IDEM,
+            batch.account_id,
+            batch.idempotency_key,
+            idem.request_hash,
+            idem.status_code,
+            idem.response,
+            batch.idempotency_expires_at,
+            now,
+        )
+        if not stored:
+            return await _replayed(c, batch, now)
+    else:
+        await c.execute(_LOCKED_ACCOUNT, batch.account_id)
+    return batch.tps
+
+
+async def _replayed(c: asyncpg.Connection, batch: AcceptBatch, now: int) -> AcceptOutcome:
+    """A live record for this idempotency key: the first request won. Read by a new statement,
+    which sees the record even if its writer committed while this transaction waited for it."""
+    existing = await _idem(c, batch.account_id, batch.idempotency_key or "", now)
+    return AcceptOutcome(accepted=False, existing=existing)
 
 
 async def _take_rate(c: asyncpg.Connection, account_id: str, tps: float, n: int, now: int) -> None:
@@ -937,7 +1130,7 @@ async def _insert_messages(c: asyncpg.Connection, batch: AcceptBatch) -> None:
 
 
 def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
-    """$1..$23 of _INSERT_MESSAGES / _ACCEPT_SEND: one array per column (with `scalar`, the
+    """$1..$25 of _INSERT_MESSAGES / _ACCEPT_SEND: one array per column (with `scalar`, the
     one message's columns as values, its parts still as arrays)."""
     msgs = batch.messages
     segs = [(m.id, s) for m in msgs for s in m.segments]
@@ -961,6 +1154,8 @@ def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
             m.scheduled_at,
             m.expires_at,
             m.scheduled_at or m.accepted_at,
+            m.kind,
+            m.price_class,
         ]
         return head + _segment_arrays(segs)
     return [
@@ -981,6 +1176,8 @@ def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
         [m.scheduled_at for m in msgs],
         [m.expires_at for m in msgs],
         [m.scheduled_at or m.accepted_at for m in msgs],
+        [m.kind for m in msgs],
+        [m.price_class for m in msgs],
         *_segment_arrays(segs),
     ]
 

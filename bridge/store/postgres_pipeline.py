@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import lifecycle as lc
+from bridge.store import postgres_rules
 from bridge.store.models import ReceiptIn, Release, SubmitResult, WorkMessage, WorkSegment
 
 # Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
@@ -59,13 +60,15 @@ async def lock_keys(c: asyncpg.Connection, ns: int, keys: Iterable[str]) -> None
 
 
 async def lock_messages(c: asyncpg.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-    """Lock message rows in id order; their current queue/roll-up fields by id."""
+    """Lock message rows in id order; their current queue/roll-up fields by id (with what a
+    refund needs: price class, parts submitted, parts)."""
     ids = sorted(set(ids))
     if not ids:
         return {}
     rows = await c.fetch(
-        "SELECT id, state, account_id, q_state, segments_delivered, segments_failed, error_code "
-        "FROM messages WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+        "SELECT id, state, account_id, q_state, segments_delivered, segments_failed, error_code, "
+        "price_class, segments_sent, segments FROM messages WHERE id = ANY($1::text[]) "
+        "ORDER BY id FOR UPDATE",
         ids,
     )
     return {r[0]: tuple(r) for r in rows}
@@ -204,12 +207,15 @@ async def rollup_messages(
         parts[mid].append((state, error))
     upd: list[list[Any]] = [[] for _ in range(8)]
     finals: list[tuple[str, str]] = []
+    billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[str] = []
     for mid in ids:
         row = locked.get(mid)
         if row is None or not parts[mid]:
             continue
-        _id, old, account_id, q_state, old_delivered, old_failed, old_error = row
+        _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
+            row
+        )
         u = lc.row_update(
             parts[mid],
             old_state=old,
@@ -231,6 +237,8 @@ async def rollup_messages(
         became_final, became_sent = u.became_final, u.became_sent
         if became_final:
             finals.append((account_id, mid))
+            if pclass is not None:
+                billed.append((account_id, mid, u.state, pclass, nsent, nseg))
         elif became_sent and intermediate:
             sent.append(mid)
     if upd[0]:
@@ -247,6 +255,8 @@ async def rollup_messages(
             "WHERE m.id = u.id",
             *upd,
         )
+    if billed:
+        await postgres_rules.refund_finals(c, billed, now)
     if finals:
         await enqueue_status_webhooks(c, finals, now)
     if sent:
@@ -371,14 +381,19 @@ async def record_submits(
             for r in fresh:
                 _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
                 per_msg[r.message_id] = (r.smsc, n + 1)
-            await c.execute(
+            counted = await c.fetch(
                 "UPDATE messages m SET smsc = u.smsc, segments_sent = m.segments_sent + u.n "
                 "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(id, smsc, n) "
-                "WHERE m.id = u.id",
+                "WHERE m.id = u.id RETURNING m.id, m.segments_sent",
                 list(per_msg),
                 [v[0] for v in per_msg.values()],
                 [v[1] for v in per_msg.values()],
             )
+            # The roll-up reads the locked rows: keep their parts-submitted count current (a
+            # message failing in this same batch is refunded by it).
+            for mid, nsent in counted:
+                if mid in locked:
+                    locked[mid] = (*locked[mid][:8], nsent, *locked[mid][9:])
             for mid in per_msg:
                 touched[mid] = True
             await _apply_pending(c, fresh, touched)

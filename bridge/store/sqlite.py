@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain.rate import bucket_take
-from bridge.store import migrate
+from bridge.ids import new_id
+from bridge.store import migrate, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.base import StoreError
@@ -33,11 +35,13 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
+from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
 
 _ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
-    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at"
+    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
+    "low_balance_threshold, report_format"
 )
 _AUTHORIZE_SQL = (
     "SELECT k.status, "
@@ -67,6 +71,8 @@ def _account(row: tuple[Any, ...]) -> Account:
         status=row[11],
         created_at=row[12],
         updated_at=row[13],
+        low_balance_threshold=row[14],
+        report_format=row[15],
     )
 
 
@@ -85,7 +91,7 @@ def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> Mess
     return MessageRecord(*row, segment_rows=segs)
 
 
-class SqliteStore:
+class SqliteStore(RulesStoreMixin):
     engine = "sqlite"
 
     def __init__(self, path: str | Path, *, linger_ms: float = 0.0, max_batch: int = 500) -> None:
@@ -106,23 +112,30 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        available = migrate.migrations("sqlite")
-        if available and current > available[-1][0]:
-            raise migrate.SchemaTooNew(
-                f"database schema version {current} is newer than this release "
-                f"({available[-1][0]}); upgrade smpp-bridge"
-            )
-        for version, _name, sql in available:
-            if version <= current:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _split_sql(sql):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+        # One write transaction from the version read to the last migration: two processes
+        # opening a new database at once (the CLI beside a starting daemon) migrate it once; the
+        # second waits for the lock, then finds nothing left to do.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            available = migrate.migrations("sqlite")
+            if available and current > available[-1][0]:
+                raise migrate.SchemaTooNew(
+                    f"database schema version {current} is newer than this release "
+                    f"({available[-1][0]}); upgrade smpp-bridge"
+                )
+            for version, _name, sql in available:
+                if version <= current:
+                    continue
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
             conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def ping(self) -> bool:
         return await self._runner.read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
@@ -142,7 +155,8 @@ class SqliteStore:
         def job(c: sqlite3.Connection) -> None:
             try:
                 c.execute(
-                    f"INSERT INTO accounts ({_ACCOUNT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         account.id,
                         account.name,
@@ -158,6 +172,8 @@ class SqliteStore:
                         account.status,
                         account.created_at,
                         account.updated_at,
+                        account.low_balance_threshold,
+                        account.report_format,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -345,6 +361,14 @@ class SqliteStore:
                 if stored != 1:  # a live record for this key: the first request won
                     existing = _idem(c, batch.account_id, batch.idempotency_key, now)
                     return AcceptOutcome(accepted=False, existing=existing)
+            plan = None
+            if batch.rules is not None:
+                recipients = tuple(m.recipient for m in batch.messages)
+                facts = sqlite_rules.read_facts(c, batch.account_id, batch.rules, recipients, now)
+                decision = adm.decide(batch.rules, facts, now)
+                if isinstance(decision, adm.Refusal):
+                    raise _Refused(decision)  # rolls back the idempotency record too
+                plan = decision
             if tps > 0:
                 row = c.execute(
                     "SELECT tokens, at FROM rate_buckets WHERE account_id=?", (batch.account_id,)
@@ -366,8 +390,8 @@ class SqliteStore:
             c.executemany(
                 "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
-                "accepted_at, scheduled_at, expires_at, q_not_before) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         m.id,
@@ -387,6 +411,8 @@ class SqliteStore:
                         m.scheduled_at,
                         m.expires_at,
                         m.scheduled_at or m.accepted_at,
+                        m.kind,
+                        m.price_class,
                     )
                     for m in batch.messages
                 ],
@@ -400,10 +426,19 @@ class SqliteStore:
                     for s in m.segments
                 ],
             )
-            return AcceptOutcome(accepted=True)
+            if plan is not None:
+                sqlite_rules.write_plan(c, batch.account_id, plan, len(batch.messages))
+                if plan.low_balance is not None:
+                    payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
+                    _enqueue_webhook(
+                        c, batch.account_id, "event", None, payload, new_id("evt_", now), now
+                    )
+            return AcceptOutcome(accepted=True, plan=plan)
 
         try:
             return await self._runner.write(job)
+        except _Refused as exc:
+            return AcceptOutcome(accepted=False, refusal=exc.refusal)
         except _RateLimited as exc:
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
         except _AuthRefused as exc:
@@ -1000,6 +1035,12 @@ class _AuthRefused(Exception):
         super().__init__(outcome)
         self.outcome = outcome
         self.account = account
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: adm.Refusal) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
 
 
 class _RateLimited(Exception):

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.domain import lifecycle as lc
+from bridge.store import sqlite_rules
 from bridge.store.models import ReceiptIn, Release, SubmitResult
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
@@ -50,18 +51,21 @@ def rollup_messages(
             parts[mid].append((state, error))
         for row in c.execute(
             f"SELECT id, state, account_id, q_state, segments_delivered, segments_failed, "
-            f"error_code FROM messages WHERE id IN ({marks})",
+            f"error_code, price_class, segments_sent, segments FROM messages WHERE id IN ({marks})",
             chunk,
         ):
             current[row[0]] = row
     updates = []
     finals: list[tuple[str, str]] = []
+    billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[tuple[str, str]] = []
     for mid in ids:
         row = current.get(mid)
         if row is None or not parts[mid]:
             continue
-        _id, old, account_id, q_state, old_delivered, old_failed, old_error = row
+        _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
+            row
+        )
         u = lc.row_update(
             parts[mid],
             old_state=old,
@@ -80,6 +84,8 @@ def rollup_messages(
         became_final, became_sent = u.became_final, u.became_sent
         if became_final:
             finals.append((account_id, mid))
+            if pclass is not None:
+                billed.append((account_id, mid, u.state, pclass, nsent, nseg))
         elif became_sent and intermediate:
             sent.append((account_id, mid))
     if updates:
@@ -91,6 +97,8 @@ def rollup_messages(
             "q_lease_until=CASE WHEN ?7 THEN NULL ELSE q_lease_until END WHERE id=?8",
             updates,
         )
+    if billed:
+        sqlite_rules.refund_finals(c, billed, now)
     if finals:
         enqueue_status_webhooks(c, finals, now)
     if sent:
@@ -125,8 +133,15 @@ def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], no
             "submitted_at_ms": now,
         }
         rows.append(
-            (f"st_{mid}_sent", account, "event", mid, json.dumps(payload, separators=(",", ":")),
-             now, now)
+            (
+                f"st_{mid}_sent",
+                account,
+                "event",
+                mid,
+                json.dumps(payload, separators=(",", ":")),
+                now,
+                now,
+            )
         )
     if rows:
         c.executemany(

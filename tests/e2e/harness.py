@@ -23,6 +23,7 @@ from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.client import BridgeClient
 from bridge.config import Config, parse_config
+from tests.sending import TEST_INTERNATIONAL, ready_to_send
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
@@ -53,6 +54,7 @@ def config_dict(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "security": {"master_key": MASTER_KEY},
         "logging": {"level": "INFO"},
         "webhooks": {"retry_schedule_s": [1], "timeout_s": 2},
+        "billing": {"tariff": {"international": TEST_INTERNATIONAL}},
         "sim": {
             "enabled": True,
             "port": sim_port,
@@ -106,7 +108,10 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: f
 async def create_account(daemon: Any, name: str = "acme", **settings: Any) -> dict[str, str]:
     svc: AccountService = daemon.ctx.accounts
     settings.setdefault("raw_text", True)
+    ready = settings.pop("ready", True)
     creds = await svc.create(name, settings, int(time.time() * 1000))
+    if ready:
+        await ready_to_send(svc.store, creds.account.id, int(time.time() * 1000))
     return {
         "account": creds.account.id,
         "app_key": creds.app_key,

@@ -36,7 +36,7 @@ N = 1500
 def _create_account(cfg_path) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "bridge.cli", "account", "create", "crashco", "--raw-text",
-         "--config", str(cfg_path)],
+         "--topup", "100000", "--config", str(cfg_path)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout)

@@ -94,7 +94,7 @@ class WatchingSim(SimSmsc):
 def _create_account(cfg_path: Path) -> dict[str, str]:
     out = subprocess.run(
         [sys.executable, "-m", "bridge.cli", "account", "create", "scaleco", "--raw-text",
-         "--config", str(cfg_path)],
+         "--topup", "100000", "--config", str(cfg_path)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout)

@@ -52,6 +52,7 @@ from bridge.config import Config, parse_config
 from bridge.crypto import Sealer
 from bridge.store.models import Account
 from bridge.store.sqlite import SqliteStore
+from tests.sending import TEST_INTERNATIONAL, ready_to_send
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 CN_MOBILE = "+8613800138000"
@@ -104,6 +105,7 @@ def build_config(tmp_path: Path, overrides: Mapping[str, Any] | None = None) -> 
         "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
         "smscs": [{"name": "main", "system_id": "bridge"}],
         "logging": {"level": "WARNING"},
+        "billing": {"tariff": {"international": TEST_INTERNATIONAL}},
     }
     return parse_config(_merge(data, overrides or {}), env={}, base_dir=tmp_path)
 
@@ -450,9 +452,12 @@ class ApiServer:
     async def create_account(self, name: str | None = None, **settings: Any) -> Creds:
         """Through AccountService, as the CLI does; raw text allowed unless told otherwise."""
         settings.setdefault("raw_text", True)
+        ready = settings.pop("ready", True)
         creds = await self.ctx.accounts.create(
             name or f"acct-{secrets.token_hex(4)}", settings, self.ctx.now_ms()
         )
+        if ready:  # an approved "Acme" sign and funds, unless the test is about those
+            await ready_to_send(self.store, creds.account.id, self.ctx.now_ms())
         return Creds(creds.account, creds.app_key, creds.app_secret, creds.webhook_secret)
 
     @staticmethod

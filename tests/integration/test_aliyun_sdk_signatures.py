@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
-
-
 from alibabacloud_dysmsapi20170525 import models
 from alibabacloud_dysmsapi20170525.client import Client
 from alibabacloud_tea_openapi import exceptions as sdk_errors
 from alibabacloud_tea_openapi.utils_models import Config
+from multidict import CIMultiDict
 
 from bridge.compat.aliyun_canon import SM3_AVAILABLE
 from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun

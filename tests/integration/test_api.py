@@ -875,7 +875,7 @@ async def test_account_rate_limit(api_server, make_account, clock):
     # One token left; three recipients need the full bucket (2): refused, retry in 0.5 s -> 1.
     three = {"to": [CN, CN2, "+8613700137000"], "text": "3"}
     r = await api_server.send(creds, three)
-    assert (r.status, r.code) == (429, "RATE_LIMITED")
+    assert (r.status, r.code) == (429, "ACCOUNT_RATE_LIMIT")
     assert r.headers["Retry-After"] == "1"
     assert "2 messages/s" in r.message
     clock.advance(0.5)
@@ -897,7 +897,7 @@ async def test_rate_changed_live_by_the_operator(api_server, make_account, clock
     assert patch.status == 200 and patch.json["tps"] == 1
     assert (await api_server.send(creds, {"to": [CN, CN2], "text": "2"})).status == 202
     r = await api_server.send(creds, {"to": CN, "text": "3"})
-    assert (r.status, r.code, r.headers["Retry-After"]) == (429, "RATE_LIMITED", "2")
+    assert (r.status, r.code, r.headers["Retry-After"]) == (429, "ACCOUNT_RATE_LIMIT", "2")
     patch = await api_server.admin("PATCH", f"/admin/accounts/{creds.account_id}", json={"tps": 0})
     assert patch.json["tps"] == 0
     assert (await api_server.send(creds, {"to": CN, "text": "4"})).status == 202
@@ -1095,6 +1095,10 @@ async def test_secrets_appear_only_in_their_creation_responses(api_server):
     account = await api_server.store.get_account(account_id)
     creds = api_server.creds_for(account, created.json["app_key"], secret1)
     creds2 = api_server.creds_for(account, key2.json["app_key"], secret2)
+    funded = await api_server.admin(
+        "POST", f"/admin/accounts/{account_id}/topups", json={"amount_micro": 1_000_000}
+    )
+    assert funded.status == 201 and funded.json["cash_micro"] == 1_000_000
     sent = await api_server.send(creds, {"to": CN, "text": "leak?"})
     mid = sent.json["messages"][0]["id"]
     for c in (creds, creds2):
@@ -1453,7 +1457,10 @@ async def test_every_route_is_documented_and_every_documented_route_exists(
 
     app = api_server.server.app
     doc = openapi_document()
-    samples = {"{ref}": "acme", "{key}": "AK00", "{id}": "msg_X"}
+    samples = {
+        "{ref}": "acme", "{key}": "AK00", "{id}": "msg_X", "{name}": "Acme",
+        "{code}": "SMS_123456789", "{number}": "+8613800138000", "{month}": "2026-11",
+    }  # fmt: skip
     for route in app.router.routes():
         if route.method == "HEAD":
             continue

@@ -318,7 +318,7 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
 
 async def _account_via_cli(proc: DaemonProcess) -> dict[str, str]:
     cmd = [sys.executable, "-m", "bridge.cli", "account", "create", "mp", "--raw-text",
-           "--config", str(proc.path)]  # fmt: skip
+           "--topup", "100000", "--config", str(proc.path)]  # fmt: skip
     p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     out, _ = await p.communicate()
     assert p.returncode == 0

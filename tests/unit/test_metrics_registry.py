@@ -49,8 +49,8 @@ def test_submit_hook_counts_status_throttles_and_round_trips() -> None:
 def test_api_receipt_webhook_and_billing_counters() -> None:
     m = Metrics()
     m.request("POST /v1/messages", 202, "OK")
-    m.request("POST /v1/messages", 429, "RATE_LIMITED")
-    m.request("POST /v1/messages", 429, "RATE_LIMITED")
+    m.request("POST /v1/messages", 429, "ACCOUNT_RATE_LIMIT")
+    m.request("POST /v1/messages", 429, "ACCOUNT_RATE_LIMIT")
     m.accepted(3, 7)
     m.accept(0.012)
     m.receipt("a", "delivered")
@@ -60,7 +60,7 @@ def test_api_receipt_webhook_and_billing_counters() -> None:
     m.webhook("status", "delivered", 5)
     m.webhook("mo", "dead", 0)  # nothing happened: no series
     assert v(m, "smpp_bridge_api_requests_total", endpoint="POST /v1/messages", status="429",
-             code="RATE_LIMITED") == 2  # fmt: skip
+             code="ACCOUNT_RATE_LIMIT") == 2  # fmt: skip
     assert v(m, "smpp_bridge_messages_accepted_total") == 3
     assert v(m, "smpp_bridge_segments_accepted_total") == 7
     assert v(m, "smpp_bridge_accept_latency_seconds_bucket", le="0.01") == 0

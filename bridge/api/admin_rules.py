@@ -1,0 +1,313 @@
+"""Operator endpoints for the sending rules and money: sign/template review, do-not-contact lists,
+tariffs, top-ups, vouchers, stored-value cards, settlement and account closure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from bridge import billing, review
+from bridge.accounts import AccountError, public_account
+from bridge.api.errors import ApiError
+from bridge.api.rules_api import bill_for, check_month, reraise
+from bridge.api.v1 import ctx_of, json_response, parse_json
+from bridge.domain.dnc import parse_dnc_csv
+from bridge.domain.tariffs import BillingError
+from bridge.ids import new_id
+from bridge.store.base import StoreError
+from bridge.store.models import Account, DncInfo
+
+_LIST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+async def _json(request: web.Request) -> Any:
+    return parse_json(await request.read(), request)
+
+
+async def _account(request: web.Request) -> Account:
+    try:
+        return await ctx_of(request).accounts.resolve(request.match_info["ref"])
+    except AccountError as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+def _status(request: web.Request) -> str | None:
+    status = request.rel_url.query.get("status")
+    if status is not None and status not in ("pending", "approved", "rejected"):
+        raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
+    return status
+
+
+async def _account_filter(request: web.Request) -> str | None:
+    ref = request.rel_url.query.get("account")
+    if ref is None:
+        return None
+    try:
+        return (await ctx_of(request).accounts.resolve(ref)).id
+    except AccountError as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+# -- review ----------------------------------------------------------------------------------------
+
+
+async def list_signs(request: web.Request) -> web.Response:
+    rows = await ctx_of(request).store.list_signs(
+        account_id=await _account_filter(request), status=_status(request)
+    )
+    return json_response({"signs": [review.sign_view(s, operator=True) for s in rows]})
+
+
+async def add_sign(request: web.Request) -> web.Response:
+    """An operator registering a sign for an account (approved at once when asked)."""
+    ctx = ctx_of(request)
+    account = await _account(request)
+    data = await _json(request)
+    approve = data.pop("approve", False) if isinstance(data, dict) else False
+    if not isinstance(approve, bool):
+        raise ApiError("INVALID_FIELD", "approve: expected true or false")
+    try:
+        sign = await review.submit_sign(ctx.store, account.id, data, ctx.now_ms())
+        if approve:
+            sign = await review.decide_sign(
+                ctx.store, account.id, sign.name, "approve", None, ctx.now_ms()
+            )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    except StoreError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return json_response(review.sign_view(sign, operator=True), status=201)
+
+
+async def review_sign(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = await _account(request)
+    data = await _json(request)
+    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
+        raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    try:
+        sign = await review.decide_sign(
+            ctx.store, account.id, request.match_info["name"], data.get("decision"),
+            data.get("reason"), ctx.now_ms(),
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    return json_response(review.sign_view(sign, operator=True))
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    rows = await ctx_of(request).store.list_templates(
+        account_id=await _account_filter(request), status=_status(request)
+    )
+    return json_response({"templates": [review.template_view(t, operator=True) for t in rows]})
+
+
+async def review_template(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    data = await _json(request)
+    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
+        raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    try:
+        t = await review.decide_template(
+            ctx.store, request.match_info["code"], data.get("decision"), data.get("reason"),
+            ctx.now_ms(),
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    return json_response(review.template_view(t, operator=True))
+
+
+# -- do-not-contact lists --------------------------------------------------------------------------
+
+
+def _dnc_view(d: DncInfo) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "country": d.country,
+        "numbers": d.numbers,
+        "prefixes": d.prefixes,
+        "imported_at": d.imported_at,
+    }
+
+
+async def list_dnc(request: web.Request) -> web.Response:
+    rows = await ctx_of(request).store.list_dnc()
+    return json_response({"lists": [_dnc_view(d) for d in rows]})
+
+
+async def put_dnc(request: web.Request) -> web.Response:
+    """Replace a list from a CSV body (text/csv): one number or `prefix*` per line."""
+    ctx = ctx_of(request)
+    list_id = request.match_info["id"]
+    if not _LIST_ID.fullmatch(list_id):
+        raise ApiError("INVALID_FIELD", "id: 1-64 of A-Z a-z 0-9 _ . -")
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in ("text/csv", "text/plain"):
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the list as text/csv")
+    q = request.rel_url.query
+    country = q.get("country")
+    if country is not None and not _COUNTRY.fullmatch(country):
+        raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")
+    try:
+        text = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError("INVALID_REQUEST", "the list must be UTF-8 text") from None
+    parsed, bad = parse_dnc_csv(text, country)
+    if bad and q.get("strict", "true") != "false":
+        raise ApiError(
+            "INVALID_FIELD",
+            f"{len(bad)} bad line(s), nothing imported (strict=false skips them): "
+            + "; ".join(bad[:20]),
+        )
+    info = DncInfo(
+        list_id, q.get("name", list_id)[:200], country, len(parsed.numbers),
+        len(parsed.prefixes), ctx.now_ms(),
+    )
+    await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+    view = _dnc_view(info)
+    view["skipped"] = bad[:100]
+    return json_response(view)
+
+
+async def delete_dnc(request: web.Request) -> web.Response:
+    if not await ctx_of(request).store.delete_dnc(request.match_info["id"]):
+        raise ApiError("NOT_FOUND", f"no do-not-contact list {request.match_info['id']!r}")
+    return json_response({"id": request.match_info["id"], "deleted": True})
+
+
+# -- tariffs ---------------------------------------------------------------------------------------
+
+
+async def list_tariffs(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    book = ctx.tariff_book
+    await book.load(ctx.now_ms())
+    return json_response({"tariffs": [billing.tariff_view(t) for t in book.versions]})
+
+
+async def add_tariff(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        t = billing.tariff_from_dict(await _json(request))
+        await ctx.tariff_book.add(t, ctx.now_ms())
+    except BillingError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    except StoreError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return json_response(billing.tariff_view(t), status=201)
+
+
+# -- money -----------------------------------------------------------------------------------------
+
+
+async def _money(request: web.Request, kind: str) -> web.Response:
+    ctx = ctx_of(request)
+    account = await _account(request)
+    now = ctx.now_ms()
+    try:
+        entries = billing.money_entries(kind, await _json(request), now, ctx.config.rules.timezone)
+    except BillingError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    await ctx.store.append_ledger(account.id, entries)
+    view = billing.balance_view(
+        await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
+    )
+    view["added"] = [
+        {"kind": str(e.kind), "amount_micro": e.amount, "pocket": e.pocket,
+         "expires_at": e.expires_at}
+        for e in entries
+    ]
+    return json_response(view, status=201)
+
+
+async def topup(request: web.Request) -> web.Response:
+    return await _money(request, "topup")
+
+
+async def voucher(request: web.Request) -> web.Response:
+    return await _money(request, "voucher")
+
+
+async def card(request: web.Request) -> web.Response:
+    return await _money(request, "card")
+
+
+async def balance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = await _account(request)
+    view = billing.balance_view(
+        await ctx.store.get_pockets(account.id), ctx.now_ms(), ctx.config.billing.currency
+    )
+    view["account_kind"] = account.kind
+    view["low_balance_threshold_micro"] = account.low_balance_threshold
+    return json_response(view)
+
+
+async def account_bill(request: web.Request) -> web.Response:
+    account = await _account(request)
+    return json_response(await bill_for(ctx_of(request), account, request.match_info["month"]))
+
+
+async def settle(request: web.Request) -> web.Response:
+    """Settle a month for one account or all; idempotent (settled months are left alone)."""
+    ctx = ctx_of(request)
+    data = await _json(request)
+    if not isinstance(data, dict) or set(data) - {"month", "account"}:
+        raise ApiError("INVALID_REQUEST", 'the body must be {"month": "YYYY-MM", "account"?}')
+    month = data.get("month")
+    if not isinstance(month, str):
+        raise ApiError("MISSING_FIELD", "month: required (YYYY-MM)")
+    check_month(month)
+    if data.get("account") is not None:
+        try:
+            accounts = [await ctx.accounts.resolve(str(data["account"]))]
+        except AccountError as exc:
+            raise ApiError(exc.code, exc.message) from None
+    else:
+        accounts = await ctx.store.list_accounts()
+    book = ctx.tariff_book
+    await book.load(ctx.now_ms())
+    try:
+        results = await billing.settle_accounts(
+            ctx.store, accounts, month, book.versions, ctx.config, ctx.now_ms()
+        )
+    except BillingError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return json_response({"month": month, "results": results})
+
+
+async def close_account(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = await _account(request)
+    await ctx.store.close_account(account.id, ctx.now_ms())
+    closed = await ctx.store.get_account(account.id)
+    assert closed is not None
+    return json_response(public_account(closed))
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/signs", list_signs)
+    r.add_post("/admin/accounts/{ref}/signs", add_sign)
+    r.add_post("/admin/accounts/{ref}/signs/{name}/review", review_sign)
+    r.add_get("/admin/templates", list_templates)
+    r.add_post("/admin/templates/{code}/review", review_template)
+    r.add_get("/admin/dnc", list_dnc)
+    r.add_put("/admin/dnc/{id}", put_dnc)
+    r.add_delete("/admin/dnc/{id}", delete_dnc)
+    r.add_get("/admin/tariffs", list_tariffs)
+    r.add_post("/admin/tariffs", add_tariff)
+    r.add_get("/admin/accounts/{ref}/balance", balance)
+    r.add_post("/admin/accounts/{ref}/topups", topup)
+    r.add_post("/admin/accounts/{ref}/vouchers", voucher)
+    r.add_post("/admin/accounts/{ref}/cards", card)
+    r.add_get("/admin/accounts/{ref}/bills/{month}", account_bill)
+    r.add_post("/admin/bills/settle", settle)
+    r.add_post("/admin/accounts/{ref}/close", close_account)
+
+
+__all__ = ["add_routes", "new_id"]

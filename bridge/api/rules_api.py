@@ -1,0 +1,277 @@
+"""Customer endpoints for the sending rules and money: sign names, templates, opt-outs, erasure,
+balance, ledger and monthly bills. Every one acts on the calling account only."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from bridge import billing, review
+from bridge.api.context import BODY, PRINCIPAL, ApiContext
+from bridge.api.errors import ApiError
+from bridge.api.v1 import ctx_of, json_response, parse_json
+from bridge.domain.phone import PhoneError, normalize
+from bridge.domain.settlement import month_bounds
+from bridge.domain.tariffs import BillingError
+from bridge.store.base import StoreError
+from bridge.store.models import Account
+
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_CODE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+def _account(request: web.Request) -> Account:
+    return request[PRINCIPAL].account
+
+
+def _body(request: web.Request) -> Any:
+    return parse_json(request[BODY], request)
+
+
+def _number(raw: str, account: Account, field: str) -> str:
+    try:
+        return normalize(raw, account.default_country)
+    except PhoneError as exc:
+        raise ApiError("INVALID_NUMBER", f"{field}: {exc.message}") from None
+
+
+def _limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
+    raw = request.rel_url.query.get("limit")
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= most:
+        raise ApiError("INVALID_FIELD", f"limit: an integer from 1 to {most}")
+    return int(raw)
+
+
+def check_month(month: str) -> str:
+    """YYYY-MM in the years a calendar month can be computed for; 0000-01 or 9999-12 would fail
+    in datetime (a 500) rather than be refused."""
+    if not _MONTH.fullmatch(month) or not 1970 <= int(month[:4]) <= 9998:
+        raise ApiError("INVALID_MONTH", "month: YYYY-MM, from 1970-01 to 9998-12")
+    return month
+
+
+def reraise(exc: review.ReviewError | BillingError) -> ApiError:
+    return ApiError(exc.code, exc.message)
+
+
+# -- signs and templates ---------------------------------------------------------------------------
+
+
+async def post_sign(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        sign = await review.submit_sign(
+            ctx.store, _account(request).id, _body(request), ctx.now_ms()
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    except StoreError as exc:  # SIGN_NAME_EXISTS: this account already registered the name
+        raise ApiError(exc.code, exc.message) from None
+    return json_response(review.sign_view(sign), status=201)
+
+
+async def list_signs(request: web.Request) -> web.Response:
+    signs = await ctx_of(request).store.list_signs(account_id=_account(request).id)
+    return json_response({"signs": [review.sign_view(s) for s in signs]})
+
+
+async def get_sign(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    sign = await ctx_of(request).store.get_sign(_account(request).id, name)
+    if sign is None:
+        raise ApiError("NOT_FOUND", f"no sign name {name!r}")
+    return json_response(review.sign_view(sign))
+
+
+async def post_template(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    try:
+        t = await review.submit_template(
+            ctx.store, _account(request).id, _body(request), ctx.now_ms(), ctx.config,
+            ctx.send_rules.filter,
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    return json_response(review.template_view(t), status=201)
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    status = request.rel_url.query.get("status")
+    if status is not None and status not in ("pending", "approved", "rejected"):
+        raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
+    rows = await ctx.store.list_templates(
+        account_id=_account(request).id, status=status, limit=_limit(request, 500, 5000)
+    )
+    return json_response({"templates": [review.template_view(t) for t in rows]})
+
+
+async def get_template(request: web.Request) -> web.Response:
+    code = request.match_info["code"]
+    t = await ctx_of(request).store.get_template(code) if _CODE.fullmatch(code) else None
+    if t is None or t.account_id != _account(request).id:
+        raise ApiError("NOT_FOUND", f"no template {code!r}")
+    return json_response(review.template_view(t))
+
+
+# -- opt-outs and erasure --------------------------------------------------------------------------
+
+
+async def list_optouts(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = _account(request)
+    cursor = request.rel_url.query.get("cursor")
+    limit = _limit(request)
+    rows = await ctx.store.list_optouts(account.id, after=cursor, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return json_response(
+        {
+            "optouts": [
+                {"number": r.recipient, "source": r.source, "created_at": r.created_at}
+                for r in rows
+            ],
+            "next_cursor": rows[-1].recipient if more and rows else None,
+        }
+    )
+
+
+async def post_optouts(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = _account(request)
+    data = _body(request)
+    if not isinstance(data, dict) or set(data) - {"numbers"}:
+        raise ApiError("INVALID_REQUEST", 'the body must be {"numbers": [...]}')
+    raw = data.get("numbers")
+    if not isinstance(raw, list) or not raw or len(raw) > 10_000:
+        raise ApiError("INVALID_FIELD", "numbers: a list of 1 to 10000 phone numbers")
+    numbers = []
+    for i, n in enumerate(raw):
+        if not isinstance(n, str):
+            raise ApiError("INVALID_FIELD", f"numbers[{i}]: expected a string")
+        numbers.append(_number(n, account, f"numbers[{i}]"))
+    added = await ctx.store.add_optouts(account.id, sorted(set(numbers)), "api", ctx.now_ms())
+    return json_response({"added": added, "numbers": sorted(set(numbers))})
+
+
+async def delete_optout(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = _account(request)
+    number = _number(request.match_info["number"], account, "number")
+    if not await ctx.store.remove_optout(account.id, number):
+        raise ApiError("NOT_FOUND", f"{number} is not on the opt-out list")
+    return json_response({"number": number, "removed": True})
+
+
+def mask(e164: str) -> str:
+    """An erased number as records keep it: the country-code end only (+86*********)."""
+    return e164[:3] + "*" * max(0, len(e164) - 3)
+
+
+async def erase_recipient(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = _account(request)
+    number = _number(request.match_info["number"], account, "number")
+    n = await ctx.store.erase_recipient(account.id, number, mask(number), ctx.now_ms())
+    return json_response({"number": mask(number), "messages_erased": n})
+
+
+# -- money -----------------------------------------------------------------------------------------
+
+
+async def get_balance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    account = _account(request)
+    pockets = await ctx.store.get_pockets(account.id)
+    view = billing.balance_view(pockets, ctx.now_ms(), ctx.config.billing.currency)
+    view["account_kind"] = account.kind
+    view["low_balance_threshold_micro"] = account.low_balance_threshold
+    return json_response(view)
+
+
+async def get_ledger(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    raw = request.rel_url.query.get("after", "0")
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        raise ApiError("INVALID_CURSOR", "after: an entry id returned by this API")
+    limit = _limit(request)
+    rows = await ctx.store.ledger_page(_account(request).id, int(raw), limit)
+    return json_response(
+        {
+            "entries": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "amount_micro": r.amount,
+                    "pocket": r.pocket,
+                    "at": r.at,
+                    "ref": r.ref,
+                    "expires_at": r.expires_at,
+                }
+                for r in rows
+            ],
+            "next_cursor": str(rows[-1].id) if len(rows) == limit else None,
+        }
+    )
+
+
+async def bill_for(ctx: ApiContext, account: Account, month: str) -> dict[str, Any]:
+    """The settled bill, or the month so far (status "open") computed the same way."""
+    check_month(month)
+    stored = await ctx.store.get_bill(account.id, month)
+    if stored is not None:
+        import json
+
+        settled: dict[str, Any] = json.loads(stored.body)
+        settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
+        return settled
+    tz = ctx.config.rules.timezone
+    book = ctx.tariff_book
+    if not book.versions:
+        await book.load(ctx.now_ms())
+    start, end = month_bounds(month, tz)
+    lines = await billing.usage_lines(ctx.store, account.id, start, end, book.versions)
+    from bridge.domain.settlement import settle_month
+
+    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
+    pending = [
+        ln for ln in lines
+        if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
+    ]
+    done = [ln for ln in lines if ln not in pending]
+    try:
+        bill = settle_month(month, done, book.versions, tz, kind)
+    except BillingError as exc:
+        raise ApiError(exc.code, exc.message) from None  # the code's own status (CODES)
+    view = billing.bill_view(bill, ctx.config.billing.currency)
+    view["status"] = "open"
+    view["settled_at"] = None
+    view["pending_messages_units"] = sum(ln.units for ln in pending)
+    return view
+
+
+async def get_bill(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    return json_response(await bill_for(ctx, _account(request), request.match_info["month"]))
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/signs", post_sign)
+    r.add_get("/v1/signs", list_signs)
+    r.add_get("/v1/signs/{name}", get_sign)
+    r.add_post("/v1/templates", post_template)
+    r.add_get("/v1/templates", list_templates)
+    r.add_get("/v1/templates/{code}", get_template)
+    r.add_get("/v1/optouts", list_optouts)
+    r.add_post("/v1/optouts", post_optouts)
+    r.add_delete("/v1/optouts/{number}", delete_optout)
+    r.add_post("/v1/recipients/{number}/erase", erase_recipient)
+    r.add_get("/v1/balance", get_balance)
+    r.add_get("/v1/ledger", get_ledger)
+    r.add_get("/v1/bills/{month}", get_bill)

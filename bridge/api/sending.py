@@ -1,0 +1,101 @@
+"""The send path both API faces share (native /v1/messages and the Alibaba-compatible SendSms):
+from a validated request to rows and the rules the accept transaction enforces, and from the
+store's outcome to an error or the bookkeeping of an accepted batch."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from bridge import logs
+from bridge.api.context import ApiContext
+from bridge.api.errors import ApiError
+from bridge.api.submit import SendRequest
+from bridge.domain.admission import Rules
+from bridge.domain.tariffs import BillingError, Tariff
+from bridge.store.models import AcceptOutcome, Account, NewMessage
+
+log = logging.getLogger("bridge.api")
+
+
+async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
+    """The tariff in force (None when billing is off)."""
+    if not ctx.config.billing.enabled:
+        return None
+    book = ctx.tariff_book
+    if not book.versions:
+        await book.load(now_ms)
+    try:
+        return book.at(now_ms)
+    except BillingError as exc:
+        raise ApiError("TARIFF_NOT_FOUND", exc.message, status=503) from None
+
+
+async def prepare_send(
+    ctx: ApiContext, account: Account, req: SendRequest, now_ms: int
+) -> tuple[str, list[NewMessage], Rules]:
+    """Render, encode, route and price; ApiError for what can be refused without the store."""
+    rules = ctx.send_rules
+    template = await rules.template(account.id, req.template) if req.template is not None else None
+    tariff = await current_tariff(ctx, now_ms)
+    batch_id, messages, charges = ctx.submitter.build(
+        req, account, now_ms, template=template, tariff=tariff
+    )
+    kind = template.kind if template is not None else None
+    admission = Rules(
+        sign_name=req.sign_name,
+        template_code=req.template,
+        frequency=rules.frequency(
+            kind, req.sign_name, req.template, tuple(m.recipient for m in messages)
+        ),
+        charges=charges,
+        billing=tariff is not None,
+        tz=ctx.config.rules.timezone,
+    )
+    return batch_id, messages, admission
+
+
+def outcome_error(outcome: AcceptOutcome, account: Account) -> ApiError:
+    """The refusal of a batch the store did not accept (a rule, or the account's rate)."""
+    if outcome.refusal is not None:
+        r = outcome.refusal
+        headers = None
+        if r.retry_after is not None:
+            headers = {"Retry-After": str(max(1, math.ceil(r.retry_after)))}
+        return ApiError(r.code, r.message, headers=headers)
+    return ApiError(
+        "ACCOUNT_RATE_LIMIT",
+        f"account rate of {account.tps:g} messages/s exceeded",
+        headers={"Retry-After": str(max(1, math.ceil(outcome.retry_after)))},
+    )
+
+
+def after_accept(
+    ctx: ApiContext, account: Account, messages: list[NewMessage], outcome: AcceptOutcome
+) -> None:
+    plan = outcome.plan
+    if plan is not None and plan.low_balance is not None:
+        before, after = plan.low_balance
+        log.warning(
+            "balance below the low-balance threshold",
+            extra={"account": account.id, "available_micro": after, "previous_micro": before},
+        )
+        ctx.metrics.balance_warning()
+    segments = sum(len(m.segments) for m in messages)
+    ctx.queue_depth += segments
+    ctx.on_accepted(segments)
+    ctx.metrics.accepted(len(messages), segments)
+    if log.isEnabledFor(logging.DEBUG):
+        for m in messages:
+            log.debug(
+                "message accepted",
+                extra={
+                    "message_id": m.id,
+                    "batch_id": m.batch_id,
+                    "account": m.account_id,
+                    "to": logs.number(m.recipient),
+                    "segments": len(m.segments),
+                    "encoding": m.encoding,
+                    "text": logs.body(m.text),
+                },
+            )

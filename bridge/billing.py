@@ -1,0 +1,422 @@
+"""Billing service: tariffs from the store, prices at acceptance, ledger operations, settlement.
+
+The thin shell around bridge.domain.{tariffs,ledger,settlement}: it loads and caches the stored
+tariff versions, turns a message into its charge, records operator money movements, and runs the
+monthly settlement (engine-neutral: the store only fetches grouped usage and records the bill once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.config import BillingConfig, TariffConfig
+from bridge.domain import admission as adm
+from bridge.domain import ledger, settlement
+from bridge.domain.tariffs import (
+    MAX_MONEY,
+    MAX_MS,
+    BillingError,
+    PriceNotFound,
+    Tariff,
+    Tier,
+    format_micro,
+    international_price,
+    is_domestic,
+    tariff_at,
+    validate_tariff,
+)
+from bridge.ids import new_id
+from bridge.store.models import Account, BillRow, TariffRow
+
+log = logging.getLogger("bridge.billing")
+
+
+# -- tariffs as stored JSON ------------------------------------------------------------------------
+
+
+def tariff_to_json(t: Tariff) -> str:
+    return json.dumps(
+        {
+            "version": t.version,
+            "effective_at": t.effective_at,
+            "tiers": [{"up_to": x.up_to, "price": x.price} for x in t.tiers],
+            "starting_price": t.starting_price,
+            "counting_rule": t.counting_rule,
+            "domestic_bill_on": t.domestic_bill_on,
+            "international_bill_on": t.international_bill_on,
+            "international": dict(sorted(t.international.items())),
+            "domestic_prefix": t.domestic_prefix,
+        },
+        separators=(",", ":"),
+    )
+
+
+def tariff_from_dict(d: Any) -> Tariff:
+    """A tariff from JSON/YAML (the admin API and `tariff add`); BillingError naming the field."""
+    if not isinstance(d, dict):
+        raise BillingError("tariff: expected an object", code="INVALID_TARIFF")
+    allowed = {
+        "version",
+        "effective_at",
+        "tiers",
+        "starting_price",
+        "counting_rule",
+        "domestic_bill_on",
+        "international_bill_on",
+        "international",
+        "domestic_prefix",
+    }
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise BillingError(f"{unknown[0]}: unknown tariff field", code="INVALID_TARIFF")
+    try:
+        tiers_raw = d.get("tiers")
+        kwargs: dict[str, Any] = {k: d[k] for k in allowed - {"tiers"} if k in d}
+        if tiers_raw is not None:
+            if not isinstance(tiers_raw, list) or not all(isinstance(x, dict) for x in tiers_raw):
+                raise BillingError(
+                    "tiers: expected a list of {up_to, price}", code="INVALID_TARIFF"
+                )
+            kwargs["tiers"] = tuple(Tier(x.get("up_to"), x.get("price")) for x in tiers_raw)
+        if "international" in kwargs and not isinstance(kwargs["international"], dict):
+            raise BillingError("international: expected an object", code="INVALID_TARIFF")
+        t = Tariff(**kwargs)
+    except TypeError as exc:
+        raise BillingError(f"tariff: {exc}", code="INVALID_TARIFF") from None
+    problems = validate_tariff(t)
+    if problems:
+        raise BillingError("; ".join(problems), code="INVALID_TARIFF")
+    return t
+
+
+def tariff_from_config(cfg: TariffConfig, effective_at: int = 0) -> Tariff:
+    return Tariff(
+        version=cfg.version,
+        effective_at=effective_at,
+        tiers=tuple(Tier(x.up_to, x.price) for x in cfg.tiers),
+        starting_price=cfg.starting_price,
+        international=dict(cfg.international),
+        domestic_prefix=cfg.domestic_prefix,
+    )
+
+
+def tariff_view(t: Tariff) -> dict[str, Any]:
+    out = json.loads(tariff_to_json(t))
+    out["starting_price_display"] = format_micro(t.starting_price)
+    return out
+
+
+class Tariffs:
+    """The stored tariff versions, cached per process (they change rarely and only by append).
+
+    A version added in this process is visible at once; one added by another process within
+    `refresh()` (called by the daemon every few seconds).
+    """
+
+    def __init__(self, store: Any, config: BillingConfig) -> None:
+        self.store = store
+        self.config = config
+        self.versions: tuple[Tariff, ...] = ()
+
+    async def load(self, now: int) -> None:
+        rows = await self.store.list_tariffs()
+        if not rows and self.config.enabled:
+            first = tariff_from_config(self.config.tariff, 0)
+            problems = validate_tariff(first)
+            if problems:
+                raise BillingError("billing.tariff: " + "; ".join(problems), code="INVALID_TARIFF")
+            try:
+                await self.store.add_tariff(TariffRow(first.version, 0, tariff_to_json(first), now))
+            except Exception:  # another instance seeded it first
+                pass
+            rows = await self.store.list_tariffs()
+        self.versions = tuple(tariff_from_dict(json.loads(r.body)) for r in rows)
+
+    async def refresh(self, now: int) -> None:
+        try:
+            await self.load(now)
+        except Exception:
+            log.exception("tariff refresh failed; keeping the versions loaded before")
+
+    async def add(self, t: Tariff, now: int) -> None:
+        if not self.versions:
+            await self.load(now)  # the configured first version is stored before a later one
+        await self.store.add_tariff(TariffRow(t.version, t.effective_at, tariff_to_json(t), now))
+        await self.load(now)
+
+    def at(self, now: int) -> Tariff:
+        return tariff_at(self.versions, now)
+
+
+def price(tariff: Tariff, recipient: str, units: int, segments: int) -> tuple[str, int, bool]:
+    """(price class, micro-units, international) of one message at acceptance.
+
+    Domestic: the starting price per billable unit (prepaid pre-charge / postpaid accrual; the
+    tier price is applied at settlement). International: the destination's price per segment.
+    """
+    if is_domestic(recipient, tariff):
+        return adm.DOMESTIC, tariff.starting_price * units, False
+    prefix, per_segment = international_price(recipient, tariff)
+    return prefix, per_segment * segments, True
+
+
+__all__ = ["PriceNotFound", "price"]
+
+
+# -- balances and operator money movements ---------------------------------------------------------
+
+
+def balance_view(pockets: Sequence[adm.Pocket], now: int, currency: str) -> dict[str, Any]:
+    bal = adm.balances_of(pockets, now)
+    invoice = sum(p.amount for p in pockets if p.pocket == ledger.POCKET_INVOICE)
+    return {
+        "currency": currency,
+        "cash_micro": bal.cash,
+        "cash": format_micro(bal.cash),
+        "vouchers": [
+            {
+                "id": vid,
+                "remaining_micro": amount,
+                "remaining": format_micro(amount),
+                "expires_at": bal.voucher_expiry.get(vid),
+            }
+            for vid, amount in sorted(bal.vouchers.items())
+        ],
+        "cards": [
+            {
+                "id": cid,
+                "remaining_micro": amount,
+                "remaining": format_micro(amount),
+                "expires_at": bal.card_expiry.get(cid),
+            }
+            for cid, amount in sorted(bal.cards.items())
+        ],
+        "available_domestic_micro": bal.available_domestic,
+        "available_international_micro": bal.available_international,
+        "invoiced_micro": invoice,
+    }
+
+
+def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
+    """Ledger entries for an operator's top-up, voucher grant or card purchase (validated)."""
+    if not isinstance(body, dict):
+        raise BillingError("the body must be a JSON object", code="INVALID_REQUEST")
+    allowed = {
+        "topup": {"amount_micro", "ref"},
+        "voucher": {"amount_micro", "expires_at"},
+        "card": {"face_value_micro"},
+    }[kind]
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BillingError(f"{unknown[0]}: unknown field", code="UNKNOWN_FIELD")
+
+    def integer(name: str) -> int:
+        v = body.get(name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise BillingError(f"{name}: required integer (micro-units)", code="INVALID_FIELD")
+        if not 0 < v <= MAX_MONEY:
+            raise BillingError(
+                f"{name}: between 1 and {MAX_MONEY} micro-units", code="INVALID_FIELD"
+            )
+        return v
+
+    try:
+        if kind == "topup":
+            ref = body.get("ref")
+            if ref is not None and (not isinstance(ref, str) or len(ref) > 64):
+                raise BillingError("ref: a string of at most 64 characters", code="INVALID_FIELD")
+            return ledger.topup(integer("amount_micro"), now, ref)
+        if kind == "voucher":
+            expires = body.get("expires_at")
+            if expires is not None and (
+                isinstance(expires, bool)
+                or not isinstance(expires, int)
+                or not 0 < expires <= MAX_MS
+            ):
+                raise BillingError(
+                    "expires_at: unix milliseconds (up to 9999-12-31) or null", code="INVALID_FIELD"
+                )
+            return ledger.grant_voucher(integer("amount_micro"), now, new_id("vch_", now), expires)
+        return ledger.card_purchase(integer("face_value_micro"), now, new_id("crd_", now), tz=tz)
+    except ValueError as exc:
+        raise BillingError(str(exc), code="INVALID_FIELD") from None
+
+
+# -- settlement ------------------------------------------------------------------------------------
+
+
+def bill_view(bill: settlement.MonthBill, currency: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "month": bill.month,
+        "currency": currency,
+        "account_kind": bill.account_kind,
+        "units": bill.units,
+        "tier": bill.tier,
+        "tier_price_micro": bill.tier_price,
+        "tier_price": format_micro(bill.tier_price),
+        "domestic_amount_micro": bill.domestic_amount,
+        "charged_micro": bill.charged,
+        "refund_micro": bill.refund,
+        "invoice_total_micro": bill.invoice_total,
+        "vouchers_used_micro": bill.vouchers_used,
+        "international_amount_micro": bill.international_amount,
+        "international_charged_micro": bill.international_charged,
+        "domestic": [g._asdict() for g in bill.domestic],
+        "international": [
+            {
+                "country_prefix": line.country_prefix,
+                "segments": line.segments,
+                "price_micro": line.price,
+                "amount_micro": line.amount,
+            }
+            for line in bill.international
+        ],
+    }
+    return out
+
+
+async def usage_lines(
+    store: Any, account_id: str, start: int, end: int, tariffs: Sequence[Tariff]
+) -> list[settlement.UsageLine]:
+    bounds = sorted({t.effective_at for t in tariffs if start < t.effective_at < end})
+    rows = await store.usage_groups(account_id, start, end, bounds)
+    return [
+        settlement.UsageLine(
+            at=int(at),
+            units=int(units or 0),
+            charged=max(0, int(charged or 0)),
+            domestic=pclass == adm.DOMESTIC,
+            country_prefix=None if pclass == adm.DOMESTIC else pclass,
+            segments=int(segs or 0),
+            final_state=state,
+            from_vouchers=max(0, int(vouchers or 0)),
+        )
+        for at, units, charged, pclass, segs, state, vouchers in rows
+    ]
+
+
+async def compute_bill(
+    store: Any, account: Account, month: str, tariffs: Sequence[Tariff], tz: str
+) -> settlement.MonthBill:
+    start, end = settlement.month_bounds(month, tz)
+    lines = await usage_lines(store, account.id, start, end, tariffs)
+    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    return settlement.settle_month(month, lines, tariffs, tz, kind)
+
+
+async def settle(
+    store: Any,
+    account: Account,
+    month: str,
+    tariffs: Sequence[Tariff],
+    tz: str,
+    currency: str,
+    now: int,
+) -> tuple[dict[str, Any], bool]:
+    """Settle one account's month: (bill view, True if recorded now / False if it already was).
+
+    Idempotent: the store records the bill and its ledger entries only if no bill exists for the
+    month, in one transaction, so a second run (or a second instance) changes nothing.
+    """
+    existing = await store.get_bill(account.id, month)
+    if existing is not None:
+        return json.loads(existing.body), False
+    bill = await compute_bill(store, account, month, tariffs, tz)
+    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    view = bill_view(bill, currency)
+    view["status"] = "settled"
+    view["settled_at"] = now
+    entries = settlement.settlement_entries(bill, kind, now)
+    body = json.dumps(view, separators=(",", ":"), sort_keys=True)
+    recorded = await store.save_bill(BillRow(account.id, month, body, now), entries)
+    if not recorded:
+        stored = await store.get_bill(account.id, month)
+        return (json.loads(stored.body) if stored else view), False
+    log.info(
+        "month settled",
+        extra={
+            "account": account.id,
+            "month": month,
+            "units": bill.units,
+            "tier": bill.tier,
+            "refund_micro": bill.refund,
+            "invoice_micro": bill.invoice_total,
+        },
+    )
+    return view, True
+
+
+async def settle_accounts(
+    store: Any,
+    accounts: Sequence[Account],
+    month: str,
+    tariffs: Sequence[Tariff],
+    config: Any,
+    now: int,
+) -> list[dict[str, Any]]:
+    """Settle `month` for each account: one result per account, never an exception per account
+    (a month still awaiting receipts is reported as not_ready and retried later)."""
+    tz = config.rules.timezone
+    _start, end = settlement.month_bounds(month, tz)
+    if now < end:
+        raise BillingError(f"month: {month} is not over yet", code="SETTLEMENT_NOT_READY")
+    out: list[dict[str, Any]] = []
+    for account in accounts:
+        try:
+            view, recorded = await settle(
+                store, account, month, tariffs, tz, config.billing.currency, now
+            )
+        except settlement.SettlementNotReady as exc:
+            out.append({"account": account.id, "status": "not_ready", "message": exc.message})
+            continue
+        except BillingError as exc:
+            out.append({"account": account.id, "status": "error", "message": exc.message})
+            continue
+        out.append(
+            {
+                "account": account.id,
+                "status": "settled" if recorded else "already_settled",
+                "units": view.get("units"),
+                "tier": view.get("tier"),
+                "refund_micro": view.get("refund_micro"),
+                "invoice_total_micro": view.get("invoice_total_micro"),
+            }
+        )
+    return out
+
+
+def previous_month(now: int, tz: str) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromtimestamp(now / 1000, ZoneInfo(tz))
+    year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
+
+
+SETTLE_AFTER_MS = 72 * 3_600_000 + 3_600_000  # receipts are final 72 h after sending, plus margin
+
+
+async def auto_settle(store: Any, tariffs: Tariffs, config: Any, now: int) -> list[dict[str, Any]]:
+    """The daemon's periodic job: settle last month once its domestic receipts are final.
+
+    Accounts already settled are skipped by the store (one bill per month), so running this every
+    hour from every instance is harmless.
+    """
+    if not (config.billing.enabled and config.billing.auto_settle):
+        return []
+    month = previous_month(now, config.rules.timezone)
+    _start, end = settlement.month_bounds(month, config.rules.timezone)
+    if now < end + SETTLE_AFTER_MS:
+        return []
+    await tariffs.refresh(now)
+    pending = []
+    for account in await store.list_accounts():
+        if await store.get_bill(account.id, month) is None:
+            pending.append(account)
+    if not pending:
+        return []
+    return await settle_accounts(store, pending, month, tariffs.versions, config, now)

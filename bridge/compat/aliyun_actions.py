@@ -1,0 +1,416 @@
+"""Dysmsapi 2017-05-25 actions over the native domain services (one implementation, two faces).
+
+Each action reads Alibaba's parameter names, calls what the native API calls (the send path in
+bridge.api.sending, review, store queries), and answers Alibaba's field names. Native refusals
+(ApiError) are turned into Alibaba codes by the caller through one table (aliyun_codes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge import review
+from bridge.api.context import ApiContext
+from bridge.api.errors import ApiError
+from bridge.api.sending import after_accept, outcome_error, prepare_send
+from bridge.api.submit import SendRequest
+from bridge.compat.aliyun_reports import local_time, phone
+from bridge.domain.admission import FrequencyRule, Priced, Rules
+from bridge.domain.phone import PLANS, PhoneError, normalize
+from bridge.store.models import AcceptBatch, Account, MessageRecord, NewMessage
+
+Params = Mapping[str, str]
+Action = Callable[[ApiContext, Account, Params], Coroutine[Any, Any, dict[str, Any]]]
+
+_CN_MOBILE = re.compile(r"1[3-9][0-9]{9}")
+_DATE = re.compile(r"[0-9]{8}")
+_EXTEND = re.compile(r"[0-9]{0,12}")
+MAX_SEND = 1000  # SendSms: numbers per call
+MAX_BATCH = 100  # SendBatchSms: entries per call
+# Alibaba's template types -> ours (3 = international/HK-Macao-Taiwan: a notification)
+_TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
+_TYPE_NUMBERS = {"verification": 0, "notification": 1, "marketing": 2}
+_REVIEW_STATUS = {"pending": 0, "approved": 1, "rejected": 2}
+
+
+class Missing(ApiError):
+    """A required parameter is absent: Alibaba answers `Missing<Name>`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("MISSING_FIELD", f"{name} is mandatory for this action.")
+        self.field = name
+
+
+def _required(p: Params, name: str) -> str:
+    value = p.get(name)
+    if value is None or value == "":
+        raise Missing(name)
+    return value
+
+
+def aliyun_number(raw: str) -> str:
+    """A number as the cloud service takes it: a Chinese mobile without country code, or an
+    international number with its country code (with or without + / 00)."""
+    s = raw.strip().replace(" ", "").replace("-", "")
+    if _CN_MOBILE.fullmatch(s):
+        s = "+86" + s
+    elif s.startswith("00"):
+        s = "+" + s[2:]
+    elif not s.startswith("+"):
+        s = "+" + s
+    try:
+        number = normalize(s, None)
+    except PhoneError as exc:
+        raise ApiError("INVALID_NUMBER", f"{raw}: {exc.message}") from None
+    # E.164 alone only checks the length: a mistyped mobile without + (a digit short or over)
+    # would be guessed international and sent, paid, to a stranger. The cloud service refuses
+    # numbers its plan rejects; so do we, for the countries whose mobile plan we know.
+    for plan in PLANS.values():
+        if number[1:].startswith(plan.code):
+            if not plan.national.fullmatch(number[1 + len(plan.code) :]):
+                raise ApiError("INVALID_NUMBER", f"{raw}: not a mobile number of +{plan.code}")
+            break
+    return number
+
+
+def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
+    raw = p.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise Missing(name)
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError("INVALID_JSON", f"{name}: not valid JSON") from None
+
+
+def _params_object(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError("INVALID_JSON", f"{name}: expected a JSON object")
+    return value
+
+
+def _out_id(p: Params) -> str | None:
+    out = p.get("OutId") or None
+    if out is not None and len(out) > 64:
+        raise ApiError("INVALID_FIELD", "OutId: at most 64 characters")
+    return out
+
+
+def _extend(p: Params, name: str = "SmsUpExtendCode") -> None:
+    code = p.get(name)
+    if code and not _EXTEND.fullmatch(code):
+        raise ApiError("INVALID_FIELD", f"{name}: up to 12 digits")
+
+
+async def _accept(
+    ctx: ApiContext, account: Account, batch_id: str, messages: list[NewMessage], rules: Rules
+) -> None:
+    if ctx.queue_depth >= ctx.config.store.max_queued_segments:  # as the native send path
+        raise ApiError(
+            "QUEUE_FULL", "the send queue is full; retry later", headers={"Retry-After": "5"}
+        )
+    now = ctx.now_ms()
+    outcome = await ctx.store.accept(
+        AcceptBatch(
+            account_id=account.id,
+            messages=tuple(messages),
+            idempotency_key=None,
+            idempotency=None,
+            tps=account.tps,
+            rules=rules,
+        ),
+        now,
+    )
+    if not outcome.accepted:
+        raise outcome_error(outcome, account)
+    after_accept(ctx, account, messages, outcome)
+
+
+def _request(
+    to: tuple[str, ...], template: str, params: dict[str, Any], sign: str, out_id: str | None
+) -> SendRequest:
+    return SendRequest(
+        to=to,
+        text=None,
+        template=template,
+        params=params,
+        sign_name=sign,
+        client_ref=out_id,
+        sender=None,
+        validity_minutes=None,
+        scheduled_at=None,
+        smart_encoding=None,
+    )
+
+
+async def send_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    raw_numbers = [n for n in _required(p, "PhoneNumbers").split(",") if n.strip()]
+    if len(raw_numbers) > MAX_SEND:
+        raise ApiError("TOO_MANY_RECIPIENTS", f"PhoneNumbers: at most {MAX_SEND} numbers")
+    numbers = tuple(dict.fromkeys(aliyun_number(n) for n in raw_numbers))
+    sign = _required(p, "SignName")
+    template = _required(p, "TemplateCode")
+    params = _params_object(_json_param(p, "TemplateParam", required=False), "TemplateParam")
+    _extend(p)
+    req = _request(numbers, template, params, sign, _out_id(p))
+    now = ctx.now_ms()
+    batch_id, messages, rules = await prepare_send(ctx, account, req, now)
+    await _accept(ctx, account, batch_id, messages, rules)
+    return {"Code": "OK", "Message": "OK", "BizId": batch_id}
+
+
+async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    numbers = _json_param(p, "PhoneNumberJson")
+    signs = _json_param(p, "SignNameJson")
+    template = _required(p, "TemplateCode")
+    params = _json_param(p, "TemplateParamJson", required=False)
+    _json_param(p, "SmsUpExtendCodeJson", required=False)
+    if not isinstance(numbers, list) or not numbers or len(numbers) > MAX_BATCH:
+        raise ApiError("INVALID_FIELD", f"PhoneNumberJson: a JSON array of 1 to {MAX_BATCH}")
+    if not isinstance(signs, list) or len(signs) != len(numbers):
+        raise ApiError("INVALID_FIELD", "SignNameJson: one sign name per phone number")
+    if params is None:
+        params = [{}] * len(numbers)
+    if not isinstance(params, list) or len(params) != len(numbers):
+        raise ApiError("INVALID_JSON", "TemplateParamJson: one object per phone number")
+    now = ctx.now_ms()
+    batch_id = ""
+    first: Rules | None = None
+    messages: list[NewMessage] = []
+    more_signs: list[str] = []
+    limited: list[FrequencyRule] = []
+    charges: list[Priced] = []
+    seen: set[str] = set()
+    for i, (raw, sign, values) in enumerate(zip(numbers, signs, params, strict=True)):
+        if not isinstance(raw, str) or not isinstance(sign, str) or not sign:
+            raise ApiError("INVALID_FIELD", f"entry {i}: phone number and sign name are strings")
+        number = aliyun_number(raw)
+        if number in seen:
+            raise ApiError("INVALID_FIELD", f"PhoneNumberJson[{i}]: duplicate of {number}")
+        seen.add(number)
+        req = _request(
+            (number,), template, _params_object(values, f"TemplateParamJson[{i}]"), sign, None
+        )
+        bid, msgs, r = await prepare_send(ctx, account, req, now)
+        if first is None:
+            batch_id, first = bid, r
+        # One batch: the first entry's batch id is the BizId of every message.
+        messages.extend(
+            m if m.batch_id == batch_id else replace(m, batch_id=batch_id) for m in msgs
+        )
+        if sign != first.sign_name and sign not in more_signs:
+            more_signs.append(sign)
+        if r.frequency is not None:
+            limited.append(r.frequency)
+        charges.extend(r.charges)
+    assert first is not None
+    # Every entry shares the template (so the limits); each number counts under its own sign.
+    frequency = (
+        replace(
+            limited[0],
+            numbers=tuple(n for f in limited for n in f.numbers),
+            signs=tuple(f.sign for f in limited for _n in f.numbers),
+        )
+        if limited
+        else None
+    )
+    rules = replace(
+        first, more_signs=tuple(more_signs), frequency=frequency, charges=tuple(charges)
+    )
+    await _accept(ctx, account, batch_id, messages, rules)
+    return {"Code": "OK", "Message": "OK", "BizId": batch_id}
+
+
+def _send_status(m: MessageRecord) -> int:
+    """SendStatus: 1 waiting for a receipt, 2 failed, 3 delivered."""
+    if m.state == "delivered":
+        return 3
+    if m.state in ("failed", "expired", "unknown"):
+        return 2
+    return 1
+
+
+def _day_bounds(day: str, tz: str) -> tuple[int, int]:
+    if not _DATE.fullmatch(day):
+        raise ApiError("INVALID_FIELD", "SendDate: yyyyMMdd")
+    try:
+        start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=ZoneInfo(tz))
+        end = start + timedelta(days=1)
+    except (ValueError, OverflowError):
+        raise ApiError("INVALID_FIELD", "SendDate: yyyyMMdd") from None
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def _int(p: Params, name: str, default: int, lo: int, hi: int) -> int:
+    raw = p.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ApiError("INVALID_FIELD", f"{name}: an integer from {lo} to {hi}")
+    return int(raw)
+
+
+async def query_send_details(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    number = aliyun_number(_required(p, "PhoneNumber"))
+    tz = ctx.config.rules.timezone
+    since, until = _day_bounds(_required(p, "SendDate"), tz)
+    size = _int(p, "PageSize", 10, 1, 50)
+    page = _int(p, "CurrentPage", 1, 1, 100_000)
+    biz = p.get("BizId") or None
+    rows = await ctx.store.list_messages(
+        account.id, recipient=number, since=since, until=until, limit=10_000
+    )
+    if biz is not None:
+        rows = [r for r in rows if r.batch_id == biz]
+    rows.sort(key=lambda r: (r.accepted_at, r.id), reverse=True)
+    total = len(rows)
+    chunk = rows[(page - 1) * size : page * size]
+    details = [
+        {
+            "PhoneNum": phone(r.recipient),
+            "SendStatus": _send_status(r),
+            "ErrCode": "DELIVERED" if r.state == "delivered" else (r.error_code or ""),
+            "TemplateCode": r.template or "",
+            "Content": r.text or "",
+            "SendDate": local_time(r.sent_at or r.accepted_at, tz),
+            "ReceiveDate": local_time(r.done_at, tz) or "",
+            "OutId": r.client_ref or "",
+        }
+        for r in chunk
+    ]
+    return {
+        "Code": "OK",
+        "Message": "OK",
+        "TotalCount": str(total),
+        "SmsSendDetailDTOs": {"SmsSendDetailDTO": details},
+    }
+
+
+async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    tz = ctx.config.rules.timezone
+    is_globe = _int(p, "IsGlobe", 1, 1, 2)
+    start, _ = _day_bounds(_required(p, "StartDate"), tz)
+    _, end = _day_bounds(_required(p, "EndDate"), tz)
+    if end <= start or end - start > 31 * 86_400_000:
+        raise ApiError("INVALID_FIELD", "EndDate: after StartDate, at most 30 days later")
+    size = _int(p, "PageSize", 10, 1, 50)
+    page = _int(p, "PageIndex", 1, 1, 100_000)
+    offset_ms = int(ZoneInfo(tz).utcoffset(datetime.fromtimestamp(start / 1000)).total_seconds()
+                    * 1000)  # fmt: skip
+    rows = await ctx.store.stats(account.id, start, end, offset_ms)
+    # Domestic vs international: the daily counters do not split by destination, so the
+    # international view (IsGlobe=2) counts nothing unless the account sends abroad only.
+    targets = []
+    for r in rows:
+        day = datetime.fromtimestamp(r["day_index"] * 86_400, ZoneInfo("UTC")).strftime("%Y%m%d")
+        targets.append(
+            {
+                "TotalCount": r["submitted"],
+                "RespondedSuccessCount": r["delivered"],
+                "RespondedFailCount": r["failed"] + r["unknown"],
+                "NoRespondedCount": r["pending"],
+                "SendDate": day,
+            }
+        )
+    if is_globe == 2:
+        targets = []
+    targets.sort(key=lambda t: t["SendDate"], reverse=True)
+    return {
+        "Code": "OK",
+        "Message": "OK",
+        "Data": {
+            "TotalSize": len(targets),
+            "TargetList": targets[(page - 1) * size : page * size],
+        },
+    }
+
+
+async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    name = _required(p, "SignName")
+    source = {"0": "company", "1": "app", "2": "website", "3": "public_account",
+              "4": "trademark", "5": "other"}.get(p.get("SignSource", "0"), "other")  # fmt: skip
+    try:
+        sign = await review.submit_sign(
+            ctx.store, account.id, {"name": name, "source": source,
+                                    "remark": p.get("Remark", "")[:500]}, ctx.now_ms()
+        )  # fmt: skip
+    except review.ReviewError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return {"Code": "OK", "Message": "OK", "SignName": sign.name}
+
+
+async def query_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    name = _required(p, "SignName")
+    sign = await ctx.store.get_sign(account.id, name)
+    if sign is None:
+        raise ApiError("SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered")
+    tz = ctx.config.rules.timezone
+    return {
+        "Code": "OK",
+        "Message": "OK",
+        "SignName": sign.name,
+        "SignStatus": _REVIEW_STATUS[sign.status],
+        "Reason": sign.reason or "",
+        "CreateDate": local_time(sign.created_at, tz),
+    }
+
+
+async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    kind = _TEMPLATE_TYPES.get(_required(p, "TemplateType"))
+    if kind is None:
+        raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
+    body = {
+        "type": kind,
+        "name": _required(p, "TemplateName")[:64],
+        "content": _required(p, "TemplateContent"),
+        "remark": p.get("Remark", "")[:500],
+    }
+    try:
+        t = await review.submit_template(
+            ctx.store, account.id, body, ctx.now_ms(), ctx.config, ctx.send_rules.filter
+        )
+    except review.ReviewError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return {"Code": "OK", "Message": "OK", "TemplateCode": t.code}
+
+
+async def query_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    code = _required(p, "TemplateCode")
+    t = await ctx.send_rules.template(account.id, code)
+    if t is not None:
+        t = await ctx.store.get_template(code)  # the status now, not the cached one
+    if t is None or t.account_id != account.id:
+        raise ApiError("TEMPLATE_NOT_FOUND", f"TemplateCode: {code!r} is not known")
+    return {
+        "Code": "OK",
+        "Message": "OK",
+        "TemplateCode": t.code,
+        "TemplateName": t.name,
+        "TemplateContent": t.content,
+        "TemplateType": _TYPE_NUMBERS[t.kind],
+        "TemplateStatus": _REVIEW_STATUS[t.status],
+        "Reason": t.reason or "",
+        "CreateDate": local_time(t.created_at, ctx.config.rules.timezone),
+    }
+
+
+ACTIONS: dict[str, Action] = {
+    "SendSms": send_sms,
+    "SendBatchSms": send_batch_sms,
+    "QuerySendDetails": query_send_details,
+    "QuerySendStatistics": query_send_statistics,
+    "AddSmsSign": add_sms_sign,
+    "QuerySmsSign": query_sms_sign,
+    "AddSmsTemplate": add_sms_template,
+    "QuerySmsTemplate": query_sms_template,
+}

@@ -1,0 +1,150 @@
+"""The Alibaba Cloud SMS (Dysmsapi 2017-05-25) face: an aiohttp app on its own port.
+
+Official SDKs pointed at this port (endpoint override) work unchanged: every call is `POST /` (or
+GET) with the action in `Action` / `x-acs-action`, signed with the app key as AccessKeyId and the
+app secret as AccessKeySecret (RPC v1 HMAC-SHA1 or ACS3). Checks in the native order: well-formed,
+clock skew, key, signature, nonce (recorded only after the signature verified), account, action.
+Every answer, the framework's own 404/405/413 included, is Alibaba's JSON (or XML) envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bridge.api.context import CTX, ApiContext
+from bridge.api.errors import ApiError
+from bridge.compat.aliyun_actions import ACTIONS, Missing
+from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun
+from bridge.compat.aliyun_errors import AliyunAuthError, framework_error, protocol_error
+from bridge.compat.aliyun_render import render, render_error
+from bridge.compat.aliyun_sign import check_timestamp, parse_request
+
+log = logging.getLogger("bridge.aliyun")
+
+_PERMITS = re.compile(r"at most (\d+) message")  # bridge.domain.frequency.error_message
+_NONCE_PREFIX = "acs:"  # own namespace in the nonce table: never collides with native nonces
+_AUTH_REFUSALS = {
+    "nonce_reused": "SignatureNonceUsed",
+    "revoked": "InvalidAccessKeyId.Inactive",
+    "unknown_key": "InvalidAccessKeyId.NotFound",
+}
+
+
+def _permits(exc: ApiError) -> int | None:
+    """The limit a frequency refusal hit, for Alibaba's exact `触发分钟级流控Permits:<n>`."""
+    if not exc.code.startswith("FREQUENCY_LIMIT_"):
+        return None
+    found = _PERMITS.search(exc.message)
+    return int(found.group(1)) if found else None
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def _respond(
+    body: bytes, ctype: str, status: int, rid: str, headers: dict[str, str]
+) -> web.Response:
+    resp = web.Response(body=body, status=status, headers=headers)
+    resp.headers["Content-Type"] = ctype
+    resp.headers["x-acs-request-id"] = rid
+    return resp
+
+
+async def handle(request: web.Request) -> web.Response:
+    ctx: ApiContext = request.app[CTX]
+    rid = _request_id()
+    fmt = "JSON"
+    action = "Unknown"
+    try:
+        body = await request.read()
+        call = parse_request(
+            request.method,
+            request.rel_url.raw_path,
+            request.rel_url.raw_query_string,
+            request.headers,
+            body,
+            request.headers.get("Content-Type"),
+        )
+        fmt, action = call.format, call.action
+        skew = ctx.config.server.clock_skew_s
+        check_timestamp(call.timestamp, ctx.clock(), skew)
+        found = await ctx.auth.lookup(call.access_key_id)
+        if found is None:
+            raise protocol_error("InvalidAccessKeyId.NotFound")
+        key, secret = found
+        call.verify(secret)
+        now = ctx.now_ms()
+        outcome, account = await ctx.store.authorize_request(
+            key.key_id, _NONCE_PREFIX + call.nonce, now + 2 * skew * 1000, now
+        )
+        if outcome != "ok":
+            raise protocol_error(_AUTH_REFUSALS.get(outcome, "InvalidAccessKeyId.NotFound"))
+        if account is None or not account.active:
+            raise ApiError("ACCOUNT_DISABLED", "the account is disabled")
+        handler = ACTIONS.get(call.action)
+        if handler is None:
+            raise protocol_error("InvalidAction.NotFound", f"Action {call.action!r}.")
+        result = await handler(ctx, account, call.params)
+    except AliyunAuthError as exc:
+        ctx.metrics.request(f"aliyun {action}", exc.http_status, exc.code)
+        out, ctype = render_error(exc.code, exc.message, rid, fmt)
+        return _respond(out, ctype, exc.http_status, rid, {})
+    except ApiError as exc:
+        status, code, message = to_aliyun(
+            exc.code, exc.message, field=getattr(exc, "field", None), permits=_permits(exc)
+        )
+        wait = exc.headers.get("Retry-After")
+        headers = retry_after_headers(exc.code, float(wait)) if wait else {}
+        ctx.metrics.request(f"aliyun {action}", status, code)
+        if status == 200:  # a business refusal: the SDKs read Code, they do not raise
+            out, ctype = render({"RequestId": rid, "Code": code, "Message": message}, fmt, action)
+        else:
+            out, ctype = render_error(code, message, rid, fmt)
+        return _respond(out, ctype, status, rid, headers)
+    ctx.metrics.request(f"aliyun {action}", 200, "OK")
+    result["RequestId"] = rid
+    out, ctype = render(result, fmt, action)
+    return _respond(out, ctype, 200, rid, {})
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The framework's own refusals and anything unexpected, in Alibaba's envelope."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = framework_error(exc.status)
+    except Exception:
+        log.exception("aliyun face: unexpected error")
+        err = protocol_error("InternalError")
+    rid = _request_id()
+    out, ctype = render_error(err.code, err.message, rid)
+    return _respond(out, ctype, err.http_status, rid, {})
+
+
+def make_aliyun_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware],
+        client_max_size=ctx.config.server.max_body_bytes,
+        handler_args={
+            # A SendSms to 1000 numbers puts ~14 KB in the request line.
+            "max_line_size": ctx.config.aliyun.max_line_size,
+            "max_field_size": ctx.config.aliyun.max_line_size,
+        },
+    )
+    app[CTX] = ctx
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+__all__ = ["Missing", "make_aliyun_app"]

@@ -1,0 +1,77 @@
+"""Status reports and MO in Alibaba Cloud's push shapes (SmsReport, SmsUp), for accounts whose
+`report_format` is "aliyun": their receivers were written for the cloud service (pure).
+
+The cloud service pushes a JSON array of objects with snake_case fields and local ("2017-02-02
+22:23:24", China time on the real service) timestamps; domestic numbers carry no country code.
+Receivers answer {"code": 0}; any 2xx counts as delivered here, as for native webhooks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge.store.models import MessageRecord, MoMessage
+
+_ERR_MSG = {
+    "DELIVERED": "用户接收成功",
+    "UNDELIV": "用户接收失败",
+    "EXPIRED": "短信已过期",
+    "REJECTD": "短信被拒绝",
+    "UNKNOWN": "状态未知",
+}
+
+
+@lru_cache(maxsize=16)
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+def local_time(ms: int | None, tz: str) -> str | None:
+    """unix ms -> "YYYY-MM-DD HH:MM:SS" in `tz` (the cloud service's report time format)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, _zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def phone(e164: str, domestic_prefix: str = "+86") -> str:
+    """The number as the cloud service shows it: national for domestic, digits otherwise."""
+    if e164.startswith(domestic_prefix):
+        return e164[len(domestic_prefix) :]
+    return e164.lstrip("+")
+
+
+def err_code(m: MessageRecord) -> str:
+    if m.state == "delivered":
+        return "DELIVERED"
+    return (m.error_code or m.state.upper())[:32]
+
+
+def sms_report(m: MessageRecord, tz: str, domestic_prefix: str = "+86") -> dict[str, Any]:
+    code = err_code(m)
+    return {
+        "phone_number": phone(m.recipient, domestic_prefix),
+        "send_time": local_time(m.sent_at or m.accepted_at, tz),
+        "report_time": local_time(m.done_at, tz),
+        "success": m.state == "delivered",
+        "err_code": code,
+        "err_msg": _ERR_MSG.get(code, m.error_text or code),
+        "sms_size": str(m.segments),
+        "biz_id": m.batch_id,
+        "out_id": m.client_ref or "",
+    }
+
+
+def sms_up(
+    mo: MoMessage, tz: str, sign_name: str | None = None, domestic_prefix: str = "+86"
+) -> dict[str, Any]:
+    return {
+        "phone_number": phone(mo.source, domestic_prefix),
+        "send_time": local_time(mo.received_at, tz),
+        "content": mo.text,
+        "sign_name": sign_name or "",
+        "dest_code": mo.destination,
+        "sequence_id": int(mo.received_at),
+    }

@@ -1,0 +1,383 @@
+"""The decision at acceptance: may this batch be queued, and what does it cost (pure).
+
+The API prices and renders a request with what it can know alone (templates, tariffs, config); the
+rest of the rules depend on state other requests change at the same moment: approvals, opt-outs,
+the frequency history, today's count and the balance. Each engine reads those *facts* inside the
+accept transaction and calls `decide`; the answer is a refusal or the ledger entries to append.
+Reading and deciding in the transaction that writes is what makes two concurrent sends unable to
+both take the last of a balance or both pass a 1-per-minute limit, on either engine.
+
+Checks run in a fixed order, so a request failing several rules gets the same answer every time:
+sign name, template, opt-out, do-not-contact, frequency, daily quota, balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from bridge.domain import frequency as freq
+from bridge.domain.ledger import (
+    Balances,
+    Entry,
+    EntryKind,
+    InsufficientFunds,
+    balances,
+    crossed_low_balance,
+    plan_charge,
+    plan_refund,
+)
+from bridge.domain.tariffs import format_micro
+
+DOMESTIC = "D"  # messages.price_class of domestic traffic; international carries its prefix
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_VOIDS = frozenset({EntryKind.VOUCHER_EXPIRE, EntryKind.CARD_EXPIRE})
+_SPEND_KINDS = frozenset({EntryKind.CHARGE, EntryKind.VOUCHER_SPEND, EntryKind.CARD_SPEND})
+_REFUND_KINDS = frozenset({EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind.CARD_REFUND})
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """One message's price at acceptance, decided by the API from the tariff in force."""
+
+    message_id: str
+    amount: int  # micro-units
+    international: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyRule:
+    """Which earlier sends count against this request's recipients, and how many are allowed.
+
+    kind "verification" counts per (sign, number) over every verification template; "template"
+    per (sign, template, number); "raw" (free text) per (sign, number) among free-text sends.
+    """
+
+    kind: str
+    sign: str | None
+    template: str | None
+    limits: freq.Limits
+    tz: str
+    numbers: tuple[str, ...]  # the recipients subject to the limit (exempt numbers left out)
+    # Per-number sign names when they differ (SendBatchSms); empty: `sign` for every number.
+    signs: tuple[str | None, ...] = ()
+
+    def sign_of(self) -> list[tuple[str, str | None]]:
+        """(number, the sign its sends are counted under)."""
+        if self.signs:
+            return list(zip(self.numbers, self.signs, strict=True))
+        return [(n, self.sign) for n in self.numbers]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the store must check inside the accept transaction."""
+
+    sign_name: str | None = None  # must be this account's, approved
+    more_signs: tuple[str, ...] = ()  # further sign names of the batch (SendBatchSms), likewise
+    template_code: str | None = None  # must be approved
+    frequency: FrequencyRule | None = None
+    charges: tuple[Priced, ...] = ()
+    billing: bool = False
+    tz: str = "UTC"  # the day of the daily quota
+
+
+@dataclass(frozen=True, slots=True)
+class Pocket:
+    """A running sum of the ledger for one pocket (the store keeps it with the entries)."""
+
+    pocket: str
+    amount: int
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the transaction read. Statuses are None when the row does not exist."""
+
+    recipients: tuple[str, ...]
+    sign_status: str | None = None
+    more_sign_status: Mapping[str, str | None] = field(default_factory=dict)
+    template_status: str | None = None
+    opted_out: frozenset[str] = frozenset()
+    blocked: frozenset[str] = frozenset()
+    history: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    day_count: int = 0
+    daily_quota: int = 0
+    account_kind: str = "prepaid"
+    low_balance_threshold: int = 0
+    pockets: Sequence[Pocket] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    entries: tuple[tuple[str, Entry], ...]  # (account pocket key unused) message id, entry
+    low_balance: tuple[int, int] | None  # (before, after) when this batch crossed the threshold
+    day: str  # the daily-quota day this batch counts in
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def day_key(now_ms: int, tz: str) -> str:
+    """The local calendar day of `now_ms` ("YYYY-MM-DD"), the unit of the daily quota."""
+    return datetime.fromtimestamp(now_ms // 1000, _zone(tz)).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight(now_ms: int, tz: str) -> float:
+    local = datetime.fromtimestamp(now_ms / 1000, _zone(tz))
+    nxt = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    nxt = nxt.replace(tzinfo=_zone(tz), fold=0)
+    return max(1.0, (nxt - _EPOCH) / _MS / 1000 - now_ms / 1000)
+
+
+def balances_of(pockets: Iterable[Pocket], now: int) -> Balances:
+    """Balances from running pocket sums: the same answer as `ledger.balances` over the entries."""
+    entries = []
+    for p in pockets:
+        if p.pocket.startswith("voucher:"):
+            kind = EntryKind.VOUCHER_GRANT
+        elif p.pocket.startswith("card:"):
+            kind = EntryKind.CARD_PURCHASE
+        elif p.pocket == "cash":
+            kind = EntryKind.TOPUP if p.amount >= 0 else EntryKind.CHARGE
+        else:
+            continue  # the postpaid receivable is never spendable
+        if kind in (EntryKind.VOUCHER_GRANT, EntryKind.CARD_PURCHASE) and p.amount < 0:
+            kind = (
+                EntryKind.VOUCHER_SPEND if kind == EntryKind.VOUCHER_GRANT else EntryKind.CARD_SPEND
+            )
+        if kind == EntryKind.CARD_PURCHASE and p.expires_at is None:
+            continue  # malformed (a card always expires): spendable by nothing
+        entries.append(Entry(kind, p.amount, p.pocket, 0, None, p.expires_at))
+    return balances(entries, now)
+
+
+def apply_entries(pockets: Mapping[str, Pocket], entries: Iterable[Entry]) -> dict[str, Pocket]:
+    """The running sums after appending `entries` (what the store writes back)."""
+    out = dict(pockets)
+    for e in entries:
+        old = out.get(e.pocket)
+        expires = old.expires_at if old is not None else e.expires_at
+        out[e.pocket] = Pocket(e.pocket, (old.amount if old else 0) + e.amount, expires)
+    return out
+
+
+def _name(number: str, recipients: Sequence[str]) -> str:
+    if len(recipients) == 1:
+        return "to"
+    return f"to[{recipients.index(number)}]"
+
+
+def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
+    signs = [(rules.sign_name, facts.sign_status)] if rules.sign_name is not None else []
+    signs += [(name, facts.more_sign_status.get(name)) for name in rules.more_signs]
+    for name, status in signs:
+        if status != "approved":
+            return Refusal(
+                "SIGN_NAME_NOT_APPROVED",
+                f"sign_name: {name!r} is {status or 'not registered'} for this account; only an "
+                "approved sign name can be used",
+            )
+    if rules.template_code is not None and facts.template_status != "approved":
+        if facts.template_status is None:
+            return Refusal("TEMPLATE_NOT_FOUND", f"template: {rules.template_code!r} is not known")
+        return Refusal(
+            "TEMPLATE_NOT_APPROVED",
+            f"template: {rules.template_code!r} is {facts.template_status}; only approved "
+            "templates can be sent",
+        )
+    recipients = facts.recipients
+    for number in recipients:
+        if number in facts.opted_out:
+            return Refusal(
+                "RECIPIENT_OPTED_OUT",
+                f"{_name(number, recipients)}: {number} has opted out of this account's messages",
+            )
+    for number in recipients:
+        if number in facts.blocked:
+            return Refusal(
+                "RECIPIENT_BLOCKED",
+                f"{_name(number, recipients)}: {number} is on a do-not-contact list",
+            )
+    fr = rules.frequency
+    if fr is not None:
+        for number in fr.numbers:
+            sent = facts.history.get(number, ())
+            window = freq.exceeded(sent, now, fr.tz, fr.limits)
+            if window is not None:
+                return Refusal(
+                    freq.error_code(window),
+                    freq.error_message(window, fr.limits).replace(
+                        "to:", f"{_name(number, recipients)} ({number}):", 1
+                    ),
+                    retry_after=_frequency_wait(window, sent, now, fr),
+                )
+    day = day_key(now, rules.tz)
+    n = len(recipients)
+    if facts.daily_quota > 0 and facts.day_count + n > facts.daily_quota:
+        left = max(0, facts.daily_quota - facts.day_count)
+        return Refusal(
+            "DAILY_QUOTA_EXCEEDED",
+            f"to: {n} message(s) would pass the daily quota of {facts.daily_quota} "
+            f"({left} left today)",
+            retry_after=seconds_to_midnight(now, rules.tz),
+        )
+    if not rules.billing or not rules.charges:
+        return Plan((), None, day)
+    pockets = {p.pocket: p for p in facts.pockets}
+    bal = balances_of(pockets.values(), now)
+    before = bal.available_domestic
+    planned: list[tuple[str, Entry]] = []
+    # Postpaid domestic traffic accrues: it is invoiced at the month's tier price and never taken
+    # from the balance, which stays for international pre-charges (needed even when postpaid).
+    postpaid = facts.account_kind == "postpaid"
+    charges = [c for c in rules.charges if c.international or not postpaid]
+    needed = sum(c.amount for c in charges)
+    for c in charges:
+        try:
+            entries = plan_charge(
+                bal, c.amount, international=c.international, now=now, ref=c.message_id
+            )
+        except InsufficientFunds as exc:
+            return Refusal(
+                "INSUFFICIENT_BALANCE",
+                f"balance: {format_micro(needed)} CNY needed for {n} message(s), "
+                f"{format_micro(exc.available + _spent(planned))} available",
+            )
+        planned.extend((c.message_id, e) for e in entries)
+        pockets = apply_entries(pockets, entries)
+        bal = balances_of(pockets.values(), now)
+    after = bal.available_domestic
+    low = None
+    if facts.low_balance_threshold > 0 and crossed_low_balance(
+        before, after, facts.low_balance_threshold
+    ):
+        low = (before, after)
+    return Plan(tuple(planned), low, day)
+
+
+def _frequency_wait(window: freq.Window, sent: Sequence[int], now: int, fr: FrequencyRule) -> float:
+    """Seconds until one more send fits the window that refused (a hint for Retry-After)."""
+    minute, hour, day = freq.window_starts(now, fr.tz)
+    if window == freq.Window.MINUTE:
+        return max(1.0, (minute + freq.MINUTE_MS - now) / 1000)
+    if window == freq.Window.HOUR:
+        return max(1.0, (hour + freq.HOUR_MS - now) / 1000)
+    inside = sorted(t for t in sent if t > day)
+    # The day window rolls: room appears when the oldest send counted in it leaves.
+    over = len(inside) - fr.limits.per_day
+    oldest = inside[over] if 0 <= over < len(inside) else now
+    return max(1.0, (oldest + freq.DAY_MS - now) / 1000)
+
+
+def _spent(planned: Sequence[tuple[str, Entry]]) -> int:
+    return -sum(e.amount for _m, e in planned)
+
+
+def refund_share(
+    price_class: str | None, state: str, segments: int, segments_submitted: int
+) -> tuple[int, int]:
+    """(numerator, denominator) of a message's pre-charge given back when it becomes final.
+
+    Domestic (billed on delivery): all of it for failed and expired, none otherwise.
+    International (billed per submitted segment): the share of the segments the SMSC never
+    accepted, so a 3-part message with 2 parts submitted keeps 2/3 of its charge.
+    """
+    if price_class is None:
+        return 0, 1
+    if price_class == DOMESTIC:
+        return (1, 1) if state in ("failed", "expired") else (0, 1)
+    if segments <= 0:
+        return (1, 1) if segments_submitted == 0 else (0, 1)
+    return max(0, segments - segments_submitted), segments
+
+
+def plan_final_refund(
+    entries: Sequence[Entry],
+    price_class: str | None,
+    state: str,
+    segments: int,
+    segments_submitted: int,
+    now: int,
+    ref: str,
+) -> list[Entry]:
+    """The refund entries for a message that just became final (none when nothing is due).
+
+    `entries` are every ledger entry of the message (charges and earlier refunds), so a repeated
+    call returns [] for a full refund. A partial refund (international) takes back cash first,
+    then cards, then vouchers; a portion whose voucher or card expired meanwhile is void (refund
+    immediately followed by an expiry, as `plan_refund` records it).
+    """
+    num, den = refund_share(price_class, state, segments, segments_submitted)
+    if num == 0 or not entries:
+        return []
+    full = plan_refund([e for e in entries if e.kind not in _VOIDS], now, ref)
+    if num >= den:
+        return full
+    if any(e.kind in _REFUND_KINDS for e in entries):
+        return []  # a partial refund is made once, when the message becomes final
+    charged = -sum(e.amount for e in entries if e.kind in _SPEND_KINDS)
+    left = charged * num // den
+    by_pocket: dict[str, list[Entry]] = {}
+    for e in full:
+        by_pocket.setdefault(e.pocket, []).append(e)
+
+    def order(pocket: str) -> tuple[int, str]:
+        return (0 if pocket == "cash" else 1 if pocket.startswith("card:") else 2, pocket)
+
+    out: list[Entry] = []
+    for pocket in sorted(by_pocket, key=order):
+        if left <= 0:
+            break
+        refund, *void = by_pocket[pocket]
+        take = min(left, refund.amount)
+        out.append(Entry(refund.kind, take, pocket, now, ref, refund.expires_at))
+        out.extend(Entry(v.kind, -take, pocket, now, ref, v.expires_at) for v in void)
+        left -= take
+    return out
+
+
+def refund_due(price_class: str | None, state: str, segments_submitted: int) -> bool:
+    """Whether a message that just became final gives its pre-charge back.
+
+    Domestic traffic is billed on delivery: failed and expired messages are refunded, delivered
+    and unknown (no receipt in time) are billed. International is billed on submission: refunded
+    only when the SMSC never accepted a part. Unbilled messages (no price class) have no charge.
+    """
+    if price_class is None:
+        return False
+    if price_class == DOMESTIC:
+        return state in ("failed", "expired")
+    return state in ("failed", "expired", "unknown", "delivered") and segments_submitted == 0
+
+
+def low_balance_event(account_id: str, crossing: tuple[int, int], now: int) -> str:
+    """The webhook body of a low-balance warning (one per crossing of the threshold)."""
+    import json
+
+    before, after = crossing
+    return json.dumps(
+        {
+            "event": "balance.low",
+            "account": account_id,
+            "available_micro": after,
+            "available": format_micro(after),
+            "previous_micro": before,
+            "at": now,
+        },
+        separators=(",", ":"),
+    )

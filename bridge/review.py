@@ -1,0 +1,226 @@
+"""Sign names and templates: customer submissions, the automatic review, the operator's decision.
+
+A submission is validated and auto-reviewed here (bridge.domain.signs / templates hold the rules);
+anything the automatic review rejects is stored as rejected with every reason, so the customer
+sees why at GET /v1/templates/{code}; the rest waits for an operator (`smpp-bridge template
+review`, /admin/templates). One service for the API and the CLI.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from bridge.config import Config
+from bridge.domain.content_filter import ContentFilter
+from bridge.domain.signs import SignError, canonical, ensure_not_taken, impersonates
+from bridge.domain.signs import validate_sign_name as _validate_sign_name
+from bridge.domain.templates import TemplateKind, review
+from bridge.store.models import Sign, Template
+
+SIGN_SOURCES = ("company", "trademark", "app", "website", "public_account", "other")
+TEMPLATE_KINDS = tuple(k.value for k in TemplateKind)
+_DECISIONS = {"approve": "approved", "reject": "rejected"}
+
+
+class ReviewError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _fields(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ReviewError("INVALID_REQUEST", "the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ReviewError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
+    for name in sorted(required):
+        if body.get(name) is None:
+            raise ReviewError("MISSING_FIELD", f"{name}: required")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, max_len: int, default: str = "") -> str:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ReviewError("INVALID_FIELD", f"{name}: expected a string")
+    if len(value) > max_len:
+        raise ReviewError("INVALID_FIELD", f"{name}: at most {max_len} characters")
+    return value
+
+
+def validate_sign_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise ReviewError("INVALID_FIELD", "name: expected a string")
+    try:
+        return _validate_sign_name(name)
+    except SignError as exc:
+        raise ReviewError(exc.code, exc.message) from None
+
+
+async def _approved_of_others(store: Any, account_id: str) -> list[str]:
+    return [
+        s.name
+        for s in await store.list_signs(status="approved", limit=1_000_000)
+        if s.account_id != account_id
+    ]
+
+
+async def submit_sign(store: Any, account_id: str, body: Any, now: int) -> Sign:
+    data = _fields(body, {"name", "source", "remark"}, {"name"})
+    name = validate_sign_name(data["name"])
+    source = data.get("source") or "company"
+    if source not in SIGN_SOURCES:
+        raise ReviewError("INVALID_FIELD", f"source: one of {', '.join(SIGN_SOURCES)}")
+    remark = _text(data, "remark", 500)
+    others = await _approved_of_others(store, account_id)
+    try:
+        ensure_not_taken(name, others)
+    except SignError as exc:
+        raise ReviewError(exc.code, exc.message) from None
+    similar = impersonates(name, others)
+    flag = f"resembles the approved sign {similar!r} of another account" if similar else None
+    sign = Sign(account_id, name, canonical(name), source, remark, "pending", None, flag, now)
+    await store.add_sign(sign)
+    return sign
+
+
+def new_template_code() -> str:
+    """Codes look like the cloud service's ("SMS_" + 9 digits), so migrating clients keep theirs'
+    shape; random, so they reveal nothing about other accounts' templates."""
+    return f"SMS_{secrets.randbelow(900_000_000) + 100_000_000}"
+
+
+async def submit_template(
+    store: Any, account_id: str, body: Any, now: int, config: Config, content_filter: ContentFilter
+) -> Template:
+    data = _fields(
+        body, {"type", "name", "content", "remark", "allow_urls"}, {"type", "name", "content"}
+    )
+    kind = data["type"]
+    if kind not in TEMPLATE_KINDS:
+        raise ReviewError("INVALID_FIELD", f"type: one of {', '.join(TEMPLATE_KINDS)}")
+    name = _text(data, "name", 64)
+    if not name.strip():
+        raise ReviewError("INVALID_FIELD", "name: must not be empty")
+    content = _text(data, "content", 2000)
+    remark = _text(data, "remark", 500)
+    allow_urls = data.get("allow_urls", False)
+    if not isinstance(allow_urls, bool):
+        raise ReviewError("INVALID_FIELD", "allow_urls: expected true or false")
+    longest = max((len(s.name) for s in await store.list_signs(account_id=account_id)), default=0)
+    result = review(
+        TemplateKind(kind),
+        content,
+        content_filter=content_filter,
+        sign_format=config.text.sign_format,
+        longest_sign=longest,
+        max_chars=config.text.max_chars,
+    )
+    status, reason = "pending", None
+    if not result.approved:
+        status = "rejected"
+        reason = "; ".join(f"{c}: {r}" for c, r in zip(result.codes, result.reasons, strict=True))
+    for _attempt in range(5):
+        t = Template(
+            new_template_code(),
+            account_id,
+            kind,
+            name,
+            content,
+            remark,
+            allow_urls,
+            status,
+            reason,
+            now,
+            None,  # reviewed_at: an operator's decision; an automatic rejection leaves it unset
+        )
+        try:
+            await store.add_template(t)
+            return t
+        except Exception as exc:  # a code collision (1 in 10^8): draw again
+            if "UNIQUE" not in str(exc).upper() and "duplicate" not in str(exc).lower():
+                raise
+    raise ReviewError("INTERNAL_ERROR", "could not allocate a template code")
+
+
+def decision(value: Any, reason: Any) -> tuple[str, str | None]:
+    if value not in _DECISIONS:
+        raise ReviewError("INVALID_FIELD", "decision: 'approve' or 'reject'")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ReviewError("INVALID_FIELD", "reason: a string of at most 500 characters")
+    status = _DECISIONS[value]
+    if status == "rejected" and not (reason or "").strip():
+        raise ReviewError("MISSING_FIELD", "reason: required when rejecting")
+    return status, reason
+
+
+async def decide_template(store: Any, code: str, value: Any, reason: Any, now: int) -> Template:
+    status, why = decision(value, reason)
+    t = await store.get_template(code)
+    if t is None:
+        raise ReviewError("NOT_FOUND", f"no template {code!r}")
+    if status == "approved" and t.status == "rejected" and t.reviewed_at is None:
+        raise ReviewError(
+            "INVALID_REQUEST",
+            f"template {code} was rejected by the automatic review ({t.reason}); "
+            "the customer must submit a corrected template",
+        )
+    out = await store.review_template(code, status, why, now)
+    assert out is not None
+    return out
+
+
+async def decide_sign(
+    store: Any, account_id: str, name: str, value: Any, reason: Any, now: int
+) -> Sign:
+    status, why = decision(value, reason)
+    sign = await store.get_sign(account_id, name)
+    if sign is None:
+        raise ReviewError("NOT_FOUND", f"no sign {name!r} for account {account_id}")
+    if status == "approved":
+        try:
+            ensure_not_taken(name, await _approved_of_others(store, account_id))
+        except SignError as exc:
+            raise ReviewError(exc.code, exc.message) from None
+    out = await store.review_sign(account_id, name, status, why, now)
+    assert out is not None
+    return out
+
+
+def sign_view(s: Sign, *, operator: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": s.name,
+        "source": s.source,
+        "remark": s.remark,
+        "status": s.status,
+        "reason": s.reason,
+        "created_at": s.created_at,
+        "reviewed_at": s.reviewed_at,
+    }
+    if operator:
+        out["account"] = s.account_id
+        out["flag"] = s.flag
+    return out
+
+
+def template_view(t: Template, *, operator: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "code": t.code,
+        "type": t.kind,
+        "name": t.name,
+        "content": t.content,
+        "remark": t.remark,
+        "allow_urls": t.allow_urls,
+        "status": t.status,
+        "reason": t.reason,
+        "created_at": t.created_at,
+        "reviewed_at": t.reviewed_at,
+    }
+    if operator:
+        out["account"] = t.account_id
+    return out

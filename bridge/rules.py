@@ -1,0 +1,89 @@
+"""Sending rules at acceptance: what the API checks before asking the store to accept.
+
+Stateless checks happen here (template rendering, sign-name format, marketing permission, content
+filter, pricing); the checks that depend on other requests (approval status, opt-out, DNC,
+frequency, quota, balance) are packed into `admission.Rules` and decided inside the accept
+transaction. Template content never changes after submission, so it is cached per process; its
+approval status is read in the transaction, so a rejection applies to the very next send.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bridge.config import Config
+from bridge.domain import admission as adm
+from bridge.domain.content_filter import ContentFilter
+from bridge.domain.frequency import Limits
+from bridge.store.models import Template
+
+log = logging.getLogger("bridge.rules")
+
+_CACHE_MAX = 10_000
+
+
+def load_filter(path: Path | None) -> ContentFilter:
+    if path is None:
+        return ContentFilter()
+    return ContentFilter.from_lines(path.read_text(encoding="utf-8"))
+
+
+class SendRules:
+    def __init__(self, config: Config, store: Any, content_filter: ContentFilter | None = None):
+        self.config = config
+        self.store = store
+        self.filter = (
+            content_filter
+            if content_filter is not None
+            else load_filter(config.rules.content_filter_file)
+        )
+        self._templates: dict[str, Template] = {}
+        self._exempt = frozenset(config.rules.frequency.exempt)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new limits, exempt list, keywords and content filter."""
+        self.filter = load_filter(config.rules.content_filter_file)
+        self.config = config
+        self._exempt = frozenset(config.rules.frequency.exempt)
+
+    async def template(self, account_id: str, code: str) -> Template | None:
+        """This account's template `code` (any status), or None."""
+        t = self._templates.get(code)
+        if t is None:
+            t = await self.store.get_template(code)
+            if t is None:
+                return None
+            if len(self._templates) >= _CACHE_MAX:
+                self._templates.clear()
+            self._templates[code] = t
+        return t if t.account_id == account_id else None
+
+    def limits(self, kind: str | None) -> Limits:
+        f = self.config.rules.frequency
+        cfg = {
+            "verification": f.verification,
+            "notification": f.notification,
+            "marketing": f.marketing,
+        }.get(kind or "", f.raw_text)
+        return Limits(cfg.per_minute, cfg.per_hour, cfg.per_day)
+
+    def frequency(
+        self, kind: str | None, sign: str | None, template: str | None, numbers: tuple[str, ...]
+    ) -> adm.FrequencyRule | None:
+        limits = self.limits(kind)
+        if not (limits.per_minute or limits.per_hour or limits.per_day):
+            return None
+        subject = tuple(n for n in numbers if n not in self._exempt)
+        if not subject:
+            return None
+        mode = "raw" if kind is None else ("verification" if kind == "verification" else "template")
+        return adm.FrequencyRule(
+            kind=mode,
+            sign=sign,
+            template=template if mode == "template" else None,
+            limits=limits,
+            tz=self.config.rules.timezone,
+            numbers=subject,
+        )

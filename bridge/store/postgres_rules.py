@@ -1,0 +1,733 @@
+"""PostgreSQL side of the sending rules and billing, the twin of `sqlite_rules.py` (same methods,
+same results, same StoreError codes; tests/integration/test_store_rules.py holds both to them).
+
+What differs is the cost model: a round trip to the server costs far more than an SQLite statement,
+so where the SQLite engine loops, this engine sends arrays. The facts of an accept are one
+statement (opt-outs, do-not-contact prefixes of every recipient, the frequency history of every
+recipient, the day's count, the pockets, the rate bucket), and everything the accept writes is
+another (`Writes`: data-modifying CTEs folded into one statement).
+
+Race-freedom of the balance and frequency decisions comes from the caller: the accept locks the
+account row before `read_facts` runs, in an earlier statement, because under READ COMMITTED a
+statement reads the snapshot taken when it starts, not when its locks were granted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from bridge.domain import admission as adm
+from bridge.domain.frequency import DAY_MS
+from bridge.domain.ledger import Entry
+from bridge.store.base import StoreError
+from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
+from bridge.store.postgres_tx import run_tx
+from bridge.store.sqlite_rules import number_prefixes
+
+_SIGN_COLS = (
+    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
+)
+_TEMPLATE_COLS = (
+    "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
+    "reviewed_at"
+)
+_LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
+_DNC_CHUNK = 50_000  # entries per INSERT when importing a list (bounded message size)
+
+# Everything `decide` needs, read after the account lock in one statement. $10 (rate) also locks
+# the account's rate bucket, so accepts without sending rules (which do not take the account
+# lock) still share one bucket with these.
+_FACTS = """
+SELECT
+    sg.names AS sign_names, sg.statuses AS sign_statuses,
+    (SELECT status FROM templates WHERE code = $3 AND account_id = $1) AS template_status,
+    ARRAY(SELECT recipient FROM optouts
+          WHERE account_id = $1 AND recipient = ANY($4::text[])) AS opted,
+    ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text[])) AS dnc,
+    h.numbers AS h_numbers, h.times AS h_times,
+    a.daily_quota, a.kind, a.low_balance_threshold,
+    (SELECT messages FROM daily_counts WHERE account_id = $1 AND day = $6) AS day_count,
+    p.pockets, p.amounts, p.expiries,
+    b.tokens, b.at
+FROM (SELECT 1) one
+LEFT JOIN accounts a ON a.id = $1
+CROSS JOIN (
+    SELECT array_agg(name) AS names, array_agg(status) AS statuses FROM signs
+    WHERE account_id = $1 AND name = ANY($2::text[])
+) sg
+CROSS JOIN (
+    SELECT array_agg(m.recipient) AS numbers, array_agg(m.accepted_at) AS times
+    FROM unnest($7::text[], $11::text[]) AS u(number, sign)
+    JOIN messages m ON m.account_id = $1 AND m.recipient = u.number AND m.accepted_at > $8
+        AND m.sign_name IS NOT DISTINCT FROM u.sign
+        AND CASE $12::text WHEN 'verification' THEN m.kind = 'verification'
+                           WHEN 'template' THEN m.template = $13::text
+                           ELSE m.template IS NULL END
+) h
+CROSS JOIN (
+    SELECT array_agg(pocket ORDER BY pocket) AS pockets,
+        array_agg(amount ORDER BY pocket) AS amounts,
+        array_agg(expires_at ORDER BY pocket) AS expiries
+    FROM pockets WHERE account_id = $1 AND $9::bool
+) p
+LEFT JOIN LATERAL (
+    SELECT tokens, at FROM rate_buckets WHERE account_id = $1 AND $10::bool FOR UPDATE
+) b ON true
+"""
+
+_LEDGER_INSERT = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "SELECT e.acc, e.kind, e.amount, e.pocket, e.at, e.ref, e.exp FROM unnest({}::text[], "
+    "{}::text[], {}::bigint[], {}::text[], {}::bigint[], {}::text[], {}::bigint[]) "
+    "WITH ORDINALITY AS e(acc, kind, amount, pocket, at, ref, exp, ord) {} ORDER BY e.ord"
+)
+# Pocket rows are updated in (account, pocket) order by every writer, so two transactions moving
+# the same pockets (an accept and a refund) wait for each other instead of deadlocking.
+_POCKETS_UPSERT = (
+    "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
+    "SELECT p.acc, p.pocket, p.amount, p.exp FROM unnest({}::text[], {}::text[], {}::bigint[], "
+    "{}::bigint[]) AS p(acc, pocket, amount, exp) {} ORDER BY p.acc, p.pocket "
+    "ON CONFLICT (account_id, pocket) DO UPDATE SET amount = pockets.amount + EXCLUDED.amount, "
+    "expires_at = COALESCE(pockets.expires_at, EXCLUDED.expires_at)"
+)
+
+
+class Writes:
+    """Data-modifying CTEs run as one statement: one round trip for everything an accept (or a
+    settlement) writes. Parameters are numbered in the order they are added."""
+
+    def __init__(self, args: Sequence[Any] = ()) -> None:
+        self.args: list[Any] = list(args)
+        self._ctes: list[str] = []
+
+    def param(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, sql: str, name: str | None = None) -> str:
+        name = name or f"w{len(self._ctes)}"
+        self._ctes.append(f"{name} AS ({sql})")
+        return name
+
+    def sql(self, final: str = "SELECT 1") -> str:
+        return "WITH " + ",\n".join(self._ctes) + "\n" + final
+
+    async def run(self, c: asyncpg.Connection | asyncpg.Pool, final: str = "SELECT 1") -> Any:
+        if not self._ctes:
+            return None
+        return await c.fetchval(self.sql(final), *self.args)
+
+
+# -- inside the accept transaction ----------------------------------------------------------------
+
+
+async def read_facts(
+    c: asyncpg.Connection,
+    account_id: str,
+    rules: adm.Rules,
+    recipients: tuple[str, ...],
+    now: int,
+    *,
+    rate: bool = False,
+) -> tuple[adm.Facts, tuple[float | None, float | None]]:
+    """The facts of `decide` (and, with `rate`, the account's rate bucket (tokens, at), locked)
+    in one statement. Call it after locking the account row, in a later statement."""
+    fr = rules.frequency
+    # Each number counted under one sign (the last given, as the SQLite engine's loop leaves it).
+    sign_of = dict(fr.sign_of()) if fr is not None else {}
+    signs = [n for n in (rules.sign_name, *rules.more_signs) if n is not None]
+    prefixes = sorted({p for n in recipients for p in number_prefixes(n)})
+    day = adm.day_key(now, rules.tz)
+    row = await c.fetchrow(
+        _FACTS,
+        account_id,
+        list(dict.fromkeys(signs)),
+        rules.template_code,
+        list(dict.fromkeys(recipients)),
+        prefixes,
+        day,
+        list(sign_of),
+        now - DAY_MS,
+        bool(rules.billing and rules.charges),
+        rate,
+        list(sign_of.values()),
+        fr.kind if fr is not None else None,
+        fr.template if fr is not None else None,
+    )
+    assert row is not None  # FROM (SELECT 1): always one row
+    found = set(row["dnc"])
+    blocked = {n for n in recipients if any(p in found for p in number_prefixes(n))}
+    status = dict(zip(row["sign_names"] or (), row["sign_statuses"] or (), strict=True))
+    history: dict[str, list[int]] = {n: [] for n in sign_of}
+    for number, at in zip(row["h_numbers"] or (), row["h_times"] or (), strict=True):
+        history[number].append(at)
+    pockets = [
+        adm.Pocket(p, a, e)
+        for p, a, e in zip(
+            row["pockets"] or (), row["amounts"] or (), row["expiries"] or (), strict=True
+        )
+    ]
+    facts = adm.Facts(
+        recipients=recipients,
+        sign_status=status.get(rules.sign_name) if rules.sign_name is not None else None,
+        more_sign_status={name: status.get(name) for name in rules.more_signs},
+        template_status=row["template_status"],
+        opted_out=frozenset(row["opted"]),
+        blocked=frozenset(blocked),
+        history=history,
+        day_count=row["day_count"] or 0,
+        daily_quota=row["daily_quota"] if row["daily_quota"] is not None else 0,
+        account_kind=row["kind"] if row["kind"] is not None else "prepaid",
+        low_balance_threshold=row["low_balance_threshold"] or 0,
+        pockets=pockets,
+    )
+    return facts, (row["tokens"], row["at"])
+
+
+def add_plan(w: Writes, account_id: str, plan: adm.Plan, count: int) -> None:
+    """The day's count and the plan's ledger entries, as CTEs of the accept's write statement."""
+    w.add(
+        "INSERT INTO daily_counts (account_id, day, messages) "
+        f"VALUES ({w.param(account_id)}, {w.param(plan.day)}, {w.param(count)}::bigint) "
+        "ON CONFLICT (account_id, day) DO UPDATE SET "
+        "messages = daily_counts.messages + EXCLUDED.messages"
+    )
+    if plan.entries:
+        add_entries(w, [(account_id, e) for _m, e in plan.entries])
+
+
+async def write_plan(c: asyncpg.Connection, account_id: str, plan: adm.Plan, count: int) -> None:
+    w = Writes()
+    add_plan(w, account_id, plan, count)
+    await w.run(c)
+
+
+def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | None = None) -> None:
+    """Append (account, entry) pairs to the ledger and move the running pocket sums, as two CTEs
+    (`guard`: an SQL condition both run under, e.g. that a bill row was inserted)."""
+    if not entries:
+        return
+    where = f"WHERE {guard}" if guard else ""
+    cols = [
+        [a for a, _e in entries],
+        [str(e.kind) for _a, e in entries],
+        [e.amount for _a, e in entries],
+        [e.pocket for _a, e in entries],
+        [e.at for _a, e in entries],
+        [e.ref for _a, e in entries],
+        [e.expires_at for _a, e in entries],
+    ]
+    w.add(_LEDGER_INSERT.format(*(w.param(col) for col in cols), where))
+    sums: dict[tuple[str, str], tuple[int, int | None]] = {}
+    for account_id, e in entries:
+        key = (account_id, e.pocket)
+        old = sums.get(key, (0, e.expires_at))
+        sums[key] = (old[0] + e.amount, old[1] if old[1] is not None else e.expires_at)
+    keys = sorted(sums)
+    pcols = [
+        [a for a, _p in keys],
+        [p for _a, p in keys],
+        [sums[k][0] for k in keys],
+        [sums[k][1] for k in keys],
+    ]
+    w.add(_POCKETS_UPSERT.format(*(w.param(col) for col in pcols), where))
+
+
+async def append_entries(c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]) -> None:
+    """Append to the ledger and move the running pocket sums: one statement."""
+    w = Writes()
+    add_entries(w, [(account_id, e) for e in entries])
+    await w.run(c)
+
+
+async def read_pockets(c: asyncpg.Connection | asyncpg.Pool, account_id: str) -> list[adm.Pocket]:
+    return [
+        adm.Pocket(r[0], r[1], r[2])
+        for r in await c.fetch(
+            "SELECT pocket, amount, expires_at FROM pockets WHERE account_id = $1 ORDER BY pocket",
+            account_id,
+        )
+    ]
+
+
+# -- refunds when a message ends unbilled ----------------------------------------------------------
+
+
+async def refund_finals(
+    c: asyncpg.Connection, finals: Iterable[tuple[str, str, str, Any, int, int]], now: int
+) -> int:
+    """finals: (account_id, message_id, final state, price_class, segments_sent, segments).
+
+    Returns the number of messages refunded (fully or, international, for unsent parts). The
+    callers hold the message rows locked and pass each message once, when it becomes final;
+    `plan_final_refund` over every entry of the message makes a repeat a no-op anyway. Two
+    statements for the whole batch: read the charges, write the refunds.
+    """
+    due = [f for f in finals if adm.refund_share(f[3], f[2], f[5], f[4])[0] != 0]
+    if not due:
+        return 0
+    rows = await c.fetch(
+        f"SELECT {', '.join('l.' + col for col in _LEDGER_COLS.split(', '))} FROM ledger l "
+        "JOIN unnest($1::text[], $2::text[]) AS u(acc, ref) "
+        "ON l.account_id = u.acc AND l.ref = u.ref ORDER BY l.id",
+        [f[0] for f in due],
+        [f[1] for f in due],
+    )
+    held: dict[tuple[str, str], list[Entry]] = {}
+    for r in rows:
+        held.setdefault((r[1], r[6]), []).append(_entry(r))
+    out: list[tuple[str, Entry]] = []
+    done = 0
+    for account_id, mid, state, price_class, sent, segments in due:
+        entries = held.get((account_id, mid), [])
+        refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
+        if refund:
+            out.extend((account_id, e) for e in refund)
+            done += 1
+    if out:
+        w = Writes()
+        add_entries(w, out)
+        await w.run(c)
+    return done
+
+
+def _entry(r: Sequence[Any]) -> Entry:
+    return Entry(r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+# -- row mappers -----------------------------------------------------------------------------------
+
+
+def _sign(r: Sequence[Any]) -> Sign:
+    return Sign(*r)
+
+
+def _template(r: Sequence[Any]) -> Template:
+    return Template(
+        code=r[0],
+        account_id=r[1],
+        kind=r[2],
+        name=r[3],
+        content=r[4],
+        remark=r[5],
+        allow_urls=bool(r[6]),
+        status=r[7],
+        reason=r[8],
+        created_at=r[9],
+        reviewed_at=r[10],
+    )
+
+
+def _filters(account_id: str | None, status: str | None) -> tuple[str, list[Any]]:
+    where, args = ["TRUE"], []
+    for col, value in (("account_id", account_id), ("status", status)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{col} = ${len(args)}")
+    return " AND ".join(where), args
+
+
+class RulesStoreMixin:
+    """The PostgresStore methods for rules and billing (`pool` is the store's asyncpg pool)."""
+
+    @property
+    def pool(self) -> asyncpg.Pool:  # provided by PostgresStore
+        raise NotImplementedError
+
+    # -- signs -------------------------------------------------------------------------------------
+
+    async def add_sign(self, sign: Sign) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO signs ({_SIGN_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                sign.account_id,
+                sign.name,
+                sign.canonical,
+                sign.source,
+                sign.remark,
+                sign.status,
+                sign.reason,
+                sign.flag,
+                sign.created_at,
+                sign.reviewed_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreError(
+                "SIGN_NAME_EXISTS", f"name: {sign.name!r} is already registered by you"
+            ) from exc
+
+    async def get_sign(self, account_id: str, name: str) -> Sign | None:
+        r = await self.pool.fetchrow(
+            f"SELECT {_SIGN_COLS} FROM signs WHERE account_id = $1 AND name = $2", account_id, name
+        )
+        return _sign(r) if r else None
+
+    async def list_signs(
+        self, account_id: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Sign]:
+        where, args = _filters(account_id, status)
+        rows = await self.pool.fetch(
+            f"SELECT {_SIGN_COLS} FROM signs WHERE {where} "
+            f"ORDER BY created_at, account_id, name LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+        return [_sign(r) for r in rows]
+
+    async def review_sign(
+        self, account_id: str, name: str, status: str, reason: str | None, now: int
+    ) -> Sign | None:
+        r = await self.pool.fetchrow(
+            "UPDATE signs SET status = $1, reason = $2, reviewed_at = $3 "
+            f"WHERE account_id = $4 AND name = $5 RETURNING {_SIGN_COLS}",
+            status,
+            reason,
+            now,
+            account_id,
+            name,
+        )
+        return _sign(r) if r else None
+
+    # -- templates ---------------------------------------------------------------------------------
+
+    async def add_template(self, t: Template) -> None:
+        await self.pool.execute(
+            f"INSERT INTO templates ({_TEMPLATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            t.code,
+            t.account_id,
+            t.kind,
+            t.name,
+            t.content,
+            t.remark,
+            bool(t.allow_urls),
+            t.status,
+            t.reason,
+            t.created_at,
+            t.reviewed_at,
+        )
+
+    async def get_template(self, code: str) -> Template | None:
+        r = await self.pool.fetchrow(
+            f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code = $1", code
+        )
+        return _template(r) if r else None
+
+    async def list_templates(
+        self, account_id: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Template]:
+        where, args = _filters(account_id, status)
+        rows = await self.pool.fetch(
+            f"SELECT {_TEMPLATE_COLS} FROM templates WHERE {where} "
+            f"ORDER BY created_at, code LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+        return [_template(r) for r in rows]
+
+    async def review_template(
+        self, code: str, status: str, reason: str | None, now: int
+    ) -> Template | None:
+        r = await self.pool.fetchrow(
+            "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
+            f"RETURNING {_TEMPLATE_COLS}",
+            status,
+            reason,
+            now,
+            code,
+        )
+        return _template(r) if r else None
+
+    # -- opt-outs and do-not-contact lists ---------------------------------------------------------
+
+    async def add_optouts(
+        self, account_id: str, numbers: Sequence[str], source: str, now: int
+    ) -> int:
+        rows = await self.pool.fetch(
+            "INSERT INTO optouts (account_id, recipient, source, created_at) "
+            "SELECT $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, ord) "
+            "ORDER BY ord ON CONFLICT (account_id, recipient) DO NOTHING RETURNING 1",
+            account_id,
+            list(numbers),
+            source,
+            now,
+        )
+        return len(rows)
+
+    async def remove_optout(self, account_id: str, number: str) -> bool:
+        found = await self.pool.fetchval(
+            "DELETE FROM optouts WHERE account_id = $1 AND recipient = $2 RETURNING 1",
+            account_id,
+            number,
+        )
+        return found is not None
+
+    async def list_optouts(
+        self, account_id: str, after: str | None = None, limit: int = 100
+    ) -> list[OptOut]:
+        rows = await self.pool.fetch(
+            "SELECT recipient, source, created_at FROM optouts WHERE account_id = $1 "
+            "AND recipient > $2 ORDER BY recipient LIMIT $3",
+            account_id,
+            after or "",
+            limit,
+        )
+        return [OptOut(*r) for r in rows]
+
+    async def import_dnc(
+        self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
+    ) -> None:
+        """Replace the list `info.id` (entries and all) in one transaction."""
+        entries = list(dict.fromkeys((*numbers, *prefixes)))
+
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "WITH d AS (DELETE FROM dnc_entries WHERE list_id = $1) "
+                "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "name = EXCLUDED.name, country = EXCLUDED.country, numbers = EXCLUDED.numbers, "
+                "prefixes = EXCLUDED.prefixes, imported_at = EXCLUDED.imported_at",
+                info.id,
+                info.name,
+                info.country,
+                info.numbers,
+                info.prefixes,
+                info.imported_at,
+            )
+            for i in range(0, len(entries), _DNC_CHUNK):
+                await c.execute(
+                    "INSERT INTO dnc_entries (prefix, list_id) "
+                    "SELECT p, $2 FROM unnest($1::text[]) AS u(p) ON CONFLICT DO NOTHING",
+                    entries[i : i + _DNC_CHUNK],
+                    info.id,
+                )
+
+        await run_tx(self.pool, job)
+
+    async def list_dnc(self) -> list[DncInfo]:
+        rows = await self.pool.fetch(
+            "SELECT id, name, country, numbers, prefixes, imported_at FROM dnc_lists ORDER BY id"
+        )
+        return [DncInfo(*r) for r in rows]
+
+    async def delete_dnc(self, list_id: str) -> bool:
+        found = await self.pool.fetchval(
+            "WITH e AS (DELETE FROM dnc_entries WHERE list_id = $1) "
+            "DELETE FROM dnc_lists WHERE id = $1 RETURNING 1",
+            list_id,
+        )
+        return found is not None
+
+    async def dnc_blocks(self, number: str) -> bool:
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM dnc_entries WHERE prefix = ANY($1::text[]))",
+                number_prefixes(number),
+            )
+        )
+
+    # -- tariffs -----------------------------------------------------------------------------------
+
+    async def add_tariff(self, row: TariffRow) -> None:
+        try:
+            await self.pool.execute(
+                "INSERT INTO tariffs (version, effective_at, body, created_at) "
+                "VALUES ($1, $2, $3, $4)",
+                row.version,
+                row.effective_at,
+                row.body,
+                row.created_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise StoreError(
+                "TARIFF_EXISTS",
+                f"a tariff with version {row.version!r} or effective time "
+                f"{row.effective_at} already exists; versions are never edited",
+            ) from exc
+
+    async def list_tariffs(self) -> list[TariffRow]:
+        rows = await self.pool.fetch(
+            "SELECT version, effective_at, body, created_at FROM tariffs ORDER BY effective_at"
+        )
+        return [TariffRow(*r) for r in rows]
+
+    # -- ledger ------------------------------------------------------------------------------------
+
+    async def append_ledger(self, account_id: str, entries: Sequence[Entry]) -> None:
+        """Operator entries (top-ups, vouchers, cards, adjustments) under the account lock, like an
+        accept: an entry that lowers a balance can never slip between an accept's check and its
+        charge."""
+        w = Writes([account_id])
+        w.add("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
+        add_entries(w, [(account_id, e) for e in entries], "EXISTS (SELECT 1 FROM a)")
+        found = await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM a)")
+        if not found:
+            raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+
+    async def get_pockets(self, account_id: str) -> list[adm.Pocket]:
+        return await read_pockets(self.pool, account_id)
+
+    async def ledger_page(
+        self, account_id: str, after_id: int = 0, limit: int = 100
+    ) -> list[LedgerRow]:
+        rows = await self.pool.fetch(
+            f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id = $1 AND id > $2 "
+            "ORDER BY id LIMIT $3",
+            account_id,
+            after_id,
+            limit,
+        )
+        return [LedgerRow(*r) for r in rows]
+
+    async def ledger_sums(self, account_id: str) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT pocket, SUM(amount) FROM ledger WHERE account_id = $1 GROUP BY pocket",
+            account_id,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    # -- settlement --------------------------------------------------------------------------------
+
+    async def usage_groups(
+        self, account_id: str, start: int, end: int, boundaries: Sequence[int]
+    ) -> list[tuple[int, int, int, str, int, str, int]]:
+        """The month's billed messages grouped by (price class, state, tariff period): the rows of
+        the SQLite engine's usage_groups, in the order of those keys."""
+        # The tariff period (0, 1, ...); no term without boundaries (GROUP BY 0 names a position).
+        bucket = "".join(f" + (m.accepted_at >= {int(b)})::int" for b in boundaries)
+        bucket = f", 0{bucket}" if bucket else ""
+        rows = await self.pool.fetch(
+            "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
+            "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
+            "FROM messages m LEFT JOIN ("
+            "  SELECT ref, -SUM(amount) AS charged, "
+            "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
+            "  FROM ledger WHERE account_id = $1 "
+            "  AND kind NOT IN ('voucher_expire', 'card_expire') AND ref LIKE 'msg_%' GROUP BY ref"
+            ") l ON l.ref = m.id "
+            "WHERE m.account_id = $1 AND m.accepted_at >= $2 AND m.accepted_at < $3 "
+            f"AND m.price_class IS NOT NULL GROUP BY m.price_class, m.state{bucket} "
+            f"ORDER BY m.price_class, m.state{bucket}",
+            account_id,
+            start,
+            end,
+        )
+        return [(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows]
+
+    async def save_bill(self, bill: BillRow, entries: Sequence[Entry]) -> bool:
+        """Record a settled month and its ledger entries once, in one statement; False if it was
+        already settled (a concurrent second settlement waits for the first, then does nothing)."""
+        w = Writes([bill.account_id, bill.month, bill.body, bill.settled_at])
+        w.add("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
+        w.add(
+            "INSERT INTO bills (account_id, month, body, settled_at) "
+            "SELECT $1, $2, $3, $4 FROM (SELECT COUNT(*) FROM a) x "
+            "ON CONFLICT (account_id, month) DO NOTHING RETURNING 1",
+            "b",
+        )
+        add_entries(w, [(bill.account_id, e) for e in entries], "EXISTS (SELECT 1 FROM b)")
+        return bool(await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM b)"))
+
+    async def get_bill(self, account_id: str, month: str) -> BillRow | None:
+        r = await self.pool.fetchrow(
+            "SELECT account_id, month, body, settled_at FROM bills "
+            "WHERE account_id = $1 AND month = $2",
+            account_id,
+            month,
+        )
+        return BillRow(*r) if r else None
+
+    # -- erasure -----------------------------------------------------------------------------------
+
+    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int:
+        """Mask the number and drop the text of every message (and MO) of this account to it.
+
+        Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
+        their text is gone, so they can no longer be sent. Billing amounts stay.
+        """
+
+        async def job(c: asyncpg.Connection) -> int:
+            return await _erase(c, account_id, number, masked, now)
+
+        return await run_tx(self.pool, job)
+
+    async def close_account(self, account_id: str, now: int) -> bool:
+        async def job(c: asyncpg.Connection) -> bool:
+            # The account lock first, as an accept takes it: no send slips in while closing.
+            found = await c.fetchval(
+                "SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+            )
+            if found is None:
+                return False
+            await _erase(c, account_id, None, "+***", now)
+            await c.execute(
+                "WITH a AS (UPDATE accounts SET status = 'closed', closed_at = $2, "
+                "updated_at = $2, status_callback_url = NULL, mo_callback_url = NULL "
+                "WHERE id = $1), "
+                "k AS (UPDATE app_keys SET status = 'revoked', revoked_at = $2 "
+                "WHERE account_id = $1 AND status = 'active'), "
+                "o AS (DELETE FROM optouts WHERE account_id = $1), "
+                "d AS (DELETE FROM daily_counts WHERE account_id = $1), "
+                "r AS (DELETE FROM rate_buckets WHERE account_id = $1), "
+                "i AS (DELETE FROM idempotency WHERE account_id = $1) "
+                "DELETE FROM webhook_outbox WHERE account_id = $1 AND state = 'pending'",
+                account_id,
+                now,
+            )
+            return True
+
+        return await run_tx(self.pool, job)
+
+
+async def _erase(
+    c: asyncpg.Connection, account_id: str, number: str | None, masked: str, now: int
+) -> int:
+    from bridge.domain import lifecycle as lc
+    from bridge.store import postgres_pipeline as pipe
+
+    args: list[Any] = [account_id]
+    where = "account_id = $1"
+    if number is not None:
+        args.append(number)
+        where += " AND recipient = $2"
+    # Every row to be rewritten, locked in id order (the pipeline's lock order); the queued ones
+    # as they are once the lock is held.
+    rows = await c.fetch(
+        f"SELECT id, q_state FROM messages WHERE {where} ORDER BY id FOR UPDATE", *args
+    )
+    if not rows:
+        await c.execute(
+            f"UPDATE mo_inbox SET source = ${len(args) + 1}, text = NULL "
+            f"WHERE {where.replace('recipient', 'source')}",
+            *args,
+            masked,
+        )
+        return 0
+    queued = [r[0] for r in rows if r[1] == "queued"]
+    if queued:
+        await c.execute(
+            "UPDATE segments SET state = $2, done_at = $3, error_code = 'ERASED' "
+            "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
+            queued,
+            lc.SEG_EXPIRED_UNSENT,
+            now,
+        )
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+    m = len(args) + 1
+    # The locked rows only: a message accepted meanwhile is not half-erased (text kept, parts
+    # blanked); the next erasure gets it.
+    n = await c.fetchval(
+        f"WITH s AS (UPDATE segments SET short_message = ''::bytea, tlvs = ''::bytea "
+        f"WHERE message_id = ANY(${m + 1}::text[])), "
+        f"mo AS (UPDATE mo_inbox SET source = ${m}, text = NULL "
+        f"WHERE {where.replace('recipient', 'source')}), "
+        f"u AS (UPDATE messages SET recipient = ${m}, text = NULL, client_ref = NULL "
+        f"WHERE id = ANY(${m + 1}::text[]) RETURNING 1) "
+        "SELECT COUNT(*) FROM u",
+        *args,
+        masked,
+        [r[0] for r in rows],
+    )
+    return int(n)

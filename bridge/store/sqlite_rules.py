@@ -1,0 +1,667 @@
+"""SQLite side of the sending rules and billing: facts read in the accept transaction, ledger
+writes, refunds on final receipts, and the operator/customer tables (signs, templates, opt-outs,
+DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, settlement): SQL here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bridge.domain import admission as adm
+from bridge.domain.frequency import DAY_MS
+from bridge.domain.ledger import Entry
+from bridge.store.base import StoreError
+from bridge.store.models import (
+    BillRow,
+    DncInfo,
+    LedgerRow,
+    OptOut,
+    Sign,
+    TariffRow,
+    Template,
+)
+
+_SIGN_COLS = (
+    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
+)
+_TEMPLATE_COLS = (
+    "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
+    "reviewed_at"
+)
+_LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
+_EXPIRES = ("voucher_expire", "card_expire")
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def number_prefixes(e164: str) -> list[str]:
+    """Every prefix a DNC entry could be for this number (exact number included)."""
+    return [e164[:n] for n in range(5, len(e164) + 1)]
+
+
+# -- inside the accept transaction ----------------------------------------------------------------
+
+
+def read_facts(
+    c: sqlite3.Connection,
+    account_id: str,
+    rules: adm.Rules,
+    recipients: tuple[str, ...],
+    now: int,
+) -> adm.Facts:
+    sign_status = template_status = None
+    if rules.sign_name is not None:
+        row = c.execute(
+            "SELECT status FROM signs WHERE account_id=? AND name=?", (account_id, rules.sign_name)
+        ).fetchone()
+        sign_status = row[0] if row else None
+    more: dict[str, str | None] = {}
+    for name in rules.more_signs:
+        row = c.execute(
+            "SELECT status FROM signs WHERE account_id=? AND name=?", (account_id, name)
+        ).fetchone()
+        more[name] = row[0] if row else None
+    if rules.template_code is not None:
+        row = c.execute(
+            "SELECT status FROM templates WHERE code=? AND account_id=?",
+            (rules.template_code, account_id),
+        ).fetchone()
+        template_status = row[0] if row else None
+    opted: set[str] = set()
+    blocked: set[str] = set()
+    for chunk in _chunks(recipients, 400):
+        opted.update(
+            r[0]
+            for r in c.execute(
+                f"SELECT recipient FROM optouts WHERE account_id=? AND recipient IN "
+                f"({_marks(len(chunk))})",
+                (account_id, *chunk),
+            )
+        )
+    for number in recipients:
+        prefixes = number_prefixes(number)
+        if c.execute(
+            f"SELECT 1 FROM dnc_entries WHERE prefix IN ({_marks(len(prefixes))}) LIMIT 1",
+            prefixes,
+        ).fetchone():
+            blocked.add(number)
+    history: dict[str, list[int]] = {}
+    fr = rules.frequency
+    if fr is not None and fr.numbers:
+        if fr.kind == "verification":
+            cond, extra = "kind='verification' AND sign_name IS ?", ()
+        elif fr.kind == "template":
+            cond, extra = "sign_name IS ? AND template=?", (fr.template,)
+        else:
+            cond, extra = "sign_name IS ? AND template IS NULL", ()
+        sql = (
+            "SELECT accepted_at FROM messages WHERE account_id=? AND recipient=? "
+            f"AND accepted_at>? AND {cond}"
+        )
+        for number, sign in fr.sign_of():
+            history[number] = [
+                r[0] for r in c.execute(sql, (account_id, number, now - DAY_MS, sign, *extra))
+            ]
+    acc = c.execute(
+        "SELECT daily_quota, kind, low_balance_threshold FROM accounts WHERE id=?", (account_id,)
+    ).fetchone()
+    quota, kind, threshold = acc if acc else (0, "prepaid", 0)
+    day = adm.day_key(now, rules.tz)
+    row = c.execute(
+        "SELECT messages FROM daily_counts WHERE account_id=? AND day=?", (account_id, day)
+    ).fetchone()
+    pockets: list[adm.Pocket] = []
+    if rules.billing and rules.charges:
+        pockets = read_pockets(c, account_id)
+    return adm.Facts(
+        recipients=recipients,
+        sign_status=sign_status,
+        more_sign_status=more,
+        template_status=template_status,
+        opted_out=frozenset(opted),
+        blocked=frozenset(blocked),
+        history=history,
+        day_count=row[0] if row else 0,
+        daily_quota=quota,
+        account_kind=kind,
+        low_balance_threshold=threshold,
+        pockets=pockets,
+    )
+
+
+def write_plan(c: sqlite3.Connection, account_id: str, plan: adm.Plan, count: int) -> None:
+    c.execute(
+        "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
+        "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
+        (account_id, plan.day, count),
+    )
+    if plan.entries:
+        append_entries(c, account_id, [e for _m, e in plan.entries])
+
+
+def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
+    return [
+        adm.Pocket(r[0], r[1], r[2])
+        for r in c.execute(
+            "SELECT pocket, amount, expires_at FROM pockets WHERE account_id=?", (account_id,)
+        )
+    ]
+
+
+def append_entries(c: sqlite3.Connection, account_id: str, entries: Sequence[Entry]) -> None:
+    """Append to the ledger and move the running pocket sums in the same transaction."""
+    c.executemany(
+        "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+        "VALUES (?,?,?,?,?,?,?)",
+        [(account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at) for e in entries],
+    )
+    sums: dict[str, tuple[int, int | None]] = {}
+    for e in entries:
+        old = sums.get(e.pocket, (0, e.expires_at))
+        sums[e.pocket] = (old[0] + e.amount, old[1] if old[1] is not None else e.expires_at)
+    c.executemany(
+        "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,?) "
+        "ON CONFLICT (account_id, pocket) DO UPDATE SET amount=amount+excluded.amount, "
+        "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
+        [(account_id, p, amt, exp) for p, (amt, exp) in sums.items()],
+    )
+
+
+# -- refunds when a message ends unbilled ----------------------------------------------------------
+
+
+def refund_finals(
+    c: sqlite3.Connection, finals: Iterable[tuple[str, str, str, Any, int, int]], now: int
+) -> int:
+    """finals: (account_id, message_id, final state, price_class, segments_sent, segments).
+
+    Returns the number of messages refunded (fully or, international, for unsent parts)."""
+    done = 0
+    for account_id, mid, state, price_class, sent, segments in finals:
+        if adm.refund_share(price_class, state, segments, sent)[0] == 0:
+            continue
+        rows = c.execute(
+            f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id=? AND ref=?", (account_id, mid)
+        ).fetchall()
+        entries = [_entry(r) for r in rows]
+        refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
+        if refund:
+            append_entries(c, account_id, refund)
+            done += 1
+    return done
+
+
+def _entry(r: Sequence[Any]) -> Entry:
+    return Entry(r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# -- row mappers -----------------------------------------------------------------------------------
+
+
+def _sign(r: Sequence[Any]) -> Sign:
+    return Sign(*r)
+
+
+def _template(r: Sequence[Any]) -> Template:
+    return Template(
+        code=r[0],
+        account_id=r[1],
+        kind=r[2],
+        name=r[3],
+        content=r[4],
+        remark=r[5],
+        allow_urls=bool(r[6]),
+        status=r[7],
+        reason=r[8],
+        created_at=r[9],
+        reviewed_at=r[10],
+    )
+
+
+def _ledger_row(r: Sequence[Any]) -> LedgerRow:
+    return LedgerRow(*r)
+
+
+class RulesStoreMixin:
+    """The SqliteStore methods for rules and billing (self._runner is the store's runner)."""
+
+    _runner: Any
+
+    # -- signs -------------------------------------------------------------------------------------
+
+    async def add_sign(self, sign: Sign) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    f"INSERT INTO signs ({_SIGN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        sign.account_id,
+                        sign.name,
+                        sign.canonical,
+                        sign.source,
+                        sign.remark,
+                        sign.status,
+                        sign.reason,
+                        sign.flag,
+                        sign.created_at,
+                        sign.reviewed_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    "SIGN_NAME_EXISTS", f"name: {sign.name!r} is already registered by you"
+                ) from exc
+
+        await self._runner.write(job)
+
+    async def get_sign(self, account_id: str, name: str) -> Sign | None:
+        def job(c: sqlite3.Connection) -> Sign | None:
+            r = c.execute(
+                f"SELECT {_SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
+            ).fetchone()
+            return _sign(r) if r else None
+
+        return await self._runner.read(job)
+
+    async def list_signs(
+        self, account_id: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Sign]:
+        def job(c: sqlite3.Connection) -> list[Sign]:
+            sql = f"SELECT {_SIGN_COLS} FROM signs WHERE 1=1"
+            args: list[Any] = []
+            if account_id is not None:
+                sql += " AND account_id=?"
+                args.append(account_id)
+            if status is not None:
+                sql += " AND status=?"
+                args.append(status)
+            sql += " ORDER BY created_at, account_id, name LIMIT ?"
+            return [_sign(r) for r in c.execute(sql, (*args, limit))]
+
+        return await self._runner.read(job)
+
+    async def review_sign(
+        self, account_id: str, name: str, status: str, reason: str | None, now: int
+    ) -> Sign | None:
+        def job(c: sqlite3.Connection) -> Sign | None:
+            c.execute(
+                "UPDATE signs SET status=?, reason=?, reviewed_at=? WHERE account_id=? AND name=?",
+                (status, reason, now, account_id, name),
+            )
+            r = c.execute(
+                f"SELECT {_SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
+            ).fetchone()
+            return _sign(r) if r else None
+
+        return await self._runner.write(job)
+
+    # -- templates ---------------------------------------------------------------------------------
+
+    async def add_template(self, t: Template) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO templates ({_TEMPLATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    t.code,
+                    t.account_id,
+                    t.kind,
+                    t.name,
+                    t.content,
+                    t.remark,
+                    int(t.allow_urls),
+                    t.status,
+                    t.reason,
+                    t.created_at,
+                    t.reviewed_at,
+                ),
+            )
+
+        await self._runner.write(job)
+
+    async def get_template(self, code: str) -> Template | None:
+        def job(c: sqlite3.Connection) -> Template | None:
+            r = c.execute(
+                f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code=?", (code,)
+            ).fetchone()
+            return _template(r) if r else None
+
+        return await self._runner.read(job)
+
+    async def list_templates(
+        self, account_id: str | None = None, status: str | None = None, limit: int = 500
+    ) -> list[Template]:
+        def job(c: sqlite3.Connection) -> list[Template]:
+            sql = f"SELECT {_TEMPLATE_COLS} FROM templates WHERE 1=1"
+            args: list[Any] = []
+            if account_id is not None:
+                sql += " AND account_id=?"
+                args.append(account_id)
+            if status is not None:
+                sql += " AND status=?"
+                args.append(status)
+            sql += " ORDER BY created_at, code LIMIT ?"
+            return [_template(r) for r in c.execute(sql, (*args, limit))]
+
+        return await self._runner.read(job)
+
+    async def review_template(
+        self, code: str, status: str, reason: str | None, now: int
+    ) -> Template | None:
+        def job(c: sqlite3.Connection) -> Template | None:
+            c.execute(
+                "UPDATE templates SET status=?, reason=?, reviewed_at=? WHERE code=?",
+                (status, reason, now, code),
+            )
+            r = c.execute(
+                f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code=?", (code,)
+            ).fetchone()
+            return _template(r) if r else None
+
+        return await self._runner.write(job)
+
+    # -- opt-outs and do-not-contact lists ---------------------------------------------------------
+
+    async def add_optouts(
+        self, account_id: str, numbers: Sequence[str], source: str, now: int
+    ) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            return c.executemany(
+                "INSERT OR IGNORE INTO optouts (account_id, recipient, source, created_at) "
+                "VALUES (?,?,?,?)",
+                [(account_id, n, source, now) for n in numbers],
+            ).rowcount
+
+        return await self._runner.write(job)
+
+    async def remove_optout(self, account_id: str, number: str) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            return (
+                c.execute(
+                    "DELETE FROM optouts WHERE account_id=? AND recipient=?", (account_id, number)
+                ).rowcount
+                == 1
+            )
+
+        return await self._runner.write(job)
+
+    async def list_optouts(
+        self, account_id: str, after: str | None = None, limit: int = 100
+    ) -> list[OptOut]:
+        def job(c: sqlite3.Connection) -> list[OptOut]:
+            return [
+                OptOut(*r)
+                for r in c.execute(
+                    "SELECT recipient, source, created_at FROM optouts WHERE account_id=? "
+                    "AND recipient>? ORDER BY recipient LIMIT ?",
+                    (account_id, after or "", limit),
+                )
+            ]
+
+        return await self._runner.read(job)
+
+    async def import_dnc(
+        self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
+    ) -> None:
+        """Replace the list `info.id` (entries and all) in one transaction."""
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM dnc_entries WHERE list_id=?", (info.id,))
+            c.execute(
+                "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
+                "country=excluded.country, numbers=excluded.numbers, prefixes=excluded.prefixes, "
+                "imported_at=excluded.imported_at",
+                (info.id, info.name, info.country, info.numbers, info.prefixes, info.imported_at),
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO dnc_entries (prefix, list_id) VALUES (?,?)",
+                [(p, info.id) for p in (*numbers, *prefixes)],
+            )
+
+        await self._runner.write(job)
+
+    async def list_dnc(self) -> list[DncInfo]:
+        def job(c: sqlite3.Connection) -> list[DncInfo]:
+            return [
+                DncInfo(*r)
+                for r in c.execute(
+                    "SELECT id, name, country, numbers, prefixes, imported_at FROM dnc_lists "
+                    "ORDER BY id"
+                )
+            ]
+
+        return await self._runner.read(job)
+
+    async def delete_dnc(self, list_id: str) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM dnc_entries WHERE list_id=?", (list_id,))
+            return c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,)).rowcount == 1
+
+        return await self._runner.write(job)
+
+    async def dnc_blocks(self, number: str) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            prefixes = number_prefixes(number)
+            return (
+                c.execute(
+                    f"SELECT 1 FROM dnc_entries WHERE prefix IN ({_marks(len(prefixes))}) LIMIT 1",
+                    prefixes,
+                ).fetchone()
+                is not None
+            )
+
+        return await self._runner.read(job)
+
+    # -- tariffs -----------------------------------------------------------------------------------
+
+    async def add_tariff(self, row: TariffRow) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    "INSERT INTO tariffs (version, effective_at, body, created_at) "
+                    "VALUES (?,?,?,?)",
+                    (row.version, row.effective_at, row.body, row.created_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    "TARIFF_EXISTS",
+                    f"a tariff with version {row.version!r} or effective time "
+                    f"{row.effective_at} already exists; versions are never edited",
+                ) from exc
+
+        await self._runner.write(job)
+
+    async def list_tariffs(self) -> list[TariffRow]:
+        def job(c: sqlite3.Connection) -> list[TariffRow]:
+            return [
+                TariffRow(*r)
+                for r in c.execute(
+                    "SELECT version, effective_at, body, created_at FROM tariffs "
+                    "ORDER BY effective_at"
+                )
+            ]
+
+        return await self._runner.read(job)
+
+    # -- ledger ------------------------------------------------------------------------------------
+
+    async def append_ledger(self, account_id: str, entries: Sequence[Entry]) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+                raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+            append_entries(c, account_id, entries)
+
+        await self._runner.write(job)
+
+    async def get_pockets(self, account_id: str) -> list[adm.Pocket]:
+        return await self._runner.read(lambda c: read_pockets(c, account_id))
+
+    async def ledger_page(
+        self, account_id: str, after_id: int = 0, limit: int = 100
+    ) -> list[LedgerRow]:
+        def job(c: sqlite3.Connection) -> list[LedgerRow]:
+            return [
+                _ledger_row(r)
+                for r in c.execute(
+                    f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id=? AND id>? "
+                    "ORDER BY id LIMIT ?",
+                    (account_id, after_id, limit),
+                )
+            ]
+
+        return await self._runner.read(job)
+
+    async def ledger_sums(self, account_id: str) -> dict[str, int]:
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            return dict(
+                c.execute(
+                    "SELECT pocket, SUM(amount) FROM ledger WHERE account_id=? GROUP BY pocket",
+                    (account_id,),
+                ).fetchall()
+            )
+
+        return await self._runner.read(job)
+
+    # -- settlement --------------------------------------------------------------------------------
+
+    async def usage_groups(
+        self, account_id: str, start: int, end: int, boundaries: Sequence[int]
+    ) -> list[tuple[int, int, int, str, int, str, int]]:
+        """The month's billed messages grouped by (price class, state, tariff period).
+
+        Rows: (first accepted_at, units, net charged, price_class, segments submitted, state,
+        net paid by vouchers). `boundaries` are the tariff effective times inside the month, so a
+        group never straddles a price change.
+        """
+
+        def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int]]:
+            # No boundary: no period term (a bare `0` in GROUP BY would name a column position).
+            bucket = "".join(f" + (m.accepted_at >= {int(b)})" for b in boundaries)
+            bucket = f", 0{bucket}" if bucket else ""
+            sql = (
+                "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
+                "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
+                "FROM messages m LEFT JOIN ("
+                "  SELECT ref, -SUM(amount) AS charged, "
+                "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
+                "  FROM ledger WHERE account_id=?1 "
+                "  AND kind NOT IN ('voucher_expire','card_expire') "
+                "  AND ref LIKE 'msg_%' GROUP BY ref"
+                ") l ON l.ref = m.id "
+                "WHERE m.account_id=?1 AND m.accepted_at>=?2 AND m.accepted_at<?3 "
+                f"AND m.price_class IS NOT NULL GROUP BY m.price_class, m.state{bucket}"
+            )
+            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
+
+        return await self._runner.read(job)
+
+    async def save_bill(self, bill: BillRow, entries: Sequence[Entry]) -> bool:
+        """Record a settled month and its ledger entries once; False if it was already settled."""
+
+        def job(c: sqlite3.Connection) -> bool:
+            stored = c.execute(
+                "INSERT OR IGNORE INTO bills (account_id, month, body, settled_at) "
+                "VALUES (?,?,?,?)",
+                (bill.account_id, bill.month, bill.body, bill.settled_at),
+            ).rowcount
+            if stored != 1:
+                return False
+            append_entries(c, bill.account_id, entries)
+            return True
+
+        return await self._runner.write(job)
+
+    async def get_bill(self, account_id: str, month: str) -> BillRow | None:
+        def job(c: sqlite3.Connection) -> BillRow | None:
+            r = c.execute(
+                "SELECT account_id, month, body, settled_at FROM bills "
+                "WHERE account_id=? AND month=?",
+                (account_id, month),
+            ).fetchone()
+            return BillRow(*r) if r else None
+
+        return await self._runner.read(job)
+
+    # -- erasure -----------------------------------------------------------------------------------
+
+    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int:
+        """Mask the number and drop the text of every message (and MO) of this account to it.
+
+        Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
+        their text is gone, so they can no longer be sent. Billing amounts stay.
+        """
+
+        def job(c: sqlite3.Connection) -> int:
+            return _erase(c, "account_id=? AND recipient=?", (account_id, number), masked, now)
+
+        return await self._runner.write(job)
+
+    async def close_account(self, account_id: str, now: int) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+                return False
+            _erase(c, "account_id=?", (account_id,), "+***", now)
+            c.execute(
+                "UPDATE accounts SET status='closed', closed_at=?, updated_at=?, "
+                "status_callback_url=NULL, mo_callback_url=NULL WHERE id=?",
+                (now, now, account_id),
+            )
+            c.execute(
+                "UPDATE app_keys SET status='revoked', revoked_at=? WHERE account_id=? "
+                "AND status='active'",
+                (now, account_id),
+            )
+            for table in ("optouts", "daily_counts", "rate_buckets", "idempotency"):
+                c.execute(f"DELETE FROM {table} WHERE account_id=?", (account_id,))
+            c.execute(
+                "DELETE FROM webhook_outbox WHERE account_id=? AND state='pending'", (account_id,)
+            )
+            return True
+
+        return await self._runner.write(job)
+
+
+def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
+    from bridge.store import sqlite_pipeline as pipe
+
+    queued = [
+        r[0]
+        for r in c.execute(
+            f"SELECT id FROM messages WHERE {where} AND q_state='queued'", args
+        ).fetchall()
+    ]
+    if queued:
+        c.executemany(
+            "UPDATE segments SET state='expired_unsent', done_at=?, error_code='ERASED' "
+            "WHERE message_id=? AND state='queued'",
+            [(now, mid) for mid in queued],
+        )
+        pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+    ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
+    for chunk in _chunks(ids, 400):
+        marks = _marks(len(chunk))
+        c.execute(
+            f"UPDATE segments SET short_message=X'', tlvs=X'' WHERE message_id IN ({marks})",
+            chunk,
+        )
+    n = c.execute(
+        f"UPDATE messages SET recipient=?, text=NULL, client_ref=NULL WHERE {where}",
+        (masked, *args),
+    ).rowcount
+    mo_where = where.replace("recipient", "source")
+    c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
+    return n
+
+
+def bill_json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)

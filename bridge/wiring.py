@@ -1,0 +1,32 @@
+"""Opening the store and the master key from a config: what every command needs, kept free of
+the HTTP and SMPP stacks so operator commands start fast."""
+
+from __future__ import annotations
+
+from bridge.config import Config
+from bridge.crypto import Sealer, load_master_key
+from bridge.store.base import Store
+
+
+def open_store(config: Config) -> Store:
+    if config.store.engine == "sqlite":
+        from bridge.store.sqlite import SqliteStore
+
+        return SqliteStore(
+            config.store.path,
+            linger_ms=config.store.group_commit_ms,
+            max_batch=config.store.group_commit_max,
+        )
+    from bridge.store.postgres import PostgresStore
+
+    assert config.store.dsn is not None  # the config refuses postgres without a DSN
+    return PostgresStore(config.store.dsn)
+
+
+def make_sealer(config: Config) -> Sealer:
+    sec = config.security
+    return Sealer(
+        load_master_key(
+            inline=sec.master_key, key_file=sec.master_key_file, generate=sec.generate_master_key
+        )
+    )

@@ -1,0 +1,138 @@
+"""Sending rules and money through the real daemon and its simulator: opt-out by an MO reply,
+refunds when the carrier reports failure, and the low-balance event pushed to the customer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bridge.app import Daemon
+from bridge.client import BridgeError
+from tests.e2e.harness import (
+    WebhookReceiver,
+    client_for,
+    create_account,
+    make_config,
+    wait_until,
+)
+from tests.sending import ready_to_send
+
+PRICE = 45_000
+CN = "+8613800138000"
+
+
+@pytest.fixture
+async def start_daemon(tmp_path):
+    started: list[Daemon] = []
+
+    async def start(**overrides) -> Daemon:
+        d = Daemon(make_config(tmp_path, **overrides))
+        await d.start()
+        started.append(d)
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        return d
+
+    yield start
+    for d in reversed(started):
+        await d.stop()
+
+
+@pytest.fixture
+async def receiver():
+    r = WebhookReceiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def _final(client, mid: str, timeout: float = 15.0) -> dict:
+    async def done():
+        m = await client.message(mid)
+        return m if m["status"] in ("delivered", "failed", "expired", "unknown") else None
+
+    return await wait_until(done, timeout, 0.05)
+
+
+async def _get(client, path: str, **query) -> dict:
+    _status, _headers, data = await client.request("GET", path, query=query or None)
+    return data
+
+
+async def test_opt_out_by_mo_reply_blocks_the_next_send(start_daemon):
+    d = await start_daemon()
+    creds = await create_account(d)
+    async with client_for(d.http_port, creds) as c:
+        r = await c.send(CN, text="Your order has shipped")
+        await _final(c, r["messages"][0]["id"])
+        assert (await _get(c, "/v1/optouts"))["optouts"] == []
+        # The recipient answers "TD" to the address the message came from.
+        await d.sim.inject_mo(CN.lstrip("+"), "smpp-bridge", "TD")
+
+        async def listed():
+            return (await _get(c, "/v1/optouts"))["optouts"]
+
+        optouts = await wait_until(listed, 10, 0.05)
+        assert [(o["number"], o["source"]) for o in optouts] == [(CN, "mo")]
+        with pytest.raises(BridgeError) as refused:
+            await c.send(CN, text="One more thing")
+        assert (refused.value.status, refused.value.code) == (422, "RECIPIENT_OPTED_OUT")
+        assert refused.value.message.startswith(f"to: {CN}")
+        # Another number is not affected, and nothing was queued for the refused one.
+        ok = await c.send("+8613900139000", text="One more thing")
+        assert ok["count"] == 1
+        sent_to_cn = (await c.messages(to=CN))["messages"]
+        assert len(sent_to_cn) == 1
+
+
+async def test_undelivered_messages_give_the_balance_back(start_daemon):
+    d = await start_daemon()
+    d.sim.outcomes = {"UNDELIV": 1.0}
+    creds = await create_account(d)
+    async with client_for(d.http_port, creds) as c:
+        start = (await _get(c, "/v1/balance"))["cash_micro"]
+        r = await c.send([f"+86138001380{i:02d}" for i in range(3)], text="will not arrive")
+        ids = [m["id"] for m in r["messages"]]
+        r = await c.send("+8613900139000", text="long " * 40)  # 200 chars: several parts
+        ids.append(r["messages"][0]["id"])
+        units = r["messages"][0]["billable_units"]
+        assert units >= 2
+        charged = (await _get(c, "/v1/balance"))["cash_micro"]
+        assert charged == start - (3 + units) * PRICE
+        for mid in ids:
+            m = await _final(c, mid)
+            assert m["status"] == "failed" and m["error_code"].startswith("UNDELIV"), m
+
+        async def refunded():
+            return (await _get(c, "/v1/balance"))["cash_micro"] == start
+
+        await wait_until(refunded, 10, 0.05)
+        _s, _h, page = await c.request("GET", "/v1/ledger", query={"limit": 1000})
+        refunds = [e for e in page["entries"] if e["kind"] == "refund"]
+        assert sorted(e["ref"] for e in refunds) == sorted(ids)
+
+
+async def test_low_balance_event_is_pushed_signed_once(start_daemon, receiver):
+    d = await start_daemon()
+    creds = await create_account(
+        d,
+        ready=False,
+        status_callback_url=receiver.url,
+        low_balance_threshold=100_000,
+    )
+    receiver.secret = creds["webhook_secret"]
+    await ready_to_send(d.ctx.accounts.store, creds["account"], int(time.time() * 1000),
+                        funds=150_000)  # fmt: skip
+    async with client_for(d.http_port, creds) as c:
+        for i in range(3):  # 105_000, 60_000 (crossed), 15_000
+            r = await c.send(f"+86138001380{i:02d}", text="hi", sign_name="Acme")
+            await _final(c, r["messages"][0]["id"])
+
+    def events():
+        return [x for x in receiver.reports if x.get("event") == "balance.low"]
+
+    await wait_until(lambda: len(events()) >= 1 and len(receiver.reports) >= 4, 10)
+    assert receiver.bad_signatures == 0
+    (ev,) = events()
+    assert ev["account"] == creds["account"]
+    assert (ev["previous_micro"], ev["available_micro"]) == (105_000, 60_000)

@@ -1,0 +1,939 @@
+"""The sending rules and billing part of the Store contract, on every engine (store_engines.py).
+
+The accept transaction decides with `admission.decide` on facts it read itself; these tests hold
+both engines to the same answers: each refusal leaves nothing behind (no message, no ledger entry,
+idempotency key and nonce free), a charge lands in the ledger with the message id, refunds happen
+once per failed message, and concurrent sends cannot take more than the balance (on PostgreSQL
+from two Store instances, as two daemon processes would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import tests.store_engines as engines  # noqa: E402
+from bridge.domain.admission import FrequencyRule, Priced, Rules  # noqa: E402
+from bridge.domain.frequency import Limits  # noqa: E402
+from bridge.domain.ledger import (  # noqa: E402
+    Entry,
+    EntryKind,
+    card_purchase,
+    grant_voucher,
+    topup,
+)
+from bridge.store.base import Store, StoreError  # noqa: E402
+from bridge.store.models import (  # noqa: E402
+    AcceptBatch,
+    AcceptOutcome,
+    Account,
+    AppKey,
+    BillRow,
+    DncInfo,
+    IdempotencyRecord,
+    MoMessage,
+    NewMessage,
+    NewSegment,
+    ReceiptIn,
+    Sign,
+    SubmitResult,
+    TariffRow,
+    Template,
+)
+from tests.store_engines import EngineHandle  # noqa: E402
+
+# Module fixtures take precedence over tests/integration/conftest.py's API-server `store`.
+engine = engines.engine
+store = engines.store
+
+NOW = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC: the next clock minute starts 40 s later
+SEC = 1_000
+MIN = 60 * SEC
+DAY = 24 * 60 * MIN
+LEASE = 5 * MIN
+CN = "+8613800138000"
+CN2 = "+8613900139000"
+UK = "+447700900123"
+CNY = 1_000_000  # micro-units
+
+
+# ---------------------------------------------------------------- builders
+
+
+def account(
+    aid: str = "acc_a",
+    *,
+    kind: str = "prepaid",
+    status_url: str | None = None,
+    threshold: int = 0,
+    daily_quota: int = 0,
+    tps: int = 0,
+) -> Account:
+    return Account(
+        id=aid,
+        name=f"name-{aid}",
+        kind=kind,
+        tps=tps,
+        daily_quota=daily_quota,
+        status_callback_url=status_url,
+        webhook_secret_enc=b"sealed",
+        created_at=NOW,
+        updated_at=NOW,
+        low_balance_threshold=threshold,
+    )
+
+
+def message(
+    mid: str,
+    recipient: str = CN,
+    *,
+    account_id: str = "acc_a",
+    parts: int = 1,
+    at: int = NOW,
+    sign: str | None = "Acme",
+    template: str | None = None,
+    kind: str | None = None,
+    price_class: str | None = "D",
+) -> NewMessage:
+    return NewMessage(
+        id=mid,
+        account_id=account_id,
+        batch_id="b_" + mid,
+        recipient=recipient,
+        encoding="gsm7",
+        data_coding=0,
+        billable_units=parts,
+        segments=tuple(
+            NewSegment(i, parts, 0x40 if parts > 1 else 0, f"{mid}/{i}".encode(), b"")
+            for i in range(1, parts + 1)
+        ),
+        accepted_at=at,
+        text=f"text of {mid}",
+        client_ref="ref-" + mid,
+        sign_name=sign,
+        template=template,
+        kind=kind,
+        price_class=price_class,
+    )
+
+
+def charges(*msgs: NewMessage, amount: int = 100) -> tuple[Priced, ...]:
+    return tuple(
+        Priced(m.id, amount * m.billable_units, m.price_class not in (None, "D")) for m in msgs
+    )
+
+
+def batch(
+    *msgs: NewMessage,
+    rules: Rules | None,
+    key: str | None = None,
+    account_id: str = "acc_a",
+) -> AcceptBatch:
+    return AcceptBatch(
+        account_id=account_id,
+        messages=tuple(msgs),
+        idempotency_key=key,
+        idempotency=IdempotencyRecord(f"hash-{key}", 202, f"resp-{key}".encode()) if key else None,
+        idempotency_expires_at=NOW + DAY,
+        rules=rules,
+    )
+
+
+def billed(*msgs: NewMessage, amount: int = 100, **kw: object) -> Rules:
+    """Rules of a billed send of `msgs` (sign Acme unless given), each at `amount` per unit."""
+    base = Rules(sign_name="Acme", charges=charges(*msgs, amount=amount), billing=True)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+async def send(
+    store: Store,
+    *msgs: NewMessage,
+    rules: Rules | None = None,
+    key: str | None = None,
+    now: int = NOW,
+    amount: int = 100,
+) -> AcceptOutcome:
+    r = rules if rules is not None else billed(*msgs, amount=amount)
+    return await store.accept(batch(*msgs, rules=r, key=key), now)
+
+
+async def sign(
+    store: Store, name: str = "Acme", status: str = "approved", aid: str = "acc_a"
+) -> None:
+    await store.add_sign(Sign(aid, name, name.lower(), "company", "", status, None, None, NOW))
+
+
+async def funded(store: Store, amount: int = 1000, **kw: object) -> None:
+    """acc_a with an approved sign "Acme" and `amount` micro-units of cash."""
+    await store.create_account(account(**kw))  # type: ignore[arg-type]
+    await sign(store)
+    if amount:
+        await store.append_ledger("acc_a", topup(amount, NOW, "funds"))
+
+
+async def cash(store: Store, aid: str = "acc_a") -> int:
+    return {p.pocket: p.amount for p in await store.get_pockets(aid)}.get("cash", 0)
+
+
+async def ids(store: Store, aid: str = "acc_a") -> list[str]:
+    return sorted(m.id for m in await store.list_messages(aid))
+
+
+def sent(mid: str, seq: int = 1, smsc: str = "smscA") -> SubmitResult:
+    ident = f"{mid}-{seq}"
+    return SubmitResult(mid, seq, "sent", smsc, ident, ident, at=NOW)
+
+
+def rcpt(msg_id: str, state: str = "delivered", smsc: str = "smscA") -> ReceiptIn:
+    return ReceiptIn(smsc, msg_id, state, None, None, None, NOW + MIN, raw=f"id:{msg_id}")
+
+
+async def deliver(store: Store, mid: str, state: str = "delivered", parts: int = 1) -> None:
+    """Claim (everything queued), record every part of `mid` sent, apply a receipt per part."""
+    await store.claim("inst-1", 1000, NOW + DAY, LEASE)
+    await store.record_submits([sent(mid, s) for s in range(1, parts + 1)], [], NOW)
+    await store.apply_receipts([rcpt(f"{mid}-{s}", state) for s in range(1, parts + 1)], NOW)
+
+
+# ---------------------------------------------------------------- signs and templates
+
+
+async def test_signs_add_get_list_review(store: Store) -> None:
+    await store.add_sign(Sign("acc_a", "Acme", "acme", "company", "r", "pending", None, "x", NOW))
+    await store.add_sign(Sign("acc_a", "Beta", "beta", "app", "", "pending", None, None, NOW + 1))
+    await store.add_sign(Sign("acc_b", "Acme", "acme", "company", "", "pending", None, None, NOW))
+    with pytest.raises(StoreError) as err:
+        await store.add_sign(Sign("acc_a", "Acme", "acme", "app", "", "pending", None, None, NOW))
+    assert err.value.code == "SIGN_NAME_EXISTS"
+    got = await store.get_sign("acc_a", "Acme")
+    assert got == Sign("acc_a", "Acme", "acme", "company", "r", "pending", None, "x", NOW, None)
+    assert await store.get_sign("acc_a", "Nope") is None
+    assert [(s.account_id, s.name) for s in await store.list_signs()] == [
+        ("acc_a", "Acme"),
+        ("acc_b", "Acme"),
+        ("acc_a", "Beta"),
+    ]
+    assert [s.name for s in await store.list_signs("acc_a", limit=1)] == ["Acme"]
+    reviewed = await store.review_sign("acc_a", "Beta", "rejected", "looks like Acme", NOW + 5)
+    assert reviewed is not None
+    assert (reviewed.status, reviewed.reason, reviewed.reviewed_at) == (
+        "rejected",
+        "looks like Acme",
+        NOW + 5,
+    )
+    assert [s.name for s in await store.list_signs(status="pending")] == ["Acme", "Acme"]
+    assert [s.name for s in await store.list_signs("acc_a", "rejected")] == ["Beta"]
+    assert await store.review_sign("acc_a", "Nope", "approved", None, NOW) is None
+
+
+async def test_templates_add_get_list_review(store: Store) -> None:
+    t1 = Template("T1", "acc_a", "verification", "otp", "code ${code}", "", False, "pending",
+                  None, NOW)  # fmt: skip
+    t2 = Template("T2", "acc_a", "marketing", "promo", "sale ${url} TD", "r", True, "pending",
+                  None, NOW + 1)  # fmt: skip
+    t3 = replace(t1, code="T3", account_id="acc_b", created_at=NOW + 2)
+    for t in (t2, t1, t3):
+        await store.add_template(t)
+    assert await store.get_template("T2") == t2
+    assert (await store.get_template("T2")).allow_urls is True  # type: ignore[union-attr]
+    assert await store.get_template("T9") is None
+    assert [t.code for t in await store.list_templates()] == ["T1", "T2", "T3"]
+    assert [t.code for t in await store.list_templates("acc_a")] == ["T1", "T2"]
+    ok = await store.review_template("T1", "approved", None, NOW + 9)
+    assert ok == replace(t1, status="approved", reviewed_at=NOW + 9)
+    assert [t.code for t in await store.list_templates(status="pending")] == ["T2", "T3"]
+    assert [t.code for t in await store.list_templates("acc_a", "approved", 5)] == ["T1"]
+    assert await store.review_template("T9", "approved", None, NOW) is None
+
+
+# ---------------------------------------------------------------- recipients
+
+
+async def test_optouts_add_list_with_cursor_remove(store: Store) -> None:
+    assert await store.add_optouts("acc_a", [CN2, CN, CN2], "mo", NOW) == 2
+    assert await store.add_optouts("acc_a", [CN, UK], "api", NOW + 1) == 1
+    assert await store.add_optouts("acc_b", [CN], "api", NOW) == 1
+    page = await store.list_optouts("acc_a", limit=2)
+    assert [(o.recipient, o.source, o.created_at) for o in page] == [
+        (UK, "api", NOW + 1),
+        (CN, "mo", NOW),
+    ]
+    rest = await store.list_optouts("acc_a", after=page[-1].recipient, limit=2)
+    assert [o.recipient for o in rest] == [CN2]
+    assert await store.remove_optout("acc_a", CN) is True
+    assert await store.remove_optout("acc_a", CN) is False
+    assert [o.recipient for o in await store.list_optouts("acc_a")] == [UK, CN2]
+    assert [o.recipient for o in await store.list_optouts("acc_b")] == [CN]
+
+
+async def test_dnc_import_replace_delete_and_blocks(store: Store) -> None:
+    info = DncInfo("L1", "regulator", "CN", 1, 1, NOW)
+    await store.import_dnc(info, [CN], ["+861390"])
+    assert await store.dnc_blocks(CN) is True  # exact number
+    assert await store.dnc_blocks(CN2) is True  # by prefix +861390
+    assert await store.dnc_blocks("+8613800138001") is False  # a neighbour of the exact number
+    assert await store.dnc_blocks(UK) is False
+    await store.import_dnc(DncInfo("L2", "uk", "GB", 0, 1, NOW), [], ["+4477009"])
+    assert await store.dnc_blocks(UK) is True
+    assert await store.list_dnc() == [info, DncInfo("L2", "uk", "GB", 0, 1, NOW)]
+    # A re-import replaces the list: its old entries stop blocking.
+    new = DncInfo("L1", "regulator v2", "CN", 1, 0, NOW + 1)
+    await store.import_dnc(new, ["+8613800138001"], [])
+    assert (await store.dnc_blocks(CN), await store.dnc_blocks(CN2)) == (False, False)
+    assert await store.dnc_blocks("+8613800138001") is True
+    assert (await store.list_dnc())[0] == new
+    assert await store.delete_dnc("L2") is True
+    assert await store.delete_dnc("L2") is False
+    assert await store.dnc_blocks(UK) is False
+    assert [d.id for d in await store.list_dnc()] == ["L1"]
+
+
+# ---------------------------------------------------------------- tariffs and ledger
+
+
+async def test_tariffs_add_list_and_versions_never_edited(store: Store) -> None:
+    await store.add_tariff(TariffRow("v2", NOW + DAY, '{"v":2}', NOW))
+    await store.add_tariff(TariffRow("v1", NOW, '{"v":1}', NOW))
+    for dup in (TariffRow("v1", NOW + 5, "{}", NOW), TariffRow("v3", NOW, "{}", NOW)):
+        with pytest.raises(StoreError) as err:
+            await store.add_tariff(dup)
+        assert err.value.code == "TARIFF_EXISTS"
+    assert await store.list_tariffs() == [
+        TariffRow("v1", NOW, '{"v":1}', NOW),
+        TariffRow("v2", NOW + DAY, '{"v":2}', NOW),
+    ]
+
+
+async def test_append_ledger_and_pockets_agree_with_sums(store: Store) -> None:
+    await store.create_account(account())
+    card_end = card_purchase(999 * CNY, NOW, "c1")[0].expires_at
+    entries = [
+        *topup(500, NOW, "t1"),
+        *grant_voucher(300, NOW, "v1", NOW + DAY),
+        *card_purchase(999 * CNY, NOW, "c1"),
+        Entry(EntryKind.CHARGE, -120, "cash", NOW + 1, "msg_1"),
+        Entry(EntryKind.VOUCHER_SPEND, -50, "voucher:v1", NOW + 1, "msg_1", NOW + DAY),
+    ]
+    await store.append_ledger("acc_a", entries[:3])
+    await store.append_ledger("acc_a", entries[3:])
+    pockets = {p.pocket: (p.amount, p.expires_at) for p in await store.get_pockets("acc_a")}
+    assert pockets == {
+        "cash": (380, None),
+        "voucher:v1": (250, NOW + DAY),
+        "card:c1": (999 * CNY, card_end),
+    }
+    assert await store.ledger_sums("acc_a") == {k: v[0] for k, v in pockets.items()}
+    page = await store.ledger_page("acc_a", limit=3)
+    assert [(r.kind, r.amount, r.pocket, r.ref) for r in page] == [
+        ("topup", 500, "cash", "t1"),
+        ("voucher_grant", 300, "voucher:v1", "v1"),
+        ("card_purchase", 999 * CNY, "card:c1", "c1"),
+    ]
+    rest = await store.ledger_page("acc_a", after_id=page[-1].id)
+    assert [(r.kind, r.amount, r.at, r.expires_at) for r in rest] == [
+        ("charge", -120, NOW + 1, None),
+        ("voucher_spend", -50, NOW + 1, NOW + DAY),
+    ]
+    assert page[0].id < page[1].id < page[2].id < rest[0].id < rest[1].id
+    with pytest.raises(StoreError) as err:
+        await store.append_ledger("acc_nope", topup(1, NOW))
+    assert err.value.code == "NOT_FOUND"
+    assert await store.ledger_sums("acc_nope") == {}
+
+
+# ---------------------------------------------------------------- accept: refusals
+
+
+async def _refusal_case(store: Store, case: str) -> tuple[NewMessage, Rules, int]:
+    """Set up acc_a so that the send returned is refused with `case`; (message, rules, now)."""
+    await funded(store, 1000, daily_quota=2 if case == "DAILY_QUOTA_EXCEEDED" else 0)
+    m = message("m_x")
+    rules = billed(m)
+    now = NOW
+    if case == "SIGN_NAME_NOT_APPROVED":
+        await sign(store, "Pend", "pending")
+        m = message("m_x", sign="Pend")
+        rules = billed(m, sign_name="Pend")
+    elif case == "TEMPLATE_NOT_FOUND":
+        m = message("m_x", template="T404", kind="notification")
+        rules = billed(m, template_code="T404")
+    elif case == "TEMPLATE_NOT_APPROVED":
+        await store.add_template(
+            Template("T1", "acc_a", "notification", "n", "hi", "", False, "pending", None, NOW)
+        )
+        m = message("m_x", template="T1", kind="notification")
+        rules = billed(m, template_code="T1")
+    elif case == "RECIPIENT_OPTED_OUT":
+        await store.add_optouts("acc_a", [CN], "mo", NOW)
+    elif case == "RECIPIENT_BLOCKED":
+        await store.import_dnc(DncInfo("L1", "l", "CN", 0, 1, NOW), [], ["+86138"])
+    elif case == "FREQUENCY_LIMIT_MINUTE":
+        first = message("m_0", kind="verification")
+        fr = FrequencyRule("verification", "Acme", None, Limits(1, 5, 10), "UTC", (CN,))
+        assert (await send(store, first, rules=billed(first, frequency=fr))).accepted
+        m = message("m_x", kind="verification", at=NOW + SEC)
+        rules = billed(m, frequency=fr)
+        now = NOW + SEC
+    elif case == "DAILY_QUOTA_EXCEEDED":
+        two = (message("m_0"), message("m_1", CN2))
+        assert (await send(store, *two)).accepted
+    elif case == "INSUFFICIENT_BALANCE":
+        rules = billed(m, amount=1001)
+    return m, rules, now
+
+
+REFUSALS = [
+    "SIGN_NAME_NOT_APPROVED",
+    "TEMPLATE_NOT_FOUND",
+    "TEMPLATE_NOT_APPROVED",
+    "RECIPIENT_OPTED_OUT",
+    "RECIPIENT_BLOCKED",
+    "FREQUENCY_LIMIT_MINUTE",
+    "DAILY_QUOTA_EXCEEDED",
+    "INSUFFICIENT_BALANCE",
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_each_refusal_leaves_nothing_written(store: Store, case: str) -> None:
+    m, rules, now = await _refusal_case(store, case)
+    before_ids, before_ledger = await ids(store), await store.ledger_page("acc_a")
+    out = await store.accept(batch(m, rules=rules, key="k-x"), now)
+    assert out.accepted is False
+    assert out.refusal is not None and out.refusal.code == case
+    assert out.refusal.message
+    assert (out.plan, out.existing, out.auth_refusal) == (None, None, None)
+    if case == "DAILY_QUOTA_EXCEEDED":
+        assert out.refusal.retry_after is not None and out.refusal.retry_after > 0
+    assert await ids(store) == before_ids
+    assert await store.get_message("acc_a", "m_x") is None
+    assert await store.ledger_page("acc_a") == before_ledger
+    assert await store.get_idempotency("acc_a", "k-x", now) is None
+    # Nothing counted either: the same request passes once the rules no longer refuse it.
+    if case == "FREQUENCY_LIMIT_MINUTE":
+        later = replace(m, accepted_at=NOW + 40 * SEC)  # the next clock minute
+        assert (await store.accept(batch(later, rules=rules, key="k-x"), NOW + 40 * SEC)).accepted
+    if case == "INSUFFICIENT_BALANCE":
+        assert (await store.accept(batch(m, rules=billed(m, amount=1000), key="k-x"), now)).accepted
+        assert await cash(store) == 0
+
+
+async def test_refusal_reports_the_recipient_of_a_batch(store: Store) -> None:
+    await funded(store)
+    await store.add_optouts("acc_a", [CN2], "api", NOW)
+    await store.import_dnc(DncInfo("L1", "l", None, 1, 0, NOW), [UK], [])
+    msgs = (message("m1"), message("m2", UK, price_class="+44"), message("m3", CN2))
+    out = await send(store, *msgs)
+    # Opt-outs are checked before do-not-contact lists, whatever the order of recipients.
+    assert out.refusal is not None and out.refusal.code == "RECIPIENT_OPTED_OUT"
+    assert "to[2]" in out.refusal.message
+    out = await send(store, *msgs[:2])
+    assert out.refusal is not None and out.refusal.code == "RECIPIENT_BLOCKED"
+    assert "to[1]" in out.refusal.message
+    assert await ids(store) == []
+
+
+async def test_frequency_scopes_by_kind_sign_and_template(store: Store) -> None:
+    await funded(store)
+    await sign(store, "Other")
+    lim = Limits(1, 0, 0)
+
+    def fr(kind: str, sgn: str | None, tpl: str | None = None) -> FrequencyRule:
+        return FrequencyRule(kind, sgn, tpl, lim, "UTC", (CN,))
+
+    async def go(mid: str, kind: str, sgn: str | None, tpl: str | None, mkind: str | None) -> str:
+        m = message(mid, sign=sgn, template=tpl, kind=mkind)
+        out = await send(
+            store, m, rules=Rules(sign_name=sgn, frequency=fr(kind, sgn, tpl)), now=NOW
+        )
+        return "ok" if out.accepted else out.refusal.code  # type: ignore[union-attr]
+
+    limit = "FREQUENCY_LIMIT_MINUTE"
+    # verification: every verification template of the sign counts.
+    assert await go("v1", "verification", "Acme", "T1", "verification") == "ok"
+    assert await go("v2", "verification", "Acme", "T2", "verification") == limit
+    assert await go("v3", "verification", "Other", "T1", "verification") == "ok"
+    # template: per (sign, template); the verification sends above were T1 and T1.
+    assert await go("t1", "template", "Acme", "T7", "notification") == "ok"
+    assert await go("t2", "template", "Acme", "T7", "notification") == limit
+    assert await go("t3", "template", "Acme", "T1", "notification") == limit  # v1 was Acme/T1
+    # raw (free text): only free-text sends of the sign, no sign matching no sign.
+    assert await go("r1", "raw", "Acme", None, None) == "ok"
+    assert await go("r2", "raw", "Acme", None, None) == limit
+    assert await go("r3", "raw", None, None, None) == "ok"
+    assert await go("r4", "raw", None, None, None) == limit
+
+
+async def test_every_sign_name_of_a_batch_must_be_approved(store: Store) -> None:
+    await funded(store)
+    await sign(store, "Beta", "pending")
+    ms = (message("m1"), message("m2", CN2, sign="Beta"))
+    rules = billed(*ms, more_signs=("Beta",))
+    out = await send(store, *ms, rules=rules)
+    assert out.refusal is not None and out.refusal.code == "SIGN_NAME_NOT_APPROVED"
+    assert "'Beta' is pending" in out.refusal.message
+    gone = await send(store, *ms, rules=billed(*ms, more_signs=("Gamma",)))
+    assert gone.refusal is not None and "'Gamma' is not registered" in gone.refusal.message
+    await store.review_sign("acc_a", "Beta", "approved", None, NOW)
+    assert (await send(store, *ms, rules=rules)).accepted
+
+
+async def test_frequency_counts_each_number_under_its_own_sign(store: Store) -> None:
+    await funded(store)
+    lim = Limits(1, 0, 0)
+
+    async def go(*pairs: tuple[str, str, str]) -> str:
+        msgs = tuple(message(mid, number, sign=sgn) for mid, number, sgn in pairs)
+        fr = FrequencyRule(
+            "raw",
+            None,
+            None,
+            lim,
+            "UTC",
+            tuple(m.recipient for m in msgs),
+            tuple(p[2] for p in pairs),
+        )
+        out = await send(store, *msgs, rules=Rules(frequency=fr))
+        return "ok" if out.accepted else out.refusal.message  # type: ignore[union-attr]
+
+    assert await go(("m1", CN, "Acme")) == "ok"
+    assert await go(("m2", CN2, "Acme")) == "ok"
+    assert await go(("m3", CN2, "Beta")) == "ok"
+    refused = await go(("x1", CN, "Beta"), ("x2", CN2, "Acme"))
+    assert refused.startswith(f"to[1] ({CN2}):"), refused
+    assert await go(("x3", CN, "Beta"), ("x4", CN2, "Gamma")) == "ok"
+
+
+async def test_rate_and_rules_in_one_transaction(store: Store) -> None:
+    await funded(store)
+    m1, m2 = message("m1"), message("m2")
+    first = await store.accept(replace(batch(m1, rules=billed(m1), key="k1"), tps=1.0), NOW)
+    assert first.accepted
+    second = await store.accept(replace(batch(m2, rules=billed(m2), key="k2"), tps=1.0), NOW)
+    assert (second.accepted, second.refusal) == (False, None)
+    assert second.retry_after > 0
+    assert await ids(store) == ["m1"]
+    assert await cash(store) == 900
+    assert await store.get_idempotency("acc_a", "k2", NOW) is None
+    later = await store.accept(replace(batch(m2, rules=billed(m2), key="k2"), tps=1.0), NOW + SEC)
+    assert later.accepted
+
+
+# ---------------------------------------------------------------- accept: deferred authorisation
+
+
+def key(kid: str = "K1") -> AppKey:
+    return AppKey(kid, "acc_a", b"sealed", "active", NOW)
+
+
+def signed(mid: str, nonce: str, *, key: str | None = None, kid: str = "K1",
+           version: int | None = NOW, amount: int = 100) -> AcceptBatch:  # fmt: skip
+    """POST /v1/messages as the API commits it: nonce, key and account checks, and the rules."""
+    m = message(mid)
+    idem = key or f"idem-{mid}"
+    return AcceptBatch(
+        "acc_a",
+        (m,),
+        idem,
+        IdempotencyRecord(f"hash-{idem}", 202, f"resp-{idem}".encode()),
+        NOW + DAY,
+        key_id=kid,
+        nonce=nonce,
+        nonce_expires_at=NOW + 5 * MIN,
+        account_version=version,
+        rules=billed(m, amount=amount),
+    )
+
+
+async def test_send_path_with_rules_checks_key_account_and_nonce(store: Store) -> None:
+    await funded(store)
+    await store.add_key(key("K1"), max_active=2)
+    assert (await store.accept(signed("m1", "n1"), NOW)).accepted
+    replay = await store.accept(signed("m2", "n1"), NOW + 1)
+    assert (replay.accepted, replay.auth_refusal) == (False, "nonce_reused")
+    unknown = await store.accept(signed("m3", "n3", kid="nope"), NOW)
+    assert (unknown.accepted, unknown.auth_refusal) == (False, "unknown_key")
+    # The first request's idempotency key: its record comes back, the nonce is spent.
+    dup = await store.accept(signed("m4", "n4", key="idem-m1"), NOW)
+    assert dup.existing == IdempotencyRecord("hash-idem-m1", 202, b"resp-idem-m1")
+    assert (await store.accept(signed("m5", "n4"), NOW)).auth_refusal == "nonce_reused"
+    await store.update_account("acc_a", {"marketing": True}, NOW + 7)
+    stale = await store.accept(signed("m6", "n6"), NOW)
+    assert (stale.auth_refusal, stale.account and stale.account.updated_at) == ("stale", NOW + 7)
+    # Refused by a rule: the nonce is not spent, so the request can be sent again as it is.
+    poor = await store.accept(signed("m6", "n6", version=NOW + 7, amount=10_000), NOW)
+    assert poor.refusal is not None and poor.refusal.code == "INSUFFICIENT_BALANCE"
+    assert (await store.accept(signed("m6", "n6", version=NOW + 7), NOW)).accepted
+    await store.update_account("acc_a", {"status": "disabled"}, NOW + 8)
+    off = await store.accept(signed("m7", "n7", version=NOW + 8), NOW)
+    assert (off.accepted, off.auth_refusal) == (False, "disabled")
+    await store.update_account("acc_a", {"status": "active"}, NOW + 9)
+    await store.revoke_key("K1", NOW + 9)
+    gone = await store.accept(signed("m8", "n8", version=NOW + 9), NOW)
+    assert (gone.accepted, gone.auth_refusal) == (False, "revoked")
+    assert await ids(store) == ["m1", "m6"]
+    assert await cash(store) == 800
+    assert await store.use_nonce("K1", "n7", NOW + 5 * MIN, NOW) is True
+    assert await store.use_nonce("K1", "n8", NOW + 5 * MIN, NOW) is True
+
+
+# ---------------------------------------------------------------- accept: charges
+
+
+async def test_accept_charges_with_message_refs_and_moves_pockets(store: Store) -> None:
+    await funded(store, 1000)
+    m1, m2 = message("m1"), message("m2", CN2, parts=2)
+    out = await send(store, m1, m2, key="k1")
+    assert out.accepted and out.plan is not None
+    assert [(mid, e.kind, e.amount) for mid, e in out.plan.entries] == [
+        ("m1", "charge", -100),
+        ("m2", "charge", -200),
+    ]
+    assert out.plan.low_balance is None and out.plan.day == "2023-11-14"
+    assert await ids(store) == ["m1", "m2"]
+    rows = (await store.ledger_page("acc_a"))[1:]
+    assert [(r.kind, r.amount, r.pocket, r.ref, r.at) for r in rows] == [
+        ("charge", -100, "cash", "m1", NOW),
+        ("charge", -200, "cash", "m2", NOW),
+    ]
+    assert await cash(store) == 700
+    assert await store.ledger_sums("acc_a") == {"cash": 700}
+    # Billing off: no entries, nothing moves (the day still counts).
+    m3 = message("m3", price_class=None)
+    off = await send(store, m3, rules=Rules(sign_name="Acme"))
+    assert off.accepted and off.plan is not None and off.plan.entries == ()
+    assert await cash(store) == 700
+
+
+async def test_vouchers_are_spent_before_cash(store: Store) -> None:
+    await funded(store, 1000)
+    await store.append_ledger("acc_a", grant_voucher(150, NOW, "v1", NOW + DAY))
+    m1, m2 = message("m1"), message("m2")
+    assert (await send(store, m1)).accepted
+    assert (await send(store, m2)).accepted
+    rows = (await store.ledger_page("acc_a"))[2:]
+    assert [(r.kind, r.amount, r.pocket, r.ref) for r in rows] == [
+        ("voucher_spend", -100, "voucher:v1", "m1"),
+        ("voucher_spend", -50, "voucher:v1", "m2"),
+        ("charge", -50, "cash", "m2"),
+    ]
+    assert {p.pocket: p.amount for p in await store.get_pockets("acc_a")} == {
+        "cash": 950,
+        "voucher:v1": 0,
+    }
+
+
+async def test_postpaid_accrues_domestic_but_international_needs_funds(store: Store) -> None:
+    await funded(store, 0, kind="postpaid")
+    dom = message("m1")
+    out = await send(store, dom, amount=300)
+    # Domestic postpaid traffic is invoiced at settlement: accepted with no funds, no entry.
+    assert out.accepted and out.plan is not None and out.plan.entries == ()
+    assert await store.ledger_page("acc_a") == []
+    intl = message("m2", UK, price_class="+44")
+    refused = await send(store, intl)
+    assert refused.refusal is not None and refused.refusal.code == "INSUFFICIENT_BALANCE"
+    # A stored-value card pays international traffic (never domestic).
+    await store.append_ledger("acc_a", card_purchase(999 * CNY, NOW, "c1"))
+    assert (await send(store, intl)).accepted
+    assert (await send(store, message("m3"), amount=10 * 999 * CNY)).accepted
+    pockets = {p.pocket: p.amount for p in await store.get_pockets("acc_a")}
+    assert pockets == {"card:c1": 999 * CNY - 100}
+
+
+async def test_low_balance_crossing_enqueues_one_event(store: Store) -> None:
+    await funded(store, 1000, status_url="https://cb.example/st", threshold=500)
+    outs = []
+    for i, amount in enumerate((300, 300, 100)):  # 700, 400 (crossing), 300
+        m = message(f"m{i}")
+        outs.append(await send(store, m, amount=amount))
+    assert [o.plan.low_balance for o in outs if o.plan] == [None, (700, 400), None]
+    jobs = await store.claim_webhooks(NOW + DAY, 100, LEASE)
+    events = [j for j in jobs if j.kind == "event"]
+    assert len(events) == 1
+    body = json.loads(events[0].payload)
+    assert (body["event"], body["available_micro"], body["previous_micro"]) == (
+        "balance.low",
+        400,
+        700,
+    )
+    assert events[0].url == "https://cb.example/st"
+    # A top-up above the threshold re-arms it; without a callback URL nothing is queued.
+    await store.append_ledger("acc_a", topup(1000, NOW))  # 1300
+    await store.update_account("acc_a", {"status_callback_url": None}, NOW)
+    crossed = await send(store, message("m9"), amount=900)  # 1300 -> 400
+    assert crossed.plan is not None and crossed.plan.low_balance == (1300, 400)
+    assert [j for j in await store.claim_webhooks(NOW + DAY, 100, LEASE) if j.kind == "event"] == []
+
+
+# ---------------------------------------------------------------- refunds on receipts
+
+
+async def test_failed_receipt_refunds_domestic_once(store: Store) -> None:
+    await funded(store, 1000)
+    assert (await send(store, message("m1"))).accepted
+    assert await cash(store) == 900
+    await deliver(store, "m1", "undeliverable")
+    assert (await store.get_message("acc_a", "m1")).state == "failed"  # type: ignore[union-attr]
+    assert await cash(store) == 1000
+    await store.apply_receipts([rcpt("m1-1", "undeliverable")], NOW + 2 * MIN)
+    await store.apply_receipts([rcpt("m1-1", "delivered")], NOW + 3 * MIN)
+    assert await cash(store) == 1000
+    rows = [r for r in await store.ledger_page("acc_a") if r.ref == "m1"]
+    assert [(r.kind, r.amount) for r in rows] == [("charge", -100), ("refund", 100)]
+    assert await store.ledger_sums("acc_a") == {"cash": 1000}
+
+
+async def test_delivered_is_not_refunded(store: Store) -> None:
+    await funded(store, 1000)
+    await store.append_ledger("acc_a", grant_voucher(30, NOW, "v1", None))
+    assert (await send(store, message("m1", parts=2))).accepted
+    await deliver(store, "m1", "delivered", parts=2)
+    assert (await store.get_message("acc_a", "m1")).state == "delivered"  # type: ignore[union-attr]
+    assert {p.pocket: p.amount for p in await store.get_pockets("acc_a")} == {
+        "cash": 830,
+        "voucher:v1": 0,
+    }
+
+
+async def test_failed_refund_returns_voucher_portion_to_its_voucher(store: Store) -> None:
+    await funded(store, 1000)
+    await store.append_ledger("acc_a", grant_voucher(30, NOW, "v1", NOW + DAY))
+    assert (await send(store, message("m1"))).accepted
+    await deliver(store, "m1", "rejected")
+    pockets = {p.pocket: p.amount for p in await store.get_pockets("acc_a")}
+    assert pockets == {"cash": 1000, "voucher:v1": 30}
+    assert await store.ledger_sums("acc_a") == pockets
+
+
+async def test_international_refunds_the_parts_never_submitted(store: Store) -> None:
+    await funded(store, 10_000)
+    never = message("i1", UK, price_class="+44")
+    half = message("i2", "+447700900124", parts=2, price_class="+44")
+    assert (await send(store, never, half)).accepted  # 100 + 200
+    await store.claim("inst-1", 10, NOW, LEASE)
+    # i2's first part was accepted by the SMSC (its receipt even came before the submit_sm_resp)
+    # and its second failed, in the same batch of results: final, half of it refunded.
+    await store.apply_receipts([rcpt("i2-1", "delivered")], NOW)
+    results = [
+        SubmitResult("i1", 1, "failed", "smscA", error_code="ESME_RINVDSTADR", at=NOW),
+        sent("i2", 1),
+        SubmitResult("i2", 2, "failed", "smscA", error_code="ESME_RSUBMITFAIL", at=NOW),
+    ]
+    await store.record_submits(results, [], NOW)
+    states = [(await store.get_message("acc_a", m)).state for m in ("i1", "i2")]  # type: ignore[union-attr]
+    assert states == ["failed", "failed"]
+    refunds = [(r.ref, r.amount) for r in await store.ledger_page("acc_a") if r.kind == "refund"]
+    assert sorted(refunds) == [("i1", 100), ("i2", 100)]
+    assert await cash(store) == 10_000 - 300 + 200
+    # A repeated receipt changes nothing.
+    await store.apply_receipts([rcpt("i2-1", "undeliverable")], NOW + MIN)
+    assert await cash(store) == 10_000 - 100
+
+
+# ---------------------------------------------------------------- settlement
+
+
+async def test_usage_groups(store: Store) -> None:
+    await funded(store, 10_000)
+    await store.append_ledger("acc_a", grant_voucher(50, NOW, "v1", None))
+    ms = [
+        message("msg_1", at=NOW),
+        message("msg_2", CN2, parts=2, at=NOW + 1),
+        message("msg_3", "+8613700137000", at=NOW + 2),
+        message("msg_4", UK, at=NOW + 3, price_class="+44"),
+        message("msg_5", "+8613600136000", at=NOW + 4, price_class=None),
+    ]
+    for m in ms:
+        assert (await send(store, m, now=m.accepted_at)).accepted
+    await store.claim("inst-1", 10, NOW + DAY, LEASE)
+    await store.record_submits(
+        [sent("msg_1"), sent("msg_2", 1), sent("msg_2", 2), sent("msg_3")], [], NOW
+    )
+    await store.apply_receipts(
+        [rcpt("msg_1-1"), rcpt("msg_2-1"), rcpt("msg_2-2"), rcpt("msg_3-1", "undeliverable")], NOW
+    )
+    start, end = NOW - DAY, NOW + DAY
+    assert sorted(await store.usage_groups("acc_a", start, end, [])) == sorted(
+        [
+            (NOW, 3, 300, "D", 3, "delivered", 50),  # m1 (voucher 50 + cash 50) and m2
+            (NOW + 2, 1, 0, "D", 1, "failed", 0),  # m3: charged, then refunded
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+        ]
+    )
+    split = sorted(await store.usage_groups("acc_a", start, end, [NOW + 1]))
+    assert split == sorted(
+        [
+            (NOW, 1, 100, "D", 1, "delivered", 50),
+            (NOW + 1, 2, 200, "D", 2, "delivered", 0),
+            (NOW + 2, 1, 0, "D", 1, "failed", 0),
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+        ]
+    )
+    assert await store.usage_groups("acc_a", NOW + 4, end, []) == []
+
+
+async def test_save_bill_is_idempotent(store: Store) -> None:
+    await funded(store, 1000)
+    bill = BillRow("acc_a", "2023-11", '{"units":1}', NOW)
+    adjust = [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, 40, "cash", NOW, "2023-11")]
+    assert await store.get_bill("acc_a", "2023-11") is None
+    assert await store.save_bill(bill, adjust) is True
+    ledger = await store.ledger_page("acc_a")
+    assert await store.save_bill(replace(bill, body="{}", settled_at=NOW + 1), adjust) is False
+    assert await store.ledger_page("acc_a") == ledger
+    assert await store.get_bill("acc_a", "2023-11") == bill
+    assert await cash(store) == 1040
+    assert await store.save_bill(BillRow("acc_a", "2023-12", "{}", NOW), []) is True
+
+
+async def test_concurrent_settlements_record_once(store: Store, engine: EngineHandle) -> None:
+    await funded(store, 1000)
+    other = engine.new_store() if engine.multi_instance else store
+    if other is not store:
+        await other.open()
+    try:
+        adjust = [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, 40, "cash", NOW, "2023-11")]
+        bill = BillRow("acc_a", "2023-11", "{}", NOW)
+        done = await asyncio.gather(
+            *(s.save_bill(bill, adjust) for s in (store, other, store, other))
+        )
+        assert sorted(done) == [False, False, False, True]
+        assert await cash(store) == 1040
+    finally:
+        if other is not store:
+            await other.close()
+
+
+# ---------------------------------------------------------------- erasure
+
+
+async def test_erase_recipient_masks_and_ends_queued_with_refund(store: Store) -> None:
+    await funded(store, 1000)
+    done, queued, other = message("m1"), message("m2", at=NOW + 1), message("m3", CN2)
+    assert (await send(store, done)).accepted
+    await deliver(store, "m1")
+    assert (await send(store, queued, other)).accepted
+    await store.store_mo(MoMessage("mo1", "acc_a", "smscA", CN, "1069", "hello", NOW))
+    await store.store_mo(MoMessage("mo2", "acc_a", "smscA", CN2, "1069", "hi", NOW))
+    assert await cash(store) == 700
+    assert await store.erase_recipient("acc_a", CN, "+86138****8000", NOW + 5) == 2
+    for mid in ("m1", "m2"):
+        rec = await store.get_message("acc_a", mid)
+        assert rec is not None
+        assert (rec.recipient, rec.text, rec.client_ref) == ("+86138****8000", None, None)
+    m1, m2 = await store.get_message("acc_a", "m1"), await store.get_message("acc_a", "m2")
+    assert m1 is not None and m2 is not None
+    assert (m1.state, m1.billable_units) == ("delivered", 1)
+    assert (m2.state, m2.error_code, m2.done_at) == ("expired", "ERASED", NOW + 5)
+    assert await cash(store) == 800  # m2 refunded, m1 (delivered) and m3 (queued) billed
+    m3 = await store.get_message("acc_a", "m3")
+    assert m3 is not None and (m3.recipient, m3.text, m3.state) == (CN2, "text of m3", "queued")
+    # Nothing of the erased number is left to send.
+    work = await store.claim("inst-1", 10, NOW + DAY, LEASE)
+    assert [w.id for w in work] == ["m3"]
+    mo1, mo2 = await store.get_mo("mo1"), await store.get_mo("mo2")
+    assert mo1 is not None and (mo1.source, mo1.text) == ("+86138****8000", None)
+    assert mo2 is not None and (mo2.source, mo2.text) == (CN2, "hi")
+    assert await store.list_messages("acc_a", recipient=CN) == []
+    assert await store.erase_recipient("acc_a", CN, "+86138****8000", NOW + 6) == 0
+
+
+async def test_close_account(store: Store) -> None:
+    await funded(store, 1000, status_url="https://cb.example/st")
+    await store.add_key(key("K1"), max_active=2)
+    await store.add_optouts("acc_a", [CN2], "api", NOW)
+    assert (await send(store, message("m1"), key="k1")).accepted
+    assert await store.close_account("acc_a", NOW + 5) is True
+    acc = await store.get_account("acc_a")
+    assert acc is not None
+    assert (acc.status, acc.active, acc.status_callback_url, acc.updated_at) == (
+        "closed",
+        False,
+        None,
+        NOW + 5,
+    )
+    k = await store.get_key("K1")
+    assert k is not None and (k.status, k.revoked_at) == ("revoked", NOW + 5)
+    assert await store.list_optouts("acc_a") == []
+    assert await store.get_idempotency("acc_a", "k1", NOW) is None
+    rec = await store.get_message("acc_a", "m1")
+    assert rec is not None
+    assert (rec.recipient, rec.text, rec.state, rec.error_code) == (
+        "+***",
+        None,
+        "expired",
+        "ERASED",
+    )
+    assert await cash(store) == 1000  # the unsent message was refunded; billing history stays
+    assert len(await store.ledger_page("acc_a")) == 3
+    assert await store.claim_webhooks(NOW + DAY, 100, LEASE) == []  # nothing pushed any more
+    assert await store.close_account("acc_nope", NOW) is False
+
+
+# ---------------------------------------------------------------- races
+
+
+@pytest.fixture
+async def stores(store: Store, engine: EngineHandle) -> AsyncIterator[list[Store]]:
+    """The test's store, plus (PostgreSQL) a second instance on the same database."""
+    if not engine.multi_instance:
+        yield [store]
+        return
+    other = engine.new_store()
+    await other.open()
+    try:
+        yield [store, other]
+    finally:
+        await other.close()
+
+
+async def test_concurrent_sends_take_exactly_the_affordable(stores: list[Store]) -> None:
+    store = stores[0]
+    n, k, price = 16, 5, 100
+    await funded(store, k * price)
+    msgs = [message(f"m{i:02d}", f"+861380013{i:04d}") for i in range(n)]
+    outs = await asyncio.gather(
+        *(send(stores[i % len(stores)], m, key=f"k{i}") for i, m in enumerate(msgs))
+    )
+    accepted = [m.id for m, o in zip(msgs, outs, strict=True) if o.accepted]
+    assert len(accepted) == k
+    codes = {o.refusal.code for o in outs if o.refusal is not None}
+    assert codes == {"INSUFFICIENT_BALANCE"}
+    assert await ids(store) == sorted(accepted)
+    assert await cash(store) == 0
+    assert await store.ledger_sums("acc_a") == {"cash": 0}
+    running = 0
+    for row in await store.ledger_page("acc_a", limit=1000):  # in commit order: never below 0
+        running += row.amount
+        assert running >= 0
+    charged = sorted(r.ref for r in await store.ledger_page("acc_a") if r.kind == "charge")
+    assert charged == sorted(accepted)
+
+
+async def test_concurrent_sends_to_one_number_pass_a_minute_limit_once(
+    stores: list[Store],
+) -> None:
+    store = stores[0]
+    await funded(store, 10_000)
+    fr = FrequencyRule("verification", "Acme", None, Limits(1, 5, 10), "UTC", (CN,))
+    msgs = [message(f"v{i}", kind="verification") for i in range(8)]
+    outs = await asyncio.gather(
+        *(
+            send(stores[i % len(stores)], m, rules=billed(m, frequency=fr))
+            for i, m in enumerate(msgs)
+        )
+    )
+    assert sum(o.accepted for o in outs) == 1
+    assert {o.refusal.code for o in outs if o.refusal} == {"FREQUENCY_LIMIT_MINUTE"}
+    assert await cash(store) == 10_000 - 100
