@@ -41,12 +41,14 @@ class SendRules:
         )
         self._templates: dict[str, Template] = {}
         self._exempt = frozenset(config.rules.frequency.exempt)
+        self._limits = self._limits_of(config)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new limits, exempt list, keywords and content filter."""
         self.filter = load_filter(config.rules.content_filter_file)
         self.config = config
         self._exempt = frozenset(config.rules.frequency.exempt)
+        self._limits = self._limits_of(config)
 
     async def template(self, account_id: str, code: str) -> Template | None:
         """This account's template `code` (any status), or None."""
@@ -61,13 +63,18 @@ class SendRules:
         return t if t.account_id == account_id else None
 
     def limits(self, kind: str | None) -> Limits:
-        f = self.config.rules.frequency
-        cfg = {
+        return self._limits.get(kind or "", self._limits[""])
+
+    @staticmethod
+    def _limits_of(config: Config) -> dict[str, Limits]:
+        f = config.rules.frequency
+        by_kind = {
             "verification": f.verification,
             "notification": f.notification,
             "marketing": f.marketing,
-        }.get(kind or "", f.raw_text)
-        return Limits(cfg.per_minute, cfg.per_hour, cfg.per_day)
+            "": f.raw_text,
+        }
+        return {k: Limits(c.per_minute, c.per_hour, c.per_day) for k, c in by_kind.items()}
 
     def frequency(
         self, kind: str | None, sign: str | None, template: str | None, numbers: tuple[str, ...]

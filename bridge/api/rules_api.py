@@ -4,6 +4,7 @@ balance, ledger and monthly bills. Every one acts on the calling account only.""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -80,7 +81,7 @@ async def list_signs(request: web.Request) -> web.Response:
 
 
 async def get_sign(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+    name = unicodedata.normalize("NFKC", request.match_info["name"])  # as stored at submission
     sign = await ctx_of(request).store.get_sign(_account(request).id, name)
     if sign is None:
         raise ApiError("NOT_FOUND", f"no sign name {name!r}")

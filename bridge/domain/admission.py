@@ -25,7 +25,7 @@ from bridge.domain.ledger import (
     Entry,
     EntryKind,
     InsufficientFunds,
-    balances,
+    LedgerError,
     crossed_low_balance,
     plan_charge,
     plan_refund,
@@ -134,7 +134,13 @@ def _zone(name: str) -> ZoneInfo:
 
 def day_key(now_ms: int, tz: str) -> str:
     """The local calendar day of `now_ms` ("YYYY-MM-DD"), the unit of the daily quota."""
-    return datetime.fromtimestamp(now_ms // 1000, _zone(tz)).strftime("%Y-%m-%d")
+    return _day_of_minute(now_ms // 60_000, tz)
+
+
+@lru_cache(maxsize=256)
+def _day_of_minute(minute: int, tz: str) -> str:
+    # Every zone's midnight falls on a whole minute, so the day is a function of the minute.
+    return datetime.fromtimestamp(minute * 60, _zone(tz)).strftime("%Y-%m-%d")
 
 
 def seconds_to_midnight(now_ms: int, tz: str) -> float:
@@ -145,25 +151,31 @@ def seconds_to_midnight(now_ms: int, tz: str) -> float:
 
 
 def balances_of(pockets: Iterable[Pocket], now: int) -> Balances:
-    """Balances from running pocket sums: the same answer as `ledger.balances` over the entries."""
-    entries = []
+    """Balances from running pocket sums: the same answer as `ledger.balances` over the entries
+    (computed directly: it runs in every accept transaction)."""
+    cash = 0
+    vouchers: dict[str, int] = {}
+    cards: dict[str, int] = {}
+    v_exp: dict[str, int | None] = {}
+    c_exp: dict[str, int | None] = {}
     for p in pockets:
-        if p.pocket.startswith("voucher:"):
-            kind = EntryKind.VOUCHER_GRANT
-        elif p.pocket.startswith("card:"):
-            kind = EntryKind.CARD_PURCHASE
-        elif p.pocket == "cash":
-            kind = EntryKind.TOPUP if p.amount >= 0 else EntryKind.CHARGE
+        name = p.pocket
+        if name == "cash":
+            cash += p.amount
+            continue
+        if name.startswith("voucher:"):
+            target, expiry, key = vouchers, v_exp, name[8:]
+        elif name.startswith("card:") and p.expires_at is not None:  # a card always expires
+            target, expiry, key = cards, c_exp, name[5:]
         else:
-            continue  # the postpaid receivable is never spendable
-        if kind in (EntryKind.VOUCHER_GRANT, EntryKind.CARD_PURCHASE) and p.amount < 0:
-            kind = (
-                EntryKind.VOUCHER_SPEND if kind == EntryKind.VOUCHER_GRANT else EntryKind.CARD_SPEND
-            )
-        if kind == EntryKind.CARD_PURCHASE and p.expires_at is None:
-            continue  # malformed (a card always expires): spendable by nothing
-        entries.append(Entry(kind, p.amount, p.pocket, 0, None, p.expires_at))
-    return balances(entries, now)
+            continue  # the postpaid receivable (and a malformed card) is never spendable
+        if p.amount < 0:
+            raise LedgerError(f"pocket: {name} is overdrawn ({p.amount})")
+        if p.amount == 0 or not (p.expires_at is None or now < p.expires_at):
+            continue
+        target[key] = p.amount
+        expiry[key] = p.expires_at
+    return Balances(cash, vouchers, cards, v_exp, c_exp)
 
 
 def apply_entries(pockets: Mapping[str, Pocket], entries: Iterable[Entry]) -> dict[str, Pocket]:
@@ -259,9 +271,14 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
                 f"{format_micro(exc.available + _spent(planned))} available",
             )
         planned.extend((c.message_id, e) for e in entries)
-        pockets = apply_entries(pockets, entries)
-        bal = balances_of(pockets.values(), now)
-    after = bal.available_domestic
+        if len(charges) > 1:  # the next charge plans against what this one left
+            pockets = apply_entries(pockets, entries)
+            bal = balances_of(pockets.values(), now)
+    # plan_charge never takes cash below zero, so what left the domestic pockets (vouchers and
+    # cash) is exactly how far the available domestic balance fell.
+    after = before + sum(
+        e.amount for _m, e in planned if not e.pocket.startswith("card:")
+    )
     low = None
     if facts.low_balance_threshold > 0 and crossed_low_balance(
         before, after, facts.low_balance_threshold

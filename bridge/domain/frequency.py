@@ -102,11 +102,19 @@ def window_starts(now_ms: int, tz: str | tzinfo) -> tuple[int, int, int]:
     starts at its own 01:00). A floor that lands in a DST gap (only possible where DST shifts by
     30 minutes) maps to the transition instant. Never later than ``now``.
     """
+    minute, hour = _clock_starts(now_ms // MINUTE_MS, tz)
+    return min(minute, now_ms), min(hour, now_ms), now_ms - DAY_MS
+
+
+@lru_cache(maxsize=256)
+def _clock_starts(minute_index: int, tz: str | tzinfo) -> tuple[int, int]:
+    """(start of the clock minute, start of the clock hour) for any instant in that UTC minute:
+    checked on every send, computed once a minute per zone."""
     zone = _zone(tz) if isinstance(tz, str) else tz
-    local = datetime.fromtimestamp(now_ms // 1000, zone)
+    local = datetime.fromtimestamp(minute_index * 60, zone)
     minute = _ms(local.replace(second=0, microsecond=0))
     hour = _ms(local.replace(minute=0, second=0, microsecond=0))
-    return min(minute, now_ms), min(hour, now_ms), now_ms - DAY_MS
+    return minute, hour
 
 
 def exceeded(
@@ -118,6 +126,9 @@ def exceeded(
     """
     if adding < 0:
         raise ValueError(f"adding: must be >= 0, not {adding}")
+    lowest = min((x for x in (limits.per_minute, limits.per_hour, limits.per_day) if x), default=0)
+    if not lowest or len(sent_ms) + adding <= lowest:
+        return None  # fewer sends in all than the tightest window allows: no window to compute
     minute_start, hour_start, day_start = window_starts(now_ms, tz)
     in_minute = in_hour = in_day = 0
     for t in sent_ms:  # the windows nest: minute within hour within day

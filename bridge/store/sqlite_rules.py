@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from itertools import zip_longest
 from typing import Any
 
 from bridge.domain import admission as adm
@@ -47,6 +49,74 @@ def number_prefixes(e164: str) -> list[str]:
 # -- inside the accept transaction ----------------------------------------------------------------
 
 
+_HISTORY_COND = {
+    "verification": "kind='verification' AND sign_name IS :fsign",
+    "template": "sign_name IS :fsign AND template=:ftpl",
+    "raw": "sign_name IS :fsign AND template IS NULL",
+}
+
+
+@lru_cache(maxsize=64)
+def _one_sql(history: str | None, prefixes: int) -> str:
+    """Everything a one-recipient send needs, in one statement (the usual request)."""
+    hist = (
+        "(SELECT json_group_array(accepted_at) FROM messages WHERE account_id=a.id "
+        f"AND recipient=:to AND accepted_at>:since AND {_HISTORY_COND[history]})"
+        if history is not None
+        else "NULL"
+    )
+    marks = ",".join(f":p{i}" for i in range(prefixes))
+    return (
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
+        "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
+        "(SELECT status FROM templates WHERE code=:tpl AND account_id=a.id), "
+        "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to), "
+        f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})), "
+        f"{hist}, "
+        "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
+        "WHERE account_id=a.id AND :pockets) "
+        "FROM accounts a WHERE a.id=:acc"
+    )
+
+
+def _read_facts_one(
+    c: sqlite3.Connection, account_id: str, rules: adm.Rules, number: str, now: int
+) -> adm.Facts:
+    fr = rules.frequency
+    limited = fr is not None and number in fr.numbers
+    prefixes = number_prefixes(number)
+    args: dict[str, Any] = {f"p{i}": p for i, p in enumerate(prefixes)}
+    args.update(
+        day=adm.day_key(now, rules.tz),
+        sign=rules.sign_name,
+        tpl=rules.template_code,
+        to=number,
+        acc=account_id,
+        pockets=bool(rules.billing and rules.charges),
+    )
+    if limited:
+        assert fr is not None
+        args.update(since=now - DAY_MS, fsign=dict(fr.sign_of())[number], ftpl=fr.template)
+    row = c.execute(_one_sql(fr.kind if limited else None, len(prefixes)), args).fetchone()
+    if row is None:
+        row = (0, "prepaid", 0, 0, None, None, 0, 0, None, None)
+    quota, kind, threshold, day_count, sign, template, opted, blocked, hist, pockets = row
+    return adm.Facts(
+        recipients=(number,),
+        sign_status=sign,
+        template_status=template,
+        opted_out=frozenset((number,)) if opted else frozenset(),
+        blocked=frozenset((number,)) if blocked else frozenset(),
+        history={number: json.loads(hist)} if hist else {},
+        day_count=day_count or 0,
+        daily_quota=quota,
+        account_kind=kind,
+        low_balance_threshold=threshold,
+        pockets=[adm.Pocket(*p) for p in json.loads(pockets)] if pockets else [],
+    )
+
+
 def read_facts(
     c: sqlite3.Connection,
     account_id: str,
@@ -54,42 +124,44 @@ def read_facts(
     recipients: tuple[str, ...],
     now: int,
 ) -> adm.Facts:
-    sign_status = template_status = None
-    if rules.sign_name is not None:
-        row = c.execute(
-            "SELECT status FROM signs WHERE account_id=? AND name=?", (account_id, rules.sign_name)
-        ).fetchone()
-        sign_status = row[0] if row else None
+    if len(recipients) == 1 and not rules.more_signs:
+        return _read_facts_one(c, account_id, rules, recipients[0], now)
+    day = adm.day_key(now, rules.tz)
+    # The account's live settings, today's count and the two statuses in one statement.
+    acc = c.execute(
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=?), "
+        "(SELECT status FROM signs WHERE account_id=a.id AND name=?), "
+        "(SELECT status FROM templates WHERE code=? AND account_id=a.id) "
+        "FROM accounts a WHERE a.id=?",
+        (day, rules.sign_name, rules.template_code, account_id),
+    ).fetchone()
+    quota, kind, threshold, day_count, sign_status, template_status = acc or (
+        0, "prepaid", 0, 0, None, None
+    )
     more: dict[str, str | None] = {}
     for name in rules.more_signs:
         row = c.execute(
             "SELECT status FROM signs WHERE account_id=? AND name=?", (account_id, name)
         ).fetchone()
         more[name] = row[0] if row else None
-    if rules.template_code is not None:
-        row = c.execute(
-            "SELECT status FROM templates WHERE code=? AND account_id=?",
-            (rules.template_code, account_id),
-        ).fetchone()
-        template_status = row[0] if row else None
+    # Opt-outs and do-not-contact prefixes of every recipient, one statement per chunk.
     opted: set[str] = set()
-    blocked: set[str] = set()
-    for chunk in _chunks(recipients, 400):
-        opted.update(
-            r[0]
-            for r in c.execute(
-                f"SELECT recipient FROM optouts WHERE account_id=? AND recipient IN "
-                f"({_marks(len(chunk))})",
-                (account_id, *chunk),
-            )
-        )
-    for number in recipients:
-        prefixes = number_prefixes(number)
-        if c.execute(
-            f"SELECT 1 FROM dnc_entries WHERE prefix IN ({_marks(len(prefixes))}) LIMIT 1",
-            prefixes,
-        ).fetchone():
-            blocked.add(number)
+    matched: set[str] = set()
+    prefixes = sorted({p for n in recipients for p in number_prefixes(n)})
+    for nums, pres in zip_longest(_chunks(recipients, 400), _chunks(prefixes, 400), fillvalue=()):
+        for which, value in c.execute(
+            f"SELECT 1, recipient FROM optouts WHERE account_id=? AND recipient IN "
+            f"({_marks(len(nums))}) UNION ALL "
+            f"SELECT 2, prefix FROM dnc_entries WHERE prefix IN ({_marks(len(pres))})",
+            (account_id, *nums, *pres),
+        ):
+            (opted if which == 1 else matched).add(value)
+    blocked = (
+        {n for n in recipients if any(p in matched for p in number_prefixes(n))}
+        if matched
+        else set()
+    )
     history: dict[str, list[int]] = {}
     fr = rules.frequency
     if fr is not None and fr.numbers:
@@ -107,14 +179,6 @@ def read_facts(
             history[number] = [
                 r[0] for r in c.execute(sql, (account_id, number, now - DAY_MS, sign, *extra))
             ]
-    acc = c.execute(
-        "SELECT daily_quota, kind, low_balance_threshold FROM accounts WHERE id=?", (account_id,)
-    ).fetchone()
-    quota, kind, threshold = acc if acc else (0, "prepaid", 0)
-    day = adm.day_key(now, rules.tz)
-    row = c.execute(
-        "SELECT messages FROM daily_counts WHERE account_id=? AND day=?", (account_id, day)
-    ).fetchone()
     pockets: list[adm.Pocket] = []
     if rules.billing and rules.charges:
         pockets = read_pockets(c, account_id)
@@ -126,7 +190,7 @@ def read_facts(
         opted_out=frozenset(opted),
         blocked=frozenset(blocked),
         history=history,
-        day_count=row[0] if row else 0,
+        day_count=day_count or 0,
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
@@ -155,6 +219,20 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
 
 def append_entries(c: sqlite3.Connection, account_id: str, entries: Sequence[Entry]) -> None:
     """Append to the ledger and move the running pocket sums in the same transaction."""
+    if len(entries) == 1:  # the usual charge: two plain statements
+        e = entries[0]
+        c.execute(
+            "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at),
+        )
+        c.execute(
+            "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,?) "
+            "ON CONFLICT (account_id, pocket) DO UPDATE SET amount=amount+excluded.amount, "
+            "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
+            (account_id, e.pocket, e.amount, e.expires_at),
+        )
+        return
     c.executemany(
         "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
         "VALUES (?,?,?,?,?,?,?)",

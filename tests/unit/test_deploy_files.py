@@ -157,3 +157,41 @@ def test_the_health_check_needs_no_curl_and_fails_when_nothing_answers() -> None
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/healthz"
     env = {"SMPP_BRIDGE_HEALTHCHECK_URL": dead}
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode == 1
+
+
+def test_the_compose_file_runs_two_instances_on_one_postgres_with_a_valid_config() -> None:
+    import yaml
+
+    from bridge.config import parse_config
+
+    compose = yaml.safe_load((REPO / "config/compose.yaml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    bridges = [s for name, s in services.items() if name.startswith("bridge-")]
+    assert len(bridges) == 2
+    assert "postgres" in services and services["postgres"]["healthcheck"]
+    published = {b["ports"][0].split(":")[0] for b in bridges}
+    assert len(published) == 2  # each instance reachable on its own host port
+    for b in bridges:
+        env = b["environment"]
+        assert env["SMPP_BRIDGE_STORE_DSN"].startswith("postgresql://")
+        assert "@postgres:5432/" in env["SMPP_BRIDGE_STORE_DSN"]
+        assert b["depends_on"]["postgres"]["condition"] == "service_healthy"
+        mount = b["volumes"][0].split(":")
+        assert mount[1] == "/etc/smpp-bridge/bridge.yaml"  # where the image's entrypoint reads
+        cfg_file = REPO / "config" / Path(mount[0]).name
+        grace = float(b["stop_grace_period"].rstrip("s"))
+        # No secret sits in the compose file itself: all come from the environment.
+        assert all("${" in v for k, v in env.items() if k != "SMPP_BRIDGE_SMSC_SIM_PASSWORD")
+    data = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
+    cfg = parse_config(
+        data,
+        env={
+            "SMPP_BRIDGE_MASTER_KEY": "A" * 43 + "=",
+            "SMPP_BRIDGE_STORE_DSN": "postgresql://bridge:x@postgres:5432/bridge",
+            "SMPP_BRIDGE_SMSC_SIM_PASSWORD": "bridge",
+        },
+        base_dir=REPO / "config",
+    )
+    assert cfg.store.engine == "postgres" and cfg.server.host == "0.0.0.0"
+    assert grace > cfg.server.shutdown_grace_s
+    assert {s.host for s in cfg.smscs} <= set(services)  # SMSCs resolve to compose services
