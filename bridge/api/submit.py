@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from bridge.api.errors import ApiError
@@ -200,6 +201,15 @@ def encode_options(smsc: SmscConfig, smart: bool) -> EncodeOptions:
     )
 
 
+@lru_cache(maxsize=8)
+def _rule_of_name(name: str) -> CountingRule:
+    return CountingRule(name)
+
+
+def _rule_of(tariff: Tariff) -> CountingRule:
+    return _rule_of_name(tariff.counting_rule)
+
+
 class Submitter:
     """Turns a validated request into NewMessage rows (pure apart from the reference counter)."""
 
@@ -323,14 +333,20 @@ class Submitter:
                 )
                 for p in enc.parts
             )
-            units = billable_units(enc.text, self._rule, enc.segments)
             mid = id_factory("msg_", now_ms)
             price_class = None
-            if tariff is not None:
+            if tariff is None:
+                units = billable_units(enc.text, self._rule, enc.segments)
+            else:
+                # The tariff in force decides how units are counted; international traffic is
+                # counted (and priced) by transmitted segments.
+                units = billable_units(enc.text, _rule_of(tariff), enc.segments)
                 try:
                     price_class, amount, intl = price(tariff, number, units, enc.segments)
                 except PriceNotFound as exc:
                     raise ApiError("PRICE_NOT_FOUND", exc.message) from None
+                if intl:
+                    units = enc.segments
                 charges.append(Priced(mid, amount, intl))
             messages.append(
                 NewMessage(
