@@ -209,3 +209,21 @@ async def test_erasure_masks_the_number_and_drops_the_text(api_server, make_acco
     assert got.json["status"] == "expired"  # it was still queued: never sent after erasure
     bal = await api_server.request("GET", "/v1/balance", creds=creds)
     assert bal.json["cash_micro"] == 1_000_000 * 1_000_000  # refunded
+
+
+async def test_international_units_are_transmitted_segments_priced_per_country(
+    api_server, make_account
+):
+    creds = await make_account(ready=False)
+    await api_server.admin(
+        "POST", f"/admin/accounts/{creds.account.id}/topups", json={"amount_micro": 1_000_000}
+    )
+    text = "x" * 200  # GSM-7: 2 transmitted parts; 200 tariff characters would be 3 domestic units
+    r = await api_server.send(creds, {"to": "+447700900123", "text": text})
+    assert r.status == 202, r.json
+    sent = r.json["messages"][0]
+    assert (sent["segments"], sent["billable_units"]) == (2, 2)
+    bal = await api_server.request("GET", "/v1/balance", creds=creds)
+    assert bal.json["cash_micro"] == 1_000_000 - 2 * 50_000  # the test tariff's +4 price
+    domestic = await api_server.send(creds, {"to": CN, "text": text})
+    assert domestic.json["messages"][0]["billable_units"] == 3  # ceil(200 / 67)
