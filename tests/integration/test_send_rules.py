@@ -106,7 +106,7 @@ async def test_marketing_needs_opt_out_wording_and_an_enabled_account(api_server
 
 
 async def test_verification_frequency_windows(api_server, make_account, clock):
-    clock.freeze(1_796_000_400)  # 2026-11-29T05:40:00Z = 13:40 in Asia/Shanghai
+    clock.freeze(1_796_000_400)  # 2026-11-30T01:00:00Z = 09:00 in Asia/Shanghai
     creds = await make_account(raw_text=False)
     t = await _template(api_server, creds, "Code ${code}")
     await _approve(api_server, t["code"])
