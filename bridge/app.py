@@ -267,8 +267,13 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.ctx.queue_depth = await self.store.queue_depth()
                 ticks += 1
+                # Back-pressure needs an exact depth only near the limit; far below it, every
+                # 10 s is enough (accepts still add to the local count at once). The count scans
+                # every unsent row, which costs real time with a large backlog.
+                near = self.ctx.queue_depth * 4 >= self.config.store.max_queued_segments
+                if near or ticks % 10 == 0:
+                    self.ctx.queue_depth = await self.store.queue_depth()
                 if ticks % 10 == 0 and self.config.billing.enabled:
                     # Tariff versions another process added (they only ever get appended).
                     await self.ctx.tariff_book.refresh(int(self.clock() * 1000))

@@ -320,7 +320,10 @@ class Submitter:
             opts = encode_options(smsc, smart)
             bits = 16 if opts.split is SplitMode.UDH16 else 8
             try:
-                enc = encode_message(text, opts, self.refs.next(number, bits))
+                # A text of at most 70 characters is one part in every encoding: it carries no
+                # concatenation reference, so it takes no slot in the per-destination counter.
+                ref = self.refs.next(number, bits) if len(text) > 70 else 0
+                enc = encode_message(text, opts, ref)
             except TextError as exc:
                 raise ApiError(exc.code, exc.message) from None
             segments = tuple(

@@ -510,7 +510,8 @@ class SqliteStore(RulesStoreMixin):
             ).fetchone()
             return int(row[0])
 
-        return await self._runner.read(job)
+        # A scan of every unsent row (~250 ms at a million queued): off the event loop.
+        return await self._runner.read_heavy(job)
 
     async def stats(
         self, account_id: str, since: int, until: int, tz_offset_ms: int
