@@ -260,7 +260,17 @@ async def run(args: argparse.Namespace) -> dict:
         if sim is not None:
             await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
         out = subprocess.run(
-            [*cli, "account", "create", "bench", "--raw-text", "--topup", "100000000", "--config", str(path)],
+            [
+                *cli,
+                "account",
+                "create",
+                "bench",
+                "--raw-text",
+                "--topup",
+                "100000000",
+                "--config",
+                str(path),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -56,17 +56,34 @@ async def run(args: argparse.Namespace) -> dict:
     cfg_data = {
         "security": {"master_key": key},
         "logging": {"level": "WARNING"},
-        "sim": {"enabled": True, "port": sim_port, "control_port": ctl_port,
-                "receipt_delay_ms": args.receipt_delay_ms, "system_id": "bench",
-                "password": "bench"},
-        "smscs": [{"name": "sim", "port": sim_port, "system_id": "bench", "password": "bench",
-                   "window": args.window, "binds": 1, "bind_mode": "transceiver"}],
+        "sim": {
+            "enabled": True,
+            "port": sim_port,
+            "control_port": ctl_port,
+            "receipt_delay_ms": args.receipt_delay_ms,
+            "system_id": "bench",
+            "password": "bench",
+        },
+        "smscs": [
+            {
+                "name": "sim",
+                "port": sim_port,
+                "system_id": "bench",
+                "password": "bench",
+                "window": args.window,
+                "binds": 1,
+                "bind_mode": "transceiver",
+            }
+        ],
     }
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg_data))
     cfg = parse_config(cfg_data, env={})
-    sim = subprocess.Popen([sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         await wait_port(sim_port)
         receipts = 0
@@ -83,10 +100,15 @@ async def run(args: argparse.Namespace) -> dict:
         await conn.start()
         if not await conn.wait_up(10):
             raise SystemExit("bind did not come up")
-        part = ShortMessage(source_addr_ton=5, source_addr="bench", dest_addr_ton=1,
-                            dest_addr_npi=1, destination_addr="8613800138000",
-                            registered_delivery=1,
-                            short_message=b"Your verification code is 123456.")
+        part = ShortMessage(
+            source_addr_ton=5,
+            source_addr="bench",
+            dest_addr_ton=1,
+            dest_addr_npi=1,
+            destination_addr="8613800138000",
+            registered_delivery=1,
+            short_message=b"Your verification code is 123456.",
+        )
         it = iter(range(args.messages))
         ok = 0
 
@@ -124,8 +146,9 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--window", type=int, default=100)
     p.add_argument("--receipt-delay-ms", type=int, default=10)
@@ -148,8 +171,10 @@ def main() -> None:
         for pdu in ("submit_sm", "deliver_sm"):
             for op in ("encode", "decode"):
                 c = codec[pdu][op]
-                print(f"  codec {pdu:10} {op}  ours {c['ours']:>10,.0f}/s  smpplib "
-                      f"{c['smpplib']:>9,.0f}/s  x{c['ratio']:.1f}")
+                print(
+                    f"  codec {pdu:10} {op}  ours {c['ours']:>10,.0f}/s  smpplib "
+                    f"{c['smpplib']:>9,.0f}/s  x{c['ratio']:.1f}"
+                )
 
 
 if __name__ == "__main__":

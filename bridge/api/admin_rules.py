@@ -90,8 +90,12 @@ async def review_sign(request: web.Request) -> web.Response:
         raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
     try:
         sign = await review.decide_sign(
-            ctx.store, account.id, request.match_info["name"], data.get("decision"),
-            data.get("reason"), ctx.now_ms(),
+            ctx.store,
+            account.id,
+            request.match_info["name"],
+            data.get("decision"),
+            data.get("reason"),
+            ctx.now_ms(),
         )
     except review.ReviewError as exc:
         raise reraise(exc) from None
@@ -112,7 +116,10 @@ async def review_template(request: web.Request) -> web.Response:
         raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
     try:
         t = await review.decide_template(
-            ctx.store, request.match_info["code"], data.get("decision"), data.get("reason"),
+            ctx.store,
+            request.match_info["code"],
+            data.get("decision"),
+            data.get("reason"),
             ctx.now_ms(),
         )
     except review.ReviewError as exc:
@@ -164,8 +171,12 @@ async def put_dnc(request: web.Request) -> web.Response:
             + "; ".join(bad[:20]),
         )
     info = DncInfo(
-        list_id, q.get("name", list_id)[:200], country, len(parsed.numbers),
-        len(parsed.prefixes), ctx.now_ms(),
+        list_id,
+        q.get("name", list_id)[:200],
+        country,
+        len(parsed.numbers),
+        len(parsed.prefixes),
+        ctx.now_ms(),
     )
     await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
     view = _dnc_view(info)
@@ -217,8 +228,12 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
     )
     view["added"] = [
-        {"kind": str(e.kind), "amount_micro": e.amount, "pocket": e.pocket,
-         "expires_at": e.expires_at}
+        {
+            "kind": str(e.kind),
+            "amount_micro": e.amount,
+            "pocket": e.pocket,
+            "expires_at": e.expires_at,
+        }
         for e in entries
     ]
     return json_response(view, status=201)

@@ -92,7 +92,11 @@ async def post_template(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     try:
         t = await review.submit_template(
-            ctx.store, _account(request).id, _body(request), ctx.now_ms(), ctx.config,
+            ctx.store,
+            _account(request).id,
+            _body(request),
+            ctx.now_ms(),
+            ctx.config,
             ctx.send_rules.filter,
         )
     except review.ReviewError as exc:
@@ -241,7 +245,8 @@ async def bill_for(ctx: ApiContext, account: Account, month: str) -> dict[str, A
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
     # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
     pending = [
-        ln for ln in lines
+        ln
+        for ln in lines
         if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
     ]
     done = [ln for ln in lines if ln not in pending]

@@ -276,9 +276,7 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             bal = balances_of(pockets.values(), now)
     # plan_charge never takes cash below zero, so what left the domestic pockets (vouchers and
     # cash) is exactly how far the available domestic balance fell.
-    after = before + sum(
-        e.amount for _m, e in planned if not e.pocket.startswith("card:")
-    )
+    after = before + sum(e.amount for _m, e in planned if not e.pocket.startswith("card:"))
     low = None
     if facts.low_balance_threshold > 0 and crossed_low_balance(
         before, after, facts.low_balance_threshold

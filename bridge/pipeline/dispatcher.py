@@ -203,8 +203,13 @@ class Dispatcher:
                 )
                 self.failed += 1
                 break
-            elif out.kind == "transient" and out.status_name in UNANSWERED and (
-                smsc.in_flight_on_restart == "unknown" or msg.attempts >= MAX_UNANSWERED_ATTEMPTS
+            elif (
+                out.kind == "transient"
+                and out.status_name in UNANSWERED
+                and (
+                    smsc.in_flight_on_restart == "unknown"
+                    or msg.attempts >= MAX_UNANSWERED_ATTEMPTS
+                )
             ):
                 # No answer: the SMSC may well have accepted it. Resending would duplicate, so
                 # stop here when the SMSC is configured so, or after a few claims.

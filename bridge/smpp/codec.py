@@ -131,8 +131,7 @@ class PduError(Exception):
 
     def __str__(self) -> str:
         return (
-            f"{self.code}: {self.message} "
-            f"(command {command_name(self.command_id)}, seq {self.seq})"
+            f"{self.code}: {self.message} (command {command_name(self.command_id)}, seq {self.seq})"
         )
 
 

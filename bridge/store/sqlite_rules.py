@@ -137,7 +137,12 @@ def read_facts(
         (day, rules.sign_name, rules.template_code, account_id),
     ).fetchone()
     quota, kind, threshold, day_count, sign_status, template_status = acc or (
-        0, "prepaid", 0, 0, None, None
+        0,
+        "prepaid",
+        0,
+        0,
+        None,
+        None,
     )
     more: dict[str, str | None] = {}
     for name in rules.more_signs:

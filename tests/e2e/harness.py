@@ -48,8 +48,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def config_dict(tmp: Path, **overrides: Any) -> dict[str, Any]:
     sim_port = free_port()
     base: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": free_port(), "admin_token": ADMIN_TOKEN,
-                   "shutdown_grace_s": 2},
+        "server": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "admin_token": ADMIN_TOKEN,
+            "shutdown_grace_s": 2,
+        },
         "store": {"engine": "sqlite", "path": str(tmp / "bridge.db")},
         "security": {"master_key": MASTER_KEY},
         "logging": {"level": "INFO"},
@@ -197,9 +201,13 @@ class DaemonProcess:
 
         async def ready() -> bool:
             try:
-                async with aiohttp.ClientSession() as s, s.get(
-                    f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=1)
-                ) as r:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(
+                        f"http://127.0.0.1:{self.port}/readyz",
+                        timeout=aiohttp.ClientTimeout(total=1),
+                    ) as r,
+                ):
                     return r.status == 200
             except (TimeoutError, aiohttp.ClientError, OSError):
                 assert self.proc is not None and self.proc.poll() is None, self.log.read_text()

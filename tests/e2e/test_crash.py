@@ -35,19 +35,38 @@ N = 1500
 
 def _create_account(cfg_path) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "account", "create", "crashco", "--raw-text",
-         "--topup", "100000", "--config", str(cfg_path)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "account",
+            "create",
+            "crashco",
+            "--raw-text",
+            "--topup",
+            "100000",
+            "--config",
+            str(cfg_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout)
 
 
 async def test_kill9_mid_load_loses_nothing(tmp_path):
     sim_port = free_port()
-    cfg = config_dict(tmp_path, sim={"enabled": False, "port": sim_port},
-                      smscs=[{"port": sim_port, "window": WINDOW}])
-    sim = SimSmsc(replace(make_config(tmp_path).sim, port=sim_port, control_port=free_port(),
-                          receipt_delay_ms=50))
+    cfg = config_dict(
+        tmp_path,
+        sim={"enabled": False, "port": sim_port},
+        smscs=[{"port": sim_port, "window": WINDOW}],
+    )
+    sim = SimSmsc(
+        replace(
+            make_config(tmp_path).sim, port=sim_port, control_port=free_port(), receipt_delay_ms=50
+        )
+    )
     await sim.start()
     daemon = DaemonProcess(tmp_path, cfg)
     try:
@@ -61,8 +80,9 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
 
         async def send(i: int, client) -> None:
             try:
-                r = await client.send(f"+86138{i:08d}", text=f"crash test message {i}",
-                                      idempotency_key=keys[i])
+                r = await client.send(
+                    f"+86138{i:08d}", text=f"crash test message {i}", idempotency_key=keys[i]
+                )
                 accepted[i] = r["messages"][0]["id"]
             except (TimeoutError, BridgeError, OSError):
                 pass  # the daemon died under this request: retried below with the same key

@@ -21,7 +21,7 @@ from tests.e2e.harness import (
 )
 
 GSM_3_PARTS = ("Price list {A} [B] ~C~ | 5€ \\ ^ " * 13)[:340]  # 445 septets
-UCS2_4_PARTS = ("你好，世界！😀 短信网关测试 " * 16)  # 256 UTF-16 units
+UCS2_4_PARTS = "你好，世界！😀 短信网关测试 " * 16  # 256 UTF-16 units
 
 
 def units(text: str) -> int:
@@ -155,9 +155,7 @@ async def test_smsc_down_then_up(start_daemon):
 
 async def test_failover_to_second_smsc(start_daemon, tmp_path):
     backup_port = free_port()
-    backup = SimSmsc(
-        replace(make_config(tmp_path).sim, port=backup_port, control_port=free_port())
-    )
+    backup = SimSmsc(replace(make_config(tmp_path).sim, port=backup_port, control_port=free_port()))
     await backup.start()
     try:
         d = await start_daemon(

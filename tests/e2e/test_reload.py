@@ -26,13 +26,24 @@ async def test_reload_keeps_unchanged_binds_and_switches_routes(tmp_path):
     backup_port = free_port()
     backup = SimSmsc(replace(make_config(tmp_path).sim, port=backup_port, control_port=free_port()))
     await backup.start()
-    data = config_dict(tmp_path, smscs=[{"name": "sim"}, {"name": "backup", "port": backup_port}],
-                       default_route=["sim", "backup"])
+    data = config_dict(
+        tmp_path,
+        smscs=[{"name": "sim"}, {"name": "backup", "port": backup_port}],
+        default_route=["sim", "backup"],
+    )
     path = tmp_path / "bridge.yaml"
     path.write_text(yaml.safe_dump(data))
-    d = Daemon(make_config(tmp_path, smscs=data["smscs"], default_route=["sim", "backup"],
-                           sim=data["sim"], server=data["server"], store=data["store"]),
-               config_path=str(path))
+    d = Daemon(
+        make_config(
+            tmp_path,
+            smscs=data["smscs"],
+            default_route=["sim", "backup"],
+            sim=data["sim"],
+            server=data["server"],
+            store=data["store"],
+        ),
+        config_path=str(path),
+    )
     await d.start()
     try:
         await wait_until(lambda: d.connectors["sim"].is_up and d.connectors["backup"].is_up, 10)

@@ -18,9 +18,7 @@ async def _template(api, creds, content, kind="verification", **extra):
 
 
 async def _approve(api, code):
-    r = await api.admin(
-        "POST", f"/admin/templates/{code}/review", json={"decision": "approve"}
-    )
+    r = await api.admin("POST", f"/admin/templates/{code}/review", json={"decision": "approve"})
     assert r.status == 200 and r.json["status"] == "approved", r.json
     return r.json
 
@@ -98,9 +96,7 @@ async def test_marketing_needs_opt_out_wording_and_an_enabled_account(api_server
     body = {"to": CN, "sign_name": "Acme", "template": good["code"]}
     r = await api_server.send(creds, body)
     assert (r.status, r.code) == (403, "MARKETING_NOT_ALLOWED")
-    await api_server.admin(
-        "PATCH", f"/admin/accounts/{creds.account.id}", json={"marketing": True}
-    )
+    await api_server.admin("PATCH", f"/admin/accounts/{creds.account.id}", json={"marketing": True})
     r = await api_server.send(creds, body)
     assert r.status == 202, r.json
 

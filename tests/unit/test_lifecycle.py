@@ -152,8 +152,14 @@ def test_row_update_none_when_nothing_changes():
 
     assert (
         row_update(
-            [("sent", None)], old_state="sent", q_state="done", old_delivered=0, old_failed=0,
-            old_error=None, release_when_dispatched=True, now=5,
+            [("sent", None)],
+            old_state="sent",
+            q_state="done",
+            old_delivered=0,
+            old_failed=0,
+            old_error=None,
+            release_when_dispatched=True,
+            now=5,
         )
         is None
     )
@@ -163,14 +169,26 @@ def test_row_update_sent_then_delivered():
     from bridge.domain.lifecycle import row_update
 
     u = row_update(
-        [("sent", None), ("sent", None)], old_state="queued", q_state="claimed",
-        old_delivered=0, old_failed=0, old_error=None, release_when_dispatched=True, now=7,
+        [("sent", None), ("sent", None)],
+        old_state="queued",
+        q_state="claimed",
+        old_delivered=0,
+        old_failed=0,
+        old_error=None,
+        release_when_dispatched=True,
+        now=7,
     )
     assert u is not None and u.state == "sent" and u.became_sent and u.sent_at == 7
     assert u.release and not u.became_final and u.done_at is None
     v = row_update(
-        [("delivered", None), ("undeliverable", "UNDELIV")], old_state="sent", q_state="done",
-        old_delivered=0, old_failed=0, old_error=None, release_when_dispatched=False, now=9,
+        [("delivered", None), ("undeliverable", "UNDELIV")],
+        old_state="sent",
+        q_state="done",
+        old_delivered=0,
+        old_failed=0,
+        old_error=None,
+        release_when_dispatched=False,
+        now=9,
     )
     assert v is not None and v.state == "failed" and v.became_final and v.done_at == 9
     assert (v.delivered, v.failed, v.error, v.release) == (1, 1, "UNDELIV", False)
@@ -180,7 +198,13 @@ def test_row_update_receipt_does_not_release_a_message_with_parts_left():
     from bridge.domain.lifecycle import row_update
 
     u = row_update(
-        [("delivered", None), ("queued", None)], old_state="queued", q_state="queued",
-        old_delivered=0, old_failed=0, old_error=None, release_when_dispatched=False, now=1,
+        [("delivered", None), ("queued", None)],
+        old_state="queued",
+        q_state="queued",
+        old_delivered=0,
+        old_failed=0,
+        old_error=None,
+        release_when_dispatched=False,
+        now=1,
     )
     assert u is not None and not u.release and u.delivered == 1 and u.state == "queued"

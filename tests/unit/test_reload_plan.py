@@ -29,8 +29,13 @@ def test_limit_change_updates_in_place():
 
 
 def test_bind_settings_reconnect_only_that_smsc():
-    for change in ({"host": "10.0.0.1"}, {"password": "q"}, {"window": 10}, {"binds": 2},
-                   {"bind_mode": "transmitter_receiver"}):
+    for change in (
+        {"host": "10.0.0.1"},
+        {"password": "q"},
+        {"window": 10},
+        {"binds": 2},
+        {"bind_mode": "transmitter_receiver"},
+    ):
         p = plan(cfg([A, B]), cfg([{**A, **change}, B]))
         assert p.rebind == ("a",), change
         assert p.update == ()

@@ -33,9 +33,7 @@ from bridge.smpp.codec import (
     tlv_int,
 )
 
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- strategies -----------------------------------------------------------------------------------
 LATIN1_NO_NUL = st.characters(min_codepoint=1, max_codepoint=255)
@@ -80,7 +78,7 @@ def sl_tlvs(draw: st.DrawFn, cls: type, exclude: frozenset[str] = frozenset()) -
         if param.type not in (int, str, sl_ostr) or not draw(st.booleans()):
             continue
         if param.type is int:
-            out[field] = draw(st.integers(0, 256 ** param.size - 1))
+            out[field] = draw(st.integers(0, 256**param.size - 1))
         elif param.type is str:
             limit = getattr(param, "max", 20) - 2
             out[field] = draw(st.text(alphabet=ASCII_NO_NUL, min_size=1, max_size=limit))
@@ -281,9 +279,9 @@ def test_default_bind_is_version_34_like_smpplib() -> None:
 
 
 # --- round trips beyond what smpplib can express --------------------------------------------------
-any_tlvs = st.lists(
-    st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=300)), max_size=6
-).map(tuple)
+any_tlvs = st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=300)), max_size=6).map(
+    tuple
+)
 
 
 @SETTINGS
@@ -561,9 +559,12 @@ def test_data_sm_tlv_smpplib_knows_but_does_not_list(caplog: pytest.LogCaptureFi
 def test_data_sm_round_trip_and_errors() -> None:
     cmd = make_command("data_sm", source_addr="S", destination_addr="D", message_payload=b"p")
     raw = encode(Pdu(C.DATA_SM, 0, 11, cmd))
-    assert raw == sl_make(
-        "data_sm", 11, source_addr="S", destination_addr="D", message_payload=b"p"
-    ).generate()
+    assert (
+        raw
+        == sl_make(
+            "data_sm", 11, source_addr="S", destination_addr="D", message_payload=b"p"
+        ).generate()
+    )
     assert decode(raw).seq == 11
     assert raises(raw[:-5] + b"\x04").status == C.ESME_RINVCMDLEN  # length mismatch
     assert raises(data_sm_frame(b"\x04\x24\x00")).status == C.ESME_RINVOPTPARSTREAM
