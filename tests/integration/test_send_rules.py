@@ -223,3 +223,13 @@ async def test_international_units_are_transmitted_segments_priced_per_country(
     assert bal.json["cash_micro"] == 1_000_000 - 2 * 50_000  # the test tariff's +4 price
     domestic = await api_server.send(creds, {"to": CN, "text": text})
     assert domestic.json["messages"][0]["billable_units"] == 3  # ceil(200 / 67)
+
+
+async def test_with_billing_off_nothing_is_priced_or_charged(make_api):
+    api = await make_api({"billing": {"enabled": False}})
+    creds = await api.create_account(ready=False)  # no funds at all
+    r = await api.send(creds, {"to": [CN, "+447700900123"], "text": "hi"})
+    assert r.status == 202, r.json
+    assert [m["billable_units"] for m in r.json["messages"]] == [1, 1]  # still counted
+    assert await api.store.ledger_sums(creds.account.id) == {}
+    assert await api.store.list_tariffs() == []  # no tariff is seeded either
