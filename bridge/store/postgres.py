@@ -22,7 +22,9 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -55,6 +57,7 @@ from bridge.store.models import (
     WorkMessage,
 )
 from bridge.store.postgres_rules import RulesStoreMixin
+from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar
 
 _ACCOUNT_COLS = (
@@ -266,6 +269,25 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
+_GROUP_MAX = 200  # accepts of one account per transaction (see PostgresStore._drain_account)
+
+
+async def _run_group(
+    store: PostgresStore, items: list[Any], c: asyncpg.Connection
+) -> list[AcceptOutcome | BaseException]:
+    return await store._accept_group(c, items)
+
+
+def _outcome_of(exc: Exception) -> AcceptOutcome:
+    """The refusal outcome of one accept of a group (its savepoint was rolled back)."""
+    if isinstance(exc, _Refused):
+        return AcceptOutcome(accepted=False, refusal=exc.refusal)
+    if isinstance(exc, _RateLimited):
+        return AcceptOutcome(accepted=False, retry_after=exc.wait)
+    assert isinstance(exc, _AuthRefused)
+    return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+
+
 class PostgresStore(RulesStoreMixin):
     engine = "postgres"
 
@@ -275,6 +297,12 @@ class PostgresStore(RulesStoreMixin):
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
         self._rr = 0
+        # Per-account group commit of accepts under the sending rules (see _drain_account).
+        self._account_queue: dict[
+            str, list[tuple[AcceptBatch, adm.Rules, int, asyncio.Future[AcceptOutcome]]]
+        ] = {}
+        self._account_busy: set[str] = set()
+        self._drain_tasks: set[asyncio.Task[None]] = set()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
 
@@ -512,61 +540,132 @@ class PostgresStore(RulesStoreMixin):
 
     async def _accept_rules(self, batch: AcceptBatch, rules: adm.Rules, now: int) -> AcceptOutcome:
         """Accept under the sending rules: lock the account (with the authorisation and the
-        idempotency record), read the facts, decide, write. Four round trips with BEGIN and
-        COMMIT (the rate bucket rides along with the facts and the writes), one more to return
-        an idempotent replay. A refusal rolls everything back, nonce and idempotency included,
-        as a rate refusal does."""
+        idempotency record), read the facts, decide, write: three statements (the rate bucket
+        rides along with the facts and the writes), one more to return an idempotent replay,
+        in a transaction shared with the account's other pending accepts (_drain_account). A
+        refusal rolls its own writes back, nonce and idempotency included, as a rate refusal
+        does."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AcceptOutcome] = loop.create_future()
+        self._account_queue.setdefault(batch.account_id, []).append((batch, rules, now, fut))
+        if batch.account_id not in self._account_busy:
+            self._start_drain(batch.account_id)
+        return await fut
+
+    def _start_drain(self, account_id: str) -> None:
+        self._account_busy.add(account_id)
+        task = asyncio.get_running_loop().create_task(self._drain_account(account_id))
+        self._drain_tasks.add(task)
+        task.add_done_callback(self._drain_tasks.discard)
+
+    async def _drain_account(self, account_id: str) -> None:
+        """Per-account group commit. The account row lock serialises one account's accepts (that
+        is what makes its balance and frequency decisions race-free), and it is held until the
+        commit: one transaction per request would serialise them at the commit rate. Requests
+        that arrive meanwhile therefore go together into the next transaction, each in its own
+        savepoint (a refusal or an error undoes only its own writes), with one commit for all."""
+        try:
+            while True:
+                items = self._account_queue.pop(account_id, [])
+                if not items:
+                    return
+                for start in range(0, len(items), _GROUP_MAX):
+                    chunk = items[start : start + _GROUP_MAX]
+                    try:
+                        outcomes = await run_tx(self.pool, partial(_run_group, self, chunk))
+                    except (_Refused, _RateLimited, _AuthRefused) as exc:  # a group of one
+                        outcomes = [_outcome_of(exc)]
+                    except Exception as exc:  # the transaction itself failed: nothing landed
+                        for *_rest, f in chunk:
+                            if not f.done():
+                                f.set_exception(exc)
+                        continue
+                    for (*_rest, f), out in zip(chunk, outcomes, strict=True):
+                        if f.done():
+                            continue
+                        if isinstance(out, BaseException):
+                            f.set_exception(out)
+                        else:
+                            f.set_result(out)
+        finally:
+            self._account_busy.discard(account_id)
+            if self._account_queue.get(account_id):  # arrived after the last pop
+                self._start_drain(account_id)
+
+    async def _accept_group(
+        self,
+        c: asyncpg.Connection,
+        items: list[tuple[AcceptBatch, adm.Rules, int, asyncio.Future[AcceptOutcome]]],
+    ) -> list[AcceptOutcome | BaseException]:
+        out: list[AcceptOutcome | BaseException] = []
+        single = len(items) == 1
+        for batch, rules, now, _fut in items:
+            if not single:
+                await c.execute("SAVEPOINT accept")
+            try:
+                result = await self._accept_one(c, batch, rules, now)
+            except (_Refused, _RateLimited, _AuthRefused) as exc:
+                if single:
+                    raise
+                await c.execute("ROLLBACK TO SAVEPOINT accept")
+                out.append(_outcome_of(exc))
+                continue
+            except RETRYABLE_TX:
+                raise  # a deadlock: the whole group is retried by run_tx
+            except Exception as exc:
+                if single:
+                    raise
+                await c.execute("ROLLBACK TO SAVEPOINT accept")
+                out.append(exc)
+                continue
+            if not single:
+                await c.execute("RELEASE SAVEPOINT accept")
+            out.append(result)
+        return out
+
+    async def _accept_one(
+        self, c: asyncpg.Connection, batch: AcceptBatch, rules: adm.Rules, now: int
+    ) -> AcceptOutcome:
         recipients = tuple(m.recipient for m in batch.messages)
         n = len(batch.messages)
-
-        async def job(c: asyncpg.Connection) -> AcceptOutcome:
-            tps = await _lock_account(c, batch, now)
-            if isinstance(tps, AcceptOutcome):
-                return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
-            facts, (tokens, at) = await rules_sql.read_facts(
-                c, batch.account_id, rules, recipients, now, rate=tps > 0
+        tps = await _lock_account(c, batch, now)
+        if isinstance(tps, AcceptOutcome):
+            return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
+        facts, (tokens, at) = await rules_sql.read_facts(
+            c, batch.account_id, rules, recipients, now, rate=tps > 0
+        )
+        plan = adm.decide(rules, facts, now)
+        if isinstance(plan, adm.Refusal):
+            raise _Refused(plan)
+        scalar = n == 1
+        w = rules_sql.Writes(_message_arrays(batch, scalar=scalar))
+        w.add(_WRITE_MESSAGES[scalar][0])
+        w.add(_WRITE_MESSAGES[scalar][1])
+        if tps > 0:
+            if tokens is not None and tokens != tokens:  # NaN: see _take_rate
+                tokens = at = None
+            wait, tokens, at = bucket_take(tokens, at, tps, n, now / 1000)
+            if wait > 0:
+                raise _RateLimited(wait)
+            w.add(
+                "INSERT INTO rate_buckets (account_id, tokens, at) VALUES "
+                f"({w.param(batch.account_id)}, {w.param(tokens)}::float8, "
+                f"{w.param(at)}::float8) ON CONFLICT (account_id) DO UPDATE SET "
+                "tokens = EXCLUDED.tokens, at = EXCLUDED.at"
             )
-            plan = adm.decide(rules, facts, now)
-            if isinstance(plan, adm.Refusal):
-                raise _Refused(plan)
-            scalar = n == 1
-            w = rules_sql.Writes(_message_arrays(batch, scalar=scalar))
-            w.add(_WRITE_MESSAGES[scalar][0])
-            w.add(_WRITE_MESSAGES[scalar][1])
-            if tps > 0:
-                if tokens is not None and tokens != tokens:  # NaN: see _take_rate
-                    tokens = at = None
-                wait, tokens, at = bucket_take(tokens, at, tps, n, now / 1000)
-                if wait > 0:
-                    raise _RateLimited(wait)
-                w.add(
-                    "INSERT INTO rate_buckets (account_id, tokens, at) VALUES "
-                    f"({w.param(batch.account_id)}, {w.param(tokens)}::float8, "
-                    f"{w.param(at)}::float8) ON CONFLICT (account_id) DO UPDATE SET "
-                    "tokens = EXCLUDED.tokens, at = EXCLUDED.at"
-                )
-            rules_sql.add_plan(w, batch.account_id, plan, n)
-            if plan.low_balance is not None:
-                payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
-                t = w.param(now)
-                w.add(
-                    "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
-                    f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
-                    f"'event', NULL, {w.param(payload)}, {t}, {t} FROM accounts "
-                    f"WHERE id = {w.param(batch.account_id)} AND status_callback_url <> '' "
-                    "ON CONFLICT (webhook_id) DO NOTHING"
-                )
-            await w.run(c)
-            return AcceptOutcome(accepted=True, plan=plan)
-
-        try:
-            return await run_tx(self.pool, job)
-        except _Refused as exc:
-            return AcceptOutcome(accepted=False, refusal=exc.refusal)
-        except _RateLimited as exc:
-            return AcceptOutcome(accepted=False, retry_after=exc.wait)
-        except _AuthRefused as exc:
-            return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+        rules_sql.add_plan(w, batch.account_id, plan, n)
+        if plan.low_balance is not None:
+            payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
+            t = w.param(now)
+            w.add(
+                "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+                f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
+                f"'event', NULL, {w.param(payload)}, {t}, {t} FROM accounts "
+                f"WHERE id = {w.param(batch.account_id)} AND status_callback_url <> '' "
+                "ON CONFLICT (webhook_id) DO NOTHING"
+            )
+        await w.run(c)
+        return AcceptOutcome(accepted=True, plan=plan)
 
     async def _accept_send(self, batch: AcceptBatch, now: int) -> AcceptOutcome | None:
         """The API's send request in one round trip; None when the general path must decide."""
