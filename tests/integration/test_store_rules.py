@@ -937,3 +937,26 @@ async def test_concurrent_sends_to_one_number_pass_a_minute_limit_once(
     assert sum(o.accepted for o in outs) == 1
     assert {o.refusal.code for o in outs if o.refusal} == {"FREQUENCY_LIMIT_MINUTE"}
     assert await cash(store) == 10_000 - 100
+
+
+async def test_concurrent_sends_of_one_account_stay_independent(store: Store) -> None:
+    """Accepts of one account that run together (one transaction on PostgreSQL, each in its own
+    savepoint) keep their own fate: a refused one, an idempotent replay and the accepted ones."""
+    await funded(store, 10_000)
+    await store.add_optouts("acc_a", ["+8613800139999"], "api", NOW)
+    first = message("m00", "+8613800130000")
+    assert (await send(store, first, key="k-dup")).accepted
+    msgs = [message(f"m{i:02d}", f"+86138001300{i:02d}") for i in range(1, 9)]
+    opted = message("mopt", "+8613800139999")
+    replay = message("mrep", "+8613800138888")  # same idempotency key as `first`
+    outs = await asyncio.gather(
+        *(send(store, m, key=f"k{i}") for i, m in enumerate(msgs)),
+        send(store, opted, key="k-opt"),
+        send(store, replay, key="k-dup"),
+    )
+    assert all(o.accepted for o in outs[: len(msgs)])
+    assert outs[-2].refusal is not None and outs[-2].refusal.code == "RECIPIENT_OPTED_OUT"
+    assert not outs[-1].accepted and outs[-1].existing is not None  # replayed, not re-accepted
+    assert await ids(store) == sorted(["m00", *(m.id for m in msgs)])
+    assert await cash(store) == 10_000 - 100 * (1 + len(msgs))
+    assert await store.ledger_sums("acc_a") == {"cash": 10_000 - 100 * (1 + len(msgs))}
