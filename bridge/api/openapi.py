@@ -496,12 +496,21 @@ def _schemas() -> dict[str, Any]:
         ),
         "PreviewRequest": _obj(
             {
-                "text": _STR,
+                "text": {"type": "string", "description": "free text (or give template)"},
+                "template": {
+                    "type": "string",
+                    "description": "a template code of the account (any review status): "
+                    "previews it rendered with params",
+                },
+                "params": {
+                    "type": "object",
+                    "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                },
                 "sign_name": _STR,
                 "to": {"type": "string", "description": "picks the SMSC whose options apply"},
                 "smart_encoding": _BOOL,
             },
-            required=["text"],
+            required=[],
         ),
         "Preview": _obj(
             {
@@ -677,7 +686,7 @@ def _paths() -> dict[str, Any]:
             "post": _v1_op(
                 "preview",
                 "Encoding, segments and billable units of a text, without sending",
-                {"200": _ok("Preview", "the preview"), **_errors(400, 415)},
+                {"200": _ok("Preview", "the preview"), **_errors(400, 415, 422)},
                 requestBody=_json_body("PreviewRequest"),
             ),
         },

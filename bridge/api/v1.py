@@ -19,6 +19,7 @@ from bridge.api.sending import after_accept, outcome_error, prepare_send
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
+from bridge.domain.templates import TemplateError, render
 from bridge.store.models import (
     AcceptBatch,
     AcceptOutcome,
@@ -301,12 +302,38 @@ async def post_preview(request: web.Request) -> web.Response:
     data = parse_json(request[BODY], request)
     if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
-    unknown = sorted(set(data) - {"text", "sign_name", "to", "smart_encoding"})
+    unknown = sorted(
+        set(data) - {"text", "template", "params", "sign_name", "to", "smart_encoding"}
+    )
     if unknown:
         raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
     text = data.get("text")
+    code = data.get("template")
+    if code is not None:
+        # The rendered template as it would be sent (any status: preview while it is reviewed).
+        if text is not None:
+            raise ApiError("INVALID_REQUEST", "text and template are mutually exclusive")
+        if not isinstance(code, str):
+            raise ApiError("INVALID_FIELD", "template: expected a string")
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise ApiError("INVALID_FIELD", "params: expected an object of string values")
+        tpl = await ctx.send_rules.template(request[PRINCIPAL].account.id, code)
+        if tpl is None:
+            raise ApiError("TEMPLATE_NOT_FOUND", f"template: {code!r} is not known")
+        try:
+            text = render(
+                tpl.content,
+                params,
+                max_param_len=ctx.config.rules.max_param_chars,
+                allow_urls=tpl.allow_urls,
+            )
+        except TemplateError as exc:
+            raise ApiError(exc.code, exc.message) from None
+    elif data.get("params") is not None:
+        raise ApiError("INVALID_FIELD", "params: only used with template")
     if not isinstance(text, str):
-        raise ApiError("MISSING_FIELD", "text: required string")
+        raise ApiError("MISSING_FIELD", "text: required string (or template)")
     sign = data.get("sign_name")
     if sign is not None and not isinstance(sign, str):
         raise ApiError("INVALID_FIELD", "sign_name: expected a string")

@@ -233,3 +233,21 @@ async def test_with_billing_off_nothing_is_priced_or_charged(make_api):
     assert [m["billable_units"] for m in r.json["messages"]] == [1, 1]  # still counted
     assert await api.store.ledger_sums(creds.account.id) == {}
     assert await api.store.list_tariffs() == []  # no tariff is seeded either
+
+
+async def test_preview_renders_a_template_under_review(api_server, make_account):
+    creds = await make_account(raw_text=False)
+    t = await _template(api_server, creds, "您的验证码是${code}，5分钟内有效。")  # still pending
+    r = await api_server.request(
+        "POST", "/v1/preview", creds=creds,
+        json={"template": t["code"], "params": {"code": 123456}, "sign_name": "Acme"},
+    )  # fmt: skip
+    assert r.status == 200, r.json
+    assert r.json["text"] == "【Acme】您的验证码是123456，5分钟内有效。"
+    assert (r.json["encoding"], r.json["segments"], r.json["billable_units"]) == ("ucs2", 1, 1)
+    r = await api_server.request(
+        "POST", "/v1/preview", creds=creds, json={"template": t["code"], "params": {}}
+    )
+    assert (r.status, r.code) == (400, "TEMPLATE_MISSING_PARAMETERS")
+    r = await api_server.request("POST", "/v1/preview", creds=creds, json={"template": "SMS_1"})
+    assert (r.status, r.code) == (422, "TEMPLATE_NOT_FOUND")
