@@ -194,6 +194,58 @@ class BridgeClient:
         _, _, data = await self.request("GET", "/v1/account")
         return data
 
+    # -- sign names, templates, recipients, money -------------------------------------------------
+
+    async def add_sign(
+        self, name: str, source: str = "company", remark: str = ""
+    ) -> dict[str, Any]:
+        body = {"name": name, "source": source, "remark": remark}
+        return (await self.request("POST", "/v1/signs", json_body=body))[2]
+
+    async def sign(self, name: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/signs/{_quote(name)}"))[2]
+
+    async def add_template(
+        self, type: str, name: str, content: str, remark: str = "", allow_urls: bool = False
+    ) -> dict[str, Any]:
+        """Submit a template (`type`: verification | notification | marketing); the answer
+        carries its code and status (pending, or rejected by the automatic review with reasons)."""
+        body = {
+            "type": type,
+            "name": name,
+            "content": content,
+            "remark": remark,
+            "allow_urls": allow_urls,
+        }
+        return (await self.request("POST", "/v1/templates", json_body=body))[2]
+
+    async def template(self, code: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/templates/{_quote(code)}"))[2]
+
+    async def preview_template(
+        self, code: str, params: dict[str, Any], sign_name: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"template": code, "params": params}
+        if sign_name:
+            body["sign_name"] = sign_name
+        return (await self.request("POST", "/v1/preview", json_body=body))[2]
+
+    async def opt_out(self, *numbers: str) -> dict[str, Any]:
+        body = {"numbers": list(numbers)}
+        return (await self.request("POST", "/v1/optouts", json_body=body))[2]
+
+    async def opt_in(self, number: str) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/v1/optouts/{_quote(number)}"))[2]
+
+    async def erase_recipient(self, number: str) -> dict[str, Any]:
+        return (await self.request("POST", f"/v1/recipients/{_quote(number)}/erase"))[2]
+
+    async def balance(self) -> dict[str, Any]:
+        return (await self.request("GET", "/v1/balance"))[2]
+
+    async def bill(self, month: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/v1/bills/{month}"))[2]
+
 
 def _quote(
     value: str, safe: str = "", encoding: str | None = None, errors: str | None = None

@@ -238,3 +238,21 @@ async def test_cli_send_without_credentials(api_server):
     )
     assert code == 1 and out == ""
     assert "no credentials" in err and "Traceback" not in err
+
+
+async def test_the_sdk_covers_signs_templates_recipients_and_money(
+    api_server, make_account, sdk_client
+):
+    creds = await make_account(raw_text=False, ready=False)
+    client = sdk_client(creds)
+    assert (await client.add_sign("Globex"))["status"] == "pending"
+    assert (await client.sign("Globex"))["name"] == "Globex"
+    t = await client.add_template("verification", "login", "Code ${code}")
+    assert (await client.template(t["code"]))["status"] == "pending"
+    pv = await client.preview_template(t["code"], {"code": "42"}, sign_name="Globex")
+    assert pv["text"] == "【Globex】Code 42"
+    assert (await client.opt_out("+8613800138000"))["added"] == 1
+    assert (await client.opt_in("+8613800138000"))["removed"] is True  # "+" in a signed path
+    assert (await client.erase_recipient("+8613800138000"))["messages_erased"] == 0
+    assert (await client.balance())["cash_micro"] == 0
+    assert (await client.bill("2026-11"))["status"] == "open"
