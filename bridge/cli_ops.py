@@ -407,15 +407,15 @@ def cmd_tariff(args: argparse.Namespace) -> int:
 
 
 def cmd_dnc(args: argparse.Namespace) -> int:
-    from bridge.api.admin_rules import _COUNTRY, _LIST_ID, _dnc_view
+    from bridge.api.admin_rules import COUNTRY, LIST_ID, dnc_view
     from bridge.domain.dnc import parse_dnc_csv
     from bridge.store.models import DncInfo
 
     text = ""
     if args.action == "import":
-        if not _LIST_ID.fullmatch(args.id):
+        if not LIST_ID.fullmatch(args.id):
             raise CliError("ID: 1-64 of A-Z a-z 0-9 _ . -")
-        if args.country is not None and not _COUNTRY.fullmatch(args.country):
+        if args.country is not None and not COUNTRY.fullmatch(args.country):
             raise CliError("--country: ISO 3166 alpha-2, upper case (e.g. CN)")
         try:
             text = Path(args.file).read_text(encoding="utf-8")
@@ -426,7 +426,7 @@ def cmd_dnc(args: argparse.Namespace) -> int:
 
     async def go(ops: Ops) -> int:
         if args.action == "list":
-            _print([_dnc_view(d) for d in await ops.store.list_dnc()])
+            _print([dnc_view(d) for d in await ops.store.list_dnc()])
             return 0
         if args.action == "delete":
             if not await ops.store.delete_dnc(args.id):
@@ -444,7 +444,7 @@ def cmd_dnc(args: argparse.Namespace) -> int:
             args.id, name, args.country, len(parsed.numbers), len(parsed.prefixes), ops.now
         )
         await ops.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
-        view = _dnc_view(info)
+        view = dnc_view(info)
         view["skipped"] = bad[:100]
         _print(view)
         return 0

@@ -19,8 +19,8 @@ from bridge.ids import new_id
 from bridge.store.base import StoreError
 from bridge.store.models import Account, DncInfo
 
-_LIST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
+LIST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+COUNTRY = re.compile(r"[A-Z]{2}")
 
 
 async def _json(request: web.Request) -> Any:
@@ -130,7 +130,7 @@ async def review_template(request: web.Request) -> web.Response:
 # -- do-not-contact lists --------------------------------------------------------------------------
 
 
-def _dnc_view(d: DncInfo) -> dict[str, Any]:
+def dnc_view(d: DncInfo) -> dict[str, Any]:
     return {
         "id": d.id,
         "name": d.name,
@@ -143,21 +143,21 @@ def _dnc_view(d: DncInfo) -> dict[str, Any]:
 
 async def list_dnc(request: web.Request) -> web.Response:
     rows = await ctx_of(request).store.list_dnc()
-    return json_response({"lists": [_dnc_view(d) for d in rows]})
+    return json_response({"lists": [dnc_view(d) for d in rows]})
 
 
 async def put_dnc(request: web.Request) -> web.Response:
     """Replace a list from a CSV body (text/csv): one number or `prefix*` per line."""
     ctx = ctx_of(request)
     list_id = request.match_info["id"]
-    if not _LIST_ID.fullmatch(list_id):
+    if not LIST_ID.fullmatch(list_id):
         raise ApiError("INVALID_FIELD", "id: 1-64 of A-Z a-z 0-9 _ . -")
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype not in ("text/csv", "text/plain"):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the list as text/csv")
     q = request.rel_url.query
     country = q.get("country")
-    if country is not None and not _COUNTRY.fullmatch(country):
+    if country is not None and not COUNTRY.fullmatch(country):
         raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")
     try:
         text = (await request.read()).decode("utf-8")
@@ -179,7 +179,7 @@ async def put_dnc(request: web.Request) -> web.Response:
         ctx.now_ms(),
     )
     await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
-    view = _dnc_view(info)
+    view = dnc_view(info)
     view["skipped"] = bad[:100]
     return json_response(view)
 
