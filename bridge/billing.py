@@ -349,6 +349,36 @@ async def settle(
     return view, True
 
 
+async def month_view(
+    store: Any, account: Account, month: str, tariffs: Sequence[Tariff], config: Any
+) -> dict[str, Any]:
+    """The settled bill of `month`, or the month so far (status "open") priced the same way;
+    messages still awaiting their outcome are left out of the price and counted apart. One
+    implementation for GET /v1/bills/{month} and `smpp-bridge bill show`."""
+    stored = await store.get_bill(account.id, month)
+    if stored is not None:
+        settled: dict[str, Any] = json.loads(stored.body)
+        settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
+        return settled
+    tz = config.rules.timezone
+    start, end = settlement.month_bounds(month, tz)
+    lines = await usage_lines(store, account.id, start, end, tariffs)
+    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
+    pending = [
+        ln
+        for ln in lines
+        if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
+    ]
+    done = [ln for ln in lines if ln not in pending]
+    bill = settlement.settle_month(month, done, tariffs, tz, kind)
+    view = bill_view(bill, config.billing.currency)
+    view["status"] = "open"
+    view["settled_at"] = None
+    view["pending_messages_units"] = sum(ln.units for ln in pending)
+    return view
+
+
 async def settle_accounts(
     store: Any,
     accounts: Sequence[Account],

@@ -57,7 +57,7 @@ class Ops:
     async def account_id(self, ref: str | None) -> str | None:
         return None if ref is None else (await self.account(ref)).id
 
-    def now_ms(self) -> int:  # read by bridge.api.rules_api.bill_for
+    def now_ms(self) -> int:
         return self.now
 
 
@@ -239,32 +239,17 @@ async def _balance(ops: Ops, account: Account) -> dict[str, Any]:
     return view
 
 
-@dataclass(frozen=True, slots=True)
-class _BillContext:
-    """The part of an ApiContext that bridge.api.rules_api.bill_for reads, so the CLI shows a
-    month exactly as GET /v1/bills/{month} does (settled, or open and computed the same way)."""
-
-    config: Config
-    store: Any
-    tariff_book: Any  # bridge.billing.Tariffs
-    now: int
-
-    def now_ms(self) -> int:
-        return self.now
-
-
 async def _bill_show(ops: Ops, ref: str, month: str) -> dict[str, Any]:
     from bridge.api.errors import ApiError
-    from bridge.api.rules_api import bill_for
-    from bridge.billing import Tariffs
+    from bridge.api.rules_api import check_month
+    from bridge.billing import Tariffs, month_view
 
     account = await ops.account(ref)
     book = Tariffs(ops.store, ops.config.billing)
     await book.load(ops.now)
-    ctx: Any = _BillContext(ops.config, ops.store, book, ops.now)
     try:
-        view = await bill_for(ctx, account, month)
-    except ApiError as exc:
+        view = await month_view(ops.store, account, check_month(month), book.versions, ops.config)
+    except ApiError as exc:  # check_month: INVALID_MONTH; BillingError is turned by _run
         raise CliError(f"{exc.code}: {exc.message}") from None
     return {"account": account.id, **view}
 

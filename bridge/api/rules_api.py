@@ -14,7 +14,6 @@ from bridge.api.context import BODY, PRINCIPAL, ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.phone import PhoneError, normalize
-from bridge.domain.settlement import month_bounds
 from bridge.domain.tariffs import BillingError
 from bridge.store.base import StoreError
 from bridge.store.models import Account
@@ -227,38 +226,13 @@ async def get_ledger(request: web.Request) -> web.Response:
 async def bill_for(ctx: ApiContext, account: Account, month: str) -> dict[str, Any]:
     """The settled bill, or the month so far (status "open") computed the same way."""
     check_month(month)
-    stored = await ctx.store.get_bill(account.id, month)
-    if stored is not None:
-        import json
-
-        settled: dict[str, Any] = json.loads(stored.body)
-        settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
-        return settled
-    tz = ctx.config.rules.timezone
     book = ctx.tariff_book
     if not book.versions:
         await book.load(ctx.now_ms())
-    start, end = month_bounds(month, tz)
-    lines = await billing.usage_lines(ctx.store, account.id, start, end, book.versions)
-    from bridge.domain.settlement import settle_month
-
-    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
-    # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
-    pending = [
-        ln
-        for ln in lines
-        if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
-    ]
-    done = [ln for ln in lines if ln not in pending]
     try:
-        bill = settle_month(month, done, book.versions, tz, kind)
+        return await billing.month_view(ctx.store, account, month, book.versions, ctx.config)
     except BillingError as exc:
         raise ApiError(exc.code, exc.message) from None  # the code's own status (CODES)
-    view = billing.bill_view(bill, ctx.config.billing.currency)
-    view["status"] = "open"
-    view["settled_at"] = None
-    view["pending_messages_units"] = sum(ln.units for ln in pending)
-    return view
 
 
 async def get_bill(request: web.Request) -> web.Response:
