@@ -16,6 +16,7 @@ batch's SQL runs while the previous one syncs.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import sqlite3
@@ -75,12 +76,26 @@ class SqliteRunner:
         self.commits = 0
         self.jobs_done = 0
         self.fsyncs = 0
+        # Cross-process write lock (an flock beside the database): with several processes on
+        # one file (server.workers, the owner and its acceptors), SQLite's own busy handler
+        # sleeps 1-100 ms on the event loop thread whenever another process holds the write
+        # lock. Instead a contended batch waits for the flock in a thread, off the loop, and
+        # runs as soon as the other process's commit releases it.
+        self._lock_fd: int | None = None
+        self._lock_waiter: ThreadPoolExecutor | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self.lock_waits = 0
 
     def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Open the connection and run `setup` (migrations) on it."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._conn = connect(self._path)
-        setup(self._conn)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # migrations: one process at a time
+        try:
+            setup(self._conn)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -141,12 +156,17 @@ class SqliteRunner:
             return
         if self._jobs:
             self._run_now()
+        while self._flush_task is not None and not self._flush_task.done():
+            await asyncio.shield(self._flush_task)
         while self._sync_task is not None and not self._sync_task.done():
             await asyncio.shield(self._sync_task)
         self._closed = True
         if self._heavy is not None:
             self._heavy.shutdown(wait=True)
             self._heavy = None
+        if self._lock_waiter is not None:
+            self._lock_waiter.shutdown(wait=True)
+            self._lock_waiter = None
         if self._heavy_conn is not None:
             self._heavy_conn.close()
             self._heavy_conn = None
@@ -158,6 +178,9 @@ class SqliteRunner:
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -168,6 +191,44 @@ class SqliteRunner:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
+        if self._flush_task is not None:
+            return  # a batch is waiting for the write lock: it takes these jobs too
+        if self._lock_fd is None:
+            self._flush()
+            return
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock_waits += 1
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_when_locked())
+            return
+        try:
+            self._flush()
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def _flush_when_locked(self) -> None:
+        assert self._lock_fd is not None
+        if self._lock_waiter is None:
+            self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._lock_waiter, fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._flush()
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except BaseException as exc:  # never strand the waiting callers
+            _resolve([(fut, False, exc) for _job, fut, _s, _d in self._jobs])
+            self._jobs = []
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._flush_task = None
+            if self._jobs:
+                self._run_now()
+
+    def _flush(self) -> None:
         while self._jobs:
             batch, self._jobs = self._jobs[: self._max_batch], self._jobs[self._max_batch :]
             self._run_batch(batch)
