@@ -25,16 +25,16 @@ from bridge.domain.ledger import Entry
 from bridge.store.base import StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
-from bridge.store.sqlite_rules import number_prefixes
+from bridge.store.rules_rows import (
+    LEDGER_COLS,
+    SIGN_COLS,
+    TEMPLATE_COLS,
+    entry_row,
+    number_prefixes,
+    sign_row,
+    template_row,
+)
 
-_SIGN_COLS = (
-    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
-)
-_TEMPLATE_COLS = (
-    "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
-    "reviewed_at"
-)
-_LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
 _DNC_CHUNK = 50_000  # entries per INSERT when importing a list (bounded message size)
 
 # Everything `decide` needs, read after the account lock in one statement. $10 (rate) also locks
@@ -278,7 +278,7 @@ async def refund_finals(
     if not due:
         return 0
     rows = await c.fetch(
-        f"SELECT {', '.join('l.' + col for col in _LEDGER_COLS.split(', '))} FROM ledger l "
+        f"SELECT {', '.join('l.' + col for col in LEDGER_COLS.split(', '))} FROM ledger l "
         "JOIN unnest($1::text[], $2::text[]) AS u(acc, ref) "
         "ON l.account_id = u.acc AND l.ref = u.ref ORDER BY l.id",
         [f[0] for f in due],
@@ -286,7 +286,7 @@ async def refund_finals(
     )
     held: dict[tuple[str, str], list[Entry]] = {}
     for r in rows:
-        held.setdefault((r[1], r[6]), []).append(_entry(r))
+        held.setdefault((r[1], r[6]), []).append(entry_row(r))
     out: list[tuple[str, Entry]] = []
     done = 0
     for account_id, mid, state, price_class, sent, segments in due:
@@ -300,33 +300,6 @@ async def refund_finals(
         add_entries(w, out)
         await w.run(c)
     return done
-
-
-def _entry(r: Sequence[Any]) -> Entry:
-    return Entry(r[2], r[3], r[4], r[5], r[6], r[7])
-
-
-# -- row mappers -----------------------------------------------------------------------------------
-
-
-def _sign(r: Sequence[Any]) -> Sign:
-    return Sign(*r)
-
-
-def _template(r: Sequence[Any]) -> Template:
-    return Template(
-        code=r[0],
-        account_id=r[1],
-        kind=r[2],
-        name=r[3],
-        content=r[4],
-        remark=r[5],
-        allow_urls=bool(r[6]),
-        status=r[7],
-        reason=r[8],
-        created_at=r[9],
-        reviewed_at=r[10],
-    )
 
 
 def _filters(account_id: str | None, status: str | None) -> tuple[str, list[Any]]:
@@ -350,7 +323,7 @@ class RulesStoreMixin:
     async def add_sign(self, sign: Sign) -> None:
         try:
             await self.pool.execute(
-                f"INSERT INTO signs ({_SIGN_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                f"INSERT INTO signs ({SIGN_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                 sign.account_id,
                 sign.name,
                 sign.canonical,
@@ -369,41 +342,41 @@ class RulesStoreMixin:
 
     async def get_sign(self, account_id: str, name: str) -> Sign | None:
         r = await self.pool.fetchrow(
-            f"SELECT {_SIGN_COLS} FROM signs WHERE account_id = $1 AND name = $2", account_id, name
+            f"SELECT {SIGN_COLS} FROM signs WHERE account_id = $1 AND name = $2", account_id, name
         )
-        return _sign(r) if r else None
+        return sign_row(r) if r else None
 
     async def list_signs(
         self, account_id: str | None = None, status: str | None = None, limit: int = 500
     ) -> list[Sign]:
         where, args = _filters(account_id, status)
         rows = await self.pool.fetch(
-            f"SELECT {_SIGN_COLS} FROM signs WHERE {where} "
+            f"SELECT {SIGN_COLS} FROM signs WHERE {where} "
             f"ORDER BY created_at, account_id, name LIMIT ${len(args) + 1}",
             *args,
             limit,
         )
-        return [_sign(r) for r in rows]
+        return [sign_row(r) for r in rows]
 
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None:
         r = await self.pool.fetchrow(
             "UPDATE signs SET status = $1, reason = $2, reviewed_at = $3 "
-            f"WHERE account_id = $4 AND name = $5 RETURNING {_SIGN_COLS}",
+            f"WHERE account_id = $4 AND name = $5 RETURNING {SIGN_COLS}",
             status,
             reason,
             now,
             account_id,
             name,
         )
-        return _sign(r) if r else None
+        return sign_row(r) if r else None
 
     # -- templates ---------------------------------------------------------------------------------
 
     async def add_template(self, t: Template) -> None:
         await self.pool.execute(
-            f"INSERT INTO templates ({_TEMPLATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
             t.code,
             t.account_id,
             t.kind,
@@ -418,35 +391,33 @@ class RulesStoreMixin:
         )
 
     async def get_template(self, code: str) -> Template | None:
-        r = await self.pool.fetchrow(
-            f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code = $1", code
-        )
-        return _template(r) if r else None
+        r = await self.pool.fetchrow(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code = $1", code)
+        return template_row(r) if r else None
 
     async def list_templates(
         self, account_id: str | None = None, status: str | None = None, limit: int = 500
     ) -> list[Template]:
         where, args = _filters(account_id, status)
         rows = await self.pool.fetch(
-            f"SELECT {_TEMPLATE_COLS} FROM templates WHERE {where} "
+            f"SELECT {TEMPLATE_COLS} FROM templates WHERE {where} "
             f"ORDER BY created_at, code LIMIT ${len(args) + 1}",
             *args,
             limit,
         )
-        return [_template(r) for r in rows]
+        return [template_row(r) for r in rows]
 
     async def review_template(
         self, code: str, status: str, reason: str | None, now: int
     ) -> Template | None:
         r = await self.pool.fetchrow(
             "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
-            f"RETURNING {_TEMPLATE_COLS}",
+            f"RETURNING {TEMPLATE_COLS}",
             status,
             reason,
             now,
             code,
         )
-        return _template(r) if r else None
+        return template_row(r) if r else None
 
     # -- opt-outs and do-not-contact lists ---------------------------------------------------------
 
@@ -581,7 +552,7 @@ class RulesStoreMixin:
         self, account_id: str, after_id: int = 0, limit: int = 100
     ) -> list[LedgerRow]:
         rows = await self.pool.fetch(
-            f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id = $1 AND id > $2 "
+            f"SELECT {LEDGER_COLS} FROM ledger WHERE account_id = $1 AND id > $2 "
             "ORDER BY id LIMIT $3",
             account_id,
             after_id,

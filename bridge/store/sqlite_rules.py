@@ -25,25 +25,20 @@ from bridge.store.models import (
     TariffRow,
     Template,
 )
-
-_SIGN_COLS = (
-    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
+from bridge.store.rules_rows import (
+    LEDGER_COLS,
+    SIGN_COLS,
+    TEMPLATE_COLS,
+    entry_row,
+    ledger_row,
+    number_prefixes,
+    sign_row,
+    template_row,
 )
-_TEMPLATE_COLS = (
-    "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
-    "reviewed_at"
-)
-_LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
-_EXPIRES = ("voucher_expire", "card_expire")
 
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-def number_prefixes(e164: str) -> list[str]:
-    """Every prefix a DNC entry could be for this number (exact number included)."""
-    return [e164[:n] for n in range(5, len(e164) + 1)]
 
 
 # -- inside the accept transaction ----------------------------------------------------------------
@@ -269,9 +264,9 @@ def refund_finals(
         if adm.refund_share(price_class, state, segments, sent)[0] == 0:
             continue
         rows = c.execute(
-            f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id=? AND ref=?", (account_id, mid)
+            f"SELECT {LEDGER_COLS} FROM ledger WHERE account_id=? AND ref=?", (account_id, mid)
         ).fetchall()
-        entries = [_entry(r) for r in rows]
+        entries = [entry_row(r) for r in rows]
         refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
         if refund:
             append_entries(c, account_id, refund)
@@ -279,40 +274,19 @@ def refund_finals(
     return done
 
 
-def _entry(r: Sequence[Any]) -> Entry:
-    return Entry(r[2], r[3], r[4], r[5], r[6], r[7])
-
-
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-# -- row mappers -----------------------------------------------------------------------------------
-
-
-def _sign(r: Sequence[Any]) -> Sign:
-    return Sign(*r)
-
-
-def _template(r: Sequence[Any]) -> Template:
-    return Template(
-        code=r[0],
-        account_id=r[1],
-        kind=r[2],
-        name=r[3],
-        content=r[4],
-        remark=r[5],
-        allow_urls=bool(r[6]),
-        status=r[7],
-        reason=r[8],
-        created_at=r[9],
-        reviewed_at=r[10],
-    )
-
-
-def _ledger_row(r: Sequence[Any]) -> LedgerRow:
-    return LedgerRow(*r)
+def _filters(account_id: str | None, status: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of the review lists: by account, by status, both or neither."""
+    where, args = ["1=1"], []
+    for col, value in (("account_id", account_id), ("status", status)):
+        if value is not None:
+            where.append(f"{col}=?")
+            args.append(value)
+    return " AND ".join(where), args
 
 
 class RulesStoreMixin:
@@ -326,7 +300,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> None:
             try:
                 c.execute(
-                    f"INSERT INTO signs ({_SIGN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO signs ({SIGN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         sign.account_id,
                         sign.name,
@@ -350,9 +324,9 @@ class RulesStoreMixin:
     async def get_sign(self, account_id: str, name: str) -> Sign | None:
         def job(c: sqlite3.Connection) -> Sign | None:
             r = c.execute(
-                f"SELECT {_SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
+                f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
             ).fetchone()
-            return _sign(r) if r else None
+            return sign_row(r) if r else None
 
         return await self._runner.read(job)
 
@@ -360,16 +334,10 @@ class RulesStoreMixin:
         self, account_id: str | None = None, status: str | None = None, limit: int = 500
     ) -> list[Sign]:
         def job(c: sqlite3.Connection) -> list[Sign]:
-            sql = f"SELECT {_SIGN_COLS} FROM signs WHERE 1=1"
-            args: list[Any] = []
-            if account_id is not None:
-                sql += " AND account_id=?"
-                args.append(account_id)
-            if status is not None:
-                sql += " AND status=?"
-                args.append(status)
-            sql += " ORDER BY created_at, account_id, name LIMIT ?"
-            return [_sign(r) for r in c.execute(sql, (*args, limit))]
+            where, args = _filters(account_id, status)
+            sql = f"SELECT {SIGN_COLS} FROM signs WHERE {where} "
+            sql += "ORDER BY created_at, account_id, name LIMIT ?"
+            return [sign_row(r) for r in c.execute(sql, (*args, limit))]
 
         return await self._runner.read(job)
 
@@ -382,9 +350,9 @@ class RulesStoreMixin:
                 (status, reason, now, account_id, name),
             )
             r = c.execute(
-                f"SELECT {_SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
+                f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
             ).fetchone()
-            return _sign(r) if r else None
+            return sign_row(r) if r else None
 
         return await self._runner.write(job)
 
@@ -393,7 +361,7 @@ class RulesStoreMixin:
     async def add_template(self, t: Template) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.execute(
-                f"INSERT INTO templates ({_TEMPLATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     t.code,
                     t.account_id,
@@ -413,10 +381,8 @@ class RulesStoreMixin:
 
     async def get_template(self, code: str) -> Template | None:
         def job(c: sqlite3.Connection) -> Template | None:
-            r = c.execute(
-                f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code=?", (code,)
-            ).fetchone()
-            return _template(r) if r else None
+            r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
+            return template_row(r) if r else None
 
         return await self._runner.read(job)
 
@@ -424,16 +390,10 @@ class RulesStoreMixin:
         self, account_id: str | None = None, status: str | None = None, limit: int = 500
     ) -> list[Template]:
         def job(c: sqlite3.Connection) -> list[Template]:
-            sql = f"SELECT {_TEMPLATE_COLS} FROM templates WHERE 1=1"
-            args: list[Any] = []
-            if account_id is not None:
-                sql += " AND account_id=?"
-                args.append(account_id)
-            if status is not None:
-                sql += " AND status=?"
-                args.append(status)
-            sql += " ORDER BY created_at, code LIMIT ?"
-            return [_template(r) for r in c.execute(sql, (*args, limit))]
+            where, args = _filters(account_id, status)
+            sql = f"SELECT {TEMPLATE_COLS} FROM templates WHERE {where} ORDER BY created_at, code "
+            sql += "LIMIT ?"
+            return [template_row(r) for r in c.execute(sql, (*args, limit))]
 
         return await self._runner.read(job)
 
@@ -445,10 +405,8 @@ class RulesStoreMixin:
                 "UPDATE templates SET status=?, reason=?, reviewed_at=? WHERE code=?",
                 (status, reason, now, code),
             )
-            r = c.execute(
-                f"SELECT {_TEMPLATE_COLS} FROM templates WHERE code=?", (code,)
-            ).fetchone()
-            return _template(r) if r else None
+            r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
+            return template_row(r) if r else None
 
         return await self._runner.write(job)
 
@@ -594,9 +552,9 @@ class RulesStoreMixin:
     ) -> list[LedgerRow]:
         def job(c: sqlite3.Connection) -> list[LedgerRow]:
             return [
-                _ledger_row(r)
+                ledger_row(r)
                 for r in c.execute(
-                    f"SELECT {_LEDGER_COLS} FROM ledger WHERE account_id=? AND id>? "
+                    f"SELECT {LEDGER_COLS} FROM ledger WHERE account_id=? AND id>? "
                     "ORDER BY id LIMIT ?",
                     (account_id, after_id, limit),
                 )
@@ -744,7 +702,3 @@ def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str
     mo_where = where.replace("recipient", "source")
     c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
     return n
-
-
-def bill_json(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"), sort_keys=True)

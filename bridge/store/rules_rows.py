@@ -1,0 +1,53 @@
+"""Column lists and row mappers of the rules and billing tables, shared by both engines (their
+SELECTs name the same columns in the same order; only the SQL around them differs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.domain.ledger import Entry
+from bridge.store.models import LedgerRow, Sign, Template
+
+SIGN_COLS = (
+    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
+)
+TEMPLATE_COLS = (
+    "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
+    "reviewed_at"
+)
+LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
+
+
+def number_prefixes(e164: str) -> list[str]:
+    """Every prefix a do-not-contact entry could be for this number (exact number included)."""
+    return [e164[:n] for n in range(5, len(e164) + 1)]
+
+
+def sign_row(r: Sequence[Any]) -> Sign:
+    return Sign(*r)
+
+
+def template_row(r: Sequence[Any]) -> Template:
+    return Template(
+        code=r[0],
+        account_id=r[1],
+        kind=r[2],
+        name=r[3],
+        content=r[4],
+        remark=r[5],
+        allow_urls=bool(r[6]),
+        status=r[7],
+        reason=r[8],
+        created_at=r[9],
+        reviewed_at=r[10],
+    )
+
+
+def entry_row(r: Sequence[Any]) -> Entry:
+    """A ledger row (LEDGER_COLS order) as the domain's Entry."""
+    return Entry(r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+def ledger_row(r: Sequence[Any]) -> LedgerRow:
+    return LedgerRow(*r)
