@@ -133,6 +133,16 @@ async def create_account(daemon: Any, name: str = "acme", **settings: Any) -> di
     }
 
 
+async def final_status(client: Any, mid: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The message once it reached a final state (polled through the API)."""
+
+    async def done() -> dict[str, Any] | None:
+        m = await client.message(mid)
+        return m if m["status"] in ("delivered", "failed", "expired", "unknown") else None
+
+    return await wait_until(done, timeout, 0.05)
+
+
 def client_for(port: int, creds: dict[str, str]) -> BridgeClient:
     return BridgeClient(f"http://127.0.0.1:{port}", creds["app_key"], creds["app_secret"])
 

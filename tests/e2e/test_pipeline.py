@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.app import Daemon
 from bridge.sim.server import SimSmsc
 from tests.e2e.harness import (
     WebhookReceiver,
     client_for,
     create_account,
+    final_status,
     free_port,
     make_config,
     wait_until,
@@ -27,38 +27,6 @@ UCS2_4_PARTS = "你好，世界！😀 短信网关测试 " * 16  # 256 UTF-16 u
 def units(text: str) -> int:
     n = sum(2 if ord(c) > 0xFFFF else 1 for c in text)
     return 1 if n <= 70 else math.ceil(n / 67)
-
-
-@pytest.fixture
-async def start_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    async def start(**overrides) -> Daemon:
-        d = Daemon(make_config(tmp_path, **overrides))
-        await d.start()
-        started.append(d)
-        await wait_until(lambda: d.connectors["sim"].is_up, 10)
-        return d
-
-    yield start
-    for d in reversed(started):
-        await d.stop()
-
-
-@pytest.fixture
-async def receiver():
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
-async def _final(client, mid: str, timeout: float = 15.0) -> dict:
-    async def done():
-        m = await client.message(mid)
-        return m if m["status"] in ("delivered", "failed", "expired", "unknown") else None
-
-    return await wait_until(done, timeout, 0.05)
 
 
 @pytest.mark.parametrize("split", ["udh8", "udh16", "sar", "payload"])
@@ -83,7 +51,7 @@ async def test_long_messages_each_split_mode(start_daemon, receiver, split):
             assert m["encoding"] == ("ucs2" if name == "ucs4" else "gsm7")
             sent[name] = m["id"]
         for mid in sent.values():
-            m = await _final(c, mid)
+            m = await final_status(c, mid)
             assert m["status"] == "delivered", m
             assert m["segments_delivered"] == len(m["parts"])
             assert all(p["status"] == "delivered" for p in m["parts"])
@@ -108,7 +76,7 @@ async def test_negative_receipts_fail_the_message_and_report_it(start_daemon, re
     receiver.secret = creds["webhook_secret"]
     async with client_for(d.http_port, creds) as c:
         r = await c.send("+8613800138000", text=GSM_3_PARTS)
-        m = await _final(c, r["messages"][0]["id"])
+        m = await final_status(c, r["messages"][0]["id"])
     assert m["status"] == "failed"
     assert m["error_code"].startswith("UNDELIV")
     assert m["segments_failed"] == 3
@@ -128,7 +96,7 @@ async def test_throttling_and_system_errors_lose_nothing_and_keep_order(start_da
         for i, t in enumerate(texts):
             r = await c.send(f"+86139000000{i:02d}", text=t)
             ids.append(r["messages"][0]["id"])
-        finals = [await _final(c, mid, 30) for mid in ids]
+        finals = [await final_status(c, mid, 30) for mid in ids]
     assert [m["status"] for m in finals] == ["delivered"] * 20
     assert d.sim.counters["throttled"] > 0
     # The simulator reassembled every text exactly: parts went out in order, none lost or cut.
@@ -149,7 +117,7 @@ async def test_smsc_down_then_up(start_daemon):
         assert (await c.message(mid))["status"] == "queued"
         d.sim = SimSmsc(replace(cfg, control_port=free_port()))
         await d.sim.start()
-        m = await _final(c, mid, 20)
+        m = await final_status(c, mid, 20)
     assert m["status"] == "delivered"
 
 
@@ -168,7 +136,7 @@ async def test_failover_to_second_smsc(start_daemon, tmp_path):
         await wait_until(lambda: not d.connectors["sim"].is_up, 10)
         async with client_for(d.http_port, creds) as c:
             r = await c.send("+8613800138000", text="via the backup route")
-            m = await _final(c, r["messages"][0]["id"], 20)
+            m = await final_status(c, r["messages"][0]["id"], 20)
         assert m["status"] == "delivered"
         assert m["smsc"] == "backup"
         assert any(x.text == "via the backup route" for x in backup.messages)
@@ -182,7 +150,7 @@ async def test_mo_reply_is_attributed_and_pushed(start_daemon, receiver):
     receiver.secret = creds["webhook_secret"]
     async with client_for(d.http_port, creds) as c:
         r = await c.send("+8613800138000", text="Reply YES to confirm")
-        await _final(c, r["messages"][0]["id"])
+        await final_status(c, r["messages"][0]["id"])
     long_reply = "YES please, and here is a long answer that spans parts. " * 4
     await d.sim.inject_mo("8613800138000", "smpp-bridge", "YES")
     await d.sim.inject_mo("8613800138000", "smpp-bridge", long_reply, split="udh8")
@@ -204,7 +172,7 @@ async def test_webhook_receiver_down_then_up_delivers_each_report_once(start_dae
             r = await c.send(f"+86138001380{i:02d}", text=f"report {i}")
             ids.append(r["messages"][0]["id"])
         for mid in ids:
-            await _final(c, mid)
+            await final_status(c, mid)
     await asyncio.sleep(1.5)  # at least one failed attempt
     assert receiver.reports == []
     receiver.fail_with = None
@@ -238,7 +206,7 @@ async def test_intermediate_sent_report_when_enabled(start_daemon, receiver):
     async with client_for(d.http_port, creds) as c:
         r = await c.send("+8613800138000", text="two reports", client_ref="ref-1")
         mid = r["messages"][0]["id"]
-        await _final(c, mid)
+        await final_status(c, mid)
     await wait_until(lambda: len(receiver.reports) >= 2, 10)
     by_id = {rep["webhook_id"]: rep for rep in receiver.reports}
     assert set(by_id) == {f"st_{mid}_sent", f"st_{mid}"}
@@ -257,12 +225,12 @@ async def test_a_hanging_callback_does_not_delay_other_accounts(start_daemon, re
         b = await create_account(d, "fastco", status_callback_url=receiver.url)
         async with client_for(d.http_port, a) as ca:
             r = await ca.send("+8613800138000", text="to the slow endpoint")
-            await _final(ca, r["messages"][0]["id"])
+            await final_status(ca, r["messages"][0]["id"])
         await asyncio.sleep(0.5)  # the slow POST is now in flight
         async with client_for(d.http_port, b) as cb:
             r = await cb.send("+8613900139000", text="to the fast endpoint")
             mid = r["messages"][0]["id"]
-            await _final(cb, mid)
+            await final_status(cb, mid)
         t0 = asyncio.get_running_loop().time()
         await wait_until(lambda: receiver.reports, 4)
         assert asyncio.get_running_loop().time() - t0 < 2.0

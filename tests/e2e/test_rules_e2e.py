@@ -7,51 +7,17 @@ import time
 
 import pytest
 
-from bridge.app import Daemon
 from bridge.client import BridgeError
 from tests.e2e.harness import (
-    WebhookReceiver,
     client_for,
     create_account,
-    make_config,
+    final_status,
     wait_until,
 )
 from tests.sending import ready_to_send
 
 PRICE = 45_000
 CN = "+8613800138000"
-
-
-@pytest.fixture
-async def start_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    async def start(**overrides) -> Daemon:
-        d = Daemon(make_config(tmp_path, **overrides))
-        await d.start()
-        started.append(d)
-        await wait_until(lambda: d.connectors["sim"].is_up, 10)
-        return d
-
-    yield start
-    for d in reversed(started):
-        await d.stop()
-
-
-@pytest.fixture
-async def receiver():
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
-async def _final(client, mid: str, timeout: float = 15.0) -> dict:
-    async def done():
-        m = await client.message(mid)
-        return m if m["status"] in ("delivered", "failed", "expired", "unknown") else None
-
-    return await wait_until(done, timeout, 0.05)
 
 
 async def _get(client, path: str, **query) -> dict:
@@ -64,7 +30,7 @@ async def test_opt_out_by_mo_reply_blocks_the_next_send(start_daemon):
     creds = await create_account(d)
     async with client_for(d.http_port, creds) as c:
         r = await c.send(CN, text="Your order has shipped")
-        await _final(c, r["messages"][0]["id"])
+        await final_status(c, r["messages"][0]["id"])
         assert (await _get(c, "/v1/optouts"))["optouts"] == []
         # The recipient answers "TD" to the address the message came from.
         await d.sim.inject_mo(CN.lstrip("+"), "smpp-bridge", "TD")
@@ -100,7 +66,7 @@ async def test_undelivered_messages_give_the_balance_back(start_daemon):
         charged = (await _get(c, "/v1/balance"))["cash_micro"]
         assert charged == start - (3 + units) * PRICE
         for mid in ids:
-            m = await _final(c, mid)
+            m = await final_status(c, mid)
             assert m["status"] == "failed" and m["error_code"].startswith("UNDELIV"), m
 
         async def refunded():
@@ -126,7 +92,7 @@ async def test_low_balance_event_is_pushed_signed_once(start_daemon, receiver):
     async with client_for(d.http_port, creds) as c:
         for i in range(3):  # 105_000, 60_000 (crossed), 15_000
             r = await c.send(f"+86138001380{i:02d}", text="hi", sign_name="Acme")
-            await _final(c, r["messages"][0]["id"])
+            await final_status(c, r["messages"][0]["id"])
 
     def events():
         return [x for x in receiver.reports if x.get("event") == "balance.low"]
