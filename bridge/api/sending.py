@@ -18,6 +18,14 @@ from bridge.store.models import AcceptOutcome, Account, NewMessage
 log = logging.getLogger("bridge.api")
 
 
+def check_queue(ctx: ApiContext) -> None:
+    """Back-pressure: refuse new work while the queue is over store.max_queued_segments."""
+    if ctx.queue_depth >= ctx.config.store.max_queued_segments:
+        raise ApiError(
+            "QUEUE_FULL", "the send queue is full; retry later", headers={"Retry-After": "5"}
+        )
+
+
 async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
     """The tariff in force (None when billing is off)."""
     if not ctx.config.billing.enabled:

@@ -227,6 +227,18 @@ class Submitter:
         self._smscs = {s.name: s for s in config.smscs}
         self._rule = CountingRule(config.text.counting_rule)
 
+    def render_template(self, template: Template, params: dict[str, Any]) -> str:
+        """The template's content with `params` filled in (no sign yet); ApiError if refused."""
+        try:
+            return render(
+                template.content,
+                params,
+                max_param_len=self.config.rules.max_param_chars,
+                allow_urls=template.allow_urls,
+            )
+        except TemplateError as exc:
+            raise ApiError(exc.code, exc.message) from None
+
     def final_text(
         self, req: SendRequest, account: Account, template: Template | None = None
     ) -> str:
@@ -254,15 +266,7 @@ class Submitter:
                     "MARKETING_NOT_ALLOWED",
                     "template: marketing messages are not enabled for this account",
                 )
-            try:
-                body = render(
-                    template.content,
-                    req.params,
-                    max_param_len=self.config.rules.max_param_chars,
-                    allow_urls=template.allow_urls,
-                )
-            except TemplateError as exc:
-                raise ApiError(exc.code, exc.message) from None
+            body = self.render_template(template, req.params)
         else:
             if not account.raw_text:
                 raise ApiError(

@@ -15,11 +15,10 @@ from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
 from bridge.api.errors import ApiError
-from bridge.api.sending import after_accept, outcome_error, prepare_send
+from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
-from bridge.domain.templates import TemplateError, render
 from bridge.store.models import (
     AcceptBatch,
     AcceptOutcome,
@@ -163,10 +162,7 @@ async def _accept_once(
     now_ms: int,
 ) -> tuple[AcceptOutcome | web.Response, bytes, list[NewMessage]]:
     try:
-        if ctx.queue_depth >= ctx.config.store.max_queued_segments:
-            raise ApiError(
-                "QUEUE_FULL", "the send queue is full; retry later", headers={"Retry-After": "5"}
-            )
+        check_queue(ctx)
         data = parse_json(body, request)
         req = parse_send_request(
             data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
@@ -321,15 +317,7 @@ async def post_preview(request: web.Request) -> web.Response:
         tpl = await ctx.send_rules.template(request[PRINCIPAL].account.id, code)
         if tpl is None:
             raise ApiError("TEMPLATE_NOT_FOUND", f"template: {code!r} is not known")
-        try:
-            text = render(
-                tpl.content,
-                params,
-                max_param_len=ctx.config.rules.max_param_chars,
-                allow_urls=tpl.allow_urls,
-            )
-        except TemplateError as exc:
-            raise ApiError(exc.code, exc.message) from None
+        text = ctx.submitter.render_template(tpl, params)
     elif data.get("params") is not None:
         raise ApiError("INVALID_FIELD", "params: only used with template")
     if not isinstance(text, str):

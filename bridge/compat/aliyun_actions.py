@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from bridge import review
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
-from bridge.api.sending import after_accept, outcome_error, prepare_send
+from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import SendRequest
 from bridge.compat.aliyun_reports import local_time, phone
 from bridge.domain.admission import FrequencyRule, Priced, Rules
@@ -115,10 +115,7 @@ def _extend(p: Params, name: str = "SmsUpExtendCode") -> None:
 async def _accept(
     ctx: ApiContext, account: Account, batch_id: str, messages: list[NewMessage], rules: Rules
 ) -> None:
-    if ctx.queue_depth >= ctx.config.store.max_queued_segments:  # as the native send path
-        raise ApiError(
-            "QUEUE_FULL", "the send queue is full; retry later", headers={"Retry-After": "5"}
-        )
+    check_queue(ctx)  # as the native send path
     now = ctx.now_ms()
     outcome = await ctx.store.accept(
         AcceptBatch(
