@@ -200,6 +200,15 @@ def balance_view(pockets: Sequence[adm.Pocket], now: int, currency: str) -> dict
     }
 
 
+async def account_balance(store: Any, account: Account, now: int, currency: str) -> dict[str, Any]:
+    """GET /v1/balance, /admin/accounts/{ref}/balance and `bill balance`: the pockets as
+    balances, with the account's kind and low-balance threshold."""
+    view = balance_view(await store.get_pockets(account.id), now, currency)
+    view["account_kind"] = account.kind
+    view["low_balance_threshold_micro"] = account.low_balance_threshold
+    return view
+
+
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
     """Ledger entries for an operator's top-up, voucher grant or card purchase (validated)."""
     if not isinstance(body, dict):

@@ -231,11 +231,10 @@ async def _money(ops: Ops, ref: str, kind: str, body: dict[str, Any]) -> int:
 async def _balance(ops: Ops, account: Account) -> dict[str, Any]:
     from bridge import billing
 
-    pockets = await ops.store.get_pockets(account.id)
     view = {"account": account.id}
-    view.update(billing.balance_view(pockets, ops.now, ops.config.billing.currency))
-    view["account_kind"] = account.kind
-    view["low_balance_threshold_micro"] = account.low_balance_threshold
+    view.update(
+        await billing.account_balance(ops.store, account, ops.now, ops.config.billing.currency)
+    )
     return view
 
 

@@ -254,11 +254,9 @@ async def card(request: web.Request) -> web.Response:
 async def balance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
-    view = billing.balance_view(
-        await ctx.store.get_pockets(account.id), ctx.now_ms(), ctx.config.billing.currency
+    view = await billing.account_balance(
+        ctx.store, account, ctx.now_ms(), ctx.config.billing.currency
     )
-    view["account_kind"] = account.kind
-    view["low_balance_threshold_micro"] = account.low_balance_threshold
     return json_response(view)
 
 

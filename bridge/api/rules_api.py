@@ -190,10 +190,9 @@ async def erase_recipient(request: web.Request) -> web.Response:
 async def get_balance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
-    pockets = await ctx.store.get_pockets(account.id)
-    view = billing.balance_view(pockets, ctx.now_ms(), ctx.config.billing.currency)
-    view["account_kind"] = account.kind
-    view["low_balance_threshold_micro"] = account.low_balance_threshold
+    view = await billing.account_balance(
+        ctx.store, account, ctx.now_ms(), ctx.config.billing.currency
+    )
     return json_response(view)
 
 
