@@ -16,25 +16,29 @@ _FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.e
 
 class _RandomPool:
     """os.urandom in 4 KiB draws, handed out in slices: the same CSPRNG output, one syscall per
-    ~400 ids instead of one per id (each syscall also drops the GIL)."""
+    ~400 ids instead of one per id (each syscall also drops the GIL). A forked child starts with
+    an empty pool (os.register_at_fork), so parent and child never hand out the same bytes."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._buf = b""
         self._pos = 0
-        self._pid = os.getpid()
+
+    def reset(self) -> None:
+        self._buf = b""
+        self._pos = 0
 
     def take(self, n: int) -> bytes:
-        if self._pos + n > len(self._buf) or os.getpid() != self._pid:
-            self._buf = os.urandom(max(self._size, n))  # fresh after a fork: never share output
-            self._pos = 0
-            self._pid = os.getpid()
-        out = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._buf = os.urandom(max(self._size, n))
+            pos = 0
+        self._pos = pos + n
+        return self._buf[pos : pos + n]
 
 
 _POOL = _RandomPool()
+os.register_at_fork(after_in_child=_POOL.reset)
 
 
 def random_bytes(n: int) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge import jsonio
 from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
@@ -50,13 +50,7 @@ def json_response(
 
 
 def dump_json(data: Any) -> bytes:
-    """Compact UTF-8 JSON. A lone surrogate (say, echoed from a query parameter name in an error
-    message) cannot be UTF-8 encoded; such a document falls back to \\u escapes instead of
-    failing the response."""
-    try:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
+    return jsonio.dumps(data)
 
 
 def parse_json(body: bytes, request: web.Request) -> Any:
@@ -66,21 +60,12 @@ def parse_json(body: bytes, request: web.Request) -> Any:
     if not body:
         raise ApiError("INVALID_JSON", "the request body is empty; send a JSON object")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # One pass parses and validates: lone surrogate escapes (\\ud800, which could not be
+        # stored or echoed as UTF-8), NaN, overflowing numbers and nesting past 1,024 levels
+        # are refused here, once, for every field.
+        data = jsonio.loads(body)
+    except jsonio.DecodeError as exc:
         raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
-        raise ApiError("INVALID_JSON", "the body is nested too deeply") from None
-    try:
-        # JSON may spell lone UTF-16 surrogates (\\ud800); Python keeps them, and they would fail
-        # later when stored or echoed as UTF-8. Refuse them here, once, for every field.
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise ApiError(
-            "INVALID_JSON", "the body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
-        ) from None
-    except RecursionError:
-        raise ApiError("INVALID_JSON", "the body is nested too deeply") from None
     return data
 
 
@@ -197,7 +182,7 @@ async def _accept_once(
             for m in messages
         ],
     }
-    payload = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = jsonio.dumps(result)
     outcome = await ctx.store.accept(
         AcceptBatch(
             account_id=account.id,

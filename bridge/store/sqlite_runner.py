@@ -44,6 +44,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
     # Checkpoints copy the WAL into the database and fsync it: done off the loop (checkpoint()).
     conn.execute("PRAGMA wal_autocheckpoint=0")
     return conn

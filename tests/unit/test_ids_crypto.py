@@ -66,6 +66,25 @@ def test_ids_are_unique_within_one_millisecond() -> None:
     assert len({i[-16:] for i in ids}) == 20_000
 
 
+def test_a_forked_child_never_repeats_the_parents_ids() -> None:
+    """The random pool is buffered: a child forked with a half-used buffer must draw fresh bytes,
+    or parent and child would hand out the same ids (acceptor processes are started by fork)."""
+    new_id("msg_", 1)  # the parent's pool now holds unused bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next ids and leave without running pytest's teardown
+        os.close(read)
+        os.write(write, ",".join(new_id("msg_", 1) for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        child = set(f.read().decode().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_id("msg_", 1) for _ in range(50)}
+    assert len(child) == 50
+    assert not child & parent
+
+
 @pytest.mark.parametrize(
     "ident",
     [
