@@ -312,7 +312,7 @@ class StoreConfig:
         repr=False,
         metadata=meta(_NONEMPTY, secret=True, env="SMPP_BRIDGE_STORE_DSN"),
     )
-    group_commit_ms: int = field(default=5, metadata=meta(between(0, 1000)))
+    group_commit_ms: int = field(default=1, metadata=meta(between(0, 1000)))
     group_commit_max: int = field(default=500, metadata=meta(between(1, 100_000)))
     max_queued_segments: int = field(default=1_000_000, metadata=meta(between(1, 1_000_000_000)))
 

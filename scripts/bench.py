@@ -505,7 +505,7 @@ def main() -> None:
     p.add_argument("--receipt-delay-ms", type=int, default=10)
     p.add_argument("--throttle", type=float, default=0.0)
     p.add_argument("--syserr", type=float, default=0.0)
-    p.add_argument("--group-commit-ms", type=int, default=5)
+    p.add_argument("--group-commit-ms", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
     p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
