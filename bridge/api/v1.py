@@ -45,12 +45,8 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=dump_json(data), status=status, content_type="application/json", headers=headers
+        body=jsonio.dumps(data), status=status, content_type="application/json", headers=headers
     )
-
-
-def dump_json(data: Any) -> bytes:
-    return jsonio.dumps(data)
 
 
 def parse_json(body: bytes, request: web.Request) -> Any:

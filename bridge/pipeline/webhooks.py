@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from bridge import jsonio
 from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.api.views import iso, status_report
@@ -150,7 +150,7 @@ class WebhookSender:
                 "received_at": iso(mo.received_at),
             }
         else:
-            item = json.loads(job.payload)
+            item = jsonio.loads(job.payload)
         item["webhook_id"] = job.webhook_id
         return item
 
@@ -175,7 +175,7 @@ class WebhookSender:
             live.append(job)
         if not live:
             return
-        body = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+        body = jsonio.dumps(items)
         ids = ",".join(j.webhook_id for j in live)
         headers = {
             "Content-Type": "application/json",

@@ -523,9 +523,6 @@ class Connector:
     def _best_bind(self) -> _Bind | None:
         if self._closing:
             return None
-        if len(self._tx) == 1:  # the common SMSC with one bind: nothing to choose between
-            only = self._tx[0]
-            return only if only.up else None
         up = [b for b in self._tx if b.up]
         if not up:
             return None
