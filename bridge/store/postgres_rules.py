@@ -32,7 +32,9 @@ from bridge.store.rules_rows import (
     entry_row,
     number_prefixes,
     sign_row,
+    sign_values,
     template_row,
+    template_values,
 )
 
 _DNC_CHUNK = 50_000  # entries per INSERT when importing a list (bounded message size)
@@ -324,16 +326,7 @@ class RulesStoreMixin:
         try:
             await self.pool.execute(
                 f"INSERT INTO signs ({SIGN_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-                sign.account_id,
-                sign.name,
-                sign.canonical,
-                sign.source,
-                sign.remark,
-                sign.status,
-                sign.reason,
-                sign.flag,
-                sign.created_at,
-                sign.reviewed_at,
+                *sign_values(sign),
             )
         except asyncpg.UniqueViolationError as exc:
             raise StoreError(
@@ -377,17 +370,7 @@ class RulesStoreMixin:
     async def add_template(self, t: Template) -> None:
         await self.pool.execute(
             f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-            t.code,
-            t.account_id,
-            t.kind,
-            t.name,
-            t.content,
-            t.remark,
-            bool(t.allow_urls),
-            t.status,
-            t.reason,
-            t.created_at,
-            t.reviewed_at,
+            *template_values(t),
         )
 
     async def get_template(self, code: str) -> Template | None:

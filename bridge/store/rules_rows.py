@@ -28,6 +28,39 @@ def sign_row(r: Sequence[Any]) -> Sign:
     return Sign(*r)
 
 
+def sign_values(s: Sign) -> tuple[Any, ...]:
+    """A sign as the values of SIGN_COLS, in order (the inverse of sign_row)."""
+    return (
+        s.account_id,
+        s.name,
+        s.canonical,
+        s.source,
+        s.remark,
+        s.status,
+        s.reason,
+        s.flag,
+        s.created_at,
+        s.reviewed_at,
+    )
+
+
+def template_values(t: Template) -> tuple[Any, ...]:
+    """A template as the values of TEMPLATE_COLS, in order (the inverse of template_row)."""
+    return (
+        t.code,
+        t.account_id,
+        t.kind,
+        t.name,
+        t.content,
+        t.remark,
+        bool(t.allow_urls),
+        t.status,
+        t.reason,
+        t.created_at,
+        t.reviewed_at,
+    )
+
+
 def template_row(r: Sequence[Any]) -> Template:
     return Template(
         code=r[0],

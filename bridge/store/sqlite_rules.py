@@ -33,7 +33,9 @@ from bridge.store.rules_rows import (
     ledger_row,
     number_prefixes,
     sign_row,
+    sign_values,
     template_row,
+    template_values,
 )
 
 
@@ -301,18 +303,7 @@ class RulesStoreMixin:
             try:
                 c.execute(
                     f"INSERT INTO signs ({SIGN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        sign.account_id,
-                        sign.name,
-                        sign.canonical,
-                        sign.source,
-                        sign.remark,
-                        sign.status,
-                        sign.reason,
-                        sign.flag,
-                        sign.created_at,
-                        sign.reviewed_at,
-                    ),
+                    sign_values(sign),
                 )
             except sqlite3.IntegrityError as exc:
                 raise StoreError(
@@ -362,19 +353,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> None:
             c.execute(
                 f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    t.code,
-                    t.account_id,
-                    t.kind,
-                    t.name,
-                    t.content,
-                    t.remark,
-                    int(t.allow_urls),
-                    t.status,
-                    t.reason,
-                    t.created_at,
-                    t.reviewed_at,
-                ),
+                template_values(t),
             )
 
         await self._runner.write(job)
