@@ -27,6 +27,18 @@ def migrations(engine: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def pending(engine: str, current: int) -> list[tuple[int, str, str]]:
+    """The migrations to apply over schema version `current`; SchemaTooNew when the database is
+    newer than this release (refused rather than silently used)."""
+    available = migrations(engine)
+    if available and current > available[-1][0]:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this release "
+            f"({available[-1][0]}); upgrade smpp-bridge"
+        )
+    return [m for m in available if m[0] > current]
+
+
 def latest(engine: str) -> int:
     found = migrations(engine)
     return found[-1][0] if found else 0

@@ -1095,15 +1095,7 @@ async def _migrate(conn: asyncpg.Connection) -> None:
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
-        available = migrate.migrations("postgres")
-        if available and current > available[-1][0]:
-            raise migrate.SchemaTooNew(
-                f"database schema version {current} is newer than this release "
-                f"({available[-1][0]}); upgrade smpp-bridge"
-            )
-        for version, _name, sql in available:
-            if version <= current:
-                continue
+        for version, _name, sql in migrate.pending("postgres", current):
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)

@@ -119,16 +119,7 @@ class SqliteStore(RulesStoreMixin):
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            available = migrate.migrations("sqlite")
-            if available and current > available[-1][0]:
-                raise migrate.SchemaTooNew(
-                    f"database schema version {current} is newer than this release "
-                    f"({available[-1][0]}); upgrade smpp-bridge"
-                )
-            for version, _name, sql in available:
-                if version <= current:
-                    continue
+            for version, _name, sql in migrate.pending("sqlite", row[0] or 0):
                 for statement in _split_sql(sql):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
