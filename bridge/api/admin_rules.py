@@ -54,6 +54,14 @@ async def _account_filter(request: web.Request) -> str | None:
 # -- review ----------------------------------------------------------------------------------------
 
 
+async def _decision(request: web.Request) -> tuple[Any, Any]:
+    """(decision, reason) of an operator's review body; review.decision checks the values."""
+    data = await _json(request)
+    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
+        raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    return data.get("decision"), data.get("reason")
+
+
 async def list_signs(request: web.Request) -> web.Response:
     rows = await ctx_of(request).store.list_signs(
         account_id=await _account_filter(request), status=_status(request)
@@ -85,17 +93,10 @@ async def add_sign(request: web.Request) -> web.Response:
 async def review_sign(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
-    data = await _json(request)
-    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
-        raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    decision, reason = await _decision(request)
     try:
         sign = await review.decide_sign(
-            ctx.store,
-            account.id,
-            request.match_info["name"],
-            data.get("decision"),
-            data.get("reason"),
-            ctx.now_ms(),
+            ctx.store, account.id, request.match_info["name"], decision, reason, ctx.now_ms()
         )
     except review.ReviewError as exc:
         raise reraise(exc) from None
@@ -111,16 +112,10 @@ async def list_templates(request: web.Request) -> web.Response:
 
 async def review_template(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    data = await _json(request)
-    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
-        raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    decision, reason = await _decision(request)
     try:
         t = await review.decide_template(
-            ctx.store,
-            request.match_info["code"],
-            data.get("decision"),
-            data.get("reason"),
-            ctx.now_ms(),
+            ctx.store, request.match_info["code"], decision, reason, ctx.now_ms()
         )
     except review.ReviewError as exc:
         raise reraise(exc) from None
