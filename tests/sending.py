@@ -36,3 +36,15 @@ async def ready_to_send(
         await approve_sign(store, account_id, name, now)
     if funds:
         await store.append_ledger(account_id, topup(funds, now, "test funds"))
+
+
+async def submit_template(
+    api: Any, creds: Any, content: str, kind: str = "verification", **extra: Any
+) -> dict[str, Any]:
+    """POST /v1/templates as the account (name "t"); asserts it was taken (201)."""
+    r = await api.request(
+        "POST", "/v1/templates", creds=creds,
+        json={"type": kind, "name": "t", "content": content, **extra},
+    )  # fmt: skip
+    assert r.status == 201, r.json
+    return r.json

@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.conftest import ADMIN_TOKEN
 from tests.sending import DEFAULT_FUNDS
+from tests.sending import submit_template as _template
 
 CN = "+8613800138000"
 CN2 = "+8613900139000"
@@ -32,15 +33,6 @@ def _ms(dt: datetime) -> int:
 
 async def _sign(api, creds, name, **extra) -> Any:
     return await api.request("POST", "/v1/signs", creds=creds, json={"name": name, **extra})
-
-
-async def _template(api, creds, content, kind="verification", **extra) -> dict[str, Any]:
-    r = await api.request(
-        "POST", "/v1/templates", creds=creds,
-        json={"type": kind, "name": "t", "content": content, **extra},
-    )  # fmt: skip
-    assert r.status == 201, r.json
-    return r.json
 
 
 async def _money(api, creds, what, body) -> Any:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sending import submit_template as _template
+
 CN = "+8613800138000"
 CN2 = "+8613900139000"
-
-
-async def _template(api, creds, content, kind="verification", **extra):
-    r = await api.request(
-        "POST", "/v1/templates", creds=creds,
-        json={"type": kind, "name": "t", "content": content, **extra},
-    )  # fmt: skip
-    assert r.status == 201, r.json
-    return r.json
 
 
 async def _approve(api, code):
