@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -192,6 +193,38 @@ async def start_postgres(args: argparse.Namespace) -> tuple[str, object | None]:
     return await create_database(cluster, "bench"), cluster
 
 
+def sim_section(sim_port: int, ctl_port: int, receipt_delay_ms: int, **extra: Any) -> dict:
+    """The config's `sim` section: the simulator runs as its own process (`smpp-bridge sim`)."""
+    return {
+        "enabled": False,
+        "port": sim_port,
+        "control_port": ctl_port,
+        "receipt_delay_ms": receipt_delay_ms,
+        "system_id": "bench",
+        "password": "bench",
+        **extra,
+    }
+
+
+def smsc_section(sim_port: int, window: int, binds: int, **extra: Any) -> dict:
+    """The one SMSC entry, pointing at the simulator."""
+    return {
+        "name": "sim",
+        "port": sim_port,
+        "system_id": "bench",
+        "password": "bench",
+        "window": window,
+        "binds": binds,
+        "split": "udh8",
+        **extra,
+    }
+
+
+def group_commit(args: argparse.Namespace) -> dict:
+    """`store.group_commit_ms` only when given: otherwise the daemon's default is measured."""
+    return {} if args.group_commit_ms is None else {"group_commit_ms": args.group_commit_ms}
+
+
 async def run(args: argparse.Namespace) -> dict:
     if args.instances > 1 and args.store != "postgres":
         raise SystemExit("--instances above 1 needs --store postgres (one shared database)")
@@ -204,7 +237,7 @@ async def run(args: argparse.Namespace) -> dict:
         dsn, cluster = await start_postgres(args)
         store: dict = {"engine": "postgres", "dsn": dsn}
     else:
-        store = {"path": str(tmp / "bridge.db"), "group_commit_ms": args.group_commit_ms}
+        store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
     cfg = {
         "server": {
             "port": http_port,
@@ -215,28 +248,21 @@ async def run(args: argparse.Namespace) -> dict:
         "store": store,
         "security": {"master_key": key},
         "logging": {"level": "WARNING"},
-        "sim": {
-            "enabled": False,
-            "port": sim_port,
-            "control_port": ctl_port,
-            "receipt_delay_ms": args.receipt_delay_ms,
-            "throttle_ratio": args.throttle,
-            "syserr_ratio": args.syserr,
-            "system_id": "bench",
-            "password": "bench",
-        },
+        "sim": sim_section(
+            sim_port,
+            ctl_port,
+            args.receipt_delay_ms,
+            throttle_ratio=args.throttle,
+            syserr_ratio=args.syserr,
+        ),
         "smscs": [
-            {
-                "name": "sim",
-                "port": sim_port,
-                "system_id": "bench",
-                "password": "bench",
-                "window": args.window,
-                "binds": args.binds,
-                "throttle_pause_min_s": 0.05,
-                "throttle_pause_max_s": 0.5,
-                "split": "udh8",
-            }
+            smsc_section(
+                sim_port,
+                args.window,
+                args.binds,
+                throttle_pause_min_s=0.05,
+                throttle_pause_max_s=0.5,
+            )
         ],
     }
     path = tmp / "bench.yaml"
@@ -505,7 +531,9 @@ def main() -> None:
     p.add_argument("--receipt-delay-ms", type=int, default=10)
     p.add_argument("--throttle", type=float, default=0.0)
     p.add_argument("--syserr", type=float, default=0.0)
-    p.add_argument("--group-commit-ms", type=int, default=1)
+    p.add_argument(
+        "--group-commit-ms", type=int, help="store.group_commit_ms (default: the daemon's)"
+    )
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
     p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")

@@ -266,7 +266,7 @@ def write_config(args: argparse.Namespace, tmp: Path, ports: dict[str, int]) -> 
         },
         "store": {
             "path": str(tmp / "bridge.db"),
-            "group_commit_ms": args.group_commit_ms,
+            **bench.group_commit(args),
             "max_queued_segments": max(2_000_000, 2 * args.messages),
         },
         "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
@@ -275,28 +275,17 @@ def write_config(args: argparse.Namespace, tmp: Path, ports: dict[str, int]) -> 
         # looked up, as in production. --raw-text-per-day 0 turns the lookups' limit off.
         "rules": {"frequency": {"raw_text": {"per_day": args.raw_text_per_day}}},
         "billing": {"enabled": not args.no_billing},
-        "sim": {
-            "enabled": False,
-            "port": ports["sim"],
-            "control_port": ports["ctl"],
-            "receipt_delay_ms": args.receipt_delay_ms,
-            "system_id": "bench",
-            "password": "bench",
-        },
+        "sim": bench.sim_section(ports["sim"], ports["ctl"], args.receipt_delay_ms),
         "smscs": [
-            {
-                "name": "sim",
-                "port": ports["sim"],
-                "system_id": "bench",
-                "password": "bench",
-                "window": args.window,
-                "binds": args.binds,
+            bench.smsc_section(
+                ports["sim"],
+                args.window,
+                args.binds,
                 # Short reconnect back-off: the drain clock starts when the simulator does, and
                 # a 60 s back-off would time the wait for the next attempt instead of the drain.
-                "reconnect_min_s": 0.5,
-                "reconnect_max_s": 2.0,
-                "split": "udh8",
-            }
+                reconnect_min_s=0.5,
+                reconnect_max_s=2.0,
+            )
         ],
     }
     path = tmp / "bench.yaml"
@@ -585,7 +574,9 @@ def main() -> None:
     p.add_argument("--window", type=int, default=100)
     p.add_argument("--binds", type=int, default=1)
     p.add_argument("--receipt-delay-ms", type=int, default=10)
-    p.add_argument("--group-commit-ms", type=int, default=5)
+    p.add_argument(
+        "--group-commit-ms", type=int, help="store.group_commit_ms (default: the daemon's)"
+    )
     p.add_argument("--raw-text-per-day", type=int, default=50, help="0: no per-number limit")
     p.add_argument("--no-billing", action="store_true")
     p.add_argument("--settle-s", type=float, default=5.0, help="idle before the steady RSS")
