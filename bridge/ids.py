@@ -12,6 +12,9 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I L O U
 _FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# A random byte's low five bits -> one base32 character (256 is a multiple of 32, so each
+# character is uniform): 16 random bytes become the 80-bit random part in one C call.
+_LOW5 = bytes(_ALPHABET.encode()[b & 31] for b in range(256))
 
 
 class _RandomPool:
@@ -59,13 +62,13 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     """`prefix` + 26 chars: 48-bit millisecond time then 80 random bits (ULID layout).
 
     The 80 random bits are exactly 16 base32 characters, so the id is the cached time part plus
-    one b32encode of 10 random bytes: no big-integer work per id.
+    16 random bytes mapped through a table (base64.b32encode is pure Python, ~4 us per call).
     """
     global _last_ms, _last_time_part
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     if ms != _last_ms:
         _last_ms, _last_time_part = ms, _b32(ms, 10)
-    rand = base64.b32encode(_POOL.take(10)).translate(_FROM_RFC4648).decode()
+    rand = _POOL.take(16).translate(_LOW5).decode()
     return prefix + _last_time_part + rand
 
 

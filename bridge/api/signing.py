@@ -151,7 +151,19 @@ def canonical_request(
     content_sha256: str,
 ) -> str:
     """Build the canonical request; a signed header the request lacks is refused by name."""
-    lowered = _lower_headers(headers)
+    return _canonical(
+        method, path, raw_query, _lower_headers(headers), signed_headers, content_sha256
+    )
+
+
+def _canonical(
+    method: str,
+    path: str,
+    raw_query: str,
+    lowered: Mapping[str, str],
+    signed_headers: Sequence[str],
+    content_sha256: str,
+) -> str:
     names = _canonical_names(signed_headers)
     lines = []
     for name in names:
@@ -180,7 +192,8 @@ def _key(secret: str | bytes) -> bytes:
 
 
 def sign(secret: str | bytes, string_to_sign: str) -> str:
-    return hmac.new(_key(secret), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    # hmac.digest: the one-shot C path (no HMAC object per request).
+    return hmac.digest(_key(secret), string_to_sign.encode("utf-8"), "sha256").hex()
 
 
 def body_sha256(body: bytes) -> str:
@@ -255,14 +268,20 @@ def check_signed_headers(auth: AuthHeader, present_headers: Iterable[str]) -> No
 
 def parse_date(value: str) -> datetime:
     """X-Bridge-Date: exactly `YYYY-MM-DDThh:mm:ssZ`; one spelling, so both sides sign one text."""
-    match = _DATE_RE.fullmatch(value.strip()) if value else None
+    return _parse_date(value.strip() if value else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_date(value: str) -> datetime:
+    # Cached: every request of the same second carries the same text (a failure is not cached).
+    match = _DATE_RE.fullmatch(value)
     if match is None:
         raise _mismatch("X-Bridge-Date must look like 2026-11-29T08:00:00Z (UTC, whole seconds)")
     try:
         year, month, day, hour, minute, second = (int(g) for g in match.groups())
         return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
-        raise _mismatch(f"X-Bridge-Date '{value.strip()}' is not a valid date") from None
+        raise _mismatch(f"X-Bridge-Date '{value}' is not a valid date") from None
 
 
 def format_date(now: datetime) -> str:
@@ -364,7 +383,7 @@ def verify_signature(
             f"(server computed {actual})",
         )
     date = lowered["x-bridge-date"]
-    canonical = canonical_request(method, path, raw_query, lowered, auth.signed_headers, claimed)
+    canonical = _canonical(method, path, raw_query, lowered, auth.signed_headers, claimed)
     to_sign = string_to_sign(date, canonical)
     expected = sign(secret, to_sign)
     if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("utf-8")):

@@ -5,13 +5,13 @@ DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, set
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import zip_longest
 from typing import Any
 
+from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
@@ -105,12 +105,12 @@ def _read_facts_one(
         template_status=template,
         opted_out=frozenset((number,)) if opted else frozenset(),
         blocked=frozenset((number,)) if blocked else frozenset(),
-        history={number: json.loads(hist)} if hist else {},
+        history={number: jsonio.loads(hist)} if hist else {},
         day_count=day_count or 0,
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
-        pockets=[adm.Pocket(*p) for p in json.loads(pockets)] if pockets else [],
+        pockets=[adm.Pocket(*p) for p in jsonio.loads(pockets)] if pockets else [],
     )
 
 
