@@ -8,6 +8,7 @@ the text: they are typed, while the text is free-form and sometimes truncated.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -117,7 +118,12 @@ def parse_receipt_text(text: str) -> dict[str, str]:
 
 def parse_smpp_date(value: str) -> datetime | None:
     """`YYMMDDhhmm` or `YYMMDDhhmmss`, read as UTC (receipts carry no zone); None if unparsable."""
-    value = value.strip() if value else ""
+    return _parse_smpp_date(value.strip() if value else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_smpp_date(value: str) -> datetime | None:
+    # Cached: receipts of the same minute (or second) carry the same text, two dates each.
     if not _DATE_RE.fullmatch(value):
         return None
     parts = [int(value[i : i + 2]) for i in range(0, len(value), 2)]
