@@ -27,10 +27,15 @@ from typing import Any, TypeVar
 
 log = logging.getLogger("bridge.store")
 
-# Commits between WAL checkpoints: rarer checkpoints copy a page rewritten many times only once.
+# Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
-# ... or sooner when the WAL passes this size (commits of many random index pages are large).
-WAL_MAX_BYTES = 64 * 1024 * 1024
+# ... or sooner when the WAL holds more than this (every commit writes whole pages, so under load
+# the WAL grows by tens of MB a second). Small and frequent: each checkpoint is then a few ms of
+# copying in a thread. It is also the WAL's journal_size_limit, so after a restart the file is cut
+# back to this size and "file larger than the limit" means "this much is waiting to be copied".
+WAL_MAX_BYTES = 8 * 1024 * 1024
+# How long the WAL restart (writers blocked) may wait for readers of an old snapshot.
+CHECKPOINT_WAIT_MS = 200
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
@@ -47,6 +52,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store=MEMORY")
     # Checkpoints copy the WAL into the database and fsync it: done off the loop (checkpoint()).
     conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_MAX_BYTES}")
     return conn
 
 
@@ -272,7 +278,7 @@ class SqliteRunner:
             return
         _resolve(at_once)
         since = self.commits - self._commits_at_checkpoint
-        due = since >= CHECKPOINT_EVERY or (since % 50 == 0 and self._wal_bytes() > WAL_MAX_BYTES)
+        due = since >= CHECKPOINT_EVERY or (since % 25 == 0 and self._wal_bytes() > WAL_MAX_BYTES)
         if due and not self._checkpointing:
             self._commits_at_checkpoint = self.commits
             self._checkpointing = True
@@ -304,22 +310,39 @@ class SqliteRunner:
             self._checkpointing = False
 
     def _checkpoint_sync(self) -> None:
-        """TRUNCATE, not PASSIVE: under continuous writes a passive checkpoint never catches up
-        with the tail, so the WAL is never restarted and grows without bound (measured: 12.8 GB
-        after 700k messages with an acceptor process). TRUNCATE waits (bounded) for the readers
-        and writers of the moment, copies the WAL into the database, syncs it and empties the
-        WAL; run every CHECKPOINT_EVERY commits it has little to copy, so writers wait briefly."""
+        """Two steps, so writers never wait for the bulk of it, and never on their event loop.
+
+        PASSIVE first: copies the WAL into the database and syncs it without blocking writers.
+        On its own it never catches up under continuous writes (the WAL is only reused once
+        everything in it was copied and no reader uses it), and the WAL grows without bound
+        (measured: 12.8 GB after 700k messages with an acceptor process). So RESTART follows:
+        it copies the little written meanwhile and makes the next writer start the WAL over
+        (RESTART, not TRUNCATE: cutting a 70 MB file took 30-40 ms with writers blocked; the
+        journal_size_limit trims it instead). RESTART blocks writers while it runs, so it runs
+        holding the cross-process write lock (own file description, so the lock also excludes
+        this process's loop): writers then wait for the flock in their lock-waiter threads while
+        the loop keeps serving. Before, they waited in SQLite's busy handler on the loop thread,
+        and each checkpoint (20-50 ms) stalled every process: that was the accept p99.
+        """
         conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=5)
+        lock_fd: int | None = None
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if self._lock_fd is not None:
+                lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            # Bounded: a long report holding an old snapshot must not keep every writer waiting;
+            # the WAL is then restarted at the next checkpoint.
+            conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if busy:
-                # Others kept the database busy for the whole wait: copy what we can now and
-                # try to restart the WAL at the next checkpoint.
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                log.info("WAL restart deferred: a reader held an old snapshot")
         except sqlite3.OperationalError as exc:  # busy beyond the timeout: next time
             log.warning("WAL checkpoint deferred: %s", exc)
         finally:
+            if lock_fd is not None:
+                os.close(lock_fd)  # releases the flock
             conn.close()
 
     async def _sync_loop(self) -> None:
