@@ -437,6 +437,7 @@ class SmscConfig:
     reconnect_max_s: float = field(default=60.0, metadata=meta(between(0.1, 3600)))
     throttle_pause_min_s: float = field(default=1.0, metadata=meta(between(0.01, 600)))
     throttle_pause_max_s: float = field(default=10.0, metadata=meta(between(0.01, 600)))
+    throttle_tolerance: float = field(default=0.1, metadata=meta(between(0, 1)))
     max_transient_retries: int = field(default=5, metadata=meta(between(0, 100)))
     unbind_timeout_s: float = field(default=5.0, metadata=meta(between(0.1, 60)))
     source_ton: int = field(default=5, metadata=meta(between(0, 6)))

@@ -260,8 +260,6 @@ async def run(args: argparse.Namespace) -> dict:
                 sim_port,
                 args.window,
                 args.binds,
-                throttle_pause_min_s=0.05,
-                throttle_pause_max_s=0.5,
             )
         ],
     }

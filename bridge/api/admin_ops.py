@@ -72,6 +72,7 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
         "tps": _int(s.get("tps")),
         "tps_limit": float(s.get("tps_limit") or 0),
         "throttle_events": _int(s.get("throttle_events")),
+        "throttle_pauses": _int(s.get("throttle_pauses")),
         "paused_binds": _int(s.get("paused_binds")),
         "transient_retries": _int(s.get("transient_retries")),
         "reconnects": _int(s.get("reconnects")),

@@ -891,6 +891,10 @@ def _report_schemas() -> dict[str, Any]:
                 "tps": {**_COUNT, "description": "submit_sm in the last whole second"},
                 "tps_limit": {"type": "number", "minimum": 0, "description": "0 = no limit"},
                 "throttle_events": _COUNT,
+                "throttle_pauses": {
+                    **_COUNT,
+                    "description": "throttles that paused a bind (sporadic ones are resent)",
+                },
                 "paused_binds": {**_COUNT, "description": "binds paused after a throttle"},
                 "transient_retries": _COUNT,
                 "reconnects": _COUNT,
