@@ -79,6 +79,11 @@ class SqliteRunner:
         self._heavy: ThreadPoolExecutor | None = None
         self._heavy_conn: sqlite3.Connection | None = None
         self._checkpointing = False
+        # One thread and one connection for all the checkpoints: they run every few MB of WAL,
+        # and a connection per checkpoint on whichever default-executor thread was free cost a
+        # schema read each time and left memory in several threads' malloc arenas.
+        self._ckpt_exec: ThreadPoolExecutor | None = None
+        self._ckpt_conn: sqlite3.Connection | None = None
         self._commits_at_checkpoint = 0
         self.commits = 0
         self.jobs_done = 0
@@ -174,14 +179,19 @@ class SqliteRunner:
         if self._lock_waiter is not None:
             self._lock_waiter.shutdown(wait=True)
             self._lock_waiter = None
+        if self._ckpt_exec is not None:
+            self._ckpt_exec.shutdown(wait=True)
+            self._ckpt_exec = None
+        if self._ckpt_conn is not None:
+            self._ckpt_conn.close()
+            self._ckpt_conn = None
         if self._heavy_conn is not None:
             self._heavy_conn.close()
             self._heavy_conn = None
         if self._conn is not None:
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                log.warning("final WAL checkpoint failed; the WAL is replayed at next open")
+            # Empty the WAL (TRUNCATE) on the way out, the same two steps under the write lock:
+            # an operator command closing its store must not stall a running daemon's loops.
+            self._checkpoint_sync(final=True)
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -302,14 +312,16 @@ class SqliteRunner:
         """Copy the WAL into the database from a thread with its own connection, so the WAL stays
         small and the loop never waits for the database fsync itself."""
         loop = asyncio.get_running_loop()
+        if self._ckpt_exec is None:
+            self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ckpt")
         try:
-            await loop.run_in_executor(None, self._checkpoint_sync)
+            await loop.run_in_executor(self._ckpt_exec, self._checkpoint_sync)
         except sqlite3.Error:
             log.exception("WAL checkpoint failed")
         finally:
             self._checkpointing = False
 
-    def _checkpoint_sync(self) -> None:
+    def _checkpoint_sync(self, *, final: bool = False) -> None:
         """Two steps, so writers never wait for the bulk of it, and never on their event loop.
 
         PASSIVE first: copies the WAL into the database and syncs it without blocking writers.
@@ -323,11 +335,17 @@ class SqliteRunner:
         this process's loop): writers then wait for the flock in their lock-waiter threads while
         the loop keeps serving. Before, they waited in SQLite's busy handler on the loop thread,
         and each checkpoint (20-50 ms) stalled every process: that was the accept p99.
+        `final` (at close): TRUNCATE instead, so a stopped daemon leaves an empty WAL behind.
         """
-        conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=5)
+        if final:
+            conn = _checkpoint_connection(self._path)
+        else:
+            if self._ckpt_conn is None:
+                self._ckpt_conn = _checkpoint_connection(self._path)
+            conn = self._ckpt_conn
         lock_fd: int | None = None
         try:
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if self._lock_fd is not None:
                 lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -335,15 +353,17 @@ class SqliteRunner:
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;
             # the WAL is then restarted at the next checkpoint.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            mode = "TRUNCATE" if final else "RESTART"
+            busy, _log, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
                 log.info("WAL restart deferred: a reader held an old snapshot")
-        except sqlite3.OperationalError as exc:  # busy beyond the timeout: next time
+        except sqlite3.Error as exc:  # busy beyond the timeout: next time (or at next open)
             log.warning("WAL checkpoint deferred: %s", exc)
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the flock
-            conn.close()
+            if final:
+                conn.close()
 
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -363,6 +383,12 @@ class SqliteRunner:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
         os.fsync(self._wal_fd)
+
+
+def _checkpoint_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5)
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

@@ -112,3 +112,26 @@ async def test_loop_keeps_running_while_a_checkpoint_holds_the_lock(tmp_path: Pa
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2
     c.close()
     await runner.close()
+
+
+async def test_close_empties_the_wal_without_holding_up_another_writer(tmp_path: Path) -> None:
+    """An operator command closing its store while the daemon writes: the final checkpoint
+    waits for the other writer's lock like any writer, then leaves an empty WAL."""
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db)
+    runner.start(_setup)
+    await asyncio.gather(*(runner.write(_insert(i)) for i in range(100)))
+    assert runner._wal_bytes() > 0
+    other = os.open(str(db) + ".writelock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    closing = asyncio.get_running_loop().run_in_executor(None, runner._checkpoint_sync)
+    await asyncio.sleep(0.3)
+    assert not closing.done()  # the restart step waits for the writer holding the lock
+    fcntl.flock(other, fcntl.LOCK_UN)
+    os.close(other)
+    await asyncio.wait_for(closing, 5)
+    await runner.close()
+    assert runner._wal_bytes() == 0  # emptied (or removed with the last connection)
+    c = sqlite3.connect(db)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+    c.close()
