@@ -17,7 +17,7 @@ sequence split into contiguous parts.
 
 from __future__ import annotations
 
-import os
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -378,7 +378,9 @@ def _pack(septets: bytes, fill_bits: int = 0) -> bytes:
 
 
 def _random_start() -> int:
-    return int.from_bytes(os.urandom(2), "big")
+    # The random module's generator: seeded from os.urandom per interpreter and reseeded in a
+    # forked child; a syscall per new destination (os.urandom) cost more than the split.
+    return random.getrandbits(16)
 
 
 class RefCounter:

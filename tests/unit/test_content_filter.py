@@ -237,3 +237,28 @@ def test_pattern_rules_are_not_anchored_to_the_skeleton() -> None:
     f = ContentFilter(patterns=[re.escape("viagra")])
     assert f.check("v i a g r a") is None
     assert f.check("ｖｉａｇｒａ") == Match("viagra", "pattern")
+
+
+def _fold_by_category(text: str) -> str:
+    """fold() spelled out character by character: the table-driven one must agree with it."""
+    import unicodedata
+
+    from bridge.domain import content_filter as cf
+
+    s = unicodedata.normalize("NFKC", text).casefold()
+    if s.isascii():
+        return s
+    s = unicodedata.normalize("NFKD", s)
+    s = "".join(ch for ch in s if unicodedata.category(ch) not in cf._DROP_CATEGORIES)
+    return unicodedata.normalize("NFC", s).translate(cf._CONFUSABLES)
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_fold_matches_the_per_character_definition(text: str) -> None:
+    assert fold(text) == _fold_by_category(text)
+
+
+def test_an_empty_filter_does_not_fold() -> None:
+    assert ContentFilter().check("v i a g r a, ｖｉａｇｒａ") is None
+    assert ContentFilter(words=["viagra"]).check("ｖｉａｇｒａ") == Match("viagra", "word")
