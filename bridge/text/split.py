@@ -97,7 +97,7 @@ class EncodedMessage:
     encoding: Encoding
     data_coding: int  # 0/1 for GSM-7 per options, 8 UCS-2, 3 Latin-1
     parts: tuple[Part, ...]
-    ucs2_chars: tuple[str, ...]  # distinct chars that forced UCS-2, in order of first appearance
+    allow_latin1: bool  # the option it was encoded with (ucs2_chars depends on it)
     # Segments on the air interface when it differs from len(parts): in PAYLOAD mode the SMSC
     # splits the single PDU, and carriers count (and bill) those segments. 0 means len(parts).
     air_segments: int = 0
@@ -105,6 +105,14 @@ class EncodedMessage:
     @property
     def segments(self) -> int:
         return self.air_segments or len(self.parts)
+
+    @property
+    def ucs2_chars(self) -> tuple[str, ...]:
+        """Distinct characters that forced UCS-2, in order of first appearance. Computed on
+        demand: only the preview shows them, and a send would pay ~9 us for a CJK text."""
+        if self.encoding is not Encoding.UCS2:
+            return ()
+        return _forcing_chars(self.text, self.allow_latin1)
 
 
 _DEFAULT_OPTIONS = EncodeOptions()
@@ -241,7 +249,6 @@ def encode_message(
     if not text:
         raise TextError("EMPTY_MESSAGE", "text: must not be empty")
     text, septets = _resolve_text(text, opts)
-    ucs2_chars: tuple[str, ...] = ()
     if septets is not None:
         encoding = Encoding.GSM7
         data = septets
@@ -260,7 +267,6 @@ def encode_message(
                 f"text: unpaired surrogate U+{ord(text[exc.start]):04X} at position {exc.start}",
             ) from None
         limits = _UCS2_LIMITS
-        ucs2_chars = _forcing_chars(text, opts.allow_latin1)
     data_coding = _data_coding(encoding, opts)
     size = len(data)
     mode = opts.split
@@ -270,10 +276,10 @@ def encode_message(
     if size <= limits[0] and mode is not SplitMode.PAYLOAD:
         sm = _pack(data) if packed else data
         part = Part(1, 1, sm, 0, (), len(text), size)
-        return EncodedMessage(text, encoding, data_coding, (part,), ucs2_chars)
+        return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1)
 
     if mode is SplitMode.PAYLOAD:
-        return _payload_message(text, encoding, data_coding, data, packed, ucs2_chars, opts)
+        return _payload_message(text, encoding, data_coding, data, packed, opts)
     per = limits[2] if mode is SplitMode.UDH16 else limits[1]
     if size > opts.max_parts * per:
         # Cannot fit even without escape/surrogate pairs: refuse before building thousands of parts.
@@ -309,7 +315,7 @@ def encode_message(
             body = _pack(chunk, fill) if packed else chunk
             sm = head + bytes((seq,)) + body
             parts.append(Part(seq, total, sm, ESM_UDHI, (), count(chunk), len(chunk)))
-    return EncodedMessage(text, encoding, data_coding, tuple(parts), ucs2_chars)
+    return EncodedMessage(text, encoding, data_coding, tuple(parts), opts.allow_latin1)
 
 
 def _cut(data: bytes, encoding: Encoding, per: int) -> list[bytes]:
@@ -326,7 +332,6 @@ def _payload_message(
     data_coding: int,
     data: bytes,
     packed: bool,
-    ucs2_chars: tuple[str, ...],
     opts: EncodeOptions,
 ) -> EncodedMessage:
     """One PDU with the whole text in message_payload; the SMSC does the splitting.
@@ -347,7 +352,7 @@ def _payload_message(
     if air > opts.max_parts:
         raise _too_long(size, encoding, air, limits[1], opts.max_parts)
     part = Part(1, 1, b"", 0, ((TAG_MESSAGE_PAYLOAD, payload),), len(text), size)
-    return EncodedMessage(text, encoding, data_coding, (part,), ucs2_chars, air)
+    return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1, air)
 
 
 def _gsm_chars(chunk: bytes) -> int:
