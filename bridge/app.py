@@ -107,6 +107,7 @@ class Daemon:
             self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
         if self.role in ("all", "acceptor"):
             await self._start_http(store, sealer, accounts, router)
+        self._tasks.append(loop.create_task(self.metrics.watch_loop(self.role), name="loop-lag"))
         if multiprocess_dir():  # another process may answer the scrape: keep our files fresh
             self._tasks.append(loop.create_task(self.metrics.flush_every(1.0), name="metrics"))
 

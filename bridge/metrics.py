@@ -69,6 +69,10 @@ ACCEPT_BUCKETS: Final = (
 RTT_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# Event-loop lag: how late a 100 ms timer fires. A healthy loop is under a few ms; tens of ms
+# mean something blocked it (a long callback, a GC pause, SQLite waiting inside the loop).
+LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_INTERVAL_S: Final = 0.1
 
 # The `_created` samples double the series count and the multi-process merge cannot produce
 # them; leaving them out keeps both modes' output the same.
@@ -168,7 +172,8 @@ class Metrics:
         )
         self.throttle_events = Counter(
             "smpp_bridge_throttle_events",
-            "ESME_RTHROTTLED / ESME_RMSGQFUL answers (the bind pauses, the PDU is resent)",
+            "ESME_RTHROTTLED / ESME_RMSGQFUL answers (the PDU is resent; a share of a bind's "
+            "answers over throttle_tolerance pauses the bind)",
             ["smsc"],
             registry=r,
         )
@@ -177,6 +182,15 @@ class Metrics:
             "submit_sm to submit_sm_resp round-trip time, by SMSC",
             ["smsc"],
             buckets=RTT_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "smpp_bridge_event_loop_lag_seconds",
+            "How late a 100 ms timer fires on each process's event loop, by role (owner, "
+            "acceptor, or all in one process): time the loop could not serve anything (long "
+            "callbacks, GC pauses, blocking I/O)",
+            ["role"],
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.receipts = Counter(
@@ -251,6 +265,7 @@ class Metrics:
         self._unmatched = 0
         self._accept = _Pending(self.accept_latency, ACCEPT_BUCKETS)
         self._rtt: dict[str, _Pending] = {}
+        self._lag: dict[str, _Pending] = {}
         self._smscs: set[str] = set()
 
     # -- API -------------------------------------------------------------------------------------
@@ -260,6 +275,19 @@ class Metrics:
     def accept(self, latency_s: float) -> None:
         """A first-time 202 for POST /v1/messages, `latency_s` after the request came in."""
         self._accept.observe(latency_s)
+
+    async def watch_loop(self, role: str, interval_s: float = LAG_INTERVAL_S) -> None:
+        """Sample this process's event-loop lag until cancelled. Why: a stalled loop delays every
+        request and receipt of the process at once, and shows in no other metric as itself (a
+        probe like this found WAL checkpoints stalling every process for 35-60 ms)."""
+        loop = asyncio.get_running_loop()
+        pending = self._lag.get(role)
+        if pending is None:
+            pending = self._lag[role] = _Pending(self.loop_lag.labels(role), LAG_BUCKETS)
+        while True:
+            t = loop.time()
+            await asyncio.sleep(interval_s)
+            pending.observe(max(0.0, loop.time() - t - interval_s))
 
     def accepted(self, messages: int, segments: int) -> None:
         self._messages += messages
@@ -319,7 +347,7 @@ class Metrics:
             self.receipts_unmatched.inc(self._unmatched)
             self._unmatched = 0
         self._accept.flush()
-        for h in self._rtt.values():
+        for h in (*self._rtt.values(), *self._lag.values()):
             h.flush()
 
     async def flush_every(self, interval_s: float) -> None:

@@ -245,6 +245,7 @@ async def test_metrics_is_open_and_documented_text(api_server):
         "smpp_bridge_webhook_deliveries",
         "smpp_bridge_queue_depth",
         "smpp_bridge_balance_warnings",
+        "smpp_bridge_event_loop_lag_seconds",
     ):
         assert expected in names, (expected, sorted(names))
 

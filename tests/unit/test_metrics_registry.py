@@ -179,3 +179,24 @@ async def test_flush_every_keeps_the_values_fresh_and_flushes_once_more_when_can
         await task
     assert raw("smpp_bridge_messages_accepted_total") == 3
     assert raw("smpp_bridge_segments_accepted_total") == 4
+
+
+async def test_loop_lag_sees_a_blocked_loop() -> None:
+    """The lag sampler observes how late its timer fires: a 60 ms block of the loop lands in the
+    buckets above 50 ms, the idle samples in the lowest ones."""
+    import time
+
+    m = Metrics()
+    task = asyncio.create_task(m.watch_loop("acceptor", interval_s=0.01))
+    await asyncio.sleep(0.05)
+    time.sleep(0.06)  # what a checkpoint waiting in SQLite's busy handler did to the loop
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    count = v(m, "smpp_bridge_event_loop_lag_seconds_count", role="acceptor")
+    assert count >= 5
+    upto_50ms = v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.05")
+    assert count - upto_50ms == 1
+    assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.1") == count
+    assert v(m, "smpp_bridge_event_loop_lag_seconds_count", role="owner") == 0
