@@ -346,7 +346,11 @@ class SqliteRunner:
         lock_fd: int | None = None
         try:
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _busy, in_wal, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not final and copied < in_wal:
+                # A reader still uses an older snapshot (a report, an export): the restart would
+                # hold every writer up for CHECKPOINT_WAIT_MS and then give up. Try next time.
+                return
             if self._lock_fd is not None:
                 lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
