@@ -411,24 +411,20 @@ async def test_repeated_throttles_pause_the_bind(smsc: FakeSmsc) -> None:
         # 1 - (127/128)^n passes the 10% tolerance at the 14th throttle in a row
         assert snap["throttle_pauses"] == 7
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert max(gaps[:13]) < 0.04  # resent at once
+        assert sum(gaps[:13]) < 0.3  # resent at once (13 pauses would be at least 0.65 s)
         assert gaps[13] >= 0.045  # first pause: the minimum
         assert gaps[14] >= 0.095  # then doubled
         assert min(gaps[15:20]) >= 0.19  # up to the cap
 
 
-@pytest.mark.parametrize("tolerance", [0.0, 0.1, 1.0])
-async def test_a_rate_capped_smsc_slows_us_down_without_a_throttle_storm(tolerance: float) -> None:
-    """The simulator answers ESME_RTHROTTLED past 200 submits/s (a carrier's contracted rate;
-    our own tps is left unlimited). Every message still goes through, in about the time the cap
-    allows. With a tolerance under 1 the bind pauses once the throttle share passes it, and the
-    tolerance costs nothing here (as many throttles as pausing on every one); with 1 (never
-    pause) each throttle is resent at once: the storm the pause exists to prevent."""
+async def _throttles_against_a_capped_smsc(tolerance: float) -> tuple[int, int]:
+    """(throttles, pauses) for 400 messages sent at once to a simulator capped at 200 submits/s
+    (a carrier's contracted rate; our own tps left unlimited). Every message must go through,
+    no faster than the cap allows."""
     sim = SimSmsc(
         dataclasses.replace(
             SimConfig(), port=0, system_id="esme", password=PASSWORD, receipt_delay_ms=0,
-            control_port=None,
-            tps_limit=200,
+            control_port=None, tps_limit=200,
         )
     )  # fmt: skip
     await sim.start()
@@ -447,16 +443,21 @@ async def test_a_rate_capped_smsc_slows_us_down_without_a_throttle_storm(toleran
             assert elapsed >= 0.9  # 400 at 200/s after a first burst of 200 (a full bucket)
             throttled = sim.counters["tps_throttled"]
             assert c.snapshot()["throttle_events"] == throttled
-            # Measured: ~1,800 throttles with 45 pauses at tolerance 0 and 0.1 alike (each
-            # pause ends with a window's burst into an empty bucket); ~45,000 never pausing.
-            if tolerance < 1:
-                assert c.snapshot()["throttle_pauses"] > 0
-                assert throttled < 4000, throttled
-            else:
-                assert c.snapshot()["throttle_pauses"] == 0
-                assert throttled > 4000, throttled
+            return throttled, c.snapshot()["throttle_pauses"]
     finally:
         await sim.stop()
+
+
+async def test_a_rate_capped_smsc_slows_us_down_without_a_throttle_storm() -> None:
+    """Against a carrier's rate cap the tolerance costs nothing: about as many throttles as
+    pausing on every one (measured ~1,800 for 400 messages, 45 pauses, either way), while never
+    pausing resends each throttle at once: the storm the pause exists to prevent (~45,000)."""
+    every, every_pauses = await _throttles_against_a_capped_smsc(0.0)
+    tolerant, tolerant_pauses = await _throttles_against_a_capped_smsc(0.1)
+    never, never_pauses = await _throttles_against_a_capped_smsc(1.0)
+    assert every_pauses > 0 and tolerant_pauses > 0 and never_pauses == 0
+    assert tolerant < 2 * every, (tolerant, every)
+    assert never > 5 * max(every, tolerant), (never, every, tolerant)
 
 
 async def test_transient_status_retried_then_returned(smsc: FakeSmsc) -> None:
