@@ -54,10 +54,12 @@ class _DropTable(dict[int, int | None]):
 
     def __missing__(self, cp: int) -> int | None:
         keep = None if unicodedata.category(chr(cp)) in _DROP_CATEGORIES else cp
-        self[cp] = keep
+        if len(self) < _DROP_CACHE_MAX:  # a text of every code point must not grow it to 77 MB
+            self[cp] = keep
         return keep
 
 
+_DROP_CACHE_MAX = 65_536  # ~5 MB; everyday scripts (CJK included) use far fewer characters
 _DROP = _DropTable()
 _HAS_CONFUSABLE = re.compile("[" + re.escape("".join(chr(c) for c in _CONFUSABLES)) + "]")
 

@@ -21,7 +21,8 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,10 +30,10 @@ log = logging.getLogger("bridge.store")
 
 # Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
-# ... or sooner when the WAL holds more than this (every commit writes whole pages, so under load
+# ... or sooner when the WAL file passes this size (every commit writes whole pages, so under load
 # the WAL grows by tens of MB a second). Small and frequent: each checkpoint is then a few ms of
-# copying in a thread. It is also the WAL's journal_size_limit, so after a restart the file is cut
-# back to this size and "file larger than the limit" means "this much is waiting to be copied".
+# copying in a thread, and the checkpoint that empties the file (TRUNCATE) keeps "file size" a
+# measure of what is waiting to be copied.
 WAL_MAX_BYTES = 8 * 1024 * 1024
 # How long the WAL restart (writers blocked) may wait for readers of an old snapshot.
 CHECKPOINT_WAIT_MS = 200
@@ -52,7 +53,6 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store=MEMORY")
     # Checkpoints copy the WAL into the database and fsync it: done off the loop (checkpoint()).
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute(f"PRAGMA journal_size_limit={WAL_MAX_BYTES}")
     return conn
 
 
@@ -84,6 +84,7 @@ class SqliteRunner:
         # schema read each time and left memory in several threads' malloc arenas.
         self._ckpt_exec: ThreadPoolExecutor | None = None
         self._ckpt_conn: sqlite3.Connection | None = None
+        self._ckpt_task: asyncio.Task[None] | None = None
         self._commits_at_checkpoint = 0
         self.commits = 0
         self.jobs_done = 0
@@ -173,6 +174,8 @@ class SqliteRunner:
         while self._sync_task is not None and not self._sync_task.done():
             await asyncio.shield(self._sync_task)
         self._closed = True
+        if self._ckpt_task is not None and not self._ckpt_task.done():
+            await asyncio.shield(self._ckpt_task)  # it holds the write lock for its last step
         if self._heavy is not None:
             self._heavy.shutdown(wait=True)
             self._heavy = None
@@ -189,9 +192,16 @@ class SqliteRunner:
             self._heavy_conn.close()
             self._heavy_conn = None
         if self._conn is not None:
-            # Empty the WAL (TRUNCATE) on the way out, the same two steps under the write lock:
-            # an operator command closing its store must not stall a running daemon's loops.
-            self._checkpoint_sync(final=True)
+            # Empty the WAL on the way out, the same two steps under the write lock, from a
+            # thread: an operator command closing its store must not stall a running daemon.
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, partial(self._checkpoint_sync, final=True)
+                )
+            except (sqlite3.Error, OSError) as exc:
+                log.warning(
+                    "final WAL checkpoint failed (%s); the WAL is replayed at next open", exc
+                )
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -228,9 +238,16 @@ class SqliteRunner:
         assert self._lock_fd is not None
         if self._lock_waiter is None:
             self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
-        loop = asyncio.get_running_loop()
+        fd = self._lock_fd
         try:
-            await loop.run_in_executor(self._lock_waiter, fcntl.flock, self._lock_fd, fcntl.LOCK_EX)
+            waiting = self._lock_waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)
+            try:
+                await asyncio.wrap_future(waiting)
+            except asyncio.CancelledError:
+                # The thread may still get the lock after we stop waiting: give it back then,
+                # or every writer (this process's checkpoint thread included) waits forever.
+                waiting.add_done_callback(partial(_unlock_if_taken, fd))
+                raise
             try:
                 self._flush()
             finally:
@@ -292,7 +309,7 @@ class SqliteRunner:
         if due and not self._checkpointing:
             self._commits_at_checkpoint = self.commits
             self._checkpointing = True
-            asyncio.get_running_loop().create_task(self.checkpoint())
+            self._ckpt_task = asyncio.get_running_loop().create_task(self.checkpoint())
         if not self._fsync:
             _resolve(results)
             return
@@ -311,6 +328,9 @@ class SqliteRunner:
     async def checkpoint(self) -> None:
         """Copy the WAL into the database from a thread with its own connection, so the WAL stays
         small and the loop never waits for the database fsync itself."""
+        if self._closed:
+            self._checkpointing = False
+            return
         loop = asyncio.get_running_loop()
         if self._ckpt_exec is None:
             self._ckpt_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ckpt")
@@ -328,36 +348,42 @@ class SqliteRunner:
         On its own it never catches up under continuous writes (the WAL is only reused once
         everything in it was copied and no reader uses it), and the WAL grows without bound
         (measured: 12.8 GB after 700k messages with an acceptor process). So RESTART follows:
-        it copies the little written meanwhile and makes the next writer start the WAL over
-        (RESTART, not TRUNCATE: cutting a 70 MB file took 30-40 ms with writers blocked; the
-        journal_size_limit trims it instead). RESTART blocks writers while it runs, so it runs
+        it copies the little written meanwhile and makes the next writer start the WAL over, and
+        TRUNCATE (the same, plus emptying the file) when the file is past WAL_MAX_BYTES, which
+        is what starts a checkpoint under load. Both block writers while they run, so they run
         holding the cross-process write lock (own file description, so the lock also excludes
         this process's loop): writers then wait for the flock in their lock-waiter threads while
         the loop keeps serving. Before, they waited in SQLite's busy handler on the loop thread,
         and each checkpoint (20-50 ms) stalled every process: that was the accept p99.
-        `final` (at close): TRUNCATE instead, so a stopped daemon leaves an empty WAL behind.
+        `final` (at close): always TRUNCATE, so a stopped daemon leaves an empty WAL behind.
         """
-        if final:
-            conn = _checkpoint_connection(self._path)
-        else:
-            if self._ckpt_conn is None:
-                self._ckpt_conn = _checkpoint_connection(self._path)
-            conn = self._ckpt_conn
+        if self._lock_fd is None:
+            return  # not started, or closed: no write lock to hold the restart under
+        conn: sqlite3.Connection | None = None
         lock_fd: int | None = None
         try:
+            if final:
+                conn = _checkpoint_connection(self._path)
+            else:
+                if self._ckpt_conn is None:
+                    self._ckpt_conn = _checkpoint_connection(self._path)
+                conn = self._ckpt_conn
             conn.execute("PRAGMA busy_timeout=5000")
             _busy, in_wal, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if not final and copied < in_wal:
                 # A reader still uses an older snapshot (a report, an export): the restart would
                 # hold every writer up for CHECKPOINT_WAIT_MS and then give up. Try next time.
                 return
-            if self._lock_fd is not None:
-                lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;
             # the WAL is then restarted at the next checkpoint.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-            mode = "TRUNCATE" if final else "RESTART"
+            # A file past the limit is emptied here, under the lock, so no commit on a loop ever
+            # cuts it (journal_size_limit would: ~20 ms on the loop for a 66 MB WAL); below the
+            # limit RESTART reuses it without touching the file.
+            big = final or self._wal_bytes() > WAL_MAX_BYTES
+            mode = "TRUNCATE" if big else "RESTART"
             busy, _log, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
                 log.info("WAL restart deferred: a reader held an old snapshot")
@@ -366,7 +392,7 @@ class SqliteRunner:
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the flock
-            if final:
+            if final and conn is not None:
                 conn.close()
 
     async def _sync_loop(self) -> None:
@@ -387,6 +413,11 @@ class SqliteRunner:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
         os.fsync(self._wal_fd)
+
+
+def _unlock_if_taken(fd: int, waited: Future[None]) -> None:
+    if not waited.cancelled() and waited.exception() is None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _checkpoint_connection(path: Path) -> sqlite3.Connection:

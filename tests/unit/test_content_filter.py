@@ -262,3 +262,16 @@ def test_fold_matches_the_per_character_definition(text: str) -> None:
 def test_an_empty_filter_does_not_fold() -> None:
     assert ContentFilter().check("v i a g r a, ｖｉａｇｒａ") is None
     assert ContentFilter(words=["viagra"]).check("ｖｉａｇｒａ") == Match("viagra", "word")
+
+
+def test_the_fold_table_stays_bounded() -> None:
+    """A text of many distinct characters (a hostile body) must not grow the per-process table
+    without limit; beyond the cap the characters are still folded, just not remembered."""
+    from bridge.domain import content_filter as cf
+
+    text = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 20_000))  # CJK block, 20k characters
+    hangul = "".join(chr(c) for c in range(0xAC00, 0xAC00 + 11_000))
+    symbols = "".join(chr(c) for c in range(0x20000, 0x20000 + 40_000))  # CJK extension B
+    for t in (text, hangul, symbols):
+        assert fold(t) == _fold_by_category(t)
+    assert len(cf._DROP) <= cf._DROP_CACHE_MAX

@@ -197,6 +197,6 @@ async def test_loop_lag_sees_a_blocked_loop() -> None:
     count = v(m, "smpp_bridge_event_loop_lag_seconds_count", role="acceptor")
     assert count >= 5
     upto_50ms = v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.05")
-    assert count - upto_50ms == 1
+    assert count - upto_50ms >= 1
     assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.1") == count
     assert v(m, "smpp_bridge_event_loop_lag_seconds_count", role="owner") == 0
