@@ -184,6 +184,9 @@ async def test_free_text_passes_the_content_filter(make_api, tmp_path):
     r = await api.send(creds, {"to": CN, "text": "Casino   Bonus inside"})
     assert (r.status, r.code) == (422, "CONTENT_FILTERED")
     assert (await api.send(creds, {"to": CN, "text": "meeting at 3"})).status == 202
+    # Too long is refused before the filter reads (and folds) the whole text.
+    r = await api.send(creds, {"to": CN, "text": "代开发票" * 20_000})
+    assert (r.status, r.code) == (400, "MESSAGE_TOO_LONG")
 
 
 async def test_erasure_masks_the_number_and_drops_the_text(api_server, make_account):
