@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,43 +48,50 @@ TEXTS = {
 }
 
 
+def signed_request(creds: dict, port: int, body: bytes, key: str, now: datetime) -> bytes:
+    """One POST /v1/messages as raw HTTP/1.1 bytes, signed as of `now` with a fresh nonce."""
+    from bridge.api import signing
+
+    headers = {
+        "Host": f"127.0.0.1:{port}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+    }
+    headers.update(
+        signing.sign_request(
+            creds["app_key"],
+            creds["app_secret"],
+            "POST",
+            "/v1/messages",
+            "",
+            headers,
+            body,
+            now,
+            uuid.uuid4().hex + uuid.uuid4().hex[:8],
+        )
+    )
+    head = (
+        "POST /v1/messages HTTP/1.1\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def prebuild(creds: dict, port: int, texts: list[tuple[str, str]]) -> list[bytes]:
     """Every request signed up front, so the timed phase spends no CPU on signing: the load
     generator shares the machine's cores with the daemon and must stay cheap."""
-    from datetime import UTC, datetime
-
-    from bridge.api import signing
-
-    host = f"127.0.0.1:{port}"
     now = datetime.now(UTC)
-    out = []
-    for to, text in texts:
-        body = json.dumps({"to": to, "text": text}, ensure_ascii=False).encode()
-        headers = {
-            "Host": host,
-            "Content-Type": "application/json",
-            "Idempotency-Key": uuid.uuid4().hex,
-        }
-        headers.update(
-            signing.sign_request(
-                creds["app_key"],
-                creds["app_secret"],
-                "POST",
-                "/v1/messages",
-                "",
-                headers,
-                body,
-                now,
-                uuid.uuid4().hex + uuid.uuid4().hex[:8],
-            )
+    return [
+        signed_request(
+            creds,
+            port,
+            json.dumps({"to": to, "text": text}, ensure_ascii=False).encode(),
+            uuid.uuid4().hex,
+            now,
         )
-        head = (
-            "POST /v1/messages HTTP/1.1\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        out.append(head.encode() + body)
-    return out
+        for to, text in texts
+    ]
 
 
 async def raw_load(

@@ -123,32 +123,7 @@ class Sampler:
 def signed_request(creds: dict, port: int, body: bytes, key: str) -> bytes:
     """Signed at send time, not up front: queueing a million messages takes longer than the
     server's clock-skew window, so a request signed at the start would be stale by the end."""
-    from bridge.api import signing
-
-    headers = {
-        "Host": f"127.0.0.1:{port}",
-        "Content-Type": "application/json",
-        "Idempotency-Key": key,
-    }
-    headers.update(
-        signing.sign_request(
-            creds["app_key"],
-            creds["app_secret"],
-            "POST",
-            "/v1/messages",
-            "",
-            headers,
-            body,
-            datetime.now(UTC),
-            uuid.uuid4().hex + uuid.uuid4().hex[:8],
-        )
-    )
-    head = (
-        "POST /v1/messages HTTP/1.1\r\n"
-        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        + f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    return bench.signed_request(creds, port, body, key, datetime.now(UTC))
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, dict[bytes, bytes]]:
