@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.harness import WebhookReceiver
 from tests.pg_cluster import (
     Cluster,
     ClusterUnavailable,
@@ -76,3 +77,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = getattr(item, "fixturenames", ())
         if params.get("engine") == "postgres" or "pg_dsn" in names or "pg_cluster" in names:
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture
+async def receiver():
+    """A real aiohttp server that records the webhooks posted to it (e2e and metrics suites)."""
+    r = WebhookReceiver()
+    await r.start()
+    yield r
+    await r.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.app import Daemon
-from tests.e2e.harness import WebhookReceiver, make_config, wait_until
+from tests.e2e.harness import make_config, wait_until
 
 
 @pytest.fixture
@@ -25,11 +25,3 @@ async def start_daemon(tmp_path):
     yield start
     for d in reversed(started):
         await d.stop()
-
-
-@pytest.fixture
-async def receiver():
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()

@@ -30,7 +30,6 @@ if _ROOT not in sys.path:
 
 from tests.e2e.harness import (  # noqa: E402
     DaemonProcess,
-    WebhookReceiver,
     client_for,
     config_dict,
     create_account,
@@ -74,14 +73,6 @@ async def final(client: Any, mid: str) -> str:
         return m["status"] if m["status"] not in ("queued", "sent") else None
 
     return await wait_until(done, 20, 0.05)
-
-
-@pytest.fixture
-async def receiver():
-    r = WebhookReceiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture
