@@ -36,6 +36,10 @@ from bridge.store import migrate
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
 from bridge.store import postgres_rules as rules_sql
+from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
+from bridge.store.account_rows import KEY_COLS as _KEY_COLS
+from bridge.store.account_rows import account_row as _account
+from bridge.store.account_rows import key_row as _key
 from bridge.store.base import StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -60,11 +64,6 @@ from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar
 
-_ACCOUNT_COLS = (
-    "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
-    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
-    "low_balance_threshold, report_format"
-)
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
 _N_ACCOUNT_COLS = len(_ACCOUNT_COLS.split(","))
 _MESSAGE_COLS = (
@@ -72,7 +71,6 @@ _MESSAGE_COLS = (
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
     "state, error_code, error_text, smsc, accepted_at, scheduled_at, expires_at, sent_at, done_at"
 )
-_KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
 
 # Key status and account in one statement with the nonce write; the nonce is recorded only for an
 # active key, and only if new or expired (a concurrent duplicate waits, then sees it: a replay).
@@ -216,38 +214,6 @@ _WRITE_MESSAGES = {
     )
     for scalar in (False, True)
 }
-
-
-def _account(row: Any) -> Account:
-    return Account(
-        id=row[0],
-        name=row[1],
-        kind=row[2],
-        raw_text=bool(row[3]),
-        marketing=bool(row[4]),
-        default_country=row[5],
-        tps=row[6],
-        daily_quota=row[7],
-        status_callback_url=row[8],
-        mo_callback_url=row[9],
-        webhook_secret_enc=bytes(row[10]),
-        status=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        low_balance_threshold=row[14],
-        report_format=row[15],
-    )
-
-
-def _key(row: Any) -> AppKey:
-    return AppKey(
-        key_id=row[0],
-        account_id=row[1],
-        secret_enc=bytes(row[2]),
-        status=row[3],
-        created_at=row[4],
-        revoked_at=row[5],
-    )
 
 
 class _AuthRefused(Exception):

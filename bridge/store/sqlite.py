@@ -14,6 +14,9 @@ from bridge.ids import new_id
 from bridge.store import migrate, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
+from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
+from bridge.store.account_rows import account_row as _account
+from bridge.store.account_rows import key_row as _key
 from bridge.store.base import StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -38,11 +41,6 @@ from bridge.store.models import (
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
 
-_ACCOUNT_COLS = (
-    "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
-    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
-    "low_balance_threshold, report_format"
-)
 _AUTHORIZE_SQL = (
     "SELECT k.status, "
     + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
@@ -53,38 +51,6 @@ _MESSAGE_COLS = (
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
     "state, error_code, error_text, smsc, accepted_at, scheduled_at, expires_at, sent_at, done_at"
 )
-
-
-def _account(row: tuple[Any, ...]) -> Account:
-    return Account(
-        id=row[0],
-        name=row[1],
-        kind=row[2],
-        raw_text=bool(row[3]),
-        marketing=bool(row[4]),
-        default_country=row[5],
-        tps=row[6],
-        daily_quota=row[7],
-        status_callback_url=row[8],
-        mo_callback_url=row[9],
-        webhook_secret_enc=bytes(row[10]),
-        status=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        low_balance_threshold=row[14],
-        report_format=row[15],
-    )
-
-
-def _key(row: tuple[Any, ...]) -> AppKey:
-    return AppKey(
-        key_id=row[0],
-        account_id=row[1],
-        secret_enc=bytes(row[2]),
-        status=row[3],
-        created_at=row[4],
-        revoked_at=row[5],
-    )
 
 
 def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> MessageRecord:

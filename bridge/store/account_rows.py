@@ -1,0 +1,50 @@
+"""Column lists and row mappers of the accounts and app_keys tables, shared by both engines (their
+SELECTs name the same columns in the same order; only the SQL around them differs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bridge.store.models import Account, AppKey
+
+ACCOUNT_COLS = (
+    "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
+    "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
+    "low_balance_threshold, report_format"
+)
+KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
+
+
+def account_row(row: Sequence[Any]) -> Account:
+    """An ACCOUNT_COLS row; SQLite hands back 0/1 and memoryview where PostgreSQL has bool/bytes."""
+    return Account(
+        id=row[0],
+        name=row[1],
+        kind=row[2],
+        raw_text=bool(row[3]),
+        marketing=bool(row[4]),
+        default_country=row[5],
+        tps=row[6],
+        daily_quota=row[7],
+        status_callback_url=row[8],
+        mo_callback_url=row[9],
+        webhook_secret_enc=bytes(row[10]),
+        status=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+        low_balance_threshold=row[14],
+        report_format=row[15],
+    )
+
+
+def key_row(row: Sequence[Any]) -> AppKey:
+    """A KEY_COLS row."""
+    return AppKey(
+        key_id=row[0],
+        account_id=row[1],
+        secret_enc=bytes(row[2]),
+        status=row[3],
+        created_at=row[4],
+        revoked_at=row[5],
+    )
