@@ -152,6 +152,7 @@ class Daemon:
             smscs,
             instance=self.instance,
             claim_batch=cfg.pipeline.claim_batch,
+            in_flight_windows=cfg.pipeline.in_flight_windows,
             idle_s=cfg.pipeline.dispatch_idle_ms / 1000,
             clock=self.clock,
         )

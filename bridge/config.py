@@ -387,6 +387,10 @@ class PipelineConfig:
     receipt_timeout_hours: int = field(default=72, metadata=meta(between(1, 720)))
     mo_reassembly_timeout_s: float = field(default=300.0, metadata=meta(between(1, 86_400)))
     dispatch_idle_ms: int = field(default=50, metadata=meta(between(1, 10_000)))
+    # Messages in flight per window slot of the live binds. Above 1, messages waiting for their
+    # results' commit, or sending their parts one after another, do not leave the window idle;
+    # a crash resends at most this many windows of messages per bind.
+    in_flight_windows: int = field(default=2, metadata=meta(between(1, 10)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

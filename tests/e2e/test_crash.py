@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 
 from bridge.client import BridgeError
+from bridge.config import PipelineConfig
 from bridge.sim.server import SimSmsc
 from tests.e2e.harness import (
     DaemonProcess,
@@ -137,11 +138,11 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
                 statuses[(await client.message(mid))["status"]] += 1
         assert statuses == {"delivered": N}, statuses
         # Each message reached the simulator at least once; resends after a crash are bounded by
-        # what can be in flight: one window per bind per crash.
+        # what can be in flight: pipeline.in_flight_windows windows per bind per crash.
         texts = Counter(m.text for m in sim.messages)
         assert all(texts[f"crash test message {i}"] >= 1 for i in range(N))
         duplicates = sum(c - 1 for c in texts.values())
-        assert duplicates <= 3 * WINDOW, duplicates
+        assert duplicates <= 3 * PipelineConfig().in_flight_windows * WINDOW, duplicates
         # The kills really landed mid-load (not before the first or after the last request).
         assert 0 < phases[0] < N, phases
         print(f"accepted after each kill: {phases}; duplicates at the SMSC: {duplicates}")
