@@ -587,6 +587,52 @@ async def test_send_path_with_rules_checks_key_account_and_nonce(store: Store) -
     assert await store.use_nonce("K1", "n8", NOW + 5 * MIN, NOW) is True
 
 
+async def test_refused_signed_accepts_of_one_group_leave_no_trace(store: Store) -> None:
+    """Signed accepts of one account that run together (one PostgreSQL transaction): a refused
+    one takes back its nonce and idempotency record, so it can be sent again as it is; a replay
+    of a nonce or an idempotency key of an earlier accept in the group is caught."""
+    await funded(store)
+    await store.add_key(key("K1"), max_active=2)
+    outs = await asyncio.gather(
+        store.accept(signed("g1", "gn1"), NOW),
+        store.accept(signed("g2", "gn2", amount=10_000), NOW),  # more than the balance
+        store.accept(signed("g3", "gn1"), NOW),  # g1's nonce
+        store.accept(signed("g4", "gn4", key="idem-g1"), NOW),  # g1's idempotency key
+        store.accept(signed("g5", "gn5"), NOW),
+    )
+    assert outs[0].accepted and outs[4].accepted
+    assert outs[1].refusal is not None and outs[1].refusal.code == "INSUFFICIENT_BALANCE"
+    assert (outs[2].accepted, outs[2].auth_refusal) == (False, "nonce_reused")
+    assert outs[3].existing == IdempotencyRecord("hash-idem-g1", 202, b"resp-idem-g1")
+    # g2's nonce and idempotency key were given back: the same request, affordable now, goes.
+    again = await store.accept(signed("g2", "gn2"), NOW)
+    assert again.accepted and again.existing is None
+    assert await store.use_nonce("K1", "gn4", NOW + 5 * MIN, NOW) is False  # a replay spends it
+    assert await ids(store) == ["g1", "g2", "g5"]
+    assert await cash(store) == 1000 - 300
+
+
+async def test_an_error_in_one_accept_of_a_group_fails_only_that_one(store: Store) -> None:
+    """A database error in one accept (here a message id already taken) must not take the
+    accepts it shared a transaction with down with it."""
+    await funded(store, 10_000)
+    assert (await send(store, message("d0", CN), key="d-0")).accepted
+    msgs = [message(f"d{i}", f"+86138001300{i:02d}") for i in range(1, 6)]
+    taken = message("d0", CN2)  # the id of the message above
+    outs = await asyncio.gather(
+        *(send(store, m, key=f"d-{i + 1}") for i, m in enumerate(msgs[:2])),
+        send(store, taken, key="d-x"),
+        *(send(store, m, key=f"d-{i + 3}") for i, m in enumerate(msgs[2:])),
+        return_exceptions=True,
+    )
+    assert isinstance(outs[2], Exception)
+    assert all(isinstance(o, AcceptOutcome) and o.accepted for o in outs[:2] + outs[3:]), outs
+    assert await ids(store) == sorted(["d0", *(m.id for m in msgs)])
+    assert await cash(store) == 10_000 - 100 * 6
+    # Nothing of the failed request stayed: its idempotency key is free.
+    assert (await send(store, message("d9", CN2), key="d-x")).accepted
+
+
 # ---------------------------------------------------------------- accept: charges
 
 
