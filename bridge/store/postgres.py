@@ -266,7 +266,7 @@ SELECT 1
 
 
 def _outcome_of(exc: Exception) -> AcceptOutcome:
-    """The refusal outcome of one accept of a group (its savepoint was rolled back)."""
+    """The refusal outcome of one accept of a group (its writes were taken back)."""
     if isinstance(exc, _Refused):
         return AcceptOutcome(accepted=False, refusal=exc.refusal)
     if isinstance(exc, _RateLimited):
@@ -530,7 +530,7 @@ class PostgresStore(RulesStoreMixin):
         idempotency record), read the facts, decide, write: three statements (the rate bucket
         rides along with the facts and the writes), one more to return an idempotent replay,
         in a transaction shared with the account's other pending accepts (_drain_account). A
-        refusal rolls its own writes back, nonce and idempotency included, as a rate refusal
+        refusal takes its own writes back, nonce and idempotency included, as a rate refusal
         does."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[AcceptOutcome] = loop.create_future()
@@ -549,8 +549,8 @@ class PostgresStore(RulesStoreMixin):
         """Per-account group commit. The account row lock serialises one account's accepts (that
         is what makes its balance and frequency decisions race-free), and it is held until the
         commit: one transaction per request would serialise them at the commit rate. Requests
-        that arrive meanwhile therefore go together into the next transaction, each in its own
-        savepoint (a refusal or an error undoes only its own writes), with one commit for all."""
+        that arrive meanwhile therefore go together into the next transaction, one commit for
+        all, where a refusal or an error undoes only its own writes (see _accept_group)."""
         try:
             while True:
                 items = self._account_queue.pop(account_id, [])
