@@ -9,11 +9,14 @@ another (`Writes`: data-modifying CTEs folded into one statement).
 
 Race-freedom of the balance and frequency decisions comes from the caller: the accept locks the
 account row before `read_facts` runs, in an earlier statement, because under READ COMMITTED a
-statement reads the snapshot taken when it starts, not when its locks were granted.
+statement reads the snapshot taken when it starts, not when its locks were granted. (A
+transaction that already holds the lock waits for nothing: its later accepts read the facts in
+their first statement, `facts_sql`.)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -87,6 +90,19 @@ LEFT JOIN LATERAL (
     SELECT tokens, at FROM rate_buckets WHERE account_id = $1 AND $10::bool FOR UPDATE
 ) b ON true
 """
+FACT_COLS = (
+    "sign_names", "sign_statuses", "template_status", "opted", "dnc", "h_numbers", "h_times",
+    "daily_quota", "kind", "low_balance_threshold", "day_count", "pockets", "amounts",
+    "expiries", "tokens", "at",
+)  # fmt: skip
+
+
+def facts_sql(first_param: int) -> str:
+    """_FACTS inside a larger statement: $1 stays the account, $2.. become $first_param.., so
+    its parameters (facts_args()[1:]) can follow that statement's own."""
+    shift = first_param - 2
+    return re.sub(r"\$(\d+)", lambda m: m[0] if m[1] == "1" else f"${int(m[1]) + shift}", _FACTS)
+
 
 _LEDGER_INSERT = (
     "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
@@ -145,20 +161,26 @@ async def read_facts(
 ) -> tuple[adm.Facts, tuple[float | None, float | None]]:
     """The facts of `decide` (and, with `rate`, the account's rate bucket (tokens, at), locked)
     in one statement. Call it after locking the account row, in a later statement."""
+    row = await c.fetchrow(_FACTS, *facts_args(account_id, rules, recipients, now, rate=rate))
+    assert row is not None  # FROM (SELECT 1): always one row
+    return facts_from_row(row, rules, recipients)
+
+
+def facts_args(
+    account_id: str, rules: adm.Rules, recipients: tuple[str, ...], now: int, *, rate: bool
+) -> list[Any]:
+    """The parameters of _FACTS, $1 (the account) first."""
     fr = rules.frequency
     # Each number counted under one sign (the last given, as the SQLite engine's loop leaves it).
     sign_of = dict(fr.sign_of()) if fr is not None else {}
     signs = [n for n in (rules.sign_name, *rules.more_signs) if n is not None]
-    prefixes = sorted({p for n in recipients for p in number_prefixes(n)})
-    day = adm.day_key(now, rules.tz)
-    row = await c.fetchrow(
-        _FACTS,
+    return [
         account_id,
         list(dict.fromkeys(signs)),
         rules.template_code,
         list(dict.fromkeys(recipients)),
-        prefixes,
-        day,
+        sorted({p for n in recipients for p in number_prefixes(n)}),
+        adm.day_key(now, rules.tz),
         list(sign_of),
         now - DAY_MS,
         bool(rules.billing and rules.charges),
@@ -166,35 +188,46 @@ async def read_facts(
         list(sign_of.values()),
         fr.kind if fr is not None else None,
         fr.template if fr is not None else None,
-    )
-    assert row is not None  # FROM (SELECT 1): always one row
-    found = set(row["dnc"])
+    ]
+
+
+def facts_from_row(
+    row: Any, rules: adm.Rules, recipients: tuple[str, ...], prefix: str = ""
+) -> tuple[adm.Facts, tuple[float | None, float | None]]:
+    """Facts (and the rate bucket) from _FACTS's columns, named `prefix` + column."""
+
+    def col(name: str) -> Any:
+        return row[prefix + name]
+
+    fr = rules.frequency
+    found = set(col("dnc"))
     blocked = {n for n in recipients if any(p in found for p in number_prefixes(n))}
-    status = dict(zip(row["sign_names"] or (), row["sign_statuses"] or (), strict=True))
-    history: dict[str, list[int]] = {n: [] for n in sign_of}
-    for number, at in zip(row["h_numbers"] or (), row["h_times"] or (), strict=True):
+    status = dict(zip(col("sign_names") or (), col("sign_statuses") or (), strict=True))
+    history: dict[str, list[int]] = {n: [] for n, _s in fr.sign_of()} if fr is not None else {}
+    for number, at in zip(col("h_numbers") or (), col("h_times") or (), strict=True):
         history[number].append(at)
     pockets = [
         adm.Pocket(p, a, e)
         for p, a, e in zip(
-            row["pockets"] or (), row["amounts"] or (), row["expiries"] or (), strict=True
+            col("pockets") or (), col("amounts") or (), col("expiries") or (), strict=True
         )
     ]
+    quota, kind = col("daily_quota"), col("kind")
     facts = adm.Facts(
         recipients=recipients,
         sign_status=status.get(rules.sign_name) if rules.sign_name is not None else None,
         more_sign_status={name: status.get(name) for name in rules.more_signs},
-        template_status=row["template_status"],
-        opted_out=frozenset(row["opted"]),
+        template_status=col("template_status"),
+        opted_out=frozenset(col("opted")),
         blocked=frozenset(blocked),
         history=history,
-        day_count=row["day_count"] or 0,
-        daily_quota=row["daily_quota"] if row["daily_quota"] is not None else 0,
-        account_kind=row["kind"] if row["kind"] is not None else "prepaid",
-        low_balance_threshold=row["low_balance_threshold"] or 0,
+        day_count=col("day_count") or 0,
+        daily_quota=quota if quota is not None else 0,
+        account_kind=kind if kind is not None else "prepaid",
+        low_balance_threshold=col("low_balance_threshold") or 0,
         pockets=pockets,
     )
-    return facts, (row["tokens"], row["at"])
+    return facts, (col("tokens"), col("at"))
 
 
 def add_plan(w: Writes, account_id: str, plan: adm.Plan, count: int) -> None:

@@ -612,6 +612,32 @@ async def test_refused_signed_accepts_of_one_group_leave_no_trace(store: Store) 
     assert await cash(store) == 1000 - 300
 
 
+async def test_later_signed_accepts_of_a_group_see_the_earlier_ones(store: Store) -> None:
+    """The later accepts of a group read their facts in their first statement (PostgreSQL): the
+    messages, charges and day count of the earlier ones must be in them."""
+    await funded(store, 300)
+    await store.add_key(key("K1"), max_active=2)
+    fr = FrequencyRule("verification", "Acme", None, Limits(1, 5, 10), "UTC", (CN,))
+
+    def verify(mid: str, nonce: str, to: str) -> AcceptBatch:
+        m = message(mid, to, kind="verification")
+        b = signed(mid, nonce)
+        return replace(b, messages=(m,), rules=billed(m, frequency=fr if to == CN else None))
+
+    outs = await asyncio.gather(
+        store.accept(verify("f1", "fn1", CN), NOW),
+        store.accept(verify("f2", "fn2", CN), NOW),  # 1 a minute to CN: f1 was it
+        store.accept(verify("f3", "fn3", CN2), NOW),
+        store.accept(verify("f4", "fn4", CN2), NOW),
+        store.accept(verify("f5", "fn5", CN2), NOW),  # 300 paid for three
+    )
+    assert [o.accepted for o in outs] == [True, False, True, True, False]
+    assert outs[1].refusal is not None and outs[1].refusal.code == "FREQUENCY_LIMIT_MINUTE"
+    assert outs[4].refusal is not None and outs[4].refusal.code == "INSUFFICIENT_BALANCE"
+    assert await ids(store) == ["f1", "f3", "f4"]
+    assert await cash(store) == 0
+
+
 async def test_an_error_in_one_accept_of_a_group_fails_only_that_one(store: Store) -> None:
     """A database error in one accept (here a message id already taken) must not take the
     accepts it shared a transaction with down with it."""
