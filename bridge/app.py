@@ -404,8 +404,8 @@ class Daemon:
 
     async def reload(self, new: Config) -> ReloadPlan:
         """Apply a new configuration without a restart: routes, SMSC settings (reconnecting only
-        SMSCs whose bind settings changed), text and webhook settings. Server, store, security and
-        simulator settings need a restart; a change to them is logged and ignored."""
+        SMSCs whose bind settings changed), pipeline, text and webhook settings. Server, store,
+        security and simulator settings need a restart; a change to them is logged and ignored."""
         old = self.config
         p = plan(old, new)
         if p.needs_restart:
@@ -422,7 +422,7 @@ class Daemon:
                 await connector.stop(grace)
                 if self.coord is not None:  # its bind slots are free for any instance now
                     await self.coord.release(name)
-            self.dispatcher.reconfigure(router, smscs)
+            self.dispatcher.reconfigure(router, smscs, merged.pipeline)
             self.inbound.reconfigure(smscs)
             for name in (*p.add, *p.rebind):
                 self.connectors[name] = self._connector(smscs[name])

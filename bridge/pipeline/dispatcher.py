@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from bridge import logs
-from bridge.config import SmscConfig
+from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.smpp.codec import ShortMessage
@@ -39,6 +39,7 @@ class ConnectorLike(Protocol):
     def is_up(self) -> bool: ...
     def free_slots(self) -> int: ...
     def window_size(self) -> int: ...
+    def refuse_new(self) -> None: ...
     async def send_message(self, parts: Sequence[ShortMessage]) -> list: ...
 
 
@@ -61,7 +62,7 @@ class Dispatcher:
         *,
         instance: str,
         claim_batch: int = 500,
-        in_flight_windows: int = 1,
+        in_flight_windows: int = 2,
         idle_s: float = 0.05,
         lease_ms: int = 300_000,
         clock: Callable[[], float] = time.time,
@@ -81,6 +82,7 @@ class Dispatcher:
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._inflight_ids: dict[asyncio.Task[None], str] = {}
+        self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
         self._stopping = False
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
@@ -89,11 +91,21 @@ class Dispatcher:
         self.failed = 0
         self.retried = 0
 
-    def reconfigure(self, router: Router, smscs: Mapping[str, SmscConfig]) -> None:
-        """SIGHUP: new routes and SMSC settings for messages claimed from now on."""
+    def reconfigure(
+        self,
+        router: Router,
+        smscs: Mapping[str, SmscConfig],
+        pipeline: PipelineConfig | None = None,
+    ) -> None:
+        """SIGHUP: new routes, SMSC settings and claiming knobs for messages claimed from now on."""
         self.router = router
         self.smscs = smscs
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        if pipeline is not None:
+            self.claim_batch = pipeline.claim_batch
+            self.in_flight_windows = pipeline.in_flight_windows
+            self.idle_s = pipeline.dispatch_idle_ms / 1000
+            self._slot_freed.set()  # a larger limit: claim now
 
     def wake(self, _n: int = 0) -> None:
         """New work was accepted: claim now rather than at the next idle tick."""
@@ -125,6 +137,7 @@ class Dispatcher:
                 await _wait(self._slot_freed, self.idle_s * 4)
                 continue
             now_ms = int(self.clock() * 1000)
+            self._claiming = asyncio.get_running_loop().create_future()
             try:
                 work = await self.store.claim(
                     self.instance, min(free, self.claim_batch), now_ms, self.lease_ms
@@ -133,10 +146,17 @@ class Dispatcher:
                 log.exception("claim failed; retrying")
                 await asyncio.sleep(1)
                 continue
+            finally:
+                self._claiming.set_result(None)
             if not work:
                 self._wake.clear()
                 await _wait(self._wake, self.idle_s)
                 continue
+            if self._stopping:  # stop() began during the claim: these go back unsent
+                at = int(self.clock() * 1000)
+                for m in work:
+                    self._results.add(Release(m.id, at, count_attempt=False))
+                return
             for msg in work:
                 task = asyncio.get_running_loop().create_task(self._send(msg))
                 self._inflight.add(task)
@@ -282,10 +302,16 @@ class Dispatcher:
         return await self.store.renew_claims(self.instance, ids, until)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop claiming; wait (bounded) for messages in flight; write their results."""
+        """Stop claiming; wait (bounded) for messages in flight; write their results. Messages
+        not on the wire yet go back to the queue at once (Connector.refuse_new)."""
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
+        for connector in self.connectors.values():
+            connector.refuse_new()
+        if self._claiming is not None:  # a claim under way hands its messages back (run())
+            await asyncio.shield(self._claiming)
+            await asyncio.sleep(0)
         if self._inflight:
             _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for task in pending:

@@ -259,12 +259,31 @@ class Connector:
         for b in self._binds:
             b.task = asyncio.create_task(self._keep_bind(b), name=f"smpp-{self.name}-{b.index}")
 
+    def refuse_new(self) -> None:
+        """Shutting down: new messages, and messages still waiting for a slot for their first
+        part, are answered no_bind now (the dispatcher puts them back in the queue unsent); a
+        message with a part on the wire goes on to its end. Without this, the messages waiting
+        for a slot (up to pipeline.in_flight_windows - 1 windows) would hold the stop for their
+        whole turn, and past the grace be cut off still claimed, for a restart to resend or, on
+        an `in_flight_on_restart: unknown` SMSC, to mark unknown although they never left."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        for b in self._binds:
+            for q in (b.hi, b.lo):
+                while q:
+                    fut = q.popleft()
+                    if not fut.done():
+                        fut.set_result(
+                            False
+                        )  # not an attempt: a first part gives up, others wait again
+
     async def stop(self, grace_s: float) -> None:
         """Refuse new messages, let those in progress finish (up to ``grace_s``), unbind every bind
         (each bounded by unbind_timeout_s), close."""
         if not self._started or self._closing:
             return
-        self._stopping = True
+        self.refuse_new()
         assert self._stop_event is not None
         self._stop_event.set()
         self._idle = asyncio.Event()
@@ -384,6 +403,8 @@ class Connector:
         transient = 0
         priority = False
         while True:
+            if index == 0 and self._stopping:  # nothing of it left: back to the queue unsent
+                return _no_bind(index), bind
             if bind is None or not bind.up:
                 bind = await self._pick_bind()
                 if bind is None:

@@ -198,8 +198,11 @@ WITH a AS ({_LOCKED_ACCOUNT}
 SELECT {_HEAD_COLS} FROM k
 """
 # The same for an accept whose transaction already holds the account's lock (a later accept of
-# a group), with the facts: no lock wait, so this statement's snapshot is as fresh as a later
-# statement's would be, and one round trip is saved. The facts' parameters follow the head's.
+# a group), with the facts: it waits for no other accept of the account, so its snapshot holds
+# everything the decision must be race-free against, as a later statement's would, and one
+# round trip is saved. (It can still wait on another transaction's uncommitted insert of the
+# same nonce or idempotency key; then the outcome is a replay and the facts go unused.) The
+# facts' parameters follow the head's.
 _RULES_HEAD_AUTH_FACTS = f"""
 WITH a AS (SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1
 ), {_HEAD_KEY}
@@ -541,8 +544,9 @@ class PostgresStore(RulesStoreMixin):
     async def _accept_rules(self, batch: AcceptBatch, rules: adm.Rules, now: int) -> AcceptOutcome:
         """Accept under the sending rules: lock the account (with the authorisation and the
         idempotency record), read the facts, decide, write: three statements (the rate bucket
-        rides along with the facts and the writes), one more to return an idempotent replay,
-        in a transaction shared with the account's other pending accepts (_drain_account). A
+        rides along with the facts and the writes; two for the later accepts of a group, whose
+        first statement reads the facts too), one more to return an idempotent replay, in a
+        transaction shared with the account's other pending accepts (_drain_account). A
         refusal takes its own writes back, nonce and idempotency included, as a rate refusal
         does."""
         loop = asyncio.get_running_loop()

@@ -13,19 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import SmscConfig
+from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import SubmitOutcome
 from bridge.smpp.router import Router
 from bridge.store.base import Store
+from bridge.store.models import Release
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.integration.test_store import NOW, accept, account, get, message  # noqa: E402
+from tests.integration.test_smpp_connector import FakeSmsc, running, smsc_cfg  # noqa: E402
+from tests.integration.test_store import (  # noqa: E402
+    LEASE,
+    NOW,
+    accept,
+    account,
+    get,
+    message,
+    sent,
+)
 
 engine = engines.engine
 store = engines.store
@@ -40,6 +50,7 @@ class HeldConnector:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.refused = False
         self.held = 0
         self.most_held = 0
 
@@ -52,6 +63,9 @@ class HeldConnector:
 
     def window_size(self) -> int:
         return WINDOW
+
+    def refuse_new(self) -> None:
+        self.refused = True
 
     async def send_message(self, parts: Sequence[ShortMessage]) -> list[SubmitOutcome]:
         self.held += 1
@@ -108,3 +122,96 @@ async def test_messages_in_flight_are_windows_times_the_window(store: Store, win
 async def test_fewer_messages_than_the_limit_all_go_at_once(store: Store) -> None:
     most, _conn = await _in_flight(store, 7, 2)
     assert most == 7
+
+
+def _dispatcher(store: Store, connector: object, windows: int, **smsc: object) -> Dispatcher:
+    return Dispatcher(
+        store,
+        {"t1": connector},  # type: ignore[dict-item]
+        Router([], ["t1"]),
+        {"t1": SmscConfig(name="t1", system_id="t", password="t", **smsc)},  # type: ignore[arg-type]
+        instance="inst-1",
+        in_flight_windows=windows,
+        idle_s=0.01,
+        clock=lambda: NOW / 1000,
+    )
+
+
+async def test_stop_hands_back_the_messages_waiting_for_a_slot(store: Store) -> None:
+    """SIGTERM with two windows in flight: the messages on the wire get the grace, the ones still
+    waiting for a window slot go back to the queue at once. They must not stay claimed: a
+    restart would resend them, or on an `in_flight_on_restart: unknown` SMSC mark them unknown
+    though they never left (z9 below was partly sent by an earlier claim, so its SMSC is set)."""
+    await store.create_account(account())
+    await accept(store, message("z9", parts=3))
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["z9"]
+    await store.record_submits(
+        [sent("z9", 1, smsc="t1")], [Release("z9", NOW, count_attempt=True)], NOW
+    )
+    for i in range(3):  # with z9, the two windows' worth: all claimed, two on the wire
+        await accept(store, message(f"m{i}"))
+    smsc = FakeSmsc()
+    await smsc.start()
+    smsc.on_submit = lambda conn, pdu: None  # never answered: the grace runs out
+    try:
+        async with running(smsc_cfg(smsc.port, window=2)) as conn:
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if d.inflight == 4 and len(smsc.held) == 2:
+                    break
+            assert (d.inflight, len(smsc.held)) == (4, 2)
+            await d.stop(0.2)
+            task.cancel()
+        on_wire = {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}
+    finally:
+        await smsc.kill()
+    assert len(on_wire) == 2 and "z9" not in on_wire  # z9 waited (claims go oldest first)
+    out = await store.recover("inst-1", NOW + 1, frozenset({"t1"}))
+    assert sum(out.values()) == 2  # only the two that may have left were still claimed
+    for mid in ("z9", "m0", "m1", "m2"):
+        rec = await get(store, mid)
+        unknown = [s.seq for s in rec.segment_rows if s.error_code == "IN_FLIGHT_AT_RESTART"]
+        assert mid in on_wire or not unknown, (mid, unknown, on_wire)
+    again = {w.id for w in await store.claim("inst-2", 10, NOW + 10_000, LEASE)}
+    assert again >= {"z9", "m0", "m1", "m2"} - on_wire  # all sendable again
+
+
+async def test_a_claim_under_way_at_stop_is_handed_back(store: Store) -> None:
+    """stop() while the dispatcher waits for its claim: the claimed messages are released, not
+    sent after stop() returned."""
+    await store.create_account(account())
+    for i in range(5):
+        await accept(store, message(f"m{i}"))
+    claim = store.claim
+
+    async def slow_claim(*args: object, **kw: object) -> object:
+        await asyncio.sleep(0.1)
+        return await claim(*args, **kw)  # type: ignore[arg-type]
+
+    store.claim = slow_claim  # type: ignore[method-assign]
+    conn = HeldConnector()
+    d = _dispatcher(store, conn, 2, window=WINDOW)
+    task = asyncio.create_task(d.run())
+    await asyncio.sleep(0.05)  # the claim is under way
+    await d.stop(1.0)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    assert conn.most_held == 0 and d.inflight == 0
+    store.claim = claim  # type: ignore[method-assign]
+    assert len(await store.claim("inst-2", 10, NOW + 10_000, LEASE)) == 5
+
+
+async def test_a_reload_applies_the_pipeline_knobs(store: Store) -> None:
+    conn = HeldConnector()
+    d = _dispatcher(store, conn, 1, window=WINDOW)
+    assert d.capacity() == WINDOW
+    smscs = {"t1": SmscConfig(name="t1", system_id="t", password="t", window=WINDOW)}
+    d.reconfigure(
+        Router([], ["t1"]),
+        smscs,
+        PipelineConfig(in_flight_windows=3, claim_batch=7, dispatch_idle_ms=20),
+    )
+    assert (d.capacity(), d.claim_batch, d.idle_s) == (3 * WINDOW, 7, 0.02)

@@ -292,6 +292,30 @@ async def test_window_fills_to_exactly_n_and_drains(smsc: FakeSmsc) -> None:
         assert c.snapshot()["submits"] == {"ok": 8, "failed": {}}
 
 
+async def test_refuse_new_sends_back_what_has_not_left_and_finishes_the_rest(
+    smsc: FakeSmsc,
+) -> None:
+    """Shutting down: a message waiting for a slot for its first part gives up (no_bind: the
+    dispatcher requeues it unsent), a message with a part on the wire sends its other parts."""
+    smsc.on_submit = lambda conn, pdu: None  # hold every response
+    async with running(smsc_cfg(smsc.port, window=2)) as c:
+        assert await c.wait_up(2.0)
+        a = asyncio.create_task(c.send_message([part("a1"), part("a2")]))
+        b = asyncio.create_task(c.send_message([part("b1")]))
+        await eventually(lambda: len(smsc.held) == 2)
+        waiting = [asyncio.create_task(c.send_message([part(f"w{i}")])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        c.refuse_new()
+        for w in waiting:
+            assert [o.kind for o in await asyncio.wait_for(w, 1.0)] == ["no_bind"]
+        assert [o.kind for o in await c.send_message([part("late")])] == ["no_bind"]
+        smsc.on_submit = None
+        smsc.release()  # a1 and b1 answered: a2 goes out in a1's slot
+        assert [o.kind for o in await asyncio.wait_for(a, 2.0)] == ["ok", "ok"]
+        assert [o.kind for o in await asyncio.wait_for(b, 2.0)] == ["ok"]
+        assert sorted(smsc.submits()) == [b"a1", b"a2", b"b1"]
+
+
 async def test_response_timeout_is_transient_and_bounded(smsc: FakeSmsc) -> None:
     smsc.on_submit = lambda conn, pdu: None  # never answer
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.15, max_transient_retries=1)
