@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from bridge import logs
@@ -32,6 +32,10 @@ MAX_UNANSWERED_ATTEMPTS = 3
 UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
 
 
+class _RouteNotRecorded(Exception):
+    """The store did not take a message's route: its first part must not leave."""
+
+
 class ConnectorLike(Protocol):
     name: str
 
@@ -40,7 +44,11 @@ class ConnectorLike(Protocol):
     def free_slots(self) -> int: ...
     def window_size(self) -> int: ...
     def refuse_new(self) -> None: ...
-    async def send_message(self, parts: Sequence[ShortMessage]) -> list: ...
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list: ...
 
 
 def msgid_rule(smsc: SmscConfig) -> MsgIdRule:
@@ -86,6 +94,9 @@ class Dispatcher:
         self._stopping = False
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
+        )
+        self._routes: Batcher[tuple[str, str]] = Batcher(
+            self._flush_routes, max_items=1000, max_delay_s=0.001, name="routes"
         )
         self.sent = 0
         self.failed = 0
@@ -207,7 +218,22 @@ class Dispatcher:
         connector = self.connectors[name]
         smsc = self.smscs[name]
         rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
-        outcomes = await connector.send_message(build_parts(msg, smsc))
+        before = None
+        if smsc.in_flight_on_restart == "unknown":
+            # A crash must find where the message went, answered or not: recorded as its first
+            # part takes its window slot, before it leaves.
+            async def before() -> None:
+                try:
+                    await self._routes.add((msg.id, name))
+                except Exception as exc:
+                    raise _RouteNotRecorded from exc
+
+        try:
+            outcomes = await connector.send_message(build_parts(msg, smsc), before)
+        except _RouteNotRecorded:  # nothing left: try again later
+            log.warning("recording the route failed; message requeued", exc_info=True)
+            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "message submitted",
@@ -292,6 +318,9 @@ class Dispatcher:
                     raise
                 log.warning("recording submit results failed; retrying", exc_info=True)
                 await asyncio.sleep(delay)
+
+    async def _flush_routes(self, items: list[tuple[str, str]]) -> None:
+        await self.store.record_routes(self.instance, items)
 
     async def renew_leases(self) -> int:
         """Extend the claims of messages still being sent (called every lease/3 by the app)."""

@@ -372,8 +372,18 @@ class Connector:
         }
 
     # --- sending ------------------------------------------------------------------------------
-    async def send_message(self, parts: Sequence[ShortMessage]) -> list[SubmitOutcome]:
-        """Send a message's parts in order on one bind; one outcome per part (see module doc)."""
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[SubmitOutcome]:
+        """Send a message's parts in order on one bind; one outcome per part (see module doc).
+
+        `before_first` is awaited once, when the first part holds its window slot and right
+        before it goes out: the dispatcher records there where a message is going, for SMSCs
+        that must never get a part twice (`in_flight_on_restart: unknown`). Earlier, a message
+        still waiting for a slot at a crash would count as possibly sent; later, a part could
+        leave unrecorded. An exception from it is raised here, with nothing sent."""
         n = len(parts)
         if n == 0:
             return []
@@ -386,7 +396,9 @@ class Connector:
                 return [_no_bind(i) for i in range(n)]
             outcomes: list[SubmitOutcome] = []
             for i, part in enumerate(parts):
-                outcome, bind = await self._send_part(i, part, bind)
+                outcome, bind = await self._send_part(
+                    i, part, bind, before_first if i == 0 else None
+                )
                 outcomes.append(outcome)
                 if outcome.kind != "ok":
                     outcomes.extend(_cancelled(j) for j in range(i + 1, n))
@@ -397,7 +409,11 @@ class Connector:
             self._check_idle()
 
     async def _send_part(
-        self, index: int, part: ShortMessage, bind: _Bind | None
+        self,
+        index: int,
+        part: ShortMessage,
+        bind: _Bind | None,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
         loop = asyncio.get_running_loop()
         transient = 0
@@ -410,7 +426,7 @@ class Connector:
                 if bind is None:
                     return _no_bind(index), None
             try:
-                res = await self._submit_on(bind, part, priority)
+                res = await self._submit_on(bind, part, priority, before)
             except EncodeError as e:
                 self._failed[e.code] += 1
                 self._error(f"part {index} cannot be encoded: {e}")
@@ -418,6 +434,7 @@ class Connector:
             if res is None:  # the bind went away before the PDU left: not an attempt
                 bind = None
                 continue
+            before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
             if res.error is None:
                 a = self._rtt_avg
@@ -454,13 +471,21 @@ class Connector:
             self._failed[name] += 1
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
 
-    async def _submit_on(self, b: _Bind, part: ShortMessage, priority: bool) -> SubmitResult | None:
+    async def _submit_on(
+        self,
+        b: _Bind,
+        part: ShortMessage,
+        priority: bool,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> SubmitResult | None:
         """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
         limit, then submit_sm. None when the bind went down or closed before the PDU was sent."""
         if not await self._acquire(b, priority):
             return None
         fut = None
         try:
+            if before is not None:
+                await before()  # holding the slot: nothing else takes it meanwhile
             if self._throttler is not None:
                 await self._throttler.acquire()
             proto = b.proto

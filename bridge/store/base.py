@@ -103,6 +103,12 @@ class Store(Protocol):
     async def claim(
         self, instance: str, limit: int, now: int, lease_ms: int
     ) -> list[WorkMessage]: ...
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
+        """(message id, SMSC) of claimed messages whose first part is about to leave, durably:
+        `recover`/`reclaim` then know a message in flight went to an `in_flight_on_restart:
+        unknown` SMSC even when no answer of it was recorded."""
+        ...
+
     async def record_submits(
         self, results: list[SubmitResult], releases: list[Release], now: int
     ) -> int: ...

@@ -860,6 +860,16 @@ class PostgresStore(RulesStoreMixin):
 
         return await run_tx(self.pool, job, durable=False)
 
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
+        await self.pool.execute(
+            "UPDATE messages m SET q_route = u.smsc "
+            "FROM unnest($1::text[], $2::text[]) AS u(id, smsc) "
+            "WHERE m.id = u.id AND m.q_state = 'claimed' AND m.q_claimed_by = $3",
+            [mid for mid, _s in routes],
+            [smsc for _m, smsc in routes],
+            instance,
+        )
+
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:

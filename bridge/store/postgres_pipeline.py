@@ -109,7 +109,7 @@ FOR UPDATE SKIP LOCKED
 _CLAIM = """
 WITH c AS (
     UPDATE messages SET q_state = 'claimed', q_claimed_by = $2, q_lease_until = $3,
-        q_attempts = q_attempts + 1
+        q_attempts = q_attempts + 1, q_route = NULL
     WHERE id = ANY($1::text[])
     RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts
 )
@@ -382,7 +382,8 @@ async def record_submits(
                 _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
                 per_msg[r.message_id] = (r.smsc, n + 1)
             counted = await c.fetch(
-                "UPDATE messages m SET smsc = u.smsc, segments_sent = m.segments_sent + u.n "
+                "UPDATE messages m SET smsc = u.smsc, segments_sent = m.segments_sent + u.n, "
+                "q_route = CASE WHEN m.q_state = 'claimed' THEN u.smsc ELSE m.q_route END "
                 "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(id, smsc, n) "
                 "WHERE m.id = u.id RETURNING m.id, m.segments_sent",
                 list(per_msg),
@@ -592,7 +593,7 @@ _LIVE_INSTANCE_LOCKS = (
 )
 
 _ABANDONED = f"""
-SELECT m.id, m.smsc FROM messages m
+SELECT m.id, m.q_route FROM messages m
 WHERE m.q_state = 'claimed' AND (
     m.q_lease_until <= $1
     OR (
@@ -617,12 +618,12 @@ async def requeue_claims(
     instance lock held and no heartbeat for DEAD_AFTER_MS).
 
     Parts of such a message with no submit_sm_resp recorded may or may not have reached the SMSC:
-    they are resent (at-least-once) unless the message's last SMSC is configured
-    `in_flight_on_restart: unknown`.
+    they are resent (at-least-once) unless the SMSC its parts went to in this claim (q_route) is
+    configured `in_flight_on_restart: unknown`.
     """
     if instance is not None:
         rows = await c.fetch(
-            "SELECT id, smsc FROM messages WHERE q_state = 'claimed' "
+            "SELECT id, q_route FROM messages WHERE q_state = 'claimed' "
             "AND (q_claimed_by = $1 OR q_lease_until <= $2) ORDER BY id FOR UPDATE",
             instance,
             now,

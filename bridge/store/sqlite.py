@@ -506,12 +506,14 @@ class SqliteStore(RulesStoreMixin):
         """Start-up: give back every claim (a single SQLite instance owns them all).
 
         Segments of a claimed message with no submit_sm_resp recorded may or may not have reached
-        the SMSC before the crash: they are resent (at-least-once) unless the message's last
-        SMSC is configured `in_flight_on_restart: unknown`.
+        the SMSC before the crash: they are resent (at-least-once) unless the SMSC its parts went
+        to in this claim (q_route) is configured `in_flight_on_restart: unknown`.
         """
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
-            claimed = c.execute("SELECT id, smsc FROM messages WHERE q_state='claimed'").fetchall()
+            claimed = c.execute(
+                "SELECT id, q_route FROM messages WHERE q_state='claimed'"
+            ).fetchall()
             requeued = marked = 0
             for mid, smsc in claimed:
                 if smsc is not None and smsc in unknown_smscs:
@@ -611,6 +613,15 @@ class SqliteStore(RulesStoreMixin):
                 return accounts
             last = row[0]
             accounts.append(last)
+
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE messages SET q_route=? WHERE id=? AND q_state='claimed' AND q_claimed_by=?",
+                [(smsc, mid, instance) for mid, smsc in routes],
+            )
+
+        await self._runner.write(job)  # durable: the part leaves only after this is on disk
 
     async def record_submits(
         self, results: list[SubmitResult], releases: list[Release], now: int
@@ -1024,7 +1035,7 @@ def _claim_ids(
     marks = ",".join("?" * len(ids))
     c.execute(
         f"UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
-        f"q_attempts=q_attempts+1 WHERE id IN ({marks})",
+        f"q_attempts=q_attempts+1, q_route=NULL WHERE id IN ({marks})",
         (instance, lease_until, *ids),
     )
     msgs = {

@@ -224,7 +224,8 @@ def record_submits(
             _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
             per_msg[r.message_id] = (r.smsc, n + 1)
         c.executemany(
-            "UPDATE messages SET smsc=?, segments_sent=segments_sent+? WHERE id=?",
+            "UPDATE messages SET smsc=?1, segments_sent=segments_sent+?2, "
+            "q_route=CASE WHEN q_state='claimed' THEN ?1 ELSE q_route END WHERE id=?3",
             [(smsc, n, mid) for mid, (smsc, n) in per_msg.items()],
         )
         for mid in per_msg:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -67,7 +67,13 @@ class HeldConnector:
     def refuse_new(self) -> None:
         self.refused = True
 
-    async def send_message(self, parts: Sequence[ShortMessage]) -> list[SubmitOutcome]:
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[SubmitOutcome]:
+        if before_first is not None:
+            await before_first()
         self.held += 1
         self.most_held = max(self.most_held, self.held)
         try:
@@ -215,3 +221,43 @@ async def test_a_reload_applies_the_pipeline_knobs(store: Store) -> None:
         PipelineConfig(in_flight_windows=3, claim_batch=7, dispatch_idle_ms=20),
     )
     assert (d.capacity(), d.claim_batch, d.idle_s) == (3 * WINDOW, 7, 0.02)
+
+
+async def test_a_crash_never_resends_to_an_unknown_smsc_what_may_have_left(store: Store) -> None:
+    """`in_flight_on_restart: unknown`: a part that may have reached the SMSC is never resent,
+    on a message's first attempt too (the route is recorded as its first part leaves, since no
+    answer was recorded yet), while a message that was still waiting for a window slot was
+    never sent and is requeued, not written off."""
+    await store.create_account(account())
+    for i in range(4):
+        await accept(store, message(f"m{i}"))
+    smsc = FakeSmsc()
+    await smsc.start()
+    smsc.on_submit = lambda conn, pdu: None  # no answer before the crash
+    try:
+        async with running(smsc_cfg(smsc.port, window=2)) as conn:
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if d.inflight == 4 and len(smsc.held) == 2:
+                    break
+            assert (d.inflight, len(smsc.held)) == (4, 2)
+            # kill -9: no stop(), nothing more reaches the store
+            task.cancel()
+            for t in list(d._inflight):
+                t.cancel()
+            await asyncio.sleep(0.05)
+        on_wire = {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}
+    finally:
+        await smsc.kill()
+    assert len(on_wire) == 2
+    out = await store.recover("inst-1", NOW + 1, frozenset({"t1"}))
+    assert out == {"requeued": 2, "marked_unknown": 2}
+    for mid in ("m0", "m1", "m2", "m3"):
+        rec = await get(store, mid)
+        unknown = [s.seq for s in rec.segment_rows if s.error_code == "IN_FLIGHT_AT_RESTART"]
+        assert bool(unknown) == (mid in on_wire), (mid, unknown, on_wire)
+    again = {w.id for w in await store.claim("inst-2", 10, NOW + 10_000, LEASE)}
+    assert again == {"m0", "m1", "m2", "m3"} - on_wire

@@ -922,6 +922,8 @@ async def test_recover_marks_in_flight_parts_unknown_for_configured_smscs(store:
         NOW,
     )
     assert len(await claim_all(store, NOW + 1)) == 2  # in flight again when the process dies
+    # Their next parts left (the dispatcher records the route as a first part takes its slot).
+    await store.record_routes("inst-1", [("m", "smscA"), ("other", "smscB")])
     out = await store.recover("inst-1", NOW + 2, frozenset({"smscA"}))
     assert out == {"requeued": 1, "marked_unknown": 1}
     rec = await get(store, "m")
@@ -935,6 +937,23 @@ async def test_recover_marks_in_flight_parts_unknown_for_configured_smscs(store:
     await store.apply_receipts([rcpt("smscA", "m-1")], NOW + 5)
     rec = await get(store, "m")
     assert (rec.state, rec.error_code) == ("unknown", "IN_FLIGHT_AT_RESTART")
+
+
+async def test_recover_requeues_what_had_not_left_in_this_claim(store: Store) -> None:
+    """An earlier claim sent part 1 to an unknown-mode SMSC; the message is claimed again, but
+    its next part never took a window slot (no route recorded for this claim): requeued, not
+    written off as possibly sent."""
+    await accept(store, message("m", parts=2))
+    await claim_all(store)
+    await store.record_submits([sent("m", 1, "smscA")], [Release("m", NOW)], NOW)
+    assert len(await claim_all(store, NOW + 1)) == 1
+    out = await store.recover("inst-1", NOW + 2, frozenset({"smscA"}))
+    assert out == {"requeued": 1, "marked_unknown": 0}
+    assert [w.id for w in await claim_all(store, NOW + 3)] == ["m"]
+    # Routed in this claim now, then the process dies: unknown, never resent.
+    await store.record_routes("inst-1", [("m", "smscA")])
+    out = await store.recover("inst-1", NOW + 4, frozenset({"smscA"}))
+    assert out == {"requeued": 0, "marked_unknown": 1}
 
 
 # ---------------------------------------------------------------- webhooks
