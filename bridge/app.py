@@ -333,9 +333,9 @@ class Daemon:
     async def _sweeper(self) -> None:
         """Validity expiry, receipt timeouts, stale MO parts: every 5 s."""
         assert self.store is not None
-        timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000
         while True:
             await asyncio.sleep(5.0)
+            timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000  # SIGHUP-able
             try:
                 if self.dispatcher is not None:
                     # Messages still being sent (a throttled link can hold one for minutes) keep

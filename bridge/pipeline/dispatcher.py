@@ -9,6 +9,7 @@ written back in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,7 +34,13 @@ UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
 
 
 class _RouteNotRecorded(Exception):
-    """The store did not take a message's route: its first part must not leave."""
+    """The store did not take a message's route: its first part must not leave. `lost`: the
+    claim is no longer ours (another instance took the message back), so it is not ours to
+    release either."""
+
+    def __init__(self, lost: bool) -> None:
+        super().__init__("claim lost" if lost else "store write failed")
+        self.lost = lost
 
 
 class ConnectorLike(Protocol):
@@ -98,6 +105,7 @@ class Dispatcher:
         self._routes: Batcher[tuple[str, str]] = Batcher(
             self._flush_routes, max_items=1000, max_delay_s=0.001, name="routes"
         )
+        self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -148,17 +156,20 @@ class Dispatcher:
                 await _wait(self._slot_freed, self.idle_s * 4)
                 continue
             now_ms = int(self.clock() * 1000)
-            self._claiming = asyncio.get_running_loop().create_future()
+            claiming = self._claiming = asyncio.get_running_loop().create_future()
+            failed: Exception | None = None
             try:
                 work = await self.store.claim(
                     self.instance, min(free, self.claim_batch), now_ms, self.lease_ms
                 )
-            except Exception:
-                log.exception("claim failed; retrying")
+            except Exception as exc:
+                failed, work = exc, []
+            finally:
+                claiming.set_result(None)
+            if failed is not None:
+                log.error("claim failed; retrying", exc_info=failed)
                 await asyncio.sleep(1)
                 continue
-            finally:
-                self._claiming.set_result(None)
             if not work:
                 self._wake.clear()
                 await _wait(self._wake, self.idle_s)
@@ -226,13 +237,19 @@ class Dispatcher:
                 try:
                     await self._routes.add((msg.id, name))
                 except Exception as exc:
-                    raise _RouteNotRecorded from exc
+                    raise _RouteNotRecorded(lost=False) from exc
+                if msg.id in self._unrouted:
+                    self._unrouted.discard(msg.id)
+                    raise _RouteNotRecorded(lost=True)
 
         try:
             outcomes = await connector.send_message(build_parts(msg, smsc), before)
-        except _RouteNotRecorded:  # nothing left: try again later
-            log.warning("recording the route failed; message requeued", exc_info=True)
-            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+        except _RouteNotRecorded as exc:  # nothing left
+            if exc.lost:
+                log.warning("claim taken back by another instance; not sent")
+            else:
+                log.warning("recording the route failed; message requeued", exc_info=True)
+                add(Release(msg.id, now_ms + 1000, count_attempt=False))
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -320,7 +337,8 @@ class Dispatcher:
                 await asyncio.sleep(delay)
 
     async def _flush_routes(self, items: list[tuple[str, str]]) -> None:
-        await self.store.record_routes(self.instance, items)
+        taken = await self.store.record_routes(self.instance, items)
+        self._unrouted.update(mid for mid, _s in items if mid not in taken)
 
     async def renew_leases(self) -> int:
         """Extend the claims of messages still being sent (called every lease/3 by the app)."""
@@ -339,12 +357,13 @@ class Dispatcher:
         for connector in self.connectors.values():
             connector.refuse_new()
         if self._claiming is not None:  # a claim under way hands its messages back (run())
-            await asyncio.shield(self._claiming)
-            await asyncio.sleep(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._claiming), grace_s)
         if self._inflight:
             _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for task in pending:
                 task.cancel()
+        await self._routes.drain()
         await self._results.drain()
 
     @property

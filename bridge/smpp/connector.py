@@ -418,9 +418,12 @@ class Connector:
         loop = asyncio.get_running_loop()
         transient = 0
         priority = False
+        unanswered: SubmitOutcome | None = None  # an attempt that may have reached the SMSC
         while True:
-            if index == 0 and self._stopping:  # nothing of it left: back to the queue unsent
-                return _no_bind(index), bind
+            if index == 0 and self._stopping:
+                # Back to the queue unsent, unless an attempt may have arrived: that one is
+                # reported as it was (the dispatcher counts it, or marks it unknown).
+                return unanswered or _no_bind(index), bind
             if bind is None or not bind.up:
                 bind = await self._pick_bind()
                 if bind is None:
@@ -458,9 +461,14 @@ class Connector:
             if kind == "transient":
                 transient += 1
                 self._failed[name] += 1
+                outcome = SubmitOutcome(index, "transient", res.status, name, None)
+                if res.error is not None:  # no answer: the SMSC may have it
+                    unanswered = outcome
+                    if self.cfg.in_flight_on_restart == "unknown":
+                        return outcome, bind  # never twice to such an SMSC: the caller decides
                 if transient > self.cfg.max_transient_retries:
                     self._error(f"part {index}: {name} after {transient - 1} retries")
-                    return SubmitOutcome(index, "transient", res.status, name, None), bind
+                    return outcome, bind
                 self._transient_retries += 1
                 priority = True
                 if res.error == "CONNECTION_LOST":
@@ -484,10 +492,10 @@ class Connector:
             return None
         fut = None
         try:
-            if before is not None:
-                await before()  # holding the slot: nothing else takes it meanwhile
             if self._throttler is not None:
                 await self._throttler.acquire()
+            if before is not None:
+                await before()  # holding the slot: nothing else takes it meanwhile
             proto = b.proto
             if proto is not None and proto.is_bound and not self._closing:
                 with contextlib.suppress(WindowFull, NotBound):

@@ -103,10 +103,11 @@ class Store(Protocol):
     async def claim(
         self, instance: str, limit: int, now: int, lease_ms: int
     ) -> list[WorkMessage]: ...
-    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> set[str]:
         """(message id, SMSC) of claimed messages whose first part is about to leave, durably:
         `recover`/`reclaim` then know a message in flight went to an `in_flight_on_restart:
-        unknown` SMSC even when no answer of it was recorded."""
+        unknown` SMSC even when no answer of it was recorded. Returns the ids taken: a message
+        missing there is no longer claimed by `instance` and must not be sent."""
         ...
 
     async def record_submits(

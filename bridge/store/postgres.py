@@ -860,15 +860,18 @@ class PostgresStore(RulesStoreMixin):
 
         return await run_tx(self.pool, job, durable=False)
 
-    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
-        await self.pool.execute(
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> set[str]:
+        ordered = sorted(dict(routes).items())  # rows locked in id order: no deadlock
+        rows = await self.pool.fetch(
             "UPDATE messages m SET q_route = u.smsc "
             "FROM unnest($1::text[], $2::text[]) AS u(id, smsc) "
-            "WHERE m.id = u.id AND m.q_state = 'claimed' AND m.q_claimed_by = $3",
-            [mid for mid, _s in routes],
-            [smsc for _m, smsc in routes],
+            "WHERE m.id = u.id AND m.q_state = 'claimed' AND m.q_claimed_by = $3 "
+            "RETURNING m.id",
+            [mid for mid, _s in ordered],
+            [smsc for _m, smsc in ordered],
             instance,
         )
+        return {r[0] for r in rows}
 
     async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls

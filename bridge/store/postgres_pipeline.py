@@ -449,7 +449,8 @@ async def record_submits(
             touched.pop(rel.message_id, None)
         await c.executemany(
             "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
-            "q_not_before = $1, q_attempts = q_attempts - $2 WHERE id = $3 AND q_state = 'claimed'",
+            "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2 "
+            "WHERE id = $3 AND q_state = 'claimed'",
             [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
         )
         # The released rows changed under `locked`: re-read them for the roll-up.

@@ -614,14 +614,14 @@ class SqliteStore(RulesStoreMixin):
             last = row[0]
             accounts.append(last)
 
-    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> None:
-        def job(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "UPDATE messages SET q_route=? WHERE id=? AND q_state='claimed' AND q_claimed_by=?",
-                [(smsc, mid, instance) for mid, smsc in routes],
+    async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> set[str]:
+        def job(c: sqlite3.Connection) -> set[str]:
+            sql = (
+                "UPDATE messages SET q_route=? WHERE id=? AND q_state='claimed' AND q_claimed_by=?"
             )
+            return {mid for mid, smsc in routes if c.execute(sql, (smsc, mid, instance)).rowcount}
 
-        await self._runner.write(job)  # durable: the part leaves only after this is on disk
+        return await self._runner.write(job)  # durable: the part leaves only once on disk
 
     async def record_submits(
         self, results: list[SubmitResult], releases: list[Release], now: int

@@ -278,7 +278,8 @@ def record_submits(
             touched.pop(rel.message_id, None)
         c.executemany(
             "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
-            "q_not_before=?, q_attempts=q_attempts - ? WHERE id=? AND q_state='claimed'",
+            "q_route=NULL, q_not_before=?, q_attempts=q_attempts - ? "
+            "WHERE id=? AND q_state='claimed'",
             [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
         )
     rollup_messages(c, touched, now, intermediate=intermediate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -261,3 +262,145 @@ async def test_a_crash_never_resends_to_an_unknown_smsc_what_may_have_left(store
         assert bool(unknown) == (mid in on_wire), (mid, unknown, on_wire)
     again = {w.id for w in await store.claim("inst-2", 10, NOW + 10_000, LEASE)}
     assert again == {"m0", "m1", "m2", "m3"} - on_wire
+
+
+def _unanswered_first(smsc: FakeSmsc) -> None:
+    seen: list[int] = []
+
+    def hook(conn: object, pdu: object) -> int | None:
+        seen.append(1)
+        return None if len(seen) == 1 else 0  # the first submit_sm gets no answer
+
+    smsc.on_submit = hook  # type: ignore[assignment]
+
+
+async def test_an_unknown_mode_smsc_never_gets_an_unanswered_part_twice(store: Store) -> None:
+    """No answer to a submit (timeout): the SMSC may have it. The connector's quick retry would
+    send it again; to an `in_flight_on_restart: unknown` SMSC the part is marked unknown."""
+    await store.create_account(account())
+    await accept(store, message("m0"))
+    smsc = FakeSmsc()
+    await smsc.start()
+    _unanswered_first(smsc)
+    try:
+        cfg = smsc_cfg(smsc.port, response_timeout_s=0.2, in_flight_on_restart="unknown")
+        async with running(cfg, transient_backoff_s=(0.01, 0.02)) as conn:
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=10, in_flight_on_restart="unknown")
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if (await get(store, "m0")).state != "queued":
+                    break
+            await d.stop(0.5)
+            task.cancel()
+    finally:
+        await smsc.kill()
+    assert smsc.submits() == [b"m0/1"]
+    rec = await get(store, "m0")
+    # Marked, not resent: the segment's "timeout" makes the message status "unknown".
+    assert [(s.state, s.error_code) for s in rec.segment_rows] == [("timeout", "SUBMIT_TIMEOUT")]
+    assert rec.state == "unknown"
+
+
+async def test_stop_after_an_unanswered_first_part_counts_the_attempt(store: Store) -> None:
+    """A first part that got no answer may have reached the SMSC: a stop during its retry
+    back-off reports that attempt (counted, resent later at most MAX_UNANSWERED_ATTEMPTS
+    times), not a message that never left."""
+    await store.create_account(account())
+    await accept(store, message("m0"))
+    smsc = FakeSmsc()
+    await smsc.start()
+    smsc.on_submit = lambda conn, pdu: None  # never answered
+    try:
+        cfg = smsc_cfg(smsc.port, response_timeout_s=0.1)
+        async with running(cfg, transient_backoff_s=(1.0, 1.0)) as conn:  # stop lands in it
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=10)
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if conn.snapshot()["transient_retries"] == 1:
+                    break
+            assert conn.snapshot()["transient_retries"] == 1
+            await d.stop(1.0)
+            task.cancel()
+    finally:
+        await smsc.kill()
+    assert smsc.submits() == [b"m0/1"]
+    (again,) = await store.claim("inst-2", 10, NOW + 3_600_000, LEASE)
+    assert again.attempts == 2  # the unanswered one counted (a no_bind would not count)
+
+
+class GatedConnector(HeldConnector):
+    """Waits (as for a window slot) before calling before_first; records what left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.left: list[str] = []
+
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[SubmitOutcome]:
+        self.waiting += 1
+        await self.gate.wait()
+        if before_first is not None:
+            await before_first()
+        self.left.append(parts[0].short_message.decode())
+        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+
+
+async def test_a_route_the_store_did_not_take_keeps_the_part_back(
+    store: Store, engine: engines.EngineHandle
+) -> None:
+    """PostgreSQL: another instance took the claim back (a partition, stalled lease renewals)
+    while this one waited for a window slot. The route write matches no row: the part must
+    not leave (the new owner sends it), nor be released (not ours)."""
+    if not engine.multi_instance:
+        pytest.skip("another instance's reclaim needs PostgreSQL")
+    await store.create_account(account())
+    await accept(store, message("m0"))
+    conn = GatedConnector()
+    d = _dispatcher(store, conn, 1, window=WINDOW, in_flight_on_restart="unknown")
+    d.lease_ms = 1000
+    task = asyncio.create_task(d.run())
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        if conn.waiting == 1:
+            break
+    task.cancel()
+    assert await store.reclaim(NOW + 1000, frozenset({"t1"})) == {
+        "requeued": 1,
+        "marked_unknown": 0,
+    }
+    assert [w.id for w in await store.claim("inst-2", 10, NOW + 1000, LEASE)] == ["m0"]
+    conn.gate.set()
+    await asyncio.sleep(0.2)
+    await d.stop(0.5)
+    assert conn.left == []
+    assert await store.claim("inst-3", 10, NOW + 2000, LEASE) == []  # still inst-2's
+
+
+async def test_stop_is_bounded_while_a_claim_hangs(store: Store) -> None:
+    await store.create_account(account())
+    await accept(store, message("m0"))
+    claim = store.claim
+
+    async def hanging_claim(*args: object, **kw: object) -> object:
+        await asyncio.sleep(3.0)  # e.g. PostgreSQL unreachable: pool acquire, command_timeout
+        return await claim(*args, **kw)  # type: ignore[arg-type]
+
+    store.claim = hanging_claim  # type: ignore[method-assign]
+    d = _dispatcher(store, HeldConnector(), 2, window=WINDOW)
+    task = asyncio.create_task(d.run())
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await d.stop(0.2)
+    elapsed = time.monotonic() - t0
+    task.cancel()
+    store.claim = claim  # type: ignore[method-assign]
+    assert elapsed < 1.0, f"stop(grace=0.2) took {elapsed:.2f}s"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bridge.store import migrate
@@ -954,6 +956,41 @@ async def test_recover_requeues_what_had_not_left_in_this_claim(store: Store) ->
     await store.record_routes("inst-1", [("m", "smscA")])
     out = await store.recover("inst-1", NOW + 4, frozenset({"smscA"}))
     assert out == {"requeued": 0, "marked_unknown": 1}
+
+
+async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_release(
+    engine: EngineHandle,
+) -> None:
+    """The release before the claim route (q_route) decided by the last answered SMSC. A stop
+    past its grace (or a crash) right before the upgrade leaves m claimed, part 1 answered by
+    smscA (unknown mode), part 2 on the wire: after the migration it is still marked, not
+    resent."""
+    s = engine.new_store()
+    await s.open()
+    await s.create_account(account())
+    await accept(s, message("m", parts=2))
+    assert [w.id for w in await s.claim("inst-1", 10, NOW, LEASE)] == ["m"]
+    await s.record_submits([sent("m", 1, "smscA")], [], NOW)
+    await s.close()
+    # The schema as the previous release left it.
+    if engine.name == "sqlite":
+        c = sqlite3.connect(engine.location)
+        with c:
+            c.execute("ALTER TABLE messages DROP COLUMN q_route")
+            c.execute("DELETE FROM schema_version WHERE version = 5")
+        c.close()
+    else:
+        pc = await asyncpg.connect(engine.location)
+        await pc.execute("ALTER TABLE messages DROP COLUMN q_route")
+        await pc.execute("DELETE FROM schema_version WHERE version = 4")
+        await pc.close()
+    upgraded = engine.new_store()
+    await upgraded.open()  # the migration runs
+    try:
+        out = await upgraded.recover("inst-1", NOW + 1, frozenset({"smscA"}))
+        assert out == {"requeued": 0, "marked_unknown": 1}
+    finally:
+        await upgraded.close()
 
 
 # ---------------------------------------------------------------- webhooks

@@ -4,3 +4,6 @@
 -- resending them; its last SMSC (smsc) cannot tell, being set only by answers, and from an
 -- earlier claim.
 ALTER TABLE messages ADD COLUMN q_route text;
+-- Claims left by the previous release (a crash, or a stop past its grace, before this upgrade)
+-- keep the decision that release would have made.
+UPDATE messages SET q_route = smsc WHERE q_state = 'claimed';
