@@ -328,7 +328,9 @@ class Dispatcher:
         releases = [i for i in items if isinstance(i, Release)]
         for delay in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 0):
             try:
-                await self.store.record_submits(results, releases, int(self.clock() * 1000))
+                await self.store.record_submits(
+                    results, releases, int(self.clock() * 1000), instance=self.instance
+                )
                 return
             except Exception:
                 if not delay:

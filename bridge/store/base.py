@@ -111,8 +111,18 @@ class Store(Protocol):
         ...
 
     async def record_submits(
-        self, results: list[SubmitResult], releases: list[Release], now: int
-    ) -> int: ...
+        self,
+        results: list[SubmitResult],
+        releases: list[Release],
+        now: int,
+        *,
+        instance: str | None = None,
+    ) -> int:
+        """Submit results and releases. With `instance`, a release applies only to a message that
+        instance still holds: one whose claim another instance took back is not requeued under
+        its new owner (results are recorded regardless: those parts did leave)."""
+        ...
+
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
     async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]: ...
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]: ...

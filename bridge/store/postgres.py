@@ -888,11 +888,16 @@ class PostgresStore(RulesStoreMixin):
         return await run_tx(self.pool, job, durable=False)
 
     async def record_submits(
-        self, results: list[SubmitResult], releases: list[Release], now: int
+        self,
+        results: list[SubmitResult],
+        releases: list[Release],
+        now: int,
+        *,
+        instance: str | None = None,
     ) -> int:
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate
+                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
         return await run_tx(self.pool, job, durable=False)

@@ -336,6 +336,7 @@ async def record_submits(
     now: int,
     *,
     intermediate: bool = False,
+    instance: str | None = None,
 ) -> int:
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
@@ -450,8 +451,11 @@ async def record_submits(
         await c.executemany(
             "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
             "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2 "
-            "WHERE id = $3 AND q_state = 'claimed'",
-            [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
+            "WHERE id = $3 AND q_state = 'claimed' AND ($4::text IS NULL OR q_claimed_by = $4)",
+            [
+                (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id, instance)
+                for rel in releases
+            ],
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}

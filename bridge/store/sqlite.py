@@ -624,11 +624,16 @@ class SqliteStore(RulesStoreMixin):
         return await self._runner.write(job)  # durable: the part leaves only once on disk
 
     async def record_submits(
-        self, results: list[SubmitResult], releases: list[Release], now: int
+        self,
+        results: list[SubmitResult],
+        releases: list[Release],
+        now: int,
+        *,
+        instance: str | None = None,
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
             return pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate
+                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
         return await self._runner.write(job, durable=False)

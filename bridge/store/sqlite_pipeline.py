@@ -189,6 +189,7 @@ def record_submits(
     now: int,
     *,
     intermediate: bool = False,
+    instance: str | None = None,
 ) -> int:
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
@@ -278,9 +279,12 @@ def record_submits(
             touched.pop(rel.message_id, None)
         c.executemany(
             "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
-            "q_route=NULL, q_not_before=?, q_attempts=q_attempts - ? "
-            "WHERE id=? AND q_state='claimed'",
-            [(rel.not_before, 0 if rel.count_attempt else 1, rel.message_id) for rel in releases],
+            "q_route=NULL, q_not_before=?1, q_attempts=q_attempts - ?2 "
+            "WHERE id=?3 AND q_state='claimed' AND (?4 IS NULL OR q_claimed_by=?4)",
+            [
+                (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id, instance)
+                for rel in releases
+            ],
         )
     rollup_messages(c, touched, now, intermediate=intermediate)
     return len(results)

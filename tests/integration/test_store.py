@@ -958,6 +958,19 @@ async def test_recover_requeues_what_had_not_left_in_this_claim(store: Store) ->
     assert out == {"requeued": 0, "marked_unknown": 1}
 
 
+async def test_a_release_by_an_instance_that_lost_the_claim_changes_nothing(store: Store) -> None:
+    """inst-1's claim was taken back and m is inst-2's now: inst-1's late release (with its
+    instance) must not requeue it under inst-2, which would let a third claim send it again."""
+    await accept(store, message("m"))
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m"]
+    await store.recover("inst-1", NOW + 1, frozenset())  # given back (as a reclaim would)
+    assert [w.id for w in await store.claim("inst-2", 10, NOW + 2, LEASE)] == ["m"]
+    await store.record_submits([], [Release("m", NOW + 3)], NOW + 3, instance="inst-1")
+    assert await store.claim("inst-3", 10, NOW + 4, LEASE) == []  # still inst-2's
+    await store.record_submits([], [Release("m", NOW + 5)], NOW + 5, instance="inst-2")
+    assert [w.id for w in await store.claim("inst-3", 10, NOW + 6, LEASE)] == ["m"]
+
+
 async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_release(
     engine: EngineHandle,
 ) -> None:
