@@ -274,9 +274,8 @@ class Connector:
                 while q:
                     fut = q.popleft()
                     if not fut.done():
-                        fut.set_result(
-                            False
-                        )  # not an attempt: a first part gives up, others wait again
+                        # Not an attempt: a first part gives up, a later one waits again.
+                        fut.set_result(False)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new messages, let those in progress finish (up to ``grace_s``), unbind every bind
