@@ -141,9 +141,10 @@ class Dispatcher:
         waits for the commit of its results after its last submit_sm_resp, a multi-part message
         sends its parts one after another (each after the previous one's resp, so that their
         order holds under throttles and errors), and the next claim waits for the store's write
-        lock. With one message per slot the window ran dry in those gaps: the 3-part benchmark
-        sent 10-20% more with two. The extra messages queue for a slot at the connector, so the
-        window still bounds the outstanding submits."""
+        lock. With one message per slot the window ran dry in those gaps: with two, the 3-part
+        benchmark sent 2.5-7% more in a fast hour and 10-20% more in a slow one (longer round
+        trips). The extra messages queue for a slot at the connector, so the window still bounds
+        the outstanding submits."""
         return self.in_flight_windows * self.window() - len(self._inflight)
 
     async def run(self) -> None:

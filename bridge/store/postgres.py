@@ -635,16 +635,16 @@ class PostgresStore(RulesStoreMixin):
                     await c.execute("ROLLBACK TO SAVEPOINT accept")  # its lock goes with it
                 else:
                     locked = locked or head.locked
-                if not use_savepoints and (head.nonce or head.idempotency):
-                    await c.execute(
-                        _FORGET_HEAD,
-                        head.nonce,
-                        batch.key_id,
-                        batch.nonce,
-                        head.idempotency,
-                        batch.account_id,
-                        batch.idempotency_key,
-                    )
+                    if head.nonce or head.idempotency:
+                        await c.execute(
+                            _FORGET_HEAD,
+                            head.nonce,
+                            batch.key_id,
+                            batch.nonce,
+                            head.idempotency,
+                            batch.account_id,
+                            batch.idempotency_key,
+                        )
                 out.append(_outcome_of(exc))
                 continue
             except RETRYABLE_TX:

@@ -515,8 +515,8 @@ class SqliteStore(RulesStoreMixin):
                 "SELECT id, q_route FROM messages WHERE q_state='claimed'"
             ).fetchall()
             requeued = marked = 0
-            for mid, smsc in claimed:
-                if smsc is not None and smsc in unknown_smscs:
+            for mid, route in claimed:
+                if route is not None and route in unknown_smscs:
                     c.execute(
                         "UPDATE segments SET state=?, done_at=?, error_code='IN_FLIGHT_AT_RESTART' "
                         "WHERE message_id=? AND state='queued'",
