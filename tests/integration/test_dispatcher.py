@@ -144,6 +144,36 @@ def _dispatcher(store: Store, connector: object, windows: int, **smsc: object) -
     )
 
 
+async def _two_on_the_wire_then(store: Store, *, stop: bool) -> set[str]:
+    """Runs the dispatcher (two windows of 2, `in_flight_on_restart: unknown`) against an SMSC
+    that never answers, until two messages are on the wire and two wait for a window slot; then
+    a SIGTERM whose grace runs out (`stop`) or a kill -9 (nothing more reaches the store).
+    Returns the ids whose first part reached the SMSC."""
+    smsc = FakeSmsc()
+    await smsc.start()
+    smsc.on_submit = lambda conn, pdu: None
+    try:
+        async with running(smsc_cfg(smsc.port, window=2)) as conn:
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if d.inflight == 4 and len(smsc.held) == 2:
+                    break
+            assert (d.inflight, len(smsc.held)) == (4, 2)
+            if stop:
+                await d.stop(0.2)
+            task.cancel()
+            if not stop:
+                for t in list(d._inflight):
+                    t.cancel()
+                await asyncio.sleep(0.05)
+        return {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}
+    finally:
+        await smsc.kill()
+
+
 async def test_stop_hands_back_the_messages_waiting_for_a_slot(store: Store) -> None:
     """SIGTERM with two windows in flight: the messages on the wire get the grace, the ones still
     waiting for a window slot go back to the queue at once. They must not stay claimed: a
@@ -157,24 +187,7 @@ async def test_stop_hands_back_the_messages_waiting_for_a_slot(store: Store) -> 
     )
     for i in range(3):  # with z9, the two windows' worth: all claimed, two on the wire
         await accept(store, message(f"m{i}"))
-    smsc = FakeSmsc()
-    await smsc.start()
-    smsc.on_submit = lambda conn, pdu: None  # never answered: the grace runs out
-    try:
-        async with running(smsc_cfg(smsc.port, window=2)) as conn:
-            assert await conn.wait_up(2.0)
-            d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
-            task = asyncio.create_task(d.run())
-            for _ in range(300):
-                await asyncio.sleep(0.01)
-                if d.inflight == 4 and len(smsc.held) == 2:
-                    break
-            assert (d.inflight, len(smsc.held)) == (4, 2)
-            await d.stop(0.2)
-            task.cancel()
-        on_wire = {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}
-    finally:
-        await smsc.kill()
+    on_wire = await _two_on_the_wire_then(store, stop=True)
     assert len(on_wire) == 2 and "z9" not in on_wire  # z9 waited (claims go oldest first)
     out = await store.recover("inst-1", NOW + 1, frozenset({"t1"}))
     assert sum(out.values()) == 2  # only the two that may have left were still claimed
@@ -232,27 +245,7 @@ async def test_a_crash_never_resends_to_an_unknown_smsc_what_may_have_left(store
     await store.create_account(account())
     for i in range(4):
         await accept(store, message(f"m{i}"))
-    smsc = FakeSmsc()
-    await smsc.start()
-    smsc.on_submit = lambda conn, pdu: None  # no answer before the crash
-    try:
-        async with running(smsc_cfg(smsc.port, window=2)) as conn:
-            assert await conn.wait_up(2.0)
-            d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
-            task = asyncio.create_task(d.run())
-            for _ in range(300):
-                await asyncio.sleep(0.01)
-                if d.inflight == 4 and len(smsc.held) == 2:
-                    break
-            assert (d.inflight, len(smsc.held)) == (4, 2)
-            # kill -9: no stop(), nothing more reaches the store
-            task.cancel()
-            for t in list(d._inflight):
-                t.cancel()
-            await asyncio.sleep(0.05)
-        on_wire = {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}
-    finally:
-        await smsc.kill()
+    on_wire = await _two_on_the_wire_then(store, stop=False)
     assert len(on_wire) == 2
     out = await store.recover("inst-1", NOW + 1, frozenset({"t1"}))
     assert out == {"requeued": 2, "marked_unknown": 2}
