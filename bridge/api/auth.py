@@ -17,10 +17,12 @@ from aiohttp import web
 from bridge.api import signing
 from bridge.api.errors import ApiError
 from bridge.crypto import MasterKeyError, Sealer
+from bridge.fastinit import fast_init
 from bridge.store.base import Store
 from bridge.store.models import Account, AppKey
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NonceClaim:
     """A verified request whose nonce is still to be recorded (with the key's and account's live
@@ -31,6 +33,7 @@ class NonceClaim:
     expires_at: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Principal:
     account: Account

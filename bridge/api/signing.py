@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_to_bytes
 
+from bridge.fastinit import fast_init
+
 __all__ = [
     "ALGORITHM",
     "APP_KEY_RE",
@@ -200,6 +202,7 @@ def body_sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AuthHeader:
     app_key: str

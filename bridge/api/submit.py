@@ -24,6 +24,7 @@ from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.signs import SignError, validate_sign_name
 from bridge.domain.tariffs import Tariff
 from bridge.domain.templates import TemplateError, TemplateKind, render
+from bridge.fastinit import fast_init
 from bridge.ids import new_id
 from bridge.smpp.router import Router
 from bridge.smpp.tlvpack import pack_tlvs
@@ -50,6 +51,7 @@ _SENDER = re.compile(r"\+?[0-9]{1,20}|[A-Za-z0-9 ._-]{1,11}", re.ASCII)
 _MAX_SCHEDULE_DAYS = 30
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SendRequest:
     to: tuple[str, ...]  # E.164

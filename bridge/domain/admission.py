@@ -31,6 +31,7 @@ from bridge.domain.ledger import (
     plan_refund,
 )
 from bridge.domain.tariffs import format_micro
+from bridge.fastinit import fast_init
 
 DOMESTIC = "D"  # messages.price_class of domestic traffic; international carries its prefix
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,6 +41,7 @@ _REFUND_KINDS = frozenset({EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind
 _MS = timedelta(milliseconds=1)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Priced:
     """One message's price at acceptance, decided by the API from the tariff in force."""
@@ -49,6 +51,7 @@ class Priced:
     international: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FrequencyRule:
     """Which earlier sends count against this request's recipients, and how many are allowed.
@@ -73,6 +76,7 @@ class FrequencyRule:
         return [(n, self.sign) for n in self.numbers]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rules:
     """What the store must check inside the accept transaction."""
@@ -86,6 +90,7 @@ class Rules:
     tz: str = "UTC"  # the day of the daily quota
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pocket:
     """A running sum of the ledger for one pocket (the store keeps it with the entries)."""
@@ -95,6 +100,7 @@ class Pocket:
     expires_at: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What the transaction read. Statuses are None when the row does not exist."""
@@ -120,6 +126,7 @@ class Refusal:
     retry_after: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Plan:
     entries: tuple[tuple[str, Entry], ...]  # (account pocket key unused) message id, entry

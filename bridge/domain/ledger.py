@@ -23,6 +23,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bridge.domain.tariffs import BillingError, format_micro
+from bridge.fastinit import fast_init
 
 __all__ = [
     "CARD_FACE_VALUES",
@@ -137,6 +138,7 @@ def card_pocket(card_id: str) -> str:
     return _CARD + card_id
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One ledger row. Validated on construction so a bad row fails where it is made or read."""
@@ -169,6 +171,7 @@ class Entry:
             raise LedgerError("expires_at: a stored-value card always expires")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Balances:
     """What an account holds at an instant. Only valid, non-empty vouchers and cards are listed."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bridge.fastinit import fast_init
+
 # Segment states.
 SEG_QUEUED = "queued"
 SEG_SENT = "sent"
@@ -71,6 +73,7 @@ def rollup(states: Iterable[str]) -> str:
     return MSG_UNKNOWN
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Summary:
     """What a message row records about its parts: state, counts, the error to show."""
@@ -98,6 +101,7 @@ def summarize(parts: Sequence[tuple[str, str | None]]) -> Summary:
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RowUpdate:
     """The new message row after its parts changed, and what the change means for reports."""

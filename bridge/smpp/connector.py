@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 from asyncio_throttle import Throttler
 
+from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, EncodeError, ShortMessage
 from bridge.smpp.protocol import (
@@ -100,6 +101,7 @@ class SmscSettings(Protocol):
     unbind_timeout_s: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SubmitOutcome:
     index: int  # which part of the message (0-based)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.session import (
@@ -60,6 +61,7 @@ DeliverCallback = Callable[[ShortMessage, bool], Awaitable[int]]
 """(deliver_sm body, salvaged) -> command_status for the deliver_sm_resp."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     status: int  # command_status, or NO_STATUS

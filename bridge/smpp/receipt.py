@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from bridge.fastinit import fast_init
+
 __all__ = [
     "MESSAGE_STATE_STAT",
     "STAT_STATES",
@@ -147,6 +149,7 @@ def state_for_stat(stat: str) -> ReceiptState:
     return STAT_STATES.get(stat.strip().upper(), ReceiptState.UNKNOWN)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Receipt:
     message_id: str

@@ -22,6 +22,7 @@ from enum import StrEnum
 from struct import Struct
 from typing import Any, Final
 
+from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import (
     Bind,
@@ -102,6 +103,7 @@ class BindRefused:
     status: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SubmitResponse:
     """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too)."""
@@ -128,6 +130,7 @@ class RequestAborted:
     context: Any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeliverReceived:
     """A deliver_sm to hand to the pipeline; answer it with ``ack_deliver(seq, status)``.

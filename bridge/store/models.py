@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bridge.fastinit import fast_init
+
 if TYPE_CHECKING:
     from bridge.domain.admission import Plan, Refusal, Rules
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Account:
     id: str
@@ -66,6 +69,7 @@ class AppKey:
     revoked_at: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewSegment:
     seq: int
@@ -75,6 +79,7 @@ class NewSegment:
     tlvs: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     id: str
@@ -99,6 +104,7 @@ class NewMessage:
     price_class: str | None = None  # 'D' domestic, an international prefix, None: not billed
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     request_hash: str
@@ -106,6 +112,7 @@ class IdempotencyRecord:
     response: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AcceptBatch:
     """Everything one API request commits atomically: the 202 is sent only after this lands."""
@@ -130,6 +137,7 @@ class AcceptBatch:
     rules: Rules | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AcceptOutcome:
     accepted: bool
@@ -157,6 +165,7 @@ class SegmentRecord:
     error_code: str | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
@@ -187,6 +196,7 @@ class MessageRecord:
     segment_rows: tuple[SegmentRecord, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WorkSegment:
     seq: int
@@ -197,6 +207,7 @@ class WorkSegment:
     attempts: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WorkMessage:
     """A claimed message: the dispatcher sends its unsent segments in order on one bind."""
@@ -211,6 +222,7 @@ class WorkMessage:
     segments: tuple[WorkSegment, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     """The outcome of one segment's submit_sm.
@@ -238,6 +250,7 @@ class Release:
     count_attempt: bool = True
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReceiptIn:
     smsc: str

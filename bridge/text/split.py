@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge.fastinit import fast_init
 from bridge.text.gsm import ESC, GSM_CHARS, TextError, gsm_septets, pack_septets
 from bridge.text.smart import smart_map
 
@@ -59,6 +60,7 @@ class SplitMode(StrEnum):
     PAYLOAD = "payload"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EncodeOptions:
     split: SplitMode = SplitMode.UDH8
@@ -80,6 +82,7 @@ class EncodeOptions:
             raise ValueError(f"gsm_data_coding: must be 0 or 1, got {self.gsm_data_coding}")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Part:
     seq: int  # 1-based
@@ -91,6 +94,7 @@ class Part:
     size: int  # septets (GSM-7) or octets (UCS-2/Latin-1) of payload, excluding UDH
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EncodedMessage:
     text: str  # after smart mapping if applied

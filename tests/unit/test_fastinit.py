@@ -1,0 +1,161 @@
+"""fast_init must be indistinguishable from the dataclass's own __init__, only faster."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+from dataclasses import InitVar, dataclass, field
+
+import pytest
+
+import bridge
+from bridge.fastinit import fast_init
+
+
+def _fast_classes() -> list[type]:
+    found = []
+    for info in pkgutil.walk_packages(bridge.__path__, "bridge."):
+        if info.name.startswith("bridge.sim"):
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and value.__module__ == module.__name__
+                and "__dataclass_init__" in value.__dict__
+            ):
+                found.append(value)
+    return found
+
+
+FAST = _fast_classes()
+
+
+def test_the_hot_classes_use_it() -> None:
+    names = {c.__qualname__ for c in FAST}
+    assert {"NewMessage", "AcceptBatch", "Facts", "Account", "Receipt", "SubmitResult"} <= names
+
+
+@pytest.mark.parametrize("cls", FAST, ids=lambda c: f"{c.__module__}.{c.__qualname__}")
+def test_same_signature_and_same_result_as_the_dataclass_init(cls: type) -> None:
+    fast = inspect.signature(cls.__init__)
+    own = inspect.signature(cls.__dataclass_init__)
+    assert str(fast) == str(own)  # names, kinds, defaults (by repr), order
+    # One distinct object per required parameter; defaults left out. __post_init__ checks may
+    # refuse these: then both inits must refuse them the same way.
+    args = []
+    kwargs = {}
+    for p in list(own.parameters.values())[1:]:
+        if p.default is not inspect.Parameter.empty:
+            continue
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[p.name] = object()
+        else:
+            args.append(object())
+    a = object.__new__(cls)
+    b = object.__new__(cls)
+    outcomes = []
+    for init, inst in ((cls.__init__, a), (cls.__dataclass_init__, b)):
+        try:
+            init(inst, *args, **kwargs)
+            outcomes.append(None)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0] is None:
+        for f in dataclasses.fields(cls):
+            assert getattr(a, f.name) == getattr(b, f.name), f.name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(a, dataclasses.fields(cls)[0].name, 1)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    a: int
+    b: str = "b"
+    c: list[int] = field(default_factory=list)
+    d: int = field(default=4, kw_only=True)
+    e: tuple[int, ...] = field(default=(), kw_only=True)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError("n must not be negative")
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class _Child(_Shape):
+    f: int = field(default=6, kw_only=True)
+
+
+def test_defaults_factories_and_keywords() -> None:
+    x = _Shape(1)
+    assert (x.a, x.b, x.c, x.d, x.e) == (1, "b", [], 4, ())
+    y = _Shape(1)
+    assert x.c is not y.c  # a fresh list per instance, as the factory promises
+    z = _Shape(2, "z", [3], d=5, e=(1,))
+    assert (z.a, z.b, z.c, z.d, z.e) == (2, "z", [3], 5, (1,))
+    with pytest.raises(TypeError):
+        _Shape(1, "b", [], 5)  # type: ignore[misc]  # d is keyword-only
+    with pytest.raises(TypeError):
+        _Shape()  # type: ignore[call-arg]
+    assert _Shape(1) == _Shape(1)
+
+
+def test_equality_hash_repr_and_frozenness_unchanged() -> None:
+    assert _Checked(3) == _Checked(3) and _Checked(3) != _Checked(4)
+    assert hash(_Checked(3)) == hash(_Checked(3))
+    assert repr(_Checked(3)) == "_Checked(n=3)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _Checked(3).n = 4  # type: ignore[misc]
+
+
+def test_post_init_runs() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        _Checked(-1)
+
+
+def test_inherited_fields() -> None:
+    c = _Child(1, f=7)
+    assert (c.a, c.b, c.d, c.f) == (1, "b", 4, 7)
+    assert "__dataclass_init__" in _Child.__dict__
+
+
+def test_init_vars_and_init_false_keep_the_dataclass_init() -> None:
+    @dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        scale: InitVar[int] = 1
+
+    @dataclass(frozen=True, slots=True)
+    class WithInitFalse:
+        a: int
+        b: int = field(init=False, default=0)
+
+    own = WithInitVar.__init__, WithInitFalse.__init__
+    assert fast_init(WithInitVar).__init__ is own[0]
+    assert fast_init(WithInitFalse).__init__ is own[1]
+
+
+def test_refuses_what_it_cannot_speed_up() -> None:
+    @dataclass(slots=True)
+    class Unfrozen:
+        a: int
+
+    @dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    with pytest.raises(TypeError, match="frozen"):
+        fast_init(Unfrozen)
+    with pytest.raises(TypeError, match="slots"):
+        fast_init(NoSlots)
