@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+
 class _Factory:
     """The "no value given" default of a field with a default factory (shown as dataclasses
     shows its own)."""

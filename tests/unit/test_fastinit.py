@@ -61,7 +61,7 @@ def test_same_signature_and_same_result_as_the_dataclass_init(cls: type) -> None
         try:
             init(inst, *args, **kwargs)
             outcomes.append(None)
-        except Exception as exc:  # noqa: BLE001 - compared below
+        except Exception as exc:
             outcomes.append(type(exc))
     assert outcomes[0] == outcomes[1]
     if outcomes[0] is None:
