@@ -67,7 +67,7 @@ def fast_init(cls: type[T]) -> type[T]:
         body.append("    self.__post_init__()")
     params = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
     source = f"def __init__({params}):\n" + "\n".join(body or ["    pass"]) + "\n"
-    exec(source, ns)
+    exec(source, ns)  # built from field names only, as dataclasses builds its own
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__

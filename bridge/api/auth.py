@@ -117,7 +117,8 @@ class Authenticator:
     ) -> Principal:
         try:
             auth = signing.parse_authorization(request.headers.get("Authorization"))
-            signing.check_signed_headers(auth, [h.lower() for h in request.headers])
+            lowered = signing.lower_headers(request.headers)
+            signing.check_signed_headers(auth, lowered)
             date_value = request.headers.get("X-Bridge-Date")
             if date_value is None:
                 raise signing.SignatureError(
@@ -138,12 +139,12 @@ class Authenticator:
         now = self._clock()
         try:
             signing.check_skew(when, _utc(now), self._max_skew)
-            signing.verify_signature(
+            signing.verify_checked(
                 secret,
                 request.method,
                 request.rel_url.raw_path,
                 request.rel_url.raw_query_string,
-                request.headers,
+                lowered,
                 body,
                 auth,
             )

@@ -40,11 +40,13 @@ __all__ = [
     "check_signed_headers",
     "check_skew",
     "format_date",
+    "lower_headers",
     "parse_authorization",
     "parse_date",
     "sign",
     "sign_request",
     "string_to_sign",
+    "verify_checked",
     "verify_signature",
     "verify_webhook_signature",
     "webhook_signature",
@@ -131,7 +133,7 @@ def canonical_query(raw_query: str) -> str:
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
-def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-case names; a header sent several times is joined with "," (RFC 9110 combining)."""
     out: dict[str, str] = {}
     for name, value in headers.items():
@@ -154,7 +156,7 @@ def canonical_request(
 ) -> str:
     """Build the canonical request; a signed header the request lacks is refused by name."""
     return _canonical(
-        method, path, raw_query, _lower_headers(headers), signed_headers, content_sha256
+        method, path, raw_query, lower_headers(headers), signed_headers, content_sha256
     )
 
 
@@ -348,7 +350,7 @@ def sign_request(
         "X-Bridge-Nonce": nonce,
         "X-Bridge-Content-SHA256": body_sha256(body),
     }
-    merged = _lower_headers(headers)
+    merged = lower_headers(headers)
     merged.update({name.lower(): value for name, value in added.items()})
     names = list(REQUIRED_HEADERS)
     names += [name for name in OPTIONAL_SIGNED_WHEN_SENT if name in merged]
@@ -375,8 +377,22 @@ def verify_signature(
 ) -> None:
     """Check the header set, then the body hash (BODY_HASH_MISMATCH), then the signature in constant
     time (SIGNATURE_MISMATCH). Skew, nonce and key state are the caller's."""
-    lowered = _lower_headers(headers)
+    lowered = lower_headers(headers)
     check_signed_headers(auth, lowered)
+    verify_checked(secret, method, path, raw_query, lowered, body, auth)
+
+
+def verify_checked(
+    secret: str | bytes,
+    method: str,
+    path: str,
+    raw_query: str,
+    lowered: Mapping[str, str],
+    body: bytes,
+    auth: AuthHeader,
+) -> None:
+    """`verify_signature` for a server that already lowered the headers and ran
+    `check_signed_headers` on them (its first check, before the key lookup): once per request."""
     claimed = lowered["x-bridge-content-sha256"]
     actual = body_sha256(body)
     if not hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii")):
