@@ -281,7 +281,26 @@ class SqliteStore(RulesStoreMixin):
         return await self._runner.read(job)
 
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
-        def job(c: sqlite3.Connection) -> AcceptOutcome:
+        def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
+            # Bare (no savepoint): a refusal takes back the only writes made before it, the
+            # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
+            # with savepoints.
+            wrote: list[str] = []  # what this accept wrote so far: only that is taken back
+            try:
+                return accept_writes(c, wrote)
+            except (_Refused, _RateLimited, _AuthRefused) as exc:
+                if "nonce" in wrote:
+                    c.execute(
+                        "DELETE FROM nonces WHERE key_id=? AND nonce=?", (batch.key_id, batch.nonce)
+                    )
+                if "idempotency" in wrote:
+                    c.execute(
+                        "DELETE FROM idempotency WHERE account_id=? AND key=?",
+                        (batch.account_id, batch.idempotency_key),
+                    )
+                return _Undone(exc)
+
+        def accept_writes(c: sqlite3.Connection, wrote: list[str]) -> AcceptOutcome:
             tps = batch.tps
             if batch.nonce is not None and batch.key_id is not None:
                 outcome, account = _authorize(
@@ -289,6 +308,7 @@ class SqliteStore(RulesStoreMixin):
                 )
                 if outcome != "ok" or account is None:
                     raise _AuthRefused(outcome)
+                wrote.append("nonce")
                 if not account.active:
                     raise _AuthRefused("disabled")
                 if (
@@ -318,6 +338,7 @@ class SqliteStore(RulesStoreMixin):
                 if stored != 1:  # a live record for this key: the first request won
                     existing = _idem(c, batch.account_id, batch.idempotency_key, now)
                     return AcceptOutcome(accepted=False, existing=existing)
+                wrote.append("idempotency")
             plan = None
             if batch.rules is not None:
                 recipients = tuple(m.recipient for m in batch.messages)
@@ -392,14 +413,15 @@ class SqliteStore(RulesStoreMixin):
                     )
             return AcceptOutcome(accepted=True, plan=plan)
 
-        try:
-            return await self._runner.write(job)
-        except _Refused as exc:
+        out = await self._runner.write(job, bare=True)
+        if not isinstance(out, _Undone):
+            return out
+        exc = out.refusal
+        if isinstance(exc, _Refused):
             return AcceptOutcome(accepted=False, refusal=exc.refusal)
-        except _RateLimited as exc:
+        if isinstance(exc, _RateLimited):
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
-        except _AuthRefused as exc:
-            return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+        return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         def job(c: sqlite3.Connection) -> MessageRecord | None:
@@ -1009,6 +1031,16 @@ class _AuthRefused(Exception):
         super().__init__(outcome)
         self.outcome = outcome
         self.account = account
+
+
+class _Undone:
+    """An accept refused after its first writes, which it took back (a bare job returns this
+    instead of raising, so the runner keeps the rest of the batch)."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, refusal: _Refused | _RateLimited | _AuthRefused) -> None:
+        self.refusal = refusal
 
 
 class _Refused(Exception):

@@ -216,3 +216,55 @@ async def test_a_long_reader_does_not_make_the_checkpoint_hold_up_writers(tmp_pa
     reader.execute("COMMIT")
     reader.close()
     await runner.close()
+
+
+async def test_a_bare_job_that_fails_halfway_leaves_nothing_and_keeps_the_batch(
+    tmp_path: Path,
+) -> None:
+    """A bare job (no savepoint) that raises after a write: the runner takes the batch back and
+    runs it again with savepoints, so the others commit and the failing job's write does not."""
+    runner = SqliteRunner(tmp_path / "b.db", linger_ms=5, max_batch=50)
+    runner.start(_setup)
+
+    def ok(k: str):
+        def job(c: sqlite3.Connection) -> str:
+            c.execute("INSERT INTO t (k) VALUES (?)", (k,))
+            return k
+
+        return job
+
+    def half_done(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t (k) VALUES ('half')")
+        raise RuntimeError("a fault after the first write")
+
+    outs = await asyncio.gather(
+        runner.write(ok("a"), bare=True),
+        runner.write(ok("b")),
+        runner.write(half_done, bare=True),
+        runner.write(ok("c"), bare=True),
+        runner.write(ok("d"), single=True),
+        return_exceptions=True,
+    )
+    assert outs[:2] == ["a", "b"] and outs[3:] == ["c", "d"]
+    assert isinstance(outs[2], RuntimeError)
+    assert runner.reruns == 1 and runner.commits == 1
+    rows = await runner.read(lambda c: sorted(k for (k,) in c.execute("SELECT k FROM t")))
+    assert rows == ["a", "b", "c", "d"]
+    await runner.close()
+
+
+async def test_bare_jobs_that_succeed_run_once(tmp_path: Path) -> None:
+    runner = SqliteRunner(tmp_path / "c.db", linger_ms=5, max_batch=50)
+    runner.start(_setup)
+    calls: list[int] = []
+
+    def job(i: int):
+        def run(c: sqlite3.Connection) -> None:
+            calls.append(i)
+            c.execute("INSERT INTO t (k) VALUES (?)", (str(i),))
+
+        return run
+
+    await asyncio.gather(*(runner.write(job(i), bare=True) for i in range(10)))
+    assert sorted(calls) == list(range(10)) and runner.reruns == 0
+    await runner.close()

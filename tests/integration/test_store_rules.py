@@ -587,6 +587,26 @@ async def test_send_path_with_rules_checks_key_account_and_nonce(store: Store) -
     assert await store.use_nonce("K1", "n8", NOW + 5 * MIN, NOW) is True
 
 
+async def test_a_replay_refused_twice_keeps_the_first_requests_records(store: Store) -> None:
+    """A refused accept takes back only what it wrote itself: a replay (same nonce, same
+    idempotency key) must not erase the nonce or the idempotency record of the request it
+    replays, or a third copy would go through."""
+    await funded(store)
+    await store.add_key(key("K1"), max_active=2)
+    assert (await store.accept(signed("r1", "rn1"), NOW)).accepted
+    for i in range(3):
+        again = await store.accept(signed(f"r1x{i}", "rn1", key="idem-r1"), NOW + 1 + i)
+        assert (again.accepted, again.auth_refusal) == (False, "nonce_reused")
+    # The idempotency record of r1 is still there for a retry with a fresh nonce.
+    retry = await store.accept(signed("r1y", "rn2", key="idem-r1"), NOW + 5)
+    assert retry.existing == IdempotencyRecord("hash-idem-r1", 202, b"resp-idem-r1")
+    # And a refusal by a rule after both writes takes back its own nonce and key only.
+    poor = await store.accept(signed("r2", "rn3", amount=10_000), NOW + 6)
+    assert poor.refusal is not None and poor.refusal.code == "INSUFFICIENT_BALANCE"
+    assert (await store.accept(signed("r2", "rn3"), NOW + 7)).accepted
+    assert await ids(store) == ["r1", "r2"]
+
+
 async def test_refused_signed_accepts_of_one_group_leave_no_trace(store: Store) -> None:
     """Signed accepts of one account that run together (one PostgreSQL transaction): a refused
     one takes back its nonce and idempotency record, so it can be sent again as it is; a replay
