@@ -215,6 +215,7 @@ class Connector:
         self._binds = [_Bind(i, m) for i, m in enumerate(_modes(cfg.bind_mode, cfg.binds))]
         self._tx = [b for b in self._binds if b.mode.can_transmit]
         self._throttler = _throttler(cfg.tps)
+        self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
         self._rr = 0
         self._up_event: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
@@ -249,7 +250,27 @@ class Connector:
         tps_changed = cfg.tps != self.cfg.tps
         self.cfg = cfg
         if tps_changed:
-            self._throttler = _throttler(cfg.tps)
+            self._tps_share = -1.0
+            self._share_tps()
+
+    def tps_share(self) -> float:
+        """The submits per second this process may send to the SMSC. `tps` is the SMSC's limit
+        for the whole fleet, as `binds` is: with a bind gate (several instances on one
+        PostgreSQL), each instance gets the share of its transmit binds that are up, so the
+        shares add up to at most `tps` however the binds are spread, and follow them when they
+        move. Without a gate this process holds every bind and the whole limit."""
+        tps = self.cfg.tps
+        if tps <= 0 or self.bind_gate is None or not self._tx:
+            return tps
+        return tps * sum(1 for b in self._tx if b.up) / len(self._tx)
+
+    def _share_tps(self) -> None:
+        share = self.tps_share()
+        if share != self._tps_share and (share > 0 or self.cfg.tps <= 0):
+            # No bind up (share 0): nothing is sent anyway, and keeping the last rate spares
+            # the first submits after a reconnect a throttler that lets nothing through.
+            self._tps_share = share
+            self._throttler = _throttler(share)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -360,7 +381,7 @@ class Connector:
             },
             "free_slots": self.free_slots(),
             "tps": self._tps_last,
-            "tps_limit": self.cfg.tps,
+            "tps_limit": self.tps_share(),
             "throttle_events": self._throttle_events,
             "throttle_pauses": self._throttle_pauses,
             "paused_binds": sum(1 for b in self._tx if b.up and now < b.paused_until),
@@ -721,8 +742,10 @@ class Connector:
         b.pause_started = -1.0
         b.paused_until = 0.0
         proto.on_slot_freed = lambda: self._slot_freed(b)
-        if b.mode.can_transmit and self._up_event is not None:
-            self._up_event.set()
+        if b.mode.can_transmit:
+            self._share_tps()
+            if self._up_event is not None:
+                self._up_event.set()
         self._pump(b)
 
     def _bind_down(self, b: _Bind) -> None:
@@ -730,6 +753,8 @@ class Connector:
         if b.timer is not None:
             b.timer.cancel()
             b.timer = None
+        if b.mode.can_transmit:
+            self._share_tps()
         self._pump(b)
         if not self.is_up and self._up_event is not None:
             self._up_event.clear()

@@ -100,6 +100,54 @@ async def test_connector_opens_only_the_slots_its_gate_grants(tmp_path: Path) ->
         await sim.stop()
 
 
+async def test_the_tps_limit_follows_the_binds_an_instance_holds(tmp_path: Path) -> None:
+    """`tps` is the SMSC's limit for the fleet, like `binds`: an instance holding one of two
+    binds sends at half of it, and at all of it once it holds both (measured at the SMSC)."""
+    sim_port = free_port()
+    cfg = make_config(
+        tmp_path,
+        sim={"port": sim_port, "control_port": free_port(), "receipt_delay_ms": 0},
+        smscs=[{"port": sim_port, "binds": 2, "window": 10, "tps": 40, "reconnect_min_s": 0.1}],
+    )
+    sim = SimSmsc(replace(cfg.sim, port=sim_port))
+    await sim.start()
+    connector = Connector(cfg.smscs[0], no_deliver)
+    gate = Gate({0})
+    connector.bind_gate = gate
+    await connector.start()
+
+    def sm(i: int) -> list[ShortMessage]:
+        return [ShortMessage(source_addr="S", destination_addr="861", short_message=b"%d" % i)]
+
+    async def rate(n: int) -> float:
+        start = time.monotonic()
+        outcomes = await asyncio.gather(*(connector.send_message(sm(i)) for i in range(n)))
+        assert {o[0].kind for o in outcomes} == {"ok"}
+        return n / (time.monotonic() - start)
+
+    try:
+        await eventually(lambda: bound(sim) == 1)
+        assert connector.snapshot()["tps_limit"] == 20
+        await rate(20)  # the throttler's first period starts full: measure the steady pace
+        half = await rate(40)
+        assert 14 < half < 24, half
+        gate.allowed.add(1)
+        await eventually(lambda: bound(sim) == 2)
+        assert connector.snapshot()["tps_limit"] == 40
+        await rate(40)
+        full = await rate(80)
+        assert 30 < full < 48, full
+        # Without a gate (one instance) the whole limit, whatever is bound.
+        gate.allowed.discard(1)
+        await eventually(lambda: bound(sim) == 1, 5)
+        assert connector.snapshot()["tps_limit"] == 20
+        connector.bind_gate = None
+        assert connector.tps_share() == 40
+    finally:
+        await connector.stop(1)
+        await sim.stop()
+
+
 def test_slot_groups_share_transmitters_and_receivers_separately() -> None:
     assert slot_groups("transceiver", 3) == [[0, 1, 2]]
     assert slot_groups("transmitter", 1) == [[0]]
