@@ -35,7 +35,7 @@ from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
-from bridge.reload import ReloadPlan, plan
+from bridge.reload import RESTART_PATHS, ReloadPlan, plan
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
 from bridge.wiring import make_sealer, open_store
@@ -404,15 +404,14 @@ class Daemon:
 
     async def reload(self, new: Config) -> ReloadPlan:
         """Apply a new configuration without a restart: routes, SMSC settings (reconnecting only
-        SMSCs whose bind settings changed), pipeline, text and webhook settings. Server, store,
-        security and simulator settings need a restart; a change to them is logged and ignored."""
+        SMSCs whose bind settings changed), pipeline, text, rules and webhook settings. Server,
+        store, security, simulator, logging and Alibaba-face settings need a restart (the
+        listeners and log handlers are set up once); a change to them is logged and ignored."""
         old = self.config
         p = plan(old, new)
         if p.needs_restart:
             log.warning("reload: %s changed; restart to apply", ", ".join(p.needs_restart))
-        merged = replace(
-            new, server=old.server, store=old.store, security=old.security, sim=old.sim
-        )
+        merged = replace(new, **{path: getattr(old, path) for path in RESTART_PATHS})
         router = make_router(merged)
         smscs = {s.name: s for s in merged.smscs}
         if self.dispatcher is not None and self.inbound is not None:

@@ -33,7 +33,7 @@ BIND_FIELDS = frozenset(
 )
 
 # Settings that cannot change without a restart of the whole daemon.
-RESTART_PATHS = ("server", "store", "security", "sim")
+RESTART_PATHS = ("server", "store", "security", "sim", "logging", "aliyun")
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,3 +50,12 @@ def test_sections_that_need_a_restart_are_reported():
     p = plan(cfg([A]), cfg([A], server={"port": 9999}))
     assert p.needs_restart == ("server",)
     assert p.empty
+
+
+def test_logging_and_the_alibaba_face_are_reported_as_needing_a_restart():
+    # Their handlers and listener are set up once: a reload that ignored them silently let an
+    # operator believe a new log level or Alibaba port was in force.
+    p = plan(cfg([A]), cfg([A], logging={"level": "DEBUG"}))
+    assert p.needs_restart == ("logging",)
+    p = plan(cfg([A]), cfg([A], aliyun={"enabled": True, "port": 9998}))
+    assert p.needs_restart == ("aliyun",)
