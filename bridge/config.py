@@ -354,6 +354,22 @@ class SecurityConfig:
             )
 
 
+# The loggers the daemon writes to (`bridge.<name>`), for `logging.components`: a misspelt name
+# would set the level of a logger nobody uses, and the operator would wait for lines that never
+# come. tests/unit/test_config.py checks the list against the code's getLogger calls.
+LOG_COMPONENTS = (
+    "aliyun", "api", "app", "billing", "cli", "coord", "crypto", "dispatcher", "inbound",
+    "pipeline", "rules", "sim", "smpp", "store", "supervisor", "webhooks",
+)  # fmt: skip
+
+
+def _log_component(v: Any) -> str | None:
+    top = str(v).removeprefix("bridge.").split(".")[0]
+    if top in LOG_COMPONENTS:
+        return None
+    return f"unknown log component {_show(v)}; known: {', '.join(LOG_COMPONENTS)}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
     """Log level and shape; bodies masked by default because they carry verification codes."""
@@ -362,7 +378,9 @@ class LoggingConfig:
     format: str = field(default="text", metadata=meta(one_of("text", "json")))
     components: Mapping[str, str] = field(
         default_factory=FrozenMap,
-        metadata=meta(item=(one_of(*LOG_LEVELS),), key=(_NONEMPTY,), normalize=_upper),
+        metadata=meta(
+            item=(one_of(*LOG_LEVELS),), key=(_NONEMPTY, _log_component), normalize=_upper
+        ),
     )
     mask_bodies: bool = True
 

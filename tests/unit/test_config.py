@@ -238,6 +238,25 @@ def test_log_level_is_case_insensitive_and_normalised() -> None:
     ]
 
 
+def test_log_components_must_name_a_logger_the_daemon_has() -> None:
+    cfg = parse(minimal(logging={"components": {"bridge.smpp": "DEBUG", "api.reports": "INFO"}}))
+    assert set(cfg.logging.components) == {"bridge.smpp", "api.reports"}
+    (err,) = errors_of(minimal(logging={"components": {"smtp": "DEBUG"}}))
+    assert err.startswith("logging.components.smtp: unknown log component 'smtp'; known: aliyun,")
+
+
+def test_the_log_component_list_matches_the_code() -> None:
+    import re
+
+    root = Path(C.__file__).parent
+    used = {
+        m.group(1).split(".")[0]
+        for path in root.rglob("*.py")
+        for m in re.finditer(r'getLogger\("bridge\.([\w.]+)"\)', path.read_text())
+    }
+    assert used == set(C.LOG_COMPONENTS)
+
+
 def test_required_key_missing() -> None:
     assert errors_of(minimal(smscs=[{"name": "a"}])) == ["smscs[0].system_id: required key missing"]
 
