@@ -10,10 +10,11 @@ from aiohttp import web
 from bridge import logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
-from bridge.api.errors import CODES, ApiError, envelope
+from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from bridge.store.base import is_unavailable
 
 log = logging.getLogger("bridge.api")
 
@@ -105,7 +106,20 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
         # Keep what the status requires (Allow on a 405); the body is ours.
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return _error_response(code, message, request_id, exc.status, kept or None), code
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc):
+            log.error(
+                "store unavailable",
+                extra={"method": request.method, "path": request.path, "error": repr(exc)},
+            )
+            return _error_response(
+                "STORE_UNAVAILABLE",
+                "the store cannot be reached; retry later (a send with the same Idempotency-Key "
+                "is answered once)",
+                request_id,
+                CODES["STORE_UNAVAILABLE"],
+                {"Retry-After": str(STORE_RETRY_AFTER_S)},
+            ), "STORE_UNAVAILABLE"
         log.exception("internal error", extra={"method": request.method, "path": request.path})
         return _error_response(
             "INTERNAL_ERROR",

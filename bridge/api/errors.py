@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Retry-After of STORE_UNAVAILABLE: long enough for a PostgreSQL failover or a restarted
+# database to come back.
+STORE_RETRY_AFTER_S = 5
+
 # code -> HTTP status
 CODES: dict[str, int] = {
     # 400: the request itself is wrong
@@ -47,7 +51,6 @@ CODES: dict[str, int] = {
     "RAW_TEXT_NOT_ALLOWED": 403,
     "ADMIN_DISABLED": 403,
     "MARKETING_NOT_ALLOWED": 403,
-    "ACCOUNT_CLOSED": 403,
     # 402: prepaid funds
     "INSUFFICIENT_BALANCE": 402,
     # 404 / 405 / 409 / 413
@@ -83,6 +86,7 @@ CODES: dict[str, int] = {
     "SHUTTING_DOWN": 503,
     "STORE_UNAVAILABLE": 503,
     "TARIFF_NOT_FOUND": 503,
+    "TARIFF_AMBIGUOUS": 503,
     "INTERNAL_ERROR": 500,
 }
 

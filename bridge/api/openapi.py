@@ -95,12 +95,13 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "does not cover the charge; nothing was queued.",
     "PRICE_NOT_FOUND": "The tariff has no price for the destination country.",
     "TARIFF_NOT_FOUND": "No tariff is in force (operator configuration).",
+    "TARIFF_AMBIGUOUS": "Two tariff versions take effect at the same time (operator "
+    "configuration).",
     "INVALID_TARIFF": "The tariff document is invalid; the message names the field.",
     "TARIFF_EXISTS": "A tariff with this version or effective time exists; versions are never "
     "edited.",
     "INVALID_MONTH": "The month is not YYYY-MM.",
     "SETTLEMENT_NOT_READY": "Some of the month's messages still await their outcome.",
-    "ACCOUNT_CLOSED": "The account is closed; its data was erased.",
 }
 
 MESSAGE_STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
@@ -237,8 +238,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _ref("responses", f"E{s}") for s in sorted(set(statuses))}
 
 
-_V1_ERRORS = (401, 403, 413, 500)
-_ADMIN_ERRORS = (401, 403, 413, 500)
+_V1_ERRORS = (401, 403, 413, 500, 503)  # 503: STORE_UNAVAILABLE, on any of them
+_ADMIN_ERRORS = (401, 403, 413, 500, 503)
 
 
 def _v1_op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -889,7 +890,12 @@ def _report_schemas() -> dict[str, Any]:
                 ),
                 "free_slots": _COUNT,
                 "tps": {**_COUNT, "description": "submit_sm in the last whole second"},
-                "tps_limit": {"type": "number", "minimum": 0, "description": "0 = no limit"},
+                "tps_limit": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "this instance's share of the SMSC's tps (its transmit binds "
+                    "up / all configured, with several instances); 0 = no limit",
+                },
                 "throttle_events": _COUNT,
                 "throttle_pauses": {
                     **_COUNT,

@@ -17,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge.api.context import CTX, ApiContext
-from bridge.api.errors import ApiError
+from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS, Missing
 from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun
 from bridge.compat.aliyun_errors import AliyunAuthError, framework_error, protocol_error
 from bridge.compat.aliyun_render import render, render_error
 from bridge.compat.aliyun_sign import check_timestamp, parse_request
+from bridge.store.base import is_unavailable
 
 log = logging.getLogger("bridge.aliyun")
 
@@ -124,7 +125,14 @@ async def errors_middleware(
         if exc.status < 400:
             raise
         err = framework_error(exc.status)
-    except Exception:
+    except Exception as exc:
+        rid = _request_id()
+        if is_unavailable(exc):  # retryable: the SDKs raise a throttling error for the header
+            log.error("aliyun face: store unavailable", extra={"error": repr(exc)})
+            status, code, message = to_aliyun("STORE_UNAVAILABLE", "the store cannot be reached")
+            out, ctype = render_error(code, message, rid)
+            headers = retry_after_headers("STORE_UNAVAILABLE", STORE_RETRY_AFTER_S)
+            return _respond(out, ctype, status, rid, headers)
         log.exception("aliyun face: unexpected error")
         err = protocol_error("InternalError")
     rid = _request_id()

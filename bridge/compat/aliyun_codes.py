@@ -138,7 +138,9 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         "SHUTTING_DOWN": AliyunCode(
             _UNAVAILABLE.http_status, _UNAVAILABLE.code, _UNAVAILABLE.message, throttled=True
         ),
-        "STORE_UNAVAILABLE": _UNAVAILABLE,
+        "STORE_UNAVAILABLE": AliyunCode(
+            _UNAVAILABLE.http_status, _UNAVAILABLE.code, _UNAVAILABLE.message, throttled=True
+        ),
         "INTERNAL_ERROR": AliyunCode(
             500,
             "InternalError",

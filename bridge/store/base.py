@@ -6,6 +6,8 @@ SQLite-specific leaks into the API or the pipeline.
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -44,6 +46,36 @@ class StoreError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class StoreClosedError(RuntimeError):
+    """The store was closed under a running caller (shutdown, or a failed start)."""
+
+
+# SQLite result codes (the low byte) that mean the database cannot be used right now, not that
+# a statement is wrong: busy or locked past the timeout, I/O error, disk full, cannot open,
+# read-only file, out of memory, WAL lock protocol.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A failure of the store itself, which a client may retry after a while (HTTP 503
+    STORE_UNAVAILABLE with Retry-After), as opposed to a fault in our code (500): connection
+    lost or refused, failover to a read-only standby, disk full, store closed."""
+    if isinstance(exc, StoreClosedError | ConnectionError | TimeoutError | OSError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+    pg = sys.modules.get("asyncpg.exceptions")  # only when the PostgreSQL engine is in use
+    return pg is not None and isinstance(
+        exc,
+        pg.PostgresConnectionError
+        | pg.InterfaceError
+        | pg.OperatorInterventionError  # admin shutdown, crash shutdown, cannot connect now
+        | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
+        | pg.ReadOnlySQLTransactionError,  # the primary became a standby
+    )
 
 
 class Store(Protocol):

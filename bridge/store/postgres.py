@@ -41,7 +41,7 @@ from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
-from bridge.store.base import StoreError
+from bridge.store.base import StoreClosedError, StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
     AcceptBatch,
@@ -327,7 +327,7 @@ class PostgresStore(RulesStoreMixin):
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("store is closed")
+            raise StoreClosedError("store is closed")
         return self._pool
 
     async def ping(self) -> bool:

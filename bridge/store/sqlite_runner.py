@@ -26,6 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge.store.base import StoreClosedError
+
 log = logging.getLogger("bridge.store")
 
 # Commits between WAL checkpoints ...
@@ -135,7 +137,7 @@ class SqliteRunner:
         a restart; heartbeats and webhook bookkeeping repeat). A process crash loses nothing
         committed either way: the WAL is in the OS page cache."""
         if self._closed:
-            raise RuntimeError("store is closed")
+            raise StoreClosedError("store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.append((job, fut, _SINGLE if single else _BARE if bare else _GUARDED, durable))
@@ -151,7 +153,7 @@ class SqliteRunner:
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed or self._conn is None:
-            raise RuntimeError("store is closed")
+            raise StoreClosedError("store is closed")
         return job(self._conn)
 
     async def read_heavy(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -159,7 +161,7 @@ class SqliteRunner:
         thread with its own read-only connection so the event loop keeps serving. WAL lets it
         read a consistent snapshot while the loop keeps writing."""
         if self._closed:
-            raise RuntimeError("store is closed")
+            raise StoreClosedError("store is closed")
         if self._heavy is None:
             self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-report")
         return await asyncio.get_running_loop().run_in_executor(self._heavy, self._run_heavy, job)

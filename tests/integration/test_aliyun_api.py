@@ -1015,6 +1015,16 @@ async def test_replayed_nonce(face: Face) -> None:
     assert (replay.status, replay.json["Code"]) == (400, "SignatureNonceUsed")
 
 
+async def test_a_store_that_went_away_is_a_retryable_service_unavailable(face: Face) -> None:
+    creds = await face.api.create_account(raw_text=False)
+    await face.api.store.close()
+    query, headers = acs3_request(face.host, creds, "QuerySmsSign", {"SignName": "Acme"})
+    r = await raw_post(face, query, headers)
+    assert (r.status, r.json["Code"]) == (503, "ServiceUnavailable")
+    assert set(r.json) == {"Code", "Message", "RequestId"}
+    assert r.headers["x-acs-retry-after"] == "5000"  # the SDKs raise a throttling error for it
+
+
 async def test_framework_errors_are_alibaba_json(face: Face) -> None:
     creds = await face.api.create_account(raw_text=False)
     # Unsigned requests on any path and method: Alibaba's envelope, never aiohttp's text pages.

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote_to_bytes
 import jsonschema
 import pytest
 
-from bridge.api import signing
+from bridge.api import signing, v1
 from bridge.api.errors import CODES
 from bridge.api.openapi import ERROR_DESCRIPTIONS, openapi_document
 
@@ -1513,15 +1513,32 @@ async def test_no_route_is_422(make_api):
     assert messages_of(api, creds.account_id) == 1  # nothing of the refused batch
 
 
-async def test_an_internal_failure_is_a_500_envelope_without_traceback(api_server, make_account):
+async def test_a_store_that_went_away_is_a_retryable_503(api_server, make_account):
     creds = await make_account()
     await api_server.store.close()  # the database goes away under the running server
     r = await api_server.request("GET", "/v1/account", creds=creds)
-    assert (r.status, r.code) == (500, "INTERNAL_ERROR")
-    assert r.request_id in r.message or "request id" in r.message
+    assert (r.status, r.code) == (503, "STORE_UNAVAILABLE")
+    assert r.headers["Retry-After"] == "5" and "Traceback" not in r.text
+    r = await api_server.send(creds, {"to": CN, "text": "x"}, key="k-down")
+    assert (r.status, r.code) == (503, "STORE_UNAVAILABLE")
     ready = await api_server.request("GET", "/readyz")
     assert ready.status == 503
     assert any(p.startswith("store not reachable") for p in ready.json["problems"])
+
+
+async def test_a_fault_in_our_code_is_a_500_envelope_without_traceback(
+    api_server, make_account, monkeypatch
+):
+    creds = await make_account()
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not an outage")
+
+    monkeypatch.setattr(v1, "public_account", broken)
+    r = await api_server.request("GET", "/v1/account", creds=creds)
+    assert (r.status, r.code) == (500, "INTERNAL_ERROR")
+    assert r.request_id in r.message or "request id" in r.message
+    assert "Retry-After" not in r.headers and "KeyError" not in r.text
 
 
 async def test_refused_send_spends_its_nonce(api_server, make_account):

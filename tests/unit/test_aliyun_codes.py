@@ -177,5 +177,6 @@ def test_retry_after_only_on_throttling_rows_in_milliseconds() -> None:
     for code in ("FREQUENCY_LIMIT_MINUTE", "INSUFFICIENT_BALANCE", "INTERNAL_ERROR", "NOPE"):
         assert retry_after_headers(code, 5) == {}
     throttled = {code for code, row in TABLE.items() if row.throttled}
-    assert throttled == {"ACCOUNT_RATE_LIMIT", "QUEUE_FULL", "SHUTTING_DOWN"}
+    assert throttled == {"ACCOUNT_RATE_LIMIT", "QUEUE_FULL", "SHUTTING_DOWN", "STORE_UNAVAILABLE"}
+    assert retry_after_headers("STORE_UNAVAILABLE", 5) == {"x-acs-retry-after": "5000"}
     assert all(TABLE[code].http_status >= 400 for code in throttled)
