@@ -331,41 +331,63 @@ class Daemon:
             await asyncio.sleep(1.0)
 
     async def _sweeper(self) -> None:
-        """Validity expiry, receipt timeouts, stale MO parts: every 5 s."""
+        """Validity expiry, receipt timeouts, abandoned claims, stale MO parts, monthly
+        settlement: every 5 s. Each step is on its own: one that fails (a database hiccup, a bad
+        row) is logged and retried next round without holding up the others; before, a failing
+        expiry sweep also stopped the taking back of a dead instance's claims and settlement."""
         assert self.store is not None
         while True:
             await asyncio.sleep(5.0)
-            timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000  # SIGHUP-able
-            try:
-                if self.dispatcher is not None:
-                    # Messages still being sent (a throttled link can hold one for minutes) keep
-                    # their claims: only a dead instance's claims may be taken back.
-                    await self.dispatcher.renew_leases()
-                now_ms = int(self.clock() * 1000)
-                swept = await self.store.sweep(now_ms, timeout_ms)
-                if any(swept.values()):
-                    log.info("sweep %s", swept)
-                unknown = frozenset(
-                    s.name for s in self.config.smscs if s.in_flight_on_restart == "unknown"
-                )
-                reclaimed = await self.store.reclaim(now_ms, unknown)
-                if any(reclaimed.values()):  # claims of an instance that died
-                    log.warning("reclaimed abandoned claims: %s", reclaimed)
-                    if self.dispatcher is not None:
-                        self.dispatcher.wake()
-                stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
-                await self.store.drop_stale_mo_parts(stale)
-                if self.webhooks is not None:
-                    self.webhooks.wake()
-                if now_ms - self._last_settle >= 3_600_000 and self.ctx is not None:
-                    self._last_settle = now_ms
-                    settled = await auto_settle(
-                        self.store, self.ctx.tariff_book, self.config, now_ms
-                    )
-                    if settled:
-                        log.info("automatic settlement %s", settled)
-            except Exception:
-                log.exception("sweep failed")
+            for name, step in (
+                ("lease renewal", self._renew_leases),
+                ("expiry sweep", self._sweep_expired),
+                ("reclaim", self._reclaim),
+                ("MO parts", self._drop_stale_mo_parts),
+                ("settlement", self._settle),
+            ):
+                try:
+                    await step(int(self.clock() * 1000))
+                except Exception:
+                    log.exception("sweeper step failed: %s", name)
+            if self.webhooks is not None:
+                self.webhooks.wake()
+
+    async def _renew_leases(self, now_ms: int) -> None:
+        if self.dispatcher is not None:
+            # Messages still being sent (a throttled link can hold one for minutes) keep their
+            # claims: only a dead instance's claims may be taken back.
+            await self.dispatcher.renew_leases()
+
+    async def _sweep_expired(self, now_ms: int) -> None:
+        assert self.store is not None
+        timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000  # SIGHUP-able
+        swept = await self.store.sweep(now_ms, timeout_ms)
+        if any(swept.values()):
+            log.info("sweep %s", swept)
+
+    async def _reclaim(self, now_ms: int) -> None:
+        assert self.store is not None
+        unknown = frozenset(
+            s.name for s in self.config.smscs if s.in_flight_on_restart == "unknown"
+        )
+        reclaimed = await self.store.reclaim(now_ms, unknown)
+        if any(reclaimed.values()):  # claims of an instance that died
+            log.warning("reclaimed abandoned claims: %s", reclaimed)
+            if self.dispatcher is not None:
+                self.dispatcher.wake()
+
+    async def _drop_stale_mo_parts(self, now_ms: int) -> None:
+        assert self.store is not None
+        stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
+        await self.store.drop_stale_mo_parts(stale)
+
+    async def _settle(self, now_ms: int) -> None:
+        if now_ms - self._last_settle < 3_600_000 or self.ctx is None:
+            return
+        self._last_settle = now_ms
+        settled = await auto_settle(self.store, self.ctx.tariff_book, self.config, now_ms)
+        if settled:
+            log.info("automatic settlement %s", settled)
 
     async def stop(self) -> None:
         grace = self.config.server.shutdown_grace_s

@@ -92,6 +92,12 @@ _SPENDS = {EntryKind.CHARGE, EntryKind.VOUCHER_SPEND, EntryKind.CARD_SPEND}
 _REFUNDS = {EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind.CARD_REFUND}
 _EXPIRES = {EntryKind.VOUCHER_EXPIRE, EntryKind.CARD_EXPIRE}
 _GRANTS = {EntryKind.VOUCHER_GRANT, EntryKind.CARD_PURCHASE}
+# The kinds a message's id is the ref of: what its sending took and gave back (and the void of a
+# give-back to a pocket that had expired). Other entries may carry any ref an operator typed,
+# a message id included (a goodwill top-up naming the message): reads of a message's charge
+# must select by these kinds, not by ref alone.
+CHARGE_KINDS = frozenset(k.value for k in _SPENDS | _REFUNDS)
+MESSAGE_KINDS = frozenset(k.value for k in _SPENDS | _REFUNDS | _EXPIRES)
 
 
 class LedgerError(BillingError):

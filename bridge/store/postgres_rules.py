@@ -29,7 +29,9 @@ from bridge.store.base import StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
+    CHARGE_KINDS_SQL,
     LEDGER_COLS,
+    MESSAGE_KINDS_SQL,
     SIGN_COLS,
     TEMPLATE_COLS,
     entry_row,
@@ -315,7 +317,8 @@ async def refund_finals(
     rows = await c.fetch(
         f"SELECT {', '.join('l.' + col for col in LEDGER_COLS.split(', '))} FROM ledger l "
         "JOIN unnest($1::text[], $2::text[]) AS u(acc, ref) "
-        "ON l.account_id = u.acc AND l.ref = u.ref ORDER BY l.id",
+        f"ON l.account_id = u.acc AND l.ref = u.ref WHERE l.kind IN ({MESSAGE_KINDS_SQL}) "
+        "ORDER BY l.id",
         [f[0] for f in due],
         [f[1] for f in due],
     )
@@ -600,7 +603,7 @@ class RulesStoreMixin:
             "  SELECT ref, -SUM(amount) AS charged, "
             "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
             "  FROM ledger WHERE account_id = $1 "
-            "  AND kind NOT IN ('voucher_expire', 'card_expire') AND ref LIKE 'msg_%' GROUP BY ref"
+            f"  AND kind IN ({CHARGE_KINDS_SQL}) AND ref LIKE 'msg_%' GROUP BY ref"
             ") l ON l.ref = m.id "
             "WHERE m.account_id = $1 AND m.accepted_at >= $2 AND m.accepted_at < $3 "
             f"AND m.price_class IS NOT NULL GROUP BY m.price_class, m.state{bucket} "

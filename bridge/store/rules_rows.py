@@ -3,10 +3,10 @@ SELECTs name the same columns in the same order; only the SQL around them differ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from bridge.domain.ledger import Entry
+from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
 from bridge.store.models import LedgerRow, Sign, Template
 
 SIGN_COLS = (
@@ -84,3 +84,13 @@ def entry_row(r: Sequence[Any]) -> Entry:
 
 def ledger_row(r: Sequence[Any]) -> LedgerRow:
     return LedgerRow(*r)
+
+
+def kinds_sql(kinds: Iterable[str]) -> str:
+    """`'a','b'` for an SQL IN list of ledger kinds (fixed names, never user input)."""
+    return ",".join(f"'{k}'" for k in sorted(kinds))
+
+
+# The IN lists of the reads of one message's charge (see bridge.domain.ledger.MESSAGE_KINDS).
+MESSAGE_KINDS_SQL = kinds_sql(MESSAGE_KINDS)
+CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)

@@ -26,7 +26,9 @@ from bridge.store.models import (
     Template,
 )
 from bridge.store.rules_rows import (
+    CHARGE_KINDS_SQL,
     LEDGER_COLS,
+    MESSAGE_KINDS_SQL,
     SIGN_COLS,
     TEMPLATE_COLS,
     entry_row,
@@ -266,7 +268,9 @@ def refund_finals(
         if adm.refund_share(price_class, state, segments, sent)[0] == 0:
             continue
         rows = c.execute(
-            f"SELECT {LEDGER_COLS} FROM ledger WHERE account_id=? AND ref=?", (account_id, mid)
+            f"SELECT {LEDGER_COLS} FROM ledger WHERE account_id=? AND ref=? "
+            f"AND kind IN ({MESSAGE_KINDS_SQL})",
+            (account_id, mid),
         ).fetchall()
         entries = [entry_row(r) for r in rows]
         refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
@@ -575,7 +579,7 @@ class RulesStoreMixin:
                 "  SELECT ref, -SUM(amount) AS charged, "
                 "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
                 "  FROM ledger WHERE account_id=?1 "
-                "  AND kind NOT IN ('voucher_expire','card_expire') "
+                f"  AND kind IN ({CHARGE_KINDS_SQL}) "
                 "  AND ref LIKE 'msg_%' GROUP BY ref"
                 ") l ON l.ref = m.id "
                 "WHERE m.account_id=?1 AND m.accepted_at>=?2 AND m.accepted_at<?3 "
