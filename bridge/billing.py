@@ -142,8 +142,30 @@ class Tariffs:
             log.exception("tariff refresh failed; keeping the versions loaded before")
 
     async def add(self, t: Tariff, now: int) -> None:
+        """Store a new version. It may only take effect from now on and after every version
+        already stored: an earlier date would re-price messages already accepted and charged,
+        and versions are never edited (a correction is a new version)."""
+        problems = validate_tariff(t)
+        if problems:
+            raise BillingError("; ".join(problems), code="INVALID_TARIFF")
         if not self.versions:
             await self.load(now)  # the configured first version is stored before a later one
+        # A repeated version or effective time is the store's TARIFF_EXISTS, which names it.
+        clash = any(
+            v.version == t.version or v.effective_at == t.effective_at for v in self.versions
+        )
+        latest = max((v.effective_at for v in self.versions), default=0)
+        if not clash and t.effective_at < now:
+            raise BillingError(
+                f"effective_at: {t.effective_at} is in the past (now {now}); a version takes "
+                "effect from now on",
+                code="INVALID_TARIFF",
+            )
+        if not clash and t.effective_at < latest:
+            raise BillingError(
+                f"effective_at: must be later than the latest version's ({latest})",
+                code="INVALID_TARIFF",
+            )
         await self.store.add_tariff(TariffRow(t.version, t.effective_at, tariff_to_json(t), now))
         await self.load(now)
 
@@ -439,23 +461,44 @@ def previous_month(now: int, tz: str) -> str:
 SETTLE_AFTER_MS = 72 * 3_600_000 + 3_600_000  # receipts are final 72 h after sending, plus margin
 
 
-async def auto_settle(store: Any, tariffs: Tariffs, config: Any, now: int) -> list[dict[str, Any]]:
-    """The daemon's periodic job: settle last month once its domestic receipts are final.
+# How many ended months auto_settle looks back for one still without a bill. A month is ready
+# once its last message is final: a message scheduled up to 30 days ahead, then up to 30 days
+# (receipt_timeout_hours max) for its receipt, ends at most about two months after its month.
+SETTLE_LOOKBACK_MONTHS = 3
 
-    Accounts already settled are skipped by the store (one bill per month), so running this every
-    hour from every instance is harmless.
+
+async def auto_settle(store: Any, tariffs: Tariffs, config: Any, now: int) -> list[dict[str, Any]]:
+    """The daemon's periodic job: settle each of the last few ended months once its messages
+    are final, for every account that has no bill for it yet.
+
+    Not only last month: a month still awaiting receipts when the next one starts (a message
+    scheduled late in the month, a long receipt timeout, the daemon down) is settled by a later
+    run instead of never. Accounts already settled are skipped by the store (one bill per month),
+    so running this every hour from every instance is harmless.
     """
     if not (config.billing.enabled and config.billing.auto_settle):
         return []
-    month = previous_month(now, config.rules.timezone)
-    _start, end = settlement.month_bounds(month, config.rules.timezone)
-    if now < end + SETTLE_AFTER_MS:
+    tz = config.rules.timezone
+    months = []
+    at = now
+    for _ in range(SETTLE_LOOKBACK_MONTHS):
+        month = previous_month(at, tz)
+        start, end = settlement.month_bounds(month, tz)
+        if now >= end + SETTLE_AFTER_MS:
+            months.append((month, end))
+        at = start
+    if not months:
         return []
     await tariffs.refresh(now)
-    pending = []
-    for account in await store.list_accounts():
-        if await store.get_bill(account.id, month) is None:
-            pending.append(account)
-    if not pending:
-        return []
-    return await settle_accounts(store, pending, month, tariffs.versions, config, now)
+    accounts = await store.list_accounts()
+    out: list[dict[str, Any]] = []
+    for month, end in reversed(months):  # oldest first
+        pending = [
+            a for a in accounts if a.created_at < end and await store.get_bill(a.id, month) is None
+        ]
+        if pending:
+            out += [
+                {**r, "month": month}
+                for r in await settle_accounts(store, pending, month, tariffs.versions, config, now)
+            ]
+    return out
