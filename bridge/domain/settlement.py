@@ -251,11 +251,14 @@ def settle_month(
     intl_lines = tuple(IntlLine(p, intl[(p, pr)], pr, intl[(p, pr)] * pr) for p, pr in keys)
     intl_amount = sum(line.amount for line in intl_lines)
 
+    # Both sides for every account, whatever its kind now: an account switched from postpaid to
+    # prepaid within the month owes its postpaid traffic (nothing was charged for it at send),
+    # and one switched the other way gets back what prepaid took above the tier price. For an
+    # account that was prepaid all month `owed` is 0 (everything was charged at send, at or
+    # above the tier price); for one postpaid all month `refund` is 0 unless it was pre-charged.
     refund = max(0, charged - domestic_amount)
-    invoice_total = 0
-    if account_kind == "postpaid":
-        owed = max(0, domestic_amount - charged) + max(0, intl_amount - intl_charged)
-        invoice_total = invoice_round(owed)
+    owed = max(0, domestic_amount - charged) + max(0, intl_amount - intl_charged)
+    invoice_total = invoice_round(owed)
     return MonthBill(
         month=month,
         account_kind=account_kind,
@@ -283,7 +286,12 @@ def settlement_entries(bill: MonthBill, account_kind: AccountKind, now: int) -> 
     above the tier price.
     """
     if account_kind == "prepaid":
-        return [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)]
+        out = [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)]
+        if bill.invoice_total:  # traffic sent while the account was postpaid this month
+            out.append(
+                Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, bill.month)
+            )
+        return out
     if account_kind != "postpaid":
         raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
     out = [Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, bill.month)]
