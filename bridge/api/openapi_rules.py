@@ -27,7 +27,6 @@ from bridge.api.openapi import (
     _v1_op,
 )
 from bridge.domain.ledger import CARD_FACE_VALUES, EntryKind
-from bridge.domain.tariffs import BILL_ON
 from bridge.review import SIGN_SOURCES, TEMPLATE_KINDS
 from bridge.text.units import CountingRule
 
@@ -162,8 +161,8 @@ def _tariff_props() -> dict[str, Any]:
             ">= every tier price",
         },
         "counting_rule": {"type": "string", "enum": [r.value for r in CountingRule]},
-        "domestic_bill_on": {"type": "string", "enum": list(BILL_ON)},
-        "international_bill_on": {"type": "string", "enum": list(BILL_ON)},
+        "domestic_bill_on": {"type": "string", "enum": ["delivered"]},
+        "international_bill_on": {"type": "string", "enum": ["submitted"]},
         "international": {
             "type": "object",
             "description": "E.164 country prefix -> micro per transmitted segment (longest "

@@ -217,10 +217,15 @@ def validate_tariff(t: Tariff) -> list[str]:
             f"counting_rule: must be one of {sorted(r.value for r in CountingRule)}, "
             f"got {t.counting_rule!r}"
         )
-    if t.domestic_bill_on not in BILL_ON:
-        problems.append(f"domestic_bill_on: must be one of {list(BILL_ON)}")
-    if t.international_bill_on not in BILL_ON:
-        problems.append(f"international_bill_on: must be one of {list(BILL_ON)}")
+    # The service rules fix when traffic is billed, and the refunds at final receipts
+    # (admission.refund_share) follow them: a tariff saying otherwise would bill at settlement
+    # what a receipt already gave back, or the reverse.
+    if t.domestic_bill_on != "delivered":
+        problems.append("domestic_bill_on: must be 'delivered' (domestic is billed on delivery)")
+    if t.international_bill_on != "submitted":
+        problems.append(
+            "international_bill_on: must be 'submitted' (international is billed on submission)"
+        )
     if not isinstance(t.domestic_prefix, str) or not _PREFIX.fullmatch(t.domestic_prefix):
         problems.append("domestic_prefix: must be '+' followed by digits, e.g. '+86'")
     for prefix, price in t.international.items():

@@ -392,8 +392,8 @@ def test_settle_is_idempotent_and_reports_months_not_ready(cfg: Path) -> None:
 def test_tariff_list_add_and_validation(cfg: Path) -> None:
     tmp = cfg.parent
     (tmp / "july.yaml").write_text(
-        "version: 2025-07\n"
-        "effective_at: 2025-07-01T00:00:00+08:00\n"  # YAML reads this as a datetime
+        "version: 2030-07\n"
+        "effective_at: 2030-07-01T00:00:00+08:00\n"  # YAML reads this as a datetime
         "starting_price: 44000\n"
         "tiers:\n  - {up_to: 100000, price: 44000}\n  - {price: 40000}\n"
         "international: {'+1': 55000}\n"
@@ -401,15 +401,15 @@ def test_tariff_list_add_and_validation(cfg: Path) -> None:
     (tmp / "aug.json").write_text(
         json.dumps(
             {
-                "version": "2025-08",
-                "effective_at": "2025-08-01T00:00:00Z",
+                "version": "2030-08",
+                "effective_at": "2030-08-01T00:00:00Z",
                 "tiers": [{"price": 43000}],
                 "starting_price": 43000,
             }
         )
     )
     (tmp / "ms.json").write_text(
-        json.dumps({"version": "2025-09", "effective_at": 1756656000000,
+        json.dumps({"version": "2030-09", "effective_at": 1914422400000,
                     "tiers": [{"price": 42000}], "starting_price": 42000})
     )  # fmt: skip
     bad = {
@@ -418,14 +418,18 @@ def test_tariff_list_add_and_validation(cfg: Path) -> None:
         "unknown.json": {"version": "b2", "effective_at": 1, "colour": "red"},
         "cheap.json": {"version": "b3", "effective_at": 1, "tiers": [{"price": 50000}],
                        "starting_price": 45000},
-        "naive.json": {"version": "b4", "effective_at": "2025-07-01T00:00:00"},
-        "date.yaml": {"version": "b5", "effective_at": "2025-07-01"},
+        "naive.json": {"version": "b4", "effective_at": "2030-07-01T00:00:00"},
+        "date.yaml": {"version": "b5", "effective_at": "2030-07-01"},
         "notiso.json": {"version": "b6", "effective_at": "next tuesday"},
+        "past.json": {"version": "b7", "effective_at": "2024-01-01T00:00:00Z",
+                      "tiers": [{"price": 40000}], "starting_price": 40000},
+        "between.json": {"version": "b8", "effective_at": "2030-07-15T00:00:00Z",
+                         "tiers": [{"price": 40000}], "starting_price": 40000},
     }  # fmt: skip
     for name, body in bad.items():
         text = json.dumps(body)
         if name == "date.yaml":
-            text = "version: b5\neffective_at: 2025-07-01\n"  # a YAML date, no time
+            text = "version: b5\neffective_at: 2030-07-01\n"  # a YAML date, no time
         (tmp / name).write_text(text)
     (tmp / "broken.yaml").write_text("version: [\n")
 
@@ -433,27 +437,31 @@ def test_tariff_list_add_and_validation(cfg: Path) -> None:
     assert [(t["version"], t["effective_at"]) for t in initial] == [("initial", 0)]
     assert initial[0]["international"] == {"+1": 60_000}
     july = ok(cfg, "tariff", "add", str(tmp / "july.yaml"))
-    assert july["effective_at"] == _ms(datetime(2025, 7, 1, tzinfo=CST))
+    assert july["effective_at"] == _ms(datetime(2030, 7, 1, tzinfo=CST))
     assert (july["starting_price"], july["international"]) == (44_000, {"+1": 55_000})
     assert july["tiers"] == [{"up_to": 100_000, "price": 44_000}, {"up_to": None, "price": 40_000}]
     added = run_all(cfg, ("tariff", "add", str(tmp / "aug.json")))
     assert added[0][0] == 0, added
-    assert json.loads(added[0][1])["effective_at"] == _ms(datetime(2025, 8, 1, tzinfo=UTC))
-    assert ok(cfg, "tariff", "add", str(tmp / "ms.json"))["effective_at"] == 1_756_656_000_000
+    assert json.loads(added[0][1])["effective_at"] == _ms(datetime(2030, 8, 1, tzinfo=UTC))
+    assert ok(cfg, "tariff", "add", str(tmp / "ms.json"))["effective_at"] == 1_914_422_400_000
 
     refused(
         cfg,
-        (("tariff", "add", str(tmp / "july.yaml")), ("TARIFF_EXISTS", "2025-07")),
+        (("tariff", "add", str(tmp / "july.yaml")), ("TARIFF_EXISTS", "2030-07")),
         (("tariff", "add", str(tmp / "tiers.json")), ("INVALID_TARIFF", "tiers[1].up_to")),
         (("tariff", "add", str(tmp / "unknown.json")), ("colour: unknown tariff field",)),
         (("tariff", "add", str(tmp / "cheap.json")), ("starting_price",)),
         (("tariff", "add", str(tmp / "naive.json")), ("effective_at", "offset")),
         (("tariff", "add", str(tmp / "date.yaml")), ("effective_at",)),
         (("tariff", "add", str(tmp / "notiso.json")), ("effective_at", "ISO-8601")),
+        # A version never re-prices what was already accepted: not in the past, not before
+        # the latest version.
+        (("tariff", "add", str(tmp / "past.json")), ("INVALID_TARIFF", "in the past")),
+        (("tariff", "add", str(tmp / "between.json")), ("INVALID_TARIFF", "later than")),
         (("tariff", "add", str(tmp / "broken.yaml")), ("broken.yaml", "not YAML or JSON")),
     )
     versions = ok(cfg, "tariff", "list")
-    assert [t["version"] for t in versions] == ["initial", "2025-07", "2025-08", "2025-09"]
+    assert [t["version"] for t in versions] == ["initial", "2030-07", "2030-08", "2030-09"]
 
 
 # -- do-not-contact lists --------------------------------------------------------------------------
