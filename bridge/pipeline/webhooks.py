@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -76,12 +76,16 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Claim due reports and deliver each POST as its own task, so a slow or hanging
-        callback of one customer never holds back another's (at most `concurrency` at once)."""
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
-        sem = asyncio.Semaphore(self.config.concurrency)
-        running: set[asyncio.Task[None]] = set()
+        callback of one customer never holds back another's.
+
+        Only what can start now is kept from a claim: at most `concurrency` POSTs in flight, and
+        at most a quarter of them (at least one) to one callback URL, so one hanging customer
+        cannot take every sender; the rest is handed back at once, due behind the reports that
+        were due before it. (Chunks used to queue for a semaphore while their lease ran out,
+        and another sender then POSTed the same reports.)"""
+        connector = aiohttp.TCPConnector(limit=0)  # bounded by the tasks started, below
+        self._session = aiohttp.ClientSession(connector=connector)
+        running: dict[asyncio.Task[None], tuple[str, str, str]] = {}
         try:
             while not self._stopping:
                 free = self.config.concurrency - len(running)
@@ -91,10 +95,22 @@ class WebhookSender:
                     )
                     continue
                 now_ms = int(self.clock() * 1000)
-                lease_ms = int(self.config.timeout_s * 1000) * 3 + 10_000
-                jobs = await self.store.claim_webhooks(
-                    now_ms, min(self.config.batch_max * free, self.config.batch_max * 10), lease_ms
-                )
+                cap = max(1, self.config.concurrency // 4)
+                busy = Counter(running.values())
+                # Accounts at their cap are left out of the claim, so a customer with a backlog
+                # does not fill every claim with reports that cannot start.
+                capped = sorted({dest[0] for dest, n in busy.items() if n >= cap})
+                try:
+                    jobs = await self.store.claim_webhooks(
+                        now_ms,
+                        min(self.config.batch_max * free, self.config.batch_max * 10),
+                        self._lease_ms(),
+                        capped,
+                    )
+                except Exception:  # a database hiccup must not end webhook delivery for good
+                    log.exception("claiming webhooks failed; trying again")
+                    await asyncio.sleep(max(self.poll_s, 1.0))
+                    continue
                 if not jobs:
                     self._wake.clear()
                     try:
@@ -102,27 +118,43 @@ class WebhookSender:
                     except TimeoutError:
                         pass
                     continue
-                groups: dict[tuple[str, str, str], list[WebhookJob]] = defaultdict(list)
-                for job in jobs:
-                    groups[(job.account_id, job.url, job.kind)].append(job)
+                chunks, spare = plan_chunks(jobs, self.config.batch_max, free, busy, cap)
                 loop = asyncio.get_running_loop()
-                for group in groups.values():
-                    for i in range(0, len(group), self.config.batch_max):
-                        chunk = group[i : i + self.config.batch_max]
-                        task = loop.create_task(self._bounded(sem, chunk))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
+                for dest, chunk in chunks:
+                    task = loop.create_task(self._guarded(chunk))
+                    running[task] = dest
+                    task.add_done_callback(lambda t: running.pop(t, None))
+                if spare:
+                    await self._release(spare, now_ms)
+                if not chunks:  # every due report's URL is at its cap: wait for one to finish
+                    await asyncio.wait(
+                        running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+                    )
         finally:
             if running:
                 await asyncio.wait(running, timeout=self.config.timeout_s + 1)
             await self._session.close()
 
-    async def _bounded(self, sem: asyncio.Semaphore, jobs: list[WebhookJob]) -> None:
-        async with sem:
+    def _lease_ms(self) -> int:
+        # A POST lasts at most timeout_s; the lease outlives it with room for the bookkeeping.
+        return int(self.config.timeout_s * 1000) * 3 + 10_000
+
+    async def _release(self, jobs: list[WebhookJob], now_ms: int) -> None:
+        by_lease: dict[int, list[int]] = defaultdict(list)
+        for j in jobs:
+            if j.lease is not None:
+                by_lease[j.lease].append(j.id)
+        for lease, ids in by_lease.items():
             try:
-                await self._deliver(jobs)
-            except Exception:
-                log.exception("webhook delivery crashed for %d reports", len(jobs))
+                await self.store.webhook_release(ids, lease, now_ms)
+            except Exception:  # their lease runs out instead
+                log.exception("handing back %d webhooks failed", len(ids))
+
+    async def _guarded(self, jobs: list[WebhookJob]) -> None:
+        try:
+            await self._deliver(jobs)
+        except Exception:
+            log.exception("webhook delivery crashed for %d reports", len(jobs))
 
     async def render(self, job: WebhookJob) -> dict[str, Any] | None:
         if job.kind == "status":
@@ -159,8 +191,11 @@ class WebhookSender:
         account = await self.store.get_account(jobs[0].account_id)
         url = jobs[0].url
         kind = jobs[0].kind
+        lease = jobs[0].lease
         if account is None or not url:
-            await self.store.webhook_retry([j.id for j in jobs], now_ms, "no callback URL", True)
+            await self.store.webhook_retry(
+                [j.id for j in jobs], now_ms, "no callback URL", True, lease
+            )
             self.dead += len(jobs)
             self._count(kind, "dead", len(jobs))
             return
@@ -169,7 +204,7 @@ class WebhookSender:
         for job in jobs:
             item = await self.render(job)
             if item is None:  # the record is gone (erased account): nothing to report
-                await self.store.webhook_done([job.id], now_ms)
+                await self.store.webhook_done([job.id], now_ms, lease)
                 continue
             items.append(item)
             live.append(job)
@@ -189,41 +224,60 @@ class WebhookSender:
         error = ""
         assert self._session is not None
         try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
+            # No redirects: aiohttp would repeat a 301/302/303 as a GET without the body (and
+            # book the report delivered on its 200), and a 307/308 would POST the signed body
+            # to whatever host the receiver names, internal addresses included.
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),  # SIGHUP-able
+            ) as resp:
                 status = resp.status
+                if 300 <= status < 400:
+                    where = (
+                        _host(resp.headers.get("Location", ""))
+                        if "Location" in resp.headers
+                        else "?"
+                    )
+                    error = f"HTTP {status} redirect to {where} (not followed)"
                 await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         now_ms = int(self.clock() * 1000)
         if status is not None and 200 <= status < 300:
-            await self.store.webhook_done([j.id for j in live], now_ms)
+            await self.store.webhook_done([j.id for j in live], now_ms, lease)
             self.delivered += len(live)
             self._count(kind, "delivered", len(live))
             return
         self.failed_attempts += len(live)
         error = error or f"HTTP {status}"
-        attempts = max(j.attempts for j in live) + 1
-        oldest = min(j.created_at for j in live) if live else now_ms
-        give_up_at = oldest + int(self.config.retry_for_hours * 3_600_000)
-        delay_ms = int(next_delay_s(attempts, tuple(self.config.retry_schedule_s), self.rng) * 1000)
-        dead = not is_retryable(status) or now_ms + delay_ms > give_up_at
-        self._count(kind, "dead" if dead else "retry", len(live))
-        about = {
-            "account": account.id,
-            "kind": kind,
-            "url_host": _host(url),
-            "reports": len(live),
-            "attempt": attempts,
-            "error": error,
-        }
-        if kind == "status":  # the payload of a status report is its message id
-            about["message_ids"] = [j.payload for j in live[:20]]
-        if dead:
-            self.dead += len(live)
-            log.warning("webhook dead-lettered", extra=about)
-        else:
-            log.info("webhook retry", extra=about)
-        await self.store.webhook_retry([j.id for j in live], now_ms + delay_ms, error, dead)
+        for ids, attempt, next_at, dead in retry_plan(
+            live,
+            now_ms,
+            is_retryable(status),
+            tuple(self.config.retry_schedule_s),
+            int(self.config.retry_for_hours * 3_600_000),
+            self.rng,
+        ):
+            self._count(kind, "dead" if dead else "retry", len(ids))
+            about = {
+                "account": account.id,
+                "kind": kind,
+                "url_host": _host(url),
+                "reports": len(ids),
+                "attempt": attempt,
+                "error": error,
+            }
+            if kind == "status":  # the payload of a status report is its message id
+                about["message_ids"] = [j.payload for j in live if j.id in ids][:20]
+            if dead:
+                self.dead += len(ids)
+                log.warning("webhook dead-lettered", extra=about)
+            else:
+                log.info("webhook retry", extra=about)
+            await self.store.webhook_retry(ids, next_at, error, dead, lease)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -232,6 +286,69 @@ class WebhookSender:
     def _count(self, kind: str, outcome: str, n: int) -> None:
         if self.metrics is not None:
             self.metrics.webhook(kind, outcome, n)
+
+
+def plan_chunks(
+    jobs: list[WebhookJob],
+    batch_max: int,
+    free: int,
+    busy: Counter[tuple[str, str, str]],
+    cap: int,
+) -> tuple[list[tuple[tuple[str, str, str], list[WebhookJob]]], list[WebhookJob]]:
+    """Which POSTs to start from a claim, and which reports to hand back.
+
+    A POST carries up to `batch_max` reports of one (account, URL, kind); at most `free` start,
+    and a URL with `busy` POSTs in flight gets at most `cap` in all. Destinations take turns
+    (a first POST each, then a second...) in the order of their oldest report, so the reports
+    of a customer with a backlog do not crowd out everyone else's.
+    """
+    groups: dict[tuple[str, str, str], list[WebhookJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.account_id, job.url, job.kind), []).append(job)
+    queues = {
+        dest: [group[i : i + batch_max] for i in range(0, len(group), batch_max)]
+        for dest, group in groups.items()
+    }
+    taken = Counter(busy)
+    start: list[tuple[tuple[str, str, str], list[WebhookJob]]] = []
+    progress = True
+    while progress and len(start) < free:
+        progress = False
+        for dest, queue in queues.items():
+            if len(start) >= free:
+                break
+            if queue and taken[dest] < cap:
+                start.append((dest, queue.pop(0)))
+                taken[dest] += 1
+                progress = True
+    spare = [job for queue in queues.values() for chunk in queue for job in chunk]
+    return start, spare
+
+
+def retry_plan(
+    jobs: list[WebhookJob],
+    now_ms: int,
+    retryable: bool,
+    schedule: tuple[int, ...],
+    retry_for_ms: int,
+    rng: random.Random,
+) -> list[tuple[list[int], int, int, bool]]:
+    """(ids, attempt number, next attempt at, dead) after a failed POST, decided per report:
+    each follows its own schedule and gives up `retry_for_ms` after its own creation, so a new
+    report batched with an old one is not dead-lettered, nor delayed an hour, with it."""
+    by_attempt: dict[int, list[WebhookJob]] = defaultdict(list)
+    for j in jobs:
+        by_attempt[j.attempts + 1].append(j)
+    out: list[tuple[list[int], int, int, bool]] = []
+    for attempt, group in sorted(by_attempt.items()):
+        next_at = now_ms + int(next_delay_s(attempt, schedule, rng) * 1000)
+        live = [j.id for j in group if retryable and next_at <= j.created_at + retry_for_ms]
+        dead = [j.id for j in group if j.id not in set(live)]
+        if live:
+            out.append((live, attempt, next_at, False))
+        if dead:
+            out.append((dead, attempt, now_ms, True))
+    return out
 
 
 def _batch_id(ids: str) -> str:

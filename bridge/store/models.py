@@ -279,6 +279,10 @@ class WebhookJob:
     payload: str  # the JSON body for events; the referenced id for status and mo reports
     attempts: int
     created_at: int = 0
+    # The claim's lease (the row's next_attempt_at while claimed): the sender's done, retry and
+    # release writes apply only while it still matches, so a sender whose lease ran out (and
+    # whose report another sender took) cannot overwrite that sender's outcome.
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

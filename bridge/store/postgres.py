@@ -23,7 +23,7 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -274,6 +274,12 @@ class _HeadWrites:
 
 
 # A refused accept of a group leaves no trace, as a rolled-back savepoint would leave none.
+def _leased(n: int) -> str:
+    """A sender's write to the outbox rows it claimed, fenced by its lease (parameter $n): only
+    while the row is pending with that next_attempt_at; a NULL lease writes as before."""
+    return f" AND (${n}::bigint IS NULL OR (state = 'pending' AND next_attempt_at = ${n}))"
+
+
 _FORGET_HEAD = """
 WITH n AS (DELETE FROM nonces WHERE $1::bool AND key_id = $2 AND nonce = $3),
 i AS (DELETE FROM idempotency WHERE $4::bool AND account_id = $5 AND key = $6)
@@ -1061,14 +1067,18 @@ class PostgresStore(RulesStoreMixin):
 
     # -- webhooks ---------------------------------------------------------------------------------
 
-    async def claim_webhooks(self, now: int, limit: int, lease_ms: int) -> list[WebhookJob]:
+    async def claim_webhooks(
+        self, now: int, limit: int, lease_ms: int, exclude: Sequence[str] = ()
+    ) -> list[WebhookJob]:
         """Due outbox rows, leased for `lease_ms`: rows another instance is claiming are skipped,
-        so each report is handed to one sender (if it dies mid-POST, the lease runs out)."""
+        so each report is handed to one sender (if it dies mid-POST, the lease runs out); none
+        of the accounts in `exclude` (this sender's POSTs to them are at their cap)."""
 
         async def job(c: asyncpg.Connection) -> list[WebhookJob]:
             rows = await c.fetch(
                 "WITH due AS (SELECT id, next_attempt_at FROM webhook_outbox "
                 "WHERE state = 'pending' AND next_attempt_at <= $1 "
+                "AND NOT (account_id = ANY($4::text[])) "
                 "ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
                 "UPDATE webhook_outbox o SET next_attempt_at = $3 FROM due, accounts a "
                 "WHERE o.id = due.id AND a.id = o.account_id "
@@ -1078,6 +1088,7 @@ class PostgresStore(RulesStoreMixin):
                 now,
                 limit,
                 now + lease_ms,
+                list(exclude),
             )
             rows = sorted(rows, key=lambda r: (r[9], r[0]))
             return [
@@ -1090,32 +1101,51 @@ class PostgresStore(RulesStoreMixin):
                     payload=r[5] if r[5] is not None else (r[7] or ""),
                     attempts=r[6],
                     created_at=r[8],
+                    lease=now + lease_ms,
                 )
                 for r in rows
             ]
 
         return await run_tx(self.pool, job, durable=False)
 
-    async def webhook_done(self, ids: list[int], now: int) -> None:
+    async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None:
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "UPDATE webhook_outbox SET state = 'delivered', delivered_at = $2, "
-                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])",
+                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])" + _leased(3),
                 ids,
                 now,
+                lease,
             )
 
         await run_tx(self.pool, job, durable=False)
 
-    async def webhook_retry(self, ids: list[int], next_at: int, error: str, dead: bool) -> None:
+    async def webhook_retry(
+        self, ids: list[int], next_at: int, error: str, dead: bool, lease: int | None = None
+    ) -> None:
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "UPDATE webhook_outbox SET state = $2, next_attempt_at = $3, last_error = $4, "
-                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])",
+                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])" + _leased(5),
                 ids,
                 "dead" if dead else "pending",
                 next_at,
                 error[:500],
+                lease,
+            )
+
+        await run_tx(self.pool, job, durable=False)
+
+    async def webhook_release(self, ids: list[int], lease: int, now: int) -> None:
+        """Hand back claimed reports not started: due at once, behind those due earlier."""
+
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id = ANY($1::bigint[])"
+                + _leased(3),
+                ids,
+                now,
+                lease,
             )
 
         await run_tx(self.pool, job, durable=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -841,16 +841,22 @@ class SqliteStore(RulesStoreMixin):
 
     # -- webhooks ---------------------------------------------------------------------------------
 
-    async def claim_webhooks(self, now: int, limit: int, lease_ms: int) -> list[WebhookJob]:
+    async def claim_webhooks(
+        self, now: int, limit: int, lease_ms: int, exclude: Sequence[str] = ()
+    ) -> list[WebhookJob]:
+        """Due outbox rows, oldest first, leased for `lease_ms`; none of the accounts in
+        `exclude` (the sender has as many POSTs in flight to them as it allows)."""
+
         def job(c: sqlite3.Connection) -> list[WebhookJob]:
+            skip = f"AND o.account_id NOT IN ({pipe._marks(len(exclude))}) " if exclude else ""
             rows = c.execute(
                 "SELECT o.id, o.webhook_id, o.account_id, o.kind, "
                 "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
                 "o.payload, o.attempts, o.ref_id, o.created_at "
                 "FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id "
-                "WHERE o.state='pending' AND o.next_attempt_at<=? ORDER BY o.next_attempt_at, o.id "
-                "LIMIT ?",
-                (now, limit),
+                f"WHERE o.state='pending' AND o.next_attempt_at<=? {skip}"
+                "ORDER BY o.next_attempt_at, o.id LIMIT ?",
+                (now, *exclude, limit),
             ).fetchall()
             if not rows:
                 return []
@@ -871,28 +877,45 @@ class SqliteStore(RulesStoreMixin):
                     payload=r[5] if r[5] is not None else (r[7] or ""),
                     attempts=r[6],
                     created_at=r[8],
+                    lease=now + lease_ms,
                 )
                 for r in rows
             ]
 
         return await self._runner.write(job, durable=False)
 
-    async def webhook_done(self, ids: list[int], now: int) -> None:
+    async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.executemany(
                 "UPDATE webhook_outbox SET state='delivered', delivered_at=?, "
-                "attempts=attempts+1 WHERE id=?",
-                [(now, i) for i in ids],
+                f"attempts=attempts+1 WHERE id=?{_LEASED}",
+                [(now, i, lease, lease) for i in ids],
             )
 
         await self._runner.write(job, durable=False)
 
-    async def webhook_retry(self, ids: list[int], next_at: int, error: str, dead: bool) -> None:
+    async def webhook_retry(
+        self, ids: list[int], next_at: int, error: str, dead: bool, lease: int | None = None
+    ) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.executemany(
                 "UPDATE webhook_outbox SET state=?, next_attempt_at=?, last_error=?, "
-                "attempts=attempts+1 WHERE id=?",
-                [("dead" if dead else "pending", next_at, error[:500], i) for i in ids],
+                f"attempts=attempts+1 WHERE id=?{_LEASED}",
+                [
+                    ("dead" if dead else "pending", next_at, error[:500], i, lease, lease)
+                    for i in ids
+                ],
+            )
+
+        await self._runner.write(job, durable=False)
+
+    async def webhook_release(self, ids: list[int], lease: int, now: int) -> None:
+        """Hand back claimed reports not started: due at once, behind those due earlier."""
+
+        def job(c: sqlite3.Connection) -> None:
+            c.executemany(
+                f"UPDATE webhook_outbox SET next_attempt_at=? WHERE id=?{_LEASED}",
+                [(now, i, lease, lease) for i in ids],
             )
 
         await self._runner.write(job, durable=False)
@@ -1031,6 +1054,11 @@ class _AuthRefused(Exception):
         super().__init__(outcome)
         self.outcome = outcome
         self.account = account
+
+
+# A sender's write to the outbox rows it claimed: only while its lease still holds (the row is
+# pending with the lease's next_attempt_at); without a lease (operator tools, tests) as before.
+_LEASED = " AND (? IS NULL OR (state='pending' AND next_attempt_at=?))"
 
 
 class _Undone:

@@ -1,0 +1,603 @@
+"""Webhook delivery edge cases found by a review (each failed before its fix): redirects,
+per-report retry decisions, leases outliving queued POSTs, a stale sender overwriting another's
+outcome, a claim error ending delivery, reloaded settings, one hanging customer delaying others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bridge.accounts import AccountService
+from bridge.config import WebhooksConfig
+from bridge.crypto import Sealer
+from bridge.pipeline.webhooks import WebhookSender
+from bridge.store.base import Store
+from bridge.store.sqlite import SqliteStore
+
+# tests/integration has no __init__.py: put the repository root on sys.path for tests.store_engines.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import tests.store_engines as engines  # noqa: E402
+
+# Module-level on purpose: tests/integration/conftest.py has an API-server `store` of its own.
+engine = engines.engine
+store = engines.store
+
+SEC = 1_000
+MIN = 60 * SEC
+HOUR = 60 * MIN
+T0 = 1_800_000_000.0  # a fixed fake "now", unix seconds
+
+
+# -- clocks ------------------------------------------------------------------------------------
+
+
+class FrozenClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, at: float = T0) -> None:
+        self.t = at
+
+    def __call__(self) -> float:
+        return self.t
+
+    def ms(self) -> int:
+        return int(self.t * 1000)
+
+
+class FastClock:
+    """Real time, `factor` times faster, from T0: lets a test model receivers that take seconds
+    (well inside webhooks.timeout_s) without waiting those seconds."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self.start = time.monotonic()
+
+    def __call__(self) -> float:
+        return T0 + (time.monotonic() - self.start) * self.factor
+
+    def ms(self) -> int:
+        return int(self() * 1000)
+
+
+# -- receiver ----------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A customer endpoint on 127.0.0.1 (or another loopback address). `routes` maps a path to a
+    coroutine(request, body) -> Response; every request (any method) is recorded."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.routes: dict[str, Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]] = {}
+        self.seen: list[dict[str, Any]] = []
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+        self.posts_per_id: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        ids: list[str] = []
+        if request.method == "POST" and body:
+            try:
+                ids = [item.get("webhook_id", "") for item in json.loads(body)]
+            except ValueError:
+                ids = []
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": dict(request.headers),
+                "body": body,
+                "ids": ids,
+            }
+        )
+        for i in ids:
+            self.posts_per_id[i] += 1
+            self.in_flight[i] += 1
+            self.max_in_flight[i] = max(self.max_in_flight[i], self.in_flight[i])
+        try:
+            handler = self.routes.get(request.path)
+            if handler is None:
+                return web.Response(status=404)
+            return await handler(request, body)
+        finally:
+            for i in ids:
+                self.in_flight[i] -= 1
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def ok(_request: web.Request, _body: bytes) -> web.Response:
+    return web.Response(status=200)
+
+
+async def unavailable(_request: web.Request, _body: bytes) -> web.Response:
+    return web.Response(status=503)
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "bridge.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def sealer() -> Sealer:
+    return Sealer(os.urandom(32))
+
+
+async def make_account(accounts: AccountService, name: str, url: str, now_ms: int) -> str:
+    creds = await accounts.create(name, {"status_callback_url": url}, now_ms)
+    return creds.account.id
+
+
+async def event(store: Store, account_id: str, webhook_id: str, at_ms: int) -> None:
+    payload = json.dumps({"event": "test", "n": webhook_id})
+    await store.enqueue_event(account_id, "event", payload, webhook_id, at_ms)
+
+
+def config(**kw: Any) -> WebhooksConfig:
+    return WebhooksConfig(**kw)
+
+
+async def run_until(
+    sender: WebhookSender, done: Callable[[], Awaitable[bool]], limit_s: float = 8.0
+) -> None:
+    task = asyncio.create_task(sender.run())
+    try:
+        async with asyncio.timeout(limit_s):
+            while not await done():  # noqa: ASYNC110 (polls the store)
+                await asyncio.sleep(0.02)
+    finally:
+        await sender.stop()
+        await task
+
+
+async def dead_ids(store: Store) -> set[str]:
+    return {r["webhook_id"] for r in await store.dead_webhooks(None, 1000)}
+
+
+async def counts(store: Store) -> dict[str, int]:
+    return await store.webhook_counts()
+
+
+# -- 1. redirects --------------------------------------------------------------------------------
+
+# A 301/302/303 answer makes aiohttp (allow_redirects defaults to True) repeat the request as a
+# GET without the body; if that GET answers 2xx the report is booked as delivered although no
+# receiver ever got it: a silent loss. A customer moving its endpoint (http -> https, a renamed
+# path) triggers exactly this.
+
+
+async def test_redirect_to_get_is_not_booked_as_delivered(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+
+    async def moved(_request: web.Request, _body: bytes) -> web.Response:
+        raise web.HTTPFound(receiver.url("/new-home"))
+
+    receiver.routes["/hook"] = moved
+    receiver.routes["/new-home"] = ok  # a page that answers GET with 200
+    acc = await make_account(accounts, "redir302", receiver.url("/hook"), clock.ms())
+    await event(sqlite_store, acc, "ev_redirect", clock.ms())
+    sender = WebhookSender(sqlite_store, accounts, config(), clock=clock, poll_s=0.02)
+
+    async def settled() -> bool:
+        return (await counts(sqlite_store)).get("pending", 0) == 0 or len(receiver.seen) >= 2
+
+    await run_until(sender, settled)
+    await asyncio.sleep(0.1)
+    got_body = [s for s in receiver.seen if b"ev_redirect" in s["body"]]
+    assert not [s for s in receiver.seen if s["path"] == "/new-home"]  # not followed
+    # The only request that carried the report was answered 302: a dead letter naming the
+    # redirect, for the operator to fix the URL and replay; never booked as delivered.
+    assert [s["path"] for s in got_body] == ["/hook"]
+    (dead,) = await sqlite_store.dead_webhooks(None, 10)
+    assert "HTTP 302 redirect to 127.0.0.1" in dead["last_error"]
+    assert (await counts(sqlite_store)).get("delivered", 0) == 0, (
+        "a report whose POST was answered 302 (then GET 200 elsewhere) is booked as delivered"
+    )
+
+
+# A 307/308 makes aiohttp re-POST the signed body (phone numbers, MO text) to whatever host the
+# receiver names, internal addresses included (SSRF from the daemon's network position).
+
+
+async def test_redirect_does_not_post_body_to_another_host(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    other = Receiver(host="127.0.0.2")
+    await other.start()
+    try:
+        clock = FrozenClock()
+        accounts = AccountService(sqlite_store, sealer())
+
+        async def elsewhere(_request: web.Request, _body: bytes) -> web.Response:
+            raise web.HTTPTemporaryRedirect(other.url("/internal"))
+
+        receiver.routes["/hook"] = elsewhere
+        other.routes["/internal"] = ok
+        acc = await make_account(accounts, "redir307", receiver.url("/hook"), clock.ms())
+        await event(sqlite_store, acc, "ev_307", clock.ms())
+        sender = WebhookSender(sqlite_store, accounts, config(), clock=clock, poll_s=0.02)
+
+        async def settled() -> bool:
+            return (await counts(sqlite_store)).get("pending", 0) == 0 and bool(receiver.seen)
+
+        await run_until(sender, settled)
+        leaked = [s for s in other.seen if b"ev_307" in s["body"]]
+        assert leaked == [], (
+            f"the signed report was re-POSTed to {other.host} "
+            f"(X-Bridge-Signature sent along: {'X-Bridge-Signature' in leaked[0]['headers']})"
+        )
+    finally:
+        await other.stop()
+
+
+# -- 2. batches mixing reports of different ages --------------------------------------------------
+
+# The retry decision of a batch uses the *oldest* report's age and the *highest* attempt count,
+# so a fresh report that happens to share a POST with an old one inherits its schedule: it can be
+# dead-lettered on its very first failure, or wait an hour instead of a minute.
+
+
+async def _age_report(store: Store, clock: FrozenClock, times: int) -> None:
+    """Book `times` failed attempts for every due report, each due again at `clock` now."""
+    for _ in range(times):
+        jobs = await store.claim_webhooks(clock.ms(), 100, MIN)
+        assert jobs
+        await store.webhook_retry([j.id for j in jobs], clock.ms(), "HTTP 503", dead=False)
+
+
+async def test_fresh_report_batched_with_expiring_one_is_not_dead_on_first_failure(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+    receiver.routes["/hook"] = unavailable
+    acc = await make_account(accounts, "mixedage", receiver.url("/hook"), clock.ms())
+    # A report created 23 h 30 min ago, five attempts so far (1, 5, 10, 30, 60 min, then hourly).
+    await event(sqlite_store, acc, "ev_old", clock.ms() - 23 * HOUR - 30 * MIN)
+    await _age_report(sqlite_store, clock, 5)
+    await event(sqlite_store, acc, "ev_new", clock.ms())  # a brand-new final status
+    sender = WebhookSender(
+        sqlite_store, accounts, config(), clock=clock, poll_s=0.02, rng=random.Random(1)
+    )
+
+    async def settled() -> bool:
+        return "ev_old" in await dead_ids(sqlite_store)
+
+    await run_until(sender, settled)
+    assert receiver.posts_per_id == Counter({"ev_old": 1, "ev_new": 1})  # one POST, both inside
+    assert "ev_new" not in await dead_ids(sqlite_store), (
+        "a report 0 s old was dead-lettered after its first attempt because it shared a batch "
+        "with a report whose 24 h retry window was spent"
+    )
+
+
+async def test_fresh_report_batched_with_retried_one_is_retried_after_one_minute(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+    receiver.routes["/hook"] = unavailable
+    acc = await make_account(accounts, "mixedsched", receiver.url("/hook"), clock.ms())
+    await event(sqlite_store, acc, "ev_old", clock.ms() - 2 * HOUR)
+    await _age_report(sqlite_store, clock, 5)
+    await event(sqlite_store, acc, "ev_new", clock.ms())
+    sender = WebhookSender(
+        sqlite_store, accounts, config(), clock=clock, poll_s=0.02, rng=random.Random(1)
+    )
+
+    await run_until(sender, lambda: _after_first_post(receiver))
+    await asyncio.sleep(0.2)  # the retry bookkeeping
+    # Schedule: first retry 1 min (+-10%) after the first failure.
+    due = {j.webhook_id for j in await sqlite_store.claim_webhooks(clock.ms() + 66 * SEC, 10, MIN)}
+    assert "ev_new" in due, (
+        "a report that failed once waits the 6th step of the schedule (1 h), not 1 min, because "
+        "it shared a POST with a report on its 6th attempt"
+    )
+
+
+async def _after_first_post(receiver: Receiver) -> bool:
+    return sum(receiver.posts_per_id.values()) >= 1
+
+
+# -- 4. leases shorter than the wait in the sender's own queue ----------------------------------
+
+# claim_webhooks leases up to batch_max * free rows (1000 by default) for 3 * timeout_s + 10 s,
+# then makes one task per (account, url, kind) chunk, all waiting on a semaphore of `concurrency`.
+# With many accounts the tail of that queue waits longer than the lease; its rows come due again
+# and are claimed a second time (by this instance or another) while the first claim still holds
+# them: the same webhook is POSTed twice, possibly at the same time.
+
+
+def _nine_second_receiver(receiver: Receiver, factor: float) -> None:
+    async def slow(_request: web.Request, _body: bytes) -> web.Response:
+        await asyncio.sleep(9 / factor)  # 9 s of the sender's clock: under timeout_s=10
+        return web.Response(status=200)
+
+    receiver.routes["/hook"] = slow
+
+
+async def test_single_instance_never_posts_a_webhook_twice_when_receivers_are_slow(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    factor = 40.0
+    clock = FastClock(factor)
+    accounts = AccountService(sqlite_store, sealer())
+    _nine_second_receiver(receiver, factor)
+    for i in range(9):  # nine customers, one final status each, every receiver takes 9 s
+        acc = await make_account(accounts, f"slow{i}", receiver.url("/hook"), clock.ms())
+        await event(sqlite_store, acc, f"ev_{i}", clock.ms())
+    # timeout_s=10 -> lease 40 s; concurrency 2 -> the 9th POST starts 36 s after the claim.
+    sender = WebhookSender(
+        sqlite_store,
+        accounts,
+        config(timeout_s=10.0, concurrency=2),
+        clock=clock,
+        poll_s=3 / factor,
+    )
+
+    async def settled() -> bool:
+        return (await counts(sqlite_store)).get("delivered", 0) == 9 and not any(
+            receiver.in_flight.values()
+        )
+
+    await run_until(sender, settled, limit_s=10)
+    twice = {i: n for i, n in receiver.posts_per_id.items() if n > 1}
+    assert twice == {}, (
+        f"webhooks POSTed more than once with every receiver answering 200: {twice}; "
+        f"overlapping: {[i for i, n in receiver.max_in_flight.items() if n > 1]}"
+    )
+
+
+@pytest.mark.postgres
+async def test_two_instances_never_post_the_same_webhook(pg_dsn: str, receiver: Receiver) -> None:
+    from bridge.store.postgres import PostgresStore
+
+    factor = 40.0
+    clock = FastClock(factor)
+    a = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    b = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    await a.open()
+    await b.open()
+    try:
+        key = sealer()
+        acc_a, acc_b = AccountService(a, key), AccountService(b, key)
+        _nine_second_receiver(receiver, factor)
+        for i in range(6):
+            acc = await make_account(acc_a, f"slow{i}", receiver.url("/hook"), clock.ms())
+            await event(a, acc, f"ev_{i}", clock.ms())
+        cfg = config(timeout_s=10.0, concurrency=1)
+        first = WebhookSender(a, acc_a, cfg, clock=clock, poll_s=3 / factor)
+        # Instance A claims all six and works through them one at a time (9 s each).
+        task_a = asyncio.create_task(first.run())
+        async with asyncio.timeout(5):
+            while not receiver.seen:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        second = WebhookSender(b, acc_b, cfg, clock=clock, poll_s=3 / factor)
+
+        async def settled() -> bool:
+            return (await counts(a)).get("delivered", 0) == 6 and not any(
+                receiver.in_flight.values()
+            )
+
+        try:
+            await run_until(second, settled, limit_s=10)
+        finally:
+            await first.stop()
+            await task_a
+        twice = {i: n for i, n in receiver.posts_per_id.items() if n > 1}
+        assert twice == {}, f"two instances both POSTed: {twice}"
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- 5. bookkeeping of a holder whose lease ran out ---------------------------------------------
+
+# webhook_done / webhook_retry update by id alone: a sender whose lease expired (see 4) still
+# writes its outcome over the row another sender already finished. A delivered report turns into
+# a dead letter (an operator replay then sends it again) or back into pending (sent again).
+
+
+async def test_stale_holder_cannot_turn_a_delivered_report_into_a_dead_letter(
+    store: Store,
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(store, sealer())
+    acc = await make_account(accounts, "stale", "http://127.0.0.1:9/hook", clock.ms())
+    await event(store, acc, "ev_s", clock.ms())
+    lease = 40 * SEC
+    (first,) = await store.claim_webhooks(clock.ms(), 10, lease)  # sender A, slow
+    (second,) = await store.claim_webhooks(clock.ms() + lease, 10, lease)  # sender B
+    assert first.id == second.id
+    await store.webhook_done([second.id], clock.ms() + lease + SEC, second.lease)  # B: 200
+    await store.webhook_retry(
+        [first.id], clock.ms() + lease + 2 * SEC, "HTTP 410", True, first.lease
+    )
+    c = await counts(store)
+    assert c.get("dead", 0) == 0 and c.get("delivered", 0) == 1, (
+        f"a delivered report was overwritten by the stale holder's outcome: {c}"
+    )
+
+
+# -- 6. a store error in the claim ends the sender for good --------------------------------------
+
+# WebhookSender.run() does not guard claim_webhooks (the dispatcher's claim loop does): one
+# transient store error (a PostgreSQL failover, which the README promises to ride out; SQLite busy
+# past its timeout; a full disk) ends the task. Daemon.start creates it bare and nothing watches
+# it: no log line until shutdown, and no webhook leaves this instance until a restart.
+
+
+class FlakyClaimStore(SqliteStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = 1
+
+    async def claim_webhooks(
+        self, now: int, limit: int, lease_ms: int, exclude: Any = ()
+    ) -> list[Any]:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await super().claim_webhooks(now, limit, lease_ms, exclude)
+
+
+async def test_sender_survives_one_failed_claim(tmp_path: Path, receiver: Receiver) -> None:
+    flaky = FlakyClaimStore(tmp_path / "bridge.db")
+    await flaky.open()
+    try:
+        clock = FrozenClock()
+        accounts = AccountService(flaky, sealer())
+        receiver.routes["/hook"] = ok
+        acc = await make_account(accounts, "flaky", receiver.url("/hook"), clock.ms())
+        await event(flaky, acc, "ev_after_blip", clock.ms())
+        sender = WebhookSender(flaky, accounts, config(), clock=clock, poll_s=0.02)
+        task = asyncio.create_task(sender.run())
+        try:
+            async with asyncio.timeout(3):
+                while not receiver.seen and not task.done():  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert not task.done(), f"the sender task ended: {task.exception()!r}"
+        finally:
+            await sender.stop()
+            await asyncio.gather(task, return_exceptions=True)
+        assert receiver.posts_per_id["ev_after_blip"] == 1
+    finally:
+        await flaky.close()
+
+
+# -- 7. a configuration reload half-applied -------------------------------------------------------
+
+# Daemon.reload sets sender.config, and the README says webhook settings are applied live; but
+# run() built the ClientSession timeout and the semaphore from the config it started with. The
+# lease (3 * timeout_s + 10 s) follows the new timeout_s while requests still run to the old one:
+# lower timeout_s from 60 to 5 and a 40 s POST outlives its 25 s lease (a second claim, a second
+# POST); raise concurrency and free slots are computed from the new value against the old semaphore
+# (more claimed rows queue behind it, see 4).
+
+
+async def test_reloaded_timeout_applies_to_requests(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+
+    async def slow(_request: web.Request, _body: bytes) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.Response(status=200)
+
+    receiver.routes["/hook"] = slow
+    acc = await make_account(accounts, "reload", receiver.url("/hook"), clock.ms())
+    sender = WebhookSender(sqlite_store, accounts, config(timeout_s=30.0), clock=clock, poll_s=0.02)
+    task = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0.1)
+        sender.config = config(timeout_s=0.5)  # what Daemon.reload does
+        await event(sqlite_store, acc, "ev_reload", clock.ms())
+        sender.wake()
+        async with asyncio.timeout(5):
+            while sender.delivered + sender.failed_attempts == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        await sender.stop()
+        await task
+    assert sender.failed_attempts == 1 and sender.delivered == 0, (
+        "a POST answered after 1.5 s counted as delivered although timeout_s was reloaded to 0.5"
+    )
+
+
+# -- 8. one hanging customer holds back everyone else ---------------------------------------------
+
+# The docstring of run() promises that a hanging callback of one customer never holds back
+# another's; but rows are claimed oldest first and every chunk of the hanging customer takes a
+# semaphore slot for timeout_s. Another customer's report waits behind the whole due backlog:
+# with the defaults (20 slots, 100 per POST, 10 s) ~8 min per 100 000 reports of a customer whose
+# endpoint hangs during a campaign, again at every retry step.
+
+
+async def test_hanging_customer_does_not_delay_another(
+    sqlite_store: SqliteStore, receiver: Receiver
+) -> None:
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+
+    async def hang(_request: web.Request, _body: bytes) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.Response(status=200)
+
+    receiver.routes["/hang"] = hang
+    receiver.routes["/fine"] = ok
+    big = await make_account(accounts, "big", receiver.url("/hang"), clock.ms())
+    small = await make_account(accounts, "small", receiver.url("/fine"), clock.ms())
+    for i in range(10):
+        await event(sqlite_store, big, f"ev_big_{i}", clock.ms() - 1000 + i)
+    await event(sqlite_store, small, "ev_small", clock.ms())
+    sender = WebhookSender(
+        sqlite_store,
+        accounts,
+        config(timeout_s=0.3, concurrency=2, batch_max=1),
+        clock=clock,
+        poll_s=0.02,
+    )
+    started = time.monotonic()
+    await run_until(sender, lambda: _posted(receiver, "ev_small"), limit_s=10)
+    waited = time.monotonic() - started
+    assert waited < 0.6, (
+        f"a healthy customer's report waited {waited:.2f} s (timeout_s 0.3) behind another "
+        "customer's hanging endpoint"
+    )
+
+
+async def _posted(receiver: Receiver, webhook_id: str) -> bool:
+    return receiver.posts_per_id[webhook_id] > 0
