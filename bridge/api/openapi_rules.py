@@ -119,7 +119,7 @@ def _pocket_list(description: str) -> dict[str, Any]:
 def _balance_props() -> dict[str, Any]:
     return {
         "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-        "cash_micro": {**_MICRO, "description": "negative only for a postpaid accrual"},
+        "cash_micro": {**_MICRO, "description": "cash; never below zero for a prepaid account"},
         "cash": _DECIMAL,
         "vouchers": _pocket_list(
             "valid vouchers with a remainder, spent before cash (earliest expiry first); an "
@@ -157,7 +157,7 @@ def _tariff_props() -> dict[str, Any]:
         "starting_price": {
             **_MICRO,
             "minimum": 1,
-            "description": "per unit at acceptance (prepaid pre-charge, postpaid accrual); "
+            "description": "per unit at acceptance (the prepaid pre-charge; postpaid is invoiced); "
             ">= every tier price",
         },
         "counting_rule": {"type": "string", "enum": [r.value for r in CountingRule]},
@@ -185,7 +185,10 @@ def _bill_props() -> dict[str, Any]:
         "domestic_amount_micro": {**_MICRO, "description": "units priced at the tier"},
         "charged_micro": {**_MICRO, "description": "domestic, taken at acceptance (net)"},
         "refund_micro": {**_MICRO, "description": "charged above the tier price, returned"},
-        "invoice_total_micro": {**_MICRO, "description": "postpaid, rounded to whole fen"},
+        "invoice_total_micro": {
+            **_MICRO,
+            "description": "traffic sent while postpaid, rounded to whole fen",
+        },
         "vouchers_used_micro": _MICRO,
         "international_amount_micro": _MICRO,
         "international_charged_micro": _MICRO,
