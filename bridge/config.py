@@ -441,7 +441,7 @@ class SmscConfig:
     password: str | None = field(
         default=None,
         repr=False,
-        metadata=meta(secret=True, env="SMPP_BRIDGE_SMSC_{NAME}_PASSWORD"),
+        metadata=meta(length(0, 8), secret=True, env="SMPP_BRIDGE_SMSC_{NAME}_PASSWORD"),
     )
     system_type: str = field(default="", metadata=meta(length(0, 12)))
     interface_version: int = field(default=0x34, metadata=meta(between(0, 255)))
@@ -525,7 +525,9 @@ class SimConfig:
     system_id: str = field(default="bridge", metadata=meta(length(1, 15)))
     # None: the simulator accepts any password.
     password: str | None = field(
-        default=None, repr=False, metadata=meta(secret=True, env="SMPP_BRIDGE_SIM_PASSWORD")
+        default=None,
+        repr=False,
+        metadata=meta(length(0, 8), secret=True, env="SMPP_BRIDGE_SIM_PASSWORD"),
     )
     control_port: int = field(default=2776, metadata=meta(between(1, 65535)))
     receipt_delay_ms: int = field(default=10, metadata=meta(between(0, 3_600_000)))

@@ -7,21 +7,23 @@ Receipts are applied in batches (one transaction for many), matched by (SMSC, no
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from bridge import logs
 from bridge.config import SmscConfig
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
-from bridge.ids import new_id
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
 from bridge.sim.reassembly import decode_payload, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
-from bridge.smpp.msgid import normalize_receipt_id
+from bridge.smpp.msgid import normalize_receipt_id, normalize_resp_id
 from bridge.smpp.receipt import receipt_from_fields
 from bridge.store.base import Store
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
@@ -51,6 +53,7 @@ class Inbound:
         self.clock = clock
         self.metrics = metrics
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._smscs = dict(smscs)
         self._receipts: Batcher[ReceiptIn] = Batcher(
             self._flush_receipts, max_items=1000, max_delay_s=batch_delay_s, name="receipts"
         )
@@ -65,6 +68,7 @@ class Inbound:
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._smscs = dict(smscs)
 
     async def on_deliver(self, smsc: str, body: ShortMessage) -> int:
         try:
@@ -76,11 +80,16 @@ class Inbound:
             return C.ESME_RX_T_APPN
 
     async def _receipt(self, smsc: str, body: ShortMessage) -> int:
-        text = body.short_message.decode("latin-1")
+        # The text may come in message_payload instead (sm_length 0), and may carry NULs (an
+        # SMSC counting the C string's terminator in sm_length): "stat:DELIVRD\0" read as an
+        # unknown stat reported a delivered message as failed.
+        raw = body.short_message or tlv_get(body.tlvs, C.MESSAGE_PAYLOAD) or b""
+        text = raw.decode("latin-1").replace("\x00", " ")
         tlv_id = tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID)
+        tlv_text = tlv_id.rstrip(b"\x00").decode("latin-1").strip() if tlv_id is not None else ""
         receipt = receipt_from_fields(
             text,
-            tlv_id.rstrip(b"\x00").decode("latin-1") if tlv_id is not None else None,
+            tlv_text or None,
             tlv_int(body.tlvs, C.MESSAGE_STATE),
             tlv_get(body.tlvs, C.NETWORK_ERROR_CODE),
         )
@@ -95,7 +104,14 @@ class Inbound:
             )
             return C.ESME_ROK  # nothing to correlate; redelivery would not help
         rule = self._rules.get(smsc)
-        key = normalize_receipt_id(receipt.message_id, rule) if rule else receipt.message_id
+        if rule is None:
+            key = receipt.message_id
+        elif tlv_text:
+            # SMPP 3.4 5.3.2.12: receipted_message_id is the id the submit_sm_resp returned, in
+            # its format; receipt_id_base is for the id in the receipt's text.
+            key = normalize_resp_id(receipt.message_id, rule)
+        else:
+            key = normalize_receipt_id(receipt.message_id, rule)
         now_ms = int(self.clock() * 1000)
         err = receipt.err
         if receipt.network_error is not None and not (err and err.strip("0")):
@@ -154,7 +170,8 @@ class Inbound:
         else:
             text = decode_payload(seg.data_coding, seg.payload)
         source = _e164(body.source_addr, body.source_addr_ton)
-        account = await self.store.attribute_mo(source, body.destination_addr, now_ms)
+        senders, default = self._sent_from(smsc, body.destination_addr)
+        account = await self.store.attribute_mo(source, senders, now_ms, default=default)
         if account is not None and is_optout(text, self.optout_keywords):
             # Before the MO is stored: a crash in between re-delivers the MO, and adding the
             # number again is a no-op, so the opt-out is never lost.
@@ -164,7 +181,15 @@ class Inbound:
                 "recipient opted out by reply",
                 extra={"account": account, "from": logs.number(source)},
             )
-        mo_id = new_id("mo_", now_ms)
+        # The same deliver_sm resent (our deliver_sm_resp was lost, or a store error asked for
+        # it again after the MO was committed) gets the same id, and the store keeps one.
+        mo_id = mo_id_for(smsc, body, seg, now_ms)
+        if await self.store.get_mo(mo_id_for(smsc, body, seg, now_ms - MO_REPEAT_MS)):
+            if seg.scheme:
+                await self.store.drop_mo_parts(
+                    smsc, body.source_addr, body.destination_addr, seg.ref
+                )
+            return C.ESME_ROK  # a repeat of one stored in the window before this one
         await self.store.store_mo(
             MoMessage(
                 id=mo_id,
@@ -189,12 +214,53 @@ class Inbound:
         )  # fmt: skip
         return C.ESME_ROK
 
+    def _sent_from(self, smsc: str, destination: str) -> tuple[tuple[str, ...], bool]:
+        """The forms a sender stored with our messages may have for the address a reply went
+        to (a number is stored as given, "+44..." or "44...", and sent without the "+"), and
+        whether that address is the SMSC's default source (messages without a sender of their
+        own went out from it)."""
+        digits = destination.lstrip("+")
+        forms = (destination,) if not digits.isdigit() else (digits, "+" + digits)
+        cfg = self._smscs.get(smsc)
+        default = cfg is not None and cfg.default_source.lstrip("+") == digits
+        return forms, default
+
     async def drain(self) -> None:
         await self._receipts.drain()
 
 
+# How long the same MO from the SMSC counts as a repeat of the first: ids are derived from the
+# message and its 2-minute window, and the window before is checked too, so a repeat within
+# 2 to 4 minutes is recognised. SMSCs resend an unanswered deliver_sm within seconds to a minute.
+# The price: a user who sends the very same text twice to the same address within that time
+# is heard once.
+MO_REPEAT_MS = 120_000
+
+
+def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
+    """The MO's id, the same for every copy of one deliver_sm (or one set of parts) within a
+    window: what identifies it (SMSC, addresses, coding, and the concatenation reference or the
+    text itself) and the window, hashed."""
+    what = f"{seg.scheme}:{seg.ref}:{seg.total}".encode() if seg.scheme else bytes(seg.payload)
+    material = b"\x00".join(
+        (
+            smsc.encode(),
+            body.source_addr.encode(),
+            body.destination_addr.encode(),
+            str(body.data_coding).encode(),
+            what,
+            str(now_ms // MO_REPEAT_MS).encode(),
+        )
+    )
+    digest = hashlib.blake2b(material, digest_size=15).digest()
+    return "mo_" + base64.b32encode(digest).decode().lower()
+
+
 def _e164(addr: str, ton: int) -> str:
+    """The MO's source as E.164 when it is international: TON 1, a "+", or (TON 0, unknown, as
+    many SMSCs send) 10 digits or more. A national number (TON 2) is kept as received: read as
+    international, China's 13800138000 became the North American +13800138000."""
     digits = addr.lstrip("+")
-    if digits.isdigit() and (ton == 1 or addr.startswith("+") or len(digits) >= 10):
+    if digits.isdigit() and (ton == 1 or addr.startswith("+") or (ton == 0 and len(digits) >= 10)):
         return "+" + digits
     return addr

@@ -427,11 +427,17 @@ def _decode_msgid(f: bytes, status: int) -> MessageIdResp:
         raise PduError(ESME_RINVCMDLEN, "message_id is missing")
     try:
         mid, p = _dcs(f, 16, 65, "message_id")
-        return MessageIdResp(mid, _decode_tlvs(f, p, n) if p < n else ())
     except PduError:
         if status:  # the status is what matters in an error response; do not nack it
             return MessageIdResp()
         raise
+    try:
+        tlvs = _decode_tlvs(f, p, n) if p < n else ()
+    except PduError:
+        # Stray octets after a well-formed id (some SMSCs pad with NULs): keep the id, which
+        # its receipt will be matched by; dropping it left the part unmatchable forever.
+        tlvs = ()
+    return MessageIdResp(mid, tlvs)
 
 
 # --- binds ----------------------------------------------------------------------------------------

@@ -65,5 +65,7 @@ def normalize_resp_id(raw: str, rule: MsgIdRule) -> str:
 
 
 def normalize_receipt_id(raw: str, rule: MsgIdRule) -> str:
-    """Key for the id of a delivery receipt (receipted_message_id TLV or the text's `id:`)."""
+    """Key for the `id:` in a delivery receipt's text. A receipted_message_id TLV carries the
+    submit_sm_resp's id in its format (SMPP 3.4 5.3.2.12): normalise it with
+    normalize_resp_id."""
     return normalize_id(raw, rule.receipt_base, rule)

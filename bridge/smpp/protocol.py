@@ -135,7 +135,15 @@ class SmppProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets it too on plain TCP; say it explicitly (smpplib never did: 364 msg/s).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.session.start(self._loop.time())
+        try:
+            self.session.start(self._loop.time())
+        except Exception as exc:  # a bind PDU that cannot be encoded (an over-long field)
+            # Raised here, inside asyncio's callback, it was only logged and the bind hung
+            # forever: fail it, so the connector reports the error and backs off.
+            if not self.bound.done():
+                self.bound.set_exception(ConnectionError(f"bind not sent: {exc}"))
+            self.abort(f"bind not sent: {exc}")
+            return
         self._flush()
         self._arm_timer()
 

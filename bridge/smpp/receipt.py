@@ -201,7 +201,9 @@ def receipt_from_fields(
 
     A message_state outside 1..8 says nothing usable, so the text's stat is used instead.
     """
-    fields = parse_receipt_text(short_message_text or "")
+    # A NUL inside the text (sm_length counting the C string's terminator) must not stick to
+    # the stat: "DELIVRD\0" is not a stat we know, and a delivered message read as failed.
+    fields = parse_receipt_text((short_message_text or "").replace("\x00", " "))
     message_id = _clean(tlv_receipted_id) or _clean(fields.get("id"))
     if not message_id:
         return None

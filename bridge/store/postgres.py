@@ -1004,25 +1004,20 @@ class PostgresStore(RulesStoreMixin):
 
         await run_tx(self.pool, job)
 
-    async def attribute_mo(self, source: str, destination: str, now: int) -> str | None:
-        """The account an MO replies to: the latest sender to that number in 30 days, preferring
-        one whose message went out from the address the reply was sent to."""
-        since = now - 30 * 86_400_000
-        found = await self.pool.fetchval(
+    async def attribute_mo(
+        self, source: str, senders: Sequence[str], now: int, *, default: bool = False
+    ) -> str | None:
+        """The account a reply from `source` answers (see the SQLite engine): never one that
+        wrote from another address than the one the reply went to."""
+        return await self.pool.fetchval(
             "SELECT account_id FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
-            "AND sender = $3 ORDER BY accepted_at DESC LIMIT 1",
+            "AND (sender = ANY($3::text[]) OR ($4 AND sender IS NULL)) "
+            "ORDER BY accepted_at DESC LIMIT 1",
             source,
-            since,
-            destination,
+            now - 30 * 86_400_000,
+            list(senders),
+            default,
         )
-        if found is None:
-            found = await self.pool.fetchval(
-                "SELECT account_id FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
-                "ORDER BY accepted_at DESC LIMIT 1",
-                source,
-                since,
-            )
-        return found
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
         row = await self.pool.fetchrow(

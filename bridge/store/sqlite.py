@@ -776,23 +776,21 @@ class SqliteStore(RulesStoreMixin):
 
         await self._runner.write(job)
 
-    async def attribute_mo(self, source: str, destination: str, now: int) -> str | None:
-        """The account an MO replies to: the latest sender to that number in 30 days, preferring
-        one whose message went out from the address the reply was sent to."""
+    async def attribute_mo(
+        self, source: str, senders: Sequence[str], now: int, *, default: bool = False
+    ) -> str | None:
+        """The account a reply from `source` answers: the latest in 30 days to send to it from
+        one of `senders` (the forms of the address the reply went to), or with no sender of its
+        own when that address is the SMSC's default (`default`). None otherwise: a reply, an
+        opt-out above all, is never handed to an account that wrote from another address."""
 
         def job(c: sqlite3.Connection) -> str | None:
-            since = now - 30 * 86_400_000
             row = c.execute(
                 "SELECT account_id FROM messages WHERE recipient=? AND accepted_at>=? "
-                "AND sender=? ORDER BY accepted_at DESC LIMIT 1",
-                (source, since, destination),
+                f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) "
+                "ORDER BY accepted_at DESC LIMIT 1",
+                (source, now - 30 * 86_400_000, *senders, default),
             ).fetchone()
-            if row is None:
-                row = c.execute(
-                    "SELECT account_id FROM messages WHERE recipient=? AND accepted_at>=? "
-                    "ORDER BY accepted_at DESC LIMIT 1",
-                    (source, since),
-                ).fetchone()
             return row[0] if row else None
 
         return await self._runner.read(job)

@@ -328,9 +328,11 @@ async def test_response_timeout_is_transient_and_bounded(smsc: FakeSmsc) -> None
             SubmitOutcome(0, "transient", -1, "TIMEOUT", None),
             SubmitOutcome(1, "cancelled", -1, "CANCELLED", None),
         ]
-        assert smsc.submits() == [b"a", b"a"]  # one try + one retry, part b never sent
-        assert 0.3 <= elapsed < 1.0
-        assert c.snapshot()["transient_retries"] == 1
+        # One try, no quick resend: an SMSC answering late has accepted it, and each resend
+        # would be another copy (the dispatcher resends after a pause, counting attempts).
+        assert smsc.submits() == [b"a"]  # part b never sent
+        assert 0.15 <= elapsed < 1.0
+        assert c.snapshot()["transient_retries"] == 0
         assert c.free_slots() == 10  # timed-out requests gave their slots back
 
 

@@ -1119,13 +1119,15 @@ async def test_mo_attribution_and_storage(store: Store) -> None:
         ),
         NOW,
     )
-    assert await store.attribute_mo(phone, "106A", NOW) == "acc_a"  # matching sender wins
-    assert await store.attribute_mo(phone, "106B", NOW) == "acc_b"
-    assert await store.attribute_mo(phone, "999", NOW) == "acc_b"  # else the latest sender
-    assert await store.attribute_mo("+8613000000000", "106A", NOW) is None
-    assert await store.attribute_mo(phone, "106A", NOW + 29 * DAY) == "acc_b"  # a1 too old
-    assert await store.attribute_mo(phone, "106A", old + 30 * DAY) == "acc_a"
-    assert await store.attribute_mo(phone, "999", NOW - DAY + 30 * DAY + 1) is None
+    assert await store.attribute_mo(phone, ["106A"], NOW) == "acc_a"  # by the address used
+    assert await store.attribute_mo(phone, ["106B"], NOW) == "acc_b"
+    # No message went out from 999: nobody's reply (never the latest sender from elsewhere).
+    assert await store.attribute_mo(phone, ["999"], NOW) is None
+    assert await store.attribute_mo(phone, ["999"], NOW, default=True) is None  # none unsigned
+    assert await store.attribute_mo("+8613000000000", ["106A"], NOW) is None
+    assert await store.attribute_mo(phone, ["106A"], NOW + 29 * DAY) is None  # a1 too old
+    assert await store.attribute_mo(phone, ["106A"], old + 30 * DAY) == "acc_a"
+    assert await store.attribute_mo(phone, ["106B"], NOW - DAY + 30 * DAY + 1) is None
 
     mo = MoMessage("mo_1", "acc_a", "smscA", phone, "106A", "STOP 你好", NOW)
     await store.store_mo(mo)

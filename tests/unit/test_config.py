@@ -486,9 +486,9 @@ def test_env_overrides_win_over_yaml() -> None:
     data = minimal(
         server={"admin_token": "y" * 16},
         security={"master_key": base64.b64encode(b"y" * 32).decode()},
-        sim={"password": "from-yaml"},
+        sim={"password": "yamlpass"},
     )
-    data["smscs"] = [{"name": "carrier-a", "system_id": "s", "password": "from-yaml"}]
+    data["smscs"] = [{"name": "carrier-a", "system_id": "s", "password": "yamlpass"}]
     env = {
         "SMPP_BRIDGE_ADMIN_TOKEN": "t" * 20,
         "SMPP_BRIDGE_MASTER_KEY": KEY,
@@ -843,13 +843,13 @@ def test_file_paths_resolve_against_the_file_directory(tmp_path: Path) -> None:
 def test_check_main_prints_masked_effective_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SMPP_BRIDGE_SMSC_A_PASSWORD", "hunter2hunter2")
+    monkeypatch.setenv("SMPP_BRIDGE_SMSC_A_PASSWORD", "hunter22")
     p = tmp_path / "ok.yaml"
     p.write_text(yaml.safe_dump(minimal()), encoding="utf-8")
     assert check_main(str(p)) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert "hunter2hunter2" not in out
+    assert "hunter22" not in out
     shown = yaml.safe_load(out)
     assert shown["smscs"][0]["password"] == "***"
     assert shown["server"]["port"] == 8080

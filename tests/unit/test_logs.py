@@ -108,7 +108,7 @@ def test_configured_secrets_are_found_and_redacted_longest_first(capture) -> Non
                 {"name": "a", "system_id": "x", "password": "Pw123456"},
                 {"name": "b", "system_id": "y", "password": "short"},  # too short to redact
             ],
-            "sim": {"password": "simpass-123"},
+            "sim": {"password": "simpas12"},
         },
         env={},
     )
@@ -119,7 +119,7 @@ def test_configured_secrets_are_found_and_redacted_longest_first(capture) -> Non
         "S3cretPass",
         KEY,
         "Pw123456",
-        "simpass-123",
+        "simpas12",
     }
     assert list(found) == sorted(found, key=len, reverse=True)
     use(capture, LoggingConfig(format="text"), found)
