@@ -222,6 +222,7 @@ class BindSession:
         "_framer",
         "_in_flight",
         "_last_rx",
+        "_rx_now",
         "_out",
         "_pending",
         "_seq",
@@ -261,7 +262,11 @@ class BindSession:
         self._in_flight = 0
         self._seq = initial_seq
         self._el_seq = 0  # our outstanding enquire_link, 0 when none
+        # When the SMSC last answered one of our requests: the keep-alive clock. Not any octet
+        # received: an SMSC that still sends its own enquire_link but answers nothing else is
+        # hung, and its pings would keep ours from ever being sent.
         self._last_rx = 0.0
+        self._rx_now = 0.0
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -412,7 +417,7 @@ class BindSession:
         events: list[Event] = []
         if self.state is SessionState.CLOSED:
             return events
-        self._last_rx = now
+        self._rx_now = now
         try:
             frames = self._framer.feed(data)
         except FrameError as e:
@@ -485,6 +490,7 @@ class BindSession:
                 ProtocolError(f"{C.command_name(cid)} seq {seq} matches {what}; ignored", False)
             )
             return
+        self._last_rx = self._rx_now
         del self._pending[seq]
         req = p.command_id
         status = pdu.status

@@ -279,10 +279,6 @@ async def test_responses_that_follow_the_smscs_unbind_in_the_same_read_are_used(
 
 
 # --- keep-alive -----------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the SMSC's own enquire_link resets our keep-alive clock",
-)
 async def test_a_hung_smsc_that_still_pings_us_is_detected_dead(smsc: MiniSmsc) -> None:
     """The SMSC's keep-alive thread still sends enquire_link (we answer it), but nothing else
     works: no submit_sm_resp, no enquire_link_resp. Our enquire_link is only due after

@@ -319,13 +319,21 @@ def test_sends_enquire_link_when_idle_and_accepts_its_resp() -> None:
     assert [p.command_id for p in sent(s)] == [C.ENQUIRE_LINK]
 
 
-def test_traffic_postpones_enquire_link() -> None:
+def test_answers_postpone_enquire_link_and_the_smscs_own_pings_do_not() -> None:
+    """The keep-alive clock runs from the SMSC's last answer to one of our requests: an SMSC
+    that still pings us but answers nothing else is hung, and must be found out."""
     s = bound_session(enquire_link_s=30)
-    s.receive_data(pdu(C.ENQUIRE_LINK, 5), 20.0)
+    s.receive_data(pdu(C.ENQUIRE_LINK, 5), 20.0)  # its ping, answered, postpones nothing
     sent(s)
-    assert s.next_deadline() == 50.0
+    assert s.next_deadline() == 30.0
+    seq = s.submit(ShortMessage(short_message=b"x"), 25.0)
+    sent(s)
+    s.receive_data(pdu(C.SUBMIT_SM_RESP, seq, 0, MessageIdResp("m1")), 26.0)
+    assert s.next_deadline() == 56.0  # an answer does
     s.on_timer(30.0)
     assert sent(s) == []
+    s.on_timer(56.0)
+    assert [p.command_id for p in sent(s)] == [C.ENQUIRE_LINK]
 
 
 def test_missed_enquire_link_resp_closes() -> None:
