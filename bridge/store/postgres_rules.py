@@ -443,16 +443,21 @@ class RulesStoreMixin:
     async def add_optouts(
         self, account_id: str, numbers: Sequence[str], source: str, now: int
     ) -> int:
-        rows = await self.pool.fetch(
-            "INSERT INTO optouts (account_id, recipient, source, created_at) "
-            "SELECT $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, ord) "
-            "ORDER BY ord ON CONFLICT (account_id, recipient) DO NOTHING RETURNING 1",
-            account_id,
-            list(numbers),
-            source,
-            now,
-        )
-        return len(rows)
+        async def job(c: asyncpg.Connection) -> int:
+            rows = await c.fetch(
+                "INSERT INTO optouts (account_id, recipient, source, created_at) "
+                "SELECT $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, ord) "
+                "ORDER BY ord ON CONFLICT (account_id, recipient) DO NOTHING RETURNING 1",
+                account_id,
+                list(numbers),
+                source,
+                now,
+            )
+            # What the account queued or scheduled to them earlier is not sent either.
+            await _end_queued(c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now)
+            return len(rows)
+
+        return await run_tx(self.pool, job)
 
     async def remove_optout(self, account_id: str, number: str) -> bool:
         found = await self.pool.fetchval(
@@ -677,6 +682,37 @@ class RulesStoreMixin:
             return True
 
         return await run_tx(self.pool, job)
+
+
+async def _end_queued(
+    c: asyncpg.Connection, account_id: str, numbers: list[str], error: str, now: int
+) -> None:
+    """End this account's messages to `numbers` that still wait in the queue (scheduled ones
+    included) as expired unsent with `error`, refunded like any message that ends unsent. The
+    rows are locked in id order (the pipeline's order); a message a dispatcher holds is not
+    queued and goes out."""
+    from bridge.domain import lifecycle as lc
+    from bridge.store import postgres_pipeline as pipe
+
+    queued = [
+        r[0]
+        for r in await c.fetch(
+            "SELECT id FROM messages WHERE account_id = $1 AND recipient = ANY($2::text[]) "
+            "AND q_state = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED",
+            account_id,
+            numbers,
+        )
+    ]
+    if queued:
+        await c.execute(
+            "UPDATE segments SET state = $2, done_at = $3, error_code = $4 "
+            "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
+            queued,
+            lc.SEG_EXPIRED_UNSENT,
+            now,
+            error,
+        )
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
 
 
 async def _erase(

@@ -399,11 +399,21 @@ class RulesStoreMixin:
         self, account_id: str, numbers: Sequence[str], source: str, now: int
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
-            return c.executemany(
+            added = c.executemany(
                 "INSERT OR IGNORE INTO optouts (account_id, recipient, source, created_at) "
                 "VALUES (?,?,?,?)",
                 [(account_id, n, source, now) for n in numbers],
             ).rowcount
+            # What the account queued or scheduled to them earlier is not sent either.
+            for chunk in _chunks(list(numbers), 400):
+                _end_queued(
+                    c,
+                    f"account_id=? AND recipient IN ({_marks(len(chunk))})",
+                    (account_id, *chunk),
+                    "RECIPIENT_OPTED_OUT",
+                    now,
+                )
+            return added
 
         return await self._runner.write(job)
 
@@ -655,7 +665,11 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
 
-def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
+def _end_queued(
+    c: sqlite3.Connection, where: str, args: tuple[Any, ...], error: str, now: int
+) -> int:
+    """End the messages `where` finds that still wait in the queue (scheduled ones included) as
+    expired unsent with `error`, refunded like any message that ends unsent."""
     from bridge.store import sqlite_pipeline as pipe
 
     queued = [
@@ -666,11 +680,16 @@ def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str
     ]
     if queued:
         c.executemany(
-            "UPDATE segments SET state='expired_unsent', done_at=?, error_code='ERASED' "
+            "UPDATE segments SET state='expired_unsent', done_at=?, error_code=? "
             "WHERE message_id=? AND state='queued'",
-            [(now, mid) for mid in queued],
+            [(now, error, mid) for mid in queued],
         )
         pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+    return len(queued)
+
+
+def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
+    _end_queued(c, where, args, "ERASED", now)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))

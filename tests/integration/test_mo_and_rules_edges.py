@@ -221,10 +221,6 @@ async def test_mo_webhook_names_the_sign_the_reply_answers(store: Store) -> None
 # ---------------------------------------------------------------- opt-out after acceptance
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: opt-outs are checked at acceptance only, not when sending",
-)
 async def test_scheduled_message_is_not_sent_after_the_recipient_opted_out(store: Store) -> None:
     """A marketing message accepted today for tomorrow (scheduled_at, up to 30 days ahead); the
     recipient replies TD in between. The opt-out is only checked at acceptance: the claim hands
