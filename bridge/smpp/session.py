@@ -477,6 +477,12 @@ class BindSession:
             events.append(ProtocolError(f"malformed response: {e}", False))
             self._handle_response(Pdu(cid, status, e.seq, None), events)
             return
+        if cid == C.DELIVER_SM:
+            # SMPP 3.4 4.3.1: generic_nack is for a bad length or an unknown command; a
+            # deliver_sm whose body breaks a field rule gets its own resp with the error.
+            self._respond(C.DELIVER_SM_RESP, e.status, e.seq, MessageIdResp())
+            events.append(ProtocolError(f"malformed deliver_sm refused: {e}", False))
+            return
         self._nack(e.status, e.seq)
         events.append(ProtocolError(str(e), False))
 

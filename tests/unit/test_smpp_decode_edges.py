@@ -132,10 +132,6 @@ async def test_a_receipt_carried_in_message_payload_is_not_dropped() -> None:
     assert store.items[0].smsc_msg_id == "B8BE19"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a request with a body error gets generic_nack",
-)
 def test_a_malformed_deliver_sm_is_answered_with_deliver_sm_resp_not_generic_nack() -> None:
     """SMPP 3.4 4.3.1: generic_nack answers only an invalid command_length or an unknown
     command_id. A deliver_sm whose header is fine but whose body breaks a field limit (here an MO

@@ -429,16 +429,17 @@ def test_salvaged_deliver_is_reported_for_acking() -> None:
     assert sent(s) == []  # acked by the caller, not nacked
 
 
-def test_unparseable_deliver_without_receipt_gets_generic_nack() -> None:
+def test_unparseable_deliver_without_receipt_gets_its_own_resp_with_the_error() -> None:
+    # SMPP 3.4 4.3.1: generic_nack only for a bad length or an unknown command.
     s = bound_session()
     sent(s)
     body = b"\x00\x01\x01" + b"9" * 30 + b"\x00"
     frame = struct.pack(">IIII", 16 + len(body), C.DELIVER_SM, 0, 12) + body
     (ev,) = s.receive_data(frame, 1.0)
     assert isinstance(ev, ProtocolError) and not ev.fatal
-    (nack,) = sent(s)
-    assert (nack.command_id, nack.seq) == (C.GENERIC_NACK, 12)
-    assert nack.status == C.ESME_RINVSRCADR
+    (resp,) = sent(s)
+    assert (resp.command_id, resp.seq) == (C.DELIVER_SM_RESP, 12)
+    assert resp.status == C.ESME_RINVSRCADR
     assert s.state is SessionState.BOUND
 
 
