@@ -34,6 +34,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     SIGN_COLS,
     TEMPLATE_COLS,
+    dnc_entry_for_number,
     entry_row,
     number_prefixes,
     sign_row,
@@ -483,7 +484,7 @@ class RulesStoreMixin:
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
     ) -> None:
         """Replace the list `info.id` (entries and all) in one transaction."""
-        entries = list(dict.fromkeys((*numbers, *prefixes)))
+        entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(

@@ -19,9 +19,21 @@ TEMPLATE_COLS = (
 LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
 
 
+# A do-not-contact entry for one exact number is stored with this mark before it; one without is
+# a prefix. Without the mark a listed number also blocked every longer one (countries with
+# numbers of several lengths: +491701234567 blocked +4917012345678). Entries imported before the
+# mark stay prefixes until their list is imported again.
+DNC_EXACT = "="
+
+
+def dnc_entry_for_number(e164: str) -> str:
+    return DNC_EXACT + e164
+
+
 def number_prefixes(e164: str) -> list[str]:
-    """Every prefix a do-not-contact entry could be for this number (exact number included)."""
-    return [e164[:n] for n in range(5, len(e164) + 1)]
+    """The do-not-contact entries that block this number: every prefix of it (the whole number
+    included, as a prefix) and the number itself as an exact entry."""
+    return [*(e164[:n] for n in range(5, len(e164) + 1)), dnc_entry_for_number(e164)]
 
 
 def sign_row(r: Sequence[Any]) -> Sign:

@@ -31,6 +31,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     SIGN_COLS,
     TEMPLATE_COLS,
+    dnc_entry_for_number,
     entry_row,
     ledger_row,
     number_prefixes,
@@ -459,7 +460,7 @@ class RulesStoreMixin:
             )
             c.executemany(
                 "INSERT OR IGNORE INTO dnc_entries (prefix, list_id) VALUES (?,?)",
-                [(p, info.id) for p in (*numbers, *prefixes)],
+                [(p, info.id) for p in (*map(dnc_entry_for_number, numbers), *prefixes)],
             )
 
         await self._runner.write(job)

@@ -240,10 +240,6 @@ async def test_scheduled_message_is_not_sent_after_the_recipient_opted_out(store
 # ---------------------------------------------------------------- do-not-contact lists
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a number on a DNC list also blocks longer numbers",
-)
 @pytest.mark.parametrize(
     ("listed", "other"),
     [
