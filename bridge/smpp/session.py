@@ -428,11 +428,30 @@ class BindSession:
             self._nack(e.status, e.seq)
             events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
             return self._close(events, "bad command_length")
-        for frame in frames:
+        for i, frame in enumerate(frames):
             self._handle_frame(frame, now, events)
             if self.state is SessionState.CLOSED:
+                self._answers_after_unbind(frames[i + 1 :], events)
                 break
         return events
+
+    def _answers_after_unbind(self, frames: list[bytes], events: list[Event]) -> None:
+        """Responses that came in the same read as the SMSC's unbind still answer their
+        requests: dropped, an accepted submit lost its id and was resent on the next bind. The
+        close is reported after them."""
+        if not frames or not any(isinstance(e, PeerUnbound) for e in events):
+            return
+        closed = [e for e in events if isinstance(e, Closed)]
+        for frame in frames:
+            try:
+                pdu = decode(frame)
+            except PduError:
+                continue
+            if pdu.command_id & C.RESP_BIT:
+                self._handle_response(pdu, events)
+        for e in closed:
+            events.remove(e)
+            events.append(e)
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
         try:

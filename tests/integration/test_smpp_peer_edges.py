@@ -251,9 +251,6 @@ async def test_pausing_reading_for_pending_delivers_does_not_time_out_answered_s
 
 
 # --- SMSC-initiated unbind --------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True, reason="known gap: frames after the SMSC's unbind in one read are dropped"
-)
 async def test_responses_that_follow_the_smscs_unbind_in_the_same_read_are_used(
     smsc: MiniSmsc,
 ) -> None:
