@@ -119,6 +119,7 @@ class SmppProtocol(asyncio.Protocol):
         self._deliver_tasks: set[asyncio.Task[None]] = set()
         self._max_pending_delivers = max_pending_delivers
         self._reading_paused = False
+        self._paused_at = 0.0
         self.bound: asyncio.Future[str] = self._loop.create_future()
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.close_reason = ""
@@ -249,6 +250,8 @@ class SmppProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._reading_paused:
+            return  # no deadline runs while we do not read; re-armed on resume
         self._handle(self.session.on_timer(self._loop.time()))
         self._flush()
         self._arm_timer()
@@ -312,6 +315,7 @@ class SmppProtocol(asyncio.Protocol):
             # Back-pressure: the SMSC waits for our deliver_sm_resp anyway; stop reading rather
             # than pile up handler tasks without bound.
             self._reading_paused = True
+            self._paused_at = self._loop.time()
             self._transport.pause_reading()
 
     async def _deliver(self, ev: DeliverReceived) -> None:
@@ -336,6 +340,9 @@ class SmppProtocol(asyncio.Protocol):
         ):
             self._reading_paused = False
             self._transport.resume_reading()
+            # Answers to our requests waited unread meanwhile: that time does not count.
+            self.session.postpone(self._loop.time() - self._paused_at)
+            self._arm_timer()
 
 
 async def open_bind(

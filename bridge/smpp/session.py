@@ -362,6 +362,14 @@ class BindSession:
         return events
 
     # --- timers -------------------------------------------------------------------------------
+    def postpone(self, delta: float) -> None:
+        """Move every deadline `delta` seconds later: the time we did not read (the protocol
+        paused reading while deliver handlers caught up) was not the SMSC's to answer in; its
+        responses waited unread in the socket."""
+        for p in self._pending.values():
+            p.deadline += delta
+        self._last_rx += delta
+
     def next_deadline(self) -> float | None:
         if self.state is SessionState.CLOSED:
             return None

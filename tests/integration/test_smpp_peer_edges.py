@@ -207,10 +207,6 @@ async def test_an_over_long_password_fails_the_bind_instead_of_hanging_it(
 
 
 # --- deliver flood and back-pressure ------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: response timers run while reading is paused",
-)
 async def test_pausing_reading_for_pending_delivers_does_not_time_out_answered_submits(
     smsc: MiniSmsc,
 ) -> None:
