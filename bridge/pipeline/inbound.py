@@ -171,7 +171,8 @@ class Inbound:
             text = decode_payload(seg.data_coding, seg.payload)
         source = _e164(body.source_addr, body.source_addr_ton)
         senders, default = self._sent_from(smsc, body.destination_addr)
-        account = await self.store.attribute_mo(source, senders, now_ms, default=default)
+        found = await self.store.attribute_mo(source, senders, now_ms, default=default)
+        account, sign = found if found is not None else (None, None)
         if account is not None and is_optout(text, self.optout_keywords):
             # Before the MO is stored: a crash in between re-delivers the MO, and adding the
             # number again is a no-op, so the opt-out is never lost.
@@ -199,6 +200,7 @@ class Inbound:
                 destination=body.destination_addr,
                 text=text,
                 received_at=now_ms,
+                sign_name=sign,
             )
         )
         if seg.scheme:  # only now: a crash before this leaves the parts to complete again

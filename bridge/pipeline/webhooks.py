@@ -171,12 +171,13 @@ class WebhookSender:
                 return None
             account = await self.store.get_account(job.account_id)
             if account is not None and account.report_format == "aliyun":
-                return aliyun_reports.sms_up(mo, self.tz)
+                return aliyun_reports.sms_up(mo, self.tz, sign_name=mo.sign_name)
             item = {
                 "type": "message.inbound",
                 "mo_id": mo.id,
                 "from": mo.source,
                 "to": mo.destination,
+                "sign_name": mo.sign_name,  # of the message this replies to
                 "text": mo.text,
                 "smsc": mo.smsc,
                 "received_at": iso(mo.received_at),
@@ -334,15 +335,17 @@ def retry_plan(
     rng: random.Random,
 ) -> list[tuple[list[int], int, int, bool]]:
     """(ids, attempt number, next attempt at, dead) after a failed POST, decided per report:
-    each follows its own schedule and gives up `retry_for_ms` after its own creation, so a new
-    report batched with an old one is not dead-lettered, nor delayed an hour, with it."""
+    each follows its own schedule and gives up `retry_for_ms` after its own creation (or its
+    last replay), so a new report batched with an old one is not dead-lettered, nor delayed an
+    hour, with it, and a replayed dead letter gets a full window again."""
     by_attempt: dict[int, list[WebhookJob]] = defaultdict(list)
     for j in jobs:
         by_attempt[j.attempts + 1].append(j)
+    since = {j.id: max(j.created_at, j.retry_from or 0) for j in jobs}  # a replay starts anew
     out: list[tuple[list[int], int, int, bool]] = []
     for attempt, group in sorted(by_attempt.items()):
         next_at = now_ms + int(next_delay_s(attempt, schedule, rng) * 1000)
-        live = [j.id for j in group if retryable and next_at <= j.created_at + retry_for_ms]
+        live = [j.id for j in group if retryable and next_at <= since[j.id] + retry_for_ms]
         dead = [j.id for j in group if j.id not in set(live)]
         if live:
             out.append((live, attempt, next_at, False))

@@ -283,6 +283,7 @@ class WebhookJob:
     # release writes apply only while it still matches, so a sender whose lease ran out (and
     # whose report another sender took) cannot overwrite that sender's outcome.
     lease: int | None = None
+    retry_from: int | None = None  # the last replay of a dead letter: its retry window's start
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +308,7 @@ class MoMessage:
     destination: str
     text: str
     received_at: int
+    sign_name: str | None = None  # of the message this MO replies to
 
 
 @dataclass(frozen=True, slots=True)

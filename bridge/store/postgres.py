@@ -988,7 +988,8 @@ class PostgresStore(RulesStoreMixin):
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                "received_at, sign_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (id) DO NOTHING",
                 mo.id,
                 mo.account_id,
                 mo.smsc,
@@ -996,6 +997,7 @@ class PostgresStore(RulesStoreMixin):
                 mo.destination,
                 mo.text,
                 mo.received_at,
+                mo.sign_name,
             )
             if mo.account_id is not None:
                 await _enqueue_webhook(
@@ -1006,11 +1008,11 @@ class PostgresStore(RulesStoreMixin):
 
     async def attribute_mo(
         self, source: str, senders: Sequence[str], now: int, *, default: bool = False
-    ) -> str | None:
-        """The account a reply from `source` answers (see the SQLite engine): never one that
-        wrote from another address than the one the reply went to."""
-        return await self.pool.fetchval(
-            "SELECT account_id FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
+    ) -> tuple[str, str | None] | None:
+        """(account, sign name) of the message a reply from `source` answers (see the SQLite
+        engine): never one written from another address than the one the reply went to."""
+        row = await self.pool.fetchrow(
+            "SELECT account_id, sign_name FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
             "AND (sender = ANY($3::text[]) OR ($4 AND sender IS NULL)) "
             "ORDER BY accepted_at DESC LIMIT 1",
             source,
@@ -1018,10 +1020,11 @@ class PostgresStore(RulesStoreMixin):
             list(senders),
             default,
         )
+        return (row[0], row[1]) if row else None
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
         row = await self.pool.fetchrow(
-            "SELECT id, account_id, smsc, source, destination, text, received_at "
+            "SELECT id, account_id, smsc, source, destination, text, received_at, sign_name "
             "FROM mo_inbox WHERE id = $1",
             mo_id,
         )
@@ -1079,7 +1082,8 @@ class PostgresStore(RulesStoreMixin):
                 "WHERE o.id = due.id AND a.id = o.account_id "
                 "RETURNING o.id, o.webhook_id, o.account_id, o.kind, "
                 "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
-                "o.payload, o.attempts, o.ref_id, o.created_at, due.next_attempt_at",
+                "o.payload, o.attempts, o.ref_id, o.created_at, due.next_attempt_at, "
+                "o.retry_from",
                 now,
                 limit,
                 now + lease_ms,
@@ -1097,6 +1101,7 @@ class PostgresStore(RulesStoreMixin):
                     attempts=r[6],
                     created_at=r[8],
                     lease=now + lease_ms,
+                    retry_from=r[10],
                 )
                 for r in rows
             ]
@@ -1150,8 +1155,8 @@ class PostgresStore(RulesStoreMixin):
 
     async def replay_webhooks(self, ids: list[int], now: int) -> int:
         rows = await self.pool.fetch(
-            "UPDATE webhook_outbox SET state = 'pending', next_attempt_at = $2, attempts = 0 "
-            "WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING 1",
+            "UPDATE webhook_outbox SET state = 'pending', next_attempt_at = $2, attempts = 0, "
+            "retry_from = $2 WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING 1",
             list(ids),
             now,
         )

@@ -768,8 +768,17 @@ class SqliteStore(RulesStoreMixin):
         def job(c: sqlite3.Connection) -> None:
             c.execute(
                 "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at) VALUES (?,?,?,?,?,?,?)",
-                (mo.id, mo.account_id, mo.smsc, mo.source, mo.destination, mo.text, mo.received_at),
+                "received_at, sign_name) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    mo.id,
+                    mo.account_id,
+                    mo.smsc,
+                    mo.source,
+                    mo.destination,
+                    mo.text,
+                    mo.received_at,
+                    mo.sign_name,
+                ),
             )
             if mo.account_id is not None:
                 _enqueue_webhook(c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at)
@@ -778,27 +787,28 @@ class SqliteStore(RulesStoreMixin):
 
     async def attribute_mo(
         self, source: str, senders: Sequence[str], now: int, *, default: bool = False
-    ) -> str | None:
-        """The account a reply from `source` answers: the latest in 30 days to send to it from
-        one of `senders` (the forms of the address the reply went to), or with no sender of its
-        own when that address is the SMSC's default (`default`). None otherwise: a reply, an
-        opt-out above all, is never handed to an account that wrote from another address."""
+    ) -> tuple[str, str | None] | None:
+        """(account, sign name) of the message a reply from `source` answers: the latest in 30
+        days to it from one of `senders` (the forms of the address the reply went to), or with no
+        sender of its own when that address is the SMSC's default (`default`). None otherwise:
+        a reply, an opt-out above all, is never handed to an account that wrote from another
+        address."""
 
-        def job(c: sqlite3.Connection) -> str | None:
+        def job(c: sqlite3.Connection) -> tuple[str, str | None] | None:
             row = c.execute(
-                "SELECT account_id FROM messages WHERE recipient=? AND accepted_at>=? "
+                "SELECT account_id, sign_name FROM messages WHERE recipient=? AND accepted_at>=? "
                 f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) "
                 "ORDER BY accepted_at DESC LIMIT 1",
                 (source, now - 30 * 86_400_000, *senders, default),
             ).fetchone()
-            return row[0] if row else None
+            return (row[0], row[1]) if row else None
 
         return await self._runner.read(job)
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
         def job(c: sqlite3.Connection) -> MoMessage | None:
             row = c.execute(
-                "SELECT id, account_id, smsc, source, destination, text, received_at "
+                "SELECT id, account_id, smsc, source, destination, text, received_at, sign_name "
                 "FROM mo_inbox WHERE id=?",
                 (mo_id,),
             ).fetchone()
@@ -850,7 +860,7 @@ class SqliteStore(RulesStoreMixin):
             rows = c.execute(
                 "SELECT o.id, o.webhook_id, o.account_id, o.kind, "
                 "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
-                "o.payload, o.attempts, o.ref_id, o.created_at "
+                "o.payload, o.attempts, o.ref_id, o.created_at, o.retry_from "
                 "FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id "
                 f"WHERE o.state='pending' AND o.next_attempt_at<=? {skip}"
                 "ORDER BY o.next_attempt_at, o.id LIMIT ?",
@@ -876,6 +886,7 @@ class SqliteStore(RulesStoreMixin):
                     attempts=r[6],
                     created_at=r[8],
                     lease=now + lease_ms,
+                    retry_from=r[9],
                 )
                 for r in rows
             ]
@@ -948,8 +959,8 @@ class SqliteStore(RulesStoreMixin):
             n = 0
             for i in ids:
                 n += c.execute(
-                    "UPDATE webhook_outbox SET state='pending', next_attempt_at=?, attempts=0 "
-                    "WHERE id=? AND state='dead'",
+                    "UPDATE webhook_outbox SET state='pending', next_attempt_at=?1, attempts=0, "
+                    "retry_from=?1 WHERE id=?2 AND state='dead'",
                     (now, i),
                 ).rowcount
             return n

@@ -200,10 +200,6 @@ async def test_reply_to_an_e164_sender_is_attributed_by_that_sender(store: Store
     assert await store.list_optouts("acc_b") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the MO push does not name the sign the reply answers",
-)
 async def test_mo_webhook_names_the_sign_the_reply_answers(store: Store) -> None:
     """service-rules.md: "Inbound replies (MO) are pushed to the customer's MO callback with the
     sign/extension they reply to." The native MO payload carries the extension ("to") but no

@@ -1051,6 +1051,7 @@ async def test_webhook_retry_dead_and_replay(store: Store) -> None:
     assert await store.dead_webhooks(None, 10) == []
     (replayed,) = await store.claim_webhooks(NOW + 2 * MIN, 10, LEASE)
     assert (replayed.webhook_id, replayed.attempts) == ("ev_1", 0)
+    assert (replayed.created_at, replayed.retry_from) == (NOW, NOW + 2 * MIN)  # a new window
     assert await store.replay_webhooks([ids["ev_1"]], NOW + 3 * MIN) == 0
 
 
@@ -1119,14 +1120,14 @@ async def test_mo_attribution_and_storage(store: Store) -> None:
         ),
         NOW,
     )
-    assert await store.attribute_mo(phone, ["106A"], NOW) == "acc_a"  # by the address used
-    assert await store.attribute_mo(phone, ["106B"], NOW) == "acc_b"
+    assert await store.attribute_mo(phone, ["106A"], NOW) == ("acc_a", None)  # by the address
+    assert await store.attribute_mo(phone, ["106B"], NOW) == ("acc_b", None)
     # No message went out from 999: nobody's reply (never the latest sender from elsewhere).
     assert await store.attribute_mo(phone, ["999"], NOW) is None
     assert await store.attribute_mo(phone, ["999"], NOW, default=True) is None  # none unsigned
     assert await store.attribute_mo("+8613000000000", ["106A"], NOW) is None
     assert await store.attribute_mo(phone, ["106A"], NOW + 29 * DAY) is None  # a1 too old
-    assert await store.attribute_mo(phone, ["106A"], old + 30 * DAY) == "acc_a"
+    assert await store.attribute_mo(phone, ["106A"], old + 30 * DAY) == ("acc_a", None)
     assert await store.attribute_mo(phone, ["106B"], NOW - DAY + 30 * DAY + 1) is None
 
     mo = MoMessage("mo_1", "acc_a", "smscA", phone, "106A", "STOP 你好", NOW)

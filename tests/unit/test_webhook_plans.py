@@ -47,3 +47,18 @@ def test_each_report_follows_its_own_schedule_and_age() -> None:
     assert by_id[2][0] == 5 and not by_id[2][2] and by_id[2][1] - now >= 3_240_000
     assert by_id[3][2]  # its 24 h run out before its next hourly attempt
     assert retry_plan([fresh], now, False, (60,), 24 * HOUR, rng) == [([1], 1, now, True)]
+
+
+def test_a_replayed_dead_letter_gets_a_whole_window_again() -> None:
+    """Dead after a day-long outage, replayed by the operator: one more failure must schedule
+    a retry from the replay, not dead-letter it again at once."""
+    now = 50 * HOUR
+    old = WebhookJob(1, "wh_1", "x", "status", "http://x/h", "m", 0, now - 30 * HOUR, lease=5,
+                     retry_from=now - MIN)  # fmt: skip
+    (plan,) = retry_plan([old], now, True, (60,), 24 * HOUR, random.Random(1))
+    assert plan[0] == [1] and plan[3] is False
+    unreplayed = WebhookJob(
+        2, "wh_2", "x", "status", "http://x/h", "m", 0, now - 30 * HOUR, lease=5
+    )
+    (plan,) = retry_plan([unreplayed], now, True, (60,), 24 * HOUR, random.Random(1))
+    assert plan[3] is True
