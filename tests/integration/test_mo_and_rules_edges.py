@@ -1,7 +1,7 @@
 """Inbound MO handling and the sending rules against real stores (cases found by a review):
 repeated deliveries, attribution of replies, national numbers. They drive the real `Inbound`
 handler (the function the SMPP connector awaits before answering deliver_sm_resp) and the `Store`
-protocol on every engine of tests/store_engines.py. Tests marked xfail pin known gaps."""
+protocol on every engine of tests/store_engines.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The SMPP engine against misbehaving SMSCs, over real TCP on 127.0.0.1 (cases found by a
 review). The SMSC here is a tiny asyncio server built from our codec, with knobs for the
-misbehaviour under test. Tests marked xfail pin known gaps, left for a later change."""
+misbehaviour under test."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The SMPP engine against unusual SMSCs, without sockets (cases found by a review): the
-session, the receipt parser and the id normalisation as the inbound pipeline applies it. Tests
-marked xfail pin known gaps."""
+session, the receipt parser and the id normalisation as the inbound pipeline applies it.
+"""
 
 from __future__ import annotations
 
