@@ -80,11 +80,10 @@ class Inbound:
             return C.ESME_RX_T_APPN
 
     async def _receipt(self, smsc: str, body: ShortMessage) -> int:
-        # The text may come in message_payload instead (sm_length 0), and may carry NULs (an
-        # SMSC counting the C string's terminator in sm_length): "stat:DELIVRD\0" read as an
-        # unknown stat reported a delivered message as failed.
+        # The text may come in message_payload instead (sm_length 0); NULs in it are the
+        # parser's to drop (receipt_from_fields).
         raw = body.short_message or tlv_get(body.tlvs, C.MESSAGE_PAYLOAD) or b""
-        text = raw.decode("latin-1").replace("\x00", " ")
+        text = raw.decode("latin-1")
         tlv_id = tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID)
         tlv_text = tlv_id.rstrip(b"\x00").decode("latin-1").strip() if tlv_id is not None else ""
         receipt = receipt_from_fields(

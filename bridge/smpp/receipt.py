@@ -201,9 +201,13 @@ def receipt_from_fields(
 
     A message_state outside 1..8 says nothing usable, so the text's stat is used instead.
     """
-    # A NUL inside the text (sm_length counting the C string's terminator) must not stick to
-    # the stat: "DELIVRD\0" is not a stat we know, and a delivered message read as failed.
-    fields = parse_receipt_text((short_message_text or "").replace("\x00", " "))
+    # A NUL after a field (sm_length counting the C string's terminator) must not stick to it:
+    # "DELIVRD\0" is not a stat we know, and a delivered message was read as failed. The quoted
+    # text is kept as it came.
+    fields = {
+        k: v if k == "text" else v.replace("\x00", "").strip()
+        for k, v in parse_receipt_text(short_message_text or "").items()
+    }
     message_id = _clean(tlv_receipted_id) or _clean(fields.get("id"))
     if not message_id:
         return None
