@@ -24,7 +24,11 @@ def check_admin(request: web.Request) -> None:
         raise ApiError("ADMIN_DISABLED", "the admin API is disabled: set server.admin_token")
     header = request.headers.get("Authorization", "")
     given = header[7:] if header.startswith("Bearer ") else ""
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+    # surrogateescape: header bytes that are not UTF-8 reach us as surrogates, and a plain
+    # encode() raised (a 500 and a logged traceback for any such header).
+    if not given or not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    ):
         raise ApiError("INVALID_ADMIN_TOKEN", "Authorization: Bearer <admin token> required")
 
 

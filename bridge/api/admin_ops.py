@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import AccountError
+from bridge.api.context import query_of
 from bridge.api.errors import ApiError
 from bridge.api.reports import query_params
 from bridge.api.v1 import ctx_of, json_response, parse_json
@@ -209,7 +210,7 @@ def parse_replay(data: Any) -> list[int]:
 
 async def get_smscs(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    query_params(request.rel_url.query, ())
+    query_params(query_of(request), ())
     status = ctx.smsc_status()
     order = [s.name for s in ctx.config.smscs]
     names = [n for n in order if n in status] + sorted(n for n in status if n not in order)
@@ -218,7 +219,7 @@ async def get_smscs(request: web.Request) -> web.Response:
 
 async def get_queue(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    query_params(request.rel_url.query, ())
+    query_params(query_of(request), ())
     now = ctx.now_ms()
     prefixes = [r.prefix for r in ctx.config.routes]
     groups = await ctx.store.queue_groups(now, prefixes)
@@ -232,7 +233,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 async def get_unmatched_receipts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    q = query_params(request.rel_url.query, ("older_than_s", "limit"))
+    q = query_params(query_of(request), ("older_than_s", "limit"))
     older_than_s = int_param(q, "older_than_s", 0, 0, 366 * 86_400)
     limit = int_param(q, "limit", 100, 1, MAX_LIST)
     now = ctx.now_ms()
@@ -251,7 +252,7 @@ async def get_unmatched_receipts(request: web.Request) -> web.Response:
 
 async def get_dead_webhooks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    q = query_params(request.rel_url.query, ("account", "limit"))
+    q = query_params(query_of(request), ("account", "limit"))
     limit = int_param(q, "limit", 100, 1, MAX_LIST)
     account_id = None
     if "account" in q:
@@ -266,7 +267,7 @@ async def get_dead_webhooks(request: web.Request) -> web.Response:
 
 async def replay_webhooks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    query_params(request.rel_url.query, ())
+    query_params(query_of(request), ())
     ids = parse_replay(parse_json(await request.read(), request))
     replayed = await ctx.store.replay_webhooks(ids, ctx.now_ms())
     if replayed:

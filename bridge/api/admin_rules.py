@@ -10,6 +10,7 @@ from aiohttp import web
 
 from bridge import billing, review
 from bridge.accounts import AccountError, public_account
+from bridge.api.context import query_of
 from bridge.api.errors import ApiError
 from bridge.api.rules_api import bill_for, check_month, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
@@ -35,14 +36,14 @@ async def _account(request: web.Request) -> Account:
 
 
 def _status(request: web.Request) -> str | None:
-    status = request.rel_url.query.get("status")
+    status = query_of(request).get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
     return status
 
 
 async def _account_filter(request: web.Request) -> str | None:
-    ref = request.rel_url.query.get("account")
+    ref = query_of(request).get("account")
     if ref is None:
         return None
     try:
@@ -150,7 +151,7 @@ async def put_dnc(request: web.Request) -> web.Response:
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype not in ("text/csv", "text/plain"):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the list as text/csv")
-    q = request.rel_url.query
+    q = query_of(request)
     country = q.get("country")
     if country is not None and not COUNTRY.fullmatch(country):
         raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")

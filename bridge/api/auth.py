@@ -152,7 +152,10 @@ class Authenticator:
             raise ApiError(exc.code, exc.message) from None
 
         now_ms = int(now * 1000)
-        expires_at = now_ms + 2 * self._max_skew * 1000
+        # Kept until no copy can pass the skew check any more: a request dated up to max_skew
+        # ahead is valid until max_skew after its date, inclusive; one second past that, or the
+        # copy replayed at that very millisecond found its nonce expired.
+        expires_at = now_ms + 2 * self._max_skew * 1000 + 1000
         if defer:
             deferred_account = await self._account(key.account_id)
             if deferred_account is None:

@@ -6,11 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
 from bridge.accounts import AccountService
 from bridge.api.auth import Authenticator, Principal
+from bridge.api.errors import ApiError
 from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
 from bridge.billing import Tariffs
@@ -64,3 +67,28 @@ CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+
+
+_QUERY: web.RequestKey[MultiDictProxy[str]] = web.RequestKey("query", MultiDictProxy)
+
+
+def query_of(request: web.Request) -> MultiDictProxy[str]:
+    """The query as the signature covers it (bridge.api.signing.canonical_query): percent-decoded
+    once, a "+" kept as a plus (aiohttp's view makes it a space, so a signed `to=+86...` read as
+    " 86..."), and every parameter at most once: the canonical query is sorted, so with a name
+    given twice the order (and which value counts) is not signed."""
+    cached = request.get(_QUERY)
+    if cached is not None:
+        return cached
+    out: MultiDict[str] = MultiDict()
+    for part in request.rel_url.raw_query_string.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = unquote(name, errors="replace")
+        if name in out:
+            raise ApiError("INVALID_FIELD", f"{name}: given more than once")
+        out[name] = unquote(value, errors="replace")
+    view = MultiDictProxy(out)
+    request[_QUERY] = view
+    return view

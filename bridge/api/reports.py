@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.api.context import PRINCIPAL, REQUEST_ID
+from bridge.api.context import PRINCIPAL, REQUEST_ID, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
@@ -166,7 +166,7 @@ def cdr_row(m: MessageRecord) -> list[str | int]:
 async def get_stats(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = query_params(request.rel_url.query, ("from", "to"))
+    q = query_params(query_of(request), ("from", "to"))
     first = parse_day(q.get("from"), "from")
     last = parse_day(q.get("to"), "to")
     if last < first:
@@ -190,7 +190,7 @@ async def get_stats(request: web.Request) -> web.Response:
 async def get_cdrs(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = query_params(request.rel_url.query, ("month",))
+    q = query_params(query_of(request), ("month",))
     since, until = parse_month(q.get("month"))
     month = q["month"]
     resp = web.StreamResponse(

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import billing, review
-from bridge.api.context import BODY, PRINCIPAL, ApiContext
+from bridge.api.context import BODY, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.phone import PhoneError, normalize
@@ -38,7 +38,7 @@ def _number(raw: str, account: Account, field: str) -> str:
 
 
 def _limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
-    raw = request.rel_url.query.get("limit")
+    raw = query_of(request).get("limit")
     if raw is None:
         return default
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= most:
@@ -105,7 +105,7 @@ async def post_template(request: web.Request) -> web.Response:
 
 async def list_templates(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    status = request.rel_url.query.get("status")
+    status = query_of(request).get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
     rows = await ctx.store.list_templates(
@@ -128,7 +128,7 @@ async def get_template(request: web.Request) -> web.Response:
 async def list_optouts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
-    cursor = request.rel_url.query.get("cursor")
+    cursor = query_of(request).get("cursor")
     limit = _limit(request)
     rows = await ctx.store.list_optouts(account.id, after=cursor, limit=limit + 1)
     more = len(rows) > limit
@@ -198,7 +198,7 @@ async def get_balance(request: web.Request) -> web.Response:
 
 async def get_ledger(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    raw = request.rel_url.query.get("after", "0")
+    raw = query_of(request).get("after", "0")
     if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise ApiError("INVALID_CURSOR", "after: an entry id returned by this API")
     limit = _limit(request)

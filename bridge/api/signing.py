@@ -393,6 +393,12 @@ def verify_checked(
 ) -> None:
     """`verify_signature` for a server that already lowered the headers and ran
     `check_signed_headers` on them (its first check, before the key lookup): once per request."""
+    for name in auth.signed_headers:
+        try:
+            lowered[name].encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 reach us as surrogates: refused by name, not a 500.
+            raise _mismatch(f"header '{name}' is not valid UTF-8") from None
     claimed = lowered["x-bridge-content-sha256"]
     actual = body_sha256(body)
     if not hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii")):

@@ -13,7 +13,7 @@ from aiohttp import web
 from bridge import jsonio
 from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
-from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext
+from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import encode_options, parse_send_request
@@ -72,12 +72,31 @@ async def post_messages(request: web.Request) -> web.Response:
     try:
         return await _checked_post(ctx, request, claim, now_ms)
     except ApiError as exc:
-        if claim is not None and exc.code != "NONCE_REUSED":
+        if claim is not None and exc.code not in _AUTH_CODES and not request.get(_SPENT):
             # A refused send still spends its nonce: the same signed request must not be
             # accepted later by replaying it (the accept transaction that would have recorded
-            # the nonce was never committed).
-            await ctx.store.authorize_request(claim.key_id, claim.nonce, claim.expires_at, now_ms)
+            # the nonce was never committed). And a key revoked (or an account disabled) since
+            # the cached copy is the answer, before what was wrong with the request.
+            await _spend_nonce(ctx, claim, now_ms)
         raise
+
+
+# Set once the request's nonce is recorded (by the accept transaction or by _spend_nonce).
+_SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
+# Refusals that already come from the key, nonce and account checks.
+_AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY", "ACCOUNT_DISABLED"})
+
+
+async def _spend_nonce(ctx: ApiContext, claim: NonceClaim, now_ms: int) -> None:
+    """Record the deferred nonce and re-check the key and account live: the refusal for any of
+    them (a replayed nonce, a revoked key, a disabled account) is raised."""
+    outcome, account = await ctx.store.authorize_request(
+        claim.key_id, claim.nonce, claim.expires_at, now_ms
+    )
+    if outcome != "ok" or account is None:
+        raise refusal(outcome if account is not None else "unknown_key")
+    if not account.active:
+        raise refusal("disabled")
 
 
 async def _checked_post(
@@ -155,6 +174,12 @@ async def _accept_once(
         # the accept transaction itself detects a replay, saving a read per request.
         existing = await ctx.store.get_idempotency(account.id, key, now_ms)
         if existing is not None:
+            if claim is not None and existing.request_hash == req_hash:
+                # The replay is an answer like any other: its nonce is spent and the key and
+                # account are checked live first (a captured request replayed again, a key
+                # revoked a moment ago).
+                request[_SPENT] = True
+                await _spend_nonce(ctx, claim, now_ms)
             return _replay(existing, req_hash), b"", []
         if claim is not None:
             # Refused with the cached account: refuse only what the current settings refuse.
@@ -195,6 +220,9 @@ async def _accept_once(
         ),
         now_ms,
     )
+    # The accept transaction kept the nonce when it accepted or found the key's first request;
+    # a refusal took it back (the caller spends it then).
+    request[_SPENT] = claim is not None and (outcome.accepted or outcome.existing is not None)
     return outcome, payload, messages
 
 
@@ -225,7 +253,7 @@ async def get_message(request: web.Request) -> web.Response:
 async def list_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = request.rel_url.query
+    q = query_of(request)
     unknown = sorted(set(q) - {"to", "date", "status", "cursor", "limit"})
     if unknown:
         raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown query parameter")

@@ -1012,7 +1012,6 @@ async def test_list_filters(api_server, make_account, clock):
         ("cursor=abc", "INVALID_CURSOR", "cursor"),
         ("cursor=msg_01M8M39T0N0B3VTSPJBQ7DDJ7M%0A", "INVALID_CURSOR", "cursor"),
         ("to=hello", "INVALID_NUMBER", "to"),
-        ("to=+8613800138000", "INVALID_NUMBER", "to"),  # a raw + is a space: send %2B
         ("colour=red", "UNKNOWN_FIELD", "colour"),
         ("%ED%A0%80=1", "UNKNOWN_FIELD", "unknown"),  # a lone surrogate as a name
     ],

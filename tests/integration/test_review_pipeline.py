@@ -1,0 +1,221 @@
+"""Review probes of the delivery pipeline's scheduling and recovery (each test is a defect
+report: it fails while the defect is there)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from bridge.config import SmscConfig
+from bridge.pipeline.dispatcher import Dispatcher
+from bridge.smpp.codec import ShortMessage
+from bridge.smpp.connector import SubmitOutcome
+from bridge.smpp.router import Route, Router
+from bridge.store.base import Store
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import tests.store_engines as engines  # noqa: E402
+from tests.integration.test_store import NOW, accept, account, get, message  # noqa: E402
+
+engine = engines.engine
+store = engines.store
+
+WINDOW = 10
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+class SlotWaitConnector:
+    """Holds each message as if waiting for a window slot (a throttle pause, a full window),
+    then accepts every part; records the bodies that left."""
+
+    def __init__(self, name: str = "t1", up: bool = True) -> None:
+        self.name = name
+        self.up = up
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+        self.left: list[str] = []
+        self.calls = 0
+
+    @property
+    def is_up(self) -> bool:
+        return self.up
+
+    def free_slots(self) -> int:
+        return WINDOW if self.up else 0
+
+    def window_size(self) -> int:
+        return WINDOW if self.up else 0
+
+    def refuse_new(self) -> None:
+        pass
+
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[SubmitOutcome]:
+        self.calls += 1
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        if before_first is not None:
+            await before_first()
+        self.left.extend(p.short_message.decode() for p in parts)
+        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+
+
+class RaisingConnector(SlotWaitConnector):
+    async def send_message(
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[SubmitOutcome]:
+        self.calls += 1
+        raise RuntimeError("unexpected bug in the send path")
+
+
+def _smsc(name: str = "t1") -> SmscConfig:
+    return SmscConfig(name=name, system_id="t", password="t", window=WINDOW)
+
+
+async def _until(pred: Callable[[], Awaitable[bool]], tries: int = 300) -> bool:
+    for _ in range(tries):
+        if await pred():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_validity_passing_while_a_claim_holds_the_message_is_not_sent(
+    store: Store,
+) -> None:
+    """A message claimed before its validity ran out waits at the connector (full window,
+    throttle pause) until after it: it must end `expired`, not go out with a validity_period
+    in the past (the SMSC rejects it, ESME_RINVEXPIRY -> `failed`, or accepts and bills it)."""
+    await store.create_account(account())
+    await accept(store, message("m0", parts=2, expires_at=NOW + 30_000))
+    clock = Clock(NOW)
+    conn = SlotWaitConnector()
+    conn.gate.clear()
+    d = Dispatcher(
+        store, {"t1": conn}, Router([], ["t1"]), {"t1": _smsc()},
+        instance="inst-1", idle_s=0.01, clock=clock,
+    )  # fmt: skip
+    task = asyncio.create_task(d.run())
+    try:
+
+        async def waiting() -> bool:
+            return conn.waiting == 1
+
+        assert await _until(waiting)
+        clock.ms = NOW + 60_000  # validity passed while it waited for a slot
+        conn.gate.set()
+
+        async def settled() -> bool:
+            return d.inflight == 0
+
+        assert await _until(settled)
+    finally:
+        await d.stop(0.5)
+        task.cancel()
+    rec = await get(store, "m0")
+    assert conn.left == [], f"sent after its validity: {conn.left}"
+    assert rec.state == "expired"
+
+
+async def test_an_exception_in_the_send_path_does_not_strand_the_claim(store: Store) -> None:
+    """Any unexpected exception between claim and result (a bug in the connector, a callback, a
+    bad stored TLV in build_parts) ends the task with nothing recorded and nothing released:
+    the message stays `claimed`. On SQLite reclaim() is a no-op, so it stays claimed (and in
+    queue_depth) until the process restarts; on PostgreSQL until the 5-minute lease lapses."""
+    await store.create_account(account())
+    await accept(store, message("m0"))
+    conn = RaisingConnector()
+    clock = Clock(NOW)
+    d = Dispatcher(
+        store, {"t1": conn}, Router([], ["t1"]), {"t1": _smsc()},
+        instance="inst-1", idle_s=0.01, clock=clock,
+    )  # fmt: skip
+    task = asyncio.create_task(d.run())
+    try:
+
+        async def tried() -> bool:
+            return conn.calls >= 1 and d.inflight == 0
+
+        assert await _until(tried)
+        await asyncio.sleep(0.1)
+    finally:
+        await d.stop(0.5)
+        task.cancel()
+    # Housekeeping of a running process, an hour later.
+    later = NOW + 3_600_000
+    await store.reclaim(later, frozenset())
+    await store.sweep(later, 72 * 3_600_000)
+    again = await store.claim("inst-1", 10, later, 300_000)
+    assert [w.id for w in again] == ["m0"], "the message is stranded in 'claimed'"
+
+
+async def test_a_backlog_for_a_down_route_does_not_hold_up_other_routes(store: Store) -> None:
+    """One route's SMSC is down (no failover: no default route). Its backlog is claimed,
+    released (not_before now+1 s, attempt not counted) and claimed again for ever; since claims
+    go oldest first, a message for a working route accepted after that backlog is claimed only
+    once the whole backlog has been claimed and released (and, with a real clock, again every
+    time the backlog comes due: with N queued for the down SMSC every other route's latency is
+    about N / churn rate, while the store is rewritten at that rate)."""
+    await store.create_account(account())
+    n = 1000
+    for i in range(0, n, 500):
+        await accept(
+            store,
+            *(message(f"b{j:05d}", recipient="+4420000000", at=NOW) for j in range(i, i + 500)),
+        )
+    await accept(store, message("a0", recipient="+8613800138000", at=NOW + 1))
+    claimed_before_a0: list[str] = []
+    claim = store.claim
+
+    async def watching_claim(*args: object, **kw: object) -> object:
+        work = await claim(*args, **kw)  # type: ignore[arg-type]
+        if "a0" not in claimed_before_a0:
+            ids = [w.id for w in work]
+            claimed_before_a0.extend(i for i in ids if i != "a0")
+            if "a0" in ids:
+                claimed_before_a0.append("a0")
+        return work
+
+    store.claim = watching_claim  # type: ignore[method-assign]
+    up = SlotWaitConnector("up")
+    down = SlotWaitConnector("down", up=False)
+    router = Router([Route("+44", ("down",)), Route("+86", ("up",))], [])
+    d = Dispatcher(
+        store, {"up": up, "down": down}, router, {"up": _smsc("up"), "down": _smsc("down")},
+        instance="inst-1", idle_s=0.01, in_flight_windows=2,
+        clock=lambda: (NOW + 10) / 1000,
+    )  # fmt: skip
+    task = asyncio.create_task(d.run())
+    try:
+
+        async def a0_sent() -> bool:
+            return "a0/1" in up.left
+
+        assert await _until(a0_sent, tries=1000)
+    finally:
+        await d.stop(0.5)
+        task.cancel()
+        store.claim = claim  # type: ignore[method-assign]
+    churned = len(claimed_before_a0) - 1
+    assert churned <= 2 * WINDOW, f"{churned} unroutable claims went ahead of a0"
