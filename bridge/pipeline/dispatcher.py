@@ -106,6 +106,7 @@ class Dispatcher:
             self._flush_routes, max_items=1000, max_delay_s=0.001, name="routes"
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
+        self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -203,6 +204,13 @@ class Dispatcher:
         pending: list[asyncio.Future[None]] = []
         try:
             await self._send_parts(msg, pending.append)
+        except Exception:
+            # A fault nobody planned for (a bad stored row, a callback): give the claim back as
+            # a counted attempt, or the message stayed claimed (on SQLite until a restart).
+            log.exception("sending a message failed; it is requeued")
+            now_ms = int(self.clock() * 1000)
+            retry = Release(msg.id, now_ms + retry_delay_ms(msg.attempts), count_attempt=True)
+            pending.append(self._results.add(retry))
         finally:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -225,8 +233,15 @@ class Dispatcher:
             msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
         )
         if name is None:
-            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            # No SMSC of its route is up: back off (1 s, 2 s, 4 s ... 60 s per message), or a
+            # backlog for a down route is claimed and released every second ahead of the rest.
+            waits = self._no_route.get(msg.id, 0)
+            if len(self._no_route) > 100_000:
+                self._no_route.clear()
+            self._no_route[msg.id] = waits + 1
+            add(Release(msg.id, now_ms + min(60_000, 1000 << waits), count_attempt=False))
             return
+        self._no_route.pop(msg.id, None)
         connector = self.connectors[name]
         smsc = self.smscs[name]
         rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
