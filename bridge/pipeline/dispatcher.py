@@ -55,6 +55,7 @@ class ConnectorLike(Protocol):
         self,
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> list: ...
 
 
@@ -258,8 +259,12 @@ class Dispatcher:
                     self._unrouted.discard(msg.id)
                     raise _RouteNotRecorded(lost=True)
 
+        deadline = None
+        if msg.expires_at is not None:
+            loop_now = asyncio.get_running_loop().time()
+            deadline = loop_now + (msg.expires_at - now_ms) / 1000
         try:
-            outcomes = await connector.send_message(build_parts(msg, smsc), before)
+            outcomes = await connector.send_message(build_parts(msg, smsc), before, deadline)
         except _RouteNotRecorded as exc:  # nothing left
             if exc.lost:
                 log.warning("claim taken back by another instance; not sent")
@@ -331,6 +336,10 @@ class Dispatcher:
                 delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
                 release = Release(msg.id, now_ms + delay, count_attempt=out.kind == "transient")
                 self.retried += 1
+                break
+            elif out.kind == "expired":  # its validity passed while it waited: none goes out
+                for rest in msg.segments[msg.segments.index(seg) :]:
+                    add(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
                 break
             else:  # cancelled: an earlier part failed; the store fails the rest
                 break

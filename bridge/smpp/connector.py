@@ -105,10 +105,14 @@ class SmscSettings(Protocol):
 @dataclass(frozen=True, slots=True)
 class SubmitOutcome:
     index: int  # which part of the message (0-based)
-    kind: str  # "ok" | "permanent" | "transient" | "no_bind" | "cancelled"
+    kind: str  # "ok" | "permanent" | "transient" | "no_bind" | "cancelled" | "expired"
     status: int  # SMPP command_status; 0 for ok, -1 when none (timeout, connection lost, no bind)
     status_name: str  # "ESME_RINVDSTADR", "TIMEOUT", "CONNECTION_LOST", "NO_BIND", "CANCELLED"
     message_id: str | None  # the raw submit_sm_resp id when ok
+
+
+class _Expired(Exception):
+    """A part's deadline passed while it waited to be sent."""
 
 
 def _no_bind(i: int) -> SubmitOutcome:
@@ -398,6 +402,7 @@ class Connector:
         self,
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> list[SubmitOutcome]:
         """Send a message's parts in order on one bind; one outcome per part (see module doc).
 
@@ -405,7 +410,11 @@ class Connector:
         before it goes out: the dispatcher records there where a message is going, for SMSCs
         that must never get a part twice (`in_flight_on_restart: unknown`). Earlier, a message
         still waiting for a slot at a crash would count as possibly sent; later, a part could
-        leave unrecorded. An exception from it is raised here, with nothing sent."""
+        leave unrecorded. An exception from it is raised here, with nothing sent.
+
+        `deadline` (event-loop time): the message's validity. A part that has not left by then
+        (it waited for a window slot, a throttle pause, a bind) is "expired" and not sent, nor
+        are the parts after it; sent late, its validity_period would be in the past."""
         n = len(parts)
         if n == 0:
             return []
@@ -419,7 +428,7 @@ class Connector:
             outcomes: list[SubmitOutcome] = []
             for i, part in enumerate(parts):
                 outcome, bind = await self._send_part(
-                    i, part, bind, before_first if i == 0 else None
+                    i, part, bind, before_first if i == 0 else None, deadline
                 )
                 outcomes.append(outcome)
                 if outcome.kind != "ok":
@@ -436,6 +445,7 @@ class Connector:
         part: ShortMessage,
         bind: _Bind | None,
         before: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
         loop = asyncio.get_running_loop()
         transient = 0
@@ -451,7 +461,9 @@ class Connector:
                 if bind is None:
                     return _no_bind(index), None
             try:
-                res = await self._submit_on(bind, part, priority, before)
+                res = await self._submit_on(bind, part, priority, before, deadline)
+            except _Expired:
+                return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
             except EncodeError as e:
                 self._failed[e.code] += 1
                 self._error(f"part {index} cannot be encoded: {e}")
@@ -513,15 +525,19 @@ class Connector:
         part: ShortMessage,
         priority: bool,
         before: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> SubmitResult | None:
         """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
-        limit, then submit_sm. None when the bind went down or closed before the PDU was sent."""
+        limit, then submit_sm. None when the bind went down or closed before the PDU was sent;
+        _Expired when `deadline` passed while it waited (nothing sent)."""
         if not await self._acquire(b, priority):
             return None
         fut = None
         try:
             if self._throttler is not None:
                 await self._throttler.acquire()
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                raise _Expired
             if before is not None:
                 await before()  # holding the slot: nothing else takes it meanwhile
             proto = b.proto

@@ -72,6 +72,7 @@ class HeldConnector:
         self,
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> list[SubmitOutcome]:
         if before_first is not None:
             await before_first()
@@ -338,6 +339,7 @@ class GatedConnector(HeldConnector):
         self,
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
+        deadline: float | None = None,
     ) -> list[SubmitOutcome]:
         self.waiting += 1
         await self.gate.wait()

@@ -292,6 +292,29 @@ async def test_window_fills_to_exactly_n_and_drains(smsc: FakeSmsc) -> None:
         assert c.snapshot()["submits"] == {"ok": 8, "failed": {}}
 
 
+async def test_a_part_whose_validity_passes_while_it_waits_is_not_sent(smsc: FakeSmsc) -> None:
+    """A message waits for a window slot past its validity: it comes back "expired" with
+    nothing sent (sent late, its validity_period would be in the past), and so do the parts
+    after it; one whose deadline is still ahead goes out."""
+    smsc.on_submit = lambda conn, pdu: None  # hold every response: the window stays full
+    async with running(smsc_cfg(smsc.port, window=1)) as c:
+        assert await c.wait_up(2.0)
+        first = asyncio.create_task(c.send_message([part("first")]))
+        await eventually(lambda: len(smsc.held) == 1)
+        loop = asyncio.get_running_loop()
+        late = asyncio.create_task(
+            c.send_message([part("late1"), part("late2")], deadline=loop.time() + 0.1)
+        )
+        fine = asyncio.create_task(c.send_message([part("fine")], deadline=loop.time() + 30))
+        await asyncio.sleep(0.3)
+        smsc.on_submit = None
+        smsc.release()  # the slot frees after the late message's deadline
+        assert [o.kind for o in await asyncio.wait_for(late, 2.0)] == ["expired", "cancelled"]
+        assert [o.kind for o in await asyncio.wait_for(fine, 2.0)] == ["ok"]
+        assert [o.kind for o in await asyncio.wait_for(first, 2.0)] == ["ok"]
+        assert sorted(smsc.submits()) == [b"fine", b"first"]
+
+
 async def test_refuse_new_sends_back_what_has_not_left_and_finishes_the_rest(
     smsc: FakeSmsc,
 ) -> None:
