@@ -134,6 +134,14 @@ async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            # aiohttp would decompress the body, and the signed body hash (over the bytes the
+            # client sent, compressed) would then never match: say what is wrong instead.
+            raise ApiError(
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
+            )
         body = await request.read()
         request[BODY] = body
         # A send records its nonce inside its accept transaction (one write, not two).

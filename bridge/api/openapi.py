@@ -55,7 +55,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
-    "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json.",
+    "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json, "
+    "or compressed (Content-Encoding).",
     "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used with a different body in the last "
     "server.idempotency_hours (default 24).",
     "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
@@ -238,7 +239,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _ref("responses", f"E{s}") for s in sorted(set(statuses))}
 
 
-_V1_ERRORS = (401, 403, 413, 500, 503)  # 503: STORE_UNAVAILABLE, on any of them
+_V1_ERRORS = (401, 403, 413, 415, 500, 503)  # 415: a compressed body; 503: STORE_UNAVAILABLE
 _ADMIN_ERRORS = (401, 403, 413, 500, 503)
 
 

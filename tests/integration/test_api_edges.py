@@ -194,3 +194,15 @@ async def test_reordered_repeated_parameters_do_not_change_the_answer(api_server
     # either order, whichever value came first.
     for r in (as_signed, swapped):
         assert (r.status, r.code) == (400, "INVALID_FIELD") and "status" in r.message
+
+
+async def test_a_compressed_body_is_refused_by_name(api_server, make_account):
+    """aiohttp decompresses a gzip body, so its signed hash (over what the client sent) could
+    never match: a clear 415 instead of a BODY_HASH_MISMATCH about bytes nobody sent."""
+    creds = await make_account()
+    r = await api_server.request(
+        "GET", "/v1/account", creds=creds, headers={"Content-Encoding": "gzip"}
+    )
+    assert (r.status, r.code) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    assert "Content-Encoding" in r.message
+    assert (await api_server.request("GET", "/v1/account", creds=creds)).status == 200
