@@ -161,15 +161,22 @@ class Authenticator:
             if deferred_account is None:
                 raise refusal("unknown_key")
             return Principal(deferred_account, key, NonceClaim(key.key_id, nonce, expires_at))
+        account = await self.spend(NonceClaim(key.key_id, nonce, expires_at), now_ms)
+        return Principal(account=account, key=key)
+
+    async def spend(self, claim: NonceClaim, now_ms: int) -> Account:
+        """Record the nonce and re-read the key and account live; the refusal for a replayed
+        nonce, a revoked or unknown key or a disabled account is raised. The send path calls it
+        for answers given without its accept transaction (a refusal, an idempotent replay)."""
         outcome, account = await self._store.authorize_request(
-            key.key_id, nonce, expires_at, now_ms
+            claim.key_id, claim.nonce, claim.expires_at, now_ms
         )
         if outcome != "ok" or account is None:
-            self._cache.pop(key.key_id, None)
+            self._cache.pop(claim.key_id, None)
             raise refusal(outcome if account is not None else "unknown_key")
         if not account.active:
             raise refusal("disabled")
-        return Principal(account=account, key=key)
+        return account
 
 
 def _utc(ts: float) -> datetime:

@@ -77,26 +77,14 @@ async def post_messages(request: web.Request) -> web.Response:
             # accepted later by replaying it (the accept transaction that would have recorded
             # the nonce was never committed). And a key revoked (or an account disabled) since
             # the cached copy is the answer, before what was wrong with the request.
-            await _spend_nonce(ctx, claim, now_ms)
+            await ctx.auth.spend(claim, now_ms)
         raise
 
 
-# Set once the request's nonce is recorded (by the accept transaction or by _spend_nonce).
+# Set once the request's nonce is recorded (by the accept transaction or by auth.spend).
 _SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
 # Refusals that already come from the key, nonce and account checks.
 _AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY", "ACCOUNT_DISABLED"})
-
-
-async def _spend_nonce(ctx: ApiContext, claim: NonceClaim, now_ms: int) -> None:
-    """Record the deferred nonce and re-check the key and account live: the refusal for any of
-    them (a replayed nonce, a revoked key, a disabled account) is raised."""
-    outcome, account = await ctx.store.authorize_request(
-        claim.key_id, claim.nonce, claim.expires_at, now_ms
-    )
-    if outcome != "ok" or account is None:
-        raise refusal(outcome if account is not None else "unknown_key")
-    if not account.active:
-        raise refusal("disabled")
 
 
 async def _checked_post(
@@ -179,7 +167,7 @@ async def _accept_once(
                 # account are checked live first (a captured request replayed again, a key
                 # revoked a moment ago).
                 request[_SPENT] = True
-                await _spend_nonce(ctx, claim, now_ms)
+                await ctx.auth.spend(claim, now_ms)
             return _replay(existing, req_hash), b"", []
         if claim is not None:
             # Refused with the cached account: refuse only what the current settings refuse.
