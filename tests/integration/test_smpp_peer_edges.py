@@ -5,10 +5,11 @@ misbehaviour under test."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +17,18 @@ import pytest
 from bridge.config import SmscConfig
 from bridge.smpp import constants as C
 from bridge.smpp.codec import BindResp, MessageIdResp, Pdu, ShortMessage, decode, encode
-from bridge.smpp.connector import Connector
 from bridge.smpp.framing import Framer
 
-PASSWORD = "pw"
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.integration.test_smpp_connector import (  # noqa: E402
+    eventually,
+    part,
+    running,
+    smsc_cfg,
+)
 
 
 @dataclass(eq=False)
@@ -109,39 +118,10 @@ class MiniSmsc:
 
 
 def cfg(port: int, **kw: Any) -> SmscConfig:
-    base: dict[str, Any] = {
-        "name": "rv",
-        "host": "127.0.0.1",
-        "port": port,
-        "system_id": "esme",
-        "password": PASSWORD,
-        "window": 10,
-        "response_timeout_s": 0.3,
-        "enquire_link_s": 30.0,
-        "reconnect_min_s": 0.05,
-        "reconnect_max_s": 0.2,
-        "unbind_timeout_s": 0.3,
-    }
-    base.update(kw)
-    return SmscConfig(**base)
-
-
-def part(text: str) -> ShortMessage:
-    return ShortMessage(
-        source_addr="SRC", destination_addr="8613800138000", short_message=text.encode()
-    )
-
-
-async def ok_deliver(name: str, body: ShortMessage) -> int:
-    return C.ESME_ROK
-
-
-async def eventually(cond: Callable[[], bool], within_s: float = 2.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
+    """The connector tests' SMSC settings, with short timeouts for the misbehaviour here."""
+    base = {"name": "rv", "response_timeout_s": 0.3, "unbind_timeout_s": 0.3,
+            "max_transient_retries": 5}  # fmt: skip
+    return smsc_cfg(port, **{**base, **kw})
 
 
 @pytest.fixture
@@ -150,16 +130,6 @@ async def smsc() -> AsyncIterator[MiniSmsc]:
     await s.start()
     yield s
     await s.close()
-
-
-@contextlib.asynccontextmanager
-async def running(c: SmscConfig, on_deliver: Any = ok_deliver, **kw: Any) -> AsyncIterator[Any]:
-    conn = Connector(c, on_deliver, **kw)
-    await conn.start()
-    try:
-        yield conn
-    finally:
-        await conn.stop(grace_s=0.1)
 
 
 # --- late responses -------------------------------------------------------------------------------
