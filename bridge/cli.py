@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(float(os.environ.get("SMPP_BRIDGE_SWITCH_INTERVAL", "0.0005")))
     workers = cfg.server.workers if args.workers is None else args.workers
     if args.role == "acceptor":
+        os.nice(cfg.server.acceptor_nice)  # see ServerConfig.acceptor_nice
         main_coro = Daemon(cfg, role="acceptor", config_path=args.config).run_forever
     elif workers > 0:
         from bridge.supervisor import Supervisor

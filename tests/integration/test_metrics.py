@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,13 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
     proc.start()
     try:
         await proc.wait_ready(30)
+        # server.acceptor_nice (default 5): the acceptors yield the CPU to the owner.
+        owner = proc.proc.pid
+        children = Path(f"/proc/{owner}/task/{owner}/children")
+        kids = [int(k) for k in children.read_text().split()]  # noqa: ASYNC240 (procfs)
+        assert len(kids) == 2
+        base = os.getpriority(os.PRIO_PROCESS, owner)
+        assert [os.getpriority(os.PRIO_PROCESS, k) for k in kids] == [base + 5, base + 5]
         creds = await _account_via_cli(proc)
         n = 12
         fresh = aiohttp.TCPConnector(force_close=True)  # a new connection, so either acceptor
