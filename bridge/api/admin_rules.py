@@ -1,8 +1,10 @@
-"""Operator endpoints for the sending rules and money: sign/template review, do-not-contact lists,
-tariffs, top-ups, vouchers, stored-value cards, settlement and account closure."""
+"""Operator endpoints for the sending rules and money: sign/template review, lifting opt-outs,
+do-not-contact lists, tariffs, top-ups, vouchers, stored-value cards, settlement and account
+closure."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -12,13 +14,16 @@ from bridge import billing, review
 from bridge.accounts import AccountError, public_account
 from bridge.api.context import query_of
 from bridge.api.errors import ApiError
-from bridge.api.rules_api import bill_for, check_month, reraise
+from bridge.api.rules_api import bill_for, check_month, mask, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.dnc import parse_dnc_csv
+from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import BillingError
 from bridge.ids import new_id
 from bridge.store.base import StoreError
 from bridge.store.models import Account, DncInfo
+
+log = logging.getLogger("bridge.api.admin")
 
 LIST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 COUNTRY = re.compile(r"[A-Z]{2}")
@@ -121,6 +126,31 @@ async def review_template(request: web.Request) -> web.Response:
     except review.ReviewError as exc:
         raise reraise(exc) from None
     return json_response(review.template_view(t, operator=True))
+
+
+# -- opt-outs -------------------------------------------------------------------------------------
+
+
+async def delete_optout(request: web.Request) -> web.Response:
+    """Lift an opt-out whatever its source, a recipient's reply included (the customer may not:
+    rules_api.delete_optout). Logged, so lifting a recipient's STOP leaves a trace."""
+    ctx = ctx_of(request)
+    account = await _account(request)
+    try:
+        number = normalize(request.match_info["number"], account.default_country)
+    except PhoneError as exc:
+        raise ApiError("INVALID_NUMBER", f"number: {exc.message}") from None
+    source = await ctx.store.remove_optout(account.id, number, sources=None)
+    if source is None:
+        raise ApiError("NOT_FOUND", f"{number} is not on the opt-out list of {account.id}")
+    # Masked: the audit trail needs the account and source, not the recipient's full number.
+    log.info(
+        "operator lifted an opt-out",
+        extra={"account": account.id, "number": mask(number), "source": source},
+    )
+    return json_response(
+        {"account_id": account.id, "number": number, "removed": True, "source": source}
+    )
 
 
 # -- do-not-contact lists --------------------------------------------------------------------------
@@ -305,6 +335,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/accounts/{ref}/signs/{name}/review", review_sign)
     r.add_get("/admin/templates", list_templates)
     r.add_post("/admin/templates/{code}/review", review_template)
+    r.add_delete("/admin/accounts/{ref}/optouts/{number}", delete_optout)
     r.add_get("/admin/dnc", list_dnc)
     r.add_put("/admin/dnc/{id}", put_dnc)
     r.add_delete("/admin/dnc/{id}", delete_dnc)

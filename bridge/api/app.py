@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -44,6 +45,20 @@ def _endpoint(request: web.Request) -> str:
     return f"{request.method} {resource.canonical}"
 
 
+_PHONE_SEGMENT = re.compile(r"\+?\d{6,}")
+
+
+def _log_path(request: web.Request) -> str:
+    """The path as log lines may show it: routes carry phone numbers (/v1/optouts/{number},
+    erasure, admin), so with masking on such a segment is masked like every number in the logs."""
+    path = request.path
+    if not logs.masking():
+        return path
+    return "/".join(
+        logs.number(seg) or seg if _PHONE_SEGMENT.fullmatch(seg) else seg for seg in path.split("/")
+    )
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
@@ -70,7 +85,7 @@ async def errors_middleware(request: web.Request, handler):
             extra={
                 "request_id": request_id,
                 "method": request.method,
-                "path": request.path,
+                "path": _log_path(request),
                 "status": resp.status,
                 "code": code,
                 "ms": round(elapsed * 1000, 1),
@@ -88,7 +103,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
             "refused",
             extra={
                 "method": request.method,
-                "path": request.path,
+                "path": _log_path(request),
                 "status": exc.status,
                 "code": exc.code,
             },
@@ -110,7 +125,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
         if is_unavailable(exc):
             log.error(
                 "store unavailable",
-                extra={"method": request.method, "path": request.path, "error": repr(exc)},
+                extra={"method": request.method, "path": _log_path(request), "error": repr(exc)},
             )
             return _error_response(
                 "STORE_UNAVAILABLE",
@@ -120,7 +135,9 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 CODES["STORE_UNAVAILABLE"],
                 {"Retry-After": str(STORE_RETRY_AFTER_S)},
             ), "STORE_UNAVAILABLE"
-        log.exception("internal error", extra={"method": request.method, "path": request.path})
+        log.exception(
+            "internal error", extra={"method": request.method, "path": _log_path(request)}
+        )
         return _error_response(
             "INTERNAL_ERROR",
             "internal error; quote the request id to the operator",

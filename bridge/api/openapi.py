@@ -87,6 +87,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "RECIPIENT_OPTED_OUT": "The recipient opted out of this account's messages (reply TD/STOP "
     "or /v1/optouts).",
     "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list.",
+    "OPTOUT_BY_RECIPIENT": "The recipient opted out by replying (source mo): the account cannot "
+    "take the number off its opt-out list; only an operator can lift it.",
     "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed.",
     "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed.",
     "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed.",

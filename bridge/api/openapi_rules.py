@@ -356,6 +356,18 @@ def rules_schemas() -> dict[str, Any]:
             }
         ),
         "OptOutRemoved": _obj({"number": _E164, "removed": {"type": "boolean", "enum": [True]}}),
+        "AdminOptOutRemoved": _obj(
+            {
+                "account_id": {"type": "string", "pattern": "^acc_[0-9A-Z]{26}$"},
+                "number": _E164,
+                "removed": {"type": "boolean", "enum": [True]},
+                "source": {
+                    "type": "string",
+                    "enum": ["mo", "api"],
+                    "description": "the removed entry's: mo when a recipient's reply is lifted",
+                },
+            }
+        ),
         "Erased": _obj(
             {
                 "number": {
@@ -610,8 +622,10 @@ def rules_paths() -> dict[str, Any]:
             "parameters": [number],
             "delete": _rules(
                 "removeOptOut",
-                "Take a number off the opt-out list",
-                {"200": _ok("OptOutRemoved", "removed"), **_errors(400, 404)},
+                "Take a number the account added (source api) off the opt-out list; a "
+                "recipient's own opt-out (source mo) is 409 OPTOUT_BY_RECIPIENT: only an "
+                "operator can lift it",
+                {"200": _ok("OptOutRemoved", "removed"), **_errors(400, 404, 409)},
             ),
         },
         "/v1/recipients/{number}/erase": {
@@ -702,6 +716,16 @@ def rules_paths() -> dict[str, Any]:
                 "approved (400 INVALID_REQUEST)",
                 {"200": _ok("AdminTemplate", "decided"), **_errors(400, 404, 415)},
                 requestBody=_json_body("ReviewDecision"),
+            ),
+        },
+        # -- operator: opt-outs
+        "/admin/accounts/{ref}/optouts/{number}": {
+            "parameters": [ref, number],
+            "delete": _admin_op(
+                "adminRemoveOptOut",
+                "Lift an account's opt-out whatever its source, a recipient's reply (mo) "
+                "included; logged with the account, the masked number and the source",
+                {"200": _ok("AdminOptOutRemoved", "removed"), **_errors(400, 404)},
             ),
         },
         # -- operator: do-not-contact lists

@@ -162,12 +162,23 @@ async def post_optouts(request: web.Request) -> web.Response:
     return json_response({"added": added, "numbers": sorted(set(numbers))})
 
 
+# What a customer may take off its own list: only what it put there. A recipient's reply (`mo`)
+# is the recipient's decision; only an operator lifts it (admin_rules.delete_optout).
+CUSTOMER_REMOVABLE = frozenset({"api"})
+
+
 async def delete_optout(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     number = _number(request.match_info["number"], account, "number")
-    if not await ctx.store.remove_optout(account.id, number):
+    source = await ctx.store.remove_optout(account.id, number, sources=CUSTOMER_REMOVABLE)
+    if source is None:
         raise ApiError("NOT_FOUND", f"{number} is not on the opt-out list")
+    if source not in CUSTOMER_REMOVABLE:
+        raise ApiError(
+            "OPTOUT_BY_RECIPIENT",
+            f"{number}: the recipient opted out by reply; only an operator can lift it",
+        )
     return json_response({"number": number, "removed": True})
 
 

@@ -17,7 +17,7 @@ their first statement, `facts_sql`.)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -444,29 +444,56 @@ class RulesStoreMixin:
     async def add_optouts(
         self, account_id: str, numbers: Sequence[str], source: str, now: int
     ) -> int:
+        # A reply outranks the customer's own entry: left `api`, the customer could delete it and
+        # message a recipient who replied STOP. DO UPDATE rather than DO NOTHING and an UPDATE
+        # after: DO NOTHING saw an entry a customer's delete was removing, the UPDATE then found
+        # nothing, and the reply was lost; DO UPDATE waits for that delete and then inserts.
+        # Distinct numbers: DO UPDATE may not touch one row twice in a statement.
+        # xmax = 0 tells an inserted row from one taken over (counted as added: not).
+        on_conflict = (
+            "DO UPDATE SET source = 'mo' WHERE optouts.source <> 'mo' RETURNING xmax = 0"
+            if source == "mo"
+            else "DO NOTHING RETURNING true"
+        )
+
         async def job(c: asyncpg.Connection) -> int:
             rows = await c.fetch(
                 "INSERT INTO optouts (account_id, recipient, source, created_at) "
                 "SELECT $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, ord) "
-                "ORDER BY ord ON CONFLICT (account_id, recipient) DO NOTHING RETURNING 1",
+                f"ORDER BY ord ON CONFLICT (account_id, recipient) {on_conflict}",
                 account_id,
-                list(numbers),
+                list(dict.fromkeys(numbers)),
                 source,
                 now,
             )
             # What the account queued or scheduled to them earlier is not sent either.
             await _end_queued(c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now)
-            return len(rows)
+            return sum(1 for r in rows if r[0])
 
         return await run_tx(self.pool, job)
 
-    async def remove_optout(self, account_id: str, number: str) -> bool:
-        found = await self.pool.fetchval(
-            "DELETE FROM optouts WHERE account_id = $1 AND recipient = $2 RETURNING 1",
-            account_id,
-            number,
-        )
-        return found is not None
+    async def remove_optout(
+        self, account_id: str, number: str, *, sources: Collection[str] | None
+    ) -> str | None:
+        allowed = None if sources is None else frozenset(sources)
+
+        async def job(c: asyncpg.Connection) -> str | None:
+            # FOR UPDATE: a reply taking the entry over (add_optouts, `mo`) waits for this
+            # transaction, or this one reads the source the reply committed.
+            source: str | None = await c.fetchval(
+                "SELECT source FROM optouts WHERE account_id = $1 AND recipient = $2 FOR UPDATE",
+                account_id,
+                number,
+            )
+            if source is not None and (allowed is None or source in allowed):
+                await c.execute(
+                    "DELETE FROM optouts WHERE account_id = $1 AND recipient = $2",
+                    account_id,
+                    number,
+                )
+            return source
+
+        return await run_tx(self.pool, job)
 
     async def list_optouts(
         self, account_id: str, after: str | None = None, limit: int = 100

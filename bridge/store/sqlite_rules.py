@@ -6,7 +6,7 @@ DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, set
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 from itertools import zip_longest
 from typing import Any
@@ -39,6 +39,12 @@ from bridge.store.rules_rows import (
     sign_values,
     template_row,
     template_values,
+)
+
+# An `mo` opt-out for a number the customer had already listed (`api`) takes the entry over:
+# left `api`, the customer could delete it and message a recipient who replied STOP.
+_CLAIM_BY_REPLY = (
+    "UPDATE optouts SET source='mo' WHERE account_id=? AND recipient IN ({}) AND source<>'mo'"
 )
 
 
@@ -405,6 +411,9 @@ class RulesStoreMixin:
                 "VALUES (?,?,?,?)",
                 [(account_id, n, source, now) for n in numbers],
             ).rowcount
+            if source == "mo":  # a reply outranks the customer's own entry: _CLAIM_BY_REPLY
+                for chunk in _chunks(list(numbers), 400):
+                    c.execute(_CLAIM_BY_REPLY.format(_marks(len(chunk))), (account_id, *chunk))
             # What the account queued or scheduled to them earlier is not sent either.
             for chunk in _chunks(list(numbers), 400):
                 _end_queued(
@@ -418,14 +427,25 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
-    async def remove_optout(self, account_id: str, number: str) -> bool:
-        def job(c: sqlite3.Connection) -> bool:
-            return (
+    async def remove_optout(
+        self, account_id: str, number: str, *, sources: Collection[str] | None
+    ) -> str | None:
+        allowed = None if sources is None else frozenset(sources)
+
+        def job(c: sqlite3.Connection) -> str | None:
+            # One write transaction (the runner's single writer): nothing changes the entry
+            # between reading its source and deleting it.
+            row = c.execute(
+                "SELECT source FROM optouts WHERE account_id=? AND recipient=?",
+                (account_id, number),
+            ).fetchone()
+            if row is None:
+                return None
+            if allowed is None or row[0] in allowed:
                 c.execute(
                     "DELETE FROM optouts WHERE account_id=? AND recipient=?", (account_id, number)
-                ).rowcount
-                == 1
-            )
+                )
+            return str(row[0])
 
         return await self._runner.write(job)
 

@@ -270,8 +270,8 @@ async def test_optouts_add_list_with_cursor_remove(store: Store) -> None:
     ]
     rest = await store.list_optouts("acc_a", after=page[-1].recipient, limit=2)
     assert [o.recipient for o in rest] == [CN2]
-    assert await store.remove_optout("acc_a", CN) is True
-    assert await store.remove_optout("acc_a", CN) is False
+    assert await store.remove_optout("acc_a", CN, sources=None) == "mo"
+    assert await store.remove_optout("acc_a", CN, sources=None) is None
     assert [o.recipient for o in await store.list_optouts("acc_a")] == [UK, CN2]
     assert [o.recipient for o in await store.list_optouts("acc_b")] == [CN]
 
