@@ -546,6 +546,9 @@ class SimConfig:
     syserr_ratio: float = field(default=0.0, metadata=meta(between(0, 1)))
     drop_after_pdus: int = field(default=0, metadata=meta(at_least(0)))
     receipts_as: str = field(default="both", metadata=meta(one_of("both", "text", "tlv")))
+    # data_sm: receipts carry TLVs only (receipted_message_id, message_state, network_error_code),
+    # as carriers that deliver receipts by data_sm send them; receipts_as then does not apply.
+    receipt_pdu: str = field(default="deliver_sm", metadata=meta(one_of("deliver_sm", "data_sm")))
     record_file: Path | None = None
 
     def _problems(self) -> Problems:

@@ -35,6 +35,7 @@ from bridge.sim.reassembly import Reassembler, SimMessage, parse_segment, segmen
 from bridge.smpp.codec import (
     Bind,
     BindResp,
+    DataSm,
     MessageIdResp,
     Pdu,
     PduError,
@@ -48,6 +49,8 @@ from bridge.smpp.constants import (
     BIND_TRANSCEIVER,
     BIND_TRANSMITTER,
     COMMAND_NAMES,
+    DATA_SM,
+    DATA_SM_RESP,
     DELIVER_SM,
     DELIVER_SM_RESP,
     ENQUIRE_LINK,
@@ -145,6 +148,7 @@ COUNTER_NAMES: Final = (
     "mo_nacked",
     "mo_resent",
     "mo_given_up",
+    "resps_mismatched",
     "dropped_connections",
     "records_written",
 )
@@ -161,13 +165,18 @@ class SimError(Exception):
 
 @dataclass(slots=True)
 class _Job:
-    """A deliver_sm the SMSC owes an ESME (receipt or MO), kept until acknowledged or given up."""
+    """A deliver_sm (or data_sm) the SMSC owes an ESME (receipt or MO), kept until acknowledged
+    or given up."""
 
     system_id: str
-    body: ShortMessage
+    body: ShortMessage | DataSm
     kind: str  # "receipt" | "mo"
     attempts: int = 0
     sent_at: float = 0.0
+
+    @property
+    def command_id(self) -> int:
+        return DATA_SM if type(self.body) is DataSm else DELIVER_SM
 
 
 class _Session:
@@ -231,7 +240,9 @@ class SimSmsc:
     Knobs: ``outcomes`` (stat -> weight), ``receipt_delay_ms``, ``throttle_ratio``,
     ``syserr_ratio``, ``tps_limit`` (0 = none), ``drop_after_pdus`` (0 = never), ``id_format``
     ("hex" | "dec"), ``receipt_text_id`` ("same" | "dec" | "hex": the base of the id in the
-    receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``packed_gsm`` (submitted GSM
+    receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``receipt_pdu`` ("deliver_sm" |
+    "data_sm": the PDU receipts go out as; data_sm ones carry TLVs only and must be answered by
+    data_sm_resp), ``packed_gsm`` (submitted GSM
     text is packed), ``receipt_ack_timeout_s``, ``receipt_max_attempts``,
     ``receipt_retry_delay_ms``, ``deliver_window`` (unacknowledged deliver_sm per bind, 0 =
     unlimited; beyond it deliver_sm wait, as on a real SMSC), ``accounts`` (system_id ->
@@ -252,6 +263,7 @@ class SimSmsc:
         self.id_format: str = cfg.id_format
         self.receipt_text_id: str = "same"
         self.receipts_as: str = cfg.receipts_as
+        self.receipt_pdu: str = cfg.receipt_pdu
         self.packed_gsm: bool = False
         self.receipt_ack_timeout_s: float = 30.0
         self.receipt_max_attempts: int = 4
@@ -367,6 +379,7 @@ class SimSmsc:
             "id_format": self.id_format,
             "receipt_text_id": self.receipt_text_id,
             "receipts_as": self.receipts_as,
+            "receipt_pdu": self.receipt_pdu,
             "packed_gsm": self.packed_gsm,
             "receipt_ack_timeout_s": self.receipt_ack_timeout_s,
             "receipt_max_attempts": self.receipt_max_attempts,
@@ -465,8 +478,8 @@ class SimSmsc:
             cid = pdu.command_id
             if cid == SUBMIT_SM:
                 self._on_submit(sess, pdu, out, now)
-            elif cid == DELIVER_SM_RESP:
-                self._on_deliver_resp(sess, pdu.seq, pdu.status, now)
+            elif cid == DELIVER_SM_RESP or cid == DATA_SM_RESP:
+                self._on_deliver_resp(sess, pdu.seq, pdu.status, now, cid)
             elif cid == ENQUIRE_LINK:
                 c["enquire_link"] += 1
                 out.append(encode(Pdu(ENQUIRE_LINK_RESP, 0, pdu.seq)))
@@ -478,7 +491,7 @@ class SimSmsc:
                 sess.closing = True
             elif cid == GENERIC_NACK:
                 # The ESME refused one of our deliver_sm: same as a failed resp.
-                self._on_deliver_resp(sess, pdu.seq, pdu.status or ESME_RSYSERR, now)
+                self._on_deliver_resp(sess, pdu.seq, pdu.status or ESME_RSYSERR, now, cid)
             elif cid & RESP_BIT:
                 pass  # enquire_link_resp, unbind_resp: nothing to do
             elif cid in COMMAND_NAMES and sess.mode:
@@ -644,10 +657,22 @@ class SimSmsc:
 
     def _receipt(
         self, sm: ShortMessage, n: int, mid: str, stat: str, text: str, now: float
-    ) -> ShortMessage:
-        """The deliver_sm body of one delivery receipt, per the receipts_as and id knobs."""
-        kind = self.receipts_as
+    ) -> ShortMessage | DataSm:
+        """The deliver_sm body of one delivery receipt, per the receipts_as and id knobs, or the
+        data_sm body (TLVs only) when receipt_pdu says so."""
         err = _STAT_ERR.get(stat, 255)
+        if self.receipt_pdu == "data_sm":
+            return DataSm(
+                source_addr_ton=sm.dest_addr_ton,
+                source_addr_npi=sm.dest_addr_npi,
+                source_addr=sm.destination_addr,
+                dest_addr_ton=sm.source_addr_ton,
+                dest_addr_npi=sm.source_addr_npi,
+                destination_addr=sm.source_addr,
+                esm_class=ESM_DELIVERY_RECEIPT,
+                tlvs=self._receipt_tlvs(mid, stat, err),
+            )
+        kind = self.receipts_as
         short = b""
         if kind != "tlv":
             tid = self.receipt_text_id
@@ -669,14 +694,7 @@ class SimSmsc:
                 done_date=done,
                 text=text[:20],
             ).encode("ascii", "replace")
-        tlvs: tuple[tuple[int, bytes], ...] = ()
-        if kind != "text":
-            tlvs = (
-                (RECEIPTED_MESSAGE_ID, mid.encode("ascii") + b"\0"),
-                (MESSAGE_STATE, bytes((_STAT_STATE.get(stat, 7),))),
-            )
-            if stat != "DELIVRD":
-                tlvs += ((NETWORK_ERROR_CODE, bytes((_NETWORK_TYPE_GSM, err >> 8, err & 0xFF))),)
+        tlvs = self._receipt_tlvs(mid, stat, err) if kind != "text" else ()
         return ShortMessage(
             source_addr_ton=sm.dest_addr_ton,
             source_addr_npi=sm.dest_addr_npi,
@@ -688,6 +706,16 @@ class SimSmsc:
             short_message=short,
             tlvs=tlvs,
         )
+
+    @staticmethod
+    def _receipt_tlvs(mid: str, stat: str, err: int) -> tuple[tuple[int, bytes], ...]:
+        tlvs: tuple[tuple[int, bytes], ...] = (
+            (RECEIPTED_MESSAGE_ID, mid.encode("ascii") + b"\0"),
+            (MESSAGE_STATE, bytes((_STAT_STATE.get(stat, 7),))),
+        )
+        if stat != "DELIVRD":
+            tlvs += ((NETWORK_ERROR_CODE, bytes((_NETWORK_TYPE_GSM, err >> 8, err & 0xFF))),)
+        return tlvs
 
     # --- outgoing deliver_sm: heap, timer, acknowledgements -------------------------------------
     def _schedule(self, job: _Job, due: float) -> None:
@@ -730,7 +758,7 @@ class SimSmsc:
             chunks = batches.get(sess)
             if chunks is None:
                 chunks = batches[sess] = []
-            chunks.append(encode(Pdu(DELIVER_SM, 0, seq, job.body)))
+            chunks.append(encode(Pdu(job.command_id, 0, seq, job.body)))
             if job.kind == "receipt":
                 c["receipts_sent"] += 1
             sent += 1
@@ -773,10 +801,18 @@ class SimSmsc:
         if q:
             self._schedule(q.popleft(), now)
 
-    def _on_deliver_resp(self, sess: _Session, seq: int, status: int, now: float) -> None:
-        job = sess.outstanding.pop(seq, None)
+    def _on_deliver_resp(
+        self, sess: _Session, seq: int, status: int, now: float, cid: int = DELIVER_SM_RESP
+    ) -> None:
+        job = sess.outstanding.get(seq)
         if job is None:
             return
+        if cid != GENERIC_NACK and cid != job.command_id | RESP_BIT:
+            # deliver_sm_resp for a data_sm (or the reverse) answers nothing, as on a real SMSC:
+            # the PDU stays owed and is resent once its ack times out.
+            self.counters["resps_mismatched"] += 1
+            return
+        del sess.outstanding[seq]
         self._unpark(sess.system_id, now)
         c = self.counters
         receipt = job.kind == "receipt"

@@ -6,8 +6,9 @@ All protocol decisions live in the sans-IO ``BindSession``; this module only
 - keeps one timer armed at ``next_deadline()`` (lazily: it is re-armed only when the deadline moves
   earlier, so a busy window costs no timer churn; an early wake-up is harmless),
 - turns submit responses, timeouts and connection loss into per-request futures,
-- runs the deliver handler for each deliver_sm and answers deliver_sm_resp with the status it
-  returns, only after it returns (a crash before that leaves the SMSC to redeliver).
+- runs the deliver handler for each deliver_sm (or data_sm, handed over as a deliver_sm body) and
+  answers its resp (deliver_sm_resp or data_sm_resp) with the status the handler returns, only
+  after it returns (a crash before that leaves the SMSC to redeliver).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ NO_STATUS: Final = -1
 """``SubmitResult.status`` when the SMSC gave no answer (timeout, connection lost)."""
 
 DeliverCallback = Callable[[ShortMessage, bool], Awaitable[int]]
-"""(deliver_sm body, salvaged) -> command_status for the deliver_sm_resp."""
+"""(deliver_sm body, salvaged) -> command_status for the deliver_sm_resp (data_sm_resp when the
+SMSC sent a data_sm: its body arrives converted, see ``DeliverReceived``)."""
 
 
 @fast_init
@@ -327,7 +329,7 @@ class SmppProtocol(asyncio.Protocol):
             log.exception("deliver handler failed; asking the SMSC to redeliver",
                           extra={"smsc": self.name})  # fmt: skip
             status = C.ESME_RX_T_APPN
-        self.session.ack_deliver(ev.seq, status)
+        self.session.ack_deliver(ev.seq, status, ev.command_id)
         # A batch of receipts commits together and its acks leave in one write, not one each.
         self._schedule_flush()
 

@@ -27,12 +27,14 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import (
     Bind,
     BindResp,
+    DataSm,
     MessageIdResp,
     Pdu,
     PduError,
     ShortMessage,
     decode,
     encode,
+    salvage_data_sm,
     salvage_deliver_sm,
 )
 from bridge.smpp.framing import FrameError, Framer
@@ -133,14 +135,19 @@ class RequestAborted:
 @fast_init
 @dataclass(frozen=True, slots=True)
 class DeliverReceived:
-    """A deliver_sm to hand to the pipeline; answer it with ``ack_deliver(seq, status)``.
+    """A deliver_sm or data_sm to hand to the pipeline; answer it with
+    ``ack_deliver(seq, status, command_id)``.
 
+    ``body`` is a deliver_sm body either way: a data_sm becomes one with an empty short_message
+    and its TLVs (receipt fields, message_payload), which the pipeline already reads.
     ``salvaged``: the PDU did not parse strictly, but its receipt fields were recovered.
+    ``command_id``: DELIVER_SM or DATA_SM, what the SMSC sent, so the answer is its own resp.
     """
 
     seq: int
     body: ShortMessage
     salvaged: bool
+    command_id: int = C.DELIVER_SM
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +218,9 @@ _RESP_FOR: Final = {
 
 # Requests from the SMSC that carry no response (answering them would be a protocol error).
 _NO_RESPONSE: Final = frozenset({C.ALERT_NOTIFICATION, C.OUTBIND})
+
+# Requests from the SMSC that the pipeline answers (DeliverReceived), and their responses.
+_INBOUND_RESP: Final = {C.DELIVER_SM: C.DELIVER_SM_RESP, C.DATA_SM: C.DATA_SM_RESP}
 
 
 class BindSession:
@@ -332,12 +342,19 @@ class BindSession:
         self._in_flight += 1
         return seq
 
-    def ack_deliver(self, seq: int, status: int = C.ESME_ROK) -> None:
-        """Queue deliver_sm_resp. Called only once the receipt/MO is committed (or refused), so a
-        crash before that leaves the SMSC to redeliver it. A no-op once the session is closed."""
+    def ack_deliver(
+        self, seq: int, status: int = C.ESME_ROK, command_id: int = C.DELIVER_SM
+    ) -> None:
+        """Queue deliver_sm_resp, or data_sm_resp for a data_sm (``DeliverReceived.command_id``;
+        its message_id is empty: we issue none). Called only once the receipt/MO is committed (or
+        refused), so a crash before that leaves the SMSC to redeliver it. A no-op once the
+        session is closed."""
+        resp = _INBOUND_RESP.get(command_id)
+        if resp is None:
+            raise ValueError(f"command_id: {C.command_name(command_id)} is not acked by the ESME")
         if self.state is SessionState.CLOSED:
             return
-        self._respond(C.DELIVER_SM_RESP, status, seq, MessageIdResp())
+        self._respond(resp, status, seq, MessageIdResp())
 
     def unbind(self, now: float) -> None:
         """Start a clean unbind; before the bind completed there is nothing to unbind: close."""
@@ -470,12 +487,18 @@ class BindSession:
         cid = pdu.command_id
         if cid & C.RESP_BIT:
             self._handle_response(pdu, events)
-        elif cid == C.DELIVER_SM:
+        elif cid == C.DELIVER_SM or cid == C.DATA_SM:
             if self.state in (SessionState.BOUND, SessionState.UNBINDING):
-                events.append(DeliverReceived(pdu.seq, pdu.body, False))
+                body = pdu.body
+                if isinstance(body, DataSm):
+                    events.append(DeliverReceived(pdu.seq, body.as_short_message(), False, cid))
+                else:
+                    events.append(DeliverReceived(pdu.seq, body, False))
             else:
-                self._respond(C.DELIVER_SM_RESP, C.ESME_RINVBNDSTS, pdu.seq, MessageIdResp())
-                events.append(ProtocolError(f"deliver_sm before bound ({self.state})", False))
+                self._respond(_INBOUND_RESP[cid], C.ESME_RINVBNDSTS, pdu.seq, MessageIdResp())
+                events.append(
+                    ProtocolError(f"{C.command_name(cid)} before bound ({self.state})", False)
+                )
         elif cid == C.ENQUIRE_LINK:
             self._respond(C.ENQUIRE_LINK_RESP, C.ESME_ROK, pdu.seq)
         elif cid == C.UNBIND:
@@ -485,17 +508,21 @@ class BindSession:
         elif cid in _NO_RESPONSE:
             events.append(ProtocolError(f"ignored {C.command_name(cid)} from the SMSC", False))
         else:
-            # A request an ESME does not serve (submit_sm, bind_*, data_sm, query_sm, ...).
+            # A request an ESME does not serve (submit_sm, bind_*, query_sm, ...).
             self._nack(C.ESME_RINVCMDID, pdu.seq)
             events.append(ProtocolError(f"unsupported {C.command_name(cid)} refused", False))
 
     def _handle_bad_frame(self, frame: bytes, e: PduError, events: list[Event]) -> None:
         cid = e.command_id
-        if cid == C.DELIVER_SM:
-            body = salvage_deliver_sm(frame)
+        if cid == C.DELIVER_SM or cid == C.DATA_SM:
+            if cid == C.DELIVER_SM:
+                body = salvage_deliver_sm(frame)
+            else:
+                ds = salvage_data_sm(frame)
+                body = ds.as_short_message() if ds is not None else None
             if body is not None and self.state in (SessionState.BOUND, SessionState.UNBINDING):
-                events.append(DeliverReceived(e.seq, body, True))
-                events.append(ProtocolError(f"salvaged deliver_sm receipt: {e}", False))
+                events.append(DeliverReceived(e.seq, body, True, cid))
+                events.append(ProtocolError(f"salvaged {C.command_name(cid)} receipt: {e}", False))
                 return
         if cid & C.RESP_BIT and e.seq in self._pending:
             # A response we cannot fully parse still answers its request: the SMSC's status is
@@ -504,11 +531,11 @@ class BindSession:
             events.append(ProtocolError(f"malformed response: {e}", False))
             self._handle_response(Pdu(cid, status, e.seq, None), events)
             return
-        if cid == C.DELIVER_SM:
+        if cid == C.DELIVER_SM or cid == C.DATA_SM:
             # SMPP 3.4 4.3.1: generic_nack is for a bad length or an unknown command; a
-            # deliver_sm whose body breaks a field rule gets its own resp with the error.
-            self._respond(C.DELIVER_SM_RESP, e.status, e.seq, MessageIdResp())
-            events.append(ProtocolError(f"malformed deliver_sm refused: {e}", False))
+            # deliver_sm or data_sm whose body breaks a field rule gets its own resp with the error.
+            self._respond(_INBOUND_RESP[cid], e.status, e.seq, MessageIdResp())
+            events.append(ProtocolError(f"malformed {C.command_name(cid)} refused: {e}", False))
             return
         self._nack(e.status, e.seq)
         events.append(ProtocolError(str(e), False))

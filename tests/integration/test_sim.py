@@ -739,6 +739,7 @@ async def test_control_config(ctl, connect) -> None:
         ({"outcomes": {"DELIVRD": 0}}, "outcomes: weights must add up"),
         ({"receipt_delay_ms": 1.5}, "receipt_delay_ms: must be an integer"),
         ({"receipts_as": "xml"}, "receipts_as: must be one of both, text, tlv"),
+        ({"receipt_pdu": "submit_sm"}, "receipt_pdu: must be one of deliver_sm, data_sm"),
         ({"packed_gsm": "yes"}, "packed_gsm: must be true or false"),
         ({"nope": 1}, "nope: unknown knob"),
         ([], "body: must be a non-empty JSON object"),
@@ -747,6 +748,9 @@ async def test_control_config(ctl, connect) -> None:
             assert r.status == 400, bad
             assert (await r.json())["message"].startswith(prefix), bad
     assert s.throttle_ratio == 0.0 and s.syserr_ratio == 0.0  # nothing half-applied
+    async with http.post("/config", json={"receipt_pdu": "data_sm"}) as r:
+        assert r.status == 200 and (await r.json())["knobs"]["receipt_pdu"] == "data_sm"
+    assert s.receipt_pdu == "data_sm"
 
 
 async def test_mo_command_cli(ctl, connect, capsys) -> None:
