@@ -4,6 +4,10 @@ Work waits in the store, not in memory: the dispatcher claims only as many messa
 binds have free window slots, so a stopped SMSC leaves the backlog on disk (back-pressure, not
 buffers). A message is claimed whole and its parts go out in order on one bind. Submit results are
 written back in batches.
+
+A message whose route has no SMSC up is parked by the claim that meets it (it stays queued in the
+store, out of the claims' way) and un-parked when a bind of its route comes up, or by the periodic
+un-park (on PostgreSQL another instance may hold the bind a route lacks here).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
 MAX_UNANSWERED_ATTEMPTS = 3
 UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
+# Un-park every route this instance can send on this often, even without a bind coming up here:
+# another instance (PostgreSQL) may have parked messages that only wait for a bind we hold.
+UNPARK_EVERY_MS = 5_000
 
 
 class _RouteNotRecorded(Exception):
@@ -108,6 +115,9 @@ class Dispatcher:
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
+        self._up_seen: frozenset[str] = frozenset()  # SMSCs up at the last un-park check
+        self._next_unpark = 0  # ms: the periodic un-park is due
+        self._rerouted: set[str] = set()  # park keys a reload may have re-routed: un-park once
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -118,7 +128,9 @@ class Dispatcher:
         smscs: Mapping[str, SmscConfig],
         pipeline: PipelineConfig | None = None,
     ) -> None:
-        """SIGHUP: new routes, SMSC settings and claiming knobs for messages claimed from now on."""
+        """SIGHUP: new routes, SMSC settings and claiming knobs for messages claimed from now on.
+        Messages parked under a route the reload changed are looked at again (un-parked)."""
+        self._rerouted |= Router.changed_keys(self.router, router)
         self.router = router
         self.smscs = smscs
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -162,8 +174,14 @@ class Dispatcher:
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
             try:
+                up = self._up_now()
+                await self._unpark(up, now_ms)  # stop() waits for it like for the claim
                 work = await self.store.claim(
-                    self.instance, min(free, self.claim_batch), now_ms, self.lease_ms
+                    self.instance,
+                    min(free, self.claim_batch),
+                    now_ms,
+                    self.lease_ms,
+                    park=self.router.parker(up),
                 )
             except Exception as exc:
                 failed, work = exc, []
@@ -187,6 +205,31 @@ class Dispatcher:
                 self._inflight.add(task)
                 self._inflight_ids[task] = msg.id
                 task.add_done_callback(self._done)
+
+    def _up_now(self) -> frozenset[str]:
+        return frozenset(n for n, c in self.connectors.items() if c.is_up)
+
+    async def _unpark(self, up: frozenset[str], now_ms: int) -> None:
+        """Before a claim: un-park the routes this instance can send on when an SMSC came up
+        since the last check, when a reload changed routes, and every UNPARK_EVERY_MS. The
+        claim that follows uses the same view of the binds, so nothing is parked for a route
+        this check found up."""
+        came_up = up - self._up_seen
+        self._up_seen = up  # what the last claim parked by
+        if not (came_up or self._rerouted or now_ms >= self._next_unpark):
+            return
+        keys = set(self.router.routable_keys(up.__contains__)) | self._rerouted
+        rerouted = set(self._rerouted)
+        try:
+            n = await self.store.unpark(keys, now_ms) if keys else 0
+        except Exception:
+            log.warning("un-parking messages failed; retried before the next claim", exc_info=True)
+            self._next_unpark = 0
+            return
+        self._rerouted -= rerouted
+        self._next_unpark = now_ms + UNPARK_EVERY_MS
+        if n:
+            log.info("un-parked %d messages", n, extra={"routes": sorted(keys)})
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -234,8 +277,9 @@ class Dispatcher:
             msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
         )
         if name is None:
-            # No SMSC of its route is up: back off (1 s, 2 s, 4 s ... 60 s per message), or a
-            # backlog for a down route is claimed and released every second ahead of the rest.
+            # Its route went down after the claim found it up (a down route's messages are
+            # parked by the claim instead): back off (1 s, 2 s, 4 s ... 60 s per message), or
+            # such messages are claimed and released every second ahead of the rest.
             waits = self._no_route.get(msg.id, 0)
             if len(self._no_route) > 100_000:
                 self._no_route.clear()

@@ -10,7 +10,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Route", "Router"]
+__all__ = ["DEFAULT_KEY", "Route", "Router"]
+
+# The park key of numbers no prefix matches (prefixes start with "+", so it cannot clash).
+DEFAULT_KEY = "default"
 
 _PREFIX_RE = re.compile(r"\+[0-9]*")
 
@@ -50,14 +53,24 @@ class Router:
         self._default = _unique(default)
         self._lengths = sorted({len(prefix) for prefix in table}, reverse=True)
 
-    def candidates(self, destination: str) -> tuple[str, ...]:
-        """SMSCs to try for `destination`, in order; empty when nothing routes it."""
+    def _match(self, destination: str) -> str | None:
+        """The longest configured prefix of `destination`, or None (the default route)."""
         for length in self._lengths:
             if length <= len(destination):
-                smscs = self._routes.get(destination[:length])
-                if smscs is not None:
-                    return smscs + tuple(s for s in self._default if s not in smscs)
-        return self._default
+                prefix = destination[:length]
+                if prefix in self._routes:
+                    return prefix
+        return None
+
+    def _for(self, prefix: str | None) -> tuple[str, ...]:
+        if prefix is None:
+            return self._default
+        smscs = self._routes[prefix]
+        return smscs + tuple(s for s in self._default if s not in smscs)
+
+    def candidates(self, destination: str) -> tuple[str, ...]:
+        """SMSCs to try for `destination`, in order; empty when nothing routes it."""
+        return self._for(self._match(destination))
 
     def pick(self, destination: str, is_up: Callable[[str], bool]) -> str | None:
         """The first candidate with a live bind; None when all are down (the caller waits)."""
@@ -65,3 +78,59 @@ class Router:
             if is_up(smsc):
                 return smsc
         return None
+
+    # -- park keys: a backlog for a route with no live SMSC waits in the store, not in claims --
+
+    def route_key(self, destination: str) -> str:
+        """The stable name of the route `destination` takes: its prefix, or DEFAULT_KEY."""
+        return self._match(destination) or DEFAULT_KEY
+
+    def keys(self) -> list[str]:
+        """Every route's key (the default route's included, even when it has no SMSC)."""
+        return [*self._routes, DEFAULT_KEY]
+
+    def routable_keys(self, is_up: Callable[[str], bool]) -> list[str]:
+        """Keys of the routes with a live candidate: what this instance may un-park."""
+        return [k for k in self.keys() if any(is_up(s) for s in self._for_key(k))]
+
+    def park_key(self, destination: str, is_up: Callable[[str], bool]) -> str | None:
+        """The key to park `destination` under when no SMSC of its route is up; None when one is
+        (it can be sent now)."""
+        prefix = self._match(destination)
+        if any(is_up(s) for s in self._for(prefix)):
+            return None
+        return prefix or DEFAULT_KEY
+
+    def parker(self, up: frozenset[str]) -> Callable[[str], str | None] | None:
+        """`park_key` over a snapshot of the live SMSCs, for a claim to call per row (on SQLite
+        from the store's thread: it reads nothing that changes). None when every route has a
+        live SMSC, so a claim pays nothing then."""
+        down = frozenset(k for k in self.keys() if not any(s in up for s in self._for_key(k)))
+        if not down:
+            return None
+
+        def park(destination: str) -> str | None:
+            key = self.route_key(destination)
+            return key if key in down else None
+
+        return park
+
+    def _for_key(self, key: str) -> tuple[str, ...]:
+        return self._for(None if key == DEFAULT_KEY else key)
+
+    @staticmethod
+    def changed_keys(old: Router, new: Router) -> set[str]:
+        """Keys of `old` whose messages may route differently under `new` (a config reload):
+        the key is gone, its SMSC list changed, or a new longer prefix takes some of its
+        numbers. Messages parked under those keys must be looked at again."""
+        added = [p for p in new._routes if p not in old._routes]
+        changed = set()
+        for key in old.keys():
+            gone = key != DEFAULT_KEY and key not in new._routes
+            if (
+                gone
+                or old._for_key(key) != new._for_key(key)
+                or any(key == DEFAULT_KEY or p.startswith(key) for p in added)
+            ):
+                changed.add(key)
+        return changed

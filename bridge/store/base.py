@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from bridge.domain.admission import Pocket
@@ -37,6 +37,13 @@ from bridge.store.models import (
     WebhookJob,
     WorkMessage,
 )
+
+# A parked message is looked at again after this long even if nobody un-parks it: a safety valve
+# (an un-park lost with a crash, a route changed by hand); if still down it is parked again.
+PARK_MS = 60_000
+# One claim examines at most this many rows per message it may return: a claim behind a large
+# parked-to-be backlog stays bounded, and the next claims park the rest.
+CLAIM_SCAN_FACTOR = 20
 
 
 class StoreError(Exception):
@@ -133,8 +140,28 @@ class Store(Protocol):
         ...
 
     async def claim(
-        self, instance: str, limit: int, now: int, lease_ms: int
-    ) -> list[WorkMessage]: ...
+        self,
+        instance: str,
+        limit: int,
+        now: int,
+        lease_ms: int,
+        park: Callable[[str], str | None] | None = None,
+    ) -> list[WorkMessage]:
+        """Claim up to `limit` due messages: round-robin over accounts, then the oldest.
+
+        `park` maps a recipient to the key of its route when no SMSC of that route is up here
+        (None: sendable now). Such candidates are parked (`q_park` = key, q_not_before = now +
+        PARK_MS) instead of claimed, do not count toward `limit`, and the scan goes on, up to
+        CLAIM_SCAN_FACTOR x `limit` rows. Claimed and released again, a backlog for a down route
+        went ahead of every later message for a working route each time it came due. Parked
+        messages stay queued (depth, expiry, erasure treat them so)."""
+        ...
+
+    async def unpark(self, keys: Collection[str], now: int) -> int:
+        """Make the messages parked under `keys` due at `now` (their route has a live SMSC
+        again, on this instance at least); returns how many. Cheap when none are parked."""
+        ...
+
     async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> set[str]:
         """(message id, SMSC) of claimed messages whose first part is about to leave, durably:
         `recover`/`reclaim` then know a message in flight went to an `in_flight_on_restart:
@@ -216,7 +243,17 @@ class Store(Protocol):
     async def add_optouts(
         self, account_id: str, numbers: Sequence[str], source: str, now: int
     ) -> int: ...
-    async def remove_optout(self, account_id: str, number: str) -> bool: ...
+    async def remove_optout(
+        self, account_id: str, number: str, *, sources: Collection[str] | None
+    ) -> str | None:
+        """Delete the entry only if its source is in `sources` (None: whatever the source).
+
+        Returns the source of the entry found, whether deleted or kept (deleted iff it is in
+        `sources`), or None when the number is not on the list. Reading the source and deleting
+        are one transaction: a customer may delete only `api` entries, and a check made apart
+        from the delete could remove an entry a reply (`mo`) had just claimed."""
+        ...
+
     async def list_optouts(
         self, account_id: str, after: str | None = None, limit: int = 100
     ) -> list[OptOut]: ...

@@ -23,7 +23,7 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -879,7 +879,14 @@ class PostgresStore(RulesStoreMixin):
         )
         return {r[0] for r in rows}
 
-    async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
+    async def claim(
+        self,
+        instance: str,
+        limit: int,
+        now: int,
+        lease_ms: int,
+        park: Callable[[str], str | None] | None = None,
+    ) -> list[WorkMessage]:
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
             return []
@@ -889,7 +896,18 @@ class PostgresStore(RulesStoreMixin):
         order = accounts[start:] + accounts[:start]
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
-            return await pipe.claim(c, order, instance, limit, now, now + lease_ms)
+            return await pipe.claim(c, order, instance, limit, now, now + lease_ms, park)
+
+        return await run_tx(self.pool, job, durable=False)
+
+    async def unpark(self, keys: Collection[str], now: int) -> int:
+        keys = sorted(set(keys))
+        if not keys:
+            return 0
+
+        async def job(c: asyncpg.Connection) -> int:
+            done = await c.execute(pipe.UNPARK, now, keys)
+            return int(done.split()[-1])
 
         return await run_tx(self.pool, job, durable=False)
 

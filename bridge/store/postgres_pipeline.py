@@ -21,13 +21,14 @@ concurrency, because several instances write the same rows at once:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
 from bridge.domain import lifecycle as lc
 from bridge.store import postgres_rules
+from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS
 from bridge.store.models import ReceiptIn, Release, SubmitResult, WorkMessage, WorkSegment
 
 # Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
@@ -89,9 +90,10 @@ SELECT account_id FROM a WHERE account_id IS NOT NULL
 """
 
 _PICK_PER_ACCOUNT = """
-SELECT p.id FROM unnest($1::text[]) WITH ORDINALITY AS a(acc, ord)
+SELECT a.ord, p.id, p.recipient, p.q_not_before
+FROM unnest($1::text[]) WITH ORDINALITY AS a(acc, ord)
 CROSS JOIN LATERAL (
-    SELECT id FROM messages
+    SELECT id, recipient, q_not_before FROM messages
     WHERE q_state = 'queued' AND account_id = a.acc AND q_not_before <= $2
     ORDER BY q_not_before, id LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -99,17 +101,50 @@ CROSS JOIN LATERAL (
 LIMIT $4
 """
 
+# Further rounds for accounts whose rows so far were parked: each continues after its last row.
+# (`q_not_before >= a.nb` too: with it the planner walks the account's own index range, not the
+# whole queue's in age order filtering by account.)
+_PICK_PER_ACCOUNT_AFTER = """
+SELECT a.ord, p.id, p.recipient, p.q_not_before
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::int[])
+    AS a(acc, take, nb, after_id, ord)
+CROSS JOIN LATERAL (
+    SELECT id, recipient, q_not_before FROM messages
+    WHERE q_state = 'queued' AND account_id = a.acc AND q_not_before <= $6
+        AND q_not_before >= a.nb AND (q_not_before, id) > (a.nb, a.after_id)
+    ORDER BY q_not_before, id LIMIT a.take
+    FOR UPDATE SKIP LOCKED
+) p
+"""
+
 _PICK_OLDEST = """
-SELECT id FROM messages
+SELECT id, recipient, q_not_before FROM messages
 WHERE q_state = 'queued' AND q_not_before <= $1 AND NOT (id = ANY($2::text[]))
 ORDER BY q_not_before, id LIMIT $3
 FOR UPDATE SKIP LOCKED
 """
 
+_PARK = """
+UPDATE messages m SET q_not_before = $1, q_park = u.k
+FROM unnest($2::text[], $3::text[]) AS u(id, k) WHERE m.id = u.id
+"""
+
+# Rows another transaction holds (another instance un-parking the same key, a claim, an expiry)
+# are skipped, not waited for: no deadlock between instances un-parking at once, and what another
+# holds is un-parked by it, claimed, or left for the next un-park.
+UNPARK = """
+UPDATE messages SET q_not_before = $1, q_park = NULL
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE q_park = ANY($2::text[]) AND q_park IS NOT NULL AND q_state = 'queued'
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
 _CLAIM = """
 WITH c AS (
     UPDATE messages SET q_state = 'claimed', q_claimed_by = $2, q_lease_until = $3,
-        q_attempts = q_attempts + 1, q_route = NULL
+        q_attempts = q_attempts + 1, q_route = NULL, q_park = NULL
     WHERE id = ANY($1::text[])
     RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts
 )
@@ -125,6 +160,19 @@ async def queued_accounts(c: asyncpg.Connection) -> list[str]:
     return [r[0] for r in await c.fetch(_ACCOUNTS)]
 
 
+class _Account:
+    """One account's share of a claim while its rows get parked: what it still wants, where
+    its scan stands (after which q_not_before, id), how many rows it may still examine."""
+
+    __slots__ = ("acc", "after_id", "after_nb", "ask", "cap", "ord", "want")
+
+    def __init__(self, acc: str, ord_: int, want: int, cap: int, last: Sequence[Any]) -> None:
+        self.acc, self.ord, self.want, self.cap = acc, ord_, want, cap
+        self.ask = 0
+        self.after_id: str = last[0]
+        self.after_nb: int = last[2]
+
+
 async def claim(
     c: asyncpg.Connection,
     order: list[str],
@@ -132,14 +180,95 @@ async def claim(
     limit: int,
     now: int,
     lease_until: int,
+    park: Callable[[str], str | None] | None = None,
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
-    are skipped, not waited for."""
+    are skipped, not waited for.
+
+    With `park`, a candidate it gives a key for is parked (see Store.claim) and the scan goes on:
+    per account up to CLAIM_SCAN_FACTOR times its share, in all CLAIM_SCAN_FACTOR x `limit` rows.
+    Without anything to park, the queries are the two they were before parking existed."""
     per = max(1, limit // len(order))
-    ids = [r[0] for r in await c.fetch(_PICK_PER_ACCOUNT, order, now, per, limit)]
-    if len(ids) < limit:
-        ids += [r[0] for r in await c.fetch(_PICK_OLDEST, now, ids, limit - len(ids))]
+    budget = CLAIM_SCAN_FACTOR * limit
+    ids: list[str] = []
+    seen: set[str] = set()
+
+    async def take(rows: Sequence[Any], want: int) -> tuple[int, bool]:
+        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before), park the
+        unroutable; (ids picked, anything parked)."""
+        got = 0
+        parked: list[tuple[str, str]] = []
+        for mid, recipient, _nb in rows:
+            if mid in seen:
+                continue
+            key = park(recipient) if park is not None else None
+            if key is not None:
+                parked.append((mid, key))
+            elif got < want:
+                ids.append(mid)
+                got += 1
+            else:
+                continue
+            seen.add(mid)
+        if parked:  # out of this claim's later queries too (their q_not_before passed now)
+            await c.execute(_PARK, now + PARK_MS, [p[0] for p in parked], [p[1] for p in parked])
+        return got, bool(parked)
+
+    rows = await c.fetch(_PICK_PER_ACCOUNT, order, now, per, limit)
+    budget -= len(rows)
+    by_ord: dict[int, list[Any]] = {}
+    for r in rows:
+        by_ord.setdefault(r[0], []).append(r[1:])
+    short: list[_Account] = []
+    for ord_, acc_rows in by_ord.items():
+        got, parked = await take(acc_rows, per)
+        if parked and len(acc_rows) == per:  # more rows may wait behind the parked ones
+            cap = CLAIM_SCAN_FACTOR * per - per
+            short.append(_Account(order[ord_ - 1], ord_, per - got, cap, acc_rows[-1]))
+    ask_next = {a.ord: per * 4 for a in short}
+    while short and budget > 0:
+        asks: list[_Account] = []
+        room = budget
+        for a in short:
+            a.ask = min(ask_next[a.ord], a.cap, room)
+            if a.ask > 0:
+                room -= a.ask
+                asks.append(a)
+        if not asks:
+            break
+        rows = await c.fetch(
+            _PICK_PER_ACCOUNT_AFTER,
+            [a.acc for a in asks],
+            [a.ask for a in asks],
+            [a.after_nb for a in asks],
+            [a.after_id for a in asks],
+            [a.ord for a in asks],
+            now,
+        )
+        budget -= len(rows)
+        by_ord = {}
+        for r in rows:
+            by_ord.setdefault(r[0], []).append(r[1:])
+        short = []
+        for a in asks:
+            acc_rows = by_ord.get(a.ord, [])
+            got, _parked = await take(acc_rows, a.want)
+            a.want -= got
+            a.cap -= len(acc_rows)
+            if a.want > 0 and a.cap > 0 and len(acc_rows) == a.ask:
+                a.after_id, a.after_nb = acc_rows[-1][0], acc_rows[-1][2]
+                ask_next[a.ord] = a.ask * 4
+                short.append(a)
+    ask = limit - len(ids)
+    while len(ids) < limit and budget > 0:
+        n = min(ask, budget)
+        rows = await c.fetch(_PICK_OLDEST, now, ids, n)
+        budget -= len(rows)
+        await take(rows, limit - len(ids))
+        if len(rows) < n:
+            break  # no more candidates
+        ask *= 4
     if not ids:
         return []
     rows = await c.fetch(_CLAIM, ids, instance, lease_until)

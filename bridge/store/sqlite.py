@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
-from bridge.store.base import StoreError
+from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS, StoreError
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
     AcceptBatch,
@@ -582,7 +582,14 @@ class SqliteStore(RulesStoreMixin):
 
         return await self._runner.write(job, durable=False)
 
-    async def claim(self, instance: str, limit: int, now: int, lease_ms: int) -> list[WorkMessage]:
+    async def claim(
+        self,
+        instance: str,
+        limit: int,
+        now: int,
+        lease_ms: int,
+        park: Callable[[str], str | None] | None = None,
+    ) -> list[WorkMessage]:
         def job(c: sqlite3.Connection) -> list[WorkMessage]:
             accounts = self._queued_accounts(c)
             if not accounts:
@@ -592,32 +599,36 @@ class SqliteStore(RulesStoreMixin):
             self._rr += 1
             order = accounts[start:] + accounts[:start]
             per = max(1, limit // len(order))
-            ids: list[str] = []
+            scan = _Scan(park, now, CLAIM_SCAN_FACTOR * limit)
             for acc in order:
-                if len(ids) >= limit:
+                if len(scan.ids) >= limit or scan.budget <= 0:
                     break
-                take = min(per, limit - len(ids))
-                rows = c.execute(
-                    "SELECT id FROM messages WHERE q_state='queued' AND account_id=? "
-                    "AND q_not_before<=? ORDER BY q_not_before, id LIMIT ?",
-                    (acc, now, take),
-                ).fetchall()
-                ids.extend(r[0] for r in rows)
-            if len(ids) < limit:  # fill the rest from the oldest work of anyone
-                rows = c.execute(
-                    "SELECT id FROM messages WHERE q_state='queued' AND q_not_before<=? "
-                    "ORDER BY q_not_before, id LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-                seen = set(ids)
-                for (mid,) in rows:
-                    if len(ids) >= limit:
-                        break
-                    if mid not in seen:
-                        ids.append(mid)
-            if not ids:
+                want = min(per, limit - len(scan.ids))
+                # An account's own down backlog may use up its share of the scan, not all of it.
+                scan.pick(c, acc, want, want, CLAIM_SCAN_FACTOR * want)
+            if len(scan.ids) < limit and scan.budget > 0:
+                # Fill the rest from the oldest work of anyone (asking for `limit` rows as some
+                # may be taken already).
+                scan.pick(c, None, limit - len(scan.ids), limit, scan.budget)
+            if not scan.ids:
                 return []
-            return _claim_ids(c, ids, instance, now + lease_ms)
+            return _claim_ids(c, scan.ids, instance, now + lease_ms)
+
+        return await self._runner.write(job, durable=False)
+
+    async def unpark(self, keys: Collection[str], now: int) -> int:
+        keys = sorted(set(keys))
+        if not keys:
+            return 0
+
+        def job(c: sqlite3.Connection) -> int:
+            # INDEXED BY: without statistics SQLite prefers the queue index (every queued row)
+            # to the partial index of the parked ones.
+            return c.execute(
+                f"UPDATE messages INDEXED BY messages_parked SET q_not_before=?, q_park=NULL "
+                f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued'",
+                (now, *keys),
+            ).rowcount
 
         return await self._runner.write(job, durable=False)
 
@@ -1103,13 +1114,73 @@ def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> Idempot
     return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
 
 
+class _Scan:
+    """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
+    has a `park`), at most `budget` rows in all."""
+
+    __slots__ = ("budget", "ids", "now", "park", "seen")
+
+    def __init__(self, park: Callable[[str], str | None] | None, now: int, budget: int) -> None:
+        self.park = park
+        self.now = now
+        self.budget = budget
+        self.ids: list[str] = []
+        self.seen: set[str] = set()
+
+    def pick(
+        self, c: sqlite3.Connection, account: str | None, want: int, ask: int, cap: int
+    ) -> None:
+        """Pick up to `want` more ids, oldest first, of `account` (None: anyone's), asking `ask`
+        rows at first. Without anything to park this is one query, as before parking existed;
+        each further round continues after the last row seen, four times larger, until `cap`
+        rows (or the claim's budget) are examined."""
+        where = "q_state='queued' AND q_not_before<=?"
+        args: tuple[Any, ...] = (self.now,)
+        if account is not None:
+            where += " AND account_id=?"
+            args += (account,)
+        after: tuple[int, str] | None = None
+        got = examined = 0
+        while got < want:
+            n = min(ask, cap - examined, self.budget)
+            if n <= 0:
+                return
+            keyset = "" if after is None else " AND (q_not_before, id) > (?, ?)"
+            rows = c.execute(
+                f"SELECT id, recipient, q_not_before FROM messages WHERE {where}{keyset} "
+                f"ORDER BY q_not_before, id LIMIT ?",
+                (*args, *(after or ()), n),
+            ).fetchall()
+            examined += len(rows)
+            self.budget -= len(rows)
+            parked: list[tuple[int, str, str]] = []
+            for mid, recipient, _nb in rows:
+                if mid in self.seen:
+                    continue
+                key = self.park(recipient) if self.park is not None else None
+                if key is not None:
+                    parked.append((self.now + PARK_MS, key, mid))
+                elif got < want:
+                    self.ids.append(mid)
+                    got += 1
+                else:
+                    continue
+                self.seen.add(mid)
+            if parked:  # out of this claim's later queries too (their q_not_before passed now)
+                c.executemany("UPDATE messages SET q_not_before=?, q_park=? WHERE id=?", parked)
+            if len(rows) < n:
+                return  # no more candidates
+            after = (rows[-1][2], rows[-1][0])
+            ask *= 4
+
+
 def _claim_ids(
     c: sqlite3.Connection, ids: list[str], instance: str, lease_until: int
 ) -> list[WorkMessage]:
     marks = ",".join("?" * len(ids))
     c.execute(
         f"UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
-        f"q_attempts=q_attempts+1, q_route=NULL WHERE id IN ({marks})",
+        f"q_attempts=q_attempts+1, q_route=NULL, q_park=NULL WHERE id IN ({marks})",
         (instance, lease_until, *ids),
     )
     msgs = {

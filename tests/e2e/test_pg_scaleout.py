@@ -75,13 +75,13 @@ class WatchingSim(SimSmsc):
             for mid in self.messages[-k].message_ids:
                 self.submitted_by[mid] = self.owner.get(sess, "?")
 
-    def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float) -> None:
+    def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float, *args: Any) -> None:
         job = sess.outstanding.get(seq)
         if job is not None and job.kind == "receipt" and status == 0:
             found = _RECEIPT_ID.search(job.body.short_message.decode("latin-1"))
             if found:
                 self.receipt_acked_by[found.group(1)] = self.owner.get(sess, "?")
-        super()._on_deliver_resp(sess, seq, status, now)
+        super()._on_deliver_resp(sess, seq, status, now, *args)
 
     def binds_by_owner(self) -> Counter[str]:
         return Counter(

@@ -992,6 +992,8 @@ async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_rel
             c.execute("ALTER TABLE messages DROP COLUMN q_route")
             c.execute("ALTER TABLE mo_inbox DROP COLUMN sign_name")  # and the later migrations
             c.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
+            c.execute("DROP INDEX messages_parked")
+            c.execute("ALTER TABLE messages DROP COLUMN q_park")
             c.execute("DELETE FROM schema_version WHERE version >= 5")
         c.close()
     else:
@@ -999,6 +1001,7 @@ async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_rel
         await pc.execute("ALTER TABLE messages DROP COLUMN q_route")
         await pc.execute("ALTER TABLE mo_inbox DROP COLUMN sign_name")
         await pc.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
+        await pc.execute("ALTER TABLE messages DROP COLUMN q_park")  # and its index
         await pc.execute("DELETE FROM schema_version WHERE version >= 4")
         await pc.close()
     upgraded = engine.new_store()
