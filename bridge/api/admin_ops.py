@@ -23,7 +23,7 @@ from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.api.views import iso
 from bridge.store.models import QueueGroup
 
-QUEUE_BUCKETS = ("ready", "claimed", "retry_wait", "scheduled")
+QUEUE_BUCKETS = ("ready", "claimed", "retry_wait", "parked", "scheduled")
 MAX_LIST = 1000
 MAX_REPLAY = 1000
 _INT = re.compile(r"[0-9]{1,10}")

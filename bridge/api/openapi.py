@@ -937,6 +937,7 @@ def _report_schemas() -> dict[str, Any]:
                         "ready": _schema("QueueCounts"),
                         "claimed": _schema("QueueCounts"),
                         "retry_wait": _schema("QueueCounts"),
+                        "parked": _schema("QueueCounts"),
                         "scheduled": _schema("QueueCounts"),
                     }
                 ),

@@ -83,7 +83,8 @@ async def cdr_page(
 async def queue_groups(
     pool: asyncpg.Pool, now: int, route_prefixes: Iterable[str]
 ) -> list[QueueGroup]:
-    """Unsent work grouped by (account, longest matching route prefix, wait state)."""
+    """Unsent work grouped by (account, longest matching route prefix, wait state); parked
+    messages (`q_park` set) are `parked`, not `retry_wait`, like the SQLite report."""
     prefixes = sorted(set(route_prefixes), key=lambda p: (-len(p), p))
     args: list[Any] = [now]
     if prefixes:
@@ -100,6 +101,7 @@ async def queue_groups(
         f"SELECT account_id, {route_sql} AS route, "
         "CASE WHEN q_state = 'claimed' THEN 'claimed' "
         "WHEN scheduled_at IS NOT NULL AND scheduled_at > $1 THEN 'scheduled' "
+        "WHEN q_park IS NOT NULL THEN 'parked' "
         "WHEN q_not_before > $1 THEN 'retry_wait' ELSE 'ready' END AS bucket, "
         "COUNT(*), COALESCE(SUM(segments - segments_sent), 0), "
         "MIN(COALESCE(scheduled_at, accepted_at)) "

@@ -58,6 +58,8 @@ def queue_groups(
     The route is the longest configured prefix matching the recipient ('' = the default route),
     computed in SQL so the result has a handful of rows however deep the queue is. Parts are
     counted like `queue_depth` (segments not yet sent), so the totals match back-pressure.
+    A parked message (its route had no SMSC up) is `parked` whatever its q_not_before: it waits
+    for a bind, not out a back-off, and telling the two apart is what the operator needs.
     """
     prefixes = sorted(set(route_prefixes), key=lambda p: (-len(p), p))
     if prefixes:
@@ -75,6 +77,7 @@ def queue_groups(
         f"SELECT account_id, {route_sql} AS route, "
         "CASE WHEN q_state='claimed' THEN 'claimed' "
         "WHEN scheduled_at IS NOT NULL AND scheduled_at>? THEN 'scheduled' "
+        "WHEN q_park IS NOT NULL THEN 'parked' "
         "WHEN q_not_before>? THEN 'retry_wait' ELSE 'ready' END AS bucket, "
         "COUNT(*), COALESCE(SUM(segments - segments_sent), 0), "
         "MIN(COALESCE(scheduled_at, accepted_at)) "

@@ -72,7 +72,13 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
     data = json.loads(out)
     assert data["ready"] is True and data["smscs"][0]["name"] == "sim"
     assert data["smscs"][0]["submits"]["ok"] == 2
-    assert set(data["queue"]["by_state"]) == {"ready", "claimed", "retry_wait", "scheduled"}
+    assert set(data["queue"]["by_state"]) == {
+        "ready",
+        "claimed",
+        "retry_wait",
+        "parked",
+        "scheduled",
+    }
 
 
 async def test_up_but_not_ready_exits_1_and_still_shows_why(daemon):

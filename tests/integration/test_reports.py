@@ -21,6 +21,8 @@ from bridge.api.admin_ops import queue_view, smsc_view
 from bridge.api.reports import CDR_COLUMNS, CDR_PAGE, sheet_safe
 from bridge.api.views import iso
 from bridge.ids import new_id
+from bridge.smpp.router import DEFAULT_KEY
+from bridge.store.base import PARK_MS, Store
 from bridge.store.models import (
     AcceptBatch,
     NewMessage,
@@ -30,6 +32,8 @@ from bridge.store.models import (
     Release,
     SubmitResult,
 )
+from tests import store_engines
+from tests.integration.test_store import account as store_account
 
 SEC = 1000
 MIN = 60 * SEC
@@ -641,6 +645,7 @@ async def test_admin_queue_by_account_route_and_smsc(make_api, clock):
         "ready": {"messages": 1, "parts": 1},  # uk
         "claimed": {"messages": 2, "parts": 3},  # cn13 (2 left), cn15
         "retry_wait": {"messages": 1, "parts": 2},  # us
+        "parked": {"messages": 0, "parts": 0},
         "scheduled": {"messages": 1, "parts": 1},  # later
     }
     # The oldest wait: cn13, accepted 10 minutes ago (the scheduled one does not count).
@@ -668,6 +673,114 @@ async def test_admin_queue_empty(api_server):
     assert r.json["oldest_age_s"] is None and r.json["oldest_waiting_since"] is None
     assert r.json["by_account"] == r.json["by_route"] == r.json["by_smsc"] == []
     assert all(v == {"messages": 0, "parts": 0} for v in r.json["by_state"].values())
+
+
+# The queue report on both engines (the server above runs on SQLite only): `engine` is the
+# parameter of `any_store`; not named `store`, which is the API server's store in this module.
+engine = store_engines.engine
+
+
+@pytest.fixture
+async def any_store(engine: store_engines.EngineHandle) -> Any:
+    s = engine.new_store()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def park_down_routes(recipient: str) -> str | None:
+    """+44 and the default route have no SMSC up; +86 has."""
+    if recipient.startswith("+44"):
+        return "+44"
+    return None if recipient.startswith("+86") else DEFAULT_KEY
+
+
+async def test_queue_groups_tell_parked_from_retry_wait(any_store: Store):
+    store, now = any_store, D0
+    await store.create_account(store_account("acc_q"))
+    uk1 = new_message("acc_q", now - 3 * MIN, parts=2, to="+447700900001")
+    uk2 = new_message("acc_q", now - 2 * MIN, to="+447700900002")
+    fr = new_message("acc_q", now - 90 * SEC, to="+33612345678")  # default route
+    cn = new_message("acc_q", now - MIN, to="+8613800138000")
+    await accept(store, "acc_q", uk1, uk2, fr, cn)
+    claimed = await store.claim("test", 100, now, LEASE, park=park_down_routes)
+    assert [w.id for w in claimed] == [cn.id]
+    await store.record_submits([], [Release(cn.id, now + 30 * SEC)], now)  # cn backs off
+    routes = ["+44", "+86"]
+
+    # Parked messages are due again at now + PARK_MS, like a back-off, but are not one.
+    assert await store.queue_groups(now, routes) == [
+        QueueGroup("acc_q", "", "parked", 1, 1, now - 90 * SEC),
+        QueueGroup("acc_q", "+44", "parked", 2, 3, now - 3 * MIN),
+        QueueGroup("acc_q", "+86", "retry_wait", 1, 1, now - MIN),
+    ]
+    # Parked whatever q_not_before says: past it, still parked (the claim has not met them
+    # again); the back-off one is ready at the end of its back-off, not a millisecond before.
+    at = now + PARK_MS
+    assert await store.queue_groups(now + 30 * SEC - 1, routes) == await store.queue_groups(
+        now, routes
+    )
+    assert [(g.route, g.bucket) for g in await store.queue_groups(at, routes)] == [
+        ("", "parked"),
+        ("+44", "parked"),
+        ("+86", "ready"),
+    ]
+
+    # A bind of +44 comes up: its messages are ready; the default route stays parked.
+    assert await store.unpark(["+44"], at) == 2
+    assert await store.queue_groups(at, routes) == [
+        QueueGroup("acc_q", "", "parked", 1, 1, now - 90 * SEC),
+        QueueGroup("acc_q", "+44", "ready", 2, 3, now - 3 * MIN),
+        QueueGroup("acc_q", "+86", "ready", 1, 1, now - MIN),
+    ]
+    assert await store.unpark([DEFAULT_KEY], at) == 1
+    assert {g.bucket for g in await store.queue_groups(at, routes)} == {"ready"}
+
+
+async def test_admin_queue_shows_parked_messages_as_a_backlog(make_api, clock):
+    """The API view over SQLite (validated against the OpenAPI document): parked counts under
+    its own state, and in the oldest wait (unlike scheduled: a route down is a backlog)."""
+    api = await make_api(
+        {
+            "smscs": [{"name": "main", "system_id": "b"}, {"name": "intl", "system_id": "b"}],
+            "routes": [{"prefix": "+44", "smscs": ["intl"]}],
+            "default_route": ["main"],
+        }
+    )
+    store = api.store
+    now = int(clock.freeze(D0 / 1000 + 10 * 60)) * 1000
+    a = await api.create_account("alpha")
+    A = a.account_id
+    uk = new_message(A, now - 10 * MIN, parts=2, to="+447700900123")
+    cn = new_message(A, now - 5 * MIN, to="+8613800138000")
+    await accept(store, A, uk, cn)
+    claimed = await store.claim("test", 100, now - MIN, LEASE, park=park_down_routes)
+    assert [w.id for w in claimed] == [cn.id]
+    await store.record_submits([], [Release(cn.id, now + MIN)], now - MIN)
+
+    q = (await api.admin("GET", "/admin/queue")).json
+    assert q["by_state"] == {
+        "ready": {"messages": 0, "parts": 0},
+        "claimed": {"messages": 0, "parts": 0},
+        "retry_wait": {"messages": 1, "parts": 1},  # cn
+        "parked": {"messages": 1, "parts": 2},  # uk
+        "scheduled": {"messages": 0, "parts": 0},
+    }
+    assert q["depth"] == 3 == await store.queue_depth()
+    assert q["oldest_age_s"] == 600.0  # uk, parked
+    assert q["by_route"][0] == {
+        "prefix": "+44",
+        "smscs": ["intl", "main"],
+        "messages": 1,
+        "parts": 2,
+    }
+
+    assert await store.unpark(["+44"], now) == 1
+    q = (await api.admin("GET", "/admin/queue")).json
+    assert q["by_state"]["parked"] == {"messages": 0, "parts": 0}
+    assert q["by_state"]["ready"] == {"messages": 1, "parts": 2}
 
 
 def test_queue_view_without_routes_counts_under_no_smsc():
