@@ -342,7 +342,7 @@ class Daemon:
                 ("lease renewal", self._renew_leases),
                 ("expiry sweep", self._sweep_expired),
                 ("reclaim", self._reclaim),
-                ("MO parts", self._drop_stale_mo_parts),
+                ("incomplete MO", self._flush_stale_mo),
                 ("settlement", self._settle),
             ):
                 try:
@@ -376,10 +376,12 @@ class Daemon:
             if self.dispatcher is not None:
                 self.dispatcher.wake()
 
-    async def _drop_stale_mo_parts(self, now_ms: int) -> None:
-        assert self.store is not None
-        stale = now_ms - int(self.config.pipeline.mo_reassembly_timeout_s * 1000)
-        await self.store.drop_stale_mo_parts(stale)
+    async def _flush_stale_mo(self, now_ms: int) -> None:
+        # Parts of a long MO whose others did not come in time: delivered as they are, flagged
+        # incomplete, rather than dropped (the reply would vanish for customer and recipient).
+        if self.inbound is not None:
+            timeout_ms = int(self.config.pipeline.mo_reassembly_timeout_s * 1000)  # SIGHUP-able
+            await self.inbound.flush_stale_mo(now_ms, timeout_ms=timeout_ms)
 
     async def _settle(self, now_ms: int) -> None:
         if now_ms - self._last_settle < 3_600_000 or self.ctx is None:

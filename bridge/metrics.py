@@ -210,6 +210,13 @@ class Metrics:
             "smpp_bridge_mo_received", "Inbound (MO) deliver_sm received, by SMSC", ["smsc"],
             registry=r,
         )  # fmt: skip
+        self.mo_received_incomplete = Counter(
+            "smpp_bridge_mo_incomplete",
+            "Long inbound messages delivered without the parts that never arrived (flagged "
+            "incomplete; not in mo_received), by SMSC",
+            ["smsc"],
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "smpp_bridge_webhook_deliveries",
             "Webhook reports by kind (status, mo) and outcome (delivered, retry, dead)",
@@ -259,6 +266,7 @@ class Metrics:
         self._throttles: defaultdict[str, int] = defaultdict(int)
         self._receipts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._mo: defaultdict[str, int] = defaultdict(int)
+        self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
         self._webhooks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._messages = 0
         self._segments = 0
@@ -314,6 +322,9 @@ class Metrics:
     def mo(self, smsc: str) -> None:
         self._mo[smsc] += 1
 
+    def mo_incomplete(self, smsc: str) -> None:
+        self._mo_incomplete[smsc] += 1
+
     def webhook(self, kind: str, outcome: str, n: int = 1) -> None:
         if n:
             self._webhooks[(kind, outcome)] += n
@@ -331,6 +342,7 @@ class Metrics:
             (self.throttle_events, self._throttles),
             (self.receipts, self._receipts),
             (self.mo_received, self._mo),
+            (self.mo_received_incomplete, self._mo_incomplete),
             (self.webhook_deliveries, self._webhooks),
         ):
             if pending:

@@ -549,9 +549,53 @@ def _schemas() -> dict[str, Any]:
             required=["openapi", "info", "paths"],
             closed=False,
         ),
+        "InboundMessage": _inbound_message_schema(),
         **_report_schemas(),
         **_rules_module().rules_schemas(),
     }
+
+
+def _inbound_message_schema() -> dict[str, Any]:
+    """One report of the JSON array POSTed to an account's mo_callback_url (report_format
+    native); not an answer of this API, documented here for the receiver's code."""
+    seq = {"type": "integer", "minimum": 1}
+    out = _obj(
+        {
+            "type": {"type": "string", "enum": ["message.inbound"]},
+            "webhook_id": {"type": "string", "description": "the same on every retry"},
+            "mo_id": {"type": "string", "pattern": "^mo_[a-z2-7]{24}$"},
+            "from": {"type": "string", "description": "E.164 when international"},
+            "to": {"type": "string", "description": "the address the reply went to"},
+            "sign_name": _nullable(
+                {"type": "string", "description": "of the message the reply answers"}
+            ),
+            "text": _STR,
+            "smsc": _STR,
+            "received_at": _TIME,
+            "incomplete": {
+                "type": "boolean",
+                "description": "true for a long message whose other parts did not arrive within "
+                "pipeline.mo_reassembly_timeout_s: text is what did arrive, runs of consecutive "
+                'parts joined with " ... " where parts are missing; false for every complete one',
+            },
+            "parts_total": _nullable(
+                {**seq, "minimum": 2, "description": "parts announced (null when complete)"}
+            ),
+            "parts_received": _nullable(
+                {
+                    "type": "array",
+                    "items": seq,
+                    "description": "seq numbers of the parts that arrived, ascending (null "
+                    "when complete)",
+                }
+            ),
+        }
+    )
+    out["description"] = (
+        "An inbound message (MO) as pushed to the account's mo_callback_url in the native report "
+        "format (the aliyun format keeps Alibaba's SmsUp fields, with the joined text in content)"
+    )
+    return out
 
 
 def _components() -> dict[str, Any]:

@@ -8,6 +8,11 @@ written back in batches.
 A message whose route has no SMSC up is parked by the claim that meets it (it stays queued in the
 store, out of the claims' way) and un-parked when a bind of its route comes up, or by the periodic
 un-park (on PostgreSQL another instance may hold the bind a route lacks here).
+
+A part whose submit_sm timed out may still be accepted by a slow SMSC after the message was
+released for its retry: the connector reports that late acceptance (`on_late_submit`) and, if the
+retry has not claimed the message yet, it is recorded as sent instead of being sent again (the
+handset would get it twice, and the first copy's receipt would match nothing).
 """
 
 from __future__ import annotations
@@ -17,17 +22,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge import logs
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.smpp.codec import ShortMessage
+from bridge.smpp.connector import LateSubmit
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.store.base import Store
-from bridge.store.models import Release, SubmitResult, WorkMessage
+from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -52,6 +58,8 @@ class _RouteNotRecorded(Exception):
 
 class ConnectorLike(Protocol):
     name: str
+    # Set by the dispatcher: called for each part the SMSC accepted after its TIMEOUT outcome.
+    on_late_submit: Callable[[LateSubmit], None] | None
 
     @property
     def is_up(self) -> bool: ...
@@ -63,6 +71,7 @@ class ConnectorLike(Protocol):
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[Any] | None = None,
     ) -> list: ...
 
 
@@ -105,6 +114,7 @@ class Dispatcher:
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._inflight_ids: dict[asyncio.Task[None], str] = {}
+        self._inflight_by_id: dict[str, asyncio.Task[None]] = {}
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
         self._stopping = False
         self._results: Batcher[SubmitResult | Release] = Batcher(
@@ -112,6 +122,9 @@ class Dispatcher:
         )
         self._routes: Batcher[tuple[str, str]] = Batcher(
             self._flush_routes, max_items=1000, max_delay_s=0.001, name="routes"
+        )
+        self._late: Batcher[LateAccept] = Batcher(
+            self._flush_late, max_items=1000, max_delay_s=0.01, name="late-submits"
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
@@ -121,6 +134,7 @@ class Dispatcher:
         self.sent = 0
         self.failed = 0
         self.retried = 0
+        self.late_accepted = 0  # parts recorded sent from a submit_sm_resp after its timeout
 
     def reconfigure(
         self,
@@ -204,6 +218,7 @@ class Dispatcher:
                 task = asyncio.get_running_loop().create_task(self._send(msg))
                 self._inflight.add(task)
                 self._inflight_ids[task] = msg.id
+                self._inflight_by_id[msg.id] = task
                 task.add_done_callback(self._done)
 
     def _up_now(self) -> frozenset[str]:
@@ -233,7 +248,9 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._inflight_ids.pop(task, None)
+        mid = self._inflight_ids.pop(task, None)
+        if mid is not None and self._inflight_by_id.get(mid) is task:
+            del self._inflight_by_id[mid]
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch task failed", exc_info=task.exception())
@@ -288,6 +305,7 @@ class Dispatcher:
             return
         self._no_route.pop(msg.id, None)
         connector = self.connectors[name]
+        connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
         smsc = self.smscs[name]
         rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
         before = None
@@ -308,7 +326,12 @@ class Dispatcher:
             loop_now = asyncio.get_running_loop().time()
             deadline = loop_now + (msg.expires_at - now_ms) / 1000
         try:
-            outcomes = await connector.send_message(build_parts(msg, smsc), before, deadline)
+            outcomes = await connector.send_message(
+                build_parts(msg, smsc),
+                before,
+                deadline,
+                contexts=[(msg.id, seg.seq) for seg in msg.segments],
+            )
         except _RouteNotRecorded as exc:  # nothing left
             if exc.lost:
                 log.warning("claim taken back by another instance; not sent")
@@ -407,6 +430,45 @@ class Dispatcher:
                 log.warning("recording submit results failed; retrying", exc_info=True)
                 await asyncio.sleep(delay)
 
+    def _on_late(self, late: LateSubmit) -> None:
+        """A part accepted after its TIMEOUT outcome. Recorded once the message's own task is
+        done: until then its release (or the resend's results) may not be committed, and the
+        store only takes a late acceptance for a released, unclaimed message."""
+        ctx = late.context
+        rule = self._rules.get(late.smsc)
+        if not (isinstance(ctx, tuple) and len(ctx) == 2) or rule is None:
+            log.debug("late submit_sm_resp without a known part", extra={"smsc": late.smsc})
+            return
+        mid, seq = ctx
+        raw = late.message_id
+        item = LateAccept(mid, seq, late.smsc, normalize_resp_id(raw, rule), raw)
+        task = self._inflight_by_id.get(mid)
+        if task is None:
+            self._late.add(item)
+        else:
+            task.add_done_callback(lambda _t: self._late.add(item))
+
+    async def _flush_late(self, items: list[LateAccept]) -> None:
+        """Record late acceptances; retried a few times (lost, the part is resent: a duplicate,
+        but nothing worse than before)."""
+        n = 0
+        for delay in (0.2, 1.0, 0):
+            try:
+                n = await self.store.record_late_submits(items, int(self.clock() * 1000))
+                break
+            except Exception:
+                if not delay:
+                    raise
+                log.warning("recording late submit results failed; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+        self.late_accepted += n
+        log.info(
+            "late submit_sm_resp: %d of %d parts recorded sent (the rest were claimed again)",
+            n,
+            len(items),
+            extra={"smscs": sorted({i.smsc for i in items})},
+        )
+
     async def _flush_routes(self, items: list[tuple[str, str]]) -> None:
         taken = await self.store.record_routes(self.instance, items)
         self._unrouted.update(mid for mid, _s in items if mid not in taken)
@@ -436,6 +498,8 @@ class Dispatcher:
                 task.cancel()
         await self._routes.drain()
         await self._results.drain()
+        await asyncio.sleep(0)  # late acceptances held for a task that just ended
+        await self._late.drain()
 
     @property
     def inflight(self) -> int:

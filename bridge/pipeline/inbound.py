@@ -30,6 +30,13 @@ from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
 log = logging.getLogger("bridge.inbound")
 
+# Most groups of stale MO parts one sweep delivers (each is a few store round trips): a backlog
+# is worked off over a few 5-second rounds instead of holding up the sweeper's other steps.
+STALE_MO_BATCH = 200
+
+# Between the text of runs of parts separated by a missing part.
+GAP = " ... "
+
 
 def is_receipt(body: ShortMessage) -> bool:
     # SMPP 3.4 5.2.12: message type bits 2-5; 0x04 is an SMSC delivery receipt. Some SMSCs only
@@ -62,6 +69,7 @@ class Inbound:
         self.unmatched = 0
         self.unparsable = 0
         self.mo = 0
+        self.mo_incomplete = 0  # long MOs delivered without the parts that never came
         self.optouts = 0
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
         self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
@@ -160,6 +168,7 @@ class Inbound:
                     body.data_coding,
                     seg.payload,
                     now_ms,
+                    body.source_addr_ton,
                 )
             )
             if parts is None:
@@ -168,10 +177,9 @@ class Inbound:
             text = decode_payload(body.data_coding, b"".join(p.payload for p in parts))
         else:
             text = decode_payload(seg.data_coding, seg.payload)
-        source = _e164(body.source_addr, body.source_addr_ton)
-        senders, default = self._sent_from(smsc, body.destination_addr)
-        found = await self.store.attribute_mo(source, senders, now_ms, default=default)
-        account, sign = found if found is not None else (None, None)
+        source, account, sign = await self._attribute(
+            smsc, body.source_addr, body.source_addr_ton, body.destination_addr, now_ms
+        )
         if account is not None and is_optout(text, self.optout_keywords):
             # Before the MO is stored: a crash in between re-delivers the MO, and adding the
             # number again is a no-op, so the opt-out is never lost.
@@ -215,6 +223,92 @@ class Inbound:
         )  # fmt: skip
         return C.ESME_ROK
 
+    async def _attribute(
+        self, smsc: str, source_addr: str, ton: int, destination: str, now_ms: int
+    ) -> tuple[str, str | None, str | None]:
+        """(source as E.164 when international, account, sign name) of an MO, complete or not:
+        the account that last wrote to the sender from the address the reply went to."""
+        source = _e164(source_addr, ton)
+        senders, default = self._sent_from(smsc, destination)
+        found = await self.store.attribute_mo(source, senders, now_ms, default=default)
+        account, sign = found if found is not None else (None, None)
+        return source, account, sign
+
+    async def flush_stale_mo(
+        self, now_ms: int, *, timeout_ms: int = 300_000, limit: int = STALE_MO_BATCH
+    ) -> int:
+        """Deliver the long MOs whose missing parts did not come within `timeout_ms` of the last
+        one that did: what arrived, flagged incomplete (a reply cut short by the network used to
+        vanish in silence). Returns how many were stored now. A group that fails is logged and
+        left for the next round; the others go on."""
+        groups = await self.store.stale_mo_groups(now_ms - timeout_ms, limit)
+        before = self.mo_incomplete
+        for parts in groups:
+            try:
+                await self._flush_group(parts)
+            except Exception:
+                p = parts[0]
+                log.exception(
+                    "could not deliver an incomplete mo; retried next sweep",
+                    extra={"smsc": p.smsc, "from": logs.number(p.source), "ref": p.ref},
+                )
+        return self.mo_incomplete - before
+
+    async def _flush_group(self, parts: list[MoPart]) -> bool:
+        first = parts[0]
+        smsc, total = first.smsc, first.total
+        seqs = tuple(p.seq for p in parts)
+        if seqs == tuple(range(1, total + 1)):
+            # Every part is here: `_mo` completed and stored this MO and stopped before dropping
+            # the parts (a crash, a store error). Storing it again would push it twice.
+            await self.store.drop_mo_parts(smsc, first.source, first.destination, first.ref)
+            log.info(
+                "dropped the parts of a stored mo",
+                extra={"smsc": smsc, "from": logs.number(first.source), "ref": first.ref},
+            )
+            return False
+        newest = max(p.received_at for p in parts)
+        # TON unknown (parts kept before it was): read as SMSCs without a TON send it.
+        ton = first.source_ton if first.source_ton is not None else 0
+        source, account, sign = await self._attribute(
+            smsc, first.source, ton, first.destination, newest
+        )
+        # Never an opt-out, whatever the text: a fragment is not a request (the "STOP" may be
+        # the start of "STOP sending me the old address"), and an opt-out ends the account's
+        # queued messages to the number. The customer sees the text, flagged, and decides.
+        mo_id = incomplete_mo_id(
+            smsc, first.source, first.destination, first.ref, total, first.received_at
+        )
+        new = await self.store.store_mo(
+            MoMessage(
+                id=mo_id,
+                account_id=account,
+                smsc=smsc,
+                source=source,
+                destination=first.destination,
+                text=join_runs(parts),
+                received_at=newest,
+                sign_name=sign,
+                parts_total=total,
+                parts_received=seqs,
+            )
+        )
+        if new:  # not when stored before (a sweep redone after a crash, another instance's)
+            self.mo_incomplete += 1
+            if self.metrics is not None:
+                self.metrics.mo_incomplete(smsc)
+            log.info(
+                "incomplete mo delivered: %d of %d parts",
+                len(seqs),
+                total,
+                extra={"smsc": smsc, "mo_id": mo_id, "account": account,
+                       "from": logs.number(source), "parts_received": list(seqs),
+                       "parts_total": total},
+            )  # fmt: skip
+        # Only now: a crash before this leaves the parts, and the redo gets the same id.
+        await self.store.drop_mo_parts(smsc, first.source, first.destination, first.ref)
+        return new
+
     def _sent_from(self, smsc: str, destination: str) -> tuple[tuple[str, ...], bool]:
         """The forms a sender stored with our messages may have for the address a reply went
         to (a number is stored as given, "+44..." or "44...", and sent without the "+"), and
@@ -255,6 +349,45 @@ def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     )
     digest = hashlib.blake2b(material, digest_size=15).digest()
     return "mo_" + base64.b32encode(digest).decode().lower()
+
+
+def incomplete_mo_id(
+    smsc: str, source: str, destination: str, ref: int, total: int, first_received_at: int
+) -> str:
+    """The id of an MO delivered without some parts: the same whenever the same kept parts are
+    delivered again (a sweep redone after a crash before the parts were dropped, or run by two
+    instances at once), so the store keeps one. The first part's arrival tells this message from
+    a later one that reuses the reference; the "incomplete" mark keeps it apart from the ids of
+    complete MOs."""
+    material = b"\x00".join(
+        (
+            b"incomplete",
+            smsc.encode(),
+            source.encode(),
+            destination.encode(),
+            str(ref).encode(),
+            str(total).encode(),
+            str(first_received_at).encode(),
+        )
+    )
+    digest = hashlib.blake2b(material, digest_size=15).digest()
+    return "mo_" + base64.b32encode(digest).decode().lower()
+
+
+def join_runs(parts: list[MoPart]) -> str:
+    """The text of the parts present (in seq order): each run of consecutive parts joined then
+    decoded, as a handset does, so a pair cut across two present parts still decodes; a pair cut
+    by a missing part decodes with a replacement character (decode_payload never raises). Runs
+    are separated by GAP, so the reader sees where text is missing."""
+    runs: list[list[MoPart]] = []
+    for p in parts:
+        if runs and p.seq == runs[-1][-1].seq + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return GAP.join(
+        decode_payload(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs
+    )
 
 
 def _e164(addr: str, ton: int) -> str:

@@ -181,6 +181,11 @@ class WebhookSender:
                 "text": mo.text,
                 "smsc": mo.smsc,
                 "received_at": iso(mo.received_at),
+                # A long MO whose other parts never came, delivered with the ones that did (text
+                # joined with " ... " at the gaps); false, with nulls, for every complete MO.
+                "incomplete": mo.incomplete,
+                "parts_total": mo.parts_total,
+                "parts_received": None if mo.parts_received is None else list(mo.parts_received),
             }
         else:
             item = jsonio.loads(job.payload)

@@ -13,6 +13,9 @@ Why it looks the way it does (see docs/lessons-from-peers):
   throttle, and so did we: with 2% of submits throttled at random the bind then spent more than
   half its time paused.
 - Transient errors get a few quick retries with their own budget, then go back to the dispatcher.
+- A submit_sm unanswered in response_timeout_s goes back to the dispatcher as TIMEOUT; if the
+  SMSC then accepts it late, ``on_late_submit`` says so (with the part's context from
+  ``send_message``), so the caller can use that acceptance instead of resending the part.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from bridge.smpp.protocol import (
 )
 from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
 
-__all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "SubmitOutcome"]
+__all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "LateSubmit", "SubmitOutcome"]
 
 log = logging.getLogger("bridge.smpp")
 
@@ -109,6 +112,18 @@ class SubmitOutcome:
     status: int  # SMPP command_status; 0 for ok, -1 when none (timeout, connection lost, no bind)
     status_name: str  # "ESME_RINVDSTADR", "TIMEOUT", "CONNECTION_LOST", "NO_BIND", "CANCELLED"
     message_id: str | None  # the raw submit_sm_resp id when ok
+
+
+@dataclass(frozen=True, slots=True)
+class LateSubmit:
+    """The SMSC accepted a part after its submit_sm was reported TIMEOUT (SubmitOutcome
+    "transient"): the part reached it, the handset will get it, its receipt will carry
+    ``message_id`` (raw, as in submit_sm_resp)."""
+
+    smsc: str
+    context: Any  # the part's entry in send_message's `contexts` (None without)
+    status: int  # always ESME_ROK: other late answers are not reported
+    message_id: str
 
 
 class _Expired(Exception):
@@ -246,6 +261,8 @@ class Connector:
         self.on_submit: SubmitHook | None = None
         # Set before start() to share the configured binds with other instances (see BindGate).
         self.bind_gate: BindGate | None = None
+        # Called for each part the SMSC accepted after its TIMEOUT was reported (see LateSubmit).
+        self.on_late_submit: Callable[[LateSubmit], None] | None = None
 
     def update_limits(self, cfg: SmscSettings) -> None:
         """Apply a reloaded configuration that changed only limits (TPS, throttle pauses, retries,
@@ -403,6 +420,7 @@ class Connector:
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[Any] | None = None,
     ) -> list[SubmitOutcome]:
         """Send a message's parts in order on one bind; one outcome per part (see module doc).
 
@@ -414,7 +432,10 @@ class Connector:
 
         `deadline` (event-loop time): the message's validity. A part that has not left by then
         (it waited for a window slot, a throttle pause, a bind) is "expired" and not sent, nor
-        are the parts after it; sent late, its validity_period would be in the past."""
+        are the parts after it; sent late, its validity_period would be in the past.
+
+        `contexts` (one per part): what ``on_late_submit`` reports for a part accepted after its
+        TIMEOUT outcome (the dispatcher passes (message id, part seq))."""
         n = len(parts)
         if n == 0:
             return []
@@ -428,7 +449,12 @@ class Connector:
             outcomes: list[SubmitOutcome] = []
             for i, part in enumerate(parts):
                 outcome, bind = await self._send_part(
-                    i, part, bind, before_first if i == 0 else None, deadline
+                    i,
+                    part,
+                    bind,
+                    before_first if i == 0 else None,
+                    deadline,
+                    None if contexts is None else contexts[i],
                 )
                 outcomes.append(outcome)
                 if outcome.kind != "ok":
@@ -446,6 +472,7 @@ class Connector:
         bind: _Bind | None,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        context: Any = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
         loop = asyncio.get_running_loop()
         transient = 0
@@ -461,7 +488,7 @@ class Connector:
                 if bind is None:
                     return _no_bind(index), None
             try:
-                res = await self._submit_on(bind, part, priority, before, deadline)
+                res = await self._submit_on(bind, part, priority, before, deadline, context)
             except _Expired:
                 return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
             except EncodeError as e:
@@ -526,6 +553,7 @@ class Connector:
         priority: bool,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        context: Any = None,
     ) -> SubmitResult | None:
         """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
         limit, then submit_sm. None when the bind went down or closed before the PDU was sent;
@@ -543,7 +571,7 @@ class Connector:
             proto = b.proto
             if proto is not None and proto.is_bound and not self._closing:
                 with contextlib.suppress(WindowFull, NotBound):
-                    fut = proto.submit(part)
+                    fut = proto.submit(part, context)
         finally:
             b.reserved -= 1
             if fut is None:
@@ -764,6 +792,7 @@ class Connector:
         b.pause_started = -1.0
         b.paused_until = 0.0
         proto.on_slot_freed = lambda: self._slot_freed(b)
+        proto.on_late_submit = self._late_submit
         if b.mode.can_transmit:
             self._share_tps()
             if self._up_event is not None:
@@ -780,6 +809,18 @@ class Connector:
         self._pump(b)
         if not self.is_up and self._up_event is not None:
             self._up_event.clear()
+
+    def _late_submit(self, status: int, message_id: str, context: Any) -> None:
+        """Only an acceptance with an id is of use: the part reached the handset and its receipt
+        can be matched. A late error changes nothing (the part is resent or already failed)."""
+        if status != C.ESME_ROK or not message_id:
+            log.debug(
+                "late submit_sm_resp dropped",
+                extra={"smsc": self.name, "status": C.status_name(status)},
+            )
+            return
+        if self.on_late_submit is not None:
+            self.on_late_submit(LateSubmit(self.name, context, status, message_id))
 
     async def _deliver(self, body: ShortMessage, salvaged: bool) -> int:
         self._delivers += 1

@@ -5,7 +5,8 @@ All protocol decisions live in the sans-IO ``BindSession``; this module only
   iteration are coalesced into one ``write``),
 - keeps one timer armed at ``next_deadline()`` (lazily: it is re-armed only when the deadline moves
   earlier, so a busy window costs no timer churn; an early wake-up is harmless),
-- turns submit responses, timeouts and connection loss into per-request futures,
+- turns submit responses, timeouts and connection loss into per-request futures, and a late
+  submit_sm_resp (after its request's timeout) into a call of ``on_late_submit``,
 - runs the deliver handler for each deliver_sm (or data_sm, handed over as a deliver_sm body) and
   answers its resp (deliver_sm_resp or data_sm_resp) with the status the handler returns, only
   after it returns (a crash before that leaves the SMSC to redeliver).
@@ -34,6 +35,7 @@ from bridge.smpp.session import (
     DeliverReceived,
     EnquireLinkMissed,
     Event,
+    LateSubmitResponse,
     PeerUnbound,
     ProtocolError,
     RequestAborted,
@@ -47,6 +49,7 @@ __all__ = [
     "BindRefusedError",
     "BindTimeoutError",
     "DeliverCallback",
+    "LateSubmitCallback",
     "SmppProtocol",
     "SubmitResult",
     "make_ssl_context",
@@ -61,6 +64,10 @@ NO_STATUS: Final = -1
 DeliverCallback = Callable[[ShortMessage, bool], Awaitable[int]]
 """(deliver_sm body, salvaged) -> command_status for the deliver_sm_resp (data_sm_resp when the
 SMSC sent a data_sm: its body arrives converted, see ``DeliverReceived``)."""
+
+LateSubmitCallback = Callable[[int, str, Any], None]
+"""(command_status, message_id, the context given to ``submit``) of a submit_sm_resp that came
+after its request was resolved "TIMEOUT"."""
 
 
 @fast_init
@@ -129,6 +136,8 @@ class SmppProtocol(asyncio.Protocol):
         """Called (synchronously) each time a submit leaves the window: the connector wakes a
         waiter for a slot."""
         self.on_submit_result: Callable[[SubmitResult], None] | None = None
+        self.on_late_submit: LateSubmitCallback | None = None
+        """Called (synchronously) for each late submit_sm_resp (see ``LateSubmitResponse``)."""
         self.delivers = 0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -185,11 +194,13 @@ class SmppProtocol(asyncio.Protocol):
         ConnectionError."""
         return await asyncio.shield(self.bound)
 
-    def submit(self, body: ShortMessage) -> asyncio.Future[SubmitResult]:
+    def submit(self, body: ShortMessage, context: Any = None) -> asyncio.Future[SubmitResult]:
         """Queue a submit_sm now (raises WindowFull / NotBound synchronously) and return a future
-        for its result. The future never raises: no answer is a result with an ``error``."""
+        for its result. The future never raises: no answer is a result with an ``error``.
+        ``context`` comes back with a late answer (``on_late_submit``): the future is long
+        resolved by then."""
         fut: asyncio.Future[SubmitResult] = self._loop.create_future()
-        self.session.submit(body, self._loop.time(), (fut, time.perf_counter()))
+        self.session.submit(body, self._loop.time(), (fut, time.perf_counter(), context))
         self._schedule_flush()
         self._arm_timer()
         return fut
@@ -264,6 +275,8 @@ class SmppProtocol(asyncio.Protocol):
                 self._resolve(ev.context, ev.status, ev.message_id, None)
             elif isinstance(ev, DeliverReceived):
                 self._start_deliver(ev)
+            elif isinstance(ev, LateSubmitResponse):
+                self._late(ev)
             elif isinstance(ev, RequestTimedOut | RequestAborted):
                 if ev.command_id == C.SUBMIT_SM:
                     err = "TIMEOUT" if isinstance(ev, RequestTimedOut) else "CONNECTION_LOST"
@@ -294,8 +307,16 @@ class SmppProtocol(asyncio.Protocol):
                     self._flush()
                     self._transport.close()
 
+    def _late(self, ev: LateSubmitResponse) -> None:
+        if self.on_late_submit is None:
+            return
+        try:
+            self.on_late_submit(ev.status, ev.message_id, ev.context[2])
+        except Exception:  # the events after it in this read must still be handled
+            log.exception("late submit_sm_resp handler failed", extra={"smsc": self.name})
+
     def _resolve(self, context: Any, status: int, message_id: str, error: str | None) -> None:
-        fut, t0 = context
+        fut, t0, _ = context
         result = SubmitResult(status, message_id, error, time.perf_counter() - t0)
         if not fut.done():
             fut.set_result(result)

@@ -13,6 +13,11 @@ the transport is gone so requests still outstanding are reported (``RequestAbort
 Every request we send shares one timeout, so the outstanding-request dict (insertion ordered) is
 also ordered by deadline: the earliest deadline is its first entry, which keeps ``next_deadline``
 and ``on_timer`` O(1) per event however large the window is.
+
+A submit_sm that timed out is not forgotten at once: a congested SMSC answers late, and its late
+ESME_ROK means the handset gets the message (resending it makes a duplicate) and its receipt will
+carry that id. So its context stays in a bounded "late" map for a grace period, and a
+submit_sm_resp for it comes out as ``LateSubmitResponse`` rather than as a protocol error.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "DeliverReceived",
     "EnquireLinkMissed",
     "Event",
+    "LateSubmitResponse",
     "NotBound",
     "PeerUnbound",
     "ProtocolError",
@@ -124,6 +130,18 @@ class RequestTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class LateSubmitResponse:
+    """A submit_sm_resp for a submit_sm already reported ``RequestTimedOut``, within the grace
+    period: the SMSC did answer (``message_id`` is empty unless ``status`` is ESME_ROK). The
+    window slot was freed at the timeout; this only tells what became of the request."""
+
+    seq: int
+    status: int
+    message_id: str
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
 class RequestAborted:
     """A request still outstanding when the connection went away (see ``connection_lost``)."""
 
@@ -173,7 +191,7 @@ class Closed:
 
 Event = (
     Bound | BindRefused | SubmitResponse | RequestTimedOut | RequestAborted | DeliverReceived
-    | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed
+    | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed | LateSubmitResponse
 )  # fmt: skip
 
 
@@ -199,6 +217,12 @@ class NotBound(Exception):
 
 
 # --- the session ------------------------------------------------------------------------------
+LATE_GRACE_MIN_S: Final = 60.0
+"""A timed-out submit_sm is remembered at least this long (or 5 response timeouts if longer)."""
+LATE_MAX: Final = 4096
+"""At most this many timed-out submit_sm are remembered per bind; the oldest go first."""
+
+
 @dataclass(slots=True)
 class _Pending:
     command_id: int
@@ -232,11 +256,14 @@ class BindSession:
         "_framer",
         "_in_flight",
         "_last_rx",
+        "_late",
         "_out",
         "_pending",
         "_rx_now",
         "_seq",
         "enquire_link_s",
+        "late_grace_s",
+        "late_max",
         "mode",
         "peer_system_id",
         "response_timeout_s",
@@ -253,9 +280,13 @@ class BindSession:
         response_timeout_s: float = 30,
         enquire_link_s: float = 30,
         initial_seq: int = 1,
+        late_grace_s: float | None = None,
+        late_max: int = LATE_MAX,
     ) -> None:
         if window < 1:
             raise ValueError("window: must be at least 1")
+        if late_max < 0:
+            raise ValueError("late_max: must not be negative")
         if not 1 <= initial_seq <= MAX_SEQ:
             raise ValueError(f"initial_seq: must be in 1..{MAX_SEQ}")
         self._bind = bind
@@ -277,6 +308,13 @@ class BindSession:
         # hung, and its pings would keep ours from ever being sent.
         self._last_rx = 0.0
         self._rx_now = 0.0
+        # Timed-out submit_sm: seq -> (context, expiry), oldest first (all share one grace, so
+        # insertion order is expiry order: pruning and eviction look at the first entry only).
+        self._late: dict[int, tuple[Any, float]] = {}
+        self.late_grace_s = (
+            max(LATE_GRACE_MIN_S, 5 * response_timeout_s) if late_grace_s is None else late_grace_s
+        )
+        self.late_max = late_max
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -293,6 +331,11 @@ class BindSession:
     def is_bound(self) -> bool:
         return self.state is SessionState.BOUND
 
+    @property
+    def late_count(self) -> int:
+        """Timed-out submit_sm whose late answer would still be reported."""
+        return len(self._late)
+
     # --- outgoing -----------------------------------------------------------------------------
     def _next_seq(self) -> int:
         seq = self._seq
@@ -304,6 +347,8 @@ class BindSession:
     def _request(self, cid: int, body: Any, now: float, context: Any = None) -> int:
         seq = self._next_seq()
         data = encode(Pdu(cid, 0, seq, body))  # may raise EncodeError: nothing recorded then
+        if self._late:
+            self._late.pop(seq, None)  # a wrapped seq in use again: its answers are the new one's
         self._out += data
         self._pending[seq] = _Pending(cid, now + self.response_timeout_s, context, now)
         return seq
@@ -331,7 +376,8 @@ class BindSession:
 
     def submit(self, body: ShortMessage, now: float, context: Any = None) -> int:
         """Queue a submit_sm; returns its sequence number. The answer comes as SubmitResponse,
-        RequestTimedOut or RequestAborted carrying ``context``."""
+        RequestTimedOut or RequestAborted carrying ``context`` (after a RequestTimedOut, maybe
+        a LateSubmitResponse too)."""
         if self.state is not SessionState.BOUND:
             raise NotBound(f"submit: the session is {self.state}, not bound")
         if not self.mode.can_transmit:
@@ -371,6 +417,7 @@ class BindSession:
             RequestAborted(seq, p.command_id, p.context) for seq, p in self._pending.items()
         ]
         self._pending.clear()
+        self._late.clear()
         self._in_flight = 0
         self._el_seq = 0
         if self.state is not SessionState.CLOSED:
@@ -403,6 +450,12 @@ class BindSession:
         events: list[Event] = []
         if self.state is SessionState.CLOSED:
             return events
+        late = self._late
+        while late:
+            seq, (_ctx, expiry) = next(iter(late.items()))
+            if expiry > now:
+                break
+            del late[seq]
         pending = self._pending
         while pending:
             seq, p = next(iter(pending.items()))
@@ -412,6 +465,7 @@ class BindSession:
             cid = p.command_id
             if cid == C.SUBMIT_SM:
                 self._in_flight -= 1
+                self._remember_late(seq, p.context, now)
                 events.append(RequestTimedOut(seq, cid, p.context))
             elif cid == C.ENQUIRE_LINK:
                 self._el_seq = 0
@@ -432,8 +486,17 @@ class BindSession:
             self._el_seq = self._request(C.ENQUIRE_LINK, None, now)
         return events
 
+    def _remember_late(self, seq: int, context: Any, now: float) -> None:
+        if self.late_max <= 0 or self.late_grace_s <= 0:
+            return
+        late = self._late
+        late[seq] = (context, now + self.late_grace_s)
+        while len(late) > self.late_max:
+            del late[next(iter(late))]
+
     def _close(self, events: list[Event], reason: str) -> list[Event]:
         self.state = SessionState.CLOSED
+        self._late.clear()
         events.append(Closed(reason))
         return events
 
@@ -449,6 +512,7 @@ class BindSession:
             for frame in e.frames:
                 self._handle_frame(frame, now, events)
                 if self.state is SessionState.CLOSED:
+                    self._late.clear()
                     return events
             self._nack(e.status, e.seq)
             events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
@@ -457,6 +521,7 @@ class BindSession:
             self._handle_frame(frame, now, events)
             if self.state is SessionState.CLOSED:
                 self._answers_after_unbind(frames[i + 1 :], events)
+                self._late.clear()
                 break
         return events
 
@@ -504,7 +569,10 @@ class BindSession:
         elif cid == C.UNBIND:
             self._respond(C.UNBIND_RESP, C.ESME_ROK, pdu.seq)
             events.append(PeerUnbound())
-            self._close(events, "unbound by the SMSC")
+            # Not _close: late answers in the rest of this read still count (receive_data
+            # clears the late map after _answers_after_unbind).
+            self.state = SessionState.CLOSED
+            events.append(Closed("unbound by the SMSC"))
         elif cid in _NO_RESPONSE:
             events.append(ProtocolError(f"ignored {C.command_name(cid)} from the SMSC", False))
         else:
@@ -524,7 +592,7 @@ class BindSession:
                 events.append(DeliverReceived(e.seq, body, True, cid))
                 events.append(ProtocolError(f"salvaged {C.command_name(cid)} receipt: {e}", False))
                 return
-        if cid & C.RESP_BIT and e.seq in self._pending:
+        if cid & C.RESP_BIT and (e.seq in self._pending or e.seq in self._late):
             # A response we cannot fully parse still answers its request: the SMSC's status is
             # in the header. Nacking a response is meaningless to the peer, so none is sent.
             status = _HDR.unpack_from(frame)[2]
@@ -544,6 +612,8 @@ class BindSession:
         seq = pdu.seq
         cid = pdu.command_id
         p = self._pending.get(seq)
+        if p is None and self._late and self._late_response(pdu, events):
+            return
         if p is None or (cid != C.GENERIC_NACK and _RESP_FOR.get(p.command_id) != cid):
             what = "no request" if p is None else C.command_name(p.command_id)
             events.append(
@@ -574,3 +644,22 @@ class BindSession:
                 self._close(events, f"bind refused: {C.status_name(status)}")
         elif req == C.UNBIND:
             self._close(events, "unbound")
+
+    def _late_response(self, pdu: Pdu, events: list[Event]) -> bool:
+        """A response for a timed-out submit_sm: a submit_sm_resp is reported, a generic_nack
+        only ends the wait for it. False when it is none of those (or came past the grace)."""
+        cid = pdu.command_id
+        entry = self._late.get(pdu.seq)
+        if entry is None or (cid != C.SUBMIT_SM_RESP and cid != C.GENERIC_NACK):
+            return False
+        del self._late[pdu.seq]
+        context, expiry = entry
+        if expiry <= self._rx_now:
+            return False
+        self._last_rx = self._rx_now  # an answer all the same: the SMSC is alive
+        if cid == C.SUBMIT_SM_RESP:
+            status = pdu.status
+            body = pdu.body
+            mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
+            events.append(LateSubmitResponse(pdu.seq, status, mid, context))
+        return True

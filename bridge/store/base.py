@@ -21,6 +21,7 @@ from bridge.store.models import (
     BillRow,
     DncInfo,
     IdempotencyRecord,
+    LateAccept,
     LedgerRow,
     MessageRecord,
     MoMessage,
@@ -162,6 +163,13 @@ class Store(Protocol):
         again, on this instance at least); returns how many. Cheap when none are parked."""
         ...
 
+    async def record_late_submits(self, items: list[LateAccept], now: int) -> int:
+        """Parts the SMSC accepted after their submit_sm timed out: each whose part is still
+        queued and whose message was released and not claimed again is recorded as sent, as
+        by `record_submits` (a receipt already waiting is applied, a message with nothing left
+        to send leaves the queue). Returns how many were recorded."""
+        ...
+
     async def record_routes(self, instance: str, routes: list[tuple[str, str]]) -> set[str]:
         """(message id, SMSC) of claimed messages whose first part is about to leave, durably:
         `recover`/`reclaim` then know a message in flight went to an `in_flight_on_restart:
@@ -189,11 +197,20 @@ class Store(Protocol):
     # MO
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None: ...
     async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None: ...
-    async def store_mo(self, mo: MoMessage) -> None: ...
+    async def store_mo(self, mo: MoMessage) -> bool:
+        """Store the MO (and queue its push when attributed); False when one with its id is
+        stored already (a redelivery, or a sweep redone after a crash): kept once, pushed once."""
+        ...
+
     async def attribute_mo(
         self, source: str, senders: Sequence[str], now: int, *, default: bool = False
     ) -> tuple[str, str | None] | None: ...
-    async def drop_stale_mo_parts(self, older_than: int) -> int: ...
+    async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
+        """The kept parts of long MOs whose newest part came before `older_than`: the rest is
+        not coming. One list per (smsc, source, destination, ref), in seq order; the groups
+        that started earliest first, at most `limit`. Read only: the parts stay until
+        `drop_mo_parts`, after the MO made of them is stored."""
+        ...
 
     # instances (heartbeats with each process's view of its binds)
     async def heartbeat(self, instance: str, role: str, now: int, status: str) -> None: ...

@@ -250,6 +250,25 @@ class Release:
     count_attempt: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class LateAccept:
+    """A part the SMSC accepted after its submit_sm was reported TIMEOUT (and the message
+    released for a retry): recorded as sent if the retry has not claimed it yet."""
+
+    message_id: str
+    seq: int
+    smsc: str
+    smsc_msg_id: str  # normalised with the SMSC's rule, as in SubmitResult
+    smsc_msg_id_raw: str
+
+    def as_result(self, at: int) -> SubmitResult:
+        """The result a timely submit_sm_resp would have given."""
+        return SubmitResult(
+            self.message_id, self.seq, "sent", self.smsc, self.smsc_msg_id, self.smsc_msg_id_raw,
+            at=at,
+        )  # fmt: skip
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class ReceiptIn:
@@ -297,6 +316,9 @@ class MoPart:
     data_coding: int
     payload: bytes
     received_at: int
+    # The source's TON (SMPP 5.2.5), kept so a message whose other parts never come is read as
+    # E.164 or national like a complete one; None for parts stored before it was kept.
+    source_ton: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +331,14 @@ class MoMessage:
     text: str
     received_at: int
     sign_name: str | None = None  # of the message this MO replies to
+    # Set only for a long MO whose other parts never arrived (delivered with what did arrive,
+    # flagged): how many parts it announced and the seq numbers received, ascending.
+    parts_total: int | None = None
+    parts_received: tuple[int, ...] | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        return self.parts_total is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +347,8 @@ class QueueGroup:
 
     route: the longest configured route prefix matching the recipients ('' = default route).
     bucket: ready (due now) | claimed (with the dispatcher) | retry_wait (backing off after a
-    transient failure or no bind) | scheduled (scheduled_at in the future).
+    transient failure or no bind) | parked (its route had no SMSC up: `q_park` set, waiting for
+    a bind) | scheduled (scheduled_at in the future).
     """
 
     account_id: str

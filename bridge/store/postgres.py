@@ -42,6 +42,14 @@ from bridge.store.account_rows import KEY_COLS as _KEY_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import StoreClosedError, StoreError
+from bridge.store.mo_rows import (
+    MO_COLS,
+    MO_PART_COLS,
+    group_mo_parts,
+    mo_message,
+    mo_part,
+    seqs_json,
+)
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
     AcceptBatch,
@@ -911,6 +919,14 @@ class PostgresStore(RulesStoreMixin):
 
         return await run_tx(self.pool, job, durable=False)
 
+    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        async def job(c: asyncpg.Connection) -> int:
+            return await pipe.record_late_submits(
+                c, items, now, intermediate=self.send_intermediate
+            )
+
+        return await run_tx(self.pool, job, durable=False)
+
     async def record_submits(
         self,
         results: list[SubmitResult],
@@ -965,27 +981,29 @@ class PostgresStore(RulesStoreMixin):
             )
             await c.execute(
                 "INSERT INTO mo_parts (smsc, source, destination, ref, total, seq, data_coding, "
-                "payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                "payload, received_at, source_ton) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
                 "ON CONFLICT (smsc, source, destination, ref, seq) DO UPDATE SET "
                 "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
-                "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at",
+                "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at, "
+                "source_ton = EXCLUDED.source_ton",
                 *key,
                 part.total,
                 part.seq,
                 part.data_coding,
                 part.payload,
                 part.received_at,
+                part.source_ton,
             )
             rows = await c.fetch(
-                "SELECT smsc, source, destination, ref, total, seq, data_coding, payload, "
-                "received_at FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4 ORDER BY seq",
+                f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
+                "AND destination = $3 AND ref = $4 ORDER BY seq",
                 *key,
             )
             if [r[5] for r in rows] != list(range(1, part.total + 1)):
                 return None
             # The parts stay until drop_mo_parts, after the MO itself is stored.
-            return [MoPart(*tuple(r)[:7], bytes(r[7]), r[8]) for r in rows]
+            return [mo_part(r) for r in rows]
 
         return await run_tx(self.pool, job)
 
@@ -1002,12 +1020,13 @@ class PostgresStore(RulesStoreMixin):
 
         await run_tx(self.pool, job)
 
-    async def store_mo(self, mo: MoMessage) -> None:
-        async def job(c: asyncpg.Connection) -> None:
-            await c.execute(
+    async def store_mo(self, mo: MoMessage) -> bool:
+        async def job(c: asyncpg.Connection) -> bool:
+            inserted = await c.fetchval(
                 "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at, sign_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                "ON CONFLICT (id) DO NOTHING",
+                "received_at, sign_name, parts_total, parts_received) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "ON CONFLICT (id) DO NOTHING RETURNING 1",
                 mo.id,
                 mo.account_id,
                 mo.smsc,
@@ -1016,13 +1035,18 @@ class PostgresStore(RulesStoreMixin):
                 mo.text,
                 mo.received_at,
                 mo.sign_name,
+                mo.parts_total,
+                seqs_json(mo.parts_received),
             )
+            if inserted is None:
+                return False  # kept already (another instance's sweep, a redo), push queued
             if mo.account_id is not None:
                 await _enqueue_webhook(
                     c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at
                 )
+            return True
 
-        await run_tx(self.pool, job)
+        return await run_tx(self.pool, job)
 
     async def attribute_mo(
         self, source: str, senders: Sequence[str], now: int, *, default: bool = False
@@ -1041,18 +1065,21 @@ class PostgresStore(RulesStoreMixin):
         return (row[0], row[1]) if row else None
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
-        row = await self.pool.fetchrow(
-            "SELECT id, account_id, smsc, source, destination, text, received_at, sign_name "
-            "FROM mo_inbox WHERE id = $1",
-            mo_id,
-        )
-        return MoMessage(*row) if row else None
+        row = await self.pool.fetchrow(f"SELECT {MO_COLS} FROM mo_inbox WHERE id = $1", mo_id)
+        return mo_message(row) if row else None
 
-    async def drop_stale_mo_parts(self, older_than: int) -> int:
+    async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
         rows = await self.pool.fetch(
-            "DELETE FROM mo_parts WHERE received_at < $1 RETURNING 1", older_than
+            f"SELECT {MO_PART_COLS} FROM mo_parts p JOIN ("
+            "SELECT smsc, source, destination, ref, MIN(received_at) AS started FROM mo_parts "
+            "GROUP BY smsc, source, destination, ref HAVING MAX(received_at) < $1 "
+            "ORDER BY started, smsc, source, destination, ref LIMIT $2"
+            ") g USING (smsc, source, destination, ref) "
+            "ORDER BY g.started, smsc, source, destination, ref, seq",
+            older_than,
+            limit,
         )
-        return len(rows)
+        return group_mo_parts(mo_part(r) for r in rows)
 
     # -- instances -------------------------------------------------------------------------------
 

@@ -29,7 +29,14 @@ import asyncpg
 from bridge.domain import lifecycle as lc
 from bridge.store import postgres_rules
 from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS
-from bridge.store.models import ReceiptIn, Release, SubmitResult, WorkMessage, WorkSegment
+from bridge.store.models import (
+    LateAccept,
+    ReceiptIn,
+    Release,
+    SubmitResult,
+    WorkMessage,
+    WorkSegment,
+)
 
 # Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
 # A distinctive constant so the locks cannot collide with another application's.
@@ -589,6 +596,42 @@ async def record_submits(
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
     await rollup_messages(c, touched, now, locked, intermediate=intermediate)
+    return len(results)
+
+
+async def record_late_submits(
+    c: asyncpg.Connection, items: list[LateAccept], now: int, *, intermediate: bool = False
+) -> int:
+    """Parts the SMSC accepted after their TIMEOUT, recorded as sent (by `record_submits`) when
+    the part is still queued and its message is released and not claimed again: a resend in
+    flight cannot be called back, so such a message is left alone. Returns how many parts were
+    recorded.
+
+    The locks are those `record_submits` takes, in its order (receipt keys, then messages), taken
+    before the states are read: a claim on another instance either committed first (the message
+    is then 'claimed' here) or waits for this transaction."""
+    if not items:
+        return 0
+    await lock_keys(c, NS_RECEIPT, (receipt_key(i.smsc, i.smsc_msg_id) for i in items))
+    locked = await lock_messages(c, [i.message_id for i in items])
+    released = sorted(mid for mid, row in locked.items() if row[3] == "queued")
+    if not released:
+        return 0
+    waiting = {
+        (r[0], r[1])
+        for r in await c.fetch(
+            "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::text[]) "
+            "AND state = 'queued'",
+            released,
+        )
+    }
+    results = []
+    for i in items:
+        if (i.message_id, i.seq) in waiting:
+            waiting.discard((i.message_id, i.seq))  # each part once
+            results.append(i.as_result(now))
+    if results:
+        await record_submits(c, results, [], now, intermediate=intermediate)
     return len(results)
 
 

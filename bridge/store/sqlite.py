@@ -18,6 +18,14 @@ from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS, StoreError
+from bridge.store.mo_rows import (
+    MO_COLS,
+    MO_PART_COLS,
+    group_mo_parts,
+    mo_message,
+    mo_part,
+    seqs_json,
+)
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
     AcceptBatch,
@@ -632,6 +640,12 @@ class SqliteStore(RulesStoreMixin):
 
         return await self._runner.write(job, durable=False)
 
+    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            return pipe.record_late_submits(c, items, now, intermediate=self.send_intermediate)
+
+        return await self._runner.write(job, durable=False)
+
     def _queued_accounts(self, c: sqlite3.Connection) -> list[str]:
         # Skip-scan over the (q_state, account_id, ...) index: one seek per account, not per row.
         accounts: list[str] = []
@@ -751,18 +765,25 @@ class SqliteStore(RulesStoreMixin):
             )
             c.execute(
                 "INSERT OR REPLACE INTO mo_parts (smsc, source, destination, ref, total, seq, "
-                "data_coding, payload, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (*key, part.total, part.seq, part.data_coding, part.payload, part.received_at),
+                "data_coding, payload, received_at, source_ton) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    *key,
+                    part.total,
+                    part.seq,
+                    part.data_coding,
+                    part.payload,
+                    part.received_at,
+                    part.source_ton,
+                ),
             )
             rows = c.execute(
-                "SELECT smsc, source, destination, ref, total, seq, data_coding, payload, "
-                "received_at FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
-                "ORDER BY seq",
+                f"SELECT {MO_PART_COLS} FROM mo_parts "
+                "WHERE smsc=? AND source=? AND destination=? AND ref=? ORDER BY seq",
                 key,
             ).fetchall()
             if [r[5] for r in rows] != list(range(1, part.total + 1)):
                 return None
-            return [MoPart(*r[:7], bytes(r[7]), r[8]) for r in rows]
+            return [mo_part(r) for r in rows]
 
         return await self._runner.write(job)
 
@@ -775,11 +796,11 @@ class SqliteStore(RulesStoreMixin):
 
         await self._runner.write(job, single=True)
 
-    async def store_mo(self, mo: MoMessage) -> None:
-        def job(c: sqlite3.Connection) -> None:
-            c.execute(
+    async def store_mo(self, mo: MoMessage) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
                 "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at, sign_name) VALUES (?,?,?,?,?,?,?,?)",
+                "received_at, sign_name, parts_total, parts_received) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     mo.id,
                     mo.account_id,
@@ -789,12 +810,17 @@ class SqliteStore(RulesStoreMixin):
                     mo.text,
                     mo.received_at,
                     mo.sign_name,
+                    mo.parts_total,
+                    seqs_json(mo.parts_received),
                 ),
             )
+            if cur.rowcount != 1:
+                return False  # kept already, and its push queued with it
             if mo.account_id is not None:
                 _enqueue_webhook(c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at)
+            return True
 
-        await self._runner.write(job)
+        return await self._runner.write(job)
 
     async def attribute_mo(
         self, source: str, senders: Sequence[str], now: int, *, default: bool = False
@@ -818,20 +844,25 @@ class SqliteStore(RulesStoreMixin):
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
         def job(c: sqlite3.Connection) -> MoMessage | None:
-            row = c.execute(
-                "SELECT id, account_id, smsc, source, destination, text, received_at, sign_name "
-                "FROM mo_inbox WHERE id=?",
-                (mo_id,),
-            ).fetchone()
-            return MoMessage(*row) if row else None
+            row = c.execute(f"SELECT {MO_COLS} FROM mo_inbox WHERE id=?", (mo_id,)).fetchone()
+            return mo_message(row) if row else None
 
         return await self._runner.read(job)
 
-    async def drop_stale_mo_parts(self, older_than: int) -> int:
-        def job(c: sqlite3.Connection) -> int:
-            return c.execute("DELETE FROM mo_parts WHERE received_at<?", (older_than,)).rowcount
+    async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
+        def job(c: sqlite3.Connection) -> list[list[MoPart]]:
+            rows = c.execute(
+                f"SELECT {MO_PART_COLS} FROM mo_parts p JOIN ("
+                "SELECT smsc, source, destination, ref, MIN(received_at) AS started FROM mo_parts "
+                "GROUP BY smsc, source, destination, ref HAVING MAX(received_at)<? "
+                "ORDER BY started, smsc, source, destination, ref LIMIT ?"
+                ") g USING (smsc, source, destination, ref) "
+                "ORDER BY g.started, p.smsc, p.source, p.destination, p.ref, p.seq",
+                (older_than, limit),
+            ).fetchall()
+            return group_mo_parts(mo_part(r) for r in rows)
 
-        return await self._runner.write(job)
+        return await self._runner.read(job)
 
     # -- instances -------------------------------------------------------------------------------
 

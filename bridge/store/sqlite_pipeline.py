@@ -14,7 +14,7 @@ from typing import Any
 
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_rules
-from bridge.store.models import ReceiptIn, Release, SubmitResult
+from bridge.store.models import LateAccept, ReceiptIn, Release, SubmitResult
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
 
@@ -298,6 +298,37 @@ def record_submits(
             ],
         )
     rollup_messages(c, touched, now, intermediate=intermediate)
+    return len(results)
+
+
+def record_late_submits(
+    c: sqlite3.Connection, items: list[LateAccept], now: int, *, intermediate: bool = False
+) -> int:
+    """Parts the SMSC accepted after their TIMEOUT, recorded as sent (as `record_submits` records
+    an accepted part) when the part is still queued and its message is released and not claimed
+    again: a resend in flight cannot be called back, so such a message is left alone. Returns
+    how many parts were recorded."""
+    if not items:
+        return 0
+    waiting: set[tuple[str, int]] = set()
+    mids = sorted({i.message_id for i in items})
+    for chunk in _chunks(mids):
+        waiting.update(
+            (m, q)
+            for m, q in c.execute(
+                "SELECT s.message_id, s.seq FROM segments s JOIN messages m "
+                f"ON m.id = s.message_id WHERE s.message_id IN ({_marks(len(chunk))}) "
+                "AND s.state='queued' AND m.q_state='queued'",
+                chunk,
+            )
+        )
+    results = []
+    for i in items:
+        if (i.message_id, i.seq) in waiting:
+            waiting.discard((i.message_id, i.seq))  # each part once
+            results.append(i.as_result(now))
+    if results:
+        record_submits(c, results, [], now, intermediate=intermediate)
     return len(results)
 
 

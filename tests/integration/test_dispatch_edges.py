@@ -69,6 +69,7 @@ class SlotWaitConnector:
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[object] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         self.waiting += 1
@@ -97,6 +98,7 @@ class RaisingConnector(SlotWaitConnector):
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[object] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         raise RuntimeError("unexpected bug in the send path")

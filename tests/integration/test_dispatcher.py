@@ -73,6 +73,7 @@ class HeldConnector:
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[object] | None = None,
     ) -> list[SubmitOutcome]:
         if before_first is not None:
             await before_first()
@@ -340,6 +341,7 @@ class GatedConnector(HeldConnector):
         parts: Sequence[ShortMessage],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
+        contexts: Sequence[object] | None = None,
     ) -> list[SubmitOutcome]:
         self.waiting += 1
         await self.gate.wait()

@@ -994,6 +994,9 @@ async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_rel
             c.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
             c.execute("DROP INDEX messages_parked")
             c.execute("ALTER TABLE messages DROP COLUMN q_park")
+            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
+            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
+            c.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
             c.execute("DELETE FROM schema_version WHERE version >= 5")
         c.close()
     else:
@@ -1002,6 +1005,9 @@ async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_rel
         await pc.execute("ALTER TABLE mo_inbox DROP COLUMN sign_name")
         await pc.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
         await pc.execute("ALTER TABLE messages DROP COLUMN q_park")  # and its index
+        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
+        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
+        await pc.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
         await pc.execute("DELETE FROM schema_version WHERE version >= 4")
         await pc.close()
     upgraded = engine.new_store()
@@ -1085,7 +1091,12 @@ async def test_mo_parts_reassemble_in_seq_order(store: Store) -> None:
     assert await store.add_mo_part(part(2)) is None
     # The other message's parts were left alone.
     assert await store.add_mo_part(part(2, ref=8)) is None
-    assert await store.drop_stale_mo_parts(NOW + 1) == 4
+    groups = await store.stale_mo_groups(NOW + 1, 10)
+    assert sorted((g[0].source, g[0].ref, [p.seq for p in g]) for g in groups) == [
+        ("+861", 7, [2]),
+        ("+861", 8, [1, 2]),
+        ("+862", 7, [1]),
+    ]
 
 
 async def test_mo_part_of_another_total_does_not_mix(store: Store) -> None:
@@ -1097,11 +1108,14 @@ async def test_mo_part_of_another_total_does_not_mix(store: Store) -> None:
     assert got is not None and [(p.seq, p.total) for p in got] == [(1, 2), (2, 2)]
 
 
-async def test_stale_mo_parts_are_dropped(store: Store) -> None:
+async def test_stale_mo_parts_are_listed_until_dropped(store: Store) -> None:
     await store.add_mo_part(part(1, 2, at=NOW))
     await store.add_mo_part(part(1, 2, ref=9, at=NOW + MIN))
-    assert await store.drop_stale_mo_parts(NOW) == 0
-    assert await store.drop_stale_mo_parts(NOW + 1) == 1
+    assert await store.stale_mo_groups(NOW, 10) == []
+    (group,) = await store.stale_mo_groups(NOW + 1, 10)
+    assert [(p.ref, p.seq) for p in group] == [(7, 1)]
+    assert await store.stale_mo_groups(NOW + 1, 10) == [group]  # read only
+    await store.drop_mo_parts("smscA", "+861", "1069", 7)
     assert await store.add_mo_part(part(2, 2, at=NOW + 2)) is None  # its part 1 was dropped
     got = await store.add_mo_part(part(2, 2, ref=9, at=NOW + 2))
     assert got is not None and [p.seq for p in got] == [1, 2]

@@ -371,4 +371,4 @@ async def test_mo_parts_arriving_on_two_instances_complete_once(
     assert all([p.seq for p in o] == [1, 2] for o in done)
     for o in done:  # the inbound handler drops the parts once the MO is stored
         await a.drop_mo_parts("smscA", "+861", "1069", o[0].ref)
-    assert await a.drop_stale_mo_parts(NOW + 1) == 0
+    assert await a.stale_mo_groups(NOW + 1, 100) == []

@@ -1,0 +1,53 @@
+"""Column lists and row mappers of the MO tables, shared by both engines (their SELECTs name the
+same columns in the same order; only the SQL around them differs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from bridge.store.models import MoMessage, MoPart
+
+MO_PART_COLS = (
+    "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton"
+)
+MO_COLS = (
+    "id, account_id, smsc, source, destination, text, received_at, sign_name, parts_total, "
+    "parts_received"
+)
+
+
+def mo_part(row: Any) -> MoPart:
+    """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
+    r = tuple(row)
+    return MoPart(*r[:7], bytes(r[7]), r[8], r[9])
+
+
+def mo_message(row: Any) -> MoMessage:
+    """A row of MO_COLS."""
+    r = tuple(row)
+    return MoMessage(*r[:9], seqs_from_json(r[9]))
+
+
+def seqs_json(seqs: tuple[int, ...] | None) -> str | None:
+    """parts_received as stored: a JSON list ("[1,3]"), readable by any client of the table."""
+    return None if seqs is None else json.dumps(list(seqs), separators=(",", ":"))
+
+
+def seqs_from_json(text: str | None) -> tuple[int, ...] | None:
+    return None if text is None else tuple(int(x) for x in json.loads(text))
+
+
+def group_mo_parts(parts: Iterable[MoPart]) -> list[list[MoPart]]:
+    """Consecutive parts of one (smsc, source, destination, ref) into one list each; the input
+    comes ordered by group, then seq."""
+    out: list[list[MoPart]] = []
+    key: tuple[str, str, str, int] | None = None
+    for p in parts:
+        k = (p.smsc, p.source, p.destination, p.ref)
+        if k != key:
+            out.append([])
+            key = k
+        out[-1].append(p)
+    return out
