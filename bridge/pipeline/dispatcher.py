@@ -6,8 +6,8 @@ buffers). A message is claimed whole and its parts go out in order on one bind. 
 written back in batches.
 
 A message whose route has no SMSC up is parked by the claim that meets it (it stays queued in the
-store, out of the claims' way) and un-parked when a bind of its route comes up, or by the periodic
-un-park (on PostgreSQL another instance may hold the bind a route lacks here).
+store, out of the claims' way). A claim takes the messages parked under the routes with an SMSC up
+here (whichever instance parked them), and a reload un-parks the routes it changed.
 
 A part whose submit_sm timed out may still be accepted by a slow SMSC after the message was
 released for its retry: the connector reports that late acceptance (`on_late_submit`) and, if the
@@ -41,9 +41,8 @@ MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
 MAX_UNANSWERED_ATTEMPTS = 3
 UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
-# Un-park every route this instance can send on this often, even without a bind coming up here:
-# another instance (PostgreSQL) may have parked messages that only wait for a bind we hold.
-UNPARK_EVERY_MS = 5_000
+
+_Park = Callable[[str], str | None] | None  # a claim's park function (Router.parker)
 
 
 class _RouteNotRecorded(Exception):
@@ -128,9 +127,10 @@ class Dispatcher:
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
-        self._up_seen: frozenset[str] = frozenset()  # SMSCs up at the last un-park check
-        self._next_unpark = 0  # ms: the periodic un-park is due
         self._rerouted: set[str] = set()  # park keys a reload may have re-routed: un-park once
+        # (router, SMSCs up) -> the claim's park function and routable keys: computed once per
+        # change, not per claim (~0.3 ms a claim with 200 prefixes).
+        self._parking: tuple[Router, frozenset[str], _Park, list[str]] | None = None
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -188,14 +188,15 @@ class Dispatcher:
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
             try:
-                up = self._up_now()
-                await self._unpark(up, now_ms)  # stop() waits for it like for the claim
+                await self._unpark(now_ms)  # stop() waits for it like for the claim
+                park, routable = self._parking_now()
                 work = await self.store.claim(
                     self.instance,
                     min(free, self.claim_batch),
                     now_ms,
                     self.lease_ms,
-                    park=self.router.parker(up),
+                    park=park,
+                    routable=routable,
                 )
             except Exception as exc:
                 failed, work = exc, []
@@ -221,28 +222,35 @@ class Dispatcher:
                 self._inflight_by_id[msg.id] = task
                 task.add_done_callback(self._done)
 
-    def _up_now(self) -> frozenset[str]:
-        return frozenset(n for n, c in self.connectors.items() if c.is_up)
+    def _parking_now(self) -> tuple[_Park, list[str]]:
+        """What the next claim parks (`Router.parker`) and the routes whose parked messages it
+        takes (`Router.routable_keys`), for the SMSCs up now."""
+        up = frozenset(n for n, c in self.connectors.items() if c.is_up)
+        cached = self._parking
+        if cached is None or cached[0] is not self.router or cached[1] != up:
+            park = self.router.parker(up)
+            cached = (self.router, up, park, self.router.routable_keys(up.__contains__))
+            self._parking = cached
+        return cached[2], cached[3]
 
-    async def _unpark(self, up: frozenset[str], now_ms: int) -> None:
-        """Before a claim: un-park the routes this instance can send on when an SMSC came up
-        since the last check, when a reload changed routes, and every UNPARK_EVERY_MS. The
-        claim that follows uses the same view of the binds, so nothing is parked for a route
-        this check found up."""
-        came_up = up - self._up_seen
-        self._up_seen = up  # what the last claim parked by
-        if not (came_up or self._rerouted or now_ms >= self._next_unpark):
+    async def _unpark(self, now_ms: int) -> None:
+        """Before a claim, after a reload: un-park the routes it changed (their messages may
+        route elsewhere now, under another key or none).
+
+        Routes with an SMSC up need no un-park: the claim takes what is parked under them
+        (`routable`), whichever instance parked it. Un-parking them for every instance instead
+        (when a bind came up, and every 5 s), on PostgreSQL an instance without such an SMSC
+        parked them again before the one with it could claim them, and each un-park rewrote
+        every parked row of the route."""
+        if not self._rerouted:
             return
-        keys = set(self.router.routable_keys(up.__contains__)) | self._rerouted
-        rerouted = set(self._rerouted)
+        keys = set(self._rerouted)
         try:
-            n = await self.store.unpark(keys, now_ms) if keys else 0
+            n = await self.store.unpark(keys, now_ms)
         except Exception:
             log.warning("un-parking messages failed; retried before the next claim", exc_info=True)
-            self._next_unpark = 0
             return
-        self._rerouted -= rerouted
-        self._next_unpark = now_ms + UNPARK_EVERY_MS
+        self._rerouted -= keys
         if n:
             log.info("un-parked %d messages", n, extra={"routes": sorted(keys)})
 

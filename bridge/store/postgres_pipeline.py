@@ -28,7 +28,11 @@ import asyncpg
 
 from bridge.domain import lifecycle as lc
 from bridge.store import postgres_rules
-from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS
+from bridge.store.base import (
+    CLAIM_SCAN_FACTOR,
+    PARK_AGAIN_MS,
+    PARK_MS,
+)
 from bridge.store.models import (
     LateAccept,
     ReceiptIn,
@@ -97,10 +101,10 @@ SELECT account_id FROM a WHERE account_id IS NOT NULL
 """
 
 _PICK_PER_ACCOUNT = """
-SELECT a.ord, p.id, p.recipient, p.q_not_before
+SELECT a.ord, p.id, p.recipient, p.q_not_before, p.q_park
 FROM unnest($1::text[]) WITH ORDINALITY AS a(acc, ord)
 CROSS JOIN LATERAL (
-    SELECT id, recipient, q_not_before FROM messages
+    SELECT id, recipient, q_not_before, q_park FROM messages
     WHERE q_state = 'queued' AND account_id = a.acc AND q_not_before <= $2
     ORDER BY q_not_before, id LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -112,11 +116,11 @@ LIMIT $4
 # (`q_not_before >= a.nb` too: with it the planner walks the account's own index range, not the
 # whole queue's in age order filtering by account.)
 _PICK_PER_ACCOUNT_AFTER = """
-SELECT a.ord, p.id, p.recipient, p.q_not_before
+SELECT a.ord, p.id, p.recipient, p.q_not_before, p.q_park
 FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::int[])
     AS a(acc, take, nb, after_id, ord)
 CROSS JOIN LATERAL (
-    SELECT id, recipient, q_not_before FROM messages
+    SELECT id, recipient, q_not_before, q_park FROM messages
     WHERE q_state = 'queued' AND account_id = a.acc AND q_not_before <= $6
         AND q_not_before >= a.nb AND (q_not_before, id) > (a.nb, a.after_id)
     ORDER BY q_not_before, id LIMIT a.take
@@ -125,25 +129,39 @@ CROSS JOIN LATERAL (
 """
 
 _PICK_OLDEST = """
-SELECT id, recipient, q_not_before FROM messages
+SELECT id, recipient, q_not_before, q_park FROM messages
 WHERE q_state = 'queued' AND q_not_before <= $1 AND NOT (id = ANY($2::text[]))
 ORDER BY q_not_before, id LIMIT $3
 FOR UPDATE SKIP LOCKED
 """
 
-_PARK = """
-UPDATE messages m SET q_not_before = $1, q_park = u.k
-FROM unnest($2::text[], $3::text[]) AS u(id, k) WHERE m.id = u.id
+# Parked under a route with an SMSC up here, due or not (the partial index of parked rows). The
+# EXISTS is a one-time filter: with nothing parked (the usual case) one index probe, not one per
+# route key.
+_PICK_PARKED = """
+SELECT id, recipient, q_not_before, q_park FROM messages
+WHERE EXISTS (SELECT 1 FROM messages WHERE q_park IS NOT NULL AND q_state = 'queued')
+    AND q_park = ANY($1::text[]) AND q_park IS NOT NULL AND q_state = 'queued'
+    AND NOT (id = ANY($2::text[]))
+LIMIT $3
+FOR UPDATE SKIP LOCKED
 """
+
+_PARK = """
+UPDATE messages m SET q_not_before = u.nb, q_park = u.k
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, k, nb) WHERE m.id = u.id
+"""
+
 
 # Rows another transaction holds (another instance un-parking the same key, a claim, an expiry)
 # are skipped, not waited for: no deadlock between instances un-parking at once, and what another
-# holds is un-parked by it, claimed, or left for the next un-park.
+# holds is un-parked by it, claimed, or left for the next un-park. One chunk per transaction.
 UNPARK = """
 UPDATE messages SET q_not_before = $1, q_park = NULL
 WHERE id IN (
     SELECT id FROM messages
     WHERE q_park = ANY($2::text[]) AND q_park IS NOT NULL AND q_state = 'queued'
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 """
@@ -188,6 +206,7 @@ async def claim(
     now: int,
     lease_until: int,
     park: Callable[[str], str | None] | None = None,
+    routable: Sequence[str] = (),
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
@@ -195,23 +214,28 @@ async def claim(
 
     With `park`, a candidate it gives a key for is parked (see Store.claim) and the scan goes on:
     per account up to CLAIM_SCAN_FACTOR times its share, in all CLAIM_SCAN_FACTOR x `limit` rows.
-    Without anything to park, the queries are the two they were before parking existed."""
-    per = max(1, limit // len(order))
+    Without anything to park, the queries are the two they were before parking existed.
+
+    With `routable` (keys of the routes with an SMSC up on this instance), messages parked under
+    them are taken too, due or not: up to half the claim first, then the room the due ones left.
+    Another instance without such an SMSC parks whatever is due for them again at once."""
     budget = CLAIM_SCAN_FACTOR * limit
     ids: list[str] = []
     seen: set[str] = set()
 
     async def take(rows: Sequence[Any], want: int) -> tuple[int, bool]:
-        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before), park the
-        unroutable; (ids picked, anything parked)."""
+        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park), park
+        the unroutable; (ids picked, anything parked)."""
         got = 0
-        parked: list[tuple[str, str]] = []
-        for mid, recipient, _nb in rows:
+        parked: list[tuple[str, str, int]] = []
+        for mid, recipient, _nb, was in rows:
             if mid in seen:
                 continue
             key = park(recipient) if park is not None else None
             if key is not None:
-                parked.append((mid, key))
+                # Back from PARK_MS with its route still down: parked for longer (a million
+                # parked rows each rewritten every PARK_MS was the claims' work otherwise).
+                parked.append((mid, key, now + (PARK_AGAIN_MS if key == was else PARK_MS)))
             elif got < want:
                 ids.append(mid)
                 got += 1
@@ -219,17 +243,25 @@ async def claim(
                 continue
             seen.add(mid)
         if parked:  # out of this claim's later queries too (their q_not_before passed now)
-            await c.execute(_PARK, now + PARK_MS, [p[0] for p in parked], [p[1] for p in parked])
+            await c.execute(_PARK, *map(list, zip(*parked, strict=True)))
         return got, bool(parked)
 
-    rows = await c.fetch(_PICK_PER_ACCOUNT, order, now, per, limit)
+    async def take_parked(want: int) -> None:
+        if want > 0:
+            await take(await c.fetch(_PICK_PARKED, routable, ids, want), want)
+
+    if routable:
+        await take_parked(limit // 2)
+    room = limit - len(ids)
+    per = max(1, room // len(order))
+    rows = await c.fetch(_PICK_PER_ACCOUNT, order, now, per, room)
     budget -= len(rows)
     by_ord: dict[int, list[Any]] = {}
     for r in rows:
         by_ord.setdefault(r[0], []).append(r[1:])
     short: list[_Account] = []
     for ord_, acc_rows in by_ord.items():
-        got, parked = await take(acc_rows, per)
+        got, parked = await take(acc_rows, min(per, limit - len(ids)))
         if parked and len(acc_rows) == per:  # more rows may wait behind the parked ones
             cap = CLAIM_SCAN_FACTOR * per - per
             short.append(_Account(order[ord_ - 1], ord_, per - got, cap, acc_rows[-1]))
@@ -260,7 +292,7 @@ async def claim(
         short = []
         for a in asks:
             acc_rows = by_ord.get(a.ord, [])
-            got, _parked = await take(acc_rows, a.want)
+            got, _parked = await take(acc_rows, min(a.want, limit - len(ids)))
             a.want -= got
             a.cap -= len(acc_rows)
             if a.want > 0 and a.cap > 0 and len(acc_rows) == a.ask:
@@ -276,6 +308,8 @@ async def claim(
         if len(rows) < n:
             break  # no more candidates
         ask *= 4
+    if routable:
+        await take_parked(limit - len(ids))
     if not ids:
         return []
     rows = await c.fetch(_CLAIM, ids, instance, lease_until)

@@ -331,3 +331,38 @@ async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_task() -
     await d._late.drain()
     assert recorded == [[LateAccept("m0", 2, SMSC, "12107289", "00B8BE19")]]
     assert d.late_accepted == 1
+
+
+# ------------------------------------------------------------------------- review: edges
+
+
+async def test_a_late_acceptance_does_not_reopen_a_message_that_ended_meanwhile(
+    store: Store,
+) -> None:
+    """Released after its TIMEOUT, the message ended before the late answer came (its validity
+    passed; the recipient opted out): it stays as it ended, nothing is counted sent."""
+    await store.create_account(account())
+    await accept(store, message("m0", expires_at=NOW + 2_000))
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m0"]
+    await store.record_submits([], [Release("m0", NOW + RETRY_MS, count_attempt=True)], NOW)
+    assert (await store.sweep(NOW + 2_000, 3_600_000))["expired"] == 1
+    await released_after_timeout(store, "m1")
+    await store.add_optouts("acc_a", ["+8613800138000"], "api", NOW + 10)
+    assert await store.record_late_submits([late("m0"), late("m1", msg_id="X2")], NOW + 3_000) == 0
+    for mid, state in (("m0", "expired"), ("m1", "expired")):
+        rec = await get(store, mid)
+        assert (rec.state, rec.segments_sent) == (state, 0)
+        assert [s.smsc_msg_id for s in rec.segment_rows] == [None]
+
+
+async def test_a_late_acceptance_of_a_parked_message_ends_its_parking(store: Store) -> None:
+    """Released for its retry, the message was parked (its route went down); the late answer
+    records its only part sent: it leaves the queue and the parked set."""
+    await store.create_account(account())
+    await released_after_timeout(store, "m0")
+    assert await store.claim("inst-1", 10, NOW + RETRY_MS, LEASE, park=lambda r: "+86") == []
+    assert await store.record_late_submits([late("m0")], NOW + RETRY_MS + 1) == 1
+    assert (await get(store, "m0")).state == "sent"
+    assert await store.queue_depth() == 0
+    assert await store.unpark(["+86"], NOW + RETRY_MS + 2) == 0
+    assert await store.claim("inst-1", 10, NOW + RETRY_MS + 2, LEASE, routable=["+86"]) == []
