@@ -12,7 +12,7 @@ from typing import Any
 
 from bridge.crypto import Sealer, new_app_key, new_secret
 from bridge.ids import new_id
-from bridge.store.base import Store, StoreError
+from bridge.store.base import CLOSED_MESSAGE, Store, StoreError
 from bridge.store.models import Account, AppKey
 
 MAX_ACTIVE_KEYS = 2
@@ -34,6 +34,14 @@ SETTABLE: dict[str, type | tuple[type, ...]] = {
     "low_balance_threshold": int,
     "report_format": str,
 }
+
+
+def _open(account: Account | None) -> Account:
+    """The account an update returned; the store leaves a closed account as it is."""
+    assert account is not None
+    if account.status == "closed":
+        raise AccountError("ACCOUNT_CLOSED", CLOSED_MESSAGE)
+    return account
 
 
 class AccountError(Exception):
@@ -174,15 +182,13 @@ class AccountService:
     async def update(self, ref: str, settings: dict[str, Any], now: int) -> Account:
         account = await self.resolve(ref)
         values = validate_settings(settings)
-        updated = await self.store.update_account(account.id, values, now)
-        assert updated is not None
-        return updated
+        return _open(await self.store.update_account(account.id, values, now))
 
     async def set_status(self, ref: str, status: str, now: int) -> Account:
+        """Enable or disable; a closed account is refused (enabling it would let it send to
+        numbers whose reply opt-outs the closure erased)."""
         account = await self.resolve(ref)
-        updated = await self.store.update_account(account.id, {"status": status}, now)
-        assert updated is not None
-        return updated
+        return _open(await self.store.update_account(account.id, {"status": status}, now))
 
     async def rotate_webhook_secret(self, ref: str, now: int) -> tuple[Account, str]:
         account = await self.resolve(ref)
@@ -190,8 +196,7 @@ class AccountService:
         updated = await self.store.update_account(
             account.id, {"webhook_secret_enc": self.sealer.seal(secret, account.id)}, now
         )
-        assert updated is not None
-        return updated, secret
+        return _open(updated), secret
 
     def webhook_secret(self, account: Account) -> str:
         return self.sealer.open(account.webhook_secret_enc, account.id)

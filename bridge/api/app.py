@@ -46,16 +46,24 @@ def _endpoint(request: web.Request) -> str:
 
 
 _PHONE_SEGMENT = re.compile(r"\+?\d{6,}")
+# What phone.normalize drops from a number before reading it ("+86 138-0013-8000").
+_NUMBER_SEPARATORS = re.compile(r"[\s\-().]")
 
 
 def _log_path(request: web.Request) -> str:
     """The path as log lines may show it: routes carry phone numbers (/v1/optouts/{number},
-    erasure, admin), so with masking on such a segment is masked like every number in the logs."""
+    erasure, admin), so with masking on such a segment is masked like every number in the logs:
+    the route's {number} as the account wrote it (spaces, dashes, brackets and all), and any
+    other segment that is a run of digits."""
     path = request.path
     if not logs.masking():
         return path
+    number = request.match_info.get("number")
     return "/".join(
-        logs.number(seg) or seg if _PHONE_SEGMENT.fullmatch(seg) else seg for seg in path.split("/")
+        logs.number(_NUMBER_SEPARATORS.sub("", seg)) or seg
+        if seg and (seg == number or _PHONE_SEGMENT.fullmatch(seg))
+        else seg
+        for seg in path.split("/")
     )
 
 

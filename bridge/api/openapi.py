@@ -52,6 +52,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "answered exactly like an unknown one.",
     "METHOD_NOT_ALLOWED": "The path exists but not with this method.",
     "ACCOUNT_EXISTS": "An account with this name already exists.",
+    "ACCOUNT_CLOSED": "The account is closed (its data was erased): it cannot be enabled, "
+    "changed or given keys again.",
     "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
@@ -767,7 +769,7 @@ def _paths() -> dict[str, Any]:
             "patch": _admin_op(
                 "updateAccount",
                 "Change settings; applies to the next request",
-                {"200": account_ok, **_errors(400, 404, 415)},
+                {"200": account_ok, **_errors(400, 404, 409, 415)},
                 requestBody=_json_body("AccountUpdate", required=False),
             ),
         },
@@ -776,13 +778,15 @@ def _paths() -> dict[str, Any]:
             "post": _admin_op(
                 "disableAccount",
                 "Refuse the account's requests (403 ACCOUNT_DISABLED)",
-                {"200": account_ok, **_errors(404)},
+                {"200": account_ok, **_errors(404, 409)},
             ),
         },
         "/admin/accounts/{ref}/enable": {
             "parameters": [ref],
             "post": _admin_op(
-                "enableAccount", "Allow the account again", {"200": account_ok, **_errors(404)}
+                "enableAccount",
+                "Allow the account again (not a closed one: 409 ACCOUNT_CLOSED)",
+                {"200": account_ok, **_errors(404, 409)},
             ),
         },
         "/admin/accounts/{ref}/keys": {

@@ -20,11 +20,11 @@ from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
-from bridge.sim.reassembly import decode_payload, parse_segment
+from bridge.sim.reassembly import Segment, decode_payload, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_resp_id
-from bridge.smpp.receipt import receipt_from_fields
+from bridge.smpp.receipt import ReceiptState, receipt_from_fields
 from bridge.store.base import Store
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
@@ -123,11 +123,17 @@ class Inbound:
         err = receipt.err
         if receipt.network_error is not None and not (err and err.strip("0")):
             err = str(receipt.network_error)
+        state = receipt.state
+        if C.is_intermediate_notification(body.esm_class):
+            # SMPP 3.4 2.11.2: one delivery attempt's outcome while the SMSC keeps trying; its
+            # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
+            # taking it as one would have hidden the receipt that settles the message.
+            state = ReceiptState.ENROUTE
         await self._receipts.submit(
             ReceiptIn(
                 smsc=smsc,
                 smsc_msg_id=key,
-                state=str(receipt.state),
+                state=str(state),
                 stat=receipt.stat or None,
                 err=err,
                 done_at=int(receipt.done_date.timestamp() * 1000) if receipt.done_date else None,
@@ -137,11 +143,11 @@ class Inbound:
         )
         self.receipts += 1
         if self.metrics is not None:  # counted once committed: a redelivery is not a new one
-            self.metrics.receipt(smsc, receipt.state.value)
+            self.metrics.receipt(smsc, state.value)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "receipt received",
-                extra={"smsc": smsc, "smsc_message_id": key, "state": receipt.state.value,
+                extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
                        "stat": receipt.stat, "err": err},
             )  # fmt: skip
         return C.ESME_ROK
@@ -156,6 +162,12 @@ class Inbound:
     async def _mo(self, smsc: str, body: ShortMessage) -> int:
         now_ms = int(self.clock() * 1000)
         seg = parse_segment(body)
+        if seg.scheme == "sar" and (seg.ref > 0xFFFF or seg.total > 0xFF):
+            # SMPP 3.4 5.3.2.22-24: a 2-octet reference, 1-octet total and seq. Larger values
+            # (TLVs sent longer than defined) name no message we could complete, and the store
+            # refused a reference beyond its INTEGER on every resend: read as one message, as
+            # parse_segment reads an inconsistent header.
+            seg = Segment(seg.data_coding, seg.payload)
         if seg.scheme:
             parts = await self.store.add_mo_part(
                 MoPart(
@@ -198,7 +210,7 @@ class Inbound:
                     smsc, body.source_addr, body.destination_addr, seg.ref
                 )
             return C.ESME_ROK  # a repeat of one stored in the window before this one
-        await self.store.store_mo(
+        new = await self.store.store_mo(
             MoMessage(
                 id=mo_id,
                 account_id=account,
@@ -212,6 +224,8 @@ class Inbound:
         )
         if seg.scheme:  # only now: a crash before this leaves the parts to complete again
             await self.store.drop_mo_parts(smsc, body.source_addr, body.destination_addr, seg.ref)
+        if not new:
+            return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
         self.mo += 1
         if self.metrics is not None:
             self.metrics.mo(smsc)
@@ -239,61 +253,74 @@ class Inbound:
     ) -> int:
         """Deliver the long MOs whose missing parts did not come within `timeout_ms` of the last
         one that did: what arrived, flagged incomplete (a reply cut short by the network used to
-        vanish in silence). Returns how many were stored now. A group that fails is logged and
-        left for the next round; the others go on."""
+        vanish in silence). Returns how many MOs were stored now. A group that fails is logged
+        and left for the next round; the others go on."""
         groups = await self.store.stale_mo_groups(now_ms - timeout_ms, limit)
-        before = self.mo_incomplete
+        stored = 0
         for parts in groups:
             try:
-                await self._flush_group(parts)
+                stored += await self._flush_group(parts)
             except Exception:
                 p = parts[0]
                 log.exception(
                     "could not deliver an incomplete mo; retried next sweep",
                     extra={"smsc": p.smsc, "from": logs.number(p.source), "ref": p.ref},
                 )
-        return self.mo_incomplete - before
+        return stored
 
     async def _flush_group(self, parts: list[MoPart]) -> bool:
+        """Store the MO these kept parts make (True when stored now). The store and the drop of
+        the parts are one transaction, done only while the group is still these parts: a part
+        that arrived since the read (acknowledged already) is neither dropped unseen nor, when
+        it completed the message, delivered a second time as a fragment; the group is then
+        left to `_mo` or to a later sweep."""
         first = parts[0]
         smsc, total = first.smsc, first.total
         seqs = tuple(p.seq for p in parts)
-        if seqs == tuple(range(1, total + 1)):
-            # Every part is here: `_mo` completed and stored this MO and stopped before dropping
-            # the parts (a crash, a store error). Storing it again would push it twice.
-            await self.store.drop_mo_parts(smsc, first.source, first.destination, first.ref)
+        newest = max(p.received_at for p in parts)
+        if await self._stored_whole(parts, newest):
+            # `_mo` stored this MO complete: these are its parts left by a failed drop, or
+            # parts the SMSC resent after it (their resp was lost) that came alone. Delivering
+            # them again, whole or as a fragment, would push the customer the reply twice.
+            await self.store.store_mo_from_parts(None, parts)
             log.info(
-                "dropped the parts of a stored mo",
+                "dropped the kept parts of a stored mo",
                 extra={"smsc": smsc, "from": logs.number(first.source), "ref": first.ref},
             )
             return False
-        newest = max(p.received_at for p in parts)
         # TON unknown (parts kept before it was): read as SMSCs without a TON send it.
         ton = first.source_ton if first.source_ton is not None else 0
         source, account, sign = await self._attribute(
             smsc, first.source, ton, first.destination, newest
         )
+        text = join_runs(parts)
+        if seqs == tuple(range(1, total + 1)):
+            # Every part, never stored: `_mo` failed before storing it (a store error, a crash
+            # after the last part was kept) and the SMSC's resend did not come in time. It is
+            # the complete reply: delivered as `_mo` would have, opt-out included.
+            return await self._deliver_whole(parts, newest, source, account, sign, text)
         # Never an opt-out, whatever the text: a fragment is not a request (the "STOP" may be
         # the start of "STOP sending me the old address"), and an opt-out ends the account's
         # queued messages to the number. The customer sees the text, flagged, and decides.
         mo_id = incomplete_mo_id(
             smsc, first.source, first.destination, first.ref, total, first.received_at
         )
-        new = await self.store.store_mo(
+        new = await self.store.store_mo_from_parts(
             MoMessage(
                 id=mo_id,
                 account_id=account,
                 smsc=smsc,
                 source=source,
                 destination=first.destination,
-                text=join_runs(parts),
+                text=text,
                 received_at=newest,
                 sign_name=sign,
                 parts_total=total,
                 parts_received=seqs,
-            )
+            ),
+            parts,
         )
-        if new:  # not when stored before (a sweep redone after a crash, another instance's)
+        if new:  # not when stored before, nor when the group changed since it was read
             self.mo_incomplete += 1
             if self.metrics is not None:
                 self.metrics.mo_incomplete(smsc)
@@ -305,9 +332,68 @@ class Inbound:
                        "from": logs.number(source), "parts_received": list(seqs),
                        "parts_total": total},
             )  # fmt: skip
-        # Only now: a crash before this leaves the parts, and the redo gets the same id.
-        await self.store.drop_mo_parts(smsc, first.source, first.destination, first.ref)
-        return new
+        return bool(new)
+
+    async def _stored_whole(self, parts: list[MoPart], newest: int) -> bool:
+        """Whether `_mo` stored the complete MO of this reference: looked up by the ids it
+        gives one (any concatenation scheme: which one the parts came by is not kept; the
+        window of the newest part and the one before, as `_mo` recognises repeats)."""
+        first = parts[0]
+        for dc in dict.fromkeys(p.data_coding for p in parts):
+            for scheme in ("udh8", "udh16", "sar"):
+                what = f"{scheme}:{first.ref}:{first.total}".encode()
+                for at in (newest, newest - MO_REPEAT_MS):
+                    mo_id = _mo_id(first.smsc, first.source, first.destination, dc, what, at)
+                    if await self.store.get_mo(mo_id) is not None:
+                        return True
+        return False
+
+    async def _deliver_whole(
+        self,
+        parts: list[MoPart],
+        newest: int,
+        source: str,
+        account: str | None,
+        sign: str | None,
+        text: str,
+    ) -> bool:
+        first = parts[0]
+        smsc = first.smsc
+        if account is not None and is_optout(text, self.optout_keywords):
+            await self.store.add_optouts(account, [source], "mo", newest)
+            self.optouts += 1
+            log.info(
+                "recipient opted out by reply",
+                extra={"account": account, "from": logs.number(source)},
+            )
+        scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
+        mo_id = _mo_id(
+            smsc, first.source, first.destination, parts[-1].data_coding,
+            f"{scheme}:{first.ref}:{first.total}".encode(), newest,
+        )  # fmt: skip
+        new = await self.store.store_mo_from_parts(
+            MoMessage(
+                id=mo_id,
+                account_id=account,
+                smsc=smsc,
+                source=source,
+                destination=first.destination,
+                text=text,
+                received_at=newest,
+                sign_name=sign,
+            ),
+            parts,
+        )
+        if new:
+            self.mo += 1
+            if self.metrics is not None:
+                self.metrics.mo(smsc)
+            log.info(
+                "mo delivered by the sweep: its parts were kept, the mo never stored",
+                extra={"smsc": smsc, "mo_id": mo_id, "account": account,
+                       "from": logs.number(source)},
+            )  # fmt: skip
+        return bool(new)
 
     def _sent_from(self, smsc: str, destination: str) -> tuple[tuple[str, ...], bool]:
         """The forms a sender stored with our messages may have for the address a reply went
@@ -337,12 +423,18 @@ def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     window: what identifies it (SMSC, addresses, coding, and the concatenation reference or the
     text itself) and the window, hashed."""
     what = f"{seg.scheme}:{seg.ref}:{seg.total}".encode() if seg.scheme else bytes(seg.payload)
+    return _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding, what, now_ms)
+
+
+def _mo_id(
+    smsc: str, source: str, destination: str, data_coding: int, what: bytes, now_ms: int
+) -> str:
     material = b"\x00".join(
         (
             smsc.encode(),
-            body.source_addr.encode(),
-            body.destination_addr.encode(),
-            str(body.data_coding).encode(),
+            source.encode(),
+            destination.encode(),
+            str(data_coding).encode(),
             what,
             str(now_ms // MO_REPEAT_MS).encode(),
         )

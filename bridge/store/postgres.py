@@ -41,7 +41,13 @@ from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
-from bridge.store.base import StoreClosedError, StoreError
+from bridge.store.base import (
+    CLOSED_MESSAGE,
+    UNPARK_CHUNK,
+    UNPARK_MAX_CHUNKS,
+    StoreClosedError,
+    StoreError,
+)
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
@@ -410,8 +416,10 @@ class PostgresStore(RulesStoreMixin):
             if cols:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))
                 n = len(cols)
+                # A closed account stays closed: its data was erased (the caller sees the status).
                 await c.execute(
-                    f"UPDATE accounts SET {sets}, updated_at = ${n + 1} WHERE id = ${n + 2}",
+                    f"UPDATE accounts SET {sets}, updated_at = ${n + 1} "
+                    f"WHERE id = ${n + 2} AND status <> 'closed'",
                     *values,
                     now,
                     account_id,
@@ -426,7 +434,11 @@ class PostgresStore(RulesStoreMixin):
     async def add_key(self, key: AppKey, max_active: int) -> None:
         async def job(c: asyncpg.Connection) -> None:
             # The account row serialises concurrent key creations for one account.
-            await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", key.account_id)
+            status = await c.fetchval(
+                "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", key.account_id
+            )
+            if status == "closed":  # the lock also orders this after a close in progress
+                raise StoreError("ACCOUNT_CLOSED", CLOSED_MESSAGE)
             n = scalar(
                 await c.fetchval(
                     "SELECT COUNT(*) FROM app_keys WHERE account_id = $1 AND status = 'active'",
@@ -894,6 +906,7 @@ class PostgresStore(RulesStoreMixin):
         now: int,
         lease_ms: int,
         park: Callable[[str], str | None] | None = None,
+        routable: Collection[str] = (),
     ) -> list[WorkMessage]:
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
@@ -902,9 +915,10 @@ class PostgresStore(RulesStoreMixin):
         start = self._rr % len(accounts)
         self._rr += 1
         order = accounts[start:] + accounts[:start]
+        keys = sorted(set(routable))
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
-            return await pipe.claim(c, order, instance, limit, now, now + lease_ms, park)
+            return await pipe.claim(c, order, instance, limit, now, now + lease_ms, park, keys)
 
         return await run_tx(self.pool, job, durable=False)
 
@@ -913,11 +927,21 @@ class PostgresStore(RulesStoreMixin):
         if not keys:
             return 0
 
+        chunk = UNPARK_CHUNK
+
         async def job(c: asyncpg.Connection) -> int:
-            done = await c.execute(pipe.UNPARK, now, keys)
+            done = await c.execute(pipe.UNPARK, now, keys, chunk)
             return int(done.split()[-1])
 
-        return await run_tx(self.pool, job, durable=False)
+        total = 0
+        # A chunk per transaction: no million-row UPDATE holding its locks for long. Bounded:
+        # another instance may park under a key as fast as this loop un-parks it.
+        for _ in range(UNPARK_MAX_CHUNKS):
+            n = await run_tx(self.pool, job, durable=False)
+            total += n
+            if n < chunk:
+                break
+        return total
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         async def job(c: asyncpg.Connection) -> int:
@@ -1022,29 +1046,63 @@ class PostgresStore(RulesStoreMixin):
 
     async def store_mo(self, mo: MoMessage) -> bool:
         async def job(c: asyncpg.Connection) -> bool:
-            inserted = await c.fetchval(
-                "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at, sign_name, parts_total, parts_received) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "ON CONFLICT (id) DO NOTHING RETURNING 1",
-                mo.id,
-                mo.account_id,
-                mo.smsc,
-                mo.source,
-                mo.destination,
-                mo.text,
-                mo.received_at,
-                mo.sign_name,
-                mo.parts_total,
-                seqs_json(mo.parts_received),
+            return await self._insert_mo(c, mo)
+
+        return await run_tx(self.pool, job)
+
+    @staticmethod
+    async def _insert_mo(c: asyncpg.Connection, mo: MoMessage) -> bool:
+        inserted = await c.fetchval(
+            "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
+            "received_at, sign_name, parts_total, parts_received) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+            "ON CONFLICT (id) DO NOTHING RETURNING 1",
+            mo.id,
+            mo.account_id,
+            mo.smsc,
+            mo.source,
+            mo.destination,
+            mo.text,
+            mo.received_at,
+            mo.sign_name,
+            mo.parts_total,
+            seqs_json(mo.parts_received),
+        )
+        if inserted is None:
+            return False  # kept already (another instance's sweep, a redo), push queued
+        if mo.account_id is not None:
+            await _enqueue_webhook(
+                c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at
             )
-            if inserted is None:
-                return False  # kept already (another instance's sweep, a redo), push queued
-            if mo.account_id is not None:
-                await _enqueue_webhook(
-                    c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at
-                )
-            return True
+        return True
+
+    async def store_mo_from_parts(
+        self, mo: MoMessage | None, parts: Sequence[MoPart]
+    ) -> bool | None:
+        """Store `mo`, made of `parts` (one group as `stale_mo_groups` read it), and drop those
+        parts, in one transaction, but only while the group still holds exactly them (see the
+        SQLite engine). The lock `add_mo_part` takes: a part arriving on another instance
+        either committed first (the group then differs: None, nothing done) or waits."""
+        first = parts[0]
+        key = (first.smsc, first.source, first.destination, first.ref)
+        expected = [(p.seq, p.total, p.received_at) for p in parts]
+
+        async def job(c: asyncpg.Connection) -> bool | None:
+            await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
+            kept = await c.fetch(
+                "SELECT seq, total, received_at FROM mo_parts WHERE smsc = $1 AND source = $2 "
+                "AND destination = $3 AND ref = $4 ORDER BY seq",
+                *key,
+            )
+            if [tuple(r) for r in kept] != expected:
+                return None
+            inserted = mo is not None and await self._insert_mo(c, mo)
+            await c.execute(
+                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
+                "AND ref = $4",
+                *key,
+            )
+            return inserted
 
         return await run_tx(self.pool, job)
 

@@ -768,6 +768,16 @@ async def _erase(
         )
         return 0
     queued = [r[0] for r in rows if r[1] == "queued"]
+    claimed = [r[0] for r in rows if r[1] == "claimed"]
+    if claimed:
+        # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle)
+        # its next claim finds it expired instead of sending the blanked parts to the mask.
+        await c.execute(
+            "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2) "
+            "WHERE id = ANY($1::text[])",
+            claimed,
+            now,
+        )
     if queued:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'ERASED' "

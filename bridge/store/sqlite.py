@@ -17,7 +17,15 @@ from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
-from bridge.store.base import CLAIM_SCAN_FACTOR, PARK_MS, StoreError
+from bridge.store.base import (
+    CLAIM_SCAN_FACTOR,
+    CLOSED_MESSAGE,
+    PARK_AGAIN_MS,
+    PARK_MS,
+    UNPARK_CHUNK,
+    UNPARK_MAX_CHUNKS,
+    StoreError,
+)
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
@@ -185,8 +193,9 @@ class SqliteStore(RulesStoreMixin):
                 cols = sorted(changes)
                 values = [int(v) if isinstance(v, bool) else v for v in (changes[k] for k in cols)]
                 sets = ", ".join(f"{k}=?" for k in cols)
+                # A closed account stays closed: its data was erased (the caller sees the status).
                 c.execute(
-                    f"UPDATE accounts SET {sets}, updated_at=? WHERE id=?",
+                    f"UPDATE accounts SET {sets}, updated_at=? WHERE id=? AND status<>'closed'",
                     (*values, now, account_id),
                 )
             row = c.execute(
@@ -198,6 +207,11 @@ class SqliteStore(RulesStoreMixin):
 
     async def add_key(self, key: AppKey, max_active: int) -> None:
         def job(c: sqlite3.Connection) -> None:
+            status = c.execute(
+                "SELECT status FROM accounts WHERE id=?", (key.account_id,)
+            ).fetchone()
+            if status is not None and status[0] == "closed":
+                raise StoreError("ACCOUNT_CLOSED", CLOSED_MESSAGE)
             (n,) = c.execute(
                 "SELECT COUNT(*) FROM app_keys WHERE account_id=? AND status='active'",
                 (key.account_id,),
@@ -597,7 +611,10 @@ class SqliteStore(RulesStoreMixin):
         now: int,
         lease_ms: int,
         park: Callable[[str], str | None] | None = None,
+        routable: Collection[str] = (),
     ) -> list[WorkMessage]:
+        keys = sorted(set(routable))
+
         def job(c: sqlite3.Connection) -> list[WorkMessage]:
             accounts = self._queued_accounts(c)
             if not accounts:
@@ -606,8 +623,10 @@ class SqliteStore(RulesStoreMixin):
             start = self._rr % len(accounts)
             self._rr += 1
             order = accounts[start:] + accounts[:start]
-            per = max(1, limit // len(order))
             scan = _Scan(park, now, CLAIM_SCAN_FACTOR * limit)
+            if keys:  # parked under a route with an SMSC up here: up to half the claim first
+                scan.parked(c, keys, limit // 2)
+            per = max(1, (limit - len(scan.ids)) // len(order))
             for acc in order:
                 if len(scan.ids) >= limit or scan.budget <= 0:
                     break
@@ -618,6 +637,8 @@ class SqliteStore(RulesStoreMixin):
                 # Fill the rest from the oldest work of anyone (asking for `limit` rows as some
                 # may be taken already).
                 scan.pick(c, None, limit - len(scan.ids), limit, scan.budget)
+            if keys and len(scan.ids) < limit:  # and the room the due messages left
+                scan.parked(c, keys, limit - len(scan.ids))
             if not scan.ids:
                 return []
             return _claim_ids(c, scan.ids, instance, now + lease_ms)
@@ -629,16 +650,25 @@ class SqliteStore(RulesStoreMixin):
         if not keys:
             return 0
 
+        chunk = UNPARK_CHUNK
+
         def job(c: sqlite3.Connection) -> int:
             # INDEXED BY: without statistics SQLite prefers the queue index (every queued row)
             # to the partial index of the parked ones.
             return c.execute(
-                f"UPDATE messages INDEXED BY messages_parked SET q_not_before=?, q_park=NULL "
-                f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued'",
-                (now, *keys),
+                "UPDATE messages SET q_not_before=?, q_park=NULL WHERE rowid IN ("
+                "SELECT rowid FROM messages INDEXED BY messages_parked "
+                f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued' LIMIT ?)",
+                (now, *keys, chunk),
             ).rowcount
 
-        return await self._runner.write(job, durable=False)
+        total = 0
+        for _ in range(UNPARK_MAX_CHUNKS):  # a chunk per write: others write in between
+            n = await self._runner.write(job, durable=False)
+            total += n
+            if n < chunk:
+                break
+        return total
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         def job(c: sqlite3.Connection) -> int:
@@ -797,28 +827,57 @@ class SqliteStore(RulesStoreMixin):
         await self._runner.write(job, single=True)
 
     async def store_mo(self, mo: MoMessage) -> bool:
-        def job(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-                "received_at, sign_name, parts_total, parts_received) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    mo.id,
-                    mo.account_id,
-                    mo.smsc,
-                    mo.source,
-                    mo.destination,
-                    mo.text,
-                    mo.received_at,
-                    mo.sign_name,
-                    mo.parts_total,
-                    seqs_json(mo.parts_received),
-                ),
+        return await self._runner.write(lambda c: self._insert_mo(c, mo))
+
+    @staticmethod
+    def _insert_mo(c: sqlite3.Connection, mo: MoMessage) -> bool:
+        cur = c.execute(
+            "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
+            "received_at, sign_name, parts_total, parts_received) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                mo.id,
+                mo.account_id,
+                mo.smsc,
+                mo.source,
+                mo.destination,
+                mo.text,
+                mo.received_at,
+                mo.sign_name,
+                mo.parts_total,
+                seqs_json(mo.parts_received),
+            ),
+        )
+        if cur.rowcount != 1:
+            return False  # kept already, and its push queued with it
+        if mo.account_id is not None:
+            _enqueue_webhook(c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at)
+        return True
+
+    async def store_mo_from_parts(
+        self, mo: MoMessage | None, parts: Sequence[MoPart]
+    ) -> bool | None:
+        """Store `mo`, made of `parts` (one group as `stale_mo_groups` read it), and drop those
+        parts, in one transaction, but only while the group still holds exactly them: a part
+        that came since the read (the rest of the message, or a resend) would otherwise be
+        dropped unseen, or completed into a second MO. None: the group changed, nothing done.
+        Else as `store_mo` (False: stored before, or `mo` None: only the parts are dropped)."""
+        first = parts[0]
+        key = (first.smsc, first.source, first.destination, first.ref)
+        expected = [(p.seq, p.total, p.received_at) for p in parts]
+
+        def job(c: sqlite3.Connection) -> bool | None:
+            kept = c.execute(
+                "SELECT seq, total, received_at FROM mo_parts "
+                "WHERE smsc=? AND source=? AND destination=? AND ref=? ORDER BY seq",
+                key,
+            ).fetchall()
+            if [tuple(r) for r in kept] != expected:
+                return None
+            inserted = mo is not None and self._insert_mo(c, mo)
+            c.execute(
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?", key
             )
-            if cur.rowcount != 1:
-                return False  # kept already, and its push queued with it
-            if mo.account_id is not None:
-                _enqueue_webhook(c, mo.account_id, "mo", mo.id, None, f"mo_{mo.id}", mo.received_at)
-            return True
+            return inserted
 
         return await self._runner.write(job)
 
@@ -1147,7 +1206,7 @@ def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> Idempot
 
 class _Scan:
     """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
-    has a `park`), at most `budget` rows in all."""
+    has a `park`), at most `budget` rows in all (of the due ones: see `parked`)."""
 
     __slots__ = ("budget", "ids", "now", "park", "seen")
 
@@ -1178,31 +1237,65 @@ class _Scan:
                 return
             keyset = "" if after is None else " AND (q_not_before, id) > (?, ?)"
             rows = c.execute(
-                f"SELECT id, recipient, q_not_before FROM messages WHERE {where}{keyset} "
+                f"SELECT id, recipient, q_not_before, q_park FROM messages WHERE {where}{keyset} "
                 f"ORDER BY q_not_before, id LIMIT ?",
                 (*args, *(after or ()), n),
             ).fetchall()
             examined += len(rows)
             self.budget -= len(rows)
-            parked: list[tuple[int, str, str]] = []
-            for mid, recipient, _nb in rows:
-                if mid in self.seen:
-                    continue
-                key = self.park(recipient) if self.park is not None else None
-                if key is not None:
-                    parked.append((self.now + PARK_MS, key, mid))
-                elif got < want:
-                    self.ids.append(mid)
-                    got += 1
-                else:
-                    continue
-                self.seen.add(mid)
-            if parked:  # out of this claim's later queries too (their q_not_before passed now)
-                c.executemany("UPDATE messages SET q_not_before=?, q_park=? WHERE id=?", parked)
+            got += self._take(c, rows, want - got)
             if len(rows) < n:
                 return  # no more candidates
             after = (rows[-1][2], rows[-1][0])
             ask *= 4
+
+    def parked(self, c: sqlite3.Connection, keys: Sequence[str], want: int) -> None:
+        """Pick up to `want` ids parked under `keys` (routes with an SMSC up here), due or not.
+        Un-parking them for everyone instead, on PostgreSQL another instance without such an
+        SMSC parked them again before this one's claim came: they went out only in the few
+        rows this instance's claim met first. Outside the budget: a few index probes, not a
+        scan of due rows."""
+        if want <= 0:
+            return
+        # INDEXED BY: without statistics SQLite prefers the queue index (every queued row).
+        # With nothing parked (the usual case) one probe, not one per route key.
+        if (
+            c.execute(
+                "SELECT 1 FROM messages INDEXED BY messages_parked "
+                "WHERE q_park IS NOT NULL AND q_state='queued' LIMIT 1"
+            ).fetchone()
+            is None
+        ):
+            return
+        rows = c.execute(
+            "SELECT id, recipient, q_not_before, q_park FROM messages INDEXED BY messages_parked "
+            f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued' LIMIT ?",
+            (*keys, want + len(self.ids)),  # some may be picked already (due again)
+        ).fetchall()
+        self._take(c, rows, want)
+
+    def _take(self, c: sqlite3.Connection, rows: Sequence[Any], want: int) -> int:
+        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park), park
+        the unroutable; how many were picked."""
+        got = 0
+        parked: list[tuple[int, str, str]] = []
+        for mid, recipient, _nb, was in rows:
+            if mid in self.seen:
+                continue
+            key = self.park(recipient) if self.park is not None else None
+            if key is not None:
+                again = key == was  # back from PARK_MS with its route still down
+                until = self.now + (PARK_AGAIN_MS if again else PARK_MS)
+                parked.append((until, key, mid))
+            elif got < want:
+                self.ids.append(mid)
+                got += 1
+            else:
+                continue
+            self.seen.add(mid)
+        if parked:  # out of this claim's later queries too (their q_not_before passed now)
+            c.executemany("UPDATE messages SET q_not_before=?, q_park=? WHERE id=?", parked)
+        return got
 
 
 def _claim_ids(

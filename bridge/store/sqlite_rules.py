@@ -711,6 +711,13 @@ def _end_queued(
 
 def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
     _end_queued(c, where, args, "ERASED", now)
+    # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
+    # next claim finds it expired instead of sending the blanked parts to the mask.
+    c.execute(
+        f"UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?), ?) "
+        f"WHERE {where} AND q_state='claimed'",
+        (now, now, *args),
+    )
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))

@@ -5,6 +5,7 @@ webhook body as `WebhookSender.render` makes it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import sys
@@ -147,6 +148,24 @@ def id_of(first_at: int, ref: int = 42, total: int = 3, source: str = SRC) -> st
     return incomplete_mo_id("smscA", source, DEST, ref, total, first_at)
 
 
+class FlushFails:
+    """The store, except that `store_mo_from_parts` fails (a crash or a store error inside the
+    sweep's transaction: nothing of it is committed) `times` times."""
+
+    def __init__(self, inner: Store, times: int = 1) -> None:
+        self.inner = inner
+        self.left = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def store_mo_from_parts(self, *args: Any) -> bool | None:
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("database went away")
+        return await self.inner.store_mo_from_parts(*args)
+
+
 class DropFails:
     """The store, except that `drop_mo_parts` fails `times` times: a crash (or a store error)
     after the MO was stored and before its parts were dropped."""
@@ -256,32 +275,36 @@ async def test_missing_first_and_last_parts(store: Store) -> None:
 # ---------------------------------------------------------------- redo after a crash
 
 
-async def test_a_sweep_redone_after_a_crash_before_the_drop_stores_one_mo(store: Store) -> None:
+async def test_a_sweep_that_fails_stores_nothing_and_the_next_stores_one(store: Store) -> None:
+    """The MO and the drop of its parts are one transaction (`store_mo_from_parts`): a sweep
+    that fails in it (a crash, a store error) leaves neither an MO nor a half-done group, and
+    the next round delivers it once, with the same id."""
     await store.create_account(account("acc_a"))
     await sent_before(store, "acc_a")
     clock = Clock()
     await deliver(inbound(store, clock), clock, NOW, part_pdu(b"part1", 1))
     await deliver(inbound(store, clock), clock, NOW + SEC, part_pdu(b"part3", 3))
-    crashing = inbound(DropFails(store), clock)
+    crashing = inbound(FlushFails(store), clock)
     later = NOW + SEC + TIMEOUT + 1
-    # Stored (and counted: it is new), then the drop fails: the group stays for the next round.
-    assert await crashing.flush_stale_mo(later, timeout_ms=TIMEOUT) == 1
+    assert await crashing.flush_stale_mo(later, timeout_ms=TIMEOUT) == 0
+    assert crashing.mo_incomplete == 0
     assert [len(g) for g in await store.stale_mo_groups(later, 10)] == [2]
-    # The restarted daemon sweeps the same parts again: the same id, so nothing new.
+    assert await mo_jobs(store, later + HOUR) == []
+    # The restarted daemon sweeps the same parts again.
     again = inbound(store, clock)
-    assert await again.flush_stale_mo(later + 5 * SEC, timeout_ms=TIMEOUT) == 0
-    assert again.mo_incomplete == 0
+    assert await again.flush_stale_mo(later + 5 * SEC, timeout_ms=TIMEOUT) == 1
+    assert await again.flush_stale_mo(later + 10 * SEC, timeout_ms=TIMEOUT) == 0
+    assert again.mo_incomplete == 1
     assert await store.stale_mo_groups(later + HOUR, 10) == []
     (job,) = await mo_jobs(store, later + HOUR)
     assert job.payload == id_of(NOW)
 
 
-async def test_a_part_resent_between_the_store_and_the_drop_does_not_make_a_second_mo(
-    store: Store,
-) -> None:
-    """The drop failed after the MO was stored, and the SMSC then sends part 3 once more (its
-    deliver_sm_resp was lost with the crash): the group waits again and is swept again with the
-    same id (the first part's arrival did not change)."""
+async def test_a_part_resent_after_the_read_makes_the_group_wait_again(store: Store) -> None:
+    """The SMSC sends part 3 once more (its deliver_sm_resp was lost) between the sweep's read
+    and its store: the group is no longer what was read, so nothing is stored; it waits a new
+    timeout from the resend and is delivered once, with the same id (the first part's arrival
+    did not change)."""
     await store.create_account(account("acc_a"))
     await sent_before(store, "acc_a")
     clock = Clock()
@@ -289,12 +312,14 @@ async def test_a_part_resent_between_the_store_and_the_drop_does_not_make_a_seco
     await deliver(handler, clock, NOW, part_pdu(b"part1", 1))
     await deliver(handler, clock, NOW + SEC, part_pdu(b"part3", 3))
     later = NOW + SEC + TIMEOUT + 1
-    assert await inbound(DropFails(store), clock).flush_stale_mo(later, timeout_ms=TIMEOUT) == 1
-    await deliver(handler, clock, later + SEC, part_pdu(b"part3", 3))  # resent
-    assert await handler.flush_stale_mo(later + SEC + TIMEOUT, timeout_ms=TIMEOUT) == 0
-    assert await handler.flush_stale_mo(later + SEC + TIMEOUT + 1, timeout_ms=TIMEOUT) == 0
+    (read,) = await store.stale_mo_groups(later - TIMEOUT, 10)
+    await deliver(handler, clock, later, part_pdu(b"part3", 3))  # resent
+    assert await handler._flush_group(read) is False
+    assert await handler.flush_stale_mo(later + TIMEOUT, timeout_ms=TIMEOUT) == 0
+    assert await handler.flush_stale_mo(later + TIMEOUT + 1, timeout_ms=TIMEOUT) == 1
     assert await store.stale_mo_groups(later + HOUR, 10) == []
-    assert len(await mo_jobs(store, later + HOUR)) == 1
+    (job,) = await mo_jobs(store, later + HOUR)
+    assert job.payload == id_of(NOW)
 
 
 async def test_two_sweepers_at_once_store_and_count_one_mo(store: Store) -> None:
@@ -551,3 +576,244 @@ async def test_upgrade_keeps_mos_and_parts_stored_before_it(engine: EngineHandle
         assert mo is not None and (mo.source, mo.text, mo.parts_received) == (PHONE, "kept", (1,))
     finally:
         await upgraded.close()
+
+
+# ---------------------------------------------------------------- races and lost MOs (review)
+
+
+class StoreMoFails:
+    """The store, except that `store_mo` fails `times` times: `_mo` had every part (the last
+    one's add_mo_part committed) and could not store the MO; the SMSC is asked to resend."""
+
+    def __init__(self, inner: Store, times: int = 1) -> None:
+        self.inner = inner
+        self.left = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def store_mo(self, mo: Any) -> bool:
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("database went away")
+        return await self.inner.store_mo(mo)
+
+
+async def test_a_part_arriving_while_its_group_is_flushed_is_not_lost(store: Store) -> None:
+    """The sweep read parts 1 and 2 of 4 as stale; part 3 arrives (and is acknowledged) before
+    the sweep stores and drops them. Part 3 must not vanish with the parts the sweep delivers:
+    the group waits again and is delivered once, with everything that arrived."""
+    await store.create_account(account("acc_a"))
+    await sent_before(store, "acc_a")
+    clock = Clock()
+    handler = inbound(store, clock)
+    await deliver(handler, clock, NOW, part_pdu(b"p1", 1, 4))
+    await deliver(handler, clock, NOW + 1, part_pdu(b"p2", 2, 4))
+    sweep_at = NOW + 1 + TIMEOUT + 1
+    (read,) = await store.stale_mo_groups(sweep_at - TIMEOUT, 10)
+    await deliver(handler, clock, sweep_at, part_pdu(b"p3", 3, 4))  # just after the read
+    await handler._flush_group(read)
+    # Nothing is delivered without part 3, and part 3 is still kept.
+    assert await mo_jobs(store, sweep_at + HOUR) == []
+    (left,) = await store.stale_mo_groups(sweep_at + HOUR, 10)
+    assert [p.seq for p in left] == [1, 2, 3]
+    assert await handler.flush_stale_mo(sweep_at + TIMEOUT + 1, timeout_ms=TIMEOUT) == 1
+    (job,) = await mo_jobs(store, sweep_at + HOUR)
+    mo = await store.get_mo(job.payload)
+    assert mo is not None and (mo.text, mo.parts_received) == ("p1p2p3", (1, 2, 3))
+    assert await store.stale_mo_groups(sweep_at + 2 * HOUR, 10) == []
+
+
+async def test_the_last_part_arriving_while_its_group_is_flushed_makes_one_mo(
+    store: Store,
+) -> None:
+    """Part 3 of 3 arrives after the sweep read parts 1 and 2: `_mo` delivers the complete MO;
+    the sweep must not deliver the fragment as well (the customer would read it twice)."""
+    await store.create_account(account("acc_a"))
+    await sent_before(store, "acc_a")
+    clock = Clock()
+    handler = inbound(store, clock)
+    await deliver(handler, clock, NOW, part_pdu(b"one ", 1))
+    await deliver(handler, clock, NOW + 1, part_pdu(b"two ", 2))
+    sweep_at = NOW + 1 + TIMEOUT + 1
+    (read,) = await store.stale_mo_groups(sweep_at - TIMEOUT, 10)
+    await deliver(handler, clock, sweep_at, part_pdu(b"three", 3))  # complete: stored
+    assert await handler._flush_group(read) is False
+    (job,) = await mo_jobs(store, sweep_at + HOUR)
+    mo = await store.get_mo(job.payload)
+    assert mo is not None and (mo.text, mo.parts_total) == ("one two three", None)
+    assert (handler.mo, handler.mo_incomplete) == (1, 0)
+
+
+async def test_a_complete_mo_never_stored_is_delivered_not_dropped(store: Store) -> None:
+    """`_mo` had every part but could not store the MO (a store error, or a crash after the
+    last part was kept) and the SMSC's resend did not come before the timeout: the sweep finds
+    every part. It may drop them only when the MO is stored; otherwise the reply is delivered,
+    complete, opt-out keyword included, once."""
+    await store.create_account(account("acc_a"))
+    await sent_before(store, "acc_a")
+    clock = Clock()
+    failing = inbound(StoreMoFails(store), clock)
+    clock.ms = NOW
+    assert await failing.on_deliver("smscA", part_pdu(b"ST", 1, 2)) == C.ESME_ROK
+    clock.ms = NOW + SEC
+    assert await failing.on_deliver("smscA", part_pdu(b"OP", 2, 2)) == C.ESME_RX_T_APPN
+    assert await mo_jobs(store, NOW + HOUR) == []
+    handler = inbound(store, clock)
+    assert await handler.flush_stale_mo(NOW + HOUR, timeout_ms=TIMEOUT) == 1
+    assert await store.stale_mo_groups(NOW + 2 * HOUR, 10) == []
+    (job,) = await mo_jobs(store, NOW + HOUR)
+    mo = await store.get_mo(job.payload)
+    assert mo is not None
+    assert (mo.text, mo.parts_total, mo.parts_received, mo.account_id, mo.source) == (
+        "STOP", None, None, "acc_a", PHONE,
+    )  # fmt: skip
+    assert [(o.recipient, o.source) for o in await store.list_optouts("acc_a")] == [(PHONE, "mo")]
+    assert (handler.mo, handler.mo_incomplete, handler.optouts) == (1, 0, 1)
+    # Swept again (another instance read it too): nothing more.
+    assert await handler.flush_stale_mo(NOW + 2 * HOUR, timeout_ms=TIMEOUT) == 0
+    assert len(await mo_jobs(store, NOW + 2 * HOUR)) == 1
+
+
+async def test_a_stored_complete_sar_mo_is_recognised_by_the_sweep(store: Store) -> None:
+    """As test_a_complete_mo_left_by_a_crash_is_not_delivered_again, for parts that came with
+    SAR TLVs (data_sm from carriers that send MO that way) and a reference above 255: the
+    sweep finds the MO `_mo` stored under that scheme and only drops the parts."""
+    await store.create_account(account("acc_a"))
+    await sent_before(store, "acc_a")
+    clock = Clock()
+    crashing = inbound(DropFails(store), clock)
+
+    def sar(payload: bytes, seq: int) -> ShortMessage:
+        return ShortMessage(
+            source_addr_ton=1, source_addr=SRC, destination_addr=DEST, data_coding=8,
+            tlvs=((C.SAR_MSG_REF_NUM, b"\x01\x2c"), (C.SAR_TOTAL_SEGMENTS, b"\x02"),
+                  (C.SAR_SEGMENT_SEQNUM, bytes([seq])), (C.MESSAGE_PAYLOAD, payload)),
+        )  # fmt: skip
+
+    clock.ms = NOW
+    assert await crashing.on_deliver("smscA", sar("你".encode("utf-16-be"), 1)) == C.ESME_ROK
+    clock.ms = NOW + SEC
+    assert await crashing.on_deliver("smscA", sar("好".encode("utf-16-be"), 2)) == (
+        C.ESME_RX_T_APPN
+    )
+    handler = inbound(store, clock)
+    assert await handler.flush_stale_mo(NOW + HOUR, timeout_ms=TIMEOUT) == 0
+    assert await store.stale_mo_groups(NOW + 2 * HOUR, 10) == []
+    (job,) = await mo_jobs(store, NOW + HOUR)
+    mo = await store.get_mo(job.payload)
+    assert mo is not None and (mo.text, mo.parts_total) == ("你好", None)
+    assert handler.mo == 0
+
+
+async def test_a_redelivered_mo_is_stored_pushed_and_counted_once(store: Store) -> None:
+    """The SMSC resends an MO whose deliver_sm_resp it did not get (same window, same id):
+    `store_mo` keeps one and says so, and the handler counts what it stored, not what came."""
+    await store.create_account(account("acc_a"))
+    await sent_before(store, "acc_a")
+    clock = Clock()
+    metrics = Metrics()
+    handler = inbound(store, clock, metrics)
+    single = ShortMessage(source_addr_ton=1, source_addr=SRC, destination_addr=DEST,
+                          short_message=b"hello")  # fmt: skip
+    await deliver(handler, clock, NOW, single)
+    await deliver(handler, clock, NOW + SEC, single)  # resent
+    await deliver(handler, clock, NOW + 2 * SEC, part_pdu(b"a", 1, 2, ref=9))
+    await deliver(handler, clock, NOW + 3 * SEC, part_pdu(b"b", 2, 2, ref=9))
+    await deliver(handler, clock, NOW + 4 * SEC, part_pdu(b"b", 2, 2, ref=9))  # resent
+    assert len(await mo_jobs(store, NOW + MIN)) == 2
+    assert handler.mo == 2
+    metrics.flush()
+    sample = metrics.registry.get_sample_value
+    assert sample("smpp_bridge_mo_received_total", {"smsc": "smscA"}) == 2
+    # The resent last part came after its MO was stored and its parts dropped: it waits alone,
+    # and must not be delivered as an "incomplete" fragment of the reply already delivered.
+    assert await handler.flush_stale_mo(NOW + HOUR, timeout_ms=TIMEOUT) == 0
+    assert await store.stale_mo_groups(NOW + 2 * HOUR, 10) == []
+    assert len(await mo_jobs(store, NOW + 2 * HOUR)) == 2
+    assert handler.mo_incomplete == 0
+
+
+async def test_a_flush_and_the_missing_part_on_two_instances_lose_nothing(
+    engine: EngineHandle,
+) -> None:
+    """Instance A flushes groups it read as stale while instance B receives their missing
+    part at the same moment (PostgreSQL: two pools on one database; SQLite: two stores on one
+    file). Whichever commits first, every part ends in exactly one place: in the fragment A
+    stored (and B's part then waits alone), or in the complete message B's add_mo_part
+    returned (and A stored nothing)."""
+    a, b = engine.new_store(), engine.new_store()
+    await a.open()
+    await b.open()
+    try:
+        for ref in range(30):
+            await a.add_mo_part(kept(ref, 1, NOW))
+            await a.add_mo_part(kept(ref, 3, NOW))
+        groups = await a.stale_mo_groups(NOW + 1, 100)
+        assert len(groups) == 30
+
+        def fragment(g: list[MoPart]) -> Any:
+            from bridge.store.models import MoMessage
+
+            mo_id = incomplete_mo_id("smscA", SRC, DEST, g[0].ref, 3, NOW)
+            return MoMessage(mo_id, None, "smscA", PHONE, DEST, "x", NOW, None, 3, (1, 3))
+
+        outs = await asyncio.gather(
+            *(
+                job
+                for g in groups
+                for job in (
+                    a.store_mo_from_parts(fragment(g), g),  # type: ignore[attr-defined]
+                    b.add_mo_part(kept(g[0].ref, 2, NOW + SEC)),
+                )
+            )
+        )
+        for g, flushed, completed in zip(groups, outs[0::2], outs[1::2], strict=True):
+            kept_now = [
+                p.seq for grp in await a.stale_mo_groups(NOW + HOUR, 100)
+                if grp[0].ref == g[0].ref for p in grp
+            ]  # fmt: skip
+            stored = await a.get_mo(fragment(g).id)
+            if flushed is None:  # B first: A stored nothing, B has the whole message
+                assert completed is not None and [p.seq for p in completed] == [1, 2, 3]
+                assert stored is None and kept_now == [1, 2, 3]
+            else:  # A first: the fragment is stored, B's part waits on its own
+                assert flushed is True and completed is None
+                assert stored is not None and kept_now == [2]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize(
+    ("ref", "total", "seq"),
+    [
+        (b"\xff\xff\xff\xff", b"\x02", b"\x01"),  # ref beyond 2 octets: PostgreSQL INTEGER
+        (b"\x00\x07", b"\x00\x01\x11\x70", b"\x01"),  # total 70,000 in 4 octets
+        (b"\x00\x07", b"\x00\x00\x01\x2c", b"\x00\x00\x01\x2b"),  # part 299 of 300
+    ],
+)
+async def test_sar_values_beyond_smpp_ranges_make_a_single_message(
+    store: Store, ref: bytes, total: bytes, seq: bytes
+) -> None:
+    """SMPP 3.4 5.3.2.22-24: sar_msg_ref_num is 2 octets, sar_total_segments and
+    sar_segment_seqnum 1. A data_sm (or deliver_sm) whose SAR TLVs carry more is not a part of
+    a message we could ever complete: it was refused by the store on every resend (a ref over
+    2^31-1 overflows PostgreSQL's INTEGER: ESME_RX_T_APPN for ever), or kept waiting for tens
+    of thousands of parts (and a total of 2^32-1 would have built a list that size on each).
+    It is read as a single message, as an inconsistent UDH header is."""
+    clock = Clock()
+    handler = inbound(store, clock)
+    pdu = ShortMessage(
+        source_addr_ton=1, source_addr=SRC, destination_addr=DEST,
+        tlvs=((C.SAR_MSG_REF_NUM, ref), (C.SAR_TOTAL_SEGMENTS, total),
+              (C.SAR_SEGMENT_SEQNUM, seq), (C.MESSAGE_PAYLOAD, b"hello")),
+    )  # fmt: skip
+    await deliver(handler, clock, NOW, pdu)
+    assert handler.mo == 1
+    assert await store.stale_mo_groups(NOW + HOUR, 10) == []
+    from bridge.pipeline.inbound import mo_id_for
+    from bridge.sim.reassembly import Segment
+
+    mo = await store.get_mo(mo_id_for("smscA", pdu, Segment(0, b"hello"), NOW))
+    assert mo is not None and (mo.text, mo.parts_total) == ("hello", None)

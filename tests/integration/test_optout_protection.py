@@ -279,6 +279,33 @@ async def test_refusals_on_number_routes_log_the_number_masked(
             assert full not in text and full.lstrip("+") not in text, text
 
 
+async def test_numbers_written_with_separators_are_masked_in_the_path_too(
+    api: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The routes take a number as the account writes it ("+86 138-0013-8000", "(0)...":
+    phone.normalize drops spaces, dashes, dots and brackets), so the log line's path carries
+    that form: masked as well, not only a bare run of digits."""
+    creds = await _opted_out_by_reply(api)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    r = await api.request("DELETE", "/v1/optouts/%2B86%20138-0013-8000", creds=creds)
+    assert r.status == 409
+    r = await api.request("DELETE", "/v1/optouts/%2B86.139.0013.9000", creds=creds)
+    assert r.status == 404
+    path = f"/admin/accounts/{creds.account_id}/optouts/(%2B86)%20139%200013%209000"
+    assert (await api.admin("DELETE", path)).status == 404
+    refused = [rec for rec in caplog.records if rec.getMessage() == "refused"]
+    assert [getattr(rec, "path", None) for rec in refused] == [
+        f"/v1/optouts/{logs.number(CN)}",
+        f"/v1/optouts/{logs.number(CN2)}",
+        f"/admin/accounts/{creds.account_id}/optouts/{logs.number(CN2)}",
+    ]
+    for rec in caplog.records:
+        text = TextFormatter().format(rec)
+        for middle in ("0013", "138-", "139 ", "139."):
+            assert middle not in text, text
+
+
 # -- the store, on its own -------------------------------------------------------------------------
 
 

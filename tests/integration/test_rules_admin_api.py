@@ -930,6 +930,28 @@ async def test_close_account_revokes_keys_and_erases_texts(api_server, make_acco
     _refused(await api_server.admin("POST", "/admin/accounts/nobody/close"), 404, "NOT_FOUND")
 
 
+async def test_a_closed_account_stays_closed(api_server, make_account, clock):
+    """Closing erased the account's reply opt-outs and revoked its keys: enabling it again, or
+    giving it a key, would let it message people who had replied STOP."""
+    clock.freeze(NOV_15)
+    creds = await make_account()
+    ref = creds.account_id
+    assert (await api_server.admin("POST", f"/admin/accounts/{ref}/close")).status == 200
+    for method, path, body in (
+        ("POST", f"/admin/accounts/{ref}/enable", None),
+        ("POST", f"/admin/accounts/{ref}/disable", None),
+        ("PATCH", f"/admin/accounts/{ref}", {"tps": 5}),
+        ("POST", f"/admin/accounts/{ref}/keys", None),
+    ):
+        r = await api_server.admin(method, path, json=body)
+        _refused(r, 409, "ACCOUNT_CLOSED", "closed")
+    shown = await api_server.admin("GET", f"/admin/accounts/{ref}")
+    assert shown.json["status"] == "closed" and shown.json["tps"] != 5
+    keys = await api_server.admin("GET", f"/admin/accounts/{ref}/keys")
+    assert {k["status"] for k in keys.json["keys"]} == {"revoked"}
+    assert (await api_server.request("GET", "/v1/balance", creds=creds)).status == 401
+
+
 # -- authentication on every new endpoint ----------------------------------------------------------
 
 CUSTOMER = [

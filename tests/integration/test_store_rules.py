@@ -45,6 +45,7 @@ from bridge.store.models import (  # noqa: E402
     NewMessage,
     NewSegment,
     ReceiptIn,
+    Release,
     Sign,
     SubmitResult,
     TariffRow,
@@ -941,6 +942,20 @@ async def test_erase_recipient_masks_and_ends_queued_with_refund(store: Store) -
     assert await store.erase_recipient("acc_a", CN, "+86138****8000", NOW + 6) == 0
 
 
+async def test_an_erased_message_in_flight_is_not_sent_again(store: Store) -> None:
+    """Erased while claimed (on a bind, maybe waiting for a window slot): it cannot be recalled,
+    but if it comes back to the queue its next claim must not send the blanked parts to the
+    masked number: it comes back expired, and the dispatcher ends it so."""
+    await funded(store, 1000)
+    assert (await send(store, message("m1"))).accepted
+    assert [w.id for w in await store.claim("inst-1", 10, NOW + 1, LEASE)] == ["m1"]
+    assert await store.erase_recipient("acc_a", CN, "+86138****8000", NOW + 5) == 1
+    await store.record_submits([], [Release("m1", NOW + 6, count_attempt=True)], NOW + 6)
+    again = await store.claim("inst-1", 10, NOW + 10, LEASE)
+    assert [(w.id, w.recipient) for w in again] == [("m1", "+86138****8000")]
+    assert again[0].expires_at is not None and again[0].expires_at <= NOW + 5
+
+
 async def test_close_account(store: Store) -> None:
     await funded(store, 1000, status_url="https://cb.example/st")
     await store.add_key(key("K1"), max_active=2)
@@ -971,6 +986,20 @@ async def test_close_account(store: Store) -> None:
     assert len(await store.ledger_page("acc_a")) == 3
     assert await store.claim_webhooks(NOW + DAY, 100, LEASE) == []  # nothing pushed any more
     assert await store.close_account("acc_nope", NOW) is False
+
+
+async def test_a_closed_account_takes_no_update_and_no_key(store: Store) -> None:
+    """Closing is final, in the store's own transaction (not a check before it): an update
+    leaves the row as it is (the caller sees status closed) and a new key is refused."""
+    await funded(store, 1000)
+    assert await store.close_account("acc_a", NOW + 5) is True
+    after = await store.update_account("acc_a", {"status": "active", "tps": 7}, NOW + 6)
+    assert after is not None and (after.status, after.updated_at) == ("closed", NOW + 5)
+    assert after.tps != 7
+    with pytest.raises(StoreError) as info:
+        await store.add_key(key("K9"), max_active=2)
+    assert info.value.code == "ACCOUNT_CLOSED"
+    assert await store.get_key("K9") is None
 
 
 # ---------------------------------------------------------------- races

@@ -348,3 +348,63 @@ def test_tlv_only_receipt_needs_the_id_and_tlvs_win_over_text() -> None:
     assert (r.message_id, r.state, r.err, r.network_error) == (
         "abc", ReceiptState.DELIVERED, "001", 5,
     )  # fmt: skip
+
+
+# --- intermediate delivery notifications (SMPP 3.4 2.11.2, esm_class 0x20) -----------------------
+class _Receipts:
+    """The one store call the receipt path makes, recording what it is given."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    async def apply_receipts(self, items: list[object], now: int) -> object:
+        from bridge.store.models import ReceiptOutcome
+
+        self.items.extend(items)
+        return ReceiptOutcome(len(items), 0)
+
+
+@pytest.mark.parametrize(
+    ("esm", "state", "expected"),
+    [
+        (C.ESM_INTERMEDIATE_NOTIFICATION, C.MSG_STATE_UNDELIVERABLE, "enroute"),
+        (C.ESM_INTERMEDIATE_NOTIFICATION, C.MSG_STATE_DELIVERED, "enroute"),
+        (C.ESM_INTERMEDIATE_NOTIFICATION | C.ESM_UDHI, C.MSG_STATE_EXPIRED, "enroute"),
+        (C.ESM_DELIVERY_RECEIPT, C.MSG_STATE_UNDELIVERABLE, "undeliverable"),
+        (0, C.MSG_STATE_DELIVERED, "delivered"),  # a receipt by its TLV alone
+    ],
+)
+async def test_an_intermediate_notification_never_settles_the_part(
+    esm: int, state: int, expected: str
+) -> None:
+    """An intermediate notification reports one delivery attempt while the SMSC keeps retrying
+    ("Mobile Unavailable", 2.11.2): its message_state or stat is that attempt's. Taken as the
+    outcome, it settled the part (the first final outcome stands) and the delivery that
+    followed was ignored."""
+    from bridge.pipeline.inbound import Inbound
+
+    store = _Receipts()
+    inbound = Inbound(store, {}, clock=lambda: 1_700_000_000.0)  # type: ignore[arg-type]
+    tlvs = ((C.RECEIPTED_MESSAGE_ID, b"0A1B2C3D\0"), (C.MESSAGE_STATE, bytes([state])))
+    body = DataSm(source_addr="8613800138000", destination_addr="SRC", esm_class=esm, tlvs=tlvs)
+    assert await inbound.on_deliver("smsc", body.as_short_message()) == C.ESME_ROK
+    await inbound.drain()
+    (r,) = store.items
+    assert (r.smsc_msg_id, r.state, r.stat) == (  # type: ignore[attr-defined]
+        "0A1B2C3D", expected, MESSAGE_STATE_STAT[state],
+    )  # fmt: skip
+
+
+async def test_an_intermediate_deliver_sm_with_receipt_text_is_enroute_too() -> None:
+    from bridge.pipeline.inbound import Inbound
+
+    store = _Receipts()
+    inbound = Inbound(store, {}, clock=lambda: 1_700_000_000.0)  # type: ignore[arg-type]
+    text = b"id:0A1B2C3D sub:001 dlvrd:000 submit date:2401011200 done date:2401011201 stat:UNDELIV"
+    sm = ShortMessage(
+        source_addr="1", esm_class=C.ESM_INTERMEDIATE_NOTIFICATION, short_message=text
+    )
+    assert await inbound.on_deliver("smsc", sm) == C.ESME_ROK
+    await inbound.drain()
+    (r,) = store.items
+    assert (r.state, r.stat) == ("enroute", "UNDELIV")  # type: ignore[attr-defined]
