@@ -41,6 +41,11 @@ MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
 MAX_UNANSWERED_ATTEMPTS = 3
 UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
+# A submit the SMSC did not answer in time is resent no sooner than this: a congested SMSC that
+# answers late (the bind keeps listening for a minute or more) then has its acceptance recorded
+# instead of the handset getting the message twice. With the first back-off of 5 s, almost every
+# late answer found the resend already on the wire.
+UNANSWERED_WAIT_MS = 30_000
 
 _Park = Callable[[str], str | None] | None  # a claim's park function (Router.parker)
 
@@ -409,6 +414,8 @@ class Dispatcher:
                     self.failed += 1
                     break
                 delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
+                if out.status_name == "TIMEOUT":
+                    delay = max(delay, UNANSWERED_WAIT_MS)
                 release = Release(msg.id, now_ms + delay, count_attempt=out.kind == "transient")
                 self.retried += 1
                 break

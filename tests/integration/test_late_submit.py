@@ -54,7 +54,7 @@ engine = engines.engine
 store = engines.store
 
 SMSC = "smscA"
-RETRY_MS = 5_000  # retry_delay_ms(1): the first unanswered attempt's back-off
+RETRY_MS = 30_000  # UNANSWERED_WAIT_MS: an unanswered attempt's resend waits at least this
 
 
 def late(mid: str, seq: int = 1, msg_id: str = "X1", smsc: str = SMSC) -> LateAccept:
@@ -209,7 +209,14 @@ async def test_a_late_acceptance_ends_delivered_without_a_resend(store: Store) -
             task = asyncio.create_task(d.run())
             disp = d
             await eventually(lambda: disp.retried == 1 and disp.inflight == 0, 3.0)
-            assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 5 s
+            assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 30 s
+            # Not due before the late answer has had its time (a 5 s back-off resent it first).
+            waits = [(r.bucket, r.messages) for r in await store.queue_groups(clock.ms, [])]
+            assert waits == [("retry_wait", 1)]
+            due_at = [r.bucket for r in await store.queue_groups(clock.ms + RETRY_MS, [])]
+            assert [r.bucket for r in await store.queue_groups(clock.ms + 29_000, [])] == [
+                "retry_wait"
+            ] and due_at == ["ready"]
             _answer(smsc, 0, "x77")  # the SMSC accepts it after all
             await eventually(lambda: disp.late_accepted == 1, 3.0)
             rec = await get(store, "m0")
