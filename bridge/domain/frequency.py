@@ -112,9 +112,26 @@ def _clock_starts(minute_index: int, tz: str | tzinfo) -> tuple[int, int]:
     checked on every send, computed once a minute per zone."""
     zone = _zone(tz) if isinstance(tz, str) else tz
     local = datetime.fromtimestamp(minute_index * 60, zone)
-    minute = _ms(local.replace(second=0, microsecond=0))
-    hour = _ms(local.replace(minute=0, second=0, microsecond=0))
+    ref = minute_index * MINUTE_MS
+    minute = _floor_ms(local.replace(second=0, microsecond=0), zone, ref)
+    hour = _floor_ms(local.replace(minute=0, second=0, microsecond=0), zone, ref)
     return minute, hour
+
+
+def _floor_ms(wall: datetime, zone: tzinfo, ref: int) -> int:
+    """The instant of the wall-clock floor `wall`. A floor the DST change repeats (its two
+    occurrences both real and both not after `ref`) is its later occurrence: `now` may be past the
+    repeated span, as after Chatham's 03:45 -> 02:45, where 03:00 came twice and the hour that
+    holds 03:50 began at the second one (the first made it a 1 h 45 min window)."""
+    kept = _ms(wall)
+    other = _ms(wall.replace(fold=1 - wall.fold))
+    if other == kept or other > ref or kept > ref:
+        return kept
+    naive = wall.replace(tzinfo=None, fold=0)
+    for t in (kept, other):  # both must be that wall time (not a time in a gap)
+        if datetime.fromtimestamp(t / 1000, zone).replace(tzinfo=None, fold=0) != naive:
+            return kept
+    return max(kept, other)
 
 
 def exceeded(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.domain.frequency import (
@@ -191,8 +191,22 @@ ZONES = [
 _now = st.integers(utc(2000, 1, 1), utc(2040, 1, 1))
 
 
+def test_an_hour_floor_the_dst_change_repeated_starts_at_its_later_occurrence() -> None:
+    """Pacific/Chatham, 2025-04-06: 03:45 CHADT (+13:45) became 02:45 CHAST (+12:45), so 03:00
+    local came at 13:15Z and again at 14:15Z. At 15:00Z (03:45 CHAST) the clock hour began at
+    the second: a 45-minute window, not 1 h 45 min (found by the property test below)."""
+    now = 1_743_865_200_000  # 2025-04-05T15:00:00Z
+    minute, hour, _day = window_starts(now, "Pacific/Chatham")
+    assert (minute, hour) == (now, now - 45 * 60_000)
+    # Inside the repeated span the fold is the one now is in: 03:10 CHAST (14:25Z) -> 14:15Z,
+    # 03:10 CHADT (13:25Z) -> 13:15Z.
+    assert window_starts(1_743_863_100_000, "Pacific/Chatham")[1] == 1_743_862_500_000
+    assert window_starts(1_743_858_900_000 + 600_000, "Pacific/Chatham")[1] == 1_743_858_900_000
+
+
 @settings(max_examples=300, deadline=None)
 @given(_now, st.sampled_from(ZONES))
+@example(1_743_865_200_000, "Pacific/Chatham")
 def test_window_starts_properties(now: int, tz: str) -> None:
     zone = ZoneInfo(tz)
     minute, hour, day = window_starts(now, tz)
