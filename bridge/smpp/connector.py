@@ -291,7 +291,16 @@ class Connector:
             # No bind up (share 0): nothing is sent anyway, and keeping the last rate spares
             # the first submits after a reconnect a throttler that lets nothing through.
             self._tps_share = share
-            self._throttler = _throttler(share)
+            current = self._throttler
+            if current is None or share <= 0:
+                self._throttler = _throttler(share)
+            else:
+                # Re-rated in place, not replaced: the submits of the last period count against
+                # the new rate, and those already waiting on it get the new rate too. A fresh
+                # throttler let a shrinking share (a bind handed over) send the old rate plus
+                # the new one for a period, over the SMSC's limit across the fleet.
+                current.rate_limit = max(1, int(share))
+                current.period = current.rate_limit / share
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -27,6 +27,18 @@ If the connection is lost, every slot is treated as lost at once: the connectors
 turn False and unbind (within about 4 s). The coordinator reconnects with back-off and takes no
 slot for `grace_s` after reconnecting: when the server itself restarted, every instance lost its
 locks at the same moment, and each must have closed its binds before any rebinds.
+
+Every query on the connection has a time-out (`op_timeout_s`), and one that runs out counts as a
+lost connection: on a partition (no RST) a query in flight would otherwise wait for TCP's own
+time-out (many minutes) holding the connection's lock, so the ping never ran and the binds stayed
+up while the server, after its keepalives, gave the locks to the others. An instance so learns of
+a lost connection within `poll_s + op_timeout_s` and has unbound about 5 s later.
+
+The server releases a dead session's locks as soon as it notices, but the process behind it may
+be alive and still bound (a partition, a killed backend) until it notices too. So a slot this
+instance last saw held by a session that is gone is taken only `orphan_s` after it was first seen
+free (that worst case plus a margin). An instance that stops cleanly (its connectors unbound
+first) says so on RELEASE_CHANNEL before closing, and its slots are taken at once.
 """
 
 from __future__ import annotations
@@ -45,6 +57,10 @@ from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
 log = logging.getLogger("bridge.coord")
 
 CHANNEL = "smpp_bridge_work"
+RELEASE_CHANNEL = "smpp_bridge_release"  # payload: instance; "my binds are all closed"
+_CLEAN_MEMORY_S = 60.0  # how long a clean stop's pid is remembered (pids are reused)
+_UNBIND_S = 6.0  # a connector's slot check (0.5 s) + drain and unbind (<= 4 s) + margin
+_NET_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
 
 _HOLDERS = f"""
 WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
@@ -59,11 +75,15 @@ LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
     AND l.database = (SELECT oid FROM db)
 """
 
-_LIVE_INSTANCES = (
-    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-    f"AND classid = {NS_INSTANCE}::oid "
-    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-)
+_SLOT = f"""
+WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database())
+SELECT
+    (SELECT l.pid FROM pg_locks l, db WHERE l.locktype = 'advisory' AND l.granted
+        AND l.objsubid = 2 AND l.classid = {NS_BIND}::oid AND l.objid = hashtext($1)::oid
+        AND l.database = db.oid LIMIT 1) AS holder,
+    (SELECT array_agg(l.pid) FROM pg_locks l, db WHERE l.locktype = 'advisory' AND l.granted
+        AND l.objsubid = 2 AND l.classid = {NS_INSTANCE}::oid AND l.database = db.oid) AS live
+"""
 
 
 def slot_groups(bind_mode: str, binds: int) -> list[list[int]]:
@@ -102,6 +122,8 @@ class Coordinator:
         poll_s: float = 2.0,
         grace_s: float | None = None,
         notify_interval_s: float = 0.005,
+        op_timeout_s: float | None = None,
+        orphan_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dsn = dsn
@@ -110,6 +132,10 @@ class Coordinator:
         self.poll_s = poll_s
         self.grace_s = 3 * poll_s if grace_s is None else grace_s
         self.notify_interval_s = notify_interval_s
+        self.op_timeout_s = max(1.0, poll_s) if op_timeout_s is None else op_timeout_s
+        # The longest a live holder whose session died may still be bound: it learns of the loss
+        # within a poll plus a query time-out, then unbinds.
+        self.orphan_s = poll_s + self.op_timeout_s + _UNBIND_S if orphan_s is None else orphan_s
         self._clock = clock
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection
@@ -117,6 +143,9 @@ class Coordinator:
         self._yielding: set[tuple[str, int]] = set()  # being given up: unbinding, still locked
         self.gates: dict[str, SlotGate] = {}
         self._declined: dict[tuple[str, int], float] = {}
+        self._seen: dict[tuple[str, int], int] = {}  # slot -> pid of its holder when last seen
+        self._orphaned: dict[tuple[str, int], float] = {}  # slot -> first seen free, holder gone
+        self._clean: dict[int, float] = {}  # pid -> when it announced a clean stop
         self._healthy = False
         self._dirty = False
         self._notifier: asyncio.Task[None] | None = None
@@ -144,6 +173,15 @@ class Coordinator:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         conn, self._conn = self._conn, None
+        if conn is not None and self._healthy and self._held:
+            # Our binds are closed: the others need not wait for us to unbind (see orphan_s).
+            with contextlib.suppress(Exception):
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    RELEASE_CHANNEL,
+                    self.instance,
+                    timeout=self.op_timeout_s,
+                )
         self._healthy = False
         self._held.clear()
         self._yielding.clear()
@@ -175,10 +213,14 @@ class Coordinator:
             conn = self._conn
             if not self._healthy or conn is None or self._clock() < self._settle_until:
                 return False
+            t = self.op_timeout_s
             try:
                 if key in self._yielding:  # our bind on it is closed now: let it go
                     await conn.execute(
-                        "SELECT pg_advisory_unlock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        NS_BIND,
+                        f"{smsc}#{slot}",
+                        timeout=t,
                     )
                     self._yielding.discard(key)
                     self._held.discard(key)
@@ -187,7 +229,10 @@ class Coordinator:
                     return False
                 if key in self._held:
                     return True
-                live = max(1, int(await conn.fetchval(_LIVE_INSTANCES)))
+                row = await conn.fetchrow(_SLOT, f"{smsc}#{slot}", timeout=t)
+                if not self._may_take(key, row["holder"], set(row["live"] or [])):
+                    return False
+                live = max(1, len(row["live"] or []))
                 mine = sum(1 for s in group if (smsc, s) in self._held)
                 if mine >= math.ceil(len(group) / live):
                     first = self._declined.setdefault(key, self._clock())
@@ -195,17 +240,40 @@ class Coordinator:
                         return False
                 got = bool(
                     await conn.fetchval(
-                        "SELECT pg_try_advisory_lock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                        NS_BIND,
+                        f"{smsc}#{slot}",
+                        timeout=t,
                     )
                 )
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except _NET_ERRORS as exc:
                 log.warning("bind slot check failed: %r", exc)
+                if isinstance(exc, TimeoutError):
+                    self._lost("bind slot check timed out")
                 return False
             self._declined.pop(key, None)  # taken, or held elsewhere: the grace starts over
             if got:
                 self._held.add(key)
                 log.info("bind slot taken", extra={"smsc": smsc, "bind": slot})
             return got
+
+    def _may_take(self, key: tuple[str, int], holder: int | None, live: set[int]) -> bool:
+        """False while the slot is held by another session, or was (when last seen) by a session
+        that is gone without a clean stop and may still be bound: see orphan_s."""
+        conn = self._conn
+        me = conn.get_server_pid() if conn is not None else None
+        if holder is not None and holder != me:
+            self._seen[key] = holder
+            self._orphaned.pop(key, None)
+            return False
+        prev = self._seen.get(key)
+        if prev is not None and prev not in live and prev not in self._clean:
+            first = self._orphaned.setdefault(key, self._clock())
+            if self._clock() - first < self.orphan_s:
+                return False
+        self._seen.pop(key, None)
+        self._orphaned.pop(key, None)
+        return True
 
     async def release(self, smsc: str) -> None:
         """An SMSC's connector stopped for good (removed or rebound by a reload): its slots go
@@ -221,10 +289,17 @@ class Coordinator:
             if conn is None or not self._healthy:
                 return
             for _smsc, slot in mine:
-                with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                try:
                     await conn.execute(
-                        "SELECT pg_advisory_unlock($1, hashtext($2))", NS_BIND, f"{smsc}#{slot}"
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        NS_BIND,
+                        f"{smsc}#{slot}",
+                        timeout=self.op_timeout_s,
                     )
+                except _NET_ERRORS as exc:
+                    if isinstance(exc, TimeoutError):
+                        self._lost("bind slot release timed out")
+                    return
 
     async def rebalance(self) -> None:
         """Give up one slot per SMSC group when over the fair share while a live instance is
@@ -240,10 +315,15 @@ class Coordinator:
                         return
                     try:
                         rows = await conn.fetch(
-                            _HOLDERS, [f"{gate.smsc}#{s}" for s in group], group
+                            _HOLDERS,
+                            [f"{gate.smsc}#{s}" for s in group],
+                            group,
+                            timeout=self.op_timeout_s,
                         )
                         me = conn.get_server_pid()
-                    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    except _NET_ERRORS as exc:
+                        if isinstance(exc, TimeoutError):
+                            self._lost("rebalance timed out")
                         return
                 live = set(rows[0]["live"] or []) if rows else set()
                 if me not in live:
@@ -280,8 +360,15 @@ class Coordinator:
                 if conn is None or not self._healthy:
                     return  # the others' idle poll covers it
                 try:
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.instance)
-                except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)",
+                        CHANNEL,
+                        self.instance,
+                        timeout=self.op_timeout_s,
+                    )
+                except _NET_ERRORS as exc:
+                    if isinstance(exc, TimeoutError):
+                        self._lost("notify timed out")
                     return
             await asyncio.sleep(self.notify_interval_s)
 
@@ -289,6 +376,15 @@ class Coordinator:
         if payload != self.instance and self.on_work is not None:
             self.wakes += 1
             self.on_work()
+
+    def _on_release(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+        """Another instance stopped cleanly: the slots it held may be taken at once."""
+        if payload == self.instance:
+            return
+        now = self._clock()
+        for old in [p for p, at in self._clean.items() if now - at > _CLEAN_MEMORY_S]:
+            del self._clean[old]
+        self._clean[pid] = now
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -308,6 +404,7 @@ class Coordinator:
                     )
                 await asyncio.sleep(0.5)
             await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(RELEASE_CHANNEL, self._on_release)
         except BaseException:
             await conn.close()
             raise
@@ -346,12 +443,16 @@ class Coordinator:
             self._lost_event.clear()
             if self._healthy:
                 try:
-                    async with self._lock:
-                        assert self._conn is not None
-                        await self._conn.fetchval("SELECT 1", timeout=max(1.0, self.poll_s))
+                    # The wait for the lock counts too: an operation stuck on a dead link must not
+                    # hold the ping off (each has its own time-out as well).
+                    async with asyncio.timeout(self.op_timeout_s), self._lock:
+                        conn = self._conn
+                        if conn is None:
+                            raise asyncpg.InterfaceError("no connection")
+                        await conn.fetchval("SELECT 1")
                     await self.rebalance()
                     continue
-                except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError):
+                except _NET_ERRORS:
                     self._lost("ping failed")
             old, self._conn = self._conn, None
             if old is not None:

@@ -164,7 +164,8 @@ async def dsn(pg_dsn: str) -> str:
 
 def coord(dsn: str, name: str) -> Coordinator:
     # No background rebalancing during a test (a long poll): the test calls rebalance() itself.
-    return Coordinator(dsn, name, poll_s=60, grace_s=0.6)
+    # A slot whose holder's session died is taken 1 s after it was seen free (orphan_s).
+    return Coordinator(dsn, name, poll_s=60, grace_s=0.6, orphan_s=1.0)
 
 
 async def test_slots_are_shared_fairly_and_never_twice(dsn: str) -> None:
@@ -223,6 +224,8 @@ async def test_a_stopped_or_dead_instance_releases_its_slots(dsn: str) -> None:
         assert b.held("s") == []  # ... holding nothing until its connectors ask again,
         assert await gb.acquire(0) is False  # and nothing at all for a while (a server restart
         # drops every instance's locks at once: all must have unbound before anyone rebinds)
+        assert await gc.acquire(0) is False  # c saw b hold it: b's process may still be bound
+        await asyncio.sleep(1.1)  # orphan_s: b has unbound by now
         assert await gc.acquire(0) is True
         assert await gc.acquire(1) is False  # b is live again: c's share is one ...
         await asyncio.sleep(0.7)

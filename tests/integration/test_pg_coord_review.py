@@ -1,0 +1,224 @@
+"""Review of the PostgreSQL scale-out coordination: the failure modes that let more binds (or more
+submits per second) reach a carrier than it allows.
+
+- An instance cut off from the database (no RST: a partition) while one of its coordination
+  queries is on the wire must still notice within its ping budget and give its slots up; a
+  query that never answers must not hold the coordination lock (and so the ping) forever.
+- A slot freed because its holder's *session* died (its process may be alive, still bound, and
+  needs seconds to notice and unbind) is not bound by another instance before that holder had
+  time to unbind; a slot freed by a clean stop (connectors already unbound) is taken at once.
+- A connector's TPS share that shrinks (a bind handed over) applies to the submits of the last
+  period too: the new limit does not start from an empty history, and submits already waiting
+  do not keep the old rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import asyncpg
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from bridge.smpp.connector import Connector  # noqa: E402
+from bridge.store.postgres import PostgresStore  # noqa: E402
+from bridge.store.postgres_coord import Coordinator  # noqa: E402
+from tests.e2e.harness import free_port, make_config  # noqa: E402
+
+
+async def eventually(cond: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class BlackholeProxy:
+    """TCP between a client and PostgreSQL that can drop everything without closing (a network
+    partition: no RST, no FIN; only time-outs tell)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.blackhole = False
+        self.listen_port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.listen_port)
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection(self.host, self.port)
+        self._writers += [cw, sw]
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    if not self.blackhole:
+                        w.write(data)
+                        await w.drain()
+
+        await asyncio.gather(pump(cr, sw), pump(sr, cw))
+
+    async def stop(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def dsn(pg_dsn: str) -> str:
+    store = PostgresStore(pg_dsn, min_size=1, max_size=1)
+    await store.open()
+    await store.close()
+    return pg_dsn
+
+
+async def kill_session(dsn: str, instance: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    try:
+        n = await admin.fetchval(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            f"smpp-bridge {instance}",
+        )
+        assert n == 1
+    finally:
+        await admin.close()
+
+
+async def test_a_partition_during_a_coordination_query_still_gives_the_slots_up(
+    dsn: str,
+) -> None:
+    """Before: the NOTIFY (sent on every accept) hung on the dead link holding the coordination
+    lock, so the ping never ran and the binds stayed up for good, while the server (keepalives)
+    freed the locks for the other instances."""
+    u = urlparse(dsn)
+    proxy = BlackholeProxy(u.hostname or "127.0.0.1", u.port or 5432)
+    await proxy.start()
+    via = dsn.replace(f"{u.hostname}:{u.port}", f"127.0.0.1:{proxy.listen_port}")
+    a = Coordinator(via, "a", poll_s=0.5, grace_s=0.5)
+    await a.start()
+    try:
+        ga = a.gate("s", "transceiver", 1)
+        assert await ga.acquire(0) is True
+        proxy.blackhole = True
+        a.notify_work()  # on the wire when the link dies
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await eventually(lambda: not ga.keep(0), 4.0)
+        # poll (0.5 s) + query time-out (1 s), with slack for a loaded machine
+        assert time.monotonic() - started < 3.0
+        assert await ga.acquire(0) is False  # and nothing while cut off
+    finally:
+        proxy.blackhole = False
+        await a.stop()
+        await proxy.stop()
+
+
+async def test_a_slot_whose_holder_session_died_waits_for_the_holder_to_unbind(dsn: str) -> None:
+    """Before: b bound the slot at its next poll after a's session was killed, while a (alive,
+    bound) needed up to its detection time plus ~4 s to unbind: two binds on a one-bind SMSC."""
+    clock = Clock()
+    a = Coordinator(dsn, "a", poll_s=60, grace_s=0.5)
+    b = Coordinator(dsn, "b", poll_s=60, grace_s=0.5, orphan_s=10.0, clock=clock)
+    await a.start()
+    await b.start()
+    try:
+        ga, gb = a.gate("s", "transceiver", 1), b.gate("s", "transceiver", 1)
+        assert await ga.acquire(0) is True
+        assert await gb.acquire(0) is False  # b's connector polls: held by a
+        await kill_session(dsn, "a")
+        await eventually(lambda: not ga.keep(0), 2)
+        assert await gb.acquire(0) is False  # free, but its holder may still be bound
+        clock.t += 9.9
+        assert await gb.acquire(0) is False
+        clock.t += 0.2
+        assert await gb.acquire(0) is True  # the holder has unbound by now
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_cleanly_stopped_holder_hands_its_slot_over_at_once(dsn: str) -> None:
+    clock = Clock()
+    a = Coordinator(dsn, "a", poll_s=60, grace_s=0.5)
+    b = Coordinator(dsn, "b", poll_s=60, grace_s=0.5, orphan_s=10.0, clock=clock)
+    await a.start()
+    await b.start()
+    try:
+        ga, gb = a.gate("s", "transceiver", 1), b.gate("s", "transceiver", 1)
+        assert await ga.acquire(0) is True
+        assert await gb.acquire(0) is False
+        await a.stop()  # its connectors stopped first: nothing of a's is bound
+        got = False
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:  # the release notice is asynchronous
+            got = await gb.acquire(0)
+            await asyncio.sleep(0.05)
+        assert got
+    finally:
+        await b.stop()
+
+
+def test_a_shrinking_tps_share_counts_the_submits_already_sent(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, smscs=[{"port": free_port(), "binds": 2, "tps": 40}])
+    connector = Connector(cfg.smscs[0], lambda *_: asyncio.sleep(0, 0))  # type: ignore[arg-type]
+
+    class Up:
+        is_bound = True
+
+    class Gate:
+        async def acquire(self, slot: int) -> bool:
+            return True
+
+        def keep(self, slot: int) -> bool:
+            return True
+
+    async def go() -> int:
+        connector.bind_gate = Gate()
+        b0, b1 = connector._tx
+        b0.proto = b1.proto = Up()  # type: ignore[assignment]
+        connector._share_tps()
+        assert connector.tps_share() == 40
+        throttler = connector._throttler
+        assert throttler is not None
+        for _ in range(40):  # a full second's worth at the whole rate
+            await throttler.acquire()
+        start = time.monotonic()
+        waiting = [asyncio.create_task(throttler.acquire()) for _ in range(40)]  # queued
+        await asyncio.sleep(0.05)
+        b1.proto = None  # bind 1 handed over to another instance: half the rate
+        connector._share_tps()
+        assert connector.tps_share() == 20
+        current = connector._throttler
+        assert current is not None
+        later = [asyncio.create_task(current.acquire()) for _ in range(40)]
+        await asyncio.sleep(1.7 - (time.monotonic() - start))
+        sent = sum(t.done() for t in waiting + later)
+        for t in waiting + later:
+            t.cancel()
+        return sent
+
+    # The 40 of the last second count against the new limit of 20: 20 more in the next second
+    # (when the first 40 leave the window), not 40 from a fresh limiter plus the old waiters.
+    assert asyncio.run(go()) == 20
