@@ -8,6 +8,7 @@ bridge.api.sending, review, store queries), and answers Alibaba's field names. N
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -86,16 +87,30 @@ def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
             raise Missing(name)
         return None
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except ValueError:
         raise ApiError("INVALID_JSON", f"{name}: not valid JSON") from None
 
 
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity: Python's json takes them, JSON (and Alibaba's parser) does not."""
+    raise ValueError(constant)
+
+
 def _params_object(value: Any, name: str) -> dict[str, Any]:
+    """A template's values: an object of strings (numbers tolerated, as the native API does).
+
+    Anything else is Alibaba's isv.INVALID_JSON_PARAM ("only string values"); left to the template
+    renderer it became isv.TEMPLATE_PARAMS_ILLEGAL ("illegal keyword"), which misleads the caller.
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ApiError("INVALID_JSON", f"{name}: expected a JSON object")
+    for key, item in value.items():
+        number = isinstance(item, int | float) and not isinstance(item, bool)
+        if not isinstance(item, str) and not (number and math.isfinite(item)):
+            raise ApiError("INVALID_JSON", f"{name}.{key}: only string values")
     return value
 
 
@@ -110,6 +125,19 @@ def _extend(p: Params, name: str = "SmsUpExtendCode") -> None:
     code = p.get(name)
     if code and not _EXTEND.fullmatch(code):
         raise ApiError("INVALID_FIELD", f"{name}: up to 12 digits")
+
+
+def _extend_json(p: Params, count: int) -> None:
+    """SmsUpExtendCodeJson: one code (up to 12 digits, or blank/null) per number, as SendSms."""
+    name = "SmsUpExtendCodeJson"
+    codes = _json_param(p, name, required=False)
+    if codes is None:
+        return
+    if not isinstance(codes, list) or len(codes) != count:
+        raise ApiError("INVALID_FIELD", f"{name}: a JSON array with one code per phone number")
+    for i, code in enumerate(codes):
+        if code is not None and not (isinstance(code, str) and _EXTEND.fullmatch(code)):
+            raise ApiError("INVALID_FIELD", f"{name}[{i}]: a string of up to 12 digits")
 
 
 async def _accept(
@@ -171,11 +199,11 @@ async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[s
     signs = _json_param(p, "SignNameJson")
     template = _required(p, "TemplateCode")
     params = _json_param(p, "TemplateParamJson", required=False)
-    _json_param(p, "SmsUpExtendCodeJson", required=False)
     if not isinstance(numbers, list) or not numbers or len(numbers) > MAX_BATCH:
         raise ApiError("INVALID_FIELD", f"PhoneNumberJson: a JSON array of 1 to {MAX_BATCH}")
     if not isinstance(signs, list) or len(signs) != len(numbers):
         raise ApiError("INVALID_FIELD", "SignNameJson: one sign name per phone number")
+    _extend_json(p, len(numbers))
     if params is None:
         params = [{}] * len(numbers)
     if not isinstance(params, list) or len(params) != len(numbers):

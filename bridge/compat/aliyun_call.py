@@ -73,7 +73,15 @@ def parse_timestamp(value: str) -> int:
     if match is None:
         raise protocol_error("InvalidTimeStamp.Format", f"Got {value[:40]!r}.")
     year, month, day, hour, minute, second = (int(g) for g in match.groups())
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+    # Year 0000 matches the pattern but no calendar function takes it (a 500 before this check).
+    if not (
+        year >= 1
+        and 1 <= month <= 12
+        and 1 <= day <= 31
+        and hour < 24
+        and minute < 60
+        and second < 60
+    ):
         raise protocol_error("InvalidTimeStamp.Format", f"Got {value!r}.")
     if day > calendar.monthrange(year, month)[1]:
         raise protocol_error("InvalidTimeStamp.Format", f"Got {value!r}.")

@@ -100,7 +100,9 @@ def window_starts(now_ms: int, tz: str | tzinfo) -> tuple[int, int, int]:
     The minute and hour starts are the wall-clock floor of ``now`` in ``tz`` converted back with
     the offset in force at that wall time (the fold kept, so the repeated hour after a DST change
     starts at its own 01:00). A floor that lands in a DST gap (only possible where DST shifts by
-    30 minutes) maps to the transition instant. Never later than ``now``.
+    30 minutes) maps to the transition instant. Never later than ``now``. Where the change falls
+    mid-hour (Lord Howe's 02:00 -> 01:30, Chatham's 03:45 -> 02:45) the clock hour that holds it
+    lasts longer than an hour of real time, as the wall clock says.
     """
     minute, hour = _clock_starts(now_ms // MINUTE_MS, tz)
     return min(minute, now_ms), min(hour, now_ms), now_ms - DAY_MS

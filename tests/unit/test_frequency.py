@@ -202,11 +202,15 @@ def test_an_hour_floor_the_dst_change_repeated_starts_at_its_later_occurrence() 
     # 03:10 CHADT (13:25Z) -> 13:15Z.
     assert window_starts(1_743_863_100_000, "Pacific/Chatham")[1] == 1_743_862_500_000
     assert window_starts(1_743_858_900_000 + 600_000, "Pacific/Chatham")[1] == 1_743_858_900_000
+    # 02:45 CHAST (14:00Z), back in clock hour 02, which began at 02:00 CHADT (12:15Z) and so
+    # lasts 1 h 45 min of real time (the wall clock's hour, as Lord Howe's 90-minute one below).
+    assert window_starts(1_743_861_600_000, "Pacific/Chatham")[1] == 1_743_861_600_000 - 6_300_000
 
 
 @settings(max_examples=300, deadline=None)
 @given(_now, st.sampled_from(ZONES))
 @example(1_743_865_200_000, "Pacific/Chatham")
+@example(1_743_861_600_000, "Pacific/Chatham")
 def test_window_starts_properties(now: int, tz: str) -> None:
     zone = ZoneInfo(tz)
     minute, hour, day = window_starts(now, tz)
@@ -221,9 +225,10 @@ def test_window_starts_properties(now: int, tz: str) -> None:
     naive_now = wall_now.replace(tzinfo=None)
     assert timedelta(0) <= naive_now - wall_min.replace(tzinfo=None) < timedelta(minutes=1)
     assert timedelta(0) <= naive_now - wall_hour.replace(tzinfo=None) < timedelta(hours=1)
-    # And in real time for these zones (their DST shifts are whole hours).
+    # And in real time: under an hour where DST changes on the hour; Chatham's change at :45 makes
+    # the clock hour holding it up to 2 h long (as Lord Howe's 30-minute shift makes it 90 min).
     assert now - minute < 60_000
-    assert now - hour < 3_600_000
+    assert now - hour < (7_200_000 if tz == "Pacific/Chatham" else 3_600_000)
     # The next minute starts a new window.
     assert window_starts(minute + 60_000, tz)[0] == minute + 60_000
 
