@@ -51,8 +51,11 @@ NS_RECEIPT = 0x5B1D0004  # transaction lock per (SMSC, message id): receipt vs. 
 NS_MO = 0x5B1D0005  # transaction lock per MO reference: parts arriving on two instances
 
 # An instance whose heartbeat is older than this and whose instance lock is free is gone: its
-# claims go back to the queue without waiting for their lease.
-DEAD_AFTER_MS = 5_000
+# claims go back to the queue without waiting for their lease. Longer than an instance cut off
+# from the database takes to notice and unbind (postgres_coord: poll_s + op_timeout_s, then the
+# unbind, ~9 s by default): its lock frees on the server as soon as the server drops its session,
+# and at 5 s its claims were resent while it could still be sending them.
+DEAD_AFTER_MS = 15_000
 
 _LOCK_KEYS = (
     "SELECT pg_advisory_xact_lock($1::int, hashtext(k)) "

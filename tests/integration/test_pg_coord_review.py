@@ -222,3 +222,14 @@ def test_a_shrinking_tps_share_counts_the_submits_already_sent(tmp_path: Path) -
     # The 40 of the last second count against the new limit of 20: 20 more in the next second
     # (when the first 40 leave the window), not 40 from a fresh limiter plus the old waiters.
     assert asyncio.run(go()) == 20
+
+
+def test_claims_are_taken_back_only_after_a_cut_off_instance_has_unbound() -> None:
+    """A live instance cut off from the database stops heartbeating at once, notices within a
+    poll plus a query time-out and has unbound by `orphan_s` after its last heartbeat; the others
+    take its claims back DEAD_AFTER_MS after that heartbeat. The second must come later, or a
+    message is resent while the first copy may still be going out (it was 5 s, against ~10)."""
+    from bridge.store.postgres_pipeline import DEAD_AFTER_MS
+
+    coord = Coordinator("postgresql://unused", "inst-a")  # the daemon's defaults
+    assert coord.orphan_s * 1000 < DEAD_AFTER_MS
