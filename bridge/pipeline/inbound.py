@@ -192,15 +192,9 @@ class Inbound:
         source, account, sign = await self._attribute(
             smsc, body.source_addr, body.source_addr_ton, body.destination_addr, now_ms
         )
-        if account is not None and is_optout(text, self.optout_keywords):
-            # Before the MO is stored: a crash in between re-delivers the MO, and adding the
-            # number again is a no-op, so the opt-out is never lost.
-            await self.store.add_optouts(account, [source], "mo", now_ms)
-            self.optouts += 1
-            log.info(
-                "recipient opted out by reply",
-                extra={"account": account, "from": logs.number(source)},
-            )
+        # Before the MO is stored: a crash in between re-delivers the MO, and adding the number
+        # again is a no-op, so the opt-out is never lost.
+        await self._optout_if_asked(account, source, text, now_ms)
         # The same deliver_sm resent (our deliver_sm_resp was lost, or a store error asked for
         # it again after the MO was committed) gets the same id, and the store keeps one.
         mo_id = mo_id_for(smsc, body, seg, now_ms)
@@ -236,6 +230,19 @@ class Inbound:
                    "text": logs.body(text)},
         )  # fmt: skip
         return C.ESME_ROK
+
+    async def _optout_if_asked(
+        self, account: str | None, source: str, text: str, now_ms: int
+    ) -> None:
+        """A whole reply that is an opt-out keyword puts the number on its account's list."""
+        if account is None or not is_optout(text, self.optout_keywords):
+            return
+        await self.store.add_optouts(account, [source], "mo", now_ms)
+        self.optouts += 1
+        log.info(
+            "recipient opted out by reply",
+            extra={"account": account, "from": logs.number(source)},
+        )
 
     async def _attribute(
         self, smsc: str, source_addr: str, ton: int, destination: str, now_ms: int
@@ -359,13 +366,7 @@ class Inbound:
     ) -> bool:
         first = parts[0]
         smsc = first.smsc
-        if account is not None and is_optout(text, self.optout_keywords):
-            await self.store.add_optouts(account, [source], "mo", newest)
-            self.optouts += 1
-            log.info(
-                "recipient opted out by reply",
-                extra={"account": account, "from": logs.number(source)},
-            )
+        await self._optout_if_asked(account, source, text, newest)
         scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
         mo_id = _mo_id(
             smsc, first.source, first.destination, parts[-1].data_coding,

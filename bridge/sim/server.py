@@ -661,17 +661,17 @@ class SimSmsc:
         """The deliver_sm body of one delivery receipt, per the receipts_as and id knobs, or the
         data_sm body (TLVs only) when receipt_pdu says so."""
         err = _STAT_ERR.get(stat, 255)
+        back: dict[str, Any] = {  # from the recipient back to the sender, marked a receipt
+            "source_addr_ton": sm.dest_addr_ton,
+            "source_addr_npi": sm.dest_addr_npi,
+            "source_addr": sm.destination_addr,
+            "dest_addr_ton": sm.source_addr_ton,
+            "dest_addr_npi": sm.source_addr_npi,
+            "destination_addr": sm.source_addr,
+            "esm_class": ESM_DELIVERY_RECEIPT,
+        }
         if self.receipt_pdu == "data_sm":
-            return DataSm(
-                source_addr_ton=sm.dest_addr_ton,
-                source_addr_npi=sm.dest_addr_npi,
-                source_addr=sm.destination_addr,
-                dest_addr_ton=sm.source_addr_ton,
-                dest_addr_npi=sm.source_addr_npi,
-                destination_addr=sm.source_addr,
-                esm_class=ESM_DELIVERY_RECEIPT,
-                tlvs=self._receipt_tlvs(mid, stat, err),
-            )
+            return DataSm(**back, tlvs=self._receipt_tlvs(mid, stat, err))
         kind = self.receipts_as
         short = b""
         if kind != "tlv":
@@ -695,17 +695,7 @@ class SimSmsc:
                 text=text[:20],
             ).encode("ascii", "replace")
         tlvs = self._receipt_tlvs(mid, stat, err) if kind != "text" else ()
-        return ShortMessage(
-            source_addr_ton=sm.dest_addr_ton,
-            source_addr_npi=sm.dest_addr_npi,
-            source_addr=sm.destination_addr,
-            dest_addr_ton=sm.source_addr_ton,
-            dest_addr_npi=sm.source_addr_npi,
-            destination_addr=sm.source_addr,
-            esm_class=ESM_DELIVERY_RECEIPT,
-            short_message=short,
-            tlvs=tlvs,
-        )
+        return ShortMessage(**back, short_message=short, tlvs=tlvs)
 
     @staticmethod
     def _receipt_tlvs(mid: str, stat: str, err: int) -> tuple[tuple[int, bytes], ...]:

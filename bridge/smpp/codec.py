@@ -831,28 +831,29 @@ _SM_LAYOUT: Final = (
 )
 
 
-def _lenient_sm_fields(f: bytes) -> dict[str, Any]:
-    """Walk a deliver_sm body ignoring length limits; stop at the first field that is not there."""
+def _lenient_walk(f: bytes, layout: tuple[tuple[str, str], ...], out: dict[str, Any]) -> int | None:
+    """Read `layout`'s fields of a body into `out` ignoring length limits: the offset after the
+    last, or None when the body ends first (`out` keeps the fields read until then)."""
     n = len(f)
     p = 16
-    out: dict[str, Any] = {}
-    for field, kind in _SM_LAYOUT:
+    for field, kind in layout:
         if kind == "s":
             i = f.find(0, p)
             if i < 0:
-                return out
+                return None
             out[field] = f[p:i].decode("latin-1")
             p = i + 1
         else:
             if p >= n:
-                return out
+                return None
             out[field] = f[p]
             p += 1
-    if p >= n:
-        return out
-    e = min(p + 1 + f[p], n)
-    out["short_message"] = f[p + 1 : e]
-    p = e
+    return p
+
+
+def _lenient_tlvs(f: bytes, p: int) -> Tlvs:
+    """The TLVs from offset `p` up to the first broken one."""
+    n = len(f)
     tlvs = []
     while p + 4 <= n:
         tag, ln = _TLVH.unpack_from(f, p)
@@ -860,7 +861,18 @@ def _lenient_sm_fields(f: bytes) -> dict[str, Any]:
             break
         tlvs.append((tag, f[p + 4 : p + 4 + ln]))
         p += 4 + ln
-    out["tlvs"] = tuple(tlvs)
+    return tuple(tlvs)
+
+
+def _lenient_sm_fields(f: bytes) -> dict[str, Any]:
+    """Walk a deliver_sm body ignoring length limits; stop at the first field that is not there."""
+    out: dict[str, Any] = {}
+    p = _lenient_walk(f, _SM_LAYOUT, out)
+    if p is None or p >= len(f):
+        return out
+    e = min(p + 1 + f[p], len(f))
+    out["short_message"] = f[p + 1 : e]
+    out["tlvs"] = _lenient_tlvs(f, e)
     return out
 
 
@@ -925,28 +937,11 @@ def salvage_data_sm(frame: bytes) -> DataSm | None:
             return body
     except PduError:
         pass
-    n = len(f)
-    p = 16
     fields: dict[str, Any] = {}
-    for name, kind in _DATA_SM_LAYOUT:
-        if kind == "s":
-            i = f.find(0, p)
-            if i < 0:
-                return None
-            fields[name] = f[p:i].decode("latin-1")
-            p = i + 1
-        else:
-            if p >= n:
-                return None
-            fields[name] = f[p]
-            p += 1
-    tlvs = []
-    while p + 4 <= n:
-        tag, ln = _TLVH.unpack_from(f, p)
-        if p + 4 + ln > n:
-            break
-        tlvs.append((tag, f[p + 4 : p + 4 + ln]))
-        p += 4 + ln
+    p = _lenient_walk(f, _DATA_SM_LAYOUT, fields)
+    if p is None:
+        return None
+    tlvs = _lenient_tlvs(f, p)
     if tlv_get(tlvs, RECEIPTED_MESSAGE_ID) is None:
         return None
-    return DataSm(**fields, tlvs=tuple(tlvs))
+    return DataSm(**fields, tlvs=tlvs)

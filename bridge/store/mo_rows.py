@@ -30,6 +30,38 @@ def mo_message(row: Any) -> MoMessage:
     return MoMessage(*r[:9], seqs_from_json(r[9]))
 
 
+def mo_part_values(part: MoPart) -> tuple[Any, ...]:
+    """The values of MO_PART_COLS for an insert, in that order."""
+    return (
+        part.smsc,
+        part.source,
+        part.destination,
+        part.ref,
+        part.total,
+        part.seq,
+        part.data_coding,
+        part.payload,
+        part.received_at,
+        part.source_ton,
+    )
+
+
+def mo_values(mo: MoMessage) -> tuple[Any, ...]:
+    """The values of MO_COLS for an insert, in that order."""
+    return (
+        mo.id,
+        mo.account_id,
+        mo.smsc,
+        mo.source,
+        mo.destination,
+        mo.text,
+        mo.received_at,
+        mo.sign_name,
+        mo.parts_total,
+        seqs_json(mo.parts_received),
+    )
+
+
 def seqs_json(seqs: tuple[int, ...] | None) -> str | None:
     """parts_received as stored: a JSON list ("[1,3]"), readable by any client of the table."""
     return None if seqs is None else json.dumps(list(seqs), separators=(",", ":"))

@@ -54,7 +54,8 @@ from bridge.store.mo_rows import (
     group_mo_parts,
     mo_message,
     mo_part,
-    seqs_json,
+    mo_part_values,
+    mo_values,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -1004,20 +1005,13 @@ class PostgresStore(RulesStoreMixin):
                 part.total,
             )
             await c.execute(
-                "INSERT INTO mo_parts (smsc, source, destination, ref, total, seq, data_coding, "
-                "payload, received_at, source_ton) "
+                f"INSERT INTO mo_parts ({MO_PART_COLS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
                 "ON CONFLICT (smsc, source, destination, ref, seq) DO UPDATE SET "
                 "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
                 "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at, "
                 "source_ton = EXCLUDED.source_ton",
-                *key,
-                part.total,
-                part.seq,
-                part.data_coding,
-                part.payload,
-                part.received_at,
-                part.source_ton,
+                *mo_part_values(part),
             )
             rows = await c.fetch(
                 f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
@@ -1053,20 +1047,10 @@ class PostgresStore(RulesStoreMixin):
     @staticmethod
     async def _insert_mo(c: asyncpg.Connection, mo: MoMessage) -> bool:
         inserted = await c.fetchval(
-            "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-            "received_at, sign_name, parts_total, parts_received) "
+            f"INSERT INTO mo_inbox ({MO_COLS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
             "ON CONFLICT (id) DO NOTHING RETURNING 1",
-            mo.id,
-            mo.account_id,
-            mo.smsc,
-            mo.source,
-            mo.destination,
-            mo.text,
-            mo.received_at,
-            mo.sign_name,
-            mo.parts_total,
-            seqs_json(mo.parts_received),
+            *mo_values(mo),
         )
         if inserted is None:
             return False  # kept already (another instance's sweep, a redo), push queued

@@ -32,7 +32,8 @@ from bridge.store.mo_rows import (
     group_mo_parts,
     mo_message,
     mo_part,
-    seqs_json,
+    mo_part_values,
+    mo_values,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -794,17 +795,8 @@ class SqliteStore(RulesStoreMixin):
                 (*key, part.total),
             )
             c.execute(
-                "INSERT OR REPLACE INTO mo_parts (smsc, source, destination, ref, total, seq, "
-                "data_coding, payload, received_at, source_ton) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    *key,
-                    part.total,
-                    part.seq,
-                    part.data_coding,
-                    part.payload,
-                    part.received_at,
-                    part.source_ton,
-                ),
+                f"INSERT OR REPLACE INTO mo_parts ({MO_PART_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                mo_part_values(part),
             )
             rows = c.execute(
                 f"SELECT {MO_PART_COLS} FROM mo_parts "
@@ -832,20 +824,8 @@ class SqliteStore(RulesStoreMixin):
     @staticmethod
     def _insert_mo(c: sqlite3.Connection, mo: MoMessage) -> bool:
         cur = c.execute(
-            "INSERT OR IGNORE INTO mo_inbox (id, account_id, smsc, source, destination, text, "
-            "received_at, sign_name, parts_total, parts_received) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                mo.id,
-                mo.account_id,
-                mo.smsc,
-                mo.source,
-                mo.destination,
-                mo.text,
-                mo.received_at,
-                mo.sign_name,
-                mo.parts_total,
-                seqs_json(mo.parts_received),
-            ),
+            f"INSERT OR IGNORE INTO mo_inbox ({MO_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            mo_values(mo),
         )
         if cur.rowcount != 1:
             return False  # kept already, and its push queued with it
