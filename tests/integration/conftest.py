@@ -486,14 +486,21 @@ class ApiServer:
 
 
 async def start_api(
-    tmp_path: Path, clock: Clock, overrides: Mapping[str, Any] | None = None
+    tmp_path: Path,
+    clock: Clock,
+    overrides: Mapping[str, Any] | None = None,
+    store: Any = None,
 ) -> ApiServer:
-    """Build the context the way Daemon.start does, minus connectors, pipeline and simulator."""
+    """Build the context the way Daemon.start does, minus connectors, pipeline and simulator.
+    `store`: another engine's store, not open yet (default: a SQLite file under tmp_path)."""
     cfg = build_config(tmp_path, overrides)
     sealer = Sealer(base64.b64decode(cfg.security.master_key or ""))
-    store = SqliteStore(
-        cfg.store.path, linger_ms=cfg.store.group_commit_ms, max_batch=cfg.store.group_commit_max
-    )
+    if store is None:
+        store = SqliteStore(
+            cfg.store.path,
+            linger_ms=cfg.store.group_commit_ms,
+            max_batch=cfg.store.group_commit_max,
+        )
     await store.open()
     ctx = ApiContext(
         config=cfg,

@@ -10,8 +10,9 @@ real TCP against an SMSC that answers late.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from bridge.config import SmscConfig
@@ -191,14 +192,19 @@ async def _until(pred: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> 
     raise AssertionError("condition not met in time")
 
 
-async def test_a_late_acceptance_ends_delivered_without_a_resend(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def _timing_out(
+    store: Store, response_timeout_s: float
+) -> AsyncIterator[tuple[FakeSmsc, Clock, Dispatcher]]:
+    """m0 accepted, a dispatcher sending it to an SMSC that holds every submit_sm unanswered,
+    past the first TIMEOUT (released for its retry); stopped and killed afterwards."""
     await store.create_account(account())
     await accept(store, message("m0"))
     smsc = FakeSmsc()
     await smsc.start()
     _hold_all(smsc)
     clock = Clock(NOW)
-    cfg = smsc_cfg(smsc.port, name=SMSC, response_timeout_s=0.3)
+    cfg = smsc_cfg(smsc.port, name=SMSC, response_timeout_s=response_timeout_s)
     d: Dispatcher | None = None
     task = None
     try:
@@ -209,28 +215,33 @@ async def test_a_late_acceptance_ends_delivered_without_a_resend(store: Store) -
             task = asyncio.create_task(d.run())
             disp = d
             await eventually(lambda: disp.retried == 1 and disp.inflight == 0, 3.0)
-            assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 30 s
-            # Not due before the late answer has had its time (a 5 s back-off resent it first).
-            waits = [(r.bucket, r.messages) for r in await store.queue_groups(clock.ms, [])]
-            assert waits == [("retry_wait", 1)]
-            due_at = [r.bucket for r in await store.queue_groups(clock.ms + RETRY_MS, [])]
-            assert [r.bucket for r in await store.queue_groups(clock.ms + 29_000, [])] == [
-                "retry_wait"
-            ] and due_at == ["ready"]
-            _answer(smsc, 0, "x77")  # the SMSC accepts it after all
-            await eventually(lambda: disp.late_accepted == 1, 3.0)
-            rec = await get(store, "m0")
-            assert rec.state == "sent" and rec.segment_rows[0].smsc_msg_id == "x77"
-            assert await (await smsc.deliver(_receipt("x77"))) == C.ESME_ROK
-            clock.ms += 60 * RETRY_MS  # the retry is long due: nothing is claimed
-            await asyncio.sleep(0.3)
-            assert len(smsc.received(C.SUBMIT_SM)) == 1, "the part was sent again"
+            yield smsc, clock, d
     finally:
         if d is not None:
             await d.stop(0.5)
         if task is not None:
             task.cancel()
         await smsc.kill()
+
+
+async def test_a_late_acceptance_ends_delivered_without_a_resend(store: Store) -> None:
+    async with _timing_out(store, 0.3) as (smsc, clock, disp):
+        assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 30 s
+        # Not due before the late answer has had its time (a 5 s back-off resent it first).
+        waits = [(r.bucket, r.messages) for r in await store.queue_groups(clock.ms, [])]
+        assert waits == [("retry_wait", 1)]
+        due_at = [r.bucket for r in await store.queue_groups(clock.ms + RETRY_MS, [])]
+        assert [r.bucket for r in await store.queue_groups(clock.ms + 29_000, [])] == [
+            "retry_wait"
+        ] and due_at == ["ready"]
+        _answer(smsc, 0, "x77")  # the SMSC accepts it after all
+        await eventually(lambda: disp.late_accepted == 1, 3.0)
+        rec = await get(store, "m0")
+        assert rec.state == "sent" and rec.segment_rows[0].smsc_msg_id == "x77"
+        assert await (await smsc.deliver(_receipt("x77"))) == C.ESME_ROK
+        clock.ms += 60 * RETRY_MS  # the retry is long due: nothing is claimed
+        await asyncio.sleep(0.3)
+        assert len(smsc.received(C.SUBMIT_SM)) == 1, "the part was sent again"
     rec = await get(store, "m0")
     assert rec.state == "delivered"
     assert [(s.state, s.smsc_msg_id) for s in rec.segment_rows] == [("delivered", "x77")]
@@ -242,43 +253,21 @@ async def test_a_late_acceptance_after_the_resend_was_claimed_changes_nothing(
     """The retry is already on the wire when the first copy's acceptance arrives: it is too late
     to save the duplicate, and recording it must not disturb the resend (whose answer and
     receipt settle the message)."""
-    await store.create_account(account())
-    await accept(store, message("m0"))
-    smsc = FakeSmsc()
-    await smsc.start()
-    _hold_all(smsc)
-    clock = Clock(NOW)
-    cfg = smsc_cfg(smsc.port, name=SMSC, response_timeout_s=1.0)
-    d: Dispatcher | None = None
-    task = None
-    try:
-        async with running(cfg, _receipt_handler(store, cfg, clock)) as conn:
-            assert await conn.wait_up(2.0)
-            d = Dispatcher(store, {SMSC: conn}, Router([], [SMSC]), {SMSC: cfg},
-                           instance="inst-1", idle_s=0.01, clock=clock)  # fmt: skip
-            task = asyncio.create_task(d.run())
-            disp = d
-            await eventually(lambda: disp.retried == 1 and disp.inflight == 0, 3.0)
-            clock.ms += RETRY_MS  # the retry comes due
-            await eventually(lambda: len(smsc.held) == 2, 3.0)
-            assert d.inflight == 1
-            _answer(smsc, 0, "x1")  # the first copy's acceptance, while the resend is out
-            await asyncio.sleep(0.05)
-            _answer(smsc, 1, "y2")
-            await eventually(lambda: disp.inflight == 0 and disp.sent == 1, 3.0)
-            await eventually(lambda: disp._late.flushes == 1, 3.0)
-            assert d.late_accepted == 0
-            rec = await get(store, "m0")
-            assert rec.state == "sent"
-            assert [s.smsc_msg_id for s in rec.segment_rows] == ["y2"]
-            assert await (await smsc.deliver(_receipt("y2"))) == C.ESME_ROK
-            assert await (await smsc.deliver(_receipt("x1"))) == C.ESME_ROK  # kept unmatched
-    finally:
-        if d is not None:
-            await d.stop(0.5)
-        if task is not None:
-            task.cancel()
-        await smsc.kill()
+    async with _timing_out(store, 1.0) as (smsc, clock, disp):
+        clock.ms += RETRY_MS  # the retry comes due
+        await eventually(lambda: len(smsc.held) == 2, 3.0)
+        assert disp.inflight == 1
+        _answer(smsc, 0, "x1")  # the first copy's acceptance, while the resend is out
+        await asyncio.sleep(0.05)
+        _answer(smsc, 1, "y2")
+        await eventually(lambda: disp.inflight == 0 and disp.sent == 1, 3.0)
+        await eventually(lambda: disp._late.flushes == 1, 3.0)
+        assert disp.late_accepted == 0
+        rec = await get(store, "m0")
+        assert rec.state == "sent"
+        assert [s.smsc_msg_id for s in rec.segment_rows] == ["y2"]
+        assert await (await smsc.deliver(_receipt("y2"))) == C.ESME_ROK
+        assert await (await smsc.deliver(_receipt("x1"))) == C.ESME_ROK  # kept unmatched
     assert len(smsc.received(C.SUBMIT_SM)) == 2
     rec = await get(store, "m0")
     assert rec.state == "delivered"

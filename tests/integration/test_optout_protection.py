@@ -10,15 +10,12 @@ checked against /openapi.json by the conftest (check_reply).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
@@ -26,15 +23,8 @@ if _ROOT not in sys.path:
 
 import tests.store_engines as engines  # noqa: E402
 from bridge import logs  # noqa: E402
-from bridge.accounts import AccountService  # noqa: E402
-from bridge.api.app import make_app  # noqa: E402
-from bridge.api.auth import Authenticator  # noqa: E402
-from bridge.api.context import ApiContext  # noqa: E402
 from bridge.api.rules_api import mask  # noqa: E402
-from bridge.api.submit import Submitter  # noqa: E402
-from bridge.app import make_router  # noqa: E402
 from bridge.config import SmscConfig  # noqa: E402
-from bridge.crypto import Sealer  # noqa: E402
 from bridge.logs import TextFormatter  # noqa: E402
 from bridge.pipeline.inbound import Inbound  # noqa: E402
 from bridge.smpp import constants as C  # noqa: E402
@@ -45,9 +35,8 @@ from tests.integration.conftest import (  # noqa: E402
     ApiServer,
     Clock,
     Creds,
-    Observer,
     Reply,
-    build_config,
+    start_api,
 )
 from tests.store_engines import EngineHandle  # noqa: E402
 
@@ -61,26 +50,7 @@ SHORT_CODE = "10690000"  # the SMSC's default source: messages without a sender 
 @pytest.fixture
 async def api(engine: EngineHandle, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
     """The conftest's server (start_api) on this engine's store instead of a SQLite file."""
-    cfg = build_config(tmp_path)
-    sealer = Sealer(base64.b64decode(cfg.security.master_key or ""))
-    store = engine.new_store()
-    await store.open()
-    ctx = ApiContext(
-        config=cfg,
-        store=store,
-        auth=Authenticator(store, sealer, max_skew_s=cfg.server.clock_skew_s, clock=clock),
-        submitter=Submitter(cfg, make_router(cfg)),
-        accounts=AccountService(store, sealer),
-        clock=clock,
-    )
-    ctx.queue_depth = await store.queue_depth()
-    app = make_app(ctx)
-    observer = Observer()
-    app.middlewares.insert(0, observer.middleware)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    session = aiohttp.ClientSession()
-    served = ApiServer(cfg, ctx, store, clock, server, session, observer)  # type: ignore[arg-type]
+    served = await start_api(tmp_path, clock, store=engine.new_store())
     try:
         yield served
     finally:
