@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bridge.crypto import Sealer, new_app_key, new_secret
+from bridge.domain import senders
 from bridge.ids import new_id
 from bridge.store.base import CLOSED_MESSAGE, Store, StoreError
 from bridge.store.models import Account, AppKey
@@ -33,7 +34,26 @@ SETTABLE: dict[str, type | tuple[type, ...]] = {
     "mo_callback_url": (str, type(None)),
     "low_balance_threshold": int,
     "report_format": str,
+    "senders": (list, tuple),
 }
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    type(None): "null",
+}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of what an operator sent (they write JSON, not Python)."""
+    for t in (bool, int, str, list, tuple, type(None)):
+        if isinstance(value, t):
+            return _TYPE_NAMES[t]
+    return {float: "a number", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _open(account: Account | None) -> Account:
@@ -69,7 +89,9 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) and expected is int:
             raise AccountError("INVALID_FIELD", f"{name}: expected an integer, got a boolean")
         if not isinstance(value, expected):
-            raise AccountError("INVALID_FIELD", f"{name}: wrong type {type(value).__name__}")
+            kinds = expected if isinstance(expected, tuple) else (expected,)
+            want = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in kinds))
+            raise AccountError("INVALID_FIELD", f"{name}: expected {want}, got {_json_type(value)}")
         if name == "kind" and value not in ("prepaid", "postpaid"):
             raise AccountError("INVALID_FIELD", "kind: must be 'prepaid' or 'postpaid'")
         if name in ("tps", "daily_quota") and not 0 <= value <= 1_000_000_000:
@@ -87,6 +109,11 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
                     "INVALID_FIELD", "default_country: must be an ISO 3166 alpha-2 code like CN"
                 )
             value = value.upper()
+        if name == "senders":
+            try:
+                value = senders.parse_entries(value)
+            except senders.SenderError as exc:
+                raise AccountError("INVALID_FIELD", exc.message) from None
         if name.endswith("_url") and value is not None and not _URL.fullmatch(value):
             raise AccountError("INVALID_FIELD", f"{name}: must be an http(s) URL")
         out[name] = value

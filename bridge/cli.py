@@ -172,6 +172,9 @@ def _account_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, arg, None)
         if value is not None:
             out[field] = None if value == "" else value
+    senders = getattr(args, "senders", None)
+    if senders is not None:  # "--senders ''" clears the list
+        out["senders"] = [s.strip() for s in senders.split(",") if s.strip()]
     return out
 
 
@@ -451,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--daily-quota", type=int)
         sp.add_argument("--callback", help="status report URL ('' to clear)")
         sp.add_argument("--mo-callback", help="MO URL ('' to clear)")
+        sp.add_argument(
+            "--senders",
+            help="assigned source addresses, comma-separated: numbers, alphanumeric ids, "
+            "extension ranges like 106900* ('' to clear: not restricted)",
+        )
 
     ac = with_config(acc_sub.add_parser("create"))
     ac.add_argument("name")

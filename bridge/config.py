@@ -625,6 +625,9 @@ class RulesConfig:
     # Operator word/pattern list, one per line ("re:" prefix for a regular expression).
     content_filter_file: Path | None = None
     max_param_chars: int = field(default=35, metadata=meta(between(1, 500)))
+    # open: an account without assigned senders may send from any address (Kannel and Jasmin's
+    # default); assigned: only from its own (bridge/domain/senders.py), else the SMSC default.
+    sender_policy: str = field(default="open", metadata=meta(one_of("open", "assigned")))
     frequency: FrequencyConfig = field(default_factory=FrequencyConfig)
 
 

@@ -122,3 +122,59 @@ async def store(engine: EngineHandle) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+# What each migration added, undone: `schema_before(engine, sqlite_version, pg_version)` leaves the
+# schema as the release before that migration left it, for the upgrade tests. A new migration adds
+# its undo here (and nowhere else).
+_UNDO_SQLITE: dict[int, tuple[str, ...]] = {
+    5: ("ALTER TABLE messages DROP COLUMN q_route",),
+    6: (
+        "ALTER TABLE mo_inbox DROP COLUMN sign_name",
+        "ALTER TABLE webhook_outbox DROP COLUMN retry_from",
+    ),
+    7: ("DROP INDEX messages_parked", "ALTER TABLE messages DROP COLUMN q_park"),
+    8: (
+        "ALTER TABLE mo_inbox DROP COLUMN parts_total",
+        "ALTER TABLE mo_inbox DROP COLUMN parts_received",
+        "ALTER TABLE mo_parts DROP COLUMN source_ton",
+    ),
+    9: ("ALTER TABLE accounts DROP COLUMN senders",),
+}
+_UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
+    4: ("ALTER TABLE messages DROP COLUMN q_route",),
+    5: (
+        "ALTER TABLE mo_inbox DROP COLUMN sign_name",
+        "ALTER TABLE webhook_outbox DROP COLUMN retry_from",
+    ),
+    6: ("ALTER TABLE messages DROP COLUMN q_park",),  # and its index
+    7: (
+        "ALTER TABLE mo_inbox DROP COLUMN parts_total",
+        "ALTER TABLE mo_inbox DROP COLUMN parts_received",
+        "ALTER TABLE mo_parts DROP COLUMN source_ton",
+    ),
+    8: ("ALTER TABLE accounts DROP COLUMN senders",),
+}
+
+
+async def schema_before(engine: EngineHandle, sqlite_version: int, pg_version: int) -> None:
+    """Undo the migrations from the given version on (per engine: their numbers differ)."""
+    if engine.name == "sqlite":
+        c = sqlite3.connect(engine.location)
+        with c:
+            for v in sorted((v for v in _UNDO_SQLITE if v >= sqlite_version), reverse=True):
+                for sql in _UNDO_SQLITE[v]:
+                    c.execute(sql)
+            c.execute("DELETE FROM schema_version WHERE version >= ?", (sqlite_version,))
+        c.close()
+        return
+    import asyncpg
+
+    pc = await asyncpg.connect(engine.location)
+    try:
+        for v in sorted((v for v in _UNDO_POSTGRES if v >= pg_version), reverse=True):
+            for sql in _UNDO_POSTGRES[v]:
+                await pc.execute(sql)
+        await pc.execute("DELETE FROM schema_version WHERE version >= $1", pg_version)
+    finally:
+        await pc.close()

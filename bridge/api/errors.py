@@ -51,6 +51,7 @@ CODES: dict[str, int] = {
     "RAW_TEXT_NOT_ALLOWED": 403,
     "ADMIN_DISABLED": 403,
     "MARKETING_NOT_ALLOWED": 403,
+    "SENDER_NOT_ALLOWED": 403,
     # 402: prepaid funds
     "INSUFFICIENT_BALANCE": 402,
     # 404 / 405 / 409 / 413

@@ -66,6 +66,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
     "ACCOUNT_RATE_LIMIT": "The account's messages-per-second rate (tps) is exceeded; see "
     "Retry-After.",
+    "SENDER_NOT_ALLOWED": "The sender is not one of the addresses the operator assigned to the "
+    "account (or the account has none and rules.sender_policy is assigned).",
     "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
     "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
     "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
@@ -287,6 +289,9 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
     }
 
 
+_SENDER_ENTRY = r"^(\+?[0-9]{1,20}\*?|[A-Za-z0-9 ._-]{1,11})$"
+
+
 def _account_props() -> dict[str, Any]:
     return {
         "id": {"type": "string", "pattern": "^acc_[0-9A-Z]{26}$"},
@@ -314,6 +319,17 @@ def _account_props() -> dict[str, Any]:
             "description": "status and MO webhooks in this API's shape or Alibaba Cloud's "
             "SmsReport / SmsUp arrays",
         },
+        "senders": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {"type": "string", "pattern": _SENDER_ENTRY},
+            "description": "source addresses assigned to the account: numbers, alphanumeric "
+            "ids, and extension ranges (a number then *: that number with digits appended, up "
+            "to 20). When set, the account sends only from them (403 SENDER_NOT_ALLOWED), and "
+            "a reply to one of them is the account's. Empty: not restricted, unless "
+            "rules.sender_policy is assigned. The Alibaba-compatible API sends from the one "
+            "extension range's number plus SmsUpExtendCode.",
+        },
     }
 
 
@@ -330,6 +346,7 @@ def _settings_props() -> dict[str, Any]:
         "mo_callback_url": _nullable({"type": "string", "pattern": "^https?://"}),
         "low_balance_threshold": {"type": "integer", "minimum": 0, "maximum": 10**15},
         "report_format": {"type": "string", "enum": ["native", "aliyun"]},
+        "senders": props["senders"],
     }
 
 

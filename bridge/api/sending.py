@@ -11,6 +11,7 @@ from bridge import logs
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.submit import SendRequest
+from bridge.domain import senders
 from bridge.domain.admission import Rules
 from bridge.domain.tariffs import BillingError, Tariff
 from bridge.store.models import AcceptOutcome, Account, NewMessage
@@ -43,6 +44,13 @@ async def prepare_send(
     ctx: ApiContext, account: Account, req: SendRequest, now_ms: int
 ) -> tuple[str, list[NewMessage], Rules]:
     """Render, encode, route and price; ApiError for what can be refused without the store."""
+    assigned_only = ctx.config.rules.sender_policy == "assigned"
+    if not senders.may_send(account.senders, req.sender, assigned_only=assigned_only):
+        raise ApiError(
+            "SENDER_NOT_ALLOWED",
+            f"sender {req.sender}: not an address assigned to this account"
+            + ("" if account.senders else " (it has none: send without a sender)"),
+        )
     rules = ctx.send_rules
     template = await rules.template(account.id, req.template) if req.template is not None else None
     tariff = await current_tariff(ctx, now_ms)

@@ -22,6 +22,7 @@ from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import SendRequest
 from bridge.compat.aliyun_reports import local_time, phone
+from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
 from bridge.domain.phone import PLANS, PhoneError, normalize
 from bridge.store.models import AcceptBatch, Account, MessageRecord, NewMessage
@@ -121,23 +122,40 @@ def _out_id(p: Params) -> str | None:
     return out
 
 
-def _extend(p: Params, name: str = "SmsUpExtendCode") -> None:
+def _extend(account: Account, p: Params) -> str | None:
+    """The source address of a SendSms: the account's extension base plus SmsUpExtendCode, so a
+    reply to it comes back to this account; None (the SMSC default) for an account without
+    exactly one extension range (bridge/domain/senders.py), whose code then has nothing to
+    extend."""
+    name = "SmsUpExtendCode"
     code = p.get(name)
     if code and not _EXTEND.fullmatch(code):
         raise ApiError("INVALID_FIELD", f"{name}: up to 12 digits")
+    return _extended(account, code, name)
 
 
-def _extend_json(p: Params, count: int) -> None:
-    """SmsUpExtendCodeJson: one code (up to 12 digits, or blank/null) per number, as SendSms."""
+def _extended(account: Account, code: str | None, name: str) -> str | None:
+    try:
+        return senders.extended_sender(account.senders, code)
+    except senders.SenderError as exc:
+        raise ApiError("INVALID_FIELD", f"{name}: {exc.message}") from None
+
+
+def _extend_json(account: Account, p: Params, count: int) -> list[str | None]:
+    """SmsUpExtendCodeJson: one code (up to 12 digits, or blank/null) per number, as SendSms;
+    the source address of each entry."""
     name = "SmsUpExtendCodeJson"
     codes = _json_param(p, name, required=False)
     if codes is None:
-        return
+        codes = [None] * count
     if not isinstance(codes, list) or len(codes) != count:
         raise ApiError("INVALID_FIELD", f"{name}: a JSON array with one code per phone number")
+    out: list[str | None] = []
     for i, code in enumerate(codes):
         if code is not None and not (isinstance(code, str) and _EXTEND.fullmatch(code)):
             raise ApiError("INVALID_FIELD", f"{name}[{i}]: a string of up to 12 digits")
+        out.append(_extended(account, code, f"{name}[{i}]"))
+    return out
 
 
 async def _accept(
@@ -162,7 +180,12 @@ async def _accept(
 
 
 def _request(
-    to: tuple[str, ...], template: str, params: dict[str, Any], sign: str, out_id: str | None
+    to: tuple[str, ...],
+    template: str,
+    params: dict[str, Any],
+    sign: str,
+    out_id: str | None,
+    sender: str | None,
 ) -> SendRequest:
     return SendRequest(
         to=to,
@@ -171,7 +194,7 @@ def _request(
         params=params,
         sign_name=sign,
         client_ref=out_id,
-        sender=None,
+        sender=sender,
         validity_minutes=None,
         scheduled_at=None,
         smart_encoding=None,
@@ -186,8 +209,8 @@ async def send_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, An
     sign = _required(p, "SignName")
     template = _required(p, "TemplateCode")
     params = _params_object(_json_param(p, "TemplateParam", required=False), "TemplateParam")
-    _extend(p)
-    req = _request(numbers, template, params, sign, _out_id(p))
+    sender = _extend(account, p)
+    req = _request(numbers, template, params, sign, _out_id(p), sender)
     now = ctx.now_ms()
     batch_id, messages, rules = await prepare_send(ctx, account, req, now)
     await _accept(ctx, account, batch_id, messages, rules)
@@ -203,7 +226,7 @@ async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[s
         raise ApiError("INVALID_FIELD", f"PhoneNumberJson: a JSON array of 1 to {MAX_BATCH}")
     if not isinstance(signs, list) or len(signs) != len(numbers):
         raise ApiError("INVALID_FIELD", "SignNameJson: one sign name per phone number")
-    _extend_json(p, len(numbers))
+    sources = _extend_json(account, p, len(numbers))
     if params is None:
         params = [{}] * len(numbers)
     if not isinstance(params, list) or len(params) != len(numbers):
@@ -224,7 +247,12 @@ async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[s
             raise ApiError("INVALID_FIELD", f"PhoneNumberJson[{i}]: duplicate of {number}")
         seen.add(number)
         req = _request(
-            (number,), template, _params_object(values, f"TemplateParamJson[{i}]"), sign, None
+            (number,),
+            template,
+            _params_object(values, f"TemplateParamJson[{i}]"),
+            sign,
+            None,
+            sources[i],
         )
         bid, msgs, r = await prepare_send(ctx, account, req, now)
         if first is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge import logs
 from bridge.config import SmscConfig
+from bridge.domain import senders
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
@@ -73,6 +74,10 @@ class Inbound:
         self.optouts = 0
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
         self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
+        # (account, assigned senders) of the accounts that have some, read at most every
+        # ASSIGNMENTS_TTL_MS: replies can come in storms (a vote), accounts seldom change.
+        self._assigned: list[tuple[str, tuple[str, ...]]] = []
+        self._assigned_at: int | None = None
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -250,10 +255,28 @@ class Inbound:
         """(source as E.164 when international, account, sign name) of an MO, complete or not:
         the account that last wrote to the sender from the address the reply went to."""
         source = _e164(source_addr, ton)
-        senders, default = self._sent_from(smsc, destination)
-        found = await self.store.attribute_mo(source, senders, now_ms, default=default)
+        forms, default = self._sent_from(smsc, destination)
+        # An address the operator assigned to an account is that account's: a reply to it goes
+        # there even if another account wrote to the same person from it (history decides only
+        # among the holders, or among everyone when nobody holds the address).
+        holders = await self._holders(destination, now_ms)
+        found = await self.store.attribute_mo(
+            source, forms, now_ms, default=default, accounts=holders
+        )
+        if found is None and len(holders) == 1:
+            found = (holders[0], None)
         account, sign = found if found is not None else (None, None)
         return source, account, sign
+
+    async def _holders(self, destination: str, now_ms: int) -> tuple[str, ...]:
+        if self._assigned_at is None or not 0 <= now_ms - self._assigned_at < ASSIGNMENTS_TTL_MS:
+            self._assigned = [
+                (a.id, a.senders)
+                for a in await self.store.list_accounts()
+                if a.senders and a.status != "closed"
+            ]
+            self._assigned_at = now_ms
+        return senders.owners(self._assigned, destination)
 
     async def flush_stale_mo(
         self, now_ms: int, *, timeout_ms: int = 300_000, limit: int = STALE_MO_BATCH
@@ -417,6 +440,9 @@ class Inbound:
 # The price: a user who sends the very same text twice to the same address within that time
 # is heard once.
 MO_REPEAT_MS = 120_000
+
+# How long Inbound keeps the accounts' assigned senders before reading them again.
+ASSIGNMENTS_TTL_MS = 5_000
 
 
 def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bridge import jsonio
 from bridge.store.models import Account, AppKey
 
 ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
     "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
-    "low_balance_threshold, report_format"
+    "low_balance_threshold, report_format, senders"
 )
 KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
 
@@ -35,7 +36,16 @@ def account_row(row: Sequence[Any]) -> Account:
         updated_at=row[13],
         low_balance_threshold=row[14],
         report_format=row[15],
+        senders=tuple(jsonio.loads(row[16])) if row[16] else (),
     )
+
+
+def column_value(name: str, value: Any) -> Any:
+    """An account field as its column holds it: `senders` is a JSON list (NULL when empty), the
+    same text on both engines."""
+    if name == "senders":
+        return jsonio.dumps(list(value)).decode() if value else None
+    return value
 
 
 def key_row(row: Sequence[Any]) -> AppKey:

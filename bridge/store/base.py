@@ -224,8 +224,18 @@ class Store(Protocol):
         ...
 
     async def attribute_mo(
-        self, source: str, senders: Sequence[str], now: int, *, default: bool = False
-    ) -> tuple[str, str | None] | None: ...
+        self,
+        source: str,
+        senders: Sequence[str],
+        now: int,
+        *,
+        default: bool = False,
+        accounts: Sequence[str] = (),
+    ) -> tuple[str, str | None] | None:
+        """(account, sign name) of the latest message to `source` in 30 days from one of
+        `senders` (or from the SMSC default, `default`); only `accounts`' messages when given
+        (the accounts an operator assigned the address to)."""
+
     async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
         """The kept parts of long MOs whose newest part came before `older_than`: the rest is
         not coming. One list per (smsc, source, destination, ref), in seq order; the groups

@@ -35,6 +35,8 @@ class Account:
     updated_at: int = 0
     low_balance_threshold: int = 0  # micro-units; 0 = no warning
     report_format: str = "native"  # native | aliyun: the shape of status and MO webhooks
+    # Source addresses assigned by the operator (bridge/domain/senders.py); () = not restricted.
+    senders: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -55,6 +57,7 @@ ACCOUNT_MUTABLE = frozenset(
         "webhook_secret_enc",
         "low_balance_threshold",
         "report_format",
+        "senders",
     }
 )
 

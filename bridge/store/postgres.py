@@ -40,6 +40,7 @@ from bridge.store import postgres_rules as rules_sql
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
 from bridge.store.account_rows import account_row as _account
+from bridge.store.account_rows import column_value
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     CLOSED_MESSAGE,
@@ -363,7 +364,7 @@ class PostgresStore(RulesStoreMixin):
         try:
             await self.pool.execute(
                 f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)",
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)",
                 account.id,
                 account.name,
                 account.kind,
@@ -380,6 +381,7 @@ class PostgresStore(RulesStoreMixin):
                 account.updated_at,
                 account.low_balance_threshold,
                 account.report_format,
+                column_value("senders", account.senders),
             )
         except asyncpg.UniqueViolationError as exc:
             raise StoreError(
@@ -411,7 +413,9 @@ class PostgresStore(RulesStoreMixin):
         if bad:
             raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
         cols = sorted(changes)
-        values = [bool(changes[k]) if k in _BOOL_COLS else changes[k] for k in cols]
+        values = [
+            bool(changes[k]) if k in _BOOL_COLS else column_value(k, changes[k]) for k in cols
+        ]
 
         async def job(c: asyncpg.Connection) -> Account | None:
             if cols:
@@ -1091,18 +1095,26 @@ class PostgresStore(RulesStoreMixin):
         return await run_tx(self.pool, job)
 
     async def attribute_mo(
-        self, source: str, senders: Sequence[str], now: int, *, default: bool = False
+        self,
+        source: str,
+        senders: Sequence[str],
+        now: int,
+        *,
+        default: bool = False,
+        accounts: Sequence[str] = (),
     ) -> tuple[str, str | None] | None:
         """(account, sign name) of the message a reply from `source` answers (see the SQLite
         engine): never one written from another address than the one the reply went to."""
         row = await self.pool.fetchrow(
             "SELECT account_id, sign_name FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
             "AND (sender = ANY($3::text[]) OR ($4 AND sender IS NULL)) "
+            "AND (cardinality($5::text[]) = 0 OR account_id = ANY($5::text[])) "
             "ORDER BY accepted_at DESC LIMIT 1",
             source,
             now - 30 * 86_400_000,
             list(senders),
             default,
+            list(accounts),
         )
         return (row[0], row[1]) if row else None
 

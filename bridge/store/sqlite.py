@@ -16,6 +16,7 @@ from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import account_row as _account
+from bridge.store.account_rows import column_value
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
@@ -130,7 +131,7 @@ class SqliteStore(RulesStoreMixin):
             try:
                 c.execute(
                     f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         account.id,
                         account.name,
@@ -148,6 +149,7 @@ class SqliteStore(RulesStoreMixin):
                         account.updated_at,
                         account.low_balance_threshold,
                         account.report_format,
+                        column_value("senders", account.senders),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -192,7 +194,10 @@ class SqliteStore(RulesStoreMixin):
         def job(c: sqlite3.Connection) -> Account | None:
             if changes:
                 cols = sorted(changes)
-                values = [int(v) if isinstance(v, bool) else v for v in (changes[k] for k in cols)]
+                values = [
+                    int(v) if isinstance(v, bool) else column_value(k, v)
+                    for k, v in ((k, changes[k]) for k in cols)
+                ]
                 sets = ", ".join(f"{k}=?" for k in cols)
                 # A closed account stays closed: its data was erased (the caller sees the status).
                 c.execute(
@@ -862,7 +867,13 @@ class SqliteStore(RulesStoreMixin):
         return await self._runner.write(job)
 
     async def attribute_mo(
-        self, source: str, senders: Sequence[str], now: int, *, default: bool = False
+        self,
+        source: str,
+        senders: Sequence[str],
+        now: int,
+        *,
+        default: bool = False,
+        accounts: Sequence[str] = (),
     ) -> tuple[str, str | None] | None:
         """(account, sign name) of the message a reply from `source` answers: the latest in 30
         days to it from one of `senders` (the forms of the address the reply went to), or with no
@@ -871,11 +882,12 @@ class SqliteStore(RulesStoreMixin):
         address."""
 
         def job(c: sqlite3.Connection) -> tuple[str, str | None] | None:
+            only = f"AND account_id IN ({pipe._marks(len(accounts))}) " if accounts else ""
             row = c.execute(
                 "SELECT account_id, sign_name FROM messages WHERE recipient=? AND accepted_at>=? "
-                f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) "
+                f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) {only}"
                 "ORDER BY accepted_at DESC LIMIT 1",
-                (source, now - 30 * 86_400_000, *senders, default),
+                (source, now - 30 * 86_400_000, *senders, default, *accounts),
             ).fetchone()
             return (row[0], row[1]) if row else None
 

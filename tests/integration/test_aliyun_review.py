@@ -186,3 +186,70 @@ async def test_batch_extend_codes_that_are_well_formed_are_accepted(
     )
     assert (raw.status, raw.json["Code"]) == (200, "OK"), raw.json
     assert len(await face.messages(creds)) == 2
+
+
+# -- SmsUpExtendCode: the account's extension range ------------------------------------------------
+
+
+async def _extended_account(face: Face, senders: list[str]) -> tuple[Creds, str]:
+    creds = await face.api.create_account(raw_text=False, senders=senders)
+    return creds, await face.template(creds, NOTIFY_TEXT, "notification")
+
+
+async def _senders(face: Face, creds: Creds) -> list[tuple[str, str | None]]:
+    """(number as given, sender) of the stored messages (stored in E.164)."""
+    return [(m.recipient.removeprefix("+86"), m.sender) for m in await face.messages(creds)]
+
+
+@pytest.mark.parametrize(("code", "sender"), [("12", "10690012"), ("", "106900"), (None, "106900")])
+async def test_send_sms_sends_from_the_base_plus_the_extension_code(
+    face: Face, code: str | None, sender: str
+) -> None:
+    """A reply to that number then comes back to this account (tests/integration/test_assigned_senders)."""
+    creds, template = await _extended_account(face, ["ACME", "106900*"])
+    params = {} if code is None else {"SmsUpExtendCode": code}
+    raw = await _call(
+        face, creds, "SendSms", PhoneNumbers=CN1, SignName="Acme", TemplateCode=template,
+        TemplateParam=json.dumps({"name": "a", "order": "1"}), **params,
+    )  # fmt: skip
+    assert (raw.status, raw.json["Code"]) == (200, "OK"), raw.json
+    assert await _senders(face, creds) == [(CN1, sender)]
+
+
+async def test_send_batch_sms_extends_each_entry(face: Face) -> None:
+    creds, template = await _extended_account(face, ["106900*"])
+    raw = await _call(
+        face, creds, "SendBatchSms",
+        PhoneNumberJson=json.dumps([CN1, CN2]),
+        SignNameJson=json.dumps(["Acme", "Acme"]),
+        TemplateCode=template,
+        TemplateParamJson=json.dumps([{"name": "a", "order": "1"}, {"name": "b", "order": "2"}]),
+        SmsUpExtendCodeJson='["7", null]',
+    )  # fmt: skip
+    assert (raw.status, raw.json["Code"]) == (200, "OK"), raw.json
+    assert sorted(await _senders(face, creds)) == sorted([(CN1, "1069007"), (CN2, "106900")])
+
+
+async def test_an_extension_past_twenty_digits_is_refused(face: Face) -> None:
+    creds, template = await _extended_account(face, ["1069000000000000*"])
+    raw = await _call(
+        face, creds, "SendSms", PhoneNumbers=CN1, SignName="Acme", TemplateCode=template,
+        TemplateParam=json.dumps({"name": "a", "order": "1"}), SmsUpExtendCode="12345",
+    )  # fmt: skip
+    assert (raw.status, raw.json["Code"]) == (200, "isv.INVALID_PARAMETERS"), raw.json
+    assert "SmsUpExtendCode" in raw.json["Message"] and "20" in raw.json["Message"]
+    assert await face.messages(creds) == []
+
+
+@pytest.mark.parametrize("senders", [[], ["ACME"], ["106900*", "106901*"]])
+async def test_without_one_extension_range_the_code_is_not_used(
+    face: Face, senders: list[str]
+) -> None:
+    """As before assigned senders: the SMSC's default source (no range, or no one range)."""
+    creds, template = await _extended_account(face, senders)
+    raw = await _call(
+        face, creds, "SendSms", PhoneNumbers=CN1, SignName="Acme", TemplateCode=template,
+        TemplateParam=json.dumps({"name": "a", "order": "1"}), SmsUpExtendCode="12",
+    )  # fmt: skip
+    assert (raw.status, raw.json["Code"]) == (200, "OK"), raw.json
+    assert await _senders(face, creds) == [(CN1, None)]

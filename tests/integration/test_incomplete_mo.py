@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import jsonschema
 import pytest
 
@@ -38,7 +36,7 @@ from bridge.store.models import (  # noqa: E402
     NewSegment,
 )
 from tests.integration.conftest import OPENAPI  # noqa: E402
-from tests.store_engines import EngineHandle  # noqa: E402
+from tests.store_engines import EngineHandle, schema_before  # noqa: E402
 
 engine = engines.engine
 store = engines.store
@@ -546,21 +544,7 @@ async def test_upgrade_keeps_mos_and_parts_stored_before_it(engine: EngineHandle
     await deliver(inbound(s, clock), clock, NOW, part_pdu(b"kept", 1, 2))
     (job,) = await mo_jobs(s, NOW)
     await s.close()
-    if engine.name == "sqlite":
-        c = sqlite3.connect(engine.location)
-        with c:
-            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
-            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
-            c.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
-            c.execute("DELETE FROM schema_version WHERE version >= 8")
-        c.close()
-    else:
-        pc = await asyncpg.connect(engine.location)
-        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
-        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
-        await pc.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
-        await pc.execute("DELETE FROM schema_version WHERE version >= 7")
-        await pc.close()
+    await schema_before(engine, 8, 7)
     upgraded = engine.new_store()
     await upgraded.open()  # the migration runs
     try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from bridge.store import migrate
@@ -44,7 +42,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.store_engines import EngineHandle  # noqa: E402
+from tests.store_engines import EngineHandle, schema_before  # noqa: E402
 
 # Bound here, in the module, on purpose: a module's fixtures take precedence over conftest ones,
 # and tests/integration/conftest.py has an API-server `store` of its own.
@@ -986,30 +984,7 @@ async def test_upgrade_keeps_the_restart_decision_for_claims_left_by_the_old_rel
     await s.record_submits([sent("m", 1, "smscA")], [], NOW)
     await s.close()
     # The schema as the previous release left it.
-    if engine.name == "sqlite":
-        c = sqlite3.connect(engine.location)
-        with c:
-            c.execute("ALTER TABLE messages DROP COLUMN q_route")
-            c.execute("ALTER TABLE mo_inbox DROP COLUMN sign_name")  # and the later migrations
-            c.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
-            c.execute("DROP INDEX messages_parked")
-            c.execute("ALTER TABLE messages DROP COLUMN q_park")
-            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
-            c.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
-            c.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
-            c.execute("DELETE FROM schema_version WHERE version >= 5")
-        c.close()
-    else:
-        pc = await asyncpg.connect(engine.location)
-        await pc.execute("ALTER TABLE messages DROP COLUMN q_route")
-        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN sign_name")
-        await pc.execute("ALTER TABLE webhook_outbox DROP COLUMN retry_from")
-        await pc.execute("ALTER TABLE messages DROP COLUMN q_park")  # and its index
-        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_total")
-        await pc.execute("ALTER TABLE mo_inbox DROP COLUMN parts_received")
-        await pc.execute("ALTER TABLE mo_parts DROP COLUMN source_ton")
-        await pc.execute("DELETE FROM schema_version WHERE version >= 4")
-        await pc.close()
+    await schema_before(engine, 5, 4)
     upgraded = engine.new_store()
     await upgraded.open()  # the migration runs
     try:

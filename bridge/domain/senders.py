@@ -1,0 +1,121 @@
+"""Which source addresses an account may send from, and whose a reply's address is (pure).
+
+An operator assigns addresses to an account (`senders`): numbers ("+447700900123", "106900"),
+alphanumeric ids ("ACME"), and extension ranges: a number followed by "*" covers that number with
+any digits appended, up to 20 in all. Chinese 106 channels work so: each customer (or each of its
+sign names) gets the channel number plus an extension code, and a reply to that longer number finds
+its way back to the customer.
+
+Why it matters: without it any tenant may send as another's brand, and replies (opt-outs among
+them) to a tenant's dedicated number are attributed by history alone, so a second tenant writing
+to the same person from that number would receive them. With it, a tenant sends only from its
+own addresses, and a reply to an address one tenant holds goes to that tenant.
+
+An account with no list is not restricted (as Kannel and Jasmin users expect by default) unless
+the operator sets `rules.sender_policy: assigned`, which then leaves it the SMSC's default source
+only. Sending with no sender (the SMSC's default) is always allowed: that address is shared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+MAX_ENTRIES = 100
+_ENTRY = re.compile(r"\+?[0-9]{1,20}\*?|[A-Za-z0-9 ._-]{1,11}", re.ASCII)
+EXACT = 1_000  # an exact claim outranks any extension range
+
+
+class SenderError(ValueError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _key(address: str) -> str:
+    """Numbers compare by their digits ("+4477..." is "4477..."); alphanumeric ids regardless of
+    case, as handsets and carriers do not keep it reliably."""
+    digits = address[1:] if address.startswith("+") else address
+    return digits if digits.isdigit() else address.casefold()
+
+
+def parse_entries(value: object) -> tuple[str, ...]:
+    """An operator's list, checked: SenderError naming the bad entry. Order kept, repeats
+    dropped (the order matters: see extension_base)."""
+    if not isinstance(value, list | tuple):
+        raise SenderError("senders: expected a list of addresses")
+    if len(value) > MAX_ENTRIES:
+        raise SenderError(f"senders: at most {MAX_ENTRIES} entries")
+    out: dict[str, str] = {}
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
+            raise SenderError(
+                f"senders[{i}]: a number (up to 20 digits, optionally followed by * for an "
+                "extension range) or up to 11 letters/digits"
+            )
+        out.setdefault(_key(entry.rstrip("*")) + ("*" if entry.endswith("*") else ""), entry)
+    return tuple(out.values())
+
+
+def claim_rank(entries: Sequence[str], address: str) -> int | None:
+    """How firmly `entries` hold `address`: EXACT for the address itself, the base's length for
+    an extension range it falls in, None when they do not hold it."""
+    key = _key(address)
+    best: int | None = None
+    for entry in entries:
+        if entry.endswith("*"):
+            base = _key(entry[:-1])
+            if key.isdigit() and key.startswith(base) and len(key) <= 20:
+                best = max(best or 0, len(base))
+        elif _key(entry) == key:
+            return EXACT
+    return best
+
+
+def may_send(entries: Sequence[str], sender: str | None, *, assigned_only: bool) -> bool:
+    """Whether an account with these `entries` may send from `sender` (None: the SMSC default)."""
+    if sender is None:
+        return True
+    if not entries:
+        return not assigned_only
+    return claim_rank(entries, sender) is not None
+
+
+def owners(assignments: Iterable[tuple[str, Sequence[str]]], address: str) -> tuple[str, ...]:
+    """The accounts holding `address` most firmly (a reply's destination): one in the usual case;
+    several when an operator gave the same address to more than one (history decides among them);
+    none when nobody holds it."""
+    best = 0
+    found: list[str] = []
+    for account, entries in assignments:
+        rank = claim_rank(entries, address)
+        if rank is None or rank < best:
+            continue
+        if rank > best:
+            best, found = rank, []
+        found.append(account)
+    return tuple(found)
+
+
+def extension_base(entries: Sequence[str]) -> str | None:
+    """The account's extension range base, when it has exactly one: the Alibaba-compatible API
+    appends SmsUpExtendCode to it. With none or several, the code has nothing (or no one thing)
+    to extend and is not used."""
+    bases = [e[:-1] for e in entries if e.endswith("*")]
+    return bases[0] if len(bases) == 1 else None
+
+
+def extended_sender(entries: Sequence[str], code: str | None) -> str | None:
+    """The source address of an Alibaba-compatible send: the extension base plus the code;
+    None (the SMSC default) for an account without exactly one base. SenderError when the two
+    together pass 20 digits."""
+    base = extension_base(entries)
+    if base is None:
+        return None
+    sender = base + (code or "")
+    if len(sender.lstrip("+")) > 20:
+        raise SenderError(
+            f"the extension code makes the sender {len(sender.lstrip('+'))} digits long; "
+            "at most 20 (the account's base number plus the code)"
+        )
+    return sender

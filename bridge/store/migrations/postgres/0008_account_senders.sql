@@ -1,0 +1,4 @@
+-- Source addresses an operator assigned to the account (bridge/domain/senders.py): a JSON list of
+-- numbers, alphanumeric ids and extension ranges ("106900*"). NULL: not restricted. Text, not
+-- jsonb: it is read whole with the account and never queried inside.
+ALTER TABLE accounts ADD COLUMN senders TEXT;

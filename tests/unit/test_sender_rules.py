@@ -1,0 +1,166 @@
+"""Assigned source addresses (bridge/domain/senders.py): who may send from what, and whose a
+reply's address is."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.domain.senders import (
+    EXACT,
+    SenderError,
+    claim_rank,
+    extended_sender,
+    extension_base,
+    may_send,
+    owners,
+    parse_entries,
+)
+
+digits = st.text("0123456789", min_size=1, max_size=20)
+
+
+# -- the operator's list ---------------------------------------------------------------------------
+
+
+def test_parse_keeps_order_and_drops_repeats_of_the_same_address() -> None:
+    assert parse_entries(["ACME", "+447700900123", "106900*", "acme", "447700900123"]) == (
+        "ACME",
+        "+447700900123",
+        "106900*",
+    )
+    # A range and the exact base number are different claims.
+    assert parse_entries(["106900", "106900*"]) == ("106900", "106900*")
+    assert parse_entries([]) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("ACME", "a list"),
+        ({"a": 1}, "a list"),
+        ([1], "senders[0]"),
+        (["ok", ""], "senders[1]"),
+        (["TWELVECHARSX"], "senders[0]"),  # alphanumeric ids are at most 11
+        (["1" * 21], "senders[0]"),  # numbers at most 20 digits
+        (["*"], "senders[0]"),  # a range needs its base number
+        (["+*"], "senders[0]"),
+        (["AC*"], "senders[0]"),  # ranges are numeric
+        (["10*6"], "senders[0]"),
+        (["ACME\n"], "senders[0]"),
+        (["x"] * 101, "at most 100"),
+    ],
+)
+def test_parse_refuses_bad_entries_naming_them(value: object, words: str) -> None:
+    with pytest.raises(SenderError) as raised:
+        parse_entries(value)
+    assert words in raised.value.message
+
+
+# -- sending ---------------------------------------------------------------------------------------
+
+
+def test_may_send_from_its_own_addresses_only() -> None:
+    mine = ("ACME", "+447700900123", "106900*")
+    for sender in ("ACME", "acme", "Acme", "447700900123", "+447700900123", "106900",
+                   "10690012", "1069001234567890", None):  # fmt: skip
+        assert may_send(mine, sender, assigned_only=False), sender
+        assert may_send(mine, sender, assigned_only=True), sender
+    for sender in (
+        "ACME2",
+        "BANK",
+        "447700900124",
+        "10690",
+        "10691",
+        "106900ABC",
+        "106900123456789012345",
+    ):  # fmt: skip  (the last is 21 digits)
+        assert not may_send(mine, sender, assigned_only=False), sender
+
+
+def test_an_account_without_a_list_follows_the_policy() -> None:
+    assert may_send((), "BANK", assigned_only=False)
+    assert not may_send((), "BANK", assigned_only=True)
+    assert may_send((), None, assigned_only=True)  # the SMSC default is shared
+
+
+@given(base=digits, tail=st.text("0123456789", max_size=20))
+def test_a_range_holds_every_extension_up_to_twenty_digits(base: str, tail: str) -> None:
+    number = base + tail
+    rank = claim_rank((base + "*",), number)
+    if len(number) <= 20:
+        assert rank == len(base)
+        assert may_send((base + "*",), number, assigned_only=True)
+        assert may_send((base + "*",), "+" + number, assigned_only=True)
+    else:
+        assert rank is None
+
+
+@given(a=digits, b=digits)
+def test_a_number_outside_the_range_is_not_held(a: str, b: str) -> None:
+    if not b.startswith(a):
+        assert claim_rank((a + "*",), b) is None
+        assert claim_rank((a,), b) is None
+
+
+# -- replies ---------------------------------------------------------------------------------------
+
+
+def test_the_most_specific_holder_owns_a_reply_address() -> None:
+    assigned = [
+        ("acc_wide", ("1069*",)),
+        ("acc_narrow", ("106900*",)),
+        ("acc_exact", ("10690012",)),
+        ("acc_brand", ("ACME",)),
+    ]
+    assert owners(assigned, "10690012") == ("acc_exact",)
+    assert owners(assigned, "10690013") == ("acc_narrow",)
+    assert owners(assigned, "+10690013") == ("acc_narrow",)
+    assert owners(assigned, "1069111") == ("acc_wide",)
+    assert owners(assigned, "acme") == ("acc_brand",)
+    assert owners(assigned, "10700000") == ()
+    assert claim_rank(("10690012",), "10690012") == EXACT
+
+
+def test_an_address_given_to_two_accounts_has_both_as_holders() -> None:
+    assigned = [("a", ("106900*",)), ("b", ("106900*", "X")), ("c", ("1069*",))]
+    assert owners(assigned, "1069001") == ("a", "b")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from("abcde"),
+        st.lists(st.one_of(digits, digits.map(lambda d: d + "*")), max_size=3),
+    ),
+    digits,
+)
+def test_owners_all_hold_the_address_and_nobody_holds_it_more_firmly(
+    assigned: dict[str, list[str]], address: str
+) -> None:
+    found = owners(assigned.items(), address)
+    ranks = {a: claim_rank(e, address) for a, e in assigned.items()}
+    best = max((r for r in ranks.values() if r is not None), default=None)
+    if best is None:
+        assert found == ()
+    else:
+        assert found and all(ranks[a] == best for a in found)
+        assert all(a in found for a, r in ranks.items() if r == best)
+
+
+# -- the Alibaba-compatible extension code ---------------------------------------------------------
+
+
+def test_extension_code_extends_the_one_base() -> None:
+    assert extension_base(("ACME", "106900*")) == "106900"
+    assert extended_sender(("ACME", "106900*"), "12") == "10690012"
+    assert extended_sender(("106900*",), None) == "106900"
+    assert extended_sender(("106900*",), "") == "106900"
+    # No base, or two: the code has nothing (or no one thing) to extend.
+    assert extended_sender(("ACME",), "12") is None
+    assert extended_sender(("106900*", "106901*"), "12") is None
+    assert extended_sender((), "12") is None
+    with pytest.raises(SenderError) as raised:
+        extended_sender(("1069000000000000*",), "12345")
+    assert "21 digits" in raised.value.message
+    assert extended_sender(("1069000000000000*",), "1234") == "10690000000000001234"
