@@ -23,6 +23,7 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -313,11 +314,30 @@ def _outcome_of(exc: Exception) -> AcceptOutcome:
     return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
 
 
+# A clock reading whose round trip took longer is not used for the offset (PostgresStore).
+OFFSET_MAX_RTT_S = 0.05
+OFFSET_STEP_MS = 250
+
+
 class PostgresStore(RulesStoreMixin):
     engine = "postgres"
 
-    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        local_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.dsn = dsn
+        # The database's clock minus this process's, in ms. Instances on several hosts compare
+        # each other's heartbeats and claim leases: written in their own clocks, a host whose
+        # clock is ahead would find the others' leases expired and send their messages again.
+        # So those times are kept in the database's clock, and each instance converts with
+        # this offset, measured at open and with every heartbeat (local_clock: for tests).
+        self._local_clock = local_clock
+        self.clock_offset_ms = 0
         self._min = min_size
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
@@ -337,9 +357,24 @@ class PostgresStore(RulesStoreMixin):
         conn = await asyncpg.connect(self.dsn)
         try:
             await _migrate(conn)
+            await self._measure_offset(conn)
         finally:
             await conn.close()
         self._pool = await create_pool(self.dsn, min_size=self._min, max_size=self._max)
+
+    async def _measure_offset(self, c: asyncpg.Connection) -> None:
+        t0 = self._local_clock()
+        db_ms = await c.fetchval(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", timeout=5
+        )
+        t1 = self._local_clock()
+        if t1 - t0 > OFFSET_MAX_RTT_S:  # a slow answer says little about the time it was read
+            return
+        measured = int(db_ms) - int((t0 + t1) * 500)
+        # Moves under OFFSET_STEP_MS are kept out: leases and heartbeats are seconds long, and a
+        # steady offset keeps an instance's own times exactly comparable with each other.
+        if abs(measured - self.clock_offset_ms) >= OFFSET_STEP_MS:
+            self.clock_offset_ms = measured
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -860,7 +895,9 @@ class PostgresStore(RulesStoreMixin):
         other live instances are theirs. Dead instances' claims are taken back by `reclaim`."""
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
-            return await pipe.requeue_claims(c, now, unknown_smscs, instance=instance)
+            return await pipe.requeue_claims(
+                c, now, unknown_smscs, instance=instance, offset_ms=self.clock_offset_ms
+            )
 
         return await run_tx(self.pool, job, durable=False)
 
@@ -869,7 +906,9 @@ class PostgresStore(RulesStoreMixin):
         lock and no heartbeat for DEAD_AFTER_MS), so a killed instance's work is resent."""
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
-            return await pipe.requeue_claims(c, now, unknown_smscs, instance=None)
+            return await pipe.requeue_claims(
+                c, now, unknown_smscs, instance=None, offset_ms=self.clock_offset_ms
+            )
 
         return await run_tx(self.pool, job, durable=False)
 
@@ -885,7 +924,7 @@ class PostgresStore(RulesStoreMixin):
                 "AND q_claimed_by = $1 AND id = ANY($2::text[])",
                 instance,
                 ids,
-                lease_until,
+                lease_until + self.clock_offset_ms,
             )
             return int(status.split()[-1])
 
@@ -923,7 +962,8 @@ class PostgresStore(RulesStoreMixin):
         keys = sorted(set(routable))
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
-            return await pipe.claim(c, order, instance, limit, now, now + lease_ms, park, keys)
+            lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
+            return await pipe.claim(c, order, instance, limit, now, lease_until, park, keys)
 
         return await run_tx(self.pool, job, durable=False)
 
@@ -1139,6 +1179,8 @@ class PostgresStore(RulesStoreMixin):
 
     async def heartbeat(self, instance: str, role: str, now: int, status: str) -> None:
         async def job(c: asyncpg.Connection) -> None:
+            await self._measure_offset(c)
+            at = now + self.clock_offset_ms  # the database's clock, as every instance reads it
             await c.execute(
                 "INSERT INTO instances (instance, role, heartbeat_at, status) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (instance) DO UPDATE SET "
@@ -1146,11 +1188,11 @@ class PostgresStore(RulesStoreMixin):
                 "status = EXCLUDED.status",
                 instance,
                 role,
-                now,
+                at,
                 status,
             )
             # Forget processes silent for a day: restarts get new instance names.
-            await c.execute("DELETE FROM instances WHERE heartbeat_at < $1", now - 86_400_000)
+            await c.execute("DELETE FROM instances WHERE heartbeat_at < $1", at - 86_400_000)
 
         await run_tx(self.pool, job, durable=False)
 
@@ -1158,9 +1200,11 @@ class PostgresStore(RulesStoreMixin):
         rows = await self.pool.fetch(
             "SELECT instance, role, heartbeat_at, status FROM instances "
             "WHERE heartbeat_at >= $1 ORDER BY heartbeat_at DESC",
-            since,
+            since + self.clock_offset_ms,
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        # Back in this process's clock, which the caller compares them with.
+        off = self.clock_offset_ms
+        return [(r[0], r[1], r[2] - off, r[3]) for r in rows]
 
     # -- webhooks ---------------------------------------------------------------------------------
 

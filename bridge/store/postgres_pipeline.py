@@ -826,6 +826,7 @@ async def requeue_claims(
     unknown_smscs: frozenset[str],
     *,
     instance: str | None,
+    offset_ms: int = 0,
 ) -> dict[str, int]:
     """Give claims back to the queue: with `instance`, that instance's own claims (a restart) and
     any whose lease expired; without, claims whose lease expired or whose instance is gone (no
@@ -834,16 +835,19 @@ async def requeue_claims(
     Parts of such a message with no submit_sm_resp recorded may or may not have reached the SMSC:
     they are resent (at-least-once) unless the SMSC its parts went to in this claim (q_route) is
     configured `in_flight_on_restart: unknown`.
+
+    Leases and heartbeats are in the database's clock: `now + offset_ms` (PostgresStore).
     """
+    coord = now + offset_ms
     if instance is not None:
         rows = await c.fetch(
             "SELECT id, q_route FROM messages WHERE q_state = 'claimed' "
             "AND (q_claimed_by = $1 OR q_lease_until <= $2) ORDER BY id FOR UPDATE",
             instance,
-            now,
+            coord,
         )
     else:
-        rows = await c.fetch(_ABANDONED, now, now - DEAD_AFTER_MS)
+        rows = await c.fetch(_ABANDONED, coord, coord - DEAD_AFTER_MS)
     mark = [r[0] for r in rows if r[1] is not None and r[1] in unknown_smscs]
     requeue = [r[0] for r in rows if not (r[1] is not None and r[1] in unknown_smscs)]
     if mark:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -372,3 +373,44 @@ async def test_mo_parts_arriving_on_two_instances_complete_once(
     for o in done:  # the inbound handler drops the parts once the MO is stored
         await a.drop_mo_parts("smscA", "+861", "1069", o[0].ref)
     assert await a.stale_mo_groups(NOW + 1, 100) == []
+
+
+async def test_leases_and_heartbeats_are_kept_in_the_databases_clock(pg_dsn: str) -> None:
+    """Instances on hosts whose clocks disagree: one 10 minutes ahead neither finds the other's
+    live claims expired (and sends them again) nor its heartbeat stale; the leases still run out
+    when the database's clock says so."""
+    ahead_ms = 600_000
+    a = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    b = PostgresStore(pg_dsn, min_size=1, max_size=4, local_clock=lambda: time.time() + 600)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        assert a.clock_offset_ms == 0  # same host as the database: below the 250 ms step
+        assert abs(b.clock_offset_ms + ahead_ms) < 1_000
+        real = int(time.time() * 1000)
+        b_now = real + ahead_ms  # what b's clock says, and what its callers pass
+        await a.accept(AcceptBatch("acc_a", (message("m1"), message("m2")), None, None), real)
+        assert len(await a.claim("inst-a", 10, real, LEASE)) == 2
+        await a.heartbeat("inst-a", "all", real, "{}")
+        await b.heartbeat("inst-b", "all", b_now, "{}")
+        # By b's own clock inst-a's lease ran out 5 minutes ago and its heartbeat is 10 minutes
+        # old; by the database's, neither.
+        assert await b.reclaim(b_now, frozenset()) == {"requeued": 0, "marked_unknown": 0}
+        seen_by_a = {i: at for i, _r, at, _s in await a.instances(real - 5_000)}
+        seen_by_b = {i: at for i, _r, at, _s in await b.instances(b_now - 5_000)}
+        assert set(seen_by_a) == set(seen_by_b) == {"inst-a", "inst-b"}
+        assert abs(seen_by_a["inst-b"] - real) < 1_000  # in each reader's own clock
+        assert abs(seen_by_b["inst-a"] - b_now) < 1_000
+        # b's claims and renewals are in the database's clock too: a does not take them early.
+        await a.accept(AcceptBatch("acc_a", (message("m3"),), None, None), real)
+        assert [w.id for w in await b.claim("inst-b", 10, b_now, LEASE)] == ["m3"]
+        assert await b.renew_claims("inst-b", ["m3"], b_now + LEASE) == 1
+        for at in (LEASE - 2_000, LEASE + 2_000):  # both instances alive throughout
+            await a.heartbeat("inst-a", "all", real + at, "{}")
+            await b.heartbeat("inst-b", "all", b_now + at, "{}")
+            # Only the leases free the claims, when the database's clock passes them: all three
+            # at once (b's lease, in its own clock, would have run 10 minutes longer).
+            expected = 0 if at < LEASE else 3
+            assert (await a.reclaim(real + at, frozenset()))["requeued"] == expected
+    finally:
+        await a.close()
+        await b.close()
