@@ -37,18 +37,26 @@ _DEC_RE = re.compile(r"[0-9]+")
 _MAX_NUMERIC_LEN = 1000
 
 
+def _trim(value: str) -> str:
+    return value.strip().strip("\x00").strip()
+
+
 def _as_string(value: str, rule: MsgIdRule) -> str:
     if rule.case_insensitive:
         value = value.upper()
     if rule.strip_leading_zeros and value:
-        value = value.lstrip("0") or "0"
+        # Until nothing changes: zeros stripped can bare blanks ("0 0" -> " 0"), and a key
+        # must normalise to itself, or the resp side and the receipt side could differ.
+        while (trimmed := _trim(value.lstrip("0"))) != value:
+            value = trimmed
+        value = value or "0"
     return value
 
 
 def normalize_id(raw: str, base: IdBase, rule: MsgIdRule) -> str:
     """Canonical key of `raw` read in `base`: numbers become their decimal string, so that the
     hex and the decimal spelling of one id meet; anything else falls back to the string rules."""
-    value = raw.strip().strip("\x00").strip()
+    value = _trim(raw)
     if len(value) <= _MAX_NUMERIC_LEN:
         if base is IdBase.HEX:
             match = _HEX_RE.fullmatch(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.smpp.msgid import (
@@ -204,6 +204,9 @@ def test_distinct_numbers_get_distinct_keys(a: int, b: int) -> None:
     st.booleans(),
     st.booleans(),
 )
+# Found by this test in CI: stripping the zeros of "0 0" bared a blank (" 0", then "0").
+@example("0 0", IdBase.STR, False, True)
+@example("0 \x00 0 0", IdBase.STR, True, True)
 @settings(max_examples=500, deadline=None)
 def test_never_raises_and_is_idempotent_for_str(
     raw: str, base: IdBase, case_insensitive: bool, strip_zeros: bool
