@@ -93,12 +93,15 @@ class Inbound:
             return C.ESME_RX_T_APPN
 
     async def _receipt(self, smsc: str, body: ShortMessage) -> int:
-        # The text may come in message_payload instead (sm_length 0); NULs in it are the
-        # parser's to drop (receipt_from_fields).
+        # The text may come in message_payload instead (sm_length 0). NUL octets go, wherever
+        # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
+        # one inside failed to store every time and the SMSC redelivered it for ever.
         raw = body.short_message or tlv_get(body.tlvs, C.MESSAGE_PAYLOAD) or b""
-        text = raw.decode("latin-1")
+        text = raw.replace(b"\x00", b"").decode("latin-1")
         tlv_id = tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID)
-        tlv_text = tlv_id.rstrip(b"\x00").decode("latin-1").strip() if tlv_id is not None else ""
+        tlv_text = (
+            tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
+        )
         receipt = receipt_from_fields(
             text,
             tlv_text or None,
@@ -191,9 +194,9 @@ class Inbound:
             if parts is None:
                 return C.ESME_ROK  # stored; waiting for the other parts
             # Join before decoding, as a handset does: a pair cut across parts still decodes.
-            text = decode_payload(body.data_coding, b"".join(p.payload for p in parts))
+            text = mo_text(body.data_coding, b"".join(p.payload for p in parts))
         else:
-            text = decode_payload(seg.data_coding, seg.payload)
+            text = mo_text(seg.data_coding, seg.payload)
         source, account, sign = await self._attribute(
             smsc, body.source_addr, body.source_addr_ton, body.destination_addr, now_ms
         )
@@ -493,6 +496,13 @@ def incomplete_mo_id(
     return "mo_" + base64.b32encode(digest).decode().lower()
 
 
+def mo_text(data_coding: int, payload: bytes) -> str:
+    """An MO's text as stored: decode_payload's, with U+0000 (a UCS-2 or Latin-1 NUL) as U+FFFD.
+    PostgreSQL's text refuses NUL, so storing such an MO failed every time and the SMSC resent
+    it for ever; it carries nothing readable. (GSM's octet 0x00 is "@", untouched.)"""
+    return decode_payload(data_coding, payload).replace("\x00", "\ufffd")
+
+
 def join_runs(parts: list[MoPart]) -> str:
     """The text of the parts present (in seq order): each run of consecutive parts joined then
     decoded, as a handset does, so a pair cut across two present parts still decodes; a pair cut
@@ -505,7 +515,7 @@ def join_runs(parts: list[MoPart]) -> str:
         else:
             runs.append([p])
     return GAP.join(
-        decode_payload(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs
+        mo_text(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs
     )
 
 
