@@ -61,6 +61,8 @@ async def create_account(request: web.Request) -> web.Response:
         creds = await ctx.accounts.create(name, data, ctx.now_ms())
     except AccountError as exc:
         raise _account_error(exc) from None
+    if creds.account.senders:
+        ctx.sender_assignments.forget()  # at once here; other processes within their cache time
     return json_response(
         {
             "account": public_account(creds.account),
@@ -91,6 +93,8 @@ async def update_account(request: web.Request) -> web.Response:
         account = await ctx.accounts.update(request.match_info["ref"], data, ctx.now_ms())
     except AccountError as exc:
         raise _account_error(exc) from None
+    if "senders" in data:
+        ctx.sender_assignments.forget()
     return json_response(public_account(account))
 
 

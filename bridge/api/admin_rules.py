@@ -323,6 +323,7 @@ async def close_account(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
     await ctx.store.close_account(account.id, ctx.now_ms())
+    ctx.sender_assignments.forget()  # a closed account's addresses are free again
     closed = await ctx.store.get_account(account.id)
     assert closed is not None
     return json_response(public_account(closed))

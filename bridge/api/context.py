@@ -16,6 +16,7 @@ from bridge.api.auth import Authenticator, Principal
 from bridge.api.errors import ApiError
 from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
+from bridge.assignments import Assignments
 from bridge.billing import Tariffs
 from bridge.config import Config
 from bridge.metrics import Metrics
@@ -41,8 +42,11 @@ class ApiContext:
     metrics: Metrics = field(default_factory=Metrics)  # the Daemon passes its own
     rules: SendRules | None = None  # built from config and store when not given
     tariffs: Tariffs | None = None
+    assignments: Assignments | None = None  # the accounts' assigned senders (cached)
 
     def __post_init__(self) -> None:
+        if self.assignments is None:
+            self.assignments = Assignments(self.store, clock=self.clock)
         if self.rules is None:
             self.rules = SendRules(self.config, self.store)
         if self.tariffs is None:
@@ -53,6 +57,11 @@ class ApiContext:
     def send_rules(self) -> SendRules:
         assert self.rules is not None
         return self.rules
+
+    @property
+    def sender_assignments(self) -> Assignments:
+        assert self.assignments is not None
+        return self.assignments
 
     @property
     def tariff_book(self) -> Tariffs:

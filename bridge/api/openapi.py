@@ -66,8 +66,9 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
     "ACCOUNT_RATE_LIMIT": "The account's messages-per-second rate (tps) is exceeded; see "
     "Retry-After.",
-    "SENDER_NOT_ALLOWED": "The sender is not one of the addresses the operator assigned to the "
-    "account (or the account has none and rules.sender_policy is assigned).",
+    "SENDER_NOT_ALLOWED": "The sender is another account's (assigned to it, or held more firmly "
+    "by it), or not one of this account's assigned addresses (or the account has none and "
+    "rules.sender_policy is assigned); the message says which.",
     "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
     "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
     "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
@@ -289,7 +290,7 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
     }
 
 
-_SENDER_ENTRY = r"^(\+?[0-9]{1,20}\*?|[A-Za-z0-9 ._-]{1,11})$"
+_SENDER_ENTRY = r"^(\+?[0-9]{1,20}\*?|[A-Za-z0-9._-]([A-Za-z0-9 ._-]{0,9}[A-Za-z0-9._-])?)$"
 
 
 def _account_props() -> dict[str, Any]:
@@ -323,12 +324,14 @@ def _account_props() -> dict[str, Any]:
             "type": "array",
             "maxItems": 100,
             "items": {"type": "string", "pattern": _SENDER_ENTRY},
-            "description": "source addresses assigned to the account: numbers, alphanumeric "
-            "ids, and extension ranges (a number then *: that number with digits appended, up "
-            "to 20). When set, the account sends only from them (403 SENDER_NOT_ALLOWED), and "
-            "a reply to one of them is the account's. Empty: not restricted, unless "
-            "rules.sender_policy is assigned. The Alibaba-compatible API sends from the one "
-            "extension range's number plus SmsUpExtendCode.",
+            "description": "source addresses assigned to the account: numbers (international "
+            "with +, not 00), alphanumeric ids, and extension ranges (a number then *: that "
+            "number with digits appended, up to 20). An address an account holds is its own: "
+            "no other account may send from it (403 SENDER_NOT_ALLOWED; a narrower claim, an "
+            "exact number inside a range, wins), and a reply to it is the account's. An "
+            "account with a list sends only from it; one without may use any address nobody "
+            "holds, unless rules.sender_policy is assigned. The Alibaba-compatible API sends "
+            "from the one extension range's number plus SmsUpExtendCode.",
         },
     }
 

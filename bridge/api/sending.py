@@ -40,17 +40,30 @@ async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
         raise ApiError("TARIFF_NOT_FOUND", exc.message, status=503) from None
 
 
+async def check_sender(ctx: ApiContext, account: Account, sender: str) -> None:
+    """SENDER_NOT_ALLOWED unless the account may send from `sender` (bridge/domain/senders.py):
+    its own list read fresh with the account, the others' from the shared cache."""
+    others = await ctx.sender_assignments.all()
+    assigned_only = ctx.config.rules.sender_policy == "assigned"
+    if senders.may_send(account.id, account.senders, sender, others, assigned_only=assigned_only):
+        return
+    if senders.claim_rank(account.senders, sender) is not None:
+        why = "another account holds it more firmly"
+    elif senders.owners(others, sender):
+        why = "another account holds it"
+    elif account.senders:
+        why = "not one of the addresses assigned to this account"
+    else:
+        why = "this account has no assigned addresses (send without a sender)"
+    raise ApiError("SENDER_NOT_ALLOWED", f"sender {sender}: {why}")
+
+
 async def prepare_send(
     ctx: ApiContext, account: Account, req: SendRequest, now_ms: int
 ) -> tuple[str, list[NewMessage], Rules]:
     """Render, encode, route and price; ApiError for what can be refused without the store."""
-    assigned_only = ctx.config.rules.sender_policy == "assigned"
-    if not senders.may_send(account.senders, req.sender, assigned_only=assigned_only):
-        raise ApiError(
-            "SENDER_NOT_ALLOWED",
-            f"sender {req.sender}: not an address assigned to this account"
-            + ("" if account.senders else " (it has none: send without a sender)"),
-        )
+    if req.sender is not None:
+        await check_sender(ctx, account, req.sender)
     rules = ctx.send_rules
     template = await rules.template(account.id, req.template) if req.template is not None else None
     tariff = await current_tariff(ctx, now_ms)

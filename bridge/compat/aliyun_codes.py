@@ -109,9 +109,8 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         # content and recipients policy
         "MARKETING_NOT_ALLOWED": _biz("isv.PRODUCT_UNSUBSCRIBE", "产品未开通"),
         "RAW_TEXT_NOT_ALLOWED": _biz("isp.RAM_PERMISSION_DENY", "RAM权限DENY"),
-        "SENDER_NOT_ALLOWED": _biz(
-            "isp.RAM_PERMISSION_DENY", "RAM权限DENY"
-        ),  # not reached: see _extend
+        # Base plus SmsUpExtendCode making a number another account holds (an exact claim).
+        "SENDER_NOT_ALLOWED": _biz("isp.RAM_PERMISSION_DENY", "RAM权限DENY"),
         "CONTENT_FILTERED": _biz("isv.SMS_CONTENT_ILLEGAL", "短信内容包含禁止发送内容"),
         "RECIPIENT_OPTED_OUT": _BLACKLISTED,
         "RECIPIENT_BLOCKED": _BLACKLISTED,

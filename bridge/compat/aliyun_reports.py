@@ -65,13 +65,27 @@ def sms_report(m: MessageRecord, tz: str, domestic_prefix: str = "+86") -> dict[
 
 
 def sms_up(
-    mo: MoMessage, tz: str, sign_name: str | None = None, domestic_prefix: str = "+86"
+    mo: MoMessage,
+    tz: str,
+    sign_name: str | None = None,
+    domestic_prefix: str = "+86",
+    extension_base: str | None = None,
 ) -> dict[str, Any]:
+    """`dest_code` is the extension code (what SmsUpExtendCode set, by which Alibaba-written
+    receivers match a reply to its send): the address the reply went to past the account's
+    extension base, or the whole address when it is not under it."""
     return {
         "phone_number": phone(mo.source, domestic_prefix),
         "send_time": local_time(mo.received_at, tz),
         "content": mo.text,
         "sign_name": sign_name or "",
-        "dest_code": mo.destination,
+        "dest_code": _dest_code(mo.destination, extension_base),
         "sequence_id": int(mo.received_at),
     }
+
+
+def _dest_code(destination: str, base: str | None) -> str:
+    if base is None:
+        return destination
+    digits, base_digits = destination.lstrip("+"), base.lstrip("+")
+    return digits[len(base_digits) :] if digits.startswith(base_digits) else destination

@@ -11,9 +11,11 @@ them) to a tenant's dedicated number are attributed by history alone, so a secon
 to the same person from that number would receive them. With it, a tenant sends only from its
 own addresses, and a reply to an address one tenant holds goes to that tenant.
 
-An account with no list is not restricted (as Kannel and Jasmin users expect by default) unless
+An address somebody holds is its holders' alone, whatever the others' lists. An account with no
+list may send from any address nobody holds (as Kannel and Jasmin users expect by default) unless
 the operator sets `rules.sender_policy: assigned`, which then leaves it the SMSC's default source
-only. Sending with no sender (the SMSC's default) is always allowed: that address is shared.
+only. Sending with no sender (the SMSC's default) is always allowed: that address is shared, and
+only an exact assignment claims the replies to it (bridge/pipeline/inbound.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import re
 from collections.abc import Iterable, Sequence
 
 MAX_ENTRIES = 100
-_ENTRY = re.compile(r"\+?[0-9]{1,20}\*?|[A-Za-z0-9 ._-]{1,11}", re.ASCII)
+# Alphanumeric ids may hold inner blanks ("MY SHOP"), not outer ones (" ACME" would be an id of
+# its own, and the customer's sends as ACME refused while the list looked right).
+_ENTRY = re.compile(
+    r"\+?[0-9]{1,20}\*?|[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]{0,9}[A-Za-z0-9._-])?", re.ASCII
+)
 EXACT = 1_000  # an exact claim outranks any extension range
 
 
@@ -51,8 +57,12 @@ def parse_entries(value: object) -> tuple[str, ...]:
         if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
             raise SenderError(
                 f"senders[{i}]: a number (up to 20 digits, optionally followed by * for an "
-                "extension range) or up to 11 letters/digits"
+                "extension range) or up to 11 letters/digits, no blank at either end"
             )
+        if entry.startswith("00"):
+            # "0044..." is "+44..." written for dialling, but a leading 00 cannot be read so in
+            # general (0011 is Australia's prefix): the same number would count as another.
+            raise SenderError(f"senders[{i}]: write an international number with +, not 00")
         out.setdefault(_key(entry.rstrip("*")) + ("*" if entry.endswith("*") else ""), entry)
     return tuple(out.values())
 
@@ -72,13 +82,25 @@ def claim_rank(entries: Sequence[str], address: str) -> int | None:
     return best
 
 
-def may_send(entries: Sequence[str], sender: str | None, *, assigned_only: bool) -> bool:
-    """Whether an account with these `entries` may send from `sender` (None: the SMSC default)."""
+def may_send(
+    account: str,
+    entries: Sequence[str],
+    sender: str | None,
+    others: Iterable[tuple[str, Sequence[str]]],
+    *,
+    assigned_only: bool,
+) -> bool:
+    """Whether `account`, with these `entries`, may send from `sender` (None: the SMSC default),
+    given the `others`' assignments: an address somebody holds is its holders' alone (the
+    firmest: a customer's exact 10690012 inside a reseller's 106900*), or the replies to the
+    message, opt-outs among them, would go to another tenant; an address nobody holds is free
+    to an account without a list, unless `assigned_only`."""
     if sender is None:
         return True
-    if not entries:
-        return not assigned_only
-    return claim_rank(entries, sender) is not None
+    holders = owners([*((a, e) for a, e in others if a != account), (account, entries)], sender)
+    if holders:
+        return account in holders
+    return not entries and not assigned_only
 
 
 def owners(assignments: Iterable[tuple[str, Sequence[str]]], address: str) -> tuple[str, ...]:

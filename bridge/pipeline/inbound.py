@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge import logs
+from bridge.assignments import Assignments
 from bridge.config import SmscConfig
 from bridge.domain import senders
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
@@ -74,10 +75,9 @@ class Inbound:
         self.optouts = 0
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
         self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
-        # (account, assigned senders) of the accounts that have some, read at most every
-        # ASSIGNMENTS_TTL_MS: replies can come in storms (a vote), accounts seldom change.
-        self._assigned: list[tuple[str, tuple[str, ...]]] = []
-        self._assigned_at: int | None = None
+        # The accounts' assigned senders, cached (replies come in storms, accounts seldom
+        # change).
+        self.assignments = Assignments(store, clock=clock, ttl_s=ASSIGNMENTS_TTL_MS / 1000)
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -262,7 +262,7 @@ class Inbound:
         # An address the operator assigned to an account is that account's: a reply to it goes
         # there even if another account wrote to the same person from it (history decides only
         # among the holders, or among everyone when nobody holds the address).
-        holders = await self._holders(destination, now_ms)
+        holders = await self._holders(destination, default)
         found = await self.store.attribute_mo(
             source, forms, now_ms, default=default, accounts=holders
         )
@@ -271,15 +271,14 @@ class Inbound:
         account, sign = found if found is not None else (None, None)
         return source, account, sign
 
-    async def _holders(self, destination: str, now_ms: int) -> tuple[str, ...]:
-        if self._assigned_at is None or not 0 <= now_ms - self._assigned_at < ASSIGNMENTS_TTL_MS:
-            self._assigned = [
-                (a.id, a.senders)
-                for a in await self.store.list_accounts()
-                if a.senders and a.status != "closed"
-            ]
-            self._assigned_at = now_ms
-        return senders.owners(self._assigned, destination)
+    async def _holders(self, destination: str, default: bool) -> tuple[str, ...]:
+        assigned = await self.assignments.all()
+        if default:
+            # The SMSC's default source is shared by every send without a sender: a range that
+            # happens to cover it must not take the replies to all of them (opt-outs among
+            # them). Only an operator's exact assignment of that address does.
+            assigned = [(a, tuple(e for e in ent if not e.endswith("*"))) for a, ent in assigned]
+        return senders.owners(assigned, destination)
 
     async def flush_stale_mo(
         self, now_ms: int, *, timeout_ms: int = 300_000, limit: int = STALE_MO_BATCH
@@ -514,9 +513,7 @@ def join_runs(parts: list[MoPart]) -> str:
             runs[-1].append(p)
         else:
             runs.append([p])
-    return GAP.join(
-        mo_text(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs
-    )
+    return GAP.join(mo_text(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs)
 
 
 def _e164(addr: str, ton: int) -> str:

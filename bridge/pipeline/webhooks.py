@@ -25,6 +25,7 @@ from bridge.api import signing
 from bridge.api.views import iso, status_report
 from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
+from bridge.domain import senders
 from bridge.metrics import Metrics
 from bridge.store.base import Store
 from bridge.store.models import WebhookJob
@@ -171,7 +172,12 @@ class WebhookSender:
                 return None
             account = await self.store.get_account(job.account_id)
             if account is not None and account.report_format == "aliyun":
-                return aliyun_reports.sms_up(mo, self.tz, sign_name=mo.sign_name)
+                return aliyun_reports.sms_up(
+                    mo,
+                    self.tz,
+                    sign_name=mo.sign_name,
+                    extension_base=senders.extension_base(account.senders),
+                )
             item = {
                 "type": "message.inbound",
                 "mo_id": mo.id,

@@ -36,8 +36,19 @@ def account_row(row: Sequence[Any]) -> Account:
         updated_at=row[13],
         low_balance_threshold=row[14],
         report_format=row[15],
-        senders=tuple(jsonio.loads(row[16])) if row[16] else (),
+        senders=senders_of(row[16]),
     )
+
+
+def senders_of(value: str | None) -> tuple[str, ...]:
+    """The `senders` column read back (a JSON list, or NULL)."""
+    return tuple(jsonio.loads(value)) if value else ()
+
+
+# Both engines: the accounts an assignment check or a reply attribution must know about.
+ASSIGNMENTS_SQL = (
+    "SELECT id, senders FROM accounts WHERE senders IS NOT NULL AND status <> 'closed' ORDER BY id"
+)
 
 
 def column_value(name: str, value: Any) -> Any:

@@ -223,6 +223,10 @@ class Store(Protocol):
         stored already (a redelivery, or a sweep redone after a crash): kept once, pushed once."""
         ...
 
+    async def sender_assignments(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(account, senders) of every account not closed whose list is not empty."""
+        ...
+
     async def attribute_mo(
         self,
         source: str,

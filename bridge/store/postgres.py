@@ -39,9 +39,10 @@ from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
 from bridge.store import postgres_rules as rules_sql
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
+from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
 from bridge.store.account_rows import account_row as _account
-from bridge.store.account_rows import column_value
+from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     CLOSED_MESSAGE,
@@ -1133,6 +1134,10 @@ class PostgresStore(RulesStoreMixin):
             return inserted
 
         return await run_tx(self.pool, job)
+
+    async def sender_assignments(self) -> list[tuple[str, tuple[str, ...]]]:
+        rows = await self.pool.fetch(_ASSIGNMENTS_SQL)
+        return [(r[0], senders_of(r[1])) for r in rows]
 
     async def attribute_mo(
         self,

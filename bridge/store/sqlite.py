@@ -15,8 +15,9 @@ from bridge.store import migrate, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
+from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import account_row as _account
-from bridge.store.account_rows import column_value
+from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
@@ -865,6 +866,13 @@ class SqliteStore(RulesStoreMixin):
             return inserted
 
         return await self._runner.write(job)
+
+    async def sender_assignments(self) -> list[tuple[str, tuple[str, ...]]]:
+        def job(c: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]]:
+            rows = c.execute(_ASSIGNMENTS_SQL)
+            return [(r[0], senders_of(r[1])) for r in rows]
+
+        return await self._runner.read(job)
 
     async def attribute_mo(
         self,

@@ -205,7 +205,7 @@ async def _senders(face: Face, creds: Creds) -> list[tuple[str, str | None]]:
 async def test_send_sms_sends_from_the_base_plus_the_extension_code(
     face: Face, code: str | None, sender: str
 ) -> None:
-    """A reply to that number then comes back to this account (tests/integration/test_assigned_senders)."""
+    """A reply to that number then comes back to this account (test_assigned_senders)."""
     creds, template = await _extended_account(face, ["ACME", "106900*"])
     params = {} if code is None else {"SmsUpExtendCode": code}
     raw = await _call(

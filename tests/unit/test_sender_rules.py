@@ -33,6 +33,7 @@ def test_parse_keeps_order_and_drops_repeats_of_the_same_address() -> None:
     # A range and the exact base number are different claims.
     assert parse_entries(["106900", "106900*"]) == ("106900", "106900*")
     assert parse_entries([]) == ()
+    assert parse_entries(["MY SHOP", "A", "0800123"]) == ("MY SHOP", "A", "0800123")
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,10 @@ def test_parse_keeps_order_and_drops_repeats_of_the_same_address() -> None:
         (["AC*"], "senders[0]"),  # ranges are numeric
         (["10*6"], "senders[0]"),
         (["ACME\n"], "senders[0]"),
+        ([" ACME"], "no blank at either end"),
+        (["ACME "], "no blank at either end"),
+        (["00447700900123"], "with +, not 00"),
+        (["00*"], "with +, not 00"),
         (["x"] * 101, "at most 100"),
     ],
 )
@@ -65,8 +70,8 @@ def test_may_send_from_its_own_addresses_only() -> None:
     mine = ("ACME", "+447700900123", "106900*")
     for sender in ("ACME", "acme", "Acme", "447700900123", "+447700900123", "106900",
                    "10690012", "1069001234567890", None):  # fmt: skip
-        assert may_send(mine, sender, assigned_only=False), sender
-        assert may_send(mine, sender, assigned_only=True), sender
+        assert may_send("me", mine, sender, (), assigned_only=False), sender
+        assert may_send("me", mine, sender, (), assigned_only=True), sender
     for sender in (
         "ACME2",
         "BANK",
@@ -76,13 +81,35 @@ def test_may_send_from_its_own_addresses_only() -> None:
         "106900ABC",
         "106900123456789012345",
     ):  # fmt: skip  (the last is 21 digits)
-        assert not may_send(mine, sender, assigned_only=False), sender
+        assert not may_send("me", mine, sender, (), assigned_only=False), sender
 
 
 def test_an_account_without_a_list_follows_the_policy() -> None:
-    assert may_send((), "BANK", assigned_only=False)
-    assert not may_send((), "BANK", assigned_only=True)
-    assert may_send((), None, assigned_only=True)  # the SMSC default is shared
+    assert may_send("me", (), "BANK", (), assigned_only=False)
+    assert not may_send("me", (), "BANK", (), assigned_only=True)
+    assert may_send("me", (), None, (), assigned_only=True)  # the SMSC default is shared
+
+
+def test_an_address_somebody_holds_is_its_holders_alone() -> None:
+    others = [("bank", ("BANK", "30000")), ("reseller", ("106900*",)), ("shop", ("10690012",))]
+    # Nobody else may send from a held address, listed or not, open policy or not.
+    assert not may_send("me", (), "bank", others, assigned_only=False)
+    assert not may_send("me", (), "30000", others, assigned_only=False)
+    assert not may_send("me", ("ACME",), "BANK", others, assigned_only=False)
+    assert may_send("bank", ("BANK", "30000"), "BANK", others, assigned_only=True)
+    # The firmest claim wins: the reseller may not send from its customer's exact number, but
+    # from the rest of its range; the customer from its own.
+    assert not may_send("reseller", ("106900*",), "10690012", others, assigned_only=False)
+    assert may_send("reseller", ("106900*",), "10690013", others, assigned_only=False)
+    assert may_send("shop", ("10690012",), "10690012", others, assigned_only=False)
+    # An address given to two accounts is both of theirs.
+    twice = [("a", ("40000",)), ("b", ("40000",))]
+    assert may_send("a", ("40000",), "40000", twice, assigned_only=False)
+    assert may_send("b", ("40000",), "40000", twice, assigned_only=False)
+    assert not may_send("c", (), "40000", twice, assigned_only=False)
+    # The account's own fresh list stands in for whatever the (cached) others say of it.
+    stale = [("me", ())]
+    assert may_send("me", ("NEW",), "NEW", stale, assigned_only=True)
 
 
 @given(base=digits, tail=st.text("0123456789", max_size=20))
@@ -91,8 +118,8 @@ def test_a_range_holds_every_extension_up_to_twenty_digits(base: str, tail: str)
     rank = claim_rank((base + "*",), number)
     if len(number) <= 20:
         assert rank == len(base)
-        assert may_send((base + "*",), number, assigned_only=True)
-        assert may_send((base + "*",), "+" + number, assigned_only=True)
+        assert may_send("me", (base + "*",), number, (), assigned_only=True)
+        assert may_send("me", (base + "*",), "+" + number, (), assigned_only=True)
     else:
         assert rank is None
 
