@@ -65,6 +65,7 @@ CODES: dict[str, int] = {
     "SIGN_NAME_TAKEN": 409,
     "TARIFF_EXISTS": 409,
     "OPTOUT_BY_RECIPIENT": 409,
+    "NOT_CANCELABLE": 409,
     "BODY_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     # 422: well-formed but not acceptable

@@ -66,6 +66,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
     "ACCOUNT_RATE_LIMIT": "The account's messages-per-second rate (tps) is exceeded; see "
     "Retry-After.",
+    "NOT_CANCELABLE": "The message is on a bind, sent or final: only a queued or scheduled "
+    "message can be canceled.",
     "SENDER_NOT_ALLOWED": "The sender is another account's (assigned to it, or held more firmly "
     "by it), or not one of this account's assigned addresses (or the account has none and "
     "rules.sender_policy is assigned); the message says which.",
@@ -512,6 +514,17 @@ def _schemas() -> dict[str, Any]:
         "MessagePart": part,
         "Message": _obj({**message, "parts": {"type": "array", "items": _schema("MessagePart")}}),
         "MessageSummary": _obj(message),
+        "BatchCanceled": _obj(
+            {
+                "batch_id": {"type": "string", "pattern": "^bat_[0-9A-Z]{26}$"},
+                "canceled": {"type": "integer", "minimum": 0},
+                "not_cancelable": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "on a bind, sent or final already: they go on",
+                },
+            }
+        ),
         "MessageList": _obj(
             {
                 "messages": {"type": "array", "items": _schema("MessageSummary")},
@@ -750,6 +763,25 @@ def _paths() -> dict[str, Any]:
                 "One message with its parts",
                 {"200": _ok("Message", "the message"), **_errors(404)},
                 parameters=[msg_id],
+            ),
+        },
+        "/v1/messages/{id}/cancel": {
+            "post": _v1_op(
+                "cancelMessage",
+                "Cancel a message still queued or scheduled: it ends expired with error "
+                "CANCELED, refunded, and its status report is pushed",
+                {"200": _ok("Message", "canceled: the message now"), **_errors(404, 409)},
+                parameters=[msg_id],
+            ),
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": _v1_op(
+                "cancelBatch",
+                "Cancel every message of a batch still queued or scheduled (the others go on)",
+                {"200": _ok("BatchCanceled", "what was canceled"), **_errors(404)},
+                parameters=[
+                    _path_param("batch_id", "the batch_id a send answered (bat_...)"),
+                ],
             ),
         },
         "/v1/preview": {

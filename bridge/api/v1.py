@@ -19,6 +19,7 @@ from bridge.api.sending import after_accept, check_queue, outcome_error, prepare
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
+from bridge.ids import id_time_ms
 from bridge.store.models import (
     AcceptBatch,
     AcceptOutcome,
@@ -34,6 +35,7 @@ log = logging.getLogger("bridge.api")
 
 _IDEM_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _MSG_ID = re.compile(r"msg_[0-9A-Z]{26}")
+_BATCH_ID = re.compile(r"bat_[0-9A-Z]{26}")
 _STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
 
 
@@ -238,6 +240,48 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(message_view(record))
 
 
+async def cancel_message(request: web.Request) -> web.Response:
+    """A message still queued or scheduled ends `expired` with error CANCELED, refunded, and
+    its status report is pushed; one on a bind, sent or final is 409 NOT_CANCELABLE."""
+    ctx = ctx_of(request)
+    account = request[PRINCIPAL].account
+    mid = request.match_info["id"]
+    canceled, found = (0, 0)
+    if _MSG_ID.fullmatch(mid):
+        canceled, found = await ctx.store.cancel_queued(account.id, ctx.now_ms(), message_id=mid)
+    record = await ctx.store.get_message(account.id, mid) if found else None
+    if record is None:
+        raise ApiError("NOT_FOUND", f"no message {mid!r}")
+    if not canceled:
+        raise ApiError(
+            "NOT_CANCELABLE",
+            f"message {mid} is {record.state}: only a queued or scheduled message can be canceled",
+        )
+    log.info("message canceled", extra={"account": account.id, "message_id": mid})
+    return json_response(message_view(record))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    """Every message of the batch still queued or scheduled, canceled as cancel_message does;
+    the others are counted, not refused: a campaign half sent is stopped where it is."""
+    ctx = ctx_of(request)
+    account = request[PRINCIPAL].account
+    bid = request.match_info["batch_id"]
+    at = id_time_ms(bid, "bat_") if _BATCH_ID.fullmatch(bid) else None
+    canceled, found = (0, 0)
+    if at is not None:  # a batch's messages carry its id's time as accepted_at
+        canceled, found = await ctx.store.cancel_queued(account.id, ctx.now_ms(), batch=(bid, at))
+    if not found:
+        raise ApiError("NOT_FOUND", f"no batch {bid!r}")
+    log.info(
+        "batch canceled",
+        extra={"account": account.id, "batch_id": bid, "canceled": canceled, "found": found},
+    )
+    return json_response(
+        {"batch_id": bid, "canceled": canceled, "not_cancelable": found - canceled}
+    )
+
+
 async def list_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
@@ -362,5 +406,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_get("/v1/messages", list_messages)
     app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_post("/v1/messages/{id}/cancel", cancel_message)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
     app.router.add_post("/v1/preview", post_preview)
     app.router.add_get("/v1/account", get_account)

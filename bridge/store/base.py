@@ -342,4 +342,18 @@ class Store(Protocol):
 
     # erasure
     async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int: ...
+    async def cancel_queued(
+        self,
+        account_id: str,
+        now: int,
+        *,
+        message_id: str | None = None,
+        batch: tuple[str, int] | None = None,
+    ) -> tuple[int, int]:
+        """End this account's message (`message_id`), or a batch's (`batch`: its id and the
+        accepted_at its id carries), that still wait in the queue, scheduled ones included, as
+        expired CANCELED, refunded like any message that ends unsent. (canceled, found): those
+        found but not canceled are on a bind, sent or final."""
+        ...
+
     async def close_account(self, account_id: str, now: int) -> bool: ...

@@ -684,6 +684,29 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
+    async def cancel_queued(
+        self,
+        account_id: str,
+        now: int,
+        *,
+        message_id: str | None = None,
+        batch: tuple[str, int] | None = None,
+    ) -> tuple[int, int]:
+        if message_id is not None:
+            where, args = "account_id = $1 AND id = $2", (account_id, message_id)
+        elif batch is not None:  # accepted_at first: the (account_id, accepted_at) index
+            where = "account_id = $1 AND accepted_at = $2 AND batch_id = $3"
+            args = (account_id, batch[1], batch[0])
+        else:
+            raise ValueError("cancel_queued: a message id or a batch")
+
+        async def job(c: asyncpg.Connection) -> tuple[int, int]:
+            found = await c.fetchval(f"SELECT COUNT(*) FROM messages WHERE {where}", *args)
+            ended = await _end_queued_where(c, where, args, "CANCELED", now)
+            return ended, int(found)
+
+        return await run_tx(self.pool, job)
+
     async def close_account(self, account_id: str, now: int) -> bool:
         async def job(c: asyncpg.Connection) -> bool:
             # The account lock first, as an accept takes it: no send slips in while closing.
@@ -716,7 +739,15 @@ async def _end_queued(
     c: asyncpg.Connection, account_id: str, numbers: list[str], error: str, now: int
 ) -> None:
     """End this account's messages to `numbers` that still wait in the queue (scheduled ones
-    included) as expired unsent with `error`, refunded like any message that ends unsent. The
+    included) as expired unsent with `error`, refunded like any message that ends unsent."""
+    where = "account_id = $1 AND recipient = ANY($2::text[])"
+    await _end_queued_where(c, where, (account_id, numbers), error, now)
+
+
+async def _end_queued_where(
+    c: asyncpg.Connection, where: str, args: Sequence[Any], error: str, now: int
+) -> int:
+    """The messages `where` finds that still wait in the queue, ended as _end_queued says. The
     rows are locked in id order (the pipeline's order); a message a dispatcher holds is not
     queued and goes out."""
     from bridge.domain import lifecycle as lc
@@ -725,10 +756,9 @@ async def _end_queued(
     queued = [
         r[0]
         for r in await c.fetch(
-            "SELECT id FROM messages WHERE account_id = $1 AND recipient = ANY($2::text[]) "
+            f"SELECT id FROM messages WHERE {where} "
             "AND q_state = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED",
-            account_id,
-            numbers,
+            *args,
         )
     ]
     if queued:
@@ -741,6 +771,7 @@ async def _end_queued(
             error,
         )
         await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+    return len(queued)
 
 
 async def _erase(

@@ -661,6 +661,30 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
+    async def cancel_queued(
+        self,
+        account_id: str,
+        now: int,
+        *,
+        message_id: str | None = None,
+        batch: tuple[str, int] | None = None,
+    ) -> tuple[int, int]:
+        if message_id is not None:
+            where, args = "account_id=? AND id=?", (account_id, message_id)
+        elif batch is not None:  # accepted_at first: the (account_id, accepted_at) index
+            where, args = (
+                "account_id=? AND accepted_at=? AND batch_id=?",
+                (account_id, batch[1], batch[0]),
+            )
+        else:
+            raise ValueError("cancel_queued: a message id or a batch")
+
+        def job(c: sqlite3.Connection) -> tuple[int, int]:
+            found = c.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
+            return _end_queued(c, where, args, "CANCELED", now), found
+
+        return await self._runner.write(job)
+
     async def close_account(self, account_id: str, now: int) -> bool:
         def job(c: sqlite3.Connection) -> bool:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:

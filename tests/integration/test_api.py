@@ -1459,6 +1459,7 @@ async def test_every_route_is_documented_and_every_documented_route_exists(
     samples = {
         "{ref}": "acme", "{key}": "AK00", "{id}": "msg_X", "{name}": "Acme",
         "{code}": "SMS_123456789", "{number}": "+8613800138000", "{month}": "2026-11",
+        "{batch_id}": "bat_X",
     }  # fmt: skip
     for route in app.router.routes():
         if route.method == "HEAD":
