@@ -693,6 +693,9 @@ class AliyunConfig:
     port: int = field(default=8081, metadata=meta(between(1, 65535)))
     # SendSms carries up to 1000 numbers in the query: ~14 KB request lines.
     max_line_size: int = field(default=65_536, metadata=meta(between(8190, 1_048_576)))
+    # How far a call's Timestamp may be from the server's clock. Alibaba accepts 15 minutes, and
+    # SDK users whose clocks drift that far would be refused here with the native API's 300 s.
+    clock_skew_s: int = field(default=900, metadata=meta(between(30, 3600)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

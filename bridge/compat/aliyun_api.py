@@ -73,7 +73,7 @@ async def handle(request: web.Request) -> web.Response:
             request.headers.get("Content-Type"),
         )
         fmt, action = call.format, call.action
-        skew = ctx.config.server.clock_skew_s
+        skew = ctx.config.aliyun.clock_skew_s
         check_timestamp(call.timestamp, ctx.clock(), skew)
         found = await ctx.auth.lookup(call.access_key_id)
         if found is None:

@@ -24,6 +24,7 @@ from tests.integration.test_aliyun_api import (
     raw_post,
     rpc_v1_params,
     rpc_v1_query,
+    utc_stamp,
 )
 
 face = base.face  # the fixture: an aliyun face over the test store, its clock at the real time
@@ -42,6 +43,22 @@ def test_year_zero_is_a_format_error_not_a_crash(value: str) -> None:
     with pytest.raises(AliyunAuthError) as raised:
         parse_timestamp(value)
     assert (raised.value.code, raised.value.http_status) == ("InvalidTimeStamp.Format", 400)
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "status", "code"),
+    [(-600, 200, "OK"), (600, 200, "OK"), (-960, 400, "InvalidTimeStamp.Expired"),
+     (960, 400, "InvalidTimeStamp.Expired")],
+)  # fmt: skip
+async def test_a_timestamp_within_alibabas_fifteen_minutes_is_accepted(
+    face: Face, offset_s: int, status: int, code: str
+) -> None:
+    """aliyun.clock_skew_s (900, as Alibaba): an SDK on a clock 10 minutes off still works; it
+    was refused with the native API's 300 s."""
+    creds = await face.api.create_account(raw_text=False)
+    when = utc_stamp(face.clock() + offset_s)
+    raw = await _call(face, creds, "QuerySmsSign", SignName="Acme", Timestamp=when)
+    assert (raw.status, raw.json["Code"]) == (status, code), raw.json
 
 
 def test_first_and_last_representable_years_parse() -> None:
