@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.compat.aliyun_reports import local_time, phone, sms_report, sms_up
+from bridge.compat.aliyun_reports import local_time, phone, sequence_id, sms_report, sms_up
 from bridge.store.models import MessageRecord, MoMessage
 
 T0 = 1_795_930_800_000  # 2026-11-29T05:40:00Z = 13:40:00 in Asia/Shanghai
@@ -56,8 +56,19 @@ def test_an_inbound_reply_in_the_smsup_shape() -> None:
         "content": "TD",
         "sign_name": "Acme",
         "dest_code": "1069000",
-        "sequence_id": T0,
+        "sequence_id": sequence_id("mo_1"),
     }
+
+
+def test_sequence_ids_are_per_mo_stable_and_json_safe() -> None:
+    ids = [f"mo_{i:024x}" for i in range(5000)]
+    seqs = [sequence_id(i) for i in ids]
+    assert len(set(seqs)) == len(ids)  # two replies in one millisecond no longer share one
+    assert seqs == [sequence_id(i) for i in ids]  # the same in every push
+    assert all(0 <= s < 2**53 for s in seqs)
+    a = MoMessage("mo_a", "acc_1", "sim", "+8613800138000", "1069000", "x", T0)
+    b = MoMessage("mo_b", "acc_1", "sim", "+8613800138001", "1069000", "y", T0)
+    assert sms_up(a, "UTC")["sequence_id"] != sms_up(b, "UTC")["sequence_id"]
 
 
 def test_helpers() -> None:
