@@ -555,6 +555,17 @@ async def make_api(
 
 
 @pytest.fixture
+async def engine_api(engine: Any, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
+    """The server (start_api) on the store of the test module's `engine` fixture
+    (tests/store_engines.py: every engine in turn) instead of a SQLite file."""
+    served = await start_api(tmp_path, clock, store=engine.new_store())
+    try:
+        yield served
+    finally:
+        await served.close()
+
+
+@pytest.fixture
 async def api_server(make_api: Callable[..., Awaitable[ApiServer]]) -> ApiServer:
     return await make_api()
 

@@ -9,7 +9,6 @@ is checked against /openapi.json by the conftest (check_reply).
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,8 @@ DEFAULT_SOURCE = "10690000"  # the SMSC's own source: messages without a sender 
 
 
 @pytest.fixture
-async def api(engine: EngineHandle, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
-    served = await start_api(tmp_path, clock, store=engine.new_store())
-    try:
-        yield served
-    finally:
-        await served.close()
+def api(engine_api: ApiServer) -> ApiServer:
+    return engine_api  # the conftest's server on each store engine
 
 
 async def _assign(api: ApiServer, creds: Creds, senders: Any) -> Reply:

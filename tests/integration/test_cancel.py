@@ -9,7 +9,6 @@ A real HTTP server on each store engine of tests/store_engines.py; claims are th
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.integration.conftest import ApiServer, Clock, Creds, start_api  # noqa: E402
-from tests.store_engines import EngineHandle  # noqa: E402
+from tests.integration.conftest import ApiServer, Creds  # noqa: E402
 
 engine = engines.engine
 
@@ -30,12 +28,8 @@ CN = ["+8613800138000", "+8613800138001", "+8613800138002"]
 
 
 @pytest.fixture
-async def api(engine: EngineHandle, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
-    served = await start_api(tmp_path, clock, store=engine.new_store())
-    try:
-        yield served
-    finally:
-        await served.close()
+def api(engine_api: ApiServer) -> ApiServer:
+    return engine_api  # the conftest's server on each store engine
 
 
 def _tomorrow(api: ApiServer) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,9 @@ from bridge.store.base import Store  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
     ADMIN_TOKEN,
     ApiServer,
-    Clock,
     Creds,
     Reply,
-    start_api,
 )
-from tests.store_engines import EngineHandle  # noqa: E402
 
 engine = engines.engine
 
@@ -48,13 +44,8 @@ SHORT_CODE = "10690000"  # the SMSC's default source: messages without a sender 
 
 
 @pytest.fixture
-async def api(engine: EngineHandle, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
-    """The conftest's server (start_api) on this engine's store instead of a SQLite file."""
-    served = await start_api(tmp_path, clock, store=engine.new_store())
-    try:
-        yield served
-    finally:
-        await served.close()
+def api(engine_api: ApiServer) -> ApiServer:
+    return engine_api  # the conftest's server on each store engine
 
 
 def _refused(r: Reply, status: int, code: str, *words: str) -> None:
