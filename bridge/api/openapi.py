@@ -257,7 +257,9 @@ def _v1_op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) ->
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
-        "tags": ["messages" if "essage" in op_id or op_id == "preview" else "account"],
+        "tags": [
+            "messages" if "essage" in op_id or op_id in ("preview", "cancelBatch") else "account"
+        ],
         "security": [{"BridgeHmac": []}],
         "parameters": params + extra.pop("parameters", []),
         "responses": {**responses, **_errors(*_V1_ERRORS)},

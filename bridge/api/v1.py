@@ -241,8 +241,8 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def cancel_message(request: web.Request) -> web.Response:
-    """A message still queued or scheduled ends `expired` with error CANCELED, refunded, and
-    its status report is pushed; one on a bind, sent or final is 409 NOT_CANCELABLE."""
+    """A message still queued or scheduled, never handed to an SMSC, ends `expired` with error
+    CANCELED, refunded, and its status report is pushed; any other is 409 NOT_CANCELABLE."""
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
     mid = request.match_info["id"]
@@ -253,9 +253,15 @@ async def cancel_message(request: web.Request) -> web.Response:
     if record is None:
         raise ApiError("NOT_FOUND", f"no message {mid!r}")
     if not canceled:
+        why = (
+            "was handed to an SMSC already (on a bind, or waiting to retry a submit that may "
+            "have reached it)"
+            if record.state == "queued"
+            else f"is {record.state}"
+        )
         raise ApiError(
             "NOT_CANCELABLE",
-            f"message {mid} is {record.state}: only a queued or scheduled message can be canceled",
+            f"message {mid} {why}: only a message not yet handed to an SMSC can be canceled",
         )
     log.info("message canceled", extra={"account": account.id, "message_id": mid})
     return json_response(message_view(record))

@@ -316,7 +316,7 @@ def _outcome_of(exc: Exception) -> AcceptOutcome:
 
 
 # A clock reading whose round trip took longer is not used for the offset (PostgresStore).
-OFFSET_MAX_RTT_S = 0.05
+OFFSET_MAX_RTT_S = 2.0
 OFFSET_STEP_MS = 250
 
 
@@ -369,12 +369,14 @@ class PostgresStore(RulesStoreMixin):
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", timeout=5
         )
         t1 = self._local_clock()
-        if t1 - t0 > OFFSET_MAX_RTT_S:  # a slow answer says little about the time it was read
+        if t1 - t0 > OFFSET_MAX_RTT_S:  # a reading this slow says little about the time
             return
-        measured = int(db_ms) - int((t0 + t1) * 500)
-        # Moves under OFFSET_STEP_MS are kept out: leases and heartbeats are seconds long, and a
-        # steady offset keeps an instance's own times exactly comparable with each other.
-        if abs(measured - self.clock_offset_ms) >= OFFSET_STEP_MS:
+        measured = int(db_ms) - int((t0 + t1) * 500)  # off by at most half the round trip
+        # Moves under OFFSET_STEP_MS, or within the reading's own uncertainty, are kept out:
+        # leases and heartbeats are seconds long, and a steady offset keeps an instance's own
+        # times exactly comparable with each other. A database far away (a round trip of a few
+        # hundred ms) is still measured, to within that.
+        if abs(measured - self.clock_offset_ms) >= max(OFFSET_STEP_MS, (t1 - t0) * 1000):
             self.clock_offset_ms = measured
 
     async def close(self) -> None:

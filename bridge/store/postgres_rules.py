@@ -32,6 +32,7 @@ from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
+    NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
     dnc_entry_for_number,
@@ -702,7 +703,11 @@ class RulesStoreMixin:
 
         async def job(c: asyncpg.Connection) -> tuple[int, int]:
             found = await c.fetchval(f"SELECT COUNT(*) FROM messages WHERE {where}", *args)
-            ended = await _end_queued_where(c, where, args, "CANCELED", now)
+            # Waiting for rows a claim scan holds a moment (not skipping them): PostgreSQL then
+            # reads them again, so a message the claim did not take is still canceled.
+            ended = await _end_queued_where(
+                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, wait=True
+            )
             return ended, int(found)
 
         return await run_tx(self.pool, job)
@@ -745,7 +750,13 @@ async def _end_queued(
 
 
 async def _end_queued_where(
-    c: asyncpg.Connection, where: str, args: Sequence[Any], error: str, now: int
+    c: asyncpg.Connection,
+    where: str,
+    args: Sequence[Any],
+    error: str,
+    now: int,
+    *,
+    wait: bool = False,
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as _end_queued says. The
     rows are locked in id order (the pipeline's order); a message a dispatcher holds is not
@@ -757,7 +768,7 @@ async def _end_queued_where(
         r[0]
         for r in await c.fetch(
             f"SELECT id FROM messages WHERE {where} "
-            "AND q_state = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED",
+            f"AND q_state = 'queued' ORDER BY id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
             *args,
         )
     ]

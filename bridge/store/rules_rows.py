@@ -18,6 +18,13 @@ TEMPLATE_COLS = (
 )
 LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
 
+# Cancelable (both engines): queued and never handed to an SMSC. A part accepted before the
+# message came back to the queue (a bind lost), or a submit whose answer never came (released to
+# retry, its late acceptance still awaited), may reach the recipient: canceling then would leave
+# half a message, or a delivery refunded and its receipt unmatched. Claims count in q_attempts;
+# releases that sent nothing (no route, no bind) take theirs back.
+NEVER_TRIED = "segments_sent = 0 AND q_attempts = 0"
+
 
 # A do-not-contact entry for one exact number is stored with this mark before it; one without is
 # a prefix. Without the mark a listed number also blocked every longer one (countries with

@@ -29,6 +29,7 @@ from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
+    NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
     dnc_entry_for_number,
@@ -681,7 +682,7 @@ class RulesStoreMixin:
 
         def job(c: sqlite3.Connection) -> tuple[int, int]:
             found = c.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
-            return _end_queued(c, where, args, "CANCELED", now), found
+            return _end_queued(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now), found
 
         return await self._runner.write(job)
 
