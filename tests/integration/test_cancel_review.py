@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from bridge.store.models import (  # noqa: E402
 )
 from bridge.store.postgres import PostgresStore  # noqa: E402
 from tests.integration.conftest import ApiServer, Clock, Creds, start_api  # noqa: E402
-from tests.store_engines import EngineHandle  # noqa: E402
+from tests.integration.test_cancel import _cash, _tomorrow  # noqa: E402
 
 engine = engines.engine
 
@@ -51,22 +49,8 @@ LEASE = 60_000
 
 
 @pytest.fixture
-async def api(engine: EngineHandle, tmp_path: Path, clock: Clock) -> AsyncIterator[ApiServer]:
-    served = await start_api(tmp_path, clock, store=engine.new_store())
-    try:
-        yield served
-    finally:
-        await served.close()
-
-
-def _tomorrow(api: ApiServer) -> str:
-    return (datetime.fromtimestamp(api.clock(), UTC) + timedelta(days=1)).isoformat()
-
-
-async def _cash(api: ApiServer, creds: Creds) -> int:
-    r = await api.request("GET", "/v1/balance", creds=creds)
-    assert r.status == 200
-    return int(r.json["cash_micro"])
+def api(engine_api: ApiServer) -> ApiServer:
+    return engine_api  # the conftest's server on each store engine
 
 
 async def _send(
