@@ -155,10 +155,14 @@ class Tariffs:
             v.version == t.version or v.effective_at == t.effective_at for v in self.versions
         )
         latest = max((v.effective_at for v in self.versions), default=0)
-        if not clash and t.effective_at < now:
+        if not clash and t.effective_at < now + TARIFF_LEAD_MS:
+            # Every process loads new versions at its next refresh (every 10 s): one taking
+            # effect sooner would be charged at the old price there after it is in force.
+            when = "in the past" if t.effective_at < now else "too soon"
             raise BillingError(
-                f"effective_at: {t.effective_at} is in the past (now {now}); a version takes "
-                "effect from now on",
+                f"effective_at: {t.effective_at} is {when} (now {now}); a version takes effect "
+                f"at least {TARIFF_LEAD_MS // 1000} s after it is added, so that every instance "
+                "has loaded it",
                 code="INVALID_TARIFF",
             )
         if not clash and t.effective_at < latest:
@@ -422,8 +426,15 @@ async def settle_accounts(
     (a month still awaiting receipts is reported as not_ready and retried later)."""
     tz = config.rules.timezone
     _start, end = settlement.month_bounds(month, tz)
-    if now < end:
-        raise BillingError(f"month: {month} is not over yet", code="SETTLEMENT_NOT_READY")
+    if now < end + SETTLE_GRACE_MS:
+        # A send that read the clock before midnight (a request in flight, an instance whose
+        # clock is a little behind) may commit just after: settled at midnight, its month's bill
+        # would miss it for good (a bill is never redone).
+        raise BillingError(
+            f"month: {month} can be settled {SETTLE_GRACE_MS // 60_000} minutes after it ends, "
+            "when no send still in flight can belong to it",
+            code="SETTLEMENT_NOT_READY",
+        )
     out: list[dict[str, Any]] = []
     for account in accounts:
         try:
@@ -458,7 +469,9 @@ def previous_month(now: int, tz: str) -> str:
     return f"{year:04d}-{month:02d}"
 
 
+TARIFF_LEAD_MS = 60_000  # a new tariff version's effective time is at least this far ahead
 SETTLE_AFTER_MS = 72 * 3_600_000 + 3_600_000  # receipts are final 72 h after sending, plus margin
+SETTLE_GRACE_MS = 10 * 60_000  # the earliest an operator may settle a month, after its end
 
 
 # How many ended months auto_settle looks back for one still without a bill. A month is ready

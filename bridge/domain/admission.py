@@ -264,7 +264,12 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     # Postpaid domestic traffic accrues: it is invoiced at the month's tier price and never taken
     # from the balance, which stays for international pre-charges (needed even when postpaid).
     postpaid = facts.account_kind == "postpaid"
-    charges = [c for c in rules.charges if c.international or not postpaid]
+    # Domestic charges are planned first: vouchers pay either kind but cards only international
+    # traffic, so an international charge planned first could take the voucher a domestic one
+    # needed while a card could have paid for it (a batch refused or not by recipient order).
+    charges = sorted(
+        (c for c in rules.charges if c.international or not postpaid), key=lambda c: c.international
+    )
     needed = sum(c.amount for c in charges)
     for c in charges:
         try:

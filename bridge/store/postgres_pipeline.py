@@ -41,6 +41,7 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
+from bridge.store.rules_rows import AIR_SENT_PG
 
 # Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
 # A distinctive constant so the locks cannot collide with another application's.
@@ -556,7 +557,7 @@ async def record_submits(
                 _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
                 per_msg[r.message_id] = (r.smsc, n + 1)
             counted = await c.fetch(
-                "UPDATE messages m SET smsc = u.smsc, segments_sent = m.segments_sent + u.n, "
+                f"UPDATE messages m SET smsc = u.smsc, segments_sent = {AIR_SENT_PG}, "
                 "q_route = CASE WHEN m.q_state = 'claimed' THEN u.smsc ELSE m.q_route END "
                 "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(id, smsc, n) "
                 "WHERE m.id = u.id RETURNING m.id, m.segments_sent",
@@ -879,8 +880,11 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
     expired = [
         r[0]
         for r in await c.fetch(
+            # Not while a released message waits out its hold after a try (see the SQLite
+            # engine's sweep).
             "SELECT id FROM messages WHERE q_state = 'queued' AND expires_at IS NOT NULL "
-            "AND expires_at <= $1 ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            "AND expires_at <= $1 AND (q_attempts = 0 OR q_not_before <= $1) "
+            "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
             now,
         )
     ]

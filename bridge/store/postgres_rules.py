@@ -764,14 +764,15 @@ async def _end_queued_where(
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
 
-    queued = [
-        r[0]
-        for r in await c.fetch(
-            f"SELECT id FROM messages WHERE {where} "
-            f"AND q_state = 'queued' ORDER BY id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
-            *args,
-        )
-    ]
+    rows = await c.fetch(
+        f"SELECT id, {NEVER_TRIED} FROM messages WHERE {where} "
+        f"AND q_state = 'queued' ORDER BY id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+        *args,
+    )
+    queued = [r[0] for r in rows if r[1]]
+    tried = [r[0] for r in rows if not r[1]]
+    if tried:  # see _hold_tried
+        await _hold_tried(c, tried, now)
     if queued:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = $4 "
@@ -783,6 +784,20 @@ async def _end_queued_where(
         )
         await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
     return len(queued)
+
+
+async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int) -> None:
+    """Queued messages already handed to an SMSC (a submit unanswered, released to wait for its
+    late answer; a part accepted before the message came back) are not ended here: ended and
+    refunded now, a late acceptance would find nothing to record and the SMSC deliver for free.
+    Their validity ends now instead: past their hold the next claim or sweep ends them unsent,
+    unless the late answer came."""
+    await c.execute(
+        "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2) "
+        "WHERE id = ANY($1::text[])",
+        ids,
+        now,
+    )
 
 
 async def _erase(
@@ -799,7 +814,8 @@ async def _erase(
     # Every row to be rewritten, locked in id order (the pipeline's lock order); the queued ones
     # as they are once the lock is held.
     rows = await c.fetch(
-        f"SELECT id, q_state FROM messages WHERE {where} ORDER BY id FOR UPDATE", *args
+        f"SELECT id, q_state, {NEVER_TRIED} FROM messages WHERE {where} ORDER BY id FOR UPDATE",
+        *args,
     )
     if not rows:
         await c.execute(
@@ -809,17 +825,13 @@ async def _erase(
             masked,
         )
         return 0
-    queued = [r[0] for r in rows if r[1] == "queued"]
-    claimed = [r[0] for r in rows if r[1] == "claimed"]
-    if claimed:
-        # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle)
-        # its next claim finds it expired instead of sending the blanked parts to the mask.
-        await c.execute(
-            "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2) "
-            "WHERE id = ANY($1::text[])",
-            claimed,
-            now,
-        )
+    queued = [r[0] for r in rows if r[1] == "queued" and r[2]]
+    # In flight, or queued after a try (_hold_tried): not recalled, but if it comes back to the
+    # queue (a timeout, a throttle) its next claim finds it expired instead of sending the
+    # blanked parts to the mask.
+    held = [r[0] for r in rows if r[1] == "claimed" or (r[1] == "queued" and not r[2])]
+    if held:
+        await _hold_tried(c, held, now)
     if queued:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'ERASED' "

@@ -737,8 +737,10 @@ class SqliteStore(RulesStoreMixin):
             # releasing (True) keeps it from staying claimable and counted in queue_depth.
             expired = _settle_parts(
                 c,
+                # Not while a released message waits out its hold after a try: its submit may
+                # still be answered (late), and ended now the SMSC would deliver for free.
                 "SELECT id FROM messages WHERE q_state='queued' AND expires_at IS NOT NULL "
-                "AND expires_at<=? LIMIT 10000",
+                "AND expires_at<=?1 AND (q_attempts=0 OR q_not_before<=?1) LIMIT 10000",
                 now,
                 from_state="queued",
                 to_state=lc.SEG_EXPIRED_UNSENT,

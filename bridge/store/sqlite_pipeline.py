@@ -15,6 +15,7 @@ from typing import Any
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_rules
 from bridge.store.models import LateAccept, ReceiptIn, Release, SubmitResult
+from bridge.store.rules_rows import AIR_SENT
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
 
@@ -236,7 +237,7 @@ def record_submits(
             _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
             per_msg[r.message_id] = (r.smsc, n + 1)
         c.executemany(
-            "UPDATE messages SET smsc=?1, segments_sent=segments_sent+?2, "
+            f"UPDATE messages SET smsc=?1, segments_sent={AIR_SENT.format(n='?2')}, "
             "q_route=CASE WHEN q_state='claimed' THEN ?1 ELSE q_route END WHERE id=?3",
             [(smsc, n, mid) for mid, (smsc, n) in per_msg.items()],
         )

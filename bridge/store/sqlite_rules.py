@@ -715,15 +715,25 @@ def _end_queued(
     c: sqlite3.Connection, where: str, args: tuple[Any, ...], error: str, now: int
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
-    expired unsent with `error`, refunded like any message that ends unsent."""
+    expired unsent with `error`, refunded like any message that ends unsent.
+
+    Those already handed to an SMSC (a submit unanswered, released to wait for its late answer;
+    a part accepted before the message came back) are not ended here: ended and refunded now, a
+    late acceptance would find nothing to record and the SMSC deliver for free. Their validity
+    ends now instead: past their hold the next claim or sweep ends them unsent, unless the late
+    answer came."""
     from bridge.store import sqlite_pipeline as pipe
 
-    queued = [
-        r[0]
-        for r in c.execute(
-            f"SELECT id FROM messages WHERE {where} AND q_state='queued'", args
-        ).fetchall()
-    ]
+    rows = c.execute(
+        f"SELECT id, {NEVER_TRIED} FROM messages WHERE {where} AND q_state='queued'", args
+    ).fetchall()
+    queued = [r[0] for r in rows if r[1]]
+    tried = [r[0] for r in rows if not r[1]]
+    if tried:
+        c.executemany(
+            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1) WHERE id=?2",
+            [(now, mid) for mid in tried],
+        )
     if queued:
         c.executemany(
             "UPDATE segments SET state='expired_unsent', done_at=?, error_code=? "

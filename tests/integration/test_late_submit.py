@@ -332,23 +332,32 @@ async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_task() -
 # ------------------------------------------------------------------------- review: edges
 
 
-async def test_a_late_acceptance_does_not_reopen_a_message_that_ended_meanwhile(
+async def test_a_message_in_its_hold_waits_for_its_late_answer_before_it_ends(
     store: Store,
 ) -> None:
-    """Released after its TIMEOUT, the message ended before the late answer came (its validity
-    passed; the recipient opted out): it stays as it ended, nothing is counted sent."""
+    """Released after its TIMEOUT, the message's validity passes or the recipient opts out
+    while it waits out its hold: it is not ended then (ended and refunded, a late acceptance
+    would find nothing to record and the SMSC deliver it for free). A late answer within the
+    hold is recorded; without one, the message ends unsent once the hold is over."""
     await store.create_account(account())
     await accept(store, message("m0", expires_at=NOW + 2_000))
     assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m0"]
     await store.record_submits([], [Release("m0", NOW + RETRY_MS, count_attempt=True)], NOW)
-    assert (await store.sweep(NOW + 2_000, 3_600_000))["expired"] == 1
+    assert (await store.sweep(NOW + 2_000, 3_600_000))["expired"] == 0  # in its hold
     await released_after_timeout(store, "m1")
     await store.add_optouts("acc_a", ["+8613800138000"], "api", NOW + 10)
-    assert await store.record_late_submits([late("m0"), late("m1", msg_id="X2")], NOW + 3_000) == 0
-    for mid, state in (("m0", "expired"), ("m1", "expired")):
+    assert (await get(store, "m1")).state == "queued"
+    assert await store.record_late_submits([late("m0"), late("m1", msg_id="X2")], NOW + 3_000) == 2
+    for mid, smsc_id in (("m0", "x1"), ("m1", "x2")):  # as the SMSC wrote it
         rec = await get(store, mid)
-        assert (rec.state, rec.segments_sent) == (state, 0)
-        assert [s.smsc_msg_id for s in rec.segment_rows] == [None]
+        assert (rec.state, rec.segments_sent) == ("sent", 1)
+        assert [s.smsc_msg_id for s in rec.segment_rows] == [smsc_id]
+    # Without a late answer: ended unsent by the first sweep after the hold.
+    await released_after_timeout(store, "m2")
+    await store.add_optouts("acc_a", ["+8613800138000"], "api", NOW + 20)
+    assert (await store.sweep(NOW + RETRY_MS - 1, 3_600_000))["expired"] == 0
+    assert (await store.sweep(NOW + RETRY_MS, 3_600_000))["expired"] == 1
+    assert (await get(store, "m2")).state == "expired"
 
 
 async def test_a_late_acceptance_of_a_parked_message_ends_its_parking(store: Store) -> None:
