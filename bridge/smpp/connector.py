@@ -59,6 +59,8 @@ CREDENTIAL_STATUSES: Final = frozenset({C.ESME_RBINDFAIL, C.ESME_RINVPASWD, C.ES
 NO_BIND_WAIT_S: Final = 1.0
 SLOT_POLL_S: Final = 1.0  # how often a bind without its slot asks the gate again
 SLOT_CHECK_S: Final = 0.5  # how often a bound bind checks it still holds its slot
+# A bind that stayed up this long (or reconnect_max_s, if shorter) resets the reconnect back-off.
+STABLE_BIND_S: Final = 30.0
 # Weight of each submit answer in a bind's throttle rate: a moving average over ~128 answers.
 # One throttle after a clean run reads 0.8%; 14 in a row, or a steady share over the tolerance,
 # pause. Shorter averages are too noisy: over 32 answers, 2% random throttles crossed 5% often
@@ -495,7 +497,10 @@ class Connector:
             if bind is None or not bind.up:
                 bind = await self._pick_bind()
                 if bind is None:
-                    return _no_bind(index), None
+                    # An attempt lost with its connection stays reported as such: as no_bind it
+                    # would not count, and a message that kills the SMSC's link went out for
+                    # ever.
+                    return unanswered or _no_bind(index), None
             try:
                 res = await self._submit_on(bind, part, priority, before, deadline, context)
             except _Expired:
@@ -536,11 +541,13 @@ class Connector:
                     unanswered = outcome
                     if self.cfg.in_flight_on_restart == "unknown":
                         return outcome, bind  # never twice to such an SMSC: the caller decides
-                    if res.error == "TIMEOUT":
+                    if res.error in ("TIMEOUT", "CONNECTION_LOST"):
                         # An SMSC answering just after response_timeout_s accepted each copy:
                         # resent here at once, up to max_transient_retries times per claim, a
-                        # part went out 6 times a claim and 18 in all. The dispatcher counts
-                        # unanswered attempts (3 at most) and resends after a pause instead.
+                        # part went out 6 times a claim and 18 in all. The same with a link that
+                        # drops with the part on it (an SMSC resetting on it, or unbinding). The
+                        # dispatcher counts unanswered attempts (3 at most) and resends after a
+                        # pause instead.
                         return outcome, bind
                 if transient > self.cfg.max_transient_retries:
                     self._error(f"part {index}: {name} after {transient - 1} retries")
@@ -548,6 +555,13 @@ class Connector:
                 self._transient_retries += 1
                 priority = True
                 if res.error == "CONNECTION_LOST":
+                    bind = None
+                elif res.status == C.ESME_RINVBNDSTS:
+                    # The SMSC no longer knows this bind (it failed over, or restarted behind
+                    # a proxy) while it still answers enquire_link: every submit on it would be
+                    # refused so until the message ran out of retries. Only a new bind helps.
+                    if bind.proto is not None:
+                        bind.proto.abort("ESME_RINVBNDSTS: the SMSC no longer knows this bind")
                     bind = None
                 lo, hi = self._transient_backoff
                 await asyncio.sleep(min(hi, lo * 2 ** (transient - 1)) * random.uniform(0.5, 1.0))
@@ -746,7 +760,7 @@ class Connector:
                 )
                 self._error(f"connect: {e!r}")
             else:
-                delay = cfg.reconnect_min_s
+                up_at = asyncio.get_running_loop().time()
                 self._bind_up(b, proto)
                 log.info(
                     "smpp bound",
@@ -754,6 +768,13 @@ class Connector:
                 )
                 reason = await self._hold(b, proto)
                 self._bind_down(b)
+                # The back-off starts over only after a bind that lasted: one the SMSC drops
+                # right after bind_resp was retried at reconnect_min_s for ever (a bind a
+                # second per slot against a carrier turning us away).
+                if asyncio.get_running_loop().time() - up_at >= min(
+                    STABLE_BIND_S, cfg.reconnect_max_s
+                ):
+                    delay = cfg.reconnect_min_s
                 if self._stopping:
                     return
                 self._reconnects += 1

@@ -15,6 +15,7 @@ All protocol decisions live in the sans-IO ``BindSession``; this module only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -230,6 +231,12 @@ class SmppProtocol(asyncio.Protocol):
         self.close_reason = self.close_reason or reason
         if self._transport is not None:
             self._transport.abort()
+            # A TLS transport already closing (waiting for the peer's close_notify) has let go
+            # of its protocol, and abort() no longer reaches the socket: shut the socket itself.
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     async def drain_delivers(self, timeout_s: float) -> None:
         """Wait (bounded) for running deliver handlers, so their acks go out before an unbind."""
@@ -368,6 +375,9 @@ class SmppProtocol(asyncio.Protocol):
             self._arm_timer()
 
 
+TLS_SHUTDOWN_S = 2.0  # how long closing a TLS link waits for the peer's close_notify
+
+
 async def open_bind(
     host: str,
     port: int,
@@ -387,6 +397,9 @@ async def open_bind(
             port,
             ssl=ssl_context,
             server_hostname=host if ssl_context is not None else None,
+            # Closing a TLS link waits for the peer's close_notify: on a dead link 30 s by
+            # default, with the slot neither up nor reconnecting.
+            ssl_shutdown_timeout=TLS_SHUTDOWN_S if ssl_context is not None else None,
         ),
         connect_timeout,
     )
