@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bridge import callback_urls
 from bridge.crypto import Sealer, new_app_key, new_secret
 from bridge.domain import senders
 from bridge.ids import new_id
@@ -114,8 +115,12 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
                 value = senders.parse_entries(value)
             except senders.SenderError as exc:
                 raise AccountError("INVALID_FIELD", exc.message) from None
-        if name.endswith("_url") and value is not None and not _URL.fullmatch(value):
-            raise AccountError("INVALID_FIELD", f"{name}: must be an http(s) URL")
+        if name.endswith("_url") and value is not None:
+            if not _URL.fullmatch(value):
+                raise AccountError("INVALID_FIELD", f"{name}: must be an http(s) URL")
+            why = callback_urls.problem(value)
+            if why is not None:
+                raise AccountError("INVALID_FIELD", f"{name}: {why}")
         out[name] = value
     return out
 

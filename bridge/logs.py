@@ -229,4 +229,23 @@ def configure(
         for name, level in cfg.components.items():
             logging.getLogger(component_logger(name)).setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _RefusedRequests) for f in server.filters):
+        server.addFilter(_RefusedRequests())
     return handler
+
+
+class _RefusedRequests(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses at ERROR with a traceback quoting the
+    raw request line or header: a client that did not percent-encode its query put full numbers
+    and verification codes (or an Authorization header) in the log, past the masking. The fact
+    is kept, the bytes are not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True

@@ -149,7 +149,7 @@ async def submit_template(
 
 
 def decision(value: Any, reason: Any) -> tuple[str, str | None]:
-    if value not in _DECISIONS:
+    if not isinstance(value, str) or value not in _DECISIONS:  # [] or {} is not hashable
         raise ReviewError("INVALID_FIELD", "decision: 'approve' or 'reject'")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise ReviewError("INVALID_FIELD", "reason: a string of at most 500 characters")

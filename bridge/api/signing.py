@@ -458,5 +458,7 @@ def verify_webhook_signature(
     matched = False
     for candidate in candidates:
         # Compare all candidates so the time taken does not say which one matched.
-        matched |= hmac.compare_digest(expected, candidate.encode("utf-8"))
+        # surrogateescape: a header with bytes that are not UTF-8 (a forgery) compares unequal
+        # instead of raising, which a receiver's framework would answer with a 500.
+        matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "surrogateescape"))
     return matched

@@ -85,8 +85,10 @@ async def post_messages(request: web.Request) -> web.Response:
 
 # Set once the request's nonce is recorded (by the accept transaction or by auth.spend).
 _SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
-# Refusals that already come from the key, nonce and account checks.
-_AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY", "ACCOUNT_DISABLED"})
+# Refusals that already come from the key and nonce checks (nothing to spend). ACCOUNT_DISABLED
+# is not one: refused, its nonce is still spent, or the captured request would be accepted when
+# the operator enabled the account again within the skew window.
+_AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY"})
 
 
 async def _checked_post(

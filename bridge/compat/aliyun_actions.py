@@ -91,6 +91,8 @@ def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
         return json.loads(raw, parse_constant=_not_json)
     except ValueError:
         raise ApiError("INVALID_JSON", f"{name}: not valid JSON") from None
+    except RecursionError:  # thousands of nested [ : refused, not a 500
+        raise ApiError("INVALID_JSON", f"{name}: nested too deeply") from None
 
 
 def _not_json(constant: str) -> Any:

@@ -231,6 +231,12 @@ def _parse_acs3(
         auth["SignedHeaders"],
         claimed,
     )
+    try:
+        canonical.encode("utf-8")
+    except UnicodeEncodeError:  # a signed header with bytes that are not UTF-8: no signature
+        raise protocol_error(  # could cover it (and hashing it raised: a 500 before)
+            "IncompleteSignature", "A signed header value is not valid UTF-8."
+        ) from None
     string_to_sign = acs3_string_to_sign(algorithm, canonical)
     if claimed.lower() != payload_hash(body, algorithm):
         raise signature_mismatch(

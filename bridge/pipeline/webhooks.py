@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge import jsonio
+from bridge import callback_urls, jsonio
 from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.api.views import iso, status_report
@@ -43,6 +43,32 @@ def next_delay_s(attempts: int, schedule: tuple[int, ...], rng: random.Random) -
 
 def is_retryable(status: int | None) -> bool:
     return status is None or status in RETRYABLE or status >= 500
+
+
+# How much of a receiver's answer is read (only its status is used).
+ANSWER_READ_BYTES = 65_536
+
+
+class _Unusable(Exception):
+    """A callback URL no POST may go to (bridge/callback_urls.py)."""
+
+
+class _NoLinkLocal(aiohttp.abc.AbstractResolver):
+    """The default resolver, without link-local answers: a customer's DNS name pointing at the
+    cloud metadata service (169.254.169.254) would get signed reports otherwise."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[Any]:
+        found = await self._inner.resolve(host, port, family)
+        kept = [r for r in found if not callback_urls.link_local(str(r["host"]))]
+        if not kept:
+            raise OSError(f"{host} resolves only to link-local addresses")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class WebhookSender:
@@ -84,7 +110,8 @@ class WebhookSender:
         cannot take every sender; the rest is handed back at once, due behind the reports that
         were due before it. (Chunks used to queue for a semaphore while their lease ran out,
         and another sender then POSTed the same reports.)"""
-        connector = aiohttp.TCPConnector(limit=0)  # bounded by the tasks started, below
+        # bounded by the tasks started, below; names resolving to link-local addresses refused
+        connector = aiohttp.TCPConnector(limit=0, resolver=_NoLinkLocal())
         self._session = aiohttp.ClientSession(connector=connector)
         running: dict[asyncio.Task[None], tuple[str, str, str]] = {}
         try:
@@ -234,8 +261,12 @@ class WebhookSender:
         }
         status: int | None = None
         error = ""
+        permanent = False  # a URL that can never be used: dead-lettered at once, not retried
         assert self._session is not None
+        why = callback_urls.problem(url)  # one stored before the checks at account update
         try:
+            if why is not None:
+                raise _Unusable(why)
             # No redirects: aiohttp would repeat a 301/302/303 as a GET without the body (and
             # book the report delivered on its 200), and a 307/308 would POST the signed body
             # to whatever host the receiver names, internal addresses included.
@@ -254,9 +285,17 @@ class WebhookSender:
                         else "?"
                     )
                     error = f"HTTP {status} redirect to {where} (not followed)"
-                await resp.read()
+                # Only the status counts: at most a little of the answer is read (a hostile
+                # receiver's endless body was read whole into memory), then the connection goes.
+                await resp.content.read(ANSWER_READ_BYTES)
+        except _Unusable as exc:
+            error, permanent = f"unusable callback URL: {exc}", True
+        except ValueError as exc:  # yarl/IDNA: a host no request can be made to
+            error, permanent = f"unusable callback URL ({type(exc).__name__})", True
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            # The class and the host only: some errors spell out the whole URL, and a
+            # customer's ?token= would reach the logs and /admin/webhooks/dead.
+            error = f"{type(exc).__name__} from {_host(url)}"
         now_ms = int(self.clock() * 1000)
         if status is not None and 200 <= status < 300:
             await self.store.webhook_done([j.id for j in live], now_ms, lease)
@@ -268,7 +307,7 @@ class WebhookSender:
         for ids, attempt, next_at, dead in retry_plan(
             live,
             now_ms,
-            is_retryable(status),
+            is_retryable(status) and not permanent,
             tuple(self.config.retry_schedule_s),
             int(self.config.retry_for_hours * 3_600_000),
             self.rng,

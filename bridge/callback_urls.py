@@ -1,0 +1,47 @@
+"""Which callback URLs the webhook sender may POST to (pure).
+
+Checked when an operator sets a URL, and again before each POST (a URL stored before these checks,
+a DNS name): a URL no HTTP client can use (no host, a port past 65535, a label IDNA cannot encode)
+used to crash the sender or be retried for 48 h, and a link-local address (169.254.169.254, the
+cloud metadata service, in any spelling) would receive signed reports with phone numbers and
+inbound texts. Loopback and private ranges stay allowed: on-premise receivers live there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from yarl import URL
+
+
+def link_local(address: str) -> bool:
+    """An IP address (v4, v6, v4-mapped v6, or v4 as one decimal number) that is link-local."""
+    text = address.strip("[]")
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+            ipaddress.IPv4Address(int(text)) if text.isdigit() else ipaddress.ip_address(text)
+        )
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local
+
+
+def problem(url: str) -> str | None:
+    """Why `url` cannot be a callback URL, or None."""
+    try:
+        parsed = URL(url)
+        host, port = parsed.host, parsed.port
+        if parsed.scheme not in ("http", "https"):
+            return "must be an http(s) URL"
+        if not host:
+            return "has no host"
+        if port is None or not 0 < port < 65536:
+            return "has no valid port"
+        host.encode("idna")  # a label over 63 characters, or one IDNA refuses
+    except (ValueError, UnicodeError) as exc:
+        return f"is not a usable URL ({type(exc).__name__})"
+    if link_local(host):
+        return "points at a link-local address (such as the cloud metadata service)"
+    return None
