@@ -391,9 +391,19 @@ class Connector:
             return True
         if self._up_event is None or timeout <= 0:
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up_event.wait(), timeout)
-        return self.is_up
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.is_up:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            if self._up_event.is_set():
+                # Still set by a bind that just went down (its clean-up has not run yet): it
+                # answered False at once, and a part found no bind instead of waiting for one.
+                self._up_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up_event.wait(), left)
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         binds: dict[str, dict[str, int]] = {}

@@ -650,7 +650,7 @@ async def test_submit_in_flight_when_the_connection_drops_is_handed_back(
             ("cancelled", out[1].status_name),
         ]
         assert [p.body.short_message for _, p in smsc.received(C.SUBMIT_SM)] == [b"a"]
-        await eventually(lambda: c.is_up)  # a new bind for the dispatcher's resend
+        assert await c.wait_up(2.0)  # waits for the new bind (the old one's event is stale)
         again = await c.send_message([part("a"), part("b")])
         assert [o.kind for o in again] == ["ok", "ok"]
 
