@@ -329,10 +329,15 @@ class Submitter:
             opts = encode_options(smsc, smart)
             bits = 16 if opts.split is SplitMode.UDH16 else 8
             try:
-                # A text of at most 70 characters is one part in every encoding: it carries no
+                # A text of at most 70 characters is usually one part: it carries no
                 # concatenation reference, so it takes no slot in the per-destination counter.
+                # Not always (a character outside the BMP takes two UTF-16 units; smart mapping
+                # lengthens "…"): such a message draws its reference after all, or every one of
+                # them would carry 0 and two in flight to one handset mix their parts.
                 ref = self.refs.next(number, bits) if len(text) > 70 else 0
                 enc = encode_message(text, opts, ref)
+                if ref == 0 and len(enc.parts) > 1:
+                    enc = encode_message(text, opts, self.refs.next(number, bits))
             except TextError as exc:
                 raise ApiError(exc.code, exc.message) from None
             segments = tuple(

@@ -20,12 +20,13 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from bridge.fastinit import fast_init
 from bridge.text.gsm import ESC, GSM_CHARS, TextError, gsm_septets, pack_septets
 from bridge.text.smart import smart_map
+from bridge.text.units import CountingRule, billable_units
 
 __all__ = [
     "EncodeOptions",
@@ -249,7 +250,27 @@ def encode_message(
 
     ``ref`` is the concatenation reference (from ``RefCounter``): 0..255 for UDH8, 0..65535 for
     UDH16 and SAR; unused for single-part and PAYLOAD messages.
+
+    Smart mapping is kept only if it costs no more: a mapping can lengthen the text ("…" becomes
+    "..."), and 70 ellipses went from 1 part and 1 unit to 2 parts and 4 units for a customer
+    who asked for it to save money. So the mapped text must need no more parts on the air and
+    no more units under the domestic 70/67 character rule than the text as given.
     """
+    enc = _encode(text, opts, ref)
+    if not opts.smart or enc.text == text:
+        return enc
+    try:
+        plain = _encode(text, replace(opts, smart=False), ref)
+    except TextError:  # too long as given (UCS-2): only the mapping makes it fit
+        return enc
+    more_parts = len(enc.parts) > len(plain.parts)
+    more_units = billable_units(enc.text, CountingRule.CHARS_70_67, 0) > billable_units(
+        text, CountingRule.CHARS_70_67, 0
+    )
+    return plain if more_parts or more_units else enc
+
+
+def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     if not text:
         raise TextError("EMPTY_MESSAGE", "text: must not be empty")
     text, septets = _resolve_text(text, opts)

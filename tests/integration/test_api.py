@@ -1007,7 +1007,8 @@ async def test_list_filters(api_server, make_account, clock):
         ("limit=%D9%A3", "INVALID_FIELD", "limit"),  # Arabic-Indic 3
         ("date=2026-13-01", "INVALID_FIELD", "date"),
         ("date=yesterday", "INVALID_FIELD", "date"),
-        ("date=9999-12-31", "INVALID_FIELD", "date"),
+        ("date=2026-1-05", "INVALID_FIELD", "date"),  # strict YYYY-MM-DD, as /v1/stats
+        ("date=2026-01-5", "INVALID_FIELD", "date"),
         ("status=lost", "INVALID_FIELD", "status"),
         ("cursor=abc", "INVALID_CURSOR", "cursor"),
         ("cursor=msg_01M8M39T0N0B3VTSPJBQ7DDJ7M%0A", "INVALID_CURSOR", "cursor"),
@@ -1021,6 +1022,13 @@ async def test_list_bad_parameters(api_server, make_account, query, code, names)
     r = await api_server.request("GET", "/v1/messages", creds=creds, query=query)
     assert (r.status, r.code) == (400, code), r.json
     assert names in r.message
+
+
+async def test_list_by_the_last_representable_day(api_server, make_account):
+    """9999-12-31 is a date like any other (it was 400: datetime had no next day for it)."""
+    creds = await make_account()
+    r = await api_server.request("GET", "/v1/messages", creds=creds, query="date=9999-12-31")
+    assert (r.status, r.json["messages"]) == (200, [])
 
 
 # ================================================================================================
