@@ -36,6 +36,7 @@ from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
 from bridge.reload import RESTART_PATHS, ReloadPlan, plan
+from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
 from bridge.wiring import make_sealer, open_store
@@ -61,6 +62,7 @@ class Daemon:
             raise ValueError(f"unknown role {role!r}")
         self.config = config
         self.role = role
+        self._parent_pid = os.getppid()  # an acceptor's owner
         self.config_path = config_path
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -280,6 +282,13 @@ class Daemon:
                     # Tariff versions another process added (they only ever get appended).
                     await self.ctx.tariff_book.refresh(int(self.clock() * 1000))
                 if self.role == "acceptor":
+                    if os.getppid() != self._parent_pid:
+                        # The owner died (kill -9, the OOM killer): this process would go on
+                        # answering 202 for sends nothing dispatches, and take a share of a
+                        # restarted daemon's port. Stop as on SIGTERM.
+                        log.error("the owner process is gone; this acceptor stops")
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
                     self._remote_status = await self._read_owner_status()
                 elif self.coord is not None:
                     self._remote_status = await self._read_peer_status()
@@ -436,8 +445,11 @@ class Daemon:
         if p.needs_restart:
             log.warning("reload: %s changed; restart to apply", ", ".join(p.needs_restart))
         merged = replace(new, **{path: getattr(old, path) for path in RESTART_PATHS})
+        # Everything that can fail is built before anything changes: a reload that failed half
+        # way once left the connectors on the new file and the content filter off.
         router = make_router(merged)
         smscs = {s.name: s for s in merged.smscs}
+        new_filter = load_filter(merged.rules.content_filter_file)
         if self.dispatcher is not None and self.inbound is not None:
             grace = old.server.shutdown_grace_s
             for name in (*p.remove, *p.rebind):
@@ -455,10 +467,11 @@ class Daemon:
         if self.ctx is not None:
             self.ctx.config = merged
             self.ctx.submitter = Submitter(merged, router)
-            self.ctx.send_rules.reload(merged)
+            self.ctx.send_rules.reload(merged, new_filter)
             self.ctx.submitter.content_filter = self.ctx.send_rules.filter
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
+            self.webhooks.tz = merged.rules.timezone  # the reports' local times
         if self.inbound is not None:
             self.inbound.optout_keywords = tuple(merged.rules.optout_keywords)
         self.config = merged

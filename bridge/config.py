@@ -568,6 +568,23 @@ class SimConfig:
             yield "control_port", f"must differ from sim.port ({self.port})"
 
 
+def _content_filter(v: Path) -> str | None:
+    """Readable, UTF-8, every line a word or a pattern that compiles: `config check` (the unit's
+    ExecStartPre) and a SIGHUP refuse a file the filter cannot be built from, instead of the
+    daemon dying at start or a reload leaving sends unfiltered."""
+    from bridge.domain.content_filter import ContentFilter
+
+    try:
+        ContentFilter.from_lines(v.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read {_show(str(v))}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{_show(str(v))} is not UTF-8 text"
+    except ValueError as exc:
+        return f"{_show(str(v))}: {exc}"
+    return None
+
+
 def _time_zone(v: str) -> str | None:
     from zoneinfo import ZoneInfo
 
@@ -623,7 +640,7 @@ class RulesConfig:
         default=("TD", "T", "R", "STOP", "UNSUBSCRIBE", "退订"), metadata=meta(item=(_NONEMPTY,))
     )
     # Operator word/pattern list, one per line ("re:" prefix for a regular expression).
-    content_filter_file: Path | None = None
+    content_filter_file: Path | None = field(default=None, metadata=meta(_content_filter))
     max_param_chars: int = field(default=35, metadata=meta(between(1, 500)))
     # open: an account without assigned senders may send from any address (Kannel and Jasmin's
     # default); assigned: only from its own (bridge/domain/senders.py), else the SMSC default.

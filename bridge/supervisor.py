@@ -44,7 +44,9 @@ class Supervisor:
         if self.config_path:
             cmd += ["--config", self.config_path]
         env = {**os.environ, "SMPP_BRIDGE_WORKER": str(slot)}
-        self.procs[slot] = subprocess.Popen(cmd, env=env)
+        # SIGHUP ignored until the acceptor installs its own handler: forwarded to one still
+        # starting, its default action killed it.
+        self.procs[slot] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sighup)
         log.info("acceptor %d started (pid %d)", slot, self.procs[slot].pid)
 
     async def _monitor(self) -> None:
@@ -98,3 +100,8 @@ class Supervisor:
                     proc.kill()
             await self.owner.stop()
             metrics.disable_multiprocess(self.metrics_dir, self._metrics_dir_ours)
+
+
+def _ignore_sighup() -> None:
+    """In the acceptor before exec (an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

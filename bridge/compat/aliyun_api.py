@@ -98,7 +98,7 @@ async def handle(request: web.Request) -> web.Response:
             raise protocol_error("InvalidAction.NotFound", f"Action {call.action!r}.")
         result = await handler(ctx, account, call.params)
     except AliyunAuthError as exc:
-        ctx.metrics.request(f"aliyun {action}", exc.http_status, exc.code)
+        ctx.metrics.request(_label(action), exc.http_status, exc.code)
         out, ctype = render_error(exc.code, exc.message, rid, fmt)
         return _respond(out, ctype, exc.http_status, rid, {})
     except ApiError as exc:
@@ -107,16 +107,22 @@ async def handle(request: web.Request) -> web.Response:
         )
         wait = exc.headers.get("Retry-After")
         headers = retry_after_headers(exc.code, float(wait)) if wait else {}
-        ctx.metrics.request(f"aliyun {action}", status, code)
+        ctx.metrics.request(_label(action), status, code)
         if status == 200:  # a business refusal: the SDKs read Code, they do not raise
             out, ctype = render({"RequestId": rid, "Code": code, "Message": message}, fmt, action)
         else:
             out, ctype = render_error(code, message, rid, fmt)
         return _respond(out, ctype, status, rid, headers)
-    ctx.metrics.request(f"aliyun {action}", 200, "OK")
+    ctx.metrics.request(_label(action), 200, "OK")
     result["RequestId"] = rid
     out, ctype = render(result, fmt, action)
     return _respond(out, ctype, 200, rid, {})
+
+
+def _label(action: str) -> str:
+    """The metrics label of a call: its Action when it is one we serve; any other name (which
+    anyone can send, signed or not) would add a series per request."""
+    return f"aliyun {action}" if action in ACTIONS else "aliyun unknown"
 
 
 @web.middleware
