@@ -33,7 +33,9 @@ BIND_FIELDS = frozenset(
 )
 
 # Settings that cannot change without a restart of the whole daemon.
-RESTART_PATHS = ("server", "store", "security", "sim", "logging", "aliyun")
+# `billing`: the tariff book and automatic settlement are built once; applied half (the API's
+# copy new, the tariff book's old) a reload used to say nothing of it.
+RESTART_PATHS = ("server", "store", "security", "sim", "logging", "aliyun", "billing")
 
 
 @dataclass(frozen=True, slots=True)

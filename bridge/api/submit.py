@@ -193,6 +193,15 @@ def parse_send_request(
     )
 
 
+# Characters that show nothing and are not whitespace to str.strip(): a text of only these was
+# sent and billed as an invisible message.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def _blank(text: str) -> bool:
+    return not text.strip().strip(_INVISIBLE).strip()
+
+
 def encode_options(smsc: SmscConfig, smart: bool) -> EncodeOptions:
     return EncodeOptions(
         split=SplitMode(smsc.split),
@@ -276,10 +285,10 @@ class Submitter:
                 )
             assert req.text is not None
             body = req.text
-            if not body.strip():
+            if _blank(body):
                 raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
         text = with_sign(body, sign, self.config.text.sign_format)
-        if not body.strip():
+        if _blank(body):
             raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
         n = tariff_chars(text)
         if n > self.config.text.max_chars:

@@ -114,7 +114,11 @@ class SqliteStore(RulesStoreMixin):
             raise
 
     async def ping(self) -> bool:
-        return await self._runner.read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        # A read of the file itself (SELECT 1 alone never touched it: a lost or unreadable
+        # database still answered ready).
+        return await self._runner.read(
+            lambda c: c.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] >= 0
+        )
 
     async def schema_version(self) -> int:
         return await self._runner.read(

@@ -551,6 +551,13 @@ BAD_BODIES: list[tuple[str, bytes | Any, str, str]] = [
     ("duplicate", {"to": [CN, "+86 138 0013 8000"], "text": "x"}, "INVALID_FIELD", "to[1]"),
     ("empty-text", {"to": CN, "text": ""}, "EMPTY_MESSAGE", "text"),
     ("blank-text", {"to": CN, "text": "  \n ", "sign_name": "Acme"}, "EMPTY_MESSAGE", "text"),
+    # Zero-width characters show nothing: such a text was sent and billed, invisible.
+    (
+        "zero-width-text",
+        {"to": CN, "text": "\u200b\u200d \ufeff", "sign_name": "Acme"},
+        "EMPTY_MESSAGE",
+        "text",
+    ),
     (
         "lone-surrogate",
         b'{"to": "+8613800138000", "text": "x", "client_ref": "\\ud800"}',

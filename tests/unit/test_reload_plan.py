@@ -59,3 +59,11 @@ def test_logging_and_the_alibaba_face_are_reported_as_needing_a_restart():
     assert p.needs_restart == ("logging",)
     p = plan(cfg([A]), cfg([A], aliyun={"enabled": True, "port": 9998}))
     assert p.needs_restart == ("aliyun",)
+
+
+def test_billing_is_reported_as_needing_a_restart():
+    # The tariff book and automatic settlement are built once: applied half (the API's copy of
+    # the config new, the tariff book's old), a reload said nothing of it.
+    p = plan(cfg([A]), cfg([A], billing={"currency": "USD"}))
+    assert p.needs_restart == ("billing",)
+    assert p.empty
