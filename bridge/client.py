@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 
 from bridge.api import signing
 
@@ -98,7 +99,7 @@ class BridgeClient:
         query: dict[str, Any] | None = None,
         json_body: Any = None,
         idempotency_key: str | None = None,
-    ) -> tuple[int, dict[str, str], Any]:
+    ) -> tuple[int, CIMultiDict[str], Any]:
         qs = urlencode({k: v for k, v in (query or {}).items() if v is not None}, quote_via=_quote)
         body = b"" if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
         base_headers: dict[str, str] = {}
@@ -107,6 +108,8 @@ class BridgeClient:
         if idempotency_key is not None:
             base_headers["Idempotency-Key"] = idempotency_key
         url = self.base_url + path + (f"?{qs}" if qs else "")
+        # Retrying cannot send twice: a GET, or a POST the server de-duplicates by its key.
+        idempotent = method == "GET" or idempotency_key is not None
         attempt = 0
         while True:
             headers = self.signed_headers(method, path, qs, body, base_headers)
@@ -117,29 +120,47 @@ class BridgeClient:
                     data=body or None,
                     headers=headers,
                     skip_auto_headers=("Content-Type",),
+                    timeout=self._timeout,  # a caller's own session too
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
-                    resp_headers = dict(resp.headers)
-            except (TimeoutError, aiohttp.ClientConnectionError):
-                if attempt >= self.max_retries or (method != "GET" and idempotency_key is None):
+                    # Case-insensitive: the server spells X-Request-ID, a proxy as it likes.
+                    resp_headers = CIMultiDict(resp.headers)
+            # A body cut off mid-way (ClientPayloadError) is a lost connection like the others.
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+                if attempt >= self.max_retries or not idempotent:
                     raise
                 attempt += 1
                 await asyncio.sleep(min(2**attempt * 0.25, 5, self.max_retry_delay_s))
                 continue
-            if status in (429, 503) and attempt < self.max_retries:
+            retryable = status in (429, 503) or (status in (502, 504) and idempotent)
+            told = _retry_after(resp_headers.get("Retry-After"))
+            # A 429 says exactly when its window opens again (a day's frequency limit, the daily
+            # quota): told to wait longer than this client may, an earlier retry is refused anyway,
+            # so the refusal is the answer. A 503's Retry-After is an estimate (a queue draining):
+            # capped and retried sooner, as max_retry_delay_s promises.
+            too_long = status == 429 and told > self.max_retry_delay_s
+            if retryable and attempt < self.max_retries and not too_long:
                 attempt += 1
-                delay = _retry_after(resp_headers.get("Retry-After"), attempt)
-                await asyncio.sleep(min(delay, self.max_retry_delay_s))
+                backoff = min(2**attempt * 0.5, 10.0)
+                await asyncio.sleep(min(backoff if told < 0 else told, self.max_retry_delay_s))
                 continue
             try:
                 data = json.loads(raw) if raw else None
-            except ValueError:  # a proxy's or the HTTP layer's own text/HTML error page
+            except ValueError:  # a proxy's or the HTTP layer's own text/HTML page
                 if status < 400:
-                    raise
+                    raise BridgeError(
+                        status,
+                        "INVALID_RESPONSE",
+                        f"HTTP {status} with a body that is not JSON: "
+                        + raw.decode(errors="replace")[:200],
+                        resp_headers.get("X-Request-Id"),
+                    ) from None
                 data = None
             if status >= 400:
-                err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                err = data.get("error") if isinstance(data, dict) else None
+                if not isinstance(err, dict):  # an ingress's {"error": "Bad Gateway"}
+                    err = {}
                 raise BridgeError(
                     status,
                     err.get("code", f"HTTP_{status}"),
@@ -176,7 +197,7 @@ class BridgeClient:
         return data
 
     async def message(self, message_id: str) -> dict[str, Any]:
-        _, _, data = await self.request("GET", f"/v1/messages/{message_id}")
+        _, _, data = await self.request("GET", f"/v1/messages/{_quote(message_id)}")
         return data
 
     async def messages(self, **query: Any) -> dict[str, Any]:
@@ -244,7 +265,7 @@ class BridgeClient:
         return (await self.request("GET", "/v1/balance"))[2]
 
     async def bill(self, month: str) -> dict[str, Any]:
-        return (await self.request("GET", f"/v1/bills/{month}"))[2]
+        return (await self.request("GET", f"/v1/bills/{_quote(month)}"))[2]
 
 
 def _quote(
@@ -255,8 +276,9 @@ def _quote(
     return quote(value, safe="-_.~")
 
 
-def _retry_after(value: str | None, attempt: int) -> float:
+def _retry_after(value: str | None) -> float:
+    """The server's Retry-After in seconds, or -1 when it gave none (or none we read)."""
     try:
-        return max(0.0, min(float(value), 60.0)) if value else min(2**attempt * 0.5, 10.0)
+        return max(0.0, float(value)) if value else -1.0
     except ValueError:
-        return min(2**attempt * 0.5, 10.0)
+        return -1.0

@@ -122,7 +122,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
 async def _json_body(request: web.Request) -> Any:
     try:
         return await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SimError("INVALID_JSON", "body: must be valid JSON") from None
 
 
@@ -147,7 +147,7 @@ async def _stats(request: web.Request) -> web.Response:
 async def _messages(request: web.Request) -> web.Response:
     sim = _sim(request)
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_MESSAGES:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= _MAX_MESSAGES:
         return _error(400, "INVALID_QUERY", f"limit: must be an integer 1..{_MAX_MESSAGES}")
     limit = int(raw)
     msgs = list(sim.messages)[-limit:]

@@ -36,6 +36,7 @@ from bridge.smpp.codec import (
     Bind,
     BindResp,
     DataSm,
+    EncodeError,
     MessageIdResp,
     Pdu,
     PduError,
@@ -310,7 +311,7 @@ class SimSmsc:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._tokens_at = self._loop.time()
-        self._tokens = float(self.tps_limit)
+        self._tokens = max(float(self.tps_limit), 1.0)
         self._sweeper = self._loop.call_later(_SWEEP_S, self._sweep)
         if self._heap:  # restarted: deliver_sm still owed survive, as on a real SMSC
             self._arm(self._heap[0][0])
@@ -580,7 +581,9 @@ class SimSmsc:
             return
         tps = self.tps_limit
         if tps > 0:
-            tokens = min(tps, self._tokens + (now - self._tokens_at) * tps)
+            # At least one whole token: below 1/s a bucket capped at the rate never held one, and
+            # every submit was throttled for ever.
+            tokens = min(max(tps, 1.0), self._tokens + (now - self._tokens_at) * tps)
             self._tokens_at = now
             if tokens < 1.0:
                 self._tokens = tokens
@@ -874,9 +877,8 @@ class SimSmsc:
         except TextError as e:
             raise SimError(e.code, e.message) from None
         now = self._loop_time()
-        chunks = []
-        for part in enc.parts:
-            body = ShortMessage(
+        bodies = [
+            ShortMessage(
                 source_addr=source,
                 destination_addr=destination,
                 esm_class=part.esm_class,
@@ -884,6 +886,15 @@ class SimSmsc:
                 short_message=part.short_message,
                 tlvs=part.tlvs,
             )
+            for part in enc.parts
+        ]
+        try:  # every part encodes before any is owed: a refused one left a phantom in the window
+            for body in bodies:
+                encode(Pdu(DELIVER_SM, 0, 1, body))
+        except EncodeError as e:
+            raise SimError("INVALID_MO", f"cannot be sent as deliver_sm: {e}") from None
+        chunks = []
+        for body in bodies:
             job = _Job(sess.system_id, body, "mo", attempts=1, sent_at=now)
             seq = sess.next_seq()
             sess.outstanding[seq] = job
