@@ -696,7 +696,8 @@ class BillingConfig:
     enabled: bool = True
     currency: str = field(default="CNY", metadata=meta(length(3, 3)))
     tariff: TariffConfig = field(default_factory=TariffConfig)
-    # Settle the previous month automatically once its receipts are final (72 h after month end).
+    # Settle the previous month automatically once its receipts are final: 73 h after month end
+    # (receipts are final after 72 h, plus a margin).
     auto_settle: bool = True
 
 

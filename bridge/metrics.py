@@ -250,7 +250,7 @@ class Metrics:
         )  # fmt: skip
         self.queue_depth = Gauge(
             "smpp_bridge_queue_depth",
-            "Segments accepted and not yet sent (queued or claimed), refreshed every second",
+            "Segments accepted and not yet sent (queued or claimed), counted at each scrape",
             registry=r,
             **live,
         )
