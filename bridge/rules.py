@@ -43,14 +43,10 @@ class SendRules:
         self._exempt = frozenset(config.rules.frequency.exempt)
         self._limits = self._limits_of(config)
 
-    def reload(self, config: Config, content_filter: ContentFilter | None = None) -> None:
-        """SIGHUP: new limits, exempt list, keywords and content filter (loaded here unless the
-        caller already did)."""
-        self.filter = (
-            content_filter
-            if content_filter is not None
-            else load_filter(config.rules.content_filter_file)
-        )
+    def reload(self, config: Config, content_filter: ContentFilter) -> None:
+        """SIGHUP: new limits, exempt list, keywords and the content filter the caller loaded
+        (before it changed anything else: loading it is what can fail)."""
+        self.filter = content_filter
         self.config = config
         self._exempt = frozenset(config.rules.frequency.exempt)
         self._limits = self._limits_of(config)

@@ -285,10 +285,8 @@ class Submitter:
                 )
             assert req.text is not None
             body = req.text
-            if _blank(body):
-                raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
         text = with_sign(body, sign, self.config.text.sign_format)
-        if _blank(body):
+        if _blank(body):  # a rendered template or a raw text alike
             raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
         n = tariff_chars(text)
         if n > self.config.text.max_chars:
