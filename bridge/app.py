@@ -26,6 +26,7 @@ from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
 from bridge.api.submit import Submitter
+from bridge.assignments import Assignments
 from bridge.billing import auto_settle
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.config import Config, ConfigError, load_config
@@ -93,6 +94,9 @@ class Daemon:
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(store, sealer)
+        # One cache of the accounts' assigned senders for the send check and reply attribution
+        # alike: an admin change in this process is seen by both at once.
+        self.assignments = Assignments(store, clock=self.clock)
         router = make_router(cfg)
         loop = asyncio.get_running_loop()
         if self.role in ("all", "owner"):
@@ -143,7 +147,9 @@ class Daemon:
         if any(recovered.values()):
             log.warning("recovered claims after restart: %s", recovered)
 
-        self.inbound = Inbound(store, smscs, clock=self.clock, metrics=self.metrics)
+        self.inbound = Inbound(
+            store, smscs, clock=self.clock, metrics=self.metrics, assignments=self.assignments
+        )
         self.inbound.optout_keywords = tuple(cfg.rules.optout_keywords)
         for s in cfg.smscs:
             self.connectors[s.name] = self._connector(s)
@@ -199,6 +205,7 @@ class Daemon:
             on_accepted=on_accepted,
             smsc_status=status,
             metrics=self.metrics,
+            assignments=self.assignments,
         )
         if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
             self.ctx.on_webhooks_replayed = self.webhooks.wake

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from bridge.store.base import Store
 
 Assigned = list[tuple[str, tuple[str, ...]]]
+TTL_S = 5.0  # how long a read of the assignments is used before the next
 
 
 class Assignments:
     def __init__(
-        self, store: Store, *, clock: Callable[[], float] = time.time, ttl_s: float = 5.0
+        self, store: Store, *, clock: Callable[[], float] = time.time, ttl_s: float = TTL_S
     ) -> None:
         self._store = store
         self._clock = clock

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge import logs
-from bridge.assignments import Assignments
+from bridge.assignments import TTL_S, Assignments
 from bridge.config import SmscConfig
 from bridge.domain import senders
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
@@ -57,6 +57,7 @@ class Inbound:
         clock: Callable[[], float] = time.time,
         batch_delay_s: float = 0.002,
         metrics: Metrics | None = None,
+        assignments: Assignments | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -77,7 +78,7 @@ class Inbound:
         self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
         # The accounts' assigned senders, cached (replies come in storms, accounts seldom
         # change).
-        self.assignments = Assignments(store, clock=clock, ttl_s=ASSIGNMENTS_TTL_MS / 1000)
+        self.assignments = assignments or Assignments(store, clock=clock)
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -443,8 +444,8 @@ class Inbound:
 # is heard once.
 MO_REPEAT_MS = 120_000
 
-# How long Inbound keeps the accounts' assigned senders before reading them again.
-ASSIGNMENTS_TTL_MS = 5_000
+# How long the accounts' assigned senders are kept before they are read again (Assignments).
+ASSIGNMENTS_TTL_MS = int(TTL_S * 1000)
 
 
 def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
