@@ -22,6 +22,21 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a parsed JSON value holds U+0000 in any string, key or value.
+
+    JSON allows "\\u0000", but no PostgreSQL text column holds it (a 500 there), SQLite stores it
+    and CDRs echo it raw: every face refuses it at the door instead.
+    """
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
+
+
 def dumps(data: Any) -> bytes:
     """Compact UTF-8 JSON. A document holding a lone surrogate (say, an echoed query parameter
     name in an error message) cannot be UTF-8: it falls back to \\u escapes instead of failing;

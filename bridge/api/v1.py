@@ -65,19 +65,9 @@ def parse_json(body: bytes, request: web.Request) -> Any:
         raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None
     # U+0000 is valid JSON ("\u0000") but no text column of PostgreSQL holds it (a 500 there,
     # stored on SQLite and echoed raw into CDRs). Only a body spelling the escape is walked.
-    if b"\\u0000" in body and _has_nul(data):
+    if b"\\u0000" in body and jsonio.has_nul(data):
         raise ApiError("INVALID_JSON", "the body holds a U+0000 character (\\u0000): not allowed")
     return data
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 async def post_messages(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bridge import review
+from bridge import jsonio, review
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
@@ -88,11 +88,14 @@ def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
             raise Missing(name)
         return None
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_not_json)
     except ValueError:
         raise ApiError("INVALID_JSON", f"{name}: not valid JSON") from None
     except RecursionError:  # thousands of nested [ : refused, not a 500
         raise ApiError("INVALID_JSON", f"{name}: nested too deeply") from None
+    if "\\u0000" in raw and jsonio.has_nul(value):
+        raise ApiError("INVALID_JSON", f"{name}: holds a U+0000 character (\\u0000), not allowed")
+    return value
 
 
 def _not_json(constant: str) -> Any:

@@ -70,11 +70,14 @@ def _decode_component(raw: str) -> str:
     if _BAD_ESCAPE.search(raw):
         raise protocol_error("RequestParameterMalformed", f"Bad percent-escape in {raw[:64]!r}.")
     try:
-        return unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+        text = unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
     except UnicodeDecodeError:
         raise protocol_error(
             "RequestParameterMalformed", f"Not UTF-8 once decoded: {raw[:64]!r}."
         ) from None
+    if "\x00" in text:  # %00: no PostgreSQL text column holds U+0000 (a 500 there)
+        raise protocol_error("RequestParameterMalformed", f"U+0000 (%00) in {raw[:64]!r}.")
+    return text
 
 
 def form_decode(raw: str) -> list[tuple[str, str]]:

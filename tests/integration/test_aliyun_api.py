@@ -1275,3 +1275,23 @@ async def test_sms_report_webhooks_in_alibaba_shape(face: Face, receiver: Receiv
             creds.webhook_secret, body, headers[WEBHOOK_HEADER], int(face.clock())
         )
     assert sender.delivered == 2 and sender.dead == 0
+
+
+async def test_u0000_is_refused_in_a_parameter_and_inside_template_param(face: Face) -> None:
+    """U+0000 never reaches the store: no PostgreSQL text column holds it (a 500 there).
+
+    As a form or query parameter (%00, the signature nonce included) it is a malformed call;
+    spelled as \\u0000 inside TemplateParam's JSON it is Alibaba's invalid JSON parameter."""
+    creds = await face.api.create_account(raw_text=False)
+    code = await face.template(creds, VERIFY_TEXT)
+    escaped = await _business_refusal(
+        face, creds, template_code=code, template_param='{"code":"12\\u00003"}'
+    )
+    assert escaped.code == "isv.INVALID_JSON_PARAM"
+    for name, value in (("SignName", "Ac\x00me"), ("SignatureNonce", "n\x00once")):
+        params = rpc_v1_params(creds, "QuerySmsSign", SignName="Acme")
+        params[name] = value
+        raw = await raw_post(face, rpc_v1_query(params, creds.app_secret))
+        assert (raw.status, raw.json["Code"]) == (400, "RequestParameterMalformed"), name
+        assert "%00" in raw.json["Message"]
+    assert await face.messages(creds) == []

@@ -316,7 +316,10 @@ _NAMES = st.sampled_from(
 )
 _VALUES = st.one_of(
     st.sampled_from(["", " ", "+", "*", "~", "a b+c*d~e", "1 + 1 = 2", '{"code":"12 34"}', "中文"]),
-    st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=24),
+    # U+0000 is refused before the signature is checked (no PostgreSQL text column holds it).
+    st.text(
+        alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=24
+    ),
 )
 _PARAMS = st.lists(st.tuples(_NAMES, _VALUES), max_size=8)
 
