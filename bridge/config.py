@@ -466,6 +466,7 @@ class SmscConfig:
     throttle_pause_max_s: float = field(default=10.0, metadata=meta(between(0.01, 600)))
     throttle_tolerance: float = field(default=0.1, metadata=meta(between(0, 1)))
     max_transient_retries: int = field(default=5, metadata=meta(between(0, 100)))
+    recycle_after_timeouts: int = field(default=3, metadata=meta(between(0, 1000)))
     unbind_timeout_s: float = field(default=5.0, metadata=meta(between(0.1, 60)))
     source_ton: int = field(default=5, metadata=meta(between(0, 6)))
     source_npi: int = field(default=0, metadata=meta(between(0, 18)))

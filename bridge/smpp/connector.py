@@ -103,6 +103,7 @@ class SmscSettings(Protocol):
     throttle_pause_max_s: float
     throttle_tolerance: float
     max_transient_retries: int
+    recycle_after_timeouts: int
     unbind_timeout_s: float
 
 
@@ -180,6 +181,7 @@ class _Bind:
         "task",
         "throttle_rate",
         "timer",
+        "unanswered",
     )
 
     def __init__(self, index: int, mode: BindMode) -> None:
@@ -196,6 +198,8 @@ class _Bind:
         self.timer: asyncio.TimerHandle | None = None
         # Share of recent submit answers that were throttles (moving average, ~128 answers).
         self.throttle_rate = 0.0
+        # Submits in a row that timed out with no answer to any submit in between.
+        self.unanswered = 0
 
     @property
     def up(self) -> bool:
@@ -524,6 +528,7 @@ class Connector:
                 continue
             before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
+            self._count_unanswered(bind, res.error)
             if res.error is None:
                 a = self._rtt_avg
                 self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
@@ -578,6 +583,34 @@ class Connector:
                 continue
             self._failed[name] += 1
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
+
+    def _count_unanswered(self, bind: _Bind, error: str | None) -> None:
+        """Drop a bind whose submits time out in a row while its link looks alive.
+
+        An SMSC that answers enquire_link but has stopped answering submit_sm (a stuck
+        application behind a live socket, a half-failed-over pair) otherwise keeps the bind
+        "up" for ever: every message waits response_timeout_s, comes back TIMEOUT and is
+        claimed onto the same dead bind again. A fresh bind is the only cure operators know;
+        with several binds the others take the traffic meanwhile. Any answer resets the count.
+        """
+        if error is None:
+            bind.unanswered = 0
+            return
+        if error != "TIMEOUT":
+            return
+        bind.unanswered += 1
+        limit = self.cfg.recycle_after_timeouts
+        if limit and bind.unanswered >= limit and bind.proto is not None and bind.up:
+            message = (
+                f"bind {bind.index}: {bind.unanswered} submits in a row unanswered; re-binding"
+            )
+            log.warning(
+                "smpp bind re-bound: submits unanswered",
+                extra={"smsc": self.name, "bind": bind.index, "unanswered": bind.unanswered},
+            )
+            self._error(message)
+            bind.unanswered = 0
+            bind.proto.abort(f"{limit} submit_sm in a row unanswered")
 
     async def _submit_on(
         self,
