@@ -658,6 +658,11 @@ def rules_paths() -> dict[str, Any]:
                         {"type": "string", "pattern": "^[0-9]{1,18}$", "default": "0"},
                         "next_cursor of the previous page (an entry id)",
                     ),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "the same as after, under the name the other list endpoints use",
+                    ),
                     _query("limit", _LIMIT, "rows to return"),
                 ],
             ),

@@ -12,6 +12,7 @@ from aiohttp import web
 from bridge import billing, review
 from bridge.api.context import BODY, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
+from bridge.api.reports import query_params
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import BillingError
@@ -105,7 +106,7 @@ async def post_template(request: web.Request) -> web.Response:
 
 async def list_templates(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    status = query_of(request).get("status")
+    status = query_params(query_of(request), ("status", "limit")).get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
     rows = await ctx.store.list_templates(
@@ -128,7 +129,7 @@ async def get_template(request: web.Request) -> web.Response:
 async def list_optouts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
-    cursor = query_of(request).get("cursor")
+    cursor = query_params(query_of(request), ("cursor", "limit")).get("cursor")
     limit = _limit(request)
     rows = await ctx.store.list_optouts(account.id, after=cursor, limit=limit + 1)
     more = len(rows) > limit
@@ -209,9 +210,13 @@ async def get_balance(request: web.Request) -> web.Response:
 
 async def get_ledger(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    raw = query_of(request).get("after", "0")
+    # Unknown parameters are refused: a client paging with a name this endpoint did not read
+    # got the first page again for ever. `cursor` is the name the other list endpoints use.
+    query = query_params(query_of(request), ("after", "cursor", "limit"))
+    name = "cursor" if "cursor" in query else "after"
+    raw = query.get(name, "0")
     if not re.fullmatch(r"[0-9]{1,18}", raw):
-        raise ApiError("INVALID_CURSOR", "after: an entry id returned by this API")
+        raise ApiError("INVALID_CURSOR", f"{name}: an entry id returned by this API")
     limit = _limit(request)
     rows = await ctx.store.ledger_page(_account(request).id, int(raw), limit)
     return json_response(

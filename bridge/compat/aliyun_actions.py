@@ -21,7 +21,7 @@ from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import SendRequest
-from bridge.compat.aliyun_reports import local_time, phone
+from bridge.compat.aliyun_reports import DOMESTIC_PREFIX, local_time, phone
 from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
 from bridge.domain.phone import PLANS, PhoneError, normalize
@@ -357,31 +357,33 @@ async def query_send_details(ctx: ApiContext, account: Account, p: Params) -> di
 async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     tz = ctx.config.rules.timezone
     is_globe = _int(p, "IsGlobe", 1, 1, 2)
-    start, _ = _day_bounds(_required(p, "StartDate"), tz)
-    _, end = _day_bounds(_required(p, "EndDate"), tz)
-    if end <= start or end - start > 31 * 86_400_000:
-        raise ApiError("INVALID_FIELD", "EndDate: after StartDate, at most 30 days later")
+    first, last = _date(p, "StartDate"), _date(p, "EndDate")
+    if not 0 <= (last - first).days <= 30:  # calendar days: a 25-hour day is still one
+        raise ApiError("INVALID_FIELD", "EndDate: not before StartDate, at most 30 days later")
     size = _int(p, "PageSize", 10, 1, 50)
     page = _int(p, "PageIndex", 1, 1, 100_000)
-    offset_ms = int(ZoneInfo(tz).utcoffset(datetime.fromtimestamp(start / 1000)).total_seconds()
-                    * 1000)  # fmt: skip
-    rows = await ctx.store.stats(account.id, start, end, offset_ms)
-    # Domestic vs international: the daily counters do not split by destination, so the
-    # international view (IsGlobe=2) counts nothing unless the account sends abroad only.
+    # IsGlobe 1 is mainland China (the face's domestic numbers), 2 everything else. Each local
+    # day is counted within its own bounds: one UTC offset for the range put the messages after
+    # a daylight-saving change on the wrong day.
     targets = []
-    for r in rows:
-        day = datetime.fromtimestamp(r["day_index"] * 86_400, ZoneInfo("UTC")).strftime("%Y%m%d")
+    for n in range((last - first).days + 1):
+        day = (first + timedelta(days=n)).strftime("%Y%m%d")
+        start, end = _day_bounds(day, tz)
+        rows = await ctx.store.stats(
+            account.id, start, end, 0, prefix=DOMESTIC_PREFIX, within=is_globe == 1
+        )
+        if not rows:
+            continue
+        total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "day_index"}
         targets.append(
             {
-                "TotalCount": r["submitted"],
-                "RespondedSuccessCount": r["delivered"],
-                "RespondedFailCount": r["failed"] + r["unknown"],
-                "NoRespondedCount": r["pending"],
+                "TotalCount": total["submitted"],
+                "RespondedSuccessCount": total["delivered"],
+                "RespondedFailCount": total["failed"] + total["unknown"],
+                "NoRespondedCount": total["pending"],
                 "SendDate": day,
             }
         )
-    if is_globe == 2:
-        targets = []
     targets.sort(key=lambda t: t["SendDate"], reverse=True)
     return {
         "Code": "OK",
@@ -391,6 +393,19 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
             "TargetList": targets[(page - 1) * size : page * size],
         },
     }
+
+
+def _date(p: Params, name: str) -> datetime:
+    raw = _required(p, name)
+    if not _DATE.fullmatch(raw):
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd")
+    try:
+        day = datetime.strptime(raw, "%Y%m%d")
+    except ValueError:
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd") from None
+    if day.year < 1970:  # before any message; and far dates overflow the bounds' arithmetic
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd, from 19700101")
+    return day
 
 
 async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:

@@ -37,7 +37,11 @@ def local_time(ms: int | None, tz: str) -> str | None:
     return datetime.fromtimestamp(ms / 1000, _zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def phone(e164: str, domestic_prefix: str = "+86") -> str:
+# Alibaba's domestic numbers: mainland China (IsGlobe 1, PhoneNum without a country code).
+DOMESTIC_PREFIX = "+86"
+
+
+def phone(e164: str, domestic_prefix: str = DOMESTIC_PREFIX) -> str:
     """The number as the cloud service shows it: national for domestic, digits otherwise."""
     if e164.startswith(domestic_prefix):
         return e164[len(domestic_prefix) :]
@@ -50,7 +54,7 @@ def err_code(m: MessageRecord) -> str:
     return (m.error_code or m.state.upper())[:32]
 
 
-def sms_report(m: MessageRecord, tz: str, domestic_prefix: str = "+86") -> dict[str, Any]:
+def sms_report(m: MessageRecord, tz: str, domestic_prefix: str = DOMESTIC_PREFIX) -> dict[str, Any]:
     code = err_code(m)
     return {
         "phone_number": phone(m.recipient, domestic_prefix),

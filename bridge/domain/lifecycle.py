@@ -85,17 +85,23 @@ class Summary:
     all_dispatched: bool  # no part left to send
 
 
-def summarize(parts: Sequence[tuple[str, str | None]]) -> Summary:
-    """Roll (state, error_code) of each part, in seq order, up to the message."""
+def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Summary:
+    """Roll (state, error_code) of each part, in seq order, up to the message.
+
+    `segments` is the message's count on the air: one part of a message of more segments is a
+    message_payload PDU (split: payload) the SMSC splits itself, and its one receipt stands for
+    all of them (segments_sent counts them so too), so its counts are scaled to `segments`.
+    """
     states = [s for s, _e in parts]
+    scale = segments if len(parts) == 1 and segments > 1 else 1
     new = rollup(states)
     error = next((e for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT), None)
     if error is None and new == MSG_UNKNOWN:
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
     return Summary(
         state=new,
-        delivered=sum(1 for s in states if s == SEG_DELIVERED),
-        failed=sum(1 for s in states if s in SEG_NEGATIVE),
+        delivered=scale * sum(1 for s in states if s == SEG_DELIVERED),
+        failed=scale * sum(1 for s in states if s in SEG_NEGATIVE),
         error=error,
         all_dispatched=all(s != SEG_QUEUED for s in states),
     )
@@ -127,13 +133,14 @@ def row_update(
     old_error: str | None,
     release_when_dispatched: bool,
     now: int,
+    segments: int = 0,
 ) -> RowUpdate | None:
     """The roll-up both store engines apply; None when the row would not change.
 
     `release_when_dispatched` is true after submit results (the dispatcher is done with the
     message once no part is queued); after receipts only a final message releases its claim.
     """
-    s = summarize(parts)
+    s = summarize(parts, segments)
     release = (
         (release_when_dispatched or s.state in MSG_FINAL) and s.all_dispatched and q_state != "done"
     )

@@ -142,8 +142,18 @@ class Store(Protocol):
     ) -> list[MessageRecord]: ...
     async def queue_depth(self) -> int: ...
     async def stats(
-        self, account_id: str, since: int, until: int, tz_offset_ms: int
-    ) -> list[dict[str, Any]]: ...
+        self,
+        account_id: str,
+        since: int,
+        until: int,
+        tz_offset_ms: int,
+        *,
+        prefix: str | None = None,
+        within: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Per-day counts; with `prefix`, only recipients starting with it (`within`) or only
+        the others (not `within`)."""
+        ...
 
     # pipeline
     async def recover(

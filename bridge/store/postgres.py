@@ -885,9 +885,18 @@ class PostgresStore(RulesStoreMixin):
         )
 
     async def stats(
-        self, account_id: str, since: int, until: int, tz_offset_ms: int
+        self,
+        account_id: str,
+        since: int,
+        until: int,
+        tz_offset_ms: int,
+        *,
+        prefix: str | None = None,
+        within: bool = True,
     ) -> list[dict[str, Any]]:
-        return await reports.stats(self.pool, account_id, since, until, tz_offset_ms)
+        return await reports.stats(
+            self.pool, account_id, since, until, tz_offset_ms, prefix=prefix, within=within
+        )
 
     # -- pipeline ---------------------------------------------------------------------------------
 

@@ -399,6 +399,7 @@ async def rollup_messages(
             old_error=old_error,
             release_when_dispatched=touched[mid],
             now=now,
+            segments=nseg,
         )
         if u is None:
             continue

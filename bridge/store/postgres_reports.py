@@ -23,7 +23,14 @@ _CDR_COLS = (
 
 
 async def stats(
-    pool: asyncpg.Pool, account_id: str, since: int, until: int, tz_offset_ms: int
+    pool: asyncpg.Pool,
+    account_id: str,
+    since: int,
+    until: int,
+    tz_offset_ms: int,
+    *,
+    prefix: str | None = None,
+    within: bool = True,
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT (accepted_at + $1) / 86400000 AS day, COUNT(*), "
@@ -32,11 +39,14 @@ async def stats(
         "COUNT(*) FILTER (WHERE state IN ('queued', 'sent')), "
         "COUNT(*) FILTER (WHERE state = 'unknown'), SUM(segments), SUM(billable_units) "
         "FROM messages WHERE account_id = $2 AND accepted_at >= $3 AND accepted_at < $4 "
+        "AND ($5::text IS NULL OR (left(recipient, length($5::text)) = $5::text) = $6) "
         "GROUP BY day ORDER BY day",
         tz_offset_ms,
         account_id,
         since,
         until,
+        prefix,
+        within,
     )
     return [
         {

@@ -526,16 +526,25 @@ class SqliteStore(RulesStoreMixin):
         return await self._runner.read_heavy(job)
 
     async def stats(
-        self, account_id: str, since: int, until: int, tz_offset_ms: int
+        self,
+        account_id: str,
+        since: int,
+        until: int,
+        tz_offset_ms: int,
+        *,
+        prefix: str | None = None,
+        within: bool = True,
     ) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
-                "SELECT (accepted_at + ?) / 86400000 AS day, COUNT(*), "
+                "SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), "
                 "SUM(state='delivered'), SUM(state IN ('failed','expired')), "
                 "SUM(state IN ('queued','sent')), SUM(state='unknown'), SUM(segments), "
-                "SUM(billable_units) FROM messages WHERE account_id=? AND accepted_at>=? "
-                "AND accepted_at<? GROUP BY day ORDER BY day",
-                (tz_offset_ms, account_id, since, until),
+                "SUM(billable_units) FROM messages WHERE account_id=?2 AND accepted_at>=?3 "
+                "AND accepted_at<?4 "
+                "AND (?5 IS NULL OR (substr(recipient, 1, length(?5))=?5)=?6) "
+                "GROUP BY day ORDER BY day",
+                (tz_offset_ms, account_id, since, until, prefix, within),
             )
             return [
                 {

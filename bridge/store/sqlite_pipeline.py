@@ -76,6 +76,7 @@ def rollup_messages(
             old_error=old_error,
             release_when_dispatched=touched[mid],
             now=now,
+            segments=nseg,
         )
         if u is None:
             continue
