@@ -884,7 +884,8 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
             # Not while a released message waits out its hold after a try (see the SQLite
             # engine's sweep).
             "SELECT id FROM messages WHERE q_state = 'queued' AND expires_at IS NOT NULL "
-            "AND expires_at <= $1 AND (q_attempts = 0 OR q_not_before <= $1) "
+            "AND expires_at <= $1 "
+            "AND (q_attempts = 0 OR q_not_before <= $1 OR q_park IS NOT NULL) "
             "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
             now,
         )

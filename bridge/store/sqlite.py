@@ -575,36 +575,20 @@ class SqliteStore(RulesStoreMixin):
         """
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
-            claimed = c.execute(
-                "SELECT id, q_route FROM messages WHERE q_state='claimed'"
-            ).fetchall()
-            requeued = marked = 0
-            for mid, route in claimed:
-                if route is not None and route in unknown_smscs:
-                    c.execute(
-                        "UPDATE segments SET state=?, done_at=?, error_code='IN_FLIGHT_AT_RESTART' "
-                        "WHERE message_id=? AND state='queued'",
-                        (lc.SEG_TIMEOUT, now, mid),
-                    )
-                    # Nothing is left to send: out of the queue even while earlier parts
-                    # still await their receipts (else it sits 'claimed' and in queue_depth).
-                    pipe.rollup_messages(c, {mid: True}, now)
-                    marked += 1
-                else:
-                    c.execute(
-                        "UPDATE messages SET q_state='queued', q_claimed_by=NULL, "
-                        "q_lease_until=NULL WHERE id=?",
-                        (mid,),
-                    )
-                    requeued += 1
-            return {"requeued": requeued, "marked_unknown": marked}
+            return _requeue_claims(c, now, unknown_smscs, expired_only=False)
 
         return await self._runner.write(job, durable=False)
 
     async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
-        """Nothing to do: one process owns every claim of a SQLite store, and `recover` gives
-        them all back when it starts (several instances need the PostgreSQL engine)."""
-        return {"requeued": 0, "marked_unknown": 0}
+        """Periodic: take back claims whose lease expired. The dispatcher renews the lease of
+        every message it still holds, so an expired one was forgotten: its results could not be
+        written (the store refused writes longer than the dispatcher retried), and it stayed
+        'claimed', never sent, never expired and counted in the queue depth, until a restart."""
+
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            return _requeue_claims(c, now, unknown_smscs, expired_only=True)
+
+        return await self._runner.write(job, durable=False)
 
     async def renew_claims(self, instance: str, ids: list[str], lease_until: int) -> int:
         """Extend the lease of messages this instance is still sending (a throttled link can
@@ -751,9 +735,13 @@ class SqliteStore(RulesStoreMixin):
             expired = _settle_parts(
                 c,
                 # Not while a released message waits out its hold after a try: its submit may
-                # still be answered (late), and ended now the SMSC would deliver for free.
+                # still be answered (late), and ended now the SMSC would deliver for free. A
+                # parked one is past its hold (only a due message is parked), though parking
+                # moved q_not_before on: without the q_park test a tried message whose route
+                # stayed down was re-parked each time it came due and never expired.
                 "SELECT id FROM messages WHERE q_state='queued' AND expires_at IS NOT NULL "
-                "AND expires_at<=?1 AND (q_attempts=0 OR q_not_before<=?1) LIMIT 10000",
+                "AND expires_at<=?1 AND (q_attempts=0 OR q_not_before<=?1 OR q_park IS NOT NULL) "
+                "LIMIT 10000",
                 now,
                 from_state="queued",
                 to_state=lc.SEG_EXPIRED_UNSENT,
@@ -1127,6 +1115,41 @@ def _split_sql(sql: str) -> Iterable[str]:
     for part in body.split(";"):
         if part.strip():
             yield part.strip()
+
+
+def _requeue_claims(
+    c: sqlite3.Connection, now: int, unknown_smscs: frozenset[str], *, expired_only: bool
+) -> dict[str, int]:
+    """Give claims back to the queue: all of them (start-up), or those whose lease expired.
+
+    Segments of a claimed message with no submit_sm_resp recorded may or may not have reached
+    the SMSC: they are resent (at-least-once) unless the SMSC its parts went to in this claim
+    (q_route) is configured `in_flight_on_restart: unknown`."""
+    claimed = c.execute(
+        "SELECT id, q_route FROM messages WHERE q_state='claimed'"
+        + (" AND q_lease_until<?" if expired_only else ""),
+        (now,) if expired_only else (),
+    ).fetchall()
+    requeued = marked = 0
+    for mid, route in claimed:
+        if route is not None and route in unknown_smscs:
+            c.execute(
+                "UPDATE segments SET state=?, done_at=?, error_code='IN_FLIGHT_AT_RESTART' "
+                "WHERE message_id=? AND state='queued'",
+                (lc.SEG_TIMEOUT, now, mid),
+            )
+            # Nothing is left to send: out of the queue even while earlier parts still await
+            # their receipts (else it sits 'claimed' and in queue_depth).
+            pipe.rollup_messages(c, {mid: True}, now)
+            marked += 1
+        else:
+            c.execute(
+                "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL "
+                "WHERE id=?",
+                (mid,),
+            )
+            requeued += 1
+    return {"requeued": requeued, "marked_unknown": marked}
 
 
 def _authorize(
