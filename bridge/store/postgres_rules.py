@@ -705,9 +705,7 @@ class RulesStoreMixin:
             found = await c.fetchval(f"SELECT COUNT(*) FROM messages WHERE {where}", *args)
             # Waiting for rows a claim scan holds a moment (not skipping them): PostgreSQL then
             # reads them again, so a message the claim did not take is still canceled.
-            ended = await _end_queued_where(
-                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, wait=True
-            )
+            ended = await _end_queued_where(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now)
             return ended, int(found)
 
         return await run_tx(self.pool, job)
@@ -755,18 +753,20 @@ async def _end_queued_where(
     args: Sequence[Any],
     error: str,
     now: int,
-    *,
-    wait: bool = False,
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as _end_queued says. The
     rows are locked in id order (the pipeline's order); a message a dispatcher holds is not
-    queued and goes out."""
+    queued and goes out.
+
+    Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
+    again, so one the claim passed over or parked is still ended. Skipped, an opted-out number's
+    queued message was sent (and charged) once its route came back."""
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
 
     rows = await c.fetch(
         f"SELECT id, {NEVER_TRIED} FROM messages WHERE {where} "
-        f"AND q_state = 'queued' ORDER BY id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+        "AND q_state = 'queued' ORDER BY id FOR UPDATE",
         *args,
     )
     queued = [r[0] for r in rows if r[1]]
