@@ -20,6 +20,8 @@ SEG_EXPIRED_UNSENT = "expired_unsent"  # validity passed before it could be sent
 # Negative receipt states (from bridge.smpp.receipt.ReceiptState values).
 SEG_NEGATIVE = frozenset({"undeliverable", "expired", "rejected", "unknown", SEG_FAILED})
 SEG_FINAL = SEG_NEGATIVE | {SEG_DELIVERED, SEG_TIMEOUT, SEG_EXPIRED_UNSENT}
+# Parts an SMSC took: sent, or with a receipt (which may come before the submit_sm_resp).
+SEG_ACCEPTED = frozenset({SEG_SENT, SEG_DELIVERED, SEG_TIMEOUT}) | (SEG_NEGATIVE - {SEG_FAILED})
 
 # Message states.
 MSG_QUEUED = "queued"
@@ -83,6 +85,7 @@ class Summary:
     failed: int
     error: str | None
     all_dispatched: bool  # no part left to send
+    accepted: bool  # an SMSC took at least one part
 
 
 def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Summary:
@@ -104,6 +107,7 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
         failed=scale * sum(1 for s in states if s in SEG_NEGATIVE),
         error=error,
         all_dispatched=all(s != SEG_QUEUED for s in states),
+        accepted=any(s in SEG_ACCEPTED for s in states),
     )
 
 
@@ -116,7 +120,7 @@ class RowUpdate:
     delivered: int
     failed: int
     error: str | None
-    sent_at: int | None  # set when the message just became "sent"
+    sent_at: int | None  # set when the message just went out ("sent", or final from queued)
     done_at: int | None  # set when it just became final
     release: bool  # give the dispatch claim back: nothing is left to send
     became_sent: bool
@@ -146,6 +150,9 @@ def row_update(
     )
     became_sent = s.state == MSG_SENT and old_state != MSG_SENT
     became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
+    # A message whose receipts came before its submit_sm_resp goes from queued straight to
+    # final: it went out all the same, so it gets its sent time (the stores keep the first).
+    stamp_sent = became_sent or (old_state == MSG_QUEUED and became_final and s.accepted)
     if (
         s.state == old_state
         and s.delivered == old_delivered
@@ -159,7 +166,7 @@ def row_update(
         delivered=s.delivered,
         failed=s.failed,
         error=s.error,
-        sent_at=now if became_sent else None,
+        sent_at=now if stamp_sent else None,
         done_at=now if became_final else None,
         release=release,
         became_sent=became_sent,

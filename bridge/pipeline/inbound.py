@@ -519,9 +519,16 @@ def join_runs(parts: list[MoPart]) -> str:
 
 def _e164(addr: str, ton: int) -> str:
     """The MO's source as E.164 when it is international: TON 1, a "+", or (TON 0, unknown, as
-    many SMSCs send) 10 digits or more. A national number (TON 2) is kept as received: read as
+    many SMSCs send) 10 digits or more, without a leading international prefix 00. A national
+    number (TON 2, or digits starting with a trunk 0) is kept as received: read as
     international, China's 13800138000 became the North American +13800138000."""
     digits = addr.lstrip("+")
+    if not addr.startswith("+") and ton in (0, 1) and digits.startswith("00"):
+        digits = digits[2:]  # the international call prefix some SMSCs leave on: 0086138...
+    if digits.startswith("0"):
+        # No country code starts with 0: a national number with its trunk 0 (07700900123) is
+        # kept as received, never made a "+0..." that matches nothing.
+        return addr
     if digits.isdigit() and (ton == 1 or addr.startswith("+") or (ton == 0 and len(digits) >= 10)):
         return "+" + digits
     return addr

@@ -1163,14 +1163,17 @@ class PostgresStore(RulesStoreMixin):
         engine): never one written from another address than the one the reply went to."""
         row = await self.pool.fetchrow(
             "SELECT account_id, sign_name FROM messages WHERE recipient = $1 AND accepted_at >= $2 "
+            "AND COALESCE(sent_at, scheduled_at, accepted_at) >= $6 "
             "AND (sender = ANY($3::text[]) OR ($4 AND sender IS NULL)) "
             "AND (cardinality($5::text[]) = 0 OR account_id = ANY($5::text[])) "
-            "ORDER BY accepted_at DESC LIMIT 1",
+            "ORDER BY (segments_sent > 0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, "
+            "id DESC LIMIT 1",
             source,
-            now - 30 * 86_400_000,
+            now - 60 * 86_400_000,
             list(senders),
             default,
             list(accounts),
+            now - 30 * 86_400_000,
         )
         return (row[0], row[1]) if row else None
 

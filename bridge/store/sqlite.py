@@ -890,15 +890,27 @@ class SqliteStore(RulesStoreMixin):
         days to it from one of `senders` (the forms of the address the reply went to), or with no
         sender of its own when that address is the SMSC's default (`default`). None otherwise:
         a reply, an opt-out above all, is never handed to an account that wrote from another
-        address."""
+        address.
+
+        Latest by when it went out, and one that went out before one still waiting (scheduled,
+        queued): the person answers what reached them. By acceptance alone, another account's
+        message scheduled for tomorrow took a STOP meant for the one that had texted them, and
+        a message scheduled 30 days ahead was out of the window the day it was sent."""
 
         def job(c: sqlite3.Connection) -> tuple[str, str | None] | None:
             only = f"AND account_id IN ({pipe._marks(len(accounts))}) " if accounts else ""
             row = c.execute(
-                "SELECT account_id, sign_name FROM messages WHERE recipient=? AND accepted_at>=? "
+                f"SELECT account_id, sign_name FROM messages WHERE recipient=? AND {_MO_WINDOW} "
                 f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) {only}"
-                "ORDER BY accepted_at DESC LIMIT 1",
-                (source, now - 30 * 86_400_000, *senders, default, *accounts),
+                f"ORDER BY {_MO_ORDER} LIMIT 1",
+                (
+                    source,
+                    now - 60 * 86_400_000,
+                    now - 30 * 86_400_000,
+                    *senders,
+                    default,
+                    *accounts,
+                ),
             ).fetchone()
             return (row[0], row[1]) if row else None
 
@@ -1115,6 +1127,12 @@ def _split_sql(sql: str) -> Iterable[str]:
     for part in body.split(";"):
         if part.strip():
             yield part.strip()
+
+
+# The messages a reply may answer: out (or due) in the last 30 days; a message is accepted at most
+# 30 days before it is due (scheduled_at), so the index range on accepted_at spans 60.
+_MO_WINDOW = "accepted_at>=? AND COALESCE(sent_at, scheduled_at, accepted_at)>=?"
+_MO_ORDER = "(segments_sent>0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, id DESC"
 
 
 def _requeue_claims(
