@@ -51,6 +51,13 @@ STAT_STATES: dict[str, ReceiptState] = {
     "BUFFRED": ReceiptState.ENROUTE,
     "BUFFERD": ReceiptState.ENROUTE,
     "ACKED": ReceiptState.ENROUTE,
+    # The message_state names of SMPP 3.4 table 5-6 in full, which some SMSCs write instead of
+    # the 7-letter abbreviations (the same states, not a guess): read as unknown, every message
+    # of such a carrier ended failed and refunded although delivered.
+    "DELIVERED": ReceiptState.DELIVERED,
+    "UNDELIVERABLE": ReceiptState.UNDELIVERABLE,
+    "REJECTED": ReceiptState.REJECTED,
+    "ACCEPTED": ReceiptState.ENROUTE,
 }
 
 # message_state TLV values (SMPP 3.4, 5.2.28) and the stat word each stands for.
