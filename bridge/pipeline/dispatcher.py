@@ -29,7 +29,7 @@ from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import LateSubmit
+from bridge.smpp.connector import LateSubmit, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.store.base import Store
@@ -76,6 +76,7 @@ class ConnectorLike(Protocol):
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[Any] | None = None,
+        outcomes: list[Any] | None = None,
     ) -> list: ...
 
 
@@ -303,9 +304,14 @@ class Dispatcher:
         if not msg.segments:  # nothing left to send (already handled): just release the claim
             add(Release(msg.id, now_ms, count_attempt=False))
             return
-        name = self.router.pick(
-            msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
-        )
+        if msg.smsc is not None and msg.smsc in self.connectors:
+            # Earlier parts went there: the rest follow, or wait for it (one concatenated SMS
+            # over two carriers may never be joined, and each would bill its parts).
+            name = msg.smsc if self.connectors[msg.smsc].is_up else None
+        else:
+            name = self.router.pick(
+                msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
+            )
         if name is None:
             # Its route went down after the claim found it up (a down route's messages are
             # parked by the claim instead): back off (1 s, 2 s, 4 s ... 60 s per message), or
@@ -338,13 +344,30 @@ class Dispatcher:
         if msg.expires_at is not None:
             loop_now = asyncio.get_running_loop().time()
             deadline = loop_now + (msg.expires_at - now_ms) / 1000
+        so_far: list[SubmitOutcome] = []
         try:
             outcomes = await connector.send_message(
                 build_parts(msg, smsc),
                 before,
                 deadline,
                 contexts=[(msg.id, seg.seq) for seg in msg.segments],
+                outcomes=so_far,
             )
+        except asyncio.CancelledError:
+            # The shutdown's grace ran out with a later part on the wire: the parts the SMSC
+            # accepted are recorded (stop() writes them), or the restart resent them and their
+            # receipts matched nothing. The claim stays for the restart's recovery.
+            at = int(self.clock() * 1000)
+            for seg, out in zip(msg.segments, so_far, strict=False):
+                if out.kind != "ok":
+                    break
+                raw = out.message_id or ""
+                add(
+                    SubmitResult(
+                        msg.id, seg.seq, "sent", name, normalize_resp_id(raw, rule), raw, at=at
+                    )
+                )
+            raise
         except _RouteNotRecorded as exc:  # nothing left
             if exc.lost:
                 log.warning("claim taken back by another instance; not sent")

@@ -446,6 +446,7 @@ class Connector:
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[Any] | None = None,
+        outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
         """Send a message's parts in order on one bind; one outcome per part (see module doc).
 
@@ -460,7 +461,11 @@ class Connector:
         are the parts after it; sent late, its validity_period would be in the past.
 
         `contexts` (one per part): what ``on_late_submit`` reports for a part accepted after its
-        TIMEOUT outcome (the dispatcher passes (message id, part seq))."""
+        TIMEOUT outcome (the dispatcher passes (message id, part seq)).
+
+        `outcomes`: a caller's list the outcomes are appended to as each part's comes, so a
+        caller cancelled half-way (a shutdown's grace ran out) still knows which parts the SMSC
+        accepted, with their ids, and records them instead of resending them."""
         n = len(parts)
         if n == 0:
             return []
@@ -471,7 +476,8 @@ class Connector:
             bind = await self._pick_bind()
             if bind is None:
                 return [_no_bind(i) for i in range(n)]
-            outcomes: list[SubmitOutcome] = []
+            if outcomes is None:
+                outcomes = []
             for i, part in enumerate(parts):
                 outcome, bind = await self._send_part(
                     i,

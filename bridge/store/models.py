@@ -223,6 +223,9 @@ class WorkMessage:
     expires_at: int | None
     attempts: int
     segments: tuple[WorkSegment, ...]
+    # The SMSC its earlier parts went to, when some did: the rest follow them there, so one
+    # concatenated SMS is never split over two carriers (failover between its parts).
+    smsc: str | None = None
 
 
 @fast_init

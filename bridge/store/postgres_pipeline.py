@@ -175,10 +175,11 @@ WITH c AS (
     UPDATE messages SET q_state = 'claimed', q_claimed_by = $2, q_lease_until = $3,
         q_attempts = q_attempts + 1, q_route = NULL, q_park = NULL
     WHERE id = ANY($1::text[])
-    RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts
+    RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts,
+        CASE WHEN segments_sent > 0 THEN smsc END AS first_smsc
 )
 SELECT c.id, c.account_id, c.recipient, c.sender, c.data_coding, c.expires_at, c.q_attempts,
-    s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts
+    s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts, c.first_smsc
 FROM c LEFT JOIN segments s ON s.message_id = c.id AND s.state = 'queued'
 ORDER BY c.id, s.seq
 """
@@ -322,7 +323,7 @@ async def claim(
     for r in rows:
         mid = r[0]
         if mid not in msgs:
-            msgs[mid] = tuple(r[:7])
+            msgs[mid] = (*r[:7], r[13])
             segs[mid] = []
         if r[7] is not None:
             segs[mid].append(
@@ -345,6 +346,7 @@ async def claim(
             expires_at=m[5],
             attempts=m[6],
             segments=tuple(segs[mid]),
+            smsc=m[7],
         )
         for mid in ids
         if (m := msgs.get(mid)) is not None

@@ -1366,8 +1366,8 @@ def _claim_ids(
     msgs = {
         r[0]: r
         for r in c.execute(
-            f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts "
-            f"FROM messages WHERE id IN ({marks})",
+            f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts, "
+            f"CASE WHEN segments_sent>0 THEN smsc END FROM messages WHERE id IN ({marks})",
             ids,
         )
     }
@@ -1400,6 +1400,7 @@ def _claim_ids(
                 expires_at=m[5],
                 attempts=m[6],
                 segments=tuple(segs.get(mid, ())),
+                smsc=m[7],
             )
         )
     return out

@@ -70,6 +70,7 @@ class SlotWaitConnector:
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
+        outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         self.waiting += 1
@@ -99,6 +100,7 @@ class RaisingConnector(SlotWaitConnector):
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
+        outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         raise RuntimeError("unexpected bug in the send path")

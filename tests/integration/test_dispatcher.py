@@ -74,6 +74,7 @@ class HeldConnector:
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
+        outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
         if before_first is not None:
             await before_first()
@@ -342,6 +343,7 @@ class GatedConnector(HeldConnector):
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
+        outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
         self.waiting += 1
         await self.gate.wait()
