@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -133,6 +134,10 @@ class Dispatcher:
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
+        # Messages in flight per SMSC: one holding its share (in_flight_windows x its window)
+        # is left out of claims like a down one, its route's messages parked, so a slow carrier
+        # does not fill the whole in-flight allowance and hold up every other route.
+        self._by_smsc: Counter[str] = Counter()
         self._rerouted: set[str] = set()  # park keys a reload may have re-routed: un-park once
         # (router, SMSCs up) -> the claim's park function and routable keys: computed once per
         # change, not per claim (~0.3 ms a claim with 200 prefixes).
@@ -230,14 +235,28 @@ class Dispatcher:
 
     def _parking_now(self) -> tuple[_Park, list[str]]:
         """What the next claim parks (`Router.parker`) and the routes whose parked messages it
-        takes (`Router.routable_keys`), for the SMSCs up now."""
-        up = frozenset(n for n, c in self.connectors.items() if c.is_up)
+        takes (`Router.routable_keys`), for the SMSCs up now and not holding their share of
+        messages in flight (`_saturated`): a saturated SMSC's route waits like a down one."""
+        busy = self._saturated()
+        up = frozenset(n for n, c in self.connectors.items() if c.is_up and n not in busy)
         cached = self._parking
         if cached is None or cached[0] is not self.router or cached[1] != up:
             park = self.router.parker(up)
             cached = (self.router, up, park, self.router.routable_keys(up.__contains__))
             self._parking = cached
         return cached[2], cached[3]
+
+    def _saturated(self) -> frozenset[str]:
+        """SMSCs with `in_flight_windows` windows of messages in flight. With one SMSC that is
+        the claim limit itself (capacity() is 0 then), so only several SMSCs pay for this."""
+        if len(self._by_smsc) < 2 and len(self.connectors) < 2:
+            return frozenset()
+        out = []
+        for name, n in self._by_smsc.items():
+            c = self.connectors.get(name)
+            if c is not None and n >= self.in_flight_windows * c.window_size():
+                out.append(name)
+        return frozenset(out)
 
     async def _unpark(self, now_ms: int) -> None:
         """Before a claim, after a reload: un-park the routes it changed (their messages may
@@ -323,6 +342,22 @@ class Dispatcher:
             add(Release(msg.id, now_ms + min(60_000, 1000 << waits), count_attempt=False))
             return
         self._no_route.pop(msg.id, None)
+        self._by_smsc[name] += 1
+        try:
+            await self._send_on(msg, name, add, now_ms)
+        finally:
+            self._by_smsc[name] -= 1
+            if not self._by_smsc[name]:
+                del self._by_smsc[name]
+
+    async def _send_on(
+        self,
+        msg: WorkMessage,
+        name: str,
+        add: Callable[[SubmitResult | Release], None],
+        now_ms: int,
+    ) -> None:
+        """Send `msg` on SMSC `name` and hand its results to `add`."""
         connector = self.connectors[name]
         connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
         smsc = self.smscs[name]
