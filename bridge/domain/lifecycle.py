@@ -172,3 +172,21 @@ def row_update(
         became_sent=became_sent,
         became_final=became_final,
     )
+
+
+def receipt_targets(candidates: Sequence[tuple[str, int, str]]) -> list[tuple[str, int]]:
+    """The parts one receipt settles, of the (message id, seq, state) parts its SMSC id matches.
+
+    Only open parts (no final state yet), and of those only the newest message's (message ids
+    sort by time), every open part of it. An SMSC that starts its ids over (a restart, a
+    counter wrap) reuses an id whose old part is final, or still waiting out its receipt
+    timeout: the receipt is the new part's. An SMSC that answers every part of a long message
+    with one id sends one receipt for all of them: matched to one part, the others waited 72 h
+    and the message ended unknown. Empty when every candidate is final (a duplicate or late
+    receipt: the first final outcome stands).
+    """
+    open_parts = [(mid, seq) for mid, seq, state in candidates if state not in SEG_FINAL]
+    if not open_parts:
+        return []
+    newest = max(mid for mid, _seq in open_parts)
+    return sorted(p for p in open_parts if p[0] == newest)

@@ -733,8 +733,9 @@ def _columns(items: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
 
 async def _match(
     c: asyncpg.Connection, receipts: Sequence[ReceiptIn]
-) -> dict[tuple[str, str], str]:
-    """(SMSC, normalised id) -> message id, for the receipts whose part is known."""
+) -> dict[tuple[str, str], set[str]]:
+    """(SMSC, normalised id) -> message ids, for the receipts whose part is known (an SMSC that
+    reuses ids, or gives all parts one id, has several)."""
     rows = await c.fetch(
         "SELECT s.smsc, s.smsc_msg_id, s.message_id FROM segments s "
         "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
@@ -742,14 +743,17 @@ async def _match(
         [r.smsc for r in receipts],
         [r.smsc_msg_id for r in receipts],
     )
-    return {(r[0], r[1]): r[2] for r in rows}
+    found: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        found.setdefault((r[0], r[1]), set()).add(r[2])
+    return found
 
 
 async def _apply(
     c: asyncpg.Connection,
     receipts: list[ReceiptIn],
     touched: dict[str, bool],
-    where: dict[tuple[str, str], str] | None = None,
+    where: dict[tuple[str, str], set[str]] | None = None,
     locked: dict[str, tuple[Any, ...]] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
@@ -761,10 +765,10 @@ async def _apply(
         where = await _match(c, receipts)
     if not where:
         return list(receipts)
-    rows = await lock_messages(c, where.values())
+    rows = await lock_messages(c, {mid for mids in where.values() for mid in mids})
     if locked is not None:
         locked.update(rows)  # unchanged by what follows (only parts change): for the roll-up
-    parts: dict[tuple[str, str], list[Any]] = {}
+    parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
     for smsc, msg_id, mid, seq, state in await c.fetch(
         "SELECT s.smsc, s.smsc_msg_id, s.message_id, s.seq, s.state FROM segments s "
         "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
@@ -772,26 +776,27 @@ async def _apply(
         [k[0] for k in where],
         [k[1] for k in where],
     ):
-        parts[(smsc, msg_id)] = [mid, seq, state]
+        parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
     unmatched = []
     upd: list[list[Any]] = [[] for _ in range(5)]
     for r in receipts:
-        part = parts.get((r.smsc, r.smsc_msg_id))
-        if part is None:
+        found = parts.get((r.smsc, r.smsc_msg_id))
+        if found is None:
             unmatched.append(r)
             continue
-        mid, seq, state = part
-        if r.state == "enroute" or state in lc.SEG_FINAL:
-            continue  # intermediate, or a duplicate/late receipt: the first final outcome stands
+        if r.state == "enroute":
+            continue  # intermediate
         new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
-        part[2] = new_state
-        for col, value in zip(
-            upd,
-            (mid, seq, new_state, r.received_at, lc.receipt_error_code(r.state, r.stat, r.err)),
-            strict=True,
-        ):
-            col.append(value)
-        touched.setdefault(mid, False)
+        error = lc.receipt_error_code(r.state, r.stat, r.err)
+        settled = set(lc.receipt_targets(found))  # none: duplicate or late, the first stands
+        for mid, seq in settled:
+            for col, value in zip(upd, (mid, seq, new_state, r.received_at, error), strict=True):
+                col.append(value)
+            touched.setdefault(mid, False)
+        if settled:  # a second receipt for the same id in this batch sees them final
+            parts[(r.smsc, r.smsc_msg_id)] = [
+                (m, q, new_state if (m, q) in settled else st) for m, q, st in found
+            ]
     if upd[0]:
         await c.execute(
             "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "

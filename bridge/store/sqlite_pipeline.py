@@ -391,7 +391,7 @@ def _apply(
     by_smsc: dict[str, list[str]] = {}
     for r in receipts:
         by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
-    parts: dict[tuple[str, str], list[Any]] = {}
+    parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
             for msg_id, mid, seq, state in c.execute(
@@ -399,23 +399,26 @@ def _apply(
                 f"WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))})",
                 (smsc, *chunk),
             ):
-                parts[(smsc, msg_id)] = [mid, seq, state]
+                parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
     unmatched = []
     updates = []
     for r in receipts:
-        part = parts.get((r.smsc, r.smsc_msg_id))
-        if part is None:
+        found = parts.get((r.smsc, r.smsc_msg_id))
+        if found is None:
             unmatched.append(r)
             continue
-        mid, seq, state = part
-        if r.state == "enroute" or state in lc.SEG_FINAL:
-            continue  # intermediate, or a duplicate/late receipt: the first final outcome stands
+        if r.state == "enroute":
+            continue  # intermediate
         new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
-        part[2] = new_state
-        updates.append(
-            (new_state, r.received_at, lc.receipt_error_code(r.state, r.stat, r.err), mid, seq)
-        )
-        touched.setdefault(mid, False)
+        error = lc.receipt_error_code(r.state, r.stat, r.err)
+        settled = set(lc.receipt_targets(found))  # none: duplicate or late, the first stands
+        for mid, seq in settled:
+            updates.append((new_state, r.received_at, error, mid, seq))
+            touched.setdefault(mid, False)
+        if settled:  # a second receipt for the same id in this batch sees them final
+            parts[(r.smsc, r.smsc_msg_id)] = [
+                (m, q, new_state if (m, q) in settled else st) for m, q, st in found
+            ]
     if updates:
         c.executemany(
             "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
