@@ -681,7 +681,17 @@ class RulesStoreMixin:
         """
 
         async def job(c: asyncpg.Connection) -> int:
-            return await _erase(c, account_id, number, masked, now)
+            n = await _erase(c, account_id, number, masked, now)
+            # The stored answers of idempotent sends name the number too (see the SQLite engine).
+            await c.execute(
+                "UPDATE idempotency SET response = convert_to(replace(convert_from(response, "
+                "'UTF8'), $2, $3), 'UTF8') WHERE account_id = $1 "
+                "AND position(convert_to($2, 'UTF8') IN response) > 0",
+                account_id,
+                number,
+                masked,
+            )
+            return n
 
         return await run_tx(self.pool, job)
 

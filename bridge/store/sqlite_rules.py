@@ -658,6 +658,13 @@ class RulesStoreMixin:
         """
 
         def job(c: sqlite3.Connection) -> int:
+            # The stored answers of idempotent sends name the number too (kept for the key's
+            # hours, for replays): masked there as well, the replay still answered.
+            c.execute(
+                "UPDATE idempotency SET response=CAST(replace(CAST(response AS TEXT), ?1, ?2) "
+                "AS BLOB) WHERE account_id=?3 AND instr(CAST(response AS TEXT), ?1)>0",
+                (number, masked, account_id),
+            )
             return _erase(c, "account_id=? AND recipient=?", (account_id, number), masked, now)
 
         return await self._runner.write(job)
