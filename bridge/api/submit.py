@@ -47,7 +47,11 @@ ALLOWED_FIELDS = frozenset(
         "smart_encoding",
     }
 )
-_SENDER = re.compile(r"\+?[0-9]{1,20}|[A-Za-z0-9 ._-]{1,11}", re.ASCII)
+# Inner blanks only: a handset shows "ACME " as ACME, so outer blanks let a sender pass for an
+# id another account holds (the README's "no blank at either end").
+_SENDER = re.compile(
+    r"\+?[0-9]{1,20}|[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]{0,9}[A-Za-z0-9._-])?", re.ASCII
+)
 _MAX_SCHEDULE_DAYS = 30
 
 
@@ -178,7 +182,10 @@ def parse_send_request(
 
     sender = _opt_str(body, "sender", 21)
     if sender is not None and not _SENDER.fullmatch(sender):
-        raise _field_error("INVALID_FIELD", "sender: digits (up to 20) or up to 11 letters/digits")
+        raise _field_error(
+            "INVALID_FIELD",
+            "sender: digits (up to 20) or up to 11 letters/digits, no blank at either end",
+        )
     return SendRequest(
         to=tuple(numbers),
         text=text,
@@ -347,6 +354,14 @@ class Submitter:
                     enc = encode_message(text, opts, self.refs.next(number, bits))
             except TextError as exc:
                 raise ApiError(exc.code, exc.message) from None
+            if enc.text != text and tariff_chars(enc.text) > self.config.text.max_chars:
+                # Smart encoding lengthened it ("…" is "..."): what is sent and billed is the
+                # mapped text, and the limit is on that.
+                raise ApiError(
+                    "MESSAGE_TOO_LONG",
+                    f"text: {tariff_chars(enc.text)} characters including the sign name once "
+                    f"smart encoding mapped it, at most {self.config.text.max_chars}",
+                )
             segments = tuple(
                 NewSegment(
                     seq=p.seq,

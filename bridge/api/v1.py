@@ -14,10 +14,17 @@ from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
-from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
+from bridge.api.sending import (
+    after_accept,
+    check_queue,
+    current_tariff,
+    outcome_error,
+    prepare_send,
+)
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
 from bridge.domain.phone import PhoneError, normalize
+from bridge.domain.tariffs import is_domestic
 from bridge.ids import id_time_ms
 from bridge.store.models import (
     AcceptBatch,
@@ -380,6 +387,7 @@ async def post_preview(request: web.Request) -> web.Response:
     if not isinstance(smart, bool):
         raise ApiError("INVALID_FIELD", "smart_encoding: expected true or false")
     smsc_name = ctx.config.smscs[0].name
+    number: str | None = None
     to = data.get("to")
     if to is not None:
         if not isinstance(to, str):
@@ -392,16 +400,22 @@ async def post_preview(request: web.Request) -> web.Response:
         if candidates:
             smsc_name = candidates[0]
     smsc = next(s for s in ctx.config.smscs if s.name == smsc_name)
+    # Units as the send would bill them: the counting rule of the tariff in force, and for an
+    # international destination its transmitted segments (the preview said 70/67 units).
+    tariff = await current_tariff(ctx, ctx.now_ms())
+    rule = ctx.config.text.counting_rule if tariff is None else tariff.counting_rule
     try:
         result = preview(
             text,
             encode_options(smsc, smart),
             sign=sign,
             sign_format=ctx.config.text.sign_format,
-            rule=CountingRule(ctx.config.text.counting_rule),
+            rule=CountingRule(rule),
         )
     except TextError as exc:
         raise ApiError(exc.code, exc.message) from None
+    if tariff is not None and number is not None and not is_domestic(number, tariff):
+        result["billable_units"] = result["segments"]
     return json_response(result)
 
 
