@@ -427,9 +427,10 @@ def cmd_dnc(args: argparse.Namespace) -> int:
         info = DncInfo(
             args.id, name, args.country, len(parsed.numbers), len(parsed.prefixes), ops.now
         )
-        await ops.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+        ended = await ops.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
         view = dnc_view(info)
         view["skipped"] = bad[:100]
+        view["messages_ended"] = ended
         _print(view)
         return 0
 

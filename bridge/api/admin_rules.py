@@ -204,9 +204,10 @@ async def put_dnc(request: web.Request) -> web.Response:
         len(parsed.prefixes),
         ctx.now_ms(),
     )
-    await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+    ended = await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
     view = dnc_view(info)
     view["skipped"] = bad[:100]
+    view["messages_ended"] = ended
     return json_response(view)
 
 

@@ -431,6 +431,12 @@ def rules_schemas() -> dict[str, Any]:
                     "description": "`line N: reason` of the lines skipped (strict=false), at "
                     "most 100",
                 },
+                "messages_ended": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "queued and scheduled messages the list now blocks, ended "
+                    "unsent (RECIPIENT_BLOCKED) and refunded",
+                },
             }
         ),
         "DncDeleted": _obj({"id": _STR, "deleted": {"type": "boolean", "enum": [True]}}),

@@ -35,6 +35,7 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
+    blocked_ids,
     dnc_entry_for_number,
     entry_row,
     number_prefixes,
@@ -510,11 +511,12 @@ class RulesStoreMixin:
 
     async def import_dnc(
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
-    ) -> None:
-        """Replace the list `info.id` (entries and all) in one transaction."""
+    ) -> int:
+        """Replace the list `info.id` (entries and all) in one transaction, and end the queued
+        and scheduled messages it now blocks (see the SQLite engine)."""
         entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
-        async def job(c: asyncpg.Connection) -> None:
+        async def job(c: asyncpg.Connection) -> int:
             await c.execute(
                 "WITH d AS (DELETE FROM dnc_entries WHERE list_id = $1) "
                 "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
@@ -535,8 +537,20 @@ class RulesStoreMixin:
                     entries[i : i + _DNC_CHUNK],
                     info.id,
                 )
+            queued = await c.fetch("SELECT id, recipient FROM messages WHERE q_state = 'queued'")
+            blocked = blocked_ids([(r[0], r[1]) for r in queued], frozenset(entries))
+            ended = 0
+            for i in range(0, len(blocked), _DNC_CHUNK):
+                ended += await _end_queued_where(
+                    c,
+                    "id = ANY($1::text[])",
+                    (blocked[i : i + _DNC_CHUNK],),
+                    "RECIPIENT_BLOCKED",
+                    info.imported_at,
+                )
+            return ended
 
-        await run_tx(self.pool, job)
+        return await run_tx(self.pool, job)
 
     async def list_dnc(self) -> list[DncInfo]:
         rows = await self.pool.fetch(

@@ -3,7 +3,7 @@ SELECTs name the same columns in the same order; only the SQL around them differ
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
@@ -56,6 +56,11 @@ def number_prefixes(e164: str) -> list[str]:
     """The do-not-contact entries that block this number: every prefix of it (the whole number
     included, as a prefix) and the number itself as an exact entry."""
     return [*(e164[:n] for n in range(5, len(e164) + 1)), dnc_entry_for_number(e164)]
+
+
+def blocked_ids(rows: Iterable[tuple[str, str]], entries: Collection[str]) -> list[str]:
+    """The ids of the (id, recipient) rows that do-not-contact `entries` block."""
+    return [mid for mid, number in rows if any(p in entries for p in number_prefixes(number))]
 
 
 def sign_row(r: Sequence[Any]) -> Sign:

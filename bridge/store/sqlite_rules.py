@@ -32,6 +32,7 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
+    blocked_ids,
     dnc_entry_for_number,
     entry_row,
     ledger_row,
@@ -467,10 +468,13 @@ class RulesStoreMixin:
 
     async def import_dnc(
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
-    ) -> None:
-        """Replace the list `info.id` (entries and all) in one transaction."""
+    ) -> int:
+        """Replace the list `info.id` (entries and all) in one transaction, and end the queued
+        and scheduled messages it now blocks, as an opt-out does (the lists "block sends for all
+        accounts": a message accepted before the import was sent all the same)."""
+        entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
-        def job(c: sqlite3.Connection) -> None:
+        def job(c: sqlite3.Connection) -> int:
             c.execute("DELETE FROM dnc_entries WHERE list_id=?", (info.id,))
             c.execute(
                 "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
@@ -481,10 +485,16 @@ class RulesStoreMixin:
             )
             c.executemany(
                 "INSERT OR IGNORE INTO dnc_entries (prefix, list_id) VALUES (?,?)",
-                [(p, info.id) for p in (*map(dnc_entry_for_number, numbers), *prefixes)],
+                [(p, info.id) for p in entries],
             )
+            queued = c.execute("SELECT id, recipient FROM messages WHERE q_state='queued'")
+            ended = 0
+            for chunk in _chunks(blocked_ids(queued.fetchall(), frozenset(entries)), 400):
+                where = f"id IN ({_marks(len(chunk))})"
+                ended += _end_queued(c, where, tuple(chunk), "RECIPIENT_BLOCKED", info.imported_at)
+            return ended
 
-        await self._runner.write(job)
+        return await self._runner.write(job)
 
     async def list_dnc(self) -> list[DncInfo]:
         def job(c: sqlite3.Connection) -> list[DncInfo]:
