@@ -486,6 +486,11 @@ class SmscConfig:
     id_case_insensitive: bool = True
     id_strip_leading_zeros: bool = True
     in_flight_on_restart: str = field(default="resend", metadata=meta(one_of("resend", "unknown")))
+    # The country national MO source numbers (TON 2, or a trunk 0) are read in: "+86" makes a
+    # reply from 13800138000 +8613800138000. None keeps them as received (matching no send).
+    national_prefix: str | None = field(
+        default=None, metadata=meta(matches(r"\+[1-9][0-9]{0,3}", "'+' and a country code"))
+    )
 
     def _problems(self) -> Problems:
         if self.reconnect_max_s < self.reconnect_min_s:

@@ -258,7 +258,8 @@ class Inbound:
     ) -> tuple[str, str | None, str | None]:
         """(source as E.164 when international, account, sign name) of an MO, complete or not:
         the account that last wrote to the sender from the address the reply went to."""
-        source = _e164(source_addr, ton)
+        cfg = self._smscs.get(smsc)
+        source = _e164(source_addr, ton, cfg.national_prefix if cfg is not None else None)
         forms, default = self._sent_from(smsc, destination)
         # An address the operator assigned to an account is that account's: a reply to it goes
         # there even if another account wrote to the same person from it (history decides only
@@ -517,14 +518,19 @@ def join_runs(parts: list[MoPart]) -> str:
     return GAP.join(mo_text(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs)
 
 
-def _e164(addr: str, ton: int) -> str:
+def _e164(addr: str, ton: int, national_prefix: str | None = None) -> str:
     """The MO's source as E.164 when it is international: TON 1, a "+", or (TON 0, unknown, as
     many SMSCs send) 10 digits or more, without a leading international prefix 00. A national
-    number (TON 2, or digits starting with a trunk 0) is kept as received: read as
-    international, China's 13800138000 became the North American +13800138000."""
+    number (TON 2, or digits starting with a trunk 0) is read in the SMSC's country
+    (`national_prefix`, its trunk 0 dropped: 07700900123 is +447700900123), else kept as
+    received: read as international, China's 13800138000 became the North American
+    +13800138000, and a national TD reply matched nothing."""
     digits = addr.lstrip("+")
     if not addr.startswith("+") and ton in (0, 1) and digits.startswith("00"):
         digits = digits[2:]  # the international call prefix some SMSCs leave on: 0086138...
+    national = not addr.startswith("+") and (ton == 2 or digits.startswith("0"))
+    if national and national_prefix is not None and digits.isdigit() and digits.strip("0"):
+        return national_prefix + (digits[1:] if digits.startswith("0") else digits)
     if digits.startswith("0"):
         # No country code starts with 0: a national number with its trunk 0 (07700900123) is
         # kept as received, never made a "+0..." that matches nothing.

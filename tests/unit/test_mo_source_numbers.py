@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.pipeline.inbound import _e164
 
 
@@ -20,3 +22,20 @@ def test_international_and_plus_forms_still_normalise() -> None:
     assert _e164("8613800138000", 1) == "+8613800138000"
     assert _e164("+8613800138000", 0) == "+8613800138000"
     assert _e164("10086", 0) == "10086"
+
+
+@pytest.mark.parametrize(
+    ("addr", "ton", "expected"),
+    [
+        ("13800138000", 2, "+8613800138000"),  # national, no trunk 0 (China's mobiles)
+        ("013800138000", 0, "+8613800138000"),  # a trunk 0, TON unknown
+        ("8613800138000", 1, "+8613800138000"),  # international stays as it was
+        ("008613800138000", 0, "+8613800138000"),
+        ("+447700900123", 2, "+447700900123"),  # a "+" is international whatever the TON
+        ("10086", 2, "+8610086"),
+        ("ACME", 5, "ACME"),  # alphanumeric: untouched
+        ("000", 2, "000"),  # nothing but zeros: no number to read
+    ],
+)
+def test_national_sources_are_read_in_the_smscs_country(addr: str, ton: int, expected: str) -> None:
+    assert _e164(addr, ton, "+86") == expected
