@@ -29,7 +29,7 @@ from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import auto_settle
 from bridge.compat.aliyun_api import make_aliyun_app
-from bridge.config import Config, ConfigError, load_config
+from bridge.config import Config, ConfigError, implicit_sim_smsc, load_config
 from bridge.crypto import Sealer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
@@ -65,6 +65,10 @@ class Daemon:
         self.role = role
         self._parent_pid = os.getppid()  # an acceptor's owner
         self.config_path = config_path
+        # One reload at a time: two SIGHUPs close together (a reload run twice) started two
+        # that both stopped the same connector (KeyError) and could leave self.config and the
+        # running connectors out of step.
+        self._reload_lock = asyncio.Lock()
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
@@ -452,6 +456,10 @@ class Daemon:
         if p.needs_restart:
             log.warning("reload: %s changed; restart to apply", ", ".join(p.needs_restart))
         merged = replace(new, **{path: getattr(old, path) for path in RESTART_PATHS})
+        if new.smscs == (implicit_sim_smsc(new.sim),) and new.sim != old.sim:
+            # Only the simulator is configured: its SMSC follows the simulator kept running (a
+            # sim change needs a restart), or the one bind went to the new port and stayed down.
+            merged = replace(merged, smscs=(implicit_sim_smsc(old.sim),))
         # Everything that can fail is built before anything changes: a reload that failed half
         # way once left the connectors on the new file and the content filter off.
         router = make_router(merged)
@@ -492,15 +500,16 @@ class Daemon:
         return p
 
     async def reload_from_file(self) -> None:
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
-            return
-        try:
-            await self.reload(new)
-        except Exception:
-            log.exception("reload failed")
+        async with self._reload_lock:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
+                return
+            try:
+                await self.reload(new)
+            except Exception:
+                log.exception("reload failed")
 
     async def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT; then shut down gracefully."""

@@ -192,6 +192,26 @@ def parse_amount(text: str) -> int:
     return int(micro)
 
 
+async def _check_account_extras(store: Any, args: argparse.Namespace) -> None:
+    """Refuse a bad `--topup` or `--sign` before the account is created: its secrets are shown
+    only by that command, so a refusal after it left an account nobody had the keys of, whose
+    name a corrected command could not take again."""
+    from bridge.domain.signs import SignError, ensure_not_taken, validate_sign_name
+
+    amount = getattr(args, "topup", None)
+    if amount:
+        parse_amount(amount)
+    names = getattr(args, "sign", None) or ()
+    if not names:
+        return
+    taken = [s.name for s in await store.list_signs(status="approved", limit=1_000_000)]
+    for name in names:
+        try:
+            ensure_not_taken(validate_sign_name(name), taken)
+        except SignError as exc:
+            raise CliError(f"{exc.code}: {exc} (nothing created)") from None
+
+
 async def _account_extras(store: Any, account_id: str, args: argparse.Namespace) -> None:
     """`account create --sign NAME --topup AMOUNT`: an operator's approved sign and first funds."""
     from bridge import review
@@ -218,6 +238,7 @@ def cmd_account(args: argparse.Namespace) -> int:
     async def go(svc: Any) -> int:
         try:
             if args.action == "create":
+                await _check_account_extras(svc.store, args)
                 creds = await svc.create(args.name, _account_settings(args), _now_ms())
                 await _account_extras(svc.store, creds.account.id, args)
                 _print(

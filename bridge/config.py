@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -49,6 +50,7 @@ __all__ = [
     "WebhooksConfig",
     "check_main",
     "effective_config_dict",
+    "implicit_sim_smsc",
     "load_config",
     "parse_config",
 ]
@@ -193,6 +195,23 @@ def length(lo: int, hi: int | None = None) -> Rule:
     return rule
 
 
+def _dsn_problem(dsn: str) -> str | None:
+    """What is wrong with a PostgreSQL URL, without echoing it (it holds the password): a port
+    typo passed the check and then failed `db migrate` with a bare int() error."""
+    try:
+        url = urlsplit(dsn.strip())
+        port = url.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        return "must be postgresql://user:password@host:port/database (the port is not a number)"
+    if url.scheme not in ("postgres", "postgresql"):
+        return "must be a postgresql:// URL"
+    if not url.hostname and "host=" not in url.query:
+        return "must name a host (postgresql://user:password@host:port/database)"
+    if port == 0:
+        return "the port must be 1 to 65535"
+    return None
+
+
 def _decode_key(v: str) -> bytes | None:
     """Standard or URL-safe base64, strictly (no stray characters silently dropped)."""
     s = v.strip().replace("-", "+").replace("_", "/")
@@ -324,6 +343,10 @@ class StoreConfig:
     def _problems(self) -> Problems:
         if self.engine == "postgres" and not self.dsn:
             yield "dsn", "required when engine is postgres (set it or env SMPP_BRIDGE_STORE_DSN)"
+        elif self.engine == "postgres" and self.dsn:
+            why = _dsn_problem(self.dsn)
+            if why is not None:  # never the value: it holds the password
+                yield "dsn", why
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -693,6 +716,24 @@ class TariffConfig:
         ),
     )
 
+    def _problems(self) -> Problems:
+        """The tariff rules the daemon and `tariff add` apply (tiers ascending, the last one
+        unbounded, ...): `config check` passed tiers the daemon then refused at start."""
+        from bridge.domain.tariffs import Tariff, Tier, validate_tariff
+
+        tariff = Tariff(
+            version=self.version,
+            effective_at=0,
+            tiers=tuple(Tier(x.up_to, x.price) for x in self.tiers),
+            starting_price=self.starting_price,
+            international=dict(self.international),
+            domestic_prefix=self.domestic_prefix,
+        )
+        for problem in validate_tariff(tariff):
+            path, _, why = problem.partition(": ")
+            # The tariff API counts tiers from 1; configuration paths count from 0.
+            yield re.sub(r"tiers\[(\d+)\]", lambda m: f"tiers[{int(m[1]) - 1}]", path), why
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BillingConfig:
@@ -1025,7 +1066,7 @@ def parse_config(
         if not raw_smscs and isinstance(sim, SimConfig):
             if sim.enabled:
                 names = [Config.IMPLICIT_SIM_SMSC]
-                kwargs["smscs"] = (_implicit_sim_smsc(sim),)
+                kwargs["smscs"] = (implicit_sim_smsc(sim),)
             else:
                 ctx.err("smscs", "at least one SMSC is required (or set sim.enabled: true)")
     if names is not None:
@@ -1085,15 +1126,26 @@ def _check_routes(ctx: _Ctx, data: Mapping[str, Any], known: set[str]) -> None:
 
 
 def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
+    """Listeners of one daemon on one port: `run` fails with "address already in use", which
+    sends an operator looking for another process."""
     server, sim = sections.get("server"), sections.get("sim")
-    if not (isinstance(server, ServerConfig) and isinstance(sim, SimConfig) and sim.enabled):
+    aliyun = sections.get("aliyun")
+    if not isinstance(server, ServerConfig):
         return
-    for key in ("port", "control_port"):
-        if getattr(sim, key) == server.port:
-            ctx.err(f"sim.{key}", f"must differ from server.port ({server.port})")
+    if isinstance(sim, SimConfig) and sim.enabled:
+        for key in ("port", "control_port"):
+            if getattr(sim, key) == server.port:
+                ctx.err(f"sim.{key}", f"must differ from server.port ({server.port})")
+    if isinstance(aliyun, AliyunConfig) and aliyun.enabled:
+        taken = {server.port: "server.port"}
+        if isinstance(sim, SimConfig) and sim.enabled:
+            taken |= {sim.port: "sim.port", sim.control_port: "sim.control_port"}
+        if aliyun.port in taken and (aliyun.host or server.host) == server.host:
+            what = taken[aliyun.port]
+            ctx.err("aliyun.port", f"must differ from {what} ({aliyun.port})")
 
 
-def _implicit_sim_smsc(sim: SimConfig) -> SmscConfig:
+def implicit_sim_smsc(sim: SimConfig) -> SmscConfig:
     """The SMSC the loader adds when only the simulator is configured."""
     host = "127.0.0.1" if sim.host in ("0.0.0.0", "::") else sim.host
     return SmscConfig(

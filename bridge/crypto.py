@@ -50,8 +50,11 @@ class Sealer:
 
 
 def decode_master_key(text: str) -> bytes:
+    """Standard or URL-safe base64, as `config check` accepts it (a key it passed was refused
+    here, so the daemon and every store command failed on a key the check called valid)."""
+    normal = text.strip().replace("-", "+").replace("_", "/")
     try:
-        key = base64.b64decode(text.strip(), validate=True)
+        key = base64.b64decode(normal.encode("ascii"), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MasterKeyError("master key is not valid base64") from exc
     if len(key) != 32:

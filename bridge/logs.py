@@ -151,12 +151,22 @@ def _kv(value: Any) -> str:
 
 class _Redacting(logging.Formatter):
     secrets: tuple[str, ...] = ()
+    _forms: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def redact(self, line: str) -> str:
-        for s in self.secrets:
+        for s in self._escaped():
             if s in line:
                 line = line.replace(s, REDACTED)
         return line
+
+    def _escaped(self) -> tuple[str, ...]:
+        """Each secret as written and as JSON writes it inside a string: a secret holding a
+        quote or a backslash is escaped by the JSON line (and a quoted key=value) before it
+        is redacted, and so was printed in clear."""
+        if self._forms[0] is not self.secrets:
+            forms = {f for x in self.secrets for f in (x, json.dumps(x, ensure_ascii=False)[1:-1])}
+            self._forms = (self.secrets, tuple(sorted(forms, key=len, reverse=True)))
+        return self._forms[1]
 
 
 class JsonFormatter(_Redacting):

@@ -360,7 +360,20 @@ class Connector:
         tasks = [b.task for b in self._binds if b.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        for _ in range(10):
+            if not pending:
+                break
+            _done, pending = await asyncio.wait(pending, timeout=0.5)
+            # A bind task can outlive its cancel: one that came up after `bound` was taken
+            # (its cancel lost in asyncio.wait_for's race on Python 3.11, as it connected)
+            # waits in _hold for a connection nobody closes, and stop() waited for it for
+            # ever. Closing its connection ends it (it sees _stopping).
+            for b in self._binds:
+                if b.proto is not None:
+                    b.proto.abort("stopped")
+            for task in pending:
+                task.cancel()
         for b in self._binds:
             if b.proto is not None:
                 b.proto.abort("stopped")

@@ -214,12 +214,21 @@ def test_no_key_configured_at_all() -> None:
         load_master_key(inline=None, key_file=None, generate=True)
 
 
+def test_url_safe_master_key_is_the_same_key_config_check_accepts() -> None:
+    """`config check` takes the URL-safe alphabet (- and _); the key loader refused it, so a key
+    the check passed stopped the daemon and every store command."""
+    key = bytes(range(200, 232))
+    url_safe = base64.urlsafe_b64encode(key).decode()
+    assert "-" in url_safe or "_" in url_safe
+    assert decode_master_key(url_safe) == key
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("not base64!!", "not valid base64"),
         ("abc", "not valid base64"),  # bad padding
-        (b64(KEY)[:-4] + "-_==", "not valid base64"),  # URL-safe alphabet is refused
+        (b64(KEY)[:-4] + "-_!=", "not valid base64"),
         (b64(b"k" * 16), "must decode to 32 bytes, got 16"),
         (b64(b"k" * 33), "must decode to 32 bytes, got 33"),
         ("", "must decode to 32 bytes, got 0"),
