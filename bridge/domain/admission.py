@@ -289,12 +289,37 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     # plan_charge never takes cash below zero, so what left the domestic pockets (vouchers and
     # cash) is exactly how far the available domestic balance fell.
     after = before + sum(e.amount for _m, e in planned if not e.pocket.startswith("card:"))
+    # Vouchers that expired since the last send still hold their remainder in the running sums
+    # (balances skip them). Counted in `before`, a fall under the threshold that an expiry caused
+    # is a crossing too: without it the account ran dry (402) with no warning. Written off here,
+    # once, dated at their expiry, so the next send does not see the same crossing again.
+    lapsed = _lapsed_vouchers(facts.pockets, now)
+    nominal = before + sum(p.amount for p in lapsed)
     low = None
     if facts.low_balance_threshold > 0 and crossed_low_balance(
-        before, after, facts.low_balance_threshold
+        nominal, after, facts.low_balance_threshold
     ):
-        low = (before, after)
+        low = (nominal, after)
+    planned.extend(("", _write_off(p)) for p in lapsed)
     return Plan(tuple(planned), low, day)
+
+
+def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
+    return [
+        p
+        for p in pockets
+        if p.pocket.startswith("voucher:")
+        and p.amount > 0
+        and p.expires_at is not None
+        and now >= p.expires_at
+    ]
+
+
+def _write_off(p: Pocket) -> Entry:
+    assert p.expires_at is not None
+    return Entry(
+        EntryKind.VOUCHER_EXPIRE, -p.amount, p.pocket, p.expires_at, p.pocket[8:], p.expires_at
+    )
 
 
 def _frequency_wait(window: freq.Window, sent: Sequence[int], now: int, fr: FrequencyRule) -> float:

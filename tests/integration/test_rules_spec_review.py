@@ -19,7 +19,8 @@ Findings:
 6. Smart encoding can take a text of 499 characters (with the sign) to 501: the 500-character
    limit is checked before the mapping, and the longer text is what is stored, sent and billed.
 
-Fixed: 1, 2, 4 (with a knob: SmscConfig.national_prefix), 5, 6. Not fixed, marked xfail: 3.
+Fixed: all six (4 with a knob: SmscConfig.national_prefix; 3 by writing an expired voucher
+off at the first send that meets it, counting its remainder as the balance before).
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from bridge.config import SmscConfig
 from bridge.pipeline.inbound import Inbound
@@ -102,11 +101,6 @@ async def _low_balance_events(api: ApiServer, creds: Creds) -> list[dict[str, An
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a warning needs the balance's last side of the threshold stored (or the "
-    "expiry written off when first seen); documented in the closing note",
-)
 async def test_low_balance_warning_fires_when_an_expired_voucher_took_the_balance_under(
     api_server: ApiServer, clock: Clock
 ) -> None:

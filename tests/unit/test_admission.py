@@ -482,7 +482,12 @@ def test_earliest_expiring_voucher_first_never_expiring_last() -> None:
 def test_a_voucher_is_void_at_its_expiry_instant() -> None:
     pockets = [voucher("v", 100_000, NOW), cash(PRICE)]
     plan = plan_of(decide(money_rules(*charges(PRICE)), money_facts(pockets), NOW))
-    assert entries_of(plan) == [("msg_0", "charge", -PRICE, "cash")]
+    # Charged to cash; the expired remainder written off (once, dated at the expiry instant).
+    assert entries_of(plan) == [
+        ("msg_0", "charge", -PRICE, "cash"),
+        ("", "voucher_expire", -100_000, "voucher:v"),
+    ]
+    assert plan.entries[1][1].at == NOW
     # One millisecond earlier it is still valid and spent first.
     plan = plan_of(decide(money_rules(*charges(PRICE)), money_facts(pockets), NOW - 1))
     assert entries_of(plan) == [("msg_0", "voucher_spend", -PRICE, "voucher:v")]
@@ -580,6 +585,23 @@ def test_the_plan_leaves_every_pocket_non_negative_for_prepaid() -> None:
 
 
 # ==== low balance =================================================================================
+
+
+def test_a_voucher_expiry_that_took_the_balance_under_warns_at_the_next_send_once() -> None:
+    """The expiry itself is no send, so no send "crossed" the threshold: the account went from
+    above it to 402 with no warning. The next send counts the lapsed remainder as the balance
+    before, warns, and writes it off, so the send after it is silent."""
+    rules = money_rules(*charges(PRICE))
+    thr = 100_000
+    lapsed = [voucher("v", 1_000_000, NOW - 1), cash(100_000)]
+    plan = plan_of(decide(rules, money_facts(lapsed, threshold=thr), NOW))
+    assert plan.low_balance == (1_100_000, 100_000 - PRICE)
+    assert ("", "voucher_expire", -1_000_000, "voucher:v") in entries_of(plan)
+    written_off = [voucher("v", 0, NOW - 1), cash(100_000 - PRICE)]
+    assert plan_of(decide(rules, money_facts(written_off, threshold=thr), NOW)).low_balance is None
+    # An expired voucher whose remainder leaves the balance above the threshold: no warning.
+    plenty = [voucher("v", 1_000_000, NOW - 1), cash(500_000)]
+    assert plan_of(decide(rules, money_facts(plenty, threshold=thr), NOW)).low_balance is None
 
 
 def test_low_balance_crossing_values() -> None:
