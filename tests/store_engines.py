@@ -140,6 +140,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts DROP COLUMN source_ton",
     ),
     9: ("ALTER TABLE accounts DROP COLUMN senders",),
+    10: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -154,6 +155,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts DROP COLUMN source_ton",
     ),
     8: ("ALTER TABLE accounts DROP COLUMN senders",),
+    9: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
 }
 
 

@@ -440,7 +440,9 @@ class Dispatcher:
                 and out.status_name in UNANSWERED
                 and (
                     smsc.in_flight_on_restart == "unknown"
-                    or msg.attempts >= MAX_UNANSWERED_ATTEMPTS
+                    # Unanswered claims are counted apart: transient errors before them (their
+                    # own budget, MAX_MESSAGE_ATTEMPTS) do not shorten this one.
+                    or msg.unanswered + 1 >= MAX_UNANSWERED_ATTEMPTS
                 )
             ):
                 # No answer: the SMSC may well have accepted it. Resending would duplicate, so
@@ -474,7 +476,12 @@ class Dispatcher:
                 delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
                 if out.status_name == "TIMEOUT":
                     delay = max(delay, UNANSWERED_WAIT_MS)
-                release = Release(msg.id, now_ms + delay, count_attempt=out.kind == "transient")
+                release = Release(
+                    msg.id,
+                    now_ms + delay,
+                    count_attempt=out.kind == "transient",
+                    unanswered=out.kind == "transient" and out.status_name in UNANSWERED,
+                )
                 self.retried += 1
                 break
             elif out.kind == "expired":  # its validity passed while it waited: none goes out

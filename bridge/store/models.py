@@ -226,6 +226,7 @@ class WorkMessage:
     # The SMSC its earlier parts went to, when some did: the rest follow them there, so one
     # concatenated SMS is never split over two carriers (failover between its parts).
     smsc: str | None = None
+    unanswered: int = 0  # earlier claims whose submit went unanswered
 
 
 @fast_init
@@ -254,6 +255,7 @@ class Release:
     message_id: str
     not_before: int
     count_attempt: bool = True
+    unanswered: bool = False  # the submit got no answer (timeout, lost connection)
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,10 +176,11 @@ WITH c AS (
         q_attempts = q_attempts + 1, q_route = NULL, q_park = NULL
     WHERE id = ANY($1::text[])
     RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts,
-        CASE WHEN segments_sent > 0 THEN smsc END AS first_smsc
+        CASE WHEN segments_sent > 0 THEN smsc END AS first_smsc, q_unanswered
 )
 SELECT c.id, c.account_id, c.recipient, c.sender, c.data_coding, c.expires_at, c.q_attempts,
-    s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts, c.first_smsc
+    s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts, c.first_smsc,
+    c.q_unanswered
 FROM c LEFT JOIN segments s ON s.message_id = c.id AND s.state = 'queued'
 ORDER BY c.id, s.seq
 """
@@ -323,7 +324,7 @@ async def claim(
     for r in rows:
         mid = r[0]
         if mid not in msgs:
-            msgs[mid] = (*r[:7], r[13])
+            msgs[mid] = (*r[:7], r[13], r[14])
             segs[mid] = []
         if r[7] is not None:
             segs[mid].append(
@@ -347,6 +348,7 @@ async def claim(
             attempts=m[6],
             segments=tuple(segs[mid]),
             smsc=m[7],
+            unanswered=m[8],
         )
         for mid in ids
         if (m := msgs.get(mid)) is not None
@@ -627,10 +629,17 @@ async def record_submits(
             touched.pop(rel.message_id, None)
         await c.executemany(
             "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
-            "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2 "
+            "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2, "
+            "q_unanswered = q_unanswered + $5 "
             "WHERE id = $3 AND q_state = 'claimed' AND ($4::text IS NULL OR q_claimed_by = $4)",
             [
-                (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id, instance)
+                (
+                    rel.not_before,
+                    0 if rel.count_attempt else 1,
+                    rel.message_id,
+                    instance,
+                    int(rel.unanswered),
+                )
                 for rel in releases
             ],
         )

@@ -1367,7 +1367,8 @@ def _claim_ids(
         r[0]: r
         for r in c.execute(
             f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts, "
-            f"CASE WHEN segments_sent>0 THEN smsc END FROM messages WHERE id IN ({marks})",
+            f"CASE WHEN segments_sent>0 THEN smsc END, q_unanswered "
+            f"FROM messages WHERE id IN ({marks})",
             ids,
         )
     }
@@ -1401,6 +1402,7 @@ def _claim_ids(
                 attempts=m[6],
                 segments=tuple(segs.get(mid, ())),
                 smsc=m[7],
+                unanswered=m[8],
             )
         )
     return out

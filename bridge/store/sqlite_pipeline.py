@@ -292,10 +292,17 @@ def record_submits(
             touched.pop(rel.message_id, None)
         c.executemany(
             "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
-            "q_route=NULL, q_not_before=?1, q_attempts=q_attempts - ?2 "
+            "q_route=NULL, q_not_before=?1, q_attempts=q_attempts - ?2, "
+            "q_unanswered=q_unanswered + ?5 "
             "WHERE id=?3 AND q_state='claimed' AND (?4 IS NULL OR q_claimed_by=?4)",
             [
-                (rel.not_before, 0 if rel.count_attempt else 1, rel.message_id, instance)
+                (
+                    rel.not_before,
+                    0 if rel.count_attempt else 1,
+                    rel.message_id,
+                    instance,
+                    int(rel.unanswered),
+                )
                 for rel in releases
             ],
         )

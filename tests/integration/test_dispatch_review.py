@@ -36,8 +36,8 @@ Findings:
 
 Fixed: 1 (an SMSC holding its share of messages in flight is left out of claims like a down
 one), 2 (send_message fills the caller's outcome list as answers come), 3 (the sweep expires
-parked messages), 5 (SQLite's reclaim takes back expired leases), 6 (WorkMessage.smsc). Not
-fixed, marked xfail: 4.
+parked messages), 4 (q_unanswered, its own count), 5 (SQLite's reclaim takes back expired
+leases), 6 (WorkMessage.smsc).
 """
 
 from __future__ import annotations
@@ -263,11 +263,6 @@ async def test_a_parked_message_that_was_tried_before_still_expires(store: Store
 
 
 @sqlite_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: unanswered attempts share the claim count (needs a per-message counter "
-    "of unanswered submits in both engines' schemas); documented in the closing note",
-)
 async def test_unanswered_attempts_are_counted_apart_from_other_errors(store: Store) -> None:
     """The SMSC answers ESME_RSYSERR twice, then does not answer once (timeout), then accepts.
     "A submit left unanswered ... the dispatcher resends it after a pause ... three attempts at

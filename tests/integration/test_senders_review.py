@@ -424,7 +424,7 @@ async def test_an_account_from_before_the_migration_reads_as_unrestricted(
         ("0010690012", False),
         ("+0010690012", False),
         ("10690 012", False),  # spaces make it alphanumeric: not the number
-        ("ACME ", False),
+        ("ACME ", None),  # a blank at either end: not a sender at all (400)
         ("ACME.", False),
         ("106900123456789012345", None),  # 21 digits: not a sender at all (400)
     ],
