@@ -484,6 +484,9 @@ class Daemon:
             self.ctx.submitter = Submitter(merged, router)
             self.ctx.send_rules.reload(merged, new_filter)
             self.ctx.submitter.content_filter = self.ctx.send_rules.filter
+        if self.store is not None and hasattr(self.store, "send_intermediate"):
+            # The roll-up queues "sent" reports (or stops) at once, not after a restart.
+            self.store.send_intermediate = merged.webhooks.send_intermediate
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

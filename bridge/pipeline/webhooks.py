@@ -26,6 +26,7 @@ from bridge.api.views import iso, status_report
 from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
 from bridge.domain import senders
+from bridge.domain.lifecycle import MSG_FINAL
 from bridge.metrics import Metrics
 from bridge.store.base import Store
 from bridge.store.models import WebhookJob
@@ -106,10 +107,10 @@ class WebhookSender:
         callback of one customer never holds back another's.
 
         Only what can start now is kept from a claim: at most `concurrency` POSTs in flight, and
-        at most a quarter of them (at least one) to one callback URL, so one hanging customer
-        cannot take every sender; the rest is handed back at once, due behind the reports that
-        were due before it. (Chunks used to queue for a semaphore while their lease ran out,
-        and another sender then POSTed the same reports.)"""
+        at most a quarter of them (at least one) for one account, whatever its URLs and kinds,
+        so one hanging customer cannot take every sender; the rest is handed back at once, due
+        behind the reports that were due before it. (Chunks used to queue for a semaphore while
+        their lease ran out, and another sender then POSTed the same reports.)"""
         # bounded by the tasks started, below; names resolving to link-local addresses refused
         connector = aiohttp.TCPConnector(limit=0, resolver=_NoLinkLocal())
         self._session = aiohttp.ClientSession(connector=connector)
@@ -127,7 +128,7 @@ class WebhookSender:
                 busy = Counter(running.values())
                 # Accounts at their cap are left out of the claim, so a customer with a backlog
                 # does not fill every claim with reports that cannot start.
-                capped = sorted({dest[0] for dest, n in busy.items() if n >= cap})
+                capped = sorted(a for a, n in _per_account(busy).items() if n >= cap)
                 try:
                     jobs = await self.store.claim_webhooks(
                         now_ms,
@@ -220,9 +221,31 @@ class WebhookSender:
                 "parts_total": mo.parts_total,
                 "parts_received": None if mo.parts_received is None else list(mo.parts_received),
             }
+        elif job.webhook_id.endswith(_SENT_SUFFIX) and job.webhook_id.startswith("st_"):
+            rendered = await self._sent_report(job)
+            if rendered is None:
+                return None
+            item = rendered
         else:
             item = jsonio.loads(job.payload)
         item["webhook_id"] = job.webhook_id
+        return item
+
+    async def _sent_report(self, job: WebhookJob) -> dict[str, Any] | None:
+        """A "sent" report (webhooks.send_intermediate), rendered when it is pushed, not from a
+        snapshot taken when it was queued: an erased number stays erased, the fields are the
+        status report's, and one whose message is final by now is not pushed (retried behind
+        the final report it reached receivers after it, who then showed "sent"). Alibaba's
+        reports have no intermediate state: none for an account with that format."""
+        mid = job.webhook_id[3 : -len(_SENT_SUFFIX)]
+        account = await self.store.get_account(job.account_id)
+        record = await self.store.get_message(job.account_id, mid)
+        if account is None or record is None or account.report_format == "aliyun":
+            return None
+        if record.state in MSG_FINAL:
+            return None
+        item = status_report(record)
+        item.update(status="sent", success=None, final=False)
         return item
 
     async def _deliver(self, jobs: list[WebhookJob]) -> None:
@@ -349,9 +372,11 @@ def plan_chunks(
     """Which POSTs to start from a claim, and which reports to hand back.
 
     A POST carries up to `batch_max` reports of one (account, URL, kind); at most `free` start,
-    and a URL with `busy` POSTs in flight gets at most `cap` in all. Destinations take turns
-    (a first POST each, then a second...) in the order of their oldest report, so the reports
-    of a customer with a backlog do not crowd out everyone else's.
+    and an account with `busy` POSTs in flight gets at most `cap` in all, over all its URLs and
+    kinds (counted per destination, its status, event and MO pushes each had a quarter: two
+    hanging customers took every sender). Destinations take turns (a first POST each, then a
+    second...) in the order of their oldest report, so the reports of a customer with a backlog
+    do not crowd out everyone else's.
     """
     groups: dict[tuple[str, str, str], list[WebhookJob]] = {}
     for job in jobs:
@@ -360,7 +385,7 @@ def plan_chunks(
         dest: [group[i : i + batch_max] for i in range(0, len(group), batch_max)]
         for dest, group in groups.items()
     }
-    taken = Counter(busy)
+    taken = _per_account(busy)
     start: list[tuple[tuple[str, str, str], list[WebhookJob]]] = []
     progress = True
     while progress and len(start) < free:
@@ -368,12 +393,23 @@ def plan_chunks(
         for dest, queue in queues.items():
             if len(start) >= free:
                 break
-            if queue and taken[dest] < cap:
+            if queue and taken[dest[0]] < cap:
                 start.append((dest, queue.pop(0)))
-                taken[dest] += 1
+                taken[dest[0]] += 1
                 progress = True
     spare = [job for queue in queues.values() for chunk in queue for job in chunk]
     return start, spare
+
+
+_SENT_SUFFIX = "_sent"  # the outbox id of a "sent" report: st_<message id>_sent
+
+
+def _per_account(busy: Counter[tuple[str, str, str]]) -> Counter[str]:
+    """POSTs in flight per account, from those per (account, URL, kind)."""
+    out: Counter[str] = Counter()
+    for (account, _url, _kind), n in busy.items():
+        out[account] += n
+    return out
 
 
 def retry_plan(
@@ -409,6 +445,11 @@ def _batch_id(ids: str) -> str:
 
 
 def _host(url: str) -> str:
+    """The host of a URL for a log or dead-letter line; "?" for one that does not parse (a
+    redirect's Location "http://[oops/" was blamed on the customer's own callback URL)."""
     from urllib.parse import urlsplit
 
-    return urlsplit(url).hostname or "?"
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"

@@ -20,7 +20,6 @@ concurrency, because several instances write the same rows at once:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -443,46 +442,25 @@ async def rollup_messages(
 
 
 async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> None:
-    """webhooks.send_intermediate: a report when every part was accepted by the SMSC, a snapshot
-    taken now (the same body as the SQLite engine's)."""
+    """webhooks.send_intermediate: a report when every part was accepted by the SMSC. Only the
+    message id is stored; the sender renders the report when it pushes it (see the SQLite
+    engine's)."""
     rows = await c.fetch(
-        "SELECT m.id, m.account_id, m.batch_id, m.client_ref, m.recipient, m.segments, "
-        "m.billable_units, m.accepted_at FROM unnest($1::text[]) WITH ORDINALITY AS f(id, ord) "
+        "SELECT m.id, m.account_id FROM unnest($1::text[]) WITH ORDINALITY AS f(id, ord) "
         "JOIN messages m ON m.id = f.id JOIN accounts a ON a.id = m.account_id "
         "WHERE a.status_callback_url <> '' ORDER BY f.ord",
         list(sent),
     )
     if not rows:
         return
-    bodies = [
-        json.dumps(
-            {
-                "type": "message.status",
-                "message_id": r[0],
-                "batch_id": r[2],
-                "client_ref": r[3],
-                "to": r[4],
-                "status": "sent",
-                "success": None,
-                "final": False,
-                "segments": r[5],
-                "billable_units": r[6],
-                "accepted_at_ms": r[7],
-                "submitted_at_ms": now,
-            },
-            separators=(",", ":"),
-        )
-        for r in rows
-    ]
     await c.execute(
         "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
         "next_attempt_at, created_at) "
-        "SELECT 'st_' || f.mid || '_sent', f.acc, 'event', f.mid, f.body, $4, $4 "
-        "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS f(mid, acc, body, ord) "
+        "SELECT 'st_' || f.mid || '_sent', f.acc, 'event', f.mid, f.mid, $3, $3 "
+        "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS f(mid, acc, ord) "
         "ORDER BY f.ord ON CONFLICT (webhook_id) DO NOTHING",
         [r[0] for r in rows],
         [r[1] for r in rows],
-        bodies,
         now,
     )
 

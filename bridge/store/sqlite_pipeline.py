@@ -7,7 +7,6 @@ messages a second the per-statement cost, not the disk, is what limits an embedd
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -119,43 +118,16 @@ def rollup_messages(
 
 
 def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> None:
-    """webhooks.send_intermediate: a report when every part was accepted by the SMSC. The body
-    is a snapshot taken now (the message may be final by the time it is pushed)."""
+    """webhooks.send_intermediate: a report when every part was accepted by the SMSC. Only the
+    message id is stored: the sender renders the report when it pushes it, from the message as
+    it is then (a snapshot kept an erased number in clear, and was pushed after the final
+    report when its first POST failed)."""
     urls = _status_urls(c, {a for a, _m in sent})
-    rows = []
-    for account, mid in sent:
-        if not urls.get(account):
-            continue
-        m = c.execute(
-            "SELECT batch_id, client_ref, recipient, segments, billable_units, accepted_at "
-            "FROM messages WHERE id=?",
-            (mid,),
-        ).fetchone()
-        payload = {
-            "type": "message.status",
-            "message_id": mid,
-            "batch_id": m[0],
-            "client_ref": m[1],
-            "to": m[2],
-            "status": "sent",
-            "success": None,
-            "final": False,
-            "segments": m[3],
-            "billable_units": m[4],
-            "accepted_at_ms": m[5],
-            "submitted_at_ms": now,
-        }
-        rows.append(
-            (
-                f"st_{mid}_sent",
-                account,
-                "event",
-                mid,
-                json.dumps(payload, separators=(",", ":")),
-                now,
-                now,
-            )
-        )
+    rows = [
+        (f"st_{mid}_sent", account, "event", mid, mid, now, now)
+        for account, mid in sent
+        if urls.get(account)
+    ]
     if rows:
         c.executemany(
             "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
