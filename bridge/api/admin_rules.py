@@ -250,7 +250,10 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         entries = billing.money_entries(kind, await _json(request), now, ctx.config.rules.timezone)
     except BillingError as exc:
         raise ApiError(exc.code, exc.message) from None
-    await ctx.store.append_ledger(account.id, entries)
+    # A top-up naming its payment (`ref`) is credited once: a payment system retrying after a
+    # lost answer (a crash, a timeout) is answered with the balance, not credited again.
+    once = kind == "topup" and entries[0].ref is not None
+    added = await ctx.store.append_ledger(account.id, entries, once=once)
     view = billing.balance_view(
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
     )
@@ -262,7 +265,11 @@ async def _money(request: web.Request, kind: str) -> web.Response:
             "expires_at": e.expires_at,
         }
         for e in entries
+        if added
     ]
+    if not added:  # the same payment again: nothing credited, the balance as it stands
+        view["duplicate_ref"] = entries[0].ref
+        return json_response(view, status=200)
     return json_response(view, status=201)
 
 

@@ -456,7 +456,12 @@ def rules_schemas() -> dict[str, Any]:
         "TopUp": _obj(
             {
                 "amount_micro": {**_MICRO, "minimum": 1},
-                "ref": {"type": "string", "maxLength": 64, "description": "payment reference"},
+                "ref": {
+                    "type": "string",
+                    "maxLength": 64,
+                    "description": "payment reference: a top-up whose ref the account already "
+                    "has is not credited again (200, duplicate_ref), so a retried payment is safe",
+                },
             },
             required=["amount_micro"],
         ),
@@ -497,7 +502,12 @@ def rules_schemas() -> dict[str, Any]:
                         }
                     ),
                 },
-            }
+                "duplicate_ref": {
+                    "type": "string",
+                    "description": "a top-up with this ref was credited before: nothing added",
+                },
+            },
+            required=[*balance, "added"],
         ),
         # -- operator: settlement
         "SettleRequest": _obj(
@@ -812,7 +822,11 @@ def rules_paths() -> dict[str, Any]:
             "post": _admin_op(
                 "topUp",
                 "Add cash (a payment received)",
-                {"201": _ok("MoneyAdded", "recorded"), **_errors(400, 404, 415)},
+                {
+                    "201": _ok("MoneyAdded", "recorded"),
+                    "200": _ok("MoneyAdded", "this ref was credited before: nothing added"),
+                    **_errors(400, 404, 415),
+                },
                 requestBody=_json_body("TopUp"),
             ),
         },

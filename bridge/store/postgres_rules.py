@@ -601,16 +601,47 @@ class RulesStoreMixin:
 
     # -- ledger ------------------------------------------------------------------------------------
 
-    async def append_ledger(self, account_id: str, entries: Sequence[Entry]) -> None:
+    async def append_ledger(
+        self, account_id: str, entries: Sequence[Entry], *, once: bool = False
+    ) -> bool:
         """Operator entries (top-ups, vouchers, cards, adjustments) under the account lock, like an
         accept: an entry that lowers a balance can never slip between an accept's check and its
         charge."""
+        first = entries[0] if entries else None
+        if once and first is not None and first.ref is not None:
+            return await self._append_once(account_id, entries, first)
         w = Writes([account_id])
         w.add("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
         add_entries(w, [(account_id, e) for e in entries], "EXISTS (SELECT 1 FROM a)")
         found = await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM a)")
         if not found:
             raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+        return True
+
+    async def _append_once(self, account_id: str, entries: Sequence[Entry], first: Entry) -> bool:
+        """append_ledger(once=True): the account locked first, then the check in a later
+        statement (a fresh snapshot), so two retries of one payment cannot both append."""
+
+        async def job(c: asyncpg.Connection) -> bool:
+            if not await c.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE)",
+                account_id,
+            ):
+                raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+            if await c.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM ledger WHERE account_id = $1 AND ref = $2 "
+                "AND kind = $3)",
+                account_id,
+                first.ref,
+                str(first.kind),
+            ):
+                return False
+            w = Writes()
+            add_entries(w, [(account_id, e) for e in entries])
+            await w.run(c)
+            return True
+
+        return await run_tx(self.pool, job)
 
     async def get_pockets(self, account_id: str) -> list[adm.Pocket]:
         return await read_pockets(self.pool, account_id)

@@ -115,7 +115,10 @@ class SqliteStore(RulesStoreMixin):
 
     async def ping(self) -> bool:
         # A read of the file itself (SELECT 1 alone never touched it: a lost or unreadable
-        # database still answered ready).
+        # database still answered ready). Not ready once a WAL fsync failed: every durable write
+        # is refused until a restart, so traffic should go elsewhere.
+        if self._runner.sync_failed:
+            return False
         return await self._runner.read(
             lambda c: c.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] >= 0
         )

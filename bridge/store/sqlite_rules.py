@@ -561,13 +561,24 @@ class RulesStoreMixin:
 
     # -- ledger ------------------------------------------------------------------------------------
 
-    async def append_ledger(self, account_id: str, entries: Sequence[Entry]) -> None:
-        def job(c: sqlite3.Connection) -> None:
+    async def append_ledger(
+        self, account_id: str, entries: Sequence[Entry], *, once: bool = False
+    ) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+            first = entries[0] if entries else None
+            if once and first is not None and first.ref is not None:
+                seen = c.execute(
+                    "SELECT 1 FROM ledger WHERE account_id=? AND ref=? AND kind=? LIMIT 1",
+                    (account_id, first.ref, str(first.kind)),
+                ).fetchone()
+                if seen is not None:
+                    return False
             append_entries(c, account_id, entries)
+            return True
 
-        await self._runner.write(job)
+        return await self._runner.write(job)
 
     async def get_pockets(self, account_id: str) -> list[adm.Pocket]:
         return await self._runner.read(lambda c: read_pockets(c, account_id))

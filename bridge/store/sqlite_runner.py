@@ -101,6 +101,7 @@ class SqliteRunner:
         self._flush_task: asyncio.Task[None] | None = None
         self.lock_waits = 0
         self.reruns = 0  # batches run again with savepoints after a bare job raised
+        self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
 
     def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Open the connection and run `setup` (migrations) on it."""
@@ -138,6 +139,8 @@ class SqliteRunner:
         committed either way: the WAL is in the OS page cache."""
         if self._closed:
             raise StoreClosedError("store is closed")
+        if self._sync_failed is not None and durable:
+            raise StoreClosedError(f"the store's fsync failed, restart it: {self._sync_failed}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.append((job, fut, _SINGLE if single else _BARE if bare else _GUARDED, durable))
@@ -150,6 +153,11 @@ class SqliteRunner:
                 else loop.call_soon(self._run_now)
             )
         return await fut
+
+    @property
+    def sync_failed(self) -> bool:
+        """A WAL fsync failed: durable writes are refused until a restart."""
+        return self._sync_failed is not None
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed or self._conn is None:
@@ -284,23 +292,37 @@ class SqliteRunner:
     def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any], int, bool]]) -> None:
         conn = self._conn
         assert conn is not None
-        try:
+        guard_all = False
+        while True:
             try:
-                results, at_once = self._run_jobs(conn, batch, guard_all=False)
-            except _RerunGuarded:
-                self.reruns += 1
-                results, at_once = self._run_jobs(conn, batch, guard_all=True)
-            conn.execute("COMMIT")
-            self.commits += 1
-            self.jobs_done += len(batch)
-        except Exception as exc:  # the commit itself failed: nothing landed
-            log.exception("store commit failed")
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            _resolve([(fut, False, exc) for _job, fut, _kind, _durable in batch])
-            return
+                try:
+                    results, at_once = self._run_jobs(conn, batch, guard_all=guard_all)
+                except _RerunGuarded:
+                    self.reruns += 1
+                    guard_all = True
+                    continue
+                conn.execute("COMMIT")
+                self.commits += 1
+                self.jobs_done += len(batch)
+                break
+            except _TransactionLost as lost:
+                # SQLite rolled the whole transaction back (a disk full or I/O error inside a
+                # statement): that job fails with its own error, the others run again in a new
+                # transaction. Carried on, the next jobs ran in autocommit (committed behind
+                # callers told they failed) and our ROLLBACK's "no transaction is active" hid
+                # the disk-full error (a 500 instead of a 503).
+                _resolve([(batch[lost.index][1], False, lost.error)])
+                batch = batch[: lost.index] + batch[lost.index + 1 :]
+                if not batch:
+                    return
+            except Exception as exc:  # the commit itself failed: nothing landed
+                log.exception("store commit failed")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                _resolve([(fut, False, exc) for _job, fut, _kind, _durable in batch])
+                return
         _resolve(at_once)
         since = self.commits - self._commits_at_checkpoint
         due = since >= CHECKPOINT_EVERY or (since % 25 == 0 and self._wal_bytes() > WAL_MAX_BYTES)
@@ -330,12 +352,14 @@ class SqliteRunner:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         at_once: list[tuple[asyncio.Future[Any], bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
-        for job, fut, kind, durable in batch:
+        for i, (job, fut, kind, durable) in enumerate(batch):
             out = results if durable else at_once
             if kind == _SINGLE or (kind == _BARE and not guard_all):
                 try:
                     out.append((fut, True, job(conn)))
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        raise _TransactionLost(i, exc) from exc
                     if kind == _BARE:  # its writes may be half done: take the batch back
                         conn.execute("ROLLBACK")
                         raise _RerunGuarded from exc
@@ -345,6 +369,8 @@ class SqliteRunner:
             try:
                 value = job(conn)
             except Exception as exc:  # handed to the awaiting caller
+                if not conn.in_transaction:
+                    raise _TransactionLost(i, exc) from exc
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 out.append((fut, False, exc))
@@ -437,9 +463,19 @@ class SqliteRunner:
                 await loop.run_in_executor(None, self._sync_wal)
                 self.fsyncs += 1
             except OSError as exc:
-                log.exception("fsync of the store failed")
+                # Fatal, as in PostgreSQL: the kernel reports a write-back error once and marks
+                # the pages clean, so the failed group's WAL frames may never reach the disk,
+                # and recovery stops at the first missing frame: every later commit would be
+                # acknowledged and lost with them at a power cut. Durable writes are refused
+                # (503) from here on; a restart's WAL recovery shows what is really on disk.
+                log.critical("fsync of the store failed: durable writes refused until a restart")
+                self._sync_failed = exc
                 _resolve([(fut, False, exc) for fut, _ok, _v in waiting])
-                continue
+                for fut, _ok, _v in self._unsynced:
+                    if not fut.done():
+                        fut.set_exception(StoreClosedError(f"the store's fsync failed: {exc}"))
+                self._unsynced = []
+                return
             _resolve(waiting)
 
     def _sync_wal(self) -> None:
@@ -455,6 +491,15 @@ _GUARDED, _SINGLE, _BARE = 0, 1, 2
 
 class _RerunGuarded(Exception):
     """A bare job raised: the batch was rolled back and runs again with savepoints."""
+
+
+class _TransactionLost(Exception):
+    """SQLite rolled the batch's transaction back by itself when job `index` failed."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
 
 
 def _unlock_if_taken(fd: int, waited: Future[None]) -> None:

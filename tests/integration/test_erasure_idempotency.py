@@ -57,3 +57,15 @@ async def test_erasure_masks_the_number_in_stored_idempotent_answers(store: Stor
     assert other_number is not None and other_number.response == answer(OTHER)
     other_account = await store.get_idempotency("acc_b", "k1", NOW + 2)
     assert other_account is not None and other_account.response == answer(CN)
+
+
+async def test_a_topup_with_a_ref_already_credited_is_not_appended_again(store: Store) -> None:
+    """append_ledger(once=True): the same payment retried after a lost answer (both engines)."""
+    from bridge.domain.ledger import topup
+
+    await store.create_account(account())
+    assert await store.append_ledger("acc_a", topup(5_000_000, NOW, "pay-1"), once=True)
+    assert not await store.append_ledger("acc_a", topup(5_000_000, NOW + 1, "pay-1"), once=True)
+    assert await store.append_ledger("acc_a", topup(1_000_000, NOW + 2, "pay-2"), once=True)
+    sums = {p.pocket: p.amount for p in await store.get_pockets("acc_a")}
+    assert sums["cash"] == 6_000_000
