@@ -27,7 +27,7 @@ from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
-from bridge.billing import auto_settle
+from bridge.billing import Tariffs, auto_settle
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.config import Config, ConfigError, implicit_sim_smsc, load_config
 from bridge.crypto import Sealer
@@ -69,6 +69,7 @@ class Daemon:
         # that both stopped the same connector (KeyError) and could leave self.config and the
         # running connectors out of step.
         self._reload_lock = asyncio.Lock()
+        self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
@@ -404,10 +405,19 @@ class Daemon:
             await self.inbound.flush_stale_mo(now_ms, timeout_ms=timeout_ms)
 
     async def _settle(self, now_ms: int) -> None:
-        if now_ms - self._last_settle < 3_600_000 or self.ctx is None:
+        if now_ms - self._last_settle < 3_600_000:
             return
         self._last_settle = now_ms
-        settled = await auto_settle(self.store, self.ctx.tariff_book, self.config, now_ms)
+        if self.ctx is not None:
+            book = self.ctx.tariff_book
+        else:
+            # The owner in workers mode has no HTTP side (no ctx) and runs the only sweeper:
+            # it skipped settlement, so no month was ever settled (no refunds, no invoices).
+            if self._tariffs is None:
+                self._tariffs = Tariffs(self.store, self.config.billing)
+            await self._tariffs.refresh(now_ms)
+            book = self._tariffs
+        settled = await auto_settle(self.store, book, self.config, now_ms)
         if settled:
             log.info("automatic settlement %s", settled)
 
@@ -502,17 +512,20 @@ class Daemon:
         )
         return p
 
-    async def reload_from_file(self) -> None:
+    async def reload_from_file(self) -> bool:
+        """SIGHUP: load the file and apply it; False when it was refused or failed."""
         async with self._reload_lock:
             try:
                 new = load_config(self.config_path)
             except ConfigError as exc:
                 log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
-                return
+                return False
             try:
                 await self.reload(new)
             except Exception:
                 log.exception("reload failed")
+                return False
+            return True
 
     async def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT; then shut down gracefully."""

@@ -1218,6 +1218,9 @@ def _load_yaml(text: str, origin: str) -> Any:
         raise ConfigError([f"{origin}: invalid YAML: {e}"]) from None
 
 
+CONFIG_BASE_ENV = "SMPP_BRIDGE_CONFIG_BASE_DIR"  # set by the supervisor for its acceptors
+
+
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load a YAML file (or the built-in default when ``path`` is None) and validate it."""
     if path is None:
@@ -1229,7 +1232,10 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError([f"{p}: cannot read config file: {e.strerror or e}"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{p}: not UTF-8 text (byte {e.start})"]) from None
-    return parse_config(_load_yaml(text, str(p)), env, p.resolve().parent)
+    # An acceptor loads the supervisor's private copy of the file (bridge/supervisor.py); its
+    # relative paths still mean the original file's directory.
+    base = (os.environ if env is None else env).get(CONFIG_BASE_ENV)
+    return parse_config(_load_yaml(text, str(p)), env, Path(base) if base else p.resolve().parent)
 
 
 def _secret_paths() -> tuple[frozenset[str], dict[str, str]]:

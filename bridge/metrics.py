@@ -403,8 +403,36 @@ class Metrics:
         if path:
             merged = CollectorRegistry()
             multiprocess.MultiProcessCollector(merged, path=path)
-            return generate_latest(merged)
+            # A removed SMSC's series stay in every process's file (as 0) for the life of the
+            # process, and `smsc_up == 0` alerts fired for ever: only SMSCs configured now.
+            return generate_latest(_OnlySmscs(merged, _PER_SMSC, frozenset(self._smscs)))
         return generate_latest(self.registry)
+
+
+_PER_SMSC = frozenset(
+    {
+        "smpp_bridge_smsc_up",
+        "smpp_bridge_binds_up",
+        "smpp_bridge_binds_configured",
+        "smpp_bridge_window_in_use",
+        "smpp_bridge_window_size",
+    }
+)
+
+
+class _OnlySmscs:
+    """A registry view whose per-SMSC gauges keep the SMSCs in `keep` only."""
+
+    def __init__(self, inner: CollectorRegistry, names: frozenset[str], keep: frozenset[str]):
+        self.inner = inner
+        self.names = names
+        self.keep = keep
+
+    def collect(self) -> Any:
+        for family in self.inner.collect():
+            if family.name in self.names:
+                family.samples = [s for s in family.samples if s.labels.get("smsc") in self.keep]
+            yield family
 
 
 class _Pending:

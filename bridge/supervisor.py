@@ -13,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from bridge import metrics
 from bridge.app import Daemon
-from bridge.config import Config
+from bridge.config import CONFIG_BASE_ENV, Config
+from bridge.reload import RESTART_PATHS
 
 log = logging.getLogger("bridge.supervisor")
 
@@ -38,12 +45,47 @@ class Supervisor:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._restarts: dict[int, list[float]] = {}
+        self._reloading: asyncio.Task[None] | None = None
+        # Acceptors load a private copy of the configuration the daemon runs, not the file: one
+        # restarted after an edit the daemon refused (or after a change that needs a restart:
+        # server.port, store.path) read the file as it was then, and failed to start for ever,
+        # or served another port, or accepted into a database no owner sends from. The copy
+        # follows each reload that applied, with the restart-only sections kept as running.
+        self._snapshot: Path | None = None
+        self._snapshot_dir: str | None = None
+        if config_path:
+            self._snapshot_dir = tempfile.mkdtemp(prefix="smpp-bridge-")  # mode 0700
+            self._snapshot = Path(self._snapshot_dir) / "config.yaml"
+            self._write_snapshot(Path(config_path).read_text(encoding="utf-8"))
+
+    def _write_snapshot(self, text: str) -> None:
+        assert self._snapshot is not None
+        tmp = self._snapshot.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold secrets
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, self._snapshot)
+
+    def _follow_reload(self) -> None:
+        """After a reload the owner applied: the file's sections, except those needing a restart,
+        which stay as the daemon runs them."""
+        if self._snapshot is None or self.config_path is None:
+            return
+        new: Any = yaml.safe_load(Path(self.config_path).read_text(encoding="utf-8")) or {}
+        running: Any = yaml.safe_load(self._snapshot.read_text(encoding="utf-8")) or {}
+        for key in RESTART_PATHS:
+            if key in running:
+                new[key] = running[key]
+            else:
+                new.pop(key, None)
+        self._write_snapshot(yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
 
     def _spawn(self, slot: int) -> None:
         cmd = [sys.executable, "-m", "bridge.cli", "run", "--role", "acceptor"]
-        if self.config_path:
-            cmd += ["--config", self.config_path]
         env = {**os.environ, "SMPP_BRIDGE_WORKER": str(slot)}
+        if self._snapshot is not None and self.config_path is not None:
+            cmd += ["--config", str(self._snapshot)]
+            env[CONFIG_BASE_ENV] = str(Path(self.config_path).resolve().parent)
         # SIGHUP ignored until the acceptor installs its own handler: forwarded to one still
         # starting, its default action killed it.
         self.procs[slot] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sighup)
@@ -67,11 +109,25 @@ class Supervisor:
                     self._spawn(slot)
 
     def _reload(self) -> None:
-        """SIGHUP: the owner reloads its binds and routes; each acceptor reloads its own view."""
+        """SIGHUP: the owner reloads its binds and routes; if it applied the file, the acceptors'
+        copy follows and each acceptor reloads its own view from it. (The task is kept: an
+        unreferenced one may be collected mid-run.)"""
+        if self._reloading is not None and not self._reloading.done():
+            self._reloading.add_done_callback(lambda _t: self._reload())  # one after another
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_all())
+
+    async def _reload_all(self) -> None:
+        if not await self.owner.reload_from_file():
+            return  # refused or failed: the acceptors keep what they run
+        try:
+            self._follow_reload()
+        except (OSError, yaml.YAMLError):
+            log.exception("reload: the acceptors' copy of the configuration was not updated")
+            return
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
-        asyncio.get_running_loop().create_task(self.owner.reload_from_file())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +156,8 @@ class Supervisor:
                     proc.kill()
             await self.owner.stop()
             metrics.disable_multiprocess(self.metrics_dir, self._metrics_dir_ours)
+            if self._snapshot_dir is not None:
+                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
 
 
 def _ignore_sighup() -> None:

@@ -49,6 +49,12 @@ def refusal(outcome: str) -> ApiError:
         return ApiError("NONCE_REUSED", "this X-Bridge-Nonce was already used; sign a new request")
     if outcome == "disabled":
         return ApiError("ACCOUNT_DISABLED", "this account is disabled")
+    if outcome == "stale":  # never an authentication error: the request may be retried as is
+        return ApiError(
+            "STORE_UNAVAILABLE",
+            "the account changed while this request was validated; retry it",
+            headers={"Retry-After": "1"},
+        )
     return ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
 
 

@@ -77,6 +77,10 @@ def parse_json(body: bytes, request: web.Request) -> Any:
     return data
 
 
+# Validations of one send against an account that keeps changing under it.
+_STALE_TRIES = 4
+
+
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     claim = request[PRINCIPAL].deferred
@@ -130,18 +134,26 @@ async def _post_messages(
     now_ms: int,
 ) -> web.Response:
     req_hash = hashlib.sha256(body).hexdigest()
-    for attempt in (1, 2):
+    for attempt in range(1, _STALE_TRIES + 1):
         outcome, payload, messages = await _accept_once(
             ctx, request, account, claim, body, key, req_hash, now_ms
         )
         if isinstance(outcome, web.Response):
             return outcome
-        if outcome.auth_refusal == "stale" and outcome.account is not None and attempt == 1:
+        if outcome.auth_refusal == "stale" and outcome.account is not None:
             # The account changed since the cached copy validated this request: validate again
-            # with the settings the transaction saw (nothing was written).
+            # with the settings the transaction saw (nothing was written). Changed again each
+            # time (an operator script updating it in a loop): a retryable 503 in the end, not
+            # the "unknown app key" a second stale once became.
             account = outcome.account
             ctx.auth.remember(account)
-            continue
+            if attempt < _STALE_TRIES:
+                continue
+            raise ApiError(
+                "STORE_UNAVAILABLE",
+                "the account changed while this request was validated; retry it",
+                headers={"Retry-After": "1"},
+            )
         break
     if not outcome.accepted:
         if outcome.auth_refusal is not None:
