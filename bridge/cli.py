@@ -335,7 +335,13 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str]:
             data = json.loads(Path(args.credentials).read_text())
         except (OSError, ValueError) as exc:
             raise CliError(f"--credentials {args.credentials}: {exc}") from None
+        if not isinstance(data, dict):
+            raise CliError(
+                f"--credentials {args.credentials}: a JSON object with app_key and app_secret"
+            )
         key, secret = data.get("app_key"), data.get("app_secret")
+        if not isinstance(key, str) or not isinstance(secret, str):
+            key = secret = None
     if not key or not secret:
         raise CliError(
             "no credentials: set SMPP_BRIDGE_APP_KEY and SMPP_BRIDGE_APP_SECRET, or pass "
@@ -394,10 +400,46 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise CliError(f"cannot reach {args.url}: {exc}") from None
 
 
+def _check_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CliError(f"--url {url!r}: expected http(s)://host[:port]")
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite, positive number of seconds (-1 and nan printed a ValueError)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 0 and at most 3600 seconds")
+    return value
+
+
+def _workers(text: str) -> int:
+    """argparse type: the acceptor count server.workers allows (0..64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value}: from 0 to 64")
+    return value
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bridge.status import StatusError, fetch, render
 
     token = args.token or os.environ.get("SMPP_BRIDGE_ADMIN_TOKEN") or None
+    _check_url(args.url)
     try:
         status = fetch(args.url, token, timeout=args.timeout)
     except StatusError as exc:
@@ -423,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the daemon"))
     run.add_argument(
-        "--workers", type=int, help="HTTP acceptor processes (overrides server.workers)"
+        "--workers", type=_workers, help="HTTP acceptor processes (overrides server.workers)"
     )
     run.add_argument("--role", choices=["all", "acceptor"], default="all", help=argparse.SUPPRESS)
     run.set_defaults(fn=cmd_run)
@@ -529,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--token", help="admin token (default: env SMPP_BRIDGE_ADMIN_TOKEN, which ps cannot see)"
     )
-    st.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    st.add_argument("--timeout", type=_seconds, default=5.0, help="seconds per request (default 5)")
     st.add_argument("--json", action="store_true", help="print the raw views as JSON")
     st.set_defaults(fn=cmd_status)
 

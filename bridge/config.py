@@ -1094,6 +1094,15 @@ def _smsc_names(ctx: _Ctx, raw: list[Any]) -> list[str]:
                 f"duplicate SMSC name {name!r} (first at smscs[{first[name]}])",
             )
             continue
+        # "a-b" and "a_b" would read one password variable (SMPP_BRIDGE_SMSC_A_B_PASSWORD):
+        # one carrier's secret sent to the other.
+        twin = next((n for n in first if _env_key(n) == _env_key(name)), None)
+        if twin is not None:
+            ctx.err(
+                f"smscs[{i}].name",
+                f"{name!r} and {twin!r} (smscs[{first[twin]}]) would share the environment "
+                f"variable SMPP_BRIDGE_SMSC_{_env_key(name)}_PASSWORD; rename one",
+            )
         first[name] = i
         names.append(name)
     return names

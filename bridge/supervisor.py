@@ -92,21 +92,30 @@ class Supervisor:
         log.info("acceptor %d started (pid %d)", slot, self.procs[slot].pid)
 
     async def _monitor(self) -> None:
+        """Restart dead acceptors, each after its own back-off: waiting out one slot's back-off
+        (up to 30 s) used to hold up the restart of every other slot."""
+        due: dict[int, float] = {}  # slot -> when to start it again
         while not self._stopping:
             await asyncio.sleep(0.5)
+            now = time.monotonic()
             for slot, proc in list(self.procs.items()):
-                if proc.poll() is None or self._stopping:
+                if self._stopping:
+                    break
+                if slot in due:
+                    if now >= due[slot]:
+                        del due[slot]
+                        self._spawn(slot)
+                    continue
+                if proc.poll() is None:
                     continue
                 metrics.mark_process_dead(proc.pid)
-                recent = [t for t in self._restarts.get(slot, []) if time.monotonic() - t < 60]
+                recent = [t for t in self._restarts.get(slot, []) if now - t < 60]
                 delay = min(30.0, 0.5 * 2 ** len(recent))
                 log.error(
                     "acceptor %d exited with %s; restarting in %.1f s", slot, proc.returncode, delay
                 )
-                self._restarts[slot] = [*recent, time.monotonic()]
-                await asyncio.sleep(delay)
-                if not self._stopping:
-                    self._spawn(slot)
+                self._restarts[slot] = [*recent, now]
+                due[slot] = now + delay
 
     def _reload(self) -> None:
         """SIGHUP: the owner reloads its binds and routes; if it applied the file, the acceptors'

@@ -282,3 +282,38 @@ def test_json_lines_redact_a_secret_containing_a_quote_or_backslash(tmp_path):
         assert "0123456789abcdef" not in line, (fmt, line)
         if shown is not None:
             assert token not in (shown["msg"], shown["auth"]), line
+
+
+# -- noticed by the same review, fixed without a test of their own until here ---
+
+
+def test_bad_cli_arguments_are_one_line_errors_not_tracebacks(tmp_path):
+    """`status --timeout -1|nan`, `status --url notaurl` and `run --workers -1` printed a
+    ValueError (or skipped the 0..64 bound); `send --credentials` with a JSON list an
+    AttributeError. Each is now one line naming the argument, exit 1 or 2."""
+    creds = tmp_path / "creds.json"
+    creds.write_text("[1]")
+    cases = [
+        (("status", "--timeout", "-1"), "--timeout"),
+        (("status", "--timeout", "nan"), "--timeout"),
+        (("status", "--url", "notaurl"), "--url"),
+        (("run", "--workers", "65"), "--workers"),
+        (("send", "--credentials", str(creds), "--to", "+8613800138000", "--text", "x"), "JSON"),
+    ]
+    for args, named in cases:
+        p = _cli(*args, cwd=tmp_path)
+        assert p.returncode in (1, 2), (args, p.returncode)
+        assert "Traceback" not in p.stderr and "Error:" not in p.stderr, p.stderr
+        assert named in p.stderr, (args, p.stderr)
+
+
+def test_smsc_names_that_share_a_password_variable_are_refused(tmp_path):
+    """`a-b` and `a_b` both read SMPP_BRIDGE_SMSC_A_B_PASSWORD: one carrier's secret would be
+    sent to the other."""
+    cfg = _store_config(
+        tmp_path,
+        smscs=[{"name": "a-b", "system_id": "x"}, {"name": "a_b", "system_id": "y"}],
+    )
+    check = _cli("config", "check", str(cfg), cwd=tmp_path)
+    assert check.returncode == 1, check.stdout
+    assert "smscs[1].name" in check.stderr and "SMPP_BRIDGE_SMSC_A_B_PASSWORD" in check.stderr
