@@ -491,7 +491,9 @@ class Daemon:
                 self.connectors[name].update_limits(smscs[name])
         if self.ctx is not None:
             self.ctx.config = merged
-            self.ctx.submitter = Submitter(merged, router)
+            # The same reference counters: fresh ones could reuse the reference of a long
+            # message still in flight to the same number (its parts mixed on the handset).
+            self.ctx.submitter = Submitter(merged, router, refs=self.ctx.submitter.refs)
             self.ctx.send_rules.reload(merged, new_filter)
             self.ctx.submitter.content_filter = self.ctx.send_rules.filter
         if self.store is not None and hasattr(self.store, "send_intermediate"):

@@ -495,7 +495,17 @@ class SmscConfig:
     source_npi: int = field(default=0, metadata=meta(between(0, 18)))
     dest_ton: int = field(default=1, metadata=meta(between(0, 6)))
     dest_npi: int = field(default=1, metadata=meta(between(0, 18)))
-    default_source: str = field(default="smpp-bridge", metadata=meta(length(1, 20)))
+    # A number of up to 20 digits ("+" allowed) or an alphanumeric id of at most 11 characters:
+    # GSM's alphanumeric originator holds 11, so a longer one was cut or refused by the carrier.
+    default_source: str = field(
+        default="smpp-bridge",
+        metadata=meta(
+            matches(
+                r"\+?[0-9]{1,20}|[A-Za-z0-9 ._-]{1,11}",
+                "digits (up to 20) or up to 11 letters, digits, spaces . _ -",
+            )
+        ),
+    )
     service_type: str = field(default="", metadata=meta(length(0, 5)))
     registered_delivery: int = field(default=1, metadata=meta(between(0, 31)))
     validity_minutes: int | None = field(default=None, metadata=meta(between(1, 525_600)))
@@ -1073,6 +1083,7 @@ def parse_config(
         _check_routes(ctx, data, set(names))
     if "default_route" not in data and names is not None:
         kwargs["default_route"] = tuple(names)
+    _check_route_encodings(ctx, data, kwargs)
     _check_ports(ctx, kwargs)
     if ctx.errors:
         raise ConfigError(ctx.errors)
@@ -1132,6 +1143,46 @@ def _check_routes(ctx: _Ctx, data: Mapping[str, Any], known: set[str]) -> None:
             ctx.err(f"default_route[{j}]", f"unknown SMSC {name!r}")
     if default == [] and not first:
         ctx.err("default_route", "is empty and there are no routes: nothing could be sent")
+
+
+# What a message's stored bytes were encoded for (at acceptance, with the options of its route's
+# first SMSC): every SMSC it may fail over to must read the same bytes.
+_WIRE_OPTIONS = ("split", "packed_gsm", "allow_latin1", "gsm_data_coding")
+
+
+def _check_route_encodings(ctx: _Ctx, data: Mapping[str, Any], sections: Mapping[str, Any]) -> None:
+    """A route's SMSCs share the options that decide the bytes on the wire: a message is encoded
+    once, for the route's first SMSC, and failed over as stored. Mixed, a Latin-1 message went
+    to an SMSC without Latin-1, unpacked septets to one that unpacks them (garbage), UDH parts
+    to a SAR one."""
+    smscs = sections.get("smscs")
+    if not isinstance(smscs, tuple):
+        return
+    by_name = {s.name: s for s in smscs if isinstance(s, SmscConfig)}
+
+    def check(path: str, names: Any) -> None:
+        found = [by_name[n] for n in names if isinstance(n, str) and n in by_name]
+        if not found:
+            return
+        first = found[0]
+        for other in found[1:]:
+            diff = [o for o in _WIRE_OPTIONS if getattr(other, o) != getattr(first, o)]
+            if diff:
+                ctx.err(
+                    path,
+                    f"SMSCs {first.name!r} and {other.name!r} differ in {', '.join(diff)}: a "
+                    "route's SMSCs must encode alike (messages are encoded once, for the first, "
+                    "and failed over as they are); give them the same options or separate routes",
+                )
+                return
+
+    routes = data.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else []):
+        if isinstance(route, dict) and isinstance(route.get("smscs"), list):
+            check(f"routes[{i}].smscs", route["smscs"])
+    default = sections.get("default_route")
+    if isinstance(default, list | tuple):
+        check("default_route", default)
 
 
 def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:

@@ -241,7 +241,8 @@ class Submitter:
         self.config = config
         self.content_filter = content_filter
         self.router = router
-        self.refs = refs or RefCounter()
+        # `is None`, not `or`: an empty RefCounter is falsy (len 0) and was replaced.
+        self.refs = refs if refs is not None else RefCounter()
         self._smscs = {s.name: s for s in config.smscs}
         self._rule = CountingRule(config.text.counting_rule)
 
@@ -341,7 +342,8 @@ class Submitter:
                 raise ApiError("NO_ROUTE", f"to: no route to {number}")
             smsc = self._smscs[candidates[0]]
             opts = encode_options(smsc, smart)
-            bits = 16 if opts.split is SplitMode.UDH16 else 8
+            # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
+            bits = 8 if opts.split is SplitMode.UDH8 else 16
             try:
                 # A text of at most 70 characters is usually one part: it carries no
                 # concatenation reference, so it takes no slot in the per-destination counter.

@@ -37,7 +37,14 @@ __all__ = [
 _CR = 0x0D
 
 # Character sets by data_coding for the 8-bit single-byte codings SMPP 3.4 names (5.2.19).
-_BYTE_CODECS = {3: "latin-1", 5: "shift_jis", 6: "iso8859_5", 7: "iso8859_8", 0x0D: "shift_jis"}
+_BYTE_CODECS = {
+    1: "ascii",
+    3: "latin-1",
+    5: "shift_jis",
+    6: "iso8859_5",
+    7: "iso8859_8",
+    0x0D: "shift_jis",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +92,10 @@ class Segment:
 
 def _alphabet(dc: int) -> str:
     """ "gsm", "ucs2", or "bytes" (decoded by _BYTE_CODECS or shown as hex) for a data_coding."""
-    if dc in (0, 1):
+    if dc == 0:
         return "gsm"
+    if dc == 1:  # IA5/ASCII (SMPP 3.4 5.2.19): read as GSM, "_" was "§" and "$" "¤"
+        return "bytes"
     if dc == 8:
         return "ucs2"
     if 0x10 <= dc <= 0x3F or 0x40 <= dc <= 0x7F:

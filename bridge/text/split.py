@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from bridge.fastinit import fast_init
-from bridge.text.gsm import ESC, GSM_CHARS, TextError, gsm_septets, pack_septets
+from bridge.text.gsm import ESC, GSM_CHARS, TextError, gsm_decode, gsm_septets, pack_septets
 from bridge.text.smart import smart_map
 from bridge.text.units import CountingRule, billable_units
 
@@ -274,6 +274,13 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     if not text:
         raise TextError("EMPTY_MESSAGE", "text: must not be empty")
     text, septets = _resolve_text(text, opts)
+    # data_coding 1 is IA5/ASCII: the octets are ASCII (the SMSC converts them to GSM on the air,
+    # so parts are still cut by septets), and a text with GSM letters outside ASCII (é, £, Ä)
+    # cannot be sent so: it goes as Latin-1 or UCS-2. Labelled 1, GSM codes went out before:
+    # "$" as 0x02, "_" as 0x11, "@" as a NUL.
+    ia5 = opts.gsm_data_coding == 1
+    if septets is not None and ia5 and not text.isascii():
+        septets = None
     if septets is not None:
         encoding = Encoding.GSM7
         data = septets
@@ -295,16 +302,18 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     data_coding = _data_coding(encoding, opts)
     size = len(data)
     mode = opts.split
-    packed = opts.packed_gsm and encoding is Encoding.GSM7
+    ia5 = ia5 and encoding is Encoding.GSM7
+    packed = opts.packed_gsm and encoding is Encoding.GSM7 and not ia5
+    wire = _ia5 if ia5 else _pack if packed else _same
 
     # Fast path: fits one part (never a UDH or SAR TLVs on a single part).
     if size <= limits[0] and mode is not SplitMode.PAYLOAD:
-        sm = _pack(data) if packed else data
+        sm = wire(data)
         part = Part(1, 1, sm, 0, (), len(text), size)
         return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1)
 
     if mode is SplitMode.PAYLOAD:
-        return _payload_message(text, encoding, data_coding, data, packed, opts)
+        return _payload_message(text, encoding, data_coding, data, wire, opts)
     per = limits[2] if mode is SplitMode.UDH16 else limits[1]
     if size > opts.max_parts * per:
         # Cannot fit even without escape/surrogate pairs: refuse before building thousands of parts.
@@ -325,7 +334,7 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
         total_tlv = (TAG_SAR_TOTAL_SEGMENTS, bytes((total,)))
         for seq, chunk in enumerate(chunks, 1):
             tlvs = (ref_tlv, total_tlv, (TAG_SAR_SEGMENT_SEQNUM, bytes((seq,))))
-            sm = _pack(chunk) if packed else chunk
+            sm = wire(chunk)
             parts.append(Part(seq, total, sm, 0, tlvs, count(chunk), len(chunk)))
     else:
         if mode is SplitMode.UDH16:
@@ -337,7 +346,7 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
             head = bytes((5, 0x00, 3, ref, total))
             fill = 1  # 6 octets = 48 bits; 1 fill bit reaches the 7-septet boundary
         for seq, chunk in enumerate(chunks, 1):
-            body = _pack(chunk, fill) if packed else chunk
+            body = _pack(chunk, fill) if packed else wire(chunk)
             sm = head + bytes((seq,)) + body
             parts.append(Part(seq, total, sm, ESM_UDHI, (), count(chunk), len(chunk)))
     return EncodedMessage(text, encoding, data_coding, tuple(parts), opts.allow_latin1)
@@ -356,7 +365,7 @@ def _payload_message(
     encoding: Encoding,
     data_coding: int,
     data: bytes,
-    packed: bool,
+    wire: Callable[[bytes], bytes],
     opts: EncodeOptions,
 ) -> EncodedMessage:
     """One PDU with the whole text in message_payload; the SMSC does the splitting.
@@ -364,7 +373,7 @@ def _payload_message(
     ``air_segments`` records how many segments the SMSC will produce (UDH8 split), because that is
     what the carrier counts and bills.
     """
-    payload = _pack(data) if packed else data
+    payload = wire(data)
     if len(payload) > MAX_PAYLOAD_OCTETS:
         raise TextError(
             "MESSAGE_TOO_LONG",
@@ -378,6 +387,15 @@ def _payload_message(
         raise _too_long(size, encoding, air, limits[1], opts.max_parts)
     part = Part(1, 1, b"", 0, ((TAG_MESSAGE_PAYLOAD, payload),), len(text), size)
     return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1, air)
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def _ia5(septets: bytes) -> bytes:
+    """GSM septets of an ASCII text as the ASCII octets data_coding 1 means."""
+    return gsm_decode(septets).encode("ascii")
 
 
 def _gsm_chars(chunk: bytes) -> int:
