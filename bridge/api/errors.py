@@ -103,12 +103,14 @@ class ApiError(Exception):
         *,
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status if status is not None else CODES.get(code, 400)
         self.headers = dict(headers or {})
+        self.reason = reason  # a finer cause some faces answer apart (TemplateError.reason)
 
 
 def envelope(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:

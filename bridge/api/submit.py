@@ -256,7 +256,7 @@ class Submitter:
                 allow_urls=template.allow_urls,
             )
         except TemplateError as exc:
-            raise ApiError(exc.code, exc.message) from None
+            raise ApiError(exc.code, exc.message, reason=exc.reason) from None
 
     def final_text(
         self, req: SendRequest, account: Account, template: Template | None = None

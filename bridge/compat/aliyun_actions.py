@@ -25,6 +25,7 @@ from bridge.compat.aliyun_reports import DOMESTIC_PREFIX, local_time, phone
 from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
 from bridge.domain.phone import PLANS, PhoneError, normalize
+from bridge.store.base import StoreError
 from bridge.store.models import AcceptBatch, Account, MessageRecord, NewMessage
 
 Params = Mapping[str, str]
@@ -39,6 +40,10 @@ MAX_BATCH = 100  # SendBatchSms: entries per call
 _TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
 _TYPE_NUMBERS = {"verification": 0, "notification": 1, "marketing": 2}
 _REVIEW_STATUS = {"pending": 0, "approved": 1, "rejected": 2}
+# Alibaba's SignSource numbers: 0 company, 1 website registered with the MIIT, 2 app, 3 official
+# account or mini program, 4 e-commerce store, 5 trademark.
+_SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
+                 "5": "trademark"}  # fmt: skip
 
 
 class Missing(ApiError):
@@ -121,9 +126,10 @@ def _params_object(value: Any, name: str) -> dict[str, Any]:
 
 
 def _out_id(p: Params) -> str | None:
+    """Alibaba takes an OutId of up to 255 characters (the native client_ref stops at 64)."""
     out = p.get("OutId") or None
-    if out is not None and len(out) > 64:
-        raise ApiError("INVALID_FIELD", "OutId: at most 64 characters")
+    if out is not None and len(out) > 255:
+        raise ApiError("INVALID_FIELD", "OutId: at most 255 characters")
     return out
 
 
@@ -208,6 +214,8 @@ def _request(
 
 async def send_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     raw_numbers = [n for n in _required(p, "PhoneNumbers").split(",") if n.strip()]
+    if not raw_numbers:  # "," or blanks: answered OK with a BizId, and nothing was sent
+        raise ApiError("INVALID_NUMBER", "PhoneNumbers: no phone number in the list")
     if len(raw_numbers) > MAX_SEND:
         raise ApiError("TOO_MANY_RECIPIENTS", f"PhoneNumbers: at most {MAX_SEND} numbers")
     numbers = tuple(dict.fromkeys(aliyun_number(n) for n in raw_numbers))
@@ -232,6 +240,7 @@ async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[s
     if not isinstance(signs, list) or len(signs) != len(numbers):
         raise ApiError("INVALID_FIELD", "SignNameJson: one sign name per phone number")
     sources = _extend_json(account, p, len(numbers))
+    out_id = _out_id(p)  # documented on SendBatchSms too: every message of the batch carries it
     if params is None:
         params = [{}] * len(numbers)
     if not isinstance(params, list) or len(params) != len(numbers):
@@ -256,7 +265,7 @@ async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[s
             template,
             _params_object(values, f"TemplateParamJson[{i}]"),
             sign,
-            None,
+            out_id,
             sources[i],
         )
         bid, msgs, r = await prepare_send(ctx, account, req, now)
@@ -362,6 +371,13 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
         raise ApiError("INVALID_FIELD", "EndDate: not before StartDate, at most 30 days later")
     size = _int(p, "PageSize", 10, 1, 50)
     page = _int(p, "PageIndex", 1, 1, 100_000)
+    sign_name = p.get("SignName") or None
+    template_type = p.get("TemplateType") or None
+    kind = None
+    if template_type is not None:
+        kind = _TEMPLATE_TYPES.get(template_type)
+        if kind is None:
+            raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
     # IsGlobe 1 is mainland China (the face's domestic numbers), 2 everything else. Each local
     # day is counted within its own bounds: one UTC offset for the range put the messages after
     # a daylight-saving change on the wrong day.
@@ -370,7 +386,14 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
         day = (first + timedelta(days=n)).strftime("%Y%m%d")
         start, end = _day_bounds(day, tz)
         rows = await ctx.store.stats(
-            account.id, start, end, 0, prefix=DOMESTIC_PREFIX, within=is_globe == 1
+            account.id,
+            start,
+            end,
+            0,
+            prefix=DOMESTIC_PREFIX,
+            within=is_globe == 1,
+            sign_name=sign_name,
+            kind=kind,
         )
         if not rows:
             continue
@@ -410,14 +433,20 @@ def _date(p: Params, name: str) -> datetime:
 
 async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     name = _required(p, "SignName")
-    source = {"0": "company", "1": "app", "2": "website", "3": "public_account",
-              "4": "trademark", "5": "other"}.get(p.get("SignSource", "0"), "other")  # fmt: skip
+    source = _SIGN_SOURCES.get(p.get("SignSource", "0"))
+    if source is None:
+        raise ApiError("INVALID_FIELD", "SignSource: 0 to 5")
+    remark = p.get("Remark", "")
+    if len(remark) > 500:  # refused, not cut: the operator reviews what was sent
+        raise ApiError("INVALID_FIELD", "Remark: at most 500 characters")
     try:
         sign = await review.submit_sign(
-            ctx.store, account.id, {"name": name, "source": source,
-                                    "remark": p.get("Remark", "")[:500]}, ctx.now_ms()
+            ctx.store, account.id, {"name": name, "source": source, "remark": remark},
+            ctx.now_ms(),
         )  # fmt: skip
     except review.ReviewError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    except StoreError as exc:  # submitted before (a retry after a lost answer): no 500
         raise ApiError(exc.code, exc.message) from None
     return {"Code": "OK", "Message": "OK", "SignName": sign.name}
 
@@ -444,10 +473,15 @@ async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict
         raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
     body = {
         "type": kind,
-        "name": _required(p, "TemplateName")[:64],
+        "name": _required(p, "TemplateName"),
         "content": _required(p, "TemplateContent"),
-        "remark": p.get("Remark", "")[:500],
+        "remark": p.get("Remark", ""),
     }
+    # Refused, not cut: the template was queried back under a name it was not given.
+    if len(body["name"]) > 64 or len(body["remark"]) > 500:
+        raise ApiError(
+            "TEMPLATE_TOO_LONG", "TemplateName: at most 64 characters; Remark: at most 500"
+        )
     try:
         t = await review.submit_template(
             ctx.store, account.id, body, ctx.now_ms(), ctx.config, ctx.send_rules.filter

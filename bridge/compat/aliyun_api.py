@@ -103,7 +103,11 @@ async def handle(request: web.Request) -> web.Response:
         return _respond(out, ctype, exc.http_status, rid, {})
     except ApiError as exc:
         status, code, message = to_aliyun(
-            exc.code, exc.message, field=getattr(exc, "field", None), permits=_permits(exc)
+            exc.code,
+            exc.message,
+            field=getattr(exc, "field", None),
+            permits=_permits(exc),
+            reason=exc.reason,
         )
         wait = exc.headers.get("Retry-After")
         headers = retry_after_headers(exc.code, float(wait)) if wait else {}

@@ -106,6 +106,7 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         "SIGN_NAME_INVALID": _biz("isv.SIGN_NAME_ILLEGAL", "签名名称不符合规范"),
         "SIGN_NAME_NOT_APPROVED": _SIGN_ILLEGAL,
         "SIGN_NAME_TAKEN": _biz("isv.SIGN_NAME_ILLEGAL", "签名名称不符合规范"),
+        "SIGN_NAME_EXISTS": _biz("isv.SIGN_NAME_ILLEGAL", "签名名称不符合规范"),
         # content and recipients policy
         "MARKETING_NOT_ALLOWED": _biz("isv.PRODUCT_UNSUBSCRIBE", "产品未开通"),
         "RAW_TEXT_NOT_ALLOWED": _biz("isp.RAM_PERMISSION_DENY", "RAM权限DENY"),
@@ -154,12 +155,25 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
 _FREQUENCY = frozenset({"FREQUENCY_LIMIT_MINUTE", "FREQUENCY_LIMIT_HOUR", "FREQUENCY_LIMIT_DAY"})
 
 
+# Refusals Alibaba answers apart where ours share one code (TemplateError.reason): many customers'
+# code tables match these two.
+_BY_REASON: Mapping[tuple[str, str | None], AliyunCode] = MappingProxyType(
+    {
+        ("TEMPLATE_PARAMETER_INVALID", "length"): _biz(
+            "isv.PARAM_LENGTH_LIMIT", "参数超出长度限制"
+        ),
+        ("TEMPLATE_PARAMETER_INVALID", "link"): _biz("isv.PARAM_NOT_SUPPORT_URL", "不支持URL"),
+    }
+)
+
+
 def to_aliyun(
     code: str,
     message: str,
     *,
     field: str | None = None,
     permits: int | None = None,
+    reason: str | None = None,
 ) -> tuple[int, str, str]:
     """(HTTP status, Alibaba `Code`, Alibaba `Message`) for a native refusal; never raises.
 
@@ -167,7 +181,7 @@ def to_aliyun(
     real gateway answers. `permits`: the limit that was hit, for the frequency rows'
     `...Permits:<n>` suffix (omitted when not given).
     """
-    row = TABLE.get(code)
+    row = _BY_REASON.get((code, reason)) or TABLE.get(code)
     if row is None:
         text = f"{DEFAULT.message}: {code}: {message}" if message else f"{DEFAULT.message}: {code}"
         return DEFAULT.http_status, DEFAULT.code, text

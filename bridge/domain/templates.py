@@ -55,6 +55,7 @@ class TemplateError(Exception):
         field: str = "content",
         names: tuple[str, ...] = (),
         position: int | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -62,6 +63,9 @@ class TemplateError(Exception):
         self.field = field
         self.names = names  # the parameters concerned (missing, unknown or invalid)
         self.position = position  # 0-based index in the content, for TEMPLATE_MALFORMED
+        # Why a parameter was refused, where a face tells them apart ("length", "link"):
+        # Alibaba answers isv.PARAM_LENGTH_LIMIT and isv.PARAM_NOT_SUPPORT_URL for those.
+        self.reason = reason
 
 
 def _malformed(content: str, at: int) -> TemplateError:
@@ -251,7 +255,7 @@ def _format_number(value: int | float, name: str) -> str:
         try:
             return str(value)
         except ValueError:  # more digits than int->str allows
-            raise _invalid(name, "is too long") from None
+            raise _invalid(name, "is too long", "length") from None
     if not math.isfinite(value):
         raise _invalid(name, "must be a finite number")
     text = repr(value)
@@ -260,9 +264,13 @@ def _format_number(value: int | float, name: str) -> str:
     return text
 
 
-def _invalid(name: str, why: str) -> TemplateError:
+def _invalid(name: str, why: str, reason: str | None = None) -> TemplateError:
     return TemplateError(
-        TEMPLATE_PARAMETER_INVALID, f"params.{name}: {why}", field=f"params.{name}", names=(name,)
+        TEMPLATE_PARAMETER_INVALID,
+        f"params.{name}: {why}",
+        field=f"params.{name}",
+        names=(name,),
+        reason=reason,
     )
 
 
@@ -279,7 +287,7 @@ def _value_text(name: str, value: object, max_len: int) -> str:
         raise _invalid(name, f"must be a string or a number, not {type(value).__name__}")
     n = tariff_chars(text)  # first: cheap, and bounds the per-character scan below
     if n > max_len:
-        raise _invalid(name, f"is {n} characters, over the {max_len} limit")
+        raise _invalid(name, f"is {n} characters, over the {max_len} limit", "length")
     bad = _bad_control(text, "")
     if bad is not None:
         raise _invalid(name, f"contains the control character U+{ord(bad):04X}")
@@ -351,4 +359,4 @@ def _refuse_links(literals: list[str], names: list[str], values: dict[str, str])
     for start, end in _link_spans("".join(pieces)):
         for v_start, v_end, name in value_spans:
             if v_start < v_end and v_start < end and start < v_end:
-                raise _invalid(name, "must not contain a link (URL or domain name)")
+                raise _invalid(name, "must not contain a link (URL or domain name)", "link")

@@ -150,9 +150,12 @@ class Store(Protocol):
         *,
         prefix: str | None = None,
         within: bool = True,
+        sign_name: str | None = None,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
         """Per-day counts; with `prefix`, only recipients starting with it (`within`) or only
-        the others (not `within`)."""
+        the others (not `within`); with `sign_name` / `kind`, only that sign's / template
+        kind's messages."""
         ...
 
     # pipeline

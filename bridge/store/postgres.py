@@ -893,9 +893,19 @@ class PostgresStore(RulesStoreMixin):
         *,
         prefix: str | None = None,
         within: bool = True,
+        sign_name: str | None = None,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
         return await reports.stats(
-            self.pool, account_id, since, until, tz_offset_ms, prefix=prefix, within=within
+            self.pool,
+            account_id,
+            since,
+            until,
+            tz_offset_ms,
+            prefix=prefix,
+            within=within,
+            sign_name=sign_name,
+            kind=kind,
         )
 
     # -- pipeline ---------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ async def stats(
     *,
     prefix: str | None = None,
     within: bool = True,
+    sign_name: str | None = None,
+    kind: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT (accepted_at + $1) / 86400000 AS day, COUNT(*), "
@@ -40,6 +42,7 @@ async def stats(
         "COUNT(*) FILTER (WHERE state = 'unknown'), SUM(segments), SUM(billable_units) "
         "FROM messages WHERE account_id = $2 AND accepted_at >= $3 AND accepted_at < $4 "
         "AND ($5::text IS NULL OR (left(recipient, length($5::text)) = $5::text) = $6) "
+        "AND ($7::text IS NULL OR sign_name = $7) AND ($8::text IS NULL OR kind = $8) "
         "GROUP BY day ORDER BY day",
         tz_offset_ms,
         account_id,
@@ -47,6 +50,8 @@ async def stats(
         until,
         prefix,
         within,
+        sign_name,
+        kind,
     )
     return [
         {

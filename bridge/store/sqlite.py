@@ -537,6 +537,8 @@ class SqliteStore(RulesStoreMixin):
         *,
         prefix: str | None = None,
         within: bool = True,
+        sign_name: str | None = None,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
@@ -546,8 +548,9 @@ class SqliteStore(RulesStoreMixin):
                 "SUM(billable_units) FROM messages WHERE account_id=?2 AND accepted_at>=?3 "
                 "AND accepted_at<?4 "
                 "AND (?5 IS NULL OR (substr(recipient, 1, length(?5))=?5)=?6) "
+                "AND (?7 IS NULL OR sign_name=?7) AND (?8 IS NULL OR kind=?8) "
                 "GROUP BY day ORDER BY day",
-                (tz_offset_ms, account_id, since, until, prefix, within),
+                (tz_offset_ms, account_id, since, until, prefix, within, sign_name, kind),
             )
             return [
                 {
