@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge import logs
 from bridge.accounts import AccountService
 from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
@@ -505,6 +506,8 @@ class Daemon:
         if self.inbound is not None:
             self.inbound.optout_keywords = tuple(merged.rules.optout_keywords)
         self.config = merged
+        # A new SMSC's password (or a rotated one) is redacted from now on, the old one still.
+        logs.add_secrets(logs.config_secrets(merged))
         log.info(
             "reloaded configuration: added %s, removed %s, reconnected %s, updated %s",
             list(p.add),

@@ -21,9 +21,11 @@ import contextvars
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -104,7 +106,30 @@ def config_secrets(cfg: Config | None) -> tuple[str, ...]:
     if cfg is None:
         return ()
     found = {s for s in _walk_secrets(cfg) if len(s) >= MIN_REDACTED_LEN}
+    # A master key read from its file is as secret as one given inline (the systemd set-up and
+    # generate_master_key keep it there): it was printed in clear.
+    key_file = cfg.security.master_key_file
+    if key_file is not None and cfg.security.master_key is None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            key = ""
+        if len(key) >= MIN_REDACTED_LEN:
+            found.add(key)
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def add_secrets(values: Iterable[str]) -> None:
+    """Redact `values` too, from now on, in every handler on the root logger: a reload's new
+    SMSC password was printed in clear (the list was fixed at start-up). Old values stay."""
+    new = {v for v in values if len(v) >= MIN_REDACTED_LEN}
+    if not new:
+        return
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, _Redacting) and not new <= set(formatter.secrets):
+            merged = set(formatter.secrets) | new
+            formatter.secrets = tuple(sorted(merged, key=len, reverse=True))
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -138,15 +163,27 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 def _kv(value: Any) -> str:
     if isinstance(value, str):
-        if value and not any(c in value for c in ' "=\n\t\\'):
+        if value and not _NEEDS_QUOTES.search(value):
             return value
-        return json.dumps(value, ensure_ascii=False)
+        return _escape(json.dumps(value, ensure_ascii=False))
     if isinstance(value, bool | int | float) or value is None:
         return json.dumps(value)
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     except (TypeError, ValueError):
         return json.dumps(str(value), ensure_ascii=False)
+
+
+# A value written bare unless it holds a blank, a quote, "=" or a backslash, or a control character
+# (an SMSC's \r and ESC sequences in a receipt id could overwrite what a terminal shows).
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    """Control characters (but newline and tab) as \\uXXXX: json.dumps leaves U+007F-U+009F
+    and the line separators as they are."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 class _Redacting(logging.Formatter):
@@ -190,7 +227,7 @@ class TextFormatter(_Redacting):
     """`2026-01-01T00:00:00.000Z INFO bridge.smpp smpp bound smsc=carrier-a bind=0`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
+        parts = [_timestamp(record), record.levelname, record.name, _escape(record.getMessage())]
         parts += [f"{k}={_kv(v)}" for k, v in extras(record).items()]
         line = " ".join(parts)
         if record.exc_info:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bridge import logs
 from bridge.api.context import CTX, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS, Missing
@@ -26,6 +27,7 @@ from bridge.compat.aliyun_sign import check_timestamp, parse_request
 from bridge.store.base import is_unavailable
 
 log = logging.getLogger("bridge.aliyun")
+_RID = web.RequestKey("aliyun_request_id", str)  # the call's id (set by errors_middleware)
 
 _PERMITS = re.compile(r"at most (\d+) message")  # bridge.domain.frequency.error_message
 _NONCE_PREFIX = "acs:"  # own namespace in the nonce table: never collides with native nonces
@@ -59,7 +61,7 @@ def _respond(
 
 async def handle(request: web.Request) -> web.Response:
     ctx: ApiContext = request.app[CTX]
-    rid = _request_id()
+    rid = request.get(_RID) or _request_id()
     fmt = "JSON"
     action = "Unknown"
     try:
@@ -133,7 +135,16 @@ def _label(action: str) -> str:
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """The framework's own refusals and anything unexpected, in Alibaba's envelope."""
+    """The framework's own refusals and anything unexpected, in Alibaba's envelope.
+
+    One request id per call, made here: the answer's x-acs-request-id, and the request_id of
+    every line logged while the call runs (they had none, and a store outage's line had an id
+    no client saw). Every answer made here is counted too, as the native face counts them (a
+    413 and a store outage were missing from smpp_bridge_api_requests_total)."""
+    rid = _request_id()
+    request[_RID] = rid
+    token = logs.REQUEST_ID.set(rid)
+    metrics = request.app[CTX].metrics
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -141,16 +152,18 @@ async def errors_middleware(
             raise
         err = framework_error(exc.status)
     except Exception as exc:
-        rid = _request_id()
         if is_unavailable(exc):  # retryable: the SDKs raise a throttling error for the header
             log.error("aliyun face: store unavailable", extra={"error": repr(exc)})
             status, code, message = to_aliyun("STORE_UNAVAILABLE", "the store cannot be reached")
+            metrics.request("aliyun unknown", status, code)
             out, ctype = render_error(code, message, rid)
             headers = retry_after_headers("STORE_UNAVAILABLE", STORE_RETRY_AFTER_S)
             return _respond(out, ctype, status, rid, headers)
         log.exception("aliyun face: unexpected error")
         err = protocol_error("InternalError")
-    rid = _request_id()
+    finally:
+        logs.REQUEST_ID.reset(token)
+    metrics.request("aliyun unknown", err.http_status, err.code)
     out, ctype = render_error(err.code, err.message, rid)
     return _respond(out, ctype, err.http_status, rid, {})
 
