@@ -44,6 +44,8 @@ from bridge.store.base import Store
 from bridge.wiring import make_sealer, open_store
 
 log = logging.getLogger("bridge.app")
+# The supervisor names its owner's instance to the acceptors it starts (bridge/supervisor.py).
+OWNER_INSTANCE_ENV = "SMPP_BRIDGE_OWNER_INSTANCE"
 
 
 def make_router(config: Config) -> Router:
@@ -330,13 +332,33 @@ class Daemon:
         return merged
 
     async def _read_owner_status(self) -> dict[str, Any]:
+        """An acceptor's view of the binds: its own owner's (named by the supervisor: with
+        several instances in workers mode, the newest owner row was often another instance's),
+        plus what other live instances have bound, as `_cluster_status` does for an owner: what
+        this instance accepts, that one sends (an instance whose owner held no bind answered
+        "no SMSC bound" while the fleet sent everything it accepted)."""
         assert self.store is not None
         rows = await self.store.instances(int(self.clock() * 1000) - 5_000)
-        for _instance, role, _at, status in rows:
-            if role == "owner":
-                return json.loads(status)
-        # No owner heartbeat for 5 s: nothing is sending, so do not claim to be ready.
-        return {smsc.name: {"up": False} for smsc in self.config.smscs}
+        owner = os.environ.get(OWNER_INSTANCE_ENV)
+        mine: dict[str, Any] | None = None
+        elsewhere: set[str] = set()
+        for instance, role, _at, status in rows:
+            if role == "owner" and mine is None and owner in (None, instance):
+                mine = json.loads(status)
+            elif role in ("owner", "all") and instance != owner:
+                # Bind holders only: acceptors' rows echo their owner, and two of them reading
+                # each other's echo would keep a bind "up" after it went down.
+                for name, st in json.loads(status).items():
+                    if isinstance(st, dict) and st.get("up"):
+                        elsewhere.add(name)
+        if mine is None:
+            # No owner heartbeat for 5 s: nothing is sending here, so do not claim to be ready.
+            mine = {smsc.name: {"up": False} for smsc in self.config.smscs}
+        for name in elsewhere:
+            st = mine.get(name)
+            if isinstance(st, dict) and not st.get("up"):
+                mine[name] = {**st, "up": True, "bound_on_other_instance": True}
+        return mine
 
     async def _heartbeat(self) -> None:
         assert self.store is not None

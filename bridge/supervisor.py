@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bridge import metrics
-from bridge.app import Daemon
+from bridge.app import OWNER_INSTANCE_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
 from bridge.reload import RESTART_PATHS
 
@@ -82,7 +82,11 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         cmd = [sys.executable, "-m", "bridge.cli", "run", "--role", "acceptor"]
-        env = {**os.environ, "SMPP_BRIDGE_WORKER": str(slot)}
+        env = {
+            **os.environ,
+            "SMPP_BRIDGE_WORKER": str(slot),
+            OWNER_INSTANCE_ENV: self.owner.instance,
+        }
         if self._snapshot is not None and self.config_path is not None:
             cmd += ["--config", str(self._snapshot)]
             env[CONFIG_BASE_ENV] = str(Path(self.config_path).resolve().parent)
