@@ -85,7 +85,6 @@ class Summary:
     failed: int
     error: str | None
     all_dispatched: bool  # no part left to send
-    accepted: bool  # an SMSC took at least one part
 
 
 def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Summary:
@@ -107,7 +106,6 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
         failed=scale * sum(1 for s in states if s in SEG_NEGATIVE),
         error=error,
         all_dispatched=all(s != SEG_QUEUED for s in states),
-        accepted=any(s in SEG_ACCEPTED for s in states),
     )
 
 
@@ -152,7 +150,9 @@ def row_update(
     became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
     # A message whose receipts came before its submit_sm_resp goes from queued straight to
     # final: it went out all the same, so it gets its sent time (the stores keep the first).
-    stamp_sent = became_sent or (old_state == MSG_QUEUED and became_final and s.accepted)
+    stamp_sent = became_sent or (
+        old_state == MSG_QUEUED and became_final and any(st in SEG_ACCEPTED for st, _e in parts)
+    )
     if (
         s.state == old_state
         and s.delivered == old_delivered

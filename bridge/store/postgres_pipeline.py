@@ -775,6 +775,15 @@ async def _apply(
             continue  # intermediate
         new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
         error = lc.receipt_error_code(r.state, r.stat, r.err)
+        if len(found) == 1:  # the usual case: one part has the id
+            mid, seq, state = found[0]
+            if state in lc.SEG_FINAL:
+                continue  # a duplicate or late receipt: the first final outcome stands
+            found[0] = (mid, seq, new_state)
+            for col, value in zip(upd, (mid, seq, new_state, r.received_at, error), strict=True):
+                col.append(value)
+            touched.setdefault(mid, False)
+            continue
         settled = set(lc.receipt_targets(found))  # none: duplicate or late, the first stands
         for mid, seq in settled:
             for col, value in zip(upd, (mid, seq, new_state, r.received_at, error), strict=True):
