@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.fastinit import fast_init
 
@@ -190,3 +191,39 @@ def receipt_targets(candidates: Sequence[tuple[str, int, str]]) -> list[tuple[st
         return []
     newest = max(mid for mid, _seq in open_parts)
     return sorted(p for p in open_parts if p[0] == newest)
+
+
+def settle_receipts(
+    receipts: Sequence[Any], parts: dict[tuple[str, str], list[tuple[str, int, str]]]
+) -> tuple[list[tuple[str, int, str, int, str | None]], list[Any]]:
+    """What receipts do to the parts their (SMSC, id) names, for both store engines.
+
+    `receipts` have smsc, smsc_msg_id, state, stat, err and received_at; `parts` maps (SMSC,
+    normalised id) to the (message id, seq, state) it names, and is updated as parts settle, so
+    a second receipt for an id in the same batch finds them final (the first outcome stands).
+    Returns the part updates (message id, seq, new state, done at, error code) and the receipts
+    that named no known part (kept pending)."""
+    updates: list[tuple[str, int, str, int, str | None]] = []
+    unmatched: list[Any] = []
+    for r in receipts:
+        key = (r.smsc, r.smsc_msg_id)
+        found = parts.get(key)
+        if found is None:
+            unmatched.append(r)
+            continue
+        if r.state == "enroute":
+            continue  # intermediate
+        new_state = SEG_DELIVERED if r.state == "delivered" else r.state
+        error = receipt_error_code(r.state, r.stat, r.err)
+        if len(found) == 1:  # the usual case: one part has the id
+            mid, seq, state = found[0]
+            if state not in SEG_FINAL:  # else a duplicate or late receipt
+                found[0] = (mid, seq, new_state)
+                updates.append((mid, seq, new_state, r.received_at, error))
+            continue
+        settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
+        for mid, seq in sorted(settled):
+            updates.append((mid, seq, new_state, r.received_at, error))
+        if settled:
+            parts[key] = [(m, q, new_state if (m, q) in settled else st) for m, q, st in found]
+    return updates, unmatched

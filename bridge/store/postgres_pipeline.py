@@ -764,36 +764,11 @@ async def _apply(
         [k[1] for k in where],
     ):
         parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
-    unmatched = []
-    upd: list[list[Any]] = [[] for _ in range(5)]
-    for r in receipts:
-        found = parts.get((r.smsc, r.smsc_msg_id))
-        if found is None:
-            unmatched.append(r)
-            continue
-        if r.state == "enroute":
-            continue  # intermediate
-        new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
-        error = lc.receipt_error_code(r.state, r.stat, r.err)
-        if len(found) == 1:  # the usual case: one part has the id
-            mid, seq, state = found[0]
-            if state in lc.SEG_FINAL:
-                continue  # a duplicate or late receipt: the first final outcome stands
-            found[0] = (mid, seq, new_state)
-            for col, value in zip(upd, (mid, seq, new_state, r.received_at, error), strict=True):
-                col.append(value)
-            touched.setdefault(mid, False)
-            continue
-        settled = set(lc.receipt_targets(found))  # none: duplicate or late, the first stands
-        for mid, seq in settled:
-            for col, value in zip(upd, (mid, seq, new_state, r.received_at, error), strict=True):
-                col.append(value)
-            touched.setdefault(mid, False)
-        if settled:  # a second receipt for the same id in this batch sees them final
-            parts[(r.smsc, r.smsc_msg_id)] = [
-                (m, q, new_state if (m, q) in settled else st) for m, q, st in found
-            ]
-    if upd[0]:
+    settled, unmatched = lc.settle_receipts(receipts, parts)
+    for mid, *_rest in settled:
+        touched.setdefault(mid, False)
+    upd: list[list[Any]] = [list(col) for col in zip(*settled, strict=True)] if settled else []
+    if upd:
         await c.execute(
             "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "
             "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) "

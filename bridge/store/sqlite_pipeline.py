@@ -379,36 +379,13 @@ def _apply(
                 (smsc, *chunk),
             ):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
-    unmatched = []
-    updates = []
-    for r in receipts:
-        found = parts.get((r.smsc, r.smsc_msg_id))
-        if found is None:
-            unmatched.append(r)
-            continue
-        if r.state == "enroute":
-            continue  # intermediate
-        new_state = lc.SEG_DELIVERED if r.state == "delivered" else r.state
-        error = lc.receipt_error_code(r.state, r.stat, r.err)
-        if len(found) == 1:  # the usual case: one part has the id
-            mid, seq, state = found[0]
-            if state in lc.SEG_FINAL:
-                continue  # a duplicate or late receipt: the first final outcome stands
-            found[0] = (mid, seq, new_state)
-            updates.append((new_state, r.received_at, error, mid, seq))
-            touched.setdefault(mid, False)
-            continue
-        settled = set(lc.receipt_targets(found))  # none: duplicate or late, the first stands
-        for mid, seq in settled:
-            updates.append((new_state, r.received_at, error, mid, seq))
-            touched.setdefault(mid, False)
-        if settled:  # a second receipt for the same id in this batch sees them final
-            parts[(r.smsc, r.smsc_msg_id)] = [
-                (m, q, new_state if (m, q) in settled else st) for m, q, st in found
-            ]
-    if updates:
+    settled, unmatched = lc.settle_receipts(receipts, parts)
+    for mid, *_rest in settled:
+        touched.setdefault(mid, False)
+    if settled:
         c.executemany(
-            "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND seq=?",
-            updates,
+            "UPDATE segments SET state=?3, done_at=?4, error_code=?5 "
+            "WHERE message_id=?1 AND seq=?2",
+            settled,
         )
     return unmatched
