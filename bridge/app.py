@@ -408,6 +408,9 @@ class Daemon:
         swept = await self.store.sweep(now_ms, timeout_ms)
         if any(swept.values()):
             log.info("sweep %s", swept)
+        for _ in range(swept.get("balance_warnings", 0)):
+            # A voucher expired and took an account under its threshold (event queued).
+            self.metrics.balance_warning()
 
     async def _reclaim(self, now_ms: int) -> None:
         assert self.store is not None

@@ -304,6 +304,24 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     return Plan(tuple(planned), low, day)
 
 
+def lapse_plan(
+    pockets: Sequence[Pocket], threshold: int, now: int
+) -> tuple[list[Entry], tuple[int, int] | None]:
+    """The sweep's write-off of vouchers that expired with a remainder, and the low-balance
+    crossing that expiry made (before, after), if any. Without it, an account whose next send
+    was refused for balance (the voucher gone) got a 402 and never a warning: only an accepted
+    send looked at lapsed vouchers."""
+    lapsed = _lapsed_vouchers(pockets, now)
+    if not lapsed:
+        return [], None
+    after = balances_of(pockets, now).available_domestic
+    before = after + sum(p.amount for p in lapsed)
+    low = (
+        (before, after) if threshold > 0 and crossed_low_balance(before, after, threshold) else None
+    )
+    return [_write_off(p) for p in lapsed], low
+
+
 def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
     return [
         p

@@ -765,6 +765,7 @@ class SqliteStore(RulesStoreMixin):
                 release=False,
                 now=now,
             )
+            lapsed, warned = _lapse_vouchers(c, now)
             c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
             c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
             # Receipts that never matched are kept for inspection as long as a receipt may still
@@ -772,7 +773,12 @@ class SqliteStore(RulesStoreMixin):
             c.execute(
                 "DELETE FROM pending_receipts WHERE received_at<=?", (now - receipt_timeout_ms,)
             )
-            return {"expired": expired, "timed_out": timed_out}
+            return {
+                "expired": expired,
+                "timed_out": timed_out,
+                "vouchers_lapsed": lapsed,
+                "balance_warnings": warned,
+            }
 
         return await self._runner.write(job, durable=False)
 
@@ -1139,6 +1145,35 @@ def _split_sql(sql: str) -> Iterable[str]:
 # 30 days before it is due (scheduled_at), so the index range on accepted_at spans 60.
 _MO_WINDOW = "accepted_at>=? AND COALESCE(sent_at, scheduled_at, accepted_at)>=?"
 _MO_ORDER = "(segments_sent>0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, id DESC"
+
+
+def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
+    """Write off vouchers that expired with a remainder, and warn where that took an account
+    under its low-balance threshold (admission.lapse_plan). (vouchers written off, warnings)"""
+    accounts = [
+        r[0]
+        for r in c.execute(
+            "SELECT DISTINCT account_id FROM pockets WHERE pocket LIKE 'voucher:%' AND amount>0 "
+            "AND expires_at IS NOT NULL AND expires_at<=? LIMIT 1000",
+            (now,),
+        )
+    ]
+    lapsed = warned = 0
+    for account_id in accounts:
+        row = c.execute(
+            "SELECT low_balance_threshold FROM accounts WHERE id=?", (account_id,)
+        ).fetchone()
+        entries, low = adm.lapse_plan(
+            sqlite_rules.read_pockets(c, account_id), row[0] if row else 0, now
+        )
+        if entries:
+            sqlite_rules.append_entries(c, account_id, entries)
+            lapsed += len(entries)
+        if low is not None:
+            payload = adm.low_balance_event(account_id, low, now)
+            _enqueue_webhook(c, account_id, "event", None, payload, new_id("evt_", now), now)
+            warned += 1
+    return lapsed, warned
 
 
 def _requeue_claims(
