@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from bridge import billing, review
 from bridge.accounts import AccountError, public_account
 from bridge.api.context import query_of
 from bridge.api.errors import ApiError
+from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.rules_api import bill_for, check_month, mask, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.dnc import parse_dnc_csv
@@ -41,7 +43,8 @@ async def _account(request: web.Request) -> Account:
 
 
 def _status(request: web.Request) -> str | None:
-    status = query_of(request).get("status")
+    # The review queues take these two filters only: a misspelt one filtered nothing, silently.
+    status = query_params(query_of(request), ("status", "account")).get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError("INVALID_FIELD", "status: pending, approved or rejected")
     return status
@@ -63,8 +66,9 @@ async def _account_filter(request: web.Request) -> str | None:
 async def _decision(request: web.Request) -> tuple[Any, Any]:
     """(decision, reason) of an operator's review body; review.decision checks the values."""
     data = await _json(request)
-    if not isinstance(data, dict) or set(data) - {"decision", "reason"}:
+    if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
+    refuse_unknown(data, {"decision", "reason"})
     return data.get("decision"), data.get("reason")
 
 
@@ -101,9 +105,9 @@ async def review_sign(request: web.Request) -> web.Response:
     account = await _account(request)
     decision, reason = await _decision(request)
     try:
-        sign = await review.decide_sign(
-            ctx.store, account.id, request.match_info["name"], decision, reason, ctx.now_ms()
-        )
+        # The name as stored at submission (NFKC), as GET /v1/signs/{name} reads it.
+        name = unicodedata.normalize("NFKC", request.match_info["name"])
+        sign = await review.decide_sign(ctx.store, account.id, name, decision, reason, ctx.now_ms())
     except review.ReviewError as exc:
         raise reraise(exc) from None
     return json_response(review.sign_view(sign, operator=True))
@@ -181,7 +185,8 @@ async def put_dnc(request: web.Request) -> web.Response:
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype not in ("text/csv", "text/plain"):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the list as text/csv")
-    q = query_of(request)
+    # A misspelt ?contry= imported the list with no country: its national numbers skipped.
+    q = query_params(query_of(request), ("country", "name", "strict"))
     country = q.get("country")
     if country is not None and not COUNTRY.fullmatch(country):
         raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")
@@ -303,8 +308,9 @@ async def settle(request: web.Request) -> web.Response:
     """Settle a month for one account or all; idempotent (settled months are left alone)."""
     ctx = ctx_of(request)
     data = await _json(request)
-    if not isinstance(data, dict) or set(data) - {"month", "account"}:
+    if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", 'the body must be {"month": "YYYY-MM", "account"?}')
+    refuse_unknown(data, {"month", "account"})
     month = data.get("month")
     if not isinstance(month, str):
         raise ApiError("MISSING_FIELD", "month: required (YYYY-MM)")

@@ -569,8 +569,8 @@ def rules_paths() -> dict[str, Any]:
             ),
             "get": _rules(
                 "listSigns",
-                "The account's sign names with their review status",
-                {"200": _ok("SignList", "every sign of the account")},
+                "The account's sign names with their review status (no query parameters)",
+                {"200": _ok("SignList", "every sign of the account"), **_errors(400)},
             ),
         },
         "/v1/signs/{name}": {

@@ -75,6 +75,13 @@ def query_params(query: Mapping[str, str], allowed: Iterable[str]) -> dict[str, 
     return dict(query)
 
 
+def refuse_unknown(body: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """UNKNOWN_FIELD naming the first body field outside `allowed`, as every body endpoint."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
+
+
 def parse_day(value: str | None, name: str) -> int:
     """A YYYY-MM-DD as a day index (days since 1970-01-01, UTC)."""
     if value is None:

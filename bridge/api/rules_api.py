@@ -11,8 +11,9 @@ from aiohttp import web
 
 from bridge import billing, review
 from bridge.api.context import BODY, PRINCIPAL, ApiContext, query_of
-from bridge.api.errors import ApiError
-from bridge.api.reports import query_params
+from bridge.api.errors import CODES, ApiError
+from bridge.api.reports import query_params, refuse_unknown
+from bridge.api.sending import TARIFF_RETRY
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import BillingError
@@ -76,6 +77,7 @@ async def post_sign(request: web.Request) -> web.Response:
 
 
 async def list_signs(request: web.Request) -> web.Response:
+    query_params(query_of(request), ())  # ?status= filtered nothing, silently
     signs = await ctx_of(request).store.list_signs(account_id=_account(request).id)
     return json_response({"signs": [review.sign_view(s) for s in signs]})
 
@@ -149,8 +151,9 @@ async def post_optouts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     data = _body(request)
-    if not isinstance(data, dict) or set(data) - {"numbers"}:
+    if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", 'the body must be {"numbers": [...]}')
+    refuse_unknown(data, {"numbers"})
     raw = data.get("numbers")
     if not isinstance(raw, list) or not raw or len(raw) > 10_000:
         raise ApiError("INVALID_FIELD", "numbers: a list of 1 to 10000 phone numbers")
@@ -246,8 +249,11 @@ async def bill_for(ctx: ApiContext, account: Account, month: str) -> dict[str, A
         await book.load(ctx.now_ms())
     try:
         return await billing.month_view(ctx.store, account, month, book.versions, ctx.config)
-    except BillingError as exc:
-        raise ApiError(exc.code, exc.message) from None  # the code's own status (CODES)
+    except BillingError as exc:  # the code's own status (CODES); a 503 carries Retry-After
+        status = CODES.get(exc.code, 400)
+        raise ApiError(
+            exc.code, exc.message, headers=TARIFF_RETRY if status == 503 else None
+        ) from None
 
 
 async def get_bill(request: web.Request) -> web.Response:

@@ -27,6 +27,10 @@ def check_queue(ctx: ApiContext) -> None:
         )
 
 
+# No tariff in force (the stored one starts later): an operator's matter, minutes away at best.
+TARIFF_RETRY = {"Retry-After": "60"}
+
+
 async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
     """The tariff in force (None when billing is off)."""
     if not ctx.config.billing.enabled:
@@ -36,8 +40,11 @@ async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
         await book.load(now_ms)
     try:
         return book.at(now_ms)
-    except BillingError as exc:
-        raise ApiError("TARIFF_NOT_FOUND", exc.message, status=503) from None
+    except BillingError as exc:  # a 503 like any other: a client retries after Retry-After
+        code = (
+            exc.code if exc.code in ("TARIFF_NOT_FOUND", "TARIFF_AMBIGUOUS") else "TARIFF_NOT_FOUND"
+        )
+        raise ApiError(code, exc.message, status=503, headers=TARIFF_RETRY) from None
 
 
 async def check_sender(ctx: ApiContext, account: Account, sender: str) -> None:

@@ -197,7 +197,7 @@ async def test_sign_review_decisions_and_refusals(api_server, make_account, cloc
         ({"decision": "reject", "reason": "  "}, "MISSING_FIELD", "reason"),
         ({"decision": "reject", "reason": 5}, "INVALID_FIELD", "reason"),
         ({"decision": "reject", "reason": "x" * 501}, "INVALID_FIELD", "500"),
-        ({"decision": "approve", "note": "x"}, "INVALID_REQUEST", "decision"),
+        ({"decision": "approve", "note": "x"}, "UNKNOWN_FIELD", "note"),
         ([], "INVALID_REQUEST", "decision"),
     ]
     for body, code, word in cases:
@@ -365,7 +365,7 @@ async def test_operator_template_review(api_server, make_account, clock):
     for body, code, word in (
         ({"decision": "reject"}, "MISSING_FIELD", "reason"),
         ({"decision": "ok"}, "INVALID_FIELD", "decision"),
-        ({"decision": "approve", "by": "me"}, "INVALID_REQUEST", "decision"),
+        ({"decision": "approve", "by": "me"}, "UNKNOWN_FIELD", "by"),
     ):
         _refused(await api_server.admin("POST", path, json=body), 400, code, word)
     _refused(await api_server.admin("POST", path, body=b"]"), 400, "INVALID_JSON")
@@ -469,7 +469,7 @@ async def test_optouts_add_page_and_remove(api_server, make_account, clock):
     ("body", "code", "word"),
     [
         (b"{", "INVALID_JSON", "JSON"),
-        (b'{"number": "+8613800138000"}', "INVALID_REQUEST", "numbers"),
+        (b'{"number": "+8613800138000"}', "UNKNOWN_FIELD", "number"),
         (b"[]", "INVALID_REQUEST", "numbers"),
         (b'{"numbers": []}', "INVALID_FIELD", "numbers"),
         (b'{"numbers": "+8613800138000"}', "INVALID_FIELD", "numbers"),
@@ -714,7 +714,7 @@ async def test_settlement(api_server, make_account, clock):
         ({"month": 202610}, 400, "MISSING_FIELD"),
         ({"month": "2026-13"}, 400, "INVALID_MONTH"),
         ({"month": "0000-01"}, 400, "INVALID_MONTH"),
-        ({"month": "2026-10", "accounts": []}, 400, "INVALID_REQUEST"),
+        ({"month": "2026-10", "accounts": []}, 400, "UNKNOWN_FIELD"),
         ({"month": "2026-10", "account": "nobody"}, 404, "NOT_FOUND"),
         ({"month": "2026-11"}, 409, "SETTLEMENT_NOT_READY"),
     ):
