@@ -212,8 +212,16 @@ async def _money(ops: Ops, ref: str, kind: str, body: dict[str, Any]) -> int:
 
     account = await ops.account(ref)
     entries = billing.money_entries(kind, body, ops.now, ops.config.rules.timezone)
-    await ops.store.append_ledger(account.id, entries)
+    # As the admin API: a top-up naming its payment (--ref) is credited once, so re-running a
+    # command that may have gone through is safe.
+    once = kind == "topup" and entries[0].ref is not None
+    added = await ops.store.append_ledger(account.id, entries, once=once)
     view = await _balance(ops, account)
+    if not added:
+        view["duplicate_ref"] = entries[0].ref
+        view["added"] = []
+        _print(view)
+        return 0
     view["added"] = [
         {
             "kind": str(e.kind),

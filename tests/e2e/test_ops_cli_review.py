@@ -317,3 +317,21 @@ def test_smsc_names_that_share_a_password_variable_are_refused(tmp_path):
     check = _cli("config", "check", str(cfg), cwd=tmp_path)
     assert check.returncode == 1, check.stdout
     assert "smscs[1].name" in check.stderr and "SMPP_BRIDGE_SMSC_A_B_PASSWORD" in check.stderr
+
+
+def test_cli_topup_with_a_ref_is_credited_once(tmp_path):
+    """`bill topup ACCOUNT AMOUNT --ref R` run twice (the operator unsure the first went
+    through) credited the payment twice; the admin API already answered duplicate_ref."""
+    cfg = _store_config(tmp_path)
+    created = _cli("account", "create", "acme", "--config", str(cfg), cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    account = json.loads(created.stdout)["account"]
+    first = _cli(
+        "bill", "topup", account, "5", "--ref", "pay-1", "--config", str(cfg), cwd=tmp_path
+    )
+    again = _cli(
+        "bill", "topup", account, "5", "--ref", "pay-1", "--config", str(cfg), cwd=tmp_path
+    )
+    assert first.returncode == 0 and again.returncode == 0, (first.stderr, again.stderr)
+    assert json.loads(again.stdout)["duplicate_ref"] == "pay-1"
+    assert json.loads(again.stdout)["cash_micro"] == 5_000_000
