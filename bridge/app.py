@@ -217,7 +217,9 @@ class Daemon:
         )
         if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
             self.ctx.on_webhooks_replayed = self.webhooks.wake
-        self.ctx.queue_depth = await store.queue_depth()
+        # Back-pressure counts what is due: a campaign scheduled days ahead is no backlog, and
+        # counted, it refused every customer's sends (verification codes too) until it was due.
+        self.ctx.queue_depth = await store.queue_depth(due_at=int(self.clock() * 1000))
         if cfg.billing.enabled:  # seeds billing.tariff when the store has none
             await self.ctx.tariff_book.load(int(self.clock() * 1000))
         loop = asyncio.get_running_loop()
@@ -292,7 +294,9 @@ class Daemon:
                 # every unsent row, which costs real time with a large backlog.
                 near = self.ctx.queue_depth * 4 >= self.config.store.max_queued_segments
                 if near or ticks % 10 == 0:
-                    self.ctx.queue_depth = await self.store.queue_depth()
+                    self.ctx.queue_depth = await self.store.queue_depth(
+                        due_at=int(self.clock() * 1000)
+                    )
                 if ticks % 10 == 0 and self.config.billing.enabled:
                     # Tariff versions another process added (they only ever get appended).
                     await self.ctx.tariff_book.refresh(int(self.clock() * 1000))

@@ -231,11 +231,14 @@ async def metrics(request: web.Request) -> web.Response:
         raise ApiError("NOT_FOUND", "metrics are disabled on this server (server.metrics: false)")
     m = ctx.metrics
     m.observe_smscs(ctx.smsc_status())
-    try:  # counted now (off the event loop): the API's own copy is refreshed only every 10 s
-        ctx.queue_depth = await ctx.store.queue_depth()  # when far below the back-pressure limit
+    # Counted now (off the event loop), scheduled messages included; the API's own copy is
+    # the due backlog that back-pressure compares (bridge/app.py), refreshed every 1-10 s.
+    depth = ctx.queue_depth
+    try:
+        depth = await ctx.store.queue_depth()
     except Exception:
         log.warning("metrics: counting the queue failed", exc_info=True)
-    m.queue_depth.set(ctx.queue_depth)
+    m.queue_depth.set(depth)
     try:
         total, _older = await ctx.store.count_unmatched_receipts(ctx.now_ms())
         m.receipts_unmatched_pending.set(total)

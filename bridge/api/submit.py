@@ -163,7 +163,9 @@ def parse_send_request(
         if not isinstance(scheduled, str):
             raise _field_error("INVALID_FIELD", "scheduled_at: expected an ISO-8601 string")
         try:
-            when = datetime.fromisoformat(scheduled.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(
+                scheduled[:-1] + "+00:00" if scheduled[-1:] in ("Z", "z") else scheduled
+            )
             # astimezone overflows at the ends of the calendar (9999-12-31T23:00-05:00).
             utc = when.astimezone(UTC) if when.tzinfo is not None else None
         except (ValueError, OverflowError):

@@ -140,7 +140,12 @@ class Store(Protocol):
         before_id: str | None = None,
         limit: int = 50,
     ) -> list[MessageRecord]: ...
-    async def queue_depth(self) -> int: ...
+    async def queue_depth(self, due_at: int | None = None) -> int:
+        """Segments not yet sent of queued and claimed messages; with `due_at`, only those of
+        messages due by then (scheduled ones later are no backlog: they do not fill
+        back-pressure)."""
+        ...
+
     async def stats(
         self,
         account_id: str,

@@ -876,11 +876,13 @@ class PostgresStore(RulesStoreMixin):
         )
         return [MessageRecord(*r) for r in rows]
 
-    async def queue_depth(self) -> int:
+    async def queue_depth(self, due_at: int | None = None) -> int:
         return scalar(
             await self.pool.fetchval(
                 "SELECT SUM(segments - segments_sent) FROM messages "
-                "WHERE q_state IN ('queued', 'claimed')"
+                "WHERE q_state IN ('queued', 'claimed') "
+                "AND ($1::bigint IS NULL OR scheduled_at IS NULL OR scheduled_at <= $1)",
+                due_at,
             )
         )
 

@@ -393,16 +393,27 @@ class RulesStoreMixin:
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None:
-        r = await self.pool.fetchrow(
-            "UPDATE signs SET status = $1, reason = $2, reviewed_at = $3 "
-            f"WHERE account_id = $4 AND name = $5 RETURNING {SIGN_COLS}",
-            status,
-            reason,
-            now,
-            account_id,
-            name,
-        )
-        return sign_row(r) if r else None
+        async def job(c: asyncpg.Connection) -> Sign | None:
+            r = await c.fetchrow(
+                "UPDATE signs SET status = $1, reason = $2, reviewed_at = $3 "
+                f"WHERE account_id = $4 AND name = $5 RETURNING {SIGN_COLS}",
+                status,
+                reason,
+                now,
+                account_id,
+                name,
+            )
+            if status == "rejected":  # what waits ends unsent (see the SQLite engine)
+                await _end_queued_where(
+                    c,
+                    "account_id = $1 AND sign_name = $2",
+                    (account_id, name),
+                    "SIGN_REJECTED",
+                    now,
+                )
+            return sign_row(r) if r else None
+
+        return await run_tx(self.pool, job)
 
     # -- templates ---------------------------------------------------------------------------------
 
@@ -431,15 +442,20 @@ class RulesStoreMixin:
     async def review_template(
         self, code: str, status: str, reason: str | None, now: int
     ) -> Template | None:
-        r = await self.pool.fetchrow(
-            "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
-            f"RETURNING {TEMPLATE_COLS}",
-            status,
-            reason,
-            now,
-            code,
-        )
-        return template_row(r) if r else None
+        async def job(c: asyncpg.Connection) -> Template | None:
+            r = await c.fetchrow(
+                "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
+                f"RETURNING {TEMPLATE_COLS}",
+                status,
+                reason,
+                now,
+                code,
+            )
+            if status == "rejected":  # what waits ends unsent (see the SQLite engine)
+                await _end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
+            return template_row(r) if r else None
+
+        return await run_tx(self.pool, job)
 
     # -- opt-outs and do-not-contact lists ---------------------------------------------------------
 
@@ -728,13 +744,28 @@ class RulesStoreMixin:
         async def job(c: asyncpg.Connection) -> int:
             n = await _erase(c, account_id, number, masked, now)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
+            quoted = f'"{number}"'
+            await c.execute(
+                "UPDATE idempotency SET response = convert_to(jsonb_set(convert_from(response, "
+                "'UTF8')::jsonb, '{messages}', (SELECT jsonb_agg(CASE WHEN t.e->>'to' = $2 "
+                "THEN jsonb_set(t.e, '{client_ref}', 'null') ELSE t.e END ORDER BY t.i) "
+                "FROM jsonb_array_elements(convert_from(response, 'UTF8')::jsonb->'messages') "
+                "WITH ORDINALITY t(e, i)))::text, 'UTF8') WHERE account_id = $1 "
+                # CASE: the JSON cast only on answers that name the number and are objects.
+                "AND CASE WHEN position(convert_to($3, 'UTF8') IN response) > 0 "
+                "AND convert_from(response, 'UTF8') LIKE '{%' THEN jsonb_typeof("
+                "convert_from(response, 'UTF8')::jsonb->'messages') = 'array' ELSE false END",
+                account_id,
+                number,
+                quoted,
+            )
             await c.execute(
                 "UPDATE idempotency SET response = convert_to(replace(convert_from(response, "
                 "'UTF8'), $2, $3), 'UTF8') WHERE account_id = $1 "
                 "AND position(convert_to($2, 'UTF8') IN response) > 0",
                 account_id,
-                number,
-                masked,
+                quoted,
+                f'"{masked}"',
             )
             return n
 

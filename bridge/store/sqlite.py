@@ -517,11 +517,13 @@ class SqliteStore(RulesStoreMixin):
 
         return await self._runner.read(job)
 
-    async def queue_depth(self) -> int:
+    async def queue_depth(self, due_at: int | None = None) -> int:
         def job(c: sqlite3.Connection) -> int:
             row = c.execute(
                 "SELECT COALESCE(SUM(segments - segments_sent), 0) FROM messages "
-                "WHERE q_state IN ('queued', 'claimed')"
+                "WHERE q_state IN ('queued', 'claimed') "
+                "AND (?1 IS NULL OR scheduled_at IS NULL OR scheduled_at<=?1)",
+                (due_at,),
             ).fetchone()
             return int(row[0])
 

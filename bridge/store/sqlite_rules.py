@@ -353,6 +353,10 @@ class RulesStoreMixin:
                 "UPDATE signs SET status=?, reason=?, reviewed_at=? WHERE account_id=? AND name=?",
                 (status, reason, now, account_id, name),
             )
+            if status == "rejected":  # only approved signs are sent: what waits ends unsent
+                _end_queued(
+                    c, "account_id=? AND sign_name=?", (account_id, name), "SIGN_REJECTED", now
+                )
             r = c.execute(
                 f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
             ).fetchone()
@@ -397,6 +401,10 @@ class RulesStoreMixin:
                 "UPDATE templates SET status=?, reason=?, reviewed_at=? WHERE code=?",
                 (status, reason, now, code),
             )
+            if status == "rejected":
+                # Only approved templates are sent: queued and scheduled messages of a template
+                # rejected since (fraud found at a second look) end unsent and are refunded.
+                _end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
 
@@ -681,10 +689,23 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> int:
             # The stored answers of idempotent sends name the number too (kept for the key's
             # hours, for replays): masked there as well, the replay still answered.
+            # client_ref first, while "to" still names the number (it links the message to the
+            # person as the message row's, which erasure clears); then the number, as a whole
+            # JSON string only (a bare replace also rewrote longer numbers starting with it).
+            c.execute(
+                "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), "
+                "'$.messages', (SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=?1 "
+                "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
+                "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
+                "WHERE account_id=?2 AND instr(CAST(response AS TEXT), ?3)>0 "
+                "AND json_valid(CAST(response AS TEXT)) "
+                "AND json_type(CAST(response AS TEXT), '$.messages')='array'",
+                (number, account_id, f'"{number}"'),
+            )
             c.execute(
                 "UPDATE idempotency SET response=CAST(replace(CAST(response AS TEXT), ?1, ?2) "
                 "AS BLOB) WHERE account_id=?3 AND instr(CAST(response AS TEXT), ?1)>0",
-                (number, masked, account_id),
+                (f'"{number}"', f'"{masked}"', account_id),
             )
             return _erase(c, "account_id=? AND recipient=?", (account_id, number), masked, now)
 

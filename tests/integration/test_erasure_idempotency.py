@@ -69,3 +69,17 @@ async def test_a_topup_with_a_ref_already_credited_is_not_appended_again(store: 
     assert await store.append_ledger("acc_a", topup(1_000_000, NOW + 2, "pay-2"), once=True)
     sums = {p.pocket: p.amount for p in await store.get_pockets("acc_a")}
     assert sums["cash"] == 6_000_000
+
+
+async def test_erasure_leaves_a_longer_number_that_starts_with_the_erased_one(store: Store) -> None:
+    """Numbers differ in length within a country (+49): erasing +491511234567 must not rewrite
+    +4915112345678 in another stored answer (a bare text replace did)."""
+    short, longer = "+491511234567", "+4915112345678"
+    await store.create_account(account())
+    await accept_with_key(store, "acc_a", "m1", short, "k1")
+    await accept_with_key(store, "acc_a", "m2", longer, "k2")
+    await store.erase_recipient("acc_a", short, "+49**********", NOW + 1)
+    kept = await store.get_idempotency("acc_a", "k2", NOW + 2)
+    assert kept is not None and kept.response == answer(longer)
+    erased = await store.get_idempotency("acc_a", "k1", NOW + 2)
+    assert erased is not None and short.encode() not in erased.response
