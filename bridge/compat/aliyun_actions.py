@@ -307,14 +307,23 @@ def _send_status(m: MessageRecord) -> int:
     return 1
 
 
-def _day_bounds(day: str, tz: str) -> tuple[int, int]:
-    if not _DATE.fullmatch(day):
-        raise ApiError("INVALID_FIELD", "SendDate: yyyyMMdd")
+def _parse_day(raw: str, name: str) -> datetime:
+    """A yyyyMMdd date (naive, midnight)."""
+    if not _DATE.fullmatch(raw):
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd")
     try:
-        start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=ZoneInfo(tz))
+        return datetime.strptime(raw, "%Y%m%d")
+    except ValueError:
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd") from None
+
+
+def _day_bounds(day: datetime, tz: str, name: str = "SendDate") -> tuple[int, int]:
+    """[start, end) of a local calendar day in ms (23 or 25 hours across a DST change)."""
+    try:
+        start = day.replace(tzinfo=ZoneInfo(tz))
         end = start + timedelta(days=1)
-    except (ValueError, OverflowError):
-        raise ApiError("INVALID_FIELD", "SendDate: yyyyMMdd") from None
+    except OverflowError:
+        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd") from None
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
@@ -330,7 +339,7 @@ def _int(p: Params, name: str, default: int, lo: int, hi: int) -> int:
 async def query_send_details(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     number = aliyun_number(_required(p, "PhoneNumber"))
     tz = ctx.config.rules.timezone
-    since, until = _day_bounds(_required(p, "SendDate"), tz)
+    since, until = _day_bounds(_parse_day(_required(p, "SendDate"), "SendDate"), tz)
     size = _int(p, "PageSize", 10, 1, 50)
     page = _int(p, "CurrentPage", 1, 1, 100_000)
     biz = p.get("BizId") or None
@@ -383,8 +392,8 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
     # a daylight-saving change on the wrong day.
     targets = []
     for n in range((last - first).days + 1):
-        day = (first + timedelta(days=n)).strftime("%Y%m%d")
-        start, end = _day_bounds(day, tz)
+        day = first + timedelta(days=n)
+        start, end = _day_bounds(day, tz, "EndDate")
         rows = await ctx.store.stats(
             account.id,
             start,
@@ -404,7 +413,7 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
                 "RespondedSuccessCount": total["delivered"],
                 "RespondedFailCount": total["failed"] + total["unknown"],
                 "NoRespondedCount": total["pending"],
-                "SendDate": day,
+                "SendDate": day.strftime("%Y%m%d"),
             }
         )
     targets.sort(key=lambda t: t["SendDate"], reverse=True)
@@ -419,13 +428,7 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
 
 
 def _date(p: Params, name: str) -> datetime:
-    raw = _required(p, name)
-    if not _DATE.fullmatch(raw):
-        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd")
-    try:
-        day = datetime.strptime(raw, "%Y%m%d")
-    except ValueError:
-        raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd") from None
+    day = _parse_day(_required(p, name), name)
     if day.year < 1970:  # before any message; and far dates overflow the bounds' arithmetic
         raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd, from 19700101")
     return day
