@@ -729,17 +729,10 @@ class TariffConfig:
     def _problems(self) -> Problems:
         """The tariff rules the daemon and `tariff add` apply (tiers ascending, the last one
         unbounded, ...): `config check` passed tiers the daemon then refused at start."""
-        from bridge.domain.tariffs import Tariff, Tier, validate_tariff
+        from bridge.billing import tariff_from_config  # imports this module: here, not on top
+        from bridge.domain.tariffs import validate_tariff
 
-        tariff = Tariff(
-            version=self.version,
-            effective_at=0,
-            tiers=tuple(Tier(x.up_to, x.price) for x in self.tiers),
-            starting_price=self.starting_price,
-            international=dict(self.international),
-            domestic_prefix=self.domestic_prefix,
-        )
-        for problem in validate_tariff(tariff):
+        for problem in validate_tariff(tariff_from_config(self)):
             path, _, why = problem.partition(": ")
             # The tariff API counts tiers from 1; configuration paths count from 0.
             yield re.sub(r"tiers\[(\d+)\]", lambda m: f"tiers[{int(m[1]) - 1}]", path), why
