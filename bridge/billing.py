@@ -235,6 +235,13 @@ async def account_balance(store: Any, account: Account, now: int, currency: str)
     return view
 
 
+def credited_once(kind: str, entries: Sequence[ledger.Entry]) -> bool:
+    """Whether `money_entries` are appended at most once (`append_ledger(once=True)`): a top-up
+    naming its payment (`ref`), so a payment system or an operator retrying after a lost answer
+    (a crash, a timeout) gets the balance back instead of a second credit."""
+    return kind == "topup" and bool(entries) and entries[0].ref is not None
+
+
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
     """Ledger entries for an operator's top-up, voucher grant or card purchase (validated)."""
     if not isinstance(body, dict):

@@ -212,9 +212,7 @@ async def _money(ops: Ops, ref: str, kind: str, body: dict[str, Any]) -> int:
 
     account = await ops.account(ref)
     entries = billing.money_entries(kind, body, ops.now, ops.config.rules.timezone)
-    # As the admin API: a top-up naming its payment (--ref) is credited once, so re-running a
-    # command that may have gone through is safe.
-    once = kind == "topup" and entries[0].ref is not None
+    once = billing.credited_once(kind, entries)  # a top-up with --ref: safe to run again
     added = await ops.store.append_ledger(account.id, entries, once=once)
     view = await _balance(ops, account)
     if not added:

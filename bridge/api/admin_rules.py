@@ -255,9 +255,7 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         entries = billing.money_entries(kind, await _json(request), now, ctx.config.rules.timezone)
     except BillingError as exc:
         raise ApiError(exc.code, exc.message) from None
-    # A top-up naming its payment (`ref`) is credited once: a payment system retrying after a
-    # lost answer (a crash, a timeout) is answered with the balance, not credited again.
-    once = kind == "topup" and entries[0].ref is not None
+    once = billing.credited_once(kind, entries)
     added = await ctx.store.append_ledger(account.id, entries, once=once)
     view = billing.balance_view(
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
