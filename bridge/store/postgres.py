@@ -33,7 +33,6 @@ import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain.rate import bucket_take
-from bridge.ids import new_id
 from bridge.store import migrate
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
@@ -782,15 +781,7 @@ class PostgresStore(RulesStoreMixin):
             )
         rules_sql.add_plan(w, batch.account_id, plan, n)
         if plan.low_balance is not None:
-            payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
-            t = w.param(now)
-            w.add(
-                "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
-                f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
-                f"'event', NULL, {w.param(payload)}, {t}, {t} FROM accounts "
-                f"WHERE id = {w.param(batch.account_id)} AND status_callback_url <> '' "
-                "ON CONFLICT (webhook_id) DO NOTHING"
-            )
+            rules_sql.add_low_balance_event(w, batch.account_id, plan.low_balance, now)
         await w.run(c)
         return AcceptOutcome(accepted=True, plan=plan)
 

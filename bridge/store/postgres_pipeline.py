@@ -27,7 +27,6 @@ import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
-from bridge.ids import new_id
 from bridge.store import postgres_rules
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
@@ -916,7 +915,6 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
 async def _lapse_vouchers(c: asyncpg.Connection, now: int) -> tuple[int, int]:
     """Write off vouchers that expired with a remainder and warn where that took an account
     under its threshold (see the SQLite engine), each account under its lock, as an accept."""
-    rules_sql = postgres_rules
     accounts = [
         r[0]
         for r in await c.fetch(
@@ -931,19 +929,12 @@ async def _lapse_vouchers(c: asyncpg.Connection, now: int) -> tuple[int, int]:
             "SELECT low_balance_threshold FROM accounts WHERE id = $1 FOR NO KEY UPDATE",
             account_id,
         )
-        pockets = await rules_sql.read_pockets(c, account_id)  # after the lock: as they are
+        pockets = await postgres_rules.read_pockets(c, account_id)  # after the lock: as they are
         entries, low = adm.lapse_plan(pockets, threshold or 0, now)
-        w = rules_sql.Writes()
-        rules_sql.add_entries(w, [(account_id, e) for e in entries])
+        w = postgres_rules.Writes()
+        postgres_rules.add_entries(w, [(account_id, e) for e in entries])
         if low is not None:
-            t = w.param(now)
-            w.add(
-                "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
-                f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
-                f"'event', NULL, {w.param(adm.low_balance_event(account_id, low, now))}, {t}, "
-                f"{t} FROM accounts WHERE id = {w.param(account_id)} "
-                "AND status_callback_url <> '' ON CONFLICT (webhook_id) DO NOTHING"
-            )
+            postgres_rules.add_low_balance_event(w, account_id, low, now)
             warned += 1
         await w.run(c)
         lapsed += len(entries)

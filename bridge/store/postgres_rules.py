@@ -25,6 +25,7 @@ import asyncpg
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
+from bridge.ids import new_id
 from bridge.store.base import StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
@@ -251,6 +252,18 @@ async def write_plan(c: asyncpg.Connection, account_id: str, plan: adm.Plan, cou
     w = Writes()
     add_plan(w, account_id, plan, count)
     await w.run(c)
+
+
+def add_low_balance_event(w: Writes, account_id: str, crossing: tuple[int, int], now: int) -> None:
+    """The balance.low event in the outbox, as a CTE (for accounts with a status URL)."""
+    t = w.param(now)
+    w.add(
+        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
+        f"'event', NULL, {w.param(adm.low_balance_event(account_id, crossing, now))}, {t}, "
+        f"{t} FROM accounts WHERE id = {w.param(account_id)} AND status_callback_url <> '' "
+        "ON CONFLICT (webhook_id) DO NOTHING"
+    )
 
 
 def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | None = None) -> None:
