@@ -45,7 +45,7 @@ class Supervisor:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
         self._restarts: dict[int, list[float]] = {}
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloading: set[asyncio.Task[None]] = set()
         # Acceptors load a private copy of the configuration the daemon runs, not the file: one
         # restarted after an edit the daemon refused (or after a change that needs a restart:
         # server.port, store.path) read the file as it was then, and failed to start for ever,
@@ -123,12 +123,12 @@ class Supervisor:
 
     def _reload(self) -> None:
         """SIGHUP: the owner reloads its binds and routes; if it applied the file, the acceptors'
-        copy follows and each acceptor reloads its own view from it. (The task is kept: an
-        unreferenced one may be collected mid-run.)"""
-        if self._reloading is not None and not self._reloading.done():
-            self._reloading.add_done_callback(lambda _t: self._reload())  # one after another
-            return
-        self._reloading = asyncio.get_running_loop().create_task(self._reload_all())
+        copy follows and each acceptor reloads its own view from it. Reloads run one after
+        another (Daemon.reload_from_file holds a lock); the tasks are kept, as an unreferenced
+        one may be collected mid-run."""
+        task = asyncio.get_running_loop().create_task(self._reload_all())
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
 
     async def _reload_all(self) -> None:
         if not await self.owner.reload_from_file():
