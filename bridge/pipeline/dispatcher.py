@@ -396,12 +396,7 @@ class Dispatcher:
             for seg, out in zip(msg.segments, so_far, strict=False):
                 if out.kind != "ok":
                     break
-                raw = out.message_id or ""
-                add(
-                    SubmitResult(
-                        msg.id, seg.seq, "sent", name, normalize_resp_id(raw, rule), raw, at=at
-                    )
-                )
+                add(_sent(msg.id, seg.seq, name, out, rule, at))
             raise
         except _RouteNotRecorded as exc:  # nothing left
             if exc.lost:
@@ -420,12 +415,7 @@ class Dispatcher:
         release: Release | None = None
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
-                raw = out.message_id or ""
-                add(
-                    SubmitResult(
-                        msg.id, seg.seq, "sent", name, normalize_resp_id(raw, rule), raw, at=now_ms
-                    )
-                )
+                add(_sent(msg.id, seg.seq, name, out, rule, now_ms))
                 self.sent += 1
             elif out.kind == "permanent":
                 add(
@@ -584,6 +574,14 @@ class Dispatcher:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+
+def _sent(
+    mid: str, seq: int, smsc: str, out: SubmitOutcome, rule: MsgIdRule, at: int
+) -> SubmitResult:
+    """The result of a part the SMSC accepted, with its id as given and as receipts will name it."""
+    raw = out.message_id or ""
+    return SubmitResult(mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
