@@ -143,17 +143,12 @@ async def _post_messages(
         if outcome.auth_refusal == "stale" and outcome.account is not None:
             # The account changed since the cached copy validated this request: validate again
             # with the settings the transaction saw (nothing was written). Changed again each
-            # time (an operator script updating it in a loop): a retryable 503 in the end, not
-            # the "unknown app key" a second stale once became.
+            # time (an operator script updating it in a loop): refusal("stale") below, a
+            # retryable 503, not the "unknown app key" a second stale once became.
             account = outcome.account
             ctx.auth.remember(account)
             if attempt < _STALE_TRIES:
                 continue
-            raise ApiError(
-                "STORE_UNAVAILABLE",
-                "the account changed while this request was validated; retry it",
-                headers={"Retry-After": "1"},
-            )
         break
     if not outcome.accepted:
         if outcome.auth_refusal is not None:
