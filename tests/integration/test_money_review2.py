@@ -23,56 +23,34 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
-
-import pytest
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import tests.integration.test_billing_review as billing_review  # noqa: E402
 import tests.store_engines as engines  # noqa: E402
-from bridge.store.models import ReceiptIn, SubmitResult  # noqa: E402
-from tests.integration.conftest import ApiServer, Clock, Creds, start_api  # noqa: E402
+from bridge.store.models import SubmitResult  # noqa: E402
+from tests.integration.conftest import ApiServer, Clock, Creds  # noqa: E402
+from tests.integration.test_billing_review import (  # noqa: E402  (the first money review's)
+    APRIL,
+    LEASE,
+    MARCH,
+    PRICE,
+    SMSC,
+    Factory,
+    books_balance,
+    local,
+    receipt,
+    settle,
+)
 
 engine = engines.engine
-
-SH = ZoneInfo("Asia/Shanghai")  # the shipped rules.timezone
-SMSC = "main"
-LEASE = 300_000
-PRICE = 45_000  # the starting price per unit
+mk = billing_review.mk  # its server-per-test fixture, on this module's engines
 HOOK = "https://example.com/hook"
 RECEIPT_TIMEOUT_MS = 72 * 3_600_000
-
-
-def local(*args: int) -> float:
-    return datetime(*args, tzinfo=SH).timestamp()  # type: ignore[misc]
-
-
-MARCH = local(2026, 3, 10, 12, 0, 0)
-APRIL = local(2026, 4, 10, 9, 0, 0)  # after March and its 72 h
-
-Factory = Callable[..., Awaitable[ApiServer]]
-
-
-@pytest.fixture
-async def mk(engine: Any, tmp_path: Path, clock: Clock) -> AsyncIterator[Factory]:
-    """One server on this test's store engine, with config overrides."""
-    started: list[ApiServer] = []
-
-    async def factory(overrides: Mapping[str, Any] | None = None) -> ApiServer:
-        assert not started, "one server per test (one database)"
-        api = await start_api(tmp_path, clock, overrides, store=engine.new_store())
-        started.append(api)
-        return api
-
-    yield factory
-    for api in started:
-        await api.close()
 
 
 def number(i: int) -> str:
@@ -81,13 +59,6 @@ def number(i: int) -> str:
 
 async def pockets(api: ApiServer, creds: Creds) -> dict[str, int]:
     return {p.pocket: p.amount for p in await api.store.get_pockets(creds.account_id)}
-
-
-async def books_balance(api: ApiServer, creds: Creds) -> None:
-    """What `smpp-bridge bill check` checks: the running pocket sums equal the ledger's sums."""
-    sums = await api.store.ledger_sums(creds.account_id)
-    kept = await pockets(api, creds)
-    assert {k: v for k, v in sums.items() if v} == {k: v for k, v in kept.items() if v}
 
 
 async def low_balance_events(api: ApiServer, creds: Creds) -> list[dict[str, Any]]:
@@ -124,23 +95,6 @@ async def submit_all(api: ApiServer) -> dict[str, str]:
             results.append(SubmitResult(w.id, s.seq, "sent", SMSC, ident, ident, at=now))
     await api.store.record_submits(results, [], now, instance="inst")
     return ids
-
-
-async def receipt(api: ApiServer, smsc_id: str, state: str = "delivered") -> None:
-    now = api.ctx.now_ms()
-    stat = {"delivered": "DELIVRD", "undeliverable": "UNDELIV"}[state]
-    await api.store.apply_receipts(
-        [ReceiptIn(SMSC, smsc_id, state, stat, None, now, now, raw=f"id:{smsc_id}")], now
-    )
-
-
-async def settle(api: ApiServer, month: str, creds: Creds) -> dict[str, Any]:
-    r = await api.admin(
-        "POST", "/admin/bills/settle", json={"month": month, "account": creds.account_id}
-    )
-    assert r.status == 200, r.json
-    (row,) = r.json["results"]
-    return dict(row)
 
 
 # -- defect: the low-balance warning after a voucher expiry ---------------------------------------
