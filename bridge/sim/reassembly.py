@@ -113,7 +113,9 @@ def _unpack(data: bytes, skip_octets: int) -> bytes:
     """Unpack GSM septets that start after ``skip_octets`` octets of UDH (plus fill bits).
 
     Drops the <CR> a sender adds when 7 spare bits would otherwise read as '@' (TS 23.038
-    6.1.2.3.1): a part whose septets end exactly on an octet boundary and end in CR.
+    6.1.2.3.1): a part whose septets end exactly on an octet boundary and end in CR. And the
+    second CR the same clause adds after a wanted final CR that ends on an octet boundary
+    (CR CR displays as CR; dropping it gives the sender's text back).
     """
     udh_bits = 8 * skip_octets
     fill = (7 - udh_bits % 7) % 7
@@ -125,6 +127,8 @@ def _unpack(data: bytes, skip_octets: int) -> bytes:
     if bits % 7 == 0 and septets and septets[-1] == _CR:
         # The septets fill the last octet exactly: a final CR is the padding character.
         septets = septets[:-1]
+    elif septets[-2:] == b"\r\r" and (udh_bits + fill + 7 * (count - 1)) % 8 == 0:
+        septets = septets[:-1]  # the first CR ends on an octet boundary: the second doubles it
     return septets
 
 

@@ -171,7 +171,9 @@ def _forcing_chars(text: str, allow_latin1: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(bad))
 
 
-def _cut_gsm(data: bytes, per: int) -> list[bytes]:
+def _cut_gsm(data: bytes, per: int, full_cr: bool = False) -> list[bytes]:
+    """``full_cr``: a full part must not end in CR (packed parts whose septets fill the last
+    octet exactly: see `_pack`, such a CR costs a second one, an octet the part has no room for)."""
     chunks = []
     n = len(data)
     i = 0
@@ -181,9 +183,16 @@ def _cut_gsm(data: bytes, per: int) -> list[bytes]:
             j = n
         elif data[j - 1] == ESC:  # would separate ESC from its code: leave the pair for later
             j -= 1
+        if full_cr and j - i == per and _ends_in_cr(data[i:j]):
+            j -= 1  # the CR opens the next part, where it has room
         chunks.append(data[i:j])
         i = j
     return chunks
+
+
+def _ends_in_cr(septets: bytes) -> bool:
+    """A final CR character (not the code 0x0D of an escape pair)."""
+    return septets[-1:] == b"\r" and septets[-2:-1] != bytes((ESC,))
 
 
 def _cut_ucs2(data: bytes, per_octets: int) -> list[bytes]:
@@ -306,8 +315,10 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     packed = opts.packed_gsm and encoding is Encoding.GSM7 and not ia5
     wire = _ia5 if ia5 else _pack if packed else _same
 
-    # Fast path: fits one part (never a UDH or SAR TLVs on a single part).
-    if size <= limits[0] and mode is not SplitMode.PAYLOAD:
+    # Fast path: fits one part (never a UDH or SAR TLVs on a single part). 160 packed septets
+    # ending in CR do not: the CR must be doubled (see `_pack`), 141 octets.
+    full_cr = packed and size == limits[0] and _ends_in_cr(data)
+    if size <= limits[0] and mode is not SplitMode.PAYLOAD and not full_cr:
         sm = wire(data)
         part = Part(1, 1, sm, 0, (), len(text), size)
         return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1)
@@ -318,7 +329,12 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     if size > opts.max_parts * per:
         # Cannot fit even without escape/surrogate pairs: refuse before building thousands of parts.
         raise _too_long(size, encoding, -(-size // per), per, opts.max_parts, at_least=True)
-    chunks = _cut(data, encoding, per)
+    # A full packed part ending in CR overflows only where its septets end on an octet
+    # boundary: UDH8 (48 + 1 fill + 153 x 7 bits) and UDH16 (56 + 152 x 7), not SAR (153 x 7).
+    if packed and mode is not SplitMode.SAR:
+        chunks = _cut_gsm(data, per, full_cr=True)
+    else:
+        chunks = _cut(data, encoding, per)
     total = len(chunks)
     # Character count per part: only UCS-2 with surrogate pairs needs a decode.
     count = _CHAR_COUNTERS[encoding]
@@ -414,13 +430,18 @@ _CHAR_COUNTERS = {Encoding.GSM7: _gsm_chars, Encoding.UCS2: _ucs2_bmp_chars, Enc
 
 
 def _pack(septets: bytes, fill_bits: int = 0) -> bytes:
-    """Pack, padding 7 spare trailing bits with CR.
+    """Pack, padding 7 spare trailing bits with CR, and doubling a wanted final CR that ends
+    exactly on an octet boundary.
 
     Why: SMPP carries the packed length in octets, so an SMSC derives the septet count as
     floor(8 * octets / 7); with 7 spare bits that reads one extra septet, a visible '@' (0x00).
-    TS 23.038 §6.1.2.3.1 fills that slot with CR, which displays as nothing. Octet count unchanged.
+    TS 23.038 §6.1.2.3.1 fills that slot with CR, which displays as nothing (octet count
+    unchanged). A receiver therefore drops a final CR whose septets fill the last octet exactly,
+    so a CR the text wants there would be lost: the same clause adds a second one (and an
+    octet; CR CR is defined to display as CR).
     """
-    if (7 * len(septets) + fill_bits) % 8 == 1:
+    spare = (7 * len(septets) + fill_bits) % 8
+    if spare == 1 or (spare == 0 and _ends_in_cr(septets)):
         septets += b"\r"
     return pack_septets(septets, fill_bits)
 

@@ -35,7 +35,8 @@ Each test below FAILS on the code as reviewed, for the reason named. Findings:
 
 Fixed: 1 and 2 (data_coding 1 carries ASCII octets, and is read as ASCII), 3 (a route's SMSCs
 must share the wire options: refused by config check), 4, 5 (the reload keeps the counters), 7.
-Not fixed, marked xfail: 6.
+6 was marked xfail, then fixed a session later (the CR doubled, a full part ending in CR cut one
+septet earlier, the receiver dropping the doubling CR).
 """
 
 from __future__ import annotations
@@ -266,11 +267,6 @@ def test_submitter_keeps_the_reference_counter_it_is_given() -> None:
 # --- 6. packed GSM: a wanted trailing CR survives the padding rule --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the second CR costs an octet, so a part of 160 packed septets ending in CR "
-    "must split one earlier; an invisible character, documented in the closing note",
-)
 def test_packed_trailing_cr_on_octet_boundary_is_kept() -> None:
     text = "1234567\r"  # 8 septets: exactly 7 octets, the shape of 7 septets + CR padding
     msg = encode_message(text, EncodeOptions(packed_gsm=True))
@@ -280,11 +276,6 @@ def test_packed_trailing_cr_on_octet_boundary_is_kept() -> None:
     assert decode_payload(0, seg.payload) == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the second CR costs an octet, so a part of 160 packed septets ending in CR "
-    "must split one earlier; an invisible character, documented in the closing note",
-)
 def test_packed_trailing_cr_every_length_and_split_fits_and_survives() -> None:
     bad = []
     for split in (SplitMode.UDH8, SplitMode.UDH16):
