@@ -170,7 +170,10 @@ class Inbound:
 
     async def _mo(self, smsc: str, body: ShortMessage) -> int:
         now_ms = int(self.clock() * 1000)
-        seg = parse_segment(body)
+        # An SMSC configured packed_gsm packs the GSM text it delivers as it wants it submitted:
+        # read unpacked, a reply came in as garbage.
+        cfg = self._smscs.get(smsc)
+        seg = parse_segment(body, cfg is not None and cfg.packed_gsm)
         if seg.scheme == "sar" and (seg.ref > 0xFFFF or seg.total > 0xFF):
             # SMPP 3.4 5.3.2.22-24: a 2-octet reference, 1-octet total and seq. Larger values
             # (TLVs sent longer than defined) name no message we could complete, and the store

@@ -243,8 +243,9 @@ class SimSmsc:
     ("hex" | "dec"), ``receipt_text_id`` ("same" | "dec" | "hex": the base of the id in the
     receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``receipt_pdu`` ("deliver_sm" |
     "data_sm": the PDU receipts go out as; data_sm ones carry TLVs only and must be answered by
-    data_sm_resp), ``packed_gsm`` (submitted GSM
-    text is packed), ``receipt_ack_timeout_s``, ``receipt_max_attempts``,
+    data_sm_resp), ``packed_gsm`` (GSM text is
+    packed: the submitted text, and the MO it delivers), ``receipt_ack_timeout_s``,
+    ``receipt_max_attempts``,
     ``receipt_retry_delay_ms``, ``deliver_window`` (unacknowledged deliver_sm per bind, 0 =
     unlimited; beyond it deliver_sm wait, as on a real SMSC), ``accounts`` (system_id ->
     password, None accepts any), ``bind_fail_status`` (answer to an unknown system_id:
@@ -871,9 +872,11 @@ class SimSmsc:
         if mode is SplitMode.UDH8:
             ref &= 0xFF
         try:
-            enc = encode_message(text, EncodeOptions(split=mode), ref)
+            packed = self.packed_gsm
+            enc = encode_message(text, EncodeOptions(split=mode, packed_gsm=packed), ref)
             if split is None and len(enc.parts) > 1:
-                enc = encode_message(text, EncodeOptions(split=SplitMode.PAYLOAD), ref)
+                opts = EncodeOptions(split=SplitMode.PAYLOAD, packed_gsm=packed)
+                enc = encode_message(text, opts, ref)
         except TextError as e:
             raise SimError(e.code, e.message) from None
         now = self._loop_time()

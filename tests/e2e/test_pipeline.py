@@ -161,6 +161,25 @@ async def test_mo_reply_is_attributed_and_pushed(start_daemon, receiver):
         assert r["from"] == "+8613800138000" and r["type"] == "message.inbound"
 
 
+async def test_mo_from_a_packed_gsm_smsc_is_unpacked(start_daemon, receiver):
+    """An SMSC configured packed_gsm delivers replies packed, as it takes submits: read as one
+    septet per octet, they were stored and pushed as garbage."""
+    d = await start_daemon(smscs=[{"name": "sim", "packed_gsm": True}])
+    d.sim.packed_gsm = True
+    creds = await create_account(d, mo_callback_url=receiver.url)
+    receiver.secret = creds["webhook_secret"]
+    async with client_for(d.http_port, creds) as c:
+        r = await c.send("+8613800138000", text="Reply YES @ 5$ to confirm")
+        await final_status(c, r["messages"][0]["id"])
+    assert [m.text for m in d.sim.messages] == ["Reply YES @ 5$ to confirm"]
+    short = "YES @ 5$ {ok}"
+    long_reply = "YES, and a long answer with [brackets] and @ that spans parts. " * 4
+    await d.sim.inject_mo("8613800138000", "smpp-bridge", short)
+    await d.sim.inject_mo("8613800138000", "smpp-bridge", long_reply, split="udh8")
+    await wait_until(lambda: len(receiver.reports) >= 2, 10)
+    assert sorted(r["text"] for r in receiver.reports) == sorted([short, long_reply])
+
+
 async def test_webhook_receiver_down_then_up_delivers_each_report_once(start_daemon, receiver):
     d = await start_daemon()
     creds = await create_account(d, status_callback_url=receiver.url)
