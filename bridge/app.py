@@ -23,13 +23,15 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.accounts import AccountService
-from bridge.api.app import make_app
+from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
+from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs, auto_settle
 from bridge.compat.aliyun_api import make_aliyun_app
+from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
 from bridge.config import Config, ConfigError, implicit_sim_smsc, load_config
 from bridge.crypto import Sealer
 from bridge.metrics import Metrics, multiprocess_dir
@@ -225,7 +227,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
         app = make_app(self.ctx)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        self._runner = AppRunner(
+            app, render_unparsed, self.ctx.metrics, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -236,8 +240,12 @@ class Daemon:
         )
         await site.start()
         if cfg.aliyun.enabled:
-            self._aliyun_runner = web.AppRunner(
-                make_aliyun_app(self.ctx), access_log=None, shutdown_timeout=2.0
+            self._aliyun_runner = AppRunner(
+                make_aliyun_app(self.ctx),
+                render_aliyun_unparsed,
+                self.ctx.metrics,
+                access_log=None,
+                shutdown_timeout=2.0,
             )
             await self._aliyun_runner.setup()
             ali = web.TCPSite(

@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from bridge import logs
+from bridge import jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
@@ -245,6 +245,12 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception:  # a store hiccup must not cost the scrape the other numbers
         log.warning("metrics: counting unmatched receipts failed", exc_info=True)
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str]:
+    """A request the HTTP parser refused, in the native envelope. For `bridge.api.http_errors`."""
+    rid = "req_" + random_bytes(8).hex()
+    return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid
 
 
 def make_app(ctx: ApiContext) -> web.Application:

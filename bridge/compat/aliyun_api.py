@@ -168,6 +168,16 @@ async def errors_middleware(
     return _respond(out, ctype, err.http_status, rid, {})
 
 
+def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str]:
+    """A request the HTTP parser refused, in Alibaba's error format (JSON: no `Format` was read).
+
+    For `bridge.api.http_errors`."""
+    rid = _request_id()
+    sent, acode, amessage = to_aliyun(code, message)
+    out, ctype = render_error(acode, amessage, rid)
+    return sent, out, ctype, rid
+
+
 def make_aliyun_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware],
@@ -183,4 +193,4 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
     return app
 
 
-__all__ = ["Missing", "make_aliyun_app"]
+__all__ = ["Missing", "make_aliyun_app", "render_unparsed"]

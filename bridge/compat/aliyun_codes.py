@@ -144,6 +144,8 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         "STORE_UNAVAILABLE": AliyunCode(
             _UNAVAILABLE.http_status, _UNAVAILABLE.code, _UNAVAILABLE.message, throttled=True
         ),
+        # Not valid HTTP (no parameter was even read): a 400, as the gateway refuses requests.
+        "MALFORMED_HTTP": AliyunCode(400, _INVALID_PARAMETERS.code, _INVALID_PARAMETERS.message),
         "INTERNAL_ERROR": AliyunCode(
             500,
             "InternalError",

@@ -1,0 +1,120 @@
+"""Answers to requests aiohttp's HTTP parser refuses, in the API's own error format.
+
+Why: a request line or header aiohttp cannot parse never reaches the application, so no
+middleware sees it. aiohttp answered it in plain text ("400, message: Bad status line ..."), logged
+a traceback at ERROR for each one (a port scanner fills the log), counted it nowhere, and echoed
+the raw line, which on the Alibaba face carries the caller's AccessKeyId and signature, into
+both the answer and the log. Here it is the machine-readable envelope of the face that received
+it, a counted answer, and one log line naming the kind of fault, not its bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
+from aiohttp.web_protocol import RequestHandler
+
+from bridge.metrics import Metrics
+
+log = logging.getLogger("bridge.api")
+
+# (status, native code, message) -> (status sent, body, content type, request id): each face
+# answers in its own format.
+Render = Callable[[int, str, str], tuple[int, bytes, str, str]]
+
+# The metrics endpoint label of a request that was never parsed.
+ENDPOINT = "unparsable"
+
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    # BadHttpMethod first: it is a BadStatusLine.
+    (BadHttpMethod, "the request method is not HTTP (is TLS sent to a plain-HTTP port?)"),
+    (BadStatusLine, "the request line is not valid HTTP/1.1"),
+    (LineTooLong, "the request line or a header is longer than this server accepts"),
+    (InvalidHeader, "a header is malformed"),
+    (InvalidURLError, "the request target is not a valid URL"),
+    (PayloadEncodingError, "the body's framing (Content-Length or chunked encoding) is malformed"),
+)
+
+
+def describe(exc: BaseException | None) -> str:
+    """The kind of fault, in words that quote nothing of the request."""
+    for kind, text in _REASONS:
+        if isinstance(exc, kind):
+            return text
+    return "the request is not valid HTTP/1.1"
+
+
+class _Handler(RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        server = self._manager
+        if not isinstance(server, JsonErrorServer):  # pragma: no cover - built only by it
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:  # as aiohttp: an answer was begun, nothing to add
+            raise ConnectionError("response already started; the connection is dropped")
+        internal = status >= 500
+        reason = "an internal error" if internal else describe(exc)
+        if internal:
+            log.error("HTTP layer fault", exc_info=exc)
+        elif isinstance(exc, BadHttpMethod):
+            log.debug("refused a request that is not HTTP: %s", reason)
+        else:
+            log.warning("refused a malformed HTTP request: %s", reason)
+        return server.answer(status, reason)
+
+
+class JsonErrorServer(web.Server):
+    """The low-level server of a face, whose connections answer parse errors through `render`."""
+
+    render: Render
+    metrics: Metrics | None
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+    def answer(self, status: int, reason: str) -> web.Response:
+        code = "INTERNAL_ERROR" if status >= 500 else "MALFORMED_HTTP"
+        sent, body, ctype, rid = self.render(status, code, reason)
+        if self.metrics is not None:
+            self.metrics.request(ENDPOINT, sent, code)
+        resp = web.Response(status=sent, body=body, content_type=ctype.split(";")[0].strip())
+        resp.headers["Content-Type"] = ctype
+        resp.headers["X-Request-Id"] = rid
+        resp.force_close()
+        return resp
+
+
+class AppRunner(web.AppRunner):
+    """`web.AppRunner` whose server is a `JsonErrorServer`."""
+
+    def __init__(
+        self, app: web.Application, render: Render, metrics: Metrics | None, **kwargs: object
+    ) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self._render = render
+        self._metrics = metrics
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The application's own Server, with its handler and arguments, answering parse errors
+        # itself: the class is the only difference (it adds no state of its own but these two).
+        server.__class__ = JsonErrorServer
+        assert isinstance(server, JsonErrorServer)
+        server.render = self._render
+        server.metrics = self._metrics
+        return server

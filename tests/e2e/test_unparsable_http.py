@@ -1,0 +1,111 @@
+"""Requests aiohttp's parser refuses get each face's error format, are counted, and are logged
+as one line naming the fault: never plain text, a traceback, or the request's bytes echoed back
+(the Alibaba face's request line carries the caller's AccessKeyId and signature)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from bridge.app import Daemon
+from bridge.config import load_config
+from tests.e2e.harness import config_dict, free_port, wait_until
+
+SECRET = "LTAIsecretkey0123"
+
+
+async def _raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; read the whole answer, which ends when the server closes the
+    connection (it must: the rest of the stream cannot be trusted)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return status, headers, body
+
+
+MALFORMED = {
+    "tls_to_plain_port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    "header_too_long": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    "header_without_colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    "bad_content_length": b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
+    "bad_request_line": b"GET /?AccessKeyId=" + SECRET.encode() + b" HTTP/1.1 extra\r\n\r\n",
+}
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path):
+    ali_port = free_port()
+    path = tmp_path / "bridge.yaml"
+    data = config_dict(tmp_path, aliyun={"enabled": True, "port": ali_port})
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(path, env={}))
+    await d.start()
+    await wait_until(lambda: d.connectors["sim"].is_up, 10)
+    yield d, ali_port
+    await d.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+async def test_native_face_answers_malformed_http_with_the_envelope(daemon, kind, caplog):
+    d, _ = daemon
+    caplog.set_level(logging.DEBUG)
+    status, headers, body = await _raw(d.http_port, MALFORMED[kind])
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "MALFORMED_HTTP"
+    assert error["request_id"] == headers["x-request-id"] and error["request_id"].startswith("req_")
+    assert error["message"]
+    assert SECRET not in body.decode("latin-1")
+    text = caplog.text
+    assert "Traceback" not in text and SECRET not in text
+    assert not [r for r in caplog.records if r.exc_info and r.name.startswith("aiohttp")]
+    assert any("HTTP" in r.getMessage() for r in caplog.records if r.name == "bridge.api")
+
+
+async def test_unparsable_requests_are_counted(daemon):
+    d, _ = daemon
+    for _ in range(3):
+        await _raw(d.http_port, MALFORMED["header_without_colon"])
+    _, _, body = await _raw(
+        d.http_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    line = next(
+        ln
+        for ln in body.decode().splitlines()
+        if ln.startswith("smpp_bridge_api_requests_total{")
+        and 'endpoint="unparsable"' in ln
+        and 'code="MALFORMED_HTTP"' in ln
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 3
+
+
+async def test_alibaba_face_answers_in_its_own_format(daemon, caplog):
+    _, ali_port = daemon
+    status, headers, body = await _raw(ali_port, MALFORMED["bad_request_line"])
+    assert status == 400
+    answer = orjson.loads(body)
+    assert answer["Code"] == "isv.INVALID_PARAMETERS"
+    assert answer["RequestId"] == headers["x-request-id"]
+    assert SECRET not in body.decode("latin-1") and SECRET not in caplog.text
+
+
+async def test_a_well_formed_request_on_the_same_server_is_unaffected(daemon):
+    d, _ = daemon
+    status, _, body = await _raw(
+        d.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200, body
