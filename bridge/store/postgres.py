@@ -80,7 +80,7 @@ from bridge.store.models import (
 )
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
-from bridge.store.postgres_tx import create_pool, run_tx, scalar
+from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
 _N_ACCOUNT_COLS = len(_ACCOUNT_COLS.split(","))
@@ -354,7 +354,7 @@ class PostgresStore(RulesStoreMixin):
     # -- life cycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.dsn, server_settings=session_settings("smpp-bridge"))
         try:
             await _migrate(conn)
             await self._measure_offset(conn)

@@ -53,6 +53,7 @@ from collections.abc import Callable
 import asyncpg
 
 from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
+from bridge.store.postgres_tx import session_settings
 
 log = logging.getLogger("bridge.coord")
 
@@ -138,6 +139,9 @@ class Coordinator:
         self.orphan_s = poll_s + self.op_timeout_s + _UNBIND_S if orphan_s is None else orphan_s
         self._clock = clock
         self._conn: asyncpg.Connection | None = None
+        # The server pid of the session given up last: after a partition the server may still
+        # keep it, with the instance lock and its bind slots (see _connect).
+        self._old_pid: int | None = None
         self._lock = asyncio.Lock()  # one operation at a time on the connection
         self._held: set[tuple[str, int]] = set()
         self._yielding: set[tuple[str, int]] = set()  # being given up: unbinding, still locked
@@ -389,24 +393,51 @@ class Coordinator:
     # -- connection ------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        name = f"smpp-bridge {self.instance}"
+        # Every step bounded: a partition during a reconnect must fail it (and so retry), not
+        # leave the watcher waiting on a dead link for good.
         conn = await asyncpg.connect(
-            self.dsn, server_settings={"application_name": f"smpp-bridge {self.instance}"}
+            self.dsn, server_settings=session_settings(name), timeout=max(10.0, self.op_timeout_s)
         )
         try:
             deadline = self._clock() + 30
             # After a blip the server may not yet have noticed our old session: wait for it.
             while not await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))", NS_INSTANCE, self.instance
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                NS_INSTANCE,
+                self.instance,
+                timeout=self.op_timeout_s,
             ):
+                if self._old_pid is not None:
+                    # After a partition the server keeps our old session (and with it every
+                    # slot it held, which no instance could bind) until its keepalives give up,
+                    # hours without them: end it. Our own session, by pid and name.
+                    ended = await conn.fetchval(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE pid=$1 AND application_name=$2",
+                        self._old_pid,
+                        name,
+                        timeout=self.op_timeout_s,
+                    )
+                    if ended:
+                        log.warning(
+                            "ended this instance's previous database session (pid %d), which "
+                            "the server still kept after the connection was lost",
+                            self._old_pid,
+                        )
+                    self._old_pid = None
                 if self._clock() > deadline:
                     raise RuntimeError(
                         f"instance name {self.instance!r} is held by another live process"
                     )
                 await asyncio.sleep(0.5)
-            await conn.add_listener(CHANNEL, self._on_notify)
-            await conn.add_listener(RELEASE_CHANNEL, self._on_release)
+            async with asyncio.timeout(self.op_timeout_s):
+                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(RELEASE_CHANNEL, self._on_release)
         except BaseException:
-            await conn.close()
+            # Let it go at once: a graceful close waits on the server, which over a dead link
+            # never answers (a stop during a reconnect hung on it).
+            conn.terminate()
             raise
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
@@ -456,6 +487,7 @@ class Coordinator:
                     self._lost("ping failed")
             old, self._conn = self._conn, None
             if old is not None:
+                self._old_pid = old.get_server_pid()
                 old.terminate()
             try:
                 await self._connect()

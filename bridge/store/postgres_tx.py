@@ -41,6 +41,26 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
     transaction is still rolled back by asyncpg before this runs."""
 
 
+# TCP keepalives and a send time-out on the server's side of every session. A client that
+# vanishes without a FIN or RST (a partition, a host that lost power) leaves its backend alive,
+# holding what it locked: a coordination session its bind slots (no instance may bind them), a
+# transaction an account's row (that account's sends wait). With the kernel's defaults the server
+# notices after about two hours; with these, within about a minute (30 s idle + 3 probes 10 s
+# apart; 60 s for data the client never acknowledges). Each is a user-settable parameter:
+# no privilege needed, and ignored on a Unix socket.
+KEEPALIVES: dict[str, str] = {
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+
+def session_settings(application_name: str) -> dict[str, str]:
+    """`server_settings` of every connection this daemon opens."""
+    return {"application_name": application_name, **KEEPALIVES}
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -48,7 +68,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         max_size=max_size,
         reset=_no_reset,
         command_timeout=60,
-        server_settings={"application_name": "smpp-bridge"},
+        server_settings=session_settings("smpp-bridge"),
     )
     assert pool is not None
     return pool
