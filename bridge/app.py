@@ -54,6 +54,17 @@ def make_router(config: Config) -> Router:
     return Router([Route(r.prefix, tuple(r.smscs)) for r in config.routes], config.default_route)
 
 
+def _stamp(path: str | None) -> tuple[int, int, int] | None:
+    """Identity and version of a file (inode, mtime, size); None when there is none to read."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class Daemon:
     def __init__(
         self,
@@ -70,10 +81,15 @@ class Daemon:
         self.role = role
         self._parent_pid = os.getppid()  # an acceptor's owner
         self.config_path = config_path
+        # The file as `config` was read from it (about: read just before): a change seen after
+        # start-up is a reload missed while starting (see run_forever).
+        self._config_stamp = _stamp(config_path)
         # One reload at a time: two SIGHUPs close together (a reload run twice) started two
         # that both stopped the same connector (KeyError) and could leave self.config and the
         # running connectors out of step.
         self._reload_lock = asyncio.Lock()
+        # SIGHUP reloads, kept: an unreferenced task may be collected mid-run.
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
         self.clock = clock
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -554,9 +570,14 @@ class Daemon:
         )
         return p
 
+    def file_changed(self) -> bool:
+        """The configuration file is not the one the running configuration was read from."""
+        return _stamp(self.config_path) != self._config_stamp
+
     async def reload_from_file(self) -> bool:
         """SIGHUP: load the file and apply it; False when it was refused or failed."""
         async with self._reload_lock:
+            stamp = _stamp(self.config_path)
             try:
                 new = load_config(self.config_path)
             except ConfigError as exc:
@@ -567,6 +588,7 @@ class Daemon:
             except Exception:
                 log.exception("reload failed")
                 return False
+            self._config_stamp = stamp
             return True
 
     async def run_forever(self) -> None:
@@ -575,8 +597,25 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload_from_file()))
+        started = False
+        missed = False
+
+        def on_hup() -> None:
+            nonlocal missed
+            if not started:  # a reload halfway through start-up would meet half a daemon
+                missed = True
+                return
+            self._reload_tasks.add(task := loop.create_task(self.reload_from_file()))
+            task.add_done_callback(self._reload_tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await self.start()
+        started = True
+        # A SIGHUP that came while starting, or before the handler existed (an acceptor ignores
+        # it until then, and its supervisor rewrites the file it read before signalling): the
+        # file changed since it was read, and the reload it asked for is done now.
+        if missed or self.file_changed():
+            on_hup()
         try:
             await stop.wait()
         finally:

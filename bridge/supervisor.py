@@ -147,10 +147,23 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        started = False
+        missed = False
+
+        def on_hup() -> None:
+            nonlocal missed
+            if not started:  # a reload halfway through start-up would meet half a daemon
+                missed = True
+                return
+            self._reload()
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await self.owner.start()  # migrations, recovery and the simulator before any acceptor
         for slot in range(self.workers):
             self._spawn(slot)
+        started = True
+        if missed or self.owner.file_changed():  # asked for while starting: do it now
+            on_hup()
         monitor = loop.create_task(self._monitor())
         try:
             await stop.wait()

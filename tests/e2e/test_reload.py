@@ -3,6 +3,7 @@ SMSC, routes switch, a broken file changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from dataclasses import replace
@@ -10,6 +11,7 @@ from dataclasses import replace
 import yaml
 
 from bridge.app import Daemon
+from bridge.config import load_config
 from bridge.sim.server import SimSmsc
 from tests.e2e.harness import (
     DaemonProcess,
@@ -100,3 +102,56 @@ async def test_sighup_reloads_a_running_process(tmp_path):
         await proc.wait_ready()  # the bind stayed up
     finally:
         proc.stop()
+
+
+async def test_a_file_changed_while_starting_is_applied_once_started(tmp_path):
+    """A SIGHUP that comes before the handler exists is lost (an acceptor ignores SIGHUP until
+    then, and its supervisor rewrites the file it read before signalling), and one during
+    start-up met half a daemon. Once started, the daemon applies a file that changed since it
+    was read, and a SIGHUP that came meanwhile."""
+    data = config_dict(tmp_path)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(path, env={}), config_path=str(path))
+    data["smscs"][0]["tps"] = 321
+    path.write_text(yaml.safe_dump(data))  # after the read: the SIGHUP for it was lost
+    runner = asyncio.create_task(d.run_forever())
+    try:
+        await wait_until(lambda: d.config.smscs[0].tps == 321, 15)
+        await wait_until(lambda: d.connectors["sim"].cfg.tps == 321, 5)
+        # A SIGHUP now reloads as before (the handler is the daemon's).
+        data["smscs"][0]["tps"] = 322
+        path.write_text(yaml.safe_dump(data))
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_until(lambda: d.config.smscs[0].tps == 322, 10)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # run_forever's handler: a graceful stop
+        await asyncio.wait_for(runner, 30)
+
+
+async def test_a_sighup_during_start_up_waits_for_it(tmp_path, monkeypatch):
+    data = config_dict(tmp_path)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(path, env={}), config_path=str(path))
+    reloads: list[bool] = []
+    real_start, real_reload = d.start, d.reload_from_file
+
+    async def start() -> None:
+        os.kill(os.getpid(), signal.SIGHUP)  # the handler is installed: it must wait
+        await asyncio.sleep(0.2)
+        assert reloads == [], "a reload ran during start-up"
+        await real_start()
+
+    async def reload_from_file() -> bool:
+        reloads.append(d.http_port is not None)
+        return await real_reload()
+
+    monkeypatch.setattr(d, "start", start)
+    monkeypatch.setattr(d, "reload_from_file", reload_from_file)
+    runner = asyncio.create_task(d.run_forever())
+    try:
+        await wait_until(lambda: reloads == [True], 15)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(runner, 30)
