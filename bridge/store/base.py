@@ -59,6 +59,8 @@ CLAIM_SCAN_FACTOR = 20
 
 # Closing an account erases its data and revokes its keys for good: nothing reopens it.
 CLOSED_MESSAGE = "the account is closed (its data was erased); create a new account instead"
+# The error of messages ended unsent because their account was disabled (update_account).
+ACCOUNT_DISABLED_ERROR = "ACCOUNT_DISABLED"
 
 
 class StoreError(Exception):
@@ -113,7 +115,14 @@ class Store(Protocol):
     async def list_accounts(self) -> list[Account]: ...
     async def update_account(
         self, account_id: str, changes: dict[str, Any], now: int
-    ) -> Account | None: ...
+    ) -> Account | None:
+        """Apply `changes`; a closed account is left as it is. Disabling an active account also
+        ends its messages still waiting in the queue, scheduled ones included, unsent with
+        ACCOUNT_DISABLED_ERROR and refunded, in the same transaction: an operator disables an
+        account to stop its traffic (a leaked key, fraud), and a campaign it scheduled kept
+        going out. Messages already handed to an SMSC finish."""
+        ...
+
     async def add_key(self, key: AppKey, max_active: int) -> None: ...
     async def get_key(self, key_id: str) -> AppKey | None: ...
     async def list_keys(self, account_id: str) -> list[AppKey]: ...

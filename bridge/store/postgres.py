@@ -44,6 +44,7 @@ from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
+    ACCOUNT_DISABLED_ERROR,
     CLOSED_MESSAGE,
     UNPARK_CHUNK,
     UNPARK_MAX_CHUNKS,
@@ -455,6 +456,13 @@ class PostgresStore(RulesStoreMixin):
         ]
 
         async def job(c: asyncpg.Connection) -> Account | None:
+            disabling = False
+            if changes.get("status") == "disabled":
+                # Locked: ordered after an accept in progress, whose messages are then ended too.
+                was = await c.fetchval(
+                    "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id
+                )
+                disabling = was == "active"
             if cols:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))
                 n = len(cols)
@@ -465,6 +473,10 @@ class PostgresStore(RulesStoreMixin):
                     *values,
                     now,
                     account_id,
+                )
+            if disabling:  # see base.Store.update_account
+                await rules_sql.end_queued_where(
+                    c, "account_id = $1", (account_id,), ACCOUNT_DISABLED_ERROR, now
                 )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id

@@ -417,7 +417,7 @@ class RulesStoreMixin:
                 name,
             )
             if status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await _end_queued_where(
+                await end_queued_where(
                     c,
                     "account_id = $1 AND sign_name = $2",
                     (account_id, name),
@@ -465,7 +465,7 @@ class RulesStoreMixin:
                 code,
             )
             if status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await _end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
+                await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
             return template_row(r) if r else None
 
         return await run_tx(self.pool, job)
@@ -570,7 +570,7 @@ class RulesStoreMixin:
             blocked = blocked_ids([(r[0], r[1]) for r in queued], frozenset(entries))
             ended = 0
             for i in range(0, len(blocked), _DNC_CHUNK):
-                ended += await _end_queued_where(
+                ended += await end_queued_where(
                     c,
                     "id = ANY($1::text[])",
                     (blocked[i : i + _DNC_CHUNK],),
@@ -804,7 +804,7 @@ class RulesStoreMixin:
             found = await c.fetchval(f"SELECT COUNT(*) FROM messages WHERE {where}", *args)
             # Waiting for rows a claim scan holds a moment (not skipping them): PostgreSQL then
             # reads them again, so a message the claim did not take is still canceled.
-            ended = await _end_queued_where(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now)
+            ended = await end_queued_where(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now)
             return ended, int(found)
 
         return await run_tx(self.pool, job)
@@ -843,19 +843,19 @@ async def _end_queued(
     """End this account's messages to `numbers` that still wait in the queue (scheduled ones
     included) as expired unsent with `error`, refunded like any message that ends unsent."""
     where = "account_id = $1 AND recipient = ANY($2::text[])"
-    await _end_queued_where(c, where, (account_id, numbers), error, now)
+    await end_queued_where(c, where, (account_id, numbers), error, now)
 
 
-async def _end_queued_where(
+async def end_queued_where(
     c: asyncpg.Connection,
     where: str,
     args: Sequence[Any],
     error: str,
     now: int,
 ) -> int:
-    """The messages `where` finds that still wait in the queue, ended as _end_queued says. The
-    rows are locked in id order (the pipeline's order); a message a dispatcher holds is not
-    queued and goes out.
+    """The messages `where` finds that still wait in the queue, ended as
+    sqlite_rules.end_queued says. The rows are locked in id order (the pipeline's order); a
+    message a dispatcher holds is not queued and goes out.
 
     Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
     again, so one the claim passed over or parked is still ended. Skipped, an opted-out number's

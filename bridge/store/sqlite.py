@@ -20,6 +20,7 @@ from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
+    ACCOUNT_DISABLED_ERROR,
     CLAIM_SCAN_FACTOR,
     CLOSED_MESSAGE,
     PARK_AGAIN_MS,
@@ -200,6 +201,7 @@ class SqliteStore(RulesStoreMixin):
             raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
 
         def job(c: sqlite3.Connection) -> Account | None:
+            disabling = changes.get("status") == "disabled" and _status(c, account_id) == "active"
             if changes:
                 cols = sorted(changes)
                 values = [
@@ -211,6 +213,10 @@ class SqliteStore(RulesStoreMixin):
                 c.execute(
                     f"UPDATE accounts SET {sets}, updated_at=? WHERE id=? AND status<>'closed'",
                     (*values, now, account_id),
+                )
+            if disabling:  # see base.Store.update_account
+                sqlite_rules.end_queued(
+                    c, "account_id=?", (account_id,), ACCOUNT_DISABLED_ERROR, now
                 )
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
@@ -1301,6 +1307,11 @@ def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> Idempot
     if row is None or row[3] <= now:
         return None
     return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+
+
+def _status(c: sqlite3.Connection, account_id: str) -> str | None:
+    row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
+    return row[0] if row else None
 
 
 class _Scan:

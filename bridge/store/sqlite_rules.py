@@ -354,7 +354,7 @@ class RulesStoreMixin:
                 (status, reason, now, account_id, name),
             )
             if status == "rejected":  # only approved signs are sent: what waits ends unsent
-                _end_queued(
+                end_queued(
                     c, "account_id=? AND sign_name=?", (account_id, name), "SIGN_REJECTED", now
                 )
             r = c.execute(
@@ -404,7 +404,7 @@ class RulesStoreMixin:
             if status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
-                _end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
+                end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
 
@@ -426,7 +426,7 @@ class RulesStoreMixin:
                     c.execute(_CLAIM_BY_REPLY.format(_marks(len(chunk))), (account_id, *chunk))
             # What the account queued or scheduled to them earlier is not sent either.
             for chunk in _chunks(list(numbers), 400):
-                _end_queued(
+                end_queued(
                     c,
                     f"account_id=? AND recipient IN ({_marks(len(chunk))})",
                     (account_id, *chunk),
@@ -499,7 +499,7 @@ class RulesStoreMixin:
             ended = 0
             for chunk in _chunks(blocked_ids(queued.fetchall(), frozenset(entries)), 400):
                 where = f"id IN ({_marks(len(chunk))})"
-                ended += _end_queued(c, where, tuple(chunk), "RECIPIENT_BLOCKED", info.imported_at)
+                ended += end_queued(c, where, tuple(chunk), "RECIPIENT_BLOCKED", info.imported_at)
             return ended
 
         return await self._runner.write(job)
@@ -731,7 +731,7 @@ class RulesStoreMixin:
 
         def job(c: sqlite3.Connection) -> tuple[int, int]:
             found = c.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
-            return _end_queued(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now), found
+            return end_queued(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now), found
 
         return await self._runner.write(job)
 
@@ -760,7 +760,7 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
 
-def _end_queued(
+def end_queued(
     c: sqlite3.Connection, where: str, args: tuple[Any, ...], error: str, now: int
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
@@ -794,7 +794,7 @@ def _end_queued(
 
 
 def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
-    _end_queued(c, where, args, "ERASED", now)
+    end_queued(c, where, args, "ERASED", now)
     # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
     # next claim finds it expired instead of sending the blanked parts to the mask.
     c.execute(

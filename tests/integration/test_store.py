@@ -527,10 +527,12 @@ async def test_send_path_checks_key_account_and_nonce_in_the_accept(store: Store
         messages=(message("b1", parts=2), message("b2", parts=3, at=NOW + 1)),
     )
     assert (await store.accept(many, NOW)).accepted
+    # m1 and m6 were still queued when the account was disabled: they ended then.
+    for mid in ("m1", "m6"):
+        rec = await store.get_message("acc_a", mid)
+        assert rec is not None and (rec.state, rec.error_code) == ("expired", "ACCOUNT_DISABLED")
     assert [(w.id, len(w.segments)) for w in await claim_all(store, NOW + 1)] == [
         ("b1", 2),
-        ("m1", 1),
-        ("m6", 1),
         ("b2", 3),
     ]
 

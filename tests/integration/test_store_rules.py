@@ -583,7 +583,8 @@ async def test_send_path_with_rules_checks_key_account_and_nonce(store: Store) -
     gone = await store.accept(signed("m8", "n8", version=NOW + 9), NOW)
     assert (gone.accepted, gone.auth_refusal) == (False, "revoked")
     assert await ids(store) == ["m1", "m6"]
-    assert await cash(store) == 800
+    # Both were still queued when the account was disabled: ended unsent then, and refunded.
+    assert await cash(store) == 1000
     assert await store.use_nonce("K1", "n7", NOW + 5 * MIN, NOW) is True
     assert await store.use_nonce("K1", "n8", NOW + 5 * MIN, NOW) is True
 
