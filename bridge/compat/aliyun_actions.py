@@ -21,6 +21,7 @@ from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import SendRequest
+from bridge.compat.aliyun_lists import query_sms_sign_list, query_sms_template_list
 from bridge.compat.aliyun_reports import DOMESTIC_PREFIX, local_time, phone
 from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
@@ -523,4 +524,6 @@ ACTIONS: dict[str, Action] = {
     "QuerySmsSign": query_sms_sign,
     "AddSmsTemplate": add_sms_template,
     "QuerySmsTemplate": query_sms_template,
+    "QuerySmsTemplateList": query_sms_template_list,
+    "QuerySmsSignList": query_sms_sign_list,
 }
