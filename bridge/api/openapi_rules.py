@@ -356,6 +356,30 @@ def rules_schemas() -> dict[str, Any]:
             }
         ),
         "OptOutRemoved": _obj({"number": _E164, "removed": {"type": "boolean", "enum": [True]}}),
+        "SignDeleted": _obj(
+            {
+                "name": _STR,
+                "deleted": {"type": "boolean", "enum": [True]},
+                "messages_ended": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "its messages still waiting, ended unsent (SIGN_DELETED) "
+                    "and refunded",
+                },
+            }
+        ),
+        "TemplateDeleted": _obj(
+            {
+                "code": _STR,
+                "deleted": {"type": "boolean", "enum": [True]},
+                "messages_ended": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "its messages still waiting, ended unsent (TEMPLATE_DELETED) "
+                    "and refunded",
+                },
+            }
+        ),
         "AdminOptOutRemoved": _obj(
             {
                 "account_id": {"type": "string", "pattern": "^acc_[0-9A-Z]{26}$"},
@@ -580,6 +604,12 @@ def rules_paths() -> dict[str, Any]:
                 "One sign name, its status and the reason of a rejection",
                 {"200": _ok("Sign", "the sign"), **_errors(404)},
             ),
+            "delete": _rules(
+                "deleteSign",
+                "Delete a sign name; its messages still waiting (queued, scheduled) end unsent "
+                "and refunded, those on a bind finish; the name is free to register again",
+                {"200": _ok("SignDeleted", "deleted"), **_errors(404)},
+            ),
         },
         "/v1/templates": {
             "post": _rules(
@@ -614,6 +644,12 @@ def rules_paths() -> dict[str, Any]:
                 "getTemplate",
                 "One template with its status and the reason of a rejection",
                 {"200": _ok("Template", "the template"), **_errors(404)},
+            ),
+            "delete": _rules(
+                "deleteTemplate",
+                "Delete a template; its messages still waiting (queued, scheduled) end unsent "
+                "and refunded, those on a bind finish; sent ones keep its code in reports",
+                {"200": _ok("TemplateDeleted", "deleted"), **_errors(404)},
             ),
         },
         # -- customer: opt-outs and erasure

@@ -90,6 +90,15 @@ async def get_sign(request: web.Request) -> web.Response:
     return json_response(review.sign_view(sign))
 
 
+async def delete_sign(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = unicodedata.normalize("NFKC", request.match_info["name"])  # as stored at submission
+    ended = await ctx.store.delete_sign(_account(request).id, name, ctx.now_ms())
+    if ended is None:
+        raise ApiError("NOT_FOUND", f"no sign name {name!r}")
+    return json_response({"name": name, "deleted": True, "messages_ended": ended})
+
+
 async def post_template(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     try:
@@ -123,6 +132,19 @@ async def get_template(request: web.Request) -> web.Response:
     if t is None or t.account_id != _account(request).id:
         raise ApiError("NOT_FOUND", f"no template {code!r}")
     return json_response(review.template_view(t))
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    code = request.match_info["code"]
+    ended = (
+        await ctx.store.delete_template(_account(request).id, code, ctx.now_ms())
+        if _CODE.fullmatch(code)
+        else None
+    )
+    if ended is None:
+        raise ApiError("NOT_FOUND", f"no template {code!r}")
+    return json_response({"code": code, "deleted": True, "messages_ended": ended})
 
 
 # -- opt-outs and erasure --------------------------------------------------------------------------
@@ -266,9 +288,11 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/signs", post_sign)
     r.add_get("/v1/signs", list_signs)
     r.add_get("/v1/signs/{name}", get_sign)
+    r.add_delete("/v1/signs/{name}", delete_sign)
     r.add_post("/v1/templates", post_template)
     r.add_get("/v1/templates", list_templates)
     r.add_get("/v1/templates/{code}", get_template)
+    r.add_delete("/v1/templates/{code}", delete_template)
     r.add_get("/v1/optouts", list_optouts)
     r.add_post("/v1/optouts", post_optouts)
     r.add_delete("/v1/optouts/{number}", delete_optout)

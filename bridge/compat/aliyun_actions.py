@@ -21,7 +21,13 @@ from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
 from bridge.api.submit import SendRequest
-from bridge.compat.aliyun_lists import query_sms_sign_list, query_sms_template_list
+from bridge.compat.aliyun_errors import Missing, required
+from bridge.compat.aliyun_lists import (
+    delete_sms_sign,
+    delete_sms_template,
+    query_sms_sign_list,
+    query_sms_template_list,
+)
 from bridge.compat.aliyun_reports import DOMESTIC_PREFIX, local_time, phone
 from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
@@ -45,21 +51,6 @@ _REVIEW_STATUS = {"pending": 0, "approved": 1, "rejected": 2}
 # account or mini program, 4 e-commerce store, 5 trademark.
 _SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
                  "5": "trademark"}  # fmt: skip
-
-
-class Missing(ApiError):
-    """A required parameter is absent: Alibaba answers `Missing<Name>`."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__("MISSING_FIELD", f"{name} is mandatory for this action.")
-        self.field = name
-
-
-def _required(p: Params, name: str) -> str:
-    value = p.get(name)
-    if value is None or value == "":
-        raise Missing(name)
-    return value
 
 
 def aliyun_number(raw: str) -> str:
@@ -214,14 +205,14 @@ def _request(
 
 
 async def send_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    raw_numbers = [n for n in _required(p, "PhoneNumbers").split(",") if n.strip()]
+    raw_numbers = [n for n in required(p, "PhoneNumbers").split(",") if n.strip()]
     if not raw_numbers:  # "," or blanks: answered OK with a BizId, and nothing was sent
         raise ApiError("INVALID_NUMBER", "PhoneNumbers: no phone number in the list")
     if len(raw_numbers) > MAX_SEND:
         raise ApiError("TOO_MANY_RECIPIENTS", f"PhoneNumbers: at most {MAX_SEND} numbers")
     numbers = tuple(dict.fromkeys(aliyun_number(n) for n in raw_numbers))
-    sign = _required(p, "SignName")
-    template = _required(p, "TemplateCode")
+    sign = required(p, "SignName")
+    template = required(p, "TemplateCode")
     params = _params_object(_json_param(p, "TemplateParam", required=False), "TemplateParam")
     sender = _extend(account, p)
     req = _request(numbers, template, params, sign, _out_id(p), sender)
@@ -234,7 +225,7 @@ async def send_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, An
 async def send_batch_sms(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     numbers = _json_param(p, "PhoneNumberJson")
     signs = _json_param(p, "SignNameJson")
-    template = _required(p, "TemplateCode")
+    template = required(p, "TemplateCode")
     params = _json_param(p, "TemplateParamJson", required=False)
     if not isinstance(numbers, list) or not numbers or len(numbers) > MAX_BATCH:
         raise ApiError("INVALID_FIELD", f"PhoneNumberJson: a JSON array of 1 to {MAX_BATCH}")
@@ -338,9 +329,9 @@ def _int(p: Params, name: str, default: int, lo: int, hi: int) -> int:
 
 
 async def query_send_details(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    number = aliyun_number(_required(p, "PhoneNumber"))
+    number = aliyun_number(required(p, "PhoneNumber"))
     tz = ctx.config.rules.timezone
-    since, until = _day_bounds(_parse_day(_required(p, "SendDate"), "SendDate"), tz)
+    since, until = _day_bounds(_parse_day(required(p, "SendDate"), "SendDate"), tz)
     size = _int(p, "PageSize", 10, 1, 50)
     page = _int(p, "CurrentPage", 1, 1, 100_000)
     biz = p.get("BizId") or None
@@ -429,14 +420,14 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
 
 
 def _date(p: Params, name: str) -> datetime:
-    day = _parse_day(_required(p, name), name)
+    day = _parse_day(required(p, name), name)
     if day.year < 1970:  # before any message; and far dates overflow the bounds' arithmetic
         raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd, from 19700101")
     return day
 
 
 async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    name = _required(p, "SignName")
+    name = required(p, "SignName")
     source = _SIGN_SOURCES.get(p.get("SignSource", "0"))
     if source is None:
         raise ApiError("INVALID_FIELD", "SignSource: 0 to 5")
@@ -456,7 +447,7 @@ async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str
 
 
 async def query_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    name = _required(p, "SignName")
+    name = required(p, "SignName")
     sign = await ctx.store.get_sign(account.id, name)
     if sign is None:
         raise ApiError("SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered")
@@ -472,13 +463,13 @@ async def query_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[s
 
 
 async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    kind = _TEMPLATE_TYPES.get(_required(p, "TemplateType"))
+    kind = _TEMPLATE_TYPES.get(required(p, "TemplateType"))
     if kind is None:
         raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
     body = {
         "type": kind,
-        "name": _required(p, "TemplateName"),
-        "content": _required(p, "TemplateContent"),
+        "name": required(p, "TemplateName"),
+        "content": required(p, "TemplateContent"),
         "remark": p.get("Remark", ""),
     }
     # Refused, not cut: the template was queried back under a name it was not given.
@@ -496,7 +487,7 @@ async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict
 
 
 async def query_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    code = _required(p, "TemplateCode")
+    code = required(p, "TemplateCode")
     t = await ctx.send_rules.template(account.id, code)
     if t is not None:
         t = await ctx.store.get_template(code)  # the status now, not the cached one
@@ -526,4 +517,6 @@ ACTIONS: dict[str, Action] = {
     "QuerySmsTemplate": query_sms_template,
     "QuerySmsTemplateList": query_sms_template_list,
     "QuerySmsSignList": query_sms_sign_list,
+    "DeleteSmsTemplate": delete_sms_template,
+    "DeleteSmsSign": delete_sms_sign,
 }

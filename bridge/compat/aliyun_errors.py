@@ -26,13 +26,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from bridge.api.errors import ApiError
+
 __all__ = [
     "PROTOCOL_ERRORS",
     "SERVER_STRING_TO_SIGN",
     "AliyunAuthError",
+    "Missing",
     "framework_error",
     "missing",
     "protocol_error",
+    "required",
     "signature_mismatch",
 ]
 
@@ -160,3 +164,19 @@ def framework_error(status: int) -> AliyunAuthError:
     if code is None:
         code = "InternalError" if status >= 500 else "InvalidParameter"
     return protocol_error(code)
+
+
+class Missing(ApiError):
+    """A required parameter is absent: Alibaba answers `Missing<Name>`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("MISSING_FIELD", f"{name} is mandatory for this action.")
+        self.field = name
+
+
+def required(p: Mapping[str, str], name: str) -> str:
+    """An action's mandatory parameter (Missing<Name> when absent or empty)."""
+    value = p.get(name)
+    if value is None or value == "":
+        raise Missing(name)
+    return value

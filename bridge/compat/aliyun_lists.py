@@ -1,5 +1,5 @@
-"""QuerySmsTemplateList and QuerySmsSignList: an account's templates and sign names, a page at
-a time, as Alibaba's console and SDK list them.
+"""The account's templates and sign names as Alibaba's console and SDK manage them:
+QuerySmsTemplateList and QuerySmsSignList (a page at a time), DeleteSmsTemplate, DeleteSmsSign.
 
 Why: a customer moving from the cloud service syncs its templates and signs with these calls;
 answered InvalidAction.NotFound, that sync failed although every template was there.
@@ -7,11 +7,13 @@ answered InvalidAction.NotFound, that sync failed although every template was th
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
+from bridge.compat.aliyun_errors import required
 from bridge.compat.aliyun_reports import local_time
 from bridge.store.models import Account, Sign, Template
 
@@ -107,3 +109,17 @@ async def query_sms_sign_list(ctx: ApiContext, account: Account, p: Params) -> d
     page, counts = _page(rows, index, size)
     tz = ctx.config.rules.timezone
     return {"Code": "OK", "Message": "OK", "SmsSignList": [sign_row(s, tz) for s in page], **counts}
+
+
+async def delete_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    code = required(p, "TemplateCode")
+    if await ctx.store.delete_template(account.id, code, ctx.now_ms()) is None:
+        raise ApiError("TEMPLATE_NOT_FOUND", f"TemplateCode: {code!r} is not known")
+    return {"Code": "OK", "Message": "OK", "TemplateCode": code}
+
+
+async def delete_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    name = unicodedata.normalize("NFKC", required(p, "SignName"))  # as stored at submission
+    if await ctx.store.delete_sign(account.id, name, ctx.now_ms()) is None:
+        raise ApiError("SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered")
+    return {"Code": "OK", "Message": "OK", "SignName": name}

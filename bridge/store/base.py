@@ -320,6 +320,11 @@ class Store(Protocol):
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None: ...
+    async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
+        """Delete the account's sign name; None when it has none so named. Its messages still
+        waiting (queued, scheduled) end unsent with SIGN_DELETED, refunded: how many."""
+        ...
+
     async def add_template(self, t: Template) -> None: ...
     async def get_template(self, code: str) -> Template | None: ...
     async def list_templates(
@@ -328,6 +333,12 @@ class Store(Protocol):
     async def review_template(
         self, code: str, status: str, reason: str | None, now: int
     ) -> Template | None: ...
+    async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
+        """Delete the account's template; None when it has none with that code. Its messages
+        still waiting end unsent with TEMPLATE_DELETED, refunded: how many. Messages already
+        sent keep the code in their records and reports."""
+        ...
+
     async def add_optouts(
         self, account_id: str, numbers: Sequence[str], source: str, now: int
     ) -> int: ...

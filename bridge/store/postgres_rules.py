@@ -428,6 +428,21 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
+    async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
+        async def job(c: asyncpg.Connection) -> int | None:
+            gone = await c.fetchval(
+                "DELETE FROM signs WHERE account_id = $1 AND name = $2 RETURNING 1",
+                account_id,
+                name,
+            )
+            if gone is None:
+                return None
+            return await end_queued_where(
+                c, "account_id = $1 AND sign_name = $2", (account_id, name), "SIGN_DELETED", now
+            )
+
+        return await run_tx(self.pool, job)
+
     # -- templates ---------------------------------------------------------------------------------
 
     async def add_template(self, t: Template) -> None:
@@ -467,6 +482,19 @@ class RulesStoreMixin:
             if status == "rejected":  # what waits ends unsent (see the SQLite engine)
                 await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
             return template_row(r) if r else None
+
+        return await run_tx(self.pool, job)
+
+    async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
+        async def job(c: asyncpg.Connection) -> int | None:
+            gone = await c.fetchval(
+                "DELETE FROM templates WHERE code = $1 AND account_id = $2 RETURNING 1",
+                code,
+                account_id,
+            )
+            if gone is None:
+                return None
+            return await end_queued_where(c, "template = $1", (code,), "TEMPLATE_DELETED", now)
 
         return await run_tx(self.pool, job)
 

@@ -364,6 +364,19 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
+    async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
+        def job(c: sqlite3.Connection) -> int | None:
+            gone = c.execute(
+                "DELETE FROM signs WHERE account_id=? AND name=?", (account_id, name)
+            ).rowcount
+            if not gone:
+                return None
+            return end_queued(
+                c, "account_id=? AND sign_name=?", (account_id, name), "SIGN_DELETED", now
+            )
+
+        return await self._runner.write(job)
+
     # -- templates ---------------------------------------------------------------------------------
 
     async def add_template(self, t: Template) -> None:
@@ -407,6 +420,17 @@ class RulesStoreMixin:
                 end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
+
+        return await self._runner.write(job)
+
+    async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
+        def job(c: sqlite3.Connection) -> int | None:
+            gone = c.execute(
+                "DELETE FROM templates WHERE code=? AND account_id=?", (code, account_id)
+            ).rowcount
+            if not gone:
+                return None
+            return end_queued(c, "template=?", (code,), "TEMPLATE_DELETED", now)
 
         return await self._runner.write(job)
 

@@ -68,3 +68,47 @@ async def test_a_bad_page_size_is_refused_by_name(face: Face, size: int) -> None
         face.client(creds), "query_sms_sign_list", models.QuerySmsSignListRequest(page_size=size)
     )
     assert body.code == "isv.INVALID_PARAMETERS" and "PageSize" in body.message
+
+
+async def test_delete_sms_template_and_sign(face: Face) -> None:
+    creds = await face.api.create_account(raw_text=False)
+    code = await face.template(creds, VERIFY_TEXT)
+    client = face.client(creds)
+    added = await face.call(
+        client, "add_sms_sign", models.AddSmsSignRequest(sign_name="Globex", sign_source=0)
+    )
+    assert added.code == "OK"
+
+    body = await face.call(
+        client, "delete_sms_template", models.DeleteSmsTemplateRequest(template_code=code)
+    )
+    assert (body.code, body.template_code) == ("OK", code)
+    assert await face.api.store.get_template(code) is None
+    again = await face.call(
+        client, "delete_sms_template", models.DeleteSmsTemplateRequest(template_code=code)
+    )
+    assert again.code == "isv.SMS_TEMPLATE_ILLEGAL"
+
+    body = await face.call(
+        client, "delete_sms_sign", models.DeleteSmsSignRequest(sign_name="Globex")
+    )
+    assert (body.code, body.sign_name) == ("OK", "Globex")
+    listed = await face.call(client, "query_sms_sign_list", models.QuerySmsSignListRequest())
+    assert [s.sign_name for s in listed.sms_sign_list] == ["Acme"]
+    again = await face.call(
+        client, "delete_sms_sign", models.DeleteSmsSignRequest(sign_name="Globex")
+    )
+    assert again.code != "OK"
+
+
+async def test_another_accounts_template_is_not_deleted(face: Face) -> None:
+    owner = await face.api.create_account(raw_text=False)
+    other = await face.api.create_account(raw_text=False)
+    code = await face.template(owner, VERIFY_TEXT)
+    body = await face.call(
+        face.client(other),
+        "delete_sms_template",
+        models.DeleteSmsTemplateRequest(template_code=code),
+    )
+    assert body.code == "isv.SMS_TEMPLATE_ILLEGAL"
+    assert await face.api.store.get_template(code) is not None
