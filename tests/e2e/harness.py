@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -103,6 +104,20 @@ def config_dict(tmp: Path, **overrides: Any) -> dict[str, Any]:
 
 def make_config(tmp: Path, **overrides: Any) -> Config:
     return parse_config(config_dict(tmp, **overrides), env={}, base_dir=tmp)
+
+
+def handles_sighup(pid: int) -> bool:
+    """Whether process `pid` has its own SIGHUP handler yet (its SigCgt bit). An acceptor starts
+    with SIGHUP ignored and installs its handler once it has read its configuration: a reload
+    forwarded before then is not applied there. A process that is gone handles nothing."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
+    return False
 
 
 async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

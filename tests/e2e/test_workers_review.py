@@ -53,6 +53,7 @@ from tests.e2e.harness import (
     config_dict,
     create_account,
     free_port,
+    handles_sighup,
     make_config,
     wait_until,
 )
@@ -207,7 +208,11 @@ async def test_a_removed_smsc_disappears_from_a_workers_scrape(tmp_path):
     try:
         await proc.wait_ready(20)
         await wait_until(lambda: len(_acceptor_pids(proc.log)) == 2, 10)
-        await asyncio.sleep(1.5)
+        # Both acceptors past start-up: their SIGHUP handlers are installed (ready only says one
+        # of them answers; the other may still be starting on a loaded machine).
+        await wait_until(
+            lambda: all(handles_sighup(p) for p in _acceptor_pids(proc.log).values()), 20
+        )
         for _ in range(6):  # fresh connections: both acceptors answer some
             text = await _scrape(proc.port)
         assert 'smpp_bridge_smsc_up{smsc="b"} 0.0' in text
@@ -217,11 +222,18 @@ async def test_a_removed_smsc_disappears_from_a_workers_scrape(tmp_path):
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGHUP)
         await wait_until(lambda: proc.log.read_text().count("reloaded configuration") == 3, 10)
-        await asyncio.sleep(1.5)  # every process flushed since
-        for _ in range(6):
-            text = await _scrape(proc.port)
-            left = [line for line in text.splitlines() if 'smsc="b"' in line]
-            assert not left, left
+        left: list[str] = []
+
+        async def gone_from_every_scrape() -> bool:  # each process flushes once a second
+            left.clear()
+            for _ in range(6):
+                text = await _scrape(proc.port)
+                left.extend(line for line in text.splitlines() if 'smsc="b"' in line)
+            return not left
+
+        with contextlib.suppress(AssertionError):
+            await wait_until(gone_from_every_scrape, 10, 0.2)
+        assert not left, left
     finally:
         proc.stop()
 
