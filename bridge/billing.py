@@ -92,6 +92,34 @@ def tariff_from_dict(d: Any) -> Tariff:
     return t
 
 
+# Values releases before 4ebb699 stored that the service rules do not allow: domestic traffic is
+# billed on delivery and international on submission (the refunds at final receipts follow
+# that). Stored versions are never edited, so a version an older release accepted with another
+# value failed validation at load and kept the upgraded daemon (and `bill settle`) from starting.
+_RULED_BILL_ON = {"domestic_bill_on": "delivered", "international_bill_on": "submitted"}
+_warned_versions: set[str] = set()
+
+
+def stored_tariff(d: Any) -> Tariff:
+    """A tariff version as read back from the store: a retired bill_on value is read as the
+    rules' own, with one warning per version (each process)."""
+    if isinstance(d, dict):
+        fixed = {k: v for k, v in _RULED_BILL_ON.items() if k in d and d[k] != v}
+        if fixed:
+            version = str(d.get("version"))
+            if version not in _warned_versions:
+                _warned_versions.add(version)
+                log.warning(
+                    "tariff version %r was stored with %s, which this release does not bill by: "
+                    "read as %s (domestic billed on delivery, international on submission)",
+                    version,
+                    {k: d[k] for k in fixed},
+                    fixed,
+                )
+            d = {**d, **fixed}
+    return tariff_from_dict(d)
+
+
 def tariff_from_config(cfg: TariffConfig, effective_at: int = 0) -> Tariff:
     return Tariff(
         version=cfg.version,
@@ -133,7 +161,7 @@ class Tariffs:
             except Exception:  # another instance seeded it first
                 pass
             rows = await self.store.list_tariffs()
-        self.versions = tuple(tariff_from_dict(json.loads(r.body)) for r in rows)
+        self.versions = tuple(stored_tariff(json.loads(r.body)) for r in rows)
 
     async def refresh(self, now: int) -> None:
         try:

@@ -21,6 +21,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -296,3 +297,25 @@ class _RefusedRequests(logging.Filter):
             record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class Throttled:
+    """One line per `every_s` for a failure that repeats with every request while it lasts (the
+    store unreachable, a full disk): the first with its error, later ones counted into the next
+    line, no traceback (the fault is the environment's, not a line of ours). A full disk logged
+    a traceback per refused request, hundreds of lines a second."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last = -math.inf
+        self._more = 0
+
+    def error(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._more += 1
+            return
+        more, self._more, self._last = self._more, 0, now
+        tail = f" ({more} more since the last report)" if more else ""
+        self.logger.error("%s: %s: %s%s", what, type(exc).__name__, exc, tail)

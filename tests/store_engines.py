@@ -156,6 +156,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     ),
     8: ("ALTER TABLE accounts DROP COLUMN senders",),
     9: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
+    10: ("DROP INDEX webhook_delivered",),
 }
 
 

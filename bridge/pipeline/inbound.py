@@ -27,10 +27,11 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_resp_id
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
-from bridge.store.base import Store
+from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
 log = logging.getLogger("bridge.inbound")
+_store_down = logs.Throttled(log)
 
 # Most groups of stale MO parts one sweep delivers (each is a few store round trips): a backlog
 # is worked off over a few 5-second rounds instead of holding up the sweeper's other steps.
@@ -89,8 +90,11 @@ class Inbound:
             if is_receipt(body):
                 return await self._receipt(smsc, body)
             return await self._mo(smsc, body)
-        except Exception:
-            log.exception("could not store deliver_sm from smsc=%s; asking for redelivery", smsc)
+        except Exception as exc:
+            if is_unavailable(exc):  # the store is down: the SMSC redelivers, one line a while
+                _store_down.error(f"could not store deliver_sm from smsc={smsc}; redelivery", exc)
+            else:
+                log.exception("could not store deliver_sm from smsc=%s; redelivery", smsc)
             return C.ESME_RX_T_APPN
 
     async def _receipt(self, smsc: str, body: ShortMessage) -> int:

@@ -72,6 +72,29 @@ class StoreError(Exception):
         self.message = message
 
 
+# Delivered webhook reports are kept this long (nothing reads them once pushed: an operator's
+# look at recent deliveries), then purged by the sweep. Without it the outbox grew for ever
+# (~12% of the store).
+WEBHOOK_RETENTION_MS = 7 * 86_400_000
+# Rows one purge statement deletes: the first sweep after a long stop has minutes of traffic to
+# drop, which as one statement held a SQLite daemon's event loop for seconds.
+PURGE_CHUNK = 2000
+
+
+class StoreInUseError(StoreError):
+    """Another daemon owns this SQLite store (SqliteRunner.hold_ownership)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("STORE_IN_USE", message)
+
+
+class StoreUnusableError(StoreError):
+    """The store file cannot be used by this process (read, write, open); names the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("STORE_UNUSABLE", message)
+
+
 class StoreClosedError(RuntimeError):
     """The store was closed under a running caller (shutdown, or a failed start)."""
 

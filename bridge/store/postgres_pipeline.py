@@ -32,6 +32,8 @@ from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
     PARK_AGAIN_MS,
     PARK_MS,
+    PURGE_CHUNK,
+    WEBHOOK_RETENTION_MS,
 )
 from bridge.store.models import (
     LateAccept,
@@ -902,6 +904,13 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
     # Unmatched receipts are kept while a receipt may still be awaited, then dropped.
     await c.execute(
         "DELETE FROM pending_receipts WHERE received_at <= $1", now - receipt_timeout_ms
+    )
+    # Delivered reports: kept a while, then purged (base.WEBHOOK_RETENTION_MS).
+    await c.execute(
+        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+        "WHERE state = 'delivered' AND next_attempt_at <= $1 LIMIT $2)",
+        now - WEBHOOK_RETENTION_MS,
+        100 * PURGE_CHUNK,
     )
     lapsed, warned = await _lapse_vouchers(c, now)
     return {

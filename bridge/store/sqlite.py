@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from bridge.store.base import (
     CLOSED_MESSAGE,
     PARK_AGAIN_MS,
     PARK_MS,
+    PURGE_CHUNK,
     UNPARK_CHUNK,
     UNPARK_MAX_CHUNKS,
+    WEBHOOK_RETENTION_MS,
     StoreError,
 )
 from bridge.store.mo_rows import (
@@ -118,7 +121,7 @@ class SqliteStore(RulesStoreMixin):
         # A read of the file itself (SELECT 1 alone never touched it: a lost or unreadable
         # database still answered ready). Not ready once a WAL fsync failed: every durable write
         # is refused until a restart, so traffic should go elsewhere.
-        if self._runner.sync_failed:
+        if self._runner.sync_failed or self._runner.check_files() is not None:
             return False
         return await self._runner.read(
             lambda c: c.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] >= 0
@@ -591,6 +594,8 @@ class SqliteStore(RulesStoreMixin):
         def job(c: sqlite3.Connection) -> dict[str, int]:
             return _requeue_claims(c, now, unknown_smscs, expired_only=False)
 
+        # Every claim is ours to give back only if no other daemon runs on this file.
+        self._runner.hold_ownership()
         return await self._runner.write(job, durable=False)
 
     async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
@@ -774,13 +779,6 @@ class SqliteStore(RulesStoreMixin):
                 now=now,
             )
             lapsed, warned = _lapse_vouchers(c, now)
-            c.execute("DELETE FROM nonces WHERE expires_at<=?", (now,))
-            c.execute("DELETE FROM idempotency WHERE expires_at<=?", (now,))
-            # Receipts that never matched are kept for inspection as long as a receipt may still
-            # be awaited, then dropped (else ids from elsewhere pile up for ever).
-            c.execute(
-                "DELETE FROM pending_receipts WHERE received_at<=?", (now - receipt_timeout_ms,)
-            )
             return {
                 "expired": expired,
                 "timed_out": timed_out,
@@ -788,7 +786,22 @@ class SqliteStore(RulesStoreMixin):
                 "balance_warnings": warned,
             }
 
-        return await self._runner.write(job, durable=False)
+        out = await self._runner.write(job, durable=False)
+        # Receipts that never matched are kept for inspection as long as a receipt may still be
+        # awaited, then dropped (else ids from elsewhere pile up for ever).
+        for sql, cutoff in (
+            (_PURGE_NONCES, now),
+            (_PURGE_IDEMPOTENCY, now),
+            (_PURGE_PENDING_RECEIPTS, now - receipt_timeout_ms),
+            (_PURGE_WEBHOOKS, now - WEBHOOK_RETENTION_MS),
+        ):
+            for _ in range(_PURGE_MAX_CHUNKS):  # a chunk per write: the loop serves in between
+                n = await self._runner.write(
+                    partial(_purge, sql, cutoff), single=True, durable=False
+                )
+                if n < PURGE_CHUNK:
+                    break
+        return out
 
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -1307,6 +1320,31 @@ def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> Idempot
     if row is None or row[3] <= now:
         return None
     return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+
+
+_PURGE_NONCES = (
+    "DELETE FROM nonces WHERE (key_id, nonce) IN "
+    "(SELECT key_id, nonce FROM nonces WHERE expires_at<=? LIMIT ?)"
+)
+_PURGE_IDEMPOTENCY = (
+    "DELETE FROM idempotency WHERE id IN (SELECT id FROM idempotency WHERE expires_at<=? LIMIT ?)"
+)
+_PURGE_PENDING_RECEIPTS = (
+    "DELETE FROM pending_receipts WHERE id IN "
+    "(SELECT id FROM pending_receipts WHERE received_at<=? LIMIT ?)"
+)
+# next_attempt_at of a delivered row is its last lease: about when it was delivered (indexed).
+_PURGE_WEBHOOKS = (
+    "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+    "WHERE state='delivered' AND next_attempt_at<=? LIMIT ?)"
+)
+# At most this many chunks per table per sweep (every 5 s): 100,000 rows, 20,000 a second,
+# beyond any steady rate; a backlog after a long stop drains over a few sweeps.
+_PURGE_MAX_CHUNKS = 50
+
+
+def _purge(sql: str, cutoff: int, c: sqlite3.Connection) -> int:
+    return c.execute(sql, (cutoff, PURGE_CHUNK)).rowcount
 
 
 def _status(c: sqlite3.Connection, account_id: str) -> str | None:

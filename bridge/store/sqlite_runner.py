@@ -20,15 +20,23 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.store.base import StoreClosedError
+from bridge import logs
+from bridge.store.base import (
+    StoreClosedError,
+    StoreInUseError,
+    StoreUnusableError,
+    is_unavailable,
+)
 
 log = logging.getLogger("bridge.store")
+_commit_failures = logs.Throttled(log)
 
 # Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
@@ -102,17 +110,93 @@ class SqliteRunner:
         self.lock_waits = 0
         self.reruns = 0  # batches run again with savepoints after a bare job raised
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
+        self._owner_fd: int | None = None  # see hold_ownership
+        # The file the connection opened (device, inode), and why it is no longer the store on
+        # disk, once seen (see check_files).
+        self._identity: tuple[int, int] | None = None
+        self._lost: str | None = None
+        self._checked_at = 0.0
 
     def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Open the connection and run `setup` (migrations) on it."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        _check_usable(self._path)
         self._lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
-        self._conn = connect(self._path)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # migrations: one process at a time
         try:
-            setup(self._conn)
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._conn = connect(self._path)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # migrations: one process at a time
+            try:
+                setup(self._conn)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except sqlite3.Error as exc:
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise
+            # sqlite3 names no file ("unable to open database file"): the operator needs it.
+            raise StoreUnusableError(f"store {self._path}: {exc}") from None
+        st = os.stat(self._path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def check_files(self) -> str | None:
+        """Why the file this store writes is no longer the store on disk (deleted, replaced, its
+        -wal file deleted), or None. Once seen, every write is refused and the final checkpoint
+        skipped, until a restart.
+
+        Why: SQLite keeps writing to the files it opened. A store deleted or replaced under a
+        running daemon (a restore without stopping, a cleanup script) went on answering 202 and
+        ready, into an unlinked file no restart reads; a replaced one was corrupted at shutdown
+        by the checkpoint of the old WAL into the new file."""
+        if self._lost is not None or self._identity is None:
+            return self._lost
+        why = None
+        try:
+            st = os.stat(self._path)
+            if (st.st_dev, st.st_ino) != self._identity:
+                why = "the store file was replaced"
+            elif self._wal_fd is not None and os.fstat(self._wal_fd).st_nlink == 0:
+                why = "the store's -wal file was deleted"
+        except FileNotFoundError:
+            why = "the store file was deleted"
+        except OSError:
+            return None  # cannot tell (a transient error): the writes themselves will say
+        if why is not None:
+            self._lost = why
+            log.critical(
+                "%s (%s) under the running daemon: writes refused until a restart; what was "
+                "committed since is in a file a restart does not read",
+                why,
+                self._path,
+            )
+        return self._lost
+
+    @property
+    def lost(self) -> str | None:
+        return self._lost
+
+    def hold_ownership(self) -> None:
+        """Take, for this process's lifetime, the lock that says one daemon owns this store.
+
+        Why: a SQLite store has one owner, which gives back every claim at start-up (no other
+        instance can hold one). A second daemon started on the same file by mistake (a manual
+        run beside the service, two containers on one volume) took back the live one's claims
+        and sent them again over its own binds: measured, a quarter of the messages in flight
+        reached the SMSC twice. Acceptor processes share the store without owning it."""
+        if self._owner_fd is not None:
+            return  # held already (a second recovery by the same daemon)
+        path = str(self._path) + ".owner"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreInUseError(
+                f"store {self._path} is in use by another smpp-bridge daemon (pid {holder}): "
+                "one daemon per SQLite store; several instances need PostgreSQL"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._owner_fd = fd
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -141,6 +225,12 @@ class SqliteRunner:
             raise StoreClosedError("store is closed")
         if self._sync_failed is not None and durable:
             raise StoreClosedError(f"the store's fsync failed, restart it: {self._sync_failed}")
+        now = time.monotonic()
+        if now - self._checked_at >= 1.0:  # a stat a second, not one per write
+            self._checked_at = now
+            self.check_files()
+        if self._lost is not None:
+            raise StoreClosedError(f"{self._lost}: restart the daemon")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.append((job, fut, _SINGLE if single else _BARE if bare else _GUARDED, durable))
@@ -233,6 +323,9 @@ class SqliteRunner:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._owner_fd is not None:  # last: nothing of ours touches the file after it
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     # -- batches ----------------------------------------------------------------------------------
 
@@ -316,7 +409,10 @@ class SqliteRunner:
                 if not batch:
                     return
             except Exception as exc:  # the commit itself failed: nothing landed
-                log.exception("store commit failed")
+                if is_unavailable(exc):
+                    _commit_failures.error("store commit failed", exc)
+                else:
+                    log.exception("store commit failed")
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
@@ -419,6 +515,8 @@ class SqliteRunner:
         """
         if self._lock_fd is None:
             return  # not started, or closed: no write lock to hold the restart under
+        if self.check_files() is not None:
+            return  # the path names another file now (or none): copying our WAL there breaks it
         conn: sqlite3.Connection | None = None
         lock_fd: int | None = None
         try:
@@ -483,6 +581,24 @@ class SqliteRunner:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
         os.fsync(self._wal_fd)
+
+
+def _check_usable(path: Path) -> None:
+    """Refuse, naming it, a store file this process cannot read and write (or whose directory
+    it cannot write: the -wal and -shm files go there). sqlite3 opens an unwritable file read-only
+    without a word: the daemon then started, answered ready, and refused every send."""
+    if path.exists():
+        for need, what in ((os.R_OK, "read"), (os.W_OK, "write")):
+            if not os.access(path, need):
+                raise StoreUnusableError(
+                    f"store {path}: this process (uid {os.getuid()}) cannot {what} it; check its "
+                    "owner and mode (a restored copy keeps the owner of whoever copied it)"
+                )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StoreUnusableError(
+            f"store {path}: this process (uid {os.getuid()}) cannot write its directory "
+            f"{path.parent} (the -wal and -shm files go there)"
+        )
 
 
 # How a job is kept apart from the others of its batch (see write()).

@@ -1,0 +1,27 @@
+"""logs.Throttled: one line per period for a failure that repeats with every request."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bridge import logs
+
+
+def test_one_line_per_period_then_the_count(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    t = logs.Throttled(logging.getLogger("t"), every_s=10)
+    caplog.set_level(logging.ERROR)
+    for _ in range(5):
+        t.error("store commit failed", OSError(28, "No space left on device"))
+    clock[0] += 10
+    t.error("store commit failed", OSError(28, "No space left on device"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "store commit failed: OSError: [Errno 28] No space left on device",
+        "store commit failed: OSError: [Errno 28] No space left on device "
+        "(4 more since the last report)",
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
