@@ -39,7 +39,7 @@ from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
-from bridge.reload import RESTART_PATHS, ReloadPlan, plan
+from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, plan
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
@@ -597,25 +597,15 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        started = False
-        missed = False
 
-        def on_hup() -> None:
-            nonlocal missed
-            if not started:  # a reload halfway through start-up would meet half a daemon
-                missed = True
-                return
+        def reload() -> None:
             self._reload_tasks.add(task := loop.create_task(self.reload_from_file()))
             task.add_done_callback(self._reload_tasks.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        gate = HupGate(reload)
+        loop.add_signal_handler(signal.SIGHUP, gate.signal)
         await self.start()
-        started = True
-        # A SIGHUP that came while starting, or before the handler existed (an acceptor ignores
-        # it until then, and its supervisor rewrites the file it read before signalling): the
-        # file changed since it was read, and the reload it asked for is done now.
-        if missed or self.file_changed():
-            on_hup()
+        gate.opened(self.file_changed())
         try:
             await stop.wait()
         finally:

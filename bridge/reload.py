@@ -7,6 +7,7 @@ carrier link it does not have to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from bridge.config import Config, SmscConfig
@@ -72,3 +73,27 @@ def plan(old: Config, new: Config) -> ReloadPlan:
         update=tuple(update),
         needs_restart=tuple(p for p in RESTART_PATHS if getattr(old, p) != getattr(new, p)),
     )
+
+
+class HupGate:
+    """SIGHUP handling around start-up: a reload asked for while the process starts is applied
+    once it has started, not halfway through (it met half a daemon), nor lost. `opened(changed)`
+    also applies one when the file changed since it was read: a SIGHUP that came before the
+    handler existed (an acceptor ignores SIGHUP until then, and its supervisor rewrites the file
+    it read before signalling)."""
+
+    def __init__(self, reload: Callable[[], None]) -> None:
+        self._reload = reload
+        self._started = False
+        self._missed = False
+
+    def signal(self) -> None:
+        if self._started:
+            self._reload()
+        else:
+            self._missed = True
+
+    def opened(self, changed: bool) -> None:
+        self._started = True
+        if self._missed or changed:
+            self._reload()

@@ -27,7 +27,7 @@ import yaml
 from bridge import metrics
 from bridge.app import OWNER_INSTANCE_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
-from bridge.reload import RESTART_PATHS
+from bridge.reload import RESTART_PATHS, HupGate
 
 log = logging.getLogger("bridge.supervisor")
 
@@ -147,23 +147,12 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        started = False
-        missed = False
-
-        def on_hup() -> None:
-            nonlocal missed
-            if not started:  # a reload halfway through start-up would meet half a daemon
-                missed = True
-                return
-            self._reload()
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        gate = HupGate(self._reload)
+        loop.add_signal_handler(signal.SIGHUP, gate.signal)
         await self.owner.start()  # migrations, recovery and the simulator before any acceptor
         for slot in range(self.workers):
             self._spawn(slot)
-        started = True
-        if missed or self.owner.file_changed():  # asked for while starting: do it now
-            on_hup()
+        gate.opened(self.owner.file_changed())
         monitor = loop.create_task(self._monitor())
         try:
             await stop.wait()
