@@ -787,8 +787,9 @@ class SqliteStore(RulesStoreMixin):
             }
 
         out = await self._runner.write(job, durable=False)
-        # Receipts that never matched are kept for inspection as long as a receipt may still be
-        # awaited, then dropped (else ids from elsewhere pile up for ever).
+        # Expired nonces and idempotency records; receipts that never matched, kept for
+        # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
+        # for ever); delivered webhook reports past their retention.
         for sql, cutoff in (
             (_PURGE_NONCES, now),
             (_PURGE_IDEMPOTENCY, now),
