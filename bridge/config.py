@@ -313,6 +313,9 @@ class ServerConfig:
     # A 1000-number request line is ~14 KB; aiohttp's 8190 default refuses it (aliyun notes).
     max_line_size: int = field(default=16_384, metadata=meta(between(8190, 1_048_576)))
     shutdown_grace_s: float = field(default=10.0, metadata=meta(between(0, 600)))
+    # How long a request's body may take to arrive once its headers have: a client that sends
+    # its headers and then trickles (or stops) held a handler, and its memory, for ever.
+    body_timeout_s: float = field(default=30.0, metadata=meta(between(1, 600)))
     # 0: one process does everything. N > 0: N HTTP acceptor processes share the port (SO_REUSEPORT)
     # and the store; this process keeps the binds, the dispatcher, receipts and webhooks.
     workers: int = field(default=0, metadata=meta(between(0, 64)))

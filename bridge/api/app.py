@@ -81,6 +81,8 @@ async def errors_middleware(request: web.Request, handler):
     finally:
         logs.REQUEST_ID.reset(token)
     resp.headers["X-Request-Id"] = request_id
+    if code == "REQUEST_TIMEOUT":
+        resp.force_close()  # the rest of that body may still come: the stream is not reusable
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
     if code == "OK" and "Idempotent-Replayed" in resp.headers:
@@ -155,6 +157,18 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
         ), "INTERNAL_ERROR"
 
 
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The body, within `timeout_s` of the headers: a client that sends its headers and then
+    trickles or stops (by fault or as an attack) held the handler and its memory for ever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            "REQUEST_TIMEOUT", f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
     path = request.path
@@ -168,7 +182,7 @@ async def auth_middleware(request: web.Request, handler):
                 "UNSUPPORTED_MEDIA_TYPE",
                 f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
             )
-        body = await request.read()
+        body = await read_body(request, ctx.config.server.body_timeout_s)
         request[BODY] = body
         # A send records its nonce inside its accept transaction (one write, not two).
         defer = request.method == "POST" and path == "/v1/messages"

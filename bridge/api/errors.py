@@ -55,7 +55,7 @@ CODES: dict[str, int] = {
     "SENDER_NOT_ALLOWED": 403,
     # 402: prepaid funds
     "INSUFFICIENT_BALANCE": 402,
-    # 404 / 405 / 409 / 413
+    # 404 / 405 / 408 / 409 / 413
     "NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
     "ACCOUNT_EXISTS": 409,
@@ -67,6 +67,7 @@ CODES: dict[str, int] = {
     "TARIFF_EXISTS": 409,
     "OPTOUT_BY_RECIPIENT": 409,
     "NOT_CANCELABLE": 409,
+    "REQUEST_TIMEOUT": 408,
     "BODY_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     # 422: well-formed but not acceptable

@@ -20,6 +20,8 @@ from bridge.api.signing import ALGORITHM
 # What each error code means to a client; a test checks every code in CODES has an entry.
 ERROR_DESCRIPTIONS: dict[str, str] = {
     "INVALID_JSON": "The body is empty, not valid JSON, or holds an unpaired surrogate escape.",
+    "REQUEST_TIMEOUT": "The body did not arrive within server.body_timeout_s (default 30 s) of "
+    "the headers; the connection is closed.",
     "MALFORMED_HTTP": "The request is not valid HTTP/1.1 (request line, a header, or the body's "
     "framing); the connection is closed.",
     "INVALID_REQUEST": "The body is not a JSON object, or its fields contradict each other "

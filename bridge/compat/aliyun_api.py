@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
+from bridge.api.app import read_body
 from bridge.api.context import CTX, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS, Missing
@@ -65,7 +66,7 @@ async def handle(request: web.Request) -> web.Response:
     fmt = "JSON"
     action = "Unknown"
     try:
-        body = await request.read()
+        body = await read_body(request, ctx.config.server.body_timeout_s)
         call = parse_request(
             request.method,
             request.rel_url.raw_path,
@@ -118,7 +119,10 @@ async def handle(request: web.Request) -> web.Response:
             out, ctype = render({"RequestId": rid, "Code": code, "Message": message}, fmt, action)
         else:
             out, ctype = render_error(code, message, rid, fmt)
-        return _respond(out, ctype, status, rid, headers)
+        resp = _respond(out, ctype, status, rid, headers)
+        if exc.code == "REQUEST_TIMEOUT":
+            resp.force_close()  # the rest of that body may still come: the stream is not reusable
+        return resp
     ctx.metrics.request(_label(action), 200, "OK")
     result["RequestId"] = rid
     out, ctype = render(result, fmt, action)

@@ -146,6 +146,9 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         ),
         # Not valid HTTP (no parameter was even read): a 400, as the gateway refuses requests.
         "MALFORMED_HTTP": AliyunCode(400, _INVALID_PARAMETERS.code, _INVALID_PARAMETERS.message),
+        "REQUEST_TIMEOUT": AliyunCode(
+            408, _INVALID_PARAMETERS.code, "The request body did not arrive in time."
+        ),
         "INTERNAL_ERROR": AliyunCode(
             500,
             "InternalError",

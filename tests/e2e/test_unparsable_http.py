@@ -109,3 +109,61 @@ async def test_a_well_formed_request_on_the_same_server_is_unaffected(daemon):
         d.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert status == 200, body
+
+
+@pytest.fixture
+async def impatient(tmp_path: Path):
+    ali_port = free_port()
+    path = tmp_path / "bridge.yaml"
+    data = config_dict(
+        tmp_path, server={"body_timeout_s": 1}, aliyun={"enabled": True, "port": ali_port}
+    )
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(path, env={}))
+    await d.start()
+    yield d, ali_port
+    await d.stop()
+
+
+STALLED = (
+    b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 500\r\n\r\n" + b'{"to": "+86138'  # then nothing more
+)
+
+
+@pytest.mark.parametrize("face", ["native", "alibaba"])
+async def test_a_body_that_stops_arriving_is_refused_in_time(impatient, face: str) -> None:
+    """server.body_timeout_s: headers, then a body that stops coming (a slow client, or one that
+    holds connections open on purpose). It held the handler, and its memory, for ever."""
+    d, ali_port = impatient
+    port = d.http_port if face == "native" else ali_port
+    started = asyncio.get_running_loop().time()
+    data = STALLED if face == "native" else STALLED.replace(b"/v1/messages", b"/")
+    status, headers, body = await asyncio.wait_for(_raw_open(port, data), 10)
+    took = asyncio.get_running_loop().time() - started
+    assert status == 408
+    assert 0.9 <= took < 5, took
+    answer = orjson.loads(body)
+    if face == "native":
+        assert answer["error"]["code"] == "REQUEST_TIMEOUT"
+        assert answer["error"]["request_id"] == headers["x-request-id"]
+    else:
+        assert answer["Code"] == "isv.INVALID_PARAMETERS"
+        assert answer["RequestId"] == headers["x-acs-request-id"]
+
+
+async def _raw_open(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` and keep the connection open (the client does not close its side); read one
+    answer (headers, then Content-Length octets). It says `Connection: close`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").strip().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        body = await reader.readexactly(int(headers["content-length"]))
+    finally:
+        writer.close()
+    assert headers["connection"].lower() == "close"
+    return int(lines[0].split()[1]), headers, body

@@ -18,7 +18,7 @@ NATIVE_CODES = (
     "FREQUENCY_LIMIT_DAY ACCOUNT_RATE_LIMIT DAILY_QUOTA_EXCEEDED INSUFFICIENT_BALANCE "
     "PRICE_NOT_FOUND ACCOUNT_DISABLED QUEUE_FULL SHUTTING_DOWN STORE_UNAVAILABLE INTERNAL_ERROR "
     "NOT_FOUND TEMPLATE_MALFORMED TEMPLATE_CONTENT_FILTERED TEMPLATE_NO_OPTOUT_WORDING "
-    "TEMPLATE_TOO_LONG TEMPLATE_EMPTY SENDER_NOT_ALLOWED MALFORMED_HTTP"
+    "TEMPLATE_TOO_LONG TEMPLATE_EMPTY SENDER_NOT_ALLOWED MALFORMED_HTTP REQUEST_TIMEOUT"
 ).split()
 
 # Codes the real Dysmsapi / API gateway uses (help.aliyun.com/document_detail/101346.html and the
@@ -53,7 +53,7 @@ REAL_CODES = {
 
 
 def test_every_native_code_is_mapped_explicitly() -> None:
-    assert len(NATIVE_CODES) == 44
+    assert len(NATIVE_CODES) == 45
     missing = [code for code in NATIVE_CODES if code not in TABLE]
     assert missing == []
     assert {row.code for row in TABLE.values()} <= REAL_CODES
@@ -67,6 +67,8 @@ def test_business_errors_are_http_200_with_a_non_ok_code() -> None:
         assert ali_code != "OK"
         if code in protocol:
             assert status == 400, code
+        elif code == "REQUEST_TIMEOUT":
+            assert status == 408
         elif code in server:
             assert status >= 500, code
         else:
