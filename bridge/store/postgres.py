@@ -459,9 +459,8 @@ class PostgresStore(RulesStoreMixin):
             disabling = False
             if changes.get("status") == "disabled":
                 # Locked: ordered after an accept in progress, whose messages are then ended too.
-                was = await c.fetchval(
-                    "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id
-                )
+                await rules_sql.lock_account(c, account_id)
+                was = await c.fetchval("SELECT status FROM accounts WHERE id = $1", account_id)
                 disabling = was == "active"
             if cols:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))

@@ -407,6 +407,8 @@ class RulesStoreMixin:
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None:
         async def job(c: asyncpg.Connection) -> Sign | None:
+            if status == "rejected":
+                await lock_account(c, account_id)
             r = await c.fetchrow(
                 "UPDATE signs SET status = $1, reason = $2, reviewed_at = $3 "
                 f"WHERE account_id = $4 AND name = $5 RETURNING {SIGN_COLS}",
@@ -430,6 +432,7 @@ class RulesStoreMixin:
 
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
         async def job(c: asyncpg.Connection) -> int | None:
+            await lock_account(c, account_id)
             gone = await c.fetchval(
                 "DELETE FROM signs WHERE account_id = $1 AND name = $2 RETURNING 1",
                 account_id,
@@ -471,6 +474,10 @@ class RulesStoreMixin:
         self, code: str, status: str, reason: str | None, now: int
     ) -> Template | None:
         async def job(c: asyncpg.Connection) -> Template | None:
+            if status == "rejected":
+                owner = await c.fetchval("SELECT account_id FROM templates WHERE code = $1", code)
+                if owner is not None:
+                    await lock_account(c, owner)
             r = await c.fetchrow(
                 "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
                 f"RETURNING {TEMPLATE_COLS}",
@@ -487,6 +494,7 @@ class RulesStoreMixin:
 
     async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
         async def job(c: asyncpg.Connection) -> int | None:
+            await lock_account(c, account_id)
             gone = await c.fetchval(
                 "DELETE FROM templates WHERE code = $1 AND account_id = $2 RETURNING 1",
                 code,
@@ -872,6 +880,14 @@ async def _end_queued(
     included) as expired unsent with `error`, refunded like any message that ends unsent."""
     where = "account_id = $1 AND recipient = ANY($2::text[])"
     await end_queued_where(c, where, (account_id, numbers), error, now)
+
+
+async def lock_account(c: asyncpg.Connection, account_id: str) -> None:
+    """Take the account's row lock before a change that ends its waiting messages (a template
+    or sign deleted or rejected). An accept holds that lock while it reads the template's and
+    sign's status and inserts its messages: without it the change read past an accept in
+    progress (READ COMMITTED), whose message then stayed queued, went out and stayed charged."""
+    await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)
 
 
 async def end_queued_where(
