@@ -459,9 +459,7 @@ class PostgresStore(RulesStoreMixin):
             disabling = False
             if changes.get("status") == "disabled":
                 # Locked: ordered after an accept in progress, whose messages are then ended too.
-                await rules_sql.lock_account(c, account_id)
-                was = await c.fetchval("SELECT status FROM accounts WHERE id = $1", account_id)
-                disabling = was == "active"
+                disabling = await rules_sql.lock_account(c, account_id) == "active"
             if cols:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))
                 n = len(cols)
@@ -487,9 +485,7 @@ class PostgresStore(RulesStoreMixin):
     async def add_key(self, key: AppKey, max_active: int) -> None:
         async def job(c: asyncpg.Connection) -> None:
             # The account row serialises concurrent key creations for one account.
-            status = await c.fetchval(
-                "SELECT status FROM accounts WHERE id = $1 FOR UPDATE", key.account_id
-            )
+            status = await rules_sql.lock_account(c, key.account_id)
             if status == "closed":  # the lock also orders this after a close in progress
                 raise StoreError("ACCOUNT_CLOSED", CLOSED_MESSAGE)
             n = scalar(

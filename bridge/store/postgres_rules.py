@@ -882,12 +882,14 @@ async def _end_queued(
     await end_queued_where(c, where, (account_id, numbers), error, now)
 
 
-async def lock_account(c: asyncpg.Connection, account_id: str) -> None:
-    """Take the account's row lock before a change that ends its waiting messages (a template
-    or sign deleted or rejected). An accept holds that lock while it reads the template's and
-    sign's status and inserts its messages: without it the change read past an accept in
-    progress (READ COMMITTED), whose message then stayed queued, went out and stayed charged."""
-    await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+async def lock_account(c: asyncpg.Connection, account_id: str) -> str | None:
+    """Take the account's row lock, and read its status (None: no such account), before a
+    change that must come after the accepts in progress: one that ends its waiting messages (a
+    disable, a template or sign deleted or rejected), or a key added (not after a close). An
+    accept holds that lock while it reads the template's and sign's status and inserts its
+    messages: without it the change read past an accept in progress (READ COMMITTED), whose
+    message then stayed queued, went out and stayed charged."""
+    return await c.fetchval("SELECT status FROM accounts WHERE id = $1 FOR UPDATE", account_id)
 
 
 async def end_queued_where(

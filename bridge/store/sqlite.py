@@ -230,10 +230,7 @@ class SqliteStore(RulesStoreMixin):
 
     async def add_key(self, key: AppKey, max_active: int) -> None:
         def job(c: sqlite3.Connection) -> None:
-            status = c.execute(
-                "SELECT status FROM accounts WHERE id=?", (key.account_id,)
-            ).fetchone()
-            if status is not None and status[0] == "closed":
+            if _status(c, key.account_id) == "closed":
                 raise StoreError("ACCOUNT_CLOSED", CLOSED_MESSAGE)
             (n,) = c.execute(
                 "SELECT COUNT(*) FROM app_keys WHERE account_id=? AND status='active'",
