@@ -68,11 +68,15 @@ def _log_path(request: web.Request) -> str:
     )
 
 
+def new_request_id() -> str:
+    return "req_" + random_bytes(8).hex()
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
     Every answer is counted, and every line logged while handling it carries the request id."""
-    request_id = "req_" + random_bytes(8).hex()
+    request_id = new_request_id()
     request[REQUEST_ID] = request_id
     token = logs.REQUEST_ID.set(request_id)
     started = time.perf_counter()
@@ -263,7 +267,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str]:
     """A request the HTTP parser refused, in the native envelope. For `bridge.api.http_errors`."""
-    rid = "req_" + random_bytes(8).hex()
+    rid = new_request_id()
     return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid
 
 

@@ -20,9 +20,14 @@ from bridge import logs
 from bridge.api.app import read_body
 from bridge.api.context import CTX, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
-from bridge.compat.aliyun_actions import ACTIONS, Missing
+from bridge.compat.aliyun_actions import ACTIONS
 from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun
-from bridge.compat.aliyun_errors import AliyunAuthError, framework_error, protocol_error
+from bridge.compat.aliyun_errors import (
+    AliyunAuthError,
+    Missing,
+    framework_error,
+    protocol_error,
+)
 from bridge.compat.aliyun_render import render, render_error
 from bridge.compat.aliyun_sign import check_timestamp, parse_request
 from bridge.store.base import is_unavailable
