@@ -40,6 +40,7 @@ from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
 from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, plan
+from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
@@ -104,6 +105,7 @@ class Daemon:
         self._aliyun_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_settle = 0  # unix ms of the last automatic settlement check
+        self._retention: Retention | None = None
         self.http_port: int | None = None
         self._stopped = asyncio.Event()
         self._wake_listener: WakeListener | None = None
@@ -416,6 +418,7 @@ class Daemon:
                 ("reclaim", self._reclaim),
                 ("incomplete MO", self._flush_stale_mo),
                 ("settlement", self._settle),
+                ("retention", self._retain),
             ):
                 try:
                     await step(int(self.clock() * 1000))
@@ -474,6 +477,17 @@ class Daemon:
         settled = await auto_settle(self.store, book, self.config, now_ms)
         if settled:
             log.info("automatic settlement %s", settled)
+
+    async def _retain(self, now_ms: int) -> None:
+        if self._retention is None:
+            self._retention = Retention(self.store, self.config.store.retention_days)
+        cfg = self.config
+        purged = await self._retention.run(
+            now_ms, billing=cfg.billing.enabled, tz=cfg.rules.timezone
+        )
+        if any(purged.values()):
+            log.info("retention purge %s", purged)
+            self.metrics.purged(purged)
 
     async def stop(self) -> None:
         grace = self.config.server.shutdown_grace_s

@@ -328,6 +328,9 @@ class ServerConfig:
     metrics: bool = True
 
 
+MIN_RETENTION_DAYS = 31
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreConfig:
     """Where accepted work is made durable."""
@@ -342,8 +345,19 @@ class StoreConfig:
     group_commit_ms: int = field(default=1, metadata=meta(between(0, 1000)))
     group_commit_max: int = field(default=500, metadata=meta(between(1, 100_000)))
     max_queued_segments: int = field(default=1_000_000, metadata=meta(between(1, 1_000_000_000)))
+    # Days a finished message (its parts), an MO and a dead-lettered webhook are kept; 0 keeps
+    # them for ever. The ledger and bills are never purged (bridge/retention.py).
+    retention_days: int = field(default=0, metadata=meta(between(0, 36_500)))
 
     def _problems(self) -> Problems:
+        if 0 < self.retention_days < MIN_RETENTION_DAYS:
+            # A reply is matched to the message it answers for 30 days after that went out: an
+            # opt-out to a message purged sooner would reach no account.
+            yield (
+                "retention_days",
+                f"must be 0 (keep for ever) or at least {MIN_RETENTION_DAYS}: replies and "
+                "opt-outs are matched to messages sent in the last 30 days",
+            )
         if self.engine == "postgres" and not self.dsn:
             yield "dsn", "required when engine is postgres (set it or env SMPP_BRIDGE_STORE_DSN)"
         elif self.engine == "postgres" and self.dsn:

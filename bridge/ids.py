@@ -72,6 +72,11 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     return prefix + _last_time_part + rand
 
 
+def id_floor(prefix: str, ms: int) -> str:
+    """The least id made at `ms`: `id < id_floor(p, ms)` is "made before ms", as a key range."""
+    return prefix + _b32(ms, 10) + _ALPHABET[0] * 16
+
+
 def id_time_ms(ident: str, prefix: str) -> int | None:
     body = ident[len(prefix) :]
     if len(body) != 26:

@@ -228,6 +228,12 @@ class Metrics:
             "Prepaid balance warnings raised (low-balance threshold crossed)",
             registry=r,
         )
+        self.purged_rows = Counter(
+            "smpp_bridge_retention_purged",
+            "Rows store.retention_days purged, by kind (messages, mo, dead_webhooks, daily_counts)",
+            ["kind"],
+            registry=r,
+        )
         # Gauges: filled just before a scrape (see the module docstring).
         self.smsc_up = Gauge(
             "smpp_bridge_smsc_up", "1 when at least one transmitting bind is up", ["smsc"],
@@ -331,6 +337,11 @@ class Metrics:
 
     def balance_warning(self) -> None:
         self.balance_warnings.inc()
+
+    def purged(self, counts: dict[str, int]) -> None:
+        for kind, n in counts.items():
+            if n:
+                self.purged_rows.labels(kind).inc(n)
 
     # -- flushing --------------------------------------------------------------------------------
     def flush(self) -> None:

@@ -160,6 +160,17 @@ def month_bounds(month: str, tz: str) -> tuple[int, int]:
     return (start - _EPOCH) // _MS, (end - _EPOCH) // _MS
 
 
+def month_of(ms: int, tz: str) -> str:
+    """The month (YYYY-MM, in `tz`) that the instant `ms` falls in."""
+    local = datetime.fromtimestamp(ms / 1000, _zone(tz))
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def next_month(month: str) -> str:
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"
+
+
 def _ready(line: UsageLine, bill_on: str) -> bool:
     if line.final_state == MSG_QUEUED:
         return False

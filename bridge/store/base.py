@@ -79,6 +79,8 @@ WEBHOOK_RETENTION_MS = 7 * 86_400_000
 # Rows one purge statement deletes: the first sweep after a long stop has minutes of traffic to
 # drop, which as one statement held a SQLite daemon's event loop for seconds.
 PURGE_CHUNK = 2000
+# Chunks per table per retention run (every minute): 1,000,000 rows, beyond any steady rate.
+RETENTION_MAX_CHUNKS = 500
 
 
 class StoreInUseError(StoreError):
@@ -263,6 +265,22 @@ class Store(Protocol):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
     async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]: ...
+
+    # Retention (bridge/retention.py)
+    async def oldest_message_at(self) -> int | None:
+        """When the oldest message still stored was made (its id's time), None if none is."""
+        ...
+
+    async def unbilled_accounts(self, month: str, end: int) -> int:
+        """Accounts created before `end` (the month's end) that have no bill for `month`."""
+        ...
+
+    async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
+        """Delete finished messages (and their parts) accepted and ended before
+        `messages_before`, MO and dead-lettered webhook reports from before `before`, and
+        daily counts of days before `day` (YYYY-MM-DD). Counts per kind."""
+        ...
+
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]: ...
 
     # MO

@@ -79,6 +79,7 @@ from bridge.store.models import (
     WebhookJob,
     WorkMessage,
 )
+from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
@@ -320,7 +321,7 @@ OFFSET_MAX_RTT_S = 2.0
 OFFSET_STEP_MS = 250
 
 
-class PostgresStore(RulesStoreMixin):
+class PostgresStore(RulesStoreMixin, RetentionMixin):
     engine = "postgres"
 
     def __init__(

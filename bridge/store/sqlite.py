@@ -61,6 +61,7 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
+from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
 
@@ -80,7 +81,7 @@ def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> Mess
     return MessageRecord(*row, segment_rows=segs)
 
 
-class SqliteStore(RulesStoreMixin):
+class SqliteStore(RulesStoreMixin, RetentionMixin):
     engine = "sqlite"
 
     def __init__(self, path: str | Path, *, linger_ms: float = 0.0, max_batch: int = 500) -> None:

@@ -956,3 +956,14 @@ def test_any_text_file_gives_config_or_config_error(text: str) -> None:
         C.parse_config(C._load_yaml(text, "t.yaml"), env={}, base_dir=BASE)
     except ConfigError:
         pass
+
+
+@pytest.mark.parametrize("days", [1, 7, 30])
+def test_a_retention_shorter_than_the_reply_window_is_refused(days: int) -> None:
+    (err,) = errors_of(minimal(store={"retention_days": days}))
+    assert err.startswith("store.retention_days: must be 0 (keep for ever) or at least 31")
+
+
+@pytest.mark.parametrize("days", [0, 31, 400])
+def test_no_retention_or_at_least_31_days_loads(days: int) -> None:
+    assert parse(minimal(store={"retention_days": days})).store.retention_days == days

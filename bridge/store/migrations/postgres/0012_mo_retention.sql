@@ -1,0 +1,5 @@
+-- store.retention_days purges MO and dead-lettered webhook reports older than the retention
+-- (bridge/retention.py); these indexes find them without reading the whole inbox or outbox every
+-- minute.
+CREATE INDEX mo_inbox_received ON mo_inbox(received_at);
+CREATE INDEX webhook_dead_age ON webhook_outbox(next_attempt_at) WHERE state = 'dead';

@@ -1,0 +1,91 @@
+"""The PostgreSQL engine's side of retention (bridge/retention.py decides the cut-offs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from bridge.domain.lifecycle import MSG_FINAL
+from bridge.ids import id_floor, id_time_ms
+from bridge.store.base import PURGE_CHUNK, RETENTION_MAX_CHUNKS
+from bridge.store.postgres_tx import run_tx
+
+# Finished messages in id order (ids sort by acceptance time: a primary-key range scan), after
+# the previous chunk's last id. Rows another instance holds are skipped, never waited for.
+_FINISHED = (
+    "SELECT id FROM messages WHERE id > $1 AND id < $2 AND accepted_at <= $3 "
+    "AND done_at <= $3 AND q_state = 'done' AND state = ANY($4::text[]) "
+    "ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED"
+)
+_PURGE_MO = (
+    "DELETE FROM mo_inbox WHERE id IN (SELECT id FROM mo_inbox WHERE received_at <= $1 "
+    "LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+# A dead letter's next_attempt_at is when it was given up (the webhook_dead_age index).
+_PURGE_DEAD_WEBHOOKS = (
+    "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+    "WHERE state = 'dead' AND next_attempt_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+_FINAL = sorted(MSG_FINAL)
+
+
+async def _purge_messages(after: str, below: str, cutoff: int, c: asyncpg.Connection) -> list[str]:
+    ids = [r[0] for r in await c.fetch(_FINISHED, after, below, cutoff, _FINAL, PURGE_CHUNK)]
+    if ids:
+        await c.execute("DELETE FROM segments WHERE message_id = ANY($1::text[])", ids)
+        await c.execute("DELETE FROM messages WHERE id = ANY($1::text[])", ids)
+    return ids
+
+
+async def _count(sql: str, args: tuple[Any, ...], c: asyncpg.Connection) -> int:
+    status = await c.execute(sql, *args)  # "DELETE n"
+    return int(status.split()[-1])
+
+
+class RetentionMixin:
+    """A transaction per chunk: no long-held locks, each chunk done once it commits."""
+
+    pool: asyncpg.Pool
+
+    async def oldest_message_at(self) -> int | None:
+        first = await self.pool.fetchval("SELECT MIN(id) FROM messages")
+        return None if first is None else id_time_ms(first, "msg_")
+
+    async def unbilled_accounts(self, month: str, end: int) -> int:
+        return int(
+            await self.pool.fetchval(
+                "SELECT COUNT(*) FROM accounts a WHERE a.created_at < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM bills b WHERE b.account_id = a.id AND b.month = $2)",
+                end,
+                month,
+            )
+        )
+
+    async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
+        out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
+        after, below = "", id_floor("msg_", messages_before)
+        for _ in range(RETENTION_MAX_CHUNKS):
+            ids = await run_tx(
+                self.pool,
+                lambda c, a=after: _purge_messages(a, below, messages_before, c),
+                durable=False,
+            )
+            out["messages"] += len(ids)
+            if len(ids) < PURGE_CHUNK:
+                break
+            after = ids[-1]
+        for key, sql in (("mo", _PURGE_MO), ("dead_webhooks", _PURGE_DEAD_WEBHOOKS)):
+            for _ in range(RETENTION_MAX_CHUNKS):
+                n = await run_tx(
+                    self.pool, lambda c, s=sql: _count(s, (before, PURGE_CHUNK), c), durable=False
+                )
+                out[key] += n
+                if n < PURGE_CHUNK:
+                    break
+        out["daily_counts"] = await run_tx(
+            self.pool,
+            lambda c: _count("DELETE FROM daily_counts WHERE day < $1", (day,), c),
+            durable=False,
+        )
+        return out

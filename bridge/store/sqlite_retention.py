@@ -1,0 +1,89 @@
+"""The SQLite engine's side of retention (bridge/retention.py decides the cut-offs)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from bridge.domain.lifecycle import MSG_FINAL
+from bridge.ids import id_floor, id_time_ms
+from bridge.store.base import PURGE_CHUNK, RETENTION_MAX_CHUNKS
+
+_FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
+
+# Finished messages in id order (ids sort by acceptance time: a primary-key range scan), after
+# the previous chunk's last id so rows kept (not final yet) are not looked at again.
+_FINISHED = (
+    "SELECT id FROM messages WHERE id>?1 AND id<?2 AND accepted_at<=?3 AND done_at<=?3 "
+    f"AND q_state='done' AND state IN ({_FINAL}) ORDER BY id LIMIT ?4"
+)
+_PURGE_MO = (
+    "DELETE FROM mo_inbox WHERE id IN "
+    "(SELECT id FROM mo_inbox INDEXED BY mo_inbox_received WHERE received_at<=? LIMIT ?)"
+)
+# A dead letter's next_attempt_at is when it was given up (the webhook_due index).
+_PURGE_DEAD_WEBHOOKS = (
+    "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+    "WHERE state='dead' AND next_attempt_at<=? LIMIT ?)"
+)
+
+
+def _purge_messages(after: str, below: str, cutoff: int, c: sqlite3.Connection) -> list[str]:
+    ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, PURGE_CHUNK))]
+    if ids:
+        c.executemany("DELETE FROM segments WHERE message_id=?", ids)
+        c.executemany("DELETE FROM messages WHERE id=?", ids)
+    return [i[0] for i in ids]
+
+
+class RetentionMixin:
+    """Chunked purges, one write each, so the event loop serves requests in between."""
+
+    _runner: object
+
+    async def oldest_message_at(self) -> int | None:
+        def job(c: sqlite3.Connection) -> int | None:
+            row = c.execute("SELECT MIN(id) FROM messages").fetchone()
+            return None if row[0] is None else id_time_ms(row[0], "msg_")
+
+        return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
+
+    async def unbilled_accounts(self, month: str, end: int) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            return int(
+                c.execute(
+                    "SELECT COUNT(*) FROM accounts a WHERE a.created_at<? AND NOT EXISTS "
+                    "(SELECT 1 FROM bills b WHERE b.account_id=a.id AND b.month=?)",
+                    (end, month),
+                ).fetchone()[0]
+            )
+
+        return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
+
+    async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
+        write = self._runner.write  # type: ignore[attr-defined]
+        out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
+        after, below = "", id_floor("msg_", messages_before)
+        for _ in range(RETENTION_MAX_CHUNKS):
+            ids = await write(
+                lambda c, a=after: _purge_messages(a, below, messages_before, c), durable=False
+            )
+            out["messages"] += len(ids)
+            if len(ids) < PURGE_CHUNK:
+                break
+            after = ids[-1]
+        for key, sql in (("mo", _PURGE_MO), ("dead_webhooks", _PURGE_DEAD_WEBHOOKS)):
+            for _ in range(RETENTION_MAX_CHUNKS):
+                n = await write(
+                    lambda c, s=sql: c.execute(s, (before, PURGE_CHUNK)).rowcount,
+                    single=True,
+                    durable=False,
+                )
+                out[key] += n
+                if n < PURGE_CHUNK:
+                    break
+        out["daily_counts"] = await write(
+            lambda c: c.execute("DELETE FROM daily_counts WHERE day<?", (day,)).rowcount,
+            single=True,
+            durable=False,
+        )
+        return out
