@@ -246,7 +246,12 @@ class Daemon:
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
         app = make_app(self.ctx)
         self._runner = AppRunner(
-            app, render_unparsed, self.ctx.metrics, access_log=None, shutdown_timeout=2.0
+            app,
+            render_unparsed,
+            self.ctx.metrics,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=cfg.server.idle_timeout_s,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -264,6 +269,7 @@ class Daemon:
                 self.ctx.metrics,
                 access_log=None,
                 shutdown_timeout=2.0,
+                keepalive_timeout=cfg.server.idle_timeout_s,
             )
             await self._aliyun_runner.setup()
             ali = web.TCPSite(

@@ -316,6 +316,10 @@ class ServerConfig:
     # How long a request's body may take to arrive once its headers have: a client that sends
     # its headers and then trickles (or stops) held a handler, and its memory, for ever.
     body_timeout_s: float = field(default=30.0, metadata=meta(between(1, 600)))
+    # An idle keep-alive connection, or one whose request headers have not all come in, is closed
+    # this long after it opened or its last answer, however slowly bytes trickle in (aiohttp's
+    # keepalive_timeout): a client cannot hold a connection by sending a header a minute.
+    idle_timeout_s: float = field(default=75.0, metadata=meta(between(1, 3600)))
     # 0: one process does everything. N > 0: N HTTP acceptor processes share the port (SO_REUSEPORT)
     # and the store; this process keeps the binds, the dispatcher, receipts and webhooks.
     workers: int = field(default=0, metadata=meta(between(0, 64)))

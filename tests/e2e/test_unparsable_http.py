@@ -116,7 +116,9 @@ async def impatient(tmp_path: Path):
     ali_port = free_port()
     path = tmp_path / "bridge.yaml"
     data = config_dict(
-        tmp_path, server={"body_timeout_s": 1}, aliyun={"enabled": True, "port": ali_port}
+        tmp_path,
+        server={"body_timeout_s": 1, "idle_timeout_s": 1.5},
+        aliyun={"enabled": True, "port": ali_port},
     )
     path.write_text(yaml.safe_dump(data))
     d = Daemon(load_config(path, env={}))
@@ -150,6 +152,52 @@ async def test_a_body_that_stops_arriving_is_refused_in_time(impatient, face: st
     else:
         assert answer["Code"] == "isv.INVALID_PARAMETERS"
         assert answer["RequestId"] == headers["x-acs-request-id"]
+
+
+@pytest.mark.parametrize("face", ["native", "alibaba"])
+async def test_headers_that_trickle_in_are_cut_off(impatient, face: str) -> None:
+    """server.idle_timeout_s: a client sending a header line every 0.3 s never finishes its
+    headers, so no request (and no body timeout) ever starts; the connection is closed once the
+    time-out passes since it opened, however many bytes keep coming (slowloris)."""
+    d, ali_port = impatient
+    port = d.http_port if face == "native" else ali_port
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = loop.time()
+    closed_after = None
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(40):
+            await asyncio.sleep(0.3)
+            if reader.at_eof():
+                break
+            writer.write(b"X-Trickle-%d: y\r\n" % i)
+            await writer.drain()
+        closed_after = loop.time() - started
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, nothing answered
+    except ConnectionError:
+        closed_after = loop.time() - started
+    finally:
+        writer.close()
+    assert 1.4 <= closed_after < 5, closed_after
+
+
+async def test_a_prompt_keep_alive_client_keeps_its_connection(impatient) -> None:
+    """The same time-out leaves a client that sends whole requests alone: three requests on one
+    connection, each within the time-out of the last answer, are all answered."""
+    d, _ = impatient
+    reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    try:
+        for _ in range(3):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            await asyncio.sleep(0.8)
+    finally:
+        writer.close()
 
 
 async def _raw_open(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
