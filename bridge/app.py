@@ -44,11 +44,14 @@ from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
+from bridge.text.split import RefCounter
 from bridge.wiring import make_sealer, open_store
 
 log = logging.getLogger("bridge.app")
 # The supervisor names its owner's instance to the acceptors it starts (bridge/supervisor.py).
 OWNER_INSTANCE_ENV = "SMPP_BRIDGE_OWNER_INSTANCE"
+# The slot (0 .. server.workers - 1) the supervisor gave an acceptor process.
+WORKER_ENV = "SMPP_BRIDGE_WORKER"
 
 
 def make_router(config: Config) -> Router:
@@ -227,7 +230,7 @@ class Daemon:
             config=cfg,
             store=store,
             auth=Authenticator(store, sealer, max_skew_s=cfg.server.clock_skew_s, clock=self.clock),
-            submitter=Submitter(cfg, router),
+            submitter=Submitter(cfg, router, refs=self._ref_counter()),
             accounts=accounts,
             clock=self.clock,
             on_accepted=on_accepted,
@@ -483,6 +486,14 @@ class Daemon:
         settled = await auto_settle(self.store, book, self.config, now_ms)
         if settled:
             log.info("automatic settlement %s", settled)
+
+    def _ref_counter(self) -> RefCounter:
+        """Acceptor workers draw concatenation references from disjoint lanes (RefCounter)."""
+        slot = os.environ.get(WORKER_ENV, "")
+        workers = self.config.server.workers
+        if self.role == "acceptor" and slot.isdigit() and int(slot) < workers:
+            return RefCounter(lane=int(slot), lanes=workers)
+        return RefCounter()
 
     async def _retain(self, now_ms: int) -> None:
         if self._retention is None:

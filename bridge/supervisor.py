@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bridge import metrics
-from bridge.app import OWNER_INSTANCE_ENV, Daemon
+from bridge.app import OWNER_INSTANCE_ENV, WORKER_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
 from bridge.reload import RESTART_PATHS, HupGate
 
@@ -84,7 +84,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "bridge.cli", "run", "--role", "acceptor"]
         env = {
             **os.environ,
-            "SMPP_BRIDGE_WORKER": str(slot),
+            WORKER_ENV: str(slot),
             OWNER_INSTANCE_ENV: self.owner.instance,
         }
         if self._snapshot is not None and self.config_path is not None:

@@ -459,20 +459,34 @@ class RefCounter:
     flight to the same number with the same reference get mixed. A per-destination counter only
     repeats after 256 (UDH8) or 65536 messages to that number. The least recently used destinations
     are forgotten beyond ``max_destinations``. A destination's counter starts at a random value
-    (``start``), so two processes (acceptor workers, a restart) are unlikely to hand the same
+    (``start``), so two processes (a restart, another instance) are unlikely to hand the same
     number the same reference for messages in flight together.
+
+    Acceptor processes of one daemon never do: each draws from its own ``lane`` of ``lanes``
+    (the references r with r % lanes == lane), so two long messages to one number accepted at
+    once by two workers cannot share a reference (with random starts alone, 1 in 256 pairs did).
+    A lane repeats after 256 / lanes messages to a number (UDH8) instead of 256.
     """
 
-    __slots__ = ("_counters", "_max", "_start")
+    __slots__ = ("_counters", "_lane", "_lanes", "_max", "_start")
 
     def __init__(
-        self, max_destinations: int = 100_000, start: Callable[[], int] | None = None
+        self,
+        max_destinations: int = 100_000,
+        start: Callable[[], int] | None = None,
+        *,
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
         if max_destinations < 1:
             raise ValueError(f"max_destinations: must be at least 1, got {max_destinations}")
+        if not 1 <= lanes <= 256 or not 0 <= lane < lanes:
+            raise ValueError(f"lane {lane} of {lanes}: need 0 <= lane < lanes <= 256")
         self._max = max_destinations
         self._counters: OrderedDict[str, int] = OrderedDict()
         self._start = start if start is not None else _random_start
+        self._lane = lane
+        self._lanes = lanes
 
     def next(self, destination: str, bits: int) -> int:
         if bits not in (8, 16):
@@ -485,8 +499,12 @@ class RefCounter:
                 counters.popitem(last=False)
         else:
             counters.move_to_end(destination)
-        counters[destination] = (value + 1) & 0xFFFF
-        return value & ((1 << bits) - 1)
+        counters[destination] = value + 1  # unwrapped: a lane's modulus need not divide 2**16
+        lanes = self._lanes
+        if lanes == 1:
+            return value & ((1 << bits) - 1)
+        slots = ((1 << bits) - self._lane + lanes - 1) // lanes  # references in this lane
+        return self._lane + lanes * (value % slots)
 
     def __len__(self) -> int:
         return len(self._counters)

@@ -400,6 +400,35 @@ def test_ref_counter_starts_at_random_per_destination() -> None:
     assert seq[1] == (seq[0] + 1) % 256 and seq[2] == (seq[1] + 1) % 256
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    lanes=st.integers(2, 64),
+    bits=st.sampled_from([8, 16]),
+    starts=st.lists(st.integers(0, 0xFFFF), min_size=64, max_size=64),
+    draws=st.integers(1, 300),
+)
+def test_ref_counter_lanes_never_share_a_reference(
+    lanes: int, bits: int, starts: list[int], draws: int
+) -> None:
+    """Acceptor workers (one lane each) never hand the same reference out, whatever their random
+    starts; each lane walks all of its own references before it repeats one."""
+    seen: dict[int, int] = {}
+    for lane in range(lanes):
+        rc = RefCounter(start=lambda lane=lane: starts[lane], lane=lane, lanes=lanes)
+        refs = [rc.next("+8613800138000", bits) for _ in range(draws)]
+        assert all(0 <= r < (1 << bits) and r % lanes == lane for r in refs)
+        slots = len(range(lane, 1 << bits, lanes))
+        assert len(set(refs[:slots])) == min(draws, slots)
+        for r in set(refs):
+            assert seen.setdefault(r, lane) == lane
+
+
+def test_ref_counter_lane_must_fit() -> None:
+    for lane, lanes in ((2, 2), (-1, 2), (0, 0), (0, 257)):
+        with pytest.raises(ValueError):
+            RefCounter(lane=lane, lanes=lanes)
+
+
 def test_ref_counter_bounded_lru() -> None:
     rc = RefCounter(max_destinations=2, start=lambda: 0)
     rc.next("A", 8)
