@@ -471,7 +471,7 @@ class Daemon:
             await self.inbound.flush_stale_mo(now_ms, timeout_ms=timeout_ms)
 
     async def _settle(self, now_ms: int) -> None:
-        if now_ms - self._last_settle < 3_600_000:
+        if 0 <= now_ms - self._last_settle < 3_600_000:  # not skipped after a step back
             return
         self._last_settle = now_ms
         if self.ctx is not None:

@@ -351,7 +351,7 @@ class StoreConfig:
     max_queued_segments: int = field(default=1_000_000, metadata=meta(between(1, 1_000_000_000)))
     # Days a finished message (its parts), an MO and a dead-lettered webhook are kept; 0 keeps
     # them for ever. The ledger and bills are never purged (bridge/retention.py).
-    retention_days: int = field(default=0, metadata=meta(between(0, 36_500)))
+    retention_days: int = field(default=0, metadata=meta(between(0, 3650)))
 
     def _problems(self) -> Problems:
         if 0 < self.retention_days < MIN_RETENTION_DAYS:

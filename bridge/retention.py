@@ -38,17 +38,21 @@ class Retention:
     async def run(self, now: int, *, billing: bool, tz: str) -> dict[str, int]:
         if self.days <= 0:
             return {}
-        if self._last_run is not None and now - self._last_run < RUN_EVERY_MS:
+        # 0 <= ...: a clock stepped back (NTP correcting a clock that ran ahead) does not skip
+        # every run until it passes its old reading again.
+        if self._last_run is not None and 0 <= now - self._last_run < RUN_EVERY_MS:
             return {}
         self._last_run = now
         before = now - self.days * DAY_MS
+        if before <= 0:
+            return {}
         messages_before = before
         if billing:
             held = await self.unsettled(before, tz)
             if held is not None:
                 month, start = held
                 messages_before = min(before, start)
-                if self._last_warn is None or now - self._last_warn >= WARN_EVERY_MS:
+                if self._last_warn is None or not 0 <= now - self._last_warn < WARN_EVERY_MS:
                     self._last_warn = now
                     log.warning(
                         "retention: messages from %s on are kept until that month is settled "

@@ -141,7 +141,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     ),
     9: ("ALTER TABLE accounts DROP COLUMN senders",),
     10: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
-    12: ("DROP INDEX mo_inbox_received",),
+    12: ("DROP INDEX mo_inbox_received", "DROP INDEX webhook_dead_ref"),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -158,7 +158,11 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     8: ("ALTER TABLE accounts DROP COLUMN senders",),
     9: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
     10: ("DROP INDEX webhook_delivered",),
-    12: ("DROP INDEX mo_inbox_received", "DROP INDEX webhook_dead_age"),
+    12: (
+        "DROP INDEX mo_inbox_received",
+        "DROP INDEX webhook_dead_age",
+        "DROP INDEX webhook_dead_ref",
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -20,8 +21,11 @@ _FINISHED = (
 )
 _PURGE_MO = (
     "DELETE FROM mo_inbox WHERE id IN (SELECT id FROM mo_inbox WHERE received_at <= $1 "
-    "LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    "LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id"
 )
+# A dead letter goes with what it reports on: replayed after, it would be booked delivered
+# with nothing sent (the sender finds no message to render).
+_DEAD_OF = "DELETE FROM webhook_outbox WHERE state = 'dead' AND ref_id = ANY($1::text[])"
 # A dead letter's next_attempt_at is when it was given up (the webhook_dead_age index).
 _PURGE_DEAD_WEBHOOKS = (
     "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
@@ -30,12 +34,20 @@ _PURGE_DEAD_WEBHOOKS = (
 _FINAL = sorted(MSG_FINAL)
 
 
-async def _purge_messages(after: str, below: str, cutoff: int, c: asyncpg.Connection) -> list[str]:
+async def _purge_messages(
+    after: str, below: str, cutoff: int, c: asyncpg.Connection
+) -> tuple[list[str], int]:
     ids = [r[0] for r in await c.fetch(_FINISHED, after, below, cutoff, _FINAL, PURGE_CHUNK)]
-    if ids:
-        await c.execute("DELETE FROM segments WHERE message_id = ANY($1::text[])", ids)
-        await c.execute("DELETE FROM messages WHERE id = ANY($1::text[])", ids)
-    return ids
+    if not ids:
+        return [], 0
+    await c.execute("DELETE FROM segments WHERE message_id = ANY($1::text[])", ids)
+    await c.execute("DELETE FROM messages WHERE id = ANY($1::text[])", ids)
+    return ids, await _count(_DEAD_OF, (ids,), c)
+
+
+async def _purge_mo(before: int, c: asyncpg.Connection) -> tuple[int, int]:
+    ids = [r[0] for r in await c.fetch(_PURGE_MO, before, PURGE_CHUNK)]
+    return len(ids), (await _count(_DEAD_OF, (ids,), c) if ids else 0)
 
 
 async def _count(sql: str, args: tuple[Any, ...], c: asyncpg.Connection) -> int:
@@ -66,23 +78,31 @@ class RetentionMixin:
         out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
         after, below = "", id_floor("msg_", messages_before)
         for _ in range(RETENTION_MAX_CHUNKS):
-            ids = await run_tx(
+            ids, dead = await run_tx(
                 self.pool,
                 lambda c, a=after: _purge_messages(a, below, messages_before, c),
                 durable=False,
             )
             out["messages"] += len(ids)
+            out["dead_webhooks"] += dead
             if len(ids) < PURGE_CHUNK:
                 break
             after = ids[-1]
-        for key, sql in (("mo", _PURGE_MO), ("dead_webhooks", _PURGE_DEAD_WEBHOOKS)):
-            for _ in range(RETENTION_MAX_CHUNKS):
-                n = await run_tx(
-                    self.pool, lambda c, s=sql: _count(s, (before, PURGE_CHUNK), c), durable=False
-                )
-                out[key] += n
-                if n < PURGE_CHUNK:
-                    break
+        for _ in range(RETENTION_MAX_CHUNKS):
+            n, dead = await run_tx(self.pool, partial(_purge_mo, before), durable=False)
+            out["mo"] += n
+            out["dead_webhooks"] += dead
+            if n < PURGE_CHUNK:
+                break
+        for _ in range(RETENTION_MAX_CHUNKS):
+            n = await run_tx(
+                self.pool,
+                lambda c: _count(_PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK), c),
+                durable=False,
+            )
+            out["dead_webhooks"] += n
+            if n < PURGE_CHUNK:
+                break
         out["daily_counts"] = await run_tx(
             self.pool,
             lambda c: _count("DELETE FROM daily_counts WHERE day < $1", (day,), c),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
@@ -11,15 +12,17 @@ from bridge.store.base import PURGE_CHUNK, RETENTION_MAX_CHUNKS
 _FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
 
 # Finished messages in id order (ids sort by acceptance time: a primary-key range scan), after
-# the previous chunk's last id so rows kept (not final yet) are not looked at again.
+# the previous chunk's last id so rows kept (not final yet) are not looked at again. The unary
+# `+` keeps SQLite off the messages_queue index (q_state first): by it, each chunk read and
+# sorted every finished message in the store, on the event loop, even with nothing due.
 _FINISHED = (
-    "SELECT id FROM messages WHERE id>?1 AND id<?2 AND accepted_at<=?3 AND done_at<=?3 "
-    f"AND q_state='done' AND state IN ({_FINAL}) ORDER BY id LIMIT ?4"
+    "SELECT id FROM messages WHERE id>?1 AND id<?2 AND +accepted_at<=?3 AND +done_at<=?3 "
+    f"AND +q_state='done' AND +state IN ({_FINAL}) ORDER BY id LIMIT ?4"
 )
-_PURGE_MO = (
-    "DELETE FROM mo_inbox WHERE id IN "
-    "(SELECT id FROM mo_inbox INDEXED BY mo_inbox_received WHERE received_at<=? LIMIT ?)"
-)
+_OLD_MO = "SELECT id FROM mo_inbox INDEXED BY mo_inbox_received WHERE received_at<=? LIMIT ?"
+# A dead letter goes with what it reports on: replayed after, it would be booked delivered
+# with nothing sent (the sender finds no message to render).
+_DEAD_OF = "DELETE FROM webhook_outbox WHERE state='dead' AND ref_id=?"
 # A dead letter's next_attempt_at is when it was given up (the webhook_due index).
 _PURGE_DEAD_WEBHOOKS = (
     "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
@@ -27,12 +30,24 @@ _PURGE_DEAD_WEBHOOKS = (
 )
 
 
-def _purge_messages(after: str, below: str, cutoff: int, c: sqlite3.Connection) -> list[str]:
+def _purge_messages(
+    after: str, below: str, cutoff: int, c: sqlite3.Connection
+) -> tuple[list[str], int]:
     ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, PURGE_CHUNK))]
-    if ids:
-        c.executemany("DELETE FROM segments WHERE message_id=?", ids)
-        c.executemany("DELETE FROM messages WHERE id=?", ids)
-    return [i[0] for i in ids]
+    if not ids:
+        return [], 0
+    c.executemany("DELETE FROM segments WHERE message_id=?", ids)
+    c.executemany("DELETE FROM messages WHERE id=?", ids)
+    dead = c.executemany(_DEAD_OF, ids).rowcount
+    return [i[0] for i in ids], dead
+
+
+def _purge_mo(before: int, c: sqlite3.Connection) -> tuple[int, int]:
+    ids = [(r[0],) for r in c.execute(_OLD_MO, (before, PURGE_CHUNK))]
+    if not ids:
+        return 0, 0
+    c.executemany("DELETE FROM mo_inbox WHERE id=?", ids)
+    return len(ids), c.executemany(_DEAD_OF, ids).rowcount
 
 
 class RetentionMixin:
@@ -64,23 +79,29 @@ class RetentionMixin:
         out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
         after, below = "", id_floor("msg_", messages_before)
         for _ in range(RETENTION_MAX_CHUNKS):
-            ids = await write(
+            ids, dead = await write(
                 lambda c, a=after: _purge_messages(a, below, messages_before, c), durable=False
             )
             out["messages"] += len(ids)
+            out["dead_webhooks"] += dead
             if len(ids) < PURGE_CHUNK:
                 break
             after = ids[-1]
-        for key, sql in (("mo", _PURGE_MO), ("dead_webhooks", _PURGE_DEAD_WEBHOOKS)):
-            for _ in range(RETENTION_MAX_CHUNKS):
-                n = await write(
-                    lambda c, s=sql: c.execute(s, (before, PURGE_CHUNK)).rowcount,
-                    single=True,
-                    durable=False,
-                )
-                out[key] += n
-                if n < PURGE_CHUNK:
-                    break
+        for _ in range(RETENTION_MAX_CHUNKS):
+            n, dead = await write(partial(_purge_mo, before), durable=False)
+            out["mo"] += n
+            out["dead_webhooks"] += dead
+            if n < PURGE_CHUNK:
+                break
+        for _ in range(RETENTION_MAX_CHUNKS):
+            n = await write(
+                lambda c: c.execute(_PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK)).rowcount,
+                single=True,
+                durable=False,
+            )
+            out["dead_webhooks"] += n
+            if n < PURGE_CHUNK:
+                break
         out["daily_counts"] = await write(
             lambda c: c.execute("DELETE FROM daily_counts WHERE day<?", (day,)).rowcount,
             single=True,
