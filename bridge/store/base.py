@@ -79,8 +79,11 @@ WEBHOOK_RETENTION_MS = 7 * 86_400_000
 # Rows one purge statement deletes: the first sweep after a long stop has minutes of traffic to
 # drop, which as one statement held a SQLite daemon's event loop for seconds.
 PURGE_CHUNK = 2000
-# Chunks per table per retention run (every minute): 1,000,000 rows, beyond any steady rate.
-RETENTION_MAX_CHUNKS = 500
+# Finished messages one retention chunk deletes: a message is its row, its parts and a dozen
+# index entries; 2,000 of them held a SQLite daemon's event loop ~15 ms, 500 hold it ~4.
+RETENTION_CHUNK = 500
+# Chunks per table per retention run (every minute): 1,000,000 messages, beyond any steady rate.
+RETENTION_MAX_CHUNKS = 2000
 
 
 class StoreInUseError(StoreError):

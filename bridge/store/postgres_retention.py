@@ -9,7 +9,7 @@ import asyncpg
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
-from bridge.store.base import PURGE_CHUNK, RETENTION_MAX_CHUNKS
+from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK, RETENTION_MAX_CHUNKS
 from bridge.store.postgres_tx import run_tx
 
 # Finished messages in id order (ids sort by acceptance time: a primary-key range scan), after
@@ -37,7 +37,7 @@ _FINAL = sorted(MSG_FINAL)
 async def _purge_messages(
     after: str, below: str, cutoff: int, c: asyncpg.Connection
 ) -> tuple[list[str], int]:
-    ids = [r[0] for r in await c.fetch(_FINISHED, after, below, cutoff, _FINAL, PURGE_CHUNK)]
+    ids = [r[0] for r in await c.fetch(_FINISHED, after, below, cutoff, _FINAL, RETENTION_CHUNK)]
     if not ids:
         return [], 0
     await c.execute("DELETE FROM segments WHERE message_id = ANY($1::text[])", ids)
@@ -85,7 +85,7 @@ class RetentionMixin:
             )
             out["messages"] += len(ids)
             out["dead_webhooks"] += dead
-            if len(ids) < PURGE_CHUNK:
+            if len(ids) < RETENTION_CHUNK:
                 break
             after = ids[-1]
         for _ in range(RETENTION_MAX_CHUNKS):

@@ -7,7 +7,7 @@ from functools import partial
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
-from bridge.store.base import PURGE_CHUNK, RETENTION_MAX_CHUNKS
+from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK, RETENTION_MAX_CHUNKS
 
 _FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
 
@@ -33,7 +33,7 @@ _PURGE_DEAD_WEBHOOKS = (
 def _purge_messages(
     after: str, below: str, cutoff: int, c: sqlite3.Connection
 ) -> tuple[list[str], int]:
-    ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, PURGE_CHUNK))]
+    ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, RETENTION_CHUNK))]
     if not ids:
         return [], 0
     c.executemany("DELETE FROM segments WHERE message_id=?", ids)
@@ -84,7 +84,7 @@ class RetentionMixin:
             )
             out["messages"] += len(ids)
             out["dead_webhooks"] += dead
-            if len(ids) < PURGE_CHUNK:
+            if len(ids) < RETENTION_CHUNK:
                 break
             after = ids[-1]
         for _ in range(RETENTION_MAX_CHUNKS):

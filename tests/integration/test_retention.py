@@ -129,6 +129,7 @@ async def test_many_messages_go_in_chunks(api: ApiServer, monkeypatch: pytest.Mo
 
     for module in (sqlite_retention, postgres_retention):
         monkeypatch.setattr(module, "PURGE_CHUNK", 3)
+        monkeypatch.setattr(module, "RETENTION_CHUNK", 3)
     creds = await api.create_account()
     done = [await _finished(api, creds, CN[i % 3]) for i in range(8)]
     waiting = await _send(api, creds, CN[0])

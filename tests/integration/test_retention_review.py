@@ -227,6 +227,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 3 rows: many chunks (and transactions) out of a few dozen rows."""
     for module in (sqlite_retention, postgres_retention):
         monkeypatch.setattr(module, "PURGE_CHUNK", 3)
+        monkeypatch.setattr(module, "RETENTION_CHUNK", 3)
 
 
 async def _sent(api: ApiServer, mid: str, parts: int, now: int, tag: str) -> list[str]:
