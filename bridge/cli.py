@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(float(os.environ.get("SMPP_BRIDGE_SWITCH_INTERVAL", "0.0005")))
     workers = cfg.server.workers if args.workers is None else args.workers
     if args.role == "acceptor":
-        os.nice(cfg.server.acceptor_nice)  # see ServerConfig.acceptor_nice
+        _be_nicer(cfg.server.acceptor_nice)
         main_coro = Daemon(cfg, role="acceptor", config_path=args.config).run_forever
     elif workers > 0:
         from bridge.supervisor import Supervisor
@@ -79,6 +79,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     asyncio.run(main_coro())
     return 0
+
+
+def _be_nicer(increment: int) -> None:
+    """An acceptor yields the CPU to the owner (ServerConfig.acceptor_nice). Where a sandbox
+    forbids it (a seccomp filter answering EPERM), it runs at the owner's priority, with a
+    warning, rather than not at all."""
+    try:
+        os.nice(increment)
+    except OSError as exc:
+        log.warning(
+            "acceptor runs at normal priority: os.nice(%d) refused (%s); allow setpriority "
+            "(the shipped systemd unit does)",
+            increment,
+            exc.strerror or exc,
+        )
 
 
 def _use_uvloop() -> None:

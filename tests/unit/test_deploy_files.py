@@ -108,6 +108,48 @@ def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
     assert r.returncode == 0 and not problems, r.stderr
 
 
+def _syscalls(names: str) -> set[str]:
+    """System calls named by a SystemCallFilter= value: @groups expanded by systemd itself."""
+    out: set[str] = set()
+    for name in names.split():
+        if not name.startswith("@"):
+            out.add(name)
+            continue
+        r = subprocess.run(
+            ["systemd-analyze", "syscall-filter", name], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        for line in r.stdout.splitlines()[1:]:
+            line = line.strip()
+            if line.startswith("@"):
+                out |= _syscalls(line)
+            elif line and not line.startswith("#"):
+                out.add(line)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_unit_lets_acceptors_lower_their_priority() -> None:
+    """Acceptors (server.workers) call os.nice (setpriority). The unit filtered @resources, so
+    systemd killed every acceptor at start (SIGSYS) and the supervisor restarted it for ever.
+    Effective filter, by systemd's rules: the first line sets the mode (an allow-list here), a
+    `~` line takes calls out of it, a plain line puts calls back."""
+    lines = [
+        line.split("=", 1)[1]
+        for line in (REPO / "config/smpp-bridge.service").read_text().splitlines()
+        if line.startswith("SystemCallFilter=")
+    ]
+    assert not lines[0].startswith("~")
+    allowed = _syscalls(lines[0])
+    for value in lines[1:]:
+        if value.startswith("~"):
+            allowed -= _syscalls(value[1:])
+        else:
+            allowed |= _syscalls(value)
+    assert {"setpriority", "getpriority", "nice"} & allowed >= {"setpriority", "nice"}
+    assert "reboot" not in allowed and "setrlimit" not in allowed  # still hardened
+
+
 def _dockerfile_final_stage() -> list[str]:
     lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
@@ -245,3 +287,19 @@ def test_every_compose_service_running_smpp_bridge_can_load_its_config() -> None
             pytest.fail(f"service {name!r} cannot load {source}: {exc}")
         checked.append(name)
     assert sorted(checked) == ["bridge-a", "bridge-b", "sim"]
+
+
+def test_an_acceptor_refused_setpriority_runs_on_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a sandbox answering EPERM (SystemCallErrorNumber=EPERM with the call filtered) the
+    acceptor runs at normal priority instead of exiting at start."""
+    from bridge import cli
+
+    def refuse(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(cli.os, "nice", refuse)
+    with caplog.at_level("WARNING", logger="bridge.cli"):
+        cli._be_nicer(5)
+    assert "os.nice(5) refused (Operation not permitted)" in caplog.text
