@@ -10,19 +10,30 @@ inbound texts. Loopback and private ranges stay allowed: on-premise receivers li
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 
 from yarl import URL
 
+# Digits, hex digits with 0x, dots: a candidate for inet_aton's forms (never a host name: a
+# name's top label is not all digits).
+_NUMERIC_V4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
+
 
 def link_local(address: str) -> bool:
-    """An IP address (v4, v6, v4-mapped v6, or v4 as one decimal number) that is link-local."""
+    """An IP address that is link-local: v4, v6, v4-mapped v6, or v4 in any spelling the C
+    resolver reads as an address (one decimal number, hex 0xa9fea9fe, octal 0251.0376.0251.0376,
+    the short 169.254.43518): getaddrinfo, which the webhook client uses, takes them all."""
     text = address.strip("[]")
     try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-            ipaddress.IPv4Address(int(text)) if text.isdigit() else ipaddress.ip_address(text)
-        )
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
     except ValueError:
-        return False
+        if not _NUMERIC_V4.fullmatch(text):
+            return False
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_link_local

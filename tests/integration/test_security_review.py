@@ -325,8 +325,14 @@ async def test_callback_url_that_can_never_be_used_is_refused(api_server: ApiSer
         "http://[fe80::1]/hook",
         "http://[::ffff:169.254.169.254]/latest/meta-data/",
         "http://2852039166/latest/meta-data/",  # 169.254.169.254 as one decimal number
+        # Spellings getaddrinfo (the webhook client's resolver) also reads as 169.254.169.254;
+        # accepted before, then retried as DNS errors (the resolver filter kept them out).
+        "http://0xa9fea9fe/latest/meta-data/",
+        "http://0251.0376.0251.0376/latest/meta-data/",
+        "http://169.254.43518/latest/meta-data/",
+        "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
     ],
-    ids=["imds", "ipv6-link-local", "v4-mapped", "decimal"],
+    ids=["imds", "ipv6-link-local", "v4-mapped", "decimal", "hex", "octal", "short", "hex-dots"],
 )
 async def test_link_local_callback_url_is_refused(api_server: ApiServer, url: str) -> None:
     """Webhook SSRF: the sender POSTs signed reports (numbers, MO texts) wherever the URL
@@ -353,6 +359,8 @@ async def test_sane_callback_urls_stay_accepted(api_server: ApiServer) -> None:
         "https://hooks.example.com/sms/status?tenant=42&sig=abc",
         "http://10.1.2.3:8443/cb",
         "https://user:pass@hooks.example.com/cb",
+        "http://0x0a010203/cb",  # 10.1.2.3 in hex: private, allowed like the dotted form
+        "https://1.2.3.example.com/cb",  # digits in a name's labels: a name, not an address
     ):
         r = await api_server.admin(
             "PATCH", f"/admin/accounts/{creds.account_id}", json={"status_callback_url": url}
