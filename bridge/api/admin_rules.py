@@ -11,12 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import billing, review
+from bridge import billing, logs, review
 from bridge.accounts import AccountError, public_account
 from bridge.api.context import query_of
 from bridge.api.errors import ApiError
 from bridge.api.reports import query_params, refuse_unknown
-from bridge.api.rules_api import bill_for, check_month, mask, reraise
+from bridge.api.rules_api import bill_for, check_month, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.domain.dnc import parse_dnc_csv
 from bridge.domain.phone import PhoneError, normalize
@@ -147,10 +147,11 @@ async def delete_optout(request: web.Request) -> web.Response:
     source = await ctx.store.remove_optout(account.id, number, sources=None)
     if source is None:
         raise ApiError("NOT_FOUND", f"{number} is not on the opt-out list of {account.id}")
-    # Masked: the audit trail needs the account and source, not the recipient's full number.
+    # Masked as every number in the logs (country code and last four digits): the audit trail
+    # needs the account and source, not the recipient's full number.
     log.info(
         "operator lifted an opt-out",
-        extra={"account": account.id, "number": mask(number), "source": source},
+        extra={"account": account.id, "number": logs.number(number), "source": source},
     )
     return json_response(
         {"account_id": account.id, "number": number, "removed": True, "source": source}

@@ -208,7 +208,7 @@ async def delete_optout(request: web.Request) -> web.Response:
     return json_response({"number": number, "removed": True})
 
 
-def mask(e164: str) -> str:
+def erased(e164: str) -> str:
     """An erased number as records keep it: the country-code end only (+86*********)."""
     return e164[:3] + "*" * max(0, len(e164) - 3)
 
@@ -217,8 +217,8 @@ async def erase_recipient(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     number = _number(request.match_info["number"], account, "number")
-    n = await ctx.store.erase_recipient(account.id, number, mask(number), ctx.now_ms())
-    return json_response({"number": mask(number), "messages_erased": n})
+    n = await ctx.store.erase_recipient(account.id, number, erased(number), ctx.now_ms())
+    return json_response({"number": erased(number), "messages_erased": n})
 
 
 # -- money -----------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import pytest
 from aiohttp import web
 
 from bridge.accounts import AccountService
-from bridge.api.rules_api import mask
+from bridge.api.rules_api import erased as mask
 from bridge.config import WebhooksConfig
 from bridge.crypto import Sealer
 from bridge.pipeline.webhooks import WebhookSender
