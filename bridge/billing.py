@@ -72,6 +72,9 @@ def tariff_from_dict(d: Any) -> Tariff:
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise BillingError(f"{unknown[0]}: unknown tariff field", code="INVALID_TARIFF")
+    missing = [name for name in ("version", "effective_at") if name not in d]
+    if missing:
+        raise BillingError(f"{missing[0]}: required", code="INVALID_TARIFF")
     try:
         tiers_raw = d.get("tiers")
         kwargs: dict[str, Any] = {k: d[k] for k in allowed - {"tiers"} if k in d}
@@ -84,8 +87,8 @@ def tariff_from_dict(d: Any) -> Tariff:
         if "international" in kwargs and not isinstance(kwargs["international"], dict):
             raise BillingError("international: expected an object", code="INVALID_TARIFF")
         t = Tariff(**kwargs)
-    except TypeError as exc:
-        raise BillingError(f"tariff: {exc}", code="INVALID_TARIFF") from None
+    except TypeError:  # never the interpreter's words ("Tariff.__init__() missing ...")
+        raise BillingError("tariff: a field has the wrong type", code="INVALID_TARIFF") from None
     problems = validate_tariff(t)
     if problems:
         raise BillingError("; ".join(problems), code="INVALID_TARIFF")

@@ -820,6 +820,18 @@ async def test_tariff_validation_names_the_field(api_server, change, word):
     assert len((await api_server.admin("GET", "/admin/tariffs")).json["tariffs"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [({}, "version: required"), ({"version": "v9"}, "effective_at: required")],
+)
+async def test_a_tariff_missing_its_version_or_time_names_the_field(api_server, body, word):
+    """Not the interpreter's words: this was "tariff: Tariff.__init__() missing 2 required
+    positional arguments: 'version' and 'effective_at'"."""
+    r = await api_server.admin("POST", "/admin/tariffs", json=body)
+    _refused(r, 400, "INVALID_TARIFF", word)
+    assert "__init__" not in r.message and "positional" not in r.message
+
+
 async def test_tariff_body_must_be_a_json_object(api_server):
     _refused(await api_server.admin("POST", "/admin/tariffs", json=[1]), 400, "INVALID_TARIFF",
              "object")  # fmt: skip
