@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import tempfile
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Mapping
@@ -47,6 +46,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+from bridge import tempdirs
 
 __all__ = [
     "CONTENT_TYPE",
@@ -89,6 +90,9 @@ def multiprocess_dir() -> str | None:
     return None
 
 
+METRICS_DIR_PREFIX = "smpp-bridge-metrics-"
+
+
 def enable_multiprocess(path: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
     """Switch this process (and the children it starts, through the environment) to file-backed
     metric values. Call before any Metrics is built. Returns (directory, created_here).
@@ -105,7 +109,8 @@ def enable_multiprocess(path: str | os.PathLike[str] | None = None) -> tuple[Pat
             stale.unlink()
         created = False
     else:
-        directory = Path(tempfile.mkdtemp(prefix="smpp-bridge-metrics-"))
+        tempdirs.remove_stale(METRICS_DIR_PREFIX)  # left by a daemon killed with -9
+        directory = Path(tempdirs.make(METRICS_DIR_PREFIX))
         created = True
     os.environ[MULTIPROC_ENV] = str(directory)
     # prometheus_client picks the value class when it is imported; this process imported it

@@ -17,19 +17,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bridge import metrics
+from bridge import metrics, tempdirs
 from bridge.app import OWNER_INSTANCE_ENV, WORKER_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
 from bridge.reload import RESTART_PATHS, HupGate
 
 log = logging.getLogger("bridge.supervisor")
+
+
+# The acceptors' private configuration copies: $TMPDIR/smpp-bridge-<owner pid>-<random>/.
+CONFIG_COPY_PREFIX = "smpp-bridge-"
 
 
 class Supervisor:
@@ -54,7 +57,9 @@ class Supervisor:
         self._snapshot: Path | None = None
         self._snapshot_dir: str | None = None
         if config_path:
-            self._snapshot_dir = tempfile.mkdtemp(prefix="smpp-bridge-")  # mode 0700
+            for stale in tempdirs.remove_stale(CONFIG_COPY_PREFIX):  # a kill -9 left them
+                log.info("removed the configuration copy of a daemon that is gone: %s", stale)
+            self._snapshot_dir = tempdirs.make(CONFIG_COPY_PREFIX)  # mode 0700
             self._snapshot = Path(self._snapshot_dir) / "config.yaml"
             self._write_snapshot(Path(config_path).read_text(encoding="utf-8"))
 
