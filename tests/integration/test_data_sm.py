@@ -127,7 +127,7 @@ class RawEsme:
 @pytest.fixture
 async def sim() -> AsyncIterator[SimSmsc]:
     s = SimSmsc(
-        SimConfig(port=0, system_id="bridge", password="pw", receipt_delay_ms=0,
+        SimConfig(port=0, control_port=0, system_id="bridge", password="pw", receipt_delay_ms=0,
                   receipt_pdu="data_sm", outcomes={"EXPIRED": 1.0})
     )  # fmt: skip
     await s.start()

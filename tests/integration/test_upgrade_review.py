@@ -321,7 +321,14 @@ class HoldSim(SimSmsc):
 @pytest.fixture
 async def sim() -> AsyncIterator[HoldSim]:
     s = HoldSim(
-        SimConfig(enabled=True, port=0, system_id="bridge", password="bridge", receipt_delay_ms=5)
+        SimConfig(
+            enabled=True,
+            port=0,
+            control_port=0,  # ephemeral: 2776 may be a running daemon's simulator
+            system_id="bridge",
+            password="bridge",
+            receipt_delay_ms=5,
+        )
     )
     await s.start()
     yield s
