@@ -30,6 +30,7 @@ from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs, auto_settle
+from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
 from bridge.config import Config, ConfigError, implicit_sim_smsc, load_config
@@ -270,6 +271,7 @@ class Daemon:
                 make_aliyun_app(self.ctx),
                 render_aliyun_unparsed,
                 self.ctx.metrics,
+                endpoint=ALIYUN_UNPARSED,
                 access_log=None,
                 shutdown_timeout=2.0,
                 keepalive_timeout=cfg.server.idle_timeout_s,

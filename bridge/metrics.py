@@ -224,7 +224,7 @@ class Metrics:
         )
         self.webhook_deliveries = Counter(
             "smpp_bridge_webhook_deliveries",
-            "Webhook reports by kind (status, mo) and outcome (delivered, retry, dead)",
+            "Webhook reports by kind (status, mo, event) and outcome (delivered, retry, dead)",
             ["kind", "outcome"],
             registry=r,
         )
@@ -241,7 +241,10 @@ class Metrics:
         )
         # Gauges: filled just before a scrape (see the module docstring).
         self.smsc_up = Gauge(
-            "smpp_bridge_smsc_up", "1 when at least one transmitting bind is up", ["smsc"],
+            "smpp_bridge_smsc_up",
+            "1 when the SMSC can do its job: a transmitting bind up (a receive-only SMSC: a "
+            "receiving bind up)",
+            ["smsc"],
             registry=r, **live,
         )  # fmt: skip
         self.binds_up = Gauge(
@@ -395,7 +398,7 @@ class Metrics:
         for name, s in status.items():
             binds = s.get("binds") or {}
             window = s.get("window") or {}
-            self.smsc_up.labels(name).set(1 if s.get("up") else 0)
+            self.smsc_up.labels(name).set(1 if _up(s.get("up"), binds) else 0)
             self.binds_up.labels(name).set(sum(_num(b.get("up")) for b in binds.values()))
             self.binds_configured.labels(name).set(
                 sum(_num(b.get("configured")) for b in binds.values())
@@ -423,6 +426,14 @@ class Metrics:
             # process, and `smsc_up == 0` alerts fired for ever: only SMSCs configured now.
             return generate_latest(_OnlySmscs(merged, _PER_SMSC, frozenset(self._smscs)))
         return generate_latest(self.registry)
+
+
+def _up(up: Any, binds: Mapping[str, Mapping[str, Any]]) -> bool:
+    """A receive-only SMSC (an MO link, `bind_mode: receiver`) never has a transmitting bind:
+    by that rule alone it read 0 with its bind up, and `smsc_up == 0` alerts fired for ever."""
+    if any(mode != "receiver" for mode in binds):
+        return bool(up)
+    return any(_num(b.get("up")) for b in binds.values())
 
 
 _PER_SMSC = frozenset(

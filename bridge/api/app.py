@@ -265,10 +265,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str]:
+def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:
     """A request the HTTP parser refused, in the native envelope. For `bridge.api.http_errors`."""
     rid = new_request_id()
-    return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid
+    return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid, code
 
 
 def make_app(ctx: ApiContext) -> web.Application:

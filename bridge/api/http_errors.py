@@ -28,11 +28,12 @@ from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.api")
 
-# (status, native code, message) -> (status sent, body, content type, request id): each face
-# answers in its own format.
-Render = Callable[[int, str, str], tuple[int, bytes, str, str]]
+# (status, native code, message) -> (status sent, body, content type, request id, code sent):
+# each face answers, and is counted, in its own format.
+Render = Callable[[int, str, str], tuple[int, bytes, str, str, str]]
 
-# The metrics endpoint label of a request that was never parsed.
+# The metrics endpoint label of a request that was never parsed (the Alibaba face's:
+# "aliyun unparsable", beside its "aliyun <Action>" labels).
 ENDPOINT = "unparsable"
 
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -83,15 +84,16 @@ class JsonErrorServer(web.Server):
 
     render: Render
     metrics: Metrics | None
+    endpoint: str
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
 
     def answer(self, status: int, reason: str) -> web.Response:
         code = "INTERNAL_ERROR" if status >= 500 else "MALFORMED_HTTP"
-        sent, body, ctype, rid = self.render(status, code, reason)
+        sent, body, ctype, rid, counted = self.render(status, code, reason)
         if self.metrics is not None:
-            self.metrics.request(ENDPOINT, sent, code)
+            self.metrics.request(self.endpoint, sent, counted)
         resp = web.Response(status=sent, body=body, content_type=ctype.split(";")[0].strip())
         resp.headers["Content-Type"] = ctype
         resp.headers["X-Request-Id"] = rid
@@ -103,11 +105,18 @@ class AppRunner(web.AppRunner):
     """`web.AppRunner` whose server is a `JsonErrorServer`."""
 
     def __init__(
-        self, app: web.Application, render: Render, metrics: Metrics | None, **kwargs: object
+        self,
+        app: web.Application,
+        render: Render,
+        metrics: Metrics | None,
+        *,
+        endpoint: str = ENDPOINT,
+        **kwargs: object,
     ) -> None:
         super().__init__(app, **kwargs)  # type: ignore[arg-type]
         self._render = render
         self._metrics = metrics
+        self._endpoint = endpoint
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -117,4 +126,5 @@ class AppRunner(web.AppRunner):
         assert isinstance(server, JsonErrorServer)
         server.render = self._render
         server.metrics = self._metrics
+        server.endpoint = self._endpoint
         return server

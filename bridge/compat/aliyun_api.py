@@ -177,14 +177,17 @@ async def errors_middleware(
     return _respond(out, ctype, err.http_status, rid, {})
 
 
-def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str]:
-    """A request the HTTP parser refused, in Alibaba's error format (JSON: no `Format` was read).
+# The metrics endpoint of requests the HTTP parser refused on this port.
+UNPARSED_ENDPOINT = "aliyun unparsable"
 
-    For `bridge.api.http_errors`."""
+
+def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:
+    """A request the HTTP parser refused, in Alibaba's error format (JSON: no `Format` was read),
+    counted with the Code the caller got. For `bridge.api.http_errors`."""
     rid = _request_id()
     sent, acode, amessage = to_aliyun(code, message)
     out, ctype = render_error(acode, amessage, rid)
-    return sent, out, ctype, rid
+    return sent, out, ctype, rid, acode
 
 
 def make_aliyun_app(ctx: ApiContext) -> web.Application:

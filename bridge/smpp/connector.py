@@ -911,6 +911,11 @@ class Connector:
                 extra={"smsc": self.name, "status": C.status_name(status)},
             )
             return
+        # Counted as the acceptance it is (beside the TIMEOUT counted when it was due): without
+        # it a carrier answering just past the time-out looked as if it accepted nothing.
+        self._ok += 1
+        if self.on_submit is not None:
+            self.on_submit(self.name, "ok", C.status_name(status), None)
         if self.on_late_submit is not None:
             self.on_late_submit(LateSubmit(self.name, context, status, message_id))
 
