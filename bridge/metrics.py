@@ -157,8 +157,9 @@ class Metrics:
         )
         self.accept_latency = Histogram(
             "smpp_bridge_accept_latency_seconds",
-            "POST /v1/messages answered 202 (first time, not a replay): request in to answer out, "
-            "signature check, validation and the durable commit included",
+            "Sends accepted (POST /v1/messages 202, first time, not a replay; Alibaba SendSms and "
+            "SendBatchSms OK): request in to answer out, signature check, validation and the "
+            "durable commit included",
             buckets=ACCEPT_BUCKETS,
             registry=r,
         )

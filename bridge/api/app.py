@@ -89,7 +89,9 @@ async def errors_middleware(request: web.Request, handler):
         resp.force_close()  # the rest of that body may still come: the stream is not reusable
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
-    if code == "OK" and "Idempotent-Replayed" in resp.headers:
+    if code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
+        code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"
+    elif code == "OK" and "Idempotent-Replayed" in resp.headers:
         code = "REPLAYED"
     elif code == "OK" and resp.status == 202 and request.path == "/v1/messages":
         metrics.accept(elapsed)

@@ -498,6 +498,22 @@ async def test_every_alibaba_answer_is_counted_once_with_the_code_the_caller_got
     after = await scrape(d.http_port)
     assert requests_moved(before, after) == seen
     assert moved(before, after, "smpp_bridge_messages_accepted_total") == {lab(): 1}
+    # The accepted SendSms is timed like a native 202 (refusals are not): a deployment using
+    # only this face had no accept latency for the README's p99 alert.
+    assert moved(before, after, "smpp_bridge_accept_latency_seconds_count") == {lab(): 1}
+
+
+async def test_a_not_ready_answer_is_not_counted_ok(start, tmp_path):
+    """/readyz answering 503 (here: its only SMSC never binds) is counted with code NOT_READY,
+    not OK: a dashboard of refusals by code missed every not-ready answer."""
+    data = cfg(tmp_path)
+    data["smscs"][0]["port"] = free_port()  # nothing listens there: never up
+    d = await start(data, wait=None)
+    before = await scrape(d.http_port)
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
+        assert r.status == 503
+    after = await scrape(d.http_port)
+    assert requests_moved(before, after)[("GET /readyz", "503", "NOT_READY")] == 1
 
 
 async def test_malformed_http_on_the_alibaba_port_is_counted_as_the_alibaba_face(start, tmp_path):
