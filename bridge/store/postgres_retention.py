@@ -9,8 +9,9 @@ import asyncpg
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
-from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK, RETENTION_MAX_CHUNKS
+from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK
 from bridge.store.postgres_tx import run_tx
+from bridge.store.purge import purge
 
 # Finished messages in id order (ids sort by acceptance time: a primary-key range scan), after
 # the previous chunk's last id. Rows another instance holds are skipped, never waited for.
@@ -75,37 +76,21 @@ class RetentionMixin:
         )
 
     async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
-        out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
-        after, below = "", id_floor("msg_", messages_before)
-        for _ in range(RETENTION_MAX_CHUNKS):
-            ids, dead = await run_tx(
-                self.pool,
-                lambda c, a=after: _purge_messages(a, below, messages_before, c),
+        pool = self.pool
+        below = id_floor("msg_", messages_before)
+        return await purge(
+            lambda after: run_tx(
+                pool, partial(_purge_messages, after, below, messages_before), durable=False
+            ),
+            lambda: run_tx(pool, partial(_purge_mo, before), durable=False),
+            lambda: run_tx(
+                pool, partial(_count, _PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK)), durable=False
+            ),
+            lambda: run_tx(
+                pool,
+                partial(_count, "DELETE FROM daily_counts WHERE day < $1", (day,)),
                 durable=False,
-            )
-            out["messages"] += len(ids)
-            out["dead_webhooks"] += dead
-            if len(ids) < RETENTION_CHUNK:
-                break
-            after = ids[-1]
-        for _ in range(RETENTION_MAX_CHUNKS):
-            n, dead = await run_tx(self.pool, partial(_purge_mo, before), durable=False)
-            out["mo"] += n
-            out["dead_webhooks"] += dead
-            if n < PURGE_CHUNK:
-                break
-        for _ in range(RETENTION_MAX_CHUNKS):
-            n = await run_tx(
-                self.pool,
-                lambda c: _count(_PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK), c),
-                durable=False,
-            )
-            out["dead_webhooks"] += n
-            if n < PURGE_CHUNK:
-                break
-        out["daily_counts"] = await run_tx(
-            self.pool,
-            lambda c: _count("DELETE FROM daily_counts WHERE day < $1", (day,), c),
-            durable=False,
+            ),
+            message_chunk=RETENTION_CHUNK,
+            chunk=PURGE_CHUNK,
         )
-        return out

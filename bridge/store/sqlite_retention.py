@@ -7,7 +7,8 @@ from functools import partial
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
-from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK, RETENTION_MAX_CHUNKS
+from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK
+from bridge.store.purge import purge
 
 _FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
 
@@ -50,6 +51,10 @@ def _purge_mo(before: int, c: sqlite3.Connection) -> tuple[int, int]:
     return len(ids), c.executemany(_DEAD_OF, ids).rowcount
 
 
+def _rowcount(sql: str, args: tuple[object, ...], c: sqlite3.Connection) -> int:
+    return c.execute(sql, args).rowcount
+
+
 class RetentionMixin:
     """Chunked purges, one write each, so the event loop serves requests in between."""
 
@@ -76,35 +81,22 @@ class RetentionMixin:
 
     async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
         write = self._runner.write  # type: ignore[attr-defined]
-        out = {"messages": 0, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
-        after, below = "", id_floor("msg_", messages_before)
-        for _ in range(RETENTION_MAX_CHUNKS):
-            ids, dead = await write(
-                lambda c, a=after: _purge_messages(a, below, messages_before, c), durable=False
-            )
-            out["messages"] += len(ids)
-            out["dead_webhooks"] += dead
-            if len(ids) < RETENTION_CHUNK:
-                break
-            after = ids[-1]
-        for _ in range(RETENTION_MAX_CHUNKS):
-            n, dead = await write(partial(_purge_mo, before), durable=False)
-            out["mo"] += n
-            out["dead_webhooks"] += dead
-            if n < PURGE_CHUNK:
-                break
-        for _ in range(RETENTION_MAX_CHUNKS):
-            n = await write(
-                lambda c: c.execute(_PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK)).rowcount,
+        below = id_floor("msg_", messages_before)
+        return await purge(
+            lambda after: write(
+                partial(_purge_messages, after, below, messages_before), durable=False
+            ),
+            lambda: write(partial(_purge_mo, before), durable=False),
+            lambda: write(
+                partial(_rowcount, _PURGE_DEAD_WEBHOOKS, (before, PURGE_CHUNK)),
                 single=True,
                 durable=False,
-            )
-            out["dead_webhooks"] += n
-            if n < PURGE_CHUNK:
-                break
-        out["daily_counts"] = await write(
-            lambda c: c.execute("DELETE FROM daily_counts WHERE day<?", (day,)).rowcount,
-            single=True,
-            durable=False,
+            ),
+            lambda: write(
+                partial(_rowcount, "DELETE FROM daily_counts WHERE day<?", (day,)),
+                single=True,
+                durable=False,
+            ),
+            message_chunk=RETENTION_CHUNK,
+            chunk=PURGE_CHUNK,
         )
-        return out
