@@ -53,6 +53,9 @@ log = logging.getLogger("bridge.app")
 OWNER_INSTANCE_ENV = "SMPP_BRIDGE_OWNER_INSTANCE"
 # The slot (0 .. server.workers - 1) the supervisor gave an acceptor process.
 WORKER_ENV = "SMPP_BRIDGE_WORKER"
+# How many acceptors the supervisor runs: `run --workers N` overrides server.workers in the owner
+# only, and the acceptors' configuration copy keeps the file's value.
+WORKERS_ENV = "SMPP_BRIDGE_WORKERS"
 
 
 def make_router(config: Config) -> Router:
@@ -491,9 +494,9 @@ class Daemon:
 
     def _ref_counter(self) -> RefCounter:
         """Acceptor workers draw concatenation references from disjoint lanes (RefCounter)."""
-        slot = os.environ.get(WORKER_ENV, "")
-        workers = self.config.server.workers
-        if self.role == "acceptor" and slot.isdigit() and int(slot) < workers:
+        slot, count = os.environ.get(WORKER_ENV, ""), os.environ.get(WORKERS_ENV, "")
+        workers = int(count) if count.isdigit() else self.config.server.workers
+        if self.role == "acceptor" and slot.isdigit() and int(slot) < workers <= 256:
             return RefCounter(lane=int(slot), lanes=workers)
         return RefCounter()
 

@@ -69,12 +69,16 @@ def tariff_from_dict(d: Any) -> Tariff:
         "international",
         "domestic_prefix",
     }
+    if not all(isinstance(k, str) for k in d):  # YAML: `1:` or `null:` as a key
+        raise BillingError("tariff: field names must be strings", code="INVALID_TARIFF")
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise BillingError(f"{unknown[0]}: unknown tariff field", code="INVALID_TARIFF")
     missing = [name for name in ("version", "effective_at") if name not in d]
     if missing:
         raise BillingError(f"{missing[0]}: required", code="INVALID_TARIFF")
+    if isinstance(d["version"], str) and not _encodable(d["version"]):
+        raise BillingError("version: not valid text (a lone surrogate)", code="INVALID_TARIFF")
     try:
         tiers_raw = d.get("tiers")
         kwargs: dict[str, Any] = {k: d[k] for k in allowed - {"tiers"} if k in d}
@@ -93,6 +97,14 @@ def tariff_from_dict(d: Any) -> Tariff:
     if problems:
         raise BillingError("; ".join(problems), code="INVALID_TARIFF")
     return t
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Values releases before 4ebb699 stored that the service rules do not allow: domestic traffic is

@@ -20,10 +20,19 @@ from yarl import URL
 _NUMERIC_V4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
+# Cloud metadata services outside the link-local ranges: Alibaba Cloud's (in the shared
+# 100.64/10 space) and AWS's IPv6 one. The others (AWS, GCP, Azure, Huawei, Tencent, Oracle) are
+# at link-local addresses.
+_METADATA = frozenset(
+    {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
 def link_local(address: str) -> bool:
-    """An IP address that is link-local: v4, v6, v4-mapped v6, or v4 in any spelling the C
-    resolver reads as an address (one decimal number, hex 0xa9fea9fe, octal 0251.0376.0251.0376,
-    the short 169.254.43518): getaddrinfo, which the webhook client uses, takes them all."""
+    """An IP address that is link-local or a cloud metadata service (_METADATA): v4, v6,
+    v4-mapped v6, or v4 in any spelling the C resolver reads as an address (one decimal number,
+    hex 0xa9fea9fe, octal 0251.0376.0251.0376, the short 169.254.43518): getaddrinfo, which the
+    webhook client uses, takes them all."""
     text = address.strip("[]")
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
@@ -36,7 +45,9 @@ def link_local(address: str) -> bool:
             return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_link_local
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        ip = ipaddress.IPv6Address(str(ip).split("%")[0])
+    return ip.is_link_local or ip in _METADATA
 
 
 def problem(url: str) -> str | None:
@@ -54,5 +65,5 @@ def problem(url: str) -> str | None:
     except (ValueError, UnicodeError) as exc:
         return f"is not a usable URL ({type(exc).__name__})"
     if link_local(host):
-        return "points at a link-local address (such as the cloud metadata service)"
+        return "points at a link-local or cloud metadata address"
     return None

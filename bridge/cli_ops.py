@@ -367,6 +367,8 @@ def read_tariff_file(path: str) -> Any:
         raise CliError(f"{path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: not YAML or JSON: {' '.join(str(exc).split())}") from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, nesting too deep
+        raise CliError(f"{path}: a number too long or lists nested too deep to read") from None
     if isinstance(data, dict) and "effective_at" in data:
         data["effective_at"] = effective_ms(data["effective_at"])
     return data

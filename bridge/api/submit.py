@@ -352,9 +352,11 @@ class Submitter:
                 # Not always (a character outside the BMP takes two UTF-16 units; smart mapping
                 # lengthens "…"): such a message draws its reference after all, or every one of
                 # them would carry 0 and two in flight to one handset mix their parts.
-                ref = self.refs.next(number, bits) if len(text) > 70 else 0
-                enc = encode_message(text, opts, ref)
-                if ref == 0 and len(enc.parts) > 1:
+                # (None, not 0, for "not drawn": 0 is a reference like any other, and lane 0
+                # of the acceptor workers' references starts at it.)
+                ref = self.refs.next(number, bits) if len(text) > 70 else None
+                enc = encode_message(text, opts, 0 if ref is None else ref)
+                if ref is None and len(enc.parts) > 1:
                     enc = encode_message(text, opts, self.refs.next(number, bits))
             except TextError as exc:
                 raise ApiError(exc.code, exc.message) from None

@@ -54,6 +54,11 @@ class _Unusable(Exception):
     """A callback URL no POST may go to (bridge/callback_urls.py)."""
 
 
+class _OnlyForbidden(OSError):
+    """A name that resolves to nothing but link-local or metadata addresses: never usable, so
+    its reports are dead-lettered at once (as a plain DNS error they were retried for 48 h)."""
+
+
 class _NoLinkLocal(aiohttp.abc.AbstractResolver):
     """The default resolver, without link-local answers: a customer's DNS name pointing at the
     cloud metadata service (169.254.169.254) would get signed reports otherwise."""
@@ -65,11 +70,26 @@ class _NoLinkLocal(aiohttp.abc.AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         kept = [r for r in found if not callback_urls.link_local(str(r["host"]))]
         if not kept:
-            raise OSError(f"{host} resolves only to link-local addresses")
+            raise _OnlyForbidden(f"{host} resolves only to link-local or metadata addresses")
         return kept
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def _forbidden_target(exc: BaseException) -> bool:
+    """aiohttp wraps the resolver's error (ClientConnectorDNSError.os_error, or as the cause)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _OnlyForbidden):
+            return True
+        stack += [getattr(e, "os_error", None), e.__cause__, e.__context__]
+    return False
 
 
 class WebhookSender:
@@ -316,9 +336,14 @@ class WebhookSender:
         except ValueError as exc:  # yarl/IDNA: a host no request can be made to
             error, permanent = f"unusable callback URL ({type(exc).__name__})", True
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # The class and the host only: some errors spell out the whole URL, and a
-            # customer's ?token= would reach the logs and /admin/webhooks/dead.
-            error = f"{type(exc).__name__} from {_host(url)}"
+            if _forbidden_target(exc):
+                error = f"unusable callback URL: {_host(url)} resolves only to link-local or "
+                error += "metadata addresses"
+                permanent = True
+            else:
+                # The class and the host only: some errors spell out the whole URL, and a
+                # customer's ?token= would reach the logs and /admin/webhooks/dead.
+                error = f"{type(exc).__name__} from {_host(url)}"
         now_ms = int(self.clock() * 1000)
         if status is not None and 200 <= status < 300:
             await self.store.webhook_done([j.id for j in live], now_ms, lease)

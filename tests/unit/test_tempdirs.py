@@ -1,5 +1,6 @@
-"""Stale private directories (the acceptors' configuration copy, multi-process metric files) of a
-daemon killed with -9 are removed by the next start; those of live processes stay."""
+"""Abandoned private directories (the acceptors' configuration copy, multi-process metric files)
+of a daemon killed with -9 are removed by the next start; those of live processes, and any
+directory the daemon did not make, stay."""
 
 from __future__ import annotations
 
@@ -8,45 +9,68 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bridge import tempdirs
 
-
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def test_only_directories_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
-    dead, live = _dead_pid(), os.getppid()
-    gone = tmp_path / f"smpp-bridge-{dead}-abc123"
-    gone.mkdir()
-    (gone / "config.yaml").write_text("server: {admin_token: secret}\n")
-    kept = [
-        tmp_path / f"smpp-bridge-{live}-xyz",  # its daemon still runs
-        tmp_path / f"smpp-bridge-{os.getpid()}-mine",  # this process's own
-        tmp_path / f"smpp-bridge-metrics-{dead}-q1",  # another prefix
-        tmp_path / "smpp-bridge-pg-4f2a",  # not stamped
-        tmp_path / "smpp-bridge-k3j_9x2a",  # an older release's copy (no pid: left alone)
-    ]
-    for d in kept:
-        d.mkdir()
-    stray_file = tmp_path / f"smpp-bridge-{dead}-file"
-    stray_file.write_text("not a directory")
-
-    removed = tempdirs.remove_stale("smpp-bridge-", str(tmp_path))
-
-    assert removed == [gone] and not gone.exists()
-    assert all(d.is_dir() for d in kept) and stray_file.exists()
-    assert tempdirs.remove_stale("smpp-bridge-metrics-", str(tmp_path)) == [kept[2]]
+def _made_by_a_process_that_is_gone(base: Path, prefix: str) -> Path:
+    """tempdirs.make in a child that then dies with SIGKILL (no clean-up of any kind)."""
+    code = (
+        "import os, sys, tempfile; sys.path.insert(0, sys.argv[1]); tempfile.tempdir = sys.argv[2]"
+        "\nfrom bridge import tempdirs\nprint(tempdirs.make(sys.argv[3]), flush=True)"
+        "\nos.kill(os.getpid(), 9)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, ROOT, str(base), prefix], capture_output=True, text=True
+    )
+    assert done.returncode == -9, done.stderr
+    path = Path(done.stdout.strip())
+    (path / "config.yaml").write_text("server: {admin_token: secret}\n")
+    return path
 
 
-def test_made_directories_carry_the_pid_and_are_private(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+@pytest.fixture
+def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_only_abandoned_directories_of_the_prefix_are_removed(tmp: Path) -> None:
+    gone = _made_by_a_process_that_is_gone(tmp, "smpp-bridge-")
+    mine = Path(tempdirs.make("smpp-bridge-"))  # this process lives
+    other_prefix = _made_by_a_process_that_is_gone(tmp, "smpp-bridge-metrics-")
+    not_ours = [tmp / "smpp-bridge-2024-06-01", tmp / "smpp-bridge-99999999999999-x"]
+    for d in not_ours:  # an operator's, and a name past the pid range: no lock file
+        d.mkdir()
+    (tmp / "smpp-bridge-file").write_text("not a directory")
+
+    removed = tempdirs.remove_stale("smpp-bridge-", str(tmp))
+
+    # The prefix "smpp-bridge-" also matches the metrics prefix: both abandoned ones go.
+    assert sorted(removed) == sorted([gone, other_prefix])
+    assert not gone.exists() and not other_prefix.exists()
+    assert mine.is_dir() and all(d.is_dir() for d in not_ours)
+    assert (tmp / "smpp-bridge-file").exists()
+
+
+def test_a_symlink_or_an_unlocked_lookalike_outside_is_not_followed(tmp: Path) -> None:
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / tempdirs.LOCK_NAME).write_text("")
+    (outside / "precious").write_text("keep me")
+    (tmp / "smpp-bridge-1-link").symlink_to(outside, target_is_directory=True)
+    assert tempdirs.remove_stale("smpp-bridge-", str(tmp)) == []
+    assert (outside / "precious").exists()
+
+
+def test_made_directories_are_private_and_locked_while_this_process_lives(tmp: Path) -> None:
     made = Path(tempdirs.make("smpp-bridge-"))
-    assert made.parent == tmp_path and made.name.startswith(f"smpp-bridge-{os.getpid()}-")
+    assert made.parent == tmp and made.name.startswith(f"smpp-bridge-{os.getpid()}-")
     assert made.stat().st_mode & 0o777 == 0o700
-    assert tempdirs.remove_stale("smpp-bridge-", str(tmp_path)) == []  # ours: alive
+    assert (made / tempdirs.LOCK_NAME).is_file()
+    assert tempdirs.remove_stale("smpp-bridge-", str(tmp)) == []  # ours: held
