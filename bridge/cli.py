@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         main_coro = Supervisor(cfg, args.config, workers).run
     else:
+        _fresh_metric_files()
         main_coro = Daemon(cfg, config_path=args.config).run_forever
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
     if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
@@ -79,6 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     asyncio.run(main_coro())
     return 0
+
+
+def _fresh_metric_files() -> None:
+    """One process with PROMETHEUS_MULTIPROC_DIR set (an operator's environment) writes its
+    values to files there, and a scrape merges every file: the files of earlier runs were added
+    to this one's counters. Emptied at start, as the workers supervisor does."""
+    from bridge import metrics
+
+    if os.environ.get(metrics.MULTIPROC_ENV):
+        metrics.enable_multiprocess()
 
 
 def _be_nicer(increment: int) -> None:

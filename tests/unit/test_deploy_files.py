@@ -303,3 +303,30 @@ def test_an_acceptor_refused_setpriority_runs_on_with_a_warning(
     with caplog.at_level("WARNING", logger="bridge.cli"):
         cli._be_nicer(5)
     assert "os.nice(5) refused (Operation not permitted)" in caplog.text
+
+
+def test_one_process_with_a_metrics_dir_set_starts_from_empty_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set in the environment with `workers: 0`: the files an earlier
+    run left there were merged into this run's counters; the start empties them."""
+    from bridge import cli, metrics
+
+    stale = tmp_path / "counter_4242.db"
+    stale.write_bytes(b"an earlier run's values")
+    keep = tmp_path / "notes.txt"
+    keep.write_text("not a metrics file")
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    try:
+        cli._fresh_metric_files()
+        assert not stale.exists() and keep.exists()
+    finally:
+        metrics.disable_multiprocess(tmp_path, created=False)
+
+
+def test_without_a_metrics_dir_nothing_is_switched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge import cli, metrics
+
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    cli._fresh_metric_files()
+    assert metrics.multiprocess_dir() is None
