@@ -227,6 +227,10 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"store not reachable: {type(ping.exception()).__name__}")
     elif not ping.result():
         problems.append("store not reachable")
+    else:
+        why = ctx.store.write_problem()
+        if why is not None:  # sends answer 503 STORE_UNAVAILABLE meanwhile
+            problems.append(why)
     smscs = ctx.smsc_status()
     if smscs and not any(s.get("up") for s in smscs.values()):
         problems.append("no SMSC bound")

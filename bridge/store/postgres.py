@@ -391,6 +391,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             raise StoreClosedError("store is closed")
         return self._pool
 
+    def write_problem(self) -> str | None:
+        """The server's disk is the server's to watch: a full one fails writes (503) and ping."""
+        return None
+
     async def ping(self) -> bool:
         return await self.pool.fetchval("SELECT 1") == 1
 

@@ -118,6 +118,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             conn.execute("ROLLBACK")
             raise
 
+    def write_problem(self) -> str | None:
+        """Why writes fail now though the store answers reads (/readyz), or None."""
+        if self._runner.disk_full():
+            return "store not writable: the disk is full"
+        return None
+
     async def ping(self) -> bool:
         # A read of the file itself (SELECT 1 alone never touched it: a lost or unreadable
         # database still answered ready). Not ready once a WAL fsync failed: every durable write

@@ -37,6 +37,15 @@ from bridge.store.base import (
 
 log = logging.getLogger("bridge.store")
 _commit_failures = logs.Throttled(log)
+# Free space at which a store refused for a full disk counts as writable again (/readyz).
+FREE_AGAIN_BYTES = 1 << 20
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+    )
+
 
 # Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
@@ -110,6 +119,8 @@ class SqliteRunner:
         self.lock_waits = 0
         self.reruns = 0  # batches run again with savepoints after a bare job raised
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
+        # The last write failed for a full disk, and none has committed since (see disk_full).
+        self._full = False
         self._owner_fd: int | None = None  # see hold_ownership
         # The file the connection opened (device, inode), and why it is no longer the store on
         # disk, once seen (see check_files).
@@ -243,6 +254,19 @@ class SqliteRunner:
                 else loop.call_soon(self._run_now)
             )
         return await fut
+
+    def disk_full(self) -> bool:
+        """Writes fail for a full disk: set by a write refused with SQLITE_FULL, cleared by the
+        next commit, or here once the file system has room again (an acceptor that /readyz
+        keeps out of traffic would otherwise never write again to find out)."""
+        if self._full:
+            try:
+                st = os.statvfs(self._path.parent)
+            except OSError:
+                return True
+            if st.f_bavail * st.f_frsize >= FREE_AGAIN_BYTES:
+                self._full = False
+        return self._full
 
     @property
     def sync_failed(self) -> bool:
@@ -397,8 +421,10 @@ class SqliteRunner:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.jobs_done += len(batch)
+                self._full = False
                 break
             except _TransactionLost as lost:
+                self._full = self._full or _is_full(lost.error)
                 # SQLite rolled the whole transaction back (a disk full or I/O error inside a
                 # statement): that job fails with its own error, the others run again in a new
                 # transaction. Carried on, the next jobs ran in autocommit (committed behind
@@ -409,6 +435,7 @@ class SqliteRunner:
                 if not batch:
                     return
             except Exception as exc:  # the commit itself failed: nothing landed
+                self._full = self._full or _is_full(exc)
                 if is_unavailable(exc):
                     _commit_failures.error("store commit failed", exc)
                 else:

@@ -598,6 +598,14 @@ def _tmpfs(path: Path, size: str) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+async def _readyz(port: int) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as r,
+    ):
+        return r.status, await r.json()
+
+
 def _fill(path: Path) -> None:
     with open(path, "wb", buffering=0) as f:
         try:
@@ -646,6 +654,10 @@ async def test_disk_full_answers_503_loses_nothing_and_recovers(tmp_path: Path) 
                         refused[f"{exc.status} {exc.code}"] += 1
                 assert refused, "the disk was full: something should have been refused"
                 assert set(refused) == {"503 STORE_UNAVAILABLE"}, refused
+                # /readyz says so (it answered 200 all along: monitoring saw nothing).
+                status, body = await _readyz(daemon.port)
+                assert status == 503, body
+                assert "store not writable: the disk is full" in body["problems"], body
                 await asyncio.sleep(1.5)  # receipts of the first 100 arrive on a full disk
                 nacked = sim.counters["receipts_nacked"]
                 filler.unlink()
@@ -659,6 +671,7 @@ async def test_disk_full_answers_503_loses_nothing_and_recovers(tmp_path: Path) 
                     return True
 
                 await wait_until(sends_again, 10, 0.2)
+                assert (await _readyz(daemon.port))[0] == 200
 
                 async def all_delivered() -> bool:
                     return all([await _status(client, m) == "delivered" for m in accepted])
