@@ -28,7 +28,7 @@ _METADATA = frozenset(
 )
 
 
-def link_local(address: str) -> bool:
+def forbidden(address: str) -> bool:
     """An IP address that is link-local or a cloud metadata service (_METADATA): v4, v6,
     v4-mapped v6, or v4 in any spelling the C resolver reads as an address (one decimal number,
     hex 0xa9fea9fe, octal 0251.0376.0251.0376, the short 169.254.43518): getaddrinfo, which the
@@ -64,6 +64,6 @@ def problem(url: str) -> str | None:
         host.encode("idna")  # a label over 63 characters, or one IDNA refuses
     except (ValueError, UnicodeError) as exc:
         return f"is not a usable URL ({type(exc).__name__})"
-    if link_local(host):
+    if forbidden(host):
         return "points at a link-local or cloud metadata address"
     return None

@@ -68,7 +68,7 @@ class _NoLinkLocal(aiohttp.abc.AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[Any]:
         found = await self._inner.resolve(host, port, family)
-        kept = [r for r in found if not callback_urls.link_local(str(r["host"]))]
+        kept = [r for r in found if not callback_urls.forbidden(str(r["host"]))]
         if not kept:
             raise _OnlyForbidden(f"{host} resolves only to link-local or metadata addresses")
         return kept
