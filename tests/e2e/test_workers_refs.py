@@ -10,13 +10,14 @@ read from the parts the daemon stored, as it will send them.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import DaemonProcess, client_for, config_dict
+from tests.e2e.harness import DaemonProcess, client_for, config_dict, wait_until
 from tests.e2e.test_store_ops_review import _create_account
 
 NUMBER = "+8613800138000"
@@ -32,6 +33,13 @@ def _refs(db: Path) -> list[int]:
     return [h[3] for h in heads]
 
 
+def _listening(log: Path) -> set[str]:
+    """The acceptors (by instance) that have logged their HTTP listener: /readyz answers once
+    the first one listens, and a loaded machine may start the second one seconds later (every
+    connection made meanwhile lands on the first)."""
+    return set(re.findall(r"acceptor listening on \S+ \(instance (\S+),", log.read_text()))
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreading: Linux")
 async def test_two_acceptors_never_hand_one_number_the_same_reference(tmp_path: Path) -> None:
     cfg = config_dict(tmp_path)
@@ -41,6 +49,7 @@ async def test_two_acceptors_never_hand_one_number_the_same_reference(tmp_path: 
     daemon.start()
     try:
         await daemon.wait_ready(30)
+        await wait_until(lambda: len(_listening(daemon.log)) == 2, 30, 0.05)
         async with client_for(daemon.port, creds) as client:
             # Concurrent requests open many connections, which the kernel spreads over both
             # (40: under the 50-a-day frequency limit for one number).
