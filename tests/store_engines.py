@@ -142,6 +142,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     9: ("ALTER TABLE accounts DROP COLUMN senders",),
     10: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
     12: ("DROP INDEX mo_inbox_received", "DROP INDEX webhook_dead_ref"),
+    13: ("ALTER TABLE messages DROP COLUMN end_error",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -163,6 +164,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "DROP INDEX webhook_dead_age",
         "DROP INDEX webhook_dead_ref",
     ),
+    13: ("ALTER TABLE messages DROP COLUMN end_error",),
 }
 
 

@@ -43,7 +43,7 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
-from bridge.store.rules_rows import AIR_SENT_PG
+from bridge.store.rules_rows import AIR_SENT_PG, END_ERROR
 
 # Namespaces (first key) of the two-int advisory locks; the second key is hashtext(name).
 # A distinctive constant so the locks cannot collide with another application's.
@@ -578,8 +578,8 @@ async def record_submits(
     expired = [r for r in results if r.outcome == "expired"]
     if expired:
         await c.execute(
-            "UPDATE segments s SET state = $3, error_code = 'VALIDITY_EXPIRED', done_at = $4 "
-            "FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
+            f"UPDATE segments s SET state = $3, error_code = {END_ERROR.format(seg='s')}, "
+            "done_at = $4 FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
             "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued'",
             [r.message_id for r in expired],
             [r.seq for r in expired],
@@ -873,7 +873,8 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
     ]
     if expired:
         await c.execute(
-            "UPDATE segments SET state = $2, done_at = $3, error_code = 'VALIDITY_EXPIRED' "
+            "UPDATE segments SET state = $2, done_at = $3, "
+            f"error_code = {END_ERROR.format(seg='segments')} "
             "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
             expired,
             lc.SEG_EXPIRED_UNSENT,

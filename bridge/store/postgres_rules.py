@@ -840,7 +840,9 @@ class RulesStoreMixin:
             found = await c.fetchval(f"SELECT COUNT(*) FROM messages WHERE {where}", *args)
             # Waiting for rows a claim scan holds a moment (not skipping them): PostgreSQL then
             # reads them again, so a message the claim did not take is still canceled.
-            ended = await end_queued_where(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now)
+            ended = await end_queued_where(
+                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, in_flight=False
+            )
             return ended, int(found)
 
         return await run_tx(self.pool, job)
@@ -898,10 +900,12 @@ async def end_queued_where(
     args: Sequence[Any],
     error: str,
     now: int,
+    *,
+    in_flight: bool = True,
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as
-    sqlite_rules.end_queued says. The rows are locked in id order (the pipeline's order); a
-    message a dispatcher holds is not queued and goes out.
+    sqlite_rules.end_queued says, those on a bind included with `in_flight`. The rows are
+    locked in id order (the pipeline's order).
 
     Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
     again, so one the claim passed over or parked is still ended. Skipped, an opted-out number's
@@ -909,15 +913,16 @@ async def end_queued_where(
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
 
+    states = "('queued', 'claimed')" if in_flight else "('queued')"
     rows = await c.fetch(
-        f"SELECT id, {NEVER_TRIED} FROM messages WHERE {where} "
-        "AND q_state = 'queued' ORDER BY id FOR UPDATE",
+        f"SELECT id, q_state = 'queued' AND {NEVER_TRIED} FROM messages WHERE {where} "
+        f"AND q_state IN {states} ORDER BY id FOR UPDATE",
         *args,
     )
     queued = [r[0] for r in rows if r[1]]
-    tried = [r[0] for r in rows if not r[1]]
-    if tried:  # see _hold_tried
-        await _hold_tried(c, tried, now)
+    held = [r[0] for r in rows if not r[1]]
+    if held:  # see _hold_tried
+        await _hold_tried(c, held, now, error)
     if queued:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = $4 "
@@ -931,17 +936,18 @@ async def end_queued_where(
     return len(queued)
 
 
-async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int) -> None:
-    """Queued messages already handed to an SMSC (a submit unanswered, released to wait for its
-    late answer; a part accepted before the message came back) are not ended here: ended and
+async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int, error: str) -> None:
+    """Messages on a bind, or queued after one (a submit unanswered, released to wait for its
+    late answer; a part accepted before the message came back), are not ended here: ended and
     refunded now, a late acceptance would find nothing to record and the SMSC deliver for free.
-    Their validity ends now instead: past their hold the next claim or sweep ends them unsent,
-    unless the late answer came."""
+    Their validity ends now instead: past their hold the next claim or sweep ends them unsent
+    with `error` (end_error), unless the late answer came."""
     await c.execute(
-        "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2) "
-        "WHERE id = ANY($1::text[])",
+        "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2), "
+        "end_error = COALESCE(end_error, $3) WHERE id = ANY($1::text[])",
         ids,
         now,
+        error,
     )
 
 
@@ -976,7 +982,7 @@ async def _erase(
     # blanked parts to the mask.
     held = [r[0] for r in rows if r[1] == "claimed" or (r[1] == "queued" and not r[2])]
     if held:
-        await _hold_tried(c, held, now)
+        await _hold_tried(c, held, now, "ERASED")
     if queued:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'ERASED' "

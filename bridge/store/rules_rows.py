@@ -25,6 +25,14 @@ LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
 # releases that sent nothing (no route, no bind) take theirs back.
 NEVER_TRIED = "segments_sent = 0 AND q_attempts = 0"
 
+# The code a part ends with once its message's validity ran out: why the message was ended while
+# it was on a bind (messages.end_error: an opt-out, a disabled account, a deleted template or
+# sign, an erasure), else VALIDITY_EXPIRED. {seg}: the name or alias of segments in the UPDATE.
+END_ERROR = (
+    "COALESCE((SELECT m.end_error FROM messages m WHERE m.id = {seg}.message_id), "
+    "'VALIDITY_EXPIRED')"
+)
+
 # segments_sent counts segments on the air, as `segments` does, not PDUs: a message sent whole in
 # message_payload (split: payload) is one PDU the SMSC splits into `segments`, and international
 # traffic is billed per transmitted segment (refund_share, settlement). {n}: the PDUs accepted

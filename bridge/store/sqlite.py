@@ -61,6 +61,7 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
+from bridge.store.rules_rows import END_ERROR
 from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
@@ -768,7 +769,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 now,
                 from_state="queued",
                 to_state=lc.SEG_EXPIRED_UNSENT,
-                error="VALIDITY_EXPIRED",
+                error=END_ERROR.format(seg="segments"),
                 release=True,
                 now=now,
             )
@@ -778,7 +779,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 now - receipt_timeout_ms,
                 from_state="sent",
                 to_state=lc.SEG_TIMEOUT,
-                error="NO_RECEIPT",
+                error="'NO_RECEIPT'",
                 release=False,
                 now=now,
             )
@@ -1269,14 +1270,16 @@ def _settle_parts(
     release: bool,
     now: int,
 ) -> int:
-    """Move the `from_state` parts of the messages `select_sql` finds to `to_state`, then roll
-    those messages up together (one batched roll-up, not one per message)."""
+    """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
+    error code SQL expression `error`, then roll those messages up together (one batched
+    roll-up, not one per message)."""
     ids = [mid for (mid,) in c.execute(select_sql, (bound,)).fetchall()]
     if not ids:
         return 0
     c.executemany(
-        "UPDATE segments SET state=?, done_at=?, error_code=? WHERE message_id=? AND state=?",
-        [(to_state, now, error, mid, from_state) for mid in ids],
+        f"UPDATE segments SET state=?, done_at=?, error_code={error} "
+        "WHERE message_id=? AND state=?",
+        [(to_state, now, mid, from_state) for mid in ids],
     )
     pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
     return len(ids)

@@ -14,7 +14,7 @@ from typing import Any
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_rules
 from bridge.store.models import LateAccept, ReceiptIn, Release, SubmitResult
-from bridge.store.rules_rows import AIR_SENT
+from bridge.store.rules_rows import AIR_SENT, END_ERROR
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
 
@@ -236,8 +236,8 @@ def record_submits(
             c.execute("UPDATE messages SET smsc=? WHERE id=?", (r.smsc, r.message_id))
         elif r.outcome == "expired":
             c.execute(
-                "UPDATE segments SET state=?, error_code='VALIDITY_EXPIRED', done_at=? "
-                "WHERE message_id=? AND seq=? AND state='queued'",
+                f"UPDATE segments SET state=?, error_code={END_ERROR.format(seg='segments')}, "
+                "done_at=? WHERE message_id=? AND seq=? AND state='queued'",
                 (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq),
             )
         elif r.outcome == "unknown":

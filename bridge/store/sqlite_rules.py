@@ -755,7 +755,10 @@ class RulesStoreMixin:
 
         def job(c: sqlite3.Connection) -> tuple[int, int]:
             found = c.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
-            return end_queued(c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now), found
+            ended = end_queued(
+                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, in_flight=False
+            )
+            return ended, found
 
         return await self._runner.write(job)
 
@@ -785,7 +788,13 @@ class RulesStoreMixin:
 
 
 def end_queued(
-    c: sqlite3.Connection, where: str, args: tuple[Any, ...], error: str, now: int
+    c: sqlite3.Connection,
+    where: str,
+    args: tuple[Any, ...],
+    error: str,
+    now: int,
+    *,
+    in_flight: bool = True,
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
     expired unsent with `error`, refunded like any message that ends unsent.
@@ -793,8 +802,10 @@ def end_queued(
     Those already handed to an SMSC (a submit unanswered, released to wait for its late answer;
     a part accepted before the message came back) are not ended here: ended and refunded now, a
     late acceptance would find nothing to record and the SMSC deliver for free. Their validity
-    ends now instead: past their hold the next claim or sweep ends them unsent, unless the late
-    answer came."""
+    ends now instead: past their hold the next claim or sweep ends them unsent with `error`
+    (end_error), unless the late answer came. With `in_flight`, so do those on a bind now: not
+    recalled, but one that comes back to the queue (a throttle, a timeout) is not sent again to
+    a number that opted out, for an account disabled, or with a template deleted."""
     from bridge.store import sqlite_pipeline as pipe
 
     rows = c.execute(
@@ -804,8 +815,15 @@ def end_queued(
     tried = [r[0] for r in rows if not r[1]]
     if tried:
         c.executemany(
-            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1) WHERE id=?2",
-            [(now, mid) for mid in tried],
+            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1), "
+            "end_error=COALESCE(end_error, ?2) WHERE id=?3",
+            [(now, error, mid) for mid in tried],
+        )
+    if in_flight:
+        c.execute(
+            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?), ?), "
+            f"end_error=COALESCE(end_error, ?) WHERE {where} AND q_state='claimed'",
+            (now, now, error, *args),
         )
     if queued:
         c.executemany(
@@ -818,14 +836,9 @@ def end_queued(
 
 
 def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
-    end_queued(c, where, args, "ERASED", now)
     # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
-    # next claim finds it expired instead of sending the blanked parts to the mask.
-    c.execute(
-        f"UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?), ?) "
-        f"WHERE {where} AND q_state='claimed'",
-        (now, now, *args),
-    )
+    # next claim ends it instead of sending the blanked parts to the mask.
+    end_queued(c, where, args, "ERASED", now)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))

@@ -957,6 +957,111 @@ async def test_an_erased_message_in_flight_is_not_sent_again(store: Store) -> No
     assert again[0].expires_at is not None and again[0].expires_at <= NOW + 5
 
 
+IN_FLIGHT_ENDS = ["RECIPIENT_OPTED_OUT", "ACCOUNT_DISABLED", "SIGN_DELETED", "TEMPLATE_DELETED",
+                  "ERASED"]  # fmt: skip
+
+
+async def _end_while_claimed(store: Store, reason: str, at: int) -> None:
+    if reason == "RECIPIENT_OPTED_OUT":
+        await store.add_optouts("acc_a", [CN], "mo", at)
+    elif reason == "ACCOUNT_DISABLED":
+        await store.update_account("acc_a", {"status": "disabled"}, at)
+    elif reason == "SIGN_DELETED":
+        assert await store.delete_sign("acc_a", "Acme", at) == 0  # nothing queued: on a bind
+    elif reason == "TEMPLATE_DELETED":
+        assert await store.delete_template("acc_a", "T1", at) == 0
+    else:
+        assert await store.erase_recipient("acc_a", CN, "+86138****8000", at) == 1
+
+
+async def _claimed_pair(store: Store) -> None:
+    """m1 (3 parts, to CN) and m2 (to CN2, another sign and template) on a bind."""
+    await funded(store, 1000)
+    await sign(store, "Other")
+    for code in ("T1", "T2"):
+        await store.add_template(
+            Template(code, "acc_a", "notification", code, "hi", "", False, "approved", None, NOW)
+        )
+    m1 = message("m1", parts=3, template="T1", kind="notification")
+    m2 = message("m2", CN2, sign="Other", template="T2", kind="notification")
+    assert (await send(store, m1, rules=billed(m1, template_code="T1"))).accepted
+    assert (await send(store, m2, rules=billed(m2, sign_name="Other", template_code="T2"))).accepted
+    assert sorted(w.id for w in await store.claim("inst-1", 10, NOW + 1, LEASE)) == ["m1", "m2"]
+
+
+@pytest.mark.parametrize("reason", IN_FLIGHT_ENDS)
+async def test_a_message_ended_on_a_bind_is_not_sent_when_it_comes_back(
+    store: Store, reason: str
+) -> None:
+    """An opt-out, a disable, a sign or template deleted, an erasure while a message is on a
+    bind: it cannot be recalled, but its first part throttled (released to retry), its next
+    claim finds it expired and the dispatcher ends the rest unsent with the reason, refunded
+    for what never went out. Before, the retry sent the parts to a number that had opted out,
+    for an account disabled. The other message on the bind, untouched by the action, is sent."""
+    await _claimed_pair(store)
+    await _end_while_claimed(store, reason, NOW + 5)
+    # m1's first part went out, its second was throttled; m2 went out whole.
+    await store.record_submits(
+        [sent("m1", 1), sent("m2", 1)], [Release("m1", NOW + 6, count_attempt=True)], NOW + 6
+    )
+    again = await store.claim("inst-1", 10, NOW + 10, LEASE)
+    assert [w.id for w in again] == ["m1"]
+    w = again[0]
+    assert w.expires_at is not None and w.expires_at <= NOW + 5
+    await store.record_submits(
+        [SubmitResult("m1", s.seq, "expired", "", at=NOW + 10) for s in w.segments], [], NOW + 10
+    )
+    m1 = await store.get_message("acc_a", "m1")
+    assert m1 is not None and (m1.state, m1.error_code, m1.segments_sent) == ("sent", reason, 1)
+    assert await store.claim("inst-1", 10, NOW + DAY, LEASE) == []
+    m2 = await store.get_message("acc_a", "m2")
+    assert m2 is not None and (m2.state, m2.error_code) == ("sent", None)
+
+
+@pytest.mark.parametrize("reason", ["RECIPIENT_OPTED_OUT", "ACCOUNT_DISABLED"])
+async def test_the_sweep_ends_a_returned_message_with_its_reason(store: Store, reason: str) -> None:
+    """Released with nothing sent and never claimed again (its route down): the sweep ends it
+    with the reason too, once its hold is over, and refunds it whole."""
+    await _claimed_pair(store)
+    await _end_while_claimed(store, reason, NOW + 5)
+    await store.record_submits(
+        [sent("m2", 1)], [Release("m1", NOW + 6, count_attempt=True)], NOW + 6
+    )
+    before = await cash(store)
+    await store.sweep(NOW + MIN, receipt_timeout_ms=DAY)
+    m1 = await store.get_message("acc_a", "m1")
+    assert m1 is not None and (m1.state, m1.error_code) == ("expired", reason)
+    assert await cash(store) == before + 300
+    assert await store.claim("inst-1", 10, NOW + DAY, LEASE) == []
+
+
+async def test_an_end_while_on_a_bind_keeps_the_first_reason_and_a_delivery(store: Store) -> None:
+    """Two ends while on a bind keep the first reason; a message whose parts all went out
+    is delivered as usual (nothing came back to the queue)."""
+    await _claimed_pair(store)
+    await _end_while_claimed(store, "ACCOUNT_DISABLED", NOW + 5)
+    await _end_while_claimed(store, "RECIPIENT_OPTED_OUT", NOW + 6)
+    await store.record_submits(
+        [sent("m1", 1), sent("m1", 2), sent("m1", 3), sent("m2", 1)], [], NOW + 7
+    )
+    await store.apply_receipts([rcpt("m2-1")], NOW + 8)
+    m2 = await store.get_message("acc_a", "m2")
+    assert m2 is not None and (m2.state, m2.error_code) == ("delivered", None)
+    await store.record_submits([], [], NOW + 9)
+    m1 = await store.get_message("acc_a", "m1")
+    assert m1 is not None and (m1.state, m1.error_code) == ("sent", None)
+
+
+async def test_a_cancel_leaves_a_message_on_a_bind_alone(store: Store) -> None:
+    """A cancel answers for what it ended: a message on a bind is not canceled, and a throttle
+    then sends it as before (the API said it was not canceled)."""
+    await _claimed_pair(store)
+    assert await store.cancel_queued("acc_a", NOW + 5, message_id="m1") == (0, 1)
+    await store.record_submits([], [Release("m1", NOW + 6, count_attempt=True)], NOW + 6)
+    again = await store.claim("inst-1", 10, NOW + 10, LEASE)
+    assert [w.id for w in again] == ["m1"] and again[0].expires_at is None
+
+
 async def test_close_account(store: Store) -> None:
     await funded(store, 1000, status_url="https://cb.example/st")
     await store.add_key(key("K1"), max_active=2)
