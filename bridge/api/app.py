@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bridge import jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
-from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, ApiContext
+from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, STREAM_CUT, ApiContext
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
 from bridge.ids import random_bytes
@@ -89,7 +89,9 @@ async def errors_middleware(request: web.Request, handler):
         resp.force_close()  # the rest of that body may still come: the stream is not reusable
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
-    if code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
+    if code == "OK" and STREAM_CUT in request:  # headers said 200, then the stream broke
+        code = request[STREAM_CUT]
+    elif code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
         code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"
     elif code == "OK" and "Idempotent-Replayed" in resp.headers:
         code = "REPLAYED"

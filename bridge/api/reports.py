@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.api.context import PRINCIPAL, REQUEST_ID, query_of
+from bridge.api.context import PRINCIPAL, REQUEST_ID, STREAM_CUT, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
@@ -229,6 +229,7 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(0)
     except ConnectionError:  # the client went away: nothing to tell it
         log.info("cdr download aborted by the client account=%s rows=%d", account.id, rows)
+        request[STREAM_CUT] = "CLIENT_GONE"
         return resp
     except Exception:
         # Headers are out: an error envelope can no longer be sent. Cut the connection so the
@@ -241,6 +242,7 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
         )
         if request.transport is not None:
             request.transport.close()
+        request[STREAM_CUT] = "STREAM_FAILED"
         return resp
     await resp.write_eof()
     return resp

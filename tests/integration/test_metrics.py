@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.api import reports
 from bridge.app import Daemon
 from bridge.client import BridgeClient, BridgeError
 from bridge.metrics import MULTIPROC_ENV
@@ -194,6 +196,57 @@ async def test_an_smsc_going_down_shows_in_the_bind_gauges(daemon):
     assert val(m, "smpp_bridge_binds_up", smsc="sim") == 0
     assert val(m, "smpp_bridge_binds_configured", smsc="sim") == 1
     assert val(m, "smpp_bridge_window_size", smsc="sim") == 0
+
+
+@pytest.mark.parametrize("cut", ["CLIENT_GONE", "STREAM_FAILED"])
+async def test_a_cdr_download_cut_mid_stream_is_not_counted_ok(daemon, monkeypatch, cut):
+    """Its headers said 200, then the stream broke: the client went away (CLIENT_GONE) or a
+    store read failed (STREAM_FAILED, the connection cut). Counted OK before, so a dashboard
+    showed no trouble. Pages of one row (reports.CDR_PAGE), the second page's read held until
+    the client is gone."""
+    d = daemon
+    creds = await create_account(d, "cdrs")
+    async with client_for(d.http_port, creds) as c:
+        for i in range(3):
+            await c.send(f"+861380013800{i}", text="hi")
+    monkeypatch.setattr(reports, "CDR_PAGE", 1)
+    real = d.store.cdr_page
+    second = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def held(*args: Any) -> Any:
+        if args[3] is not None:  # the second page
+            second.set()
+            if cut == "STREAM_FAILED":
+                raise RuntimeError("disk on fire")
+            await gone.wait()
+            await asyncio.sleep(0.3)  # the server sees the connection lost
+        return await real(*args)
+
+    monkeypatch.setattr(d.store, "cdr_page", held)
+    month = time.strftime("%Y-%m", time.gmtime())
+    signer = client_for(d.http_port, creds)
+    headers = signer.signed_headers("GET", "/v1/cdrs", f"month={month}", b"", {})
+    async with aiohttp.ClientSession() as s:
+        resp = await s.get(f"http://127.0.0.1:{d.http_port}/v1/cdrs?month={month}", headers=headers)
+        assert resp.status == 200
+        async with asyncio.timeout(10):
+            await second.wait()
+        if cut == "STREAM_FAILED":
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        resp.close()
+        gone.set()
+    await signer.close()
+
+    async def counted() -> Samples | None:
+        m = await metrics_of(d.http_port)
+        return m if val(m, "smpp_bridge_api_requests_total", **cdrs, code=cut) else None
+
+    cdrs = dict(endpoint="GET /v1/cdrs", status="200")
+    m = await wait_until(counted, 10, 0.1)
+    assert val(m, "smpp_bridge_api_requests_total", **cdrs, code=cut) == 1
+    assert val(m, "smpp_bridge_api_requests_total", **cdrs, code="OK") == 0
 
 
 async def test_two_daemons_in_one_process_count_apart(tmp_path):

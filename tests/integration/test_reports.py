@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.api import reports
 from bridge.api.admin_ops import queue_view, smsc_view
@@ -456,6 +457,18 @@ async def test_cdr_store_failure_mid_stream_cuts_the_connection(
     monkeypatch.setattr(store, "cdr_page", real)
     r = await api_server.request("GET", "/v1/cdrs", creds=a, query="month=2026-03")
     assert len(parse_csv(r.body)) == 1 + CDR_PAGE + 5  # the server carries on
+    # Counted as what it was: the headers said 200, the answer was cut (before: OK).
+    assert cdr_answers(api_server) == {("200", "STREAM_FAILED"): 1.0, ("200", "OK"): 1.0}
+
+
+def cdr_answers(api_server) -> dict[tuple[str, str], float]:
+    text = api_server.ctx.metrics.exposition().decode()
+    return {
+        (s.labels["status"], s.labels["code"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "smpp_bridge_api_requests_total" and s.labels["endpoint"] == "GET /v1/cdrs"
+    }
 
 
 @pytest.mark.parametrize(
