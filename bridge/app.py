@@ -45,6 +45,7 @@ from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store
+from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
 from bridge.wiring import make_sealer, open_store
 
@@ -504,9 +505,13 @@ class Daemon:
         if self._retention is None:
             self._retention = Retention(self.store, self.config.store.retention_days)
         cfg = self.config
-        purged = await self._retention.run(
-            now_ms, billing=cfg.billing.enabled, tz=cfg.rules.timezone
-        )
+        try:
+            purged = await self._retention.run(
+                now_ms, billing=cfg.billing.enabled, tz=cfg.rules.timezone
+            )
+        except PurgeFailed as exc:  # what went before the failure is gone: counted
+            self.metrics.purged(exc.purged)
+            raise
         if any(purged.values()):
             log.info("retention purge %s", purged)
             self.metrics.purged(purged)

@@ -249,6 +249,38 @@ async def test_a_cdr_download_cut_mid_stream_is_not_counted_ok(daemon, monkeypat
     assert val(m, "smpp_bridge_api_requests_total", **cdrs, code="OK") == 0
 
 
+async def test_a_retention_run_failing_part_way_counts_what_it_purged(daemon, monkeypatch):
+    """The sweeper's retention step: messages purged before a later step failed (each chunk
+    its own commit) are counted in smpp_bridge_retention_purged_total, and the failure still
+    reaches the sweeper's log (raised)."""
+    from bridge.retention import DAY_MS, Retention
+    from bridge.store import purge, sqlite_retention
+    from bridge.store.models import BillRow
+
+    d = daemon
+    creds = await create_account(d, "retained")
+    async with client_for(d.http_port, creds) as c:
+        sent = [await c.send(f"+861380013800{i}", text="hi") for i in range(2)]
+        for r in sent:
+            assert await final(c, r["messages"][0]["id"]) == "delivered"
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    later = int(time.time() * 1000) + 32 * DAY_MS
+    d._retention = Retention(d.store, 31)
+    tz = d.config.rules.timezone
+    while held := await d._retention.unsettled(later - 31 * DAY_MS, tz):  # billing is on
+        for account in await d.store.list_accounts():
+            await d.store.save_bill(BillRow(account.id, held[0], "{}", later), [])
+    monkeypatch.setattr(sqlite_retention, "_purge_mo", broken)
+    with pytest.raises(purge.PurgeFailed):
+        await d._retain(later)
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_retention_purged_total", kind="messages") == 2
+    assert val(m, "smpp_bridge_retention_purged_total", kind="mo") == 0
+
+
 async def test_two_daemons_in_one_process_count_apart(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -23,6 +23,7 @@ import tests.store_engines as engines  # noqa: E402
 from bridge.domain.settlement import month_of  # noqa: E402
 from bridge.retention import DAY_MS, RUN_EVERY_MS, Retention  # noqa: E402
 from bridge.store.models import BillRow, MoMessage  # noqa: E402
+from bridge.store.purge import PurgeFailed  # noqa: E402
 from tests.integration.conftest import ApiServer, Creds  # noqa: E402
 
 engine = engines.engine
@@ -138,6 +139,36 @@ async def test_many_messages_go_in_chunks(api: ApiServer, monkeypatch: pytest.Mo
     assert purged["messages"] == 8
     assert [await _status(api, creds, m) for m in done] == [404] * 8
     assert await _status(api, creds, waiting) == 200
+
+
+async def test_a_run_failing_part_way_says_what_it_purged(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MO step fails after the messages went (each chunk its own commit): the run raises
+    PurgeFailed with the messages it purged, so the metric still counts them; the next run
+    purges the rest."""
+    from bridge.store import postgres_retention, sqlite_retention
+
+    creds = await api.create_account()
+    done = [await _finished(api, creds, CN[i % 3]) for i in range(4)]
+    now = api.ctx.now_ms()
+    old = MoMessage("mo_old", creds.account_id, "sim", CN[0], "10690000", "STOP", now)
+    assert await api.store.store_mo(old)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    for module in (sqlite_retention, postgres_retention):
+        monkeypatch.setattr(module, "_purge_mo", broken)
+    later = now + 32 * DAY_MS
+    with pytest.raises(PurgeFailed) as failed:
+        await Retention(api.store, 31).run(later, billing=False, tz=TZ)
+    assert failed.value.purged == {"messages": 4, "mo": 0, "dead_webhooks": 0, "daily_counts": 0}
+    assert [await _status(api, creds, m) for m in done] == [404] * 4
+    assert await api.store.get_mo("mo_old") is not None
+    monkeypatch.undo()
+    purged = await Retention(api.store, 31).run(later, billing=False, tz=TZ)
+    assert (purged["messages"], purged["mo"]) == (0, 1)
 
 
 async def test_mo_dead_webhooks_and_daily_counts_past_the_retention_go(api: ApiServer) -> None:
