@@ -556,9 +556,9 @@ async def auto_settle(store: Any, tariffs: Tariffs, config: Any, now: int) -> li
     accounts = await store.list_accounts()
     out: list[dict[str, Any]] = []
     for month, end in reversed(months):  # oldest first
-        pending = [
-            a for a in accounts if a.created_at < end and await store.get_bill(a.id, month) is None
-        ]
+        # One query (the retention's hold asks the same), not a bill read per account.
+        unbilled = set(await store.unbilled_accounts(month, end))
+        pending = [a for a in accounts if a.id in unbilled]
         if pending:
             out += [
                 {**r, "month": month}

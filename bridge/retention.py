@@ -75,7 +75,7 @@ class Retention:
             if start >= before:
                 return None
             if (tz, month) not in self._settled:
-                if await self.store.unbilled_accounts(month, end) > 0:
+                if await self.store.unbilled_accounts(month, end):
                     return month, start
                 self._settled.add((tz, month))
             month = next_month(month)

@@ -278,8 +278,9 @@ class Store(Protocol):
         """When the oldest message still stored was made (its id's time), None if none is."""
         ...
 
-    async def unbilled_accounts(self, month: str, end: int) -> int:
-        """Accounts created before `end` (the month's end) that have no bill for `month`."""
+    async def unbilled_accounts(self, month: str, end: int) -> list[str]:
+        """Ids of the accounts created before `end` (the month's end) that have no bill for
+        `month`: who needs a bill, for automatic settlement and for the retention's hold."""
         ...
 
     async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:

@@ -65,15 +65,14 @@ class RetentionMixin:
         first = await self.pool.fetchval("SELECT MIN(id) FROM messages")
         return None if first is None else id_time_ms(first, "msg_")
 
-    async def unbilled_accounts(self, month: str, end: int) -> int:
-        return int(
-            await self.pool.fetchval(
-                "SELECT COUNT(*) FROM accounts a WHERE a.created_at < $1 AND NOT EXISTS "
-                "(SELECT 1 FROM bills b WHERE b.account_id = a.id AND b.month = $2)",
-                end,
-                month,
-            )
+    async def unbilled_accounts(self, month: str, end: int) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT a.id FROM accounts a WHERE a.created_at < $1 AND NOT EXISTS "
+            "(SELECT 1 FROM bills b WHERE b.account_id = a.id AND b.month = $2) ORDER BY a.id",
+            end,
+            month,
         )
+        return [r[0] for r in rows]
 
     async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
         pool = self.pool

@@ -67,15 +67,16 @@ class RetentionMixin:
 
         return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
 
-    async def unbilled_accounts(self, month: str, end: int) -> int:
-        def job(c: sqlite3.Connection) -> int:
-            return int(
-                c.execute(
-                    "SELECT COUNT(*) FROM accounts a WHERE a.created_at<? AND NOT EXISTS "
-                    "(SELECT 1 FROM bills b WHERE b.account_id=a.id AND b.month=?)",
+    async def unbilled_accounts(self, month: str, end: int) -> list[str]:
+        def job(c: sqlite3.Connection) -> list[str]:
+            return [
+                r[0]
+                for r in c.execute(
+                    "SELECT a.id FROM accounts a WHERE a.created_at<? AND NOT EXISTS "
+                    "(SELECT 1 FROM bills b WHERE b.account_id=a.id AND b.month=?) ORDER BY a.id",
                     (end, month),
-                ).fetchone()[0]
-            )
+                )
+            ]
 
         return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
 
