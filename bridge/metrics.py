@@ -90,7 +90,7 @@ def multiprocess_dir() -> str | None:
     return None
 
 
-METRICS_DIR_PREFIX = "smpp-bridge-metrics-"
+METRICS_DIR_PREFIX = tempdirs.PREFIX + "metrics-"
 
 
 def enable_multiprocess(path: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
@@ -109,7 +109,7 @@ def enable_multiprocess(path: str | os.PathLike[str] | None = None) -> tuple[Pat
             stale.unlink()
         created = False
     else:
-        tempdirs.remove_stale(METRICS_DIR_PREFIX)  # left by a daemon killed with -9
+        tempdirs.sweep_once()  # left by a daemon killed with -9
         directory = Path(tempdirs.make(METRICS_DIR_PREFIX))
         created = True
     os.environ[MULTIPROC_ENV] = str(directory)

@@ -32,7 +32,7 @@ log = logging.getLogger("bridge.supervisor")
 
 
 # The acceptors' private configuration copies: $TMPDIR/smpp-bridge-<owner pid>-<random>/.
-CONFIG_COPY_PREFIX = "smpp-bridge-"
+CONFIG_COPY_PREFIX = tempdirs.PREFIX
 
 
 class Supervisor:
@@ -57,8 +57,7 @@ class Supervisor:
         self._snapshot: Path | None = None
         self._snapshot_dir: str | None = None
         if config_path:
-            for stale in tempdirs.remove_stale(CONFIG_COPY_PREFIX):  # a kill -9 left them
-                log.info("removed the configuration copy of a daemon that is gone: %s", stale)
+            tempdirs.sweep_once()  # a kill -9 left them
             self._snapshot_dir = tempdirs.make(CONFIG_COPY_PREFIX)  # mode 0700
             self._snapshot = Path(self._snapshot_dir) / "config.yaml"
             self._write_snapshot(Path(config_path).read_text(encoding="utf-8"))

@@ -16,15 +16,31 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = ".owner.lock"
+PREFIX = "smpp-bridge-"  # every such directory's name starts so: one sweep finds them all
 
 # The lock files of this process's directories, held open (and locked) until it exits.
 _held: list[int] = []
+_swept = False
+
+
+def sweep_once() -> None:
+    """At start, before the first directory is made: remove every abandoned one (the
+    configuration copies and the metric files of a daemon killed with -9), once a process."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for stale in remove_stale(PREFIX):
+        log.info("removed the private directory of a daemon that is gone: %s", stale)
 
 
 def make(prefix: str) -> str:

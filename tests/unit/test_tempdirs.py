@@ -74,3 +74,28 @@ def test_made_directories_are_private_and_locked_while_this_process_lives(tmp: P
     assert made.stat().st_mode & 0o777 == 0o700
     assert (made / tempdirs.LOCK_NAME).is_file()
     assert tempdirs.remove_stale("smpp-bridge-", str(tmp)) == []  # ours: held
+
+
+def test_the_start_sweeps_every_kind_once(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor (configuration copies) and the metrics (metric files) both call
+    sweep_once at start: one listing of $TMPDIR removes both kinds, the second call none."""
+    from bridge.metrics import METRICS_DIR_PREFIX
+    from bridge.supervisor import CONFIG_COPY_PREFIX
+
+    monkeypatch.setattr(tempdirs, "_swept", False)
+    copy = _made_by_a_process_that_is_gone(tmp, CONFIG_COPY_PREFIX)
+    metric_files = _made_by_a_process_that_is_gone(tmp, METRICS_DIR_PREFIX)
+    listings = []
+    real = tempdirs.remove_stale
+    monkeypatch.setattr(tempdirs, "remove_stale", lambda *a: listings.append(a) or real(*a))
+    with caplog.at_level("INFO", logger="bridge.tempdirs"):
+        tempdirs.sweep_once()
+        later = _made_by_a_process_that_is_gone(tmp, CONFIG_COPY_PREFIX)
+        tempdirs.sweep_once()
+    assert listings == [(tempdirs.PREFIX,)]
+    assert not copy.exists() and not metric_files.exists() and later.exists()
+    assert sorted(r.getMessage().rsplit(" ", 1)[1] for r in caplog.records) == sorted(
+        [str(copy), str(metric_files)]
+    )
