@@ -621,14 +621,18 @@ async def test_window_in_use_rtt_timeout_and_connection_lost(start, tmp_path):
     queue depth; answered 0.6 s later, each RTT lands in the (0.5, 1] bucket; two left
     unanswered past response_timeout_s count TIMEOUT twice (no RTT); the ones in flight when the
     connection drops count CONNECTION_LOST; the window reads 0 afterwards and the bind is back."""
-    d = await start(cfg(tmp_path, smscs=[{"response_timeout_s": 1}]))
+    # response_timeout_s 2: the answers 0.6 s after the submits keep 1.4 s to spare on a loaded
+    # machine (at 1 s a slow scrape in between turned them into time-outs).
+    d = await start(cfg(tmp_path, smscs=[{"response_timeout_s": 2}]))
     creds = await create_account(d)
     sim, loop = d.sim, asyncio.get_running_loop()
     real = sim._on_submit
     held: list[tuple[Any, Any]] = []
+    held_at: list[float] = []
 
     def hold(sess: Any, pdu: Any, out: list[bytes], now: float) -> None:
         held.append((sess, pdu))
+        held_at.append(loop.time())
 
     def answer(sess: Any, pdu: Any) -> None:
         buf: list[bytes] = []
@@ -645,10 +649,11 @@ async def test_window_in_use_rtt_timeout_and_connection_lost(start, tmp_path):
             waiting = await scrape(d.http_port)
             assert waiting.val("smpp_bridge_window_in_use", smsc="sim") == 3
             assert waiting.val("smpp_bridge_queue_depth") == 3
-            await asyncio.sleep(0.6)
-            for sess, pdu in held:
+            for (sess, pdu), at in zip(held, held_at, strict=True):  # each 0.6 s after it came
+                await asyncio.sleep(max(0.0, at + 0.6 - loop.time()))
                 answer(sess, pdu)
             held.clear()
+            held_at.clear()
             await wait_until(lambda: d.connectors["sim"].snapshot()["window"]["in_use"] == 0, 5)
             answered = await scrape(d.http_port)
             assert answered.val("smpp_bridge_window_in_use", smsc="sim") == 0
@@ -668,7 +673,7 @@ async def test_window_in_use_rtt_timeout_and_connection_lost(start, tmp_path):
                 n = m.val("smpp_bridge_segments_submitted_total", smsc="sim", status="TIMEOUT")
                 return m if n >= 2 else None
 
-            late = await wait_until(timed_out, 5, 0.1)
+            late = await wait_until(timed_out, 10, 0.1)
             assert moved(answered, late, "smpp_bridge_segments_submitted_total") == {
                 lab(smsc="sim", status="TIMEOUT"): 2
             }
@@ -750,9 +755,9 @@ async def test_a_submit_accepted_after_its_timeout_shows_as_accepted(start, tmp_
 
 
 async def test_accept_latency_and_loop_lag_put_a_known_delay_in_its_bucket(start, tmp_path):
-    """Checked fine: a send whose durable commit takes 0.7 s is one observation in the (0.5, 1]
-    bucket of smpp_bridge_accept_latency_seconds (sum 0.7-1 s); the event loop blocked for
-    0.75 s is one lag observation in (0.5, 1] under role "all"; the lag timer ticks about ten
+    """Checked fine: a send whose durable commit takes 0.6 s is one observation in the (0.5, 1]
+    bucket of smpp_bridge_accept_latency_seconds (sum 0.6-1 s); the event loop blocked for
+    0.7 s is one lag observation in (0.5, 1] under role "all"; the lag timer ticks about ten
     times a second."""
     d = await start(cfg(tmp_path))
     creds = await create_account(d)
@@ -760,7 +765,7 @@ async def test_accept_latency_and_loop_lag_put_a_known_delay_in_its_bucket(start
     real_accept = d.store.accept
 
     async def slow_accept(*args: Any, **kw: Any) -> Any:
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.6)  # 0.4 s to spare for a loaded machine
         return await real_accept(*args, **kw)
 
     before = await scrape(d.http_port)
@@ -771,14 +776,14 @@ async def test_accept_latency_and_loop_lag_put_a_known_delay_in_its_bucket(start
             await c.send(CN, text="slow commit")
     finally:
         d.store.accept = real_accept  # type: ignore[method-assign]
-    time.sleep(0.75)  # the whole event loop stands still
+    time.sleep(0.7)  # the whole event loop stands still
     await asyncio.sleep(0.6)
     after = await scrape(d.http_port)
-    running = time.monotonic() - t_before - 0.75  # the time the loop could tick
+    running = time.monotonic() - t_before - 0.7  # the time the loop could tick
     acc = moved(before, after, "smpp_bridge_accept_latency_seconds_bucket")
     assert acc.get(lab(le="0.5"), 0) == 0 and acc[lab(le="1.0")] == 1, acc
     assert (
-        0.7
+        0.6
         <= after.val("smpp_bridge_accept_latency_seconds_sum")
         - before.val("smpp_bridge_accept_latency_seconds_sum")
         < 1.0
