@@ -189,6 +189,19 @@ async def get_stats(request: web.Request) -> web.Response:
     )
 
 
+class _ClientGone(Exception):
+    """A write found the client gone. Not any ConnectionError: a store read raises those too (a
+    PostgreSQL down), and taken for the client's, the download ended as a short CSV that looks
+    complete."""
+
+
+async def _write(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+    except ConnectionError as exc:
+        raise _ClientGone from exc
+
+
 async def get_cdrs(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
@@ -219,7 +232,7 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
             page = await ctx.store.cdr_page(account.id, since, until, after, CDR_PAGE)
             writer.writerows(cdr_row(m) for m in page)
             rows += len(page)
-            await resp.write(buf.getvalue().encode())
+            await _write(resp, buf.getvalue().encode())
             buf.seek(0)
             buf.truncate()
             if len(page) < CDR_PAGE:
@@ -227,7 +240,7 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
             after = (page[-1].accepted_at, page[-1].id)
             # Store reads run on the loop thread: let accepts and receipts in between pages.
             await asyncio.sleep(0)
-    except ConnectionError:  # the client went away: nothing to tell it
+    except _ClientGone:  # nothing to tell it
         log.info("cdr download aborted by the client account=%s rows=%d", account.id, rows)
         request[STREAM_CUT] = "CLIENT_GONE"
         return resp

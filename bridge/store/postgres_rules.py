@@ -602,8 +602,11 @@ class RulesStoreMixin:
                     entries[i : i + _DNC_CHUNK],
                     info.id,
                 )
-            queued = await c.fetch("SELECT id, recipient FROM messages WHERE q_state = 'queued'")
-            blocked = blocked_ids([(r[0], r[1]) for r in queued], frozenset(entries))
+            # On a bind too: end_queued_where holds those (not sent again if they come back).
+            waiting = await c.fetch(
+                "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
+            )
+            blocked = blocked_ids([(r[0], r[1]) for r in waiting], frozenset(entries))
             ended = 0
             for i in range(0, len(blocked), _DNC_CHUNK):
                 ended += await end_queued_where(

@@ -519,9 +519,12 @@ class RulesStoreMixin:
                 "INSERT OR IGNORE INTO dnc_entries (prefix, list_id) VALUES (?,?)",
                 [(p, info.id) for p in entries],
             )
-            queued = c.execute("SELECT id, recipient FROM messages WHERE q_state='queued'")
+            # On a bind too: end_queued holds those (not sent again if they come back).
+            waiting = c.execute(
+                "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
+            )
             ended = 0
-            for chunk in _chunks(blocked_ids(queued.fetchall(), frozenset(entries)), 400):
+            for chunk in _chunks(blocked_ids(waiting.fetchall(), frozenset(entries)), 400):
                 where = f"id IN ({_marks(len(chunk))})"
                 ended += end_queued(c, where, tuple(chunk), "RECIPIENT_BLOCKED", info.imported_at)
             return ended
