@@ -947,7 +947,9 @@ async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int, error: st
     with `error` (end_error), unless the late answer came."""
     await c.execute(
         "UPDATE messages SET expires_at = LEAST(COALESCE(expires_at, $2), $2), "
-        "end_error = COALESCE(end_error, $3) WHERE id = ANY($1::text[])",
+        # Unless its own validity ran out first (SET reads the row as it was).
+        "end_error = CASE WHEN COALESCE(expires_at, $2 + 1) > $2 THEN COALESCE(end_error, $3) "
+        "ELSE end_error END WHERE id = ANY($1::text[])",
         ids,
         now,
         error,

@@ -790,6 +790,14 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
 
+# The reason a held message ends with (?2 at ?1), unless its own validity ran out first (the
+# SET expressions read the row as it was).
+_END = (
+    "end_error=CASE WHEN COALESCE(expires_at, ?1 + 1) > ?1 THEN COALESCE(end_error, ?2) "
+    "ELSE end_error END"
+)
+
+
 def end_queued(
     c: sqlite3.Connection,
     where: str,
@@ -818,15 +826,14 @@ def end_queued(
     tried = [r[0] for r in rows if not r[1]]
     if tried:
         c.executemany(
-            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1), "
-            "end_error=COALESCE(end_error, ?2) WHERE id=?3",
+            f"UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1), {_END} WHERE id=?3",
             [(now, error, mid) for mid in tried],
         )
     if in_flight:
         c.execute(
-            "UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?), ?), "
-            f"end_error=COALESCE(end_error, ?) WHERE {where} AND q_state='claimed'",
-            (now, now, error, *args),
+            f"UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1), {_END} "
+            f"WHERE {where} AND q_state='claimed'",
+            (now, error, *args),
         )
     if queued:
         c.executemany(

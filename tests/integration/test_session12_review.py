@@ -220,9 +220,9 @@ async def test_an_opt_out_lifted_while_on_the_bind_still_ends_the_message(store:
 async def test_an_earlier_validity_is_kept_and_a_later_one_cut(store: Store) -> None:
     """Checked right: a message on a bind whose own validity ends before the opt-out keeps it
     (MIN/LEAST, not overwritten by `now`); one whose validity ends later is cut to the opt-out's
-    time. Both come back expired at their claim. Doubtful (not a defect I would fail): the first
-    still ends with RECIPIENT_OPTED_OUT although its own validity had already run out
-    (end_error is set whatever expires_at was)."""
+    time. Both come back expired at their claim. Doubtful at review, changed since: the first
+    ended with RECIPIENT_OPTED_OUT although its own validity had already run out; it ends
+    VALIDITY_EXPIRED now (end_error is set only while the validity lasts)."""
     await _funded(store)
     await _send(
         store,
@@ -238,6 +238,14 @@ async def test_an_earlier_validity_is_kept_and_a_later_one_cut(store: Store) -> 
     )
     again = await _claim_ids(store, NOW + 10)
     assert {k: w.expires_at for k, w in again.items()} == {"m1": NOW + 2, "m2": NOW + 5}
+    await store.record_submits(
+        [SubmitResult(k, 2, "expired", "", at=NOW + 10) for k in again], [], NOW + 10
+    )
+    ends = {k: await store.get_message("acc_a", k) for k in again}
+    assert {k: m.error_code for k, m in ends.items() if m is not None} == {
+        "m1": "VALIDITY_EXPIRED",
+        "m2": "RECIPIENT_OPTED_OUT",
+    }
 
 
 async def test_a_late_acceptance_inside_the_hold_is_kept_and_the_rest_ends_refunded(
