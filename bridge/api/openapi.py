@@ -979,6 +979,14 @@ def _report_schemas() -> dict[str, Any]:
                     "description": "every day from `from` to `to`, zeros on days without traffic",
                 },
                 "totals": _schema("StatsTotals"),
+                "history_from": _nullable(
+                    {
+                        **day["properties"]["date"],
+                        "description": "with store.retention_days set, the first day whose "
+                        "messages are all still stored: counts of earlier days may read low or 0 "
+                        "(their finished messages were purged); null while everything is kept",
+                    }
+                ),
             }
         ),
         "SmscStatus": _obj(

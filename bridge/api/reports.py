@@ -185,8 +185,18 @@ async def get_stats(request: web.Request) -> web.Response:
             "timezone": "UTC",
             "days": days,
             "totals": totals,
+            "history_from": history_from(ctx.config.store.retention_days, ctx.now_ms()),
         }
     )
+
+
+def history_from(retention_days: int, now: int) -> str | None:
+    """The first UTC day whose messages are all still stored: store.retention_days purges the
+    finished messages of older ones, so their counts may read low or 0, which a client must not
+    take for a day without traffic. None while everything is kept."""
+    if retention_days <= 0:
+        return None
+    return day_string(max(0, -(-(now - retention_days * DAY_MS) // DAY_MS)))
 
 
 class _ClientGone(Exception):

@@ -177,6 +177,7 @@ async def test_stats_per_utc_day_from_real_life_cycles(api_server, make_account,
         "timezone": "UTC",
         "days": [{"date": "2026-03-01", **day0}, {"date": "2026-03-02", **day1}],
         "totals": {k: day0[k] + day1[k] for k in zero},
+        "history_from": None,  # everything is kept (store.retention_days 0)
     }
 
     # Days without traffic are listed with zeros; a8 is on 03-03, nothing on 03-04.
@@ -959,3 +960,20 @@ async def test_admin_replay_needs_json(api_server):
         "POST", "/admin/webhooks/replay", body=b"{", content_type="application/json"
     )
     assert (r.status, r.code) == (400, "INVALID_JSON")
+
+
+async def test_stats_name_the_first_day_the_retention_keeps_whole(make_api, clock) -> None:
+    """With store.retention_days, days before the cut-off may have lost their finished messages:
+    `history_from` names the first UTC day still whole, so a client does not read a purged day's
+    zeros as a day without traffic."""
+    api = await make_api({"store": {"retention_days": 31}})
+    creds = await api.create_account()
+    clock.freeze(1_772_409_600 + 3_600)  # 2026-03-02T01:00:00Z: the cut-off is 01-30 01:00
+    r = await api.request("GET", "/v1/stats", creds=creds, query="from=2026-01-29&to=2026-01-31")
+    assert r.status == 200, r.json
+    assert r.json["history_from"] == "2026-01-31"
+    clock.freeze(1_772_409_600)  # midnight: the cut-off is a day's start, that day is whole
+    r = await api.request("GET", "/v1/stats", creds=creds, query="from=2026-01-29&to=2026-01-31")
+    assert r.json["history_from"] == "2026-01-30"
+    assert reports.history_from(0, 1_772_409_600_000) is None
+    assert reports.history_from(31, 31 * reports.DAY_MS - 1) == "1970-01-01"
