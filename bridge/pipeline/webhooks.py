@@ -59,9 +59,10 @@ class _OnlyForbidden(OSError):
     its reports are dead-lettered at once (as a plain DNS error they were retried for 48 h)."""
 
 
-class _NoLinkLocal(aiohttp.abc.AbstractResolver):
-    """The default resolver, without link-local answers: a customer's DNS name pointing at the
-    cloud metadata service (169.254.169.254) would get signed reports otherwise."""
+class _SafeResolver(aiohttp.abc.AbstractResolver):
+    """The default resolver, without link-local or cloud metadata answers
+    (callback_urls.forbidden): a customer's DNS name pointing at the metadata service
+    (169.254.169.254, 100.100.100.200) would get signed reports otherwise."""
 
     def __init__(self) -> None:
         self._inner = aiohttp.DefaultResolver()
@@ -132,7 +133,7 @@ class WebhookSender:
         behind the reports that were due before it. (Chunks used to queue for a semaphore while
         their lease ran out, and another sender then POSTed the same reports.)"""
         # bounded by the tasks started, below; names resolving to link-local addresses refused
-        connector = aiohttp.TCPConnector(limit=0, resolver=_NoLinkLocal())
+        connector = aiohttp.TCPConnector(limit=0, resolver=_SafeResolver())
         self._session = aiohttp.ClientSession(connector=connector)
         running: dict[asyncio.Task[None], tuple[str, str, str]] = {}
         try:

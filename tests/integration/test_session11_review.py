@@ -23,7 +23,7 @@ tariff files with odd keys, lone surrogates, huge numbers or deep nesting get pl
    100.100.100.200 and AWS's fd00:ec2::254 are accepted (callback_urls.py).
 4. LOW     test_a_name_resolving_only_to_the_metadata_address_is_refused_when_set and
    ..._is_dead_lettered_at_once: the README's "or a name resolving only there" holds for neither
-   (callback_urls.problem never resolves; webhooks._NoLinkLocal's OSError is booked a retry).
+   (callback_urls.problem never resolves; webhooks._SafeResolver's OSError is booked a retry).
 5. LOW     test_a_directory_the_daemon_did_not_make_is_not_removed[...]: any
    `smpp-bridge-<digits>-*` directory of the user is deleted (tempdirs.remove_stale).
 6. LOW     test_a_stamped_name_past_the_pid_range_does_not_stop_the_daemon_starting:
@@ -1542,7 +1542,7 @@ def test_a_stored_name_resolving_only_to_the_metadata_address_is_dead_lettered_a
     answers), but the report is booked a retryable network error,
     `ClientConnectorDNSError from metadata.google.internal`, and retried for
     webhooks.retry_for_hours (48 h), the reason lost: bridge/pipeline/webhooks.py
-    _NoLinkLocal.resolve raises a plain OSError, which aiohttp wraps as a DNS error and _deliver
+    _SafeResolver.resolve raises a plain OSError, which aiohttp wraps as a DNS error and _deliver
     books as a retry like any DNS failure."""
     result = _named_probe(tmp_path)
     state, attempts, error = result["outbox"]
