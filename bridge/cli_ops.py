@@ -172,7 +172,7 @@ def cmd_template(args: argparse.Namespace) -> int:
         if args.action == "review" and args.code is not None:
             if decided is None:
                 raise CliError(f"template review {args.code}: give --approve or --reject REASON")
-            t = await review.decide_template(ops.store, args.code, *decided, ops.now)
+            t = await review.decide_template(ops.store, args.code, *decided, ops.now, args.revision)
             _print(review.template_view(t, operator=True))
             return 0
         if decided is not None:
@@ -489,6 +489,12 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     tr.add_argument("code", nargs="?")
     tr.add_argument("--account", help="only this account's pending templates")
     _decide(tr, required=False)
+    tr.add_argument(
+        "--revision",
+        type=int,
+        help="decide only if the template is still at this revision (as listed): a correction "
+        "the customer made since is not decided unseen",
+    )
     tpl.set_defaults(fn=cmd_template)
 
     bill = sub.add_parser("bill", help="balances, top-ups, vouchers, cards, monthly bills")

@@ -95,12 +95,12 @@ def new_template_code() -> str:
     return f"SMS_{secrets.randbelow(900_000_000) + 100_000_000}"
 
 
-async def submit_template(
-    store: Any, account_id: str, body: Any, now: int, config: Config, content_filter: ContentFilter
-) -> Template:
-    data = _fields(
-        body, {"type", "name", "content", "remark", "allow_urls"}, {"type", "name", "content"}
-    )
+_TEMPLATE_FIELDS = {"type", "name", "content", "remark", "allow_urls"}
+
+
+def _template_values(data: dict[str, Any]) -> tuple[str, str, str, str, bool]:
+    """(type, name, content, remark, allow_urls) of a submission or of a correction merged
+    over the template it corrects."""
     kind = data["type"]
     if kind not in TEMPLATE_KINDS:
         raise ReviewError("INVALID_FIELD", f"type: one of {', '.join(TEMPLATE_KINDS)}")
@@ -112,6 +112,18 @@ async def submit_template(
     allow_urls = data.get("allow_urls", False)
     if not isinstance(allow_urls, bool):
         raise ReviewError("INVALID_FIELD", "allow_urls: expected true or false")
+    return kind, name, content, remark, allow_urls
+
+
+async def _auto_review(
+    store: Any,
+    account_id: str,
+    kind: str,
+    content: str,
+    config: Config,
+    content_filter: ContentFilter,
+) -> tuple[str, str | None]:
+    """(status, reason) the automatic review gives: pending (for an operator) or rejected."""
     longest = max((len(s.name) for s in await store.list_signs(account_id=account_id)), default=0)
     result = review(
         TemplateKind(kind),
@@ -121,10 +133,19 @@ async def submit_template(
         longest_sign=longest,
         max_chars=config.text.max_chars,
     )
-    status, reason = "pending", None
-    if not result.approved:
-        status = "rejected"
-        reason = "; ".join(f"{c}: {r}" for c, r in zip(result.codes, result.reasons, strict=True))
+    if result.approved:
+        return "pending", None
+    return "rejected", "; ".join(
+        f"{c}: {r}" for c, r in zip(result.codes, result.reasons, strict=True)
+    )
+
+
+async def submit_template(
+    store: Any, account_id: str, body: Any, now: int, config: Config, content_filter: ContentFilter
+) -> Template:
+    data = _fields(body, _TEMPLATE_FIELDS, {"type", "name", "content"})
+    kind, name, content, remark, allow_urls = _template_values(data)
+    status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
     for _attempt in range(5):
         t = Template(
             new_template_code(),
@@ -148,6 +169,105 @@ async def submit_template(
     raise ReviewError("INTERNAL_ERROR", "could not allocate a template code")
 
 
+def _not_editable(what: str, status: str) -> str:
+    if status == "approved":
+        return f"{what} is approved; only a rejected one can be corrected (submit a new one)"
+    return f"{what} is {status}; only a rejected one can be corrected (wait for the review)"
+
+
+async def edit_template(
+    store: Any,
+    account_id: str,
+    code: str,
+    body: Any,
+    now: int,
+    config: Config,
+    content_filter: ContentFilter,
+) -> Template:
+    """Correct a rejected template under the same code: the fields given replace the stored ones,
+    the automatic review runs again, and the result waits for an operator (or is rejected
+    again, with its reasons). Its revision counts the correction, so no process sends the old
+    text from its cache (rules.SendRules)."""
+    data = _fields(body, _TEMPLATE_FIELDS, set())
+    if not data:
+        raise ReviewError("MISSING_FIELD", f"one of {', '.join(sorted(_TEMPLATE_FIELDS))}")
+    t = await store.get_template(code)
+    if t is None or t.account_id != account_id:
+        raise ReviewError("NOT_FOUND", f"no template {code!r}")
+    if t.status != "rejected":
+        raise ReviewError("TEMPLATE_NOT_EDITABLE", _not_editable(f"template {code}", t.status))
+    merged = {
+        "type": t.kind,
+        "name": t.name,
+        "content": t.content,
+        "remark": t.remark,
+        "allow_urls": t.allow_urls,
+    }
+    merged.update({k: v for k, v in data.items() if v is not None})
+    kind, name, content, remark, allow_urls = _template_values(merged)
+    status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
+    new = Template(
+        t.code,
+        account_id,
+        kind,
+        name,
+        content,
+        remark,
+        allow_urls,
+        status,
+        reason,
+        t.created_at,
+        None,  # reviewed_at: the review starts over
+        t.revision + 1,
+        now,
+    )
+    if not await store.edit_template(new):
+        now_t = await store.get_template(code)
+        if now_t is None:
+            raise ReviewError("NOT_FOUND", f"no template {code!r}")
+        raise ReviewError(
+            "TEMPLATE_NOT_EDITABLE",
+            _not_editable(f"template {code}", now_t.status)
+            if now_t.status != "rejected"
+            else f"template {code} was corrected meanwhile; read it again",
+        )
+    return new
+
+
+async def edit_sign(store: Any, account_id: str, name: str, body: Any, now: int) -> Sign:
+    """Correct a rejected sign name's papers (source, remark) and send it for review again. The
+    name itself is what was reviewed: a different name is a new submission."""
+    data = _fields(body, {"source", "remark"}, set())
+    if not data:
+        raise ReviewError("MISSING_FIELD", "one of remark, source")
+    sign = await store.get_sign(account_id, name)
+    if sign is None:
+        raise ReviewError("NOT_FOUND", f"no sign name {name!r}")
+    if sign.status != "rejected":
+        raise ReviewError("SIGN_NOT_EDITABLE", _not_editable(f"sign name {name!r}", sign.status))
+    source = data.get("source") or sign.source
+    if source not in SIGN_SOURCES:
+        raise ReviewError("INVALID_FIELD", f"source: one of {', '.join(SIGN_SOURCES)}")
+    remark = _text(data, "remark", 500, sign.remark)
+    others = await _approved_of_others(store, account_id)
+    try:  # taken by another account since it was submitted: it could never be approved
+        ensure_not_taken(name, others)
+    except SignError as exc:
+        raise ReviewError(exc.code, exc.message) from None
+    similar = impersonates(name, others)
+    flag = f"resembles the approved sign {similar!r} of another account" if similar else None
+    new = Sign(
+        account_id, name, sign.canonical, source, remark, "pending", None, flag,
+        sign.created_at, None, now,
+    )  # fmt: skip
+    if not await store.edit_sign(new):
+        now_s = await store.get_sign(account_id, name)
+        if now_s is None:
+            raise ReviewError("NOT_FOUND", f"no sign name {name!r}")
+        raise ReviewError("SIGN_NOT_EDITABLE", _not_editable(f"sign name {name!r}", now_s.status))
+    return new
+
+
 def decision(value: Any, reason: Any) -> tuple[str, str | None]:
     if not isinstance(value, str) or value not in _DECISIONS:  # [] or {} is not hashable
         raise ReviewError("INVALID_FIELD", "decision: 'approve' or 'reject'")
@@ -159,19 +279,37 @@ def decision(value: Any, reason: Any) -> tuple[str, str | None]:
     return status, reason
 
 
-async def decide_template(store: Any, code: str, value: Any, reason: Any, now: int) -> Template:
+async def decide_template(
+    store: Any, code: str, value: Any, reason: Any, now: int, revision: Any = None
+) -> Template:
+    """The operator's decision. With `revision` (what the operator read), a template corrected
+    since is refused TEMPLATE_CHANGED rather than decided unseen."""
     status, why = decision(value, reason)
+    if revision is not None and (type(revision) is not int or revision < 1):
+        raise ReviewError("INVALID_FIELD", "revision: a positive integer (the one read)")
     t = await store.get_template(code)
     if t is None:
         raise ReviewError("NOT_FOUND", f"no template {code!r}")
+    if revision is not None and t.revision != revision:
+        raise ReviewError(
+            "TEMPLATE_CHANGED",
+            f"template {code} is at revision {t.revision}, not {revision}: read it again",
+        )
     if status == "approved" and t.status == "rejected" and t.reviewed_at is None:
         raise ReviewError(
             "INVALID_REQUEST",
             f"template {code} was rejected by the automatic review ({t.reason}); "
             "the customer must submit a corrected template",
         )
-    out = await store.review_template(code, status, why, now)
-    assert out is not None
+    out = await store.review_template(code, status, why, now, t.revision)
+    if out is None:
+        raise ReviewError("NOT_FOUND", f"no template {code!r}")
+    if out.revision != t.revision:  # corrected between the read and the decision
+        raise ReviewError(
+            "TEMPLATE_CHANGED",
+            f"template {code} was corrected (revision {out.revision}) while it was decided; "
+            "read it again",
+        )
     return out
 
 
@@ -201,6 +339,7 @@ def sign_view(s: Sign, *, operator: bool = False) -> dict[str, Any]:
         "reason": s.reason,
         "created_at": s.created_at,
         "reviewed_at": s.reviewed_at,
+        "updated_at": s.updated_at,
     }
     if operator:
         out["account"] = s.account_id
@@ -220,6 +359,8 @@ def template_view(t: Template, *, operator: bool = False) -> dict[str, Any]:
         "reason": t.reason,
         "created_at": t.created_at,
         "reviewed_at": t.reviewed_at,
+        "revision": t.revision,
+        "updated_at": t.updated_at,
     }
     if operator:
         out["account"] = t.account_id

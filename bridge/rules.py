@@ -3,8 +3,10 @@
 Stateless checks happen here (template rendering, sign-name format, marketing permission, content
 filter, pricing); the checks that depend on other requests (approval status, opt-out, DNC,
 frequency, quota, balance) are packed into `admission.Rules` and decided inside the accept
-transaction. Template content never changes after submission, so it is cached per process; its
-approval status is read in the transaction, so a rejection applies to the very next send.
+transaction. Templates are cached per process; the approval status is read in the transaction,
+so a rejection applies to the very next send, and so is the revision of the contents: a template
+corrected since this process cached it (a rejected one edited and approved again) is refused
+TEMPLATE_CHANGED there, forgotten here, and the request rendered again with the new text.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class SendRules:
                 self._templates.clear()
             self._templates[code] = t
         return t if t.account_id == account_id else None
+
+    def forget(self, code: str) -> None:
+        """Drop the cached copy of `code`: the accept transaction found it corrected since
+        (TEMPLATE_CHANGED), and the next template() reads it again."""
+        self._templates.pop(code, None)
 
     def limits(self, kind: str | None) -> Limits:
         return self._limits.get(kind or "", self._limits[""])

@@ -143,6 +143,11 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     10: ("ALTER TABLE messages DROP COLUMN q_unanswered",),
     12: ("DROP INDEX mo_inbox_received", "DROP INDEX webhook_dead_ref"),
     13: ("ALTER TABLE messages DROP COLUMN end_error",),
+    14: (
+        "ALTER TABLE templates DROP COLUMN revision",
+        "ALTER TABLE templates DROP COLUMN updated_at",
+        "ALTER TABLE signs DROP COLUMN updated_at",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -165,6 +170,11 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "DROP INDEX webhook_dead_ref",
     ),
     13: ("ALTER TABLE messages DROP COLUMN end_error",),
+    14: (
+        "ALTER TABLE templates DROP COLUMN revision",
+        "ALTER TABLE templates DROP COLUMN updated_at",
+        "ALTER TABLE signs DROP COLUMN updated_at",
+    ),
 }
 
 

@@ -63,12 +63,16 @@ async def _account_filter(request: web.Request) -> str | None:
 # -- review ----------------------------------------------------------------------------------------
 
 
-async def _decision(request: web.Request) -> tuple[Any, Any]:
-    """(decision, reason) of an operator's review body; review.decision checks the values."""
+async def _decision(request: web.Request, *, revision: bool = False) -> tuple[Any, ...]:
+    """(decision, reason[, revision]) of an operator's review body; review checks the values.
+    A template's decision may name the revision the operator read (TEMPLATE_CHANGED if the
+    customer corrected it since)."""
     data = await _json(request)
     if not isinstance(data, dict):
         raise ApiError("INVALID_REQUEST", 'the body must be {"decision", "reason"}')
-    refuse_unknown(data, {"decision", "reason"})
+    refuse_unknown(data, {"decision", "reason", "revision"} if revision else {"decision", "reason"})
+    if revision:
+        return data.get("decision"), data.get("reason"), data.get("revision")
     return data.get("decision"), data.get("reason")
 
 
@@ -122,10 +126,10 @@ async def list_templates(request: web.Request) -> web.Response:
 
 async def review_template(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    decision, reason = await _decision(request)
+    decision, reason, revision = await _decision(request, revision=True)
     try:
         t = await review.decide_template(
-            ctx.store, request.match_info["code"], decision, reason, ctx.now_ms()
+            ctx.store, request.match_info["code"], decision, reason, ctx.now_ms(), revision
         )
     except review.ReviewError as exc:
         raise reraise(exc) from None

@@ -61,6 +61,9 @@ def _sign_props(operator: bool) -> dict[str, Any]:
         "reason": _nullable({"type": "string", "description": "the operator's, when rejected"}),
         "created_at": _MS,
         "reviewed_at": _nullable(_MS),
+        "updated_at": _nullable(
+            {**_MS, "description": "the last correction (PATCH); null: as submitted"}
+        ),
     }
     if operator:
         props["account"] = {"type": "string", "pattern": "^acc_[0-9A-Z]{26}$"}
@@ -93,7 +96,19 @@ def _template_props(operator: bool) -> dict[str, Any]:
         ),
         "created_at": _MS,
         "reviewed_at": _nullable(
-            {**_MS, "description": "equal to created_at when the automatic review rejected it"}
+            {
+                **_MS,
+                "description": "an operator's decision; null until then (and when the "
+                "automatic review rejected it)",
+            }
+        ),
+        "revision": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "1 as submitted, one more with each correction (PATCH)",
+        },
+        "updated_at": _nullable(
+            {**_MS, "description": "the last correction (PATCH); null: as submitted"}
         ),
     }
     if operator:
@@ -298,6 +313,25 @@ def rules_schemas() -> dict[str, Any]:
             },
             required=["type", "name", "content"],
         ),
+        "TemplateEdit": _obj(
+            {
+                "type": {"type": "string", "enum": list(TEMPLATE_KINDS)},
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "content": {"type": "string", "maxLength": 2000},
+                "remark": {"type": "string", "maxLength": 500},
+                "allow_urls": {"type": "boolean"},
+            },
+            required=[],
+        )
+        | {"minProperties": 1},
+        "SignEdit": _obj(
+            {
+                "source": {"type": "string", "enum": list(SIGN_SOURCES)},
+                "remark": {"type": "string", "maxLength": 500},
+            },
+            required=[],
+        )
+        | {"minProperties": 1},
         "Template": _obj(_template_props(False)),
         "TemplateList": _obj({"templates": {"type": "array", "items": _schema("Template")}}),
         "AdminTemplate": _obj(_template_props(True)),
@@ -311,6 +345,23 @@ def rules_schemas() -> dict[str, Any]:
                     "type": "string",
                     "maxLength": 500,
                     "description": "required when rejecting; shown to the customer",
+                },
+            },
+            required=["decision"],
+        ),
+        "TemplateReviewDecision": _obj(
+            {
+                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                "reason": {
+                    "type": "string",
+                    "maxLength": 500,
+                    "description": "required when rejecting; shown to the customer",
+                },
+                "revision": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the revision the operator read: a template the customer "
+                    "corrected since is refused (409 TEMPLATE_CHANGED), not decided unseen",
                 },
             },
             required=["decision"],
@@ -604,6 +655,13 @@ def rules_paths() -> dict[str, Any]:
                 "One sign name, its status and the reason of a rejection",
                 {"200": _ok("Sign", "the sign"), **_errors(404)},
             ),
+            "patch": _rules(
+                "editSign",
+                "Correct a rejected sign name's source or remark (the name itself is what was "
+                "reviewed: a new name is a new submission); it is pending review again",
+                {"200": _ok("Sign", "corrected, pending review"), **_errors(400, 404, 409, 415)},
+                requestBody=_json_body("SignEdit"),
+            ),
             "delete": _rules(
                 "deleteSign",
                 "Delete a sign name; its messages still waiting (queued, scheduled) end unsent "
@@ -644,6 +702,20 @@ def rules_paths() -> dict[str, Any]:
                 "getTemplate",
                 "One template with its status and the reason of a rejection",
                 {"200": _ok("Template", "the template"), **_errors(404)},
+            ),
+            "patch": _rules(
+                "editTemplate",
+                "Correct a rejected template under the same code: the fields given replace the "
+                "stored ones, the automatic review runs again, and the revision counts one more; "
+                "an approved or pending one is refused (409 TEMPLATE_NOT_EDITABLE)",
+                {
+                    "200": _ok(
+                        "Template",
+                        "corrected: pending, or rejected again by the automatic review",
+                    ),
+                    **_errors(400, 404, 409, 415),
+                },
+                requestBody=_json_body("TemplateEdit"),
             ),
             "delete": _rules(
                 "deleteTemplate",
@@ -770,9 +842,10 @@ def rules_paths() -> dict[str, Any]:
             "post": _admin_op(
                 "reviewTemplate",
                 "Approve or reject a template; one the automatic review rejected cannot be "
-                "approved (400 INVALID_REQUEST)",
-                {"200": _ok("AdminTemplate", "decided"), **_errors(400, 404, 415)},
-                requestBody=_json_body("ReviewDecision"),
+                "approved (400 INVALID_REQUEST); with `revision`, one corrected since is "
+                "refused (409 TEMPLATE_CHANGED)",
+                {"200": _ok("AdminTemplate", "decided"), **_errors(400, 404, 409, 415)},
+                requestBody=_json_body("TemplateReviewDecision"),
             ),
         },
         # -- operator: opt-outs

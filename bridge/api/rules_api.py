@@ -90,6 +90,19 @@ async def get_sign(request: web.Request) -> web.Response:
     return json_response(review.sign_view(sign))
 
 
+async def patch_sign(request: web.Request) -> web.Response:
+    """Correct a rejected sign name's source or remark; it waits for review again."""
+    ctx = ctx_of(request)
+    name = unicodedata.normalize("NFKC", request.match_info["name"])  # as stored at submission
+    try:
+        sign = await review.edit_sign(
+            ctx.store, _account(request).id, name, _body(request), ctx.now_ms()
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
+    return json_response(review.sign_view(sign))
+
+
 async def delete_sign(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = unicodedata.normalize("NFKC", request.match_info["name"])  # as stored at submission
@@ -131,6 +144,27 @@ async def get_template(request: web.Request) -> web.Response:
     t = await ctx_of(request).store.get_template(code) if _CODE.fullmatch(code) else None
     if t is None or t.account_id != _account(request).id:
         raise ApiError("NOT_FOUND", f"no template {code!r}")
+    return json_response(review.template_view(t))
+
+
+async def patch_template(request: web.Request) -> web.Response:
+    """Correct a rejected template under the same code; it is reviewed again."""
+    ctx = ctx_of(request)
+    code = request.match_info["code"]
+    if not _CODE.fullmatch(code):
+        raise ApiError("NOT_FOUND", f"no template {code!r}")
+    try:
+        t = await review.edit_template(
+            ctx.store,
+            _account(request).id,
+            code,
+            _body(request),
+            ctx.now_ms(),
+            ctx.config,
+            ctx.send_rules.filter,
+        )
+    except review.ReviewError as exc:
+        raise reraise(exc) from None
     return json_response(review.template_view(t))
 
 
@@ -288,10 +322,12 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/signs", post_sign)
     r.add_get("/v1/signs", list_signs)
     r.add_get("/v1/signs/{name}", get_sign)
+    r.add_patch("/v1/signs/{name}", patch_sign)
     r.add_delete("/v1/signs/{name}", delete_sign)
     r.add_post("/v1/templates", post_template)
     r.add_get("/v1/templates", list_templates)
     r.add_get("/v1/templates/{code}", get_template)
+    r.add_patch("/v1/templates/{code}", patch_template)
     r.add_delete("/v1/templates/{code}", delete_template)
     r.add_get("/v1/optouts", list_optouts)
     r.add_post("/v1/optouts", post_optouts)

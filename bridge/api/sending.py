@@ -81,6 +81,7 @@ async def prepare_send(
     admission = Rules(
         sign_name=req.sign_name,
         template_code=req.template,
+        template_revision=template.revision if template is not None else None,
         frequency=rules.frequency(
             kind, req.sign_name, req.template, tuple(m.recipient for m in messages)
         ),
@@ -91,6 +92,26 @@ async def prepare_send(
     return batch_id, messages, admission
 
 
+class TemplateChanged(ApiError):
+    """TEMPLATE_CHANGED: the template was corrected since this process cached the copy the
+    request was rendered from; the send path renders it again (RENDER_TRIES in all)."""
+
+
+# Renderings of one send whose template keeps being corrected under it: a client sees
+# TEMPLATE_CHANGED (409, send again) only when it changed every time.
+RENDER_TRIES = 3
+
+
+def template_changed(ctx: ApiContext, outcome: AcceptOutcome, code: str | None) -> bool:
+    """True when the store refused a stale rendering of template `code`; the cached copy is
+    dropped, so the next rendering reads the stored one."""
+    r = outcome.refusal
+    if r is None or r.code != "TEMPLATE_CHANGED" or code is None:
+        return False
+    ctx.send_rules.forget(code)
+    return True
+
+
 def outcome_error(outcome: AcceptOutcome, account: Account) -> ApiError:
     """The refusal of a batch the store did not accept (a rule, or the account's rate)."""
     if outcome.refusal is not None:
@@ -98,7 +119,8 @@ def outcome_error(outcome: AcceptOutcome, account: Account) -> ApiError:
         headers = None
         if r.retry_after is not None:
             headers = {"Retry-After": str(max(1, math.ceil(r.retry_after)))}
-        return ApiError(r.code, r.message, headers=headers)
+        cls = TemplateChanged if r.code == "TEMPLATE_CHANGED" else ApiError
+        return cls(r.code, r.message, headers=headers)
     return ApiError(
         "ACCOUNT_RATE_LIMIT",
         f"account rate of {account.tps:g} messages/s exceeded",

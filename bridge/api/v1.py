@@ -15,11 +15,13 @@ from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
 from bridge.api.sending import (
+    RENDER_TRIES,
     after_accept,
     check_queue,
     current_tariff,
     outcome_error,
     prepare_send,
+    template_changed,
 )
 from bridge.api.submit import encode_options, parse_send_request
 from bridge.api.views import message_view
@@ -149,6 +151,12 @@ async def _post_messages(
             ctx.auth.remember(account)
             if attempt < _STALE_TRIES:
                 continue
+        if (
+            messages
+            and template_changed(ctx, outcome, messages[0].template)
+            and attempt < RENDER_TRIES
+        ):
+            continue  # rendered from a copy corrected since: render it again
         break
     if not outcome.accepted:
         if outcome.auth_refusal is not None:

@@ -19,12 +19,24 @@ from zoneinfo import ZoneInfo
 from bridge import jsonio, review
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
-from bridge.api.sending import after_accept, check_queue, outcome_error, prepare_send
+from bridge.api.sending import (
+    RENDER_TRIES,
+    TemplateChanged,
+    after_accept,
+    check_queue,
+    outcome_error,
+    prepare_send,
+    template_changed,
+)
 from bridge.api.submit import SendRequest
 from bridge.compat.aliyun_errors import Missing, required
 from bridge.compat.aliyun_lists import (
+    SIGN_SOURCES,
+    TEMPLATE_TYPES,
     delete_sms_sign,
     delete_sms_template,
+    modify_sms_sign,
+    modify_sms_template,
     query_sms_sign_list,
     query_sms_template_list,
 )
@@ -43,14 +55,8 @@ _DATE = re.compile(r"[0-9]{8}")
 _EXTEND = re.compile(r"[0-9]{0,12}")
 MAX_SEND = 1000  # SendSms: numbers per call
 MAX_BATCH = 100  # SendBatchSms: entries per call
-# Alibaba's template types -> ours (3 = international/HK-Macao-Taiwan: a notification)
-_TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
 _TYPE_NUMBERS = {"verification": 0, "notification": 1, "marketing": 2}
 _REVIEW_STATUS = {"pending": 0, "approved": 1, "rejected": 2}
-# Alibaba's SignSource numbers: 0 company, 1 website registered with the MIIT, 2 app, 3 official
-# account or mini program, 4 e-commerce store, 5 trademark.
-_SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
-                 "5": "trademark"}  # fmt: skip
 
 
 def aliyun_number(raw: str) -> str:
@@ -178,8 +184,25 @@ async def _accept(
         now,
     )
     if not outcome.accepted:
+        template_changed(ctx, outcome, rules.template_code)  # TemplateChanged: _rendered_again
         raise outcome_error(outcome, account)
     after_accept(ctx, account, messages, outcome)
+
+
+def _rendered_again(action: Action) -> Action:
+    """Run a send action again when its template was corrected since this process rendered it
+    (the native face does the same in its accept loop)."""
+
+    async def run(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+        for attempt in range(1, RENDER_TRIES + 1):
+            try:
+                return await action(ctx, account, p)
+            except TemplateChanged:
+                if attempt == RENDER_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    return run
 
 
 def _request(
@@ -376,7 +399,7 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
     template_type = p.get("TemplateType") or None
     kind = None
     if template_type is not None:
-        kind = _TEMPLATE_TYPES.get(template_type)
+        kind = TEMPLATE_TYPES.get(template_type)
         if kind is None:
             raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
     # IsGlobe 1 is mainland China (the face's domestic numbers), 2 everything else. Each local
@@ -428,7 +451,7 @@ def _date(p: Params, name: str) -> datetime:
 
 async def add_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
     name = required(p, "SignName")
-    source = _SIGN_SOURCES.get(p.get("SignSource", "0"))
+    source = SIGN_SOURCES.get(p.get("SignSource", "0"))
     if source is None:
         raise ApiError("INVALID_FIELD", "SignSource: 0 to 5")
     remark = p.get("Remark", "")
@@ -463,7 +486,7 @@ async def query_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[s
 
 
 async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
-    kind = _TEMPLATE_TYPES.get(required(p, "TemplateType"))
+    kind = TEMPLATE_TYPES.get(required(p, "TemplateType"))
     if kind is None:
         raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
     body = {
@@ -507,8 +530,8 @@ async def query_sms_template(ctx: ApiContext, account: Account, p: Params) -> di
 
 
 ACTIONS: dict[str, Action] = {
-    "SendSms": send_sms,
-    "SendBatchSms": send_batch_sms,
+    "SendSms": _rendered_again(send_sms),
+    "SendBatchSms": _rendered_again(send_batch_sms),
     "QuerySendDetails": query_send_details,
     "QuerySendStatistics": query_send_statistics,
     "AddSmsSign": add_sms_sign,
@@ -519,4 +542,9 @@ ACTIONS: dict[str, Action] = {
     "QuerySmsSignList": query_sms_sign_list,
     "DeleteSmsTemplate": delete_sms_template,
     "DeleteSmsSign": delete_sms_sign,
+    # Corrections of a rejected template or sign name: the older calls and their successors.
+    "ModifySmsTemplate": modify_sms_template,
+    "UpdateSmsTemplate": modify_sms_template,
+    "ModifySmsSign": modify_sms_sign,
+    "UpdateSmsSign": modify_sms_sign,
 }

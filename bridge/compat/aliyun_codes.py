@@ -107,6 +107,10 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         "SIGN_NAME_NOT_APPROVED": _SIGN_ILLEGAL,
         "SIGN_NAME_TAKEN": _biz("isv.SIGN_NAME_ILLEGAL", "签名名称不符合规范"),
         "SIGN_NAME_EXISTS": _biz("isv.SIGN_NAME_ILLEGAL", "签名名称不符合规范"),
+        # corrections (Modify*/Update*): only of a rejected one
+        "SIGN_NOT_EDITABLE": _SIGN_ILLEGAL,
+        "TEMPLATE_NOT_EDITABLE": _TEMPLATE_ILLEGAL,
+        "TEMPLATE_CHANGED": _TEMPLATE_ILLEGAL,
         # content and recipients policy
         "MARKETING_NOT_ALLOWED": _biz("isv.PRODUCT_UNSUBSCRIBE", "产品未开通"),
         "RAW_TEXT_NOT_ALLOWED": _biz("isp.RAM_PERMISSION_DENY", "RAM权限DENY"),

@@ -1,8 +1,11 @@
 """The account's templates and sign names as Alibaba's console and SDK manage them:
-QuerySmsTemplateList and QuerySmsSignList (a page at a time), DeleteSmsTemplate, DeleteSmsSign.
+QuerySmsTemplateList and QuerySmsSignList (a page at a time), DeleteSmsTemplate, DeleteSmsSign,
+and the corrections of a rejected one: ModifySmsTemplate / UpdateSmsTemplate, ModifySmsSign /
+UpdateSmsSign (bridge.review.edit_template / edit_sign).
 
 Why: a customer moving from the cloud service syncs its templates and signs with these calls;
-answered InvalidAction.NotFound, that sync failed although every template was there.
+answered InvalidAction.NotFound, that sync failed although every template was there. And a
+rejected template is corrected under its code, which the customer's code already sends with.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from bridge import review
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.compat.aliyun_errors import required
@@ -18,6 +22,13 @@ from bridge.compat.aliyun_reports import local_time
 from bridge.store.models import Account, Sign, Template
 
 Params = Mapping[str, str]
+
+# Alibaba's template types -> ours (3 = international/HK-Macao-Taiwan: a notification)
+TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
+# Alibaba's SignSource numbers: 0 company, 1 website registered with the MIIT, 2 app, 3 official
+# account or mini program, 4 e-commerce store, 5 trademark.
+SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
+                "5": "trademark"}  # fmt: skip
 
 # The list calls' AuditStatus words (QuerySmsTemplate/QuerySmsSign answer numbers instead).
 AUDIT_STATUS = {
@@ -123,3 +134,64 @@ async def delete_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[
     if await ctx.store.delete_sign(account.id, name, ctx.now_ms()) is None:
         raise ApiError("SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered")
     return {"Code": "OK", "Message": "OK", "SignName": name}
+
+
+def _edit_error(exc: review.ReviewError, not_found: str, message: str) -> ApiError:
+    if exc.code == "NOT_FOUND":  # Alibaba's code for an unknown template or sign
+        return ApiError(not_found, message)
+    return ApiError(exc.code, exc.message)
+
+
+async def modify_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    """ModifySmsTemplate / UpdateSmsTemplate: the parameters given replace the stored ones (the
+    cloud service requires them all; a template keeps what is left out)."""
+    code = required(p, "TemplateCode")
+    body: dict[str, Any] = {}
+    if p.get("TemplateType", "") != "":
+        kind = TEMPLATE_TYPES.get(p["TemplateType"])
+        if kind is None:
+            raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
+        body["type"] = kind
+    for param, field in (
+        ("TemplateName", "name"),
+        ("TemplateContent", "content"),
+        ("Remark", "remark"),
+    ):
+        if p.get(param, "") != "":
+            body[field] = p[param]
+    if len(body.get("name", "")) > 64 or len(body.get("remark", "")) > 500:
+        raise ApiError(
+            "TEMPLATE_TOO_LONG", "TemplateName: at most 64 characters; Remark: at most 500"
+        )
+    try:
+        t = await review.edit_template(
+            ctx.store, account.id, code, body, ctx.now_ms(), ctx.config, ctx.send_rules.filter
+        )
+    except review.ReviewError as exc:
+        raise _edit_error(
+            exc, "TEMPLATE_NOT_FOUND", f"TemplateCode: {code!r} is not known"
+        ) from None
+    return {"Code": "OK", "Message": "OK", "TemplateCode": t.code, "TemplateName": t.name}
+
+
+async def modify_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[str, Any]:
+    """ModifySmsSign / UpdateSmsSign: a new SignSource or Remark for a rejected sign name (its
+    qualification files and ids are the cloud service's own and are not kept)."""
+    name = unicodedata.normalize("NFKC", required(p, "SignName"))  # as stored at submission
+    body: dict[str, Any] = {}
+    if p.get("SignSource", "") != "":
+        source = SIGN_SOURCES.get(p["SignSource"])
+        if source is None:
+            raise ApiError("INVALID_FIELD", "SignSource: 0 to 5")
+        body["source"] = source
+    if p.get("Remark", "") != "":
+        body["remark"] = p["Remark"]
+    if not body:  # nothing we keep was given: the papers alone went to the cloud service
+        body["remark"] = None
+    try:
+        sign = await review.edit_sign(ctx.store, account.id, name, body, ctx.now_ms())
+    except review.ReviewError as exc:
+        raise _edit_error(
+            exc, "SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered"
+        ) from None
+    return {"Code": "OK", "Message": "OK", "SignName": sign.name}

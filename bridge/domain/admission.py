@@ -84,6 +84,10 @@ class Rules:
     sign_name: str | None = None  # must be this account's, approved
     more_signs: tuple[str, ...] = ()  # further sign names of the batch (SendBatchSms), likewise
     template_code: str | None = None  # must be approved
+    # The revision the request was rendered from: another stored revision (the template was
+    # corrected since this process cached it) refuses TEMPLATE_CHANGED, and the caller renders
+    # the request again. None: not checked.
+    template_revision: int | None = None
     frequency: FrequencyRule | None = None
     charges: tuple[Priced, ...] = ()
     billing: bool = False
@@ -108,7 +112,7 @@ class Facts:
     recipients: tuple[str, ...]
     sign_status: str | None = None
     more_sign_status: Mapping[str, str | None] = field(default_factory=dict)
-    template_status: str | None = None
+    template_status: str | None = None  # "changed": not Rules.template_revision any more
     opted_out: frozenset[str] = frozenset()
     blocked: frozenset[str] = frozenset()
     history: Mapping[str, Sequence[int]] = field(default_factory=dict)
@@ -202,6 +206,12 @@ def _name(number: str, recipients: Sequence[str]) -> str:
 
 
 def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
+    if facts.template_status == "changed":  # before any other refusal: it is ours, not theirs
+        return Refusal(
+            "TEMPLATE_CHANGED",
+            f"template: {rules.template_code!r} was corrected while this request was checked; "
+            "send it again",
+        )
     signs = [(rules.sign_name, facts.sign_status)] if rules.sign_name is not None else []
     signs += [(name, facts.more_sign_status.get(name)) for name in rules.more_signs]
     for name, status in signs:

@@ -369,6 +369,10 @@ class Store(Protocol):
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None: ...
+    async def edit_sign(self, sign: Sign) -> bool:
+        """Store the correction `sign` (pending again) if the stored one is rejected."""
+        ...
+
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
         """Delete the account's sign name; None when it has none so named. Its messages still
         waiting (queued, scheduled) end unsent with SIGN_DELETED, refunded: how many."""
@@ -380,8 +384,17 @@ class Store(Protocol):
         self, account_id: str | None = None, status: str | None = None, limit: int = 500
     ) -> list[Template]: ...
     async def review_template(
-        self, code: str, status: str, reason: str | None, now: int
-    ) -> Template | None: ...
+        self, code: str, status: str, reason: str | None, now: int, revision: int | None = None
+    ) -> Template | None:
+        """Decide; with `revision`, only that revision (otherwise the template as it is now,
+        undecided). None when there is no such template."""
+        ...
+
+    async def edit_template(self, t: Template) -> bool:
+        """Store the correction `t` (revision counted) over revision t.revision - 1 of its
+        template, if that is still the stored one and rejected; False otherwise."""
+        ...
+
     async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
         """Delete the account's template; None when it has none with that code. Its messages
         still waiting end unsent with TEMPLATE_DELETED, refunded: how many. Messages already

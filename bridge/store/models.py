@@ -379,6 +379,7 @@ class Sign:
     flag: str | None
     created_at: int
     reviewed_at: int | None = None
+    updated_at: int | None = None  # the last correction (edit_sign); None: as submitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +395,10 @@ class Template:
     reason: str | None
     created_at: int
     reviewed_at: int | None = None
+    # Counts corrections of the contents (edit_template): the accept transaction compares the
+    # revision a process rendered from its cache with the stored one.
+    revision: int = 1
+    updated_at: int | None = None  # the last correction; None: as submitted
 
 
 @dataclass(frozen=True, slots=True)

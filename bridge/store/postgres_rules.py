@@ -31,6 +31,8 @@ from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, Tarif
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    EDIT_SIGN_PG,
+    EDIT_TEMPLATE_PG,
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
@@ -38,8 +40,11 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     blocked_ids,
     dnc_entry_for_number,
+    edit_sign_args,
+    edit_template_args,
     entry_row,
     number_prefixes,
+    pg_marks,
     sign_row,
     sign_values,
     template_row,
@@ -54,7 +59,8 @@ _DNC_CHUNK = 50_000  # entries per INSERT when importing a list (bounded message
 _FACTS = """
 SELECT
     sg.names AS sign_names, sg.statuses AS sign_statuses,
-    (SELECT status FROM templates WHERE code = $3 AND account_id = $1) AS template_status,
+    (SELECT CASE WHEN $14::int IS NULL OR revision = $14::int THEN status ELSE 'changed' END
+     FROM templates WHERE code = $3 AND account_id = $1) AS template_status,
     ARRAY(SELECT recipient FROM optouts
           WHERE account_id = $1 AND recipient = ANY($4::text[])) AS opted,
     ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text[])) AS dnc,
@@ -194,6 +200,7 @@ def facts_args(
         list(sign_of.values()),
         fr.kind if fr is not None else None,
         fr.template if fr is not None else None,
+        rules.template_revision,
     ]
 
 
@@ -377,7 +384,7 @@ class RulesStoreMixin:
     async def add_sign(self, sign: Sign) -> None:
         try:
             await self.pool.execute(
-                f"INSERT INTO signs ({SIGN_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                f"INSERT INTO signs ({SIGN_COLS}) VALUES ({pg_marks(SIGN_COLS)})",
                 *sign_values(sign),
             )
         except asyncpg.UniqueViolationError as exc:
@@ -430,6 +437,10 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
+    async def edit_sign(self, sign: Sign) -> bool:
+        done = await self.pool.execute(EDIT_SIGN_PG, *edit_sign_args(sign))
+        return done.endswith(" 1")
+
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
         async def job(c: asyncpg.Connection) -> int | None:
             await lock_account(c, account_id)
@@ -450,7 +461,7 @@ class RulesStoreMixin:
 
     async def add_template(self, t: Template) -> None:
         await self.pool.execute(
-            f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES ({pg_marks(TEMPLATE_COLS)})",
             *template_values(t),
         )
 
@@ -471,7 +482,7 @@ class RulesStoreMixin:
         return [template_row(r) for r in rows]
 
     async def review_template(
-        self, code: str, status: str, reason: str | None, now: int
+        self, code: str, status: str, reason: str | None, now: int, revision: int | None = None
     ) -> Template | None:
         async def job(c: asyncpg.Connection) -> Template | None:
             if status == "rejected":
@@ -479,18 +490,26 @@ class RulesStoreMixin:
                 if owner is not None:
                     await lock_account(c, owner)
             r = await c.fetchrow(
-                "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 WHERE code = $4 "
+                "UPDATE templates SET status = $1, reason = $2, reviewed_at = $3 "
+                "WHERE code = $4 AND ($5::int IS NULL OR revision = $5::int) "
                 f"RETURNING {TEMPLATE_COLS}",
                 status,
                 reason,
                 now,
                 code,
+                revision,
             )
-            if status == "rejected":  # what waits ends unsent (see the SQLite engine)
+            if r is None:  # unknown, or corrected since the reviewer read it: as it is now
+                r = await c.fetchrow(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code = $1", code)
+            elif status == "rejected":  # what waits ends unsent (see the SQLite engine)
                 await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
             return template_row(r) if r else None
 
         return await run_tx(self.pool, job)
+
+    async def edit_template(self, t: Template) -> bool:
+        done = await self.pool.execute(EDIT_TEMPLATE_PG, *edit_template_args(t))
+        return done.endswith(" 1")
 
     async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
         async def job(c: asyncpg.Connection) -> int | None:

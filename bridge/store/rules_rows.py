@@ -10,13 +10,25 @@ from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
 from bridge.store.models import LedgerRow, Sign, Template
 
 SIGN_COLS = (
-    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at"
+    "account_id, name, canonical, source, remark, status, reason, flag, created_at, reviewed_at, "
+    "updated_at"
 )
 TEMPLATE_COLS = (
     "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
-    "reviewed_at"
+    "reviewed_at, revision, updated_at"
 )
 LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
+
+
+def sqlite_marks(cols: str) -> str:
+    """The ?-placeholders for every column of `cols` (an INSERT of all of them)."""
+    return ",".join("?" * (cols.count(",") + 1))
+
+
+def pg_marks(cols: str) -> str:
+    """The $n placeholders for every column of `cols`."""
+    return ",".join(f"${i}" for i in range(1, cols.count(",") + 2))
+
 
 # Cancelable (both engines): queued and never handed to an SMSC. A part accepted before the
 # message came back to the queue (a bind lost), or a submit whose answer never came (released to
@@ -88,6 +100,7 @@ def sign_values(s: Sign) -> tuple[Any, ...]:
         s.flag,
         s.created_at,
         s.reviewed_at,
+        s.updated_at,
     )
 
 
@@ -105,6 +118,8 @@ def template_values(t: Template) -> tuple[Any, ...]:
         t.reason,
         t.created_at,
         t.reviewed_at,
+        t.revision,
+        t.updated_at,
     )
 
 
@@ -121,6 +136,8 @@ def template_row(r: Sequence[Any]) -> Template:
         reason=r[8],
         created_at=r[9],
         reviewed_at=r[10],
+        revision=r[11],
+        updated_at=r[12],
     )
 
 
@@ -141,3 +158,42 @@ def kinds_sql(kinds: Iterable[str]) -> str:
 # The IN lists of the reads of one message's charge (see bridge.domain.ledger.MESSAGE_KINDS).
 MESSAGE_KINDS_SQL = kinds_sql(MESSAGE_KINDS)
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
+
+
+# A correction (edit_template / edit_sign): only of a rejected submission, and of a template only
+# of the revision the correction was made from (two corrections at once: one wins). The review
+# starts over: the status and reason the automatic review gave, no operator's decision yet.
+_EDIT_TEMPLATE = (
+    "UPDATE templates SET kind={0}, name={1}, content={2}, remark={3}, allow_urls={4}, "
+    "status={5}, reason={6}, reviewed_at=NULL, revision={7}, updated_at={8} "
+    "WHERE code={9} AND account_id={10} AND status='rejected' AND revision={7} - 1"
+)
+EDIT_TEMPLATE_SQLITE = _EDIT_TEMPLATE.format(*(f"?{i}" for i in range(1, 12)))
+EDIT_TEMPLATE_PG = _EDIT_TEMPLATE.format(*(f"${i}" for i in range(1, 12)))
+_EDIT_SIGN = (
+    "UPDATE signs SET source={0}, remark={1}, status='pending', reason=NULL, flag={2}, "
+    "reviewed_at=NULL, updated_at={3} WHERE account_id={4} AND name={5} AND status='rejected'"
+)
+EDIT_SIGN_SQLITE = _EDIT_SIGN.format(*(f"?{i}" for i in range(1, 7)))
+EDIT_SIGN_PG = _EDIT_SIGN.format(*(f"${i}" for i in range(1, 7)))
+
+
+def edit_template_args(t: Template) -> tuple[Any, ...]:
+    """The parameters of EDIT_TEMPLATE_*: `t` is the correction, its revision already counted."""
+    return (
+        t.kind,
+        t.name,
+        t.content,
+        t.remark,
+        bool(t.allow_urls),
+        t.status,
+        t.reason,
+        t.revision,
+        t.updated_at,
+        t.code,
+        t.account_id,
+    )
+
+
+def edit_sign_args(s: Sign) -> tuple[Any, ...]:
+    return (s.source, s.remark, s.flag, s.updated_at, s.account_id, s.name)

@@ -27,6 +27,8 @@ from bridge.store.models import (
 )
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    EDIT_SIGN_SQLITE,
+    EDIT_TEMPLATE_SQLITE,
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
@@ -34,11 +36,14 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     blocked_ids,
     dnc_entry_for_number,
+    edit_sign_args,
+    edit_template_args,
     entry_row,
     ledger_row,
     number_prefixes,
     sign_row,
     sign_values,
+    sqlite_marks,
     template_row,
     template_values,
 )
@@ -64,6 +69,15 @@ _HISTORY_COND = {
 }
 
 
+# The template's status, or "changed" when its contents are no longer the revision the request
+# was rendered from (a process's cached copy of a template corrected since: admission refuses
+# TEMPLATE_CHANGED and the send path renders it again).
+_TEMPLATE_STATUS = (
+    "SELECT CASE WHEN {rev} IS NULL OR revision={rev} THEN status ELSE 'changed' END "
+    "FROM templates WHERE code={code} AND account_id=a.id"
+)
+
+
 @lru_cache(maxsize=64)
 def _one_sql(history: str | None, prefixes: int) -> str:
     """Everything a one-recipient send needs, in one statement (the usual request)."""
@@ -78,7 +92,7 @@ def _one_sql(history: str | None, prefixes: int) -> str:
         "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
-        "(SELECT status FROM templates WHERE code=:tpl AND account_id=a.id), "
+        f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
         "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to), "
         f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})), "
         f"{hist}, "
@@ -99,6 +113,7 @@ def _read_facts_one(
         day=adm.day_key(now, rules.tz),
         sign=rules.sign_name,
         tpl=rules.template_code,
+        trev=rules.template_revision,
         to=number,
         acc=account_id,
         pockets=bool(rules.billing and rules.charges),
@@ -140,9 +155,16 @@ def read_facts(
         "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=?), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=?), "
-        "(SELECT status FROM templates WHERE code=? AND account_id=a.id) "
+        f"({_TEMPLATE_STATUS.format(code='?', rev='?')}) "
         "FROM accounts a WHERE a.id=?",
-        (day, rules.sign_name, rules.template_code, account_id),
+        (
+            day,
+            rules.sign_name,
+            rules.template_revision,
+            rules.template_revision,
+            rules.template_code,
+            account_id,
+        ),
     ).fetchone()
     quota, kind, threshold, day_count, sign_status, template_status = acc or (
         0,
@@ -315,7 +337,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> None:
             try:
                 c.execute(
-                    f"INSERT INTO signs ({SIGN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO signs ({SIGN_COLS}) VALUES ({sqlite_marks(SIGN_COLS)})",
                     sign_values(sign),
                 )
             except sqlite3.IntegrityError as exc:
@@ -364,6 +386,12 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
+    async def edit_sign(self, sign: Sign) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            return bool(c.execute(EDIT_SIGN_SQLITE, edit_sign_args(sign)).rowcount)
+
+        return await self._runner.write(job)
+
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
         def job(c: sqlite3.Connection) -> int | None:
             gone = c.execute(
@@ -382,7 +410,7 @@ class RulesStoreMixin:
     async def add_template(self, t: Template) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.execute(
-                f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO templates ({TEMPLATE_COLS}) VALUES ({sqlite_marks(TEMPLATE_COLS)})",
                 template_values(t),
             )
 
@@ -407,19 +435,26 @@ class RulesStoreMixin:
         return await self._runner.read(job)
 
     async def review_template(
-        self, code: str, status: str, reason: str | None, now: int
+        self, code: str, status: str, reason: str | None, now: int, revision: int | None = None
     ) -> Template | None:
         def job(c: sqlite3.Connection) -> Template | None:
-            c.execute(
-                "UPDATE templates SET status=?, reason=?, reviewed_at=? WHERE code=?",
-                (status, reason, now, code),
-            )
-            if status == "rejected":
+            done = c.execute(
+                "UPDATE templates SET status=?, reason=?, reviewed_at=? "
+                "WHERE code=? AND (? IS NULL OR revision=?)",
+                (status, reason, now, code, revision, revision),
+            ).rowcount
+            if done and status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
                 end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
+
+        return await self._runner.write(job)
+
+    async def edit_template(self, t: Template) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            return bool(c.execute(EDIT_TEMPLATE_SQLITE, edit_template_args(t)).rowcount)
 
         return await self._runner.write(job)
 

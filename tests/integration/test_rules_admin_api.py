@@ -61,6 +61,7 @@ async def test_sign_register_list_get(api_server, make_account, clock):
         "reason": None,
         "created_at": int(now * 1000),
         "reviewed_at": None,
+        "updated_at": None,
     }
     assert r.json == expected  # no operator fields (account, flag) for the customer
     r = await _sign(api_server, creds, "Ｈｏｏｌｉ")  # fullwidth: stored in NFKC form
@@ -145,6 +146,7 @@ async def test_impersonation_flag_is_shown_to_operators_only(api_server, make_ac
         "reason": None,
         "created_at": now,
         "reviewed_at": now,
+        "updated_at": None,
         "account": a.account_id,
         "flag": None,
     }
@@ -240,6 +242,8 @@ async def test_template_submit_list_and_get(api_server, make_account, clock):
         "reason": None,
         "created_at": now,
         "reviewed_at": None,
+        "revision": 1,
+        "updated_at": None,
     }
     clock.advance(1)
     n = await _template(api_server, creds, "Parcel ${id} at ${url}", "notification",
