@@ -65,6 +65,8 @@ class ConnectorLike(Protocol):
     name: str
     # Set by the dispatcher: called for each part the SMSC accepted after its TIMEOUT outcome.
     on_late_submit: Callable[[LateSubmit], None] | None
+    # Set by the dispatcher: asked before a part is resent within its claim.
+    held: Callable[[Any], Awaitable[bool]] | None
 
     @property
     def is_up(self) -> bool: ...
@@ -360,6 +362,7 @@ class Dispatcher:
         """Send `msg` on SMSC `name` and hand its results to `add`."""
         connector = self.connectors[name]
         connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
+        connector.held = self._held
         smsc = self.smscs[name]
         rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
         before = None
@@ -482,6 +485,11 @@ class Dispatcher:
                 break
         if release is not None:
             add(release)
+
+    async def _held(self, context: tuple[str, int]) -> bool:
+        """Asked by the connector before it resends a part (after a throttle or an error):
+        whether the message was held since its claim (store.message_held)."""
+        return await self.store.message_held(context[0])
 
     async def _flush_results(self, items: list[SubmitResult | Release]) -> None:
         """Record submit results; a failed write is retried with the same items (dropping them

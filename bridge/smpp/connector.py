@@ -153,6 +153,12 @@ def _modes(bind_mode: str, n: int) -> list[BindMode]:
     raise ValueError(f"bind_mode: unknown mode {bind_mode!r}")
 
 
+def _held_outcome(index: int) -> SubmitOutcome:
+    """A part held between two attempts: "expired", so the store ends it and the parts after it
+    with the reason the hold recorded (messages.end_error)."""
+    return SubmitOutcome(index, "expired", -1, "HELD", None)
+
+
 def _throttler(tps: float) -> Throttler | None:
     """asyncio-throttle counts whole PDUs per period; a fractional TPS stretches the period."""
     if tps <= 0:
@@ -269,6 +275,10 @@ class Connector:
         self.bind_gate: BindGate | None = None
         # Called for each part the SMSC accepted after its TIMEOUT was reported (see LateSubmit).
         self.on_late_submit: Callable[[LateSubmit], None] | None = None
+        # Set by the dispatcher: asked, with the part's context, before a part goes out again
+        # after a throttle or a transient error. True: its message was held meanwhile (an
+        # opt-out, a disabled account, a deleted template...): it is not resent ("expired").
+        self.held: Callable[[Any], Awaitable[bool]] | None = None
 
     def update_limits(self, cfg: SmscSettings) -> None:
         """Apply a reloaded configuration that changed only limits (TPS, throttle pauses, retries,
@@ -566,6 +576,8 @@ class Connector:
             if kind == "throttled":
                 self._throttle(bind, sent_at, name)
                 priority = True
+                if await self._held(context):
+                    return _held_outcome(index), bind
                 continue
             if kind == "transient":
                 transient += 1
@@ -599,9 +611,23 @@ class Connector:
                     bind = None
                 lo, hi = self._transient_backoff
                 await asyncio.sleep(min(hi, lo * 2 ** (transient - 1)) * random.uniform(0.5, 1.0))
+                if await self._held(context):
+                    return _held_outcome(index), bind
                 continue
             self._failed[name] += 1
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
+
+    async def _held(self, context: Any) -> bool:
+        """Whether a part about to go out again must not: each resend is a new decision to
+        send, and the message may have been held since the last one (the store answers; a
+        failed read sends, as before the check existed)."""
+        if self.held is None or context is None:
+            return False
+        try:
+            return await self.held(context)
+        except Exception:
+            log.warning("hold check failed; resending", exc_info=True)
+            return False
 
     def _count_unanswered(self, bind: _Bind, error: str | None) -> None:
         """Drop a bind whose submits time out in a row while its link looks alive.

@@ -829,6 +829,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             return AcceptOutcome(accepted=False, existing=existing)
         return AcceptOutcome(accepted=True)
 
+    async def message_held(self, message_id: str) -> bool:
+        held = await self.pool.fetchval(
+            "SELECT end_error IS NOT NULL FROM messages WHERE id = $1", message_id
+        )
+        return bool(held)
+
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         async with self.pool.acquire() as c:
             row = await c.fetchrow(

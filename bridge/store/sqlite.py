@@ -473,6 +473,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
         return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
 
+    async def message_held(self, message_id: str) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT end_error FROM messages WHERE id=?", (message_id,)).fetchone()
+            return row is not None and row[0] is not None
+
+        return await self._runner.read(job)
+
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         def job(c: sqlite3.Connection) -> MessageRecord | None:
             row = c.execute(
