@@ -99,7 +99,8 @@ async def test_a_stop_between_two_attempts_of_a_part_stops_the_second(
             m = await final_status(c, mid, 30)
             assert (m["status"], m["error_code"]) == ("expired", "RECIPIENT_OPTED_OUT"), m
             assert len(to_uk) == 2, "a part went to the number again after its STOP"
-            assert [p["status"] for p in m["parts"]] == ["delivered", "expired_unsent", "expired_unsent"], m
+            parts = [p["status"] for p in m["parts"]]
+            assert parts == ["delivered", "expired_unsent", "expired_unsent"], m
 
             async def refunded() -> bool:
                 return await _balance(c) == start - 50_000
