@@ -70,6 +70,12 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
     "ACCOUNT_RATE_LIMIT": "The account's messages-per-second rate (tps) is exceeded; see "
     "Retry-After.",
+    "TEMPLATE_NOT_EDITABLE": "Only a rejected template can be corrected: an approved one is "
+    "fixed (submit a new one), a pending one waits for its review.",
+    "SIGN_NOT_EDITABLE": "Only a rejected sign name can be corrected.",
+    "TEMPLATE_CHANGED": "The template was corrected meanwhile: an operator's decision names "
+    "an older revision, or a send was rendered from an older one each of three times. Read it "
+    "again (or send again).",
     "NOT_CANCELABLE": "The message is on a bind, sent or final: only a queued or scheduled "
     "message can be canceled.",
     "SENDER_NOT_ALLOWED": "The sender is another account's (assigned to it, or held more firmly "
