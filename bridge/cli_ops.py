@@ -445,6 +445,20 @@ def cmd_dnc(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """`secrets reseal`: every stored secret sealed under the current master key (bridge/reseal.py).
+    Exit 1 while some secret opens with neither key: removing the previous key then would lose
+    it."""
+    from bridge.reseal import reseal
+
+    async def go(ops: Ops) -> int:
+        report = await reseal(ops.store, ops.svc.sealer, dry_run=args.dry_run)
+        _print(report.as_dict(args.dry_run))
+        return 1 if report.unreadable else 0
+
+    return _run(args, go)
+
+
 # -- parsers ---------------------------------------------------------------------------------------
 
 
@@ -544,3 +558,15 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     with_config(d.add_parser("list"))
     with_config(d.add_parser("delete")).add_argument("id")
     dnc.set_defaults(fn=cmd_dnc)
+
+    sec = sub.add_parser("secrets", help="stored secrets: rotate the master key")
+    sc = sec.add_subparsers(dest="action", required=True)
+    rs = with_config(
+        sc.add_parser(
+            "reseal",
+            help="seal every stored secret under security.master_key (opening those under "
+            "security.previous_master_key); run during a master key rotation",
+        )
+    )
+    rs.add_argument("--dry-run", action="store_true", help="count only; write nothing")
+    sec.set_defaults(fn=cmd_secrets)

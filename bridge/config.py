@@ -387,6 +387,15 @@ class SecurityConfig:
     )
     master_key_file: Path | None = None
     generate_master_key: bool = False
+    # During a rotation of the master key: the one the stored secrets were sealed with before.
+    # They still open with it until `smpp-bridge secrets reseal` has sealed each under the
+    # current key; then it is removed (README, "Secrets").
+    previous_master_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=meta(_b64_32, secret=True, env="SMPP_BRIDGE_PREVIOUS_MASTER_KEY"),
+    )
+    previous_master_key_file: Path | None = None
 
     def key_bytes(self) -> bytes | None:
         """The inline/env key decoded (validated at load), or None when it comes from the file."""

@@ -2,12 +2,18 @@
 
 The row's own id is bound in as associated data, so a ciphertext copied onto another row does not
 decrypt. The master key never touches the database.
+
+Rotation: a sealed secret names the key it was sealed with (the first 4 bytes of the key's
+SHA-256; format 2). A Sealer seals with its current key and opens with it or with the previous
+one, so daemons given both keep working while `smpp-bridge secrets reseal` seals every secret
+anew; format 1 (before key ids) is tried with each key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import secrets
@@ -18,32 +24,62 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 log = logging.getLogger("bridge.crypto")
 
-_VERSION = b"\x01"
+_V1 = b"\x01"  # 1 | nonce (12) | ciphertext+tag: no key id
+_V2 = b"\x02"  # 2 | key id (4) | nonce (12) | ciphertext+tag
+_TAG = 16
 
 
 class MasterKeyError(Exception):
     pass
 
 
+def key_id(key: bytes) -> bytes:
+    """4 bytes naming a key without revealing it (a 32-bit prefix of its SHA-256)."""
+    return hashlib.sha256(key).digest()[:4]
+
+
 class Sealer:
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise MasterKeyError("master key must be 32 bytes")
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes, previous: tuple[bytes, ...] = ()) -> None:
+        for k in (key, *previous):
+            if len(k) != 32:
+                raise MasterKeyError("master key must be 32 bytes")
+        if key in previous:
+            raise MasterKeyError("the previous master key is the current one")
+        self._id = key_id(key)
+        self._keys = {key_id(k): AESGCM(k) for k in (*previous, key)}  # the current one wins
+        # The current key first: format 1 blobs are tried in this order.
+        self._order = [self._keys[self._id], *(a for i, a in self._keys.items() if i != self._id)]
 
     def seal(self, plaintext: str, aad: str) -> bytes:
         nonce = os.urandom(12)
-        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode(), aad.encode())
+        ct = self._keys[self._id].encrypt(nonce, plaintext.encode(), aad.encode())
+        return _V2 + self._id + nonce + ct
+
+    def is_current(self, blob: bytes) -> bool:
+        """Sealed under the current key (nothing for `secrets reseal` to do)."""
+        return blob[:1] == _V2 and blob[1:5] == self._id
 
     def open(self, blob: bytes, aad: str) -> str:
-        if len(blob) < 29 or blob[:1] != _VERSION:
+        if blob[:1] == _V2 and len(blob) >= 1 + 4 + 12 + _TAG:
+            aead = self._keys.get(blob[1:5])
+            if aead is None:
+                raise MasterKeyError(
+                    f"sealed secret is under master key {blob[1:5].hex()}, which this daemon "
+                    "does not have (set it as the current or the previous master key)"
+                )
+            candidates = [aead]
+            nonce, ct = blob[5:17], blob[17:]
+        elif blob[:1] == _V1 and len(blob) >= 1 + 12 + _TAG:
+            candidates = self._order
+            nonce, ct = blob[1:13], blob[13:]
+        else:
             raise MasterKeyError("sealed secret is malformed")
-        try:
-            return self._aead.decrypt(blob[1:13], blob[13:], aad.encode()).decode()
-        except InvalidTag as exc:
-            raise MasterKeyError(
-                "sealed secret does not open with this master key (wrong key?)"
-            ) from exc
+        for aead in candidates:
+            try:
+                return aead.decrypt(nonce, ct, aad.encode()).decode()
+            except InvalidTag:
+                continue
+        raise MasterKeyError("sealed secret does not open with this master key (wrong key?)")
 
     def __repr__(self) -> str:
         return "Sealer(<key hidden>)"

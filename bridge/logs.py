@@ -109,8 +109,13 @@ def config_secrets(cfg: Config | None) -> tuple[str, ...]:
     found = {s for s in _walk_secrets(cfg) if len(s) >= MIN_REDACTED_LEN}
     # A master key read from its file is as secret as one given inline (the systemd set-up and
     # generate_master_key keep it there): it was printed in clear.
-    key_file = cfg.security.master_key_file
-    if key_file is not None and cfg.security.master_key is None:
+    sec = cfg.security
+    for key_file, inline in (
+        (sec.master_key_file, sec.master_key),
+        (sec.previous_master_key_file, sec.previous_master_key),
+    ):
+        if key_file is None or inline is not None:
+            continue
         try:
             key = Path(key_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):

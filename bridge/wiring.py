@@ -25,8 +25,12 @@ def open_store(config: Config) -> Store:
 
 def make_sealer(config: Config) -> Sealer:
     sec = config.security
-    return Sealer(
-        load_master_key(
-            inline=sec.master_key, key_file=sec.master_key_file, generate=sec.generate_master_key
-        )
+    current = load_master_key(
+        inline=sec.master_key, key_file=sec.master_key_file, generate=sec.generate_master_key
     )
+    previous = ()
+    if sec.previous_master_key or sec.previous_master_key_file:
+        previous = (
+            load_master_key(inline=sec.previous_master_key, key_file=sec.previous_master_key_file),
+        )
+    return Sealer(current, previous)

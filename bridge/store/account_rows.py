@@ -69,3 +69,16 @@ def key_row(row: Sequence[Any]) -> AppKey:
         created_at=row[4],
         revoked_at=row[5],
     )
+
+
+# Every sealed secret: (kind, row id, blob). The row id is the blob's associated data.
+SEALED_SECRETS = (
+    "SELECT 'account', id, webhook_secret_enc FROM accounts "
+    "UNION ALL SELECT 'key', key_id, secret_enc FROM app_keys"
+)
+# A secret sealed anew (`secrets reseal`): only over the blob that was read, so a secret rotated
+# meanwhile (rotate-webhook-secret) is not put back. {0} new blob, {1} row id, {2} old blob.
+RESEAL = {
+    "account": "UPDATE accounts SET webhook_secret_enc={0} WHERE id={1} AND webhook_secret_enc={2}",
+    "key": "UPDATE app_keys SET secret_enc={0} WHERE key_id={1} AND secret_enc={2}",
+}

@@ -40,8 +40,8 @@ from bridge.store import postgres_rules as rules_sql
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
+from bridge.store.account_rows import RESEAL, SEALED_SECRETS, column_value, senders_of
 from bridge.store.account_rows import account_row as _account
-from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     ACCOUNT_DISABLED_ERROR,
@@ -828,6 +828,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             existing = await _idem(self.pool, batch.account_id, batch.idempotency_key or "", now)
             return AcceptOutcome(accepted=False, existing=existing)
         return AcceptOutcome(accepted=True)
+
+    async def sealed_secrets(self) -> list[tuple[str, str, bytes]]:
+        return [(r[0], r[1], bytes(r[2])) for r in await self.pool.fetch(SEALED_SECRETS)]
+
+    async def reseal(self, kind: str, row_id: str, old: bytes, new: bytes) -> bool:
+        done = await self.pool.execute(RESEAL[kind].format("$1", "$2", "$3"), new, row_id, old)
+        return bool(done.endswith(" 1"))
 
     async def message_held(self, message_id: str) -> bool:
         held = await self.pool.fetchval(

@@ -17,8 +17,8 @@ from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
+from bridge.store.account_rows import RESEAL, SEALED_SECRETS, column_value, senders_of
 from bridge.store.account_rows import account_row as _account
-from bridge.store.account_rows import column_value, senders_of
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
     ACCOUNT_DISABLED_ERROR,
@@ -472,6 +472,19 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         if isinstance(exc, _RateLimited):
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
         return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+
+    async def sealed_secrets(self) -> list[tuple[str, str, bytes]]:
+        def job(c: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+            return [(k, i, bytes(b)) for k, i, b in c.execute(SEALED_SECRETS)]
+
+        return await self._runner.read(job)
+
+    async def reseal(self, kind: str, row_id: str, old: bytes, new: bytes) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            sql = RESEAL[kind].format("?", "?", "?")
+            return bool(c.execute(sql, (new, row_id, old)).rowcount)
+
+        return await self._runner.write(job)
 
     async def message_held(self, message_id: str) -> bool:
         def job(c: sqlite3.Connection) -> bool:

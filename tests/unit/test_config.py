@@ -533,6 +533,7 @@ def test_secret_paths_and_env_names() -> None:
         "server.admin_token",
         "store.dsn",
         "security.master_key",
+        "security.previous_master_key",
         "smscs[].password",
         "sim.password",
     }
@@ -540,6 +541,7 @@ def test_secret_paths_and_env_names() -> None:
         "server.admin_token": "SMPP_BRIDGE_ADMIN_TOKEN",
         "store.dsn": "SMPP_BRIDGE_STORE_DSN",
         "security.master_key": "SMPP_BRIDGE_MASTER_KEY",
+        "security.previous_master_key": "SMPP_BRIDGE_PREVIOUS_MASTER_KEY",
         "smscs[].password": "SMPP_BRIDGE_SMSC_{NAME}_PASSWORD",
         "sim.password": "SMPP_BRIDGE_SIM_PASSWORD",
     }

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from bridge.crypto import (
     MasterKeyError,
     Sealer,
     decode_master_key,
+    key_id,
     load_master_key,
     new_app_key,
     new_secret,
@@ -119,7 +121,8 @@ def b64(raw: bytes) -> str:
 def test_seal_open_round_trip(plaintext: str, aad: str) -> None:
     sealer = Sealer(KEY)
     blob = sealer.seal(plaintext, aad)
-    assert blob[:1] == b"\x01" and len(blob) == 1 + 12 + len(plaintext.encode()) + 16
+    assert blob[:1] == b"\x02" and blob[1:5] == key_id(KEY)
+    assert len(blob) == 1 + 4 + 12 + len(plaintext.encode()) + 16
     assert sealer.open(blob, aad) == plaintext
 
 
@@ -136,15 +139,18 @@ def test_wrong_aad_does_not_open() -> None:
 
 def test_wrong_key_does_not_open() -> None:
     blob = Sealer(KEY).seal("s3cret", "AK1")
-    with pytest.raises(MasterKeyError, match="wrong key"):
+    with pytest.raises(MasterKeyError, match=f"{key_id(KEY).hex()}, which this daemon does not"):
         Sealer(OTHER_KEY).open(blob, "AK1")
+    legacy = _v1(KEY, "s3cret", "AK1")  # format 1 names no key: tried, and refused
+    with pytest.raises(MasterKeyError, match="wrong key"):
+        Sealer(OTHER_KEY).open(legacy, "AK1")
 
 
 @pytest.mark.parametrize(
     "mangle",
     [
-        lambda b: b[:28],  # too short to hold version + nonce + tag
-        lambda b: b"\x02" + b[1:],  # unknown version
+        lambda b: b[:32],  # too short to hold version + key id + nonce + tag
+        lambda b: b"\x03" + b[1:],  # unknown version
         lambda b: b[:-1] + bytes([b[-1] ^ 1]),  # tampered tag
         lambda b: b[:14] + bytes([b[14] ^ 1]) + b[15:],  # tampered ciphertext
     ],
@@ -153,6 +159,55 @@ def test_damaged_blob_does_not_open(mangle: object) -> None:
     blob = Sealer(KEY).seal("s3cret", "AK1")
     with pytest.raises(MasterKeyError):
         Sealer(KEY).open(mangle(blob), "AK1")  # type: ignore[operator]
+
+
+def _v1(key: bytes, plaintext: str, aad: str) -> bytes:
+    """A secret as releases before key ids sealed it (format 1: no key id)."""
+    nonce = os.urandom(12)
+    return b"\x01" + nonce + AESGCM(key).encrypt(nonce, plaintext.encode(), aad.encode())
+
+
+def test_format_1_secrets_still_open_with_the_current_or_the_previous_key() -> None:
+    assert Sealer(KEY).open(_v1(KEY, "old", "AK1"), "AK1") == "old"
+    assert Sealer(OTHER_KEY, (KEY,)).open(_v1(KEY, "old", "AK1"), "AK1") == "old"
+    assert not Sealer(KEY).is_current(_v1(KEY, "old", "AK1"))  # resealed to name its key
+
+
+def test_a_rotation_opens_both_keys_and_seals_with_the_new_one() -> None:
+    old = Sealer(KEY).seal("s3cret", "AK1")
+    rotating = Sealer(OTHER_KEY, (KEY,))
+    assert rotating.open(old, "AK1") == "s3cret" and not rotating.is_current(old)
+    new = rotating.seal("s3cret", "AK1")
+    assert new[1:5] == key_id(OTHER_KEY) and rotating.is_current(new)
+    assert Sealer(OTHER_KEY).open(new, "AK1") == "s3cret"  # the previous key can then go
+    with pytest.raises(MasterKeyError, match="does not have"):
+        Sealer(OTHER_KEY).open(old, "AK1")  # ...but not before every secret was resealed
+
+
+def test_the_previous_key_must_differ_from_the_current_one() -> None:
+    with pytest.raises(MasterKeyError, match="previous master key is the current one"):
+        Sealer(KEY, (KEY,))
+    with pytest.raises(MasterKeyError, match="32 bytes"):
+        Sealer(KEY, (b"x" * 16,))
+
+
+def test_reseal_plan_counts_what_it_does() -> None:
+    from bridge.reseal import plan
+
+    rotating = Sealer(OTHER_KEY, (KEY,))
+    rows = [
+        ("account", "acc1", Sealer(KEY).seal("w1", "acc1")),
+        ("key", "AK1", _v1(KEY, "k1", "AK1")),
+        ("key", "AK2", rotating.seal("k2", "AK2")),
+        ("key", "AK3", Sealer(bytes(32)).seal("k3", "AK3")),  # neither key
+        ("key", "AK4", Sealer(KEY).seal("k4", "AK-other")),  # sealed for another row
+    ]
+    writes, report = plan(rows, rotating)
+    assert [(k, i) for k, i, _o, _n in writes] == [("account", "acc1"), ("key", "AK1")]
+    assert [rotating.open(n, i) for _k, i, _o, n in writes] == ["w1", "k1"]
+    assert all(rotating.is_current(n) for *_x, n in writes)
+    assert (report.resealed, report.current) == (2, 1)
+    assert [(k, i) for k, i, _w in report.unreadable] == [("key", "AK3"), ("key", "AK4")]
 
 
 def test_sealer_needs_a_32_byte_key_and_hides_it() -> None:

@@ -1,0 +1,66 @@
+"""Rotating the master key: seal every stored secret anew under the current key.
+
+The procedure (README, "Secrets"): give every daemon the new key as `security.master_key` and the
+old one as `security.previous_master_key` (restart); run `smpp-bridge secrets reseal`, which
+opens each secret with whichever key sealed it and seals it under the current one; when it
+reports nothing left under another key, remove the previous key. Daemons keep verifying
+requests throughout: a secret opens with either key.
+
+A row changed while the run works (a webhook secret rotated) is left as the other writer wrote
+it, which is under the current key already (seal() uses it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.crypto import MasterKeyError, Sealer
+
+
+@dataclass(slots=True)
+class ResealReport:
+    """What a run found and did; `unreadable` (kind, id, why) opens with neither key."""
+
+    resealed: int = 0
+    current: int = 0
+    changed_meanwhile: int = 0
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def as_dict(self, dry_run: bool) -> dict[str, Any]:
+        return {
+            "dry_run": dry_run,
+            "to_reseal" if dry_run else "resealed": self.resealed,
+            "already_current": self.current,
+            "changed_meanwhile": self.changed_meanwhile,
+            "unreadable": [{"kind": k, "id": i, "error": why} for k, i, why in self.unreadable],
+        }
+
+
+def plan(rows: list[tuple[str, str, bytes]], sealer: Sealer) -> tuple[list[Any], ResealReport]:
+    """Pure: the (kind, id, old blob, new blob) to write, and the report so far."""
+    report = ResealReport()
+    writes = []
+    for kind, row_id, blob in rows:
+        if sealer.is_current(blob):
+            report.current += 1
+            continue
+        try:
+            plain = sealer.open(blob, row_id)
+        except MasterKeyError as exc:
+            report.unreadable.append((kind, row_id, str(exc)))
+            continue
+        writes.append((kind, row_id, blob, sealer.seal(plain, row_id)))
+    report.resealed = len(writes)
+    return writes, report
+
+
+async def reseal(store: Any, sealer: Sealer, *, dry_run: bool = False) -> ResealReport:
+    writes, report = plan(await store.sealed_secrets(), sealer)
+    if dry_run:
+        return report
+    for kind, row_id, old, new in writes:
+        if not await store.reseal(kind, row_id, old, new):
+            report.resealed -= 1
+            report.changed_meanwhile += 1
+    return report
