@@ -18,9 +18,12 @@ from typing import Any
 
 import yaml
 
+import tests.store_engines as engines
+from bridge.accounts import AccountService
 from bridge.app import Daemon
 from bridge.client import BridgeError
-from bridge.crypto import key_id
+from bridge.crypto import Sealer, key_id
+from bridge.reseal import reseal
 from tests.e2e.harness import client_for, create_account, make_config
 
 K1 = os.urandom(32)
@@ -157,3 +160,34 @@ def test_the_previous_key_is_redacted_from_logs_inline_or_from_its_file(tmp_path
     assert _b64(K1) in logs.config_secrets(from_file)
     assert _b64(K1) in logs.config_secrets(inline)
     assert _b64(K1) not in repr(inline.security)
+
+
+# -- the store's side, both engines (CI=1 needs PostgreSQL) ------------------------------------
+
+engine = engines.engine
+store = engines.store
+
+
+async def test_reseal_on_each_engine_swaps_only_what_it_read(store: Any) -> None:
+    """sealed_secrets lists every account's webhook secret and every key's secret; reseal
+    writes a blob only over the one it read: a secret rotated between the read and the write
+    (rotate-webhook-secret) stays as rotated."""
+    old = Sealer(K1)
+    svc = AccountService(store, old)
+    now = 1_700_000_000_000
+    creds = [await svc.create(f"acc{i}", {"raw_text": True}, now) for i in range(3)]
+    rows = await store.sealed_secrets()
+    assert sorted((k, i) for k, i, _b in rows) == sorted(
+        [("account", c.account.id) for c in creds] + [("key", c.app_key) for c in creds]
+    )
+    kind, row_id, blob = next(r for r in rows if r[0] == "account")
+    new = Sealer(K2, (K1,))
+    replaced = new.seal("something else", row_id)
+    assert not await store.reseal(kind, row_id, b"not what is stored", replaced)
+    assert await store.reseal(kind, row_id, blob, replaced)
+    assert not await store.reseal(kind, row_id, blob, replaced)  # no longer `blob`
+    report = await reseal(store, new)
+    assert (report.resealed, report.current, report.unreadable) == (5, 1, [])
+    for c in creds:
+        key = await store.get_key(c.app_key)
+        assert new.open(key.secret_enc, c.app_key) == c.app_secret
