@@ -9,6 +9,7 @@ review`, /admin/templates). One service for the API and the CLI.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from bridge.config import Config
@@ -206,20 +207,18 @@ async def edit_template(
     merged.update({k: v for k, v in data.items() if v is not None})
     kind, name, content, remark, allow_urls = _template_values(merged)
     status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
-    new = Template(
-        t.code,
-        account_id,
-        kind,
-        name,
-        content,
-        remark,
-        allow_urls,
-        status,
-        reason,
-        t.created_at,
-        None,  # reviewed_at: the review starts over
-        t.revision + 1,
-        now,
+    new = replace(
+        t,
+        kind=kind,
+        name=name,
+        content=content,
+        remark=remark,
+        allow_urls=allow_urls,
+        status=status,
+        reason=reason,
+        reviewed_at=None,  # the review starts over
+        revision=t.revision + 1,
+        updated_at=now,
     )
     if not await store.edit_template(new):
         now_t = await store.get_template(code)
@@ -256,9 +255,9 @@ async def edit_sign(store: Any, account_id: str, name: str, body: Any, now: int)
         raise ReviewError(exc.code, exc.message) from None
     similar = impersonates(name, others)
     flag = f"resembles the approved sign {similar!r} of another account" if similar else None
-    new = Sign(
-        account_id, name, sign.canonical, source, remark, "pending", None, flag,
-        sign.created_at, None, now,
+    new = replace(
+        sign, source=source, remark=remark, status="pending", reason=None, flag=flag,
+        reviewed_at=None, updated_at=now,
     )  # fmt: skip
     if not await store.edit_sign(new):
         now_s = await store.get_sign(account_id, name)
