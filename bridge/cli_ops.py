@@ -156,6 +156,8 @@ async def _pending_view(ops: Ops, t: Any, names: dict[str, str], flt: Any) -> di
         "allow_urls": t.allow_urls,
         "placeholders": params,
         "created_at": t.created_at,
+        "revision": t.revision,  # what `template review CODE --revision N` names
+        "updated_at": t.updated_at,
         "automatic_review": {
             "passed": auto.approved,
             "notes": [f"{c}: {r}" for c, r in zip(auto.codes, auto.reasons, strict=True)],

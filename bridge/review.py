@@ -74,8 +74,10 @@ async def _approved_of_others(store: Any, account_id: str) -> list[str]:
 async def submit_sign(store: Any, account_id: str, body: Any, now: int) -> Sign:
     data = _fields(body, {"name", "source", "remark"}, {"name"})
     name = validate_sign_name(data["name"])
-    source = data.get("source") or "company"
-    if source not in SIGN_SOURCES:
+    source = data.get("source")
+    if source is None:
+        source = "company"
+    if not isinstance(source, str) or source not in SIGN_SOURCES:
         raise ReviewError("INVALID_FIELD", f"source: one of {', '.join(SIGN_SOURCES)}")
     remark = _text(data, "remark", 500)
     others = await _approved_of_others(store, account_id)
@@ -170,6 +172,14 @@ async def submit_template(
     raise ReviewError("INTERNAL_ERROR", "could not allocate a template code")
 
 
+def _no_nulls(data: dict[str, Any]) -> None:
+    """A correction's fields are values: a field left out is kept, a null is refused (it read
+    as "keep" and counted a revision for nothing)."""
+    for name in sorted(data):
+        if data[name] is None:
+            raise ReviewError("INVALID_FIELD", f"{name}: a value (leave it out to keep it)")
+
+
 def _not_editable(what: str, status: str) -> str:
     if status == "approved":
         return f"{what} is approved; only a rejected one can be corrected (submit a new one)"
@@ -192,6 +202,7 @@ async def edit_template(
     data = _fields(body, _TEMPLATE_FIELDS, set())
     if not data:
         raise ReviewError("MISSING_FIELD", f"one of {', '.join(sorted(_TEMPLATE_FIELDS))}")
+    _no_nulls(data)
     t = await store.get_template(code)
     if t is None or t.account_id != account_id:
         raise ReviewError("NOT_FOUND", f"no template {code!r}")
@@ -204,7 +215,7 @@ async def edit_template(
         "remark": t.remark,
         "allow_urls": t.allow_urls,
     }
-    merged.update({k: v for k, v in data.items() if v is not None})
+    merged.update(data)
     kind, name, content, remark, allow_urls = _template_values(merged)
     status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
     new = replace(
@@ -233,19 +244,23 @@ async def edit_template(
     return new
 
 
-async def edit_sign(store: Any, account_id: str, name: str, body: Any, now: int) -> Sign:
+async def edit_sign(
+    store: Any, account_id: str, name: str, body: Any, now: int, *, unchanged: bool = False
+) -> Sign:
     """Correct a rejected sign name's papers (source, remark) and send it for review again. The
-    name itself is what was reviewed: a different name is a new submission."""
+    name itself is what was reviewed: a different name is a new submission. `unchanged`: an
+    empty correction resubmits it as it is (the Alibaba face, whose papers we do not keep)."""
     data = _fields(body, {"source", "remark"}, set())
-    if not data:
+    if not data and not unchanged:
         raise ReviewError("MISSING_FIELD", "one of remark, source")
+    _no_nulls(data)
     sign = await store.get_sign(account_id, name)
     if sign is None:
         raise ReviewError("NOT_FOUND", f"no sign name {name!r}")
     if sign.status != "rejected":
         raise ReviewError("SIGN_NOT_EDITABLE", _not_editable(f"sign name {name!r}", sign.status))
-    source = data.get("source") or sign.source
-    if source not in SIGN_SOURCES:
+    source = data.get("source", sign.source)
+    if not isinstance(source, str) or source not in SIGN_SOURCES:
         raise ReviewError("INVALID_FIELD", f"source: one of {', '.join(SIGN_SOURCES)}")
     remark = _text(data, "remark", 500, sign.remark)
     others = await _approved_of_others(store, account_id)

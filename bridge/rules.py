@@ -65,6 +65,13 @@ class SendRules:
             self._templates[code] = t
         return t if t.account_id == account_id else None
 
+    async def stored_template(self, account_id: str, code: str) -> Template | None:
+        """The template as stored now (and cached so): for a request the cached copy refused
+        (it may predate a correction) and for previews, which must show the text a send would
+        carry."""
+        self._templates.pop(code, None)
+        return await self.template(account_id, code)
+
     def forget(self, code: str) -> None:
         """Drop the cached copy of `code`: the accept transaction found it corrected since
         (TEMPLATE_CHANGED), and the next template() reads it again."""

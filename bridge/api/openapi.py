@@ -757,7 +757,8 @@ def _paths() -> dict[str, Any]:
                 "Send a message to one or more recipients",
                 {
                     "202": _ok("SendResult", "accepted and stored", **replayed),
-                    **_errors(400, 402, 415, 422, 429, 503),
+                    # 409 TEMPLATE_CHANGED: corrected during each of three renderings
+                    **_errors(400, 402, 409, 415, 422, 429, 503),
                 },
                 parameters=[_ref("parameters", "IdempotencyKey")],
                 requestBody=_json_body("SendRequest"),

@@ -74,9 +74,23 @@ async def prepare_send(
     rules = ctx.send_rules
     template = await rules.template(account.id, req.template) if req.template is not None else None
     tariff = await current_tariff(ctx, now_ms)
-    batch_id, messages, charges = ctx.submitter.build(
-        req, account, now_ms, template=template, tariff=tariff
-    )
+    try:
+        batch_id, messages, charges = ctx.submitter.build(
+            req, account, now_ms, template=template, tariff=tariff
+        )
+    except ApiError:
+        # Refused as rendered from this process's copy, which may predate a correction (a
+        # renamed placeholder, links allowed since): read it once more, and render again if it
+        # changed. Only refusals pay the read.
+        if template is None or req.template is None:
+            raise
+        stored = await rules.stored_template(account.id, req.template)
+        if stored is None or stored.revision == template.revision:
+            raise
+        template = stored
+        batch_id, messages, charges = ctx.submitter.build(
+            req, account, now_ms, template=template, tariff=tariff
+        )
     kind = template.kind if template is not None else None
     admission = Rules(
         sign_name=req.sign_name,

@@ -387,7 +387,9 @@ async def post_preview(request: web.Request) -> web.Response:
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise ApiError("INVALID_FIELD", "params: expected an object of string values")
-        tpl = await ctx.send_rules.template(request[PRINCIPAL].account.id, code)
+        # As stored, not this process's cached copy: a preview after a correction shows the
+        # corrected text.
+        tpl = await ctx.send_rules.stored_template(request[PRINCIPAL].account.id, code)
         if tpl is None:
             raise ApiError("TEMPLATE_NOT_FOUND", f"template: {code!r} is not known")
         text = ctx.submitter.render_template(tpl, params)

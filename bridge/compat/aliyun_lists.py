@@ -186,10 +186,10 @@ async def modify_sms_sign(ctx: ApiContext, account: Account, p: Params) -> dict[
         body["source"] = source
     if p.get("Remark", "") != "":
         body["remark"] = p["Remark"]
-    if not body:  # nothing we keep was given: the papers alone went to the cloud service
-        body["remark"] = None
-    try:
-        sign = await review.edit_sign(ctx.store, account.id, name, body, ctx.now_ms())
+    try:  # nothing we keep given: the papers alone went to the cloud service; resubmitted
+        sign = await review.edit_sign(
+            ctx.store, account.id, name, body, ctx.now_ms(), unchanged=True
+        )
     except review.ReviewError as exc:
         raise _edit_error(
             exc, "SIGN_NAME_NOT_APPROVED", f"SignName: {name!r} is not registered"
