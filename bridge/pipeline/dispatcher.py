@@ -66,7 +66,7 @@ class ConnectorLike(Protocol):
     # Set by the dispatcher: called for each part the SMSC accepted after its TIMEOUT outcome.
     on_late_submit: Callable[[LateSubmit], None] | None
     # Set by the dispatcher: asked before a part is resent within its claim.
-    held: Callable[[Any], Awaitable[bool]] | None
+    is_held: Callable[[Any], Awaitable[bool]] | None
 
     @property
     def is_up(self) -> bool: ...
@@ -362,7 +362,7 @@ class Dispatcher:
         """Send `msg` on SMSC `name` and hand its results to `add`."""
         connector = self.connectors[name]
         connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
-        connector.held = self._held
+        connector.is_held = self._held
         smsc = self.smscs[name]
         rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
         before = None

@@ -278,7 +278,7 @@ class Connector:
         # Set by the dispatcher: asked, with the part's context, before a part goes out again
         # after a throttle or a transient error. True: its message was held meanwhile (an
         # opt-out, a disabled account, a deleted template...): it is not resent ("expired").
-        self.held: Callable[[Any], Awaitable[bool]] | None = None
+        self.is_held: Callable[[Any], Awaitable[bool]] | None = None
 
     def update_limits(self, cfg: SmscSettings) -> None:
         """Apply a reloaded configuration that changed only limits (TPS, throttle pauses, retries,
@@ -621,10 +621,10 @@ class Connector:
         """Whether a part about to go out again must not: each resend is a new decision to
         send, and the message may have been held since the last one (the store answers; a
         failed read sends, as before the check existed)."""
-        if self.held is None or context is None:
+        if self.is_held is None or context is None:
             return False
         try:
-            return await self.held(context)
+            return await self.is_held(context)
         except Exception:
             log.warning("hold check failed; resending", exc_info=True)
             return False
