@@ -208,6 +208,8 @@ def test_template_review_lists_pending_and_decides(cfg: Path) -> None:
         "allow_urls": False,
         "placeholders": ["code"],
         "created_at": 1_700_000_000_000,
+        "revision": 1,
+        "updated_at": None,
         "automatic_review": {"passed": True, "notes": []},
     }
 
