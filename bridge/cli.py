@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -167,16 +168,46 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# The command line being run (without the program name), for the audit trail.
+_ARGV: list[str] = []
+_CODE = re.compile(r"([A-Z][A-Z0-9_]+): ")
+
+
 async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
     from bridge.accounts import AccountService
     from bridge.wiring import make_sealer, open_store
 
     store = open_store(cfg)
     await store.open()
+    status, code = 1, None
     try:
-        return await fn(AccountService(store, make_sealer(cfg)))
+        status = await fn(AccountService(store, make_sealer(cfg)))
+        return status
+    except Exception as exc:
+        m = _CODE.match(str(exc))
+        code = m[1] if m else type(exc).__name__
+        raise
     finally:
-        await store.close()
+        try:
+            await _audit(store, status, code)
+        finally:
+            await store.close()
+
+
+async def _audit(store: Any, status: int, code: str | None) -> None:
+    """A store command that may change something goes into the audit trail (bridge/audit.py)
+    with its exit status, refused ones too."""
+    from bridge.audit import cli_action, cli_actor
+    from bridge.store.models import AuditEntry
+
+    what = cli_action(_ARGV)
+    if what is None:
+        return
+    entry = AuditEntry(int(time.time() * 1000), cli_actor(), what[0], what[1], status, code)
+    try:
+        await store.audit_add(entry)
+    except Exception as exc:  # the command's own outcome stands; say the trail missed it
+        print(f"smpp-bridge: audit trail not written: {type(exc).__name__}", file=sys.stderr)
 
 
 def _account_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -609,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if (
         args.command == "send"

@@ -461,6 +461,18 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`audit list`: the operators' actions, oldest first (bridge/audit.py)."""
+    from bridge.api.admin_ops import audit_view
+
+    async def go(ops: Ops) -> int:
+        rows = await ops.store.audit_page(args.after, args.limit)
+        _print([audit_view(e) for e in rows])
+        return 0
+
+    return _run(args, go)
+
+
 # -- parsers ---------------------------------------------------------------------------------------
 
 
@@ -572,3 +584,10 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     )
     rs.add_argument("--dry-run", action="store_true", help="count only; write nothing")
     sec.set_defaults(fn=cmd_secrets)
+
+    aud = sub.add_parser("audit", help="the audit trail of operators' actions (API and CLI)")
+    au = aud.add_subparsers(dest="action", required=True)
+    al = with_config(au.add_parser("list", help="oldest first"))
+    al.add_argument("--after", type=int, default=0, help="entries after this id (a page's last)")
+    al.add_argument("--limit", type=int, default=100, help="entries to print (default 100)")
+    aud.set_defaults(fn=cmd_audit)

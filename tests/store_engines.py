@@ -148,6 +148,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE templates DROP COLUMN updated_at",
         "ALTER TABLE signs DROP COLUMN updated_at",
     ),
+    15: ("DROP TABLE audit_log",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -175,6 +176,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE templates DROP COLUMN updated_at",
         "ALTER TABLE signs DROP COLUMN updated_at",
     ),
+    15: ("DROP TABLE audit_log",),
 }
 
 

@@ -21,7 +21,7 @@ from bridge.api.errors import ApiError
 from bridge.api.reports import query_params
 from bridge.api.v1 import ctx_of, json_response, parse_json
 from bridge.api.views import iso
-from bridge.store.models import QueueGroup
+from bridge.store.models import AuditEntry, QueueGroup
 
 QUEUE_BUCKETS = ("ready", "claimed", "retry_wait", "parked", "scheduled")
 MAX_LIST = 1000
@@ -275,8 +275,41 @@ async def replay_webhooks(request: web.Request) -> web.Response:
     return json_response({"requested": len(ids), "replayed": replayed})
 
 
+def audit_view(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": e.at,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "status": e.status,
+        "code": e.code,
+        "request_id": e.request_id,
+        "remote": e.remote,
+    }
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    """The audit trail of operators' actions (bridge/audit.py), oldest first, a page at a time:
+    `cursor` is the last id a page showed; `since` / `until` bound `at` (unix ms)."""
+    ctx = ctx_of(request)
+    q = query_params(query_of(request), ("cursor", "limit", "since", "until"))
+    limit = int_param(q, "limit", 100, 1, MAX_LIST)
+    after = int_param(q, "cursor", 0, 0, 2**62)
+    since = int_param(q, "since", 0, 0, 2**62)
+    until = int_param(q, "until", 2**62, 0, 2**62)
+    rows = await ctx.store.audit_page(after, limit, since, until)
+    return json_response(
+        {
+            "entries": [audit_view(e) for e in rows],
+            "next_cursor": str(rows[-1].id) if len(rows) == limit else None,
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/admin/audit", get_audit)
     r.add_get("/admin/smscs", get_smscs)
     r.add_get("/admin/queue", get_queue)
     r.add_get("/admin/receipts/unmatched", get_unmatched_receipts)

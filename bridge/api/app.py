@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from bridge import jsonio, logs
+from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
 from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, STREAM_CUT, ApiContext
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
@@ -17,6 +17,7 @@ from bridge.api.openapi import openapi_document
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.store.base import is_unavailable
+from bridge.store.models import AuditEntry
 
 log = logging.getLogger("bridge.api")
 
@@ -85,6 +86,8 @@ async def errors_middleware(request: web.Request, handler):
     finally:
         logs.REQUEST_ID.reset(token)
     resp.headers["X-Request-Id"] = request_id
+    if request.path.startswith("/admin/") and audit.mutating_method(request.method):
+        await _audit(request, resp.status, code, request_id)
     if code == "REQUEST_TIMEOUT":
         resp.force_close()  # the rest of that body may still come: the stream is not reusable
     elapsed = time.perf_counter() - started
@@ -111,6 +114,34 @@ async def errors_middleware(request: web.Request, handler):
             },
         )
     return resp
+
+
+async def _audit(request: web.Request, status: int, code: str, request_id: str) -> None:
+    """An operator's action into the audit trail (bridge/audit.py), before the answer leaves.
+    A request the admin token refused, or to no route, is logged only: anyone can send those,
+    and a stored row each would let them fill the store."""
+    ctx: ApiContext = request.app[CTX]
+    resource = request.match_info.route.resource
+    entry = AuditEntry(
+        at=ctx.now_ms(),
+        actor=audit.api_actor(request.headers.get("X-Operator")),
+        action=f"{request.method} {resource.canonical if resource is not None else request.path}",
+        target=_log_path(request),
+        status=status,
+        code=None if code == "OK" else code,
+        request_id=request_id,
+        remote=request.remote,
+    )
+    fields = {"actor": entry.actor, "action": entry.action, "path": entry.target,
+              "status": status, "code": entry.code, "remote": entry.remote}  # fmt: skip
+    if resource is None or status in (401, 403):
+        log.warning("admin request refused", extra=fields)
+        return
+    log.info("operator action", extra=fields)
+    try:
+        await ctx.store.audit_add(entry)
+    except Exception:  # the action is done; its answer is not withheld for the trail
+        log.error("audit trail write failed", extra=fields, exc_info=True)
 
 
 async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.StreamResponse, str]:

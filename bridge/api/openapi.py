@@ -1140,6 +1140,38 @@ def _report_schemas() -> dict[str, Any]:
                 "webhooks": {"type": "array", "items": _schema("DeadWebhook")},
             }
         ),
+        "AuditEntry": _obj(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "at": _MS,
+                "actor": {
+                    "type": "string",
+                    "description": "api, api:<X-Operator header>, or cli:<OS user>",
+                },
+                "action": {
+                    "type": "string",
+                    "description": "METHOD and route (POST /admin/accounts/{ref}/{action}), or "
+                    "`cli <command> <action>`",
+                },
+                "target": {
+                    "type": "string",
+                    "description": "the request path (numbers masked as in the logs), or the "
+                    "command's arguments (URLs without credentials or query)",
+                },
+                "status": {"type": "integer", "description": "HTTP status, or exit status"},
+                "code": _nullable({"type": "string", "description": "the refusal's code"}),
+                "request_id": _nullable(_STR),
+                "remote": _nullable({"type": "string", "description": "the peer address"}),
+            }
+        ),
+        "AuditPage": _obj(
+            {
+                "entries": {"type": "array", "items": _schema("AuditEntry")},
+                "next_cursor": _nullable(
+                    {"type": "string", "description": "pass as cursor for the next page"}
+                ),
+            }
+        ),
         "ReplayRequest": _obj(
             {
                 "ids": {
@@ -1240,6 +1272,22 @@ def _report_paths() -> dict[str, Any]:
                         "only receipts received at least this many seconds ago",
                     ),
                     _query("limit", limit, "rows to return"),
+                ],
+            ),
+        },
+        "/admin/audit": {
+            "get": _admin_op(
+                "listAudit",
+                "The audit trail: every admin request that may change something (refused ones "
+                "too, but not those the admin token refused) and every CLI store command that "
+                "may; oldest first. `X-Operator: <name>` on an admin request is recorded as its "
+                "actor",
+                {"200": _ok("AuditPage", "one page"), **_errors(400)},
+                parameters=[
+                    _query("cursor", {"type": "integer", "minimum": 0}, "the last id seen"),
+                    _query("limit", limit, "rows to return"),
+                    _query("since", {"type": "integer", "minimum": 0}, "at >= since (unix ms)"),
+                    _query("until", {"type": "integer", "minimum": 0}, "at < until (unix ms)"),
                 ],
             ),
         },

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge import jsonio
-from bridge.store.models import Account, AppKey
+from bridge.store.models import Account, AppKey, AuditEntry
 
 ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
@@ -82,3 +82,20 @@ RESEAL = {
     "account": "UPDATE accounts SET webhook_secret_enc={0} WHERE id={1} AND webhook_secret_enc={2}",
     "key": "UPDATE app_keys SET secret_enc={0} WHERE key_id={1} AND secret_enc={2}",
 }
+
+
+AUDIT_COLS = "at, actor, action, target, status, code, request_id, remote"
+# The trail a page at a time, oldest first, after the last id a page showed ({0}: after,
+# {1}: since, {2}: until, {3}: limit).
+AUDIT_PAGE = (
+    f"SELECT {AUDIT_COLS}, id FROM audit_log WHERE id > {{0}} AND at >= {{1}} AND at < {{2}} "
+    "ORDER BY id LIMIT {3}"
+)
+
+
+def audit_values(e: AuditEntry) -> tuple[Any, ...]:
+    return (e.at, e.actor, e.action, e.target, e.status, e.code, e.request_id, e.remote)
+
+
+def audit_row(r: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(*r)

@@ -18,6 +18,7 @@ from bridge.store.models import (
     AcceptOutcome,
     Account,
     AppKey,
+    AuditEntry,
     BillRow,
     DncInfo,
     IdempotencyRecord,
@@ -170,6 +171,16 @@ class Store(Protocol):
     ) -> IdempotencyRecord | None: ...
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome: ...
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None: ...
+    async def audit_add(self, entry: AuditEntry) -> None:
+        """Append one operator action to the audit trail (durable, like an accept)."""
+        ...
+
+    async def audit_page(
+        self, after: int, limit: int, since: int = 0, until: int = 2**62
+    ) -> list[AuditEntry]:
+        """The trail oldest first: ids after `after`, `since` <= at < `until`."""
+        ...
+
     async def sealed_secrets(self) -> list[tuple[str, str, bytes]]:
         """(kind "account" | "key", row id, sealed blob) of every stored secret."""
         ...

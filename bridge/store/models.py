@@ -444,3 +444,18 @@ class BillRow:
     month: str
     body: str  # JSON of the settled bill
     settled_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action (bridge/audit.py). `id` is 0 until stored."""
+
+    at: int
+    actor: str  # "api", "api:<X-Operator>", "cli:<OS user>"
+    action: str  # "POST /admin/accounts/{ref}/{action}" or "cli account disable"
+    target: str  # the request path (numbers masked) or the command's arguments
+    status: int  # HTTP status, or the command's exit code
+    code: str | None = None  # the refusal's code
+    request_id: str | None = None
+    remote: str | None = None  # the peer address of an API request
+    id: int = 0

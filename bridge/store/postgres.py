@@ -39,8 +39,17 @@ from bridge.store import postgres_reports as reports
 from bridge.store import postgres_rules as rules_sql
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
+from bridge.store.account_rows import (
+    AUDIT_COLS,
+    AUDIT_PAGE,
+    RESEAL,
+    SEALED_SECRETS,
+    audit_row,
+    audit_values,
+    column_value,
+    senders_of,
+)
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
-from bridge.store.account_rows import RESEAL, SEALED_SECRETS, column_value, senders_of
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
@@ -66,6 +75,7 @@ from bridge.store.models import (
     AcceptOutcome,
     Account,
     AppKey,
+    AuditEntry,
     IdempotencyRecord,
     MessageRecord,
     MoMessage,
@@ -828,6 +838,20 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             existing = await _idem(self.pool, batch.account_id, batch.idempotency_key or "", now)
             return AcceptOutcome(accepted=False, existing=existing)
         return AcceptOutcome(accepted=True)
+
+    async def audit_add(self, entry: AuditEntry) -> None:
+        await self.pool.execute(
+            f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+            *audit_values(entry),
+        )
+
+    async def audit_page(
+        self, after: int, limit: int, since: int = 0, until: int = 2**62
+    ) -> list[AuditEntry]:
+        rows = await self.pool.fetch(
+            AUDIT_PAGE.format("$1", "$2", "$3", "$4"), after, since, until, limit
+        )
+        return [audit_row(r) for r in rows]
 
     async def sealed_secrets(self) -> list[tuple[str, str, bytes]]:
         return [(r[0], r[1], bytes(r[2])) for r in await self.pool.fetch(SEALED_SECRETS)]

@@ -17,7 +17,16 @@ from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
-from bridge.store.account_rows import RESEAL, SEALED_SECRETS, column_value, senders_of
+from bridge.store.account_rows import (
+    AUDIT_COLS,
+    AUDIT_PAGE,
+    RESEAL,
+    SEALED_SECRETS,
+    audit_row,
+    audit_values,
+    column_value,
+    senders_of,
+)
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
@@ -47,6 +56,7 @@ from bridge.store.models import (
     AcceptOutcome,
     Account,
     AppKey,
+    AuditEntry,
     IdempotencyRecord,
     MessageRecord,
     MoMessage,
@@ -472,6 +482,24 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         if isinstance(exc, _RateLimited):
             return AcceptOutcome(accepted=False, retry_after=exc.wait)
         return AcceptOutcome(accepted=False, auth_refusal=exc.outcome, account=exc.account)
+
+    async def audit_add(self, entry: AuditEntry) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                audit_values(entry),
+            )
+
+        await self._runner.write(job)
+
+    async def audit_page(
+        self, after: int, limit: int, since: int = 0, until: int = 2**62
+    ) -> list[AuditEntry]:
+        def job(c: sqlite3.Connection) -> list[AuditEntry]:
+            sql = AUDIT_PAGE.format("?", "?", "?", "?")
+            return [audit_row(r) for r in c.execute(sql, (after, since, until, limit))]
+
+        return await self._runner.read(job)
 
     async def sealed_secrets(self) -> list[tuple[str, str, bytes]]:
         def job(c: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
