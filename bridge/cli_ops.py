@@ -154,6 +154,7 @@ async def _pending_view(ops: Ops, t: Any, names: dict[str, str], flt: Any) -> di
         "content": t.content,
         "remark": t.remark,
         "allow_urls": t.allow_urls,
+        "international": t.international,
         "placeholders": params,
         "created_at": t.created_at,
         "revision": t.revision,  # what `template review CODE --revision N` names

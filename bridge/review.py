@@ -98,24 +98,31 @@ def new_template_code() -> str:
     return f"SMS_{secrets.randbelow(900_000_000) + 100_000_000}"
 
 
-_TEMPLATE_FIELDS = {"type", "name", "content", "remark", "allow_urls"}
+_TEMPLATE_FIELDS = {"type", "name", "content", "remark", "allow_urls", "international"}
+_FLAGS = ("allow_urls", "international")
 
 
-def _template_values(data: dict[str, Any]) -> tuple[str, str, str, str, bool]:
-    """(type, name, content, remark, allow_urls) of a submission or of a correction merged
-    over the template it corrects."""
+def _template_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The Template fields of a submission, or of a correction merged over the template it
+    corrects (kind, name, content, remark, allow_urls, international)."""
     kind = data["type"]
     if kind not in TEMPLATE_KINDS:
         raise ReviewError("INVALID_FIELD", f"type: one of {', '.join(TEMPLATE_KINDS)}")
     name = _text(data, "name", 64)
     if not name.strip():
         raise ReviewError("INVALID_FIELD", "name: must not be empty")
-    content = _text(data, "content", 2000)
-    remark = _text(data, "remark", 500)
-    allow_urls = data.get("allow_urls", False)
-    if not isinstance(allow_urls, bool):
-        raise ReviewError("INVALID_FIELD", "allow_urls: expected true or false")
-    return kind, name, content, remark, allow_urls
+    out: dict[str, Any] = {
+        "kind": kind,
+        "name": name,
+        "content": _text(data, "content", 2000),
+        "remark": _text(data, "remark", 500),
+    }
+    for flag in _FLAGS:
+        value = data.get(flag, False)
+        if not isinstance(value, bool):
+            raise ReviewError("INVALID_FIELD", f"{flag}: expected true or false")
+        out[flag] = value
+    return out
 
 
 async def _auto_review(
@@ -147,21 +154,19 @@ async def submit_template(
     store: Any, account_id: str, body: Any, now: int, config: Config, content_filter: ContentFilter
 ) -> Template:
     data = _fields(body, _TEMPLATE_FIELDS, {"type", "name", "content"})
-    kind, name, content, remark, allow_urls = _template_values(data)
-    status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
+    values = _template_values(data)
+    status, reason = await _auto_review(
+        store, account_id, values["kind"], values["content"], config, content_filter
+    )
     for _attempt in range(5):
         t = Template(
-            new_template_code(),
-            account_id,
-            kind,
-            name,
-            content,
-            remark,
-            allow_urls,
-            status,
-            reason,
-            now,
-            None,  # reviewed_at: an operator's decision; an automatic rejection leaves it unset
+            code=new_template_code(),
+            account_id=account_id,
+            status=status,
+            reason=reason,
+            created_at=now,
+            reviewed_at=None,  # an operator's decision; an automatic rejection leaves it unset
+            **values,
         )
         try:
             await store.add_template(t)
@@ -214,17 +219,16 @@ async def edit_template(
         "content": t.content,
         "remark": t.remark,
         "allow_urls": t.allow_urls,
+        "international": t.international,
     }
     merged.update(data)
-    kind, name, content, remark, allow_urls = _template_values(merged)
-    status, reason = await _auto_review(store, account_id, kind, content, config, content_filter)
+    values = _template_values(merged)
+    status, reason = await _auto_review(
+        store, account_id, values["kind"], values["content"], config, content_filter
+    )
     new = replace(
         t,
-        kind=kind,
-        name=name,
-        content=content,
-        remark=remark,
-        allow_urls=allow_urls,
+        **values,
         status=status,
         reason=reason,
         reviewed_at=None,  # the review starts over
@@ -369,6 +373,7 @@ def template_view(t: Template, *, operator: bool = False) -> dict[str, Any]:
         "content": t.content,
         "remark": t.remark,
         "allow_urls": t.allow_urls,
+        "international": t.international,
         "status": t.status,
         "reason": t.reason,
         "created_at": t.created_at,

@@ -149,6 +149,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE signs DROP COLUMN updated_at",
     ),
     15: ("DROP TABLE audit_log",),
+    16: ("ALTER TABLE templates DROP COLUMN international",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -177,6 +178,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE signs DROP COLUMN updated_at",
     ),
     15: ("DROP TABLE audit_log",),
+    16: ("ALTER TABLE templates DROP COLUMN international",),
 }
 
 

@@ -85,6 +85,11 @@ def _template_props(operator: bool) -> dict[str, Any]:
         "content": {"type": "string", "description": "with ${name} placeholders"},
         "remark": _STR,
         "allow_urls": {"type": "boolean", "description": "parameters may carry links"},
+        "international": {
+            "type": "boolean",
+            "description": "for international (and Hong Kong, Macao, Taiwan) messages: the "
+            "Alibaba face's TemplateType 3; the type stays the sending rules'",
+        },
         "status": {"type": "string", "enum": _REVIEW_STATES},
         "reason": _nullable(
             {
@@ -310,6 +315,7 @@ def rules_schemas() -> dict[str, Any]:
                 },
                 "remark": {"type": "string", "maxLength": 500},
                 "allow_urls": {"type": "boolean", "default": False},
+                "international": {"type": "boolean", "default": False},
             },
             required=["type", "name", "content"],
         ),
@@ -320,6 +326,7 @@ def rules_schemas() -> dict[str, Any]:
                 "content": {"type": "string", "maxLength": 2000},
                 "remark": {"type": "string", "maxLength": 500},
                 "allow_urls": {"type": "boolean"},
+                "international": {"type": "boolean"},
             },
             required=[],
         )

@@ -31,6 +31,7 @@ from bridge.api.sending import (
 from bridge.api.submit import SendRequest
 from bridge.compat.aliyun_errors import Missing, required
 from bridge.compat.aliyun_lists import (
+    INTERNATIONAL,
     SIGN_SOURCES,
     TEMPLATE_TYPES,
     delete_sms_sign,
@@ -494,6 +495,7 @@ async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict
         "name": required(p, "TemplateName"),
         "content": required(p, "TemplateContent"),
         "remark": p.get("Remark", ""),
+        "international": p["TemplateType"] == INTERNATIONAL,
     }
     # Refused, not cut: the template was queried back under a name it was not given.
     if len(body["name"]) > 64 or len(body["remark"]) > 500:
@@ -522,7 +524,7 @@ async def query_sms_template(ctx: ApiContext, account: Account, p: Params) -> di
         "TemplateCode": t.code,
         "TemplateName": t.name,
         "TemplateContent": t.content,
-        "TemplateType": _TYPE_NUMBERS[t.kind],
+        "TemplateType": int(INTERNATIONAL) if t.international else _TYPE_NUMBERS[t.kind],
         "TemplateStatus": _REVIEW_STATUS[t.status],
         "Reason": t.reason or "",
         "CreateDate": local_time(t.created_at, ctx.config.rules.timezone),

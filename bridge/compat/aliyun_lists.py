@@ -23,8 +23,11 @@ from bridge.store.models import Account, Sign, Template
 
 Params = Mapping[str, str]
 
-# Alibaba's template types -> ours (3 = international/HK-Macao-Taiwan: a notification)
+# Alibaba's template types -> ours (3 = international/HK-Macao-Taiwan: a notification, with the
+# template's `international` flag set, which reads back as 3, or 6 in the list calls)
 TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
+INTERNATIONAL = "3"
+LIST_INTERNATIONAL = 6  # the list calls' TemplateType for it (OuterTemplateType keeps 3)
 # Alibaba's SignSource numbers: 0 company, 1 website registered with the MIIT, 2 app, 3 official
 # account or mini program, 4 e-commerce store, 5 trademark.
 SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
@@ -73,8 +76,8 @@ def template_row(t: Template, tz: str) -> dict[str, Any]:
         "TemplateCode": t.code,
         "TemplateName": t.name,
         "TemplateContent": t.content,
-        "TemplateType": LIST_TYPE[t.kind],
-        "OuterTemplateType": OUTER_TYPE[t.kind],
+        "TemplateType": LIST_INTERNATIONAL if t.international else LIST_TYPE[t.kind],
+        "OuterTemplateType": int(INTERNATIONAL) if t.international else OUTER_TYPE[t.kind],
         "AuditStatus": AUDIT_STATUS[t.status],
         "CreateDate": local_time(t.created_at, tz),
         "Reason": _reason(t.status, t.reason, t.reviewed_at, tz),
@@ -152,6 +155,7 @@ async def modify_sms_template(ctx: ApiContext, account: Account, p: Params) -> d
         if kind is None:
             raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
         body["type"] = kind
+        body["international"] = p["TemplateType"] == INTERNATIONAL
     for param, field in (
         ("TemplateName", "name"),
         ("TemplateContent", "content"),

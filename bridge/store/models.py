@@ -399,6 +399,8 @@ class Template:
     # revision a process rendered from its cache with the stored one.
     revision: int = 1
     updated_at: int | None = None  # the last correction; None: as submitted
+    # For international (and Hong Kong, Macao, Taiwan) messages: Alibaba's TemplateType 3.
+    international: bool = False
 
 
 @dataclass(frozen=True, slots=True)

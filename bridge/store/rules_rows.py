@@ -15,7 +15,7 @@ SIGN_COLS = (
 )
 TEMPLATE_COLS = (
     "code, account_id, kind, name, content, remark, allow_urls, status, reason, created_at, "
-    "reviewed_at, revision, updated_at"
+    "reviewed_at, revision, updated_at, international"
 )
 LEDGER_COLS = "id, account_id, kind, amount, pocket, at, ref, expires_at"
 
@@ -120,6 +120,7 @@ def template_values(t: Template) -> tuple[Any, ...]:
         t.reviewed_at,
         t.revision,
         t.updated_at,
+        bool(t.international),
     )
 
 
@@ -138,6 +139,7 @@ def template_row(r: Sequence[Any]) -> Template:
         reviewed_at=r[10],
         revision=r[11],
         updated_at=r[12],
+        international=bool(r[13]),
     )
 
 
@@ -165,11 +167,12 @@ CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
 # starts over: the status and reason the automatic review gave, no operator's decision yet.
 _EDIT_TEMPLATE = (
     "UPDATE templates SET kind={0}, name={1}, content={2}, remark={3}, allow_urls={4}, "
-    "status={5}, reason={6}, reviewed_at=NULL, revision={7}, updated_at={8} "
+    "status={5}, reason={6}, reviewed_at=NULL, revision={7}, updated_at={8}, "
+    "international={11} "
     "WHERE code={9} AND account_id={10} AND status='rejected' AND revision={7} - 1"
 )
-EDIT_TEMPLATE_SQLITE = _EDIT_TEMPLATE.format(*(f"?{i}" for i in range(1, 12)))
-EDIT_TEMPLATE_PG = _EDIT_TEMPLATE.format(*(f"${i}" for i in range(1, 12)))
+EDIT_TEMPLATE_SQLITE = _EDIT_TEMPLATE.format(*(f"?{i}" for i in range(1, 13)))
+EDIT_TEMPLATE_PG = _EDIT_TEMPLATE.format(*(f"${i}" for i in range(1, 13)))
 _EDIT_SIGN = (
     "UPDATE signs SET source={0}, remark={1}, status='pending', reason=NULL, flag={2}, "
     "reviewed_at=NULL, updated_at={3} WHERE account_id={4} AND name={5} AND status='rejected'"
@@ -192,6 +195,7 @@ def edit_template_args(t: Template) -> tuple[Any, ...]:
         t.updated_at,
         t.code,
         t.account_id,
+        bool(t.international),
     )
 
 

@@ -32,8 +32,9 @@ Findings:
    isv.TEMPLATE_PARAMS_ILLEGAL ("illegal keyword"); Alibaba's codes, which client code matches,
    are isv.PARAM_LENGTH_LIMIT (参数超出长度限制) and isv.PARAM_NOT_SUPPORT_URL (不支持URL).
 
-Fixed: all but 7 (marked xfail). 8 answers isv.MOBILE_NUMBER_ILLEGAL; 5 refuses past the native
-limits (64 and 500 characters) with isv.TEMPLATE_OVER_LIMIT instead of cutting.
+Fixed: all but 7 (marked xfail; 7, the international template type, was fixed in session 13).
+8 answers isv.MOBILE_NUMBER_ILLEGAL; 5 refuses past the native limits (64 and 500 characters)
+with isv.TEMPLATE_OVER_LIMIT instead of cutting.
 """
 
 from __future__ import annotations
@@ -214,11 +215,6 @@ async def test_query_send_statistics_filters_by_sign_name_and_template_type(face
 # -- 7. AddSmsTemplate type 3 ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: templates have no international type to store (type 3 is kept as a "
-    "notification); documented in the closing note",
-)
 async def test_an_international_template_is_queried_back_as_type_3(face: Face) -> None:
     """TemplateType 3 (international / Hong Kong, Macao, Taiwan) is stored as a notification and
     QuerySmsTemplate answers 1: a customer's template sync sees its template change type."""
@@ -238,6 +234,22 @@ async def test_an_international_template_is_queried_back_as_type_3(face: Face) -
         models.QuerySmsTemplateRequest(template_code=added.template_code),
     )
     assert queried.template_type == 3
+    # Fixed in session 13 (templates.international): the list calls number it anew (6), and
+    # keep Alibaba's outer number (3).
+    listed = await face.call(
+        client, "query_sms_template_list", models.QuerySmsTemplateListRequest()
+    )
+    [row] = [r for r in listed.sms_template_list if r.template_code == added.template_code]
+    assert (row.template_type, row.outer_template_type) == (6, 3)
+    changed = await face.call(
+        client,
+        "modify_sms_template",
+        models.ModifySmsTemplateRequest(
+            template_code=added.template_code, template_type=1, template_name="intl",
+            template_content=NOTIFY_TEXT, remark="r",
+        ),
+    )  # fmt: skip
+    assert changed.code != "OK"  # pending, not rejected: not editable
 
 
 # -- 8. SendSms without a number -------------------------------------------------------------------

@@ -243,6 +243,7 @@ async def test_template_submit_list_and_get(api_server, make_account, clock):
         "created_at": now,
         "reviewed_at": None,
         "revision": 1,
+        "international": False,
         "updated_at": None,
     }
     clock.advance(1)

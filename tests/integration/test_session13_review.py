@@ -1170,3 +1170,26 @@ async def test_a_null_field_in_a_sign_correction_is_refused(
     _refused(r, 400, "INVALID_FIELD", field)
     got = await api.request("GET", "/v1/signs/Globex", creds=creds)
     assert (got.json["status"], got.json["updated_at"]) == ("rejected", None)
+
+
+async def test_an_international_template_keeps_its_flag_natively(api_server: ApiServer) -> None:
+    """templates.international (the Alibaba face's type 3) through the native API: submitted,
+    read back, corrected; a non-boolean refused."""
+    api = api_server
+    creds = await api.create_account(raw_text=False)
+    r = await api.request(
+        "POST", "/v1/templates", creds=creds,
+        json={"type": "notification", "name": "intl", "content": OLD, "international": True},
+    )  # fmt: skip
+    assert r.status == 201 and r.json["international"] is True, r.json
+    code = r.json["code"]
+    assert (await _get(api, creds, code))["international"] is True
+    bad = await api.request(
+        "POST", "/v1/templates", creds=creds,
+        json={"type": "notification", "name": "x", "content": OLD, "international": "yes"},
+    )  # fmt: skip
+    _refused(bad, 400, "INVALID_FIELD", "international")
+    await _decide(api, code, "reject", "wrong region")
+    fixed = await _patch(api, creds, code, {"international": False})
+    assert fixed.status == 200 and fixed.json["international"] is False, fixed.json
+    assert (await _get(api, creds, code))["revision"] == 2
