@@ -402,6 +402,16 @@ class SecurityConfig:
         return None if self.master_key is None else _decode_key(self.master_key)
 
     def _problems(self) -> Problems:
+        if (
+            self.master_key is not None
+            and self.previous_master_key is not None
+            and _decode_key(self.master_key) is not None
+            and _decode_key(self.master_key) == _decode_key(self.previous_master_key)
+        ):
+            yield (
+                "previous_master_key",
+                "is the master key itself: during a rotation it is the key used before",
+            )
         if not (self.master_key or self.master_key_file or self.generate_master_key):
             yield (
                 "",

@@ -22,6 +22,7 @@ from bridge.crypto import MasterKeyError, Sealer
 class ResealReport:
     """What a run found and did; `unreadable` (kind, id, why) opens with neither key."""
 
+    total: int = 0
     resealed: int = 0
     current: int = 0
     changed_meanwhile: int = 0
@@ -30,6 +31,7 @@ class ResealReport:
     def as_dict(self, dry_run: bool) -> dict[str, Any]:
         return {
             "dry_run": dry_run,
+            "total": self.total,
             "to_reseal" if dry_run else "resealed": self.resealed,
             "already_current": self.current,
             "changed_meanwhile": self.changed_meanwhile,
@@ -39,7 +41,7 @@ class ResealReport:
 
 def plan(rows: list[tuple[str, str, bytes]], sealer: Sealer) -> tuple[list[Any], ResealReport]:
     """Pure: the (kind, id, old blob, new blob) to write, and the report so far."""
-    report = ResealReport()
+    report = ResealReport(total=len(rows))
     writes = []
     for kind, row_id, blob in rows:
         if sealer.is_current(blob):

@@ -133,6 +133,10 @@ class _Expired(Exception):
     """A part's deadline passed while it waited to be sent."""
 
 
+class _Held(Exception):
+    """A part about to be resent whose message was held meanwhile (Connector.is_held)."""
+
+
 def _no_bind(i: int) -> SubmitOutcome:
     return SubmitOutcome(i, "no_bind", -1, "NO_BIND", None)
 
@@ -548,6 +552,8 @@ class Connector:
                 res = await self._submit_on(bind, part, priority, before, deadline, context)
             except _Expired:
                 return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
+            except _Held:
+                return _held_outcome(index), bind
             except EncodeError as e:
                 self._failed[e.code] += 1
                 self._error(f"part {index} cannot be encoded: {e}")
@@ -576,8 +582,7 @@ class Connector:
             if kind == "throttled":
                 self._throttle(bind, sent_at, name)
                 priority = True
-                if await self._held(context):
-                    return _held_outcome(index), bind
+                before = self._hold_check(context)  # at the resend's slot, after any pause
                 continue
             if kind == "transient":
                 transient += 1
@@ -611,23 +616,30 @@ class Connector:
                     bind = None
                 lo, hi = self._transient_backoff
                 await asyncio.sleep(min(hi, lo * 2 ** (transient - 1)) * random.uniform(0.5, 1.0))
-                if await self._held(context):
-                    return _held_outcome(index), bind
+                before = self._hold_check(context)  # at the resend's slot, after a new bind
                 continue
             self._failed[name] += 1
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
 
-    async def _held(self, context: Any) -> bool:
-        """Whether a part about to go out again must not: each resend is a new decision to
-        send, and the message may have been held since the last one (the store answers; a
-        failed read sends, as before the check existed)."""
-        if self.is_held is None or context is None:
-            return False
-        try:
-            return await self.is_held(context)
-        except Exception:
-            log.warning("hold check failed; resending", exc_info=True)
-            return False
+    def _hold_check(self, context: Any) -> Callable[[], Awaitable[None]] | None:
+        """What a resend awaits holding its window slot, right before it leaves (after any
+        throttle pause, back-off or wait for a new bind, when a hold is likeliest to have come):
+        each resend is a new decision to send, and the message may have been held since the
+        last one. _Held if it was; a failed read resends, as before the check existed."""
+        is_held = self.is_held
+        if is_held is None or context is None:
+            return None
+
+        async def check() -> None:
+            try:
+                held = await is_held(context)
+            except Exception:
+                log.warning("hold check failed; resending", exc_info=True)
+                return
+            if held:
+                raise _Held
+
+        return check
 
     def _count_unanswered(self, bind: _Bind, error: str | None) -> None:
         """Drop a bind whose submits time out in a row while its link looks alive.

@@ -206,6 +206,7 @@ def test_template_review_lists_pending_and_decides(cfg: Path) -> None:
         "content": "Your code is ${code}.",
         "remark": "",
         "allow_urls": False,
+        "international": False,
         "placeholders": ["code"],
         "created_at": 1_700_000_000_000,
         "revision": 1,
