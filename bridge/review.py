@@ -213,14 +213,8 @@ async def edit_template(
         raise ReviewError("NOT_FOUND", f"no template {code!r}")
     if t.status != "rejected":
         raise ReviewError("TEMPLATE_NOT_EDITABLE", _not_editable(f"template {code}", t.status))
-    merged = {
-        "type": t.kind,
-        "name": t.name,
-        "content": t.content,
-        "remark": t.remark,
-        "allow_urls": t.allow_urls,
-        "international": t.international,
-    }
+    # The stored fields as a submission names them (the view's names), the correction over them.
+    merged = {k: v for k, v in template_view(t).items() if k in _TEMPLATE_FIELDS}
     merged.update(data)
     values = _template_values(merged)
     status, reason = await _auto_review(
