@@ -19,7 +19,9 @@ import re
 from collections.abc import Sequence
 
 _OPERATOR = re.compile(r"[A-Za-z0-9._@+\-]{1,64}")
-_URL = re.compile(r"([a-z][a-z0-9+.\-]*://)([^/@\s]*@)?([^?\s#]*)(\S*)", re.IGNORECASE)
+# The user information runs to the LAST @ before the path, as URL parsers (yarl) read it: cut
+# at the first, "u:pa@ss@host" left "ss@host" of the password in the trail.
+_URL = re.compile(r"([a-z][a-z0-9+.\-]*://)([^/?#\s]*@)?([^?\s#]*)(\S*)", re.IGNORECASE)
 
 # Store commands of the CLI that change nothing: (command, action). `template review` with no
 # CODE lists the queue; `secrets reseal --dry-run` counts (see cli_action).
@@ -66,11 +68,15 @@ def scrub(arg: str) -> str:
     return _URL.sub(lambda m: m[1] + m[3] + ("?…" if m[4] else ""), arg)
 
 
-def cli_action(argv: Sequence[str]) -> tuple[str, str] | None:
+def cli_action(
+    argv: Sequence[str], *, queue: bool = False, dry_run: bool = False
+) -> tuple[str, str] | None:
     """(action, target) of a CLI command line (without the program name), or None when it
     changes nothing: `cli <command> <action>` and the remaining arguments, scrubbed, without
-    --config (a path, not the action)."""
-    words = [a for a in argv]
+    --config (a path, not the action). `queue` and `dry_run` come from the parsed arguments
+    (argparse takes abbreviations: `--dry` is --dry-run), for the two commands that read only
+    with them: `template review` without a CODE, `secrets reseal --dry-run`."""
+    words = list(argv)
     if len(words) < 2:
         return None
     command, action = words[0], words[1]
@@ -86,24 +92,11 @@ def cli_action(argv: Sequence[str]) -> tuple[str, str] | None:
         if a.startswith("--config="):
             continue
         rest.append(scrub(a))
-    if (command, action) in READ_ONLY:
-        return None
-    if command == "template" and action == "review" and not _has_positional(rest):
-        return None  # the queue
-    if command == "secrets" and "--dry-run" in rest:
+    if (command, action) in READ_ONLY or queue or dry_run:
         return None
     return f"cli {command} {action}", " ".join(rest)[:1000]
 
 
-def _has_positional(args: Sequence[str]) -> bool:
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a in ("--account", "--reject", "--revision", "--status"):
-            skip = a != "--reject"  # --reject takes its reason (or none)
-            continue
-        if not a.startswith("-"):
-            return True
-    return False
+def clean(text: str) -> str:
+    """A recorded value without NUL (PostgreSQL text cannot hold one: the row was lost)."""
+    return text.replace("\x00", "\\0")

@@ -168,8 +168,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-# The command line being run (without the program name), for the audit trail.
+# The command line being run (without the program name) and its parsed arguments, for the
+# audit trail.
 _ARGV: list[str] = []
+_ARGS: list[argparse.Namespace] = []
 _CODE = re.compile(r"([A-Z][A-Z0-9_]+): ")
 
 
@@ -200,7 +202,14 @@ async def _audit(store: Any, status: int, code: str | None) -> None:
     from bridge.audit import cli_action, cli_actor
     from bridge.store.models import AuditEntry
 
-    what = cli_action(_ARGV)
+    args = _ARGS[0] if _ARGS else None
+    what = cli_action(
+        _ARGV,
+        queue=getattr(args, "command", None) == "template"
+        and getattr(args, "action", None) == "review"
+        and getattr(args, "code", None) is None,
+        dry_run=bool(getattr(args, "dry_run", False)),
+    )
     if what is None:
         return
     entry = AuditEntry(int(time.time() * 1000), cli_actor(), what[0], what[1], status, code)
@@ -642,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    _ARGS[:] = [args]
     if (
         args.command == "send"
         and not args.status

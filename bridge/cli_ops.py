@@ -466,6 +466,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`audit list`: the operators' actions, oldest first (bridge/audit.py)."""
     from bridge.api.admin_ops import audit_view
 
+    if not 1 <= args.limit <= 1000:
+        raise CliError("--limit: an integer from 1 to 1000")
+    if args.after < 0:
+        raise CliError("--after: an entry id (0 or more)")
+
     async def go(ops: Ops) -> int:
         rows = await ops.store.audit_page(args.after, args.limit)
         _print([audit_view(e) for e in rows])

@@ -26,7 +26,7 @@ from bridge.store.models import AuditEntry, QueueGroup
 QUEUE_BUCKETS = ("ready", "claimed", "retry_wait", "parked", "scheduled")
 MAX_LIST = 1000
 MAX_REPLAY = 1000
-_INT = re.compile(r"[0-9]{1,10}")
+_INT = re.compile(r"[0-9]{1,19}")  # up to 2**62 (unix ms and ids), checked against the bounds
 
 
 # -- pure renderers -------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ Params = Mapping[str, str]
 TEMPLATE_TYPES = {"0": "verification", "1": "notification", "2": "marketing", "3": "notification"}
 INTERNATIONAL = "3"
 LIST_INTERNATIONAL = 6  # the list calls' TemplateType for it (OuterTemplateType keeps 3)
+# UpdateSmsTemplate's IntlType, required with TemplateType 3: what kind of international message.
+INTL_TYPES = {"0": "notification", "1": "marketing", "2": "verification"}
 # Alibaba's SignSource numbers: 0 company, 1 website registered with the MIIT, 2 app, 3 official
 # account or mini program, 4 e-commerce store, 5 trademark.
 SIGN_SOURCES = {"0": "company", "1": "website", "2": "app", "3": "public_account", "4": "other",
@@ -154,8 +156,13 @@ async def modify_sms_template(ctx: ApiContext, account: Account, p: Params) -> d
         kind = TEMPLATE_TYPES.get(p["TemplateType"])
         if kind is None:
             raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
-        body["type"] = kind
         body["international"] = p["TemplateType"] == INTERNATIONAL
+        if body["international"] and p.get("IntlType", "") != "":
+            # UpdateSmsTemplate: what an international template is (Alibaba's IntlType).
+            kind = INTL_TYPES.get(p["IntlType"])
+            if kind is None:
+                raise ApiError("INVALID_FIELD", "IntlType: 0, 1 or 2")
+        body["type"] = kind
     for param, field in (
         ("TemplateName", "name"),
         ("TemplateContent", "content"),

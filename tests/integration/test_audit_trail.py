@@ -50,7 +50,11 @@ store = engines.store
     ],
 )
 def test_cli_action(argv: list[str], want: tuple[str, str] | None) -> None:
-    assert audit.cli_action(argv) == want
+    """With the two flags the CLI takes from its parsed arguments (argparse also takes
+    abbreviations, `--dry` for --dry-run: the raw words alone would not tell)."""
+    queue = argv[:2] == ["template", "review"] and (len(argv) == 2 or argv[2].startswith("-"))
+    dry_run = "--dry-run" in argv
+    assert audit.cli_action(argv, queue=queue, dry_run=dry_run) == want
 
 
 @pytest.mark.parametrize(
