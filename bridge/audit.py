@@ -7,9 +7,10 @@ account, approved that template, imported that list, and when". Secrets never go
 API's bodies are not recorded (only the route and the path, numbers masked as in the logs) and
 the CLI's arguments have URLs' query strings and credentials cut.
 
-The actor of an API request is `api`, or `api:<name>` when the operator's tooling sends
-`X-Operator: <name>` (the admin token is shared: the header is the caller's word, recorded as
-such, not an identity). The CLI's is `cli:<OS user>`.
+The actor of an API request made with a named operator's own token (admin.operators) is
+`operator:<name>`; with the shared server.admin_token it is `api`, or `api:<name>` when the
+tooling sends `X-Operator: <name>` (the caller's word, recorded as such, not an identity). The
+CLI's is `cli:<OS user>`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ READ_ONLY = frozenset(
 _SKIPPED_OPTIONS = frozenset({"--config", "-c"})
 
 
-def api_actor(header: str | None) -> str:
-    """`api`, or `api:<name>` for a well-formed X-Operator header (anything else is dropped,
-    not recorded raw: it is the caller's text)."""
+def api_actor(header: str | None, operator: str | None = None) -> str:
+    """`operator:<name>` for a request made with a named operator's own token (admin.operators:
+    an identity); else `api`, or `api:<name>` for a well-formed X-Operator header (the
+    caller's word; anything else is dropped, not recorded raw: it is the caller's text)."""
+    if operator:
+        return f"operator:{operator}"
     if header and _OPERATOR.fullmatch(header.strip()):
         return f"api:{header.strip()}"
     return "api"

@@ -807,6 +807,47 @@ class AliyunConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorConfig:
+    """One operator's own admin API token. What a request made with it does is recorded in the
+    audit trail under the operator's name (not the caller's word, as with the shared
+    server.admin_token), and removing the entry revokes it at the next SIGHUP."""
+
+    name: str = field(metadata=meta(length(1, 32), matches(_NAME_RE, "made of a-z 0-9 _ -")))
+    token: str = field(
+        repr=False,
+        metadata=meta(length(16), secret=True, env="SMPP_BRIDGE_OPERATOR_{NAME}_TOKEN"),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """Named operators of the admin API, beside or instead of server.admin_token. Applied by a
+    reload (SIGHUP), unlike `server`: revoking someone must not wait for a restart."""
+
+    operators: tuple[OperatorConfig, ...] = ()
+
+    def _problems(self) -> Problems:
+        names: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        for i, op in enumerate(self.operators):
+            key = op.name.upper().replace("-", "_")
+            if key in names:
+                yield (
+                    f"operators[{i}].name",
+                    f"{op.name!r} and operators[{names[key]}] would share the environment "
+                    f"variable SMPP_BRIDGE_OPERATOR_{key}_TOKEN; rename one",
+                )
+            names.setdefault(key, i)
+            if op.token in tokens:
+                yield (
+                    f"operators[{i}].token",
+                    f"the same token as operators[{tokens[op.token]}]: each operator needs "
+                    "their own",
+                )
+            tokens.setdefault(op.token, i)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration. Build it with :func:`load_config` or :func:`parse_config`."""
 
@@ -820,6 +861,7 @@ class Config:
     rules: RulesConfig = field(default_factory=RulesConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
     aliyun: AliyunConfig = field(default_factory=AliyunConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     smscs: tuple[SmscConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     # After loading: never "unset"; YAML null/absent means every SMSC in order, [] means none.

@@ -11,7 +11,15 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
-from bridge.api.context import BODY, CTX, PRINCIPAL, REQUEST_ID, STREAM_CUT, ApiContext
+from bridge.api.context import (
+    BODY,
+    CTX,
+    OPERATOR,
+    PRINCIPAL,
+    REQUEST_ID,
+    STREAM_CUT,
+    ApiContext,
+)
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
 from bridge.ids import random_bytes
@@ -124,7 +132,7 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
     resource = request.match_info.route.resource
     entry = AuditEntry(
         at=ctx.now_ms(),
-        actor=audit.api_actor(request.headers.get("X-Operator")),
+        actor=audit.api_actor(request.headers.get("X-Operator"), request.get(OPERATOR)),
         action=f"{request.method} {resource.canonical if resource is not None else request.path}",
         target=audit.clean(_log_path(request)),
         status=status,

@@ -76,6 +76,9 @@ CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+# The named operator (admin.operators) whose token an admin request carried; "" for the shared
+# server.admin_token.
+OPERATOR: web.RequestKey[str] = web.RequestKey("operator", str)
 # A streamed answer cut after its headers went out (their status says 200): the code the request
 # is counted with instead of OK, STREAM_FAILED (our fault) or CLIENT_GONE.
 STREAM_CUT: web.RequestKey[str] = web.RequestKey("stream_cut", str)

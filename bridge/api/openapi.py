@@ -1146,7 +1146,8 @@ def _report_schemas() -> dict[str, Any]:
                 "at": _MS,
                 "actor": {
                     "type": "string",
-                    "description": "api, api:<X-Operator header>, or cli:<OS user>",
+                    "description": "operator:<name> (a named operator's own token), api or "
+                    "api:<X-Operator header> (the shared admin token), or cli:<OS user>",
                 },
                 "action": {
                     "type": "string",
@@ -1280,8 +1281,8 @@ def _report_paths() -> dict[str, Any]:
                 "listAudit",
                 "The audit trail: every admin request that may change something (refused ones "
                 "too, but not those the admin token refused) and every CLI store command that "
-                "may; oldest first. `X-Operator: <name>` on an admin request is recorded as its "
-                "actor",
+                "may; oldest first. The actor is the named operator whose token was used, or, with "
+                "the shared admin token, `X-Operator: <name>` as the caller gave it",
                 {"200": _ok("AuditPage", "one page"), **_errors(400)},
                 parameters=[
                     _query("cursor", {"type": "integer", "minimum": 0}, "the last id seen"),

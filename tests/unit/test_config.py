@@ -536,12 +536,14 @@ def test_secret_paths_and_env_names() -> None:
         "security.previous_master_key",
         "smscs[].password",
         "sim.password",
+        "admin.operators[].token",
     }
     assert SECRET_ENV == {
         "server.admin_token": "SMPP_BRIDGE_ADMIN_TOKEN",
         "store.dsn": "SMPP_BRIDGE_STORE_DSN",
         "security.master_key": "SMPP_BRIDGE_MASTER_KEY",
         "security.previous_master_key": "SMPP_BRIDGE_PREVIOUS_MASTER_KEY",
+        "admin.operators[].token": "SMPP_BRIDGE_OPERATOR_{NAME}_TOKEN",
         "smscs[].password": "SMPP_BRIDGE_SMSC_{NAME}_PASSWORD",
         "sim.password": "SMPP_BRIDGE_SIM_PASSWORD",
     }
