@@ -247,3 +247,67 @@ def test_operator_configuration(
         parse_config(raw, env=env, base_dir=tmp_path)
     assert problem in str(exc.value)
     assert ALICE not in str(exc.value) and BOB not in str(exc.value)
+
+
+@pytest.mark.slow
+async def test_operators_on_a_workers_daemon_follow_a_sighup(tmp_path: Path) -> None:
+    """`server.workers: 2` as a real `smpp-bridge run`: the acceptors answer /admin with the
+    operators' tokens, and a SIGHUP that drops one refuses it in every process (the acceptors
+    reload with the owner); each action is recorded once, under the operator's name."""
+    import re
+    import signal
+
+    import aiohttp
+
+    from tests.e2e.harness import DaemonProcess, config_dict, wait_until
+
+    data = config_dict(
+        tmp_path,
+        server={"workers": 2},
+        admin={"operators": [{"name": "alice", "token": ALICE}, {"name": "bob", "token": BOB}]},
+    )
+    proc = DaemonProcess(tmp_path, data)
+    proc.start()
+    try:
+        await proc.wait_ready(30)
+        await wait_until(
+            lambda: len(re.findall(r"acceptor \d+ started", proc.log.read_text())) == 2, 20
+        )
+        url = f"http://127.0.0.1:{proc.port}"
+
+        made = iter(range(1000))
+        ok = {ALICE: 0, BOB: 0}  # accounts each token created (a poll during the reload too)
+
+        async def statuses(token: str, n: int = 8) -> set[int]:
+            out = set()
+            conn = aiohttp.TCPConnector(force_close=True)  # a new connection: any acceptor
+            async with aiohttp.ClientSession(connector=conn) as s:
+                for _ in range(n):
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with s.post(f"{url}/admin/accounts", json={"name": f"acc{next(made)}"},
+                                      headers=headers) as r:  # fmt: skip
+                        out.add(r.status)
+                        ok[token] += r.status == 201
+            return out
+
+        assert await statuses(ALICE) == {201} and await statuses(BOB) == {201}
+        data["admin"]["operators"] = [{"name": "bob", "token": BOB}]
+        proc.path.write_text(yaml.safe_dump(data))
+        assert proc.proc is not None
+        os.kill(proc.proc.pid, signal.SIGHUP)
+
+        async def revoked() -> bool:
+            return await statuses(ALICE, 6) == {401}
+
+        await wait_until(revoked, 20, 0.2)
+        assert await statuses(BOB, 6) == {201}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"{url}/admin/audit?limit=1000", headers={"Authorization": f"Bearer {BOB}"}) as r,
+        ):
+            rows = (await r.json())["entries"]
+        created = [e["actor"] for e in rows if e["action"] == "POST /admin/accounts"]
+        assert created.count("operator:alice") == ok[ALICE] >= 8
+        assert created.count("operator:bob") == ok[BOB] == 14
+    finally:
+        proc.stop()
