@@ -142,6 +142,10 @@ def public_key(key: AppKey) -> dict[str, Any]:
     }
 
 
+# How long a rotated webhook secret keeps signing beside the new one, by default.
+DEFAULT_WEBHOOK_OVERLAP_MS = 24 * 3_600_000
+
+
 class AccountService:
     def __init__(self, store: Store, sealer: Sealer) -> None:
         self.store = store
@@ -222,16 +226,33 @@ class AccountService:
         account = await self.resolve(ref)
         return _open(await self.store.update_account(account.id, {"status": status}, now))
 
-    async def rotate_webhook_secret(self, ref: str, now: int) -> tuple[Account, str]:
+    async def rotate_webhook_secret(
+        self, ref: str, now: int, overlap_ms: int = DEFAULT_WEBHOOK_OVERLAP_MS
+    ) -> tuple[Account, str]:
+        """A new webhook secret; the old one keeps signing beside it for `overlap_ms` (two v1=
+        in X-Bridge-Signature), so the customer's receiver verifies throughout its update. 0:
+        the old one stops at once."""
         account = await self.resolve(ref)
         secret = new_secret()
-        updated = await self.store.update_account(
-            account.id, {"webhook_secret_enc": self.sealer.seal(secret, account.id)}, now
-        )
+        changes: dict[str, Any] = {
+            "webhook_secret_enc": self.sealer.seal(secret, account.id),
+            "prev_webhook_secret_enc": account.webhook_secret_enc if overlap_ms > 0 else None,
+            "prev_webhook_secret_until": now + overlap_ms if overlap_ms > 0 else None,
+        }
+        updated = await self.store.update_account(account.id, changes, now)
         return _open(updated), secret
 
     def webhook_secret(self, account: Account) -> str:
         return self.sealer.open(account.webhook_secret_enc, account.id)
+
+    def webhook_secrets(self, account: Account, now: int) -> list[str]:
+        """The secrets a report is signed with now: the current one, and the one before the last
+        rotation while its overlap lasts."""
+        out = [self.webhook_secret(account)]
+        until = account.prev_webhook_secret_until
+        if account.prev_webhook_secret_enc and until is not None and now < until:
+            out.append(self.sealer.open(account.prev_webhook_secret_enc, account.id))
+        return out
 
     async def app_secret(self, key: AppKey) -> str:
         return self.sealer.open(key.secret_enc, key.key_id)

@@ -332,8 +332,18 @@ def cmd_account(args: argparse.Namespace) -> int:
                 status = "disabled" if args.action == "disable" else "active"
                 _print(public_account(await svc.set_status(args.ref, status, _now_ms())))
             elif args.action == "rotate-webhook-secret":
-                account, secret = await svc.rotate_webhook_secret(args.ref, _now_ms())
-                _print({"account": account.id, "webhook_secret": secret})
+                if not 0 <= args.overlap_hours <= 720:
+                    raise CliError("--overlap-hours: from 0 to 720")
+                account, secret = await svc.rotate_webhook_secret(
+                    args.ref, _now_ms(), round(args.overlap_hours * 3_600_000)
+                )
+                _print(
+                    {
+                        "account": account.id,
+                        "webhook_secret": secret,
+                        "previous_signs_until": account.prev_webhook_secret_until,
+                    }
+                )
             elif args.action == "close":
                 # Erases the account's message texts and numbers, revokes its keys; the ledger and
                 # bills stay (money records are kept). Asks nothing: scripts call it.
@@ -598,7 +608,17 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--topup", help="first top-up, in currency units (e.g. 100 or 12.50)")
     with_config(acc_sub.add_parser("list"))
     for action in ("show", "disable", "enable", "rotate-webhook-secret", "close"):
-        with_config(acc_sub.add_parser(action)).add_argument("ref", help="account id or name")
+        sp = with_config(acc_sub.add_parser(action))
+        sp.add_argument("ref", help="account id or name")
+        if action == "rotate-webhook-secret":
+            sp.add_argument(
+                "--overlap-hours",
+                type=float,
+                default=24.0,
+                help="the old secret keeps signing beside the new one this long (two v1= in "
+                "X-Bridge-Signature), so the receiver is updated without a gap; 0 stops it at "
+                "once (default 24)",
+            )
     au = with_config(acc_sub.add_parser("update"))
     au.add_argument("ref")
     settings(au)

@@ -150,6 +150,10 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     ),
     15: ("DROP TABLE audit_log",),
     16: ("ALTER TABLE templates DROP COLUMN international",),
+    17: (
+        "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_enc",
+        "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_until",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -179,6 +183,10 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     ),
     15: ("DROP TABLE audit_log",),
     16: ("ALTER TABLE templates DROP COLUMN international",),
+    17: (
+        "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_enc",
+        "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_until",
+    ),
 }
 
 

@@ -430,6 +430,12 @@ def webhook_signature(secret: str | bytes, body: bytes, t: int) -> str:
     return f"t={t},v1={_webhook_hmac(secret, body, t)}"
 
 
+def webhook_signatures(secrets: Sequence[str | bytes], body: bytes, t: int) -> str:
+    """X-Bridge-Signature with one `v1=` per secret (a rotation's overlap: the receiver
+    accepts the header when any of them matches)."""
+    return ",".join([f"t={t}", *(f"v1={_webhook_hmac(s, body, t)}" for s in secrets)])
+
+
 def verify_webhook_signature(
     secret: str | bytes, body: bytes, header: str, now: int, tolerance_s: int = 300
 ) -> bool:

@@ -299,8 +299,10 @@ class WebhookSender:
             "Content-Type": "application/json",
             "User-Agent": "smpp-bridge-webhooks/1",
             "X-Bridge-Webhook-Id": ids if len(live) == 1 else _batch_id(ids),
-            signing.WEBHOOK_HEADER: signing.webhook_signature(
-                self.accounts.webhook_secret(account), body, int(self.clock())
+            signing.WEBHOOK_HEADER: signing.webhook_signatures(
+                self.accounts.webhook_secrets(account, int(self.clock() * 1000)),
+                body,
+                int(self.clock()),
             ),
         }
         status: int | None = None

@@ -12,7 +12,8 @@ from bridge.store.models import Account, AppKey, AuditEntry
 ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
     "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
-    "low_balance_threshold, report_format, senders"
+    "low_balance_threshold, report_format, senders, prev_webhook_secret_enc, "
+    "prev_webhook_secret_until"
 )
 KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
 
@@ -37,6 +38,8 @@ def account_row(row: Sequence[Any]) -> Account:
         low_balance_threshold=row[14],
         report_format=row[15],
         senders=senders_of(row[16]),
+        prev_webhook_secret_enc=None if row[17] is None else bytes(row[17]),
+        prev_webhook_secret_until=row[18],
     )
 
 
@@ -74,12 +77,16 @@ def key_row(row: Sequence[Any]) -> AppKey:
 # Every sealed secret: (kind, row id, blob). The row id is the blob's associated data.
 SEALED_SECRETS = (
     "SELECT 'account', id, webhook_secret_enc FROM accounts "
+    "UNION ALL SELECT 'account_prev', id, prev_webhook_secret_enc FROM accounts "
+    "WHERE prev_webhook_secret_enc IS NOT NULL "
     "UNION ALL SELECT 'key', key_id, secret_enc FROM app_keys"
 )
 # A secret sealed anew (`secrets reseal`): only over the blob that was read, so a secret rotated
 # meanwhile (rotate-webhook-secret) is not put back. {0} new blob, {1} row id, {2} old blob.
 RESEAL = {
     "account": "UPDATE accounts SET webhook_secret_enc={0} WHERE id={1} AND webhook_secret_enc={2}",
+    "account_prev": "UPDATE accounts SET prev_webhook_secret_enc={0} "
+    "WHERE id={1} AND prev_webhook_secret_enc={2}",
     "key": "UPDATE app_keys SET secret_enc={0} WHERE key_id={1} AND secret_enc={2}",
 }
 

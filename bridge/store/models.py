@@ -37,6 +37,10 @@ class Account:
     report_format: str = "native"  # native | aliyun: the shape of status and MO webhooks
     # Source addresses assigned by the operator (bridge/domain/senders.py); () = not restricted.
     senders: tuple[str, ...] = ()
+    # The webhook secret before the last rotation, signing beside the current one until
+    # prev_webhook_secret_until (unix ms): receivers are updated without a gap.
+    prev_webhook_secret_enc: bytes | None = field(default=None, repr=False)
+    prev_webhook_secret_until: int | None = None
 
     @property
     def active(self) -> bool:
@@ -55,6 +59,8 @@ ACCOUNT_MUTABLE = frozenset(
         "mo_callback_url",
         "status",
         "webhook_secret_enc",
+        "prev_webhook_secret_enc",
+        "prev_webhook_secret_until",
         "low_balance_threshold",
         "report_format",
         "senders",

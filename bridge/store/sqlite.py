@@ -161,7 +161,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             try:
                 c.execute(
                     f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         account.id,
                         account.name,
@@ -180,6 +180,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         account.low_balance_threshold,
                         account.report_format,
                         column_value("senders", account.senders),
+                        account.prev_webhook_secret_enc,
+                        account.prev_webhook_secret_until,
                     ),
                 )
             except sqlite3.IntegrityError as exc:

@@ -1,0 +1,87 @@
+"""Rotating a webhook secret with an overlap (`account rotate-webhook-secret --overlap-hours`):
+the old secret signs beside the new one until the overlap ends, so a customer's receiver, still
+verifying with the old secret, or already with the new one, accepts every report. A real daemon,
+its simulator and a real receiver checking X-Bridge-Signature."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bridge.api import signing
+from bridge.app import Daemon
+from tests.e2e.harness import (
+    WebhookReceiver,
+    client_for,
+    create_account,
+    final_status,
+    make_config,
+    wait_until,
+)
+
+CN = "+8613800138000"
+
+
+async def _report_header(d: Daemon, creds: dict[str, str], receiver: WebhookReceiver) -> str:
+    """Send one message; the X-Bridge-Signature of its status report."""
+    before = len(receiver.requests)
+    async with client_for(d.http_port, creds) as c:
+        r = await c.send(CN, text="hi")
+        await final_status(c, r["messages"][0]["id"], 15)
+    await wait_until(lambda: len(receiver.requests) > before, 15, 0.02)
+    return receiver.requests[-1]["headers"][signing.WEBHOOK_HEADER]
+
+
+def _v1s(header: str) -> int:
+    return sum(part.strip().startswith("v1=") for part in header.split(","))
+
+
+async def test_the_old_secret_signs_beside_the_new_one_during_the_overlap(tmp_path: Path) -> None:
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    old_receiver = WebhookReceiver()  # the customer's receiver, not updated yet
+    await old_receiver.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d, "acme", status_callback_url=old_receiver.url)
+        old = creds["webhook_secret"]
+        old_receiver.secret = old
+        assert _v1s(await _report_header(d, creds, old_receiver)) == 1
+
+        svc = d.ctx.accounts
+        account, new = await svc.rotate_webhook_secret("acme", int(time.time() * 1000))
+        assert account.prev_webhook_secret_until is not None
+        header = await _report_header(d, creds, old_receiver)  # verified with the old secret
+        assert _v1s(header) == 2 and old_receiver.bad_signatures == 0
+        old_receiver.secret = new  # the customer updates its receiver: still verified
+        assert _v1s(await _report_header(d, creds, old_receiver)) == 2
+        assert old_receiver.bad_signatures == 0
+
+        # Overlap 0: the previous secret stops signing at once.
+        account, newest = await svc.rotate_webhook_secret("acme", int(time.time() * 1000), 0)
+        assert account.prev_webhook_secret_enc is None and account.prev_webhook_secret_until is None
+        old_receiver.secret = newest
+        assert _v1s(await _report_header(d, creds, old_receiver)) == 1
+        assert old_receiver.bad_signatures == 0
+    finally:
+        await d.stop()
+        await old_receiver.stop()
+
+
+async def test_an_overlap_that_ended_signs_with_the_new_secret_alone(tmp_path: Path) -> None:
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d, "acme", status_callback_url=receiver.url)
+        _acc, new = await d.ctx.accounts.rotate_webhook_secret(
+            "acme", int(time.time() * 1000), 1
+        )  # 1 ms: over before the report
+        receiver.secret = new
+        header = await _report_header(d, creds, receiver)
+        assert _v1s(header) == 1 and receiver.bad_signatures == 0
+    finally:
+        await d.stop()
+        await receiver.stop()
