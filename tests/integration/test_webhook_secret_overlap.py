@@ -85,3 +85,33 @@ async def test_an_overlap_that_ended_signs_with_the_new_secret_alone(tmp_path: P
     finally:
         await d.stop()
         await receiver.stop()
+
+
+# -- the store's side, both engines (CI=1 needs PostgreSQL) ------------------------------------
+
+import tests.store_engines as engines  # noqa: E402
+
+engine = engines.engine
+store = engines.store
+
+
+async def test_rotation_keeps_the_previous_secret_on_each_engine(store: object) -> None:
+    import os
+
+    from bridge.accounts import AccountService
+    from bridge.crypto import Sealer
+
+    svc = AccountService(store, Sealer(os.urandom(32)))  # type: ignore[arg-type]
+    now = 1_700_000_000_000
+    creds = await svc.create("acme", {"raw_text": True}, now)
+    _account, new = await svc.rotate_webhook_secret("acme", now, 3_600_000)
+    stored = await store.get_account(creds.account.id)  # type: ignore[attr-defined]
+    assert stored.prev_webhook_secret_until == now + 3_600_000
+    assert svc.webhook_secrets(stored, now) == [new, creds.webhook_secret]
+    assert svc.webhook_secrets(stored, now + 3_600_000) == [new]  # the overlap is over
+    _a, newest = await svc.rotate_webhook_secret("acme", now + 1, 0)
+    stored = await store.get_account(creds.account.id)  # type: ignore[attr-defined]
+    assert (stored.prev_webhook_secret_enc, stored.prev_webhook_secret_until) == (None, None)
+    assert svc.webhook_secrets(stored, now + 1) == [newest]
+    kinds = sorted(k for k, _i, _b in await store.sealed_secrets())  # type: ignore[attr-defined]
+    assert kinds == ["account", "key"]
