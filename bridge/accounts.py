@@ -128,7 +128,8 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def public_account(account: Account) -> dict[str, Any]:
     """An account as shown to operators and to its owner: never a secret."""
     data = asdict(account)
-    data.pop("webhook_secret_enc", None)
+    for sealed in ("webhook_secret_enc", "prev_webhook_secret_enc", "prev_webhook_secret_until"):
+        data.pop(sealed, None)
     return data
 
 

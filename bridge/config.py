@@ -1160,6 +1160,7 @@ def parse_config(
         kwargs["default_route"] = tuple(names)
     _check_route_encodings(ctx, data, kwargs)
     _check_ports(ctx, kwargs)
+    _check_admin_tokens(ctx, kwargs)
     if ctx.errors:
         raise ConfigError(ctx.errors)
     kwargs["security"] = _default_key_file(kwargs["security"], kwargs["store"], ctx.base_dir)
@@ -1258,6 +1259,20 @@ def _check_route_encodings(ctx: _Ctx, data: Mapping[str, Any], sections: Mapping
     default = sections.get("default_route")
     if isinstance(default, list | tuple):
         check("default_route", default)
+
+
+def _check_admin_tokens(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
+    """An operator's token equal to the shared server.admin_token: everyone holding the shared
+    one would be recorded as that operator, and removing the operator would revoke nothing."""
+    server, admin = sections.get("server"), sections.get("admin")
+    if not isinstance(server, ServerConfig) or not isinstance(admin, AdminConfig):
+        return
+    for i, op in enumerate(admin.operators):
+        if server.admin_token and op.token == server.admin_token:
+            ctx.err(
+                f"admin.operators[{i}].token",
+                "the same as server.admin_token: an operator's token must be their own",
+            )
 
 
 def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
