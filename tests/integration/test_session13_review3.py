@@ -590,10 +590,17 @@ async def test_workers_daemon_records_every_admin_action_once(tmp_path: Path) ->
                     return any(d["id"] == "gone" for d in (await r.json())["lists"])
 
             await wait_until(imported, 10)
-            await asyncio.sleep(0.3)
-            async with s.get(f"{base}/admin/audit?limit=1000", headers=auth) as r:
-                assert r.status == 200
-                entries = (await r.json())["entries"]
+
+            async def audited() -> list[dict[str, object]] | None:
+                # The gone client's row is written after the import it records: wait for it
+                # (the state), not for a fixed pause that a loaded machine can outlast.
+                async with s.get(f"{base}/admin/audit?limit=1000", headers=auth) as r:
+                    assert r.status == 200
+                    rows: list[dict[str, object]] = (await r.json())["entries"]
+                done = any(e["action"] == "PUT /admin/dnc/{id}" for e in rows)
+                return rows if done else None
+
+            entries = await wait_until(audited, 20, 0.1)
         *acted, gone = entries
         got = sorted((e["status"], e["request_id"]) for e in acted)
         assert got == sorted(answers)
