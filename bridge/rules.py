@@ -69,7 +69,7 @@ class SendRules:
         """The template as stored now (and cached so): for a request the cached copy refused
         (it may predate a correction) and for previews, which must show the text a send would
         carry."""
-        self._templates.pop(code, None)
+        self.forget(code)
         return await self.template(account_id, code)
 
     def forget(self, code: str) -> None:

@@ -295,14 +295,15 @@ class WebhookSender:
             return
         body = jsonio.dumps(items)
         ids = ",".join(j.webhook_id for j in live)
+        signed_at = self.clock()  # one reading: the overlap's end and the signed t agree
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "smpp-bridge-webhooks/1",
             "X-Bridge-Webhook-Id": ids if len(live) == 1 else _batch_id(ids),
             signing.WEBHOOK_HEADER: signing.webhook_signatures(
-                self.accounts.webhook_secrets(account, int(self.clock() * 1000)),
+                self.accounts.webhook_secrets(account, int(signed_at * 1000)),
                 body,
-                int(self.clock()),
+                int(signed_at),
             ),
         }
         status: int | None = None
