@@ -380,9 +380,9 @@ def read_tariff_file(path: str) -> Any:
 def cmd_tariff(args: argparse.Namespace) -> int:
     from bridge import billing
 
-    data = read_tariff_file(args.file) if args.action == "add" else None
-
     async def go(ops: Ops) -> int:
+        # Read inside the store's session, so a refused file is in the audit trail too.
+        data = read_tariff_file(args.file) if args.action == "add" else None
         book = billing.Tariffs(ops.store, ops.config.billing)
         # Loading first stores the configured tariff when there is none yet: a version added now
         # must not become the only one (nothing would price the time before it).
@@ -406,14 +406,14 @@ def cmd_dnc(args: argparse.Namespace) -> int:
     from bridge.domain.dnc import parse_dnc_csv
     from bridge.store.models import DncInfo
 
-    text = ""
-    if args.action == "import":
+    def read_list() -> str:
+        # Checked inside the store's session, so these refusals are in the audit trail too.
         if not LIST_ID.fullmatch(args.id):
             raise CliError("ID: 1-64 of A-Z a-z 0-9 _ . -")
         if args.country is not None and not COUNTRY.fullmatch(args.country):
             raise CliError("--country: ISO 3166 alpha-2, upper case (e.g. CN)")
         try:
-            text = Path(args.file).read_text(encoding="utf-8")
+            return Path(args.file).read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"{args.file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
@@ -428,7 +428,7 @@ def cmd_dnc(args: argparse.Namespace) -> int:
                 raise CliError(f"NOT_FOUND: no do-not-contact list {args.id!r}")
             _print({"id": args.id, "deleted": True})
             return 0
-        parsed, bad = parse_dnc_csv(text, args.country)
+        parsed, bad = parse_dnc_csv(read_list(), args.country)
         if bad and not args.lenient:
             raise CliError(
                 f"{args.file}: {len(bad)} bad line(s), nothing imported (--lenient skips them): "

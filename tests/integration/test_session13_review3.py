@@ -38,7 +38,7 @@ Checked right:
   stays (also through approval); a database from before migration 0016 upgrades on both engines
   (old templates read 0/1, a rejected one corrects into type 3, new type-3 templates work).
 
-Found (all fixed in the commit after this review except 5, still a strict xfail below):
+Found (all fixed in the commit after this review except 5, fixed in session 14):
 1. GET /admin/audit refuses every real `since`/`until` (unix ms, 13 digits): admin_ops._INT
    takes at most 10 digits -> 400 "since: an integer from 0 to 4611686018427387904". The window
    filter is unusable; `cursor` is capped alike, below the documented 2**62.
@@ -850,13 +850,6 @@ def test_cli_callback_password_with_an_at_sign_is_not_stored(
     assert "ss-word" not in rows[-1]["target"], rows[-1]["target"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT (minor): 'refused ones too' holds only once the store is open: `dnc import` "
-    "and `tariff add` check their ID, --country and file before _run, so those refusals "
-    "(exit 1) leave no row, while the same refusals through the admin API (PUT /admin/dnc/{id} "
-    "400, POST /admin/tariffs 400) are recorded",
-)
 @pytest.mark.parametrize(
     "argv",
     [
