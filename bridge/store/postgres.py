@@ -842,10 +842,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return AcceptOutcome(accepted=True)
 
     async def audit_add(self, entry: AuditEntry) -> None:
-        await self.pool.execute(
-            f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-            *audit_values(entry),
-        )
+        # A sequence hands out ids before commit, so a row could commit after a higher one and a
+        # reader tailing the trail by cursor (`after`) would step over it for good. Under one
+        # transaction lock the id is drawn and committed before the next writer draws: ids come
+        # in commit order. Operators' actions are rare; the lock costs nothing that matters.
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
+            await conn.execute(
+                f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                *audit_values(entry),
+            )
 
     async def audit_page(
         self, after: int, limit: int, since: int = 0, until: int = 2**62

@@ -88,6 +88,43 @@ async def test_audit_pages_oldest_first_within_bounds(store: Any) -> None:
     assert [e.at for e in await store.audit_page(0, 10, since=1001, until=1003)] == [1001, 1002]
 
 
+@pytest.mark.postgres
+async def test_postgres_ids_follow_commit_order(engine: Any, store: Any) -> None:
+    """A reader tailing the trail by cursor never steps over a row: while one writer's row is
+    drawn but not committed, the next writer waits for it instead of committing a higher id
+    (with a bare sequence the reader would see id N+1, move its cursor past N, and lose N)."""
+    import asyncio
+
+    import asyncpg
+
+    from bridge.store import postgres_pipeline as pipe
+
+    if engine.name != "postgres":
+        pytest.skip("PostgreSQL draws ids from a sequence before commit; SQLite has one writer")
+    slow = await asyncpg.connect(engine.location)
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
+        first = await slow.fetchval(
+            "INSERT INTO audit_log (at, actor, action, target, status) "
+            "VALUES (1, 'api', 'POST /admin/slow', '/admin/slow', 200) RETURNING id"
+        )
+        second = asyncio.create_task(
+            store.audit_add(AuditEntry(2, "api", "POST /admin/fast", "/admin/fast", 200, None))
+        )
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waits for the row drawn before it
+        assert await store.audit_page(0, 10) == []  # nothing a cursor could step past
+        await tx.commit()
+        await asyncio.wait_for(second, 5)
+    finally:
+        await slow.close()
+    rows = await store.audit_page(0, 10)
+    assert [(e.id, e.action) for e in rows][0] == (first, "POST /admin/slow")
+    assert rows[1].action == "POST /admin/fast" and rows[1].id > first
+
+
 # -- the admin API ------------------------------------------------------------------------------
 
 
