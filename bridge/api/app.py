@@ -22,6 +22,7 @@ from bridge.api.context import (
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
+from bridge.domain.phone import mask as mask_phone
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.store.base import is_unavailable
@@ -65,12 +66,14 @@ def _log_path(request: web.Request) -> str:
     erasure, admin), so with masking on such a segment is masked like every number in the logs:
     the route's {number} as the account wrote it (spaces, dashes, brackets and all), and any
     other segment that is a run of digits."""
+    return _masked_path(request) if logs.masking() else request.path
+
+
+def _masked_path(request: web.Request) -> str:
     path = request.path
-    if not logs.masking():
-        return path
     number = request.match_info.get("number")
     return "/".join(
-        logs.number(_NUMBER_SEPARATORS.sub("", seg)) or seg
+        mask_phone(_NUMBER_SEPARATORS.sub("", seg)) or seg
         if seg and (seg == number or _PHONE_SEGMENT.fullmatch(seg))
         else seg
         for seg in path.split("/")
@@ -134,13 +137,15 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
         at=ctx.now_ms(),
         actor=audit.api_actor(request.headers.get("X-Operator"), request.get(OPERATOR)),
         action=f"{request.method} {resource.canonical if resource is not None else request.path}",
-        target=audit.clean(_log_path(request)),
+        # Masked whatever logging.mask_bodies says: the trail is kept for good and erasure
+        # does not reach it, so a full number there would outlive the person's erasure.
+        target=audit.clean(_masked_path(request)),
         status=status,
         code=None if code == "OK" else code,
         request_id=request_id,
         remote=request.remote,
     )
-    fields = {"actor": entry.actor, "action": entry.action, "path": entry.target,
+    fields = {"actor": entry.actor, "action": entry.action, "path": _log_path(request),
               "status": status, "code": entry.code, "remote": entry.remote}  # fmt: skip
     if resource is None or status in (401, 403):
         log.warning("admin request refused", extra=fields)

@@ -161,6 +161,21 @@ async def test_admin_actions_are_recorded_with_actor_and_outcome(api_server: Any
     assert (bad.status, bad.json["error"]["code"]) == (400, "INVALID_FIELD")
 
 
+async def test_the_trail_masks_numbers_even_when_logs_show_them(
+    api_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logging.mask_bodies false lets full numbers into the logs (which rotate away), not into
+    the trail: it is never purged and erasure does not reach it."""
+    from bridge import logs
+
+    monkeypatch.setattr(logs, "_mask", False)
+    creds = await api_server.create_account("acme")
+    path = f"/admin/accounts/{creds.account_id}/optouts/+86 138-0013-8000"
+    assert (await api_server.admin("DELETE", path.replace(" ", "%20"))).status == 404
+    [entry] = (await api_server.admin("GET", "/admin/audit")).json["entries"]
+    assert entry["target"] == f"/admin/accounts/{creds.account_id}/optouts/+86*******8000"
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 
