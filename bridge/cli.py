@@ -381,6 +381,26 @@ def cmd_key(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(cfg, go))
 
 
+def cmd_db_after_restore(args: argparse.Namespace) -> int:
+    """Why a command and not a start-up behaviour: only the operator knows the store was just
+    restored. A backup's queued messages were, most likely, sent in the hours between the
+    backup and the restore; started as it is, the daemon would send them all again."""
+    cfg = _config(args)
+    setup_logging(cfg, "WARNING")
+
+    async def go(svc: Any) -> int:
+        from bridge.store.base import StoreError
+
+        try:
+            counts = await svc.store.after_restore(_now_ms(), dry_run=args.dry_run)
+        except StoreError as exc:
+            raise CliError(f"{exc.code}: {exc.message}") from None
+        print(json.dumps({**counts, "dry_run": args.dry_run}))
+        return 0
+
+    return asyncio.run(_with_services(cfg, go))
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from bridge.wiring import open_store
 
@@ -636,6 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(db_sub.add_parser("migrate", help="apply schema migrations")).set_defaults(
         fn=cmd_db_migrate
     )
+    restored = with_config(
+        db_sub.add_parser(
+            "after-restore",
+            help="on a store restored from a backup, before the daemon starts: end what the "
+            "backup still had to send as unknown instead of sending it again",
+        )
+    )
+    restored.add_argument("--dry-run", action="store_true", help="count only")
+    restored.set_defaults(fn=cmd_db_after_restore)
 
     send = sub.add_parser("send", help="send a message through a running daemon")
     send.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))

@@ -237,6 +237,16 @@ class Store(Protocol):
         instances on one database); same result shape as `recover`."""
         ...
 
+    async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
+        """Once, on a store just restored from a backup, with no daemon running on it: every
+        message the backup had waiting to send (queued and due by `now`, or on a bind) may
+        have gone out after the backup was taken, so its parts not known to be sent end
+        `timeout` with RESTORED_FROM_BACKUP (the message `unknown`, billed and reported as
+        one whose outcome never came) instead of being sent again. Messages scheduled after
+        `now` stay queued. Raises StoreInUseError while a daemon runs on the store. Returns
+        {"ended_unknown": n, "scheduled_kept": m}."""
+        ...
+
     async def claim(
         self,
         instance: str,

@@ -973,6 +973,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         return await run_tx(self.pool, job, durable=False)
 
+    async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
+        async def job(c: asyncpg.Connection) -> dict[str, int]:
+            return await pipe.end_restored(c, now, dry_run)
+
+        return await run_tx(self.pool, job)
+
     async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
         """Periodic: take back claims whose lease expired or whose instance is gone (no instance
         lock and no heartbeat for DEAD_AFTER_MS), so a killed instance's work is resent."""

@@ -636,6 +636,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     # -- pipeline ---------------------------------------------------------------------------------
 
+    async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
+        # The owner lock: refused while a daemon runs on the store, and held while this runs.
+        self._runner.hold_ownership()
+        return await self._runner.write(partial(_end_restored, now=now, dry_run=dry_run))
+
     async def recover(
         self, instance: str, now: int, unknown_smscs: frozenset[str]
     ) -> dict[str, int]:
@@ -1251,6 +1256,30 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
             _enqueue_webhook(c, account_id, "event", None, payload, new_id("evt_", now), now)
             warned += 1
     return lapsed, warned
+
+
+def _end_restored(c: sqlite3.Connection, now: int, dry_run: bool) -> dict[str, int]:
+    """Store.after_restore: the messages the restored backup still had to send end unknown."""
+    ids = [
+        r[0]
+        for r in c.execute(
+            "SELECT id FROM messages WHERE q_state IN ('queued','claimed') "
+            "AND (scheduled_at IS NULL OR scheduled_at<=?)",
+            (now,),
+        )
+    ]
+    kept = c.execute(
+        "SELECT COUNT(*) FROM messages WHERE q_state IN ('queued','claimed') AND scheduled_at>?",
+        (now,),
+    ).fetchone()[0]
+    if ids and not dry_run:
+        c.executemany(
+            "UPDATE segments SET state=?, done_at=?, error_code='RESTORED_FROM_BACKUP' "
+            "WHERE message_id=? AND state='queued'",
+            [(lc.SEG_TIMEOUT, now, mid) for mid in ids],
+        )
+        pipe.rollup_messages(c, dict.fromkeys(ids, True), now)
+    return {"ended_unknown": len(ids), "scheduled_kept": kept}
 
 
 def _requeue_claims(
