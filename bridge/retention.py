@@ -4,9 +4,11 @@ Finished messages (with their parts), MO, and dead-lettered webhook reports are 
 they are older than the retention; so are daily counters of days before it. The ledger, the
 pockets and the bills are never deleted: they are the money. With billing on, a message is
 also kept until its account's month is settled, because the bill is computed from the month's
-messages: purged first, a message would be missing from its bill for good. A month nobody
-settles (automatic settlement off, or billing turned on after the month) holds the purge of
-messages from that month on; a warning each hour names it.
+messages: purged first, a message would be missing from its bill for good. An account's month
+without a bill (automatic settlement off, billing turned on after the month, a message of it
+still waiting) holds the purge of that account's messages from that month on, not the other
+accounts' (one account's stuck month used to keep every account's history); a warning each
+hour names the month.
 """
 
 from __future__ import annotations
@@ -46,36 +48,49 @@ class Retention:
         before = now - self.days * DAY_MS
         if before <= 0:
             return {}
-        messages_before = before
+        held: dict[str, int] = {}
         if billing:
-            held = await self.unsettled(before, tz)
-            if held is not None:
-                month, start = held
-                messages_before = min(before, start)
-                if self._last_warn is None or not 0 <= now - self._last_warn < WARN_EVERY_MS:
-                    self._last_warn = now
-                    log.warning(
-                        "retention: messages from %s on are kept until that month is settled "
-                        "for every account (smpp-bridge bill settle --month %s)",
-                        month,
-                        month,
-                    )
+            held, month = await self.holds(before, tz)
+            if month is not None and (
+                self._last_warn is None or not 0 <= now - self._last_warn < WARN_EVERY_MS
+            ):
+                self._last_warn = now
+                log.warning(
+                    "retention: %d account(s) have no bill for %s: their messages from that "
+                    "month on are kept until it is settled (smpp-bridge bill settle --month %s)",
+                    sum(1 for start in held.values() if month_of(start, tz) == month),
+                    month,
+                    month,
+                )
         day = admission.day_key(before, tz)
-        return await self.store.purge_history(messages_before, before, day)
+        messages_before = min([before, *held.values()])
+        return await self.store.purge_history(messages_before, before, day, held)
 
-    async def unsettled(self, before: int, tz: str) -> tuple[str, int] | None:
-        """(month, its start) of the oldest month with messages to purge that some account has
-        no bill for; None when every such month is settled."""
+    async def holds(self, before: int, tz: str) -> tuple[dict[str, int], str | None]:
+        """account -> the start of its oldest month with messages to purge that it has no
+        bill for, and the oldest such month of all (None when every such month is settled)."""
+        held: dict[str, int] = {}
+        first: str | None = None
         oldest = await self.store.oldest_message_at()
         if oldest is None or oldest >= before:
-            return None
+            return held, first
         month = month_of(oldest, tz)
         while True:
             start, end = month_bounds(month, tz)
             if start >= before:
-                return None
+                return held, first
             if (tz, month) not in self._settled:
-                if await self.store.unbilled_accounts(month, end):
-                    return month, start
-                self._settled.add((tz, month))
+                unbilled = await self.store.unbilled_accounts(month, end)
+                if not unbilled:
+                    self._settled.add((tz, month))
+                elif first is None:
+                    first = month
+                for account in unbilled:
+                    held.setdefault(account, start)
             month = next_month(month)
+
+    async def unsettled(self, before: int, tz: str) -> tuple[str, int] | None:
+        """(month, its start) of the oldest month with messages to purge that some account has
+        no bill for; None when every such month is settled."""
+        _held, month = await self.holds(before, tz)
+        return None if month is None else (month, month_bounds(month, tz)[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from bridge.domain.admission import Pocket
@@ -317,10 +317,19 @@ class Store(Protocol):
         `month`: who needs a bill, for automatic settlement and for the retention's hold."""
         ...
 
-    async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
-        """Delete finished messages (and their parts) accepted and ended before
-        `messages_before`, MO and dead-lettered webhook reports from before `before`, and
-        daily counts of days before `day` (YYYY-MM-DD). Counts per kind."""
+    async def purge_history(
+        self,
+        messages_before: int,
+        before: int,
+        day: str,
+        held: Mapping[str, int] | None = None,
+    ) -> dict[str, int]:
+        """Delete finished messages (and their parts) accepted before `messages_before` and
+        ended by `before`; then, for each account, those accepted from `messages_before` up to
+        `before`, or up to its start in `held` (account -> the start of its oldest month
+        without a bill; `messages_before` is the earliest of those); MO and dead-lettered
+        webhook reports from before `before`, and daily counts of days before `day`
+        (YYYY-MM-DD). Counts per kind."""
         ...
 
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]: ...

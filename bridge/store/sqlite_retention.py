@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from functools import partial
 
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.ids import id_floor, id_time_ms
 from bridge.store.base import PURGE_CHUNK, RETENTION_CHUNK
-from bridge.store.purge import purge
+from bridge.store.purge import purge, window_bounds
 
 _FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
 
@@ -17,8 +18,16 @@ _FINAL = ", ".join(f"'{s}'" for s in sorted(MSG_FINAL))
 # `+` keeps SQLite off the messages_queue index (q_state first): by it, each chunk read and
 # sorted every finished message in the store, on the event loop, even with nothing due.
 _FINISHED = (
-    "SELECT id FROM messages WHERE id>?1 AND id<?2 AND +accepted_at<=?3 AND +done_at<=?3 "
+    "SELECT id FROM messages WHERE id>?1 AND id<?2 AND +accepted_at<=?3 AND +done_at<=?5 "
     f"AND +q_state='done' AND +state IN ({_FINAL}) ORDER BY id LIMIT ?4"
+)
+# One account's finished messages accepted in [?2, ?3), by its (account_id, accepted_at) index:
+# the purge around the months other accounts have no bill for (purge.purge's `window`). Rows
+# purged are gone, so each chunk starts over at ?2 and reads only what it keeps besides.
+_WINDOW = (
+    "SELECT id FROM messages INDEXED BY messages_account_time WHERE account_id=?1 "
+    "AND accepted_at>=?2 AND accepted_at<?3 AND +done_at<=?4 AND +q_state='done' "
+    f"AND +state IN ({_FINAL}) LIMIT ?5"
 )
 _OLD_MO = "SELECT id FROM mo_inbox INDEXED BY mo_inbox_received WHERE received_at<=? LIMIT ?"
 # A dead letter goes with what it reports on: replayed after, it would be booked delivered
@@ -32,9 +41,20 @@ _PURGE_DEAD_WEBHOOKS = (
 
 
 def _purge_messages(
-    after: str, below: str, cutoff: int, c: sqlite3.Connection
+    after: str, below: str, cutoff: int, done_by: int, c: sqlite3.Connection
 ) -> tuple[list[str], int]:
-    ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, RETENTION_CHUNK))]
+    ids = [(r[0],) for r in c.execute(_FINISHED, (after, below, cutoff, RETENTION_CHUNK, done_by))]
+    return _delete_messages(ids, c)
+
+
+def _purge_window(
+    lo: int, bounds: dict[str, int], done_by: int, account: str, c: sqlite3.Connection
+) -> tuple[list[str], int]:
+    args = (account, lo, bounds[account], done_by, RETENTION_CHUNK)
+    return _delete_messages([(r[0],) for r in c.execute(_WINDOW, args)], c)
+
+
+def _delete_messages(ids: list[tuple[str]], c: sqlite3.Connection) -> tuple[list[str], int]:
     if not ids:
         return [], 0
     c.executemany("DELETE FROM segments WHERE message_id=?", ids)
@@ -80,12 +100,24 @@ class RetentionMixin:
 
         return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
 
-    async def purge_history(self, messages_before: int, before: int, day: str) -> dict[str, int]:
+    async def purge_history(
+        self,
+        messages_before: int,
+        before: int,
+        day: str,
+        held: Mapping[str, int] | None = None,
+    ) -> dict[str, int]:
         write = self._runner.write  # type: ignore[attr-defined]
         below = id_floor("msg_", messages_before)
+        bounds: dict[str, int] = {}
+        if held:
+            accounts = await self._runner.read(  # type: ignore[attr-defined]
+                lambda c: [r[0] for r in c.execute("SELECT id FROM accounts ORDER BY id")]
+            )
+            bounds = window_bounds(accounts, held, messages_before, before)
         return await purge(
             lambda after: write(
-                partial(_purge_messages, after, below, messages_before), durable=False
+                partial(_purge_messages, after, below, messages_before, before), durable=False
             ),
             lambda: write(partial(_purge_mo, before), durable=False),
             lambda: write(
@@ -100,4 +132,8 @@ class RetentionMixin:
             ),
             message_chunk=RETENTION_CHUNK,
             chunk=PURGE_CHUNK,
+            window=lambda account: write(
+                partial(_purge_window, messages_before, bounds, before, account), durable=False
+            ),
+            accounts=list(bounds),
         )

@@ -111,18 +111,51 @@ async def test_with_billing_a_message_waits_for_its_month_to_be_settled(api: Api
     assert await _status(api, creds, mid) == 404
 
 
-async def test_one_account_without_a_bill_holds_the_month(api: ApiServer) -> None:
+async def test_an_account_without_a_bill_holds_its_own_messages_only(api: ApiServer) -> None:
+    """Its month held every account's purge until session 14: one account's stuck month kept
+    the whole store's history."""
     creds = await api.create_account()
     other = await api.create_account()
     mid = await _finished(api, creds, CN[0])
+    kept = await _finished(api, other, CN[1])
     now = api.ctx.now_ms()
     month = month_of(now, TZ)
     await api.store.save_bill(BillRow(creds.account_id, month, "{}", now), [])
     later = now + 40 * DAY_MS
+    assert (await Retention(api.store, 31).run(later, billing=True, tz=TZ))["messages"] == 1
+    assert await _status(api, creds, mid) == 404
+    assert await _status(api, other, kept) == 200
     assert (await Retention(api.store, 31).run(later, billing=True, tz=TZ))["messages"] == 0
     await api.store.save_bill(BillRow(other.account_id, month, "{}", now), [])
     assert (await Retention(api.store, 31).run(later, billing=True, tz=TZ))["messages"] == 1
-    assert await _status(api, creds, mid) == 404
+    assert await _status(api, other, kept) == 404
+
+
+async def test_around_a_held_account_the_others_purge_by_their_own_index(
+    api: ApiServer, engine: Any
+) -> None:
+    """Months without a bill: the purge past the common cut-off reads each account's window by
+    its (account_id, accepted_at) index, never the held account's kept rows."""
+    held = await api.create_account()
+    billed = await api.create_account()
+    now = api.ctx.now_ms()
+    month = month_of(now, TZ)
+    old = [await _finished(api, held, CN[0])]
+    mine = [await _finished(api, billed, n) for n in CN[:2]]
+    await api.store.save_bill(BillRow(billed.account_id, month, "{}", now), [])
+    later = now + 40 * DAY_MS
+    purged = await Retention(api.store, 31).run(later, billing=True, tz=TZ)
+    assert purged["messages"] == 2
+    assert [await _status(api, billed, m) for m in mine] == [404, 404]
+    assert await _status(api, held, old[0]) == 200
+    if engine.name == "sqlite":
+        from bridge.store import sqlite_retention
+
+        plan = await api.store._runner.read(
+            lambda c: [r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sqlite_retention._WINDOW,
+                                               ("a", 0, 1, 0, 1))]
+        )  # fmt: skip
+        assert any("USING INDEX messages_account_time" in p for p in plan), plan
 
 
 async def test_many_messages_go_in_chunks(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -694,7 +694,7 @@ async def test_sqlite_a_run_with_nothing_due_does_not_read_the_whole_history(
             "FROM n"
         )
     explain = "EXPLAIN QUERY PLAN " + sqlite_retention._FINISHED
-    plan = [r[3] for r in c.execute(explain, ("", "m", 0, 1))]
+    plan = [r[3] for r in c.execute(explain, ("", "m", 0, 1, 0))]
     c.close()
 
     store = SqliteStore(path)
