@@ -33,6 +33,7 @@ import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain.rate import bucket_take
+from bridge.ids import id_time_ms
 from bridge.store import migrate
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
@@ -911,15 +912,25 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             ("accepted_at >= ${}", since),
             ("accepted_at < ${}", until),
             ("state = ${}", state),
-            ("id < ${}", before_id),
         ):
             if value is not None:
                 args.append(value)
                 where.append(cond.format(len(args)))
+        if before_id is not None:  # after it in (accepted_at, id) order
+            at = id_time_ms(before_id, "msg_")
+            args.append(before_id)
+            if at is None:
+                where.append(f"id < ${len(args)}")
+            else:
+                args.append(at)
+                where.append(f"accepted_at <= ${len(args)} AND (accepted_at < ${len(args)} "
+                             f"OR id < ${len(args) - 1})")  # fmt: skip
         args.append(limit)
+        # Acceptance time, then id: the order of id alone, which the (account_id, accepted_at)
+        # index gives (see the SQLite engine).
         rows = await self.pool.fetch(
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
-            f"ORDER BY id DESC LIMIT ${len(args)}",
+            f"ORDER BY accepted_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
         return [MessageRecord(*r) for r in rows]

@@ -11,7 +11,7 @@ from typing import Any
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain.rate import bucket_take
-from bridge.ids import new_id
+from bridge.ids import id_time_ms, new_id
 from bridge.store import migrate, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
@@ -569,11 +569,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             where.append("state=?")
             args.append(state)
         if before_id is not None:
-            where.append("id<?")
-            args.append(before_id)
+            where.append(_before_cursor(before_id, args))
+        # By acceptance time, then id: the same order as id alone (an id starts with its
+        # accepted_at), but one the (account_id, accepted_at) and (account_id, recipient,
+        # accepted_at) indexes give. By id alone SQLite read and sorted every message of the
+        # account for each page: 34 ms a page at 100,000 messages, on the event loop.
         sql = (
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
-            "ORDER BY id DESC LIMIT ?"
+            "ORDER BY accepted_at DESC, id DESC LIMIT ?"
         )
 
         def job(c: sqlite3.Connection) -> list[MessageRecord]:
@@ -1256,6 +1259,16 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
             _enqueue_webhook(c, account_id, "event", None, payload, new_id("evt_", now), now)
             warned += 1
     return lapsed, warned
+
+
+def _before_cursor(before_id: str, args: list[Any]) -> str:
+    """The condition "listed after the message `before_id`" in (accepted_at, id) order."""
+    at = id_time_ms(before_id, "msg_")
+    if at is None:  # not one of our message ids: nothing of ours sorts before it by time
+        args.append(before_id)
+        return "id<?"
+    args.extend((at, at, before_id))
+    return "accepted_at<=? AND (accepted_at<? OR id<?)"
 
 
 def _end_restored(c: sqlite3.Connection, now: int, dry_run: bool) -> dict[str, int]:

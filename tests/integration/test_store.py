@@ -443,22 +443,36 @@ async def test_accepted_messages_survive_a_crash(engine: EngineHandle, death: st
 
 
 async def test_list_messages_filters_and_cursor(store: Store) -> None:
+    from bridge.ids import new_id
+
+    # Real ids: an id starts with its accepted_at, so newest first is the same by either.
+    ids = {f"m{i}": new_id("msg_", NOW + i * MIN) for i in range(6)}
+    ids["x0"] = new_id("msg_", NOW + 6 * MIN)
+    name = {v: k for k, v in ids.items()}
     msgs = [
-        message(f"m{i}", at=NOW + i * MIN, recipient="+861" if i % 2 else "+862") for i in range(6)
+        message(ids[f"m{i}"], at=NOW + i * MIN, recipient="+861" if i % 2 else "+862")
+        for i in range(6)
     ]
     await store.accept(AcceptBatch("acc_a", tuple(msgs), None, None), NOW)
-    await accept(store, message("x0"))
+    await accept(store, message(ids["x0"], at=NOW + 6 * MIN))
     await store.accept(AcceptBatch("acc_b", (message("other", "acc_b"),), None, None), NOW)
     page1 = await store.list_messages("acc_a", limit=3)
-    assert [m.id for m in page1] == ["x0", "m5", "m4"]  # newest id first
+    assert [name[m.id] for m in page1] == ["x0", "m5", "m4"]  # newest first
     page2 = await store.list_messages("acc_a", before_id=page1[-1].id, limit=3)
-    assert [m.id for m in page2] == ["m3", "m2", "m1"]
+    assert [name[m.id] for m in page2] == ["m3", "m2", "m1"]
     got = await store.list_messages("acc_a", recipient="+861")
-    assert [m.id for m in got] == ["m5", "m3", "m1"]
+    assert [name[m.id] for m in got] == ["m5", "m3", "m1"]
     got = await store.list_messages("acc_a", since=NOW + MIN, until=NOW + 3 * MIN)
-    assert [m.id for m in got] == ["m2", "m1"]
+    assert [name[m.id] for m in got] == ["m2", "m1"]
+    # Two accepted in the same millisecond: the id decides, and the cursor does not skip one.
+    twins = sorted(new_id("msg_", NOW + 7 * MIN) for _ in range(3))
+    for t in twins:
+        await accept(store, message(t, at=NOW + 7 * MIN))
+    first = await store.list_messages("acc_a", limit=2)
+    rest = await store.list_messages("acc_a", before_id=first[-1].id, limit=2)
+    assert [m.id for m in first + rest] == [*reversed(twins), ids["x0"]]
     assert await store.list_messages("acc_a", state="sent") == []
-    assert len(await store.list_messages("acc_a", state="queued")) == 7
+    assert len(await store.list_messages("acc_a", state="queued")) == 10
 
 
 # ---------------------------------------------------------------- the send path
