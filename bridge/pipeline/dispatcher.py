@@ -33,6 +33,7 @@ from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
+from bridge.smpp.session import late_grace
 from bridge.store.base import Store
 from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage
 
@@ -42,11 +43,21 @@ MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
 MAX_UNANSWERED_ATTEMPTS = 3
 UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
-# A submit the SMSC did not answer in time is resent no sooner than this: a congested SMSC that
-# answers late (the bind keeps listening for a minute or more) then has its acceptance recorded
-# instead of the handset getting the message twice. With the first back-off of 5 s, almost every
-# late answer found the resend already on the wire.
-UNANSWERED_WAIT_MS = 30_000
+# A submit the SMSC did not answer in time is resent no sooner than its bind stops listening
+# for the late answer (session.late_grace: max(60 s, 5 response timeouts)): a congested SMSC
+# that answers late then has its acceptance recorded instead of the handset getting the message
+# twice. With the first back-off of 5 s, almost every late answer found the resend already on
+# the wire; with 30 s, a late answer between 30 s and the end of the grace still did, and one
+# for a message held meanwhile (an opt-out, a disable) found it ended and refunded: the SMSC
+# delivered it for free.
+UNANSWERED_WAIT_MS = 30_000  # the least wait, whatever the grace
+
+
+def unanswered_wait_ms(response_timeout_s: float) -> int:
+    """How long a message whose submit timed out waits before it is resent (or, held
+    meanwhile, ended): until its bind no longer takes the late answer."""
+    return max(UNANSWERED_WAIT_MS, int(late_grace(response_timeout_s) * 1000))
+
 
 _Park = Callable[[str], str | None] | None  # a claim's park function (Router.parker)
 
@@ -468,7 +479,7 @@ class Dispatcher:
                     break
                 delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
                 if out.status_name == "TIMEOUT":
-                    delay = max(delay, UNANSWERED_WAIT_MS)
+                    delay = max(delay, unanswered_wait_ms(smsc.response_timeout_s))
                 release = Release(
                     msg.id,
                     now_ms + delay,

@@ -219,6 +219,14 @@ class NotBound(Exception):
 # --- the session ------------------------------------------------------------------------------
 LATE_GRACE_MIN_S: Final = 60.0
 """A timed-out submit_sm is remembered at least this long (or 5 response timeouts if longer)."""
+
+
+def late_grace(response_timeout_s: float) -> float:
+    """How long after its timeout a submit_sm's late answer is still taken (the dispatcher
+    holds the message that long before it resends or ends it)."""
+    return max(LATE_GRACE_MIN_S, 5 * response_timeout_s)
+
+
 LATE_MAX: Final = 4096
 """At most this many timed-out submit_sm are remembered per bind; the oldest go first."""
 
@@ -311,9 +319,7 @@ class BindSession:
         # Timed-out submit_sm: seq -> (context, expiry), oldest first (all share one grace, so
         # insertion order is expiry order: pruning and eviction look at the first entry only).
         self._late: dict[int, tuple[Any, float]] = {}
-        self.late_grace_s = (
-            max(LATE_GRACE_MIN_S, 5 * response_timeout_s) if late_grace_s is None else late_grace_s
-        )
+        self.late_grace_s = late_grace(response_timeout_s) if late_grace_s is None else late_grace_s
         self.late_max = late_max
 
     # --- properties ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from bridge.config import SmscConfig
-from bridge.pipeline.dispatcher import Dispatcher, msgid_rule
+from bridge.pipeline.dispatcher import Dispatcher, msgid_rule, unanswered_wait_ms
 from bridge.smpp import constants as C
 from bridge.smpp.codec import MessageIdResp, Pdu, ShortMessage
 from bridge.smpp.connector import LateSubmit
@@ -55,7 +55,9 @@ engine = engines.engine
 store = engines.store
 
 SMSC = "smscA"
-RETRY_MS = 30_000  # UNANSWERED_WAIT_MS: an unanswered attempt's resend waits at least this
+# An unanswered attempt's resend waits this long (the late-answer window of an SMSC whose
+# response_timeout_s is at most 12 s: 60 s).
+RETRY_MS = unanswered_wait_ms(1.0)
 
 
 def late(mid: str, seq: int = 1, msg_id: str = "X1", smsc: str = SMSC) -> LateAccept:
@@ -226,12 +228,12 @@ async def _timing_out(
 
 async def test_a_late_acceptance_ends_delivered_without_a_resend(store: Store) -> None:
     async with _timing_out(store, 0.3) as (smsc, clock, disp):
-        assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 30 s
+        assert len(smsc.held) == 1  # sent once, TIMEOUT, released for a retry in 60 s
         # Not due before the late answer has had its time (a 5 s back-off resent it first).
         waits = [(r.bucket, r.messages) for r in await store.queue_groups(clock.ms, [])]
         assert waits == [("retry_wait", 1)]
         due_at = [r.bucket for r in await store.queue_groups(clock.ms + RETRY_MS, [])]
-        assert [r.bucket for r in await store.queue_groups(clock.ms + 29_000, [])] == [
+        assert [r.bucket for r in await store.queue_groups(clock.ms + RETRY_MS - 1_000, [])] == [
             "retry_wait"
         ] and due_at == ["ready"]
         _answer(smsc, 0, "x77")  # the SMSC accepts it after all
