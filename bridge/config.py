@@ -665,12 +665,16 @@ def _content_filter(v: Path) -> str | None:
 
 
 def _time_zone(v: str) -> str | None:
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, available_timezones
 
     try:
         ZoneInfo(v)
     except Exception:
         return f"unknown time zone {_show(v)} (an IANA name such as Asia/Shanghai)"
+    # ZoneInfo also opens files that are not IANA zones: right/... counts leap seconds (and its
+    # data may end years early), localtime is the host's own, Factory has no offset at all.
+    if v not in available_timezones() or v in ("localtime", "Factory"):
+        return f"time zone {_show(v)} is not an IANA zone name (such as Asia/Shanghai)"
     return None
 
 

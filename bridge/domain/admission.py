@@ -352,11 +352,11 @@ def _write_off(p: Pocket) -> Entry:
 
 def _frequency_wait(window: freq.Window, sent: Sequence[int], now: int, fr: FrequencyRule) -> float:
     """Seconds until one more send fits the window that refused (a hint for Retry-After)."""
-    minute, hour, day = freq.window_starts(now, fr.tz)
+    minute, _hour, day = freq.window_starts(now, fr.tz)
     if window == freq.Window.MINUTE:
         return max(1.0, (minute + freq.MINUTE_MS - now) / 1000)
-    if window == freq.Window.HOUR:
-        return max(1.0, (hour + freq.HOUR_MS - now) / 1000)
+    if window == freq.Window.HOUR:  # the next clock hour, not always an hour after this one
+        return max(1.0, (freq.next_hour_start(now, fr.tz) - now) / 1000)
     inside = sorted(t for t in sent if t > day)
     # The day window rolls: room appears when the oldest send counted in it leaves.
     over = len(inside) - fr.limits.per_day

@@ -97,15 +97,33 @@ def _ms(dt: datetime) -> int:
 def window_starts(now_ms: int, tz: str | tzinfo) -> tuple[int, int, int]:
     """(start of the clock minute, start of the clock hour, now - 24 h), epoch milliseconds.
 
-    The minute and hour starts are the wall-clock floor of ``now`` in ``tz`` converted back with
-    the offset in force at that wall time (the fold kept, so the repeated hour after a DST change
-    starts at its own 01:00). A floor that lands in a DST gap (only possible where DST shifts by
-    30 minutes) maps to the transition instant. Never later than ``now``. Where the change falls
-    mid-hour (Lord Howe's 02:00 -> 01:30, Chatham's 03:45 -> 02:45) the clock hour that holds it
-    lasts longer than an hour of real time, as the wall clock says.
+    A clock window is the stretch of time, up to now, the wall clock in ``tz`` has read the
+    current minute or hour since it last came to it:
+    - the repeated hour after a DST change starts at its own 01:00 (the fold kept);
+    - a floor the clock jumped over (a DST gap that does not start on the hour: Lord Howe's
+      02:00 -> 02:30, Chatham's 02:45 -> 03:45) is the instant of the jump;
+    - a change that brings the clock back into this hour from another one (Chatham's 03:45 ->
+      02:45: 02:xx again after 03:xx) starts the window at the change;
+    - a change that sets the clock back within the hour (Lord Howe's 02:00 -> 01:30) does not:
+      that clock hour lasts longer than an hour of real time, as the wall clock says.
+    Never later than ``now``.
     """
     minute, hour = _clock_starts(now_ms // MINUTE_MS, tz)
     return min(minute, now_ms), min(hour, now_ms), now_ms - DAY_MS
+
+
+def next_hour_start(now_ms: int, tz: str | tzinfo) -> int:
+    """When the clock hour after the current one begins (for a Retry-After): an hour of real
+    time later, except in the hour of a DST change (30 minutes or 90 on Lord Howe)."""
+    hour = window_starts(now_ms, tz)[1]
+    lo, hi = now_ms // MINUTE_MS + 1, now_ms // MINUTE_MS + 3 * 60
+    while lo < hi:  # the first minute whose clock hour is a later one (starts never go back)
+        mid = (lo + hi) // 2
+        if _clock_starts(mid, tz)[1] > hour:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(_clock_starts(lo, tz)[1], now_ms)
 
 
 @lru_cache(maxsize=256)
@@ -115,25 +133,47 @@ def _clock_starts(minute_index: int, tz: str | tzinfo) -> tuple[int, int]:
     zone = _zone(tz) if isinstance(tz, str) else tz
     local = datetime.fromtimestamp(minute_index * 60, zone)
     ref = minute_index * MINUTE_MS
-    minute = _floor_ms(local.replace(second=0, microsecond=0), zone, ref)
-    hour = _floor_ms(local.replace(minute=0, second=0, microsecond=0), zone, ref)
+    minute = _floor_ms(local.replace(second=0, microsecond=0), zone, ref, "minute")
+    hour = _floor_ms(local.replace(minute=0, second=0, microsecond=0), zone, ref, "hour")
     return minute, hour
 
 
-def _floor_ms(wall: datetime, zone: tzinfo, ref: int) -> int:
-    """The instant of the wall-clock floor `wall`. A floor the DST change repeats (its two
-    occurrences both real and both not after `ref`) is its later occurrence: `now` may be past the
-    repeated span, as after Chatham's 03:45 -> 02:45, where 03:00 came twice and the hour that
-    holds 03:50 began at the second one (the first made it a 1 h 45 min window)."""
-    kept = _ms(wall)
-    other = _ms(wall.replace(fold=1 - wall.fold))
-    if other == kept or other > ref or kept > ref:
-        return kept
+def _wall(t: int, zone: tzinfo) -> datetime:
+    return datetime.fromtimestamp(t / 1000, zone).replace(tzinfo=None, fold=0)
+
+
+def _floor_ms(wall: datetime, zone: tzinfo, ref: int, unit: str) -> int:
+    """The instant the clock window of the wall-clock floor `wall` began (window_starts)."""
     naive = wall.replace(tzinfo=None, fold=0)
-    for t in (kept, other):  # both must be that wall time (not a time in a gap)
-        if datetime.fromtimestamp(t / 1000, zone).replace(tzinfo=None, fold=0) != naive:
-            return kept
-    return max(kept, other)
+    times = {_ms(wall), _ms(wall.replace(fold=1 - wall.fold))}
+    real = sorted(t for t in times if _wall(t, zone) == naive)
+    if not real:  # in a gap: the clock jumped over the floor; its window starts at the jump
+        lo, hi = min(times), max(times)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _wall(mid, zone) >= naive:
+                hi = mid
+            else:
+                lo = mid + 1
+        start = lo
+    else:  # repeated: the later occurrence not after now (the window holding now)
+        start = max((t for t in real if t <= ref), default=real[0])
+    after = zone.utcoffset(datetime.fromtimestamp(ref / 1000, zone))
+    if start < ref and zone.utcoffset(datetime.fromtimestamp(start / 1000, zone)) != after:
+        lo, hi = start + 1, ref  # the change between: the first instant with now's offset
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if zone.utcoffset(datetime.fromtimestamp(mid / 1000, zone)) == after:
+                hi = mid
+            else:
+                lo = mid + 1
+        before = _wall(lo - 1, zone)
+        trim = {"minute": {"second": 0, "microsecond": 0}}.get(
+            unit, {"minute": 0, "second": 0, "microsecond": 0}
+        )
+        if before.replace(**trim) != naive:  # came back into this hour from another one
+            start = lo
+    return start
 
 
 def exceeded(

@@ -20,6 +20,7 @@ from bridge.domain.frequency import (
     error_message,
     exceeded,
     key,
+    next_hour_start,
     retention_ms,
     window_starts,
 )
@@ -202,9 +203,11 @@ def test_an_hour_floor_the_dst_change_repeated_starts_at_its_later_occurrence() 
     # 03:10 CHADT (13:25Z) -> 13:15Z.
     assert window_starts(1_743_863_100_000, "Pacific/Chatham")[1] == 1_743_862_500_000
     assert window_starts(1_743_858_900_000 + 600_000, "Pacific/Chatham")[1] == 1_743_858_900_000
-    # 02:45 CHAST (14:00Z), back in clock hour 02, which began at 02:00 CHADT (12:15Z) and so
-    # lasts 1 h 45 min of real time (the wall clock's hour, as Lord Howe's 90-minute one below).
-    assert window_starts(1_743_861_600_000, "Pacific/Chatham")[1] == 1_743_861_600_000 - 6_300_000
+    # 02:45 CHAST (14:00Z): the clock came back into hour 02 from hour 03, so this 02 starts at
+    # the change, as the repeated 01 in New York does; until session 14 it began at 02:00 CHADT
+    # (12:15Z), a window that also counted every send of the 03:xx CHADT between.
+    assert window_starts(1_743_861_600_000, "Pacific/Chatham")[1] == 1_743_861_600_000
+    assert window_starts(1_743_861_600_000 + 600_000, "Pacific/Chatham")[1] == 1_743_861_600_000
 
 
 @settings(max_examples=300, deadline=None)
@@ -221,16 +224,35 @@ def test_window_starts_properties(now: int, tz: str) -> None:
     assert hour <= minute <= now
     # In wall time: the minute and hour start on the boundary, and now is within the window.
     assert (wall_min.second, wall_min.microsecond) == (0, 0)
-    assert (wall_hour.minute, wall_hour.second, wall_hour.microsecond) == (0, 0, 0)
+    # The hour starts on the hour, or at a DST change that brought or set the clock into it.
+    changed = zone.utcoffset(datetime.fromtimestamp((hour - 1) / 1000, zone)) != zone.utcoffset(
+        wall_hour
+    )
+    assert (wall_hour.minute, wall_hour.second, wall_hour.microsecond) == (0, 0, 0) or changed
     naive_now = wall_now.replace(tzinfo=None)
     assert timedelta(0) <= naive_now - wall_min.replace(tzinfo=None) < timedelta(minutes=1)
     assert timedelta(0) <= naive_now - wall_hour.replace(tzinfo=None) < timedelta(hours=1)
-    # And in real time: under an hour where DST changes on the hour; Chatham's change at :45 makes
-    # the clock hour holding it up to 2 h long (as Lord Howe's 30-minute shift makes it 90 min).
+    # And in real time: under an hour, but for the hour Lord Howe's 30-minute shift sets its
+    # clock back within (90 minutes).
     assert now - minute < 60_000
-    assert now - hour < (7_200_000 if tz == "Pacific/Chatham" else 3_600_000)
+    assert now - hour < (5_400_000 if tz == "Australia/Lord_Howe" else 3_600_000)
     # The next minute starts a new window.
     assert window_starts(minute + 60_000, tz)[0] == minute + 60_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(_now, st.sampled_from(ZONES))
+@example(1_743_861_600_000 - 60_000, "Pacific/Chatham")
+@example(1_743_865_200_000 - 60_000, "Pacific/Chatham")
+def test_next_hour_start_is_where_the_clock_hour_changes(now: int, tz: str) -> None:
+    """The Retry-After of an hour refusal: the first instant of the next clock hour, however
+    long this one lasts (30 or 90 minutes in the hour of Lord Howe's change)."""
+    nxt = next_hour_start(now, tz)
+    hour = window_starts(now, tz)[1]
+    assert nxt > now
+    assert window_starts(nxt, tz)[1] == nxt  # a new window begins there
+    assert window_starts(nxt - 1, tz)[1] == hour  # and not before
+    assert nxt - hour <= (5_400_000 if tz == "Australia/Lord_Howe" else 3_600_000)
 
 
 # --- exceeded --------------------------------------------------------------------------------
