@@ -941,15 +941,24 @@ with `smpp_bridge_`; the README lists them and `config/grafana-dashboard.json` c
 
 _COUNT = {"type": "integer", "minimum": 0}
 _STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+_TIMEZONE = {
+    "name": "timezone",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["utc", "local"], "default": "utc"},
+    "description": "utc (the default) or local: the days and months of rules.timezone, those of "
+    "the bills, the daily quota and the Alibaba face",
+}
 _STAT_DESCRIPTION = (
-    "Messages accepted on the day (UTC), by their status now: submitted = all of them; "
+    "Messages accepted on the day (UTC, or in rules.timezone), by their status now: submitted = all of them; "
     "delivered; failed (failed or expired); pending (queued or sent, no final receipt yet); "
     "unknown (no receipt within the receipt timeout). segments and units: air parts and "
     "billable units of those messages."
 )
 CDR_DESCRIPTION = """\
 CSV (RFC 4180, UTF-8, no byte-order mark, CRLF line ends), streamed: a header row, then one row
-per message the account sent in the UTC month, in acceptance order:
+per message the account sent in the month (UTC, or with timezone=local the bill's month in
+rules.timezone), in acceptance order:
 
 `message_id, batch_id, client_ref, to, sender, sign_name, template, status, error_code, encoding,
 segments, billable_units, accepted_at, sent_at, done_at, smsc`
@@ -979,7 +988,10 @@ def _report_schemas() -> dict[str, Any]:
             {
                 "from": day["properties"]["date"],
                 "to": day["properties"]["date"],
-                "timezone": {"type": "string", "enum": ["UTC"]},
+                "timezone": {
+                    "type": "string",
+                    "description": "UTC, or with timezone=local the IANA name of rules.timezone",
+                },
                 "days": {
                     "type": "array",
                     "items": _schema("StatsDay"),
@@ -1222,28 +1234,31 @@ def _report_paths() -> dict[str, Any]:
         "/v1/stats": {
             "get": _v1_op(
                 "getStats",
-                "Messages per UTC day: submitted, delivered, failed, pending, parts, units",
+                "Messages per day (UTC, or local): submitted, delivered, failed, pending, parts, "
+                "units",
                 {"200": _ok("Stats", _STAT_DESCRIPTION), **_errors(400)},
                 tags=["reports"],
                 parameters=[
-                    _query("from", day, "first UTC day, YYYY-MM-DD", True),
-                    _query("to", day, "last UTC day (inclusive), at most 92 days in all", True),
+                    _query("from", day, "first day, YYYY-MM-DD", True),
+                    _query("to", day, "last day (inclusive), at most 92 days in all", True),
+                    _TIMEZONE,
                 ],
             ),
         },
         "/v1/cdrs": {
             "get": _v1_op(
                 "getCdrs",
-                "The account's messages of a UTC month as CSV, one row each (streamed)",
+                "The account's messages of a month (UTC, or the bill's) as CSV, one row each",
                 {"200": csv_ok, **_errors(400)},
                 tags=["reports"],
                 parameters=[
                     _query(
                         "month",
                         {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
-                        "YYYY-MM (UTC), from 1970-01",
+                        "YYYY-MM, from 1970-01",
                         True,
-                    )
+                    ),
+                    _TIMEZONE,
                 ],
             ),
         },

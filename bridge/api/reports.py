@@ -1,7 +1,10 @@
 """Customer reports on the signed API: daily statistics and monthly CDRs (call detail records).
 
-Both are scoped to the calling account by the store query itself (never filtered afterwards), and
-days and months are UTC for now. CDRs are streamed page by page from an index cursor, so a month
+Both are scoped to the calling account by the store query itself (never filtered afterwards).
+Days and months are UTC, or with `timezone=local` those of `rules.timezone`: the zone of the
+bills, the daily quota and the Alibaba face, so a month's CDR export is the set of messages its
+bill counts (in UTC, Asia/Shanghai's first eight hours of each month went to the month before).
+CDRs are streamed page by page from an index cursor, so a month
 of millions of messages costs one page of memory, and a slow reader slows the query loop down
 (back-pressure through `StreamResponse.write`) instead of piling rows up in the server.
 """
@@ -15,8 +18,9 @@ import io
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -24,6 +28,7 @@ from bridge.api.context import PRINCIPAL, REQUEST_ID, STREAM_CUT, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
+from bridge.domain.settlement import month_bounds
 from bridge.store.models import MessageRecord
 
 log = logging.getLogger("bridge.api.reports")
@@ -100,6 +105,27 @@ def day_string(day_index: int) -> str:
     return date.fromordinal(day_index + _EPOCH).isoformat()
 
 
+def parse_zone(value: str | None, local: str) -> str:
+    """`timezone`: "utc" (the default) or "local" (the deployment's rules.timezone)."""
+    if value is None or value == "utc":
+        return "UTC"
+    if value == "local":
+        return local
+    raise ApiError("INVALID_FIELD", "timezone: utc or local")
+
+
+def local_day_bounds(day_index: int, tz: str) -> tuple[int, int]:
+    """[start, end) in unix ms of the calendar day `day_index` in `tz` (23 or 25 hours across a
+    DST change)."""
+    zone = ZoneInfo(tz)
+    try:
+        first = datetime.combine(date.fromordinal(day_index + _EPOCH), time(), zone)
+        after = datetime.combine(date.fromordinal(day_index + 1 + _EPOCH), time(), zone)
+        return int(first.timestamp() * 1000), int(after.timestamp() * 1000)
+    except (ValueError, OverflowError):  # 9999-12-31 has no next day
+        raise ApiError("INVALID_FIELD", "to: a day before 9999-12-31 with timezone=local") from None
+
+
 def parse_month(value: str | None) -> tuple[int, int]:
     """YYYY-MM as [start, end) in unix milliseconds (UTC)."""
     if value is None:
@@ -168,26 +194,47 @@ def cdr_row(m: MessageRecord) -> list[str | int]:
 async def get_stats(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = query_params(query_of(request), ("from", "to"))
+    q = query_params(query_of(request), ("from", "to", "timezone"))
     first = parse_day(q.get("from"), "from")
     last = parse_day(q.get("to"), "to")
+    zone = parse_zone(q.get("timezone"), ctx.config.rules.timezone)
     if last < first:
         raise ApiError("INVALID_FIELD", "to: must not be before from")
     if last - first + 1 > MAX_STATS_DAYS:
         raise ApiError("INVALID_FIELD", f"to: at most {MAX_STATS_DAYS} days from `from`, inclusive")
-    rows = await ctx.store.stats(account.id, first * DAY_MS, (last + 1) * DAY_MS, 0)
-    days = stats_days(rows, first, last)
+    if zone == "UTC":
+        rows = await ctx.store.stats(account.id, first * DAY_MS, (last + 1) * DAY_MS, 0)
+    else:  # each local day in its own bounds: one offset put the days after a DST change wrong
+        rows = []
+        for day in range(first, last + 1):
+            since, until = local_day_bounds(day, zone)
+            for r in await ctx.store.stats(account.id, since, until, 0):
+                rows.append({**r, "day_index": day})
+    days = stats_days(_merged(rows), first, last)
     totals = {k: sum(d[k] for d in days) for k in STAT_FIELDS}
     return json_response(
         {
             "from": day_string(first),
             "to": day_string(last),
-            "timezone": "UTC",
+            "timezone": zone,
             "days": days,
             "totals": totals,
             "history_from": history_from(ctx.config.store.retention_days, ctx.now_ms()),
         }
     )
+
+
+def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per day_index: a local day spans two UTC days, which the store counts apart."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        day = int(r["day_index"])
+        if day in out:
+            out[day] = {k: (out[day].get(k) or 0) + (v or 0) for k, v in r.items()}
+            out[day]["day_index"] = day
+        else:
+            out[day] = dict(r)
+    return list(out.values())
 
 
 def history_from(retention_days: int, now: int) -> str | None:
@@ -215,9 +262,15 @@ async def _write(resp: web.StreamResponse, data: bytes) -> None:
 async def get_cdrs(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = query_params(query_of(request), ("month",))
+    q = query_params(query_of(request), ("month", "timezone"))
     since, until = parse_month(q.get("month"))
     month = q["month"]
+    zone = parse_zone(q.get("timezone"), ctx.config.rules.timezone)
+    if zone != "UTC":  # the bill's month
+        try:
+            since, until = month_bounds(month, zone)
+        except (ValueError, OverflowError):  # 9999-12 has no next month
+            raise ApiError("INVALID_FIELD", "month: before 9999-12 with timezone=local") from None
     resp = web.StreamResponse(
         status=200,
         headers={

@@ -977,3 +977,97 @@ async def test_stats_name_the_first_day_the_retention_keeps_whole(make_api, cloc
     assert r.json["history_from"] == "2026-01-30"
     assert reports.history_from(0, 1_772_409_600_000) is None
     assert reports.history_from(31, 31 * reports.DAY_MS - 1) == "1970-01-01"
+
+
+# ================================================================================================
+# timezone=local: the days and months of the bills
+# ================================================================================================
+
+
+async def test_local_months_and_days_are_those_of_the_bills(api_server, make_account, store):
+    """rules.timezone Asia/Shanghai (the default): local March starts 2026-02-28T16:00Z. In UTC
+    the CDR export of March took the first eight hours of local March from February's bill and
+    the first eight of April's in."""
+    from bridge.domain.settlement import month_of
+
+    a = await make_account()
+    A = a.account_id
+    feb = new_message(A, ms("2026-02-28T15:59:59.999"))  # local 2026-02-28 23:59:59.999
+    mar = new_message(A, ms("2026-02-28T16:00:00"))  # local 2026-03-01 00:00
+    apr = new_message(A, ms("2026-03-31T16:00:00"))  # local 2026-04-01 00:00
+    await accept(store, A, feb, mar, apr)
+    assert api_server.config.rules.timezone == "Asia/Shanghai"
+    assert [month_of(m.accepted_at, "Asia/Shanghai") for m in (feb, mar, apr)] == [
+        "2026-02",
+        "2026-03",
+        "2026-04",
+    ]
+
+    async def cdr(query: str) -> list[str]:
+        r = await api_server.request("GET", "/v1/cdrs", creds=a, query=query)
+        assert r.status == 200, r.body
+        return [row[0] for row in parse_csv(r.body)[1:]]
+
+    assert await cdr("month=2026-03") == [apr.id]  # UTC, the default
+    assert await cdr("month=2026-03&timezone=utc") == [apr.id]
+    assert await cdr("month=2026-03&timezone=local") == [mar.id]  # the bill's month
+    assert await cdr("month=2026-02&timezone=local") == [feb.id]
+
+    r = await api_server.request(
+        "GET", "/v1/stats", creds=a, query="from=2026-03-01&to=2026-03-01&timezone=local"
+    )
+    assert r.status == 200, r.json
+    assert r.json["timezone"] == "Asia/Shanghai"
+    assert [(d["date"], d["submitted"]) for d in r.json["days"]] == [("2026-03-01", 1)]
+    r = await api_server.request("GET", "/v1/stats", creds=a, query="from=2026-03-01&to=2026-03-01")
+    assert r.json["timezone"] == "UTC" and r.json["totals"]["submitted"] == 0
+
+
+async def test_a_local_day_of_25_hours_is_counted_whole(make_api, clock):
+    """Europe/Berlin, 2026-10-25 lasts 25 hours and spans two UTC days: both halves count."""
+    api = await make_api({"rules": {"timezone": "Europe/Berlin"}})
+    creds = await api.create_account()
+    A = creds.account_id
+    early = new_message(A, ms("2026-10-24T22:30:00"))  # 00:30 CEST on the 25th
+    late = new_message(A, ms("2026-10-25T22:30:00"))  # 23:30 CET on the 25th
+    after = new_message(A, ms("2026-10-25T23:30:00"))  # 00:30 CET on the 26th
+    await accept(api.store, A, early, late, after)
+    r = await api.request(
+        "GET", "/v1/stats", creds=creds, query="from=2026-10-24&to=2026-10-26&timezone=local"
+    )
+    assert r.status == 200, r.json
+    assert [(d["date"], d["submitted"]) for d in r.json["days"]] == [
+        ("2026-10-24", 0),
+        ("2026-10-25", 2),
+        ("2026-10-26", 1),
+    ]
+    r = await api.request("GET", "/v1/stats", creds=creds, query="from=2026-10-24&to=2026-10-26")
+    assert [d["submitted"] for d in r.json["days"]] == [1, 2, 0]  # UTC days
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/v1/stats", "from=2026-03-01&to=2026-03-01&timezone=Asia/Shanghai"),
+        ("/v1/cdrs", "month=2026-03&timezone=LOCAL"),
+    ],
+)
+async def test_timezone_is_utc_or_local(api_server, make_account, path, query):
+    a = await make_account()
+    r = await api_server.request("GET", path, creds=a, query=query)
+    assert (r.status, r.code) == (400, "INVALID_FIELD")
+    assert r.message.startswith("timezone")
+
+
+async def test_local_edges_of_the_calendar(api_server, make_account):
+    a = await make_account()
+    r = await api_server.request("GET", "/v1/cdrs", creds=a, query="month=9999-12&timezone=local")
+    assert (r.status, r.code) == (400, "INVALID_FIELD")
+    r = await api_server.request(
+        "GET", "/v1/stats", creds=a, query="from=9999-12-31&to=9999-12-31&timezone=local"
+    )
+    assert (r.status, r.code) == (400, "INVALID_FIELD")
+    r = await api_server.request(
+        "GET", "/v1/stats", creds=a, query="from=1970-01-01&to=1970-01-02&timezone=local"
+    )
+    assert r.status == 200, r.json
