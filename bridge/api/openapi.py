@@ -950,7 +950,8 @@ _TIMEZONE = {
     "the bills, the daily quota and the Alibaba face",
 }
 _STAT_DESCRIPTION = (
-    "Messages accepted on the day (UTC, or in rules.timezone), by their status now: submitted = all of them; "
+    "Messages accepted on the day (UTC, or in rules.timezone), by their status now: "
+    "submitted = all of them; "
     "delivered; failed (failed or expired); pending (queued or sent, no final receipt yet); "
     "unknown (no receipt within the receipt timeout). segments and units: air parts and "
     "billable units of those messages."

@@ -317,15 +317,17 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
 def lapse_plan(
     pockets: Sequence[Pocket], threshold: int, now: int
 ) -> tuple[list[Entry], tuple[int, int] | None]:
-    """The sweep's write-off of vouchers that expired with a remainder, and the low-balance
-    crossing that expiry made (before, after), if any. Without it, an account whose next send
-    was refused for balance (the voucher gone) got a 402 and never a warning: only an accepted
-    send looked at lapsed vouchers."""
+    """The sweep's write-off of vouchers and stored-value cards that expired with a remainder,
+    and the low-balance crossing a voucher's expiry made (before, after), if any. Without it,
+    an account whose next send was refused for balance (the voucher gone) got a 402 and never a
+    warning: only an accepted send looked at lapsed vouchers. Cards (international only) are
+    written off too, so the pockets hold what the account can still spend (before session 14 an
+    expired card's remainder stayed in its pocket for good)."""
     lapsed = _lapsed_vouchers(pockets, now)
     if not lapsed:
         return [], None
     after = balances_of(pockets, now).available_domestic
-    before = after + sum(p.amount for p in lapsed)
+    before = after + sum(p.amount for p in lapsed if p.pocket.startswith("voucher:"))
     low = (
         (before, after) if threshold > 0 and crossed_low_balance(before, after, threshold) else None
     )
@@ -336,7 +338,7 @@ def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
     return [
         p
         for p in pockets
-        if p.pocket.startswith("voucher:")
+        if p.pocket.startswith(("voucher:", "card:"))
         and p.amount > 0
         and p.expires_at is not None
         and now >= p.expires_at
@@ -345,9 +347,9 @@ def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
 
 def _write_off(p: Pocket) -> Entry:
     assert p.expires_at is not None
-    return Entry(
-        EntryKind.VOUCHER_EXPIRE, -p.amount, p.pocket, p.expires_at, p.pocket[8:], p.expires_at
-    )
+    family, _, ref = p.pocket.partition(":")
+    kind = EntryKind.VOUCHER_EXPIRE if family == "voucher" else EntryKind.CARD_EXPIRE
+    return Entry(kind, -p.amount, p.pocket, p.expires_at, ref, p.expires_at)
 
 
 def _frequency_wait(window: freq.Window, sent: Sequence[int], now: int, fr: FrequencyRule) -> float:

@@ -964,7 +964,8 @@ async def _lapse_vouchers(c: asyncpg.Connection, now: int) -> tuple[int, int]:
     accounts = [
         r[0]
         for r in await c.fetch(
-            "SELECT DISTINCT account_id FROM pockets WHERE pocket LIKE 'voucher:%' AND amount > 0 "
+            "SELECT DISTINCT account_id FROM pockets "
+            "WHERE (pocket LIKE 'voucher:%' OR pocket LIKE 'card:%') AND amount > 0 "
             "AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY account_id LIMIT 1000",
             now,
         )

@@ -1238,7 +1238,8 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
     accounts = [
         r[0]
         for r in c.execute(
-            "SELECT DISTINCT account_id FROM pockets WHERE pocket LIKE 'voucher:%' AND amount>0 "
+            "SELECT DISTINCT account_id FROM pockets "
+            "WHERE (pocket LIKE 'voucher:%' OR pocket LIKE 'card:%') AND amount>0 "
             "AND expires_at IS NOT NULL AND expires_at<=? LIMIT 1000",
             (now,),
         )

@@ -662,6 +662,32 @@ async def test_a_card_refund_after_the_card_expired_is_void(mk: Factory, clock: 
     await audit(api, creds, intl=frozenset({good, bad}))
 
 
+async def test_the_sweep_writes_off_an_expired_cards_remainder_once(
+    mk: Factory, clock: Clock
+) -> None:
+    """Added by the lead from this review's doubts (fixed in session 14): the sweep wrote off
+    expired vouchers only, so an expired card's remainder stayed in its pocket for good."""
+    clock.freeze(MARCH - 366 * 86_400)
+    api = await mk()
+    creds = await api.create_account(ready=False)
+    bought = await money(api, creds, "cards", {"face_value_micro": 999_000_000})
+    (card,) = bought["cards"]
+    expires = int(card["expires_at"])
+    clock.freeze(expires / 1000 - 120)
+    (good,) = await send(api, creds, US)
+    ids = await sent(api, await claim(api))
+    await receipt(api, ids[good])
+    clock.freeze(expires / 1000 + 60)
+    for _ in range(2):  # once
+        await api.store.sweep(api.ctx.now_ms(), RECEIPT_TIMEOUT_MS)
+    rows = await api.store.ledger_page(creds.account_id, 0, 1000)
+    assert [(r.kind, r.amount, r.at) for r in rows if r.kind == "card_expire"] == [
+        ("card_expire", -(999_000_000 - INTL), expires)
+    ]
+    assert not any((await pockets(api, creds)).values())
+    await audit(api, creds, intl=frozenset({good}))
+
+
 # -- 7. a month with everything, settled -----------------------------------------------------
 
 
