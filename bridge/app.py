@@ -33,7 +33,7 @@ from bridge.billing import Tariffs, auto_settle
 from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
-from bridge.config import Config, ConfigError, implicit_sim_smsc, load_config
+from bridge.config import WIRE_OPTIONS, Config, ConfigError, implicit_sim_smsc, load_config
 from bridge.crypto import Sealer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
@@ -60,7 +60,10 @@ WORKERS_ENV = "SMPP_BRIDGE_WORKERS"
 
 
 def make_router(config: Config) -> Router:
-    return Router([Route(r.prefix, tuple(r.smscs)) for r in config.routes], config.default_route)
+    encodings = {s.name: tuple(getattr(s, o) for o in WIRE_OPTIONS) for s in config.smscs}
+    return Router(
+        [Route(r.prefix, tuple(r.smscs)) for r in config.routes], config.default_route, encodings
+    )
 
 
 def _stamp(path: str | None) -> tuple[int, int, int] | None:

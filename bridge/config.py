@@ -1227,7 +1227,7 @@ def _check_routes(ctx: _Ctx, data: Mapping[str, Any], known: set[str]) -> None:
 
 # What a message's stored bytes were encoded for (at acceptance, with the options of its route's
 # first SMSC): every SMSC it may fail over to must read the same bytes.
-_WIRE_OPTIONS = ("split", "packed_gsm", "allow_latin1", "gsm_data_coding")
+WIRE_OPTIONS = ("split", "packed_gsm", "allow_latin1", "gsm_data_coding")
 
 
 def _check_route_encodings(ctx: _Ctx, data: Mapping[str, Any], sections: Mapping[str, Any]) -> None:
@@ -1246,7 +1246,7 @@ def _check_route_encodings(ctx: _Ctx, data: Mapping[str, Any], sections: Mapping
             return
         first = found[0]
         for other in found[1:]:
-            diff = [o for o in _WIRE_OPTIONS if getattr(other, o) != getattr(first, o)]
+            diff = [o for o in WIRE_OPTIONS if getattr(other, o) != getattr(first, o)]
             if diff:
                 ctx.err(
                     path,

@@ -7,7 +7,7 @@ connector tells `pick` which SMSCs have a live bind.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_KEY", "Route", "Router"]
@@ -29,15 +29,24 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
 
 
 class Router:
-    """Longest matching prefix wins; its SMSCs are tried in order, then the default route's.
+    """Longest matching prefix wins; its SMSCs are tried in order, then the default route's
+    that encode as the route's first does.
 
     Shorter matching prefixes are not fallen back to: a specific route exists because the general
     one is wrong for those numbers (price, sender id, carrier), so only the default follows it.
+    A message is encoded once, for its route's first SMSC, and failed over as stored, so a
+    default SMSC with other wire options (`encodings`: SMSC -> a key of them) is not a fallback
+    for that route: a Latin-1 message went out through an SMSC without Latin-1 that way.
     """
 
-    __slots__ = ("_default", "_lengths", "_routes")
+    __slots__ = ("_default", "_encodings", "_lengths", "_routes")
 
-    def __init__(self, routes: Sequence[Route], default: Sequence[str]) -> None:
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        default: Sequence[str],
+        encodings: Mapping[str, Hashable] | None = None,
+    ) -> None:
         table: dict[str, tuple[str, ...]] = {}
         for route in routes:
             if not _PREFIX_RE.fullmatch(route.prefix):
@@ -51,6 +60,7 @@ class Router:
             raise ValueError("default route has an empty SMSC name")
         self._routes = table
         self._default = _unique(default)
+        self._encodings = dict(encodings or {})
         self._lengths = sorted({len(prefix) for prefix in table}, reverse=True)
 
     def _match(self, destination: str) -> str | None:
@@ -66,7 +76,11 @@ class Router:
         if prefix is None:
             return self._default
         smscs = self._routes[prefix]
-        return smscs + tuple(s for s in self._default if s not in smscs)
+        enc = self._encodings
+        first = enc.get(smscs[0])
+        return smscs + tuple(
+            s for s in self._default if s not in smscs and (first is None or enc.get(s) == first)
+        )
 
     def candidates(self, destination: str) -> tuple[str, ...]:
         """SMSCs to try for `destination`, in order; empty when nothing routes it."""

@@ -68,6 +68,21 @@ def test_duplicates_within_a_route_collapse() -> None:
     assert r.candidates("+1") == ("c",)
 
 
+def test_a_default_smsc_that_encodes_otherwise_is_no_fallback_for_a_route() -> None:
+    """A message is encoded once, for its route's first SMSC: the default route's SMSCs follow
+    only when they take the same bytes (found by session 14's third review: a Latin-1 message
+    went out through the default SMSC, which had no Latin-1)."""
+    enc = {"lat": ("udh8", False, True, 0), "sim": ("udh8", False, False, 0),
+           "twin": ("udh8", False, True, 0)}  # fmt: skip
+    r = Router([Route("+86139", ("lat",))], ("sim", "twin"), enc)
+    assert r.candidates("+8613900000001") == ("lat", "twin")
+    assert r.candidates("+4412345") == ("sim", "twin")  # unmatched: the default as it is
+    assert r.pick("+8613900000001", lambda n: n == "sim") is None  # waits for its route
+    assert r.park_key("+8613900000001", lambda n: n == "sim") == "+86139"
+    # Without encodings (or for an SMSC the map does not name) the default follows as before.
+    assert Router([Route("+86139", ("lat",))], ("sim",)).candidates("+861390") == ("lat", "sim")
+
+
 def test_no_default() -> None:
     r = Router([Route("+86", ("a",))], ())
     assert r.candidates("+8613800138000") == ("a",)
