@@ -60,6 +60,8 @@ def unanswered_wait_ms(response_timeout_s: float) -> int:
 
 
 _Park = Callable[[str], str | None] | None  # a claim's park function (Router.parker)
+# How long stop() waits for the messages it cancelled to record what the SMSC already took.
+CANCEL_WAIT_S = 5.0
 
 
 class _RouteNotRecorded(Exception):
@@ -585,6 +587,11 @@ class Dispatcher:
             _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for task in pending:
                 task.cancel()
+            if pending:
+                # Their CancelledError handlers hand in the parts the SMSC accepted: wait for
+                # them before the drain. Drained first, those results came after the store
+                # closed and the restart sent the parts again (session 14's third review).
+                await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
         await self._routes.drain()
         await self._results.drain()
         await asyncio.sleep(0)  # late acceptances held for a task that just ended

@@ -38,7 +38,8 @@ Checked (passing tests):
   the backup is delivered, status ready.
 
 Found (1 fixed in the commit that added this file: a default SMSC that encodes otherwise is no
-fallback for a route, bridge/smpp/router.py `encodings`; 2 fixed in the commit after):
+fallback for a route, bridge/smpp/router.py `encodings`; 2 fixed in the commit after: the
+dispatcher's stop waits for the messages it cancelled before it drains their results):
 1. A message for a route goes out through the DEFAULT route's SMSC while the route's own SMSCs
    are down, encoded for the route's SMSC: a Latin-1 text (data_coding 3) reached an SMSC
    configured without `allow_latin1`. README/config/bridge.example.yaml: "a destination takes
@@ -832,11 +833,6 @@ async def test_sigterm_under_load_stops_in_time_and_a_restart_delivers_every_202
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: parts an SMSC accepted while the shutdown grace ran out are recorded after "
-    "the store closed (StoreClosedError), so the restart sends them again",
-)
 async def test_sigterm_grace_running_out_mid_message_sends_no_part_twice(world, tmp_path):
     """Found 2. Expected: what the SMSC accepted before the stop is recorded (the dispatcher's
     own comment: "the parts the SMSC accepted are recorded (stop() writes them)"), so after a
