@@ -9,6 +9,7 @@ HTTP. Stop (SIGTERM): HTTP answers 503 -> dispatcher stops claiming and waits fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ WORKER_ENV = "SMPP_BRIDGE_WORKER"
 WORKERS_ENV = "SMPP_BRIDGE_WORKERS"
 
 
+# How long stop() waits for a reload under way before it stops the pipeline anyway.
+RELOAD_WAIT_S = 10.0
+
+
 def make_router(config: Config) -> Router:
     encodings = {s.name: tuple(getattr(s, o) for o in WIRE_OPTIONS) for s in config.smscs}
     return Router(
@@ -100,6 +105,9 @@ class Daemon:
         # that both stopped the same connector (KeyError) and could leave self.config and the
         # running connectors out of step.
         self._reload_lock = asyncio.Lock()
+        # Set by stop(): a SIGHUP then is not applied (a reload reconnected an SMSC that stop()
+        # was closing, found by session 14's third review).
+        self._stopping = False
         # SIGHUP reloads, kept: an unreferenced task may be collected mid-run.
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
@@ -521,6 +529,10 @@ class Daemon:
 
     async def stop(self) -> None:
         grace = self.config.server.shutdown_grace_s
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):  # a reload under way finishes first
+            async with asyncio.timeout(RELOAD_WAIT_S), self._reload_lock:
+                pass
         if self.ctx is not None:
             self.ctx.accepting = False
         if self.dispatcher is not None:
@@ -621,6 +633,9 @@ class Daemon:
     async def reload_from_file(self) -> bool:
         """SIGHUP: load the file and apply it; False when it was refused or failed."""
         async with self._reload_lock:
+            if self._stopping:
+                log.info("reload ignored: shutting down")
+                return False
             stamp = _stamp(self.config_path)
             try:
                 new = load_config(self.config_path)

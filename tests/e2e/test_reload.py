@@ -155,3 +155,28 @@ async def test_a_sighup_during_start_up_waits_for_it(tmp_path, monkeypatch):
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(runner, 30)
+
+
+async def test_a_reload_during_shutdown_is_not_applied(tmp_path):
+    """A SIGHUP after SIGTERM reconnected an SMSC that stop() was closing (session 14's third
+    review): once stopping, a reload changes nothing; one already under way finishes first."""
+    data = config_dict(tmp_path)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(path, env={}), config_path=str(path))
+    await d.start()
+    stopped = False
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        data["smscs"][0]["window"] = 7  # a bind setting: the reload would reconnect "sim"
+        path.write_text(yaml.safe_dump(data))
+        before = d.connectors["sim"]
+        stopping = asyncio.create_task(d.stop())
+        await asyncio.sleep(0)  # stop() has begun
+        assert await d.reload_from_file() is False
+        await stopping
+        stopped = True
+        assert d.connectors["sim"] is before and d.config.smscs[0].window != 7
+    finally:
+        if not stopped:
+            await d.stop()
