@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import yaml
 import tests.store_engines as engines
 from bridge.store.base import Store, StoreInUseError
 from bridge.store.models import Release
+from tests.integration.test_audit_trail import _cli
 from tests.integration.test_store import (
     DAY,
     MIN,
@@ -122,17 +121,6 @@ async def test_refused_while_a_daemon_runs_on_the_store(
 
 
 # -- the command ----------------------------------------------------------------------------------
-
-
-def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", *args, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Traceback" not in p.stderr, p.stderr
-    return p
 
 
 async def test_the_command_on_a_restored_sqlite_file(tmp_path: Path) -> None:
