@@ -18,9 +18,8 @@ import io
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime, time
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -28,7 +27,7 @@ from bridge.api.context import PRINCIPAL, REQUEST_ID, STREAM_CUT, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
-from bridge.domain.settlement import month_bounds
+from bridge.domain.settlement import day_bounds, month_bounds
 from bridge.store.models import MessageRecord
 
 log = logging.getLogger("bridge.api.reports")
@@ -117,11 +116,8 @@ def parse_zone(value: str | None, local: str) -> str:
 def local_day_bounds(day_index: int, tz: str) -> tuple[int, int]:
     """[start, end) in unix ms of the calendar day `day_index` in `tz` (23 or 25 hours across a
     DST change)."""
-    zone = ZoneInfo(tz)
     try:
-        first = datetime.combine(date.fromordinal(day_index + _EPOCH), time(), zone)
-        after = datetime.combine(date.fromordinal(day_index + 1 + _EPOCH), time(), zone)
-        return int(first.timestamp() * 1000), int(after.timestamp() * 1000)
+        return day_bounds(date.fromordinal(day_index + _EPOCH), tz)
     except (ValueError, OverflowError):  # 9999-12-31 has no next day
         raise ApiError("INVALID_FIELD", "to: a day before 9999-12-31 with timezone=local") from None
 

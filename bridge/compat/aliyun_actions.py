@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from bridge import jsonio, review
 from bridge.api.context import ApiContext
@@ -45,6 +44,7 @@ from bridge.compat.aliyun_reports import DOMESTIC_PREFIX, local_time, phone
 from bridge.domain import senders
 from bridge.domain.admission import FrequencyRule, Priced, Rules
 from bridge.domain.phone import PLANS, PhoneError, normalize
+from bridge.domain.settlement import day_bounds
 from bridge.store.base import StoreError
 from bridge.store.models import AcceptBatch, Account, MessageRecord, NewMessage
 
@@ -336,11 +336,9 @@ def _parse_day(raw: str, name: str) -> datetime:
 def _day_bounds(day: datetime, tz: str, name: str = "SendDate") -> tuple[int, int]:
     """[start, end) of a local calendar day in ms (23 or 25 hours across a DST change)."""
     try:
-        start = day.replace(tzinfo=ZoneInfo(tz))
-        end = start + timedelta(days=1)
+        return day_bounds(day.date(), tz)
     except OverflowError:
         raise ApiError("INVALID_FIELD", f"{name}: yyyyMMdd") from None
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
 def _int(p: Params, name: str, default: int, lo: int, hi: int) -> int:

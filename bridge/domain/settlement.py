@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -158,6 +158,14 @@ def month_bounds(month: str, tz: str) -> tuple[int, int]:
     start = datetime(year, mon, 1, tzinfo=zone)
     end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=zone)
     return (start - _EPOCH) // _MS, (end - _EPOCH) // _MS
+
+
+def day_bounds(day: date, tz: str) -> tuple[int, int]:
+    """[start, end) of the calendar `day` in `tz`, in unix ms: 23 or 25 hours across a DST
+    change (an aware datetime plus a day is the next local midnight). OverflowError for the
+    last day a datetime holds."""
+    start = datetime(day.year, day.month, day.day, tzinfo=_zone(tz))
+    return (start - _EPOCH) // _MS, (start + timedelta(days=1) - _EPOCH) // _MS
 
 
 def month_of(ms: int, tz: str) -> str:
