@@ -7,11 +7,13 @@ Receipts are applied in batches (one transaction for many), matched by (SMSC, no
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from bridge import logs
@@ -85,19 +87,36 @@ class Inbound:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._smscs = dict(smscs)
 
-    async def on_deliver(self, smsc: str, body: ShortMessage) -> int:
+    def on_deliver(self, smsc: str, body: ShortMessage) -> Awaitable[int]:
+        """The deliver_sm_resp status, once the receipt or MO is committed.
+
+        A receipt gets a future, not a coroutine: one comes per segment sent, and a task per
+        receipt (the bind's, with a coroutine chain five frames deep) cost ~14 µs of the owner's
+        CPU each, measured; the future resolves from its batch's commit."""
+        if not is_receipt(body):
+            return self._mo_guarded(smsc, body)
+        out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
-            if is_receipt(body):
-                return await self._receipt(smsc, body)
+            self._receipt(smsc, body, out)
+        except Exception as exc:
+            self._not_stored(smsc, exc)
+            out.set_result(C.ESME_RX_T_APPN)
+        return out
+
+    async def _mo_guarded(self, smsc: str, body: ShortMessage) -> int:
+        try:
             return await self._mo(smsc, body)
         except Exception as exc:
-            if is_unavailable(exc):  # the store is down: the SMSC redelivers, one line a while
-                _store_down.error(f"could not store deliver_sm from smsc={smsc}; redelivery", exc)
-            else:
-                log.exception("could not store deliver_sm from smsc=%s; redelivery", smsc)
+            self._not_stored(smsc, exc)
             return C.ESME_RX_T_APPN
 
-    async def _receipt(self, smsc: str, body: ShortMessage) -> int:
+    def _not_stored(self, smsc: str, exc: BaseException) -> None:
+        if is_unavailable(exc):  # the store is down: the SMSC redelivers, one line a while
+            _store_down.error(f"could not store deliver_sm from smsc={smsc}; redelivery", exc)
+        else:
+            log.error("could not store deliver_sm from smsc=%s; redelivery", smsc, exc_info=exc)
+
+    def _receipt(self, smsc: str, body: ShortMessage, out: asyncio.Future[int]) -> None:
         # The text may come in message_payload instead (sm_length 0). NUL octets go, wherever
         # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
         # one inside failed to store every time and the SMSC redelivered it for ever.
@@ -122,7 +141,8 @@ class Inbound:
                 "receipt without a message id",
                 extra={"smsc": smsc, "receipt": logs.body(text[:120])},
             )
-            return C.ESME_ROK  # nothing to correlate; redelivery would not help
+            out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
+            return
         rule = self._rules.get(smsc)
         if rule is None:
             key = receipt.message_id
@@ -142,7 +162,7 @@ class Inbound:
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.
             state = ReceiptState.ENROUTE
-        await self._receipts.submit(
+        committed = self._receipts.add(
             ReceiptIn(
                 smsc=smsc,
                 smsc_msg_id=key,
@@ -154,6 +174,26 @@ class Inbound:
                 raw=text[:250],
             )
         )
+        committed.add_done_callback(
+            partial(self._receipt_committed, out, smsc, key, state, receipt.stat, err)
+        )
+
+    def _receipt_committed(
+        self,
+        out: asyncio.Future[int],
+        smsc: str,
+        key: str,
+        state: ReceiptState,
+        stat: str,
+        err: str | None,
+        committed: asyncio.Future[None],
+    ) -> None:
+        exc = asyncio.CancelledError() if committed.cancelled() else committed.exception()
+        if exc is not None:
+            self._not_stored(smsc, exc)
+            if not out.done():
+                out.set_result(C.ESME_RX_T_APPN)
+            return
         self.receipts += 1
         if self.metrics is not None:  # counted once committed: a redelivery is not a new one
             self.metrics.receipt(smsc, state.value)
@@ -161,9 +201,10 @@ class Inbound:
             log.debug(
                 "receipt received",
                 extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
-                       "stat": receipt.stat, "err": err},
+                       "stat": stat, "err": err},
             )  # fmt: skip
-        return C.ESME_ROK
+        if not out.done():
+            out.set_result(C.ESME_ROK)
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))

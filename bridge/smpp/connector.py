@@ -957,9 +957,11 @@ class Connector:
         if self.on_late_submit is not None:
             self.on_late_submit(LateSubmit(self.name, context, status, message_id))
 
-    async def _deliver(self, body: ShortMessage, salvaged: bool) -> int:
+    def _deliver(self, body: ShortMessage, salvaged: bool) -> Awaitable[int]:
+        # Not a coroutine: what the handler returns (a future for receipts) goes to the bind as
+        # it is, without a task per deliver_sm.
         self._delivers += 1
-        return await self._on_deliver(self.name, body)
+        return self._on_deliver(self.name, body)
 
     # --- stats --------------------------------------------------------------------------------
     def _tick(self, n: int) -> None:

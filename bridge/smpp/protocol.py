@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -126,7 +127,7 @@ class SmppProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._flush_scheduled = False
-        self._deliver_tasks: set[asyncio.Task[None]] = set()
+        self._deliver_tasks: set[asyncio.Future[int]] = set()
         self._max_pending_delivers = max_pending_delivers
         self._reading_paused = False
         self._paused_at = 0.0
@@ -333,36 +334,51 @@ class SmppProtocol(asyncio.Protocol):
             self.on_slot_freed()
 
     def _start_deliver(self, ev: DeliverReceived) -> None:
+        """Run the handler and answer once what it returns resolves.
+
+        A handler may return a future rather than a coroutine (the receipt path does): no task
+        per deliver_sm then. Receipts come one per segment, and a task with its chain of
+        coroutine frames was ~14 µs of the owner's CPU for each, measured."""
         self.delivers += 1
-        task = self._loop.create_task(self._deliver(ev))
-        self._deliver_tasks.add(task)
-        task.add_done_callback(self._deliver_done)
+        try:
+            if self._on_deliver is None:
+                self._ack(ev, C.ESME_RX_T_APPN)
+                return
+            pending = asyncio.ensure_future(self._on_deliver(ev.body, ev.salvaged))
+        except Exception:
+            log.exception("deliver handler failed; asking the SMSC to redeliver",
+                          extra={"smsc": self.name})  # fmt: skip
+            self._ack(ev, C.ESME_RX_T_APPN)
+            return
+        self._deliver_tasks.add(pending)
+        pending.add_done_callback(partial(self._deliver_done, ev))
         if (
             len(self._deliver_tasks) >= self._max_pending_delivers
             and not self._reading_paused
             and self._transport is not None
         ):
             # Back-pressure: the SMSC waits for our deliver_sm_resp anyway; stop reading rather
-            # than pile up handler tasks without bound.
+            # than pile up handlers without bound.
             self._reading_paused = True
             self._paused_at = self._loop.time()
             self._transport.pause_reading()
 
-    async def _deliver(self, ev: DeliverReceived) -> None:
-        status = C.ESME_RX_T_APPN
-        try:
-            if self._on_deliver is not None:
-                status = await self._on_deliver(ev.body, ev.salvaged)
-        except Exception:
-            log.exception("deliver handler failed; asking the SMSC to redeliver",
-                          extra={"smsc": self.name})  # fmt: skip
-            status = C.ESME_RX_T_APPN
+    def _ack(self, ev: DeliverReceived, status: int) -> None:
         self.session.ack_deliver(ev.seq, status, ev.command_id)
         # A batch of receipts commits together and its acks leave in one write, not one each.
         self._schedule_flush()
 
-    def _deliver_done(self, task: asyncio.Task[None]) -> None:
-        self._deliver_tasks.discard(task)
+    def _deliver_done(self, ev: DeliverReceived, pending: asyncio.Future[int]) -> None:
+        self._deliver_tasks.discard(pending)
+        status = C.ESME_RX_T_APPN
+        if not pending.cancelled():
+            exc = pending.exception()
+            if exc is None:
+                status = pending.result()
+            else:
+                log.error("deliver handler failed; asking the SMSC to redeliver",
+                          exc_info=exc, extra={"smsc": self.name})  # fmt: skip
+        self._ack(ev, status)
         if (
             self._reading_paused
             and len(self._deliver_tasks) < self._max_pending_delivers // 2 + 1
