@@ -119,9 +119,13 @@ def _use_uvloop() -> None:
 def cmd_sim(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from bridge.config import load_sim_config
     from bridge.sim.server import run_sim
 
-    cfg = _config(args)
+    try:
+        cfg = load_sim_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration:\n{exc}") from None
     setup_logging(cfg)
     sim = cfg.sim
     changes: dict[str, Any] = {"enabled": True}

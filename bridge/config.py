@@ -1377,8 +1377,37 @@ CONFIG_BASE_ENV = "SMPP_BRIDGE_CONFIG_BASE_DIR"  # set by the supervisor for its
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load a YAML file (or the built-in default when ``path`` is None) and validate it."""
+    data, base = _read_config(path, env)
+    return parse_config(data, env, base)
+
+
+def load_sim_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The simulator's own sections of a file, `sim` and `logging`; every other one is left to
+    the daemon that reads the same file.
+
+    Why: `smpp-bridge sim --config F` validated F as a daemon's configuration, so a file made
+    for the simulator alone was refused for the master key and SMSC it never uses. A file that
+    serves both (the compose set-up) still works: its other sections are not read here."""
+    data, base = _read_config(path, env)
+    ctx = _Ctx(env=os.environ if env is None else env, base_dir=base.resolve(), errors=[])
+    if not isinstance(data, dict):
+        raise ConfigError([f"config: expected a mapping, got {_show(data)}"])
+    sections: dict[str, Any] = {}
+    for name, cls in (("sim", SimConfig), ("logging", LoggingConfig)):
+        raw = data.get(name)
+        built = _build(ctx, cls, {} if raw is None else raw, name)
+        if built is not _INVALID:
+            sections[name] = built
+    if ctx.errors:
+        raise ConfigError(ctx.errors)
+    return Config(**sections)
+
+
+def _read_config(path: str | Path | None, env: Mapping[str, str] | None) -> tuple[Any, Path]:
+    """The parsed YAML of ``path`` (the built-in default for None) and the directory its
+    relative paths mean."""
     if path is None:
-        return parse_config(_load_yaml(DEFAULT_YAML, "<default config>"), env, Path.cwd())
+        return _load_yaml(DEFAULT_YAML, "<default config>"), Path.cwd()
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -1389,7 +1418,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     # An acceptor loads the supervisor's private copy of the file (bridge/supervisor.py); its
     # relative paths still mean the original file's directory.
     base = (os.environ if env is None else env).get(CONFIG_BASE_ENV)
-    return parse_config(_load_yaml(text, str(p)), env, Path(base) if base else p.resolve().parent)
+    return _load_yaml(text, str(p)), Path(base) if base else p.resolve().parent
 
 
 def _secret_paths() -> tuple[frozenset[str], dict[str, str]]:
