@@ -383,13 +383,30 @@ async def usage_lines(
     ]
 
 
+async def bill_bounds(store: Any, account_id: str, month: str, tz: str) -> tuple[int, int]:
+    """[start, end) of `month`'s bill: the month in `tz`, from where the account's bill for the
+    month before ended (settlement.chained_bounds)."""
+    before = await store.get_bill(account_id, settlement.month_before(month))
+    previous_end = None
+    if before is not None:
+        end = json.loads(before.body).get("period_end")
+        previous_end = end if isinstance(end, int) else None  # bills before the chain: none
+    return settlement.chained_bounds(month, tz, previous_end)
+
+
 async def compute_bill(
     store: Any, account: Account, month: str, tariffs: Sequence[Tariff], tz: str
-) -> settlement.MonthBill:
-    start, end = settlement.month_bounds(month, tz)
-    lines = await usage_lines(store, account.id, start, end, tariffs)
+) -> tuple[settlement.MonthBill, tuple[int, int]]:
+    bounds = await bill_bounds(store, account.id, month, tz)
+    lines = await usage_lines(store, account.id, *bounds, tariffs)
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
-    return settlement.settle_month(month, lines, tariffs, tz, kind)
+    return settlement.settle_month(month, lines, tariffs, tz, kind, bounds), bounds
+
+
+def _period(view: dict[str, Any], bounds: tuple[int, int], tz: str) -> None:
+    """What the bill covers, so the next month's chains on (and an auditor can see it)."""
+    view["period_start"], view["period_end"] = bounds
+    view["timezone"] = tz
 
 
 async def settle(
@@ -409,9 +426,10 @@ async def settle(
     existing = await store.get_bill(account.id, month)
     if existing is not None:
         return json.loads(existing.body), False
-    bill = await compute_bill(store, account, month, tariffs, tz)
+    bill, bounds = await compute_bill(store, account, month, tariffs, tz)
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
     view = bill_view(bill, currency)
+    _period(view, bounds, tz)
     view["status"] = "settled"
     view["settled_at"] = now
     entries = settlement.settlement_entries(bill, kind, now)
@@ -446,8 +464,8 @@ async def month_view(
         settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
         return settled
     tz = config.rules.timezone
-    start, end = settlement.month_bounds(month, tz)
-    lines = await usage_lines(store, account.id, start, end, tariffs)
+    bounds = await bill_bounds(store, account.id, month, tz)
+    lines = await usage_lines(store, account.id, *bounds, tariffs)
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
     # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
     pending = [
@@ -456,8 +474,9 @@ async def month_view(
         if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
     ]
     done = [ln for ln in lines if ln not in pending]
-    bill = settlement.settle_month(month, done, tariffs, tz, kind)
+    bill = settlement.settle_month(month, done, tariffs, tz, kind, bounds)
     view = bill_view(bill, config.billing.currency)
+    _period(view, bounds, tz)
     view["status"] = "open"
     view["settled_at"] = None
     view["pending_messages_units"] = sum(ln.units for ln in pending)

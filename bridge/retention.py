@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bridge.billing import bill_bounds
 from bridge.domain import admission
 from bridge.domain.settlement import month_bounds, month_of, next_month
 
@@ -58,7 +59,12 @@ class Retention:
                 log.warning(
                     "retention: %d account(s) have no bill for %s: their messages from that "
                     "month on are kept until it is settled (smpp-bridge bill settle --month %s)",
-                    sum(1 for start in held.values() if month_of(start, tz) == month),
+                    # max: a chained start lies before its month's (see holds).
+                    sum(
+                        1
+                        for start in held.values()
+                        if month_of(max(start, month_bounds(month, tz)[0]), tz) == month
+                    ),
                     month,
                     month,
                 )
@@ -67,8 +73,8 @@ class Retention:
         return await self.store.purge_history(messages_before, before, day, held)
 
     async def holds(self, before: int, tz: str) -> tuple[dict[str, int], str | None]:
-        """account -> the start of its oldest month with messages to purge that it has no
-        bill for, and the oldest such month of all (None when every such month is settled)."""
+        """account -> where the bill of its oldest month with messages to purge that it has no
+        bill for will start, and the oldest such month of all (None when all are settled)."""
         held: dict[str, int] = {}
         first: str | None = None
         oldest = await self.store.oldest_message_at()
@@ -86,7 +92,11 @@ class Retention:
                 elif first is None:
                     first = month
                 for account in unbilled:
-                    held.setdefault(account, start)
+                    if account not in held:
+                        # Where its bill will start: after a change of rules.timezone, where
+                        # the bill before ended, which may be before the month's start.
+                        chained, _end = await bill_bounds(self.store, account, month, tz)
+                        held[account] = chained
             month = next_month(month)
 
     async def unsettled(self, before: int, tz: str) -> tuple[str, int] | None:

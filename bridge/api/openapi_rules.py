@@ -244,6 +244,14 @@ def _bill_props() -> dict[str, Any]:
             "over the messages whose outcome is known",
         },
         "settled_at": _nullable(_MS),
+        "period_start": {
+            **_MS,
+            "description": "the first instant the bill covers: the month's start in "
+            "`timezone`, or where the account's bill for the month before ended (after a "
+            "change of rules.timezone, so no message is billed twice or never)",
+        },
+        "period_end": {**_MS, "description": "the instant after the last one it covers"},
+        "timezone": {"type": "string", "description": "rules.timezone the month was cut in"},
         "pending_messages_units": {
             **_COUNT,
             "description": "units of messages still awaiting their outcome, not priced yet "
@@ -500,7 +508,11 @@ def rules_schemas() -> dict[str, Any]:
                 ),
             }
         ),
-        "Bill": _obj(_bill_props()),
+        # The period fields are absent from bills settled before bills recorded them.
+        "Bill": _obj(
+            _bill_props(),
+            required=set(_bill_props()) - {"period_start", "period_end", "timezone"},
+        ),
         # -- operator: do-not-contact lists
         "DncList": _obj(dnc),
         "DncLists": _obj({"lists": {"type": "array", "items": _schema("DncList")}}),

@@ -49,7 +49,9 @@ __all__ = [
     "SettlementNotReady",
     "UsageLine",
     "billable",
+    "chained_bounds",
     "invoice_round",
+    "month_before",
     "month_bounds",
     "settle_month",
     "settlement_entries",
@@ -198,17 +200,39 @@ def billable(line: UsageLine, tariff: Tariff) -> bool:
     return line.final_state != MSG_QUEUED and line.segments > 0
 
 
+def month_before(month: str) -> str:
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
+
+
+def chained_bounds(month: str, tz: str, previous_end: int | None) -> tuple[int, int]:
+    """[start, end) a bill for `month` covers: the month in `tz`, starting where the previous
+    month's bill ended when there is one.
+
+    Why: after a change of `rules.timezone` the months' bounds move. Without the chain, the
+    first month settled under the new zone overlapped the last bill (Shanghai to UTC: 8 hours
+    of messages billed twice) or left a gap after it (UTC to Shanghai: 8 hours never billed).
+    Chained, every message falls in exactly one bill; that month is a few hours longer or
+    shorter."""
+    start, end = month_bounds(month, tz)
+    if previous_end is not None:
+        start = min(previous_end, end)
+    return start, end
+
+
 def settle_month(
     month: str,
     lines: Sequence[UsageLine],
     tariffs: Sequence[Tariff],
     tz: str,
     account_kind: AccountKind,
+    bounds: tuple[int, int] | None = None,
 ) -> MonthBill:
-    """The month's bill. Pure: the same inputs in any order give the same bill."""
+    """The month's bill. Pure: the same inputs in any order give the same bill. `bounds`
+    (chained_bounds) replace the month's own in `tz`."""
     if account_kind not in ("prepaid", "postpaid"):
         raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
-    start, end = month_bounds(month, tz)
+    start, end = bounds if bounds is not None else month_bounds(month, tz)
     inside = [ln for ln in lines if start <= ln.at < end]
 
     pending = 0

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
+from bridge.domain.settlement import month_bounds
 from tests.integration.conftest import ADMIN_TOKEN
 from tests.sending import DEFAULT_FUNDS
 from tests.sending import submit_template as _template
@@ -694,6 +695,10 @@ async def test_bill_of_the_current_month_is_open(api_server, make_account, clock
         "international": [],
         "status": "open",
         "settled_at": None,
+        # What the bill covers: Shanghai's November (no bill before it to chain from).
+        "period_start": month_bounds("2026-11", "Asia/Shanghai")[0],
+        "period_end": month_bounds("2026-11", "Asia/Shanghai")[1],
+        "timezone": "Asia/Shanghai",
         "pending_messages_units": 4,  # queued: awaiting their outcome, not priced yet
     }
     ops = await api_server.admin("GET", f"/admin/accounts/{creds.account_id}/bills/2026-11")
