@@ -202,7 +202,17 @@ _ACCEPT_SEND = {
 # in the same round trip, the deferred authorisation and the idempotency record, each after the
 # lock (each CTE reads the previous one). The facts are read by the *next* statement, whose
 # snapshot is taken once the lock is held.
-_LOCKED_ACCOUNT = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+#
+# The do-not-contact lock, shared, comes with it (before the row lock: the row is locked as the
+# join yields it). A DNC import ends the waiting messages its entries block, but it cannot see
+# the message of an accept still in progress, which then went out: it takes the lock
+# exclusively before it scans, so it waits for the accepts in progress, and those that start
+# meanwhile read their facts after its commit.
+_LOCKED_ACCOUNT = (
+    f"SELECT {_ACCOUNT_COLS} FROM accounts, "
+    f"(SELECT pg_advisory_xact_lock_shared({pipe.NS_DNC}, 0)) dnc "
+    "WHERE id = $1 FOR NO KEY UPDATE OF accounts"
+)
 _HEAD_KEY = """k AS (
     SELECT k.status AS key_status, a.* FROM app_keys k JOIN a ON a.id = k.account_id
     WHERE k.key_id = $2

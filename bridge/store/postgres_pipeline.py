@@ -54,6 +54,7 @@ NS_MIGRATE = 0x5B1D0003  # session lock while migrating
 NS_RECEIPT = 0x5B1D0004  # transaction lock per (SMSC, message id): receipt vs. submit result
 NS_MO = 0x5B1D0005  # transaction lock per MO reference: parts arriving on two instances
 NS_AUDIT = 0x5B1D0006  # transaction lock around an audit row: ids in commit order
+NS_DNC = 0x5B1D0007  # transaction lock: accepts share it, a DNC import's scan excludes them
 
 # An instance whose heartbeat is older than this and whose instance lock is free is gone: its
 # claims go back to the queue without waiting for their lease. Longer than an instance cut off

@@ -543,6 +543,9 @@ class RulesStoreMixin:
         )
 
         async def job(c: asyncpg.Connection) -> int:
+            # After the accepts of the account in progress (lock_account): read past, one of
+            # them queued its message after _end_queued looked, and it was sent.
+            await lock_account(c, account_id)
             rows = await c.fetch(
                 "INSERT INTO optouts (account_id, recipient, source, created_at) "
                 "SELECT $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, ord) "
@@ -621,6 +624,11 @@ class RulesStoreMixin:
                     entries[i : i + _DNC_CHUNK],
                     info.id,
                 )
+            # After the accepts in progress, and before those that start meanwhile read their
+            # facts (see postgres._LOCKED_ACCOUNT): read past, their messages went out.
+            from bridge.store.postgres_pipeline import NS_DNC
+
+            await c.execute("SELECT pg_advisory_xact_lock($1, 0)", NS_DNC)
             # On a bind too: end_queued_where holds those (not sent again if they come back).
             waiting = await c.fetch(
                 "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
