@@ -73,7 +73,8 @@ def tariff_from_dict(d: Any) -> Tariff:
         raise BillingError("tariff: field names must be strings", code="INVALID_TARIFF")
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise BillingError(f"{unknown[0]}: unknown tariff field", code="INVALID_TARIFF")
+        # The code every body endpoint gives an unknown field (README, Errors).
+        raise BillingError(f"{unknown[0]}: unknown tariff field", code="UNKNOWN_FIELD")
     missing = [name for name in ("version", "effective_at") if name not in d]
     if missing:
         raise BillingError(f"{missing[0]}: required", code="INVALID_TARIFF")

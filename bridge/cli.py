@@ -413,13 +413,16 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         store = open_store(cfg)
-        await store.open()
+        await store.open()  # applies what is missing
         try:
             print(
                 json.dumps(
                     {"engine": cfg.store.engine, "schema_version": await store.schema_version()}
                 )
             )
+            # A schema change is a change: recorded like every other store command (the trail's
+            # table exists once the migrations ran).
+            await _audit(store, 0, None)
         finally:
             await store.close()
         return 0

@@ -63,7 +63,10 @@ def _admin(base: str, path: str, token: str | None, timeout: float) -> Mapping[s
     if status != 200:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         code, message = err.get("code", f"HTTP {status}"), err.get("message", "")
-        hint = "" if token else " (give --token or set SMPP_BRIDGE_ADMIN_TOKEN)"
+        if code == "ADMIN_DISABLED":  # no token of ours helps: the daemon's config must change
+            hint = " (the daemon needs server.admin_token or admin.operators, then a restart)"
+        else:
+            hint = "" if token else " (give --token or set SMPP_BRIDGE_ADMIN_TOKEN)"
         raise StatusError(f"{path}: {code}: {message}{hint}")
     return body
 

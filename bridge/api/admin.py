@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import AccountError, public_account, public_key
-from bridge.api.context import OPERATOR
+from bridge.api.context import OPERATOR, query_of
 from bridge.api.errors import ApiError
+from bridge.api.reports import query_params
 from bridge.api.v1 import ctx_of, json_response, parse_json
 
 ADMIN_EXTRA_ROUTES: list[tuple[str, str, Any]] = []  # the pipeline registers its views here
@@ -67,6 +68,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
+    # A filter it does not have (?status=disabled) is refused, not answered with every account.
+    query_params(query_of(request), ())
     accounts = await ctx_of(request).store.list_accounts()
     return json_response({"accounts": [public_account(a) for a in accounts]})
 
@@ -130,6 +133,7 @@ async def set_status(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
+    query_params(query_of(request), ())
     try:
         account = await ctx.accounts.resolve(request.match_info["ref"])
     except AccountError as exc:

@@ -177,6 +177,7 @@ def dnc_view(d: DncInfo) -> dict[str, Any]:
 
 
 async def list_dnc(request: web.Request) -> web.Response:
+    query_params(query_of(request), ())
     rows = await ctx_of(request).store.list_dnc()
     return json_response({"lists": [dnc_view(d) for d in rows]})
 
@@ -232,6 +233,7 @@ async def delete_dnc(request: web.Request) -> web.Response:
 
 async def list_tariffs(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
+    query_params(query_of(request), ())
     book = ctx.tariff_book
     await book.load(ctx.now_ms())
     return json_response({"tariffs": [billing.tariff_view(t) for t in book.versions]})
