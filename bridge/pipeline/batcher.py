@@ -13,6 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from bridge import logs
+from bridge.store.base import is_unavailable
+
 T = TypeVar("T")
 
 log = logging.getLogger("bridge.pipeline")
@@ -35,6 +38,7 @@ class Batcher(Generic[T]):
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._down = logs.Throttled(log)
         self.flushes = 0
         self.items = 0
 
@@ -69,12 +73,23 @@ class Batcher(Generic[T]):
         try:
             await self._flush(items)
         except Exception as exc:
-            log.exception("%s flush of %d items failed", self._name, len(items))
+            # Once per batch, here: the waiters say nothing more. The store down is the
+            # environment's fault and lasts: one line a while, no traceback.
+            if is_unavailable(exc):
+                self._down.error(f"{self._name} flush of {len(items)} items failed", exc)
+            else:
+                log.exception("%s flush of %d items failed", self._name, len(items))
             for w in waiters:
                 if not w.done():
                     w.set_exception(exc)
                     w.exception()  # mark retrieved: fire-and-forget callers may not await
             return
+        except asyncio.CancelledError:
+            # Whether the batch committed is unknown: its waiters end too (a receipt is then
+            # refused and redelivered) instead of waiting for ever.
+            for w in waiters:
+                w.cancel()
+            raise
         self.flushes += 1
         self.items += len(items)
         for w in waiters:

@@ -188,14 +188,18 @@ class Inbound:
         err: str | None,
         committed: asyncio.Future[None],
     ) -> None:
-        exc = asyncio.CancelledError() if committed.cancelled() else committed.exception()
-        if exc is not None:
-            self._not_stored(smsc, exc)
+        if committed.cancelled() or committed.exception() is not None:
+            # The batcher logged the failed batch once; a line per receipt repeated it up to a
+            # thousand times. The SMSC redelivers.
             if not out.done():
                 out.set_result(C.ESME_RX_T_APPN)
             return
+        if not out.done():  # first: nothing below may keep the SMSC's answer back
+            out.set_result(C.ESME_ROK)
         self.receipts += 1
-        if self.metrics is not None:  # counted once committed: a redelivery is not a new one
+        # Counted once committed, so one refused and redelivered counts once; the SMSC's resend
+        # of one whose answer it lost counts again (it was received again).
+        if self.metrics is not None:
             self.metrics.receipt(smsc, state.value)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -203,8 +207,6 @@ class Inbound:
                 extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
                        "stat": stat, "err": err},
             )  # fmt: skip
-        if not out.done():
-            out.set_result(C.ESME_ROK)
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))
