@@ -438,6 +438,10 @@ class BindSession:
         responses waited unread in the socket."""
         for p in self._pending.values():
             p.deadline += delta
+        # The late answers' grace too: one that waited unread was not late by that time.
+        late = self._late
+        for seq, (context, expiry) in late.items():
+            late[seq] = (context, expiry + delta)
         self._last_rx += delta
 
     def next_deadline(self) -> float | None:

@@ -197,3 +197,20 @@ def test_a_seq_reused_after_a_wrap_forgets_the_old_entry() -> None:
     # its answer is the new request's, not a late one
     ev = s.receive_data(resp(again, mid="N"), 6.5)
     assert [type(e).__name__ for e in ev] == ["SubmitResponse"]
+
+
+def test_a_pause_in_reading_postpones_the_late_grace_too() -> None:
+    """Reading paused for back-pressure (deliver handlers behind) leaves the SMSC's answers
+    unread in the socket: that time is not the answer's. A late acceptance read after the pause
+    must still be reported, or its receipt is unmatched and the part may be sent again."""
+    s = bound_session(response_timeout_s=5, enquire_link_s=1000)
+    (a,) = timed_out(s, 1)  # timed out at 5.0: late until 65.0
+    s.postpone(30.0)  # 30 s unread
+    s.on_timer(80.0)  # past the old expiry, within the postponed one
+    assert s.late_count == 1
+    assert s.receive_data(resp(a, mid="4F"), 80.0) == [LateSubmitResponse(a, 0, "4F", "c0")]
+    s2 = bound_session(response_timeout_s=5, enquire_link_s=1000)
+    timed_out(s2, 1)
+    s2.postpone(30.0)
+    s2.on_timer(95.0)  # past the postponed expiry too
+    assert s2.late_count == 0
