@@ -386,13 +386,20 @@ async def usage_lines(
 
 async def bill_bounds(store: Any, account_id: str, month: str, tz: str) -> tuple[int, int]:
     """[start, end) of `month`'s bill: the month in `tz`, from where the account's bill for the
-    month before ended (settlement.chained_bounds)."""
+    month before ended to where the one for the month after began (settlement.chained_bounds).
+    Bills settled before bills recorded their period are not chained to."""
     before = await store.get_bill(account_id, settlement.month_before(month))
-    previous_end = None
-    if before is not None:
-        end = json.loads(before.body).get("period_end")
-        previous_end = end if isinstance(end, int) else None  # bills before the chain: none
-    return settlement.chained_bounds(month, tz, previous_end)
+    after = await store.get_bill(account_id, settlement.next_month(month))
+    return settlement.chained_bounds(
+        month, tz, _period_field(before, "period_end"), _period_field(after, "period_start")
+    )
+
+
+def _period_field(bill: BillRow | None, name: str) -> int | None:
+    if bill is None:
+        return None
+    value = json.loads(bill.body).get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def compute_bill(

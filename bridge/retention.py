@@ -25,6 +25,7 @@ log = logging.getLogger("bridge.store.retention")
 DAY_MS = 86_400_000
 RUN_EVERY_MS = 60_000
 WARN_EVERY_MS = 3_600_000
+ZONE_SPAN_MS = 26 * 3_600_000  # UTC-12 to UTC+14: the most a month's bill can start early
 
 
 class Retention:
@@ -83,7 +84,9 @@ class Retention:
         month = month_of(oldest, tz)
         while True:
             start, end = month_bounds(month, tz)
-            if start >= before:
+            # A month's bill may start up to ZONE_SPAN_MS before the month itself (chained
+            # after a change of rules.timezone): such a month may hold messages before the cut.
+            if start - ZONE_SPAN_MS >= before:
                 return held, first
             if (tz, month) not in self._settled:
                 unbilled = await self.store.unbilled_accounts(month, end)

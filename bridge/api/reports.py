@@ -27,7 +27,8 @@ from bridge.api.context import PRINCIPAL, REQUEST_ID, STREAM_CUT, query_of
 from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
-from bridge.domain.settlement import day_bounds, month_bounds
+from bridge.billing import bill_bounds
+from bridge.domain.settlement import day_bounds
 from bridge.store.models import MessageRecord
 
 log = logging.getLogger("bridge.api.reports")
@@ -262,9 +263,11 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
     since, until = parse_month(q.get("month"))
     month = q["month"]
     zone = parse_zone(q.get("timezone"), ctx.config.rules.timezone)
-    if zone != "UTC":  # the bill's month
+    if q.get("timezone") == "local":
+        # Exactly what the month's bill counts: after a change of rules.timezone its bounds
+        # are chained to the neighbouring bills' (billing.bill_bounds), not the zone's month.
         try:
-            since, until = month_bounds(month, zone)
+            since, until = await bill_bounds(ctx.store, account.id, month, zone)
         except (ValueError, OverflowError):  # 9999-12 has no next month
             raise ApiError("INVALID_FIELD", "month: before 9999-12 with timezone=local") from None
     resp = web.StreamResponse(

@@ -205,19 +205,24 @@ def month_before(month: str) -> str:
     return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
 
 
-def chained_bounds(month: str, tz: str, previous_end: int | None) -> tuple[int, int]:
+def chained_bounds(
+    month: str, tz: str, previous_end: int | None, next_start: int | None = None
+) -> tuple[int, int]:
     """[start, end) a bill for `month` covers: the month in `tz`, starting where the previous
-    month's bill ended when there is one.
+    month's bill ended and ending where the next month's began, for those that exist.
 
     Why: after a change of `rules.timezone` the months' bounds move. Without the chain, the
     first month settled under the new zone overlapped the last bill (Shanghai to UTC: 8 hours
     of messages billed twice) or left a gap after it (UTC to Shanghai: 8 hours never billed).
-    Chained, every message falls in exactly one bill; that month is a few hours longer or
-    shorter."""
+    The next month's bill counts too: a month settled late (not ready in time, filled in by the
+    look-back) may be settled after its successor. Chained, every message falls in exactly one
+    bill; such a month is a few hours longer or shorter."""
     start, end = month_bounds(month, tz)
     if previous_end is not None:
-        start = min(previous_end, end)
-    return start, end
+        start = previous_end
+    if next_start is not None:
+        end = next_start
+    return start, max(start, end)  # never inverted: empty at worst
 
 
 def settle_month(

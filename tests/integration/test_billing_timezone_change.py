@@ -58,7 +58,10 @@ def test_chained_bounds() -> None:
     assert chained_bounds("2026-11", "UTC", None) == (start, end)
     assert chained_bounds("2026-11", "UTC", start - 8 * 3_600_000) == (start - 8 * 3_600_000, end)
     assert chained_bounds("2026-11", "UTC", start + 8 * 3_600_000) == (start + 8 * 3_600_000, end)
-    assert chained_bounds("2026-11", "UTC", end + 1) == (end, end)  # never inverted
+    assert chained_bounds("2026-11", "UTC", end + 1) == (end + 1, end + 1)  # never inverted
+    # The month after settled first (a late month filled in): it ends where that one began.
+    assert chained_bounds("2026-11", "UTC", None, end - 5) == (start, end - 5)
+    assert chained_bounds("2026-11", "UTC", start - 7, end + 3) == (start - 7, end + 3)
 
 
 async def test_shanghai_to_utc_leaves_no_gap(store: Store) -> None:
