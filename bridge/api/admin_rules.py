@@ -14,7 +14,7 @@ from aiohttp import web
 from bridge import billing, logs, review
 from bridge.accounts import AccountError, public_account
 from bridge.api.context import query_of
-from bridge.api.errors import ApiError
+from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.rules_api import bill_for, check_month, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
@@ -215,7 +215,13 @@ async def put_dnc(request: web.Request) -> web.Response:
         len(parsed.prefixes),
         ctx.now_ms(),
     )
-    ended = await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+    try:
+        ended = await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+    except StoreError as exc:
+        # STORE_BUSY: the sends in progress may have ended by then.
+        raise ApiError(
+            exc.code, exc.message, headers={"Retry-After": str(STORE_RETRY_AFTER_S)}
+        ) from None
     view = dnc_view(info)
     view["skipped"] = bad[:100]
     view["messages_ended"] = ended

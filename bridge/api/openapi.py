@@ -84,6 +84,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
     "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
     "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
+    "STORE_BUSY": "An operator change waited too long for the sends in progress (one may be "
+    "stuck); nothing was changed, try again.",
     "INTERNAL_ERROR": "An unexpected error; quote the request_id to the operator.",
     "SIGN_NAME_REQUIRED": "A template send needs sign_name (an approved sign of the account).",
     "SIGN_NAME_INVALID": "sign_name is not a valid sign name (2-12 letters/digits, no brackets, "

@@ -1123,7 +1123,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.sweep(c, now, receipt_timeout_ms)
 
-        return await run_tx(self.pool, job, durable=False)
+        out = await run_tx(self.pool, job, durable=False)
+        lapsed = warned = 0
+        for account_id in await pipe.lapsing_accounts(self.pool, now):
+
+            async def lapse(c: asyncpg.Connection, account_id: str = account_id) -> Any:
+                return await pipe.lapse_vouchers(c, account_id, now)
+
+            n, low = await run_tx(self.pool, lapse)
+            lapsed, warned = lapsed + n, warned + low
+        return {**out, "vouchers_lapsed": lapsed, "balance_warnings": warned}
 
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
         return await reports.unmatched_receipts(self.pool, older_than, limit)

@@ -950,40 +950,37 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
         now - WEBHOOK_RETENTION_MS,
         100 * PURGE_CHUNK,
     )
-    lapsed, warned = await _lapse_vouchers(c, now)
-    return {
-        "expired": len(expired),
-        "timed_out": len(timed_out),
-        "vouchers_lapsed": lapsed,
-        "balance_warnings": warned,
-    }
+    return {"expired": len(expired), "timed_out": len(timed_out)}
 
 
-async def _lapse_vouchers(c: asyncpg.Connection, now: int) -> tuple[int, int]:
-    """Write off vouchers that expired with a remainder and warn where that took an account
-    under its threshold (see the SQLite engine), each account under its lock, as an accept."""
-    accounts = [
-        r[0]
-        for r in await c.fetch(
-            "SELECT DISTINCT account_id FROM pockets "
-            "WHERE (pocket LIKE 'voucher:%' OR pocket LIKE 'card:%') AND amount > 0 "
-            "AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY account_id LIMIT 1000",
-            now,
-        )
-    ]
-    lapsed = warned = 0
-    for account_id in accounts:
-        threshold = await c.fetchval(
-            "SELECT low_balance_threshold FROM accounts WHERE id = $1 FOR NO KEY UPDATE",
-            account_id,
-        )
-        pockets = await postgres_rules.read_pockets(c, account_id)  # after the lock: as they are
-        entries, low = adm.lapse_plan(pockets, threshold or 0, now)
-        w = postgres_rules.Writes()
-        postgres_rules.add_entries(w, [(account_id, e) for e in entries])
-        if low is not None:
-            postgres_rules.add_low_balance_event(w, account_id, low, now)
-            warned += 1
-        await w.run(c)
-        lapsed += len(entries)
-    return lapsed, warned
+async def lapsing_accounts(c: asyncpg.Connection | asyncpg.Pool, now: int) -> list[str]:
+    """Accounts with a voucher or card that expired with a remainder (see lapse_vouchers)."""
+    rows = await c.fetch(
+        "SELECT DISTINCT account_id FROM pockets "
+        "WHERE (pocket LIKE 'voucher:%' OR pocket LIKE 'card:%') AND amount > 0 "
+        "AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY account_id LIMIT 1000",
+        now,
+    )
+    return [r[0] for r in rows]
+
+
+async def lapse_vouchers(c: asyncpg.Connection, account_id: str, now: int) -> tuple[int, bool]:
+    """Write off the account's vouchers that expired with a remainder, and warn if that took it
+    under its threshold (see the SQLite engine): (entries written, warned).
+
+    Its own transaction, after the sweep's (the store runs one per account), under the account's
+    lock first, as an accept: inside the sweep's transaction the account lock came after the
+    pockets its refunds had locked, the other writers' order reversed, and an opt-out, a
+    disable or an accept of that account deadlocked with it (PostgreSQL aborted one side after
+    a second)."""
+    threshold = await c.fetchval(
+        "SELECT low_balance_threshold FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+    )
+    pockets = await postgres_rules.read_pockets(c, account_id)  # after the lock: as they are
+    entries, low = adm.lapse_plan(pockets, threshold or 0, now)
+    w = postgres_rules.Writes()
+    postgres_rules.add_entries(w, [(account_id, e) for e in entries])
+    if low is not None:
+        postgres_rules.add_low_balance_event(w, account_id, low, now)
+    await w.run(c)
+    return len(entries), low is not None

@@ -16,7 +16,9 @@ their first statement, `facts_sql`.)
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -51,6 +53,11 @@ from bridge.store.rules_rows import (
     template_values,
 )
 
+# How long a DNC import waits for the accepts in progress (see import_dnc), in waits of
+# DNC_LOCK_TRY_MS with DNC_LOCK_PAUSE_S between them.
+DNC_LOCK_WAIT_MS = 10_000
+DNC_LOCK_TRY_MS = 500
+DNC_LOCK_PAUSE_S = 0.2
 _DNC_CHUNK = 50_000  # entries per INSERT when importing a list (bounded message size)
 
 # Everything `decide` needs, read after the account lock in one statement. $10 (rate) also locks
@@ -599,11 +606,22 @@ class RulesStoreMixin:
     async def import_dnc(
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
     ) -> int:
-        """Replace the list `info.id` (entries and all) in one transaction, and end the queued
-        and scheduled messages it now blocks (see the SQLite engine)."""
+        """Replace the list `info.id` (entries and all) in one transaction, then end the queued
+        and scheduled messages it now blocks (see the SQLite engine) in a second one.
+
+        The first waits for the accepts in progress before it commits (they hold the DNC lock
+        shared from their first statement, postgres._LOCKED_ACCOUNT): their messages are then
+        committed for the scan, and every accept after the commit reads the new entries. Held
+        to the commit only: held through the scan as well, it stopped every account's sends for
+        ~3 µs per waiting message (3.3 s at a million). Bounded (DNC_LOCK_WAIT_MS): one accept
+        transaction stuck between two statements would otherwise hold the import, and every
+        accept queued behind the import, for as long as it is stuck. If the second transaction
+        fails, running the import again ends what it blocks."""
+        from bridge.store.postgres_pipeline import NS_DNC
+
         entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
-        async def job(c: asyncpg.Connection) -> int:
+        async def replace(c: asyncpg.Connection) -> None:
             await c.execute(
                 "WITH d AS (DELETE FROM dnc_entries WHERE list_id = $1) "
                 "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
@@ -624,11 +642,30 @@ class RulesStoreMixin:
                     entries[i : i + _DNC_CHUNK],
                     info.id,
                 )
-            # After the accepts in progress, and before those that start meanwhile read their
-            # facts (see postgres._LOCKED_ACCOUNT): read past, their messages went out.
-            from bridge.store.postgres_pipeline import NS_DNC
+            # In short waits with pauses between: while the import waits, PostgreSQL queues
+            # every accept that asks for the lock after it, so one wait as long as the whole
+            # bound stopped every account's sends for that long behind a stuck one.
+            deadline = time.monotonic() + DNC_LOCK_WAIT_MS / 1000
+            while True:
+                await c.execute("SAVEPOINT dnc_lock")
+                try:
+                    await c.execute(f"SET LOCAL lock_timeout = {DNC_LOCK_TRY_MS}")
+                    await c.execute("SELECT pg_advisory_xact_lock($1, 0)", NS_DNC)
+                except asyncpg.LockNotAvailableError:
+                    await c.execute("ROLLBACK TO SAVEPOINT dnc_lock")
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            "STORE_BUSY",
+                            f"sends in progress did not finish within "
+                            f"{DNC_LOCK_WAIT_MS // 1000} s (one may be stuck: see "
+                            "pg_stat_activity); nothing was imported, try again",
+                        ) from None
+                    await asyncio.sleep(DNC_LOCK_PAUSE_S)
+                    continue
+                await c.execute("RELEASE SAVEPOINT dnc_lock")
+                break
 
-            await c.execute("SELECT pg_advisory_xact_lock($1, 0)", NS_DNC)
+        async def end_blocked(c: asyncpg.Connection) -> int:
             # On a bind too: end_queued_where holds those (not sent again if they come back).
             waiting = await c.fetch(
                 "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
@@ -645,7 +682,8 @@ class RulesStoreMixin:
                 )
             return ended
 
-        return await run_tx(self.pool, job)
+        await run_tx(self.pool, replace)
+        return await run_tx(self.pool, end_blocked)
 
     async def list_dnc(self) -> list[DncInfo]:
         rows = await self.pool.fetch(
