@@ -82,6 +82,23 @@ def _stamp(path: str | None) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def reference_lane(
+    acceptor: bool, worker: int, workers: int, instance: int, instances: int
+) -> tuple[int, int] | None:
+    """(lane, lanes) of this process's concatenation references (RefCounter), None for all.
+
+    Acceptor workers of one daemon, and the instances of a fleet (server.instances), draw from
+    disjoint lanes: instance i has lanes i x per ... i x per + per - 1, one per acceptor (per =
+    its workers, or 1), so no two processes give one number the same reference."""
+    lane, per = 0, 1
+    if acceptor and 0 <= worker < workers <= 256:
+        lane, per = worker, workers
+    lanes = per * instances
+    if lanes == 1 or lanes > 256 or not 0 <= instance < instances:
+        return None
+    return instance * per + lane, lanes
+
+
 class Daemon:
     def __init__(
         self,
@@ -505,12 +522,16 @@ class Daemon:
             log.info("automatic settlement %s", settled)
 
     def _ref_counter(self) -> RefCounter:
-        """Acceptor workers draw concatenation references from disjoint lanes (RefCounter)."""
+        server = self.config.server
         slot, count = os.environ.get(WORKER_ENV, ""), os.environ.get(WORKERS_ENV, "")
-        workers = int(count) if count.isdigit() else self.config.server.workers
-        if self.role == "acceptor" and slot.isdigit() and int(slot) < workers <= 256:
-            return RefCounter(lane=int(slot), lanes=workers)
-        return RefCounter()
+        lane = reference_lane(
+            self.role == "acceptor" and slot.isdigit(),
+            int(slot) if slot.isdigit() else 0,
+            int(count) if count.isdigit() else server.workers,
+            server.instance,
+            server.instances,
+        )
+        return RefCounter() if lane is None else RefCounter(lane=lane[0], lanes=lane[1])
 
     async def _retain(self, now_ms: int) -> None:
         if self._retention is None:

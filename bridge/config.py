@@ -87,8 +87,9 @@ def meta(
 ) -> dict[str, Any]:
     """Field metadata: rules on the value, on each list item / mapping value, on mapping keys.
 
-    ``env`` names the variable that overrides the field (secrets only); it may contain ``{NAME}``,
-    replaced by the list entry's ``name`` upper-cased with ``-`` turned into ``_``.
+    ``env`` names the variable that overrides the field (secrets, and server.instance); it may
+    contain ``{NAME}``, replaced by the list entry's ``name`` upper-cased with ``-`` turned into
+    ``_``.
     """
     return {
         "rules": rules,
@@ -328,8 +329,25 @@ class ServerConfig:
     # and accepting slows to what can be sent (back-pressure through the scheduler). Measured on
     # 2 cores, 3-part UCS-2: accept -> receipt p99 570-670 -> 126-182 ms at the same messages/s.
     acceptor_nice: int = field(default=5, metadata=meta(between(0, 19)))
+    # Daemon instances sharing one PostgreSQL store, and this one's number among them (env
+    # SMPP_BRIDGE_INSTANCE, so one file serves them all). They draw concatenation references
+    # from disjoint lanes: two long messages to one number accepted by two instances at once
+    # cannot share a reference (the handset would join their parts), as the acceptor processes
+    # of one daemon already cannot. 1: one instance, or lanes not wanted.
+    instances: int = field(default=1, metadata=meta(between(1, 256)))
+    instance: int = field(default=0, metadata=meta(between(0, 255), env="SMPP_BRIDGE_INSTANCE"))
     # Prometheus text format at GET /metrics on this port, open like /healthz (see README).
     metrics: bool = True
+
+    def _problems(self) -> Problems:
+        if self.instance >= self.instances:
+            yield "instance", f"must be below instances ({self.instances}), got {self.instance}"
+        if self.instances * max(1, self.workers) > 256:
+            yield (
+                "instances",
+                f"instances x workers must be at most 256 (the references of one 8-bit "
+                f"concatenation header), got {self.instances} x {self.workers}",
+            )
 
 
 MIN_RETENTION_DAYS = 31
@@ -1079,12 +1097,14 @@ def _fields(
         sub = _join(path, name)
         raw = data.get(name, _MISSING)
         source = ""
+        tp = hints[name]
         if md.get("env"):
             env_name = md["env"].format_map(collections.defaultdict(str, fmt or {}))
             if ctx.env.get(env_name):  # an empty variable counts as unset (compose files)
                 raw = ctx.env[env_name]
                 source = f" (from env {env_name})"
-        tp = hints[name]
+                if tp is int and raw.strip().isdigit():  # a variable is text
+                    raw = int(raw)
         if raw is _MISSING:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 ctx.err(sub, "required key missing")

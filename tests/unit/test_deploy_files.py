@@ -224,7 +224,13 @@ def test_the_compose_file_runs_two_instances_on_one_postgres_with_a_valid_config
         cfg_file = REPO / "config" / Path(mount[0]).name
         grace = float(b["stop_grace_period"].rstrip("s"))
         # No secret sits in the compose file itself: all come from the environment.
-        assert all("${" in v for k, v in env.items() if k != "SMPP_BRIDGE_SMSC_SIM_PASSWORD")
+        assert all(
+            "${" in v
+            for k, v in env.items()
+            if k not in ("SMPP_BRIDGE_SMSC_SIM_PASSWORD", "SMPP_BRIDGE_INSTANCE")
+        )
+    # Each instance its own number of server.instances: disjoint concatenation references.
+    assert sorted(b["environment"]["SMPP_BRIDGE_INSTANCE"] for b in bridges) == ["0", "1"]
     data = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
     cfg = parse_config(
         data,
@@ -236,6 +242,7 @@ def test_the_compose_file_runs_two_instances_on_one_postgres_with_a_valid_config
         base_dir=REPO / "config",
     )
     assert cfg.store.engine == "postgres" and cfg.server.host == "0.0.0.0"
+    assert cfg.server.instances == len(bridges)
     assert grace > cfg.server.shutdown_grace_s
     assert {s.host for s in cfg.smscs} <= set(services)  # SMSCs resolve to compose services
 
@@ -267,10 +274,11 @@ def _service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_compose_service_running_smpp_bridge_can_load_its_config() -> None:
-    """`smpp-bridge sim` loads the whole file too: with store.engine postgres it needs the DSN."""
+    """Each service loads its config as its command does: `run` the whole file, `sim` its
+    sim and logging sections (load_sim_config)."""
     import yaml
 
-    from bridge.config import ConfigError, load_config
+    from bridge.config import ConfigError, load_config, load_sim_config
 
     compose = yaml.safe_load((REPO / "config/compose.yaml").read_text(encoding="utf-8"))
     checked = []
@@ -282,7 +290,8 @@ def test_every_compose_service_running_smpp_bridge_can_load_its_config() -> None
         mounts = [v.split(":") for v in service.get("volumes", [])]
         (source,) = [m[0] for m in mounts if m[1] == target]  # the config file is mounted
         try:
-            load_config(REPO / "config" / source, env=_service_env(service))
+            load = load_sim_config if "sim" in argv[1:2] else load_config
+            load(REPO / "config" / source, env=_service_env(service))
         except ConfigError as exc:
             pytest.fail(f"service {name!r} cannot load {source}: {exc}")
         checked.append(name)
