@@ -538,12 +538,8 @@ async def settle_accounts(
 
 
 def previous_month(now: int, tz: str) -> str:
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    local = datetime.fromtimestamp(now / 1000, ZoneInfo(tz))
-    year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
-    return f"{year:04d}-{month:02d}"
+    """The month before the one `now` falls in, in `tz`."""
+    return settlement.month_before(settlement.month_of(now, tz))
 
 
 TARIFF_LEAD_MS = 60_000  # a new tariff version's effective time is at least this far ahead

@@ -57,15 +57,12 @@ class Retention:
                 self._last_warn is None or not 0 <= now - self._last_warn < WARN_EVERY_MS
             ):
                 self._last_warn = now
+                first = month_bounds(month, tz)[0]
                 log.warning(
                     "retention: %d account(s) have no bill for %s: their messages from that "
                     "month on are kept until it is settled (smpp-bridge bill settle --month %s)",
                     # max: a chained start lies before its month's (see holds).
-                    sum(
-                        1
-                        for start in held.values()
-                        if month_of(max(start, month_bounds(month, tz)[0]), tz) == month
-                    ),
+                    sum(1 for start in held.values() if month_of(max(start, first), tz) == month),
                     month,
                     month,
                 )
