@@ -211,7 +211,12 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
     """The body, within `timeout_s` of the headers: a client that sends its headers and then
-    trickles or stops (by fault or as an attack) held the handler and its memory for ever."""
+    trickles or stops (by fault or as an attack) held the handler and its memory for ever.
+
+    A body that came whole with its headers (nearly every send) is read without the timer:
+    `asyncio.timeout` was ~10 µs of each ~300 µs accept, for a read that cannot wait."""
+    if request.content.is_eof():  # the parser has fed the whole body: read() returns at once
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()

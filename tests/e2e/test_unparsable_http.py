@@ -215,3 +215,56 @@ async def _raw_open(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]
         writer.close()
     assert headers["connection"].lower() == "close"
     return int(lines[0].split()[1]), headers, body
+
+
+def _signed_send(creds: dict[str, str], port: int) -> bytes:
+    """A signed POST /v1/messages as raw bytes (the test sends them in pieces)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from bridge.api import signing
+
+    body = orjson.dumps({"to": "+8613800138000", "text": "code 123456"})
+    headers = {
+        "Host": f"127.0.0.1:{port}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+    }
+    headers.update(
+        signing.sign_request(
+            creds["app_key"], creds["app_secret"], "POST", "/v1/messages", "", headers, body,
+            datetime.now(UTC), uuid.uuid4().hex,
+        )
+    )  # fmt: skip
+    head = "POST /v1/messages HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+async def test_a_body_in_pieces_within_the_timeout_is_read_whole(impatient, pieces: int) -> None:
+    """A body that came with its headers is read without the timer; one still arriving is read
+    under it. Both must give the same, whole, body: the signature covers its hash."""
+    from tests.e2e.harness import create_account
+
+    d, _ali = impatient
+    creds = await create_account(d)
+    data = _signed_send(creds, d.http_port)
+    head_end = data.index(b"\r\n\r\n") + 4
+    reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    try:
+        if pieces == 1:
+            writer.write(data)
+        else:
+            body = data[head_end:]
+            writer.write(data[:head_end])
+            for i in range(pieces):  # 0.2 s apart: 0.4 s in all, under body_timeout_s 1
+                await asyncio.sleep(0.2 if i else 0.05)
+                writer.write(body[i * len(body) // pieces : (i + 1) * len(body) // pieces])
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status = int(raw.split(b" ", 2)[1])
+    answer = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+    assert status == 202, answer
+    assert answer["messages"][0]["id"].startswith("msg_")
