@@ -14,7 +14,7 @@ sign name, template, opt-out, do-not-contact, frequency, daily quota, balance.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -312,6 +312,77 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         low = (nominal, after)
     planned.extend(("", _write_off(p)) for p in lapsed)
     return Plan(tuple(planned), low, day)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message an earlier accept of the same transaction wrote, as the frequency history
+    reads it back (see facts_after)."""
+
+    recipient: str
+    accepted_at: int
+    sign_name: str | None
+    template: str | None
+    kind: str | None
+
+
+def counts_against(fr: FrequencyRule, sign: str | None, m: Sent) -> bool:
+    """Whether `m` is in the history `fr` counts for a number sent under `sign`: the condition
+    the engines' history queries apply (equal signs, None equal to None; then by kind)."""
+    if m.sign_name != sign:
+        return False
+    if fr.kind == "verification":
+        return m.kind == "verification"
+    if fr.kind == "template":
+        return fr.template is not None and m.template == fr.template  # SQL: NULL = x is not true
+    return m.template is None
+
+
+def facts_after(
+    facts: Facts,
+    plan: Plan,
+    count: int,
+    sent: Sequence[Sent],
+    rules: Rules,
+    now: int,
+) -> Facts:
+    """The facts as a read would find them once an earlier accept's writes (`plan`, `count`
+    messages, `sent`) are in: for a read that shares a statement with those writes, and so
+    cannot see them (PostgreSQL: every part of a statement reads the snapshot it started with).
+
+    Only what an accept writes moves: today's count, the pockets (when this decision reads
+    them) and the frequency history. Approvals, opt-outs and do-not-contact lists are written
+    by other transactions, which the account lock keeps out until this one commits."""
+    day_count = facts.day_count + (count if plan.day == day_key(now, rules.tz) else 0)
+    pockets = facts.pockets
+    if rules.billing and rules.charges and plan.entries:
+        pockets = _pockets_after(pockets, [e for _m, e in plan.entries])
+    history = facts.history
+    fr = rules.frequency
+    if fr is not None and fr.numbers and sent:
+        since = now - freq.DAY_MS
+        grown = {n: list(times) for n, times in facts.history.items()}
+        for number, sign in dict(fr.sign_of()).items():  # the last sign given counts, as read
+            for m in sent:
+                if m.recipient == number and m.accepted_at > since and counts_against(fr, sign, m):
+                    grown.setdefault(number, []).append(m.accepted_at)
+        history = grown
+    return replace(facts, day_count=day_count, pockets=pockets, history=history)
+
+
+def _pockets_after(pockets: Sequence[Pocket], entries: Iterable[Entry]) -> list[Pocket]:
+    """The running sums after `entries`, as the stores' upsert leaves them (amounts added; an
+    expiry kept, else the first the entries give), ordered by name as the read returns them."""
+    out = {p.pocket: p for p in pockets}
+    for e in entries:
+        old = out.get(e.pocket)
+        if old is None:
+            out[e.pocket] = Pocket(e.pocket, e.amount, e.expires_at)
+        else:
+            expires = old.expires_at if old.expires_at is not None else e.expires_at
+            out[e.pocket] = Pocket(e.pocket, old.amount + e.amount, expires)
+    return [out[k] for k in sorted(out)]
 
 
 def lapse_plan(

@@ -23,10 +23,11 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import asyncpg
@@ -311,6 +312,30 @@ class _HeadWrites:
     nonce: bool = False
     idempotency: bool = False
     locked: bool = False
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """An accepted request's writes, held back to go with the next statement of its group."""
+
+    writes: rules_sql.Writes
+    plan: adm.Plan
+    count: int
+    sent: tuple[adm.Sent, ...]
+    rate: tuple[float | None, float | None]  # the rate bucket it left (tokens, at)
+
+
+_RATE_BUCKET = "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE"
+
+
+@lru_cache(maxsize=64)
+def _after_writes(ctes: str, nargs: int) -> str:
+    """_RULES_HEAD_AUTH_FACTS behind an earlier accept's write CTEs (parameters $1..$nargs):
+    one round trip for both. Its own parameters follow; its facts read no rate bucket (the
+    writes update that row in this very statement)."""
+    head = re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + nargs}", _RULES_HEAD_AUTH_FACTS.strip())
+    assert head.startswith("WITH ")
+    return f"WITH {ctes},\n{head[5:]}"
 
 
 # A refused accept of a group leaves no trace, as a rolled-back savepoint would leave none.
@@ -725,12 +750,18 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         single = len(items) == 1
         use_savepoints = savepoints and not single
         locked = False  # this transaction holds the account's lock
+        # The last accept's writes, not sent yet: they go with the next accept's first statement
+        # (see _accept_one), so a group costs one round trip per accept, not two. Not with
+        # savepoints: there each accept's writes must land inside its own savepoint.
+        deferred: list[_Deferred] | None = None if use_savepoints else []
         for batch, rules, now, _fut in items:
             if use_savepoints:
                 await c.execute("SAVEPOINT accept")
             head = _HeadWrites()
             try:
-                result = await self._accept_one(c, batch, rules, now, head, locked=locked)
+                result = await self._accept_one(
+                    c, batch, rules, now, head, locked=locked, deferred=deferred
+                )
             except (_Refused, _RateLimited, _AuthRefused) as exc:
                 if single:
                     raise
@@ -764,6 +795,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 await c.execute("RELEASE SAVEPOINT accept")
             locked = locked or head.locked
             out.append(result)
+        if deferred:
+            try:
+                await deferred.pop().writes.run(c)
+            except RETRYABLE_TX:
+                raise
+            except Exception as exc:
+                if single:
+                    raise
+                raise _Redo from exc  # whose writes failed is told by the run with savepoints
         return out
 
     async def _accept_one(
@@ -775,20 +815,38 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         head: _HeadWrites,
         *,
         locked: bool = False,
+        deferred: list[_Deferred] | None = None,
     ) -> AcceptOutcome:
+        """One accept of a group. With `deferred` (a list of at most one), the previous accept's
+        writes, if any, are sent now (with this accept's first statement when it can take
+        them), and this accept's own are left there for the next one or the group's end."""
         recipients = tuple(m.recipient for m in batch.messages)
         n = len(batch.messages)
+        prev = deferred.pop() if deferred else None
         if locked and batch.nonce is not None and batch.key_id is not None:
-            row = await c.fetchrow(
-                _RULES_HEAD_AUTH_FACTS,
-                *_head_args(batch, now),
-                *rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=True)[1:],
-            )
+            # With the previous accept's writes in the same statement, its reads cannot see
+            # them: the facts are moved on by what it wrote (adm.facts_after), and the rate
+            # bucket (locked by the group's first read already) is the one it left.
+            fargs = rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=not prev)
+            head_args = [*_head_args(batch, now), *fargs[1:]]
+            if prev is None:
+                row = await c.fetchrow(_RULES_HEAD_AUTH_FACTS, *head_args)
+            else:
+                sql = _after_writes(prev.writes.ctes(), len(prev.writes.args))
+                row = await c.fetchrow(sql, *prev.writes.args, *head_args)
             tps = await _check_head(c, row, batch, now, head)
             if isinstance(tps, AcceptOutcome):
                 return tps
             facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, "f_")
+            if prev is not None:
+                facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent, rules, now)
+                tokens, at = prev.rate
+                if tps > 0 and tokens is None:  # it took no token (no rate then): read it
+                    bucket = await c.fetchrow(_RATE_BUCKET, batch.account_id)
+                    tokens, at = (bucket[0], bucket[1]) if bucket is not None else (None, None)
         else:
+            if prev is not None:
+                await prev.writes.run(c)
             tps = await _lock_account(c, batch, now, head)
             if isinstance(tps, AcceptOutcome):
                 return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
@@ -817,7 +875,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         rules_sql.add_plan(w, batch.account_id, plan, n)
         if plan.low_balance is not None:
             rules_sql.add_low_balance_event(w, batch.account_id, plan.low_balance, now)
-        await w.run(c)
+        if deferred is None:
+            await w.run(c)
+        else:
+            sent = tuple(
+                adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
+                for m in batch.messages
+            )
+            deferred.append(_Deferred(w, plan, n, sent, (tokens, at) if tps > 0 else (None, None)))
         return AcceptOutcome(accepted=True, plan=plan)
 
     async def _accept_send(self, batch: AcceptBatch, now: int) -> AcceptOutcome | None:

@@ -158,7 +158,11 @@ class Writes:
         return name
 
     def sql(self, final: str = "SELECT 1") -> str:
-        return "WITH " + ",\n".join(self._ctes) + "\n" + final
+        return "WITH " + self.ctes() + "\n" + final
+
+    def ctes(self) -> str:
+        """The CTEs alone, for a statement that adds its own (PostgresStore's deferred writes)."""
+        return ",\n".join(self._ctes)
 
     async def run(self, c: asyncpg.Connection | asyncpg.Pool, final: str = "SELECT 1") -> Any:
         if not self._ctes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -921,3 +922,80 @@ def test_low_balance_event_body() -> None:
         "previous_micro": 120_000,
         "at": NOW,
     }
+
+
+# -- facts_after: what an earlier accept of the same statement wrote -------------------------------
+
+
+def _sent(to: str, at_ms: int, sign: str | None = "Acme", template: str | None = None,
+          kind: str | None = None) -> adm.Sent:  # fmt: skip
+    return adm.Sent(to, at_ms, sign, template, kind)
+
+
+@pytest.mark.parametrize(
+    ("fr_kind", "fr_template", "sent", "counts"),
+    [
+        ("verification", None, _sent(CN1, 1, template="T1", kind="verification"), True),
+        ("verification", None, _sent(CN1, 1, template="T1", kind="notification"), False),
+        ("verification", None, _sent(CN1, 1, sign="Beta", kind="verification"), False),
+        ("template", "T1", _sent(CN1, 1, template="T1", kind="notification"), True),
+        ("template", "T1", _sent(CN1, 1, template="T2"), False),
+        ("template", None, _sent(CN1, 1), False),  # SQL's template = NULL is never true
+        ("raw", None, _sent(CN1, 1), True),
+        ("raw", None, _sent(CN1, 1, template="T1"), False),
+        ("raw", None, _sent(CN1, 1, sign=None), False),
+    ],
+)
+def test_counts_against_is_the_history_query_condition(
+    fr_kind: str, fr_template: str | None, sent: adm.Sent, counts: bool
+) -> None:
+    fr = FrequencyRule(fr_kind, "Acme", fr_template, VERIFY, "UTC", (CN1,))
+    assert adm.counts_against(fr, "Acme", sent) is counts
+
+
+def test_facts_after_moves_what_an_accept_writes_and_nothing_else() -> None:
+    now = at("UTC", 2024, 3, 1, 12, 0)
+    fr = FrequencyRule("raw", "Acme", None, VERIFY, "UTC", (CN1, CN2))
+    rules = Rules(sign_name="Acme", frequency=fr, charges=(Priced("m9", 100, False),),
+                  billing=True)  # fmt: skip
+    facts = Facts(
+        recipients=(CN1,),
+        opted_out=frozenset({CN3}),
+        history={CN1: [now - 5 * MINUTE_MS], CN2: []},
+        day_count=7,
+        pockets=[Pocket("voucher:v1", 50, now + DAY_MS), Pocket("cash", 1000)],
+    )
+    plan = Plan(
+        (("m1", Entry(K.VOUCHER_SPEND, -50, "voucher:v1", now, "m1")),
+         ("m1", Entry(K.CHARGE, -50, "cash", now, "m1"))),
+        None,
+        day_key(now, "UTC"),
+    )  # fmt: skip
+    written = [_sent(CN1, now - 1), _sent(CN3, now - 1), _sent(CN2, now - DAY_MS)]
+    got = adm.facts_after(facts, plan, 3, written, rules, now)
+    assert got.day_count == 10
+    assert got.pockets == [Pocket("cash", 950), Pocket("voucher:v1", 0, now + DAY_MS)]
+    # CN3 is not limited here; CN2's message is 24 h old exactly: out of the window.
+    assert got.history == {CN1: [now - 5 * MINUTE_MS, now - 1], CN2: []}
+    assert got.opted_out == facts.opted_out and got.recipients == facts.recipients
+    # The next day counts from zero: the earlier accept's day is not today's.
+    tomorrow = adm.facts_after(facts, plan, 3, [], rules, now + DAY_MS)
+    assert tomorrow.day_count == 7
+    # Without billing the pockets were not read: they stay as read.
+    unbilled = adm.facts_after(facts, plan, 3, [], replace(rules, billing=False), now)
+    assert unbilled.pockets == facts.pockets
+
+
+def test_facts_after_keeps_an_expiry_as_the_stores_upsert_does() -> None:
+    now = 1_700_000_000_000
+    plan = Plan(
+        (("m", Entry(K.VOUCHER_REFUND, 5, "voucher:new", now, "m")),
+         ("m", Entry(K.VOUCHER_REFUND, 5, "voucher:new", now, "m", expires_at=now + 9)),
+         ("m", Entry(K.REFUND, 5, "cash", now, "m", expires_at=now + 7))),
+        None,
+        day_key(now, "UTC"),
+    )  # fmt: skip
+    rules = Rules(charges=(Priced("m", 1, False),), billing=True)
+    got = adm.facts_after(Facts(recipients=(CN1,), pockets=[Pocket("cash", 1)]), plan, 1, [],
+                          rules, now)  # fmt: skip
+    assert got.pockets == [Pocket("cash", 6, now + 7), Pocket("voucher:new", 10, now + 9)]
