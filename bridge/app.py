@@ -288,6 +288,11 @@ class Daemon:
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=cfg.server.idle_timeout_s,
+            # Bodies are read as sent (the signature covers those bytes); a Content-Encoding is
+            # refused with 415 (read_body). Decompressing, aiohttp refused br and zstd itself
+            # with a 400 when their optional packages were missing, and logged a traceback for
+            # every body that was not what its header said.
+            auto_decompress=False,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -307,6 +312,7 @@ class Daemon:
                 access_log=None,
                 shutdown_timeout=2.0,
                 keepalive_timeout=cfg.server.idle_timeout_s,
+                auto_decompress=False,
             )
             await self._aliyun_runner.setup()
             ali = web.TCPSite(

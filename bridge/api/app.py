@@ -100,7 +100,7 @@ async def errors_middleware(request: web.Request, handler):
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
     if code == "REQUEST_TIMEOUT":
-        resp.force_close()  # the rest of that body may still come: the stream is not reusable
+        await close_after(request, resp)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
     if code == "OK" and STREAM_CUT in request:  # headers said 200, then the stream broke
@@ -210,20 +210,51 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
-    """The body, within `timeout_s` of the headers: a client that sends its headers and then
-    trickles or stops (by fault or as an attack) held the handler and its memory for ever.
+    """The body as the client sent it (the bytes its signature covers), within `timeout_s` of
+    the headers: a client that sends its headers and then trickles or stops (by fault or as an
+    attack) held the handler and its memory for ever.
 
     A body that came whole with its headers (nearly every send) is read without the timer:
-    `asyncio.timeout` was ~10 µs of each ~300 µs accept, for a read that cannot wait."""
-    if request.content.is_eof():  # the parser has fed the whole body: read() returns at once
-        return await request.read()
+    `asyncio.timeout` was ~10 µs of each ~300 µs accept, for a read that cannot wait. A client
+    that hangs up before its body is whole is its own refusal, CLIENT_DISCONNECTED: the reset
+    surfaced as ConnectionResetError, which the error handler took for the store's connection
+    (503 STORE_UNAVAILABLE, logged at ERROR: a store-outage alert for every such client)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # The servers do not decompress (auto_decompress=False): the signed body hash is over
+        # the bytes the client sent, and a body that is not what its header says made aiohttp
+        # log a traceback per request. Say what is wrong instead.
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+        )
     try:
+        if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except TimeoutError:
         raise ApiError(
             "REQUEST_TIMEOUT", f"the request body did not arrive within {timeout_s:g} s"
         ) from None
+    except ConnectionResetError:
+        raise ApiError(
+            "CLIENT_DISCONNECTED", "the client closed the connection before its body arrived"
+        ) from None
+
+
+async def close_after(request: web.Request, resp: web.StreamResponse) -> None:
+    """Send `resp` now and close the connection behind it: the rest of the body may still
+    come, so the stream is not reusable, and aiohttp would otherwise keep reading it, up to 10 s
+    (its lingering close), for a client that already stalled past server.body_timeout_s."""
+    resp.force_close()
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionError:
+        return  # the client is gone already
+    if request.protocol is not None:
+        request.protocol.force_close()
 
 
 @web.middleware
@@ -231,14 +262,6 @@ async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding != "identity":
-            # aiohttp would decompress the body, and the signed body hash (over the bytes the
-            # client sent, compressed) would then never match: say what is wrong instead.
-            raise ApiError(
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
-            )
         body = await read_body(request, ctx.config.server.body_timeout_s)
         request[BODY] = body
         # A send records its nonce inside its accept transaction (one write, not two).

@@ -71,6 +71,7 @@ CODES: dict[str, int] = {
     "SIGN_NOT_EDITABLE": 409,
     "TEMPLATE_CHANGED": 409,
     "REQUEST_TIMEOUT": 408,
+    "CLIENT_DISCONNECTED": 400,
     "BODY_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     # 422: well-formed but not acceptable

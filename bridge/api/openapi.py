@@ -22,6 +22,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "INVALID_JSON": "The body is empty, not valid JSON, or holds an unpaired surrogate escape.",
     "REQUEST_TIMEOUT": "The body did not arrive within server.body_timeout_s (default 30 s) of "
     "the headers; the connection is closed.",
+    "CLIENT_DISCONNECTED": "The client closed the connection before its body arrived (counted "
+    "and logged as such; the answer cannot be delivered).",
     "MALFORMED_HTTP": "The request is not valid HTTP/1.1 (request line, a header, or the body's "
     "framing); the connection is closed.",
     "INVALID_REQUEST": "The body is not a JSON object, or its fields contradict each other "

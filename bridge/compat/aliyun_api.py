@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
-from bridge.api.app import read_body
+from bridge.api.app import close_after, read_body
 from bridge.api.context import CTX, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS
@@ -133,7 +133,7 @@ async def handle(request: web.Request) -> web.Response:
             out, ctype = render_error(code, message, rid, fmt)
         resp = _respond(out, ctype, status, rid, headers)
         if exc.code == "REQUEST_TIMEOUT":
-            resp.force_close()  # the rest of that body may still come: the stream is not reusable
+            await close_after(request, resp)
         return resp
     if action in _SENDS:
         ctx.metrics.accept(time.perf_counter() - started)

@@ -153,6 +153,14 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         "REQUEST_TIMEOUT": AliyunCode(
             408, _INVALID_PARAMETERS.code, "The request body did not arrive in time."
         ),
+        # The body as sent is what the signature covers: a compressed one is refused, as the
+        # native face refuses it (415), not answered 200 with a system error.
+        "UNSUPPORTED_MEDIA_TYPE": AliyunCode(
+            415, _INVALID_PARAMETERS.code, "Content-Encoding is not supported."
+        ),
+        "CLIENT_DISCONNECTED": AliyunCode(
+            400, _INVALID_PARAMETERS.code, "The request body did not arrive."
+        ),
         "INTERNAL_ERROR": AliyunCode(
             500,
             "InternalError",
