@@ -304,7 +304,9 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     # is a crossing too: without it the account ran dry (402) with no warning. Written off here,
     # once, dated at their expiry, so the next send does not see the same crossing again.
     lapsed = _lapsed_vouchers(facts.pockets, now)
-    nominal = before + sum(p.amount for p in lapsed)
+    # Only vouchers were domestic money; an expiring card (international only) is written off
+    # too, but its remainder was never in the domestic balance the threshold watches.
+    nominal = before + sum(p.amount for p in lapsed if p.pocket.startswith("voucher:"))
     low = None
     if facts.low_balance_threshold > 0 and crossed_low_balance(
         nominal, after, facts.low_balance_threshold
