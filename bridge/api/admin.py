@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import AccountError, public_account, public_key
+from bridge.api.bodies import read_admin_body
 from bridge.api.context import OPERATOR, query_of
 from bridge.api.errors import ApiError
 from bridge.api.reports import query_params
@@ -58,7 +59,7 @@ def _account_error(exc: AccountError) -> ApiError:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_admin_body(request)
     if not raw:
         return {}
     data = parse_json(raw, request)

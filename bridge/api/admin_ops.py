@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.accounts import AccountError
+from bridge.api.bodies import read_admin_body
 from bridge.api.context import query_of
 from bridge.api.errors import ApiError
 from bridge.api.reports import query_params
@@ -268,7 +269,7 @@ async def get_dead_webhooks(request: web.Request) -> web.Response:
 async def replay_webhooks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     query_params(query_of(request), ())
-    ids = parse_replay(parse_json(await request.read(), request))
+    ids = parse_replay(parse_json(await read_admin_body(request), request))
     replayed = await ctx.store.replay_webhooks(ids, ctx.now_ms())
     if replayed:
         ctx.on_webhooks_replayed()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bridge import billing, logs, review
 from bridge.accounts import AccountError, public_account
+from bridge.api.bodies import read_admin_body
 from bridge.api.context import query_of
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.api.reports import query_params, refuse_unknown
@@ -32,7 +33,7 @@ COUNTRY = re.compile(r"[A-Z]{2}")
 
 
 async def _json(request: web.Request) -> Any:
-    return parse_json(await request.read(), request)
+    return parse_json(await read_admin_body(request), request)
 
 
 async def _account(request: web.Request) -> Account:
@@ -197,7 +198,7 @@ async def put_dnc(request: web.Request) -> web.Response:
     if country is not None and not COUNTRY.fullmatch(country):
         raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")
     try:
-        text = (await request.read()).decode("utf-8")
+        text = (await read_admin_body(request)).decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError("INVALID_REQUEST", "the list must be UTF-8 text") from None
     parsed, bad = parse_dnc_csv(text, country)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
-from bridge.api.app import close_after, read_body
+from bridge.api.bodies import close_after, read_body
 from bridge.api.context import CTX, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS

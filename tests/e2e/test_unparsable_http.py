@@ -5,6 +5,7 @@ as one line naming the fault: never plain text, a traceback, or the request's by
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 from pathlib import Path
 
@@ -268,3 +269,28 @@ async def test_a_body_in_pieces_within_the_timeout_is_read_whole(impatient, piec
     answer = orjson.loads(raw.partition(b"\r\n\r\n")[2])
     assert status == 202, answer
     assert answer["messages"][0]["id"].startswith("msg_")
+
+
+async def test_an_operators_body_is_read_as_sent_and_in_time(impatient) -> None:
+    """Admin bodies go through the API's reader too: a compressed one is refused (415, nothing
+    decompresses bodies), and one that stops arriving is a 408 within body_timeout_s."""
+    from tests.e2e.harness import ADMIN_TOKEN
+
+    d, _ali = impatient
+    head = (
+        f"POST /admin/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+        "Content-Type: application/json\r\n"
+    )
+    packed = gzip.compress(b'{"name": "zipped"}')
+    data = (
+        head
+        + f"Content-Encoding: gzip\r\nContent-Length: {len(packed)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    status, _headers, body = await asyncio.wait_for(_raw_open(d.http_port, data + packed), 10)
+    assert status == 415 and orjson.loads(body)["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    started = asyncio.get_running_loop().time()
+    stalled = (head + "Content-Length: 200\r\n\r\n").encode() + b'{"name": '
+    status, _headers, body = await asyncio.wait_for(_raw_open(d.http_port, stalled), 10)
+    assert status == 408 and orjson.loads(body)["error"]["code"] == "REQUEST_TIMEOUT"
+    assert asyncio.get_running_loop().time() - started < 5
+    assert [a for a in await d.store.list_accounts() if a.name == "zipped"] == []
