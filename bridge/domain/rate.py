@@ -16,7 +16,10 @@ def bucket_take(
     if rate <= 0:
         return 0.0, 0.0, now
     cap = max(rate * burst_s, 1.0)
-    if tokens is None or at is None:
+    if tokens is None or at is None or at > now:
+        # A time ahead of now: the wall clock went back (an NTP step). Measured from it, the
+        # bucket never refilled until the clock passed it again (every send 429 for the size of
+        # the step; a refusal writes nothing back). Full, as after a long pause: at most `cap`.
         tokens, at = cap, now
     tokens = min(cap, tokens + max(0.0, now - at) * rate)
     need = min(n, cap)
