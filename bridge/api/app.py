@@ -18,6 +18,7 @@ from bridge.api.context import (
     OPERATOR,
     PRINCIPAL,
     REQUEST_ID,
+    STORE_DOWN,
     STREAM_CUT,
     ApiContext,
 )
@@ -187,10 +188,9 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
         return _error_response(code, message, request_id, exc.status, kept or None), code
     except Exception as exc:
         if is_unavailable(exc):
-            log.error(
-                "store unavailable",
-                extra={"method": request.method, "path": _log_path(request), "error": repr(exc)},
-            )
+            # One line a while, not one per refused request (hundreds a second under load).
+            down = request.app[STORE_DOWN]
+            down.error(f"store unavailable ({request.method} {_log_path(request)})", exc)
             return _error_response(
                 "STORE_UNAVAILABLE",
                 "the store cannot be reached; retry later (a send with the same Idempotency-Key "
@@ -316,6 +316,7 @@ def make_app(ctx: ApiContext) -> web.Application:
         },
     )
     app[CTX] = ctx
+    app[STORE_DOWN] = logs.Throttled(log)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from bridge import logs
 from bridge.accounts import AccountService
 from bridge.api.auth import Authenticator, Principal
 from bridge.api.errors import ApiError
@@ -73,6 +74,8 @@ class ApiContext:
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+# Each face's one-line-a-while log of "store unavailable" (one per app, so per daemon).
+STORE_DOWN: web.AppKey[logs.Throttled] = web.AppKey("store_down", logs.Throttled)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)

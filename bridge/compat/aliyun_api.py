@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.api.bodies import close_after, read_body
-from bridge.api.context import CTX, ApiContext
+from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS
 from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun
@@ -171,7 +171,7 @@ async def errors_middleware(
         err = framework_error(exc.status)
     except Exception as exc:
         if is_unavailable(exc):  # retryable: the SDKs raise a throttling error for the header
-            log.error("aliyun face: store unavailable", extra={"error": repr(exc)})
+            request.app[STORE_DOWN].error("aliyun face: store unavailable", exc)  # a line a while
             status, code, message = to_aliyun("STORE_UNAVAILABLE", "the store cannot be reached")
             metrics.request("aliyun unknown", status, code)
             out, ctype = render_error(code, message, rid)
@@ -210,6 +210,7 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
         },
     )
     app[CTX] = ctx
+    app[STORE_DOWN] = logs.Throttled(log)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -34,7 +34,7 @@ from bridge.smpp.connector import LateSubmit, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
-from bridge.store.base import Store
+from bridge.store.base import Store, is_unavailable
 from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage
 
 log = logging.getLogger("bridge.dispatcher")
@@ -138,6 +138,7 @@ class Dispatcher:
         self._inflight_by_id: dict[str, asyncio.Task[None]] = {}
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
         self._stopping = False
+        self._store_down = logs.Throttled(log)
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
         )
@@ -509,14 +510,26 @@ class Dispatcher:
         would leave the messages claimed and their parts resent after a restart)."""
         results = [i for i in items if isinstance(i, SubmitResult)]
         releases = [i for i in items if isinstance(i, Release)]
-        for delay in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 0):
+        delays = iter((0.05, 0.2, 0.5, 1.0, 2.0, 5.0))
+        while True:
             try:
                 await self.store.record_submits(
                     results, releases, int(self.clock() * 1000), instance=self.instance
                 )
                 return
-            except Exception:
-                if not delay:
+            except Exception as exc:
+                delay = next(delays, None)
+                if is_unavailable(exc):
+                    # The store is down: the results wait for it, a try a second, until it is
+                    # back or the daemon stops. Given up after ~9 s, the SMSC's message ids were
+                    # lost, receipts matched nothing, and the parts went out again once their
+                    # claims' leases ran out (session 16's third review).
+                    if self._stopping and delay is None:
+                        raise
+                    self._store_down.error("recording submit results failed; retrying", exc)
+                    await asyncio.sleep(min(delay, 1.0) if delay is not None else 1.0)
+                    continue
+                if delay is None:
                     raise
                 log.warning("recording submit results failed; retrying", exc_info=True)
                 await asyncio.sleep(delay)

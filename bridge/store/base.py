@@ -127,7 +127,10 @@ def is_unavailable(exc: BaseException) -> bool:
         | pg.InterfaceError
         | pg.OperatorInterventionError  # admin shutdown, crash shutdown, cannot connect now
         | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
-        | pg.ReadOnlySQLTransactionError,  # the primary became a standby
+        | pg.ReadOnlySQLTransactionError  # the primary became a standby
+        # A pooled connection that read the server's FATAL (a shutdown) while idle, handed
+        # out before its close was read: "another operation is in progress". Was a 500.
+        | pg.InternalClientError,
     )
 
 

@@ -61,7 +61,16 @@ CHANNEL = "smpp_bridge_work"
 RELEASE_CHANNEL = "smpp_bridge_release"  # payload: instance; "my binds are all closed"
 _CLEAN_MEMORY_S = 60.0  # how long a clean stop's pid is remembered (pids are reused)
 _UNBIND_S = 6.0  # a connector's slot check (0.5 s) + drain and unbind (<= 4 s) + margin
-_NET_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
+# InternalClientError: the connection read the server's FATAL (a shutdown) before its close; a
+# ping that raised it killed the watcher, which then never reconnected and kept its binds up
+# with their slot locks gone (session 16's third review).
+_NET_ERRORS = (
+    asyncpg.PostgresError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    TimeoutError,
+)
 
 _HOLDERS = f"""
 WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
