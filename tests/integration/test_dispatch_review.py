@@ -316,8 +316,8 @@ async def test_unanswered_attempts_are_counted_apart_from_other_errors(store: St
 async def test_a_claim_whose_results_could_not_be_written_is_taken_back(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store refuses writes for a while (disk full, locked past the busy timeout) just as a
-    message's result is to be written; the dispatcher's retries give up. Once the store is back,
+    """The store refuses writes (disk full, locked past the busy timeout) just as a message's
+    result is to be written, and the daemon stops before it is back. Once the store is back,
     the message must not stay `claimed` for ever: after its lease it goes back to the queue (as
     PostgreSQL's reclaim does), here through the daemon's 5-second reclaim step."""
     real_sleep = asyncio.sleep
@@ -351,12 +351,16 @@ async def test_a_claim_whose_results_could_not_be_written_is_taken_back(
                 instance="inst-1", idle_s=0.01, clock=lambda: NOW / 1000,
             )  # fmt: skip
             task = asyncio.create_task(d.run())
-            assert await until(lambda: smsc.submits() and d.inflight == 0, 3.0)
-            failing[0] = False  # the store is back
-            await d.stop(0.3)
+            assert await until(lambda: bool(smsc.submits()), 3.0)
+            await real_sleep(0.2)
+            # Session 16: while the store refuses, the result waits for it (dropped after ~9 s,
+            # the SMSC's id was lost and the part went out again after the lease).
+            assert d.inflight == 1
+            await d.stop(0.3)  # stopping with the store still down: now the wait ends
             task.cancel()
     finally:
         await smsc.kill()
+    failing[0] = False  # the store is back
     assert await state(store, "m0") == "queued"
     later = NOW + LEASE + 10_000
     await store.reclaim(later, frozenset())  # what the daemon's sweeper runs every 5 s
