@@ -194,7 +194,8 @@ def apply_entries(pockets: Mapping[str, Pocket], entries: Iterable[Entry]) -> di
     out = dict(pockets)
     for e in entries:
         old = out.get(e.pocket)
-        expires = old.expires_at if old is not None else e.expires_at
+        # An expiry kept, else the entry's (the stores' upsert: COALESCE(kept, new)).
+        expires = old.expires_at if old is not None and old.expires_at is not None else e.expires_at
         out[e.pocket] = Pocket(e.pocket, (old.amount if old else 0) + e.amount, expires)
     return out
 
@@ -359,7 +360,8 @@ def facts_after(
     day_count = facts.day_count + (count if plan.day == day_key(now, rules.tz) else 0)
     pockets = facts.pockets
     if rules.billing and rules.charges and plan.entries:
-        pockets = _pockets_after(pockets, [e for _m, e in plan.entries])
+        moved = apply_entries({p.pocket: p for p in pockets}, [e for _m, e in plan.entries])
+        pockets = [moved[k] for k in sorted(moved)]  # by name, as the stores read them
     history = facts.history
     fr = rules.frequency
     if fr is not None and fr.numbers and sent:
@@ -375,20 +377,6 @@ def facts_after(
                     grown.setdefault(number, []).append(m.accepted_at)
         history = grown
     return replace(facts, day_count=day_count, pockets=pockets, history=history)
-
-
-def _pockets_after(pockets: Sequence[Pocket], entries: Iterable[Entry]) -> list[Pocket]:
-    """The running sums after `entries`, as the stores' upsert leaves them (amounts added; an
-    expiry kept, else the first the entries give), ordered by name as the read returns them."""
-    out = {p.pocket: p for p in pockets}
-    for e in entries:
-        old = out.get(e.pocket)
-        if old is None:
-            out[e.pocket] = Pocket(e.pocket, e.amount, e.expires_at)
-        else:
-            expires = old.expires_at if old.expires_at is not None else e.expires_at
-            out[e.pocket] = Pocket(e.pocket, old.amount + e.amount, expires)
-    return [out[k] for k in sorted(out)]
 
 
 def lapse_plan(

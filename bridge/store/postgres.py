@@ -23,7 +23,6 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -333,7 +332,7 @@ def _after_writes(ctes: str, nargs: int) -> str:
     """_RULES_HEAD_AUTH_FACTS behind an earlier accept's write CTEs (parameters $1..$nargs):
     one round trip for both. Its own parameters follow; its facts read no rate bucket (the
     writes update that row in this very statement)."""
-    head = re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + nargs}", _RULES_HEAD_AUTH_FACTS.strip())
+    head = rules_sql.shift_params(_RULES_HEAD_AUTH_FACTS.strip(), nargs)
     assert head.startswith("WITH ")
     return f"WITH {ctes},\n{head[5:]}"
 
@@ -1637,9 +1636,7 @@ async def _replayed(c: asyncpg.Connection, batch: AcceptBatch, now: int) -> Acce
 
 async def _take_rate(c: asyncpg.Connection, account_id: str, tps: float, n: int, now: int) -> None:
     """The account's token bucket, row-locked so concurrent accepts on every instance share it."""
-    row = await c.fetchrow(
-        "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE", account_id
-    )
+    row = await c.fetchrow(_RATE_BUCKET, account_id)
     if row is None:
         # First use: create the row so the next concurrent request has something to lock.
         await c.execute(
@@ -1647,9 +1644,7 @@ async def _take_rate(c: asyncpg.Connection, account_id: str, tps: float, n: int,
             "ON CONFLICT (account_id) DO NOTHING",
             account_id,
         )
-        row = await c.fetchrow(
-            "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE", account_id
-        )
+        row = await c.fetchrow(_RATE_BUCKET, account_id)
     assert row is not None
     tokens, at = row[0], row[1]
     if tokens != tokens:  # NaN: created above (by us or a concurrent request), never used yet

@@ -119,8 +119,13 @@ FACT_COLS = (
 def facts_sql(first_param: int) -> str:
     """_FACTS inside a larger statement: $1 stays the account, $2.. become $first_param.., so
     its parameters (facts_args()[1:]) can follow that statement's own."""
-    shift = first_param - 2
-    return re.sub(r"\$(\d+)", lambda m: m[0] if m[1] == "1" else f"${int(m[1]) + shift}", _FACTS)
+    return shift_params(_FACTS, first_param - 2, keep=1)
+
+
+def shift_params(sql: str, shift: int, *, keep: int = 0) -> str:
+    """`sql` with its parameters $n renumbered $n+shift (those up to $keep left as they are),
+    to run it behind another statement's parameters."""
+    return re.sub(r"\$(\d+)", lambda m: m[0] if int(m[1]) <= keep else f"${int(m[1]) + shift}", sql)
 
 
 _LEDGER_INSERT = (
