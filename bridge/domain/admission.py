@@ -254,7 +254,7 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
                     freq.error_message(window, fr.limits).replace(
                         "to:", f"{_name(number, recipients)} ({number}):", 1
                     ),
-                    retry_after=_frequency_wait(window, sent, now, fr),
+                    retry_after=_frequency_wait(sent, now, fr),
                 )
     day = day_key(now, rules.tz)
     n = len(recipients)
@@ -417,18 +417,30 @@ def _write_off(p: Pocket) -> Entry:
     return Entry(kind, -p.amount, p.pocket, p.expires_at, ref, p.expires_at)
 
 
-def _frequency_wait(window: freq.Window, sent: Sequence[int], now: int, fr: FrequencyRule) -> float:
-    """Seconds until one more send fits the window that refused (a hint for Retry-After)."""
-    minute, _hour, day = freq.window_starts(now, fr.tz)
-    if window == freq.Window.MINUTE:
-        return max(1.0, (minute + freq.MINUTE_MS - now) / 1000)
-    if window == freq.Window.HOUR:  # the next clock hour, not always an hour after this one
-        return max(1.0, (freq.next_hour_start(now, fr.tz) - now) / 1000)
-    inside = sorted(t for t in sent if t > day)
-    # The day window rolls: room appears when the oldest send counted in it leaves.
-    over = len(inside) - fr.limits.per_day
-    oldest = inside[over] if 0 <= over < len(inside) else now
-    return max(1.0, (oldest + freq.DAY_MS - now) / 1000)
+def _frequency_wait(sent: Sequence[int], now: int, fr: FrequencyRule) -> float:
+    """Seconds until one more send fits every window (a hint for Retry-After): a minute
+    refusal's retry once the minute has passed was refused again by the hour, when that was
+    full too.
+
+    A send dated after now (the clock stepped back since) counts in every window until its own
+    has passed, so room comes with the first window after the limit-th latest send, not always
+    the next one: the hint said "the next minute" and the retry then was refused again, every
+    minute for the size of the step.
+    """
+    latest = sorted(sent, reverse=True)
+    minute, hour, day = freq.window_starts(now, fr.tz)
+    opens = now
+    for limit, start, after in (
+        (fr.limits.per_minute, minute, lambda t: freq.window_starts(t, fr.tz)[0] + freq.MINUTE_MS),
+        (fr.limits.per_hour, hour, lambda t: freq.next_hour_start(t, fr.tz)),
+    ):
+        if 0 < limit <= len(latest) and latest[limit - 1] >= start:  # the window is full
+            opens = max(opens, after(max(now, latest[limit - 1])))
+    inside = [t for t in latest if t > day]
+    if 0 < fr.limits.per_day <= len(inside):
+        # The day window rolls: room appears when the oldest send counted in it leaves.
+        opens = max(opens, inside[fr.limits.per_day - 1] + freq.DAY_MS)
+    return max(1.0, (opens - now) / 1000)
 
 
 def _spent(planned: Sequence[tuple[str, Entry]]) -> int:

@@ -328,6 +328,42 @@ def test_minute_retry_after_is_at_least_one_second() -> None:
     assert r.retry_after == 1.0
 
 
+def test_minute_retry_after_waits_out_a_send_dated_after_now() -> None:
+    # The clock stepped back 10 minutes after the send: it counts in every minute window until
+    # its own minute has passed, so the hint is the end of that minute, not of this one.
+    rules = Rules(frequency=freq_rule((CN1,)))
+    sent = NOW + 10 * 60_000  # 13:50:15
+    r = refusal_of(decide(rules, Facts((CN1,), history={CN1: [sent]}), NOW))
+    assert (r.code, r.retry_after) == ("FREQUENCY_LIMIT_MINUTE", 10 * 60 + 45.0)
+    assert isinstance(decide(rules, Facts((CN1,), history={CN1: [sent]}), NOW + 645_000), Plan)
+    r = refusal_of(decide(rules, Facts((CN1,), history={CN1: [sent]}), NOW + 644_999))
+    assert r.code == "FREQUENCY_LIMIT_MINUTE"
+
+
+def test_hour_retry_after_waits_out_sends_dated_after_now() -> None:
+    # Five sends dated 14:10-14:14 (the clock has stepped back since): one more fits at 15:00,
+    # when they have left the hour window (13:01 leaving at 14:00 is not enough).
+    sent = [at(SH, 2026, 11, 29, 14, m) for m in (10, 11, 12, 13, 14)] + [
+        at(SH, 2026, 11, 29, 13, 1)
+    ]
+    rules = Rules(frequency=freq_rule((CN1,)))
+    r = refusal_of(decide(rules, Facts((CN1,), history={CN1: sent}), NOW))
+    # Refused by the narrowest window (14:14 is in every minute until 14:15); the hint is when
+    # every window has room: 15:00.
+    assert (r.code, r.retry_after) == ("FREQUENCY_LIMIT_MINUTE", 60 * 60 + 19 * 60 + 45.0)
+    after = NOW + int(r.retry_after * 1000)
+    assert isinstance(decide(rules, Facts((CN1,), history={CN1: sent}), after), Plan)
+
+
+def test_a_minute_refusal_with_the_hour_full_too_hints_the_next_hour() -> None:
+    # 13:40:05 fills this minute, the five sends fill this hour: retrying at 13:41 would be
+    # refused again (by the hour).
+    sent = [at(SH, 2026, 11, 29, 13, m) for m in (1, 5, 10, 20)] + [NOW - 10_000]
+    rules = Rules(frequency=freq_rule((CN1,)))
+    r = refusal_of(decide(rules, Facts((CN1,), history={CN1: sent}), NOW))
+    assert (r.code, r.retry_after) == ("FREQUENCY_LIMIT_MINUTE", 19 * 60 + 45.0)
+
+
 def test_hour_retry_after_is_the_rest_of_the_clock_hour() -> None:
     # Five sends earlier in this clock hour, none in this minute.
     sent = [at(SH, 2026, 11, 29, 13, m) for m in (1, 5, 10, 20, 30)]
