@@ -45,7 +45,7 @@ from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, plan
 from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
-from bridge.store.base import Store
+from bridge.store.base import Store, is_unavailable
 from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
 from bridge.wiring import make_sealer, open_store
@@ -147,6 +147,7 @@ class Daemon:
         self._wake_listener: WakeListener | None = None
         self._wake_sender: WakeSender | None = None
         self._remote_status: dict[str, Any] = {}
+        self._failures = logs.Failures(log, is_unavailable)  # the background loops'
         self.coord: Any = None  # PostgreSQL: liveness, bind slots, wake-ups across instances
         self.metrics = Metrics()  # per Daemon: tests run several in one process
 
@@ -386,8 +387,10 @@ class Daemon:
                     self._remote_status = await self._read_owner_status()
                 elif self.coord is not None:
                     self._remote_status = await self._read_peer_status()
-            except Exception:
-                log.exception("api housekeeping failed")
+            except Exception as exc:
+                self._failures.failed("api housekeeping", exc)
+            else:
+                self._failures.ok("api housekeeping")
 
     def _cluster_status(self) -> dict[str, Any]:
         """Several instances on PostgreSQL: an SMSC bound only on another live instance is up
@@ -449,8 +452,10 @@ class Daemon:
                     int(self.clock() * 1000),
                     json.dumps(self.smsc_status(), default=str),
                 )
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                self._failures.failed("heartbeat", exc)
+            else:
+                self._failures.ok("heartbeat")
             await asyncio.sleep(1.0)
 
     async def _sweeper(self) -> None:
@@ -469,10 +474,13 @@ class Daemon:
                 ("settlement", self._settle),
                 ("retention", self._retain),
             ):
+                what = f"sweeper step {name}"
                 try:
                     await step(int(self.clock() * 1000))
-                except Exception:
-                    log.exception("sweeper step failed: %s", name)
+                except Exception as exc:
+                    self._failures.failed(what, exc)
+                else:
+                    self._failures.ok(what)
             if self.webhooks is not None:
                 self.webhooks.wake()
 

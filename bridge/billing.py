@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from bridge import logs
 from bridge.config import BillingConfig, TariffConfig
 from bridge.domain import admission as adm
 from bridge.domain import ledger, settlement
@@ -29,6 +30,7 @@ from bridge.domain.tariffs import (
     validate_tariff,
 )
 from bridge.ids import new_id
+from bridge.store.base import is_unavailable
 from bridge.store.models import Account, BillRow, TariffRow
 
 log = logging.getLogger("bridge.billing")
@@ -164,6 +166,7 @@ class Tariffs:
         self.store = store
         self.config = config
         self.versions: tuple[Tariff, ...] = ()
+        self._failures = logs.Failures(log, is_unavailable)
 
     async def load(self, now: int) -> None:
         rows = await self.store.list_tariffs()
@@ -182,8 +185,10 @@ class Tariffs:
     async def refresh(self, now: int) -> None:
         try:
             await self.load(now)
-        except Exception:
-            log.exception("tariff refresh failed; keeping the versions loaded before")
+        except Exception as exc:  # the versions loaded before stay in force
+            self._failures.failed("tariff refresh", exc)
+        else:
+            self._failures.ok("tariff refresh")
 
     async def add(self, t: Tariff, now: int) -> None:
         """Store a new version. It may only take effect from now on and after every version

@@ -25,7 +25,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -324,3 +324,42 @@ class Throttled:
         more, self._more, self._last = self._more, 0, now
         tail = f" ({more} more since the last report)" if more else ""
         self.logger.error("%s: %s: %s%s", what, type(exc).__name__, exc, tail)
+
+
+class Failures:
+    """What a background loop (heartbeat, sweeper, housekeeping, webhook claims) logs when a
+    step fails. Those loops run every second or so: with the store down for a minute each step
+    logged a traceback per round, hundreds of lines that buried the one saying what was wrong.
+    A failure of the environment (`transient`: the store unreachable, a full disk) gets one line
+    per step per `every_s`, without a traceback, and one line when the step works again; any
+    other failure is a fault of ours and keeps its traceback every time."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        transient: Callable[[BaseException], bool],
+        every_s: float = 10.0,
+    ) -> None:
+        self.logger = logger
+        self.transient = transient
+        self.every_s = every_s
+        self._throttled: dict[str, Throttled] = {}
+        self._failing: dict[str, int] = {}
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """`what` names the step ("heartbeat"): the line says "heartbeat failed: ..."."""
+        self._failing[what] = self._failing.get(what, 0) + 1
+        if not self.transient(exc):
+            self.logger.error("%s failed", what, exc_info=exc)
+            return
+        throttled = self._throttled.get(what)
+        if throttled is None:
+            throttled = self._throttled[what] = Throttled(self.logger, self.every_s)
+        throttled.error(f"{what} failed", exc)
+
+    def ok(self, what: str) -> None:
+        if self._failing:
+            n = self._failing.pop(what, 0)
+            if n:
+                self._throttled.pop(what, None)  # a new outage's first failure is reported
+                self.logger.info("%s works again after %d failed attempts", what, n)

@@ -31,6 +31,7 @@ from bridge.store.base import is_unavailable
 from bridge.store.models import AuditEntry
 
 log = logging.getLogger("bridge.api")
+_scrape_failures = logs.Failures(log, is_unavailable)  # /metrics, while the store is down
 
 _HTTP_CODES = {
     400: "INVALID_REQUEST",
@@ -289,14 +290,18 @@ async def metrics(request: web.Request) -> web.Response:
     depth = ctx.queue_depth
     try:
         depth = await ctx.store.queue_depth()
-    except Exception:
-        log.warning("metrics: counting the queue failed", exc_info=True)
+    except Exception as exc:
+        _scrape_failures.failed("metrics: counting the queue", exc)
+    else:
+        _scrape_failures.ok("metrics: counting the queue")
     m.queue_depth.set(depth)
     try:
         total, _older = await ctx.store.count_unmatched_receipts(ctx.now_ms())
         m.receipts_unmatched_pending.set(total)
-    except Exception:  # a store hiccup must not cost the scrape the other numbers
-        log.warning("metrics: counting unmatched receipts failed", exc_info=True)
+    except Exception as exc:  # a store hiccup must not cost the scrape the other numbers
+        _scrape_failures.failed("metrics: counting unmatched receipts", exc)
+    else:
+        _scrape_failures.ok("metrics: counting unmatched receipts")
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

@@ -139,6 +139,7 @@ class Dispatcher:
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
         self._stopping = False
         self._store_down = logs.Throttled(log)
+        self._failures = logs.Failures(log, is_unavailable)
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
         )
@@ -229,10 +230,11 @@ class Dispatcher:
                 failed, work = exc, []
             finally:
                 claiming.set_result(None)
-            if failed is not None:
-                log.error("claim failed; retrying", exc_info=failed)
+            if failed is not None:  # retried in a second
+                self._failures.failed("claim", failed)
                 await asyncio.sleep(1)
                 continue
+            self._failures.ok("claim")
             if not work:
                 self._wake.clear()
                 await _wait(self._wake, self.idle_s)
@@ -288,9 +290,10 @@ class Dispatcher:
         keys = set(self._rerouted)
         try:
             n = await self.store.unpark(keys, now_ms)
-        except Exception:
-            log.warning("un-parking messages failed; retried before the next claim", exc_info=True)
+        except Exception as exc:  # retried before the next claim
+            self._failures.failed("un-parking messages", exc)
             return
+        self._failures.ok("un-parking messages")
         self._rerouted -= keys
         if n:
             log.info("un-parked %d messages", n, extra={"routes": sorted(keys)})

@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
+
+from bridge.store.base import is_unavailable
 
 log = logging.getLogger("bridge.store")
 
@@ -61,7 +64,36 @@ def session_settings(application_name: str) -> dict[str, str]:
     return {"application_name": application_name, **KEEPALIVES}
 
 
+class _PoolFloorFilter(logging.Filter):
+    """asyncpg's pool logs "Failed to restore the pool connection floor" with a traceback each
+    time it tries while the server is down (every few seconds of an outage). The failure of
+    the environment is kept, one line per 10 s with its error, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -1e9
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not is_unavailable(exc):
+            return True
+        now = time.monotonic()
+        if now - self._last < 10.0:
+            return False
+        self._last = now
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+        record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _quiet_pool_floor() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolFloorFilter) for f in pool_log.filters):
+        pool_log.addFilter(_PoolFloorFilter())
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    _quiet_pool_floor()
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,

@@ -827,3 +827,31 @@ async def test_a_crash_loses_no_acknowledged_submit_result(
         assert lost == [], f"{len(lost)} of {len(took)} sent messages lost their submit result"
     finally:
         await load.close()
+
+
+async def test_background_loops_report_an_outage_once_not_a_traceback_a_second(
+    cluster: Cluster, make_daemon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Session 17: the heartbeat, the sweeper, the housekeeping and the webhook claims each
+    logged a traceback a round (every 1-5 s) while the server was down. The outage's lines are
+    one per step (no traceback: the fault is the environment's) and one when it works again."""
+    d = await make_daemon()
+    await create_account(d)
+    caplog.set_level(logging.INFO)
+    await pg_stop(cluster, "fast")
+    caplog.clear()
+    await asyncio.sleep(6)  # every loop (the sweeper's 5 s included) fails at least once
+    down = list(caplog.records)
+    await pg_start(cluster)
+    await wait_until(
+        lambda: any("heartbeat works again" in r.getMessage() for r in caplog.records), 15, 0.1
+    )
+    traced = [f"{r.name}: {r.getMessage()}" for r in down if r.exc_info]
+    assert not traced, traced
+    failed = Counter(
+        r.getMessage().split(" failed")[0] for r in down if " failed" in r.getMessage()
+    )
+    TIMES["logs: background lines in a 6 s outage"] = len(down)
+    assert failed["heartbeat"] == 1 and failed["api housekeeping"] == 1, failed
+    assert all(n <= 2 for n in failed.values()), failed
+    assert len(down) < 40, [r.getMessage() for r in down]
