@@ -31,6 +31,7 @@ from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs, auto_settle
+from bridge.clockstep import WallSteps
 from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
@@ -129,6 +130,8 @@ class Daemon:
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
         self.clock = clock
+        self._steps = WallSteps(wall=clock)  # steps of the host's clock (bridge/clockstep.py)
+        self._step_back_ms = 0  # a step back whose shift the store has not taken yet
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
         self.sim: Any = None
@@ -240,6 +243,7 @@ class Daemon:
             loop.create_task(self.dispatcher.run(), name="dispatcher"),
             loop.create_task(self.webhooks.run(), name="webhooks"),
             loop.create_task(self._sweeper(), name="sweeper"),
+            loop.create_task(self._watch_clock(), name="clock-steps"),
         ]
 
     async def _start_http(
@@ -490,10 +494,53 @@ class Daemon:
             # claims: only a dead instance's claims may be taken back.
             await self.dispatcher.renew_leases()
 
+    async def _watch_clock(self) -> None:
+        """Twice a second: a step of the host's wall clock. A step back moves stored retry
+        times back by as much (after a 10-minute step back, messages accepted just before it
+        waited 10 minutes while newer ones overtook them); a step forward needs nothing here
+        (replay records are purged by `WallSteps.unstepped`)."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(0.5)
+            step = self._steps.check()
+            if step:
+                log.warning(
+                    "the wall clock stepped %s by %.3f s (keep it slewed: README, \"The host's "
+                    'clock")',
+                    "back" if step < 0 else "forward",
+                    abs(step),
+                )
+                if step < 0:
+                    self._step_back_ms += round(-step * 1000)
+            if not self._step_back_ms:
+                continue
+            leased = self.webhooks.leased if self.webhooks is not None else ()
+            try:
+                moved = await self.store.clock_stepped_back(
+                    self._step_back_ms, int(self.clock() * 1000), leased
+                )
+            except Exception as exc:  # tried again in half a second
+                self._failures.failed("moving retry times back after a clock step", exc)
+                continue
+            self._failures.ok("moving retry times back after a clock step")
+            log.warning(
+                "after the clock's step back: %d queued messages and %d webhook retries moved "
+                "%.3f s earlier",
+                *moved,
+                self._step_back_ms / 1000,
+            )
+            self._step_back_ms = 0
+            if self.dispatcher is not None:
+                self.dispatcher.wake()
+            if self.webhooks is not None:
+                self.webhooks.wake()
+
     async def _sweep_expired(self, now_ms: int) -> None:
         assert self.store is not None
         timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000  # SIGHUP-able
-        swept = await self.store.sweep(now_ms, timeout_ms)
+        swept = await self.store.sweep(
+            now_ms, timeout_ms, records_now=min(now_ms, int(self._steps.unstepped() * 1000))
+        )
         if any(swept.values()):
             log.info("sweep %s", swept)
         for _ in range(swept.get("balance_warnings", 0)):

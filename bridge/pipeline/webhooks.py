@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge import callback_urls, jsonio
+from bridge import callback_urls, jsonio, logs
 from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.api.views import iso, status_report
@@ -28,7 +28,7 @@ from bridge.config import WebhooksConfig
 from bridge.domain import senders
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.metrics import Metrics
-from bridge.store.base import Store
+from bridge.store.base import Store, is_unavailable
 from bridge.store.models import WebhookJob
 
 log = logging.getLogger("bridge.webhooks")
@@ -113,6 +113,8 @@ class WebhookSender:
         self.poll_s = poll_s
         self.rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
+        self._failures = logs.Failures(log, is_unavailable)
+        self.leased: set[int] = set()  # outbox ids with a POST in flight here
         self._stopping = False
         self._wake = asyncio.Event()
         self.delivered = 0
@@ -157,10 +159,11 @@ class WebhookSender:
                         self._lease_ms(),
                         capped,
                     )
-                except Exception:  # a database hiccup must not end webhook delivery for good
-                    log.exception("claiming webhooks failed; trying again")
+                except Exception as exc:  # a database hiccup must not end webhook delivery
+                    self._failures.failed("claiming webhooks", exc)
                     await asyncio.sleep(max(self.poll_s, 1.0))
                     continue
+                self._failures.ok("claiming webhooks")
                 if not jobs:
                     self._wake.clear()
                     try:
@@ -197,14 +200,18 @@ class WebhookSender:
         for lease, ids in by_lease.items():
             try:
                 await self.store.webhook_release(ids, lease, now_ms)
-            except Exception:  # their lease runs out instead
-                log.exception("handing back %d webhooks failed", len(ids))
+            except Exception as exc:  # their lease runs out instead
+                self._failures.failed("handing back webhooks", exc)
 
     async def _guarded(self, jobs: list[WebhookJob]) -> None:
+        ids = [j.id for j in jobs]
+        self.leased.update(ids)
         try:
             await self._deliver(jobs)
         except Exception:
             log.exception("webhook delivery crashed for %d reports", len(jobs))
+        finally:
+            self.leased.difference_update(ids)
 
     async def render(self, job: WebhookJob) -> dict[str, Any] | None:
         if job.kind == "status":

@@ -275,6 +275,14 @@ class Store(Protocol):
         have parked them, and un-parking them for everyone let that instance park them again."""
         ...
 
+    async def clock_stepped_back(
+        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+    ) -> tuple[int, int]:
+        """The wall clock stepped back `by_ms`: queued messages' next try and webhook retries
+        due after `now` move as much earlier (scheduled messages and the leases in
+        `leased_webhooks` keep theirs). Returns (messages, reports) moved."""
+        ...
+
     async def unpark(self, keys: Collection[str], now: int) -> int:
         """Make the messages parked under `keys` due at `now` (their route has a live SMSC
         again, on this instance at least); returns how many. Cheap when none are parked."""
@@ -308,7 +316,13 @@ class Store(Protocol):
         ...
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
-    async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]: ...
+    async def sweep(
+        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+    ) -> dict[str, int]:
+        """Validity expiry, receipt timeouts, purges. Nonce and idempotency records expire by
+        `records_now` (default `now`): the daemon passes the wall clock less any forward step
+        (bridge/clockstep.py), so a step forward that is corrected does not purge them early."""
+        ...
 
     # Retention (bridge/retention.py)
     async def oldest_message_at(self) -> int | None:

@@ -34,7 +34,7 @@ import asyncpg
 from bridge.domain import admission as adm
 from bridge.domain.rate import bucket_take
 from bridge.ids import id_time_ms
-from bridge.store import migrate
+from bridge.store import migrate, postgres_clock
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
 from bridge.store import postgres_rules as rules_sql
@@ -1130,6 +1130,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         return await run_tx(self.pool, job, durable=False)
 
+    async def clock_stepped_back(
+        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+    ) -> tuple[int, int]:
+        return await postgres_clock.shift_back(self.pool, by_ms, now, leased_webhooks)
+
     async def unpark(self, keys: Collection[str], now: int) -> int:
         keys = sorted(set(keys))
         if not keys:
@@ -1181,11 +1186,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         return await run_tx(self.pool, job)
 
-    async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+    async def sweep(
+        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+    ) -> dict[str, int]:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
-            return await pipe.sweep(c, now, receipt_timeout_ms)
+            return await pipe.sweep(
+                c, now, receipt_timeout_ms, now if records_now is None else records_now
+            )
 
         out = await run_tx(self.pool, job, durable=False)
         lapsed = warned = 0

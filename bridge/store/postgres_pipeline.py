@@ -893,7 +893,9 @@ async def requeue_claims(
 # -- sweep -----------------------------------------------------------------------------------------
 
 
-async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+async def sweep(
+    c: asyncpg.Connection, now: int, receipt_timeout_ms: int, records_now: int
+) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
     expired = [
@@ -937,8 +939,8 @@ async def sweep(c: asyncpg.Connection, now: int, receipt_timeout_ms: int) -> dic
             now,
         )
         await rollup_messages(c, dict.fromkeys(timed_out, False), now)
-    await c.execute("DELETE FROM nonces WHERE expires_at <= $1", now)
-    await c.execute("DELETE FROM idempotency WHERE expires_at <= $1", now)
+    await c.execute("DELETE FROM nonces WHERE expires_at <= $1", records_now)
+    await c.execute("DELETE FROM idempotency WHERE expires_at <= $1", records_now)
     # Unmatched receipts are kept while a receipt may still be awaited, then dropped.
     await c.execute(
         "DELETE FROM pending_receipts WHERE received_at <= $1", now - receipt_timeout_ms

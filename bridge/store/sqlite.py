@@ -12,7 +12,7 @@ from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain.rate import bucket_take
 from bridge.ids import id_time_ms, new_id
-from bridge.store import migrate, sqlite_rules
+from bridge.store import migrate, sqlite_clock, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
@@ -731,6 +731,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.write(job, durable=False)
 
+    async def clock_stepped_back(
+        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+    ) -> tuple[int, int]:
+        return await sqlite_clock.shift_back(self._runner, by_ms, now, leased_webhooks)
+
     async def unpark(self, keys: Collection[str], now: int) -> int:
         keys = sorted(set(keys))
         if not keys:
@@ -808,7 +813,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.write(job)
 
-    async def sweep(self, now: int, receipt_timeout_ms: int) -> dict[str, int]:
+    async def sweep(
+        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+    ) -> dict[str, int]:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
@@ -854,8 +861,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
         # for ever); delivered webhook reports past their retention.
         for sql, cutoff in (
-            (_PURGE_NONCES, now),
-            (_PURGE_IDEMPOTENCY, now),
+            (_PURGE_NONCES, now if records_now is None else records_now),
+            (_PURGE_IDEMPOTENCY, now if records_now is None else records_now),
             (_PURGE_PENDING_RECEIPTS, now - receipt_timeout_ms),
             (_PURGE_WEBHOOKS, now - WEBHOOK_RETENTION_MS),
         ):

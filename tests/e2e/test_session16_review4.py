@@ -11,8 +11,11 @@ daemon's clock mid-run by rewriting that file. Requests are signed by the test p
 `SteppedClient` signs with the real time plus its own `offset_s` (0: a client on a correct clock;
 the daemon's shift: a client whose clock agrees with the daemon's).
 
-A defect keeps its test asserting the correct behaviour, marked xfail(strict=True) with what is
-observed. Findings (the test names say which):
+A defect kept its test asserting the correct behaviour, marked xfail(strict=True) with what was
+observed. Session 17 fixed findings 1, 2, 3, 5 and 6 (bridge/clockstep.py: a step back moves
+stored retry times back by as much; replay records expire by the wall clock less the forward
+steps seen; a frequency refusal's Retry-After waits out sends dated after now), and session 16
+fixed 4; the tests now pass unmarked. Findings (the test names say which):
 
 1. Queued messages stop after a backward step: `q_not_before` is the acceptance time, so after a
    step back of S every message accepted before it and not yet claimed waits S (10 minutes here;
@@ -442,12 +445,6 @@ async def test_sends_before_and_after_a_backward_step_are_all_delivered_listed_a
         assert (total["submitted"], total["delivered"]) == (2, 2), stats[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="q_not_before is the acceptance time: after a 10 min step back the messages of the "
-    "batch still queued (2-4 of 5) sit in /admin/queue as retry_wait and none of them is sent "
-    "for 10 minutes, while sends accepted after the step overtake them",
-)
 async def test_queued_backlog_keeps_draining_after_a_backward_step(
     stepped: Callable[..., SteppedDaemon],
 ) -> None:
@@ -475,12 +472,6 @@ async def test_queued_backlog_keeps_draining_after_a_backward_step(
 # -- replay protection across a forward step that is corrected -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nonces expire by wall time: a step +11 min purges the nonce (sweep), and after the "
-    "step back the captured POST /v1/optouts replays: 200 {added: 1}, the opt-out the account "
-    "had removed meanwhile is back",
-)
 async def test_replayed_request_is_refused_after_a_forward_step_is_corrected(
     shared: SteppedDaemon,
 ) -> None:
@@ -502,12 +493,6 @@ async def test_replayed_request_is_refused_after_a_forward_step_is_corrected(
         assert body["error"]["code"] == "NONCE_REUSED", body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="idempotency records expire by wall time: a step +25 h purges the record (sweep), "
-    "and after the step back the client's retry with the same Idempotency-Key is accepted as "
-    "a new send (another message id, a second SMS to the number)",
-)
 async def test_idempotent_retry_after_a_forward_step_is_corrected_sends_once(
     shared: SteppedDaemon,
 ) -> None:
@@ -583,13 +568,6 @@ async def test_limits_are_not_burst_by_steps(shared: SteppedDaemon) -> None:
         assert 2 <= burst.count("ok") <= 3, burst  # capacity 2 (+ what refills meanwhile)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a 10 min step back the send dated 10 min ahead counts in every minute window: "
-    "the retry is refused FREQUENCY_LIMIT_MINUTE with Retry-After = the seconds to the next "
-    "clock minute, and refused again once that has passed, every minute until the clock "
-    "passes the first send (10 minutes; an hour for a 1 h step)",
-)
 async def test_frequency_retry_after_holds_after_a_backward_step(shared: SteppedDaemon) -> None:
     """A 429's Retry-After says when the window opens again (README, bridge/client.py): after
     the clock stepped back, a retry once that time has passed on the daemon's clock must not be
@@ -744,12 +722,6 @@ class Hook:
             await self._runner.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a report that failed once keeps next_attempt_at = failure + 2 s of the old clock: "
-    "after a 10 min step back it is not retried for 10 minutes (no second POST in 3 s, the "
-    "outbox row pending with next_attempt_at ~600 s ahead of the daemon's clock)",
-)
 async def test_webhook_retry_is_not_stuck_after_a_backward_step(shared: SteppedDaemon) -> None:
     """A report whose first POST failed (retry due 2 s later) is retried about then, its
     receiver back up, though the clock stepped 10 minutes back meanwhile."""
