@@ -510,8 +510,9 @@ class Daemon:
                     "back" if step < 0 else "forward",
                     abs(step),
                 )
-                if step < 0:
-                    self._step_back_ms += round(-step * 1000)
+                # Net: a step back corrected by a step forward before the store took the
+                # shift needs none.
+                self._step_back_ms = max(0, self._step_back_ms - round(step * 1000))
             if not self._step_back_ms:
                 continue
             leased = self.webhooks.leased if self.webhooks is not None else ()
