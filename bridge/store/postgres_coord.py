@@ -504,5 +504,7 @@ class Coordinator:
                 self._settle_until = self._clock() + max(self.grace_s, 6.0)
                 log.info("coordination connection restored")
             except Exception as exc:
-                delay = min(delay * 2, 10.0)
+                # At most 4 s: after a long outage the binds came back up to 10 s + the settle
+                # late; a connection attempt every 4 s costs a down server nothing.
+                delay = min(delay * 2, 4.0)
                 log.warning("coordination reconnect failed (%r); retrying in %.1f s", exc, delay)
