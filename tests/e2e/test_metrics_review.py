@@ -1116,6 +1116,12 @@ async def test_workers_sum_counters_once_and_do_not_multiply_gauges(tmp_path, mo
         async def each(n: int = 6) -> list[Scrape]:
             return [await scrape(port) for _ in range(n)]
 
+        async def both_see_the_bind() -> bool:
+            # An acceptor reads the owner's binds from its heartbeat, each every second: ready
+            # (one acceptor answered) does not mean the other has read it yet (CI saw a 0).
+            return all(s.val("smpp_bridge_binds_up", smsc="sim") == 1 for s in await each())
+
+        await wait_until(both_see_the_bind, 10, 0.2)
         for s in await each():
             assert s.val("smpp_bridge_binds_up", smsc="sim") == 1
             assert s.val("smpp_bridge_binds_configured", smsc="sim") == 1
