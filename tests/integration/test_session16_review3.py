@@ -497,10 +497,11 @@ def _fatal_race(record: logging.LogRecord) -> bool:
 async def test_outage_under_load_refused_cleanly_then_recovered_without_restart(
     cluster: Cluster, make_daemon: Any, dsn: str, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Sends arrive all along; receipts come 100 ms after each submit, so the ones for messages
-    on the wire at the stop come while the store is down (the bind closes ~0.2 s after the
-    stop: the coordination connection is lost, see README "Bind ownership")."""
-    d = await make_daemon(receipt_delay_ms=100)
+    """Sends arrive all along; receipts come 150 ms after each submit, so the ones for messages
+    submitted in the last ~100 ms before the stop come while the store is down (the bind closes
+    ~0.2 s after the stop: the coordination connection is lost, see README "Bind ownership").
+    With 100 ms, a slower machine once submitted nothing in the 50 ms that fed the window."""
+    d = await make_daemon(receipt_delay_ms=150)
     creds = await create_account(d)
     spy = ReceiptSpy(d.sim)
     binds = BindWatch(d)
