@@ -126,6 +126,7 @@ class Daemon:
         # Set by stop(): a SIGHUP then is not applied (a reload reconnected an SMSC that stop()
         # was closing, found by session 14's third review).
         self._stopping = False
+        self._owner_gone = False
         # SIGHUP reloads, kept: an unreferenced task may be collected mid-run.
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
@@ -386,6 +387,7 @@ class Daemon:
                         # answering 202 for sends nothing dispatches, and take a share of a
                         # restarted daemon's port. Stop as on SIGTERM.
                         log.error("the owner process is gone; this acceptor stops")
+                        self._owner_gone = True  # no drain: nobody will send the second signal
                         os.kill(os.getpid(), signal.SIGTERM)
                         return
                     self._remote_status = await self._read_owner_status()
@@ -733,12 +735,35 @@ class Daemon:
             self._config_stamp = stamp
             return True
 
+    def drain(self) -> None:
+        """Stop taking sends (503 `SHUTTING_DOWN`, /readyz not ready) but keep the port open.
+
+        An acceptor's first SIGTERM: the supervisor sends it before the owner drains its binds
+        and the second once the owner has stopped. Closing the port at the first one left the
+        daemon refusing connections (no 503, no /readyz) for the whole of the owner's grace."""
+        self._stopping = True  # a SIGHUP from now on is not applied
+        if self.ctx is not None and self.ctx.accepting:
+            self.ctx.accepting = False
+            log.info("draining: sends are answered 503 until the owner process has stopped")
+
     async def run_forever(self) -> None:
-        """Run until SIGTERM/SIGINT; then shut down gracefully."""
+        """Run until SIGTERM/SIGINT; then shut down gracefully. An acceptor drains at its first
+        SIGTERM and stops at the second (or when its owner is gone); it leaves SIGINT, which a
+        terminal's Ctrl-C sends to every process of the group, to the supervisor."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+
+        def on_stop_signal() -> None:
+            if self.role == "acceptor" and not self._stopping and not self._owner_gone:
+                self.drain()
+            else:
+                stop.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_stop_signal)
+        if self.role == "acceptor":
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+        else:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
 
         def reload() -> None:
             self._reload_tasks.add(task := loop.create_task(self.reload_from_file()))
@@ -747,6 +772,8 @@ class Daemon:
         gate = HupGate(reload)
         loop.add_signal_handler(signal.SIGHUP, gate.signal)
         await self.start()
+        if self._stopping:  # the first SIGTERM came while starting, before the API existed
+            self.drain()
         gate.opened(self.file_changed())
         try:
             await stop.wait()

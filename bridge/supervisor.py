@@ -162,22 +162,31 @@ class Supervisor:
         try:
             await stop.wait()
         finally:
-            log.info("shutting down: acceptors first, then the pipeline")
+            log.info("shutting down: the acceptors answer 503 while the pipeline drains")
             self._stopping = True
             monitor.cancel()
-            for proc in self.procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            grace = self.config.server.shutdown_grace_s + 5
-            for proc in self.procs.values():
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, proc.wait, grace)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            await self.owner.stop()
+            # Twice: the first SIGTERM makes each acceptor refuse sends (503 SHUTTING_DOWN, and
+            # /readyz not ready, for a load balancer) with the port still open; the second, once
+            # the owner has drained its binds, stops it.
+            self._signal_acceptors()
+            try:
+                await self.owner.stop()
+            finally:
+                self._signal_acceptors()
+                grace = self.config.server.shutdown_grace_s + 5
+                for proc in self.procs.values():
+                    try:
+                        await loop.run_in_executor(None, proc.wait, grace)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
             metrics.disable_multiprocess(self.metrics_dir, self._metrics_dir_ours)
             if self._snapshot_dir is not None:
                 shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+
+    def _signal_acceptors(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
 
 def _ignore_sighup() -> None:
