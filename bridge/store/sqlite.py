@@ -368,6 +368,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 outcome, account = _authorize(
                     c, batch.key_id, batch.nonce, batch.nonce_expires_at, now
                 )
+                if account is not None and account.id != batch.account_id:
+                    # Another account's key: unknown, its nonce not spent, as PostgreSQL's head
+                    # (which joins the key on the account) answers.
+                    if outcome == "ok":
+                        wrote.append("nonce")
+                    raise _AuthRefused("unknown_key")
                 if outcome != "ok" or account is None:
                     raise _AuthRefused(outcome)
                 wrote.append("nonce")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -754,9 +755,18 @@ async def test_first_of_a_group_refused_by_auth_then_the_rate(
     ]  # fmt: skip
 
 
-async def test_a_key_of_another_account_in_a_group(pg: PostgresStore) -> None:
+async def test_a_key_of_another_account_in_a_group(
+    pg: PostgresStore, lite: SqliteStore, tmp_path: Path
+) -> None:
+    """Unreachable from the API (the account comes from the key); SQLite accepted such a batch
+    until session 18 (its authorisation read the key alone), PostgreSQL never did."""
     reqs = [Req(i, (N[i % 4],), NOW + i, app_key="O" if i in (0, 2, 5) else "K") for i in range(7)]
-    run = await three_ways(pg, None, reqs)
+    run = await three_ways(pg, lite, reqs)
+    db = sqlite3.connect(str(tmp_path / "oracle.db"))
+    try:  # the refused ones spent no nonce (only the accepted requests' are stored)
+        assert db.execute("SELECT COUNT(*) FROM nonces").fetchone() == (4,)
+    finally:
+        db.close()
     assert codes(run.grouped) == [
         "unknown_key",
         None,
