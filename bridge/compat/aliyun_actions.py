@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bridge import jsonio, review
+from bridge.api.auth import refusal
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.sending import (
@@ -181,13 +182,28 @@ async def _accept(
             idempotency=None,
             tps=account.tps,
             rules=rules,
+            # Checked in the accept's transaction: the nonce was recorded (and the account read)
+            # before the action ran, and a disable in between must still refuse this send.
+            account_version=account.updated_at,
         ),
         now,
     )
     if not outcome.accepted:
+        if outcome.auth_refusal == "stale" and outcome.account is not None:
+            raise AccountChanged(outcome.account)  # _rendered_again runs the action again
+        if outcome.auth_refusal is not None:
+            raise refusal(outcome.auth_refusal)
         template_changed(ctx, outcome, rules.template_code)  # TemplateChanged: _rendered_again
         raise outcome_error(outcome, account)
     after_accept(ctx, account, messages, outcome)
+
+
+class AccountChanged(Exception):
+    """The account changed between its read and the accept (nothing was written)."""
+
+    def __init__(self, account: Account) -> None:
+        super().__init__(account.id)
+        self.account = account
 
 
 def _rendered_again(action: Action) -> Action:
@@ -201,6 +217,10 @@ def _rendered_again(action: Action) -> Action:
             except TemplateChanged:
                 if attempt == RENDER_TRIES:
                     raise
+            except AccountChanged as changed:  # validated with the settings the store saw
+                if attempt == RENDER_TRIES:
+                    raise refusal("stale") from None
+                account = changed.account
         raise AssertionError("unreachable")
 
     return run

@@ -43,6 +43,16 @@ def account_row(row: Sequence[Any]) -> Account:
     )
 
 
+def refusal_of(account: Account | None, version: int) -> str | None:
+    """Why an accept validated against the account's `version` (updated_at) must not be written
+    now: "disabled" (gone or disabled since), "stale" (changed since), or None."""
+    if account is None or not account.active:
+        return "disabled"
+    if account.updated_at != version:
+        return "stale"
+    return None
+
+
 def senders_of(value: str | None) -> tuple[str, ...]:
     """The `senders` column read back (a JSON list, or NULL)."""
     return tuple(jsonio.loads(value)) if value else ()

@@ -139,8 +139,10 @@ class AcceptBatch:
     key_id: str | None = None
     nonce: str | None = None
     nonce_expires_at: int = 0
-    # With a deferred authorisation: the account's updated_at the request was validated against;
-    # if the row changed since, nothing is written and the fresh account comes back ("stale").
+    # The account's updated_at the request was validated against: if the row changed since,
+    # nothing is written and the fresh account comes back ("stale"); a disabled account is
+    # refused ("disabled"). With a deferred authorisation, or alone (the Alibaba face, whose
+    # nonce is recorded before its action runs).
     account_version: int | None = None
     # The sending rules and charges to check and apply inside the transaction (admission.decide).
     rules: Rules | None = None

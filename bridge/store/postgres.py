@@ -48,6 +48,7 @@ from bridge.store.account_rows import (
     audit_row,
     audit_values,
     column_value,
+    refusal_of,
     senders_of,
 )
 from bridge.store.account_rows import KEY_COLS as _KEY_COLS
@@ -642,6 +643,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 ):
                     raise _AuthRefused("stale", account)
                 tps = account.tps
+            elif batch.account_version is not None:  # as in _lock_account
+                tps = await _current_tps(c, batch)
             if batch.idempotency_key is not None and batch.idempotency is not None:
                 stored = await c.fetchval(
                     _STORE_IDEMPOTENCY,
@@ -1577,6 +1580,7 @@ async def _lock_account(
         row = await c.fetchrow(_RULES_HEAD_AUTH, *_head_args(batch, now))
         return await _check_head(c, row, batch, now, head)
     head.locked = True
+    tps = batch.tps if batch.account_version is None else await _current_tps(c, batch)
     if idem is not None:
         stored = await c.fetchval(
             _RULES_HEAD_IDEM,
@@ -1591,9 +1595,21 @@ async def _lock_account(
         head.idempotency = bool(stored)
         if not stored:
             return await _replayed(c, batch, now)
-    else:
+    elif batch.account_version is None:
         await c.execute(_LOCKED_ACCOUNT, batch.account_id)
-    return batch.tps
+    return tps
+
+
+async def _current_tps(c: asyncpg.Connection, batch: AcceptBatch) -> float:
+    """No deferred authorisation (the Alibaba face records its nonce before the action runs):
+    the account, locked now, is still checked where the send is written, as SQLite's is, so one
+    disabled or changed a moment ago is refused. Its live TPS."""
+    row = await c.fetchrow(_LOCKED_ACCOUNT, batch.account_id)
+    current = _account(tuple(row)) if row is not None else None
+    why = refusal_of(current, batch.account_version or 0)
+    if why is not None or current is None:
+        raise _AuthRefused(why or "disabled", current if why == "stale" else None)
+    return current.tps
 
 
 def _head_args(batch: AcceptBatch, now: int) -> tuple[Any, ...]:

@@ -25,6 +25,7 @@ from bridge.store.account_rows import (
     audit_row,
     audit_values,
     column_value,
+    refusal_of,
     senders_of,
 )
 from bridge.store.account_rows import account_row as _account
@@ -385,6 +386,18 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 ):
                     raise _AuthRefused("stale", account)
                 tps = account.tps
+            elif batch.account_version is not None:
+                # No deferred authorisation (the Alibaba face records its nonce before the action
+                # runs): the account is still checked where the send is written, so one disabled
+                # or changed a moment ago is refused as on the native face.
+                row = c.execute(
+                    f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (batch.account_id,)
+                ).fetchone()
+                current = _account(row) if row else None
+                why = refusal_of(current, batch.account_version)
+                if why is not None or current is None:
+                    raise _AuthRefused(why or "disabled", current if why == "stale" else None)
+                tps = current.tps
             if batch.idempotency_key is not None and batch.idempotency is not None:
                 stored = c.execute(
                     "INSERT INTO idempotency "

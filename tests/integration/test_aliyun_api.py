@@ -837,6 +837,53 @@ async def test_disabled_account_is_refused(face: Face) -> None:
     assert (response.status_code, response.body.code) == (200, "isv.ACCOUNT_ABNORMAL")
 
 
+async def _account_changes_at_the_accept(face: Face, change: dict[str, Any], times: int) -> Any:
+    """SendSms with the account changed (by the store, as an operator's admin call would) just
+    before each of the first `times` accepts: after the face read it, before its transaction."""
+    creds = await face.api.create_account(raw_text=False)
+    code = await face.template(creds, VERIFY_TEXT)
+    store = face.api.store
+    accept = store.accept
+    calls = 0
+
+    async def racing(batch: Any, now: int) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= times:
+            await store.update_account(creds.account_id, change, now + calls)
+        return await accept(batch, now)
+
+    store.accept = racing  # type: ignore[method-assign]
+    try:
+        response = await asyncio.to_thread(
+            face.client(creds).send_sms,
+            models.SendSmsRequest(
+                phone_numbers=CN1, sign_name="Acme", template_code=code,
+                template_param='{"code":"1234"}',
+            ),
+        )  # fmt: skip
+    finally:
+        store.accept = accept  # type: ignore[method-assign]
+    return response.body, await face.messages(creds), calls
+
+
+async def test_an_account_disabled_after_the_face_read_it_is_refused_at_the_accept(
+    face: Face,
+) -> None:
+    """Until session 18 the Alibaba face's accept did not check the account again (its nonce is
+    recorded, and the account read, before the action runs): a send a moment after a disable was
+    queued and went out, though the disable ends what is waiting."""
+    body, rows, _calls = await _account_changes_at_the_accept(face, {"status": "disabled"}, 1)
+    assert (body.code, body.biz_id) == ("isv.ACCOUNT_ABNORMAL", None)
+    assert rows == []
+
+
+async def test_an_account_changed_after_the_face_read_it_is_validated_again(face: Face) -> None:
+    body, rows, calls = await _account_changes_at_the_accept(face, {"marketing": True}, 1)
+    assert (body.code, calls) == ("OK", 2)  # validated again with the account the store saw
+    assert [r.state for r in rows] == ["queued"]
+
+
 async def _business_refusal(face: Face, creds: Creds, **kw: Any) -> Any:
     kw.setdefault("phone_numbers", CN1)
     kw.setdefault("sign_name", "Acme")

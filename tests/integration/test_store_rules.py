@@ -1187,3 +1187,29 @@ async def test_concurrent_sends_of_one_account_stay_independent(store: Store) ->
     assert await ids(store) == sorted(["m00", *(m.id for m in msgs)])
     assert await cash(store) == 10_000 - 100 * (1 + len(msgs))
     assert await store.ledger_sums("acc_a") == {"cash": 10_000 - 100 * (1 + len(msgs))}
+
+
+async def test_an_accept_without_a_nonce_still_checks_the_account_it_was_validated_against(
+    store: Store,
+) -> None:
+    """The Alibaba face records its nonce (reading the account) before its action runs and
+    accepts with `account_version` alone: an account changed or disabled in between is refused in
+    the accept's transaction with nothing written, as on the native face. Until session 18 the
+    store did not look, so a send a moment after a disable was queued and went out."""
+    await funded(store)
+    m = [message(f"m{i}", f"+861380013800{i}") for i in range(1, 6)]
+    ok = await store.accept(replace(batch(m[0], rules=billed(m[0])), account_version=NOW), NOW)
+    assert ok.accepted
+    await store.update_account("acc_a", {"marketing": True}, NOW + 7)
+    stale = await store.accept(replace(batch(m[1], rules=billed(m[1])), account_version=NOW), NOW)
+    assert (stale.accepted, stale.auth_refusal) == (False, "stale")
+    assert stale.account is not None and stale.account.updated_at == NOW + 7
+    plain = replace(batch(m[2], rules=None), account_version=NOW)  # without rules: the same
+    assert (await store.accept(plain, NOW)).auth_refusal == "stale"
+    assert await cash(store) == 1000 - 100  # m1 only
+    await store.update_account("acc_a", {"status": "disabled"}, NOW + 8)  # m1 ended, refunded
+    for mm, rules in ((m[3], billed(m[3])), (m[4], None)):
+        off = await store.accept(replace(batch(mm, rules=rules), account_version=NOW + 8), NOW)
+        assert (off.accepted, off.auth_refusal, off.account) == (False, "disabled", None)
+    assert [r.id for r in await store.list_messages("acc_a", limit=10)] == ["m1"]
+    assert (await cash(store), await store.ledger_sums("acc_a")) == (1000, {"cash": 1000})
