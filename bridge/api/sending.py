@@ -19,6 +19,15 @@ from bridge.store.models import AcceptOutcome, Account, NewMessage
 log = logging.getLogger("bridge.api")
 
 
+def check_accepting(ctx: ApiContext) -> None:
+    """A stopping daemon, or a draining acceptor (workers mode), takes no new sends: a retry
+    goes to another instance, or to this one once it is back."""
+    if not ctx.accepting:
+        raise ApiError(
+            "SHUTTING_DOWN", "the gateway is shutting down", headers={"Retry-After": "5"}
+        )
+
+
 def check_queue(ctx: ApiContext) -> None:
     """Back-pressure: refuse new work while the queue is over store.max_queued_segments."""
     if ctx.queue_depth >= ctx.config.store.max_queued_segments:

@@ -17,6 +17,7 @@ from bridge.api.errors import ApiError
 from bridge.api.sending import (
     RENDER_TRIES,
     after_accept,
+    check_accepting,
     check_queue,
     current_tariff,
     outcome_error,
@@ -112,10 +113,7 @@ async def _checked_post(
 ) -> web.Response:
     account = request[PRINCIPAL].account
     body: bytes = request[BODY]
-    if not ctx.accepting:
-        raise ApiError(
-            "SHUTTING_DOWN", "the gateway is shutting down", headers={"Retry-After": "5"}
-        )
+    check_accepting(ctx)
     key = request.headers.get("Idempotency-Key")
     if key is None:
         raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")

@@ -23,6 +23,7 @@ from bridge.api.sending import (
     RENDER_TRIES,
     TemplateChanged,
     after_accept,
+    check_accepting,
     check_queue,
     outcome_error,
     prepare_send,
@@ -172,7 +173,8 @@ def _extend_json(account: Account, p: Params, count: int) -> list[str | None]:
 async def _accept(
     ctx: ApiContext, account: Account, batch_id: str, messages: list[NewMessage], rules: Rules
 ) -> None:
-    check_queue(ctx)  # as the native send path
+    check_accepting(ctx)  # as the native send path
+    check_queue(ctx)
     now = ctx.now_ms()
     outcome = await ctx.store.accept(
         AcceptBatch(

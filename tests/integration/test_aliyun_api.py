@@ -996,6 +996,28 @@ async def test_account_rate_limit_is_sdk_throttling(face: Face) -> None:
     assert len(await face.messages(creds)) == 1
 
 
+async def test_a_stopping_daemon_refuses_sends_like_the_native_api(face: Face) -> None:
+    """SIGTERM (and a draining acceptor): the native face answers 503 SHUTTING_DOWN; until
+    session 18 this face went on accepting sends while the binds drained."""
+    creds = await face.api.create_account(raw_text=False)
+    code = await face.template(creds, NOTIFY_TEXT, "notification")
+    face.api.ctx.accepting = False
+    exc = await face.refused(
+        face.client(creds),
+        "send_sms",
+        models.SendSmsRequest(
+            phone_numbers=CN1, sign_name="Acme", template_code=code,
+            template_param='{"name":"a","order":"1"}',
+        ),
+    )  # fmt: skip
+    assert isinstance(exc, sdk_errors.ThrottlingException)
+    assert (exc.code, exc.status_code, exc.retry_after) == ("ServiceUnavailable", 503, 5000)
+    assert await face.messages(creds) == []
+    # Reading goes on while it drains.
+    assert (await face.call(face.client(creds), "query_sms_template",
+            models.QuerySmsTemplateRequest(template_code=code))).code == "OK"  # fmt: skip
+
+
 async def test_full_queue_is_refused_like_the_native_api(face: Face) -> None:
     creds = await face.api.create_account(raw_text=False)
     code = await face.template(creds, NOTIFY_TEXT, "notification")
