@@ -131,7 +131,11 @@ class Daemon:
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
         self.clock = clock
-        self._steps = WallSteps(wall=clock)  # steps of the host's clock (bridge/clockstep.py)
+        # Steps of the host's clock (bridge/clockstep.py), each remembered for the longest life
+        # of a replay record: an idempotency record, or a nonce (twice the skew, and a second).
+        skew_s = max(config.server.clock_skew_s, config.aliyun.clock_skew_s)
+        longest_s = max(config.server.idempotency_hours * 3600, 2 * skew_s + 1)
+        self._steps = WallSteps(wall=clock, memory_s=longest_s + 60)
         self._step_back_ms = 0  # a step back whose shift the store has not taken yet
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None

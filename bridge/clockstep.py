@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 STEP_S = 1.0  # a change of the distance at least this big between two checks is a step
+MEMORY_S = 25 * 3600.0  # how long a step is remembered: the longest-lived replay record's life
 
 
 class WallSteps:
@@ -23,23 +24,42 @@ class WallSteps:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         threshold_s: float = STEP_S,
+        memory_s: float = MEMORY_S,
     ) -> None:
         self._wall = wall
         self._mono = mono
         self.threshold_s = threshold_s
-        self._offset = self._start = wall() - mono()
+        self.memory_s = memory_s
+        self._offset = wall() - mono()
+        # Earlier distances (wall - monotonic), each with the monotonic time it ended (a step).
+        self._eras: list[tuple[float, float]] = []
 
     def check(self) -> float:
         """The step since the last check, in seconds (negative: back), or 0.0. Called every
         second or so: a slew between two checks stays far below the threshold."""
-        offset = self._wall() - self._mono()
-        step, self._offset = offset - self._offset, offset
-        return step if abs(step) >= self.threshold_s else 0.0
+        mono = self._mono()
+        offset = self._wall() - mono
+        step = offset - self._offset
+        if abs(step) < self.threshold_s:
+            self._offset = offset  # a slew: the same era
+            return 0.0
+        self._eras.append((self._offset, mono))
+        self._offset = offset
+        return step
 
     def unstepped(self) -> float:
-        """Now, as the wall clock reads it, less any net forward step since this process
-        started: the time records kept against replays expire by (purged S early after a step
-        forward of S, a request captured before it could be replayed once it was corrected),
-        and never later than the wall clock (after a step back, the wall clock's own reading)."""
+        """Now, as the wall clock reads it, less the forward steps of the last `memory_s`: the
+        time records kept against replays expire by (purged S early after a step forward of S,
+        a request captured before it could be replayed once it was corrected), and never later
+        than the wall clock. The lowest distance of the remembered eras (and of the last check)
+        is the reference, so a step forward after an earlier step back still counts. A step
+        older than the longest record's life is forgotten: every record written before it has
+        expired by then, and a start on a clock far behind (corrected once) would otherwise
+        keep records for ever."""
+        mono = self._mono()
         wall = self._wall()
-        return min(wall, self._start + self._mono())
+        horizon = mono - self.memory_s
+        self._eras = [era for era in self._eras if era[1] >= horizon]
+        # The distance at the last check counts too: a step since then is not lost.
+        low = min([self._offset, *(offset for offset, _ended in self._eras)])
+        return min(wall, mono + low)
