@@ -385,7 +385,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # So those times are kept in the database's clock, and each instance converts with
         # this offset, measured at open and with every heartbeat (local_clock: for tests).
         self._local_clock = local_clock
-        self.clock_offset_ms = 0
+        self._offset_ms = 0  # as last measured ...
+        self._offset_ref = local_clock() - time.monotonic()  # ... when this clock read so
         self._min = min_size
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
@@ -410,6 +411,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await conn.close()
         self._pool = await create_pool(self.dsn, min_size=self._min, max_size=self._max)
 
+    @property
+    def clock_offset_ms(self) -> int:
+        """The database's clock minus this process's, now: as measured, less a step of this
+        host's clock since (seen against the monotonic clock). A claim in the second after a
+        step back longer than the lease, before the heartbeat measured again, was born expired
+        and another instance's reclaim sent it again."""
+        moved_ms = round((self._local_clock() - time.monotonic() - self._offset_ref) * 1000)
+        return self._offset_ms - (moved_ms if abs(moved_ms) >= OFFSET_STEP_MS else 0)
+
     async def _measure_offset(self, c: asyncpg.Connection) -> None:
         t0 = self._local_clock()
         db_ms = await c.fetchval(
@@ -424,7 +434,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # times exactly comparable with each other. A database far away (a round trip of a few
         # hundred ms) is still measured, to within that.
         if abs(measured - self.clock_offset_ms) >= max(OFFSET_STEP_MS, (t1 - t0) * 1000):
-            self.clock_offset_ms = measured
+            self._offset_ms = measured
+            self._offset_ref = self._local_clock() - time.monotonic()
 
     async def close(self) -> None:
         if self._pool is not None:

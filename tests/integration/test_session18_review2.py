@@ -484,12 +484,6 @@ async def test_a_shift_retried_after_a_failure_moves_each_row_once(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgresStore.clock_offset_ms is re-measured only by the heartbeat: a claim in "
-    "the second after a step back longer than the lease is born expired, and another "
-    "instance's reclaim resends it",
-)
 async def test_a_claim_right_after_a_step_back_is_not_taken_back_by_another_instance(
     pg_dsn: str,
 ) -> None:
