@@ -47,6 +47,7 @@ from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
 from bridge.store.base import Store, is_unavailable
+from bridge.store.models import ClockShift
 from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
 from bridge.wiring import make_sealer, open_store
@@ -137,6 +138,7 @@ class Daemon:
         longest_s = max(config.server.idempotency_hours * 3600, 2 * skew_s + 1)
         self._steps = WallSteps(wall=clock, memory_s=longest_s + 60)
         self._step_back_ms = 0  # a step back whose shift the store has not taken yet
+        self._shift: ClockShift | None = None  # the shift under way (kept across failures)
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
         self.sim: Any = None
@@ -519,24 +521,28 @@ class Daemon:
                 # Net: a step back corrected by a step forward before the store took the
                 # shift needs none.
                 self._step_back_ms = max(0, self._step_back_ms - round(step * 1000))
-            if not self._step_back_ms:
-                continue
+            if self._shift is None:
+                if not self._step_back_ms:
+                    continue
+                # A step that comes while this shift runs is owed by the next one.
+                self._shift = ClockShift(self._step_back_ms, int(self.clock() * 1000))
+                self._step_back_ms = 0
+            shift = self._shift
             leased = self.webhooks.leased if self.webhooks is not None else ()
             try:
-                moved = await self.store.clock_stepped_back(
-                    self._step_back_ms, int(self.clock() * 1000), leased
-                )
-            except Exception as exc:  # tried again in half a second
+                await self.store.clock_stepped_back(shift.by_ms, shift.now, leased, shift)
+            except Exception as exc:  # goes on from where it got to in half a second
                 self._failures.failed("moving retry times back after a clock step", exc)
                 continue
             self._failures.ok("moving retry times back after a clock step")
             log.warning(
                 "after the clock's step back: %d queued messages and %d webhook retries moved "
                 "%.3f s earlier",
-                *moved,
-                self._step_back_ms / 1000,
+                shift.messages,
+                shift.webhooks,
+                shift.by_ms / 1000,
             )
-            self._step_back_ms = 0
+            self._shift = None
             if self.dispatcher is not None:
                 self.dispatcher.wake()
             if self.webhooks is not None:

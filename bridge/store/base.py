@@ -20,6 +20,7 @@ from bridge.store.models import (
     AppKey,
     AuditEntry,
     BillRow,
+    ClockShift,
     DncInfo,
     IdempotencyRecord,
     LateAccept,
@@ -276,11 +277,18 @@ class Store(Protocol):
         ...
 
     async def clock_stepped_back(
-        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+        self,
+        by_ms: int,
+        now: int,
+        leased_webhooks: Collection[int],
+        progress: ClockShift | None = None,
     ) -> tuple[int, int]:
-        """The wall clock stepped back `by_ms`: queued messages' next try and webhook retries
-        due after `now` move as much earlier (scheduled messages and the leases in
-        `leased_webhooks` keep theirs). Returns (messages, reports) moved."""
+        """The wall clock stepped back `by_ms`: queued messages' next try (every one stored
+        before the shift began, due or not, so their order holds) and webhook retries due after
+        `now` move as much earlier (scheduled messages and the leases in `leased_webhooks` keep
+        theirs). With `progress` (ClockShift(by_ms, now)), where the shift got to is kept there
+        as it goes: handed back after a failure, it goes on without moving a row twice.
+        Returns (messages, reports) moved by this call."""
         ...
 
     async def unpark(self, keys: Collection[str], now: int) -> int:

@@ -469,3 +469,24 @@ class AuditEntry:
     request_id: str | None = None
     remote: str | None = None  # the peer address of an API request
     id: int = 0
+
+
+@dataclass(slots=True)
+class ClockShift:
+    """A shift of stored retry times after the wall clock stepped back (Store.clock_stepped_back),
+    and how far it got. Each chunk is a write of its own: handed back after a failure, the shift
+    goes on after the last chunk that was written, so no row moves twice (a shift tried again
+    from the start once moved the rows of its first chunks by twice the step)."""
+
+    by_ms: int  # how far back the clock stepped
+    now: int  # when the shift began: webhook retries due after it move
+    # The engine's own position: SQLite, the accounts still to do, the current one's keyset
+    # cursor and the highest rowid at the start (rows accepted during the shift are not moved);
+    # PostgreSQL, the keyset cursor.
+    accounts: list[str] | None = None
+    cursor: tuple[int, object] | None = None
+    bound: int = 0
+    messages_done: bool = False
+    webhooks_done: bool = False
+    messages: int = 0  # moved so far
+    webhooks: int = 0

@@ -78,6 +78,7 @@ from bridge.store.models import (
     Account,
     AppKey,
     AuditEntry,
+    ClockShift,
     IdempotencyRecord,
     MessageRecord,
     MoMessage,
@@ -1145,9 +1146,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return await run_tx(self.pool, job, durable=False)
 
     async def clock_stepped_back(
-        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+        self,
+        by_ms: int,
+        now: int,
+        leased_webhooks: Collection[int],
+        progress: ClockShift | None = None,
     ) -> tuple[int, int]:
-        return await postgres_clock.shift_back(self.pool, by_ms, now, leased_webhooks)
+        shift = progress if progress is not None else ClockShift(by_ms, now)
+        return await postgres_clock.shift_back(self.pool, shift, leased_webhooks)
 
     async def unpark(self, keys: Collection[str], now: int) -> int:
         keys = sorted(set(keys))

@@ -3,7 +3,10 @@
 As bridge/store/sqlite_clock.py. Each host has its own clock: the instance whose host stepped
 shifts every instance's rows, so the others' retries come S early (sooner, never stuck). A
 keyset on (next try, id) over the queued rows visits each row once, a chunk a transaction;
-rows another instance holds locked (being claimed) are left as they are.
+rows another instance holds locked (being claimed) are left as they are. Unlike SQLite's
+rowid, nothing here tells a message accepted while the shift runs (text ids, on several
+hosts' clocks): one accepted in the window of a shift's chunks moves too, ahead of at most S of
+older sends (README, "The host's clock").
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from bridge.store.models import ClockShift
 from bridge.store.postgres_tx import run_tx
 
 CHUNK = 5_000
@@ -35,29 +39,36 @@ WHERE state = 'pending' AND next_attempt_at > $2 AND NOT (id = ANY($3::bigint[])
 
 
 async def shift_back(
-    pool: asyncpg.Pool, by_ms: int, now: int, leased_webhooks: Collection[int]
+    pool: asyncpg.Pool, shift: ClockShift, leased_webhooks: Collection[int]
 ) -> tuple[int, int]:
-    """(messages, webhook reports) whose next try moved `by_ms` earlier."""
+    """(messages, webhook reports) this call moved `shift.by_ms` earlier; `shift` records the
+    progress as each chunk commits."""
     moved = 0
-    # (now, NULL): a row due exactly now compares NULL, so only rows due after now.
-    cursor: tuple[int, str | None] | None = (now, None)
-    while cursor is not None:
+    while not shift.messages_done:
+        # ('', ...) from the lowest: every queued row, due or not, keeps its place in the order.
+        after: tuple[int, Any] = shift.cursor or (-(2**63), "")
 
-        async def page(c: asyncpg.Connection, after: tuple[int, Any] = cursor) -> tuple[int, Any]:
+        async def page(c: asyncpg.Connection, after: tuple[int, Any] = after) -> tuple[int, Any]:
             rows = await c.fetch(_PAGE, after[0], after[1], CHUNK)
             if not rows:
                 return 0, None
-            done = await c.execute(_SHIFT, by_ms, [r["id"] for r in rows])
+            done = await c.execute(_SHIFT, shift.by_ms, [r["id"] for r in rows])
             last = rows[-1]
             return int(done.split()[-1]), (
                 (last["q_not_before"], last["id"]) if len(rows) == CHUNK else None
             )
 
-        n, cursor = await run_tx(pool, page, durable=False)
+        n, shift.cursor = await run_tx(pool, page, durable=False)
         moved += n
+        shift.messages += n
+        shift.messages_done = shift.cursor is None
 
     async def hooks(c: asyncpg.Connection) -> int:
-        done = await c.execute(_WEBHOOKS, by_ms, now, sorted(set(leased_webhooks)))
+        done = await c.execute(_WEBHOOKS, shift.by_ms, shift.now, sorted(set(leased_webhooks)))
         return int(done.split()[-1])
 
-    return moved, await run_tx(pool, hooks, durable=False)
+    if shift.webhooks_done:
+        return moved, 0
+    shift.webhooks = await run_tx(pool, hooks, durable=False)
+    shift.webhooks_done = True
+    return moved, shift.webhooks

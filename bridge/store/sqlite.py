@@ -58,6 +58,7 @@ from bridge.store.models import (
     Account,
     AppKey,
     AuditEntry,
+    ClockShift,
     IdempotencyRecord,
     MessageRecord,
     MoMessage,
@@ -751,9 +752,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return await self._runner.write(job, durable=False)
 
     async def clock_stepped_back(
-        self, by_ms: int, now: int, leased_webhooks: Collection[int]
+        self,
+        by_ms: int,
+        now: int,
+        leased_webhooks: Collection[int],
+        progress: ClockShift | None = None,
     ) -> tuple[int, int]:
-        return await sqlite_clock.shift_back(self._runner, by_ms, now, leased_webhooks)
+        shift = progress if progress is not None else ClockShift(by_ms, now)
+        return await sqlite_clock.shift_back(self._runner, shift, leased_webhooks)
 
     async def unpark(self, keys: Collection[str], now: int) -> int:
         keys = sorted(set(keys))

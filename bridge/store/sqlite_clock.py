@@ -2,10 +2,14 @@
 
 After a step back of S every time stored before it is S ahead of the new clock: messages
 accepted just before (their next try is their acceptance), retries and parked routes waited S
-more, while sends accepted after the step overtook them. Scheduled messages waiting for their
-time keep it: the customer asked for that wall time. Chunked, each chunk a write of its own, so
-the API writes in between; a keyset on the queue index (account, next try, rowid) visits each
-row once, since a shifted row moves below the cursor.
+more, while sends accepted after the step overtook them. So every queued message stored before
+the shift began moves, due or not (moving only those due after now let the last S of a due
+backlog overtake older ones); scheduled messages waiting for their time keep it (the customer
+asked for that wall time), and so do messages accepted while the shift runs (rowid above the
+highest at its start). Chunked, each chunk a write of its own, so the API writes in between; a
+keyset on the queue index (account, next try, rowid) visits each row once, since a shifted row
+moves below the cursor; the position is kept in the ClockShift, so a shift tried again after a
+failure goes on from there.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import Collection
 from functools import partial
 from typing import Any
 
+from bridge.store.models import ClockShift
 from bridge.store.sqlite_runner import SqliteRunner
 
 CHUNK = 5_000
+_START = (-(2**63), -(2**63))  # below every (q_not_before, rowid)
 
 _PAGE = (
     "SELECT rowid, q_not_before FROM messages INDEXED BY messages_queue "
@@ -37,29 +43,52 @@ _WEBHOOKS = (
 )
 
 
+def _start(c: sqlite3.Connection) -> tuple[int, list[str]]:
+    bound = c.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
+    return bound, [r[0] for r in c.execute("SELECT id FROM accounts ORDER BY id")]
+
+
+def _page(
+    c: sqlite3.Connection, account: str, after: tuple[int, int], by_ms: int, bound: int
+) -> tuple[int, tuple[int, int] | None]:
+    """One chunk of `account`'s queue: (rows moved, the cursor after it or None at the end)."""
+    rows = c.execute(_PAGE, (account, *after, CHUNK)).fetchall()
+    ids = [r[0] for r in rows if r[0] <= bound]
+    n = 0
+    if ids:
+        n = c.execute(_SHIFT.format(marks=",".join("?" * len(ids))), (by_ms, *ids)).rowcount
+    return n, (rows[-1][1], rows[-1][0]) if len(rows) == CHUNK else None
+
+
 async def shift_back(
-    runner: SqliteRunner, by_ms: int, now: int, leased_webhooks: Collection[int]
+    runner: SqliteRunner, shift: ClockShift, leased_webhooks: Collection[int]
 ) -> tuple[int, int]:
-    """(messages, webhook reports) whose next try moved `by_ms` earlier."""
-    accounts = await runner.read(lambda c: [r[0] for r in c.execute("SELECT id FROM accounts")])
+    """(messages, webhook reports) this call moved `shift.by_ms` earlier; `shift` records the
+    progress as each chunk is written."""
     moved = 0
-    for account in accounts:
-        cursor: tuple[int, int] | None = (now, 2**63 - 1)  # the rows due after now
-
-        def page(c: sqlite3.Connection, after: tuple[int, int], account: str = account) -> Any:
-            rows = c.execute(_PAGE, (account, *after, CHUNK)).fetchall()
-            if not rows:
-                return 0, None
-            ids = [r[0] for r in rows]
-            n = c.execute(_SHIFT.format(marks=",".join("?" * len(ids))), (by_ms, *ids)).rowcount
-            return n, (rows[-1][1], rows[-1][0]) if len(rows) == CHUNK else None
-
-        while cursor is not None:
-            n, cursor = await runner.write(partial(page, after=cursor), durable=False)
+    if not shift.messages_done:
+        if shift.accounts is None:
+            shift.bound, accounts = await runner.read(_start)
+            shift.accounts = accounts
+        while shift.accounts:
+            after: Any = shift.cursor or _START
+            job = partial(_page, account=shift.accounts[0], after=after, by_ms=shift.by_ms,
+                          bound=shift.bound)  # fmt: skip
+            n, shift.cursor = await runner.write(job, durable=False)
             moved += n
-    leased = sorted(set(leased_webhooks))
-    sql = _WEBHOOKS.format(marks=",".join("?" * len(leased)))
-    hooks = await runner.write(
-        lambda c: c.execute(sql, (by_ms, now, *leased)).rowcount, single=True, durable=False
-    )
+            shift.messages += n
+            if shift.cursor is None:
+                shift.accounts.pop(0)
+        shift.messages_done = True
+    hooks = 0
+    if not shift.webhooks_done:
+        leased = sorted(set(leased_webhooks))
+        sql = _WEBHOOKS.format(marks=",".join("?" * len(leased)))
+        hooks = await runner.write(
+            lambda c: c.execute(sql, (shift.by_ms, shift.now, *leased)).rowcount,
+            single=True,
+            durable=False,
+        )
+        shift.webhooks_done = True
+        shift.webhooks = hooks
     return moved, hooks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ if _ROOT not in sys.path:
 import tests.store_engines as engines  # noqa: E402
 from bridge.store import postgres_clock, sqlite_clock  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
-from bridge.store.models import Release  # noqa: E402
+from bridge.store.models import ClockShift, Release  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     DAY,
     HOUR,
@@ -28,6 +29,7 @@ from tests.integration.test_store import (  # noqa: E402
     batch,
     message,
 )
+from tests.store_engines import EngineHandle  # noqa: E402
 
 engine = engines.engine
 store = engines.store
@@ -60,7 +62,9 @@ async def test_queued_messages_move_back_scheduled_and_claimed_ones_stay(store: 
     )
 
     moved, hooks = await store.clock_stepped_back(STEP, NOW, ())
-    assert (moved, hooks) == (2, 0)  # m_recent, m_retry; m_due was due, m_claimed is claimed
+    # m_recent, m_retry, and m_due too (due either way, it stays ahead of those after it);
+    # m_claimed is claimed, m_sched keeps the customer's time.
+    assert (moved, hooks) == (3, 0)
 
     assert await claimed(store, NOW) == ["m_due", "m_recent"]  # not 10 minutes from now
     assert await claimed(store, NOW + 30 * SEC - 1) == []
@@ -86,6 +90,52 @@ async def test_each_row_moves_once_across_chunks(
     assert await claimed(store, NOW - 11 * SEC - 1) == []
     assert await claimed(store, NOW - 6 * SEC) == ids[:6]  # each exactly STEP earlier
     assert await claimed(store, NOW) == ids[6:]
+
+
+async def test_a_shift_failing_mid_way_goes_on_from_its_last_chunk(
+    store: Store, engine: EngineHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon hands the same ClockShift back after a failure (a lost connection, a disk
+    error): the chunks written stay moved once, the rest move when it goes on."""
+    monkeypatch.setattr(sqlite_clock, "CHUNK", 3)
+    monkeypatch.setattr(postgres_clock, "CHUNK", 3)
+    await store.create_account(account())
+    for i in range(8):
+        at = NOW + STEP - (8 - i) * SEC
+        await store.accept(batch(message(f"m{i}", at=at)), at)
+    chunks = 0
+
+    def second_chunk_fails() -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 2:
+            raise ConnectionResetError("the database went away")
+
+    if engine.name == "sqlite":
+        real_page = sqlite_clock._page
+
+        def page(*a: Any, **kw: Any) -> Any:
+            second_chunk_fails()
+            return real_page(*a, **kw)
+
+        monkeypatch.setattr(sqlite_clock, "_page", page)
+    else:
+        real_tx = postgres_clock.run_tx
+
+        async def run_tx(pool: Any, fn: Any, **kw: Any) -> Any:
+            if fn.__name__ == "page":
+                second_chunk_fails()
+            return await real_tx(pool, fn, **kw)
+
+        monkeypatch.setattr(postgres_clock, "run_tx", run_tx)
+    shift = ClockShift(STEP, NOW)
+    with pytest.raises(ConnectionResetError):
+        await store.clock_stepped_back(STEP, NOW, (), shift)
+    assert (shift.messages, shift.messages_done) == (3, False)
+    assert await store.clock_stepped_back(STEP, NOW, (), shift) == (5, 0)
+    assert (shift.messages, shift.messages_done, shift.webhooks_done) == (8, True, True)
+    assert await claimed(store, NOW - 8 * SEC - 1) == []
+    assert await claimed(store, NOW - SEC) == [f"m{i}" for i in range(8)]  # each STEP earlier
 
 
 async def test_webhook_retries_move_back_but_a_lease_in_flight_is_kept(store: Store) -> None:

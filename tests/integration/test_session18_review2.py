@@ -27,7 +27,7 @@ import tests.store_engines as engines  # noqa: E402
 from bridge.clockstep import WallSteps  # noqa: E402
 from bridge.store import postgres_clock, sqlite_clock  # noqa: E402
 from bridge.store.base import PARK_MS, Store  # noqa: E402
-from bridge.store.models import Release  # noqa: E402
+from bridge.store.models import ClockShift, Release  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     DAY,
     HOUR,
@@ -290,11 +290,12 @@ async def test_what_moves_and_what_keeps_its_time(store: Store, engine: EngineHa
     hooks_before = dict(await sql(engine, "SELECT webhook_id, next_attempt_at FROM webhook_outbox"))
 
     moved = await store.clock_stepped_back(STEP, NOW, ())
-    assert moved == (4, 1)  # m_valid, m_multi, m_sched_retry, m_park; ev_retry
+    assert moved == (5, 1)  # m_due, m_valid, m_multi, m_sched_retry, m_park; ev_retry
 
     after = dict(await sql(engine, "SELECT id, q_not_before FROM messages"))
     shifted = {m for m in after if after[m] != before[m]}
-    assert shifted == {"m_valid", "m_multi", "m_sched_retry", "m_park"}
+    # m_due too, though due either way: it keeps its place ahead of those after it.
+    assert shifted == {"m_due", "m_valid", "m_multi", "m_sched_retry", "m_park"}
     assert all(before[m] - after[m] == STEP for m in shifted)
     assert after["m_sched"] == OLD + HOUR
     assert after["m_park"] == OLD - 3 * SEC + PARK_MS - STEP
@@ -331,12 +332,9 @@ async def test_more_rows_than_one_chunk_over_many_accounts_each_move_once(
         await take(store, aid, f"s{n:02d}b", NOW - n * SEC)
     before = dict(await sql(engine, "SELECT id, q_not_before FROM messages"))
     moved, hooks = await store.clock_stepped_back(STEP, NOW, ())
-    assert (moved, hooks) == (5_003 + 11, 0)
+    assert (moved, hooks) == (5_003 + 22, 0)  # every queued one, due or not (session 18)
     after = dict(await sql(engine, "SELECT id, q_not_before FROM messages"))
-    assert {m for m in before if before[m] - after[m] == STEP} == {
-        m for m in before if before[m] > NOW
-    }
-    assert {m for m in before if before[m] == after[m]} == {m for m in before if before[m] <= NOW}
+    assert {m for m in before if before[m] - after[m] == STEP} == set(before)
 
 
 async def test_two_steps_back_in_a_row_add_up_and_keep_the_order(
@@ -356,11 +354,6 @@ async def test_two_steps_back_in_a_row_add_up_and_keep_the_order(
 # -- defects of the shift --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only rows due after now move: the last STEP of a due backlog jumps ahead of the "
-    "older part (README: 'a backlog keeps draining in order')",
-)
 async def test_a_due_backlog_keeps_its_order_across_a_step_back(store: Store) -> None:
     await store.create_account(account())
     # Accepted every 2 min over the last 14 min of the old clock, none sent yet (the SMSC's
@@ -368,18 +361,24 @@ async def test_a_due_backlog_keeps_its_order_across_a_step_back(store: Store) ->
     ids = [f"m{k}" for k in range(7)]
     for k, mid in enumerate(ids):
         await take(store, "acc_a", mid, OLD - (7 - k) * 2 * MIN)
-    assert await store.clock_stepped_back(STEP, NOW, ()) == (4, 0)
+    assert await store.clock_stepped_back(STEP, NOW, ()) == (7, 0)  # all, due or not
     assert await claim_order(store, NOW, 7) == ids  # oldest first, as before the step
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`now` is read once before a chunked shift: a send accepted while it runs is "
-    "moved STEP earlier, ahead of sends accepted before it",
-)
 async def test_a_send_accepted_while_the_shift_runs_is_not_moved(
-    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+    engine: EngineHandle,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if engine.name == "postgres":  # SQLite leaves rows above the rowid at its start
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="nothing tells a message accepted during the shift (text ids, several "
+                "hosts' clocks): it moves STEP earlier, ahead of older sends (README)",
+            )
+        )
     monkeypatch.setattr(sqlite_clock, "CHUNK", 3)
     monkeypatch.setattr(postgres_clock, "CHUNK", 3)
     await store.create_account(account("acc_a"))
@@ -434,11 +433,6 @@ async def test_a_send_accepted_while_the_shift_runs_is_not_moved(
     assert await q_of(engine, "y") == NOW + 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shift that fails part-way is retried whole by _watch_clock: the rows moved by "
-    "the failed attempt move again (2 x STEP)",
-)
 async def test_a_shift_retried_after_a_failure_moves_each_row_once(
     engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -473,10 +467,14 @@ async def test_a_shift_retried_after_a_failure_moves_each_row_once(
             return await real_tx(pool, fn, **kw)
 
         monkeypatch.setattr(postgres_clock, "run_tx", run_tx)
-    # Daemon._watch_clock: on an error it keeps _step_back_ms and tries again 0.5 s later.
+    # Daemon._watch_clock: on an error it keeps the shift (its progress) and tries again 0.5 s
+    # later (since session 18; before, it ran the whole shift again).
+    shift = ClockShift(STEP, NOW)
     with pytest.raises(ConnectionResetError):
-        await store.clock_stepped_back(STEP, NOW, ())
-    await store.clock_stepped_back(STEP, NOW + 500, ())
+        await store.clock_stepped_back(STEP, NOW, (), shift)
+    assert shift.messages_done and not shift.webhooks_done
+    await store.clock_stepped_back(STEP, NOW, (), shift)
+    assert shift.webhooks_done
     assert await q_of(engine, "m_retry") == OLD + 30 * SEC - STEP  # 30 s after the failure
 
 
