@@ -171,6 +171,9 @@ class WebhookSender:
                     except TimeoutError:
                         pass
                     continue
+                # Leased here from now on, not from when their task starts: a clock shift
+                # running meanwhile must not move the lease their results are written under.
+                self.leased.update(j.id for j in jobs)
                 chunks, spare = plan_chunks(jobs, self.config.batch_max, free, busy, cap)
                 loop = asyncio.get_running_loop()
                 for dest, chunk in chunks:
@@ -178,7 +181,10 @@ class WebhookSender:
                     running[task] = dest
                     task.add_done_callback(lambda t: running.pop(t, None))
                 if spare:
-                    await self._release(spare, now_ms)
+                    try:
+                        await self._release(spare, now_ms)
+                    finally:
+                        self.leased.difference_update(j.id for j in spare)
                 if not chunks:  # every due report's URL is at its cap: wait for one to finish
                     await asyncio.wait(
                         running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
@@ -205,7 +211,7 @@ class WebhookSender:
 
     async def _guarded(self, jobs: list[WebhookJob]) -> None:
         ids = [j.id for j in jobs]
-        self.leased.update(ids)
+        self.leased.update(ids)  # already, from the claim; again for a direct call
         try:
             await self._deliver(jobs)
         except Exception:

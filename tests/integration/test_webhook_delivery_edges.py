@@ -517,6 +517,59 @@ async def test_sender_survives_one_failed_claim(tmp_path: Path, receiver: Receiv
         await flaky.close()
 
 
+class WatchedClaimStore(SqliteStore):
+    """Notes what the sender counts as leased in the loop turn right after a claim, before any
+    POST task has started: the moment a clock shift (Store.clock_stepped_back, which leaves the
+    sender's `leased` alone) could run."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.sender: WebhookSender | None = None
+        self.claimed: set[int] = set()
+        self.seen_leased: list[set[int]] = []
+
+    async def claim_webhooks(
+        self, now: int, limit: int, lease_ms: int, exclude: Any = ()
+    ) -> list[Any]:
+        jobs = await super().claim_webhooks(now, limit, lease_ms, exclude)
+        if jobs and self.sender is not None:
+            self.claimed.update(j.id for j in jobs)
+            sender = self.sender
+            asyncio.get_running_loop().call_soon(
+                lambda: self.seen_leased.append(set(sender.leased))
+            )
+        return jobs
+
+
+async def test_claimed_reports_count_as_leased_before_their_post_starts(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Review 2 of session 18 (read, not run): `leased` gained a report only when its task
+    started, so a clock shift in between moved the lease its result is written under; the
+    result then matched nothing and the report was posted a second time."""
+    store = WatchedClaimStore(tmp_path / "bridge.db")
+    await store.open()
+    try:
+        clock = FrozenClock()
+        accounts = AccountService(store, sealer())
+        receiver.routes["/hook"] = ok
+        acc = await make_account(accounts, "watched", receiver.url("/hook"), clock.ms())
+        for n in range(3):
+            await event(store, acc, f"ev_{n}", clock.ms())
+        sender = WebhookSender(store, accounts, config(), clock=clock, poll_s=0.02)
+        store.sender = sender
+
+        async def delivered() -> bool:
+            return (await counts(store)).get("delivered", 0) == 3
+
+        await run_until(sender, delivered)
+        assert store.claimed and store.seen_leased
+        assert store.claimed <= store.seen_leased[0]
+        assert sender.leased == set()  # and given up once done
+    finally:
+        await store.close()
+
+
 # -- 7. a configuration reload half-applied -------------------------------------------------------
 
 # Daemon.reload sets sender.config, and the README says webhook settings are applied live; but
