@@ -223,7 +223,7 @@ _HEAD_KEY = """k AS (
     WHERE k.key_status = 'active'
     ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
     WHERE nonces.expires_at <= $5
-    RETURNING 1
+    RETURNING xmax::text <> '0' AS replaced
 ), i AS (
     INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
     SELECT $1, $6, $7, $8, $9, $10 FROM n WHERE $6::text IS NOT NULL
@@ -231,9 +231,15 @@ _HEAD_KEY = """k AS (
         request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
         response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
     WHERE idempotency.expires_at <= $5
-    RETURNING 1
+    RETURNING xmax::text <> '0' AS replaced
 )"""
-_HEAD_COLS = "k.*, (SELECT COUNT(*) FROM n) AS fresh, (SELECT COUNT(*) FROM i) AS stored"
+# `replaced`: the statement overwrote an expired record (a row's xmax is set by the update of
+# ON CONFLICT, 0 for an insert): a refusal cannot take that back with a DELETE (_FORGET_HEAD).
+_HEAD_COLS = (
+    "k.*, (SELECT COUNT(*) FROM n) AS fresh, (SELECT COUNT(*) FROM i) AS stored, "
+    "(SELECT COUNT(*) FROM n WHERE replaced) + (SELECT COUNT(*) FROM i WHERE replaced) "
+    "AS replaced"
+)
 _RULES_HEAD_AUTH = f"""
 WITH a AS ({_LOCKED_ACCOUNT}
 ), {_HEAD_KEY}
@@ -260,9 +266,9 @@ WITH a AS ({_LOCKED_ACCOUNT}
         request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
         response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
     WHERE idempotency.expires_at <= $7
-    RETURNING 1
+    RETURNING xmax::text <> '0' AS replaced
 )
-SELECT (SELECT COUNT(*) FROM i) AS stored
+SELECT (SELECT COUNT(*) FROM i) AS stored, (SELECT COUNT(*) FROM i WHERE replaced) AS replaced
 """
 _WRITE_MESSAGES = {
     scalar: (
@@ -313,6 +319,8 @@ class _HeadWrites:
     nonce: bool = False
     idempotency: bool = False
     locked: bool = False
+    # It overwrote an expired nonce or idempotency record, which only a rollback restores.
+    replaced: bool = False
 
 
 @dataclass(slots=True)
@@ -754,12 +762,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         Without savepoints by default: a refusal can only come before an accept's last statement,
         and the only writes before it are the nonce and the idempotency record of its first
-        statement, which are deleted again (one statement, refusals only). That is two round
-        trips fewer per accept than a savepoint each (the hot account's rate is round-trip
-        bound), and no subtransactions: past 64 in one transaction PostgreSQL's snapshots of
-        every session slow down (subxid overflow), and a group holds up to _GROUP_MAX. An
-        unexpected error aborts the transaction: _Redo runs the group again, a savepoint each,
-        so that error stays with its own request."""
+        statement, which are deleted again (one statement, refusals only; when they replaced an
+        expired record, which a DELETE cannot give back, the group runs again with savepoints).
+        That is two round trips fewer per accept than a savepoint each (the hot account's rate
+        is round-trip bound), and no subtransactions: past 64 in one transaction PostgreSQL's
+        snapshots of every session slow down (subxid overflow), and a group holds up to
+        _GROUP_MAX. An unexpected error aborts the transaction: _Redo runs the group again, a
+        savepoint each, so that error stays with its own request."""
         out: list[AcceptOutcome | BaseException] = []
         single = len(items) == 1
         use_savepoints = savepoints and not single
@@ -782,6 +791,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 if use_savepoints:
                     await c.execute("ROLLBACK TO SAVEPOINT accept")  # its lock goes with it
                 else:
+                    if head.replaced:  # only a rollback restores the expired record
+                        raise _Redo from exc
                     locked = locked or head.locked
                     if head.nonce or head.idempotency:
                         await c.execute(
@@ -1599,7 +1610,7 @@ async def _lock_account(
     head.locked = True
     tps = batch.tps if batch.account_version is None else await _current_tps(c, batch)
     if idem is not None:
-        stored = await c.fetchval(
+        stored, replaced = await c.fetchrow(
             _RULES_HEAD_IDEM,
             batch.account_id,
             batch.idempotency_key,
@@ -1609,7 +1620,7 @@ async def _lock_account(
             batch.idempotency_expires_at,
             now,
         )
-        head.idempotency = bool(stored)
+        head.idempotency, head.replaced = bool(stored), bool(replaced)
         if not stored:
             return await _replayed(c, batch, now)
     elif batch.account_version is None:
@@ -1654,6 +1665,7 @@ async def _check_head(
         raise _AuthRefused("unknown_key")
     head.locked = True
     head.nonce, head.idempotency = row["fresh"] > 0, row["stored"] > 0
+    head.replaced = row["replaced"] > 0
     account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
     # The order of the SQLite engine's checks (_authorize, then the account's state).
     if row["key_status"] != "active":

@@ -349,36 +349,45 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
             # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
             # with savepoints.
-            wrote: list[str] = []  # what this accept wrote so far: only that is taken back
+            # What this accept wrote so far, only that is taken back: the nonce and the
+            # idempotency record, each with the expired record it replaced (restored, so a
+            # request dated before that expiry is still answered by it), or None.
+            wrote: dict[str, Any] = {}
             try:
                 return accept_writes(c, wrote)
             except (_Refused, _RateLimited, _AuthRefused) as exc:
                 if "nonce" in wrote:
-                    c.execute(
-                        "DELETE FROM nonces WHERE key_id=? AND nonce=?", (batch.key_id, batch.nonce)
-                    )
+                    key = (batch.key_id, batch.nonce)
+                    if wrote["nonce"] is None:
+                        c.execute("DELETE FROM nonces WHERE key_id=? AND nonce=?", key)
+                    else:
+                        c.execute(
+                            "UPDATE nonces SET expires_at=? WHERE key_id=? AND nonce=?",
+                            (wrote["nonce"], *key),
+                        )
                 if "idempotency" in wrote:
-                    c.execute(
-                        "DELETE FROM idempotency WHERE account_id=? AND key=?",
-                        (batch.account_id, batch.idempotency_key),
-                    )
+                    key = (batch.account_id, batch.idempotency_key)
+                    if wrote["idempotency"] is None:
+                        c.execute("DELETE FROM idempotency WHERE account_id=? AND key=?", key)
+                    else:
+                        c.execute(_IDEM_SET, (*wrote["idempotency"], *key))
                 return _Undone(exc)
 
-        def accept_writes(c: sqlite3.Connection, wrote: list[str]) -> AcceptOutcome:
+        def accept_writes(c: sqlite3.Connection, wrote: dict[str, Any]) -> AcceptOutcome:
             tps = batch.tps
             if batch.nonce is not None and batch.key_id is not None:
+                replaced: list[int] = []
                 outcome, account = _authorize(
-                    c, batch.key_id, batch.nonce, batch.nonce_expires_at, now
+                    c, batch.key_id, batch.nonce, batch.nonce_expires_at, now, replaced
                 )
+                if outcome == "ok":
+                    wrote["nonce"] = replaced[0] if replaced else None
                 if account is not None and account.id != batch.account_id:
                     # Another account's key: unknown, its nonce not spent, as PostgreSQL's head
                     # (which joins the key on the account) answers.
-                    if outcome == "ok":
-                        wrote.append("nonce")
                     raise _AuthRefused("unknown_key")
                 if outcome != "ok" or account is None:
                     raise _AuthRefused(outcome)
-                wrote.append("nonce")
                 if not account.active:
                     raise _AuthRefused("disabled")
                 if (
@@ -400,27 +409,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     raise _AuthRefused(why or "disabled", current if why == "stale" else None)
                 tps = current.tps
             if batch.idempotency_key is not None and batch.idempotency is not None:
-                stored = c.execute(
-                    "INSERT INTO idempotency "
-                    "(account_id, key, request_hash, status_code, response, expires_at) "
-                    "VALUES (?,?,?,?,?,?) ON CONFLICT (account_id, key) DO UPDATE SET "
-                    "request_hash=excluded.request_hash, status_code=excluded.status_code, "
-                    "response=excluded.response, expires_at=excluded.expires_at "
-                    "WHERE idempotency.expires_at<=?",
-                    (
-                        batch.account_id,
-                        batch.idempotency_key,
-                        batch.idempotency.request_hash,
-                        batch.idempotency.status_code,
-                        batch.idempotency.response,
-                        batch.idempotency_expires_at,
-                        now,
-                    ),
-                ).rowcount
-                if stored != 1:  # a live record for this key: the first request won
-                    existing = _idem(c, batch.account_id, batch.idempotency_key, now)
-                    return AcceptOutcome(accepted=False, existing=existing)
-                wrote.append("idempotency")
+                key = (batch.account_id, batch.idempotency_key)
+                record = (
+                    batch.idempotency.request_hash,
+                    batch.idempotency.status_code,
+                    batch.idempotency.response,
+                    batch.idempotency_expires_at,
+                )
+                if c.execute(_IDEM_NEW, (*key, *record)).rowcount == 1:
+                    wrote["idempotency"] = None
+                else:
+                    old = c.execute(_IDEM_GET, key).fetchone()
+                    if old[3] > now:  # a live record for this key: the first request won
+                        existing = IdempotencyRecord(old[0], old[1], bytes(old[2]))
+                        return AcceptOutcome(accepted=False, existing=existing)
+                    c.execute(_IDEM_SET, (*record, *key))  # it had expired: replaced
+                    wrote["idempotency"] = tuple(old)
             plan = None
             if batch.rules is not None:
                 recipients = tuple(m.recipient for m in batch.messages)
@@ -1364,24 +1368,51 @@ def _requeue_claims(
 
 
 def _authorize(
-    c: sqlite3.Connection, key_id: str, nonce: str, expires_at: int, now: int
+    c: sqlite3.Connection,
+    key_id: str,
+    nonce: str,
+    expires_at: int,
+    now: int,
+    replaced: list[int] | None = None,
 ) -> tuple[str, Account | None]:
+    """Outcome and account; the nonce recorded when "ok". An expired record of the same nonce
+    is replaced, its expiry added to `replaced` (an accept refused later restores it)."""
     row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
     if row is None:
         return "unknown_key", None
     account = _account(row[1:])
     if row[0] != "active":
         return "revoked", account
-    # Inserted, or replaced an expired record: fresh. Otherwise a replay.
-    fresh = c.execute(
-        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
-        "ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at=excluded.expires_at "
-        "WHERE nonces.expires_at<=?",
-        (key_id, nonce, expires_at, now),
-    ).rowcount
-    if fresh != 1:
+    key = (key_id, nonce)
+    if c.execute(_NONCE_NEW, (*key, expires_at)).rowcount == 1:
+        return "ok", account
+    old = c.execute("SELECT expires_at FROM nonces WHERE key_id=? AND nonce=?", key).fetchone()[0]
+    if old > now:
         return "nonce_reused", account
+    c.execute("UPDATE nonces SET expires_at=? WHERE key_id=? AND nonce=?", (expires_at, *key))
+    if replaced is not None:
+        replaced.append(old)
     return "ok", account
+
+
+# The common case is one statement: a new nonce, a new idempotency key. On a conflict the stored
+# record is read: live, a replay; expired, replaced (and kept, to restore on a refusal).
+_NONCE_NEW = (
+    "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
+    "ON CONFLICT (key_id, nonce) DO NOTHING"
+)
+_IDEM_NEW = (
+    "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at) "
+    "VALUES (?,?,?,?,?,?) ON CONFLICT (account_id, key) DO NOTHING"
+)
+_IDEM_GET = (
+    "SELECT request_hash, status_code, response, expires_at FROM idempotency "
+    "WHERE account_id=? AND key=?"
+)
+_IDEM_SET = (
+    "UPDATE idempotency SET request_hash=?, status_code=?, response=?, expires_at=? "
+    "WHERE account_id=? AND key=?"
+)
 
 
 def _settle_parts(

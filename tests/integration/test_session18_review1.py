@@ -670,40 +670,32 @@ async def test_two_daemons_retrying_with_the_same_idempotency_keys(
 # the SQLite engine's bare accepts do the same even one at a time.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused accept of a group deletes the earlier, expired idempotency record it had "
-    "replaced (_FORGET_HEAD) instead of restoring it: a later request with an earlier `now` "
-    "is accepted twice instead of answered with the first request's record",
-)
 async def test_a_refusal_does_not_forget_an_expired_idempotency_record(
     pg: PostgresStore, lite: SqliteStore
 ) -> None:
     """R0 (key k, record valid until +1 s) is accepted; R1 (same key, at +1 s: the record has
     expired, so it is replaced) is refused; R2 (same key, dated +0.5 s) must still see R0's
-    record, as it does one at a time. In the group it is accepted: a second send."""
+    record, as it does one at a time. In the group it was accepted, a second send, and SQLite
+    did the same one at a time (both deleted the record R1 had replaced; fixed in session 18)."""
     reqs = [
         Req(0, (N[0],), NOW, idem_ttl=1_000),
         Req(1, (OPTED,), NOW + 1_000, key="k0"),
         Req(2, (N[1],), NOW + 500, key="k0"),
     ]
-    run = await three_ways(pg, None, reqs)
+    run = await three_ways(pg, lite, reqs)
     assert codes(run.serial) == [None, "RECIPIENT_OPTED_OUT", "replay"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused accept of a group deletes the earlier, expired nonce it had refreshed "
-    "(_FORGET_HEAD) instead of restoring it: a replayed nonce is then accepted",
-)
-async def test_a_refusal_does_not_forget_an_expired_nonce(pg: PostgresStore) -> None:
+async def test_a_refusal_does_not_forget_an_expired_nonce(
+    pg: PostgresStore, lite: SqliteStore
+) -> None:
     """The same with the nonce: R2 replays R0's nonce within R0's window of validity."""
     reqs = [
         Req(0, (N[0],), NOW, nonce_ttl=1_000),
         Req(1, (OPTED,), NOW + 1_000, nonce="n0"),
         Req(2, (N[1],), NOW + 500, nonce="n0"),
     ]
-    run = await three_ways(pg, None, reqs)
+    run = await three_ways(pg, lite, reqs)
     assert codes(run.serial) == [None, "RECIPIENT_OPTED_OUT", "nonce_reused"]
 
 
