@@ -51,6 +51,7 @@ __all__ = [
     "check_main",
     "effective_config_dict",
     "implicit_sim_smsc",
+    "key_file_problems",
     "load_config",
     "parse_config",
 ]
@@ -1493,11 +1494,62 @@ def effective_config_dict(cfg: Config, mask_secrets: bool = True) -> dict[str, A
     return conv(cfg)  # type: ignore[no-any-return]
 
 
+def key_file_problems(sec: SecurityConfig) -> list[str]:
+    """The master key files `run` will read, read now, so `config check` (the unit's
+    ExecStartPre) refuses one that is missing, unreadable or not a key, as `run` would.
+
+    Only a file in use is checked: an inline key (or env) wins over its file, and a missing
+    file with `generate_master_key` is created at the first start. Messages name the path and
+    what is wrong (never the file's content). Checked here rather than in the loader: a
+    reload must not fail on a key file that only a restart reads again."""
+    from bridge.crypto import MasterKeyError, decode_master_key
+
+    out: list[str] = []
+    keys: list[bytes | None] = []
+    files = (
+        ("master_key_file", sec.master_key, sec.master_key_file, sec.generate_master_key),
+        ("previous_master_key_file", sec.previous_master_key, sec.previous_master_key_file, False),
+    )
+    for name, inline, path, generate in files:
+        keys.append(_decode_key(inline) if inline else None)
+        if inline or path is None:
+            continue
+        where = f"security.{name}"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            if not generate:
+                out.append(f"{where}: {path} does not exist")
+            continue
+        except OSError as exc:
+            out.append(f"{where}: cannot read {path}: {exc.strerror or exc}")
+            continue
+        except UnicodeDecodeError:
+            out.append(f"{where}: {path} is not text (it must hold a base64 key of 32 bytes)")
+            continue
+        try:
+            keys[-1] = decode_master_key(text)
+        except MasterKeyError as exc:
+            out.append(f"{where}: {path}: {exc}")
+    current, previous = keys
+    if current is not None and current == previous:
+        # Both inline is the loader's refusal already; a file on either side is found here.
+        name = "previous_master_key" if sec.previous_master_key else "previous_master_key_file"
+        out.append(
+            f"security.{name}: is the master key itself: during a rotation it is the key "
+            "used before"
+        )
+    return out
+
+
 def check_main(path: str | None) -> int:
     """`smpp-bridge config check [FILE]`: effective config on stdout (0) or errors on stderr (1)."""
     origin = path if path is not None else "<default config>"
     try:
         cfg = load_config(path)
+        problems = key_file_problems(cfg.security)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as e:
         n = len(e.errors)
         plural = "s" if n != 1 else ""

@@ -874,6 +874,57 @@ def test_check_main_reports_every_error_and_fails(
     ]
 
 
+def test_check_main_refuses_a_master_key_file_run_could_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` (the unit's ExecStartPre) passed a master_key_file that did not exist, and
+    `run` then failed: the file is read now, and each fault named by its path, never printed."""
+    key = base64.b64encode(bytes(range(32))).decode()
+
+    def check(security: dict[str, Any]) -> tuple[int, str, str]:
+        p = tmp_path / "bridge.yaml"
+        p.write_text(yaml.safe_dump(minimal(security=security)), encoding="utf-8")
+        code = check_main(str(p))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    missing = tmp_path / "missing.key"
+    code, out, err = check({"master_key_file": str(missing)})
+    assert (code, out) == (1, "")
+    assert f"  security.master_key_file: {missing} does not exist" in err.splitlines()
+
+    short = tmp_path / "short.key"
+    short.write_text(base64.b64encode(b"x" * 31).decode() + "\n")
+    code, _out, err = check({"master_key_file": str(short)})
+    assert code == 1 and f"security.master_key_file: {short}: " in err and "got 31" in err
+    assert short.read_text().strip() not in err
+
+    directory = tmp_path / "adir"
+    directory.mkdir()
+    code, _out, err = check({"master_key_file": str(directory)})
+    assert code == 1 and f"security.master_key_file: cannot read {directory}: " in err
+
+    code, _out, err = check({"master_key": key, "previous_master_key_file": str(missing)})
+    assert code == 1 and f"security.previous_master_key_file: {missing} does not exist" in err
+
+    good = tmp_path / "master.key"
+    good.write_text(key + "\n")
+    assert check({"master_key_file": str(good)})[0] == 0
+    assert check({"master_key": key, "master_key_file": str(missing)})[0] == 0  # inline wins
+    # generate_master_key creates a missing file at the first start
+    assert check({"master_key_file": str(missing), "generate_master_key": True})[0] == 0
+    assert not missing.exists()  # the check itself writes nothing
+    # run refuses a previous key that is the current one; so does the check, files or not
+    for security, name in (
+        ({"master_key_file": str(good), "previous_master_key_file": str(good)}, "_file"),
+        ({"master_key": key, "previous_master_key_file": str(good)}, "_file"),
+        ({"master_key_file": str(good), "previous_master_key": key}, ""),
+    ):
+        code, _out, err = check(security)
+        assert code == 1 and f"previous_master_key{name}: is the master key itself" in err, err
+        assert key not in err
+
+
 def test_check_main_default(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
