@@ -488,9 +488,9 @@ Configured = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 def _decide(sp: argparse.ArgumentParser, required: bool) -> None:
     g = sp.add_mutually_exclusive_group(required=required)
     g.add_argument("--approve", action="store_true")
-    g.add_argument(
-        "--reject", metavar="REASON", nargs="?", const="", help="reject, telling the customer why"
-    )
+    # REASON is required: `--reject` alone is a usage error, and `--reject ""` reaches the
+    # service, which refuses an empty reason by name (MISSING_FIELD).
+    g.add_argument("--reject", metavar="REASON", help="reject, telling the customer why")
 
 
 def add_parsers(sub: Any, with_config: Configured) -> None:

@@ -39,7 +39,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "needs more parts than an SMS can be split into.",
     "UNENCODABLE": "The text holds a character no SMS encoding can carry.",
     "IDEMPOTENCY_KEY_REQUIRED": "POST /v1/messages needs an Idempotency-Key header.",
-    "INVALID_IDEMPOTENCY_KEY": "Idempotency-Key must be 1-255 printable ASCII characters.",
+    "INVALID_IDEMPOTENCY_KEY": "Idempotency-Key must be 1-255 visible ASCII characters "
+    "(! to ~, no spaces).",
     "INVALID_CURSOR": "cursor is not a value this API returned as next_cursor.",
     "MISSING_AUTH": "No Authorization header.",
     "UNKNOWN_APP_KEY": "The app key in Credential is not known.",
@@ -63,8 +64,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
-    "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json, "
-    "or compressed (Content-Encoding).",
+    "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json "
+    "(text/csv or text/plain for PUT /admin/dnc/{id}), or compressed (Content-Encoding).",
     "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used with a different body in the last "
     "server.idempotency_hours (default 24).",
     "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
@@ -695,7 +696,12 @@ def _components() -> dict[str, Any]:
                 "description": "kept per account for server.idempotency_hours (default 24): the "
                 "same key and body replays the first response with `Idempotent-Replayed: true`; "
                 "the same key with another body is 422 IDEMPOTENCY_KEY_REUSED (signed)",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": "^[!-~]+$",
+                },
             },
         },
         "headers": {

@@ -119,7 +119,8 @@ async def _checked_post(
         raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
     if not _IDEM_KEY.fullmatch(key):
         raise ApiError(
-            "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key: 1-255 printable ASCII characters"
+            "INVALID_IDEMPOTENCY_KEY",
+            "Idempotency-Key: 1-255 visible ASCII characters (! to ~, no spaces)",
         )
     return await _post_messages(ctx, request, account, claim, body, key, now_ms)
 

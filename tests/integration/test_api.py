@@ -763,11 +763,14 @@ async def test_idempotency_key_required_and_checked(api_server, make_account):
     body = {"to": CN, "text": "x"}
     r = await api_server.request("POST", "/v1/messages", creds=creds, json=body)
     assert (r.status, r.code) == (400, "IDEMPOTENCY_KEY_REQUIRED")
-    for bad in ("k" * 256, "has space", "tab\tkey"):
+    for bad in ("k" * 256, "has space", "tab\tkey", "caf\u00e9"):
         r = await api_server.send(creds, body, key=bad)
         assert (r.status, r.code) == (400, "INVALID_IDEMPOTENCY_KEY"), bad
+        # The message states the rule the check applies (README, POST /v1/messages).
+        assert "1-255 visible ASCII characters (! to ~, no spaces)" in r.message
     assert (await api_server.send(creds, body, key="k" * 255)).status == 202
-    assert messages_of(api_server, creds.account_id) == 1
+    assert (await api_server.send(creds, body, key="!~order/42:#a")).status == 202
+    assert messages_of(api_server, creds.account_id) == 2
 
 
 async def test_same_key_same_body_replays_byte_for_byte(api_server, make_account):

@@ -158,7 +158,7 @@ def test_sign_add_list_review_and_refusals(cfg: Path) -> None:
 
     refused(
         cfg,
-        (("sign", "review", "acme", "Acme Shop", "--reject"), ("MISSING_FIELD", "reason")),
+        (("sign", "review", "acme", "Acme Shop", "--reject", ""), ("MISSING_FIELD", "reason")),
         (("sign", "review", "nobody", "Acme Shop", "--approve"), ("NOT_FOUND", "nobody")),
         (("sign", "review", "acme", "Nope", "--approve"), ("NOT_FOUND", "Nope")),
         (("sign", "add", "acme", "X"), ("name",)),  # too short
@@ -216,7 +216,7 @@ def test_template_review_lists_pending_and_decides(cfg: Path) -> None:
 
     refused(
         cfg,
-        (("template", "review", ship_t.code, "--reject"), ("MISSING_FIELD", "reason")),
+        (("template", "review", ship_t.code, "--reject", ""), ("MISSING_FIELD", "reason")),
         (("template", "review", ship_t.code), ("--approve",)),  # no decision
         (("template", "review", "--approve"), ("CODE",)),  # a decision without a code
         (("template", "review", "SMS_000000000", "--approve"), ("NOT_FOUND",)),
@@ -526,3 +526,22 @@ def test_account_close_keeps_money_and_revokes_keys(cfg: Path) -> None:
     assert keys and all(k["status"] == "revoked" for k in keys)
     assert balance["cash_micro"] == 10_000_000  # money records are kept
     refused(cfg, (("account", "close", "nobody"), ("NOT_FOUND", "nobody")))
+
+
+def test_reject_takes_a_reason_in_help_and_on_the_command_line(cfg: Path) -> None:
+    """`--reject REASON`: --help shows the reason as required (it once read `--reject [REASON]`,
+    though a rejection without one is refused), and `--reject` alone is a usage error (exit 2)
+    that reaches no store."""
+    commands = (("sign", "review"), ("template", "review"))
+    helps = run_all(cfg, *((*c, "--help") for c in commands))
+    for command, (rc, stdout, _stderr) in zip(commands, helps, strict=True):
+        assert rc == 0 and "--reject REASON" in stdout, (command, stdout)
+        assert "[REASON]" not in stdout, (command, stdout)
+    bare = run_all(
+        cfg,
+        ("sign", "review", "acme", "Acme", "--reject"),
+        ("template", "review", "SMS_000000000", "--reject"),
+    )
+    for rc, stdout, stderr in bare:
+        assert (rc, stdout) == (2, ""), stderr
+        assert "--reject: expected one argument" in stderr, stderr

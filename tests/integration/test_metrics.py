@@ -150,6 +150,39 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
         assert name.startswith("smpp_bridge_"), name
 
 
+async def test_requests_no_route_takes_count_as_unmatched_as_the_readme_says(daemon):
+    """README, Metrics: `endpoint` is `unmatched` for a request whose path and method no route
+    takes, whatever the answer: a 404, a 405 on a path that has routes (`DELETE /v1/messages`),
+    and the 401 an unsigned such /v1/ request gets first. The label stays bounded: neither the
+    raw path nor a method no route has becomes a label value."""
+    d = daemon
+    creds = await create_account(d, "unmatched")
+    before = await metrics_of(d.http_port)
+    async with client_for(d.http_port, creds) as c:
+        with pytest.raises(BridgeError) as refused:  # signed: past authentication
+            await c.request("DELETE", "/v1/messages")
+        assert (refused.value.status, refused.value.code) == (405, "METHOD_NOT_ALLOWED")
+    async with aiohttp.ClientSession() as s:
+        base = f"http://127.0.0.1:{d.http_port}"
+        async with s.delete(f"{base}/v1/messages") as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (401, "MISSING_AUTH")
+        async with s.get(f"{base}/nowhere/8613800138000") as r:
+            assert r.status == 404
+    after = await metrics_of(d.http_port)
+
+    def moved(**labels: str) -> float:
+        return val(after, "smpp_bridge_api_requests_total", **labels) - val(
+            before, "smpp_bridge_api_requests_total", **labels
+        )
+
+    unmatched = dict(endpoint="unmatched")
+    assert moved(**unmatched, status="405", code="METHOD_NOT_ALLOWED") == 1
+    assert moved(**unmatched, status="401", code="MISSING_AUTH") == 1
+    assert moved(**unmatched, status="404", code="NOT_FOUND") == 1
+    endpoints = {dict(labels)["endpoint"] for (name, labels) in after if "endpoint" in dict(labels)}
+    assert not {e for e in endpoints if e.startswith("DELETE") or "nowhere" in e}, endpoints
+
+
 async def test_throttling_is_counted_per_smsc_and_matches_the_simulator(daemon):
     d = daemon
     d.sim.throttle_ratio = 0.3

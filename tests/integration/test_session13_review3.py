@@ -649,7 +649,7 @@ def _classify(argv: list[str]) -> tuple[str, str] | None:
         (["template", "review", "-c", "f.yaml", "--account", "acme"], None),
         (["template", "review", "--account=acme"], None),
         (["template", "review", "SMS_1", "--approve"], "cli template review"),
-        (["template", "review", "--account", "a", "SMS_1", "--reject"], "cli template review"),
+        (["template", "review", "--account", "a", "SMS_1", "--reject", "x"], "cli template review"),
         (["template", "review", "--revision", "2", "SMS_1", "--approve"], "cli template review"),
         (["template", "review", "--reject", "", "SMS_1"], "cli template review"),
         (["bill", "topup", "acme", "5"], "cli bill topup"),
