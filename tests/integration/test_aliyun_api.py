@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -996,12 +996,12 @@ async def test_account_rate_limit_is_sdk_throttling(face: Face) -> None:
     assert len(await face.messages(creds)) == 1
 
 
-async def test_a_stopping_daemon_refuses_sends_like_the_native_api(face: Face) -> None:
-    """SIGTERM (and a draining acceptor): the native face answers 503 SHUTTING_DOWN; until
-    session 18 this face went on accepting sends while the binds drained."""
+async def _refused_as_unavailable(face: Face, shut: Callable[[ApiServer], None]) -> tuple[Any, str]:
+    """A notification SendSms after `shut(api)`: the SDK's ThrottlingException, 503
+    ServiceUnavailable with Retry-After 5 s, and nothing stored. (creds, template code)."""
     creds = await face.api.create_account(raw_text=False)
     code = await face.template(creds, NOTIFY_TEXT, "notification")
-    face.api.ctx.accepting = False
+    shut(face.api)
     exc = await face.refused(
         face.client(creds),
         "send_sms",
@@ -1013,26 +1013,27 @@ async def test_a_stopping_daemon_refuses_sends_like_the_native_api(face: Face) -
     assert isinstance(exc, sdk_errors.ThrottlingException)
     assert (exc.code, exc.status_code, exc.retry_after) == ("ServiceUnavailable", 503, 5000)
     assert await face.messages(creds) == []
+    return creds, code
+
+
+async def test_a_stopping_daemon_refuses_sends_like_the_native_api(face: Face) -> None:
+    """SIGTERM (and a draining acceptor): the native face answers 503 SHUTTING_DOWN; until
+    session 18 this face went on accepting sends while the binds drained."""
+
+    def stopping(api: ApiServer) -> None:
+        api.ctx.accepting = False
+
+    creds, code = await _refused_as_unavailable(face, stopping)
     # Reading goes on while it drains.
     assert (await face.call(face.client(creds), "query_sms_template",
             models.QuerySmsTemplateRequest(template_code=code))).code == "OK"  # fmt: skip
 
 
 async def test_full_queue_is_refused_like_the_native_api(face: Face) -> None:
-    creds = await face.api.create_account(raw_text=False)
-    code = await face.template(creds, NOTIFY_TEXT, "notification")
-    face.api.ctx.queue_depth = face.api.config.store.max_queued_segments
-    exc = await face.refused(
-        face.client(creds),
-        "send_sms",
-        models.SendSmsRequest(
-            phone_numbers=CN1, sign_name="Acme", template_code=code,
-            template_param='{"name":"a","order":"1"}',
-        ),
-    )  # fmt: skip
-    assert isinstance(exc, sdk_errors.ThrottlingException)
-    assert (exc.code, exc.status_code, exc.retry_after) == ("ServiceUnavailable", 503, 5000)
-    assert await face.messages(creds) == []
+    def full(api: ApiServer) -> None:
+        api.ctx.queue_depth = api.config.store.max_queued_segments
+
+    await _refused_as_unavailable(face, full)
 
 
 async def test_missing_mandatory_parameter(face: Face) -> None:
