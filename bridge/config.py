@@ -721,9 +721,9 @@ def _e164(v: str) -> str | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FrequencyConfig:
-    """Per-recipient limits counted at acceptance (service-rules.md): verification codes per
-    (sign, number); notification and marketing per (sign, template, number); free text per
-    (sign, number)."""
+    """Per-recipient limits counted at acceptance (README, "Sending rules and billing"):
+    verification codes per (sign, number); notification and marketing per (sign, template,
+    number); free text per (sign, number)."""
 
     verification: VerificationLimitsConfig = field(default_factory=VerificationLimitsConfig)
     notification: LimitsConfig = field(default_factory=LimitsConfig)

@@ -1,4 +1,4 @@
-"""The OpenAPI half for the sending rules and money (issue 6), merged into the document by
+"""The OpenAPI half for the sending rules and money, merged into the document by
 `bridge.api.openapi`.
 
 Kept apart only for size: the same helpers and conventions as openapi.py (closed response objects,

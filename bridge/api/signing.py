@@ -1,9 +1,8 @@
 """BRIDGE-HMAC-SHA256 request signing and webhook signatures (pure: no I/O, no clock).
 
 One module shared by the server (verification), the client SDK (signing) and the webhook sender,
-so the three can never disagree about a byte. The scheme is defined in issue 4 ("Request signing")
-and settled in spec/signing-notes.md; docs/signing-example.md is a worked example that a test
-recomputes.
+so the three can never disagree about a byte. The scheme is the README's "Signing:
+BRIDGE-HMAC-SHA256"; docs/signing-example.md is a worked example that a test recomputes.
 
 The server's order of checks: `parse_authorization` + `check_signed_headers` + `parse_date` +
 `check_nonce` (syntax), key lookup, `check_skew`, then `verify_signature` (body hash, then the

@@ -62,7 +62,7 @@ def message_view(m: MessageRecord, *, with_parts: bool = True) -> dict[str, Any]
 
 
 def status_report(m: MessageRecord) -> dict[str, Any]:
-    """The webhook body for one final status (issue 5's field list)."""
+    """The webhook body for one final status (the README's report fields)."""
     return {
         "type": "message.status",
         "message_id": m.id,

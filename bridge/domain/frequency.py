@@ -1,4 +1,4 @@
-"""Per-recipient frequency limits (service-rules.md, "Message types and content control").
+"""Per-recipient frequency limits (README, "Sending rules and billing").
 
 Minute and hour windows are *clock* windows in the deployment's time zone (10:59 and 11:00 are in
 different hours), computed from the zone's wall clock so DST changes and 30/45-minute offsets
@@ -50,7 +50,7 @@ OTHER_DEFAULT = Limits(0, 0, 50)
 
 
 def default_limits(kind: TemplateKind | str) -> Limits:
-    """The shipped defaults for a message type (service-rules.md)."""
+    """The shipped defaults for a message type (README, "Sending rules and billing")."""
     if TemplateKind(kind) == TemplateKind.VERIFICATION:
         return VERIFICATION_DEFAULT
     return OTHER_DEFAULT

@@ -1,4 +1,4 @@
-"""Message life cycle: how segment states roll up to the message state (design.md).
+"""Message life cycle: how segment states roll up to the message state (README, "Architecture").
 
 Pure so both store engines apply the exact same rule and it can be tested exhaustively.
 """

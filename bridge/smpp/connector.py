@@ -1,6 +1,6 @@
 """One SMSC: keeps its binds up and sends messages over them, in order, within window and TPS.
 
-Why it looks the way it does (see docs/lessons-from-peers):
+Why it looks the way it does (what goes wrong in Kannel, Jasmin and smpplib):
 - A window is the whole game (throughput per bind ~ window / RTT), so each bind keeps up to
   ``window`` submit_sm in flight, and ``free_slots`` tells the dispatcher how much it may claim.
 - A message's parts go in order on one bind, part k+1 only after part k was accepted, so no

@@ -1,4 +1,4 @@
-"""Billable units under a tariff's counting rule (service-rules.md, "Segments").
+"""Billable units under a tariff's counting rule (README, "Sending rules and billing").
 
 Separate from the wire split because tariffs do not count what is sent: the domestic rule counts
 characters of the text including the sign name (70, then 67 per unit) whatever the encoding, while
