@@ -1103,7 +1103,10 @@ async def test_requests_arriving_while_a_group_runs_form_the_next_groups(
     acct, reqs = random_mix(7, n=48)
     grouped, _, _ = await run_both(store, engine, acct, reqs, groups, waves=4)
     if engine.name == "postgres":
-        assert len(groups) >= 2 and sum(n for n, _sp in groups) == len(reqs), groups
+        # Each request in one first run; a run again with savepoints (a refusal after an
+        # expired nonce or key was replaced, since session 18) repeats its group.
+        first = [n for n, savepoints in groups if not savepoints]
+        assert len(first) >= 2 and sum(first) == len(reqs), groups
     assert sum(o.accepted for o in grouped if isinstance(o, AcceptOutcome)) >= 5
 
 

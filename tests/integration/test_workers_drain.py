@@ -24,7 +24,7 @@ from tests.e2e.harness import wait_until
 from tests.integration.test_session14_review3 import bridge, smsc, world  # noqa: F401
 from tests.integration.test_smpp_peer_edges import MiniSmsc
 
-RESP_DELAY_S = 3.0
+RESP_DELAY_S = 5.0  # room for the probes on a slow machine
 
 
 async def _probe(url: str, client: Any, n: int) -> tuple[list[int], list[int], list[str]]:
@@ -62,7 +62,7 @@ async def test_acceptors_answer_503_while_the_owner_drains_then_stop(world, tmp_
         b = await bridge(
             world,
             tmp_path / "d",
-            server={"workers": 2, "shutdown_grace_s": 8},
+            server={"workers": 2, "shutdown_grace_s": 10},
             sim={"enabled": False},
             smscs=[smsc("mini", mini.port, unbind_timeout_s=1)],
         )
@@ -77,18 +77,19 @@ async def test_acceptors_answer_503_while_the_owner_drains_then_stop(world, tmp_
             await asyncio.sleep(0.3)
             sends, ready, problems = await _probe(b.url, c, 8)
             probed = time.monotonic() - t0
+            drained_meanwhile = bool(mini.accepted)
         rc = await asyncio.get_running_loop().run_in_executor(None, b.proc.proc.wait, 30)
         took = time.monotonic() - t0
         log = b.log()
         # The probes ran while the owner still waited for the SMSC's answer ...
-        assert probed < RESP_DELAY_S, probed
+        assert not drained_meanwhile, probed
         # ... and every one was answered, a send with 503 SHUTTING_DOWN, /readyz with 503.
         assert sends == [503] * 8, (sends, log[-3000:])
         assert ready == [503] * 8, ready
         assert "shutting down" in problems
         assert rc == 0, log[-3000:]
         # The owner waited for the answer (within its grace), then everything stopped.
-        assert RESP_DELAY_S - 0.5 < took < RESP_DELAY_S + 1 + 5, took
+        assert RESP_DELAY_S - 1.5 < took < RESP_DELAY_S + 1 + 5, took
         assert mini.accepted, "the part on the wire was answered within the grace"
         assert log.count("draining: sends are answered 503") == 2
         assert "Traceback" not in log
