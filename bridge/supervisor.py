@@ -173,12 +173,9 @@ class Supervisor:
                 await self.owner.stop()
             finally:
                 self._signal_acceptors()
-                grace = self.config.server.shutdown_grace_s + 5
-                for proc in self.procs.values():
-                    try:
-                        await loop.run_in_executor(None, proc.wait, grace)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                await stop_processes(
+                    list(self.procs.values()), self.config.server.shutdown_grace_s + 5
+                )
             metrics.disable_multiprocess(self.metrics_dir, self._metrics_dir_ours)
             if self._snapshot_dir is not None:
                 shutil.rmtree(self._snapshot_dir, ignore_errors=True)
@@ -186,6 +183,24 @@ class Supervisor:
     def _signal_acceptors(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+
+async def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """Wait for processes sent SIGTERM to exit, sending it again each second (two SIGTERMs close
+    together can reach a busy process as one: a pending signal is not queued twice, and an
+    acceptor stops only at its second); kill what is left after `grace_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    for proc in procs:
+        while True:
+            try:
+                await loop.run_in_executor(None, proc.wait, 1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if loop.time() >= deadline:
+                    proc.kill()
+                    break
                 proc.send_signal(signal.SIGTERM)
 
 
