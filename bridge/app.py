@@ -186,6 +186,14 @@ class Daemon:
             self._wake_listener.start()
         if self.role == "owner" or self.coord is not None:
             self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
+        if self.role == "acceptor":
+            # Its owner's binds before its port opens: a restarted acceptor answered /readyz
+            # 503 "no SMSC bound" until its first housekeeping round, a second later (a load
+            # balancer saw the instance flap at every acceptor restart).
+            try:
+                self._remote_status = await self._read_owner_status()
+            except Exception as exc:  # the housekeeping tries again every second
+                self._failures.failed("api housekeeping", exc)
         if self.role in ("all", "acceptor"):
             await self._start_http(store, sealer, accounts, router)
         self._tasks.append(loop.create_task(self.metrics.watch_loop(self.role), name="loop-lag"))

@@ -756,6 +756,9 @@ async def test_a_killed_acceptor_is_restarted_and_the_port_keeps_answering(world
     assert late and all(st == 200 for _t, _p, st in late), [p for p in late if p[2] != 200]
     failed = [p for p in probes if p[2] != 200]
     assert len(failed) <= 2, failed  # a connection queued on the killed socket, at most
+    # None of them a 503: the new acceptor reads its owner's binds before its port opens (it
+    # answered "no SMSC bound" for its first second until session 18; seen 3 times in CI).
+    assert not [p for p in failed if p[2] == 503], failed
     assert not traffic.refused, traffic.refused
     assert sum(traffic.errors.values()) == 0, traffic.errors  # the client's retries cover it
     done = await finals(b, traffic.accepted)
