@@ -134,7 +134,9 @@ from tests.integration.conftest import OpenApi, Reply, make_reply  # noqa: E402
 from tests.pg_cluster import Cluster, ci  # noqa: E402
 
 OLD_SHA = "510a7c6"
-OLD_TREE = Path(os.environ.get("SMPP_BRIDGE_OLD_TREE", "/tmp/before"))
+# A checkout of the release, for a clone without its history. No default path: a worktree left
+# at a well-known place (benchmarks use /tmp/before) may hold another commit.
+OLD_TREE = Path(os.environ.get("SMPP_BRIDGE_OLD_TREE") or "/nonexistent")
 MASTER_KEY = base64.b64encode(b"r6" * 16).decode()
 ADMIN_TOKEN = "review6-admin-token-0123456789"
 TZ = "Asia/Shanghai"  # rules.timezone's default, in both releases
