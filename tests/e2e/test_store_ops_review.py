@@ -726,7 +726,9 @@ async def test_unusable_store_file_stops_the_start_naming_it(tmp_path: Path, mod
     )
     try:
         try:
-            rc: int | None = await asyncio.to_thread(proc.wait, 4)
+            # The start fails within a second on an idle machine; 20 s leave room for a busy one
+            # (CI saw 4 s run out while three test workers shared two cores).
+            rc: int | None = await asyncio.to_thread(proc.wait, 20)
         except subprocess.TimeoutExpired:
             rc = None
         readyz = await _http(daemon.port, "/readyz") if rc is None else None
