@@ -351,6 +351,10 @@ def bill_view(bill: settlement.MonthBill, currency: str) -> dict[str, Any]:
         "domestic_amount_micro": bill.domestic_amount,
         "charged_micro": bill.charged,
         "refund_micro": bill.refund,
+        # Where the refund goes is decided at settlement (a voucher may expire before then).
+        "refund_cash_micro": None,
+        "refund_vouchers_micro": None,
+        "refund_void_micro": None,
         "invoice_total_micro": bill.invoice_total,
         "vouchers_used_micro": bill.vouchers_used,
         "international_amount_micro": bill.international_amount,
@@ -416,6 +420,18 @@ async def compute_bill(
     return settlement.settle_month(month, lines, tariffs, tz, kind, bounds), bounds
 
 
+async def refund_split(
+    store: Any, account_id: str, bill: settlement.MonthBill, bounds: tuple[int, int]
+) -> settlement.RefundSplit:
+    """Where the bill's refund goes: back to the vouchers that paid, in proportion, the rest to
+    cash (settlement.refund_split)."""
+    if bill.refund == 0:
+        return settlement.RefundSplit(0, ())
+    rows = await store.voucher_charges(account_id, *bounds)
+    shares = [settlement.VoucherShare(vid, int(n), exp) for vid, n, exp in rows]
+    return settlement.refund_split(bill.refund, bill.charged, shares)
+
+
 def _period(view: dict[str, Any], bounds: tuple[int, int], tz: str) -> None:
     """What the bill covers, so the next month's chains on (and an auditor can see it)."""
     view["period_start"], view["period_end"] = bounds
@@ -445,7 +461,11 @@ async def settle(
     _period(view, bounds, tz)
     view["status"] = "settled"
     view["settled_at"] = now
-    entries = settlement.settlement_entries(bill, kind, now)
+    split = await refund_split(store, account.id, bill, bounds)
+    view["refund_cash_micro"] = split.cash
+    view["refund_vouchers_micro"] = split.returned(now)
+    view["refund_void_micro"] = split.void(now)
+    entries = settlement.settlement_entries(bill, kind, now, split)
     body = json.dumps(view, separators=(",", ":"), sort_keys=True)
     recorded = await store.save_bill(BillRow(account.id, month, body, now), entries)
     if not recorded:
@@ -475,6 +495,10 @@ async def month_view(
     if stored is not None:
         settled: dict[str, Any] = json.loads(stored.body)
         settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
+        # Bills settled before refunds went back to vouchers returned all of it to cash.
+        settled.setdefault("refund_cash_micro", settled.get("refund_micro"))
+        settled.setdefault("refund_vouchers_micro", 0)
+        settled.setdefault("refund_void_micro", 0)
         return settled
     tz = config.rules.timezone
     bounds = await bill_bounds(store, account.id, month, tz)

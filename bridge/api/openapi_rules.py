@@ -205,6 +205,23 @@ def _bill_props() -> dict[str, Any]:
         "domestic_amount_micro": {**_MICRO, "description": "units priced at the tier"},
         "charged_micro": {**_MICRO, "description": "domestic, taken at acceptance (net)"},
         "refund_micro": {**_MICRO, "description": "charged above the tier price, returned"},
+        "refund_cash_micro": _nullable(
+            {**_MICRO, "description": "the refund's part returned to cash (null while open)"}
+        ),
+        "refund_vouchers_micro": _nullable(
+            {
+                **_MICRO,
+                "description": "the vouchers' share of the refund, returned to vouchers still "
+                "valid at settlement (null while open)",
+            }
+        ),
+        "refund_void_micro": _nullable(
+            {
+                **_MICRO,
+                "description": "the share of vouchers expired by settlement: void (null while "
+                "open)",
+            }
+        ),
         "invoice_total_micro": {
             **_MICRO,
             "description": "traffic sent while postpaid, rounded to whole fen",

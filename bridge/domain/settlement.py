@@ -16,8 +16,10 @@ Decisions (the lead documents these):
 - `charged` on a line is the money actually taken from the balance for that message and not given
   back (net of plan_refund), so a failed message already refunded at its receipt carries 0 and a
   failed message whose refund was missed is refunded here instead of being lost.
-- Prepaid refund = domestic charged - domestic amount when positive (never a claw-back); it goes to
-  cash. International is paid by its pre-charge at submission: shown on the bill, no refund path.
+- Prepaid refund = domestic charged - domestic amount when positive (never a claw-back). It goes
+  back to the pockets that paid, in proportion (refund_split): a voucher's share to that voucher
+  (void if it has expired, like a failed message's refund), the rest to cash. International is
+  paid by its pre-charge at submission: shown on the bill, no refund path.
 - Postpaid invoice = invoice_round(what is priced but was not taken from the balance).
 """
 
@@ -30,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bridge.domain.ledger import POCKET_CASH, POCKET_INVOICE, Entry, EntryKind
+from bridge.domain.ledger import POCKET_CASH, POCKET_INVOICE, Entry, EntryKind, voucher_pocket
 from bridge.domain.lifecycle import (
     MSG_DELIVERED,
     MSG_EXPIRED,
@@ -46,13 +48,16 @@ __all__ = [
     "DomesticGroup",
     "IntlLine",
     "MonthBill",
+    "RefundSplit",
     "SettlementNotReady",
     "UsageLine",
+    "VoucherShare",
     "billable",
     "chained_bounds",
     "invoice_round",
     "month_before",
     "month_bounds",
+    "refund_split",
     "settle_month",
     "settlement_entries",
 ]
@@ -325,28 +330,81 @@ def settle_month(
     )
 
 
-def settlement_entries(bill: MonthBill, account_kind: AccountKind, now: int) -> list[Entry]:
+class VoucherShare(NamedTuple):
+    """What one voucher paid, net, for the domestic messages a bill covers."""
+
+    voucher_id: str
+    charged: int  # micro
+    expires_at: int | None  # None: never expires
+
+
+class RefundSplit(NamedTuple):
+    """Where a settlement refund goes: cash, and each paying voucher's share of it."""
+
+    cash: int
+    vouchers: tuple[tuple[VoucherShare, int], ...]  # (voucher, micro returned), share > 0 only
+
+    def returned(self, now: int) -> int:
+        """Micro returned to vouchers still valid at `now` (spendable again)."""
+        return sum(n for v, n in self.vouchers if v.expires_at is None or now < v.expires_at)
+
+    def void(self, now: int) -> int:
+        """Micro of the shares of vouchers expired at `now`: recorded, then written off."""
+        return sum(n for _v, n in self.vouchers) - self.returned(now)
+
+
+def refund_split(refund: int, charged: int, vouchers: Sequence[VoucherShare]) -> RefundSplit:
+    """Split `refund` in proportion to what paid the `charged` domestic micro: each voucher
+    gets floor(refund x its charge / charged), cash the rest (so also the sub-micro remainders).
+
+    Why not all to cash: a voucher is spent before cash and its remainder is void once it
+    expires. Returning a voucher-paid message's tier difference as cash turned promotional
+    credit into money (even credit already void), where a failed message's refund goes back to
+    the pocket it came from. Proportional, because the tier price applies to every unit alike.
+    """
+    if not _is_int(refund) or refund < 0:
+        raise ValueError(f"refund: must be a non-negative integer, got {refund!r}")
+    paid = [v for v in vouchers if v.charged > 0]
+    whole = max(charged, sum(v.charged for v in paid))
+    if refund == 0 or whole <= 0:
+        return RefundSplit(refund, ())
+    shares = [(v, refund * v.charged // whole) for v in sorted(paid, key=lambda v: v.voucher_id)]
+    shares = [(v, n) for v, n in shares if n > 0]
+    return RefundSplit(refund - sum(n for _v, n in shares), tuple(shares))
+
+
+def settlement_entries(
+    bill: MonthBill, account_kind: AccountKind, now: int, split: RefundSplit | None = None
+) -> list[Entry]:
     """Ledger entries recording the settlement, ref = the month (the store keeps one per month).
 
-    Prepaid: always exactly one SETTLEMENT_ADJUSTMENT (+refund, possibly 0) to cash, so the
+    Prepaid: always exactly one SETTLEMENT_ADJUSTMENT (its cash part, possibly 0) to cash, so the
     ledger itself shows the month was settled. Postpaid: one INVOICE (+invoice_total, possibly 0)
     to the "invoice" receivable pocket, plus a cash adjustment only if something was pre-charged
-    above the tier price.
+    above the tier price. Either way each voucher's share of the refund (`split`, all cash when
+    None) is a VOUCHER_REFUND to it, followed by a VOUCHER_EXPIRE of the same amount when the
+    voucher has expired at `now`.
     """
+    if split is None:
+        split = RefundSplit(bill.refund, ())
+    if split.cash + sum(n for _v, n in split.vouchers) != bill.refund:
+        raise ValueError("split: its parts must add up to the bill's refund")
+    month = bill.month
     if account_kind == "prepaid":
-        out = [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)]
+        out = [Entry(EntryKind.SETTLEMENT_ADJUSTMENT, split.cash, POCKET_CASH, now, month)]
         if bill.invoice_total:  # traffic sent while the account was postpaid this month
-            out.append(
-                Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, bill.month)
-            )
-        return out
-    if account_kind != "postpaid":
+            out.append(Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, month))
+    elif account_kind == "postpaid":
+        out = [Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, month)]
+        if split.cash:
+            out.append(Entry(EntryKind.SETTLEMENT_ADJUSTMENT, split.cash, POCKET_CASH, now, month))
+    else:
         raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
-    out = [Entry(EntryKind.INVOICE, bill.invoice_total, POCKET_INVOICE, now, bill.month)]
-    if bill.refund:
-        out.append(
-            Entry(EntryKind.SETTLEMENT_ADJUSTMENT, bill.refund, POCKET_CASH, now, bill.month)
-        )
+    for v, n in split.vouchers:
+        pocket = voucher_pocket(v.voucher_id)
+        out.append(Entry(EntryKind.VOUCHER_REFUND, n, pocket, now, month, v.expires_at))
+        if v.expires_at is not None and now >= v.expires_at:
+            out.append(Entry(EntryKind.VOUCHER_EXPIRE, -n, pocket, now, month, v.expires_at))
     return out
 
 

@@ -40,6 +40,7 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
+    VOUCHER_CHARGES_SQL,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
@@ -834,6 +835,13 @@ class RulesStoreMixin:
             end,
         )
         return [(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows]
+
+    async def voucher_charges(
+        self, account_id: str, start: int, end: int
+    ) -> list[tuple[str, int, int | None]]:
+        """The SQLite engine's voucher_charges: what each voucher paid for a bill's messages."""
+        rows = await self.pool.fetch(VOUCHER_CHARGES_SQL, account_id, start, end)
+        return [(r[0], int(r[1]), None if r[2] is None else int(r[2])) for r in rows]
 
     async def save_bill(self, bill: BillRow, entries: Sequence[Entry]) -> bool:
         """Record a settled month and its ledger entries once, in one statement; False if it was

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from bridge.domain.admission import DOMESTIC
 from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
 from bridge.store.models import LedgerRow, Sign, Template
 
@@ -160,6 +161,17 @@ def kinds_sql(kinds: Iterable[str]) -> str:
 # The IN lists of the reads of one message's charge (see bridge.domain.ledger.MESSAGE_KINDS).
 MESSAGE_KINDS_SQL = kinds_sql(MESSAGE_KINDS)
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
+
+# Store.voucher_charges, one text for both engines ($n placeholders; SQLite's are ?n).
+# Vouchers that paid nothing net (every spend given back) are left out.
+VOUCHER_CHARGES_SQL = (
+    "SELECT substr(l.pocket, 9), -SUM(l.amount), MAX(l.expires_at) "
+    "FROM messages m JOIN ledger l ON l.account_id = m.account_id AND l.ref = m.id "
+    "WHERE m.account_id = $1 AND m.accepted_at >= $2 AND m.accepted_at < $3 "
+    f"AND m.price_class = '{DOMESTIC}' AND l.kind IN ({CHARGE_KINDS_SQL}) "
+    "AND l.pocket LIKE 'voucher:%' "
+    "GROUP BY l.pocket HAVING SUM(l.amount) < 0 ORDER BY l.pocket"
+)
 
 
 # A correction (edit_template / edit_sign): only of a rejected submission, and of a template only

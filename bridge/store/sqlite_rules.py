@@ -34,6 +34,7 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
+    VOUCHER_CHARGES_SQL,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
@@ -708,6 +709,18 @@ class RulesStoreMixin:
                 "WHERE m.account_id=?1 AND m.accepted_at>=?2 AND m.accepted_at<?3 "
                 f"AND m.price_class IS NOT NULL GROUP BY m.price_class, m.state{bucket}"
             )
+            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
+
+        return await self._runner.read(job)
+
+    async def voucher_charges(
+        self, account_id: str, start: int, end: int
+    ) -> list[tuple[str, int, int | None]]:
+        """(voucher id, net micro it paid, its expiry) for the account's domestic messages
+        accepted in [start, end): where a settlement refund goes back (settlement.refund_split)."""
+
+        def job(c: sqlite3.Connection) -> list[tuple[str, int, int | None]]:
+            sql = VOUCHER_CHARGES_SQL.replace("$", "?")
             return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
 
         return await self._runner.read(job)

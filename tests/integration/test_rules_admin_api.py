@@ -687,6 +687,10 @@ async def test_bill_of_the_current_month_is_open(api_server, make_account, clock
         "domestic_amount_micro": 0,
         "charged_micro": 0,
         "refund_micro": 0,
+        # Where a refund goes (cash, vouchers, void) is decided when the month is settled.
+        "refund_cash_micro": None,
+        "refund_vouchers_micro": None,
+        "refund_void_micro": None,
         "invoice_total_micro": 0,
         "vouchers_used_micro": 0,
         "international_amount_micro": 0,

@@ -68,9 +68,9 @@ Doubts (not asserted):
   stopped by a hold ends `expired` and is refunded whole (refund_share domestic), while the
   README says "it ends with that code, the rest refunded" (per part, as international is).
   The status and the ledger agree, so it is a pricing policy question.
-- Settlement refunds (tier difference) go to cash even for units paid by vouchers, also
-  vouchers expired since (README "Decisions to review"): the rules say an expired voucher's
-  remainder is void, and a tier refund is not a remainder, so not asserted.
+- Settlement refunds (tier difference) went to cash even for units paid by vouchers, also
+  vouchers expired since. Since session 19 each voucher's share goes back to it, void if it
+  has expired (tests/integration/test_settlement_vouchers.py).
 - An expired stored-value card's remainder is never written off in the running pockets (the
   sweep lapses vouchers only): balances and sends ignore it and `bill check` agrees, but the
   pockets table overstates what the account holds.

@@ -12,11 +12,14 @@ from hypothesis import strategies as st
 from bridge.domain.ledger import Entry, EntryKind
 from bridge.domain.settlement import (
     IntlLine,
+    RefundSplit,
     SettlementNotReady,
     UsageLine,
+    VoucherShare,
     billable,
     invoice_round,
     month_bounds,
+    refund_split,
     settle_month,
     settlement_entries,
 )
@@ -411,3 +414,73 @@ def test_settle_month_independent_of_line_order(
         0, bill.international_amount - bill.international_charged
     )
     assert bill.invoice_total == invoice_round(owed)
+
+
+# ---- where a refund goes: back to the vouchers that paid, in proportion ------------------------
+
+
+def test_refund_split_by_hand() -> None:
+    a = VoucherShare("a", 45_000, None)
+    b = VoucherShare("b", 90_000, 1_000)
+    # 5 units charged 225,000, settled at 40,000: 25,000 back; vouchers paid 1/5 and 2/5.
+    split = refund_split(25_000, 225_000, [b, a])
+    assert split == RefundSplit(10_000, ((a, 5_000), (b, 10_000)))
+    assert (split.returned(999), split.void(999)) == (15_000, 0)
+    assert (split.returned(1_000), split.void(1_000)) == (5_000, 10_000)  # b expired at 1,000
+    # Nothing paid by vouchers, or nothing to refund: all cash.
+    assert refund_split(25_000, 225_000, []) == RefundSplit(25_000, ())
+    assert refund_split(0, 225_000, [a]) == RefundSplit(0, ())
+    # A share under one micro-unit is not written: the remainder stays with cash.
+    assert refund_split(1, 225_000, [a]) == RefundSplit(1, ())
+
+
+@given(
+    refund=st.integers(0, 10**12),
+    cash=st.integers(0, 10**12),
+    paid=st.lists(
+        st.tuples(st.integers(0, 10**11), st.none() | st.integers(0, 10**13)), max_size=6
+    ),
+)
+def test_refund_split_adds_up_and_is_proportional(
+    refund: int, cash: int, paid: list[tuple[int, int | None]]
+) -> None:
+    vouchers = [VoucherShare(f"v{i}", n, exp) for i, (n, exp) in enumerate(paid)]
+    charged = cash + sum(n for n, _e in paid)
+    split = refund_split(refund, charged, vouchers)
+    shares = dict((v.voucher_id, n) for v, n in split.vouchers)
+    assert split.cash + sum(shares.values()) == refund
+    assert split.cash >= 0 and all(n > 0 for n in shares.values())
+    for v in vouchers:
+        exact = refund * v.charged / charged if charged else 0
+        assert exact - 1 < shares.get(v.voucher_id, 0) <= exact
+    # Cash gets its own share plus under one micro-unit per voucher.
+    exact_cash = refund * cash / charged if charged else refund
+    assert exact_cash - 1e-6 * refund <= split.cash < exact_cash + len(vouchers) + 1
+    for now in (0, 10**13):
+        assert split.returned(now) + split.void(now) == refund - split.cash
+
+
+def test_settlement_entries_return_voucher_shares_and_void_an_expired_ones() -> None:
+    bill = settle_month("2026-11", split(100_001), [V1], TZ, "prepaid")
+    refund = bill.refund  # 100,001 x 5,000: each voucher paid one unit's 45,000
+    live, gone = VoucherShare("live", 45_000, 2_000), VoucherShare("gone", 45_000, 5)
+    share = refund_split(refund, bill.charged, [live, gone])
+    part = 5_000
+    assert share.vouchers == ((gone, part), (live, part))
+    assert settlement_entries(bill, "prepaid", 7, share) == [
+        Entry(EntryKind.SETTLEMENT_ADJUSTMENT, refund - 2 * part, "cash", 7, "2026-11"),
+        Entry(EntryKind.VOUCHER_REFUND, part, "voucher:gone", 7, "2026-11", 5),
+        Entry(EntryKind.VOUCHER_EXPIRE, -part, "voucher:gone", 7, "2026-11", 5),
+        Entry(EntryKind.VOUCHER_REFUND, part, "voucher:live", 7, "2026-11", 2_000),
+    ]
+    # Postpaid pre-charged above the tier (switched kind mid-month): the same split.
+    entries = settlement_entries(bill, "postpaid", 7, share)
+    assert [(e.kind, e.pocket) for e in entries] == [
+        (EntryKind.INVOICE, "invoice"),
+        (EntryKind.SETTLEMENT_ADJUSTMENT, "cash"),
+        (EntryKind.VOUCHER_REFUND, "voucher:gone"),
+        (EntryKind.VOUCHER_EXPIRE, "voucher:gone"),
+        (EntryKind.VOUCHER_REFUND, "voucher:live"),
+    ]
+    with pytest.raises(ValueError, match="add up"):
+        settlement_entries(bill, "prepaid", 7, RefundSplit(refund + 1, ()))
