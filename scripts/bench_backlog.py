@@ -373,6 +373,33 @@ async def run(args: argparse.Namespace) -> dict:
             f"(GET /admin/queue took {queue_view_s:.2f} s); RSS {steady.rss:.1f} MB"
         )
 
+        # -- optional: stop and start again with the backlog in the store -------------------
+        restart: dict[str, float] = {}
+        if args.restart:
+            t_stop = time.perf_counter()
+            daemon.terminate()
+            await asyncio.to_thread(daemon.wait, 120)
+            restart["stop_s"] = time.perf_counter() - t_stop
+            t_start = time.perf_counter()
+            daemon = subprocess.Popen(
+                [*cli, "run", "--config", str(path)],
+                env=env,
+                stdout=open(tmp / "daemon-restart.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+            sampler.daemon_pid = daemon.pid
+            await bench.wait_http(f"{base}/healthz", 300)
+            restart["healthz_s"] = time.perf_counter() - t_start
+            await asyncio.sleep(1.0)
+            restart["rss_mb"] = sampler.take().rss
+            view, queue_view_s = await admin_queue(ports["http"])
+            restart["queue_messages"] = float(view.get("messages") or 0)
+            progress(
+                f"restarted: stop {restart['stop_s']:.1f} s, /healthz after "
+                f"{restart['healthz_s']:.1f} s, RSS {restart['rss_mb']:.1f} MB, "
+                f"{view.get('messages')} messages queued"
+            )
+
         # -- phase 2: drain ----------------------------------------------------------------
         target = min(args.drain_limit or state.accepted, state.accepted)
         sampler.reset_peak()
@@ -474,6 +501,7 @@ async def run(args: argparse.Namespace) -> dict:
             },
             "queue_after_drain": end_view.get("depth"),
             "admin_queue_after_s": end_view_s,
+            "restart": restart,
             "cpu_queue": cpu_split(cpu0, cpu1),
             "cpu_drain": cpu_split(cpu2, cpu3),
             "wall_seconds": time.perf_counter() - wall0,
@@ -523,6 +551,16 @@ def table(r: dict) -> list[tuple[str, str]]:
         ("RSS after draining (MB)", f"{r['rss_after_drain_mb']:.1f}"),
         ("delivered / drain target", f"{r['delivered']} / {r['drain_target']}  "
          f"(daemon metric: {r['daemon_delivered_metric']:.0f})"),
+        *(
+            [
+                ("restart: stop (s) / start to /healthz (s) / RSS (MB)",
+                 f"{r['restart']['stop_s']:.1f} / {r['restart']['healthz_s']:.1f} / "
+                 f"{r['restart']['rss_mb']:.1f}  ({r['restart']['queue_messages']:.0f} "
+                 "messages still queued)"),
+            ]
+            if r["restart"]
+            else []
+        ),
         ("bind up after simulator start (s)", num(r["bind_after_s"], ".1f")),
         ("drain messages/s, first 60 s", num(r["drain_per_s_first_60"])),
         ("drain messages/s, overall (from first receipt)", num(r["drain_per_s_overall"])),
@@ -557,6 +595,11 @@ def main() -> None:
     p.add_argument("--settle-s", type=float, default=5.0, help="idle before the steady RSS")
     p.add_argument("--report-s", type=float, default=10.0, help="progress line interval")
     p.add_argument("--stall-s", type=float, default=120.0, help="give up after no progress")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="after queueing, stop the daemon (SIGTERM) and start it again before the drain",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (DB, logs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

@@ -67,7 +67,8 @@ Doubts (not asserted):
 - A domestic multi-part message whose first part was delivered and whose later parts were
   stopped by a hold ends `expired` and is refunded whole (refund_share domestic), while the
   README says "it ends with that code, the rest refunded" (per part, as international is).
-  The status and the ledger agree, so it is a pricing policy question.
+  The status and the ledger agree, so it is a pricing policy question. (Session 19: the README
+  now says so: domestic, the whole message; international, the parts not submitted.)
 - Settlement refunds (tier difference) went to cash even for units paid by vouchers, also
   vouchers expired since. Since session 19 each voucher's share goes back to it, void if it
   has expired (tests/integration/test_settlement_vouchers.py).
