@@ -311,6 +311,16 @@ async def run(args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "bridge.cli"]
     base = f"http://127.0.0.1:{ports['http']}"
+
+    def spawn(command: str, log: str) -> subprocess.Popen[bytes]:
+        with open(tmp / log, "wb") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                [*cli, command, "--config", str(path)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
     daemon: subprocess.Popen[bytes] | None = None
     sim: subprocess.Popen[bytes] | None = None
     sampler_task: asyncio.Task[None] | None = None
@@ -326,12 +336,7 @@ async def run(args: argparse.Namespace) -> dict:
             env=env,
         )
         creds = json.loads(out.stdout)
-        daemon = subprocess.Popen(
-            [*cli, "run", "--config", str(path)],
-            env=env,
-            stdout=open(tmp / "daemon.log", "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        daemon = spawn("run", "daemon.log")
         await bench.wait_http(f"{base}/healthz", 60)
         await asyncio.sleep(1.0)  # acceptor processes (--workers) finish starting
         sampler = Sampler(daemon.pid)
@@ -381,12 +386,7 @@ async def run(args: argparse.Namespace) -> dict:
             await asyncio.to_thread(daemon.wait, 120)
             restart["stop_s"] = time.perf_counter() - t_stop
             t_start = time.perf_counter()
-            daemon = subprocess.Popen(
-                [*cli, "run", "--config", str(path)],
-                env=env,
-                stdout=open(tmp / "daemon-restart.log", "wb"),
-                stderr=subprocess.STDOUT,
-            )
+            daemon = spawn("run", "daemon-restart.log")
             sampler.daemon_pid = daemon.pid
             await bench.wait_http(f"{base}/healthz", 300)
             restart["healthz_s"] = time.perf_counter() - t_start
@@ -403,12 +403,7 @@ async def run(args: argparse.Namespace) -> dict:
         # -- phase 2: drain ----------------------------------------------------------------
         target = min(args.drain_limit or state.accepted, state.accepted)
         sampler.reset_peak()
-        sim = subprocess.Popen(
-            [*cli, "sim", "--config", str(path)],
-            env=env,
-            stdout=open(tmp / "sim.log", "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        sim = spawn("sim", "sim.log")
         sampler.sim_pid = sim.pid
         ctl = f"http://127.0.0.1:{ports['ctl']}/stats"
         cpu2 = cpu_now(daemon, sim)
