@@ -373,11 +373,16 @@ def bill_view(bill: settlement.MonthBill, currency: str) -> dict[str, Any]:
     return out
 
 
+def _periods(tariffs: Sequence[Tariff], start: int, end: int) -> list[int]:
+    """The tariff effective times inside [start, end): the store groups by the periods between
+    them, so a group never straddles a price change."""
+    return sorted({t.effective_at for t in tariffs if start < t.effective_at < end})
+
+
 async def usage_lines(
     store: Any, account_id: str, start: int, end: int, tariffs: Sequence[Tariff]
 ) -> list[settlement.UsageLine]:
-    bounds = sorted({t.effective_at for t in tariffs if start < t.effective_at < end})
-    rows = await store.usage_groups(account_id, start, end, bounds)
+    rows = await store.usage_groups(account_id, start, end, _periods(tariffs, start, end))
     return [
         settlement.UsageLine(
             at=int(at),
@@ -421,15 +426,20 @@ async def compute_bill(
 
 
 async def refund_split(
-    store: Any, account_id: str, bill: settlement.MonthBill, bounds: tuple[int, int]
+    store: Any,
+    account_id: str,
+    bill: settlement.MonthBill,
+    bounds: tuple[int, int],
+    tariffs: Sequence[Tariff],
 ) -> settlement.RefundSplit:
-    """Where the bill's refund goes: back to the vouchers that paid, in proportion, the rest to
-    cash (settlement.refund_split)."""
+    """Where the bill's refund goes: to each voucher what it was charged above the month's
+    price, the rest to cash (settlement.refund_split)."""
     if bill.refund == 0:
         return settlement.RefundSplit(0, ())
-    rows = await store.voucher_charges(account_id, *bounds)
-    shares = [settlement.VoucherShare(vid, int(n), exp) for vid, n, exp in rows]
-    return settlement.refund_split(bill.refund, bill.charged, shares)
+    start, end = bounds
+    rows = await store.voucher_charges(account_id, start, end, _periods(tariffs, start, end))
+    charges = [settlement.VoucherCharge(*row) for row in rows]
+    return settlement.refund_split(bill, tariffs, charges)
 
 
 def _period(view: dict[str, Any], bounds: tuple[int, int], tz: str) -> None:
@@ -461,7 +471,7 @@ async def settle(
     _period(view, bounds, tz)
     view["status"] = "settled"
     view["settled_at"] = now
-    split = await refund_split(store, account.id, bill, bounds)
+    split = await refund_split(store, account.id, bill, bounds, tariffs)
     view["refund_cash_micro"] = split.cash
     view["refund_vouchers_micro"] = split.returned(now)
     view["refund_void_micro"] = split.void(now)

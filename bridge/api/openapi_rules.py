@@ -226,7 +226,11 @@ def _bill_props() -> dict[str, Any]:
             **_MICRO,
             "description": "traffic sent while postpaid, rounded to whole fen",
         },
-        "vouchers_used_micro": _MICRO,
+        "vouchers_used_micro": {
+            **_MICRO,
+            "description": "paid by vouchers in the month (net of message refunds, before the "
+            "settlement's refund_vouchers_micro)",
+        },
         "international_amount_micro": _MICRO,
         "international_charged_micro": _MICRO,
         "domestic": {

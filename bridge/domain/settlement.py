@@ -16,19 +16,21 @@ Decisions (the lead documents these):
 - `charged` on a line is the money actually taken from the balance for that message and not given
   back (net of plan_refund), so a failed message already refunded at its receipt carries 0 and a
   failed message whose refund was missed is refunded here instead of being lost.
-- Prepaid refund = domestic charged - domestic amount when positive (never a claw-back). It goes
-  back to the pockets that paid, in proportion (refund_split): a voucher's share to that voucher
-  (void if it has expired, like a failed message's refund), the rest to cash. International is
+- Prepaid refund = domestic charged - domestic amount when positive (never a claw-back). Each
+  voucher gets back what it was charged above the month's price (refund_split; void if it has
+  expired, like a failed message's refund), cash the rest. International is
   paid by its pre-charge at submission: shown on the bill, no refund path.
 - Postpaid invoice = invoice_round(what is priced but was not taken from the balance).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,6 +53,7 @@ __all__ = [
     "RefundSplit",
     "SettlementNotReady",
     "UsageLine",
+    "VoucherCharge",
     "VoucherShare",
     "billable",
     "chained_bounds",
@@ -330,47 +333,84 @@ def settle_month(
     )
 
 
-class VoucherShare(NamedTuple):
-    """What one voucher paid, net, for the domestic messages a bill covers."""
+class VoucherCharge(NamedTuple):
+    """What one voucher paid, net, for a bill's domestic messages of one outcome under one tariff
+    version (Store.voucher_charges: one row per voucher, final state and tariff period)."""
 
     voucher_id: str
+    at: int  # an acceptance time inside the tariff period: decides the version
+    final_state: str
     charged: int  # micro
     expires_at: int | None  # None: never expires
+
+
+class VoucherShare(NamedTuple):
+    """A voucher's share of a settlement refund."""
+
+    voucher_id: str
+    amount: int  # micro given back to it
+    expires_at: int | None
 
 
 class RefundSplit(NamedTuple):
     """Where a settlement refund goes: cash, and each paying voucher's share of it."""
 
     cash: int
-    vouchers: tuple[tuple[VoucherShare, int], ...]  # (voucher, micro returned), share > 0 only
+    vouchers: tuple[VoucherShare, ...]  # amount > 0 only, by voucher id
 
     def returned(self, now: int) -> int:
         """Micro returned to vouchers still valid at `now` (spendable again)."""
-        return sum(n for v, n in self.vouchers if v.expires_at is None or now < v.expires_at)
+        return sum(v.amount for v in self.vouchers if v.expires_at is None or now < v.expires_at)
 
     def void(self, now: int) -> int:
         """Micro of the shares of vouchers expired at `now`: recorded, then written off."""
-        return sum(n for _v, n in self.vouchers) - self.returned(now)
+        return sum(v.amount for v in self.vouchers) - self.returned(now)
 
 
-def refund_split(refund: int, charged: int, vouchers: Sequence[VoucherShare]) -> RefundSplit:
-    """Split `refund` in proportion to what paid the `charged` domestic micro: each voucher
-    gets floor(refund x its charge / charged), cash the rest (so also the sub-micro remainders).
+def refund_split(
+    bill: MonthBill, tariffs: Sequence[Tariff], charges: Sequence[VoucherCharge]
+) -> RefundSplit:
+    """Give each voucher back what it was charged above the month's price; cash gets the rest of
+    `bill.refund` (so also every sub-micro remainder).
+
+    A billed message was charged the starting price of the tariff version in force when it was
+    accepted and costs that version's price at the tier the month reached, so a voucher gets
+    charged x (start - tier price) / start of what it paid for such messages, per version; for a
+    message not billed (failed or expired, its refund missed at the receipt) all it paid. Per
+    version, not in proportion to the month: the over-charge ratio differs between versions.
+    When the refund is smaller than those shares (the month also had traffic sent while the
+    account was postpaid, which it nets), each is scaled down alike.
 
     Why not all to cash: a voucher is spent before cash and its remainder is void once it
     expires. Returning a voucher-paid message's tier difference as cash turned promotional
     credit into money (even credit already void), where a failed message's refund goes back to
-    the pocket it came from. Proportional, because the tier price applies to every unit alike.
+    the pocket it came from.
     """
-    if not _is_int(refund) or refund < 0:
-        raise ValueError(f"refund: must be a non-negative integer, got {refund!r}")
-    paid = [v for v in vouchers if v.charged > 0]
-    whole = max(charged, sum(v.charged for v in paid))
-    if refund == 0 or whole <= 0:
-        return RefundSplit(refund, ())
-    shares = [(v, refund * v.charged // whole) for v in sorted(paid, key=lambda v: v.voucher_id)]
-    shares = [(v, n) for v, n in shares if n > 0]
-    return RefundSplit(refund - sum(n for _v, n in shares), tuple(shares))
+    refund = bill.refund
+    over: dict[str, Fraction] = {}
+    expiry: dict[str, int | None] = {}
+    for c in charges:
+        if c.charged <= 0:
+            continue
+        t = tariff_at(tariffs, c.at)
+        if t.domestic_bill_on == "delivered":
+            billed = c.final_state in (MSG_DELIVERED, MSG_UNKNOWN)
+        else:
+            billed = c.final_state != MSG_QUEUED
+        if billed:
+            start = t.starting_price
+            price = tier_for(bill.units, t.tiers)[1].price
+            part = Fraction(c.charged * max(0, start - price), start) if start > 0 else Fraction()
+        else:
+            part = Fraction(c.charged)
+        over[c.voucher_id] = over.get(c.voucher_id, Fraction()) + part
+        expiry[c.voucher_id] = c.expires_at
+    shares = {v: math.floor(x) for v, x in over.items()}
+    total = sum(shares.values())
+    if total > refund:
+        shares = {v: n * refund // total for v, n in shares.items()}
+    out = tuple(VoucherShare(v, shares[v], expiry[v]) for v in sorted(shares) if shares[v] > 0)
+    return RefundSplit(refund - sum(v.amount for v in out), out)
 
 
 def settlement_entries(
@@ -387,7 +427,7 @@ def settlement_entries(
     """
     if split is None:
         split = RefundSplit(bill.refund, ())
-    if split.cash + sum(n for _v, n in split.vouchers) != bill.refund:
+    if split.cash + sum(v.amount for v in split.vouchers) != bill.refund:
         raise ValueError("split: its parts must add up to the bill's refund")
     month = bill.month
     if account_kind == "prepaid":
@@ -400,11 +440,11 @@ def settlement_entries(
             out.append(Entry(EntryKind.SETTLEMENT_ADJUSTMENT, split.cash, POCKET_CASH, now, month))
     else:
         raise ValueError(f"account_kind: must be prepaid or postpaid, got {account_kind!r}")
-    for v, n in split.vouchers:
+    for v in split.vouchers:
         pocket = voucher_pocket(v.voucher_id)
-        out.append(Entry(EntryKind.VOUCHER_REFUND, n, pocket, now, month, v.expires_at))
+        out.append(Entry(EntryKind.VOUCHER_REFUND, v.amount, pocket, now, month, v.expires_at))
         if v.expires_at is not None and now >= v.expires_at:
-            out.append(Entry(EntryKind.VOUCHER_EXPIRE, -n, pocket, now, month, v.expires_at))
+            out.append(Entry(EntryKind.VOUCHER_EXPIRE, -v.amount, pocket, now, month, v.expires_at))
     return out
 
 

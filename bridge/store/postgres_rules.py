@@ -40,7 +40,6 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
-    VOUCHER_CHARGES_SQL,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
@@ -50,8 +49,10 @@ from bridge.store.rules_rows import (
     pg_marks,
     sign_row,
     sign_values,
+    tariff_period_sql,
     template_row,
     template_values,
+    voucher_charges_sql,
 )
 
 # How long a DNC import waits for the accepts in progress (see import_dnc), in waits of
@@ -816,8 +817,7 @@ class RulesStoreMixin:
         """The month's billed messages grouped by (price class, state, tariff period): the rows of
         the SQLite engine's usage_groups, in the order of those keys."""
         # The tariff period (0, 1, ...); no term without boundaries (GROUP BY 0 names a position).
-        bucket = "".join(f" + (m.accepted_at >= {int(b)})::int" for b in boundaries)
-        bucket = f", 0{bucket}" if bucket else ""
+        bucket = tariff_period_sql(boundaries, postgres=True)
         rows = await self.pool.fetch(
             "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
             "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
@@ -837,11 +837,14 @@ class RulesStoreMixin:
         return [(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows]
 
     async def voucher_charges(
-        self, account_id: str, start: int, end: int
-    ) -> list[tuple[str, int, int | None]]:
+        self, account_id: str, start: int, end: int, boundaries: Sequence[int] = ()
+    ) -> list[tuple[str, int, str, int, int | None]]:
         """The SQLite engine's voucher_charges: what each voucher paid for a bill's messages."""
-        rows = await self.pool.fetch(VOUCHER_CHARGES_SQL, account_id, start, end)
-        return [(r[0], int(r[1]), None if r[2] is None else int(r[2])) for r in rows]
+        sql = voucher_charges_sql(boundaries, postgres=True)
+        rows = await self.pool.fetch(sql, account_id, start, end)
+        return [
+            (r[0], int(r[1]), r[2], int(r[3]), None if r[4] is None else int(r[4])) for r in rows
+        ]
 
     async def save_bill(self, bill: BillRow, entries: Sequence[Entry]) -> bool:
         """Record a settled month and its ledger entries once, in one statement; False if it was

@@ -162,16 +162,34 @@ def kinds_sql(kinds: Iterable[str]) -> str:
 MESSAGE_KINDS_SQL = kinds_sql(MESSAGE_KINDS)
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
 
-# Store.voucher_charges, one text for both engines ($n placeholders; SQLite's are ?n).
-# Vouchers that paid nothing net (every spend given back) are left out.
-VOUCHER_CHARGES_SQL = (
-    "SELECT substr(l.pocket, 9), -SUM(l.amount), MAX(l.expires_at) "
-    "FROM messages m JOIN ledger l ON l.account_id = m.account_id AND l.ref = m.id "
-    "WHERE m.account_id = $1 AND m.accepted_at >= $2 AND m.accepted_at < $3 "
-    f"AND m.price_class = '{DOMESTIC}' AND l.kind IN ({CHARGE_KINDS_SQL}) "
-    "AND l.pocket LIKE 'voucher:%' "
-    "GROUP BY l.pocket HAVING SUM(l.amount) < 0 ORDER BY l.pocket"
-)
+
+def tariff_period_sql(boundaries: Sequence[int], *, postgres: bool) -> str:
+    """A GROUP BY term numbering the tariff period of m.accepted_at (0, 1, ...; `boundaries`:
+    the tariff effective times inside the range read), with its leading comma; empty without
+    boundaries, where a bare `0` in GROUP BY would name a column position."""
+    cast = "::int" if postgres else ""
+    period = "".join(f" + (m.accepted_at >= {int(b)}){cast}" for b in boundaries)
+    return f", 0{period}" if period else ""
+
+
+def voucher_charges_sql(boundaries: Sequence[int], *, postgres: bool) -> str:
+    """Store.voucher_charges: what each voucher paid net for an account's domestic messages
+    accepted in [$2, $3), per final state and tariff period (`boundaries`: the tariff effective
+    times inside, as usage_groups takes them). Rows: (voucher id, first accepted_at, state, net
+    micro, expiry). Vouchers that paid nothing net (every spend given back) are left out.
+    $n placeholders; SQLite's are ?n."""
+    period = tariff_period_sql(boundaries, postgres=postgres)
+    sql = (
+        "SELECT substr(l.pocket, 9), MIN(m.accepted_at), m.state, -SUM(l.amount), "
+        "MAX(l.expires_at) "
+        "FROM messages m JOIN ledger l ON l.account_id = m.account_id AND l.ref = m.id "
+        "WHERE m.account_id = $1 AND m.accepted_at >= $2 AND m.accepted_at < $3 "
+        f"AND m.price_class = '{DOMESTIC}' AND l.kind IN ({CHARGE_KINDS_SQL}) "
+        "AND l.pocket LIKE 'voucher:%' "
+        f"GROUP BY l.pocket, m.state{period} HAVING SUM(l.amount) < 0 "
+        f"ORDER BY l.pocket, m.state{period}"
+    )
+    return sql if postgres else sql.replace("$", "?")
 
 
 # A correction (edit_template / edit_sign): only of a rejected submission, and of a template only

@@ -34,7 +34,6 @@ from bridge.store.rules_rows import (
     NEVER_TRIED,
     SIGN_COLS,
     TEMPLATE_COLS,
-    VOUCHER_CHARGES_SQL,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
@@ -45,8 +44,10 @@ from bridge.store.rules_rows import (
     sign_row,
     sign_values,
     sqlite_marks,
+    tariff_period_sql,
     template_row,
     template_values,
+    voucher_charges_sql,
 )
 
 # An `mo` opt-out for a number the customer had already listed (`api`) takes the entry over:
@@ -693,9 +694,7 @@ class RulesStoreMixin:
         """
 
         def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int]]:
-            # No boundary: no period term (a bare `0` in GROUP BY would name a column position).
-            bucket = "".join(f" + (m.accepted_at >= {int(b)})" for b in boundaries)
-            bucket = f", 0{bucket}" if bucket else ""
+            bucket = tariff_period_sql(boundaries, postgres=False)
             sql = (
                 "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
                 "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
@@ -714,13 +713,13 @@ class RulesStoreMixin:
         return await self._runner.read(job)
 
     async def voucher_charges(
-        self, account_id: str, start: int, end: int
-    ) -> list[tuple[str, int, int | None]]:
-        """(voucher id, net micro it paid, its expiry) for the account's domestic messages
-        accepted in [start, end): where a settlement refund goes back (settlement.refund_split)."""
+        self, account_id: str, start: int, end: int, boundaries: Sequence[int] = ()
+    ) -> list[tuple[str, int, str, int, int | None]]:
+        """What each voucher paid for a bill's domestic messages (rules_rows.voucher_charges_sql):
+        where a settlement refund goes back (settlement.refund_split)."""
+        sql = voucher_charges_sql(boundaries, postgres=False)
 
-        def job(c: sqlite3.Connection) -> list[tuple[str, int, int | None]]:
-            sql = VOUCHER_CHARGES_SQL.replace("$", "?")
+        def job(c: sqlite3.Connection) -> list[tuple[str, int, str, int, int | None]]:
             return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
 
         return await self._runner.read(job)

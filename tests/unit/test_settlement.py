@@ -15,6 +15,7 @@ from bridge.domain.settlement import (
     RefundSplit,
     SettlementNotReady,
     UsageLine,
+    VoucherCharge,
     VoucherShare,
     billable,
     invoice_round,
@@ -23,7 +24,14 @@ from bridge.domain.settlement import (
     settle_month,
     settlement_entries,
 )
-from bridge.domain.tariffs import DOMESTIC_TIERS, BillingError, PriceNotFound, Tariff, Tier
+from bridge.domain.tariffs import (
+    DOMESTIC_TIERS,
+    BillingError,
+    PriceNotFound,
+    Tariff,
+    Tier,
+    tier_for,
+)
 
 TZ = "Asia/Shanghai"
 INTL = {"+1": 350_000, "+44": 400_000, "+852": 300_000}
@@ -416,57 +424,108 @@ def test_settle_month_independent_of_line_order(
     assert bill.invoice_total == invoice_round(owed)
 
 
-# ---- where a refund goes: back to the vouchers that paid, in proportion ------------------------
+# ---- where a refund goes: to each voucher what it was charged above the month's price --------
+
+
+def vc(
+    voucher: str, charged: int, state: str = "delivered", at: int = MID_NOV, exp: int | None = None
+) -> VoucherCharge:
+    return VoucherCharge(voucher, at, state, charged, exp)
 
 
 def test_refund_split_by_hand() -> None:
-    a = VoucherShare("a", 45_000, None)
-    b = VoucherShare("b", 90_000, 1_000)
-    # 5 units charged 225,000, settled at 40,000: 25,000 back; vouchers paid 1/5 and 2/5.
-    split = refund_split(25_000, 225_000, [b, a])
-    assert split == RefundSplit(10_000, ((a, 5_000), (b, 10_000)))
-    assert (split.returned(999), split.void(999)) == (15_000, 0)
-    assert (split.returned(1_000), split.void(1_000)) == (5_000, 10_000)  # b expired at 1,000
+    # 100,001 units reach the second tier (0.040): 5,000 of every 45,000 charged comes back.
+    bill = settle_month("2026-11", split(100_001), [V1], TZ, "prepaid")
+    assert bill.refund == 100_001 * 5_000
+    charges = [vc("b", 90_000, exp=1_000), vc("a", 45_000), vc("c", 7, "failed")]
+    out = refund_split(bill, [V1], charges)
+    # a and b: 1/9 of what they paid for delivered messages; c: all it paid for a failed one
+    # whose refund was missed at its receipt.
+    assert out.vouchers == (
+        VoucherShare("a", 5_000, None),
+        VoucherShare("b", 10_000, 1_000),
+        VoucherShare("c", 7, None),
+    )
+    assert out.cash == bill.refund - 15_007
+    assert (out.returned(999), out.void(999)) == (15_007, 0)
+    assert (out.returned(1_000), out.void(1_000)) == (5_007, 10_000)  # b expired at 1,000
     # Nothing paid by vouchers, or nothing to refund: all cash.
-    assert refund_split(25_000, 225_000, []) == RefundSplit(25_000, ())
-    assert refund_split(0, 225_000, [a]) == RefundSplit(0, ())
+    assert refund_split(bill, [V1], []) == RefundSplit(bill.refund, ())
+    low = settle_month("2026-11", split(5), [V1], TZ, "prepaid")
+    assert low.refund == 0 and refund_split(low, [V1], [vc("a", 45_000)]) == RefundSplit(0, ())
     # A share under one micro-unit is not written: the remainder stays with cash.
-    assert refund_split(1, 225_000, [a]) == RefundSplit(1, ())
+    assert refund_split(bill, [V1], [vc("a", 8)]) == RefundSplit(bill.refund, ())
+
+
+def test_refund_split_per_tariff_version() -> None:
+    """The over-charge ratio is the version's: cash paid the first version's messages (charged
+    at 45,000, priced at 45,000 under a flat tariff), a voucher the second's (charged 60,000,
+    priced 30,000): all of the refund is the voucher's."""
+    flat = Tariff("flat", 0, tiers=(Tier(None, 45_000),))
+    dear = Tariff("dear", ms("2026-11-10T00:00:00+08:00"), tiers=(Tier(None, 30_000),),
+                  starting_price=60_000)  # fmt: skip
+    early, late = ms("2026-11-05T12:00:00+08:00"), MID_NOV
+    lines = [dom(2, at=early, charged=90_000), dom(2, at=late, charged=120_000)]
+    bill = settle_month("2026-11", lines, [flat, dear], TZ, "prepaid")
+    assert bill.refund == 60_000
+    out = refund_split(bill, [flat, dear], [vc("v", 120_000, at=late)])
+    assert out == RefundSplit(0, (VoucherShare("v", 60_000, None),))
+    # The reverse: cash paid the over-charged messages, the voucher those priced as charged.
+    out = refund_split(bill, [flat, dear], [vc("v", 90_000, at=early)])
+    assert out == RefundSplit(60_000, ())
+
+
+def test_refund_split_scales_down_when_the_month_nets_uncharged_traffic() -> None:
+    """Traffic sent while the account was postpaid (not charged) costs the refund: the vouchers'
+    shares shrink alike and together never exceed it."""
+    bill = settle_month(
+        "2026-11",
+        [*split(100_001), dom(10_000, charged=0)],
+        [V1],
+        TZ,
+        "prepaid",
+    )
+    assert 0 < bill.refund < 100_001 * 5_000
+    out = refund_split(bill, [V1], [vc("a", 100_001 * 45_000 // 2), vc("b", 100_001 * 45_000 // 2)])
+    assert sum(v.amount for v in out.vouchers) + out.cash == bill.refund
+    assert out.vouchers[0].amount == out.vouchers[1].amount
+    assert out.cash <= 2
 
 
 @given(
-    refund=st.integers(0, 10**12),
-    cash=st.integers(0, 10**12),
+    units=st.integers(1, 400_000),
     paid=st.lists(
-        st.tuples(st.integers(0, 10**11), st.none() | st.integers(0, 10**13)), max_size=6
+        st.tuples(
+            st.integers(0, 10**9),
+            st.sampled_from(["delivered", "unknown", "failed", "expired"]),
+            st.none() | st.integers(0, 10**13),
+        ),
+        max_size=6,
     ),
 )
-def test_refund_split_adds_up_and_is_proportional(
-    refund: int, cash: int, paid: list[tuple[int, int | None]]
+def test_refund_split_adds_up_and_gives_no_voucher_more_than_its_over_charge(
+    units: int, paid: list[tuple[int, str, int | None]]
 ) -> None:
-    vouchers = [VoucherShare(f"v{i}", n, exp) for i, (n, exp) in enumerate(paid)]
-    charged = cash + sum(n for n, _e in paid)
-    split = refund_split(refund, charged, vouchers)
-    shares = dict((v.voucher_id, n) for v, n in split.vouchers)
-    assert split.cash + sum(shares.values()) == refund
-    assert split.cash >= 0 and all(n > 0 for n in shares.values())
-    for v in vouchers:
-        exact = refund * v.charged / charged if charged else 0
-        assert exact - 1 < shares.get(v.voucher_id, 0) <= exact
-    # Cash gets its own share plus under one micro-unit per voucher.
-    exact_cash = refund * cash / charged if charged else refund
-    assert exact_cash - 1e-6 * refund <= split.cash < exact_cash + len(vouchers) + 1
+    bill = settle_month("2026-11", split(units), [V1], TZ, "prepaid")
+    charges = [vc(f"v{i}", n, state, exp=e) for i, (n, state, e) in enumerate(paid)]
+    out = refund_split(bill, [V1], charges)
+    assert out.cash + sum(v.amount for v in out.vouchers) == bill.refund
+    assert out.cash >= 0 and all(v.amount > 0 for v in out.vouchers)
+    price = tier_for(units)[1].price
+    for v in out.vouchers:
+        (n, state, _e) = paid[int(v.voucher_id[1:])]
+        due = n if state in ("failed", "expired") else n * (45_000 - price) // 45_000
+        assert v.amount <= due
     for now in (0, 10**13):
-        assert split.returned(now) + split.void(now) == refund - split.cash
+        assert out.returned(now) + out.void(now) == bill.refund - out.cash
 
 
 def test_settlement_entries_return_voucher_shares_and_void_an_expired_ones() -> None:
     bill = settle_month("2026-11", split(100_001), [V1], TZ, "prepaid")
-    refund = bill.refund  # 100,001 x 5,000: each voucher paid one unit's 45,000
-    live, gone = VoucherShare("live", 45_000, 2_000), VoucherShare("gone", 45_000, 5)
-    share = refund_split(refund, bill.charged, [live, gone])
-    part = 5_000
-    assert share.vouchers == ((gone, part), (live, part))
+    refund = bill.refund
+    share = refund_split(bill, [V1], [vc("live", 45_000, exp=2_000), vc("gone", 45_000, exp=5)])
+    part = 5_000  # each voucher paid one unit's 45,000; 5,000 of it was above the tier
+    assert share.vouchers == (VoucherShare("gone", part, 5), VoucherShare("live", part, 2_000))
     assert settlement_entries(bill, "prepaid", 7, share) == [
         Entry(EntryKind.SETTLEMENT_ADJUSTMENT, refund - 2 * part, "cash", 7, "2026-11"),
         Entry(EntryKind.VOUCHER_REFUND, part, "voucher:gone", 7, "2026-11", 5),
