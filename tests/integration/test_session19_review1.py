@@ -30,6 +30,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import tests.integration.test_settlement_vouchers as vouchers  # noqa: E402
 import tests.store_engines as engines  # noqa: E402
 from bridge import billing  # noqa: E402
 from bridge.cli_ops import Ops, _bill_show, _check  # noqa: E402
@@ -40,7 +41,7 @@ from bridge.store.base import Store  # noqa: E402
 from bridge.store.models import BillRow, SubmitResult  # noqa: E402
 from bridge.store.rules_rows import voucher_charges_sql  # noqa: E402
 from bridge.store.sqlite import SqliteStore  # noqa: E402
-from tests.integration.conftest import ApiServer, Clock, start_api  # noqa: E402
+from tests.integration.conftest import ApiServer, Clock  # noqa: E402
 from tests.integration.test_billing_edges import (  # noqa: E402
     CN,
     LEASE,
@@ -54,7 +55,6 @@ from tests.integration.test_billing_edges import (  # noqa: E402
 )
 from tests.integration.test_billing_flow import (  # noqa: E402
     APRIL,
-    CHEAP_TIERS,
     MARCH,
     PRICE,
     assert_books_balance,
@@ -72,6 +72,7 @@ from tests.integration.test_billing_flow import settle as api_settle  # noqa: E4
 
 engine = engines.engine
 store = engines.store
+api = vouchers.api  # the server on each engine, with the cheap tiers
 
 TZ = "UTC"
 SH = "Asia/Shanghai"
@@ -528,15 +529,6 @@ async def test_the_sqlite_voucher_read_searches_by_index_never_scans(tmp_path: P
 
 
 # ---- over HTTP: balance, bills, the CLI ----------------------------------------------------------
-
-
-@pytest.fixture
-async def api(engine: Any, tmp_path: Path, clock: Clock) -> Any:
-    served = await start_api(tmp_path, clock, CHEAP_TIERS, store=engine.new_store())
-    try:
-        yield served
-    finally:
-        await served.close()
 
 
 async def _send_and_end(api: ApiServer, creds: Any, i: int, state: str = "delivered") -> str:
