@@ -464,7 +464,7 @@ async def settle(
     """
     existing = await store.get_bill(account.id, month)
     if existing is not None:
-        return json.loads(existing.body), False
+        return stored_view(existing), False
     bill, bounds = await compute_bill(store, account, month, tariffs, tz)
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
     view = bill_view(bill, currency)
@@ -477,10 +477,11 @@ async def settle(
     view["refund_void_micro"] = split.void(now)
     entries = settlement.settlement_entries(bill, kind, now, split)
     body = json.dumps(view, separators=(",", ":"), sort_keys=True)
-    recorded = await store.save_bill(BillRow(account.id, month, body, now), entries)
+    row = BillRow(account.id, month, body, now)
+    recorded = await store.save_bill(row, entries)
     if not recorded:
         stored = await store.get_bill(account.id, month)
-        return (json.loads(stored.body) if stored else view), False
+        return stored_view(stored or row), False
     log.info(
         "month settled",
         extra={
@@ -492,7 +493,18 @@ async def settle(
             "invoice_micro": bill.invoice_total,
         },
     )
-    return view, True
+    return stored_view(row), True  # the shape GET /v1/bills answers
+
+
+def stored_view(stored: BillRow) -> dict[str, Any]:
+    """A settled bill as recorded, in today's shape (fields added since, filled in)."""
+    settled: dict[str, Any] = json.loads(stored.body)
+    settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
+    # Bills settled before refunds went back to vouchers returned all of it to cash.
+    settled.setdefault("refund_cash_micro", settled.get("refund_micro"))
+    settled.setdefault("refund_vouchers_micro", 0)
+    settled.setdefault("refund_void_micro", 0)
+    return settled
 
 
 async def month_view(
@@ -503,13 +515,7 @@ async def month_view(
     implementation for GET /v1/bills/{month} and `smpp-bridge bill show`."""
     stored = await store.get_bill(account.id, month)
     if stored is not None:
-        settled: dict[str, Any] = json.loads(stored.body)
-        settled.setdefault("pending_messages_units", 0)  # one shape for open and settled bills
-        # Bills settled before refunds went back to vouchers returned all of it to cash.
-        settled.setdefault("refund_cash_micro", settled.get("refund_micro"))
-        settled.setdefault("refund_vouchers_micro", 0)
-        settled.setdefault("refund_void_micro", 0)
-        return settled
+        return stored_view(stored)
     tz = config.rules.timezone
     bounds = await bill_bounds(store, account.id, month, tz)
     lines = await usage_lines(store, account.id, *bounds, tariffs)
@@ -570,6 +576,9 @@ async def settle_accounts(
                 "units": view.get("units"),
                 "tier": view.get("tier"),
                 "refund_micro": view.get("refund_micro"),
+                "refund_cash_micro": view.get("refund_cash_micro"),
+                "refund_vouchers_micro": view.get("refund_vouchers_micro"),
+                "refund_void_micro": view.get("refund_void_micro"),
                 "invoice_total_micro": view.get("invoice_total_micro"),
             }
         )

@@ -291,6 +291,9 @@ def rules_schemas() -> dict[str, Any]:
             "units": _COUNT,
             "tier": {"type": "integer", "minimum": 1},
             "refund_micro": _MICRO,
+            "refund_cash_micro": _nullable(_MICRO),
+            "refund_vouchers_micro": _nullable(_MICRO),
+            "refund_void_micro": _nullable(_MICRO),
             "invoice_total_micro": _MICRO,
         }
     )

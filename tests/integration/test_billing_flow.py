@@ -339,6 +339,9 @@ async def test_prepaid_settlement_refunds_down_to_the_tier_reached(make_api, clo
         "units": n,
         "tier": tier,
         "refund_micro": refund,
+        "refund_cash_micro": refund,
+        "refund_vouchers_micro": 0,
+        "refund_void_micro": 0,
         "invoice_total_micro": 0,
     }
     after = (await balance(api, creds))["cash_micro"]

@@ -345,6 +345,9 @@ def test_settle_is_idempotent_and_reports_months_not_ready(cfg: Path) -> None:
         "units": 3,
         "tier": 1,
         "refund_micro": 65_000,
+        "refund_cash_micro": 65_000,
+        "refund_vouchers_micro": 0,
+        "refund_void_micro": 0,
         "invoice_total_micro": 0,
     }
     assert results[ids["globex"]]["status"] == "not_ready"

@@ -742,7 +742,8 @@ async def test_settlement(api_server, make_account, clock):
         "month": "2026-10",
         "results": [
             {"account": idle.account_id, "status": "settled", "units": 0, "tier": 1,
-             "refund_micro": 0, "invoice_total_micro": 0},
+             "refund_micro": 0, "refund_cash_micro": 0, "refund_vouchers_micro": 0,
+             "refund_void_micro": 0, "invoice_total_micro": 0},
         ],
     }  # fmt: skip
     r = await api_server.admin("POST", "/admin/bills/settle", json={"month": "2026-10"})

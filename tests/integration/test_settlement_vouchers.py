@@ -86,6 +86,8 @@ async def test_the_refund_returns_to_the_vouchers_that_paid_and_an_expired_ones_
     # 90,000 by `long`, 45,000 in cash: a quarter, a half, a quarter.
     row = result_for(await settle(api, "2026-03", creds), creds)
     assert (row["status"], row["units"], row["refund_micro"]) == ("settled", 4, 60_000)
+    split = (row["refund_cash_micro"], row["refund_vouchers_micro"], row["refund_void_micro"])
+    assert split == (15_000, 30_000, 15_000)
     after = await balance(api, creds)
     assert after["cash_micro"] == 1_000_000 - PRICE + 15_000
     assert [(v["id"], v["remaining_micro"], v["expires_at"]) for v in after["vouchers"]] == [
