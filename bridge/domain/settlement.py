@@ -71,6 +71,9 @@ _MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _STATES = frozenset({MSG_QUEUED, MSG_SENT, MSG_DELIVERED, MSG_FAILED, MSG_EXPIRED, MSG_UNKNOWN})
+# Billed when the bill-on rule is "delivered" (domestic, always: validate_tariff): no receipt
+# within 72 h ("unknown") is billed too.
+BILLED_ON_DELIVERY = frozenset({MSG_DELIVERED, MSG_UNKNOWN})
 
 
 class SettlementNotReady(BillingError):
@@ -204,7 +207,7 @@ def billable(line: UsageLine, tariff: Tariff) -> bool:
     """
     bill_on = tariff.domestic_bill_on if line.domestic else tariff.international_bill_on
     if bill_on == "delivered":
-        return line.final_state in (MSG_DELIVERED, MSG_UNKNOWN)
+        return line.final_state in BILLED_ON_DELIVERY
     return line.final_state != MSG_QUEUED and line.segments > 0
 
 
@@ -393,11 +396,7 @@ def refund_split(
         if c.charged <= 0:
             continue
         t = tariff_at(tariffs, c.at)
-        if t.domestic_bill_on == "delivered":
-            billed = c.final_state in (MSG_DELIVERED, MSG_UNKNOWN)
-        else:
-            billed = c.final_state != MSG_QUEUED
-        if billed:
+        if c.final_state in BILLED_ON_DELIVERY:  # domestic is always billed on delivery
             start = t.starting_price
             price = tier_for(bill.units, t.tiers)[1].price
             part = Fraction(c.charged * max(0, start - price), start) if start > 0 else Fraction()
