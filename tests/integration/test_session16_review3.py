@@ -509,6 +509,7 @@ async def test_outage_under_load_refused_cleanly_then_recovered_without_restart(
     load = Load(d.http_port, creds)
     held: list[Any] = []
     holding = [False]
+    released: list[float] = []
     schedule = d.sim._schedule
 
     def hold_some(job: Any, due: float) -> None:
@@ -532,6 +533,7 @@ async def test_outage_under_load_refused_cleanly_then_recovered_without_restart(
             now = asyncio.get_running_loop().time()
             for job in held:
                 schedule(job, now)
+            released.append(time.monotonic())
 
         releaser = asyncio.create_task(release_once_down())
         await pg_stop(cluster, mode)
@@ -599,7 +601,18 @@ async def test_outage_under_load_refused_cleanly_then_recovered_without_restart(
         # The daemon never acknowledged a receipt it could not have stored; it refused them,
         # and the simulator offered them again once bound.
         assert receipts["ok"] == 0, receipts
-        assert receipts["error"] > 0, "no receipt came during the outage: the test missed it"
+        # The held receipts are offered at the first 503 over a bind that closes 0.1-0.5 s
+        # after the stop; on a busy machine the first 503 can come as late as the bind's end,
+        # and then nothing can be offered while down. Those receipts come again after the
+        # rebind (the settle below finds every message delivered). Anything else means the
+        # test missed the scenario.
+        bind_ended_with_release = unbound is not None and unbound - released[0] < 0.3
+        TIMES[f"{mode}: bind down, from the held receipts' release"] = (
+            (unbound - released[0]) if unbound is not None else float("nan")
+        )
+        assert receipts["error"] > 0 or bind_ended_with_release, (
+            "no receipt came during the outage, with the bind up: the test missed it"
+        )
         assert d.connectors["sim"].is_up  # still up, or up again
 
         by_key, lost = await _settle(d, load, creds, restarted_wall)
