@@ -1193,7 +1193,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, items, now, intermediate=self.send_intermediate
             )
 
-        return await run_tx(self.pool, job, durable=False)
+        # Durable, as record_submits (below).
+        return await run_tx(self.pool, job)
 
     async def record_submits(
         self,
@@ -1208,7 +1209,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
-        return await run_tx(self.pool, job, durable=False)
+        # Durable: a result committed with synchronous_commit off is lost by a crash of the
+        # server (a failover, `pg_ctl stop -m immediate`), after the dispatcher let the message
+        # go; it then stays claimed with no SMSC id (its receipt unmatched) until the lease runs
+        # out, and is sent again. SQLite's non-durable commit survives a crash of any process;
+        # this is the same promise. The flush is waited in the batch's commit (PostgreSQL groups
+        # concurrent ones), not per message.
+        return await run_tx(self.pool, job)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:
