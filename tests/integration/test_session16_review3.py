@@ -677,7 +677,9 @@ async def test_an_outage_longer_than_the_result_retries_keeps_the_submit_results
     d.sim._on_submit = on_submit
     try:
         # Accepted first, all due at once a moment later: the dispatcher then bursts alone.
-        due = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+        # 4 s: the 200 accepts took over 1.5 s once on a busy CI machine, and the stop at the
+        # 100th submit then refused the last of them.
+        due = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
         sends = await asyncio.gather(
             *(load.send(n, f"burst-{n}", scheduled_at=due) for n in range(200))
         )
@@ -834,7 +836,7 @@ async def test_a_crash_loses_no_acknowledged_submit_result(
 
     store.record_submits = record_submits
     try:
-        due = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        due = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # all accepted by then
         sends = await asyncio.gather(
             *(load.send(n, f"burst-{n}", scheduled_at=due) for n in range(60))
         )
