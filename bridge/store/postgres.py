@@ -92,6 +92,7 @@ from bridge.store.models import (
     WebhookJob,
     WorkMessage,
 )
+from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
@@ -399,6 +400,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._min = min_size
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
+        self._confirm = Confirmer(lambda: self.pool)
         self._rr = 0
         # Per-account group commit of accepts under the sending rules (see _drain_account).
         self._account_queue: dict[
@@ -448,6 +450,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def close(self) -> None:
         if self._pool is not None:
+            await self._confirm.close()
             pool, self._pool = self._pool, None
             await pool.close()
 
@@ -1193,8 +1196,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, items, now, intermediate=self.send_intermediate
             )
 
-        # Durable, as record_submits (below).
-        return await run_tx(self.pool, job)
+        out = await run_tx(self.pool, job, durable=False)
+        self._confirm.hold(lambda: run_tx(self.pool, job))  # as record_submits (below)
+        return out
 
     async def record_submits(
         self,
@@ -1209,13 +1213,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
-        # Durable: a result committed with synchronous_commit off is lost by a crash of the
-        # server (a failover, `pg_ctl stop -m immediate`), after the dispatcher let the message
-        # go; it then stays claimed with no SMSC id (its receipt unmatched) until the lease runs
-        # out, and is sent again. SQLite's non-durable commit survives a crash of any process;
-        # this is the same promise. The flush is waited in the batch's commit (PostgreSQL groups
-        # concurrent ones), not per message.
-        return await run_tx(self.pool, job)
+        # Committed without the flush, held until one confirms it, written again (durably)
+        # if the server failed first (bridge/store/postgres_confirm.py): lost to a crash of the
+        # server after the dispatcher let the message go, it stayed claimed with no SMSC id
+        # and went out again when its lease ran out.
+        out = await run_tx(self.pool, job, durable=False)
+        self._confirm.hold(lambda: run_tx(self.pool, job))
+        return out
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:

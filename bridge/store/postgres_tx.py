@@ -1,13 +1,12 @@
 """Connections and transactions for the PostgreSQL engine: one asyncpg pool, explicit BEGIN/COMMIT.
 
-Why not `conn.transaction()`: writes that a crash of the server may lose (`durable=False`:
-claims, heartbeats, webhook bookkeeping) run here with `synchronous_commit = off`, set in the same
-round trip as the BEGIN; asyncpg's transaction object would need a second one. Durable writes
-(accepts, receipts, submit results) keep the server's default (on), so a 202 is only sent after
-the WAL reached disk; PostgreSQL itself groups the flushes of concurrent commits, which is what
-the SQLite engine's group commit does by hand. Submit results are durable here although SQLite
-acknowledges them before its fsync: SQLite's commit survives a crash of any process (the WAL is
-in the page cache), an asynchronous commit does not survive a crash of the server.
+Why not `conn.transaction()`: writes that need not wait for the WAL flush (`durable=False`:
+claims, heartbeats, webhook bookkeeping, and submit results, which bridge/store/postgres_confirm.py
+holds until a flush confirms them) run here with `synchronous_commit = off`, set in the same round
+trip as the BEGIN; asyncpg's transaction object would need a second one. Durable writes (accepts,
+receipts) keep the server's default (on), so a 202 is only sent after the WAL reached disk;
+PostgreSQL itself groups the flushes of concurrent commits, which is what the SQLite engine's
+group commit does by hand.
 
 Why retries: instances race on the same rows (a receipt on one instance, the submit result of the
 same message on another). Every transaction takes its locks in one global order (advisory keys,
