@@ -400,7 +400,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._min = min_size
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
-        self._confirm = Confirmer(lambda: self.pool)
+        self._confirm = Confirmer(dsn)
         self._rr = 0
         # Per-account group commit of accepts under the sending rules (see _drain_account).
         self._account_queue: dict[
@@ -1144,6 +1144,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         park: Callable[[str], str | None] | None = None,
         routable: Collection[str] = (),
     ) -> list[WorkMessage]:
+        await self._confirm.settle()  # results the server may have lost, written again first
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
             return []

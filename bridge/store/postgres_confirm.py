@@ -1,5 +1,5 @@
 """Submit results on PostgreSQL: committed without waiting for the WAL flush, kept in memory until
-a flush confirms them, and written again if the server failed before one did.
+a flush confirms them, and written again if the server may have lost them first.
 
 Why: a result committed with `synchronous_commit = off` is lost by a crash of the server (or a
 failover) within ~0.6 s of its commit, after the dispatcher let its message go: the message then
@@ -8,22 +8,30 @@ Committing every result batch with the flush (synchronous_commit on) cost 13% of
 (measured: 352-370 against 397-428 on the 2-core machine), without any fsync (the benchmark's
 server runs `fsync = off`): the cost is the commit's wait itself. So each batch commits at once
 and is held here; every `interval_s` one small durable transaction flushes the WAL, which confirms
-every batch committed before it began (the log is flushed in order). A failed flush means the
-server may have lost some: once it answers again, every batch still held is written again, in
-order, durably. That is safe because recording a batch twice records it once: the dispatcher
-already retries a batch whose commit failed, when it may have landed.
+every batch committed before it began (the log is flushed in order).
+
+A flush proves nothing about a batch committed before the server crashed and came back (with
+`restart_after_crash`, in well under a second): the flush lands in the new WAL. The flush
+therefore runs on a connection of its own, the watch: every crash, restart or failover ends it.
+A batch committed while the watch was up, and confirmed by a flush on that same watch, cannot
+have been lost; a batch committed under an earlier watch (or none) is written again, in order,
+durably, before the next flush on a new one. Writing a batch twice records it once: the
+dispatcher already retries a batch whose commit failed, when it may have landed. Claims wait
+for that rewrite (`settle`), so a message whose claim the crash lost is not claimed and sent
+again before its result is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from bridge.store.base import is_unavailable
-from bridge.store.postgres_tx import run_tx
+from bridge.store.postgres_tx import session_settings
 
 log = logging.getLogger("bridge.store")
 
@@ -32,22 +40,24 @@ Again = Callable[[], Awaitable[object]]
 # A durable commit with the least WAL of its own: a transactional logical message gives the
 # transaction an id and a record, so its COMMIT waits for the flush (a transaction that wrote
 # nothing commits without one). Any role may call it; at wal_level replica nothing reads it.
-_FLUSH = "SELECT pg_logical_emit_message(true, 'smpp-bridge', 'flush')"
-
-
-async def _flush(c: asyncpg.Connection) -> None:
-    await c.execute(_FLUSH)
+_FLUSH = (
+    "BEGIN; SET LOCAL synchronous_commit TO on; "
+    "SELECT pg_logical_emit_message(true, 'smpp-bridge', 'flush'); COMMIT"
+)
+FLUSH_TIMEOUT_S = 10.0
 
 
 class Confirmer:
-    """Holds what was committed without the flush until a flush covers it."""
+    """Holds what was committed without the flush until a flush on the watch covers it."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], interval_s: float = 0.1) -> None:
-        self._pool = pool
+    def __init__(self, dsn: str, interval_s: float = 0.1) -> None:
+        self._dsn = dsn
         self._interval = interval_s
-        self._held: list[tuple[int, Again]] = []
+        self._watch: asyncpg.Connection | None = None
+        self._gen = 0  # which watch: a batch held under another one is unproven
+        self._held: list[tuple[int, int, Again]] = []  # (order, watch, write again)
         self._seq = 0
-        self._failed = False
+        self._down = False
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
         self.rewritten = 0
@@ -56,20 +66,36 @@ class Confirmer:
     def held(self) -> int:
         return len(self._held)
 
+    def _up(self) -> bool:
+        return self._watch is not None and not self._watch.is_closed()
+
     def hold(self, again: Again) -> None:
         """`again` (durable) writes once more what was just committed without the flush."""
         self._seq += 1
-        self._held.append((self._seq, again))
+        self._held.append((self._seq, self._gen if self._up() else -1, again))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def unsure(self) -> bool:
+        """Whether a held batch may have been lost: its watch is gone (asyncpg sees the server
+        end the connection as it happens), or it was committed under an earlier one."""
+        if not self._held:
+            return False
+        return not self._up() or any(gen != self._gen for _s, gen, _a in self._held)
+
+    async def settle(self) -> None:
+        """Before a claim: a batch the server may have lost is written again first."""
+        if self.unsure():
+            await self.confirm()
+
     async def _run(self) -> None:
         while self._held:
-            await asyncio.sleep(1.0 if self._failed else self._interval)
+            await asyncio.sleep(1.0 if self._down else self._interval)
             try:
                 await self.confirm()
+                self._down = False
             except Exception as exc:
-                if not self._failed:
+                if not self._down:
                     level = logging.WARNING if is_unavailable(exc) else logging.ERROR
                     log.log(
                         level,
@@ -79,26 +105,45 @@ class Confirmer:
                         type(exc).__name__,
                         exc,
                     )
-                self._failed = True
+                self._down = True
 
     async def confirm(self) -> None:
-        """Flush, then drop what the flush covered; after a failure, write the held batches
-        again first. Raises what the store raised (the batches stay held)."""
-        pool = self._pool()
-        if self._failed:
-            again = list(self._held)
-            for _seq, write in again:
-                await write()
-            self.rewritten += len(again)
-            log.info("wrote %d held submit-result batches again after a store failure", len(again))
+        """Write again what the server may have lost, flush on the watch, drop what the flush
+        covered. Raises what the store raised (the batches stay held)."""
+        if not self._up():
+            await self._reconnect()
+        stale = [h for h in self._held if h[1] != self._gen]
+        for _seq, _gen, write in stale:
+            await write()
+        if stale:
+            self.rewritten += len(stale)
+            log.info(
+                "wrote %d submit-result batches again (the store may have lost them)", len(stale)
+            )
         upto = self._seq
-        await run_tx(pool, _flush)
+        watch = self._watch
+        assert watch is not None
+        try:
+            await asyncio.wait_for(watch.execute(_FLUSH), FLUSH_TIMEOUT_S)
+        except BaseException:
+            watch.terminate()  # the next confirm opens a new watch: held batches are unproven
+            raise
         self.flushes += 1
-        self._failed = False
         self._held = [h for h in self._held if h[0] > upto]
 
+    async def _reconnect(self) -> None:
+        if self._watch is not None:
+            self._watch.terminate()
+            self._watch = None
+        self._watch = await asyncpg.connect(
+            self._dsn,
+            timeout=FLUSH_TIMEOUT_S,
+            server_settings=session_settings("smpp-bridge-confirm"),
+        )
+        self._gen += 1
+
     async def close(self) -> None:
-        """A last flush for what is held; the loop stops."""
+        """A last flush for what is held; the loop stops and the watch closes."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -113,3 +158,8 @@ class Confirmer:
                     len(self._held),
                     type(exc).__name__,
                 )
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watch.close(), 5)
+            watch.terminate()

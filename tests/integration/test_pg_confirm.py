@@ -38,41 +38,79 @@ async def _wait(cond: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_result_batch_is_held_until_a_flush_covers_its_commit(
+async def _sent(store: PostgresStore, mid: str) -> None:
+    await store.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
+    assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == [mid]
+    await store.record_submits([SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)], [], NOW)
+
+
+async def test_a_result_batch_is_held_until_a_flush_on_the_watch_covers_it(
     store: PostgresStore, pg_dsn: str
 ) -> None:
     await store.create_account(account())
-    await store.accept(AcceptBatch("acc_a", (message("m1"),), None, None), NOW)
-    assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == ["m1"]
     confirm: Confirmer = store._confirm
+    await _sent(store, "m0")  # the first batch comes before any watch: written again
+    await _wait(lambda: confirm.held == 0)
+    assert confirm.rewritten == 1
     probe = await asyncpg.connect(pg_dsn)
     try:
-        await store.record_submits(
-            [SubmitResult("m1", 1, "sent", "smscU", "x1", "X1", at=NOW)], [], NOW
-        )
+        await _sent(store, "m1")
         committed = await probe.fetchval("SELECT pg_current_wal_insert_lsn()")
         assert confirm.held == 1  # committed, not yet known to be on disk
         await _wait(lambda: confirm.held == 0)
-        assert confirm.flushes >= 1 and confirm.rewritten == 0
+        assert confirm.rewritten == 1  # under the watch: the flush is enough
         assert await probe.fetchval("SELECT pg_current_wal_flush_lsn()") >= committed
-        row = await probe.fetchrow("SELECT smsc_msg_id FROM segments WHERE message_id='m1'")
-        assert row is not None and row["smsc_msg_id"] is not None
+        ids = await probe.fetch("SELECT message_id, smsc_msg_id FROM segments ORDER BY 1")
+        assert [tuple(r) for r in ids] == [("m0", "m0"), ("m1", "m1")]
     finally:
         await probe.close()
 
 
+async def test_a_batch_whose_watch_ended_is_written_again_before_the_next_claim(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    """Any crash, restart or failover of the server ends the watch; a flush on a new one would
+    prove nothing about a batch committed before. Ending the watch's backend stands in for it
+    (the crash itself is in test_session16_review3.py)."""
+    await store.create_account(account())
+    confirm: Confirmer = store._confirm
+    await _sent(store, "m0")
+    await _wait(lambda: confirm.held == 0)
+    confirm._interval = 60.0  # no flush of its own: the claim must do it
+    await asyncio.sleep(0.2)  # the loop is asleep on the new interval
+    await _sent(store, "m1")
+    assert confirm.held == 1 and not confirm.unsure()
+    watch = confirm._watch
+    assert watch is not None
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", watch.get_server_pid())
+    finally:
+        await admin.close()
+    await _wait(watch.is_closed)  # asyncpg sees the server end it, without a query
+    assert confirm.unsure()
+    before = confirm.rewritten
+    await store.accept(AcceptBatch("acc_a", (message("m2"),), None, None), NOW)
+    assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == ["m2"]
+    assert confirm.rewritten == before + 1 and confirm.held == 0
+    assert confirm._watch is not watch and not confirm.unsure()
+
+
 async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
-    pg_dsn: str, caplog: pytest.LogCaptureFixture
+    pg_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2)
     assert pool is not None
     await pool.execute("CREATE TABLE written (n SERIAL PRIMARY KEY, what TEXT)")
-    failures = [ConnectionRefusedError(111, "Connect call failed")]
+    real_connect = asyncpg.connect
+    refusals = [ConnectionRefusedError(111, "Connect call failed")]
 
-    def pool_of() -> asyncpg.Pool:
-        if failures:  # the server is away for the first try
-            raise failures.pop()
-        return pool
+    async def connect(*args: Any, **kw: Any) -> Any:
+        if refusals:  # the server is away for the first try
+            raise refusals.pop()
+        return await real_connect(*args, **kw)
+
+    monkeypatch.setattr(asyncpg, "connect", connect)
 
     def writer(what: str) -> Any:
         async def write(c: asyncpg.Connection) -> None:
@@ -80,7 +118,7 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
 
         return lambda: run_tx(pool, write)
 
-    confirm = Confirmer(pool_of, interval_s=0.01)
+    confirm = Confirmer(pg_dsn, interval_s=0.01)
     try:
         caplog.set_level(logging.INFO, "bridge.store")
         confirm.hold(writer("first"))
@@ -92,7 +130,7 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         failed = [r for r in caplog.records if "confirming 2 submit-result" in r.getMessage()]
         assert len(failed) == 1 and failed[0].levelno == logging.WARNING  # once, no traceback
         assert failed[0].exc_info is None
-        confirm.hold(writer("third"))  # the next batch is only flushed, not written again
+        confirm.hold(writer("third"))  # under the watch now: only flushed, not written again
         await _wait(lambda: confirm.held == 0)
         assert confirm.rewritten == 2 and confirm.flushes == 2
         assert await pool.fetchval("SELECT COUNT(*) FROM written") == 2
@@ -101,15 +139,17 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         await pool.close()
 
 
-async def test_close_flushes_what_is_held(store: PostgresStore) -> None:
+async def test_close_flushes_what_is_held_and_ends_the_watch(store: PostgresStore) -> None:
     await store.create_account(account())
-    await store.accept(AcceptBatch("acc_a", (message("m1"),), None, None), NOW)
-    await store.claim("inst-a", 1, NOW, LEASE)
     confirm: Confirmer = store._confirm
+    await _sent(store, "m0")
+    await _wait(lambda: confirm.held == 0)
     confirm._interval = 60.0  # no flush of its own before the close
-    await store.record_submits(
-        [SubmitResult("m1", 1, "sent", "smscU", "x1", "X1", at=NOW)], [], NOW
-    )
-    assert confirm.held == 1 and confirm.flushes == 0
+    await asyncio.sleep(0.2)
+    await _sent(store, "m1")
+    flushes = confirm.flushes
+    assert confirm.held == 1
+    watch = confirm._watch
     await store.close()
-    assert confirm.held == 0 and confirm.flushes == 1
+    assert confirm.held == 0 and confirm.flushes == flushes + 1
+    assert watch is not None and watch.is_closed() and confirm._watch is None

@@ -890,3 +890,77 @@ async def test_background_loops_report_an_outage_once_not_a_traceback_a_second(
     assert failed["heartbeat"] == 1 and failed["api housekeeping"] == 1, failed
     assert all(n <= 2 for n in failed.values()), failed
     assert len(down) < 40, [r.getMessage() for r in down]
+
+
+async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before_a_claim(
+    cluster: Cluster, dsn: str
+) -> None:
+    """Session 20: submit results commit without the flush and are held until a flush on the
+    confirmer's own connection (the watch) covers them. A server that crashes and is back
+    before the next flush (`restart_after_crash` reinitialises in well under a second) lost
+    the result, and a flush on the new server would prove nothing: the watch's end says so,
+    and the next claim writes the result again first. Without that the claim, lost too, let
+    the message be claimed and sent again."""
+    from bridge.store.models import AcceptBatch, SubmitResult
+    from bridge.store.postgres import PostgresStore
+    from bridge.store.postgres_confirm import Confirmer
+    from tests.integration.test_store_multi import LEASE, NOW, account, message
+
+    admin = await asyncpg.connect(cluster.admin_dsn)
+    try:  # the WAL writer leaves asynchronous commits in memory: the crash loses them surely
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    await store.open()
+    try:
+        confirm: Confirmer = store._confirm
+        await store.create_account(account())
+
+        async def sent(mid: str) -> None:
+            await store.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
+            assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == [mid]
+            result = SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)
+            await store.record_submits([result], [], NOW)
+
+        await sent("m0")
+        await wait_until(lambda: confirm.held == 0, 5, 0.01)  # the watch is up
+        confirm._interval = 60.0
+        await asyncio.sleep(0.2)
+        await sent("m1")
+        assert confirm.held == 1
+        await pg_stop(cluster, "immediate")
+        await pg_start(cluster)
+        probe = await asyncpg.connect(dsn)
+        try:
+            row = await probe.fetchrow(
+                "SELECT s.state, m.q_state FROM segments s JOIN messages m ON m.id = s.message_id "
+                "WHERE m.id = 'm1'"
+            )
+            assert tuple(row) == ("queued", "queued"), "the crash lost the result and the claim"
+            work: list[Any] | None = None
+            for _ in range(20):  # the pool's connections died with the server: a few tries
+                try:
+                    work = await store.claim("inst-a", 10, NOW, LEASE)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            assert work == [], work  # m1 is not claimed and sent again
+            assert confirm.rewritten >= 1 and confirm.held == 0
+            row = await probe.fetchrow(
+                "SELECT s.state, s.smsc_msg_id, m.q_state FROM segments s "
+                "JOIN messages m ON m.id = s.message_id WHERE m.id = 'm1'"
+            )
+            assert row["state"] == "sent" and row["smsc_msg_id"] == "m1", tuple(row)
+            assert row["q_state"] != "queued", tuple(row)
+        finally:
+            await probe.close()
+    finally:
+        await store.close()
+        admin = await asyncpg.connect(cluster.admin_dsn)
+        try:
+            await admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+            await admin.execute("SELECT pg_reload_conf()")
+        finally:
+            await admin.close()
