@@ -15,10 +15,12 @@ A flush proves nothing about a batch committed before the server crashed and cam
 therefore runs on a connection of its own, the watch: every crash, restart or failover ends it.
 A batch committed while the watch was up, and confirmed by a flush on that same watch, cannot
 have been lost; a batch committed under an earlier watch (or none) is written again, in order,
-durably, before the next flush on a new one. Writing a batch twice records it once: the
-dispatcher already retries a batch whose commit failed, when it may have landed. Claims wait
-for that rewrite (`settle`), so a message whose claim the crash lost is not claimed and sent
-again before its result is back.
+durably, before the next flush on a new one; with no watch to be had (the server away, or
+refusing one more connection while the pool works), each held batch is written again durably,
+which bounds what is held. Writing a batch twice records it once: the dispatcher already
+retries a batch whose commit failed, when it may have landed. Claims wait for that rewrite
+(`settle`), so a message whose claim the crash lost is not claimed and sent again before its
+result is back.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Confirmer:
         self._seq = 0
         self._down = False
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self.flushes = 0
         self.rewritten = 0
 
@@ -91,45 +94,61 @@ class Confirmer:
     async def _run(self) -> None:
         while self._held:
             await asyncio.sleep(1.0 if self._down else self._interval)
+            n = len(self._held)
             try:
                 await self.confirm()
                 self._down = False
             except Exception as exc:
-                if not self._down:
+                if not self._down:  # once per failure, without a traceback
                     level = logging.WARNING if is_unavailable(exc) else logging.ERROR
                     log.log(
                         level,
-                        "confirming %d submit-result batches failed (%s: %s); they are written "
-                        "again once the store answers",
-                        len(self._held),
+                        "confirming %d submit-result batches failed (%s: %s); %d still held, "
+                        "written again once the store answers",
+                        n,
                         type(exc).__name__,
                         exc,
+                        len(self._held),
                     )
                 self._down = True
 
     async def confirm(self) -> None:
         """Write again what the server may have lost, flush on the watch, drop what the flush
-        covered. Raises what the store raised (the batches stay held)."""
-        if not self._up():
-            await self._reconnect()
-        stale = [h for h in self._held if h[1] != self._gen]
-        for _seq, _gen, write in stale:
+        covered. Raises what the store raised (what was not written again stays held)."""
+        async with self._lock:  # the loop and a claim's settle may both get here
+            if not self._up():
+                try:
+                    await self._reconnect()
+                except Exception:
+                    # No watch: the server is away, or refuses one more connection while the
+                    # pool still works. Each held batch is written again durably, so what is
+                    # held stays bounded either way.
+                    with contextlib.suppress(Exception):
+                        await self._write_again(list(self._held))
+                    raise
+            await self._write_again([h for h in self._held if h[1] != self._gen])
+            upto = self._seq
+            watch = self._watch
+            assert watch is not None
+            try:
+                await asyncio.wait_for(watch.execute(_FLUSH), FLUSH_TIMEOUT_S)
+            except BaseException:
+                watch.terminate()  # the next confirm opens a new watch: held batches unproven
+                raise
+            self.flushes += 1
+            self._held = [h for h in self._held if h[0] > upto]
+
+    async def _write_again(self, batches: list[tuple[int, int, Again]]) -> None:
+        """Each batch once more, in order, durably: then it needs no flush."""
+        if not batches:
+            return
+        for seq, _gen, write in batches:
             await write()
-        if stale:
-            self.rewritten += len(stale)
-            log.info(
-                "wrote %d submit-result batches again (the store may have lost them)", len(stale)
-            )
-        upto = self._seq
-        watch = self._watch
-        assert watch is not None
-        try:
-            await asyncio.wait_for(watch.execute(_FLUSH), FLUSH_TIMEOUT_S)
-        except BaseException:
-            watch.terminate()  # the next confirm opens a new watch: held batches are unproven
-            raise
-        self.flushes += 1
-        self._held = [h for h in self._held if h[0] > upto]
+            self._held = [h for h in self._held if h[0] != seq]
+            self.rewritten += 1
+        log.info(
+            "wrote %d submit-result batches again (the store may have lost them)", len(batches)
+        )
 
     async def _reconnect(self) -> None:
         if self._watch is not None:

@@ -50,8 +50,8 @@ async def test_a_result_batch_is_held_until_a_flush_on_the_watch_covers_it(
     await store.create_account(account())
     confirm: Confirmer = store._confirm
     await _sent(store, "m0")  # the first batch comes before any watch: written again
-    await _wait(lambda: confirm.held == 0)
-    assert confirm.rewritten == 1
+    await _wait(lambda: confirm.flushes == 1)
+    assert confirm.rewritten == 1 and confirm.held == 0
     probe = await asyncpg.connect(pg_dsn)
     try:
         await _sent(store, "m1")
@@ -75,7 +75,7 @@ async def test_a_batch_whose_watch_ended_is_written_again_before_the_next_claim(
     await store.create_account(account())
     confirm: Confirmer = store._confirm
     await _sent(store, "m0")
-    await _wait(lambda: confirm.held == 0)
+    await _wait(lambda: confirm.flushes == 1)  # the watch is up
     confirm._interval = 60.0  # no flush of its own: the claim must do it
     await asyncio.sleep(0.2)  # the loop is asleep on the new interval
     await _sent(store, "m1")
@@ -123,17 +123,22 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         caplog.set_level(logging.INFO, "bridge.store")
         confirm.hold(writer("first"))
         confirm.hold(writer("second"))
+        # No watch to flush on: each is written again durably (then needs no flush).
         await _wait(lambda: confirm.held == 0, 10)
         rows = await pool.fetch("SELECT what FROM written ORDER BY n")
         assert [r["what"] for r in rows] == ["first", "second"]
-        assert confirm.rewritten == 2 and confirm.flushes == 1
+        assert confirm.rewritten == 2 and confirm.flushes == 0
         failed = [r for r in caplog.records if "confirming 2 submit-result" in r.getMessage()]
         assert len(failed) == 1 and failed[0].levelno == logging.WARNING  # once, no traceback
         assert failed[0].exc_info is None
-        confirm.hold(writer("third"))  # under the watch now: only flushed, not written again
-        await _wait(lambda: confirm.held == 0)
-        assert confirm.rewritten == 2 and confirm.flushes == 2
-        assert await pool.fetchval("SELECT COUNT(*) FROM written") == 2
+        confirm.hold(writer("third"))  # held before any watch: written again, then a flush
+        await _wait(lambda: confirm.flushes == 1)
+        assert confirm.rewritten == 3 and confirm.held == 0
+        confirm.hold(writer("fourth"))  # under the watch: only flushed, not written again
+        await _wait(lambda: confirm.flushes == 2)
+        assert confirm.rewritten == 3 and confirm.held == 0
+        rows = await pool.fetch("SELECT what FROM written ORDER BY n")
+        assert [r["what"] for r in rows] == ["first", "second", "third"]
     finally:
         await confirm.close()
         await pool.close()
@@ -143,7 +148,7 @@ async def test_close_flushes_what_is_held_and_ends_the_watch(store: PostgresStor
     await store.create_account(account())
     confirm: Confirmer = store._confirm
     await _sent(store, "m0")
-    await _wait(lambda: confirm.held == 0)
+    await _wait(lambda: confirm.flushes == 1)  # the watch is up
     confirm._interval = 60.0  # no flush of its own before the close
     await asyncio.sleep(0.2)
     await _sent(store, "m1")
