@@ -1197,6 +1197,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, items, now, intermediate=self.send_intermediate
             )
 
+        await self._confirm.ready()
         out = await run_tx(self.pool, job, durable=False)
         self._confirm.hold(lambda: run_tx(self.pool, job))  # as record_submits (below)
         return out
@@ -1218,6 +1219,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # if the server failed first (bridge/store/postgres_confirm.py): lost to a crash of the
         # server after the dispatcher let the message go, it stayed claimed with no SMSC id
         # and went out again when its lease ran out.
+        await self._confirm.ready()
         out = await run_tx(self.pool, job, durable=False)
         self._confirm.hold(lambda: run_tx(self.pool, job))
         return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -62,6 +63,7 @@ class Confirmer:
         self._down = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0  # no new watch tried by ready() before then
         self.flushes = 0
         self.rewritten = 0
 
@@ -71,6 +73,20 @@ class Confirmer:
 
     def _up(self) -> bool:
         return self._watch is not None and not self._watch.is_closed()
+
+    async def ready(self) -> None:
+        """Before a batch commits: a watch, so that the next flush alone proves the batch. A
+        batch held with none is written again, which in normal running would be a second
+        transaction on the rows the dispatcher and the receipts are busy with (it deadlocked
+        with them once, retried)."""
+        if self._up() or time.monotonic() < self._retry_at:
+            return
+        async with self._lock:
+            if not self._up():
+                try:
+                    await self._reconnect()
+                except Exception:  # none to be had: its batches are written again later
+                    self._retry_at = time.monotonic() + 1.0  # not a try per batch
 
     def hold(self, again: Again) -> None:
         """`again` (durable) writes once more what was just committed without the flush."""
@@ -87,9 +103,15 @@ class Confirmer:
         return not self._up() or any(gen != self._gen for _s, gen, _a in self._held)
 
     async def settle(self) -> None:
-        """Before a claim: a batch the server may have lost is written again first."""
+        """Before a claim: a batch the server may have lost is written again first. Raises only
+        while one is not: with no watch to be had but the pool working (the server refusing
+        one more connection), the batches are written again and the claim goes on."""
         if self.unsure():
-            await self.confirm()
+            try:
+                await self.confirm()
+            except Exception:
+                if self.unsure():
+                    raise
 
     async def _run(self) -> None:
         while self._held:

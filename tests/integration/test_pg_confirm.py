@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -17,48 +16,34 @@ from bridge.store.models import AcceptBatch, SubmitResult
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_tx import run_tx
+from tests.e2e.harness import wait_until
+from tests.integration import test_session18_review1 as review1
 from tests.integration.test_store_multi import LEASE, NOW, account, message
 
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+pg = review1.pg  # the fixture: a PostgresStore on this test's database
 
 
-async def _wait(cond: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-async def _sent(store: PostgresStore, mid: str) -> None:
-    await store.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
-    assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == [mid]
-    await store.record_submits([SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)], [], NOW)
+async def _sent(pg: PostgresStore, mid: str) -> None:
+    await pg.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
+    assert [w.id for w in await pg.claim("inst-a", 1, NOW, LEASE)] == [mid]
+    await pg.record_submits([SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)], [], NOW)
 
 
 async def test_a_result_batch_is_held_until_a_flush_on_the_watch_covers_it(
-    store: PostgresStore, pg_dsn: str
+    pg: PostgresStore, pg_dsn: str
 ) -> None:
-    await store.create_account(account())
-    confirm: Confirmer = store._confirm
-    await _sent(store, "m0")  # the first batch comes before any watch: written again
-    await _wait(lambda: confirm.flushes == 1)
-    assert confirm.rewritten == 1 and confirm.held == 0
+    await pg.create_account(account())
+    confirm: Confirmer = pg._confirm
+    await _sent(pg, "m0")  # the watch opens before the first batch commits
+    await wait_until(lambda: confirm.flushes == 1, 5, 0.01)
+    assert confirm.rewritten == 0 and confirm.held == 0
     probe = await asyncpg.connect(pg_dsn)
     try:
-        await _sent(store, "m1")
+        await _sent(pg, "m1")
         committed = await probe.fetchval("SELECT pg_current_wal_insert_lsn()")
         assert confirm.held == 1  # committed, not yet known to be on disk
-        await _wait(lambda: confirm.held == 0)
-        assert confirm.rewritten == 1  # under the watch: the flush is enough
+        await wait_until(lambda: confirm.held == 0, 5, 0.01)
+        assert confirm.rewritten == 0  # under the watch: the flush is enough
         assert await probe.fetchval("SELECT pg_current_wal_flush_lsn()") >= committed
         ids = await probe.fetch("SELECT message_id, smsc_msg_id FROM segments ORDER BY 1")
         assert [tuple(r) for r in ids] == [("m0", "m0"), ("m1", "m1")]
@@ -67,18 +52,18 @@ async def test_a_result_batch_is_held_until_a_flush_on_the_watch_covers_it(
 
 
 async def test_a_batch_whose_watch_ended_is_written_again_before_the_next_claim(
-    store: PostgresStore, pg_dsn: str
+    pg: PostgresStore, pg_dsn: str
 ) -> None:
     """Any crash, restart or failover of the server ends the watch; a flush on a new one would
     prove nothing about a batch committed before. Ending the watch's backend stands in for it
     (the crash itself is in test_session16_review3.py)."""
-    await store.create_account(account())
-    confirm: Confirmer = store._confirm
-    await _sent(store, "m0")
-    await _wait(lambda: confirm.flushes == 1)  # the watch is up
+    await pg.create_account(account())
+    confirm: Confirmer = pg._confirm
+    await _sent(pg, "m0")
+    await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
     confirm._interval = 60.0  # no flush of its own: the claim must do it
     await asyncio.sleep(0.2)  # the loop is asleep on the new interval
-    await _sent(store, "m1")
+    await _sent(pg, "m1")
     assert confirm.held == 1 and not confirm.unsure()
     watch = confirm._watch
     assert watch is not None
@@ -87,11 +72,11 @@ async def test_a_batch_whose_watch_ended_is_written_again_before_the_next_claim(
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", watch.get_server_pid())
     finally:
         await admin.close()
-    await _wait(watch.is_closed)  # asyncpg sees the server end it, without a query
+    await wait_until(watch.is_closed, 5, 0.01)  # asyncpg sees the server end it, without a query
     assert confirm.unsure()
     before = confirm.rewritten
-    await store.accept(AcceptBatch("acc_a", (message("m2"),), None, None), NOW)
-    assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == ["m2"]
+    await pg.accept(AcceptBatch("acc_a", (message("m2"),), None, None), NOW)
+    assert [w.id for w in await pg.claim("inst-a", 1, NOW, LEASE)] == ["m2"]
     assert confirm.rewritten == before + 1 and confirm.held == 0
     assert confirm._watch is not watch and not confirm.unsure()
 
@@ -124,7 +109,7 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         confirm.hold(writer("first"))
         confirm.hold(writer("second"))
         # No watch to flush on: each is written again durably (then needs no flush).
-        await _wait(lambda: confirm.held == 0, 10)
+        await wait_until(lambda: confirm.held == 0, 10, 0.01)
         rows = await pool.fetch("SELECT what FROM written ORDER BY n")
         assert [r["what"] for r in rows] == ["first", "second"]
         assert confirm.rewritten == 2 and confirm.flushes == 0
@@ -132,10 +117,10 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         assert len(failed) == 1 and failed[0].levelno == logging.WARNING  # once, no traceback
         assert failed[0].exc_info is None
         confirm.hold(writer("third"))  # held before any watch: written again, then a flush
-        await _wait(lambda: confirm.flushes == 1)
+        await wait_until(lambda: confirm.flushes == 1, 5, 0.01)
         assert confirm.rewritten == 3 and confirm.held == 0
         confirm.hold(writer("fourth"))  # under the watch: only flushed, not written again
-        await _wait(lambda: confirm.flushes == 2)
+        await wait_until(lambda: confirm.flushes == 2, 5, 0.01)
         assert confirm.rewritten == 3 and confirm.held == 0
         rows = await pool.fetch("SELECT what FROM written ORDER BY n")
         assert [r["what"] for r in rows] == ["first", "second", "third"]
@@ -144,17 +129,38 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
         await pool.close()
 
 
-async def test_close_flushes_what_is_held_and_ends_the_watch(store: PostgresStore) -> None:
-    await store.create_account(account())
-    confirm: Confirmer = store._confirm
-    await _sent(store, "m0")
-    await _wait(lambda: confirm.flushes == 1)  # the watch is up
+async def test_close_flushes_what_is_held_and_ends_the_watch(pg: PostgresStore) -> None:
+    await pg.create_account(account())
+    confirm: Confirmer = pg._confirm
+    await _sent(pg, "m0")
+    await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
     confirm._interval = 60.0  # no flush of its own before the close
     await asyncio.sleep(0.2)
-    await _sent(store, "m1")
+    await _sent(pg, "m1")
     flushes = confirm.flushes
     assert confirm.held == 1
     watch = confirm._watch
-    await store.close()
+    await pg.close()
     assert confirm.held == 0 and confirm.flushes == flushes + 1
     assert watch is not None and watch.is_closed() and confirm._watch is None
+
+
+async def test_claims_go_on_when_the_watch_cannot_connect_but_the_pool_works(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses one more connection (max_connections) while the pool's are open:
+    every held batch is written again durably instead, and sending goes on."""
+    await pg.create_account(account())
+
+    async def refused(*args: Any, **kw: Any) -> Any:
+        raise asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
+
+    monkeypatch.setattr(asyncpg, "connect", refused)
+    confirm: Confirmer = pg._confirm
+    confirm._interval = 60.0  # the claim meets the held batch first
+    await _sent(pg, "m0")
+    assert confirm.held == 1 and confirm.unsure()
+    await pg.accept(AcceptBatch("acc_a", (message("m1"),), None, None), NOW)
+    assert [w.id for w in await pg.claim("inst-a", 1, NOW, LEASE)] == ["m1"]
+    assert confirm.held == 0 and confirm.rewritten == 1 and confirm.flushes == 0
+    assert not confirm.unsure()
