@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
@@ -1197,10 +1197,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, items, now, intermediate=self.send_intermediate
             )
 
-        await self._confirm.ready()
-        out = await run_tx(self.pool, job, durable=False)
-        self._confirm.hold(lambda: run_tx(self.pool, job))  # as record_submits (below)
-        return out
+        return await self._held_tx(job)
 
     async def record_submits(
         self,
@@ -1215,10 +1212,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
-        # Committed without the flush, held until one confirms it, written again (durably)
-        # if the server failed first (bridge/store/postgres_confirm.py): lost to a crash of the
-        # server after the dispatcher let the message go, it stayed claimed with no SMSC id
-        # and went out again when its lease ran out.
+        return await self._held_tx(job)
+
+    async def _held_tx(self, job: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+        """A submit-result write: committed without the flush, held until one confirms it,
+        written again (durably) if the server failed first (bridge/store/postgres_confirm.py).
+        Lost to a crash of the server after the dispatcher let the message go, it stayed
+        claimed with no SMSC id and went out again when its lease ran out."""
         await self._confirm.ready()
         out = await run_tx(self.pool, job, durable=False)
         self._confirm.hold(lambda: run_tx(self.pool, job))

@@ -23,7 +23,8 @@ from tests.integration.test_store_multi import LEASE, NOW, account, message
 pg = review1.pg  # the fixture: a PostgresStore on this test's database
 
 
-async def _sent(pg: PostgresStore, mid: str) -> None:
+async def sent_one(pg: PostgresStore, mid: str) -> None:
+    """Accept, claim and record the submit result of one 1-part message."""
     await pg.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
     assert [w.id for w in await pg.claim("inst-a", 1, NOW, LEASE)] == [mid]
     await pg.record_submits([SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)], [], NOW)
@@ -34,12 +35,12 @@ async def test_a_result_batch_is_held_until_a_flush_on_the_watch_covers_it(
 ) -> None:
     await pg.create_account(account())
     confirm: Confirmer = pg._confirm
-    await _sent(pg, "m0")  # the watch opens before the first batch commits
+    await sent_one(pg, "m0")  # the watch opens before the first batch commits
     await wait_until(lambda: confirm.flushes == 1, 5, 0.01)
     assert confirm.rewritten == 0 and confirm.held == 0
     probe = await asyncpg.connect(pg_dsn)
     try:
-        await _sent(pg, "m1")
+        await sent_one(pg, "m1")
         committed = await probe.fetchval("SELECT pg_current_wal_insert_lsn()")
         assert confirm.held == 1  # committed, not yet known to be on disk
         await wait_until(lambda: confirm.held == 0, 5, 0.01)
@@ -59,11 +60,11 @@ async def test_a_batch_whose_watch_ended_is_written_again_before_the_next_claim(
     (the crash itself is in test_session16_review3.py)."""
     await pg.create_account(account())
     confirm: Confirmer = pg._confirm
-    await _sent(pg, "m0")
+    await sent_one(pg, "m0")
     await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
     confirm._interval = 60.0  # no flush of its own: the claim must do it
     await asyncio.sleep(0.2)  # the loop is asleep on the new interval
-    await _sent(pg, "m1")
+    await sent_one(pg, "m1")
     assert confirm.held == 1 and not confirm.unsure()
     watch = confirm._watch
     assert watch is not None
@@ -132,11 +133,11 @@ async def test_after_a_failed_flush_the_held_batches_are_written_again_in_order(
 async def test_close_flushes_what_is_held_and_ends_the_watch(pg: PostgresStore) -> None:
     await pg.create_account(account())
     confirm: Confirmer = pg._confirm
-    await _sent(pg, "m0")
+    await sent_one(pg, "m0")
     await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
     confirm._interval = 60.0  # no flush of its own before the close
     await asyncio.sleep(0.2)
-    await _sent(pg, "m1")
+    await sent_one(pg, "m1")
     flushes = confirm.flushes
     assert confirm.held == 1
     watch = confirm._watch
@@ -158,7 +159,7 @@ async def test_claims_go_on_when_the_watch_cannot_connect_but_the_pool_works(
     monkeypatch.setattr(asyncpg, "connect", refused)
     confirm: Confirmer = pg._confirm
     confirm._interval = 60.0  # the claim meets the held batch first
-    await _sent(pg, "m0")
+    await sent_one(pg, "m0")
     assert confirm.held == 1 and confirm.unsure()
     await pg.accept(AcceptBatch("acc_a", (message("m1"),), None, None), NOW)
     assert [w.id for w in await pg.claim("inst-a", 1, NOW, LEASE)] == ["m1"]

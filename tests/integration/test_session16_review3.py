@@ -901,10 +901,10 @@ async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before
     the result, and a flush on the new server would prove nothing: the watch's end says so,
     and the next claim writes the result again first. Without that the claim, lost too, let
     the message be claimed and sent again."""
-    from bridge.store.models import AcceptBatch, SubmitResult
     from bridge.store.postgres import PostgresStore
     from bridge.store.postgres_confirm import Confirmer
-    from tests.integration.test_store_multi import LEASE, NOW, account, message
+    from tests.integration.test_pg_confirm import sent_one
+    from tests.integration.test_store_multi import LEASE, NOW, account
 
     admin = await asyncpg.connect(cluster.admin_dsn)
     try:  # the WAL writer leaves asynchronous commits in memory: the crash loses them surely
@@ -919,17 +919,11 @@ async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before
         confirm: Confirmer = store._confirm
         await store.create_account(account())
 
-        async def sent(mid: str) -> None:
-            await store.accept(AcceptBatch("acc_a", (message(mid),), None, None), NOW)
-            assert [w.id for w in await store.claim("inst-a", 1, NOW, LEASE)] == [mid]
-            result = SubmitResult(mid, 1, "sent", "smscU", mid, mid, at=NOW)
-            await store.record_submits([result], [], NOW)
-
-        await sent("m0")
+        await sent_one(store, "m0")
         await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
         confirm._interval = 60.0
         await asyncio.sleep(0.2)
-        await sent("m1")
+        await sent_one(store, "m1")
         assert confirm.held == 1
         await pg_stop(cluster, "immediate")
         await pg_start(cluster)
