@@ -60,6 +60,9 @@ WORKER_ENV = "SMPP_BRIDGE_WORKER"
 # How many acceptors the supervisor runs: `run --workers N` overrides server.workers in the owner
 # only, and the acceptors' configuration copy keeps the file's value.
 WORKERS_ENV = "SMPP_BRIDGE_WORKERS"
+# The owner's pid, for an acceptor to tell that its owner died: its own parent pid, read as it
+# starts, is already the reaper's when the owner died first (a kill -9 while it was starting).
+OWNER_PID_ENV = "SMPP_BRIDGE_OWNER_PID"
 
 
 # How long stop() waits for a reload under way before it stops the pipeline anyway.
@@ -115,7 +118,7 @@ class Daemon:
             raise ValueError(f"unknown role {role!r}")
         self.config = config
         self.role = role
-        self._parent_pid = os.getppid()  # an acceptor's owner
+        self._parent_pid = int(os.environ.get(OWNER_PID_ENV) or os.getppid())  # an acceptor's owner
         self.config_path = config_path
         # The file as `config` was read from it (about: read just before): a change seen after
         # start-up is a reload missed while starting (see run_forever).

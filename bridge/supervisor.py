@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from bridge import metrics, tempdirs
-from bridge.app import OWNER_INSTANCE_ENV, WORKER_ENV, WORKERS_ENV, Daemon
+from bridge.app import OWNER_INSTANCE_ENV, OWNER_PID_ENV, WORKER_ENV, WORKERS_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
 from bridge.reload import RESTART_PATHS, HupGate
 
@@ -91,6 +91,7 @@ class Supervisor:
             WORKER_ENV: str(slot),
             WORKERS_ENV: str(self.workers),
             OWNER_INSTANCE_ENV: self.owner.instance,
+            OWNER_PID_ENV: str(os.getpid()),
         }
         if self._snapshot is not None and self.config_path is not None:
             cmd += ["--config", str(self._snapshot)]
