@@ -99,6 +99,7 @@ from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
+CLOSE_TIMEOUT_S = 3.0  # the pool's graceful close (ms when the server answers); then cut
 _N_ACCOUNT_COLS = len(_ACCOUNT_COLS.split(","))
 _MESSAGE_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
@@ -452,7 +453,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if self._pool is not None:
             await self._confirm.close()
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:  # a partition would hold a graceful close for as long as it lasts
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -1144,7 +1148,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         park: Callable[[str], str | None] | None = None,
         routable: Collection[str] = (),
     ) -> list[WorkMessage]:
-        await self._confirm.settle()  # results the server may have lost, written again first
+        # Results the server may have lost are written again first; after a crash of the
+        # server, nothing is claimed until the other instances wrote theirs (postgres_confirm).
+        if not await self._confirm.settle():
+            return []
+        skip = self._confirm.releasing()  # their release is unconfirmed: not ours again yet
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
             return []
@@ -1156,7 +1164,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
             lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
-            return await pipe.claim(c, order, instance, limit, now, lease_until, park, keys)
+            return await pipe.claim(
+                c, order, instance, limit, now, lease_until, park, keys, skip=skip
+            )
 
         return await run_tx(self.pool, job, durable=False)
 
@@ -1212,16 +1222,21 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 c, results, releases, now, intermediate=self.send_intermediate, instance=instance
             )
 
-        return await self._held_tx(job)
+        return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
 
-    async def _held_tx(self, job: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    async def _held_tx(
+        self,
+        job: Callable[[asyncpg.Connection], Awaitable[int]],
+        releases: frozenset[str] = frozenset(),
+    ) -> int:
         """A submit-result write: committed without the flush, held until one confirms it,
         written again (durably) if the server failed first (bridge/store/postgres_confirm.py).
         Lost to a crash of the server after the dispatcher let the message go, it stayed
         claimed with no SMSC id and went out again when its lease ran out."""
         await self._confirm.ready()
+        gen = self._confirm.gen()  # before the commit: a watch lost meanwhile proves nothing
         out = await run_tx(self.pool, job, durable=False)
-        self._confirm.hold(lambda: run_tx(self.pool, job))
+        self._confirm.hold(lambda: run_tx(self.pool, job), gen, releases)
         return out
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:

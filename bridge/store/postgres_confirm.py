@@ -21,6 +21,15 @@ which bounds what is held. Writing a batch twice records it once: the dispatcher
 retries a batch whose commit failed, when it may have landed. Claims wait for that rewrite
 (`settle`), so a message whose claim the crash lost is not claimed and sent again before its
 result is back.
+
+Two more guards, both from a review of this module (tests/integration/test_session21_review1.py):
+- Every instance keeps a watch from the store's open, and claims nothing for FENCE_S after it
+  lost one: a crash of the server ends every instance's watch, and an instance holding no lost
+  result would otherwise claim, as soon as the server was back, a message whose claim the crash
+  lost and whose result another instance was about to write again (a second SMS).
+- A message whose release (back to the queue) is held is not claimed by this instance until the
+  release is confirmed: the release written again after a flush that failed would otherwise
+  take back the claim made since, which matches it (same instance, message claimed).
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ _FLUSH = (
     "SELECT pg_logical_emit_message(true, 'smpp-bridge', 'flush'); COMMIT"
 )
 FLUSH_TIMEOUT_S = 10.0
+# After a watch was lost, no claims for this long: longer than an instance holding results
+# takes to write them again once the server is back (its next try comes within DOWN_RETRY_S).
+FENCE_S = 2.0
+DOWN_RETRY_S = 0.2
 
 
 class Confirmer:
@@ -58,12 +71,15 @@ class Confirmer:
         self._interval = interval_s
         self._watch: asyncpg.Connection | None = None
         self._gen = 0  # which watch: a batch held under another one is unproven
-        self._held: list[tuple[int, int, Again]] = []  # (order, watch, write again)
+        # (order, watch, write again, messages it releases)
+        self._held: list[tuple[int, int, Again, frozenset[str]]] = []
         self._seq = 0
         self._down = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._retry_at = 0.0  # no new watch tried by ready() before then
+        self._retry_at = 0.0  # no new watch tried before then
+        self._fence_until = 0.0  # no claims before then: a watch was lost
+        self._rewrite_logged = False  # "wrote again": once per outage
         self.flushes = 0
         self.rewritten = 0
 
@@ -72,10 +88,16 @@ class Confirmer:
         return len(self._held)
 
     def _up(self) -> bool:
-        return self._watch is not None and not self._watch.is_closed()
+        up = self._watch is not None and not self._watch.is_closed()
+        if not up and self._gen > 0 and self._watch is not None:
+            # Lost (asyncpg sees the server end the connection as it happens): fence claims.
+            self._watch = None
+            self._fence_until = time.monotonic() + FENCE_S
+        return up
 
     async def ready(self) -> None:
-        """Before a batch commits: a watch, so that the next flush alone proves the batch. A
+        """Before a batch commits, and at the store's open: a watch, so that the next flush
+        alone proves the batch, and so that a crash of the server is seen (see FENCE_S). A
         batch held with none is written again, which in normal running would be a second
         transaction on the rows the dispatcher and the receipts are busy with (it deadlocked
         with them once, retried)."""
@@ -83,45 +105,61 @@ class Confirmer:
             return
         async with self._lock:
             if not self._up():
-                try:
+                with contextlib.suppress(Exception):  # none to be had: written again later
                     await self._reconnect()
-                except Exception:  # none to be had: its batches are written again later
-                    self._retry_at = time.monotonic() + 1.0  # not a try per batch
 
-    def hold(self, again: Again) -> None:
-        """`again` (durable) writes once more what was just committed without the flush."""
+    def gen(self) -> int:
+        """The watch a batch committed now is under (-1: none); read before its commit."""
+        return self._gen if self._up() else -1
+
+    def hold(
+        self, again: Again, gen: int | None = None, releases: frozenset[str] = frozenset()
+    ) -> None:
+        """`again` (durable) writes once more what was just committed without the flush, under
+        watch `gen` (`gen()` read before the commit; by default, now); `releases`: the messages
+        it put back in the queue."""
         self._seq += 1
-        self._held.append((self._seq, self._gen if self._up() else -1, again))
+        self._held.append((self._seq, self.gen() if gen is None else gen, again, releases))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def releasing(self) -> set[str]:
+        """Messages whose release is held: not to be claimed by this instance until confirmed."""
+        return {m for h in self._held for m in h[3]}
+
     def unsure(self) -> bool:
-        """Whether a held batch may have been lost: its watch is gone (asyncpg sees the server
-        end the connection as it happens), or it was committed under an earlier one."""
+        """Whether a held batch may have been lost: its watch is gone, or it was committed
+        under an earlier one."""
         if not self._held:
             return False
-        return not self._up() or any(gen != self._gen for _s, gen, _a in self._held)
+        return not self._up() or any(h[1] != self._gen for h in self._held)
 
-    async def settle(self) -> None:
-        """Before a claim: a batch the server may have lost is written again first. Raises only
-        while one is not: with no watch to be had but the pool working (the server refusing
-        one more connection), the batches are written again and the claim goes on."""
+    async def settle(self) -> bool:
+        """Before a claim: a batch the server may have lost is written again first. False while
+        claims are fenced (a watch was lost less than FENCE_S ago: other instances may hold
+        results the server lost). Raises only while a batch the server may have lost is not
+        written again: with no watch to be had but the pool working (the server refusing one
+        more connection), the batches are written again and the claim goes on."""
         if self.unsure():
             try:
                 await self.confirm()
             except Exception:
                 if self.unsure():
                     raise
+        elif not self._up() and time.monotonic() >= self._retry_at:
+            await self.ready()  # the fence starts from a watch lost while nothing was held
+        return time.monotonic() >= self._fence_until
 
     async def _run(self) -> None:
         while self._held:
-            await asyncio.sleep(1.0 if self._down else self._interval)
+            await asyncio.sleep(DOWN_RETRY_S if self._down else self._interval)
             n = len(self._held)
             try:
                 await self.confirm()
                 self._down = False
+                self._rewrite_logged = False
             except Exception as exc:
-                if not self._down:  # once per failure, without a traceback
+                if not self._down and self._held:  # once per failure, without a traceback
                     level = logging.WARNING if is_unavailable(exc) else logging.ERROR
                     log.log(
                         level,
@@ -129,10 +167,10 @@ class Confirmer:
                         "written again once the store answers",
                         n,
                         type(exc).__name__,
-                        exc,
+                        _first_line(exc),
                         len(self._held),
                     )
-                self._down = True
+                    self._down = True
 
     async def confirm(self) -> None:
         """Write again what the server may have lost, flush on the watch, drop what the flush
@@ -140,6 +178,8 @@ class Confirmer:
         async with self._lock:  # the loop and a claim's settle may both get here
             if not self._up():
                 try:
+                    if time.monotonic() < self._retry_at:  # not a try per claim or batch
+                        raise ConnectionError("no watch: the last try failed under a second ago")
                     await self._reconnect()
                 except Exception:
                     # No watch: the server is away, or refuses one more connection while the
@@ -160,39 +200,57 @@ class Confirmer:
             self.flushes += 1
             self._held = [h for h in self._held if h[0] > upto]
 
-    async def _write_again(self, batches: list[tuple[int, int, Again]]) -> None:
+    async def _write_again(self, batches: list[tuple[int, int, Again, frozenset[str]]]) -> None:
         """Each batch once more, in order, durably: then it needs no flush."""
         if not batches:
             return
-        for seq, _gen, write in batches:
+        for seq, _gen, write, _rel in batches:
             await write()
             self._held = [h for h in self._held if h[0] != seq]
             self.rewritten += 1
-        log.info(
-            "wrote %d submit-result batches again (the store may have lost them)", len(batches)
-        )
+        if not self._rewrite_logged:  # once per outage: without a watch, every batch is
+            self._rewrite_logged = True
+            log.info(
+                "wrote %d submit-result batches again (the store may have lost them)",
+                len(batches),
+            )
 
     async def _reconnect(self) -> None:
+        lost = self._watch is not None or self._gen > 0
         if self._watch is not None:
             self._watch.terminate()
             self._watch = None
-        self._watch = await asyncpg.connect(
-            self._dsn,
-            timeout=FLUSH_TIMEOUT_S,
-            server_settings=session_settings("smpp-bridge-confirm"),
-        )
+        try:
+            self._watch = await asyncpg.connect(
+                self._dsn,
+                timeout=FLUSH_TIMEOUT_S,
+                server_settings=session_settings("smpp-bridge-confirm"),
+            )
+        except Exception:
+            self._retry_at = time.monotonic() + 1.0
+            raise
         self._gen += 1
+        if lost:  # claims wait for the other instances to write what they hold again
+            self._fence_until = max(self._fence_until, time.monotonic() + FENCE_S)
+        else:
+            self._rewrite_logged = False
 
     async def close(self) -> None:
-        """A last flush for what is held; the loop stops and the watch closes."""
+        """A last flush for what is held; the loop stops and the watch closes. Within
+        FLUSH_TIMEOUT_S in all: in a partition the loop's statement (its rollback) and the last
+        confirm would each wait for the server for as long as it lasts."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._held:
-            try:
-                await self.confirm()
-            except Exception as exc:
+        done = False
+        try:
+            async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait({task})
+                if self._held:
+                    await self.confirm()
+                done = True
+        except Exception as exc:
+            if self._held:  # written again durably without a watch: nothing at risk
                 log.warning(
                     "%d submit-result batches unconfirmed at close (%s): a crash of the "
                     "server now may lose them, and their messages go out again",
@@ -201,6 +259,13 @@ class Confirmer:
                 )
         if self._watch is not None:
             watch, self._watch = self._watch, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.close(), 5)
+            if done:  # the server answers: a graceful goodbye
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(watch.close(), 1.0)
             watch.terminate()
+
+
+def _first_line(exc: BaseException) -> str:
+    """asyncpg's text runs on with DETAIL and HINT lines; a log line is one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"

@@ -20,7 +20,7 @@ concurrency, because several instances write the same rows at once:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -218,10 +218,12 @@ async def claim(
     lease_until: int,
     park: Callable[[str], str | None] | None = None,
     routable: Sequence[str] = (),
+    *,
+    skip: Collection[str] = (),
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
-    are skipped, not waited for.
+    are skipped, not waited for, and so are the ids in `skip`.
 
     With `park`, a candidate it gives a key for is parked (see Store.claim) and the scan goes on:
     per account up to CLAIM_SCAN_FACTOR times its share, in all CLAIM_SCAN_FACTOR x `limit` rows.
@@ -232,7 +234,7 @@ async def claim(
     Another instance without such an SMSC parks whatever is due for them again at once."""
     budget = CLAIM_SCAN_FACTOR * limit
     ids: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set(skip)
 
     async def take(rows: Sequence[Any], want: int) -> tuple[int, bool]:
         """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park), park
