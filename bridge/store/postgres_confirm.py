@@ -23,7 +23,7 @@ retries a batch whose commit failed, when it may have landed. Claims wait for th
 result is back.
 
 Two more guards, both from a review of this module (tests/integration/test_session21_review1.py):
-- Every instance keeps a watch from the store's open, and claims nothing for FENCE_S after it
+- Every instance keeps a watch from its first claim, and claims nothing for FENCE_S after it
   lost one: a crash of the server ends every instance's watch, and an instance holding no lost
   result would otherwise claim, as soon as the server was back, a message whose claim the crash
   lost and whose result another instance was about to write again (a second SMS).
@@ -96,8 +96,8 @@ class Confirmer:
         return up
 
     async def ready(self) -> None:
-        """Before a batch commits, and at the store's open: a watch, so that the next flush
-        alone proves the batch, and so that a crash of the server is seen (see FENCE_S). A
+        """Before a batch commits, and before a claim: a watch, so that the next flush alone
+        proves the batch, and so that a crash of the server is seen (see FENCE_S). A
         batch held with none is written again, which in normal running would be a second
         transaction on the rows the dispatcher and the receipts are busy with (it deadlocked
         with them once, retried)."""
