@@ -28,8 +28,9 @@ Two more guards, both from a review of this module (tests/integration/test_sessi
   result would otherwise claim, as soon as the server was back, a message whose claim the crash
   lost and whose result another instance was about to write again (a second SMS).
 - A message whose release (back to the queue) is held is not claimed by this instance until the
-  release is confirmed: the release written again after a flush that failed would otherwise
-  take back the claim made since, which matches it (same instance, message claimed).
+  release is confirmed (a claim flushes first when one is held): the release written again after
+  a flush that failed would otherwise take back the claim made since, which matches it (same
+  instance, message claimed).
 """
 
 from __future__ import annotations
@@ -135,13 +136,14 @@ class Confirmer:
         return not self._up() or any(h[1] != self._gen for h in self._held)
 
     async def settle(self) -> bool:
-        """Before a claim: a batch the server may have lost is written again first. False while
+        """Before a claim: a batch the server may have lost is written again first, and a held
+        release is confirmed (so the message it put back can be claimed again). False while
         claims are fenced (a watch was lost less than FENCE_S ago: other instances may hold
         results the server lost). Raises only while a batch the server may have lost is not
         written again: with no watch to be had but the pool working (the server refusing one
         more connection), the batches are written again and the claim goes on."""
-        if self.unsure():
-            try:
+        if self.unsure() or self.releasing():
+            try:  # a release held: confirmed first (one flush), then it is claimed normally
                 await self.confirm()
             except Exception:
                 if self.unsure():

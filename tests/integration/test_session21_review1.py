@@ -353,8 +353,9 @@ async def test_a_release_written_again_does_not_take_back_a_later_claim_of_the_s
     cluster: Cluster, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Finding 1. Fixed: while its release is held, this instance does not claim the message
-    again (Confirmer.releasing), so the release written again after the flush was given up
-    finds nothing of this instance's to take back; the message is claimed once after it."""
+    again (a claim confirms a held release first; Confirmer.releasing), so the release written
+    again after the flush was given up finds nothing of this instance's to take back; the
+    message is claimed once after it."""
     monkeypatch.setattr(postgres_confirm, "FLUSH_TIMEOUT_S", 1.5)  # 10 s in production
     monkeypatch.setattr(postgres_confirm, "FENCE_S", 0.3)  # 2 s: after the watch given up
     async with opened(dsn) as pg:
@@ -368,15 +369,18 @@ async def test_a_release_written_again_does_not_take_back_a_later_claim_of_the_s
                 [], [Release("m1", NOW, count_attempt=False)], NOW, instance="inst-a"
             )
             assert confirm.held == 1
-            t0 = time.monotonic()
-            again = await pg.claim("inst-a", 1, NOW, LEASE)  # nothing unsure: it goes on
-            TIMES["claim during a hanging flush"] = time.monotonic() - t0
-            if confirm.flushes:
-                raise RuntimeError("the claim was to come before any flush")
-            assert again == []  # its release is not confirmed: not taken again yet
-            assert await row(dsn, Q_STATE, "m1") == ("queued", None, 0)
             watch = confirm._watch
             assert watch is not None
+            t0 = time.monotonic()
+            try:  # the release is confirmed first: the claim waits for the hanging flush
+                again = await pg.claim("inst-a", 1, NOW, LEASE)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                again = []  # the flush given up: the claim fails, as with the store away
+            TIMES["claim during a hanging flush"] = time.monotonic() - t0
+            if confirm.flushes:
+                raise RuntimeError("no flush was to get through")
+            assert again == []  # its release is not confirmed: not taken again
+            assert await row(dsn, Q_STATE, "m1") == ("queued", None, 0)
             await wait_until(watch.is_closed, 5, 0.01)  # the flush is given up
         await wait_until(lambda: confirm.held == 0, 5, 0.02)  # written again, then flushed
         if not confirm.rewritten:
@@ -659,7 +663,9 @@ async def test_a_hanging_flush_holds_up_neither_claims_nor_results_until_given_u
             TIMES["hanging flush: given up after"] = time.monotonic() - t0
             assert time.monotonic() - t0 < postgres_confirm.FLUSH_TIMEOUT_S + 1.0
         await wait_until(lambda: confirm.held == 0, 5, 0.02)
-        assert confirm.flushes >= 1 and confirm.rewritten == 2
+        # Both written again (after a flush on a new watch, or without one when the new watch's
+        # connect timed out on a busy machine: FLUSH_TIMEOUT_S is 1 s here).
+        assert confirm.rewritten == 2
         await wait_until(lambda: len_is(confirm_sessions(dsn), 1), 5, 0.05)  # no session left
 
 
