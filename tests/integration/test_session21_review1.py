@@ -95,57 +95,39 @@ from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_confirm import Confirmer
 from tests.e2e.harness import wait_until
 from tests.e2e.test_pg_fleet_review import PartitionProxy
+
+# This module's own server (its tests crash it and change its settings), as that module's.
+from tests.integration import test_session16_review3 as review3
 from tests.integration.test_session16_review3 import pg_start, pg_stop
 from tests.integration.test_store_multi import LEASE, NOW, account, message
 from tests.pg_cluster import (
     Cluster,
-    ClusterUnavailable,
-    ci,
-    create_database,
-    new_database_name,
-    start_cluster,
 )
 
 pytestmark = [pytest.mark.postgres]
 
 TIMES: dict[str, float] = {}  # measured, printed at the end of the module (run with -s)
+
+# This module's own server (its tests crash it and change its settings) and a database on it
+# (the server started again if a test left it down), as review3's.
+cluster = review3.cluster
+dsn = review3.dsn
 SECRET = "pw-9f3a7c-secret"
 
 
 # -- the cluster and the stores --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """This module's own server: its tests crash it and change its settings."""
-    try:
-        c = start_cluster()
-    except ClusterUnavailable as exc:
-        if ci():
-            pytest.fail(f"PostgreSQL is required under SMPP_BRIDGE_CI: {exc}", pytrace=False)
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    if c.datadir is None:
-        pytest.skip("an external server (SMPP_BRIDGE_TEST_PG_DSN) is not ours to stop")
-    try:
-        yield c
-    finally:
-        c.stop()
-        for k, v in TIMES.items():
-            print(f"  {k}: {v:.3f}")
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
+    for k, v in TIMES.items():
+        print(f"  {k}: {v:.3f}")
 
 
 def _running(c: Cluster) -> bool:
     assert c.datadir is not None
     return (c.datadir / "postmaster.pid").exists()
-
-
-@pytest.fixture
-async def dsn(cluster: Cluster) -> AsyncIterator[str]:
-    if not _running(cluster):  # a test before this one failed with the server down
-        await pg_start(cluster)
-    yield await create_database(cluster, new_database_name("confirm"))
-    if not _running(cluster):
-        await pg_start(cluster)
 
 
 @pytest.fixture
@@ -217,6 +199,17 @@ async def end_watch(dsn: str, confirm: Confirmer) -> None:
     finally:
         await conn.close()
     await wait_until(watch.is_closed, 5, 0.01)
+
+
+async def refuse_the_watch(superuser: str, confirm: Confirmer) -> None:
+    """The app role may hold two connections (the pool's two): the server refuses the watch
+    any third, while the pool works; then the server ends the watch that was up."""
+    conn = await asyncpg.connect(superuser)
+    try:
+        await conn.execute("ALTER ROLE app CONNECTION LIMIT 2")
+    finally:
+        await conn.close()
+    await end_watch(superuser, confirm)
 
 
 async def retrying(what: Any, tries: int = 30) -> Any:
@@ -552,12 +545,7 @@ async def test_a_refused_watch_is_tried_again_at_most_once_a_second(
         await pg.record_submits([sent("m0")], [], NOW, instance="inst-a")  # the watch opens
         await wait_until(lambda: confirm.held == 0, 5, 0.01)
         superuser = app_dsn.replace(f"//app:{SECRET}@", "//bridge@")
-        conn = await asyncpg.connect(superuser)
-        try:  # the pool's two: the server refuses a third
-            await conn.execute("ALTER ROLE app CONNECTION LIMIT 2")
-        finally:
-            await conn.close()
-        await end_watch(superuser, confirm)
+        await refuse_the_watch(superuser, confirm)
         monkeypatch.setattr(asyncpg, "connect", counted)
         caplog.set_level(logging.INFO, "bridge.store")
         t0 = time.monotonic()
@@ -588,12 +576,7 @@ async def test_batches_written_again_without_a_watch_are_not_reported_as_at_risk
         assert len(await pg.claim("inst-a", 2, NOW, LEASE)) == 2
         await pg.record_submits([sent("m0")], [], NOW, instance="inst-a")
         await wait_until(lambda: confirm.held == 0, 5, 0.01)
-        conn = await asyncpg.connect(superuser)
-        try:
-            await conn.execute("ALTER ROLE app CONNECTION LIMIT 2")
-        finally:
-            await conn.close()
-        await end_watch(superuser, confirm)
+        await refuse_the_watch(superuser, confirm)
         caplog.set_level(logging.INFO, "bridge.store")
         await pg.record_submits([sent("m1")], [], NOW, instance="inst-a")
         await wait_until(lambda: confirm.held == 0, 5, 0.01)  # the loop writes it again
@@ -619,12 +602,7 @@ async def test_without_a_watch_the_loop_alone_keeps_what_is_held_bounded(app_dsn
         assert len(await pg.claim("inst-a", 8, NOW, LEASE)) == 8
         await pg.record_submits([sent("m0")], [], NOW, instance="inst-a")
         await wait_until(lambda: confirm.held == 0, 5, 0.01)
-        conn = await asyncpg.connect(superuser)
-        try:
-            await conn.execute("ALTER ROLE app CONNECTION LIMIT 2")
-        finally:
-            await conn.close()
-        await end_watch(superuser, confirm)
+        await refuse_the_watch(superuser, confirm)
         most = 0
         for i in range(1, 8):
             await pg.record_submits([sent(f"m{i}")], [], NOW, instance="inst-a")
