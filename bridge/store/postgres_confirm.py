@@ -90,7 +90,7 @@ class Confirmer:
 
     def _up(self) -> bool:
         up = self._watch is not None and not self._watch.is_closed()
-        if not up and self._gen > 0 and self._watch is not None:
+        if not up and self._watch is not None:
             # Lost (asyncpg sees the server end the connection as it happens): fence claims.
             self._watch = None
             self._fence_until = time.monotonic() + FENCE_S
@@ -218,7 +218,7 @@ class Confirmer:
             )
 
     async def _reconnect(self) -> None:
-        lost = self._watch is not None or self._gen > 0
+        lost = self._gen > 0  # a watch was had before (a watch exists only after a connect)
         if self._watch is not None:
             self._watch.terminate()
             self._watch = None
