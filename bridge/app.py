@@ -232,6 +232,9 @@ class Daemon:
         )
         if any(recovered.values()):
             log.warning("recovered claims after restart: %s", recovered)
+        freed = await store.free_webhook_leases(int(self.clock() * 1000), at_start=True)
+        if freed:  # a dead daemon's POSTs in flight: sent again now, not after their lease
+            log.warning("status and MO reports in flight at a crash, due again: %d", freed)
 
         self.inbound = Inbound(
             store, smscs, clock=self.clock, metrics=self.metrics, assignments=self.assignments
@@ -251,7 +254,12 @@ class Daemon:
             clock=self.clock,
         )
         self.webhooks = WebhookSender(
-            store, accounts, cfg.webhooks, clock=self.clock, metrics=self.metrics
+            store,
+            accounts,
+            cfg.webhooks,
+            clock=self.clock,
+            metrics=self.metrics,
+            instance=self.instance,
         )
         self.webhooks.tz = cfg.rules.timezone
         for c in self.connectors.values():
@@ -581,6 +589,9 @@ class Daemon:
             log.warning("reclaimed abandoned claims: %s", reclaimed)
             if self.dispatcher is not None:
                 self.dispatcher.wake()
+        freed = await self.store.free_webhook_leases(now_ms, at_start=False)
+        if freed:  # the sweeper wakes the webhook sender after its steps
+            log.warning("reports in flight at an instance that died, due again: %d", freed)
 
     async def _flush_stale_mo(self, now_ms: int) -> None:
         # Parts of a long MO whose others did not come in time: delivered as they are, flagged

@@ -104,8 +104,10 @@ class WebhookSender:
         poll_s: float = 0.2,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        instance: str | None = None,
     ) -> None:
         self.store = store
+        self.instance = instance  # the leases' holder, so a restart can give back a dead one's
         self.metrics = metrics
         self.accounts = accounts
         self.config = config
@@ -158,6 +160,7 @@ class WebhookSender:
                         min(self.config.batch_max * free, self.config.batch_max * 10),
                         self._lease_ms(),
                         capped,
+                        holder=self.instance,
                     )
                 except Exception as exc:  # a database hiccup must not end webhook delivery
                     self._failures.failed("claiming webhooks", exc)

@@ -406,8 +406,20 @@ class Store(Protocol):
 
     # webhooks
     async def claim_webhooks(
-        self, now: int, limit: int, lease_ms: int, exclude: Sequence[str] = ()
+        self,
+        now: int,
+        limit: int,
+        lease_ms: int,
+        exclude: Sequence[str] = (),
+        *,
+        holder: str | None = None,
     ) -> list[WebhookJob]: ...
+    async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
+        """Reports leased by a sender that died mid-POST: due at once (sent again, same
+        webhook_id: at-least-once) rather than after their lease, 40 s by default. Returns
+        how many."""
+        ...
+
     async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None: ...
     async def webhook_retry(
         self, ids: list[int], next_at: int, error: str, dead: bool, lease: int | None = None

@@ -1457,11 +1457,18 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     # -- webhooks ---------------------------------------------------------------------------------
 
     async def claim_webhooks(
-        self, now: int, limit: int, lease_ms: int, exclude: Sequence[str] = ()
+        self,
+        now: int,
+        limit: int,
+        lease_ms: int,
+        exclude: Sequence[str] = (),
+        *,
+        holder: str | None = None,
     ) -> list[WebhookJob]:
-        """Due outbox rows, leased for `lease_ms`: rows another instance is claiming are skipped,
-        so each report is handed to one sender (if it dies mid-POST, the lease runs out); none
-        of the accounts in `exclude` (this sender's POSTs to them are at their cap)."""
+        """Due outbox rows, leased for `lease_ms` by `holder`: rows another instance is
+        claiming are skipped, so each report is handed to one sender (if it dies mid-POST,
+        `free_webhook_leases` gives them back); none of the accounts in `exclude` (this
+        sender's POSTs to them are at their cap)."""
 
         async def job(c: asyncpg.Connection) -> list[WebhookJob]:
             rows = await c.fetch(
@@ -1469,7 +1476,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 "WHERE state = 'pending' AND next_attempt_at <= $1 "
                 "AND NOT (account_id = ANY($4::text[])) "
                 "ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                "UPDATE webhook_outbox o SET next_attempt_at = $3 FROM due, accounts a "
+                "UPDATE webhook_outbox o SET next_attempt_at = $3, leased_by = $5 "
+                "FROM due, accounts a "
                 "WHERE o.id = due.id AND a.id = o.account_id "
                 "RETURNING o.id, o.webhook_id, o.account_id, o.kind, "
                 "CASE o.kind WHEN 'mo' THEN a.mo_callback_url ELSE a.status_callback_url END, "
@@ -1479,6 +1487,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 limit,
                 now + lease_ms,
                 list(exclude),
+                holder,
             )
             rows = sorted(rows, key=lambda r: (r[9], r[0]))
             return [
@@ -1503,7 +1512,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "UPDATE webhook_outbox SET state = 'delivered', delivered_at = $2, "
-                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])" + _leased(3),
+                "leased_by = NULL, attempts = attempts + 1 WHERE id = ANY($1::bigint[])"
+                + _leased(3),
                 ids,
                 now,
                 lease,
@@ -1517,7 +1527,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "UPDATE webhook_outbox SET state = $2, next_attempt_at = $3, last_error = $4, "
-                "attempts = attempts + 1 WHERE id = ANY($1::bigint[])" + _leased(5),
+                "leased_by = NULL, attempts = attempts + 1 WHERE id = ANY($1::bigint[])"
+                + _leased(5),
                 ids,
                 "dead" if dead else "pending",
                 next_at,
@@ -1532,14 +1543,28 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
-                "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id = ANY($1::bigint[])"
-                + _leased(3),
+                "UPDATE webhook_outbox SET next_attempt_at = $2, leased_by = NULL "
+                "WHERE id = ANY($1::bigint[])" + _leased(3),
                 ids,
                 now,
                 lease,
             )
 
         await run_tx(self.pool, job, durable=False)
+
+    async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
+        """Reports leased by an instance that is gone (the test of `reclaim`: no heartbeat for
+        DEAD_AFTER_MS and no instance lock) are due at once, instead of after their lease
+        (3 x webhooks.timeout_s + 10 s). At start-up as later: the instance starting has a new
+        id, so none of the leases is its own."""
+
+        async def job(c: asyncpg.Connection) -> int:
+            status = await c.execute(
+                pipe.FREE_WEBHOOK_LEASES, now, now + self.clock_offset_ms - pipe.DEAD_AFTER_MS
+            )
+            return int(status.split()[-1])
+
+        return await run_tx(self.pool, job, durable=False)
 
     async def dead_webhooks(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
         return await reports.dead_webhooks(self.pool, account_id, limit)

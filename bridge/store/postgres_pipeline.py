@@ -807,6 +807,15 @@ WHERE m.q_state = 'claimed' AND (
 ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
 """
 
+# Webhook leases of instances that are gone, as _ABANDONED tells them (their POSTs' results
+# can no longer be written: a lease is fenced by its next_attempt_at, which this moves).
+FREE_WEBHOOK_LEASES = f"""
+UPDATE webhook_outbox o SET next_attempt_at = $1, leased_by = NULL
+WHERE o.leased_by IS NOT NULL AND o.state = 'pending' AND o.next_attempt_at > $1
+    AND NOT EXISTS (SELECT 1 FROM instances i
+                    WHERE i.instance = o.leased_by AND i.heartbeat_at > $2)
+    AND hashtext(o.leased_by)::oid NOT IN ({_LIVE_INSTANCE_LOCKS})
+"""
 
 _LIVE_INSTANCES = f"SELECT count(*) FROM ({_LIVE_INSTANCE_LOCKS}) l"
 

@@ -1099,10 +1099,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     # -- webhooks ---------------------------------------------------------------------------------
 
     async def claim_webhooks(
-        self, now: int, limit: int, lease_ms: int, exclude: Sequence[str] = ()
+        self,
+        now: int,
+        limit: int,
+        lease_ms: int,
+        exclude: Sequence[str] = (),
+        *,
+        holder: str | None = None,
     ) -> list[WebhookJob]:
-        """Due outbox rows, oldest first, leased for `lease_ms`; none of the accounts in
-        `exclude` (the sender has as many POSTs in flight to them as it allows)."""
+        """Due outbox rows, oldest first, leased for `lease_ms` by `holder`; none of the
+        accounts in `exclude` (the sender has as many POSTs in flight to them as it allows)."""
 
         def job(c: sqlite3.Connection) -> list[WebhookJob]:
             skip = f"AND o.account_id NOT IN ({pipe._marks(len(exclude))}) " if exclude else ""
@@ -1121,8 +1127,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             marks = ",".join("?" * len(ids))
             # Lease: if this process dies mid-POST, the job becomes due again after lease_ms.
             c.execute(
-                f"UPDATE webhook_outbox SET next_attempt_at=? WHERE id IN ({marks})",
-                (now + lease_ms, *ids),
+                f"UPDATE webhook_outbox SET next_attempt_at=?, leased_by=? WHERE id IN ({marks})",
+                (now + lease_ms, holder, *ids),
             )
             return [
                 WebhookJob(
@@ -1145,7 +1151,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.executemany(
-                "UPDATE webhook_outbox SET state='delivered', delivered_at=?, "
+                "UPDATE webhook_outbox SET state='delivered', delivered_at=?, leased_by=NULL, "
                 f"attempts=attempts+1 WHERE id=?{_LEASED}",
                 [(now, i, lease, lease) for i in ids],
             )
@@ -1158,7 +1164,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> None:
             c.executemany(
                 "UPDATE webhook_outbox SET state=?, next_attempt_at=?, last_error=?, "
-                f"attempts=attempts+1 WHERE id=?{_LEASED}",
+                f"leased_by=NULL, attempts=attempts+1 WHERE id=?{_LEASED}",
                 [
                     ("dead" if dead else "pending", next_at, error[:500], i, lease, lease)
                     for i in ids
@@ -1172,11 +1178,28 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         def job(c: sqlite3.Connection) -> None:
             c.executemany(
-                f"UPDATE webhook_outbox SET next_attempt_at=? WHERE id=?{_LEASED}",
+                f"UPDATE webhook_outbox SET next_attempt_at=?, leased_by=NULL WHERE id=?{_LEASED}",
                 [(now, i, lease, lease) for i in ids],
             )
 
         await self._runner.write(job, durable=False)
+
+    async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
+        """At start-up, every lease is a dead daemon's (one daemon runs on a file: the owner
+        lock is held since `recover`): its reports are due at once instead of after their
+        lease. Later, none is (this daemon is the only sender)."""
+        if not at_start:
+            return 0
+
+        def job(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "UPDATE webhook_outbox SET next_attempt_at=?, leased_by=NULL "
+                "WHERE state='pending' AND next_attempt_at>? AND leased_by IS NOT NULL",
+                (now, now),
+            ).rowcount
+
+        self._runner.hold_ownership()
+        return await self._runner.write(job, durable=False)
 
     async def dead_webhooks(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -34,7 +35,7 @@ WINDOW = 20
 N = 1500
 
 
-def _create_account(cfg_path) -> dict:
+def _create_account(cfg_path, *extra: str) -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -48,6 +49,7 @@ def _create_account(cfg_path) -> dict:
             "100000",
             "--config",
             str(cfg_path),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -150,3 +152,55 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
     finally:
         daemon.stop()
         await sim.stop()
+
+
+async def test_a_report_in_flight_at_a_crash_is_sent_again_soon_after_the_restart(tmp_path):
+    """A status report whose POST hung when the daemon was killed is POSTed again as soon as
+    the daemon is back, not after its lease (3 x webhooks.timeout_s + 10 s, 40 s here): the
+    restarted daemon gives back the dead one's leases (session 22; before, a crash delayed
+    every report in flight by up to the lease)."""
+    from aiohttp import web
+
+    posts: list[tuple[float, list[dict]]] = []
+    started = asyncio.Event()
+    release = asyncio.Event()  # set once the daemon is dead, so the test's server can stop
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        if not started.is_set():  # the customer's endpoint hangs: the POST is in flight
+            started.set()
+            await release.wait()
+            return web.Response(status=204)
+        posts.append((time.monotonic(), body))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    cfg = config_dict(tmp_path, webhooks={"timeout_s": 10, "retry_schedule_s": [1]})
+    daemon = DaemonProcess(tmp_path, cfg)
+    try:
+        creds = _create_account(daemon.path, "--callback", f"http://127.0.0.1:{hook_port}/hook")
+        daemon.start()
+        await daemon.wait_ready()
+        async with client_for(daemon.port, creds) as client:
+            mid = (await client.send("+8613800000001", text="report me"))["messages"][0]["id"]
+            await asyncio.wait_for(started.wait(), 15)  # its report's POST hangs
+            daemon.kill9()
+            release.set()
+            restarted = time.monotonic()
+            daemon.start()
+            await daemon.wait_ready()
+            await wait_until(lambda: posts, 30, 0.05)
+        took = posts[0][0] - restarted
+        assert [r["message_id"] for r in posts[0][1]] == [mid]
+        assert posts[0][1][0]["status"] == "delivered"
+        assert took < 15, f"the report came {took:.1f} s after the restart (its lease is 40 s)"
+        assert "reports in flight at a crash, due again: 1" in daemon.log.read_text()
+        print(f"report sent again {took:.2f} s after the restart")
+    finally:
+        daemon.stop()
+        await runner.cleanup()

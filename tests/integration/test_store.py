@@ -1059,6 +1059,39 @@ async def test_webhook_retry_dead_and_replay(store: Store) -> None:
     assert await store.replay_webhooks([ids["ev_1"]], NOW + 3 * MIN) == 0
 
 
+async def test_a_dead_senders_webhook_leases_are_given_back(
+    store: Store, engine: EngineHandle
+) -> None:
+    """Leases of a sender that died mid-POST: due at once (the report is sent again), not after
+    the lease; a retry's back-off, a delivered report and a report never claimed are left."""
+    await store.create_account(account(status_url="https://cb/st"))
+    for i in range(1, 5):
+        await store.enqueue_event("acc_a", "event", "{}", f"ev_{i}", NOW)
+    jobs = {j.webhook_id: j for j in await store.claim_webhooks(NOW, 3, LEASE, holder="gone:1")}
+    assert sorted(jobs) == ["ev_1", "ev_2", "ev_3"]
+    await store.webhook_retry([jobs["ev_2"].id], NOW + MIN, "HTTP 503", False, jobs["ev_2"].lease)
+    await store.webhook_done([jobs["ev_3"].id], NOW + 1, jobs["ev_3"].lease)
+    if not engine.multi_instance:  # SQLite: the only sender is this daemon, alive
+        assert await store.free_webhook_leases(NOW + 2, at_start=False) == 0
+    # At start-up (SQLite), or as "gone:1" is no instance alive (PostgreSQL: no heartbeat, no
+    # instance lock): only ev_1's lease was a dead sender's.
+    assert await store.free_webhook_leases(NOW + 2, at_start=True) == 1
+    assert await store.free_webhook_leases(NOW + 2, at_start=True) == 0
+    # The dead sender's late result no longer matches the row (its lease was moved).
+    await store.webhook_done([jobs["ev_1"].id], NOW + 3, jobs["ev_1"].lease)
+    again = await store.claim_webhooks(NOW + 3, 10, LEASE, holder="new:2")
+    assert sorted(j.webhook_id for j in again) == ["ev_1", "ev_4"]
+    assert await store.claim_webhooks(NOW + MIN - 1, 10, LEASE) == []  # ev_2 backs off still
+    (retry,) = await store.claim_webhooks(NOW + MIN, 10, LEASE)
+    assert (retry.webhook_id, retry.attempts) == ("ev_2", 1)
+    if not engine.multi_instance:
+        return
+    # PostgreSQL: "new:2" heartbeats, so its leases are its own, not given back.
+    await store.heartbeat("new:2", "all", NOW + 3, "{}")
+    assert await store.free_webhook_leases(NOW + 4, at_start=False) == 0
+    assert await store.claim_webhooks(NOW + 4, 10, LEASE) == []
+
+
 # ---------------------------------------------------------------- MO
 
 

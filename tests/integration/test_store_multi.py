@@ -174,6 +174,28 @@ async def test_dead_instance_claims_come_back_before_the_lease(
     assert [w.id for w in await a.claim("inst-c", 10, NOW + DEAD_AFTER_MS + 2, LEASE)] == ["m2"]
 
 
+async def test_webhook_leases_of_a_live_instance_stay_theirs(
+    pair: tuple[PostgresStore, PostgresStore], pg_dsn: str
+) -> None:
+    """An instance's report leases are given back only once it is gone by the claims' test:
+    a late heartbeat alone (its instance lock held) keeps them."""
+    a, b = pair
+    await a.create_account(account(status_url="https://cb/st"))
+    await a.enqueue_event("acc_a", "event", "{}", "ev_1", NOW)
+    (job,) = await a.claim_webhooks(NOW, 10, 10 * DEAD_AFTER_MS, holder="inst-a")
+    await a.heartbeat("inst-a", "all", NOW, "{}")
+    assert await b.free_webhook_leases(NOW + DEAD_AFTER_MS - 1, at_start=False) == 0
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1, hashtext($2))", NS_INSTANCE, "inst-a")
+        assert await b.free_webhook_leases(NOW + DEAD_AFTER_MS + 1, at_start=False) == 0
+    finally:
+        await holder.close()  # inst-a "dies": its lock goes with its connection
+    assert await b.free_webhook_leases(NOW + DEAD_AFTER_MS + 2, at_start=False) == 1
+    (again,) = await b.claim_webhooks(NOW + DEAD_AFTER_MS + 2, 10, LEASE, holder="inst-b")
+    assert (again.id, again.webhook_id) == (job.id, "ev_1")
+
+
 async def test_recover_takes_back_only_own_and_expired_claims(
     pair: tuple[PostgresStore, PostgresStore],
 ) -> None:

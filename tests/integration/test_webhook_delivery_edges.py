@@ -485,12 +485,12 @@ class FlakyClaimStore(SqliteStore):
         self.failures = 1
 
     async def claim_webhooks(
-        self, now: int, limit: int, lease_ms: int, exclude: Any = ()
+        self, now: int, limit: int, lease_ms: int, exclude: Any = (), **kw: Any
     ) -> list[Any]:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database is locked")
-        return await super().claim_webhooks(now, limit, lease_ms, exclude)
+        return await super().claim_webhooks(now, limit, lease_ms, exclude, **kw)
 
 
 async def test_sender_survives_one_failed_claim(tmp_path: Path, receiver: Receiver) -> None:
@@ -529,9 +529,9 @@ class WatchedClaimStore(SqliteStore):
         self.seen_leased: list[set[int]] = []
 
     async def claim_webhooks(
-        self, now: int, limit: int, lease_ms: int, exclude: Any = ()
+        self, now: int, limit: int, lease_ms: int, exclude: Any = (), **kw: Any
     ) -> list[Any]:
-        jobs = await super().claim_webhooks(now, limit, lease_ms, exclude)
+        jobs = await super().claim_webhooks(now, limit, lease_ms, exclude, **kw)
         if jobs and self.sender is not None:
             self.claimed.update(j.id for j in jobs)
             sender = self.sender
