@@ -120,6 +120,7 @@ def start_cluster(*, max_connections: int = 100, extra_conf: str = "") -> Cluste
             "no PostgreSQL server binaries (initdb, pg_ctl): install postgresql, set PG_BIN, "
             f"or set {DSN_ENV} to a server"
         )
+    reap_orphans(bindir)
     owner: str | None = None
     if os.geteuid() == 0:
         try:
@@ -129,8 +130,9 @@ def start_cluster(*, max_connections: int = 100, extra_conf: str = "") -> Cluste
                 "running as root and there is no 'postgres' user to run initdb as"
             ) from None
         owner = "postgres"
-    root = Path(tempfile.mkdtemp(prefix="smpp-bridge-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))
     datadir = root / "data"
+    (root / STARTER).write_text(_starter_of(os.getpid()) or "")
     if owner is not None:
         info = pwd.getpwnam(owner)
         os.chown(root, info.pw_uid, info.pw_gid)
@@ -181,6 +183,49 @@ def start_cluster(*, max_connections: int = 100, extra_conf: str = "") -> Cluste
         owner,
     )  # fmt: skip
     return cluster
+
+
+PREFIX = "smpp-bridge-pg-"
+STARTER = "starter"  # "pid start-time" of the process that started the cluster
+
+
+def _starter_of(pid: int) -> str | None:
+    """`pid start-time` (clock ticks after boot, /proc/PID/stat field 22): a pid alone could be
+    reused by another process after the starter died."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def reap_orphans(bindir: Path) -> list[Path]:
+    """Stop and remove the clusters whose starter process is gone.
+
+    Why: the cluster fixtures stop their cluster at the end of the session, which a test run
+    killed from outside (SIGKILL, a `timeout` around pytest) never reaches; its servers kept
+    running, 8 of them found after one session. Each cluster's folder names its starter, so the
+    next run that starts a cluster stops them."""
+    reaped = []
+    for root in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            starter = (root / STARTER).read_text().strip()
+        except OSError:
+            continue  # not ours to judge: being created, or older than this file
+        if not starter or _starter_of(int(starter.split()[0])) == starter:
+            continue  # its starter still runs
+        owner = None  # as root, pg_ctl runs as the data folder's owner (see start_cluster)
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError, KeyError):
+                uid = (root / "data").stat().st_uid
+                owner = pwd.getpwuid(uid).pw_name if uid != 0 else None
+        if (root / "data" / "postmaster.pid").exists():
+            cmd = [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"]
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _run([*cmd, "-w"], owner, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
 
 
 def _external(dsn: str) -> Cluster:
