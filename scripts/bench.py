@@ -154,6 +154,14 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def _store_mb(store: dict) -> float:
+    """The SQLite store's size on disk, with its WAL (0 for PostgreSQL)."""
+    path = store.get("path")
+    if not path:
+        return 0.0
+    return sum(os.path.getsize(f) for f in (path, path + "-wal") if os.path.exists(f)) / 2**20
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -340,17 +348,8 @@ async def run(args: argparse.Namespace) -> dict:
                 ) as other:
                     await other.send("+8613700000001", text="warm-up")
 
-            # Request i goes to instance i % N (round-robin, as a load balancer would).
             n = len(ports)
-            shares = [
-                prebuild(
-                    creds,
-                    port,
-                    [(f"+86138{i:08d}", text) for i in range(k, args.messages, n)],
-                )
-                for k, port in enumerate(ports)
-            ]
-
+            per_round: list[dict[str, Any]] = []
             async with aiohttp.ClientSession() as s:
                 base = (
                     {}
@@ -361,31 +360,60 @@ async def run(args: argparse.Namespace) -> dict:
                 cpu0 = sum(_cpu(d.pid) for d in daemons)
                 own0 = sum(_cpu(d.pid, tree=False) for d in daemons)
                 parts0 = _cpu_parts(sim, cluster)
-                await asyncio.gather(
-                    *(
-                        raw_load(
+                counters: dict[str, Any] = {}
+                accept_s = 0.0
+                for r in range(args.rounds):
+                    # Request i goes to instance i % N (round-robin, as a load balancer would).
+                    first = r * args.messages
+                    shares = [
+                        prebuild(
+                            creds,
                             port,
-                            reqs,
-                            max(1, args.concurrency // n),
-                            accept_lat,
-                            ids,
-                            errors,
-                            args.rate / n,
+                            [(f"+86138{first + i:08d}", text) for i in range(k, args.messages, n)],
                         )
-                        for port, reqs in zip(ports, shares, strict=True)
+                        for k, port in enumerate(ports)
+                    ]
+                    before = len(ids)
+                    tr = time.perf_counter()
+                    await asyncio.gather(
+                        *(
+                            raw_load(
+                                port,
+                                reqs,
+                                max(1, args.concurrency // n),
+                                accept_lat,
+                                ids,
+                                errors,
+                                args.rate / n,
+                            )
+                            for port, reqs in zip(ports, shares, strict=True)
+                        )
                     )
-                )
-                t_accept = time.perf_counter() - t0
-                segs = len(ids) * (1 if args.kind == "gsm1" else 3)
-                counters = {}
-                while not args.accept_only:
-                    st = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
-                    counters = st.get("counters", st)
-                    done = counters["receipts_acked"] - base.get("counters", base)["receipts_acked"]
-                    if done >= segs or time.perf_counter() - t0 > args.timeout:
-                        break
-                    await asyncio.sleep(0.05)
+                    t_accept = time.perf_counter() - tr
+                    accept_s += t_accept
+                    segs = len(ids) * (1 if args.kind == "gsm1" else 3)
+                    while not args.accept_only:
+                        st = await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
+                        counters = st.get("counters", st)
+                        done = (
+                            counters["receipts_acked"]
+                            - base.get("counters", base)["receipts_acked"]
+                        )
+                        if done >= segs or time.perf_counter() - t0 > args.timeout:
+                            break
+                        await asyncio.sleep(0.05)
+                    got = len(ids) - before
+                    per_round.append(
+                        {
+                            "accepted_per_s": got / t_accept,
+                            "end_to_end_per_s": got / (time.perf_counter() - tr),
+                            # owner first, then its acceptors (--workers)
+                            "rss_mb": [rss_mb(p)[0] for d in daemons for p in _tree(d.pid)],
+                            "store_mb": _store_mb(store),
+                        }
+                    )
                 t_total = time.perf_counter() - t0
+                t_accept = accept_s
                 cpu1 = sum(_cpu(d.pid) for d in daemons)
                 own1 = sum(_cpu(d.pid, tree=False) for d in daemons)
                 parts1 = _cpu_parts(sim, cluster)
@@ -448,6 +476,7 @@ async def run(args: argparse.Namespace) -> dict:
             "daemon_rss_mb": rss,
             "daemon_peak_rss_mb": hwm,
             "seconds": t_total,
+            "rounds": per_round,
         }
     finally:
         for p in (*daemons, sim):
@@ -564,6 +593,14 @@ def main() -> None:
         default=0.0,
         help="offered load in messages/s (default: as fast as possible)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="send --messages this many times into the same daemon, with a line per round "
+        "(throughput, RSS per process, store size): a soak for leaks and slowdown as the store "
+        "grows",
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument(
         "--accept-only",
@@ -613,6 +650,14 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
+    if len(result["rounds"]) > 1:
+        print("round  accepted/s  end-to-end/s  RSS per process, owner first (MB)  store (MB)")
+        for k, r in enumerate(result["rounds"], start=1):
+            rss = " / ".join(f"{v:.0f}" for v in r["rss_mb"])
+            print(
+                f"{k:5d}  {r['accepted_per_s']:10.0f}  {r['end_to_end_per_s']:12.0f}  "
+                f"{rss:34s}  {r['store_mb']:10.1f}"
+            )
 
 
 if __name__ == "__main__":
