@@ -24,6 +24,7 @@ from tests.pg_cluster import (
     create_database,
     drop_database,
     new_database_name,
+    settled,
     start_cluster,
 )
 
@@ -62,6 +63,7 @@ def pg_cluster() -> Iterator[Cluster]:
             pytest.fail(f"PostgreSQL is required under SMPP_BRIDGE_CI: {exc}", pytrace=False)
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     try:
+        run_async(settled(cluster.admin_dsn))
         yield cluster
     finally:
         cluster.stop()

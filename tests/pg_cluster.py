@@ -280,6 +280,25 @@ def running_cluster() -> Iterator[Cluster]:
         cluster.stop()
 
 
+async def settled(dsn: str) -> None:
+    """Until the server is FENCE_S old: one that (re)started less than that ago fences every
+    instance's claims until then (bridge/store/postgres_confirm.py), which a test that claims at
+    once, on a cluster just started or crashed by the test before, does not expect."""
+    import asyncio
+
+    import asyncpg
+
+    from bridge.store.postgres_confirm import _SERVER_AGE, FENCE_S
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        age = await conn.fetchval(_SERVER_AGE)
+    finally:
+        await conn.close()
+    if age is not None and age < FENCE_S:
+        await asyncio.sleep(FENCE_S - age + 0.05)
+
+
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,7 +26,9 @@ Two more guards, both from a review of this module (tests/integration/test_sessi
 - Every instance keeps a watch from its first claim, and claims nothing for FENCE_S after it
   lost one: a crash of the server ends every instance's watch, and an instance holding no lost
   result would otherwise claim, as soon as the server was back, a message whose claim the crash
-  lost and whose result another instance was about to write again (a second SMS).
+  lost and whose result another instance was about to write again (a second SMS). An instance
+  whose first watch opens less than FENCE_S after the server (re)started (it started during the
+  outage) claims nothing until FENCE_S after that start, for the same reason.
 - A message whose release (back to the queue) is held is not claimed by this instance until the
   release is confirmed (a claim flushes first when one is held): the release written again after
   a flush that failed would otherwise take back the claim made since, which matches it (same
@@ -62,6 +64,12 @@ FLUSH_TIMEOUT_S = 10.0
 # takes to write them again once the server is back (its next try comes within DOWN_RETRY_S).
 FENCE_S = 2.0
 DOWN_RETRY_S = 0.2
+# Seconds since the server (re)started: a crash restart keeps the postmaster's start time but
+# discards the statistics, which sets pg_stat_bgwriter.stats_reset (readable by any role).
+_SERVER_AGE = (
+    "SELECT extract(epoch FROM now() - greatest(pg_postmaster_start_time(), "
+    "(SELECT stats_reset FROM pg_stat_bgwriter)))::float8"
+)
 
 
 class Confirmer:
@@ -236,6 +244,15 @@ class Confirmer:
             self._fence_until = max(self._fence_until, time.monotonic() + FENCE_S)
         else:
             self._rewrite_logged = False
+        # An instance with no watch before (just started) saw no crash: a server that came
+        # back less than FENCE_S ago fences it too, until FENCE_S after the server's start.
+        try:
+            age = await self._watch.fetchval(_SERVER_AGE, timeout=FLUSH_TIMEOUT_S)
+        except Exception as exc:  # the watch stands; a lost one is seen at the next use
+            log.debug("server start time unread: %s", _first_line(exc))
+        else:
+            if age is not None and age < FENCE_S:
+                self._fence_until = max(self._fence_until, time.monotonic() + FENCE_S - age)
 
     async def close(self) -> None:
         """A last flush for what is held; the loop stops and the watch closes. Within

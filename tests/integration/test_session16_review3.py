@@ -71,6 +71,7 @@ from tests.pg_cluster import (
     ci,
     create_database,
     new_database_name,
+    settled,
     start_cluster,
 )
 
@@ -146,6 +147,7 @@ def pg_signal(c: Cluster, sig: signal.Signals) -> None:
 async def dsn(cluster: Cluster) -> Any:
     if not _running(cluster):  # a test before this one failed with the server down
         await pg_start(cluster)
+    await settled(cluster.admin_dsn)  # the test before may have crashed it just now
     yield await create_database(cluster, new_database_name("outage"))
     if not _running(cluster):
         await pg_start(cluster)

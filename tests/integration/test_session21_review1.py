@@ -521,6 +521,34 @@ async def test_another_instance_does_not_claim_a_message_whose_lost_result_is_he
         assert got == [], "B claimed m1 before A wrote its result again"
 
 
+async def test_an_instance_started_during_the_outage_does_not_claim_a_lost_result(
+    dsn: str,
+) -> None:
+    """As above, with B started only once the server is back (its first claim opens its first
+    watch: none was lost). Fixed in session 22: a server that (re)started less than FENCE_S
+    ago fences a new watch's claims until FENCE_S after its start."""
+    async with opened(dsn) as a:
+        confirm: Confirmer = a._confirm
+        confirm._interval = 60.0  # A writes again at its own next claim (see above)
+        await a.create_account(account())
+        await accept(a, "m1")
+        async with wal_writer_stopped(dsn) as crash_now:
+            assert [w.id for w in await a.claim("inst-a", 1, NOW, LEASE)] == ["m1"]
+            await a.record_submits([sent("m1")], [], NOW, instance="inst-a")
+            await crash_now()
+        if await row(dsn, SEG, "m1") != ("queued", None, "queued"):
+            raise RuntimeError("the crash was to lose m1's result and claim")
+        async with opened(dsn) as b:
+            got = await retrying(lambda: b.claim("inst-b", 1, NOW, LEASE), 100)
+            assert got == [], "an instance started after the crash claimed m1 at once"
+            assert await retrying(lambda: a.claim("inst-a", 1, NOW, LEASE)) == []
+            assert confirm.rewritten == 1
+            assert await row(dsn, SEG, "m1") == ("sent", "m1.1", "done")
+            # The fence ends FENCE_S after the server's start: B claims again then.
+            await accept(a, "m2")
+            assert [w.id for w in await wait_for_claim(b, "inst-b")] == ["m2"]
+
+
 # -- the watch -------------------------------------------------------------------------------------
 
 
