@@ -252,6 +252,97 @@ def check_order(records: list[Submit], parts: int) -> str | None:
     return None
 
 
+def check_outcomes(
+    submits: list[Submit],
+    index_of: dict[str, int],
+    accepted: dict[int, str],
+    recorded: dict[str, dict[int, tuple[str, str | None]]],
+    finals: dict[str, str],
+    order: list[int],
+    stat_of: dict[str, str],
+    unmatched: int,
+) -> None:
+    """The stored outcome is the SMSC's: each part records one of the ids the SMSC gave it, and
+    the message is delivered exactly when every recorded part's receipt said so; the receipts
+    that matched nothing are those of the copies whose id was never stored."""
+    ids_of = defaultdict(set)
+    for s in submits:
+        ids_of[(index_of[s.destination], s.seq)].add(s.smsc_id)
+    mismatched: list[Any] = []
+    for i, mid in accepted.items():
+        parts = recorded[mid]
+        if finals[mid] not in ("delivered", "failed"):
+            continue  # unknown or expired: parts may have no id (none seen so far)
+        if sorted(parts) != list(range(1, order[i] + 1)) or any(
+            raw not in ids_of[(i, k)] for k, (_s, raw) in parts.items()
+        ):
+            mismatched.append((i, mid, parts))
+            continue
+        expect = (
+            "delivered"
+            if all(stat_of[raw] == "DELIVRD" for _s, raw in parts.values())
+            else "failed"
+        )
+        if finals[mid] != expect:
+            mismatched.append((i, mid, finals[mid], parts))
+    assert not mismatched, mismatched[:10]
+    stored_ids = {raw for parts in recorded.values() for _s, raw in parts.values()}
+    assert unmatched == sum(1 for s in submits if s.smsc_id not in stored_ids)
+
+
+def check_money(
+    bill: subprocess.CompletedProcess[str],
+    entries: list[dict[str, Any]],
+    finals: dict[str, str],
+    units: dict[str, int],
+    balance: dict[str, Any],
+    billed: int,
+    topup_cny: int,
+) -> None:
+    """The pockets agree with the ledger (`bill check`); each message charged once, refunded
+    once exactly when it failed or expired; the balance is the top-up less what is billed."""
+    assert bill.returncode == 0, bill.stdout + bill.stderr
+    checked = json.loads(bill.stdout)
+    assert checked["ok"] is True and checked["differences"] == [], checked
+    charges: dict[str, list[int]] = defaultdict(list)
+    refunds: dict[str, list[int]] = defaultdict(list)
+    for e in entries:
+        if e["kind"] == "charge":
+            charges[e["ref"]].append(e["amount_micro"])
+        elif e["kind"] == "refund":
+            refunds[e["ref"]].append(e["amount_micro"])
+    wrong_money = []
+    for mid, s in finals.items():
+        price = units[mid] * PRICE
+        want = [price] if s in ("failed", "expired") else []
+        if charges.get(mid) != [-price] or refunds.get(mid, []) != want:
+            wrong_money.append((mid, s, charges.get(mid), refunds.get(mid)))
+    assert not wrong_money, wrong_money[:10]
+    assert set(charges) | set(refunds) <= set(finals)
+    assert balance["cash_micro"] == topup_cny * 1_000_000 - billed, balance
+    assert sum(e["amount_micro"] for e in entries) == balance["cash_micro"]
+
+
+def check_reports(receiver: WebhookReceiver, finals: dict[str, str]) -> dict[str, list[Any]]:
+    """Every final message reported with its final status; reports under one webhook_id are
+    copies of each other. Returns the reports by webhook_id."""
+    assert receiver.bad_signatures == 0
+    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in receiver.reports:
+        by_id[r["webhook_id"]].append(r)
+    differing = {w: rs for w, rs in by_id.items() if any(r != rs[0] for r in rs)}
+    assert not differing, list(differing.items())[:5]
+    got = {r["message_id"]: r for r in receiver.reports}
+    unreported = [mid for mid in finals if mid not in got]
+    assert not unreported, unreported[:20]
+    wrong_report = [
+        (mid, got[mid]["status"], s) for mid, s in finals.items() if got[mid]["status"] != s
+    ]
+    assert not wrong_report, wrong_report[:10]
+    assert set(got) <= set(finals)
+    return by_id
+
+
 # -- the test ------------------------------------------------------------------------------------
 
 
@@ -631,73 +722,9 @@ async def test_chaos_soak(tmp_path, monkeypatch):
         }
         assert not disorder, list(disorder.items())[:10]
 
-        # The stored outcome is the SMSC's: each part records one of the ids the SMSC gave it,
-        # and the message is delivered exactly when every recorded part's receipt said so.
-        ids_of = defaultdict(set)
-        for s in submits:
-            ids_of[(index_of[s.destination], s.seq)].add(s.smsc_id)
-        mismatched = []
-        for i in range(n):
-            mid = accepted[i]
-            parts = recorded[mid]
-            if finals[mid] not in ("delivered", "failed"):
-                continue  # unknown or expired: parts may have no id (none seen so far)
-            if sorted(parts) != list(range(1, order[i] + 1)) or any(
-                raw not in ids_of[(i, k)] for k, (_s, raw) in parts.items()
-            ):
-                mismatched.append((i, mid, parts))
-                continue
-            expect = (
-                "delivered"
-                if all(stat_of[raw] == "DELIVRD" for _s, raw in parts.values())
-                else "failed"
-            )
-            if finals[mid] != expect:
-                mismatched.append((i, mid, finals[mid], parts))
-        assert not mismatched, mismatched[:10]
-        # The receipts that matched nothing are those of the copies whose id was never stored.
-        stored_ids = {raw for parts in recorded.values() for _s, raw in parts.values()}
-        assert unmatched == sum(1 for s in submits if s.smsc_id not in stored_ids)
-
-        # 5. Money: the pockets agree with the ledger; each message charged once, refunded once
-        # exactly when it failed or expired; the balance is the top-up less what is billed.
-        assert bill.returncode == 0, bill.stdout + bill.stderr
-        checked = json.loads(bill.stdout)
-        assert checked["ok"] is True and checked["differences"] == [], checked
-        charges: dict[str, list[int]] = defaultdict(list)
-        refunds: dict[str, list[int]] = defaultdict(list)
-        for e in entries:
-            if e["kind"] == "charge":
-                charges[e["ref"]].append(e["amount_micro"])
-            elif e["kind"] == "refund":
-                refunds[e["ref"]].append(e["amount_micro"])
-        wrong_money = []
-        for mid, s in finals.items():
-            price = units[mid] * PRICE
-            want = [price] if s in ("failed", "expired") else []
-            if charges.get(mid) != [-price] or refunds.get(mid, []) != want:
-                wrong_money.append((mid, s, charges.get(mid), refunds.get(mid)))
-        assert not wrong_money, wrong_money[:10]
-        assert set(charges) | set(refunds) <= set(finals)
-        assert balance["cash_micro"] == TOPUP_CNY * 1_000_000 - billed, balance
-        assert sum(e["amount_micro"] for e in entries) == balance["cash_micro"]
-
-        # 6. Status reports: every final message reported with its final status; reports under
-        # one webhook_id are copies of each other.
-        assert receiver.bad_signatures == 0
-        by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in receiver.reports:
-            by_id[r["webhook_id"]].append(r)
-        differing = {w: rs for w, rs in by_id.items() if any(r != rs[0] for r in rs)}
-        assert not differing, list(differing.items())[:5]
-        got = {r["message_id"]: r for r in receiver.reports}
-        unreported = [mid for mid in finals if mid not in got]
-        assert not unreported, unreported[:20]
-        wrong_report = [
-            (mid, got[mid]["status"], s) for mid, s in finals.items() if got[mid]["status"] != s
-        ]
-        assert not wrong_report, wrong_report[:10]
-        assert set(got) <= set(finals)
+        check_outcomes(submits, index_of, accepted, recorded, finals, order, stat_of, unmatched)
+        check_money(bill, entries, finals, units, balance, billed, TOPUP_CNY)
+        check_reports(receiver, finals)
     finally:
         for task in tasks:
             task.cancel()
