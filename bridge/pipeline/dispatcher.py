@@ -505,8 +505,16 @@ class Dispatcher:
 
     async def _held(self, context: tuple[str, int]) -> bool:
         """Asked by the connector before it resends a part (after a throttle or an error):
-        whether the message was held since its claim (store.message_held)."""
-        return await self.store.message_held(context[0])
+        whether the message was held since its claim (store.message_held). A failed read
+        resends, as before the check existed; a store outage is logged as the loops log it (a
+        line per 10 s, no traceback: it was a traceback per resend)."""
+        try:
+            held = await self.store.message_held(context[0])
+        except Exception as exc:
+            self._failures.failed("hold check before a resend (resending)", exc)
+            return False
+        self._failures.ok("hold check before a resend (resending)")
+        return held
 
     async def _flush_results(self, items: list[SubmitResult | Release]) -> None:
         """Record submit results; a failed write is retried with the same items (dropping them

@@ -14,7 +14,8 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -217,10 +218,39 @@ class WebhookSender:
         self.leased.update(ids)  # already, from the claim; again for a direct call
         try:
             await self._deliver(jobs)
-        except Exception:
-            log.exception("webhook delivery crashed for %d reports", len(jobs))
+            self._failures.ok("delivering webhooks")
+        except Exception as exc:
+            # A store outage: a line per 10 s, not a traceback per POST; the reports are handed
+            # back once the store answers (due at once, not after their lease). Any other
+            # failure is ours: its traceback, and the lease runs out (no hot loop on a bug).
+            self._failures.failed("delivering webhooks", exc)
+            lease = jobs[0].lease
+            if is_unavailable(exc) and lease is not None:
+                now_ms = int(self.clock() * 1000)
+                try:
+                    await self._book(lambda: self.store.webhook_release(ids, lease, now_ms), lease)
+                except Exception as again:  # their lease runs out instead
+                    self._failures.failed("handing back webhooks", again)
         finally:
             self.leased.difference_update(ids)
+
+    async def _book(self, write: Callable[[], Awaitable[None]], lease: int | None) -> None:
+        """A sender's write about reports it holds (delivered, retry, hand back), tried again
+        while the store is unavailable and the lease holds: once it ran out, another sender may
+        have the reports (and the write would match nothing). A store blip under a delivered
+        POST used to cost a second POST of its reports when their lease ran out."""
+        delays = iter((0.05, 0.2, 0.5, 1.0, 2.0, 5.0))
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                delay = next(delays, 5.0)
+                if not is_unavailable(exc) or self._stopping or lease is None:
+                    raise
+                if self.clock() * 1000 + delay * 1000 >= lease:
+                    raise
+                await asyncio.sleep(delay)
 
     async def render(self, job: WebhookJob) -> dict[str, Any] | None:
         if job.kind == "status":
@@ -366,7 +396,8 @@ class WebhookSender:
                 error = f"{type(exc).__name__} from {_host(url)}"
         now_ms = int(self.clock() * 1000)
         if status is not None and 200 <= status < 300:
-            await self.store.webhook_done([j.id for j in live], now_ms, lease)
+            done = [j.id for j in live]
+            await self._book(lambda: self.store.webhook_done(done, now_ms, lease), lease)
             self.delivered += len(live)
             self._count(kind, "delivered", len(live))
             return
@@ -396,7 +427,9 @@ class WebhookSender:
                 log.warning("webhook dead-lettered", extra=about)
             else:
                 log.info("webhook retry", extra=about)
-            await self.store.webhook_retry(ids, next_at, error, dead, lease)
+            await self._book(
+                partial(self.store.webhook_retry, ids, next_at, error, dead, lease), lease
+            )
 
     async def stop(self) -> None:
         self._stopping = True

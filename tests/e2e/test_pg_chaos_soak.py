@@ -35,11 +35,14 @@ came with this test (12 with the `immediate` crash, 7 with `backend`; 59-103 s e
   came back.
 
 Noticed, not a README promise (choice 12 names the heartbeat, sweeper, claims and webhook claims
-only): the webhook sender's delivery step and the connector's hold check log a store outage with
-a whole traceback, per batch (`webhook delivery crashed for N reports`, ERROR) or per resend
-(`hold check failed; resending`, WARNING). A batch whose `webhook_done` failed after the POST is
-posted again when its lease (16 s) runs out; one whose rendering failed waits out the lease
-instead of the retry schedule. The soak counts them and prints them; other tracebacks fail it.
+only), and fixed in session 22: the webhook sender's delivery step and the dispatcher's hold
+check before a resend logged a store outage with a whole traceback, per batch (`webhook delivery
+crashed for N reports`, ERROR) or per resend (`hold check failed; resending`, WARNING); a batch
+whose `webhook_done` failed after the POST was posted again when its lease (16 s here) ran out,
+and one whose rendering failed waited out the lease instead of the retry schedule. Both now log
+a line per 10 s without a traceback; the sender's bookkeeping is tried again while the lease
+holds, and a batch it could not prepare is handed back once the store answers. The soak still
+tolerates store-outage tracebacks (other steps may log one) and prints how many; others fail it.
 
 Set PG_CHAOS_SEED to replay a run's random choices (the event order and moments, the crash's
 kind, the message mix, the simulator's outcomes; the processes' own timing still varies), and

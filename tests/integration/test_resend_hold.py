@@ -145,3 +145,47 @@ async def test_a_resend_still_goes_out_when_nothing_was_held(
     finally:
         sim._on_submit = real
         await d.stop()
+
+
+async def test_a_hold_check_the_store_cannot_answer_resends_and_logs_one_line(
+    engine: EngineHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store unreachable at the check before a resend: the part is resent (as before the
+    check existed) and the outage is one line without a traceback (it was a traceback per
+    resend: found by the PostgreSQL chaos soak)."""
+    from bridge.app import Daemon
+    from tests.e2e.harness import client_for, create_account, final_status, make_config, wait_until
+
+    d = Daemon(make_config(tmp_path, store=_daemon_store(engine)))
+    await d.start()
+    sim = d.sim
+    real = sim._on_submit
+    to_uk: list[int] = []
+
+    def on_submit(sess: Any, pdu: Any, out: list[bytes], now: float) -> None:
+        if pdu.body.destination_addr.endswith(UK.lstrip("+")):
+            to_uk.append(pdu.seq)
+            if len(to_uk) == 2:
+                sess.write(encode(Pdu(C.SUBMIT_SM_RESP, C.ESME_RTHROTTLED, pdu.seq)))
+                return
+        real(sess, pdu, out, now)
+
+    async def unreachable(_mid: str) -> bool:
+        raise ConnectionError("the store is unreachable")
+
+    sim._on_submit = on_submit
+    assert d.store is not None
+    d.store.message_held = unreachable  # type: ignore[method-assign]
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d, "blip")
+        async with client_for(d.http_port, creds) as c:
+            r = await c.send(UK, text="x" * 400)
+            m = await final_status(c, r["messages"][0]["id"], 30)
+            assert m["status"] == "delivered", m
+            assert len(to_uk) == 4  # the throttled part resent
+        lines = [r for r in caplog.records if "hold check" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].exc_info is None, [r.getMessage() for r in lines]
+    finally:
+        sim._on_submit = real
+        await d.stop()

@@ -654,3 +654,106 @@ async def test_hanging_customer_does_not_delay_another(
 
 async def _posted(receiver: Receiver, webhook_id: str) -> bool:
     return receiver.posts_per_id[webhook_id] > 0
+
+
+class BlinkingStore(SqliteStore):
+    """The store unreachable for the next `fail[name]` calls of each named method: a blip of
+    the store while reports are in flight."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fail: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def _blink(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.fail[name] > 0:
+            self.fail[name] -= 1
+            raise ConnectionError("the store is unreachable")
+
+    async def webhook_done(self, *a: Any, **kw: Any) -> None:
+        self._blink("webhook_done")
+        await super().webhook_done(*a, **kw)
+
+    async def webhook_retry(self, *a: Any, **kw: Any) -> None:
+        self._blink("webhook_retry")
+        await super().webhook_retry(*a, **kw)
+
+    async def get_account(self, *a: Any, **kw: Any) -> Any:
+        self._blink("get_account")
+        return await super().get_account(*a, **kw)
+
+
+async def _through_a_blip(
+    tmp_path: Path,
+    receiver: Receiver,
+    handler: Any,
+    done: Callable[[BlinkingStore], Awaitable[bool]],
+    **fail: int,
+) -> tuple[BlinkingStore, WebhookSender]:
+    """One report sent through a blip (`fail`), until `done`; the store is left open."""
+    store = BlinkingStore(tmp_path / "bridge.db")
+    await store.open()
+    clock = FrozenClock()
+    accounts = AccountService(store, sealer())
+    receiver.routes["/hook"] = handler
+    acc = await make_account(accounts, "blip", receiver.url("/hook"), clock.ms())
+    await event(store, acc, "ev_blip", clock.ms())
+    store.fail.update(fail)
+    sender = WebhookSender(store, accounts, config(), clock=clock, poll_s=0.02)
+    try:
+        await run_until(sender, lambda: done(store))
+    except BaseException:
+        await store.close()
+        raise
+    return store, sender
+
+
+async def _delivered(store: BlinkingStore) -> bool:
+    return await counts(store) == {"delivered": 1}
+
+
+async def test_a_delivered_report_is_booked_through_a_store_blip_not_posted_again(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The POST succeeded and the store refused the bookkeeping twice: the write is tried again
+    while the lease holds, so the report is booked delivered after one POST. (It stayed leased
+    and was POSTed again when the lease ran out: found by the PostgreSQL chaos soak.)"""
+    store, sender = await _through_a_blip(tmp_path, receiver, ok, _delivered, webhook_done=2)
+    try:
+        assert receiver.posts_per_id["ev_blip"] == 1
+        assert store.calls["webhook_done"] == 3 and sender.delivered == 1
+    finally:
+        await store.close()
+
+
+async def test_a_failed_attempt_is_booked_through_a_store_blip(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def booked(store: BlinkingStore) -> bool:
+        return store.calls["webhook_retry"] == 3
+
+    store, sender = await _through_a_blip(tmp_path, receiver, unavailable, booked, webhook_retry=2)
+    try:
+        await asyncio.sleep(0.1)  # the loop's next claims: the retry is not due yet
+        assert await counts(store) == {"pending": 1}
+        assert await store.dead_webhooks(None, 10) == []
+        assert receiver.posts_per_id["ev_blip"] == 1 and sender.failed_attempts == 1
+    finally:
+        await store.close()
+
+
+async def test_reports_whose_delivery_the_store_broke_are_handed_back_not_left_leased(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store outage while a batch was being prepared (its account could not be read): the
+    reports are handed back once the store answers, due at once, instead of waiting out their
+    lease (40 s by default, and the clock here is frozen), and the outage is one line without
+    a traceback."""
+    store, _sender = await _through_a_blip(tmp_path, receiver, ok, _delivered, get_account=1)
+    try:
+        assert receiver.posts_per_id["ev_blip"] == 1
+        lines = [r for r in caplog.records if "delivering webhooks failed" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].exc_info is None, lines
+    finally:
+        await store.close()
