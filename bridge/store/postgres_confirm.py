@@ -26,9 +26,12 @@ Two more guards, both from a review of this module (tests/integration/test_sessi
 - Every instance keeps a watch from its first claim, and claims nothing for FENCE_S after it
   lost one: a crash of the server ends every instance's watch, and an instance holding no lost
   result would otherwise claim, as soon as the server was back, a message whose claim the crash
-  lost and whose result another instance was about to write again (a second SMS). An instance
-  whose first watch opens less than FENCE_S after the server (re)started (it started during the
-  outage) claims nothing until FENCE_S after that start, for the same reason.
+  lost and whose result another instance was about to write again (a second SMS). The fence
+  runs from the server's (re)start when the new watch sees one (the others wrote again soon
+  after it), else from the new watch (a partition, a failover); an instance whose first watch
+  opens less than FENCE_S after the server (re)started (it started during the outage) claims
+  nothing until FENCE_S after that start either. A crash restart keeps the postmaster's start
+  time but resets the statistics, so the start is the later of the two.
 - A message whose release (back to the queue) is held is not claimed by this instance until the
   release is confirmed (a claim flushes first when one is held): the release written again after
   a flush that failed would otherwise take back the claim made since, which matches it (same
@@ -88,6 +91,7 @@ class Confirmer:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0  # no new watch tried before then
         self._fence_until = 0.0  # no claims before then: a watch was lost
+        self._opened_at = 0.0  # when the watch was connected (monotonic)
         self._rewrite_logged = False  # "wrote again": once per outage
         self.flushes = 0
         self.rewritten = 0
@@ -227,6 +231,7 @@ class Confirmer:
 
     async def _reconnect(self) -> None:
         lost = self._gen > 0  # a watch was had before (a watch exists only after a connect)
+        opened_before = self._opened_at
         if self._watch is not None:
             self._watch.terminate()
             self._watch = None
@@ -240,19 +245,33 @@ class Confirmer:
             self._retry_at = time.monotonic() + 1.0
             raise
         self._gen += 1
-        if lost:  # claims wait for the other instances to write what they hold again
-            self._fence_until = max(self._fence_until, time.monotonic() + FENCE_S)
+        self._opened_at = time.monotonic()
+        age = await self._server_age()
+        now = time.monotonic()
+        if lost and age is not None and age < now - opened_before:
+            # The server restarted since the last watch opened: the others wrote again what it
+            # lost soon after its start, so the fence runs from then, not from now (an idle
+            # instance, its binds down meanwhile, reconnects at its first claim seconds later).
+            self._fence_until = now + max(0.0, FENCE_S - age)
+        elif lost:  # no restart seen (a partition, a failover): claims wait from now
+            self._fence_until = max(self._fence_until, now + FENCE_S)
         else:
             self._rewrite_logged = False
-        # An instance with no watch before (just started) saw no crash: a server that came
-        # back less than FENCE_S ago fences it too, until FENCE_S after the server's start.
+            # An instance with no watch before (just started) saw no crash: a server that
+            # came back less than FENCE_S ago fences it until FENCE_S after the server's start.
+            if age is not None and age < FENCE_S:
+                self._fence_until = max(self._fence_until, now + FENCE_S - age)
+
+    async def _server_age(self) -> float | None:
+        """Seconds since the server (re)started, on the watch; None if unread (the watch
+        stands: a lost one is seen at its next use)."""
+        assert self._watch is not None
         try:
             age = await self._watch.fetchval(_SERVER_AGE, timeout=FLUSH_TIMEOUT_S)
-        except Exception as exc:  # the watch stands; a lost one is seen at the next use
+        except Exception as exc:
             log.debug("server start time unread: %s", _first_line(exc))
-        else:
-            if age is not None and age < FENCE_S:
-                self._fence_until = max(self._fence_until, time.monotonic() + FENCE_S - age)
+            return None
+        return None if age is None else float(age)
 
     async def close(self) -> None:
         """A last flush for what is held; the loop stops and the watch closes. Within

@@ -30,9 +30,9 @@ came with this test (12 with the `immediate` crash, 7 with `backend`; 59-103 s e
   resent 5-15 s after; the server's crash none;
 - after the crash the binds were back 7.4-8.5 s after it began, and the first new submit came
   0-1.8 s after that (after the `backend` crash: none in the first second, 26-47 in the second,
-  then 135-169 a second): the confirmer's 2 s fence on claims starts when its watch connects
+  then 135-169 a second): the confirmer's 2 s fence on claims started when its watch connected
   again, which can be at the first claim once the binds are back rather than when the server
-  came back.
+  came back. Fixed in session 22: the fence runs from the server's restart.
 
 Noticed, not a README promise (choice 12 names the heartbeat, sweeper, claims and webhook claims
 only), and fixed in session 22: the webhook sender's delivery step and the dispatcher's hold

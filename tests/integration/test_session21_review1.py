@@ -102,6 +102,7 @@ from tests.integration.test_session16_review3 import pg_start, pg_stop
 from tests.integration.test_store_multi import LEASE, NOW, account, message
 from tests.pg_cluster import (
     Cluster,
+    settled,
 )
 
 pytestmark = [pytest.mark.postgres]
@@ -547,6 +548,40 @@ async def test_an_instance_started_during_the_outage_does_not_claim_a_lost_resul
             # The fence ends FENCE_S after the server's start: B claims again then.
             await accept(a, "m2")
             assert [w.id for w in await wait_for_claim(b, "inst-b")] == ["m2"]
+
+
+async def test_an_instance_idle_through_a_crash_claims_at_once_once_the_server_is_settled(
+    dsn: str,
+) -> None:
+    """The fence runs from the server's restart, not from when an idle instance (its binds
+    down, no claims) notices its watch is gone: the PostgreSQL chaos soak saw no sends for
+    ~1.8 s after the binds came back, 7.5 s after the crash (fixed in session 22). Its control,
+    a watch cut without a restart (pg_terminate_backend, as a partition or a failover looks),
+    still fences FENCE_S from the new watch."""
+    async with opened(dsn) as a:
+        await a.create_account(account())
+        assert await a.claim("inst-a", 1, NOW, LEASE) == []  # the watch opens
+        async with wal_writer_stopped(dsn) as crash_now:
+            await crash_now()
+        await settled(dsn)  # FENCE_S after the server's restart, nothing claimed meanwhile
+        await accept(a, "m1")
+        got = await retrying(lambda: a.claim("inst-a", 1, NOW, LEASE), 100)
+        assert [w.id for w in got] == ["m1"], "fenced although the server came back long ago"
+        # The control: the watch cut while the server runs on.
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'smpp-bridge-confirm'"
+            )
+        finally:
+            await conn.close()
+        await wait_until(lambda: not a._confirm._up(), 5, 0.02)
+        await accept(a, "m2")
+        t0 = time.monotonic()
+        assert await a.claim("inst-a", 1, NOW, LEASE) == []
+        assert [w.id for w in await wait_for_claim(a, "inst-a")] == ["m2"]
+        assert time.monotonic() - t0 >= postgres_confirm.FENCE_S - 0.1
 
 
 # -- the watch -------------------------------------------------------------------------------------
