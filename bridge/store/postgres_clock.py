@@ -35,6 +35,7 @@ AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)
 _WEBHOOKS = """
 UPDATE webhook_outbox SET next_attempt_at = next_attempt_at - $1
 WHERE state = 'pending' AND next_attempt_at > $2 AND NOT (id = ANY($3::bigint[]))
+AND leased_by IS NULL
 """
 
 

@@ -39,7 +39,8 @@ _SHIFT = (
 # would no longer match its lease and the report went out twice.
 _WEBHOOKS = (
     "UPDATE webhook_outbox SET next_attempt_at = next_attempt_at - ? "
-    "WHERE state='pending' AND next_attempt_at > ? AND id NOT IN ({marks})"
+    "WHERE state='pending' AND next_attempt_at > ? AND id NOT IN ({marks}) "
+    "AND leased_by IS NULL"
 )
 
 

@@ -159,3 +159,18 @@ async def test_webhook_retries_move_back_but_a_lease_in_flight_is_kept(store: St
     # ev_inflight was booked delivered under its lease; the other two are leased again.
     last = await store.claim_webhooks(NOW + DAY, 10, LEASE)
     assert sorted(j.webhook_id for j in last) == ["ev_orphan", "ev_retry"]
+
+
+async def test_a_lease_another_sender_holds_is_kept(store: Store) -> None:
+    """A report leased by another instance (PostgreSQL: another host's clock did not step) is
+    not moved: its sender's result still matches the lease, so it is not POSTed twice. Before
+    session 22 only this sender's own leases (in memory) were kept. A dead sender's leases are
+    given back by free_webhook_leases instead."""
+    await store.create_account(account(status_url="https://cb/st"))
+    old = NOW + STEP
+    await store.enqueue_event("acc_a", "event", "{}", "ev_b", old - MIN)
+    (job,) = await store.claim_webhooks(old - MIN, 10, LEASE, holder="inst-b")
+    assert await store.clock_stepped_back(STEP, NOW, ()) == (0, 0)
+    assert await store.claim_webhooks(old - MIN + LEASE - 1, 10, LEASE) == []
+    await store.webhook_done([job.id], NOW + SEC, lease=job.lease)
+    assert await store.claim_webhooks(NOW + DAY, 10, LEASE) == []  # booked delivered
