@@ -252,6 +252,58 @@ def check_order(records: list[Submit], parts: int) -> str | None:
     return None
 
 
+def check_wholes(
+    sim: SimSmsc,
+    index_of: dict[str, int],
+    by_dest: dict[int, list[Submit]],
+    order: list[int],
+    texts: list[str],
+) -> None:
+    """Each message reassembled at the SMSC as it was sent (`texts[i]`, its copies too), and
+    its parts (`order[i]`) in order within each attempt, under one reference."""
+    whole = defaultdict(set)
+    for m in list(sim.messages):
+        whole[index_of[m.destination]].add(m.text)
+    wrong = [i for i, t in enumerate(texts) if whole[i] != {t}]
+    assert not wrong, [(i, whole[i]) for i in wrong[:5]]
+    disorder = {
+        i: why
+        for i, parts in enumerate(order)
+        if parts > 1 and (why := check_order(by_dest[i], parts)) is not None
+    }
+    assert not disorder, list(disorder.items())[:10]
+
+
+async def settle(
+    client: BridgeClient, accepted: dict[int, str], within_s: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+    """Until nothing is queued or sent (at most `within_s`; what is left open is reported by
+    the checks): every message listed, and the status of each accepted one."""
+
+    async def settled() -> bool:
+        for state in ("queued", "sent"):
+            if (await client.messages(status=state, limit=1))["messages"]:
+                return False
+        return True
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(settled, within_s, 0.5)
+    listed = {m["id"]: m for m in await list_messages(client)}
+    return listed, {mid: listed.get(mid, {}).get("status") for mid in accepted.values()}
+
+
+async def reports_of(receiver: WebhookReceiver, finals: dict[str, str | None]) -> None:
+    """Until every final message was reported (at most 60 s; what is missing is reported by
+    check_reports)."""
+
+    def reported() -> bool:
+        got = {r["message_id"] for r in receiver.reports}
+        return all(mid in got for mid, st in finals.items() if st in FINAL)
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(reported, 60, 0.2)
+
+
 def check_outcomes(
     submits: list[Submit],
     index_of: dict[str, int],
@@ -580,24 +632,9 @@ async def test_chaos_soak(tmp_path, monkeypatch):
                 await send_one(client, i)
 
             # -- settle on the clean daemon -----------------------------------------------------
-            async def settled() -> bool:
-                for state in ("queued", "sent"):
-                    if (await client.messages(status=state, limit=1))["messages"]:
-                        return False
-                return True
-
-            with contextlib.suppress(AssertionError):  # what is left open is reported below
-                await wait_until(settled, 60, 0.5)
+            listed, finals = await settle(client, accepted, 60)
             settle_s = loop.time() - t0
-            listed = {m["id"]: m for m in await list_messages(client)}
-            finals = {accepted[i]: listed.get(accepted[i], {}).get("status") for i in range(n)}
-
-            def reported() -> bool:
-                got = {r["message_id"] for r in receiver.reports}
-                return all(mid in got for mid, st in finals.items() if st in FINAL)
-
-            with contextlib.suppress(AssertionError):
-                await wait_until(reported, 60, 0.2)
+            await reports_of(receiver, finals)
             reported_s = loop.time() - t0
             balance = await client.balance()
             entries = await ledger(client)
@@ -708,19 +745,8 @@ async def test_chaos_soak(tmp_path, monkeypatch):
         assert dup_messages <= bound, (dup_messages, bound)
         assert dup_parts <= bound * 3, (dup_parts, bound)
         # Each message the SMSC received whole, as it was sent.
-        whole = defaultdict(set)
-        for m in list(sim.messages):
-            whole[index_of[m.destination]].add(m.text)
-        wrong = [i for i in range(n) if whole[i] != {text(i, order[i])}]
-        assert not wrong, [(i, whole[i]) for i in wrong[:5]]
-
-        # 4. Parts in order within each attempt, under one reference.
-        disorder = {
-            i: why
-            for i in range(n)
-            if order[i] > 1 and (why := check_order(by_dest[i], order[i])) is not None
-        }
-        assert not disorder, list(disorder.items())[:10]
+        # 4. Whole at the SMSC, as sent; parts in order within each attempt, one reference.
+        check_wholes(sim, index_of, by_dest, order, [text(i, k) for i, k in enumerate(order)])
 
         check_outcomes(submits, index_of, accepted, recorded, finals, order, stat_of, unmatched)
         check_money(bill, entries, finals, units, balance, billed, TOPUP_CNY)
