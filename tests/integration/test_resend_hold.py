@@ -40,6 +40,24 @@ async def _balance(c: Any) -> int:
     return int(data["cash_micro"])
 
 
+def throttle_the_second_submit(sim: Any) -> list[int]:
+    """The simulator answers the second submit_sm to UK ESME_RTHROTTLED (the connector resends
+    it within the claim); returns the sequence numbers of the submits to UK, as they come."""
+    real = sim._on_submit
+    to_uk: list[int] = []
+
+    def on_submit(sess: Any, pdu: Any, out: list[bytes], now: float) -> None:
+        if pdu.body.destination_addr.endswith(UK.lstrip("+")):
+            to_uk.append(pdu.seq)
+            if len(to_uk) == 2:
+                sess.write(encode(Pdu(C.SUBMIT_SM_RESP, C.ESME_RTHROTTLED, pdu.seq)))
+                return
+        real(sess, pdu, out, now)
+
+    sim._on_submit = on_submit
+    return to_uk
+
+
 @pytest.mark.parametrize(
     "answer",
     [C.ESME_RTHROTTLED, C.ESME_RSYSERR],
@@ -123,17 +141,8 @@ async def test_a_resend_still_goes_out_when_nothing_was_held(
     await d.start()
     sim = d.sim
     real = sim._on_submit
-    to_uk: list[int] = []
+    to_uk = throttle_the_second_submit(sim)
 
-    def on_submit(sess: Any, pdu: Any, out: list[bytes], now: float) -> None:
-        if pdu.body.destination_addr.endswith(UK.lstrip("+")):
-            to_uk.append(pdu.seq)
-            if len(to_uk) == 2:
-                sess.write(encode(Pdu(C.SUBMIT_SM_RESP, C.ESME_RTHROTTLED, pdu.seq)))
-                return
-        real(sess, pdu, out, now)
-
-    sim._on_submit = on_submit
     try:
         await wait_until(lambda: d.connectors["sim"].is_up, 10)
         creds = await create_account(d, "control")
@@ -160,20 +169,11 @@ async def test_a_hold_check_the_store_cannot_answer_resends_and_logs_one_line(
     await d.start()
     sim = d.sim
     real = sim._on_submit
-    to_uk: list[int] = []
-
-    def on_submit(sess: Any, pdu: Any, out: list[bytes], now: float) -> None:
-        if pdu.body.destination_addr.endswith(UK.lstrip("+")):
-            to_uk.append(pdu.seq)
-            if len(to_uk) == 2:
-                sess.write(encode(Pdu(C.SUBMIT_SM_RESP, C.ESME_RTHROTTLED, pdu.seq)))
-                return
-        real(sess, pdu, out, now)
+    to_uk = throttle_the_second_submit(sim)
 
     async def unreachable(_mid: str) -> bool:
         raise ConnectionError("the store is unreachable")
 
-    sim._on_submit = on_submit
     assert d.store is not None
     d.store.message_held = unreachable  # type: ignore[method-assign]
     try:
