@@ -185,16 +185,22 @@ class WebhookReceiver:
             await asyncio.sleep(self.hang_s)
         if self.fail_with is not None:
             return web.Response(status=self.fail_with)
+        if not self.record(request, body):
+            return web.Response(status=400)
+        return web.Response(status=204)
+
+    def record(self, request: web.Request, body: bytes) -> bool:
+        """Check the POST's signature and record its reports; False (counted) if it is bad."""
         header = request.headers.get(signing.WEBHOOK_HEADER, "")
         if self.secret is not None and not signing.verify_webhook_signature(
             self.secret, body, header, int(time.time())
         ):
             self.bad_signatures += 1
-            return web.Response(status=400)
+            return False
         items = json.loads(body)
         self.requests.append({"headers": dict(request.headers), "items": items})
         self.reports.extend(items)
-        return web.Response(status=204)
+        return True
 
     async def start(self) -> None:
         app = web.Application()
