@@ -269,6 +269,20 @@ class Metrics:
             registry=r,
             **live,
         )
+        self.webhook_reports = Gauge(
+            "smpp_bridge_webhook_reports",
+            "Status and MO reports not delivered yet (pending) or given up (dead), counted at "
+            "each scrape",
+            ["state"],
+            registry=r,
+            **live,
+        )
+        self.webhook_oldest_pending = Gauge(
+            "smpp_bridge_webhook_oldest_pending_seconds",
+            "Age of the oldest report not delivered yet (0 with none), counted at each scrape",
+            registry=r,
+            **live,
+        )
         self.receipts_unmatched_pending = Gauge(
             "smpp_bridge_receipts_unmatched_pending",
             "Receipts kept because no sent segment matched them (yet)",

@@ -302,6 +302,16 @@ async def metrics(request: web.Request) -> web.Response:
         _scrape_failures.failed("metrics: counting unmatched receipts", exc)
     else:
         _scrape_failures.ok("metrics: counting unmatched receipts")
+    try:
+        pending, dead, oldest = await ctx.store.webhook_backlog()
+    except Exception as exc:
+        _scrape_failures.failed("metrics: counting webhook reports", exc)
+    else:
+        _scrape_failures.ok("metrics: counting webhook reports")
+        m.webhook_reports.labels("pending").set(pending)
+        m.webhook_reports.labels("dead").set(dead)
+        age_ms = 0 if oldest is None else max(0, ctx.now_ms() - oldest)
+        m.webhook_oldest_pending.set(age_ms / 1000)
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

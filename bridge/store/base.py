@@ -78,6 +78,13 @@ class StoreError(Exception):
 # look at recent deliveries), then purged by the sweep. Without it the outbox grew for ever
 # (~12% of the store).
 WEBHOOK_RETENTION_MS = 7 * 86_400_000
+# The outbox's backlog for /metrics, through each engine's indexes on state (SQLite's
+# webhook_due; PostgreSQL's partial webhook_due and webhook_dead).
+WEBHOOK_BACKLOG = (
+    "SELECT (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'), "
+    "(SELECT COUNT(*) FROM webhook_outbox WHERE state = 'dead'), "
+    "(SELECT MIN(created_at) FROM webhook_outbox WHERE state = 'pending')"
+)
 # Rows one purge statement deletes: the first sweep after a long stop has minutes of traffic to
 # drop, which as one statement held a SQLite daemon's event loop for seconds.
 PURGE_CHUNK = 2000
@@ -414,6 +421,11 @@ class Store(Protocol):
         *,
         holder: str | None = None,
     ) -> list[WebhookJob]: ...
+    async def webhook_backlog(self) -> tuple[int, int, int | None]:
+        """(reports pending, reports dead-lettered, created_at of the oldest pending one or
+        None): what `/metrics` shows, so a customer's endpoint down for an hour is seen."""
+        ...
+
     async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
         """Reports leased by a sender that died mid-POST: due at once (sent again, same
         webhook_id: at-least-once) rather than after their lease, 40 s by default. Returns

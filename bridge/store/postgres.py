@@ -59,6 +59,7 @@ from bridge.store.base import (
     CLOSED_MESSAGE,
     UNPARK_CHUNK,
     UNPARK_MAX_CHUNKS,
+    WEBHOOK_BACKLOG,
     StoreClosedError,
     StoreError,
 )
@@ -1585,6 +1586,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await _enqueue_webhook(c, account_id, kind, None, payload, webhook_id, now)
 
         await run_tx(self.pool, job)
+
+    async def webhook_backlog(self) -> tuple[int, int, int | None]:
+        pending, dead, oldest = await self.pool.fetchrow(WEBHOOK_BACKLOG)
+        return int(pending), int(dead), oldest
 
     async def webhook_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")

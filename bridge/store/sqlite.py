@@ -39,6 +39,7 @@ from bridge.store.base import (
     PURGE_CHUNK,
     UNPARK_CHUNK,
     UNPARK_MAX_CHUNKS,
+    WEBHOOK_BACKLOG,
     WEBHOOK_RETENTION_MS,
     StoreError,
 )
@@ -1246,6 +1247,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             _enqueue_webhook(c, account_id, kind, None, payload, webhook_id, now)
 
         await self._runner.write(job)
+
+    async def webhook_backlog(self) -> tuple[int, int, int | None]:
+        def job(c: sqlite3.Connection) -> tuple[int, int, int | None]:
+            pending, dead, oldest = c.execute(WEBHOOK_BACKLOG).fetchone()
+            return int(pending), int(dead), oldest
+
+        return await self._runner.read(job)
 
     async def webhook_counts(self) -> dict[str, int]:
         def job(c: sqlite3.Connection) -> dict[str, int]:

@@ -150,6 +150,33 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
         assert name.startswith("smpp_bridge_"), name
 
 
+async def test_reports_waiting_for_a_customer_endpoint_show_as_a_backlog(daemon, receiver):
+    """A customer's endpoint down: its reports show as pending with the age of the oldest, so
+    an operator can alert on it (found missing by the leak soak's review); once the endpoint
+    answers, the backlog is 0 again."""
+    d = daemon
+    receiver.fail_with = 503
+    creds = await create_account(d, "backlog", status_callback_url=receiver.url)
+    async with client_for(d.http_port, creds) as c:
+        for i in range(3):
+            r = await c.send(f"+861380013810{i}", text="report me")
+            assert await final(c, r["messages"][0]["id"]) == "delivered"
+    await asyncio.sleep(1.2)  # the oldest report a second old at least
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_webhook_reports", state="pending") == 3
+    assert val(m, "smpp_bridge_webhook_reports", state="dead") == 0
+    assert 1.0 <= val(m, "smpp_bridge_webhook_oldest_pending_seconds") < 60
+    receiver.fail_with = None
+
+    async def drained() -> Samples | None:
+        m = await metrics_of(d.http_port)
+        return m if val(m, "smpp_bridge_webhook_reports", state="pending") == 0 else None
+
+    m = await wait_until(drained, 15, 0.2)  # the retry schedule's first step: 1 s
+    assert val(m, "smpp_bridge_webhook_oldest_pending_seconds") == 0
+    assert len({r["message_id"] for r in receiver.reports}) == 3
+
+
 async def test_requests_no_route_takes_count_as_unmatched_as_the_readme_says(daemon):
     """README, Metrics: `endpoint` is `unmatched` for a request whose path and method no route
     takes, whatever the answer: a 404, a 405 on a path that has routes (`DELETE /v1/messages`),
@@ -354,6 +381,8 @@ async def test_metrics_is_open_and_documented_text(api_server):
         "smpp_bridge_receipts",
         "smpp_bridge_webhook_deliveries",
         "smpp_bridge_queue_depth",
+        "smpp_bridge_webhook_reports",
+        "smpp_bridge_webhook_oldest_pending_seconds",
         "smpp_bridge_balance_warnings",
         "smpp_bridge_event_loop_lag_seconds",
     ):

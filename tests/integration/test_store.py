@@ -1059,6 +1059,19 @@ async def test_webhook_retry_dead_and_replay(store: Store) -> None:
     assert await store.replay_webhooks([ids["ev_1"]], NOW + 3 * MIN) == 0
 
 
+async def test_webhook_backlog_counts_pending_and_dead_and_the_oldest_pending(
+    store: Store,
+) -> None:
+    assert await store.webhook_backlog() == (0, 0, None)
+    await store.create_account(account(status_url="https://cb/st"))
+    for i, at in enumerate((NOW + 5, NOW, NOW + 9)):
+        await store.enqueue_event("acc_a", "event", "{}", f"ev_{i}", at)
+    jobs = {j.webhook_id: j for j in await store.claim_webhooks(NOW + 10, 10, LEASE)}
+    await store.webhook_retry([jobs["ev_1"].id], NOW + MIN, "HTTP 404", True, jobs["ev_1"].lease)
+    await store.webhook_done([jobs["ev_2"].id], NOW + 11, jobs["ev_2"].lease)
+    assert await store.webhook_backlog() == (1, 1, NOW + 5)  # ev_0 leased, still pending
+
+
 async def test_a_dead_senders_webhook_leases_are_given_back(
     store: Store, engine: EngineHandle
 ) -> None:
