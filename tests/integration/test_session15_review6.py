@@ -128,6 +128,7 @@ from bridge.config import SimConfig, parse_config  # noqa: E402
 from bridge.domain.settlement import month_before, month_bounds, month_of  # noqa: E402
 from bridge.retention import Retention  # noqa: E402
 from bridge.sim.server import SimSmsc  # noqa: E402
+from bridge.store import migrate  # noqa: E402
 from bridge.wiring import open_store  # noqa: E402
 from tests.e2e.harness import free_port  # noqa: E402
 from tests.integration.conftest import OpenApi, Reply, make_reply  # noqa: E402
@@ -626,20 +627,36 @@ async def test_sqlite_store_of_the_previous_release_upgrades_in_place(
     # The old release wrote off the lapsed voucher's remainder (its sweep, on its real clock).
     assert "voucher_expire" in {r[2] for r in before["ledger"]}, before["ledger"]
 
-    # -- db migrate, twice: nothing to apply, each run audited, nothing else touched ---------
+    # -- db migrate, twice: the migrations added since, then nothing; each run audited; the
+    # rows as they were (a column a migration added since is appended, NULL in old rows) ------
     new_conf = tmp_path / "new.yaml"
     new_conf.write_text(yaml.safe_dump(config_dict(store, sim.port)))
+    latest = migrate.latest("sqlite")
+    shapes = []
     for _ in range(2):
         out = await cli(_ROOT, new_conf, "db", "migrate")
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout) == {"engine": "sqlite", "schema_version": old_version}
+        assert json.loads(out.stdout) == {"engine": "sqlite", "schema_version": latest}
+        shapes.append(sqlite_shape(db))
     after = sqlite_rows(db)
-    assert sqlite_shape(db) == shape
+    assert shapes[1] == shapes[0]  # the second run changed nothing
+    assert latest > old_version or shapes[0] == shape
     audits = [r for r in after["audit_log"] if r not in before["audit_log"]]
     assert len(audits) == 2 and all("migrate" in str(r) for r in audits), audits
-    assert {k: v for k, v in after.items() if k != "audit_log"} == {
-        k: v for k, v in before.items() if k != "audit_log"
-    }
+    versions = sorted(r[0] for r in after["schema_version"])
+    assert versions == sorted(r[0] for r in before["schema_version"]) + list(
+        range(old_version + 1, latest + 1)
+    )
+    skip = ("audit_log", "schema_version")
+    assert set(after) == set(before)  # no table added since the previous release
+    for table, rows in before.items():
+        if table in skip or not rows:
+            assert table in skip or after[table] == [], table
+            continue
+        width = len(rows[0])
+        kept = sorted((r[:width] for r in after[table]), key=repr)
+        assert kept == rows, table
+        assert all(v is None for r in after[table] for v in r[width:]), table
     # -- the new daemon -----------------------------------------------------------------------
     new = Proc(_ROOT, yaml.safe_load(new_conf.read_text()), tmp_path, "new")
     try:
