@@ -228,7 +228,7 @@ class WebhookSender:
             if is_unavailable(exc) and lease is not None:
                 now_ms = int(self.clock() * 1000)
                 try:
-                    await self._book(lambda: self.store.webhook_release(ids, lease, now_ms), lease)
+                    await self._book(partial(self.store.webhook_release, ids, lease, now_ms), lease)
                 except Exception as again:  # their lease runs out instead
                     self._failures.failed("handing back webhooks", again)
         finally:
@@ -397,7 +397,7 @@ class WebhookSender:
         now_ms = int(self.clock() * 1000)
         if status is not None and 200 <= status < 300:
             done = [j.id for j in live]
-            await self._book(lambda: self.store.webhook_done(done, now_ms, lease), lease)
+            await self._book(partial(self.store.webhook_done, done, now_ms, lease), lease)
             self.delivered += len(live)
             self._count(kind, "delivered", len(live))
             return

@@ -91,7 +91,9 @@ class Confirmer:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0  # no new watch tried before then
         self._fence_until = 0.0  # no claims before then: a watch was lost
-        self._opened_at = 0.0  # when the watch was connected (monotonic)
+        # When the watch was connected (monotonic); before the first, "ever": any restart of
+        # the server is then one this instance did not see.
+        self._opened_at = float("-inf")
         self._rewrite_logged = False  # "wrote again": once per outage
         self.flushes = 0
         self.rewritten = 0
@@ -248,19 +250,16 @@ class Confirmer:
         self._opened_at = time.monotonic()
         age = await self._server_age()
         now = time.monotonic()
-        if lost and age is not None and age < now - opened_before:
-            # The server restarted since the last watch opened: the others wrote again what it
+        if not lost:
+            self._rewrite_logged = False
+        if age is not None and age < now - opened_before:
+            # The server (re)started since the last watch opened, or before the first (an
+            # instance started during an outage saw no crash): the others wrote again what it
             # lost soon after its start, so the fence runs from then, not from now (an idle
             # instance, its binds down meanwhile, reconnects at its first claim seconds later).
             self._fence_until = now + max(0.0, FENCE_S - age)
         elif lost:  # no restart seen (a partition, a failover): claims wait from now
             self._fence_until = max(self._fence_until, now + FENCE_S)
-        else:
-            self._rewrite_logged = False
-            # An instance with no watch before (just started) saw no crash: a server that
-            # came back less than FENCE_S ago fences it until FENCE_S after the server's start.
-            if age is not None and age < FENCE_S:
-                self._fence_until = max(self._fence_until, now + FENCE_S - age)
 
     async def _server_age(self) -> float | None:
         """Seconds since the server (re)started, on the watch; None if unread (the watch

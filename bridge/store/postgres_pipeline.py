@@ -794,16 +794,20 @@ _LIVE_INSTANCE_LOCKS = (
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
+
+def _gone(holder: str, silent_since: str) -> str:
+    """SQL: the instance named by column `holder` is gone: no heartbeat after parameter
+    `silent_since` and no instance lock held. One test for message claims and webhook leases."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM instances i "
+        f"WHERE i.instance = {holder} AND i.heartbeat_at > {silent_since}) "
+        f"AND hashtext({holder})::oid NOT IN ({_LIVE_INSTANCE_LOCKS})"
+    )
+
+
 _ABANDONED = f"""
 SELECT m.id, m.q_route FROM messages m
-WHERE m.q_state = 'claimed' AND (
-    m.q_lease_until <= $1
-    OR (
-        NOT EXISTS (SELECT 1 FROM instances i
-                    WHERE i.instance = m.q_claimed_by AND i.heartbeat_at > $2)
-        AND hashtext(m.q_claimed_by)::oid NOT IN ({_LIVE_INSTANCE_LOCKS})
-    )
-)
+WHERE m.q_state = 'claimed' AND (m.q_lease_until <= $1 OR ({_gone("m.q_claimed_by", "$2")}))
 ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
 """
 
@@ -812,9 +816,7 @@ ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
 FREE_WEBHOOK_LEASES = f"""
 UPDATE webhook_outbox o SET next_attempt_at = $1, leased_by = NULL
 WHERE o.leased_by IS NOT NULL AND o.state = 'pending' AND o.next_attempt_at > $1
-    AND NOT EXISTS (SELECT 1 FROM instances i
-                    WHERE i.instance = o.leased_by AND i.heartbeat_at > $2)
-    AND hashtext(o.leased_by)::oid NOT IN ({_LIVE_INSTANCE_LOCKS})
+    AND {_gone("o.leased_by", "$2")}
 """
 
 _LIVE_INSTANCES = f"SELECT count(*) FROM ({_LIVE_INSTANCE_LOCKS}) l"
