@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,6 +130,7 @@ async def run(args: argparse.Namespace) -> dict:
     finally:
         sim.terminate()
         sim.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "messages": args.messages,
         "window": args.window,
