@@ -37,6 +37,8 @@ _BEGIN = "BEGIN"
 _BEGIN_ASYNC = "BEGIN; SET LOCAL synchronous_commit TO off"
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 ATTEMPTS = 8
+# How long a COMMIT or ROLLBACK under way is waited for once its task is cancelled.
+END_AFTER_CANCEL_S = 5.0
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -107,6 +109,27 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     return pool
 
 
+async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
+    """COMMIT or ROLLBACK, seen through to its end when the task is cancelled meanwhile; the
+    cancel is passed on after. A stop cancels the store's loops, and a second cancel can land
+    on the ROLLBACK of the first: cut short there, the connection went back to the pool inside
+    its transaction. asyncpg rolls it back on release, but logs "Resetting connection with an
+    active transaction" at ERROR: a false alarm in a graceful stop."""
+    step = asyncio.ensure_future(conn.execute(sql))
+    try:
+        await asyncio.shield(step)
+    except asyncio.CancelledError:
+        deadline = time.monotonic() + END_AFTER_CANCEL_S
+        while not step.done() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({step}, timeout=left)
+        if not step.done():
+            step.cancel()  # a server that stopped answering: the release terminates the session
+        elif not step.cancelled():
+            step.exception()  # retrieved: the cancel is what the caller sees
+        raise
+
+
 async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     """Run `job(conn)` in one transaction; commit, or roll back and re-raise. Deadlocks and
     serialization failures are retried (the whole job) with a short jittered pause."""
@@ -117,13 +140,13 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                 result = await job(conn)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")  # else the pool's release rolls it back
+                    await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
                 if isinstance(exc, RETRYABLE) and attempt + 1 < ATTEMPTS:
                     log.info("store transaction retried after %s", type(exc).__name__)
                     await asyncio.sleep(0.002 * (attempt + 1))
                     continue
                 raise
-            await conn.execute("COMMIT")
+            await end_tx(conn, "COMMIT")
             return result
     raise AssertionError("unreachable")  # pragma: no cover
 
