@@ -135,6 +135,7 @@ from tests.integration.conftest import OpenApi, Reply, make_reply  # noqa: E402
 from tests.pg_cluster import Cluster, ci  # noqa: E402
 
 OLD_SHA = "510a7c6"
+_OLD_RESET = "Resetting connection with an active transaction"
 # A checkout of the release, for a clone without its history. No default path: a worktree left
 # at a well-known place (benchmarks use /tmp/before) may hold another commit.
 OLD_TREE = Path(os.environ.get("SMPP_BRIDGE_OLD_TREE") or "/nonexistent")
@@ -304,9 +305,16 @@ class Proc:
             self.proc.wait(10)
 
     def errors(self) -> list[str]:
-        """Lines of its log at ERROR or worse (tracebacks included)."""
+        """Lines of its log at ERROR or worse (tracebacks included). The previous release's
+        stop may log asyncpg's reset of a connection released inside a transaction (a second
+        cancel on the ROLLBACK of a first, seen once in CI): fixed since (606b06b, with its
+        test), and not fixable in a release already out, so that one line is not counted
+        for it."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return [ln for ln in text.splitlines() if "ERROR" in ln or "Traceback" in ln]
+        lines = [ln for ln in text.splitlines() if "ERROR" in ln or "Traceback" in ln]
+        if self.code != _ROOT:
+            lines = [ln for ln in lines if _OLD_RESET not in ln]
+        return lines
 
 
 class Client(BridgeClient):
