@@ -102,6 +102,7 @@ async def raw_load(
     ids: list[str],
     errors: dict[str, int],
     rate: float = 0.0,
+    answered: dict[str, float] | None = None,
 ) -> None:
     """Keep-alive HTTP/1.1 connections writing pre-built requests and reading the answers.
 
@@ -132,12 +133,54 @@ async def raw_load(
                     code = json.loads(body).get("error", {}).get("code", str(status))
                     errors[code] = errors.get(code, 0) + 1
                     continue
-                latencies.append(time.perf_counter() - t)
+                now = time.perf_counter()
+                latencies.append(now - t)
                 ids.append(json.loads(body)["messages"][0]["id"])
+                if answered is not None:
+                    answered[ids[-1]] = now
         finally:
             writer.close()
 
     await asyncio.gather(*(conn() for _ in range(concurrency)))
+
+
+class StatusReceiver:
+    """The account's status_callback_url (`--webhooks`): when each message's final report came,
+    as a customer's endpoint would see it (the bridge's counterpart of Kannel's dlr-url)."""
+
+    def __init__(self) -> None:
+        self.came: dict[str, float] = {}
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            now = time.perf_counter()
+            for report in await request.json():
+                if report.get("type") == "message.status":
+                    self.came.setdefault(report["message_id"], now)
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/st", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}/st"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def have(self, ids: list[str]) -> bool:
+        """Every report in (or no receiver)."""
+        return self._runner is None or all(i in self.came for i in ids)
+
+    def latencies(self, answered: dict[str, float]) -> list[float]:
+        """202 -> report, per message."""
+        return [t - answered[i] for i, t in self.came.items() if i in answered]
 
 
 def free_port() -> int:
@@ -245,6 +288,10 @@ async def run(args: argparse.Namespace) -> dict:
     if args.instances > 1 and args.store != "postgres":
         raise SystemExit("--instances above 1 needs --store postgres (one shared database)")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    reports = StatusReceiver()
+    callback: list[str] = []
+    if args.webhooks:
+        callback = ["--callback", await reports.start()]
     ports = [free_port() for _ in range(args.instances)]
     http_port, sim_port, ctl_port = ports[0], free_port(), free_port()
     key = base64.b64encode(os.urandom(32)).decode()
@@ -307,6 +354,7 @@ async def run(args: argparse.Namespace) -> dict:
                 "create",
                 "bench",
                 "--raw-text",
+                *callback,
                 "--topup",
                 "100000000",
                 "--config",
@@ -335,6 +383,7 @@ async def run(args: argparse.Namespace) -> dict:
             await wait_binds_spread(ports, cfg["server"]["admin_token"], args.binds)
         text = TEXTS[args.kind]
         accept_lat: list[float] = []
+        answered: dict[str, float] = {}  # message id: when its 202 came
         ids: list[str] = []
         errors: dict[str, int] = {}
         async with BridgeClient(
@@ -385,6 +434,7 @@ async def run(args: argparse.Namespace) -> dict:
                                 ids,
                                 errors,
                                 args.rate / n,
+                                answered,
                             )
                             for port, reqs in zip(ports, shares, strict=True)
                         )
@@ -399,7 +449,9 @@ async def run(args: argparse.Namespace) -> dict:
                             counters["receipts_acked"]
                             - base.get("counters", base)["receipts_acked"]
                         )
-                        if done >= segs or time.perf_counter() - t0 > args.timeout:
+                        if done >= segs and reports.have(ids):
+                            break
+                        if time.perf_counter() - t0 > args.timeout:
                             break
                         await asyncio.sleep(0.05)
                     got = len(ids) - before
@@ -468,6 +520,9 @@ async def run(args: argparse.Namespace) -> dict:
             "accept_p99_ms": pct(accept_lat, 99) * 1000,
             "e2e_p50_ms": pct(e2e, 50),
             "e2e_p99_ms": pct(e2e, 99),
+            "webhooks": len(reports.came),
+            "webhook_p50_ms": pct(reports.latencies(answered), 50) * 1000,
+            "webhook_p99_ms": pct(reports.latencies(answered), 99) * 1000,
             "daemon_cpu_s": cpu1 - cpu0,
             "daemon_cpu_us_per_msg": (cpu1 - cpu0) / max(1, len(ids)) * 1e6,
             # The owner process (binds, dispatcher, receipts) apart from its acceptors: with
@@ -488,6 +543,7 @@ async def run(args: argparse.Namespace) -> dict:
                     p.kill()
         if cluster is not None:
             cluster.stop()  # type: ignore[attr-defined]
+        await reports.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -601,6 +657,13 @@ def main() -> None:
         "(throughput, RSS per process, store size): a soak for leaks and slowdown as the store "
         "grows",
     )
+    p.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="give the account a status callback URL served here, and count a message done "
+        "end to end when its report came (as scripts/bench_kannel.py does with Kannel's "
+        "dlr-url)",
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument(
         "--accept-only",
@@ -632,6 +695,16 @@ def main() -> None:
         (
             "accept -> final receipt p50 / p99 (ms)",
             f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
+        ),
+        *(
+            [
+                (
+                    f"202 -> status webhook p50 / p99 (ms), {result['webhooks']} reports",
+                    f"{result['webhook_p50_ms']:.0f} / {result['webhook_p99_ms']:.0f}",
+                )
+            ]
+            if result["options"]["webhooks"]
+            else []
         ),
         (
             "daemon CPU per message, all / owner process (us)",

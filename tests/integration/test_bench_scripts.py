@@ -1,9 +1,10 @@
-"""The quick benchmark scripts still run and print their figures (the long ones, bench.py and
-bench_backlog.py, are run by hand: see the README's Benchmarks section)."""
+"""The benchmark scripts still run and print their figures, on small runs (the real runs, and
+bench_backlog.py, are by hand: see the README's Benchmarks section)."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,33 @@ def test_quick_benchmarks_print_their_figures(
     script: str, args: tuple[str, ...], expect: str
 ) -> None:
     assert re.search(expect, _run(script, *args)), script
+
+
+def _row(out: str, name: str) -> str:
+    m = re.search(rf"^{re.escape(name)}\s+(.+)$", out, re.M)
+    assert m is not None, out
+    return m.group(1)
+
+
+def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
+    out = _run("scripts/bench.py", "--messages", "300", "--webhooks", "--timeout", "60")
+    assert _row(out, "accepted messages").startswith("300  (errors: none)"), out
+    assert _row(out, "final statuses") == "{'delivered': 301}", out  # with the warm-up
+    m = re.search(r"202 -> status webhook p50 / p99 \(ms\), (\d+) reports\s+(\d+) / (\d+)", out)
+    assert m is not None and int(m.group(1)) == 301, out
+    assert 0 < int(m.group(2)) <= int(m.group(3)), out
+    assert float(_row(out, "end-to-end messages/s (with receipts)")) > 0, out
+
+
+@pytest.mark.skipif(
+    shutil.which("bearerbox") is None or shutil.which("smsbox") is None,
+    reason="Kannel is not installed (Debian: apt-get install kannel)",
+)
+@pytest.mark.parametrize(("kind", "parts"), [("gsm1", 1), ("ucs3", 3)])
+def test_bench_kannel_gets_a_report_for_every_message(kind: str, parts: int) -> None:
+    out = _run("scripts/bench_kannel.py", "--messages", "200", "--kind", kind, "--timeout", "60")
+    assert _row(out, "accepted messages") == "200  (errors: none)", out
+    assert _row(out, "final reports") == "{'delivered': 200}  (missing: 0)", out
+    sim = _row(out, "simulator: submit ok / receipts / throttled / syserr").split(" / ")
+    assert int(sim[0]) == 200 * parts, out  # Kannel split the long one into its parts
+    assert re.fullmatch(r"\d+ / \d+", _row(out, "accept -> final receipt p50 / p99 (ms)")), out
