@@ -63,9 +63,9 @@ def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
     shutil.which("bearerbox") is None or shutil.which("smsbox") is None,
     reason="Kannel is not installed (Debian: apt-get install kannel)",
 )
-@pytest.mark.parametrize(("kind", "parts"), [("gsm1", 1), ("ucs3", 3)])
-def test_bench_kannel_gets_a_report_for_every_message(kind: str, parts: int) -> None:
-    out = _run("scripts/bench_kannel.py", "--messages", "200", "--kind", kind, "--timeout", "60")
+def test_bench_kannel_gets_a_report_for_every_message() -> None:
+    parts = 3  # the long kind: Kannel splits it, which the short one would not show
+    out = _run("scripts/bench_kannel.py", "--messages", "200", "--kind", "ucs3", "--timeout", "60")
     assert _row(out, "accepted messages") == "200  (errors: none)", out
     assert _row(out, "final reports") == "{'delivered': 200}  (missing: 0)", out
     sim = _row(out, "simulator: submit ok / receipts / throttled / syserr").split(" / ")
