@@ -262,6 +262,7 @@ class Daemon:
             instance=self.instance,
         )
         self.webhooks.tz = cfg.rules.timezone
+        self.inbound.on_reports = self.webhooks.wake
         for c in self.connectors.values():
             await c.start()
         loop = asyncio.get_running_loop()

@@ -103,6 +103,7 @@ class WebhookSender:
         *,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.2,
+        gather_s: float = 0.05,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         instance: str | None = None,
@@ -114,6 +115,9 @@ class WebhookSender:
         self.config = config
         self.clock = clock
         self.poll_s = poll_s
+        # Woken (receipts queued reports), the sender waits this long before it claims, so
+        # that a POST carries what a burst of receipts queued rather than each batch's few.
+        self.gather_s = gather_s
         self.rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._failures = logs.Failures(log, is_unavailable)
@@ -174,6 +178,8 @@ class WebhookSender:
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)
                     except TimeoutError:
                         pass
+                    else:
+                        await asyncio.sleep(self.gather_s)
                     continue
                 # Leased here from now on, not from when their task starts: a clock shift
                 # running meanwhile must not move the lease their results are written under.

@@ -302,6 +302,7 @@ class ReceiptIn:
 class ReceiptOutcome:
     matched: int
     pending: int
+    reports: int = 0  # status webhooks queued by the messages these receipts ended
 
 
 @dataclass(frozen=True, slots=True)

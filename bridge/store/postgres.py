@@ -1242,8 +1242,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:
-            matched, pending = await pipe.apply_receipts(c, receipts, now)
-            return ReceiptOutcome(matched=matched, pending=pending)
+            matched, pending, reports = await pipe.apply_receipts(c, receipts, now)
+            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await run_tx(self.pool, job)
 

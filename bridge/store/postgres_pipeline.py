@@ -372,14 +372,15 @@ async def rollup_messages(
     locked: dict[str, tuple[Any, ...]] | None = None,
     *,
     intermediate: bool = False,
-) -> None:
+) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
-    with `intermediate`, a 'sent' report for each that just became sent). The rows must be
-    locked by this transaction (`locked`, else they are locked here) so the parts read below
-    include every other transaction's committed change."""
+    with `intermediate`, a 'sent' report for each that just became sent); returns how many
+    status webhooks were queued. The rows must be locked by this transaction (`locked`, else
+    they are locked here) so the parts read below include every other transaction's committed
+    change."""
     if not touched:
-        return
+        return 0
     ids = sorted(touched)
     if locked is None or not set(ids) <= set(locked):
         locked = await lock_messages(c, ids)
@@ -443,10 +444,10 @@ async def rollup_messages(
         )
     if billed:
         await postgres_rules.refund_finals(c, billed, now)
-    if finals:
-        await enqueue_status_webhooks(c, finals, now)
+    queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         await enqueue_sent_webhooks(c, sent, now)
+    return queued
 
 
 async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> None:
@@ -475,9 +476,10 @@ async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now:
 
 async def enqueue_status_webhooks(
     c: asyncpg.Connection, finals: Sequence[tuple[str, str]], now: int
-) -> None:
-    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
-    await c.execute(
+) -> int:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL; how
+    many."""
+    status = await c.execute(
         "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
         "next_attempt_at, created_at) "
         "SELECT 'st_' || f.mid, f.acc, 'status', f.mid, NULL, $3, $3 "
@@ -489,6 +491,7 @@ async def enqueue_status_webhooks(
         [m for _a, m in finals],
         now,
     )
+    return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
 
 # -- submit results --------------------------------------------------------------------------------
@@ -696,8 +699,9 @@ async def _apply_pending(
 
 async def apply_receipts(
     c: asyncpg.Connection, receipts: list[ReceiptIn], now: int
-) -> tuple[int, int]:
-    """(matched, kept pending). Unmatched receipts wait in pending_receipts for their id."""
+) -> tuple[int, int, int]:
+    """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
+    pending_receipts for their id."""
     where = await _match(c, receipts)
     missing = [r for r in receipts if (r.smsc, r.smsc_msg_id) not in where]
     if missing:
@@ -718,8 +722,8 @@ async def apply_receipts(
                 ("smsc", "smsc_msg_id", "state", "stat", "err", "done_at", "received_at", "raw"),
             ),
         )
-    await rollup_messages(c, touched, now, locked)
-    return len(receipts) - len(unmatched), len(unmatched)
+    reports = await rollup_messages(c, touched, now, locked)
+    return len(receipts) - len(unmatched), len(unmatched), reports
 
 
 def _columns(items: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:

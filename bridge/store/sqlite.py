@@ -838,8 +838,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
-            matched, pending = pipe.apply_receipts(c, receipts, now)
-            return ReceiptOutcome(matched=matched, pending=pending)
+            matched, pending, reports = pipe.apply_receipts(c, receipts, now)
+            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await self._runner.write(job)
 

@@ -33,11 +33,12 @@ def _marks(n: int) -> str:
 
 def rollup_messages(
     c: sqlite3.Connection, touched: dict[str, bool], now: int, *, intermediate: bool = False
-) -> None:
+) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
-    send) from their parts, and queue a status webhook for each that just became final."""
+    send) from their parts, and queue a status webhook for each that just became final; returns
+    how many were queued (the owner wakes its webhook sender for them)."""
     if not touched:
-        return
+        return 0
     ids = list(touched)
     parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
     current: dict[str, tuple[Any, ...]] = {}
@@ -111,10 +112,10 @@ def rollup_messages(
             )
     if billed:
         sqlite_rules.refund_finals(c, billed, now)
-    if finals:
-        enqueue_status_webhooks(c, finals, now)
+    queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         enqueue_sent_webhooks(c, sent, now)
+    return queued
 
 
 def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> None:
@@ -148,8 +149,9 @@ def _status_urls(c: sqlite3.Connection, accounts: set[str]) -> dict[str, str | N
     return urls
 
 
-def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> None:
-    """Outbox rows for final statuses, for accounts that configured a status callback URL."""
+def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]], now: int) -> int:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL; how
+    many."""
     urls = _status_urls(c, {a for a, _m in finals})
     rows = [
         (f"st_{mid}", account, "status", mid, None, now, now)
@@ -162,6 +164,7 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
             "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
             rows,
         )
+    return len(rows)
 
 
 # -- submit results ------------------------------------------------------------------------------
@@ -343,8 +346,11 @@ def _apply_pending(
 # -- receipts ------------------------------------------------------------------------------------
 
 
-def apply_receipts(c: sqlite3.Connection, receipts: list[ReceiptIn], now: int) -> tuple[int, int]:
-    """(matched, kept pending). Unmatched receipts wait in pending_receipts for their id."""
+def apply_receipts(
+    c: sqlite3.Connection, receipts: list[ReceiptIn], now: int
+) -> tuple[int, int, int]:
+    """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
+    pending_receipts for their id."""
     touched: dict[str, bool] = {}
     unmatched = _apply(c, receipts, touched)
     if unmatched:
@@ -356,8 +362,8 @@ def apply_receipts(c: sqlite3.Connection, receipts: list[ReceiptIn], now: int) -
                 for r in unmatched
             ],
         )
-    rollup_messages(c, touched, now)
-    return len(receipts) - len(unmatched), len(unmatched)
+    reports = rollup_messages(c, touched, now)
+    return len(receipts) - len(unmatched), len(unmatched), reports
 
 
 def _apply(

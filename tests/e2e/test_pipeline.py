@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 
@@ -83,6 +85,28 @@ async def test_negative_receipts_fail_the_message_and_report_it(start_daemon, re
     await wait_until(lambda: receiver.reports, 10)
     assert receiver.reports[0]["success"] is False
     assert receiver.reports[0]["error_code"].startswith("UNDELIV")
+
+
+async def test_a_status_report_goes_out_when_its_receipt_lands_not_at_the_next_poll(
+    start_daemon, receiver
+):
+    """Receipts that end messages wake the webhook sender: with its poll 30 s away (and the
+    sweeper's wake up to 5 s), each report still reaches the customer within a second of its
+    receipt (done_at). Before, it waited for one or the other."""
+    d = await start_daemon()
+    d.webhooks.poll_s = 30.0
+    creds = await create_account(d, status_callback_url=receiver.url)
+    receiver.secret = creds["webhook_secret"]
+    delays = []
+    async with client_for(d.http_port, creds) as c:
+        for i in range(3):
+            await c.send(f"+86138001380{i:02d}", text=f"round {i}")
+            await wait_until(lambda: len(receiver.reports) > i, 10, interval=0.005)  # noqa: B023
+            came = time.time()
+            done = datetime.fromisoformat(receiver.reports[i]["done_at"].replace("Z", "+00:00"))
+            delays.append(round(came - done.timestamp(), 3))
+    assert max(delays) < 1.0, delays
+    assert receiver.bad_signatures == 0
 
 
 async def test_throttling_and_system_errors_lose_nothing_and_keep_order(start_daemon):

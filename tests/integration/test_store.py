@@ -751,6 +751,25 @@ async def test_receipt_matches_by_smsc_and_id_only(store: Store) -> None:
     assert rec.segment_rows[0].done_at == NOW + 2 * MIN
 
 
+async def test_receipts_count_the_status_reports_they_queue(store: Store) -> None:
+    """The owner wakes its webhook sender on this count: one per message a receipt ended, for
+    an account with a status URL; none for a part that leaves its message open, for an account
+    without a URL, or for a receipt repeated."""
+    await store.create_account(account(status_url="https://cb.example/st"))
+    await store.create_account(account("acc_b"))
+    await accept(store, message("m1", parts=2), message("m2"))
+    await store.accept(batch(message("m3", "acc_b"), account_id="acc_b"), NOW)
+    assert len(await claim_all(store)) == 3
+    await store.record_submits([sent("m1", 1), sent("m1", 2), sent("m2"), sent("m3")], [], NOW)
+    out = await store.apply_receipts([rcpt("smscA", "m1-1"), rcpt("smscA", "m3-1")], NOW + MIN)
+    assert (out.matched, out.reports) == (2, 0)  # m1 half done; m3's account has no URL
+    out = await store.apply_receipts([rcpt("smscA", "m1-2"), rcpt("smscA", "m2-1")], NOW + MIN)
+    assert (out.matched, out.reports) == (2, 2)
+    out = await store.apply_receipts([rcpt("smscA", "m2-1")], NOW + 2 * MIN)
+    assert out.reports == 0
+    assert await status_jobs(store) == ["m1", "m2"]
+
+
 async def test_receipt_before_submit_result_is_kept_and_applied(store: Store) -> None:
     await accept(store, message("m"))
     await claim_all(store)

@@ -342,9 +342,12 @@ async def test_parts_receipts_on_two_instances_roll_up_once(
         NOW,
     )
 
+    reports = 0
+
     async def apply(store: PostgresStore, seqs: tuple[int, ...]) -> None:
+        nonlocal reports
         for start in range(0, n, 10):
-            await store.apply_receipts(
+            out = await store.apply_receipts(
                 [
                     ReceiptIn("smscA", f"{i}-{s}", "delivered", None, None, None, NOW + 5)
                     for i in range(start, start + 10)
@@ -352,9 +355,11 @@ async def test_parts_receipts_on_two_instances_roll_up_once(
                 ],
                 NOW + 5,
             )
+            reports += out.reports
 
     # Part 1 on A, part 2 on B, part 3 (and a duplicate of part 2) on a second B worker.
     await asyncio.gather(apply(a, (1,)), apply(b, (2,)), apply(b, (3, 2)))
+    assert reports == n  # each message's report queued once, and counted by the batch that did
     recs = await a.list_messages("acc_a", limit=1000)
     assert Counter((m.state, m.segments_delivered) for m in recs) == {("delivered", 3): n}
     assert all(m.done_at == NOW + 5 for m in recs)
