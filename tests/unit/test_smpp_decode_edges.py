@@ -5,7 +5,6 @@ session, the receipt parser and the id normalisation as the inbound pipeline app
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from bridge.smpp.codec import Bind, BindResp, Pdu, ShortMessage, encode
 from bridge.smpp.msgid import normalize_resp_id
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
 from bridge.smpp.session import BindMode, BindSession, SubmitResponse
+from bridge.store.models import ReceiptOutcome
 
 
 def _bound_session() -> BindSession:
@@ -60,19 +60,13 @@ def test_receipt_stat_with_a_trailing_nul_is_delivered() -> None:
     assert r.state is ReceiptState.DELIVERED
 
 
-@dataclass
-class _Outcome:
-    matched: int
-    pending: int
-
-
 class _CapturingStore:
     def __init__(self) -> None:
         self.items: list[Any] = []
 
-    async def apply_receipts(self, items: list[Any], now: int) -> _Outcome:
+    async def apply_receipts(self, items: list[Any], now: int) -> ReceiptOutcome:
         self.items.extend(items)
-        return _Outcome(0, len(items))
+        return ReceiptOutcome(0, len(items))
 
 
 async def test_receipted_message_id_tlv_is_normalised_like_the_submit_sm_resp_id() -> None:
