@@ -153,6 +153,9 @@ class WebhookSender:
                         running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
                     )
                     continue
+                # Cleared before the claim, not after an empty one: a wake that comes while the
+                # claim runs then ends the wait below at once instead of being lost.
+                self._wake.clear()
                 now_ms = int(self.clock() * 1000)
                 cap = max(1, self.config.concurrency // 4)
                 busy = Counter(running.values())
@@ -173,7 +176,6 @@ class WebhookSender:
                     continue
                 self._failures.ok("claiming webhooks")
                 if not jobs:
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)
                     except TimeoutError:
