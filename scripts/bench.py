@@ -122,13 +122,7 @@ async def raw_load(
                         await asyncio.sleep(delay)
                 t = time.perf_counter()
                 writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
+                status, _head, body = await read_answer(reader)
                 if status != 202:
                     code = json.loads(body).get("error", {}).get("code", str(status))
                     errors[code] = errors.get(code, 0) + 1
@@ -181,6 +175,16 @@ class StatusReceiver:
     def latencies(self, answered: dict[str, float]) -> list[float]:
         """202 -> report, per message."""
         return [t - answered[i] for i, t in self.came.items() if i in answered]
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of one HTTP/1.1 answer with a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return int(head[9:12]), head, await reader.readexactly(length)
 
 
 def free_port() -> int:
@@ -616,6 +620,35 @@ def _cpu(pid: int, *, tree: bool = True) -> float:
     return total
 
 
+def latency_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The accept and accept -> final receipt rows, as bench_kannel.py prints them too."""
+    return [
+        (
+            "accept latency p50 / p99 (ms)",
+            f"{result['accept_p50_ms']:.1f} / {result['accept_p99_ms']:.1f}",
+        ),
+        (
+            "accept -> final receipt p50 / p99 (ms)",
+            f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
+        ),
+    ]
+
+
+def cpu_row(result: dict[str, Any]) -> tuple[str, str]:
+    """Where the machine's CPU went, by process, against cores x seconds."""
+    return (
+        "CPU seconds: " + " / ".join(result["cpu_seconds"]),
+        " / ".join(f"{v:.1f}" for v in result["cpu_seconds"].values())
+        + f"  (of {result['cores']:.0f} cores x {result['seconds']:.1f} s)",
+    )
+
+
+def print_rows(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -688,14 +721,7 @@ def main() -> None:
             "simulator: submit ok / throttled / syserr",
             f"{result['submit_sm']} / {result['throttled']} / {result['syserr']}",
         ),
-        (
-            "accept latency p50 / p99 (ms)",
-            f"{result['accept_p50_ms']:.1f} / {result['accept_p99_ms']:.1f}",
-        ),
-        (
-            "accept -> final receipt p50 / p99 (ms)",
-            f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
-        ),
+        *latency_rows(result),
         *(
             [
                 (
@@ -710,19 +736,13 @@ def main() -> None:
             "daemon CPU per message, all / owner process (us)",
             f"{result['daemon_cpu_us_per_msg']:.0f} / {result['owner_cpu_us_per_msg']:.0f}",
         ),
-        (
-            "CPU seconds: " + " / ".join(result["cpu_seconds"]),
-            " / ".join(f"{v:.1f}" for v in result["cpu_seconds"].values())
-            + f"  (of {result['cores']:.0f} cores x {result['seconds']:.1f} s)",
-        ),
+        cpu_row(result),
         (
             "daemon RSS / peak (MB)",
             f"{result['daemon_rss_mb']:.0f} / {result['daemon_peak_rss_mb']:.0f}",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
+    print_rows(rows)
     if len(result["rounds"]) > 1:
         print("round  accepted/s  end-to-end/s  RSS per process, owner first (MB)  store (MB)")
         for k, r in enumerate(result["rounds"], start=1):

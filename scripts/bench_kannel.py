@@ -111,13 +111,7 @@ async def load(
             for i, req in it:
                 t = time.perf_counter()
                 writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
+                status, head, body = await bench.read_answer(reader)
                 if status == 202:
                     accepted[i] = time.perf_counter()
                     latencies.append(accepted[i] - t)
@@ -337,31 +331,18 @@ def main() -> None:
             f"{result['submit_sm']} / {result['receipts']} / {result['throttled']} / "
             f"{result['syserr']}",
         ),
-        (
-            "accept latency p50 / p99 (ms)",
-            f"{result['accept_p50_ms']:.1f} / {result['accept_p99_ms']:.1f}",
-        ),
-        (
-            "accept -> final receipt p50 / p99 (ms)",
-            f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
-        ),
+        *bench.latency_rows(result),
         (
             "Kannel CPU per message, bearerbox + smsbox (us)",
             f"{result['kannel_cpu_us_per_msg']:.0f}",
         ),
-        (
-            "CPU seconds: " + " / ".join(result["cpu_seconds"]),
-            " / ".join(f"{v:.1f}" for v in result["cpu_seconds"].values())
-            + f"  (of {result['cores']:.0f} cores x {result['seconds']:.1f} s)",
-        ),
+        bench.cpu_row(result),
         (
             "Kannel RSS / peak (MB)",
             f"{result['kannel_rss_mb']:.0f} / {result['kannel_peak_rss_mb']:.0f}",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
+    bench.print_rows(rows)
 
 
 if __name__ == "__main__":
