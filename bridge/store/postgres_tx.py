@@ -135,8 +135,10 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     serialization failures are retried (the whole job) with a short jittered pause."""
     for attempt in range(ATTEMPTS):
         async with pool.acquire() as conn:
-            await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
             try:
+                # Inside: a cancel while the BEGIN is under way leaves the session in the
+                # transaction it opened, which must be rolled back here too.
+                await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
                 result = await job(conn)
             except BaseException as exc:
                 with contextlib.suppress(Exception):

@@ -158,13 +158,13 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
         for account, mid in finals
         if urls.get(account)
     ]
-    if rows:
-        c.executemany(
-            "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
-            "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
-            rows,
-        )
-    return len(rows)
+    if not rows:
+        return 0
+    return c.executemany(
+        "INSERT OR IGNORE INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
+        rows,
+    ).rowcount  # inserted: a report queued before is ignored, not counted
 
 
 # -- submit results ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bridge.store import postgres_tx
 from bridge.store.postgres_tx import create_pool, run_tx
 
 
@@ -92,4 +93,31 @@ async def test_a_cancel_during_commit_waits_for_the_commit(pool: asyncpg.Pool) -
     assert await pool.fetchval("SELECT count(*) FROM t WHERE k = 2") == 1
     assert await idle_in_transaction(pool) == 0
     assert await run_tx(pool, lambda c: c.fetchval("SELECT count(*) FROM t")) == 1
+    assert not [e for e in errors if "active transaction" in e], errors
+
+
+async def test_a_cancel_while_the_begin_runs_rolls_back(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The BEGIN opens the transaction: a cancel before it answered left the session inside it,
+    outside the try that rolls back."""
+    errors: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _l, ctx: errors.append(str(ctx.get("message")))
+    )
+    # A BEGIN that takes a while (the server busy): the stop comes before it answered.
+    monkeypatch.setattr(
+        postgres_tx, "_BEGIN", "BEGIN; INSERT INTO t VALUES (3); SELECT pg_sleep(5)"
+    )
+
+    async def job(_conn: asyncpg.Connection) -> None:
+        raise AssertionError("not reached")
+
+    task = asyncio.create_task(run_tx(pool, job))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await pool.fetchval("SELECT count(*) FROM t") == 0
+    assert await idle_in_transaction(pool) == 0
     assert not [e for e in errors if "active transaction" in e], errors
