@@ -541,7 +541,10 @@ async def test_a_submit_never_answered_still_times_out_after_the_pause(stack: St
     (outcome,) = await asyncio.wait_for(conn.send_message([part]), 3.0)
     took = time.monotonic() - t0
     assert outcome.status_name == "TIMEOUT", outcome
-    assert 0.6 <= took < 1.5, took
+    # ~0.9 s on a quiet machine; the bound only has to tell "postponed" from "dropped" (never
+    # answered: the 3 s wait_for above), and a loaded machine (seen: 2.6 s with four test
+    # workers on two cores) takes longer to read the 300 receipts once the gate opens.
+    assert 0.6 <= took < 2.9, took
     n = sum(1 for cid, _s, _q in stack.peer.received if cid == C.ENQUIRE_LINK)
     await eventually(
         lambda: sum(1 for cid, _s, _q in stack.peer.received if cid == C.ENQUIRE_LINK) > n
