@@ -82,8 +82,9 @@ class Inbound:
         # The accounts' assigned senders, cached (replies come in storms, accounts seldom
         # change).
         self.assignments = assignments or Assignments(store, clock=clock)
-        # Called when a batch of receipts queued status webhooks (the owner's sender, woken:
-        # it would otherwise find them at its next poll, ~100 ms later on average).
+        # Called when a batch of receipts queued status webhooks, or an MO was stored for an
+        # account (the owner's sender, woken: it would otherwise find them at its next poll,
+        # ~100 ms later on average).
         self.on_reports: Callable[[], None] | None = None
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
@@ -284,6 +285,8 @@ class Inbound:
             await self.store.drop_mo_parts(smsc, body.source_addr, body.destination_addr, seg.ref)
         if not new:
             return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
+        if account is not None and self.on_reports is not None:
+            self.on_reports()  # its MO report, if the account has a URL (replies are few)
         self.mo += 1
         if self.metrics is not None:
             self.metrics.mo(smsc)

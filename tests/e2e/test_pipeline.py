@@ -109,6 +109,26 @@ async def test_a_status_report_goes_out_when_its_receipt_lands_not_at_the_next_p
     assert receiver.bad_signatures == 0
 
 
+async def test_a_reply_is_pushed_when_it_is_stored_not_at_the_next_poll(start_daemon, receiver):
+    """An MO stored for an account wakes the webhook sender too: with its poll 30 s away, the
+    reply reaches the customer within a second (up to the sweeper's 5 s before)."""
+    d = await start_daemon()
+    d.webhooks.poll_s = 30.0
+    creds = await create_account(d, mo_callback_url=receiver.url)
+    receiver.secret = creds["webhook_secret"]
+    async with client_for(d.http_port, creds) as c:
+        r = await c.send("+8613800138000", text="Reply YES to confirm")
+        await final_status(c, r["messages"][0]["id"])
+    took = []
+    for i in range(3):
+        t0 = time.monotonic()
+        await d.sim.inject_mo("8613800138000", "smpp-bridge", f"YES {i}")
+        await wait_until(lambda: len(receiver.reports) > i, 10, interval=0.005)  # noqa: B023
+        took.append(round(time.monotonic() - t0, 3))
+    assert [r["text"] for r in receiver.reports] == ["YES 0", "YES 1", "YES 2"]
+    assert max(took) < 1.0, took
+
+
 async def test_throttling_and_system_errors_lose_nothing_and_keep_order(start_daemon):
     d = await start_daemon()
     d.sim.throttle_ratio = 0.2
