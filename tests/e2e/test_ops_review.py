@@ -206,7 +206,9 @@ async def test_a_killed_acceptor_is_restarted_and_reload_reaches_acceptors(tmp_p
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGHUP)
         # The owner (updated ['sim']) and both acceptors (no SMSC of their own) reload.
-        await wait_until(lambda: proc.log.read_text().count("reloaded configuration") == 3, 10)
+        # At least once each: an acceptor still starting when the owner rewrote its copy
+        # reloads at start for the change and again for the SIGHUP (HupGate), both benign.
+        await wait_until(lambda: proc.log.read_text().count("reloaded configuration") >= 3, 10)
         assert "updated ['sim']" in proc.log.read_text()
         pids = list(_acceptor_pids(proc.log).values())
         assert all(_alive(p) for p in pids)

@@ -224,7 +224,9 @@ async def test_a_removed_smsc_disappears_from_a_workers_scrape(tmp_path):
         # Three processes reload (30 s: a stressed machine once took more than 10, and CI in
         # session 21 more than 30: the log tail says what the processes did meanwhile).
         try:
-            await wait_until(lambda: proc.log.read_text().count("reloaded configuration") == 3, 30)
+            # At least once each: an acceptor still starting when the owner rewrote its copy
+            # reloads at start for the change and again for the SIGHUP (HupGate), both benign.
+            await wait_until(lambda: proc.log.read_text().count("reloaded configuration") >= 3, 30)
         except AssertionError:
             raise AssertionError(proc.log.read_text()[-4000:]) from None
         left: list[str] = []
