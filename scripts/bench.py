@@ -478,14 +478,7 @@ async def run(args: argparse.Namespace) -> dict:
                 for p in _tree(d.pid):
                     r, h = rss_mb(p)
                     rss, hwm = rss + r, hwm + h
-            cpu_split = {k: parts1[k] - parts0[k] for k in parts0}
-            cpu_split["daemons"] = cpu1 - cpu0
-            cpu_split["other"] = max(
-                0.0,
-                cpu_split.pop("machine")
-                - sum(v for k, v in cpu_split.items() if k not in ("machine_total",)),
-            )
-            cores = cpu_split.pop("machine_total") / t_total
+            cpu_split, cores = split_cpu(parts0, parts1, "daemons", cpu1 - cpu0, t_total)
             e2e: list[float] = []
             to_report = reports.latencies(answered)  # 202 -> status webhook (--webhooks)
             statuses: dict[str, int] = {}
@@ -590,6 +583,19 @@ def _cpu_parts(sim: subprocess.Popen[bytes] | None, cluster: object | None) -> d
         "machine": busy,
         "machine_total": total,
     }
+
+
+def split_cpu(
+    parts0: dict[str, float], parts1: dict[str, float], name: str, cpu: float, seconds: float
+) -> tuple[dict[str, float], float]:
+    """(CPU seconds of each part over the run, with the gateway's under `name` and the rest of
+    the machine's busy time as "other"; the cores the machine has)."""
+    split = {k: parts1[k] - parts0[k] for k in parts0}
+    split[name] = cpu
+    busy = split.pop("machine")
+    total = split.pop("machine_total")
+    split["other"] = max(0.0, busy - sum(split.values()))
+    return split, total / seconds
 
 
 def _ms(iso: str) -> float:

@@ -252,12 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in kannel:
             r, h = bench.rss_mb(p)
             rss, hwm = rss + r, hwm + h
-        split = {k: parts1[k] - parts0[k] for k in parts0}
-        split.pop("postgres")
-        split["kannel"] = cpu1 - cpu0
-        busy = split.pop("machine")
-        split["other"] = max(0.0, busy - sum(v for k, v in split.items() if k != "machine_total"))
-        cores = split.pop("machine_total") / t_total
+        split, cores = bench.split_cpu(parts0, parts1, "kannel", cpu1 - cpu0, t_total)
+        split.pop("postgres")  # none here (0)
         done = [receiver.final[i] for i in accepted if i in receiver.final]
         e2e = [t - accepted[i] for i, (t, _s) in receiver.final.items() if i in accepted]
         statuses: dict[str, int] = {}
