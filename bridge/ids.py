@@ -54,8 +54,23 @@ def _b32(value: int, length: int) -> str:
     return base64.b32encode(raw).translate(_FROM_RFC4648).decode()[-length:]
 
 
+# Two base32 characters (10 bits) per entry: the low 20 bits of the time in two lookups.
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 _last_ms = -1
 _last_time_part = ""
+_last_high = -1
+_last_high_part = ""
+
+
+def _time_part(ms: int) -> str:
+    """`_b32(ms, 10)`: the high 30 bits change every ~17 minutes and are kept, the low 20 come
+    from `_PAIRS` (at a few hundred requests a second nearly every id starts a new millisecond,
+    and `_b32` costs ~5 us)."""
+    global _last_high, _last_high_part
+    high = ms >> 20
+    if high != _last_high:
+        _last_high, _last_high_part = high, _b32(high, 6)
+    return _last_high_part + _PAIRS[(ms >> 10) & 1023] + _PAIRS[ms & 1023]
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
@@ -67,7 +82,7 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     global _last_ms, _last_time_part
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     if ms != _last_ms:
-        _last_ms, _last_time_part = ms, _b32(ms, 10)
+        _last_ms, _last_time_part = ms, _time_part(ms)
     rand = _POOL.take(16).translate(_LOW5).decode()
     return prefix + _last_time_part + rand
 

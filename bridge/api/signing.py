@@ -69,6 +69,14 @@ _DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z", re.AS
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 # RFC 9110 token characters, lower case only: SignedHeaders names are canonical.
 _HEADER_NAME_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+# The Authorization value as the SDKs write it (parts in this order, no spaces): matched in one C
+# call. Every string it matches, the strict parser below accepts with the same result; anything
+# else goes to that parser, which names the fault.
+_TOKEN = r"[a-z0-9!#$%&'*+.^_`|~-]+"
+_AUTH_USUAL = re.compile(
+    rf"{ALGORITHM} Credential=([A-Za-z0-9._~-]{{1,128}}),"
+    rf"SignedHeaders=({_TOKEN}(?:;{_TOKEN})*),Signature=([0-9a-f]{{64}})"
+)
 _RFC3986_SAFE = "-_.~"  # quote() always keeps A-Z a-z 0-9; these complete the unreserved set
 
 
@@ -166,8 +174,12 @@ def _canonical(
     lowered: Mapping[str, str],
     signed_headers: Sequence[str],
     content_sha256: str,
+    *,
+    names_canonical: bool = False,
 ) -> str:
-    names = _canonical_names(signed_headers)
+    """`names_canonical`: `signed_headers` is already lower-case, sorted and unique (an
+    `AuthHeader`'s, which `parse_authorization` refuses otherwise)."""
+    names = list(signed_headers) if names_canonical else _canonical_names(signed_headers)
     lines = []
     for name in names:
         if name not in lowered:
@@ -219,6 +231,15 @@ def parse_authorization(value: str | None) -> AuthHeader:
     unique, because the same string goes into the canonical request and a reordered list would
     otherwise sign differently on each side.
     """
+    usual = _AUTH_USUAL.fullmatch(value) if value is not None else None
+    if usual is not None:
+        names = tuple(usual[2].split(";"))
+        if list(names) == sorted(set(names)):
+            return AuthHeader(app_key=usual[1], signed_headers=names, signature=usual[3])
+    return _parse_authorization_strictly(value)
+
+
+def _parse_authorization_strictly(value: str | None) -> AuthHeader:
     if value is None or not value.strip():
         raise SignatureError("MISSING_AUTH", "the Authorization header is missing")
     scheme, sep, rest = value.strip().partition(" ")
@@ -255,18 +276,19 @@ def parse_authorization(value: str | None) -> AuthHeader:
     return AuthHeader(app_key=app_key, signed_headers=names, signature=signature)
 
 
-def check_signed_headers(auth: AuthHeader, present_headers: Iterable[str]) -> None:
-    """Refuse a request that leaves something meaningful unsigned, or signs what it did not send."""
-    present = {name.lower() for name in present_headers}
+def check_signed_headers(auth: AuthHeader, lowered: Mapping[str, str]) -> None:
+    """Refuse a request that leaves something meaningful unsigned, or signs what it did not send.
+
+    `lowered` is the request's headers as `lower_headers` returns them (lower-case names)."""
     signed = set(auth.signed_headers)
     for name in REQUIRED_HEADERS:
         if name not in signed:
             raise _mismatch(f"SignedHeaders must include '{name}'")
     for name in OPTIONAL_SIGNED_WHEN_SENT:
-        if name in present and name not in signed:
+        if name in lowered and name not in signed:
             raise _mismatch(f"header '{name}' is sent and must be in SignedHeaders")
     for name in auth.signed_headers:
-        if name not in present:
+        if name not in lowered:
             raise _mismatch(f"header '{name}' is in SignedHeaders but absent from the request")
 
 
@@ -407,7 +429,9 @@ def verify_checked(
             f"(server computed {actual})",
         )
     date = lowered["x-bridge-date"]
-    canonical = _canonical(method, path, raw_query, lowered, auth.signed_headers, claimed)
+    canonical = _canonical(
+        method, path, raw_query, lowered, auth.signed_headers, claimed, names_canonical=True
+    )
     to_sign = string_to_sign(date, canonical)
     expected = sign(secret, to_sign)
     if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("utf-8")):

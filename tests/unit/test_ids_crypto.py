@@ -23,7 +23,7 @@ from bridge.crypto import (
     new_app_key,
     new_secret,
 )
-from bridge.ids import id_time_ms, new_id
+from bridge.ids import _b32, id_time_ms, new_id
 
 BODY = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # Crockford base32: no I L O U
 MAX_MS = 2**48 - 1
@@ -59,6 +59,16 @@ def test_time_round_trip(ms: int) -> None:
 def test_ids_sort_by_time(ms: int, later_by: int) -> None:
     later = min(ms + later_by, MAX_MS)
     assert new_id("msg_", ms) < new_id("msg_", later)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(0, MAX_MS), min_size=1, max_size=8))
+def test_the_time_part_is_the_base32_of_the_time_whatever_came_before(times: list[int]) -> None:
+    # The time part keeps its high characters between calls: each id must still spell its own
+    # millisecond in full, after any sequence of others (near or far, earlier or later).
+    for ms in times:
+        assert new_id("m", ms)[1:11] == _b32(ms, 10)
+        assert id_time_ms(new_id("m", ms), "m") == ms
 
 
 def test_ids_are_unique_within_one_millisecond() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import itertools
 import re
 import string
 from contextlib import redirect_stdout
@@ -561,6 +562,74 @@ def test_parse_authorization_spaces_and_order() -> None:
     value = f"{ALGORITHM} Signature={GOOD_SIG}, Credential=AK_1,  SignedHeaders=host;x-bridge-date"
     assert parse_authorization(value) == AuthHeader("AK_1", ("host", "x-bridge-date"), GOOD_SIG)
     assert parse_authorization(f"  {GOOD_AUTH}  ") == parse_authorization(GOOD_AUTH)
+
+
+def _outcome(parse: object, value: str) -> object:
+    try:
+        return parse(value)  # type: ignore[operator]
+    except SignatureError as exc:
+        return (exc.code, exc.message)
+
+
+# Pieces an Authorization value is made of, right and wrong, so that the strings drawn are mostly
+# near the usual spelling (the one the shortcut matches) and cross its edges.
+_AUTH_PIECES = st.sampled_from(
+    [
+        ALGORITHM, "bridge-hmac-sha256", " ", "  ", ",", ", ", ";", "=", "Credential=",
+        "SignedHeaders=", "Signature=", "AK_1", "ak.2~x-", "A" * 128, "A" * 129, "host",
+        "x-bridge-date", "x-bridge-nonce", "content-type", "Host", "x_y", "a b", GOOD_SIG,
+        GOOD_SIG[:63], GOOD_SIG.upper(), "f" * 64, "\t", "\u00e9", "",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_AUTH_PIECES, max_size=14).map("".join))
+def test_the_usual_spelling_shortcut_answers_as_the_strict_parser(value: str) -> None:
+    # parse_authorization first tries one regular expression for the SDKs' spelling: whatever it
+    # is given, it must answer exactly as the strict parser alone (the header, or the refusal).
+    for candidate in (value, f"{ALGORITHM} {value}", f"{ALGORITHM} Credential={value}"):
+        strict = _outcome(signing._parse_authorization_strictly, candidate)
+        assert _outcome(parse_authorization, candidate) == strict
+
+
+def test_the_shortcut_agrees_with_the_strict_parser_near_the_usual_spelling() -> None:
+    # Every combination of right and wrong pieces in and around the usual spelling (~20,000).
+    names = [
+        ["host", "x-bridge-date"], ["x-bridge-date", "host"], ["host", "host"], ["host"],
+        ["a!#$%&'*+.^_`|~-z", "host"], ["Host"], ["host", "X-A"], ["a b"], [""],
+        ["host", ""], ["é"], ["x,y"], ["x=y"], [],
+    ]  # fmt: skip
+    credentials = ["AK_1", "a.b~c-d_e", "A" * 128, "A" * 129, "", "a b", "a/b", "é", "a=b"]
+    signatures = [GOOD_SIG, "f" * 64, GOOD_SIG[:63], GOOD_SIG + "0", "F" * 64, ""]
+    schemes = [ALGORITHM, ALGORITHM.lower(), ALGORITHM + " "]
+    answered = set()
+    for scheme, cred, listed, sig, order, comma in itertools.product(
+        schemes, credentials, names, signatures, [(0, 1, 2), (2, 0, 1)], [",", ", "]
+    ):
+        parts = (f"Credential={cred}", f"SignedHeaders={';'.join(listed)}", f"Signature={sig}")
+        value = f"{scheme} " + comma.join(parts[i] for i in order)
+        strict = _outcome(signing._parse_authorization_strictly, value)
+        assert _outcome(parse_authorization, value) == strict, value
+        answered.add(type(strict))
+    assert answered == {AuthHeader, tuple}  # both answers were reached
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        "host;x-bridge-date",
+        "x-bridge-date;host",  # not sorted
+        "host;host",  # repeated
+        "host;;x-bridge-date",  # empty name
+        "host;X-bridge-date",  # upper case
+    ],
+)
+def test_the_shortcut_leaves_unsorted_or_odd_names_to_the_strict_parser(names: str) -> None:
+    value = f"{ALGORITHM} Credential=AK_1,SignedHeaders={names},Signature={GOOD_SIG}"
+    strict = _outcome(signing._parse_authorization_strictly, value)
+    assert _outcome(parse_authorization, value) == strict
+    assert isinstance(strict, AuthHeader) == (names == "host;x-bridge-date")
 
 
 @pytest.mark.parametrize("value", [None, "", "   ", "\t"])

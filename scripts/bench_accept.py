@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""CPU of the accept path's pure steps, per request, in one process (no HTTP, no store).
+
+Usage: python scripts/bench_accept.py [--seconds 1.0]
+
+Why: end to end the machine's noise (±15% between runs) hides a cut of a few microseconds per
+request, and the accept path is made of such steps. Each case runs what the daemon runs for one
+signed one-recipient POST /v1/messages, on the same bytes `scripts/bench.py` sends; compare two
+trees by running this script from each (it imports the `bridge` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from multidict import CIMultiDict
+
+from bridge import jsonio
+from bridge.api import signing
+from bridge.ids import new_id
+
+KEY = "ak_bench0123456789"
+SECRET = "s" * 43
+BODY = b'{"to":"+8613800000000","text":"Your verification code is 123456."}'
+
+
+def request_headers(now: datetime) -> CIMultiDict[str]:
+    """The headers of one signed request, as aiohttp hands them to the handler."""
+    headers = {
+        "Host": "127.0.0.1:8080",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+        "Content-Length": str(len(BODY)),
+    }
+    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    headers.update(
+        signing.sign_request(KEY, SECRET, "POST", "/v1/messages", "", headers, BODY, now, nonce)
+    )
+    return CIMultiDict(headers)
+
+
+def signature_check(headers: CIMultiDict[str], now: float) -> None:
+    """What Authenticator.authenticate runs besides the key lookup and the nonce write."""
+    auth = signing.parse_authorization(headers.get("Authorization"))
+    lowered = signing.lower_headers(headers)
+    signing.check_signed_headers(auth, lowered)
+    when = signing.parse_date(headers["X-Bridge-Date"])
+    signing.check_nonce(headers.get("X-Bridge-Nonce"))
+    signing.check_skew(when, datetime.fromtimestamp(now, UTC), 300)
+    signing.verify_checked(SECRET, "POST", "/v1/messages", "", lowered, BODY, auth)
+
+
+def run(step: Callable[[int], None], seconds: float) -> float:
+    """Microseconds of CPU per call."""
+    n = 0
+    start = time.process_time()
+    deadline = start + seconds
+    while True:
+        for i in range(500):
+            step(n + i)
+        n += 500
+        spent = time.process_time() - start
+        if spent >= deadline - start:
+            return spent / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=1.0, help="CPU time per case")
+    args = ap.parse_args()
+    now = time.time()
+    pool = [request_headers(datetime.fromtimestamp(now, UTC)) for _ in range(1000)]
+    base_ms = int(now * 1000)
+    cases: dict[str, Callable[[int], None]] = {
+        "signature check (parse, headers, date, skew, HMAC)": lambda i: signature_check(
+            pool[i % 1000], now
+        ),
+        "message id, a new millisecond each": lambda i: new_id("msg_", base_ms + i),
+        "message id, the same millisecond": lambda i: new_id("msg_", base_ms),
+        "request body parse": lambda i: jsonio.loads(BODY),
+    }
+    for name, step in cases.items():
+        print(f"  {name:<55} {run(step, args.seconds):8.2f} us")
+
+
+if __name__ == "__main__":
+    main()
