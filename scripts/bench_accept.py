@@ -25,11 +25,17 @@ from multidict import CIMultiDict
 
 from bridge import jsonio
 from bridge.api import signing
+from bridge.api.submit import Submitter, parse_send_request
+from bridge.app import make_router
+from bridge.config import parse_config
 from bridge.ids import new_id
+from bridge.store.models import Account
 
 KEY = "ak_bench0123456789"
 SECRET = "s" * 43
 BODY = b'{"to":"+8613800000000","text":"Your verification code is 123456."}'
+UCS3 = "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。" * 3
+ACCOUNT = Account(id="acc_bench", name="bench", raw_text=True)
 
 
 def request_headers(now: datetime) -> CIMultiDict[str]:
@@ -79,13 +85,29 @@ def main() -> None:
     now = time.time()
     pool = [request_headers(datetime.fromtimestamp(now, UTC)) for _ in range(1000)]
     base_ms = int(now * 1000)
+    cfg = parse_config(
+        {"security": {"generate_master_key": True}, "smscs": [{"name": "a", "system_id": "s"}]},
+        env={},
+        base_dir=Path("/srv/bridge"),
+    )
+    submitter = Submitter(cfg, make_router(cfg))
+    gsm1 = parse_send_request(jsonio.loads(BODY), ACCOUNT, max_recipients=100, now_ms=base_ms)
+    ucs3 = parse_send_request(
+        {"to": "+8613800000000", "text": UCS3}, ACCOUNT, max_recipients=100, now_ms=base_ms
+    )
     cases: dict[str, Callable[[int], None]] = {
         "signature check (parse, headers, date, skew, HMAC)": lambda i: signature_check(
             pool[i % 1000], now
         ),
         "message id, a new millisecond each": lambda i: new_id("msg_", base_ms + i),
         "message id, the same millisecond": lambda i: new_id("msg_", base_ms),
-        "request body parse": lambda i: jsonio.loads(BODY),
+        "request body: JSON and validation": lambda i: parse_send_request(
+            jsonio.loads(BODY), ACCOUNT, max_recipients=100, now_ms=base_ms
+        ),
+        "messages built, 1-part GSM (encode, parts, ids)": lambda i: submitter.build(
+            gsm1, ACCOUNT, base_ms + i
+        ),
+        "messages built, 3-part UCS-2": lambda i: submitter.build(ucs3, ACCOUNT, base_ms + i),
     }
     for name, step in cases.items():
         print(f"  {name:<55} {run(step, args.seconds):8.2f} us")

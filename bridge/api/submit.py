@@ -245,7 +245,12 @@ class Submitter:
         self.router = router
         # `is None`, not `or`: an empty RefCounter is falsy (len 0) and was replaced.
         self.refs = refs if refs is not None else RefCounter()
-        self._smscs = {s.name: s for s in config.smscs}
+        # Per SMSC, with and without smart encoding: built once instead of once per recipient.
+        self._options = {
+            (s.name, smart): encode_options(s, smart)
+            for s in config.smscs
+            for smart in (False, True)
+        }
         self._rule = CountingRule(config.text.counting_rule)
 
     def render_template(self, template: Template, params: dict[str, Any]) -> str:
@@ -342,8 +347,7 @@ class Submitter:
             candidates = self.router.candidates(number)
             if not candidates:
                 raise ApiError("NO_ROUTE", f"to: no route to {number}")
-            smsc = self._smscs[candidates[0]]
-            opts = encode_options(smsc, smart)
+            opts = self._options[candidates[0], smart]
             # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
             bits = 8 if opts.split is SplitMode.UDH8 else 16
             try:
