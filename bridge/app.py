@@ -263,6 +263,7 @@ class Daemon:
         )
         self.webhooks.tz = cfg.rules.timezone
         self.inbound.on_reports = self.webhooks.wake
+        self.dispatcher.on_reports = self.webhooks.wake
         for c in self.connectors.values():
             await c.start()
         loop = asyncio.get_running_loop()

@@ -140,6 +140,9 @@ class Dispatcher:
         self._stopping = False
         self._store_down = logs.Throttled(log)
         self._failures = logs.Failures(log, is_unavailable)
+        # Called when recorded submit results queued status webhooks (an SMSC refused a message,
+        # or a part's fate became unknown): the owner's sender, woken, as for receipts.
+        self.on_reports: Callable[[], None] | None = None
         self._results: Batcher[SubmitResult | Release] = Batcher(
             self._flush_results, max_items=1000, max_delay_s=0.003, name="submit-results"
         )
@@ -524,9 +527,11 @@ class Dispatcher:
         delays = iter((0.05, 0.2, 0.5, 1.0, 2.0, 5.0))
         while True:
             try:
-                await self.store.record_submits(
+                reports = await self.store.record_submits(
                     results, releases, int(self.clock() * 1000), instance=self.instance
                 )
+                if reports and self.on_reports is not None:
+                    self.on_reports()
                 return
             except Exception as exc:
                 delay = next(delays, None)

@@ -273,6 +273,9 @@ class SimSmsc:
         self.deliver_window: int = 1000
         self.accounts: dict[str, str | None] = {cfg.system_id: cfg.password}
         self.bind_fail_status: str = "ESME_RINVSYSID"
+        # Destinations refused at submit with ESME_RINVDSTADR (a number the carrier does not
+        # serve): a permanent failure, the message's end before any receipt.
+        self.refused_destinations: set[str] = set()
         # state
         self.port: int = 0
         self.control_port: int | None = None
@@ -576,7 +579,7 @@ class SimSmsc:
             return
         sm = pdu.body
         assert isinstance(sm, ShortMessage)
-        if not sm.destination_addr:
+        if not sm.destination_addr or sm.destination_addr in self.refused_destinations:
             c["submit_rejected"] += 1
             out.append(encode(Pdu(SUBMIT_SM_RESP, ESME_RINVDSTADR, seq)))
             return

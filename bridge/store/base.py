@@ -327,7 +327,9 @@ class Store(Protocol):
     ) -> int:
         """Submit results and releases. With `instance`, a release applies only to a message that
         instance still holds: one whose claim another instance took back is not requeued under
-        its new owner (results are recorded regardless: those parts did leave)."""
+        its new owner (results are recorded regardless: those parts did leave). Returns how many
+        status reports it queued (a message the SMSC refused ends here), as `apply_receipts`
+        counts its own: the owner wakes its webhook sender for them."""
         ...
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...

@@ -634,8 +634,7 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    await rollup_messages(c, touched, now, locked, intermediate=intermediate)
-    return len(results)
+    return await rollup_messages(c, touched, now, locked, intermediate=intermediate)
 
 
 async def record_late_submits(

@@ -281,8 +281,7 @@ def record_submits(
                 for rel in releases
             ],
         )
-    rollup_messages(c, touched, now, intermediate=intermediate)
-    return len(results)
+    return rollup_messages(c, touched, now, intermediate=intermediate)
 
 
 def record_late_submits(

@@ -109,6 +109,31 @@ async def test_a_status_report_goes_out_when_its_receipt_lands_not_at_the_next_p
     assert receiver.bad_signatures == 0
 
 
+async def test_a_message_the_smsc_refuses_is_reported_when_recorded_not_at_the_next_poll(
+    start_daemon, receiver
+):
+    """A refusal at submit (no receipt will come) ends the message when its result is recorded:
+    that wakes the webhook sender as a receipt does. With its poll 30 s away the report reaches
+    the customer within a second of done_at (up to the sweeper's 5 s before)."""
+    d = await start_daemon()
+    d.webhooks.poll_s = 30.0
+    d.sim.refused_destinations = {f"86138001380{i:02d}" for i in range(3)}
+    creds = await create_account(d, status_callback_url=receiver.url)
+    receiver.secret = creds["webhook_secret"]
+    delays = []
+    async with client_for(d.http_port, creds) as c:
+        for i in range(3):
+            await c.send(f"+86138001380{i:02d}", text=f"round {i}")
+            await wait_until(lambda: len(receiver.reports) > i, 10, interval=0.005)  # noqa: B023
+            came = time.time()
+            done = datetime.fromisoformat(receiver.reports[i]["done_at"].replace("Z", "+00:00"))
+            delays.append(round(came - done.timestamp(), 3))
+    assert [r["status"] for r in receiver.reports] == ["failed"] * 3
+    assert {r["error_code"] for r in receiver.reports} == {"ESME_RINVDSTADR"}, receiver.reports
+    assert d.sim.counters["submit_rejected"] == 3
+    assert max(delays) < 1.0, delays
+
+
 async def test_a_reply_is_pushed_when_it_is_stored_not_at_the_next_poll(start_daemon, receiver):
     """An MO stored for an account wakes the webhook sender too: with its poll 30 s away, the
     reply reaches the customer within a second (up to the sweeper's 5 s before)."""

@@ -770,6 +770,31 @@ async def test_receipts_count_the_status_reports_they_queue(store: Store) -> Non
     assert await status_jobs(store) == ["m1", "m2"]
 
 
+async def test_submit_results_count_the_status_reports_they_queue(store: Store) -> None:
+    """As receipts do: a refusal at submit ends its message, and the owner wakes its webhook
+    sender on this count. None for a part accepted, for a refusal that leaves its message open
+    (another part still waits for its receipt), for an account without a URL, or for a result
+    recorded twice."""
+    await store.create_account(account(status_url="https://cb.example/st"))
+    await store.create_account(account("acc_b"))
+    await accept(store, message("m1", parts=2), message("m2"))
+    await store.accept(batch(message("m3", "acc_b"), account_id="acc_b"), NOW)
+    assert len(await claim_all(store)) == 3
+
+    def refused(mid: str, seq: int = 1) -> SubmitResult:
+        return SubmitResult(mid, seq, "failed", "smscA", error_code="ESME_RINVDSTADR", at=NOW)
+
+    assert await store.record_submits([sent("m1", 1), refused("m3")], [], NOW) == 0
+    assert await store.record_submits([refused("m1", 2)], [], NOW + 1) == 0  # part 1 is out
+    assert await store.record_submits([refused("m2")], [], NOW + 1) == 1
+    assert await store.record_submits([refused("m2")], [], NOW + 2) == 0
+    assert [(await get(store, m)).state for m in ("m1", "m2")] == ["sent", "failed"]
+    assert (await get(store, "m3", "acc_b")).state == "failed"
+    out = await store.apply_receipts([rcpt("smscA", "m1-1")], NOW + MIN)
+    assert (out.matched, out.reports) == (1, 1)  # now m1 ends too
+    assert await status_jobs(store) == ["m1", "m2"]
+
+
 async def test_receipt_before_submit_result_is_kept_and_applied(store: Store) -> None:
     await accept(store, message("m"))
     await claim_all(store)
