@@ -346,6 +346,38 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return await self._runner.read(job)
 
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
+        # The rows are built here, not in the job: the job runs holding the write lock that
+        # every process of the store waits for.
+        message_rows = [
+            (
+                m.id,
+                m.account_id,
+                m.batch_id,
+                m.client_ref,
+                m.recipient,
+                m.sender,
+                m.sign_name,
+                m.template,
+                m.text,
+                m.encoding,
+                m.data_coding,
+                m.air_segments or len(m.segments),
+                m.billable_units,
+                m.accepted_at,
+                m.scheduled_at,
+                m.expires_at,
+                m.scheduled_at or m.accepted_at,
+                m.kind,
+                m.price_class,
+            )
+            for m in batch.messages
+        ]
+        segment_rows = [
+            (m.id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs)
+            for m in batch.messages
+            for s in m.segments
+        ]
+
         def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
             # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
@@ -457,39 +489,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
                 "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        m.id,
-                        m.account_id,
-                        m.batch_id,
-                        m.client_ref,
-                        m.recipient,
-                        m.sender,
-                        m.sign_name,
-                        m.template,
-                        m.text,
-                        m.encoding,
-                        m.data_coding,
-                        m.air_segments or len(m.segments),
-                        m.billable_units,
-                        m.accepted_at,
-                        m.scheduled_at,
-                        m.expires_at,
-                        m.scheduled_at or m.accepted_at,
-                        m.kind,
-                        m.price_class,
-                    )
-                    for m in batch.messages
-                ],
+                message_rows,
             )
             c.executemany(
                 "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
                 "VALUES (?,?,?,?,?,?)",
-                [
-                    (m.id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs)
-                    for m in batch.messages
-                    for s in m.segments
-                ],
+                segment_rows,
             )
             if plan is not None:
                 sqlite_rules.write_plan(c, batch.account_id, plan, len(batch.messages))
