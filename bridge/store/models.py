@@ -8,7 +8,7 @@ micro-units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.fastinit import fast_init
 
@@ -111,6 +111,33 @@ class NewMessage:
     air_segments: int = 0
     kind: str | None = None  # template type; None for free text
     price_class: str | None = None  # 'D' domestic, an international prefix, None: not billed
+
+    def insert_values(self) -> tuple[Any, ...]:
+        """Its `messages` row as both engines insert it: id, account_id, batch_id, client_ref,
+        recipient, sender, sign_name, template, text, encoding, data_coding, segments,
+        billable_units, accepted_at, scheduled_at, expires_at, q_not_before, kind,
+        price_class."""
+        return (
+            self.id,
+            self.account_id,
+            self.batch_id,
+            self.client_ref,
+            self.recipient,
+            self.sender,
+            self.sign_name,
+            self.template,
+            self.text,
+            self.encoding,
+            self.data_coding,
+            self.air_segments or len(self.segments),
+            self.billable_units,
+            self.accepted_at,
+            self.scheduled_at,
+            self.expires_at,
+            self.scheduled_at or self.accepted_at,
+            self.kind,
+            self.price_class,
+        )
 
 
 @fast_init

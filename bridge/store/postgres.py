@@ -1781,50 +1781,11 @@ def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
     segs = [(m.id, s) for m in msgs for s in m.segments]
     if scalar:
         (m,) = msgs
-        head: list[Any] = [
-            m.id,
-            m.account_id,
-            m.batch_id,
-            m.client_ref,
-            m.recipient,
-            m.sender,
-            m.sign_name,
-            m.template,
-            m.text,
-            m.encoding,
-            m.data_coding,
-            m.air_segments or len(m.segments),
-            m.billable_units,
-            m.accepted_at,
-            m.scheduled_at,
-            m.expires_at,
-            m.scheduled_at or m.accepted_at,
-            m.kind,
-            m.price_class,
-        ]
-        return head + _segment_arrays(segs)
-    return [
-        [m.id for m in msgs],
-        [m.account_id for m in msgs],
-        [m.batch_id for m in msgs],
-        [m.client_ref for m in msgs],
-        [m.recipient for m in msgs],
-        [m.sender for m in msgs],
-        [m.sign_name for m in msgs],
-        [m.template for m in msgs],
-        [m.text for m in msgs],
-        [m.encoding for m in msgs],
-        [m.data_coding for m in msgs],
-        [m.air_segments or len(m.segments) for m in msgs],
-        [m.billable_units for m in msgs],
-        [m.accepted_at for m in msgs],
-        [m.scheduled_at for m in msgs],
-        [m.expires_at for m in msgs],
-        [m.scheduled_at or m.accepted_at for m in msgs],
-        [m.kind for m in msgs],
-        [m.price_class for m in msgs],
-        *_segment_arrays(segs),
-    ]
+        return [*m.insert_values(), *_segment_arrays(segs)]
+    rows = [m.insert_values() for m in msgs]
+    # One array per column (19 empty ones for no message, as the statement's parameters need).
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 19
+    return [*columns, *_segment_arrays(segs)]
 
 
 def _segment_arrays(segs: list[tuple[str, Any]]) -> list[list[Any]]:

@@ -348,30 +348,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
         # The rows are built here, not in the job: the job runs holding the write lock that
         # every process of the store waits for.
-        message_rows = [
-            (
-                m.id,
-                m.account_id,
-                m.batch_id,
-                m.client_ref,
-                m.recipient,
-                m.sender,
-                m.sign_name,
-                m.template,
-                m.text,
-                m.encoding,
-                m.data_coding,
-                m.air_segments or len(m.segments),
-                m.billable_units,
-                m.accepted_at,
-                m.scheduled_at,
-                m.expires_at,
-                m.scheduled_at or m.accepted_at,
-                m.kind,
-                m.price_class,
-            )
-            for m in batch.messages
-        ]
+        message_rows = [m.insert_values() for m in batch.messages]
         segment_rows = [
             (m.id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs)
             for m in batch.messages
