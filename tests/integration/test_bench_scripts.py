@@ -43,6 +43,22 @@ def test_quick_benchmarks_print_their_figures(
     assert re.search(expect, _run(script, *args)), script
 
 
+def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
+    # The signature check raises on a request it refuses: a 0 exit means each signed request of
+    # the pool was verified, as the daemon verifies it.
+    out = _run("scripts/bench_accept.py", "--seconds", "0.05")
+    rows = re.findall(r"^  (.+?)\s+([0-9.]+) us$", out, re.M)
+    assert [name for name, _us in rows] == [
+        "signature check (parse, headers, date, skew, HMAC)",
+        "message id, a new millisecond each",
+        "message id, the same millisecond",
+        "request body: JSON and validation",
+        "messages built, 1-part GSM (encode, parts, ids)",
+        "messages built, 3-part UCS-2",
+    ], out
+    assert all(float(us) > 0 for _name, us in rows), out
+
+
 def _row(out: str, name: str) -> str:
     m = re.search(rf"^{re.escape(name)}\s+(.+)$", out, re.M)
     assert m is not None, out
