@@ -8,6 +8,7 @@ latency (p50/p99, as the client saw it) and the daemon's RSS.
     python scripts/bench.py --messages 20000 --concurrency 50
     python scripts/bench.py --kind ucs3 --throttle 0.02 --syserr 0.01
     python scripts/bench.py --store postgres --instances 2 --binds 2
+    python scripts/bench.py --store postgres --instances 2 --accounts 4
 
 With `--store postgres` the daemons share a throw-away PostgreSQL cluster started for the run
 (initdb/pg_ctl, as the tests do; fsync off) or the database of `--pg-dsn`; `--instances N` runs N
@@ -78,19 +79,20 @@ def signed_request(creds: dict, port: int, body: bytes, key: str, now: datetime)
     return head.encode() + body
 
 
-def prebuild(creds: dict, port: int, texts: list[tuple[str, str]]) -> list[bytes]:
+def prebuild(accounts: list[dict], port: int, texts: list[tuple[str, str]]) -> list[bytes]:
     """Every request signed up front, so the timed phase spends no CPU on signing: the load
-    generator shares the machine's cores with the daemon and must stay cheap."""
+    generator shares the machine's cores with the daemon and must stay cheap. Request i is
+    account i's (round-robin over `accounts`)."""
     now = datetime.now(UTC)
     return [
         signed_request(
-            creds,
+            accounts[i % len(accounts)],
             port,
             json.dumps({"to": to, "text": text}, ensure_ascii=False).encode(),
             uuid.uuid4().hex,
             now,
         )
-        for to, text in texts
+        for i, (to, text) in enumerate(texts)
     ]
 
 
@@ -351,25 +353,28 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         if sim is not None:
             await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
-        out = subprocess.run(
-            [
-                *cli,
-                "account",
-                "create",
-                "bench",
-                "--raw-text",
-                *callback,
-                "--topup",
-                "100000000",
-                "--config",
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
-        creds = json.loads(out.stdout)
+        accounts = []
+        for a in range(args.accounts):
+            out = subprocess.run(
+                [
+                    *cli,
+                    "account",
+                    "create",
+                    f"bench{a or ''}",
+                    "--raw-text",
+                    *callback,
+                    "--topup",
+                    "100000000",
+                    "--config",
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            accounts.append(json.loads(out.stdout))
+        creds = accounts[0]
         for k, p in enumerate(paths):
             daemons.append(
                 subprocess.Popen(
@@ -420,7 +425,7 @@ async def run(args: argparse.Namespace) -> dict:
                     first = r * args.messages
                     shares = [
                         prebuild(
-                            creds,
+                            accounts,
                             port,
                             [(f"+86138{first + i:08d}", text) for i in range(k, args.messages, n)],
                         )
@@ -482,17 +487,24 @@ async def run(args: argparse.Namespace) -> dict:
             e2e: list[float] = []
             to_report = reports.latencies(answered)  # 202 -> status webhook (--webhooks)
             statuses: dict[str, int] = {}
-            cursor = None
-            while True:
-                q = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-                page = await client.messages(**q)
-                for m in page["messages"]:
-                    statuses[m["status"]] = statuses.get(m["status"], 0) + 1
-                    if m["done_at"] and m["to"] != "+8613700000000":
-                        e2e.append(_ms(m["done_at"]) - _ms(m["accepted_at"]))
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
+            per_account: list[int] = []  # messages each account's own listing shows
+            for account in accounts:
+                per_account.append(0)
+                async with BridgeClient(
+                    f"http://127.0.0.1:{http_port}", account["app_key"], account["app_secret"]
+                ) as owner:
+                    cursor = None
+                    while True:
+                        q = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+                        page = await owner.messages(**q)
+                        per_account[-1] += len(page["messages"])
+                        for m in page["messages"]:
+                            statuses[m["status"]] = statuses.get(m["status"], 0) + 1
+                            if m["done_at"] and m["to"] != "+8613700000000":
+                                e2e.append(_ms(m["done_at"]) - _ms(m["accepted_at"]))
+                        cursor = page["next_cursor"]
+                        if not cursor:
+                            break
         return {
             "options": {k: v for k, v in vars(args).items() if k not in ("json", "pg_dsn")},
             "instances": len(ports),
@@ -501,6 +513,7 @@ async def run(args: argparse.Namespace) -> dict:
             "accepted": len(ids),
             "errors": errors,
             "statuses": statuses,
+            "per_account": per_account,
             "accepted_per_s": len(ids) / t_accept,
             "end_to_end_per_s": len(ids) / t_total,
             "segments_per_s": segs / t_total,
@@ -684,6 +697,13 @@ def main() -> None:
         "--instances", type=int, default=1, help="daemon processes on one database (postgres)"
     )
     p.add_argument(
+        "--accounts",
+        type=int,
+        default=1,
+        help="spread the requests round-robin over this many accounts (on PostgreSQL one "
+        "account's accepts are serialised by its lock; different accounts' are not)",
+    )
+    p.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -720,6 +740,11 @@ def main() -> None:
     rows = [
         ("accepted messages", f"{result['accepted']}  (errors: {result['errors'] or 'none'})"),
         ("final statuses", result["statuses"]),
+        *(
+            [("messages per account", " / ".join(map(str, result["per_account"])))]
+            if len(result["per_account"]) > 1
+            else []
+        ),
         ("accepted messages/s", f"{result['accepted_per_s']:.0f}"),
         ("end-to-end messages/s (with receipts)", f"{result['end_to_end_per_s']:.0f}"),
         ("segments/s (submit_sm + receipt)", f"{result['segments_per_s']:.0f}"),

@@ -66,9 +66,13 @@ def _row(out: str, name: str) -> str:
 
 
 def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
-    out = _run("scripts/bench.py", "--messages", "300", "--webhooks", "--timeout", "60")
+    # Over two accounts: each gets half the requests, its own reports, its own listing.
+    out = _run(
+        "scripts/bench.py", "--messages", "300", "--webhooks", "--accounts", "2", "--timeout", "60"
+    )
     assert _row(out, "accepted messages").startswith("300  (errors: none)"), out
     assert _row(out, "final statuses") == "{'delivered': 301}", out  # with the warm-up
+    assert _row(out, "messages per account") == "151 / 150", out  # the warm-up is the first's
     m = re.search(r"202 -> status webhook p50 / p99 \(ms\), (\d+) reports\s+(\d+) / (\d+)", out)
     assert m is not None and int(m.group(1)) == 301, out
     assert 0 < int(m.group(2)) <= int(m.group(3)), out
