@@ -293,6 +293,8 @@ def group_commit(args: argparse.Namespace) -> dict:
 async def run(args: argparse.Namespace) -> dict:
     if args.instances > 1 and args.store != "postgres":
         raise SystemExit("--instances above 1 needs --store postgres (one shared database)")
+    if args.accounts < 1:
+        raise SystemExit("--accounts must be at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     reports = StatusReceiver()
     callback: list[str] = []
