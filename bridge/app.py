@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +67,8 @@ OWNER_PID_ENV = "SMPP_BRIDGE_OWNER_PID"
 
 # How long stop() waits for a reload under way before it stops the pipeline anyway.
 RELOAD_WAIT_S = 10.0
+# The shortest gap between two heartbeat writes: a bind change is published this soon.
+HEARTBEAT_GAP_S = 0.1
 
 
 def make_router(config: Config) -> Router:
@@ -131,6 +133,10 @@ class Daemon:
         # was closing, found by session 14's third review).
         self._stopping = False
         self._owner_gone = False
+        # A bind came up or went down: the heartbeat publishes the status at once, not at its
+        # next second (see _heartbeat).
+        self._binds_changed = asyncio.Event()
+        self._status_refresh: asyncio.Future[None] | None = None  # one at a time (see below)
         # SIGHUP reloads, kept: an unreferenced task may be collected mid-run.
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
@@ -194,7 +200,7 @@ class Daemon:
             # 503 "no SMSC bound" until its first housekeeping round, a second later (a load
             # balancer saw the instance flap at every acceptor restart).
             try:
-                self._remote_status = await self._read_owner_status()
+                await self._keep_status(self._read_owner_status())
             except Exception as exc:  # the housekeeping tries again every second
                 self._failures.failed("api housekeeping", exc)
         if self.role in ("all", "acceptor"):
@@ -285,13 +291,15 @@ class Daemon:
             status: Callable[[], dict[str, Any]] = (
                 self.smsc_status if self.coord is None else self._cluster_status
             )
+            refresh = None if self.coord is None else self._refresh_status
         else:  # an acceptor process: the owner dispatches and reports its binds via the store
             self._wake_sender = WakeSender(channel_name(cfg.store.path))
             on_accepted = self._wake_sender.wake
             status = self._owner_status
+            refresh = self._refresh_status
             # Know the owner's binds before serving: /readyz and /metrics must not report an
             # empty SMSC list during the first second.
-            self._remote_status = await self._read_owner_status()
+            await self._keep_status(self._read_owner_status())
         self.ctx = ApiContext(
             config=cfg,
             store=store,
@@ -301,6 +309,7 @@ class Daemon:
             clock=self.clock,
             on_accepted=on_accepted,
             smsc_status=status,
+            refresh_smsc_status=refresh,
             metrics=self.metrics,
             assignments=self.assignments,
         )
@@ -379,6 +388,7 @@ class Daemon:
         assert self.inbound is not None
         connector = Connector(smsc, self.inbound.on_deliver)
         connector.on_submit = self.metrics.on_submit
+        connector.on_bind_change = self._binds_changed.set
         if self.coord is not None:  # the configured binds are shared with the other instances
             connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
         return connector
@@ -417,9 +427,9 @@ class Daemon:
                         self._owner_gone = True  # no drain: nobody will send the second signal
                         os.kill(os.getpid(), signal.SIGTERM)
                         return
-                    self._remote_status = await self._read_owner_status()
+                    await self._keep_status(self._read_owner_status())
                 elif self.coord is not None:
-                    self._remote_status = await self._read_peer_status()
+                    await self._keep_status(self._read_peer_status())
             except Exception as exc:
                 self._failures.failed("api housekeeping", exc)
             else:
@@ -433,6 +443,22 @@ class Daemon:
             if not st.get("up") and self._remote_status.get(name, {}).get("up"):
                 status[name] = {**st, "up": True, "bound_on_other_instance": True}
         return status
+
+    async def _refresh_status(self) -> None:
+        """The bind holders' status read now, for /readyz.
+
+        The housekeeping reads it every second. Answered from that copy, two acceptors on one
+        port disagreed for up to a second whenever the owner's bind came up or went down (a
+        starting daemon's readiness went 200, 503, 200); a copy 0.1 s old still did, once in a
+        few starts. A probe costs a store read (its ping is one already); concurrent probes
+        share one."""
+        if self._status_refresh is None or self._status_refresh.done():
+            read = self._read_owner_status if self.role == "acceptor" else self._read_peer_status
+            self._status_refresh = asyncio.ensure_future(self._keep_status(read()))
+        await asyncio.shield(self._status_refresh)
+
+    async def _keep_status(self, read: Awaitable[dict[str, Any]]) -> None:
+        self._remote_status = await read
 
     async def _read_peer_status(self) -> dict[str, Any]:
         assert self.store is not None
@@ -476,8 +502,11 @@ class Daemon:
         return mine
 
     async def _heartbeat(self) -> None:
+        """Every second, and within HEARTBEAT_GAP_S of a bind coming up or going down: the
+        acceptors and the other instances answer /readyz from this row."""
         assert self.store is not None
         while True:
+            self._binds_changed.clear()  # a change while writing is written next round
             try:
                 await self.store.heartbeat(
                     self.instance,
@@ -489,7 +518,10 @@ class Daemon:
                 self._failures.failed("heartbeat", exc)
             else:
                 self._failures.ok("heartbeat")
-            await asyncio.sleep(1.0)
+            # At most one extra write per HEARTBEAT_GAP_S while binds flap.
+            await asyncio.sleep(HEARTBEAT_GAP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._binds_changed.wait(), 1.0 - HEARTBEAT_GAP_S)
 
     async def _sweeper(self) -> None:
         """Validity expiry, receipt timeouts, abandoned claims, stale MO parts, monthly

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -235,8 +236,8 @@ async def healthz(request: web.Request) -> web.Response:
 READY_PING_S = 2.0  # the store ping /readyz waits for
 
 
-def _quiet(task: asyncio.Future[bool]) -> None:
-    """Retrieve an abandoned ping's outcome, so asyncio does not log it as never retrieved."""
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned read's outcome, so asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
 
@@ -261,6 +262,15 @@ async def readyz(request: web.Request) -> web.Response:
         why = ctx.store.write_problem()
         if why is not None:  # sends answer 503 STORE_UNAVAILABLE meanwhile
             problems.append(why)
+    if not problems and ctx.refresh_smsc_status is not None:
+        # The copy this process keeps of another's binds may be a second old: an acceptor that
+        # read it just before the owner's bind came up answered 503 while its sibling on the
+        # same port answered 200.
+        fresh = asyncio.ensure_future(ctx.refresh_smsc_status())
+        done, _ = await asyncio.wait({fresh}, timeout=READY_PING_S)
+        if not done:
+            fresh.cancel()
+        fresh.add_done_callback(_quiet)  # a failed read leaves the copy as it was
     smscs = ctx.smsc_status()
     if smscs and not any(s.get("up") for s in smscs.values()):
         problems.append("no SMSC bound")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -37,6 +37,9 @@ class ApiContext:
     # Hooks the pipeline fills in; the API works without them (tests, `run` before binds are up).
     on_accepted: Callable[[int], None] = lambda n: None
     smsc_status: Callable[[], dict[str, Any]] = dict
+    # Reads the bind holders' status afresh, where smsc_status() answers from a copy read every
+    # second (an acceptor process; an instance of several on PostgreSQL).
+    refresh_smsc_status: Callable[[], Awaitable[None]] | None = None
     on_webhooks_replayed: Callable[[], None] = lambda: None  # wake the webhook sender
     queue_depth: int = 0  # refreshed by the app's background task
     accepting: bool = True

@@ -252,6 +252,10 @@ class Connector:
         self._throttler = _throttler(cfg.tps)
         self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
         self._rr = 0
+        # Called when a bind comes up or goes down: the daemon publishes its bind status at once
+        # (acceptors and other instances answer /readyz from it; a second's lag made a starting
+        # daemon's readiness flap 200 -> 503 -> 200).
+        self.on_bind_change: Callable[[], None] | None = None
         self._up_event: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
         self._started = False
@@ -928,6 +932,8 @@ class Connector:
             if self._up_event is not None:
                 self._up_event.set()
         self._pump(b)
+        if self.on_bind_change is not None:
+            self.on_bind_change()
 
     def _bind_down(self, b: _Bind) -> None:
         b.proto = None
@@ -939,6 +945,8 @@ class Connector:
         self._pump(b)
         if not self.is_up and self._up_event is not None:
             self._up_event.clear()
+        if self.on_bind_change is not None:
+            self.on_bind_change()
 
     def _late_submit(self, status: int, message_id: str, context: Any) -> None:
         """Only an acceptance with an id is of use: the part reached the handset and its receipt

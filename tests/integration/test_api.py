@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -1169,6 +1170,44 @@ async def test_readyz_reports_no_smsc_bound(api_server):
     }
     api_server.ctx.smsc_status = lambda: {"main": {"up": True}, "backup": {"up": False}}
     assert (await api_server.request("GET", "/readyz")).status == 200
+
+
+async def test_readyz_answers_from_the_bind_status_read_afresh(api_server, monkeypatch):
+    """A process that keeps a copy of another's binds (an acceptor) reads it again for each
+    probe. A read that fails or hangs leaves the copy as it was, and the probe still answers."""
+    copy = {"main": {"up": False}}
+    reads: list[str] = []
+    fresh = {"main": {"up": True}}
+
+    async def refresh() -> None:
+        reads.append("read")
+        copy.update(fresh)
+
+    api_server.ctx.smsc_status = lambda: dict(copy)
+    api_server.ctx.refresh_smsc_status = refresh
+    r = await api_server.request("GET", "/readyz")
+    assert (r.status, r.json["smscs"], reads) == (200, {"main": True}, ["read"])
+    fresh = {"main": {"up": False}}  # and back down: read again, not answered from the copy
+    r = await api_server.request("GET", "/readyz")
+    assert (r.status, r.json["problems"], len(reads)) == (503, ["no SMSC bound"], 2)
+
+    async def broken() -> None:
+        raise OSError("database is locked")
+
+    copy["main"] = {"up": True}
+    api_server.ctx.refresh_smsc_status = broken
+    r = await api_server.request("GET", "/readyz")
+    assert (r.status, r.json["problems"]) == (200, [])
+
+    async def hung() -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr("bridge.api.app.READY_PING_S", 0.2)
+    api_server.ctx.refresh_smsc_status = hung
+    t0 = time.monotonic()
+    r = await api_server.request("GET", "/readyz")
+    assert (r.status, r.json["smscs"]) == (200, {"main": True})
+    assert time.monotonic() - t0 < 5
 
 
 def _schema(ref: str, defs: str = "#/definitions/") -> dict[str, str]:
