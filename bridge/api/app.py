@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
-from bridge.api.bodies import close_after, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, read_body
 from bridge.api.context import (
     BODY,
     CTX,
@@ -103,7 +103,7 @@ async def errors_middleware(request: web.Request, handler):
     resp.headers["X-Request-Id"] = request_id
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
-    if code == "REQUEST_TIMEOUT":
+    if code in CLOSING_CODES:
         await close_after(request, resp)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics

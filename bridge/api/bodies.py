@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.api.context import CTX
 from bridge.api.errors import ApiError
+from bridge.api.http_errors import BODY_FRAMING
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
@@ -47,6 +50,15 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
         raise ApiError(
             "CLIENT_DISCONNECTED", "the client closed the connection before its body arrived"
         ) from None
+    except (HttpProcessingError, RequestPayloadError):
+        # The bytes after the headers are not a body (a bad chunk size): see
+        # http_errors._BodyFailingParser. RequestPayloadError: aiohttp's pure-Python parser.
+        raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
+
+
+# Refusals after which the rest of the request's bytes cannot be told from the next request's:
+# the answer closes the connection (close_after).
+CLOSING_CODES = frozenset({"REQUEST_TIMEOUT", "MALFORMED_HTTP"})
 
 
 async def close_after(request: web.Request, resp: web.StreamResponse) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
+    HttpProcessingError,
     InvalidHeader,
     InvalidURLError,
     LineTooLong,
@@ -36,6 +38,7 @@ Render = Callable[[int, str, str], tuple[int, bytes, str, str, str]]
 # "aliyun unparsable", beside its "aliyun <Action>" labels).
 ENDPOINT = "unparsable"
 
+BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malformed"
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     # BadHttpMethod first: it is a BadStatusLine.
     (BadHttpMethod, "the request method is not HTTP (is TLS sent to a plain-HTTP port?)"),
@@ -43,7 +46,7 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (LineTooLong, "the request line or a header is longer than this server accepts"),
     (InvalidHeader, "a header is malformed"),
     (InvalidURLError, "the request target is not a valid URL"),
-    (PayloadEncodingError, "the body's framing (Content-Length or chunked encoding) is malformed"),
+    (PayloadEncodingError, BODY_FRAMING),
 )
 
 
@@ -55,7 +58,44 @@ def describe(exc: BaseException | None) -> str:
     return "the request is not valid HTTP/1.1"
 
 
+class _BodyFailingParser:
+    """aiohttp's request parser, which also fails the body being read when the bytes after the
+    headers are malformed (a bad chunk size).
+
+    Why: the parser drops the body stream it was feeding and raises; aiohttp queues the error as
+    a next request, behind the handler still reading that body. The handler waited for
+    server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
+    MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
+
+    __slots__ = ("_body", "_inner")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._body: Any = None  # the body of the newest request parsed: the one being fed
+
+    def feed_data(self, data: bytes) -> Any:
+        try:
+            out = self._inner.feed_data(data)
+        except HttpProcessingError as exc:
+            body = self._body
+            if body is not None and not body.is_eof() and body.exception() is None:
+                body.set_exception(exc)
+            self._body = None
+            raise
+        messages = out[0]
+        if messages:
+            self._body = messages[-1][1]
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class _Handler(RequestHandler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parser = _BodyFailingParser(self._parser)
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
-from bridge.api.bodies import close_after, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, read_body
 from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS
@@ -132,7 +132,7 @@ async def handle(request: web.Request) -> web.Response:
         else:
             out, ctype = render_error(code, message, rid, fmt)
         resp = _respond(out, ctype, status, rid, headers)
-        if exc.code == "REQUEST_TIMEOUT":
+        if exc.code in CLOSING_CODES:
             await close_after(request, resp)
         return resp
     if action in _SENDS:
