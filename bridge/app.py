@@ -137,6 +137,7 @@ class Daemon:
         # next second (see _heartbeat).
         self._binds_changed = asyncio.Event()
         self._status_refresh: asyncio.Future[None] | None = None  # one at a time (see below)
+        self._status_reads = self._status_kept = 0  # see _keep_status
         # SIGHUP reloads, kept: an unreferenced task may be collected mid-run.
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._tariffs: Tariffs | None = None  # the owner's own, for settlement (no ctx there)
@@ -458,7 +459,15 @@ class Daemon:
         await asyncio.shield(self._status_refresh)
 
     async def _keep_status(self, read: Awaitable[dict[str, Any]]) -> None:
-        self._remote_status = await read
+        """Keep what `read` returns, unless a read started after it was kept first: on
+        PostgreSQL the housekeeping's read and a probe's overlap, and the older answer, kept
+        last, made /readyz go back."""
+        self._status_reads += 1
+        mine = self._status_reads
+        status = await read
+        if mine > self._status_kept:
+            self._status_kept = mine
+            self._remote_status = status
 
     async def _read_peer_status(self) -> dict[str, Any]:
         assert self.store is not None

@@ -87,3 +87,28 @@ async def test_readiness_does_not_flap_as_the_smsc_comes_and_goes(
         await _until_changed(b.url, 200)
         ext.stop()
         await _until_changed(b.url, 503)
+
+
+async def test_an_older_read_of_the_bind_status_does_not_replace_a_newer_one(tmp_path: Path):
+    """On PostgreSQL the reads are awaited: the housekeeping's read and a probe's overlap. The
+    one that started last is the one kept, whichever finishes last."""
+    from bridge.app import Daemon
+    from tests.e2e.harness import make_config
+
+    d = Daemon(make_config(tmp_path), role="acceptor")
+    loop = asyncio.get_running_loop()
+    old: asyncio.Future[dict[str, Any]] = loop.create_future()
+    new: asyncio.Future[dict[str, Any]] = loop.create_future()
+    first = asyncio.ensure_future(d._keep_status(old))
+    await asyncio.sleep(0)  # the older read is under way
+    second = asyncio.ensure_future(d._keep_status(new))
+    await asyncio.sleep(0)
+    new.set_result({"sim": {"up": False}})
+    await second
+    old.set_result({"sim": {"up": True}})  # read before the bind went down, answered after
+    await first
+    assert d._owner_status() == {"sim": {"up": False}}
+    newest: asyncio.Future[dict[str, Any]] = loop.create_future()
+    newest.set_result({"sim": {"up": True}})
+    await d._keep_status(newest)
+    assert d._owner_status() == {"sim": {"up": True}}
