@@ -94,7 +94,13 @@ class _BodyFailingParser:
 class _Handler(RequestHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._parser = _BodyFailingParser(self._parser)
+        # The attribute aiohttp keeps its request parser in (`_request_parser` in older ones):
+        # without one, malformed bodies are answered as before, at the body timeout.
+        for name in ("_parser", "_request_parser"):
+            inner = getattr(self, name, None)
+            if inner is not None and hasattr(inner, "feed_data"):
+                setattr(self, name, _BodyFailingParser(inner))
+                break
 
     def handle_error(
         self,
