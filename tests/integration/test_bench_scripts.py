@@ -66,10 +66,13 @@ def _row(out: str, name: str) -> str:
 
 
 def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
-    # Over two accounts: each gets half the requests, its own reports, its own listing.
+    # Over two accounts: each gets half the requests, its own reports, its own listing; to
+    # numbers drawn at random.
     out = _run(
-        "scripts/bench.py", "--messages", "300", "--webhooks", "--accounts", "2", "--timeout", "60"
-    )
+        "scripts/bench.py", "--messages", "300", "--webhooks", "--accounts", "2", "--timeout", "60",
+        "--random-recipients",
+    )  # fmt: skip
+    assert "'random_recipients': True" in _row(out, "options:"), out
     assert _row(out, "accepted messages").startswith("300  (errors: none)"), out
     assert _row(out, "final statuses") == "{'delivered': 301}", out  # with the warm-up
     assert _row(out, "messages per account") == "151 / 150", out  # the warm-up is the first's
@@ -91,3 +94,19 @@ def test_bench_kannel_gets_a_report_for_every_message() -> None:
     sim = _row(out, "simulator: submit ok / receipts / throttled / syserr").split(" / ")
     assert int(sim[0]) == 200 * parts, out  # Kannel split the long one into its parts
     assert re.fullmatch(r"\d+ / \d+", _row(out, "accept -> final receipt p50 / p99 (ms)")), out
+
+
+def test_bench_recipients_count_up_or_scatter_the_same_each_run() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    up = bench.recipients(1000, False)
+    assert up[:2] == ["+8613800000000", "+8613800000001"] and up == sorted(up)
+    scattered = bench.recipients(1000, True)
+    assert scattered == bench.recipients(1000, True)  # comparable between runs
+    assert len(set(scattered)) == 1000 and scattered != sorted(scattered)
+    assert all(re.fullmatch(r"\+86138\d{8}", n) for n in scattered)
+    # Spread over the whole range, not clustered at its start.
+    assert min(scattered) < "+8613810000000" and max(scattered) > "+8613890000000"
