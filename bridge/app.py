@@ -201,7 +201,7 @@ class Daemon:
             # 503 "no SMSC bound" until its first housekeeping round, a second later (a load
             # balancer saw the instance flap at every acceptor restart).
             try:
-                await self._keep_status(self._read_owner_status())
+                await self._refresh_status()
             except Exception as exc:  # the housekeeping tries again every second
                 self._failures.failed("api housekeeping", exc)
         if self.role in ("all", "acceptor"):
@@ -300,7 +300,7 @@ class Daemon:
             refresh = self._refresh_status
             # Know the owner's binds before serving: /readyz and /metrics must not report an
             # empty SMSC list during the first second.
-            await self._keep_status(self._read_owner_status())
+            await self._refresh_status()
         self.ctx = ApiContext(
             config=cfg,
             store=store,
@@ -428,9 +428,8 @@ class Daemon:
                         self._owner_gone = True  # no drain: nobody will send the second signal
                         os.kill(os.getpid(), signal.SIGTERM)
                         return
-                    await self._keep_status(self._read_owner_status())
-                elif self.coord is not None:
-                    await self._keep_status(self._read_peer_status())
+                if self.role == "acceptor" or self.coord is not None:
+                    await self._refresh_status()
             except Exception as exc:
                 self._failures.failed("api housekeeping", exc)
             else:
@@ -446,13 +445,12 @@ class Daemon:
         return status
 
     async def _refresh_status(self) -> None:
-        """The bind holders' status read now, for /readyz.
-
-        The housekeeping reads it every second. Answered from that copy, two acceptors on one
-        port disagreed for up to a second whenever the owner's bind came up or went down (a
-        starting daemon's readiness went 200, 503, 200); a copy 0.1 s old still did, once in a
-        few starts. A probe costs a store read (its ping is one already); concurrent probes
-        share one."""
+        """The bind holders' status read now: at start, by the housekeeping every second, and
+        by /readyz for every probe. Answered from the housekeeping's copy alone, two acceptors
+        on one port disagreed for up to a second whenever the owner's bind came up or went down
+        (a starting daemon's readiness went 200, 503, 200); a copy 0.1 s old still did, once in
+        a few starts. A probe costs a store read (its ping is one already); reads under way at
+        once are shared."""
         if self._status_refresh is None or self._status_refresh.done():
             read = self._read_owner_status if self.role == "acceptor" else self._read_peer_status
             self._status_refresh = asyncio.ensure_future(self._keep_status(read()))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -242,17 +243,26 @@ def _quiet(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+async def _within(aw: Awaitable[Any]) -> asyncio.Future[Any] | None:
+    """`aw`, done, or None after READY_PING_S: then it is cancelled and winds up in the
+    background, its outcome retrieved. Not wait_for: it waits for the cancelled call to wind
+    up, and asyncpg's cancel request goes down the same dead path."""
+    fut = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({fut}, timeout=READY_PING_S)
+    if not done:
+        fut.cancel()
+        fut.add_done_callback(_quiet)
+        return None
+    return fut
+
+
 async def readyz(request: web.Request) -> web.Response:
     ctx: ApiContext = request.app[CTX]
     problems = []
     # Bounded: cut off from PostgreSQL without a reset, the ping waited for the driver's 60 s
-    # command timeout and the probe got no answer at all. Not wait_for: it waits for the
-    # cancelled ping to wind up, and asyncpg's cancel request goes down the same dead path.
-    ping = asyncio.ensure_future(ctx.store.ping())
-    done, _ = await asyncio.wait({ping}, timeout=READY_PING_S)
-    if not done:
-        ping.cancel()  # winds up in the background
-        ping.add_done_callback(_quiet)
+    # command timeout and the probe got no answer at all.
+    ping = await _within(ctx.store.ping())
+    if ping is None:
         problems.append(f"store not reachable: no answer in {READY_PING_S:g} s")
     elif ping.exception() is not None:
         problems.append(f"store not reachable: {type(ping.exception()).__name__}")
@@ -266,11 +276,9 @@ async def readyz(request: web.Request) -> web.Response:
         # The copy this process keeps of another's binds may be a second old: an acceptor that
         # read it just before the owner's bind came up answered 503 while its sibling on the
         # same port answered 200.
-        fresh = asyncio.ensure_future(ctx.refresh_smsc_status())
-        done, _ = await asyncio.wait({fresh}, timeout=READY_PING_S)
-        if not done:
-            fresh.cancel()
-        fresh.add_done_callback(_quiet)  # a failed read leaves the copy as it was
+        fresh = await _within(ctx.refresh_smsc_status())
+        if fresh is not None:
+            _quiet(fresh)  # a failed read leaves the copy as it was
     smscs = ctx.smsc_status()
     if smscs and not any(s.get("up") for s in smscs.values()):
         problems.append("no SMSC bound")
