@@ -918,7 +918,7 @@ async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before
     from tests.integration.test_store_multi import LEASE, NOW, account
 
     admin = await asyncpg.connect(cluster.admin_dsn)
-    try:  # the WAL writer leaves asynchronous commits in memory: the crash loses them surely
+    try:  # the WAL writer leaves asynchronous commits in memory: the crash usually loses them
         await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
         await admin.execute("SELECT pg_reload_conf()")
     finally:
@@ -936,34 +936,40 @@ async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before
         await wait_until(lambda: confirm.flushes == 1, 5, 0.01)  # the watch is up
         confirm._interval = 60.0
         await asyncio.sleep(0.2)
-        await sent_one(store, "m1")
-        assert confirm.held == 1
-        await pg_stop(cluster, "immediate")
-        await pg_start(cluster)
-        probe = await asyncpg.connect(dsn)
-        try:
-            row = await probe.fetchrow(
-                "SELECT s.state, m.q_state FROM segments s JOIN messages m ON m.id = s.message_id "
-                "WHERE m.id = 'm1'"
-            )
-            assert tuple(row) == ("queued", "queued"), "the crash lost the result and the claim"
-            work: list[Any] | None = None
-            for _ in range(20):  # the pool's connections died with the server: a few tries
-                try:
-                    work = await store.claim("inst-a", 10, NOW, LEASE)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            assert work == [], work  # m1 is not claimed and sent again
-            assert confirm.rewritten >= 1 and confirm.held == 0
-            row = await probe.fetchrow(
-                "SELECT s.state, s.smsc_msg_id, m.q_state FROM segments s "
-                "JOIN messages m ON m.id = s.message_id WHERE m.id = 'm1'"
-            )
-            assert row["state"] == "sent" and row["smsc_msg_id"] == "m1", tuple(row)
-            assert row["q_state"] != "queued", tuple(row)
-        finally:
-            await probe.close()
+        # The crash loses the result only if its WAL was not flushed first. The WAL writer also
+        # flushes when a commit completes a WAL page, and on a busy machine the delay may have
+        # passed: then nothing was lost, the message must still not be claimed again, and the
+        # scenario is tried again with the next message.
+        lost_once = False
+        for attempt in range(1, 6):
+            mid = f"m{attempt}"
+            await sent_one(store, mid)
+            assert confirm.held == 1
+            rewritten = confirm.rewritten
+            await pg_stop(cluster, "immediate")
+            await pg_start(cluster)
+            probe = await asyncpg.connect(dsn)
+            try:
+                part = "SELECT state FROM segments WHERE message_id = $1"
+                lost = await probe.fetchval(part, mid) == "queued"  # its result (and claim)
+                work = await _claim_when_back(store, NOW, LEASE)
+                assert work == [], work  # the message is not claimed and sent again
+                assert confirm.held == 0
+                if lost:
+                    assert confirm.rewritten > rewritten
+                row = await probe.fetchrow(
+                    "SELECT s.state, s.smsc_msg_id, m.q_state FROM segments s "
+                    "JOIN messages m ON m.id = s.message_id WHERE m.id = $1",
+                    mid,
+                )
+                assert row["state"] == "sent" and row["smsc_msg_id"] == mid, tuple(row)
+                assert row["q_state"] != "queued", tuple(row)
+            finally:
+                await probe.close()
+            if lost:
+                lost_once = True
+                break
+        assert lost_once, "no crash in 5 lost the unflushed result: the case went untested"
     finally:
         await store.close()
         admin = await asyncpg.connect(cluster.admin_dsn)
@@ -972,3 +978,15 @@ async def test_a_result_lost_by_a_fast_crash_and_restart_is_written_again_before
             await admin.execute("SELECT pg_reload_conf()")
         finally:
             await admin.close()
+
+
+async def _claim_when_back(store: Any, now: Any, lease: Any) -> list[Any]:
+    """A claim once the restarted server takes one: the pool's connections died with it."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return await store.claim("inst-a", 10, now, lease)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
