@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _fresh_metric_files()
         main_coro = Daemon(cfg, config_path=args.config).run_forever
+    _tune_gc()
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
     if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
         import cProfile
@@ -106,6 +107,27 @@ def _be_nicer(increment: int) -> None:
             increment,
             exc.strerror or exc,
         )
+
+
+# Container objects the youngest generation may gain before a collection (CPython's default
+# is 700); SMPP_BRIDGE_GC_THRESHOLD overrides it.
+GC_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Why: measured under the 1-part benchmark, each process spent 5-7% of its CPU in the
+    cyclic collector, although the traffic makes next to no cyclic garbage (the net growth
+    of tracked objects over 20,000 messages stays under 50,000). Most of it was hundreds of
+    young collections a second, and each full collection walked every imported module's
+    objects, holding the event loop 60-80 ms. What exists at start-up (modules, config) is
+    frozen, so full collections walk only what the daemon made since, and the young
+    generation is collected every 10,000 objects instead of every 700: once per 20,000
+    messages here, the garbage it may hold until then a few MB at most."""
+    import gc
+
+    threshold = int(os.environ.get("SMPP_BRIDGE_GC_THRESHOLD", GC_THRESHOLD))
+    gc.freeze()  # no collection first: start-up leaves a few dozen garbage objects, not worth 45 ms
+    gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
 def _use_uvloop() -> None:
