@@ -374,23 +374,41 @@ class SqliteRunner:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def _flush_when_locked(self) -> None:
+        """Wait for the write lock in a thread, then write the batch in the loop callback the
+        thread schedules: the lock is held from the moment the thread takes it, so the batch
+        runs one hop later, ahead of the I/O callbacks of the loop's next round. Resuming a task
+        instead (a wrapped future, then the task's step) took two hops, with a whole round of
+        request handling between them while every other process waited for the lock: measured
+        at 1.4-2% of each process's time under the 1-part benchmark."""
         assert self._lock_fd is not None
         if self._lock_waiter is None:
             self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
         fd = self._lock_fd
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+
+        def locked(waiting: Future[None]) -> None:  # on the loop, once the thread has the lock
+            if written.cancelled():  # no longer waited for: give the lock back, write nothing
+                _unlock_if_taken(fd, waiting)
+                return
+            try:
+                waiting.result()
+                try:
+                    self._flush()
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            except BaseException as exc:  # the task below resolves the callers with it
+                written.set_exception(exc)
+            else:
+                written.set_result(None)
+
         try:
             waiting = self._lock_waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)
-            try:
-                await asyncio.wrap_future(waiting)
-            except asyncio.CancelledError:
-                # The thread may still get the lock after we stop waiting: give it back then,
-                # or every writer (this process's checkpoint thread included) waits forever.
-                waiting.add_done_callback(partial(_unlock_if_taken, fd))
-                raise
-            try:
-                self._flush()
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            waiting.add_done_callback(lambda w: loop.call_soon_threadsafe(locked, w))
+            # Cancelled here, `written` is cancelled with it: `locked` then gives the lock back
+            # when the thread gets it, or every writer (this process's checkpoint thread
+            # included) would wait forever.
+            await written
         except BaseException as exc:  # never strand the waiting callers
             _resolve([(fut, False, exc) for _job, fut, _k, _d in self._jobs])
             self._jobs = []
