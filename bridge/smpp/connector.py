@@ -509,15 +509,22 @@ class Connector:
                 return [_no_bind(i) for i in range(n)]
             if outcomes is None:
                 outcomes = []
+            wire: list[asyncio.Future[SubmitResult]] = []  # the part's submit_sm, unanswered
             for i, part in enumerate(parts):
-                outcome, bind = await self._send_part(
-                    i,
-                    part,
-                    bind,
-                    before_first if i == 0 else None,
-                    deadline,
-                    None if contexts is None else contexts[i],
-                )
+                try:
+                    outcome, bind = await self._send_part(
+                        i,
+                        part,
+                        bind,
+                        before_first if i == 0 else None,
+                        deadline,
+                        None if contexts is None else contexts[i],
+                        wire,
+                    )
+                except asyncio.CancelledError:
+                    if wire:
+                        await self._answer_after_cancel(wire[0], i, outcomes)
+                    raise
                 outcomes.append(outcome)
                 if outcome.kind != "ok":
                     outcomes.extend(_cancelled(j) for j in range(i + 1, n))
@@ -527,6 +534,28 @@ class Connector:
             self._active -= 1
             self._check_idle()
 
+    async def _answer_after_cancel(
+        self, fut: asyncio.Future[SubmitResult], index: int, outcomes: list[SubmitOutcome]
+    ) -> None:
+        """The caller was cancelled (a shutdown's grace ran out) with part `index` on the wire:
+        its answer, which comes within milliseconds, still says whether the SMSC took it. An
+        acceptance is appended to `outcomes`, so the caller records it; dropped, the restart
+        sent the part again (a duplicate the customer pays the carrier for). Bounded by the
+        session's own response time-out, and by a second cancel."""
+        if not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut], timeout=self.cfg.response_timeout_s)
+        if not fut.done() or fut.cancelled():
+            return
+        res = fut.result()
+        kind = "transient" if res.error else C.classify_submit_status(res.status)
+        if self.on_submit is not None:
+            rtt = None if res.error else res.rtt_s
+            self.on_submit(self.name, kind, res.error or C.status_name(res.status), rtt)
+        if kind == "ok":
+            self._ok += 1
+            outcomes.append(SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id))
+
     async def _send_part(
         self,
         index: int,
@@ -535,6 +564,7 @@ class Connector:
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         context: Any = None,
+        wire: list[asyncio.Future[SubmitResult]] | None = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
         loop = asyncio.get_running_loop()
         transient = 0
@@ -553,7 +583,7 @@ class Connector:
                     # ever.
                     return unanswered or _no_bind(index), None
             try:
-                res = await self._submit_on(bind, part, priority, before, deadline, context)
+                res = await self._submit_on(bind, part, priority, before, deadline, context, wire)
             except _Expired:
                 return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
             except _Held:
@@ -681,10 +711,12 @@ class Connector:
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         context: Any = None,
+        wire: list[asyncio.Future[SubmitResult]] | None = None,
     ) -> SubmitResult | None:
         """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
         limit, then submit_sm. None when the bind went down or closed before the PDU was sent;
-        _Expired when `deadline` passed while it waited (nothing sent)."""
+        _Expired when `deadline` passed while it waited (nothing sent). While the answer is
+        awaited, its future is in `wire` and shielded: a cancelled caller still reads it."""
         if not await self._acquire(b, priority):
             return None
         fut = None
@@ -703,7 +735,14 @@ class Connector:
             b.reserved -= 1
             if fut is None:
                 self._pump(b)  # hand the unused slot on
-        return None if fut is None else await fut
+        if fut is None:
+            return None
+        if wire is None:
+            return await fut
+        wire.append(fut)
+        res = await asyncio.shield(fut)
+        wire.clear()
+        return res
 
     async def _acquire(self, b: _Bind, priority: bool) -> bool:
         if (

@@ -773,6 +773,67 @@ async def test_stop_gives_up_on_the_window_after_the_grace(smsc: FakeSmsc) -> No
     assert out[0].status == -1
 
 
+@pytest.mark.parametrize(("status", "recorded"), [(C.ESME_ROK, True), (C.ESME_RSYSERR, False)])
+async def test_a_cancelled_send_still_reads_the_answer_of_its_part_on_the_wire(
+    smsc: FakeSmsc, status: int, recorded: bool
+) -> None:
+    """A shutdown's grace ran out with part 2 on the wire: the caller is cancelled, but that
+    part's answer still says whether the SMSC took it. Found: the answer was dropped with the
+    cancelled wait, the part stayed unrecorded and the restart sent it again (submit_ok at the
+    SMSC 207 against 201 parts stored in a full run)."""
+    smsc.on_submit = lambda conn, pdu: None if pdu.body.short_message == b"a2" else 0
+    async with running(smsc_cfg(smsc.port, response_timeout_s=5)) as c:
+        assert await c.wait_up(2.0)
+        so_far: list[SubmitOutcome] = []
+        task = asyncio.create_task(
+            c.send_message([part("a1"), part("a2"), part("a3")], outcomes=so_far)
+        )
+        await eventually(lambda: len(smsc.held) == 1)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # it waits for the answer, not for ever
+        t0 = time.monotonic()
+        smsc.release(status)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1.0)
+        assert time.monotonic() - t0 < 0.5
+        assert so_far[0] == ok(0, so_far[0].message_id or "")
+        if recorded:
+            assert [(o.index, o.kind) for o in so_far] == [(0, "ok"), (1, "ok")]
+            assert so_far[1].message_id == f"m{smsc.received(C.SUBMIT_SM)[1][1].seq}"
+        else:
+            assert [o.index for o in so_far] == [0]
+        assert smsc.submits() == [b"a1", b"a2"]  # a3 never left
+
+
+async def test_a_cancelled_send_gives_up_on_an_unanswered_part_at_the_response_timeout(
+    smsc: FakeSmsc,
+) -> None:
+    smsc.on_submit = lambda conn, pdu: None  # never answers
+    async with running(smsc_cfg(smsc.port, response_timeout_s=0.3)) as c:
+        assert await c.wait_up(2.0)
+        so_far: list[SubmitOutcome] = []
+        task = asyncio.create_task(c.send_message([part("b1")], outcomes=so_far))
+        await eventually(lambda: len(smsc.held) == 1)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2.0)
+        assert 0.2 < time.monotonic() - t0 < 1.5
+        assert so_far == []
+        # A second cancel ends the wait at once.
+        task2 = asyncio.create_task(c.send_message([part("b2")], outcomes=so_far))
+        await eventually(lambda: len(smsc.held) == 2)
+        task2.cancel()
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        task2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task2, 1.0)
+        assert time.monotonic() - t0 < 0.2
+        assert so_far == []
+
+
 # --- TLS ------------------------------------------------------------------------------------------
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     from cryptography import x509
