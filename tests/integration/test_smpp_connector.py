@@ -806,6 +806,35 @@ async def test_a_cancelled_send_still_reads_the_answer_of_its_part_on_the_wire(
         assert smsc.submits() == [b"a1", b"a2"]  # a3 never left
 
 
+async def test_a_send_cancelled_as_the_answers_are_read_keeps_them(smsc: FakeSmsc) -> None:
+    """The cancel lands while the answers are being read: A's answer was just resolved (its
+    task not yet resumed), B's comes after the cancel in the same read or the next. Both are
+    kept: A's from its own future, B's for the cancelled wait."""
+    smsc.on_submit = lambda conn, pdu: None
+    async with running(smsc_cfg(smsc.port, response_timeout_s=5)) as c:
+        assert await c.wait_up(2.0)
+        got: dict[str, list[SubmitOutcome]] = {"a": [], "b": []}
+        tasks = {k: asyncio.create_task(c.send_message([part(k)], outcomes=got[k])) for k in got}
+        await eventually(lambda: len(smsc.held) == 2)
+        proto = next(b.proto for b in c._binds if b.proto is not None)
+
+        def cancel_both(_result: Any) -> None:
+            proto.on_submit_result = None
+            for t in tasks.values():
+                t.cancel()
+
+        proto.on_submit_result = cancel_both  # called as the first answer resolves its future
+        smsc.release()
+        for t in tasks.values():
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(t, 1.0)
+        assert [o.kind for o in got["a"]] == ["ok"]
+        assert [o.kind for o in got["b"]] == ["ok"]
+        assert {got[k][0].message_id for k in got} == {
+            f"m{p.seq}" for _cid, p in smsc.received(C.SUBMIT_SM)
+        }
+
+
 async def test_a_cancelled_send_gives_up_on_an_unanswered_part_at_the_response_timeout(
     smsc: FakeSmsc,
 ) -> None:
