@@ -158,6 +158,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         changes["control_port"] = args.control_port
     if args.receipt_delay_ms is not None:
         changes["receipt_delay_ms"] = args.receipt_delay_ms
+    if args.answer_delay_ms is not None:
+        changes["answer_delay_ms"] = args.answer_delay_ms
     sim = replace(sim, **changes)
     try:
         asyncio.run(run_sim(sim))
@@ -600,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int)
     sim.add_argument("--control-port", type=int)
     sim.add_argument("--receipt-delay-ms", type=int)
+    sim.add_argument("--answer-delay-ms", type=int)
     sim.set_defaults(fn=cmd_sim)
 
     mo = sub.add_parser("sim-mo", help="make a running simulator send an MO")

@@ -634,6 +634,9 @@ class SimConfig:
     )
     control_port: int = field(default=2776, metadata=meta(between(1, 65535)))
     receipt_delay_ms: int = field(default=10, metadata=meta(between(0, 3_600_000)))
+    # Each submit_sm_resp this long after the submit_sm: a carrier's latency. A bind with a
+    # window of W then sends at most W / delay per second, and a receipt due sooner comes first.
+    answer_delay_ms: int = field(default=0, metadata=meta(between(0, 60_000)))
     outcomes: Mapping[str, float] = field(
         default_factory=lambda: FrozenMap({"DELIVRD": 1.0}),
         metadata=meta(item=(at_least(0),), key=(one_of(*RECEIPT_STATS),)),

@@ -75,6 +75,7 @@ def _bool(field: str, v: Any) -> bool:
 _KNOBS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "outcomes": _outcomes,
     "receipt_delay_ms": lambda f, v: _number(f, v, 0, 3_600_000, integer=True),
+    "answer_delay_ms": lambda f, v: _number(f, v, 0, 60_000, integer=True),
     "throttle_ratio": lambda f, v: float(_number(f, v, 0, 1)),
     "syserr_ratio": lambda f, v: float(_number(f, v, 0, 1)),
     "tps_limit": lambda f, v: float(_number(f, v, 0, 1_000_000)),

@@ -150,6 +150,7 @@ COUNTER_NAMES: Final = (
     "mo_resent",
     "mo_given_up",
     "resps_mismatched",
+    "answers_lost",
     "dropped_connections",
     "records_written",
 )
@@ -238,7 +239,9 @@ class _Session:
 class SimSmsc:
     """SMPP 3.4 server; see the module docstring. Knobs are plain attributes, read on every PDU.
 
-    Knobs: ``outcomes`` (stat -> weight), ``receipt_delay_ms``, ``throttle_ratio``,
+    Knobs: ``outcomes`` (stat -> weight), ``receipt_delay_ms``, ``answer_delay_ms`` (each
+    submit_sm_resp that long after its submit_sm; one due on a connection closed by then is
+    lost, counted in ``answers_lost``), ``throttle_ratio``,
     ``syserr_ratio``, ``tps_limit`` (0 = none), ``drop_after_pdus`` (0 = never), ``id_format``
     ("hex" | "dec"), ``receipt_text_id`` ("same" | "dec" | "hex": the base of the id in the
     receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``receipt_pdu`` ("deliver_sm" |
@@ -258,6 +261,7 @@ class SimSmsc:
         # knobs
         self.outcomes: dict[str, float] = dict(cfg.outcomes)
         self.receipt_delay_ms: int = cfg.receipt_delay_ms
+        self.answer_delay_ms: int = cfg.answer_delay_ms
         self.throttle_ratio: float = cfg.throttle_ratio
         self.syserr_ratio: float = cfg.syserr_ratio
         self.tps_limit: float = cfg.tps_limit
@@ -377,6 +381,7 @@ class SimSmsc:
         return {
             "outcomes": dict(self.outcomes),
             "receipt_delay_ms": self.receipt_delay_ms,
+            "answer_delay_ms": self.answer_delay_ms,
             "throttle_ratio": self.throttle_ratio,
             "syserr_ratio": self.syserr_ratio,
             "tps_limit": self.tps_limit,
@@ -482,7 +487,14 @@ class SimSmsc:
         else:
             cid = pdu.command_id
             if cid == SUBMIT_SM:
-                self._on_submit(sess, pdu, out, now)
+                delay = self.answer_delay_ms
+                if delay:
+                    mark = len(out)
+                    self._on_submit(sess, pdu, out, now)
+                    self._answer_later(sess, b"".join(out[mark:]), delay / 1000.0)
+                    del out[mark:]
+                else:
+                    self._on_submit(sess, pdu, out, now)
             elif cid == DELIVER_SM_RESP or cid == DATA_SM_RESP:
                 self._on_deliver_resp(sess, pdu.seq, pdu.status, now, cid)
             elif cid == ENQUIRE_LINK:
@@ -511,6 +523,19 @@ class SimSmsc:
         if drop and sess.pdus >= drop and not sess.closing:
             c["dropped_connections"] += 1
             sess.closing = True
+
+    def _answer_later(self, sess: _Session, answer: bytes, delay_s: float) -> None:
+        loop = self._loop
+        if loop is None:  # pragma: no cover - sessions exist only while serving
+            sess.write(answer)
+            return
+        loop.call_later(delay_s, self._answer_now, sess, answer)
+
+    def _answer_now(self, sess: _Session, answer: bytes) -> None:
+        if sess.closing or sess.writer.is_closing():
+            self.counters["answers_lost"] += 1
+        else:
+            sess.write(answer)
 
     def _answer_error(self, e: PduError, out: list[bytes]) -> None:
         """A request we cannot parse gets its own resp with the status; anything else a nack."""

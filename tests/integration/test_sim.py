@@ -332,6 +332,40 @@ async def test_receipt_after_delay_with_text_and_tlvs(sim_factory) -> None:
     assert s.counters["receipts_sent"] == 1
 
 
+async def test_answer_delay_holds_each_resp_in_order_and_a_receipt_may_come_first(
+    sim_factory,
+) -> None:
+    """A carrier's latency: each submit_sm_resp `answer_delay_ms` after its submit_sm, in the
+    order they came, and a receipt due sooner arrives before the answer (the case the bridge
+    must match receipts for before it knows the id)."""
+    s = await sim_factory(answer_delay_ms=250, receipt_delay_ms=0)
+    e = await sim_factory.connect(s)
+    t0 = time.monotonic()
+    futs = [e.request(C.SUBMIT_SM, sm(f"m{i}")) for i in range(3)]
+    receipt = await e.deliver(2.0)
+    assert not any(f.done() for f in futs)  # the receipt came first
+    resps = await asyncio.wait_for(asyncio.gather(*futs), 2.0)
+    elapsed = time.monotonic() - t0
+    assert 0.24 <= elapsed < 1.5
+    assert [r.status for r in resps] == [0, 0, 0]
+    assert receipt_of(receipt).message_id == resps[0].body.message_id
+    # Undelayed again: at once.
+    s.answer_delay_ms = 0
+    t0 = time.monotonic()
+    assert (await e.submit(sm("now"))).status == 0
+    assert time.monotonic() - t0 < 0.2
+    assert s.counters["answers_lost"] == 0
+
+
+async def test_an_answer_due_on_a_closed_connection_is_lost_and_counted(sim_factory) -> None:
+    s = await sim_factory(answer_delay_ms=200)
+    e = await sim_factory.connect(s)
+    e.request(C.SUBMIT_SM, sm("gone"))
+    assert await s.wait_for(lambda x: x.counters["submit_ok"] == 1, 2)
+    await e.close()
+    assert await s.wait_for(lambda x: x.counters["answers_lost"] == 1, 2)
+
+
 async def test_receipts_as_text_tlv_and_decimal_text_id(sim: SimSmsc, connect) -> None:
     e = await connect(sim)
     sim.receipts_as = "text"
@@ -724,11 +758,12 @@ async def test_control_mo(ctl, connect) -> None:
 async def test_control_config(ctl, connect) -> None:
     s, http = ctl
     change = {"id_format": "dec", "outcomes": {"UNDELIV": 1}, "receipt_delay_ms": 5}
+    change["answer_delay_ms"] = 20
     async with http.post("/config", json=change) as r:
         assert r.status == 200
         knobs = (await r.json())["knobs"]
     assert knobs["id_format"] == "dec" and knobs["outcomes"] == {"UNDELIV": 1.0}
-    assert s.id_format == "dec" and s.receipt_delay_ms == 5
+    assert s.id_format == "dec" and s.receipt_delay_ms == 5 and s.answer_delay_ms == 20
     e = await connect(s)
     mid = (await e.submit(sm())).body.message_id
     assert mid.isdigit() and receipt_of(await e.deliver()).stat == "UNDELIV"
@@ -738,6 +773,7 @@ async def test_control_config(ctl, connect) -> None:
         ({"outcomes": {"DELIVERED": 1}}, "outcomes.DELIVERED: unknown stat"),
         ({"outcomes": {"DELIVRD": 0}}, "outcomes: weights must add up"),
         ({"receipt_delay_ms": 1.5}, "receipt_delay_ms: must be an integer"),
+        ({"answer_delay_ms": 60_001}, "answer_delay_ms: must be between 0 and 60000"),
         ({"receipts_as": "xml"}, "receipts_as: must be one of both, text, tlv"),
         ({"receipt_pdu": "submit_sm"}, "receipt_pdu: must be one of deliver_sm, data_sm"),
         ({"packed_gsm": "yes"}, "packed_gsm: must be true or false"),
