@@ -2,9 +2,11 @@
 """SMPP engine benchmark: the simulator in one process, our connector (one bind) in this one.
 
 Prints submit_sm round trips per second, receipts per second, the engine's CPU microseconds per
-message (submit + resp + receipt + deliver_sm_resp), and our codec against smpplib.
+message (submit + resp + receipt + deliver_sm_resp), the time from a message's first part
+leaving to its last part's answer (p50/p99), and our codec against smpplib.
 
     python scripts/bench_smpp.py --messages 100000 --window 100
+    python scripts/bench_smpp.py --messages 1000 --parts 3 --tps 200 --skip-codec  # a TPS limit
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +75,7 @@ async def run(args: argparse.Namespace) -> dict:
                 "system_id": "bench",
                 "password": "bench",
                 "window": args.window,
+                "tps": args.tps,
                 "binds": 1,
                 "bind_mode": "transceiver",
             }
@@ -93,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict:
         async def on_deliver(_smsc: str, _body: ShortMessage) -> int:
             nonlocal receipts
             receipts += 1
-            if receipts >= args.messages:
+            if receipts >= args.messages * args.parts:
                 done.set()
             return C.ESME_ROK
 
@@ -112,12 +116,21 @@ async def run(args: argparse.Namespace) -> dict:
         )
         it = iter(range(args.messages))
         ok = 0
+        spans: list[float] = []  # first part out -> last part answered, per message
+        clock = time.perf_counter
 
         async def worker() -> None:
             nonlocal ok
+            first = 0.0
+
+            async def out_now() -> None:
+                nonlocal first
+                first = clock()
+
             for _ in it:
-                out = await conn.send_message([part])
-                ok += out[0].kind == "ok"
+                out = await conn.send_message([part] * args.parts, out_now)
+                spans.append(clock() - first)
+                ok += sum(o.kind == "ok" for o in out)
 
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -134,10 +147,14 @@ async def run(args: argparse.Namespace) -> dict:
     result = {
         "messages": args.messages,
         "window": args.window,
+        "parts": args.parts,
+        "tps": args.tps,
         "submit_ok": ok,
-        "submit_sm_per_s": args.messages / t_submit,
+        "submit_sm_per_s": args.messages * args.parts / t_submit,
         "receipts_per_s": receipts / t_all,
         "engine_cpu_us_per_msg": cpu / args.messages * 1e6,
+        "message_ms_p50": statistics.median(spans) * 1000,
+        "message_ms_p99": statistics.quantiles(spans, n=100)[98] * 1000,
     }
     if not args.skip_codec:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -153,6 +170,8 @@ def main() -> None:
     )
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--window", type=int, default=100)
+    p.add_argument("--parts", type=int, default=1, help="parts per message (default 1)")
+    p.add_argument("--tps", type=float, default=0, help="the SMSC's TPS limit (default 0: none)")
     p.add_argument("--receipt-delay-ms", type=int, default=10)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--codec-seconds", type=float, default=2.0)
@@ -164,10 +183,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"one bind, window {r['window']}, {r['messages']} messages, a receipt for each")
+    tps = f", tps {r['tps']:g}" if r["tps"] else ""
+    print(
+        f"one bind, window {r['window']}{tps}, {r['messages']} messages of {r['parts']} "
+        "part(s), a receipt for each part"
+    )
     print(f"  submit_sm round trips/s   {r['submit_sm_per_s']:>10,.0f}  ({r['submit_ok']} ok)")
     print(f"  receipts/s                {r['receipts_per_s']:>10,.0f}")
     print(f"  engine CPU per message    {r['engine_cpu_us_per_msg']:>10,.1f} us")
+    print(
+        f"  first part out -> last answered  p50 {r['message_ms_p50']:,.1f} ms  "
+        f"p99 {r['message_ms_p99']:,.1f} ms"
+    )
     codec = r.get("codec")
     if codec:
         for pdu in ("submit_sm", "deliver_sm"):

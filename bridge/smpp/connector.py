@@ -45,6 +45,7 @@ from bridge.smpp.protocol import (
     open_bind,
 )
 from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
+from bridge.smpp.turns import Turns
 
 __all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "LateSubmit", "SubmitOutcome"]
 
@@ -250,6 +251,7 @@ class Connector:
         self._binds = [_Bind(i, m) for i, m in enumerate(_modes(cfg.bind_mode, cfg.binds))]
         self._tx = [b for b in self._binds if b.mode.can_transmit]
         self._throttler = _throttler(cfg.tps)
+        self._turns = Turns()  # at the throttler, one waiter at a time (bridge/smpp/turns.py)
         self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
         self._rr = 0
         # Called when a bind comes up or goes down: the daemon publishes its bind status at once
@@ -568,7 +570,10 @@ class Connector:
     ) -> tuple[SubmitOutcome, _Bind | None]:
         loop = asyncio.get_running_loop()
         transient = 0
-        priority = False
+        # A started message's next part goes first (window slot, TPS turn), as resends do: it
+        # queued behind the first parts of up to a window of messages, and left seconds after
+        # the part before it under a TPS limit.
+        priority = index > 0
         unanswered: SubmitOutcome | None = None  # an attempt that may have reached the SMSC
         while True:
             if index == 0 and self._stopping:
@@ -722,7 +727,13 @@ class Connector:
         fut = None
         try:
             if self._throttler is not None:
-                await self._throttler.acquire()
+                await self._turns.take(priority)
+                try:
+                    throttler = self._throttler  # the share may have been re-rated meanwhile
+                    if throttler is not None:
+                        await throttler.acquire()
+                finally:
+                    self._turns.give()
             if deadline is not None and asyncio.get_running_loop().time() >= deadline:
                 raise _Expired
             if before is not None:

@@ -43,6 +43,21 @@ def test_quick_benchmarks_print_their_figures(
     assert re.search(expect, _run(script, *args)), script
 
 
+def test_bench_smpp_under_a_tps_limit_sends_every_part_at_that_rate() -> None:
+    out = _run(
+        "scripts/bench_smpp.py", "--messages", "60", "--parts", "3", "--tps", "120",
+        "--window", "20", "--skip-codec",
+    )  # fmt: skip
+    assert "window 20, tps 120, 60 messages of 3 part(s)" in out, out
+    m = re.search(r"submit_sm round trips/s +([0-9,]+) +\((\d+) ok\)", out)
+    assert m is not None and int(m.group(2)) == 180, out
+    # 180 parts at 120/s: a burst of 120, the rest a second later (asyncio-throttle's window).
+    assert 60 <= int(m.group(1).replace(",", "")) <= 200, out
+    m = re.search(r"first part out -> last answered +p50 ([0-9.,]+) ms +p99 ([0-9.,]+) ms", out)
+    assert m is not None, out
+    assert float(m.group(1).replace(",", "")) <= float(m.group(2).replace(",", "")), out
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.

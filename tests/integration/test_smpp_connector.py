@@ -598,6 +598,47 @@ async def test_tps_limit_is_shared_across_binds(smsc: FakeSmsc) -> None:
         assert len(stamps) == 2
 
 
+async def test_under_a_tps_limit_one_waiter_polls_and_started_messages_go_first(
+    smsc: FakeSmsc,
+) -> None:
+    """asyncio-throttle lets every waiter poll every 10 ms and the first to wake go: a window
+    of waiters cost CPU for nothing, and a message's second part waited behind messages not
+    started yet. Now one waiter at a time asks the throttler, and a started message's next part
+    goes before any first part."""
+    async with running(smsc_cfg(smsc.port, window=10, tps=4)) as c:
+        assert await c.wait_up(2.0)
+        assert c._throttler is not None
+        inside = 0
+        most = 0
+        acquire = c._throttler.acquire
+
+        async def counted() -> None:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            try:
+                await acquire()
+            finally:
+                inside -= 1
+
+        c._throttler.acquire = counted  # type: ignore[method-assign]
+        msgs = [[part(f"m{m}:{k}") for k in range(2)] for m in range(6)]
+        tasks = []
+        for p in msgs:  # m0 first, m5 last
+            tasks.append(asyncio.create_task(c.send_message(p)))
+            await asyncio.sleep(0)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert all(o.kind == "ok" for r in results for o in r)
+        order = [s.decode() for s in smsc.submits()]
+        assert order[:4] == ["m0:0", "m1:0", "m2:0", "m3:0"]  # the first second's 4
+        # m4 and m5 were waiting for the throttler since the start, yet the second parts of
+        # m0..m3 (ready a few ms later) went before m5's first: only m4's, holding the turn
+        # when they came, went before them.
+        assert order.index("m4:0") == 4
+        assert order.index("m5:0") > max(order.index(f"m{m}:1") for m in range(4))
+        assert most == 1
+
+
 # --- binds ----------------------------------------------------------------------------------------
 async def test_no_bind_when_nothing_listens() -> None:
     s = FakeSmsc()
