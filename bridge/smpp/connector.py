@@ -164,12 +164,40 @@ def _held_outcome(index: int) -> SubmitOutcome:
     return SubmitOutcome(index, "expired", -1, "HELD", None)
 
 
+PACE_WINDOW_S: Final = 0.1
+"""The TPS limit holds over every window this long, not over whole seconds: at most tps / 10
+submits in any 0.1 s. Counted per second, a second's whole allowance left in a burst at its start
+(an SMSC that meters smoothly throttles such a burst), and a message's next part waited for the
+next second: first part out -> last answered, p50 987 ms at 200/s."""
+
+
+class _Pacer(Throttler):
+    """asyncio-throttle's sliding window, waited for by sleeping until its oldest submit leaves
+    the window instead of polling every `retry_interval` (10 ms): with windows of 0.1 s, polling
+    fine enough not to lose rate (1 ms) cost 2.4 times the CPU per message of a TPS-limited
+    bind. Only the waiter holding the turn (Turns) waits here."""
+
+    async def acquire(self) -> None:
+        while True:
+            self.flush()
+            if len(self._task_logs) < self.rate_limit:
+                break
+            await asyncio.sleep(self._task_logs[0] + self.period - time.monotonic() + 1e-4)
+        self._task_logs.append(time.monotonic())
+
+
+def _rate(tps: float) -> tuple[int, float]:
+    """(submits, period) for `tps`: whole PDUs per window, so a low or fractional TPS stretches
+    the window."""
+    per = max(1, round(tps * PACE_WINDOW_S))
+    return per, per / tps
+
+
 def _throttler(tps: float) -> Throttler | None:
-    """asyncio-throttle counts whole PDUs per period; a fractional TPS stretches the period."""
     if tps <= 0:
         return None
-    per = max(1, int(tps))
-    return Throttler(rate_limit=per, period=per / tps)
+    per, period = _rate(tps)
+    return _Pacer(rate_limit=per, period=period)
 
 
 class _Bind:
@@ -325,8 +353,7 @@ class Connector:
                 # the new rate, and those already waiting on it get the new rate too. A fresh
                 # throttler let a shrinking share (a bind handed over) send the old rate plus
                 # the new one for a period, over the SMSC's limit across the fleet.
-                current.rate_limit = max(1, int(share))
-                current.period = current.rate_limit / share
+                current.rate_limit, current.period = _rate(share)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -4,8 +4,9 @@ Why: the connector's TPS limit is asyncio-throttle, whose waiters each poll ever
 whoever wakes first after a slot frees goes next. A bind's whole window (50 parts by default)
 waiting on a 40/s limit cost ~5% of a core in wake-ups (200 waiters ~12%), and a 3-part message's
 later parts queued behind the first parts of up to a window of other messages, so its parts left
-a second or more apart. Taking turns at the throttler, only the holder polls, and resends and a
-started message's next part go before new messages.
+a second or more apart. Taking turns at the throttler, only the holder waits there (sleeping
+until the next slot: connector._Pacer), and resends and a started message's next part go before
+new messages.
 """
 
 from __future__ import annotations

@@ -593,19 +593,28 @@ async def test_tps_limit_is_shared_across_binds(smsc: FakeSmsc) -> None:
         await asyncio.gather(*(c.send_message([part(str(i))]) for i in range(14)))
         elapsed = time.monotonic() - t0
         assert len(smsc.received(C.SUBMIT_SM)) == 14
-        assert elapsed >= 0.95  # 10 in the first second, the other 4 after it
+        assert elapsed >= 1.2  # one per 0.1 s (two binds, one limit): 14 take 1.3 s
         stamps = [t for t in smsc.bind_times]
         assert len(stamps) == 2
 
 
-async def test_under_a_tps_limit_one_waiter_polls_and_started_messages_go_first(
+async def test_under_a_tps_limit_one_waiter_paces_and_started_messages_go_first(
     smsc: FakeSmsc,
 ) -> None:
-    """asyncio-throttle lets every waiter poll every 10 ms and the first to wake go: a window
-    of waiters cost CPU for nothing, and a message's second part waited behind messages not
-    started yet. Now one waiter at a time asks the throttler, and a started message's next part
-    goes before any first part."""
-    async with running(smsc_cfg(smsc.port, window=10, tps=4)) as c:
+    """asyncio-throttle counted whole seconds (a second's allowance left in a burst) and let
+    every waiter poll every 10 ms, the first to wake going next: a window of waiters cost CPU
+    for nothing, and a message's second part waited behind messages not started yet. Now the
+    limit holds over every 0.1 s, one waiter at a time waits for it, and a started message's
+    next part goes before any first part."""
+    sent_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def stamp(conn: Conn, pdu: Pdu) -> int:
+        sent_at.append(loop.time())
+        return 0
+
+    smsc.on_submit = stamp
+    async with running(smsc_cfg(smsc.port, window=10, tps=10)) as c:
         assert await c.wait_up(2.0)
         assert c._throttler is not None
         inside = 0
@@ -630,12 +639,15 @@ async def test_under_a_tps_limit_one_waiter_polls_and_started_messages_go_first(
         results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         assert all(o.kind == "ok" for r in results for o in r)
         order = [s.decode() for s in smsc.submits()]
-        assert order[:4] == ["m0:0", "m1:0", "m2:0", "m3:0"]  # the first second's 4
-        # m4 and m5 were waiting for the throttler since the start, yet the second parts of
-        # m0..m3 (ready a few ms later) went before m5's first: only m4's, holding the turn
-        # when they came, went before them.
-        assert order.index("m4:0") == 4
-        assert order.index("m5:0") > max(order.index(f"m{m}:1") for m in range(4))
+        # A second part comes ~1 ms after its first left, while the next message's first part
+        # already holds the turn (waiting for the next 0.1 s): it goes right after that one,
+        # before every later first part (m0:0 m1:0 m0:1 m1:1 m2:0 m3:0 m2:1 ...). Counted per
+        # second, all six first parts left at once in the first burst.
+        for m in range(6):
+            assert 1 <= order.index(f"m{m}:1") - order.index(f"m{m}:0") <= 2, order
+        gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+        assert min(gaps) > 0.09, gaps  # one per 0.1 s: no burst
+        assert sent_at[-1] - sent_at[0] < 1.1 + 0.3  # and the rate kept
         assert most == 1
 
 
