@@ -169,6 +169,15 @@ def listening(daemon: DaemonProcess, p: Proc) -> bool:
     )
 
 
+def _is_acceptor(p: Proc) -> bool:
+    """Whether `p` runs the acceptor's command line yet (a forked child shows its parent's
+    until it execs)."""
+    try:
+        return b"acceptor" in Path(f"/proc/{p.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def cpu_s(p: Proc) -> float:
     """CPU time process `p` used so far (user and system)."""
     fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -778,11 +787,13 @@ async def test_acceptors_stop_when_the_owner_dies_while_they_start(tmp_path, mon
         owner = daemon.proc.pid
 
         def hold_new() -> bool:
-            """Stop each acceptor as soon as it is forked: the owner dies while they start
-            however busy the machine is (with the test itself descheduled, a kill that was
-            meant to land there came after their start-up)."""
+            """Stop each acceptor as soon as it runs its own program: the owner dies while they
+            start however busy the machine is (with the test itself descheduled, a kill that
+            was meant to land there came after their start-up). Not before its exec: the owner
+            waits in Popen until the child has exec'd, so a child stopped between fork and exec
+            (seen on a fast machine) held the owner there, and the second was never forked."""
             for k in children(owner):
-                if k not in kids:
+                if k not in kids and _is_acceptor(k):
                     os.kill(k.pid, signal.SIGSTOP)
                     kids.append(k)
             return len(kids) == 2
