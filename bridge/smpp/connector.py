@@ -577,13 +577,17 @@ class Connector:
         if not fut.done() or fut.cancelled():
             return
         res = fut.result()
+        if self._answered(res) == "ok":
+            self._ok += 1
+            outcomes.append(SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id))
+
+    def _answered(self, res: SubmitResult) -> C.SubmitOutcome:
+        """What a submit_sm's answer (or its absence) means, reported to `on_submit`."""
         kind = "transient" if res.error else C.classify_submit_status(res.status)
         if self.on_submit is not None:
             rtt = None if res.error else res.rtt_s
             self.on_submit(self.name, kind, res.error or C.status_name(res.status), rtt)
-        if kind == "ok":
-            self._ok += 1
-            outcomes.append(SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id))
+        return kind
 
     async def _send_part(
         self,
@@ -633,10 +637,7 @@ class Connector:
             if res.error is None:
                 a = self._rtt_avg
                 self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
-            kind = "transient" if res.error else C.classify_submit_status(res.status)
-            if self.on_submit is not None:
-                rtt = None if res.error else res.rtt_s
-                self.on_submit(self.name, kind, res.error or C.status_name(res.status), rtt)
+            kind = self._answered(res)
             sent_at = loop.time() - res.rtt_s
             if kind == "ok":
                 bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
