@@ -525,11 +525,8 @@ class SimSmsc:
             sess.closing = True
 
     def _answer_later(self, sess: _Session, answer: bytes, delay_s: float) -> None:
-        loop = self._loop
-        if loop is None:  # pragma: no cover - sessions exist only while serving
-            sess.write(answer)
-            return
-        loop.call_later(delay_s, self._answer_now, sess, answer)
+        assert self._loop is not None  # sessions exist only while serving
+        self._loop.call_later(delay_s, self._answer_now, sess, answer)
 
     def _answer_now(self, sess: _Session, answer: bytes) -> None:
         if sess.closing or sess.writer.is_closing():
