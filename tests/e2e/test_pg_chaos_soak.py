@@ -206,7 +206,6 @@ class FleetSim(SimSmsc):
         super().__init__(*args, **kwargs)
         self.answer_delay_s = answer_delay_s
         self._delays = random.Random(self.rng.random())
-        self.answers_lost = 0
         self.pids: dict[str, int] = {}  # instance -> pid of the process that binds
         self.holder: dict[object, str] = {}
         self.max_binds = 0
@@ -238,15 +237,8 @@ class FleetSim(SimSmsc):
         super()._on_submit(sess, pdu, out, now)
         answer = b"".join(out[mark:])
         del out[mark:]
-        assert self._loop is not None
-        delay = self._delays.uniform(*self.answer_delay_s)
-        self._loop.call_later(delay, self._answer, sess, answer)
-
-    def _answer(self, sess: Any, answer: bytes) -> None:
-        if sess.closing or sess.writer.is_closing():
-            self.answers_lost += 1
-        else:
-            sess.write(answer)
+        # The simulator's own delayed answer (answer_delay_ms), with a random delay each.
+        self._answer_later(sess, answer, self._delays.uniform(*self.answer_delay_s))
 
     def _forget(self, sess: Any) -> None:
         was = sess in self._sessions and sess.mode and sess.system_id == SYSTEM_ID
@@ -739,8 +731,9 @@ async def test_pg_chaos_soak(
         print(
             f"  client retries {dict(failures)}; SMSC {sim.counters['submit_ok']} accepted, "
             f"{sim.counters['throttled']} throttled, {sim.counters['syserr']} syserr, "
-            f"{sim.counters['receipts_resent']} receipts resent, {sim.answers_lost} answers "
-            f"lost with their bind; unmatched receipts {unmatched}"
+            f"{sim.counters['receipts_resent']} receipts resent, "
+            f"{sim.counters['answers_lost']} answers lost with their bind; "
+            f"unmatched receipts {unmatched}"
         )
         print(
             f"  binds spread {spread} {spread_s:.1f} s after all was reported; tracebacks of "
