@@ -78,6 +78,11 @@ def make_router(config: Config) -> Router:
     )
 
 
+def _loop_name() -> str:
+    """The name of the loop server.event_loop gave this process (bridge.cli): uvloop or asyncio."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def _stamp(path: str | None) -> tuple[int, int, int] | None:
     """Identity and version of a file (inode, mtime, size); None when there is none to read."""
     if path is None:
@@ -194,6 +199,12 @@ class Daemon:
         if self.role == "owner":
             self._wake_listener = WakeListener(channel_name(cfg.store.path), self._wake_dispatcher)
             self._wake_listener.start()
+            log.info(
+                "smpp-bridge owner running the pipeline (instance %s, store %s, event loop %s)",
+                self.instance,
+                cfg.store.engine,
+                _loop_name(),
+            )
         if self.role == "owner" or self.coord is not None:
             self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
         if self.role == "acceptor":
@@ -375,12 +386,13 @@ class Daemon:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.server.port
         log.info(
-            "smpp-bridge %s listening on http://%s:%s (instance %s, store %s)",
+            "smpp-bridge %s listening on http://%s:%s (instance %s, store %s, event loop %s)",
             self.role,
             cfg.server.host,
             self.http_port,
             self.instance,
             cfg.store.engine,
+            _loop_name(),
         )
 
     def _connector(self, smsc: Any) -> Any:

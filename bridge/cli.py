@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     setup_logging(cfg)
-    _use_uvloop()
+    loop_factory = event_loop_factory(cfg.server.event_loop)
     # The store's fsync thread releases the GIL and must take it back; with the default 5 ms
     # switch interval it can queue behind the event loop. 0.5 ms keeps both moving.
     sys.setswitchinterval(float(os.environ.get("SMPP_BRIDGE_SWITCH_INTERVAL", "0.0005")))
@@ -73,14 +73,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         main_coro = Daemon(cfg, config_path=args.config).run_forever
     _tune_gc()
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
-    if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
-        import cProfile
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        if profile_to:  # a performance investigation aid: cProfile stats written at shutdown
+            import cProfile
 
-        cProfile.runctx(
-            "asyncio.run(main_coro())", globals(), locals(), f"{profile_to}.{args.role}"
-        )
-        return 0
-    asyncio.run(main_coro())
+            cProfile.runctx(
+                "runner.run(main_coro())", globals(), locals(), f"{profile_to}.{args.role}"
+            )
+            return 0
+        runner.run(main_coro())
     return 0
 
 
@@ -131,12 +132,27 @@ def _tune_gc() -> None:
     gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 
-def _use_uvloop() -> None:
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The daemon's event loop (ServerConfig.event_loop): uvloop's where it is installed (the
+    optional extra `smpp-bridge[uvloop]`), unless the configuration asks for the standard
+    library's; None is asyncio's default. A setting, not only an import that may or may not
+    succeed: an operator who suspects the loop can rule it out without reinstalling, and one who
+    wants uvloop is told at start that it is missing instead of running without it. The
+    simulator keeps asyncio's loop, so it weighs the same in a comparison with another gateway."""
+    if choice == "asyncio":
+        return None
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        if choice == "uvloop":
+            raise CliError(
+                "server.event_loop is uvloop, but uvloop is not installed in this Python "
+                f"({sys.executable}): pip install 'smpp-bridge[uvloop]' (or uvloop), or set "
+                "server.event_loop to auto"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

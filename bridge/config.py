@@ -339,6 +339,9 @@ class ServerConfig:
     instance: int = field(default=0, metadata=meta(between(0, 255), env="SMPP_BRIDGE_INSTANCE"))
     # Prometheus text format at GET /metrics on this port, open like /healthz (see README).
     metrics: bool = True
+    # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
+    # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
+    event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))
 
     def _problems(self) -> Problems:
         if self.instance >= self.instances:

@@ -325,6 +325,7 @@ async def run(args: argparse.Namespace) -> dict:
             "max_recipients": 1000,
             "workers": args.workers,
             **({} if args.acceptor_nice is None else {"acceptor_nice": args.acceptor_nice}),
+            **({} if args.event_loop is None else {"event_loop": args.event_loop}),
             "admin_token": "bench-admin-token-0123456789",
         },
         "store": store,
@@ -720,6 +721,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--workers", type=int, default=0, help="daemon HTTP acceptor processes")
     p.add_argument("--acceptor-nice", type=int, help="server.acceptor_nice (default: the daemon's)")
+    p.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        help="server.event_loop (default: the daemon's, uvloop where installed)",
+    )
     p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument(
         "--pg-dsn",
