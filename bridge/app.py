@@ -179,6 +179,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         self.store = store = open_store(cfg)
+        self.metrics.watch_store(self.role, store.write_lock_stats)
         if hasattr(store, "send_intermediate"):
             store.send_intermediate = cfg.webhooks.send_intermediate
         await store.open()

@@ -32,7 +32,7 @@ import os
 import shutil
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +48,7 @@ from prometheus_client import (
 )
 
 from bridge import tempdirs
+from bridge.store.base import WriteLockStats
 
 __all__ = [
     "CONTENT_TYPE",
@@ -240,6 +241,39 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # The SQLite store's one write lock, which every process of a daemon takes in turn to
+        # commit: the sum over roles of rate(held) is the share of time somebody holds it, and
+        # near 1 the store, not the CPU, is the bound (README "Sizing"). Read off the store at
+        # each flush (`watch_store`), not counted per write.
+        self.store_lock_held = Counter(
+            "smpp_bridge_store_write_lock_seconds",
+            "Seconds this role's processes held the SQLite store's write lock (writing batches "
+            "of jobs, or emptying the WAL): summed over roles, its rate is the share of the time "
+            "the store's one writer is busy",
+            ["role"],
+            registry=r,
+        )
+        self.store_lock_wait = Counter(
+            "smpp_bridge_store_write_lock_wait_seconds",
+            "Seconds this role's batches of writes waited for another process to release the "
+            "SQLite store's write lock",
+            ["role"],
+            registry=r,
+        )
+        self.store_commits = Counter(
+            "smpp_bridge_store_commits",
+            "SQLite transactions committed (each a batch of jobs: one fsync covers a group of "
+            "them), by role",
+            ["role"],
+            registry=r,
+        )
+        self.store_jobs = Counter(
+            "smpp_bridge_store_write_jobs",
+            "Writes committed in those transactions (an accept, a claim, a batch of submit "
+            "results or of receipts, ...), by role",
+            ["role"],
+            registry=r,
+        )
         # Gauges: filled just before a scrape (see the module docstring).
         self.smsc_up = Gauge(
             "smpp_bridge_smsc_up",
@@ -304,6 +338,8 @@ class Metrics:
         self._rtt: dict[str, _Pending] = {}
         self._lag: dict[str, _Pending] = {}
         self._smscs: set[str] = set()
+        self._store: tuple[str, Callable[[], WriteLockStats | None]] | None = None
+        self._store_seen = WriteLockStats(0.0, 0.0, 0, 0)
 
     # -- API -------------------------------------------------------------------------------------
     def request(self, endpoint: str, status: int, code: str) -> None:
@@ -366,6 +402,27 @@ class Metrics:
             if n:
                 self.purged_rows.labels(kind).inc(n)
 
+    # -- store -----------------------------------------------------------------------------------
+    def watch_store(self, role: str, stats: Callable[[], WriteLockStats | None]) -> None:
+        """Report this process's use of the store's write lock, read at each flush."""
+        self._store = (role, stats)
+
+    def _flush_store(self) -> None:
+        if self._store is None:
+            return
+        role, read = self._store
+        now = read()
+        if now is None:
+            return
+        seen, self._store_seen = self._store_seen, now
+        for family, delta in (
+            (self.store_lock_held, now.held_s - seen.held_s),
+            (self.store_lock_wait, now.wait_s - seen.wait_s),
+            (self.store_commits, now.commits - seen.commits),
+            (self.store_jobs, now.jobs - seen.jobs),
+        ):
+            family.labels(role).inc(max(0, delta))
+
     # -- flushing --------------------------------------------------------------------------------
     def flush(self) -> None:
         """Move the waiting observations into the prometheus values (in multi-process mode, the
@@ -395,6 +452,7 @@ class Metrics:
         self._accept.flush()
         for h in (*self._rtt.values(), *self._lag.values()):
             h.flush()
+        self._flush_store()
 
     async def flush_every(self, interval_s: float) -> None:
         """Multi-process mode: keep this process's files fresh for whichever process answers the

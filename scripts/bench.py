@@ -235,6 +235,54 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
         return await r.json()
 
 
+LOCK_FAMILIES = {
+    "smpp_bridge_store_write_lock_seconds": "held_s",
+    "smpp_bridge_store_write_lock_wait_seconds": "wait_s",
+    "smpp_bridge_store_commits": "commits",
+    "smpp_bridge_store_write_jobs": "jobs",
+}
+
+
+async def lock_use(session: aiohttp.ClientSession, port: int, settle: bool) -> dict[str, dict]:
+    """The SQLite store's write-lock counters by role, off the daemon's /metrics. `settle`: with
+    acceptor processes each process writes its values to its file once a second, so wait that
+    long for the owner's to catch up."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if settle:
+        await asyncio.sleep(1.2)
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    out: dict[str, dict] = {}
+    for family in text_string_to_metric_families(text):
+        key = LOCK_FAMILIES.get(family.name)
+        for sample in family.samples if key else ():
+            if sample.name.endswith("_total"):
+                role = out.setdefault(
+                    sample.labels["role"], dict.fromkeys(LOCK_FAMILIES.values(), 0)
+                )
+                role[key] += sample.value
+    return out
+
+
+def lock_summary(
+    before: dict[str, dict], after: dict[str, dict], seconds: float, messages: int
+) -> dict:
+    """Shares of the run each role held (and waited for) the write lock, and its cost."""
+    delta = {
+        role: {k: v - before.get(role, {}).get(k, 0) for k, v in values.items()}
+        for role, values in after.items()
+    }
+    held = sum(d["held_s"] for d in delta.values())
+    commits = sum(d["commits"] for d in delta.values())
+    return {
+        "held_share": {role: d["held_s"] / seconds for role, d in sorted(delta.items())},
+        "wait_share": {role: d["wait_s"] / seconds for role, d in sorted(delta.items())},
+        "held_us_per_msg": held / max(1, messages) * 1e6,
+        "jobs_per_commit": sum(d["jobs"] for d in delta.values()) / max(1, commits),
+    }
+
+
 async def wait_http(url: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
@@ -427,6 +475,10 @@ async def run(args: argparse.Namespace) -> dict:
                     if args.accept_only
                     else await get_json(s, f"http://127.0.0.1:{ctl_port}/stats")
                 )
+                # One store, one write lock: how busy it is tells whether it is the bound.
+                watch_lock = args.store == "sqlite" and not args.accept_only
+                if watch_lock:
+                    lock_before = await lock_use(s, ports[0], settle=args.workers > 0)
                 t0 = time.perf_counter()
                 # Wall and CPU seconds of the timed phases only: each round's requests are
                 # signed before its clock starts (as bench_kannel.py builds Kannel's), since
@@ -495,6 +547,16 @@ async def run(args: argparse.Namespace) -> dict:
                     )
                 t_total = spent.pop("wall")
                 t_accept = accept_s
+                lock = (
+                    lock_summary(
+                        lock_before,
+                        await lock_use(s, ports[0], settle=args.workers > 0),
+                        t_total,
+                        len(ids),
+                    )
+                    if watch_lock
+                    else None
+                )
                 daemon_cpu, owner_cpu = spent.pop("daemons"), spent.pop("owner")
             rss = hwm = 0.0
             for d in daemons:
@@ -561,6 +623,7 @@ async def run(args: argparse.Namespace) -> dict:
             "owner_cpu_us_per_msg": owner_cpu / max(1, len(ids)) * 1e6,
             "daemon_rss_mb": rss,
             "daemon_peak_rss_mb": hwm,
+            "store_write_lock": lock,
             "seconds": t_total,
             "rounds": per_round,
         }
@@ -684,6 +747,27 @@ def latency_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "accept -> final receipt p50 / p99 (ms)",
             f"{result['e2e_p50_ms']:.0f} / {result['e2e_p99_ms']:.0f}",
+        ),
+    ]
+
+
+def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
+    """The SQLite store's write lock: the share of the run each role held it (near 100% in all,
+    the store is the bound), and waited for it; its time per message, and batch size."""
+    if lock is None:
+        return []
+    held, wait = lock["held_share"], lock["wait_share"]
+    by_role = " / ".join(f"{role} {100 * share:.0f}" for role, share in held.items())
+    waits = " / ".join(f"{role} {100 * share:.0f}" for role, share in wait.items())
+    return [
+        (
+            "store write lock held, % of the run: all (by role)",
+            f"{100 * sum(held.values()):.0f}  ({by_role})",
+        ),
+        ("store write lock waited for, % of the run (by role)", waits),
+        (
+            "store write lock per message (us), writes per commit",
+            f"{lock['held_us_per_msg']:.0f}, {lock['jobs_per_commit']:.1f}",
         ),
     ]
 
@@ -814,6 +898,7 @@ def main() -> None:
             f"{result['daemon_cpu_us_per_msg']:.0f} / {result['owner_cpu_us_per_msg']:.0f}",
         ),
         cpu_row(result),
+        *lock_rows(result["store_write_lock"]),
         (
             "daemon RSS / peak (MB)",
             f"{result['daemon_rss_mb']:.0f} / {result['daemon_peak_rss_mb']:.0f}",

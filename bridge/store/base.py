@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from bridge.domain.admission import Pocket
 from bridge.domain.ledger import Entry
@@ -142,12 +142,28 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
+class WriteLockStats(NamedTuple):
+    """One process's use of the SQLite store's single write lock, since it opened the store:
+    seconds held (writing batches, emptying the WAL), seconds its batches waited for another
+    process to release it, commits, and jobs committed."""
+
+    held_s: float
+    wait_s: float
+    commits: int
+    jobs: int
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> bool: ...
     def write_problem(self) -> str | None:
         """Why writes fail now though reads work (a full disk), for /readyz; None if none."""
+        ...
+
+    def write_lock_stats(self) -> WriteLockStats | None:
+        """The SQLite write lock's use by this process (smpp_bridge_store_write_lock_*); None
+        for an engine without one lock for all writers (PostgreSQL)."""
         ...
 
     async def schema_version(self) -> int: ...

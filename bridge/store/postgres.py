@@ -62,6 +62,7 @@ from bridge.store.base import (
     WEBHOOK_BACKLOG,
     StoreClosedError,
     StoreError,
+    WriteLockStats,
 )
 from bridge.store.mo_rows import (
     MO_COLS,
@@ -467,6 +468,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     def write_problem(self) -> str | None:
         """The server's disk is the server's to watch: a full one fails writes (503) and ping."""
+        return None
+
+    def write_lock_stats(self) -> WriteLockStats | None:
+        """Row locks, not one lock for every writer: nothing to report (pg_stat_* tells more)."""
         return None
 
     async def ping(self) -> bool:

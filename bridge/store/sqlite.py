@@ -42,6 +42,7 @@ from bridge.store.base import (
     WEBHOOK_BACKLOG,
     WEBHOOK_RETENTION_MS,
     StoreError,
+    WriteLockStats,
 )
 from bridge.store.mo_rows import (
     MO_COLS,
@@ -156,6 +157,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     @property
     def commits(self) -> int:
         return self._runner.commits
+
+    def write_lock_stats(self) -> WriteLockStats | None:
+        r = self._runner
+        return WriteLockStats(
+            held_s=r.lock_held_s + r.ckpt_lock_held_s,
+            wait_s=r.lock_wait_s,
+            commits=r.commits,
+            jobs=r.jobs_done,
+        )
 
     # -- accounts and keys -----------------------------------------------------------------------
 

@@ -117,6 +117,12 @@ class SqliteRunner:
         self._lock_waiter: ThreadPoolExecutor | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self.lock_waits = 0
+        # Where the one writer's time goes (smpp_bridge_store_write_lock_*): seconds this process
+        # held the write lock writing batches, and, from its checkpoint thread (which alone adds
+        # to the second), emptying the WAL; seconds its batches waited while another held it.
+        self.lock_held_s = 0.0
+        self.ckpt_lock_held_s = 0.0
+        self.lock_wait_s = 0.0
         self.reruns = 0  # batches run again with savepoints after a bare job raised
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
         # The last write failed for a full disk, and none has committed since (see disk_full).
@@ -386,6 +392,7 @@ class SqliteRunner:
         fd = self._lock_fd
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
+        since = time.perf_counter()
 
         def locked(waiting: Future[None]) -> None:  # on the loop, once the thread has the lock
             if written.cancelled():  # no longer waited for: give the lock back, write nothing
@@ -393,6 +400,7 @@ class SqliteRunner:
                 return
             try:
                 waiting.result()
+                self.lock_wait_s += time.perf_counter() - since
                 try:
                     self._flush()
                 finally:
@@ -425,6 +433,13 @@ class SqliteRunner:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any], int, bool]]) -> None:
+        began = time.perf_counter()
+        try:
+            self._write_batch(batch)
+        finally:
+            self.lock_held_s += time.perf_counter() - began
+
+    def _write_batch(self, batch: list[tuple[Job, asyncio.Future[Any], int, bool]]) -> None:
         conn = self._conn
         assert conn is not None
         guard_all = False
@@ -564,6 +579,7 @@ class SqliteRunner:
             return  # the path names another file now (or none): copying our WAL there breaks it
         conn: sqlite3.Connection | None = None
         lock_fd: int | None = None
+        locked_at = 0.0
         try:
             if final:
                 conn = _checkpoint_connection(self._path)
@@ -579,6 +595,7 @@ class SqliteRunner:
                 return
             lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            locked_at = time.perf_counter()
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;
             # the WAL is then restarted at the next checkpoint.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
@@ -595,6 +612,8 @@ class SqliteRunner:
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the flock
+                if locked_at:
+                    self.ckpt_lock_held_s += time.perf_counter() - locked_at
             if final and conn is not None:
                 conn.close()
 

@@ -104,6 +104,7 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
     # 10 ms, under CI's load, the first part's receipt of the 3-part message once came first and
     # was counted unmatched, as it should be).
     d.sim.receipt_delay_ms = 300
+    t_before = time.monotonic()
     creds = await create_account(d, "metrics", status_callback_url=receiver.url)
     async with client_for(d.http_port, creds) as c:
         one = await c.send("+8613800138000", text="one GSM part", idempotency_key="k-one")
@@ -146,6 +147,16 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
     assert val(m, "smpp_bridge_webhook_deliveries_total", kind="status", outcome="delivered") == 2
     assert val(m, "smpp_bridge_mo_received_total", smsc="sim") == 1
     assert val(m, "smpp_bridge_window_in_use", smsc="sim") == 0
+    # The store's write lock (one process: role "all"): held for part of the time between the
+    # scrapes, by commits of at least the two accepts, a claim, the submit results, the receipts.
+    lock = "smpp_bridge_store_write_lock_seconds_total"
+    held = val(m, lock, role="all") - val(before, lock, role="all")
+    assert 0 < held < time.monotonic() - t_before
+    jobs = "smpp_bridge_store_write_jobs_total"
+    commits = "smpp_bridge_store_commits_total"
+    assert val(m, jobs, role="all") - val(before, jobs, role="all") >= 5
+    assert 0 < val(m, commits, role="all") - val(before, commits, role="all")
+    assert val(m, commits, role="all") <= val(m, jobs, role="all")
     # Every earlier scrape was counted too, by its route template (at least `before` and `m`).
     again = await metrics_of(d.http_port)
     scrapes = val(again, "smpp_bridge_api_requests_total", endpoint="GET /metrics", status="200",
@@ -400,6 +411,8 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
     files = tmp_path / "prom"
     monkeypatch.setenv(MULTIPROC_ENV, str(files))  # inherited by the daemon: files we can see
     proc = DaemonProcess(tmp_path, config_dict(tmp_path, server={"workers": 2}))
+    roles = ("owner", "acceptor")
+    started = time.monotonic()
     proc.start()
     try:
         await proc.wait_ready(30)
@@ -456,6 +469,12 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
             assert val(m, "smpp_bridge_receipts_total", smsc="sim", state="delivered") == n
             assert val(m, "smpp_bridge_binds_up", smsc="sim") == 1
             assert val(m, "smpp_bridge_window_size", smsc="sim") == 50
+            # The write lock by role: the acceptors committed the n accepts, the owner the
+            # claims, results and receipts; their time held adds up to less than the run's.
+            jobs = {r: val(m, "smpp_bridge_store_write_jobs_total", role=r) for r in roles}
+            assert jobs["acceptor"] >= n and jobs["owner"] >= 3
+            held = [val(m, "smpp_bridge_store_write_lock_seconds_total", role=r) for r in roles]
+            assert all(h > 0 for h in held) and sum(held) < time.monotonic() - started
             # Merged, not repeated per process: one sample per label set, no "pid" label.
             assert not any("pid" in dict(labels) for _name, labels in m)
         # Three processes wrote counters, and the accepts really were split between acceptors.

@@ -10,6 +10,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from bridge.store import sqlite_runner
@@ -114,6 +115,40 @@ async def test_loop_keeps_running_while_a_checkpoint_holds_the_lock(tmp_path: Pa
     c = sqlite3.connect(db)
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2
     c.close()
+    await runner.close()
+
+
+async def test_the_write_lock_is_timed_held_and_waited_for(tmp_path: Path) -> None:
+    """The counters behind smpp_bridge_store_write_lock_*: a job that takes 0.2 s holding the
+    lock adds at least that to the time held; a write that waits 0.3 s for another holder adds
+    at least that to the time waited, and nothing to the time held; commits and jobs count."""
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db)
+    runner.start(_setup)
+    await runner.write(_insert(0))
+    assert runner.lock_held_s > 0 and runner.lock_wait_s == 0
+    assert (runner.commits, runner.jobs_done) == (1, 1)
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t (k) VALUES ('slow')")
+        time.sleep(0.2)
+
+    held = runner.lock_held_s
+    await asyncio.gather(runner.write(slow), runner.write(_insert(2)))  # one batch of two
+    assert 0.2 <= runner.lock_held_s - held < 1.0
+    assert (runner.commits, runner.jobs_done) == (2, 3)
+    held = runner.lock_held_s
+    holder = os.open(str(db) + ".writelock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's batch
+    release = threading.Timer(0.3, fcntl.flock, (holder, fcntl.LOCK_UN))
+    release.start()
+    try:
+        await asyncio.wait_for(runner.write(_insert(3)), 5)
+    finally:
+        release.join()
+        os.close(holder)
+    assert 0.3 <= runner.lock_wait_s < 1.5
+    assert runner.lock_held_s - held < 0.2  # the wait is not counted as holding
     await runner.close()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
+from bridge.store.base import WriteLockStats
 
 
 def samples(m: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -44,6 +45,28 @@ def test_submit_hook_counts_status_throttles_and_round_trips() -> None:
     assert v(m, "smpp_bridge_submit_rtt_seconds_bucket", smsc="a", le="0.005") == 2
     assert v(m, "smpp_bridge_submit_rtt_seconds_bucket", smsc="a", le="0.25") == 3
     assert v(m, "smpp_bridge_submit_rtt_seconds_count", smsc="b") == 0
+
+
+def test_the_store_write_lock_counters_move_by_what_the_store_reports_since() -> None:
+    """Read off the store at each flush: the counters move by the difference since the last read
+    (the store's own totals start at 0 when it opens), never backwards."""
+    m = Metrics()
+    now = WriteLockStats(held_s=0.25, wait_s=0.0, commits=3, jobs=7)
+    m.watch_store("acceptor", lambda: now)
+    assert v(m, "smpp_bridge_store_write_lock_seconds_total", role="acceptor") == 0.25
+    now = WriteLockStats(held_s=1.0, wait_s=0.5, commits=10, jobs=40)
+    m.flush()
+    assert v(m, "smpp_bridge_store_write_lock_seconds_total", role="acceptor") == 1.0
+    assert v(m, "smpp_bridge_store_write_lock_wait_seconds_total", role="acceptor") == 0.5
+    assert v(m, "smpp_bridge_store_commits_total", role="acceptor") == 10
+    assert v(m, "smpp_bridge_store_write_jobs_total", role="acceptor") == 40
+    assert v(m, "smpp_bridge_store_write_jobs_total", role="owner") == 0
+
+
+def test_an_engine_without_one_write_lock_reports_no_lock_series() -> None:
+    m = Metrics()
+    m.watch_store("all", lambda: None)  # PostgreSQL
+    assert not [k for k in samples(m) if k[0].startswith("smpp_bridge_store_")]
 
 
 def test_api_receipt_webhook_and_billing_counters() -> None:
