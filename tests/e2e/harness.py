@@ -272,3 +272,14 @@ class DaemonProcess:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.terminate(5)
+
+    async def account(self, name: str) -> dict[str, str]:
+        """A prepaid raw-text account made with the CLI against this daemon's store, as an
+        operator would: its key and secret."""
+        cmd = [sys.executable, "-m", "bridge.cli", "account", "create", name, "--raw-text",
+               "--topup", "100000", "--config", str(self.path)]  # fmt: skip
+        p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+        out, _ = await p.communicate()
+        assert p.returncode == 0
+        data = json.loads(out)
+        return {"app_key": data["app_key"], "app_secret": data["app_secret"]}

@@ -7,7 +7,6 @@ test that starts `smpp-bridge run` as a process runs it on uvloop, the default w
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -32,18 +31,8 @@ def _loops(log: Path) -> list[tuple[str, str]]:
     return re.findall(pattern, log.read_text())
 
 
-async def _account(proc: DaemonProcess) -> dict[str, str]:
-    cmd = [sys.executable, "-m", "bridge.cli", "account", "create", "loop", "--raw-text",
-           "--topup", "100000", "--config", str(proc.path)]  # fmt: skip
-    p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
-    out, _ = await p.communicate()
-    assert p.returncode == 0
-    data = json.loads(out)
-    return {"app_key": data["app_key"], "app_secret": data["app_secret"]}
-
-
 async def _delivered(proc: DaemonProcess, n: int) -> None:
-    creds = await _account(proc)
+    creds = await proc.account("loop")
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
         BridgeClient(f"http://127.0.0.1:{proc.port}", **creds, session=session) as c,

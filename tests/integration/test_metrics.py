@@ -428,7 +428,7 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
             lambda: [os.getpriority(os.PRIO_PROCESS, k) for k in kids] == [base + 5, base + 5],
             10,
         )
-        creds = await _account_via_cli(proc)
+        creds = await proc.account("mp")
         n = 12
         fresh = aiohttp.TCPConnector(force_close=True)  # a new connection, so either acceptor
         async with (
@@ -491,13 +491,3 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
     finally:
         rc = proc.terminate(30)
     assert rc == 0, proc.log.read_text()[-3000:]
-
-
-async def _account_via_cli(proc: DaemonProcess) -> dict[str, str]:
-    cmd = [sys.executable, "-m", "bridge.cli", "account", "create", "mp", "--raw-text",
-           "--topup", "100000", "--config", str(proc.path)]  # fmt: skip
-    p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
-    out, _ = await p.communicate()
-    assert p.returncode == 0
-    data = json.loads(out)
-    return {"app_key": data["app_key"], "app_secret": data["app_secret"]}
