@@ -137,8 +137,9 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     optional extra `smpp-bridge[uvloop]`), unless the configuration asks for the standard
     library's; None is asyncio's default. A setting, not only an import that may or may not
     succeed: an operator who suspects the loop can rule it out without reinstalling, and one who
-    wants uvloop is told at start that it is missing instead of running without it. The
-    simulator keeps asyncio's loop, so it weighs the same in a comparison with another gateway."""
+    wants uvloop is told at start that it is missing instead of running without it. `smpp-bridge
+    sim` keeps asyncio's loop, so the simulator weighs the same in a comparison with another
+    gateway (the built-in one, `sim.enabled`, runs on the daemon's loop)."""
     if choice == "asyncio":
         return None
     try:
