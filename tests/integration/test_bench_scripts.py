@@ -58,6 +58,26 @@ def test_bench_smpp_under_a_tps_limit_sends_every_part_at_that_rate() -> None:
     assert float(m.group(1).replace(",", "")) <= float(m.group(2).replace(",", "")), out
 
 
+def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> None:
+    # The script asserts every accept was accepted (a refusal exits non-zero); the batch size it
+    # reports is the group commit it asked for (the other connection's commits between batches
+    # are not the runner's).
+    for kind in ("gsm1", "ucs3"):
+        out = _run(
+            "scripts/bench_store.py", "--requests", "300", "--batch", "10", "--shared",
+            "--kind", kind,
+        )  # fmt: skip
+        rows = dict(re.findall(r"^  (.+?)\s{2,}([0-9.]+)$", out, re.M))
+        assert set(rows) == {
+            "write lock per accept (us)",
+            "CPU per accept, all (us)",
+            "accepts per commit",
+        }, out
+        assert float(rows["write lock per accept (us)"]) > 0, out
+        assert float(rows["CPU per accept, all (us)"]) > 0, out
+        assert float(rows["accepts per commit"]) == 10, out
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.
