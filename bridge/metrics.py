@@ -253,6 +253,13 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.store_lock_cpu = Counter(
+            "smpp_bridge_store_write_lock_cpu_seconds",
+            "CPU seconds the holding thread used while it held the SQLite store's write lock: "
+            "the rest of the time held, it waited for a CPU (cores full) or for the disk",
+            ["role"],
+            registry=r,
+        )
         self.store_lock_wait = Counter(
             "smpp_bridge_store_write_lock_wait_seconds",
             "Seconds this role's batches of writes waited for another process to release the "
@@ -417,6 +424,7 @@ class Metrics:
         seen, self._store_seen = self._store_seen, now
         for family, delta in (
             (self.store_lock_held, now.held_s - seen.held_s),
+            (self.store_lock_cpu, now.cpu_s - seen.cpu_s),
             (self.store_lock_wait, now.wait_s - seen.wait_s),
             (self.store_commits, now.commits - seen.commits),
             (self.store_jobs, now.jobs - seen.jobs),

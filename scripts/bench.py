@@ -238,6 +238,7 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
 LOCK_FAMILIES = {
     "smpp_bridge_store_write_lock_seconds": "held_s",
     "smpp_bridge_store_write_lock_wait_seconds": "wait_s",
+    "smpp_bridge_store_write_lock_cpu_seconds": "cpu_s",
     "smpp_bridge_store_commits": "commits",
     "smpp_bridge_store_write_jobs": "jobs",
 }
@@ -276,6 +277,7 @@ def lock_summary(
     held = sum(d["held_s"] for d in delta.values())
     commits = sum(d["commits"] for d in delta.values())
     return {
+        "on_cpu_share": sum(d["cpu_s"] for d in delta.values()) / max(held, 1e-9),
         "held_share": {role: d["held_s"] / seconds for role, d in sorted(delta.items())},
         "wait_share": {role: d["wait_s"] / seconds for role, d in sorted(delta.items())},
         "held_us_per_msg": held / max(1, messages) * 1e6,
@@ -753,7 +755,8 @@ def latency_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
     """The SQLite store's write lock: the share of the run each role held it (near 100% in all,
-    the store is the bound), and waited for it; its time per message, and batch size."""
+    the store is the bound), and waited for it; its time per message, the share of that time
+    the holder was on a CPU (the rest it waited for one, or for the disk), and batch size."""
     if lock is None:
         return []
     held, wait = lock["held_share"], lock["wait_share"]
@@ -766,8 +769,9 @@ def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
         ),
         ("store write lock waited for, % of the run (by role)", waits),
         (
-            "store write lock per message (us), writes per commit",
-            f"{lock['held_us_per_msg']:.0f}, {lock['jobs_per_commit']:.1f}",
+            "store write lock per message (us), on CPU %, writes per commit",
+            f"{lock['held_us_per_msg']:.0f}, {100 * lock['on_cpu_share']:.0f}, "
+            f"{lock['jobs_per_commit']:.1f}",
         ),
     ]
 

@@ -145,12 +145,14 @@ def is_unavailable(exc: BaseException) -> bool:
 class WriteLockStats(NamedTuple):
     """One process's use of the SQLite store's single write lock, since it opened the store:
     seconds held (writing batches, emptying the WAL), seconds its batches waited for another
-    process to release it, commits, and jobs committed."""
+    process to release it, commits, jobs committed, and the CPU seconds the holding thread used
+    while it held the lock."""
 
     held_s: float
     wait_s: float
     commits: int
     jobs: int
+    cpu_s: float = 0.0
 
 
 class Store(Protocol):

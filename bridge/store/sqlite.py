@@ -165,6 +165,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             wait_s=r.lock_wait_s,
             commits=r.commits,
             jobs=r.jobs_done,
+            cpu_s=r.lock_cpu_s + r.ckpt_lock_cpu_s,
         )
 
     # -- accounts and keys -----------------------------------------------------------------------

@@ -152,6 +152,8 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
     lock = "smpp_bridge_store_write_lock_seconds_total"
     held = val(m, lock, role="all") - val(before, lock, role="all")
     assert 0 < held < time.monotonic() - t_before
+    cpu = "smpp_bridge_store_write_lock_cpu_seconds_total"
+    assert 0 < val(m, cpu, role="all") - val(before, cpu, role="all") <= held
     jobs = "smpp_bridge_store_write_jobs_total"
     commits = "smpp_bridge_store_commits_total"
     assert val(m, jobs, role="all") - val(before, jobs, role="all") >= 5

@@ -119,9 +119,10 @@ async def test_loop_keeps_running_while_a_checkpoint_holds_the_lock(tmp_path: Pa
 
 
 async def test_the_write_lock_is_timed_held_and_waited_for(tmp_path: Path) -> None:
-    """The counters behind smpp_bridge_store_write_lock_*: a job that takes 0.2 s holding the
-    lock adds at least that to the time held; a write that waits 0.3 s for another holder adds
-    at least that to the time waited, and nothing to the time held; commits and jobs count."""
+    """The counters behind smpp_bridge_store_write_lock_*: a job that sleeps 0.2 s holding the
+    lock adds at least that to the time held and little to its CPU time; one that computes for
+    0.1 s of CPU adds that to both; a write that waits 0.3 s for another holder adds at least
+    that to the time waited, and nothing to the time held; commits and jobs count."""
     db = tmp_path / "r.db"
     runner = SqliteRunner(db)
     runner.start(_setup)
@@ -131,12 +132,22 @@ async def test_the_write_lock_is_timed_held_and_waited_for(tmp_path: Path) -> No
 
     def slow(c: sqlite3.Connection) -> None:
         c.execute("INSERT INTO t (k) VALUES ('slow')")
-        time.sleep(0.2)
+        time.sleep(0.2)  # off the CPU: held, not on CPU
 
-    held = runner.lock_held_s
+    def busy(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t (k) VALUES ('busy')")
+        t = time.thread_time()
+        while time.thread_time() - t < 0.1:  # on the CPU
+            pass
+
+    held, cpu = runner.lock_held_s, runner.lock_cpu_s
     await asyncio.gather(runner.write(slow), runner.write(_insert(2)))  # one batch of two
     assert 0.2 <= runner.lock_held_s - held < 1.0
-    assert (runner.commits, runner.jobs_done) == (2, 3)
+    assert runner.lock_cpu_s - cpu < 0.1
+    held, cpu = runner.lock_held_s, runner.lock_cpu_s
+    await runner.write(busy)
+    assert 0.1 <= runner.lock_cpu_s - cpu <= runner.lock_held_s - held
+    assert (runner.commits, runner.jobs_done) == (3, 4)
     held = runner.lock_held_s
     holder = os.open(str(db) + ".writelock", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)  # another process's batch

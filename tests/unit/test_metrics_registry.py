@@ -54,9 +54,10 @@ def test_the_store_write_lock_counters_move_by_what_the_store_reports_since() ->
     now = WriteLockStats(held_s=0.25, wait_s=0.0, commits=3, jobs=7)
     m.watch_store("acceptor", lambda: now)
     assert v(m, "smpp_bridge_store_write_lock_seconds_total", role="acceptor") == 0.25
-    now = WriteLockStats(held_s=1.0, wait_s=0.5, commits=10, jobs=40)
+    now = WriteLockStats(held_s=1.0, wait_s=0.5, commits=10, jobs=40, cpu_s=0.75)
     m.flush()
     assert v(m, "smpp_bridge_store_write_lock_seconds_total", role="acceptor") == 1.0
+    assert v(m, "smpp_bridge_store_write_lock_cpu_seconds_total", role="acceptor") == 0.75
     assert v(m, "smpp_bridge_store_write_lock_wait_seconds_total", role="acceptor") == 0.5
     assert v(m, "smpp_bridge_store_commits_total", role="acceptor") == 10
     assert v(m, "smpp_bridge_store_write_jobs_total", role="acceptor") == 40
