@@ -9,8 +9,8 @@ acceptors, so the lock's time per message bounds the daemon; but the machine's n
 more between hours) hides a cut of a few microseconds there. This drives the real `SqliteStore`
 with the accepts `bench.py`'s requests make (one recipient, a nonce, an idempotency key, the
 prepaid charge under the default tariff), `--batch` of them per commit as the group commit forms
-them, and prints the lock's time per accept from the runner's own counter
-(`smpp_bridge_store_write_lock_seconds_total`) and the process's CPU per accept. `--shared`
+them, and prints the lock's time per accept from the store's own counter (`write_lock_stats`,
+behind `smpp_bridge_store_write_lock_seconds_total`) and the process's CPU per accept. `--shared`
 commits a row from a second connection between batches, as another process of a `--workers`
 daemon does: each batch then starts with SQLite's page cache emptied, as it does there. Compare
 two trees by running this script from each (it imports the `bridge` beside it).
@@ -88,20 +88,20 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
             rules=Rules(charges=charges, billing=True, tz="Asia/Shanghai"),
         )
 
-    runner = store._runner
     held0, cpu_s, done, commits = 0.0, 0.0, 0, 0
     warm = min(2_000, args.requests // 5)
     for first in range(0, args.requests + warm, args.batch):
         batches = [batch_of(first + j) for j in range(args.batch)]  # built outside the timing
         if other is not None:
             other.execute("INSERT INTO bench_other VALUES (1)")
-        c0, h0, n0 = time.process_time(), runner.lock_held_s, runner.commits
+        c0, s0 = time.process_time(), store.write_lock_stats()
         outs = await asyncio.gather(*(store.accept(b, now + first) for b in batches))
         if first >= warm:
             cpu_s += time.process_time() - c0
-            held0 += runner.lock_held_s - h0
+            s1 = store.write_lock_stats()
+            held0 += s1.held_s - s0.held_s
             done += len(batches)
-            commits += runner.commits - n0
+            commits += s1.commits - s0.commits
         assert all(o.accepted for o in outs), [o for o in outs if not o.accepted][:1]
     await store.close()
     if other is not None:
