@@ -24,6 +24,7 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.accounts import AccountService
+from bridge.aio import wait_event
 from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
@@ -540,8 +541,7 @@ class Daemon:
                 self._failures.ok("heartbeat")
             # At most one extra write per HEARTBEAT_GAP_S while binds flap.
             await asyncio.sleep(HEARTBEAT_GAP_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._binds_changed.wait(), 1.0 - HEARTBEAT_GAP_S)
+            await wait_event(self._binds_changed, 1.0 - HEARTBEAT_GAP_S)
 
     async def _sweeper(self) -> None:
         """Validity expiry, receipt timeouts, abandoned claims, stale MO parts, monthly

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from bridge import logs
+from bridge.aio import wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
@@ -213,7 +214,7 @@ class Dispatcher:
             # many messages, not one per freed slot.
             if free <= 0 or (self._inflight and free < max(1, self.window() // 4)):
                 self._slot_freed.clear()
-                await _wait(self._slot_freed, self.idle_s * 4)
+                await wait_event(self._slot_freed, self.idle_s * 4)
                 continue
             now_ms = int(self.clock() * 1000)
             claiming = self._claiming = asyncio.get_running_loop().create_future()
@@ -240,7 +241,7 @@ class Dispatcher:
             self._failures.ok("claim")
             if not work:
                 self._wake.clear()
-                await _wait(self._wake, self.idle_s)
+                await wait_event(self._wake, self.idle_s)
                 continue
             if self._stopping:  # stop() began during the claim: these go back unsent
                 at = int(self.clock() * 1000)
@@ -611,7 +612,8 @@ class Dispatcher:
             connector.refuse_new()
         if self._claiming is not None:  # a claim under way hands its messages back (run())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._claiming), grace_s)
+                async with asyncio.timeout(grace_s):
+                    await asyncio.shield(self._claiming)
         if self._inflight:
             _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
             for task in pending:
@@ -637,10 +639,3 @@ def _sent(
     """The result of a part the SMSC accepted, with its id as given and as receipts will name it."""
     raw = out.message_id or ""
     return SubmitResult(mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at)
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        pass

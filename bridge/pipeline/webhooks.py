@@ -22,6 +22,7 @@ import aiohttp
 
 from bridge import callback_urls, jsonio, logs
 from bridge.accounts import AccountService
+from bridge.aio import wait_event
 from bridge.api import signing
 from bridge.api.views import iso, status_report
 from bridge.compat import aliyun_reports
@@ -176,11 +177,7 @@ class WebhookSender:
                     continue
                 self._failures.ok("claiming webhooks")
                 if not jobs:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                    except TimeoutError:
-                        pass
-                    else:
+                    if await wait_event(self._wake, self.poll_s):
                         await asyncio.sleep(self.gather_s)
                     continue
                 # Leased here from now on, not from when their task starts: a clock shift

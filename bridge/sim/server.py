@@ -353,7 +353,8 @@ class SimSmsc:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
             self._server = None
         for handle in (self._timer, self._sweeper):
             if handle is not None:
@@ -422,7 +423,8 @@ class SimSmsc:
             self._forget(sess)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
             if task is not None:
                 self._tasks.discard(task)
 

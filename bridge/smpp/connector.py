@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol
 
 from asyncio_throttle import Throttler
 
+from bridge.aio import wait_event
 from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, EncodeError, ShortMessage
@@ -393,8 +394,7 @@ class Connector:
         self._stop_event.set()
         self._idle = asyncio.Event()
         self._check_idle()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace_s)
+        await wait_event(self._idle, grace_s)
         self._closing = True
         for b in self._binds:
             self._pump(b)  # waiters see _closing and give up
@@ -465,8 +465,7 @@ class Connector:
                 # Still set by a bind that just went down (its clean-up has not run yet): it
                 # answered False at once, and a part found no bind instead of waiting for one.
                 self._up_event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._up_event.wait(), left)
+            await wait_event(self._up_event, left)
         return True
 
     def snapshot(self) -> dict[str, Any]:
@@ -896,8 +895,7 @@ class Connector:
         assert self._stop_event is not None
         while not self._stopping:
             if self.bind_gate is not None and not await self.bind_gate.acquire(b.index):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_event.wait(), SLOT_POLL_S)
+                await wait_event(self._stop_event, SLOT_POLL_S)
                 continue
             proto: SmppProtocol | None = None
             wait: float | None = None
@@ -974,8 +972,7 @@ class Connector:
             base = wait if wait is not None else delay
             delay = min(delay * 2, cfg.reconnect_max_s)
             sleep_s = max(cfg.reconnect_min_s * 0.5, base * random.uniform(0.75, 1.0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), sleep_s)
+            await wait_event(self._stop_event, sleep_s)
 
     async def _hold(self, b: _Bind, proto: SmppProtocol) -> str:
         """Wait until the bind closes. With a gate, give the bind up as soon as its slot is no

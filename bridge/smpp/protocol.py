@@ -239,7 +239,8 @@ class SmppProtocol(asyncio.Protocol):
             self.close_reason = self.close_reason or "closed before bound"
             self._transport.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self.closed)
         except TimeoutError:
             self.abort("unbind timed out")
             await asyncio.shield(self.closed)
@@ -433,8 +434,8 @@ async def open_bind(
 ) -> SmppProtocol:
     """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp."""
     loop = asyncio.get_running_loop()
-    _, proto = await asyncio.wait_for(
-        loop.create_connection(
+    async with asyncio.timeout(connect_timeout):
+        _, proto = await loop.create_connection(
             lambda: SmppProtocol(session, on_deliver, name=name),
             host,
             port,
@@ -443,7 +444,5 @@ async def open_bind(
             # Closing a TLS link waits for the peer's close_notify: on a dead link 30 s by
             # default, with the slot neither up nor reconnecting.
             ssl_shutdown_timeout=TLS_SHUTDOWN_S if ssl_context is not None else None,
-        ),
-        connect_timeout,
-    )
+        )
     return proto

@@ -456,7 +456,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await self._confirm.close()
             pool, self._pool = self._pool, None
             try:  # a partition would hold a graceful close for as long as it lasts
-                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await pool.close()
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 

@@ -209,7 +209,8 @@ class Confirmer:
             watch = self._watch
             assert watch is not None
             try:
-                await asyncio.wait_for(watch.execute(_FLUSH), FLUSH_TIMEOUT_S)
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    await watch.execute(_FLUSH)
             except BaseException:
                 watch.terminate()  # the next confirm opens a new watch: held batches unproven
                 raise
@@ -298,7 +299,8 @@ class Confirmer:
             watch, self._watch = self._watch, None
             if done:  # the server answers: a graceful goodbye
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(watch.close(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await watch.close()
             watch.terminate()
 
 

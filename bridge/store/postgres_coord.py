@@ -52,6 +52,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from bridge.aio import wait_event
 from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
 from bridge.store.postgres_tx import session_settings
 
@@ -200,7 +201,8 @@ class Coordinator:
         self._yielding.clear()
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
+                async with asyncio.timeout(5):
+                    await conn.close()
 
     @property
     def healthy(self) -> bool:
@@ -476,8 +478,7 @@ class Coordinator:
         delay = 0.5
         while not self._stopping:
             if self._healthy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._lost_event.wait(), self.poll_s)
+                await wait_event(self._lost_event, self.poll_s)
             else:
                 await asyncio.sleep(delay)
             self._lost_event.clear()
