@@ -96,7 +96,10 @@ def _one_sql(history: str | None, prefixes: int) -> str:
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
         f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
         "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to), "
-        f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})), "
+        # Only with a list loaded: one probe per prefix of the number (11 for a Chinese
+        # mobile) cost 5.7 of this statement's 15.6 µs with no list at all.
+        "CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
+        f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})) ELSE 0 END, "
         f"{hist}, "
         "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
         "WHERE account_id=a.id AND :pockets) "

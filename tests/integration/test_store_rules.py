@@ -405,6 +405,21 @@ REFUSALS = [
 ]
 
 
+async def test_a_do_not_contact_list_blocks_from_its_import_to_its_deletion(store: Store) -> None:
+    """One recipient, one statement: the prefixes are looked up only while some list is loaded
+    (sqlite_rules._one_sql), so the same send passes with no list, is refused once a list
+    covers the number, passes beside a list that does not, and passes again once it is gone."""
+    await funded(store, 10_000)
+    assert (await send(store, message("m_1"))).accepted
+    await store.import_dnc(DncInfo("L1", "l", "CN", 0, 1, NOW), [], ["+86138"])
+    out = await send(store, message("m_2"))
+    assert out.refusal is not None and out.refusal.code == "RECIPIENT_BLOCKED"
+    assert (await send(store, message("m_3", CN2))).accepted  # +86139: not covered
+    assert await store.delete_dnc("L1")
+    assert (await send(store, message("m_4"))).accepted
+    assert [m.id for m in await store.list_messages("acc_a")] == ["m_4", "m_3", "m_1"]
+
+
 @pytest.mark.parametrize("case", REFUSALS)
 async def test_each_refusal_leaves_nothing_written(store: Store, case: str) -> None:
     m, rules, now = await _refusal_case(store, case)
