@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import contextlib
+import faulthandler
+import gc
+import io
+import os
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,58 @@ def pytest_configure(config: pytest.Config) -> None:
     ~0.2 s of CPU per process (py_compile writes whatever that variable says)."""
     if not hasattr(config, "workerinput"):  # the controller (or a run without -n): once
         compileall.compile_dir(Path(bridge.__file__).parent, quiet=1)
+    limit = float(config.getini("timeout") or 0)
+    if limit > TASK_DUMP_BEFORE_S:
+        threading.Thread(
+            target=_watch_for_hangs, args=(config, limit - TASK_DUMP_BEFORE_S), daemon=True
+        ).start()
+
+
+# -- hung tests --------------------------------------------------------------------------------
+# pytest-timeout ends a hung test's worker, but under xdist its report goes nowhere (a worker's
+# terminal is not the run's), and an asyncio test hangs in the loop's select, which says nothing.
+# Shortly before, this writes to the run's own stderr (capture suspended, as pdb does) every
+# thread's stack and the stack of each task of every running event loop: how CI's hang in
+# Daemon.stop (waiting on a heartbeat that had lost its cancel) was found.
+# (tests/integration/test_hang_report.py sets it lower, to hang for seconds, not a minute)
+TASK_DUMP_BEFORE_S = float(os.environ.get("SMPP_BRIDGE_TEST_DUMP_BEFORE_S", "30"))
+_running: dict[str, Any] = {}
+
+
+def _hang_report(name: str, seconds: float) -> str:
+    out = io.StringIO()
+    print(f"\n+++ {name} still running after {seconds:.0f} s: its stacks +++", file=out)
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+            for task in asyncio.all_tasks(obj):
+                print(f"- task {task!r}", file=out)
+                task.print_stack(limit=20, file=out)
+    return out.getvalue()
+
+
+def _watch_for_hangs(config: pytest.Config, limit_s: float) -> None:
+    dumped = None
+    while True:
+        time.sleep(1.0)
+        test, since = _running.get("test"), _running.get("since", 0.0)
+        if test is None or test == dumped or time.monotonic() - since < limit_s:
+            continue
+        dumped = test
+        report = _hang_report(test, time.monotonic() - since)
+        capman = config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            sys.stderr.write(report)
+            sys.stderr.flush()
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    _running.update(test=item.nodeid, since=time.monotonic())
+    try:
+        return (yield)
+    finally:
+        _running["test"] = None
 
 
 def run_async(coro: Any) -> Any:
