@@ -68,6 +68,10 @@ OWNER_PID_ENV = "SMPP_BRIDGE_OWNER_PID"
 
 # How long stop() waits for a reload under way before it stops the pipeline anyway.
 RELOAD_WAIT_S = 10.0
+# How long stop() waits for its background tasks to end once cancelled. They end at once; one
+# that does not (a cancel lost, as Python 3.11's asyncio.wait_for lost the heartbeat's) is
+# logged by name and left, so that the store is still closed and the process exits.
+TASK_STOP_S = 5.0
 # The shortest gap between two heartbeat writes: a bind change is published this soon.
 HEARTBEAT_GAP_S = 0.1
 
@@ -110,6 +114,25 @@ def reference_lane(
     if lanes == 1 or lanes > 256 or not 0 <= instance < instances:
         return None
     return instance * per + lane, lanes
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], wait_s: float) -> None:
+    """Cancel the tasks and wait for them, at most `wait_s`: a task that ignores its cancel is
+    logged by name instead of holding the stop forever."""
+    for t in tasks:
+        t.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=wait_s)
+    for t in done:
+        if not t.cancelled():
+            t.exception()  # retrieved, as gather(return_exceptions=True) did: each logs its own
+    for t in pending:
+        log.error(
+            "task %s did not end within %g s of its cancel; stopping without it",
+            t.get_name(),
+            wait_s,
+        )
 
 
 class Daemon:
@@ -719,9 +742,7 @@ class Daemon:
             await self.inbound.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_all(self._tasks, TASK_STOP_S)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._aliyun_runner is not None:
