@@ -184,8 +184,11 @@ class Coordinator:
         for task in (self._watcher, self._notifier):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                # Not `suppress(CancelledError): await task`, which would also swallow a cancel
+                # of this stop itself arriving meanwhile.
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved, as the suppress did: it is ending anyway
         conn, self._conn = self._conn, None
         if conn is not None and self._healthy and self._held:
             # Our binds are closed: the others need not wait for us to unbind (see orphan_s).

@@ -234,3 +234,18 @@ def test_claims_are_taken_back_only_after_a_cut_off_instance_has_unbound() -> No
 
     coord = Coordinator("postgresql://unused", "inst-a")  # the daemon's defaults
     assert coord.orphan_s * 1000 < DEAD_AFTER_MS
+
+
+async def test_a_cancel_of_stop_while_it_waits_for_its_watcher_is_passed_on(dsn: str) -> None:
+    """stop() awaited its cancelled watcher under suppress(CancelledError), which also swallowed
+    a cancel of the stop itself arriving meanwhile: the caller's cancel was lost and the stop
+    went on. Now the cancel ends the stop, and a second stop finishes the job."""
+    a = Coordinator(dsn, "a", poll_s=60, grace_s=0.5)
+    await a.start()
+    stopping = asyncio.create_task(a.stop())
+    await asyncio.sleep(0)  # inside stop(): the watcher cancelled, stop waiting for it to end
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await a.stop()  # the rest of the stop: the connection closed, the locks released
+    assert a._conn is None
