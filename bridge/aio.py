@@ -12,6 +12,8 @@ a time-out still ends the task. `asyncio.wait_for` is banned in `bridge/` (ruff 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import Any
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
@@ -25,3 +27,21 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def cancel_and_wait(
+    tasks: Collection[asyncio.Task[Any]], wait_s: float | None = None
+) -> set[asyncio.Task[Any]]:
+    """Cancel the tasks and wait for them to end, at most `wait_s` (None: as long as it takes);
+    returns those still running. The outcome of each that ended is retrieved, as
+    `gather(return_exceptions=True)` does. Unlike `suppress(CancelledError): await task`, a
+    cancel of the caller arriving meanwhile propagates."""
+    for t in tasks:
+        t.cancel()
+    if not tasks:
+        return set()
+    done, pending = await asyncio.wait(tasks, timeout=wait_s)
+    for t in done:
+        if not t.cancelled():
+            t.exception()  # retrieved: a task that failed has logged it already
+    return pending

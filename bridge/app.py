@@ -24,7 +24,7 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.accounts import AccountService
-from bridge.aio import wait_event
+from bridge.aio import cancel_and_wait, wait_event
 from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
@@ -114,25 +114,6 @@ def reference_lane(
     if lanes == 1 or lanes > 256 or not 0 <= instance < instances:
         return None
     return instance * per + lane, lanes
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]], wait_s: float) -> None:
-    """Cancel the tasks and wait for them, at most `wait_s`: a task that ignores its cancel is
-    logged by name instead of holding the stop forever."""
-    for t in tasks:
-        t.cancel()
-    if not tasks:
-        return
-    done, pending = await asyncio.wait(tasks, timeout=wait_s)
-    for t in done:
-        if not t.cancelled():
-            t.exception()  # retrieved, as gather(return_exceptions=True) did: each logs its own
-    for t in pending:
-        log.error(
-            "task %s did not end within %g s of its cancel; stopping without it",
-            t.get_name(),
-            wait_s,
-        )
 
 
 class Daemon:
@@ -742,7 +723,12 @@ class Daemon:
             await self.inbound.drain()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        await _cancel_all(self._tasks, TASK_STOP_S)
+        for t in await cancel_and_wait(self._tasks, TASK_STOP_S):
+            log.error(
+                "task %s did not end within %g s of its cancel; stopping without it",
+                t.get_name(),
+                TASK_STOP_S,
+            )
         if self._runner is not None:
             await self._runner.cleanup()
         if self._aliyun_runner is not None:

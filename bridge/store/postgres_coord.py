@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from bridge.aio import wait_event
+from bridge.aio import cancel_and_wait, wait_event
 from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
 from bridge.store.postgres_tx import session_settings
 
@@ -181,14 +181,8 @@ class Coordinator:
         """Close the connection: every lock this instance holds is released with it. Call after
         the connectors stopped (their binds are closed), so no slot is ever bound twice."""
         self._stopping = True
-        for task in (self._watcher, self._notifier):
-            if task is not None:
-                task.cancel()
-                # Not `suppress(CancelledError): await task`, which would also swallow a cancel
-                # of this stop itself arriving meanwhile.
-                await asyncio.wait([task])
-                if not task.cancelled():
-                    task.exception()  # retrieved, as the suppress did: it is ending anyway
+        # A cancel of this stop itself, arriving meanwhile, is passed on (see cancel_and_wait).
+        await cancel_and_wait([t for t in (self._watcher, self._notifier) if t is not None])
         conn, self._conn = self._conn, None
         if conn is not None and self._healthy and self._held:
             # Our binds are closed: the others need not wait for us to unbind (see orphan_s).

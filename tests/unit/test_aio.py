@@ -5,12 +5,13 @@ it at Daemon.stop, its heartbeat looping on with its cancel spent)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bridge.aio import wait_event
+from bridge.aio import cancel_and_wait, wait_event
 
 
 async def _loop_until_cancelled(
@@ -85,3 +86,30 @@ async def test_it_says_whether_the_event_came() -> None:
     assert await wait_event(event, 0) is True  # already set: no wait at all
     event.clear()
     assert await wait_event(event, 0) is False
+
+
+async def test_cancel_and_wait_returns_what_did_not_end_and_passes_a_cancel_on() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    async def failed() -> None:
+        raise ValueError("already failed")
+
+    quick, stuck, bad = (asyncio.create_task(c()) for c in (asyncio.Event().wait, stubborn, failed))
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([quick, stuck, bad], 0.05) == {stuck}
+    assert quick.cancelled() and isinstance(bad.exception(), ValueError)
+    # The caller cancelled while it waits without a limit: the cancel reaches it.
+    waiting = asyncio.create_task(cancel_and_wait([stuck]))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    stuck.cancel()
+    await asyncio.wait([stuck], timeout=1)
+    assert stuck.done()
