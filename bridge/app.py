@@ -227,6 +227,13 @@ class Daemon:
         if multiprocess_dir():  # another process may answer the scrape: keep our files fresh
             self._tasks.append(loop.create_task(self.metrics.flush_every(1.0), name="metrics"))
 
+    def _bind_changed(self) -> None:
+        """The heartbeat writes the change; a bind up may make parked messages routable, so the
+        dispatcher claims now instead of at the end of its idle backoff."""
+        self._binds_changed.set()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
     def _wake_dispatcher(self, _n: int = 0) -> None:
         """Work was accepted by this instance (or its acceptor processes)."""
         if self.dispatcher is not None:
@@ -275,6 +282,7 @@ class Daemon:
             claim_batch=cfg.pipeline.claim_batch,
             in_flight_windows=cfg.pipeline.in_flight_windows,
             idle_s=cfg.pipeline.dispatch_idle_ms / 1000,
+            idle_max_s=cfg.pipeline.dispatch_idle_max_ms / 1000,
             clock=self.clock,
         )
         self.webhooks = WebhookSender(
@@ -407,7 +415,7 @@ class Daemon:
         assert self.inbound is not None
         connector = Connector(smsc, self.inbound.on_deliver)
         connector.on_submit = self.metrics.on_submit
-        connector.on_bind_change = self._binds_changed.set
+        connector.on_bind_change = self._bind_changed
         if self.coord is not None:  # the configured binds are shared with the other instances
             connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
         return connector

@@ -495,6 +495,11 @@ class PipelineConfig:
     receipt_timeout_hours: int = field(default=72, metadata=meta(between(1, 720)))
     mo_reassembly_timeout_s: float = field(default=300.0, metadata=meta(between(1, 86_400)))
     dispatch_idle_ms: int = field(default=50, metadata=meta(between(1, 10_000)))
+    # While claims keep finding nothing, the poll slows from dispatch_idle_ms to this: an idle
+    # owner made ~20 claim transactions a second (60% of its idle CPU). New work, a bind coming
+    # up and the dispatcher's own retries still wake it at once; a scheduled send may go out up
+    # to this much after its time.
+    dispatch_idle_max_ms: int = field(default=1000, metadata=meta(between(1, 60_000)))
     # Messages in flight per window slot of the live binds. Above 1, messages waiting for their
     # results' commit, or sending their parts one after another, do not leave the window idle;
     # a crash resends at most this many windows of messages per bind.

@@ -118,6 +118,7 @@ class Dispatcher:
         claim_batch: int = 500,
         in_flight_windows: int = 2,
         idle_s: float = 0.05,
+        idle_max_s: float = 1.0,
         lease_ms: int = 300_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -129,6 +130,9 @@ class Dispatcher:
         self.claim_batch = claim_batch
         self.in_flight_windows = in_flight_windows
         self.idle_s = idle_s
+        self.idle_max_s = idle_max_s
+        self._empty_claims = 0  # claims in a row that found nothing, and were not woken
+        self._due_ms: int | None = None  # the earliest retry this dispatcher released
         self.lease_ms = lease_ms
         self.clock = clock
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -184,7 +188,9 @@ class Dispatcher:
             self.claim_batch = pipeline.claim_batch
             self.in_flight_windows = pipeline.in_flight_windows
             self.idle_s = pipeline.dispatch_idle_ms / 1000
+            self.idle_max_s = pipeline.dispatch_idle_max_ms / 1000
             self._slot_freed.set()  # a larger limit: claim now
+        self.wake()  # un-park and claim under the new routes now, not after an idle backoff
 
     def wake(self, _n: int = 0) -> None:
         """New work was accepted: claim now rather than at the next idle tick."""
@@ -241,8 +247,10 @@ class Dispatcher:
             self._failures.ok("claim")
             if not work:
                 self._wake.clear()
-                await wait_event(self._wake, self.idle_s)
+                woken = await wait_event(self._wake, self._idle_wait(now_ms))
+                self._empty_claims = 0 if woken else self._empty_claims + 1
                 continue
+            self._empty_claims = 0
             if self._stopping:  # stop() began during the claim: these go back unsent
                 at = int(self.clock() * 1000)
                 for m in work:
@@ -254,6 +262,20 @@ class Dispatcher:
                 self._inflight_ids[task] = msg.id
                 self._inflight_by_id[msg.id] = task
                 task.add_done_callback(self._done)
+
+    def _idle_wait(self, claimed_at_ms: int) -> float:
+        """How long to wait for a wake after a claim at `claimed_at_ms` found nothing: the poll
+        interval, doubled for each empty claim in a row up to `idle_max_s`, and never past the
+        earliest retry this dispatcher released (those are due at a known time; nothing wakes
+        for them). A retry due by the claim's time was seen by it (taken by another instance,
+        or cancelled): forgotten."""
+        if self._due_ms is not None and self._due_ms <= claimed_at_ms:
+            self._due_ms = None
+        ceiling = max(self.idle_s, self.idle_max_s)
+        wait = min(self.idle_s * 2 ** min(self._empty_claims, 20), ceiling)
+        if self._due_ms is not None:
+            wait = min(wait, (self._due_ms - claimed_at_ms) / 1000)
+        return wait
 
     def _parking_now(self) -> tuple[_Park, list[str]]:
         """What the next claim parks (`Router.parker`) and the routes whose parked messages it
@@ -525,6 +547,9 @@ class Dispatcher:
         would leave the messages claimed and their parts resent after a restart)."""
         results = [i for i in items if isinstance(i, SubmitResult)]
         releases = [i for i in items if isinstance(i, Release)]
+        if releases and not self._stopping:
+            due = min(r.not_before for r in releases)
+            self._due_ms = due if self._due_ms is None else min(self._due_ms, due)
         delays = iter((0.05, 0.2, 0.5, 1.0, 2.0, 5.0))
         while True:
             try:

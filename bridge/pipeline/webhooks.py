@@ -104,6 +104,7 @@ class WebhookSender:
         *,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.2,
+        idle_max_s: float = 1.0,
         gather_s: float = 0.05,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -116,6 +117,11 @@ class WebhookSender:
         self.config = config
         self.clock = clock
         self.poll_s = poll_s
+        # While claims find nothing and nothing wakes it, the poll doubles up to this: an idle
+        # owner claimed 5 times a second for ever. Reports queued here wake it; a retry or a
+        # replay falls due at most this late.
+        self.idle_max_s = idle_max_s
+        self._empty_claims = 0
         # Woken (receipts queued reports), the sender waits this long before it claims, so
         # that a POST carries what a burst of receipts queued rather than each batch's few.
         self.gather_s = gather_s
@@ -177,9 +183,15 @@ class WebhookSender:
                     continue
                 self._failures.ok("claiming webhooks")
                 if not jobs:
-                    if await wait_event(self._wake, self.poll_s):
+                    ceiling = max(self.poll_s, self.idle_max_s)
+                    wait = min(self.poll_s * 2 ** min(self._empty_claims, 20), ceiling)
+                    if await wait_event(self._wake, wait):
+                        self._empty_claims = 0
                         await asyncio.sleep(self.gather_s)
+                    else:
+                        self._empty_claims += 1
                     continue
+                self._empty_claims = 0
                 # Leased here from now on, not from when their task starts: a clock shift
                 # running meanwhile must not move the lease their results are written under.
                 self.leased.update(j.id for j in jobs)

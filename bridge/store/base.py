@@ -346,8 +346,10 @@ class Store(Protocol):
         """Submit results and releases. With `instance`, a release applies only to a message that
         instance still holds: one whose claim another instance took back is not requeued under
         its new owner (results are recorded regardless: those parts did leave). Returns how many
-        status reports it queued (a message the SMSC refused ends here), as `apply_receipts`
-        counts its own: the owner wakes its webhook sender for them."""
+        status reports it queued (a message the SMSC refused ends here, and with
+        `webhooks.send_intermediate` the "sent" ones), as `apply_receipts` counts its own: the
+        owner wakes its webhook sender for them. (A "sent" report the sender reaches only after
+        the message's receipt is not pushed, so waiting for its poll lost most of them.)"""
         ...
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...

@@ -446,11 +446,11 @@ async def rollup_messages(
         await postgres_rules.refund_finals(c, billed, now)
     queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
-        await enqueue_sent_webhooks(c, sent, now)
+        queued += await enqueue_sent_webhooks(c, sent, now)
     return queued
 
 
-async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> None:
+async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> int:
     """webhooks.send_intermediate: a report when every part was accepted by the SMSC. Only the
     message id is stored; the sender renders the report when it pushes it (see the SQLite
     engine's)."""
@@ -461,7 +461,7 @@ async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now:
         list(sent),
     )
     if not rows:
-        return
+        return 0
     await c.execute(
         "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
         "next_attempt_at, created_at) "
@@ -472,6 +472,7 @@ async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now:
         [r[1] for r in rows],
         now,
     )
+    return len(rows)
 
 
 async def enqueue_status_webhooks(

@@ -114,11 +114,11 @@ def rollup_messages(
         sqlite_rules.refund_finals(c, billed, now)
     queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
-        enqueue_sent_webhooks(c, sent, now)
+        queued += enqueue_sent_webhooks(c, sent, now)
     return queued
 
 
-def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> None:
+def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> int:
     """webhooks.send_intermediate: a report when every part was accepted by the SMSC. Only the
     message id is stored: the sender renders the report when it pushes it, from the message as
     it is then (a snapshot kept an erased number in clear, and was pushed after the final
@@ -135,6 +135,7 @@ def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], no
             "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
             rows,
         )
+    return len(rows)
 
 
 def _status_urls(c: sqlite3.Connection, accounts: set[str]) -> dict[str, str | None]:

@@ -195,9 +195,11 @@ async def test_an_account_with_a_down_backlog_does_not_take_another_accounts_tur
 
 
 def _dispatcher(store: Store, conns: dict[str, SlotWaitConnector], router: Router, clock: Clock):
+    # A steady 10 ms poll (idle_max_s): these tests count claims, and flip a connector up
+    # without the daemon's wake on a bind change (test_dispatcher_idle covers the backoff).
     return Dispatcher(
         store, conns, router, {n: _smsc(n) for n in conns},  # type: ignore[arg-type]
-        instance="inst-1", idle_s=0.01, in_flight_windows=2, clock=clock,
+        instance="inst-1", idle_s=0.01, idle_max_s=0.01, in_flight_windows=2, clock=clock,
     )  # fmt: skip
 
 
