@@ -442,8 +442,12 @@ class SqliteRunner:
         try:
             self._write_batch(batch)
         finally:
-            self.lock_held_s += time.perf_counter() - began
-            self.lock_cpu_s += time.thread_time() - cpu
+            # The CPU clock is read after the wall clock, at both ends: capped at the time held,
+            # or the sum ran ~0.1 µs a batch ahead of it (the CPU time exceeded the held time by
+            # 9 µs over one test's ~100 batches in a loaded run).
+            held = time.perf_counter() - began
+            self.lock_held_s += held
+            self.lock_cpu_s += min(time.thread_time() - cpu, held)
 
     def _write_batch(self, batch: list[tuple[Job, asyncio.Future[Any], int, bool]]) -> None:
         conn = self._conn
@@ -619,8 +623,9 @@ class SqliteRunner:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the flock
                 if locked_at:
-                    self.ckpt_lock_held_s += time.perf_counter() - locked_at
-                    self.ckpt_lock_cpu_s += time.thread_time() - locked_cpu
+                    held = time.perf_counter() - locked_at
+                    self.ckpt_lock_held_s += held
+                    self.ckpt_lock_cpu_s += min(time.thread_time() - locked_cpu, held)
             if final and conn is not None:
                 conn.close()
 

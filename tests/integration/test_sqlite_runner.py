@@ -163,6 +163,26 @@ async def test_the_write_lock_is_timed_held_and_waited_for(tmp_path: Path) -> No
     await runner.close()
 
 
+async def test_the_lock_cpu_time_never_exceeds_the_time_held(tmp_path: Path) -> None:
+    """Batches that only compute: on a CPU the whole time held. The CPU clock was read just
+    after the wall clock at both ends, so each batch added a little more CPU time than time
+    held, and over ~100 batches the CPU total passed the held total (in a loaded test run, by
+    9 µs), which a dashboard dividing one by the other shows as more than 100% on a CPU."""
+    runner = SqliteRunner(tmp_path / "r.db", linger_ms=0, max_batch=1)
+    runner.start(_setup)
+
+    def compute(c: sqlite3.Connection) -> None:
+        t = time.thread_time()
+        while time.thread_time() - t < 0.0002:
+            pass
+
+    for _ in range(2000):
+        await runner.write(compute, durable=False)
+        assert runner.lock_cpu_s <= runner.lock_held_s, (runner.lock_cpu_s, runner.lock_held_s)
+    assert runner.lock_cpu_s > 0.4  # 2000 x 0.2 ms on a CPU, all counted
+    await runner.close()
+
+
 async def test_a_cancelled_lock_wait_gives_the_lock_back(tmp_path: Path) -> None:
     """If the batch waiting for the write lock is cancelled while its thread is still in
     flock(), the thread gets the lock later: it must be released, or every writer waits."""
