@@ -9,10 +9,11 @@ on PostgreSQL each is a query per instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,13 @@ class Recording:
         return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
 
 
-def _dispatcher(store: Store, conn: Recording, idle_s: float, idle_max_s: float) -> Dispatcher:
-    return Dispatcher(
+@contextlib.asynccontextmanager
+async def running(
+    store: Store, conn: Recording, idle_s: float, idle_max_s: float
+) -> AsyncIterator[Dispatcher]:
+    """A dispatcher for an account without messages yet, on the one SMSC `conn`."""
+    await store.create_account(account())
+    d = Dispatcher(
         store,
         {"t1": conn},  # type: ignore[dict-item]
         Router([], ["t1"]),
@@ -93,6 +99,12 @@ def _dispatcher(store: Store, conn: Recording, idle_s: float, idle_max_s: float)
         idle_s=idle_s,
         idle_max_s=idle_max_s,
     )
+    task = asyncio.create_task(d.run())
+    try:
+        yield d
+    finally:
+        await d.stop(1.0)
+        task.cancel()
 
 
 class Claims:
@@ -127,12 +139,8 @@ class Claims:
 
 
 async def test_an_idle_dispatcher_backs_off_and_a_wake_still_claims_at_once(store: Store) -> None:
-    await store.create_account(account())
-    claims = Claims(store)
-    conn = Recording()
-    d = _dispatcher(store, conn, idle_s=0.01, idle_max_s=5.0)
-    task = asyncio.create_task(d.run())
-    try:
+    claims, conn = Claims(store), Recording()
+    async with running(store, conn, idle_s=0.01, idle_max_s=5.0) as d:
         await asyncio.sleep(1.2)
         # Waits of 10, 20, 40 ... 640 ms: about 8 claims in 1.2 s; a steady 10 ms poll made ~120.
         assert 2 <= len(claims) <= 10, len(claims)
@@ -150,19 +158,13 @@ async def test_an_idle_dispatcher_backs_off_and_a_wake_still_claims_at_once(stor
         n = len(claims)
         await asyncio.sleep(0.3)
         assert len(claims) - n >= 3, claims.began[n:]
-    finally:
-        await d.stop(1.0)
-        task.cancel()
 
 
 async def test_a_retry_it_released_is_claimed_when_due_not_after_the_backoff(store: Store) -> None:
     """NO_BIND releases the message for 1 s. Polls of 0.3 s doubling would next claim at about
     0.3, 0.9 and 2.1 s after it: the retry's due time cuts the wait, so it goes at about 1 s."""
-    await store.create_account(account())
     conn = Recording(refuse=1)
-    d = _dispatcher(store, conn, idle_s=0.3, idle_max_s=30.0)
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(store, conn, idle_s=0.3, idle_max_s=30.0) as d:
         await accept(store, message("m1", at=int(time.time() * 1000)))
         d.wake()
         await wait_until(lambda: len(conn.sends) >= 2, 5.0, 0.01)
@@ -173,18 +175,11 @@ async def test_a_retry_it_released_is_claimed_when_due_not_after_the_backoff(sto
             return (await get(store, "m1")).state == "sent"
 
         await wait_until(sent, 5.0)
-    finally:
-        await d.stop(1.0)
-        task.cancel()
 
 
 async def test_a_reload_wakes_the_dispatcher_and_sets_the_ceiling(store: Store) -> None:
-    await store.create_account(account())
-    claims = Claims(store)
-    conn = Recording()
-    d = _dispatcher(store, conn, idle_s=0.01, idle_max_s=30.0)
-    task = asyncio.create_task(d.run())
-    try:
+    claims, conn = Claims(store), Recording()
+    async with running(store, conn, idle_s=0.01, idle_max_s=30.0) as d:
         await claims.after(7)  # the next claim is 0.64 s away
         n = len(claims)
         d.reconfigure(
@@ -198,9 +193,6 @@ async def test_a_reload_wakes_the_dispatcher_and_sets_the_ceiling(store: Store) 
         await asyncio.sleep(1.0)  # the old ceiling would have let the waits reach 0.64 s
         waits = claims.waits(n)
         assert len(waits) >= 5 and max(waits) < 0.2, waits
-    finally:
-        await d.stop(1.0)
-        task.cancel()
 
 
 async def test_sent_reports_count_as_queued_reports_so_the_sender_is_woken(store: Store) -> None:
