@@ -29,6 +29,13 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
     return True
 
 
+def idle_wait_s(poll_s: float, max_s: float, empty: int) -> float:
+    """How long a poller waits for a wake after `empty` polls in a row found nothing and were
+    not woken: `poll_s`, doubled for each, up to `max_s` (never below `poll_s`). Idle, the
+    dispatcher and the webhook sender polled at a fixed 50 and 200 ms for ever."""
+    return min(poll_s * 2 ** min(empty, 20), max(poll_s, max_s))
+
+
 async def cancel_and_wait(
     tasks: Collection[asyncio.Task[Any]], wait_s: float | None = None
 ) -> set[asyncio.Task[Any]]:

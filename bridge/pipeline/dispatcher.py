@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from bridge import logs
-from bridge.aio import wait_event
+from bridge.aio import idle_wait_s, wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
@@ -271,8 +271,7 @@ class Dispatcher:
         or cancelled): forgotten."""
         if self._due_ms is not None and self._due_ms <= claimed_at_ms:
             self._due_ms = None
-        ceiling = max(self.idle_s, self.idle_max_s)
-        wait = min(self.idle_s * 2 ** min(self._empty_claims, 20), ceiling)
+        wait = idle_wait_s(self.idle_s, self.idle_max_s, self._empty_claims)
         if self._due_ms is not None:
             wait = min(wait, (self._due_ms - claimed_at_ms) / 1000)
         return wait

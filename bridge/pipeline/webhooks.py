@@ -22,7 +22,7 @@ import aiohttp
 
 from bridge import callback_urls, jsonio, logs
 from bridge.accounts import AccountService
-from bridge.aio import wait_event
+from bridge.aio import idle_wait_s, wait_event
 from bridge.api import signing
 from bridge.api.views import iso, status_report
 from bridge.compat import aliyun_reports
@@ -183,8 +183,7 @@ class WebhookSender:
                     continue
                 self._failures.ok("claiming webhooks")
                 if not jobs:
-                    ceiling = max(self.poll_s, self.idle_max_s)
-                    wait = min(self.poll_s * 2 ** min(self._empty_claims, 20), ceiling)
+                    wait = idle_wait_s(self.poll_s, self.idle_max_s, self._empty_claims)
                     if await wait_event(self._wake, wait):
                         self._empty_claims = 0
                         await asyncio.sleep(self.gather_s)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bridge.aio import cancel_and_wait, wait_event
+from bridge.aio import cancel_and_wait, idle_wait_s, wait_event
 
 
 async def _loop_until_cancelled(
@@ -113,3 +113,11 @@ async def test_cancel_and_wait_returns_what_did_not_end_and_passes_a_cancel_on()
     stuck.cancel()
     await asyncio.wait([stuck], timeout=1)
     assert stuck.done()
+
+
+def test_idle_wait_doubles_from_the_poll_up_to_the_ceiling() -> None:
+    assert [idle_wait_s(0.05, 1.0, n) for n in range(7)] == [
+        0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0
+    ]  # fmt: skip
+    assert idle_wait_s(0.05, 1.0, 10_000) == 1.0  # no overflow however long it idles
+    assert idle_wait_s(2.0, 1.0, 0) == idle_wait_s(2.0, 1.0, 5) == 2.0  # never below the poll
