@@ -8,7 +8,9 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The uvloop extra: the event loop `server.event_loop: auto` takes when installed (README,
+# Architecture 15: a median 5% less CPU per message).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[uvloop]'
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \

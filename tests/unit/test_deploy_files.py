@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,19 @@ def test_the_image_runs_as_a_non_root_user_from_a_slim_base() -> None:
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert any(line.startswith("ENTRYPOINT") and "smpp-bridge" in line for line in final)
+
+
+def test_the_image_and_the_unit_install_the_uvloop_extra_pyproject_defines() -> None:
+    # The daemon takes uvloop when it is installed (server.event_loop: auto); the image built
+    # its wheels from `.` alone, so it ran on asyncio's loop while the tests ran on uvloop.
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert any(req.startswith("uvloop") for req in extras["uvloop"])
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    builds = [line for line in text.splitlines() if line.startswith("RUN pip wheel")]
+    assert builds and all("'.[uvloop]'" in line for line in builds), builds
+    unit = (REPO / "config" / "smpp-bridge.service").read_text()
+    assert "pip install 'smpp-bridge[uvloop]'" in unit
 
 
 def _healthcheck_argv() -> list[str]:
