@@ -607,6 +607,11 @@ class Dispatcher:
                 log.warning("recording late submit results failed; retrying", exc_info=True)
                 await asyncio.sleep(delay)
         self.late_accepted += n
+        if n and self.on_reports is not None:
+            # A recorded part may have queued a report ("sent", or final with a receipt that
+            # was waiting for it); the store counts those only for record_submits, and late
+            # answers are rare, so a wake that finds nothing costs one claim.
+            self.on_reports()
         log.info(
             "late submit_sm_resp: %d of %d parts recorded sent (the rest were claimed again)",
             n,

@@ -303,10 +303,11 @@ async def test_the_connector_reports_only_late_acceptances_with_the_parts_contex
 class _LateOnlyStore:
     def __init__(self) -> None:
         self.recorded: list[list[LateAccept]] = []
+        self.answer: int | None = None  # parts recorded; None: all of them
 
     async def record_late_submits(self, items: list[LateAccept], now: int) -> int:
         self.recorded.append(items)
-        return len(items)
+        return len(items) if self.answer is None else self.answer
 
 
 async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_task() -> None:
@@ -329,6 +330,24 @@ async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_task() -
     await d._late.drain()
     assert recorded == [[LateAccept("m0", 2, SMSC, "12107289", "00B8BE19")]]
     assert d.late_accepted == 1
+
+
+async def test_recorded_late_parts_wake_the_webhook_sender_and_none_recorded_do_not() -> None:
+    """A recorded late part can queue a report ("sent" with webhooks.send_intermediate, or the
+    final one when its receipt came first): the sender is woken for it, as after
+    record_submits, instead of finding it at its idle poll (up to a second later)."""
+    cfg = SmscConfig(name=SMSC, system_id="t", password="t")
+    fake = _LateOnlyStore()
+    d = Dispatcher(fake, {}, Router([], [SMSC]), {SMSC: cfg}, instance="inst-1")  # type: ignore[arg-type]
+    woken: list[int] = []
+    d.on_reports = lambda: woken.append(d.late_accepted)
+    d._on_late(LateSubmit(SMSC, ("m0", 1), C.ESME_ROK, "a1"))
+    await d._late.drain()
+    assert woken == [1]
+    fake.answer = 0  # the message was claimed again: nothing recorded, nothing to push
+    d._on_late(LateSubmit(SMSC, ("m1", 1), C.ESME_ROK, "a2"))
+    await d._late.drain()
+    assert len(fake.recorded) == 2 and woken == [1]
 
 
 # ------------------------------------------------------------------------- review: edges
