@@ -229,12 +229,15 @@ class DaemonProcess:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.path)],
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        # The child has its own copy of the log's descriptor: ours closes at once (left open, the
+        # file object was closed by the garbage collector in a later test: a ResourceWarning).
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
         import aiohttp

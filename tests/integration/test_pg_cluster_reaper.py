@@ -42,6 +42,8 @@ def test_a_killed_runs_cluster_is_stopped_and_removed(pg_cluster: Cluster) -> No
     finally:
         os.kill(child.pid, signal.SIGKILL)  # as a killed pytest: no teardown runs
         child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     root = os.path.dirname(datadir)
     assert accepts(int(port)), "the orphan's server runs on"
     reaped = reap_orphans(pg_cluster.bindir)

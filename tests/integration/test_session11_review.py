@@ -635,6 +635,9 @@ def test_a_live_daemon_in_another_pid_namespace_keeps_its_directory(tmp_path: Pa
     finally:
         proc.kill()
         proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 # ==================================================================================================
@@ -747,12 +750,13 @@ async def test_acceptors_started_with_the_workers_flag_draw_from_lanes(
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     path = _write_yaml(tmp_path / "d" / "bridge.yaml")  # no server.workers: 0
     log = tmp_path / "d" / "daemon.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "--config", str(path), "--workers", "2"],
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with open(log, "ab") as out:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(path), "--workers", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     lanes: dict[int, list[int]] = {}
     try:
         await wait_until(lambda: len(re.findall(r"acceptor \d started", log.read_text())) >= 2, 30)
@@ -1249,12 +1253,13 @@ async def test_every_call_the_daemon_makes_passes_the_filter(
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     creds = json.loads(creds_out.stdout)
-    tracer = subprocess.Popen(
-        ["strace", "-f", "-qq", "-c", "-o", str(run_trace), sys.executable, "-m", "bridge.cli",
-         "run", "--config", str(d.path)],
-        stdout=open(d.log, "ab"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    with open(d.log, "ab") as out:  # the child keeps its own copy
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-c", "-o", str(run_trace), sys.executable, "-m",
+             "bridge.cli", "run", "--config", str(d.path)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     try:
         d.proc = tracer  # wait_ready checks the process is alive
         await d.wait_ready(40)

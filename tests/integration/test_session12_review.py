@@ -790,3 +790,5 @@ def test_sweep_once_in_a_fresh_process_removes_the_dead_keeps_the_live(tmp_path:
         assert live.stdin is not None
         live.stdin.close()
         live.wait(10)
+        if live.stdout is not None:
+            live.stdout.close()

@@ -152,11 +152,12 @@ class SimProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "sim", "--config", str(self.path),
-             "--port", str(self.port), "--control-port", str(self.control)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
+        with open(self.log, "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "sim", "--config", str(self.path),
+                 "--port", str(self.port), "--control-port", str(self.control)],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(),
+            )  # fmt: skip
 
         async def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()

@@ -32,6 +32,7 @@ while True:
 def _start(code: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    proc.stdout.close()  # it writes nothing more; left open, the pipe was a ResourceWarning
     return proc
 
 

@@ -209,6 +209,7 @@ def test_the_health_check_needs_no_curl_and_fails_when_nothing_answers() -> None
             )
     finally:
         server.shutdown()
+        server.server_close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/healthz"
