@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_port
+
 DSN_ENV = "SMPP_BRIDGE_TEST_PG_DSN"
 CI_ENV = "SMPP_BRIDGE_CI"
 
@@ -55,12 +57,6 @@ def find_bindir() -> Path | None:
         if (c / "initdb").exists() and (c / "pg_ctl").exists():
             return c
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

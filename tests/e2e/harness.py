@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,25 +23,11 @@ from bridge.accounts import AccountService
 from bridge.api import signing
 from bridge.client import BridgeClient
 from bridge.config import Config, parse_config
+from tests.ports import free_port
 from tests.sending import TEST_INTERNATIONAL, ready_to_send
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never one this process handed out before: the kernel may give
-    a just-closed ephemeral port again, and one config with the same port twice is refused."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

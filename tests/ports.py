@@ -1,0 +1,68 @@
+"""Ports for the servers that tests configure before they start them (daemons, simulators,
+PostgreSQL clusters): a port must be named in a config file, so it is chosen, then bound later by
+another process.
+
+Why not the kernel's `bind(port 0)`: that hands out ports of the ephemeral range, the same range
+every outgoing connection and every in-process test server (`start_server(port=0)`) draws from.
+Between our choice and the child's bind, another test could get the same port: CI failed twice
+in one run on it (a daemon's "address already in use", and a test's SMPP peer, bound to port 0,
+receiving another test's readiness `GET /readyz`). So ports here come from below the ephemeral
+range, in one block per xdist worker, handed out in turn, each checked free when handed out.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+_BLOCKS = 8
+_BLOCK = 1_400
+_SPAN = _BLOCKS * _BLOCK
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def _block() -> range | None:
+    """This process's block, or None where there is no room below the ephemeral range."""
+    low = _ephemeral_low()
+    if low - _SPAN < 10_000:
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    digits = worker[2:]
+    n = int(digits) if worker.startswith("gw") and digits.isdigit() else _BLOCKS - 1
+    start = low - _SPAN + (n % _BLOCKS) * _BLOCK
+    return range(start, start + _BLOCK)
+
+
+_RANGE = _block()
+_next = random.randrange(_BLOCK)  # two runs one after the other start at different ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:  # no SO_REUSEADDR: a port with connections in TIME_WAIT is skipped
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port, not handed out again by this process until its block of 1,400 wraps."""
+    global _next
+    if _RANGE is not None:
+        for _ in range(_BLOCK):
+            port = _RANGE[_next % _BLOCK]
+            _next += 1
+            if _bindable(port):
+                return port
+    with socket.socket() as s:  # no room below the ephemeral range, or the block is all taken
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
