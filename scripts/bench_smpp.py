@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,23 +27,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import free_port  # scripts/ is the script's own folder
+
 from bridge.config import parse_config
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import Connector
-
-
-def free_port() -> int:
-    """A port for a server this script starts as a child process. From the checkout's
-    tests/ports.py when there is one: run by the test suite beside other tests, a port the kernel
-    picks (port 0) could go to another test's connection before the child binds it."""
-    try:
-        from tests.ports import free_port as below_ephemeral
-    except ImportError:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-    return below_ephemeral()
 
 
 async def wait_port(port: int, timeout: float = 20) -> None:
