@@ -54,6 +54,9 @@ def _bindable(port: int) -> bool:
     return True
 
 
+_HANDED_OUT: set[int] = set()  # by the kernel's choice (the fallback below)
+
+
 def free_port() -> int:
     """A free port, not handed out again by this process until its block of 1,400 wraps."""
     global _next
@@ -63,6 +66,13 @@ def free_port() -> int:
             _next += 1
             if _bindable(port):
                 return port
-    with socket.socket() as s:  # no room below the ephemeral range, or the block is all taken
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # No room below the ephemeral range, or the block is all taken: the kernel's choice, never
+    # one handed out before (it may give a just-closed port again, and one config naming the
+    # same port twice is refused), as the e2e harness's own free_port did.
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port

@@ -37,3 +37,11 @@ def test_ports_are_not_handed_out_twice_and_a_bound_one_is_skipped() -> None:
         taken.listen()
         port = ports.free_port()
     assert port != upcoming and port in ports._RANGE
+
+
+def test_without_room_below_the_range_the_kernels_ports_are_not_handed_out_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ports, "_RANGE", None)
+    given = [ports.free_port() for _ in range(200)]
+    assert len(set(given)) == 200
