@@ -101,6 +101,17 @@ def _num(v: Any) -> str:
     return str(int(v)) if isinstance(v, int | float) else "-"
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _rate(m: Mapping[str, Any]) -> float:
+    for key in ("tps_avg", "tps"):
+        if _is_num(m.get(key)):
+            return float(m[key])
+    return 0.0
+
+
 def render(s: DaemonStatus) -> str:
     """A compact table; one line per SMSC, then the queue and throughput."""
     lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
@@ -144,6 +155,10 @@ def render(s: DaemonStatus) -> str:
         "  "
         + ", ".join(f"{k} {v.get('parts', 0)}" for k, v in states.items() if isinstance(v, dict))
     )
-    total = sum(m.get("tps", 0) or 0 for m in s.smscs)
-    lines.append(f"throughput: {_num(total)} submits/s over the last second, all SMSCs")
+    # The 10 s average: the last whole second alone reads 0 whenever one passes without a
+    # submit (bursts, an overloaded machine). An older daemon has no tps_avg: its tps then.
+    total = sum(_rate(m) for m in s.smscs)
+    averaged = all(_is_num(m.get("tps_avg")) for m in s.smscs)
+    span = "the last 10 s" if averaged else "the last second"
+    lines.append(f"throughput: {_num(round(total, 1))} submits/s over {span}, all SMSCs")
     return "\n".join(lines)

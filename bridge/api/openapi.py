@@ -1037,6 +1037,11 @@ def _report_schemas() -> dict[str, Any]:
                 ),
                 "free_slots": _COUNT,
                 "tps": {**_COUNT, "description": "submit_sm in the last whole second"},
+                "tps_avg": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "submit_sm per second over the last 10 whole seconds",
+                },
                 "tps_limit": {
                     "type": "number",
                     "minimum": 0,

@@ -37,6 +37,7 @@ from bridge.aio import wait_event
 from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, EncodeError, ShortMessage
+from bridge.smpp.persecond import PerSecond
 from bridge.smpp.protocol import (
     BindRefusedError,
     BindTimeoutError,
@@ -303,9 +304,7 @@ class Connector:
         self._ok = 0
         self._failed: Counter[str] = Counter()
         self._rtt_avg: float | None = None
-        self._sec = 0
-        self._sec_count = 0
-        self._tps_last = 0
+        self._per_second = PerSecond()
         self._delivers = 0
         # Called once per submit_sm answered (or timed out): (smsc, kind, status name, rtt in s
         # or None without an answer). The daemon points it at its metrics.
@@ -474,7 +473,7 @@ class Connector:
             d = binds.setdefault(str(b.mode), {"configured": 0, "up": 0})
             d["configured"] += 1
             d["up"] += b.up
-        self._tick(0)
+        sec = int(time.monotonic())
         now = asyncio.get_running_loop().time() if self._started else 0.0
         return {
             "name": self.name,
@@ -485,7 +484,8 @@ class Connector:
                 "in_use": sum(b.in_flight for b in self._tx),
             },
             "free_slots": self.free_slots(),
-            "tps": self._tps_last,
+            "tps": self._per_second.last(sec),
+            "tps_avg": round(self._per_second.average(sec), 1),
             "tps_limit": self.tps_share(),
             "throttle_events": self._throttle_events,
             "throttle_pauses": self._throttle_pauses,
@@ -1049,12 +1049,7 @@ class Connector:
 
     # --- stats --------------------------------------------------------------------------------
     def _tick(self, n: int) -> None:
-        sec = int(time.monotonic())
-        if sec != self._sec:
-            self._tps_last = self._sec_count if sec == self._sec + 1 else 0
-            self._sec = sec
-            self._sec_count = 0
-        self._sec_count += n
+        self._per_second.add(int(time.monotonic()), n)
 
     def _error(self, message: str) -> None:
         self._last_error = {"message": message, "at": time.time()}

@@ -52,6 +52,8 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
         await c.send(["+8613800138000", "+8613800138001"], text="counted")
     url = f"http://127.0.0.1:{d.http_port}"
     await wait_until(lambda: d.connectors["sim"].snapshot()["submits"]["ok"] == 2, 10)
+    # Once their second is whole, the two submits count in the 10 s average (for 10 s).
+    await wait_until(lambda: d.connectors["sim"].snapshot()["tps_avg"] == 0.2, 3)
     rc, out, err = await status("--url", url, "--token", ADMIN_TOKEN)
     assert rc == 0, err
     lines = out.splitlines()
@@ -62,7 +64,7 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
     assert row["SMSC"] == "sim" and row["UP"] == "yes" and row["BINDS"] == "1/1"
     assert row["WINDOW"].endswith("/50") and row["SENT"] == "2" and row["FAILED"] == "0"
     assert any(line.startswith("queue: ") and "(limit 1000000)" in line for line in lines)
-    assert lines[-1].startswith("throughput: ") and "submits/s" in lines[-1]
+    assert lines[-1] == "throughput: 0.2 submits/s over the last 10 s, all SMSCs"
 
     # The token from the environment (not visible in ps), and --json for scripts.
     rc, out, err = await status(
@@ -71,7 +73,7 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
     assert rc == 0, err
     data = json.loads(out)
     assert data["ready"] is True and data["smscs"][0]["name"] == "sim"
-    assert data["smscs"][0]["submits"]["ok"] == 2
+    assert data["smscs"][0]["submits"]["ok"] == 2 and data["smscs"][0]["tps_avg"] == 0.2
     assert set(data["queue"]["by_state"]) == {
         "ready",
         "claimed",

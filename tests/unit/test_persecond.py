@@ -1,0 +1,65 @@
+"""PerSecond against a plain model (every count kept with its second), and the status line
+that reads it: the rate over 10 whole seconds, not the last second alone."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.smpp.persecond import PerSecond
+from bridge.status import DaemonStatus, render
+
+# (seconds forward from the last step, count added; 0 = a read only)
+steps = st.lists(st.tuples(st.integers(0, 14), st.integers(0, 50)), max_size=60)
+
+
+@given(steps, st.integers(1, 12))
+def test_last_and_average_match_a_model_that_keeps_everything(moves, window):
+    counter = PerSecond(window)
+    kept: dict[int, int] = {}
+    sec = 0
+    for forward, n in moves:
+        sec += forward
+        if n:
+            counter.add(sec, n)
+            kept[sec] = kept.get(sec, 0) + n
+        assert counter.last(sec) == kept.get(sec - 1, 0)
+        expected = sum(kept.get(s, 0) for s in range(sec - window, sec)) / window
+        assert counter.average(sec) == pytest.approx(expected)
+
+
+def test_one_quiet_second_reads_0_last_but_not_on_average():
+    counter = PerSecond(10)
+    for sec in (100, 101, 103):  # a burst every second but 102
+        counter.add(sec, 800)
+    assert counter.last(103) == 0
+    assert counter.average(103) == 160.0  # (800 + 800) / 10
+    assert counter.average(104) == 240.0
+    assert counter.average(200) == 0.0  # long quiet: all gone
+
+
+def test_a_clock_read_behind_the_last_one_counts_in_the_current_second():
+    counter = PerSecond(10)
+    counter.add(50, 3)
+    counter.add(49, 2)  # not a step back in time for the counts
+    assert counter.last(51) == 5
+
+
+def test_a_window_under_one_second_is_refused():
+    with pytest.raises(ValueError):
+        PerSecond(0)
+
+
+def _status(*smscs: dict) -> DaemonStatus:
+    return DaemonStatus(url="http://x", ready=True, problems=(), smscs=smscs, queue={})
+
+
+def test_the_throughput_line_adds_the_smscs_10_s_averages():
+    text = render(_status({"name": "a", "tps": 0, "tps_avg": 798.4}, {"name": "b", "tps_avg": 2}))
+    assert text.splitlines()[-1] == "throughput: 800.4 submits/s over the last 10 s, all SMSCs"
+
+
+def test_an_older_daemon_without_the_average_shows_its_last_second():
+    text = render(_status({"name": "a", "tps": 812}, {"name": "b", "tps": "x", "tps_avg": None}))
+    assert text.splitlines()[-1] == "throughput: 812 submits/s over the last second, all SMSCs"
