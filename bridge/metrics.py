@@ -325,6 +325,13 @@ class Metrics:
             registry=r,
             **live,
         )
+        self.ready = Gauge(
+            "smpp_bridge_ready",
+            "1 when /readyz would answer 200 at this scrape (store reachable and writable, an "
+            "SMSC bound, not shutting down), else 0",
+            registry=r,
+            **live,
+        )
         self.receipts_unmatched_pending = Gauge(
             "smpp_bridge_receipts_unmatched_pending",
             "Receipts kept because no sent segment matched them (yet)",

@@ -258,6 +258,18 @@ async def _within(aw: Awaitable[Any]) -> asyncio.Future[Any] | None:
 
 async def readyz(request: web.Request) -> web.Response:
     ctx: ApiContext = request.app[CTX]
+    problems, smscs = await ready_problems(ctx)
+    body = {
+        "status": "ready" if not problems else "not ready",
+        "problems": problems,
+        "smscs": {k: bool(v.get("up")) for k, v in smscs.items()},
+    }
+    return v1.json_response(body, status=200 if not problems else 503)
+
+
+async def ready_problems(ctx: ApiContext) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Why this process would answer /readyz 503 now (none: ready), and the SMSCs' status
+    it read. /readyz and the `smpp_bridge_ready` gauge both ask here."""
     problems = []
     # Bounded: cut off from PostgreSQL without a reset, the ping waited for the driver's 60 s
     # command timeout and the probe got no answer at all.
@@ -284,12 +296,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("no SMSC bound")
     if not ctx.accepting:
         problems.append("shutting down")
-    body = {
-        "status": "ready" if not problems else "not ready",
-        "problems": problems,
-        "smscs": {k: bool(v.get("up")) for k, v in smscs.items()},
-    }
-    return v1.json_response(body, status=200 if not problems else 503)
+    return problems, smscs
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -302,7 +309,11 @@ async def metrics(request: web.Request) -> web.Response:
     if not ctx.config.server.metrics:
         raise ApiError("NOT_FOUND", "metrics are disabled on this server (server.metrics: false)")
     m = ctx.metrics
-    m.observe_smscs(ctx.smsc_status())
+    # Readiness as /readyz answers it now (the same store ping and bind status), so an alert
+    # needs no probe of its own: a failed WAL fsync, a full disk, no SMSC bound.
+    problems, smscs = await ready_problems(ctx)
+    m.ready.set(0 if problems else 1)
+    m.observe_smscs(smscs)
     # Counted now (off the event loop), scheduled messages included; the API's own copy is
     # the due backlog that back-pressure compares (bridge/app.py), refreshed every 1-10 s.
     depth = ctx.queue_depth

@@ -516,6 +516,34 @@ async def test_a_not_ready_answer_is_not_counted_ok(start, tmp_path):
     assert requests_moved(before, after)[("GET /readyz", "503", "NOT_READY")] == 1
 
 
+async def test_ready_reads_what_readyz_answers_at_each_scrape(start, tmp_path):
+    """smpp_bridge_ready is 1 while /readyz answers 200; 0 once the SMSC is gone and once the
+    store's WAL fsync has failed (both 503 on /readyz, which names the problem); 1 again when
+    the SMSC is back. An alert on it needs no probe of its own."""
+    d = await start(cfg(tmp_path))
+    url = f"http://127.0.0.1:{d.http_port}/readyz"
+
+    async def readyz() -> tuple[int, list[str]]:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return r.status, (await r.json())["problems"]
+
+    assert (await scrape(d.http_port)).val("smpp_bridge_ready") == 1
+    assert await readyz() == (200, [])
+    await d.sim.stop()
+    await wait_until(lambda: not d.connectors["sim"].is_up, 10)
+    assert (await scrape(d.http_port)).val("smpp_bridge_ready") == 0
+    assert await readyz() == (503, ["no SMSC bound"])
+    await d.sim.start()
+    await wait_until(lambda: d.connectors["sim"].is_up, 20)
+    assert (await scrape(d.http_port)).val("smpp_bridge_ready") == 1
+    d.store._runner._sync_failed = OSError(5, "Input/output error")  # as a failed fsync leaves it
+    try:
+        assert (await scrape(d.http_port)).val("smpp_bridge_ready") == 0
+        assert await readyz() == (503, ["store not reachable"])
+    finally:
+        d.store._runner._sync_failed = None
+
+
 async def test_malformed_http_on_the_alibaba_port_is_counted_as_the_alibaba_face(start, tmp_path):
     """Every answer of the Alibaba face is counted under endpoint "aliyun <Action>" / "aliyun
     unknown" with the Code the caller received (see the test above), and the native face's

@@ -18,8 +18,8 @@ from bridge.smpp import constants as C
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus-alerts.yaml"
-# Series that are not ours: the scrape's own `up`, and the blackbox exporter's probe of /readyz.
-FOREIGN = {"up": {"job"}, "probe_success": {"job"}}
+# The one series that is not ours: the scrape's own `up`.
+FOREIGN = {"up": {"job"}}
 TARGET = {"instance", "job"}  # the labels Prometheus adds to every series it scrapes
 
 
