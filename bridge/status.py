@@ -161,4 +161,12 @@ def render(s: DaemonStatus) -> str:
     averaged = all(_is_num(m.get("tps_avg")) for m in s.smscs)
     span = "the last 10 s" if averaged else "the last second"
     lines.append(f"throughput: {_num(round(total, 1))} submits/s over {span}, all SMSCs")
+    hooks = q.get("webhooks")
+    if isinstance(hooks, Mapping):  # an older daemon's queue has no webhooks section
+        age = hooks.get("oldest_age_s")
+        lines.append(
+            f"webhooks: {_num(hooks.get('pending', 0))} reports pending (oldest "
+            + (f"{age:.1f} s" if _is_num(age) else "-")
+            + f"), {_num(hooks.get('dead', 0))} dead"
+        )
     return "\n".join(lines)

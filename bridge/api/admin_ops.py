@@ -230,6 +230,9 @@ async def get_queue(request: web.Request) -> web.Response:
     wanted = {g.account_id for g in groups}
     names = {a.id: a.name for a in await ctx.store.list_accounts() if a.id in wanted}
     view = queue_view(groups, now, names, candidates, ctx.config.store.max_queued_segments)
+    # The other queue an operator watches: customers' reports not delivered yet.
+    pending, dead, oldest = await ctx.store.webhook_backlog()
+    view["webhooks"] = {"pending": pending, "dead": dead, "oldest_age_s": _age_s(now, oldest)}
     return json_response(view)
 
 

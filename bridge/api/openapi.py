@@ -1127,6 +1127,23 @@ def _report_schemas() -> dict[str, Any]:
                         }
                     ),
                 },
+                "webhooks": _obj(
+                    {
+                        "pending": {
+                            **_COUNT,
+                            "description": "status, MO and event reports not delivered yet "
+                            "(due, retrying or in flight)",
+                        },
+                        "dead": {
+                            **_COUNT,
+                            "description": "reports given up (GET /admin/webhooks/dead)",
+                        },
+                        "oldest_age_s": {
+                            **age,
+                            "description": "age of the oldest pending report; null: none",
+                        },
+                    }
+                ),
             }
         ),
         "UnmatchedReceipt": _obj(

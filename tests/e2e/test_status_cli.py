@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from bridge.app import Daemon
 from tests.e2e.harness import (
     ADMIN_TOKEN,
+    WebhookReceiver,
     client_for,
     create_account,
     free_port,
@@ -64,7 +66,10 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
     assert row["SMSC"] == "sim" and row["UP"] == "yes" and row["BINDS"] == "1/1"
     assert row["WINDOW"].endswith("/50") and row["SENT"] == "2" and row["FAILED"] == "0"
     assert any(line.startswith("queue: ") and "(limit 1000000)" in line for line in lines)
-    assert lines[-1] == "throughput: 0.2 submits/s over the last 10 s, all SMSCs"
+    assert lines[-2:] == [
+        "throughput: 0.2 submits/s over the last 10 s, all SMSCs",
+        "webhooks: 0 reports pending (oldest -), 0 dead",
+    ]
 
     # The token from the environment (not visible in ps), and --json for scripts.
     rc, out, err = await status(
@@ -81,6 +86,38 @@ async def test_a_ready_daemon_prints_binds_queue_and_throughput(daemon):
         "parked",
         "scheduled",
     }
+
+
+async def test_reports_a_customer_endpoint_refuses_show_as_pending_webhooks(tmp_path):
+    """The other queue an operator watches: status reports not delivered. A customer endpoint
+    answering 503 keeps them pending (retried in a minute here); status prints how many and the
+    oldest's age, as /admin/queue gives them."""
+    receiver = WebhookReceiver()
+    receiver.fail_with = 503
+    await receiver.start()
+    d = Daemon(make_config(tmp_path, webhooks={"retry_schedule_s": [60], "timeout_s": 2}))
+    await d.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d, "hooks", status_callback_url=receiver.url)
+        async with client_for(d.http_port, creds) as c:
+            await c.send(["+8613800138000", "+8613800138001"], text="reported")
+        await wait_until(lambda: d.connectors["sim"].snapshot()["submits"]["ok"] == 2, 10)
+        await asyncio.sleep(1.5)  # receipts in, reports tried, refused, waiting for their retry
+        url = f"http://127.0.0.1:{d.http_port}"
+        rc, out, err = await status("--url", url, "--token", ADMIN_TOKEN, "--json")
+        assert rc == 0, err
+        hooks = json.loads(out)["queue"]["webhooks"]
+        assert hooks["pending"] == 2 and hooks["dead"] == 0, hooks
+        assert hooks["oldest_age_s"] >= 1.0, hooks
+        rc, out, err = await status("--url", url, "--token", ADMIN_TOKEN)
+        assert rc == 0, err
+        line = next(x for x in out.splitlines() if x.startswith("webhooks: "))
+        m = re.fullmatch(r"webhooks: 2 reports pending \(oldest ([0-9.]+) s\), 0 dead", line)
+        assert m is not None and float(m.group(1)) >= 1.0, line
+    finally:
+        await d.stop()
+        await receiver.stop()
 
 
 async def test_up_but_not_ready_exits_1_and_still_shows_why(daemon):
