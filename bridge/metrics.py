@@ -248,8 +248,8 @@ class Metrics:
         self.store_lock_held = Counter(
             "smpp_bridge_store_write_lock_seconds",
             "Seconds this role's processes held the SQLite store's write lock (writing batches "
-            "of jobs, or emptying the WAL): summed over roles, its rate is the share of the time "
-            "the store's one writer is busy",
+            "of jobs, or finishing a WAL checkpoint): summed over roles, its rate is the share of "
+            "the time the store's one writer is busy",
             ["role"],
             registry=r,
         )

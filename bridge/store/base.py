@@ -144,7 +144,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 class WriteLockStats(NamedTuple):
     """One process's use of the SQLite store's single write lock, since it opened the store:
-    seconds held (writing batches, emptying the WAL; from the moment its lock thread took it),
+    seconds held (writing batches, finishing WAL checkpoints; from when its lock thread took it),
     seconds its batches waited for another process to release it, commits, jobs committed, and
     the CPU seconds the holding thread used while it held the lock."""
 

@@ -124,7 +124,8 @@ class SqliteRunner:
         self.lock_waits = 0
         # Where the one writer's time goes (smpp_bridge_store_write_lock_*): seconds this process
         # held the write lock writing batches, and, from its checkpoint thread (which alone adds
-        # to the second), emptying the WAL; seconds its batches waited while another held it.
+        # to the second), finishing a WAL checkpoint; seconds its batches waited while another
+        # held it.
         self.lock_held_s = 0.0
         self.ckpt_lock_held_s = 0.0
         self.lock_wait_s = 0.0
