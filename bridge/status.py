@@ -113,7 +113,8 @@ def _rate(m: Mapping[str, Any]) -> float:
 
 
 def render(s: DaemonStatus) -> str:
-    """A compact table; one line per SMSC, then the queue and throughput."""
+    """A compact table; one line per SMSC, then the queue, the throughput and the webhook
+    reports not delivered yet."""
     lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
     lines += [f"  problem: {p}" for p in s.problems]
     header = ("SMSC", "UP", "BINDS", "WINDOW", "TPS", "LIMIT", "THROTTLED", "RECONNECTS",

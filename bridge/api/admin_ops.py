@@ -72,7 +72,8 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
         "window": {"size": _int(window.get("size")), "in_use": _int(window.get("in_use"))},
         "free_slots": _int(s.get("free_slots")),
         "tps": _int(s.get("tps")),
-        "tps_avg": float(s.get("tps_avg") or 0),
+        # A status written by an older release has no average: its last second stands in.
+        "tps_avg": float(s.get("tps_avg", s.get("tps")) or 0),
         "tps_limit": float(s.get("tps_limit") or 0),
         "throttle_events": _int(s.get("throttle_events")),
         "throttle_pauses": _int(s.get("throttle_pauses")),

@@ -616,6 +616,9 @@ def test_smsc_view_survives_a_partial_snapshot():
     assert view["up"] is True
     assert view["window"] == {"size": 0, "in_use": 0}
     assert view["last_error"] == {"message": "boom", "at": None}
+    # A status written by an older release (no tps_avg): its last second stands in.
+    assert smsc_view("x", {"tps": 40})["tps_avg"] == 40.0
+    assert smsc_view("x", {"tps": 40, "tps_avg": 12.5})["tps_avg"] == 12.5
 
 
 async def test_admin_queue_by_account_route_and_smsc(make_api, clock):
