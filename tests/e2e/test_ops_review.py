@@ -155,6 +155,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), which tells it from a later process
+    given the same pid; None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _workers_cfg(tmp_path: Path, workers: int, **extra: Any) -> dict[str, Any]:
     cfg = config_dict(tmp_path, **extra)
     cfg["server"]["workers"] = workers
@@ -226,9 +236,11 @@ async def test_acceptors_exit_when_the_owner_dies(tmp_path):
     proc = DaemonProcess(tmp_path, _workers_cfg(tmp_path, 1))
     proc.start()
     pids: list[int] = []
+    started: dict[int, int | None] = {}
     try:
         await proc.wait_ready(20)
         pids = list(_acceptor_pids(proc.log).values())
+        started = {p: _start_time(p) for p in pids}
         assert pids and all(_alive(p) for p in pids)
         proc.kill9()
         with contextlib.suppress(AssertionError):
@@ -237,7 +249,9 @@ async def test_acceptors_exit_when_the_owner_dies(tmp_path):
     finally:
         proc.stop()
         for p in pids:
-            if _alive(p):
+            # Only the process this test saw: pids wrap (pid_max is 32,768 on CI's machine), and
+            # a reused one may be another test's daemon.
+            if _alive(p) and started.get(p) is not None and _start_time(p) == started[p]:
                 os.kill(p, signal.SIGKILL)
 
 
