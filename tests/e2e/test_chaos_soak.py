@@ -493,10 +493,12 @@ async def test_chaos_soak(tmp_path, monkeypatch):
                 # restarted acceptor found its owner gone at its first second, and no restart
                 # followed): the owner's state and the processes under it.
                 kids = children(owner)
+                tail = daemon.log.read_text(errors="replace").splitlines()[-25:]
                 raise AssertionError(
                     f"acceptors not up: owner {owner} /proc/stat {_stat(owner)}, exit code "
                     f"{daemon.proc.poll()}; children {[(k.pid, _stat(k.pid)) for k in kids]}, "
-                    f"listening {[listening(daemon, k) for k in kids]}"
+                    f"listening {[listening(daemon, k) for k in kids]}; the log's end:\n"
+                    + "\n".join(tail)
                 ) from None
             kids = children(owner)
             generations.extend(k for k in kids if k not in generations)
