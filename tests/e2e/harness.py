@@ -30,6 +30,18 @@ MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
 
 
+def proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) of a process, None when there is no such process. The start
+    time (clock ticks since boot) tells it from a later process given the same pid: pids wrap
+    every few minutes under the suite (pid_max is 32,768 on CI's machine)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0], int(fields[19])
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():

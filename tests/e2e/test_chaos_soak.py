@@ -49,6 +49,7 @@ from tests.e2e.harness import (
     config_dict,
     free_port,
     make_config,
+    proc_stat,
     wait_until,
 )
 
@@ -136,18 +137,8 @@ class Proc(NamedTuple):
     start: int  # start time in clock ticks: tells a reused pid apart
 
 
-def _stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, state, start time) of a process, None when there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[0], int(fields[19])
-
-
 def alive(p: Proc) -> bool:
-    st = _stat(p.pid)
+    st = proc_stat(p.pid)
     return st is not None and st[2] == p.start and st[1] not in ("Z", "X")
 
 
@@ -155,7 +146,7 @@ def children(ppid: int) -> list[Proc]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            st = _stat(int(name))
+            st = proc_stat(int(name))
             if st is not None and st[0] == ppid and st[1] not in ("Z", "X"):
                 out.append(Proc(int(name), st[2]))
     return out
@@ -185,7 +176,7 @@ def cpu_s(p: Proc) -> float:
 
 
 def proc_of(pid: int) -> Proc:
-    st = _stat(pid)
+    st = proc_stat(pid)
     assert st is not None, pid
     return Proc(pid, st[2])
 
@@ -495,8 +486,8 @@ async def test_chaos_soak(tmp_path, monkeypatch):
                 kids = children(owner)
                 tail = daemon.log.read_text(errors="replace").splitlines()[-25:]
                 raise AssertionError(
-                    f"acceptors not up: owner {owner} /proc/stat {_stat(owner)}, exit code "
-                    f"{daemon.proc.poll()}; children {[(k.pid, _stat(k.pid)) for k in kids]}, "
+                    f"acceptors not up: owner {owner} /proc/stat {proc_stat(owner)}, exit code "
+                    f"{daemon.proc.poll()}; children {[(k.pid, proc_stat(k.pid)) for k in kids]}, "
                     f"listening {[listening(daemon, k) for k in kids]}; the log's end:\n"
                     + "\n".join(tail)
                 ) from None

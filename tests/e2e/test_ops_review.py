@@ -37,6 +37,7 @@ from tests.e2e.harness import (
     create_account,
     free_port,
     handles_sighup,
+    proc_stat,
     wait_until,
 )
 
@@ -143,26 +144,9 @@ def _acceptor_pids(log: Path) -> dict[int, int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     # A zombie (exited, not yet reaped by its parent) is not serving anything.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), which tells it from a later process
-    given the same pid; None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    st = proc_stat(pid)
+    return st is not None and st[1] != "Z"
 
 
 def _workers_cfg(tmp_path: Path, workers: int, **extra: Any) -> dict[str, Any]:
@@ -236,11 +220,11 @@ async def test_acceptors_exit_when_the_owner_dies(tmp_path):
     proc = DaemonProcess(tmp_path, _workers_cfg(tmp_path, 1))
     proc.start()
     pids: list[int] = []
-    started: dict[int, int | None] = {}
+    started: dict[int, tuple[int, str, int] | None] = {}
     try:
         await proc.wait_ready(20)
         pids = list(_acceptor_pids(proc.log).values())
-        started = {p: _start_time(p) for p in pids}
+        started = {p: proc_stat(p) for p in pids}
         assert pids and all(_alive(p) for p in pids)
         proc.kill9()
         with contextlib.suppress(AssertionError):
@@ -249,9 +233,10 @@ async def test_acceptors_exit_when_the_owner_dies(tmp_path):
     finally:
         proc.stop()
         for p in pids:
-            # Only the process this test saw: pids wrap (pid_max is 32,768 on CI's machine), and
-            # a reused one may be another test's daemon.
-            if _alive(p) and started.get(p) is not None and _start_time(p) == started[p]:
+            # Only the process this test saw (the same start time): a reused pid may be another
+            # test's daemon.
+            seen, now = started.get(p), proc_stat(p)
+            if _alive(p) and seen is not None and now is not None and now[2] == seen[2]:
                 os.kill(p, signal.SIGKILL)
 
 
