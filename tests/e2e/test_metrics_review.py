@@ -96,6 +96,7 @@ from tests.e2e.harness import (
     make_config,
     wait_until,
 )
+from tests.metric_registry import registry
 from tests.sending import ready_to_send
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,25 +230,13 @@ def _readme_metrics() -> dict[str, tuple[str, frozenset[str]]]:
     return out
 
 
-def _registry(d: Daemon) -> dict[str, tuple[str, frozenset[str]]]:
-    """The daemon's metric objects: exposed name -> (type, label names)."""
-    out: dict[str, tuple[str, frozenset[str]]] = {}
-    for obj in vars(d.metrics).values():
-        typ = getattr(obj, "_type", None)
-        if typ not in ("counter", "gauge", "histogram"):
-            continue
-        name = obj._name + ("_total" if typ == "counter" else "")
-        out[name] = (typ, frozenset(obj._labelnames))
-    return out
-
-
 def test_the_readme_table_and_the_dashboard_match_what_is_exposed(tmp_path):
     """Checked fine: each README row is a family of that type with exactly those labels, and
     nothing undocumented is exposed; every name the dashboard and the README's alerts query is
     exposed with the labels they group or filter by."""
     d = Daemon(make_config(tmp_path))  # not started: only its metric definitions are read
     documented = _readme_metrics()
-    exposed = _registry(d)
+    exposed = registry(d.metrics)
     assert documented == exposed
 
     def family(name: str) -> tuple[str, str, frozenset[str]]:

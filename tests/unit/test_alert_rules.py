@@ -15,6 +15,7 @@ import yaml
 
 from bridge.metrics import Metrics
 from bridge.smpp import constants as C
+from tests.metric_registry import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus-alerts.yaml"
@@ -26,19 +27,12 @@ TARGET = {"instance", "job"}  # the labels Prometheus adds to every series it sc
 def _families() -> dict[str, set[str]]:
     """Every series name the daemon exposes -> its labels (histograms with their suffixes)."""
     out: dict[str, set[str]] = {}
-    for obj in vars(Metrics()).values():
-        typ = getattr(obj, "_type", None)
-        if typ not in ("counter", "gauge", "histogram"):
-            continue
-        labels = set(obj._labelnames)
-        if typ == "counter":
-            out[obj._name + "_total"] = labels
-        elif typ == "gauge":
-            out[obj._name] = labels
+    for name, (typ, labels) in registry(Metrics()).items():
+        if typ == "histogram":
+            out[name + "_bucket"] = set(labels) | {"le"}
+            out[name + "_sum"] = out[name + "_count"] = set(labels)
         else:
-            out[obj._name + "_bucket"] = labels | {"le"}
-            out[obj._name + "_sum"] = labels
-            out[obj._name + "_count"] = labels
+            out[name] = set(labels)
     return out
 
 
