@@ -112,15 +112,12 @@ def main() -> None:
         )
         try:
             runs: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
+            chosen = None if a.all else DEFAULTS.get(a.script)  # None: every line, by label
             for i in range(a.pairs):
                 order = [("base", base), ("this", ROOT)]
                 for name, tree in order if i % 2 == 0 else order[::-1]:
                     found = figures(run_once(tree, a.script, args))
-                    wanted = (
-                        [(label, 0, label[:24]) for label in found]
-                        if a.all
-                        else DEFAULTS.get(a.script, [(label, 0, label[:24]) for label in found])
-                    )
+                    wanted = chosen or [(label, 0, label[:24]) for label in found]
                     got = pick(found, wanted)
                     runs[name].append(got)
                     shown = ", ".join(f"{k} {v:g}" for k, v in got.items())

@@ -643,10 +643,11 @@ async def test_sighup_under_traffic_applies_refuses_and_loses_nothing(world, tmp
         out = status_cli(b.url)
         with contextlib.suppress(AssertionError):
             await wait_until(status_applied, 15, 0.5)
-        if not any(line.split()[:1] == ["sim"] for line in out.stdout.splitlines()):
+        try:
+            row = smsc_row(out.stdout, "sim")
+        except AssertionError as exc:
             tail = "\n".join(b.log().splitlines()[-30:])
-            raise AssertionError(f"no row for sim:\n{out.stdout}\nthe daemon log's end:\n{tail}")
-        row = smsc_row(out.stdout, "sim")
+            raise AssertionError(f"{exc}\nthe daemon log's end:\n{tail}") from None
         assert row[2] == "1/1" and row[3].endswith("/10") and row[5] == "200", out.stdout
         assert smsc_row(out.stdout, "other")[1:3] == ["yes", "1/1"], out.stdout
         # The acceptors encode for the new route at once: Latin-1, sent by "other".
