@@ -163,6 +163,8 @@ class Daemon:
         self.store: Store | None = None
         self.sim: Any = None
         self.connectors: dict[str, Any] = {}
+        # SMSCs a reload is reconnecting: stopped, their successor not yet started (see reload).
+        self._reconnecting: dict[str, Any] = {}
         self.dispatcher: Dispatcher | None = None
         self.inbound: Inbound | None = None
         self.webhooks: WebhookSender | None = None
@@ -421,7 +423,17 @@ class Daemon:
         return connector
 
     def smsc_status(self) -> dict[str, Any]:
-        return {name: {"up": c.is_up, **c.snapshot()} for name, c in self.connectors.items()}
+        """Every configured SMSC, one a reload is reconnecting too (listed down): while its old
+        connector drained, the status left it out, and an acceptor reading it printed "(no SMSC
+        configured)" and answered /readyz 200 with nothing bound."""
+        status = {
+            name: {**c.snapshot(), "up": False, "reconnecting": True}
+            for name, c in self._reconnecting.items()
+        }
+        status.update(
+            {name: {"up": c.is_up, **c.snapshot()} for name, c in self.connectors.items()}
+        )
+        return status
 
     def _owner_status(self) -> dict[str, Any]:
         return self._remote_status
@@ -773,16 +785,22 @@ class Daemon:
         new_filter = load_filter(merged.rules.content_filter_file)
         if self.dispatcher is not None and self.inbound is not None:
             grace = old.server.shutdown_grace_s
-            for name in (*p.remove, *p.rebind):
-                connector = self.connectors.pop(name)
-                await connector.stop(grace)
-                if self.coord is not None:  # its bind slots are free for any instance now
-                    await self.coord.release(name)
-            self.dispatcher.reconfigure(router, smscs, merged.pipeline)
-            self.inbound.reconfigure(smscs)
-            for name in (*p.add, *p.rebind):
-                self.connectors[name] = self._connector(smscs[name])
-                await self.connectors[name].start()
+            try:
+                for name in (*p.remove, *p.rebind):
+                    connector = self.connectors.pop(name)  # the dispatcher sends it no more
+                    if name in p.rebind:
+                        self._reconnecting[name] = connector
+                    await connector.stop(grace)
+                    if self.coord is not None:  # its bind slots are free for any instance now
+                        await self.coord.release(name)
+                self.dispatcher.reconfigure(router, smscs, merged.pipeline)
+                self.inbound.reconfigure(smscs)
+                for name in (*p.add, *p.rebind):
+                    self.connectors[name] = self._connector(smscs[name])
+                    self._reconnecting.pop(name, None)
+                    await self.connectors[name].start()
+            finally:
+                self._reconnecting.clear()
             for name in p.update:
                 self.connectors[name].update_limits(smscs[name])
         if self.ctx is not None:

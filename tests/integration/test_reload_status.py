@@ -1,0 +1,79 @@
+"""The bind status while a SIGHUP reload reconnects an SMSC: the old connector drains its window
+(up to the shutdown grace) before the new one binds. The status the owner publishes (the
+heartbeat row acceptors answer `smpp-bridge status` and /readyz from) left that SMSC out
+meanwhile: an acceptor printed "(no SMSC configured)" and answered ready with nothing bound.
+Real daemon, the built-in simulator over TCP, a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from bridge.app import Daemon
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.e2e.harness import (  # noqa: E402
+    client_for,
+    create_account,
+    final_status,
+    make_config,
+    wait_until,
+)
+
+
+async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successor_starts(
+    tmp_path,
+):
+    cfg = make_config(tmp_path, server={"shutdown_grace_s": 3.0})
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d)
+        # The carrier answers late: the old connector's stop waits for the submit in flight.
+        d.sim.answer_delay_ms = 1500
+        async with client_for(d.http_port, creds) as c:
+            sent = await c.send("+447700900123", text="in flight across a reload")
+            mid = sent["messages"][0]["id"]
+            await wait_until(lambda: d.connectors["sim"].snapshot()["window"]["in_use"] > 0, 10)
+            rebinding = replace(cfg.smscs[0], window=cfg.smscs[0].window + 1)
+            reload = asyncio.ensure_future(d.reload(replace(cfg, smscs=(rebinding,))))
+            seen: list[dict] = []
+            ready: list[tuple[int, dict]] = []  # /readyz while the SMSC was reconnecting
+            t0 = time.monotonic()
+            async with aiohttp.ClientSession() as s:
+                while not reload.done():
+                    status = d.smsc_status()
+                    seen.append(status)
+                    async with s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
+                        if status.get("sim", {}).get("reconnecting") or "sim" not in status:
+                            ready.append((r.status, await r.json()))
+                    await asyncio.sleep(0.05)
+            await reload
+            took = time.monotonic() - t0
+            assert took > 1.0, f"the reload did not wait for the submit in flight ({took:.2f} s)"
+            # Listed all along, and down while the old connector drained.
+            assert all("sim" in s for s in seen), [sorted(s) for s in seen if "sim" not in s][:3]
+            draining = [s["sim"] for s in seen if s["sim"].get("reconnecting")]
+            assert draining, "no status taken while the old connector drained"
+            assert all(st["up"] is False for st in draining)
+            # Nothing is bound meanwhile, and /readyz (which an acceptor answers from the
+            # status the owner publishes, a single process from its own) says so.
+            assert ready and all(code == 503 for code, _ in ready), ready[:3]
+            d.sim.answer_delay_ms = 0
+            assert (await final_status(c, mid))["status"] == "delivered"
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        assert "reconnecting" not in d.smsc_status()["sim"]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
+                assert r.status == 200
+    finally:
+        await d.stop()
