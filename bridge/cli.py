@@ -447,6 +447,24 @@ def cmd_db_after_restore(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(cfg, go))
 
 
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    """SQLite only: PostgreSQL has pg_dump, which does this job better than we would."""
+    from bridge.store.sqlite_backup import BackupError, backup
+
+    cfg = _config(args)
+    if cfg.store.engine != "sqlite":
+        raise CliError(
+            "NOT_SQLITE: db backup copies a SQLite store; back up PostgreSQL with pg_dump "
+            "(README, Running in production)"
+        )
+    try:
+        result = backup(Path(cfg.store.path), Path(args.dest))
+    except BackupError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from None
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from bridge.wiring import open_store
 
@@ -715,6 +733,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restored.add_argument("--dry-run", action="store_true", help="count only")
     restored.set_defaults(fn=cmd_db_after_restore)
+    backed = with_config(
+        db_sub.add_parser(
+            "backup",
+            help="copy the SQLite store to DEST while the daemon runs, and check the copy",
+        )
+    )
+    backed.add_argument("dest", help="the new backup file (must not exist)")
+    backed.set_defaults(fn=cmd_db_backup)
 
     send = sub.add_parser("send", help="send a message through a running daemon")
     send.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))

@@ -1,0 +1,117 @@
+"""`smpp-bridge db backup`: a verified, consistent copy of a SQLite store, taken while the daemon
+runs. The README's one-liner (`VACUUM INTO`) was the documented way, and three things went
+wrong with it by hand: a copy interrupted half way (a full disk, a killed cron job) left a file
+with the backup's name; nothing checked the copy; and run as root on a stopped daemon's store it
+left a root-owned `-wal`/`-shm` beside the store, which the daemon's user then could not open at
+its start.
+
+No store object and no migrations: a backup taken before an upgrade must copy the schema as it
+was, and opening the store through `open_store` migrates it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class BackupError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def backup(store: Path, dest: Path) -> dict[str, Any]:
+    """Copy `store` to `dest` (which must not exist) and check the copy; returns what a caller
+    prints. The copy is written as `dest.partial`, checked, synced and then renamed, so a file
+    named `dest` is always a whole, checked backup."""
+    if not store.is_file():
+        raise BackupError("STORE_NOT_FOUND", f"no SQLite store at {store}")
+    if dest.exists():
+        raise BackupError("BACKUP_EXISTS", f"{dest} exists; name a new file")
+    if not dest.parent.is_dir():
+        raise BackupError("BACKUP_DIR_MISSING", f"{dest.parent} is not a directory")
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()  # a run killed half way left it
+    started = time.monotonic()
+    sidecars = _sidecars(store)
+    existed = {p for p in sidecars if p.exists()}
+    try:
+        # mode=rw: never creates a store that is not there. Read-write rather than read-only,
+        # so that on a stopped daemon's store the last close removes the -wal and -shm it made.
+        src = sqlite3.connect(f"file:{store}?mode=rw", uri=True, isolation_level=None, timeout=30)
+        try:
+            src.execute("VACUUM INTO ?", (str(partial),))
+        finally:
+            src.close()
+        version, problems = _check(partial)
+        if problems:
+            raise BackupError(
+                "BACKUP_CORRUPT", f"the copy failed its integrity check: {'; '.join(problems)}"
+            )
+        _fsync(partial)
+        os.replace(partial, dest)
+        _fsync(dest.parent, os.O_DIRECTORY)  # the rename itself
+    except sqlite3.Error as exc:
+        raise BackupError("BACKUP_FAILED", f"{type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise BackupError(
+            "BACKUP_FAILED", f"{exc.strerror or exc}: {exc.filename or dest}"
+        ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        _give_back(store, [p for p in sidecars if p not in existed])
+    return {
+        "backup": str(dest),
+        "bytes": dest.stat().st_size,
+        "schema_version": version,
+        "integrity": "ok",
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _sidecars(store: Path) -> list[Path]:
+    return [store.with_name(store.name + suffix) for suffix in ("-wal", "-shm")]
+
+
+def _check(path: Path) -> tuple[int | None, list[str]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        try:
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        except sqlite3.OperationalError:  # not a store of ours (no schema yet)
+            row = None
+        return (row[0] if row else None), problems
+    finally:
+        conn.close()
+
+
+def _give_back(store: Path, made: list[Path]) -> None:
+    """A -wal/-shm this run created and a daemon now keeps (it started meanwhile) belongs to the
+    store's owner, not to whoever ran the backup (root, from cron)."""
+    try:
+        st = store.stat()
+    except OSError:
+        return
+    for p in made:
+        with contextlib.suppress(OSError):
+            if p.stat().st_uid != st.st_uid or p.stat().st_gid != st.st_gid:
+                os.chown(p, st.st_uid, st.st_gid)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
