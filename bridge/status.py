@@ -130,7 +130,7 @@ def render(s: DaemonStatus) -> str:
         rows.append(
             (
                 str(m.get("name", "?")),
-                "yes" if m.get("up") else "NO",
+                "yes" if m.get("up") else "RECONNECTING" if m.get("reconnecting") else "NO",
                 f"{m.get('binds_up', 0)}/{configured}",
                 f"{window.get('in_use', 0)}/{window.get('size', 0)}",
                 _num(m.get("tps", 0)),

@@ -67,6 +67,8 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "up": bool(s.get("up")),
+        # A reload changed its bind settings: the old connector drains, the new one follows.
+        "reconnecting": bool(s.get("reconnecting")),
         "binds": binds,
         "binds_up": sum(b["up"] for b in binds.values()),
         "window": {"size": _int(window.get("size")), "in_use": _int(window.get("in_use"))},

@@ -1023,6 +1023,11 @@ def _report_schemas() -> dict[str, Any]:
             {
                 "name": _STR,
                 "up": {"type": "boolean", "description": "at least one transmitting bind is up"},
+                "reconnecting": {
+                    "type": "boolean",
+                    "description": "a reload changed its bind settings: the old binds drain "
+                    "their window, then new ones are made (up is false meanwhile)",
+                },
                 "binds": {
                     "type": "object",
                     "description": "bind mode -> configured and bound binds",

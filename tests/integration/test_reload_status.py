@@ -15,12 +15,14 @@ from pathlib import Path
 import aiohttp
 
 from bridge.app import Daemon
+from bridge.status import fetch, render
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.e2e.harness import (  # noqa: E402
+    ADMIN_TOKEN,
     client_for,
     create_account,
     final_status,
@@ -48,14 +50,18 @@ async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successo
             reload = asyncio.ensure_future(d.reload(replace(cfg, smscs=(rebinding,))))
             seen: list[dict] = []
             ready: list[tuple[int, dict]] = []  # /readyz while the SMSC was reconnecting
+            printed: list[str] = []  # what `smpp-bridge status` printed meanwhile
             t0 = time.monotonic()
+            base = f"http://127.0.0.1:{d.http_port}"
             async with aiohttp.ClientSession() as s:
                 while not reload.done():
                     status = d.smsc_status()
                     seen.append(status)
-                    async with s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
+                    async with s.get(f"{base}/readyz") as r:
                         if status.get("sim", {}).get("reconnecting") or "sim" not in status:
                             ready.append((r.status, await r.json()))
+                            shown = await asyncio.to_thread(fetch, base, ADMIN_TOKEN)
+                            printed.append(render(shown))
                     await asyncio.sleep(0.05)
             await reload
             took = time.monotonic() - t0
@@ -68,6 +74,8 @@ async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successo
             # Nothing is bound meanwhile, and /readyz (which an acceptor answers from the
             # status the owner publishes, a single process from its own) says so.
             assert ready and all(code == 503 for code, _ in ready), ready[:3]
+            row = [line.split() for line in printed[0].splitlines() if line.split()[:1] == ["sim"]]
+            assert row and row[0][1] == "RECONNECTING", printed[0]
             d.sim.answer_delay_ms = 0
             assert (await final_status(c, mid))["status"] == "delivered"
         await wait_until(lambda: d.connectors["sim"].is_up, 10)
