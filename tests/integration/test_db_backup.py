@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -213,3 +217,78 @@ def test_wal_files_it_created_are_given_to_the_stores_owner(tmp_path: Path) -> N
     wal.write_bytes(b"")
     sqlite_backup._give_back(store, [wal])
     assert (wal.stat().st_uid, wal.stat().st_gid) == (54321, 54322)
+
+
+# -- the systemd units that run it daily ----------------------------------------------------------
+
+UNITS = Path(_ROOT) / "config"
+
+
+def _unit_values(name: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def _as_here(command: str, tmp: Path, cfg: Path) -> list[str]:
+    """A unit's command line with its paths pointed here (and systemd's %% unescaped)."""
+    exe = shutil.which("smpp-bridge") or f"{sys.executable} -m bridge.cli"
+    command = (
+        command.replace("/opt/smpp-bridge/bin/smpp-bridge", exe)
+        .replace("/var/backups/smpp-bridge", str(tmp / "backups"))
+        .replace("/etc/smpp-bridge/bridge.yaml", str(cfg))
+        .replace("%%", "%")
+    )
+    return shlex.split(command)
+
+
+def test_the_backup_units_command_lines_back_up_and_prune(tmp_path: Path) -> None:
+    """What the timer's service runs, run here: a backup named by the date, then only backups
+    past 14 days removed."""
+    cfg = _config_file(tmp_path)
+    env = {**os.environ, "PYTHONPATH": _ROOT}
+    subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "account", "create", "acme", "--config", str(cfg)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    old = backups / "bridge-2026-01-01-0300.db"
+    old.write_bytes(b"a backup from long ago")
+    os.utime(old, (time.time() - 20 * 86400,) * 2)
+    unrelated = backups / "notes.txt"
+    unrelated.write_text("kept")
+    os.utime(unrelated, (time.time() - 20 * 86400,) * 2)
+    unit = _unit_values("smpp-bridge-backup.service")
+    assert unit["User"] == ["smpp-bridge"] and unit["Type"] == ["oneshot"]
+    [start] = unit["ExecStart"]
+    [post] = unit["ExecStartPost"]
+    r = subprocess.run(_as_here(start, tmp_path, cfg), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)["backup"]
+    assert re.fullmatch(r"bridge-\d{4}-\d\d-\d\d-\d{4}\.db", Path(made).name), made
+    r = subprocess.run(_as_here(post, tmp_path, cfg), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in backups.iterdir()) == sorted([Path(made).name, "notes.txt"])
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_accepts_the_backup_units(tmp_path: Path) -> None:
+    exe = shutil.which("smpp-bridge") or sys.executable
+    for name in ("smpp-bridge-backup.service", "smpp-bridge-backup.timer"):
+        text = (UNITS / name).read_text().replace("/opt/smpp-bridge/bin/smpp-bridge", exe)
+        (tmp_path / name).write_text(text)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "smpp-bridge-backup.timer")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [line for line in r.stderr.splitlines() if "smpp-bridge-backup" in line]
+    assert r.returncode == 0 and not problems, r.stderr
+    assert _unit_values("smpp-bridge-backup.timer")["OnCalendar"] == ["*-*-* 03:00:00"]
