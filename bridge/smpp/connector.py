@@ -219,6 +219,7 @@ class _Bind:
         "paused_until",
         "proto",
         "reserved",
+        "retiring",
         "task",
         "throttle_rate",
         "timer",
@@ -241,6 +242,7 @@ class _Bind:
         self.throttle_rate = 0.0
         # Submits in a row that timed out with no answer to any submit in between.
         self.unanswered = 0
+        self.retiring: SmppProtocol | None = None  # the connection _retire is closing
 
     @property
     def up(self) -> bool:
@@ -295,6 +297,7 @@ class Connector:
         self._closing = False  # past the grace period: no more submits at all
         self._active = 0  # send_message calls in progress
         self._idle: asyncio.Event | None = None  # set once stopping and nothing is in flight
+        self._retiring: set[asyncio.Task[None]] = set()  # binds being closed (see _retire)
         # statistics for snapshot()
         self._reconnects = 0
         self._throttle_events = 0
@@ -420,6 +423,8 @@ class Connector:
                     b.proto.abort("stopped")
             for task in pending:
                 task.cancel()
+        for task in self._retiring:
+            task.cancel()
         for b in self._binds:
             if b.proto is not None:
                 b.proto.abort("stopped")
@@ -676,9 +681,12 @@ class Connector:
                 elif res.status == C.ESME_RINVBNDSTS:
                     # The SMSC no longer knows this bind (it failed over, or restarted behind
                     # a proxy) while it still answers enquire_link: every submit on it would be
-                    # refused so until the message ran out of retries. Only a new bind helps.
+                    # refused so until the message ran out of retries. Only a new bind helps;
+                    # the answers of the other submits in flight come first (see _retire).
                     if bind.proto is not None:
-                        bind.proto.abort("ESME_RINVBNDSTS: the SMSC no longer knows this bind")
+                        self._retire(
+                            bind, bind.proto, "ESME_RINVBNDSTS: the SMSC no longer knows this bind"
+                        )
                     bind = None
                 lo, hi = self._transient_backoff
                 await asyncio.sleep(min(hi, lo * 2 ** (transient - 1)) * random.uniform(0.5, 1.0))
@@ -988,13 +996,34 @@ class Connector:
         """No new submits on the bind, a short wait for those in flight, then unbind: about 4 s
         at most, so the slot is free well before another instance may take it."""
         log.warning("smpp bind slot lost; unbinding", extra={"smsc": self.name, "bind": b.index})
-        loop = asyncio.get_running_loop()
-        b.paused_until = loop.time() + 3600  # waiters move to another bind when this one closes
-        deadline = loop.time() + min(2.0, self.cfg.response_timeout_s)
-        while b.in_flight and not proto.closed.done() and loop.time() < deadline:
-            await asyncio.wait([proto.closed], timeout=0.02)
+        await self._quiesce(b, proto, min(2.0, self.cfg.response_timeout_s))
         await proto.drain_delivers(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
         await proto.unbind(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
+
+    async def _quiesce(self, b: _Bind, proto: SmppProtocol, wait_s: float) -> None:
+        """No new submits on the bind; wait up to `wait_s` for the answers of those in flight."""
+        loop = asyncio.get_running_loop()
+        b.paused_until = loop.time() + 3600  # waiters move to another bind when this one closes
+        deadline = loop.time() + wait_s
+        while b.in_flight and not proto.closed.done() and loop.time() < deadline:
+            await asyncio.wait([proto.closed], timeout=0.02)
+
+    def _retire(self, b: _Bind, proto: SmppProtocol, reason: str) -> None:
+        """Close a bind the SMSC refuses, once the answers of its other submits in flight are
+        read (up to response_timeout_s). Aborted at the first refusal, those answers (refusals
+        too: nothing accepted) were never read, and their parts came back CONNECTION_LOST, as if
+        the SMSC might have them: held and counted unanswered, or ended `unknown`."""
+        if b.retiring is proto:
+            return
+        b.retiring = proto
+
+        async def retire() -> None:
+            await self._quiesce(b, proto, self.cfg.response_timeout_s)
+            proto.abort(reason)
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _bind_up(self, b: _Bind, proto: SmppProtocol) -> None:
         b.proto = proto
@@ -1002,7 +1031,9 @@ class Connector:
         b.pause_started = -1.0
         b.paused_until = 0.0
         proto.on_slot_freed = lambda: self._slot_freed(b)
-        proto.on_late_submit = self._late_submit
+        proto.on_late_submit = lambda status, mid, context: self._late_submit(
+            status, mid, context, b
+        )
         if b.mode.can_transmit:
             self._share_tps()
             if self._up_event is not None:
@@ -1024,9 +1055,13 @@ class Connector:
         if self.on_bind_change is not None:
             self.on_bind_change()
 
-    def _late_submit(self, status: int, message_id: str, context: Any) -> None:
+    def _late_submit(self, status: int, message_id: str, context: Any, b: _Bind) -> None:
         """Only an acceptance with an id is of use: the part reached the handset and its receipt
-        can be matched. A late error changes nothing (the part is resent or already failed)."""
+        can be matched. A late error changes nothing (the part is resent or already failed).
+        Either is an answer, though: a congested SMSC answering every submit just past the
+        time-out had its bind recycled as dead, and the late acceptances still due on it (their
+        parts then sent twice) lost with it."""
+        b.unanswered = 0
         if status != C.ESME_ROK or not message_id:
             log.debug(
                 "late submit_sm_resp dropped",

@@ -38,6 +38,7 @@ from bridge.smpp.session import (
     EnquireLinkMissed,
     Event,
     LateSubmitResponse,
+    NotBound,
     PeerUnbound,
     ProtocolError,
     RequestAborted,
@@ -190,7 +191,12 @@ class SmppProtocol(asyncio.Protocol):
     # --- public -------------------------------------------------------------------------------
     @property
     def is_bound(self) -> bool:
-        return self.session.state is SessionState.BOUND and self._transport is not None
+        """False from the moment the connection is closing: after abort(), asyncio reports the
+        loss one loop iteration later, and a part submitted in between was queued on a
+        transport that writes nothing, then came back CONNECTION_LOST ("may have reached the
+        SMSC") although it never left."""
+        t = self._transport
+        return self.session.state is SessionState.BOUND and t is not None and not t.is_closing()
 
     @property
     def pending_delivers(self) -> int:
@@ -206,6 +212,8 @@ class SmppProtocol(asyncio.Protocol):
         for its result. The future never raises: no answer is a result with an ``error``.
         ``context`` comes back with a late answer (``on_late_submit``): the future is long
         resolved by then."""
+        if self._transport is None or self._transport.is_closing():
+            raise NotBound("submit: the connection is closing")
         fut: asyncio.Future[SubmitResult] = self._loop.create_future()
         self.session.submit(body, self._loop.time(), (fut, time.perf_counter(), context))
         self._schedule_flush()
