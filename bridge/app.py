@@ -27,7 +27,7 @@ from bridge.accounts import AccountService
 from bridge.aio import cancel_and_wait, wait_event
 from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
-from bridge.api.context import ApiContext
+from bridge.api.context import OWNER_SILENT_S, ApiContext
 from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
@@ -36,7 +36,14 @@ from bridge.clockstep import WallSteps
 from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
-from bridge.config import WIRE_OPTIONS, Config, ConfigError, implicit_sim_smsc, load_config
+from bridge.config import (
+    WIRE_OPTIONS,
+    Config,
+    ConfigError,
+    implicit_sim_smsc,
+    load_config,
+    read_config_text,
+)
 from bridge.crypto import Sealer
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
@@ -135,6 +142,10 @@ class Daemon:
         # The file as `config` was read from it (about: read just before): a change seen after
         # start-up is a reload missed while starting (see run_forever).
         self._config_stamp = _stamp(config_path)
+        # The file's text the last reload applied (None: none yet, or no file): the supervisor
+        # copies it for the acceptors. Read again after the reload, the file could already hold
+        # the operator's next (invalid) edit.
+        self.applied_text: str | None = None
         # One reload at a time: two SIGHUPs close together (a reload run twice) started two
         # that both stopped the same connector (KeyError) and could leave self.config and the
         # running connectors out of step.
@@ -163,8 +174,9 @@ class Daemon:
         self.store: Store | None = None
         self.sim: Any = None
         self.connectors: dict[str, Any] = {}
-        # SMSCs a reload is reconnecting: stopped, their successor not yet started (see reload).
-        self._reconnecting: dict[str, Any] = {}
+        # SMSCs a reload is stopping: name -> (connector, "reconnecting" or "removing"); see
+        # reload and smsc_status.
+        self._draining: dict[str, tuple[Any, str]] = {}
         self.dispatcher: Dispatcher | None = None
         self.inbound: Inbound | None = None
         self.webhooks: WebhookSender | None = None
@@ -411,28 +423,34 @@ class Daemon:
             _loop_name(),
         )
 
-    def _connector(self, smsc: Any) -> Any:
+    def _connector(self, smsc: Any, *, gated: bool = True) -> Any:
+        """`gated=False`: built ahead of a reload's stops (see reload), gated when it starts."""
         from bridge.smpp.connector import Connector
 
         assert self.inbound is not None
         connector = Connector(smsc, self.inbound.on_deliver)
         connector.on_submit = self.metrics.on_submit
         connector.on_bind_change = self._bind_changed
-        if self.coord is not None:  # the configured binds are shared with the other instances
-            connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
+        if gated:
+            self._gate(connector)
         return connector
 
+    def _gate(self, connector: Any) -> None:
+        if self.coord is not None:  # the configured binds are shared with the other instances
+            smsc = connector.cfg
+            connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
+
     def smsc_status(self) -> dict[str, Any]:
-        """Every configured SMSC, one a reload is reconnecting too (listed down): while its old
-        connector drained, the status left it out, and an acceptor reading it printed "(no SMSC
+        """Every SMSC, those a reload is stopping too, down with their `state` (reconnecting:
+        new bind settings, removing: gone from the file): while the old connector drained its
+        window the status left them out, and an acceptor reading it printed "(no SMSC
         configured)" and answered /readyz 200 with nothing bound."""
         status = {
-            name: {**c.snapshot(), "up": False, "reconnecting": True}
-            for name, c in self._reconnecting.items()
+            name: {**c.snapshot(), "up": False, "state": state}
+            for name, (c, state) in self._draining.items()
         }
-        status.update(
-            {name: {"up": c.is_up, **c.snapshot()} for name, c in self.connectors.items()}
-        )
+        for name, c in self.connectors.items():
+            status[name] = {"up": c.is_up, **c.snapshot()}
         return status
 
     def _owner_status(self) -> dict[str, Any]:
@@ -509,7 +527,7 @@ class Daemon:
         assert self.store is not None
         merged: dict[str, Any] = {}
         for instance, _role, _at, status in await self.store.instances(
-            int(self.clock() * 1000) - 5_000
+            int((self.clock() - OWNER_SILENT_S) * 1000)
         ):
             if instance != self.instance:
                 for name, st in json.loads(status).items():
@@ -524,7 +542,7 @@ class Daemon:
         this instance accepts, that one sends (an instance whose owner held no bind answered
         "no SMSC bound" while the fleet sent everything it accepted)."""
         assert self.store is not None
-        rows = await self.store.instances(int(self.clock() * 1000) - 5_000)
+        rows = await self.store.instances(int((self.clock() - OWNER_SILENT_S) * 1000))
         owner = os.environ.get(OWNER_INSTANCE_ENV)
         mine: dict[str, Any] | None = None
         elsewhere: set[str] = set()
@@ -538,8 +556,9 @@ class Daemon:
                     if isinstance(st, dict) and st.get("up"):
                         elsewhere.add(name)
         if mine is None:
-            # No owner heartbeat for 5 s: nothing is sending here, so do not claim to be ready.
-            mine = {smsc.name: {"up": False} for smsc in self.config.smscs}
+            # No owner heartbeat for 5 s: nothing may be sending here, so do not claim to be
+            # ready; but the binds may be up (a stalled store write), so do not say they are down.
+            mine = {smsc.name: {"up": False, "state": "unknown"} for smsc in self.config.smscs}
         for name in elsewhere:
             st = mine.get(name)
             if isinstance(st, dict) and not st.get("up"):
@@ -785,22 +804,31 @@ class Daemon:
         new_filter = load_filter(merged.rules.content_filter_file)
         if self.dispatcher is not None and self.inbound is not None:
             grace = old.server.shutdown_grace_s
+            # Built before any stop: a connector that cannot be built (an unreadable CA file)
+            # once failed the reload after the running one was stopped, and the SMSC stayed
+            # unbound until a restart.
+            fresh = {
+                name: self._connector(smscs[name], gated=False) for name in (*p.add, *p.rebind)
+            }
             try:
                 for name in (*p.remove, *p.rebind):
                     connector = self.connectors.pop(name)  # the dispatcher sends it no more
-                    if name in p.rebind:
-                        self._reconnecting[name] = connector
+                    self._draining[name] = (
+                        connector,
+                        "reconnecting" if name in p.rebind else "removing",
+                    )
                     await connector.stop(grace)
                     if self.coord is not None:  # its bind slots are free for any instance now
                         await self.coord.release(name)
                 self.dispatcher.reconfigure(router, smscs, merged.pipeline)
                 self.inbound.reconfigure(smscs)
-                for name in (*p.add, *p.rebind):
-                    self.connectors[name] = self._connector(smscs[name])
-                    self._reconnecting.pop(name, None)
-                    await self.connectors[name].start()
+                for name, connector in fresh.items():
+                    self._gate(connector)
+                    self.connectors[name] = connector
+                    self._draining.pop(name, None)
+                    await connector.start()
             finally:
-                self._reconnecting.clear()
+                self._draining.clear()  # the removed ones leave the status with the reload
             for name in p.update:
                 self.connectors[name].update_limits(smscs[name])
         if self.ctx is not None:
@@ -842,7 +870,8 @@ class Daemon:
                 return False
             stamp = _stamp(self.config_path)
             try:
-                new = load_config(self.config_path)
+                text = None if self.config_path is None else read_config_text(self.config_path)
+                new = load_config(self.config_path, text=text)
             except ConfigError as exc:
                 log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
                 return False
@@ -852,6 +881,7 @@ class Daemon:
                 log.exception("reload failed")
                 return False
             self._config_stamp = stamp
+            self.applied_text = text
             return True
 
     def drain(self) -> None:

@@ -521,6 +521,21 @@ class WebhooksConfig:
     send_intermediate: bool = False
 
 
+def _ca_file(v: Path) -> str | None:
+    """Loadable as CA certificates: `config check` and a SIGHUP refuse a path the TLS context
+    cannot be built from (a typo once failed a reload half way, after the running bind was
+    stopped)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(v))
+    except ssl.SSLError as exc:  # an OSError too
+        return f"{_show(str(v))}: not PEM CA certificates ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read {_show(str(v))}: {exc.strerror or exc}"
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmscConfig:
     """One SMSC (carrier link): connection, bind, throughput, addressing, encoding, id rules."""
@@ -530,7 +545,7 @@ class SmscConfig:
     port: int = field(default=2775, metadata=meta(between(1, 65535)))
     tls: bool = False
     tls_verify: bool = True
-    tls_ca_file: Path | None = None
+    tls_ca_file: Path | None = field(default=None, metadata=meta(_ca_file))
     # SMPP 3.4 field sizes (C-octet strings, NUL included): system_id 16, system_type 13, ...
     system_id: str = field(metadata=meta(length(1, 15)))
     password: str | None = field(
@@ -1407,10 +1422,27 @@ def _load_yaml(text: str, origin: str) -> Any:
 CONFIG_BASE_ENV = "SMPP_BRIDGE_CONFIG_BASE_DIR"  # set by the supervisor for its acceptors
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load a YAML file (or the built-in default when ``path`` is None) and validate it."""
-    data, base = _read_config(path, env)
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    text: str | None = None,
+) -> Config:
+    """Load a YAML file (or the built-in default when ``path`` is None) and validate it.
+    ``text``: the file's contents, read already (`read_config_text`), so that a caller knows
+    exactly what it validated: a reload copies it for the acceptors."""
+    data, base = _read_config(path, env, text)
     return parse_config(data, env, base)
+
+
+def read_config_text(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config file: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start})"]) from None
 
 
 def load_sim_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -1435,18 +1467,16 @@ def load_sim_config(path: str | Path | None = None, env: Mapping[str, str] | Non
     return Config(**sections)
 
 
-def _read_config(path: str | Path | None, env: Mapping[str, str] | None) -> tuple[Any, Path]:
-    """The parsed YAML of ``path`` (the built-in default for None) and the directory its
-    relative paths mean."""
+def _read_config(
+    path: str | Path | None, env: Mapping[str, str] | None, text: str | None = None
+) -> tuple[Any, Path]:
+    """The parsed YAML of ``path`` (the built-in default for None; ``text`` when given) and
+    the directory its relative paths mean."""
     if path is None:
-        return _load_yaml(DEFAULT_YAML, "<default config>"), Path.cwd()
+        return _load_yaml(DEFAULT_YAML if text is None else text, "<default config>"), Path.cwd()
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read config file: {e.strerror or e}"]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start})"]) from None
+    if text is None:
+        text = read_config_text(p)
     # An acceptor loads the supervisor's private copy of the file (bridge/supervisor.py); its
     # relative paths still mean the original file's directory.
     base = (os.environ if env is None else env).get(CONFIG_BASE_ENV)

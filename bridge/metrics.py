@@ -483,7 +483,10 @@ class Metrics:
     # -- scrape ----------------------------------------------------------------------------------
     def observe_smscs(self, status: Mapping[str, Mapping[str, Any]]) -> None:
         """Per-SMSC gauges from `Daemon.smsc_status()` (connector snapshots plus `up`). SMSCs
-        removed by a reload read 0 and then disappear."""
+        removed by a reload read 0 and then disappear; so do SMSCs whose state is unknown (an
+        acceptor without word from its owner): 0 would fire the SMSC-down alert for a bind that
+        may well be up, while smpp_bridge_ready says what is wrong."""
+        status = {n: s for n, s in status.items() if s.get("state") != "unknown"}
         for name, s in status.items():
             binds = s.get("binds") or {}
             window = s.get("window") or {}

@@ -112,6 +112,13 @@ def _rate(m: Mapping[str, Any]) -> float:
     return 0.0
 
 
+def _up_cell(m: Mapping[str, Any]) -> str:
+    if m.get("up"):
+        return "yes"
+    state = m.get("state")
+    return state.upper() if state in ("reconnecting", "removing", "unknown") else "NO"
+
+
 def render(s: DaemonStatus) -> str:
     """A compact table; one line per SMSC, then the queue, the throughput and the webhook
     reports not delivered yet."""
@@ -130,7 +137,7 @@ def render(s: DaemonStatus) -> str:
         rows.append(
             (
                 str(m.get("name", "?")),
-                "yes" if m.get("up") else "RECONNECTING" if m.get("reconnecting") else "NO",
+                _up_cell(m),
                 f"{m.get('binds_up', 0)}/{configured}",
                 f"{window.get('in_use', 0)}/{window.get('size', 0)}",
                 _num(m.get("tps", 0)),

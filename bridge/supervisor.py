@@ -70,12 +70,14 @@ class Supervisor:
             f.write(text)
         os.replace(tmp, self._snapshot)
 
-    def _follow_reload(self) -> None:
-        """After a reload the owner applied: the file's sections, except those needing a restart,
-        which stay as the daemon runs them."""
-        if self._snapshot is None or self.config_path is None:
+    def _follow_reload(self, applied: str | None) -> None:
+        """After a reload the owner applied: the sections of the text it applied (not of the
+        file as it is now: an edit saved while a reload drained a bind became the acceptors'
+        copy unvalidated, and every acceptor restart failed on it), except those needing a
+        restart, which stay as the daemon runs them."""
+        if self._snapshot is None or applied is None:
             return
-        new: Any = yaml.safe_load(Path(self.config_path).read_text(encoding="utf-8")) or {}
+        new: Any = yaml.safe_load(applied) or {}
         running: Any = yaml.safe_load(self._snapshot.read_text(encoding="utf-8")) or {}
         for key in RESTART_PATHS:
             if key in running:
@@ -140,7 +142,7 @@ class Supervisor:
         if not await self.owner.reload_from_file():
             return  # refused or failed: the acceptors keep what they run
         try:
-            self._follow_reload()
+            self._follow_reload(self.owner.applied_text)
         except (OSError, yaml.YAMLError):
             log.exception("reload: the acceptors' copy of the configuration was not updated")
             return

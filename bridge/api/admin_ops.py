@@ -46,6 +46,19 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
+SMSC_STATES = ("up", "down", "reconnecting", "removing", "unknown")
+
+
+def smsc_state(s: Mapping[str, Any]) -> str:
+    """up/down, or why neither says it: a reload is reconnecting it (new bind settings) or
+    removing it (its old connector drains its window meanwhile), or the owner process has not
+    written its status for 5 s (unknown: its store writes stall, or it is gone)."""
+    state = s.get("state")
+    if state in SMSC_STATES:
+        return str(state)
+    return "up" if s.get("up") else "down"
+
+
 def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     """One SMSC from `Daemon.smsc_status()` (the connector's snapshot plus `up`)."""
     binds = {
@@ -67,8 +80,7 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "up": bool(s.get("up")),
-        # A reload changed its bind settings: the old connector drains, the new one follows.
-        "reconnecting": bool(s.get("reconnecting")),
+        "state": smsc_state(s),
         "binds": binds,
         "binds_up": sum(b["up"] for b in binds.values()),
         "window": {"size": _int(window.get("size")), "in_use": _int(window.get("in_use"))},

@@ -18,6 +18,7 @@ from bridge.api.context import (
     BODY,
     CTX,
     OPERATOR,
+    OWNER_SILENT_S,
     PRINCIPAL,
     REQUEST_ID,
     STORE_DOWN,
@@ -262,7 +263,9 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
-        "smscs": {k: bool(v.get("up")) for k, v in smscs.items()},
+        "smscs": {
+            k: None if v.get("state") == "unknown" else bool(v.get("up")) for k, v in smscs.items()
+        },
     }
     return v1.json_response(body, status=200 if not problems else 503)
 
@@ -292,7 +295,15 @@ async def ready_problems(ctx: ApiContext) -> tuple[list[str], dict[str, dict[str
         if fresh is not None:
             _quiet(fresh)  # a failed read leaves the copy as it was
     smscs = ctx.smsc_status()
-    if smscs and not any(s.get("up") for s in smscs.values()):
+    if any(s.get("state") == "unknown" for s in smscs.values()):
+        # Not "no SMSC bound": the binds may well be up; the operator looks at the owner and
+        # the store, not at the carrier.
+        problems.append(
+            f"no status from the owner process for {OWNER_SILENT_S:g} s (its store writes "
+            "stall, or it is gone)"
+        )
+    elif (smscs or ctx.config.smscs) and not any(s.get("up") for s in smscs.values()):
+        # An empty status with SMSCs configured too: nothing is bound.
         problems.append("no SMSC bound")
     if not ctx.accepting:
         problems.append("shutting down")

@@ -77,6 +77,8 @@ class ApiContext:
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+# An owner's status row older than this is not believed: its binds' state is unknown.
+OWNER_SILENT_S = 5.0
 # Each face's one-line-a-while log of "store unavailable" (one per app, so per daemon).
 STORE_DOWN: web.AppKey[logs.Throttled] = web.AppKey("store_down", logs.Throttled)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -591,8 +591,9 @@ def _schemas() -> dict[str, Any]:
                 "problems": {"type": "array", "items": _STR},
                 "smscs": {
                     "type": "object",
-                    "additionalProperties": _BOOL,
-                    "description": "SMSC name -> bound",
+                    "additionalProperties": _nullable(_BOOL),
+                    "description": "SMSC name -> bound; null when this acceptor has had no "
+                    "status from its owner process for 5 s",
                 },
             }
         ),
@@ -1023,10 +1024,14 @@ def _report_schemas() -> dict[str, Any]:
             {
                 "name": _STR,
                 "up": {"type": "boolean", "description": "at least one transmitting bind is up"},
-                "reconnecting": {
-                    "type": "boolean",
-                    "description": "a reload changed its bind settings: the old binds drain "
-                    "their window, then new ones are made (up is false meanwhile)",
+                "state": {
+                    "type": "string",
+                    "enum": ["up", "down", "reconnecting", "removing", "unknown"],
+                    "description": "up or down; reconnecting: a reload changed its bind "
+                    "settings (the old binds drain their window, then new ones are made); "
+                    "removing: a reload removed it (its window drains); unknown: this acceptor "
+                    "has had no status from its owner process for 5 s. up is false for all "
+                    "but up",
                 },
                 "binds": {
                     "type": "object",

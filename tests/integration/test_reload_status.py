@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bridge.app import Daemon
 from bridge.status import fetch, render
@@ -58,7 +59,10 @@ async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successo
                     status = d.smsc_status()
                     seen.append(status)
                     async with s.get(f"{base}/readyz") as r:
-                        if status.get("sim", {}).get("reconnecting") or "sim" not in status:
+                        if (
+                            status.get("sim", {}).get("state") == "reconnecting"
+                            or "sim" not in status
+                        ):
                             ready.append((r.status, await r.json()))
                             shown = await asyncio.to_thread(fetch, base, ADMIN_TOKEN)
                             printed.append(render(shown))
@@ -68,7 +72,7 @@ async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successo
             assert took > 1.0, f"the reload did not wait for the submit in flight ({took:.2f} s)"
             # Listed all along, and down while the old connector drained.
             assert all("sim" in s for s in seen), [sorted(s) for s in seen if "sim" not in s][:3]
-            draining = [s["sim"] for s in seen if s["sim"].get("reconnecting")]
+            draining = [s["sim"] for s in seen if s["sim"].get("state") == "reconnecting"]
             assert draining, "no status taken while the old connector drained"
             assert all(st["up"] is False for st in draining)
             # Nothing is bound meanwhile, and /readyz (which an acceptor answers from the
@@ -79,9 +83,44 @@ async def test_an_smsc_being_reconnected_stays_listed_as_down_until_its_successo
             d.sim.answer_delay_ms = 0
             assert (await final_status(c, mid))["status"] == "delivered"
         await wait_until(lambda: d.connectors["sim"].is_up, 10)
-        assert "reconnecting" not in d.smsc_status()["sim"]
+        assert "state" not in d.smsc_status()["sim"]
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://127.0.0.1:{d.http_port}/readyz") as r:
                 assert r.status == 200
+    finally:
+        await d.stop()
+
+
+async def test_a_reload_whose_new_connector_cannot_be_built_changes_nothing(tmp_path, monkeypatch):
+    """Everything a reload can fail on is built before anything changes: a connector that
+    cannot be built (config validation loads tls_ca_file now, but not everything a connector
+    needs can be checked there) failed the reload after the running one was stopped, and the
+    SMSC stayed unbound until a restart."""
+    cfg = make_config(tmp_path)
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        running = d.connectors["sim"]
+        real = d._connector
+
+        def broken(smsc, **kw):
+            if smsc.window == cfg.smscs[0].window + 1:
+                raise FileNotFoundError(2, "No such file or directory", "carrier-ca.pem")
+            return real(smsc, **kw)
+
+        monkeypatch.setattr(d, "_connector", broken)
+        rebinding = replace(cfg.smscs[0], window=cfg.smscs[0].window + 1)
+        with pytest.raises(FileNotFoundError):
+            await d.reload(replace(cfg, smscs=(rebinding,)))
+        assert d.connectors["sim"] is running and running.is_up
+        assert d.config.smscs[0].window == cfg.smscs[0].window
+        assert d.smsc_status()["sim"]["up"] is True
+        # The file fixed, the same change applies.
+        monkeypatch.setattr(d, "_connector", real)
+        await d.reload(replace(cfg, smscs=(rebinding,)))
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        assert d.connectors["sim"] is not running
+        assert d.connectors["sim"].cfg.window == cfg.smscs[0].window + 1
     finally:
         await d.stop()

@@ -581,7 +581,7 @@ async def test_admin_smscs_renders_the_live_state(api_server):
     assert main == {
         "name": "main",
         "up": True,
-        "reconnecting": False,
+        "state": "up",
         "binds": {
             "transmitter": {"configured": 2, "up": 1},
             "receiver": {"configured": 2, "up": 2},
@@ -607,7 +607,7 @@ async def test_admin_smscs_renders_the_live_state(api_server):
         "rtt_ms_avg": 3.25,
     }
     assert zeta["up"] is False and zeta["binds"] == {} and zeta["last_error"] is None
-    assert zeta["reconnecting"] is False
+    assert zeta["state"] == "down"
     assert zeta["submits"] == {"ok": 0, "failed": {}, "failed_total": 0}
     r = await api_server.admin("GET", "/admin/smscs", query="verbose=1")
     assert (r.status, r.code) == (400, "UNKNOWN_FIELD")
@@ -621,7 +621,8 @@ def test_smsc_view_survives_a_partial_snapshot():
     # A status written by an older release (no tps_avg): its last second stands in.
     assert smsc_view("x", {"tps": 40})["tps_avg"] == 40.0
     assert smsc_view("x", {"tps": 40, "tps_avg": 12.5})["tps_avg"] == 12.5
-    assert smsc_view("x", {"up": False, "reconnecting": True})["reconnecting"] is True
+    assert smsc_view("x", {"up": False, "state": "reconnecting"})["state"] == "reconnecting"
+    assert smsc_view("x", {"up": False, "state": "bogus"})["state"] == "down"
 
 
 async def test_admin_queue_by_account_route_and_smsc(make_api, clock):

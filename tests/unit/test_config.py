@@ -3,6 +3,7 @@
 import base64
 import dataclasses
 import pickle
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -432,13 +433,25 @@ def test_sim_checks() -> None:
     ]
 
 
-def test_relative_paths_resolve_against_base_dir_absolute_kept() -> None:
+def _system_ca_file() -> str:
+    """The system's CA bundle: tls_ca_file must name certificates that load."""
+    found = ssl.get_default_verify_paths().cafile
+    if not found or not Path(found).is_file():
+        pytest.skip("no system CA bundle")
+    return found
+
+
+def test_relative_paths_resolve_against_base_dir_absolute_kept(tmp_path: Path) -> None:
     data = minimal(store={"path": "db/x.db"}, sim={"record_file": "/tmp/rec.log"})
-    data["smscs"][0]["tls_ca_file"] = "../ca.pem"
     cfg = parse(data)
     assert cfg.store.path == BASE / "db/x.db"
     assert cfg.sim.record_file == Path("/tmp/rec.log")
-    assert cfg.smscs[0].tls_ca_file == BASE / "../ca.pem"
+    # The CA file is loaded at parse time: a real one, beside the base directory.
+    (tmp_path / "ca.pem").write_bytes(Path(_system_ca_file()).read_bytes())
+    (tmp_path / "etc").mkdir()
+    data["smscs"][0]["tls_ca_file"] = "../ca.pem"
+    cfg = parse_config(data, env={}, base_dir=tmp_path / "etc")
+    assert cfg.smscs[0].tls_ca_file == tmp_path / "etc" / "../ca.pem"
     assert errors_of(minimal(server={"host": ""})) == ["server.host: must not be empty"]
     assert errors_of(minimal(store={"path": ""})) == [
         "store.path: expected a path (a non-empty string), got ''"
@@ -1022,3 +1035,17 @@ def test_a_retention_shorter_than_the_reply_window_is_refused(days: int) -> None
 @pytest.mark.parametrize("days", [0, 31, 400])
 def test_no_retention_or_at_least_31_days_loads(days: int) -> None:
     assert parse(minimal(store={"retention_days": days})).store.retention_days == days
+
+
+def test_a_tls_ca_file_that_does_not_load_is_refused(tmp_path: Path) -> None:
+    """Checked at load (config check, a SIGHUP), not when the connector is built: a typo once
+    failed a reload after the running bind was stopped."""
+    data = minimal()
+    data["smscs"][0]["tls_ca_file"] = str(tmp_path / "carrier-ca.pem")
+    [error] = errors_of(data)
+    assert error.startswith("smscs[0].tls_ca_file: cannot read") and "No such file" in error
+    (tmp_path / "carrier-ca.pem").write_text("not a certificate")
+    [error] = errors_of(data)
+    assert error.startswith("smscs[0].tls_ca_file: ") and "not PEM CA certificates" in error
+    data["smscs"][0]["tls_ca_file"] = _system_ca_file()
+    assert parse(data).smscs[0].tls_ca_file == Path(_system_ca_file())
