@@ -23,6 +23,8 @@ SEG_NEGATIVE = frozenset({"undeliverable", "expired", "rejected", "unknown", SEG
 SEG_FINAL = SEG_NEGATIVE | {SEG_DELIVERED, SEG_TIMEOUT, SEG_EXPIRED_UNSENT}
 # Parts an SMSC took: sent, or with a receipt (which may come before the submit_sm_resp).
 SEG_ACCEPTED = frozenset({SEG_SENT, SEG_DELIVERED, SEG_TIMEOUT}) | (SEG_NEGATIVE - {SEG_FAILED})
+# Errors of parts ended `timeout` with no submit seen: whether they reached the SMSC is unknown.
+UNSEEN_SUBMIT = frozenset({"RESTORED_FROM_BACKUP", "IN_FLIGHT_AT_RESTART"})
 
 # Message states.
 MSG_QUEUED = "queued"
@@ -151,8 +153,13 @@ def row_update(
     became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
     # A message whose receipts came before its submit_sm_resp goes from queued straight to
     # final: it went out all the same, so it gets its sent time (the stores keep the first).
+    # Not one ended unknown without a submit seen here (restored from a backup, in flight at a
+    # restart): whether and when it went out is what nobody knows, and "sent" at the moment
+    # `db after-restore` ran told the customer otherwise.
     stamp_sent = became_sent or (
-        old_state == MSG_QUEUED and became_final and any(st in SEG_ACCEPTED for st, _e in parts)
+        old_state == MSG_QUEUED
+        and became_final
+        and any(st in SEG_ACCEPTED and e not in UNSEEN_SUBMIT for st, e in parts)
     )
     if (
         s.state == old_state

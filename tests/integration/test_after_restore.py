@@ -67,6 +67,8 @@ async def test_what_the_backup_had_to_send_ends_unknown(store: Store) -> None:
     assert await store.after_restore(at) == {"ended_unknown": 2, "scheduled_kept": 1}
     due = await get(store, "due")
     assert (due.state, due.error_code) == ("unknown", "RESTORED_FROM_BACKUP")
+    # Whether and when it went out is unknown: no sent time (it read the command's moment).
+    assert due.sent_at is None and due.done_at == at
     assert await _parts(store, "due") == [("timeout", "RESTORED_FROM_BACKUP")]
     # The part the SMSC took keeps waiting for its receipt; the other is not sent again.
     assert await _parts(store, "inflight") == [
