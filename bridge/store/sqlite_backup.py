@@ -1,12 +1,12 @@
 """`smpp-bridge db backup`: a verified, consistent copy of a SQLite store, taken while the daemon
-runs. The README's one-liner (`VACUUM INTO`) was the documented way, and three things went
+runs. The README's one-liner (`VACUUM INTO`) was the documented way, and three things could go
 wrong with it by hand: a copy interrupted half way (a full disk, a killed cron job) left a file
-with the backup's name; nothing checked the copy; and run as root on a stopped daemon's store it
-left a root-owned `-wal`/`-shm` beside the store, which the daemon's user then could not open at
-its start.
+with the backup's name; nothing checked the copy; and, run with root's umask, the copy of a
+store only its owner may read was readable by every user of the machine.
 
 No store object and no migrations: a backup taken before an upgrade must copy the schema as it
-was, and opening the store through `open_store` migrates it first.
+was, and opening the store through `open_store` migrates it first. (SQLite itself gives a -wal
+or -shm it creates as root to the database file's owner.)
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()  # a run killed half way left it
     started = time.monotonic()
-    sidecars = _sidecars(store)
-    existed = {p for p in sidecars if p.exists()}
     try:
+        # Made empty first, readable by no one but its owner (VACUUM INTO fills an empty file):
+        # made by SQLite, its mode came from the umask. It gets the store's own mode at the end.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # mode=rw: never creates a store that is not there. Read-write rather than read-only,
         # so that on a stopped daemon's store the last close removes the -wal and -shm it made.
         src = sqlite3.connect(f"file:{store}?mode=rw", uri=True, isolation_level=None, timeout=30)
@@ -57,6 +58,7 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
             raise BackupError(
                 "BACKUP_CORRUPT", f"the copy failed its integrity check: {'; '.join(problems)}"
             )
+        os.chmod(partial, store.stat().st_mode & 0o777 & ~0o111)
         _fsync(partial)
         os.replace(partial, dest)
         _fsync(dest.parent, os.O_DIRECTORY)  # the rename itself
@@ -69,7 +71,6 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        _give_back(store, [p for p in sidecars if p not in existed])
     return {
         "backup": str(dest),
         "bytes": dest.stat().st_size,
@@ -77,10 +78,6 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
         "integrity": "ok",
         "seconds": round(time.monotonic() - started, 3),
     }
-
-
-def _sidecars(store: Path) -> list[Path]:
-    return [store.with_name(store.name + suffix) for suffix in ("-wal", "-shm")]
 
 
 def _check(path: Path) -> tuple[int | None, list[str]]:
@@ -94,19 +91,6 @@ def _check(path: Path) -> tuple[int | None, list[str]]:
         return (row[0] if row else None), problems
     finally:
         conn.close()
-
-
-def _give_back(store: Path, made: list[Path]) -> None:
-    """A -wal/-shm this run created and a daemon now keeps (it started meanwhile) belongs to the
-    store's owner, not to whoever ran the backup (root, from cron)."""
-    try:
-        st = store.stat()
-    except OSError:
-        return
-    for p in made:
-        with contextlib.suppress(OSError):
-            if p.stat().st_uid != st.st_uid or p.stat().st_gid != st.st_gid:
-                os.chown(p, st.st_uid, st.st_gid)
 
 
 def _fsync(path: Path, flags: int = 0) -> None:

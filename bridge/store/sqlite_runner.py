@@ -66,6 +66,21 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 
 
+def open_beside(store: Path, suffix: str) -> int:
+    """A lock file beside the store, owned like the store. Made by a command run as root (`db
+    after-restore`, `account create` from a root shell), it was root's, and the daemon's user
+    could not open it at its next start. (SQLite does the same for the -wal and -shm.)"""
+    fd = os.open(str(store) + suffix, os.O_RDWR | os.O_CREAT, 0o600)
+    if os.geteuid() == 0:
+        try:
+            want, have = os.stat(store), os.fstat(fd)
+            if (have.st_uid, have.st_gid) != (want.st_uid, want.st_gid):
+                os.fchown(fd, want.st_uid, want.st_gid)
+        except OSError:
+            pass  # no store yet: root makes a new one, and owns its lock files too
+    return fd
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -149,7 +164,7 @@ class SqliteRunner:
         """Open the connection and run `setup` (migrations) on it."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         _check_usable(self._path)
-        self._lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = open_beside(self._path, ".writelock")
         try:
             self._conn = connect(self._path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # migrations: one process at a time
@@ -211,8 +226,7 @@ class SqliteRunner:
         reached the SMSC twice. Acceptor processes share the store without owning it."""
         if self._owner_fd is not None:
             return  # held already (a second recovery by the same daemon)
-        path = str(self._path) + ".owner"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_beside(self._path, ".owner")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -633,7 +647,7 @@ class SqliteRunner:
                 # A reader still uses an older snapshot (a report, an export): the restart would
                 # hold every writer up for CHECKPOINT_WAIT_MS and then give up. Try next time.
                 return
-            lock_fd = os.open(str(self._path) + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = open_beside(self._path, ".writelock")
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             locked_at, locked_cpu = time.perf_counter(), time.thread_time()
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;

@@ -125,6 +125,22 @@ async def test_refused_while_a_daemon_runs_on_the_store(
 # -- the command ----------------------------------------------------------------------------------
 
 
+def _chown_alone(path: Path, owner: tuple[int, int]) -> None:
+    """The store file alone (its lock files and WAL removed), owned by `owner`."""
+    for leftover in path.parent.glob(path.name + "?*"):
+        leftover.unlink()
+    os.chown(path, *owner)
+
+
+def _owners_beside(path: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for suffix in (".owner", ".writelock", "-wal", "-shm"):
+        beside = Path(f"{path}{suffix}")
+        if beside.exists():
+            out[suffix] = (beside.stat().st_uid, beside.stat().st_gid)
+    return out
+
+
 async def test_the_command_on_a_restored_sqlite_file(tmp_path: Path) -> None:
     from bridge.store.sqlite import SqliteStore
 
@@ -146,7 +162,17 @@ async def test_the_command_on_a_restored_sqlite_file(tmp_path: Path) -> None:
             }
         )
     )
+    # Restored as the README says (chown to the daemon's user), the command then run as root:
+    # the lock files it makes beside the store are the store owner's, or the daemon's user
+    # could not open them at its start.
+    as_root = os.geteuid() == 0
+    if as_root:
+        _chown_alone(path, (54321, 54322))
     dry = _cli(cfg, "db", "after-restore", "--dry-run")
+    if as_root:
+        owners = _owners_beside(path)
+        assert {".owner", ".writelock"} <= set(owners), owners
+        assert set(owners.values()) == {(54321, 54322)}, owners
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout) == {"ended_unknown": 2, "scheduled_kept": 1, "dry_run": True}
     done = _cli(cfg, "db", "after-restore")

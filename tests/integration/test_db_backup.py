@@ -160,9 +160,8 @@ def test_a_copy_failing_its_check_is_not_left_under_the_backup_name(
 def test_a_stopped_daemons_store_is_left_without_wal_files_and_unmigrated(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Run on a stopped daemon's store, the copy leaves no -wal/-shm behind (root's, from cron,
-    which the daemon's user could not open), and migrates nothing: a backup before an upgrade
-    is of the old schema."""
+    """Run on a stopped daemon's store, the copy leaves no -wal/-shm behind and migrates
+    nothing: a backup before an upgrade is of the old schema."""
     cfg = _config_file(tmp_path)
     assert cli_main(["account", "create", "acme", "--config", str(cfg)]) == 0
     capsys.readouterr()
@@ -206,17 +205,25 @@ def test_the_command_as_a_process_prints_one_json_line(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_wal_files_it_created_are_given_to_the_stores_owner(tmp_path: Path) -> None:
-    """A daemon started during the copy keeps the -wal/-shm this run created: root's (from
-    cron) would stop the daemon's user at its next start."""
+def test_the_backup_is_no_more_readable_than_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run with root's umask (022), the copy of a store only its owner reads was readable by
+    every user of the machine (texts and numbers)."""
+    cfg = _config_file(tmp_path)
+    assert cli_main(["account", "create", "acme", "--config", str(cfg)]) == 0
+    capsys.readouterr()
     store = tmp_path / "bridge.db"
-    sqlite3.connect(store).execute("CREATE TABLE t (x)").connection.close()
-    os.chown(store, 54321, 54322)
-    wal = tmp_path / "bridge.db-wal"
-    wal.write_bytes(b"")
-    sqlite_backup._give_back(store, [wal])
-    assert (wal.stat().st_uid, wal.stat().st_gid) == (54321, 54322)
+    old = os.umask(0o022)
+    try:
+        for mode in (0o600, 0o640):
+            os.chmod(store, mode)
+            dest = tmp_path / f"b-{mode:o}.db"
+            code, _result, err = _backup(capsys, cfg, dest)
+            assert code == 0, err
+            assert dest.stat().st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
 
 
 # -- the systemd units that run it daily ----------------------------------------------------------
