@@ -40,6 +40,14 @@ def setup_logging(cfg: Config | None, level: str | None = None) -> None:
     configure(cfg.logging if cfg else None, level, secrets=config_secrets(cfg))
 
 
+def _stdout_gone() -> None:
+    """Later writes (the interpreter's own flush at exit among them) go nowhere, as Python's
+    documentation advises for a closed pipe, instead of a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _print(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -230,6 +238,12 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
     status, code = 1, None
     try:
         status = await fn(AccountService(store, make_sealer(cfg)))
+        return status
+    except BrokenPipeError:
+        # The reader went away (`| head`) while the result was printed: printed last, after
+        # the change committed. It was audited as failed (exit 1) although it was done.
+        _stdout_gone()
+        status = 0
         return status
     except Exception as exc:
         m = _CODE.match(str(exc))
@@ -785,6 +799,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("send: --to and one of --text/--template are required")
     try:
         return args.fn(args)
+    except BrokenPipeError:  # a command without the store (preview, status) piped into `head`
+        _stdout_gone()
+        return 0
     except CliError as exc:
         print(f"smpp-bridge: {exc}", file=sys.stderr)
         return 1

@@ -431,8 +431,8 @@ def cmd_dnc(args: argparse.Namespace) -> int:
         parsed, bad = parse_dnc_csv(read_list(), args.country)
         if bad and not args.lenient:
             raise CliError(
-                f"{args.file}: {len(bad)} bad line(s), nothing imported (--lenient skips them): "
-                + "; ".join(bad[:20])
+                f"INVALID_FIELD: {args.file}: {len(bad)} bad line(s), nothing imported "
+                "(--lenient skips them): " + "; ".join(bad[:20])
             )
         name = (args.name or args.id)[:200]
         info = DncInfo(

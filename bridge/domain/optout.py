@@ -37,8 +37,10 @@ DEFAULT_OPTOUT_PHRASES: tuple[str, ...] = (
     "退订请回复TD",
     "拒收请回复R",
     "Reply STOP",
-    "Reply TD to unsubscribe",
+    "Reply TD",  # "to opt out", "to unsubscribe", "to stop": TD is a keyword in every case
+    "Text TD",
     "Reply T to unsubscribe",
+    "Reply T to opt out",
     "Reply UNSUBSCRIBE",
     "Text STOP to opt out",
     "Text STOP to unsubscribe",

@@ -218,6 +218,40 @@ def test_cli_store_commands_are_recorded(tmp_path: Path) -> None:
     assert rows[2]["code"] == "NOT_FOUND" and rows[0]["code"] is None
 
 
+def test_a_command_whose_reader_went_away_is_recorded_as_done(tmp_path: Path) -> None:
+    """`smpp-bridge account create acme | head -0`: the change commits, then the printed
+    result meets a closed pipe. It was audited as failed (BrokenPipeError, exit 1)."""
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"engine": "sqlite", "path": str(tmp_path / "bridge.db")},
+                "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
+                "smscs": [{"name": "main", "system_id": "bridge"}],
+                "logging": {"level": "WARNING"},
+            }
+        )
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command prints
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "account", "create", "acme", "--config", str(cfg)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    rows = json.loads(_cli(cfg, "audit", "list").stdout)
+    assert [(r["action"], r["status"], r["code"]) for r in rows] == [
+        ("cli account create", 0, None)
+    ]
+    assert "acme" in _cli(cfg, "account", "list").stdout
+
+
 # -- named operators (admin.operators) ---------------------------------------------------------
 
 ALICE = "alice-token-0123456789"

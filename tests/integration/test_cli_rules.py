@@ -484,7 +484,7 @@ def test_dnc_import_list_delete(cfg: Path) -> None:
     refused(
         cfg,
         (("dnc", "import", "cn", str(tmp / "cn.csv"), "--country", "CN"),
-         ("1 bad line(s)", "nothing imported", "line 7")),
+         ("INVALID_FIELD: ", "1 bad line(s)", "nothing imported", "line 7")),
         (("dnc", "import", "bad id!", str(tmp / "clean.csv")), ("ID",)),
         (("dnc", "import", "cn", str(tmp / "clean.csv"), "--country", "cn"), ("--country",)),
         (("dnc", "import", "cn", str(tmp / "latin1.csv")), ("UTF-8",)),

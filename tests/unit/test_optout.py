@@ -148,6 +148,9 @@ def test_every_default_phrase_is_recognised_in_context(phrase: str) -> None:
         "Sale! REPLY STOP",
         "Sale! Text STOP to opt out",
         "Sale! Reply TD to unsubscribe",
+        "Sale! Reply TD to opt out",  # TD is a default keyword: any wording around it
+        "Sale! Text TD to stop these messages",
+        "Sale! Reply T to opt out",
     ],
 )
 def test_wording_present(content: str) -> None:
@@ -163,6 +166,7 @@ def test_wording_present(content: str) -> None:
         "全场五折，回复查询",
         "Reply today for a discount",
         "Reply T",  # too short a phrase to be a default (would match "Reply today")
+        "Reply to TDK support for details",
         "Stop by our store",
     ],
 )
