@@ -497,7 +497,7 @@ class Daemon:
         status = self.smsc_status()
         for name, st in status.items():
             if not st.get("up") and self._remote_status.get(name, {}).get("up"):
-                status[name] = {**st, "up": True, "bound_on_other_instance": True}
+                status[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
         return status
 
     async def _refresh_status(self) -> None:
@@ -562,7 +562,7 @@ class Daemon:
         for name in elsewhere:
             st = mine.get(name)
             if isinstance(st, dict) and not st.get("up"):
-                mine[name] = {**st, "up": True, "bound_on_other_instance": True}
+                mine[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
         return mine
 
     async def _heartbeat(self) -> None:

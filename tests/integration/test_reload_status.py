@@ -7,6 +7,7 @@ Real daemon, the built-in simulator over TCP, a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from dataclasses import replace
@@ -124,3 +125,34 @@ async def test_a_reload_whose_new_connector_cannot_be_built_changes_nothing(tmp_
         assert d.connectors["sim"].cfg.window == cfg.smscs[0].window + 1
     finally:
         await d.stop()
+
+
+class _Rows:
+    """The store's heartbeat rows, as `instances` returns them."""
+
+    def __init__(self, rows: list[tuple[str, str, int, str]]) -> None:
+        self.rows = rows
+
+    async def instances(self, since: int) -> list[tuple[str, str, int, str]]:
+        return [r for r in self.rows if r[2] >= since]
+
+
+async def test_an_acceptor_without_word_from_its_owner_says_so_unless_another_instance_sends(
+    tmp_path, monkeypatch
+):
+    """Its owner silent for 5 s: the SMSCs' state is unknown (not down: the binds may be up
+    behind a stalled store write). With another live instance holding the SMSC bound, it is up
+    there, and this instance is ready: what it accepts, that one sends."""
+    from bridge.api.admin_ops import smsc_state
+    from bridge.app import OWNER_INSTANCE_ENV
+
+    monkeypatch.setenv(OWNER_INSTANCE_ENV, "mine")
+    d = Daemon(make_config(tmp_path), role="acceptor")
+    now = int(time.time() * 1000)
+    up = json.dumps({"sim": {"up": True}})
+    d.store = _Rows([("mine", "owner", now - 6_000, up)])  # older than 5 s
+    silent = await d._read_owner_status()
+    assert silent == {"sim": {"up": False, "state": "unknown"}}
+    d.store = _Rows([("mine", "owner", now - 6_000, up), ("other", "owner", now - 500, up)])
+    fleet = await d._read_owner_status()
+    assert fleet["sim"]["up"] is True and smsc_state(fleet["sim"]) == "up"
