@@ -20,7 +20,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,15 +49,11 @@ def _is_full(exc: BaseException) -> bool:
 
 # Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
-# ... or sooner when the WAL holds this much since it last started over (every commit writes whole
-# pages, so under load it grows by tens of MB a second). Small and frequent: each checkpoint is
-# then a few ms of copying in a thread.
+# ... or sooner when the WAL file passes this size (every commit writes whole pages, so under load
+# the WAL grows by tens of MB a second). Small and frequent: each checkpoint is then a few ms of
+# copying in a thread, and the checkpoint that empties the file (TRUNCATE) keeps "file size" a
+# measure of what is waiting to be copied.
 WAL_MAX_BYTES = 8 * 1024 * 1024
-# The WAL file is emptied (TRUNCATE) only past this size, which it reaches when a long reader kept
-# checkpoints from starting it over; otherwise it is reused in place (RESTART). Measured with
-# `scripts/bench_store.py`: the restart held every writer 2-4 ms against TRUNCATE's 6-10 ms, and
-# the WAL fsyncs after it overwrite blocks the file already has instead of allocating new ones.
-WAL_SHRINK_BYTES = 4 * WAL_MAX_BYTES
 # How long the WAL restart (writers blocked) may wait for readers of an old snapshot.
 CHECKPOINT_WAIT_MS = 200
 
@@ -571,25 +566,6 @@ class SqliteRunner:
         return results, at_once
 
     def _wal_bytes(self) -> int:
-        """Bytes in the WAL since it last started over: what the next checkpoint copies.
-
-        The file's size does not say it once the file is reused in place, so this reads the
-        frame count and page size from the WAL-index header in the -shm file (mxFrame at offset
-        16, szPage at 14, native byte order: sqlite.org/walformat.html). A read without SQLite's
-        locks may see a header being rewritten; it only decides when to checkpoint, so an odd
-        value costs one early or late checkpoint. No -shm (or an unreadable one): the file size.
-        """
-        try:
-            with open(str(self._path) + "-shm", "rb") as f:
-                head = f.read(24)
-            if len(head) == 24:
-                size, frames = struct.unpack_from("=HI", head, 14)
-                return frames * (65536 if size == 1 else size)
-        except OSError:
-            pass
-        return self._wal_file_bytes()
-
-    def _wal_file_bytes(self) -> int:
         try:
             return os.stat(str(self._path) + "-wal").st_size
         except OSError:
@@ -618,9 +594,9 @@ class SqliteRunner:
         On its own it never catches up under continuous writes (the WAL is only reused once
         everything in it was copied and no reader uses it), and the WAL grows without bound
         (measured: 12.8 GB after 700k messages with an acceptor process). So RESTART follows:
-        it copies the little written meanwhile and makes the next writer start the WAL over,
-        reusing the file; TRUNCATE (the same, plus emptying the file) only when the file grew
-        past WAL_SHRINK_BYTES. Both block writers while they run, so they run
+        it copies the little written meanwhile and makes the next writer start the WAL over, and
+        TRUNCATE (the same, plus emptying the file) when the file is past WAL_MAX_BYTES, which
+        is what starts a checkpoint under load. Both block writers while they run, so they run
         holding the cross-process write lock (own file description, so the lock also excludes
         this process's loop): writers then wait for the flock in their lock-waiter threads while
         the loop keeps serving. Before, they waited in SQLite's busy handler on the loop thread,
@@ -653,10 +629,10 @@ class SqliteRunner:
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;
             # the WAL is then restarted at the next checkpoint.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-            # A file grown past WAL_SHRINK_BYTES is emptied here, under the lock, so no commit on
-            # a loop ever cuts it (journal_size_limit would: ~20 ms on the loop for a 66 MB WAL);
-            # below it RESTART reuses the file in place.
-            big = final or self._wal_file_bytes() > WAL_SHRINK_BYTES
+            # A file past the limit is emptied here, under the lock, so no commit on a loop ever
+            # cuts it (journal_size_limit would: ~20 ms on the loop for a 66 MB WAL); below the
+            # limit RESTART reuses it without touching the file.
+            big = final or self._wal_bytes() > WAL_MAX_BYTES
             mode = "TRUNCATE" if big else "RESTART"
             busy, _log, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
@@ -700,12 +676,7 @@ class SqliteRunner:
         if self._wal_fd is None:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
-        _datasync(self._wal_fd)
-
-
-# As SQLite's own syncs on Linux: the data and what is needed to read it back (the file's size),
-# not its times. A WAL reused in place then syncs without a journal commit of the file system.
-_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+        os.fsync(self._wal_fd)
 
 
 def _check_usable(path: Path) -> None:
