@@ -302,8 +302,7 @@ async def ready_problems(ctx: ApiContext) -> tuple[list[str], dict[str, dict[str
             f"no status from the owner process for {OWNER_SILENT_S:g} s (its store writes "
             "stall, or it is gone)"
         )
-    elif (smscs or ctx.config.smscs) and not any(s.get("up") for s in smscs.values()):
-        # An empty status with SMSCs configured too: nothing is bound.
+    elif smscs and not any(s.get("up") for s in smscs.values()):
         problems.append("no SMSC bound")
     if not ctx.accepting:
         problems.append("shutting down")
