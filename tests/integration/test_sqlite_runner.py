@@ -366,3 +366,60 @@ async def test_bare_jobs_that_succeed_run_once(tmp_path: Path) -> None:
     await asyncio.gather(*(runner.write(job(i), bare=True) for i in range(10)))
     assert sorted(calls) == list(range(10)) and runner.reruns == 0
     await runner.close()
+
+
+# SQLite's unix VFS: the dead-man-switch byte of the -shm file, on which every connection holds
+# a shared POSIX lock while it is open (sqlite3.c: UNIX_SHM_DMS = UNIX_SHM_BASE + SQLITE_SHM_NLOCK
+# = 120 + 8).
+_SHM_DMS = 128
+
+_PROBE = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (x86_64 and aarch64 Linux)
+req = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, int(sys.argv[2]), 1, 0)
+l_type, _w, _s, _l, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, req))
+print(pid if l_type != fcntl.F_UNLCK else 0)
+"""
+
+
+def _shm_lock_holder(db: Path) -> int:
+    """The pid holding a lock on the -shm's dead-man-switch byte, as another process sees it
+    (F_GETLK in this process would not report this process's own locks): 0 for none."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, f"{db}-shm", str(_SHM_DMS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return int(out.stdout)
+
+
+async def test_the_runner_never_drops_sqlites_locks_on_the_shm_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """POSIX locks belong to the process and the file: closing ANY descriptor of the -shm (or
+    the database) drops every lock this process holds on it, SQLite's included. Session 32 read
+    the WAL-index header with open()/close() after commits: another process's connection then
+    found no holder of the dead-man-switch lock, reset the -shm under this one, and processes
+    died of SIGBUS (the chaos soak's acceptors and owners, in CI). Here: after writes and
+    checkpoints, another process still sees this one's lock."""
+    monkeypatch.setattr(sqlite_runner, "WAL_MAX_BYTES", 64 * 1024)
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db, linger_ms=0, max_batch=20)
+    runner.start(_setup)
+    try:
+        await runner.write(_insert(0))
+        assert await asyncio.to_thread(_shm_lock_holder, db) == os.getpid()
+        for start in range(0, 600, 50):  # several checkpoints' worth
+            await asyncio.gather(*(runner.write(_insert(i)) for i in range(start, start + 50)))
+        await _wait_checkpoint(runner)
+        runner._wal_bytes()
+        runner.check_files()
+        assert await asyncio.to_thread(_shm_lock_holder, db) == os.getpid()
+    finally:
+        await runner.close()
