@@ -191,6 +191,7 @@ class Daemon:
         self._wake_listener: WakeListener | None = None
         self._wake_sender: WakeSender | None = None
         self._remote_status: dict[str, Any] = {}
+        self._remote_read_at: float | None = None  # time.monotonic() of the last read kept
         self._failures = logs.Failures(log, is_unavailable)  # the background loops'
         self.coord: Any = None  # PostgreSQL: liveness, bind slots, wake-ups across instances
         self.metrics = Metrics()  # per Daemon: tests run several in one process
@@ -454,6 +455,18 @@ class Daemon:
         return status
 
     def _owner_status(self) -> dict[str, Any]:
+        fresh = self._fresh_remote()
+        if fresh is None:  # see _fresh_remote
+            return {smsc.name: {"up": False, "state": "unknown"} for smsc in self.config.smscs}
+        return fresh
+
+    def _fresh_remote(self) -> dict[str, Any] | None:
+        """The bind holders' status as last read, unless no read succeeded for OWNER_SILENT_S:
+        an acceptor kept its last copy through a store outage, and reported the binds up (its
+        SMSC gauges too, so no SMSC-down alert) while its owner had long unbound them."""
+        at = self._remote_read_at
+        if at is None or time.monotonic() - at > OWNER_SILENT_S:
+            return None
         return self._remote_status
 
     async def _api_housekeeping(self) -> None:
@@ -495,8 +508,9 @@ class Daemon:
         """Several instances on PostgreSQL: an SMSC bound only on another live instance is up
         for readiness too (what this instance accepts, that one sends)."""
         status = self.smsc_status()
+        remote = self._fresh_remote() or {}
         for name, st in status.items():
-            if not st.get("up") and self._remote_status.get(name, {}).get("up"):
+            if not st.get("up") and remote.get(name, {}).get("up"):
                 status[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
         return status
 
@@ -522,6 +536,7 @@ class Daemon:
         if mine > self._status_kept:
             self._status_kept = mine
             self._remote_status = status
+            self._remote_read_at = time.monotonic()
 
     async def _read_peer_status(self) -> dict[str, Any]:
         assert self.store is not None

@@ -156,3 +156,30 @@ async def test_an_acceptor_without_word_from_its_owner_says_so_unless_another_in
     d.store = _Rows([("mine", "owner", now - 6_000, up), ("other", "owner", now - 500, up)])
     fleet = await d._read_owner_status()
     assert fleet["sim"]["up"] is True and smsc_state(fleet["sim"]) == "up"
+
+
+async def test_an_acceptor_does_not_keep_reporting_its_last_copy_through_a_store_outage(
+    tmp_path, monkeypatch
+):
+    """Its reads of the owner's status failing (the database down), an acceptor kept the last
+    copy it read: binds up, `smsc_up` 1, so no SMSC-down alert, while the owner had unbound long
+    ago. After OWNER_SILENT_S without a read, its SMSCs are unknown."""
+    from bridge.api import context
+
+    d = Daemon(make_config(tmp_path), role="acceptor")
+    ok: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+    ok.set_result({"sim": {"up": True, "binds": {"transceiver": {"configured": 1, "up": 1}}}})
+    await d._keep_status(ok)
+    assert d._owner_status()["sim"]["up"] is True
+
+    class Down:
+        async def instances(self, since: int) -> list:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    d.store = Down()
+    with pytest.raises(ConnectionRefusedError):
+        await d._refresh_status()
+    assert d._owner_status()["sim"]["up"] is True  # a second ago: still believed
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + context.OWNER_SILENT_S + 0.1)
+    assert d._owner_status() == {"sim": {"up": False, "state": "unknown"}}
