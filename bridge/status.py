@@ -28,6 +28,7 @@ class DaemonStatus:
     problems: tuple[str, ...]
     smscs: tuple[Mapping[str, Any], ...]
     queue: Mapping[str, Any]
+    smscs_unavailable: str | None = None  # why /admin/smscs did not answer (see _admin)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -36,7 +37,7 @@ class DaemonStatus:
             "problems": list(self.problems),
             "smscs": list(self.smscs),
             "queue": dict(self.queue),
-        }
+        } | ({"smscs_unavailable": self.smscs_unavailable} if self.smscs_unavailable else {})
 
 
 def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
@@ -59,10 +60,15 @@ def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
 
 
 def _admin(base: str, path: str, token: str | None, timeout: float) -> Mapping[str, Any]:
+    """The admin view at `path`; one the daemon cannot answer now (503: its store is down, it is
+    shutting down) comes back as {"unavailable": "CODE: message"} for render to say so, beside
+    the readiness problems: status printed only the failed call and none of the rest."""
     status, body = _get(base + path, token, timeout)
     if status != 200:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         code, message = err.get("code", f"HTTP {status}"), err.get("message", "")
+        if status == 503:
+            return {"unavailable": f"{code}: {message}".rstrip(": ")}
         if code == "ADMIN_DISABLED":  # no token of ours helps: the daemon's config must change
             hint = " (the daemon needs server.admin_token or admin.operators, then a restart)"
         else:
@@ -84,6 +90,7 @@ def fetch(url: str, token: str | None, timeout: float = 5.0) -> DaemonStatus:
         problems=tuple(str(p) for p in ready.get("problems", ())),
         smscs=tuple(smscs.get("smscs", ())),
         queue=queue,
+        smscs_unavailable=smscs.get("unavailable"),
     )
 
 
@@ -150,8 +157,14 @@ def render(s: DaemonStatus) -> str:
                 str(err.get("message", "-"))[:60] if err else "-",
             )
         )
-    lines += _table(header, rows) if rows else ["(no SMSC configured)"]
+    if s.smscs_unavailable:
+        lines.append(f"SMSCs: unavailable ({s.smscs_unavailable})")
+    else:
+        lines += _table(header, rows) if rows else ["(no SMSC configured)"]
     q = s.queue
+    if "unavailable" in q:
+        lines.append(f"queue: unavailable ({q['unavailable']})")
+        return "\n".join(lines)
     states = q.get("by_state") or {}
     oldest = q.get("oldest_age_s")
     lines.append(
