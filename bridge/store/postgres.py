@@ -62,6 +62,7 @@ from bridge.store.base import (
     WEBHOOK_BACKLOG,
     StoreClosedError,
     StoreError,
+    StoreUnusableError,
     WriteLockStats,
 )
 from bridge.store.mo_rows import (
@@ -380,6 +381,17 @@ OFFSET_MAX_RTT_S = 2.0
 OFFSET_STEP_MS = 250
 
 
+def _server_of(dsn: str) -> str:
+    """host:port of a DSN, for a message: never its user or password."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(dsn)
+        return f"{u.hostname or 'localhost'}:{u.port or 5432}"
+    except ValueError:
+        return "the configured server"
+
+
 class PostgresStore(RulesStoreMixin, RetentionMixin):
     engine = "postgres"
 
@@ -417,7 +429,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     # -- life cycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        conn = await asyncpg.connect(self.dsn, server_settings=session_settings("smpp-bridge"))
+        try:
+            conn = await asyncpg.connect(self.dsn, server_settings=session_settings("smpp-bridge"))
+        except (OSError, TimeoutError) as exc:
+            # "[Errno 111] Connection refused" alone named neither the store nor the server.
+            raise StoreUnusableError(
+                f"cannot connect to PostgreSQL at {_server_of(self.dsn)}: "
+                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
+            ) from None
         try:
             await _migrate(conn)
             await self._measure_offset(conn)
