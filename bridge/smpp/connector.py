@@ -955,7 +955,7 @@ class Connector:
                     "smpp bound",
                     extra={"smsc": self.name, "bind": b.index, "mode": str(b.mode), "peer": peer},
                 )
-                reason = await self._hold(b, proto)
+                reason, handed_over = await self._hold(b, proto)
                 self._bind_down(b)
                 # The back-off starts over only after a bind that lasted: one the SMSC drops
                 # right after bind_resp was retried at reconnect_min_s for ever (a bind a
@@ -966,12 +966,20 @@ class Connector:
                     delay = cfg.reconnect_min_s
                 if self._stopping:
                     return
-                self._reconnects += 1
-                self._error(f"bind {b.index} lost: {reason}")
-                log.warning(
-                    "smpp bind lost; reconnecting",
-                    extra={"smsc": self.name, "bind": b.index, "reason": reason},
-                )
+                if handed_over:
+                    # Planned: another instance took its share of the binds (see _give_up). A
+                    # WARNING, a reconnect and a last error made it look like a carrier fault.
+                    log.info(
+                        "smpp bind handed over to another instance",
+                        extra={"smsc": self.name, "bind": b.index},
+                    )
+                else:
+                    self._reconnects += 1
+                    self._error(f"bind {b.index} lost: {reason}")
+                    log.warning(
+                        "smpp bind lost; reconnecting",
+                        extra={"smsc": self.name, "bind": b.index, "reason": reason},
+                    )
             finally:
                 if proto is not None and b.proto is not proto and not proto.closed.done():
                     proto.abort("bind failed")
@@ -982,20 +990,25 @@ class Connector:
             sleep_s = max(cfg.reconnect_min_s * 0.5, base * random.uniform(0.75, 1.0))
             await wait_event(self._stop_event, sleep_s)
 
-    async def _hold(self, b: _Bind, proto: SmppProtocol) -> str:
-        """Wait until the bind closes. With a gate, give the bind up as soon as its slot is no
-        longer ours (another instance may open it)."""
+    async def _hold(self, b: _Bind, proto: SmppProtocol) -> tuple[str, bool]:
+        """Wait until the bind closes: why, and whether this side gave it up. With a gate, give
+        the bind up as soon as its slot is no longer ours (another instance may open it)."""
         gate = self.bind_gate
+        handed_over = False
         while gate is not None and not proto.closed.done():
             await asyncio.wait([proto.closed], timeout=SLOT_CHECK_S)
             if not proto.closed.done() and not gate.keep(b.index) and not self._stopping:
                 await self._give_up(b, proto)
-        return await asyncio.shield(proto.closed)
+                handed_over = True
+        return await asyncio.shield(proto.closed), handed_over
 
     async def _give_up(self, b: _Bind, proto: SmppProtocol) -> None:
         """No new submits on the bind, a short wait for those in flight, then unbind: about 4 s
         at most, so the slot is free well before another instance may take it."""
-        log.warning("smpp bind slot lost; unbinding", extra={"smsc": self.name, "bind": b.index})
+        log.info(
+            "smpp bind slot taken by another instance; unbinding",
+            extra={"smsc": self.name, "bind": b.index},
+        )
         await self._quiesce(b, proto, min(2.0, self.cfg.response_timeout_s))
         await proto.drain_delivers(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
         await proto.unbind(timeout_s=min(1.0, self.cfg.unbind_timeout_s))
