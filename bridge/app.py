@@ -218,7 +218,9 @@ class Daemon:
                 await self.coord.start()
             await self._start_pipeline(store, accounts, router)
         if self.role == "owner":
-            self._wake_listener = WakeListener(channel_name(cfg.store.path), self._wake_dispatcher)
+            self._wake_listener = WakeListener(
+                channel_name(cfg.store.path, os.getpid()), self._wake_dispatcher
+            )
             self._wake_listener.start()
             log.info(
                 "smpp-bridge owner running the pipeline (instance %s, store %s, event loop %s)",
@@ -334,7 +336,7 @@ class Daemon:
             )
             refresh = None if self.coord is None else self._refresh_status
         else:  # an acceptor process: the owner dispatches and reports its binds via the store
-            self._wake_sender = WakeSender(channel_name(cfg.store.path))
+            self._wake_sender = WakeSender(channel_name(cfg.store.path, self._parent_pid))
             on_accepted = self._wake_sender.wake
             status = self._owner_status
             refresh = self._refresh_status

@@ -19,9 +19,13 @@ from collections.abc import Callable
 log = logging.getLogger("bridge.pipeline")
 
 
-def channel_name(store_path: str | os.PathLike[str]) -> str:
-    """One channel per store: two daemons on two databases never wake each other."""
-    digest = hashlib.sha256(os.path.abspath(store_path).encode()).hexdigest()[:20]
+def channel_name(store_path: str | os.PathLike[str], owner_pid: int) -> str:
+    """One channel per store and owner process: two daemons on two databases never wake each
+    other, and neither do two instances of a PostgreSQL fleet on one host (store.path, unused
+    there, was the same for configurations in one directory: the second owner could not listen,
+    and its acceptors woke the first)."""
+    key = f"{os.path.abspath(store_path)}\0{owner_pid}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return f"\0smpp-bridge-{digest}"
 
 
