@@ -77,6 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         main_coro = Supervisor(cfg, args.config, workers).run
     else:
+        from bridge import tempdirs
+
+        # What a workers-mode daemon killed with -9 left (its configuration copy holds secrets):
+        # a start in one process made no directories, so it swept none.
+        tempdirs.sweep_once()
         _fresh_metric_files()
         main_coro = Daemon(cfg, config_path=args.config).run_forever
     _tune_gc()

@@ -792,3 +792,41 @@ def test_sweep_once_in_a_fresh_process_removes_the_dead_keeps_the_live(tmp_path:
         live.wait(10)
         if live.stdout is not None:
             live.stdout.close()
+
+
+async def test_a_start_in_one_process_sweeps_what_a_killed_workers_daemon_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep ran only where a directory is made (the workers supervisor): a daemon started
+    without workers after a workers-mode one was killed with -9 left its configuration copy (the
+    YAML's secrets) in $TMPDIR for good. Real processes: the directories of one that exited,
+    then `smpp-bridge run` in one process."""
+    import subprocess
+
+    import yaml
+
+    from tests.e2e.harness import DaemonProcess, config_dict
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    dead = subprocess.run(
+        [sys.executable, "-c", "from bridge import tempdirs, metrics, supervisor\n"
+         "print(tempdirs.make(supervisor.CONFIG_COPY_PREFIX));"
+         "print(tempdirs.make(metrics.METRICS_DIR_PREFIX))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert _present(dead) == [True, True]
+    daemon = DaemonProcess(tmp_path, config_dict(tmp_path))
+    assert yaml.safe_load(daemon.path.read_text())["server"].get("workers") in (None, 0)
+    monkeypatch.setenv("TMPDIR", str(tmpdir))  # the daemon's environment
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        assert _present(dead) == [False, False]
+    finally:
+        daemon.stop()
+
+
+def _present(paths: list[str]) -> list[bool]:
+    return [Path(p).exists() for p in paths]
