@@ -190,7 +190,7 @@ def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def test_cli_store_commands_are_recorded(tmp_path: Path) -> None:
+def _cli_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "bridge.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -202,6 +202,11 @@ def test_cli_store_commands_are_recorded(tmp_path: Path) -> None:
             }
         )
     )
+    return cfg
+
+
+def test_cli_store_commands_are_recorded(tmp_path: Path) -> None:
+    cfg = _cli_config(tmp_path)
     assert _cli(cfg, "account", "create", "acme").returncode == 0
     assert _cli(cfg, "account", "list").returncode == 0  # not recorded
     assert _cli(cfg, "account", "disable", "acme").returncode == 0
@@ -221,17 +226,7 @@ def test_cli_store_commands_are_recorded(tmp_path: Path) -> None:
 def test_a_command_whose_reader_went_away_is_recorded_as_done(tmp_path: Path) -> None:
     """`smpp-bridge account create acme | head -0`: the change commits, then the printed
     result meets a closed pipe. It was audited as failed (BrokenPipeError, exit 1)."""
-    cfg = tmp_path / "bridge.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "store": {"engine": "sqlite", "path": str(tmp_path / "bridge.db")},
-                "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
-                "smscs": [{"name": "main", "system_id": "bridge"}],
-                "logging": {"level": "WARNING"},
-            }
-        )
-    )
+    cfg = _cli_config(tmp_path)
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the command prints
     try:
