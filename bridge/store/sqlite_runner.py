@@ -49,11 +49,15 @@ def _is_full(exc: BaseException) -> bool:
 
 # Commits between WAL checkpoints ...
 CHECKPOINT_EVERY = int(os.environ.get("SMPP_BRIDGE_CHECKPOINT_EVERY", "1000"))
-# ... or sooner when the WAL file passes this size (every commit writes whole pages, so under load
-# the WAL grows by tens of MB a second). Small and frequent: each checkpoint is then a few ms of
-# copying in a thread, and the checkpoint that empties the file (TRUNCATE) keeps "file size" a
-# measure of what is waiting to be copied.
+# ... or sooner when the WAL holds this much since it last started over (every commit writes
+# whole pages, so under load it grows by tens of MB a second). Small and frequent: each
+# checkpoint is then a few ms of copying in a thread.
 WAL_MAX_BYTES = 8 * 1024 * 1024
+# The WAL file is emptied (TRUNCATE) only past this size, which it reaches when a long reader kept
+# checkpoints from starting it over; otherwise it is reused in place (RESTART), which holds the
+# writers 2-4 ms against TRUNCATE's 6-10 (`scripts/bench_store.py`; end to end, the accept p99
+# at 50 concurrent requests 43-48 ms against 50-66).
+WAL_SHRINK_BYTES = 4 * WAL_MAX_BYTES
 # How long the WAL restart (writers blocked) may wait for readers of an old snapshot.
 CHECKPOINT_WAIT_MS = 200
 
@@ -105,6 +109,7 @@ class SqliteRunner:
         self._fsync = fsync
         self._conn: sqlite3.Connection | None = None
         self._wal_fd: int | None = None
+        self._wal_read_fd: int | None = None  # see _wal_bytes
         self._jobs: list[tuple[Job, asyncio.Future[Any], int, bool]] = []
         self._scheduled: asyncio.Handle | None = None
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
@@ -367,6 +372,9 @@ class SqliteRunner:
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
+        if self._wal_read_fd is not None:
+            os.close(self._wal_read_fd)
+            self._wal_read_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -566,6 +574,38 @@ class SqliteRunner:
         return results, at_once
 
     def _wal_bytes(self) -> int:
+        """Bytes in the WAL since it last started over: what the next checkpoint copies.
+
+        Once the file is reused in place its size says nothing, so this counts the frames at its
+        start whose salts are the WAL header's (a restart changes the salts, so the frames of
+        earlier rounds further on never match): a binary search, a dozen 16-byte reads
+        (sqlite.org/fileformat2.html#walformat). From the -wal file, never the -shm: SQLite
+        takes no locks on the -wal, while opening and closing the -shm dropped this process's
+        POSIX locks on it, SQLite's own (session 32: processes died of SIGBUS)."""
+        fd = self._wal_reader()
+        if fd is None:
+            return 0
+        try:
+            return _wal_frames_bytes(fd)
+        except OSError:
+            return 0
+
+    def _wal_reader(self) -> int | None:
+        """A descriptor of the -wal kept open (closing one of the -wal drops no SQLite lock, but
+        there is no need to open it each time); again when the file was replaced."""
+        fd = self._wal_read_fd
+        try:
+            if fd is not None and os.fstat(fd).st_nlink > 0:
+                return fd
+            if fd is not None:
+                os.close(fd)
+            self._wal_read_fd = None
+            self._wal_read_fd = os.open(str(self._path) + "-wal", os.O_RDONLY)
+        except OSError:
+            return None
+        return self._wal_read_fd
+
+    def _wal_file_bytes(self) -> int:
         try:
             return os.stat(str(self._path) + "-wal").st_size
         except OSError:
@@ -595,8 +635,8 @@ class SqliteRunner:
         everything in it was copied and no reader uses it), and the WAL grows without bound
         (measured: 12.8 GB after 700k messages with an acceptor process). So RESTART follows:
         it copies the little written meanwhile and makes the next writer start the WAL over, and
-        TRUNCATE (the same, plus emptying the file) when the file is past WAL_MAX_BYTES, which
-        is what starts a checkpoint under load. Both block writers while they run, so they run
+        TRUNCATE (the same, plus emptying the file) only when the file grew past
+        WAL_SHRINK_BYTES. Both block writers while they run, so they run
         holding the cross-process write lock (own file description, so the lock also excludes
         this process's loop): writers then wait for the flock in their lock-waiter threads while
         the loop keeps serving. Before, they waited in SQLite's busy handler on the loop thread,
@@ -629,10 +669,10 @@ class SqliteRunner:
             # Bounded: a long report holding an old snapshot must not keep every writer waiting;
             # the WAL is then restarted at the next checkpoint.
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
-            # A file past the limit is emptied here, under the lock, so no commit on a loop ever
-            # cuts it (journal_size_limit would: ~20 ms on the loop for a 66 MB WAL); below the
-            # limit RESTART reuses it without touching the file.
-            big = final or self._wal_bytes() > WAL_MAX_BYTES
+            # A file grown past WAL_SHRINK_BYTES is emptied here, under the lock, so no commit on
+            # a loop ever cuts it (journal_size_limit would: ~20 ms on the loop for a 66 MB WAL);
+            # below it RESTART reuses the file in place.
+            big = final or self._wal_file_bytes() > WAL_SHRINK_BYTES
             mode = "TRUNCATE" if big else "RESTART"
             busy, _log, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
@@ -677,6 +717,26 @@ class SqliteRunner:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
         os.fsync(self._wal_fd)
+
+
+def _wal_frames_bytes(fd: int) -> int:
+    """The frames at the start of a WAL file that belong to its current round, in bytes."""
+    head = os.pread(fd, 32, 0)
+    if len(head) < 32:
+        return 0
+    page = int.from_bytes(head[8:12], "big")
+    if page < 512:
+        return 0  # not a WAL header (yet)
+    salts = head[16:24]
+    frame = 24 + page
+    lo, hi = 0, max(0, (os.fstat(fd).st_size - 32) // frame)
+    while lo < hi:  # frames [0, lo) are this round's; the first of another round ends it
+        mid = (lo + hi) // 2
+        if os.pread(fd, 16, 32 + mid * frame)[8:16] == salts:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo * frame
 
 
 def _check_usable(path: Path) -> None:

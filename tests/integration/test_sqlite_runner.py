@@ -423,3 +423,91 @@ async def test_the_runner_never_drops_sqlites_locks_on_the_shm_file(
         assert await asyncio.to_thread(_shm_lock_holder, db) == os.getpid()
     finally:
         await runner.close()
+
+
+def _size_or_none(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _frames_in_wal(db: Path) -> int:
+    """SQLite's own count of the frames in the WAL (a passive checkpoint's second figure)."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
+        return c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+
+async def _checkpointed_with_writes(runner: SqliteRunner, db: Path) -> int:
+    """Write until a checkpoint has started and finished; the WAL file's size right after."""
+    for i in range(2000):
+        await runner.write(_insert(i))
+        if runner._checkpointing:
+            break
+    assert runner._checkpointing, "no checkpoint started"
+    await _wait_checkpoint(runner)
+    return os.stat(f"{db}-wal").st_size
+
+
+async def test_what_the_wal_holds_is_read_from_its_frames_as_sqlite_counts_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(sqlite_runner, "WAL_MAX_BYTES", 1 << 40)  # no checkpoint here
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db, linger_ms=0, max_batch=20)
+    runner.start(_setup)
+    try:
+        for i in range(50):
+            await runner.write(_insert(i))
+        frame = 24 + 4096
+        frames = await asyncio.to_thread(_frames_in_wal, db)
+        assert frames > 50 and runner._wal_bytes() == frames * frame
+    finally:
+        await runner.close()
+
+
+async def test_a_checkpoint_reuses_the_wal_file_and_counts_only_what_it_holds(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(sqlite_runner, "WAL_MAX_BYTES", 64 * 1024)
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db, linger_ms=0, max_batch=20)
+    runner.start(_setup)
+    try:
+        size = await _checkpointed_with_writes(runner, db)
+        assert size > sqlite_runner.WAL_MAX_BYTES  # RESTART: the file kept, not emptied
+        await runner.write(_insert(0))  # this writer starts the WAL over from its first frame
+        held = runner._wal_bytes()
+        assert 0 < held < size // 4, (held, size)
+        assert held == await asyncio.to_thread(_frames_in_wal, db) * (24 + 4096)
+        assert os.stat(f"{db}-wal").st_size == size  # written in place, not grown
+    finally:
+        await runner.close()
+    # The final checkpoint still empties it (and the last connection's close removes it).
+    assert _size_or_none(f"{db}-wal") in (None, 0)
+
+
+async def test_a_wal_file_grown_past_the_shrink_size_is_emptied(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(sqlite_runner, "WAL_MAX_BYTES", 64 * 1024)
+    monkeypatch.setattr(sqlite_runner, "WAL_SHRINK_BYTES", 64 * 1024)
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db, linger_ms=0, max_batch=20)
+    runner.start(_setup)
+    try:
+        assert await _checkpointed_with_writes(runner, db) == 0  # TRUNCATE
+    finally:
+        await runner.close()
+
+
+def test_wal_bytes_without_a_wal_or_with_no_header_yet(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db, linger_ms=0, max_batch=20)
+    assert runner._wal_bytes() == 0  # no -wal file
+    (tmp_path / "r.db-wal").write_bytes(b"x" * 20)  # shorter than a header
+    assert runner._wal_bytes() == 0
+    (tmp_path / "r.db-wal").write_bytes(b"\0" * 5000)  # no page size: not a header
+    assert runner._wal_bytes() == 0
+    if runner._wal_read_fd is not None:
+        os.close(runner._wal_read_fd)
