@@ -56,7 +56,7 @@ WAL_MAX_BYTES = 8 * 1024 * 1024
 # The WAL file is emptied (TRUNCATE) only past this size, which it reaches when a long reader kept
 # checkpoints from starting it over; otherwise it is reused in place (RESTART), which holds the
 # writers 2-4 ms against TRUNCATE's 6-10 (`scripts/bench_store.py`; end to end, the accept p99
-# at 50 concurrent requests 43-48 ms against 50-66).
+# at 50 concurrent requests 43-51 ms against 50-66).
 WAL_SHRINK_BYTES = 4 * WAL_MAX_BYTES
 # How long the WAL restart (writers blocked) may wait for readers of an old snapshot.
 CHECKPOINT_WAIT_MS = 200
