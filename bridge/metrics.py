@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 from bisect import bisect_left
@@ -483,10 +484,15 @@ class Metrics:
     # -- scrape ----------------------------------------------------------------------------------
     def observe_smscs(self, status: Mapping[str, Mapping[str, Any]]) -> None:
         """Per-SMSC gauges from `Daemon.smsc_status()` (connector snapshots plus `up`). SMSCs
-        removed by a reload read 0 and then disappear; so do SMSCs whose state is unknown (an
-        acceptor without word from its owner): 0 would fire the SMSC-down alert for a bind that
-        may well be up, while smpp_bridge_ready says what is wrong."""
-        status = {n: s for n, s in status.items() if s.get("state") != "unknown"}
+        removed by a reload read 0 and then disappear. SMSCs whose state is unknown (an acceptor
+        without word from its owner) read NaN: 0 fired the SMSC-down alert for a bind that may
+        well be up (no comparison matches NaN), while smpp_bridge_ready says what is wrong; a
+        removed series would not do in multi-process mode, whose files keep the last value."""
+        unknown = {n for n, s in status.items() if s.get("state") == "unknown"}
+        for name in unknown:
+            for g in self._smsc_gauges():
+                g.labels(name).set(math.nan)
+        status = {n: s for n, s in status.items() if n not in unknown}
         for name, s in status.items():
             binds = s.get("binds") or {}
             window = s.get("window") or {}
@@ -497,15 +503,18 @@ class Metrics:
             )
             self.window_in_use.labels(name).set(_num(window.get("in_use")))
             self.window_size.labels(name).set(_num(window.get("size")))
-        for gone in self._smscs - set(status):
-            for g in (
-                self.smsc_up, self.binds_up, self.binds_configured, self.window_in_use,
-                self.window_size,
-            ):  # fmt: skip
+        for gone in self._smscs - set(status) - unknown:
+            for g in self._smsc_gauges():
                 g.labels(gone).set(0)  # a multi-process file keeps the value; make it true
                 with contextlib.suppress(KeyError):
                     g.remove(gone)
-        self._smscs = set(status)
+        self._smscs = set(status) | unknown
+
+    def _smsc_gauges(self) -> tuple[Gauge, ...]:
+        return (
+            self.smsc_up, self.binds_up, self.binds_configured, self.window_in_use,
+            self.window_size,
+        )  # fmt: skip
 
     def exposition(self) -> bytes:
         """The text exposition format: this registry, or in multi-process mode every process's."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -126,6 +127,13 @@ def test_smsc_gauges_follow_the_status_and_forget_removed_smscs() -> None:
     assert v(m, "smpp_bridge_binds_configured", smsc="b") == 0
     m.observe_smscs({"a": status["a"]})
     assert not any(labels == frozenset({("smsc", "b")}) for _n, labels in samples(m))
+    # Unknown (an acceptor without word from its owner): NaN, which no `== 0` alert matches;
+    # known again, the real values.
+    m.observe_smscs({"a": {"up": False, "state": "unknown"}})
+    assert math.isnan(v(m, "smpp_bridge_smsc_up", smsc="a"))
+    assert math.isnan(v(m, "smpp_bridge_binds_up", smsc="a"))
+    m.observe_smscs({"a": status["a"]})
+    assert v(m, "smpp_bridge_smsc_up", smsc="a") == 1
 
 
 def test_each_instance_has_its_own_registry() -> None:
