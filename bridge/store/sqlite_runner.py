@@ -16,6 +16,7 @@ batch's SQL runs while the previous one syncs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -108,8 +109,9 @@ class SqliteRunner:
         self._max_batch = max_batch
         self._fsync = fsync
         self._conn: sqlite3.Connection | None = None
+        # The -wal, open from start() on: fsynced (in a thread), read by _wal_bytes (pread),
+        # and watched by check_files. Never closed while the connection is open.
         self._wal_fd: int | None = None
-        self._wal_read_fd: int | None = None  # see _wal_bytes
         self._jobs: list[tuple[Job, asyncio.Future[Any], int, bool]] = []
         self._scheduled: asyncio.Handle | None = None
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
@@ -179,6 +181,8 @@ class SqliteRunner:
             raise StoreUnusableError(f"store {self._path}: {exc}") from None
         st = os.stat(self._path)
         self._identity = (st.st_dev, st.st_ino)
+        with contextlib.suppress(FileNotFoundError):  # else the first fsync opens it
+            self._wal_fd = os.open(str(self._path) + "-wal", os.O_RDONLY)
 
     def check_files(self) -> str | None:
         """Why the file this store writes is no longer the store on disk (deleted, replaced, its
@@ -372,9 +376,6 @@ class SqliteRunner:
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
-        if self._wal_read_fd is not None:
-            os.close(self._wal_read_fd)
-            self._wal_read_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -582,28 +583,13 @@ class SqliteRunner:
         (sqlite.org/fileformat2.html#walformat). From the -wal file, never the -shm: SQLite
         takes no locks on the -wal, while opening and closing the -shm dropped this process's
         POSIX locks on it, SQLite's own (session 32: processes died of SIGBUS)."""
-        fd = self._wal_reader()
+        fd = self._wal_fd
         if fd is None:
             return 0
         try:
             return _wal_frames_bytes(fd)
         except OSError:
             return 0
-
-    def _wal_reader(self) -> int | None:
-        """A descriptor of the -wal kept open (closing one of the -wal drops no SQLite lock, but
-        there is no need to open it each time); again when the file was replaced."""
-        fd = self._wal_read_fd
-        try:
-            if fd is not None and os.fstat(fd).st_nlink > 0:
-                return fd
-            if fd is not None:
-                os.close(fd)
-            self._wal_read_fd = None
-            self._wal_read_fd = os.open(str(self._path) + "-wal", os.O_RDONLY)
-        except OSError:
-            return None
-        return self._wal_read_fd
 
     def _wal_file_bytes(self) -> int:
         try:

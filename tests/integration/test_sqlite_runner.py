@@ -504,10 +504,14 @@ async def test_a_wal_file_grown_past_the_shrink_size_is_emptied(
 def test_wal_bytes_without_a_wal_or_with_no_header_yet(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     runner = SqliteRunner(db, linger_ms=0, max_batch=20)
-    assert runner._wal_bytes() == 0  # no -wal file
-    (tmp_path / "r.db-wal").write_bytes(b"x" * 20)  # shorter than a header
-    assert runner._wal_bytes() == 0
-    (tmp_path / "r.db-wal").write_bytes(b"\0" * 5000)  # no page size: not a header
-    assert runner._wal_bytes() == 0
-    if runner._wal_read_fd is not None:
-        os.close(runner._wal_read_fd)
+    assert runner._wal_bytes() == 0  # not started: no -wal open
+    wal = tmp_path / "r.db-wal"
+    fd = os.open(wal, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert sqlite_runner._wal_frames_bytes(fd) == 0  # empty
+        os.write(fd, b"x" * 20)  # shorter than a header
+        assert sqlite_runner._wal_frames_bytes(fd) == 0
+        os.pwrite(fd, b"\0" * 5000, 0)  # no page size: not a header
+        assert sqlite_runner._wal_frames_bytes(fd) == 0
+    finally:
+        os.close(fd)
