@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge.store.base import StoreError
+
 PARTIAL_SUFFIX = ".partial"
 
 
-class BackupError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class BackupError(StoreError):
+    """A backup refused or failed (code + message, as every store refusal)."""
 
 
 def backup(store: Path, dest: Path) -> dict[str, Any]:
