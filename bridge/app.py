@@ -290,6 +290,7 @@ class Daemon:
         self.inbound.optout_keywords = tuple(cfg.rules.optout_keywords)
         for s in cfg.smscs:
             self.connectors[s.name] = self._connector(s)
+            self._gate(self.connectors[s.name])
         self.dispatcher = Dispatcher(
             store,
             self.connectors,
@@ -426,19 +427,20 @@ class Daemon:
             _loop_name(),
         )
 
-    def _connector(self, smsc: Any, *, gated: bool = True) -> Any:
-        """`gated=False`: built ahead of a reload's stops (see reload), gated when it starts."""
+    def _connector(self, smsc: Any) -> Any:
+        """Built, not started nor gated (see _gate): a reload builds its connectors before it
+        stops any."""
         from bridge.smpp.connector import Connector
 
         assert self.inbound is not None
         connector = Connector(smsc, self.inbound.on_deliver)
         connector.on_submit = self.metrics.on_submit
         connector.on_bind_change = self._bind_changed
-        if gated:
-            self._gate(connector)
         return connector
 
     def _gate(self, connector: Any) -> None:
+        """Just before it starts: a gate registers with the coordinator under the SMSC's name,
+        which a reload releases first when it rebinds that SMSC."""
         if self.coord is not None:  # the configured binds are shared with the other instances
             smsc = connector.cfg
             connector.bind_gate = self.coord.gate(smsc.name, smsc.bind_mode, smsc.binds)
@@ -458,9 +460,12 @@ class Daemon:
 
     def _owner_status(self) -> dict[str, Any]:
         fresh = self._fresh_remote()
-        if fresh is None:  # see _fresh_remote
-            return {smsc.name: {"up": False, "state": "unknown"} for smsc in self.config.smscs}
-        return fresh
+        return self._unknown_status() if fresh is None else fresh
+
+    def _unknown_status(self) -> dict[str, Any]:
+        """Every configured SMSC, its state unknown: the owner's word is missing (see
+        _fresh_remote, _read_owner_status); down would be a guess, and fire the carrier alert."""
+        return {smsc.name: {"up": False, "state": "unknown"} for smsc in self.config.smscs}
 
     def _fresh_remote(self) -> dict[str, Any] | None:
         """The bind holders' status as last read, unless no read succeeded for OWNER_SILENT_S:
@@ -575,7 +580,7 @@ class Daemon:
         if mine is None:
             # No owner heartbeat for 5 s: nothing may be sending here, so do not claim to be
             # ready; but the binds may be up (a stalled store write), so do not say they are down.
-            mine = {smsc.name: {"up": False, "state": "unknown"} for smsc in self.config.smscs}
+            mine = self._unknown_status()
         for name in elsewhere:
             st = mine.get(name)
             if isinstance(st, dict) and not st.get("up"):
@@ -824,9 +829,7 @@ class Daemon:
             # Built before any stop: a connector that cannot be built (an unreadable CA file)
             # once failed the reload after the running one was stopped, and the SMSC stayed
             # unbound until a restart.
-            fresh = {
-                name: self._connector(smscs[name], gated=False) for name in (*p.add, *p.rebind)
-            }
+            fresh = {name: self._connector(smscs[name]) for name in (*p.add, *p.rebind)}
             try:
                 for name in (*p.remove, *p.rebind):
                     connector = self.connectors.pop(name)  # the dispatcher sends it no more
