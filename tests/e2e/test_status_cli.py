@@ -11,6 +11,7 @@ import re
 import sys
 
 import pytest
+from aiohttp import web
 
 from bridge.app import Daemon
 from tests.e2e.harness import (
@@ -151,3 +152,87 @@ async def test_nothing_listening_is_unreachable_exit_1():
     assert rc == 1 and out == ""
     assert err.startswith(f"smpp-bridge: cannot reach {url}/readyz: ")
     assert "Traceback" not in err
+
+
+# -- the store down (a real HTTP server answering as the daemon does then) ---------------------
+# `status` printed only the failed admin call ("/admin/queue: STORE_UNAVAILABLE ...") and none of
+# the readiness verdict, its problems or the binds.
+
+STORE_DOWN = {
+    "error": {"code": "STORE_UNAVAILABLE", "message": "the store cannot be reached; retry later"}
+}
+SMSC = {
+    "name": "sim",
+    "up": False,
+    "state": "unknown",
+    "binds": {},
+    "binds_up": 0,
+    "window": {"size": 0, "in_use": 0},
+}
+
+
+async def _daemon_with_the_store_down(port: int, smscs_status: int = 200) -> web.AppRunner:
+    async def readyz(request: web.Request) -> web.Response:
+        body = {
+            "status": "not ready",
+            "problems": ["store not reachable: ConnectionRefusedError"],
+            "smscs": {"sim": None},
+        }
+        return web.json_response(body, status=503)
+
+    async def smscs(request: web.Request) -> web.Response:
+        if smscs_status == 503:
+            return web.json_response(STORE_DOWN, status=503)
+        return web.json_response({"smscs": [SMSC]})
+
+    async def queue(request: web.Request) -> web.Response:
+        return web.json_response(STORE_DOWN, status=503)
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/smscs", smscs)
+    app.router.add_get("/admin/queue", queue)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def test_status_says_not_ready_and_why_when_the_store_is_down() -> None:
+    port = free_port()
+    runner = await _daemon_with_the_store_down(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        code, out, err = await status("--url", url, "--token", "t")
+        assert code == 1 and err == "", err
+        lines = out.splitlines()
+        assert "NOT READY" in lines[0]
+        assert "  problem: store not reachable: ConnectionRefusedError" in lines
+        assert any(line.split()[:2] == ["sim", "UNKNOWN"] for line in lines), out
+        assert (
+            "queue: unavailable (STORE_UNAVAILABLE: the store cannot be reached; retry later)"
+            in lines
+        )
+        code, out, _err = await status("--url", url, "--token", "t", "--json")
+        shown = json.loads(out)
+        assert code == 1 and shown["ready"] is False
+        assert shown["queue"] == {
+            "unavailable": "STORE_UNAVAILABLE: the store cannot be reached; retry later"
+        }
+    finally:
+        await runner.cleanup()
+
+
+async def test_status_says_so_when_the_smscs_view_cannot_answer() -> None:
+    port = free_port()
+    runner = await _daemon_with_the_store_down(port, smscs_status=503)
+    try:
+        code, out, _err = await status("--url", f"http://127.0.0.1:{port}", "--token", "t")
+        assert code == 1
+        assert (
+            "SMSCs: unavailable (STORE_UNAVAILABLE: the store cannot be reached; retry later)"
+            in out
+        )
+        assert "(no SMSC configured)" not in out
+    finally:
+        await runner.cleanup()

@@ -47,7 +47,9 @@ its resend on the same SMSC, nothing failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,23 +90,30 @@ async def smsc() -> Any:
     await s.kill()
 
 
-async def _run_dispatcher(
-    store: SqliteStore, conn: Any, cfg: Any, done: Any, within_s: float = 8.0
-) -> None:
-    """Run a Dispatcher for `cfg.name` until `done()` (a coroutine function) is true."""
+@contextlib.asynccontextmanager
+async def _dispatching(store: SqliteStore, conn: Any, cfg: Any, clock: Any) -> AsyncIterator[None]:
+    """A Dispatcher for `cfg.name` running for the block's length."""
     name = cfg.name
     d = Dispatcher(store, {name: conn}, Router([], [name]), {name: cfg},
-                   instance="inst-1", idle_s=0.01, clock=Clock(NOW + 1_000))  # fmt: skip
+                   instance="inst-1", idle_s=0.01, clock=clock)  # fmt: skip
     task = asyncio.create_task(d.run())
     try:
-        for _ in range(int(within_s / 0.05)):
-            if await done():
-                break
-            await asyncio.sleep(0.05)
+        yield
     finally:
         await d.stop(0.5)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def _run_dispatcher(
+    store: SqliteStore, conn: Any, cfg: Any, done: Any, within_s: float = 8.0
+) -> None:
+    """Run a Dispatcher for `cfg.name` until `done()` (a coroutine function) is true."""
+    async with _dispatching(store, conn, cfg, Clock(NOW + 1_000)):
+        for _ in range(int(within_s / 0.05)):
+            if await done():
+                break
+            await asyncio.sleep(0.05)
 
 
 # =================================================================================================
@@ -424,10 +433,7 @@ async def test_a_link_closed_without_unbind_mid_message_keeps_the_sent_part_and_
         await accept(store, message("mm", parts=2))
         async with running(cfg, transient_backoff_s=FAST_BACKOFF) as conn:
             assert await conn.wait_up(2.0)
-            d = Dispatcher(store, {"carrier": conn}, Router([], ["carrier"]), {"carrier": cfg},
-                           instance="inst-1", idle_s=0.01, clock=clock)  # fmt: skip
-            task = asyncio.create_task(d.run())
-            try:
+            async with _dispatching(store, conn, cfg, clock):
                 for _ in range(100):
                     rec = await get(store, "mm")
                     if dropped and [s.state for s in rec.segment_rows] == ["sent", "queued"]:
@@ -444,10 +450,6 @@ async def test_a_link_closed_without_unbind_mid_message_keeps_the_sent_part_and_
                     if (await get(store, "mm")).state != "queued":
                         break
                     await asyncio.sleep(0.05)
-            finally:
-                await d.stop(0.5)
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
         rec = await get(store, "mm")
         assert [s.state for s in rec.segment_rows] == ["sent", "sent"]
         assert smsc.submits().count(b"mm/1") == 1
