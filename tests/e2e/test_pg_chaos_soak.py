@@ -699,6 +699,11 @@ async def test_pg_chaos_soak(
         # just before its death after the kill; an instance sends on while the server stops).
         per_event: Counter[str] = Counter()
         resent_after: dict[str, list[float]] = defaultdict(list)
+        # The same, from the last event before the resend: a message the kill's survivor took
+        # over can be held up again by a later kill or crash (of that survivor, or the server),
+        # whose own clock then runs; twice in CI the resend came 18 s after such a later event
+        # and 34-36 s after the first.
+        resent_since_last: dict[str, list[float]] = defaultdict(list)
         for i in dup_of:
             firsts = min(copies[(i, k)][0] for k in range(1, order[i] + 1))
             seconds = [copies[(i, k)][1] for k in range(1, order[i] + 1) if len(copies[(i, k)]) > 1]
@@ -707,6 +712,10 @@ async def test_pg_chaos_soak(
             per_event[name] += 1
             if ev is not None:
                 resent_after[name].append(min(seconds) - ev["t"])
+                last = max(
+                    (e["t"] for e in happened if ev["t"] <= e["t"] <= min(seconds)), default=ev["t"]
+                )
+                resent_since_last[name].append(min(seconds) - last)
         counts = Counter(finals.values())
         units = {accepted[i]: first[i]["billable_units"] for i in range(n)}
         billed = sum(units[mid] * PRICE for mid, s in finals.items() if s in BILLED)
@@ -793,7 +802,7 @@ async def test_pg_chaos_soak(
         # within about 10 s of the server". With a margin for a busy machine.
         for ev in happened:
             if ev["what"].startswith("kill") and ev["resent_s"] is not None:
-                assert ev["resent_s"][1] < 30, ev
+                assert max(resent_since_last[ev["what"]]) < 30, ev
             if ev["what"] == "pg crash":
                 assert ev["binds_back_s"] is not None, ev
                 assert ev["binds_back_s"] - ev["up_s"] < 15, ev
