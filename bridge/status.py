@@ -141,6 +141,9 @@ def render(s: DaemonStatus) -> str:
         configured = sum(b.get("configured", 0) for b in binds.values())
         err = m.get("last_error") or {}
         limit = m.get("tps_limit") or 0
+        # "-": the SMSC has no limit; "0": it has one and this instance holds no share of it
+        # (none of its transmit binds up here).
+        capped = (m.get("tps_configured", limit) or 0) > 0
         rows.append(
             (
                 str(m.get("name", "?")),
@@ -148,7 +151,7 @@ def render(s: DaemonStatus) -> str:
                 f"{m.get('binds_up', 0)}/{configured}",
                 f"{window.get('in_use', 0)}/{window.get('size', 0)}",
                 _num(m.get("tps", 0)),
-                _num(limit) if limit else "-",
+                _num(limit) if capped else "-",
                 _num(m.get("throttle_events", 0)),
                 _num(m.get("reconnects", 0)),
                 _num(submits.get("ok", 0)),

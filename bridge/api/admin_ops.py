@@ -89,6 +89,10 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
         # A status written by an older release has no average: its last second stands in.
         "tps_avg": float(s.get("tps_avg", s.get("tps")) or 0),
         "tps_limit": float(s.get("tps_limit") or 0),
+        # The SMSC's own limit, for the whole fleet: beside it, a tps_limit of 0 tells "no
+        # limit" (0 here) from "no share of it here" (no transmit bind up on this instance).
+        # A status written by an older release has none: its share stands in.
+        "tps_configured": float(s.get("tps_configured", s.get("tps_limit")) or 0),
         "throttle_events": _int(s.get("throttle_events")),
         "throttle_pauses": _int(s.get("throttle_pauses")),
         "paused_binds": _int(s.get("paused_binds")),

@@ -1056,7 +1056,14 @@ def _report_schemas() -> dict[str, Any]:
                     "type": "number",
                     "minimum": 0,
                     "description": "this instance's share of the SMSC's tps (its transmit binds "
-                    "up / all configured, with several instances); 0 = no limit",
+                    "up / all configured, with several instances); 0 with tps_configured 0: no "
+                    "limit; 0 with tps_configured above 0: no share here (no transmit bind up "
+                    "on this instance)",
+                },
+                "tps_configured": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "the SMSC's configured tps, for the whole fleet; 0 = no limit",
                 },
                 "throttle_events": _COUNT,
                 "throttle_pauses": {

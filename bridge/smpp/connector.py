@@ -492,6 +492,7 @@ class Connector:
             "tps": self._per_second.last(sec),
             "tps_avg": round(self._per_second.average(sec), 1),
             "tps_limit": self.tps_share(),
+            "tps_configured": self.cfg.tps,
             "throttle_events": self._throttle_events,
             "throttle_pauses": self._throttle_pauses,
             "paused_binds": sum(1 for b in self._tx if b.up and now < b.paused_until),

@@ -133,6 +133,7 @@ async def test_the_tps_limit_follows_the_binds_an_instance_holds(tmp_path: Path)
     try:
         await eventually(lambda: bound(sim) == 1)
         await eventually(lambda: connector.snapshot()["tps_limit"] == 20)
+        assert connector.snapshot()["tps_configured"] == 40  # the fleet's, beside this share
         await rate(20)  # the throttler's first period starts full: measure the steady pace
         half = await rate(40)
         assert 14 < half < 24, half

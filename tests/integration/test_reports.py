@@ -592,6 +592,7 @@ async def test_admin_smscs_renders_the_live_state(api_server):
         "tps": 120,
         "tps_avg": 87.5,
         "tps_limit": 200.0,
+        "tps_configured": 200.0,  # a status without it (an older release's): the share stands in
         "throttle_events": 3,
         "throttle_pauses": 1,
         "paused_binds": 0,

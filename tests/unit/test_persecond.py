@@ -63,3 +63,19 @@ def test_the_throughput_line_adds_the_smscs_10_s_averages():
 def test_an_older_daemon_without_the_average_shows_its_last_second():
     text = render(_status({"name": "a", "tps": 812}, {"name": "b", "tps": "x", "tps_avg": None}))
     assert text.splitlines()[-1] == "throughput: 812 submits/s over the last second, all SMSCs"
+
+
+def _limit_cell(**smsc: object) -> str:
+    """The LIMIT column of the one SMSC's row."""
+    header, row = render(_status({"name": "a", **smsc})).splitlines()[1:3]
+    return row.split()[header.split().index("LIMIT")]
+
+
+def test_the_limit_column_tells_no_limit_from_no_share_here():
+    """A fleet instance with none of a limited SMSC's transmit binds up has a share of 0: it
+    used to print "-", as an SMSC with no limit does."""
+    assert _limit_cell(tps_limit=0.0, tps_configured=0.0) == "-"
+    assert _limit_cell(tps_limit=0.0, tps_configured=100.0) == "0"
+    assert _limit_cell(tps_limit=50.0, tps_configured=100.0) == "50"
+    assert _limit_cell(tps_limit=2.5, tps_configured=5.0) == "2.5"
+    assert _limit_cell(tps_limit=200.0) == "200"  # an older daemon: its share alone
