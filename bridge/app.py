@@ -214,7 +214,13 @@ class Daemon:
             if cfg.store.engine == "postgres":  # before recovery and the first claim
                 from bridge.store.postgres_coord import Coordinator
 
-                self.coord = Coordinator(cfg.store.dsn or "", self.instance, on_work=self._woken)
+                server = cfg.server
+                self.coord = Coordinator(
+                    cfg.store.dsn or "",
+                    self.instance,
+                    on_work=self._woken,
+                    lane=server.instance if server.instances > 1 else None,
+                )
                 await self.coord.start()
             await self._start_pipeline(store, accounts, router)
         if self.role == "owner":
@@ -746,7 +752,15 @@ class Daemon:
             server.instance,
             server.instances,
         )
-        return RefCounter() if lane is None else RefCounter(lane=lane[0], lanes=lane[1])
+        if lane is None:
+            return RefCounter()
+        log.info(
+            "concatenation references: lane %d of %d (server.instance %d of %d)",
+            *lane,
+            server.instance,
+            server.instances,
+        )
+        return RefCounter(lane=lane[0], lanes=lane[1])
 
     async def _retain(self, now_ms: int) -> None:
         if self._retention is None:

@@ -12,6 +12,9 @@ One dedicated connection per daemon instance holds session-level advisory locks:
   connection: an instance that stops or dies releases its slots at once and the others take them
   over at their next poll (every `poll_s`).
 
+- the lane lock (NS_LANE, server.instance), with server.instances > 1: found held, another live
+  instance has this one's number, and so its lane of concatenation references; logged (below).
+
 Fair share: while more instances are live, an instance takes at most ceil(slots / instances) of an
 SMSC's slots; a slot nobody else took within `grace_s` is taken anyway, so no slot stays idle.
 An instance holding more than its share while another live instance holds less than
@@ -53,7 +56,7 @@ from collections.abc import Callable
 import asyncpg
 
 from bridge.aio import cancel_and_wait, wait_event
-from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE
+from bridge.store.postgres_pipeline import NS_BIND, NS_INSTANCE, NS_LANE
 from bridge.store.postgres_tx import session_settings
 
 log = logging.getLogger("bridge.coord")
@@ -62,6 +65,7 @@ CHANNEL = "smpp_bridge_work"
 RELEASE_CHANNEL = "smpp_bridge_release"  # payload: instance; "my binds are all closed"
 _CLEAN_MEMORY_S = 60.0  # how long a clean stop's pid is remembered (pids are reused)
 _UNBIND_S = 6.0  # a connector's slot check (0.5 s) + drain and unbind (<= 4 s) + margin
+_LANE_WARN_EVERY_S = 600.0  # a shared server.instance number is logged again this often
 # InternalClientError: the connection read the server's FATAL (a shutdown) before its close; a
 # ping that raised it killed the watcher, which then never reconnected and kept its binds up
 # with their slot locks gone (session 16's third review).
@@ -136,9 +140,18 @@ class Coordinator:
         op_timeout_s: float | None = None,
         orphan_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        lane: int | None = None,
     ) -> None:
         self.dsn = dsn
         self.instance = instance
+        # server.instance, when the fleet draws concatenation references from lanes
+        # (server.instances > 1). Two live instances with one number draw from one lane, whose
+        # random starts are 256 / instances wide: more collisions than with no lanes at all.
+        # Nothing stops either (refusing would turn a misconfiguration into an outage at the
+        # next restart); the lock only finds the second one, which says so in its log.
+        self.lane = lane
+        self.lane_held = lane is None
+        self._lane_warned_at: float | None = None
         self.on_work = on_work
         self.poll_s = poll_s
         self.grace_s = 3 * poll_s if grace_s is None else grace_s
@@ -442,6 +455,8 @@ class Coordinator:
             async with asyncio.timeout(self.op_timeout_s):
                 await conn.add_listener(CHANNEL, self._on_notify)
                 await conn.add_listener(RELEASE_CHANNEL, self._on_release)
+            self.lane_held = self.lane is None  # a lost session took its lock with it
+            await self._take_lane(conn)
         except BaseException:
             # Let it go at once: a graceful close waits on the server, which over a dead link
             # never answers (a stop during a reconnect hung on it).
@@ -450,6 +465,29 @@ class Coordinator:
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         self._healthy = True
+
+    async def _take_lane(self, conn: asyncpg.Connection) -> None:
+        """Hold server.instance's lock, or say (every _LANE_WARN_EVERY_S) that another has it."""
+        if self.lane_held or self.lane is None:
+            return
+        async with asyncio.timeout(self.op_timeout_s):
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NS_LANE, self.lane)
+        if held:
+            self.lane_held = True
+            if self._lane_warned_at is not None:
+                log.info("server.instance %d is now used by this instance alone", self.lane)
+            self._lane_warned_at = None
+            return
+        now = self._clock()
+        if self._lane_warned_at is None or now - self._lane_warned_at >= _LANE_WARN_EVERY_S:
+            self._lane_warned_at = now
+            log.warning(
+                "server.instance %d (SMPP_BRIDGE_INSTANCE) is also used by another live "
+                "instance on this database: the two draw concatenation references from one "
+                "lane, so two long messages to one number can share a reference (the handset "
+                "mixes their parts); give each instance its own number below server.instances",
+                self.lane,
+            )
 
     def _on_terminated(self, conn: object) -> None:
         if conn is self._conn and not self._stopping:
@@ -488,6 +526,7 @@ class Coordinator:
                         if conn is None:
                             raise asyncpg.InterfaceError("no connection")
                         await conn.fetchval("SELECT 1")
+                        await self._take_lane(conn)
                     await self.rebalance()
                     continue
                 except _NET_ERRORS:

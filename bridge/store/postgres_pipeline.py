@@ -55,6 +55,7 @@ NS_RECEIPT = 0x5B1D0004  # transaction lock per (SMSC, message id): receipt vs. 
 NS_MO = 0x5B1D0005  # transaction lock per MO reference: parts arriving on two instances
 NS_AUDIT = 0x5B1D0006  # transaction lock around an audit row: ids in commit order
 NS_DNC = 0x5B1D0007  # transaction lock: accepts share it, a DNC import's scan excludes them
+NS_LANE = 0x5B1D0008  # session lock per server.instance number (postgres_coord.py)
 
 # An instance whose heartbeat is older than this and whose instance lock is free is gone: its
 # claims go back to the queue without waiting for their lease. Longer than an instance cut off

@@ -243,3 +243,29 @@ async def test_readyz_answers_not_ready_during_a_partition_from_the_database(
         a.stop()
         await proxy.stop()
         await sim.stop()
+
+
+async def test_two_instances_left_at_one_number_are_told_in_the_log(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """server.instances 2, and SMPP_BRIDGE_INSTANCE forgotten on both: each draws from lane 0
+    of 2, and the one that started second says so."""
+    sim = await start_sim(tmp_path)
+    fleet = {"server": {"instances": 2, "instance": 0}}
+    a = instance(tmp_path, "inst-a", pg_dsn, sim, **fleet)
+    b = instance(tmp_path, "inst-b", pg_dsn, sim, **fleet)
+    try:
+        await migrate(a)
+        a.start()
+        await a.wait_ready(30)
+        b.start()
+        await wait_http(b)
+        warning = "server.instance 0 (SMPP_BRIDGE_INSTANCE) is also used by another live instance"
+        await wait_until(lambda: warning in b.log.read_text(), 10)
+        for d in (a, b):
+            assert "concatenation references: lane 0 of 2" in d.log.read_text()
+        assert warning not in a.log.read_text()
+    finally:
+        a.stop()
+        b.stop()
+        await sim.stop()

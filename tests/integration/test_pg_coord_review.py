@@ -32,6 +32,7 @@ if _ROOT not in sys.path:
 from bridge.smpp.connector import Connector  # noqa: E402
 from bridge.store.postgres import PostgresStore  # noqa: E402
 from bridge.store.postgres_coord import Coordinator  # noqa: E402
+from bridge.store.postgres_pipeline import NS_LANE  # noqa: E402
 from tests.e2e.harness import free_port, make_config  # noqa: E402
 
 
@@ -263,3 +264,62 @@ async def test_a_cancel_of_stop_while_it_waits_for_its_watcher_is_passed_on(dsn:
         await stopping
     await a.stop()  # the rest of the stop: the connection closed, the locks released
     assert a._conn is None
+
+
+async def lane_locks(dsn: str) -> list[int]:
+    """The server.instance numbers whose lane lock some session holds."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        rows = await admin.fetch(
+            "SELECT objid FROM pg_locks WHERE locktype='advisory' AND classid=$1::oid "
+            "AND granted ORDER BY objid",
+            NS_LANE,
+        )
+    finally:
+        await admin.close()
+    return [int(r[0]) for r in rows]
+
+
+async def test_a_second_live_instance_with_the_same_number_is_told_in_its_log(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two fleet instances left at one server.instance (SMPP_BRIDGE_INSTANCE forgotten on one)
+    draw concatenation references from one lane: worse than no lanes. Nothing used to notice.
+    The second says so, and again when the first has gone: then the number is its own."""
+    a = Coordinator(dsn, "a", poll_s=0.2, lane=1)
+    b = Coordinator(dsn, "b", poll_s=0.2, lane=1)
+    c = Coordinator(dsn, "c", poll_s=0.2, lane=2)
+    await a.start()
+    caplog.set_level("INFO", logger="bridge.coord")
+    await b.start()
+    await c.start()
+    try:
+        assert a.lane_held and not b.lane_held and c.lane_held
+        assert await lane_locks(dsn) == [1, 2]
+        shared = [r for r in caplog.records if "server.instance 1 " in r.getMessage()]
+        assert len(shared) == 1 and shared[0].levelname == "WARNING"
+        assert "also used by another live instance" in shared[0].getMessage()
+        assert not any("server.instance 2" in r.getMessage() for r in caplog.records)
+        await asyncio.sleep(0.6)  # polls go by: warned once, not at every poll
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+        await a.stop()
+        await eventually(lambda: b.lane_held)
+        assert "now used by this instance alone" in caplog.records[-1].getMessage()
+    finally:
+        await b.stop()
+        await c.stop()
+        if a.healthy:
+            await a.stop()
+
+
+async def test_without_lanes_no_number_is_locked(dsn: str) -> None:
+    a = Coordinator(dsn, "a", poll_s=0.2)
+    b = Coordinator(dsn, "b", poll_s=0.2)
+    await a.start()
+    await b.start()
+    try:
+        assert a.lane_held and b.lane_held
+        assert await lane_locks(dsn) == []
+    finally:
+        await a.stop()
+        await b.stop()
