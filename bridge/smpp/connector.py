@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -220,6 +221,7 @@ class _Bind:
         "proto",
         "reserved",
         "retiring",
+        "stalled_at",
         "task",
         "throttle_rate",
         "timer",
@@ -240,8 +242,10 @@ class _Bind:
         self.timer: asyncio.TimerHandle | None = None
         # Share of recent submit answers that were throttles (moving average, ~128 answers).
         self.throttle_rate = 0.0
-        # Submits in a row that timed out with no answer to any submit in between.
+        # Stalls in a row: submits that timed out with no answer to any submit in between,
+        # each sent after the one before it timed out (see _count_unanswered).
         self.unanswered = 0
+        self.stalled_at = -math.inf  # loop time of the last time-out counted
         self.retiring: SmppProtocol | None = None  # the connection _retire is closing
 
     @property
@@ -638,12 +642,13 @@ class Connector:
                 continue
             before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
-            self._count_unanswered(bind, res.error)
+            now = loop.time()
+            sent_at = now - res.rtt_s
+            self._count_unanswered(bind, res.error, sent_at, now)
             if res.error is None:
                 a = self._rtt_avg
                 self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
             kind = self._answered(res)
-            sent_at = loop.time() - res.rtt_s
             if kind == "ok":
                 bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
                 if sent_at >= bind.pause_started:
@@ -716,20 +721,30 @@ class Connector:
 
         return check
 
-    def _count_unanswered(self, bind: _Bind, error: str | None) -> None:
+    def _count_unanswered(self, bind: _Bind, error: str | None, sent_at: float, now: float) -> None:
         """Drop a bind whose submits time out in a row while its link looks alive.
 
         An SMSC that answers enquire_link but has stopped answering submit_sm (a stuck
         application behind a live socket, a half-failed-over pair) otherwise keeps the bind
         "up" for ever: every message waits response_timeout_s, comes back TIMEOUT and is
         claimed onto the same dead bind again. A fresh bind is the only cure operators know;
-        with several binds the others take the traffic meanwhile. Any answer resets the count.
+        with several binds the others take the traffic meanwhile. Any answer resets the count,
+        a late one too.
+
+        What counts is stalls, not submits: a time-out of a submit that was already on the
+        wire when the last counted one timed out is the same stall seen again. A full window
+        timing out at once counted as a window of stalls and dropped the bind at once, with the
+        late acceptances of a congested SMSC (answering just past response_timeout_s) still
+        due on it: lost, their parts were sent twice. Counted as one, the late answers come
+        and reset the count; a stuck SMSC is still dropped, after recycle_after_timeouts
+        rounds of response_timeout_s.
         """
         if error is None:
             bind.unanswered = 0
             return
-        if error != "TIMEOUT":
+        if error != "TIMEOUT" or sent_at < bind.stalled_at:
             return
+        bind.stalled_at = now
         bind.unanswered += 1
         limit = self.cfg.recycle_after_timeouts
         if limit and bind.unanswered >= limit and bind.proto is not None and bind.up:

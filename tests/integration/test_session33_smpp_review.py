@@ -155,6 +155,36 @@ async def test_late_answers_count_as_answers_so_a_slow_smsc_keeps_its_bind_and_i
         assert len(smsc.received(C.SUBMIT_SM)) == 4
 
 
+async def test_a_window_timing_out_at_once_is_one_stall_so_its_late_acceptances_arrive(
+    smsc: FakeSmsc,
+) -> None:
+    """A congested SMSC answers every submit_sm ESME_ROK 0.15 s after our 0.3 s response
+    time-out, and six messages were on the wire together. Their time-outs are one stall, not
+    six "submits in a row unanswered": the bind used to be dropped at the second of them, and
+    the acceptances still due on it were lost (each part then sent again: a duplicate). Session
+    33 left this one (its note: concurrent time-outs still recycle before the late answers)."""
+    loop = asyncio.get_running_loop()
+
+    def answer_late(conn: Conn, pdu: Pdu) -> None:
+        resp = Pdu(C.SUBMIT_SM_RESP, 0, pdu.seq, MessageIdResp(f"late{pdu.seq}"))
+        loop.call_later(0.45, conn.send, resp)
+
+    smsc.on_submit = answer_late
+    lates: list[LateSubmit] = []
+    cfg = smsc_cfg(smsc.port, response_timeout_s=0.3, recycle_after_timeouts=2)
+    async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
+        c.on_late_submit = lates.append
+        assert await c.wait_up(2.0)
+        outs = await asyncio.gather(
+            *(c.send_message([part(f"m{i}")], contexts=[i]) for i in range(6))
+        )
+        assert [o.status_name for (o,) in outs] == ["TIMEOUT"] * 6
+        await eventually(lambda: len(lates) == 6, 2.0)
+        assert sorted(late.context for late in lates) == list(range(6))
+        assert c.snapshot()["reconnects"] == 0
+        assert len(smsc.conns) == 1
+
+
 async def test_a_part_granted_a_slot_on_a_bind_being_aborted_is_sent_on_the_next_bind(
     smsc: FakeSmsc,
 ) -> None:

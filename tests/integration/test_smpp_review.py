@@ -727,8 +727,9 @@ async def test_sequence_numbers_wrap_from_0x7fffffff_to_1_on_the_wire(smsc: Fake
 async def test_a_bind_whose_submits_all_time_out_is_recycled(smsc: FakeSmsc) -> None:
     """An SMSC application stuck behind a live socket: enquire_link is answered, submit_sm never.
     The bind used to stay "up" for ever, every message waiting response_timeout_s and coming back
-    TIMEOUT onto the same bind. After recycle_after_timeouts unanswered submits in a row the bind
-    is dropped and bound again, and the new bind's answers go through."""
+    TIMEOUT onto the same bind. After recycle_after_timeouts unanswered submits in a row (each
+    sent after the one before it timed out) the bind is dropped and bound again, and the new
+    bind's answers go through."""
 
     def hook(conn: Conn, pdu: Pdu) -> int | None:
         return None if conn.id == 1 else C.ESME_ROK  # the first connection never answers
@@ -737,7 +738,7 @@ async def test_a_bind_whose_submits_all_time_out_is_recycled(smsc: FakeSmsc) -> 
     cfg = smsc_cfg(smsc.port, recycle_after_timeouts=2, enquire_link_s=0.2)
     async with running(cfg) as c:
         assert await c.wait_up(2.0)
-        first = await asyncio.gather(*(c.send_message([part(f"m{i}")]) for i in range(2)))
+        first = [await c.send_message([part(f"m{i}")]) for i in range(2)]
         assert [o.status_name for (o,) in first] == ["TIMEOUT", "TIMEOUT"]
         assert await c.wait_up(2.0)
         (after,) = await asyncio.wait_for(c.send_message([part("after")]), 3.0)
