@@ -16,6 +16,7 @@ import binascii
 import collections
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -940,9 +941,12 @@ class _Ctx:
     env: Mapping[str, str]
     base_dir: Path
     errors: list[str]
+    # Paths whose value came from the environment -> " (from env NAME)": every error about
+    # one says so, the cross-field checks' too (the file may hold a good value meanwhile).
+    sources: dict[str, str] = field(default_factory=dict)
 
     def err(self, path: str, msg: str) -> None:
-        self.errors.append(f"{path or 'config'}: {msg}")
+        self.errors.append(f"{path or 'config'}: {msg}{self.sources.get(path, '')}")
 
 
 @cache
@@ -1088,6 +1092,10 @@ def _bad(ctx: _Ctx, path: str, tp: Any, v: Any, secret: bool) -> Any:
     inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     if inner[0] is str and isinstance(v, int | float) and not isinstance(v, bool):
         hint = " (put it in quotes)"
+    elif inner[0] is str and isinstance(v, bool):
+        # YAML 1.1 reads yes/no/on/off/true/false unquoted as booleans: an opt-out keyword NO
+        # or OFF arrives as false.
+        hint = " (YAML reads unquoted yes, no, on, off, true, false as booleans: put it in quotes)"
     ctx.err(path, f"expected {_expected(tp)}, got {_show(v, secret)}{hint}")
     return _INVALID
 
@@ -1142,14 +1150,13 @@ def _fields(
                 kwargs[name] = _resolve_path(ctx, f.default)
             if raw is _MISSING:
                 continue
-        n_before = len(ctx.errors)
+        if source:
+            ctx.sources[sub] = source
         got = _coerce(ctx, tp, raw, sub, md)
         if got is not _INVALID and got is not None:
             got = _normalize(md, got)
             if not _check(ctx, sub, got, md.get("rules", ())):
                 got = _INVALID
-        if source:
-            ctx.errors[n_before:] = [e + source for e in ctx.errors[n_before:]]
         if got is _INVALID:
             ok = False
         else:
@@ -1265,9 +1272,14 @@ def _check_routes(ctx: _Ctx, data: Mapping[str, Any], known: set[str]) -> None:
             if isinstance(name, str) and name and name not in known:
                 ctx.err(f"routes[{i}].smscs[{j}]", f"unknown SMSC {name!r}")
     default = data.get("default_route")
+    seen: dict[str, int] = {}
     for j, name in enumerate(default if isinstance(default, list) else []):
         if isinstance(name, str) and name and name not in known:
             ctx.err(f"default_route[{j}]", f"unknown SMSC {name!r}")
+        elif isinstance(name, str) and name in seen:
+            ctx.err(f"default_route[{j}]", f"duplicate SMSC {name!r} (first at [{seen[name]}])")
+        if isinstance(name, str):
+            seen.setdefault(name, j)
     if default == [] and not first:
         ctx.err("default_route", "is empty and there are no routes: nothing could be sent")
 
@@ -1291,6 +1303,16 @@ def _check_route_encodings(ctx: _Ctx, data: Mapping[str, Any], sections: Mapping
         found = [by_name[n] for n in names if isinstance(n, str) and n in by_name]
         if not found:
             return
+        if all(s.bind_mode == "receiver" for s in found):
+            if path == "default_route" and "default_route" not in data:
+                return  # every SMSC a receiver, no route written: a daemon for MO alone
+            ctx.err(
+                path,
+                "every SMSC of it binds as a receiver only (bind_mode receiver): its messages "
+                "could never be sent; add an SMSC that transmits",
+            )
+            return
+        found = [s for s in found if s.bind_mode != "receiver"]  # they send nothing
         first = found[0]
         for other in found[1:]:
             diff = [o for o in WIRE_OPTIONS if getattr(other, o) != getattr(first, o)]
@@ -1338,12 +1360,40 @@ def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
             if getattr(sim, key) == server.port:
                 ctx.err(f"sim.{key}", f"must differ from server.port ({server.port})")
     if isinstance(aliyun, AliyunConfig) and aliyun.enabled:
-        taken = {server.port: "server.port"}
+        taken = [(server.port, server.host, "server.port")]
         if isinstance(sim, SimConfig) and sim.enabled:
-            taken |= {sim.port: "sim.port", sim.control_port: "sim.control_port"}
-        if aliyun.port in taken and (aliyun.host or server.host) == server.host:
-            what = taken[aliyun.port]
-            ctx.err("aliyun.port", f"must differ from {what} ({aliyun.port})")
+            # The control API listens on the loopback address whatever sim.host says.
+            taken += [(sim.port, sim.host, "sim.port"), (sim.control_port, "127.0.0.1",
+                      "sim.control_port")]  # fmt: skip
+        host = aliyun.host or server.host
+        for port, other, what in taken:
+            if aliyun.port == port and _hosts_overlap(host, other):
+                ctx.err("aliyun.port", f"must differ from {what} ({port})")
+                break
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts `a` and `b` with one port collide. Spellings of one address
+    do (`localhost` and `127.0.0.1`), and so does a wildcard with anything; only two distinct
+    addresses are apart. A name other than localhost is not looked up (no DNS in a check):
+    apart unless spelled the same."""
+
+    def addresses(h: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+        if h.lower() == "localhost":
+            return {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        try:
+            return {ipaddress.ip_address(h.strip("[]"))}
+        except ValueError:
+            return None
+
+    if a == b:
+        return True
+    sa, sb = addresses(a), addresses(b)
+    if sa is None or sb is None:
+        return a.lower() == b.lower()
+    if any(x.is_unspecified for x in sa | sb):
+        return True
+    return bool(sa & sb)
 
 
 def implicit_sim_smsc(sim: SimConfig) -> SmscConfig:
@@ -1583,12 +1633,27 @@ def key_file_problems(sec: SecurityConfig) -> list[str]:
     return out
 
 
+def _install_problems(server: ServerConfig) -> list[str]:
+    """What `run` would refuse in this Python's installation rather than in the file: a check
+    that passes a file `run` then refuses lets a systemd unit's pre-start check through to a
+    failed start."""
+    if server.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return [
+                "server.event_loop: uvloop, but uvloop is not installed in this Python "
+                f"({sys.executable}): pip install 'smpp-bridge[uvloop]', or set it to auto"
+            ]
+    return []
+
+
 def check_main(path: str | None) -> int:
     """`smpp-bridge config check [FILE]`: effective config on stdout (0) or errors on stderr (1)."""
     origin = path if path is not None else "<default config>"
     try:
         cfg = load_config(path)
-        problems = key_file_problems(cfg.security)
+        problems = key_file_problems(cfg.security) + _install_problems(cfg.server)
         if problems:
             raise ConfigError(problems)
     except ConfigError as e:

@@ -914,10 +914,12 @@ class Connector:
 
     # --- binds --------------------------------------------------------------------------------
     async def _keep_bind(self, b: _Bind) -> None:
-        cfg = self.cfg
-        delay = cfg.reconnect_min_s
+        delay = self.cfg.reconnect_min_s
         assert self._stop_event is not None
         while not self._stopping:
+            # Read each round: a reload changes the back-off in place (the keys that change
+            # the bind itself reconnect through a new connector).
+            cfg = self.cfg
             if self.bind_gate is not None and not await self.bind_gate.acquire(b.index):
                 await wait_event(self._stop_event, SLOT_POLL_S)
                 continue
@@ -977,9 +979,9 @@ class Connector:
                 # right after bind_resp was retried at reconnect_min_s for ever (a bind a
                 # second per slot against a carrier turning us away).
                 if asyncio.get_running_loop().time() - up_at >= min(
-                    STABLE_BIND_S, cfg.reconnect_max_s
+                    STABLE_BIND_S, self.cfg.reconnect_max_s
                 ):
-                    delay = cfg.reconnect_min_s
+                    delay = self.cfg.reconnect_min_s
                 if self._stopping:
                     return
                 if handed_over:
@@ -1001,6 +1003,8 @@ class Connector:
                     proto.abort("bind failed")
             if self._stopping:
                 return
+            cfg = self.cfg  # a reload while the bind was up applies to this wait already
+            delay = min(max(delay, cfg.reconnect_min_s), cfg.reconnect_max_s)
             base = wait if wait is not None else delay
             delay = min(delay * 2, cfg.reconnect_max_s)
             sleep_s = max(cfg.reconnect_min_s * 0.5, base * random.uniform(0.75, 1.0))

@@ -298,6 +298,38 @@ def test_default_route_to_unknown_smsc() -> None:
     assert errors_of(minimal(default_route=["a", "zz"])) == ["default_route[1]: unknown SMSC 'zz'"]
 
 
+def test_an_smsc_twice_in_the_default_route_is_refused_as_in_a_route() -> None:
+    assert errors_of(minimal(default_route=["a", "a"])) == [
+        "default_route[1]: duplicate SMSC 'a' (first at [0])"
+    ]
+
+
+def test_a_route_of_receivers_only_is_refused() -> None:
+    """Its messages would wait in the queue for a bind that never sends."""
+    smscs = [
+        {"name": "a", "system_id": "s"},
+        {"name": "rx", "system_id": "s", "bind_mode": "receiver"},
+    ]
+    errors = errors_of(minimal(smscs=smscs, routes=[{"prefix": "+86", "smscs": ["rx"]}]))
+    assert len(errors) == 1 and errors[0].startswith("routes[0].smscs: every SMSC of it binds")
+    errors = errors_of(minimal(smscs=smscs, default_route=["rx"]))
+    assert len(errors) == 1 and errors[0].startswith("default_route: every SMSC of it binds")
+    # A receiver beside a transmitter is fine, whatever it encodes (it sends nothing).
+    smscs[1]["split"] = "sar"
+    assert parse(minimal(smscs=smscs, routes=[{"prefix": "+86", "smscs": ["rx", "a"]}]))
+    # Receivers only and no route written: a daemon that takes MO alone.
+    assert parse(minimal(smscs=[smscs[1]]))
+
+
+def test_a_yaml_boolean_where_text_goes_gets_the_quoting_hint() -> None:
+    """An unquoted opt-out keyword NO arrives as false."""
+    errors = errors_of(minimal(rules={"optout_keywords": ["STOP", False]}))
+    assert errors == [
+        "rules.optout_keywords[1]: expected a string, got false (YAML reads unquoted yes, no, "
+        "on, off, true, false as booleans: put it in quotes)"
+    ]
+
+
 def test_route_prefix_rules() -> None:
     data = minimal(
         routes=[
