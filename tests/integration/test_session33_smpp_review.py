@@ -121,6 +121,19 @@ async def _run_dispatcher(
 # =================================================================================================
 
 
+def answer_late(smsc: FakeSmsc) -> list[LateSubmit]:
+    """Make the SMSC accept every submit_sm 0.45 s after it came (past a 0.3 s time-out): the
+    list the late acceptances are to be appended to (the connector's on_late_submit)."""
+    loop = asyncio.get_running_loop()
+
+    def hook(conn: Conn, pdu: Pdu) -> None:
+        resp = Pdu(C.SUBMIT_SM_RESP, 0, pdu.seq, MessageIdResp(f"late{pdu.seq}"))
+        loop.call_later(0.45, conn.send, resp)
+
+    smsc.on_submit = hook
+    return []
+
+
 async def test_late_answers_count_as_answers_so_a_slow_smsc_keeps_its_bind_and_its_late_ids(
     smsc: FakeSmsc,
 ) -> None:
@@ -129,14 +142,7 @@ async def test_late_answers_count_as_answers_so_a_slow_smsc_keeps_its_bind_and_i
     inside the late grace, before the next part times out). The SMSC answers everything, so
     `recycle_after_timeouts` ("any answer resets the count") must not fire, and every late
     acceptance must reach on_late_submit (else the dispatcher resends that part: a duplicate)."""
-    loop = asyncio.get_running_loop()
-
-    def answer_late(conn: Conn, pdu: Pdu) -> None:
-        resp = Pdu(C.SUBMIT_SM_RESP, 0, pdu.seq, MessageIdResp(f"late{pdu.seq}"))
-        loop.call_later(0.45, conn.send, resp)
-
-    smsc.on_submit = answer_late
-    lates: list[LateSubmit] = []
+    lates = answer_late(smsc)
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.3, recycle_after_timeouts=3)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
         c.on_late_submit = lates.append
@@ -163,14 +169,7 @@ async def test_a_window_timing_out_at_once_is_one_stall_so_its_late_acceptances_
     six "submits in a row unanswered": the bind used to be dropped at the second of them, and
     the acceptances still due on it were lost (each part then sent again: a duplicate). Session
     33 left this one (its note: concurrent time-outs still recycle before the late answers)."""
-    loop = asyncio.get_running_loop()
-
-    def answer_late(conn: Conn, pdu: Pdu) -> None:
-        resp = Pdu(C.SUBMIT_SM_RESP, 0, pdu.seq, MessageIdResp(f"late{pdu.seq}"))
-        loop.call_later(0.45, conn.send, resp)
-
-    smsc.on_submit = answer_late
-    lates: list[LateSubmit] = []
+    lates = answer_late(smsc)
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.3, recycle_after_timeouts=2)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
         c.on_late_submit = lates.append
