@@ -643,6 +643,13 @@ class BindSession:
             events.append(SubmitResponse(seq, status, mid, p.context))
         elif req == C.ENQUIRE_LINK:
             self._el_seq = 0
+            if status == C.ESME_RINVBNDSTS and self._in_flight == 0:
+                # The SMSC no longer knows this bind (it failed over): a receiver bind sends
+                # no submit that could be refused so, and stayed "up" for ever while the SMSC
+                # kept our receipts and MO. With submits in flight their answers decide (a
+                # refusal retires the bind after the others are read; see the connector).
+                self._close(events, "enquire_link answered ESME_RINVBNDSTS: the SMSC no "
+                            "longer knows this bind")  # fmt: skip
         elif req in C.BIND_COMMANDS:
             if status == C.ESME_ROK and self.state is SessionState.BINDING:
                 body = pdu.body

@@ -335,12 +335,6 @@ def _binds(carrier: Carrier, cid: int) -> int:
     return sum(1 for _lk, p in carrier.log if p.command_id == cid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py _handle_response ignores the status of enquire_link_resp: a receiver "
-    "bind the SMSC has forgotten (ESME_RINVBNDSTS) is never re-bound, and its receipts and MO "
-    "stay queued at the carrier",
-)
 async def test_a_receiver_bind_the_smsc_forgot_is_bound_again(carrier: Carrier) -> None:
     """After a failover the carrier no longer knows our receiver bind: it still answers our
     enquire_link, with ESME_RINVBNDSTS. A submit refused so re-binds its transmitter at once

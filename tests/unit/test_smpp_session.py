@@ -347,6 +347,33 @@ def test_missed_enquire_link_resp_closes() -> None:
     assert s.state is SessionState.CLOSED
 
 
+def test_an_enquire_link_refused_as_an_unknown_bind_closes_an_idle_bind() -> None:
+    """A receiver bind the SMSC forgot (a failover) has no submit to be refused: only the
+    enquire_link answer tells. Any other error status leaves the bind alone."""
+    s = bound_session(BindMode.RECEIVER, enquire_link_s=30, response_timeout_s=10)
+    s.on_timer(30.0)
+    (el,) = sent(s)
+    assert s.receive_data(pdu(C.ENQUIRE_LINK_RESP, el.seq, C.ESME_RSYSERR), 31.0) == []
+    s.on_timer(61.0)
+    (el,) = sent(s)
+    ev = s.receive_data(pdu(C.ENQUIRE_LINK_RESP, el.seq, C.ESME_RINVBNDSTS), 62.0)
+    assert ev == [
+        Closed("enquire_link answered ESME_RINVBNDSTS: the SMSC no longer knows this bind")
+    ]
+    assert s.state is SessionState.CLOSED
+
+
+def test_with_submits_in_flight_their_answers_decide_not_the_enquire_link() -> None:
+    s = bound_session(enquire_link_s=30, response_timeout_s=60)
+    seq = s.submit(ShortMessage(short_message=b"x"), 1.0)
+    s.on_timer(31.0)
+    el = next(p for p in sent(s) if p.command_id == C.ENQUIRE_LINK)
+    assert s.receive_data(pdu(C.ENQUIRE_LINK_RESP, el.seq, C.ESME_RINVBNDSTS), 31.5) == []
+    assert s.state is SessionState.BOUND
+    ev = s.receive_data(pdu(C.SUBMIT_SM_RESP, seq, C.ESME_RINVBNDSTS), 32.0)
+    assert [type(e).__name__ for e in ev] == ["SubmitResponse"]
+
+
 # --- unbind ---------------------------------------------------------------------------------------
 def test_peer_unbind_is_answered_then_closed() -> None:
     s = bound_session()
