@@ -665,6 +665,12 @@ class Dispatcher:
 def _sent(
     mid: str, seq: int, smsc: str, out: SubmitOutcome, rule: MsgIdRule, at: int
 ) -> SubmitResult:
-    """The result of a part the SMSC accepted, with its id as given and as receipts will name it."""
+    """The result of a part the SMSC accepted, with its id as given and as receipts will name
+    it, and when it left (on `at`'s clock): a receipt kept from before then is not its own."""
     raw = out.message_id or ""
-    return SubmitResult(mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at)
+    sent_at = 0
+    if out.sent_at:
+        sent_at = at - int((asyncio.get_running_loop().time() - out.sent_at) * 1000)
+    return SubmitResult(
+        mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at, sent_at=sent_at
+    )

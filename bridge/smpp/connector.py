@@ -119,6 +119,7 @@ class SubmitOutcome:
     status: int  # SMPP command_status; 0 for ok, -1 when none (timeout, connection lost, no bind)
     status_name: str  # "ESME_RINVDSTADR", "TIMEOUT", "CONNECTION_LOST", "NO_BIND", "CANCELLED"
     message_id: str | None  # the raw submit_sm_resp id when ok
+    sent_at: float = 0.0  # when ok: the event loop's time as the accepted submit_sm left
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +655,8 @@ class Connector:
                 if sent_at >= bind.pause_started:
                     bind.pause = None
                 self._ok += 1
-                return SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id), bind
+                ok = SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
+                return ok, bind
             name = res.error or C.status_name(res.status)
             if kind == "throttled":
                 self._throttle(bind, sent_at, name)

@@ -281,6 +281,16 @@ class SubmitResult:
     smsc_msg_id_raw: str | None = None
     error_code: str | None = None
     at: int = 0
+    # When the accepted submit_sm left (unix ms; 0 unknown): a receipt kept as unmatched since
+    # before then belongs to an earlier message that had the same id (a counter the SMSC
+    # started over), not to this part. See KEPT_RECEIPT_SLACK_MS.
+    sent_at: int = 0
+
+
+# How far before a part's sent_at a kept receipt may have arrived and still be applied to it:
+# the clocks the two are read from (the receipt's arrival, the submit's departure) step apart by
+# milliseconds, a receipt cannot come before its submit.
+KEPT_RECEIPT_SLACK_MS = 250
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from bridge.store.base import (
     StoreInUseError,
 )
 from bridge.store.models import (
+    KEPT_RECEIPT_SLACK_MS,
     LateAccept,
     ReceiptIn,
     Release,
@@ -678,17 +679,20 @@ async def record_late_submits(
 async def _apply_pending(
     c: asyncpg.Connection, fresh: list[SubmitResult], touched: dict[str, bool]
 ) -> None:
-    """Receipts that beat their submit_sm_resp to the store are applied now."""
+    """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
+    before the part left (see SubmitResult.sent_at), which stays kept."""
     keyed = [r for r in fresh if r.smsc_msg_id is not None]
     if not keyed:
         return
     found = await c.fetch(
-        "DELETE FROM pending_receipts p USING unnest($1::text[], $2::text[]) AS k(smsc, msg_id) "
-        "WHERE p.smsc = k.smsc AND p.smsc_msg_id = k.msg_id "
+        "DELETE FROM pending_receipts p "
+        "USING unnest($1::text[], $2::text[], $3::bigint[]) AS k(smsc, msg_id, since) "
+        "WHERE p.smsc = k.smsc AND p.smsc_msg_id = k.msg_id AND p.received_at >= k.since "
         "RETURNING p.id, p.smsc, p.smsc_msg_id, p.state, p.stat, p.err, p.done_at, "
         "p.received_at, p.raw",
         [r.smsc for r in keyed],
         [r.smsc_msg_id for r in keyed],
+        [r.sent_at - KEPT_RECEIPT_SLACK_MS if r.sent_at else 0 for r in keyed],
     )
     if found:
         rows = sorted(found, key=lambda r: r[0])

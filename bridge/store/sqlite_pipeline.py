@@ -13,7 +13,13 @@ from typing import Any
 
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_rules
-from bridge.store.models import LateAccept, ReceiptIn, Release, SubmitResult
+from bridge.store.models import (
+    KEPT_RECEIPT_SLACK_MS,
+    LateAccept,
+    ReceiptIn,
+    Release,
+    SubmitResult,
+)
 from bridge.store.rules_rows import AIR_SENT, END_ERROR
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
@@ -319,23 +325,28 @@ def record_late_submits(
 def _apply_pending(
     c: sqlite3.Connection, fresh: list[SubmitResult], now: int, touched: dict[str, bool]
 ) -> None:
-    """Receipts that beat their submit_sm_resp to the store are applied now."""
+    """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
+    before the part left (see SubmitResult.sent_at), which stays kept."""
     if not fresh or c.execute("SELECT 1 FROM pending_receipts LIMIT 1").fetchone() is None:
         return
     by_smsc: dict[str, list[str]] = {}
+    since: dict[tuple[str, str], int] = {}
     for r in fresh:
         if r.smsc_msg_id is not None:
             by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
+            since[(r.smsc, r.smsc_msg_id)] = r.sent_at - KEPT_RECEIPT_SLACK_MS if r.sent_at else 0
     found: list[tuple[Any, ...]] = []
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(ids):
             found.extend(
-                c.execute(
+                row
+                for row in c.execute(
                     "SELECT id, smsc, smsc_msg_id, state, stat, err, done_at, received_at, raw "
                     f"FROM pending_receipts WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))}) "
                     "ORDER BY id",
                     (smsc, *chunk),
                 )
+                if row[7] >= since[(row[1], row[2])]
             )
     if not found:
         return

@@ -470,12 +470,6 @@ async def test_the_same_hex_id_matches_when_only_one_side_is_declared_hex(
     assert m["status"] == "delivered", m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sqlite_pipeline.py _apply_pending applies any kept receipt with the new part's id, "
-    "however long before the part was submitted it arrived: a stale receipt settles a new "
-    "message",
-)
 async def test_a_receipt_kept_from_before_a_submit_does_not_settle_it(
     tmp_path: Path, carrier: Carrier
 ) -> None:

@@ -812,6 +812,26 @@ async def test_receipt_before_submit_result_is_kept_and_applied(store: Store) ->
     assert await store.unmatched_receipts(NOW + DAY, 10) == []
 
 
+async def test_a_receipt_kept_from_before_the_part_left_is_not_applied_to_it(store: Store) -> None:
+    """An SMSC whose counter ids started over gives a new part the id of a receipt kept long
+    before (for a message this gateway never sent, say): that receipt is not the part's. One
+    that came after the part left, before its submit_sm_resp was recorded, still is."""
+    await accept(store, message("m1"))
+    await accept(store, message("m2"))
+    await claim_all(store)
+    await store.apply_receipts([rcpt("smscA", "7", "undeliverable", at=NOW + 5)], NOW + 5)
+    await store.apply_receipts([rcpt("smscA", "8", at=NOW + 2 * MIN)], NOW + 2 * MIN)
+    stale = replace(sent("m1", 1, msg_id="7"), at=NOW + 3 * MIN, sent_at=NOW + MIN)
+    early = replace(sent("m2", 1, msg_id="8"), at=NOW + 3 * MIN, sent_at=NOW + MIN)
+    await store.record_submits([stale, early], [], NOW + 3 * MIN)
+    assert (await get(store, "m1")).state == "sent"
+    assert (await get(store, "m2")).state == "delivered"
+    (kept,) = await store.unmatched_receipts(NOW + DAY, 10)
+    assert (kept["smsc_msg_id"], kept["state"]) == ("7", "undeliverable")
+    await store.apply_receipts([rcpt("smscA", "7", at=NOW + 4 * MIN)], NOW + 4 * MIN)
+    assert (await get(store, "m1")).state == "delivered"
+
+
 async def test_unmatched_receipt_is_listed_for_inspection(store: Store) -> None:
     await store.apply_receipts([rcpt("smscA", "ghost", at=NOW)], NOW)
     assert await store.unmatched_receipts(NOW - 1, 10) == []
