@@ -65,7 +65,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
     "UNSUPPORTED_MEDIA_TYPE": "A body was sent with a Content-Type other than application/json "
-    "(text/csv or text/plain for PUT /admin/dnc/{id}), or compressed (Content-Encoding).",
+    "(text/csv or text/plain for PUT /admin/dnc/{id}), with a charset other than utf-8, or "
+    "compressed (Content-Encoding).",
     "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used with a different body in the last "
     "server.idempotency_hours (default 24).",
     "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
@@ -743,15 +744,15 @@ def _paths() -> dict[str, Any]:
         {
             "name": "date",
             "in": "query",
-            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$"},
-            "description": "UTC day of acceptance, YYYY-MM-DD",
+            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+            "description": "UTC day of acceptance, YYYY-MM-DD (two-digit month and day)",
         },
         {"name": "status", "in": "query", "schema": {"type": "string", "enum": [*MESSAGE_STATES]}},
         {
             "name": "cursor",
             "in": "query",
             "schema": {"type": "string"},
-            "description": "next_cursor of the previous page",
+            "description": "next_cursor of the previous page; empty or absent: the first page",
         },
         {
             "name": "limit",

@@ -774,7 +774,12 @@ def rules_paths() -> dict[str, Any]:
                 "The account's opt-out list, by number",
                 {"200": _ok("OptOutList", "one page"), **_errors(400)},
                 parameters=[
-                    _query("cursor", _STR, "next_cursor of the previous page"),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": "^(\\+?[0-9]{1,20})?$"},
+                        "next_cursor of the previous page (a number of the list); empty or "
+                        "absent: the first page; anything else is 400 INVALID_CURSOR",
+                    ),
                     _query("limit", _LIMIT, "rows to return"),
                 ],
             ),
@@ -822,12 +827,12 @@ def rules_paths() -> dict[str, Any]:
                 parameters=[
                     _query(
                         "after",
-                        {"type": "string", "pattern": "^[0-9]{1,18}$", "default": "0"},
-                        "next_cursor of the previous page (an entry id)",
+                        {"type": "string", "pattern": "^([0-9]{1,18})?$", "default": "0"},
+                        "next_cursor of the previous page (an entry id); empty: the first page",
                     ),
                     _query(
                         "cursor",
-                        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        {"type": "string", "pattern": "^([0-9]{1,18})?$"},
                         "the same as after, under the name the other list endpoints use",
                     ),
                     _query("limit", _LIMIT, "rows to return"),

@@ -73,11 +73,16 @@ _PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 def query_params(query: Mapping[str, str], allowed: Iterable[str]) -> dict[str, str]:
     """The query (from bridge.api.context.query_of, which already refuses a repeated parameter)
-    as a plain dict, refusing unknown parameters."""
+    as a plain dict, refusing unknown parameters. An empty `cursor=` is no cursor (the first
+    page) on every list endpoint: a generic paginator starts with "" (it was the first page of
+    /v1/optouts and 400 INVALID_CURSOR on /v1/messages and /v1/ledger)."""
     unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown query parameter")
-    return dict(query)
+    out = dict(query)
+    if out.get("cursor") == "":
+        del out["cursor"]
+    return out
 
 
 def refuse_unknown(body: Mapping[str, Any], allowed: Iterable[str]) -> None:

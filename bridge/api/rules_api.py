@@ -22,6 +22,9 @@ from bridge.store.models import Account
 
 _MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _CODE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+# The cursor of /v1/optouts is the last number of a page: E.164 (an entry of the API), or the
+# digits an MO sender not read as international was kept as (bridge/pipeline/inbound._e164).
+_OPTOUT_CURSOR = re.compile(r"\+?[0-9]{1,20}")
 
 
 def _account(request: web.Request) -> Account:
@@ -188,6 +191,10 @@ async def list_optouts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     cursor = query_params(query_of(request), ("cursor", "limit")).get("cursor")
+    if cursor is not None and not _OPTOUT_CURSOR.fullmatch(cursor):
+        # Any string was taken as a place in the list: a cursor mangled on its way back (a "+"
+        # read as a space) answered a wrong page instead of an error.
+        raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
     limit = _limit(request)
     rows = await ctx.store.list_optouts(account.id, after=cursor, limit=limit + 1)
     more = len(rows) > limit
@@ -273,7 +280,7 @@ async def get_ledger(request: web.Request) -> web.Response:
     # got the first page again for ever. `cursor` is the name the other list endpoints use.
     query = query_params(query_of(request), ("after", "cursor", "limit"))
     name = "cursor" if "cursor" in query else "after"
-    raw = query.get(name, "0")
+    raw = query.get(name) or "0"  # an empty `after=` is no cursor, as `cursor=` is
     if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise ApiError("INVALID_CURSOR", f"{name}: an entry id returned by this API")
     limit = _limit(request)

@@ -60,10 +60,29 @@ def json_response(
     )
 
 
+def _charset(content_type: str) -> str | None:
+    """The `charset` parameter of a Content-Type, lower-case and unquoted (None: not given)."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').strip().lower()
+    return None
+
+
 def parse_json(body: bytes, request: web.Request) -> Any:
-    ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+    header = request.headers.get("Content-Type", "application/json")
+    ctype = header.split(";")[0].strip().lower()
     if ctype not in ("application/json", ""):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r}: send application/json")
+    charset = _charset(header)
+    if charset not in (None, "utf-8"):
+        # The body is read as UTF-8 whatever the header says (RFC 8259: JSON is UTF-8): a UTF-16
+        # body was refused as INVALID_JSON with a parser message about its bytes.
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Type charset {charset[:40]!r}: send the JSON body as UTF-8 "
+            "(charset=utf-8, or no charset)",
+        )
     if not body:
         raise ApiError("INVALID_JSON", "the request body is empty; send a JSON object")
     try:
@@ -317,10 +336,9 @@ async def cancel_batch(request: web.Request) -> web.Response:
 async def list_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    q = query_of(request)
-    unknown = sorted(set(q) - {"to", "date", "status", "cursor", "limit"})
-    if unknown:
-        raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown query parameter")
+    from bridge.api.reports import parse_day, query_params  # reports imports this module
+
+    q = query_params(query_of(request), ("to", "date", "status", "cursor", "limit"))
     recipient = None
     if "to" in q:
         try:
@@ -329,8 +347,6 @@ async def list_messages(request: web.Request) -> web.Response:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
     since = until = None
     if "date" in q:
-        from bridge.api.reports import parse_day  # reports imports this module
-
         # The strict YYYY-MM-DD of /v1/stats (strptime took "2026-1-5" too).
         day_ms = parse_day(q["date"], "date") * 86_400_000
         since, until = day_ms, day_ms + 86_400_000

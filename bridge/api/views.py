@@ -62,7 +62,9 @@ def message_view(m: MessageRecord, *, with_parts: bool = True) -> dict[str, Any]
 
 
 def status_report(m: MessageRecord) -> dict[str, Any]:
-    """The webhook body for one final status (the README's report fields)."""
+    """The webhook body for one final status (the README's report fields). `final` is true here
+    and false in the intermediate "sent" report (webhooks._sent_report): without it on the final
+    ones, a receiver testing `if (!report.final)` took every final report for an intermediate."""
     return {
         "type": "message.status",
         "message_id": m.id,
@@ -71,6 +73,7 @@ def status_report(m: MessageRecord) -> dict[str, Any]:
         "to": m.recipient,
         "status": m.state,
         "success": m.state == "delivered",
+        "final": True,
         "error_code": m.error_code,
         "error_text": m.error_text,
         "segments": m.segments,

@@ -871,7 +871,7 @@ class _Receiver:
 
 STATUS_KEYS = {
     "type", "webhook_id", "message_id", "batch_id", "client_ref", "to", "status", "success",
-    "error_code", "error_text", "segments", "segments_delivered", "billable_units",
+    "final", "error_code", "error_text", "segments", "segments_delivered", "billable_units",
     "accepted_at", "submitted_at", "done_at",
 }  # fmt: skip
 MO_KEYS = {

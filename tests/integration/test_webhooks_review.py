@@ -493,3 +493,61 @@ async def test_redirect_with_unparsable_location_is_reported_as_a_redirect(
     assert "302" in dead["last_error"] and "unusable callback URL" not in dead["last_error"], (
         f"a 302 with an odd Location was recorded as {dead['last_error']!r}"
     )
+
+
+# -- session 34: `final` on every native message.status report -----------------------------------
+
+
+async def test_final_report_carries_final_true_and_the_sent_one_false(
+    hook_store: SqliteStore, receiver: Receiver
+) -> None:
+    """The "sent" report carried `"final": false` and the final report no `final` at all, so a
+    receiver testing `if (!report.final)` (the field the README names) took every final report
+    for an intermediate one. Each POST of one report is named by its webhook_id."""
+    clock = FrozenClock()
+    accounts = AccountService(hook_store, sealer())
+    receiver.routes["/hook"] = ok
+    acc = await account(accounts, "finalco", clock.ms(), status_callback_url=receiver.url("/hook"))
+    await sent_message(hook_store, acc, "msg_final", clock.ms() - 2 * SEC)
+    sender = WebhookSender(hook_store, accounts, WebhooksConfig(), clock=clock, poll_s=0.02)
+    await run_until(sender, lambda: nothing_pending(hook_store))
+    await deliver(hook_store, "msg_final", clock.ms() - SEC)
+    sender = WebhookSender(hook_store, accounts, WebhooksConfig(), clock=clock, poll_s=0.02)
+    await run_until(sender, lambda: nothing_pending(hook_store))
+    sent, done = receiver.delivered_items()
+    assert (sent["status"], sent["final"], sent["webhook_id"]) == (
+        "sent",
+        False,
+        "st_msg_final_sent",
+    )
+    assert (done["status"], done["final"], done["webhook_id"]) == (
+        "delivered",
+        True,
+        "st_msg_final",
+    )
+    assert [p["headers"]["X-Bridge-Webhook-Id"] for p in receiver.posts] == [
+        "st_msg_final_sent",
+        "st_msg_final",
+    ]
+
+
+async def test_aliyun_final_report_has_no_final_field(
+    hook_store: SqliteStore, receiver: Receiver
+) -> None:
+    """`final` is the native shape's: Alibaba's SmsReport keeps its own fields."""
+    clock = FrozenClock()
+    accounts = AccountService(hook_store, sealer())
+    receiver.routes["/hook"] = ok
+    acc = await account(
+        accounts,
+        "alifinal",
+        clock.ms(),
+        status_callback_url=receiver.url("/hook"),
+        report_format="aliyun",
+    )
+    await sent_message(hook_store, acc, "msg_alifinal", clock.ms() - 2 * SEC)
+    await deliver(hook_store, "msg_alifinal", clock.ms() - SEC)
+    sender = WebhookSender(hook_store, accounts, WebhooksConfig(), clock=clock, poll_s=0.02)
+    await run_until(sender, lambda: nothing_pending(hook_store))
+    (item,) = receiver.delivered_items()
+    assert item["biz_id"] == "bat_msg_alifinal" and "final" not in item, item
