@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from bridge.config import PipelineConfig, SmscConfig
-from bridge.pipeline.dispatcher import Dispatcher
+from bridge.pipeline.dispatcher import THROTTLED_REQUEUE_MS, Dispatcher
+from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import SubmitOutcome
+from bridge.smpp.connector import PART_THROTTLES, SubmitOutcome
 from bridge.smpp.router import Router
 from bridge.store.base import Store
 from bridge.store.models import Release
@@ -400,3 +401,38 @@ async def test_stop_is_bounded_while_a_claim_hangs(store: Store) -> None:
     task.cancel()
     store.claim = claim  # type: ignore[method-assign]
     assert elapsed < 1.0, f"stop(grace=0.2) took {elapsed:.2f}s"
+
+
+async def test_a_part_the_smsc_keeps_throttling_is_requeued_without_counting(
+    store: Store,
+) -> None:
+    """The SMSC answers every submit of m0's second part ESME_RMSGQFUL (that destination's
+    queue is full): after PART_THROTTLES throttles the connector gives the part back, and the
+    message goes back to the queue for THROTTLED_REQUEUE_MS, its first part recorded as sent,
+    no attempt counted (a throttle is never a failure), while the bind carries m1."""
+    await store.create_account(account())
+    await accept(store, message("m0", parts=2))
+    await accept(store, message("m1"))
+    smsc = FakeSmsc()
+    await smsc.start()
+    smsc.on_submit = lambda conn, pdu: C.ESME_RMSGQFUL if pdu.body.short_message == b"m0/2" else 0
+    try:
+        async with running(smsc_cfg(smsc.port)) as conn:
+            assert await conn.wait_up(2.0)
+            d = _dispatcher(store, conn, 2, window=10)
+            task = asyncio.create_task(d.run())
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                rec = await get(store, "m0")
+                if (await get(store, "m1")).state == "sent" and rec.segment_rows[0].state == "sent":
+                    if smsc.submits().count(b"m0/2") == PART_THROTTLES:
+                        break
+            await d.stop(1.0)
+            task.cancel()
+    finally:
+        await smsc.kill()
+    assert smsc.submits().count(b"m0/2") == PART_THROTTLES
+    assert [s.state for s in (await get(store, "m0")).segment_rows] == ["sent", "queued"]
+    assert await store.claim("inst-2", 10, NOW + THROTTLED_REQUEUE_MS - 1, LEASE) == []
+    (again,) = await store.claim("inst-2", 10, NOW + THROTTLED_REQUEUE_MS, LEASE)
+    assert (again.id, again.attempts) == ("m0", 1)

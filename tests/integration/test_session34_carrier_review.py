@@ -405,12 +405,6 @@ async def test_baseline_a_clean_bind_accepts_hundreds_per_second(carrier: Carrie
     assert accepted >= 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connector.py _send_part/_throttle: one PDU answered ESME_RMSGQFUL (that handset's "
-    "queue at the SMSC is full) is resent first for ever and its throttles keep pausing the "
-    "whole bind: every other message on it crawls",
-)
 async def test_one_destination_with_a_full_queue_does_not_stall_the_bind(
     carrier: Carrier,
 ) -> None:
