@@ -524,7 +524,13 @@ def _decode_msgid(f: bytes, status: int) -> MessageIdResp:
     except PduError:
         if status:  # the status is what matters in an error response; do not nack it
             return MessageIdResp()
-        raise
+        # Longer than SMPP 3.4's 64 octets (a vendor prefix on a UUID): some SMSCs do it, and
+        # their receipts carry the whole id. Refused, the acceptance was recorded with no id
+        # and its receipts matched nothing; kept whole, as Kannel keeps it (the session warns).
+        # One with no NUL at all is still malformed.
+        if f.find(0, 16) < 0:
+            raise
+        mid, p = _dcs(f, 16, n - 16, "message_id")
     try:
         tlvs = _decode_tlvs(f, p, n) if p < n else ()
     except PduError:

@@ -640,6 +640,11 @@ class BindSession:
             self._in_flight -= 1
             body = pdu.body
             mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
+            if len(mid) > 64:
+                events.append(
+                    ProtocolError(f"submit_sm_resp message_id of {len(mid)} octets (SMPP 3.4 "
+                                  "allows 64): kept whole", False)
+                )  # fmt: skip
             events.append(SubmitResponse(seq, status, mid, p.context))
         elif req == C.ENQUIRE_LINK:
             self._el_seq = 0

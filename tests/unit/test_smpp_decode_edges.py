@@ -16,7 +16,7 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, BindResp, Pdu, ShortMessage, encode
 from bridge.smpp.msgid import normalize_resp_id
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
-from bridge.smpp.session import BindMode, BindSession, SubmitResponse
+from bridge.smpp.session import BindMode, BindSession, ProtocolError, SubmitResponse
 from bridge.store.models import ReceiptOutcome
 
 
@@ -47,6 +47,30 @@ def test_submit_sm_resp_keeps_its_message_id_despite_trailing_octets(body: bytes
     (resp,) = [e for e in events if isinstance(e, SubmitResponse)]
     assert resp.status == 0
     assert resp.message_id == "ABC123"
+
+
+def test_a_submit_sm_resp_id_longer_than_64_octets_is_kept_whole_with_a_warning() -> None:
+    """Some SMSCs send longer ids (a vendor prefix on a UUID): dropped, the part was recorded
+    'sent' with no id and its receipts never matched. An id with no NUL before the PDU's end is
+    still malformed: the part is accepted with no id, as before."""
+    s = _bound_session()
+    long_id = "SMSC-" + "0123456789abcdef" * 5
+    seq = s.submit(ShortMessage(short_message=b"hi"), 1.0)
+    body = long_id.encode() + b"\x00"
+    events = s.receive_data(
+        struct.pack(">IIII", 16 + len(body), C.SUBMIT_SM_RESP, 0, seq) + body, 1.1
+    )
+    (resp,) = [e for e in events if isinstance(e, SubmitResponse)]
+    assert (resp.status, resp.message_id) == (0, long_id)
+    (warning,) = [e for e in events if isinstance(e, ProtocolError)]
+    assert "message_id of 85 octets" in warning.message and not warning.fatal
+    seq = s.submit(ShortMessage(short_message=b"hi"), 2.0)
+    body = long_id.encode()  # no NUL
+    events = s.receive_data(
+        struct.pack(">IIII", 16 + len(body), C.SUBMIT_SM_RESP, 0, seq) + body, 2.1
+    )
+    (resp,) = [e for e in events if isinstance(e, SubmitResponse)]
+    assert (resp.status, resp.message_id) == (0, "")
 
 
 def test_receipt_stat_with_a_trailing_nul_is_delivered() -> None:
