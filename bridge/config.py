@@ -599,6 +599,9 @@ class SmscConfig:
     split: str = field(default="udh8", metadata=meta(one_of("udh8", "udh16", "sar", "payload")))
     resp_id_base: str = field(default="str", metadata=meta(one_of("str", "hex", "dec")))
     receipt_id_base: str = field(default="str", metadata=meta(one_of("str", "hex", "dec")))
+    # The base of a receipt's receipted_message_id TLV: resp_id_base's (SMPP 3.4 5.3.2.12: it is
+    # the submit_sm_resp id) or receipt_id_base's (carriers that write it as the text's id).
+    tlv_id_base: str = field(default="resp", metadata=meta(one_of("resp", "receipt")))
     id_case_insensitive: bool = True
     id_strip_leading_zeros: bool = True
     in_flight_on_restart: str = field(default="resend", metadata=meta(one_of("resend", "unknown")))

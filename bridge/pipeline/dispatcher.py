@@ -106,6 +106,7 @@ def msgid_rule(smsc: SmscConfig) -> MsgIdRule:
         receipt_base=IdBase(smsc.receipt_id_base),
         case_insensitive=smsc.id_case_insensitive,
         strip_leading_zeros=smsc.id_strip_leading_zeros,
+        tlv_as_receipt=smsc.tlv_id_base == "receipt",
     )
 
 

@@ -27,7 +27,7 @@ from bridge.pipeline.dispatcher import msgid_rule
 from bridge.sim.reassembly import Segment, decode_payload, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
-from bridge.smpp.msgid import normalize_receipt_id, normalize_resp_id
+from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
@@ -152,8 +152,9 @@ class Inbound:
             key = receipt.message_id
         elif tlv_text:
             # SMPP 3.4 5.3.2.12: receipted_message_id is the id the submit_sm_resp returned, in
-            # its format; receipt_id_base is for the id in the receipt's text.
-            key = normalize_resp_id(receipt.message_id, rule)
+            # its format (unless the SMSC's tlv_id_base says otherwise); receipt_id_base is for
+            # the id in the receipt's text.
+            key = normalize_tlv_id(receipt.message_id, rule)
         else:
             key = normalize_receipt_id(receipt.message_id, rule)
         now_ms = int(self.clock() * 1000)

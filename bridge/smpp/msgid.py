@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["IdBase", "MsgIdRule", "normalize_id", "normalize_receipt_id", "normalize_resp_id"]
+__all__ = [
+    "IdBase",
+    "MsgIdRule",
+    "normalize_id",
+    "normalize_receipt_id",
+    "normalize_resp_id",
+    "normalize_tlv_id",
+]
 
 
 class IdBase(StrEnum):
@@ -28,6 +35,7 @@ class MsgIdRule:
     receipt_base: IdBase = IdBase.STR
     case_insensitive: bool = True
     strip_leading_zeros: bool = True
+    tlv_as_receipt: bool = False  # receipted_message_id in receipt_base, not resp_base
 
 
 # ASCII only: int() would also take "１２", "1_000", "+5" and " 5", none of them a real SMSC id.
@@ -70,6 +78,14 @@ def normalize_id(raw: str, base: IdBase, rule: MsgIdRule) -> str:
 def normalize_resp_id(raw: str, rule: MsgIdRule) -> str:
     """Key for the message_id of a submit_sm_resp."""
     return normalize_id(raw, rule.resp_base, rule)
+
+
+def normalize_tlv_id(raw: str, rule: MsgIdRule) -> str:
+    """Key for a receipt's receipted_message_id TLV: SMPP 3.4 (5.3.2.12) puts the submit_sm_resp
+    id there, in its format; some carriers write the receipt text's id instead (decimal beside
+    a hex response), which the SMSC's tlv_id_base says. Not guessed from what matches: a hex id
+    read as decimal can be another part's id."""
+    return normalize_id(raw, rule.receipt_base if rule.tlv_as_receipt else rule.resp_base, rule)
 
 
 def normalize_receipt_id(raw: str, rule: MsgIdRule) -> str:
