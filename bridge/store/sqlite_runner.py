@@ -291,9 +291,9 @@ class SqliteRunner:
         return await fut
 
     def disk_full(self) -> bool:
-        """Writes fail for a full disk: set by a write refused with SQLITE_FULL, cleared by the
-        next commit, or here once the file system has room again (an acceptor that /readyz
-        keeps out of traffic would otherwise never write again to find out)."""
+        """Writes fail for a full disk: set by a write refused with SQLITE_FULL, cleared here
+        once the file system has FREE_AGAIN_BYTES free (asked at each commit meanwhile, and by
+        /readyz: an acceptor it keeps out of traffic would otherwise never write to find out)."""
         if self._full:
             try:
                 st = os.statvfs(self._path.parent)
@@ -493,7 +493,12 @@ class SqliteRunner:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.jobs_done += len(batch)
-                self._full = False
+                if self._full:
+                    # Only room clears it, not any commit: an idle claim that writes nothing
+                    # new commits on a full disk too, and /readyz said ready again within a
+                    # second while every send was refused (readiness flapped, its alert never
+                    # fired, the load balancer kept sending).
+                    self.disk_full()
                 break
             except _TransactionLost as lost:
                 self._full = self._full or _is_full(lost.error)

@@ -227,11 +227,6 @@ def _fill(mnt: Path) -> None:
 # -- 1. the disk fills -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the disk-full flag is cleared by any commit (the idle claim poll's, each second): "
-    "/readyz and smpp_bridge_ready say ready while every send answers 503 STORE_UNAVAILABLE",
-)
 async def test_readyz_stays_not_ready_while_the_disk_stays_full(
     tmp_path: Path, small_fs: Path
 ) -> None:
