@@ -231,6 +231,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        # Every series from the start, at 0: rate() and increase() count nothing for a series'
+        # first sample, so one born at the first dead letter (already at its value) kept
+        # SmppBridgeWebhooksDead silent for the first dead letters after each start.
+        for kind in ("status", "mo", "event"):
+            for outcome in ("delivered", "retry", "dead"):
+                self.webhook_deliveries.labels(kind, outcome)
         self.balance_warnings = Counter(
             "smpp_bridge_balance_warnings",
             "Prepaid balance warnings raised (low-balance threshold crossed)",

@@ -308,11 +308,6 @@ async def _done(c: BridgeClient, ids: list[str]) -> bool:
 # -- 2. a customer's endpoint refuses, then the dead-letter alert ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smpp_bridge_webhook_deliveries_total{outcome='dead'} is created at the first dead "
-    "letter with its value, so increase()[15m] of SmppBridgeWebhooksDead is 0 for it",
-)
 async def test_webhooks_dead_alert_sees_the_first_dead_letter(tmp_path: Path) -> None:
     rx = WebhookReceiver()
     await rx.start()
