@@ -8,10 +8,12 @@ so it must not share anything with it but the port.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 __all__ = ["DaemonStatus", "StatusError", "fetch", "render"]
@@ -29,6 +31,7 @@ class DaemonStatus:
     smscs: tuple[Mapping[str, Any], ...]
     queue: Mapping[str, Any]
     smscs_unavailable: str | None = None  # why /admin/smscs did not answer (see _admin)
+    fetched_at: float | None = None  # unix time of the answers: LAST_ERROR's age is from it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ def fetch(url: str, token: str | None, timeout: float = 5.0) -> DaemonStatus:
         smscs=tuple(smscs.get("smscs", ())),
         queue=queue,
         smscs_unavailable=smscs.get("unavailable"),
+        fetched_at=time.time(),
     )
 
 
@@ -106,6 +110,32 @@ def _num(v: Any) -> str:
     if isinstance(v, float) and not v.is_integer():
         return f"{v:.1f}"
     return str(int(v)) if isinstance(v, int | float) else "-"
+
+
+def _last_error(err: Mapping[str, Any], now: float | None) -> str:
+    """The message, with its age: a bound SMSC showed the connect error of an outage long over
+    as if it were current."""
+    if not err:
+        return "-"
+    text = str(err.get("message", "-"))[:60]
+    at = err.get("at")
+    if now is None or not isinstance(at, str):
+        return text
+    try:
+        age = max(0.0, now - datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return text
+    return f"{text} ({_age(age)} ago)"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 172_800:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86_400)} d"
 
 
 def _is_num(v: Any) -> bool:
@@ -157,7 +187,7 @@ def render(s: DaemonStatus) -> str:
                 _num(submits.get("ok", 0)),
                 _num(submits.get("failed_total", 0)),
                 _num(m.get("rtt_ms_avg")),
-                str(err.get("message", "-"))[:60] if err else "-",
+                _last_error(err, s.fetched_at),
             )
         )
     if s.smscs_unavailable:

@@ -440,11 +440,6 @@ async def test_smsc_outage_shows_and_drains_once_each(tmp_path: Path) -> None:
         sim.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`smpp-bridge status` prints a finished outage's connect error as LAST_ERROR of a "
-    "bound SMSC without saying when it happened",
-)
 async def test_status_does_not_show_a_past_outage_as_the_current_error(tmp_path: Path) -> None:
     d, sim = _bridge_and_sim(tmp_path)
     sim.start()

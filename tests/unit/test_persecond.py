@@ -79,3 +79,21 @@ def test_the_limit_column_tells_no_limit_from_no_share_here():
     assert _limit_cell(tps_limit=50.0, tps_configured=100.0) == "50"
     assert _limit_cell(tps_limit=2.5, tps_configured=5.0) == "2.5"
     assert _limit_cell(tps_limit=200.0) == "200"  # an older daemon: its share alone
+
+
+def test_the_last_error_says_how_long_ago_it_was() -> None:
+    """A bound SMSC showed an outage's connect error, long over, as if it were current."""
+    err = {"message": "connect: refused", "at": "2026-12-03T10:00:00.250Z"}
+    at = 1_796_292_000.25  # that instant
+
+    def cell(fetched_at: float | None, **extra: object) -> str:
+        s = DaemonStatus("http://x", True, (), ({"name": "a", "last_error": err, **extra},), {},
+                         fetched_at=fetched_at)  # fmt: skip
+        header, row = render(s).splitlines()[1:3]
+        return row[header.index("LAST_ERROR") :]
+
+    assert cell(at + 5) == "connect: refused (5 s ago)"
+    assert cell(at + 600) == "connect: refused (10 min ago)"
+    assert cell(at + 3 * 3600) == "connect: refused (3 h ago)"
+    assert cell(at + 3 * 86_400) == "connect: refused (3 d ago)"
+    assert cell(None) == "connect: refused"  # no time to tell it from
