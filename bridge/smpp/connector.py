@@ -77,6 +77,7 @@ THROTTLE_RATE_WEIGHT: Final = 1 / 128
 # the bind's throttle share over the tolerance, pause it, doubling, again and again (measured:
 # the other traffic fell from ~17,000 to ~27 messages/s), and never left it.
 PART_THROTTLES: Final = 5
+ERROR_LOG_EVERY_S: Final = 10.0  # submit errors are logged at most this often per SMSC
 
 
 class BindGate(Protocol):
@@ -321,6 +322,9 @@ class Connector:
         self._last_error: dict[str, Any] | None = None
         self._ok = 0
         self._failed: Counter[str] = Counter()
+        # Submit errors since the last log line about them (see _log_error).
+        self._unlogged: Counter[str] = Counter()
+        self._errors_logged_at = -math.inf
         self._rtt_avg: float | None = None
         self._per_second = PerSecond()
         self._delivers = 0
@@ -607,7 +611,23 @@ class Connector:
         if self.on_submit is not None:
             rtt = None if res.error else res.rtt_s
             self.on_submit(self.name, kind, res.error or C.status_name(res.status), rtt)
+        if kind == "permanent" or kind == "transient":
+            self._log_error(res.error or C.status_name(res.status))
         return kind
+
+    def _log_error(self, name: str) -> None:
+        """A WARNING per ERROR_LOG_EVERY_S with the submit errors since the last one, by status:
+        a carrier refusing every submit (ESME_RSYSERR) left no log line at all, while its
+        throttles are logged at INFO (the metrics and last_error had it, journalctl not)."""
+        self._unlogged[name] += 1
+        now = time.monotonic()
+        if now - self._errors_logged_at < ERROR_LOG_EVERY_S:
+            return
+        self._errors_logged_at = now
+        errors, self._unlogged = dict(self._unlogged), Counter()
+        log.warning(
+            "smpp submits answered with errors", extra={"smsc": self.name, "errors": errors}
+        )
 
     async def _send_part(
         self,

@@ -540,6 +540,27 @@ async def test_transient_status_retried_then_returned(smsc: FakeSmsc) -> None:
         assert snap["submits"]["failed"] == {"ESME_RSYSERR": 3}
 
 
+async def test_submit_errors_are_logged_at_most_every_10_s_with_their_counts(
+    smsc: FakeSmsc, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A carrier refusing every submit left no log line (only metrics and last_error)."""
+    smsc.on_submit = lambda conn, pdu: C.ESME_RSYSERR
+    caplog.set_level("WARNING", logger="bridge.smpp")
+    async with running(
+        smsc_cfg(smsc.port, max_transient_retries=2), transient_backoff_s=(0.01, 0.02)
+    ) as c:
+        assert await c.wait_up(2.0)
+        await c.send_message([part("a")])
+        await c.send_message([part("x")])
+        lines = [r for r in caplog.records if r.getMessage() == "smpp submits answered with errors"]
+        assert len(lines) == 1  # the first at once, the rest counted for the next line
+        assert lines[0].smsc == c.name and lines[0].errors == {"ESME_RSYSERR": 1}
+        c._errors_logged_at -= 10.0  # the next answer comes 10 s later
+        await c.send_message([part("b")])
+        lines = [r for r in caplog.records if r.getMessage() == "smpp submits answered with errors"]
+        assert len(lines) == 2 and lines[1].errors == {"ESME_RSYSERR": 6}
+
+
 async def test_transient_then_success(smsc: FakeSmsc) -> None:
     answers = iter([C.ESME_RSYSERR, 0, 0])
     smsc.on_submit = lambda conn, pdu: next(answers)
