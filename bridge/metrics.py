@@ -332,6 +332,17 @@ class Metrics:
             registry=r,
             **live,
         )
+        # livemin: with acceptor processes, any one whose last reload was refused shows (an
+        # acceptor restarted meanwhile starts at 1 and must not hide the owner's 0).
+        self.config_reload_ok = Gauge(
+            "smpp_bridge_config_last_reload_successful",
+            "1 when the last SIGHUP's configuration was applied (or none came since the start), "
+            "0 when it was refused (invalid) or failed: the running configuration is not the "
+            "file's",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.config_reload_ok.set(1)
         self.ready = Gauge(
             "smpp_bridge_ready",
             "1 when /readyz would answer 200 at this scrape (store reachable and writable, an "

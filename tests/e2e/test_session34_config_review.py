@@ -278,3 +278,35 @@ def test_config_check_refuses_event_loop_uvloop_where_run_would(tmp_path: Path):
     check = _cli("config", "check", str(path), env=env)
     assert check.returncode == 1, "config check passed a file run refuses"
     assert "server.event_loop" in check.stderr
+
+
+async def _reload_gauge(proc: DaemonProcess) -> float:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r,
+    ):
+        text = await r.text()
+    (line,) = [x for x in text.splitlines() if x.startswith("smpp_bridge_config_last_reload_")]
+    return float(line.split()[-1])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_refused_reload_shows_in_the_metrics_until_one_is_applied(daemon, workers):
+    """A SIGHUP whose file is refused left no trace but a log line: the daemon runs its old
+    configuration and a restart would refuse the file. The gauge says so (with acceptor
+    processes, whichever process answers the scrape) until a good file is applied."""
+    proc = await daemon(server={"workers": workers})
+    assert await _reload_gauge(proc) == 1
+    bad = yaml.safe_load(yaml.safe_dump(proc.cfg))
+    bad["smscs"][0]["window"] = 0
+    await _reload(proc, bad, "reload refused, configuration invalid")
+    for _ in range(3 if workers else 1):  # acceptors answer in turn
+        await asyncio.sleep(1.1 if workers else 0)  # their metric files are written each second
+        assert await _reload_gauge(proc) == 0
+    good = yaml.safe_load(yaml.safe_dump(proc.cfg))
+    good["smscs"][0]["tps"] = 50
+    await _reload(proc, good, "reload")
+    deadline = time.monotonic() + 10
+    while await _reload_gauge(proc) != 1:
+        assert time.monotonic() < deadline, "the gauge stayed 0 after a good reload"
+        await asyncio.sleep(0.2)
