@@ -315,8 +315,10 @@ class Throttled:
         self.every_s = every_s
         self._last = -math.inf
         self._more = 0
+        self._failing: str | None = None  # what failed, until ok() says it works again
 
     def error(self, what: str, exc: BaseException) -> None:
+        self._failing = what
         now = time.monotonic()
         if now - self._last < self.every_s:
             self._more += 1
@@ -324,6 +326,16 @@ class Throttled:
         more, self._more, self._last = self._more, 0, now
         tail = f" ({more} more since the last report)" if more else ""
         self.logger.error("%s: %s: %s%s", what, type(exc).__name__, exc, tail)
+
+    def ok(self) -> None:
+        """It works again: one INFO line after errors, so the last word in the log is not an
+        error that has passed (the disk freed, the store back)."""
+        if self._failing is None:
+            return
+        what, more, self._failing = self._failing, self._more, None
+        self._more, self._last = 0, -math.inf
+        tail = f" ({more} more failures since the last report)" if more else ""
+        self.logger.info("%s: works again%s", what, tail)
 
 
 class Failures:

@@ -493,6 +493,7 @@ class SqliteRunner:
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.jobs_done += len(batch)
+                _commit_failures.ok()
                 if self._full:
                     # Only room clears it, not any commit: an idle claim that writes nothing
                     # new commits on a full disk too, and /readyz said ready again within a

@@ -25,3 +25,20 @@ def test_one_line_per_period_then_the_count(monkeypatch: pytest.MonkeyPatch, cap
         "(4 more since the last report)",
     ]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_line_when_it_works_again_and_none_without_a_failure(caplog) -> None:
+    """After a disk-full spell the last line in the log was its error: nothing said it ended."""
+    t = logs.Throttled(logging.getLogger("t"), every_s=10)
+    caplog.set_level(logging.INFO)
+    t.ok()
+    assert caplog.records == []
+    for _ in range(3):
+        t.error("store commit failed", OSError(28, "No space left on device"))
+    t.ok()
+    t.ok()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records][1:] == [
+        ("INFO", "store commit failed: works again (2 more failures since the last report)")
+    ]
+    t.error("store commit failed", OSError(28, "No space left on device"))  # at once again
+    assert caplog.records[-1].levelname == "ERROR"
