@@ -183,11 +183,25 @@ class SimProcess:
         return collections.Counter(m.get("text") for m in json.loads(text)["messages"])
 
 
-def _bridge_and_sim(tmp: Path, **overrides: Any) -> tuple[Bridge, SimProcess]:
-    cfg = config_dict(tmp, **overrides)
+@contextlib.asynccontextmanager
+async def _with_sim(tmp: Path) -> AsyncIterator[tuple[Bridge, SimProcess]]:
+    """A ready daemon sending to the simulator as a process of its own (the carrier can go
+    away); both stopped after."""
+    cfg = config_dict(tmp)
     sim = SimProcess(tmp, cfg["sim"])
     cfg["sim"] = {"enabled": False}
-    return Bridge(tmp, cfg), sim
+    d = Bridge(tmp, cfg)
+    sim.start()
+    try:
+        await sim.wait_up()
+        d.start()
+        try:
+            await d.wait_ready()
+            yield d, sim
+        finally:
+            await d.shutdown()
+    finally:
+        sim.stop()
 
 
 def _client(d: Bridge, creds: dict[str, str]) -> BridgeClient:
@@ -397,12 +411,7 @@ async def test_smsc_outage_shows_and_drains_once_each(tmp_path: Path) -> None:
     """The SMSC goes down: /readyz, the SmscDown and QueueGrowing inputs and `status` tell it;
     sends are still accepted and queued; when it comes back the queue drains, each message
     reaching the carrier exactly once, without a restart."""
-    d, sim = _bridge_and_sim(tmp_path)
-    sim.start()
-    await sim.wait_up()
-    d.start()
-    try:
-        await d.wait_ready()
+    async with _with_sim(tmp_path) as (d, sim):
         c = _client(d, await d.account("acme"))
         early = [
             (await c.send(to=[f"+86138001381{i:02d}"], text=f"early {i}"))["messages"][0]["id"]
@@ -437,18 +446,10 @@ async def test_smsc_outage_shows_and_drains_once_each(tmp_path: Path) -> None:
         m = await d.metrics()
         assert _samples(m, "smpp_bridge_queue_depth") == {"": 0}
         assert _samples(m, "smpp_bridge_smsc_up") == {'{smsc="sim"}': 1}
-    finally:
-        await d.shutdown()
-        sim.stop()
 
 
 async def test_status_does_not_show_a_past_outage_as_the_current_error(tmp_path: Path) -> None:
-    d, sim = _bridge_and_sim(tmp_path)
-    sim.start()
-    await sim.wait_up()
-    d.start()
-    try:
-        await d.wait_ready()
+    async with _with_sim(tmp_path) as (d, sim):
         sim.stop()
 
         async def down() -> bool:
@@ -463,9 +464,6 @@ async def test_status_does_not_show_a_past_outage_as_the_current_error(tmp_path:
         row = next(line for line in out.splitlines() if line.startswith("sim "))
         cell = re.split(r"\s{2,}", row.strip())[-1]
         assert cell == "-" or "ago" in cell, row
-    finally:
-        await d.shutdown()
-        sim.stop()
 
 
 # -- 4. the carrier throttles hard, then answers errors ---------------------------------------
@@ -475,12 +473,7 @@ async def test_hard_throttling_shows_in_the_alert_inputs_and_recovers(tmp_path: 
     """SmppBridgeThrottledHard's ratio goes over 0.2 while the carrier throttles 90%, throttles
     are not submit errors (SmppBridgeSubmitErrors' numerator stays empty), and when it stops
     every message gets through once."""
-    d, sim = _bridge_and_sim(tmp_path)
-    sim.start()
-    await sim.wait_up()
-    d.start()
-    try:
-        await d.wait_ready()
+    async with _with_sim(tmp_path) as (d, sim):
         c = _client(d, await d.account("acme"))
         await sim.knobs(throttle_ratio=0.9)
         m0 = await d.metrics()
@@ -512,39 +505,34 @@ async def test_hard_throttling_shows_in_the_alert_inputs_and_recovers(tmp_path: 
         await sim.knobs(throttle_ratio=0.0)
         await wait_until(lambda: _done(c, ids), 25, 0.2)
         assert await sim.texts() == collections.Counter(f"t{i}" for i in range(30))
-    finally:
-        await d.shutdown()
-        sim.stop()
 
 
-async def _carrier_errors(tmp_path: Path) -> tuple[Bridge, SimProcess, BridgeClient, list[str]]:
-    d, sim = _bridge_and_sim(tmp_path)
-    sim.start()
-    await sim.wait_up()
-    d.start()
-    await d.wait_ready()
-    c = _client(d, await d.account("acme"))
-    await sim.knobs(syserr_ratio=1.0)
-    ids = [
-        (await c.send(to=[f"+86138001384{i:02d}"], text=f"e{i}"))["messages"][0]["id"]
-        for i in range(3)
-    ]
+@contextlib.asynccontextmanager
+async def _carrier_errors(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Bridge, SimProcess, BridgeClient, list[str]]]:
+    async with _with_sim(tmp_path) as (d, sim):
+        c = _client(d, await d.account("acme"))
+        await sim.knobs(syserr_ratio=1.0)
+        ids = [
+            (await c.send(to=[f"+86138001384{i:02d}"], text=f"e{i}"))["messages"][0]["id"]
+            for i in range(3)
+        ]
 
-    async def refused() -> bool:
-        _, text = await d.get("/admin/smscs", admin=True)
-        err = json.loads(text)["smscs"][0]["last_error"] or {}
-        return "ESME_RSYSERR" in str(err.get("message"))
+        async def refused() -> bool:
+            _, text = await d.get("/admin/smscs", admin=True)
+            err = json.loads(text)["smscs"][0]["last_error"] or {}
+            return "ESME_RSYSERR" in str(err.get("message"))
 
-    await wait_until(refused, 15, 0.2)
-    return d, sim, c, ids
+        await wait_until(refused, 15, 0.2)
+        yield d, sim, c, ids
 
 
 async def test_carrier_errors_show_in_alert_inputs_and_recover(tmp_path: Path) -> None:
     """The carrier answers ESME_RSYSERR to every submit: SmppBridgeSubmitErrors' ratio is over
     5%, `status` names the error, the messages wait (retry_wait, not failed), and once the
     carrier is well again they go out, once each."""
-    d, sim, c, ids = await _carrier_errors(tmp_path)
-    try:
+    async with _carrier_errors(tmp_path) as (d, sim, c, ids):
         m = await d.metrics()
         submitted = _samples(m, "smpp_bridge_segments_submitted_total")
         errors = sum(
@@ -559,14 +547,10 @@ async def test_carrier_errors_show_in_alert_inputs_and_recover(tmp_path: Path) -
         await sim.knobs(syserr_ratio=0.0)
         await wait_until(lambda: _done(c, ids), 25, 0.2)
         assert await sim.texts() == collections.Counter(f"e{i}" for i in range(3))
-    finally:
-        await d.shutdown()
-        sim.stop()
 
 
 async def test_carrier_errors_are_logged(tmp_path: Path) -> None:
-    d, sim, _c, _ids = await _carrier_errors(tmp_path)
-    try:
+    async with _carrier_errors(tmp_path) as (d, _sim, _c, _ids):
         await asyncio.sleep(0.5)
         lines = [
             line
@@ -574,6 +558,3 @@ async def test_carrier_errors_are_logged(tmp_path: Path) -> None:
             if re.search(r"\b(WARNING|ERROR)\b", line) and "ESME_RSYSERR" in line
         ]
         assert lines and all("smsc=sim" in line for line in lines), d.log.read_text()[-2000:]
-    finally:
-        await d.shutdown()
-        sim.stop()
