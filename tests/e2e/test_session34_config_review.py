@@ -45,6 +45,13 @@ async def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
         return r.status, await r.json(content_type=None)
 
 
+async def _sim_smsc(proc: DaemonProcess) -> dict[str, Any]:
+    """The simulator SMSC's entry in the daemon's GET /admin/smscs."""
+    status, body = await _get(f"http://127.0.0.1:{proc.port}/admin/smscs", ADMIN_TOKEN)
+    assert status == 200, body
+    return next(s for s in body["smscs"] if s["name"] == "sim")
+
+
 async def _sim_stats(proc: DaemonProcess) -> dict[str, Any]:
     status, body = await _get(f"http://127.0.0.1:{proc.cfg['sim']['control_port']}/stats")
     assert status == 200
@@ -153,9 +160,7 @@ async def test_a_frequency_limit_lowered_by_sighup_refuses_the_next_send(daemon)
         with pytest.raises(BridgeError) as exc:
             await c.send("+447700900222", text="second to this number")
         assert exc.value.code == "FREQUENCY_LIMIT_DAY"
-    status, body = await _get(f"http://127.0.0.1:{proc.port}/admin/smscs", ADMIN_TOKEN)
-    assert status == 200
-    sim = next(s for s in body["smscs"] if s["name"] == "sim")
+    sim = await _sim_smsc(proc)
     assert sim["reconnects"] == 0
 
 
@@ -166,9 +171,8 @@ async def test_a_tps_set_by_sighup_is_the_limit_in_force_and_the_bind_stays(daem
     cfg["smscs"][0]["tps"] = 5
     lines = await _reload(proc, cfg, "reloaded configuration")
     assert "updated ['sim']" in lines and "reconnected []" in lines
-    status, body = await _get(f"http://127.0.0.1:{proc.port}/admin/smscs", ADMIN_TOKEN)
-    sim = next(s for s in body["smscs"] if s["name"] == "sim")
-    assert status == 200 and sim["tps_limit"] == 5 and sim["up"] and sim["reconnects"] == 0
+    sim = await _sim_smsc(proc)
+    assert sim["tps_limit"] == 5 and sim["up"] and sim["reconnects"] == 0
     assert (await _sim_stats(proc))["counters"]["binds"] == binds_before
 
 
@@ -186,9 +190,8 @@ async def test_a_window_change_reconnects_the_smsc_with_the_new_window(daemon):
     assert "reconnected ['sim']" in lines
 
     async def window() -> int | None:
-        status, body = await _get(f"http://127.0.0.1:{proc.port}/admin/smscs", ADMIN_TOKEN)
-        sim = next(s for s in body["smscs"] if s["name"] == "sim")
-        return sim["window"]["size"] if status == 200 and sim["up"] else None
+        sim = await _sim_smsc(proc)
+        return sim["window"]["size"] if sim["up"] else None
 
     assert await wait_until(lambda: window(), 15) == 7
     assert (await _sim_stats(proc))["counters"]["binds"] == binds_before + 1
@@ -230,9 +233,7 @@ async def test_a_refused_edit_changes_nothing_and_never_echoes_a_secret(daemon):
     assert "security.master_key: must be base64" in lines
     assert secret_token not in lines and secret_key not in lines
     assert "Traceback" not in lines
-    status, body = await _get(f"http://127.0.0.1:{proc.port}/admin/smscs", ADMIN_TOKEN)
-    assert status == 200
-    sim = next(s for s in body["smscs"] if s["name"] == "sim")
+    sim = await _sim_smsc(proc)
     assert sim["up"] and sim["window"]["size"] == 50 and sim["tps_limit"] == 0
 
 

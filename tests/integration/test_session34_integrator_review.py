@@ -69,12 +69,18 @@ async def test_empty_cursor_means_the_same_on_every_list_endpoint(make_api: Make
     assert statuses["/v1/messages"] == 200, statuses  # the first page, as no cursor is
 
 
-async def test_optouts_refuses_a_cursor_it_never_returned(make_api: MakeApi) -> None:
+async def _with_optouts(make_api: MakeApi) -> tuple[Any, dict[str, str], list[str]]:
+    """A server, an account's credentials and the three numbers on its opt-out list."""
     api = await make_api()
     creds = await api.create_account()
     numbers = ["+8613900000001", "+8613900000002", "+8613900000003"]
     reply = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": numbers})
     assert reply.status == 200, reply.text
+    return api, creds, numbers
+
+
+async def test_optouts_refuses_a_cursor_it_never_returned(make_api: MakeApi) -> None:
+    api, creds, _ = await _with_optouts(make_api)
     # The cursor of /v1/optouts is a number; a client that lost the %2B sends a space.
     reply = await api.request("GET", "/v1/optouts", creds=creds, query="cursor=garbage")
     assert reply.status == 400 and reply.code == "INVALID_CURSOR", reply.text
@@ -115,11 +121,7 @@ async def test_json_with_a_charset_other_than_utf8_is_unsupported_media_type(
 
 async def test_optouts_pages_through_its_own_cursors(make_api: MakeApi) -> None:
     # The cursor now checked is still every next_cursor the endpoint answers, to the last page.
-    api = await make_api()
-    creds = await api.create_account()
-    numbers = ["+8613900000001", "+8613900000002", "+8613900000003"]
-    reply = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": numbers})
-    assert reply.status == 200, reply.text
+    api, creds, numbers = await _with_optouts(make_api)
     seen: list[str] = []
     cursor = ""  # a generic paginator's start: the first page
     for _ in range(5):
