@@ -544,6 +544,10 @@ class SmscConfig:
     name: str = field(metadata=meta(length(1, 32), matches(_NAME_RE, "made of a-z 0-9 _ -")))
     host: str = field(default="127.0.0.1", metadata=meta(_NONEMPTY))
     port: int = field(default=2775, metadata=meta(between(1, 65535)))
+    # The receiver binds' port when the carrier takes them on another one (Kannel's
+    # `receive-port`): one SMSC entry, so its receipts match its own submits (a second entry
+    # for the receiver would key them under its own name, matching nothing).
+    receive_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
     tls: bool = False
     tls_verify: bool = True
     tls_ca_file: Path | None = field(default=None, metadata=meta(_ca_file))
@@ -612,6 +616,14 @@ class SmscConfig:
     )
 
     def _problems(self) -> Problems:
+        if self.receive_port is not None and self.bind_mode != "transmitter_receiver":
+            yield (
+                "receive_port",
+                (
+                    "only with bind_mode transmitter_receiver (its receiver binds connect "
+                    f"there, its transmitters to port), got bind_mode {self.bind_mode!r}"
+                ),
+            )
         if self.reconnect_max_s < self.reconnect_min_s:
             yield (
                 "reconnect_max_s",

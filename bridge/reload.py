@@ -17,6 +17,7 @@ BIND_FIELDS = frozenset(
     {
         "host",
         "port",
+        "receive_port",
         "tls",
         "tls_verify",
         "tls_ca_file",

@@ -95,6 +95,7 @@ class SmscSettings(Protocol):
     name: str
     host: str
     port: int
+    receive_port: int | None
     tls: bool
     tls_verify: bool
     tls_ca_file: Any
@@ -171,6 +172,13 @@ def _modes(bind_mode: str, n: int) -> list[BindMode]:
     if bind_mode == "receiver":
         return [BindMode.RECEIVER] * n
     raise ValueError(f"bind_mode: unknown mode {bind_mode!r}")
+
+
+def _port(cfg: SmscSettings, mode: BindMode) -> int:
+    """Where a bind connects: receivers to `receive_port` when the carrier gives them one."""
+    if mode is BindMode.RECEIVER and cfg.receive_port is not None:
+        return cfg.receive_port
+    return cfg.port
 
 
 def _held_outcome(index: int) -> SubmitOutcome:
@@ -977,7 +985,7 @@ class Connector:
                 )
                 proto = await open_bind(
                     cfg.host,
-                    cfg.port,
+                    _port(cfg, b.mode),
                     session,
                     self._deliver,
                     ssl_context=self._ssl,

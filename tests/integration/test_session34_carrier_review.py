@@ -4,7 +4,7 @@ our codec, below), the real daemon with its HTTP API, and a real SQLite file.
 
 Findings (each test failed on the code as reviewed). Fixed in session 34: 1, 2, 3, 6; 5 by a
 setting (`tlv_id_base: receipt`); 4 is a wrong setting, not a defect (its test now checks the
-settings that match); 7 is left, a strict xfail:
+settings that match). 7 was fixed in session 35 by a setting (`receive_port`):
 
 1. A receiver bind the SMSC has forgotten (enquire_link answered ESME_RINVBNDSTS) is never
    bound again: session.py ignores the status of enquire_link_resp.
@@ -297,29 +297,31 @@ async def test_tx_rx_binds_hex_resp_ids_and_decimal_receipt_text_on_the_rx_bind_
             assert m["segments_delivered"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receipts are matched per SMSC *name*; a carrier whose receiver bind is on another "
-    "port (Kannel `receive-port`) can only be configured as a second SMSC, whose receipts match "
-    "nothing",
-)
 async def test_receipts_from_the_carriers_separate_receive_port_match_its_submits(
     tmp_path: Path, carrier: Carrier
 ) -> None:
     """Many carriers give the transmitter and the receiver bind separate ports (Kannel: `port`
-    and `receive-port` in one smsc group; or two groups sharing one `smsc-id`, whose DLRs Kannel
-    matches by that id). smpp-bridge's `transmitter_receiver` binds both to one port, so the
-    receiver must be a second SMSC entry of the same carrier account: its receipts are keyed by
-    its own name and never meet the ids the transmitter entry recorded."""
+    and `receive-port` in one smsc group). As reviewed, `transmitter_receiver` bound both to
+    one port, so the receiver had to be a second SMSC entry, whose receipts were keyed by its own
+    name and never met the ids the transmitter entry recorded. Fixed: `receive_port`."""
     rx_carrier = Carrier()
     await rx_carrier.start()
     try:
         smscs = [
-            {"name": "carrier", "port": carrier.port, "bind_mode": "transmitter"},
-            {"name": "carrier-rx", "port": rx_carrier.port, "bind_mode": "receiver"},
+            {
+                "name": "carrier",
+                "port": carrier.port,
+                "receive_port": rx_carrier.port,
+                "bind_mode": "transmitter_receiver",
+            },
         ]
         async with daemon_on(tmp_path, smscs, default_route=["carrier"]) as d:
             await wait_until(lambda: carrier.bound() and rx_carrier.bound(), 10)
+            # Each port gets its own kind of bind, and only that.
+            assert _binds(carrier, C.BIND_TRANSMITTER) >= 1
+            assert _binds(carrier, C.BIND_RECEIVER) == 0
+            assert _binds(rx_carrier, C.BIND_RECEIVER) >= 1
+            assert _binds(rx_carrier, C.BIND_TRANSMITTER) == 0
             creds = await create_account(d, "rxport")
             async with client_for(d.http_port, creds) as c:
                 r = await c.send("+8613800138000", text="hello over two ports")

@@ -364,6 +364,21 @@ def test_default_route_absent_means_all_in_order_and_empty_means_none() -> None:
     ]
 
 
+def test_receive_port_only_with_separate_receiver_binds() -> None:
+    """A receive_port beside binds that would never use it (a transceiver, say) is a
+    misunderstanding of the carrier's set-up: refused, naming the mode that uses it."""
+    base = {"name": "a", "system_id": "s", "receive_port": 2777}
+    assert errors_of(minimal(smscs=[base])) == [
+        "smscs[0].receive_port: only with bind_mode transmitter_receiver (its receiver binds "
+        "connect there, its transmitters to port), got bind_mode 'transceiver'"
+    ]
+    ok = parse(minimal(smscs=[{**base, "bind_mode": "transmitter_receiver"}]))
+    assert ok.smscs[0].receive_port == 2777
+    assert errors_of(minimal(smscs=[{**base, "receive_port": 0}])) == [
+        "smscs[0].receive_port: must be between 1 and 65535, got 0"
+    ]
+
+
 def test_cross_field_reconnect_and_throttle_bounds() -> None:
     data = minimal(
         smscs=[

@@ -35,6 +35,7 @@ def test_bind_settings_reconnect_only_that_smsc():
         {"window": 10},
         {"binds": 2},
         {"bind_mode": "transmitter_receiver"},
+        {"bind_mode": "transmitter_receiver", "receive_port": 2777},
     ):
         p = plan(cfg([A, B]), cfg([{**A, **change}, B]))
         assert p.rebind == ("a",), change
