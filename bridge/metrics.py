@@ -506,6 +506,12 @@ class Metrics:
         well be up (no comparison matches NaN), while smpp_bridge_ready says what is wrong; a
         removed series would not do in multi-process mode, whose files keep the last value."""
         unknown = {n for n, s in status.items() if s.get("state") == "unknown"}
+        for name in status.keys() - self._smscs:
+            # The per-SMSC counters the alerts divide by and compare, from the first scrape at 0
+            # (as webhook_deliveries): rate() ignores a series' first sample, so one born at its
+            # first throttle lost that increase. Error statuses stay lazy (too many to list).
+            self.throttle_events.labels(name)
+            self.segments_submitted.labels(name, "ESME_ROK")
         for name in unknown:
             for g in self._smsc_gauges():
                 g.labels(name).set(math.nan)

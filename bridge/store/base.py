@@ -83,7 +83,10 @@ WEBHOOK_RETENTION_MS = 7 * 86_400_000
 WEBHOOK_BACKLOG = (
     "SELECT (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'), "
     "(SELECT COUNT(*) FROM webhook_outbox WHERE state = 'dead'), "
-    "(SELECT MIN(created_at) FROM webhook_outbox WHERE state = 'pending')"
+    # A replayed dead letter's age starts at its replay (retry_from), as its retry window does:
+    # from its creation, replaying day-old reports fired SmppBridgeWebhooksLate at once.
+    "(SELECT MIN(CASE WHEN retry_from > created_at THEN retry_from ELSE created_at END) "
+    "FROM webhook_outbox WHERE state = 'pending')"
 )
 # Rows one purge statement deletes: the first sweep after a long stop has minutes of traffic to
 # drop, which as one statement held a SQLite daemon's event loop for seconds.

@@ -1134,6 +1134,11 @@ async def test_webhook_backlog_counts_pending_and_dead_and_the_oldest_pending(
     await store.webhook_retry([jobs["ev_1"].id], NOW + MIN, "HTTP 404", True, jobs["ev_1"].lease)
     await store.webhook_done([jobs["ev_2"].id], NOW + 11, jobs["ev_2"].lease)
     assert await store.webhook_backlog() == (1, 1, NOW + 5)  # ev_0 leased, still pending
+    # A replayed dead letter is as old as its replay (its retry window's start), not its
+    # creation: replaying old reports must not read as an endpoint late for that long.
+    await store.webhook_done([jobs["ev_0"].id], NOW + 12, jobs["ev_0"].lease)
+    assert await store.replay_webhooks([jobs["ev_1"].id], NOW + 2 * MIN) == 1
+    assert await store.webhook_backlog() == (1, 0, NOW + 2 * MIN)
 
 
 async def test_a_dead_senders_webhook_leases_are_given_back(
