@@ -908,17 +908,17 @@ class Daemon:
                 new = load_config(self.config_path, text=text)
             except ConfigError as exc:
                 log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
-                self.metrics.config_reload_ok.set(0)
+                self.metrics.reload_result(False)
                 return False
             try:
                 await self.reload(new)
             except Exception:
                 log.exception("reload failed")
-                self.metrics.config_reload_ok.set(0)
+                self.metrics.reload_result(False)
                 return False
             self._config_stamp = stamp
             self.applied_text = text
-            self.metrics.config_reload_ok.set(1)
+            self.metrics.reload_result(True)
             return True
 
     def drain(self) -> None:

@@ -342,6 +342,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self._reload_ok = True
         self.config_reload_ok.set(1)
         self.ready = Gauge(
             "smpp_bridge_ready",
@@ -532,6 +533,23 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     g.remove(gone)
         self._smscs = set(status) | unknown
+
+    def last_reload_ok(self) -> bool:
+        """What `smpp_bridge_config_last_reload_successful` reads at a scrape: with acceptor
+        processes, False when any live one's last SIGHUP was refused (`smpp-bridge status`
+        says so; a failed reload was in the metrics and the log only)."""
+        path = multiprocess_dir()
+        if not path:
+            return self._reload_ok
+        name = "smpp_bridge_config_last_reload_successful"
+        for family in multiprocess.MultiProcessCollector(None, path=path).collect():
+            if family.name == name:
+                return all(s.value == 1 for s in family.samples)
+        return True
+
+    def reload_result(self, ok: bool) -> None:
+        self._reload_ok = ok
+        self.config_reload_ok.set(1 if ok else 0)
 
     def _smsc_gauges(self) -> tuple[Gauge, ...]:
         return (

@@ -161,6 +161,12 @@ def render(s: DaemonStatus) -> str:
     reports not delivered yet."""
     lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
     lines += [f"  problem: {p}" for p in s.problems]
+    config = s.queue.get("config")
+    if isinstance(config, Mapping) and config.get("last_reload_ok") is False:
+        lines.append(
+            "  config: the last SIGHUP's file was REFUSED or failed to apply; the daemon runs its "
+            "previous configuration and a restart would refuse the file (see the log)"
+        )
     header = ("SMSC", "UP", "BINDS", "WINDOW", "TPS", "LIMIT", "THROTTLED", "RECONNECTS",
               "SENT", "FAILED", "RTT_MS", "LAST_ERROR")  # fmt: skip
     rows = []

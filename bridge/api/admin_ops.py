@@ -252,6 +252,9 @@ async def get_queue(request: web.Request) -> web.Response:
     # The other queue an operator watches: customers' reports not delivered yet.
     pending, dead, oldest = await ctx.store.webhook_backlog()
     view["webhooks"] = {"pending": pending, "dead": dead, "oldest_age_s": _age_s(now, oldest)}
+    # Whether this daemon runs its file: a SIGHUP whose file was refused leaves the previous
+    # configuration running (and a restart would refuse the file).
+    view["config"] = {"last_reload_ok": ctx.metrics.last_reload_ok()}
     return json_response(view)
 
 

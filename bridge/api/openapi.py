@@ -1162,6 +1162,15 @@ def _report_schemas() -> dict[str, Any]:
                         },
                     }
                 ),
+                "config": _obj(
+                    {
+                        "last_reload_ok": {
+                            "type": "boolean",
+                            "description": "false: the last SIGHUP's file was refused or failed "
+                            "to apply (in any process); the previous configuration runs",
+                        }
+                    }
+                ),
             }
         ),
         "UnmatchedReceipt": _obj(

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from bridge.client import BridgeClient, BridgeError
+from bridge.status import fetch, render
 from tests.e2e.harness import ADMIN_TOKEN, DaemonProcess, config_dict, wait_until
 
 OPERATOR_TOKEN = "alice-own-token-0123456789"
@@ -304,6 +305,9 @@ async def test_a_refused_reload_shows_in_the_metrics_until_one_is_applied(daemon
     for _ in range(3 if workers else 1):  # acceptors answer in turn
         await asyncio.sleep(1.1 if workers else 0)  # their metric files are written each second
         assert await _reload_gauge(proc) == 0
+        # ... and `smpp-bridge status` (session 35: the metrics and the log only before).
+        out = await asyncio.to_thread(render, fetch(f"http://127.0.0.1:{proc.port}", ADMIN_TOKEN))
+        assert "SIGHUP's file was REFUSED" in out, out
     good = yaml.safe_load(yaml.safe_dump(proc.cfg))
     good["smscs"][0]["tps"] = 50
     await _reload(proc, good, "reload")
@@ -311,3 +315,5 @@ async def test_a_refused_reload_shows_in_the_metrics_until_one_is_applied(daemon
     while await _reload_gauge(proc) != 1:
         assert time.monotonic() < deadline, "the gauge stayed 0 after a good reload"
         await asyncio.sleep(0.2)
+    out = await asyncio.to_thread(render, fetch(f"http://127.0.0.1:{proc.port}", ADMIN_TOKEN))
+    assert "REFUSED" not in out, out
