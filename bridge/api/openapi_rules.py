@@ -408,7 +408,12 @@ def rules_schemas() -> dict[str, Any]:
         # -- opt-outs and erasure
         "OptOut": _obj(
             {
-                "number": _E164,
+                "number": {
+                    "type": "string",
+                    "description": "E.164; from a reply (source mo), the sender as the SMSC "
+                    "gave it when it is not an international number (national digits, or "
+                    "letters: smscs[].national_prefix reads national ones into E.164)",
+                },
                 "source": {
                     "type": "string",
                     "enum": ["mo", "api"],
@@ -776,8 +781,9 @@ def rules_paths() -> dict[str, Any]:
                 parameters=[
                     _query(
                         "cursor",
-                        {"type": "string", "pattern": "^(\\+?[0-9]{1,20})?$"},
-                        "next_cursor of the previous page (a number of the list); empty or "
+                        {"type": "string", "pattern": "^(\\+?[0-9]{1,20}|x[A-Za-z0-9_-]{2,})?$"},
+                        "next_cursor of the previous page (a number of the list, or x and a "
+                        "base64url form for a reply sender that is not digits); empty or "
                         "absent: the first page; anything else is 400 INVALID_CURSOR",
                     ),
                     _query("limit", _LIMIT, "rows to return"),

@@ -3,6 +3,8 @@ balance, ledger and monthly bills. Every one acts on the calling account only.""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import re
 import unicodedata
 from typing import Any
@@ -25,6 +27,31 @@ _CODE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 # The cursor of /v1/optouts is the last number of a page: E.164 (an entry of the API), or the
 # digits an MO sender not read as international was kept as (bridge/pipeline/inbound._e164).
 _OPTOUT_CURSOR = re.compile(r"\+?[0-9]{1,20}")
+# ... or, for a sender that is not digits (an alphanumeric reply source kept as received),
+# "x" and its UTF-8 in unpadded base64url: such a page's cursor was refused as INVALID_CURSOR,
+# so the list could not be read past it.
+_OPAQUE_CURSOR = re.compile(r"x([A-Za-z0-9_-]{2,})")
+
+
+def _optout_cursor(recipient: str) -> str:
+    if _OPTOUT_CURSOR.fullmatch(recipient):
+        return recipient
+    return "x" + base64.urlsafe_b64encode(recipient.encode()).decode().rstrip("=")
+
+
+def _optout_after(cursor: str) -> str:
+    if _OPTOUT_CURSOR.fullmatch(cursor):
+        return cursor
+    m = _OPAQUE_CURSOR.fullmatch(cursor)
+    if m is not None:
+        body = m.group(1)
+        with contextlib.suppress(ValueError):  # binascii.Error and UnicodeDecodeError too
+            after = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+            if _optout_cursor(after) == cursor:
+                return after
+    # Any string was taken as a place in the list: a cursor mangled on its way back (a "+"
+    # read as a space) answered a wrong page instead of an error.
+    raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
 
 
 def _account(request: web.Request) -> Account:
@@ -191,12 +218,9 @@ async def list_optouts(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     cursor = query_params(query_of(request), ("cursor", "limit")).get("cursor")
-    if cursor is not None and not _OPTOUT_CURSOR.fullmatch(cursor):
-        # Any string was taken as a place in the list: a cursor mangled on its way back (a "+"
-        # read as a space) answered a wrong page instead of an error.
-        raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
+    after = None if cursor is None else _optout_after(cursor)
     limit = _limit(request)
-    rows = await ctx.store.list_optouts(account.id, after=cursor, limit=limit + 1)
+    rows = await ctx.store.list_optouts(account.id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return json_response(
@@ -205,7 +229,7 @@ async def list_optouts(request: web.Request) -> web.Response:
                 {"number": r.recipient, "source": r.source, "created_at": r.created_at}
                 for r in rows
             ],
-            "next_cursor": rows[-1].recipient if more and rows else None,
+            "next_cursor": _optout_cursor(rows[-1].recipient) if more and rows else None,
         }
     )
 

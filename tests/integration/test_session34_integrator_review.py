@@ -116,6 +116,32 @@ async def test_json_with_a_charset_other_than_utf8_is_unsupported_media_type(
     assert reply.status == 415 and reply.code == "UNSUPPORTED_MEDIA_TYPE", reply.text
 
 
+async def test_optouts_pages_past_a_reply_sender_that_is_not_digits(make_api: MakeApi) -> None:
+    """A STOP from an alphanumeric or otherwise non-numeric source is kept as received; a page
+    ending on it answered a next_cursor the endpoint then refused (INVALID_CURSOR), so the rest
+    of the list could not be read (session 34's "noticed", fixed in session 35)."""
+    api, creds, numbers = await _with_optouts(make_api)
+    odd = ["INFO LINE", "Shop+Ü/1"]
+    await api.store.add_optouts(creds.account_id, odd, "mo", int(api.clock() * 1000))
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        reply = await api.request(
+            "GET", "/v1/optouts", creds=creds, query=f"limit=1&cursor={cursor}"
+        )
+        assert reply.status == 200, reply.text
+        seen += [e["number"] for e in reply.json["optouts"]]
+        if reply.json["next_cursor"] is None:
+            break
+        cursor = reply.json["next_cursor"]
+        assert re.fullmatch(r"%?[0-9A-Za-z_+-]+", cursor), cursor  # safe in a query as is
+        cursor = cursor.replace("+", "%2B")
+    assert seen == sorted(numbers + odd)
+    # A cursor of the new form that no page returned (not canonical) is still refused.
+    reply = await api.request("GET", "/v1/optouts", creds=creds, query="cursor=xMTIz")  # "123"
+    assert reply.status == 400 and reply.code == "INVALID_CURSOR", reply.text
+
+
 # -- around the fixes ----------------------------------------------------------------------------
 
 
