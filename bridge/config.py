@@ -561,6 +561,10 @@ class SmscConfig:
     system_type: str = field(default="", metadata=meta(length(0, 12)))
     interface_version: int = field(default=0x34, metadata=meta(between(0, 255)))
     address_range: str = field(default="", metadata=meta(length(0, 40)))
+    # The bind's addr_ton / addr_npi (Kannel's bind-addr-ton / bind-addr-npi): some SMSCs
+    # refuse a bind whose address_range is not declared with them.
+    bind_ton: int = field(default=0, metadata=meta(between(0, 6)))
+    bind_npi: int = field(default=0, metadata=meta(between(0, 18)))
     bind_mode: str = field(
         default="transceiver",
         metadata=meta(one_of("transceiver", "transmitter_receiver", "transmitter", "receiver")),

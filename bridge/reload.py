@@ -26,6 +26,8 @@ BIND_FIELDS = frozenset(
         "system_type",
         "interface_version",
         "address_range",
+        "bind_ton",
+        "bind_npi",
         "bind_mode",
         "binds",
         "window",

@@ -104,6 +104,8 @@ class SmscSettings(Protocol):
     system_type: str
     interface_version: int
     address_range: str
+    bind_ton: int
+    bind_npi: int
     bind_mode: str
     binds: int
     window: int
@@ -976,6 +978,8 @@ class Connector:
                         cfg.password or "",
                         cfg.system_type,
                         cfg.interface_version,
+                        addr_ton=cfg.bind_ton,
+                        addr_npi=cfg.bind_npi,
                         address_range=cfg.address_range,
                     ),
                     b.mode,

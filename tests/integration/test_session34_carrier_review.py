@@ -646,7 +646,8 @@ async def test_a_carrier_allowing_one_bind_refuses_the_second_and_traffic_flows_
 ) -> None:
     """`binds: 2` against a carrier that allows one bind per system_id (ESME_RALYBND for the
     second): the first carries the traffic, the refused one is retried with a growing back-off
-    (not once per reconnect_min_s), and the bind's system_type and address_range go as set."""
+    (not once per reconnect_min_s), and the bind's system_type, address_range and TON/NPI go as
+    set."""
     seen: list[Pdu] = []
 
     def on_bind(_lk: Link, pdu: Pdu) -> int:
@@ -655,13 +656,16 @@ async def test_a_carrier_allowing_one_bind_refuses_the_second_and_traffic_flows_
 
     carrier.on_bind = on_bind
     cfg = smsc_cfg(carrier.port, binds=2, system_type="VMA", address_range="^86",
+                   bind_ton=1, bind_npi=1,  # session 35: settable, as Kannel's bind-addr-*
                    reconnect_min_s=0.05, reconnect_max_s=0.8)  # fmt: skip
     async with running(cfg) as conn:
         await wait_until(lambda: conn.is_up, 5)
         out = await conn.send_message([_sm("8613800138000"), _sm("8613800138000")])
         assert [o.kind for o in out] == ["ok", "ok"]
         await asyncio.sleep(2.0)
-    assert {(p.body.system_type, p.body.address_range) for p in seen} == {("VMA", "^86")}
+    assert {
+        (p.body.system_type, p.body.address_range, p.body.addr_ton, p.body.addr_npi) for p in seen
+    } == {("VMA", "^86", 1, 1)}
     refused = len(seen) - 1
     # 0.05 doubling to the 0.8 cap over 2 s: about 6 attempts; once per 0.05 s would be 40.
     assert 2 <= refused <= 12, refused
