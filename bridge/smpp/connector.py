@@ -999,8 +999,13 @@ class Connector:
                 peer = await proto.wait_bound()
             except BindRefusedError as e:
                 if e.status in CREDENTIAL_STATUSES:
+                    # ESME_RBINDFAIL is the generic refusal: many carriers send it for a bind
+                    # over their count too, and an operator checking only the password lost time.
                     log.error(
-                        "smpp bind refused for credentials; retrying at the back-off cap",
+                        "smpp bind refused for credentials; retrying at the back-off cap"
+                        if e.status != C.ESME_RBINDFAIL
+                        else "smpp bind refused (ESME_RBINDFAIL: credentials, or more binds than "
+                        "the carrier allows this system_id); retrying at the back-off cap",
                         extra={"smsc": self.name, "bind": b.index, "status": e.code,
                                "system_id": cfg.system_id},
                     )  # fmt: skip

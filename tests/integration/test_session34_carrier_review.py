@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -669,6 +670,23 @@ async def test_a_carrier_allowing_one_bind_refuses_the_second_and_traffic_flows_
     refused = len(seen) - 1
     # 0.05 doubling to the 0.8 cap over 2 s: about 6 attempts; once per 0.05 s would be 40.
     assert 2 <= refused <= 12, refused
+
+
+async def test_a_bind_refused_with_the_generic_bindfail_does_not_blame_only_credentials(
+    carrier: Carrier, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ESME_RBINDFAIL is also what many carriers answer a bind over their count: the line said
+    "for credentials" alone (session 34's "noticed"). It still waits the back-off cap."""
+    carrier.on_bind = lambda _lk, _pdu: C.ESME_RBINDFAIL
+    cfg = smsc_cfg(carrier.port, reconnect_min_s=0.05, reconnect_max_s=5)
+    with caplog.at_level(logging.ERROR, logger="bridge.smpp"):
+        async with running(cfg) as conn:
+            await wait_until(lambda: _binds(carrier, C.BIND_TRANSCEIVER) >= 1, 5)
+            await asyncio.sleep(0.3)
+            assert not conn.is_up
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.smpp"]
+    assert any("ESME_RBINDFAIL" in m and "more binds than" in m for m in lines), lines
+    assert _binds(carrier, C.BIND_TRANSCEIVER) == 1  # the next try waits reconnect_max_s
 
 
 # =================================================================================================
