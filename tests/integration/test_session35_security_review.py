@@ -1,0 +1,273 @@
+"""Session 35 penetration review of the HTTP faces before they face the internet.
+
+Probed over real sockets on 127.0.0.1 (the integration conftest's API server, the daemon's own
+composition `bridge.app.Daemon` where its listener settings matter, raw TCP where aiohttp's client
+would not produce the bytes). Earlier reviews (test_security_review, test_privacy_review,
+test_api_edges, test_unparsable_http, ...) already pin path tricks, cross-account ids, webhook
+SSRF, non-UTF-8 headers, slow request headers and bodies; this one looked elsewhere.
+
+Findings (defects, each an xfail(strict=True) test that fails on the current code):
+
+1. test_a_path_with_crlf_cannot_forge_a_log_line_while_the_store_is_down: the "store
+   unavailable (GET <path>)" line puts the decoded request path into the log *message*, and the
+   text formatter leaves newlines in messages as they are. Any unauthenticated client (a
+   syntactically valid signature with a made-up app key reaches the key lookup) forges whole
+   log lines, timestamp and level of its choosing, during a store outage.
+2. test_raising_clock_skew_does_not_reopen_replay_of_captured_requests: a nonce is kept for
+   2 x server.clock_skew_s + 1 s. After an operator raises clock_skew_s (300 -> 900) and
+   restarts, a request captured 700 s earlier passes the wider skew check and its nonce is
+   forgotten: the replay is accepted (here it creates a second template).
+3. test_a_client_that_stops_reading_is_cut_off: a client that pipelines requests and never
+   reads the answers holds its connection and a handler for ever (no write timeout); the
+   idle and body timeouts that README "TLS termination" cites as bounding slow clients on the
+   daemon's own port do not apply while an answer is being written.
+
+Checked and found right (ordinary passing tests kept):
+
+4. test_coverage_a_signed_send_replayed_concurrently_is_accepted_once: the same signed
+   POST /v1/messages sent five times at once (the nonce is deferred into the accept
+   transaction) is accepted once, the others NONCE_REUSED, one message stored.
+5. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
+   path goes into the "refused" line as an escaped key=value field, text and JSON formats alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bridge import logs
+from bridge.app import Daemon
+from tests.e2e.harness import make_config
+from tests.integration.conftest import (
+    CN_MOBILE,
+    ApiServer,
+    Clock,
+    Creds,
+    new_nonce,
+    prepare_headers,
+    start_api,
+)
+from tests.integration.test_security_review import raw_exchange, status_of
+
+# A path whose %0A starts a line of the attacker's making (timestamp, level, logger, text).
+FORGED = "2026-12-03T00:00:00.000Z CRITICAL bridge.api forged by the client"
+FORGED_PATH = "/v1/messages/x%0A" + FORGED.replace(" ", "%20")
+
+
+@contextmanager
+def daemon_logging(api: ApiServer, fmt: str = "text") -> Iterator[io.StringIO]:
+    """The root logger set up as the daemon does (logs.configure), into a buffer; restored after."""
+    buf = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    cfg = api.config.logging
+    cfg = type(cfg)(**{**{f: getattr(cfg, f) for f in cfg.__slots__}, "format": fmt})
+    logs.configure(cfg, "INFO", secrets=logs.config_secrets(api.config), stream=buf)
+    try:
+        yield buf
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+
+
+def signed_get(api: ApiServer, creds: Creds, path: str) -> bytes:
+    """The raw bytes of a signed GET of `path` (exactly as given, percent escapes and all)."""
+    headers = prepare_headers(
+        api.host, "GET", path, "", b"", creds=creds, headers=None, content_type=None,
+        idempotency_key=None, when=api.clock.utc(), nonce=new_nonce(),
+    )  # fmt: skip
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"GET {path} HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode()
+
+
+# -- 1. log forging through the store-outage line ------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app.py _handle logs the decoded request path inside the message of 'store "
+    "unavailable (...)' and TextFormatter keeps newlines in messages: a client forges log lines",
+)
+async def test_a_path_with_crlf_cannot_forge_a_log_line_while_the_store_is_down(
+    api_server: ApiServer,
+) -> None:
+    """README "Logs": one line per event. During a store outage (a PostgreSQL failover, a full
+    disk) every /v1/ request is answered 503 and logged once a while as `store unavailable
+    (<method> <path>)`; the path is request.path, decoded, so `%0A` is a newline, and
+    TextFormatter's `_escape` leaves newlines in the message on purpose (for tracebacks). The
+    key is made up: the lookup of an unknown key is what meets the closed store, so no
+    credentials are needed. Found: the answer is the right 503, and the log gets a second
+    line that starts with the client's own timestamp and `CRITICAL`."""
+    real = await api_server.create_account()
+    stranger = Creds(real.account, "made-up-key-0001", "not-a-secret")
+    with daemon_logging(api_server) as buf:
+        await api_server.store.close()  # the store goes away under the running server
+        answer = await raw_exchange(
+            api_server.server.port, signed_get(api_server, stranger, FORGED_PATH)
+        )
+        await asyncio.sleep(0.05)
+    assert status_of(answer) == 503 and b"STORE_UNAVAILABLE" in answer
+    out = buf.getvalue()
+    assert "store unavailable" in out, out
+    forged = [line for line in out.splitlines() if line.startswith(FORGED[:30])]
+    assert forged == [], f"a client-made log line: {forged}"
+
+
+async def test_coverage_crlf_in_a_refused_path_stays_on_one_log_line(api_server: ApiServer) -> None:
+    """Coverage: with the store up, the same path reaches the log only as the `path` field of
+    the "refused" line (404, an unknown message id), escaped in both formats."""
+    creds = await api_server.create_account()
+    for fmt in ("text", "json"):
+        with daemon_logging(api_server, fmt) as buf:
+            answer = await raw_exchange(
+                api_server.server.port, signed_get(api_server, creds, FORGED_PATH)
+            )
+            await asyncio.sleep(0.05)
+        assert status_of(answer) == 404
+        lines = buf.getvalue().splitlines()
+        assert any("refused" in line and "forged" in line for line in lines), lines
+        assert not [line for line in lines if line.startswith(FORGED[:30])], lines
+        if fmt == "json":
+            assert all(json.loads(line) for line in lines)
+
+
+# -- 2. replay after clock_skew_s was raised -----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="auth.Authenticator.authenticate keeps a nonce for 2 x clock_skew_s + 1 s only: after "
+    "clock_skew_s is raised, an older captured request passes the skew check with its nonce gone",
+)
+async def test_raising_clock_skew_does_not_reopen_replay_of_captured_requests(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The operator raises server.clock_skew_s from 300 to 900 (customers with drifting clocks
+    get REQUEST_EXPIRED) and restarts. A request captured 700 s before (a proxy's log, a
+    customer's debug dump) is now inside the skew window again, and its nonce record, kept
+    601 s, is gone: the replay is answered 201 and files a second template. README: the
+    nonce is refused when used, "new for every request"."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    t0 = clock.freeze()
+    template = {"type": "verification", "name": "otp", "content": "Your code is ${code}."}
+    nonce, when = new_nonce(), clock.utc()
+    api = await start_api(tmp_path, clock, {"security": {"master_key": key}})
+    try:
+        creds = await api.create_account()
+        first = await api.request(
+            "POST", "/v1/templates", creds=creds, json=template, nonce=nonce, when=when
+        )
+        assert first.status == 201
+        again = await api.request(
+            "POST", "/v1/templates", creds=creds, json=template, nonce=nonce, when=when
+        )
+        assert (again.status, again.code) == (401, "NONCE_REUSED")
+    finally:
+        await api.close()
+    clock.freeze(t0 + 700)
+    wider = {"security": {"master_key": key}, "server": {"clock_skew_s": 900}}
+    api = await start_api(tmp_path, clock, wider)  # the same store file, restarted
+    try:
+        replay = await api.request(
+            "POST", "/v1/templates", creds=creds, json=template, nonce=nonce, when=when,
+            validate=False,
+        )  # fmt: skip
+        listed = await api.request("GET", "/v1/templates", creds=creds)
+    finally:
+        await api.close()
+    assert len(listed.json["templates"]) == 1, (
+        f"the replay was answered {replay.status} and filed template "
+        f"{(replay.json or {}).get('code')}"
+    )
+    assert replay.status == 401 and replay.code in ("NONCE_REUSED", "REQUEST_EXPIRED")
+
+
+# -- 3. a client that never reads its answers ---------------------------------------------------
+
+
+def established(port: int) -> int:
+    """Server-side ESTABLISHED IPv4 sockets on `port` (/proc/net/tcp, state 01)."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+                count += 1
+    return count
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no write timeout: a client that pipelines requests and never reads the answers "
+    "holds its connection and handler for ever (idle/body timeouts do not apply meanwhile)",
+)
+async def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
+    """README "TLS termination": "Slow clients are bounded on the daemon's own port too"
+    (idle_timeout_s for headers, body_timeout_s for bodies). The daemon as `run` builds it
+    (bridge.app.Daemon: its AppRunner, keepalive_timeout from idle_timeout_s), both timeouts at
+    1 s. One unauthenticated connection pipelines 40 `GET /openapi.json` (159 KB each) with a
+    4 KiB receive buffer and reads nothing. Found: after 5 s the server still holds it (the
+    handler waits on drain() with no deadline); a few thousand such sockets keep their buffers
+    and file descriptors for as long as the client likes."""
+    daemon = Daemon(make_config(tmp_path, server={"idle_timeout_s": 1, "body_timeout_s": 1}))
+    await daemon.start()
+    port = daemon.config.server.port
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+        await asyncio.sleep(0.5)
+        assert established(port) == 1  # the server has the connection
+        held = 0.5
+        while established(port) and held < 5.0:
+            await asyncio.sleep(0.25)
+            held += 0.25
+    finally:
+        sock.close()
+        await daemon.stop()
+    assert held < 5.0, f"still held by the server after {held:.1f} s (idle and body timeouts 1 s)"
+
+
+# -- 4. concurrent replay of one signed send -----------------------------------------------------
+
+
+async def test_coverage_a_signed_send_replayed_concurrently_is_accepted_once(
+    api_server: ApiServer,
+) -> None:
+    """Coverage: a send's nonce is recorded inside its accept transaction, not by the
+    authenticator; five copies of one signed request in flight at once still make one message,
+    the other four NONCE_REUSED (not idempotent replays of the answer)."""
+    creds = await api_server.create_account()
+    body = json.dumps({"to": CN_MOBILE, "text": "once"}).encode()
+    headers = prepare_headers(
+        api_server.host, "POST", "/v1/messages", "", body, creds=creds, headers=None,
+        content_type="application/json", idempotency_key="conc-1",
+        when=api_server.clock.utc(), nonce=new_nonce(),
+    )  # fmt: skip
+
+    async def post() -> tuple[int, str]:
+        url = api_server.url + "/v1/messages"
+        async with api_server.session.post(url, data=body, headers=headers) as r:
+            return r.status, await r.text()
+
+    answers = await asyncio.gather(*(post() for _ in range(5)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [202, 401, 401, 401, 401], answers
+    assert all("NONCE_REUSED" in text for status, text in answers if status == 401)
+    assert len(await api_server.store.list_messages(creds.account_id, limit=10)) == 1
