@@ -604,9 +604,72 @@ def _schemas() -> dict[str, Any]:
             closed=False,
         ),
         "InboundMessage": _inbound_message_schema(),
+        "StatusReport": _status_report_schema(),
+        "BalanceLowEvent": _balance_low_schema(),
         **_report_schemas(),
         **_rules_module().rules_schemas(),
     }
+
+
+def _status_report_schema() -> dict[str, Any]:
+    """One report of the JSON array POSTed to an account's status_callback_url (report_format
+    native); for the receiver's code, as InboundMessage is."""
+    count = {"type": "integer", "minimum": 0}
+    out = _obj(
+        {
+            "type": {"type": "string", "enum": ["message.status"]},
+            "webhook_id": {
+                "type": "string",
+                "description": "st_<message id> (st_<message id>_sent for the intermediate "
+                "report); the same on every retry: de-duplicate on it",
+            },
+            "message_id": {"type": "string", "pattern": "^msg_[0-9A-Z]{26}$"},
+            "batch_id": {"type": "string", "pattern": "^bat_[0-9A-Z]{26}$"},
+            "client_ref": _nullable(_STR),
+            "to": {"type": "string", "description": "E.164; masked after an erasure request"},
+            "status": {"type": "string", "enum": [*MESSAGE_STATES]},
+            "success": _nullable(
+                {"type": "boolean", "description": "delivered; null in the intermediate report"}
+            ),
+            "final": {
+                "type": "boolean",
+                "description": "true on every final report, false on the intermediate sent one",
+            },
+            "error_code": _nullable(_STR),
+            "error_text": _nullable(_STR),
+            "segments": {"type": "integer", "minimum": 1},
+            "segments_delivered": count,
+            "billable_units": count,
+            "accepted_at": _TIME,
+            "submitted_at": _nullable(_TIME),
+            "done_at": _nullable(_TIME),
+        }
+    )
+    out["description"] = (
+        "A message's status as pushed to the account's status_callback_url in the native report "
+        "format (the aliyun format sends Alibaba's SmsReport instead)"
+    )
+    return out
+
+
+def _balance_low_schema() -> dict[str, Any]:
+    """The `balance.low` event, in the status callback's array (keyed `event`, not `type`)."""
+    out = _obj(
+        {
+            "event": {"type": "string", "enum": ["balance.low"]},
+            "webhook_id": {"type": "string", "pattern": "^evt_"},
+            "account": {"type": "string", "pattern": "^acc_"},
+            "available_micro": {"type": "integer", "description": "micro-units, after the send"},
+            "available": {"type": "string", "description": "the same in currency units"},
+            "previous_micro": {"type": "integer", "description": "micro-units, before it"},
+            "at": _MS,
+        }
+    )
+    out["description"] = (
+        "A prepaid balance fell below the account's low_balance_threshold (once per crossing), "
+        "in the status callback's JSON array, for every report format"
+    )
+    return out
 
 
 def _inbound_message_schema() -> dict[str, Any]:

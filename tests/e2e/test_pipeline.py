@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
+import jsonschema
 import pytest
 
 from bridge.sim.server import SimSmsc
@@ -21,6 +22,7 @@ from tests.e2e.harness import (
     make_config,
     wait_until,
 )
+from tests.integration.conftest import OPENAPI
 
 GSM_3_PARTS = ("Price list {A} [B] ~C~ | 5€ \\ ^ " * 13)[:340]  # 445 septets
 UCS2_4_PARTS = "你好，世界！😀 短信网关测试 " * 16  # 256 UTF-16 units
@@ -298,6 +300,10 @@ async def test_intermediate_sent_report_when_enabled(start_daemon, receiver):
     sent = by_id[f"st_{mid}_sent"]
     assert sent["status"] == "sent" and sent["final"] is False and sent["client_ref"] == "ref-1"
     assert by_id[f"st_{mid}"]["status"] == "delivered"
+    # Both as /openapi.json's StatusReport documents them, for receivers' code.
+    schema = OPENAPI.to_jsonschema(OPENAPI.doc["components"]["schemas"]["StatusReport"])
+    for report in by_id.values():
+        jsonschema.validate(report, schema)
 
 
 async def test_a_hanging_callback_does_not_delay_other_accounts(start_daemon, receiver):

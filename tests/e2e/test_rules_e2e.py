@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import jsonschema
 import pytest
 
 from bridge.client import BridgeError
@@ -14,6 +15,7 @@ from tests.e2e.harness import (
     final_status,
     wait_until,
 )
+from tests.integration.conftest import OPENAPI
 from tests.sending import ready_to_send
 
 PRICE = 45_000
@@ -101,4 +103,11 @@ async def test_low_balance_event_is_pushed_signed_once(start_daemon, receiver):
     assert receiver.bad_signatures == 0
     (ev,) = events()
     assert ev["account"] == creds["account"]
+    # The event and the status reports beside it, as /openapi.json documents them.
+    schemas = OPENAPI.doc["components"]["schemas"]
+    jsonschema.validate(ev, OPENAPI.to_jsonschema(schemas["BalanceLowEvent"]))
+    reports = [x for x in receiver.reports if x.get("type") == "message.status"]
+    assert len(reports) == 3
+    for report in reports:
+        jsonschema.validate(report, OPENAPI.to_jsonschema(schemas["StatusReport"]))
     assert (ev["previous_micro"], ev["available_micro"]) == (105_000, 60_000)
