@@ -22,12 +22,19 @@ Findings (defects, each an xfail(strict=True) test that fails on the current cod
    idle and body timeouts that README "TLS termination" cites as bounding slow clients on the
    daemon's own port do not apply while an answer is being written.
 
+4. test_the_readmes_proxy_config_keeps_signatures_valid: README "TLS termination" says the
+   proxy must pass the Host header unchanged (it is signed, port included), and its nginx
+   example sets `proxy_set_header Host $host`. nginx's $host is the host name lower-cased and
+   without the port: a client of `https://gateway.example:8443` (or of `SMS.Example.com`)
+   signs `host:gateway.example:8443` and the daemon receives `Host: gateway.example`; every
+   signed request is 401 SIGNATURE_MISMATCH. `$http_host` is the header as sent.
+
 Checked and found right (ordinary passing tests kept):
 
-4. test_coverage_a_signed_send_replayed_concurrently_is_accepted_once: the same signed
+5. test_coverage_a_signed_send_replayed_concurrently_is_accepted_once: the same signed
    POST /v1/messages sent five times at once (the nonce is deferred into the accept
    transaction) is accepted once, the others NONCE_REUSED, one message stored.
-5. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
+6. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
    path goes into the "refused" line as an escaped key=value field, text and JSON formats alike.
 """
 
@@ -39,6 +46,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,3 +279,49 @@ async def test_coverage_a_signed_send_replayed_concurrently_is_accepted_once(
     assert statuses == [202, 401, 401, 401, 401], answers
     assert all("NONCE_REUSED" in text for status, text in answers if status == 401)
     assert len(await api_server.store.list_messages(creds.account_id, limit=10)) == 1
+
+
+# -- 4. the README's nginx example and the signed Host ------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def nginx_forwards(variable: str, host_as_sent: str) -> str:
+    """The Host header nginx sends upstream for `proxy_set_header Host <variable>` (nginx
+    documentation, ngx_http_core_module "Embedded variables"): $http_host is the request's Host
+    header as sent; $host is the host name from it, lower-cased and without the port."""
+    if variable == "$http_host":
+        return host_as_sent
+    if variable == "$host":
+        return host_as_sent.rsplit(":", 1)[0].lower()
+    raise AssertionError(f"unexpected nginx variable {variable}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="README 'TLS termination' nginx example sets 'proxy_set_header Host $host', which drops "
+    "the port and lower-cases the name the client signed: every signed request is refused",
+)
+@pytest.mark.parametrize("public_host", ["gateway.example:8443", "SMS.Example.com"])
+async def test_the_readmes_proxy_config_keeps_signatures_valid(
+    api_server: ApiServer, public_host: str
+) -> None:
+    """README: "`host` is the Host header exactly as sent, port included ... A proxy must pass
+    it unchanged (see "TLS termination")", whose nginx block forwards `Host $host`. A customer
+    of the TLS proxy on port 8443 (or whose URL spells the name with capitals, as Go, Java and
+    curl send it) signs the Host it sends; the daemon gets what that nginx line makes of it.
+    The request is a plain signed `GET /v1/account` with the right secret."""
+    block = README.read_text(encoding="utf-8").split("### TLS termination", 1)[1]
+    found = re.search(r"proxy_set_header Host (\$\w+);", block)
+    assert found is not None, "the README's nginx example no longer sets Host"
+    creds = await api_server.create_account()
+    headers = prepare_headers(
+        public_host, "GET", "/v1/account", "", b"", creds=creds, headers=None,
+        content_type=None, idempotency_key=None, when=api_server.clock.utc(), nonce=new_nonce(),
+    )  # fmt: skip
+    headers["Host"] = nginx_forwards(found[1], public_host)  # what reaches the daemon
+    async with api_server.session.get(api_server.url + "/v1/account", headers=headers) as r:
+        status, body = r.status, await r.text()
+    assert status == 200, (
+        f"README's proxy forwards Host {headers['Host']!r} for {public_host!r}: {status} {body}"
+    )
