@@ -29,12 +29,20 @@ Findings (defects, each an xfail(strict=True) test that fails on the current cod
    signs `host:gateway.example:8443` and the daemon receives `Host: gateway.example`; every
    signed request is 401 SIGNATURE_MISMATCH. `$http_host` is the header as sent.
 
+5. test_nested_json_holding_a_nul_is_refused_not_500 and
+   test_aliyun_nested_json_parameter_holding_a_nul_is_refused_not_500: a JSON body (or an
+   Alibaba JSON parameter) nested ~330+ levels deep, well inside orjson's 1,024, that holds a
+   "\\u0000" makes `jsonio.has_nul` (recursive, two frames a level through any()) raise
+   RecursionError: 500 INTERNAL_ERROR / InternalError and a logged traceback, for any signed
+   customer, any admin caller and any Alibaba SDK user; README: nesting past 1,024 and
+   U+0000 are refused as INVALID_JSON.
+
 Checked and found right (ordinary passing tests kept):
 
-5. test_coverage_a_signed_send_replayed_concurrently_is_accepted_once: the same signed
+6. test_coverage_a_signed_send_replayed_concurrently_is_accepted_once: the same signed
    POST /v1/messages sent five times at once (the nonce is deferred into the accept
    transaction) is accepted once, the others NONCE_REUSED, one message stored.
-6. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
+7. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
    path goes into the "refused" line as an escaped key=value field, text and JSON formats alike.
 """
 
@@ -51,12 +59,14 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge import logs
 from bridge.app import Daemon
 from tests.e2e.harness import make_config
+from tests.integration import test_aliyun_api as aliyun
 from tests.integration.conftest import (
     CN_MOBILE,
     ApiServer,
@@ -67,6 +77,8 @@ from tests.integration.conftest import (
     start_api,
 )
 from tests.integration.test_security_review import raw_exchange, status_of
+
+face = aliyun.face  # the Alibaba-compatible face over the test server (fixture)
 
 # A path whose %0A starts a line of the attacker's making (timestamp, level, logger, text).
 FORGED = "2026-12-03T00:00:00.000Z CRITICAL bridge.api forged by the client"
@@ -325,3 +337,56 @@ async def test_the_readmes_proxy_config_keeps_signatures_valid(
     assert status == 200, (
         f"README's proxy forwards Host {headers['Host']!r} for {public_host!r}: {status} {body}"
     )
+
+
+# -- 5. nested JSON holding U+0000 ---------------------------------------------------------------
+
+# 400 levels: far inside the 1,024 orjson (and the native API's README) allows, and past what
+# jsonio.has_nul's recursion (has_nul + its any() generator: two frames a level) survives under
+# Python's default recursion limit of 1,000.
+DEPTH = 400
+NESTED_NUL = "[" * DEPTH + '"\\u0000"' + "]" * DEPTH
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jsonio.has_nul recurses two frames per level: a body nested ~330+ deep holding "
+    "\\u0000 raises RecursionError, answered 500 INTERNAL_ERROR with a traceback",
+)
+@pytest.mark.parametrize("face_name", ["v1", "admin"])
+async def test_nested_json_holding_a_nul_is_refused_not_500(
+    api_server: ApiServer, face_name: str
+) -> None:
+    """README "Errors": INVALID_JSON for a body that is not JSON, U+0000 refused, nesting past
+    1,024 refused. parse_json (v1.py) parses with orjson (fine at 400 levels) and then walks
+    the value with jsonio.has_nul because the body spells `\\u0000`: the walk overflows the
+    stack. Any signed customer (POST /v1/preview here; every body endpoint of /v1/) and the
+    admin API (POST /admin/accounts) get a 500 and the log a RecursionError traceback."""
+    creds = await api_server.create_account()
+    if face_name == "v1":
+        body = NESTED_NUL.encode()
+        r = await api_server.request("POST", "/v1/preview", creds=creds, body=body, validate=False)
+    else:
+        body = ('{"name": ' + NESTED_NUL + "}").encode()
+        r = await api_server.admin("POST", "/admin/accounts", body=body, validate=False)
+    assert (r.status, r.code) == (400, "INVALID_JSON"), (r.status, r.json)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aliyun_actions._json_param catches RecursionError from json.loads but not from "
+    "jsonio.has_nul after it: a parameter nested ~330+ deep holding \\u0000 is a 500",
+)
+async def test_aliyun_nested_json_parameter_holding_a_nul_is_refused_not_500(face: Any) -> None:
+    """The Alibaba face's fix for deep JSON (test_security_review: 3,000 brackets) catches the
+    standard library parser's RecursionError; 400 levels parse, and the U+0000 check that
+    follows overflows instead: SendSms with such a TemplateParam is 500 InternalError, not
+    Alibaba's isv.INVALID_JSON_PARAM."""
+    creds = await face.api.create_account()
+    code = await face.template(creds, aliyun.VERIFY_TEXT)
+    params = aliyun.rpc_v1_params(
+        creds, "SendSms", PhoneNumbers="13800138000", SignName="Acme", TemplateCode=code,
+        TemplateParam=NESTED_NUL,
+    )  # fmt: skip
+    r = await aliyun.raw_post(face, aliyun.rpc_v1_query(params, creds.app_secret))
+    assert (r.status, r.json.get("Code")) == (200, "isv.INVALID_JSON_PARAM"), (r.status, r.json)
