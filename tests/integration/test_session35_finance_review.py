@@ -32,6 +32,12 @@ reviewed for the reason given):
    sells a second 999 CNY card for one payment (two `card_purchase` entries). Top-ups got a ref
    for exactly this (4956c1f).
    -> test_a_card_sale_names_its_payment_and_is_credited_once
+5. A closed account still takes money: `POST /admin/accounts/{ref}/topups|vouchers|cards` answer
+   201 and credit an account whose keys are revoked and which can never be enabled again (its
+   settings and keys are refused with 409 ACCOUNT_CLOSED). A payment or a 999 CNY card sold to
+   a closed account is money taken for nothing (admin_rules._money resolves the account without
+   checking its status; store.append_ledger does not either).
+   -> test_a_closed_account_takes_no_money
 
 Checked and right (plain tests): an international message with one part accepted and one
 refused is charged for the accepted segment only and the domestic one refunded whole, the bill
@@ -236,6 +242,38 @@ async def test_a_card_sale_names_its_payment_and_is_credited_once(
     assert again.status == 200, again.json
     cards = (await balance(api, creds))["cards"]
     assert [c["remaining_micro"] for c in cards] == [999_000_000]
+
+
+# -- 5. money credited to a closed account -----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a closed account (keys revoked, never enabled again) still takes top-ups, vouchers "
+    "and a card sale (201): money credited where it can never be spent",
+)
+async def test_a_closed_account_takes_no_money(make_api: Any, clock: Clock) -> None:
+    clock.freeze(MARCH)
+    api = await make_api()
+    creds = await funded(api, 1_000_000)
+    account = creds.account.id
+    closed = await api.admin("POST", f"/admin/accounts/{account}/close")
+    assert (closed.status, closed.json["status"]) == (200, "closed")
+    patch = await api.admin("PATCH", f"/admin/accounts/{account}", json={"tps": 5})
+    assert (patch.status, patch.code) == (409, "ACCOUNT_CLOSED")  # settings: refused
+    before = await api.store.ledger_sums(account)  # the account's own keys are revoked
+    answers = {}
+    for kind, body in (
+        ("topups", {"amount_micro": 5_000_000, "ref": "BANK-9"}),
+        ("vouchers", {"amount_micro": 1_000_000}),
+        ("cards", {"face_value_micro": 999_000_000}),
+    ):
+        r = await api.admin("POST", f"/admin/accounts/{account}/{kind}", json=body)
+        answers[kind] = (r.status, r.code)
+    # Observed: 201 each; the balance then reads 6.00 cash, a 1.00 voucher and a 999.00 card
+    # on an account that can never send again.
+    assert answers == {k: (409, "ACCOUNT_CLOSED") for k in ("topups", "vouchers", "cards")}
+    assert await api.store.ledger_sums(account) == before
 
 
 # -- checked and right -----------------------------------------------------------------------
