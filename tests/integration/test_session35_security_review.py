@@ -44,6 +44,9 @@ Checked and found right (ordinary passing tests kept):
    transaction) is accepted once, the others NONCE_REUSED, one message stored.
 7. test_coverage_crlf_in_a_refused_path_stays_on_one_log_line: with the store up, the same
    path goes into the "refused" line as an escaped key=value field, text and JSON formats alike.
+8. test_coverage_a_removed_operator_is_refused_by_every_acceptor: with `server.workers: 2`
+   (a real `smpp-bridge run`), an operator removed from the file and SIGHUP'd is refused by
+   every acceptor process as soon as each has reloaded; the shared token keeps working.
 """
 
 from __future__ import annotations
@@ -55,17 +58,21 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 
 from bridge import logs
 from bridge.app import Daemon
-from tests.e2e.harness import make_config
+from tests.e2e import harness
+from tests.e2e.harness import DaemonProcess, config_dict, make_config, wait_until
 from tests.integration import test_aliyun_api as aliyun
 from tests.integration.conftest import (
     CN_MOBILE,
@@ -390,3 +397,50 @@ async def test_aliyun_nested_json_parameter_holding_a_nul_is_refused_not_500(fac
     )  # fmt: skip
     r = await aliyun.raw_post(face, aliyun.rpc_v1_query(params, creds.app_secret))
     assert (r.status, r.json.get("Code")) == (200, "isv.INVALID_JSON_PARAM"), (r.status, r.json)
+
+
+# -- 8. an operator removed, with acceptor processes --------------------------------------------
+
+OPERATOR_TOKEN = "alice-own-token-0123456789"
+
+
+async def _admin_status(port: int, token: str) -> int:
+    """One GET /admin/smscs on a fresh connection (SO_REUSEPORT spreads them over acceptors)."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"http://127.0.0.1:{port}/admin/smscs",
+            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as r,
+    ):
+        return r.status
+
+
+async def test_coverage_a_removed_operator_is_refused_by_every_acceptor(tmp_path: Path) -> None:
+    """Coverage: README "Secrets": removing an operator's entry plus a SIGHUP revokes them.
+    With acceptor processes each holds its own copy of the configuration: all three processes
+    log the reload, and then no connection, whichever acceptor takes it, admits the token."""
+    cfg = config_dict(
+        tmp_path,
+        server={"workers": 2},
+        admin={"operators": [{"name": "alice", "token": OPERATOR_TOKEN}]},
+    )
+    proc = DaemonProcess(tmp_path, cfg)
+    proc.start()
+    try:
+        await proc.wait_ready(30)
+        assert {await _admin_status(proc.port, OPERATOR_TOKEN) for _ in range(6)} == {200}
+        cfg["admin"] = {"operators": []}
+        before = len(proc.log.read_text())
+        proc.path.write_text(yaml.safe_dump(cfg))
+        assert proc.proc is not None
+        os.kill(proc.proc.pid, signal.SIGHUP)
+        await wait_until(
+            lambda: proc.log.read_text()[before:].count("reloaded configuration") >= 3, 20
+        )
+        refused = [await _admin_status(proc.port, OPERATOR_TOKEN) for _ in range(20)]
+        assert set(refused) == {401}, refused
+        assert await _admin_status(proc.port, harness.ADMIN_TOKEN) == 200
+    finally:
+        proc.stop()
