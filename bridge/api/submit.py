@@ -23,7 +23,7 @@ from bridge.domain.content_filter import ContentFilter
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.signs import SignError, validate_sign_name
 from bridge.domain.tariffs import Tariff
-from bridge.domain.templates import TemplateError, TemplateKind, render
+from bridge.domain.templates import TemplateError, TemplateKind, literal_text, render
 from bridge.fastinit import fast_init
 from bridge.ids import new_id
 from bridge.smpp.router import Router
@@ -242,6 +242,8 @@ class Submitter:
     ) -> None:
         self.config = config
         self.content_filter = content_filter
+        self._breaks: dict[str, frozenset[str]] = {}  # template content -> approved_breaks
+        self._breaks_of: ContentFilter | None = None  # the filter they were found with
         self.router = router
         # `is None`, not `or`: an empty RefCounter is falsy (len 0) and was replaced.
         self.refs = refs if refs is not None else RefCounter()
@@ -264,6 +266,20 @@ class Submitter:
             )
         except TemplateError as exc:
             raise ApiError(exc.code, exc.message, reason=exc.reason) from None
+
+    def _approved_breaks(self, content: str) -> frozenset[str]:
+        """The filter rules an approved template's own words break (cached for the filter in
+        use: a reload that changes the lists makes a new one)."""
+        f = self.content_filter
+        if f is None:
+            return frozenset()
+        if f is not self._breaks_of or len(self._breaks) >= 4096:
+            self._breaks.clear()
+            self._breaks_of = f
+        found = self._breaks.get(content)
+        if found is None:
+            found = self._breaks[content] = f.broken(literal_text(content))
+        return found
 
     def final_text(
         self, req: SendRequest, account: Account, template: Template | None = None
@@ -310,11 +326,14 @@ class Submitter:
                 f"text: {n} characters including the sign name, at most "
                 f"{self.config.text.max_chars}",
             )
-        # Free text only (templates were screened at review), and after the length check: the
-        # filter folds the whole text, which a body of up to 1 MiB must not cost before its
-        # refusal.
-        if req.template is None and self.content_filter is not None:
-            match = self.content_filter.check(body)
+        # After the length check: the filter folds the whole text, which a body of up to 1 MiB
+        # must not cost before its refusal. A template's values are the customer's free text
+        # inside approved words: screened in the rendered body (a value beside literal text can
+        # complete a word), except for what the approved text breaks by itself (an operator's
+        # decision at review). Unscreened, a templates-only account sent filtered words as values.
+        if self.content_filter is not None:
+            skip = frozenset() if template is None else self._approved_breaks(template.content)
+            match = self.content_filter.check(body, skip)
             if match is not None:
                 raise ApiError(
                     "CONTENT_FILTERED",

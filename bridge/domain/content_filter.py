@@ -1,4 +1,5 @@
-"""Operator-maintained word and pattern lists that screen templates at review and free text at send.
+"""Operator-maintained word and pattern lists that screen templates at review, free text and
+template parameter values at send.
 
 A naive substring test is beaten by the tricks spammers actually use: spacing letters out
 (``v i a g r a``), fullwidth forms (``ｖｉａｇｒａ``), punctuation (``vi.ag.ra``), invisible
@@ -216,8 +217,8 @@ class ContentFilter:
         """(distinct words, patterns): for logs after a reload."""
         return len(self._keys), len(self._patterns)
 
-    def check(self, text: str) -> Match | None:
-        """The first rule the text breaks, or None.
+    def check(self, text: str, skip: frozenset[str] = frozenset()) -> Match | None:
+        """The first rule the text breaks, or None; rules in `skip` are not counted.
 
         Words come first, the one ending earliest in the text; then patterns in list order.
         """
@@ -231,12 +232,22 @@ class ContentFilter:
             for end, idx in self._automaton.matches(skel):
                 if starts is None:
                     starts = [0, *accumulate(len(t) for t in toks)]
-                if _whole_tokens(starts, end - len(self._keys[idx]), end):
+                if self._rules[idx] not in skip and _whole_tokens(
+                    starts, end - len(self._keys[idx]), end
+                ):
                     return Match(self._rules[idx], "word")
         for rule, rx in self._patterns:
-            if rx.search(folded) is not None:
+            if rule not in skip and rx.search(folded) is not None:
                 return Match(rule, "pattern")
         return None
+
+    def broken(self, text: str) -> frozenset[str]:
+        """Every rule the text breaks: an approved template's own text, whose parameter values
+        are screened at send for the rest (an operator approved what it says itself)."""
+        found: set[str] = set()
+        while (m := self.check(text, frozenset(found))) is not None:
+            found.add(m.rule)
+        return frozenset(found)
 
 
 def _whole_tokens(starts: list[int], begin: int, end: int) -> bool:

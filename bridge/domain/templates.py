@@ -107,6 +107,12 @@ def _split(content: str) -> tuple[list[str], list[str]]:
         pos = m.end() + 1
 
 
+def literal_text(content: str) -> str:
+    """The template's own words, a space where each placeholder is (TemplateError if
+    malformed): what its review screened, apart from the values a send fills in."""
+    return " ".join(_split(content)[0])
+
+
 def placeholders(content: str) -> tuple[str, ...]:
     """Distinct placeholder names in order of first appearance (TemplateError if malformed)."""
     return tuple(dict.fromkeys(_split(content)[1]))

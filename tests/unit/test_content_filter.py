@@ -275,3 +275,15 @@ def test_the_fold_table_stays_bounded() -> None:
     for t in (text, hangul, symbols):
         assert fold(t) == _fold_by_category(t)
     assert len(cf._DROP) <= cf._DROP_CACHE_MAX
+
+
+def test_skip_passes_over_rules_and_broken_lists_them_all() -> None:
+    """A template's values are screened in the rendered text, except for the rules the approved
+    text breaks by itself (bridge/api/submit.py): `broken` finds those, `skip` passes them."""
+    f = ContentFilter(["viagra", "casino"], ["\\bwin\\b"])
+    text = "Casino night: win big, v i a g r a"
+    assert f.broken(text) == {"casino", "viagra", "\\bwin\\b"}
+    assert f.check(text, frozenset({"casino"})) == Match("viagra", "word")
+    assert f.check(text, frozenset({"casino", "viagra"})) == Match("\\bwin\\b", "pattern")
+    assert f.check(text, f.broken(text)) is None
+    assert f.broken("hello") == frozenset()

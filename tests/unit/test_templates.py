@@ -441,3 +441,11 @@ def test_review_sign_format_must_hold_the_sign() -> None:
 def test_review_unknown_kind() -> None:
     with pytest.raises(ValueError):
         _review("spam", "hi")
+
+
+def test_literal_text_leaves_a_space_where_each_value_goes() -> None:
+    from bridge.domain.templates import literal_text
+
+    assert literal_text("Dear ${name}, code ${code}.") == "Dear  , code  ."
+    assert literal_text("no values") == "no values"
+    assert literal_text("${a}${b}") == "  "
