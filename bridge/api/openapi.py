@@ -80,8 +80,9 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "TEMPLATE_CHANGED": "The template was corrected meanwhile: an operator's decision names "
     "an older revision, or a send was rendered from an older one each of three times. Read it "
     "again (or send again).",
-    "NOT_CANCELABLE": "The message is on a bind, sent or final: only a queued or scheduled "
-    "message can be canceled.",
+    "NOT_CANCELABLE": "The message is on a bind, may have reached an SMSC (a submit "
+    "unanswered), or is sent or final: only a queued or scheduled message no SMSC took can be "
+    "canceled.",
     "SENDER_NOT_ALLOWED": "The sender is another account's (assigned to it, or held more firmly "
     "by it), or not one of this account's assigned addresses (or the account has none and "
     "rules.sender_policy is assigned); the message says which.",
@@ -106,7 +107,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "a control character, or a link the template does not allow.",
     "TEMPLATE_MALFORMED": "The template content has a malformed ${...} placeholder.",
     "MARKETING_NOT_ALLOWED": "Marketing templates need an account enabled for marketing.",
-    "CONTENT_FILTERED": "Free text matches the operator's content filter (rule named).",
+    "CONTENT_FILTERED": "Free text, or the text a template's values make, matches the "
+    "operator's content filter (rule named).",
     "RECIPIENT_OPTED_OUT": "The recipient opted out of this account's messages (reply TD/STOP "
     "or /v1/optouts).",
     "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list.",

@@ -286,8 +286,9 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def cancel_message(request: web.Request) -> web.Response:
-    """A message still queued or scheduled, never handed to an SMSC, ends `expired` with error
-    CANCELED, refunded, and its status report is pushed; any other is 409 NOT_CANCELABLE."""
+    """A message still queued or scheduled that no SMSC may have taken (never submitted, or
+    refused with an error) ends `expired` with error CANCELED, refunded, and its status report
+    is pushed; any other is 409 NOT_CANCELABLE."""
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
     mid = request.match_info["id"]

@@ -904,9 +904,11 @@ async def requeue_claims(
         # receipts (else it sits 'claimed' and in queue_depth).
         await rollup_messages(c, dict.fromkeys(mark, True), now)
     if requeue:
+        # Its submit may be out with no answer recorded: an unanswered one (not cancelable, and
+        # within the unanswered resends' budget).
         await c.execute(
-            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL "
-            "WHERE id = ANY($1::text[])",
+            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
+            "q_unanswered = q_unanswered + 1 WHERE id = ANY($1::text[])",
             requeue,
         )
     return {"requeued": len(requeue), "marked_unknown": len(mark)}

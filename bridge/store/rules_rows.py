@@ -33,10 +33,12 @@ def pg_marks(cols: str) -> str:
 
 # Cancelable (both engines): queued and never handed to an SMSC. A part accepted before the
 # message came back to the queue (a bind lost), or a submit whose answer never came (released to
-# retry, its late acceptance still awaited), may reach the recipient: canceling then would leave
-# half a message, or a delivery refunded and its receipt unmatched. Claims count in q_attempts;
-# releases that sent nothing (no route, no bind) take theirs back.
-NEVER_TRIED = "segments_sent = 0 AND q_attempts = 0"
+# retry, its late acceptance still awaited; or in flight when its process died: the requeue at
+# start counts it), may reach the recipient: canceling then would leave half a message, or a
+# delivery refunded and its receipt unmatched. A submit the SMSC answered with an error (a
+# carrier incident's ESME_RSYSERR) was not taken: cancelable (q_attempts counted it, and a
+# campaign retried after a carrier's errors could not be canceled).
+NEVER_TRIED = "segments_sent = 0 AND q_unanswered = 0"
 
 # The code a part ends with once its message's validity ran out: why the message was ended while
 # it was on a bind (messages.end_error: an opt-out, a disabled account, a deleted template or

@@ -1382,9 +1382,11 @@ def _requeue_claims(
             pipe.rollup_messages(c, {mid: True}, now)
             marked += 1
         else:
+            # Its submit may be out with no answer recorded: an unanswered one (not cancelable,
+            # and within the unanswered resends' budget).
             c.execute(
-                "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL "
-                "WHERE id=?",
+                "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
+                "q_unanswered=q_unanswered + 1 WHERE id=?",
                 (mid,),
             )
             requeued += 1

@@ -154,10 +154,6 @@ async def test_a_scheduled_marketing_campaign_is_not_sent_after_marketing_is_rev
     assert [m["status"] for m in finals] == ["expired"] * 3, finals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="template parameter values bypass the content filter: a filtered word is delivered",
-)
 async def test_a_template_parameter_does_not_carry_a_filtered_word(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
@@ -176,11 +172,6 @@ async def test_a_template_parameter_does_not_carry_a_filtered_word(
         assert (refused.value.status, refused.value.code) == (422, "CONTENT_FILTERED")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a message whose submit the SMSC refused with an error is not cancelable, and is sent "
-    "after the cancel",
-)
 async def test_a_campaign_the_smsc_refused_with_an_error_can_be_canceled(
     start_daemon: StartDaemon,
 ) -> None:

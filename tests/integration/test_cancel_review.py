@@ -108,8 +108,10 @@ async def test_a_cancel_after_an_unanswered_submit_does_not_refund_what_the_smsc
     charged = before - await _cash(api, creds)
     assert charged > 0
     assert [w.id for w in await api.store.claim("inst", 10, now, LEASE)] == [mid]
-    # What the dispatcher records for a TIMEOUT: a counted attempt, due again in 30 s.
-    await api.store.record_submits([], [Release(mid, now + 30_000)], now, instance="inst")
+    # What the dispatcher records for a TIMEOUT: a counted, unanswered attempt, due again in 30 s.
+    await api.store.record_submits(
+        [], [Release(mid, now + 30_000, unanswered=True)], now, instance="inst"
+    )
     await api.request("POST", f"/v1/messages/{mid}/cancel", creds=creds)
     late = LateAccept(mid, 1, "main", "LATE1", "LATE1")
     await api.store.record_late_submits([late], now + 2_000)
@@ -118,6 +120,28 @@ async def test_a_cancel_after_an_unanswered_submit_does_not_refund_what_the_smsc
     assert (record.state, record.segments_sent) == ("sent", 1), (record.state, record.error_code)
     assert record.segment_rows[0].smsc_msg_id == "LATE1"
     assert before - await _cash(api, creds) == charged  # still charged: it went out
+
+
+async def test_refused_with_an_error_is_cancelable_in_flight_at_a_crash_is_not(
+    api: ApiServer,
+) -> None:
+    """Session 35's campaign review: a submit answered ESME_RSYSERR was not taken (the bridge
+    itself resends it), yet the counted attempt made the message NOT_CANCELABLE and a campaign
+    canceled after a carrier incident went out. One whose claim was taken back at a restart may
+    have been on the wire: still not cancelable."""
+    creds = await api.create_account()
+    refused, crashed = (m["id"] for m in (await _send(api, creds, CN[:2]))["messages"])
+    now = api.ctx.now_ms()
+    assert sorted(w.id for w in await api.store.claim("inst", 10, now, LEASE)) == sorted(
+        [refused, crashed]
+    )
+    # The dispatcher after an error answer: a counted attempt, answered.
+    await api.store.record_submits([], [Release(refused, now + 5_000)], now, instance="inst")
+    await api.store.recover("inst", now + 1, frozenset())  # a restart takes the other back
+    ok = await api.request("POST", f"/v1/messages/{refused}/cancel", creds=creds)
+    assert ok.status == 200 and ok.json["error_code"] == "CANCELED", ok.json
+    no = await api.request("POST", f"/v1/messages/{crashed}/cancel", creds=creds)
+    assert (no.status, no.code) == (409, "NOT_CANCELABLE"), no.json
 
 
 # -- cancel: PostgreSQL row locks ---------------------------------------------------------------

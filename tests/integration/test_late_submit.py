@@ -68,7 +68,9 @@ async def released_after_timeout(store: Store, mid: str, parts: int = 1) -> None
     """Accept, claim, and give the message back as the dispatcher does after a TIMEOUT."""
     await accept(store, message(mid, parts=parts))
     assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == [mid]
-    await store.record_submits([], [Release(mid, NOW + RETRY_MS, count_attempt=True)], NOW)
+    await store.record_submits(
+        [], [Release(mid, NOW + RETRY_MS, count_attempt=True, unanswered=True)], NOW
+    )
 
 
 # ------------------------------------------------------------------------- store contract
@@ -137,7 +139,9 @@ async def test_a_late_middle_part_leaves_the_rest_queued(store: Store) -> None:
     await accept(store, message("m0", parts=3))
     assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m0"]
     await store.record_submits(
-        [sent("m0", 1, SMSC, "p1")], [Release("m0", NOW + RETRY_MS, count_attempt=True)], NOW
+        [sent("m0", 1, SMSC, "p1")],
+        [Release("m0", NOW + RETRY_MS, count_attempt=True, unanswered=True)],
+        NOW,
     )
     assert await store.record_late_submits([late("m0", seq=2, msg_id="P2")], NOW + 100) == 1
     rec = await get(store, "m0")
@@ -363,7 +367,9 @@ async def test_a_message_in_its_hold_waits_for_its_late_answer_before_it_ends(
     await store.create_account(account())
     await accept(store, message("m0", expires_at=NOW + 2_000))
     assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m0"]
-    await store.record_submits([], [Release("m0", NOW + RETRY_MS, count_attempt=True)], NOW)
+    await store.record_submits(
+        [], [Release("m0", NOW + RETRY_MS, count_attempt=True, unanswered=True)], NOW
+    )
     assert (await store.sweep(NOW + 2_000, 3_600_000))["expired"] == 0  # in its hold
     await released_after_timeout(store, "m1")
     await store.add_optouts("acc_a", ["+8613800138000"], "api", NOW + 10)
