@@ -21,14 +21,12 @@ Findings (defects, each an xfail(strict=True) test that fails on the current cod
    reads the answers holds its connection and a handler for ever (no write timeout); the
    idle and body timeouts that README "TLS termination" cites as bounding slow clients on the
    daemon's own port do not apply while an answer is being written.
-
 4. test_the_readmes_proxy_config_keeps_signatures_valid: README "TLS termination" says the
    proxy must pass the Host header unchanged (it is signed, port included), and its nginx
    example sets `proxy_set_header Host $host`. nginx's $host is the host name lower-cased and
    without the port: a client of `https://gateway.example:8443` (or of `SMS.Example.com`)
    signs `host:gateway.example:8443` and the daemon receives `Host: gateway.example`; every
    signed request is 401 SIGNATURE_MISMATCH. `$http_host` is the header as sent.
-
 5. test_nested_json_holding_a_nul_is_refused_not_500 and
    test_aliyun_nested_json_parameter_holding_a_nul_is_refused_not_500: a JSON body (or an
    Alibaba JSON parameter) nested ~330+ levels deep, well inside orjson's 1,024, that holds a
@@ -36,11 +34,10 @@ Findings (defects, each an xfail(strict=True) test that fails on the current cod
    RecursionError: 500 INTERNAL_ERROR / InternalError and a logged traceback, for any signed
    customer, any admin caller and any Alibaba SDK user; README: nesting past 1,024 and
    U+0000 are refused as INVALID_JSON.
-
 6. test_unfinished_headers_cost_bounded_memory: both faces raise aiohttp's max_field_size to
-   their max_line_size (16 KiB native, 64 KiB Alibaba; only the Alibaba request line needs
-   it) with aiohttp's 128 headers: a connection that sends 127 long headers and never ends
-   them makes `smpp-bridge run` hold ~15 MiB of memory on the Alibaba port until
+   their max_line_size (16 KiB native, 64 KiB Alibaba; only a request line needs that much)
+   with aiohttp's 128 headers: a connection that sends 127 long headers and never ends them
+   makes `smpp-bridge run` hold ~15 MiB of memory on the Alibaba port until
    idle_timeout_s (75 s) closes it; 30 such unauthenticated connections took ~440 MiB
    (~2 MiB each with aiohttp's default 8,190-byte fields).
 
