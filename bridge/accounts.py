@@ -7,6 +7,7 @@ once (at creation); nothing here logs them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,9 +149,14 @@ DEFAULT_WEBHOOK_OVERLAP_MS = 24 * 3_600_000
 
 
 class AccountService:
-    def __init__(self, store: Store, sealer: Sealer) -> None:
+    def __init__(
+        self, store: Store, sealer: Sealer, assigned_only: Callable[[], bool] = lambda: False
+    ) -> None:
         self.store = store
         self.sealer = sealer
+        # rules.sender_policy == "assigned", read at each change (a reload changes it): which
+        # waiting messages a change of assigned senders leaves not allowed.
+        self.assigned_only = assigned_only
 
     async def create(self, name: str, settings: dict[str, Any], now: int) -> NewCredentials:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -219,7 +225,11 @@ class AccountService:
     async def update(self, ref: str, settings: dict[str, Any], now: int) -> Account:
         account = await self.resolve(ref)
         values = validate_settings(settings)
-        return _open(await self.store.update_account(account.id, values, now))
+        return _open(
+            await self.store.update_account(
+                account.id, values, now, assigned_only=self.assigned_only()
+            )
+        )
 
     async def set_status(self, ref: str, status: str, now: int) -> Account:
         """Enable or disable; a closed account is refused (enabling it would let it send to

@@ -204,7 +204,9 @@ class Daemon:
             store.send_intermediate = cfg.webhooks.send_intermediate
         await store.open()
         sealer = make_sealer(cfg)
-        accounts = AccountService(store, sealer)
+        accounts = AccountService(
+            store, sealer, lambda: self.config.rules.sender_policy == "assigned"
+        )
         # One cache of the accounts' assigned senders for the send check and reply attribution
         # alike: an admin change in this process is seen by both at once.
         self.assignments = Assignments(store, clock=self.clock)

@@ -242,7 +242,8 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
     await store.open()
     status, code = 1, None
     try:
-        status = await fn(AccountService(store, make_sealer(cfg)))
+        assigned = cfg.rules.sender_policy == "assigned"
+        status = await fn(AccountService(store, make_sealer(cfg), lambda: assigned))
         return status
     except BrokenPipeError:
         # The reader went away (`| head`) while the result was printed: printed last, after

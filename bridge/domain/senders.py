@@ -103,6 +103,27 @@ def may_send(
     return not entries and not assigned_only
 
 
+def refused_waiting(
+    waiting: Iterable[tuple[str, str, str]],
+    assignments: Sequence[tuple[str, Sequence[str]]],
+    *,
+    assigned_only: bool,
+) -> list[str]:
+    """The ids of waiting messages, (id, account, sender), whose account may no longer send
+    from their sender under these assignments: an operator moved the address to another
+    account, or took it from this one. Checked only at acceptance, a scheduled campaign went
+    out from an address another tenant held by then, whose replies (opt-outs among them) were
+    that tenant's."""
+    lists = {a: tuple(e) for a, e in assignments}
+    return [
+        mid
+        for mid, account, sender in waiting
+        if not may_send(
+            account, lists.get(account, ()), sender, assignments, assigned_only=assigned_only
+        )
+    ]
+
+
 def owners(assignments: Iterable[tuple[str, Sequence[str]]], address: str) -> tuple[str, ...]:
     """The accounts holding `address` most firmly (a reply's destination): one in the usual case;
     several when an operator gave the same address to more than one (history decides among them);

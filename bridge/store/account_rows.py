@@ -64,6 +64,21 @@ ASSIGNMENTS_SQL = (
 )
 
 
+# Messages not handed over yet (scheduled ones included) or on a bind now, that name a sender:
+# what a change of sender assignments may leave an account no longer allowed to send.
+WAITING_SENDERS_SQL = (
+    "SELECT id, account_id, sender FROM messages "
+    "WHERE q_state IN ('queued', 'claimed') AND sender IS NOT NULL"
+)
+# What an account setting turned off no longer allows among its waiting messages, checked only
+# at acceptance before: (setting, the messages it ends, the error). Marketing turned off
+# left a scheduled marketing campaign to go out, and raw_text turned off the free texts.
+REVOKED_SENDS = (
+    ("marketing", "kind = 'marketing'", "MARKETING_NOT_ALLOWED"),
+    ("raw_text", "template IS NULL", "RAW_TEXT_NOT_ALLOWED"),
+)
+
+
 def column_value(name: str, value: Any) -> Any:
     """An account field as its column holds it: `senders` is a JSON list (NULL when empty), the
     same text on both engines."""

@@ -179,13 +179,16 @@ class Store(Protocol):
     async def get_account_by_name(self, name: str) -> Account | None: ...
     async def list_accounts(self) -> list[Account]: ...
     async def update_account(
-        self, account_id: str, changes: dict[str, Any], now: int
+        self, account_id: str, changes: dict[str, Any], now: int, *, assigned_only: bool = False
     ) -> Account | None:
         """Apply `changes`; a closed account is left as it is. Disabling an active account also
         ends its messages still waiting in the queue, scheduled ones included, unsent with
         ACCOUNT_DISABLED_ERROR and refunded, in the same transaction: an operator disables an
         account to stop its traffic (a leaked key, fraud), and a campaign it scheduled kept
-        going out. Messages already handed to an SMSC finish."""
+        going out. Messages already handed to an SMSC finish. So do `marketing` or `raw_text`
+        turned off (REVOKED_SENDS), and a `senders` change for every account's waiting
+        messages whose sender their account may no longer use (`assigned_only`: the
+        rules.sender_policy assigned), with SENDER_NOT_ALLOWED."""
         ...
 
     async def add_key(self, key: AppKey, max_active: int) -> None: ...

@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.ids import id_time_ms
 from bridge.store import migrate, postgres_clock
@@ -44,7 +45,9 @@ from bridge.store.account_rows import (
     AUDIT_COLS,
     AUDIT_PAGE,
     RESEAL,
+    REVOKED_SENDS,
     SEALED_SECRETS,
+    WAITING_SENDERS_SQL,
     audit_row,
     audit_values,
     column_value,
@@ -551,7 +554,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return [_account(r) for r in rows]
 
     async def update_account(
-        self, account_id: str, changes: dict[str, Any], now: int
+        self, account_id: str, changes: dict[str, Any], now: int, *, assigned_only: bool = False
     ) -> Account | None:
         bad = set(changes) - ACCOUNT_MUTABLE
         if bad:
@@ -581,6 +584,22 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 await rules_sql.end_queued_where(
                     c, "account_id = $1", (account_id,), ACCOUNT_DISABLED_ERROR, now
                 )
+            for setting, which, error in REVOKED_SENDS:
+                if setting in changes and not changes[setting]:
+                    await rules_sql.end_queued_where(
+                        c, f"account_id = $1 AND {which}", (account_id,), error, now
+                    )
+            if "senders" in changes:
+                assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
+                refused = senders_rules.refused_waiting(
+                    [tuple(r) for r in await c.fetch(WAITING_SENDERS_SQL)],
+                    assignments,
+                    assigned_only=assigned_only,
+                )
+                if refused:
+                    await rules_sql.end_queued_where(
+                        c, "id = ANY($1::text[])", (refused,), "SENDER_NOT_ALLOWED", now
+                    )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
             )

@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
+from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.ids import id_time_ms, new_id
 from bridge.store import migrate, sqlite_clock, sqlite_rules
@@ -21,7 +22,9 @@ from bridge.store.account_rows import (
     AUDIT_COLS,
     AUDIT_PAGE,
     RESEAL,
+    REVOKED_SENDS,
     SEALED_SECRETS,
+    WAITING_SENDERS_SQL,
     audit_row,
     audit_values,
     column_value,
@@ -231,7 +234,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return await self._runner.read(job)
 
     async def update_account(
-        self, account_id: str, changes: dict[str, Any], now: int
+        self, account_id: str, changes: dict[str, Any], now: int, *, assigned_only: bool = False
     ) -> Account | None:
         bad = set(changes) - ACCOUNT_MUTABLE
         if bad:
@@ -255,6 +258,23 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 sqlite_rules.end_queued(
                     c, "account_id=?", (account_id,), ACCOUNT_DISABLED_ERROR, now
                 )
+            for setting, which, error in REVOKED_SENDS:
+                if setting in changes and not changes[setting]:
+                    sqlite_rules.end_queued(
+                        c, f"account_id=? AND {which}", (account_id,), error, now
+                    )
+            if "senders" in changes:
+                assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
+                refused = senders_rules.refused_waiting(
+                    c.execute(WAITING_SENDERS_SQL).fetchall(),
+                    assignments,
+                    assigned_only=assigned_only,
+                )
+                for chunk in pipe._chunks(refused):
+                    sqlite_rules.end_queued(
+                        c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk),
+                        "SENDER_NOT_ALLOWED", now,
+                    )  # fmt: skip
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
             ).fetchone()

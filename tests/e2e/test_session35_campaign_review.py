@@ -100,11 +100,6 @@ def _sent_to_sim(d: Daemon) -> list[tuple[str, str, str]]:
 # -- defects ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sender is checked only at acceptance: a scheduled message goes out from an address "
-    "the operator has since given to another account",
-)
 async def test_a_scheduled_campaign_is_not_sent_from_an_address_moved_to_another_account(
     start_daemon: StartDaemon,
 ) -> None:
@@ -128,10 +123,6 @@ async def test_a_scheduled_campaign_is_not_sent_from_an_address_moved_to_another
     assert m["status"] == "expired", m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="marketing is checked only at acceptance: revoking it leaves scheduled marketing to go",
-)
 async def test_a_scheduled_marketing_campaign_is_not_sent_after_marketing_is_revoked(
     start_daemon: StartDaemon,
 ) -> None:

@@ -9,6 +9,7 @@ is checked against /openapi.json by the conftest (check_reply).
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,45 @@ async def test_an_account_sends_only_from_its_assigned_addresses(api: ApiServer)
     r = await _assign(api, creds, [])
     assert r.status == 200 and r.json["senders"] == []
     assert (await _send(api, creds, "BANK")).status == 202
+
+
+async def test_waiting_messages_end_when_their_sender_or_kind_is_no_longer_allowed(
+    api: ApiServer,
+) -> None:
+    """Session 35's campaign review: a sender, marketing and raw text were checked at acceptance
+    only, so a scheduled campaign went out from an address the operator had moved to another
+    tenant (whose opt-outs its replies then became), or after marketing or free text was turned
+    off. The change now ends them unsent and refunded, on both engines."""
+    shop = await api.create_account()
+    other = await api.create_account()
+    assert (await _assign(api, shop, ["10690077", "10690099"])).status == 200
+    later = {"scheduled_at": (api.clock.utc() + timedelta(hours=1)).isoformat()}
+    ids = []
+    for sender in ("10690077", "10690099", None):
+        body = {"to": CN, "text": "sale", "sender": sender, **later}
+        r = await api.send(shop, {k: v for k, v in body.items() if v is not None})
+        assert r.status == 202, r.json
+        ids.append(r.json["messages"][0]["id"])
+    moved, kept, free = ids
+    # The operator moves 10690077 to the other tenant.
+    assert (await _assign(api, shop, ["10690099"])).status == 200
+    assert (await _assign(api, other, ["10690077"])).status == 200
+    states = {
+        mid: (m.state, m.error_code)
+        for mid in (moved, kept, free)
+        if (m := await api.store.get_message(shop.account_id, mid)) is not None
+    }
+    assert states == {
+        moved: ("expired", "SENDER_NOT_ALLOWED"),
+        kept: ("queued", None),
+        free: ("queued", None),
+    }
+    # Free text turned off: the free texts waiting end (a template's would stay).
+    r = await api.admin("PATCH", f"/admin/accounts/{shop.account_id}", json={"raw_text": False})
+    assert r.status == 200, r.json
+    for mid in (kept, free):
+        m = await api.store.get_message(shop.account_id, mid)
+        assert m is not None and (m.state, m.error_code) == ("expired", "RAW_TEXT_NOT_ALLOWED")
 
 
 async def test_another_tenants_brand_is_refused(api: ApiServer) -> None:

@@ -191,3 +191,18 @@ def test_extension_code_extends_the_one_base() -> None:
         extended_sender(("1069000000000000*",), "12345")
     assert "21 digits" in raised.value.message
     assert extended_sender(("1069000000000000*",), "1234") == "10690000000000001234"
+
+
+def test_refused_waiting_names_what_its_account_may_no_longer_send() -> None:
+    from bridge.domain.senders import refused_waiting
+
+    assignments = [("acc_b", ("10690077",)), ("acc_a", ("106900*",))]
+    waiting = [
+        ("m1", "acc_a", "10690077"),  # held more firmly by B now
+        ("m2", "acc_a", "10690012"),  # in A's range
+        ("m3", "acc_c", "BANK"),  # nobody holds it; C has no list
+        ("m4", "acc_c", "10690099"),  # A's range
+    ]
+    assert refused_waiting(waiting, assignments, assigned_only=False) == ["m1", "m4"]
+    # Under rules.sender_policy assigned, an account without a list sends from no address.
+    assert refused_waiting(waiting, assignments, assigned_only=True) == ["m1", "m3", "m4"]
