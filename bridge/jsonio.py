@@ -28,12 +28,20 @@ def has_nul(value: Any) -> bool:
     JSON allows "\\u0000", but no PostgreSQL text column holds it (a 500 there), SQLite stores it
     and CDRs echo it raw: every face refuses it at the door instead.
     """
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
+    # An explicit stack, not recursion: two frames per level (the function and its any()) ran
+    # out of Python's stack from ~330 levels, well inside orjson's 1,024, and a nested body
+    # holding a NUL was a 500 with a traceback instead of INVALID_JSON.
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
     return False
 
 

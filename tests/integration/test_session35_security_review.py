@@ -359,11 +359,6 @@ DEPTH = 400
 NESTED_NUL = "[" * DEPTH + '"\\u0000"' + "]" * DEPTH
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jsonio.has_nul recurses two frames per level: a body nested ~330+ deep holding "
-    "\\u0000 raises RecursionError, answered 500 INTERNAL_ERROR with a traceback",
-)
 @pytest.mark.parametrize("face_name", ["v1", "admin"])
 async def test_nested_json_holding_a_nul_is_refused_not_500(
     api_server: ApiServer, face_name: str
@@ -383,11 +378,6 @@ async def test_nested_json_holding_a_nul_is_refused_not_500(
     assert (r.status, r.code) == (400, "INVALID_JSON"), (r.status, r.json)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aliyun_actions._json_param catches RecursionError from json.loads but not from "
-    "jsonio.has_nul after it: a parameter nested ~330+ deep holding \\u0000 is a 500",
-)
 async def test_aliyun_nested_json_parameter_holding_a_nul_is_refused_not_500(face: Any) -> None:
     """The Alibaba face's fix for deep JSON (test_security_review: 3,000 brackets) catches the
     standard library parser's RecursionError; 400 levels parse, and the U+0000 check that
