@@ -186,6 +186,17 @@ _NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+_ALL_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """Client-supplied text (a request path) for the *message* of a log line: every control
+    character as \\uXXXX, newline and tab included. Messages keep their newlines (a traceback, a
+    multi-line configuration error), so a decoded path with %0A in it, put into one, wrote a
+    second line of the client's making: a forged log entry, unauthenticated."""
+    return _ALL_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
 def _escape(text: str) -> str:
     """Control characters (but newline and tab) as \\uXXXX: json.dumps leaves U+007F-U+009F
     and the line separators as they are."""

@@ -71,8 +71,9 @@ def _log_path(request: web.Request) -> str:
     """The path as log lines may show it: routes carry phone numbers (/v1/optouts/{number},
     erasure, admin), so with masking on such a segment is masked like every number in the logs:
     the route's {number} as the account wrote it (spaces, dashes, brackets and all), and any
-    other segment that is a run of digits."""
-    return _masked_path(request) if logs.masking() else request.path
+    other segment that is a run of digits. Control characters escaped: it goes into messages
+    too (logs.one_line)."""
+    return logs.one_line(_masked_path(request) if logs.masking() else request.path)
 
 
 def _masked_path(request: web.Request) -> str:

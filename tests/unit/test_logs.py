@@ -173,3 +173,14 @@ def test_configure_sets_a_level_per_component() -> None:
         smpp.setLevel(levels[0])
         api.setLevel(levels[1])
         logs.make_handler(None)
+
+
+def test_one_line_escapes_every_control_character_newlines_included() -> None:
+    """For client text put into a log message (a request path): a message keeps its newlines,
+    so a %0A in a path wrote a forged line (session 35 security review)."""
+    from bridge.logs import one_line
+
+    assert one_line("/v1/x\n2026 CRITICAL\r\t\x00\x85\u2028ok") == (
+        "/v1/x\\u000a2026 CRITICAL\\u000d\\u0009\\u0000\\u0085\\u2028ok"
+    )
+    assert one_line("/v1/messages/msg_1") == "/v1/messages/msg_1"
