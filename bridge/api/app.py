@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
-from bridge.api.bodies import CLOSING_CODES, close_after, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, read_body
 from bridge.api.context import (
     BODY,
     CTX,
@@ -365,10 +365,7 @@ def make_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=ctx.config.server.max_body_bytes,
-        handler_args={
-            "max_line_size": ctx.config.server.max_line_size,
-            "max_field_size": ctx.config.server.max_line_size,
-        },
+        handler_args=http_limits(ctx.config.server.max_line_size),
     )
     app[CTX] = ctx
     app[STORE_DOWN] = logs.Throttled(log)

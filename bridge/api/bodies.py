@@ -78,3 +78,18 @@ async def close_after(request: web.Request, resp: web.StreamResponse) -> None:
 async def read_admin_body(request: web.Request) -> bytes:
     """An operator's body, under the same rules as the API's (server.body_timeout_s)."""
     return await read_body(request, request.app[CTX].config.server.body_timeout_s)
+
+
+MAX_FIELD_SIZE = 8190  # aiohttp's default: no header of ours or of an SDK comes near it
+MAX_HEADERS = 64
+
+
+def http_limits(max_line_size: int) -> dict[str, int]:
+    """The parser's limits: a long request line (a 1000-number query) but ordinary headers.
+    Raised with the line, a header of 64 KiB x 128 headers let unauthenticated connections
+    that never finish their headers hold ~15 MiB each (439 MiB for 30) until the idle time."""
+    return {
+        "max_line_size": max_line_size,
+        "max_field_size": MAX_FIELD_SIZE,
+        "max_headers": MAX_HEADERS,
+    }

@@ -60,23 +60,31 @@ def describe(exc: BaseException | None) -> str:
 
 class _BodyFailingParser:
     """aiohttp's request parser, which also fails the body being read when the bytes after the
-    headers are malformed (a bad chunk size).
+    headers are malformed (a bad chunk size), and reads nothing more after its first error.
 
     Why: the parser drops the body stream it was feeding and raises; aiohttp queues the error as
     a next request, behind the handler still reading that body. The handler waited for
     server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
     MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
 
-    __slots__ = ("_body", "_inner")
+    __slots__ = ("_body", "_failed", "_inner")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._body: Any = None  # the body of the newest request parsed: the one being fed
+        self._failed = False
 
     def feed_data(self, data: bytes) -> Any:
+        if self._failed:
+            # The connection is answered 400 and closed; until then aiohttp feeds what keeps
+            # arriving, and the failed parser raised again on each read, an error holding that
+            # read's bytes as text, 32 queued per connection: a client sending megabytes of
+            # headers after the first bad one held ~4 MiB a connection. Dropped instead.
+            return [], False, b""
         try:
             out = self._inner.feed_data(data)
         except HttpProcessingError as exc:
+            self._failed = True
             body = self._body
             if body is not None and not body.is_eof() and body.exception() is None:
                 body.set_exception(exc)

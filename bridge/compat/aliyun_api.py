@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
-from bridge.api.bodies import CLOSING_CODES, close_after, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, read_body
 from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS
@@ -203,11 +203,8 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware],
         client_max_size=ctx.config.server.max_body_bytes,
-        handler_args={
-            # A SendSms to 1000 numbers puts ~14 KB in the request line.
-            "max_line_size": ctx.config.aliyun.max_line_size,
-            "max_field_size": ctx.config.aliyun.max_line_size,
-        },
+        # A SendSms to 1000 numbers puts ~14 KB in the request line (headers stay ordinary).
+        handler_args=http_limits(ctx.config.aliyun.max_line_size),
     )
     app[CTX] = ctx
     app[STORE_DOWN] = logs.Throttled(log)

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -446,11 +447,6 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Alibaba face sets max_field_size to aliyun.max_line_size (64 KiB) with aiohttp's "
-    "128 headers: an unauthenticated unfinished request holds ~15 MiB until idle_timeout_s",
-)
 async def test_unfinished_headers_cost_bounded_memory(tmp_path: Path) -> None:
     """`smpp-bridge run` with the Alibaba face on (README: "Alibaba Cloud SMS compatibility",
     an SDK endpoint "HTTPS behind TLS"). make_aliyun_app passes max_field_size =
@@ -459,7 +455,11 @@ async def test_unfinished_headers_cost_bounded_memory(tmp_path: Path) -> None:
     headers of 60 KB and stop before the blank line: the daemon's resident memory grows by
     ~15 MiB per connection, held until idle_timeout_s (75 s by default) closes them, and then
     the next 30 come. With aiohttp's own limit (8,190-byte fields, which every real header
-    fits) the same connections cost ~2 MiB each; expected: at most 4 MiB each (120 MiB)."""
+    fits) the same connections cost ~2 MiB each; expected: at most 4 MiB each (120 MiB).
+    Fixed in session 35: headers at 8,190 bytes (64 at most), and nothing more is read from a
+    connection after its parse error (aiohttp queued an error per later read, each holding that
+    read's bytes: ~4 MiB a connection even with the limit); measured ~2 MiB for all 30, so the
+    bound is 1 MiB each."""
     cfg = config_dict(tmp_path, aliyun={"enabled": True, "port": harness.free_port()})
     proc = DaemonProcess(tmp_path, cfg)
     proc.start()
@@ -471,15 +471,18 @@ async def test_unfinished_headers_cost_bounded_memory(tmp_path: Path) -> None:
         header = b"a" * 60_000
         for _ in range(30):
             _, writer = await asyncio.open_connection("127.0.0.1", cfg["aliyun"]["port"])
-            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")
-            for i in range(127):
-                writer.write(b"X-Pad-%d: %s\r\n" % (i, header))
-            await writer.drain()
             writers.append(writer)
+            # Refused at the first header over 8,190 bytes (session 35): the server answers
+            # 400 and closes, so the rest may not be taken.
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")
+                for i in range(127):
+                    writer.write(b"X-Pad-%d: %s\r\n" % (i, header))
+                await writer.drain()
         await asyncio.sleep(1.5)  # every byte parsed
         grown = rss_mib(proc.proc.pid) - before
     finally:
         for writer in writers:
             writer.close()
         proc.stop()
-    assert grown < 120, f"30 unfinished requests hold {grown:.0f} MiB of the daemon's memory"
+    assert grown < 30, f"30 unfinished requests hold {grown:.0f} MiB of the daemon's memory"
