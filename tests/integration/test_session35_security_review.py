@@ -316,11 +316,6 @@ def nginx_forwards(variable: str, host_as_sent: str) -> str:
     raise AssertionError(f"unexpected nginx variable {variable}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README 'TLS termination' nginx example sets 'proxy_set_header Host $host', which drops "
-    "the port and lower-cases the name the client signed: every signed request is refused",
-)
 @pytest.mark.parametrize("public_host", ["gateway.example:8443", "SMS.Example.com"])
 async def test_the_readmes_proxy_config_keeps_signatures_valid(
     api_server: ApiServer, public_host: str
