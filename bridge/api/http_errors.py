@@ -10,6 +10,7 @@ it, a counted answer, and one log line naming the kind of fault, not its bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -99,9 +100,19 @@ class _BodyFailingParser:
         return getattr(self._inner, name)
 
 
+def _check_every(limit_s: float) -> float:
+    return max(0.25, min(5.0, limit_s / 4))
+
+
 class _Handler(RequestHandler):
+    """Answers parse errors in the face's format (handle_error), and cuts a connection whose
+    client has read nothing of what it was sent for the idle timeout (_check_writes)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._write_watch: asyncio.TimerHandle | None = None
+        self._buffered = 0  # write buffer size at the last check
+        self._stalled_since: float | None = None
         # The attribute aiohttp keeps its request parser in (`_request_parser` in older ones):
         # without one, malformed bodies are answered as before, at the body timeout.
         for name in ("_parser", "_request_parser"):
@@ -109,6 +120,46 @@ class _Handler(RequestHandler):
             if inner is not None and hasattr(inner, "feed_data"):
                 setattr(self, name, _BodyFailingParser(inner))
                 break
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._write_watch = self._loop.call_later(
+            _check_every(self._keepalive_timeout), self._check_writes
+        )
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._write_watch is not None:
+            self._write_watch.cancel()
+            self._write_watch = None
+        super().connection_lost(exc)
+
+    def _check_writes(self) -> None:
+        """No write deadline in aiohttp: a handler waits in drain() for as long as the client
+        keeps its window shut, and the idle and body timeouts count only what the client sends.
+        A client that pipelined requests and read nothing held its connection, its buffers and
+        a handler for ever. An answer that moves no byte for server.idle_timeout_s is cut."""
+        self._write_watch = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        size = transport.get_write_buffer_size()
+        now = self._loop.time()
+        if size == 0 or size != self._buffered:
+            self._stalled_since = None if size == 0 else now
+        elif self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= self._keepalive_timeout:
+            log.info(
+                "closed a connection whose client read nothing for %.0f s (%d bytes waiting)",
+                now - self._stalled_since,
+                size,
+            )
+            transport.abort()
+            return
+        self._buffered = size
+        self._write_watch = self._loop.call_later(
+            _check_every(self._keepalive_timeout), self._check_writes
+        )
 
     def handle_error(
         self,

@@ -238,11 +238,6 @@ def established(port: int) -> int:
     return count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no write timeout: a client that pipelines requests and never reads the answers "
-    "holds its connection and handler for ever (idle/body timeouts do not apply meanwhile)",
-)
 async def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
     """README "TLS termination": "Slow clients are bounded on the daemon's own port too"
     (idle_timeout_s for headers, body_timeout_s for bodies). The daemon as `run` builds it
