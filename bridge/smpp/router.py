@@ -132,6 +132,27 @@ class Router:
     def _for_key(self, key: str) -> tuple[str, ...]:
         return self._for(None if key == DEFAULT_KEY else key)
 
+    def _wire_for(self, key: str) -> Hashable | None:
+        first = self._for_key(key)[:1]
+        return self._encodings.get(first[0]) if first else None
+
+    @staticmethod
+    def rewired_keys(old: Router, new: Router) -> list[str]:
+        """Keys of `new` some of whose numbers were encoded for other wire options under `old`
+        (their first SMSC's split, packing, Latin-1 or GSM data_coding): messages waiting for
+        them keep the bytes they were accepted with, which their SMSC may now read otherwise
+        (a Latin-1 text as data_coding 3 to an SMSC without Latin-1, unpacked septets to one
+        now set to read them packed). The default route's key counts for every number no
+        prefix matches."""
+        out = set()
+        for key in new.keys():
+            were = [key if key == DEFAULT_KEY else old.route_key(key)]
+            # ... and old prefixes under this key, which the new table folded into it
+            were += [p for p in old._routes if new.route_key(p) == key]
+            if any(old._wire_for(w) != new._wire_for(key) for w in set(were)):
+                out.add(key)
+        return sorted(out)
+
     @staticmethod
     def changed_keys(old: Router, new: Router) -> set[str]:
         """Keys of `old` whose messages may route differently under `new` (a config reload):

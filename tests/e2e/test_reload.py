@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import yaml
 
@@ -180,3 +181,31 @@ async def test_a_reload_during_shutdown_is_not_applied(tmp_path):
     finally:
         if not stopped:
             await d.stop()
+
+
+async def test_a_reload_that_changes_how_a_route_encodes_warns_with_the_messages_waiting(
+    tmp_path, caplog
+):
+    """A message is encoded once, at acceptance: one scheduled while packed_gsm is turned on
+    for its SMSC goes out unpacked (session 35 text review). Not re-encoded (its parts, and so
+    its price, could change): the reload says how many wait on the routes it rewires."""
+    data = config_dict(tmp_path, smscs=[{"name": "sim"}], default_route=["sim"])
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    d = Daemon(load_config(str(path)), config_path=str(path))
+    await d.start()
+    try:
+        creds = await create_account(d)
+        async with client_for(d.http_port, creds) as c:
+            later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            for _ in range(2):
+                await c.send("+8613800138000", text="later", scheduled_at=later)
+        data["smscs"][0]["packed_gsm"] = True
+        path.write_text(yaml.safe_dump(data))
+        with caplog.at_level("INFO", logger="bridge"):
+            assert await d.reload_from_file()
+        lines = [r.getMessage() for r in caplog.records if "wire options" in r.getMessage()]
+        assert len(lines) == 1 and "['default']" in lines[0], lines
+        assert "2 messages waiting" in lines[0], lines
+    finally:
+        await d.stop()

@@ -186,3 +186,26 @@ def test_matches_brute_force(
     assert router.candidates(dest) == expected
     up = data.draw(st.sets(_smsc))
     assert router.pick(dest, up.__contains__) == next((s for s in expected if s in up), None)
+
+
+def test_rewired_keys_name_the_routes_whose_first_smsc_now_encodes_otherwise() -> None:
+    """Session 35 text review: a reload moving +86 from a Latin-1 SMSC to one without, or
+    setting packed_gsm, leaves the messages waiting for it encoded the old way (the daemon
+    warns with their count)."""
+    latin, plain = ("udh8", False, True, 0), ("udh8", False, False, 0)
+    enc = {"latin": latin, "plain": plain, "other": plain}
+    old = Router([Route("+86", ("latin",)), Route("+44", ("plain",))], ["other"], enc)
+    assert Router.rewired_keys(old, old) == []
+    moved = Router([Route("+86", ("plain",)), Route("+44", ("plain",))], ["other"], enc)
+    assert Router.rewired_keys(old, moved) == ["+86"]
+    # The same SMSC set to encode otherwise (packed_gsm) rewires every route it heads.
+    packed = {**enc, "plain": ("udh8", True, False, 0)}
+    assert Router.rewired_keys(old, Router([Route("+86", ("latin",)), Route("+44", ("plain",))],
+                                           ["other"], packed)) == ["+44"]  # fmt: skip
+    # +86's route removed: its numbers fall to the default route, which encodes otherwise.
+    gone = Router([Route("+44", ("plain",))], ["other"], enc)
+    assert Router.rewired_keys(old, gone) == ["default"]
+    # A new longer prefix taking numbers of +86 for an SMSC that encodes the same: nothing.
+    same = Router([Route("+86", ("latin",)), Route("+8613", ("latin",)), Route("+44", ("plain",))],
+                  ["other"], enc)  # fmt: skip
+    assert Router.rewired_keys(old, same) == []
