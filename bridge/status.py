@@ -43,13 +43,30 @@ class DaemonStatus:
         } | ({"smscs_unavailable": self.smscs_unavailable} if self.smscs_unavailable else {})
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects with every header, the admin token's Authorization included,
+    to whatever host the Location names: a proxy (or anyone answering on the URL) could
+    collect it. A redirect is an error here, naming where it points."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        raise StatusError(
+            f"{req.full_url} answered {code}, a redirect to {newurl}: give that URL "
+            "(the admin token is not sent on to a redirect)"
+        )
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:  # a 4xx/5xx still has our JSON body
         status, raw = exc.code, exc.read()

@@ -236,3 +236,35 @@ async def test_status_says_so_when_the_smscs_view_cannot_answer() -> None:
         assert "(no SMSC configured)" not in out
     finally:
         await runner.cleanup()
+
+
+async def test_a_redirect_is_an_error_and_the_token_does_not_follow_it() -> None:
+    """urllib followed a redirect with every header: the admin token went to whatever host the
+    Location named (session 35 security review). Now a clear error, and nothing reaches the
+    target."""
+    port, other = free_port(), free_port()
+    seen: list[str | None] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{other}{request.path}")
+
+    async def collect(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"status": "ready", "problems": [], "smscs": {}})
+
+    runners = []
+    for p, handler in ((port, moved), (other, collect)):
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", p).start()
+        runners.append(runner)
+    try:
+        rc, out, err = await status("--url", f"http://127.0.0.1:{port}", "--token", ADMIN_TOKEN)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert rc == 1 and out == "", (rc, out, err)
+    assert "a redirect to http://127.0.0.1:" in err and "Traceback" not in err, err
+    assert seen == []
