@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
-from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, name_server, read_body
 from bridge.api.context import (
     BODY,
     CTX,
@@ -381,6 +381,7 @@ def make_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
+    app.on_response_prepare.append(name_server)
     v1.add_routes(app)
     admin.add_routes(app)
     reports.add_routes(app)

@@ -93,3 +93,12 @@ def http_limits(max_line_size: int) -> dict[str, int]:
         "max_field_size": MAX_FIELD_SIZE,
         "max_headers": MAX_HEADERS,
     }
+
+
+SERVER_NAME = "smpp-bridge"
+
+
+async def name_server(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`Server: smpp-bridge` on every answer: aiohttp's default names its version and
+    Python's, which tells a scanner which advisories to try."""
+    response.headers["Server"] = SERVER_NAME

@@ -202,6 +202,7 @@ class JsonErrorServer(web.Server):
         resp = web.Response(status=sent, body=body, content_type=ctype.split(";")[0].strip())
         resp.headers["Content-Type"] = ctype
         resp.headers["X-Request-Id"] = rid
+        resp.headers["Server"] = "smpp-bridge"  # as bodies.name_server (no app here)
         resp.force_close()
         return resp
 

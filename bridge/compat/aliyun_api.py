@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bridge import logs
-from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, read_body
+from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, name_server, read_body
 from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.compat.aliyun_actions import ACTIONS
@@ -208,6 +208,7 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
     )
     app[CTX] = ctx
     app[STORE_DOWN] = logs.Throttled(log)
+    app.on_response_prepare.append(name_server)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

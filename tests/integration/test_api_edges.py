@@ -206,3 +206,11 @@ async def test_a_compressed_body_is_refused_by_name(api_server, make_account):
     assert (r.status, r.code) == (415, "UNSUPPORTED_MEDIA_TYPE")
     assert "Content-Encoding" in r.message
     assert (await api_server.request("GET", "/v1/account", creds=creds)).status == 200
+
+
+async def test_answers_name_no_software_version(api_server):
+    """aiohttp's default Server header named its version and Python's (session 35 security
+    review): every answer, an error and a parse refusal included, says smpp-bridge only."""
+    for path in ("/healthz", "/v1/account", "/no/such/path"):
+        async with api_server.session.get(api_server.url + path) as r:
+            assert r.headers.get("Server") == "smpp-bridge", (path, r.headers.get("Server"))
