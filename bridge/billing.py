@@ -520,12 +520,9 @@ async def month_view(
     bounds = await bill_bounds(store, account.id, month, tz)
     lines = await usage_lines(store, account.id, *bounds, tariffs)
     kind = "postpaid" if account.kind == "postpaid" else "prepaid"
-    # Still awaiting an outcome: queued; domestic sent (billed on delivery). Shown, not priced.
-    pending = [
-        ln
-        for ln in lines
-        if ln.final_state == "queued" or (ln.domestic and ln.final_state == "sent")
-    ]
+    # Still awaiting an outcome (queued, or sent: its final receipt may still refund a part, of
+    # international traffic too): shown, not priced, as settlement leaves the month unsettled.
+    pending = [ln for ln in lines if settlement.awaiting_outcome(ln)]
     done = [ln for ln in lines if ln not in pending]
     bill = settlement.settle_month(month, done, tariffs, tz, kind, bounds)
     view = bill_view(bill, config.billing.currency)

@@ -9,10 +9,13 @@ Decisions (the lead documents these):
   the caller may pass a padded UTC range.
 - Tier: chosen by the month's TOTAL billable domestic units. Each line is priced by the tariff
   version in force at its `at`, at the tier that total reaches in that version's table (all-units).
-- A month is settled only when its outcome is known: a line still queued (or, when billed on
-  delivery, still awaiting its receipt) raises SettlementNotReady. Domestic messages become final at
-  the latest 72 h after sending (no receipt => "unknown" => billed), so schedule the automatic run
-  after the month end + 72 h + the receipt sweep's margin.
+- A month is settled only when its outcome is known: a line still queued or sent (awaiting its
+  receipt, what /v1/stats counts as pending) raises SettlementNotReady (awaiting_outcome), whatever
+  its bill-on rule. International traffic is billed on submission, yet a message with a part the
+  SMSC refused gets that part's refund with its final receipt: settled before it, the bill kept
+  the whole pre-charge as charged and the refund fell in no bill. Messages become final at the
+  latest 72 h after sending (no receipt => "unknown"; domestic billed), so schedule the automatic
+  run after the month end + 72 h + the receipt sweep's margin.
 - `charged` on a line is the money actually taken from the balance for that message and not given
   back (net of plan_refund), so a failed message already refunded at its receipt carries 0 and a
   failed message whose refund was missed is refunded here instead of being lost.
@@ -55,6 +58,7 @@ __all__ = [
     "UsageLine",
     "VoucherCharge",
     "VoucherShare",
+    "awaiting_outcome",
     "billable",
     "chained_bounds",
     "invoice_round",
@@ -192,10 +196,17 @@ def next_month(month: str) -> str:
     return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"
 
 
-def _ready(line: UsageLine, bill_on: str) -> bool:
-    if line.final_state == MSG_QUEUED:
-        return False
-    return not (bill_on == "delivered" and line.final_state == MSG_SENT)
+# Not final yet: what a receipt (or the receipt timeout) may still change the charge of.
+AWAITING_OUTCOME = frozenset({MSG_QUEUED, MSG_SENT})
+
+
+def awaiting_outcome(line: UsageLine) -> bool:
+    """Whether the message may still change its month's bill: queued, or sent and awaiting its
+    final receipt. Sent counts for international traffic too, though it is billed on
+    submission: a part the SMSC refused is refunded when the message ends (with its final
+    receipt), so a bill made before would keep that part as charged for good. One rule for
+    both traffics, the one /v1/stats calls pending and the README's settlement rule states."""
+    return line.final_state in AWAITING_OUTCOME
 
 
 def billable(line: UsageLine, tariff: Tariff) -> bool:
@@ -259,8 +270,7 @@ def settle_month(
     charged = intl_charged = vouchers = 0
     for ln in inside:
         t = tariff_at(tariffs, ln.at)
-        bill_on = t.domestic_bill_on if ln.domestic else t.international_bill_on
-        if not _ready(ln, bill_on):
+        if awaiting_outcome(ln):
             pending += 1
             continue
         vouchers += ln.from_vouchers

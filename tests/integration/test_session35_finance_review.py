@@ -105,11 +105,6 @@ async def _net_charge(api: ApiServer, creds: Creds, mid: str) -> int:
 # -- 1. settled before an international refund is known ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a month is settled while an international message awaits its receipt; its refund "
-    "comes after the bill, which keeps the full pre-charge as charged",
-)
 async def test_a_month_is_not_billed_before_its_international_refunds_are_known(
     make_api: Any, clock: Clock
 ) -> None:

@@ -17,6 +17,7 @@ from bridge.domain.settlement import (
     UsageLine,
     VoucherCharge,
     VoucherShare,
+    awaiting_outcome,
     billable,
     invoice_round,
     month_bounds,
@@ -180,11 +181,25 @@ def test_pending_messages_block_settlement() -> None:
             "2026-11", [dom(1), dom(1, state="sent"), dom(1, state="queued")], [V1], TZ, "prepaid"
         )
     assert e.value.code == "SETTLEMENT_NOT_READY" and e.value.pending == 2
-    # International waiting for its receipt is already billable (billed on submission).
-    bill = settle_month("2026-11", [intl("+44", 1, state="sent")], [V1], TZ, "prepaid")
-    assert bill.international == (IntlLine("+44", 1, 400_000, 400_000),)
     with pytest.raises(SettlementNotReady):
         settle_month("2026-11", [intl("+44", 1, state="queued")], [V1], TZ, "prepaid")
+
+
+def test_international_awaiting_its_receipt_blocks_settlement() -> None:
+    """Billed on submission, yet a part the SMSC refused is refunded with the final receipt:
+    settled before it, the bill kept that part as charged (session 35 finance review 1)."""
+    sent = intl("+44", 1, state="sent")
+    assert billable(sent, V1)  # the bill-on rule is unchanged
+    assert awaiting_outcome(sent) and awaiting_outcome(dom(1, state="sent"))
+    assert awaiting_outcome(intl("+44", 1, state="queued"))
+    for state in ("delivered", "failed", "unknown", "expired"):
+        assert not awaiting_outcome(intl("+44", 1, state=state))
+        assert not awaiting_outcome(dom(1, state=state))
+    with pytest.raises(SettlementNotReady) as e:
+        settle_month("2026-11", [dom(1), sent], [V1], TZ, "prepaid")
+    assert e.value.pending == 1
+    bill = settle_month("2026-11", [intl("+44", 1, state="delivered")], [V1], TZ, "prepaid")
+    assert bill.international == (IntlLine("+44", 1, 400_000, 400_000),)
 
 
 # ---- tariff change in the middle of the month ---------------------------------------------------
@@ -390,7 +405,8 @@ line_st = st.one_of(
         domestic=st.just(False),
         country_prefix=st.sampled_from(sorted(INTL)),
         segments=st.integers(min_value=0, max_value=8),
-        final_state=st.sampled_from(["sent", "delivered", "failed", "unknown", "expired"]),
+        # Not "sent": a month with a message awaiting its receipt is not settled (see above).
+        final_state=st.sampled_from(["delivered", "failed", "unknown", "expired"]),
     ),
 )
 
