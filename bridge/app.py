@@ -700,10 +700,21 @@ class Daemon:
         swept = await self.store.sweep(
             now_ms, timeout_ms, records_now=min(now_ms, int(self._steps.unstepped() * 1000))
         )
-        if any(swept.values()):
-            log.info("sweep %s", swept)
-        for _ in range(swept.get("balance_warnings", 0)):
-            # A voucher expired and took an account under its threshold (event queued).
+        counts = {k: v for k, v in swept.items() if k != "low_balance"}
+        if any(counts.values()):
+            log.info("sweep %s", counts)
+        for low in swept["low_balance"]:
+            # A voucher expired and took an account under its threshold (its event queued):
+            # logged as a send's crossing is (bridge/api/sending.py), the same words and fields,
+            # so an alert on that line catches both causes.
+            log.warning(
+                "balance below the low-balance threshold",
+                extra={
+                    "account": low.account_id,
+                    "available_micro": low.after,
+                    "previous_micro": low.before,
+                },
+            )
             self.metrics.balance_warning()
 
     async def _reclaim(self, now_ms: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict
 
 from bridge.domain.admission import Pocket
 from bridge.domain.ledger import Entry
@@ -63,6 +63,27 @@ CLAIM_SCAN_FACTOR = 20
 CLOSED_MESSAGE = "the account is closed (its data was erased); create a new account instead"
 # The error of messages ended unsent because their account was disabled (update_account).
 ACCOUNT_DISABLED_ERROR = "ACCOUNT_DISABLED"
+
+
+class LowBalance(NamedTuple):
+    """A low-balance crossing the sweep made: a voucher that expired with a remainder took the
+    account's available balance (micro) from `before`, at or above its threshold, to `after`,
+    below it. Returned so the daemon logs it as a send's crossing is logged (WARNING naming the
+    account), not only as a count in the sweep's INFO line."""
+
+    account_id: str
+    before: int
+    after: int
+
+
+class Swept(TypedDict):
+    """What one sweep did (Store.sweep): counts, and the low-balance crossings it made."""
+
+    expired: int
+    timed_out: int
+    vouchers_lapsed: int
+    balance_warnings: int  # len(low_balance)
+    low_balance: list[LowBalance]
 
 
 class StoreError(Exception):
@@ -361,10 +382,12 @@ class Store(Protocol):
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
-    ) -> dict[str, int]:
-        """Validity expiry, receipt timeouts, purges. Nonce and idempotency records expire by
-        `records_now` (default `now`): the daemon passes the wall clock less any forward step
-        (bridge/clockstep.py), so a step forward that is corrected does not purge them early."""
+    ) -> Swept:
+        """Validity expiry, receipt timeouts, vouchers and cards that expired with a remainder
+        written off (with the low-balance crossings that made, each event queued), purges.
+        Nonce and idempotency records expire by `records_now` (default `now`): the daemon passes
+        the wall clock less any forward step (bridge/clockstep.py), so a step forward that is
+        corrected does not purge them early."""
         ...
 
     # Retention (bridge/retention.py)

@@ -63,9 +63,11 @@ from bridge.store.base import (
     UNPARK_CHUNK,
     UNPARK_MAX_CHUNKS,
     WEBHOOK_BACKLOG,
+    LowBalance,
     StoreClosedError,
     StoreError,
     StoreUnusableError,
+    Swept,
     WriteLockStats,
 )
 from bridge.store.mo_rows import (
@@ -1293,7 +1295,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
-    ) -> dict[str, int]:
+    ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
@@ -1302,15 +1304,24 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             )
 
         out = await run_tx(self.pool, job, durable=False)
-        lapsed = warned = 0
+        lapsed = 0
+        low_balance: list[LowBalance] = []
         for account_id in await pipe.lapsing_accounts(self.pool, now):
 
             async def lapse(c: asyncpg.Connection, account_id: str = account_id) -> Any:
                 return await pipe.lapse_vouchers(c, account_id, now)
 
             n, low = await run_tx(self.pool, lapse)
-            lapsed, warned = lapsed + n, warned + low
-        return {**out, "vouchers_lapsed": lapsed, "balance_warnings": warned}
+            lapsed += n
+            if low is not None:
+                low_balance.append(low)
+        return {
+            "expired": out["expired"],
+            "timed_out": out["timed_out"],
+            "vouchers_lapsed": lapsed,
+            "balance_warnings": len(low_balance),
+            "low_balance": low_balance,
+        }
 
     async def unmatched_receipts(self, older_than: int, limit: int) -> list[dict[str, Any]]:
         return await reports.unmatched_receipts(self.pool, older_than, limit)

@@ -34,6 +34,7 @@ from bridge.store.base import (
     PARK_MS,
     PURGE_CHUNK,
     WEBHOOK_RETENTION_MS,
+    LowBalance,
     StoreInUseError,
 )
 from bridge.store.models import (
@@ -990,9 +991,12 @@ async def lapsing_accounts(c: asyncpg.Connection | asyncpg.Pool, now: int) -> li
     return [r[0] for r in rows]
 
 
-async def lapse_vouchers(c: asyncpg.Connection, account_id: str, now: int) -> tuple[int, bool]:
+async def lapse_vouchers(
+    c: asyncpg.Connection, account_id: str, now: int
+) -> tuple[int, LowBalance | None]:
     """Write off the account's vouchers that expired with a remainder, and warn if that took it
-    under its threshold (see the SQLite engine): (entries written, warned).
+    under its threshold (see the SQLite engine): (entries written, the crossing, for the
+    daemon to log; its event is queued here).
 
     Its own transaction, after the sweep's (the store runs one per account), under the account's
     lock first, as an accept: inside the sweep's transaction the account lock came after the
@@ -1009,4 +1013,4 @@ async def lapse_vouchers(c: asyncpg.Connection, account_id: str, now: int) -> tu
     if low is not None:
         postgres_rules.add_low_balance_event(w, account_id, low, now)
     await w.run(c)
-    return len(entries), low is not None
+    return len(entries), None if low is None else LowBalance(account_id, *low)

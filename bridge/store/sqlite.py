@@ -44,7 +44,9 @@ from bridge.store.base import (
     UNPARK_MAX_CHUNKS,
     WEBHOOK_BACKLOG,
     WEBHOOK_RETENTION_MS,
+    LowBalance,
     StoreError,
+    Swept,
     WriteLockStats,
 )
 from bridge.store.mo_rows import (
@@ -858,10 +860,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
-    ) -> dict[str, int]:
+    ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
-        def job(c: sqlite3.Connection) -> dict[str, int]:
+        def job(c: sqlite3.Connection) -> Swept:
             # Parts sent before a release keep the message 'sent', yet nothing is left to send:
             # releasing (True) keeps it from staying claimable and counted in queue_depth.
             expired = _settle_parts(
@@ -891,12 +893,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 release=False,
                 now=now,
             )
-            lapsed, warned = _lapse_vouchers(c, now)
+            lapsed, low = _lapse_vouchers(c, now)
             return {
                 "expired": expired,
                 "timed_out": timed_out,
                 "vouchers_lapsed": lapsed,
-                "balance_warnings": warned,
+                "balance_warnings": len(low),
+                "low_balance": low,
             }
 
         out = await self._runner.write(job, durable=False)
@@ -1312,9 +1315,10 @@ _MO_WINDOW = "accepted_at>=? AND COALESCE(sent_at, scheduled_at, accepted_at)>=?
 _MO_ORDER = "(segments_sent>0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, id DESC"
 
 
-def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
+def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, list[LowBalance]]:
     """Write off vouchers that expired with a remainder, and warn where that took an account
-    under its low-balance threshold (admission.lapse_plan). (vouchers written off, warnings)"""
+    under its low-balance threshold (admission.lapse_plan): the event queued here, the
+    crossing returned for the daemon to log. (entries written off, crossings)"""
     accounts = [
         r[0]
         for r in c.execute(
@@ -1324,7 +1328,8 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
             (now,),
         )
     ]
-    lapsed = warned = 0
+    lapsed = 0
+    low_balance: list[LowBalance] = []
     for account_id in accounts:
         row = c.execute(
             "SELECT low_balance_threshold FROM accounts WHERE id=?", (account_id,)
@@ -1338,8 +1343,8 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, int]:
         if low is not None:
             payload = adm.low_balance_event(account_id, low, now)
             _enqueue_webhook(c, account_id, "event", None, payload, new_id("evt_", now), now)
-            warned += 1
-    return lapsed, warned
+            low_balance.append(LowBalance(account_id, *low))
+    return lapsed, low_balance
 
 
 def _before_cursor(before_id: str, args: list[Any]) -> str:

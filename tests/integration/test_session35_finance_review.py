@@ -141,11 +141,6 @@ async def test_a_month_is_not_billed_before_its_international_refunds_are_known(
 # -- 2. the sweep's low-balance crossing is not logged as a warning ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a voucher expiry that takes the balance under the threshold queues the event but "
-    "logs only INFO 'sweep {...}', no warning naming the account",
-)
 async def test_a_voucher_expiry_that_crosses_the_threshold_logs_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
