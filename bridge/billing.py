@@ -284,11 +284,13 @@ async def account_balance(store: Any, account: Account, now: int, currency: str)
     return view
 
 
-def credited_once(kind: str, entries: Sequence[ledger.Entry]) -> bool:
-    """Whether `money_entries` are appended at most once (`append_ledger(once=True)`): a top-up
-    naming its payment (`ref`), so a payment system or an operator retrying after a lost answer
-    (a crash, a timeout) gets the balance back instead of a second credit."""
-    return kind == "topup" and bool(entries) and entries[0].ref is not None
+def credited_once(body: Any) -> bool:
+    """Whether the `money_entries` made from `body` (one they accepted) are appended at most
+    once (`append_ledger(once=True)`): a top-up, voucher or card sale naming its payment
+    (`ref`), so a payment system, a shop or an operator retrying after a lost answer (a crash,
+    a timeout) gets the balance back instead of a second credit (a second 999 CNY card for one
+    payment), and a ref reused with another amount is refused (ledger.ref_conflict)."""
+    return isinstance(body, dict) and body.get("ref") is not None
 
 
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
@@ -297,12 +299,16 @@ def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]
         raise BillingError("the body must be a JSON object", code="INVALID_REQUEST")
     allowed = {
         "topup": {"amount_micro", "ref"},
-        "voucher": {"amount_micro", "expires_at"},
-        "card": {"face_value_micro"},
+        "voucher": {"amount_micro", "expires_at", "ref"},
+        "card": {"face_value_micro", "ref"},
     }[kind]
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BillingError(f"{unknown[0]}: unknown field", code="UNKNOWN_FIELD")
+    ref = body.get("ref")
+    # Empty names no payment, and as a once-only key it would match every other empty one.
+    if ref is not None and (not isinstance(ref, str) or not 0 < len(ref) <= 64):
+        raise BillingError("ref: a string of 1 to 64 characters", code="INVALID_FIELD")
 
     def integer(name: str) -> int:
         v = body.get(name)
@@ -316,9 +322,6 @@ def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]
 
     try:
         if kind == "topup":
-            ref = body.get("ref")
-            if ref is not None and (not isinstance(ref, str) or len(ref) > 64):
-                raise BillingError("ref: a string of at most 64 characters", code="INVALID_FIELD")
             return ledger.topup(integer("amount_micro"), now, ref)
         if kind == "voucher":
             expires = body.get("expires_at")
@@ -330,8 +333,10 @@ def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]
                 raise BillingError(
                     "expires_at: unix milliseconds (up to 9999-12-31) or null", code="INVALID_FIELD"
                 )
-            return ledger.grant_voucher(integer("amount_micro"), now, new_id("vch_", now), expires)
-        return ledger.card_purchase(integer("face_value_micro"), now, new_id("crd_", now), tz=tz)
+            voucher_id = new_id("vch_", now)
+            return ledger.grant_voucher(integer("amount_micro"), now, voucher_id, expires, ref)
+        card_id = new_id("crd_", now)
+        return ledger.card_purchase(integer("face_value_micro"), now, card_id, tz=tz, ref=ref)
     except ValueError as exc:
         raise BillingError(str(exc), code="INVALID_FIELD") from None
 

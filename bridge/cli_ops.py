@@ -215,7 +215,8 @@ async def _money(ops: Ops, ref: str, kind: str, body: dict[str, Any]) -> int:
 
     account = await ops.account(ref)
     entries = billing.money_entries(kind, body, ops.now, ops.config.rules.timezone)
-    once = billing.credited_once(kind, entries)  # a top-up with --ref: safe to run again
+    once = billing.credited_once(body)  # with --ref: safe to run again
+    # ACCOUNT_CLOSED and PAYMENT_REF_REUSED are StoreErrors: _run prints them and exits 1.
     added = await ops.store.append_ledger(account.id, entries, once=once)
     view = await _balance(ops, account)
     if not added:
@@ -311,9 +312,13 @@ def cmd_bill(args: argparse.Namespace) -> int:
         if action == "voucher":
             expires = None if args.never else end_of_day(args.expires, ops.config.rules.timezone)
             body = {"amount_micro": parse_amount(args.amount), "expires_at": expires}
+            if args.ref is not None:
+                body["ref"] = args.ref
             return await _money(ops, args.account, "voucher", body)
         if action == "card":
             body = {"face_value_micro": int(args.face_value) * 1_000_000}
+            if args.ref is not None:
+                body["ref"] = args.ref
             return await _money(ops, args.account, "card", body)
         if action == "balance":
             _print(await _balance(ops, await ops.account(args.account)))
@@ -536,7 +541,11 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     bt = with_config(b.add_parser("topup", help="add cash (AMOUNT in currency units)"))
     bt.add_argument("account")
     bt.add_argument("amount")
-    bt.add_argument("--ref", help="payment reference (at most 64 characters)")
+    bt.add_argument(
+        "--ref",
+        help="payment reference (1-64 characters): credited once; again with the same amount is "
+        "a duplicate, with another refused (PAYMENT_REF_REUSED)",
+    )
     bv = with_config(b.add_parser("voucher", help="grant a voucher (spent before cash)"))
     bv.add_argument("account")
     bv.add_argument("amount")
@@ -545,9 +554,11 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
         "--expires", metavar="YYYY-MM-DD", help="valid through this day (rules.timezone)"
     )
     exp.add_argument("--never", action="store_true", help="a voucher that never expires")
+    bv.add_argument("--ref", help="what the grant names (1-64 characters): granted once")
     bc = with_config(b.add_parser("card", help="sell a stored-value card (international only)"))
     bc.add_argument("account")
     bc.add_argument("face_value", choices=CARD_CHOICES)
+    bc.add_argument("--ref", help="the sale's payment reference (1-64 characters): sold once")
     with_config(b.add_parser("balance")).add_argument("account")
     bs = with_config(b.add_parser("settle", help="settle a month (idempotent)"))
     bs.add_argument("--month", required=True, metavar="YYYY-MM")

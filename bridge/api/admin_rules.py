@@ -265,12 +265,17 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
     now = ctx.now_ms()
+    body = await _json(request)
     try:
-        entries = billing.money_entries(kind, await _json(request), now, ctx.config.rules.timezone)
+        entries = billing.money_entries(kind, body, now, ctx.config.rules.timezone)
     except BillingError as exc:
         raise ApiError(exc.code, exc.message) from None
-    once = billing.credited_once(kind, entries)
-    added = await ctx.store.append_ledger(account.id, entries, once=once)
+    try:
+        # The store refuses a closed account (ACCOUNT_CLOSED) and a payment ref the account
+        # has with another amount (PAYMENT_REF_REUSED) in the write's own transaction.
+        added = await ctx.store.append_ledger(account.id, entries, once=billing.credited_once(body))
+    except StoreError as exc:
+        raise ApiError(exc.code, exc.message) from None
     view = billing.balance_view(
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
     )

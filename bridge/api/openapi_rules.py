@@ -284,6 +284,15 @@ def _bill_props() -> dict[str, Any]:
 def rules_schemas() -> dict[str, Any]:
     balance = _balance_props()
     tariff = _tariff_props()
+    payment_ref = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "description": "the payment (or order, or promotion) this money names; recorded as the "
+        "ledger entry's ref. Credited once per account: again with the same amount it is not "
+        "credited again (200, duplicate_ref), so a retry after a lost answer is safe; with "
+        "another amount or kind it is refused (409 PAYMENT_REF_REUSED)",
+    }
     settled_line = _obj(
         {
             "account": _STR,
@@ -577,15 +586,7 @@ def rules_schemas() -> dict[str, Any]:
         ),
         # -- operator: money movements
         "TopUp": _obj(
-            {
-                "amount_micro": {**_MICRO, "minimum": 1},
-                "ref": {
-                    "type": "string",
-                    "maxLength": 64,
-                    "description": "payment reference: a top-up whose ref the account already "
-                    "has is not credited again (200, duplicate_ref), so a retried payment is safe",
-                },
-            },
+            {"amount_micro": {**_MICRO, "minimum": 1}, "ref": payment_ref},
             required=["amount_micro"],
         ),
         "VoucherGrant": _obj(
@@ -594,6 +595,7 @@ def rules_schemas() -> dict[str, Any]:
                 "expires_at": _nullable(
                     {**_MS, "description": "after now; null or absent: never expires"}
                 ),
+                "ref": payment_ref,
             },
             required=["amount_micro"],
         ),
@@ -604,8 +606,10 @@ def rules_schemas() -> dict[str, Any]:
                     "enum": list(CARD_FACE_VALUES),
                     "description": "999, 1999 or 4999 CNY in micro-units; valid one calendar "
                     "year, international traffic only, non-refundable",
-                }
-            }
+                },
+                "ref": payment_ref,
+            },
+            required=["face_value_micro"],
         ),
         "MoneyAdded": _obj(
             {
@@ -627,7 +631,8 @@ def rules_schemas() -> dict[str, Any]:
                 },
                 "duplicate_ref": {
                     "type": "string",
-                    "description": "a top-up with this ref was credited before: nothing added",
+                    "description": "this ref was credited before with the same amount: nothing "
+                    "added (`added` is empty)",
                 },
             },
             required=[*balance, "added"],
@@ -681,6 +686,13 @@ def rules_paths() -> dict[str, Any]:
         "month", "YYYY-MM from 1970-01 to 9998-12, in the deployment's time zone (rules.timezone)"
     )
     bill_errors = (400, 409, 422, 503)
+    # Top-ups, vouchers and cards alike: 409 ACCOUNT_CLOSED (a closed account takes no money)
+    # and PAYMENT_REF_REUSED (a ref the account has, with another amount).
+    money_responses = {
+        "201": _ok("MoneyAdded", "recorded"),
+        "200": _ok("MoneyAdded", "this ref was credited before, the same amount: nothing added"),
+        **_errors(400, 404, 409, 415),
+    }
     return {
         # -- customer: signs and templates
         "/v1/signs": {
@@ -985,11 +997,7 @@ def rules_paths() -> dict[str, Any]:
             "post": _admin_op(
                 "topUp",
                 "Add cash (a payment received)",
-                {
-                    "201": _ok("MoneyAdded", "recorded"),
-                    "200": _ok("MoneyAdded", "this ref was credited before: nothing added"),
-                    **_errors(400, 404, 415),
-                },
+                money_responses,
                 requestBody=_json_body("TopUp"),
             ),
         },
@@ -998,7 +1006,7 @@ def rules_paths() -> dict[str, Any]:
             "post": _admin_op(
                 "grantVoucher",
                 "Grant a voucher (spent before cash while valid)",
-                {"201": _ok("MoneyAdded", "recorded"), **_errors(400, 404, 415)},
+                money_responses,
                 requestBody=_json_body("VoucherGrant"),
             ),
         },
@@ -1007,7 +1015,7 @@ def rules_paths() -> dict[str, Any]:
             "post": _admin_op(
                 "purchaseCard",
                 "Record a stored-value card purchase (international traffic only)",
-                {"201": _ok("MoneyAdded", "recorded"), **_errors(400, 404, 415)},
+                money_responses,
                 requestBody=_json_body("CardPurchase"),
             ),
         },

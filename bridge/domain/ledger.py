@@ -27,6 +27,9 @@ from bridge.fastinit import fast_init
 
 __all__ = [
     "CARD_FACE_VALUES",
+    "CLOSED_ACCOUNT",
+    "PAYMENT_KINDS",
+    "PAYMENT_REF_REUSED",
     "POCKET_CASH",
     "POCKET_INVOICE",
     "Balances",
@@ -43,6 +46,7 @@ __all__ = [
     "grant_voucher",
     "plan_charge",
     "plan_refund",
+    "ref_conflict",
     "topup",
     "voucher_pocket",
 ]
@@ -98,6 +102,21 @@ _GRANTS = {EntryKind.VOUCHER_GRANT, EntryKind.CARD_PURCHASE}
 # must select by these kinds, not by ref alone.
 CHARGE_KINDS = frozenset(k.value for k in _SPENDS | _REFUNDS)
 MESSAGE_KINDS = frozenset(k.value for k in _SPENDS | _REFUNDS | _EXPIRES)
+
+
+# The money an operator records as coming in (a payment received, a promotion granted, a card
+# sold): what a payment `ref` names, once per account whatever the kind (one bank transfer is a
+# top-up or a card sale, never both).
+PAYMENT_KINDS = frozenset(
+    {EntryKind.TOPUP.value, EntryKind.VOUCHER_GRANT.value, EntryKind.CARD_PURCHASE.value}
+)
+PAYMENT_REF_REUSED = "PAYMENT_REF_REUSED"
+# Why a closed account's money in is refused (ACCOUNT_CLOSED): its keys are revoked and it can
+# never be enabled again, so whatever it were credited could never be spent.
+CLOSED_ACCOUNT = (
+    "the account is closed: it takes no top-ups, vouchers or cards (it can never send again); "
+    "nothing was credited"
+)
 
 
 class LedgerError(BillingError):
@@ -368,20 +387,45 @@ def crossed_low_balance(before: int, after: int, threshold: int) -> bool:
     return before >= threshold > after
 
 
+def ref_conflict(credited_kind: str, credited_amount: int, entry: Entry) -> str | None:
+    """None when `entry` is the money in its `ref` already credited to the account (the same
+    kind and amount: a retry after a lost answer, answered as a duplicate and not credited
+    again); otherwise why it is refused (PAYMENT_REF_REUSED), naming the ref and both amounts.
+
+    Why not every reuse a duplicate: a second, different payment carrying a reused reference
+    (a typo, a bank's reference recycled) was answered as a success and credited nothing, the
+    money gone from the books; a send's Idempotency-Key reused with another body is refused
+    alike. `credited_*`: the first entry of a PAYMENT_KINDS kind the account has with the ref."""
+    if credited_kind == str(entry.kind) and credited_amount == entry.amount:
+        return None
+    what = str(entry.kind)
+    return (
+        f"ref: {entry.ref!r} was already credited to this account as a {credited_kind} of "
+        f"{format_micro(credited_amount)} ({credited_amount} micro-units); this {what} is of "
+        f"{format_micro(entry.amount)} ({entry.amount} micro-units): another payment needs a "
+        "ref of its own (a retry repeats the same amount); nothing was credited"
+    )
+
+
 def topup(amount: int, now: int, ref: str | None = None) -> list[Entry]:
     if not _is_int(amount) or amount <= 0:
         raise ValueError(f"amount: must be a positive integer of micro-units, got {amount!r}")
     return [Entry(EntryKind.TOPUP, amount, POCKET_CASH, now, ref)]
 
 
-def grant_voucher(amount: int, now: int, voucher_id: str, expires_at: int | None) -> list[Entry]:
-    """An operator's voucher grant; `expires_at=None` grants one that never expires."""
+def grant_voucher(
+    amount: int, now: int, voucher_id: str, expires_at: int | None, ref: str | None = None
+) -> list[Entry]:
+    """An operator's voucher grant; `expires_at=None` grants one that never expires. `ref`: what
+    the grant names (a promotion, an order), else the voucher's own id; the pocket names the
+    voucher either way."""
     if not _is_int(amount) or amount <= 0:
         raise ValueError(f"amount: must be a positive integer of micro-units, got {amount!r}")
     if expires_at is not None and expires_at <= now:
         raise ValueError("expires_at: must be after the grant time")
     pocket = voucher_pocket(voucher_id)
-    return [Entry(EntryKind.VOUCHER_GRANT, amount, pocket, now, voucher_id, expires_at)]
+    entry_ref = voucher_id if ref is None else ref
+    return [Entry(EntryKind.VOUCHER_GRANT, amount, pocket, now, entry_ref, expires_at)]
 
 
 def _zone(tz: str) -> ZoneInfo:
@@ -407,11 +451,14 @@ def card_expiry(now: int, tz: str = "UTC") -> int:
     return (nxt - _EPOCH) // _MS
 
 
-def card_purchase(face_value: int, now: int, card_id: str, *, tz: str = "UTC") -> list[Entry]:
+def card_purchase(
+    face_value: int, now: int, card_id: str, *, tz: str = "UTC", ref: str | None = None
+) -> list[Entry]:
     """A stored-value card (international only, non-refundable, valid one year).
 
     Paid outside the ledger (like a top-up), so the only entry credits the card's own pocket;
-    it is never converted back to cash.
+    it is never converted back to cash. `ref`: the payment the sale names (as a top-up's), else
+    the card's own id; the pocket names the card either way.
     """
     if face_value not in CARD_FACE_VALUES or not _is_int(face_value):
         raise ValueError(f"face_value: must be one of {CARD_FACE_VALUES}, got {face_value!r}")
@@ -421,7 +468,7 @@ def card_purchase(face_value: int, now: int, card_id: str, *, tz: str = "UTC") -
             face_value,
             card_pocket(card_id),
             now,
-            card_id,
+            card_id if ref is None else ref,
             card_expiry(now, tz),
         )
     ]

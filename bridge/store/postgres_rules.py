@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import ledger
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.ids import new_id
@@ -45,6 +46,7 @@ from bridge.store.rules_rows import (
     edit_sign_args,
     edit_template_args,
     entry_row,
+    kinds_sql,
     number_prefixes,
     pg_marks,
     sign_row,
@@ -57,6 +59,8 @@ from bridge.store.rules_rows import (
 
 # How long a DNC import waits for the accepts in progress (see import_dnc), in waits of
 # DNC_LOCK_TRY_MS with DNC_LOCK_PAUSE_S between them.
+# The kinds a payment ref is looked up among (append_ledger(once=True)).
+_PAYMENT_KINDS_SQL = kinds_sql(ledger.PAYMENT_KINDS)
 DNC_LOCK_WAIT_MS = 10_000
 DNC_LOCK_TRY_MS = 500
 DNC_LOCK_PAUSE_S = 0.2
@@ -320,6 +324,14 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         [sums[k][1] for k in keys],
     ]
     w.add(_POCKETS_UPSERT.format(*(w.param(col) for col in pcols), where))
+
+
+def _open_account(account_id: str, status: str | None) -> None:
+    """append_ledger's refusals, from the account's status read under its lock (None: absent)."""
+    if status is None:
+        raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+    if status == "closed":
+        raise StoreError("ACCOUNT_CLOSED", ledger.CLOSED_ACCOUNT)
 
 
 async def append_entries(c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]) -> None:
@@ -750,16 +762,16 @@ class RulesStoreMixin:
     ) -> bool:
         """Operator entries (top-ups, vouchers, cards, adjustments) under the account lock, like an
         accept: an entry that lowers a balance can never slip between an accept's check and its
-        charge."""
+        charge, nor a credit after the account's close (ACCOUNT_CLOSED: the locked row is the
+        latest version, so a close committed meanwhile is seen)."""
         first = entries[0] if entries else None
         if once and first is not None and first.ref is not None:
             return await self._append_once(account_id, entries, first)
         w = Writes([account_id])
-        w.add("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
-        add_entries(w, [(account_id, e) for e in entries], "EXISTS (SELECT 1 FROM a)")
-        found = await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM a)")
-        if not found:
-            raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+        w.add("SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
+        open_ = "EXISTS (SELECT 1 FROM a WHERE status <> 'closed')"
+        add_entries(w, [(account_id, e) for e in entries], open_)
+        _open_account(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
         return True
 
     async def _append_once(self, account_id: str, entries: Sequence[Entry], first: Entry) -> bool:
@@ -767,18 +779,22 @@ class RulesStoreMixin:
         statement (a fresh snapshot), so two retries of one payment cannot both append."""
 
         async def job(c: asyncpg.Connection) -> bool:
-            if not await c.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE)",
+            _open_account(
                 account_id,
-            ):
-                raise StoreError("NOT_FOUND", f"no account {account_id!r}")
-            if await c.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM ledger WHERE account_id = $1 AND ref = $2 "
-                "AND kind = $3)",
+                await c.fetchval(
+                    "SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+                ),
+            )
+            seen = await c.fetchrow(
+                "SELECT kind, amount FROM ledger WHERE account_id = $1 AND ref = $2 "
+                f"AND kind IN ({_PAYMENT_KINDS_SQL}) ORDER BY id LIMIT 1",
                 account_id,
                 first.ref,
-                str(first.kind),
-            ):
+            )
+            if seen is not None:
+                conflict = ledger.ref_conflict(seen[0], seen[1], first)
+                if conflict is not None:
+                    raise StoreError(ledger.PAYMENT_REF_REUSED, conflict)
                 return False
             w = Writes()
             add_entries(w, [(account_id, e) for e in entries])

@@ -13,6 +13,7 @@ from typing import Any
 
 from bridge import jsonio
 from bridge.domain import admission as adm
+from bridge.domain import ledger
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.store.base import StoreError
@@ -39,6 +40,7 @@ from bridge.store.rules_rows import (
     edit_sign_args,
     edit_template_args,
     entry_row,
+    kinds_sql,
     ledger_row,
     number_prefixes,
     sign_row,
@@ -50,6 +52,8 @@ from bridge.store.rules_rows import (
     voucher_charges_sql,
 )
 
+# The kinds a payment ref is looked up among (append_ledger(once=True)).
+_PAYMENT_KINDS_SQL = kinds_sql(ledger.PAYMENT_KINDS)
 # An `mo` opt-out for a number the customer had already listed (`api`) takes the entry over:
 # left `api`, the customer could delete it and message a recipient who replied STOP.
 _CLAIM_BY_REPLY = (
@@ -640,15 +644,22 @@ class RulesStoreMixin:
         self, account_id: str, entries: Sequence[Entry], *, once: bool = False
     ) -> bool:
         def job(c: sqlite3.Connection) -> bool:
-            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+            row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
+            if row is None:
                 raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+            if row[0] == "closed":  # checked in the write's transaction: no close slips between
+                raise StoreError("ACCOUNT_CLOSED", ledger.CLOSED_ACCOUNT)
             first = entries[0] if entries else None
             if once and first is not None and first.ref is not None:
                 seen = c.execute(
-                    "SELECT 1 FROM ledger WHERE account_id=? AND ref=? AND kind=? LIMIT 1",
-                    (account_id, first.ref, str(first.kind)),
+                    f"SELECT kind, amount FROM ledger WHERE account_id=? AND ref=? "
+                    f"AND kind IN ({_PAYMENT_KINDS_SQL}) ORDER BY id LIMIT 1",
+                    (account_id, first.ref),
                 ).fetchone()
                 if seen is not None:
+                    conflict = ledger.ref_conflict(seen[0], seen[1], first)
+                    if conflict is not None:
+                        raise StoreError(ledger.PAYMENT_REF_REUSED, conflict)
                     return False
             append_entries(c, account_id, entries)
             return True

@@ -531,6 +531,45 @@ def test_account_close_keeps_money_and_revokes_keys(cfg: Path) -> None:
     refused(cfg, (("account", "close", "nobody"), ("NOT_FOUND", "nobody")))
 
 
+def test_bill_refs_are_credited_once_and_a_closed_account_takes_no_money(cfg: Path) -> None:
+    """Session 35 finance review 3-5 on the CLI: a ref again with the same amount is a
+    duplicate (exit 0), with another amount refused (exit 1, PAYMENT_REF_REUSED naming the ref
+    and both amounts); a card or voucher takes --ref as a top-up; a closed account takes
+    nothing (ACCOUNT_CLOSED)."""
+    ids = create_accounts(cfg, ("acme",))
+    first = ok(cfg, "bill", "topup", "acme", "500", "--ref", "BANK-7731")
+    assert first["cash_micro"] == 500_000_000
+    again = ok(cfg, "bill", "topup", "acme", "500", "--ref", "BANK-7731")
+    assert (again["duplicate_ref"], again["added"]) == ("BANK-7731", [])
+    refused(
+        cfg,
+        (
+            ("bill", "topup", "acme", "1000", "--ref", "BANK-7731"),
+            ("PAYMENT_REF_REUSED", "'BANK-7731'", "500.00", "1000.00"),
+        ),
+    )
+    card = ok(cfg, "bill", "card", "acme", "999", "--ref", "SHOP-88")
+    assert [(a["kind"], a["ref"]) for a in card["added"]] == [("card_purchase", "SHOP-88")]
+    assert ok(cfg, "bill", "card", "acme", "999", "--ref", "SHOP-88")["duplicate_ref"] == "SHOP-88"
+    grant = ("bill", "voucher", "acme", "1", "--never", "--ref", "PROMO-1")
+    assert ok(cfg, *grant)["added"][0]["ref"] == "PROMO-1"
+    assert ok(cfg, *grant)["duplicate_ref"] == "PROMO-1"
+    balance = ok(cfg, "bill", "balance", "acme")
+    assert (balance["cash_micro"], len(balance["cards"]), len(balance["vouchers"])) == (
+        500_000_000,
+        1,
+        1,
+    )
+    ok(cfg, "account", "close", "acme")
+    refused(
+        cfg,
+        (("bill", "topup", ids["acme"], "5", "--ref", "BANK-9"), ("ACCOUNT_CLOSED",)),
+        (("bill", "voucher", ids["acme"], "1", "--never"), ("ACCOUNT_CLOSED",)),
+        (("bill", "card", ids["acme"], "999"), ("ACCOUNT_CLOSED",)),
+    )
+    assert ok(cfg, "bill", "balance", ids["acme"])["cash_micro"] == 500_000_000
+
+
 def test_reject_takes_a_reason_in_help_and_on_the_command_line(cfg: Path) -> None:
     """`--reject REASON`: --help shows the reason as required (it once read `--reject [REASON]`,
     though a rejection without one is refused), and `--reject` alone is a usage error (exit 2)

@@ -32,7 +32,7 @@ from bridge.domain.ledger import (  # noqa: E402
     grant_voucher,
     topup,
 )
-from bridge.store.base import Store, StoreError  # noqa: E402
+from bridge.store.base import LowBalance, Store, StoreError  # noqa: E402
 from bridge.store.models import (  # noqa: E402
     AcceptBatch,
     AcceptOutcome,
@@ -1121,6 +1121,74 @@ async def test_a_closed_account_takes_no_update_and_no_key(store: Store) -> None
         await store.add_key(key("K9"), max_active=2)
     assert info.value.code == "ACCOUNT_CLOSED"
     assert await store.get_key("K9") is None
+
+
+async def test_a_closed_account_takes_no_money(store: Store) -> None:
+    """Session 35 finance review 5: refused in append_ledger's own transaction, with or without
+    a payment ref, so the admin API and the CLI both get ACCOUNT_CLOSED."""
+    await funded(store, 1000)
+    assert await store.close_account("acc_a", NOW + 5) is True
+    before = await store.ledger_sums("acc_a")
+    for entries, once in (
+        (topup(5 * CNY, NOW + 6, "BANK-9"), True),
+        (topup(5 * CNY, NOW + 6), False),
+        (grant_voucher(CNY, NOW + 6, "v1", None), False),
+        (card_purchase(999 * CNY, NOW + 6, "c1", ref="SHOP-1"), True),
+    ):
+        with pytest.raises(StoreError) as info:
+            await store.append_ledger("acc_a", entries, once=once)
+        assert info.value.code == "ACCOUNT_CLOSED", entries
+    assert await store.ledger_sums("acc_a") == before
+
+
+async def test_a_payment_ref_is_credited_once_and_not_reused(store: Store) -> None:
+    """Session 35 finance review 3 and 4: the same kind and amount again is a retry (nothing
+    appended); another amount, or the ref on another kind, is PAYMENT_REF_REUSED."""
+    await funded(store, 0)
+    assert await store.append_ledger("acc_a", topup(500 * CNY, NOW, "BANK-7731"), once=True)
+    assert not await store.append_ledger("acc_a", topup(500 * CNY, NOW + 1, "BANK-7731"), once=True)
+    for entries in (
+        topup(1_000 * CNY, NOW + 2, "BANK-7731"),
+        card_purchase(999 * CNY, NOW + 2, "c9", ref="BANK-7731"),
+    ):
+        with pytest.raises(StoreError) as info:
+            await store.append_ledger("acc_a", entries, once=True)
+        assert info.value.code == "PAYMENT_REF_REUSED"
+        assert "'BANK-7731'" in info.value.message and "500.00" in info.value.message
+    sale = card_purchase(999 * CNY, NOW, "c1", ref="SHOP-88")
+    assert await store.append_ledger("acc_a", sale, once=True)
+    again = card_purchase(999 * CNY, NOW + 3, "c2", ref="SHOP-88")  # a new id: the retry's
+    assert not await store.append_ledger("acc_a", again, once=True)
+    grant = grant_voucher(CNY, NOW, "v1", None, "PROMO-1")
+    assert await store.append_ledger("acc_a", grant, once=True)
+    assert not await store.append_ledger("acc_a", grant, once=True)
+    assert await store.ledger_sums("acc_a") == {
+        "cash": 500 * CNY,
+        "card:c1": 999 * CNY,
+        "voucher:v1": CNY,
+    }
+    rows = await store.ledger_page("acc_a")
+    assert [(r.kind, r.ref) for r in rows] == [
+        ("topup", "BANK-7731"),
+        ("card_purchase", "SHOP-88"),
+        ("voucher_grant", "PROMO-1"),
+    ]
+
+
+async def test_the_sweep_reports_the_low_balance_crossing_a_voucher_expiry_made(
+    store: Store,
+) -> None:
+    """Session 35 finance review 2: the crossing comes back with its account and amounts, for
+    the daemon to log as a send's is (the event is queued by the sweep itself)."""
+    await store.create_account(account(threshold=500_000, status_url="https://cb.example/st"))
+    await store.append_ledger("acc_a", topup(100_000, NOW))
+    await store.append_ledger("acc_a", grant_voucher(CNY, NOW, "v1", NOW + MIN))
+    swept = await store.sweep(NOW + MIN - 1, receipt_timeout_ms=DAY)
+    assert (swept["vouchers_lapsed"], swept["low_balance"]) == (0, [])
+    swept = await store.sweep(NOW + MIN, receipt_timeout_ms=DAY)
+    assert swept["vouchers_lapsed"] == 1 and swept["balance_warnings"] == 1
+    assert swept["low_balance"] == [LowBalance("acc_a", 1_100_000, 100_000)]
+    assert (await store.sweep(NOW + 2 * MIN, receipt_timeout_ms=DAY))["low_balance"] == []
 
 
 # ---------------------------------------------------------------- races

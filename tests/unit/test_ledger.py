@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bridge.domain.ledger import (
     CARD_FACE_VALUES,
+    PAYMENT_KINDS,
     Balances,
     Entry,
     EntryKind,
@@ -24,6 +25,7 @@ from bridge.domain.ledger import (
     grant_voucher,
     plan_charge,
     plan_refund,
+    ref_conflict,
     topup,
 )
 
@@ -471,3 +473,37 @@ def test_ledger_built_by_plans_never_goes_negative(script: list[tuple]) -> None:
         assert b.cash >= 0
         assert all(v > 0 for v in b.vouchers.values())
         assert all(v > 0 for v in b.cards.values())
+
+
+# ---- money in naming its payment (session 35 finance review 3 and 4) -----------------------------
+
+
+def test_a_voucher_or_card_names_its_payment_or_else_itself() -> None:
+    [v] = grant_voucher(2 * CNY, T0, "v1", T0 + DAY, "PROMO-7")
+    [c] = card_purchase(999_000_000, T0, "c1", ref="SHOP-88")
+    assert (v.ref, v.pocket, c.ref, c.pocket) == ("PROMO-7", "voucher:v1", "SHOP-88", "card:c1")
+    [v0] = grant_voucher(2 * CNY, T0, "v1", None)
+    [c0] = card_purchase(999_000_000, T0, "c1")
+    assert (v0.ref, c0.ref) == ("v1", "c1")  # as before: the id
+    # The pocket, not the ref, is what balances go by.
+    assert balances([v, c], T0).vouchers == {"v1": 2 * CNY}
+    assert balances([v, c], T0).cards == {"c1": 999_000_000}
+    assert {str(e.kind) for e in (*topup(1, T0), v, c)} == PAYMENT_KINDS
+
+
+def test_a_ref_credited_again_with_the_same_kind_and_amount_is_a_retry() -> None:
+    [again] = topup(500 * CNY, T0 + DAY, "BANK-7731")
+    assert ref_conflict("topup", 500 * CNY, again) is None
+    [card] = card_purchase(999_000_000, T0 + DAY, "c2", ref="SHOP-88")
+    assert ref_conflict("card_purchase", 999_000_000, card) is None  # a new card id: a retry
+
+
+def test_a_ref_reused_with_another_amount_or_kind_is_refused_naming_both_amounts() -> None:
+    [other] = topup(1_000 * CNY, T0, "BANK-7731")
+    why = ref_conflict("topup", 500 * CNY, other)
+    assert why is not None
+    for part in ("'BANK-7731'", "topup of 500.00 (500000000 micro-units)", "1000.00"):
+        assert part in why, why
+    [card] = card_purchase(999_000_000, T0, "c1", ref="BANK-7731")
+    why = ref_conflict("topup", 999_000_000, card)  # the same amount, as another kind
+    assert why is not None and "as a topup of 999.00" in why and "this card_purchase" in why
