@@ -375,7 +375,10 @@ def expire_entries(entries: Iterable[Entry], now: int) -> list[Entry]:
             continue
         kind = EntryKind.VOUCHER_EXPIRE if pocket.startswith(_VOUCHER) else EntryKind.CARD_EXPIRE
         assert g.expires_at is not None  # not valid => has an expiry
-        out.append(Entry(kind, -total, pocket, g.expires_at, g.ref, g.expires_at))
+        # Named by the voucher's or card's id, as the sweep's write-off is
+        # (admission.lapse_plan), not by the grant's ref: that may name the payment.
+        ref = pocket.partition(":")[2]
+        out.append(Entry(kind, -total, pocket, g.expires_at, ref, g.expires_at))
     return out
 
 

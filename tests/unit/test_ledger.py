@@ -491,6 +491,17 @@ def test_a_voucher_or_card_names_its_payment_or_else_itself() -> None:
     assert {str(e.kind) for e in (*topup(1, T0), v, c)} == PAYMENT_KINDS
 
 
+def test_a_write_off_names_the_voucher_not_the_payment() -> None:
+    ledger = [*grant_voucher(2 * CNY, T0, "v1", T0 + DAY, "PROMO-7")]
+    [off] = expire_entries(ledger, T0 + DAY)
+    assert (off.kind, off.amount, off.pocket, off.ref) == (
+        K.VOUCHER_EXPIRE,
+        -2 * CNY,
+        "voucher:v1",
+        "v1",
+    )
+
+
 def test_a_ref_credited_again_with_the_same_kind_and_amount_is_a_retry() -> None:
     [again] = topup(500 * CNY, T0 + DAY, "BANK-7731")
     assert ref_conflict("topup", 500 * CNY, again) is None
