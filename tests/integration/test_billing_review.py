@@ -187,7 +187,9 @@ async def test_message_in_doubt_is_not_refunded_when_ended(
     assert [w.id for w in await api.store.claim("inst", 10, now, LEASE)] == [mid]
     clock.advance(30)  # no submit_sm_resp within response_timeout_s: released for 30 s
     now = api.ctx.now_ms()
-    await api.store.record_submits([], [Release(mid, now + 30_000)], now, instance="inst")
+    await api.store.record_submits(
+        [], [Release(mid, now + 30_000, unanswered=True)], now, instance="inst"
+    )
     clock.advance(12)
     now = api.ctx.now_ms()
     if how == "optout":
