@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from bridge.fastinit import fast_init
@@ -102,7 +102,10 @@ class EncodedMessage:
     encoding: Encoding
     data_coding: int  # 0/1 for GSM-7 per options, 8 UCS-2, 3 Latin-1
     parts: tuple[Part, ...]
-    allow_latin1: bool  # the option it was encoded with (ucs2_chars depends on it)
+    # The options it was encoded with: ucs2_chars depends on them (allow_latin1, and
+    # gsm_data_coding 1, where GSM-7 is ASCII only). Not compared: the same parts are the same
+    # message whatever made them (smart mapping that kept the text as given is the plain one).
+    opts: EncodeOptions = field(compare=False)
     # Segments on the air interface when it differs from len(parts): in PAYLOAD mode the SMSC
     # splits the single PDU, and carriers count (and bill) those segments. 0 means len(parts).
     air_segments: int = 0
@@ -117,7 +120,8 @@ class EncodedMessage:
         demand: only the preview shows them, and a send would pay ~9 us for a CJK text."""
         if self.encoding is not Encoding.UCS2:
             return ()
-        return _forcing_chars(self.text, self.allow_latin1)
+        opts = self.opts
+        return _forcing_chars(self.text, opts.allow_latin1, opts.gsm_data_coding == 1)
 
 
 _DEFAULT_OPTIONS = EncodeOptions()
@@ -160,15 +164,20 @@ def choose_encoding(text: str, allow_latin1: bool = False) -> Encoding:
     return Encoding.UCS2
 
 
-def _forcing_chars(text: str, allow_latin1: bool) -> tuple[str, ...]:
-    """Characters that made UCS-2 necessary, for the preview ("remove these to stay GSM")."""
-    bad = [c for c in dict.fromkeys(text) if c not in GSM_CHARS]
+def _forcing_chars(text: str, allow_latin1: bool, ia5: bool = False) -> tuple[str, ...]:
+    """Characters that made UCS-2 necessary, for the preview ("remove these to stay GSM").
+
+    GSM-7 is judged as `_encode` judges it: with ``ia5`` (data_coding 1, ASCII octets) a GSM
+    letter outside ASCII (é, £, €) cannot go GSM-7 either, so it forced UCS-2 as much as a
+    Chinese character did; tested against the GSM table alone, such a text named nothing.
+    """
+    bad = [c for c in dict.fromkeys(text) if c not in GSM_CHARS or (ia5 and not c.isascii())]
     if allow_latin1:
         # With Latin-1 allowed, a Latin-1 character did not force UCS-2 on its own; if every
         # offender is Latin-1 (a GSM-only + Latin-1-only mix), report the non-GSM ones.
         beyond = [c for c in bad if c > "\xff"]
         bad = beyond or bad
-    return tuple(dict.fromkeys(bad))
+    return tuple(bad)
 
 
 def _cut_gsm(data: bytes, per: int, full_cr: bool = False) -> list[bytes]:
@@ -253,20 +262,40 @@ def _check_ref(ref: int, bits: int) -> None:
 
 
 def encode_message(
-    text: str, opts: EncodeOptions = _DEFAULT_OPTIONS, ref: int = 0
+    text: str, opts: EncodeOptions = _DEFAULT_OPTIONS, ref: int | Callable[[], int] = 0
 ) -> EncodedMessage:
     """Encode and split ``text`` into ``submit_sm`` parts.
 
     ``ref`` is the concatenation reference (from ``RefCounter``): 0..255 for UDH8, 0..65535 for
-    UDH16 and SAR; unused for single-part and PAYLOAD messages.
+    UDH16 and SAR; unused for single-part and PAYLOAD messages. It may be a function that
+    returns it: called (once) only when the message is cut into several parts, so a caller
+    drawing from a per-destination counter spends a reference only on a message that carries
+    one, known from the encoding itself rather than guessed from the text's length.
 
     Smart mapping is kept only if it costs no more: a mapping can lengthen the text ("…" becomes
     "..."), and 70 ellipses went from 1 part and 1 unit to 2 parts and 4 units for a customer
     who asked for it to save money. So the mapped text must need no more parts on the air and
     no more units under the domestic 70/67 character rule than the text as given.
     """
+    if not opts.smart:
+        return _encode(text, opts, ref)
+    if not callable(ref):
+        return _smart(text, opts, ref)
+    if gsm_septets(text) is not None:  # nothing to map: one encoding, drawing as it cuts
+        return _encode(text, opts, ref)
+    # Two encodings are compared before one is kept, and a reference drawn for the one not kept
+    # would be spent for nothing ("…" x 70 stays one part where "..." x 70 needs two): both are
+    # made with a stand-in, and the one kept, if it has several parts, made again with a drawn one.
+    kept = _smart(text, opts, 0)
+    if len(kept.parts) == 1:
+        return kept
+    return _encode(text, opts if kept.text != text else replace(opts, smart=False), ref())
+
+
+def _smart(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
+    """`text` encoded with smart mapping (`opts.smart`), kept only if it costs no more."""
     enc = _encode(text, opts, ref)
-    if not opts.smart or enc.text == text:
+    if enc.text == text:
         return enc
     try:
         plain = _encode(text, replace(opts, smart=False), ref)
@@ -279,7 +308,7 @@ def encode_message(
     return plain if more_parts or more_units else enc
 
 
-def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
+def _encode(text: str, opts: EncodeOptions, ref: int | Callable[[], int]) -> EncodedMessage:
     if not text:
         raise TextError("EMPTY_MESSAGE", "text: must not be empty")
     text, septets = _resolve_text(text, opts)
@@ -321,7 +350,7 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     if size <= limits[0] and mode is not SplitMode.PAYLOAD and not full_cr:
         sm = wire(data)
         part = Part(1, 1, sm, 0, (), len(text), size)
-        return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1)
+        return EncodedMessage(text, encoding, data_coding, (part,), opts)
 
     if mode is SplitMode.PAYLOAD:
         return _payload_message(text, encoding, data_coding, data, wire, opts)
@@ -343,6 +372,8 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
     if total > opts.max_parts:
         raise _too_long(size, encoding, total, per, opts.max_parts)
 
+    if callable(ref):  # after every refusal: a refused text spends no reference
+        ref = ref()
     parts = []
     if mode is SplitMode.SAR:
         _check_ref(ref, 16)
@@ -365,7 +396,7 @@ def _encode(text: str, opts: EncodeOptions, ref: int) -> EncodedMessage:
             body = _pack(chunk, fill) if packed else wire(chunk)
             sm = head + bytes((seq,)) + body
             parts.append(Part(seq, total, sm, ESM_UDHI, (), count(chunk), len(chunk)))
-    return EncodedMessage(text, encoding, data_coding, tuple(parts), opts.allow_latin1)
+    return EncodedMessage(text, encoding, data_coding, tuple(parts), opts)
 
 
 def _cut(data: bytes, encoding: Encoding, per: int) -> list[bytes]:
@@ -402,7 +433,7 @@ def _payload_message(
     if air > opts.max_parts:
         raise _too_long(size, encoding, air, limits[1], opts.max_parts)
     part = Part(1, 1, b"", 0, ((TAG_MESSAGE_PAYLOAD, payload),), len(text), size)
-    return EncodedMessage(text, encoding, data_coding, (part,), opts.allow_latin1, air)
+    return EncodedMessage(text, encoding, data_coding, (part,), opts, air)
 
 
 def _same(data: bytes) -> bytes:

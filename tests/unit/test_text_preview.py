@@ -127,3 +127,11 @@ def test_preview_is_json_and_consistent(text: str, sign: str | None) -> None:
     assert p["segments"] == msg.segments == len(p["parts"])
     assert sum(part["chars"] for part in p["parts"]) == len(p["text"])
     assert p["encoding"] == msg.encoding.value
+
+
+def test_ucs2_chars_on_an_ia5_smsc() -> None:
+    # gsm_data_coding 1 sends GSM-7 as ASCII octets: é and £ are what made this text UCS-2.
+    p = preview("Your café order: £5", EncodeOptions(gsm_data_coding=1))
+    assert (p["encoding"], p["data_coding"], p["ucs2_chars"]) == ("ucs2", 8, ["é", "£"])
+    p = preview("Your café order: £5", EncodeOptions(gsm_data_coding=1, allow_latin1=True))
+    assert (p["encoding"], p["ucs2_chars"]) == ("latin1", [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import smpplib.command
 import smpplib.consts
@@ -256,6 +258,28 @@ def test_ucs2_chars_reported_in_order() -> None:
     assert encode_message("€ã", EncodeOptions(allow_latin1=True)).ucs2_chars == ("ã",)
 
 
+IA5 = EncodeOptions(gsm_data_coding=1)
+
+
+def test_ucs2_chars_on_an_ia5_smsc_name_the_gsm_letters_outside_ascii() -> None:
+    # data_coding 1 carries ASCII octets: é, £ and € are GSM but cannot go so, and they are what
+    # forced UCS-2 (tested against the GSM table alone, nothing was named).
+    msg = encode_message("Your café order: £5", IA5)
+    assert (msg.encoding, msg.ucs2_chars) == (Encoding.UCS2, ("é", "£"))
+    assert encode_message("Preis 5€ {ok}", IA5).ucs2_chars == ("€",)
+    assert encode_message("Preis 5€ {ok}").encoding is Encoding.GSM7
+    assert encode_message("Preis 5€ {ok} 中", IA5).ucs2_chars == ("€", "中")
+    assert encode_message("`", IA5).ucs2_chars == ("`",)  # ASCII, not GSM: IA5 is no help
+    # Several parts, or one PDU the SMSC splits: the same characters.
+    assert encode_message("é" * 100, IA5).ucs2_chars == ("é",)
+    assert encode_message("é" * 100, replace(IA5, split=SplitMode.PAYLOAD)).ucs2_chars == ("é",)
+    # With Latin-1 allowed, only what Latin-1 cannot carry forced UCS-2.
+    ia5_latin1 = replace(IA5, allow_latin1=True)
+    assert encode_message("café £5", ia5_latin1).encoding is Encoding.LATIN1
+    assert encode_message("café £5 €", ia5_latin1).ucs2_chars == ("€",)
+    assert encode_message("café £5 中", ia5_latin1).ucs2_chars == ("中",)
+
+
 # --- Latin-1 ------------------------------------------------------------------------------------
 
 
@@ -377,6 +401,57 @@ def test_smart_to_latin1() -> None:
 
 
 # --- references ---------------------------------------------------------------------------------
+
+
+class Draws:
+    """A reference source that records its calls."""
+
+    def __init__(self, ref: int = 7) -> None:
+        self.ref = ref
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.ref
+
+
+@pytest.mark.parametrize(
+    ("text", "opts"),
+    [
+        ("a" * 160, UDH8),  # 71 to 160 GSM characters: one part, no reference
+        ("a" * 71, UDH16),
+        ("中" * 70, SAR),
+        ("😀" * 35, UDH8),  # 70 UTF-16 units
+        ("a" * 1000, PAYLOAD),  # the SMSC splits it and numbers the parts
+        ("…" * 70, EncodeOptions(smart=True)),  # "..." x 70 would be two: kept as given
+    ],
+)
+def test_a_single_part_message_draws_no_reference(text: str, opts: EncodeOptions) -> None:
+    draw = Draws()
+    assert len(encode_message(text, opts, draw).parts) == 1
+    assert draw.calls == 0
+
+
+def test_a_message_of_several_parts_draws_its_reference_once() -> None:
+    for text, opts in [
+        ("中" * 69 + "😀", UDH8),  # 70 code points, 71 UTF-16 units: two parts
+        ("a" * 161, UDH16),
+        ("a" * 200 + "…", EncodeOptions(smart=True)),  # mapped and plain both encoded
+        ("a" * 300 + "…", EncodeOptions(smart=True)),  # the mapped one kept
+    ]:
+        draw = Draws(ref=201)
+        msg = encode_message(text, opts, draw)
+        assert len(msg.parts) > 1 and draw.calls == 1, text[:5]
+        assert msg == encode_message(text, opts, 201)
+    sar = encode_message("a" * 161, SAR, Draws(ref=40_000))
+    assert all(p.tlvs[0] == (0x020C, (40_000).to_bytes(2, "big")) for p in sar.parts)
+
+
+def test_a_refused_text_draws_no_reference() -> None:
+    draw = Draws()
+    with pytest.raises(TextError) as exc:
+        encode_message("中" * 20_000, UDH8, draw)
+    assert exc.value.code == "MESSAGE_TOO_LONG" and draw.calls == 0
 
 
 def test_ref_counter_per_destination_wraps() -> None:
@@ -706,3 +781,62 @@ def test_smart_only_applied_when_it_avoids_ucs2(text: str) -> None:
         assert msg.encoding is Encoding.GSM7
     else:
         assert msg == plain
+
+
+forcing_options = st.builds(
+    EncodeOptions,
+    split=st.sampled_from(list(SplitMode)),
+    gsm_data_coding=st.sampled_from([0, 1]),
+    allow_latin1=st.booleans(),
+    smart=st.booleans(),
+)
+FORCING_POOL = "".join(c for c in BASE_TABLE if c != "\x1b") + "{}€^`ãçÿ«中【😀‘’“”…"
+
+
+@PROPS
+@given(
+    st.one_of(
+        text_of(FORCING_POOL, 300),
+        text_of("abc 1$@_", 200),  # ASCII that IA5 carries
+        text_of("ab éà£Ä€", 200),  # GSM, but not all ASCII: IA5 cannot carry it
+        text_of("ab é£ãçÿ«", 200),  # Latin-1, where it is allowed
+    ),
+    forcing_options,
+)
+@example("Your café order: £5", IA5)
+@example("€ã", EncodeOptions(allow_latin1=True))
+def test_forcing_chars_are_named_exactly_when_ucs2_and_are_its_cause(
+    text: str, opts: EncodeOptions
+) -> None:
+    """For any text and SMSC options: characters are named iff the encoding is UCS-2, each
+    once, each in the text, and they are the cause as `_encode` judges it (IA5 and Latin-1
+    included): every character left would go without UCS-2 on its own, and the rest as a whole
+    does but where Latin-1 is allowed without IA5 (GSM Γ beside Latin-1 ÿ is neither)."""
+    msg = encode_message(text, opts)
+    forcing = msg.ucs2_chars
+    assert bool(forcing) == (msg.encoding is Encoding.UCS2), (msg.encoding, forcing)
+    event(f"{msg.encoding.value} ia5={opts.gsm_data_coding == 1} latin1={opts.allow_latin1}")
+    assert len(set(forcing)) == len(forcing)
+    assert all(c in msg.text for c in forcing)
+    plain = replace(opts, smart=False)
+    rest = "".join(c for c in msg.text if c not in forcing)
+    if forcing and rest:
+        assert all(encode_message(c, plain).encoding is not Encoding.UCS2 for c in set(rest))
+        if not opts.allow_latin1 or opts.gsm_data_coding == 1:
+            assert encode_message(rest, plain).encoding is not Encoding.UCS2
+
+
+@PROPS
+@given(texts, options, st.booleans(), st.integers(0, 255))
+def test_a_drawn_reference_is_as_a_given_one_and_only_for_several_parts(
+    text: str, opts: EncodeOptions, smart: bool, ref: int
+) -> None:
+    opts = replace(opts, smart=smart)
+    draw = Draws(ref)
+    try:
+        msg = encode_message(text, opts, draw)
+    except TextError:
+        assert draw.calls == 0
+        return
+    assert draw.calls == (len(msg.parts) > 1)
+    assert msg == encode_message(text, opts, ref)
