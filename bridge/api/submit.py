@@ -12,12 +12,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from bridge.api.errors import ApiError
 from bridge.billing import PriceNotFound, price
-from bridge.config import Config, SmscConfig
+from bridge.config import Config, SmscConfig, TextConfig
 from bridge.domain.admission import Priced
 from bridge.domain.content_filter import ContentFilter
 from bridge.domain.phone import PhoneError, normalize
@@ -211,6 +211,48 @@ def _blank(text: str) -> bool:
     return not text.strip().strip(_INVISIBLE).strip()
 
 
+# The refusals of a text as such, whoever sends it to whom: shared by the send (Submitter) and
+# POST /v1/preview, so a preview never prices a text the send refuses, and both say it alike.
+
+
+def check_sign_name(sign: str) -> None:
+    """Refuse a sign name that is not in its registered (NFKC) form: SIGN_NAME_INVALID."""
+    try:
+        if validate_sign_name(sign) != sign:
+            raise SignError(
+                "SIGN_NAME_INVALID", "sign_name: use the registered (NFKC) form of the name"
+            )
+    except SignError as exc:
+        raise ApiError("SIGN_NAME_INVALID", exc.message.replace("name:", "sign_name:", 1)) from None
+
+
+def signed_text(body: str, sign: str | None, conf: TextConfig) -> str:
+    """The text as sent, `body` behind its sign; refused when `body` is blank (EMPTY_MESSAGE)
+    or the whole is over `text.max_chars` (MESSAGE_TOO_LONG)."""
+    text = with_sign(body, sign, conf.sign_format)
+    if _blank(body):  # a rendered template or a raw text alike
+        raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
+    n = tariff_chars(text)
+    if n > conf.max_chars:
+        raise ApiError(
+            "MESSAGE_TOO_LONG",
+            f"text: {n} characters including the sign name, at most {conf.max_chars}",
+        )
+    return text
+
+
+def check_mapped_length(mapped: str, max_chars: int) -> None:
+    """Refuse a text that smart encoding lengthened over `max_chars` ("…" is "..."): what is
+    sent and billed is the mapped text, and the limit is on that (MESSAGE_TOO_LONG)."""
+    n = tariff_chars(mapped)
+    if n > max_chars:
+        raise ApiError(
+            "MESSAGE_TOO_LONG",
+            f"text: {n} characters including the sign name once smart encoding mapped it, "
+            f"at most {max_chars}",
+        )
+
+
 def encode_options(smsc: SmscConfig, smart: bool) -> EncodeOptions:
     return EncodeOptions(
         split=SplitMode(smsc.split),
@@ -287,15 +329,7 @@ class Submitter:
         """The text as sent: `【sign】` + the rendered template, or the account's free text."""
         sign = req.sign_name
         if sign is not None:
-            try:
-                if validate_sign_name(sign) != sign:
-                    raise SignError(
-                        "SIGN_NAME_INVALID", "sign_name: use the registered (NFKC) form of the name"
-                    )
-            except SignError as exc:
-                raise ApiError(
-                    "SIGN_NAME_INVALID", exc.message.replace("name:", "sign_name:", 1)
-                ) from None
+            check_sign_name(sign)
         if req.template is not None:
             if template is None:
                 raise ApiError("TEMPLATE_NOT_FOUND", f"template: {req.template!r} is not known")
@@ -316,16 +350,7 @@ class Submitter:
                 )
             assert req.text is not None
             body = req.text
-        text = with_sign(body, sign, self.config.text.sign_format)
-        if _blank(body):  # a rendered template or a raw text alike
-            raise ApiError("EMPTY_MESSAGE", "text: the message is empty")
-        n = tariff_chars(text)
-        if n > self.config.text.max_chars:
-            raise ApiError(
-                "MESSAGE_TOO_LONG",
-                f"text: {n} characters including the sign name, at most "
-                f"{self.config.text.max_chars}",
-            )
+        text = signed_text(body, sign, self.config.text)
         # After the length check: the filter folds the whole text, which a body of up to 1 MiB
         # must not cost before its refusal. A template's values are the customer's free text
         # inside approved words: screened in the rendered body (a value beside literal text can
@@ -370,27 +395,27 @@ class Submitter:
             # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
             bits = 8 if opts.split is SplitMode.UDH8 else 16
             try:
-                # A text of at most 70 characters is usually one part: it carries no
-                # concatenation reference, so it takes no slot in the per-destination counter.
-                # Not always (a character outside the BMP takes two UTF-16 units; smart mapping
-                # lengthens "…"): such a message draws its reference after all, or every one of
-                # them would carry 0 and two in flight to one handset mix their parts.
-                # (None, not 0, for "not drawn": 0 is a reference like any other, and lane 0
-                # of the acceptor workers' references starts at it.)
-                ref = self.refs.next(number, bits) if len(text) > 70 else None
-                enc = encode_message(text, opts, 0 if ref is None else ref)
-                if ref is None and len(enc.parts) > 1:
-                    enc = encode_message(text, opts, self.refs.next(number, bits))
+                # A reference is drawn only for a message of several parts: a single part
+                # (GSM-7 up to 160 characters, `split: payload`) carries none, so it takes no
+                # slot in the per-destination counter, whose cycle (256 / lanes with UDH8) is
+                # then counted in concatenated messages alone. The text's length cannot tell
+                # (a character outside the BMP takes two UTF-16 units, smart mapping lengthens
+                # "…": 70 characters may need two parts, 160 only one), so the encoder draws it
+                # when it cuts. At most 70 characters, though, are one part but for those rare
+                # cases: encoded with a stand-in and, if they did need parts, again with a drawn
+                # reference, the usual short message does not pay for a drawing function.
+                # (Never 0 for "not drawn": 0 is a reference like any other, and lane 0 of the
+                # acceptor workers' references starts at it.)
+                if len(text) <= 70:
+                    enc = encode_message(text, opts, 0)
+                    if len(enc.parts) > 1:
+                        enc = encode_message(text, opts, self.refs.next(number, bits))
+                else:
+                    enc = encode_message(text, opts, partial(self.refs.next, number, bits))
             except TextError as exc:
                 raise ApiError(exc.code, exc.message) from None
-            if enc.text != text and tariff_chars(enc.text) > self.config.text.max_chars:
-                # Smart encoding lengthened it ("…" is "..."): what is sent and billed is the
-                # mapped text, and the limit is on that.
-                raise ApiError(
-                    "MESSAGE_TOO_LONG",
-                    f"text: {tariff_chars(enc.text)} characters including the sign name once "
-                    f"smart encoding mapped it, at most {self.config.text.max_chars}",
-                )
+            if enc.text != text:
+                check_mapped_length(enc.text, self.config.text.max_chars)
             segments = tuple(
                 NewSegment(
                     seq=p.seq,

@@ -24,8 +24,15 @@ from bridge.api.sending import (
     prepare_send,
     template_changed,
 )
-from bridge.api.submit import encode_options, parse_send_request
+from bridge.api.submit import (
+    check_mapped_length,
+    check_sign_name,
+    encode_options,
+    parse_send_request,
+    signed_text,
+)
 from bridge.api.views import message_view
+from bridge.config import SmscConfig
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import is_domestic
 from bridge.ids import id_time_ms
@@ -414,12 +421,13 @@ async def post_preview(request: web.Request) -> web.Response:
     if not isinstance(text, str):
         raise ApiError("MISSING_FIELD", "text: required string (or template)")
     sign = data.get("sign_name")
-    if sign is not None and not isinstance(sign, str):
-        raise ApiError("INVALID_FIELD", "sign_name: expected a string")
+    if sign is not None:
+        if not isinstance(sign, str):
+            raise ApiError("INVALID_FIELD", "sign_name: expected a string")
+        check_sign_name(sign)
     smart = data.get("smart_encoding", ctx.config.text.smart_encoding)
     if not isinstance(smart, bool):
         raise ApiError("INVALID_FIELD", "smart_encoding: expected true or false")
-    smsc_name = ctx.config.smscs[0].name
     number: str | None = None
     to = data.get("to")
     if to is not None:
@@ -429,27 +437,44 @@ async def post_preview(request: web.Request) -> web.Response:
             number = normalize(to, request[PRINCIPAL].account.default_country)
         except PhoneError as exc:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
-        candidates = ctx.submitter.router.candidates(number)
-        if candidates:
-            smsc_name = candidates[0]
-    smsc = next(s for s in ctx.config.smscs if s.name == smsc_name)
+    smsc = _preview_smsc(ctx, number)
+    # The send's own refusals of the text, with its codes and words: a preview priced 600
+    # characters (over text.max_chars) and blank texts that the send then refused.
+    text = signed_text(text, sign, ctx.config.text)
     # Units as the send would bill them: the counting rule of the tariff in force, and for an
     # international destination its transmitted segments (the preview said 70/67 units).
     tariff = await current_tariff(ctx, ctx.now_ms())
     rule = ctx.config.text.counting_rule if tariff is None else tariff.counting_rule
     try:
-        result = preview(
-            text,
-            encode_options(smsc, smart),
-            sign=sign,
-            sign_format=ctx.config.text.sign_format,
-            rule=CountingRule(rule),
-        )
+        result = preview(text, encode_options(smsc, smart), rule=CountingRule(rule))
     except TextError as exc:
         raise ApiError(exc.code, exc.message) from None
+    if result["text"] != text:
+        check_mapped_length(result["text"], ctx.config.text.max_chars)
     if tariff is not None and number is not None and not is_domestic(number, tariff):
         result["billable_units"] = result["segments"]
+    result["smsc"] = smsc.name
     return json_response(result)
+
+
+def _preview_smsc(ctx: ApiContext, number: str | None) -> SmscConfig:
+    """The SMSC whose options a send to `number` is encoded with: its route's first, as
+    Submitter.build takes it; NO_ROUTE where the send would answer so.
+
+    Without a number, the route of a number that no country's prefix matches: "+" matches no
+    prefix but a "+" route (which would take such a number), else the default route. It was
+    the first SMSC listed, whose options (Latin-1, IA5, split) the typical send did not use.
+    With no such route either (routes for some prefixes only), the first SMSC listed: a preview
+    must encode for some SMSC, and its answer names which.
+    """
+    router = ctx.submitter.router
+    if number is not None:
+        candidates = router.candidates(number)
+        if not candidates:
+            raise ApiError("NO_ROUTE", f"to: no route to {number}")
+    else:
+        candidates = router.candidates("+") or (ctx.config.smscs[0].name,)
+    return next(s for s in ctx.config.smscs if s.name == candidates[0])
 
 
 async def get_account(request: web.Request) -> web.Response:

@@ -1060,6 +1060,7 @@ async def test_preview(api_server, make_account):
         "chars": 5,
         "parts": [{"chars": 5, "septets_or_octets": 5}],
         "ucs2_chars": [],
+        "smsc": "main",  # the default route's (no `to`)
     }
     r = await api_server.request(
         "POST", "/v1/preview", creds=creds, json={"text": "你" * 65, "sign_name": "Acme"}
@@ -1081,6 +1082,11 @@ async def test_preview(api_server, make_account):
         ({"text": "x", "to": "12"}, "INVALID_NUMBER"),
         ({"text": ""}, "EMPTY_MESSAGE"),
         ({"text": "x" * 100_000}, "MESSAGE_TOO_LONG"),
+        # The send's refusals of the text: blank, over text.max_chars (500) once smart encoding
+        # mapped it (480 + 3 x 10), a sign name not in its registered form.
+        ({"text": " \u200b "}, "EMPTY_MESSAGE"),
+        ({"text": "a" * 480 + "…" * 10, "smart_encoding": True}, "MESSAGE_TOO_LONG"),
+        ({"text": "x", "sign_name": "A"}, "SIGN_NAME_INVALID"),
         ([], "INVALID_REQUEST"),
     ],
 )
