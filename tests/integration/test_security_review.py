@@ -331,22 +331,8 @@ async def test_callback_url_that_can_never_be_used_is_refused(api_server: ApiSer
         "http://0251.0376.0251.0376/latest/meta-data/",
         "http://169.254.43518/latest/meta-data/",
         "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
-        # Session 35: a trailing dot (the same name to the resolver) and NAT64's embedding.
-        "http://169.254.169.254./latest/meta-data/",
-        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
     ],
-    ids=[
-        "imds",
-        "ipv6-link-local",
-        "v4-mapped",
-        "decimal",
-        "hex",
-        "octal",
-        "short",
-        "hex-dots",
-        "trailing-dot",
-        "nat64",
-    ],
+    ids=["imds", "ipv6-link-local", "v4-mapped", "decimal", "hex", "octal", "short", "hex-dots"],
 )
 async def test_link_local_callback_url_is_refused(api_server: ApiServer, url: str) -> None:
     """Webhook SSRF: the sender POSTs signed reports (numbers, MO texts) wherever the URL
