@@ -60,7 +60,10 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "METHOD_NOT_ALLOWED": "The path exists but not with this method.",
     "ACCOUNT_EXISTS": "An account with this name already exists.",
     "ACCOUNT_CLOSED": "The account is closed (its data was erased): it cannot be enabled, "
-    "changed or given keys again.",
+    "changed or given keys again, nor take top-ups, vouchers or cards.",
+    "PAYMENT_REF_REUSED": "A top-up, voucher or card sale names a ref the account already has "
+    "with another amount (or kind): nothing was credited; another payment needs a ref of its "
+    "own (the same amount again is a retry, answered 200 with duplicate_ref).",
     "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
@@ -566,7 +569,11 @@ def _schemas() -> dict[str, Any]:
                     "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]},
                 },
                 "sign_name": _STR,
-                "to": {"type": "string", "description": "picks the SMSC whose options apply"},
+                "to": {
+                    "type": "string",
+                    "description": "picks the SMSC whose options apply (its route's first); "
+                    "without it, the route of a number no prefix matches (the default route)",
+                },
                 "smart_encoding": _BOOL,
             },
             required=[],
@@ -584,6 +591,10 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": _STR,
                     "description": "the characters that force UCS-2",
+                },
+                "smsc": {
+                    "type": "string",
+                    "description": "the SMSC whose options it was encoded with",
                 },
             }
         ),
@@ -880,6 +891,11 @@ def _paths() -> dict[str, Any]:
                 "Encoding, segments and billable units of a text, without sending",
                 {"200": _ok("Preview", "the preview"), **_errors(400, 415, 422)},
                 requestBody=_json_body("PreviewRequest"),
+                description="Encoded for the SMSC a send to `to` would use (`smsc` names it). "
+                "A text the send refuses as such is refused alike, with the same code: blank "
+                "(EMPTY_MESSAGE), over text.max_chars (MESSAGE_TOO_LONG), a sign name not in "
+                "its registered form (SIGN_NAME_INVALID); so is a `to` no route covers "
+                "(NO_ROUTE).",
             ),
         },
         "/v1/account": {
