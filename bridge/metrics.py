@@ -527,11 +527,20 @@ class Metrics:
             )
             self.window_in_use.labels(name).set(_num(window.get("in_use")))
             self.window_size.labels(name).set(_num(window.get("size")))
-        for gone in self._smscs - set(status) - unknown:
+        gone_ones = self._smscs - set(status) - unknown
+        if gone_ones:
+            self.flush()  # counts still pending for them land before their series go
+        for gone in gone_ones:
             for g in self._smsc_gauges():
                 g.labels(gone).set(0)  # a multi-process file keeps the value; make it true
                 with contextlib.suppress(KeyError):
                     g.remove(gone)
+            # Its counters go with it (they exist from the first scrape, at 0, so a removed SMSC
+            # that never sent left them for ever); multi-process files are filtered instead.
+            for counter in (self.throttle_events, self.segments_submitted):
+                for labels in _label_sets(counter, gone):
+                    with contextlib.suppress(KeyError):
+                        counter.remove(*labels)
         self._smscs = set(status) | unknown
 
     def last_reload_ok(self) -> bool:
@@ -585,8 +594,23 @@ _PER_SMSC = frozenset(
         "smpp_bridge_binds_configured",
         "smpp_bridge_window_in_use",
         "smpp_bridge_window_size",
+        # counters (family names without _total): see observe_smscs
+        "smpp_bridge_throttle_events",
+        "smpp_bridge_segments_submitted",
     }
 )
+
+
+def _label_sets(counter: Counter, smsc: str) -> list[tuple[str, ...]]:
+    """The label values of `counter`'s children for `smsc` (prometheus_client lists them only
+    through collect)."""
+    names = counter._labelnames  # no public list of a family's children
+    out = []
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("smsc") == smsc:
+                out.append(tuple(sample.labels[n] for n in names))
+    return out
 
 
 class _OnlySmscs:
