@@ -162,5 +162,7 @@ def test_bench_times_only_the_rounds_not_the_signing_between_them() -> None:
     result = json.loads(out)
     assert result["accepted"] == 1200 and len(result["rounds"]) == 3, result
     by_round = sum(400 / r["end_to_end_per_s"] for r in result["rounds"])
-    assert by_round == pytest.approx(result["seconds"], rel=0.01), result
-    assert result["end_to_end_per_s"] == pytest.approx(1200 / by_round, rel=0.01), result
+    # 3%: signing 400 requests between rounds costs far more; 1% failed once on a loaded
+    # machine (0.856 s against 0.866, the rounds' rates rounded).
+    assert by_round == pytest.approx(result["seconds"], rel=0.03), result
+    assert result["end_to_end_per_s"] == pytest.approx(1200 / by_round, rel=0.03), result
