@@ -5,7 +5,9 @@ file, the real HTTP API on 127.0.0.1), a real webhook receiver, MO replies injec
 simulator. Campaigns: approved templates with a sign, batches, `scheduled_at`, batch cancels,
 STOP replies, operators changing an account while its campaign waits.
 
-Findings (each an xfail(strict) test that fails on the code as reviewed):
+Findings (each test failed on the code as reviewed; all four fixed in session 35: waiting
+messages end when their sender is moved or marketing / raw text is turned off, template values
+pass the content filter, and a message the SMSC refused with an error is cancelable):
 
 1. `test_a_scheduled_campaign_is_not_sent_from_an_address_moved_to_another_account`: a sender
    is checked only when the campaign is accepted. An operator moves the number `10690077` from
