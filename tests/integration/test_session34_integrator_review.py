@@ -79,6 +79,26 @@ async def _with_optouts(make_api: MakeApi) -> tuple[Any, dict[str, str], list[st
     return api, creds, numbers
 
 
+async def _every_optout(api: Any, creds: Any) -> list[str]:
+    """The whole list, a page of one at a time from cursor "" (a generic paginator's start),
+    through every next_cursor the endpoint answers; each one safe in a query once its "+" is
+    sent as %2B (README)."""
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        reply = await api.request(
+            "GET", "/v1/optouts", creds=creds, query=f"limit=1&cursor={cursor}"
+        )
+        assert reply.status == 200, reply.text
+        seen += [e["number"] for e in reply.json["optouts"]]
+        if reply.json["next_cursor"] is None:
+            return seen
+        cursor = reply.json["next_cursor"]
+        assert re.fullmatch(r"[0-9A-Za-z_+-]+", cursor), cursor
+        cursor = cursor.replace("+", "%2B")
+    raise AssertionError(f"more than 10 pages: {seen}")
+
+
 async def test_optouts_refuses_a_cursor_it_never_returned(make_api: MakeApi) -> None:
     api, creds, _ = await _with_optouts(make_api)
     # The cursor of /v1/optouts is a number; a client that lost the %2B sends a space.
@@ -123,19 +143,7 @@ async def test_optouts_pages_past_a_reply_sender_that_is_not_digits(make_api: Ma
     api, creds, numbers = await _with_optouts(make_api)
     odd = ["INFO LINE", "Shop+Ü/1"]
     await api.store.add_optouts(creds.account_id, odd, "mo", int(api.clock() * 1000))
-    seen: list[str] = []
-    cursor = ""
-    for _ in range(10):
-        reply = await api.request(
-            "GET", "/v1/optouts", creds=creds, query=f"limit=1&cursor={cursor}"
-        )
-        assert reply.status == 200, reply.text
-        seen += [e["number"] for e in reply.json["optouts"]]
-        if reply.json["next_cursor"] is None:
-            break
-        cursor = reply.json["next_cursor"]
-        assert re.fullmatch(r"%?[0-9A-Za-z_+-]+", cursor), cursor  # safe in a query as is
-        cursor = cursor.replace("+", "%2B")
+    seen = await _every_optout(api, creds)
     assert seen == sorted(numbers + odd)
     # A cursor of the new form that no page returned (not canonical) is still refused.
     reply = await api.request("GET", "/v1/optouts", creds=creds, query="cursor=xMTIz")  # "123"
@@ -148,17 +156,7 @@ async def test_optouts_pages_past_a_reply_sender_that_is_not_digits(make_api: Ma
 async def test_optouts_pages_through_its_own_cursors(make_api: MakeApi) -> None:
     # The cursor now checked is still every next_cursor the endpoint answers, to the last page.
     api, creds, numbers = await _with_optouts(make_api)
-    seen: list[str] = []
-    cursor = ""  # a generic paginator's start: the first page
-    for _ in range(5):
-        reply = await api.request(
-            "GET", "/v1/optouts", creds=creds, query=f"limit=1&cursor={cursor.replace('+', '%2B')}"
-        )
-        assert reply.status == 200, reply.text
-        seen += [e["number"] for e in reply.json["optouts"]]
-        if reply.json["next_cursor"] is None:
-            break
-        cursor = reply.json["next_cursor"]
+    seen = await _every_optout(api, creds)
     assert seen == numbers
     # The cursor a client that let its "+" become a space sends back is refused, not a page.
     reply = await api.request("GET", "/v1/optouts", creds=creds, query="cursor=+8613900000001")
