@@ -825,6 +825,12 @@ def _paths() -> dict[str, Any]:
         },
         {"name": "status", "in": "query", "schema": {"type": "string", "enum": [*MESSAGE_STATES]}},
         {
+            "name": "batch_id",
+            "in": "query",
+            "schema": {"type": "string", "pattern": "^bat_[0-9A-Z]{26}$"},
+            "description": "only the messages of this send (its 202's batch_id)",
+        },
+        {
             "name": "cursor",
             "in": "query",
             "schema": {"type": "string"},

@@ -346,7 +346,7 @@ async def list_messages(request: web.Request) -> web.Response:
     account = request[PRINCIPAL].account
     from bridge.api.reports import parse_day, query_params  # reports imports this module
 
-    q = query_params(query_of(request), ("to", "date", "status", "cursor", "limit"))
+    q = query_params(query_of(request), ("to", "date", "status", "batch_id", "cursor", "limit"))
     recipient = None
     if "to" in q:
         try:
@@ -370,6 +370,11 @@ async def list_messages(request: web.Request) -> web.Response:
     cursor = q.get("cursor")
     if cursor is not None and not _MSG_ID.fullmatch(cursor):
         raise ApiError("INVALID_CURSOR", "cursor: not a cursor returned by this API")
+    # A campaign's messages (the batch_id of its 202): what went out of a batch half canceled,
+    # without a request per message id.
+    batch_id = q.get("batch_id")
+    if batch_id is not None and not _BATCH_ID.fullmatch(batch_id):
+        raise ApiError("INVALID_FIELD", "batch_id: a batch_id a send answered (bat_...)")
     rows = await ctx.store.list_messages(
         account.id,
         recipient=recipient,
@@ -378,6 +383,7 @@ async def list_messages(request: web.Request) -> web.Response:
         state=state,
         before_id=cursor,
         limit=limit + 1,
+        batch_id=batch_id,
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -260,6 +260,7 @@ class Store(Protocol):
         state: str | None = None,
         before_id: str | None = None,
         limit: int = 50,
+        batch_id: str | None = None,
     ) -> list[MessageRecord]: ...
     async def queue_depth(self, due_at: int | None = None) -> int:
         """Segments not yet sent of queued and claimed messages; with `due_at`, only those of

@@ -1058,10 +1058,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         state: str | None = None,
         before_id: str | None = None,
         limit: int = 50,
+        batch_id: str | None = None,
     ) -> list[MessageRecord]:
         where = ["account_id = $1"]
         args: list[Any] = [account_id]
         for cond, value in (
+            # A batch's messages share its accepted_at (the id's time; see the SQLite engine).
+            ("accepted_at = ${}", None if batch_id is None else id_time_ms(batch_id, "bat_") or 0),
+            ("batch_id = ${}", batch_id),
             ("recipient = ${}", recipient),
             ("accepted_at >= ${}", since),
             ("accepted_at < ${}", until),

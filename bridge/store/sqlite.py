@@ -593,9 +593,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         state: str | None = None,
         before_id: str | None = None,
         limit: int = 50,
+        batch_id: str | None = None,
     ) -> list[MessageRecord]:
         where = ["account_id=?"]
         args: list[Any] = [account_id]
+        if batch_id is not None:
+            # A batch's messages share its accepted_at (the id's time): the account's time
+            # index finds them, as the batch cancel does.
+            where.append("accepted_at=? AND batch_id=?")
+            args += [id_time_ms(batch_id, "bat_") or 0, batch_id]
         if recipient is not None:
             where.append("recipient=?")
             args.append(recipient)

@@ -144,6 +144,39 @@ async def test_refused_with_an_error_is_cancelable_in_flight_at_a_crash_is_not(
     assert (no.status, no.code) == (409, "NOT_CANCELABLE"), no.json
 
 
+async def test_a_batch_lists_its_own_messages_after_a_cancel(api: ApiServer) -> None:
+    """Session 35's campaign review: a batch cancel answers counts only, and finding which of a
+    campaign's messages went out took a request per message id. GET /v1/messages?batch_id=
+    lists them, paginated like any list, on both engines."""
+    creds = await api.create_account()
+    batch = await _send(api, creds, CN[:3])
+    other = await _send(api, creds, CN[0])
+    bid = batch["batch_id"]
+    r = await api.request("POST", f"/v1/batches/{bid}/cancel", creds=creds)
+    assert r.status == 200 and r.json["canceled"] == 3, r.json
+    seen: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(5):
+        page = await api.request(
+            "GET", "/v1/messages", creds=creds, query=f"batch_id={bid}&limit=2&cursor={cursor}"
+        )
+        assert page.status == 200, page.json
+        seen += page.json["messages"]
+        cursor = page.json["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(m["id"] for m in seen) == sorted(m["id"] for m in batch["messages"])
+    assert {(m["batch_id"], m["status"], m["error_code"]) for m in seen} == {
+        (bid, "expired", "CANCELED")
+    }
+    assert other["messages"][0]["id"] not in {m["id"] for m in seen}
+    nobody = "bat_" + "0" * 26
+    empty = await api.request("GET", "/v1/messages", creds=creds, query=f"batch_id={nobody}")
+    assert (empty.status, empty.json["messages"]) == (200, [])
+    bad = await api.request("GET", "/v1/messages", creds=creds, query="batch_id=bat_1")
+    assert (bad.status, bad.code) == (400, "INVALID_FIELD"), bad.json
+
+
 # -- cancel: PostgreSQL row locks ---------------------------------------------------------------
 
 
