@@ -176,9 +176,12 @@ def _owner_state(daemon: DaemonProcess) -> str:
 
 def _is_acceptor(p: Proc) -> bool:
     """Whether `p` runs the acceptor's command line yet (a forked child shows its parent's
-    until it execs)."""
+    until it execs). The arguments `--role acceptor`, not the word: the owner's own command
+    line holds this test's temporary path, "...test_acceptors_stop_when...", so a child not
+    yet exec'd matched, was stopped before its exec, held the owner in Popen, and the second
+    acceptor was never forked (the CI failure of sessions 34 and 35, found by _owner_state)."""
     try:
-        return b"acceptor" in Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        return b"\x00--role\x00acceptor\x00" in Path(f"/proc/{p.pid}/cmdline").read_bytes()
     except OSError:
         return False
 
