@@ -198,6 +198,15 @@ async def running(tmp_path: Path, data: dict[str, Any]) -> AsyncIterator[Daemon]
         await d.stop()
 
 
+def _mo_texts(tmp_path: Path) -> list[str]:
+    """The texts stored for inbound messages, read from the daemon's SQLite file."""
+    db = sqlite3.connect(tmp_path / "bridge.db")
+    try:
+        return [r[0] for r in db.execute("SELECT text FROM mo_inbox")]
+    finally:
+        db.close()
+
+
 def submits_by(smsc: Carrier, system_id: str) -> list[ShortMessage]:
     return [
         p.body
@@ -400,12 +409,7 @@ async def test_packed_gsm_udh8_mo_out_of_order_with_a_duplicate_and_a_split_esca
             assert resp.status == C.ESME_ROK
         await wait_until(lambda: d.inbound is not None and d.inbound.mo >= 1, 5)
         await asyncio.sleep(0.3)
-    db = sqlite3.connect(tmp_path / "bridge.db")
-    try:
-        rows = db.execute("SELECT text FROM mo_inbox").fetchall()
-    finally:
-        db.close()
-    assert rows == [(text,)]
+    assert _mo_texts(tmp_path) == [text]
 
 
 @pytest.mark.parametrize(
@@ -428,12 +432,7 @@ async def test_mo_single_part_codings_decode(
                           short_message=payload)  # fmt: skip
         assert (await smsc.deliver(sm)).status == C.ESME_ROK
         await wait_until(lambda: d.inbound is not None and d.inbound.mo >= 1, 5)
-    db = sqlite3.connect(tmp_path / "bridge.db")
-    try:
-        rows = db.execute("SELECT text FROM mo_inbox").fetchall()
-    finally:
-        db.close()
-    assert rows == [(text,)]
+    assert _mo_texts(tmp_path) == [text]
 
 
 # =================================================================================================
