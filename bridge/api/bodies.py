@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.api.context import CTX
 from bridge.api.errors import ApiError
-from bridge.api.http_errors import BODY_FRAMING
+from bridge.api.http_errors import BODY_FRAMING, SERVER_NAME
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
@@ -93,9 +93,6 @@ def http_limits(max_line_size: int) -> dict[str, int]:
         "max_field_size": MAX_FIELD_SIZE,
         "max_headers": MAX_HEADERS,
     }
-
-
-SERVER_NAME = "smpp-bridge"
 
 
 async def name_server(request: web.BaseRequest, response: web.StreamResponse) -> None:

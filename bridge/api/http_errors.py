@@ -39,6 +39,9 @@ Render = Callable[[int, str, str], tuple[int, bytes, str, str, str]]
 # "aliyun unparsable", beside its "aliyun <Action>" labels).
 ENDPOINT = "unparsable"
 
+# What every answer's Server header says (bodies.name_server; JsonErrorServer.answer).
+SERVER_NAME = "smpp-bridge"
+
 BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malformed"
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     # BadHttpMethod first: it is a BadStatusLine.
@@ -202,7 +205,7 @@ class JsonErrorServer(web.Server):
         resp = web.Response(status=sent, body=body, content_type=ctype.split(";")[0].strip())
         resp.headers["Content-Type"] = ctype
         resp.headers["X-Request-Id"] = rid
-        resp.headers["Server"] = "smpp-bridge"  # as bodies.name_server (no app here)
+        resp.headers["Server"] = SERVER_NAME  # as bodies.name_server (no app here)
         resp.force_close()
         return resp
 
