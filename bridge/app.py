@@ -31,7 +31,7 @@ from bridge.api.context import OWNER_SILENT_S, ApiContext
 from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
-from bridge.billing import Tariffs, auto_settle
+from bridge.billing import Tariffs, auto_settle, warn_low_balance
 from bridge.clockstep import WallSteps
 from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
@@ -704,18 +704,8 @@ class Daemon:
         if any(counts.values()):
             log.info("sweep %s", counts)
         for low in swept["low_balance"]:
-            # A voucher expired and took an account under its threshold (its event queued):
-            # logged as a send's crossing is (bridge/api/sending.py), the same words and fields,
-            # so an alert on that line catches both causes.
-            log.warning(
-                "balance below the low-balance threshold",
-                extra={
-                    "account": low.account_id,
-                    "available_micro": low.after,
-                    "previous_micro": low.before,
-                },
-            )
-            self.metrics.balance_warning()
+            # A voucher expired and took an account under its threshold: as a send's crossing.
+            warn_low_balance(log, self.metrics, low.account_id, low.before, low.after)
 
     async def _reclaim(self, now_ms: int) -> None:
         assert self.store is not None

@@ -36,6 +36,20 @@ from bridge.store.models import Account, BillRow, TariffRow
 log = logging.getLogger("bridge.billing")
 
 
+def warn_low_balance(
+    logger: logging.Logger, metrics: Any, account_id: str, before: int, after: int
+) -> None:
+    """A prepaid balance crossed its low-balance threshold (its balance.low event is queued by
+    the store): one WARNING in the same words and fields whatever took it there (a send, a
+    voucher's expiry), so an alert on the line catches both, and the metric counted. `logger`:
+    the caller's, so each component keeps its own name and level."""
+    logger.warning(
+        "balance below the low-balance threshold",
+        extra={"account": account_id, "available_micro": after, "previous_micro": before},
+    )
+    metrics.balance_warning()
+
+
 # -- tariffs as stored JSON ------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 
-from bridge import logs
+from bridge import billing, logs
 from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.submit import SendRequest
@@ -157,11 +157,7 @@ def after_accept(
     plan = outcome.plan
     if plan is not None and plan.low_balance is not None:
         before, after = plan.low_balance
-        log.warning(
-            "balance below the low-balance threshold",
-            extra={"account": account.id, "available_micro": after, "previous_micro": before},
-        )
-        ctx.metrics.balance_warning()
+        billing.warn_low_balance(log, ctx.metrics, account.id, before, after)
     segments = sum(len(m.segments) for m in messages)
     ctx.queue_depth += segments
     ctx.on_accepted(segments)
