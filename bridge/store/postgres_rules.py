@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import admission as adm
-from bridge.domain import ledger
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.ids import new_id
@@ -39,16 +38,18 @@ from bridge.store.rules_rows import (
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
+    PAYMENT_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
+    already_credited,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
     entry_row,
-    kinds_sql,
     number_prefixes,
     pg_marks,
+    refuse_unless_open,
     sign_row,
     sign_values,
     tariff_period_sql,
@@ -59,8 +60,6 @@ from bridge.store.rules_rows import (
 
 # How long a DNC import waits for the accepts in progress (see import_dnc), in waits of
 # DNC_LOCK_TRY_MS with DNC_LOCK_PAUSE_S between them.
-# The kinds a payment ref is looked up among (append_ledger(once=True)).
-_PAYMENT_KINDS_SQL = kinds_sql(ledger.PAYMENT_KINDS)
 DNC_LOCK_WAIT_MS = 10_000
 DNC_LOCK_TRY_MS = 500
 DNC_LOCK_PAUSE_S = 0.2
@@ -324,14 +323,6 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         [sums[k][1] for k in keys],
     ]
     w.add(_POCKETS_UPSERT.format(*(w.param(col) for col in pcols), where))
-
-
-def _open_account(account_id: str, status: str | None) -> None:
-    """append_ledger's refusals, from the account's status read under its lock (None: absent)."""
-    if status is None:
-        raise StoreError("NOT_FOUND", f"no account {account_id!r}")
-    if status == "closed":
-        raise StoreError("ACCOUNT_CLOSED", ledger.CLOSED_ACCOUNT)
 
 
 async def append_entries(c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]) -> None:
@@ -771,7 +762,7 @@ class RulesStoreMixin:
         w.add("SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
         open_ = "EXISTS (SELECT 1 FROM a WHERE status <> 'closed')"
         add_entries(w, [(account_id, e) for e in entries], open_)
-        _open_account(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
+        refuse_unless_open(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
         return True
 
     async def _append_once(self, account_id: str, entries: Sequence[Entry], first: Entry) -> bool:
@@ -779,22 +770,14 @@ class RulesStoreMixin:
         statement (a fresh snapshot), so two retries of one payment cannot both append."""
 
         async def job(c: asyncpg.Connection) -> bool:
-            _open_account(
+            refuse_unless_open(
                 account_id,
                 await c.fetchval(
                     "SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
                 ),
             )
-            seen = await c.fetchrow(
-                "SELECT kind, amount FROM ledger WHERE account_id = $1 AND ref = $2 "
-                f"AND kind IN ({_PAYMENT_KINDS_SQL}) ORDER BY id LIMIT 1",
-                account_id,
-                first.ref,
-            )
-            if seen is not None:
-                conflict = ledger.ref_conflict(seen[0], seen[1], first)
-                if conflict is not None:
-                    raise StoreError(ledger.PAYMENT_REF_REUSED, conflict)
+            seen = await c.fetchrow(PAYMENT_SEEN.format("$1", "$2"), account_id, first.ref)
+            if already_credited(seen, first):
                 return False
             w = Writes()
             add_entries(w, [(account_id, e) for e in entries])

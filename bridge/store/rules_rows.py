@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from bridge.domain import ledger
 from bridge.domain.admission import DOMESTIC
 from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
+from bridge.store.base import StoreError
 from bridge.store.models import LedgerRow, Sign, Template
 
 SIGN_COLS = (
@@ -162,6 +164,36 @@ def kinds_sql(kinds: Iterable[str]) -> str:
 
 # The IN lists of the reads of one message's charge (see bridge.domain.ledger.MESSAGE_KINDS).
 MESSAGE_KINDS_SQL = kinds_sql(MESSAGE_KINDS)
+# The kinds a payment ref is looked up among (append_ledger(once=True)).
+PAYMENT_KINDS_SQL = kinds_sql(ledger.PAYMENT_KINDS)
+# append_ledger(once=True)'s look-up of the first money in named by a ref ($1/? placeholders
+# are the engine's: account_id, then ref).
+PAYMENT_SEEN = (
+    "SELECT kind, amount FROM ledger WHERE account_id = {} AND ref = {} "
+    f"AND kind IN ({PAYMENT_KINDS_SQL}) ORDER BY id LIMIT 1"
+)
+
+
+def refuse_unless_open(account_id: str, status: str | None) -> None:
+    """append_ledger's refusals, both engines, from the account's status read in the write's
+    transaction (None: no such account)."""
+    if status is None:
+        raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+    if status == "closed":
+        raise StoreError("ACCOUNT_CLOSED", ledger.CLOSED_ACCOUNT)
+
+
+def already_credited(seen: Sequence[Any] | None, first: Entry) -> bool:
+    """Whether the money in `first` names was credited already (PAYMENT_SEEN's row `seen`): a
+    retry, appended nothing. A ref credited with another amount or kind is refused."""
+    if seen is None:
+        return False
+    conflict = ledger.ref_conflict(seen[0], seen[1], first)
+    if conflict is not None:
+        raise StoreError(ledger.PAYMENT_REF_REUSED, conflict)
+    return True
+
+
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from bridge import jsonio
 from bridge.domain import admission as adm
-from bridge.domain import ledger
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.store.base import StoreError
@@ -33,16 +32,18 @@ from bridge.store.rules_rows import (
     LEDGER_COLS,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
+    PAYMENT_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
+    already_credited,
     blocked_ids,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
     entry_row,
-    kinds_sql,
     ledger_row,
     number_prefixes,
+    refuse_unless_open,
     sign_row,
     sign_values,
     sqlite_marks,
@@ -52,8 +53,6 @@ from bridge.store.rules_rows import (
     voucher_charges_sql,
 )
 
-# The kinds a payment ref is looked up among (append_ledger(once=True)).
-_PAYMENT_KINDS_SQL = kinds_sql(ledger.PAYMENT_KINDS)
 # An `mo` opt-out for a number the customer had already listed (`api`) takes the entry over:
 # left `api`, the customer could delete it and message a recipient who replied STOP.
 _CLAIM_BY_REPLY = (
@@ -645,21 +644,12 @@ class RulesStoreMixin:
     ) -> bool:
         def job(c: sqlite3.Connection) -> bool:
             row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
-            if row is None:
-                raise StoreError("NOT_FOUND", f"no account {account_id!r}")
-            if row[0] == "closed":  # checked in the write's transaction: no close slips between
-                raise StoreError("ACCOUNT_CLOSED", ledger.CLOSED_ACCOUNT)
+            # Checked in the write's transaction: no close slips between.
+            refuse_unless_open(account_id, row[0] if row else None)
             first = entries[0] if entries else None
             if once and first is not None and first.ref is not None:
-                seen = c.execute(
-                    f"SELECT kind, amount FROM ledger WHERE account_id=? AND ref=? "
-                    f"AND kind IN ({_PAYMENT_KINDS_SQL}) ORDER BY id LIMIT 1",
-                    (account_id, first.ref),
-                ).fetchone()
-                if seen is not None:
-                    conflict = ledger.ref_conflict(seen[0], seen[1], first)
-                    if conflict is not None:
-                        raise StoreError(ledger.PAYMENT_REF_REUSED, conflict)
+                seen = c.execute(PAYMENT_SEEN.format("?", "?"), (account_id, first.ref)).fetchone()
+                if already_credited(seen, first):
                     return False
             append_entries(c, account_id, entries)
             return True
