@@ -355,7 +355,7 @@ class Daemon:
         self.ctx = ApiContext(
             config=cfg,
             store=store,
-            auth=Authenticator(store, sealer, max_skew_s=cfg.server.clock_skew_s, clock=self.clock),
+            auth=await Authenticator.start(store, sealer, cfg, self.clock),
             submitter=Submitter(cfg, router, refs=self._ref_counter()),
             accounts=accounts,
             clock=self.clock,

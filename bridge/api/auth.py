@@ -16,7 +16,9 @@ from aiohttp import web
 
 from bridge.api import signing
 from bridge.api.errors import ApiError
+from bridge.config import Config
 from bridge.crypto import MasterKeyError, Sealer
+from bridge.domain.skew_window import SkewWindow
 from bridge.fastinit import fast_init
 from bridge.store.base import Store
 from bridge.store.models import Account, AppKey
@@ -68,13 +70,42 @@ class Authenticator:
         *,
         max_skew_s: int = 300,
         clock: Callable[[], float] = time.time,
+        window: SkewWindow | None = None,
+        aliyun_window: SkewWindow | None = None,
     ) -> None:
         self._store = store
         self._sealer = sealer
         self._max_skew = max_skew_s
         self._clock = clock
+        self._window = window
+        self._aliyun_window = aliyun_window
         self._cache: dict[str, tuple[float, AppKey, str]] = {}
         self._accounts: dict[str, tuple[float, Account]] = {}
+
+    @classmethod
+    async def start(
+        cls, store: Store, sealer: Sealer, config: Config, clock: Callable[[], float]
+    ) -> Authenticator:
+        """The authenticator of a process starting now: each face's window of request dates read
+        from the store, and recorded there if its skew changed (bridge/domain/skew_window.py)."""
+        now_ms = int(clock() * 1000)
+        window = await store.skew_window("native", config.server.clock_skew_s, now_ms)
+        aliyun = None
+        if config.aliyun.enabled:
+            aliyun = await store.skew_window("aliyun", config.aliyun.clock_skew_s, now_ms)
+        return cls(
+            store,
+            sealer,
+            max_skew_s=config.server.clock_skew_s,
+            clock=clock,
+            window=window,
+            aliyun_window=aliyun,
+        )
+
+    def late_s(self, now: float, *, aliyun: bool = False) -> int | None:
+        """How far in the past a request may be dated now; None: as far as the skew allows."""
+        window = self._aliyun_window if aliyun else self._window
+        return None if window is None else window.late_s(int(now * 1000))
 
     async def _key(self, key_id: str) -> tuple[AppKey, str] | None:
         """The key and its decrypted secret, cached briefly: the secret never changes for a key
@@ -144,7 +175,7 @@ class Authenticator:
 
         now = self._clock()
         try:
-            signing.check_skew(when, _utc(now), self._max_skew)
+            signing.check_skew(when, _utc(now), self._max_skew, self.late_s(now))
             signing.verify_checked(
                 secret,
                 request.method,

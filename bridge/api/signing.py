@@ -317,8 +317,10 @@ def format_date(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def check_skew(date: datetime, now: datetime, max_skew_s: int) -> None:
-    """Bound replay: a request is good for `max_skew_s` either side of the server clock, inclusive.
+def check_skew(date: datetime, now: datetime, max_skew_s: int, late_s: int | None = None) -> None:
+    """Bound replay: a request is good for `max_skew_s` either side of the server clock, inclusive;
+    `late_s` narrows the past side while a raise of the skew is settling
+    (bridge/domain/skew_window.py).
 
     The message carries the server time so a client with a wrong clock can see by how much.
     """
@@ -327,14 +329,23 @@ def check_skew(date: datetime, now: datetime, max_skew_s: int) -> None:
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     skew = (date - now).total_seconds()
-    if abs(skew) > max_skew_s:
+    late = max_skew_s if late_s is None else min(late_s, max_skew_s)
+    if skew > max_skew_s or -skew > late:
         server_time = format_date(now)
+        allowed = f"±{max_skew_s} s" if late == max_skew_s else _raised(late, max_skew_s)
         raise SignatureError(
             "REQUEST_EXPIRED",
             f"X-Bridge-Date {format_date(date)} is {skew:+.0f} s from server time {server_time}; "
-            f"allowed ±{max_skew_s} s",
+            f"allowed {allowed}",
             server_time=server_time,
         )
+
+
+def _raised(late_s: int, max_skew_s: int) -> str:
+    return (
+        f"-{late_s} s to +{max_skew_s} s (the allowed skew was raised a short while ago; "
+        f"older requests are refused until the nonces kept for the old one have all expired)"
+    )
 
 
 def check_nonce(value: str | None) -> str:

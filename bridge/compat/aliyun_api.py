@@ -89,7 +89,8 @@ async def handle(request: web.Request) -> web.Response:
         )
         fmt, action = call.format, call.action
         skew = ctx.config.aliyun.clock_skew_s
-        check_timestamp(call.timestamp, ctx.clock(), skew)
+        now_s = ctx.clock()
+        check_timestamp(call.timestamp, now_s, skew, ctx.auth.late_s(now_s, aliyun=True))
         found = await ctx.auth.lookup(call.access_key_id)
         if found is None:
             raise protocol_error("InvalidAccessKeyId.NotFound")

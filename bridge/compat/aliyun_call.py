@@ -88,10 +88,15 @@ def parse_timestamp(value: str) -> int:
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
-def check_timestamp(ts: int, now: float, max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
-    """Refuse a call signed more than `max_skew_s` seconds away from `now` (either way)."""
-    if abs(now - ts) > max_skew_s:
+def check_timestamp(
+    ts: int, now: float, max_skew_s: float = DEFAULT_MAX_SKEW_S, late_s: float | None = None
+) -> None:
+    """Refuse a call signed more than `max_skew_s` seconds away from `now` (either way), or more
+    than `late_s` in the past while a raise of the skew settles (bridge/domain/skew_window.py)."""
+    late = max_skew_s if late_s is None else min(late_s, max_skew_s)
+    if ts - now > max_skew_s or now - ts > late:
+        allowed = f"{max_skew_s:g} s" if late == max_skew_s else f"-{late:g} s to +{max_skew_s:g} s"
         raise protocol_error(
             "InvalidTimeStamp.Expired",
-            f"Allowed skew is {max_skew_s:g} s; the call is {now - ts:+.0f} s from server time.",
+            f"Allowed skew is {allowed}; the call is {now - ts:+.0f} s from server time.",
         )

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 
 from bridge.domain.admission import Pocket
 from bridge.domain.ledger import Entry
+from bridge.domain.skew_window import SkewWindow
 from bridge.store.models import (
     AcceptBatch,
     AcceptOutcome,
@@ -220,6 +221,10 @@ class Store(Protocol):
     async def authorize_request(
         self, key_id: str, nonce: str, expires_at: int, now: int
     ) -> tuple[str, Account | None]: ...
+    async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
+        """The window of request dates `face` ("native", "aliyun") accepts, for a process
+        starting with `skew_s`: recorded if it changed (bridge/domain/skew_window.py)."""
+        ...
 
     # acceptance and queries
     async def get_idempotency(

@@ -34,6 +34,7 @@ import asyncpg
 from bridge.domain import admission as adm
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
+from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms
 from bridge.store import migrate, postgres_clock
 from bridge.store import postgres_pipeline as pipe
@@ -679,6 +680,32 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         the SQLite engine for why). Outcome: ok | unknown_key | revoked | nonce_reused."""
         row = await self.pool.fetchrow(_AUTHORIZE, key_id, nonce, expires_at, now)
         return _authorized(row)
+
+    async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
+        """The face's window as this process starts (see bridge/domain/skew_window.py); the row
+        is locked so instances starting together agree on one transition."""
+        async with self.pool.acquire() as c, c.transaction():
+            await c.execute(
+                "INSERT INTO skew_windows (face, skew_s, prev_s, since_ms) VALUES ($1, 0, 0, 0) "
+                "ON CONFLICT (face) DO NOTHING",
+                face,
+            )
+            row = await c.fetchrow(
+                "SELECT skew_s, prev_s, since_ms FROM skew_windows WHERE face = $1 FOR UPDATE",
+                face,
+            )
+            stored = SkewWindow(*row) if row["skew_s"] > 0 else None
+            window = next_window(stored, skew_s, now)
+            if window != stored:
+                await c.execute(
+                    "UPDATE skew_windows SET skew_s = $2, prev_s = $3, since_ms = $4 "
+                    "WHERE face = $1",
+                    face,
+                    window.skew_s,
+                    window.prev_s,
+                    window.since_ms,
+                )
+            return window
 
     # -- acceptance --------------------------------------------------------------------------------
 

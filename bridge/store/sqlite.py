@@ -12,6 +12,7 @@ from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
+from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.store import migrate, sqlite_clock, sqlite_rules
 from bridge.store import sqlite_pipeline as pipe
@@ -367,6 +368,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             return _authorize(c, key_id, nonce, expires_at, now)
 
         return await self._runner.write(job, single=True)
+
+    async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
+        def job(c: sqlite3.Connection) -> SkewWindow:
+            row = c.execute(_SKEW_GET, (face,)).fetchone()
+            stored = SkewWindow(*row) if row else None
+            window = next_window(stored, skew_s, now)
+            if window != stored:
+                c.execute(_SKEW_SET, (face, window.skew_s, window.prev_s, window.since_ms))
+            return window
+
+        return await self._runner.write(job)
 
     # -- acceptance --------------------------------------------------------------------------------
 
@@ -1451,6 +1463,13 @@ def _authorize(
         replaced.append(old)
     return "ok", account
 
+
+_SKEW_GET = "SELECT skew_s, prev_s, since_ms FROM skew_windows WHERE face=?"
+_SKEW_SET = (
+    "INSERT INTO skew_windows (face, skew_s, prev_s, since_ms) VALUES (?,?,?,?) "
+    "ON CONFLICT (face) DO UPDATE SET skew_s=excluded.skew_s, prev_s=excluded.prev_s, "
+    "since_ms=excluded.since_ms"
+)
 
 # The common case is one statement: a new nonce, a new idempotency key. On a conflict the stored
 # record is read: live, a replay; expired, replaced (and kept, to restore on a refusal).

@@ -505,7 +505,7 @@ async def start_api(
     ctx = ApiContext(
         config=cfg,
         store=store,
-        auth=Authenticator(store, sealer, max_skew_s=cfg.server.clock_skew_s, clock=clock),
+        auth=await Authenticator.start(store, sealer, cfg, clock),
         submitter=Submitter(cfg, make_router(cfg)),
         accounts=AccountService(store, sealer),
         clock=clock,

@@ -656,7 +656,10 @@ async def test_sqlite_store_of_the_previous_release_upgrades_in_place(
         range(old_version + 1, latest + 1)
     )
     skip = ("audit_log", "schema_version")
-    assert set(after) == set(before)  # no table added since the previous release
+    # Tables added since the previous release (skew_windows, session 36) start empty: db migrate
+    # writes no rows into them; the daemon's first start does.
+    assert set(before) <= set(after)
+    assert all(after[t] == [] for t in set(after) - set(before)), set(after) - set(before)
     for table, rows in before.items():
         if table in skip or not rows:
             assert table in skip or after[table] == [], table

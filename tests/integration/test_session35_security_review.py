@@ -8,8 +8,9 @@ SSRF, non-UTF-8 headers, slow request headers and bodies; this one looked elsewh
 
 Findings (defects; each test failed on the code as reviewed). Fixed in session 35: 1 (paths
 escaped in log messages), 3 (a write watchdog), 4 (README: $http_host), 5 (has_nul iterative),
-6 (8,190-byte headers, 64 at most, and nothing read after a parse error). 2 is left, a strict
-xfail, documented in the example configuration (how to raise clock_skew_s safely):
+6 (8,190-byte headers, 64 at most, and nothing read after a parse error). 2 was left a strict
+xfail, documented in the example configuration (how to raise clock_skew_s safely), and fixed in
+session 36 (bridge/domain/skew_window.py):
 
 1. test_a_path_with_crlf_cannot_forge_a_log_line_while_the_store_is_down: the "store
    unavailable (GET <path>)" line puts the decoded request path into the log *message*, and the
@@ -178,11 +179,6 @@ async def test_coverage_crlf_in_a_refused_path_stays_on_one_log_line(api_server:
 # -- 2. replay after clock_skew_s was raised -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.Authenticator.authenticate keeps a nonce for 2 x clock_skew_s + 1 s only: after "
-    "clock_skew_s is raised, an older captured request passes the skew check with its nonce gone",
-)
 async def test_raising_clock_skew_does_not_reopen_replay_of_captured_requests(
     tmp_path: Path, clock: Clock
 ) -> None:
