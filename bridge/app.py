@@ -53,7 +53,7 @@ from bridge.pipeline.webhooks import WebhookSender
 from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, plan
 from bridge.retention import Retention
 from bridge.rules import load_filter
-from bridge.smpp.router import DEFAULT_KEY, Route, Router
+from bridge.smpp.router import Route, Router
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import ClockShift
 from bridge.store.purge import PurgeFailed
@@ -311,6 +311,7 @@ class Daemon:
             idle_max_s=cfg.pipeline.dispatch_idle_max_ms / 1000,
             clock=self.clock,
         )
+        self.dispatcher.refs = self._ref_counter()  # the sends' own (_start_http), re-encoding's
         self.webhooks = WebhookSender(
             store,
             accounts,
@@ -352,11 +353,14 @@ class Daemon:
             # Know the owner's binds before serving: /readyz and /metrics must not report an
             # empty SMSC list during the first second.
             await self._refresh_status()
+        # One counter per process: a waiting message encoded again after a reload (the dispatcher)
+        # draws from the one its sends draw from.
+        refs = self.dispatcher.refs if self.dispatcher is not None else self._ref_counter()
         self.ctx = ApiContext(
             config=cfg,
             store=store,
             auth=await Authenticator.start(store, sealer, cfg, self.clock),
-            submitter=Submitter(cfg, router, refs=self._ref_counter()),
+            submitter=Submitter(cfg, router, refs=refs),
             accounts=accounts,
             clock=self.clock,
             on_accepted=on_accepted,
@@ -893,40 +897,7 @@ class Daemon:
             list(p.rebind),
             list(p.update),
         )
-        if self.dispatcher is not None:  # once per daemon: the process that sends
-            await self._warn_rewired(make_router(old), router, merged)
         return p
-
-    async def _warn_rewired(self, old: Router, new: Router, config: Config) -> None:
-        """A message is encoded once, at acceptance, for its route's first SMSC: one waiting
-        while a reload changes those wire options goes out as it was encoded, which the SMSC
-        may now read otherwise (a Latin-1 text to an SMSC without it, unpacked septets to one
-        set to read them packed). Not re-encoded (its parts, and so its price, could change):
-        the operator is told how many wait, so the change can wait for them to drain."""
-        keys = Router.rewired_keys(old, new)
-        if not keys:
-            return
-        assert self.store is not None
-        try:
-            groups = await self.store.queue_groups(
-                int(self.clock() * 1000), [r.prefix for r in config.routes]
-            )
-        except Exception as exc:  # the warning matters more than its count
-            waiting = f"an unknown number of (the queue could not be counted: {exc!r})"
-        else:
-            n = sum(g.messages for g in groups if (g.route or DEFAULT_KEY) in keys)
-            if n == 0:
-                log.info("reload: routes %s now encode for other wire options", keys)
-                return
-            waiting = str(n)
-        log.warning(
-            "reload: routes %s now encode for other wire options (split, packed_gsm, "
-            "allow_latin1, gsm_data_coding); %s messages waiting for them keep the encoding "
-            "they were accepted with, which their SMSC may read otherwise: let a route drain "
-            "before changing how it encodes, or cancel and send them again",
-            keys,
-            waiting,
-        )
 
     def file_changed(self) -> bool:
         """The configuration file is not the one the running configuration was read from."""

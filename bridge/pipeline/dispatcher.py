@@ -29,6 +29,7 @@ from bridge import logs
 from bridge.aio import idle_wait_s, wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
+from bridge.pipeline.reencode import reencode_waiting, smsc_options
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, SubmitOutcome
@@ -37,6 +38,7 @@ from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage
+from bridge.text.split import RefCounter
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -168,6 +170,11 @@ class Dispatcher:
         # does not fill the whole in-flight allowance and hold up every other route.
         self._by_smsc: Counter[str] = Counter()
         self._rerouted: set[str] = set()  # park keys a reload may have re-routed: un-park once
+        # Route keys a reload made encode otherwise: their waiting messages are encoded again
+        # before the next claim (bridge/pipeline/reencode.py), with references drawn from
+        # `refs` (the daemon's sending counter, so a drawn one collides with no new send's).
+        self._rewired: set[str] = set()
+        self.refs: RefCounter = RefCounter()
         # (router, SMSCs up) -> the claim's park function and routable keys: computed once per
         # change, not per claim (~0.3 ms a claim with 200 prefixes).
         self._parking: tuple[Router, frozenset[str], _Park, list[str]] | None = None
@@ -185,6 +192,7 @@ class Dispatcher:
         """SIGHUP: new routes, SMSC settings and claiming knobs for messages claimed from now on.
         Messages parked under a route the reload changed are looked at again (un-parked)."""
         self._rerouted |= Router.changed_keys(self.router, router)
+        self._rewired |= set(Router.rewired_keys(self.router, router))
         self.router = router
         self.smscs = smscs
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -229,7 +237,10 @@ class Dispatcher:
             now_ms = int(self.clock() * 1000)
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
+            step = "re-encoding waiting messages"
             try:
+                await self._reencode(now_ms)  # first: nothing is claimed while it runs
+                step = "claim"
                 await self._unpark(now_ms)  # stop() waits for it like for the claim
                 park, routable = self._parking_now()
                 work = await self.store.claim(
@@ -245,7 +256,7 @@ class Dispatcher:
             finally:
                 claiming.set_result(None)
             if failed is not None:  # retried in a second
-                self._failures.failed("claim", failed)
+                self._failures.failed(step, failed)
                 await asyncio.sleep(1)
                 continue
             self._failures.ok("claim")
@@ -326,6 +337,18 @@ class Dispatcher:
         self._rerouted -= keys
         if n:
             log.info("un-parked %d messages", n, extra={"routes": sorted(keys)})
+
+    async def _reencode(self, now_ms: int) -> None:
+        """After a reload that changed how routes encode: their waiting messages encoded again
+        for the SMSC each goes to now, before any is claimed (a failure is retried before the
+        next claim, which waits for it: sent with the old bytes, they would be read otherwise)."""
+        if not self._rewired:
+            return
+        keys = set(self._rewired)
+        options = smsc_options(self.smscs)
+        await reencode_waiting(self.store, self.router, options, keys, self.refs.next, now_ms)
+        self._failures.ok("re-encoding waiting messages")
+        self._rewired -= keys
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

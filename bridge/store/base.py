@@ -33,11 +33,13 @@ from bridge.store.models import (
     QueueGroup,
     ReceiptIn,
     ReceiptOutcome,
+    Reencoding,
     Release,
     Sign,
     SubmitResult,
     TariffRow,
     Template,
+    WaitingText,
     WebhookJob,
     WorkMessage,
 )
@@ -347,6 +349,20 @@ class Store(Protocol):
         theirs). With `progress` (ClockShift(by_ms, now)), where the shift got to is kept there
         as it goes: handed back after a failure, it goes on without moving a row twice.
         Returns (messages, reports) moved by this call."""
+        ...
+
+    async def waiting_texts(
+        self, after: tuple[Any, ...] | None, limit: int
+    ) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
+        """Up to `limit` queued messages never tried and with their text, in the queue index's
+        order after the cursor `after` (None: from the start), with their parts; and the cursor
+        to go on from (None at the end). For re-encoding after a reload (the dispatcher claims
+        nothing meanwhile)."""
+        ...
+
+    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
+        """Replace the parts (and encoding, data_coding, segments) of each message still queued,
+        never tried and as read; the number replaced."""
         ...
 
     async def unpark(self, keys: Collection[str], now: int) -> int:

@@ -88,6 +88,32 @@ class NewSegment:
     tlvs: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class WaitingText:
+    """A waiting, never tried message as stored: what encoding it again needs
+    (bridge/pipeline/reencode.py)."""
+
+    id: str
+    recipient: str
+    text: str
+    data_coding: int
+    parts: tuple[NewSegment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reencoding:
+    """New parts for a waiting message; applied only while it is still as read (its data_coding
+    and first part's bytes) and never tried."""
+
+    id: str
+    was_data_coding: int
+    was_first: bytes
+    encoding: str
+    data_coding: int
+    segments: int  # on the air (a payload's SMSC-made segments counted)
+    parts: tuple[NewSegment, ...]
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class NewMessage:

@@ -92,12 +92,15 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    NewSegment,
     QueueGroup,
     ReceiptIn,
     ReceiptOutcome,
+    Reencoding,
     Release,
     SegmentRecord,
     SubmitResult,
+    WaitingText,
     WebhookJob,
     WorkMessage,
 )
@@ -106,6 +109,7 @@ from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
+from bridge.store.rules_rows import NEVER_TRIED
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
 CLOSE_TIMEOUT_S = 3.0  # the pool's graceful close (ms when the server answers); then cut
@@ -1278,6 +1282,68 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             if n < chunk:
                 break
         return total
+
+    async def waiting_texts(
+        self, after: tuple[Any, ...] | None, limit: int
+    ) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
+        # In the queue index's order (account, due time, id): no sort.
+        since = "AND (account_id, q_not_before, id) > ($2, $3, $4) " if after else ""
+        rows = await self.pool.fetch(
+            "SELECT account_id, q_not_before, id, recipient, text, data_coding FROM messages "
+            f"WHERE q_state = 'queued' {since}AND {NEVER_TRIED} AND text IS NOT NULL "
+            "ORDER BY account_id, q_not_before, id LIMIT $1",
+            limit,
+            *(after or ()),
+        )
+        if not rows:
+            return [], None
+        parts: dict[str, list[NewSegment]] = {}
+        for r in await self.pool.fetch(
+            "SELECT message_id, seq, total, esm_class, short_message, tlvs FROM segments "
+            "WHERE message_id = ANY($1::text[]) ORDER BY message_id, seq",
+            [r["id"] for r in rows],
+        ):
+            parts.setdefault(r[0], []).append(
+                NewSegment(r[1], r[2], r[3], bytes(r[4]), bytes(r[5]))
+            )
+        out = [WaitingText(r[2], r[3], r[4], r[5], tuple(parts.get(r[2], ()))) for r in rows]
+        last = rows[-1]
+        return out, (last[0], last[1], last[2]) if len(rows) == limit else None
+
+    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
+        async def job(c: asyncpg.Connection) -> int:
+            done = 0
+            for ch in changes:
+                row = await c.fetchrow(
+                    "SELECT m.data_coding, s.short_message FROM messages m "
+                    "JOIN segments s ON s.message_id = m.id AND s.seq = 1 "
+                    f"WHERE m.id = $1 AND m.q_state = 'queued' AND {NEVER_TRIED} "
+                    "FOR UPDATE OF m SKIP LOCKED",
+                    ch.id,
+                )
+                if row is None or (row[0], bytes(row[1])) != (ch.was_data_coding, ch.was_first):
+                    continue  # claimed, tried, canceled or encoded again since it was read
+                await c.execute("DELETE FROM segments WHERE message_id = $1", ch.id)
+                await c.executemany(
+                    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, "
+                    "tlvs) VALUES ($1, $2, $3, $4, $5, $6)",
+                    [
+                        (ch.id, p.seq, p.total, p.esm_class, p.short_message, p.tlvs)
+                        for p in ch.parts
+                    ],
+                )
+                await c.execute(
+                    "UPDATE messages SET encoding = $2, data_coding = $3, segments = $4 "
+                    "WHERE id = $1",
+                    ch.id,
+                    ch.encoding,
+                    ch.data_coding,
+                    ch.segments,
+                )
+                done += 1
+            return done
+
+        return await run_tx(self.pool, job)
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         async def job(c: asyncpg.Connection) -> int:

@@ -71,17 +71,20 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    NewSegment,
     QueueGroup,
     ReceiptIn,
     ReceiptOutcome,
+    Reencoding,
     Release,
     SegmentRecord,
     SubmitResult,
+    WaitingText,
     WebhookJob,
     WorkMessage,
     WorkSegment,
 )
-from bridge.store.rules_rows import END_ERROR
+from bridge.store.rules_rows import END_ERROR, NEVER_TRIED
 from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
@@ -823,6 +826,68 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if n < chunk:
                 break
         return total
+
+    async def waiting_texts(
+        self, after: tuple[Any, ...] | None, limit: int
+    ) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
+        def job(c: sqlite3.Connection) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
+            # In the queue index's order (account, due time, rowid): no sort, and a cursor that
+            # holds while nothing claims or un-parks (the dispatcher waits for this pass).
+            since = "AND (account_id, q_not_before, rowid) > (?,?,?) " if after else ""
+            rows = c.execute(
+                "SELECT account_id, q_not_before, rowid, id, recipient, text, data_coding "
+                f"FROM messages INDEXED BY messages_queue WHERE q_state='queued' {since}"
+                f"AND {NEVER_TRIED} AND text IS NOT NULL "
+                "ORDER BY account_id, q_not_before, rowid LIMIT ?",
+                (*(after or ()), limit),
+            ).fetchall()
+            if not rows:
+                return [], None
+            parts: dict[str, list[NewSegment]] = {}
+            ids = [r[3] for r in rows]
+            for mid, seq, total, esm, sm, tlvs in c.execute(
+                "SELECT message_id, seq, total, esm_class, short_message, tlvs FROM segments "
+                f"WHERE message_id IN ({pipe._marks(len(ids))}) ORDER BY message_id, seq",
+                ids,
+            ):
+                parts.setdefault(mid, []).append(
+                    NewSegment(seq, total, esm, bytes(sm), bytes(tlvs))
+                )
+            out = [WaitingText(r[3], r[4], r[5], r[6], tuple(parts.get(r[3], ()))) for r in rows]
+            last = rows[-1]
+            return out, (last[0], last[1], last[2]) if len(rows) == limit else None
+
+        return await self._runner.read(job)
+
+    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
+        def job(c: sqlite3.Connection) -> int:
+            done = 0
+            for ch in changes:
+                row = c.execute(
+                    "SELECT m.data_coding, s.short_message FROM messages m "
+                    "JOIN segments s ON s.message_id = m.id AND s.seq = 1 "
+                    f"WHERE m.id=? AND m.q_state='queued' AND {NEVER_TRIED}",
+                    (ch.id,),
+                ).fetchone()
+                if row is None or (row[0], bytes(row[1])) != (ch.was_data_coding, ch.was_first):
+                    continue  # claimed, tried, canceled or encoded again since it was read
+                c.execute("DELETE FROM segments WHERE message_id=?", (ch.id,))
+                c.executemany(
+                    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, "
+                    "tlvs) VALUES (?,?,?,?,?,?)",
+                    [
+                        (ch.id, p.seq, p.total, p.esm_class, p.short_message, p.tlvs)
+                        for p in ch.parts
+                    ],
+                )
+                c.execute(
+                    "UPDATE messages SET encoding=?, data_coding=?, segments=? WHERE id=?",
+                    (ch.encoding, ch.data_coding, ch.segments, ch.id),
+                )
+                done += 1
+            return done
+
+        return await self._runner.write(job)
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         def job(c: sqlite3.Connection) -> int:

@@ -183,12 +183,12 @@ async def test_a_reload_during_shutdown_is_not_applied(tmp_path):
             await d.stop()
 
 
-async def test_a_reload_that_changes_how_a_route_encodes_warns_with_the_messages_waiting(
+async def test_a_reload_that_changes_how_a_route_encodes_encodes_the_waiting_again(
     tmp_path, caplog
 ):
-    """A message is encoded once, at acceptance: one scheduled while packed_gsm is turned on
-    for its SMSC goes out unpacked (session 35 text review). Not re-encoded (its parts, and so
-    its price, could change): the reload says how many wait on the routes it rewires."""
+    """Two messages scheduled an hour ahead when packed_gsm is turned on for their SMSC (session
+    35 text review: they went out unpacked, which the SMSC then read as packed septets): the
+    dispatcher encodes them again, packed, before it claims anything, and says so."""
     data = config_dict(tmp_path, smscs=[{"name": "sim"}], default_route=["sim"])
     path = tmp_path / "bridge.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -200,12 +200,21 @@ async def test_a_reload_that_changes_how_a_route_encodes_warns_with_the_messages
             later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
             for _ in range(2):
                 await c.send("+8613800138000", text="later", scheduled_at=later)
+        assert d.store is not None
+        rows, _ = await d.store.waiting_texts(None, 10)
+        assert [r.parts[0].short_message for r in rows] == [b"later"] * 2
         data["smscs"][0]["packed_gsm"] = True
         path.write_text(yaml.safe_dump(data))
         with caplog.at_level("INFO", logger="bridge"):
             assert await d.reload_from_file()
-        lines = [r.getMessage() for r in caplog.records if "wire options" in r.getMessage()]
-        assert len(lines) == 1 and "['default']" in lines[0], lines
-        assert "2 messages waiting" in lines[0], lines
+
+            def said() -> list[str]:
+                return [m for r in caplog.records if "re-encoded" in (m := r.getMessage())]
+
+            await wait_until(lambda: bool(said()), 10)
+        assert "2 of 2 changed" in said()[0], said()
+        rows, _ = await d.store.waiting_texts(None, 10)
+        packed = bytes.fromhex("ec30bd2c07")  # "later": 5 septets packed (l a t e r)
+        assert [r.parts[0].short_message for r in rows] == [packed] * 2
     finally:
         await d.stop()

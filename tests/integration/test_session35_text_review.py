@@ -7,8 +7,8 @@ decoded here independently: the GSM 03.38 default alphabet and extension table a
 below from 3GPP TS 23.038 (tables 6.2.1 and 6.2.1.1), septets are unpacked bit by bit, UCS-2 is
 read with Python's own UTF-16 codec. Nothing of `bridge.text` judges `bridge.text`.
 
-Findings (each test fails on the code as reviewed; 2, 3 and 4 are fixed in session 35, the
-tests of 1 stay marked xfail strict):
+Findings (each test fails on the code as reviewed; 2, 3 and 4 are fixed in session 35, 1 in
+session 36: the tests of 1 were strict xfails until then):
 
 1. A message queued or scheduled before a reload that re-routes its destination goes out with
    the bytes encoded for the old route's SMSC: a Latin-1 text (data_coding 3) accepted for an
@@ -21,9 +21,8 @@ tests of 1 stay marked xfail strict):
    without a reconnect) and a message queued before it goes out unpacked, which the SMSC now
    reads as packed septets: "Hello world" shows "HJ1cv<CR>H;od1#".
    -> test_a_message_queued_before_packed_gsm_is_set_is_sent_packed
-   Left in session 35 (not re-encoded: a message's parts, and so its price, could change):
-   such a reload logs a WARNING naming the routes and how many messages wait on them, and the
-   README says to let a route drain first (tests/e2e/test_reload.py checks the warning).
+   Left in session 35 (a WARNING only); fixed in session 36: the dispatcher encodes the
+   waiting messages of such routes again before its next claim (bridge/pipeline/reencode.py).
 2. POST /v1/preview without `to` encodes for the first SMSC listed, not for the default route
    that every send without a matching prefix takes: with `default_route` naming another SMSC
    the preview states an encoding, data_coding and segment count the send does not use
@@ -440,11 +439,6 @@ async def test_mo_single_part_codings_decode(
 # =================================================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a message re-routed by a reload is submitted with the bytes encoded for its old "
-    "SMSC: data_coding 3 (Latin-1) to an SMSC configured without Latin-1",
-)
 async def test_a_message_rerouted_by_a_reload_is_sent_as_its_new_smsc_reads_it(
     tmp_path: Path, smsc: Carrier
 ) -> None:
@@ -518,11 +512,6 @@ async def test_preview_refuses_what_the_send_refuses(make_api: Any) -> None:
         assert r.status == 400 and r.json["error"]["code"] == code, (text[:5], r.status, r.json)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a message queued before a reload that sets packed_gsm on its SMSC is submitted "
-    "unpacked (one septet per octet) to the SMSC that now reads packed septets",
-)
 async def test_a_message_queued_before_packed_gsm_is_set_is_sent_packed(
     tmp_path: Path, smsc: Carrier
 ) -> None:

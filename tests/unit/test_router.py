@@ -190,8 +190,8 @@ def test_matches_brute_force(
 
 def test_rewired_keys_name_the_routes_whose_first_smsc_now_encodes_otherwise() -> None:
     """Session 35 text review: a reload moving +86 from a Latin-1 SMSC to one without, or
-    setting packed_gsm, leaves the messages waiting for it encoded the old way (the daemon
-    warns with their count)."""
+    setting packed_gsm, leaves the messages waiting for it encoded the old way: the dispatcher
+    encodes those again (bridge/pipeline/reencode.py)."""
     latin, plain = ("udh8", False, True, 0), ("udh8", False, False, 0)
     enc = {"latin": latin, "plain": plain, "other": plain}
     old = Router([Route("+86", ("latin",)), Route("+44", ("plain",))], ["other"], enc)

@@ -1,0 +1,105 @@
+"""The store's half of encoding waiting messages again after a reload, on both engines:
+`waiting_texts` pages through every queued, never tried message with a text, in chunks, and
+`reencode` replaces a message's parts only while it is as read and never tried."""
+
+from __future__ import annotations
+
+import tests.store_engines as engines
+from bridge.store.base import Store
+from bridge.store.models import NewSegment, Reencoding, Release
+from tests.integration.test_store import (
+    LEASE,
+    NOW,
+    accept,
+    account,
+    claim_all,
+    get,
+    message,
+    sent,
+)
+
+engine = engines.engine
+store = engines.store
+
+
+async def every_waiting(store: Store, limit: int) -> list[str]:
+    out: list[str] = []
+    after = None
+    while True:
+        rows, after = await store.waiting_texts(after, limit)
+        out += [r.id for r in rows]
+        if after is None:
+            return out
+
+
+def change(mid: str, was_first: bytes, parts: int = 2, was_dc: int = 0) -> Reencoding:
+    return Reencoding(
+        id=mid,
+        was_data_coding=was_dc,
+        was_first=was_first,
+        encoding="ucs2",
+        data_coding=8,
+        segments=parts,
+        parts=tuple(
+            NewSegment(i, parts, 0x40, f"new {mid}/{i}".encode(), b"") for i in range(1, parts + 1)
+        ),
+    )
+
+
+async def test_waiting_texts_pages_through_the_waiting_messages_only(store: Store) -> None:
+    await store.create_account(account())
+    await store.create_account(account("acc_b"))
+    # Not waiting: one sent, one claimed (in flight); a message tried and given back is
+    # waiting again, but not never tried.
+    await accept(store, message("sent1", parts=2, at=NOW - 10))
+    await accept(store, message("held1", at=NOW - 9))
+    await accept(store, message("tried", at=NOW - 8))
+    claimed = {w.id for w in await store.claim("inst-1", 3, NOW, LEASE)}
+    assert claimed == {"sent1", "held1", "tried"}
+    await store.record_submits([sent("sent1", 1)], [], NOW)
+    await store.record_submits([sent("tried", 1)], [Release("tried", NOW + 1)], NOW)
+    await accept(store, *(message(f"a{i:02d}", at=NOW + i) for i in range(7)))
+    await accept(store, *(message(f"b{i:02d}", "acc_b", at=NOW + i) for i in range(5)))
+    expected = sorted([f"a{i:02d}" for i in range(7)] + [f"b{i:02d}" for i in range(5)])
+    for limit in (1, 3, 5, 100):
+        assert sorted(await every_waiting(store, limit)) == expected, limit
+    rows, _after = await store.waiting_texts(None, 100)
+    a0 = next(r for r in rows if r.id == "a00")
+    assert (a0.recipient, a0.text, a0.data_coding) == ("+8613800138000", "text of a00", 0)
+    assert [(p.seq, p.short_message) for p in a0.parts] == [(1, b"a00/1")]
+
+
+async def test_reencode_replaces_the_parts_of_a_message_still_as_read(store: Store) -> None:
+    await store.create_account(account())
+    await accept(store, message("m1"), message("m2"), message("m3", parts=3))
+    done = await store.reencode(
+        [
+            change("m1", b"m1/1"),
+            change("m2", b"not what was read"),  # changed since it was read: left alone
+            change("m3", b"m3/1", parts=2, was_dc=8),  # data_coding not as read
+        ],
+        NOW,
+    )
+    assert done == 1
+    m1 = await get(store, "m1")
+    assert (m1.encoding, m1.data_coding, m1.segments) == ("ucs2", 8, 2)
+    assert [s.seq for s in m1.segment_rows] == [1, 2]
+    assert {s.state for s in m1.segment_rows} == {"queued"}
+    rows, _ = await store.waiting_texts(None, 10)
+    parts = {r.id: [p.short_message for p in r.parts] for r in rows}
+    assert parts["m1"] == [b"new m1/1", b"new m1/2"]
+    assert parts["m2"] == [b"m2/1"] and len(parts["m3"]) == 3
+    # What the dispatcher claims is the new parts, in order.
+    work = {w.id: w for w in await claim_all(store)}
+    assert [s.short_message for s in work["m1"].segments] == [b"new m1/1", b"new m1/2"]
+
+
+async def test_reencode_leaves_a_message_claimed_or_tried_since(store: Store) -> None:
+    await store.create_account(account())
+    await accept(store, message("c1"), message("t1"))
+    assert {w.id for w in await claim_all(store)} == {"c1", "t1"}
+    assert await store.reencode([change("c1", b"c1/1")], NOW) == 0  # in flight
+    await store.record_submits([sent("t1", 1)], [Release("t1", NOW + 1)], NOW)
+    await store.record_submits([], [Release("c1", NOW + 1, count_attempt=False)], NOW)
+    assert await store.reencode([change("t1", b"t1/1")], NOW) == 0  # reached the SMSC once
+    assert await store.reencode([change("c1", b"c1/1")], NOW) == 1  # back in the queue untried
