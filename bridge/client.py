@@ -1,7 +1,8 @@
 """Python client SDK: signs every request with BRIDGE-HMAC-SHA256 and retries safely.
 
 POST /v1/messages always carries an Idempotency-Key (generated when the caller gives none), so a
-retry after a 429/503 or a lost connection can never send a message twice.
+retry after a 429/503 or a lost connection can never send a message twice; so do the writes of
+sign names, templates, opt-outs and erasures, which the server runs once per key too.
 """
 
 from __future__ import annotations
@@ -133,7 +134,13 @@ class BridgeClient:
                 attempt += 1
                 await asyncio.sleep(min(2**attempt * 0.25, 5, self.max_retry_delay_s))
                 continue
-            retryable = status in (429, 503) or (status in (502, 504) and idempotent)
+            # 409 with a Retry-After: IDEMPOTENCY_IN_PROGRESS, the first try with this key still
+            # running on the server (its answer comes to the retry).
+            retryable = (
+                status in (429, 503)
+                or (status in (502, 504) and idempotent)
+                or (status == 409 and idempotency_key is not None and "Retry-After" in resp_headers)
+            )
             told = _retry_after(resp_headers.get("Retry-After"))
             # A 429 says exactly when its window opens again (a day's frequency limit, the daily
             # quota): told to wait longer than this client may, an earlier retry is refused anyway,
@@ -221,7 +228,7 @@ class BridgeClient:
         self, name: str, source: str = "company", remark: str = ""
     ) -> dict[str, Any]:
         body = {"name": name, "source": source, "remark": remark}
-        return (await self.request("POST", "/v1/signs", json_body=body))[2]
+        return (await self.request("POST", "/v1/signs", json_body=body, idempotency_key=_key()))[2]
 
     async def sign(self, name: str) -> dict[str, Any]:
         return (await self.request("GET", f"/v1/signs/{_quote(name)}"))[2]
@@ -238,7 +245,9 @@ class BridgeClient:
             "remark": remark,
             "allow_urls": allow_urls,
         }
-        return (await self.request("POST", "/v1/templates", json_body=body))[2]
+        return (
+            await self.request("POST", "/v1/templates", json_body=body, idempotency_key=_key())
+        )[2]
 
     async def template(self, code: str) -> dict[str, Any]:
         return (await self.request("GET", f"/v1/templates/{_quote(code)}"))[2]
@@ -253,19 +262,29 @@ class BridgeClient:
 
     async def opt_out(self, *numbers: str) -> dict[str, Any]:
         body = {"numbers": list(numbers)}
-        return (await self.request("POST", "/v1/optouts", json_body=body))[2]
+        _, _, data = await self.request(
+            "POST", "/v1/optouts", json_body=body, idempotency_key=_key()
+        )
+        return data
 
     async def opt_in(self, number: str) -> dict[str, Any]:
         return (await self.request("DELETE", f"/v1/optouts/{_quote(number)}"))[2]
 
     async def erase_recipient(self, number: str) -> dict[str, Any]:
-        return (await self.request("POST", f"/v1/recipients/{_quote(number)}/erase"))[2]
+        path = f"/v1/recipients/{_quote(number)}/erase"
+        return (await self.request("POST", path, idempotency_key=_key()))[2]
 
     async def balance(self) -> dict[str, Any]:
         return (await self.request("GET", "/v1/balance"))[2]
 
     async def bill(self, month: str) -> dict[str, Any]:
         return (await self.request("GET", f"/v1/bills/{_quote(month)}"))[2]
+
+
+def _key() -> str:
+    """A fresh Idempotency-Key for one call: its retries (a lost connection, a 503) carry it,
+    so the server runs the write once (bridge/api/idempotency.py)."""
+    return str(uuid.uuid4())
 
 
 def _quote(

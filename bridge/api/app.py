@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import audit, jsonio, logs
-from bridge.api import admin, admin_ops, admin_rules, reports, rules_api, v1
+from bridge.api import admin, admin_ops, admin_rules, idempotency, reports, rules_api, v1
 from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, name_server, read_body
 from bridge.api.context import (
     BODY,
@@ -232,6 +232,15 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler):
+    """Idempotency-Key on every write of /v1/ but the send, which records its own."""
+    if not idempotency.applies(request):
+        return await handler(request)
+    account_id = request[PRINCIPAL].account.id
+    return await idempotency.run_once(request.app[CTX], request, account_id, request[BODY], handler)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return v1.json_response({"status": "ok"})
 
@@ -371,7 +380,7 @@ def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, s
 
 def make_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, auth_middleware, idempotency_middleware],
         client_max_size=ctx.config.server.max_body_bytes,
         handler_args=http_limits(ctx.config.server.max_line_size),
     )

@@ -71,7 +71,10 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "(text/csv or text/plain for PUT /admin/dnc/{id}), with a charset other than utf-8, or "
     "compressed (Content-Encoding).",
     "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used with a different body in the last "
-    "server.idempotency_hours (default 24).",
+    "server.idempotency_hours (default 24) (outside a send: a different method, path, query or "
+    "body).",
+    "IDEMPOTENCY_IN_PROGRESS": "A request with this Idempotency-Key is still running; retry after "
+    "Retry-After (writes other than a send take the key before they run).",
     "TEMPLATE_NOT_FOUND": "The template is not known (or not approved) for this account.",
     "INVALID_SCHEDULE": "scheduled_at is more than 30 days ahead.",
     "NO_ROUTE": "No SMSC route covers a recipient's number.",
@@ -766,6 +769,22 @@ def _components() -> dict[str, Any]:
                 "required": True,
                 "description": "hex SHA-256 of the raw body (signed)",
                 "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "IdempotencyKeyOptional": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "optional on every write but a send: the first success is kept "
+                "for server.idempotency_hours and a retry with the same method, path, query and "
+                "body gets it again (`Idempotent-Replayed: true`); another request with the key "
+                "is 422 IDEMPOTENCY_KEY_REUSED, one while the first runs 409 "
+                "IDEMPOTENCY_IN_PROGRESS; a refusal frees the key (signed when sent)",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": "^[!-~]+$",
+                },
             },
             "IdempotencyKey": {
                 "name": "Idempotency-Key",
@@ -1487,6 +1506,28 @@ def _rules_module() -> Any:
 _DOCUMENT: dict[str, Any] | None = None
 
 
+def _with_optional_keys(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every write of /v1/ but the send (whose key is required) takes an Idempotency-Key
+    (bridge/api/idempotency.py): the optional header, the replay header on its success and
+    the key's two refusals on each."""
+    for path, ops in paths.items():
+        if not path.startswith("/v1/") or path in ("/v1/messages", "/v1/preview"):
+            continue
+        for method, op in ops.items():
+            if method not in ("post", "put", "patch", "delete"):
+                continue
+            op["parameters"] = [
+                *op.get("parameters", []),
+                _ref("parameters", "IdempotencyKeyOptional"),
+            ]
+            for status, response in op["responses"].items():
+                if status.startswith("2"):
+                    headers = response.setdefault("headers", {})
+                    headers["Idempotent-Replayed"] = _ref("headers", "IdempotentReplayed")
+            op["responses"] = {**_errors(409, 422), **op["responses"]}
+    return paths
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy each call, so a caller mutating it cannot change what others are served."""
     global _DOCUMENT
@@ -1507,7 +1548,7 @@ def openapi_document() -> dict[str, Any]:
                 {"name": "admin", "description": "operator API (bearer token)"},
                 {"name": "ops", "description": "health and this document (no auth)"},
             ],
-            "paths": _paths(),
+            "paths": _with_optional_keys(_paths()),
             "components": _components(),
         }
     return deepcopy(_DOCUMENT)

@@ -14,6 +14,7 @@ from bridge.accounts import public_account
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
+from bridge.api.idempotency import check_key, replay
 from bridge.api.sending import (
     RENDER_TRIES,
     after_accept,
@@ -49,7 +50,6 @@ from bridge.text.units import CountingRule
 
 log = logging.getLogger("bridge.api")
 
-_IDEM_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _MSG_ID = re.compile(r"msg_[0-9A-Z]{26}")
 _BATCH_ID = re.compile(r"bat_[0-9A-Z]{26}")
 _STATES = ("queued", "sent", "delivered", "failed", "expired", "unknown")
@@ -143,12 +143,7 @@ async def _checked_post(
     key = request.headers.get("Idempotency-Key")
     if key is None:
         raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-    if not _IDEM_KEY.fullmatch(key):
-        raise ApiError(
-            "INVALID_IDEMPOTENCY_KEY",
-            "Idempotency-Key: 1-255 visible ASCII characters (! to ~, no spaces)",
-        )
-    return await _post_messages(ctx, request, account, claim, body, key, now_ms)
+    return await _post_messages(ctx, request, account, claim, body, check_key(key), now_ms)
 
 
 async def _post_messages(
@@ -187,7 +182,7 @@ async def _post_messages(
         if outcome.auth_refusal is not None:
             raise refusal(outcome.auth_refusal)
         if outcome.existing is not None:
-            return _replay(outcome.existing, req_hash)
+            return replay(outcome.existing, req_hash)
         raise outcome_error(outcome, account)
     after_accept(ctx, account, messages, outcome)
     return web.Response(body=payload, status=202, content_type="application/json")
@@ -222,7 +217,7 @@ async def _accept_once(
                 # revoked a moment ago).
                 request[_SPENT] = True
                 await ctx.auth.spend(claim, now_ms)
-            return _replay(existing, req_hash), b"", []
+            return replay(existing, req_hash), b"", []
         if claim is not None:
             # Refused with the cached account: refuse only what the current settings refuse.
             fresh = await ctx.store.get_account(account.id)
@@ -266,20 +261,6 @@ async def _accept_once(
     # a refusal took it back (the caller spends it then).
     request[_SPENT] = claim is not None and (outcome.accepted or outcome.existing is not None)
     return outcome, payload, messages
-
-
-def _replay(existing: IdempotencyRecord, req_hash: str) -> web.Response:
-    if existing.request_hash != req_hash:
-        raise ApiError(
-            "IDEMPOTENCY_KEY_REUSED",
-            "Idempotency-Key was already used with a different request body",
-        )
-    return web.Response(
-        body=existing.response,
-        status=existing.status_code,
-        content_type="application/json",
-        headers={"Idempotent-Replayed": "true"},
-    )
 
 
 async def get_message(request: web.Request) -> web.Response:

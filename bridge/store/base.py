@@ -233,6 +233,23 @@ class Store(Protocol):
         self, account_id: str, key: str, now: int
     ) -> IdempotencyRecord | None: ...
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome: ...
+    async def take_idempotency(
+        self, account_id: str, key: str, request_hash: str, until: int, now: int
+    ) -> IdempotencyRecord | None:
+        """Take `key` for a request about to run (a placeholder, status 0, until `until`): None
+        when taken, else the live record that holds it (an answer, or a request running)."""
+        ...
+
+    async def keep_idempotency(
+        self, account_id: str, key: str, record: IdempotencyRecord, expires_at: int
+    ) -> None:
+        """The answer of the request that took `key`, kept until `expires_at`."""
+        ...
+
+    async def give_back_idempotency(self, account_id: str, key: str, request_hash: str) -> None:
+        """The request that took `key` failed or was refused: the key is free again."""
+        ...
+
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None: ...
     async def audit_add(self, entry: AuditEntry) -> None:
         """Append one operator action to the audit trail (durable, like an accept)."""

@@ -718,6 +718,53 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     ) -> IdempotencyRecord | None:
         return await _idem(self.pool, account_id, key, now)
 
+    async def take_idempotency(
+        self, account_id: str, key: str, request_hash: str, until: int, now: int
+    ) -> IdempotencyRecord | None:
+        # Inserted, or an expired record taken over, in one statement; else the live one read
+        # (gone by then, purged: taken again).
+        while True:
+            taken = await self.pool.fetchval(
+                "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, "
+                "expires_at) VALUES ($1, $2, $3, 0, ''::bytea, $4) ON CONFLICT (account_id, key) "
+                "DO UPDATE SET request_hash = EXCLUDED.request_hash, status_code = 0, "
+                "response = EXCLUDED.response, expires_at = EXCLUDED.expires_at "
+                "WHERE idempotency.expires_at <= $5 RETURNING 1",
+                account_id,
+                key,
+                request_hash,
+                until,
+                now,
+            )
+            if taken is not None:
+                return None
+            live = await _idem(self.pool, account_id, key, now)
+            if live is not None:
+                return live
+
+    async def keep_idempotency(
+        self, account_id: str, key: str, record: IdempotencyRecord, expires_at: int
+    ) -> None:
+        await self.pool.execute(
+            "UPDATE idempotency SET status_code = $4, response = $5, expires_at = $6 "
+            "WHERE account_id = $1 AND key = $2 AND request_hash = $3 AND status_code = 0",
+            account_id,
+            key,
+            record.request_hash,
+            record.status_code,
+            record.response,
+            expires_at,
+        )
+
+    async def give_back_idempotency(self, account_id: str, key: str, request_hash: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM idempotency "
+            "WHERE account_id = $1 AND key = $2 AND request_hash = $3 AND status_code = 0",
+            account_id,
+            key,
+            request_hash,
+        )
+
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
         if batch.rules is not None:
             return await self._accept_rules(batch, batch.rules, now)

@@ -393,6 +393,44 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.read(job)
 
+    async def take_idempotency(
+        self, account_id: str, key: str, request_hash: str, until: int, now: int
+    ) -> IdempotencyRecord | None:
+        def job(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            key_of = (account_id, key)
+            placeholder = (request_hash, 0, b"", until)
+            if c.execute(_IDEM_NEW, (*key_of, *placeholder)).rowcount == 1:
+                return None
+            live = _idem(c, account_id, key, now)
+            if live is None:  # expired: taken over
+                c.execute(_IDEM_SET, (*placeholder, *key_of))
+            return live
+
+        return await self._runner.write(job)
+
+    async def keep_idempotency(
+        self, account_id: str, key: str, record: IdempotencyRecord, expires_at: int
+    ) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE idempotency SET status_code=?, response=?, expires_at=? "
+                "WHERE account_id=? AND key=? AND request_hash=? AND status_code=0",
+                (record.status_code, record.response, expires_at, account_id, key,
+                 record.request_hash),
+            )  # fmt: skip
+
+        await self._runner.write(job, single=True)
+
+    async def give_back_idempotency(self, account_id: str, key: str, request_hash: str) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "DELETE FROM idempotency "
+                "WHERE account_id=? AND key=? AND request_hash=? AND status_code=0",
+                (account_id, key, request_hash),
+            )
+
+        await self._runner.write(job, single=True, durable=False)
+
     async def accept(self, batch: AcceptBatch, now: int) -> AcceptOutcome:
         # The rows are built here, not in the job: the job runs holding the write lock that
         # every process of the store waits for.

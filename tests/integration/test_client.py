@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -256,3 +257,43 @@ async def test_the_sdk_covers_signs_templates_recipients_and_money(
     assert (await client.erase_recipient("+8613800138000"))["messages_erased"] == 0
     assert (await client.balance())["cash_micro"] == 0
     assert (await client.bill("2026-11"))["status"] == "open"
+
+
+async def test_sdk_retries_a_template_whose_answer_was_lost_and_files_it_once(
+    api_server, make_account
+):
+    """The server filed the template, the answer never reached the client (the connection
+    dropped on the way back): the SDK retries with the key it sent, and gets the first answer
+    (bridge/api/idempotency.py) instead of filing a second template."""
+    creds = await make_account()
+    dropped: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", api_server.server.port)
+        if not dropped:  # the first connection: its request goes through, its answer is lost
+            request = await client_r.read(65536)
+            server_w.write(request)
+            dropped.append(await server_r.read(65536))
+            server_w.close()
+            client_w.close()
+            return
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    client = BridgeClient(f"http://127.0.0.1:{port}", creds.app_key, creds.app_secret)
+    try:
+        made = await client.add_template("notification", "ship", "Order ${order} has shipped.")
+    finally:
+        await client.close()
+        proxy.close()
+    assert dropped and dropped[0].startswith(b"HTTP/1.1 201")
+    listed = await api_server.store.list_templates(account_id=creds.account_id)
+    assert [t.code for t in listed] == [made["code"]]
