@@ -155,6 +155,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_until",
     ),
     18: ("ALTER TABLE webhook_outbox DROP COLUMN leased_by",),
+    19: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -189,6 +190,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE accounts DROP COLUMN prev_webhook_secret_until",
     ),
     18: ("DROP INDEX webhook_leased", "ALTER TABLE webhook_outbox DROP COLUMN leased_by"),
+    19: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
 }
 
 

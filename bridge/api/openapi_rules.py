@@ -513,7 +513,7 @@ def rules_schemas() -> dict[str, Any]:
                 "account_kind": {"type": "string", "enum": ["prepaid", "postpaid"]},
                 "low_balance_threshold_micro": {
                     **_COUNT,
-                    "description": "a balance.low event fires when crossed (0 = off)",
+                    "description": "a balance.low event fires once per dip below it (0 = off)",
                 },
             }
         ),

@@ -49,6 +49,7 @@ __all__ = [
     "ref_conflict",
     "topup",
     "voucher_pocket",
+    "warns_low_balance",
 ]
 
 POCKET_CASH = "cash"
@@ -388,6 +389,22 @@ def crossed_low_balance(before: int, after: int, threshold: int) -> bool:
     Staying below (further charges) is silent; rising back to >= threshold re-arms it.
     """
     return before >= threshold > after
+
+
+def warns_low_balance(before: int, after: int, threshold: int, *, warned: bool) -> bool:
+    """Whether a charge or expiry that took the domestic balance from `before` to `after` warns.
+
+    One warning per dip: it fires when the balance ends below the threshold and the account has
+    not been warned since it was last at or above it (`warned`, kept on the account). A
+    crossing alone missed an account that was never above its threshold (created below it, its
+    threshold raised over its balance, topped up to a level still under it): it was never
+    warned, however low it went. A crossing always warns, whatever `warned` says: a balance at
+    or above the threshold is itself proof the dip it was warned for is over (a credit that did
+    not clear the mark, a refund, is then not needed for the next dip to warn).
+    """
+    if threshold <= 0 or after >= threshold:
+        return False
+    return before >= threshold or not warned
 
 
 def ref_conflict(credited_kind: str, credited_amount: int, entry: Entry) -> str | None:

@@ -36,6 +36,9 @@ from bridge.store.rules_rows import (
     EDIT_SIGN_PG,
     EDIT_TEMPLATE_PG,
     LEDGER_COLS,
+    LOW_WARNED_CLEAR,
+    LOW_WARNED_READ,
+    LOW_WARNED_SET,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
@@ -43,6 +46,7 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     already_credited,
     blocked_ids,
+    credited_at,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
@@ -78,6 +82,7 @@ SELECT
     ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text[])) AS dnc,
     h.numbers AS h_numbers, h.times AS h_times,
     a.daily_quota, a.kind, a.low_balance_threshold,
+    COALESCE(a.low_warned_at IS NOT NULL, false) AS low_warned,
     (SELECT messages FROM daily_counts WHERE account_id = $1 AND day = $6) AS day_count,
     p.pockets, p.amounts, p.expiries,
     b.tokens, b.at
@@ -116,8 +121,8 @@ LEFT JOIN LATERAL (
 """
 FACT_COLS = (
     "sign_names", "sign_statuses", "template_status", "opted", "dnc", "h_numbers", "h_times",
-    "daily_quota", "kind", "low_balance_threshold", "day_count", "pockets", "amounts",
-    "expiries", "tokens", "at",
+    "daily_quota", "kind", "low_balance_threshold", "low_warned", "day_count", "pockets",
+    "amounts", "expiries", "tokens", "at",
 )  # fmt: skip
 
 
@@ -259,6 +264,7 @@ def facts_from_row(
         daily_quota=quota if quota is not None else 0,
         account_kind=kind if kind is not None else "prepaid",
         low_balance_threshold=col("low_balance_threshold") or 0,
+        low_warned=bool(col("low_warned")),
         pockets=pockets,
     )
     return facts, (col("tokens"), col("at"))
@@ -283,8 +289,10 @@ async def write_plan(c: asyncpg.Connection, account_id: str, plan: adm.Plan, cou
 
 
 def add_low_balance_event(w: Writes, account_id: str, crossing: tuple[int, int], now: int) -> None:
-    """The balance.low event in the outbox, as a CTE (for accounts with a status URL)."""
+    """The balance.low event in the outbox (for accounts with a status URL) and the account
+    marked warned (admission.Facts.low_warned), as CTEs."""
     t = w.param(now)
+    w.add(LOW_WARNED_SET.format(t, w.param(account_id)))
     w.add(
         "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
         f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
@@ -340,6 +348,22 @@ async def read_pockets(c: asyncpg.Connection | asyncpg.Pool, account_id: str) ->
             account_id,
         )
     ]
+
+
+async def rearm_low_balance(
+    c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]
+) -> None:
+    """After a credit, in its transaction (which holds the account's lock): clear the
+    low-balance mark when the balance is back at or above the threshold (one statement, none for
+    an account that is not marked)."""
+    at = credited_at(entries)
+    if at is None:
+        return
+    threshold = await c.fetchval(LOW_WARNED_READ.format("$1"), account_id)
+    if threshold is not None and adm.rearms_low_balance(
+        await read_pockets(c, account_id), threshold, at
+    ):
+        await c.execute(LOW_WARNED_CLEAR.format("$1"), account_id)
 
 
 # -- refunds when a message ends unbilled ----------------------------------------------------------
@@ -762,7 +786,15 @@ class RulesStoreMixin:
         w.add("SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
         open_ = "EXISTS (SELECT 1 FROM a WHERE status <> 'closed')"
         add_entries(w, [(account_id, e) for e in entries], open_)
-        refuse_unless_open(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
+        if credited_at(entries) is None:  # nothing can end a dip: the one statement
+            refuse_unless_open(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
+            return True
+
+        async def job(c: asyncpg.Connection) -> None:
+            refuse_unless_open(account_id, await w.run(c, "SELECT (SELECT status FROM a)"))
+            await rearm_low_balance(c, account_id, entries)  # a later statement: sees the credit
+
+        await run_tx(self.pool, job)
         return True
 
     async def _append_once(self, account_id: str, entries: Sequence[Entry], first: Entry) -> bool:
@@ -782,6 +814,7 @@ class RulesStoreMixin:
             w = Writes()
             add_entries(w, [(account_id, e) for e in entries])
             await w.run(c)
+            await rearm_low_balance(c, account_id, entries)
             return True
 
         return await run_tx(self.pool, job)
@@ -857,7 +890,16 @@ class RulesStoreMixin:
             "b",
         )
         add_entries(w, [(bill.account_id, e) for e in entries], "EXISTS (SELECT 1 FROM b)")
-        return bool(await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM b)"))
+        if credited_at(entries) is None:
+            return bool(await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM b)"))
+
+        async def job(c: asyncpg.Connection) -> bool:
+            stored = bool(await w.run(c, "SELECT EXISTS (SELECT 1 FROM b)"))
+            if stored:  # a refund to the pockets may end a low-balance dip
+                await rearm_low_balance(c, bill.account_id, entries)
+            return stored
+
+        return await run_tx(self.pool, job)
 
     async def get_bill(self, account_id: str, month: str) -> BillRow | None:
         r = await self.pool.fetchrow(

@@ -30,6 +30,9 @@ from bridge.store.rules_rows import (
     EDIT_SIGN_SQLITE,
     EDIT_TEMPLATE_SQLITE,
     LEDGER_COLS,
+    LOW_WARNED_CLEAR,
+    LOW_WARNED_READ,
+    LOW_WARNED_SET,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
@@ -37,6 +40,7 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     already_credited,
     blocked_ids,
+    credited_at,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
@@ -94,7 +98,7 @@ def _one_sql(history: str | None, prefixes: int) -> str:
     )
     marks = ",".join(f":p{i}" for i in range(prefixes))
     return (
-        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
         f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
@@ -131,8 +135,8 @@ def _read_facts_one(
         args.update(since=now - DAY_MS, fsign=dict(fr.sign_of())[number], ftpl=fr.template)
     row = c.execute(_one_sql(fr.kind if limited else None, len(prefixes)), args).fetchone()
     if row is None:
-        row = (0, "prepaid", 0, 0, None, None, 0, 0, None, None)
-    quota, kind, threshold, day_count, sign, template, opted, blocked, hist, pockets = row
+        row = (0, "prepaid", 0, 0, 0, None, None, 0, 0, None, None)
+    quota, kind, threshold, warned, day_count, sign, template, opted, blocked, hist, pockets = row
     return adm.Facts(
         recipients=(number,),
         sign_status=sign,
@@ -144,6 +148,7 @@ def _read_facts_one(
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
+        low_warned=bool(warned),
         pockets=[adm.Pocket(*p) for p in jsonio.loads(pockets)] if pockets else [],
     )
 
@@ -160,7 +165,7 @@ def read_facts(
     day = adm.day_key(now, rules.tz)
     # The account's live settings, today's count and the two statuses in one statement.
     acc = c.execute(
-        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=?), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=?), "
         f"({_TEMPLATE_STATUS.format(code='?', rev='?')}) "
@@ -174,9 +179,10 @@ def read_facts(
             account_id,
         ),
     ).fetchone()
-    quota, kind, threshold, day_count, sign_status, template_status = acc or (
+    quota, kind, threshold, warned, day_count, sign_status, template_status = acc or (
         0,
         "prepaid",
+        0,
         0,
         0,
         None,
@@ -237,6 +243,7 @@ def read_facts(
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
+        low_warned=bool(warned),
         pockets=pockets,
     )
 
@@ -291,6 +298,22 @@ def append_entries(c: sqlite3.Connection, account_id: str, entries: Sequence[Ent
         "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
         [(account_id, p, amt, exp) for p, (amt, exp) in sums.items()],
     )
+
+
+def mark_low_warned(c: sqlite3.Connection, account_id: str, now: int) -> None:
+    """The account warned of its low balance, in the warning's transaction."""
+    c.execute(LOW_WARNED_SET.format("?", "?"), (now, account_id))
+
+
+def rearm_low_balance(c: sqlite3.Connection, account_id: str, entries: Sequence[Entry]) -> None:
+    """After a credit, in its transaction: clear the low-balance mark when the balance is back
+    at or above the threshold (one statement, none for an account that is not marked)."""
+    at = credited_at(entries)
+    if at is None:
+        return
+    row = c.execute(LOW_WARNED_READ.format("?"), (account_id,)).fetchone()
+    if row is not None and adm.rearms_low_balance(read_pockets(c, account_id), row[0], at):
+        c.execute(LOW_WARNED_CLEAR.format("?"), (account_id,))
 
 
 # -- refunds when a message ends unbilled ----------------------------------------------------------
@@ -652,6 +675,7 @@ class RulesStoreMixin:
                 if already_credited(seen, first):
                     return False
             append_entries(c, account_id, entries)
+            rearm_low_balance(c, account_id, entries)
             return True
 
         return await self._runner.write(job)
@@ -740,6 +764,7 @@ class RulesStoreMixin:
             if stored != 1:
                 return False
             append_entries(c, bill.account_id, entries)
+            rearm_low_balance(c, bill.account_id, entries)
             return True
 
         return await self._runner.write(job)
