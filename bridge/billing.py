@@ -307,6 +307,23 @@ def credited_once(body: Any) -> bool:
     return isinstance(body, dict) and body.get("ref") is not None
 
 
+def added_view(entries: Sequence[ledger.Entry]) -> list[dict[str, Any]]:
+    """The `added` list of a top-up, voucher or card sale answer (the admin API's and the CLI's
+    alike). Each names its `ref`: the payment it was recorded under, else the voucher's or
+    card's id (null for a top-up without one), which is what the ledger export and a later
+    `duplicate_ref` answer show, so a payment system can match the answer to its record."""
+    return [
+        {
+            "kind": str(e.kind),
+            "amount_micro": e.amount,
+            "pocket": e.pocket,
+            "ref": e.ref,
+            "expires_at": e.expires_at,
+        }
+        for e in entries
+    ]
+
+
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
     """Ledger entries for an operator's top-up, voucher grant or card purchase (validated)."""
     if not isinstance(body, dict):

@@ -224,16 +224,7 @@ async def _money(ops: Ops, ref: str, kind: str, body: dict[str, Any]) -> int:
         view["added"] = []
         _print(view)
         return 0
-    view["added"] = [
-        {
-            "kind": str(e.kind),
-            "amount_micro": e.amount,
-            "pocket": e.pocket,
-            "ref": e.ref,
-            "expires_at": e.expires_at,
-        }
-        for e in entries
-    ]
+    view["added"] = billing.added_view(entries)
     _print(view)
     return 0
 

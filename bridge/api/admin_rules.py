@@ -279,16 +279,7 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     view = billing.balance_view(
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
     )
-    view["added"] = [
-        {
-            "kind": str(e.kind),
-            "amount_micro": e.amount,
-            "pocket": e.pocket,
-            "expires_at": e.expires_at,
-        }
-        for e in entries
-        if added
-    ]
+    view["added"] = billing.added_view(entries) if added else []
     if not added:  # the same payment again: nothing credited, the balance as it stands
         view["duplicate_ref"] = entries[0].ref
         return json_response(view, status=200)

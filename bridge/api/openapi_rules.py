@@ -625,6 +625,14 @@ def rules_schemas() -> dict[str, Any]:
                             },
                             "amount_micro": {**_MICRO, "minimum": 1},
                             "pocket": _STR,
+                            "ref": _nullable(
+                                {
+                                    "type": "string",
+                                    "description": "the payment ref the entry was recorded "
+                                    "under, else the voucher's or card's id (null: a top-up "
+                                    "without a ref); as in the ledger",
+                                }
+                            ),
                             "expires_at": _nullable(_MS),
                         }
                     ),

@@ -524,7 +524,13 @@ async def test_topup_voucher_card_and_the_balance(api_server, make_account, cloc
     r = await _money(api_server, creds, "topups", {"amount_micro": 5_000_000, "ref": "pay-1"})
     assert r.status == 201
     assert r.json["added"] == [
-        {"kind": "topup", "amount_micro": 5_000_000, "pocket": "cash", "expires_at": None}
+        {
+            "kind": "topup",
+            "amount_micro": 5_000_000,
+            "pocket": "cash",
+            "ref": "pay-1",
+            "expires_at": None,
+        }
     ]
     assert (r.json["cash_micro"], r.json["cash"], r.json["currency"]) == (5_000_000, "5.00", "CNY")
     expiry = now + DAY_MS

@@ -9,6 +9,9 @@ their part (the sweep, grouped accepts).
    leaves the balance below the threshold warns, once per dip: the account keeps a mark
    (accounts.low_warned_at, migration 0019) set in the warning's transaction and cleared by a
    credit that brings the balance back to or over the threshold, or by a new threshold.
+2. The admin API's money answers (top-up, voucher, card sale) listed what was `added` without
+   the `ref` each entry carries (the payment it was recorded under, or the voucher's or card's
+   id): a payment system could not match the answer to the ledger line. The CLI printed it.
 """
 
 from __future__ import annotations
@@ -202,3 +205,36 @@ async def test_the_upgrade_keeps_a_warned_dip_warned(
         assert await _warnings(api, credited.account.id) == [(95_001, 50_001)]
     finally:
         await api.close()
+
+
+# -- 2. the ref of what a top-up, voucher or card sale added -------------------------------------
+
+
+async def test_money_answers_name_the_ref_of_each_entry(
+    engine_api: ApiServer, clock: Clock
+) -> None:
+    clock.freeze(MARCH)
+    api = engine_api
+    creds = await funded(api)
+    acc = f"/admin/accounts/{creds.account.id}"
+    answers = [
+        await _admin_ok(api, "POST", f"{acc}/topups", {"amount_micro": 5_000, "ref": "bank-7"}),
+        await _admin_ok(api, "POST", f"{acc}/topups", {"amount_micro": 5_000}),
+        await _admin_ok(api, "POST", f"{acc}/vouchers", {"amount_micro": 9_000}),
+        await _admin_ok(
+            api, "POST", f"{acc}/cards", {"face_value_micro": 999_000_000, "ref": "shop-1"}
+        ),
+    ]
+    refs = [[e.get("ref", "missing") for e in a["added"]] for a in answers]
+    voucher = answers[2]["added"][0]["pocket"].removeprefix("voucher:")
+    # Observed: [["missing"], ["missing"], ["missing"], ["missing"]].
+    assert refs == [["bank-7"], [None], [voucher], ["shop-1"]]
+    ledger_refs = [(e.kind, e.ref) for e in await api.store.ledger_page(creds.account.id)]
+    assert ledger_refs == [
+        ("topup", "bank-7"),
+        ("topup", None),
+        ("voucher_grant", voucher),
+        ("card_purchase", "shop-1"),
+    ]
+    again = await api.admin("POST", f"{acc}/topups", json={"amount_micro": 5_000, "ref": "bank-7"})
+    assert (again.status, again.json["added"], again.json["duplicate_ref"]) == (200, [], "bank-7")
