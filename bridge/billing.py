@@ -429,8 +429,9 @@ async def usage_lines(
             segments=int(segs or 0),
             final_state=state,
             from_vouchers=max(0, int(vouchers or 0)),
+            messages=int(count),
         )
-        for at, units, charged, pclass, segs, state, vouchers in rows
+        for at, units, charged, pclass, segs, state, vouchers, count in rows
     ]
 
 
@@ -597,7 +598,14 @@ async def settle_accounts(
                 store, account, month, tariffs, tz, config.billing.currency, now
             )
         except settlement.SettlementNotReady as exc:
-            out.append({"account": account.id, "status": "not_ready", "message": exc.message})
+            out.append(
+                {
+                    "account": account.id,
+                    "status": "not_ready",
+                    "message": exc.message,
+                    "pending_messages": exc.pending,
+                }
+            )
             continue
         except BillingError as exc:
             out.append({"account": account.id, "status": "error", "message": exc.message})

@@ -316,7 +316,13 @@ def rules_schemas() -> dict[str, Any]:
                 "the automatic settlement); error: the message says why",
             },
             "message": _STR,
-        }
+            "pending_messages": {
+                **_COUNT,
+                "description": "not_ready only: how many of the month's messages still await "
+                "their outcome (queued, or sent and awaiting the final receipt)",
+            },
+        },
+        required=["account", "status", "message"],
     )
     dnc = {
         "id": _STR,

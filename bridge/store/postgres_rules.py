@@ -845,15 +845,15 @@ class RulesStoreMixin:
 
     async def usage_groups(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int]
-    ) -> list[tuple[int, int, int, str, int, str, int]]:
+    ) -> list[tuple[int, int, int, str, int, str, int, int]]:
         """The month's billed messages grouped by (price class, state, tariff period): the rows of
         the SQLite engine's usage_groups, in the order of those keys."""
         # The tariff period (0, 1, ...); no term without boundaries (GROUP BY 0 names a position).
         bucket = tariff_period_sql(boundaries, postgres=True)
         rows = await self.pool.fetch(
             "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
-            "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
-            "FROM messages m LEFT JOIN ("
+            "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)), "
+            "COUNT(*) FROM messages m LEFT JOIN ("
             "  SELECT ref, -SUM(amount) AS charged, "
             "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
             "  FROM ledger WHERE account_id = $1 "
@@ -866,7 +866,10 @@ class RulesStoreMixin:
             start,
             end,
         )
-        return [(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows]
+        return [
+            (int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6]), int(r[7]))
+            for r in rows
+        ]
 
     async def voucher_charges(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int] = ()

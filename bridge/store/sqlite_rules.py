@@ -713,19 +713,21 @@ class RulesStoreMixin:
 
     async def usage_groups(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int]
-    ) -> list[tuple[int, int, int, str, int, str, int]]:
+    ) -> list[tuple[int, int, int, str, int, str, int, int]]:
         """The month's billed messages grouped by (price class, state, tariff period).
 
         Rows: (first accepted_at, units, net charged, price_class, segments submitted, state,
-        net paid by vouchers). `boundaries` are the tariff effective times inside the month, so a
-        group never straddles a price change.
+        net paid by vouchers, messages). The count is what settlement reports as still
+        awaiting an outcome (a group is no message). `boundaries` are the tariff effective times
+        inside the month, so a group never straddles a price change.
         """
 
-        def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int]]:
+        def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int, int]]:
             bucket = tariff_period_sql(boundaries, postgres=False)
             sql = (
                 "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
-                "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
+                "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)), "
+                "COUNT(*) "
                 "FROM messages m LEFT JOIN ("
                 "  SELECT ref, -SUM(amount) AS charged, "
                 "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "

@@ -12,6 +12,10 @@ their part (the sweep, grouped accepts).
 2. The admin API's money answers (top-up, voucher, card sale) listed what was `added` without
    the `ref` each entry carries (the payment it was recorded under, or the voucher's or card's
    id): a payment system could not match the answer to the ledger line. The CLI printed it.
+3. A month not ready for settlement said "month: 2 message(s) of 2026-03 still await their
+   outcome" for five: SettlementNotReady counted the store's usage groups (one per traffic,
+   state and tariff period), not messages. It counts messages now, and the not_ready result
+   carries the number (`pending_messages`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,17 @@ if _ROOT not in sys.path:
 
 import tests.store_engines as engines  # noqa: E402
 from tests.integration.conftest import ApiServer, Clock, start_api  # noqa: E402
-from tests.integration.test_billing_flow import MARCH, funded, number, send_ok  # noqa: E402
+from tests.integration.test_billing_flow import (  # noqa: E402
+    APRIL,
+    MARCH,
+    funded,
+    number,
+    receipt,
+    result_for,
+    send_ok,
+    settle,
+    submit,
+)
 from tests.integration.test_session16_review1 import (  # noqa: E402
     CNY,
     NOW,
@@ -238,3 +252,25 @@ async def test_money_answers_name_the_ref_of_each_entry(
     ]
     again = await api.admin("POST", f"{acc}/topups", json={"amount_micro": 5_000, "ref": "bank-7"})
     assert (again.status, again.json["added"], again.json["duplicate_ref"]) == (200, [], "bank-7")
+
+
+# -- 3. a month not ready counts messages, not usage groups --------------------------------------
+
+
+async def test_a_month_not_ready_counts_the_messages_awaiting_an_outcome(
+    engine_api: ApiServer, clock: Clock
+) -> None:
+    clock.freeze(MARCH)
+    api = engine_api
+    creds = await funded(api, 10_000_000)
+    await send_ok(api, creds, [number(i) for i in range(3)])  # one group: domestic, sent
+    delivered = await send_ok(api, creds, number(9))
+    ids = await submit(api)
+    await receipt(api, ids[delivered[0]], "delivered")
+    await send_ok(api, creds, [number(i) for i in range(10, 12)])  # another group: queued
+    clock.freeze(APRIL)
+    row = result_for(await settle(api, "2026-03", creds), creds)
+    assert row["status"] == "not_ready"
+    # Observed: "month: 2 message(s) of 2026-03 still await their outcome" (the two groups).
+    assert row["message"] == "month: 5 message(s) of 2026-03 still await their outcome"
+    assert row["pending_messages"] == 5

@@ -875,18 +875,18 @@ async def test_usage_groups(store: Store) -> None:
     start, end = NOW - DAY, NOW + DAY
     assert sorted(await store.usage_groups("acc_a", start, end, [])) == sorted(
         [
-            (NOW, 3, 300, "D", 3, "delivered", 50),  # m1 (voucher 50 + cash 50) and m2
-            (NOW + 2, 1, 0, "D", 1, "failed", 0),  # m3: charged, then refunded
-            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+            (NOW, 3, 300, "D", 3, "delivered", 50, 2),  # m1 (voucher 50 + cash 50) and m2
+            (NOW + 2, 1, 0, "D", 1, "failed", 0, 1),  # m3: charged, then refunded
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0, 1),
         ]
     )
     split = sorted(await store.usage_groups("acc_a", start, end, [NOW + 1]))
     assert split == sorted(
         [
-            (NOW, 1, 100, "D", 1, "delivered", 50),
-            (NOW + 1, 2, 200, "D", 2, "delivered", 0),
-            (NOW + 2, 1, 0, "D", 1, "failed", 0),
-            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+            (NOW, 1, 100, "D", 1, "delivered", 50, 1),
+            (NOW + 1, 2, 200, "D", 2, "delivered", 0, 1),
+            (NOW + 2, 1, 0, "D", 1, "failed", 0, 1),
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0, 1),
         ]
     )
     assert await store.usage_groups("acc_a", NOW + 4, end, []) == []
