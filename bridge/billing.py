@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge import logs
+from bridge.accounts import public_account
 from bridge.config import BillingConfig, TariffConfig
 from bridge.domain import admission as adm
 from bridge.domain import ledger, settlement
@@ -322,6 +323,25 @@ def added_view(entries: Sequence[ledger.Entry]) -> list[dict[str, Any]]:
         }
         for e in entries
     ]
+
+
+async def closed_view(
+    store: Any, account: Account, written_off: Sequence[ledger.Entry], currency: str
+) -> dict[str, Any]:
+    """The answer of an account's close (the admin API's and the CLI's): the closed account,
+    the cash owed back to the customer (every `closed` entry to date: the close's and those of
+    credits after it, a late refund or a settlement), what this close made void, and its
+    entries. The operator pays `refund_owed_micro` back; the ledger export shows the same."""
+    sums = await store.ledger_kind_sums(account.id)
+    owed = -int(sums.get(str(ledger.EntryKind.CLOSED)) or 0)
+    _owed_now, voided = adm.owed_at_close(written_off)
+    view = public_account(account)
+    view["currency"] = currency
+    view["refund_owed_micro"] = owed
+    view["refund_owed"] = format_micro(owed)
+    view["voided_micro"] = voided
+    view["written_off"] = added_view(written_off)
+    return view
 
 
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:

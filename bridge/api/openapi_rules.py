@@ -15,6 +15,7 @@ from typing import Any
 from bridge.api.openapi import (
     _MS,
     _STR,
+    _account_props,
     _admin_op,
     _errors,
     _json_body,
@@ -651,6 +652,48 @@ def rules_schemas() -> dict[str, Any]:
             },
             required=[*balance, "added"],
         ),
+        "ClosedAccount": _obj(
+            {
+                **_account_props(),
+                "currency": _STR,
+                "refund_owed_micro": {
+                    **_MICRO,
+                    "minimum": 0,
+                    "description": "cash owed back to the customer: what the account held at "
+                    "its close, and any credit it got after (a late refund, a settlement), each "
+                    "a `closed` ledger entry",
+                },
+                "refund_owed": {"type": "string", "description": "the same in currency units"},
+                "voided_micro": {
+                    **_MICRO,
+                    "minimum": 0,
+                    "description": "vouchers' and cards' remainders this close made void "
+                    "(non-refundable)",
+                },
+                "written_off": {
+                    "type": "array",
+                    "description": "the ledger entries this close recorded (none on a repeat)",
+                    "items": _obj(
+                        {
+                            "kind": {
+                                "type": "string",
+                                "enum": [
+                                    "closed",
+                                    "voucher_void",
+                                    "card_void",
+                                    "voucher_expire",
+                                    "card_expire",
+                                ],
+                            },
+                            "amount_micro": {**_MICRO, "maximum": -1},
+                            "pocket": _STR,
+                            "ref": _nullable(_STR),
+                            "expires_at": _nullable(_MS),
+                        }
+                    ),
+                },
+            }
+        ),
         # -- operator: settlement
         "SettleRequest": _obj(
             {
@@ -1056,8 +1099,13 @@ def rules_paths() -> dict[str, Any]:
             "parameters": [ref],
             "post": _admin_op(
                 "closeAccount",
-                "Close an account: keys revoked, numbers masked, texts and opt-outs removed",
-                {"200": _ok("Account", "the closed account"), **_errors(404)},
+                "Close an account: keys revoked, numbers masked, texts and opt-outs removed, "
+                "waiting messages ended and refunded, and what its pockets hold written off "
+                "(cash owed back to the customer, vouchers and cards void)",
+                {
+                    "200": _ok("ClosedAccount", "the closed account and the money it held"),
+                    **_errors(404),
+                },
             ),
         },
     }

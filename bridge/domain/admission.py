@@ -413,6 +413,44 @@ def rearms_low_balance(pockets: Iterable[Pocket], threshold: int, now: int) -> b
     return balances_of(pockets, now).available_domestic >= threshold
 
 
+def close_plan(pockets: Sequence[Pocket], now: int) -> list[Entry]:
+    """The entries that empty a closed account's pockets, in the close's transaction (and in
+    that of any credit it gets after, a late refund or a settlement refund).
+
+    Without them the cash stayed on an account that can take and spend nothing, with no entry
+    saying where it went. Cash left is `closed`: owed back to the customer (the close's answer
+    names it). A voucher or card that expired with a remainder is written off as the sweep
+    does (dated at its expiry); any other remainder is void now (`voucher_void`, `card_void`:
+    non-refundable). A negative cash sum (an old postpaid accrual) is a debt: kept, invoiced.
+    The postpaid receivable (`invoice`) is a record of what is owed, not money: kept."""
+    lapsed = {p.pocket for p in _lapsed_vouchers(pockets, now)}
+    out: list[Entry] = []
+    for p in sorted(pockets, key=lambda p: p.pocket):
+        if p.amount <= 0:
+            continue
+        if p.pocket in lapsed:
+            out.append(_write_off(p))
+        elif p.pocket == "cash":
+            out.append(Entry(EntryKind.CLOSED, -p.amount, p.pocket, now))
+        elif p.pocket.startswith(("voucher:", "card:")):
+            family, _, ref = p.pocket.partition(":")
+            kind = EntryKind.VOUCHER_VOID if family == "voucher" else EntryKind.CARD_VOID
+            out.append(Entry(kind, -p.amount, p.pocket, now, ref, p.expires_at))
+    return out
+
+
+def owed_at_close(entries: Iterable[Entry]) -> tuple[int, int]:
+    """(cash owed back to the customer, vouchers' and cards' remainders void) of close
+    entries (close_plan's)."""
+    owed = voided = 0
+    for e in entries:
+        if e.kind == EntryKind.CLOSED:
+            owed -= e.amount
+        elif e.amount < 0:
+            voided -= e.amount
+    return owed, voided
+
+
 def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
     return [
         p

@@ -75,6 +75,12 @@ class EntryKind(StrEnum):
     CARD_EXPIRE = "card_expire"
     SETTLEMENT_ADJUSTMENT = "settlement_adjustment"
     INVOICE = "invoice"
+    # At an account's close (and on any credit it gets after: a late refund, a settlement):
+    # the cash it held leaves the books as owed back to the customer; a voucher's or card's
+    # remainder is void (non-refundable), so the pockets of a closed account sum to zero.
+    CLOSED = "closed"
+    VOUCHER_VOID = "voucher_void"
+    CARD_VOID = "card_void"
 
 
 # kind -> (pocket family, sign): +1 credit (amount >= 0), -1 debit (amount <= 0), 0 either.
@@ -92,6 +98,9 @@ _RULES: dict[EntryKind, tuple[str, int]] = {
     EntryKind.CARD_REFUND: ("card", 1),
     EntryKind.CARD_EXPIRE: ("card", -1),
     EntryKind.INVOICE: ("invoice", 1),
+    EntryKind.CLOSED: ("cash", -1),
+    EntryKind.VOUCHER_VOID: ("voucher", -1),
+    EntryKind.CARD_VOID: ("card", -1),
 }
 _SPENDS = {EntryKind.CHARGE, EntryKind.VOUCHER_SPEND, EntryKind.CARD_SPEND}
 _REFUNDS = {EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind.CARD_REFUND}

@@ -28,14 +28,16 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.ids import new_id
-from bridge.store.base import StoreError
+from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    CLOSED_AMONG,
     EDIT_SIGN_PG,
     EDIT_TEMPLATE_PG,
     LEDGER_COLS,
+    LEDGER_KIND_SUMS,
     LOW_WARNED_CLEAR,
     LOW_WARNED_READ,
     LOW_WARNED_SET,
@@ -366,6 +368,23 @@ async def rearm_low_balance(
         await c.execute(LOW_WARNED_CLEAR.format("$1"), account_id)
 
 
+async def write_off_closed(c: asyncpg.Connection, account_ids: Iterable[str], now: int) -> int:
+    """The SQLite engine's write_off_closed: empty the pockets of the closed ones among
+    `account_ids` in the transaction that credited them (one statement when none is closed).
+    A closed account's row takes no lock here: its status never changes again, and no accept
+    or top-up of it can run."""
+    ids = sorted(set(account_ids))
+    closed = [r[0] for r in await c.fetch(CLOSED_AMONG.format("SELECT unnest($1::text[])"), ids)]
+    out: list[tuple[str, Entry]] = []
+    for account_id in closed:
+        out.extend((account_id, e) for e in adm.close_plan(await read_pockets(c, account_id), now))
+    if out:
+        w = Writes()
+        add_entries(w, out)
+        await w.run(c)
+    return len(out)
+
+
 # -- refunds when a message ends unbilled ----------------------------------------------------------
 
 
@@ -405,6 +424,7 @@ async def refund_finals(
         w = Writes()
         add_entries(w, out)
         await w.run(c)
+        await write_off_closed(c, (a for a, _e in out), now)
     return done
 
 
@@ -834,6 +854,10 @@ class RulesStoreMixin:
         )
         return [LedgerRow(*r) for r in rows]
 
+    async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:
+        rows = await self.pool.fetch(LEDGER_KIND_SUMS.format("$1"), account_id)
+        return {r[0]: int(r[1]) for r in rows}
+
     async def ledger_sums(self, account_id: str) -> dict[str, int]:
         rows = await self.pool.fetch(
             "SELECT pocket, SUM(amount) FROM ledger WHERE account_id = $1 GROUP BY pocket",
@@ -898,8 +922,9 @@ class RulesStoreMixin:
 
         async def job(c: asyncpg.Connection) -> bool:
             stored = bool(await w.run(c, "SELECT EXISTS (SELECT 1 FROM b)"))
-            if stored:  # a refund to the pockets may end a low-balance dip
+            if stored:  # a refund to the pockets may end a low-balance dip, or need a write-off
                 await rearm_low_balance(c, bill.account_id, entries)
+                await write_off_closed(c, (bill.account_id,), bill.settled_at)
             return stored
 
         return await run_tx(self.pool, job)
@@ -979,15 +1004,18 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
-    async def close_account(self, account_id: str, now: int) -> bool:
-        async def job(c: asyncpg.Connection) -> bool:
+    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+        async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
             found = await c.fetchval(
                 "SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
             )
             if found is None:
-                return False
-            await _erase(c, account_id, None, "+***", now)
+                return None
+            await _erase(c, account_id, None, "+***", now)  # waiting messages refunded
+            # After the refunds: what the account holds now is what it is owed or loses.
+            entries = adm.close_plan(await read_pockets(c, account_id), now)
+            await append_entries(c, account_id, entries)
             await c.execute(
                 "WITH a AS (UPDATE accounts SET status = 'closed', closed_at = $2, "
                 "updated_at = $2, status_callback_url = NULL, mo_callback_url = NULL "
@@ -1002,7 +1030,7 @@ class RulesStoreMixin:
                 account_id,
                 now,
             )
-            return True
+            return AccountClosed(tuple(entries))
 
         return await run_tx(self.pool, job)
 

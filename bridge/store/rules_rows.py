@@ -218,6 +218,12 @@ def credited_at(entries: Sequence[Entry]) -> int | None:
     return max(e.at for e in entries)
 
 
+# Of the accounts a write credited ({}: the engine's list of them), the closed ones: what
+# they get (a late refund, a settlement's) is written off at once (admission.close_plan).
+CLOSED_AMONG = "SELECT id FROM accounts WHERE status = 'closed' AND id IN ({})"
+LEDGER_KIND_SUMS = "SELECT kind, SUM(amount) FROM ledger WHERE account_id = {} GROUP BY kind"
+
+
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
 
 

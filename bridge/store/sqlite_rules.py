@@ -15,7 +15,7 @@ from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
-from bridge.store.base import StoreError
+from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
     DncInfo,
@@ -27,9 +27,11 @@ from bridge.store.models import (
 )
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    CLOSED_AMONG,
     EDIT_SIGN_SQLITE,
     EDIT_TEMPLATE_SQLITE,
     LEDGER_COLS,
+    LEDGER_KIND_SUMS,
     LOW_WARNED_CLEAR,
     LOW_WARNED_READ,
     LOW_WARNED_SET,
@@ -316,6 +318,22 @@ def rearm_low_balance(c: sqlite3.Connection, account_id: str, entries: Sequence[
         c.execute(LOW_WARNED_CLEAR.format("?"), (account_id,))
 
 
+def write_off_closed(c: sqlite3.Connection, account_ids: Collection[str], now: int) -> int:
+    """Empty the pockets of those of `account_ids` that are closed (admission.close_plan), in
+    the transaction that credited them: a message still on a bind at the close that fails later
+    is refunded, and a month settled after the close refunds its pre-charge, to an account that
+    can spend nothing. Entries written."""
+    written = 0
+    for chunk in _chunks(sorted(account_ids), 400):
+        sql = CLOSED_AMONG.format(_marks(len(chunk)))
+        for (account_id,) in c.execute(sql, chunk).fetchall():
+            entries = adm.close_plan(read_pockets(c, account_id), now)
+            if entries:
+                append_entries(c, account_id, entries)
+                written += len(entries)
+    return written
+
+
 # -- refunds when a message ends unbilled ----------------------------------------------------------
 
 
@@ -326,6 +344,7 @@ def refund_finals(
 
     Returns the number of messages refunded (fully or, international, for unsent parts)."""
     done = 0
+    credited: set[str] = set()
     for account_id, mid, state, price_class, sent, segments in finals:
         if adm.refund_share(price_class, state, segments, sent)[0] == 0:
             continue
@@ -338,7 +357,10 @@ def refund_finals(
         refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
         if refund:
             append_entries(c, account_id, refund)
+            credited.add(account_id)
             done += 1
+    if credited:
+        write_off_closed(c, credited, now)
     return done
 
 
@@ -698,6 +720,10 @@ class RulesStoreMixin:
 
         return await self._runner.read(job)
 
+    async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:
+        sql = LEDGER_KIND_SUMS.format("?")
+        return await self._runner.read(lambda c: dict(c.execute(sql, (account_id,)).fetchall()))
+
     async def ledger_sums(self, account_id: str) -> dict[str, int]:
         def job(c: sqlite3.Connection) -> dict[str, int]:
             return dict(
@@ -767,6 +793,7 @@ class RulesStoreMixin:
                 return False
             append_entries(c, bill.account_id, entries)
             rearm_low_balance(c, bill.account_id, entries)
+            write_off_closed(c, (bill.account_id,), bill.settled_at)
             return True
 
         return await self._runner.write(job)
@@ -843,11 +870,14 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
-    async def close_account(self, account_id: str, now: int) -> bool:
-        def job(c: sqlite3.Connection) -> bool:
+    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+        def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
-                return False
-            _erase(c, "account_id=?", (account_id,), "+***", now)
+                return None
+            _erase(c, "account_id=?", (account_id,), "+***", now)  # waiting messages refunded
+            # After the refunds: what the account holds now is what it is owed or loses.
+            entries = adm.close_plan(read_pockets(c, account_id), now)
+            append_entries(c, account_id, entries)
             c.execute(
                 "UPDATE accounts SET status='closed', closed_at=?, updated_at=?, "
                 "status_callback_url=NULL, mo_callback_url=NULL WHERE id=?",
@@ -863,7 +893,7 @@ class RulesStoreMixin:
             c.execute(
                 "DELETE FROM webhook_outbox WHERE account_id=? AND state='pending'", (account_id,)
             )
-            return True
+            return AccountClosed(tuple(entries))
 
         return await self._runner.write(job)
 

@@ -964,8 +964,10 @@ async def test_close_account_revokes_keys_and_erases_texts(api_server, make_acco
         "GET", f"/v1/messages/{kept.json['messages'][0]['id']}", creds=other
     )
     assert other_msg.json["to"] == CN and other_msg.json["text"] == "not closed"
+    # The queued message was never sent: refunded, and the cash owed back (session 36).
+    assert r.json["refund_owed_micro"] == DEFAULT_FUNDS
     ops = await api_server.admin("GET", f"/admin/accounts/{creds.account_id}/balance")
-    assert ops.json["cash_micro"] == DEFAULT_FUNDS  # the queued message was never sent: refunded
+    assert ops.json["cash_micro"] == 0
     _refused(await api_server.admin("POST", "/admin/accounts/nobody/close"), 404, "NOT_FOUND")
 
 

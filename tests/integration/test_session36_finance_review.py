@@ -16,6 +16,13 @@ their part (the sweep, grouped accepts).
    outcome" for five: SettlementNotReady counted the store's usage groups (one per traffic,
    state and tariff period), not messages. It counts messages now, and the not_ready result
    carries the number (`pending_messages`).
+4. Closing an account left its cash, vouchers and cards in its pockets with no ledger entry
+   saying where the money went, though a closed account can take and spend nothing: the
+   operator had no record of what to pay back, and the books carried money nobody held. The
+   close now writes the pockets off in its own transaction (cash `closed`, owed back and named
+   in the answer; vouchers and cards void), as does any credit after it (a late refund, a
+   settlement); `bill check` fails on a closed account holding money; migration 0019 writes off
+   accounts closed before.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,7 @@ from tests.integration.test_billing_flow import (  # noqa: E402
     settle,
     submit,
 )
+from tests.integration.test_cli_rules import cfg, create_accounts, db, ok, run_all  # noqa: E402
 from tests.integration.test_session16_review1 import (  # noqa: E402
     CNY,
     NOW,
@@ -63,7 +72,8 @@ from tests.store_engines import schema_before  # noqa: E402
 
 engine = engines.engine
 store = engines.store
-groups = groups  # the fixture, re-exported for this module's tests
+groups = groups  # the fixtures, re-exported for this module's tests
+cfg = cfg
 
 HOOK = "https://example.com/hook"
 LEASE = 300_000
@@ -274,3 +284,149 @@ async def test_a_month_not_ready_counts_the_messages_awaiting_an_outcome(
     # Observed: "month: 2 message(s) of 2026-03 still await their outcome" (the two groups).
     assert row["message"] == "month: 5 message(s) of 2026-03 still await their outcome"
     assert row["pending_messages"] == 5
+
+
+# -- 4. closing an account: where its money goes ---------------------------------------------
+
+
+async def _sql(engine: Any, sql: str) -> None:
+    """Raw SQL on the test's database (both engines), for states the API cannot make."""
+    if engine.name == "sqlite":
+        c = sqlite3.connect(engine.location)
+        with c:
+            c.executescript(sql)
+        c.close()
+        return
+    import asyncpg
+
+    pc = await asyncpg.connect(engine.location)
+    try:
+        await pc.execute(sql)
+    finally:
+        await pc.close()
+
+
+async def _pockets(api: ApiServer, account_id: str) -> dict[str, int]:
+    return {p.pocket: p.amount for p in await api.store.get_pockets(account_id) if p.amount}
+
+
+async def test_closing_writes_off_what_the_account_holds(
+    engine_api: ApiServer, clock: Clock
+) -> None:
+    clock.freeze(MARCH)
+    api = engine_api
+    creds = await funded(api, 10_000_000)
+    acc = f"/admin/accounts/{creds.account.id}"
+    await _admin_ok(api, "POST", f"{acc}/vouchers", {"amount_micro": 2_000_000})
+    await _admin_ok(api, "POST", f"{acc}/cards", {"face_value_micro": 999_000_000})
+    await send_ok(api, creds, number(1))  # queued: a voucher pays it, refunded at the close
+    closed = await _admin_ok(api, "POST", f"{acc}/close", {})
+    # Observed: the plain account; its pockets still held 10 CNY cash, 2 CNY of voucher,
+    # 999 CNY of card, with no entry saying where they went.
+    assert closed["status"] == "closed"
+    assert (closed["refund_owed_micro"], closed["refund_owed"]) == (10_000_000, "10.00")
+    assert closed["voided_micro"] == 2_000_000 + 999_000_000
+    kinds = sorted((e["kind"], e["amount_micro"]) for e in closed["written_off"])
+    assert kinds == [
+        ("card_void", -999_000_000),
+        ("closed", -10_000_000),
+        ("voucher_void", -2_000_000),
+    ]
+    assert await _pockets(api, creds.account.id) == {}
+    sums = await api.store.ledger_sums(creds.account.id)
+    assert {k: v for k, v in sums.items() if v} == {}  # the ledger agrees: every pocket at zero
+    ledger = await api.store.ledger_page(creds.account.id, limit=1000)
+    assert [(e.kind, e.amount) for e in ledger if e.kind == "closed"] == [("closed", -10_000_000)]
+    again = await _admin_ok(api, "POST", f"{acc}/close", {})
+    assert (again["refund_owed_micro"], again["voided_micro"], again["written_off"]) == (
+        10_000_000, 0, []
+    )  # fmt: skip
+
+
+async def test_a_refund_after_the_close_is_owed_back_too(
+    engine_api: ApiServer, clock: Clock
+) -> None:
+    """A message on a bind at the close fails later: its refund lands on the closed account
+    and is written off in the receipt's transaction, owed back with the rest."""
+    clock.freeze(MARCH)
+    api = engine_api
+    creds = await funded(api, 1_000_000)
+    (mid,) = await send_ok(api, creds, number(1))
+    ids = await submit(api)  # sent: awaiting its receipt
+    acc = f"/admin/accounts/{creds.account.id}"
+    closed = await _admin_ok(api, "POST", f"{acc}/close", {})
+    assert closed["refund_owed_micro"] == 1_000_000 - 45_000
+    await receipt(api, ids[mid], "undeliverable")  # refunded now
+    # Observed (with the close's write-off alone): 45,000 of cash back on the closed account.
+    assert await _pockets(api, creds.account.id) == {}
+    again = await _admin_ok(api, "POST", f"{acc}/close", {})
+    assert again["refund_owed_micro"] == 1_000_000
+
+
+async def test_the_upgrade_writes_off_accounts_closed_before(
+    engine: Any, tmp_path: Path, clock: Clock
+) -> None:
+    clock.freeze(MARCH)
+    overrides = {"security": {"master_key": base64.b64encode(os.urandom(32)).decode()}}
+    first = await start_api(tmp_path, clock, overrides, store=engine.new_store())
+    try:
+        creds = await funded(first, 700_000)
+        acc = f"/admin/accounts/{creds.account.id}"
+        await _admin_ok(first, "POST", f"{acc}/vouchers", {"amount_micro": 50_000})
+        await _admin_ok(first, "POST", f"{acc}/close", {})
+        closed_at = first.ctx.now_ms()  # the clock is frozen
+    finally:
+        await first.close()
+    # As a release before 19 left it: the close wrote nothing off.
+    await _sql(
+        engine,
+        "DELETE FROM ledger WHERE kind IN ('closed', 'voucher_void', 'card_void');"
+        "UPDATE pockets SET amount = (SELECT SUM(amount) FROM ledger l "
+        "WHERE l.account_id = pockets.account_id AND l.pocket = pockets.pocket);",
+    )
+    await schema_before(engine, 19, 19)
+    api = await start_api(tmp_path, clock, overrides, store=engine.new_store())
+    try:
+        assert await _pockets(api, creds.account.id) == {}
+        rows = await api.store.ledger_page(creds.account.id, limit=100)
+        assert sorted((e.kind, e.amount, e.at) for e in rows if e.amount < 0) == [
+            ("closed", -700_000, closed_at),
+            ("voucher_void", -50_000, closed_at),
+        ]
+    finally:
+        await api.close()
+
+
+def test_the_cli_close_names_the_refund_and_bill_check_finds_money_on_a_closed_account(
+    cfg: Path,
+) -> None:
+    """The CLI (a real subprocess on a SQLite file): `account close` prints what is owed back,
+    and `bill check` fails while a closed account holds money (the pockets agreeing with the
+    ledger is not enough: the money must have gone somewhere)."""
+    ids = create_accounts(cfg, ("acme",))
+    ok(cfg, "bill", "topup", ids["acme"], "12.50")
+    ok(cfg, "bill", "card", ids["acme"], "999")
+    closed = ok(cfg, "account", "close", ids["acme"])
+    # Observed: the plain account (no refund_owed_micro), its 12.50 and 999 CNY still held.
+    assert (closed["status"], closed["refund_owed_micro"], closed["refund_owed"]) == (
+        "closed", 12_500_000, "12.50"
+    )  # fmt: skip
+    assert closed["voided_micro"] == 999_000_000
+    clean = ok(cfg, "bill", "check")
+    assert (clean["ok"], clean["differences"], clean["closed_holding"]) == (True, [], [])
+    with db(cfg) as c:  # money on the closed account, the ledger agreeing: still a hole
+        c.execute(
+            "INSERT INTO ledger (account_id, kind, amount, pocket, at) "
+            "VALUES (?, 'topup', 7, 'cash', 1)",
+            (ids["acme"],),
+        )
+        c.execute(
+            "UPDATE pockets SET amount = 7 WHERE account_id=? AND pocket='cash'", (ids["acme"],)
+        )
+    (bad,) = run_all(cfg, ("bill", "check"))
+    assert bad[0] == 1 and "1 pocket(s) of closed accounts hold money" in bad[2]
+    report = json.loads(bad[1])
+    assert (report["ok"], report["differences"]) == (False, [])
+    assert report["closed_holding"] == [
+        {"account": ids["acme"], "pocket": "cash", "pocket_micro": 7}
+    ]

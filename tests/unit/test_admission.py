@@ -1077,3 +1077,33 @@ def test_facts_after_keeps_an_expiry_as_the_stores_upsert_does() -> None:
     got = adm.facts_after(Facts(recipients=(CN1,), pockets=[Pocket("cash", 1)]), plan, 1, [],
                           rules, now)  # fmt: skip
     assert got.pockets == [Pocket("cash", 6, now + 7), Pocket("voucher:new", 10, now + 9)]
+
+
+# ==== closing an account ==========================================================================
+
+
+def test_close_plan_empties_every_pocket_that_holds_money() -> None:
+    pockets = [
+        cash(700_000),
+        voucher("live", 50_000, None),
+        voucher("gone", 30_000, NOW - 5),  # expired, not swept yet: written off at its expiry
+        voucher("spent", 0, None),
+        card("c", 999_000_000, NOW + DAY_MS),
+        Pocket("invoice", 12_345),  # a record of what a postpaid month owes: no money
+    ]
+    entries = adm.close_plan(pockets, NOW)
+    got = sorted((str(e.kind), e.amount, e.pocket, e.at, e.ref) for e in entries)
+    assert got == [
+        ("card_void", -999_000_000, "card:c", NOW, "c"),
+        ("closed", -700_000, "cash", NOW, None),
+        ("voucher_expire", -30_000, "voucher:gone", NOW - 5, "gone"),
+        ("voucher_void", -50_000, "voucher:live", NOW, "live"),
+    ]
+    after = apply_entries({p.pocket: p for p in pockets}, entries)
+    assert {k: p.amount for k, p in after.items() if p.amount} == {"invoice": 12_345}
+    assert adm.owed_at_close(entries) == (700_000, 999_000_000 + 30_000 + 50_000)
+    assert adm.close_plan(list(after.values()), NOW) == []  # a repeat writes nothing
+
+
+def test_close_plan_keeps_a_debt() -> None:
+    assert adm.close_plan([cash(-5_000)], NOW) == []
