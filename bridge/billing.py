@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bridge import logs
+from bridge.accounts import public_account
 from bridge.config import BillingConfig, TariffConfig
 from bridge.domain import admission as adm
 from bridge.domain import ledger, settlement
@@ -307,6 +308,42 @@ def credited_once(body: Any) -> bool:
     return isinstance(body, dict) and body.get("ref") is not None
 
 
+def added_view(entries: Sequence[ledger.Entry]) -> list[dict[str, Any]]:
+    """The `added` list of a top-up, voucher or card sale answer (the admin API's and the CLI's
+    alike). Each names its `ref`: the payment it was recorded under, else the voucher's or
+    card's id (null for a top-up without one), which is what the ledger export and a later
+    `duplicate_ref` answer show, so a payment system can match the answer to its record."""
+    return [
+        {
+            "kind": str(e.kind),
+            "amount_micro": e.amount,
+            "pocket": e.pocket,
+            "ref": e.ref,
+            "expires_at": e.expires_at,
+        }
+        for e in entries
+    ]
+
+
+async def closed_view(
+    store: Any, account: Account, written_off: Sequence[ledger.Entry], currency: str
+) -> dict[str, Any]:
+    """The answer of an account's close (the admin API's and the CLI's): the closed account,
+    the cash owed back to the customer (every `closed` entry to date: the close's and those of
+    credits after it, a late refund or a settlement), what this close made void, and its
+    entries. The operator pays `refund_owed_micro` back; the ledger export shows the same."""
+    sums = await store.ledger_kind_sums(account.id)
+    owed = -int(sums.get(str(ledger.EntryKind.CLOSED)) or 0)
+    _owed_now, voided = adm.owed_at_close(written_off)
+    view = public_account(account)
+    view["currency"] = currency
+    view["refund_owed_micro"] = owed
+    view["refund_owed"] = format_micro(owed)
+    view["voided_micro"] = voided
+    view["written_off"] = added_view(written_off)
+    return view
+
+
 def money_entries(kind: str, body: Any, now: int, tz: str) -> list[ledger.Entry]:
     """Ledger entries for an operator's top-up, voucher grant or card purchase (validated)."""
     if not isinstance(body, dict):
@@ -412,8 +449,9 @@ async def usage_lines(
             segments=int(segs or 0),
             final_state=state,
             from_vouchers=max(0, int(vouchers or 0)),
+            messages=int(count),
         )
-        for at, units, charged, pclass, segs, state, vouchers in rows
+        for at, units, charged, pclass, segs, state, vouchers, count in rows
     ]
 
 
@@ -580,7 +618,14 @@ async def settle_accounts(
                 store, account, month, tariffs, tz, config.billing.currency, now
             )
         except settlement.SettlementNotReady as exc:
-            out.append({"account": account.id, "status": "not_ready", "message": exc.message})
+            out.append(
+                {
+                    "account": account.id,
+                    "status": "not_ready",
+                    "message": exc.message,
+                    "pending_messages": exc.pending,
+                }
+            )
             continue
         except BillingError as exc:
             out.append({"account": account.id, "status": "error", "message": exc.message})

@@ -413,9 +413,14 @@ def cmd_account(args: argparse.Namespace) -> int:
             elif args.action == "close":
                 # Erases the account's message texts and numbers, revokes its keys; the ledger and
                 # bills stay (money records are kept). Asks nothing: scripts call it.
+                from bridge import billing
+
                 account = await svc.resolve(args.ref)
-                await svc.store.close_account(account.id, _now_ms())
-                _print(public_account(await svc.resolve(account.id)))
+                done = await svc.store.close_account(account.id, _now_ms())
+                closed = await svc.resolve(account.id)
+                entries = done.entries if done is not None else ()
+                currency = cfg.billing.currency
+                _print(await billing.closed_view(svc.store, closed, entries, currency))
         except AccountError as exc:
             raise CliError(f"{exc.code}: {exc.message}") from None
         return 0

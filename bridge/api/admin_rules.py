@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import billing, logs, review
-from bridge.accounts import AccountError, public_account
+from bridge.accounts import AccountError
 from bridge.api.bodies import read_admin_body
 from bridge.api.context import query_of
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
@@ -279,16 +279,7 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     view = billing.balance_view(
         await ctx.store.get_pockets(account.id), now, ctx.config.billing.currency
     )
-    view["added"] = [
-        {
-            "kind": str(e.kind),
-            "amount_micro": e.amount,
-            "pocket": e.pocket,
-            "expires_at": e.expires_at,
-        }
-        for e in entries
-        if added
-    ]
+    view["added"] = billing.added_view(entries) if added else []
     if not added:  # the same payment again: nothing credited, the balance as it stands
         view["duplicate_ref"] = entries[0].ref
         return json_response(view, status=200)
@@ -353,11 +344,13 @@ async def settle(request: web.Request) -> web.Response:
 async def close_account(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
-    await ctx.store.close_account(account.id, ctx.now_ms())
+    done = await ctx.store.close_account(account.id, ctx.now_ms())
     ctx.sender_assignments.forget()  # a closed account's addresses are free again
     closed = await ctx.store.get_account(account.id)
-    assert closed is not None
-    return json_response(public_account(closed))
+    if done is None or closed is None:  # gone meanwhile (an account is never deleted)
+        raise ApiError("NOT_FOUND", f"no account {account.id!r}")
+    currency = ctx.config.billing.currency
+    return json_response(await billing.closed_view(ctx.store, closed, done.entries, currency))
 
 
 def add_routes(app: web.Application) -> None:

@@ -339,8 +339,8 @@ def _account_props() -> dict[str, Any]:
         "low_balance_threshold": {
             "type": "integer",
             "minimum": 0,
-            "description": "micro-units; a balance.low event fires when the available balance "
-            "drops below it (0 = off)",
+            "description": "micro-units; a balance.low event fires once per dip: at the first "
+            "charge or voucher expiry that leaves the available balance below it (0 = off)",
         },
         "report_format": {
             "type": "string",
@@ -682,7 +682,8 @@ def _balance_low_schema() -> dict[str, Any]:
         }
     )
     out["description"] = (
-        "A prepaid balance fell below the account's low_balance_threshold (once per crossing), "
+        "A charge or voucher expiry left a prepaid balance below the account's "
+        "low_balance_threshold (once per dip: until the balance is back at or above it), "
         "in the status callback's JSON array, for every report format"
     )
     return out

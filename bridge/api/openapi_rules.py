@@ -15,6 +15,7 @@ from typing import Any
 from bridge.api.openapi import (
     _MS,
     _STR,
+    _account_props,
     _admin_op,
     _errors,
     _json_body,
@@ -316,7 +317,13 @@ def rules_schemas() -> dict[str, Any]:
                 "the automatic settlement); error: the message says why",
             },
             "message": _STR,
-        }
+            "pending_messages": {
+                **_COUNT,
+                "description": "not_ready only: how many of the month's messages still await "
+                "their outcome (queued, or sent and awaiting the final receipt)",
+            },
+        },
+        required=["account", "status", "message"],
     )
     dnc = {
         "id": _STR,
@@ -513,7 +520,7 @@ def rules_schemas() -> dict[str, Any]:
                 "account_kind": {"type": "string", "enum": ["prepaid", "postpaid"]},
                 "low_balance_threshold_micro": {
                     **_COUNT,
-                    "description": "a balance.low event fires when crossed (0 = off)",
+                    "description": "a balance.low event fires once per dip below it (0 = off)",
                 },
             }
         ),
@@ -625,6 +632,14 @@ def rules_schemas() -> dict[str, Any]:
                             },
                             "amount_micro": {**_MICRO, "minimum": 1},
                             "pocket": _STR,
+                            "ref": _nullable(
+                                {
+                                    "type": "string",
+                                    "description": "the payment ref the entry was recorded "
+                                    "under, else the voucher's or card's id (null: a top-up "
+                                    "without a ref); as in the ledger",
+                                }
+                            ),
                             "expires_at": _nullable(_MS),
                         }
                     ),
@@ -636,6 +651,48 @@ def rules_schemas() -> dict[str, Any]:
                 },
             },
             required=[*balance, "added"],
+        ),
+        "ClosedAccount": _obj(
+            {
+                **_account_props(),
+                "currency": _STR,
+                "refund_owed_micro": {
+                    **_MICRO,
+                    "minimum": 0,
+                    "description": "cash owed back to the customer: what the account held at "
+                    "its close, and any credit it got after (a late refund, a settlement), each "
+                    "a `closed` ledger entry",
+                },
+                "refund_owed": {"type": "string", "description": "the same in currency units"},
+                "voided_micro": {
+                    **_MICRO,
+                    "minimum": 0,
+                    "description": "vouchers' and cards' remainders this close made void "
+                    "(non-refundable)",
+                },
+                "written_off": {
+                    "type": "array",
+                    "description": "the ledger entries this close recorded (none on a repeat)",
+                    "items": _obj(
+                        {
+                            "kind": {
+                                "type": "string",
+                                "enum": [
+                                    "closed",
+                                    "voucher_void",
+                                    "card_void",
+                                    "voucher_expire",
+                                    "card_expire",
+                                ],
+                            },
+                            "amount_micro": {**_MICRO, "maximum": -1},
+                            "pocket": _STR,
+                            "ref": _nullable(_STR),
+                            "expires_at": _nullable(_MS),
+                        }
+                    ),
+                },
+            }
         ),
         # -- operator: settlement
         "SettleRequest": _obj(
@@ -1042,8 +1099,13 @@ def rules_paths() -> dict[str, Any]:
             "parameters": [ref],
             "post": _admin_op(
                 "closeAccount",
-                "Close an account: keys revoked, numbers masked, texts and opt-outs removed",
-                {"200": _ok("Account", "the closed account"), **_errors(404)},
+                "Close an account: keys revoked, numbers masked, texts and opt-outs removed, "
+                "waiting messages ended and refunded, and what its pockets hold written off "
+                "(cash owed back to the customer, vouchers and cards void)",
+                {
+                    "200": _ok("ClosedAccount", "the closed account and the money it held"),
+                    **_errors(404),
+                },
             ),
         },
     }

@@ -26,9 +26,9 @@ from bridge.domain.ledger import (
     EntryKind,
     InsufficientFunds,
     LedgerError,
-    crossed_low_balance,
     plan_charge,
     plan_refund,
+    warns_low_balance,
 )
 from bridge.domain.tariffs import format_micro
 from bridge.fastinit import fast_init
@@ -120,6 +120,9 @@ class Facts:
     daily_quota: int = 0
     account_kind: str = "prepaid"
     low_balance_threshold: int = 0
+    # Warned of a low balance since it was last at or above the threshold (accounts.low_warned_at
+    # is set): a further charge in the same dip stays silent.
+    low_warned: bool = False
     pockets: Sequence[Pocket] = ()
 
 
@@ -134,7 +137,9 @@ class Refusal:
 @dataclass(frozen=True, slots=True)
 class Plan:
     entries: tuple[tuple[str, Entry], ...]  # (account pocket key unused) message id, entry
-    low_balance: tuple[int, int] | None  # (before, after) when this batch crossed the threshold
+    # (before, after) when this batch warns of a low balance (ledger.warns_low_balance): the
+    # engine queues the event and marks the account warned in the same transaction.
+    low_balance: tuple[int, int] | None
     day: str  # the daily-quota day this batch counts in
 
 
@@ -309,8 +314,9 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     # too, but its remainder was never in the domestic balance the threshold watches.
     nominal = before + sum(p.amount for p in lapsed if p.pocket.startswith("voucher:"))
     low = None
-    if facts.low_balance_threshold > 0 and crossed_low_balance(
-        nominal, after, facts.low_balance_threshold
+    # Only money that moved warns: a postpaid account's domestic send took nothing.
+    if (planned or lapsed) and warns_low_balance(
+        nominal, after, facts.low_balance_threshold, warned=facts.low_warned
     ):
         low = (nominal, after)
     planned.extend(("", _write_off(p)) for p in lapsed)
@@ -355,8 +361,9 @@ def facts_after(
     cannot see them (PostgreSQL: every part of a statement reads the snapshot it started with).
 
     Only what an accept writes moves: today's count, the pockets (when this decision reads
-    them) and the frequency history. Approvals, opt-outs and do-not-contact lists are written
-    by other transactions, which the account lock keeps out until this one commits."""
+    them), the frequency history and the low-balance mark (set when it warned). Approvals,
+    opt-outs and do-not-contact lists are written by other transactions, which the account lock
+    keeps out until this one commits."""
     day_count = facts.day_count + (count if plan.day == day_key(now, rules.tz) else 0)
     pockets = facts.pockets
     if rules.billing and rules.charges and plan.entries:
@@ -376,14 +383,16 @@ def facts_after(
                 if counts_against(fr, sign, m):
                     grown.setdefault(number, []).append(m.accepted_at)
         history = grown
-    return replace(facts, day_count=day_count, pockets=pockets, history=history)
+    warned = facts.low_warned or plan.low_balance is not None
+    return replace(facts, day_count=day_count, pockets=pockets, history=history, low_warned=warned)
 
 
 def lapse_plan(
-    pockets: Sequence[Pocket], threshold: int, now: int
+    pockets: Sequence[Pocket], threshold: int, now: int, *, warned: bool = False
 ) -> tuple[list[Entry], tuple[int, int] | None]:
     """The sweep's write-off of vouchers and stored-value cards that expired with a remainder,
-    and the low-balance crossing a voucher's expiry made (before, after), if any. Without it,
+    and the low-balance warning it makes (before, after), if any (ledger.warns_low_balance;
+    `warned`: the account's mark, as in `Facts.low_warned`). Without it,
     an account whose next send was refused for balance (the voucher gone) got a 402 and never a
     warning: only an accepted send looked at lapsed vouchers. Cards (international only) are
     written off too, so the pockets hold what the account can still spend (before session 14 an
@@ -393,10 +402,53 @@ def lapse_plan(
         return [], None
     after = balances_of(pockets, now).available_domestic
     before = after + sum(p.amount for p in lapsed if p.pocket.startswith("voucher:"))
-    low = (
-        (before, after) if threshold > 0 and crossed_low_balance(before, after, threshold) else None
-    )
+    low = (before, after) if warns_low_balance(before, after, threshold, warned=warned) else None
     return [_write_off(p) for p in lapsed], low
+
+
+def rearms_low_balance(pockets: Iterable[Pocket], threshold: int, now: int) -> bool:
+    """Whether a credit (a top-up, a voucher, a settlement refund) ended the dip an account was
+    warned for: its domestic balance is back at or above the threshold, so the next fall under
+    it warns again. A credit that leaves it below keeps the mark: one warning per dip."""
+    return balances_of(pockets, now).available_domestic >= threshold
+
+
+def close_plan(pockets: Sequence[Pocket], now: int) -> list[Entry]:
+    """The entries that empty a closed account's pockets, in the close's transaction (and in
+    that of any credit it gets after, a late refund or a settlement refund).
+
+    Without them the cash stayed on an account that can take and spend nothing, with no entry
+    saying where it went. Cash left is `closed`: owed back to the customer (the close's answer
+    names it). A voucher or card that expired with a remainder is written off as the sweep
+    does (dated at its expiry); any other remainder is void now (`voucher_void`, `card_void`:
+    non-refundable). A negative cash sum (an old postpaid accrual) is a debt: kept, invoiced.
+    The postpaid receivable (`invoice`) is a record of what is owed, not money: kept."""
+    lapsed = {p.pocket for p in _lapsed_vouchers(pockets, now)}
+    out: list[Entry] = []
+    for p in sorted(pockets, key=lambda p: p.pocket):
+        if p.amount <= 0:
+            continue
+        if p.pocket in lapsed:
+            out.append(_write_off(p))
+        elif p.pocket == "cash":
+            out.append(Entry(EntryKind.CLOSED, -p.amount, p.pocket, now))
+        elif p.pocket.startswith(("voucher:", "card:")):
+            family, _, ref = p.pocket.partition(":")
+            kind = EntryKind.VOUCHER_VOID if family == "voucher" else EntryKind.CARD_VOID
+            out.append(Entry(kind, -p.amount, p.pocket, now, ref, p.expires_at))
+    return out
+
+
+def owed_at_close(entries: Iterable[Entry]) -> tuple[int, int]:
+    """(cash owed back to the customer, vouchers' and cards' remainders void) of close
+    entries (close_plan's)."""
+    owed = voided = 0
+    for e in entries:
+        if e.kind == EntryKind.CLOSED:
+            owed -= e.amount
+        elif e.amount < 0:
+            voided -= e.amount
+    return owed, voided
 
 
 def _lapsed_vouchers(pockets: Sequence[Pocket], now: int) -> list[Pocket]:
@@ -525,7 +577,7 @@ def refund_due(price_class: str | None, state: str, segments_submitted: int) -> 
 
 
 def low_balance_event(account_id: str, crossing: tuple[int, int], now: int) -> str:
-    """The webhook body of a low-balance warning (one per crossing of the threshold)."""
+    """The webhook body of a low-balance warning (one per dip under the threshold)."""
     import json
 
     before, after = crossing

@@ -49,6 +49,7 @@ __all__ = [
     "ref_conflict",
     "topup",
     "voucher_pocket",
+    "warns_low_balance",
 ]
 
 POCKET_CASH = "cash"
@@ -74,6 +75,12 @@ class EntryKind(StrEnum):
     CARD_EXPIRE = "card_expire"
     SETTLEMENT_ADJUSTMENT = "settlement_adjustment"
     INVOICE = "invoice"
+    # At an account's close (and on any credit it gets after: a late refund, a settlement):
+    # the cash it held leaves the books as owed back to the customer; a voucher's or card's
+    # remainder is void (non-refundable), so the pockets of a closed account sum to zero.
+    CLOSED = "closed"
+    VOUCHER_VOID = "voucher_void"
+    CARD_VOID = "card_void"
 
 
 # kind -> (pocket family, sign): +1 credit (amount >= 0), -1 debit (amount <= 0), 0 either.
@@ -91,6 +98,9 @@ _RULES: dict[EntryKind, tuple[str, int]] = {
     EntryKind.CARD_REFUND: ("card", 1),
     EntryKind.CARD_EXPIRE: ("card", -1),
     EntryKind.INVOICE: ("invoice", 1),
+    EntryKind.CLOSED: ("cash", -1),
+    EntryKind.VOUCHER_VOID: ("voucher", -1),
+    EntryKind.CARD_VOID: ("card", -1),
 }
 _SPENDS = {EntryKind.CHARGE, EntryKind.VOUCHER_SPEND, EntryKind.CARD_SPEND}
 _REFUNDS = {EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind.CARD_REFUND}
@@ -388,6 +398,22 @@ def crossed_low_balance(before: int, after: int, threshold: int) -> bool:
     Staying below (further charges) is silent; rising back to >= threshold re-arms it.
     """
     return before >= threshold > after
+
+
+def warns_low_balance(before: int, after: int, threshold: int, *, warned: bool) -> bool:
+    """Whether a charge or expiry that took the domestic balance from `before` to `after` warns.
+
+    One warning per dip: it fires when the balance ends below the threshold and the account has
+    not been warned since it was last at or above it (`warned`, kept on the account). A
+    crossing alone missed an account that was never above its threshold (created below it, its
+    threshold raised over its balance, topped up to a level still under it): it was never
+    warned, however low it went. A crossing always warns, whatever `warned` says: a balance at
+    or above the threshold is itself proof the dip it was warned for is over (a credit that did
+    not clear the mark, a refund, is then not needed for the next dip to warn).
+    """
+    if threshold <= 0 or after >= threshold:
+        return False
+    return before >= threshold or not warned
 
 
 def ref_conflict(credited_kind: str, credited_amount: int, entry: Entry) -> str | None:

@@ -81,7 +81,8 @@ BILLED_ON_DELIVERY = frozenset({MSG_DELIVERED, MSG_UNKNOWN})
 
 
 class SettlementNotReady(BillingError):
-    """Some of the month's messages have no billable outcome yet; settle later."""
+    """Some of the month's messages have no billable outcome yet; settle later. `pending`
+    counts those messages (UsageLine.messages), not the usage lines they were grouped into."""
 
     code = "SETTLEMENT_NOT_READY"
 
@@ -106,9 +107,12 @@ class UsageLine:
     segments: int  # international: segments the SMSC accepted (submitted)
     final_state: str  # lifecycle MSG_* state
     from_vouchers: int = 0  # the part of `charged` paid by vouchers (net), for "vouchers used"
+    # How many messages the line stands for: the store sums a group of them (same traffic,
+    # state and tariff period) into one line, and a month not ready reports messages, not lines.
+    messages: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("at", "units", "charged", "segments", "from_vouchers"):
+        for name in ("at", "units", "charged", "segments", "from_vouchers", "messages"):
             v = getattr(self, name)
             if not _is_int(v) or (name != "at" and v < 0):
                 raise ValueError(f"{name}: must be a non-negative integer, got {v!r}")
@@ -271,7 +275,7 @@ def settle_month(
     for ln in inside:
         t = tariff_at(tariffs, ln.at)
         if awaiting_outcome(ln):
-            pending += 1
+            pending += ln.messages
             continue
         vouchers += ln.from_vouchers
         if ln.domestic:

@@ -68,6 +68,13 @@ CLOSED_MESSAGE = "the account is closed (its data was erased); create a new acco
 ACCOUNT_DISABLED_ERROR = "ACCOUNT_DISABLED"
 
 
+class AccountClosed(NamedTuple):
+    """What a close wrote off in its transaction (admission.close_plan): the cash owed back to
+    the customer (`closed`) and the vouchers' and cards' remainders made void."""
+
+    entries: tuple[Entry, ...] = ()
+
+
 class LowBalance(NamedTuple):
     """A low-balance crossing the sweep made: a voucher that expired with a remainder took the
     account's available balance (micro) from `before`, at or above its threshold, to `after`,
@@ -628,7 +635,7 @@ class Store(Protocol):
     async def ledger_sums(self, account_id: str) -> dict[str, int]: ...
     async def usage_groups(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int]
-    ) -> list[tuple[int, int, int, str, int, str, int]]: ...
+    ) -> list[tuple[int, int, int, str, int, str, int, int]]: ...
     async def voucher_charges(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int] = ()
     ) -> list[tuple[str, int, str, int, int | None]]: ...
@@ -651,4 +658,14 @@ class Store(Protocol):
         found but not canceled are on a bind, sent or final."""
         ...
 
-    async def close_account(self, account_id: str, now: int) -> bool: ...
+    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+        """Close the account (None: no such account): keys revoked, its waiting messages ended
+        and refunded, texts and numbers erased, and what its pockets still hold written off in
+        the same transaction (admission.close_plan), so a closed account holds no money the
+        ledger does not account for. A repeat writes off nothing more."""
+        ...
+
+    async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:
+        """The account's ledger summed by entry kind (the close's answer: `closed` is the cash
+        owed back to the customer, over the close and any credit after it)."""
+        ...

@@ -109,7 +109,7 @@ from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
-from bridge.store.rules_rows import NEVER_TRIED
+from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
 CLOSE_TIMEOUT_S = 3.0  # the pool's graceful close (ms when the server answers); then cut
@@ -578,6 +578,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 disabling = await rules_sql.lock_account(c, account_id) == "active"
             if cols:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(cols, start=1))
+                if "low_balance_threshold" in cols:  # a new threshold: a new dip to warn of
+                    i = cols.index("low_balance_threshold") + 1
+                    sets += ", " + LOW_WARNED_ON_THRESHOLD.format(f"${i}")
                 n = len(cols)
                 # A closed account stays closed: its data was erased (the caller sees the status).
                 await c.execute(

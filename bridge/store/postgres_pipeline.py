@@ -1003,11 +1003,14 @@ async def lapse_vouchers(
     pockets its refunds had locked, the other writers' order reversed, and an opt-out, a
     disable or an accept of that account deadlocked with it (PostgreSQL aborted one side after
     a second)."""
-    threshold = await c.fetchval(
-        "SELECT low_balance_threshold FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+    row = await c.fetchrow(
+        "SELECT low_balance_threshold, low_warned_at IS NOT NULL FROM accounts WHERE id = $1 "
+        "FOR NO KEY UPDATE",
+        account_id,
     )
+    threshold, warned = (row[0], row[1]) if row is not None else (0, False)
     pockets = await postgres_rules.read_pockets(c, account_id)  # after the lock: as they are
-    entries, low = adm.lapse_plan(pockets, threshold or 0, now)
+    entries, low = adm.lapse_plan(pockets, threshold or 0, now, warned=bool(warned))
     w = postgres_rules.Writes()
     postgres_rules.add_entries(w, [(account_id, e) for e in entries])
     if low is not None:

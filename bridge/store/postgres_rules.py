@@ -28,14 +28,19 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.ids import new_id
-from bridge.store.base import StoreError
+from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    CLOSED_AMONG,
     EDIT_SIGN_PG,
     EDIT_TEMPLATE_PG,
     LEDGER_COLS,
+    LEDGER_KIND_SUMS,
+    LOW_WARNED_CLEAR,
+    LOW_WARNED_READ,
+    LOW_WARNED_SET,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
@@ -43,6 +48,7 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     already_credited,
     blocked_ids,
+    credited_at,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
@@ -78,6 +84,7 @@ SELECT
     ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text[])) AS dnc,
     h.numbers AS h_numbers, h.times AS h_times,
     a.daily_quota, a.kind, a.low_balance_threshold,
+    COALESCE(a.low_warned_at IS NOT NULL, false) AS low_warned,
     (SELECT messages FROM daily_counts WHERE account_id = $1 AND day = $6) AS day_count,
     p.pockets, p.amounts, p.expiries,
     b.tokens, b.at
@@ -116,8 +123,8 @@ LEFT JOIN LATERAL (
 """
 FACT_COLS = (
     "sign_names", "sign_statuses", "template_status", "opted", "dnc", "h_numbers", "h_times",
-    "daily_quota", "kind", "low_balance_threshold", "day_count", "pockets", "amounts",
-    "expiries", "tokens", "at",
+    "daily_quota", "kind", "low_balance_threshold", "low_warned", "day_count", "pockets",
+    "amounts", "expiries", "tokens", "at",
 )  # fmt: skip
 
 
@@ -259,6 +266,7 @@ def facts_from_row(
         daily_quota=quota if quota is not None else 0,
         account_kind=kind if kind is not None else "prepaid",
         low_balance_threshold=col("low_balance_threshold") or 0,
+        low_warned=bool(col("low_warned")),
         pockets=pockets,
     )
     return facts, (col("tokens"), col("at"))
@@ -283,8 +291,10 @@ async def write_plan(c: asyncpg.Connection, account_id: str, plan: adm.Plan, cou
 
 
 def add_low_balance_event(w: Writes, account_id: str, crossing: tuple[int, int], now: int) -> None:
-    """The balance.low event in the outbox, as a CTE (for accounts with a status URL)."""
+    """The balance.low event in the outbox (for accounts with a status URL) and the account
+    marked warned (admission.Facts.low_warned), as CTEs."""
     t = w.param(now)
+    w.add(LOW_WARNED_SET.format(t, w.param(account_id)))
     w.add(
         "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
         f"next_attempt_at, created_at) SELECT {w.param(new_id('evt_', now))}, id, "
@@ -342,6 +352,39 @@ async def read_pockets(c: asyncpg.Connection | asyncpg.Pool, account_id: str) ->
     ]
 
 
+async def rearm_low_balance(
+    c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]
+) -> None:
+    """After a credit, in its transaction (which holds the account's lock): clear the
+    low-balance mark when the balance is back at or above the threshold (one statement, none for
+    an account that is not marked)."""
+    at = credited_at(entries)
+    if at is None:
+        return
+    threshold = await c.fetchval(LOW_WARNED_READ.format("$1"), account_id)
+    if threshold is not None and adm.rearms_low_balance(
+        await read_pockets(c, account_id), threshold, at
+    ):
+        await c.execute(LOW_WARNED_CLEAR.format("$1"), account_id)
+
+
+async def write_off_closed(c: asyncpg.Connection, account_ids: Iterable[str], now: int) -> int:
+    """The SQLite engine's write_off_closed: empty the pockets of the closed ones among
+    `account_ids` in the transaction that credited them (one statement when none is closed).
+    A closed account's row takes no lock here: its status never changes again, and no accept
+    or top-up of it can run."""
+    ids = sorted(set(account_ids))
+    closed = [r[0] for r in await c.fetch(CLOSED_AMONG.format("SELECT unnest($1::text[])"), ids)]
+    out: list[tuple[str, Entry]] = []
+    for account_id in closed:
+        out.extend((account_id, e) for e in adm.close_plan(await read_pockets(c, account_id), now))
+    if out:
+        w = Writes()
+        add_entries(w, out)
+        await w.run(c)
+    return len(out)
+
+
 # -- refunds when a message ends unbilled ----------------------------------------------------------
 
 
@@ -381,6 +424,7 @@ async def refund_finals(
         w = Writes()
         add_entries(w, out)
         await w.run(c)
+        await write_off_closed(c, (a for a, _e in out), now)
     return done
 
 
@@ -762,7 +806,15 @@ class RulesStoreMixin:
         w.add("SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", "a")
         open_ = "EXISTS (SELECT 1 FROM a WHERE status <> 'closed')"
         add_entries(w, [(account_id, e) for e in entries], open_)
-        refuse_unless_open(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
+        if credited_at(entries) is None:  # nothing can end a dip: the one statement
+            refuse_unless_open(account_id, await w.run(self.pool, "SELECT (SELECT status FROM a)"))
+            return True
+
+        async def job(c: asyncpg.Connection) -> None:
+            refuse_unless_open(account_id, await w.run(c, "SELECT (SELECT status FROM a)"))
+            await rearm_low_balance(c, account_id, entries)  # a later statement: sees the credit
+
+        await run_tx(self.pool, job)
         return True
 
     async def _append_once(self, account_id: str, entries: Sequence[Entry], first: Entry) -> bool:
@@ -782,6 +834,7 @@ class RulesStoreMixin:
             w = Writes()
             add_entries(w, [(account_id, e) for e in entries])
             await w.run(c)
+            await rearm_low_balance(c, account_id, entries)
             return True
 
         return await run_tx(self.pool, job)
@@ -801,6 +854,10 @@ class RulesStoreMixin:
         )
         return [LedgerRow(*r) for r in rows]
 
+    async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:
+        rows = await self.pool.fetch(LEDGER_KIND_SUMS.format("$1"), account_id)
+        return {r[0]: int(r[1]) for r in rows}
+
     async def ledger_sums(self, account_id: str) -> dict[str, int]:
         rows = await self.pool.fetch(
             "SELECT pocket, SUM(amount) FROM ledger WHERE account_id = $1 GROUP BY pocket",
@@ -812,15 +869,15 @@ class RulesStoreMixin:
 
     async def usage_groups(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int]
-    ) -> list[tuple[int, int, int, str, int, str, int]]:
+    ) -> list[tuple[int, int, int, str, int, str, int, int]]:
         """The month's billed messages grouped by (price class, state, tariff period): the rows of
         the SQLite engine's usage_groups, in the order of those keys."""
         # The tariff period (0, 1, ...); no term without boundaries (GROUP BY 0 names a position).
         bucket = tariff_period_sql(boundaries, postgres=True)
         rows = await self.pool.fetch(
             "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
-            "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
-            "FROM messages m LEFT JOIN ("
+            "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)), "
+            "COUNT(*) FROM messages m LEFT JOIN ("
             "  SELECT ref, -SUM(amount) AS charged, "
             "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
             "  FROM ledger WHERE account_id = $1 "
@@ -833,7 +890,10 @@ class RulesStoreMixin:
             start,
             end,
         )
-        return [(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6])) for r in rows]
+        return [
+            (int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), r[5], int(r[6]), int(r[7]))
+            for r in rows
+        ]
 
     async def voucher_charges(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int] = ()
@@ -857,7 +917,17 @@ class RulesStoreMixin:
             "b",
         )
         add_entries(w, [(bill.account_id, e) for e in entries], "EXISTS (SELECT 1 FROM b)")
-        return bool(await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM b)"))
+        if credited_at(entries) is None:
+            return bool(await w.run(self.pool, "SELECT EXISTS (SELECT 1 FROM b)"))
+
+        async def job(c: asyncpg.Connection) -> bool:
+            stored = bool(await w.run(c, "SELECT EXISTS (SELECT 1 FROM b)"))
+            if stored:  # a refund to the pockets may end a low-balance dip, or need a write-off
+                await rearm_low_balance(c, bill.account_id, entries)
+                await write_off_closed(c, (bill.account_id,), bill.settled_at)
+            return stored
+
+        return await run_tx(self.pool, job)
 
     async def get_bill(self, account_id: str, month: str) -> BillRow | None:
         r = await self.pool.fetchrow(
@@ -934,15 +1004,18 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
-    async def close_account(self, account_id: str, now: int) -> bool:
-        async def job(c: asyncpg.Connection) -> bool:
+    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+        async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
             found = await c.fetchval(
                 "SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
             )
             if found is None:
-                return False
-            await _erase(c, account_id, None, "+***", now)
+                return None
+            await _erase(c, account_id, None, "+***", now)  # waiting messages refunded
+            # After the refunds: what the account holds now is what it is owed or loses.
+            entries = adm.close_plan(await read_pockets(c, account_id), now)
+            await append_entries(c, account_id, entries)
             await c.execute(
                 "WITH a AS (UPDATE accounts SET status = 'closed', closed_at = $2, "
                 "updated_at = $2, status_callback_url = NULL, mo_callback_url = NULL "
@@ -957,7 +1030,7 @@ class RulesStoreMixin:
                 account_id,
                 now,
             )
-            return True
+            return AccountClosed(tuple(entries))
 
         return await run_tx(self.pool, job)
 

@@ -194,6 +194,36 @@ def already_credited(seen: Sequence[Any] | None, first: Entry) -> bool:
     return True
 
 
+# The low-balance mark (accounts.low_warned_at: the time of the warning of the current dip;
+# NULL once the balance is back at or above the threshold, or the threshold changed). Set in
+# the transaction that queues the warning; cleared by a credit that ends the dip (the pure
+# admission.rearms_low_balance decides) and by a change of the threshold ({}: the engine's
+# placeholder of the new threshold in the account's UPDATE, which reads the old value).
+LOW_WARNED_SET = "UPDATE accounts SET low_warned_at = {} WHERE id = {}"
+LOW_WARNED_READ = (
+    "SELECT low_balance_threshold FROM accounts WHERE id = {} AND low_warned_at IS NOT NULL"
+)
+LOW_WARNED_CLEAR = "UPDATE accounts SET low_warned_at = NULL WHERE id = {}"
+LOW_WARNED_ON_THRESHOLD = (
+    "low_warned_at = CASE WHEN low_balance_threshold = {} THEN low_warned_at ELSE NULL END"
+)
+
+
+def credited_at(entries: Sequence[Entry]) -> int | None:
+    """When `entries` put domestic money in (cash or a voucher), the latest entry's time (the
+    instant a voucher's validity is judged at for the re-arm); None when none did, so a debit
+    or a card's money never reads the mark."""
+    if not any(e.amount > 0 and not e.pocket.startswith(("card:", "invoice")) for e in entries):
+        return None
+    return max(e.at for e in entries)
+
+
+# Of the accounts a write credited ({}: the engine's list of them), the closed ones: what
+# they get (a late refund, a settlement's) is written off at once (admission.close_plan).
+CLOSED_AMONG = "SELECT id FROM accounts WHERE status = 'closed' AND id IN ({})"
+LEDGER_KIND_SUMS = "SELECT kind, SUM(amount) FROM ledger WHERE account_id = {} GROUP BY kind"
+
+
 CHARGE_KINDS_SQL = kinds_sql(CHARGE_KINDS)
 
 

@@ -84,7 +84,7 @@ from bridge.store.models import (
     WorkMessage,
     WorkSegment,
 )
-from bridge.store.rules_rows import END_ERROR, NEVER_TRIED
+from bridge.store.rules_rows import END_ERROR, LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner
@@ -255,6 +255,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     for k, v in ((k, changes[k]) for k in cols)
                 ]
                 sets = ", ".join(f"{k}=?" for k in cols)
+                if "low_balance_threshold" in changes:  # a new threshold: a new dip to warn of
+                    sets += ", " + LOW_WARNED_ON_THRESHOLD.format("?")
+                    values.append(changes["low_balance_threshold"])
                 # A closed account stays closed: its data was erased (the caller sees the status).
                 c.execute(
                     f"UPDATE accounts SET {sets}, updated_at=? WHERE id=? AND status<>'closed'",
@@ -566,6 +569,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     _enqueue_webhook(
                         c, batch.account_id, "event", None, payload, new_id("evt_", now), now
                     )
+                    sqlite_rules.mark_low_warned(c, batch.account_id, now)
             return AcceptOutcome(accepted=True, plan=plan)
 
         out = await self._runner.write(job, bare=True)
@@ -1453,10 +1457,12 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, list[LowBalan
     low_balance: list[LowBalance] = []
     for account_id in accounts:
         row = c.execute(
-            "SELECT low_balance_threshold FROM accounts WHERE id=?", (account_id,)
+            "SELECT low_balance_threshold, low_warned_at IS NOT NULL FROM accounts WHERE id=?",
+            (account_id,),
         ).fetchone()
+        threshold, warned = row if row else (0, 0)
         entries, low = adm.lapse_plan(
-            sqlite_rules.read_pockets(c, account_id), row[0] if row else 0, now
+            sqlite_rules.read_pockets(c, account_id), threshold, now, warned=bool(warned)
         )
         if entries:
             sqlite_rules.append_entries(c, account_id, entries)
@@ -1464,6 +1470,7 @@ def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, list[LowBalan
         if low is not None:
             payload = adm.low_balance_event(account_id, low, now)
             _enqueue_webhook(c, account_id, "event", None, payload, new_id("evt_", now), now)
+            sqlite_rules.mark_low_warned(c, account_id, now)
             low_balance.append(LowBalance(account_id, *low))
     return lapsed, low_balance
 

@@ -15,7 +15,7 @@ from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
-from bridge.store.base import StoreError
+from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
     DncInfo,
@@ -27,9 +27,14 @@ from bridge.store.models import (
 )
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
+    CLOSED_AMONG,
     EDIT_SIGN_SQLITE,
     EDIT_TEMPLATE_SQLITE,
     LEDGER_COLS,
+    LEDGER_KIND_SUMS,
+    LOW_WARNED_CLEAR,
+    LOW_WARNED_READ,
+    LOW_WARNED_SET,
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
@@ -37,6 +42,7 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     already_credited,
     blocked_ids,
+    credited_at,
     dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
@@ -94,7 +100,7 @@ def _one_sql(history: str | None, prefixes: int) -> str:
     )
     marks = ",".join(f":p{i}" for i in range(prefixes))
     return (
-        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
         f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
@@ -131,8 +137,8 @@ def _read_facts_one(
         args.update(since=now - DAY_MS, fsign=dict(fr.sign_of())[number], ftpl=fr.template)
     row = c.execute(_one_sql(fr.kind if limited else None, len(prefixes)), args).fetchone()
     if row is None:
-        row = (0, "prepaid", 0, 0, None, None, 0, 0, None, None)
-    quota, kind, threshold, day_count, sign, template, opted, blocked, hist, pockets = row
+        row = (0, "prepaid", 0, 0, 0, None, None, 0, 0, None, None)
+    quota, kind, threshold, warned, day_count, sign, template, opted, blocked, hist, pockets = row
     return adm.Facts(
         recipients=(number,),
         sign_status=sign,
@@ -144,6 +150,7 @@ def _read_facts_one(
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
+        low_warned=bool(warned),
         pockets=[adm.Pocket(*p) for p in jsonio.loads(pockets)] if pockets else [],
     )
 
@@ -160,7 +167,7 @@ def read_facts(
     day = adm.day_key(now, rules.tz)
     # The account's live settings, today's count and the two statuses in one statement.
     acc = c.execute(
-        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, "
+        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=?), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=?), "
         f"({_TEMPLATE_STATUS.format(code='?', rev='?')}) "
@@ -174,9 +181,10 @@ def read_facts(
             account_id,
         ),
     ).fetchone()
-    quota, kind, threshold, day_count, sign_status, template_status = acc or (
+    quota, kind, threshold, warned, day_count, sign_status, template_status = acc or (
         0,
         "prepaid",
+        0,
         0,
         0,
         None,
@@ -237,6 +245,7 @@ def read_facts(
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
+        low_warned=bool(warned),
         pockets=pockets,
     )
 
@@ -293,6 +302,38 @@ def append_entries(c: sqlite3.Connection, account_id: str, entries: Sequence[Ent
     )
 
 
+def mark_low_warned(c: sqlite3.Connection, account_id: str, now: int) -> None:
+    """The account warned of its low balance, in the warning's transaction."""
+    c.execute(LOW_WARNED_SET.format("?", "?"), (now, account_id))
+
+
+def rearm_low_balance(c: sqlite3.Connection, account_id: str, entries: Sequence[Entry]) -> None:
+    """After a credit, in its transaction: clear the low-balance mark when the balance is back
+    at or above the threshold (one statement, none for an account that is not marked)."""
+    at = credited_at(entries)
+    if at is None:
+        return
+    row = c.execute(LOW_WARNED_READ.format("?"), (account_id,)).fetchone()
+    if row is not None and adm.rearms_low_balance(read_pockets(c, account_id), row[0], at):
+        c.execute(LOW_WARNED_CLEAR.format("?"), (account_id,))
+
+
+def write_off_closed(c: sqlite3.Connection, account_ids: Collection[str], now: int) -> int:
+    """Empty the pockets of those of `account_ids` that are closed (admission.close_plan), in
+    the transaction that credited them: a message still on a bind at the close that fails later
+    is refunded, and a month settled after the close refunds its pre-charge, to an account that
+    can spend nothing. Entries written."""
+    written = 0
+    for chunk in _chunks(sorted(account_ids), 400):
+        sql = CLOSED_AMONG.format(_marks(len(chunk)))
+        for (account_id,) in c.execute(sql, chunk).fetchall():
+            entries = adm.close_plan(read_pockets(c, account_id), now)
+            if entries:
+                append_entries(c, account_id, entries)
+                written += len(entries)
+    return written
+
+
 # -- refunds when a message ends unbilled ----------------------------------------------------------
 
 
@@ -303,6 +344,7 @@ def refund_finals(
 
     Returns the number of messages refunded (fully or, international, for unsent parts)."""
     done = 0
+    credited: set[str] = set()
     for account_id, mid, state, price_class, sent, segments in finals:
         if adm.refund_share(price_class, state, segments, sent)[0] == 0:
             continue
@@ -315,7 +357,10 @@ def refund_finals(
         refund = adm.plan_final_refund(entries, price_class, state, segments, sent, now, mid)
         if refund:
             append_entries(c, account_id, refund)
+            credited.add(account_id)
             done += 1
+    if credited:
+        write_off_closed(c, credited, now)
     return done
 
 
@@ -652,6 +697,7 @@ class RulesStoreMixin:
                 if already_credited(seen, first):
                     return False
             append_entries(c, account_id, entries)
+            rearm_low_balance(c, account_id, entries)
             return True
 
         return await self._runner.write(job)
@@ -674,6 +720,10 @@ class RulesStoreMixin:
 
         return await self._runner.read(job)
 
+    async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:
+        sql = LEDGER_KIND_SUMS.format("?")
+        return await self._runner.read(lambda c: dict(c.execute(sql, (account_id,)).fetchall()))
+
     async def ledger_sums(self, account_id: str) -> dict[str, int]:
         def job(c: sqlite3.Connection) -> dict[str, int]:
             return dict(
@@ -689,19 +739,21 @@ class RulesStoreMixin:
 
     async def usage_groups(
         self, account_id: str, start: int, end: int, boundaries: Sequence[int]
-    ) -> list[tuple[int, int, int, str, int, str, int]]:
+    ) -> list[tuple[int, int, int, str, int, str, int, int]]:
         """The month's billed messages grouped by (price class, state, tariff period).
 
         Rows: (first accepted_at, units, net charged, price_class, segments submitted, state,
-        net paid by vouchers). `boundaries` are the tariff effective times inside the month, so a
-        group never straddles a price change.
+        net paid by vouchers, messages). The count is what settlement reports as still
+        awaiting an outcome (a group is no message). `boundaries` are the tariff effective times
+        inside the month, so a group never straddles a price change.
         """
 
-        def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int]]:
+        def job(c: sqlite3.Connection) -> list[tuple[int, int, int, str, int, str, int, int]]:
             bucket = tariff_period_sql(boundaries, postgres=False)
             sql = (
                 "SELECT MIN(m.accepted_at), SUM(m.billable_units), SUM(COALESCE(l.charged, 0)), "
-                "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)) "
+                "m.price_class, SUM(m.segments_sent), m.state, SUM(COALESCE(l.vouchers, 0)), "
+                "COUNT(*) "
                 "FROM messages m LEFT JOIN ("
                 "  SELECT ref, -SUM(amount) AS charged, "
                 "  -SUM(CASE WHEN pocket LIKE 'voucher:%' THEN amount ELSE 0 END) AS vouchers "
@@ -740,6 +792,8 @@ class RulesStoreMixin:
             if stored != 1:
                 return False
             append_entries(c, bill.account_id, entries)
+            rearm_low_balance(c, bill.account_id, entries)
+            write_off_closed(c, (bill.account_id,), bill.settled_at)
             return True
 
         return await self._runner.write(job)
@@ -816,11 +870,14 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
-    async def close_account(self, account_id: str, now: int) -> bool:
-        def job(c: sqlite3.Connection) -> bool:
+    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+        def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
-                return False
-            _erase(c, "account_id=?", (account_id,), "+***", now)
+                return None
+            _erase(c, "account_id=?", (account_id,), "+***", now)  # waiting messages refunded
+            # After the refunds: what the account holds now is what it is owed or loses.
+            entries = adm.close_plan(read_pockets(c, account_id), now)
+            append_entries(c, account_id, entries)
             c.execute(
                 "UPDATE accounts SET status='closed', closed_at=?, updated_at=?, "
                 "status_callback_url=NULL, mo_callback_url=NULL WHERE id=?",
@@ -836,7 +893,7 @@ class RulesStoreMixin:
             c.execute(
                 "DELETE FROM webhook_outbox WHERE account_id=? AND state='pending'", (account_id,)
             )
-            return True
+            return AccountClosed(tuple(entries))
 
         return await self._runner.write(job)
 

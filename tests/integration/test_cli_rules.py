@@ -518,16 +518,17 @@ def test_dnc_import_list_delete(cfg: Path) -> None:
 # -- account closure -------------------------------------------------------------------------------
 
 
-def test_account_close_keeps_money_and_revokes_keys(cfg: Path) -> None:
+def test_account_close_keeps_money_records_and_revokes_keys(cfg: Path) -> None:
     ids = create_accounts(cfg, ("acme", "--topup", "10"))
     closed = ok(cfg, "account", "close", "acme")
     assert (closed["id"], closed["status"]) == (ids["acme"], "closed")
+    assert closed["refund_owed_micro"] == 10_000_000  # session 36: the cash is owed back
     assert closed["status_callback_url"] is None
     after = run_all(cfg, ("key", "list", "acme"), ("bill", "balance", ids["acme"]))
     assert [r[0] for r in after] == [0, 0], after
     keys, balance = (json.loads(r[1]) for r in after)
     assert keys and all(k["status"] == "revoked" for k in keys)
-    assert balance["cash_micro"] == 10_000_000  # money records are kept
+    assert balance["cash_micro"] == 0  # written off as `closed`; the ledger keeps the top-up
     refused(cfg, (("account", "close", "nobody"), ("NOT_FOUND", "nobody")))
 
 
@@ -567,7 +568,7 @@ def test_bill_refs_are_credited_once_and_a_closed_account_takes_no_money(cfg: Pa
         (("bill", "voucher", ids["acme"], "1", "--never"), ("ACCOUNT_CLOSED",)),
         (("bill", "card", ids["acme"], "999"), ("ACCOUNT_CLOSED",)),
     )
-    assert ok(cfg, "bill", "balance", ids["acme"])["cash_micro"] == 500_000_000
+    assert ok(cfg, "bill", "balance", ids["acme"])["cash_micro"] == 0  # owed back at the close
 
 
 def test_reject_takes_a_reason_in_help_and_on_the_command_line(cfg: Path) -> None:

@@ -524,7 +524,13 @@ async def test_topup_voucher_card_and_the_balance(api_server, make_account, cloc
     r = await _money(api_server, creds, "topups", {"amount_micro": 5_000_000, "ref": "pay-1"})
     assert r.status == 201
     assert r.json["added"] == [
-        {"kind": "topup", "amount_micro": 5_000_000, "pocket": "cash", "expires_at": None}
+        {
+            "kind": "topup",
+            "amount_micro": 5_000_000,
+            "pocket": "cash",
+            "ref": "pay-1",
+            "expires_at": None,
+        }
     ]
     assert (r.json["cash_micro"], r.json["cash"], r.json["currency"]) == (5_000_000, "5.00", "CNY")
     expiry = now + DAY_MS
@@ -958,8 +964,10 @@ async def test_close_account_revokes_keys_and_erases_texts(api_server, make_acco
         "GET", f"/v1/messages/{kept.json['messages'][0]['id']}", creds=other
     )
     assert other_msg.json["to"] == CN and other_msg.json["text"] == "not closed"
+    # The queued message was never sent: refunded, and the cash owed back (session 36).
+    assert r.json["refund_owed_micro"] == DEFAULT_FUNDS
     ops = await api_server.admin("GET", f"/admin/accounts/{creds.account_id}/balance")
-    assert ops.json["cash_micro"] == DEFAULT_FUNDS  # the queued message was never sent: refunded
+    assert ops.json["cash_micro"] == 0
     _refused(await api_server.admin("POST", "/admin/accounts/nobody/close"), 404, "NOT_FOUND")
 
 

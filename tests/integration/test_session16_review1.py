@@ -631,7 +631,9 @@ async def test_a_lapsing_card_is_no_low_balance_crossing(
     store: Store, engine: EngineHandle, groups: list[tuple[int, bool]]
 ) -> None:
     """Cash 50 CNY under a 100 CNY threshold, and a 999 CNY card bought a year before NOW + 2 s:
-    the send at NOW + 2 s writes the card off (once), and no threshold was crossed."""
+    the send at NOW + 2 s writes the card off (once), and no threshold was crossed. (Session 36:
+    the account, never warned and below its threshold, is warned at its first charge, once;
+    the card's lapse adds no second warning.)"""
     year_before = NOW + 2 * SEC - 365 * DAY  # 2022-11-14: no 29 February in the year after
     acct = Acct(cash=50 * CNY, threshold=100 * CNY, cards_bought=(("c2", year_before),))
     reqs = (
@@ -648,8 +650,8 @@ async def test_a_lapsing_card_is_no_low_balance_crossing(
     ]
     assert expired == [("card_expire", -998 * CNY, NOW + 2 * SEC)]
     lows = [o.plan.low_balance for o in grouped if isinstance(o, AcceptOutcome) and o.plan]
-    assert lows == [None, None, None]
-    assert ev[G] == []
+    assert lows == [(50 * CNY, 50 * CNY), None, None]
+    assert [e["event"] for e in ev[G]] == ["balance.low"]
 
 
 async def test_postpaid_domestic_accrues_international_needs_funds(

@@ -875,18 +875,18 @@ async def test_usage_groups(store: Store) -> None:
     start, end = NOW - DAY, NOW + DAY
     assert sorted(await store.usage_groups("acc_a", start, end, [])) == sorted(
         [
-            (NOW, 3, 300, "D", 3, "delivered", 50),  # m1 (voucher 50 + cash 50) and m2
-            (NOW + 2, 1, 0, "D", 1, "failed", 0),  # m3: charged, then refunded
-            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+            (NOW, 3, 300, "D", 3, "delivered", 50, 2),  # m1 (voucher 50 + cash 50) and m2
+            (NOW + 2, 1, 0, "D", 1, "failed", 0, 1),  # m3: charged, then refunded
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0, 1),
         ]
     )
     split = sorted(await store.usage_groups("acc_a", start, end, [NOW + 1]))
     assert split == sorted(
         [
-            (NOW, 1, 100, "D", 1, "delivered", 50),
-            (NOW + 1, 2, 200, "D", 2, "delivered", 0),
-            (NOW + 2, 1, 0, "D", 1, "failed", 0),
-            (NOW + 3, 1, 100, "+44", 0, "queued", 0),
+            (NOW, 1, 100, "D", 1, "delivered", 50, 1),
+            (NOW + 1, 2, 200, "D", 2, "delivered", 0, 1),
+            (NOW + 2, 1, 0, "D", 1, "failed", 0, 1),
+            (NOW + 3, 1, 100, "+44", 0, "queued", 0, 1),
         ]
     )
     assert await store.usage_groups("acc_a", NOW + 4, end, []) == []
@@ -1082,7 +1082,7 @@ async def test_close_account(store: Store) -> None:
     await store.add_key(key("K1"), max_active=2)
     await store.add_optouts("acc_a", [CN2], "api", NOW)
     assert (await send(store, message("m1"), key="k1")).accepted
-    assert await store.close_account("acc_a", NOW + 5) is True
+    assert await store.close_account("acc_a", NOW + 5) is not None
     acc = await store.get_account("acc_a")
     assert acc is not None
     assert (acc.status, acc.active, acc.status_callback_url, acc.updated_at) == (
@@ -1103,17 +1103,21 @@ async def test_close_account(store: Store) -> None:
         "expired",
         "ERASED",
     )
-    assert await cash(store) == 1000  # the unsent message was refunded; billing history stays
-    assert len(await store.ledger_page("acc_a")) == 3
+    # The unsent message was refunded, then the cash written off as owed back (session 36);
+    # billing history stays: top-up, charge, refund, closed.
+    assert await cash(store) == 0
+    ledger = await store.ledger_page("acc_a")
+    assert [(str(e.kind), e.amount) for e in ledger][-1] == ("closed", -1000)
+    assert len(ledger) == 4
     assert await store.claim_webhooks(NOW + DAY, 100, LEASE) == []  # nothing pushed any more
-    assert await store.close_account("acc_nope", NOW) is False
+    assert await store.close_account("acc_nope", NOW) is None
 
 
 async def test_a_closed_account_takes_no_update_and_no_key(store: Store) -> None:
     """Closing is final, in the store's own transaction (not a check before it): an update
     leaves the row as it is (the caller sees status closed) and a new key is refused."""
     await funded(store, 1000)
-    assert await store.close_account("acc_a", NOW + 5) is True
+    assert await store.close_account("acc_a", NOW + 5) is not None
     after = await store.update_account("acc_a", {"status": "active", "tps": 7}, NOW + 6)
     assert after is not None and (after.status, after.updated_at) == ("closed", NOW + 5)
     assert after.tps != 7
@@ -1127,7 +1131,7 @@ async def test_a_closed_account_takes_no_money(store: Store) -> None:
     """Session 35 finance review 5: refused in append_ledger's own transaction, with or without
     a payment ref, so the admin API and the CLI both get ACCOUNT_CLOSED."""
     await funded(store, 1000)
-    assert await store.close_account("acc_a", NOW + 5) is True
+    assert await store.close_account("acc_a", NOW + 5) is not None
     before = await store.ledger_sums("acc_a")
     for entries, once in (
         (topup(5 * CNY, NOW + 6, "BANK-9"), True),

@@ -635,7 +635,8 @@ def test_a_voucher_expiry_that_took_the_balance_under_warns_at_the_next_send_onc
     assert plan.low_balance == (1_100_000, 100_000 - PRICE)
     assert ("", "voucher_expire", -1_000_000, "voucher:v") in entries_of(plan)
     written_off = [voucher("v", 0, NOW - 1), cash(100_000 - PRICE)]
-    assert plan_of(decide(rules, money_facts(written_off, threshold=thr), NOW)).low_balance is None
+    warned = replace(money_facts(written_off, threshold=thr), low_warned=True)  # marked by it
+    assert plan_of(decide(rules, warned, NOW)).low_balance is None
     # An expired voucher whose remainder leaves the balance above the threshold: no warning.
     plenty = [voucher("v", 1_000_000, NOW - 1), cash(500_000)]
     assert plan_of(decide(rules, money_facts(plenty, threshold=thr), NOW)).low_balance is None
@@ -657,12 +658,54 @@ def test_low_balance_crossing_values() -> None:
         100_000,
         55_000,
     )
-    # Already below: silent.
-    assert (
-        plan_of(decide(rules, money_facts([cash(99_999)], threshold=thr), NOW)).low_balance is None
-    )
+    # Already below and warned for this dip: silent.
+    below = replace(money_facts([cash(99_999)], threshold=thr), low_warned=True)
+    assert plan_of(decide(rules, below, NOW)).low_balance is None
     # Threshold 0: never.
     assert plan_of(decide(rules, money_facts([cash(PRICE)], threshold=0), NOW)).low_balance is None
+
+
+def test_an_account_never_above_its_threshold_is_warned_at_its_first_charge_once() -> None:
+    """Created below its threshold (or the threshold raised over it, or topped up to a level
+    still under it): no charge ever crossed, so no warning ever fired, however low it went."""
+    rules = money_rules(*charges(PRICE))
+    fresh = money_facts([cash(90_000)], threshold=100_000)
+    assert plan_of(decide(rules, fresh, NOW)).low_balance == (90_000, 90_000 - PRICE)
+    warned = replace(fresh, low_warned=True)  # what the warning's transaction leaves
+    assert plan_of(decide(rules, warned, NOW)).low_balance is None
+    # A crossing warns whatever the mark says (a balance at/above the threshold ended the dip).
+    above = replace(money_facts([cash(120_000)], threshold=100_000), low_warned=True)
+    assert plan_of(decide(rules, above, NOW)).low_balance == (120_000, 75_000)
+
+
+def test_a_send_that_moves_no_money_does_not_warn() -> None:
+    # Postpaid domestic traffic is not charged at sending: the balance did not move.
+    facts = money_facts([cash(10_000)], kind="postpaid", threshold=100_000)
+    assert plan_of(decide(money_rules(*charges(PRICE)), facts, NOW)).low_balance is None
+
+
+def test_a_lapse_below_the_threshold_warns_once_per_dip() -> None:
+    pockets = [voucher("v", 5_000, NOW - 1), cash(20_000)]
+    entries, low = adm.lapse_plan(pockets, 100_000, NOW)
+    assert entries and low == (25_000, 20_000)  # never above: the expiry warns
+    assert adm.lapse_plan(pockets, 100_000, NOW, warned=True)[1] is None
+
+
+def test_the_mark_moves_on_with_an_accept_sharing_the_statement() -> None:
+    rules = money_rules(*charges(PRICE))
+    facts = money_facts([cash(90_000)], threshold=100_000)
+    plan = plan_of(decide(rules, facts, NOW))
+    later = adm.facts_after(facts, plan, 1, (), rules, NOW)
+    assert later.low_warned and plan_of(decide(rules, later, NOW)).low_balance is None
+    quiet = adm.facts_after(facts, replace(plan, low_balance=None), 1, (), rules, NOW)
+    assert not quiet.low_warned
+
+
+def test_a_credit_rearms_only_at_or_above_the_threshold() -> None:
+    assert not adm.rearms_low_balance([cash(99_999)], 100_000, NOW)
+    assert adm.rearms_low_balance([cash(50_000), voucher("v", 50_000, None)], 100_000, NOW)
+    # An expired voucher's remainder is no balance.
+    assert not adm.rearms_low_balance([cash(50_000), voucher("v", 50_000, NOW)], 100_000, NOW)
 
 
 def test_low_balance_counts_vouchers_and_reports_the_whole_batch() -> None:
@@ -702,24 +745,27 @@ def money_script(draw: st.DrawFn) -> list[tuple[str, int]]:
     script=money_script(),
 )
 @settings(max_examples=300, deadline=None)
-def test_low_balance_fires_once_per_downward_crossing(
+def test_low_balance_fires_once_per_dip(
     start: int, threshold: int, postpaid: bool, script: list[tuple[str, int]]
 ) -> None:
+    """Whatever the start (above the threshold or never), the first charge that leaves the
+    balance below it warns, and no other until the balance was back at or above it. The
+    account's mark is kept as the engines keep it: set by a warning, cleared by a balance at
+    or above the threshold."""
     kind = "postpaid" if postpaid else "prepaid"
     pockets: dict[str, Pocket] = {"cash": cash(start)}
     ledger: list[Entry] = [*topup(start, NOW)] if start else []
     charged: list[str] = []
-    events = 0
-    crossings = 0
-    armed = balances_of(pockets.values(), NOW).available_domestic >= threshold
+    warned = False
     for step, (op, arg) in enumerate(script):
         before = balances_of(pockets.values(), NOW).available_domestic
         if op == "send":
             batch = tuple(Priced(f"m{step}_{i}", PRICE, False) for i in range(arg))
             recipients = tuple(f"+86138{step:05d}{i:03d}" for i in range(arg))
             out = decide(
-                money_rules(*batch), money_facts(list(pockets.values()), recipients, kind=kind,
-                                                 threshold=threshold), NOW,
+                money_rules(*batch), replace(money_facts(list(pockets.values()), recipients,
+                                                         kind=kind, threshold=threshold),
+                                             low_warned=warned), NOW,
             )  # fmt: skip
             if isinstance(out, Refusal):
                 assert out.code == "INSUFFICIENT_BALANCE" and not postpaid
@@ -729,14 +775,11 @@ def test_low_balance_fires_once_per_downward_crossing(
             ledger += new
             charged += [m.message_id for m in batch]
             after = balances_of(pockets.values(), NOW).available_domestic
-            crossed = before >= threshold > after
-            assert (out.low_balance is not None) == crossed
+            due = bool(new) and after < threshold and not warned
+            assert (out.low_balance is not None) == due
             if out.low_balance is not None:
                 assert out.low_balance == (before, after)
-                assert armed, "a second warning without the balance going back up"
-                armed = False
-                events += 1
-            crossings += crossed
+                warned = True
         elif op == "topup":
             new = topup(arg, NOW)
             pockets = apply_entries(pockets, new)
@@ -747,8 +790,7 @@ def test_low_balance_fires_once_per_downward_crossing(
             pockets = apply_entries(pockets, new)
             ledger += new
         if balances_of(pockets.values(), NOW).available_domestic >= threshold:
-            armed = True
-    assert events == crossings
+            warned = False
 
 
 # ==== balances_of and apply_entries ===============================================================
@@ -1035,3 +1077,33 @@ def test_facts_after_keeps_an_expiry_as_the_stores_upsert_does() -> None:
     got = adm.facts_after(Facts(recipients=(CN1,), pockets=[Pocket("cash", 1)]), plan, 1, [],
                           rules, now)  # fmt: skip
     assert got.pockets == [Pocket("cash", 6, now + 7), Pocket("voucher:new", 10, now + 9)]
+
+
+# ==== closing an account ==========================================================================
+
+
+def test_close_plan_empties_every_pocket_that_holds_money() -> None:
+    pockets = [
+        cash(700_000),
+        voucher("live", 50_000, None),
+        voucher("gone", 30_000, NOW - 5),  # expired, not swept yet: written off at its expiry
+        voucher("spent", 0, None),
+        card("c", 999_000_000, NOW + DAY_MS),
+        Pocket("invoice", 12_345),  # a record of what a postpaid month owes: no money
+    ]
+    entries = adm.close_plan(pockets, NOW)
+    got = sorted((str(e.kind), e.amount, e.pocket, e.at, e.ref) for e in entries)
+    assert got == [
+        ("card_void", -999_000_000, "card:c", NOW, "c"),
+        ("closed", -700_000, "cash", NOW, None),
+        ("voucher_expire", -30_000, "voucher:gone", NOW - 5, "gone"),
+        ("voucher_void", -50_000, "voucher:live", NOW, "live"),
+    ]
+    after = apply_entries({p.pocket: p for p in pockets}, entries)
+    assert {k: p.amount for k, p in after.items() if p.amount} == {"invoice": 12_345}
+    assert adm.owed_at_close(entries) == (700_000, 999_000_000 + 30_000 + 50_000)
+    assert adm.close_plan(list(after.values()), NOW) == []  # a repeat writes nothing
+
+
+def test_close_plan_keeps_a_debt() -> None:
+    assert adm.close_plan([cash(-5_000)], NOW) == []
