@@ -84,6 +84,7 @@ _KNOBS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "receipt_text_id": _choice("same", "dec", "hex"),
     "receipts_as": _choice("both", "text", "tlv"),
     "receipt_pdu": _choice("deliver_sm", "data_sm"),
+    "receipt_parts": _choice("every", "first", "last"),
     "packed_gsm": _bool,
     "receipt_ack_timeout_s": lambda f, v: float(_number(f, v, 0.01, 86_400)),
     "receipt_max_attempts": lambda f, v: _number(f, v, 1, 100, integer=True),

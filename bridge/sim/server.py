@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
 from bridge.config import SimConfig
-from bridge.sim.reassembly import Reassembler, SimMessage, parse_segment, segment_text
+from bridge.sim.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
 from bridge.smpp.codec import (
     Bind,
     BindResp,
@@ -246,7 +246,8 @@ class SimSmsc:
     ("hex" | "dec"), ``receipt_text_id`` ("same" | "dec" | "hex": the base of the id in the
     receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``receipt_pdu`` ("deliver_sm" |
     "data_sm": the PDU receipts go out as; data_sm ones carry TLVs only and must be answered by
-    data_sm_resp), ``packed_gsm`` (GSM text is
+    data_sm_resp), ``receipt_parts`` ("every" | "first" | "last": which parts of a long
+    message get a receipt, by the seq of their UDH or SAR header), ``packed_gsm`` (GSM text is
     packed: the submitted text, and the MO it delivers), ``receipt_ack_timeout_s``,
     ``receipt_max_attempts``,
     ``receipt_retry_delay_ms``, ``deliver_window`` (unacknowledged deliver_sm per bind, 0 =
@@ -270,6 +271,7 @@ class SimSmsc:
         self.receipt_text_id: str = "same"
         self.receipts_as: str = cfg.receipts_as
         self.receipt_pdu: str = cfg.receipt_pdu
+        self.receipt_parts: str = cfg.receipt_parts
         self.packed_gsm: bool = False
         self.receipt_ack_timeout_s: float = 30.0
         self.receipt_max_attempts: int = 4
@@ -391,6 +393,7 @@ class SimSmsc:
             "receipt_text_id": self.receipt_text_id,
             "receipts_as": self.receipts_as,
             "receipt_pdu": self.receipt_pdu,
+            "receipt_parts": self.receipt_parts,
             "packed_gsm": self.packed_gsm,
             "receipt_ack_timeout_s": self.receipt_ack_timeout_s,
             "receipt_max_attempts": self.receipt_max_attempts,
@@ -645,7 +648,7 @@ class SimSmsc:
         if msg is not None:
             self._on_message(msg)
         rd = sm.registered_delivery & 0x03
-        if rd:
+        if rd and self._receipt_due(seg):
             stat = self._draw_outcome()
             if rd == 2 and stat == "DELIVRD":
                 return  # receipt on failure only
@@ -655,6 +658,14 @@ class SimSmsc:
             self._schedule(
                 _Job(sess.system_id, body, "receipt"), now + self.receipt_delay_ms / 1000.0
             )
+
+    def _receipt_due(self, seg: Segment) -> bool:
+        """Whether this part gets a receipt: a carrier reporting a long message once reports
+        its first part or its last only (receipt_parts)."""
+        parts = self.receipt_parts
+        if parts == "every" or not seg.scheme:
+            return True
+        return seg.seq == (1 if parts == "first" else seg.total)
 
     def _on_message(self, msg: SimMessage) -> None:
         self.counters["messages"] += 1

@@ -430,6 +430,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._drain_tasks: set[asyncio.Task[None]] = set()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # smscs[].receipts one_per_message: whose one receipt settles a whole message.
+        self.one_receipt_smscs: frozenset[str] = frozenset()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -1253,9 +1255,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return total
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        one = self.one_receipt_smscs
+
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_late_submits(
-                c, items, now, intermediate=self.send_intermediate
+                c, items, now, intermediate=self.send_intermediate, one_per_message=one
             )
 
         return await self._held_tx(job)
@@ -1268,9 +1272,17 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         *,
         instance: str | None = None,
     ) -> int:
+        one = self.one_receipt_smscs
+
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                one_per_message=one,
             )
 
         return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
@@ -1292,7 +1304,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:
-            matched, pending, reports = await pipe.apply_receipts(c, receipts, now)
+            matched, pending, reports = await pipe.apply_receipts(
+                c, receipts, now, self.one_receipt_smscs
+            )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await run_tx(self.pool, job)

@@ -110,6 +110,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # smscs[].receipts one_per_message: whose one receipt settles a whole message.
+        self.one_receipt_smscs: frozenset[str] = frozenset()
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -814,7 +816,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         def job(c: sqlite3.Connection) -> int:
-            return pipe.record_late_submits(c, items, now, intermediate=self.send_intermediate)
+            return pipe.record_late_submits(
+                c,
+                items,
+                now,
+                intermediate=self.send_intermediate,
+                one_per_message=self.one_receipt_smscs,
+            )
 
         return await self._runner.write(job, durable=False)
 
@@ -852,14 +860,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
             return pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                one_per_message=self.one_receipt_smscs,
             )
 
         return await self._runner.write(job, durable=False)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
-            matched, pending, reports = pipe.apply_receipts(c, receipts, now)
+            matched, pending, reports = pipe.apply_receipts(
+                c, receipts, now, self.one_receipt_smscs
+            )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await self._runner.write(job)
