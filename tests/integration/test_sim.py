@@ -443,6 +443,28 @@ async def test_receipt_per_segment_of_a_long_message(sim: SimSmsc, connect) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("which", "split"),
+    [("first", SplitMode.UDH8), ("last", SplitMode.UDH16), ("first", SplitMode.SAR),
+     ("last", SplitMode.SAR)],
+)  # fmt: skip
+async def test_receipt_parts_first_or_last_reports_a_long_message_once(
+    sim_factory, which: str, split: SplitMode
+) -> None:
+    """sim.receipt_parts: a carrier that sends one receipt per long message, for the part its
+    UDH or SAR header numbers first or last; a message of one part still gets its receipt."""
+    s = await sim_factory(receipt_parts=which)
+    e = await sim_factory.connect(s)
+    parts = parts_of(GSM_EXT_TEXT, EncodeOptions(split=split), registered_delivery=1)
+    resps = await e.submit_many(parts)
+    receipt = receipt_of(await e.deliver())
+    assert receipt.message_id == resps[0 if which == "first" else -1].body.message_id
+    await e.submit(sm("short"))
+    assert receipt_of(await e.deliver()).message_id != receipt.message_id
+    await asyncio.sleep(0.1)
+    assert e.delivers.empty() and s.counters["receipts_scheduled"] == 2
+
+
 async def test_receipt_waits_for_a_receiver_and_goes_to_the_same_system_id(sim_factory) -> None:
     s = await sim_factory()
     s.accounts["other"] = "pw"
@@ -776,6 +798,7 @@ async def test_control_config(ctl, connect) -> None:
         ({"answer_delay_ms": 60_001}, "answer_delay_ms: must be between 0 and 60000"),
         ({"receipts_as": "xml"}, "receipts_as: must be one of both, text, tlv"),
         ({"receipt_pdu": "submit_sm"}, "receipt_pdu: must be one of deliver_sm, data_sm"),
+        ({"receipt_parts": "middle"}, "receipt_parts: must be one of every, first, last"),
         ({"packed_gsm": "yes"}, "packed_gsm: must be true or false"),
         ({"nope": 1}, "nope: unknown knob"),
         ([], "body: must be a non-empty JSON object"),
@@ -787,6 +810,9 @@ async def test_control_config(ctl, connect) -> None:
     async with http.post("/config", json={"receipt_pdu": "data_sm"}) as r:
         assert r.status == 200 and (await r.json())["knobs"]["receipt_pdu"] == "data_sm"
     assert s.receipt_pdu == "data_sm"
+    async with http.post("/config", json={"receipt_parts": "last"}) as r:
+        assert r.status == 200 and (await r.json())["knobs"]["receipt_parts"] == "last"
+    assert s.receipt_parts == "last"
 
 
 async def test_mo_command_cli(ctl, connect, capsys) -> None:

@@ -119,3 +119,20 @@ def test_a_part_taken_after_the_receipt_is_settled_as_of_its_submission() -> Non
         ("m1", 1, "delivered", 1000, None),
         ("m1", 2, "delivered", 1200, "INFERRED_FROM_PART_1"),
     ]
+
+
+def test_the_setting_defaults_to_every_part_and_refuses_other_values() -> None:
+    from tests.unit.test_config import errors_of, minimal, parse
+
+    assert parse(minimal()).smscs[0].receipts == "every_part"
+    data = minimal()
+    data["smscs"][0]["receipts"] = "one_per_message"
+    assert parse(data).smscs[0].receipts == "one_per_message"
+    data["smscs"][0]["receipts"] = "first_part"
+    assert errors_of(data) == [
+        "smscs[0].receipts: must be one of 'every_part', 'one_per_message'; got 'first_part'"
+    ]
+    data = minimal(sim={"receipt_parts": "middle"})
+    assert errors_of(data) == [
+        "sim.receipt_parts: must be one of 'every', 'first', 'last'; got 'middle'"
+    ]
