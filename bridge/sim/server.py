@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
@@ -889,15 +889,23 @@ class SimSmsc:
         *,
         split: str | None = "udh8",
         system_id: str | None = None,
+        ref: int | None = None,
+        parts: Sequence[int] | None = None,
     ) -> int:
         """Send a mobile-originated message as deliver_sm part(s) to one bound receiver.
 
         ``split`` picks the concatenation of a long text (udh8, udh16, sar, payload); None sends a
         text that does not fit one part as message_payload. All parts go to the same bind, in
-        order. Returns the number of parts; SimError NO_RECEIVER when nothing can receive.
+        order. ``ref`` sets the concatenation reference (default: the next of the simulator's
+        counter), as a handset that reuses one does; ``parts`` sends only those parts (1-based,
+        in the order given), as a network that lost the others or delivers them later.
+        Returns the number of parts sent; SimError NO_RECEIVER when nothing can receive.
         """
         if split is not None and split not in MO_SPLITS:
             raise SimError("INVALID_SPLIT", f"split: must be one of {', '.join(MO_SPLITS)} or null")
+        limit = 0xFF if split == "udh8" else 0xFFFF
+        if ref is not None and not 0 <= ref <= limit:
+            raise SimError("INVALID_MO", f"ref: must be between 0 and {limit} for {split}")
         if system_id is not None:
             sess = self._pick_receiver(system_id, windowed=False)
         else:
@@ -906,9 +914,10 @@ class SimSmsc:
             who = f"system_id {system_id!r}" if system_id is not None else "any system_id"
             raise SimError("NO_RECEIVER", f"no receiver or transceiver bind for {who}")
         mode = SplitMode(split) if split is not None else SplitMode.UDH8
-        self._mo_ref = ref = (self._mo_ref + 1) & 0xFFFF
-        if mode is SplitMode.UDH8:
-            ref &= 0xFF
+        if ref is None:
+            self._mo_ref = ref = (self._mo_ref + 1) & 0xFFFF
+            if mode is SplitMode.UDH8:
+                ref &= 0xFF
         try:
             packed = self.packed_gsm
             enc = encode_message(text, EncodeOptions(split=mode, packed_gsm=packed), ref)
@@ -929,6 +938,10 @@ class SimSmsc:
             )
             for part in enc.parts
         ]
+        if parts is not None:
+            if not parts or any(not 1 <= n <= len(bodies) for n in parts):
+                raise SimError("INVALID_MO", f"parts: must list parts between 1 and {len(bodies)}")
+            bodies = [bodies[n - 1] for n in parts]
         try:  # every part encodes before any is owed: a refused one left a phantom in the window
             for body in bodies:
                 encode(Pdu(DELIVER_SM, 0, 1, body))

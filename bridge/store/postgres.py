@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import mo_sets
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.ids import id_time_ms
@@ -73,11 +74,13 @@ from bridge.store.base import (
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
+    REF_SPAN,
     group_mo_parts,
     mo_message,
     mo_part,
     mo_part_values,
     mo_values,
+    stored_ref,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -1350,19 +1353,23 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     # -- MO ---------------------------------------------------------------------------------------
 
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
+        """See the SQLite engine: the part joins the set of its reference it fits."""
         key = (part.smsc, part.source, part.destination, part.ref)
 
         async def job(c: asyncpg.Connection) -> list[MoPart] | None:
             # Parts of one message can arrive on binds of two instances at once: serialise them,
-            # else each sees only its own part and the message never completes.
+            # else each sees only its own part and the message never completes. One lock for
+            # every set of the reference: placing a part reads them all.
             await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
-            # A stale part of an earlier message with another total is discarded, not mixed in.
-            await c.execute(
-                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4 AND total <> $5",
-                *key,
-                part.total,
-            )
+            held = [
+                mo_part(r)
+                for r in await c.fetch(
+                    f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
+                    f"AND destination = $3 AND ref % {REF_SPAN} = $4",
+                    *key,
+                )
+            ]
+            placed = replace(part, set_no=mo_sets.place_part(held, part))
             await c.execute(
                 f"INSERT INTO mo_parts ({MO_PART_COLS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
@@ -1370,21 +1377,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
                 "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at, "
                 "source_ton = EXCLUDED.source_ton",
-                *mo_part_values(part),
+                *mo_part_values(placed),
             )
-            rows = await c.fetch(
-                f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
-                "AND destination = $3 AND ref = $4 ORDER BY seq",
-                *key,
-            )
-            if [r[5] for r in rows] != list(range(1, part.total + 1)):
-                return None
             # The parts stay until drop_mo_parts, after the MO itself is stored.
-            return [mo_part(r) for r in rows]
+            return mo_sets.completed(held, placed)
 
         return await run_tx(self.pool, job)
 
-    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None:
+    async def drop_mo_parts(
+        self, smsc: str, source: str, destination: str, ref: int, set_no: int = 0
+    ) -> None:
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
@@ -1392,7 +1394,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 smsc,
                 source,
                 destination,
-                ref,
+                stored_ref(ref, set_no),
             )
 
         await run_tx(self.pool, job)
@@ -1428,6 +1430,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         either committed first (the group then differs: None, nothing done) or waits."""
         first = parts[0]
         key = (first.smsc, first.source, first.destination, first.ref)
+        where = (*key[:3], stored_ref(first.ref, first.set_no))
         expected = [(p.seq, p.total, p.received_at) for p in parts]
 
         async def job(c: asyncpg.Connection) -> bool | None:
@@ -1435,7 +1438,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             kept = await c.fetch(
                 "SELECT seq, total, received_at FROM mo_parts WHERE smsc = $1 AND source = $2 "
                 "AND destination = $3 AND ref = $4 ORDER BY seq",
-                *key,
+                *where,
             )
             if [tuple(r) for r in kept] != expected:
                 return None
@@ -1443,7 +1446,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
                 "AND ref = $4",
-                *key,
+                *where,
             )
             return inserted
 

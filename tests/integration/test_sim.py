@@ -777,6 +777,30 @@ async def test_control_mo(ctl, connect) -> None:
         assert r.status == 400 and (await r.json())["error"] == "INVALID_JSON"
 
 
+async def test_control_mo_with_a_reference_and_some_parts(ctl, connect) -> None:
+    """A handset reusing a concatenation reference, a network losing or reordering parts."""
+    s, http = ctl
+    e = await connect(s, "receiver")
+    body = {"source": "491", "destination": "777", "text": "x" * 400, "ref": 200,
+            "parts": [3, 1]}  # fmt: skip
+    async with http.post("/mo", json=body) as r:
+        assert r.status == 200 and await r.json() == {"parts": 2}
+    got = [(await e.deliver()).body.short_message[:6] for _ in range(2)]
+    assert got == [bytes([5, 0, 3, 200, 3, 3]), bytes([5, 0, 3, 200, 3, 1])]
+    for bad, prefix in (
+        ({"ref": 256}, "ref: must be between 0 and 255 for udh8"),
+        ({"ref": "7"}, "ref: must be an integer"),
+        ({"parts": [4]}, "parts: must list parts between 1 and 3"),
+        ({"parts": []}, "parts: must list parts"),
+        ({"parts": "1"}, "parts: must be a list"),
+    ):
+        async with http.post("/mo", json={**body, **bad}) as r:
+            assert r.status == 400, bad
+            assert (await r.json())["message"].startswith(prefix), bad
+    async with http.post("/mo", json={**body, "split": "udh16", "ref": 40000}) as r:
+        assert r.status == 200
+
+
 async def test_control_config(ctl, connect) -> None:
     s, http = ctl
     change = {"id_format": "dec", "outcomes": {"UNDELIV": 1}, "receipt_delay_ms": 5}
