@@ -485,14 +485,16 @@ class Inbound:
         By its reference first (the id `_stored_whole` finds from any of its parts). A long
         reply with other text already holds that id when the sender used the reference again
         within the window (8-bit ones come round; some senders use one for all): it is
-        another reply, identified by its text too, not a repeat to drop."""
+        another reply, identified by its text too, not a repeat to drop. One whose text was
+        erased since is taken for this one: an erasure must not be undone by a resend."""
         found_other = False
         for key in (None, whole):
             ids = [_mo_id(smsc, source, destination, data_coding, what(key), t)
                    for t in (at, at - MO_REPEAT_MS)]  # fmt: skip
             for mo_id in ids:
                 stored = await self.store.get_mo(mo_id)
-                if stored is not None and (key is not None or stored.text == text):
+                # An erased one (text gone) counts as this one: erased text must not return.
+                if stored is not None and (key is not None or stored.text in (None, text)):
                     return None
                 found_other = found_other or stored is not None
             if not found_other:
@@ -523,7 +525,7 @@ class Inbound:
                 for at in (newest, newest - MO_REPEAT_MS):
                     mo_id = _mo_id(first.smsc, first.source, first.destination, dc, what(None), at)
                     mo = await self.store.get_mo(mo_id)
-                    if mo is not None and all(run in mo.text for run in runs):
+                    if mo is not None and (mo.text is None or all(r in mo.text for r in runs)):
                         return True
         return False
 

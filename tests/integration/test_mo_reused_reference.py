@@ -68,6 +68,7 @@ async def setup(
             await final_status(c, sent["messages"][0]["id"])
 
         async def go() -> tuple[Daemon, WebhookReceiver]:
+            d.test_creds = creds  # type: ignore[attr-defined]
             return d, hook
 
         yield go
@@ -128,3 +129,20 @@ async def test_a_second_reply_under_the_reference_is_not_taken_for_a_repeat(setu
     await d.inbound.flush_stale_mo(10**13, timeout_ms=0)
     assert d.inbound.mo == mo_before == 2 and d.inbound.mo_incomplete == 0
     assert _texts(hook) == [(TEXT_A, False, None), (TEXT_B, False, None)]
+
+
+async def test_a_resend_after_an_erasure_does_not_bring_the_text_back(setup) -> None:
+    """The recipient's data erased, then the SMSC resends the reply it stored (a lost
+    deliver_sm_resp): its text is gone, so it is not told from another reply by its text; it
+    is the same reference in the window, taken for the one erased, not stored again."""
+    d, hook = await setup()
+    await _inject(d, TEXT_A, [1, 2, 3])
+    await wait_until(lambda: len(_texts(hook)) == 1, 10)
+    async with client_for(d.http_port, d.test_creds) as c:  # type: ignore[attr-defined]
+        await c.erase_recipient("+" + PHONE)
+    await _inject(d, TEXT_A, [1, 2, 3])
+    assert d.sim is not None and d.inbound is not None
+    await wait_until(lambda: d.sim is not None and d.sim.counters["mo_acked"] >= 6, 10)
+    await d.inbound.flush_stale_mo(10**13, timeout_ms=0)
+    assert d.inbound.mo == 1 and d.inbound.mo_incomplete == 0
+    assert len(_texts(hook)) == 1
