@@ -978,12 +978,23 @@ async def run_sim(cfg: SimConfig) -> None:
 
 
 def mo_command(
-    control_url: str, source: str, destination: str, text: str, split: str | None
+    control_url: str,
+    source: str,
+    destination: str,
+    text: str,
+    split: str | None,
+    *,
+    ref: int | None = None,
+    parts: list[int] | None = None,
 ) -> int:
     """POST an MO to a running simulator; prints the JSON answer; exit code 0 on success."""
-    payload = json.dumps(
-        {"source": source, "destination": destination, "text": text, "split": split}
-    ).encode()
+    body: dict[str, Any] = {"source": source, "destination": destination, "text": text}
+    body["split"] = split
+    if ref is not None:
+        body["ref"] = ref
+    if parts is not None:
+        body["parts"] = parts
+    payload = json.dumps(body).encode()
     req = urllib.request.Request(
         control_url.rstrip("/") + "/mo",
         data=payload,

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.cli import build_parser
 from bridge.config import SimConfig
 from bridge.sim import SimError, SimSmsc, mo_command, run_sim
 from bridge.sim.reassembly import Reassembler, parse_segment
@@ -851,6 +852,21 @@ async def test_mo_command_cli(ctl, connect, capsys) -> None:
     assert bad == 1 and "split" in capsys.readouterr().err
     down = await asyncio.to_thread(mo_command, "http://127.0.0.1:1", "1", "2", "x", None)
     assert down == 2
+
+
+async def test_mo_command_with_a_reference_and_parts(ctl, connect, capsys) -> None:
+    s, _ = ctl
+    e = await connect(s, "receiver")
+    url = f"http://127.0.0.1:{s.control_port}"
+    code = await asyncio.to_thread(
+        mo_command, url, "491", "777", "y" * 200, "udh8", ref=9, parts=[2]
+    )
+    assert code == 0 and json.loads(capsys.readouterr().out) == {"parts": 1}
+    assert (await e.deliver()).body.short_message[:6] == bytes([5, 0, 3, 9, 2, 2])
+    args = build_parser().parse_args(
+        ["sim-mo", "--from", "1", "--to", "2", "--text", "x", "--ref", "9", "--parts", "3,1"]
+    )
+    assert (args.ref, args.parts) == (9, [3, 1])
 
 
 async def test_run_sim_until_cancelled() -> None:
