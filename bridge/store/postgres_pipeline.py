@@ -574,7 +574,11 @@ async def record_submits(
             for mid in per_msg:
                 touched[mid] = True
             await _apply_pending(c, fresh, touched, one_per_message)
-            await _infer_on_accept(c, [r for r in fresh if r.smsc in one_per_message], now)
+            # Not a first part: parts go out in order, so none after it can have a receipt yet
+            # (and a one-part message has nothing to infer): no read for most submits.
+            await _infer_on_accept(
+                c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now
+            )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         await c.executemany(

@@ -230,7 +230,9 @@ def record_submits(
         for mid in per_msg:
             touched[mid] = True
         _apply_pending(c, fresh, now, touched, one_per_message)
-        _infer_on_accept(c, [r for r in fresh if r.smsc in one_per_message], now)
+        # Not a first part: parts go out in order, so none after it can have a receipt yet
+        # (and a one-part message has nothing to infer): no read for most submits.
+        _infer_on_accept(c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now)
     for r in results:
         if r.outcome == "sent":
             continue
