@@ -90,6 +90,12 @@ def make_router(config: Config) -> Router:
     )
 
 
+def one_receipt_smscs(config: Config) -> frozenset[str]:
+    """The SMSCs whose one receipt settles a whole long message (smscs[].receipts), for the
+    store's receipt and acceptance writes."""
+    return frozenset(s.name for s in config.smscs if s.receipts == "one_per_message")
+
+
 def _loop_name() -> str:
     """The name of the loop server.event_loop gave this process (bridge.cli): uvloop or asyncio."""
     return type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -202,6 +208,8 @@ class Daemon:
         self.metrics.watch_store(self.role, store.write_lock_stats)
         if hasattr(store, "send_intermediate"):
             store.send_intermediate = cfg.webhooks.send_intermediate
+        if hasattr(store, "one_receipt_smscs"):
+            store.one_receipt_smscs = one_receipt_smscs(cfg)
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(
@@ -882,6 +890,9 @@ class Daemon:
         if self.store is not None and hasattr(self.store, "send_intermediate"):
             # The roll-up queues "sent" reports (or stops) at once, not after a restart.
             self.store.send_intermediate = merged.webhooks.send_intermediate
+        if self.store is not None and hasattr(self.store, "one_receipt_smscs"):
+            # Receipts and acceptances from now on: parts settled before keep their outcome.
+            self.store.one_receipt_smscs = one_receipt_smscs(merged)
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

@@ -201,7 +201,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_sim_mo(args: argparse.Namespace) -> int:
     from bridge.sim.server import mo_command
 
-    return mo_command(args.control_url, args.source, args.destination, args.text, args.split)
+    return mo_command(
+        args.control_url,
+        args.source,
+        args.destination,
+        args.text,
+        args.split,
+        ref=args.ref,
+        parts=args.parts,
+    )
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -671,6 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--to", dest="destination", required=True)
     mo.add_argument("--text", required=True)
     mo.add_argument("--split", choices=["udh8", "udh16", "sar"], default="udh8")
+    # A handset that reuses a concatenation reference; a network that loses or reorders parts.
+    mo.add_argument("--ref", type=int, help="concatenation reference (default: the next one)")
+    mo.add_argument(
+        "--parts",
+        type=lambda v: [int(n) for n in v.split(",")],
+        help="send only these parts, in this order (e.g. 3,1)",
+    )
     mo.set_defaults(fn=cmd_sim_mo)
 
     cfg = sub.add_parser("config", help="configuration tools")

@@ -613,6 +613,12 @@ class SmscConfig:
     id_case_insensitive: bool = True
     id_strip_leading_zeros: bool = True
     in_flight_on_restart: str = field(default="resend", metadata=meta(one_of("resend", "unknown")))
+    # What the carrier's receipts stand for: one per part (each part waits for its own), or one
+    # per long message on any one part (Kannel-style gateways, carriers that report the first or
+    # the last part only): its final receipt then settles the message's other parts.
+    receipts: str = field(
+        default="every_part", metadata=meta(one_of("every_part", "one_per_message"))
+    )
     # The country national MO source numbers (TON 2, or a trunk 0) are read in: "+86" makes a
     # reply from 13800138000 +8613800138000. None keeps them as received (matching no send).
     national_prefix: str | None = field(
@@ -693,6 +699,9 @@ class SimConfig:
     # data_sm: receipts carry TLVs only (receipted_message_id, message_state, network_error_code),
     # as carriers that deliver receipts by data_sm send them; receipts_as then does not apply.
     receipt_pdu: str = field(default="deliver_sm", metadata=meta(one_of("deliver_sm", "data_sm")))
+    # Which parts of a long message get a receipt: every part, or only the first or the last
+    # (a carrier that reports a concatenated message once, as Kannel and Jasmin ask for it).
+    receipt_parts: str = field(default="every", metadata=meta(one_of("every", "first", "last")))
     record_file: Path | None = None
 
     def _problems(self) -> Problems:

@@ -438,6 +438,15 @@ def _schemas() -> dict[str, Any]:
             "submitted_at": _nullable(_TIME),
             "done_at": _nullable(_TIME),
             "error_code": _nullable(_STR),
+            "receipt_inferred_from": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the seq of the part whose receipt settled this one (an SMSC "
+                    "with receipts: one_per_message sends one receipt per long message); null "
+                    "when the part had its own outcome",
+                }
+            ),
         }
     )
     recipients = {
@@ -659,6 +668,15 @@ def _status_report_schema() -> dict[str, Any]:
             "accepted_at": _TIME,
             "submitted_at": _nullable(_TIME),
             "done_at": _nullable(_TIME),
+            "receipt_inferred_from": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the seq of the part whose receipt gave the other parts "
+                    "their outcome (an SMSC with receipts: one_per_message); null when every "
+                    "part had its own",
+                }
+            ),
         }
     )
     out["description"] = (

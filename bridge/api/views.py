@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.store.models import MessageRecord
+from bridge.domain.lifecycle import split_inferred
+from bridge.store.models import MessageRecord, SegmentRecord
 
 
 def iso(ms: int | None) -> str | None:
@@ -46,19 +47,29 @@ def message_view(m: MessageRecord, *, with_parts: bool = True) -> dict[str, Any]
         "done_at": iso(m.done_at),
     }
     if with_parts:
-        out["parts"] = [
-            {
-                "seq": s.seq,
-                "status": s.state,
-                "smsc": s.smsc,
-                "smsc_message_id": s.smsc_msg_id,
-                "submitted_at": iso(s.submitted_at),
-                "done_at": iso(s.done_at),
-                "error_code": s.error_code,
-            }
-            for s in m.segment_rows
-        ]
+        out["parts"] = [_part_view(s) for s in m.segment_rows]
     return out
+
+
+def _part_view(s: SegmentRecord) -> dict[str, Any]:
+    error, source = split_inferred(s.error_code)
+    return {
+        "seq": s.seq,
+        "status": s.state,
+        "smsc": s.smsc,
+        "smsc_message_id": s.smsc_msg_id,
+        "submitted_at": iso(s.submitted_at),
+        "done_at": iso(s.done_at),
+        "error_code": error,
+        # Settled by another part's receipt (smscs[].receipts: one_per_message): which one.
+        "receipt_inferred_from": source,
+    }
+
+
+def inferred_from(m: MessageRecord) -> int | None:
+    """The part whose receipt gave the message's other parts their outcome, if one did."""
+    sources = [src for s in m.segment_rows if (src := split_inferred(s.error_code)[1])]
+    return min(sources) if sources else None
 
 
 def status_report(m: MessageRecord) -> dict[str, Any]:
@@ -82,4 +93,5 @@ def status_report(m: MessageRecord) -> dict[str, Any]:
         "accepted_at": iso(m.accepted_at),
         "submitted_at": iso(m.sent_at),
         "done_at": iso(m.done_at),
+        "receipt_inferred_from": inferred_from(m),
     }

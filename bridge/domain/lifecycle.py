@@ -5,7 +5,7 @@ Pure so both store engines apply the exact same rule and it can be tested exhaus
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ SEG_NEGATIVE = frozenset({"undeliverable", "expired", "rejected", "unknown", SEG
 SEG_FINAL = SEG_NEGATIVE | {SEG_DELIVERED, SEG_TIMEOUT, SEG_EXPIRED_UNSENT}
 # Parts an SMSC took: sent, or with a receipt (which may come before the submit_sm_resp).
 SEG_ACCEPTED = frozenset({SEG_SENT, SEG_DELIVERED, SEG_TIMEOUT}) | (SEG_NEGATIVE - {SEG_FAILED})
+# Outcomes a carrier's receipt gives a part (not a submit error, a timeout or an expiry unsent).
+SEG_RECEIPTED = frozenset({SEG_DELIVERED}) | (SEG_NEGATIVE - {SEG_FAILED})
 # Errors of parts ended `timeout` with no submit seen: whether they reached the SMSC is unknown.
 UNSEEN_SUBMIT = frozenset({"RESTORED_FROM_BACKUP", "IN_FLIGHT_AT_RESTART"})
 
@@ -42,6 +44,30 @@ _RECEIPT_ERROR = {
     "rejected": "REJECTD",
     "unknown": "UNKNOWN",
 }
+
+
+# The mark an inferred part's error_code carries: the seq whose receipt settled it. Kept in the
+# part's error code (after the receipt's own error, if any) so no column had to be added; read
+# back by `split_inferred`, and never shown as part of an error code.
+_INFERRED = "INFERRED_FROM_PART_"
+
+
+def inferred_error(error: str | None, source_seq: int) -> str:
+    """The error code of a part settled by another part's receipt: that receipt's error, and
+    which part it came from."""
+    mark = f"{_INFERRED}{source_seq}"
+    return mark if error is None else f"{error};{mark}"
+
+
+def split_inferred(code: str | None) -> tuple[str | None, int | None]:
+    """(the error code as the receipt gave it, the seq whose receipt it was inferred from or
+    None when the part had its own outcome)."""
+    if code is None:
+        return None, None
+    base, sep, mark = code.rpartition(_INFERRED)
+    if not sep or not mark.isdigit() or (base and not base.endswith(";")):
+        return code, None
+    return (base[:-1] or None), int(mark)
 
 
 def receipt_error_code(state: str, stat: str | None, err: str | None) -> str | None:
@@ -100,7 +126,11 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     states = [s for s, _e in parts]
     scale = segments if len(parts) == 1 and segments > 1 else 1
     new = rollup(states)
-    error = next((e for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT), None)
+    # An inferred part shows the receipt's own error: the mark says only where it came from.
+    error = next(
+        (split_inferred(e)[0] for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT),
+        None,
+    )
     if error is None and new == MSG_UNKNOWN:
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
     return Summary(
@@ -201,7 +231,11 @@ def receipt_targets(candidates: Sequence[tuple[str, int, str]]) -> list[tuple[st
 
 
 def settle_receipts(
-    receipts: Sequence[Any], parts: dict[tuple[str, str], list[tuple[str, int, str]]]
+    receipts: Sequence[Any],
+    parts: dict[tuple[str, str], list[tuple[str, int, str]]],
+    *,
+    one_per_message: Collection[str] = (),
+    siblings: Mapping[str, Sequence[tuple[int, str, str | None, int | None]]] | None = None,
 ) -> tuple[list[tuple[str, int, str, int, str | None]], list[Any]]:
     """What receipts do to the parts their (SMSC, id) names, for both store engines.
 
@@ -209,9 +243,14 @@ def settle_receipts(
     normalised id) to the (message id, seq, state) it names, and is updated as parts settle, so
     a second receipt for an id in the same batch finds them final (the first outcome stands).
     Returns the part updates (message id, seq, new state, done at, error code) and the receipts
-    that named no known part (kept pending)."""
+    that named no known part (kept pending).
+
+    A receipt from an SMSC in `one_per_message` (smscs[].receipts) stands for its whole
+    message: `siblings` (message id -> every part's (seq, state, SMSC, submitted at)) gives the
+    parts it also settles (`infer_siblings`)."""
     updates: list[tuple[str, int, str, int, str | None]] = []
     unmatched: list[Any] = []
+    now_final: dict[tuple[str, int], str] = {}  # parts settled by inference in this batch
     for r in receipts:
         key = (r.smsc, r.smsc_msg_id)
         found = parts.get(key)
@@ -220,17 +259,92 @@ def settle_receipts(
             continue
         if r.state == "enroute":
             continue  # intermediate
+        if now_final:
+            found = parts[key] = [(m, q, now_final.get((m, q), st)) for m, q, st in found]
         new_state = SEG_DELIVERED if r.state == "delivered" else r.state
         error = receipt_error_code(r.state, r.stat, r.err)
         if len(found) == 1:  # the usual case: one part has the id
             mid, seq, state = found[0]
-            if state not in SEG_FINAL:  # else a duplicate or late receipt
-                found[0] = (mid, seq, new_state)
-                updates.append((mid, seq, new_state, r.received_at, error))
-            continue
-        settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
+            settled = {(mid, seq)} if state not in SEG_FINAL else set()  # else duplicate or late
+        else:
+            settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
         for mid, seq in sorted(settled):
             updates.append((mid, seq, new_state, r.received_at, error))
         if settled:
             parts[key] = [(m, q, new_state if (m, q) in settled else st) for m, q, st in found]
+        if settled and siblings is not None and r.smsc in one_per_message:
+            for mid, seq, at, err in infer_siblings(
+                settled, siblings, r.smsc, new_state, error, r.received_at, now_final
+            ):
+                updates.append((mid, seq, new_state, at, err))
     return updates, unmatched
+
+
+def whole_messages(
+    parts: Mapping[tuple[str, str], Sequence[tuple[str, int, str]]],
+    one_per_message: Collection[str],
+) -> list[str]:
+    """The messages whose other parts a receipt batch may settle: those matched by a receipt
+    from a one-per-message SMSC (their parts are read for `settle_receipts`' siblings)."""
+    mids = {mid for key, found in parts.items() if key[0] in one_per_message for mid, *_ in found}
+    return sorted(mids)
+
+
+def infer_siblings(
+    settled: Collection[tuple[str, int]],
+    siblings: Mapping[str, Sequence[tuple[int, str, str | None, int | None]]],
+    smsc: str,
+    state: str,
+    error: str | None,
+    at: int,
+    now_final: dict[tuple[str, int], str],
+) -> list[tuple[str, int, int, str]]:
+    """The other parts a one-per-message receipt settles: (message id, seq, done at, error).
+
+    Only parts the same SMSC took and that await their receipt (`sent`): a part still queued
+    has not reached the handset, and reporting it delivered (or billing it) on another part's
+    receipt would be a guess about text the carrier has not even had; it is sent, and
+    `infer_on_accept` settles it when the SMSC takes it. Parts final already keep their
+    outcome. `now_final` is updated with what this settles (and with `settled`), so later
+    receipts of the batch find those parts final. A part the SMSC took after the receipt came
+    (one kept until its submit_sm_resp was recorded) is settled as of its submission, never
+    before it."""
+    out: list[tuple[str, int, int, str]] = []
+    for mid, seq in settled:
+        now_final[(mid, seq)] = state
+    for mid in sorted({m for m, _q in settled}):
+        source = min(q for m, q in settled if m == mid)
+        for seq, st, via, submitted_at in siblings.get(mid, ()):
+            if via != smsc or now_final.get((mid, seq), st) != SEG_SENT:
+                continue
+            now_final[(mid, seq)] = state
+            out.append((mid, seq, max(at, submitted_at or 0), inferred_error(error, source)))
+    return out
+
+
+def infer_on_accept(
+    parts: Sequence[tuple[int, str, str | None, str | None]], fresh: Collection[int], now: int
+) -> list[tuple[int, str, int, str]]:
+    """Parts an SMSC took just now whose message's one receipt (smscs[].receipts:
+    one_per_message) came already, for an earlier part: (seq, state, done at, error).
+
+    `parts` are the message's (seq, state, error code, SMSC) after the fresh ones were recorded
+    sent. Such a part gets no receipt of its own (the carrier sent the message's one), so it
+    takes that outcome now instead of waiting out the receipt timeout; the source is the lowest
+    part with an outcome of its own from a receipt, on the same SMSC."""
+    source = next(
+        (
+            (seq, st, err, via)
+            for seq, st, err, via in sorted(parts)
+            if st in SEG_RECEIPTED and split_inferred(err)[1] is None
+        ),
+        None,
+    )
+    if source is None:
+        return []
+    src_seq, state, err, smsc = source
+    return [
+        (seq, state, now, inferred_error(err, src_seq))
+        for seq, st, _e, via in parts
+        if seq in fresh and st == SEG_SENT and via == smsc
+    ]

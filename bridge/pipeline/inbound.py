@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -41,6 +42,27 @@ STALE_MO_BATCH = 200
 
 # Between the text of runs of parts separated by a missing part.
 GAP = " ... "
+
+
+class KeyedLocks:
+    """A FIFO lock per key, kept only while held or awaited: the coroutines that ask for one
+    key get it in the order they asked."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, asyncio.Lock] = {}
+        self._users: dict[Any, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
 
 
 def is_receipt(body: ShortMessage) -> bool:
@@ -77,6 +99,7 @@ class Inbound:
         self.mo = 0
         self.mo_incomplete = 0  # long MOs delivered without the parts that never came
         self.optouts = 0
+        self._mo_order = KeyedLocks()
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
         self.optout_keywords: tuple[str, ...] = DEFAULT_KEYWORDS
         # The accounts' assigned senders, cached (replies come in storms, accounts seldom
@@ -234,25 +257,32 @@ class Inbound:
             # refused a reference beyond its INTEGER on every resend: read as one message, as
             # parse_segment reads an inconsistent header.
             seg = Segment(seg.data_coding, seg.payload)
+        whole: bytes | None = None  # a long MO's parts joined
+        set_no = 0  # which of the messages kept under its reference it is (mo_sets)
         if seg.scheme:
-            parts = await self.store.add_mo_part(
-                MoPart(
-                    smsc,
-                    body.source_addr,
-                    body.destination_addr,
-                    seg.ref,
-                    seg.total,
-                    seg.seq,
-                    body.data_coding,
-                    seg.payload,
-                    now_ms,
-                    body.source_addr_ton,
-                )
+            part = MoPart(
+                smsc,
+                body.source_addr,
+                body.destination_addr,
+                seg.ref,
+                seg.total,
+                seg.seq,
+                body.data_coding,
+                seg.payload,
+                now_ms,
+                body.source_addr_ton,
             )
+            # One sender's parts are placed in the order they came (mo_sets.place_part reads
+            # the order): deliver_sm are handled concurrently, and on PostgreSQL their
+            # transactions raced, so a second message's part 3 could overtake its part 1.
+            async with self._mo_order.hold((smsc, body.source_addr, body.destination_addr)):
+                parts = await self.store.add_mo_part(part)
             if parts is None:
                 return C.ESME_ROK  # stored; waiting for the other parts
             # Join before decoding, as a handset does: a pair cut across parts still decodes.
-            text = mo_text(body.data_coding, b"".join(p.payload for p in parts))
+            whole = b"".join(p.payload for p in parts)
+            text = mo_text(body.data_coding, whole)
+            set_no = parts[0].set_no
         else:
             text = mo_text(seg.data_coding, seg.payload)
         source, account, sign = await self._attribute(
@@ -263,11 +293,20 @@ class Inbound:
         await self._optout_if_asked(account, source, text, now_ms)
         # The same deliver_sm resent (our deliver_sm_resp was lost, or a store error asked for
         # it again after the MO was committed) gets the same id, and the store keeps one.
-        mo_id = mo_id_for(smsc, body, seg, now_ms)
-        if await self.store.get_mo(mo_id_for(smsc, body, seg, now_ms - MO_REPEAT_MS)):
+        if whole is None:
+            mo_id: str | None = mo_id_for(smsc, body, seg, now_ms)
+            if await self.store.get_mo(mo_id_for(smsc, body, seg, now_ms - MO_REPEAT_MS)):
+                mo_id = None
+        else:
+            what = partial(_concat_what, str(seg.scheme), seg.ref, seg.total)
+            mo_id = await self._long_mo_id(
+                smsc, body.source_addr, body.destination_addr, body.data_coding, what, whole,
+                text, now_ms,
+            )  # fmt: skip
+        if mo_id is None:
             if seg.scheme:
                 await self.store.drop_mo_parts(
-                    smsc, body.source_addr, body.destination_addr, seg.ref
+                    smsc, body.source_addr, body.destination_addr, seg.ref, set_no
                 )
             return C.ESME_ROK  # a repeat of one stored in the window before this one
         new = await self.store.store_mo(
@@ -283,7 +322,9 @@ class Inbound:
             )
         )
         if seg.scheme:  # only now: a crash before this leaves the parts to complete again
-            await self.store.drop_mo_parts(smsc, body.source_addr, body.destination_addr, seg.ref)
+            await self.store.drop_mo_parts(
+                smsc, body.source_addr, body.destination_addr, seg.ref, set_no
+            )
         if not new:
             return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
         if account is not None and self.on_reports is not None:
@@ -427,17 +468,64 @@ class Inbound:
             )  # fmt: skip
         return bool(new)
 
+    async def _long_mo_id(
+        self,
+        smsc: str,
+        source: str,
+        destination: str,
+        data_coding: int,
+        what: Callable[[bytes | None], bytes],
+        whole: bytes,
+        text: str,
+        at: int,
+    ) -> str | None:
+        """The id to store a complete long MO under; None when it is stored already (a
+        repeat: the same text in this window or the one before).
+
+        By its reference first (the id `_stored_whole` finds from any of its parts). A long
+        reply with other text already holds that id when the sender used the reference again
+        within the window (8-bit ones come round; some senders use one for all): it is
+        another reply, identified by its text too, not a repeat to drop. One whose text was
+        erased since is taken for this one: an erasure must not be undone by a resend."""
+        found_other = False
+        for key in (None, whole):
+            ids = [_mo_id(smsc, source, destination, data_coding, what(key), t)
+                   for t in (at, at - MO_REPEAT_MS)]  # fmt: skip
+            for mo_id in ids:
+                stored = await self.store.get_mo(mo_id)
+                # An erased one (text gone) counts as this one: erased text must not return.
+                if stored is not None and (key is not None or stored.text in (None, text)):
+                    return None
+                found_other = found_other or stored is not None
+            if not found_other:
+                return ids[0]
+        return _mo_id(smsc, source, destination, data_coding, what(whole), at)
+
     async def _stored_whole(self, parts: list[MoPart], newest: int) -> bool:
-        """Whether `_mo` stored the complete MO of this reference: looked up by the ids it
+        """Whether `_mo` stored the MO these kept parts belong to: looked up by the ids it
         gives one (any concatenation scheme: which one the parts came by is not kept; the
-        window of the newest part and the one before, as `_mo` recognises repeats)."""
+        window of the newest part and the one before, as `_mo` recognises repeats). Parts of
+        another reply under the same reference are not taken for it: a complete set must be
+        its text, a fragment's text must be in it."""
         first = parts[0]
+        complete = tuple(p.seq for p in parts) == tuple(range(1, first.total + 1))
+        whole = b"".join(p.payload for p in parts)
+        runs = join_runs(parts).split(GAP)
         for dc in dict.fromkeys(p.data_coding for p in parts):
             for scheme in ("udh8", "udh16", "sar"):
-                what = f"{scheme}:{first.ref}:{first.total}".encode()
+                what = partial(_concat_what, scheme, first.ref, first.total)
+                if complete:
+                    text = mo_text(dc, whole)
+                    if await self._long_mo_id(
+                        first.smsc, first.source, first.destination, dc, what, whole, text,
+                        newest,
+                    ) is None:  # fmt: skip
+                        return True
+                    continue
                 for at in (newest, newest - MO_REPEAT_MS):
-                    mo_id = _mo_id(first.smsc, first.source, first.destination, dc, what, at)
-                    if await self.store.get_mo(mo_id) is not None:
+                    mo_id = _mo_id(first.smsc, first.source, first.destination, dc, what(None), at)
+                    mo = await self.store.get_mo(mo_id)
+                    if mo is not None and (mo.text is None or all(r in mo.text for r in runs)):
                         return True
         return False
 
@@ -454,10 +542,15 @@ class Inbound:
         smsc = first.smsc
         await self._optout_if_asked(account, source, text, newest)
         scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
-        mo_id = _mo_id(
-            smsc, first.source, first.destination, parts[-1].data_coding,
-            f"{scheme}:{first.ref}:{first.total}".encode(), newest,
+        what = partial(_concat_what, scheme, first.ref, first.total)
+        whole = b"".join(p.payload for p in parts)
+        mo_id = await self._long_mo_id(
+            smsc, first.source, first.destination, parts[-1].data_coding, what, whole, text,
+            newest,
         )  # fmt: skip
+        if mo_id is None:  # stored meanwhile: only its parts go
+            await self.store.store_mo_from_parts(None, parts)
+            return False
         new = await self.store.store_mo_from_parts(
             MoMessage(
                 id=mo_id,
@@ -511,9 +604,20 @@ ASSIGNMENTS_TTL_MS = int(TTL_S * 1000)
 def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     """The MO's id, the same for every copy of one deliver_sm (or one set of parts) within a
     window: what identifies it (SMSC, addresses, coding, and the concatenation reference or the
-    text itself) and the window, hashed."""
-    what = f"{seg.scheme}:{seg.ref}:{seg.total}".encode() if seg.scheme else bytes(seg.payload)
+    text itself) and the window, hashed. (A long MO whose reference another long reply holds in
+    the window is identified by its text too: Inbound._long_mo_id.)"""
+    if seg.scheme:
+        what = _concat_what(str(seg.scheme), seg.ref, seg.total, None)
+    else:
+        what = bytes(seg.payload)
     return _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding, what, now_ms)
+
+
+def _concat_what(scheme: str, ref: int, total: int, whole: bytes | None) -> bytes:
+    """What identifies a long MO: its reference, and (`whole`, its parts joined) its text when
+    another long reply holds the id of the reference alone."""
+    what = f"{scheme}:{ref}:{total}".encode()
+    return what if whole is None else what + b"\x00" + whole
 
 
 def _mo_id(

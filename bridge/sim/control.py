@@ -84,6 +84,7 @@ _KNOBS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "receipt_text_id": _choice("same", "dec", "hex"),
     "receipts_as": _choice("both", "text", "tlv"),
     "receipt_pdu": _choice("deliver_sm", "data_sm"),
+    "receipt_parts": _choice("every", "first", "last"),
     "packed_gsm": _bool,
     "receipt_ack_timeout_s": lambda f, v: float(_number(f, v, 0.01, 86_400)),
     "receipt_max_attempts": lambda f, v: _number(f, v, 1, 100, integer=True),
@@ -178,7 +179,17 @@ async def _mo(request: web.Request) -> web.Response:
         if split is not None and split not in MO_SPLITS:
             raise SimError("INVALID_MO", f"split: must be one of {', '.join(MO_SPLITS)} or null")
         assert source is not None and destination is not None and text is not None
-        parts = await sim.inject_mo(source, destination, text, split=split, system_id=system_id)
+        ref = body.get("ref")
+        if ref is not None and (type(ref) is not int):
+            raise SimError("INVALID_MO", "ref: must be an integer or null")
+        which = body.get("parts")
+        if which is not None and (
+            not isinstance(which, list) or any(type(n) is not int for n in which)
+        ):
+            raise SimError("INVALID_MO", "parts: must be a list of part numbers or null")
+        parts = await sim.inject_mo(
+            source, destination, text, split=split, system_id=system_id, ref=ref, parts=which
+        )
     except SimError as e:
         return _error(409 if e.code == "NO_RECEIVER" else 400, e.code, e.message)
     return web.json_response({"parts": parts})

@@ -25,13 +25,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
 from bridge.config import SimConfig
-from bridge.sim.reassembly import Reassembler, SimMessage, parse_segment, segment_text
+from bridge.sim.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
 from bridge.smpp.codec import (
     Bind,
     BindResp,
@@ -246,7 +246,8 @@ class SimSmsc:
     ("hex" | "dec"), ``receipt_text_id`` ("same" | "dec" | "hex": the base of the id in the
     receipt text), ``receipts_as`` ("both" | "text" | "tlv"), ``receipt_pdu`` ("deliver_sm" |
     "data_sm": the PDU receipts go out as; data_sm ones carry TLVs only and must be answered by
-    data_sm_resp), ``packed_gsm`` (GSM text is
+    data_sm_resp), ``receipt_parts`` ("every" | "first" | "last": which parts of a long
+    message get a receipt, by the seq of their UDH or SAR header), ``packed_gsm`` (GSM text is
     packed: the submitted text, and the MO it delivers), ``receipt_ack_timeout_s``,
     ``receipt_max_attempts``,
     ``receipt_retry_delay_ms``, ``deliver_window`` (unacknowledged deliver_sm per bind, 0 =
@@ -270,6 +271,7 @@ class SimSmsc:
         self.receipt_text_id: str = "same"
         self.receipts_as: str = cfg.receipts_as
         self.receipt_pdu: str = cfg.receipt_pdu
+        self.receipt_parts: str = cfg.receipt_parts
         self.packed_gsm: bool = False
         self.receipt_ack_timeout_s: float = 30.0
         self.receipt_max_attempts: int = 4
@@ -391,6 +393,7 @@ class SimSmsc:
             "receipt_text_id": self.receipt_text_id,
             "receipts_as": self.receipts_as,
             "receipt_pdu": self.receipt_pdu,
+            "receipt_parts": self.receipt_parts,
             "packed_gsm": self.packed_gsm,
             "receipt_ack_timeout_s": self.receipt_ack_timeout_s,
             "receipt_max_attempts": self.receipt_max_attempts,
@@ -645,7 +648,7 @@ class SimSmsc:
         if msg is not None:
             self._on_message(msg)
         rd = sm.registered_delivery & 0x03
-        if rd:
+        if rd and self._receipt_due(seg):
             stat = self._draw_outcome()
             if rd == 2 and stat == "DELIVRD":
                 return  # receipt on failure only
@@ -655,6 +658,14 @@ class SimSmsc:
             self._schedule(
                 _Job(sess.system_id, body, "receipt"), now + self.receipt_delay_ms / 1000.0
             )
+
+    def _receipt_due(self, seg: Segment) -> bool:
+        """Whether this part gets a receipt: a carrier reporting a long message once reports
+        its first part or its last only (receipt_parts)."""
+        parts = self.receipt_parts
+        if parts == "every" or not seg.scheme:
+            return True
+        return seg.seq == (1 if parts == "first" else seg.total)
 
     def _on_message(self, msg: SimMessage) -> None:
         self.counters["messages"] += 1
@@ -878,15 +889,23 @@ class SimSmsc:
         *,
         split: str | None = "udh8",
         system_id: str | None = None,
+        ref: int | None = None,
+        parts: Sequence[int] | None = None,
     ) -> int:
         """Send a mobile-originated message as deliver_sm part(s) to one bound receiver.
 
         ``split`` picks the concatenation of a long text (udh8, udh16, sar, payload); None sends a
         text that does not fit one part as message_payload. All parts go to the same bind, in
-        order. Returns the number of parts; SimError NO_RECEIVER when nothing can receive.
+        order. ``ref`` sets the concatenation reference (default: the next of the simulator's
+        counter), as a handset that reuses one does; ``parts`` sends only those parts (1-based,
+        in the order given), as a network that lost the others or delivers them later.
+        Returns the number of parts sent; SimError NO_RECEIVER when nothing can receive.
         """
         if split is not None and split not in MO_SPLITS:
             raise SimError("INVALID_SPLIT", f"split: must be one of {', '.join(MO_SPLITS)} or null")
+        limit = 0xFF if split == "udh8" else 0xFFFF
+        if ref is not None and not 0 <= ref <= limit:
+            raise SimError("INVALID_MO", f"ref: must be between 0 and {limit} for {split}")
         if system_id is not None:
             sess = self._pick_receiver(system_id, windowed=False)
         else:
@@ -895,9 +914,10 @@ class SimSmsc:
             who = f"system_id {system_id!r}" if system_id is not None else "any system_id"
             raise SimError("NO_RECEIVER", f"no receiver or transceiver bind for {who}")
         mode = SplitMode(split) if split is not None else SplitMode.UDH8
-        self._mo_ref = ref = (self._mo_ref + 1) & 0xFFFF
-        if mode is SplitMode.UDH8:
-            ref &= 0xFF
+        if ref is None:
+            self._mo_ref = ref = (self._mo_ref + 1) & 0xFFFF
+            if mode is SplitMode.UDH8:
+                ref &= 0xFF
         try:
             packed = self.packed_gsm
             enc = encode_message(text, EncodeOptions(split=mode, packed_gsm=packed), ref)
@@ -918,6 +938,10 @@ class SimSmsc:
             )
             for part in enc.parts
         ]
+        if parts is not None:
+            if not parts or any(not 1 <= n <= len(bodies) for n in parts):
+                raise SimError("INVALID_MO", f"parts: must list parts between 1 and {len(bodies)}")
+            bodies = [bodies[n - 1] for n in parts]
         try:  # every part encodes before any is owed: a refused one left a phantom in the window
             for body in bodies:
                 encode(Pdu(DELIVER_SM, 0, 1, body))
@@ -954,12 +978,23 @@ async def run_sim(cfg: SimConfig) -> None:
 
 
 def mo_command(
-    control_url: str, source: str, destination: str, text: str, split: str | None
+    control_url: str,
+    source: str,
+    destination: str,
+    text: str,
+    split: str | None,
+    *,
+    ref: int | None = None,
+    parts: list[int] | None = None,
 ) -> int:
     """POST an MO to a running simulator; prints the JSON answer; exit code 0 on success."""
-    payload = json.dumps(
-        {"source": source, "destination": destination, "text": text, "split": split}
-    ).encode()
+    body: dict[str, Any] = {"source": source, "destination": destination, "text": text}
+    body["split"] = split
+    if ref is not None:
+        body["ref"] = ref
+    if parts is not None:
+        body["parts"] = parts
+    payload = json.dumps(body).encode()
     req = urllib.request.Request(
         control_url.rstrip("/") + "/mo",
         data=payload,

@@ -465,7 +465,11 @@ class Store(Protocol):
 
     # MO
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None: ...
-    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None: ...
+    async def drop_mo_parts(
+        self, smsc: str, source: str, destination: str, ref: int, set_no: int = 0
+    ) -> None:
+        """Drop the kept parts of one message: `ref` and its set (MoPart.set_no)."""
+
     async def store_mo(self, mo: MoMessage) -> bool:
         """Store the MO (and queue its push when attributed); False when one with its id is
         stored already (a redelivery, or a sweep redone after a crash): kept once, pushed once."""

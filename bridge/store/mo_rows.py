@@ -9,6 +9,18 @@ from typing import Any
 
 from bridge.store.models import MoMessage, MoPart
 
+# mo_parts.ref holds the concatenation reference (16 bits at most: SMPP's SAR, UDH 16-bit) plus
+# the part's set number times REF_SPAN (bridge.domain.mo_sets): the key (smsc, source,
+# destination, ref, seq) then keeps two messages under one reference apart without a new
+# column. Parts kept before this are set 0, as they were.
+REF_SPAN = 1 << 16
+
+
+def stored_ref(ref: int, set_no: int) -> int:
+    """The mo_parts.ref value of a part of `ref` in set `set_no`."""
+    return ref + set_no * REF_SPAN
+
+
 MO_PART_COLS = (
     "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton"
 )
@@ -21,7 +33,8 @@ MO_COLS = (
 def mo_part(row: Any) -> MoPart:
     """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
     r = tuple(row)
-    return MoPart(*r[:7], bytes(r[7]), r[8], r[9])
+    ref, set_no = r[3] % REF_SPAN, r[3] // REF_SPAN
+    return MoPart(*r[:3], ref, *r[4:7], bytes(r[7]), r[8], r[9], set_no)
 
 
 def mo_message(row: Any) -> MoMessage:
@@ -36,7 +49,7 @@ def mo_part_values(part: MoPart) -> tuple[Any, ...]:
         part.smsc,
         part.source,
         part.destination,
-        part.ref,
+        stored_ref(part.ref, part.set_no),
         part.total,
         part.seq,
         part.data_coding,
@@ -72,12 +85,12 @@ def seqs_from_json(text: str | None) -> tuple[int, ...] | None:
 
 
 def group_mo_parts(parts: Iterable[MoPart]) -> list[list[MoPart]]:
-    """Consecutive parts of one (smsc, source, destination, ref) into one list each; the input
-    comes ordered by group, then seq."""
+    """Consecutive parts of one (smsc, source, destination, ref, set) into one list each; the
+    input comes ordered by group, then seq."""
     out: list[list[MoPart]] = []
-    key: tuple[str, str, str, int] | None = None
+    key: tuple[str, str, str, int, int] | None = None
     for p in parts:
-        k = (p.smsc, p.source, p.destination, p.ref)
+        k = (p.smsc, p.source, p.destination, p.ref, p.set_no)
         if k != key:
             out.append([])
             key = k

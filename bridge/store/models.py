@@ -399,6 +399,9 @@ class MoPart:
     # The source's TON (SMPP 5.2.5), kept so a message whose other parts never come is read as
     # E.164 or national like a complete one; None for parts stored before it was kept.
     source_ton: int | None = None
+    # Which message of this reference the part belongs to (bridge.domain.mo_sets): two long
+    # MOs from one number under one reference are kept apart. 0 for the first.
+    set_no: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import mo_sets
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
@@ -74,11 +75,13 @@ from bridge.store.base import (
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
+    REF_SPAN,
     group_mo_parts,
     mo_message,
     mo_part,
     mo_part_values,
     mo_values,
+    stored_ref,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -435,6 +438,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._drain_tasks: set[asyncio.Task[None]] = set()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # smscs[].receipts one_per_message: whose one receipt settles a whole message.
+        self.one_receipt_smscs: frozenset[str] = frozenset()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -1396,9 +1401,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return await run_tx(self.pool, job)
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        one = self.one_receipt_smscs
+
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_late_submits(
-                c, items, now, intermediate=self.send_intermediate
+                c, items, now, intermediate=self.send_intermediate, one_per_message=one
             )
 
         return await self._held_tx(job)
@@ -1411,9 +1418,17 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         *,
         instance: str | None = None,
     ) -> int:
+        one = self.one_receipt_smscs
+
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                one_per_message=one,
             )
 
         return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
@@ -1435,7 +1450,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:
-            matched, pending, reports = await pipe.apply_receipts(c, receipts, now)
+            matched, pending, reports = await pipe.apply_receipts(
+                c, receipts, now, self.one_receipt_smscs
+            )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await run_tx(self.pool, job)
@@ -1479,19 +1496,23 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     # -- MO ---------------------------------------------------------------------------------------
 
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
+        """See the SQLite engine: the part joins the set of its reference it fits."""
         key = (part.smsc, part.source, part.destination, part.ref)
 
         async def job(c: asyncpg.Connection) -> list[MoPart] | None:
             # Parts of one message can arrive on binds of two instances at once: serialise them,
-            # else each sees only its own part and the message never completes.
+            # else each sees only its own part and the message never completes. One lock for
+            # every set of the reference: placing a part reads them all.
             await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
-            # A stale part of an earlier message with another total is discarded, not mixed in.
-            await c.execute(
-                "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4 AND total <> $5",
-                *key,
-                part.total,
-            )
+            held = [
+                mo_part(r)
+                for r in await c.fetch(
+                    f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
+                    f"AND destination = $3 AND ref % {REF_SPAN} = $4",
+                    *key,
+                )
+            ]
+            placed = replace(part, set_no=mo_sets.place_part(held, part))
             await c.execute(
                 f"INSERT INTO mo_parts ({MO_PART_COLS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
@@ -1499,21 +1520,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
                 "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at, "
                 "source_ton = EXCLUDED.source_ton",
-                *mo_part_values(part),
+                *mo_part_values(placed),
             )
-            rows = await c.fetch(
-                f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
-                "AND destination = $3 AND ref = $4 ORDER BY seq",
-                *key,
-            )
-            if [r[5] for r in rows] != list(range(1, part.total + 1)):
-                return None
             # The parts stay until drop_mo_parts, after the MO itself is stored.
-            return [mo_part(r) for r in rows]
+            return mo_sets.completed(held, placed)
 
         return await run_tx(self.pool, job)
 
-    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None:
+    async def drop_mo_parts(
+        self, smsc: str, source: str, destination: str, ref: int, set_no: int = 0
+    ) -> None:
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
@@ -1521,7 +1537,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 smsc,
                 source,
                 destination,
-                ref,
+                stored_ref(ref, set_no),
             )
 
         await run_tx(self.pool, job)
@@ -1557,6 +1573,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         either committed first (the group then differs: None, nothing done) or waits."""
         first = parts[0]
         key = (first.smsc, first.source, first.destination, first.ref)
+        where = (*key[:3], stored_ref(first.ref, first.set_no))
         expected = [(p.seq, p.total, p.received_at) for p in parts]
 
         async def job(c: asyncpg.Connection) -> bool | None:
@@ -1564,7 +1581,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             kept = await c.fetch(
                 "SELECT seq, total, received_at FROM mo_parts WHERE smsc = $1 AND source = $2 "
                 "AND destination = $3 AND ref = $4 ORDER BY seq",
-                *key,
+                *where,
             )
             if [tuple(r) for r in kept] != expected:
                 return None
@@ -1572,7 +1589,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
                 "AND ref = $4",
-                *key,
+                *where,
             )
             return inserted
 

@@ -509,7 +509,10 @@ async def record_submits(
     *,
     intermediate: bool = False,
     instance: str | None = None,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> int:
+    """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
+    whole message (smscs[].receipts)."""
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
     await lock_keys(
@@ -570,7 +573,12 @@ async def record_submits(
                     locked[mid] = (*locked[mid][:8], nsent, *locked[mid][9:])
             for mid in per_msg:
                 touched[mid] = True
-            await _apply_pending(c, fresh, touched)
+            await _apply_pending(c, fresh, touched, one_per_message)
+            # Not a first part: parts go out in order, so none after it can have a receipt yet
+            # (and a one-part message has nothing to infer): no read for most submits.
+            await _infer_on_accept(
+                c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now
+            )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         await c.executemany(
@@ -642,7 +650,12 @@ async def record_submits(
 
 
 async def record_late_submits(
-    c: asyncpg.Connection, items: list[LateAccept], now: int, *, intermediate: bool = False
+    c: asyncpg.Connection,
+    items: list[LateAccept],
+    now: int,
+    *,
+    intermediate: bool = False,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> int:
     """Parts the SMSC accepted after their TIMEOUT, recorded as sent (by `record_submits`) when
     the part is still queued and its message is released and not claimed again: a resend in
@@ -673,12 +686,17 @@ async def record_late_submits(
             waiting.discard((i.message_id, i.seq))  # each part once
             results.append(i.as_result(now))
     if results:
-        await record_submits(c, results, [], now, intermediate=intermediate)
+        await record_submits(
+            c, results, [], now, intermediate=intermediate, one_per_message=one_per_message
+        )
     return len(results)
 
 
 async def _apply_pending(
-    c: asyncpg.Connection, fresh: list[SubmitResult], touched: dict[str, bool]
+    c: asyncpg.Connection,
+    fresh: list[SubmitResult],
+    touched: dict[str, bool],
+    one_per_message: frozenset[str] = frozenset(),
 ) -> None:
     """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
     before the part left (see SubmitResult.sent_at), which stays kept."""
@@ -697,14 +715,60 @@ async def _apply_pending(
     )
     if found:
         rows = sorted(found, key=lambda r: r[0])
-        await _apply(c, [ReceiptIn(*tuple(r)[1:]) for r in rows], touched)
+        await _apply(
+            c, [ReceiptIn(*tuple(r)[1:]) for r in rows], touched, one_per_message=one_per_message
+        )
+
+
+async def _infer_on_accept(c: asyncpg.Connection, fresh: list[SubmitResult], now: int) -> None:
+    """Parts of one-per-message SMSCs taken now, whose message's receipt came before them, take
+    its outcome (lifecycle.infer_on_accept); their messages are locked by record_submits and
+    rolled up by it."""
+    if not fresh:
+        return
+    seqs: dict[str, set[int]] = {}
+    for r in fresh:
+        seqs.setdefault(r.message_id, set()).add(r.seq)
+    parts = await _all_parts(c, list(seqs))
+    updates = [
+        (mid, seq, state, at, error)
+        for mid, fresh_seqs in seqs.items()
+        for seq, state, at, error in lc.infer_on_accept(
+            [row[:4] for row in parts.get(mid, [])], fresh_seqs, now
+        )
+    ]
+    if updates:
+        await c.execute(
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) "
+            "AS u(mid, seq, state, at, error) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
+            *[list(col) for col in zip(*updates, strict=True)],
+        )
+
+
+async def _all_parts(
+    c: asyncpg.Connection, mids: list[str]
+) -> dict[str, list[tuple[int, str, str | None, str | None, int | None]]]:
+    """message id -> every part's (seq, state, error code, SMSC, submitted at)."""
+    out: dict[str, list[tuple[int, str, str | None, str | None, int | None]]] = {}
+    for mid, seq, state, error, smsc, at in await c.fetch(
+        "SELECT message_id, seq, state, error_code, smsc, submitted_at FROM segments "
+        "WHERE message_id = ANY($1::text[])",
+        mids,
+    ):
+        out.setdefault(mid, []).append((seq, state, error, smsc, at))
+    return out
 
 
 # -- receipts --------------------------------------------------------------------------------------
 
 
 async def apply_receipts(
-    c: asyncpg.Connection, receipts: list[ReceiptIn], now: int
+    c: asyncpg.Connection,
+    receipts: list[ReceiptIn],
+    now: int,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
     pending_receipts for their id."""
@@ -717,7 +781,7 @@ async def apply_receipts(
         where.update(await _match(c, missing))
     touched: dict[str, bool] = {}
     locked: dict[str, tuple[Any, ...]] = {}
-    unmatched = await _apply(c, receipts, touched, where, locked)
+    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message)
     if unmatched:
         await c.execute(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -760,6 +824,7 @@ async def _apply(
     touched: dict[str, bool],
     where: dict[tuple[str, str], set[str]] | None = None,
     locked: dict[str, tuple[Any, ...]] | None = None,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -782,7 +847,16 @@ async def _apply(
         [k[1] for k in where],
     ):
         parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
-    settled, unmatched = lc.settle_receipts(receipts, parts)
+    siblings = None
+    whole = lc.whole_messages(parts, one_per_message)
+    if whole:  # one receipt per message: the parts it also settles (their messages locked)
+        siblings = {
+            mid: [(q, st, via, at) for q, st, _e, via, at in rows]
+            for mid, rows in (await _all_parts(c, whole)).items()
+        }
+    settled, unmatched = lc.settle_receipts(
+        receipts, parts, one_per_message=one_per_message, siblings=siblings
+    )
     for mid, *_rest in settled:
         touched.setdefault(mid, False)
     upd: list[list[Any]] = [list(col) for col in zip(*settled, strict=True)] if settled else []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
+from bridge.domain import mo_sets
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
@@ -53,11 +55,13 @@ from bridge.store.base import (
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
+    REF_SPAN,
     group_mo_parts,
     mo_message,
     mo_part,
     mo_part_values,
     mo_values,
+    stored_ref,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -114,6 +118,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # smscs[].receipts one_per_message: whose one receipt settles a whole message.
+        self.one_receipt_smscs: frozenset[str] = frozenset()
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -933,7 +939,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         def job(c: sqlite3.Connection) -> int:
-            return pipe.record_late_submits(c, items, now, intermediate=self.send_intermediate)
+            return pipe.record_late_submits(
+                c,
+                items,
+                now,
+                intermediate=self.send_intermediate,
+                one_per_message=self.one_receipt_smscs,
+            )
 
         return await self._runner.write(job, durable=False)
 
@@ -971,14 +983,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
             return pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                one_per_message=self.one_receipt_smscs,
             )
 
         return await self._runner.write(job, durable=False)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
-            matched, pending, reports = pipe.apply_receipts(c, receipts, now)
+            matched, pending, reports = pipe.apply_receipts(
+                c, receipts, now, self.one_receipt_smscs
+            )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await self._runner.write(job)
@@ -1065,39 +1085,39 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     # -- MO ---------------------------------------------------------------------------------------
 
     async def add_mo_part(self, part: MoPart) -> list[MoPart] | None:
-        """Keep a part; when all parts 1..total of the same total are in, return them in order.
+        """Keep a part in the set of its reference it fits (mo_sets.place_part); when that set
+        holds parts 1..total, return them in order.
 
         The parts stay until `drop_mo_parts` (called after the MO itself is stored): a crash in
-        between leaves them for the SMSC's redelivery to complete again, never a lost MO. A stale
-        part of an earlier message with another total is discarded, not mixed in."""
+        between leaves them for the SMSC's redelivery to complete again, never a lost MO. A part
+        of another message under the same reference (its seq held already, or another total)
+        starts a set of its own: never overwritten, joined or discarded."""
 
         def job(c: sqlite3.Connection) -> list[MoPart] | None:
-            key = (part.smsc, part.source, part.destination, part.ref)
-            c.execute(
-                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
-                "AND total<>?",
-                (*key, part.total),
-            )
+            held = [
+                mo_part(r)
+                for r in c.execute(
+                    f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc=? AND source=? "
+                    f"AND destination=? AND ref % {REF_SPAN} = ?",
+                    (part.smsc, part.source, part.destination, part.ref),
+                )
+            ]
+            placed = replace(part, set_no=mo_sets.place_part(held, part))
             c.execute(
                 f"INSERT OR REPLACE INTO mo_parts ({MO_PART_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                mo_part_values(part),
+                mo_part_values(placed),
             )
-            rows = c.execute(
-                f"SELECT {MO_PART_COLS} FROM mo_parts "
-                "WHERE smsc=? AND source=? AND destination=? AND ref=? ORDER BY seq",
-                key,
-            ).fetchall()
-            if [r[5] for r in rows] != list(range(1, part.total + 1)):
-                return None
-            return [mo_part(r) for r in rows]
+            return mo_sets.completed(held, placed)
 
         return await self._runner.write(job)
 
-    async def drop_mo_parts(self, smsc: str, source: str, destination: str, ref: int) -> None:
+    async def drop_mo_parts(
+        self, smsc: str, source: str, destination: str, ref: int, set_no: int = 0
+    ) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.execute(
                 "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?",
-                (smsc, source, destination, ref),
+                (smsc, source, destination, stored_ref(ref, set_no)),
             )
 
         await self._runner.write(job, single=True)
@@ -1126,7 +1146,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         dropped unseen, or completed into a second MO. None: the group changed, nothing done.
         Else as `store_mo` (False: stored before, or `mo` None: only the parts are dropped)."""
         first = parts[0]
-        key = (first.smsc, first.source, first.destination, first.ref)
+        key = (first.smsc, first.source, first.destination, stored_ref(first.ref, first.set_no))
         expected = [(p.seq, p.total, p.received_at) for p in parts]
 
         def job(c: sqlite3.Connection) -> bool | None:

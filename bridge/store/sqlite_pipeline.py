@@ -185,7 +185,10 @@ def record_submits(
     *,
     intermediate: bool = False,
     instance: str | None = None,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> int:
+    """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
+    whole message (smscs[].receipts)."""
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
     if sent:
@@ -226,7 +229,10 @@ def record_submits(
         )
         for mid in per_msg:
             touched[mid] = True
-        _apply_pending(c, fresh, now, touched)
+        _apply_pending(c, fresh, now, touched, one_per_message)
+        # Not a first part: parts go out in order, so none after it can have a receipt yet
+        # (and a one-part message has nothing to infer): no read for most submits.
+        _infer_on_accept(c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now)
     for r in results:
         if r.outcome == "sent":
             continue
@@ -292,7 +298,12 @@ def record_submits(
 
 
 def record_late_submits(
-    c: sqlite3.Connection, items: list[LateAccept], now: int, *, intermediate: bool = False
+    c: sqlite3.Connection,
+    items: list[LateAccept],
+    now: int,
+    *,
+    intermediate: bool = False,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> int:
     """Parts the SMSC accepted after their TIMEOUT, recorded as sent (as `record_submits` records
     an accepted part) when the part is still queued and its message is released and not claimed
@@ -318,12 +329,18 @@ def record_late_submits(
             waiting.discard((i.message_id, i.seq))  # each part once
             results.append(i.as_result(now))
     if results:
-        record_submits(c, results, [], now, intermediate=intermediate)
+        record_submits(
+            c, results, [], now, intermediate=intermediate, one_per_message=one_per_message
+        )
     return len(results)
 
 
 def _apply_pending(
-    c: sqlite3.Connection, fresh: list[SubmitResult], now: int, touched: dict[str, bool]
+    c: sqlite3.Connection,
+    fresh: list[SubmitResult],
+    now: int,
+    touched: dict[str, bool],
+    one_per_message: frozenset[str] = frozenset(),
 ) -> None:
     """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
     before the part left (see SubmitResult.sent_at), which stays kept."""
@@ -351,19 +368,61 @@ def _apply_pending(
     if not found:
         return
     c.executemany("DELETE FROM pending_receipts WHERE id=?", [(row[0],) for row in found])
-    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched)
+    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched, one_per_message)
+
+
+def _infer_on_accept(c: sqlite3.Connection, fresh: list[SubmitResult], now: int) -> None:
+    """Parts of one-per-message SMSCs taken now, whose message's receipt came before them, take
+    its outcome (lifecycle.infer_on_accept); the caller's roll-up covers their messages."""
+    if not fresh:
+        return
+    seqs: dict[str, set[int]] = {}
+    for r in fresh:
+        seqs.setdefault(r.message_id, set()).add(r.seq)
+    parts = _all_parts(c, list(seqs))
+    updates = [
+        (state, at, error, mid, seq)
+        for mid, fresh_seqs in seqs.items()
+        for seq, state, at, error in lc.infer_on_accept(
+            [row[:4] for row in parts.get(mid, [])], fresh_seqs, now
+        )
+    ]
+    if updates:
+        c.executemany(
+            "UPDATE segments SET state=?, done_at=?, error_code=? "
+            "WHERE message_id=? AND seq=? AND state='sent'",
+            updates,
+        )
+
+
+def _all_parts(
+    c: sqlite3.Connection, mids: list[str]
+) -> dict[str, list[tuple[int, str, str | None, str | None, int | None]]]:
+    """message id -> every part's (seq, state, error code, SMSC, submitted at)."""
+    out: dict[str, list[tuple[int, str, str | None, str | None, int | None]]] = {}
+    for chunk in _chunks(mids):
+        for mid, seq, state, error, smsc, at in c.execute(
+            "SELECT message_id, seq, state, error_code, smsc, submitted_at FROM segments "
+            f"WHERE message_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            out.setdefault(mid, []).append((seq, state, error, smsc, at))
+    return out
 
 
 # -- receipts ------------------------------------------------------------------------------------
 
 
 def apply_receipts(
-    c: sqlite3.Connection, receipts: list[ReceiptIn], now: int
+    c: sqlite3.Connection,
+    receipts: list[ReceiptIn],
+    now: int,
+    one_per_message: frozenset[str] = frozenset(),
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
     pending_receipts for their id."""
     touched: dict[str, bool] = {}
-    unmatched = _apply(c, receipts, touched)
+    unmatched = _apply(c, receipts, touched, one_per_message)
     if unmatched:
         c.executemany(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -378,7 +437,10 @@ def apply_receipts(
 
 
 def _apply(
-    c: sqlite3.Connection, receipts: list[ReceiptIn], touched: dict[str, bool]
+    c: sqlite3.Connection,
+    receipts: list[ReceiptIn],
+    touched: dict[str, bool],
+    one_per_message: frozenset[str] = frozenset(),
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -396,7 +458,16 @@ def _apply(
                 (smsc, *chunk),
             ):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
-    settled, unmatched = lc.settle_receipts(receipts, parts)
+    siblings = None
+    whole = lc.whole_messages(parts, one_per_message)
+    if whole:  # one receipt per message: the parts it also settles
+        siblings = {
+            mid: [(q, st, via, at) for q, st, _e, via, at in rows]
+            for mid, rows in _all_parts(c, whole).items()
+        }
+    settled, unmatched = lc.settle_receipts(
+        receipts, parts, one_per_message=one_per_message, siblings=siblings
+    )
     for mid, *_rest in settled:
         touched.setdefault(mid, False)
     if settled:

@@ -872,7 +872,7 @@ class _Receiver:
 STATUS_KEYS = {
     "type", "webhook_id", "message_id", "batch_id", "client_ref", "to", "status", "success",
     "final", "error_code", "error_text", "segments", "segments_delivered", "billable_units",
-    "accepted_at", "submitted_at", "done_at",
+    "accepted_at", "submitted_at", "done_at", "receipt_inferred_from",
 }  # fmt: skip
 MO_KEYS = {
     "type", "webhook_id", "mo_id", "from", "to", "sign_name", "text", "smsc", "received_at",

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge.cli import build_parser
 from bridge.config import SimConfig
 from bridge.sim import SimError, SimSmsc, mo_command, run_sim
 from bridge.sim.reassembly import Reassembler, parse_segment
@@ -443,6 +444,28 @@ async def test_receipt_per_segment_of_a_long_message(sim: SimSmsc, connect) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("which", "split"),
+    [("first", SplitMode.UDH8), ("last", SplitMode.UDH16), ("first", SplitMode.SAR),
+     ("last", SplitMode.SAR)],
+)  # fmt: skip
+async def test_receipt_parts_first_or_last_reports_a_long_message_once(
+    sim_factory, which: str, split: SplitMode
+) -> None:
+    """sim.receipt_parts: a carrier that sends one receipt per long message, for the part its
+    UDH or SAR header numbers first or last; a message of one part still gets its receipt."""
+    s = await sim_factory(receipt_parts=which)
+    e = await sim_factory.connect(s)
+    parts = parts_of(GSM_EXT_TEXT, EncodeOptions(split=split), registered_delivery=1)
+    resps = await e.submit_many(parts)
+    receipt = receipt_of(await e.deliver())
+    assert receipt.message_id == resps[0 if which == "first" else -1].body.message_id
+    await e.submit(sm("short"))
+    assert receipt_of(await e.deliver()).message_id != receipt.message_id
+    await asyncio.sleep(0.1)
+    assert e.delivers.empty() and s.counters["receipts_scheduled"] == 2
+
+
 async def test_receipt_waits_for_a_receiver_and_goes_to_the_same_system_id(sim_factory) -> None:
     s = await sim_factory()
     s.accounts["other"] = "pw"
@@ -755,6 +778,30 @@ async def test_control_mo(ctl, connect) -> None:
         assert r.status == 400 and (await r.json())["error"] == "INVALID_JSON"
 
 
+async def test_control_mo_with_a_reference_and_some_parts(ctl, connect) -> None:
+    """A handset reusing a concatenation reference, a network losing or reordering parts."""
+    s, http = ctl
+    e = await connect(s, "receiver")
+    body = {"source": "491", "destination": "777", "text": "x" * 400, "ref": 200,
+            "parts": [3, 1]}  # fmt: skip
+    async with http.post("/mo", json=body) as r:
+        assert r.status == 200 and await r.json() == {"parts": 2}
+    got = [(await e.deliver()).body.short_message[:6] for _ in range(2)]
+    assert got == [bytes([5, 0, 3, 200, 3, 3]), bytes([5, 0, 3, 200, 3, 1])]
+    for bad, prefix in (
+        ({"ref": 256}, "ref: must be between 0 and 255 for udh8"),
+        ({"ref": "7"}, "ref: must be an integer"),
+        ({"parts": [4]}, "parts: must list parts between 1 and 3"),
+        ({"parts": []}, "parts: must list parts"),
+        ({"parts": "1"}, "parts: must be a list"),
+    ):
+        async with http.post("/mo", json={**body, **bad}) as r:
+            assert r.status == 400, bad
+            assert (await r.json())["message"].startswith(prefix), bad
+    async with http.post("/mo", json={**body, "split": "udh16", "ref": 40000}) as r:
+        assert r.status == 200
+
+
 async def test_control_config(ctl, connect) -> None:
     s, http = ctl
     change = {"id_format": "dec", "outcomes": {"UNDELIV": 1}, "receipt_delay_ms": 5}
@@ -776,6 +823,7 @@ async def test_control_config(ctl, connect) -> None:
         ({"answer_delay_ms": 60_001}, "answer_delay_ms: must be between 0 and 60000"),
         ({"receipts_as": "xml"}, "receipts_as: must be one of both, text, tlv"),
         ({"receipt_pdu": "submit_sm"}, "receipt_pdu: must be one of deliver_sm, data_sm"),
+        ({"receipt_parts": "middle"}, "receipt_parts: must be one of every, first, last"),
         ({"packed_gsm": "yes"}, "packed_gsm: must be true or false"),
         ({"nope": 1}, "nope: unknown knob"),
         ([], "body: must be a non-empty JSON object"),
@@ -787,6 +835,9 @@ async def test_control_config(ctl, connect) -> None:
     async with http.post("/config", json={"receipt_pdu": "data_sm"}) as r:
         assert r.status == 200 and (await r.json())["knobs"]["receipt_pdu"] == "data_sm"
     assert s.receipt_pdu == "data_sm"
+    async with http.post("/config", json={"receipt_parts": "last"}) as r:
+        assert r.status == 200 and (await r.json())["knobs"]["receipt_parts"] == "last"
+    assert s.receipt_parts == "last"
 
 
 async def test_mo_command_cli(ctl, connect, capsys) -> None:
@@ -801,6 +852,21 @@ async def test_mo_command_cli(ctl, connect, capsys) -> None:
     assert bad == 1 and "split" in capsys.readouterr().err
     down = await asyncio.to_thread(mo_command, "http://127.0.0.1:1", "1", "2", "x", None)
     assert down == 2
+
+
+async def test_mo_command_with_a_reference_and_parts(ctl, connect, capsys) -> None:
+    s, _ = ctl
+    e = await connect(s, "receiver")
+    url = f"http://127.0.0.1:{s.control_port}"
+    code = await asyncio.to_thread(
+        mo_command, url, "491", "777", "y" * 200, "udh8", ref=9, parts=[2]
+    )
+    assert code == 0 and json.loads(capsys.readouterr().out) == {"parts": 1}
+    assert (await e.deliver()).body.short_message[:6] == bytes([5, 0, 3, 9, 2, 2])
+    args = build_parser().parse_args(
+        ["sim-mo", "--from", "1", "--to", "2", "--text", "x", "--ref", "9", "--parts", "3,1"]
+    )
+    assert (args.ref, args.parts) == (9, [3, 1])
 
 
 async def test_run_sim_until_cancelled() -> None:

@@ -1207,11 +1207,37 @@ async def test_mo_parts_reassemble_in_seq_order(store: Store) -> None:
 
 async def test_mo_part_of_another_total_does_not_mix(store: Store) -> None:
     """A leftover part of an earlier message that used the same reference (another total) is
-    discarded, not joined to the new one."""
+    not joined to the new one, nor discarded: it waits in a set of its own, for the
+    incomplete-MO rule."""
     assert await store.add_mo_part(part(3, total=3)) is None  # stale, from an old 3-part message
     assert await store.add_mo_part(part(1, total=2)) is None
     got = await store.add_mo_part(part(2, total=2))
     assert got is not None and [(p.seq, p.total) for p in got] == [(1, 2), (2, 2)]
+    await store.drop_mo_parts("smscA", "+861", "1069", 7, got[0].set_no)
+    (left,) = await store.stale_mo_groups(NOW + 1, 10)
+    assert [(p.ref, p.seq, p.total, p.payload) for p in left] == [(7, 3, 3, b"p3")]
+
+
+async def test_a_reused_reference_keeps_two_messages_apart(store: Store) -> None:
+    """Two messages under one reference: a seq already held starts another set (never an
+    overwrite), a part goes to the set it completes, the very part again is kept once."""
+
+    def p(seq: int, payload: bytes, at: int) -> MoPart:
+        return MoPart("smscA", "+861", "1069", 7, 3, seq, 8, payload, at)
+
+    assert await store.add_mo_part(p(1, b"A1", NOW)) is None
+    assert await store.add_mo_part(p(2, b"A2", NOW + 1)) is None
+    assert await store.add_mo_part(p(1, b"B1", NOW + 2)) is None  # B: another set
+    assert await store.add_mo_part(p(2, b"A2", NOW + 3)) is None  # A2 resent: kept once
+    a = await store.add_mo_part(p(3, b"A3", NOW + 4))  # completes A, not {B1, A3}
+    assert a is not None and [x.payload for x in a] == [b"A1", b"A2", b"A3"]
+    await store.drop_mo_parts("smscA", "+861", "1069", 7, a[0].set_no)
+    assert await store.add_mo_part(p(2, b"B2", NOW + 5)) is None
+    b = await store.add_mo_part(p(3, b"B3", NOW + 6))
+    assert b is not None and [x.payload for x in b] == [b"B1", b"B2", b"B3"]
+    assert a[0].set_no != b[0].set_no
+    await store.drop_mo_parts("smscA", "+861", "1069", 7, b[0].set_no)
+    assert await store.stale_mo_groups(NOW + HOUR, 10) == []
 
 
 async def test_stale_mo_parts_are_listed_until_dropped(store: Store) -> None:

@@ -643,6 +643,15 @@ async def populate(d: OldDaemon, sim: HoldSim, hook: WebhookReceiver) -> dict[st
 MO_TEXT = "part one of a long reply, " * 8
 
 
+def _as_before(view: dict[str, Any]) -> dict[str, Any]:
+    """A message as this release shows it, less the fields added since the old releases: each
+    part's receipt_inferred_from (smscs[].receipts), null for parts settled before."""
+    parts = view.get("parts", [])
+    assert all(p.get("receipt_inferred_from") is None for p in parts), view
+    return {**view, "parts": [{k: v for k, v in p.items() if k != "receipt_inferred_from"}
+                              for p in parts]}  # fmt: skip
+
+
 def _month_back(n: int) -> str:
     y, m = time.gmtime().tm_year, time.gmtime().tm_mon - n
     while m < 1:
@@ -740,7 +749,7 @@ async def test_a_store_an_older_release_wrote_upgrades_in_place(
                 assert v["segments_sent"] == v["segments_delivered"] == v["segments"], (name, v)
             # What was final or waiting reads as the old release showed it.
             for name in STABLE:
-                assert views[name] == w["views"][name], name
+                assert _as_before(views[name]) == w["views"][name], name
             # Unanswered parts are sent again once (no part was answered: all of them resent).
             assert (await status_of(cb, ids["beta"]))["status"] == "delivered"
             assert sim.submits["8613800138100"] == 1
