@@ -878,6 +878,8 @@ class Daemon:
         if self.store is not None and hasattr(self.store, "send_intermediate"):
             # The roll-up queues "sent" reports (or stops) at once, not after a restart.
             self.store.send_intermediate = merged.webhooks.send_intermediate
+        if self.store is not None:
+            self.store.quota_tz = merged.rules.timezone  # the daily quota's days
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

@@ -154,6 +154,18 @@ def _day_of_minute(minute: int, tz: str) -> str:
     return datetime.fromtimestamp(minute * 60, _zone(tz)).strftime("%Y-%m-%d")
 
 
+def quota_returns(ended: Iterable[tuple[str, int]], tz: str) -> dict[tuple[str, str], int]:
+    """The places messages that never reached anyone (lifecycle.never_reached) give back in the
+    daily counts: (account id, accepted_at) of each -> {(account id, day): how many}. A message
+    counts in the day of its acceptance, so that is the day it gives back to (a day already
+    past only reads right in the stores; today's frees room for a new send)."""
+    out: dict[tuple[str, str], int] = {}
+    for account_id, accepted_at in ended:
+        k = (account_id, day_key(accepted_at, tz))
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
 def seconds_to_midnight(now_ms: int, tz: str) -> float:
     local = datetime.fromtimestamp(now_ms / 1000, _zone(tz))
     nxt = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -35,6 +35,28 @@ MSG_EXPIRED = "expired"
 MSG_UNKNOWN = "unknown"
 MSG_FINAL = frozenset({MSG_DELIVERED, MSG_FAILED, MSG_EXPIRED, MSG_UNKNOWN})
 
+
+def never_reached(state: str, segments_sent: int, unanswered: int) -> bool:
+    """Whether a message that ended so never reached anyone, and so gives back its place in the
+    account's daily count (daily_quota) and in the per-recipient frequency history.
+
+    That is a message ended `expired` with no part an SMSC accepted and no submit left
+    unanswered: canceled, ended unsent by the system after acceptance (an opt-out, a
+    do-not-contact list, a template or sign deleted or rejected, marketing or free text revoked,
+    a sender no longer allowed, the account disabled, an erasure), or whose validity passed while
+    it waited. A campaign canceled and scheduled again is then not refused for messages that
+    never went out. A submit the SMSC refused (`failed`) or never answered may have reached a
+    carrier, and a part accepted may have reached the phone: those keep their place.
+    Both engines apply this rule (rollup_messages) and STILL_COUNTS_SQL, its SQL form.
+    """
+    return state == MSG_EXPIRED and segments_sent == 0 and unanswered == 0
+
+
+# not never_reached(), as a condition on a messages row ({m}: the table alias with its dot, or
+# empty): the frequency history reads only the messages that still count.
+STILL_COUNTS_SQL = "NOT ({m}state = 'expired' AND {m}segments_sent = 0 AND {m}q_unanswered = 0)"
+
+
 # Receipt-state -> segment error code for the message record; SMPP stat words as carriers use them.
 _RECEIPT_ERROR = {
     "undeliverable": "UNDELIV",

@@ -430,6 +430,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._drain_tasks: set[asyncio.Task[None]] = set()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # rules.timezone: the days of the daily quota, which a message that never reached anyone
+        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        self.quota_tz = "Asia/Shanghai"
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -584,12 +587,22 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 )
             if disabling:  # see base.Store.update_account
                 await rules_sql.end_queued_where(
-                    c, "account_id = $1", (account_id,), ACCOUNT_DISABLED_ERROR, now
+                    c,
+                    "account_id = $1",
+                    (account_id,),
+                    ACCOUNT_DISABLED_ERROR,
+                    now,
+                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
                     await rules_sql.end_queued_where(
-                        c, f"account_id = $1 AND {which}", (account_id,), error, now
+                        c,
+                        f"account_id = $1 AND {which}",
+                        (account_id,),
+                        error,
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
@@ -600,7 +613,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 )
                 if refused:
                     await rules_sql.end_queued_where(
-                        c, "id = ANY($1::text[])", (refused,), "SENDER_NOT_ALLOWED", now
+                        c,
+                        "id = ANY($1::text[])",
+                        (refused,),
+                        "SENDER_NOT_ALLOWED",
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
@@ -1270,7 +1288,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     ) -> int:
         async def job(c: asyncpg.Connection) -> int:
             return await pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                quota_tz=self.quota_tz,
             )
 
         return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
@@ -1304,7 +1328,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.sweep(
-                c, now, receipt_timeout_ms, now if records_now is None else records_now
+                c,
+                now,
+                receipt_timeout_ms,
+                now if records_now is None else records_now,
+                quota_tz=self.quota_tz,
             )
 
         out = await run_tx(self.pool, job, durable=False)

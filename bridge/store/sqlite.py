@@ -110,6 +110,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        # rules.timezone: the days of the daily quota, which a message that never reached anyone
+        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        self.quota_tz = "Asia/Shanghai"
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -258,12 +261,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 )
             if disabling:  # see base.Store.update_account
                 sqlite_rules.end_queued(
-                    c, "account_id=?", (account_id,), ACCOUNT_DISABLED_ERROR, now
+                    c,
+                    "account_id=?",
+                    (account_id,),
+                    ACCOUNT_DISABLED_ERROR,
+                    now,
+                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
                     sqlite_rules.end_queued(
-                        c, f"account_id=? AND {which}", (account_id,), error, now
+                        c,
+                        f"account_id=? AND {which}",
+                        (account_id,),
+                        error,
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
@@ -276,6 +289,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rules.end_queued(
                         c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk),
                         "SENDER_NOT_ALLOWED", now,
+                        quota_tz=self.quota_tz,
                     )  # fmt: skip
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
@@ -852,7 +866,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> int:
         def job(c: sqlite3.Connection) -> int:
             return pipe.record_submits(
-                c, results, releases, now, intermediate=self.send_intermediate, instance=instance
+                c,
+                results,
+                releases,
+                now,
+                intermediate=self.send_intermediate,
+                instance=instance,
+                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job, durable=False)
@@ -888,6 +908,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 error=END_ERROR.format(seg="segments"),
                 release=True,
                 now=now,
+                quota_tz=self.quota_tz,
             )
             timed_out = _settle_parts(
                 c,
@@ -1482,6 +1503,7 @@ def _settle_parts(
     error: str,
     release: bool,
     now: int,
+    quota_tz: str | None = None,
 ) -> int:
     """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
     error code SQL expression `error`, then roll those messages up together (one batched
@@ -1494,7 +1516,7 @@ def _settle_parts(
         "WHERE message_id=? AND state=?",
         [(to_state, now, mid, from_state) for mid in ids],
     )
-    pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
+    pipe.rollup_messages(c, dict.fromkeys(ids, release), now, quota_tz=quota_tz)
     return len(ids)
 
 

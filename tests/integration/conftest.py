@@ -501,6 +501,7 @@ async def start_api(
             linger_ms=cfg.store.group_commit_ms,
             max_batch=cfg.store.group_commit_max,
         )
+    store.quota_tz = cfg.rules.timezone  # as open_store sets it
     await store.open()
     ctx = ApiContext(
         config=cfg,
