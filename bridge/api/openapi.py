@@ -1039,7 +1039,17 @@ process (acceptors and the owner), so one scrape target returns everything. Metr
 with `smpp_bridge_`; the README lists them and `config/grafana-dashboard.json` charts them."""
 
 _COUNT = {"type": "integer", "minimum": 0}
-_STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+_STAT_FIELDS = (
+    "submitted",
+    "delivered",
+    "failed",
+    "canceled",
+    "withdrawn",
+    "pending",
+    "unknown",
+    "segments",
+    "units",
+)
 _TIMEZONE = {
     "name": "timezone",
     "in": "query",
@@ -1050,10 +1060,15 @@ _TIMEZONE = {
 }
 _STAT_DESCRIPTION = (
     "Messages accepted on the day (UTC, or in rules.timezone), by their status now: "
-    "submitted = all of them; "
-    "delivered; failed (failed or expired); pending (queued or sent, no final receipt yet); "
-    "unknown (no receipt within the receipt timeout). segments and units: air parts and "
-    "billable units of those messages."
+    "submitted = all of them = delivered + failed + canceled + withdrawn + pending + unknown; "
+    "delivered; failed (what carriers failed: a submit refused or a negative receipt; and what "
+    "expired: validity passed before it was sent, or a message partly sent and then ended); "
+    "canceled (canceled by the customer, error CANCELED); withdrawn (ended unsent by the "
+    "system before an SMSC accepted any part: an opt-out, a do-not-contact list, an erasure, "
+    "the account disabled, a template or sign deleted or rejected, marketing or free text "
+    "revoked, a sender no longer allowed; its error_code says which); pending (queued or "
+    "sent, no final receipt yet); unknown (no receipt within the receipt timeout). segments "
+    "and units: air parts and billable units of those messages."
 )
 CDR_DESCRIPTION = """\
 CSV (RFC 4180, UTF-8, no byte-order mark, CRLF line ends), streamed: a header row, then one row

@@ -57,6 +57,75 @@ def never_reached(state: str, segments_sent: int, unanswered: int) -> bool:
 STILL_COUNTS_SQL = "NOT ({m}state = 'expired' AND {m}segments_sent = 0 AND {m}q_unanswered = 0)"
 
 
+# Why the system ends a message unsent after acceptance, not a carrier's doing: the customer's
+# cancel, and what an opt-out, a do-not-contact list, an erasure or a rule change (an account
+# disabled, a template or sign deleted or rejected, marketing or free text revoked, a sender no
+# longer allowed) withdraws. Validity expiry (VALIDITY_EXPIRED) is not among them.
+CANCELED = "CANCELED"
+WITHDRAWN_CODES = frozenset(
+    {
+        "ACCOUNT_DISABLED",
+        "ERASED",
+        "MARKETING_NOT_ALLOWED",
+        "RAW_TEXT_NOT_ALLOWED",
+        "RECIPIENT_BLOCKED",
+        "RECIPIENT_OPTED_OUT",
+        "SENDER_NOT_ALLOWED",
+        "SIGN_DELETED",
+        "SIGN_REJECTED",
+        "TEMPLATE_DELETED",
+        "TEMPLATE_REJECTED",
+    }
+)
+
+# The /v1/stats buckets a message falls in by its status now (stat_of); with `submitted` (all)
+# and the counts of parts and units, the report's fields (bridge/api/reports.py STAT_FIELDS).
+STAT_BUCKETS = ("delivered", "failed", "canceled", "withdrawn", "pending", "unknown")
+
+
+def stat_of(state: str, error_code: str | None, segments_sent: int) -> str:
+    """The /v1/stats bucket of a message, so `failed` means what it says to an operator: what
+    carriers failed (a submit refused, a negative receipt) or what expired waiting.
+
+    `canceled`: canceled by the customer. `withdrawn`: ended unsent by the system (WITHDRAWN_CODES)
+    before an SMSC accepted any part. A message of which a part went out before the rest was
+    withdrawn or expired is `failed`: it was partly sent, and not whole. Both engines count by
+    STAT_SQL, this rule in SQL."""
+    if state == MSG_DELIVERED:
+        return "delivered"
+    if state in (MSG_QUEUED, MSG_SENT):
+        return "pending"
+    if state == MSG_UNKNOWN:
+        return "unknown"
+    if state == MSG_EXPIRED and segments_sent == 0:
+        if error_code == CANCELED:
+            return "canceled"
+        if error_code in WITHDRAWN_CODES:
+            return "withdrawn"
+    return "failed"
+
+
+def _stat_sql() -> dict[str, str]:
+    codes = ", ".join(f"'{c}'" for c in sorted(WITHDRAWN_CODES))
+    unsent = f"state = '{MSG_EXPIRED}' AND segments_sent = 0"
+    canceled = f"{unsent} AND COALESCE(error_code, '') = '{CANCELED}'"
+    withdrawn = f"{unsent} AND COALESCE(error_code, '') IN ({codes})"
+    return {
+        "delivered": f"state = '{MSG_DELIVERED}'",
+        "failed": f"state IN ('{MSG_FAILED}', '{MSG_EXPIRED}') "
+        f"AND NOT ({canceled}) AND NOT ({withdrawn})",
+        "canceled": canceled,
+        "withdrawn": withdrawn,
+        "pending": f"state IN ('{MSG_QUEUED}', '{MSG_SENT}')",
+        "unknown": f"state = '{MSG_UNKNOWN}'",
+    }
+
+
+# stat_of as one SQL condition per bucket on a messages row: each row meets exactly one (never
+# NULL: COALESCE), as the unit tests check against stat_of.
+STAT_SQL = _stat_sql()
+
+
 # Receipt-state -> segment error code for the message record; SMPP stat words as carriers use them.
 _RECEIPT_ERROR = {
     "undeliverable": "UNDELIV",

@@ -101,6 +101,10 @@ def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> Mess
     return MessageRecord(*row, segment_rows=segs)
 
 
+# The /v1/stats buckets (lifecycle.stat_of), in STAT_BUCKETS order.
+_STAT_SUMS = ", ".join(f"SUM({lc.STAT_SQL[k]})" for k in lc.STAT_BUCKETS)
+
+
 class SqliteStore(RulesStoreMixin, RetentionMixin):
     engine = "sqlite"
 
@@ -671,26 +675,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
-                "SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), "
-                "SUM(state='delivered'), SUM(state IN ('failed','expired')), "
-                "SUM(state IN ('queued','sent')), SUM(state='unknown'), SUM(segments), "
-                "SUM(billable_units) FROM messages WHERE account_id=?2 AND accepted_at>=?3 "
-                "AND accepted_at<?4 "
+                f"SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), {_STAT_SUMS}, "
+                "SUM(segments), SUM(billable_units) FROM messages WHERE account_id=?2 "
+                "AND accepted_at>=?3 AND accepted_at<?4 "
                 "AND (?5 IS NULL OR (substr(recipient, 1, length(?5))=?5)=?6) "
                 "AND (?7 IS NULL OR sign_name=?7) AND (?8 IS NULL OR kind=?8) "
                 "GROUP BY day ORDER BY day",
                 (tz_offset_ms, account_id, since, until, prefix, within, sign_name, kind),
             )
+            n = len(lc.STAT_BUCKETS)
             return [
                 {
                     "day_index": r[0],
                     "submitted": r[1],
-                    "delivered": r[2] or 0,
-                    "failed": r[3] or 0,
-                    "pending": r[4] or 0,
-                    "unknown": r[5] or 0,
-                    "segments": r[6] or 0,
-                    "units": r[7] or 0,
+                    **{k: v or 0 for k, v in zip(lc.STAT_BUCKETS, r[2 : 2 + n], strict=True)},
+                    "segments": r[2 + n] or 0,
+                    "units": r[3 + n] or 0,
                 }
                 for r in rows
             ]

@@ -42,3 +42,39 @@ def test_places_go_back_to_the_day_of_acceptance_in_the_quota_zone() -> None:
     )
     assert back == {("a", "2026-11-30"): 1, ("a", "2026-12-01"): 2, ("b", "2026-11-30"): 1}
     assert adm.quota_returns([("a", late), ("a", early)], "UTC") == {("a", "2026-11-30"): 2}
+
+
+# -- /v1/stats buckets ----------------------------------------------------------------------------
+
+CODES = (
+    None,
+    "CANCELED",
+    "RECIPIENT_OPTED_OUT",
+    "SENDER_NOT_ALLOWED",
+    "VALIDITY_EXPIRED",
+    "UNDELIV",
+)
+
+
+def test_stat_buckets() -> None:
+    assert lc.stat_of(lc.MSG_EXPIRED, "CANCELED", 0) == "canceled"
+    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 0) == "withdrawn"
+    assert lc.stat_of(lc.MSG_EXPIRED, "MARKETING_NOT_ALLOWED", 0) == "withdrawn"
+    assert lc.stat_of(lc.MSG_EXPIRED, "VALIDITY_EXPIRED", 0) == "failed"  # expired: as before
+    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 1) == "failed"  # partly sent
+    assert lc.stat_of(lc.MSG_FAILED, "ESME_RINVDSTADR", 0) == "failed"
+    assert lc.stat_of(lc.MSG_SENT, None, 1) == "pending"
+
+
+def test_each_row_is_in_exactly_the_bucket_stat_of_says() -> None:
+    c = sqlite3.connect(":memory:")
+    c.execute("CREATE TABLE messages (state TEXT, error_code TEXT, segments_sent INT)")
+    rows = list(itertools.product(STATES, CODES, (0, 1)))
+    c.executemany("INSERT INTO messages VALUES (?,?,?)", rows)
+    for bucket in lc.STAT_BUCKETS:
+        got = set(
+            c.execute(
+                f"SELECT state, error_code, segments_sent FROM messages WHERE {lc.STAT_SQL[bucket]}"
+            )
+        )
+        assert got == {r for r in rows if lc.stat_of(*r) == bucket}, bucket
