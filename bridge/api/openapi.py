@@ -14,8 +14,9 @@ from copy import deepcopy
 from typing import Any
 
 from bridge import __version__
-from bridge.api.errors import CODES
+from bridge.api.errors import CODES, RECIPIENT_CODES
 from bridge.api.signing import ALGORITHM
+from bridge.domain.admission import MAX_LISTED_REFUSALS
 
 # What each error code means to a client; a test checks every code in CODES has an entry.
 ERROR_DESCRIPTIONS: dict[str, str] = {
@@ -176,7 +177,9 @@ works one request through byte by byte.
 DESCRIPTION = """\
 Signed HTTP in, SMPP 3.4 out. Every refusal is the JSON envelope
 `{"error": {"code", "message", "request_id"}}` with the status its code always has (the table in
-`components.x-error-codes`); every response carries `X-Request-Id`. An unknown path is 404
+`components.x-error-codes`); every response carries `X-Request-Id`. A send refused for some of
+its recipients (RECIPIENT_OPTED_OUT, RECIPIENT_BLOCKED, FREQUENCY_LIMIT_*) also carries
+`details` (RecipientRefusals): every refused recipient and its code. An unknown path is 404
 `NOT_FOUND` and a known path with the wrong method is 405 `METHOD_NOT_ALLOWED`, both in the same
 envelope. Times in message records are ISO-8601 UTC with milliseconds; times in account and key
 records are unix milliseconds.
@@ -219,23 +222,61 @@ def _error_schemas() -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for code, status in CODES.items():
         by_status.setdefault(status, []).append(code)
-    schemas: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"RecipientRefusals": _recipient_refusals()}
     for status, codes in sorted(by_status.items()):
+        fields: dict[str, Any] = {
+            "code": {"type": "string", "enum": sorted(codes)},
+            "message": {"type": "string", "description": "names the field"},
+            "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
+        }
+        if RECIPIENT_CODES & set(codes):
+            fields["details"] = _schema("RecipientRefusals")
         schemas[f"Error{status}"] = _obj(
-            {
-                "error": _obj(
-                    {
-                        "code": {"type": "string", "enum": sorted(codes)},
-                        "message": {"type": "string", "description": "names the field"},
-                        "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
-                    }
-                )
-            }
+            {"error": _obj(fields, required=("code", "message", "request_id"))}
         )
         schemas[f"Error{status}"]["description"] = "Codes: " + ", ".join(
             f"`{c}` ({ERROR_DESCRIPTIONS.get(c, '')})" for c in sorted(codes)
         )
     return schemas
+
+
+def _recipient_refusals() -> dict[str, Any]:
+    out = _obj(
+        {
+            "recipients": {
+                "type": "array",
+                "maxItems": MAX_LISTED_REFUSALS,
+                "items": _obj(
+                    {
+                        "index": {**_COUNT, "description": "its (first) position in `to`"},
+                        "to": {"type": "string", "description": "the number, E.164"},
+                        "code": {"type": "string", "enum": sorted(RECIPIENT_CODES)},
+                        "retry_after": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "frequency limits only: seconds until this number "
+                            "may be sent to",
+                        },
+                    },
+                    required=("index", "to", "code"),
+                ),
+                "description": "every refused recipient, by position in `to`, each once with "
+                "its first reason (opt-out, then do-not-contact, then frequency), at most "
+                f"{MAX_LISTED_REFUSALS}",
+            },
+            "refused": {**_COUNT, "description": "how many recipients were refused in all"},
+            "truncated": {
+                **_BOOL,
+                "description": f"more than {MAX_LISTED_REFUSALS} were refused: the first "
+                f"{MAX_LISTED_REFUSALS} by position are listed",
+            },
+        }
+    )
+    out["description"] = (
+        "A batch refused for some of its recipients (RECIPIENT_OPTED_OUT, RECIPIENT_BLOCKED, "
+        "FREQUENCY_LIMIT_*): `code` and `message` name the first as before, `details` every one."
+    )
+    return out
 
 
 def error_statuses() -> list[int]:
