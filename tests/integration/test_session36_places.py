@@ -25,6 +25,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from bridge.store.models import Release, SubmitResult  # noqa: E402
 from tests.integration.conftest import ApiServer, Clock, Creds, start_api  # noqa: E402
 
 engine = engines.engine
@@ -161,3 +162,40 @@ async def test_validity_expiry_unsent_gives_back_the_places(api: ApiServer) -> N
     m = await api.request("GET", f"/v1/messages/{mid}", creds=creds)
     assert (m.json["status"], m.json["error_code"]) == ("expired", "VALIDITY_EXPIRED")
     assert (await _send(api, creds, CN[0])).status == 202
+
+
+async def test_expired_at_the_dispatcher_gives_back_the_places(api: ApiServer) -> None:
+    """The dispatcher's own expiry (its claim found the validity passed): the same rule."""
+    creds = await api.create_account(daily_quota=1)
+    r = await _send(api, creds, CN[0], validity_minutes=5)
+    mid = r.json["messages"][0]["id"]
+    now = api.ctx.now_ms()
+    (work,) = await api.store.claim("inst", 10, now, 60_000)
+    assert work.id == mid
+    await api.store.record_submits(
+        [SubmitResult(mid, 1, "expired", "", at=now)], [], now, instance="inst"
+    )
+    m = await api.request("GET", f"/v1/messages/{mid}", creds=creds)
+    assert (m.json["status"], m.json["error_code"]) == ("expired", "VALIDITY_EXPIRED")
+    assert (await _send(api, creds, CN[0])).status == 202
+
+
+async def test_a_held_message_ended_after_an_unanswered_submit_keeps_its_places(
+    api: ApiServer,
+) -> None:
+    """A submit never answered may have reached the phone: ended later (its hold passed after
+    an opt-out), the message keeps its places."""
+    creds = await api.create_account(daily_quota=1)
+    mid = (await _send(api, creds, CN[0])).json["messages"][0]["id"]
+    now = api.ctx.now_ms()
+    assert [w.id for w in await api.store.claim("inst", 10, now, 60_000)] == [mid]
+    await api.store.record_submits(
+        [], [Release(mid, now + 1_000, count_attempt=True, unanswered=True)], now, instance="inst"
+    )
+    r = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": [CN[0]]})
+    assert r.status == 200
+    await api.store.sweep(now + 60_000, 72 * 3_600_000)
+    m = await api.request("GET", f"/v1/messages/{mid}", creds=creds)
+    assert (m.json["status"], m.json["error_code"]) == ("expired", "RECIPIENT_OPTED_OUT")
+    r = await _send(api, creds, CN[1])
+    assert (r.status, r.code) == (429, "DAILY_QUOTA_EXCEEDED")
