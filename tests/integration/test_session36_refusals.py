@@ -23,6 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from bridge.client import BridgeClient, BridgeError  # noqa: E402
 from bridge.domain.admission import MAX_LISTED_REFUSALS  # noqa: E402
 from tests.integration.conftest import ApiServer, Clock, start_api  # noqa: E402
 
@@ -125,3 +126,20 @@ async def test_the_list_is_bounded(api: ApiServer) -> None:
     assert len(details["recipients"]) == MAX_LISTED_REFUSALS
     assert [e["index"] for e in details["recipients"]] == list(range(MAX_LISTED_REFUSALS))
     assert len(r.body) < 100_000  # about 80 bytes per entry listed
+
+
+async def test_the_sdk_hands_the_details_over(api: ApiServer) -> None:
+    creds = await api.create_account()
+    r = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": [CN[1]]})
+    assert r.status == 200
+    client = BridgeClient(api.url, creds.app_key, creds.app_secret, max_retries=0)
+    try:
+        with pytest.raises(BridgeError) as err:
+            await client.send(CN[:3], text="hi")
+    finally:
+        await client.close()
+    assert err.value.code == "RECIPIENT_OPTED_OUT"
+    assert err.value.details is not None
+    assert err.value.details["recipients"] == [
+        {"index": 1, "to": CN[1], "code": "RECIPIENT_OPTED_OUT"}
+    ]
