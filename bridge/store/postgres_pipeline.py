@@ -450,12 +450,10 @@ async def rollup_messages(
             "WHERE m.id = u.id",
             *upd,
         )
-    if unsent and quota_tz is not None:
-        # Before the refunds: daily_counts, then pockets, the order an accept writes them in
-        # (an accept of the same account in progress waits here instead of deadlocking).
-        await give_back_places(c, unsent, quota_tz)
     if billed:
         await postgres_rules.refund_finals(c, billed, now)
+    if unsent and quota_tz is not None:
+        await give_back_places(c, unsent, quota_tz)
     queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += await enqueue_sent_webhooks(c, sent, now)
@@ -466,7 +464,7 @@ async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -
     """The SQLite engine's give_back_places: the daily count of the messages of `ids` that
     never reached anyone (lifecycle.never_reached), in the transaction that ends them; the
     frequency history's read skips them (lifecycle.STILL_COUNTS_SQL). The daily_counts rows
-    are locked in (account, day) order, so two such transactions wait rather than deadlock."""
+    are updated in (account, day) order, so two such transactions wait rather than deadlock."""
     rows = await c.fetch(
         "SELECT account_id, accepted_at, state, segments_sent, q_unanswered FROM messages "
         "WHERE id = ANY($1::text[])",
@@ -474,23 +472,16 @@ async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -
     )
     ended = [(r[0], r[1]) for r in rows if lc.never_reached(r[2], r[3], r[4])]
     back = sorted(adm.quota_returns(ended, tz).items())
-    if not back:
-        return
-    args = ([a for (a, _d), _n in back], [d for (_a, d), _n in back], [n for _k, n in back])
-    # Locked in (account, day) order first: an UPDATE ... FROM takes its rows in no set order,
-    # and two enders of overlapping accounts (two instances' sweeps) could wait on each other.
-    await c.execute(
-        "SELECT 1 FROM daily_counts d JOIN unnest($1::text[], $2::text[]) AS u(acc, day) "
-        "ON d.account_id = u.acc AND d.day = u.day ORDER BY d.account_id, d.day FOR UPDATE OF d",
-        args[0],
-        args[1],
-    )
-    await c.execute(
-        "UPDATE daily_counts d SET messages = GREATEST(0, d.messages - u.n) "
-        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(acc, day, n) "
-        "WHERE d.account_id = u.acc AND d.day = u.day",
-        *args,
-    )
+    if back:
+        await c.execute(
+            "UPDATE daily_counts d SET messages = GREATEST(0, d.messages - u.n) "
+            "FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+            "AS x(acc, day, n) ORDER BY acc, day) u "
+            "WHERE d.account_id = u.acc AND d.day = u.day",
+            [a for (a, _d), _n in back],
+            [d for (_a, d), _n in back],
+            [n for _k, n in back],
+        )
 
 
 async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> int:

@@ -129,10 +129,10 @@ def rollup_messages(
                 "WHERE id=?7",
                 kept,
             )
-    if unsent and quota_tz is not None:  # before the refunds, as the PostgreSQL engine's
-        give_back_places(c, unsent, quota_tz)
     if billed:
         sqlite_rules.refund_finals(c, billed, now)
+    if unsent and quota_tz is not None:
+        give_back_places(c, unsent, quota_tz)
     queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
