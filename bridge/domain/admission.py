@@ -179,8 +179,8 @@ def _day_of_minute(minute: int, tz: str) -> str:
 def quota_returns(ended: Iterable[tuple[str, int]], tz: str) -> dict[tuple[str, str], int]:
     """The places messages that never reached anyone (lifecycle.never_reached) give back in the
     daily counts: (account id, accepted_at) of each -> {(account id, day): how many}. A message
-    counts in the day of its acceptance, so that is the day it gives back to (a day already
-    past only reads right in the stores; today's frees room for a new send)."""
+    was counted in the day it was accepted, so that day gets the place back: today's count
+    frees room for a new send, a past day's only reads right."""
     out: dict[tuple[str, str], int] = {}
     for account_id, accepted_at in ended:
         k = (account_id, day_key(accepted_at, tz))

@@ -54,7 +54,9 @@ def never_reached(state: str, segments_sent: int, unanswered: int) -> bool:
 
 # not never_reached(), as a condition on a messages row ({m}: the table alias with its dot, or
 # empty): the frequency history reads only the messages that still count.
-STILL_COUNTS_SQL = "NOT ({m}state = 'expired' AND {m}segments_sent = 0 AND {m}q_unanswered = 0)"
+STILL_COUNTS_SQL = (
+    f"NOT ({{m}}state = '{MSG_EXPIRED}' AND {{m}}segments_sent = 0 AND {{m}}q_unanswered = 0)"
+)
 
 
 # Why the system ends a message unsent after acceptance, not a carrier's doing: the customer's

@@ -463,8 +463,10 @@ async def rollup_messages(
 async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -> None:
     """The SQLite engine's give_back_places: the daily count of the messages of `ids` that
     never reached anyone (lifecycle.never_reached), in the transaction that ends them; the
-    frequency history's read skips them (lifecycle.STILL_COUNTS_SQL). The daily_counts rows
-    are updated in (account, day) order, so two such transactions wait rather than deadlock."""
+    frequency history's read skips them (lifecycle.STILL_COUNTS_SQL). Called after the
+    refunds: an accept's write statement takes pockets, then daily_counts (PostgreSQL runs its
+    data-modifying CTEs last to first), and so does an ender; the daily_counts rows are locked
+    in (account, day) order, so two enders wait rather than deadlock."""
     rows = await c.fetch(
         "SELECT account_id, accepted_at, state, segments_sent, q_unanswered FROM messages "
         "WHERE id = ANY($1::text[])",
@@ -472,16 +474,23 @@ async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -
     )
     ended = [(r[0], r[1]) for r in rows if lc.never_reached(r[2], r[3], r[4])]
     back = sorted(adm.quota_returns(ended, tz).items())
-    if back:
-        await c.execute(
-            "UPDATE daily_counts d SET messages = GREATEST(0, d.messages - u.n) "
-            "FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
-            "AS x(acc, day, n) ORDER BY acc, day) u "
-            "WHERE d.account_id = u.acc AND d.day = u.day",
-            [a for (a, _d), _n in back],
-            [d for (_a, d), _n in back],
-            [n for _k, n in back],
-        )
+    if not back:
+        return
+    args = ([a for (a, _d), _n in back], [d for (_a, d), _n in back], [n for _k, n in back])
+    # Locked in (account, day) order first: an UPDATE ... FROM takes its rows in no set order,
+    # and two enders of overlapping accounts (two instances' sweeps) could wait on each other.
+    await c.execute(
+        "SELECT 1 FROM daily_counts d JOIN unnest($1::text[], $2::text[]) AS u(acc, day) "
+        "ON d.account_id = u.acc AND d.day = u.day ORDER BY d.account_id, d.day FOR UPDATE OF d",
+        args[0],
+        args[1],
+    )
+    await c.execute(
+        "UPDATE daily_counts d SET messages = GREATEST(0, d.messages - u.n) "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(acc, day, n) "
+        "WHERE d.account_id = u.acc AND d.day = u.day",
+        *args,
+    )
 
 
 async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> int:
