@@ -114,13 +114,17 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "CONTENT_FILTERED": "Free text, or the text a template's values make, matches the "
     "operator's content filter (rule named).",
     "RECIPIENT_OPTED_OUT": "The recipient opted out of this account's messages (reply TD/STOP "
-    "or /v1/optouts).",
-    "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list.",
+    "or /v1/optouts); details.recipients lists every refused recipient of the batch.",
+    "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list; "
+    "details.recipients lists every refused recipient of the batch.",
     "OPTOUT_BY_RECIPIENT": "The recipient opted out by replying (source mo): the account cannot "
     "take the number off its opt-out list; only an operator can lift it.",
-    "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed.",
-    "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed.",
-    "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed.",
+    "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed "
+    "(details.recipients: every refused recipient).",
+    "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed "
+    "(details.recipients: every refused recipient).",
+    "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed "
+    "(details.recipients: every refused recipient).",
     "DAILY_QUOTA_EXCEEDED": "The account's daily message quota is used up; Retry-After points "
     "at local midnight.",
     "INSUFFICIENT_BALANCE": "The prepaid balance (vouchers, cash; cards for international) "
