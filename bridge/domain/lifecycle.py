@@ -52,11 +52,12 @@ def never_reached(state: str, segments_sent: int, unanswered: int) -> bool:
     return state == MSG_EXPIRED and segments_sent == 0 and unanswered == 0
 
 
-# not never_reached(), as a condition on a messages row ({m}: the table alias with its dot, or
-# empty): the frequency history reads only the messages that still count.
-STILL_COUNTS_SQL = (
-    f"NOT ({{m}}state = '{MSG_EXPIRED}' AND {{m}}segments_sent = 0 AND {{m}}q_unanswered = 0)"
+# never_reached() as a condition on a messages row ({m}: the table alias with its dot, or
+# empty), and its negation: the frequency history reads only the messages that still count.
+NEVER_REACHED_SQL = (
+    f"({{m}}state = '{MSG_EXPIRED}' AND {{m}}segments_sent = 0 AND {{m}}q_unanswered = 0)"
 )
+STILL_COUNTS_SQL = f"NOT {NEVER_REACHED_SQL}"
 
 
 # Why the system ends a message unsent after acceptance, not a carrier's doing: the customer's
@@ -85,21 +86,22 @@ WITHDRAWN_CODES = frozenset(
 STAT_BUCKETS = ("delivered", "failed", "canceled", "withdrawn", "pending", "unknown")
 
 
-def stat_of(state: str, error_code: str | None, segments_sent: int) -> str:
+def stat_of(state: str, error_code: str | None, segments_sent: int, unanswered: int) -> str:
     """The /v1/stats bucket of a message, so `failed` means what it says to an operator: what
     carriers failed (a submit refused, a negative receipt) or what expired waiting.
 
-    `canceled`: canceled by the customer. `withdrawn`: ended unsent by the system (WITHDRAWN_CODES)
-    before an SMSC accepted any part. A message of which a part went out before the rest was
-    withdrawn or expired is `failed`: it was partly sent, and not whole. Both engines count by
-    STAT_SQL, this rule in SQL."""
+    `canceled`: canceled by the customer. `withdrawn`: ended unsent by the system (one of
+    WITHDRAWN_CODES) without reaching anyone (never_reached: no part accepted, no submit left
+    unanswered), the messages whose places were given back. One that may have gone out (a part
+    accepted, or a submit never answered) before the rest was withdrawn is `failed`, as one
+    that expired. Both engines count by STAT_SQL, this rule in SQL."""
     if state == MSG_DELIVERED:
         return "delivered"
     if state in (MSG_QUEUED, MSG_SENT):
         return "pending"
     if state == MSG_UNKNOWN:
         return "unknown"
-    if state == MSG_EXPIRED and segments_sent == 0:
+    if never_reached(state, segments_sent, unanswered):
         if error_code == CANCELED:
             return "canceled"
         if error_code in WITHDRAWN_CODES:
@@ -109,7 +111,7 @@ def stat_of(state: str, error_code: str | None, segments_sent: int) -> str:
 
 def _stat_sql() -> dict[str, str]:
     codes = ", ".join(f"'{c}'" for c in sorted(WITHDRAWN_CODES))
-    unsent = f"state = '{MSG_EXPIRED}' AND segments_sent = 0"
+    unsent = NEVER_REACHED_SQL.format(m="")
     canceled = f"{unsent} AND COALESCE(error_code, '') = '{CANCELED}'"
     withdrawn = f"{unsent} AND COALESCE(error_code, '') IN ({codes})"
     return {

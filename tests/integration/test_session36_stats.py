@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from bridge.store.models import SubmitResult  # noqa: E402
+from bridge.store.models import Release, SubmitResult  # noqa: E402
 from tests.integration.conftest import ApiServer, Creds  # noqa: E402
 
 engine = engines.engine
@@ -59,33 +59,41 @@ async def test_stats_count_canceled_and_withdrawn_apart_from_failed(api: ApiServ
         now,
         instance="inst",
     )
+    # A submit never answered (it may have gone out), then an opt-out: failed, not withdrawn.
+    held = await _one(api, creds, CN[5])
+    t = api.ctx.now_ms()
+    assert [w.id for w in await api.store.claim("inst", 10, t, 60_000)] == [held]
+    await api.store.record_submits(
+        [], [Release(held, t + 1_000, count_attempt=True, unanswered=True)], t, instance="inst"
+    )
     # Validity passed while it waited: expired, counted with failed as before.
     expired = await _one(api, creds, CN[1], validity_minutes=5)
-    await api.store.sweep(now + 6 * 60_000, 72 * 3_600_000)
     # Canceled by the customer; withdrawn by an opt-out; one still scheduled.
     canceled = await _one(api, creds, CN[2], scheduled_at=_tomorrow(api))
     await _one(api, creds, CN[3], scheduled_at=_tomorrow(api))
     await _one(api, creds, CN[4], scheduled_at=_tomorrow(api))
     r = await api.request("POST", f"/v1/messages/{canceled}/cancel", creds=creds)
     assert r.status == 200, r.json
-    r = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": [CN[3]]})
+    r = await api.request("POST", "/v1/optouts", creds=creds, json={"numbers": [CN[3], CN[5]]})
     assert r.status == 200, r.json
+    await api.store.sweep(now + 6 * 60_000, 72 * 3_600_000)
     states = {}
-    for mid in (refused, expired):
+    for mid in (refused, expired, held):
         m = await api.request("GET", f"/v1/messages/{mid}", creds=creds)
         states[mid] = (m.json["status"], m.json["error_code"])
     assert states == {
         refused: ("failed", "ESME_RINVDSTADR"),
         expired: ("expired", "VALIDITY_EXPIRED"),
+        held: ("expired", "RECIPIENT_OPTED_OUT"),
     }
     day = datetime.fromtimestamp(now / 1000, UTC).date().isoformat()
     r = await api.request("GET", "/v1/stats", creds=creds, query=f"from={day}&to={day}")
     assert r.status == 200, r.json
     totals = r.json["totals"]
     assert {k: v for k, v in totals.items() if k not in ("segments", "units")} == {
-        "submitted": 5,
+        "submitted": 6,
         "delivered": 0,
-        "failed": 2,
+        "failed": 3,
         "canceled": 1,
         "withdrawn": 1,
         "pending": 1,

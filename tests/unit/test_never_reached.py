@@ -57,24 +57,28 @@ CODES = (
 
 
 def test_stat_buckets() -> None:
-    assert lc.stat_of(lc.MSG_EXPIRED, "CANCELED", 0) == "canceled"
-    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 0) == "withdrawn"
-    assert lc.stat_of(lc.MSG_EXPIRED, "MARKETING_NOT_ALLOWED", 0) == "withdrawn"
-    assert lc.stat_of(lc.MSG_EXPIRED, "VALIDITY_EXPIRED", 0) == "failed"  # expired: as before
-    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 1) == "failed"  # partly sent
-    assert lc.stat_of(lc.MSG_FAILED, "ESME_RINVDSTADR", 0) == "failed"
-    assert lc.stat_of(lc.MSG_SENT, None, 1) == "pending"
+    assert lc.stat_of(lc.MSG_EXPIRED, "CANCELED", 0, 0) == "canceled"
+    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 0, 0) == "withdrawn"
+    assert lc.stat_of(lc.MSG_EXPIRED, "MARKETING_NOT_ALLOWED", 0, 0) == "withdrawn"
+    assert lc.stat_of(lc.MSG_EXPIRED, "VALIDITY_EXPIRED", 0, 0) == "failed"  # as before
+    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 1, 0) == "failed"  # partly sent
+    assert lc.stat_of(lc.MSG_EXPIRED, "RECIPIENT_OPTED_OUT", 0, 1) == "failed"  # maybe sent
+    assert lc.stat_of(lc.MSG_FAILED, "ESME_RINVDSTADR", 0, 0) == "failed"
+    assert lc.stat_of(lc.MSG_SENT, None, 1, 0) == "pending"
 
 
 def test_each_row_is_in_exactly_the_bucket_stat_of_says() -> None:
     c = sqlite3.connect(":memory:")
-    c.execute("CREATE TABLE messages (state TEXT, error_code TEXT, segments_sent INT)")
-    rows = list(itertools.product(STATES, CODES, (0, 1)))
-    c.executemany("INSERT INTO messages VALUES (?,?,?)", rows)
+    c.execute(
+        "CREATE TABLE messages (state TEXT, error_code TEXT, segments_sent INT, q_unanswered INT)"
+    )
+    rows = list(itertools.product(STATES, CODES, (0, 1), (0, 1)))
+    c.executemany("INSERT INTO messages VALUES (?,?,?,?)", rows)
     for bucket in lc.STAT_BUCKETS:
         got = set(
             c.execute(
-                f"SELECT state, error_code, segments_sent FROM messages WHERE {lc.STAT_SQL[bucket]}"
+                "SELECT state, error_code, segments_sent, q_unanswered FROM messages "
+                f"WHERE {lc.STAT_SQL[bucket]}"
             )
         )
         assert got == {r for r in rows if lc.stat_of(*r) == bucket}, bucket
