@@ -893,6 +893,8 @@ class Daemon:
         if self.store is not None and hasattr(self.store, "one_receipt_smscs"):
             # Receipts and acceptances from now on: parts settled before keep their outcome.
             self.store.one_receipt_smscs = one_receipt_smscs(merged)
+        if self.store is not None:
+            self.store.quota_tz = merged.rules.timezone  # the daily quota's days
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

@@ -22,14 +22,24 @@ from bridge.api import signing
 
 
 class BridgeError(Exception):
-    """A refusal from the gateway: `status`, the stable `code`, the `message`, the `request_id`."""
+    """A refusal from the gateway: `status`, the stable `code`, the `message`, the `request_id`,
+    and `details` when the refusal has some (a send refused for its recipients: every refused
+    one and why, `details["recipients"]`), else None."""
 
-    def __init__(self, status: int, code: str, message: str, request_id: str | None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        request_id: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.details = details
 
 
 class BridgeClient:
@@ -173,6 +183,7 @@ class BridgeClient:
                     err.get("code", f"HTTP_{status}"),
                     err.get("message", raw.decode(errors="replace")[:200]),
                     err.get("request_id") or resp_headers.get("X-Request-Id"),
+                    err.get("details") if isinstance(err.get("details"), dict) else None,
                 )
             return status, resp_headers, data
 

@@ -9,18 +9,25 @@ from bridge.store.base import Store
 
 
 def open_store(config: Config) -> Store:
+    """The configured store, with the zone of the daily quota's days (rules.timezone): every
+    command that may end messages unsent (a cancel, an opt-out, an account change) gives their
+    places back to the day they were counted in."""
+    store: Store
     if config.store.engine == "sqlite":
         from bridge.store.sqlite import SqliteStore
 
-        return SqliteStore(
+        store = SqliteStore(
             config.store.path,
             linger_ms=config.store.group_commit_ms,
             max_batch=config.store.group_commit_max,
         )
-    from bridge.store.postgres import PostgresStore
+    else:
+        from bridge.store.postgres import PostgresStore
 
-    assert config.store.dsn is not None  # the config refuses postgres without a DSN
-    return PostgresStore(config.store.dsn)
+        assert config.store.dsn is not None  # the config refuses postgres without a DSN
+        store = PostgresStore(config.store.dsn)
+    store.quota_tz = config.rules.timezone
+    return store
 
 
 def make_sealer(config: Config) -> Sealer:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -46,9 +46,15 @@ _HTTP_CODES = {
 
 
 def _error_response(
-    code: str, message: str, request_id: str, status: int, headers: dict[str, str] | None = None
+    code: str,
+    message: str,
+    request_id: str,
+    status: int,
+    headers: dict[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    resp = v1.json_response(envelope(code, message, request_id), status=status, headers=headers)
+    body = envelope(code, message, request_id, details)
+    resp = v1.json_response(body, status=status, headers=headers)
     resp.headers["X-Request-Id"] = request_id
     return resp
 
@@ -178,7 +184,10 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 "code": exc.code,
             },
         )
-        return _error_response(exc.code, exc.message, request_id, exc.status, exc.headers), exc.code
+        resp = _error_response(
+            exc.code, exc.message, request_id, exc.status, exc.headers, exc.details
+        )
+        return resp, exc.code
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

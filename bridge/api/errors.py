@@ -8,6 +8,7 @@ breaking change.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 # Retry-After of STORE_UNAVAILABLE: long enough for a PostgreSQL failover or a restarted
 # database to come back.
@@ -104,6 +105,18 @@ CODES: dict[str, int] = {
 }
 
 
+# The refusals of a batch's recipients, each of which may carry `details.recipients`.
+RECIPIENT_CODES = frozenset(
+    {
+        "RECIPIENT_OPTED_OUT",
+        "RECIPIENT_BLOCKED",
+        "FREQUENCY_LIMIT_MINUTE",
+        "FREQUENCY_LIMIT_HOUR",
+        "FREQUENCY_LIMIT_DAY",
+    }
+)
+
+
 class ApiError(Exception):
     def __init__(
         self,
@@ -113,6 +126,7 @@ class ApiError(Exception):
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
         reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -120,7 +134,16 @@ class ApiError(Exception):
         self.status = status if status is not None else CODES.get(code, 400)
         self.headers = dict(headers or {})
         self.reason = reason  # a finer cause some faces answer apart (TemplateError.reason)
+        # Machine-readable particulars beside the code (the body's `details`): a batch's
+        # refused recipients, each with its code (admission.refused_details).
+        self.details = details
 
 
-def envelope(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message, "request_id": request_id}}
+def envelope(
+    code: str, message: str, request_id: str, details: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The error body; `details` only when the refusal has some (the codes RECIPIENT_CODES)."""
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
+    if details is not None:
+        body["details"] = details
+    return {"error": body}

@@ -14,8 +14,9 @@ from copy import deepcopy
 from typing import Any
 
 from bridge import __version__
-from bridge.api.errors import CODES
+from bridge.api.errors import CODES, RECIPIENT_CODES
 from bridge.api.signing import ALGORITHM
+from bridge.domain.admission import MAX_LISTED_REFUSALS
 
 # What each error code means to a client; a test checks every code in CODES has an entry.
 ERROR_DESCRIPTIONS: dict[str, str] = {
@@ -116,13 +117,17 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "CONTENT_FILTERED": "Free text, or the text a template's values make, matches the "
     "operator's content filter (rule named).",
     "RECIPIENT_OPTED_OUT": "The recipient opted out of this account's messages (reply TD/STOP "
-    "or /v1/optouts).",
-    "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list.",
+    "or /v1/optouts); details.recipients lists every refused recipient of the batch.",
+    "RECIPIENT_BLOCKED": "The recipient is on an operator's do-not-contact list; "
+    "details.recipients lists every refused recipient of the batch.",
     "OPTOUT_BY_RECIPIENT": "The recipient opted out by replying (source mo): the account cannot "
     "take the number off its opt-out list; only an operator can lift it.",
-    "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed.",
-    "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed.",
-    "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed.",
+    "FREQUENCY_LIMIT_MINUTE": "More sends to this number in this clock minute than allowed "
+    "(details.recipients: every refused recipient).",
+    "FREQUENCY_LIMIT_HOUR": "More sends to this number in this clock hour than allowed "
+    "(details.recipients: every refused recipient).",
+    "FREQUENCY_LIMIT_DAY": "More sends to this number in 24 hours than allowed "
+    "(details.recipients: every refused recipient).",
     "DAILY_QUOTA_EXCEEDED": "The account's daily message quota is used up; Retry-After points "
     "at local midnight.",
     "INSUFFICIENT_BALANCE": "The prepaid balance (vouchers, cash; cards for international) "
@@ -179,7 +184,9 @@ works one request through byte by byte.
 DESCRIPTION = """\
 Signed HTTP in, SMPP 3.4 out. Every refusal is the JSON envelope
 `{"error": {"code", "message", "request_id"}}` with the status its code always has (the table in
-`components.x-error-codes`); every response carries `X-Request-Id`. An unknown path is 404
+`components.x-error-codes`); every response carries `X-Request-Id`. A send refused for some of
+its recipients (RECIPIENT_OPTED_OUT, RECIPIENT_BLOCKED, FREQUENCY_LIMIT_*) also carries
+`details` (RecipientRefusals): every refused recipient and its code. An unknown path is 404
 `NOT_FOUND` and a known path with the wrong method is 405 `METHOD_NOT_ALLOWED`, both in the same
 envelope. Times in message records are ISO-8601 UTC with milliseconds; times in account and key
 records are unix milliseconds.
@@ -222,23 +229,61 @@ def _error_schemas() -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for code, status in CODES.items():
         by_status.setdefault(status, []).append(code)
-    schemas: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"RecipientRefusals": _recipient_refusals()}
     for status, codes in sorted(by_status.items()):
+        fields: dict[str, Any] = {
+            "code": {"type": "string", "enum": sorted(codes)},
+            "message": {"type": "string", "description": "names the field"},
+            "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
+        }
+        if RECIPIENT_CODES & set(codes):
+            fields["details"] = _schema("RecipientRefusals")
         schemas[f"Error{status}"] = _obj(
-            {
-                "error": _obj(
-                    {
-                        "code": {"type": "string", "enum": sorted(codes)},
-                        "message": {"type": "string", "description": "names the field"},
-                        "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
-                    }
-                )
-            }
+            {"error": _obj(fields, required=("code", "message", "request_id"))}
         )
         schemas[f"Error{status}"]["description"] = "Codes: " + ", ".join(
             f"`{c}` ({ERROR_DESCRIPTIONS.get(c, '')})" for c in sorted(codes)
         )
     return schemas
+
+
+def _recipient_refusals() -> dict[str, Any]:
+    out = _obj(
+        {
+            "recipients": {
+                "type": "array",
+                "maxItems": MAX_LISTED_REFUSALS,
+                "items": _obj(
+                    {
+                        "index": {**_COUNT, "description": "its (first) position in `to`"},
+                        "to": {"type": "string", "description": "the number, E.164"},
+                        "code": {"type": "string", "enum": sorted(RECIPIENT_CODES)},
+                        "retry_after": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "frequency limits only: seconds until this number "
+                            "may be sent to",
+                        },
+                    },
+                    required=("index", "to", "code"),
+                ),
+                "description": "every refused recipient, by position in `to`, each once with "
+                "its first reason (opt-out, then do-not-contact, then frequency), at most "
+                f"{MAX_LISTED_REFUSALS}",
+            },
+            "refused": {**_COUNT, "description": "how many recipients were refused in all"},
+            "truncated": {
+                **_BOOL,
+                "description": f"more than {MAX_LISTED_REFUSALS} were refused: the first "
+                f"{MAX_LISTED_REFUSALS} by position are listed",
+            },
+        }
+    )
+    out["description"] = (
+        "A batch refused for some of its recipients (RECIPIENT_OPTED_OUT, RECIPIENT_BLOCKED, "
+        "FREQUENCY_LIMIT_*): `code` and `message` name the first as before, `details` every one."
+    )
+    return out
 
 
 def error_statuses() -> list[int]:
@@ -1077,7 +1122,17 @@ process (acceptors and the owner), so one scrape target returns everything. Metr
 with `smpp_bridge_`; the README lists them and `config/grafana-dashboard.json` charts them."""
 
 _COUNT = {"type": "integer", "minimum": 0}
-_STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+_STAT_FIELDS = (
+    "submitted",
+    "delivered",
+    "failed",
+    "canceled",
+    "withdrawn",
+    "pending",
+    "unknown",
+    "segments",
+    "units",
+)
 _TIMEZONE = {
     "name": "timezone",
     "in": "query",
@@ -1088,10 +1143,17 @@ _TIMEZONE = {
 }
 _STAT_DESCRIPTION = (
     "Messages accepted on the day (UTC, or in rules.timezone), by their status now: "
-    "submitted = all of them; "
-    "delivered; failed (failed or expired); pending (queued or sent, no final receipt yet); "
-    "unknown (no receipt within the receipt timeout). segments and units: air parts and "
-    "billable units of those messages."
+    "submitted = all of them = delivered + failed + canceled + withdrawn + pending + unknown; "
+    "delivered; failed (what carriers failed: a submit refused or a negative receipt; and what "
+    "expired: validity passed before it was sent, or a message that may have gone out in part, "
+    "a part accepted or a submit never answered, and was then ended); "
+    "canceled (canceled by the customer, error CANCELED); withdrawn (ended unsent by the "
+    "system without reaching anyone, no part accepted and no submit left unanswered: an "
+    "opt-out, a do-not-contact list, an erasure, "
+    "the account disabled, a template or sign deleted or rejected, marketing or free text "
+    "revoked, a sender no longer allowed; its error_code says which); pending (queued or "
+    "sent, no final receipt yet); unknown (no receipt within the receipt timeout). segments "
+    "and units: air parts and billable units of those messages."
 )
 CDR_DESCRIPTION = """\
 CSV (RFC 4180, UTF-8, no byte-order mark, CRLF line ends), streamed: a header row, then one row

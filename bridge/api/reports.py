@@ -28,6 +28,7 @@ from bridge.api.errors import ApiError
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
 from bridge.billing import bill_bounds
+from bridge.domain.lifecycle import STAT_BUCKETS
 from bridge.domain.settlement import day_bounds
 from bridge.store.models import MessageRecord
 
@@ -39,7 +40,8 @@ CDR_PAGE = 1000  # rows per store read; also the most rows held at once
 _EPOCH = date(1970, 1, 1).toordinal()
 _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
-STAT_FIELDS = ("submitted", "delivered", "failed", "pending", "unknown", "segments", "units")
+# submitted (every message accepted) is the sum of the buckets (lifecycle.stat_of).
+STAT_FIELDS = ("submitted", *STAT_BUCKETS, "segments", "units")
 
 CDR_COLUMNS = (
     "message_id",

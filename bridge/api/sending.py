@@ -143,7 +143,7 @@ def outcome_error(outcome: AcceptOutcome, account: Account) -> ApiError:
         if r.retry_after is not None:
             headers = {"Retry-After": str(max(1, math.ceil(r.retry_after)))}
         cls = TemplateChanged if r.code == "TEMPLATE_CHANGED" else ApiError
-        return cls(r.code, r.message, headers=headers)
+        return cls(r.code, r.message, headers=headers, details=r.details)
     return ApiError(
         "ACCOUNT_RATE_LIMIT",
         f"account rate of {account.tps:g} messages/s exceeded",

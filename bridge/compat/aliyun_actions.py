@@ -447,7 +447,12 @@ async def query_send_statistics(ctx: ApiContext, account: Account, p: Params) ->
             {
                 "TotalCount": total["submitted"],
                 "RespondedSuccessCount": total["delivered"],
-                "RespondedFailCount": total["failed"] + total["unknown"],
+                # Alibaba has no canceled or withdrawn count: those are failures to send there,
+                # as QuerySendDetails reports them (SendStatus 2), so the counts still add up.
+                "RespondedFailCount": total["failed"]
+                + total["unknown"]
+                + total["canceled"]
+                + total["withdrawn"],
                 "NoRespondedCount": total["pending"],
                 "SendDate": day.strftime("%Y%m%d"),
             }

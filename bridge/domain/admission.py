@@ -13,10 +13,12 @@ sign name, template, opt-out, do-not-contact, frequency, daily quota, balance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.domain import frequency as freq
@@ -131,6 +133,26 @@ class Refusal:
     code: str
     message: str
     retry_after: float | None = None
+    # Machine-readable particulars of the refusal (the error body's `details`): for a refusal
+    # of recipients, every one refused and why (refused_details).
+    details: Mapping[str, Any] | None = None
+
+
+# The most refused recipients one refusal lists (refused_details): a native batch
+# (server.max_recipients, default 1000) is listed whole, in about 80 bytes each; a larger one
+# (server.max_recipients up to 10,000) lists its first 1000 by position, never a megabyte.
+MAX_LISTED_REFUSALS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRefusal:
+    """Why one recipient of a batch is refused: `index` is its first position in `to`."""
+
+    index: int
+    to: str
+    code: str
+    message: str
+    retry_after: float | None = None
 
 
 @fast_init
@@ -157,6 +179,18 @@ def day_key(now_ms: int, tz: str) -> str:
 def _day_of_minute(minute: int, tz: str) -> str:
     # Every zone's midnight falls on a whole minute, so the day is a function of the minute.
     return datetime.fromtimestamp(minute * 60, _zone(tz)).strftime("%Y-%m-%d")
+
+
+def quota_returns(ended: Iterable[tuple[str, int]], tz: str) -> dict[tuple[str, str], int]:
+    """The places messages that never reached anyone (lifecycle.never_reached) give back in the
+    daily counts: (account id, accepted_at) of each -> {(account id, day): how many}. A message
+    was counted in the day it was accepted, so that day gets the place back: today's count
+    frees room for a new send, a past day's only reads right."""
+    out: dict[tuple[str, str], int] = {}
+    for account_id, accepted_at in ended:
+        k = (account_id, day_key(accepted_at, tz))
+        out[k] = out.get(k, 0) + 1
+    return out
 
 
 def seconds_to_midnight(now_ms: int, tz: str) -> float:
@@ -211,6 +245,74 @@ def _name(number: str, recipients: Sequence[str]) -> str:
     return f"to[{recipients.index(number)}]"
 
 
+def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRefusal]:
+    """Every recipient of the batch refused for itself (an opt-out, a do-not-contact list, a
+    frequency limit), each once with its first reason in that order; opt-outs first, then
+    do-not-contact, then frequency, each in recipient order. A campaign then learns all of
+    them from one refusal instead of one per retry."""
+    recipients = facts.recipients
+    position: dict[str, int] = {}
+    for i, number in enumerate(recipients):
+        position.setdefault(number, i)
+    found: dict[str, RecipientRefusal] = {}
+    if facts.opted_out:
+        for number in recipients:
+            if number in facts.opted_out and number not in found:
+                found[number] = RecipientRefusal(
+                    position[number],
+                    number,
+                    "RECIPIENT_OPTED_OUT",
+                    f"{_name(number, recipients)}: {number} has opted out of this account's "
+                    "messages",
+                )
+    if facts.blocked:
+        for number in recipients:
+            if number in facts.blocked and number not in found:
+                found[number] = RecipientRefusal(
+                    position[number],
+                    number,
+                    "RECIPIENT_BLOCKED",
+                    f"{_name(number, recipients)}: {number} is on a do-not-contact list",
+                )
+    fr = rules.frequency
+    if fr is not None:
+        for number in fr.numbers:
+            if number in found:
+                continue
+            sent = facts.history.get(number, ())
+            window = freq.exceeded(sent, now, fr.tz, fr.limits)
+            if window is not None:
+                found[number] = RecipientRefusal(
+                    position.get(number, 0),
+                    number,
+                    freq.error_code(window),
+                    freq.error_message(window, fr.limits).replace(
+                        "to:", f"{_name(number, recipients)} ({number}):", 1
+                    ),
+                    retry_after=_frequency_wait(sent, now, fr),
+                )
+    return list(found.values())
+
+
+def refused_details(refused: Sequence[RecipientRefusal]) -> dict[str, Any]:
+    """The error body's `details` of a refusal of recipients: `recipients`, each refused one
+    (`index` in `to`, `to` as normalised, `code`, and for a frequency limit `retry_after`, the
+    seconds until that number may be sent to), by position, at most MAX_LISTED_REFUSALS;
+    `refused`, how many in all; `truncated`, whether some were left out."""
+    listed = sorted(refused, key=lambda r: r.index)[:MAX_LISTED_REFUSALS]
+    entries: list[dict[str, Any]] = []
+    for r in listed:
+        entry: dict[str, Any] = {"index": r.index, "to": r.to, "code": r.code}
+        if r.retry_after is not None:
+            entry["retry_after"] = max(1, math.ceil(r.retry_after))
+        entries.append(entry)
+    return {
+        "recipients": entries,
+        "refused": len(refused),
+        "truncated": len(refused) > len(listed),
+    }
+
+
 def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     if facts.template_status == "changed":  # before any other refusal: it is ours, not theirs
         return Refusal(
@@ -236,31 +338,14 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             "templates can be sent",
         )
     recipients = facts.recipients
-    for number in recipients:
-        if number in facts.opted_out:
-            return Refusal(
-                "RECIPIENT_OPTED_OUT",
-                f"{_name(number, recipients)}: {number} has opted out of this account's messages",
-            )
-    for number in recipients:
-        if number in facts.blocked:
-            return Refusal(
-                "RECIPIENT_BLOCKED",
-                f"{_name(number, recipients)}: {number} is on a do-not-contact list",
-            )
-    fr = rules.frequency
-    if fr is not None:
-        for number in fr.numbers:
-            sent = facts.history.get(number, ())
-            window = freq.exceeded(sent, now, fr.tz, fr.limits)
-            if window is not None:
-                return Refusal(
-                    freq.error_code(window),
-                    freq.error_message(window, fr.limits).replace(
-                        "to:", f"{_name(number, recipients)} ({number}):", 1
-                    ),
-                    retry_after=_frequency_wait(sent, now, fr),
-                )
+    refused = recipient_refusals(rules, facts, now)
+    if refused:
+        # The code and message of the first, as before this listed them all: opt-outs first,
+        # then do-not-contact lists, then frequency limits, each in recipient order.
+        first = refused[0]
+        return Refusal(
+            first.code, first.message, first.retry_after, details=refused_details(refused)
+        )
     day = day_key(now, rules.tz)
     n = len(recipients)
     if facts.daily_quota > 0 and facts.day_count + n > facts.daily_quota:

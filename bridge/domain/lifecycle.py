@@ -37,6 +37,101 @@ MSG_EXPIRED = "expired"
 MSG_UNKNOWN = "unknown"
 MSG_FINAL = frozenset({MSG_DELIVERED, MSG_FAILED, MSG_EXPIRED, MSG_UNKNOWN})
 
+
+def never_reached(state: str, segments_sent: int, unanswered: int) -> bool:
+    """Whether a message that ended so never reached anyone, and so gives back its place in the
+    account's daily count (daily_quota) and in the per-recipient frequency history.
+
+    That is a message ended `expired` with no part an SMSC accepted and no submit left
+    unanswered: canceled, ended unsent by the system after acceptance (an opt-out, a
+    do-not-contact list, a template or sign deleted or rejected, marketing or free text revoked,
+    a sender no longer allowed, the account disabled, an erasure), or whose validity passed while
+    it waited. A campaign canceled and scheduled again is then not refused for messages that
+    never went out. A submit the SMSC refused (`failed`) or never answered may have reached a
+    carrier, and a part accepted may have reached the phone: those keep their place.
+    Both engines apply this rule (rollup_messages) and STILL_COUNTS_SQL, its SQL form.
+    """
+    return state == MSG_EXPIRED and segments_sent == 0 and unanswered == 0
+
+
+# never_reached() as a condition on a messages row ({m}: the table alias with its dot, or
+# empty), and its negation: the frequency history reads only the messages that still count.
+NEVER_REACHED_SQL = (
+    f"({{m}}state = '{MSG_EXPIRED}' AND {{m}}segments_sent = 0 AND {{m}}q_unanswered = 0)"
+)
+STILL_COUNTS_SQL = f"NOT {NEVER_REACHED_SQL}"
+
+
+# Why the system ends a message unsent after acceptance, not a carrier's doing: the customer's
+# cancel, and what an opt-out, a do-not-contact list, an erasure or a rule change (an account
+# disabled, a template or sign deleted or rejected, marketing or free text revoked, a sender no
+# longer allowed) withdraws. Validity expiry (VALIDITY_EXPIRED) is not among them.
+CANCELED = "CANCELED"
+WITHDRAWN_CODES = frozenset(
+    {
+        "ACCOUNT_DISABLED",
+        "ERASED",
+        "MARKETING_NOT_ALLOWED",
+        "RAW_TEXT_NOT_ALLOWED",
+        "RECIPIENT_BLOCKED",
+        "RECIPIENT_OPTED_OUT",
+        "SENDER_NOT_ALLOWED",
+        "SIGN_DELETED",
+        "SIGN_REJECTED",
+        "TEMPLATE_DELETED",
+        "TEMPLATE_REJECTED",
+    }
+)
+
+# The /v1/stats buckets a message falls in by its status now (stat_of); with `submitted` (all)
+# and the counts of parts and units, the report's fields (bridge/api/reports.py STAT_FIELDS).
+STAT_BUCKETS = ("delivered", "failed", "canceled", "withdrawn", "pending", "unknown")
+
+
+def stat_of(state: str, error_code: str | None, segments_sent: int, unanswered: int) -> str:
+    """The /v1/stats bucket of a message, so `failed` means what it says to an operator: what
+    carriers failed (a submit refused, a negative receipt) or what expired waiting.
+
+    `canceled`: canceled by the customer. `withdrawn`: ended unsent by the system (one of
+    WITHDRAWN_CODES) without reaching anyone (never_reached: no part accepted, no submit left
+    unanswered), the messages whose places were given back. One that may have gone out (a part
+    accepted, or a submit never answered) before the rest was withdrawn is `failed`, as one
+    that expired. Both engines count by STAT_SQL, this rule in SQL."""
+    if state == MSG_DELIVERED:
+        return "delivered"
+    if state in (MSG_QUEUED, MSG_SENT):
+        return "pending"
+    if state == MSG_UNKNOWN:
+        return "unknown"
+    if never_reached(state, segments_sent, unanswered):
+        if error_code == CANCELED:
+            return "canceled"
+        if error_code in WITHDRAWN_CODES:
+            return "withdrawn"
+    return "failed"
+
+
+def _stat_sql() -> dict[str, str]:
+    codes = ", ".join(f"'{c}'" for c in sorted(WITHDRAWN_CODES))
+    unsent = NEVER_REACHED_SQL.format(m="")
+    canceled = f"{unsent} AND COALESCE(error_code, '') = '{CANCELED}'"
+    withdrawn = f"{unsent} AND COALESCE(error_code, '') IN ({codes})"
+    return {
+        "delivered": f"state = '{MSG_DELIVERED}'",
+        "failed": f"state IN ('{MSG_FAILED}', '{MSG_EXPIRED}') "
+        f"AND NOT ({canceled}) AND NOT ({withdrawn})",
+        "canceled": canceled,
+        "withdrawn": withdrawn,
+        "pending": f"state IN ('{MSG_QUEUED}', '{MSG_SENT}')",
+        "unknown": f"state = '{MSG_UNKNOWN}'",
+    }
+
+
+# stat_of as one SQL condition per bucket on a messages row: each row meets exactly one (never
+# NULL: COALESCE), as the unit tests check against stat_of.
+STAT_SQL = _stat_sql()
+
+
 # Receipt-state -> segment error code for the message record; SMPP stat words as carriers use them.
 _RECEIPT_ERROR = {
     "undeliverable": "UNDELIV",

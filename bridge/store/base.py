@@ -190,6 +190,9 @@ class WriteLockStats(NamedTuple):
 
 
 class Store(Protocol):
+    # rules.timezone: the days of the daily quota (lifecycle.never_reached gives places back).
+    quota_tz: str
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> bool: ...

@@ -440,6 +440,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self.send_intermediate = False
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
+        # rules.timezone: the days of the daily quota, which a message that never reached anyone
+        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        self.quota_tz = "Asia/Shanghai"
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -597,12 +600,22 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 )
             if disabling:  # see base.Store.update_account
                 await rules_sql.end_queued_where(
-                    c, "account_id = $1", (account_id,), ACCOUNT_DISABLED_ERROR, now
+                    c,
+                    "account_id = $1",
+                    (account_id,),
+                    ACCOUNT_DISABLED_ERROR,
+                    now,
+                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
                     await rules_sql.end_queued_where(
-                        c, f"account_id = $1 AND {which}", (account_id,), error, now
+                        c,
+                        f"account_id = $1 AND {which}",
+                        (account_id,),
+                        error,
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
@@ -613,7 +626,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 )
                 if refused:
                     await rules_sql.end_queued_where(
-                        c, "id = ANY($1::text[])", (refused,), "SENDER_NOT_ALLOWED", now
+                        c,
+                        "id = ANY($1::text[])",
+                        (refused,),
+                        "SENDER_NOT_ALLOWED",
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
@@ -1429,6 +1447,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 intermediate=self.send_intermediate,
                 instance=instance,
                 one_per_message=one,
+                quota_tz=self.quota_tz,
             )
 
         return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
@@ -1464,7 +1483,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.sweep(
-                c, now, receipt_timeout_ms, now if records_now is None else records_now
+                c,
+                now,
+                receipt_timeout_ms,
+                now if records_now is None else records_now,
+                quota_tz=self.quota_tz,
             )
 
         out = await run_tx(self.pool, job, durable=False)

@@ -375,13 +375,15 @@ async def rollup_messages(
     locked: dict[str, tuple[Any, ...]] | None = None,
     *,
     intermediate: bool = False,
+    quota_tz: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
     with `intermediate`, a 'sent' report for each that just became sent); returns how many
-    status webhooks were queued. The rows must be locked by this transaction (`locked`, else
-    they are locked here) so the parts read below include every other transaction's committed
-    change."""
+    status webhooks were queued. `quota_tz`, given by the callers that end messages unsent:
+    those that never reached anyone give back their daily count (give_back_places). The rows
+    must be locked by this transaction (`locked`, else they are locked here) so the parts read
+    below include every other transaction's committed change."""
     if not touched:
         return 0
     ids = sorted(touched)
@@ -398,6 +400,7 @@ async def rollup_messages(
     finals: list[tuple[str, str]] = []
     billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[str] = []
+    unsent: list[str] = []
     for mid in ids:
         row = locked.get(mid)
         if row is None or not parts[mid]:
@@ -429,6 +432,8 @@ async def rollup_messages(
             finals.append((account_id, mid))
             if pclass is not None:
                 billed.append((account_id, mid, u.state, pclass, nsent, nseg))
+            if u.state == lc.MSG_EXPIRED and not nsent:
+                unsent.append(mid)
         elif became_sent and intermediate:
             sent.append(mid)
     if upd[0]:
@@ -447,10 +452,45 @@ async def rollup_messages(
         )
     if billed:
         await postgres_rules.refund_finals(c, billed, now)
+    if unsent and quota_tz is not None:
+        await give_back_places(c, unsent, quota_tz)
     queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += await enqueue_sent_webhooks(c, sent, now)
     return queued
+
+
+async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -> None:
+    """The SQLite engine's give_back_places: the daily count of the messages of `ids` that
+    never reached anyone (lifecycle.never_reached), in the transaction that ends them; the
+    frequency history's read skips them (lifecycle.STILL_COUNTS_SQL). Called after the
+    refunds: an accept's write statement takes pockets, then daily_counts (PostgreSQL runs its
+    data-modifying CTEs last to first), and so does an ender; the daily_counts rows are locked
+    in (account, day) order, so two enders wait rather than deadlock."""
+    rows = await c.fetch(
+        "SELECT account_id, accepted_at, state, segments_sent, q_unanswered FROM messages "
+        "WHERE id = ANY($1::text[])",
+        list(ids),
+    )
+    ended = [(r[0], r[1]) for r in rows if lc.never_reached(r[2], r[3], r[4])]
+    back = sorted(adm.quota_returns(ended, tz).items())
+    if not back:
+        return
+    args = ([a for (a, _d), _n in back], [d for (_a, d), _n in back], [n for _k, n in back])
+    # Locked in (account, day) order first: an UPDATE ... FROM takes its rows in no set order,
+    # and two enders of overlapping accounts (two instances' sweeps) could wait on each other.
+    await c.execute(
+        "SELECT 1 FROM daily_counts d JOIN unnest($1::text[], $2::text[]) AS u(acc, day) "
+        "ON d.account_id = u.acc AND d.day = u.day ORDER BY d.account_id, d.day FOR UPDATE OF d",
+        args[0],
+        args[1],
+    )
+    await c.execute(
+        "UPDATE daily_counts d SET messages = GREATEST(0, d.messages - u.n) "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(acc, day, n) "
+        "WHERE d.account_id = u.acc AND d.day = u.day",
+        *args,
+    )
 
 
 async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now: int) -> int:
@@ -510,6 +550,7 @@ async def record_submits(
     intermediate: bool = False,
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
+    quota_tz: str | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
     whole message (smscs[].receipts)."""
@@ -646,7 +687,9 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    return await rollup_messages(c, touched, now, locked, intermediate=intermediate)
+    return await rollup_messages(
+        c, touched, now, locked, intermediate=intermediate, quota_tz=quota_tz
+    )
 
 
 async def record_late_submits(
@@ -993,7 +1036,11 @@ async def requeue_claims(
 
 
 async def sweep(
-    c: asyncpg.Connection, now: int, receipt_timeout_ms: int, records_now: int
+    c: asyncpg.Connection,
+    now: int,
+    receipt_timeout_ms: int,
+    records_now: int,
+    quota_tz: str | None = None,
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
@@ -1020,7 +1067,7 @@ async def sweep(
         )
         # Parts sent before a release keep the message 'sent', yet nothing is left to send:
         # release_done takes it out of the queue.
-        await rollup_messages(c, dict.fromkeys(expired, True), now)
+        await rollup_messages(c, dict.fromkeys(expired, True), now, quota_tz=quota_tz)
     timed_out = [
         r[0]
         for r in await c.fetch(

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from bridge.domain import lifecycle as lc
 from bridge.store.models import MessageRecord, QueueGroup
 from bridge.store.postgres_tx import scalar
 
@@ -20,6 +21,10 @@ _CDR_COLS = (
     "segments_failed, state, error_code, error_text, smsc, accepted_at, scheduled_at, "
     "expires_at, sent_at, done_at"
 )
+
+
+# The /v1/stats buckets (lifecycle.stat_of), in STAT_BUCKETS order.
+_STAT_COUNTS = ", ".join(f"COUNT(*) FILTER (WHERE {lc.STAT_SQL[k]})" for k in lc.STAT_BUCKETS)
 
 
 async def stats(
@@ -35,12 +40,9 @@ async def stats(
     kind: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT (accepted_at + $1) / 86400000 AS day, COUNT(*), "
-        "COUNT(*) FILTER (WHERE state = 'delivered'), "
-        "COUNT(*) FILTER (WHERE state IN ('failed', 'expired')), "
-        "COUNT(*) FILTER (WHERE state IN ('queued', 'sent')), "
-        "COUNT(*) FILTER (WHERE state = 'unknown'), SUM(segments), SUM(billable_units) "
-        "FROM messages WHERE account_id = $2 AND accepted_at >= $3 AND accepted_at < $4 "
+        f"SELECT (accepted_at + $1) / 86400000 AS day, COUNT(*), {_STAT_COUNTS}, "
+        "SUM(segments), SUM(billable_units) FROM messages WHERE account_id = $2 "
+        "AND accepted_at >= $3 AND accepted_at < $4 "
         "AND ($5::text IS NULL OR (left(recipient, length($5::text)) = $5::text) = $6) "
         "AND ($7::text IS NULL OR sign_name = $7) AND ($8::text IS NULL OR kind = $8) "
         "GROUP BY day ORDER BY day",
@@ -53,16 +55,14 @@ async def stats(
         sign_name,
         kind,
     )
+    n = len(lc.STAT_BUCKETS)
     return [
         {
             "day_index": int(r[0]),
             "submitted": int(r[1]),
-            "delivered": int(r[2]),
-            "failed": int(r[3]),
-            "pending": int(r[4]),
-            "unknown": int(r[5]),
-            "segments": scalar(r[6]),
-            "units": scalar(r[7]),
+            **{k: int(v) for k, v in zip(lc.STAT_BUCKETS, r[2 : 2 + n], strict=True)},
+            "segments": scalar(r[2 + n]),
+            "units": scalar(r[3 + n]),
         }
         for r in rows
     ]

@@ -27,6 +27,7 @@ import asyncpg
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
+from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.ids import new_id
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
@@ -105,6 +106,7 @@ CROSS JOIN (
         SELECT m.accepted_at AS at FROM messages m
         WHERE m.account_id = $1 AND m.recipient = u.number AND m.accepted_at > $8
             AND m.sign_name IS NOT DISTINCT FROM u.sign
+            AND @STILL_COUNTS@
             AND CASE $12::text WHEN 'verification' THEN m.kind = 'verification'
                                WHEN 'template' THEN m.template = $13::text
                                ELSE m.template IS NULL END
@@ -120,7 +122,7 @@ CROSS JOIN (
 LEFT JOIN LATERAL (
     SELECT tokens, at FROM rate_buckets WHERE account_id = $1 AND $10::bool FOR UPDATE
 ) b ON true
-"""
+""".replace("@STILL_COUNTS@", STILL_COUNTS_SQL.format(m="m."))  # canceled, ended unsent: gone
 FACT_COLS = (
     "sign_names", "sign_statuses", "template_status", "opted", "dnc", "h_numbers", "h_times",
     "daily_quota", "kind", "low_balance_threshold", "low_warned", "day_count", "pockets",
@@ -444,6 +446,8 @@ class RulesStoreMixin:
     def pool(self) -> asyncpg.Pool:  # provided by PostgresStore
         raise NotImplementedError
 
+    quota_tz: str  # PostgresStore's: the daily quota's days
+
     # -- signs -------------------------------------------------------------------------------------
 
     async def add_sign(self, sign: Sign) -> None:
@@ -497,6 +501,7 @@ class RulesStoreMixin:
                     (account_id, name),
                     "SIGN_REJECTED",
                     now,
+                    quota_tz=self.quota_tz,
                 )
             return sign_row(r) if r else None
 
@@ -517,7 +522,12 @@ class RulesStoreMixin:
             if gone is None:
                 return None
             return await end_queued_where(
-                c, "account_id = $1 AND sign_name = $2", (account_id, name), "SIGN_DELETED", now
+                c,
+                "account_id = $1 AND sign_name = $2",
+                (account_id, name),
+                "SIGN_DELETED",
+                now,
+                quota_tz=self.quota_tz,
             )
 
         return await run_tx(self.pool, job)
@@ -567,7 +577,9 @@ class RulesStoreMixin:
             if r is None:  # unknown, or corrected since the reviewer read it: as it is now
                 r = await c.fetchrow(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code = $1", code)
             elif status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
+                await end_queued_where(
+                    c, "template = $1", (code,), "TEMPLATE_REJECTED", now, quota_tz=self.quota_tz
+                )
             return template_row(r) if r else None
 
         return await run_tx(self.pool, job)
@@ -586,7 +598,9 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_queued_where(c, "template = $1", (code,), "TEMPLATE_DELETED", now)
+            return await end_queued_where(
+                c, "template = $1", (code,), "TEMPLATE_DELETED", now, quota_tz=self.quota_tz
+            )
 
         return await run_tx(self.pool, job)
 
@@ -621,7 +635,9 @@ class RulesStoreMixin:
                 now,
             )
             # What the account queued or scheduled to them earlier is not sent either.
-            await _end_queued(c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now)
+            await _end_queued(
+                c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now, quota_tz=self.quota_tz
+            )
             return sum(1 for r in rows if r[0])
 
         return await run_tx(self.pool, job)
@@ -737,6 +753,7 @@ class RulesStoreMixin:
                     (blocked[i : i + _DNC_CHUNK],),
                     "RECIPIENT_BLOCKED",
                     info.imported_at,
+                    quota_tz=self.quota_tz,
                 )
             return ended
 
@@ -948,7 +965,7 @@ class RulesStoreMixin:
         """
 
         async def job(c: asyncpg.Connection) -> int:
-            n = await _erase(c, account_id, number, masked, now)
+            n = await _erase(c, account_id, number, masked, now, quota_tz=self.quota_tz)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
             await c.execute(
@@ -998,7 +1015,13 @@ class RulesStoreMixin:
             # Waiting for rows a claim scan holds a moment (not skipping them): PostgreSQL then
             # reads them again, so a message the claim did not take is still canceled.
             ended = await end_queued_where(
-                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, in_flight=False
+                c,
+                f"{where} AND {NEVER_TRIED}",
+                args,
+                "CANCELED",
+                now,
+                in_flight=False,
+                quota_tz=self.quota_tz,
             )
             return ended, int(found)
 
@@ -1012,7 +1035,7 @@ class RulesStoreMixin:
             )
             if found is None:
                 return None
-            await _erase(c, account_id, None, "+***", now)  # waiting messages refunded
+            await _erase(c, account_id, None, "+***", now, quota_tz=self.quota_tz)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
             await append_entries(c, account_id, entries)
@@ -1036,12 +1059,18 @@ class RulesStoreMixin:
 
 
 async def _end_queued(
-    c: asyncpg.Connection, account_id: str, numbers: list[str], error: str, now: int
+    c: asyncpg.Connection,
+    account_id: str,
+    numbers: list[str],
+    error: str,
+    now: int,
+    *,
+    quota_tz: str,
 ) -> None:
     """End this account's messages to `numbers` that still wait in the queue (scheduled ones
     included) as expired unsent with `error`, refunded like any message that ends unsent."""
     where = "account_id = $1 AND recipient = ANY($2::text[])"
-    await end_queued_where(c, where, (account_id, numbers), error, now)
+    await end_queued_where(c, where, (account_id, numbers), error, now, quota_tz=quota_tz)
 
 
 async def lock_account(c: asyncpg.Connection, account_id: str) -> str | None:
@@ -1062,10 +1091,11 @@ async def end_queued_where(
     now: int,
     *,
     in_flight: bool = True,
+    quota_tz: str,
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as
-    sqlite_rules.end_queued says, those on a bind included with `in_flight`. The rows are
-    locked in id order (the pipeline's order).
+    sqlite_rules.end_queued says (their places given back in `quota_tz`'s days), those on a
+    bind included with `in_flight`. The rows are locked in id order (the pipeline's order).
 
     Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
     again, so one the claim passed over or parked is still ended. Skipped, an opted-out number's
@@ -1092,7 +1122,7 @@ async def end_queued_where(
             now,
             error,
         )
-        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
     return len(queued)
 
 
@@ -1114,7 +1144,13 @@ async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int, error: st
 
 
 async def _erase(
-    c: asyncpg.Connection, account_id: str, number: str | None, masked: str, now: int
+    c: asyncpg.Connection,
+    account_id: str,
+    number: str | None,
+    masked: str,
+    now: int,
+    *,
+    quota_tz: str,
 ) -> int:
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
@@ -1153,7 +1189,7 @@ async def _erase(
             lc.SEG_EXPIRED_UNSENT,
             now,
         )
-        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
     m = len(args) + 1
     # The locked rows only: a message accepted meanwhile is not half-erased (text kept, parts
     # blanked); the next erasure gets it.

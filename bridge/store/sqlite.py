@@ -109,6 +109,10 @@ def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> Mess
     return MessageRecord(*row, segment_rows=segs)
 
 
+# The /v1/stats buckets (lifecycle.stat_of), in STAT_BUCKETS order.
+_STAT_SUMS = ", ".join(f"SUM({lc.STAT_SQL[k]})" for k in lc.STAT_BUCKETS)
+
+
 class SqliteStore(RulesStoreMixin, RetentionMixin):
     engine = "sqlite"
 
@@ -120,6 +124,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self.send_intermediate = False
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
+        # rules.timezone: the days of the daily quota, which a message that never reached anyone
+        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        self.quota_tz = "Asia/Shanghai"
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -271,12 +278,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 )
             if disabling:  # see base.Store.update_account
                 sqlite_rules.end_queued(
-                    c, "account_id=?", (account_id,), ACCOUNT_DISABLED_ERROR, now
+                    c,
+                    "account_id=?",
+                    (account_id,),
+                    ACCOUNT_DISABLED_ERROR,
+                    now,
+                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
                     sqlite_rules.end_queued(
-                        c, f"account_id=? AND {which}", (account_id,), error, now
+                        c,
+                        f"account_id=? AND {which}",
+                        (account_id,),
+                        error,
+                        now,
+                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
@@ -289,6 +306,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rules.end_queued(
                         c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk),
                         "SENDER_NOT_ALLOWED", now,
+                        quota_tz=self.quota_tz,
                     )  # fmt: skip
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
@@ -720,26 +738,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> list[dict[str, Any]]:
         def job(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
-                "SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), "
-                "SUM(state='delivered'), SUM(state IN ('failed','expired')), "
-                "SUM(state IN ('queued','sent')), SUM(state='unknown'), SUM(segments), "
-                "SUM(billable_units) FROM messages WHERE account_id=?2 AND accepted_at>=?3 "
-                "AND accepted_at<?4 "
+                f"SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), {_STAT_SUMS}, "
+                "SUM(segments), SUM(billable_units) FROM messages WHERE account_id=?2 "
+                "AND accepted_at>=?3 AND accepted_at<?4 "
                 "AND (?5 IS NULL OR (substr(recipient, 1, length(?5))=?5)=?6) "
                 "AND (?7 IS NULL OR sign_name=?7) AND (?8 IS NULL OR kind=?8) "
                 "GROUP BY day ORDER BY day",
                 (tz_offset_ms, account_id, since, until, prefix, within, sign_name, kind),
             )
+            n = len(lc.STAT_BUCKETS)
             return [
                 {
                     "day_index": r[0],
                     "submitted": r[1],
-                    "delivered": r[2] or 0,
-                    "failed": r[3] or 0,
-                    "pending": r[4] or 0,
-                    "unknown": r[5] or 0,
-                    "segments": r[6] or 0,
-                    "units": r[7] or 0,
+                    **{k: v or 0 for k, v in zip(lc.STAT_BUCKETS, r[2 : 2 + n], strict=True)},
+                    "segments": r[2 + n] or 0,
+                    "units": r[3 + n] or 0,
                 }
                 for r in rows
             ]
@@ -990,6 +1004,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 intermediate=self.send_intermediate,
                 instance=instance,
                 one_per_message=self.one_receipt_smscs,
+                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job, durable=False)
@@ -1027,6 +1042,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 error=END_ERROR.format(seg="segments"),
                 release=True,
                 now=now,
+                quota_tz=self.quota_tz,
             )
             timed_out = _settle_parts(
                 c,
@@ -1631,6 +1647,7 @@ def _settle_parts(
     error: str,
     release: bool,
     now: int,
+    quota_tz: str | None = None,
 ) -> int:
     """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
     error code SQL expression `error`, then roll those messages up together (one batched
@@ -1643,7 +1660,7 @@ def _settle_parts(
         "WHERE message_id=? AND state=?",
         [(to_state, now, mid, from_state) for mid in ids],
     )
-    pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
+    pipe.rollup_messages(c, dict.fromkeys(ids, release), now, quota_tz=quota_tz)
     return len(ids)
 
 

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_rules
 from bridge.store.models import (
@@ -38,11 +39,20 @@ def _marks(n: int) -> str:
 
 
 def rollup_messages(
-    c: sqlite3.Connection, touched: dict[str, bool], now: int, *, intermediate: bool = False
+    c: sqlite3.Connection,
+    touched: dict[str, bool],
+    now: int,
+    *,
+    intermediate: bool = False,
+    quota_tz: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
-    how many were queued (the owner wakes its webhook sender for them)."""
+    how many were queued (the owner wakes its webhook sender for them).
+
+    `quota_tz` (rules.timezone, the zone of the daily quota's days): given by the callers that
+    end messages unsent; those that never reached anyone give back their place in the daily
+    count (give_back_places)."""
     if not touched:
         return 0
     ids = list(touched)
@@ -66,6 +76,7 @@ def rollup_messages(
     finals: list[tuple[str, str]] = []
     billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[tuple[str, str]] = []
+    unsent: list[str] = []
     for mid in ids:
         row = current.get(mid)
         if row is None or not parts[mid]:
@@ -94,6 +105,8 @@ def rollup_messages(
             finals.append((account_id, mid))
             if pclass is not None:
                 billed.append((account_id, mid, u.state, pclass, nsent, nseg))
+            if u.state == lc.MSG_EXPIRED and not nsent:
+                unsent.append(mid)
         elif became_sent and intermediate:
             sent.append((account_id, mid))
     if updates:
@@ -118,10 +131,33 @@ def rollup_messages(
             )
     if billed:
         sqlite_rules.refund_finals(c, billed, now)
+    if unsent and quota_tz is not None:
+        give_back_places(c, unsent, quota_tz)
     queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
     return queued
+
+
+def give_back_places(c: sqlite3.Connection, ids: Sequence[str], tz: str) -> None:
+    """Of the messages `ids` that just ended unsent, those that never reached anyone
+    (lifecycle.never_reached) leave the daily count of the day they were accepted, in the
+    transaction that ends them. Their place in the frequency history needs no write: its reads
+    skip them (lifecycle.STILL_COUNTS_SQL). A count never goes below 0 (a message accepted
+    without sending rules was never counted)."""
+    ended: list[tuple[str, int]] = []
+    for chunk in _chunks(ids):
+        for account_id, accepted_at, state, nsent, unanswered in c.execute(
+            "SELECT account_id, accepted_at, state, segments_sent, q_unanswered FROM messages "
+            f"WHERE id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            if lc.never_reached(state, nsent, unanswered):
+                ended.append((account_id, accepted_at))
+    c.executemany(
+        "UPDATE daily_counts SET messages=MAX(0, messages - ?1) WHERE account_id=?2 AND day=?3",
+        [(n, acc, day) for (acc, day), n in adm.quota_returns(ended, tz).items()],
+    )
 
 
 def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], now: int) -> int:
@@ -186,6 +222,7 @@ def record_submits(
     intermediate: bool = False,
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
+    quota_tz: str | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
     whole message (smscs[].receipts)."""
@@ -294,7 +331,7 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate)
+    return rollup_messages(c, touched, now, intermediate=intermediate, quota_tz=quota_tz)
 
 
 def record_late_submits(

@@ -15,6 +15,7 @@ from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
+from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
@@ -73,6 +74,8 @@ def _marks(n: int) -> str:
 # -- inside the accept transaction ----------------------------------------------------------------
 
 
+# Messages that never reached anyone (canceled, ended unsent) are no longer in the history.
+_STILL_COUNTS = STILL_COUNTS_SQL.format(m="")
 _HISTORY_COND = {
     "verification": "kind='verification' AND sign_name IS :fsign",
     "template": "sign_name IS :fsign AND template=:ftpl",
@@ -94,7 +97,8 @@ def _one_sql(history: str | None, prefixes: int) -> str:
     """Everything a one-recipient send needs, in one statement (the usual request)."""
     hist = (
         "(SELECT json_group_array(accepted_at) FROM messages WHERE account_id=a.id "
-        f"AND recipient=:to AND accepted_at>:since AND {_HISTORY_COND[history]})"
+        f"AND recipient=:to AND accepted_at>:since AND {_HISTORY_COND[history]} "
+        f"AND {_STILL_COUNTS})"
         if history is not None
         else "NULL"
     )
@@ -224,7 +228,7 @@ def read_facts(
             cond, extra = "sign_name IS ? AND template IS NULL", ()
         sql = (
             "SELECT accepted_at FROM messages WHERE account_id=? AND recipient=? "
-            f"AND accepted_at>? AND {cond}"
+            f"AND accepted_at>? AND {cond} AND {_STILL_COUNTS}"
         )
         for number, sign in fr.sign_of():
             history[number] = [
@@ -383,6 +387,7 @@ class RulesStoreMixin:
     """The SqliteStore methods for rules and billing (self._runner is the store's runner)."""
 
     _runner: Any
+    quota_tz: str
 
     # -- signs -------------------------------------------------------------------------------------
 
@@ -430,7 +435,12 @@ class RulesStoreMixin:
             )
             if status == "rejected":  # only approved signs are sent: what waits ends unsent
                 end_queued(
-                    c, "account_id=? AND sign_name=?", (account_id, name), "SIGN_REJECTED", now
+                    c,
+                    "account_id=? AND sign_name=?",
+                    (account_id, name),
+                    "SIGN_REJECTED",
+                    now,
+                    quota_tz=self.quota_tz,
                 )
             r = c.execute(
                 f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
@@ -453,7 +463,12 @@ class RulesStoreMixin:
             if not gone:
                 return None
             return end_queued(
-                c, "account_id=? AND sign_name=?", (account_id, name), "SIGN_DELETED", now
+                c,
+                "account_id=? AND sign_name=?",
+                (account_id, name),
+                "SIGN_DELETED",
+                now,
+                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job)
@@ -499,7 +514,9 @@ class RulesStoreMixin:
             if done and status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
-                end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
+                end_queued(
+                    c, "template=?", (code,), "TEMPLATE_REJECTED", now, quota_tz=self.quota_tz
+                )
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
 
@@ -518,7 +535,9 @@ class RulesStoreMixin:
             ).rowcount
             if not gone:
                 return None
-            return end_queued(c, "template=?", (code,), "TEMPLATE_DELETED", now)
+            return end_queued(
+                c, "template=?", (code,), "TEMPLATE_DELETED", now, quota_tz=self.quota_tz
+            )
 
         return await self._runner.write(job)
 
@@ -544,6 +563,7 @@ class RulesStoreMixin:
                     (account_id, *chunk),
                     "RECIPIENT_OPTED_OUT",
                     now,
+                    quota_tz=self.quota_tz,
                 )
             return added
 
@@ -614,7 +634,14 @@ class RulesStoreMixin:
             ended = 0
             for chunk in _chunks(blocked_ids(waiting.fetchall(), frozenset(entries)), 400):
                 where = f"id IN ({_marks(len(chunk))})"
-                ended += end_queued(c, where, tuple(chunk), "RECIPIENT_BLOCKED", info.imported_at)
+                ended += end_queued(
+                    c,
+                    where,
+                    tuple(chunk),
+                    "RECIPIENT_BLOCKED",
+                    info.imported_at,
+                    quota_tz=self.quota_tz,
+                )
             return ended
 
         return await self._runner.write(job)
@@ -839,7 +866,14 @@ class RulesStoreMixin:
                 "AS BLOB) WHERE account_id=?3 AND instr(CAST(response AS TEXT), ?1)>0",
                 (f'"{number}"', f'"{masked}"', account_id),
             )
-            return _erase(c, "account_id=? AND recipient=?", (account_id, number), masked, now)
+            return _erase(
+                c,
+                "account_id=? AND recipient=?",
+                (account_id, number),
+                masked,
+                now,
+                quota_tz=self.quota_tz,
+            )
 
         return await self._runner.write(job)
 
@@ -864,7 +898,13 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> tuple[int, int]:
             found = c.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
             ended = end_queued(
-                c, f"{where} AND {NEVER_TRIED}", args, "CANCELED", now, in_flight=False
+                c,
+                f"{where} AND {NEVER_TRIED}",
+                args,
+                "CANCELED",
+                now,
+                in_flight=False,
+                quota_tz=self.quota_tz,
             )
             return ended, found
 
@@ -874,7 +914,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 return None
-            _erase(c, "account_id=?", (account_id,), "+***", now)  # waiting messages refunded
+            _erase(c, "account_id=?", (account_id,), "+***", now, quota_tz=self.quota_tz)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
             append_entries(c, account_id, entries)
@@ -914,9 +954,12 @@ def end_queued(
     now: int,
     *,
     in_flight: bool = True,
+    quota_tz: str,
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
-    expired unsent with `error`, refunded like any message that ends unsent.
+    expired unsent with `error`, refunded like any message that ends unsent, their places in the
+    daily count (of `quota_tz`'s days) and frequency history given back: they never reached
+    anyone (lifecycle.never_reached).
 
     Those already handed to an SMSC (a submit unanswered, released to wait for its late answer;
     a part accepted before the message came back) are not ended here: ended and refunded now, a
@@ -949,14 +992,22 @@ def end_queued(
             "WHERE message_id=? AND state='queued'",
             [(now, error, mid) for mid in queued],
         )
-        pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+        pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
     return len(queued)
 
 
-def _erase(c: sqlite3.Connection, where: str, args: tuple[Any, ...], masked: str, now: int) -> int:
+def _erase(
+    c: sqlite3.Connection,
+    where: str,
+    args: tuple[Any, ...],
+    masked: str,
+    now: int,
+    *,
+    quota_tz: str,
+) -> int:
     # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
     # next claim ends it instead of sending the blanked parts to the mask.
-    end_queued(c, where, args, "ERASED", now)
+    end_queued(c, where, args, "ERASED", now, quota_tz=quota_tz)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))

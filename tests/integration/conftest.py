@@ -42,7 +42,7 @@ from bridge.accounts import AccountService
 from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
-from bridge.api.errors import CODES
+from bridge.api.errors import CODES, RECIPIENT_CODES
 from bridge.api.openapi import openapi_document
 from bridge.api.signing import sign_request
 from bridge.api.submit import Submitter
@@ -253,7 +253,9 @@ def check_reply(method: str, path: str, reply: Reply, validate: bool = True) -> 
         assert isinstance(reply.json, dict), f"error is not JSON: {reply.status} {reply.text[:200]}"
         assert set(reply.json) == {"error"}, reply.json
         err = reply.json["error"]
-        assert set(err) == {"code", "message", "request_id"}, err
+        # `details` only on a refusal of recipients (errors.RECIPIENT_CODES), always there.
+        extra = {"details"} if err.get("code") in RECIPIENT_CODES else set()
+        assert set(err) == {"code", "message", "request_id", *extra}, err
         assert err["code"] in CODES, f"code {err['code']!r} is not in errors.CODES"
         assert CODES[err["code"]] == reply.status, (err["code"], reply.status)
         assert err["request_id"] == rid
@@ -501,6 +503,7 @@ async def start_api(
             linger_ms=cfg.store.group_commit_ms,
             max_batch=cfg.store.group_commit_max,
         )
+    store.quota_tz = cfg.rules.timezone  # as open_store sets it
     await store.open()
     ctx = ApiContext(
         config=cfg,

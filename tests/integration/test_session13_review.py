@@ -73,7 +73,13 @@ from bridge import review  # noqa: E402
 from bridge.api.sending import RENDER_TRIES  # noqa: E402
 from bridge.rules import load_filter  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
-from bridge.store.models import AcceptBatch, IdempotencyRecord, Sign, Template  # noqa: E402
+from bridge.store.models import (  # noqa: E402
+    AcceptBatch,
+    IdempotencyRecord,
+    Sign,
+    SubmitResult,
+    Template,
+)
 from tests.integration import test_aliyun_api as aliyun  # noqa: E402
 from tests.integration import test_cli_rules as cli  # noqa: E402
 from tests.integration import test_store_rules as sr  # noqa: E402
@@ -447,11 +453,18 @@ async def test_alibaba_template_changing_every_time(
 
 async def test_frequency_counts_stay_with_the_code(make_api: Any) -> None:
     """Notification limits count per (sign, template code, number): a correction is no way
-    around them (the send before it still counts), and the corrected text is what goes."""
+    around them (the send before it, which went out, still counts), and the corrected text is
+    what goes. (A send still waiting when the template was rejected ended unsent and gave its
+    place back: it never reached anyone, tests/integration/test_session36_places.py.)"""
     api = await make_api({"rules": {"frequency": {"notification": {"per_day": 2}}}})
     creds = await api.create_account(raw_text=False)
     code = await _approved(api, creds)
     assert (await _send(api, creds, code, {"order": "A1"})).status == 202
+    now = api.ctx.now_ms()
+    (work,) = await api.store.claim("review13", 10, now, LEASE)
+    await api.store.record_submits(
+        [SubmitResult(work.id, 1, "sent", "main", "S1", "S1", at=now)], [], now
+    )
     await _correct_and_approve(api, creds, code, {"content": NEW})
     assert (await _send(api, creds, code, {"order": "A2"})).status == 202
     third = await _send(api, creds, code, {"order": "A3"})
