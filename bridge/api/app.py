@@ -241,6 +241,18 @@ async def idempotency_middleware(request: web.Request, handler):
     return await idempotency.run_once(request.app[CTX], request, account_id, request[BODY], handler)
 
 
+@web.middleware
+async def admin_listener_middleware(request: web.Request, handler):
+    """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
+    not a signature check."""
+    path = request.path
+    if path.startswith("/admin/"):
+        admin.check_admin(request)
+    if "\x00" in path:
+        raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
+    return await handler(request)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return v1.json_response({"status": "ok"})
 
@@ -378,9 +390,15 @@ def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, s
     return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid, code
 
 
-def make_app(ctx: ApiContext) -> web.Application:
+def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
+    """The native face; with `admin_only`, the admin listener's app (server.admin_port): the
+    operator's endpoints and the probes, no /v1/ (that port is outside max_connections)."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware, idempotency_middleware],
+        middlewares=(
+            [errors_middleware, admin_listener_middleware]
+            if admin_only
+            else [errors_middleware, auth_middleware, idempotency_middleware]
+        ),
         client_max_size=ctx.config.server.max_body_bytes,
         handler_args=http_limits(ctx.config.server.max_line_size),
     )
@@ -391,10 +409,11 @@ def make_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     app.on_response_prepare.append(name_server)
-    v1.add_routes(app)
+    if not admin_only:
+        v1.add_routes(app)
+        reports.add_routes(app)
+        rules_api.add_routes(app)
     admin.add_routes(app)
-    reports.add_routes(app)
     admin_ops.add_routes(app)
-    rules_api.add_routes(app)
     admin_rules.add_routes(app)
     return app
