@@ -13,9 +13,19 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, idempotency, reports, rules_api, v1
-from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, name_server, read_body
+from bridge.api.bodies import (
+    CLOSING_CODES,
+    body_pending,
+    close_after,
+    declared_too_large,
+    http_limits,
+    name_server,
+    read_sent_body,
+    refuse_encoding,
+)
 from bridge.api.context import (
     BODY,
+    CLOSE_AFTER,
     CTX,
     OPERATOR,
     OWNER_SILENT_S,
@@ -106,7 +116,7 @@ async def errors_middleware(request: web.Request, handler):
     resp.headers["X-Request-Id"] = request_id
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
-    if code in CLOSING_CODES:
+    if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
         await close_after(request, resp)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
@@ -220,16 +230,31 @@ async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
-        body = await read_body(request, ctx.config.server.body_timeout_s)
-        request[BODY] = body
-        # A send records its nonce inside its accept transaction (one write, not two).
-        defer = request.method == "POST" and path == "/v1/messages"
-        request[PRINCIPAL] = await ctx.auth.authenticate(request, body, defer=defer)
+        # Refused from the headers (415, a declared 413, then the signing headers' checks)
+        # before a byte of the body is read; the connection is closed behind such an answer.
+        try:
+            refuse_encoding(request)
+            if declared_too_large(request, ctx.config.server.max_body_bytes):
+                raise ApiError("BODY_TOO_LARGE", "the request body is too large")
+            # A send records its nonce inside its accept transaction (one write, not two).
+            defer = request.method == "POST" and path == "/v1/messages"
+            request[PRINCIPAL] = await ctx.auth.authenticate(request, _signed_body, defer=defer)
+        except ApiError:
+            if body_pending(request):  # not read: the stream cannot carry another request
+                request[CLOSE_AFTER] = True
+            raise
     elif path.startswith("/admin/"):
         admin.check_admin(request)
     if "\x00" in path:  # %00: no store holds it (PostgreSQL text refused it with a 500)
         raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
     return await handler(request)
+
+
+async def _signed_body(request: web.Request) -> bytes:
+    """The body of a /v1/ request whose signing headers passed (Authenticator.authenticate)."""
+    body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
+    request[BODY] = body
+    return body
 
 
 @web.middleware

@@ -28,15 +28,12 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
     that hangs up before its body is whole is its own refusal, CLIENT_DISCONNECTED: the reset
     surfaced as ConnectionResetError, which the error handler took for the store's connection
     (503 STORE_UNAVAILABLE, logged at ERROR: a store-outage alert for every such client)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
-        # The servers do not decompress (auto_decompress=False): the signed body hash is over
-        # the bytes the client sent, and a body that is not what its header says made aiohttp
-        # log a traceback per request. Say what is wrong instead.
-        raise ApiError(
-            "UNSUPPORTED_MEDIA_TYPE",
-            f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
-        )
+    refuse_encoding(request)
+    return await read_sent_body(request, timeout_s)
+
+
+async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
+    """read_body, its Content-Encoding already checked (refuse_encoding)."""
     try:
         if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait
             return await request.read()
@@ -54,6 +51,31 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
         # The bytes after the headers are not a body (a bad chunk size): see
         # http_errors._BodyFailingParser. RequestPayloadError: aiohttp's pure-Python parser.
         raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
+
+
+def refuse_encoding(request: web.Request) -> None:
+    """415 for a compressed body. The servers do not decompress (auto_decompress=False): the
+    signed body hash is over the bytes the client sent, and a body that is not what its header
+    says made aiohttp log a traceback per request. Say what is wrong instead."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+        )
+
+
+def declared_too_large(request: web.Request, max_bytes: int) -> bool:
+    """A Content-Length over the limit: refused (413) from the headers, before a byte of the
+    body is read, whoever sent it; a chunked body is cut at the limit as it is read."""
+    length = request.content_length
+    return length is not None and length > max_bytes
+
+
+def body_pending(request: web.Request) -> bool:
+    """Whether some of the request's body has yet to arrive: refused before reading it, the
+    connection is closed behind the answer (close_after) rather than read to its end."""
+    return request.body_exists and not request.content.is_eof()
 
 
 # Refusals after which the rest of the request's bytes cannot be told from the next request's:

@@ -16,15 +16,24 @@ the code before session 36:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 import re
+import secrets
 import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from bridge.api import signing
 from bridge.app import Daemon
 from bridge.config import ConfigError, parse_config
 from tests.e2e import harness
@@ -203,3 +212,216 @@ def test_the_admin_port_must_not_take_the_alibaba_port() -> None:
     }
     with pytest.raises(ConfigError, match=r"server.admin_port: must differ from aliyun.port"):
         parse_config(raw, env={}, base_dir=Path("/srv/bridge"))
+
+
+# -- 2. signing headers checked before the body is read ------------------------------------------
+
+BIG = 100_000  # a body the client announces (under max_body_bytes) and never sends
+
+
+async def _answer_to_head(port: int, head: bytes) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send a request's head and none of its body: (status, headers, body) of the answer that
+    comes within 2 s, and whether the server then closed the connection (EOF within 2 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(2):
+            status_line = await reader.readline()
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+        try:
+            async with asyncio.timeout(2):
+                closed = await reader.read(1) == b""
+        except TimeoutError:
+            closed = False
+        return int(status_line.split()[1]), headers, body, closed
+    finally:
+        writer.close()
+
+
+def _head(method_path: str, headers: dict[str, str], length: int = BIG) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"{method_path} HTTP/1.1\r\n{lines}Content-Length: {length}\r\n\r\n".encode()
+
+
+def _native_headers(
+    port: int, key: str, secret: str, *, when: datetime | None = None
+) -> dict[str, str]:
+    headers = {
+        "Host": f"127.0.0.1:{port}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+    }
+    headers.update(
+        signing.sign_request(
+            key, secret, "POST", "/v1/messages", "", headers, b"x" * BIG,
+            when or datetime.now(UTC), uuid.uuid4().hex,
+        )
+    )  # fmt: skip
+    return headers
+
+
+@pytest.fixture
+async def faces(tmp_path: Path) -> AsyncIterator[tuple[Daemon, dict[str, str], dict[str, str]]]:
+    """A daemon as `run` builds it with both faces (body_timeout_s 30 s, the default), an
+    account, and a second account whose key is revoked."""
+    daemon = Daemon(make_config(tmp_path, aliyun={"enabled": True, "port": free_port()}))
+    await daemon.start()
+    try:
+        creds = await harness.create_account(daemon)
+        revoked = await harness.create_account(daemon, "gone")
+        await daemon.ctx.accounts.revoke_key(revoked["app_key"], int(time.time() * 1000))
+        yield daemon, creds, revoked
+    finally:
+        await daemon.stop()
+
+
+NATIVE_CASES = {
+    "no Authorization": (lambda p, c, r: {"Host": "x", "Content-Type": "application/json"},
+                         "MISSING_AUTH"),
+    "Authorization unparsable": (
+        lambda p, c, r: {**_native_headers(p, c["app_key"], c["app_secret"]),
+                         "Authorization": "BRIDGE-HMAC-SHA256 garbage"},
+        "SIGNATURE_MISMATCH"),
+    "no date": (
+        lambda p, c, r: {k: v for k, v in _native_headers(p, c["app_key"], c["app_secret"]).items()
+                         if k != "X-Bridge-Date"},
+        "SIGNATURE_MISMATCH"),
+    "date an hour old": (
+        lambda p, c, r: _native_headers(p, c["app_key"], c["app_secret"],
+                                        when=datetime.now(UTC) - timedelta(hours=1)),
+        "REQUEST_EXPIRED"),
+    "unknown app key": (lambda p, c, r: _native_headers(p, "ak_nobody0123456789", "s" * 43),
+                        "UNKNOWN_APP_KEY"),
+    "revoked key": (lambda p, c, r: _native_headers(p, r["app_key"], r["app_secret"]),
+                    "KEY_REVOKED"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(NATIVE_CASES))
+async def test_native_refusals_from_headers_come_before_the_body(faces: Any, case: str) -> None:
+    """README "Signing": syntax, key known and active, clock skew are checked before the body
+    hash. A POST /v1/messages announcing 100 KB and sending none of it is refused at once with
+    the same code as before, and the connection is closed behind the answer (the body is
+    unread). Before: the server waited for the body (30 s, then 408 REQUEST_TIMEOUT)."""
+    daemon, creds, revoked = faces
+    make, code = NATIVE_CASES[case]
+    port = daemon.http_port
+    status, headers, body, closed = await _answer_to_head(
+        port, _head("POST /v1/messages", make(port, creds, revoked))
+    )
+    error = json.loads(body)["error"]
+    assert (status, error["code"]) == (401, code), body
+    assert headers["x-request-id"] == error["request_id"]
+    assert closed, "the connection stays open for a body nobody will read"
+
+
+async def test_native_valid_headers_then_a_slow_body_is_accepted_as_before(faces: Any) -> None:
+    """Coverage: headers that pass, then the body 0.3 s later in two pieces: 202, as before."""
+    daemon, creds, _ = faces
+    port = daemon.http_port
+    body = json.dumps({"to": "+8613800138000", "text": "code 123456"}).encode()
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+               "Idempotency-Key": uuid.uuid4().hex}  # fmt: skip
+    headers.update(
+        signing.sign_request(
+            creds["app_key"], creds["app_secret"], "POST", "/v1/messages", "", headers, body,
+            datetime.now(UTC), uuid.uuid4().hex,
+        )
+    )  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_head("POST /v1/messages", headers, len(body)))
+        await asyncio.sleep(0.3)
+        writer.write(body[:10])
+        await asyncio.sleep(0.1)
+        writer.write(body[10:])
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 202"), status_line
+
+
+def _acs3_headers(host: str, key: str, secret: str, *, when: float | None = None) -> dict[str, str]:
+    """An ACS3-HMAC-SHA256 SendSms's headers for a BIG-octet body (query empty)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if when is None else when))
+    payload = hashlib.sha256(b"x" * BIG).hexdigest()
+    headers = {
+        "host": host,
+        "x-acs-action": "SendSms",
+        "x-acs-version": "2017-05-25",
+        "x-acs-date": stamp,
+        "x-acs-signature-nonce": secrets.token_hex(16),
+        "x-acs-content-sha256": payload,
+    }
+    names = sorted(headers)
+    canonical_headers = "".join(f"{n}:{headers[n]}\n" for n in names)
+    signed = ";".join(names)
+    canonical = "\n".join(("POST", "/", "", canonical_headers, signed, payload))
+    to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
+    mac = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = (
+        f"ACS3-HMAC-SHA256 Credential={key},SignedHeaders={signed},Signature={mac}"
+    )
+    return headers
+
+
+ALIBABA_CASES = {
+    "ACS3 Authorization unparsable": (
+        lambda h, c, r: {**_acs3_headers(h, c["app_key"], c["app_secret"]),
+                         "Authorization": "ACS3-HMAC-SHA256 garbage"},
+        400, "IncompleteSignature"),
+    "ACS3 without x-acs-date": (
+        lambda h, c, r: {k: v for k, v in _acs3_headers(h, c["app_key"], c["app_secret"]).items()
+                         if k != "x-acs-date"},
+        400, "IncompleteSignature"),
+    "ACS3 date an hour old": (
+        lambda h, c, r: _acs3_headers(h, c["app_key"], c["app_secret"], when=time.time() - 3600),
+        400, "InvalidTimeStamp.Expired"),
+    "ACS3 unknown key": (lambda h, c, r: _acs3_headers(h, "ak_nobody0123456789", "s" * 43),
+                         404, "InvalidAccessKeyId.NotFound"),
+    "ACS3 revoked key": (lambda h, c, r: _acs3_headers(h, r["app_key"], r["app_secret"]),
+                         400, "InvalidAccessKeyId.Inactive"),
+    "RPC without a form body or a Signature": (
+        lambda h, c, r: {"Host": h, "Content-Type": "application/json"}, 400, "MissingSignature"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ALIBABA_CASES))
+async def test_alibaba_refusals_from_headers_come_before_the_body(faces: Any, case: str) -> None:
+    """The Alibaba face: an ACS3 call carries its signature in headers, an RPC v1 call without a
+    form body in its query. Refused from those alone, at once, with the code the whole check
+    gives, the connection closed behind the answer. Before: the body was awaited (30 s, then
+    408)."""
+    daemon, creds, revoked = faces
+    make, status_wanted, code = ALIBABA_CASES[case]
+    port = daemon.config.aliyun.port
+    status, headers, body, closed = await _answer_to_head(
+        port, _head("POST /", make(f"127.0.0.1:{port}", creds, revoked))
+    )
+    answer = json.loads(body)
+    assert (status, answer["Code"]) == (status_wanted, code), body
+    assert headers["x-acs-request-id"] == answer["RequestId"]
+    assert closed
+
+
+async def test_alibaba_rpc_form_body_is_still_read_for_its_signature(faces: Any) -> None:
+    """Coverage: an RPC v1 call whose form body may hold Signature and AccessKeyId is not
+    refused from its headers: the body is awaited (no answer within 1 s)."""
+    daemon, _, _ = faces
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.config.aliyun.port)
+    try:
+        writer.write(
+            _head("POST /", {"Host": "x", "Content-Type": "application/x-www-form-urlencoded"})
+        )
+        await writer.drain()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):
+                await reader.readline()
+    finally:
+        writer.close()
