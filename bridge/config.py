@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bridge.domain.forwarded import network_problem
+
 __all__ = [
     "DEFAULT_YAML",
     "SECRET_ENV",
@@ -352,6 +354,11 @@ class ServerConfig:
     # null: none (those paths stay on `port` as well, in any case).
     admin_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
     admin_host: str | None = field(default=None, metadata=meta(_NONEMPTY))  # null: host
+    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For is believed: from such a
+    # peer, the client is the right-most address of that header that is not one of them
+    # (bridge/domain/forwarded.py). Empty: the peer is the client (the audit trail named the
+    # proxy for everyone behind nginx).
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=meta(item=(network_problem,)))
     # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
     # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
     event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))

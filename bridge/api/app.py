@@ -37,6 +37,7 @@ from bridge.api.context import (
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
+from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -97,6 +98,17 @@ def _masked_path(request: web.Request) -> str:
     )
 
 
+def client_of(request: web.Request) -> str | None:
+    """The client's address, for the audit trail and the logs: the peer, or behind a trusted
+    reverse proxy (server.trusted_proxies) the address its X-Forwarded-For names."""
+    trusted = request.app[CTX].config.server.trusted_proxies
+    if not trusted:
+        return request.remote
+    return forwarded.client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", ()), forwarded.networks(trusted)
+    )
+
+
 def new_request_id() -> str:
     return "req_" + random_bytes(8).hex()
 
@@ -139,6 +151,7 @@ async def errors_middleware(request: web.Request, handler):
                 "status": resp.status,
                 "code": code,
                 "ms": round(elapsed * 1000, 1),
+                "remote": client_of(request),
             },
         )
     return resp
@@ -160,7 +173,7 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
         status=status,
         code=None if code == "OK" else code,
         request_id=request_id,
-        remote=request.remote,
+        remote=client_of(request),
     )
     fields = {"actor": entry.actor, "action": entry.action, "path": _log_path(request),
               "status": status, "code": entry.code, "remote": entry.remote}  # fmt: skip
@@ -186,6 +199,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 "path": _log_path(request),
                 "status": exc.status,
                 "code": exc.code,
+                "remote": client_of(request),
             },
         )
         return _error_response(exc.code, exc.message, request_id, exc.status, exc.headers), exc.code

@@ -9,8 +9,14 @@ the code before session 36:
    included, was refused. Now `server.max_connections` per process on the public ports (the API
    and the Alibaba face together): one more is closed unread, counted and logged once a while;
    `server.admin_port` is a listener outside the cap.
-2. Bodies were read whole before the signature headers were checked (see the tests of part 2).
-3. The audit trail's `remote` behind a reverse proxy was the proxy (part 3).
+2. Bodies were read whole before the signature headers were checked: a client with no
+   Authorization at all made the server read and buffer up to max_body_bytes (and wait
+   body_timeout_s for one never sent). Now what the headers decide (syntax, key known and
+   active, clock skew; on the Alibaba face its ACS3 headers, or an RPC call's query when it has
+   no form body) is refused before the body, with the same codes, the connection closed.
+3. The audit trail's `remote` (and the request logs) behind a reverse proxy was the proxy. Now
+   `server.trusted_proxies`: from such a peer, the right-most X-Forwarded-For address that is
+   not a trusted proxy, never the left-most one a client wrote.
 """
 
 from __future__ import annotations
@@ -425,3 +431,90 @@ async def test_alibaba_rpc_form_body_is_still_read_for_its_signature(faces: Any)
                 await reader.readline()
     finally:
         writer.close()
+
+
+# -- 3. the client's address behind a reverse proxy ----------------------------------------------
+
+
+async def _admin_post(port: int, path: str, forwarded_for: list[str]) -> int:
+    """A mutating admin request (recorded in the audit trail) with X-Forwarded-For headers."""
+    headers = [("Authorization", f"Bearer {harness.ADMIN_TOKEN}"), ("Connection", "close")]
+    headers += [("X-Forwarded-For", v) for v in forwarded_for]
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{port}{path}", headers=headers) as r,
+    ):
+        return r.status
+
+
+async def _audit_remotes(port: int) -> list[str | None]:
+    status, text = await _get(port, "/admin/audit", harness.ADMIN_TOKEN)
+    assert status == 200, text
+    return [e["remote"] for e in json.loads(text)["entries"]]
+
+
+# (trusted_proxies, X-Forwarded-For headers as sent to the daemon) -> the audit trail's remote.
+# The test client's peer address is 127.0.0.1: the proxy, when it is trusted.
+REMOTE_CASES = [
+    pytest.param([], ["203.0.113.7"], "127.0.0.1", id="no trusted proxies: the peer"),
+    pytest.param(["10.0.0.0/8"], ["203.0.113.7"], "127.0.0.1", id="peer not trusted: ignored"),
+    pytest.param(["127.0.0.1"], [], "127.0.0.1", id="trusted peer, no header: the peer"),
+    pytest.param(["127.0.0.1"], ["203.0.113.7"], "203.0.113.7", id="one proxy"),
+    pytest.param(
+        ["127.0.0.1"], ["6.6.6.6, 203.0.113.7"], "203.0.113.7", id="spoofed left-most entry"
+    ),
+    pytest.param(
+        ["127.0.0.0/8", "10.0.0.0/8"],
+        ["6.6.6.6, 203.0.113.7, 10.1.2.3"],
+        "203.0.113.7",
+        id="two proxies: right-most untrusted",
+    ),
+    pytest.param(
+        ["127.0.0.1", "2001:db8::/32"],
+        ["6.6.6.6", "[2001:db9::1]:4431, 2001:db8::5"],
+        "2001:db9::1",
+        id="header sent twice, IPv6 with a port",
+    ),
+    pytest.param(["127.0.0.1"], ["203.0.113.7, not-an-ip"], "127.0.0.1", id="garbage hop"),
+]
+
+
+@pytest.mark.parametrize(("trusted", "forwarded_for", "remote"), REMOTE_CASES)
+async def test_the_audit_trail_names_the_client_behind_a_trusted_proxy(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    trusted: list[str],
+    forwarded_for: list[str],
+    remote: str,
+) -> None:
+    """README "TLS termination": with server.trusted_proxies, the audit trail's `remote` and
+    the request log lines name the client from X-Forwarded-For (the right-most address that
+    is not a trusted proxy), never the left-most entry a client wrote; a peer not trusted, or
+    no setting, is the client itself. Before: always the peer (the proxy), and no setting."""
+    daemon = Daemon(make_config(tmp_path, server={"trusted_proxies": trusted}))
+    await daemon.start()
+    try:
+        caplog.set_level(logging.INFO, logger="bridge.api")
+        port = daemon.http_port
+        status = await _admin_post(port, "/admin/keys/ak_nobody0123456789/revoke", forwarded_for)
+        assert status == 404  # refused, and recorded
+        assert await _audit_remotes(port) == [remote]
+        lines = [r for r in caplog.records if r.getMessage() in ("refused", "operator action")]
+        assert lines and all(getattr(r, "remote", None) == remote for r in lines)
+    finally:
+        await daemon.stop()
+
+
+def test_a_trusted_proxy_entry_that_is_no_address_is_refused_at_load() -> None:
+    raw: dict[str, Any] = {
+        "server": {"trusted_proxies": ["127.0.0.1", "nginx.internal", "10.0.0.1/8"]},
+        "security": {"generate_master_key": True},
+        "smscs": [{"name": "a", "system_id": "s"}],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={}, base_dir=Path("/srv/bridge"))
+    text = str(err.value)
+    assert "server.trusted_proxies[1]: must be an IP address or a CIDR network" in text
+    assert "'nginx.internal'" in text
+    assert "server.trusted_proxies[2]" in text and "host bits set" in text
+    assert "trusted_proxies[0]" not in text
