@@ -22,6 +22,7 @@ from bridge.api.bodies import (
     name_server,
     read_sent_body,
     refuse_encoding,
+    use_deferred_continue,
 )
 from bridge.api.context import (
     BODY,
@@ -455,4 +456,5 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
     admin.add_routes(app)
     admin_ops.add_routes(app)
     admin_rules.add_routes(app)
+    use_deferred_continue(app)
     return app

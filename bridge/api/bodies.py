@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from bridge.api.context import CTX
+from bridge.api.context import CONTINUE, CTX
 from bridge.api.errors import ApiError
 from bridge.api.http_errors import BODY_FRAMING, SERVER_NAME
 
@@ -34,6 +34,8 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
 
 async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
     """read_body, its Content-Encoding already checked (refuse_encoding)."""
+    if CONTINUE in request:
+        await _send_continue(request)
     try:
         if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait
             return await request.read()
@@ -51,6 +53,35 @@ async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
         # The bytes after the headers are not a body (a bad chunk size): see
         # http_errors._BodyFailingParser. RequestPayloadError: aiohttp's pure-Python parser.
         raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
+
+
+async def defer_continue(request: web.Request) -> None:
+    """The routes' Expect handler. aiohttp's answered `Expect: 100-continue` with "100
+    Continue" before any middleware ran, so a client waiting for it sent its body to requests
+    refused from their headers (no signature, a bad token). The interim answer now goes when the
+    body is first read (read_body), after those checks; a refusal goes instead, and the client
+    sends no body."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:40]}")
+    request[CONTINUE] = True
+
+
+async def _send_continue(request: web.Request) -> None:
+    del request[CONTINUE]
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own handler: the answer has not begun
+
+
+def use_deferred_continue(app: web.Application) -> None:
+    """Every route of `app` answers Expect: 100-continue through defer_continue. aiohttp takes
+    the handler per route (add_route's expect_handler), kept in a private attribute: if it
+    is missing, the routes keep aiohttp's own, which sends "100 Continue" at once, as before."""
+    for route in app.router.routes():
+        if hasattr(route, "_expect_handler"):
+            route._expect_handler = defer_continue
 
 
 def refuse_encoding(request: web.Request) -> None:

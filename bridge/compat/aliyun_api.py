@@ -27,6 +27,7 @@ from bridge.api.bodies import (
     name_server,
     read_body,
     refuse_encoding,
+    use_deferred_continue,
 )
 from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
@@ -257,6 +258,7 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
     app[STORE_DOWN] = logs.Throttled(log)
     app.on_response_prepare.append(name_server)
     app.router.add_route("*", "/{tail:.*}", handle)
+    use_deferred_continue(app)
     return app
 
 

@@ -518,3 +518,58 @@ def test_a_trusted_proxy_entry_that_is_no_address_is_refused_at_load() -> None:
     assert "'nginx.internal'" in text
     assert "server.trusted_proxies[2]" in text and "host bits set" in text
     assert "trusted_proxies[0]" not in text
+
+
+async def _first_line_after_expect(
+    port: int, head: bytes
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    async with asyncio.timeout(2):
+        return await reader.readline(), reader, writer
+
+
+def _expecting(headers: dict[str, str], length: int = BIG) -> bytes:
+    return _head("POST /v1/messages", {**headers, "Expect": "100-continue"}, length)
+
+
+async def test_expect_100_continue_waits_for_the_signing_headers(faces: Any) -> None:
+    """A client that sends `Expect: 100-continue` (curl with large bodies, several SDKs) sends
+    its body only after "100 Continue". aiohttp sent that before any check ran, so an unsigned
+    client was invited to upload its body; now a request refused from its headers gets its
+    refusal instead (and sends nothing), and one whose headers pass gets "100 Continue", then
+    its answer. On the Alibaba face too."""
+    daemon, creds, _ = faces
+    port = daemon.http_port
+    line, _, writer = await _first_line_after_expect(port, _expecting({"Host": "x"}))
+    writer.close()
+    assert line.startswith(b"HTTP/1.1 401"), line
+
+    body = json.dumps({"to": "+8613800138000", "text": "code 123456"}).encode()
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+               "Idempotency-Key": uuid.uuid4().hex}  # fmt: skip
+    headers.update(
+        signing.sign_request(
+            creds["app_key"], creds["app_secret"], "POST", "/v1/messages", "", headers, body,
+            datetime.now(UTC), uuid.uuid4().hex,
+        )
+    )  # fmt: skip
+    line, reader, writer = await _first_line_after_expect(port, _expecting(headers, len(body)))
+    try:
+        assert line == b"HTTP/1.1 100 Continue\r\n", line
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        async with asyncio.timeout(5):
+            final = await reader.readline()
+    finally:
+        writer.close()
+    assert final.startswith(b"HTTP/1.1 202"), final
+
+    ali = daemon.config.aliyun.port
+    acs3 = _acs3_headers(f"127.0.0.1:{ali}", "ak_nobody0123456789", "s" * 43)
+    line, _, writer = await _first_line_after_expect(
+        ali, _head("POST /", {**acs3, "Expect": "100-continue"})
+    )
+    writer.close()
+    assert line.startswith(b"HTTP/1.1 404"), line
