@@ -259,10 +259,21 @@ async def auth_middleware(request: web.Request, handler):
                 request[CLOSE_AFTER] = True
             raise
     elif path.startswith("/admin/"):
-        admin.check_admin(request)
+        _check_admin(request)
     if "\x00" in path:  # %00: no store holds it (PostgreSQL text refused it with a 500)
         raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
     return await handler(request)
+
+
+def _check_admin(request: web.Request) -> None:
+    """The admin token, checked before the body; a refusal with the body unread closes the
+    connection, as a signed request's does."""
+    try:
+        admin.check_admin(request)
+    except ApiError:
+        if body_pending(request):
+            request[CLOSE_AFTER] = True
+        raise
 
 
 async def _signed_body(request: web.Request) -> bytes:
@@ -287,7 +298,7 @@ async def admin_listener_middleware(request: web.Request, handler):
     not a signature check."""
     path = request.path
     if path.startswith("/admin/"):
-        admin.check_admin(request)
+        _check_admin(request)
     if "\x00" in path:
         raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
     return await handler(request)

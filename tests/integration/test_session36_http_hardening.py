@@ -573,3 +573,16 @@ async def test_expect_100_continue_waits_for_the_signing_headers(faces: Any) -> 
     )
     writer.close()
     assert line.startswith(b"HTTP/1.1 404"), line
+
+
+async def test_a_wrong_admin_token_is_refused_before_the_body(faces: Any) -> None:
+    """The admin token is checked before an operator's body is read: 401 at once, and now the
+    connection is closed behind it. Before: the connection stayed open, aiohttp waiting to
+    read and discard the rest of the body (its 10 s lingering)."""
+    daemon, _, _ = faces
+    head = _head(
+        "POST /admin/accounts", {"Host": "x", "Authorization": "Bearer " + "x" * 24}, length=5000
+    )
+    status, _, body, closed = await _answer_to_head(daemon.http_port, head)
+    assert (status, json.loads(body)["error"]["code"]) == (401, "INVALID_ADMIN_TOKEN")
+    assert closed
