@@ -245,18 +245,20 @@ async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
-        # Refused from the headers (415, a declared 413, then the signing headers' checks)
-        # before a byte of the body is read; the connection is closed behind such an answer.
+        # Refused from the headers (415, the signing headers' checks; a declared 413 before
+        # those) before a byte of the body is read; the connection is closed behind the answer.
         try:
             refuse_encoding(request)
-            if declared_too_large(request, ctx.config.server.max_body_bytes):
-                raise ApiError("BODY_TOO_LARGE", "the request body is too large")
             # A send records its nonce inside its accept transaction (one write, not two).
             defer = request.method == "POST" and path == "/v1/messages"
             request[PRINCIPAL] = await ctx.auth.authenticate(request, _signed_body, defer=defer)
-        except ApiError:
+        except ApiError as exc:
             if body_pending(request):  # not read: the stream cannot carry another request
                 request[CLOSE_AFTER] = True
+            # A Content-Length over the limit is 413 before a signature refusal (401), as when
+            # the body was read first; asked only here, it costs the requests that pass nothing.
+            if exc.status == 401 and declared_too_large(request, ctx.config.server.max_body_bytes):
+                raise ApiError("BODY_TOO_LARGE", "the request body is too large") from None
             raise
     elif path.startswith("/admin/"):
         _check_admin(request)
