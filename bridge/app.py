@@ -27,6 +27,7 @@ from bridge.accounts import AccountService
 from bridge.aio import cancel_and_wait, wait_event
 from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
+from bridge.api.connections import ConnectionCap, fit_fd_limit
 from bridge.api.context import OWNER_SILENT_S, ApiContext
 from bridge.api.http_errors import AppRunner
 from bridge.api.submit import Submitter
@@ -189,6 +190,8 @@ class Daemon:
         self.ctx: ApiContext | None = None
         self._runner: web.AppRunner | None = None
         self._aliyun_runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.connection_cap: ConnectionCap | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_settle = 0  # unix ms of the last automatic settlement check
         self._retention: Retention | None = None
@@ -386,35 +389,28 @@ class Daemon:
             await self.ctx.tariff_book.load(int(self.clock() * 1000))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
-        app = make_app(self.ctx)
-        self._runner = AppRunner(
-            app,
-            render_unparsed,
-            self.ctx.metrics,
-            access_log=None,
-            shutdown_timeout=2.0,
-            keepalive_timeout=cfg.server.idle_timeout_s,
-            # Bodies are read as sent (the signature covers those bytes); a Content-Encoding is
-            # refused with 415 (read_body). Decompressing, aiohttp refused br and zstd itself
-            # with a 400 when their optional packages were missing, and logged a traceback for
-            # every body that was not what its header said.
-            auto_decompress=False,
+        # One cap for both public faces of this process (server.max_connections); the admin
+        # listener's runner has none.
+        cap = ConnectionCap(cfg.server.max_connections)
+        fit_fd_limit(cfg.server.max_connections)
+        self.connection_cap = cap
+        self.metrics.watch_connections(lambda: (cap.open, cap.refused))
+        self._runner, site = await self._listen(
+            make_app(self.ctx), cfg.server.host, cfg.server.port, cap
         )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            cfg.server.host,
-            cfg.server.port,
-            reuse_address=True,
-            reuse_port=self.role == "acceptor",
-        )
-        await site.start()
+        if cfg.server.admin_port is not None:
+            admin_host = cfg.server.admin_host or cfg.server.host
+            self._admin_runner, _ = await self._listen(
+                make_app(self.ctx, admin_only=True), admin_host, cfg.server.admin_port, None
+            )
+            log.info("admin listener on http://%s:%s", admin_host, cfg.server.admin_port)
         if cfg.aliyun.enabled:
             self._aliyun_runner = AppRunner(
                 make_aliyun_app(self.ctx),
                 render_aliyun_unparsed,
                 self.ctx.metrics,
                 endpoint=ALIYUN_UNPARSED,
+                cap=cap,
                 access_log=None,
                 shutdown_timeout=2.0,
                 keepalive_timeout=cfg.server.idle_timeout_s,
@@ -446,6 +442,31 @@ class Daemon:
             cfg.store.engine,
             _loop_name(),
         )
+
+    async def _listen(
+        self, app: web.Application, host: str, port: int, cap: ConnectionCap | None
+    ) -> tuple[AppRunner, web.TCPSite]:
+        """A native-face listener (the API's, or the admin one), its runner set up."""
+        runner = AppRunner(
+            app,
+            render_unparsed,
+            self.ctx.metrics,
+            cap=cap,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=self.config.server.idle_timeout_s,
+            # Bodies are read as sent (the signature covers those bytes); a Content-Encoding is
+            # refused with 415 (read_body). Decompressing, aiohttp refused br and zstd itself
+            # with a 400 when their optional packages were missing, and logged a traceback for
+            # every body that was not what its header said.
+            auto_decompress=False,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, host, port, reuse_address=True, reuse_port=self.role == "acceptor"
+        )
+        await site.start()
+        return runner, site
 
     def _connector(self, smsc: Any) -> Any:
         """Built, not started nor gated (see _gate): a reload builds its connectors before it
@@ -823,6 +844,8 @@ class Daemon:
             await self._runner.cleanup()
         if self._aliyun_runner is not None:
             await self._aliyun_runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         if self._wake_listener is not None:
             self._wake_listener.close()
         if self._wake_sender is not None:

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bridge.domain.forwarded import network_problem
+
 __all__ = [
     "DEFAULT_YAML",
     "SECRET_ENV",
@@ -340,6 +342,23 @@ class ServerConfig:
     instance: int = field(default=0, metadata=meta(between(0, 255), env="SMPP_BRIDGE_INSTANCE"))
     # Prometheus text format at GET /metrics on this port, open like /healthz (see README).
     metrics: bool = True
+    # Open HTTP connections this process keeps on its public ports (this one and the Alibaba
+    # face's, together); one more is closed unread. Each costs a file descriptor: without a
+    # cap a client opening connections ran the process out of them, and every client, the
+    # operator's /admin and /metrics included, was refused. 512: far above what 2 cores serve
+    # (about 50 requests in flight at full speed; a proxy's keep-alive pool holds tens) and half
+    # of the usual 1,024 descriptors, leaving the rest to the store, binds and webhooks.
+    max_connections: int = field(default=512, metadata=meta(between(1, 1_000_000)))
+    # A listener for /admin/, /metrics, /readyz, /healthz and /openapi.json only (no /v1/),
+    # outside max_connections: the operator still gets in while the public ports are full.
+    # null: none (those paths stay on `port` as well, in any case).
+    admin_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
+    admin_host: str | None = field(default=None, metadata=meta(_NONEMPTY))  # null: host
+    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For is believed: from such a
+    # peer, the client is the right-most address of that header that is not one of them
+    # (bridge/domain/forwarded.py). Empty: the peer is the client (the audit trail named the
+    # proxy for everyone behind nginx).
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=meta(item=(network_problem,)))
     # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
     # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
     event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))
@@ -347,6 +366,12 @@ class ServerConfig:
     def _problems(self) -> Problems:
         if self.instance >= self.instances:
             yield "instance", f"must be below instances ({self.instances}), got {self.instance}"
+        if (
+            self.admin_port is not None
+            and self.admin_port == self.port
+            and _hosts_overlap(self.admin_host or self.host, self.host)
+        ):
+            yield "admin_port", f"must differ from port ({self.port})"
         if self.instances * max(1, self.workers) > 256:
             yield (
                 "instances",
@@ -1387,17 +1412,27 @@ def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
         for key in ("port", "control_port"):
             if getattr(sim, key) == server.port:
                 ctx.err(f"sim.{key}", f"must differ from server.port ({server.port})")
+    taken = [(server.port, server.host, "server.port")]
+    if isinstance(sim, SimConfig) and sim.enabled:
+        # The control API listens on the loopback address whatever sim.host says.
+        taken += [(sim.port, sim.host, "sim.port"), (sim.control_port, "127.0.0.1",
+                  "sim.control_port")]  # fmt: skip
     if isinstance(aliyun, AliyunConfig) and aliyun.enabled:
-        taken = [(server.port, server.host, "server.port")]
-        if isinstance(sim, SimConfig) and sim.enabled:
-            # The control API listens on the loopback address whatever sim.host says.
-            taken += [(sim.port, sim.host, "sim.port"), (sim.control_port, "127.0.0.1",
-                      "sim.control_port")]  # fmt: skip
-        host = aliyun.host or server.host
-        for port, other, what in taken:
-            if aliyun.port == port and _hosts_overlap(host, other):
-                ctx.err("aliyun.port", f"must differ from {what} ({port})")
-                break
+        _check_port(ctx, "aliyun.port", aliyun.port, aliyun.host or server.host, taken)
+        taken.append((aliyun.port, aliyun.host or server.host, "aliyun.port"))
+    if server.admin_port is not None:
+        # server.port itself: ServerConfig's own check.
+        admin_host = server.admin_host or server.host
+        _check_port(ctx, "server.admin_port", server.admin_port, admin_host, taken[1:])
+
+
+def _check_port(
+    ctx: _Ctx, key: str, port: int, host: str, taken: list[tuple[int, str, str]]
+) -> None:
+    for other_port, other, what in taken:
+        if port == other_port and _hosts_overlap(host, other):
+            ctx.err(key, f"must differ from {what} ({other_port})")
+            return
 
 
 def _hosts_overlap(a: str, b: str) -> bool:

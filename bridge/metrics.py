@@ -357,6 +357,22 @@ class Metrics:
             registry=r,
             **live,
         )
+        self.http_connections_open = Gauge(
+            "smpp_bridge_http_connections_open",
+            "HTTP connections open on the public ports (the API's and the Alibaba face's; not "
+            "the admin listener's), summed over processes; each process allows "
+            "server.max_connections",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.http_connections_refused = Counter(
+            "smpp_bridge_http_connections_refused",
+            "HTTP connections closed unread because their process had server.max_connections "
+            "open on the public ports",
+            registry=r,
+        )
+        self._connections: Callable[[], tuple[int, int]] | None = None
+        self._refused_seen = 0
         # Observations wait here (plain ints) until `flush`; see the module docstring.
         self._requests: defaultdict[tuple[str, int, str], int] = defaultdict(int)
         self._submits: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -436,6 +452,21 @@ class Metrics:
             if n:
                 self.purged_rows.labels(kind).inc(n)
 
+    def watch_connections(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Report this process's open public connections and the total refused at the cap
+        (`read` gives both), read at each flush: nothing is counted per connection here."""
+        self._connections = read
+        self.http_connections_open.set(0)
+
+    def _flush_connections(self) -> None:
+        if self._connections is None:
+            return
+        open_now, refused = self._connections()
+        self.http_connections_open.set(open_now)
+        if refused > self._refused_seen:
+            self.http_connections_refused.inc(refused - self._refused_seen)
+            self._refused_seen = refused
+
     # -- store -----------------------------------------------------------------------------------
     def watch_store(self, role: str, stats: Callable[[], WriteLockStats | None]) -> None:
         """Report this process's use of the store's write lock, read at each flush."""
@@ -488,6 +519,7 @@ class Metrics:
         for h in (*self._rtt.values(), *self._lag.values()):
             h.flush()
         self._flush_store()
+        self._flush_connections()
 
     async def flush_every(self, interval_s: float) -> None:
         """Multi-process mode: keep this process's files fresh for whichever process answers the

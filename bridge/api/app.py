@@ -13,9 +13,20 @@ from aiohttp import web
 
 from bridge import audit, jsonio, logs
 from bridge.api import admin, admin_ops, admin_rules, idempotency, reports, rules_api, v1
-from bridge.api.bodies import CLOSING_CODES, close_after, http_limits, name_server, read_body
+from bridge.api.bodies import (
+    CLOSING_CODES,
+    body_pending,
+    close_after,
+    declared_too_large,
+    http_limits,
+    name_server,
+    read_sent_body,
+    refuse_encoding,
+    use_deferred_continue,
+)
 from bridge.api.context import (
     BODY,
+    CLOSE_AFTER,
     CTX,
     OPERATOR,
     OWNER_SILENT_S,
@@ -27,6 +38,7 @@ from bridge.api.context import (
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
+from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -93,6 +105,17 @@ def _masked_path(request: web.Request) -> str:
     )
 
 
+def client_of(request: web.Request) -> str | None:
+    """The client's address, for the audit trail and the logs: the peer, or behind a trusted
+    reverse proxy (server.trusted_proxies) the address its X-Forwarded-For names."""
+    trusted = request.app[CTX].config.server.trusted_proxies
+    if not trusted:
+        return request.remote
+    return forwarded.client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", ()), forwarded.networks(trusted)
+    )
+
+
 def new_request_id() -> str:
     return "req_" + random_bytes(8).hex()
 
@@ -112,7 +135,7 @@ async def errors_middleware(request: web.Request, handler):
     resp.headers["X-Request-Id"] = request_id
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
-    if code in CLOSING_CODES:
+    if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
         await close_after(request, resp)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
@@ -135,6 +158,7 @@ async def errors_middleware(request: web.Request, handler):
                 "status": resp.status,
                 "code": code,
                 "ms": round(elapsed * 1000, 1),
+                "remote": client_of(request),
             },
         )
     return resp
@@ -156,7 +180,7 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
         status=status,
         code=None if code == "OK" else code,
         request_id=request_id,
-        remote=request.remote,
+        remote=client_of(request),
     )
     fields = {"actor": entry.actor, "action": entry.action, "path": _log_path(request),
               "status": status, "code": entry.code, "remote": entry.remote}  # fmt: skip
@@ -182,6 +206,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 "path": _log_path(request),
                 "status": exc.status,
                 "code": exc.code,
+                "remote": client_of(request),
             },
         )
         resp = _error_response(
@@ -229,16 +254,44 @@ async def auth_middleware(request: web.Request, handler):
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
-        body = await read_body(request, ctx.config.server.body_timeout_s)
-        request[BODY] = body
-        # A send records its nonce inside its accept transaction (one write, not two).
-        defer = request.method == "POST" and path == "/v1/messages"
-        request[PRINCIPAL] = await ctx.auth.authenticate(request, body, defer=defer)
+        # Refused from the headers (415, the signing headers' checks; a declared 413 before
+        # those) before a byte of the body is read; the connection is closed behind the answer.
+        try:
+            refuse_encoding(request)
+            # A send records its nonce inside its accept transaction (one write, not two).
+            defer = request.method == "POST" and path == "/v1/messages"
+            request[PRINCIPAL] = await ctx.auth.authenticate(request, _signed_body, defer=defer)
+        except ApiError as exc:
+            if body_pending(request):  # not read: the stream cannot carry another request
+                request[CLOSE_AFTER] = True
+            # A Content-Length over the limit is 413 before a signature refusal (401), as when
+            # the body was read first; asked only here, it costs the requests that pass nothing.
+            if exc.status == 401 and declared_too_large(request, ctx.config.server.max_body_bytes):
+                raise ApiError("BODY_TOO_LARGE", "the request body is too large") from None
+            raise
     elif path.startswith("/admin/"):
-        admin.check_admin(request)
+        _check_admin(request)
     if "\x00" in path:  # %00: no store holds it (PostgreSQL text refused it with a 500)
         raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
     return await handler(request)
+
+
+def _check_admin(request: web.Request) -> None:
+    """The admin token, checked before the body; a refusal with the body unread closes the
+    connection, as a signed request's does."""
+    try:
+        admin.check_admin(request)
+    except ApiError:
+        if body_pending(request):
+            request[CLOSE_AFTER] = True
+        raise
+
+
+async def _signed_body(request: web.Request) -> bytes:
+    """The body of a /v1/ request whose signing headers passed (Authenticator.authenticate)."""
+    body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
+    request[BODY] = body
+    return body
 
 
 @web.middleware
@@ -248,6 +301,18 @@ async def idempotency_middleware(request: web.Request, handler):
         return await handler(request)
     account_id = request[PRINCIPAL].account.id
     return await idempotency.run_once(request.app[CTX], request, account_id, request[BODY], handler)
+
+
+@web.middleware
+async def admin_listener_middleware(request: web.Request, handler):
+    """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
+    not a signature check."""
+    path = request.path
+    if path.startswith("/admin/"):
+        _check_admin(request)
+    if "\x00" in path:
+        raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
+    return await handler(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -387,9 +452,15 @@ def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, s
     return status, jsonio.dumps(envelope(code, message, rid)), "application/json", rid, code
 
 
-def make_app(ctx: ApiContext) -> web.Application:
+def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
+    """The native face; with `admin_only`, the admin listener's app (server.admin_port): the
+    operator's endpoints and the probes, no /v1/ (that port is outside max_connections)."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware, idempotency_middleware],
+        middlewares=(
+            [errors_middleware, admin_listener_middleware]
+            if admin_only
+            else [errors_middleware, auth_middleware, idempotency_middleware]
+        ),
         client_max_size=ctx.config.server.max_body_bytes,
         handler_args=http_limits(ctx.config.server.max_line_size),
     )
@@ -400,10 +471,12 @@ def make_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     app.on_response_prepare.append(name_server)
-    v1.add_routes(app)
+    if not admin_only:
+        v1.add_routes(app)
+        reports.add_routes(app)
+        rules_api.add_routes(app)
     admin.add_routes(app)
-    reports.add_routes(app)
     admin_ops.add_routes(app)
-    rules_api.add_routes(app)
     admin_rules.add_routes(app)
+    use_deferred_continue(app)
     return app

@@ -8,7 +8,7 @@ table. The pure parts live in `bridge.api.signing`; this is the shell with the s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -150,8 +150,15 @@ class Authenticator:
         return account
 
     async def authenticate(
-        self, request: web.Request, body: bytes, *, defer: bool = False
+        self,
+        request: web.Request,
+        read: Callable[[web.Request], Awaitable[bytes]],
+        *,
+        defer: bool = False,
     ) -> Principal:
+        """The checks in their documented order; `read` fetches the body once the headers alone
+        passed (syntax, key known and active, clock skew): it was read first, so a client with
+        no Authorization at all made the server read and buffer up to max_body_bytes."""
         try:
             auth = signing.parse_authorization(request.headers.get("Authorization"))
             lowered = signing.lower_headers(request.headers)
@@ -176,6 +183,10 @@ class Authenticator:
         now = self._clock()
         try:
             signing.check_skew(when, _utc(now), self._max_skew, self.late_s(now))
+        except signing.SignatureError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        body = await read(request)
+        try:
             signing.verify_checked(
                 secret,
                 request.method,

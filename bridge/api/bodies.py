@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from bridge.api.context import CTX
+from bridge.api.context import CONTINUE, CTX
 from bridge.api.errors import ApiError
 from bridge.api.http_errors import BODY_FRAMING, SERVER_NAME
 
@@ -28,15 +28,14 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
     that hangs up before its body is whole is its own refusal, CLIENT_DISCONNECTED: the reset
     surfaced as ConnectionResetError, which the error handler took for the store's connection
     (503 STORE_UNAVAILABLE, logged at ERROR: a store-outage alert for every such client)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
-        # The servers do not decompress (auto_decompress=False): the signed body hash is over
-        # the bytes the client sent, and a body that is not what its header says made aiohttp
-        # log a traceback per request. Say what is wrong instead.
-        raise ApiError(
-            "UNSUPPORTED_MEDIA_TYPE",
-            f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
-        )
+    refuse_encoding(request)
+    return await read_sent_body(request, timeout_s)
+
+
+async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
+    """read_body, its Content-Encoding already checked (refuse_encoding)."""
+    if CONTINUE in request:
+        await _send_continue(request)
     try:
         if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait
             return await request.read()
@@ -54,6 +53,60 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
         # The bytes after the headers are not a body (a bad chunk size): see
         # http_errors._BodyFailingParser. RequestPayloadError: aiohttp's pure-Python parser.
         raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
+
+
+async def defer_continue(request: web.Request) -> None:
+    """The routes' Expect handler. aiohttp's answered `Expect: 100-continue` with "100
+    Continue" before any middleware ran, so a client waiting for it sent its body to requests
+    refused from their headers (no signature, a bad token). The interim answer now goes when the
+    body is first read (read_body), after those checks; a refusal goes instead, and the client
+    sends no body."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:40]}")
+    request[CONTINUE] = True
+
+
+async def _send_continue(request: web.Request) -> None:
+    del request[CONTINUE]
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own handler: the answer has not begun
+
+
+def use_deferred_continue(app: web.Application) -> None:
+    """Every route of `app` answers Expect: 100-continue through defer_continue. aiohttp takes
+    the handler per route (add_route's expect_handler), kept in a private attribute: if it
+    is missing, the routes keep aiohttp's own, which sends "100 Continue" at once, as before."""
+    for route in app.router.routes():
+        if hasattr(route, "_expect_handler"):
+            route._expect_handler = defer_continue
+
+
+def refuse_encoding(request: web.Request) -> None:
+    """415 for a compressed body. The servers do not decompress (auto_decompress=False): the
+    signed body hash is over the bytes the client sent, and a body that is not what its header
+    says made aiohttp log a traceback per request. Say what is wrong instead."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+        )
+
+
+def declared_too_large(request: web.Request, max_bytes: int) -> bool:
+    """A Content-Length over the limit: refused (413) from the headers, before a byte of the
+    body is read, whoever sent it; a chunked body is cut at the limit as it is read."""
+    length = request.content_length
+    return length is not None and length > max_bytes
+
+
+def body_pending(request: web.Request) -> bool:
+    """Whether some of the request's body has yet to arrive: refused before reading it, the
+    connection is closed behind the answer (close_after) rather than read to its end."""
+    return request.body_exists and not request.content.is_eof()
 
 
 # Refusals after which the rest of the request's bytes cannot be told from the next request's:

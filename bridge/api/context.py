@@ -83,6 +83,10 @@ OWNER_SILENT_S = 5.0
 STORE_DOWN: web.AppKey[logs.Throttled] = web.AppKey("store_down", logs.Throttled)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY: web.RequestKey[bytes] = web.RequestKey("body", bytes)
+# An `Expect: 100-continue` whose "100 Continue" waits for the first read of the body (bodies.py).
+CONTINUE: web.RequestKey[bool] = web.RequestKey("continue", bool)
+# Set on a request refused before its body was read: the answer closes the connection.
+CLOSE_AFTER: web.RequestKey[bool] = web.RequestKey("close_after", bool)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 # The named operator (admin.operators) whose token an admin request carried; "" for the shared
 # server.admin_token.

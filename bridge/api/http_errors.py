@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_protocol import RequestHandler
 
+from bridge.api.connections import ConnectionCap
 from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.api")
@@ -114,6 +115,8 @@ class _Handler(RequestHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._write_watch: asyncio.TimerHandle | None = None
+        self._cap: ConnectionCap | None = None  # counted in it until connection_lost
+        self._refused = False  # closed unread at the cap
         self._buffered = 0  # write buffer size at the last check
         self._stalled_since: float | None = None
         # The attribute aiohttp keeps its request parser in (`_request_parser` in older ones):
@@ -125,12 +128,26 @@ class _Handler(RequestHandler):
                 break
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cap = getattr(self._manager, "cap", None)  # None: the admin listener, not counted
+        if cap is not None:
+            if not cap.admit():
+                # An aborted transport reads nothing more (no data_received, no eof_received):
+                # the connection is never handed to aiohttp (no timers, no answer).
+                self._refused = True
+                transport.abort()
+                return
+            self._cap = cap
         super().connection_made(transport)
         self._write_watch = self._loop.call_later(
             _check_every(self._keepalive_timeout), self._check_writes
         )
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:  # aiohttp never knew it
+            return
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
         if self._write_watch is not None:
             self._write_watch.cancel()
             self._write_watch = None
@@ -193,6 +210,7 @@ class JsonErrorServer(web.Server):
     render: Render
     metrics: Metrics | None
     endpoint: str
+    cap: ConnectionCap | None = None  # None: connections are not counted (the admin listener)
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -220,12 +238,14 @@ class AppRunner(web.AppRunner):
         metrics: Metrics | None,
         *,
         endpoint: str = ENDPOINT,
+        cap: ConnectionCap | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(app, **kwargs)  # type: ignore[arg-type]
         self._render = render
         self._metrics = metrics
         self._endpoint = endpoint
+        self._cap = cap
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -236,4 +256,5 @@ class AppRunner(web.AppRunner):
         server.render = self._render
         server.metrics = self._metrics
         server.endpoint = self._endpoint
+        server.cap = self._cap
         return server

@@ -53,10 +53,12 @@ __all__ = [
     "AliyunAuthError",
     "SignedCall",
     "check_timestamp",
+    "early_check",
     "parse_request",
     "parse_timestamp",
     "percent_encode",
     "protocol_error",
+    "query_format",
     "rpc_v1_signature",
     "rpc_v1_string_to_sign",
 ]
@@ -306,6 +308,46 @@ def parse_request(
     if _last(query + form, "Signature") is None:
         raise missing("Signature")
     return _parse_rpc_v1(method, query + form)
+
+
+def early_check(
+    method: str, raw_query: str, headers: Mapping[str, str], content_type: str | None
+) -> tuple[str, int] | None:
+    """What the call's headers and query decide before its body is read: raise AliyunAuthError
+    for what is refused from them alone (the same codes `parse_request` gives), else the
+    (AccessKeyId, Timestamp) to check the clock and the key with. None when the body may carry
+    them: an RPC v1 call with a form body signs its form parameters, Signature and Timestamp
+    perhaps among them.
+
+    Why: the body was read whole first, so a client with no signature at all made the server
+    read and buffer up to max_body_bytes."""
+    lowered = _lower_headers(headers)
+    query = form_decode(raw_query)
+    if "authorization" in lowered:  # ACS3: the signature is all in the headers
+        _refuse_repeats(query, lowered)
+        _algorithm, auth = _parse_authorization(lowered["authorization"][-1])
+        _signed_header_names(auth["SignedHeaders"], lowered)
+        _check_nonce(_required_header(lowered, "x-acs-signature-nonce"))
+        timestamp = parse_timestamp(_required_header(lowered, "x-acs-date"))
+        _required_header(lowered, "x-acs-content-sha256")
+        return auth["Credential"], timestamp
+    if _is_form(content_type):
+        return None
+    # RPC v1 without a form body: every signed parameter is in the query.
+    _refuse_repeats(query, lowered)
+    if _last(query, "Signature") is None:
+        raise missing("Signature")
+    call = _parse_rpc_v1(method, query)
+    return call.access_key_id, call.timestamp
+
+
+def query_format(raw_query: str) -> Literal["JSON", "XML"]:
+    """The answer format a call's query asks for, for a refusal made before its body is read
+    (an invalid Format is refused later, with the rest of the call)."""
+    try:
+        return _format(form_decode(raw_query))
+    except AliyunAuthError:
+        return "JSON"
 
 
 def _refuse_repeats(pairs: list[tuple[str, str]], headers: dict[str, list[str]]) -> None:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 import yaml
 
+from bridge.api import signing
 from bridge.app import Daemon
 from bridge.config import load_config
+from tests.e2e import harness
 from tests.e2e.harness import config_dict, free_port, wait_until
 
 SECRET = "LTAIsecretkey0123"
@@ -134,6 +138,21 @@ STALLED = (
 )
 
 
+def _signed_stalled(port: int, creds: dict[str, str]) -> bytes:
+    """STALLED with signing headers (for the 500 octets it promises, never sent)."""
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+               "Idempotency-Key": uuid.uuid4().hex}  # fmt: skip
+    headers.update(
+        signing.sign_request(
+            creds["app_key"], creds["app_secret"], "POST", "/v1/messages", "", headers,
+            b"x" * 500, datetime.now(UTC), uuid.uuid4().hex,
+        )
+    )  # fmt: skip
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"POST /v1/messages HTTP/1.1\r\n{lines}Content-Length: 500\r\n\r\n"
+    return head.encode() + b'{"to": "+86138'
+
+
 @pytest.mark.parametrize("face", ["native", "alibaba"])
 async def test_a_body_that_stops_arriving_is_refused_in_time(impatient, face: str) -> None:
     """server.body_timeout_s: headers, then a body that stops coming (a slow client, or one that
@@ -141,7 +160,15 @@ async def test_a_body_that_stops_arriving_is_refused_in_time(impatient, face: st
     d, ali_port = impatient
     port = d.http_port if face == "native" else ali_port
     started = asyncio.get_running_loop().time()
-    data = STALLED if face == "native" else STALLED.replace(b"/v1/messages", b"/")
+    # Headers that pass what is checked before the body (session 36): the native face's
+    # signing headers, the Alibaba face's form body (which may carry the signature).
+    data = (
+        _signed_stalled(port, await harness.create_account(d))
+        if face == "native"
+        else STALLED.replace(b"/v1/messages", b"/").replace(
+            b"application/json", b"application/x-www-form-urlencoded"
+        )
+    )
     status, headers, body = await asyncio.wait_for(_raw_open(port, data), 10)
     took = asyncio.get_running_loop().time() - started
     assert status == 408
