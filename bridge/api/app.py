@@ -273,6 +273,10 @@ async def auth_middleware(request: web.Request, handler):
         _check_admin(request)
     if "\x00" in path:  # %00: no store holds it (PostgreSQL text refused it with a 500)
         raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
+    if idempotency.applies(request):  # here, not a middleware of its own: a send pays nothing
+        account_id = request[PRINCIPAL].account.id
+        ctx = request.app[CTX]
+        return await idempotency.run_once(ctx, request, account_id, request[BODY], handler)
     return await handler(request)
 
 
@@ -292,15 +296,6 @@ async def _signed_body(request: web.Request) -> bytes:
     body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
     request[BODY] = body
     return body
-
-
-@web.middleware
-async def idempotency_middleware(request: web.Request, handler):
-    """Idempotency-Key on every write of /v1/ but the send, which records its own."""
-    if not idempotency.applies(request):
-        return await handler(request)
-    account_id = request[PRINCIPAL].account.id
-    return await idempotency.run_once(request.app[CTX], request, account_id, request[BODY], handler)
 
 
 @web.middleware
@@ -459,7 +454,7 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
         middlewares=(
             [errors_middleware, admin_listener_middleware]
             if admin_only
-            else [errors_middleware, auth_middleware, idempotency_middleware]
+            else [errors_middleware, auth_middleware]
         ),
         client_max_size=ctx.config.server.max_body_bytes,
         handler_args=http_limits(ctx.config.server.max_line_size),
