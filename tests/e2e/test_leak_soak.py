@@ -613,12 +613,14 @@ class Soak:
                 await writer.wait_closed()
         return got
 
-    def _post_head(self, length: int) -> bytes:
-        return (
-            f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{self.daemon.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
-            f"Idempotency-Key: {uuid.uuid4()}\r\n\r\n"
-        ).encode()
+    def _post_head(self, client: BridgeClient, body: bytes) -> bytes:
+        """Signed headers of a send of `body` (session 36: an unsigned one is refused before its
+        body is read, so a client hanging up or stalling mid-body must pass them first)."""
+        base = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+        headers = client.signed_headers("POST", "/v1/messages", "", body, base)
+        lines = ["POST /v1/messages HTTP/1.1", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     async def _until_closed(self, trickle: bytes, limit_s: float) -> float | None:
         """Open a connection and send `trickle` a byte every 0.5 s (nothing when empty): the
@@ -655,14 +657,14 @@ class Soak:
             # Headers and half the body, then hang up; paced as clients are (a burst of
             # thousands raises the acceptor's RSS to its high-water mark, which is no leak).
             for _ in range(counts.get("hang_up", 0)):
-                await self._raw(self._post_head(len(body)) + body[: len(body) // 2])
+                await self._raw(self._post_head(client, body) + body[: len(body) // 2])
                 seen["mid-body hang-up"] += 1
                 await asyncio.sleep(0.005)
 
         async def stall() -> None:
             # Stall mid-body past body_timeout_s: the server answers 408 and closes.
             t0 = self.loop.time()
-            got = await self._raw(self._post_head(len(body)) + body[:50], read_s=limit_s)
+            got = await self._raw(self._post_head(client, body) + body[:50], read_s=limit_s)
             ok = b" 408 " in got and got.endswith(b"<EOF>")
             seen["mid-body stall: 408, closed" if ok else "mid-body stall: other"] += 1
             if ok:
