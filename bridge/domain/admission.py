@@ -255,24 +255,21 @@ def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRe
     for i, number in enumerate(recipients):
         position.setdefault(number, i)
     found: dict[str, RecipientRefusal] = {}
-    if facts.opted_out:
+
+    def name(number: str) -> str:  # _name's, by the position found once (not index() each)
+        return "to" if len(recipients) == 1 else f"to[{position[number]}]"
+
+    listed = (
+        (facts.opted_out, "RECIPIENT_OPTED_OUT", "has opted out of this account's messages"),
+        (facts.blocked, "RECIPIENT_BLOCKED", "is on a do-not-contact list"),
+    )
+    for numbers, code, why in listed:
+        if not numbers:
+            continue
         for number in recipients:
-            if number in facts.opted_out and number not in found:
+            if number in numbers and number not in found:
                 found[number] = RecipientRefusal(
-                    position[number],
-                    number,
-                    "RECIPIENT_OPTED_OUT",
-                    f"{_name(number, recipients)}: {number} has opted out of this account's "
-                    "messages",
-                )
-    if facts.blocked:
-        for number in recipients:
-            if number in facts.blocked and number not in found:
-                found[number] = RecipientRefusal(
-                    position[number],
-                    number,
-                    "RECIPIENT_BLOCKED",
-                    f"{_name(number, recipients)}: {number} is on a do-not-contact list",
+                    position[number], number, code, f"{name(number)}: {number} {why}"
                 )
     fr = rules.frequency
     if fr is not None:
@@ -287,7 +284,7 @@ def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRe
                     number,
                     freq.error_code(window),
                     freq.error_message(window, fr.limits).replace(
-                        "to:", f"{_name(number, recipients)} ({number}):", 1
+                        "to:", f"{name(number) if number in position else 'to'} ({number}):", 1
                     ),
                     retry_after=_frequency_wait(sent, now, fr),
                 )
