@@ -117,6 +117,12 @@ RECIPIENT_CODES = frozenset(
 )
 
 
+# Codes of the refusals of a batch's numbers as sent (malformed, duplicate, no route, no price):
+# with several numbers given, `details.recipients` lists every one refused (optional: the
+# same codes refuse other fields, where there is no list).
+LISTED_CODES = frozenset({"INVALID_NUMBER", "INVALID_FIELD", "NO_ROUTE", "PRICE_NOT_FOUND"})
+
+
 class ApiError(Exception):
     def __init__(
         self,

@@ -14,7 +14,7 @@ from copy import deepcopy
 from typing import Any
 
 from bridge import __version__
-from bridge.api.errors import CODES, RECIPIENT_CODES
+from bridge.api.errors import CODES, LISTED_CODES, RECIPIENT_CODES
 from bridge.api.signing import ALGORITHM
 from bridge.domain.admission import MAX_LISTED_REFUSALS
 
@@ -236,7 +236,7 @@ def _error_schemas() -> dict[str, Any]:
             "message": {"type": "string", "description": "names the field"},
             "request_id": {"type": "string", "pattern": "^req_[0-9a-f]{16}$"},
         }
-        if RECIPIENT_CODES & set(codes):
+        if (RECIPIENT_CODES | LISTED_CODES) & set(codes):
             fields["details"] = _schema("RecipientRefusals")
         schemas[f"Error{status}"] = _obj(
             {"error": _obj(fields, required=("code", "message", "request_id"))}
@@ -256,8 +256,12 @@ def _recipient_refusals() -> dict[str, Any]:
                 "items": _obj(
                     {
                         "index": {**_COUNT, "description": "its (first) position in `to`"},
-                        "to": {"type": "string", "description": "the number, E.164"},
-                        "code": {"type": "string", "enum": sorted(RECIPIENT_CODES)},
+                        "to": {
+                            "type": "string",
+                            "description": "the number, E.164; as sent (at most 64 characters) "
+                            "when it is not a number",
+                        },
+                        "code": {"type": "string", "enum": sorted(RECIPIENT_CODES | LISTED_CODES)},
                         "retry_after": {
                             "type": "integer",
                             "minimum": 1,
@@ -268,7 +272,8 @@ def _recipient_refusals() -> dict[str, Any]:
                     required=("index", "to", "code"),
                 ),
                 "description": "every refused recipient, by position in `to`, each once with "
-                "its first reason (opt-out, then do-not-contact, then frequency), at most "
+                "its first reason (opt-out, then do-not-contact, then frequency; or, refused "
+                "before the rules, malformed, duplicate, no route, no price), at most "
                 f"{MAX_LISTED_REFUSALS}",
             },
             "refused": {**_COUNT, "description": "how many recipients were refused in all"},

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any
 
+from bridge import jsonio
 from bridge.api.errors import ApiError
 from bridge.billing import PriceNotFound, price
 from bridge.config import Config, SmscConfig, TextConfig
-from bridge.domain.admission import Priced
+from bridge.domain.admission import Priced, RecipientRefusal, refused_details
 from bridge.domain.content_filter import ContentFilter
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.signs import SignError, validate_sign_name
@@ -74,6 +75,20 @@ def _field_error(code: str, message: str) -> ApiError:
     return ApiError(code, message)
 
 
+def _recipients_refused(problems: list[RecipientRefusal], given: int) -> ApiError:
+    """The refusal of a batch's numbers: the first one's code and message, as before, and with
+    several numbers given, every refused one in `details` (admission.refused_details), so a
+    campaign with 50 malformed numbers in 10,000 learns them from one answer, not 50."""
+    first = min(problems, key=lambda r: r.index)
+    details = refused_details(problems) if given > 1 else None
+    return ApiError(first.code, first.message, details=details)
+
+
+def _as_sent(raw: Any) -> str:
+    """A refused `to` entry as the answer names it: the string as sent (cut), or its JSON."""
+    return (raw if isinstance(raw, str) else jsonio.dumps(raw).decode())[:64]
+
+
 def _opt_str(body: dict[str, Any], name: str, max_len: int) -> str | None:
     value = body.get(name)
     if value is None:
@@ -115,17 +130,28 @@ def parse_send_request(
         raise _field_error("INVALID_FIELD", "to: expected a string or a list of strings")
     numbers: list[str] = []
     seen: dict[str, str] = {}
-    for name, raw in zip(names, raw_list, strict=True):
+    problems: list[RecipientRefusal] = []
+    for i, (name, raw) in enumerate(zip(names, raw_list, strict=True)):
         if not isinstance(raw, str):
-            raise _field_error("INVALID_FIELD", f"{name}: expected a string")
+            problems.append(
+                RecipientRefusal(i, _as_sent(raw), "INVALID_FIELD", f"{name}: expected a string")
+            )
+            continue
         try:
             e164 = normalize(raw, account.default_country)
         except PhoneError as exc:
-            raise _field_error("INVALID_NUMBER", f"{name}: {exc.message}") from None
+            problems.append(
+                RecipientRefusal(i, _as_sent(raw), "INVALID_NUMBER", f"{name}: {exc.message}")
+            )
+            continue
         if e164 in seen:
-            raise _field_error("INVALID_FIELD", f"{name}: duplicate of {seen[e164]} ({e164})")
+            why = f"{name}: duplicate of {seen[e164]} ({e164})"
+            problems.append(RecipientRefusal(i, e164, "INVALID_FIELD", why))
+            continue
         seen[e164] = name
         numbers.append(e164)
+    if problems:
+        raise _recipients_refused(problems, len(raw_list))
 
     text = body.get("text")
     template = body.get("template")
@@ -387,10 +413,13 @@ class Submitter:
         expires = start + req.validity_minutes * 60_000 if req.validity_minutes else None
         messages: list[NewMessage] = []
         charges: list[Priced] = []
-        for number in req.to:
+        problems: list[RecipientRefusal] = []  # no route, no price: every one named at once
+        for i, number in enumerate(req.to):
             candidates = self.router.candidates(number)
             if not candidates:
-                raise ApiError("NO_ROUTE", f"to: no route to {number}")
+                why = f"to: no route to {number}"
+                problems.append(RecipientRefusal(i, number, "NO_ROUTE", why))
+                continue
             opts = self._options[candidates[0], smart]
             # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
             bits = 8 if opts.split is SplitMode.UDH8 else 16
@@ -437,7 +466,8 @@ class Submitter:
                 try:
                     price_class, amount, intl = price(tariff, number, units, enc.segments)
                 except PriceNotFound as exc:
-                    raise ApiError("PRICE_NOT_FOUND", exc.message) from None
+                    problems.append(RecipientRefusal(i, number, "PRICE_NOT_FOUND", exc.message))
+                    continue
                 if intl:
                     units = enc.segments
                 charges.append(Priced(mid, amount, intl))
@@ -464,4 +494,6 @@ class Submitter:
                     price_class=price_class,
                 )
             )
+        if problems:
+            raise _recipients_refused(problems, len(req.to))
         return batch_id, messages, tuple(charges)

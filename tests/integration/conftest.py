@@ -42,7 +42,7 @@ from bridge.accounts import AccountService
 from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
-from bridge.api.errors import CODES, RECIPIENT_CODES
+from bridge.api.errors import CODES, LISTED_CODES, RECIPIENT_CODES
 from bridge.api.openapi import openapi_document
 from bridge.api.signing import sign_request
 from bridge.api.submit import Submitter
@@ -253,8 +253,11 @@ def check_reply(method: str, path: str, reply: Reply, validate: bool = True) -> 
         assert isinstance(reply.json, dict), f"error is not JSON: {reply.status} {reply.text[:200]}"
         assert set(reply.json) == {"error"}, reply.json
         err = reply.json["error"]
-        # `details` only on a refusal of recipients (errors.RECIPIENT_CODES), always there.
+        # `details` only on a refusal of recipients (errors.RECIPIENT_CODES), always there; on
+        # a batch's numbers refused as sent (errors.LISTED_CODES) when several were given.
         extra = {"details"} if err.get("code") in RECIPIENT_CODES else set()
+        if err.get("code") in LISTED_CODES:
+            extra = {"details"} & set(err)
         assert set(err) == {"code", "message", "request_id", *extra}, err
         assert err["code"] in CODES, f"code {err['code']!r} is not in errors.CODES"
         assert CODES[err["code"]] == reply.status, (err["code"], reply.status)
