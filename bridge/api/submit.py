@@ -377,20 +377,25 @@ class Submitter:
             assert req.text is not None
             body = req.text
         text = signed_text(body, sign, self.config.text)
-        # After the length check: the filter folds the whole text, which a body of up to 1 MiB
-        # must not cost before its refusal. A template's values are the customer's free text
-        # inside approved words: screened in the rendered body (a value beside literal text can
-        # complete a word), except for what the approved text breaks by itself (an operator's
-        # decision at review). Unscreened, a templates-only account sent filtered words as values.
-        if self.content_filter is not None:
-            skip = frozenset() if template is None else self._approved_breaks(template.content)
-            match = self.content_filter.check(body, skip)
-            if match is not None:
-                raise ApiError(
-                    "CONTENT_FILTERED",
-                    f"text: matches the content filter ({match.kind} {match.rule!r})",
-                )
+        self.screen(body, template)  # after the length check (signed_text)
         return text
+
+    def screen(self, body: str, template: Template | None) -> None:
+        """The content filter, for a send and its preview alike. Called after the length
+        check: the filter folds the whole text, which a body of up to 1 MiB must not cost before
+        its refusal. A template's values are the customer's free text inside approved words:
+        screened in the rendered body (a value beside literal text can complete a word), except
+        for what the approved text breaks by itself (an operator's decision at review).
+        Unscreened, a templates-only account sent filtered words as values."""
+        if self.content_filter is None:
+            return
+        skip = frozenset() if template is None else self._approved_breaks(template.content)
+        match = self.content_filter.check(body, skip)
+        if match is not None:
+            raise ApiError(
+                "CONTENT_FILTERED",
+                f"text: matches the content filter ({match.kind} {match.rule!r})",
+            )
 
     def build(
         self,

@@ -388,6 +388,7 @@ async def post_preview(request: web.Request) -> web.Response:
         raise ApiError("UNKNOWN_FIELD", f"{unknown[0]}: unknown field")
     text = data.get("text")
     code = data.get("template")
+    tpl = None
     if code is not None:
         # The rendered template as it would be sent (any status: preview while it is reviewed).
         if text is not None:
@@ -426,8 +427,11 @@ async def post_preview(request: web.Request) -> web.Response:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
     smsc = _preview_smsc(ctx, number)
     # The send's own refusals of the text, with its codes and words: a preview priced 600
-    # characters (over text.max_chars) and blank texts that the send then refused.
+    # characters (over text.max_chars) and blank texts that the send then refused, and texts
+    # the content filter refuses (a preview said fine to what every send then refused).
+    body = text
     text = signed_text(text, sign, ctx.config.text)
+    ctx.submitter.screen(body, tpl)
     # Units as the send would bill them: the counting rule of the tariff in force, and for an
     # international destination its transmitted segments (the preview said 70/67 units).
     tariff = await current_tariff(ctx, ctx.now_ms())

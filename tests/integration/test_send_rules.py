@@ -247,3 +247,32 @@ async def test_preview_renders_a_template_under_review(api_server, make_account)
     assert (r.status, r.code) == (400, "TEMPLATE_MISSING_PARAMETERS")
     r = await api_server.request("POST", "/v1/preview", creds=creds, json={"template": "SMS_1"})
     assert (r.status, r.code) == (422, "TEMPLATE_NOT_FOUND")
+
+
+async def test_the_preview_refuses_what_the_content_filter_refuses(make_api, tmp_path):
+    """Session 35's text review: POST /v1/preview priced a text every send then refused
+    CONTENT_FILTERED. It screens as the send does: free text whole, a template's values in the
+    rendered body but not the words its approved text holds."""
+    words = tmp_path / "filter.txt"
+    words.write_text("代开发票\nre:casino\\s*bonus\n", encoding="utf-8")
+    api = await make_api({"rules": {"content_filter_file": str(words)}})
+    creds = await api.create_account()
+
+    async def preview(body):
+        return await api.request("POST", "/v1/preview", creds=creds, json=body)
+
+    r = await preview({"text": "Casino   Bonus inside"})
+    assert (r.status, r.code) == (422, "CONTENT_FILTERED"), r.json
+    assert (await preview({"text": "meeting at 3"})).status == 200
+    tpl = await api.request(
+        "POST",
+        "/v1/templates",
+        creds=creds,
+        json={"type": "notification", "name": "n", "content": "Your ${item} is ready."},
+    )
+    assert tpl.status == 201, tpl.json
+    code = tpl.json["code"]
+    r = await preview({"template": code, "params": {"item": "代开发票"}})
+    assert (r.status, r.code) == (422, "CONTENT_FILTERED"), r.json
+    r = await preview({"template": code, "params": {"item": "parcel"}})
+    assert r.status == 200, r.json
