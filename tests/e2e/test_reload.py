@@ -9,6 +9,7 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import yaml
 
 from bridge.app import Daemon
@@ -183,13 +184,16 @@ async def test_a_reload_during_shutdown_is_not_applied(tmp_path):
             await d.stop()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 async def test_a_reload_that_changes_how_a_route_encodes_encodes_the_waiting_again(
-    tmp_path, caplog
+    tmp_path, caplog, request, engine
 ):
     """Two messages scheduled an hour ahead when packed_gsm is turned on for their SMSC (session
     35 text review: they went out unpacked, which the SMSC then read as packed septets): the
     dispatcher encodes them again, packed, before it claims anything, and says so."""
     data = config_dict(tmp_path, smscs=[{"name": "sim"}], default_route=["sim"])
+    if engine == "postgres":
+        data["store"] = {"engine": "postgres", "dsn": request.getfixturevalue("pg_dsn")}
     path = tmp_path / "bridge.yaml"
     path.write_text(yaml.safe_dump(data))
     d = Daemon(load_config(str(path)), config_path=str(path))
