@@ -409,6 +409,12 @@ async def test_coverage_a_removed_operator_is_refused_by_every_acceptor(tmp_path
     proc.start()
     try:
         await proc.wait_ready(30)
+        # Both acceptors serving before the SIGHUP: one still starting reads the configuration
+        # the owner has applied by then and logs no reload of its own (nothing to reload), and
+        # the three lines below never come (seen twice in session 36's loaded runs).
+        await wait_until(
+            lambda: proc.log.read_text().count("smpp-bridge acceptor listening") >= 2, 30
+        )
         assert {await _admin_status(proc.port, OPERATOR_TOKEN) for _ in range(6)} == {200}
         cfg["admin"] = {"operators": []}
         before = len(proc.log.read_text())
