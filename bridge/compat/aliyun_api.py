@@ -42,6 +42,7 @@ from bridge.compat.aliyun_errors import (
 from bridge.compat.aliyun_render import render, render_error
 from bridge.compat.aliyun_sign import check_timestamp, early_check, parse_request, query_format
 from bridge.store.base import is_unavailable
+from bridge.store.models import AppKey
 
 log = logging.getLogger("bridge.aliyun")
 _RID = web.RequestKey("aliyun_request_id", str)  # the call's id (set by errors_middleware)
@@ -105,12 +106,7 @@ async def handle(request: web.Request) -> web.Response:
         )
         fmt, action = call.format, call.action
         skew = ctx.config.aliyun.clock_skew_s
-        now_s = ctx.clock()
-        check_timestamp(call.timestamp, now_s, skew, ctx.auth.late_s(now_s, aliyun=True))
-        found = await ctx.auth.lookup(call.access_key_id)
-        if found is None:
-            raise protocol_error("InvalidAccessKeyId.NotFound")
-        key, secret = found
+        key, secret = await _clock_and_key(ctx, call.timestamp, call.access_key_id)
         call.verify(secret)
         now = ctx.now_ms()
         outcome, account = await ctx.store.authorize_request(
@@ -180,15 +176,22 @@ async def _check_headers(request: web.Request, ctx: ApiContext) -> None:
     if found is None:
         return
     access_key_id, timestamp = found
+    key, _secret = await _clock_and_key(ctx, timestamp, access_key_id)
+    if key.status != "active":
+        raise protocol_error("InvalidAccessKeyId.Inactive")
+
+
+async def _clock_and_key(ctx: ApiContext, timestamp: int, access_key_id: str) -> tuple[AppKey, str]:
+    """The call's Timestamp within the skew (aliyun.clock_skew_s, narrowed while a raise of it
+    settles), then its key: what both the check before the body and the whole check ask."""
     now_s = ctx.clock()
     check_timestamp(
         timestamp, now_s, ctx.config.aliyun.clock_skew_s, ctx.auth.late_s(now_s, aliyun=True)
     )
-    key = await ctx.auth.lookup(access_key_id)
-    if key is None:
+    found = await ctx.auth.lookup(access_key_id)
+    if found is None:
         raise protocol_error("InvalidAccessKeyId.NotFound")
-    if key[0].status != "active":
-        raise protocol_error("InvalidAccessKeyId.Inactive")
+    return found
 
 
 def _label(action: str) -> str:
