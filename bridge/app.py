@@ -29,7 +29,7 @@ from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
 from bridge.api.connections import ConnectionCap, fit_fd_limit
 from bridge.api.context import OWNER_SILENT_S, ApiContext
-from bridge.api.http_errors import AppRunner
+from bridge.api.http_errors import ENDPOINT, AppRunner, Render
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs, auto_settle, warn_low_balance
@@ -59,7 +59,7 @@ from bridge.store.base import Store, is_unavailable
 from bridge.store.models import ClockShift
 from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
-from bridge.wiring import make_sealer, open_store
+from bridge.wiring import configure_store, make_sealer, open_store
 
 log = logging.getLogger("bridge.app")
 # The supervisor names its owner's instance to the acceptors it starts (bridge/supervisor.py).
@@ -89,12 +89,6 @@ def make_router(config: Config) -> Router:
     return Router(
         [Route(r.prefix, tuple(r.smscs)) for r in config.routes], config.default_route, encodings
     )
-
-
-def one_receipt_smscs(config: Config) -> frozenset[str]:
-    """The SMSCs whose one receipt settles a whole long message (smscs[].receipts), for the
-    store's receipt and acceptance writes."""
-    return frozenset(s.name for s in config.smscs if s.receipts == "one_per_message")
 
 
 def _loop_name() -> str:
@@ -209,10 +203,6 @@ class Daemon:
         cfg = self.config
         self.store = store = open_store(cfg)
         self.metrics.watch_store(self.role, store.write_lock_stats)
-        if hasattr(store, "send_intermediate"):
-            store.send_intermediate = cfg.webhooks.send_intermediate
-        if hasattr(store, "one_receipt_smscs"):
-            store.one_receipt_smscs = one_receipt_smscs(cfg)
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(
@@ -405,26 +395,14 @@ class Daemon:
             )
             log.info("admin listener on http://%s:%s", admin_host, cfg.server.admin_port)
         if cfg.aliyun.enabled:
-            self._aliyun_runner = AppRunner(
+            self._aliyun_runner, _ = await self._listen(
                 make_aliyun_app(self.ctx),
-                render_aliyun_unparsed,
-                self.ctx.metrics,
-                endpoint=ALIYUN_UNPARSED,
-                cap=cap,
-                access_log=None,
-                shutdown_timeout=2.0,
-                keepalive_timeout=cfg.server.idle_timeout_s,
-                auto_decompress=False,
-            )
-            await self._aliyun_runner.setup()
-            ali = web.TCPSite(
-                self._aliyun_runner,
                 cfg.aliyun.host or cfg.server.host,
                 cfg.aliyun.port,
-                reuse_address=True,
-                reuse_port=self.role == "acceptor",
+                cap,
+                render=render_aliyun_unparsed,
+                endpoint=ALIYUN_UNPARSED,
             )
-            await ali.start()
             log.info(
                 "Alibaba Cloud SMS-compatible API on http://%s:%s",
                 cfg.aliyun.host or cfg.server.host,
@@ -444,19 +422,30 @@ class Daemon:
         )
 
     async def _listen(
-        self, app: web.Application, host: str, port: int, cap: ConnectionCap | None
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        cap: ConnectionCap | None,
+        *,
+        render: Render = render_unparsed,
+        endpoint: str = ENDPOINT,
     ) -> tuple[AppRunner, web.TCPSite]:
-        """A native-face listener (the API's, or the admin one), its runner set up."""
+        """A listener (the API's, the admin one, the Alibaba face's), its runner set up;
+        `render` and `endpoint` answer and count what the HTTP parser refuses, in the face's
+        own envelope."""
+        assert self.ctx is not None
         runner = AppRunner(
             app,
-            render_unparsed,
+            render,
             self.ctx.metrics,
+            endpoint=endpoint,
             cap=cap,
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=self.config.server.idle_timeout_s,
             # Bodies are read as sent (the signature covers those bytes); a Content-Encoding is
-            # refused with 415 (read_body). Decompressing, aiohttp refused br and zstd itself
+            # refused with 415 (bodies.refuse_encoding). Decompressing, aiohttp refused br and zstd
             # with a 400 when their optional packages were missing, and logged a traceback for
             # every body that was not what its header said.
             auto_decompress=False,
@@ -910,14 +899,11 @@ class Daemon:
             self.ctx.submitter = Submitter(merged, router, refs=self.ctx.submitter.refs)
             self.ctx.send_rules.reload(merged, new_filter)
             self.ctx.submitter.content_filter = self.ctx.send_rules.filter
-        if self.store is not None and hasattr(self.store, "send_intermediate"):
-            # The roll-up queues "sent" reports (or stops) at once, not after a restart.
-            self.store.send_intermediate = merged.webhooks.send_intermediate
-        if self.store is not None and hasattr(self.store, "one_receipt_smscs"):
-            # Receipts and acceptances from now on: parts settled before keep their outcome.
-            self.store.one_receipt_smscs = one_receipt_smscs(merged)
         if self.store is not None:
-            self.store.quota_tz = merged.rules.timezone  # the daily quota's days
+            # From now on: the roll-up queues "sent" reports (or stops) at once, receipts and
+            # acceptances settle parts by the new smscs[].receipts (parts settled before keep
+            # their outcome), the quota's days are the new zone's.
+            configure_store(self.store, merged)
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

@@ -26,8 +26,22 @@ def open_store(config: Config) -> Store:
 
         assert config.store.dsn is not None  # the config refuses postgres without a DSN
         store = PostgresStore(config.store.dsn)
-    store.quota_tz = config.rules.timezone
+    configure_store(store, config)
     return store
+
+
+def configure_store(store: Store, config: Config) -> None:
+    """The store's settings taken from the configuration, at its opening and at each reload
+    (they apply to writes from then on): the zone of the daily quota's days, whether the
+    roll-up reports "sent" (webhooks.send_intermediate), and the SMSCs whose one receipt
+    settles a whole long message (smscs[].receipts)."""
+    store.quota_tz = config.rules.timezone
+    if hasattr(store, "send_intermediate"):
+        store.send_intermediate = config.webhooks.send_intermediate
+    if hasattr(store, "one_receipt_smscs"):
+        store.one_receipt_smscs = frozenset(
+            s.name for s in config.smscs if s.receipts == "one_per_message"
+        )
 
 
 def make_sealer(config: Config) -> Sealer:
