@@ -41,7 +41,6 @@ __all__ = [
     "card_expiry",
     "card_pocket",
     "card_purchase",
-    "crossed_low_balance",
     "expire_entries",
     "grant_voucher",
     "plan_charge",
@@ -390,14 +389,6 @@ def expire_entries(entries: Iterable[Entry], now: int) -> list[Entry]:
         ref = pocket.partition(":")[2]
         out.append(Entry(kind, -total, pocket, g.expires_at, ref, g.expires_at))
     return out
-
-
-def crossed_low_balance(before: int, after: int, threshold: int) -> bool:
-    """True only on the step from >= threshold to < threshold: the warning fires once per crossing.
-
-    Staying below (further charges) is silent; rising back to >= threshold re-arms it.
-    """
-    return before >= threshold > after
 
 
 def warns_low_balance(before: int, after: int, threshold: int, *, warned: bool) -> bool:

@@ -20,13 +20,13 @@ from bridge.domain.ledger import (
     balances,
     card_expiry,
     card_purchase,
-    crossed_low_balance,
     expire_entries,
     grant_voucher,
     plan_charge,
     plan_refund,
     ref_conflict,
     topup,
+    warns_low_balance,
 )
 
 CNY = 1_000_000
@@ -330,6 +330,12 @@ def test_balances_detects_inconsistent_ledgers() -> None:
         balances(
             [*grant_voucher(1, T0, "x", None), Entry(K.VOUCHER_SPEND, -2, "voucher:x", T0)], T0
         )
+
+
+def crossed_low_balance(before: int, after: int, threshold: int) -> bool:
+    """warns_low_balance of an account already warned: only a crossing warns (session 36
+    folded the crossing rule, then its only use, into it)."""
+    return warns_low_balance(before, after, threshold, warned=True)
 
 
 def test_low_balance_crossing_fires_once() -> None:
