@@ -239,12 +239,6 @@ def apply_entries(pockets: Mapping[str, Pocket], entries: Iterable[Entry]) -> di
     return out
 
 
-def _name(number: str, recipients: Sequence[str]) -> str:
-    if len(recipients) == 1:
-        return "to"
-    return f"to[{recipients.index(number)}]"
-
-
 def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRefusal]:
     """Every recipient of the batch refused for itself (an opt-out, a do-not-contact list, a
     frequency limit), each once with its first reason in that order; opt-outs first, then
@@ -256,7 +250,7 @@ def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRe
         position.setdefault(number, i)
     found: dict[str, RecipientRefusal] = {}
 
-    def name(number: str) -> str:  # _name's, by the position found once (not index() each)
+    def name(number: str) -> str:  # `to`, or `to[i]` by the position found once
         return "to" if len(recipients) == 1 else f"to[{position[number]}]"
 
     listed = (
