@@ -108,16 +108,23 @@ def _stamp(path: str | None) -> tuple[int, int, int] | None:
 
 
 def reference_lane(
-    acceptor: bool, worker: int, workers: int, instance: int, instances: int
+    role: str, worker: int, workers: int, instance: int, instances: int
 ) -> tuple[int, int] | None:
     """(lane, lanes) of this process's concatenation references (RefCounter), None for all.
 
-    Acceptor workers of one daemon, and the instances of a fleet (server.instances), draw from
-    disjoint lanes: instance i has lanes i x per ... i x per + per - 1, one per acceptor (per =
-    its workers, or 1), so no two processes give one number the same reference."""
+    Acceptor workers of one daemon, their owner, and the instances of a fleet
+    (server.instances), draw from disjoint lanes: instance i has lanes i x per ... i x per +
+    per - 1, one per acceptor and the last one its owner's (per = workers + 1), or one lane
+    (per = 1) for a daemon of one process, so no two processes give one number the same
+    reference. The owner draws when a reload makes a waiting one-part message long
+    (pipeline/reencode.py); from the full range it could give a number the reference an
+    acceptor had just given it."""
     lane, per = 0, 1
-    if acceptor and 0 <= worker < workers <= 256:
-        lane, per = worker, workers
+    if 0 < workers < 256:
+        if role == "acceptor" and 0 <= worker < workers:
+            lane, per = worker, workers + 1
+        elif role == "owner":
+            lane, per = workers, workers + 1
     lanes = per * instances
     if lanes == 1 or lanes > 256 or not 0 <= instance < instances:
         return None
@@ -771,7 +778,7 @@ class Daemon:
         server = self.config.server
         slot, count = os.environ.get(WORKER_ENV, ""), os.environ.get(WORKERS_ENV, "")
         lane = reference_lane(
-            self.role == "acceptor" and slot.isdigit(),
+            self.role if self.role == "owner" or slot.isdigit() else "all",
             int(slot) if slot.isdigit() else 0,
             int(count) if count.isdigit() else server.workers,
             server.instance,

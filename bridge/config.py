@@ -372,11 +372,12 @@ class ServerConfig:
             and _hosts_overlap(self.admin_host or self.host, self.host)
         ):
             yield "admin_port", f"must differ from port ({self.port})"
-        if self.instances * max(1, self.workers) > 256:
+        if self.instances * (self.workers + 1 if self.workers else 1) > 256:
             yield (
                 "instances",
-                f"instances x workers must be at most 256 (the references of one 8-bit "
-                f"concatenation header), got {self.instances} x {self.workers}",
+                f"instances x (workers + 1) must be at most 256 (the references of one 8-bit "
+                f"concatenation header, a lane for each acceptor and the owner), got "
+                f"{self.instances} x ({self.workers} + 1)",
             )
 
 

@@ -58,17 +58,26 @@ async def test_two_acceptors_never_hand_one_number_the_same_reference(tmp_path: 
         refs = _refs(tmp_path / "bridge.db")
     finally:
         daemon.stop()
+    log = daemon.log.read_text()
+    # Three lanes: one per acceptor and the owner's (it draws when a reload makes a waiting
+    # one-part message long), so none of them hands a number another's reference.
+    for lane in (0, 1, 2):
+        assert f"concatenation references: lane {lane} of 3" in log
     assert len(refs) == 40
-    lanes = {r % 2 for r in refs}
-    assert lanes == {0, 1}, "both acceptors took requests"
+    lanes = {r % 3 for r in refs}
+    assert lanes == {0, 1}, "both acceptors took requests, none from the owner's lane"
     assert len(set(refs)) == 40, sorted(refs)  # no two messages share a reference
     for lane in (0, 1):
         # Each acceptor's run: consecutive references of its lane from its own random start
-        # (without lanes each parity mixed both processes' runs: two runs, not one).
-        assert _one_run([r for r in refs if r % 2 == lane], step=2), sorted(refs)
+        # (without lanes each residue mixed both processes' runs: two runs, not one).
+        assert _one_run([r for r in refs if r % 3 == lane], lane, 3), sorted(refs)
 
 
-def _one_run(values: list[int], step: int) -> bool:
-    """The values are start, start + step, ... (mod 256) for some start."""
-    have = set(values)
-    return any({(start + step * k) % 256 for k in range(len(values))} == have for start in have)
+def _one_run(values: list[int], lane: int, lanes: int) -> bool:
+    """The values are a run of lane's references from some start, wrapping inside the lane
+    (RefCounter: lane + lanes x (n mod the lane's size))."""
+    have, size = set(values), (256 - lane + lanes - 1) // lanes
+    return any(
+        {lane + lanes * ((start // lanes + k) % size) for k in range(len(values))} == have
+        for start in have
+    )
