@@ -320,6 +320,7 @@ class Daemon:
             clock=self.clock,
         )
         self.dispatcher.refs = self._ref_counter()  # the sends' own (_start_http), re-encoding's
+        await self.dispatcher.load_route_table()  # before any accept: what they are encoded for
         self.webhooks = WebhookSender(
             store,
             accounts,

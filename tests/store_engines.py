@@ -157,6 +157,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     18: ("ALTER TABLE webhook_outbox DROP COLUMN leased_by",),
     19: ("DROP TABLE skew_windows",),
     20: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
+    21: ("DROP TABLE route_table",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -193,6 +194,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     18: ("DROP INDEX webhook_leased", "ALTER TABLE webhook_outbox DROP COLUMN leased_by"),
     19: ("DROP TABLE skew_windows",),
     20: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
+    21: ("DROP TABLE route_table",),
 }
 
 

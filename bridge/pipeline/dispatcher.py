@@ -170,14 +170,19 @@ class Dispatcher:
         # does not fill the whole in-flight allowance and hold up every other route.
         self._by_smsc: Counter[str] = Counter()
         self._rerouted: set[str] = set()  # park keys a reload may have re-routed: un-park once
-        # Route keys a reload made encode otherwise: their waiting messages are encoded again
-        # before the next claim (bridge/pipeline/reencode.py), with references drawn from
+        # Route keys that encode otherwise since the table the store keeps (a reload, or a start
+        # with another configuration): their waiting messages are encoded again by a pass in
+        # the background (`_reencode`, bridge/pipeline/reencode.py), with references drawn from
         # `refs` (the daemon's sending counter, so a drawn one collides with no new send's).
+        # Until it is done claims park them like a down route's and take the other routes'.
         self._rewired: set[str] = set()
+        self._pass: asyncio.Task[None] | None = None
+        self._reloads = 0  # a reload during a pass makes it run again over every held key
+        self._table_kept = False  # the route table the store keeps is this router's
         self.refs: RefCounter = RefCounter()
-        # (router, SMSCs up) -> the claim's park function and routable keys: computed once per
-        # change, not per claim (~0.3 ms a claim with 200 prefixes).
-        self._parking: tuple[Router, frozenset[str], _Park, list[str]] | None = None
+        # (router, SMSCs up, held routes) -> the claim's park function and routable keys:
+        # computed once per change, not per claim (~0.3 ms a claim with 200 prefixes).
+        self._parking: tuple[Router, frozenset[str], frozenset[str], _Park, list[str]] | None = None
         self.sent = 0
         self.failed = 0
         self.retried = 0
@@ -193,6 +198,8 @@ class Dispatcher:
         Messages parked under a route the reload changed are looked at again (un-parked)."""
         self._rerouted |= Router.changed_keys(self.router, router)
         self._rewired |= set(Router.rewired_keys(self.router, router))
+        self._reloads += 1
+        self._table_kept = False
         self.router = router
         self.smscs = smscs
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
@@ -237,11 +244,13 @@ class Dispatcher:
             now_ms = int(self.clock() * 1000)
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
-            step = "re-encoding waiting messages"
+            step = "keeping the route table"
             try:
-                await self._reencode(now_ms)  # first: nothing is claimed while it runs
+                if not self._table_kept and not self._rewired:  # a reload's, or after a pass
+                    await self._keep_table()
                 step = "claim"
                 await self._unpark(now_ms)  # stop() waits for it like for the claim
+                self._start_pass()  # after the un-park: the pass sees where those went
                 park, routable = self._parking_now()
                 work = await self.store.claim(
                     self.instance,
@@ -297,12 +306,14 @@ class Dispatcher:
         messages in flight (`_saturated`): a saturated SMSC's route waits like a down one."""
         busy = self._saturated()
         up = frozenset(n for n, c in self.connectors.items() if c.is_up and n not in busy)
+        held = frozenset(self._rewired)
         cached = self._parking
-        if cached is None or cached[0] is not self.router or cached[1] != up:
-            park = self.router.parker(up)
-            cached = (self.router, up, park, self.router.routable_keys(up.__contains__))
+        if cached is None or cached[0] is not self.router or cached[1:3] != (up, held):
+            park = self.router.parker(up, held)
+            routable = [k for k in self.router.routable_keys(up.__contains__) if k not in held]
+            cached = (self.router, up, held, park, routable)
             self._parking = cached
-        return cached[2], cached[3]
+        return cached[3], cached[4]
 
     def _saturated(self) -> frozenset[str]:
         """SMSCs with `in_flight_windows` windows of messages in flight. With one SMSC that is
@@ -338,17 +349,63 @@ class Dispatcher:
         if n:
             log.info("un-parked %d messages", n, extra={"routes": sorted(keys)})
 
-    async def _reencode(self, now_ms: int) -> None:
-        """After a reload that changed how routes encode: their waiting messages encoded again
-        for the SMSC each goes to now, before any is claimed (a failure is retried before the
-        next claim, which waits for it: sent with the old bytes, they would be read otherwise)."""
-        if not self._rewired:
+    async def load_route_table(self) -> None:
+        """At start, before anything is accepted or claimed: routes that encode otherwise than
+        in the table the store kept (the configuration changed between two runs, not by a
+        reload) are encoded again as after a reload, and the parked messages of routes it
+        changed are looked at again. A store without one (new, or upgraded from a release
+        that kept none) keeps this run's: nothing tells what its waiting messages were encoded
+        for."""
+        text = await self.store.route_table()
+        if text is None:
+            await self._keep_table()
             return
-        keys = set(self._rewired)
-        options = smsc_options(self.smscs)
-        await reencode_waiting(self.store, self.router, options, keys, self.refs.next, now_ms)
+        if text == self.router.to_json():
+            self._table_kept = True
+            return
+        try:
+            old = Router.from_json(text)
+        except ValueError as exc:  # a table this release cannot read: look at every route
+            log.warning("kept route table unreadable, every route looked at: %s", exc)
+            self._rewired |= set(self.router.keys())
+        else:
+            self._rewired |= set(Router.rewired_keys(old, self.router))
+            self._rerouted |= Router.changed_keys(old, self.router)
+        if not self._rewired:
+            await self._keep_table()
+
+    async def _keep_table(self) -> None:
+        """The store keeps this router's table, once no pass is due for it (a pass that has
+        not finished when the process stops is run again by the next start)."""
+        await self.store.keep_route_table(self.router.to_json(), int(self.clock() * 1000))
+        self._table_kept = True
+
+    def _start_pass(self) -> None:
+        if self._rewired and (self._pass is None or self._pass.done()):
+            self._pass = asyncio.get_running_loop().create_task(
+                self._reencode(frozenset(self._rewired), self._reloads), name="re-encoding"
+            )
+
+    async def _reencode(self, keys: frozenset[str], reloads: int) -> None:
+        """The waiting messages of routes `keys` encoded again for the SMSC each goes to now,
+        while claims park them (`_parking_now`) and send the other routes'. Then those routes
+        are un-parked, and the store keeps the table they were encoded for. A failure, or a
+        reload meanwhile, runs the pass again (it changes nothing twice)."""
+        now_ms = int(self.clock() * 1000)
+        try:
+            await reencode_waiting(
+                self.store, self.router, smsc_options(self.smscs), keys, self.refs.next, now_ms
+            )
+        except Exception as exc:
+            self._failures.failed("re-encoding waiting messages", exc)
+            await asyncio.sleep(1)
+            self.wake()
+            return
         self._failures.ok("re-encoding waiting messages")
-        self._rewired -= keys
+        if reloads == self._reloads:
+            self._rewired -= keys
+            self._rerouted |= keys  # their parked messages are claimed again
+        self.wake()  # the next claim un-parks them and keeps the table
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -668,6 +725,9 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
+        if self._pass is not None and not self._pass.done():  # the next start runs it again
+            self._pass.cancel()
+            await asyncio.wait([self._pass], timeout=grace_s)
         for connector in self.connectors.values():
             connector.refuse_new()
         if self._claiming is not None:  # a claim under way hands its messages back (run())

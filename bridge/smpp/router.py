@@ -6,8 +6,9 @@ connector tells `pick` which SMSCs have a live bind.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_KEY", "Route", "Router"]
@@ -115,11 +116,16 @@ class Router:
             return None
         return prefix or DEFAULT_KEY
 
-    def parker(self, up: frozenset[str]) -> Callable[[str], str | None] | None:
+    def parker(
+        self, up: frozenset[str], held: Collection[str] = ()
+    ) -> Callable[[str], str | None] | None:
         """`park_key` over a snapshot of the live SMSCs, for a claim to call per row (on SQLite
         from the store's thread: it reads nothing that changes). None when every route has a
-        live SMSC, so a claim pays nothing then."""
-        down = frozenset(k for k in self.keys() if not any(s in up for s in self._for_key(k)))
+        live SMSC, so a claim pays nothing then. Routes `held` are parked as if down: their
+        waiting messages are being encoded again (pipeline/reencode.py)."""
+        down = frozenset(
+            k for k in self.keys() if k in held or not any(s in up for s in self._for_key(k))
+        )
         if not down:
             return None
 
@@ -152,6 +158,31 @@ class Router:
             if any(old._wire_for(w) != new._wire_for(key) for w in set(were)):
                 out.add(key)
         return sorted(out)
+
+    def to_json(self) -> str:
+        """The table and each SMSC's wire options, kept in the store so that the next start can
+        tell which routes encode otherwise since (`rewired_keys`), as a reload does."""
+        return json.dumps(
+            {
+                "routes": [[p, list(s)] for p, s in self._routes.items()],
+                "default": list(self._default),
+                "encodings": {n: list(e) for n, e in self._encodings.items()},  # type: ignore[call-overload]
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Router:
+        """A router `to_json` kept; ValueError when the text is not one."""
+        try:
+            data = json.loads(text)
+            return cls(
+                [Route(p, tuple(s)) for p, s in data["routes"]],
+                data["default"],
+                {n: tuple(e) for n, e in data["encodings"].items()},
+            )
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a kept route table: {exc}") from exc
 
     @staticmethod
     def changed_keys(old: Router, new: Router) -> set[str]:

@@ -238,6 +238,14 @@ class Store(Protocol):
         starting with `skew_s`: recorded if it changed (bridge/domain/skew_window.py)."""
         ...
 
+    async def route_table(self) -> str | None:
+        """The route table the dispatcher last kept (`keep_route_table`), None before any."""
+        ...
+
+    async def keep_route_table(self, table: str, now: int) -> None:
+        """Keep `table` (Router.to_json) once the waiting messages are encoded for it."""
+        ...
+
     # acceptance and queries
     async def get_idempotency(
         self, account_id: str, key: str, now: int

@@ -737,6 +737,19 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 )
             return window
 
+    async def route_table(self) -> str | None:
+        value = await self.pool.fetchval("SELECT router FROM route_table WHERE id = 1")
+        return None if value is None else str(value)
+
+    async def keep_route_table(self, table: str, now: int) -> None:
+        await self.pool.execute(
+            "INSERT INTO route_table (id, router, kept_at) VALUES (1, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET router = excluded.router, "
+            "kept_at = excluded.kept_at",
+            table,
+            now,
+        )
+
     # -- acceptance --------------------------------------------------------------------------------
 
     async def get_idempotency(

@@ -410,6 +410,24 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.write(job)
 
+    async def route_table(self) -> str | None:
+        def job(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT router FROM route_table WHERE id = 1").fetchone()
+            return str(row[0]) if row else None
+
+        return await self._runner.read(job)
+
+    async def keep_route_table(self, table: str, now: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO route_table (id, router, kept_at) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET router = excluded.router, "
+                "kept_at = excluded.kept_at",
+                (table, now),
+            )
+
+        await self._runner.write(job)
+
     # -- acceptance --------------------------------------------------------------------------------
 
     async def get_idempotency(

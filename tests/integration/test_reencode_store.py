@@ -103,3 +103,11 @@ async def test_reencode_leaves_a_message_claimed_or_tried_since(store: Store) ->
     await store.record_submits([], [Release("c1", NOW + 1, count_attempt=False)], NOW)
     assert await store.reencode([change("t1", b"t1/1")], NOW) == 0  # reached the SMSC once
     assert await store.reencode([change("c1", b"c1/1")], NOW) == 1  # back in the queue untried
+
+
+async def test_the_route_table_is_kept_and_replaced(store: Store) -> None:
+    assert await store.route_table() is None  # a new store, or one upgraded: none kept
+    await store.keep_route_table('{"routes": []}', NOW)
+    assert await store.route_table() == '{"routes": []}'
+    await store.keep_route_table('{"routes": [["+86", ["cn"]]]}', NOW + 1)
+    assert await store.route_table() == '{"routes": [["+86", ["cn"]]]}'
