@@ -15,7 +15,8 @@ is the same C calls as the default alphabet's; the default pair (0, 0) is gsm.gs
 Where the tables come from: TS 23.038 V18 Annex A, cross-checked entry by entry against Android's
 GsmAlphabet tables (the most deployed encoder). They differ in three places, where we follow
 Android, i.e. what handsets actually send:
-- the Indian locking tables' 0x2C is "," (the V18 text reads "'", which no other source has);
+- the Indian locking tables' 0x2C is "," as in the V16 tables (the V18 tables, as one
+  implementation extracted them, read "'");
 - Kannada locking 0x24 is U+0CA1 KANNADA LETTER DDA: the spec prints U+0CAA, which is also at
   0x3D, leaving DDA without a code (its neighbours 0x22-0x25 are TTA, TTHA, DDA, DDHA);
 - Telugu single shift 0x65 is "€", as in every other single shift table.
@@ -28,8 +29,10 @@ from collections.abc import Iterable, Mapping
 from bridge.text.gsm import BASE_TABLE, ESC, EXTENSION_TABLE, gsm_decode
 
 __all__ = [
+    "EMPTY",
     "LANGUAGES",
     "LOCKING_TABLES",
+    "NONE",
     "SINGLE_SHIFT_TABLES",
     "decode_parts",
     "decode_septets",
