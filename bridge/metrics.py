@@ -225,6 +225,13 @@ class Metrics:
             ["smsc"],
             registry=r,
         )
+        self.mo_received_unknown_language = Counter(
+            "smpp_bridge_mo_unknown_language",
+            "Inbound messages whose UDH named a national language table the gateway lacks "
+            "(decoded with the default GSM alphabet instead), by SMSC",
+            ["smsc"],
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "smpp_bridge_webhook_deliveries",
             "Webhook reports by kind (status, mo, event) and outcome (delivered, retry, dead)",
@@ -380,6 +387,7 @@ class Metrics:
         self._receipts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._mo: defaultdict[str, int] = defaultdict(int)
         self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
+        self._mo_unknown_language: defaultdict[str, int] = defaultdict(int)
         self._webhooks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._messages = 0
         self._segments = 0
@@ -439,6 +447,9 @@ class Metrics:
 
     def mo_incomplete(self, smsc: str) -> None:
         self._mo_incomplete[smsc] += 1
+
+    def mo_unknown_language(self, smsc: str) -> None:
+        self._mo_unknown_language[smsc] += 1
 
     def webhook(self, kind: str, outcome: str, n: int = 1) -> None:
         if n:
@@ -500,6 +511,7 @@ class Metrics:
             (self.receipts, self._receipts),
             (self.mo_received, self._mo),
             (self.mo_received_incomplete, self._mo_incomplete),
+            (self.mo_received_unknown_language, self._mo_unknown_language),
             (self.webhook_deliveries, self._webhooks),
         ):
             if pending:

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -25,7 +25,7 @@ from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
-from bridge.sim.reassembly import Segment, decode_payload, parse_segment
+from bridge.sim.reassembly import Segment, decode_segments, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
@@ -98,6 +98,8 @@ class Inbound:
         self.unparsable = 0
         self.mo = 0
         self.mo_incomplete = 0  # long MOs delivered without the parts that never came
+        # MOs whose UDH named a national language table we lack (decoded with the default one)
+        self.mo_unknown_language = 0
         self.optouts = 0
         self._mo_order = KeyedLocks()
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
@@ -271,6 +273,8 @@ class Inbound:
                 seg.payload,
                 now_ms,
                 body.source_addr_ton,
+                locking=seg.locking,
+                single=seg.single,
             )
             # One sender's parts are placed in the order they came (mo_sets.place_part reads
             # the order): deliver_sm are handled concurrently, and on PostgreSQL their
@@ -281,10 +285,12 @@ class Inbound:
                 return C.ESME_ROK  # stored; waiting for the other parts
             # Join before decoding, as a handset does: a pair cut across parts still decodes.
             whole = b"".join(p.payload for p in parts)
-            text = mo_text(body.data_coding, whole)
+            text, unknown = parts_text(body.data_coding, parts)
             set_no = parts[0].set_no
         else:
-            text = mo_text(seg.data_coding, seg.payload)
+            text, unknown = decoded_mo(seg.data_coding, ((seg.payload, seg.locking, seg.single),))
+        if unknown:
+            self._unknown_language(smsc)
         source, account, sign = await self._attribute(
             smsc, body.source_addr, body.source_addr_ton, body.destination_addr, now_ms
         )
@@ -339,6 +345,17 @@ class Inbound:
                    "text": logs.body(text)},
         )  # fmt: skip
         return C.ESME_ROK
+
+    def _unknown_language(self, smsc: str) -> None:
+        """Count an MO read with the default tables where its UDH named national ones we lack
+        (TS 23.038 A: ids 14 and up are reserved, Spanish has no locking table)."""
+        self.mo_unknown_language += 1
+        if self.metrics is not None:
+            self.metrics.mo_unknown_language(smsc)
+        log.warning(
+            "mo names an unknown national language table; decoded with the default alphabet",
+            extra={"smsc": smsc},
+        )
 
     async def _optout_if_asked(
         self, account: str | None, source: str, text: str, now_ms: int
@@ -427,7 +444,9 @@ class Inbound:
         source, account, sign = await self._attribute(
             smsc, first.source, ton, first.destination, newest
         )
-        text = join_runs(parts)
+        text, unknown = join_runs_text(parts)
+        if unknown:
+            self._unknown_language(smsc)
         if seqs == tuple(range(1, total + 1)):
             # Every part, never stored: `_mo` failed before storing it (a store error, a crash
             # after the last part was kept) and the SMSC's resend did not come in time. It is
@@ -515,7 +534,7 @@ class Inbound:
             for scheme in ("udh8", "udh16", "sar"):
                 what = partial(_concat_what, scheme, first.ref, first.total)
                 if complete:
-                    text = mo_text(dc, whole)
+                    text = parts_text(dc, parts)[0]
                     if await self._long_mo_id(
                         first.smsc, first.source, first.destination, dc, what, whole, text,
                         newest,
@@ -661,24 +680,45 @@ def incomplete_mo_id(
 
 
 def mo_text(data_coding: int, payload: bytes) -> str:
-    """An MO's text as stored: decode_payload's, with U+0000 (a UCS-2 or Latin-1 NUL) as U+FFFD.
-    PostgreSQL's text refuses NUL, so storing such an MO failed every time and the SMSC resent
-    it for ever; it carries nothing readable. (GSM's octet 0x00 is "@", untouched.)"""
-    return decode_payload(data_coding, payload).replace("\x00", "\ufffd")
+    """An MO's text as stored, read with the default tables: decoded_mo's."""
+    return decoded_mo(data_coding, ((payload, 0, 0),))[0]
+
+
+def decoded_mo(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> tuple[str, bool]:
+    """An MO's text as stored from its parts (payload, national locking and single shift table
+    ids: each GSM 7-bit part is read with the tables its UDH named), and whether a part named
+    one we lack (read with the default one). decode_segments's text, with U+0000 (a UCS-2 or
+    Latin-1 NUL) as U+FFFD. PostgreSQL's text refuses NUL, so storing such an MO failed every
+    time and the SMSC resent it for ever; it carries nothing readable. (GSM's octet 0x00 is
+    "@", untouched.)"""
+    text, unknown = decode_segments(data_coding, parts)
+    return text.replace("\x00", "\ufffd"), unknown
+
+
+def parts_text(data_coding: int, parts: list[MoPart]) -> tuple[str, bool]:
+    """decoded_mo of kept parts, consecutive ones, joined."""
+    return decoded_mo(data_coding, [(p.payload, p.locking, p.single) for p in parts])
 
 
 def join_runs(parts: list[MoPart]) -> str:
+    """join_runs_text's text."""
+    return join_runs_text(parts)[0]
+
+
+def join_runs_text(parts: list[MoPart]) -> tuple[str, bool]:
     """The text of the parts present (in seq order): each run of consecutive parts joined then
     decoded, as a handset does, so a pair cut across two present parts still decodes; a pair cut
     by a missing part decodes with a replacement character (decode_payload never raises). Runs
-    are separated by GAP, so the reader sees where text is missing."""
+    are separated by GAP, so the reader sees where text is missing. Also whether a part named an
+    unknown national language table."""
     runs: list[list[MoPart]] = []
     for p in parts:
         if runs and p.seq == runs[-1][-1].seq + 1:
             runs[-1].append(p)
         else:
             runs.append([p])
-    return GAP.join(mo_text(run[0].data_coding, b"".join(p.payload for p in run)) for run in runs)
+    texts = [parts_text(run[0].data_coding, run) for run in runs]
+    return GAP.join(t for t, _ in texts), any(u for _, u in texts)
 
 
 def _e164(addr: str, ton: int, national_prefix: str | None = None) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bridge.smpp.codec import ShortMessage, tlv_get
@@ -24,12 +25,14 @@ from bridge.smpp.constants import (
     SAR_TOTAL_SEGMENTS,
 )
 from bridge.text.gsm import gsm_decode, unpack_septets
+from bridge.text.national import decode_parts
 
 __all__ = [
     "Reassembler",
     "Segment",
     "SimMessage",
     "decode_payload",
+    "decode_segments",
     "parse_segment",
     "segment_text",
 ]
@@ -80,6 +83,8 @@ class Segment:
     ``payload`` is the user data without UDH: septets one per octet for GSM (already unpacked when
     the sender packed them), raw octets otherwise. ``scheme`` is "" for a single-part message,
     else "udh8", "udh16" or "sar"; ``ref``/``total``/``seq`` come from that header.
+    ``locking``/``single`` are the national language tables this part's UDH names for GSM 7-bit
+    text (IEs 0x25 and 0x24, TS 23.040 9.2.3.24.15-16; bridge.text.national), 0 for the default.
     """
 
     data_coding: int
@@ -88,6 +93,8 @@ class Segment:
     ref: int = 0
     total: int = 1
     seq: int = 1
+    locking: int = 0
+    single: int = 0
 
 
 def _alphabet(dc: int) -> str:
@@ -132,8 +139,25 @@ def _unpack(data: bytes, skip_octets: int) -> bytes:
     return septets
 
 
-def _udh_concat(udh: bytes) -> tuple[str, int, int, int] | None:
-    """(scheme, ref, total, seq) from the concatenation IE of a UDH (without its length octet)."""
+@dataclass(frozen=True, slots=True)
+class _Udh:
+    concat: tuple[str, int, int, int] | None = None  # (scheme, ref, total, seq)
+    locking: int = 0  # IE 0x25, National Language Locking Shift
+    single: int = 0  # IE 0x24, National Language Single Shift
+
+
+_NO_UDH = _Udh()
+
+
+def _udh_ies(udh: bytes) -> _Udh:
+    """The IEs of a UDH (without its length octet) that decoding needs; never raises.
+
+    The first concatenation IE counts. A language IE must be one octet long; a repeated one, the
+    last counts (TS 23.040 9.2.3.24: of repeated IEs, the last occurrence is used). An IE that
+    runs past the UDH ends the reading: what came before it still counts (a concatenation IE
+    after it was never read either)."""
+    concat = None
+    locking = single = 0
     i = 0
     n = len(udh)
     while i + 2 <= n:
@@ -141,13 +165,19 @@ def _udh_concat(udh: bytes) -> tuple[str, int, int, int] | None:
         ln = udh[i + 1]
         v = udh[i + 2 : i + 2 + ln]
         if len(v) != ln:
-            return None
-        if iei == 0x00 and ln == 3:
-            return "udh8", v[0], v[1], v[2]
-        if iei == 0x08 and ln == 4:
-            return "udh16", (v[0] << 8) | v[1], v[2], v[3]
+            break
+        if concat is None and iei == 0x00 and ln == 3:
+            concat = ("udh8", v[0], v[1], v[2])
+        elif concat is None and iei == 0x08 and ln == 4:
+            concat = ("udh16", (v[0] << 8) | v[1], v[2], v[3])
+        elif iei == 0x25 and ln == 1:
+            locking = v[0]
+        elif iei == 0x24 and ln == 1:
+            single = v[0]
         i += 2 + ln
-    return None
+    if concat is None and not locking and not single:
+        return _NO_UDH
+    return _Udh(concat, locking, single)
 
 
 def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
@@ -156,7 +186,8 @@ def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
     message_payload, when present, replaces short_message (SMPP 3.4 5.3.2.32). A malformed UDH
     leaves the octets in the payload rather than dropping them: better a visibly odd text than a
     silently shortened one. A concatenation header with seq 0, seq > total or total < 2 is
-    treated as a single part.
+    treated as a single part. National language IEs are kept for GSM 7-bit text only (they
+    name GSM tables).
     """
     tlvs = sm.tlvs
     data = sm.short_message
@@ -170,13 +201,14 @@ def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
     ref = 0
     total = seq = 1
     skip = 0
+    udh = _NO_UDH
     if sm.esm_class & ESM_UDHI and data:
         udhl = data[0]
         if 1 + udhl <= len(data):
             skip = 1 + udhl
-            found = _udh_concat(data[1:skip])
-            if found is not None:
-                scheme, ref, total, seq = found
+            udh = _udh_ies(data[1:skip])
+            if udh.concat is not None:
+                scheme, ref, total, seq = udh.concat
     elif tlvs:
         r = tlv_get(tlvs, SAR_MSG_REF_NUM)
         t = tlv_get(tlvs, SAR_TOTAL_SEGMENTS)
@@ -189,6 +221,8 @@ def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
     if scheme and not (total >= 2 and 1 <= seq <= total):
         scheme, ref, total, seq = "", 0, 1, 1
     payload = _unpack(data, skip) if gsm_packed else data[skip:]
+    if (udh.locking or udh.single) and _alphabet(dc) == "gsm":
+        return Segment(dc, payload, scheme, ref, total, seq, udh.locking, udh.single)
     return Segment(dc, payload, scheme, ref, total, seq)
 
 
@@ -197,6 +231,19 @@ def decode_payload(data_coding: int, payload: bytes) -> str:
     kind = _alphabet(data_coding)
     if kind == "gsm":
         return gsm_decode(payload)
+    return _decode_other(kind, data_coding, payload)
+
+
+def decode_segments(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> tuple[str, bool]:
+    """Text of parts (payload, locking, single) that share a data_coding, decoded as one payload
+    (pairs may straddle parts), GSM 7-bit with each part's national language tables. Also
+    whether a part named a table that does not exist (read with the default one instead)."""
+    if _alphabet(data_coding) == "gsm":
+        return decode_parts(parts)
+    return decode_payload(data_coding, b"".join(p for p, _, _ in parts)), False
+
+
+def _decode_other(kind: str, data_coding: int, payload: bytes) -> str:
     if kind == "ucs2":
         return payload.decode("utf-16-be", "replace")
     name = _BYTE_CODECS.get(data_coding)
@@ -207,7 +254,7 @@ def decode_payload(data_coding: int, payload: bytes) -> str:
 
 def segment_text(seg: Segment) -> str:
     """The text of one segment on its own (for a receipt's ``text:`` field)."""
-    return decode_payload(seg.data_coding, seg.payload)
+    return decode_segments(seg.data_coding, ((seg.payload, seg.locking, seg.single),))[0]
 
 
 @dataclass(slots=True)
@@ -253,7 +300,7 @@ class Reassembler:
                 source,
                 destination,
                 seg.data_coding,
-                decode_payload(seg.data_coding, seg.payload),
+                segment_text(seg),
                 1,
                 [message_id],
                 now,
@@ -301,13 +348,13 @@ class Reassembler:
 def _join_text(segments: list[Segment]) -> str:
     """Decode runs of parts that share a data_coding as one payload (pairs may straddle parts)."""
     out: list[str] = []
-    run: list[bytes] = []
+    run: list[tuple[bytes, int, int]] = []
     dc = segments[0].data_coding
     for seg in segments:
         if seg.data_coding != dc:
-            out.append(decode_payload(dc, b"".join(run)))
+            out.append(decode_segments(dc, run)[0])
             run = []
             dc = seg.data_coding
-        run.append(seg.payload)
-    out.append(decode_payload(dc, b"".join(run)))
+        run.append((seg.payload, seg.locking, seg.single))
+    out.append(decode_segments(dc, run)[0])
     return "".join(out)

@@ -906,13 +906,7 @@ class SimSmsc:
         limit = 0xFF if split == "udh8" else 0xFFFF
         if ref is not None and not 0 <= ref <= limit:
             raise SimError("INVALID_MO", f"ref: must be between 0 and {limit} for {split}")
-        if system_id is not None:
-            sess = self._pick_receiver(system_id, windowed=False)
-        else:
-            sess = next((s for s in self._sessions if s.can_receive and not s.closing), None)
-        if sess is None:
-            who = f"system_id {system_id!r}" if system_id is not None else "any system_id"
-            raise SimError("NO_RECEIVER", f"no receiver or transceiver bind for {who}")
+        sess = self._mo_receiver(system_id)
         mode = SplitMode(split) if split is not None else SplitMode.UDH8
         if ref is None:
             self._mo_ref = ref = (self._mo_ref + 1) & 0xFFFF
@@ -926,7 +920,6 @@ class SimSmsc:
                 enc = encode_message(text, opts, ref)
         except TextError as e:
             raise SimError(e.code, e.message) from None
-        now = self._loop_time()
         bodies = [
             ShortMessage(
                 source_addr=source,
@@ -942,6 +935,30 @@ class SimSmsc:
             if not parts or any(not 1 <= n <= len(bodies) for n in parts):
                 raise SimError("INVALID_MO", f"parts: must list parts between 1 and {len(bodies)}")
             bodies = [bodies[n - 1] for n in parts]
+        return await self._send_mo(sess, bodies)
+
+    async def inject_deliver_sm(
+        self, bodies: Sequence[ShortMessage], *, system_id: str | None = None
+    ) -> int:
+        """Send deliver_sm bodies made by the caller, in order, to one bound receiver: an MO
+        whose octets the simulator's own encoder would not produce (a handset's national
+        language shift tables, an odd UDH). Returns the number sent; SimError NO_RECEIVER when
+        nothing can receive, INVALID_MO when a body cannot be encoded."""
+        sess = self._mo_receiver(system_id)
+        return await self._send_mo(sess, list(bodies))
+
+    def _mo_receiver(self, system_id: str | None) -> _Session:
+        if system_id is not None:
+            sess = self._pick_receiver(system_id, windowed=False)
+        else:
+            sess = next((s for s in self._sessions if s.can_receive and not s.closing), None)
+        if sess is None:
+            who = f"system_id {system_id!r}" if system_id is not None else "any system_id"
+            raise SimError("NO_RECEIVER", f"no receiver or transceiver bind for {who}")
+        return sess
+
+    async def _send_mo(self, sess: _Session, bodies: list[ShortMessage]) -> int:
+        now = self._loop_time()
         try:  # every part encodes before any is owed: a refused one left a phantom in the window
             for body in bodies:
                 encode(Pdu(DELIVER_SM, 0, 1, body))

@@ -21,6 +21,24 @@ def stored_ref(ref: int, set_no: int) -> int:
     return ref + set_no * REF_SPAN
 
 
+# mo_parts.data_coding holds the part's data_coding (an octet: SMPP 5.2.19) plus, above it, the
+# national language tables its UDH named (bridge.text.national): the locking shift's id times
+# DC_SPAN and the single shift's times DC_SPAN**2 (ids are an octet too). Kept beside the coding
+# without a new column, as ref keeps the set number; parts kept before this, or without those
+# IEs, are the plain data_coding (tables 0, the default).
+DC_SPAN = 1 << 8
+
+
+def stored_data_coding(data_coding: int, locking: int, single: int) -> int:
+    """The mo_parts.data_coding value of a part."""
+    return data_coding + (locking + single * DC_SPAN) * DC_SPAN
+
+
+def split_data_coding(value: int) -> tuple[int, int, int]:
+    """(data_coding, locking, single) of a mo_parts.data_coding value."""
+    return value % DC_SPAN, value // DC_SPAN % DC_SPAN, value // (DC_SPAN * DC_SPAN) % DC_SPAN
+
+
 MO_PART_COLS = (
     "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton"
 )
@@ -34,7 +52,8 @@ def mo_part(row: Any) -> MoPart:
     """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
     r = tuple(row)
     ref, set_no = r[3] % REF_SPAN, r[3] // REF_SPAN
-    return MoPart(*r[:3], ref, *r[4:7], bytes(r[7]), r[8], r[9], set_no)
+    dc, locking, single = split_data_coding(r[6])
+    return MoPart(*r[:3], ref, r[4], r[5], dc, bytes(r[7]), r[8], r[9], set_no, locking, single)
 
 
 def mo_message(row: Any) -> MoMessage:
@@ -52,7 +71,7 @@ def mo_part_values(part: MoPart) -> tuple[Any, ...]:
         stored_ref(part.ref, part.set_no),
         part.total,
         part.seq,
-        part.data_coding,
+        stored_data_coding(part.data_coding, part.locking, part.single),
         part.payload,
         part.received_at,
         part.source_ton,

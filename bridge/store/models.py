@@ -402,6 +402,10 @@ class MoPart:
     # Which message of this reference the part belongs to (bridge.domain.mo_sets): two long
     # MOs from one number under one reference are kept apart. 0 for the first.
     set_no: int = 0
+    # The national language tables its UDH named for GSM 7-bit text (IE 0x25 locking, 0x24
+    # single shift; bridge.text.national), 0 for the default: each part is decoded with its own.
+    locking: int = 0
+    single: int = 0
 
 
 @dataclass(frozen=True, slots=True)
