@@ -696,8 +696,9 @@ def test_each_acceptor_slot_draws_from_its_own_lane(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checked right: Daemon._ref_counter gives an acceptor in slot k of server.workers N the
-    lane k of N (a restarted acceptor gets its slot's lane again); a daemon in role "all" and a
-    garbled or out-of-range SMPP_BRIDGE_WORKER get the whole range."""
+    lane k of N + 1 (the last one is the owner's, since session 37; a restarted acceptor gets
+    its slot's lane again); a daemon in role "all" and a garbled or out-of-range
+    SMPP_BRIDGE_WORKER get the whole range."""
     for workers in (1, 2, 3, 64):
         cfg = load_config(_write_yaml(tmp_path / f"w{workers}.yaml", server={"workers": workers}))
         for slot in {0, workers - 1}:
@@ -705,7 +706,7 @@ def test_each_acceptor_slot_draws_from_its_own_lane(
             for _restart in range(2):
                 rc = Daemon(cfg, role="acceptor")._ref_counter()
                 refs = [rc.next(NUMBER, 8) for _ in range(8)]
-                assert all(r % workers == slot for r in refs), (workers, slot, refs)
+                assert all(r % (workers + 1) == slot for r in refs), (workers, slot, refs)
         for garbage in ("", "x", "-1", str(workers), "1e3"):
             monkeypatch.setenv(WORKER_ENV, garbage)
             rc = Daemon(cfg, role="acceptor")._ref_counter()
@@ -772,9 +773,9 @@ async def test_acceptors_started_with_the_workers_flag_draw_from_lanes(
         proc.terminate()
         proc.wait(30)
     assert sorted(lanes) == [0, 1]
-    for slot, refs in lanes.items():
-        assert all(r % 2 == slot for r in refs), (
-            f"acceptor {slot} of --workers 2 draws {refs}: not its lane (r % 2 == {slot})"
+    for slot, refs in lanes.items():  # lanes of 3: the owner's is 2 (since session 37)
+        assert all(r % 3 == slot for r in refs), (
+            f"acceptor {slot} of --workers 2 draws {refs}: not its lane (r % 3 == {slot})"
         )
 
 
@@ -832,10 +833,11 @@ async def test_an_acceptor_keeps_its_lane_and_its_counters_across_a_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checked right, in a real acceptor (Daemon role "acceptor", slot 1 of server.workers: 2,
-    its HTTP port): long messages to one number take odd UDH8 references, one after another in
-    the lane; a SIGHUP-style reload that switches the SMSC to SAR rebuilds the Submitter with
-    the same counters (bridge/app.py reload keeps `refs`), and the next messages take odd
-    16-bit SAR references continuing the same run."""
+    its HTTP port): long messages to one number take UDH8 references of its lane (1 of 3, r %
+    3 == 1: the owner has lane 2 since session 37), one after another in the lane; a
+    SIGHUP-style reload that switches the SMSC to SAR rebuilds the Submitter with the same
+    counters (bridge/app.py reload keeps `refs`), and the next messages take 16-bit SAR
+    references of that lane continuing the same run."""
     monkeypatch.setenv(WORKER_ENV, "1")
     path = _write_yaml(tmp_path / "acc" / "bridge.yaml", server={"workers": 2})
     d = Daemon(load_config(path, env={}), role="acceptor", config_path=str(path))
@@ -861,11 +863,12 @@ async def test_an_acceptor_keeps_its_lane_and_its_counters_across_a_reload(
             ]
     finally:
         await d.stop()
-    assert all(r % 2 == 1 for r in first + second), (first, second)
+    assert all(r % 3 == 1 for r in first + second), (first, second)  # lane 1 of 3
     assert all(0 <= r < 256 for r in first) and all(0 <= r < 65536 for r in second)
     # one counter: the value behind each reference goes up by one per message
-    values = [(r - 1) // 2 % 128 for r in first] + [(r - 1) // 2 % 128 for r in second]
-    assert all((b - a) % 128 == 1 for a, b in pairwise(values)), (
+    # (lane 1 holds 85 8-bit references and 21,845 = 85 x 257 16-bit ones: one cycle of 85)
+    values = [(r - 1) // 3 % 85 for r in first] + [(r - 1) // 3 % 85 for r in second]
+    assert all((b - a) % 85 == 1 for a, b in pairwise(values)), (
         first,
         second,
     )
