@@ -349,6 +349,10 @@ class ServerConfig:
     # (about 50 requests in flight at full speed; a proxy's keep-alive pool holds tens) and half
     # of the usual 1,024 descriptors, leaving the rest to the store, binds and webhooks.
     max_connections: int = field(default=512, metadata=meta(between(1, 1_000_000)))
+    # Of those, how many one TCP peer address may hold (0: no such cap). Without it one client
+    # took all max_connections and every other was refused. Peers in trusted_proxies are exempt:
+    # a proxy carries everyone's connections. 64 suits a gateway clients reach directly.
+    max_connections_per_ip: int = field(default=0, metadata=meta(between(0, 1_000_000)))
     # A listener for /admin/, /metrics, /readyz, /healthz and /openapi.json only (no /v1/),
     # outside max_connections: the operator still gets in while the public ports are full.
     # null: none (those paths stay on `port` as well, in any case).
@@ -372,6 +376,12 @@ class ServerConfig:
             and _hosts_overlap(self.admin_host or self.host, self.host)
         ):
             yield "admin_port", f"must differ from port ({self.port})"
+        if self.max_connections_per_ip > self.max_connections:
+            yield (
+                "max_connections_per_ip",
+                f"must be at most max_connections ({self.max_connections}), "
+                f"got {self.max_connections_per_ip}",
+            )
         if self.instances * (self.workers + 1 if self.workers else 1) > 256:
             yield (
                 "instances",

@@ -116,6 +116,8 @@ class _Handler(RequestHandler):
         super().__init__(*args, **kwargs)
         self._write_watch: asyncio.TimerHandle | None = None
         self._cap: ConnectionCap | None = None  # counted in it until connection_lost
+        self._admitted: str | bool = True  # what the cap's admit answered
+        self._peer: str | None = None  # the TCP peer's address
         self._refused = False  # closed unread at the cap
         self._buffered = 0  # write buffer size at the last check
         self._stalled_since: float | None = None
@@ -128,15 +130,19 @@ class _Handler(RequestHandler):
                 break
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
+            self._peer = peername[0]
         cap = getattr(self._manager, "cap", None)  # None: the admin listener, not counted
         if cap is not None:
-            if not cap.admit():
+            admitted = cap.admit(self._peer)
+            if admitted is False:
                 # An aborted transport reads nothing more (no data_received, no eof_received):
                 # the connection is never handed to aiohttp (no timers, no answer).
                 self._refused = True
                 transport.abort()
                 return
-            self._cap = cap
+            self._cap, self._admitted = cap, admitted
         super().connection_made(transport)
         self._write_watch = self._loop.call_later(
             _check_every(self._keepalive_timeout), self._check_writes
@@ -146,7 +152,7 @@ class _Handler(RequestHandler):
         if self._refused:  # aiohttp never knew it
             return
         if self._cap is not None:
-            self._cap.release()
+            self._cap.release(self._admitted)
             self._cap = None
         if self._write_watch is not None:
             self._write_watch.cancel()
