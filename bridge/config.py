@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bridge.domain.forwarded import network_problem
+from bridge.domain.forwarded import HEADERS, X_FORWARDED_FOR, network_problem
 
 __all__ = [
     "DEFAULT_YAML",
@@ -358,11 +358,14 @@ class ServerConfig:
     # null: none (those paths stay on `port` as well, in any case).
     admin_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
     admin_host: str | None = field(default=None, metadata=meta(_NONEMPTY))  # null: host
-    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For is believed: from such a
-    # peer, the client is the right-most address of that header that is not one of them
-    # (bridge/domain/forwarded.py). Empty: the peer is the client (the audit trail named the
-    # proxy for everyone behind nginx).
+    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For (or Forwarded, below) is
+    # believed: from such a peer, the client is the right-most address of that header that is
+    # not one of them (bridge/domain/forwarded.py). Empty: the peer is the client (the audit
+    # trail named the proxy for everyone behind nginx).
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=meta(item=(network_problem,)))
+    # The header those proxies write (forwarded.HEADERS): X-Forwarded-For, or RFC 7239's
+    # Forwarded. Only that one is read: a proxy passes the other on as the client sent it.
+    forwarded_header: str = field(default=X_FORWARDED_FOR, metadata=meta(one_of(*HEADERS)))
     # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
     # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
     event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))

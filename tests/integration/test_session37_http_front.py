@@ -19,6 +19,7 @@ test failed on the code before session 37:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -30,6 +31,7 @@ import pytest
 
 from bridge.app import Daemon
 from bridge.config import ConfigError, parse_config
+from tests.e2e import harness
 from tests.e2e.harness import make_config, wait_until
 from tests.ports import free_port
 
@@ -165,6 +167,7 @@ async def test_trusted_proxies_are_not_capped_per_address(tmp_path: Path) -> Non
             "server.max_connections_per_ip: must be at most max_connections (10), got 11",
         ),
         ({"max_connections_per_ip": -1}, "server.max_connections_per_ip: must be between 0"),
+        ({"forwarded_header": "X-Real-IP"}, "server.forwarded_header: must be one of"),
     ],
 )
 def test_the_new_settings_are_checked(server: dict[str, Any], fault: str) -> None:
@@ -176,3 +179,69 @@ def test_the_new_settings_are_checked(server: dict[str, Any], fault: str) -> Non
     with pytest.raises(ConfigError) as err:
         parse_config(raw, env={}, base_dir=Path("/srv/bridge"))
     assert fault in str(err.value)
+
+
+# -- 2. RFC 7239 Forwarded -----------------------------------------------------------------------
+
+
+async def _admin_post(port: int, headers: list[tuple[str, str]]) -> int:
+    """A mutating admin request (recorded in the audit trail) with the given proxy headers."""
+    sent = [("Authorization", f"Bearer {harness.ADMIN_TOKEN}"), ("Connection", "close")]
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{port}/admin/keys/ak_nobody0123456789/revoke",
+            headers=sent + headers,
+        ) as r,
+    ):
+        return r.status
+
+
+FWD, XFF = "Forwarded", "X-Forwarded-For"
+
+# (server.forwarded_header, headers the proxy sent) -> the audit trail's remote. The peer is
+# 127.0.0.1, a trusted proxy.
+REMOTE_CASES = [
+    pytest.param(FWD, [(FWD, "for=203.0.113.7;proto=https")], "203.0.113.7", id="forwarded"),
+    pytest.param(FWD, [(FWD, 'for="[2001:db9::1]:4711"')], "2001:db9::1", id="quoted IPv6"),
+    pytest.param(FWD, [(FWD, "for=6.6.6.6, for=203.0.113.7")], "203.0.113.7", id="spoofed"),
+    pytest.param(FWD, [(FWD, "for=6.6.6.6"), (FWD, "for=203.0.113.7")], "203.0.113.7", id="two"),
+    pytest.param(FWD, [(FWD, 'for="_hidden"')], "127.0.0.1", id="obfuscated: the proxy"),
+    pytest.param(FWD, [(FWD, "for=unknown")], "127.0.0.1", id="unknown: the proxy"),
+    pytest.param(
+        FWD, [(XFF, "6.6.6.6"), (FWD, "for=203.0.113.7")], "203.0.113.7", id="xff ignored"
+    ),
+    pytest.param(FWD, [(XFF, "6.6.6.6")], "127.0.0.1", id="only xff: ignored"),
+    pytest.param(
+        XFF, [(FWD, "for=6.6.6.6"), (XFF, "203.0.113.7")], "203.0.113.7", id="forwarded ignored"
+    ),
+    pytest.param(XFF, [(FWD, "for=6.6.6.6")], "127.0.0.1", id="only forwarded: ignored"),
+]
+
+
+@pytest.mark.parametrize(("header", "sent", "remote"), REMOTE_CASES)
+async def test_the_audit_trail_reads_the_configured_proxy_header(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+    sent: list[tuple[str, str]],
+    remote: str,
+) -> None:
+    """README "TLS termination": with server.forwarded_header: Forwarded the audit trail's
+    `remote` and the request log lines name the client from RFC 7239 Forwarded headers, by the
+    X-Forwarded-For rule; the header the proxies do not write is the client's word, ignored."""
+    daemon = Daemon(
+        make_config(tmp_path, server={"trusted_proxies": ["127.0.0.1"], "forwarded_header": header})
+    )
+    await daemon.start()
+    try:
+        caplog.set_level(logging.INFO, logger="bridge.api")
+        port = daemon.http_port
+        assert await _admin_post(port, sent) == 404  # refused, and recorded
+        status, text = await _get(port, "/admin/audit", harness.ADMIN_TOKEN)
+        assert status == 200, text
+        assert [e["remote"] for e in json.loads(text)["entries"]] == [remote]
+        lines = [r for r in caplog.records if r.getMessage() in ("refused", "operator action")]
+        assert lines and all(getattr(r, "remote", None) == remote for r in lines)
+    finally:
+        await daemon.stop()
