@@ -451,6 +451,8 @@ class Daemon:
             self.ctx.metrics,
             endpoint=endpoint,
             cap=cap,
+            trusted=forwarded.networks(self.config.server.trusted_proxies),
+            forwarded_header=self.config.server.forwarded_header,
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=self.config.server.idle_timeout_s,

@@ -245,3 +245,82 @@ async def test_the_audit_trail_reads_the_configured_proxy_header(
         assert lines and all(getattr(r, "remote", None) == remote for r in lines)
     finally:
         await daemon.stop()
+
+
+# -- 3. remote= on the HTTP layer's own log lines ------------------------------------------------
+
+SECRET = "Bearer s3cr3t-t0ken-never-logged"
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.2", "127.0.0.1"], ids=["a client", "a trusted proxy"])
+async def test_a_malformed_request_is_logged_with_its_peer_and_nothing_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, peer: str
+) -> None:
+    """A request whose headers the parser refuses, carrying an Authorization header, an
+    X-Forwarded-For and a body: the WARNING names the peer, a trusted proxy too (the headers
+    were never parsed, so none can be believed), and holds neither the token nor the body."""
+    daemon = Daemon(make_config(tmp_path, server={"trusted_proxies": ["127.0.0.1"]}))
+    await daemon.start()
+    try:
+        caplog.set_level(logging.DEBUG, logger="bridge.api")
+        sock = _connect(daemon.http_port, peer)
+        try:
+            sock.sendall(
+                b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + SECRET.encode()
+                + b"\r\nX-Forwarded-For: 203.0.113.7\r\nContent-Length: 11\r\n"
+                b"Bad\x01Header: y\r\n\r\nbody-secret"
+            )
+            answer = await asyncio.to_thread(sock.recv, 4096)
+        finally:
+            sock.close()
+        assert b" 400 " in answer.split(b"\r\n", 1)[0] and b"MALFORMED_HTTP" in answer
+        lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert getattr(lines[0], "remote", None) == peer
+        assert f"remote={peer}" in lines[0].getMessage()
+        assert "s3cr3t" not in caplog.text and "body-secret" not in caplog.text
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "remote"),
+    [([], "127.0.0.1"), (["127.0.0.1"], "203.0.113.7")],
+    ids=["the peer", "behind a trusted proxy: the client"],
+)
+async def test_a_stalled_answer_is_logged_with_its_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, trusted: list[str], remote: str
+) -> None:
+    """A connection that pipelines requests and reads nothing is cut after idle_timeout_s
+    (session 35); the INFO line saying so names its client: the peer, or behind a trusted proxy
+    the address its X-Forwarded-For names. No header value (the Authorization) is logged."""
+    daemon = Daemon(
+        make_config(
+            tmp_path,
+            server={"idle_timeout_s": 1, "body_timeout_s": 1, "trusted_proxies": trusted},
+        )
+    )
+    await daemon.start()
+    sock = socket.socket()
+    try:
+        caplog.set_level(logging.INFO, logger="bridge.api")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", daemon.http_port))
+        request = (
+            "GET /openapi.json HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\n"
+            f"Authorization: {SECRET}\r\n\r\n"
+        ).encode()
+        sock.sendall(request * 40)
+
+        def cut() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "read nothing" in r.getMessage()]
+
+        await wait_until(cut, 8, 0.1)
+        line = cut()[0]
+        assert getattr(line, "remote", None) == remote
+        assert f"remote={remote}" in line.getMessage()
+        assert "s3cr3t" not in caplog.text
+    finally:
+        sock.close()
+        await daemon.stop()
