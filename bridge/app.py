@@ -46,6 +46,7 @@ from bridge.config import (
     read_config_text,
 )
 from bridge.crypto import Sealer
+from bridge.domain import forwarded
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
@@ -389,7 +390,8 @@ class Daemon:
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
         # One cap for both public faces of this process (server.max_connections); the admin
         # listener's runner has none.
-        cap = ConnectionCap(cfg.server.max_connections)
+        trusted = forwarded.networks(cfg.server.trusted_proxies)
+        cap = ConnectionCap(cfg.server.max_connections, cfg.server.max_connections_per_ip, trusted)
         fit_fd_limit(cfg.server.max_connections)
         self.connection_cap = cap
         self.metrics.watch_connections(lambda: (cap.open, cap.refused))
@@ -449,6 +451,8 @@ class Daemon:
             self.ctx.metrics,
             endpoint=endpoint,
             cap=cap,
+            trusted=forwarded.networks(self.config.server.trusted_proxies),
+            forwarded_header=self.config.server.forwarded_header,
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=self.config.server.idle_timeout_s,

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bridge.domain.forwarded import network_problem
+from bridge.domain.forwarded import HEADERS, X_FORWARDED_FOR, network_problem
 
 __all__ = [
     "DEFAULT_YAML",
@@ -349,16 +349,23 @@ class ServerConfig:
     # (about 50 requests in flight at full speed; a proxy's keep-alive pool holds tens) and half
     # of the usual 1,024 descriptors, leaving the rest to the store, binds and webhooks.
     max_connections: int = field(default=512, metadata=meta(between(1, 1_000_000)))
+    # Of those, how many one TCP peer address may hold (0: no such cap). Without it one client
+    # took all max_connections and every other was refused. Peers in trusted_proxies are exempt:
+    # a proxy carries everyone's connections. 64 suits a gateway clients reach directly.
+    max_connections_per_ip: int = field(default=0, metadata=meta(between(0, 1_000_000)))
     # A listener for /admin/, /metrics, /readyz, /healthz and /openapi.json only (no /v1/),
     # outside max_connections: the operator still gets in while the public ports are full.
     # null: none (those paths stay on `port` as well, in any case).
     admin_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
     admin_host: str | None = field(default=None, metadata=meta(_NONEMPTY))  # null: host
-    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For is believed: from such a
-    # peer, the client is the right-most address of that header that is not one of them
-    # (bridge/domain/forwarded.py). Empty: the peer is the client (the audit trail named the
-    # proxy for everyone behind nginx).
+    # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For (or Forwarded, below) is
+    # believed: from such a peer, the client is the right-most address of that header that is
+    # not one of them (bridge/domain/forwarded.py). Empty: the peer is the client (the audit
+    # trail named the proxy for everyone behind nginx).
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=meta(item=(network_problem,)))
+    # The header those proxies write (forwarded.HEADERS): X-Forwarded-For, or RFC 7239's
+    # Forwarded. Only that one is read: a proxy passes the other on as the client sent it.
+    forwarded_header: str = field(default=X_FORWARDED_FOR, metadata=meta(one_of(*HEADERS)))
     # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
     # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
     event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))
@@ -372,6 +379,12 @@ class ServerConfig:
             and _hosts_overlap(self.admin_host or self.host, self.host)
         ):
             yield "admin_port", f"must differ from port ({self.port})"
+        if self.max_connections_per_ip > self.max_connections:
+            yield (
+                "max_connections_per_ip",
+                f"must be at most max_connections ({self.max_connections}), "
+                f"got {self.max_connections_per_ip}",
+            )
         if self.instances * (self.workers + 1 if self.workers else 1) > 256:
             yield (
                 "instances",

@@ -375,11 +375,13 @@ class Metrics:
         self.http_connections_refused = Counter(
             "smpp_bridge_http_connections_refused",
             "HTTP connections closed unread because their process had server.max_connections "
-            "open on the public ports",
+            "open on the public ports (reason max_connections), or their peer address had "
+            "server.max_connections_per_ip (reason max_connections_per_ip)",
+            ["reason"],
             registry=r,
         )
-        self._connections: Callable[[], tuple[int, int]] | None = None
-        self._refused_seen = 0
+        self._connections: Callable[[], tuple[int, Mapping[str, int]]] | None = None
+        self._refused_seen: dict[str, int] = {}
         # Observations wait here (plain ints) until `flush`; see the module docstring.
         self._requests: defaultdict[tuple[str, int, str], int] = defaultdict(int)
         self._submits: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -463,20 +465,25 @@ class Metrics:
             if n:
                 self.purged_rows.labels(kind).inc(n)
 
-    def watch_connections(self, read: Callable[[], tuple[int, int]]) -> None:
-        """Report this process's open public connections and the total refused at the cap
-        (`read` gives both), read at each flush: nothing is counted per connection here."""
+    def watch_connections(self, read: Callable[[], tuple[int, Mapping[str, int]]]) -> None:
+        """Report this process's open public connections and the totals refused at the caps,
+        by reason (`read` gives both), read at each flush: nothing is counted per connection
+        here."""
         self._connections = read
         self.http_connections_open.set(0)
+        for reason in read()[1]:  # every reason's series exists from the start, at 0
+            self.http_connections_refused.labels(reason)
 
     def _flush_connections(self) -> None:
         if self._connections is None:
             return
         open_now, refused = self._connections()
         self.http_connections_open.set(open_now)
-        if refused > self._refused_seen:
-            self.http_connections_refused.inc(refused - self._refused_seen)
-            self._refused_seen = refused
+        for reason, total in refused.items():
+            seen = self._refused_seen.get(reason, 0)
+            if total > seen:
+                self.http_connections_refused.labels(reason).inc(total - seen)
+                self._refused_seen[reason] = total
 
     # -- store -----------------------------------------------------------------------------------
     def watch_store(self, role: str, stats: Callable[[], WriteLockStats | None]) -> None:

@@ -107,12 +107,17 @@ def _masked_path(request: web.Request) -> str:
 
 def client_of(request: web.Request) -> str | None:
     """The client's address, for the audit trail and the logs: the peer, or behind a trusted
-    reverse proxy (server.trusted_proxies) the address its X-Forwarded-For names."""
-    trusted = request.app[CTX].config.server.trusted_proxies
-    if not trusted:
+    reverse proxy (server.trusted_proxies) the address its X-Forwarded-For, or Forwarded
+    (server.forwarded_header), names."""
+    server = request.app[CTX].config.server
+    if not server.trusted_proxies:
         return request.remote
-    return forwarded.client_address(
-        request.remote, request.headers.getall("X-Forwarded-For", ()), forwarded.networks(trusted)
+    header = server.forwarded_header
+    return forwarded.client_from_headers(
+        request.remote,
+        request.headers.getall(header, ()),
+        header,
+        forwarded.networks(server.trusted_proxies),
     )
 
 

@@ -9,10 +9,13 @@ the admin listener (server.admin_port) has no cap, so the operator still gets in
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import resource
 import time
+
+from bridge.domain.forwarded import Network
 
 log = logging.getLogger("bridge.api")
 
@@ -22,40 +25,110 @@ WARN_EVERY_S = 60.0
 FD_RESERVE = 256
 
 
+# The `reason` label of smpp_bridge_http_connections_refused_total.
+GLOBAL = "max_connections"
+PER_IP = "max_connections_per_ip"
+REASONS = (GLOBAL, PER_IP)
+
+
+def peer_key(address: str) -> str:
+    """The address a peer is counted under: `::ffff:10.0.0.1` from a dual-stack listener is
+    10.0.0.1, so one client is one count whichever way it connects."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
 class ConnectionCap:
-    """Open connections against `limit`; shared by the public faces of one process."""
+    """Open connections against `limit`, and each peer address's against `per_ip` (0: none;
+    `exempt` peers, the trusted proxies, have none); shared by the public faces of one process.
 
-    __slots__ = ("_refused_at_warning", "_warned_at", "limit", "open", "refused")
+    Why per peer: one client opening connections took all `limit` of them, and every other
+    client was refused with it."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_exempt", "_warned_at", "by_peer", "limit", "open", "per_ip", "refused")
+
+    def __init__(self, limit: int, per_ip: int = 0, exempt: tuple[Network, ...] = ()) -> None:
         self.limit = limit
+        self.per_ip = per_ip
+        self._exempt = exempt
         self.open = 0
-        self.refused = 0  # since start: the counter metric
-        self._warned_at = -math.inf
-        self._refused_at_warning = 0
+        self.by_peer: dict[str, int] = {}  # only peers with connections open: bounded by `limit`
+        self.refused = dict.fromkeys(REASONS, 0)  # since start, by reason: the counter metric
+        # reason -> (when last logged, refused count then)
+        self._warned_at: dict[str, tuple[float, int]] = dict.fromkeys(REASONS, (-math.inf, 0))
 
-    def admit(self) -> bool:
-        """Count a new connection in, or say it is one too many (it is counted as refused)."""
-        if self.open < self.limit:
-            self.open += 1
-            return True
-        self.refused += 1
+    def admit(self, peer: str | None = None) -> str | bool:
+        """Count a new connection in (its peer address's key, or True when it is not counted
+        per peer), or say it is one too many (False; it is counted as refused). The key goes
+        back to `release`."""
+        if self.open >= self.limit:
+            self._refuse(GLOBAL, peer)
+            return False
+        if self.per_ip and peer is not None:
+            key = peer_key(peer)
+            if not self._is_exempt(key):
+                held = self.by_peer.get(key, 0)
+                if held >= self.per_ip:
+                    self._refuse(PER_IP, key)
+                    return False
+                self.by_peer[key] = held + 1
+                self.open += 1
+                return key
+        self.open += 1
+        return True
+
+    def release(self, admitted: str | bool = True) -> None:
+        """An admitted connection closed; `admitted` is what admit answered."""
+        self.open -= 1
+        if isinstance(admitted, str):
+            left = self.by_peer.get(admitted, 0) - 1
+            if left > 0:
+                self.by_peer[admitted] = left
+            else:
+                self.by_peer.pop(admitted, None)
+
+    def _is_exempt(self, key: str) -> bool:
+        if not self._exempt:
+            return False
+        try:
+            addr = ipaddress.ip_address(key)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._exempt)
+
+    def _refuse(self, reason: str, peer: str | None) -> None:
+        self.refused[reason] += 1
         now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_S:
-            # One line while the cap is hit, not one per connection: a flood would fill the log.
-            more = self.refused - self._refused_at_warning - 1
-            self._warned_at, self._refused_at_warning = now, self.refused
+        warned_at, refused_then = self._warned_at[reason]
+        if now - warned_at < WARN_EVERY_S:
+            return
+        # One line a minute per reason while a cap is hit, not one per connection: a flood
+        # would fill the log. The address is the one refused now; others may be refused too.
+        more = self.refused[reason] - refused_then - 1
+        self._warned_at[reason] = (now, self.refused[reason])
+        since = f" ({more} more refused since the last report)" if more > 0 else ""
+        if reason == GLOBAL:
             log.warning(
                 "HTTP connections at server.max_connections (%d open): new ones are closed "
                 "unread%s",
                 self.limit,
-                f" ({more} more refused since the last report)" if more > 0 else "",
+                since,
+                extra={"remote": peer},
             )
-        return False
-
-    def release(self) -> None:
-        """An admitted connection closed."""
-        self.open -= 1
+        else:
+            log.warning(
+                "HTTP connections from %s at server.max_connections_per_ip (%d open): its new "
+                "ones are closed unread%s",
+                peer,
+                self.per_ip,
+                since,
+                extra={"remote": peer},
+            )
 
 
 def fit_fd_limit(connections: int) -> tuple[int, int]:

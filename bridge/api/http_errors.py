@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestHandler
 
 from bridge.api.connections import ConnectionCap
+from bridge.domain import forwarded
 from bridge.metrics import Metrics
 
 log = logging.getLogger("bridge.api")
@@ -116,6 +117,11 @@ class _Handler(RequestHandler):
         super().__init__(*args, **kwargs)
         self._write_watch: asyncio.TimerHandle | None = None
         self._cap: ConnectionCap | None = None  # counted in it until connection_lost
+        self._admitted: str | bool = True  # what the cap's admit answered
+        self._peer: str | None = None  # the TCP peer's address
+        # The newest request's headers, kept (behind trusted proxies only) so that a line about
+        # the connection can name the client the proxy forwarded for.
+        self.last_headers: Any = None
         self._refused = False  # closed unread at the cap
         self._buffered = 0  # write buffer size at the last check
         self._stalled_since: float | None = None
@@ -128,15 +134,19 @@ class _Handler(RequestHandler):
                 break
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
+            self._peer = peername[0]
         cap = getattr(self._manager, "cap", None)  # None: the admin listener, not counted
         if cap is not None:
-            if not cap.admit():
+            admitted = cap.admit(self._peer)
+            if admitted is False:
                 # An aborted transport reads nothing more (no data_received, no eof_received):
                 # the connection is never handed to aiohttp (no timers, no answer).
                 self._refused = True
                 transport.abort()
                 return
-            self._cap = cap
+            self._cap, self._admitted = cap, admitted
         super().connection_made(transport)
         self._write_watch = self._loop.call_later(
             _check_every(self._keepalive_timeout), self._check_writes
@@ -146,12 +156,26 @@ class _Handler(RequestHandler):
         if self._refused:  # aiohttp never knew it
             return
         if self._cap is not None:
-            self._cap.release()
+            self._cap.release(self._admitted)
             self._cap = None
         if self._write_watch is not None:
             self._write_watch.cancel()
             self._write_watch = None
         super().connection_lost(exc)
+
+    def _remote(self, headers: Any = None) -> str | None:
+        """The client's address for a log line: the peer, or behind a trusted proxy the client
+        that `headers` (by default the newest request's) names; none known: the peer."""
+        server = self._manager
+        trusted = getattr(server, "trusted", ())
+        if headers is None:
+            headers = self.last_headers
+        if not trusted or not headers:
+            return self._peer
+        header = server.forwarded_header
+        return forwarded.client_from_headers(
+            self._peer, headers.getall(header, ()), header, trusted
+        )
 
     def _check_writes(self) -> None:
         """No write deadline in aiohttp: a handler waits in drain() for as long as the client
@@ -169,10 +193,14 @@ class _Handler(RequestHandler):
         elif self._stalled_since is None:
             self._stalled_since = now
         elif now - self._stalled_since >= self._keepalive_timeout:
+            remote = self._remote()
             log.info(
-                "closed a connection whose client read nothing for %.0f s (%d bytes waiting)",
+                "closed a connection whose client read nothing for %.0f s (%d bytes waiting; "
+                "remote=%s)",
                 now - self._stalled_since,
                 size,
+                remote,
+                extra={"remote": remote},
             )
             transport.abort()
             return
@@ -195,12 +223,21 @@ class _Handler(RequestHandler):
             raise ConnectionError("response already started; the connection is dropped")
         internal = status >= 500
         reason = "an internal error" if internal else describe(exc)
+        # The request's own headers when they were parsed (none for a bad request line or
+        # header): a keep-alive connection from a proxy carries many clients, so an earlier
+        # request's would name the wrong one. Only the address: no header, no byte of the body.
+        remote = self._remote(request.headers)
+        extra = {"remote": remote}
         if internal:
-            log.error("HTTP layer fault", exc_info=exc)
+            log.error("HTTP layer fault (remote=%s)", remote, exc_info=exc, extra=extra)
         elif isinstance(exc, BadHttpMethod):
-            log.debug("refused a request that is not HTTP: %s", reason)
+            log.debug(
+                "refused a request that is not HTTP: %s (remote=%s)", reason, remote, extra=extra
+            )
         else:
-            log.warning("refused a malformed HTTP request: %s", reason)
+            log.warning(
+                "refused a malformed HTTP request: %s (remote=%s)", reason, remote, extra=extra
+            )
         return server.answer(status, reason)
 
 
@@ -211,6 +248,8 @@ class JsonErrorServer(web.Server):
     metrics: Metrics | None
     endpoint: str
     cap: ConnectionCap | None = None  # None: connections are not counted (the admin listener)
+    trusted: tuple[forwarded.Network, ...] = ()  # server.trusted_proxies
+    forwarded_header: str = forwarded.X_FORWARDED_FOR  # server.forwarded_header
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -239,6 +278,8 @@ class AppRunner(web.AppRunner):
         *,
         endpoint: str = ENDPOINT,
         cap: ConnectionCap | None = None,
+        trusted: tuple[forwarded.Network, ...] = (),
+        forwarded_header: str = forwarded.X_FORWARDED_FOR,
         **kwargs: object,
     ) -> None:
         super().__init__(app, **kwargs)  # type: ignore[arg-type]
@@ -246,6 +287,8 @@ class AppRunner(web.AppRunner):
         self._metrics = metrics
         self._endpoint = endpoint
         self._cap = cap
+        self._trusted = trusted
+        self._forwarded_header = forwarded_header
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -257,4 +300,17 @@ class AppRunner(web.AppRunner):
         server.metrics = self._metrics
         server.endpoint = self._endpoint
         server.cap = self._cap
+        server.trusted = self._trusted
+        server.forwarded_header = self._forwarded_header
+        if self._trusted:
+            # Each request's headers kept on its connection (_Handler.last_headers), for the
+            # lines about the connection; without trusted proxies the peer is all there is.
+            make_request = server.request_factory
+
+            def request_factory(message: Any, *args: Any) -> web.BaseRequest:
+                request = make_request(message, *args)
+                request.protocol.last_headers = message.headers
+                return request
+
+            server.request_factory = request_factory
         return server

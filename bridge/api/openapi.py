@@ -1426,7 +1426,14 @@ def _report_schemas() -> dict[str, Any]:
                 "status": {"type": "integer", "description": "HTTP status, or exit status"},
                 "code": _nullable({"type": "string", "description": "the refusal's code"}),
                 "request_id": _nullable(_STR),
-                "remote": _nullable({"type": "string", "description": "the peer address"}),
+                "remote": _nullable(
+                    {
+                        "type": "string",
+                        "description": "the client's address: the peer, or behind a proxy in "
+                        "server.trusted_proxies the one its X-Forwarded-For (or Forwarded, "
+                        "server.forwarded_header) names",
+                    }
+                ),
             }
         ),
         "AuditPage": _obj(

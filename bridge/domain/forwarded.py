@@ -6,16 +6,28 @@ chain, but its entries are only as good as whoever wrote them: each proxy append
 saw, on the right, after whatever the client sent. So the client is the right-most address that
 is not a trusted proxy, found by walking from the right while the hops are trusted; never the
 left-most, which the client writes itself (a spoofed `X-Forwarded-For: 1.2.3.4`).
+
+RFC 7239's `Forwarded` header is read by the same rule (server.forwarded_header says which of the
+two the proxies write; the other is ignored: a proxy passes on, untouched, whichever header it
+does not write itself, so the client would choose what the daemon believes). Its `for=` node may
+also be `unknown` or an obfuscated identifier (`_hidden`): neither names an address, so, like an
+element without `for=` or one that is malformed, it ends the walk at the proxy that wrote it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The headers server.forwarded_header may name (config values, as operators write them).
+X_FORWARDED_FOR = "X-Forwarded-For"
+FORWARDED = "Forwarded"
+HEADERS = (X_FORWARDED_FOR, FORWARDED)
 
 
 def network_problem(entry: str) -> str | None:
@@ -63,16 +75,112 @@ def client_address(
     proxies only gives its left-most."""
     if not trusted or peer is None:
         return peer
+    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
+    return _walk(peer, (_address(hop) for hop in reversed(hops)), trusted)
+
+
+def client_from_forwarded(
+    peer: str | None, forwarded: Iterable[str], trusted: tuple[Network, ...]
+) -> str | None:
+    """client_address, from RFC 7239 `Forwarded` headers (every one, in order; each a list of
+    elements, one per proxy): the hops are the elements' `for=` nodes."""
+    if not trusted or peer is None:
+        return peer
+    return _walk(peer, (_for_node(e) for e in reversed(_elements(forwarded))), trusted)
+
+
+def client_from_headers(
+    peer: str | None, values: Iterable[str], header: str, trusted: tuple[Network, ...]
+) -> str | None:
+    """The client's address from the values of `header` (one of HEADERS)."""
+    if header == FORWARDED:
+        return client_from_forwarded(peer, values, trusted)
+    return client_address(peer, values, trusted)
+
+
+def _walk(peer: str, hops: Iterable[Address | None], trusted: tuple[Network, ...]) -> str:
+    """The walk from the right: `hops` right-most first, None for a hop that names no address."""
     peer_addr = _address(peer)
     if peer_addr is None or not _trusted(peer_addr, trusted):
         return peer
-    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
     last = peer
-    for hop in reversed(hops):
-        addr = _address(hop)
+    for addr in hops:
         if addr is None:
             return last
         last = str(addr)
         if not _trusted(addr, trusted):
             return last
     return last
+
+
+# RFC 7230 token and quoted-string; a forwarded-pair is `token "=" value`. Whitespace around
+# `;` and `=` is tolerated (the grammar has none, proxies write some).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_PAIR = re.compile(
+    rf"[ \t]*(?:({_TOKEN})[ \t]*=[ \t]*({_TOKEN}|{_QUOTED}))?[ \t]*(;|\Z)", re.DOTALL
+)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_PORT = re.compile(r"[0-9]{1,5}|_[0-9A-Za-z._-]+")
+
+
+def _elements(values: Iterable[str]) -> list[str]:
+    """The elements of every Forwarded header, in order, empty ones dropped.
+
+    Split at every comma, quoted or not: the grammar lets a quoted value hold one, but no node,
+    port or protocol does, and the left part of the list is the client's to write. A quote it
+    leaves open, or a comma inside one, spoils its own elements only (they parse as malformed),
+    never the ones the proxies appended to its right, which are all the walk reads. A quoted
+    comma in a proxy's own element makes that element malformed: the walk stops there (safe)."""
+    return [e for value in values for e in value.split(",") if e.strip()]
+
+
+def _for_node(element: str) -> Address | None:
+    """The address an element's `for=` parameter names; None when it names none (no `for=`,
+    `unknown`, an obfuscated identifier, two of them, or an element that is not well-formed)."""
+    found: str | None = None
+    pos, end = 0, len(element)
+    while True:
+        m = _PAIR.match(element, pos)
+        if m is None:
+            return None
+        name, value, sep = m.groups()
+        if name is not None and name.lower() == "for":
+            if found is not None:  # "MUST NOT occur more than once"
+                return None
+            found = value
+        if not sep:
+            break
+        pos = m.end()
+    if m.end() != end or found is None:
+        return None
+    if found.startswith('"'):
+        found = _UNESCAPE.sub(r"\1", found[1:-1])
+    return _node(found)
+
+
+def _node(node: str) -> Address | None:
+    """`192.0.2.60`, `192.0.2.60:4711`, `[2001:db8::1]`, `[2001:db8::1]:4711` (ports, obfuscated
+    ones too, are dropped) as an address; `unknown` and `_obfuscated` names are none."""
+    if node.startswith("["):
+        close = node.find("]")
+        if close < 0:
+            return None
+        host, rest = node[1:close], node[close + 1 :]
+        if rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:])):
+            return None
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    host, colon, port = node.partition(":")
+    if colon and not _PORT.fullmatch(port):
+        # An IPv6 address written without its brackets: unambiguous when it parses whole.
+        try:
+            return ipaddress.IPv6Address(node)
+        except ValueError:
+            return None
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
