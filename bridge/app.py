@@ -203,6 +203,8 @@ class Daemon:
         cfg = self.config
         self.store = store = open_store(cfg)
         self.metrics.watch_store(self.role, store.write_lock_stats)
+        if hasattr(store, "on_inferred"):
+            store.on_inferred = self.metrics.receipts_inferred
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(

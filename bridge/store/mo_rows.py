@@ -9,20 +9,11 @@ from typing import Any
 
 from bridge.store.models import MoMessage, MoPart
 
-# mo_parts.ref holds the concatenation reference (16 bits at most: SMPP's SAR, UDH 16-bit) plus
-# the part's set number times REF_SPAN (bridge.domain.mo_sets): the key (smsc, source,
-# destination, ref, seq) then keeps two messages under one reference apart without a new
-# column. Parts kept before this are set 0, as they were.
-REF_SPAN = 1 << 16
-
-
-def stored_ref(ref: int, set_no: int) -> int:
-    """The mo_parts.ref value of a part of `ref` in set `set_no`."""
-    return ref + set_no * REF_SPAN
-
-
+# set_no: which message kept under one reference the part belongs to (bridge.domain.mo_sets),
+# part of the key (smsc, source, destination, ref, set_no, seq).
 MO_PART_COLS = (
-    "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton"
+    "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton, "
+    "set_no"
 )
 MO_COLS = (
     "id, account_id, smsc, source, destination, text, received_at, sign_name, parts_total, "
@@ -33,8 +24,7 @@ MO_COLS = (
 def mo_part(row: Any) -> MoPart:
     """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
     r = tuple(row)
-    ref, set_no = r[3] % REF_SPAN, r[3] // REF_SPAN
-    return MoPart(*r[:3], ref, *r[4:7], bytes(r[7]), r[8], r[9], set_no)
+    return MoPart(*r[:7], bytes(r[7]), r[8], r[9], r[10])
 
 
 def mo_message(row: Any) -> MoMessage:
@@ -49,13 +39,14 @@ def mo_part_values(part: MoPart) -> tuple[Any, ...]:
         part.smsc,
         part.source,
         part.destination,
-        stored_ref(part.ref, part.set_no),
+        part.ref,
         part.total,
         part.seq,
         part.data_coding,
         part.payload,
         part.received_at,
         part.source_ton,
+        part.set_no,
     )
 
 
