@@ -650,7 +650,20 @@ class Store(Protocol):
     async def get_bill(self, account_id: str, month: str) -> BillRow | None: ...
 
     # erasure
-    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int: ...
+    async def erase_recipient(
+        self,
+        account_id: str,
+        number: str,
+        masked: str,
+        now: int,
+        mo_sources: Sequence[str] | None = None,
+    ) -> int:
+        """Mask `number` in the account's messages and MOs and drop their text; drop the waiting
+        parts of long MOs from it that reply to the account (received from one of `mo_sources`,
+        phone.mo_source_forms; its international forms when None). Returns how many messages
+        were erased."""
+        ...
+
     async def cancel_queued(
         self,
         account_id: str,
