@@ -220,7 +220,11 @@ async def test_parts_settled_by_inference_are_counted_by_smsc(
         sent = (await c.send(CN, text=UCS2_3_PARTS))["messages"][0]
         m = await final_status(c, sent["id"], 10)
         assert [p["receipt_inferred_from"] for p in m["parts"]] == [3, 3, None]
-        assert _inferred_of(d) == {"sim": 2.0}
+        # Counted once the receipts' write has returned: it may trail the committed answer.
+        await wait_until(lambda: _inferred_of(d) == {"sim": 2.0}, 5)
         single = (await c.send(CN, text="one part"))["messages"][0]
         assert (await final_status(c, single["id"], 10))["status"] == "delivered"
+    inbound = d.inbound
+    assert inbound is not None
+    await wait_until(lambda: inbound.matched == 2, 5)  # both receipts' writes returned
     assert _inferred_of(d) == {"sim": 2.0}  # a part's own receipt is not counted
