@@ -438,3 +438,41 @@ def infer_on_accept(
         for seq, st, _e, via, _i in parts
         if seq in fresh and st == SEG_SENT and via == smsc
     ]
+
+
+def infer_earlier(
+    parts: Sequence[tuple[int, str, str | None, str | None, int | None, int | None, int | None]],
+    smscs: Collection[str],
+) -> list[tuple[int, str, int, str | None, int]]:
+    """Parts of one message left `sent` beside a part whose receipt came while its SMSC was not
+    yet `one_per_message` (a reload or a restart switched it since): (seq, state, done at,
+    error, the seq whose receipt it was), as `infer_siblings` would have settled them.
+
+    `parts` are the message's (seq, state, error code, SMSC, receipt_inferred_from, submitted
+    at, done at). The source is the lowest part with an outcome of its own from a receipt, on
+    an SMSC of `smscs`; the parts that SMSC took and that still await theirs take its outcome,
+    as of its receipt (never before their own submission)."""
+    rows = sorted(parts, key=lambda p: p[0])
+    source = next(
+        (p for p in rows if p[1] in SEG_RECEIPTED and p[4] is None and p[3] in smscs), None
+    )
+    if source is None:
+        return []
+    src_seq, state, err, smsc, _i, _s, done = source
+    return [
+        (seq, state, max(done or 0, submitted or 0), err, src_seq)
+        for seq, st, _e, via, _inf, submitted, _d in rows
+        if st == SEG_SENT and via == smsc
+    ]
+
+
+# The messages `infer_earlier` may settle: a part still `sent` on one of the SMSCs ({smscs}: a
+# list of marks) beside a part of the same SMSC with a receipt of its own. Both engines, their
+# marks and a LIMIT mark ({limit}) filled in.
+EARLIER_RECEIPTED_SQL = (
+    "SELECT DISTINCT s.message_id FROM segments s WHERE s.smsc IN ({smscs}) AND s.state = 'sent' "
+    "AND EXISTS (SELECT 1 FROM segments r WHERE r.message_id = s.message_id AND r.smsc = s.smsc "
+    "AND r.receipt_inferred_from IS NULL AND r.state IN ("
+    + ", ".join(f"'{st}'" for st in sorted(SEG_RECEIPTED))
+    + ")) LIMIT {limit}"
+)

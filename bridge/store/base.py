@@ -429,6 +429,14 @@ class Store(Protocol):
         ...
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """Settle up to `limit` messages whose receipt for one part came before its SMSC (one
+        of `smscs`) was `receipts: one_per_message`, their other parts still sent: they take its
+        outcome (lifecycle.infer_earlier). Returns how many messages were found."""
+        ...
+
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
     ) -> Swept:

@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
@@ -1483,6 +1484,27 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         out = await run_tx(self.pool, job, durable=False)
         self._confirm.hold(lambda: run_tx(self.pool, job), gen, releases)
         return out
+
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """See the SQLite engine."""
+        names = sorted(smscs)
+        if not names:
+            return 0
+        sql = lc.EARLIER_RECEIPTED_SQL.format(smscs="SELECT unnest($1::text[])", limit="$2")
+        mids = [r[0] for r in await self.pool.fetch(sql, names, limit)]
+        if not mids:
+            return 0
+        counts: dict[str, int] = {}
+
+        async def job(c: asyncpg.Connection) -> int:
+            counts.clear()  # a transaction run again counts afresh
+            return await pipe.infer_earlier(c, mids, frozenset(names), now, counts)
+
+        await run_tx(self.pool, job)
+        _report_inferred(self, counts)
+        return len(mids)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         counts: dict[str, int] = {}

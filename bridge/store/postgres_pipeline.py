@@ -828,6 +828,44 @@ async def _all_parts(c: asyncpg.Connection, mids: list[str]) -> dict[str, list[l
     return out
 
 
+async def infer_earlier(
+    c: asyncpg.Connection,
+    mids: Sequence[str],
+    smscs: frozenset[str],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> int:
+    """See the SQLite engine; the messages are locked before their parts are read, as receipts
+    lock them, so a receipt applied meanwhile on another instance is seen."""
+    locked = await lock_messages(c, sorted(mids))
+    touched: dict[str, bool] = {}
+    updates = []
+    rows: dict[str, list[Any]] = {}
+    for mid, *row in await c.fetch(
+        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at, "
+        "done_at FROM segments WHERE message_id = ANY($1::text[])",
+        sorted(locked),
+    ):
+        rows.setdefault(mid, []).append(tuple(row))
+    for mid, parts in rows.items():
+        for seq, state, at, error, source in lc.infer_earlier(parts, smscs):
+            updates.append((mid, seq, state, at, error, source))
+            touched[mid] = False
+            if inferred is not None:
+                via = next(p[3] for p in parts if p[0] == source)
+                inferred[via] = inferred.get(via, 0) + 1
+    if updates:
+        await c.execute(
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
+            "receipt_inferred_from = u.source "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
+            "$6::int[]) AS u(mid, seq, state, at, error, source) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
+            *[list(col) for col in zip(*updates, strict=True)],
+        )
+    return await rollup_messages(c, touched, now, locked)
+
+
 # -- receipts --------------------------------------------------------------------------------------
 
 

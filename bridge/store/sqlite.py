@@ -1023,6 +1023,30 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         _report_inferred(self, counts)
         return out
 
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """Up to `limit` messages with parts still `sent` beside a part of the same SMSC (one of
+        `smscs`, now `one_per_message`) whose receipt came before the switch: those parts take
+        its outcome (lifecycle.infer_earlier), the messages roll up, reported and billed.
+        Returns how many messages were found: fewer than `limit`, none is left."""
+        names = sorted(smscs)
+        if not names:
+            return 0
+        sql = lc.EARLIER_RECEIPTED_SQL.format(smscs=pipe._marks(len(names)), limit="?")
+        mids = await self._runner.read(lambda c: [r[0] for r in c.execute(sql, (*names, limit))])
+        if not mids:
+            return 0
+        counts: dict[str, int] = {}
+
+        def job(c: sqlite3.Connection) -> int:
+            counts.clear()  # a job run again counts afresh
+            return pipe.infer_earlier(c, mids, frozenset(names), now, counts)
+
+        await self._runner.write(job)
+        _report_inferred(self, counts)
+        return len(mids)
+
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         counts: dict[str, int] = {}
 

@@ -468,6 +468,42 @@ def _all_parts(c: sqlite3.Connection, mids: list[str]) -> dict[str, list[lc.Part
     return out
 
 
+def infer_earlier(
+    c: sqlite3.Connection,
+    mids: Sequence[str],
+    smscs: frozenset[str],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> int:
+    """Settle the parts of `mids` that a receipt from before their SMSC was `one_per_message`
+    stands for (lifecycle.infer_earlier), and roll the messages up; returns the status reports
+    queued."""
+    touched: dict[str, bool] = {}
+    updates = []
+    for chunk in _chunks(list(mids)):
+        rows: dict[str, list[Any]] = {}
+        for mid, *row in c.execute(
+            "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, "
+            f"submitted_at, done_at FROM segments WHERE message_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            rows.setdefault(mid, []).append(tuple(row))
+        for mid, parts in rows.items():
+            for seq, state, at, error, source in lc.infer_earlier(parts, smscs):
+                updates.append((state, at, error, source, mid, seq))
+                touched[mid] = False
+                if inferred is not None:
+                    via = next(p[3] for p in parts if p[0] == source)
+                    inferred[via] = inferred.get(via, 0) + 1
+    if updates:
+        c.executemany(
+            "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
+            "WHERE message_id=? AND seq=? AND state='sent'",
+            updates,
+        )
+    return rollup_messages(c, touched, now)
+
+
 # -- receipts ------------------------------------------------------------------------------------
 
 

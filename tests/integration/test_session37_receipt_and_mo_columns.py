@@ -7,6 +7,9 @@
    mo_parts.set_no); rows written in the packed forms before the upgrade are converted.
 2. smpp_bridge_receipts_inferred_total counts the parts settled by inference, by SMSC.
    (Erasure and the waiting MO parts: test_session37_erasure_mo_parts.py.)
+3. A reload (or a restart) that switches an SMSC to one_per_message left a message whose one
+   receipt came before it with its other parts sent, waiting out the 72 h receipt timeout to
+   end unknown: the sweeper now settles them by that receipt.
 """
 
 from __future__ import annotations
@@ -185,6 +188,7 @@ async def daemon(tmp_path: Path, engine: EngineHandle) -> AsyncIterator[Callable
         )
         d.test_creds = creds  # type: ignore[attr-defined]
         d.test_hook = hook  # type: ignore[attr-defined]
+        d.raw_config = data  # type: ignore[attr-defined]  # for a reload
         return d
 
     try:
@@ -228,3 +232,33 @@ async def test_parts_settled_by_inference_are_counted_by_smsc(
     assert inbound is not None
     await wait_until(lambda: inbound.matched == 2, 5)  # both receipts' writes returned
     assert _inferred_of(d) == {"sim": 2.0}  # a part's own receipt is not counted
+
+
+# -- 3. a switch to one_per_message and the receipts that came before it ------------------------
+
+
+async def test_a_switch_to_one_per_message_settles_what_its_earlier_receipts_stand_for(
+    daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    d = await daemon(sim={"receipt_parts": "first"})  # every_part: the carrier's one receipt
+    hook = d.test_hook  # type: ignore[attr-defined]
+    inbound = d.inbound
+    assert inbound is not None
+    async with client_for(d.http_port, d.test_creds) as c:  # type: ignore[attr-defined]
+        sent = (await c.send(CN, text=UCS2_3_PARTS))["messages"][0]
+        await wait_until(lambda: inbound.matched == 1, 10)
+        m = await c.message(sent["id"])
+        assert [p["status"] for p in m["parts"]] == ["delivered", "sent", "sent"]
+        assert m["status"] == "sent"
+        data = d.raw_config  # type: ignore[attr-defined]
+        data["smscs"][0]["receipts"] = "one_per_message"
+        await d.reload(parse_config(data, env={}, base_dir=tmp_path))
+        m = await final_status(c, sent["id"], 15)  # the sweeper's next round (5 s)
+        assert m["status"] == "delivered" and m["segments_delivered"] == 3, m
+        assert [p["receipt_inferred_from"] for p in m["parts"]] == [None, 1, 1]
+        first_done = m["parts"][0]["done_at"]
+        assert all(p["done_at"] == first_done for p in m["parts"])  # as of that receipt
+        await wait_until(lambda: [r for r in hook.reports if r.get("message_id") == sent["id"]])
+        [report] = [r for r in hook.reports if r.get("message_id") == sent["id"]]
+        assert report["status"] == "delivered" and report["receipt_inferred_from"] == 1
+        assert _inferred_of(d) == {"sim": 2.0}

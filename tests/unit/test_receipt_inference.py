@@ -151,3 +151,39 @@ def test_the_setting_defaults_to_every_part_and_refuses_other_values() -> None:
     assert errors_of(data) == [
         "sim.receipt_parts: must be one of 'every', 'first', 'last'; got 'middle'"
     ]
+
+
+def test_infer_earlier_settles_the_sent_parts_by_a_receipt_from_before_the_switch() -> None:
+    # (seq, state, error, SMSC, receipt_inferred_from, submitted at, done at)
+    parts = [
+        (3, "sent", None, "c", None, 130, None),
+        (1, "undeliverable", "UNDELIV:001", "c", None, 100, 500),
+        (2, "sent", None, "c", None, 600, None),  # taken after the receipt: as of then
+        (4, "sent", None, "d", None, 100, None),  # another SMSC's: not told by it
+        (5, "queued", None, None, None, None, None),
+    ]
+    assert lc.infer_earlier(parts, {"c"}) == [
+        (2, "undeliverable", 600, "UNDELIV:001", 1),
+        (3, "undeliverable", 500, "UNDELIV:001", 1),
+    ]
+    assert lc.infer_earlier(parts, {"d"}) == []  # "d" has no receipt of its own here
+    # An inferred part or a submit error is no source; neither is an SMSC not switched.
+    assert (
+        lc.infer_earlier(
+            [(1, "delivered", None, "c", 2, 1, 2), (2, "sent", None, "c", None, 1, None)], {"c"}
+        )
+        == []
+    )
+    assert (
+        lc.infer_earlier(
+            [(1, "failed", "ESME_RSYSERR", "c", None, 1, 2), (2, "sent", None, "c", None, 1, None)],
+            {"c"},
+        )
+        == []
+    )
+    assert (
+        lc.infer_earlier(
+            [(1, "delivered", None, "c", None, 1, 2), (2, "sent", None, "c", None, 1, None)], {"x"}
+        )
+        == []
+    )
