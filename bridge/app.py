@@ -195,6 +195,9 @@ class Daemon:
         self._admin_runner: web.AppRunner | None = None
         self.connection_cap: ConnectionCap | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # SMSCs whose receipts that came before they were `one_per_message` may still settle
+        # parts left waiting (the sweeper's "earlier receipts" step).
+        self._receipts_switched: set[str] = set()
         self._last_settle = 0  # unix ms of the last automatic settlement check
         self._retention: Retention | None = None
         self.http_port: int | None = None
@@ -211,6 +214,10 @@ class Daemon:
         cfg = self.config
         self.store = store = open_store(cfg)
         self.metrics.watch_store(self.role, store.write_lock_stats)
+        # A restart may be the switch (the setting changed in the file meanwhile).
+        self._receipts_switched = set(getattr(store, "one_receipt_smscs", ()))
+        if hasattr(store, "on_inferred"):
+            store.on_inferred = self.metrics.receipts_inferred
         await store.open()
         sealer = make_sealer(cfg)
         accounts = AccountService(
@@ -663,6 +670,7 @@ class Daemon:
                 ("expiry sweep", self._sweep_expired),
                 ("reclaim", self._reclaim),
                 ("incomplete MO", self._flush_stale_mo),
+                ("earlier receipts", self._infer_earlier),
                 ("settlement", self._settle),
                 ("retention", self._retain),
             ):
@@ -675,6 +683,18 @@ class Daemon:
                     self._failures.ok(what)
             if self.webhooks is not None:
                 self.webhooks.wake()
+
+    async def _infer_earlier(self, now_ms: int) -> None:
+        """SMSCs switched to `receipts: one_per_message` (at a reload, or configured so at the
+        start): messages whose one receipt came before the switch, their other parts sent and
+        waiting, are settled by it now, a batch a round, instead of waiting out the receipt
+        timeout and ending unknown."""
+        store = self.store
+        if not self._receipts_switched or not hasattr(store, "infer_earlier_receipts"):
+            return
+        smscs = self._receipts_switched & set(getattr(store, "one_receipt_smscs", ()))
+        if not smscs or await store.infer_earlier_receipts(smscs, now_ms) < 500:
+            self._receipts_switched -= smscs  # none left (a later switch adds its own)
 
     async def _renew_leases(self, now_ms: int) -> None:
         if self.dispatcher is not None:
@@ -915,7 +935,9 @@ class Daemon:
             # From now on: the roll-up queues "sent" reports (or stops) at once, receipts and
             # acceptances settle parts by the new smscs[].receipts (parts settled before keep
             # their outcome), the quota's days are the new zone's.
+            before = set(getattr(self.store, "one_receipt_smscs", ()))
             configure_store(self.store, merged)
+            self._receipts_switched |= set(getattr(self.store, "one_receipt_smscs", ())) - before
         if self.webhooks is not None:
             self.webhooks.config = merged.webhooks
             self.webhooks.tz = merged.rules.timezone  # the reports' local times

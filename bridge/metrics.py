@@ -214,6 +214,13 @@ class Metrics:
             "appears later)",
             registry=r,
         )
+        self.receipts_inferred_total = Counter(
+            "smpp_bridge_receipts_inferred",
+            "Parts of long messages settled by another part's receipt, by SMSC (smscs[].receipts: "
+            "one_per_message): when the receipt came, or when the SMSC took a part after it",
+            ["smsc"],
+            registry=r,
+        )
         self.mo_received = Counter(
             "smpp_bridge_mo_received", "Inbound (MO) deliver_sm received, by SMSC", ["smsc"],
             registry=r,
@@ -387,6 +394,7 @@ class Metrics:
         self._submits: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._throttles: defaultdict[str, int] = defaultdict(int)
         self._receipts: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._inferred: defaultdict[str, int] = defaultdict(int)
         self._mo: defaultdict[str, int] = defaultdict(int)
         self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
         self._mo_unknown_language: defaultdict[str, int] = defaultdict(int)
@@ -440,6 +448,11 @@ class Metrics:
 
     def receipt(self, smsc: str, state: str) -> None:
         self._receipts[(smsc, state)] += 1
+
+    def receipts_inferred(self, counts: Mapping[str, int]) -> None:
+        """The store's report of a committed write: parts (by SMSC) it settled by inference."""
+        for smsc, n in counts.items():
+            self._inferred[smsc] += n
 
     def unmatched(self, n: int) -> None:
         self._unmatched += n
@@ -516,6 +529,7 @@ class Metrics:
             (self.segments_submitted, self._submits),
             (self.throttle_events, self._throttles),
             (self.receipts, self._receipts),
+            (self.receipts_inferred_total, self._inferred),
             (self.mo_received, self._mo),
             (self.mo_received_incomplete, self._mo_incomplete),
             (self.mo_received_unknown_language, self._mo_unknown_language),

@@ -158,6 +158,19 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     19: ("DROP TABLE skew_windows",),
     20: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
     21: ("DROP TABLE route_table",),
+    22: (
+        "ALTER TABLE segments DROP COLUMN receipt_inferred_from",
+        # mo_parts as 0008 left it, the set number packed back above the 16-bit reference.
+        "CREATE TABLE mo_parts_old (smsc TEXT NOT NULL, source TEXT NOT NULL, "
+        "destination TEXT NOT NULL, ref INTEGER NOT NULL, total INTEGER NOT NULL, "
+        "seq INTEGER NOT NULL, data_coding INTEGER NOT NULL, payload BLOB NOT NULL, "
+        "received_at INTEGER NOT NULL, source_ton INTEGER, "
+        "PRIMARY KEY (smsc, source, destination, ref, seq)) WITHOUT ROWID",
+        "INSERT INTO mo_parts_old SELECT smsc, source, destination, ref + set_no * 65536, total, "
+        "seq, data_coding, payload, received_at, source_ton FROM mo_parts",
+        "DROP TABLE mo_parts",
+        "ALTER TABLE mo_parts_old RENAME TO mo_parts",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -195,6 +208,15 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     19: ("DROP TABLE skew_windows",),
     20: ("ALTER TABLE accounts DROP COLUMN low_warned_at",),
     21: ("DROP TABLE route_table",),
+    22: (
+        "ALTER TABLE segments DROP COLUMN receipt_inferred_from",
+        "ALTER TABLE mo_parts DROP COLUMN lang_locking",
+        "ALTER TABLE mo_parts DROP COLUMN lang_single",
+        "ALTER TABLE mo_parts DROP CONSTRAINT mo_parts_pkey",
+        "UPDATE mo_parts SET ref = ref + set_no * 65536",
+        "ALTER TABLE mo_parts DROP COLUMN set_no",
+        "ALTER TABLE mo_parts ADD PRIMARY KEY (smsc, source, destination, ref, seq)",
+    ),
 }
 
 

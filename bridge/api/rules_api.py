@@ -17,7 +17,7 @@ from bridge.api.errors import CODES, ApiError
 from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.sending import TARIFF_RETRY
 from bridge.api.v1 import ctx_of, json_response, parse_json
-from bridge.domain.phone import PhoneError, normalize
+from bridge.domain.phone import PhoneError, mo_source_forms, normalize
 from bridge.domain.tariffs import BillingError
 from bridge.store.base import StoreError
 from bridge.store.models import Account
@@ -282,7 +282,12 @@ async def erase_recipient(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = _account(request)
     number = _number(request.match_info["number"], account, "number")
-    n = await ctx.store.erase_recipient(account.id, number, erased(number), ctx.now_ms())
+    # The waiting parts of long replies are kept under the address as the SMSC gave it: each
+    # configured SMSC's national form of the number is one of them.
+    prefixes = [s.national_prefix for s in ctx.config.smscs if s.national_prefix]
+    n = await ctx.store.erase_recipient(
+        account.id, number, erased(number), ctx.now_ms(), mo_source_forms(number, prefixes)
+    )
     return json_response({"number": erased(number), "messages_erased": n})
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.domain.lifecycle import split_inferred
 from bridge.store.models import MessageRecord, SegmentRecord
 
 
@@ -52,7 +51,6 @@ def message_view(m: MessageRecord, *, with_parts: bool = True) -> dict[str, Any]
 
 
 def _part_view(s: SegmentRecord) -> dict[str, Any]:
-    error, source = split_inferred(s.error_code)
     return {
         "seq": s.seq,
         "status": s.state,
@@ -60,15 +58,15 @@ def _part_view(s: SegmentRecord) -> dict[str, Any]:
         "smsc_message_id": s.smsc_msg_id,
         "submitted_at": iso(s.submitted_at),
         "done_at": iso(s.done_at),
-        "error_code": error,
+        "error_code": s.error_code,
         # Settled by another part's receipt (smscs[].receipts: one_per_message): which one.
-        "receipt_inferred_from": source,
+        "receipt_inferred_from": s.receipt_inferred_from,
     }
 
 
 def inferred_from(m: MessageRecord) -> int | None:
     """The part whose receipt gave the message's other parts their outcome, if one did."""
-    sources = [src for s in m.segment_rows if (src := split_inferred(s.error_code)[1])]
+    sources = [s.receipt_inferred_from for s in m.segment_rows if s.receipt_inferred_from]
     return min(sources) if sources else None
 
 

@@ -141,30 +141,6 @@ _RECEIPT_ERROR = {
 }
 
 
-# The mark an inferred part's error_code carries: the seq whose receipt settled it. Kept in the
-# part's error code (after the receipt's own error, if any) so no column had to be added; read
-# back by `split_inferred`, and never shown as part of an error code.
-_INFERRED = "INFERRED_FROM_PART_"
-
-
-def inferred_error(error: str | None, source_seq: int) -> str:
-    """The error code of a part settled by another part's receipt: that receipt's error, and
-    which part it came from."""
-    mark = f"{_INFERRED}{source_seq}"
-    return mark if error is None else f"{error};{mark}"
-
-
-def split_inferred(code: str | None) -> tuple[str | None, int | None]:
-    """(the error code as the receipt gave it, the seq whose receipt it was inferred from or
-    None when the part had its own outcome)."""
-    if code is None:
-        return None, None
-    base, sep, mark = code.rpartition(_INFERRED)
-    if not sep or not mark.isdigit() or (base and not base.endswith(";")):
-        return code, None
-    return (base[:-1] or None), int(mark)
-
-
 def receipt_error_code(state: str, stat: str | None, err: str | None) -> str | None:
     """The error code a negative receipt leaves on the segment: the stat word, plus err if given."""
     if state not in _RECEIPT_ERROR:
@@ -221,11 +197,7 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     states = [s for s, _e in parts]
     scale = segments if len(parts) == 1 and segments > 1 else 1
     new = rollup(states)
-    # An inferred part shows the receipt's own error: the mark says only where it came from.
-    error = next(
-        (split_inferred(e)[0] for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT),
-        None,
-    )
+    error = next((e for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT), None)
     if error is None and new == MSG_UNKNOWN:
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
     return Summary(
@@ -331,19 +303,20 @@ def settle_receipts(
     *,
     one_per_message: Collection[str] = (),
     siblings: Mapping[str, Sequence[tuple[int, str, str | None, int | None]]] | None = None,
-) -> tuple[list[tuple[str, int, str, int, str | None]], list[Any]]:
+) -> tuple[list[tuple[str, int, str, int, str | None, int | None]], list[Any]]:
     """What receipts do to the parts their (SMSC, id) names, for both store engines.
 
     `receipts` have smsc, smsc_msg_id, state, stat, err and received_at; `parts` maps (SMSC,
     normalised id) to the (message id, seq, state) it names, and is updated as parts settle, so
     a second receipt for an id in the same batch finds them final (the first outcome stands).
-    Returns the part updates (message id, seq, new state, done at, error code) and the receipts
-    that named no known part (kept pending).
+    Returns the part updates (message id, seq, new state, done at, error code, the seq whose
+    receipt settled it when not its own: segments.receipt_inferred_from) and the receipts that
+    named no known part (kept pending).
 
     A receipt from an SMSC in `one_per_message` (smscs[].receipts) stands for its whole
     message: `siblings` (message id -> every part's (seq, state, SMSC, submitted at)) gives the
     parts it also settles (`infer_siblings`)."""
-    updates: list[tuple[str, int, str, int, str | None]] = []
+    updates: list[tuple[str, int, str, int, str | None, int | None]] = []
     unmatched: list[Any] = []
     now_final: dict[tuple[str, int], str] = {}  # parts settled by inference in this batch
     for r in receipts:
@@ -364,15 +337,29 @@ def settle_receipts(
         else:
             settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
         for mid, seq in sorted(settled):
-            updates.append((mid, seq, new_state, r.received_at, error))
+            updates.append((mid, seq, new_state, r.received_at, error, None))
         if settled:
             parts[key] = [(m, q, new_state if (m, q) in settled else st) for m, q, st in found]
         if settled and siblings is not None and r.smsc in one_per_message:
-            for mid, seq, at, err in infer_siblings(
-                settled, siblings, r.smsc, new_state, error, r.received_at, now_final
+            for mid, seq, at, source in infer_siblings(
+                settled, siblings, r.smsc, new_state, r.received_at, now_final
             ):
-                updates.append((mid, seq, new_state, at, err))
+                updates.append((mid, seq, new_state, at, error, source))
     return updates, unmatched
+
+
+def count_inferred(
+    updates: Iterable[tuple[str, int, str, int, str | None, int | None]],
+    siblings: Mapping[str, Sequence[tuple[int, str, str | None, int | None]]],
+    into: dict[str, int],
+) -> None:
+    """Add to `into` (SMSC -> parts) the parts of `settle_receipts`' updates that another part's
+    receipt settled, by the SMSC that took them (the smpp_bridge_receipts_inferred metric)."""
+    via = {(mid, q): smsc for mid, rows in siblings.items() for q, _st, smsc, _at in rows}
+    for mid, seq, *_rest, source in updates:
+        smsc = via.get((mid, seq))
+        if source is not None and smsc is not None:
+            into[smsc] = into.get(smsc, 0) + 1
 
 
 def whole_messages(
@@ -390,11 +377,11 @@ def infer_siblings(
     siblings: Mapping[str, Sequence[tuple[int, str, str | None, int | None]]],
     smsc: str,
     state: str,
-    error: str | None,
     at: int,
     now_final: dict[tuple[str, int], str],
-) -> list[tuple[str, int, int, str]]:
-    """The other parts a one-per-message receipt settles: (message id, seq, done at, error).
+) -> list[tuple[str, int, int, int]]:
+    """The other parts a one-per-message receipt settles: (message id, seq, done at, the seq
+    whose receipt it was). They take the receipt's state and error code.
 
     Only parts the same SMSC took and that await their receipt (`sent`): a part still queued
     has not reached the handset, and reporting it delivered (or billing it) on another part's
@@ -404,7 +391,7 @@ def infer_siblings(
     receipts of the batch find those parts final. A part the SMSC took after the receipt came
     (one kept until its submit_sm_resp was recorded) is settled as of its submission, never
     before it."""
-    out: list[tuple[str, int, int, str]] = []
+    out: list[tuple[str, int, int, int]] = []
     for mid, seq in settled:
         now_final[(mid, seq)] = state
     for mid in sorted({m for m, _q in settled}):
@@ -413,25 +400,33 @@ def infer_siblings(
             if via != smsc or now_final.get((mid, seq), st) != SEG_SENT:
                 continue
             now_final[(mid, seq)] = state
-            out.append((mid, seq, max(at, submitted_at or 0), inferred_error(error, source)))
+            out.append((mid, seq, max(at, submitted_at or 0), source))
     return out
 
 
-def infer_on_accept(
-    parts: Sequence[tuple[int, str, str | None, str | None]], fresh: Collection[int], now: int
-) -> list[tuple[int, str, int, str]]:
-    """Parts an SMSC took just now whose message's one receipt (smscs[].receipts:
-    one_per_message) came already, for an earlier part: (seq, state, done at, error).
+# A part as the engines read it for inference: (seq, state, error code, SMSC,
+# receipt_inferred_from, submitted at).
+PartRow = tuple[int, str, str | None, str | None, int | None, int | None]
 
-    `parts` are the message's (seq, state, error code, SMSC) after the fresh ones were recorded
-    sent. Such a part gets no receipt of its own (the carrier sent the message's one), so it
-    takes that outcome now instead of waiting out the receipt timeout; the source is the lowest
-    part with an outcome of its own from a receipt, on the same SMSC."""
+
+def infer_on_accept(
+    parts: Sequence[tuple[int, str, str | None, str | None, int | None]],
+    fresh: Collection[int],
+    now: int,
+) -> list[tuple[int, str, int, str | None, int]]:
+    """Parts an SMSC took just now whose message's one receipt (smscs[].receipts:
+    one_per_message) came already, for an earlier part: (seq, state, done at, error, the seq
+    whose receipt it was).
+
+    `parts` are the message's (seq, state, error code, SMSC, receipt_inferred_from) after the
+    fresh ones were recorded sent. Such a part gets no receipt of its own (the carrier sent the
+    message's one), so it takes that outcome now instead of waiting out the receipt timeout; the
+    source is the lowest part with an outcome of its own from a receipt, on the same SMSC."""
     source = next(
         (
             (seq, st, err, via)
-            for seq, st, err, via in sorted(parts)
-            if st in SEG_RECEIPTED and split_inferred(err)[1] is None
+            for seq, st, err, via, inferred in sorted(parts, key=lambda p: p[0])
+            if st in SEG_RECEIPTED and inferred is None
         ),
         None,
     )
@@ -439,7 +434,45 @@ def infer_on_accept(
         return []
     src_seq, state, err, smsc = source
     return [
-        (seq, state, now, inferred_error(err, src_seq))
-        for seq, st, _e, via in parts
+        (seq, state, now, err, src_seq)
+        for seq, st, _e, via, _i in parts
         if seq in fresh and st == SEG_SENT and via == smsc
     ]
+
+
+def infer_earlier(
+    parts: Sequence[tuple[int, str, str | None, str | None, int | None, int | None, int | None]],
+    smscs: Collection[str],
+) -> list[tuple[int, str, int, str | None, int]]:
+    """Parts of one message left `sent` beside a part whose receipt came while its SMSC was not
+    yet `one_per_message` (a reload or a restart switched it since): (seq, state, done at,
+    error, the seq whose receipt it was), as `infer_siblings` would have settled them.
+
+    `parts` are the message's (seq, state, error code, SMSC, receipt_inferred_from, submitted
+    at, done at). The source is the lowest part with an outcome of its own from a receipt, on
+    an SMSC of `smscs`; the parts that SMSC took and that still await theirs take its outcome,
+    as of its receipt (never before their own submission)."""
+    rows = sorted(parts, key=lambda p: p[0])
+    source = next(
+        (p for p in rows if p[1] in SEG_RECEIPTED and p[4] is None and p[3] in smscs), None
+    )
+    if source is None:
+        return []
+    src_seq, state, err, smsc, _i, _s, done = source
+    return [
+        (seq, state, max(done or 0, submitted or 0), err, src_seq)
+        for seq, st, _e, via, _inf, submitted, _d in rows
+        if st == SEG_SENT and via == smsc
+    ]
+
+
+# The messages `infer_earlier` may settle: a part still `sent` on one of the SMSCs ({smscs}: a
+# list of marks) beside a part of the same SMSC with a receipt of its own. Both engines, their
+# marks and a LIMIT mark ({limit}) filled in.
+EARLIER_RECEIPTED_SQL = (
+    "SELECT DISTINCT s.message_id FROM segments s WHERE s.smsc IN ({smscs}) AND s.state = 'sent' "
+    "AND EXISTS (SELECT 1 FROM segments r WHERE r.message_id = s.message_id AND r.smsc = s.smsc "
+    "AND r.receipt_inferred_from IS NULL AND r.state IN ("
+    + ", ".join(f"'{st}'" for st in sorted(SEG_RECEIPTED))
+    + ")) LIMIT {limit}"
+)

@@ -92,14 +92,10 @@ def _same(a: HeldPart, b: HeldPart) -> bool:
     )
 
 
-# Set numbers are kept above the 16-bit reference in mo_parts.ref, a 32-bit integer.
-MAX_SETS = 0x7FFF
-
-
 def _free(sets: dict[int, list[HeldPart]]) -> int:
     """The lowest set number not in use (sets are dropped as they are delivered, so numbers
-    stay small); past MAX_SETS sets under one reference (no sender does that) the last one."""
+    stay small)."""
     no = 0
-    while no in sets and no < MAX_SETS - 1:
+    while no in sets:
         no += 1
     return no

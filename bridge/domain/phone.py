@@ -8,6 +8,7 @@ wrongly guessed country code sends a paid message to a stranger.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _SEPARATORS = re.compile(r"[\s\-().]")
@@ -88,3 +89,33 @@ def mask(e164: str) -> str:
     if len(e164) <= 7:
         return "*" * len(e164)
     return e164[:3] + "*" * (len(e164) - 7) + e164[-4:]
+
+
+def mo_source_forms(e164: str, national_prefixes: Iterable[str] = ()) -> tuple[str, ...]:
+    """The source addresses an SMSC may deliver an MO from `e164` with, as the inbound reading
+    (bridge.pipeline.inbound._e164) turns them into it: the number with or without its "+" or
+    with the international prefix 00, and, for an SMSC whose `national_prefix` is the number's
+    country code, the national number with and without its trunk 0 (the latter sent with TON
+    2). Long MOs waiting for their other parts are kept under the address as received: an
+    erasure finds the person's by these."""
+    digits = e164[1:]
+    forms = [e164, digits, "00" + digits]
+    for prefix in dict.fromkeys(national_prefixes):
+        if prefix.startswith("+") and e164.startswith(prefix) and len(e164) > len(prefix):
+            rest = e164[len(prefix) :]
+            forms += ["0" + rest, rest]
+    return tuple(dict.fromkeys(forms))
+
+
+def reply_destinations(senders: Iterable[str | None]) -> tuple[str, ...] | None:
+    """The addresses a reply to messages sent from `senders` may be delivered to (a number is
+    stored as given, "+44..." or "44...", and a reply names it either way, as the inbound
+    attribution reads it); None when one went out without a sender of its own: from the SMSC's
+    default source, which any address may then be, as far as the store knows."""
+    out: list[str] = []
+    for s in senders:
+        if s is None:
+            return None
+        digits = s.lstrip("+")
+        out += [digits, "+" + digits] if digits.isdigit() else [s]
+    return tuple(dict.fromkeys(out))

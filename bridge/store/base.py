@@ -437,6 +437,14 @@ class Store(Protocol):
         ...
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome: ...
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """Settle up to `limit` messages whose receipt for one part came before its SMSC (one
+        of `smscs`) was `receipts: one_per_message`, their other parts still sent: they take its
+        outcome (lifecycle.infer_earlier). Returns how many messages were found."""
+        ...
+
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
     ) -> Swept:
@@ -658,7 +666,20 @@ class Store(Protocol):
     async def get_bill(self, account_id: str, month: str) -> BillRow | None: ...
 
     # erasure
-    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int: ...
+    async def erase_recipient(
+        self,
+        account_id: str,
+        number: str,
+        masked: str,
+        now: int,
+        mo_sources: Sequence[str] | None = None,
+    ) -> int:
+        """Mask `number` in the account's messages and MOs and drop their text; drop the waiting
+        parts of long MOs from it that reply to the account (received from one of `mo_sources`,
+        phone.mo_source_forms; its international forms when None). Returns how many messages
+        were erased."""
+        ...
+
     async def cancel_queued(
         self,
         account_id: str,

@@ -9,38 +9,12 @@ from typing import Any
 
 from bridge.store.models import MoMessage, MoPart
 
-# mo_parts.ref holds the concatenation reference (16 bits at most: SMPP's SAR, UDH 16-bit) plus
-# the part's set number times REF_SPAN (bridge.domain.mo_sets): the key (smsc, source,
-# destination, ref, seq) then keeps two messages under one reference apart without a new
-# column. Parts kept before this are set 0, as they were.
-REF_SPAN = 1 << 16
-
-
-def stored_ref(ref: int, set_no: int) -> int:
-    """The mo_parts.ref value of a part of `ref` in set `set_no`."""
-    return ref + set_no * REF_SPAN
-
-
-# mo_parts.data_coding holds the part's data_coding (an octet: SMPP 5.2.19) plus, above it, the
-# national language tables its UDH named (bridge.text.national): the locking shift's id times
-# DC_SPAN and the single shift's times DC_SPAN**2 (ids are an octet too). Kept beside the coding
-# without a new column, as ref keeps the set number; parts kept before this, or without those
-# IEs, are the plain data_coding (tables 0, the default).
-DC_SPAN = 1 << 8
-
-
-def stored_data_coding(data_coding: int, locking: int, single: int) -> int:
-    """The mo_parts.data_coding value of a part."""
-    return data_coding + (locking + single * DC_SPAN) * DC_SPAN
-
-
-def split_data_coding(value: int) -> tuple[int, int, int]:
-    """(data_coding, locking, single) of a mo_parts.data_coding value."""
-    return value % DC_SPAN, value // DC_SPAN % DC_SPAN, value // (DC_SPAN * DC_SPAN) % DC_SPAN
-
-
+# set_no: which message kept under one reference the part belongs to (bridge.domain.mo_sets),
+# part of the key (smsc, source, destination, ref, set_no, seq). lang_locking, lang_single: the
+# national language tables its UDH named (bridge.text.national), 0 for the default ones.
 MO_PART_COLS = (
-    "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton"
+    "smsc, source, destination, ref, total, seq, data_coding, payload, received_at, source_ton, "
+    "set_no, lang_locking, lang_single"
 )
 MO_COLS = (
     "id, account_id, smsc, source, destination, text, received_at, sign_name, parts_total, "
@@ -51,9 +25,7 @@ MO_COLS = (
 def mo_part(row: Any) -> MoPart:
     """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
     r = tuple(row)
-    ref, set_no = r[3] % REF_SPAN, r[3] // REF_SPAN
-    dc, locking, single = split_data_coding(r[6])
-    return MoPart(*r[:3], ref, r[4], r[5], dc, bytes(r[7]), r[8], r[9], set_no, locking, single)
+    return MoPart(*r[:7], bytes(r[7]), r[8], r[9], r[10], r[11], r[12])
 
 
 def mo_message(row: Any) -> MoMessage:
@@ -68,13 +40,16 @@ def mo_part_values(part: MoPart) -> tuple[Any, ...]:
         part.smsc,
         part.source,
         part.destination,
-        stored_ref(part.ref, part.set_no),
+        part.ref,
         part.total,
         part.seq,
-        stored_data_coding(part.data_coding, part.locking, part.single),
+        part.data_coding,
         part.payload,
         part.received_at,
         part.source_ton,
+        part.set_no,
+        part.locking,
+        part.single,
     )
 
 

@@ -227,6 +227,9 @@ class SegmentRecord:
     submitted_at: int | None
     done_at: int | None
     error_code: str | None
+    # The seq whose receipt settled this part (smscs[].receipts: one_per_message); None when
+    # the part had an outcome of its own.
+    receipt_inferred_from: int | None = None
 
 
 @fast_init

@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import admission as adm
+from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
 from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
@@ -75,13 +76,11 @@ from bridge.store.base import (
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
-    REF_SPAN,
     group_mo_parts,
     mo_message,
     mo_part,
     mo_part_values,
     mo_values,
-    stored_ref,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -440,6 +439,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self.send_intermediate = False
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
+        # Told, once a write committed, how many parts (by SMSC) it settled on another part's
+        # receipt (the daemon's smpp_bridge_receipts_inferred metric).
+        self.on_inferred: Callable[[dict[str, int]], None] | None = None
         # rules.timezone: the days of the daily quota, which a message that never reached anyone
         # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
         self.quota_tz = "Asia/Shanghai"
@@ -1159,7 +1161,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 SegmentRecord(*r)
                 for r in await c.fetch(
                     "SELECT seq, total, state, smsc, smsc_msg_id_raw, submitted_at, done_at, "
-                    "error_code FROM segments WHERE message_id = $1 ORDER BY seq",
+                    "error_code, receipt_inferred_from FROM segments WHERE message_id = $1 "
+                    "ORDER BY seq",
                     message_id,
                 )
             )
@@ -1433,13 +1436,22 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
         one = self.one_receipt_smscs
+        counts: dict[str, int] = {}
 
         async def job(c: asyncpg.Connection) -> int:
+            counts.clear()  # a transaction run again counts afresh
             return await pipe.record_late_submits(
-                c, items, now, intermediate=self.send_intermediate, one_per_message=one
+                c,
+                items,
+                now,
+                intermediate=self.send_intermediate,
+                one_per_message=one,
+                inferred=counts,
             )
 
-        return await self._held_tx(job)
+        out = await self._held_tx(job)
+        _report_inferred(self, counts)
+        return out
 
     async def record_submits(
         self,
@@ -1450,8 +1462,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         instance: str | None = None,
     ) -> int:
         one = self.one_receipt_smscs
+        counts: dict[str, int] = {}
 
         async def job(c: asyncpg.Connection) -> int:
+            counts.clear()  # a transaction run again counts afresh
             return await pipe.record_submits(
                 c,
                 results,
@@ -1461,9 +1475,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 instance=instance,
                 one_per_message=one,
                 quota_tz=self.quota_tz,
+                inferred=counts,
             )
 
-        return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
+        out = await self._held_tx(job, frozenset(rel.message_id for rel in releases))
+        # Counted at the first commit: the confirmation's rewrite (a server failure) repeats it.
+        _report_inferred(self, dict(counts))
+        return out
 
     async def _held_tx(
         self,
@@ -1480,14 +1498,40 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._confirm.hold(lambda: run_tx(self.pool, job), gen, releases)
         return out
 
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """See the SQLite engine."""
+        names = sorted(smscs)
+        if not names:
+            return 0
+        sql = lc.EARLIER_RECEIPTED_SQL.format(smscs="SELECT unnest($1::text[])", limit="$2")
+        mids = [r[0] for r in await self.pool.fetch(sql, names, limit)]
+        if not mids:
+            return 0
+        counts: dict[str, int] = {}
+
+        async def job(c: asyncpg.Connection) -> int:
+            counts.clear()  # a transaction run again counts afresh
+            return await pipe.infer_earlier(c, mids, frozenset(names), now, counts)
+
+        await run_tx(self.pool, job)
+        _report_inferred(self, counts)
+        return len(mids)
+
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
+        counts: dict[str, int] = {}
+
         async def job(c: asyncpg.Connection) -> ReceiptOutcome:
+            counts.clear()  # a transaction run again counts afresh
             matched, pending, reports = await pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs
+                c, receipts, now, self.one_receipt_smscs, counts
             )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
-        return await run_tx(self.pool, job)
+        out = await run_tx(self.pool, job)
+        _report_inferred(self, counts)
+        return out
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
@@ -1544,18 +1588,19 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 mo_part(r)
                 for r in await c.fetch(
                     f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc = $1 AND source = $2 "
-                    f"AND destination = $3 AND ref % {REF_SPAN} = $4",
+                    "AND destination = $3 AND ref = $4",
                     *key,
                 )
             ]
             placed = replace(part, set_no=mo_sets.place_part(held, part))
             await c.execute(
                 f"INSERT INTO mo_parts ({MO_PART_COLS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "ON CONFLICT (smsc, source, destination, ref, seq) DO UPDATE SET "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+                "ON CONFLICT (smsc, source, destination, ref, set_no, seq) DO UPDATE SET "
                 "total = EXCLUDED.total, data_coding = EXCLUDED.data_coding, "
                 "payload = EXCLUDED.payload, received_at = EXCLUDED.received_at, "
-                "source_ton = EXCLUDED.source_ton",
+                "source_ton = EXCLUDED.source_ton, lang_locking = EXCLUDED.lang_locking, "
+                "lang_single = EXCLUDED.lang_single",
                 *mo_part_values(placed),
             )
             # The parts stay until drop_mo_parts, after the MO itself is stored.
@@ -1569,11 +1614,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         async def job(c: asyncpg.Connection) -> None:
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4",
+                "AND ref = $4 AND set_no = $5",
                 smsc,
                 source,
                 destination,
-                stored_ref(ref, set_no),
+                ref,
+                set_no,
             )
 
         await run_tx(self.pool, job)
@@ -1609,14 +1655,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         either committed first (the group then differs: None, nothing done) or waits."""
         first = parts[0]
         key = (first.smsc, first.source, first.destination, first.ref)
-        where = (*key[:3], stored_ref(first.ref, first.set_no))
+        where = (*key, first.set_no)
         expected = [(p.seq, p.total, p.received_at) for p in parts]
 
         async def job(c: asyncpg.Connection) -> bool | None:
             await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, key))])
             kept = await c.fetch(
                 "SELECT seq, total, received_at FROM mo_parts WHERE smsc = $1 AND source = $2 "
-                "AND destination = $3 AND ref = $4 ORDER BY seq",
+                "AND destination = $3 AND ref = $4 AND set_no = $5 ORDER BY seq",
                 *where,
             )
             if [tuple(r) for r in kept] != expected:
@@ -1624,7 +1670,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             inserted = mo is not None and await self._insert_mo(c, mo)
             await c.execute(
                 "DELETE FROM mo_parts WHERE smsc = $1 AND source = $2 AND destination = $3 "
-                "AND ref = $4",
+                "AND ref = $4 AND set_no = $5",
                 *where,
             )
             return inserted
@@ -1669,11 +1715,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
         rows = await self.pool.fetch(
             f"SELECT {MO_PART_COLS} FROM mo_parts p JOIN ("
-            "SELECT smsc, source, destination, ref, MIN(received_at) AS started FROM mo_parts "
-            "GROUP BY smsc, source, destination, ref HAVING MAX(received_at) < $1 "
-            "ORDER BY started, smsc, source, destination, ref LIMIT $2"
-            ") g USING (smsc, source, destination, ref) "
-            "ORDER BY g.started, smsc, source, destination, ref, seq",
+            "SELECT smsc, source, destination, ref, set_no, MIN(received_at) AS started "
+            "FROM mo_parts GROUP BY smsc, source, destination, ref, set_no "
+            "HAVING MAX(received_at) < $1 "
+            "ORDER BY started, smsc, source, destination, ref, set_no LIMIT $2"
+            ") g USING (smsc, source, destination, ref, set_no) "
+            "ORDER BY g.started, smsc, source, destination, ref, set_no, seq",
             older_than,
             limit,
         )
@@ -2077,3 +2124,8 @@ async def _enqueue_webhook(
         now,
         account_id,
     )
+
+
+def _report_inferred(store: Any, counts: dict[str, int]) -> None:
+    if counts and store.on_inferred is not None:
+        store.on_inferred(counts)

@@ -551,9 +551,11 @@ async def record_submits(
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
     quota_tz: str | None = None,
+    inferred: dict[str, int] | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
-    whole message (smscs[].receipts)."""
+    whole message (smscs[].receipts). `inferred` (SMSC -> parts) counts the parts settled by
+    another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
     await lock_keys(
@@ -614,11 +616,11 @@ async def record_submits(
                     locked[mid] = (*locked[mid][:8], nsent, *locked[mid][9:])
             for mid in per_msg:
                 touched[mid] = True
-            await _apply_pending(c, fresh, touched, one_per_message)
+            await _apply_pending(c, fresh, touched, one_per_message, inferred)
             # Not a first part: parts go out in order, so none after it can have a receipt yet
             # (and a one-part message has nothing to infer): no read for most submits.
             await _infer_on_accept(
-                c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now
+                c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
             )
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
@@ -699,6 +701,7 @@ async def record_late_submits(
     *,
     intermediate: bool = False,
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> int:
     """Parts the SMSC accepted after their TIMEOUT, recorded as sent (by `record_submits`) when
     the part is still queued and its message is released and not claimed again: a resend in
@@ -730,7 +733,13 @@ async def record_late_submits(
             results.append(i.as_result(now))
     if results:
         await record_submits(
-            c, results, [], now, intermediate=intermediate, one_per_message=one_per_message
+            c,
+            results,
+            [],
+            now,
+            intermediate=intermediate,
+            one_per_message=one_per_message,
+            inferred=inferred,
         )
     return len(results)
 
@@ -740,6 +749,7 @@ async def _apply_pending(
     fresh: list[SubmitResult],
     touched: dict[str, bool],
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> None:
     """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
     before the part left (see SubmitResult.sent_at), which stays kept."""
@@ -759,49 +769,101 @@ async def _apply_pending(
     if found:
         rows = sorted(found, key=lambda r: r[0])
         await _apply(
-            c, [ReceiptIn(*tuple(r)[1:]) for r in rows], touched, one_per_message=one_per_message
+            c,
+            [ReceiptIn(*tuple(r)[1:]) for r in rows],
+            touched,
+            one_per_message=one_per_message,
+            inferred=inferred,
         )
 
 
-async def _infer_on_accept(c: asyncpg.Connection, fresh: list[SubmitResult], now: int) -> None:
+async def _infer_on_accept(
+    c: asyncpg.Connection,
+    fresh: list[SubmitResult],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> None:
     """Parts of one-per-message SMSCs taken now, whose message's receipt came before them, take
     its outcome (lifecycle.infer_on_accept); their messages are locked by record_submits and
     rolled up by it."""
     if not fresh:
         return
     seqs: dict[str, set[int]] = {}
+    via: dict[str, str] = {}
     for r in fresh:
         seqs.setdefault(r.message_id, set()).add(r.seq)
+        via[r.message_id] = r.smsc
     parts = await _all_parts(c, list(seqs))
     updates = [
-        (mid, seq, state, at, error)
+        (mid, seq, state, at, error, source)
         for mid, fresh_seqs in seqs.items()
-        for seq, state, at, error in lc.infer_on_accept(
-            [row[:4] for row in parts.get(mid, [])], fresh_seqs, now
+        for seq, state, at, error, source in lc.infer_on_accept(
+            [row[:5] for row in parts.get(mid, [])], fresh_seqs, now
         )
     ]
     if updates:
         await c.execute(
-            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) "
-            "AS u(mid, seq, state, at, error) "
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
+            "receipt_inferred_from = u.source "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
+            "$6::int[]) AS u(mid, seq, state, at, error, source) "
             "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
             *[list(col) for col in zip(*updates, strict=True)],
         )
+        if inferred is not None:
+            for u in updates:
+                inferred[via[u[0]]] = inferred.get(via[u[0]], 0) + 1
 
 
-async def _all_parts(
-    c: asyncpg.Connection, mids: list[str]
-) -> dict[str, list[tuple[int, str, str | None, str | None, int | None]]]:
-    """message id -> every part's (seq, state, error code, SMSC, submitted at)."""
-    out: dict[str, list[tuple[int, str, str | None, str | None, int | None]]] = {}
-    for mid, seq, state, error, smsc, at in await c.fetch(
-        "SELECT message_id, seq, state, error_code, smsc, submitted_at FROM segments "
-        "WHERE message_id = ANY($1::text[])",
+async def _all_parts(c: asyncpg.Connection, mids: list[str]) -> dict[str, list[lc.PartRow]]:
+    """message id -> every part's (seq, state, error code, SMSC, receipt_inferred_from,
+    submitted at)."""
+    out: dict[str, list[lc.PartRow]] = {}
+    for mid, *row in await c.fetch(
+        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at "
+        "FROM segments WHERE message_id = ANY($1::text[])",
         mids,
     ):
-        out.setdefault(mid, []).append((seq, state, error, smsc, at))
+        out.setdefault(mid, []).append(tuple(row))  # type: ignore[arg-type]
     return out
+
+
+async def infer_earlier(
+    c: asyncpg.Connection,
+    mids: Sequence[str],
+    smscs: frozenset[str],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> int:
+    """See the SQLite engine; the messages are locked before their parts are read, as receipts
+    lock them, so a receipt applied meanwhile on another instance is seen."""
+    locked = await lock_messages(c, sorted(mids))
+    touched: dict[str, bool] = {}
+    updates = []
+    rows: dict[str, list[Any]] = {}
+    for mid, *row in await c.fetch(
+        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at, "
+        "done_at FROM segments WHERE message_id = ANY($1::text[])",
+        sorted(locked),
+    ):
+        rows.setdefault(mid, []).append(tuple(row))
+    for mid, parts in rows.items():
+        for seq, state, at, error, source in lc.infer_earlier(parts, smscs):
+            updates.append((mid, seq, state, at, error, source))
+            touched[mid] = False
+            if inferred is not None:
+                via = next(p[3] for p in parts if p[0] == source)
+                inferred[via] = inferred.get(via, 0) + 1
+    if updates:
+        await c.execute(
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
+            "receipt_inferred_from = u.source "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
+            "$6::int[]) AS u(mid, seq, state, at, error, source) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
+            *[list(col) for col in zip(*updates, strict=True)],
+        )
+    return await rollup_messages(c, touched, now, locked)
 
 
 # -- receipts --------------------------------------------------------------------------------------
@@ -812,6 +874,7 @@ async def apply_receipts(
     receipts: list[ReceiptIn],
     now: int,
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
     pending_receipts for their id."""
@@ -824,7 +887,7 @@ async def apply_receipts(
         where.update(await _match(c, missing))
     touched: dict[str, bool] = {}
     locked: dict[str, tuple[Any, ...]] = {}
-    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message)
+    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred)
     if unmatched:
         await c.execute(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -868,6 +931,7 @@ async def _apply(
     where: dict[tuple[str, str], set[str]] | None = None,
     locked: dict[str, tuple[Any, ...]] | None = None,
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -894,7 +958,7 @@ async def _apply(
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles (their messages locked)
         siblings = {
-            mid: [(q, st, via, at) for q, st, _e, via, at in rows]
+            mid: [(q, st, via, at) for q, st, _e, via, _i, at in rows]
             for mid, rows in (await _all_parts(c, whole)).items()
         }
     settled, unmatched = lc.settle_receipts(
@@ -905,11 +969,15 @@ async def _apply(
     upd: list[list[Any]] = [list(col) for col in zip(*settled, strict=True)] if settled else []
     if upd:
         await c.execute(
-            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) "
-            "AS u(mid, seq, state, at, error) WHERE s.message_id = u.mid AND s.seq = u.seq",
+            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
+            "receipt_inferred_from = u.source "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
+            "$6::int[]) AS u(mid, seq, state, at, error, source) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq",
             *upd,
         )
+        if inferred is not None and siblings:
+            lc.count_inferred(settled, siblings, inferred)
     return unmatched
 
 

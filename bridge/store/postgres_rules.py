@@ -28,6 +28,7 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
+from bridge.domain.phone import mo_source_forms, reply_destinations
 from bridge.ids import new_id
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
@@ -957,14 +958,26 @@ class RulesStoreMixin:
 
     # -- erasure -----------------------------------------------------------------------------------
 
-    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int:
+    async def erase_recipient(
+        self,
+        account_id: str,
+        number: str,
+        masked: str,
+        now: int,
+        mo_sources: Sequence[str] | None = None,
+    ) -> int:
         """Mask the number and drop the text of every message (and MO) of this account to it.
 
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
-        their text is gone, so they can no longer be sent. Billing amounts stay.
+        their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
+        MOs from the number still waiting for the others are dropped too (see the SQLite
+        engine).
         """
+        sources = list(mo_sources) if mo_sources else list(mo_source_forms(number))
 
         async def job(c: asyncpg.Connection) -> int:
+            # First, while the messages still name the number: whose replies the parts may be.
+            await _drop_waiting_mo(c, account_id, number, sources)
             n = await _erase(c, account_id, number, masked, now, quota_tz=self.quota_tz)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
@@ -1206,3 +1219,30 @@ async def _erase(
         [r[0] for r in rows],
     )
     return int(n)
+
+
+async def _drop_waiting_mo(
+    c: asyncpg.Connection, account_id: str, number: str, sources: list[str]
+) -> int:
+    """Drop the parts from `number` (as `sources`) of long MOs still waiting for the others
+    that are replies to this account (see the SQLite engine). Returns how many parts went."""
+    senders = [
+        r[0]
+        for r in await c.fetch(
+            "SELECT DISTINCT sender FROM messages WHERE account_id = $1 AND recipient = $2",
+            account_id,
+            number,
+        )
+    ]
+    if not senders:
+        return 0  # it never wrote to the number: no reply from it is this account's
+    dests = reply_destinations(senders)
+    # Without add_mo_part's lock: a part committed after this statement's snapshot arrived
+    # after the erasure, as it would with the lock (taken per reference, not per number).
+    status = await c.execute(
+        "DELETE FROM mo_parts WHERE source = ANY($1::text[]) "
+        "AND ($2::text[] IS NULL OR destination = ANY($2::text[]))",
+        sources,
+        None if dests is None else list(dests),
+    )
+    return int(status.split()[-1])

@@ -55,13 +55,11 @@ from bridge.store.base import (
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
-    REF_SPAN,
     group_mo_parts,
     mo_message,
     mo_part,
     mo_part_values,
     mo_values,
-    stored_ref,
 )
 from bridge.store.models import (
     ACCOUNT_MUTABLE,
@@ -124,6 +122,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self.send_intermediate = False
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
+        # Told, once a write committed, how many parts (by SMSC) it settled on another part's
+        # receipt (the daemon's smpp_bridge_receipts_inferred metric).
+        self.on_inferred: Callable[[dict[str, int]], None] | None = None
         # rules.timezone: the days of the daily quota, which a message that never reached anyone
         # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
         self.quota_tz = "Asia/Shanghai"
@@ -674,7 +675,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 SegmentRecord(*r)
                 for r in c.execute(
                     "SELECT seq, total, state, smsc, smsc_msg_id_raw, submitted_at, done_at, "
-                    "error_code FROM segments WHERE message_id=? ORDER BY seq",
+                    "error_code, receipt_inferred_from FROM segments WHERE message_id=? "
+                    "ORDER BY seq",
                     (message_id,),
                 )
             )
@@ -970,16 +972,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return await self._runner.write(job)
 
     async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        counts: dict[str, int] = {}
+
         def job(c: sqlite3.Connection) -> int:
+            counts.clear()  # a job run again counts afresh
             return pipe.record_late_submits(
                 c,
                 items,
                 now,
                 intermediate=self.send_intermediate,
                 one_per_message=self.one_receipt_smscs,
+                inferred=counts,
             )
 
-        return await self._runner.write(job, durable=False)
+        out = await self._runner.write(job, durable=False)
+        _report_inferred(self, counts)
+        return out
 
     def _queued_accounts(self, c: sqlite3.Connection) -> list[str]:
         # Skip-scan over the (q_state, account_id, ...) index: one seek per account, not per row.
@@ -1013,7 +1021,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         *,
         instance: str | None = None,
     ) -> int:
+        counts: dict[str, int] = {}
+
         def job(c: sqlite3.Connection) -> int:
+            counts.clear()  # a job run again counts afresh
             return pipe.record_submits(
                 c,
                 results,
@@ -1023,18 +1034,50 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 instance=instance,
                 one_per_message=self.one_receipt_smscs,
                 quota_tz=self.quota_tz,
+                inferred=counts,
             )
 
-        return await self._runner.write(job, durable=False)
+        out = await self._runner.write(job, durable=False)
+        _report_inferred(self, counts)
+        return out
+
+    async def infer_earlier_receipts(
+        self, smscs: Collection[str], now: int, limit: int = 500
+    ) -> int:
+        """Up to `limit` messages with parts still `sent` beside a part of the same SMSC (one of
+        `smscs`, now `one_per_message`) whose receipt came before the switch: those parts take
+        its outcome (lifecycle.infer_earlier), the messages roll up, reported and billed.
+        Returns how many messages were found: fewer than `limit`, none is left."""
+        names = sorted(smscs)
+        if not names:
+            return 0
+        sql = lc.EARLIER_RECEIPTED_SQL.format(smscs=pipe._marks(len(names)), limit="?")
+        mids = await self._runner.read(lambda c: [r[0] for r in c.execute(sql, (*names, limit))])
+        if not mids:
+            return 0
+        counts: dict[str, int] = {}
+
+        def job(c: sqlite3.Connection) -> int:
+            counts.clear()  # a job run again counts afresh
+            return pipe.infer_earlier(c, mids, frozenset(names), now, counts)
+
+        await self._runner.write(job)
+        _report_inferred(self, counts)
+        return len(mids)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
+        counts: dict[str, int] = {}
+
         def job(c: sqlite3.Connection) -> ReceiptOutcome:
+            counts.clear()  # a job run again counts afresh
             matched, pending, reports = pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs
+                c, receipts, now, self.one_receipt_smscs, counts
             )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
-        return await self._runner.write(job)
+        out = await self._runner.write(job)
+        _report_inferred(self, counts)
+        return out
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
@@ -1132,13 +1175,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 mo_part(r)
                 for r in c.execute(
                     f"SELECT {MO_PART_COLS} FROM mo_parts WHERE smsc=? AND source=? "
-                    f"AND destination=? AND ref % {REF_SPAN} = ?",
+                    "AND destination=? AND ref=?",
                     (part.smsc, part.source, part.destination, part.ref),
                 )
             ]
             placed = replace(part, set_no=mo_sets.place_part(held, part))
             c.execute(
-                f"INSERT OR REPLACE INTO mo_parts ({MO_PART_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO mo_parts ({MO_PART_COLS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 mo_part_values(placed),
             )
             return mo_sets.completed(held, placed)
@@ -1150,8 +1194,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> None:
         def job(c: sqlite3.Connection) -> None:
             c.execute(
-                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?",
-                (smsc, source, destination, stored_ref(ref, set_no)),
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
+                "AND set_no=?",
+                (smsc, source, destination, ref, set_no),
             )
 
         await self._runner.write(job, single=True)
@@ -1180,20 +1225,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         dropped unseen, or completed into a second MO. None: the group changed, nothing done.
         Else as `store_mo` (False: stored before, or `mo` None: only the parts are dropped)."""
         first = parts[0]
-        key = (first.smsc, first.source, first.destination, stored_ref(first.ref, first.set_no))
+        key = (first.smsc, first.source, first.destination, first.ref, first.set_no)
         expected = [(p.seq, p.total, p.received_at) for p in parts]
 
         def job(c: sqlite3.Connection) -> bool | None:
             kept = c.execute(
                 "SELECT seq, total, received_at FROM mo_parts "
-                "WHERE smsc=? AND source=? AND destination=? AND ref=? ORDER BY seq",
+                "WHERE smsc=? AND source=? AND destination=? AND ref=? AND set_no=? ORDER BY seq",
                 key,
             ).fetchall()
             if [tuple(r) for r in kept] != expected:
                 return None
             inserted = mo is not None and self._insert_mo(c, mo)
             c.execute(
-                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=?", key
+                "DELETE FROM mo_parts WHERE smsc=? AND source=? AND destination=? AND ref=? "
+                "AND set_no=?",
+                key,
             )
             return inserted
 
@@ -1256,11 +1303,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> list[list[MoPart]]:
             rows = c.execute(
                 f"SELECT {MO_PART_COLS} FROM mo_parts p JOIN ("
-                "SELECT smsc, source, destination, ref, MIN(received_at) AS started FROM mo_parts "
-                "GROUP BY smsc, source, destination, ref HAVING MAX(received_at)<? "
-                "ORDER BY started, smsc, source, destination, ref LIMIT ?"
-                ") g USING (smsc, source, destination, ref) "
-                "ORDER BY g.started, p.smsc, p.source, p.destination, p.ref, p.seq",
+                "SELECT smsc, source, destination, ref, set_no, MIN(received_at) AS started "
+                "FROM mo_parts GROUP BY smsc, source, destination, ref, set_no "
+                "HAVING MAX(received_at)<? "
+                "ORDER BY started, smsc, source, destination, ref, set_no LIMIT ?"
+                ") g USING (smsc, source, destination, ref, set_no) "
+                "ORDER BY g.started, p.smsc, p.source, p.destination, p.ref, p.set_no, p.seq",
                 (older_than, limit),
             ).fetchall()
             return group_mo_parts(mo_part(r) for r in rows)
@@ -1923,3 +1971,8 @@ def _enqueue_webhook(
         "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
         (webhook_id, account_id, kind, ref_id, payload, now, now),
     )
+
+
+def _report_inferred(store: Any, counts: dict[str, int]) -> None:
+    if counts and store.on_inferred is not None:
+        store.on_inferred(counts)

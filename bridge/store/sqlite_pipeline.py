@@ -223,9 +223,11 @@ def record_submits(
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
     quota_tz: str | None = None,
+    inferred: dict[str, int] | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
-    whole message (smscs[].receipts)."""
+    whole message (smscs[].receipts). `inferred` (SMSC -> parts) counts the parts settled by
+    another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     sent = [r for r in results if r.outcome == "sent"]
     if sent:
@@ -266,10 +268,12 @@ def record_submits(
         )
         for mid in per_msg:
             touched[mid] = True
-        _apply_pending(c, fresh, now, touched, one_per_message)
+        _apply_pending(c, fresh, now, touched, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
-        _infer_on_accept(c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now)
+        _infer_on_accept(
+            c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
+        )
     for r in results:
         if r.outcome == "sent":
             continue
@@ -341,6 +345,7 @@ def record_late_submits(
     *,
     intermediate: bool = False,
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> int:
     """Parts the SMSC accepted after their TIMEOUT, recorded as sent (as `record_submits` records
     an accepted part) when the part is still queued and its message is released and not claimed
@@ -367,7 +372,13 @@ def record_late_submits(
             results.append(i.as_result(now))
     if results:
         record_submits(
-            c, results, [], now, intermediate=intermediate, one_per_message=one_per_message
+            c,
+            results,
+            [],
+            now,
+            intermediate=intermediate,
+            one_per_message=one_per_message,
+            inferred=inferred,
         )
     return len(results)
 
@@ -378,6 +389,7 @@ def _apply_pending(
     now: int,
     touched: dict[str, bool],
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> None:
     """Receipts that beat their submit_sm_resp to the store are applied now; not one kept from
     before the part left (see SubmitResult.sent_at), which stays kept."""
@@ -405,46 +417,91 @@ def _apply_pending(
     if not found:
         return
     c.executemany("DELETE FROM pending_receipts WHERE id=?", [(row[0],) for row in found])
-    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched, one_per_message)
+    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched, one_per_message, inferred)
 
 
-def _infer_on_accept(c: sqlite3.Connection, fresh: list[SubmitResult], now: int) -> None:
+def _infer_on_accept(
+    c: sqlite3.Connection,
+    fresh: list[SubmitResult],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> None:
     """Parts of one-per-message SMSCs taken now, whose message's receipt came before them, take
     its outcome (lifecycle.infer_on_accept); the caller's roll-up covers their messages."""
     if not fresh:
         return
     seqs: dict[str, set[int]] = {}
+    via: dict[str, str] = {}
     for r in fresh:
         seqs.setdefault(r.message_id, set()).add(r.seq)
+        via[r.message_id] = r.smsc
     parts = _all_parts(c, list(seqs))
     updates = [
-        (state, at, error, mid, seq)
+        (state, at, error, source, mid, seq)
         for mid, fresh_seqs in seqs.items()
-        for seq, state, at, error in lc.infer_on_accept(
-            [row[:4] for row in parts.get(mid, [])], fresh_seqs, now
+        for seq, state, at, error, source in lc.infer_on_accept(
+            [row[:5] for row in parts.get(mid, [])], fresh_seqs, now
         )
     ]
     if updates:
         c.executemany(
-            "UPDATE segments SET state=?, done_at=?, error_code=? "
+            "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
             "WHERE message_id=? AND seq=? AND state='sent'",
             updates,
         )
+        if inferred is not None:
+            for u in updates:
+                inferred[via[u[4]]] = inferred.get(via[u[4]], 0) + 1
 
 
-def _all_parts(
-    c: sqlite3.Connection, mids: list[str]
-) -> dict[str, list[tuple[int, str, str | None, str | None, int | None]]]:
-    """message id -> every part's (seq, state, error code, SMSC, submitted at)."""
-    out: dict[str, list[tuple[int, str, str | None, str | None, int | None]]] = {}
+def _all_parts(c: sqlite3.Connection, mids: list[str]) -> dict[str, list[lc.PartRow]]:
+    """message id -> every part's (seq, state, error code, SMSC, receipt_inferred_from,
+    submitted at)."""
+    out: dict[str, list[lc.PartRow]] = {}
     for chunk in _chunks(mids):
-        for mid, seq, state, error, smsc, at in c.execute(
-            "SELECT message_id, seq, state, error_code, smsc, submitted_at FROM segments "
-            f"WHERE message_id IN ({_marks(len(chunk))})",
+        for mid, *row in c.execute(
+            "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, "
+            f"submitted_at FROM segments WHERE message_id IN ({_marks(len(chunk))})",
             chunk,
         ):
-            out.setdefault(mid, []).append((seq, state, error, smsc, at))
+            out.setdefault(mid, []).append(tuple(row))  # type: ignore[arg-type]
     return out
+
+
+def infer_earlier(
+    c: sqlite3.Connection,
+    mids: Sequence[str],
+    smscs: frozenset[str],
+    now: int,
+    inferred: dict[str, int] | None = None,
+) -> int:
+    """Settle the parts of `mids` that a receipt from before their SMSC was `one_per_message`
+    stands for (lifecycle.infer_earlier), and roll the messages up; returns the status reports
+    queued."""
+    touched: dict[str, bool] = {}
+    updates = []
+    for chunk in _chunks(list(mids)):
+        rows: dict[str, list[Any]] = {}
+        for mid, *row in c.execute(
+            "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, "
+            f"submitted_at, done_at FROM segments WHERE message_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            rows.setdefault(mid, []).append(tuple(row))
+        for mid, parts in rows.items():
+            for seq, state, at, error, source in lc.infer_earlier(parts, smscs):
+                updates.append((state, at, error, source, mid, seq))
+                touched[mid] = False
+                if inferred is not None:
+                    via = next(p[3] for p in parts if p[0] == source)
+                    inferred[via] = inferred.get(via, 0) + 1
+    if updates:
+        c.executemany(
+            "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
+            "WHERE message_id=? AND seq=? AND state='sent'",
+            updates,
+        )
+    return rollup_messages(c, touched, now)
 
 
 # -- receipts ------------------------------------------------------------------------------------
@@ -455,11 +512,12 @@ def apply_receipts(
     receipts: list[ReceiptIn],
     now: int,
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
     pending_receipts for their id."""
     touched: dict[str, bool] = {}
-    unmatched = _apply(c, receipts, touched, one_per_message)
+    unmatched = _apply(c, receipts, touched, one_per_message, inferred)
     if unmatched:
         c.executemany(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -478,6 +536,7 @@ def _apply(
     receipts: list[ReceiptIn],
     touched: dict[str, bool],
     one_per_message: frozenset[str] = frozenset(),
+    inferred: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -499,7 +558,7 @@ def _apply(
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles
         siblings = {
-            mid: [(q, st, via, at) for q, st, _e, via, at in rows]
+            mid: [(q, st, via, at) for q, st, _e, via, _i, at in rows]
             for mid, rows in _all_parts(c, whole).items()
         }
     settled, unmatched = lc.settle_receipts(
@@ -509,8 +568,10 @@ def _apply(
         touched.setdefault(mid, False)
     if settled:
         c.executemany(
-            "UPDATE segments SET state=?3, done_at=?4, error_code=?5 "
+            "UPDATE segments SET state=?3, done_at=?4, error_code=?5, receipt_inferred_from=?6 "
             "WHERE message_id=?1 AND seq=?2",
             settled,
         )
+        if inferred is not None and siblings:
+            lc.count_inferred(settled, siblings, inferred)
     return unmatched

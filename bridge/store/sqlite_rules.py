@@ -16,6 +16,7 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
+from bridge.domain.phone import mo_source_forms, reply_destinations
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
@@ -838,14 +839,26 @@ class RulesStoreMixin:
 
     # -- erasure -----------------------------------------------------------------------------------
 
-    async def erase_recipient(self, account_id: str, number: str, masked: str, now: int) -> int:
+    async def erase_recipient(
+        self,
+        account_id: str,
+        number: str,
+        masked: str,
+        now: int,
+        mo_sources: Sequence[str] | None = None,
+    ) -> int:
         """Mask the number and drop the text of every message (and MO) of this account to it.
 
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
-        their text is gone, so they can no longer be sent. Billing amounts stay.
+        their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
+        MOs from the number still waiting for the others (mo_parts, kept under `mo_sources`, the
+        addresses it arrives from: phone.mo_source_forms) are dropped too.
         """
+        sources = tuple(mo_sources) if mo_sources else mo_source_forms(number)
 
         def job(c: sqlite3.Connection) -> int:
+            # First, while the messages still name the number: whose replies the parts may be.
+            _drop_waiting_mo(c, account_id, number, sources)
             # The stored answers of idempotent sends name the number too (kept for the key's
             # hours, for replays): masked there as well, the replay still answered.
             # client_ref first, while "to" still names the number (it links the message to the
@@ -1028,3 +1041,25 @@ def _erase(
     mo_where = where.replace("recipient", "source")
     c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
     return n
+
+
+def _drop_waiting_mo(
+    c: sqlite3.Connection, account_id: str, number: str, sources: Sequence[str]
+) -> int:
+    """Drop the parts from `number` (as `sources`) of long MOs still waiting for the others
+    that are replies to this account: to an address it wrote to the number from (any address
+    when it wrote from the SMSC's default source). Returns how many parts went."""
+    senders = [
+        r[0]
+        for r in c.execute(
+            "SELECT DISTINCT sender FROM messages WHERE account_id=? AND recipient=?",
+            (account_id, number),
+        )
+    ]
+    if not senders:
+        return 0  # it never wrote to the number: no reply from it is this account's
+    where = f"source IN ({_marks(len(sources))})"
+    dests = reply_destinations(senders)
+    if dests is not None:
+        where += f" AND destination IN ({_marks(len(dests))})"
+    return c.execute(f"DELETE FROM mo_parts WHERE {where}", (*sources, *(dests or ()))).rowcount

@@ -2,8 +2,9 @@
 
 Every table of both engines was dumped after an erasure and after a close (messages, segments,
 mo_inbox, mo_parts, pending_receipts, webhook_outbox pending and dead, idempotency, optouts,
-ledger, bills, daily counts): the only residues are the ones below (mo_parts is reported, not
-tested: parts not yet reassembled belong to no account, see the review report).
+ledger, bills, daily counts): the only residues are the ones below. (mo_parts, reported here
+then: the waiting parts of the number's long replies go with the erasure since session 37,
+tested in test_session37_erasure_mo_parts.py.)
 
 1. test_erasure_drops_client_ref_from_stored_idempotent_answers (both engines) and
    test_idempotent_replay_after_erasure_does_not_return_client_ref (HTTP):

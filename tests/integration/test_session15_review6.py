@@ -1106,6 +1106,10 @@ assert "NS_DNC" not in open(sys.modules["bridge.store.postgres"].__file__.replac
 async def main():
     store = PostgresStore(sys.argv[1], min_size=1, max_size=2)
     await store.open()
+    # Opened (its schema check passed): the test migrates the database with the new release now,
+    # while this one holds no lock, then lets it sweep.
+    print("open", flush=True)
+    sys.stdin.readline()
     try:
         print(json.dumps(await store.sweep(int(sys.argv[2]), 3_600_000)))
     finally:
@@ -1184,13 +1188,22 @@ async def test_rolling_upgrade_old_sweep_and_new_optout_deadlock_and_recover(
             str(now),
             env=_env(old_code),
             cwd=str(tmp_path),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        assert await at_gate(conn), "the old sweep never refunded the expired message"
+        assert sweep.stdout is not None and sweep.stdin is not None
+        assert await asyncio.wait_for(sweep.stdout.readline(), 30) == b"open\n"
+        # The new release migrates before the old sweep's transaction: a migration that alters
+        # a table the sweep writes (0021: segments) waits for that transaction, which waits at
+        # the gate for the opt-out the new release cannot run before it has opened. (A fleet
+        # with a migration to apply is stopped for the upgrade; this pair is about the locks.)
         new = PostgresStore(pg_dsn, min_size=1, max_size=4)
         await new.open()
+        sweep.stdin.write(b"go\n")
+        await sweep.stdin.drain()
         try:
+            assert await at_gate(conn), "the old sweep never refunded the expired message"
             optout = asyncio.create_task(new.add_optouts(acc["id"], ["+8613800138002"], "api", now))
 
             async def waits() -> bool:

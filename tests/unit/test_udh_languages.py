@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bridge.sim.reassembly import Reassembler, decode_segments, parse_segment, segment_text
 from bridge.smpp.codec import ShortMessage
-from bridge.store.mo_rows import mo_part, mo_part_values, split_data_coding, stored_data_coding
+from bridge.store.mo_rows import mo_part, mo_part_values
 from bridge.store.models import MoPart
 from bridge.text.gsm import pack_septets
 from bridge.text.national import LOCKING_TABLES
@@ -64,20 +64,10 @@ def test_any_udh_parses_without_raising(udh, user_data, packed, dc):
     segment_text(seg)  # never raises
 
 
-@FAST
-@given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
-def test_stored_data_coding_round_trip(dc, locking, single):
-    value = stored_data_coding(dc, locking, single)
-    assert split_data_coding(value) == (dc, locking, single)
-    assert value < 2**31  # PostgreSQL INTEGER
-    if not (locking or single):
-        assert value == dc  # what parts kept before this hold
-
-
 def test_mo_part_row_round_trip():
     part = MoPart("s", "1", "2", 7, 2, 1, 0, b"\x07", 5, 1, 2, locking=1, single=13)
     row = list(mo_part_values(part))
-    assert row[6] == 0 + 1 * 256 + 13 * 65536
+    assert row[6] == 0 and row[-2:] == [1, 13]  # data_coding as sent; the tables in columns
     assert mo_part(row) == part
     old = list(mo_part_values(MoPart("s", "1", "2", 7, 2, 1, 8, b"x", 5, 1)))
     assert old[6] == 8 and mo_part(old).locking == mo_part(old).single == 0
