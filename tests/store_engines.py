@@ -171,6 +171,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP TABLE mo_parts",
         "ALTER TABLE mo_parts_old RENAME TO mo_parts",
     ),
+    23: ("DROP INDEX messages_expiring",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import tests.store_engines as engines
 from bridge.store.base import Store
 from bridge.store.models import NewSegment, Reencoding, Release
@@ -111,3 +114,17 @@ async def test_the_route_table_is_kept_and_replaced(store: Store) -> None:
     assert await store.route_table() == '{"routes": []}'
     await store.keep_route_table('{"routes": [["+86", ["cn"]]]}', NOW + 1)
     assert await store.route_table() == '{"routes": [["+86", ["cn"]]]}'
+
+
+def test_the_expiry_sweep_reads_the_expiring_index_not_the_queue(tmp_path: Path) -> None:
+    """SQLite: the sweep found expired messages by reading every queued row (0.17-0.21 s of
+    write lock every 5 s with a million queued); it reads the partial index of those with a
+    validity (migration 0023), as PostgreSQL's has since 0001."""
+    from bridge.store.migrate import migrations
+    from bridge.store.sqlite import EXPIRED_QUEUED
+
+    c = sqlite3.connect(tmp_path / "x.db")
+    for _v, _name, script in migrations("sqlite"):
+        c.executescript(script)
+    plan = " ".join(str(r[3]) for r in c.execute(f"EXPLAIN QUERY PLAN {EXPIRED_QUEUED}", (NOW,)))
+    assert "messages_expiring" in plan and "expires_at<?" in plan, plan
