@@ -191,6 +191,8 @@ class WriteLockStats(NamedTuple):
 
 class Store(Protocol):
     # rules.timezone: the days of the daily quota (lifecycle.never_reached gives places back).
+    # Set by configure_store at opening and at each reload; the engines' roll-ups read it from
+    # their connection, so no store function takes it as a parameter.
     quota_tz: str
 
     async def open(self) -> None: ...

@@ -441,7 +441,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # rules.timezone: the days of the daily quota, which a message that never reached anyone
-        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        # gives its place back to (lifecycle.never_reached); configure_store sets it at opening
+        # and at each reload. The roll-up asks it of its pool connection (StoreConnection), so
+        # no caller has to pass it along.
         self.quota_tz = "Asia/Shanghai"
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -460,7 +462,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await self._measure_offset(conn)
         finally:
             await conn.close()
-        self._pool = await create_pool(self.dsn, min_size=self._min, max_size=self._max)
+        self._pool = await create_pool(
+            self.dsn, min_size=self._min, max_size=self._max, quota_zone=lambda: self.quota_tz
+        )
 
     @property
     def clock_offset_ms(self) -> int:
@@ -605,7 +609,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     (account_id,),
                     ACCOUNT_DISABLED_ERROR,
                     now,
-                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
@@ -615,7 +618,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                         (account_id,),
                         error,
                         now,
-                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
@@ -631,7 +633,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                         (refused,),
                         "SENDER_NOT_ALLOWED",
                         now,
-                        quota_tz=self.quota_tz,
                     )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
@@ -1447,7 +1448,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 intermediate=self.send_intermediate,
                 instance=instance,
                 one_per_message=one,
-                quota_tz=self.quota_tz,
             )
 
         return await self._held_tx(job, frozenset(rel.message_id for rel in releases))
@@ -1487,7 +1487,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now,
                 receipt_timeout_ms,
                 now if records_now is None else records_now,
-                quota_tz=self.quota_tz,
             )
 
         out = await run_tx(self.pool, job, durable=False)

@@ -387,7 +387,6 @@ class RulesStoreMixin:
     """The SqliteStore methods for rules and billing (self._runner is the store's runner)."""
 
     _runner: Any
-    quota_tz: str
 
     # -- signs -------------------------------------------------------------------------------------
 
@@ -440,7 +439,6 @@ class RulesStoreMixin:
                     (account_id, name),
                     "SIGN_REJECTED",
                     now,
-                    quota_tz=self.quota_tz,
                 )
             r = c.execute(
                 f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
@@ -468,7 +466,6 @@ class RulesStoreMixin:
                 (account_id, name),
                 "SIGN_DELETED",
                 now,
-                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job)
@@ -514,9 +511,7 @@ class RulesStoreMixin:
             if done and status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
-                end_queued(
-                    c, "template=?", (code,), "TEMPLATE_REJECTED", now, quota_tz=self.quota_tz
-                )
+                end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
 
@@ -535,9 +530,7 @@ class RulesStoreMixin:
             ).rowcount
             if not gone:
                 return None
-            return end_queued(
-                c, "template=?", (code,), "TEMPLATE_DELETED", now, quota_tz=self.quota_tz
-            )
+            return end_queued(c, "template=?", (code,), "TEMPLATE_DELETED", now)
 
         return await self._runner.write(job)
 
@@ -563,7 +556,6 @@ class RulesStoreMixin:
                     (account_id, *chunk),
                     "RECIPIENT_OPTED_OUT",
                     now,
-                    quota_tz=self.quota_tz,
                 )
             return added
 
@@ -640,7 +632,6 @@ class RulesStoreMixin:
                     tuple(chunk),
                     "RECIPIENT_BLOCKED",
                     info.imported_at,
-                    quota_tz=self.quota_tz,
                 )
             return ended
 
@@ -872,7 +863,6 @@ class RulesStoreMixin:
                 (account_id, number),
                 masked,
                 now,
-                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job)
@@ -904,7 +894,6 @@ class RulesStoreMixin:
                 "CANCELED",
                 now,
                 in_flight=False,
-                quota_tz=self.quota_tz,
             )
             return ended, found
 
@@ -914,7 +903,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 return None
-            _erase(c, "account_id=?", (account_id,), "+***", now, quota_tz=self.quota_tz)
+            _erase(c, "account_id=?", (account_id,), "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
             append_entries(c, account_id, entries)
@@ -954,12 +943,11 @@ def end_queued(
     now: int,
     *,
     in_flight: bool = True,
-    quota_tz: str,
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
     expired unsent with `error`, refunded like any message that ends unsent, their places in the
-    daily count (of `quota_tz`'s days) and frequency history given back: they never reached
-    anyone (lifecycle.never_reached).
+    daily count (of the store's quota_tz days) and frequency history given back: they never
+    reached anyone (lifecycle.never_reached).
 
     Those already handed to an SMSC (a submit unanswered, released to wait for its late answer;
     a part accepted before the message came back) are not ended here: ended and refunded now, a
@@ -992,7 +980,7 @@ def end_queued(
             "WHERE message_id=? AND state='queued'",
             [(now, error, mid) for mid in queued],
         )
-        pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
+        pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
     return len(queued)
 
 
@@ -1002,12 +990,10 @@ def _erase(
     args: tuple[Any, ...],
     masked: str,
     now: int,
-    *,
-    quota_tz: str,
 ) -> int:
     # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
     # next claim ends it instead of sending the blanked parts to the mask.
-    end_queued(c, where, args, "ERASED", now, quota_tz=quota_tz)
+    end_queued(c, where, args, "ERASED", now)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))
