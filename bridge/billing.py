@@ -292,10 +292,12 @@ def balance_view(pockets: Sequence[adm.Pocket], now: int, currency: str) -> dict
 
 async def account_balance(store: Any, account: Account, now: int, currency: str) -> dict[str, Any]:
     """GET /v1/balance, /admin/accounts/{ref}/balance and `bill balance`: the pockets as
-    balances, with the account's kind and low-balance threshold."""
+    balances, with the account's kind, low-balance threshold and whether (since when) the
+    current dip below it was warned of (null: not warned)."""
     view = balance_view(await store.get_pockets(account.id), now, currency)
     view["account_kind"] = account.kind
     view["low_balance_threshold_micro"] = account.low_balance_threshold
+    view["low_balance_warned_at"] = account.low_balance_warned_at
     return view
 
 

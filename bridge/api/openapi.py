@@ -392,6 +392,14 @@ def _account_props() -> dict[str, Any]:
             "description": "micro-units; a balance.low event fires once per dip: at the first "
             "charge or voucher expiry that leaves the available balance below it (0 = off)",
         },
+        "low_balance_warned_at": _nullable(
+            {
+                **_MS,
+                "description": "when the balance.low event of the current dip fired; null while "
+                "the balance is at or above low_balance_threshold (or none is set), and after "
+                "the threshold changed (a new threshold, a new dip to warn of). Read-only",
+            }
+        ),
         "report_format": {
             "type": "string",
             "enum": ["native", "aliyun"],

@@ -522,6 +522,13 @@ def rules_schemas() -> dict[str, Any]:
                     **_COUNT,
                     "description": "a balance.low event fires once per dip below it (0 = off)",
                 },
+                "low_balance_warned_at": _nullable(
+                    {
+                        **_MS,
+                        "description": "when the balance.low event of the current dip fired; "
+                        "null when the account is not warned (at or above the threshold)",
+                    }
+                ),
             }
         ),
         "LedgerEntry": _obj(

@@ -528,7 +528,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         try:
             await self.pool.execute(
                 f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)",
                 account.id,
                 account.name,
                 account.kind,
@@ -548,6 +548,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 column_value("senders", account.senders),
                 account.prev_webhook_secret_enc,
                 account.prev_webhook_secret_until,
+                account.low_balance_warned_at,
             )
         except asyncpg.UniqueViolationError as exc:
             raise StoreError(

@@ -205,7 +205,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             try:
                 c.execute(
                     f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         account.id,
                         account.name,
@@ -226,6 +226,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         column_value("senders", account.senders),
                         account.prev_webhook_secret_enc,
                         account.prev_webhook_secret_until,
+                        account.low_balance_warned_at,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
