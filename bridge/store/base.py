@@ -637,6 +637,15 @@ class Store(Protocol):
         entry's kind and ref (a payment retried after a lost answer). True when appended."""
         ...
 
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        """Record that `amount` of what a closed account is owed back was paid, under the
+        payout's `ref` (a `refund_paid` entry), in one transaction with its checks
+        (rules_rows.plan_refund_paid): the entries appended, or None for a retry of a payout
+        already recorded (the same ref and amount)."""
+        ...
+
     async def get_pockets(self, account_id: str) -> list[Pocket]: ...
     async def ledger_page(
         self, account_id: str, after_id: int = 0, limit: int = 100

@@ -45,6 +45,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
+    REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
     already_credited,
@@ -56,6 +57,7 @@ from bridge.store.rules_rows import (
     entry_row,
     number_prefixes,
     pg_marks,
+    plan_refund_paid,
     refuse_unless_open,
     sign_row,
     sign_values,
@@ -842,6 +844,29 @@ class RulesStoreMixin:
             await w.run(c)
             await rearm_low_balance(c, account_id, entries)
             return True
+
+        return await run_tx(self.pool, job)
+
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        """The account's row locked first (as _append_once), so two payouts of one refund read
+        each other's entry: together they never pay more than is owed."""
+
+        async def job(c: asyncpg.Connection) -> list[Entry] | None:
+            status = await c.fetchval(
+                "SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+            )
+            seen = await c.fetchrow(REFUND_SEEN.format("$1", "$2"), account_id, ref)
+            sums = {
+                r[0]: int(r[1]) for r in await c.fetch(LEDGER_KIND_SUMS.format("$1"), account_id)
+            }
+            entries = plan_refund_paid(account_id, status, seen, sums, amount, ref, now)
+            if entries:
+                w = Writes()
+                add_entries(w, [(account_id, e) for e in entries])
+                await w.run(c)
+            return entries
 
         return await run_tx(self.pool, job)
 

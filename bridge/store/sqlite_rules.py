@@ -39,6 +39,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
+    REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
     already_credited,
@@ -50,6 +51,7 @@ from bridge.store.rules_rows import (
     entry_row,
     ledger_row,
     number_prefixes,
+    plan_refund_paid,
     refuse_unless_open,
     sign_row,
     sign_values,
@@ -717,6 +719,22 @@ class RulesStoreMixin:
             append_entries(c, account_id, entries)
             rearm_low_balance(c, account_id, entries)
             return True
+
+        return await self._runner.write(job)
+
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        def job(c: sqlite3.Connection) -> list[Entry] | None:
+            row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
+            seen = c.execute(REFUND_SEEN.format("?", "?"), (account_id, ref)).fetchone()
+            sums = dict(c.execute(LEDGER_KIND_SUMS.format("?"), (account_id,)).fetchall())
+            entries = plan_refund_paid(
+                account_id, row[0] if row else None, seen, sums, amount, ref, now
+            )
+            if entries:
+                append_entries(c, account_id, entries)
+            return entries
 
         return await self._runner.write(job)
 
