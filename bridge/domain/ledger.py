@@ -410,8 +410,13 @@ def warns_low_balance(before: int, after: int, threshold: int, *, warned: bool) 
     warned, however low it went. A crossing always warns, whatever `warned` says: a balance at
     or above the threshold is itself proof the dip it was warned for is over (a credit that did
     not clear the mark, a refund, is then not needed for the next dip to warn).
+
+    Only a fall warns (`after < before`): what took nothing from the domestic balance (a charge
+    a stored-value card paid alone, an expired card written off: international money, never in
+    this balance) warned an account below its threshold and never warned, `previous` equal to
+    `available`, and set the mark, so the domestic charge that did lower it was then silent.
     """
-    if threshold <= 0 or after >= threshold:
+    if threshold <= 0 or after >= threshold or after >= before:
         return False
     return before >= threshold or not warned
 

@@ -16,6 +16,11 @@ real subprocess on a SQLite file).
    REFUND_NOT_OWED), as a `refund_paid` ledger entry of its own pocket ("refunded"); the account
    answers show owed, paid and outstanding, and `bill check` lists the refunds outstanding and
    fails on one paid beyond what was owed.
+3. "A charge paid by a stored-value card alone warns an account below its threshold that was
+   never warned" (session 36's open question): it did, with `previous_micro` equal to
+   `available_micro`, though the threshold watches the domestic balance (cash and vouchers) and
+   the card's money was never in it; the mark it set then silenced the domestic charge that did
+   lower that balance. Only a fall of the domestic balance warns now (ledger.warns_low_balance).
 """
 
 from __future__ import annotations
@@ -252,3 +257,32 @@ def test_the_cli_pays_a_refund_and_bill_check_follows_it(cfg: Path) -> None:
     ]
     trail = ok(cfg, "audit", "list")
     assert [e["action"] for e in trail].count("cli bill refund") == 5
+
+
+# -- 3. a charge a stored-value card paid alone -------------------------------------------------
+
+
+async def test_a_charge_a_card_paid_alone_does_not_warn_of_the_domestic_balance(
+    engine_api: ApiServer, clock: Clock
+) -> None:
+    """The threshold watches the domestic balance (cash and vouchers). An international send a
+    stored-value card paid in full moved none of it: an account below its threshold and never
+    warned was warned by it all the same, `previous_micro` equal to `available_micro` (the
+    first charge of session 36's rule, though it took nothing from that balance), and its next
+    domestic charge, the one that did lower it, was then silent."""
+    from tests.integration.test_session36_finance_review import HOOK, _warnings
+
+    clock.freeze(MARCH)
+    api = engine_api
+    creds = await funded(api, 300_000, low_balance_threshold=1_000_000, status_callback_url=HOOK)
+    acc = f"/admin/accounts/{creds.account.id}"
+    r = await api.admin("POST", f"{acc}/cards", json={"face_value_micro": 999_000_000})
+    assert r.status == 201, r.json
+    await send_ok(api, creds, "+12025550123")
+    rows = await api.store.ledger_page(creds.account.id, limit=100)
+    assert [e.kind for e in rows if e.kind.endswith(("spend", "charge"))] == ["card_spend"]
+    # Observed: [(300000, 300000)].
+    assert await _warnings(api, creds.account.id) == []
+    assert (await api.admin("GET", acc)).json["low_balance_warned_at"] is None
+    await send_ok(api, creds, number(1))  # domestic: cash, below the threshold
+    assert await _warnings(api, creds.account.id) == [(300_000, 255_000)]
