@@ -292,10 +292,12 @@ def balance_view(pockets: Sequence[adm.Pocket], now: int, currency: str) -> dict
 
 async def account_balance(store: Any, account: Account, now: int, currency: str) -> dict[str, Any]:
     """GET /v1/balance, /admin/accounts/{ref}/balance and `bill balance`: the pockets as
-    balances, with the account's kind and low-balance threshold."""
+    balances, with the account's kind, low-balance threshold and whether (since when) the
+    current dip below it was warned of (null: not warned)."""
     view = balance_view(await store.get_pockets(account.id), now, currency)
     view["account_kind"] = account.kind
     view["low_balance_threshold_micro"] = account.low_balance_threshold
+    view["low_balance_warned_at"] = account.low_balance_warned_at
     return view
 
 
@@ -325,6 +327,57 @@ def added_view(entries: Sequence[ledger.Entry]) -> list[dict[str, Any]]:
     ]
 
 
+async def refund_fields(store: Any, account_id: str) -> dict[str, Any]:
+    """What the account's customer is owed back (its `closed` entries), what an operator
+    recorded as paid back (`refund_paid`), and the difference still to pay: every account
+    answer of the admin API and the CLI shows them (zeros for an account never closed)."""
+    pos = ledger.refund_position(await store.ledger_kind_sums(account_id))
+    return {
+        "refund_owed_micro": pos.owed,
+        "refund_owed": format_micro(pos.owed),
+        "refund_paid_micro": pos.paid,
+        "refund_outstanding_micro": pos.outstanding,
+    }
+
+
+def refund_body(body: Any) -> tuple[int, str]:
+    """(amount, ref) of a refund payout (POST /admin/accounts/{ref}/refunds, `bill refund`):
+    the ref is required, as the payout's own reference, so a retry after a lost answer is
+    recognised and never recorded twice."""
+    if not isinstance(body, dict):
+        raise BillingError("the body must be a JSON object", code="INVALID_REQUEST")
+    unknown = sorted(set(body) - {"amount_micro", "ref"})
+    if unknown:
+        raise BillingError(f"{unknown[0]}: unknown field", code="UNKNOWN_FIELD")
+    ref = body.get("ref")
+    if ref is None:
+        raise BillingError("ref: required (the payout's reference)", code="MISSING_FIELD")
+    if not isinstance(ref, str) or not 0 < len(ref) <= 64:
+        raise BillingError("ref: a string of 1 to 64 characters", code="INVALID_FIELD")
+    amount = body.get("amount_micro")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_MONEY:
+        raise BillingError(
+            f"amount_micro: required integer, between 1 and {MAX_MONEY} micro-units",
+            code="INVALID_FIELD",
+        )
+    return amount, ref
+
+
+async def pay_refund(
+    store: Any, account: Account, body: Any, now: int, currency: str
+) -> tuple[dict[str, Any], bool]:
+    """A refund payout recorded (the admin API's and the CLI's): the answer, and whether
+    anything was recorded (False: the same payout again, `duplicate_ref`)."""
+    amount, ref = refund_body(body)
+    entries = await store.pay_refund(account.id, amount, ref, now)
+    view: dict[str, Any] = {"account": account.id, "currency": currency}
+    view.update(await refund_fields(store, account.id))
+    view["added"] = added_view(entries or [])
+    if entries is None:
+        view["duplicate_ref"] = ref
+    return view, entries is not None
+
+
 async def closed_view(
     store: Any, account: Account, written_off: Sequence[ledger.Entry], currency: str
 ) -> dict[str, Any]:
@@ -332,13 +385,10 @@ async def closed_view(
     the cash owed back to the customer (every `closed` entry to date: the close's and those of
     credits after it, a late refund or a settlement), what this close made void, and its
     entries. The operator pays `refund_owed_micro` back; the ledger export shows the same."""
-    sums = await store.ledger_kind_sums(account.id)
-    owed = -int(sums.get(str(ledger.EntryKind.CLOSED)) or 0)
     _owed_now, voided = adm.owed_at_close(written_off)
     view = public_account(account)
     view["currency"] = currency
-    view["refund_owed_micro"] = owed
-    view["refund_owed"] = format_micro(owed)
+    view.update(await refund_fields(store, account.id))
     view["voided_micro"] = voided
     view["written_off"] = added_view(written_off)
     return view

@@ -394,8 +394,11 @@ def cmd_account(args: argparse.Namespace) -> int:
             elif args.action == "list":
                 _print([public_account(a) for a in await svc.store.list_accounts()])
             elif args.action == "show":
+                from bridge import billing
+
                 account = await svc.resolve(args.ref)
                 data = public_account(account)
+                data.update(await billing.refund_fields(svc.store, account.id))
                 data["keys"] = [public_key(k) for k in await svc.store.list_keys(account.id)]
                 _print(data)
             elif args.action == "update":

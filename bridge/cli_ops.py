@@ -255,14 +255,26 @@ async def _bill_show(ops: Ops, ref: str, month: str) -> dict[str, Any]:
 
 
 async def _check(ops: Ops, ref: str | None) -> int:
-    """Each pocket's running sum (what sends are checked against) against the ledger's own sum."""
+    """Each pocket's running sum (what sends are checked against) against the ledger's own sum;
+    the money closed accounts hold (none may); the refunds owed back and not yet recorded as
+    paid (listed, not a failure: the operator's to pay), and any recorded as paid beyond what
+    was owed (a failure: money the books cannot account for)."""
     from bridge.domain import admission as adm
+    from bridge.domain import ledger
 
     accounts = [await ops.account(ref)] if ref else await ops.store.list_accounts()
     differences = []
     closed_holding = []
+    refunds_outstanding = []
+    refunds_overpaid = []
     pockets_checked = 0
     for account in accounts:
+        refund = ledger.refund_position(await ops.store.ledger_kind_sums(account.id))
+        owed = {"account": account.id, "owed_micro": refund.owed, "paid_micro": refund.paid}
+        if refund.outstanding > 0:
+            refunds_outstanding.append({**owed, "outstanding_micro": refund.outstanding})
+        elif refund.outstanding < 0:
+            refunds_overpaid.append({**owed, "overpaid_micro": -refund.outstanding})
         sums = await ops.store.ledger_sums(account.id)
         pockets = await ops.store.get_pockets(account.id)
         kept = {p.pocket: p.amount for p in pockets}
@@ -289,9 +301,11 @@ async def _check(ops: Ops, ref: str | None) -> int:
         {
             "accounts": len(accounts),
             "pockets": pockets_checked,
-            "ok": not differences and not closed_holding,
+            "ok": not differences and not closed_holding and not refunds_overpaid,
             "differences": differences,
             "closed_holding": closed_holding,
+            "refunds_outstanding": refunds_outstanding,
+            "refunds_overpaid": refunds_overpaid,
         }
     )
     if differences:
@@ -303,7 +317,12 @@ async def _check(ops: Ops, ref: str | None) -> int:
             f"smpp-bridge: {len(closed_holding)} pocket(s) of closed accounts hold money",
             file=sys.stderr,
         )
-    return 1 if differences or closed_holding else 0
+    if refunds_overpaid:
+        print(
+            f"smpp-bridge: {len(refunds_overpaid)} account(s) paid back more than they were owed",
+            file=sys.stderr,
+        )
+    return 1 if differences or closed_holding or refunds_overpaid else 0
 
 
 def cmd_bill(args: argparse.Namespace) -> int:
@@ -327,6 +346,17 @@ def cmd_bill(args: argparse.Namespace) -> int:
             if args.ref is not None:
                 body["ref"] = args.ref
             return await _money(ops, args.account, "card", body)
+        if action == "refund":
+            body = {"amount_micro": parse_amount(args.amount), "ref": args.ref}
+            view, _added = await billing.pay_refund(
+                ops.store,
+                await ops.account(args.account),
+                body,
+                ops.now,
+                ops.config.billing.currency,
+            )
+            _print(view)  # a retry: duplicate_ref, exit 0 (the payout is recorded once)
+            return 0
         if action == "balance":
             _print(await _balance(ops, await ops.account(args.account)))
             return 0
@@ -566,6 +596,17 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     bc.add_argument("account")
     bc.add_argument("face_value", choices=CARD_CHOICES)
     bc.add_argument("--ref", help="the sale's payment reference (1-64 characters): sold once")
+    br = with_config(
+        b.add_parser("refund", help="record a closed account's refund as paid back (AMOUNT)")
+    )
+    br.add_argument("account")
+    br.add_argument("amount", help="in currency units; at most what is still owed back")
+    br.add_argument(
+        "--ref",
+        required=True,
+        help="the payout's reference (1-64 characters): recorded once; again with the same "
+        "amount is a duplicate, with another refused (PAYMENT_REF_REUSED)",
+    )
     with_config(b.add_parser("balance")).add_argument("account")
     bs = with_config(b.add_parser("settle", help="settle a month (idempotent)"))
     bs.add_argument("--month", required=True, metavar="YYYY-MM")

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge import billing
 from bridge.accounts import AccountError, public_account, public_key
 from bridge.api.bodies import read_admin_body
 from bridge.api.context import OPERATOR, query_of
@@ -106,6 +107,7 @@ async def show_account(request: web.Request) -> web.Response:
         raise _account_error(exc) from None
     keys = await ctx.store.list_keys(account.id)
     data = public_account(account)
+    data.update(await billing.refund_fields(ctx.store, account.id))
     data["keys"] = [public_key(k) for k in keys]
     return json_response(data)
 

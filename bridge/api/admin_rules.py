@@ -341,6 +341,21 @@ async def settle(request: web.Request) -> web.Response:
     return json_response({"month": month, "results": results})
 
 
+async def refund(request: web.Request) -> web.Response:
+    """A closed account's refund paid back (part or all of what is still owed), under the
+    payout's ref: 201 recorded, 200 the same payout again (`duplicate_ref`)."""
+    ctx = ctx_of(request)
+    account = await _account(request)
+    body = await _json(request)
+    try:
+        view, added = await billing.pay_refund(
+            ctx.store, account, body, ctx.now_ms(), ctx.config.billing.currency
+        )
+    except (BillingError, StoreError) as exc:
+        raise ApiError(exc.code, exc.message) from None
+    return json_response(view, status=201 if added else 200)
+
+
 async def close_account(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = await _account(request)
@@ -373,6 +388,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/accounts/{ref}/bills/{month}", account_bill)
     r.add_post("/admin/bills/settle", settle)
     r.add_post("/admin/accounts/{ref}/close", close_account)
+    r.add_post("/admin/accounts/{ref}/refunds", refund)
 
 
 __all__ = ["add_routes", "new_id"]

@@ -65,6 +65,10 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "PAYMENT_REF_REUSED": "A top-up, voucher or card sale names a ref the account already has "
     "with another amount (or kind): nothing was credited; another payment needs a ref of its "
     "own (the same amount again is a retry, answered 200 with duplicate_ref).",
+    "ACCOUNT_NOT_CLOSED": "A refund payout for an account that is not closed: only a closed "
+    "account's cash is owed back; nothing was recorded.",
+    "REFUND_NOT_OWED": "A refund payout of more than the closed account is still owed back "
+    "(the message names owed, paid and outstanding); nothing was recorded.",
     "TOO_MANY_KEYS": "The account already has two active app keys; revoke one first.",
     "KEY_ALREADY_REVOKED": "The app key was already revoked.",
     "BODY_TOO_LARGE": "The body is over server.max_body_bytes (default 1 MiB).",
@@ -392,6 +396,14 @@ def _account_props() -> dict[str, Any]:
             "description": "micro-units; a balance.low event fires once per dip: at the first "
             "charge or voucher expiry that leaves the available balance below it (0 = off)",
         },
+        "low_balance_warned_at": _nullable(
+            {
+                **_MS,
+                "description": "when the balance.low event of the current dip fired; null while "
+                "the balance is at or above low_balance_threshold (or none is set), and after "
+                "the threshold changed (a new threshold, a new dip to warn of). Read-only",
+            }
+        ),
         "report_format": {
             "type": "string",
             "enum": ["native", "aliyun"],
@@ -410,6 +422,30 @@ def _account_props() -> dict[str, Any]:
             "account with a list sends only from it; one without may use any address nobody "
             "holds, unless rules.sender_policy is assigned. The Alibaba-compatible API sends "
             "from the one extension range's number plus SmsUpExtendCode.",
+        },
+    }
+
+
+def _refund_props() -> dict[str, Any]:
+    """billing.refund_fields: a closed account's cash owed back, and its payout (zeros for an
+    account never closed)."""
+    micro = {"type": "integer", "minimum": 0, "description": "micro-units of the currency"}
+    return {
+        "refund_owed_micro": {
+            **micro,
+            "description": "cash owed back to the customer: what the account held at its "
+            "close, and any credit it got after (a late refund, a settlement), each a `closed` "
+            "ledger entry",
+        },
+        "refund_owed": {"type": "string", "description": "the same in currency units"},
+        "refund_paid_micro": {
+            **micro,
+            "description": "of it, what an operator recorded as paid back "
+            "(POST /admin/accounts/{ref}/refunds: `refund_paid` ledger entries)",
+        },
+        "refund_outstanding_micro": {
+            "type": "integer",
+            "description": "owed less paid: still to pay back (never below 0 through the API)",
         },
     }
 
@@ -556,7 +592,13 @@ def _schemas() -> dict[str, Any]:
         **_error_schemas(),
         "Account": _obj(account),
         "OwnAccount": _obj({**account, "app_key": _STR}),
-        "AccountDetail": _obj({**account, "keys": {"type": "array", "items": _schema("AppKey")}}),
+        "AccountDetail": _obj(
+            {
+                **account,
+                **_refund_props(),
+                "keys": {"type": "array", "items": _schema("AppKey")},
+            }
+        ),
         "AccountList": _obj({"accounts": {"type": "array", "items": _schema("Account")}}),
         "AccountCreate": _obj(
             {
@@ -1015,7 +1057,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [ref],
             "get": _admin_op(
                 "showAccount",
-                "One account with its keys",
+                "One account with its keys, and what it is owed back once closed",
                 {"200": _ok("AccountDetail", "the account"), **_errors(404)},
             ),
             "patch": _admin_op(

@@ -24,6 +24,7 @@ from bridge.api.openapi import (
     _ok,
     _path_param,
     _query,
+    _refund_props,
     _schema,
     _v1_op,
 )
@@ -522,6 +523,13 @@ def rules_schemas() -> dict[str, Any]:
                     **_COUNT,
                     "description": "a balance.low event fires once per dip below it (0 = off)",
                 },
+                "low_balance_warned_at": _nullable(
+                    {
+                        **_MS,
+                        "description": "when the balance.low event of the current dip fired; "
+                        "null when the account is not warned (at or above the threshold)",
+                    }
+                ),
             }
         ),
         "LedgerEntry": _obj(
@@ -652,18 +660,55 @@ def rules_schemas() -> dict[str, Any]:
             },
             required=[*balance, "added"],
         ),
+        "RefundPayment": _obj(
+            {
+                "amount_micro": {
+                    **_MICRO,
+                    "minimum": 1,
+                    "description": "paid back: all or part of what is still owed, never more "
+                    "(409 REFUND_NOT_OWED)",
+                },
+                "ref": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "description": "the payout's reference: recorded once (again with the same "
+                    "amount: 200 duplicate_ref; with another, or naming money in: 409 "
+                    "PAYMENT_REF_REUSED)",
+                },
+            }
+        ),
+        "RefundPaid": _obj(
+            {
+                "account": _STR,
+                "currency": _STR,
+                **_refund_props(),
+                "added": {
+                    "type": "array",
+                    "description": "the ledger entry recorded (empty on a duplicate_ref)",
+                    "items": _obj(
+                        {
+                            "kind": {"type": "string", "enum": ["refund_paid"]},
+                            "amount_micro": {**_MICRO, "minimum": 1},
+                            "pocket": {"type": "string", "enum": ["refunded"]},
+                            "ref": _STR,
+                            "expires_at": _nullable(_MS),
+                        }
+                    ),
+                },
+                "duplicate_ref": {
+                    "type": "string",
+                    "description": "this payout was recorded before, the same amount: nothing "
+                    "recorded",
+                },
+            },
+            required=["account", "currency", *_refund_props(), "added"],
+        ),
         "ClosedAccount": _obj(
             {
                 **_account_props(),
                 "currency": _STR,
-                "refund_owed_micro": {
-                    **_MICRO,
-                    "minimum": 0,
-                    "description": "cash owed back to the customer: what the account held at "
-                    "its close, and any credit it got after (a late refund, a settlement), each "
-                    "a `closed` ledger entry",
-                },
-                "refund_owed": {"type": "string", "description": "the same in currency units"},
+                **_refund_props(),
                 "voided_micro": {
                     **_MICRO,
                     "minimum": 0,
@@ -1106,6 +1151,20 @@ def rules_paths() -> dict[str, Any]:
                     "200": _ok("ClosedAccount", "the closed account and the money it held"),
                     **_errors(404),
                 },
+            ),
+        },
+        "/admin/accounts/{ref}/refunds": {
+            "parameters": [ref],
+            "post": _admin_op(
+                "payRefund",
+                "Record a closed account's refund as paid back (all or part of what is still "
+                "owed), under the payout's ref: a `refund_paid` ledger entry",
+                {
+                    "201": _ok("RefundPaid", "recorded"),
+                    "200": _ok("RefundPaid", "this payout was recorded before: nothing added"),
+                    **_errors(400, 404, 409, 415),
+                },
+                requestBody=_json_body("RefundPayment"),
             ),
         },
     }

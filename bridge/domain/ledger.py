@@ -6,8 +6,9 @@ read the entries the plan was made from (that is what makes concurrent sends una
 
 Conventions (the lead documents these):
 - `amount` is signed micro-units: + adds to the entry's pocket, - takes from it.
-- Pockets: "cash", "voucher:<id>", "card:<id>", and "invoice" (a postpaid receivable: a record of
-  what is owed, never spendable, ignored by `balances`).
+- Pockets: "cash", "voucher:<id>", "card:<id>", "invoice" (a postpaid receivable: a record of
+  what is owed, never spendable, ignored by `balances`) and "refunded" (a record of the cash paid
+  back to the customer of a closed account, `refund_paid`; never spendable, ignored alike).
 - A voucher or card is valid while `now < expires_at`; at exactly `expires_at` it is expired and its
   remainder is void. A voucher granted with `expires_at=None` never expires; a card always expires.
 - `now` decides expiry only: every entry counts whatever its `at`, so an entry written by a process
@@ -32,6 +33,7 @@ __all__ = [
     "PAYMENT_REF_REUSED",
     "POCKET_CASH",
     "POCKET_INVOICE",
+    "POCKET_REFUNDED",
     "Balances",
     "Entry",
     "EntryKind",
@@ -46,6 +48,8 @@ __all__ = [
     "plan_charge",
     "plan_refund",
     "ref_conflict",
+    "refund_payment",
+    "refund_position",
     "topup",
     "voucher_pocket",
     "warns_low_balance",
@@ -53,6 +57,7 @@ __all__ = [
 
 POCKET_CASH = "cash"
 POCKET_INVOICE = "invoice"
+POCKET_REFUNDED = "refunded"
 _VOUCHER = "voucher:"
 _CARD = "card:"
 CARD_FACE_VALUES = (999_000_000, 1_999_000_000, 4_999_000_000)  # 999 / 1999 / 4999 CNY
@@ -80,6 +85,9 @@ class EntryKind(StrEnum):
     CLOSED = "closed"
     VOUCHER_VOID = "voucher_void"
     CARD_VOID = "card_void"
+    # The operator paid back (part of) what `closed` entries owe the customer: a record in the
+    # "refunded" pocket, so what is still owed is the `closed` sum less these.
+    REFUND_PAID = "refund_paid"
 
 
 # kind -> (pocket family, sign): +1 credit (amount >= 0), -1 debit (amount <= 0), 0 either.
@@ -100,6 +108,7 @@ _RULES: dict[EntryKind, tuple[str, int]] = {
     EntryKind.CLOSED: ("cash", -1),
     EntryKind.VOUCHER_VOID: ("voucher", -1),
     EntryKind.CARD_VOID: ("card", -1),
+    EntryKind.REFUND_PAID: ("refunded", 1),
 }
 _SPENDS = {EntryKind.CHARGE, EntryKind.VOUCHER_SPEND, EntryKind.CARD_SPEND}
 _REFUNDS = {EntryKind.REFUND, EntryKind.VOUCHER_REFUND, EntryKind.CARD_REFUND}
@@ -152,7 +161,7 @@ def _is_int(v: object) -> bool:
 
 
 def _family(pocket: str) -> str:
-    if pocket in (POCKET_CASH, POCKET_INVOICE):
+    if pocket in (POCKET_CASH, POCKET_INVOICE, POCKET_REFUNDED):
         return pocket
     for prefix, fam in ((_VOUCHER, "voucher"), (_CARD, "card")):
         if pocket.startswith(prefix) and len(pocket) > len(prefix):
@@ -241,7 +250,7 @@ def balances(entries: Iterable[Entry], now: int) -> Balances:
         if family == POCKET_CASH:
             cash += e.amount
             continue
-        if family == POCKET_INVOICE:
+        if family in (POCKET_INVOICE, POCKET_REFUNDED):
             continue
         if e.kind in _GRANTS:
             if e.pocket in expiry:
@@ -401,8 +410,13 @@ def warns_low_balance(before: int, after: int, threshold: int, *, warned: bool) 
     warned, however low it went. A crossing always warns, whatever `warned` says: a balance at
     or above the threshold is itself proof the dip it was warned for is over (a credit that did
     not clear the mark, a refund, is then not needed for the next dip to warn).
+
+    Only a fall warns (`after < before`): what took nothing from the domestic balance (a charge
+    a stored-value card paid alone, an expired card written off: international money, never in
+    this balance) warned an account below its threshold and never warned, `previous` equal to
+    `available`, and set the mark, so the domestic charge that did lower it was then silent.
     """
-    if threshold <= 0 or after >= threshold:
+    if threshold <= 0 or after >= threshold or after >= before:
         return False
     return before >= threshold or not warned
 
@@ -425,6 +439,47 @@ def ref_conflict(credited_kind: str, credited_amount: int, entry: Entry) -> str 
         f"{format_micro(entry.amount)} ({entry.amount} micro-units): another payment needs a "
         "ref of its own (a retry repeats the same amount); nothing was credited"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RefundPosition:
+    """What a closed account's customer is owed back: `owed`, the cash its `closed` entries
+    wrote off (the close's and any credit's after it), and `paid`, the refunds an operator
+    recorded as paid (`refund_paid`)."""
+
+    owed: int
+    paid: int
+
+    @property
+    def outstanding(self) -> int:
+        return self.owed - self.paid
+
+
+def refund_position(kind_sums: Mapping[str, int]) -> RefundPosition:
+    """From an account's ledger sums by kind (Store.ledger_kind_sums)."""
+    owed = -int(kind_sums.get(EntryKind.CLOSED.value) or 0)
+    return RefundPosition(owed, int(kind_sums.get(EntryKind.REFUND_PAID.value) or 0))
+
+
+REFUND_NOT_OWED = "REFUND_NOT_OWED"
+
+
+def refund_payment(amount: int, position: RefundPosition, now: int, ref: str) -> list[Entry]:
+    """The entry recording that `amount` of what a closed account is owed was paid back,
+    under the payout's `ref`. Part of it may be paid (instalments, or a bank's fee the customer
+    agreed to), never more than is still outstanding: an overpayment is money the books could
+    not account for. Refused with REFUND_NOT_OWED, naming what is still owed."""
+    if not _is_int(amount) or amount <= 0:
+        raise ValueError(f"amount: must be a positive integer of micro-units, got {amount!r}")
+    if amount > position.outstanding:
+        raise BillingError(
+            f"amount_micro: {amount} ({format_micro(amount)}) is more than the "
+            f"{position.outstanding} micro-units ({format_micro(position.outstanding)}) still "
+            f"owed back to this account (owed {position.owed}, paid {position.paid}); "
+            "nothing was recorded",
+            code=REFUND_NOT_OWED,
+        )
+    return [Entry(EntryKind.REFUND_PAID, amount, POCKET_REFUNDED, now, ref)]
 
 
 def topup(amount: int, now: int, ref: str | None = None) -> list[Entry]:

@@ -13,7 +13,7 @@ ACCOUNT_COLS = (
     "id, name, kind, raw_text, marketing, default_country, tps, daily_quota, "
     "status_callback_url, mo_callback_url, webhook_secret_enc, status, created_at, updated_at, "
     "low_balance_threshold, report_format, senders, prev_webhook_secret_enc, "
-    "prev_webhook_secret_until"
+    "prev_webhook_secret_until, low_warned_at"
 )
 KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
 
@@ -40,6 +40,7 @@ def account_row(row: Sequence[Any]) -> Account:
         senders=senders_of(row[16]),
         prev_webhook_secret_enc=None if row[17] is None else bytes(row[17]),
         prev_webhook_secret_until=row[18],
+        low_balance_warned_at=row[19],
     )
 
 

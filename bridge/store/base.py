@@ -191,6 +191,8 @@ class WriteLockStats(NamedTuple):
 
 class Store(Protocol):
     # rules.timezone: the days of the daily quota (lifecycle.never_reached gives places back).
+    # Set by configure_store at opening and at each reload; the engines' roll-ups read it from
+    # their connection, so no store function takes it as a parameter.
     quota_tz: str
 
     async def open(self) -> None: ...
@@ -649,6 +651,15 @@ class Store(Protocol):
     ) -> bool:
         """Append; with `once`, nothing when the account already has an entry of the first
         entry's kind and ref (a payment retried after a lost answer). True when appended."""
+        ...
+
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        """Record that `amount` of what a closed account is owed back was paid, under the
+        payout's `ref` (a `refund_paid` entry), in one transaction with its checks
+        (rules_rows.plan_refund_paid): the entries appended, or None for a retry of a payout
+        already recorded (the same ref and amount)."""
         ...
 
     async def get_pockets(self, account_id: str) -> list[Pocket]: ...

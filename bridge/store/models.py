@@ -41,6 +41,10 @@ class Account:
     # prev_webhook_secret_until (unix ms): receivers are updated without a gap.
     prev_webhook_secret_enc: bytes | None = field(default=None, repr=False)
     prev_webhook_secret_until: int | None = None
+    # accounts.low_warned_at: when the balance.low warning of the current dip fired (unix ms),
+    # None while the balance is at or above the threshold (or none is set). The store keeps it;
+    # it is shown, never changed through an account update.
+    low_balance_warned_at: int | None = None
 
     @property
     def active(self) -> bool:

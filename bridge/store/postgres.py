@@ -443,7 +443,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # receipt (the daemon's smpp_bridge_receipts_inferred metric).
         self.on_inferred: Callable[[dict[str, int]], None] | None = None
         # rules.timezone: the days of the daily quota, which a message that never reached anyone
-        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        # gives its place back to (lifecycle.never_reached); configure_store sets it at opening
+        # and at each reload. The roll-up asks it of its pool connection (StoreConnection), so
+        # no caller has to pass it along.
         self.quota_tz = "Asia/Shanghai"
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -462,7 +464,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await self._measure_offset(conn)
         finally:
             await conn.close()
-        self._pool = await create_pool(self.dsn, min_size=self._min, max_size=self._max)
+        self._pool = await create_pool(
+            self.dsn, min_size=self._min, max_size=self._max, quota_zone=lambda: self.quota_tz
+        )
 
     @property
     def clock_offset_ms(self) -> int:
@@ -526,7 +530,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         try:
             await self.pool.execute(
                 f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)",
                 account.id,
                 account.name,
                 account.kind,
@@ -546,6 +550,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 column_value("senders", account.senders),
                 account.prev_webhook_secret_enc,
                 account.prev_webhook_secret_until,
+                account.low_balance_warned_at,
             )
         except asyncpg.UniqueViolationError as exc:
             raise StoreError(
@@ -607,7 +612,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     (account_id,),
                     ACCOUNT_DISABLED_ERROR,
                     now,
-                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
@@ -617,7 +621,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                         (account_id,),
                         error,
                         now,
-                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
@@ -633,7 +636,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                         (refused,),
                         "SENDER_NOT_ALLOWED",
                         now,
-                        quota_tz=self.quota_tz,
                     )
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
@@ -1474,7 +1476,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 intermediate=self.send_intermediate,
                 instance=instance,
                 one_per_message=one,
-                quota_tz=self.quota_tz,
                 inferred=counts,
             )
 
@@ -1544,7 +1545,6 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now,
                 receipt_timeout_ms,
                 now if records_now is None else records_now,
-                quota_tz=self.quota_tz,
             )
 
         out = await run_tx(self.pool, job, durable=False)

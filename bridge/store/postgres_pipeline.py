@@ -375,13 +375,12 @@ async def rollup_messages(
     locked: dict[str, tuple[Any, ...]] | None = None,
     *,
     intermediate: bool = False,
-    quota_tz: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
     with `intermediate`, a 'sent' report for each that just became sent); returns how many
-    status webhooks were queued. `quota_tz`, given by the callers that end messages unsent:
-    those that never reached anyone give back their daily count (give_back_places). The rows
+    status webhooks were queued. Those that ended unsent and never reached anyone give back
+    their daily count (give_back_places). The rows
     must be locked by this transaction (`locked`, else they are locked here) so the parts read
     below include every other transaction's committed change."""
     if not touched:
@@ -452,17 +451,29 @@ async def rollup_messages(
         )
     if billed:
         await postgres_rules.refund_finals(c, billed, now)
-    if unsent and quota_tz is not None:
-        await give_back_places(c, unsent, quota_tz)
+    if unsent:
+        await give_back_places(c, unsent)
     queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += await enqueue_sent_webhooks(c, sent, now)
     return queued
 
 
-async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -> None:
-    """The SQLite engine's give_back_places: the daily count of the messages of `ids` that
-    never reached anyone (lifecycle.never_reached), in the transaction that ends them; the
+def quota_tz(c: asyncpg.Connection) -> str:
+    """The zone of the daily quota's days of the store whose pool `c` comes from
+    (postgres_tx.StoreConnection): asked of the connection, not passed down by every caller
+    that may end messages (one that forgot it gave nothing back). A connection from elsewhere
+    fails here, not silently."""
+    zone = getattr(c, "quota_zone", None)
+    if zone is None:
+        raise RuntimeError("a roll-up on a connection that is not from a store's pool")
+    return str(zone())
+
+
+async def give_back_places(c: asyncpg.Connection, ids: Sequence[str]) -> None:
+    """The SQLite engine's give_back_places: the daily count (in the store's quota_tz days) of
+    the messages of `ids` that never reached anyone (lifecycle.never_reached), in the
+    transaction that ends them; the
     frequency history's read skips them (lifecycle.STILL_COUNTS_SQL). Called after the
     refunds: an accept's write statement takes pockets, then daily_counts (PostgreSQL runs its
     data-modifying CTEs last to first), and so does an ender; the daily_counts rows are locked
@@ -473,7 +484,7 @@ async def give_back_places(c: asyncpg.Connection, ids: Sequence[str], tz: str) -
         list(ids),
     )
     ended = [(r[0], r[1]) for r in rows if lc.never_reached(r[2], r[3], r[4])]
-    back = sorted(adm.quota_returns(ended, tz).items())
+    back = sorted(adm.quota_returns(ended, quota_tz(c)).items())
     if not back:
         return
     args = ([a for (a, _d), _n in back], [d for (_a, d), _n in back], [n for _k, n in back])
@@ -550,7 +561,6 @@ async def record_submits(
     intermediate: bool = False,
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
-    quota_tz: str | None = None,
     inferred: dict[str, int] | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
@@ -689,9 +699,7 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    return await rollup_messages(
-        c, touched, now, locked, intermediate=intermediate, quota_tz=quota_tz
-    )
+    return await rollup_messages(c, touched, now, locked, intermediate=intermediate)
 
 
 async def record_late_submits(
@@ -1108,7 +1116,6 @@ async def sweep(
     now: int,
     receipt_timeout_ms: int,
     records_now: int,
-    quota_tz: str | None = None,
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
@@ -1135,7 +1142,7 @@ async def sweep(
         )
         # Parts sent before a release keep the message 'sent', yet nothing is left to send:
         # release_done takes it out of the queue.
-        await rollup_messages(c, dict.fromkeys(expired, True), now, quota_tz=quota_tz)
+        await rollup_messages(c, dict.fromkeys(expired, True), now)
     timed_out = [
         r[0]
         for r in await c.fetch(

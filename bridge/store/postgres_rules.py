@@ -46,6 +46,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
+    REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
     already_credited,
@@ -57,6 +58,7 @@ from bridge.store.rules_rows import (
     entry_row,
     number_prefixes,
     pg_marks,
+    plan_refund_paid,
     refuse_unless_open,
     sign_row,
     sign_values,
@@ -447,8 +449,6 @@ class RulesStoreMixin:
     def pool(self) -> asyncpg.Pool:  # provided by PostgresStore
         raise NotImplementedError
 
-    quota_tz: str  # PostgresStore's: the daily quota's days
-
     # -- signs -------------------------------------------------------------------------------------
 
     async def add_sign(self, sign: Sign) -> None:
@@ -502,7 +502,6 @@ class RulesStoreMixin:
                     (account_id, name),
                     "SIGN_REJECTED",
                     now,
-                    quota_tz=self.quota_tz,
                 )
             return sign_row(r) if r else None
 
@@ -528,7 +527,6 @@ class RulesStoreMixin:
                 (account_id, name),
                 "SIGN_DELETED",
                 now,
-                quota_tz=self.quota_tz,
             )
 
         return await run_tx(self.pool, job)
@@ -578,9 +576,7 @@ class RulesStoreMixin:
             if r is None:  # unknown, or corrected since the reviewer read it: as it is now
                 r = await c.fetchrow(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code = $1", code)
             elif status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await end_queued_where(
-                    c, "template = $1", (code,), "TEMPLATE_REJECTED", now, quota_tz=self.quota_tz
-                )
+                await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
             return template_row(r) if r else None
 
         return await run_tx(self.pool, job)
@@ -599,9 +595,7 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_queued_where(
-                c, "template = $1", (code,), "TEMPLATE_DELETED", now, quota_tz=self.quota_tz
-            )
+            return await end_queued_where(c, "template = $1", (code,), "TEMPLATE_DELETED", now)
 
         return await run_tx(self.pool, job)
 
@@ -636,9 +630,7 @@ class RulesStoreMixin:
                 now,
             )
             # What the account queued or scheduled to them earlier is not sent either.
-            await _end_queued(
-                c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now, quota_tz=self.quota_tz
-            )
+            await _end_queued(c, account_id, list(numbers), "RECIPIENT_OPTED_OUT", now)
             return sum(1 for r in rows if r[0])
 
         return await run_tx(self.pool, job)
@@ -754,7 +746,6 @@ class RulesStoreMixin:
                     (blocked[i : i + _DNC_CHUNK],),
                     "RECIPIENT_BLOCKED",
                     info.imported_at,
-                    quota_tz=self.quota_tz,
                 )
             return ended
 
@@ -854,6 +845,29 @@ class RulesStoreMixin:
             await w.run(c)
             await rearm_low_balance(c, account_id, entries)
             return True
+
+        return await run_tx(self.pool, job)
+
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        """The account's row locked first (as _append_once), so two payouts of one refund read
+        each other's entry: together they never pay more than is owed."""
+
+        async def job(c: asyncpg.Connection) -> list[Entry] | None:
+            status = await c.fetchval(
+                "SELECT status FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+            )
+            seen = await c.fetchrow(REFUND_SEEN.format("$1", "$2"), account_id, ref)
+            sums = {
+                r[0]: int(r[1]) for r in await c.fetch(LEDGER_KIND_SUMS.format("$1"), account_id)
+            }
+            entries = plan_refund_paid(account_id, status, seen, sums, amount, ref, now)
+            if entries:
+                w = Writes()
+                add_entries(w, [(account_id, e) for e in entries])
+                await w.run(c)
+            return entries
 
         return await run_tx(self.pool, job)
 
@@ -978,7 +992,7 @@ class RulesStoreMixin:
         async def job(c: asyncpg.Connection) -> int:
             # First, while the messages still name the number: whose replies the parts may be.
             await _drop_waiting_mo(c, account_id, number, sources)
-            n = await _erase(c, account_id, number, masked, now, quota_tz=self.quota_tz)
+            n = await _erase(c, account_id, number, masked, now)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
             await c.execute(
@@ -1034,7 +1048,6 @@ class RulesStoreMixin:
                 "CANCELED",
                 now,
                 in_flight=False,
-                quota_tz=self.quota_tz,
             )
             return ended, int(found)
 
@@ -1048,7 +1061,7 @@ class RulesStoreMixin:
             )
             if found is None:
                 return None
-            await _erase(c, account_id, None, "+***", now, quota_tz=self.quota_tz)
+            await _erase(c, account_id, None, "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
             await append_entries(c, account_id, entries)
@@ -1077,13 +1090,11 @@ async def _end_queued(
     numbers: list[str],
     error: str,
     now: int,
-    *,
-    quota_tz: str,
 ) -> None:
     """End this account's messages to `numbers` that still wait in the queue (scheduled ones
     included) as expired unsent with `error`, refunded like any message that ends unsent."""
     where = "account_id = $1 AND recipient = ANY($2::text[])"
-    await end_queued_where(c, where, (account_id, numbers), error, now, quota_tz=quota_tz)
+    await end_queued_where(c, where, (account_id, numbers), error, now)
 
 
 async def lock_account(c: asyncpg.Connection, account_id: str) -> str | None:
@@ -1104,10 +1115,9 @@ async def end_queued_where(
     now: int,
     *,
     in_flight: bool = True,
-    quota_tz: str,
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as
-    sqlite_rules.end_queued says (their places given back in `quota_tz`'s days), those on a
+    sqlite_rules.end_queued says (their places given back in the store's quota days), those on a
     bind included with `in_flight`. The rows are locked in id order (the pipeline's order).
 
     Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
@@ -1135,7 +1145,7 @@ async def end_queued_where(
             now,
             error,
         )
-        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
     return len(queued)
 
 
@@ -1162,8 +1172,6 @@ async def _erase(
     number: str | None,
     masked: str,
     now: int,
-    *,
-    quota_tz: str,
 ) -> int:
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
@@ -1202,7 +1210,7 @@ async def _erase(
             lc.SEG_EXPIRED_UNSENT,
             now,
         )
-        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
     m = len(args) + 1
     # The locked rows only: a message accepted meanwhile is not half-erased (text kept, parts
     # blanked); the next erasure gets it.

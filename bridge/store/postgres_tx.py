@@ -95,12 +95,29 @@ def _quiet_pool_floor() -> None:
         pool_log.addFilter(_PoolFloorFilter())
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+class StoreConnection(asyncpg.Connection):
+    """A connection of a store's pool: it knows that store's zone of the daily quota's days
+    (`quota_zone`, PostgresStore.quota_tz as configure_store last set it), which the roll-up
+    asks of it (postgres_pipeline.quota_tz) rather than of every caller that may end messages
+    unsent. No __slots__, so the pool's init can attach it."""
+
+    quota_zone: Callable[[], str]
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, quota_zone: Callable[[], str]
+) -> asyncpg.Pool:
     _quiet_pool_floor()
+
+    async def init(conn: asyncpg.Connection) -> None:
+        conn.quota_zone = quota_zone  # type: ignore[attr-defined]  # a StoreConnection
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        connection_class=StoreConnection,
+        init=init,
         reset=_no_reset,
         command_timeout=60,
         server_settings=session_settings("smpp-bridge"),

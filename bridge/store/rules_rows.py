@@ -9,6 +9,7 @@ from typing import Any
 from bridge.domain import ledger
 from bridge.domain.admission import DOMESTIC
 from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
+from bridge.domain.tariffs import BillingError
 from bridge.store.base import StoreError
 from bridge.store.models import LedgerRow, Sign, Template
 
@@ -174,6 +175,45 @@ PAYMENT_SEEN = (
 )
 
 
+# A refund payout's ref: the first money entry (in or back out) the account has under it.
+REFUND_SEEN = (
+    "SELECT kind, amount FROM ledger WHERE account_id = {} AND ref = {} "
+    f"AND kind IN ({kinds_sql(ledger.PAYMENT_KINDS | {ledger.EntryKind.REFUND_PAID.value})}) "
+    "ORDER BY id LIMIT 1"
+)
+ACCOUNT_NOT_CLOSED = (
+    "the account is not closed: only a closed account's cash is owed back (a close writes it "
+    "off as `closed`); nothing was recorded"
+)
+
+
+def plan_refund_paid(
+    account_id: str,
+    status: str | None,
+    seen: Sequence[Any] | None,
+    kind_sums: dict[str, int],
+    amount: int,
+    ref: str,
+    now: int,
+) -> list[Entry] | None:
+    """Store.pay_refund's decision, both engines, from what its transaction read: the account's
+    status, the first money entry under `ref` (REFUND_SEEN) and the ledger's sums by kind. The
+    entries to append; None for a retry of a payout already recorded (the same ref, kind and
+    amount). Refused: NOT_FOUND, ACCOUNT_NOT_CLOSED, PAYMENT_REF_REUSED (the ref names other
+    money), REFUND_NOT_OWED (more than is still owed)."""
+    if status is None:
+        raise StoreError("NOT_FOUND", f"no account {account_id!r}")
+    if status != "closed":
+        raise StoreError("ACCOUNT_NOT_CLOSED", ACCOUNT_NOT_CLOSED)
+    entries = [ledger.Entry(ledger.EntryKind.REFUND_PAID, amount, ledger.POCKET_REFUNDED, now, ref)]
+    if already_credited(seen, entries[0]):
+        return None
+    try:
+        return ledger.refund_payment(amount, ledger.refund_position(kind_sums), now, ref)
+    except BillingError as exc:
+        raise StoreError(exc.code, exc.message) from None
+
+
 def refuse_unless_open(account_id: str, status: str | None) -> None:
     """append_ledger's refusals, both engines, from the account's status read in the write's
     transaction (None: no such account)."""
@@ -213,7 +253,8 @@ def credited_at(entries: Sequence[Entry]) -> int | None:
     """When `entries` put domestic money in (cash or a voucher), the latest entry's time (the
     instant a voucher's validity is judged at for the re-arm); None when none did, so a debit
     or a card's money never reads the mark."""
-    if not any(e.amount > 0 and not e.pocket.startswith(("card:", "invoice")) for e in entries):
+    records = ("card:", ledger.POCKET_INVOICE, ledger.POCKET_REFUNDED)
+    if not any(e.amount > 0 and not e.pocket.startswith(records) for e in entries):
         return None
     return max(e.at for e in entries)
 

@@ -126,14 +126,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # receipt (the daemon's smpp_bridge_receipts_inferred metric).
         self.on_inferred: Callable[[dict[str, int]], None] | None = None
         # rules.timezone: the days of the daily quota, which a message that never reached anyone
-        # gives its place back to (lifecycle.never_reached); open_store and reloads set it.
+        # gives its place back to (lifecycle.never_reached); configure_store sets it at opening
+        # and at each reload. The roll-up reads it from the connection (_setup), so no caller
+        # has to pass it along.
         self.quota_tz = "Asia/Shanghai"
         self._rr = 0
 
     # -- life cycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._runner.start(self._migrate)
+        self._runner.start(self._setup)
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        # The zone as the connection's SQL function (sqlite_pipeline.quota_tz): every write job
+        # that ends a message unsent sees this store's zone as it is then, a reload's included.
+        conn.create_function(pipe.QUOTA_TZ_SQL_FN, 0, lambda: self.quota_tz)
+        self._migrate(conn)
 
     async def close(self) -> None:
         await self._runner.close()
@@ -198,7 +206,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             try:
                 c.execute(
                     f"INSERT INTO accounts ({_ACCOUNT_COLS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         account.id,
                         account.name,
@@ -219,6 +227,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         column_value("senders", account.senders),
                         account.prev_webhook_secret_enc,
                         account.prev_webhook_secret_until,
+                        account.low_balance_warned_at,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -284,7 +293,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (account_id,),
                     ACCOUNT_DISABLED_ERROR,
                     now,
-                    quota_tz=self.quota_tz,
                 )
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
@@ -294,7 +302,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         (account_id,),
                         error,
                         now,
-                        quota_tz=self.quota_tz,
                     )
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
@@ -307,7 +314,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rules.end_queued(
                         c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk),
                         "SENDER_NOT_ALLOWED", now,
-                        quota_tz=self.quota_tz,
                     )  # fmt: skip
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
@@ -1033,7 +1039,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 intermediate=self.send_intermediate,
                 instance=instance,
                 one_per_message=self.one_receipt_smscs,
-                quota_tz=self.quota_tz,
                 inferred=counts,
             )
 
@@ -1101,7 +1106,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 error=END_ERROR.format(seg="segments"),
                 release=True,
                 now=now,
-                quota_tz=self.quota_tz,
             )
             timed_out = _settle_parts(
                 c,
@@ -1720,7 +1724,6 @@ def _settle_parts(
     error: str,
     release: bool,
     now: int,
-    quota_tz: str | None = None,
 ) -> int:
     """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
     error code SQL expression `error`, then roll those messages up together (one batched
@@ -1733,7 +1736,7 @@ def _settle_parts(
         "WHERE message_id=? AND state=?",
         [(to_state, now, mid, from_state) for mid in ids],
     )
-    pipe.rollup_messages(c, dict.fromkeys(ids, release), now, quota_tz=quota_tz)
+    pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
     return len(ids)
 
 

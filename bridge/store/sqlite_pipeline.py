@@ -44,15 +44,11 @@ def rollup_messages(
     now: int,
     *,
     intermediate: bool = False,
-    quota_tz: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
-    how many were queued (the owner wakes its webhook sender for them).
-
-    `quota_tz` (rules.timezone, the zone of the daily quota's days): given by the callers that
-    end messages unsent; those that never reached anyone give back their place in the daily
-    count (give_back_places)."""
+    how many were queued (the owner wakes its webhook sender for them). Those that ended unsent
+    and never reached anyone give back their place in the daily count (give_back_places)."""
     if not touched:
         return 0
     ids = list(touched)
@@ -131,20 +127,33 @@ def rollup_messages(
             )
     if billed:
         sqlite_rules.refund_finals(c, billed, now)
-    if unsent and quota_tz is not None:
-        give_back_places(c, unsent, quota_tz)
+    if unsent:
+        give_back_places(c, unsent)
     queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
     return queued
 
 
-def give_back_places(c: sqlite3.Connection, ids: Sequence[str], tz: str) -> None:
+# The SQL function by which a store's connection gives its zone of the daily quota's days
+# (rules.timezone, SqliteStore.quota_tz as configure_store last set it).
+QUOTA_TZ_SQL_FN = "bridge_quota_tz"
+
+
+def quota_tz(c: sqlite3.Connection) -> str:
+    """The zone of the daily quota's days of the store `c` belongs to. Asked of the connection,
+    not passed down by every caller that may end messages: a caller that forgot it gave nothing
+    back. A connection no store set up fails here ("no such function"), not silently."""
+    (tz,) = c.execute(f"SELECT {QUOTA_TZ_SQL_FN}()").fetchone()
+    return str(tz)
+
+
+def give_back_places(c: sqlite3.Connection, ids: Sequence[str]) -> None:
     """Of the messages `ids` that just ended unsent, those that never reached anyone
-    (lifecycle.never_reached) leave the daily count of the day they were accepted, in the
-    transaction that ends them. Their place in the frequency history needs no write: its reads
-    skip them (lifecycle.STILL_COUNTS_SQL). A count never goes below 0 (a message accepted
-    without sending rules was never counted)."""
+    (lifecycle.never_reached) leave the daily count of the day they were accepted (in the
+    store's quota_tz), in the transaction that ends them. Their place in the frequency history
+    needs no write: its reads skip them (lifecycle.STILL_COUNTS_SQL). A count never goes below
+    0 (a message accepted without sending rules was never counted)."""
     ended: list[tuple[str, int]] = []
     for chunk in _chunks(ids):
         for account_id, accepted_at, state, nsent, unanswered in c.execute(
@@ -156,7 +165,7 @@ def give_back_places(c: sqlite3.Connection, ids: Sequence[str], tz: str) -> None
                 ended.append((account_id, accepted_at))
     c.executemany(
         "UPDATE daily_counts SET messages=MAX(0, messages - ?1) WHERE account_id=?2 AND day=?3",
-        [(n, acc, day) for (acc, day), n in adm.quota_returns(ended, tz).items()],
+        [(n, acc, day) for (acc, day), n in adm.quota_returns(ended, quota_tz(c)).items()],
     )
 
 
@@ -222,7 +231,6 @@ def record_submits(
     intermediate: bool = False,
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
-    quota_tz: str | None = None,
     inferred: dict[str, int] | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
@@ -335,7 +343,7 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate, quota_tz=quota_tz)
+    return rollup_messages(c, touched, now, intermediate=intermediate)
 
 
 def record_late_submits(

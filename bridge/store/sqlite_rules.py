@@ -40,6 +40,7 @@ from bridge.store.rules_rows import (
     MESSAGE_KINDS_SQL,
     NEVER_TRIED,
     PAYMENT_SEEN,
+    REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
     already_credited,
@@ -51,6 +52,7 @@ from bridge.store.rules_rows import (
     entry_row,
     ledger_row,
     number_prefixes,
+    plan_refund_paid,
     refuse_unless_open,
     sign_row,
     sign_values,
@@ -388,7 +390,6 @@ class RulesStoreMixin:
     """The SqliteStore methods for rules and billing (self._runner is the store's runner)."""
 
     _runner: Any
-    quota_tz: str
 
     # -- signs -------------------------------------------------------------------------------------
 
@@ -441,7 +442,6 @@ class RulesStoreMixin:
                     (account_id, name),
                     "SIGN_REJECTED",
                     now,
-                    quota_tz=self.quota_tz,
                 )
             r = c.execute(
                 f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
@@ -469,7 +469,6 @@ class RulesStoreMixin:
                 (account_id, name),
                 "SIGN_DELETED",
                 now,
-                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job)
@@ -515,9 +514,7 @@ class RulesStoreMixin:
             if done and status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
-                end_queued(
-                    c, "template=?", (code,), "TEMPLATE_REJECTED", now, quota_tz=self.quota_tz
-                )
+                end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
             r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
             return template_row(r) if r else None
 
@@ -536,9 +533,7 @@ class RulesStoreMixin:
             ).rowcount
             if not gone:
                 return None
-            return end_queued(
-                c, "template=?", (code,), "TEMPLATE_DELETED", now, quota_tz=self.quota_tz
-            )
+            return end_queued(c, "template=?", (code,), "TEMPLATE_DELETED", now)
 
         return await self._runner.write(job)
 
@@ -564,7 +559,6 @@ class RulesStoreMixin:
                     (account_id, *chunk),
                     "RECIPIENT_OPTED_OUT",
                     now,
-                    quota_tz=self.quota_tz,
                 )
             return added
 
@@ -641,7 +635,6 @@ class RulesStoreMixin:
                     tuple(chunk),
                     "RECIPIENT_BLOCKED",
                     info.imported_at,
-                    quota_tz=self.quota_tz,
                 )
             return ended
 
@@ -727,6 +720,22 @@ class RulesStoreMixin:
             append_entries(c, account_id, entries)
             rearm_low_balance(c, account_id, entries)
             return True
+
+        return await self._runner.write(job)
+
+    async def pay_refund(
+        self, account_id: str, amount: int, ref: str, now: int
+    ) -> list[Entry] | None:
+        def job(c: sqlite3.Connection) -> list[Entry] | None:
+            row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
+            seen = c.execute(REFUND_SEEN.format("?", "?"), (account_id, ref)).fetchone()
+            sums = dict(c.execute(LEDGER_KIND_SUMS.format("?"), (account_id,)).fetchall())
+            entries = plan_refund_paid(
+                account_id, row[0] if row else None, seen, sums, amount, ref, now
+            )
+            if entries:
+                append_entries(c, account_id, entries)
+            return entries
 
         return await self._runner.write(job)
 
@@ -885,7 +894,6 @@ class RulesStoreMixin:
                 (account_id, number),
                 masked,
                 now,
-                quota_tz=self.quota_tz,
             )
 
         return await self._runner.write(job)
@@ -917,7 +925,6 @@ class RulesStoreMixin:
                 "CANCELED",
                 now,
                 in_flight=False,
-                quota_tz=self.quota_tz,
             )
             return ended, found
 
@@ -927,7 +934,7 @@ class RulesStoreMixin:
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 return None
-            _erase(c, "account_id=?", (account_id,), "+***", now, quota_tz=self.quota_tz)
+            _erase(c, "account_id=?", (account_id,), "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
             append_entries(c, account_id, entries)
@@ -967,12 +974,11 @@ def end_queued(
     now: int,
     *,
     in_flight: bool = True,
-    quota_tz: str,
 ) -> int:
     """End the messages `where` finds that still wait in the queue (scheduled ones included) as
     expired unsent with `error`, refunded like any message that ends unsent, their places in the
-    daily count (of `quota_tz`'s days) and frequency history given back: they never reached
-    anyone (lifecycle.never_reached).
+    daily count (of the store's quota_tz days) and frequency history given back: they never
+    reached anyone (lifecycle.never_reached).
 
     Those already handed to an SMSC (a submit unanswered, released to wait for its late answer;
     a part accepted before the message came back) are not ended here: ended and refunded now, a
@@ -1011,7 +1017,7 @@ def end_queued(
                 f"WHERE message_id IN ({_marks(len(chunk))}) AND state='queued'",
                 (now, error, *chunk),
             )
-        pipe.rollup_messages(c, dict.fromkeys(queued, True), now, quota_tz=quota_tz)
+        pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
     return len(queued)
 
 
@@ -1021,12 +1027,10 @@ def _erase(
     args: tuple[Any, ...],
     masked: str,
     now: int,
-    *,
-    quota_tz: str,
 ) -> int:
     # In flight: not recalled, but if it comes back to the queue (a timeout, a throttle) its
     # next claim ends it instead of sending the blanked parts to the mask.
-    end_queued(c, where, args, "ERASED", now, quota_tz=quota_tz)
+    end_queued(c, where, args, "ERASED", now)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))

@@ -52,6 +52,7 @@ from bridge.config import Config, parse_config
 from bridge.crypto import Sealer
 from bridge.store.models import Account
 from bridge.store.sqlite import SqliteStore
+from bridge.wiring import configure_store
 from tests.sending import TEST_INTERNATIONAL, ready_to_send
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -506,7 +507,7 @@ async def start_api(
             linger_ms=cfg.store.group_commit_ms,
             max_batch=cfg.store.group_commit_max,
         )
-    store.quota_tz = cfg.rules.timezone  # as open_store sets it
+    configure_store(store, cfg)  # as open_store does
     await store.open()
     ctx = ApiContext(
         config=cfg,

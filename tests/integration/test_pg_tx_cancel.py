@@ -18,7 +18,8 @@ from bridge.store.postgres_tx import create_pool, run_tx
 
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(pg_dsn, min_size=1, max_size=1)  # one session: the same one each time
+    # One session: the same one each time.
+    p = await create_pool(pg_dsn, min_size=1, max_size=1, quota_zone=lambda: "UTC")
     await p.execute("CREATE TABLE t (k int PRIMARY KEY)")
     try:
         yield p

@@ -566,6 +566,7 @@ async def test_topup_voucher_card_and_the_balance(api_server, make_account, cloc
         "invoiced_micro": 0,
         "account_kind": "prepaid",
         "low_balance_threshold_micro": 0,
+        "low_balance_warned_at": None,
     }  # fmt: skip
     ops = await api_server.admin("GET", f"/admin/accounts/{creds.account.name}/balance")
     assert ops.json == bal.json

@@ -288,6 +288,11 @@ async def test_every_admin_mutation_writes_one_row_and_no_secret(engine_api: Api
     await t.one(r, "POST", "/admin/bills/settle", 200)
     r = await api.admin("POST", f"/admin/accounts/{acc}/close")
     await t.one(r, "POST", "/admin/accounts/{ref}/close", 200)
+    owed = r.json["refund_owed_micro"]
+    r = await api.admin(
+        "POST", f"/admin/accounts/{acc}/refunds", json={"amount_micro": owed + 1, "ref": "W1"}
+    )
+    await t.one(r, "POST", "/admin/accounts/{ref}/refunds", 409, "REFUND_NOT_OWED")
     r = await api.admin("POST", f"/admin/accounts/{acc}/keys")
     await t.one(r, "POST", "/admin/accounts/{ref}/keys", 409, "ACCOUNT_CLOSED")
 

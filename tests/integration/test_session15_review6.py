@@ -727,6 +727,8 @@ async def test_sqlite_store_of_the_previous_release_upgrades_in_place(
                     await c.send(to, text="blocked", sign_name="Acme")
                 assert refused.value.code == code, refused.value
             _, _, balance = await c.request("GET", "/v1/balance")
+            # Shown since session 37 (null: no threshold set, nothing warned).
+            assert balance.pop("low_balance_warned_at") is None
             assert balance == w["balance"]
             out = await c.send("+8613800138200", text="after the upgrade", sign_name="Acme")
             ids["after"] = out["messages"][0]["id"]
