@@ -810,17 +810,23 @@ async def _infer_on_accept(
         )
     ]
     if updates:
-        await c.execute(
-            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
-            "receipt_inferred_from = u.source "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
-            "$6::int[]) AS u(mid, seq, state, at, error, source) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
-            *[list(col) for col in zip(*updates, strict=True)],
-        )
+        await _settle_inferred(c, updates)
         if inferred is not None:
             for u in updates:
                 inferred[via[u[0]]] = inferred.get(via[u[0]], 0) + 1
+
+
+async def _settle_inferred(c: asyncpg.Connection, updates: list[tuple[Any, ...]]) -> None:
+    """Parts still 'sent' settled by another part's receipt: (message id, seq, state, at, error,
+    the seq whose receipt it was)."""
+    await c.execute(
+        "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
+        "receipt_inferred_from = u.source "
+        "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
+        "$6::int[]) AS u(mid, seq, state, at, error, source) "
+        "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
+        *[list(col) for col in zip(*updates, strict=True)],
+    )
 
 
 async def _all_parts(c: asyncpg.Connection, mids: list[str]) -> dict[str, list[lc.PartRow]]:
@@ -863,14 +869,7 @@ async def infer_earlier(
                 via = next(p[3] for p in parts if p[0] == source)
                 inferred[via] = inferred.get(via, 0) + 1
     if updates:
-        await c.execute(
-            "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
-            "receipt_inferred_from = u.source "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
-            "$6::int[]) AS u(mid, seq, state, at, error, source) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'sent'",
-            *[list(col) for col in zip(*updates, strict=True)],
-        )
+        await _settle_inferred(c, updates)
     return await rollup_messages(c, touched, now, locked)
 
 

@@ -452,14 +452,20 @@ def _infer_on_accept(
         )
     ]
     if updates:
-        c.executemany(
-            "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
-            "WHERE message_id=? AND seq=? AND state='sent'",
-            updates,
-        )
+        _settle_inferred(c, updates)
         if inferred is not None:
             for u in updates:
                 inferred[via[u[4]]] = inferred.get(via[u[4]], 0) + 1
+
+
+def _settle_inferred(c: sqlite3.Connection, updates: list[tuple[Any, ...]]) -> None:
+    """Parts still 'sent' settled by another part's receipt: (state, at, error, the seq whose
+    receipt it was, message id, seq)."""
+    c.executemany(
+        "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
+        "WHERE message_id=? AND seq=? AND state='sent'",
+        updates,
+    )
 
 
 def _all_parts(c: sqlite3.Connection, mids: list[str]) -> dict[str, list[lc.PartRow]]:
@@ -504,11 +510,7 @@ def infer_earlier(
                     via = next(p[3] for p in parts if p[0] == source)
                     inferred[via] = inferred.get(via, 0) + 1
     if updates:
-        c.executemany(
-            "UPDATE segments SET state=?, done_at=?, error_code=?, receipt_inferred_from=? "
-            "WHERE message_id=? AND seq=? AND state='sent'",
-            updates,
-        )
+        _settle_inferred(c, updates)
     return rollup_messages(c, touched, now)
 
 
