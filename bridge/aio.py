@@ -1,4 +1,5 @@
-"""Waiting with a time limit that never swallows a cancellation.
+"""asyncio helpers: waiting with a time limit that never swallows a cancellation, and a FIFO
+lock per key.
 
 Python 3.11's `asyncio.wait_for` returns the inner result when its task is cancelled in the
 same loop iteration as the awaited thing completes (CPython gh-86296, fixed in 3.12 by
@@ -12,7 +13,8 @@ a time-out still ends the task. `asyncio.wait_for` is banned in `bridge/` (ruff 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import contextlib
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 
@@ -52,3 +54,24 @@ async def cancel_and_wait(
         if not t.cancelled():
             t.exception()  # retrieved: a task that failed has logged it already
     return pending
+
+
+class KeyedLocks:
+    """A FIFO lock per key, kept only while held or awaited: the coroutines that ask for one
+    key get it in the order they asked."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, asyncio.Lock] = {}
+        self._users: dict[Any, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]

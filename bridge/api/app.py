@@ -274,15 +274,22 @@ async def auth_middleware(request: web.Request, handler):
             if exc.status == 401 and declared_too_large(request, ctx.config.server.max_body_bytes):
                 raise ApiError("BODY_TOO_LARGE", "the request body is too large") from None
             raise
-    elif path.startswith("/admin/"):
-        _check_admin(request)
-    if "\x00" in path:  # %00: no store holds it (PostgreSQL text refused it with a 500)
-        raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
+    _check_path(request, path)
     if idempotency.applies(request):  # here, not a middleware of its own: a send pays nothing
         account_id = request[PRINCIPAL].account.id
         ctx = request.app[CTX]
         return await idempotency.run_once(ctx, request, account_id, request[BODY], handler)
     return await handler(request)
+
+
+def _check_path(request: web.Request, path: str) -> None:
+    """What both the API's and the admin listener's middleware check of every request: the
+    admin token on /admin/, and no U+0000 (%00) in the path (no store holds it: PostgreSQL
+    text refused it with a 500)."""
+    if path.startswith("/admin/"):
+        _check_admin(request)
+    if "\x00" in path:
+        raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
 
 
 def _check_admin(request: web.Request) -> None:
@@ -307,11 +314,7 @@ async def _signed_body(request: web.Request) -> bytes:
 async def admin_listener_middleware(request: web.Request, handler):
     """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
     not a signature check."""
-    path = request.path
-    if path.startswith("/admin/"):
-        _check_admin(request)
-    if "\x00" in path:
-        raise ApiError("INVALID_REQUEST", "the path holds a U+0000 character (%00)")
+    _check_path(request, request.path)
     return await handler(request)
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 from bridge import logs
+from bridge.aio import KeyedLocks
 from bridge.assignments import TTL_S, Assignments
 from bridge.config import SmscConfig
 from bridge.domain import senders
@@ -42,27 +42,6 @@ STALE_MO_BATCH = 200
 
 # Between the text of runs of parts separated by a missing part.
 GAP = " ... "
-
-
-class KeyedLocks:
-    """A FIFO lock per key, kept only while held or awaited: the coroutines that ask for one
-    key get it in the order they asked."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Any, asyncio.Lock] = {}
-        self._users: dict[Any, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Any) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
 
 
 def is_receipt(body: ShortMessage) -> bool:
