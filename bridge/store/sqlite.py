@@ -1057,7 +1057,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         if not names:
             return 0
         sql = lc.EARLIER_RECEIPTED_SQL.format(smscs=pipe._marks(len(names)), limit="?")
-        mids = await self._runner.read(lambda c: [r[0] for r in c.execute(sql, (*names, limit))])
+        # Off the event loop: its last round reads every part of those SMSCs still 'sent' and
+        # beyond (0.15 s per million parts), at each start with one_per_message SMSCs.
+        mids = await self._runner.read_heavy(
+            lambda c: [r[0] for r in c.execute(sql, (*names, limit))]
+        )
         if not mids:
             return 0
         counts: dict[str, int] = {}
