@@ -427,7 +427,8 @@ def cmd_account(args: argparse.Namespace) -> int:
                 from bridge import billing
 
                 account = await svc.resolve(args.ref)
-                done = await svc.store.close_account(account.id, _now_ms())
+                prefixes = [s.national_prefix for s in cfg.smscs if s.national_prefix]
+                done = await svc.store.close_account(account.id, _now_ms(), prefixes)
                 closed = await svc.resolve(account.id)
                 entries = done.entries if done is not None else ()
                 currency = cfg.billing.currency
