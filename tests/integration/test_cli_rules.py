@@ -588,3 +588,36 @@ def test_reject_takes_a_reason_in_help_and_on_the_command_line(cfg: Path) -> Non
     for rc, stdout, stderr in bare:
         assert (rc, stdout) == (2, ""), stderr
         assert "--reject: expected one argument" in stderr, stderr
+
+
+def test_account_low_balance_threshold_in_currency_units(cfg: Path) -> None:
+    """`--low-balance-threshold` on create and update: an amount like every CLI amount, stored
+    as the API's micro-units, refused as the API refuses it (and before an account is made)."""
+    created = ok(cfg, "account", "create", "acme", "--low-balance-threshold", "20.5")
+    assert created["settings"]["low_balance_threshold"] == 20_500_000
+    updated = ok(cfg, "account", "update", "acme", "--low-balance-threshold", "0.000001")
+    assert updated["low_balance_threshold"] == 1
+    assert ok(cfg, "account", "show", "acme")["low_balance_threshold"] == 1
+    refused(
+        cfg,
+        (
+            ("account", "update", "acme", "--low-balance-threshold", "1000000000.000001"),
+            ("INVALID_FIELD", "low_balance_threshold", "10^15"),
+        ),
+        (("account", "update", "acme", "--low-balance-threshold", "-1"), ("not negative",)),
+        (("account", "update", "acme", "--low-balance-threshold", "0.0000001"), ("6 decimal",)),
+        (("account", "update", "acme", "--low-balance-threshold", "ten"), ("not an amount",)),
+        (("account", "create", "globex", "--low-balance-threshold", "x"), ("not an amount",)),
+        (
+            ("account", "create", "globex", "--low-balance-threshold", "2000000000"),
+            ("INVALID_FIELD", "low_balance_threshold"),
+        ),
+    )
+    assert (
+        ok(cfg, "account", "update", "acme", "--low-balance-threshold", "0")[
+            "low_balance_threshold"
+        ]
+        == 0
+    )
+    names = [a["name"] for a in ok(cfg, "account", "list")]
+    assert names == ["acme"]  # the refused creates made nothing
