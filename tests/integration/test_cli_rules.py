@@ -26,6 +26,7 @@ from bridge.app import open_store
 from bridge.config import load_config
 from bridge.domain.ledger import Entry, EntryKind
 from bridge.rules import load_filter
+from bridge.store.models import MoPart
 
 CST = timezone(timedelta(hours=8))  # rules.timezone defaults to Asia/Shanghai (no DST)
 JAN_2024 = int(datetime(2024, 1, 15, 12, tzinfo=CST).timestamp() * 1000)
@@ -530,6 +531,30 @@ def test_account_close_keeps_money_records_and_revokes_keys(cfg: Path) -> None:
     assert keys and all(k["status"] == "revoked" for k in keys)
     assert balance["cash_micro"] == 0  # written off as `closed`; the ledger keeps the top-up
     refused(cfg, (("account", "close", "nobody"), ("NOT_FOUND", "nobody")))
+
+
+def test_account_close_drops_the_waiting_reply_parts_in_the_smscs_national_form(
+    cfg: Path,
+) -> None:
+    """`account close` drops the waiting parts of long replies from the numbers the account
+    wrote to, as the SMSC gave their address: with the SMSCs' national_prefix, the national
+    form too (as the erasure and the admin close read it)."""
+    data = yaml.safe_load(cfg.read_text())
+    data["smscs"][0]["national_prefix"] = "+86"
+    cfg.write_text(yaml.safe_dump(data))
+    ids = create_accounts(cfg, ("acme",))
+    _insert_message(cfg, "m1", ids["acme"], "delivered", 1)  # to +8613800138000, no sender
+    sources = ("013800138000", "13800138000", "013900139000")
+
+    async def waiting(store: Any, _config: Any) -> None:
+        for ref, source in enumerate(sources):
+            await store.add_mo_part(MoPart("main", source, "1069", ref, 2, 1, 0, b"p", JAN_2024, 1))
+
+    in_store(cfg, waiting)
+    ok(cfg, "account", "close", "acme")
+    with db(cfg) as c:
+        left = [r[0] for r in c.execute("SELECT source FROM mo_parts")]
+    assert left == ["013900139000"]
 
 
 def test_bill_refs_are_credited_once_and_a_closed_account_takes_no_money(cfg: Path) -> None:
