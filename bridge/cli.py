@@ -312,6 +312,11 @@ def _account_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, arg, None)
         if value is not None:
             out[field] = None if value == "" else value
+    threshold = getattr(args, "low_balance_threshold", None)
+    if threshold is not None:
+        # In currency units like every CLI amount, kept as the API's integer micro-units; the
+        # range is the API's (validate_settings), checked before anything is written.
+        out["low_balance_threshold"] = parse_amount(threshold)
     senders = getattr(args, "senders", None)
     if senders is not None:  # "--senders ''" clears the list
         out["senders"] = [s.strip() for s in senders.split(",") if s.strip()]
@@ -427,7 +432,8 @@ def cmd_account(args: argparse.Namespace) -> int:
                 from bridge import billing
 
                 account = await svc.resolve(args.ref)
-                done = await svc.store.close_account(account.id, _now_ms())
+                prefixes = [s.national_prefix for s in cfg.smscs if s.national_prefix]
+                done = await svc.store.close_account(account.id, _now_ms(), prefixes)
                 closed = await svc.resolve(account.id)
                 entries = done.entries if done is not None else ()
                 currency = cfg.billing.currency
@@ -722,6 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--country", help="default country, ISO alpha-2 (e.g. CN)")
         sp.add_argument("--tps", type=int)
         sp.add_argument("--daily-quota", type=int)
+        sp.add_argument(
+            "--low-balance-threshold",
+            metavar="AMOUNT",
+            help="send balance.low once per dip below this balance, in currency units exact "
+            "to 6 decimals (e.g. 20 or 0.50); 0 turns it off",
+        )
         sp.add_argument("--callback", help="status report URL ('' to clear)")
         sp.add_argument("--mo-callback", help="MO URL ('' to clear)")
         sp.add_argument(

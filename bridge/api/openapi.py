@@ -64,7 +64,9 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "changed or given keys again, nor take top-ups, vouchers or cards.",
     "PAYMENT_REF_REUSED": "A top-up, voucher or card sale names a ref the account already has "
     "with another amount (or kind): nothing was credited; another payment needs a ref of its "
-    "own (the same amount again is a retry, answered 200 with duplicate_ref).",
+    "own (the same amount again is a retry, answered 200 with duplicate_ref). A refund payout "
+    "alike: its ref names an earlier payout of another amount, or money the account received; "
+    "nothing was recorded.",
     "ACCOUNT_NOT_CLOSED": "A refund payout for an account that is not closed: only a closed "
     "account's cash is owed back; nothing was recorded.",
     "REFUND_NOT_OWED": "A refund payout of more than the closed account is still owed back "

@@ -12,6 +12,11 @@ two the proxies write; the other is ignored: a proxy passes on, untouched, which
 does not write itself, so the client would choose what the daemon believes). Its `for=` node may
 also be `unknown` or an obfuscated identifier (`_hidden`): neither names an address, so, like an
 element without `for=` or one that is malformed, it ends the walk at the proxy that wrote it.
+
+The walk is bounded (MAX_HOPS hops, the right-most MAX_BYTES characters of the headers): a header
+of 600 trusted hops (8 KB, the client's to write when it names trusted addresses) cost ~4 ms per
+request walked whole. A bound reached ends the walk like an entry that is not an address: at the
+last trusted hop reached, never at an address further left, which the client may have written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# No real chain of proxies is near 30 hops long, nor its header near 4 KB (30 Forwarded elements
+# with for=, by=, proto= and host= of 100 characters each is 3 KB).
+MAX_HOPS = 30
+MAX_BYTES = 4096
 
 # The headers server.forwarded_header may name (config values, as operators write them).
 X_FORWARDED_FOR = "X-Forwarded-For"
@@ -75,8 +85,7 @@ def client_address(
     proxies only gives its left-most."""
     if not trusted or peer is None:
         return peer
-    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
-    return _walk(peer, (_address(hop) for hop in reversed(hops)), trusted)
+    return _walk(peer, (_address(hop) for hop in _right_hops(forwarded_for)), trusted)
 
 
 def client_from_forwarded(
@@ -86,7 +95,7 @@ def client_from_forwarded(
     elements, one per proxy): the hops are the elements' `for=` nodes."""
     if not trusted or peer is None:
         return peer
-    return _walk(peer, (_for_node(e) for e in reversed(_elements(forwarded))), trusted)
+    return _walk(peer, (_for_node(e) for e in _right_hops(forwarded)), trusted)
 
 
 def client_from_headers(
@@ -96,6 +105,35 @@ def client_from_headers(
     if header == FORWARDED:
         return client_from_forwarded(peer, values, trusted)
     return client_address(peer, values, trusted)
+
+
+def _right_hops(values: Iterable[str]) -> list[str]:
+    """The non-empty comma-separated items of the header values, right-most first: at most
+    MAX_HOPS of them, from the right-most MAX_BYTES characters. An item the byte bound cuts in
+    two is left out (its right part may read as another address: `11.2.3.4` cut to `1.2.3.4`).
+
+    Split at every comma, quoted or not (a Forwarded element too): the grammar lets a quoted
+    value hold one, but no node, port or protocol does, and the left part of the list is the
+    client's to write. A quote it leaves open, or a comma inside one, spoils its own elements
+    only (they parse as malformed), never the ones the proxies appended to its right, which are
+    all the walk reads. A quoted comma in a proxy's own element makes that element malformed:
+    the walk stops there (safe)."""
+    out: list[str] = []
+    budget = MAX_BYTES
+    for value in reversed(list(values)):
+        if budget <= 0:
+            break
+        cut = len(value) - budget  # > 0: the characters left of the bound
+        items = value[max(cut, 0) :].split(",")
+        if cut > 0 and value[cut - 1] != ",":
+            items = items[1:]
+        for item in reversed(items):
+            if item.strip():
+                out.append(item)
+                if len(out) == MAX_HOPS:
+                    return out
+        budget -= len(value) + 1  # the values read as one list
+    return out
 
 
 def _walk(peer: str, hops: Iterable[Address | None], trusted: tuple[Network, ...]) -> str:
@@ -122,17 +160,6 @@ _PAIR = re.compile(
 )
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _PORT = re.compile(r"[0-9]{1,5}|_[0-9A-Za-z._-]+")
-
-
-def _elements(values: Iterable[str]) -> list[str]:
-    """The elements of every Forwarded header, in order, empty ones dropped.
-
-    Split at every comma, quoted or not: the grammar lets a quoted value hold one, but no node,
-    port or protocol does, and the left part of the list is the client's to write. A quote it
-    leaves open, or a comma inside one, spoils its own elements only (they parse as malformed),
-    never the ones the proxies appended to its right, which are all the walk reads. A quoted
-    comma in a proxy's own element makes that element malformed: the walk stops there (safe)."""
-    return [e for value in values for e in value.split(",") if e.strip()]
 
 
 def _for_node(element: str) -> Address | None:

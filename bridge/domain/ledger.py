@@ -432,12 +432,32 @@ def ref_conflict(credited_kind: str, credited_amount: int, entry: Entry) -> str 
     alike. `credited_*`: the first entry of a PAYMENT_KINDS kind the account has with the ref."""
     if credited_kind == str(entry.kind) and credited_amount == entry.amount:
         return None
+    if entry.kind == EntryKind.REFUND_PAID:
+        return _payout_ref_conflict(credited_kind, credited_amount, entry)
     what = str(entry.kind)
     return (
         f"ref: {entry.ref!r} was already credited to this account as a {credited_kind} of "
         f"{format_micro(credited_amount)} ({credited_amount} micro-units); this {what} is of "
         f"{format_micro(entry.amount)} ({entry.amount} micro-units): another payment needs a "
         "ref of its own (a retry repeats the same amount); nothing was credited"
+    )
+
+
+def _payout_ref_conflict(seen_kind: str, seen_amount: int, payout: Entry) -> str:
+    """ref_conflict for a refund payout: money paid out is recorded, not credited, and its ref
+    may name an earlier payout or a payment the account received before its close."""
+    seen = f"{format_micro(seen_amount)} ({seen_amount} micro-units)"
+    this = f"{format_micro(payout.amount)} ({payout.amount} micro-units)"
+    if seen_kind == EntryKind.REFUND_PAID:
+        return (
+            f"ref: {payout.ref!r} already names a refund payout of {seen} recorded for this "
+            f"account; this payout is of {this}: another payout needs a ref of its own (a "
+            "retry repeats the same amount); nothing was recorded"
+        )
+    return (
+        f"ref: {payout.ref!r} already names a {seen_kind} of {seen} credited to this account, "
+        f"not a refund payout; this payout of {this} needs a ref of its own; nothing was "
+        "recorded"
     )
 
 

@@ -107,6 +107,24 @@ def mo_source_forms(e164: str, national_prefixes: Iterable[str] = ()) -> tuple[s
     return tuple(dict.fromkeys(forms))
 
 
+def mo_source_numbers(source: str, national_prefixes: Iterable[str] = ()) -> tuple[str, ...]:
+    """The numbers whose mo_source_forms include `source`: the inverse, so a store can find
+    whose waiting parts a whole account's numbers hold by reading the (few) waiting parts, not
+    every number the account ever wrote to."""
+    prefixes = tuple(dict.fromkeys(national_prefixes))
+    candidates = [source, "+" + source]
+    if source.startswith("00"):
+        candidates.append("+" + source[2:])
+    for prefix in prefixes:
+        candidates += [prefix + source, prefix + source[1:]]
+    # Each candidate checked by the forward rule itself: the two can never disagree.
+    return tuple(
+        n
+        for n in dict.fromkeys(candidates)
+        if n[:1] == "+" and n[1:].isdigit() and source in mo_source_forms(n, prefixes)
+    )
+
+
 def reply_destinations(senders: Iterable[str | None]) -> tuple[str, ...] | None:
     """The addresses a reply to messages sent from `senders` may be delivered to (a number is
     stored as given, "+44..." or "44...", and a reply names it either way, as the inbound

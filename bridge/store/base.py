@@ -705,11 +705,15 @@ class Store(Protocol):
         found but not canceled are on a bind, sent or final."""
         ...
 
-    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+    async def close_account(
+        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+    ) -> AccountClosed | None:
         """Close the account (None: no such account): keys revoked, its waiting messages ended
-        and refunded, texts and numbers erased, and what its pockets still hold written off in
-        the same transaction (admission.close_plan), so a closed account holds no money the
-        ledger does not account for. A repeat writes off nothing more."""
+        and refunded, texts and numbers erased, the waiting parts of long MOs that erasing each
+        of its numbers would drop dropped (their national forms for the SMSCs' `mo_prefixes`,
+        as erase_recipient's mo_sources), and what its pockets still hold written off in the
+        same transaction (admission.close_plan), so a closed account holds no money the ledger
+        does not account for. A repeat writes off nothing more."""
         ...
 
     async def ledger_kind_sums(self, account_id: str) -> dict[str, int]:

@@ -28,7 +28,7 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
-from bridge.domain.phone import mo_source_forms, reply_destinations
+from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.ids import new_id
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
@@ -1053,7 +1053,9 @@ class RulesStoreMixin:
 
         return await run_tx(self.pool, job)
 
-    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+    async def close_account(
+        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+    ) -> AccountClosed | None:
         async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
             found = await c.fetchval(
@@ -1061,6 +1063,8 @@ class RulesStoreMixin:
             )
             if found is None:
                 return None
+            # First, while the messages still name the numbers (as an erasure does).
+            await _drop_account_waiting_mo(c, account_id, mo_prefixes)
             await _erase(c, account_id, None, "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
@@ -1227,6 +1231,27 @@ async def _erase(
         [r[0] for r in rows],
     )
     return int(n)
+
+
+async def _drop_account_waiting_mo(
+    c: asyncpg.Connection, account_id: str, prefixes: Sequence[str]
+) -> int:
+    """Drop the waiting parts of long MOs that an erasure of any number the account wrote to
+    would (see the SQLite engine)."""
+    sources = [r[0] for r in await c.fetch("SELECT DISTINCT source FROM mo_parts")]
+    candidates = list(dict.fromkeys(n for s in sources for n in mo_source_numbers(s, prefixes)))
+    if not candidates:
+        return 0
+    rows = await c.fetch(
+        "SELECT DISTINCT recipient FROM messages WHERE account_id = $1 "
+        "AND recipient = ANY($2::text[])",
+        account_id,
+        candidates,
+    )
+    n = 0
+    for (number,) in rows:
+        n += await _drop_waiting_mo(c, account_id, number, list(mo_source_forms(number, prefixes)))
+    return n
 
 
 async def _drop_waiting_mo(

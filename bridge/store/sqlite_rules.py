@@ -16,7 +16,7 @@ from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
-from bridge.domain.phone import mo_source_forms, reply_destinations
+from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
@@ -930,10 +930,14 @@ class RulesStoreMixin:
 
         return await self._runner.write(job)
 
-    async def close_account(self, account_id: str, now: int) -> AccountClosed | None:
+    async def close_account(
+        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+    ) -> AccountClosed | None:
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 return None
+            # First, while the messages still name the numbers (as an erasure does).
+            _drop_account_waiting_mo(c, account_id, mo_prefixes)
             _erase(c, "account_id=?", (account_id,), "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
@@ -1045,6 +1049,28 @@ def _erase(
     mo_where = where.replace("recipient", "source")
     c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
     return n
+
+
+def _drop_account_waiting_mo(
+    c: sqlite3.Connection, account_id: str, prefixes: Sequence[str]
+) -> int:
+    """Drop the waiting parts of long MOs that an erasure of any number the account wrote to
+    would (_drop_waiting_mo). Found from the parts' sources, read back into numbers: the
+    waiting parts are few, the numbers an account wrote to may be a million."""
+    sources = [r[0] for r in c.execute("SELECT DISTINCT source FROM mo_parts")]
+    candidates = list(dict.fromkeys(n for s in sources for n in mo_source_numbers(s, prefixes)))
+    numbers: list[str] = []
+    for i in range(0, len(candidates), 500):
+        chunk = candidates[i : i + 500]
+        numbers += [
+            r[0]
+            for r in c.execute(
+                f"SELECT DISTINCT recipient FROM messages WHERE account_id=? "
+                f"AND recipient IN ({_marks(len(chunk))})",
+                (account_id, *chunk),
+            )
+        ]
+    return sum(_drop_waiting_mo(c, account_id, n, mo_source_forms(n, prefixes)) for n in numbers)
 
 
 def _drop_waiting_mo(

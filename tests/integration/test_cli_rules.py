@@ -26,6 +26,7 @@ from bridge.app import open_store
 from bridge.config import load_config
 from bridge.domain.ledger import Entry, EntryKind
 from bridge.rules import load_filter
+from bridge.store.models import MoPart
 
 CST = timezone(timedelta(hours=8))  # rules.timezone defaults to Asia/Shanghai (no DST)
 JAN_2024 = int(datetime(2024, 1, 15, 12, tzinfo=CST).timestamp() * 1000)
@@ -532,6 +533,30 @@ def test_account_close_keeps_money_records_and_revokes_keys(cfg: Path) -> None:
     refused(cfg, (("account", "close", "nobody"), ("NOT_FOUND", "nobody")))
 
 
+def test_account_close_drops_the_waiting_reply_parts_in_the_smscs_national_form(
+    cfg: Path,
+) -> None:
+    """`account close` drops the waiting parts of long replies from the numbers the account
+    wrote to, as the SMSC gave their address: with the SMSCs' national_prefix, the national
+    form too (as the erasure and the admin close read it)."""
+    data = yaml.safe_load(cfg.read_text())
+    data["smscs"][0]["national_prefix"] = "+86"
+    cfg.write_text(yaml.safe_dump(data))
+    ids = create_accounts(cfg, ("acme",))
+    _insert_message(cfg, "m1", ids["acme"], "delivered", 1)  # to +8613800138000, no sender
+    sources = ("013800138000", "13800138000", "013900139000")
+
+    async def waiting(store: Any, _config: Any) -> None:
+        for ref, source in enumerate(sources):
+            await store.add_mo_part(MoPart("main", source, "1069", ref, 2, 1, 0, b"p", JAN_2024, 1))
+
+    in_store(cfg, waiting)
+    ok(cfg, "account", "close", "acme")
+    with db(cfg) as c:
+        left = [r[0] for r in c.execute("SELECT source FROM mo_parts")]
+    assert left == ["013900139000"]
+
+
 def test_bill_refs_are_credited_once_and_a_closed_account_takes_no_money(cfg: Path) -> None:
     """Session 35 finance review 3-5 on the CLI: a ref again with the same amount is a
     duplicate (exit 0), with another amount refused (exit 1, PAYMENT_REF_REUSED naming the ref
@@ -588,3 +613,36 @@ def test_reject_takes_a_reason_in_help_and_on_the_command_line(cfg: Path) -> Non
     for rc, stdout, stderr in bare:
         assert (rc, stdout) == (2, ""), stderr
         assert "--reject: expected one argument" in stderr, stderr
+
+
+def test_account_low_balance_threshold_in_currency_units(cfg: Path) -> None:
+    """`--low-balance-threshold` on create and update: an amount like every CLI amount, stored
+    as the API's micro-units, refused as the API refuses it (and before an account is made)."""
+    created = ok(cfg, "account", "create", "acme", "--low-balance-threshold", "20.5")
+    assert created["settings"]["low_balance_threshold"] == 20_500_000
+    updated = ok(cfg, "account", "update", "acme", "--low-balance-threshold", "0.000001")
+    assert updated["low_balance_threshold"] == 1
+    assert ok(cfg, "account", "show", "acme")["low_balance_threshold"] == 1
+    refused(
+        cfg,
+        (
+            ("account", "update", "acme", "--low-balance-threshold", "1000000000.000001"),
+            ("INVALID_FIELD", "low_balance_threshold", "10^15"),
+        ),
+        (("account", "update", "acme", "--low-balance-threshold", "-1"), ("not negative",)),
+        (("account", "update", "acme", "--low-balance-threshold", "0.0000001"), ("6 decimal",)),
+        (("account", "update", "acme", "--low-balance-threshold", "ten"), ("not an amount",)),
+        (("account", "create", "globex", "--low-balance-threshold", "x"), ("not an amount",)),
+        (
+            ("account", "create", "globex", "--low-balance-threshold", "2000000000"),
+            ("INVALID_FIELD", "low_balance_threshold"),
+        ),
+    )
+    assert (
+        ok(cfg, "account", "update", "acme", "--low-balance-threshold", "0")[
+            "low_balance_threshold"
+        ]
+        == 0
+    )
+    names = [a["name"] for a in ok(cfg, "account", "list")]
+    assert names == ["acme"]  # the refused creates made nothing

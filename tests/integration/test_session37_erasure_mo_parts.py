@@ -1,7 +1,9 @@
 """Session 37: erasing a recipient (POST /v1/recipients/{number}/erase, erase_recipient on both
 engines) left the parts of their long replies still waiting for the other parts (mo_parts) in
 the store until the parts expired: the erased person's text stayed. They go in the erasure's
-transaction now, and a part arriving after it does not bring the erased text back.
+transaction now, and a part arriving after it does not bring the erased text back. Closing an
+account (close_account, POST /admin/accounts/{ref}/close, `account close`), which erases all its
+numbers, left them too: it drops every part an erasure of one of its numbers would.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import aiohttp  # noqa: E402
+
 from bridge.store.models import AcceptBatch  # noqa: E402
+from tests.e2e.harness import ADMIN_TOKEN  # noqa: E402
 from tests.integration.test_session37_receipt_and_mo_columns import (  # noqa: E402
     CN,
+    OTHER,
     EngineHandle,
     Store,
     _part,
@@ -115,3 +121,58 @@ async def test_a_waiting_reply_part_is_erased_and_its_rest_does_not_bring_it_bac
     assert account_id is None
     assert not [h for h in hook.reports if h.get("type") == "message.inbound"]
     assert await _sql(engine, "SELECT source FROM mo_parts") == []
+
+
+async def test_close_drops_the_waiting_parts_an_erasure_of_each_number_would(
+    store: Store, engine: EngineHandle
+) -> None:
+    await store.create_account(account())
+    await store.create_account(account("acc_b"))
+    mine = (
+        message("m1", recipient=CN, sender="1069"),
+        message("m2", recipient=OTHER),  # from the SMSC's default source: any destination
+    )
+    await store.accept(AcceptBatch("acc_a", mine, None, None, None), NOW)
+    other = (message("m3", "acc_b", recipient=CN, sender="95588"),)
+    await store.accept(AcceptBatch("acc_b", other, None, None, None), NOW)
+    await store.add_mo_part(_part(1, b"cn-raw"))  # 8613800138000 to 1069
+    await store.add_mo_part(_part(1, b"cn-plus", source=CN, ref=8, dest="+1069"))
+    await store.add_mo_part(_part(1, b"cn-national", source="013800138000", ref=9))
+    await store.add_mo_part(_part(1, b"cn-to-b", dest="95588"))  # a reply to acc_b
+    await store.add_mo_part(_part(1, b"other-any", source="008613900139000", dest="x"))
+    await store.add_mo_part(_part(1, b"stranger", source="8613700137000"))
+    closed = await store.close_account("acc_a", NOW + 1, ["+86"])
+    assert closed is not None
+    assert await _waiting(engine) == [
+        ("8613700137000", "1069", b"stranger"),
+        ("8613800138000", "95588", b"cn-to-b"),
+    ]
+    # Without the SMSCs' national prefix the national form is not the number's (as erasure);
+    # written from the default source, any reply from the number may be acc_c's (acc_b's too).
+    await store.create_account(account("acc_c"))
+    await store.accept(
+        AcceptBatch("acc_c", (message("m4", "acc_c", recipient=CN),), None, None, None), NOW
+    )
+    await store.add_mo_part(_part(1, b"national-c", source="13800138000", dest="y", ref=3))
+    await store.add_mo_part(_part(1, b"intl-c", source="008613800138000", dest="y", ref=4))
+    assert await store.close_account("acc_c", NOW + 2) is not None
+    assert [w[2] for w in await _waiting(engine)] == [b"national-c", b"stranger"]
+
+
+async def test_closing_over_the_admin_api_drops_the_national_forms_of_its_numbers(
+    daemon: Callable[..., Any], engine: EngineHandle
+) -> None:
+    """The admin close reads the SMSCs' national_prefix, as an erasure does."""
+    d = await daemon(smscs=[{"national_prefix": "+86"}])
+    async with client_for(d.http_port, d.test_creds) as c:  # type: ignore[attr-defined]
+        sent = await c.send("+" + PHONE, text="Tell us more")
+        await final_status(c, sent["messages"][0]["id"])
+    assert d.store is not None
+    await d.store.add_mo_part(_part(1, b"national", source="013800138000", dest="anything"))
+    await d.store.add_mo_part(_part(1, b"someone", source="013900139000", dest="anything", ref=2))
+    account_id = d.test_creds["account"]  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{d.http_port}/admin/accounts/{account_id}/close"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.post(url, headers=headers, json={}) as r:
+        assert r.status == 200, await r.text()
+    assert [w[2] for w in await _waiting(engine)] == [b"someone"]

@@ -149,6 +149,9 @@ async def test_a_refund_is_paid_back_once_by_its_ref_and_never_beyond_what_is_ow
     assert _owed(again.json) == (10_000_000, 4_000_000, 6_000_000)
     r = await _refund(api, acc_id, 5_000_000, "PAY-1")
     assert (r.status, r.code) == (409, "PAYMENT_REF_REUSED")
+    message = r.json["error"]["message"]  # a payout's words, not a credit's
+    assert "'PAY-1' already names a refund payout of 4.00 (4000000 micro-units)" in message
+    assert "this payout is of 5.00" in message and "credited" not in message
     r = await _refund(api, acc_id, 6_000_001, "PAY-2")
     assert (r.status, r.code) == (409, "REFUND_NOT_OWED")
     assert "6000000 micro-units (6.00) still owed" in r.json["error"]["message"]
@@ -226,6 +229,8 @@ def test_the_cli_pays_a_refund_and_bill_check_follows_it(cfg: Path) -> None:
     assert ok(cfg, "bill", "refund", ids["acme"], "10", "--ref", "WIRE-1")["duplicate_ref"] == (
         "WIRE-1"
     )
+    (reused,) = run_all(cfg, ("bill", "refund", ids["acme"], "1", "--ref", "WIRE-1"))
+    check_refused(reused, "PAYMENT_REF_REUSED", "'WIRE-1' already names a refund payout of 10.00")
     (more,) = run_all(cfg, ("bill", "refund", ids["acme"], "2.500001", "--ref", "WIRE-2"))
     check_refused(more, "REFUND_NOT_OWED")
     (open_,) = run_all(cfg, ("bill", "refund", ids["other"], "1", "--ref", "WIRE-3"))
@@ -256,7 +261,7 @@ def test_the_cli_pays_a_refund_and_bill_check_follows_it(cfg: Path) -> None:
         }
     ]
     trail = ok(cfg, "audit", "list")
-    assert [e["action"] for e in trail].count("cli bill refund") == 5
+    assert [e["action"] for e in trail].count("cli bill refund") == 6  # refused ones too
 
 
 # -- 3. a charge a stored-value card paid alone -------------------------------------------------

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from bridge.domain.forwarded import (
     FORWARDED,
+    MAX_BYTES,
+    MAX_HOPS,
     X_FORWARDED_FOR,
     client_address,
     client_from_forwarded,
@@ -176,3 +178,74 @@ def test_forwarded_parsing_never_raises(values: list[str], peer: str) -> None:
     got = client_from_forwarded(peer, values, TRUSTED)
     assert got is not None
     ipaddress.ip_address(got)  # always an address: the peer's or one a hop named
+
+
+# -- the bounds: MAX_HOPS hops, the right-most MAX_BYTES characters ------------------------------
+
+
+def _proxies(n: int) -> list[str]:
+    return [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    client=st.one_of(_untrusted_v4, _untrusted_v6),
+    n=st.integers(min_value=0, max_value=3 * MAX_HOPS),
+    header=st.sampled_from([X_FORWARDED_FOR, FORWARDED]),
+    split=st.booleans(),
+)
+def test_a_long_chain_of_trusted_proxies_is_walked_up_to_max_hops(
+    client: Any, n: int, header: str, split: bool
+) -> None:
+    """A chain of n trusted proxies after the client's address (peer trusted): the client when
+    its address is within MAX_HOPS hops of the right; past that, the last trusted hop the walk
+    reached (the MAX_HOPS-th from the right), never an address further left, the client's to
+    write. The same whether the proxies extend one header or each add their own."""
+    chain = [str(client), *_proxies(n)]
+    hops = [f"for={_node_of(a)}" if header == FORWARDED else a for a in chain]
+    values = hops if split else [", ".join(hops)]
+    got = client_from_headers("127.0.0.1", values, header, TRUSTED)
+    assert got == (str(client) if n < MAX_HOPS else chain[n - MAX_HOPS + 1])
+
+
+def test_six_hundred_trusted_hops_stop_at_the_thirtieth() -> None:
+    """The case measured: ~600 trusted hops (8 KB) after a spoofed address were all walked."""
+    assert MAX_HOPS == 30
+    chain = ["198.51.100.1", *(f"10.0.{i // 250}.{i % 250 + 1}:443" for i in range(600))]
+    xff = [", ".join(chain)]
+    assert len(xff[0]) > 8000
+    assert client_address("127.0.0.1", xff, TRUSTED) == chain[-MAX_HOPS].removesuffix(":443")
+
+
+def _padded(left: str, right: str, total: int) -> str:
+    """`left`, spaces, `right`: `total` characters (spaces are not hops)."""
+    return left + " " * (total - len(left) - len(right)) + right
+
+
+@pytest.mark.parametrize("header", [X_FORWARDED_FOR, FORWARDED])
+def test_only_the_right_most_max_bytes_are_read(header: str) -> None:
+    def hop(a: str) -> str:
+        return f"for={a}" if header == FORWARDED else a
+
+    right = ", " + hop("10.0.0.2")
+    # The client's address past the bound: not read; the walk ends at the proxy.
+    far = _padded(hop("198.51.100.1"), right, MAX_BYTES + 50)
+    assert client_from_headers("127.0.0.1", [far], header, TRUSTED) == "10.0.0.2"
+    # Cut inside an entry: its right part (1.2.3.4 of 11.2.3.4) is not taken for an address.
+    kept = hop("1.2.3.4")
+    cut = _padded(("x" if header == FORWARDED else "1") + kept, right, MAX_BYTES + 1)
+    assert cut[-MAX_BYTES:].startswith(kept)
+    assert client_from_headers("127.0.0.1", [cut], header, TRUSTED) == "10.0.0.2"
+    # Exactly at the bound, and the bound at a comma: the entry is whole and read.
+    whole = _padded(hop("11.2.3.4"), right, MAX_BYTES)
+    assert client_from_headers("127.0.0.1", [whole], header, TRUSTED) == "11.2.3.4"
+    at_comma = "9.9.9.9," + whole
+    assert client_from_headers("127.0.0.1", [at_comma], header, TRUSTED) == "11.2.3.4"
+    # Over several headers: the bound counts them all, right-most first (one separator each).
+    tail = _padded("", hop("10.0.0.3"), MAX_BYTES - len(hop("11.2.3.4")) - 1)
+    values = [hop("11.2.3.4"), tail]
+    assert client_from_headers("127.0.0.1", values, header, TRUSTED) == "11.2.3.4"
+    values = [hop("111.2.3.4"), tail]  # one character more: cut, not read
+    assert client_from_headers("127.0.0.1", values, header, TRUSTED) == "10.0.0.3"
+    values = [hop("198.51.100.1"), "x" * MAX_BYTES, tail]  # nothing left for the first
+    assert client_from_headers("127.0.0.1", values, header, TRUSTED) == "10.0.0.3"

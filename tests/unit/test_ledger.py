@@ -17,6 +17,7 @@ from bridge.domain.ledger import (
     EntryKind,
     InsufficientFunds,
     LedgerError,
+    RefundPosition,
     balances,
     card_expiry,
     card_purchase,
@@ -25,6 +26,7 @@ from bridge.domain.ledger import (
     plan_charge,
     plan_refund,
     ref_conflict,
+    refund_payment,
     topup,
     warns_low_balance,
 )
@@ -524,3 +526,23 @@ def test_a_ref_reused_with_another_amount_or_kind_is_refused_naming_both_amounts
     [card] = card_purchase(999_000_000, T0, "c1", ref="BANK-7731")
     why = ref_conflict("topup", 999_000_000, card)  # the same amount, as another kind
     assert why is not None and "as a topup of 999.00" in why and "this card_purchase" in why
+
+
+def test_a_payout_ref_reused_is_refused_in_a_payouts_words() -> None:
+    """Money paid out is recorded, not credited: the refusal of a refund payout's reused ref
+    said it was "already credited ... as a refund_paid"."""
+    [payout] = refund_payment(5 * CNY, RefundPosition(10 * CNY, 0), T0, "WIRE-1")
+    why = ref_conflict("refund_paid", 4 * CNY, payout)
+    assert why is not None
+    for part in (
+        "'WIRE-1' already names a refund payout of 4.00 (4000000 micro-units)",
+        "this payout is of 5.00 (5000000 micro-units)",
+        "nothing was recorded",
+    ):
+        assert part in why, why
+    assert "credited" not in why and "refund_paid" not in why
+    why = ref_conflict("topup", 5 * CNY, payout)  # the same amount, money in before the close
+    assert why is not None
+    assert "'WIRE-1' already names a topup of 5.00 (5000000 micro-units) credited" in why
+    assert "not a refund payout" in why and "nothing was recorded" in why
+    assert ref_conflict("refund_paid", 5 * CNY, payout) is None  # a retry

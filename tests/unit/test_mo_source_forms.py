@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bridge.domain.phone import mo_source_forms, reply_destinations
+from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.pipeline.inbound import _e164
 
 E164 = st.from_regex(r"\+[1-9][0-9]{9,13}", fullmatch=True)
@@ -48,3 +48,45 @@ def test_reply_destinations() -> None:
     )
     assert reply_destinations(["1069", None]) is None  # the SMSC's default source: any
     assert reply_destinations([]) == ()
+
+
+PREFIXES = st.lists(st.sampled_from(["+86", "+44", "+1", "+852", "+8", "44"]), max_size=4)
+
+
+@given(E164, PREFIXES)
+def test_mo_source_numbers_finds_the_number_from_each_of_its_forms(
+    number: str, prefixes: list[str]
+) -> None:
+    """An account's close drops the waiting parts of every number it wrote to by reading the
+    parts' sources back into numbers: each form must lead back to its number."""
+    for form in mo_source_forms(number, prefixes):
+        assert number in mo_source_numbers(form, prefixes), form
+
+
+@given(
+    st.one_of(E164, st.from_regex(r"(\+|00|0)?[0-9]{1,16}|[A-Za-z]{1,11}", fullmatch=True)),
+    PREFIXES,
+)
+def test_mo_source_numbers_names_only_numbers_with_that_form(
+    source: str, prefixes: list[str]
+) -> None:
+    for number in mo_source_numbers(source, prefixes):
+        assert number[:1] == "+" and number[1:].isdigit()
+        assert source in mo_source_forms(number, prefixes), number
+
+
+def test_mo_source_numbers_examples() -> None:
+    assert mo_source_numbers("8613800138000") == ("+8613800138000",)
+    assert mo_source_numbers("008613800138000") == ("+008613800138000", "+8613800138000")
+    # Without its trunk 0, or a national number that begins with 0: the store keeps both.
+    assert mo_source_numbers("013800138000", ["+86"]) == (
+        "+013800138000",
+        "+86013800138000",
+        "+8613800138000",
+    )
+    assert mo_source_numbers("13800138000", ["+86", "+44"]) == (
+        "+13800138000",
+        "+8613800138000",
+        "+4413800138000",
+    )
+    assert mo_source_numbers("BRAND", ["+86"]) == ()
