@@ -405,8 +405,8 @@ def infer_siblings(
 
 
 # A part as the engines read it for inference: (seq, state, error code, SMSC,
-# receipt_inferred_from, submitted at).
-PartRow = tuple[int, str, str | None, str | None, int | None, int | None]
+# receipt_inferred_from, submitted at, done at).
+PartRow = tuple[int, str, str | None, str | None, int | None, int | None, int | None]
 
 
 def infer_on_accept(

@@ -658,11 +658,6 @@ def incomplete_mo_id(
     return "mo_" + base64.b32encode(digest).decode().lower()
 
 
-def mo_text(data_coding: int, payload: bytes) -> str:
-    """An MO's text as stored, read with the default tables: decoded_mo's."""
-    return decoded_mo(data_coding, ((payload, 0, 0),))[0]
-
-
 def decoded_mo(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> tuple[str, bool]:
     """An MO's text as stored from its parts (payload, national locking and single shift table
     ids: each GSM 7-bit part is read with the tables its UDH named), and whether a part named

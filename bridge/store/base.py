@@ -176,6 +176,13 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
+def report_inferred(store: Any, counts: dict[str, int]) -> None:
+    """Tell the store's `on_inferred` (the daemon's smpp_bridge_receipts_inferred metric) the
+    parts, by SMSC, a committed write settled on another part's receipt: both engines."""
+    if counts and store.on_inferred is not None:
+        store.on_inferred(counts)
+
+
 class WriteLockStats(NamedTuple):
     """One process's use of the SQLite store's single write lock, since it opened the store:
     seconds held (writing batches, finishing WAL checkpoints; from when its lock thread took it),

@@ -72,6 +72,7 @@ from bridge.store.base import (
     StoreUnusableError,
     Swept,
     WriteLockStats,
+    report_inferred,
 )
 from bridge.store.mo_rows import (
     MO_COLS,
@@ -110,7 +111,7 @@ from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
-from bridge.store.postgres_tx import create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_tx import T, create_pool, run_tx, scalar, session_settings
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
@@ -1436,12 +1437,28 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         return await run_tx(self.pool, job)
 
-    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
-        one = self.one_receipt_smscs
+    async def _tx_counting(
+        self,
+        job: Callable[[asyncpg.Connection, dict[str, int]], Awaitable[T]],
+        run: Callable[[Callable[[asyncpg.Connection], Awaitable[T]]], Awaitable[T]] | None = None,
+    ) -> T:
+        """A transaction (`run`, else run_tx) whose job counts, by SMSC, the parts it settled on
+        another part's receipt: told to `on_inferred` at its first commit (a submit-result
+        confirmation's rewrite after a server failure repeats it uncounted)."""
         counts: dict[str, int] = {}
 
-        async def job(c: asyncpg.Connection) -> int:
+        async def once(c: asyncpg.Connection) -> T:
             counts.clear()  # a transaction run again counts afresh
+            return await job(c, counts)
+
+        out = await (run(once) if run is not None else run_tx(self.pool, once))
+        report_inferred(self, dict(counts))
+        return out
+
+    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        one = self.one_receipt_smscs
+
+        async def job(c: asyncpg.Connection, counts: dict[str, int]) -> int:
             return await pipe.record_late_submits(
                 c,
                 items,
@@ -1451,9 +1468,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 inferred=counts,
             )
 
-        out = await self._held_tx(job)
-        _report_inferred(self, counts)
-        return out
+        return await self._tx_counting(job, self._held_tx)
 
     async def record_submits(
         self,
@@ -1464,10 +1479,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         instance: str | None = None,
     ) -> int:
         one = self.one_receipt_smscs
-        counts: dict[str, int] = {}
 
-        async def job(c: asyncpg.Connection) -> int:
-            counts.clear()  # a transaction run again counts afresh
+        async def job(c: asyncpg.Connection, counts: dict[str, int]) -> int:
             return await pipe.record_submits(
                 c,
                 results,
@@ -1479,10 +1492,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 inferred=counts,
             )
 
-        out = await self._held_tx(job, frozenset(rel.message_id for rel in releases))
-        # Counted at the first commit: the confirmation's rewrite (a server failure) repeats it.
-        _report_inferred(self, dict(counts))
-        return out
+        held = frozenset(rel.message_id for rel in releases)
+        return await self._tx_counting(job, lambda once: self._held_tx(once, held))
 
     async def _held_tx(
         self,
@@ -1510,29 +1521,21 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         mids = [r[0] for r in await self.pool.fetch(sql, names, limit)]
         if not mids:
             return 0
-        counts: dict[str, int] = {}
 
-        async def job(c: asyncpg.Connection) -> int:
-            counts.clear()  # a transaction run again counts afresh
+        async def job(c: asyncpg.Connection, counts: dict[str, int]) -> int:
             return await pipe.infer_earlier(c, mids, frozenset(names), now, counts)
 
-        await run_tx(self.pool, job)
-        _report_inferred(self, counts)
+        await self._tx_counting(job)
         return len(mids)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
-        counts: dict[str, int] = {}
-
-        async def job(c: asyncpg.Connection) -> ReceiptOutcome:
-            counts.clear()  # a transaction run again counts afresh
+        async def job(c: asyncpg.Connection, counts: dict[str, int]) -> ReceiptOutcome:
             matched, pending, reports = await pipe.apply_receipts(
                 c, receipts, now, self.one_receipt_smscs, counts
             )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
-        out = await run_tx(self.pool, job)
-        _report_inferred(self, counts)
-        return out
+        return await self._tx_counting(job)
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
@@ -2124,8 +2127,3 @@ async def _enqueue_webhook(
         now,
         account_id,
     )
-
-
-def _report_inferred(store: Any, counts: dict[str, int]) -> None:
-    if counts and store.on_inferred is not None:
-        store.on_inferred(counts)

@@ -831,11 +831,11 @@ async def _settle_inferred(c: asyncpg.Connection, updates: list[tuple[Any, ...]]
 
 async def _all_parts(c: asyncpg.Connection, mids: list[str]) -> dict[str, list[lc.PartRow]]:
     """message id -> every part's (seq, state, error code, SMSC, receipt_inferred_from,
-    submitted at)."""
+    submitted at, done at): lifecycle.PartRow."""
     out: dict[str, list[lc.PartRow]] = {}
     for mid, *row in await c.fetch(
-        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at "
-        "FROM segments WHERE message_id = ANY($1::text[])",
+        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at, "
+        "done_at FROM segments WHERE message_id = ANY($1::text[])",
         mids,
     ):
         out.setdefault(mid, []).append(tuple(row))  # type: ignore[arg-type]
@@ -854,14 +854,7 @@ async def infer_earlier(
     locked = await lock_messages(c, sorted(mids))
     touched: dict[str, bool] = {}
     updates = []
-    rows: dict[str, list[Any]] = {}
-    for mid, *row in await c.fetch(
-        "SELECT message_id, seq, state, error_code, smsc, receipt_inferred_from, submitted_at, "
-        "done_at FROM segments WHERE message_id = ANY($1::text[])",
-        sorted(locked),
-    ):
-        rows.setdefault(mid, []).append(tuple(row))
-    for mid, parts in rows.items():
+    for mid, parts in (await _all_parts(c, sorted(locked))).items():
         for seq, state, at, error, source in lc.infer_earlier(parts, smscs):
             updates.append((mid, seq, state, at, error, source))
             touched[mid] = False
@@ -965,7 +958,7 @@ async def _apply(
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles (their messages locked)
         siblings = {
-            mid: [(q, st, via, at) for q, st, _e, via, _i, at in rows]
+            mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in (await _all_parts(c, whole)).items()
         }
     settled, unmatched = lc.settle_receipts(

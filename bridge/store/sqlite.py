@@ -51,6 +51,7 @@ from bridge.store.base import (
     StoreError,
     Swept,
     WriteLockStats,
+    report_inferred,
 )
 from bridge.store.mo_rows import (
     MO_COLS,
@@ -89,7 +90,7 @@ from bridge.store.models import (
 from bridge.store.rules_rows import END_ERROR, LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
-from bridge.store.sqlite_runner import SqliteRunner
+from bridge.store.sqlite_runner import SqliteRunner, T
 
 _AUTHORIZE_SQL = (
     "SELECT k.status, "
@@ -920,7 +921,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     ) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
         def job(c: sqlite3.Connection) -> tuple[list[WaitingText], tuple[Any, ...] | None]:
             # In the queue index's order (account, due time, rowid): no sort, and a cursor that
-            # holds while nothing claims or un-parks (the dispatcher waits for this pass).
+            # misses no row while claims run beside the pass: a claim that parks a row moves it
+            # later in that order (read again, harmless), and the held routes' un-park waits
+            # for the pass (pipeline/dispatcher.py).
             since = "AND (account_id, q_not_before, rowid) > (?,?,?) " if after else ""
             rows = c.execute(
                 "SELECT account_id, q_not_before, rowid, id, recipient, text, data_coding "
@@ -977,11 +980,23 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.write(job)
 
-    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+    async def _write_counting(
+        self, job: Callable[[sqlite3.Connection, dict[str, int]], T], **kw: Any
+    ) -> T:
+        """A write whose job counts, by SMSC, the parts it settled on another part's receipt:
+        told to `on_inferred` once committed (the smpp_bridge_receipts_inferred metric)."""
         counts: dict[str, int] = {}
 
-        def job(c: sqlite3.Connection) -> int:
+        def run(c: sqlite3.Connection) -> T:
             counts.clear()  # a job run again counts afresh
+            return job(c, counts)
+
+        out = await self._runner.write(run, **kw)
+        report_inferred(self, counts)
+        return out
+
+    async def record_late_submits(self, items: list[pipe.LateAccept], now: int) -> int:
+        def job(c: sqlite3.Connection, counts: dict[str, int]) -> int:
             return pipe.record_late_submits(
                 c,
                 items,
@@ -991,9 +1006,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 inferred=counts,
             )
 
-        out = await self._runner.write(job, durable=False)
-        _report_inferred(self, counts)
-        return out
+        return await self._write_counting(job, durable=False)
 
     def _queued_accounts(self, c: sqlite3.Connection) -> list[str]:
         # Skip-scan over the (q_state, account_id, ...) index: one seek per account, not per row.
@@ -1027,10 +1040,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         *,
         instance: str | None = None,
     ) -> int:
-        counts: dict[str, int] = {}
-
-        def job(c: sqlite3.Connection) -> int:
-            counts.clear()  # a job run again counts afresh
+        def job(c: sqlite3.Connection, counts: dict[str, int]) -> int:
             return pipe.record_submits(
                 c,
                 results,
@@ -1042,9 +1052,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 inferred=counts,
             )
 
-        out = await self._runner.write(job, durable=False)
-        _report_inferred(self, counts)
-        return out
+        return await self._write_counting(job, durable=False)
 
     async def infer_earlier_receipts(
         self, smscs: Collection[str], now: int, limit: int = 500
@@ -1064,29 +1072,21 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         if not mids:
             return 0
-        counts: dict[str, int] = {}
 
-        def job(c: sqlite3.Connection) -> int:
-            counts.clear()  # a job run again counts afresh
+        def job(c: sqlite3.Connection, counts: dict[str, int]) -> int:
             return pipe.infer_earlier(c, mids, frozenset(names), now, counts)
 
-        await self._runner.write(job)
-        _report_inferred(self, counts)
+        await self._write_counting(job)
         return len(mids)
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
-        counts: dict[str, int] = {}
-
-        def job(c: sqlite3.Connection) -> ReceiptOutcome:
-            counts.clear()  # a job run again counts afresh
+        def job(c: sqlite3.Connection, counts: dict[str, int]) -> ReceiptOutcome:
             matched, pending, reports = pipe.apply_receipts(
                 c, receipts, now, self.one_receipt_smscs, counts
             )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
-        out = await self._runner.write(job)
-        _report_inferred(self, counts)
-        return out
+        return await self._write_counting(job)
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None
@@ -1735,14 +1735,7 @@ def _settle_parts(
     ids = [mid for (mid,) in c.execute(select_sql, (bound,)).fetchall()]
     if not ids:
         return 0
-    # In statements of 400 messages, as sqlite_rules.end_queued: one per message, the
-    # statement journals of the sweep's savepoint made up to 10,000 of them quadratic.
-    for chunk in pipe._chunks(ids, 400):
-        c.execute(
-            f"UPDATE segments SET state=?, done_at=?, error_code={error} "
-            f"WHERE message_id IN ({pipe._marks(len(chunk))}) AND state=?",
-            (to_state, now, *chunk, from_state),
-        )
+    pipe.move_parts(c, ids, from_state, to_state, now, error)
     pipe.rollup_messages(c, dict.fromkeys(ids, release), now)
     return len(ids)
 
@@ -1988,8 +1981,3 @@ def _enqueue_webhook(
         "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
         (webhook_id, account_id, kind, ref_id, payload, now, now),
     )
-
-
-def _report_inferred(store: Any, counts: dict[str, int]) -> None:
-    if counts and store.on_inferred is not None:
-        store.on_inferred(counts)

@@ -53,7 +53,7 @@ from bridge.api.submit import SendRequest, Submitter
 from bridge.app import make_router
 from bridge.config import ConfigError, SmscConfig, parse_config
 from bridge.pipeline.dispatcher import Dispatcher
-from bridge.pipeline.inbound import mo_text
+from bridge.pipeline.inbound import decoded_mo
 from bridge.pipeline.submit_sm import build_parts, source_address
 from bridge.sim.reassembly import decode_payload, parse_segment
 from bridge.smpp.codec import ShortMessage, tlv_get
@@ -156,7 +156,7 @@ def test_inbound_ia5_mo_decodes_as_ascii() -> None:
     sm = ShortMessage(source_addr="447700900123", destination_addr="ACME", data_coding=1,
                       short_message=raw)  # fmt: skip
     seg = parse_segment(sm)
-    assert mo_text(seg.data_coding, seg.payload) == raw.decode("ascii")
+    assert decoded_mo(seg.data_coding, ((seg.payload, 0, 0),))[0] == raw.decode("ascii")
 
 
 # --- 3. failover sends bytes made for another SMSC's options -------------------------------------
