@@ -432,8 +432,7 @@ def cmd_account(args: argparse.Namespace) -> int:
                 from bridge import billing
 
                 account = await svc.resolve(args.ref)
-                prefixes = [s.national_prefix for s in cfg.smscs if s.national_prefix]
-                done = await svc.store.close_account(account.id, _now_ms(), prefixes)
+                done = await svc.store.close_account(account.id, _now_ms(), cfg.national_prefixes())
                 closed = await svc.resolve(account.id)
                 entries = done.entries if done is not None else ()
                 currency = cfg.billing.currency

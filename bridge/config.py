@@ -994,6 +994,11 @@ class Config:
                 return s
         raise KeyError(name)
 
+    def national_prefixes(self) -> list[str]:
+        """Every SMSC's `national_prefix`: the forms a number's replies may arrive from, which
+        an erasure and a close look for among the waiting parts of long replies."""
+        return [s.national_prefix for s in self.smscs if s.national_prefix]
+
 
 # --------------------------------------------------------------------------------------------
 # The generic loader

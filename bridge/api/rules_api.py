@@ -284,10 +284,8 @@ async def erase_recipient(request: web.Request) -> web.Response:
     number = _number(request.match_info["number"], account, "number")
     # The waiting parts of long replies are kept under the address as the SMSC gave it: each
     # configured SMSC's national form of the number is one of them.
-    prefixes = [s.national_prefix for s in ctx.config.smscs if s.national_prefix]
-    n = await ctx.store.erase_recipient(
-        account.id, number, erased(number), ctx.now_ms(), mo_source_forms(number, prefixes)
-    )
+    forms = mo_source_forms(number, ctx.config.national_prefixes())
+    n = await ctx.store.erase_recipient(account.id, number, erased(number), ctx.now_ms(), forms)
     return json_response({"number": erased(number), "messages_erased": n})
 
 
