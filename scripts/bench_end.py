@@ -10,7 +10,10 @@ its write lock meanwhile: each accept of every account. Session 37 measured 14.8
 waiting messages (SQLite's in-memory statement journal made the parts' updates quadratic).
 This queues `--messages` one-recipient messages for one account, with another account's message
 beside them, straight into a real `SqliteStore`, disables the account and prints the wall time,
-the write lock's time held, and the time per ended message.
+the write lock's time held, the time per ended message, and how long another writer (an empty
+write every 2 ms, standing in for the accepts and receipts of other accounts) waited for the
+lock meanwhile: since session 39 the end goes in chunks (bridge/store/sqlite_ends.py), so that
+wait is one chunk's, not the whole end's.
 """
 
 from __future__ import annotations
@@ -74,13 +77,39 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
         queued = time.perf_counter() - began
         held_before = _held(store)
+        waits: list[float] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            # Another writer (an accept, a receipt) every 2 ms: how long it waits for the lock.
+            while not done.is_set():
+                t = time.perf_counter()
+                await store._runner.write(_nothing)
+                waits.append(time.perf_counter() - t)
+                await asyncio.sleep(0.002)
+
+        prober = asyncio.create_task(probe())
         began = time.perf_counter()
         await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
         wall = time.perf_counter() - began
         held = _held(store) - held_before
+        done.set()
+        await prober
     finally:
         await store.close()
-    return {"queued_s": queued, "disable_s": wall, "lock_s": held}
+    waits.sort()
+    return {
+        "queued_s": queued,
+        "disable_s": wall,
+        "lock_s": held,
+        "wait_max_s": waits[-1] if waits else 0.0,
+        "wait_p99_s": waits[int(len(waits) * 0.99)] if waits else 0.0,
+        "writes": len(waits),
+    }
+
+
+def _nothing(_c: object) -> None:
+    return None
 
 
 def main() -> None:
@@ -95,6 +124,10 @@ def main() -> None:
     print(f"queued in                                 {out['queued_s']:.1f} s")
     print(f"disable: wall / write lock held (s)       {out['disable_s']:.2f} / {out['lock_s']:.2f}")
     print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
+    print(
+        f"another writer's wait: longest / p99 (ms)  {out['wait_max_s'] * 1e3:.1f} / "
+        f"{out['wait_p99_s'] * 1e3:.1f}  ({out['writes']} writes during the disable)"
+    )
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts_old RENAME TO mo_parts",
     ),
     23: ("DROP INDEX messages_expiring",),
+    24: ("DROP TABLE pending_ends",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

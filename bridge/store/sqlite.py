@@ -17,6 +17,7 @@ from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.store import migrate, sqlite_clock, sqlite_rules
+from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
@@ -270,6 +271,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         if bad:
             raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
 
+        pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+
         def job(c: sqlite3.Connection) -> Account | None:
             disabling = changes.get("status") == "disabled" and _status(c, account_id) == "active"
             if changes:
@@ -288,22 +291,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (*values, now, account_id),
                 )
             if disabling:  # see base.Store.update_account
-                sqlite_rules.end_queued(
-                    c,
-                    "account_id=?",
-                    (account_id,),
-                    ACCOUNT_DISABLED_ERROR,
-                    now,
-                )
-            for setting, which, error in REVOKED_SENDS:
+                ends.start(c, account_id, "account", None, ACCOUNT_DISABLED_ERROR, now, pending)
+            for setting, _which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
-                    sqlite_rules.end_queued(
-                        c,
-                        f"account_id=? AND {which}",
-                        (account_id,),
-                        error,
-                        now,
-                    )
+                    ends.start(c, account_id, setting, None, error, now, pending)
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
                 refused = senders_rules.refused_waiting(
@@ -321,7 +312,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             ).fetchone()
             return _account(row) if row else None
 
-        return await self._runner.write(job)
+        account, _more = await ends.run(self._runner.write, job, pending, now)
+        return account
 
     async def add_key(self, key: AppKey, max_active: int) -> None:
         def job(c: sqlite3.Connection) -> None:
@@ -875,9 +867,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 scan.pick(c, None, limit - len(scan.ids), limit, scan.budget)
             if keys and len(scan.ids) < limit:  # and the room the due messages left
                 scan.parked(c, keys, limit - len(scan.ids))
-            if not scan.ids:
-                return []
-            return _claim_ids(c, scan.ids, instance, now + lease_ms)
+            # Not those an end under way covers (an account disabled, ...): it ends them here.
+            ids = ends.guard(c, scan.ids)
+            return _claim_ids(c, ids, instance, now + lease_ms) if ids else []
 
         return await self._runner.write(job, durable=False)
 
@@ -1131,6 +1123,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             }
 
         out = await self._runner.write(job, durable=False)
+        # Ends of waiting messages whose process stopped part-way (sqlite_ends).
+        stale = await self._runner.read(lambda c: ends.stale(c, now))
+        out["expired"] += await ends.finish(self._runner.write, stale, now)
         # Expired nonces and idempotency records; receipts that never matched, kept for
         # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
         # for ever); delivered webhook reports past their retention.

@@ -59,6 +59,14 @@ def move_parts(
         )
 
 
+def end_unsent(c: sqlite3.Connection, ids: Sequence[str], error: str, now: int) -> None:
+    """End never-tried waiting messages unsent with `error`: their parts expired unsent, the
+    rows rolled up (refunded, places given back, status webhooks queued)."""
+    if ids:
+        move_parts(c, ids, "queued", "expired_unsent", now, "?", (error,))
+        rollup_messages(c, dict.fromkeys(ids, True), now)
+
+
 # -- roll-up -------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
+from bridge.store import sqlite_ends as ends
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
@@ -430,25 +431,22 @@ class RulesStoreMixin:
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None:
+        pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+
         def job(c: sqlite3.Connection) -> Sign | None:
             c.execute(
                 "UPDATE signs SET status=?, reason=?, reviewed_at=? WHERE account_id=? AND name=?",
                 (status, reason, now, account_id, name),
             )
             if status == "rejected":  # only approved signs are sent: what waits ends unsent
-                end_queued(
-                    c,
-                    "account_id=? AND sign_name=?",
-                    (account_id, name),
-                    "SIGN_REJECTED",
-                    now,
-                )
+                ends.start(c, account_id, "sign", name, "SIGN_REJECTED", now, pending)
             r = c.execute(
                 f"SELECT {SIGN_COLS} FROM signs WHERE account_id=? AND name=?", (account_id, name)
             ).fetchone()
             return sign_row(r) if r else None
 
-        return await self._runner.write(job)
+        sign, _more = await ends.run(self._runner.write, job, pending, now)
+        return sign
 
     async def edit_sign(self, sign: Sign) -> bool:
         def job(c: sqlite3.Connection) -> bool:
@@ -457,21 +455,18 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
+        pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+
         def job(c: sqlite3.Connection) -> int | None:
             gone = c.execute(
                 "DELETE FROM signs WHERE account_id=? AND name=?", (account_id, name)
             ).rowcount
             if not gone:
                 return None
-            return end_queued(
-                c,
-                "account_id=? AND sign_name=?",
-                (account_id, name),
-                "SIGN_DELETED",
-                now,
-            )
+            return ends.start(c, account_id, "sign", name, "SIGN_DELETED", now, pending)
 
-        return await self._runner.write(job)
+        ended, more = await ends.run(self._runner.write, job, pending, now)
+        return None if ended is None else ended + more
 
     # -- templates ---------------------------------------------------------------------------------
 
@@ -505,20 +500,24 @@ class RulesStoreMixin:
     async def review_template(
         self, code: str, status: str, reason: str | None, now: int, revision: int | None = None
     ) -> Template | None:
+        pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+
         def job(c: sqlite3.Connection) -> Template | None:
             done = c.execute(
                 "UPDATE templates SET status=?, reason=?, reviewed_at=? "
                 "WHERE code=? AND (? IS NULL OR revision=?)",
                 (status, reason, now, code, revision, revision),
             ).rowcount
-            if done and status == "rejected":
+            r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
+            t = template_row(r) if r else None
+            if done and t is not None and status == "rejected":
                 # Only approved templates are sent: queued and scheduled messages of a template
                 # rejected since (fraud found at a second look) end unsent and are refunded.
-                end_queued(c, "template=?", (code,), "TEMPLATE_REJECTED", now)
-            r = c.execute(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code=?", (code,)).fetchone()
-            return template_row(r) if r else None
+                ends.start(c, t.account_id, "template", code, "TEMPLATE_REJECTED", now, pending)
+            return t
 
-        return await self._runner.write(job)
+        template, _more = await ends.run(self._runner.write, job, pending, now)
+        return template
 
     async def edit_template(self, t: Template) -> bool:
         def job(c: sqlite3.Connection) -> bool:
@@ -527,15 +526,18 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
     async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
+        pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+
         def job(c: sqlite3.Connection) -> int | None:
             gone = c.execute(
                 "DELETE FROM templates WHERE code=? AND account_id=?", (code, account_id)
             ).rowcount
             if not gone:
                 return None
-            return end_queued(c, "template=?", (code,), "TEMPLATE_DELETED", now)
+            return ends.start(c, account_id, "template", code, "TEMPLATE_DELETED", now, pending)
 
-        return await self._runner.write(job)
+        ended, more = await ends.run(self._runner.write, job, pending, now)
+        return None if ended is None else ended + more
 
     # -- opt-outs and do-not-contact lists ---------------------------------------------------------
 
@@ -993,11 +995,35 @@ def end_queued(
     a number that opted out, for an account disabled, or with a template deleted."""
     from bridge.store import sqlite_pipeline as pipe
 
-    rows = c.execute(
-        f"SELECT id, {NEVER_TRIED} FROM messages WHERE {where} AND q_state='queued'", args
-    ).fetchall()
-    queued = [r[0] for r in rows if r[1]]
-    tried = [r[0] for r in rows if not r[1]]
+    hold_tried(c, where, args, error, now, in_flight=in_flight)
+    queued = [
+        r[0]
+        for r in c.execute(
+            f"SELECT id FROM messages WHERE {where} AND q_state='queued' AND {NEVER_TRIED}", args
+        )
+    ]
+    pipe.end_unsent(c, queued, error, now)
+    return len(queued)
+
+
+def hold_tried(
+    c: sqlite3.Connection,
+    where: str,
+    args: tuple[Any, ...],
+    error: str,
+    now: int,
+    *,
+    in_flight: bool = True,
+) -> None:
+    """end_queued's part for the messages `where` finds that were handed to an SMSC (waiting
+    after a try, and with `in_flight` those on a bind): their validity ends now, with `error`."""
+    tried = [
+        r[0]
+        for r in c.execute(
+            f"SELECT id FROM messages WHERE {where} AND q_state='queued' AND NOT ({NEVER_TRIED})",
+            args,
+        )
+    ]
     if tried:
         c.executemany(
             f"UPDATE messages SET expires_at=MIN(COALESCE(expires_at, ?1), ?1), {_END} WHERE id=?3",
@@ -1009,10 +1035,6 @@ def end_queued(
             f"WHERE {where} AND q_state='claimed'",
             (now, error, *args),
         )
-    if queued:
-        pipe.move_parts(c, queued, "queued", "expired_unsent", now, "?", (error,))
-        pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
-    return len(queued)
 
 
 def _erase(

@@ -1,0 +1,205 @@
+"""An account's waiting messages ended in chunks, each in a write transaction of its own (SQLite).
+
+Why: disabling an account (or deleting or rejecting its sign or template, or turning its
+`marketing` or `raw_text` off) ends its waiting messages unsent and refunded. In one transaction
+that held the store's write lock ~20 µs per message: with a million waiting (an account caught
+flooding, the very one an operator disables), every accept of every account and every receipt
+waited ~20 s. Now the first transaction makes the change, holds the messages already tried
+(end_queued's rules), ends up to END_CHUNK waiting ones and, when more wait, records the end in
+`pending_ends`; the rest go END_CHUNK per transaction, the other writers' batches in between.
+
+Why nothing is sent meanwhile: each claim reads `pending_ends` and ends, instead of claiming,
+the messages an end still covers (`guard`). An end covers only the messages that existed when
+it started (`max_rowid`): a sign or template created again under the same name, or an account
+enabled again, sends its new messages. A process that stops part-way leaves the row: the sweep
+finishes it (`resume`) once nobody has worked it for RESUME_AFTER_MS.
+
+PostgreSQL keeps the one transaction: there it holds the rows it ends and the account's, not
+every writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from bridge.store import sqlite_pipeline as pipe
+from bridge.store.account_rows import REVOKED_SENDS
+from bridge.store.rules_rows import NEVER_TRIED
+
+# Messages ended per transaction: at ~20 µs each, ~40 ms of the write lock.
+END_CHUNK = 2_000
+# An end nobody has advanced for this long is finished by the sweep (its process stopped).
+RESUME_AFTER_MS = 30_000
+
+# What each scope ends of the account's waiting messages; `?` takes the end's `value`. The
+# settings that revoke a kind of send (`marketing`, `raw_text`) are scopes of their own name.
+SCOPES: dict[str, str] = {
+    "account": "1",
+    "sign": "sign_name = ?",
+    "template": "template = ?",
+    **{setting: which for setting, which, _error in REVOKED_SENDS},
+}
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+
+
+# Before the first row of the queue index.
+_START = (-(1 << 62), 0)
+
+
+class _End(NamedTuple):
+    id: int
+    account_id: str
+    scope: str
+    value: str | None
+    error: str
+    ended_at: int
+    max_rowid: int
+    after: tuple[int, int]
+
+
+_COLS = "id, account_id, scope, value, error, ended_at, max_rowid, after_nb, after_rowid"
+
+
+def _end(r: Sequence[Any]) -> _End:
+    return _End(r[0], r[1], r[2], r[3], r[4], r[5], r[6], (r[7], r[8]))
+
+
+def _filter(scope: str, value: str | None) -> tuple[str, tuple[Any, ...]]:
+    sql = SCOPES[scope]
+    return sql, ((value,) if "?" in sql else ())
+
+
+def start(
+    c: sqlite3.Connection,
+    account_id: str,
+    scope: str,
+    value: str | None,
+    error: str,
+    now: int,
+    pending: list[int],
+) -> int:
+    """In the caller's transaction: sqlite_rules.end_queued for the account's messages `scope`
+    covers, but of the never-tried waiting ones only the first END_CHUNK; when more may wait,
+    the end is recorded and its id appended to `pending` (for `finish`). Returns how many were
+    ended now."""
+    from bridge.store.sqlite_rules import hold_tried
+
+    cond, args = _filter(scope, value)
+    hold_tried(c, f"account_id=? AND {cond}", (account_id, *args), error, now)
+    (max_rowid,) = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()
+    end = _End(0, account_id, scope, value, error, now, max_rowid, _START)
+    ended, after = _chunk(c, end)
+    if after is not None:
+        cur = c.execute(
+            "INSERT INTO pending_ends (account_id, scope, value, error, ended_at, max_rowid, "
+            "after_nb, after_rowid, worked_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (account_id, scope, value, error, now, max_rowid, *after, now),
+        )
+        pending.append(int(cur.lastrowid or 0))
+    return ended
+
+
+def _chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | None]:
+    """End the next END_CHUNK messages of `end` in the queue index's order after `end.after`;
+    returns how many and where to go on from (None: none are left)."""
+    cond, args = _filter(end.scope, end.value)
+    rows = c.execute(
+        "SELECT q_not_before, rowid, id FROM messages INDEXED BY messages_queue "
+        "WHERE q_state='queued' AND account_id=? AND (q_not_before, rowid) > (?, ?) "
+        f"AND rowid <= ? AND {cond} AND {NEVER_TRIED} ORDER BY q_not_before, rowid LIMIT ?",
+        (end.account_id, *end.after, end.max_rowid, *args, END_CHUNK),
+    ).fetchall()
+    if rows:
+        pipe.end_unsent(c, [r[2] for r in rows], end.error, end.ended_at)
+    if len(rows) == END_CHUNK:
+        return len(rows), (rows[-1][0], rows[-1][1])
+    if end.after == _START:
+        return len(rows), None  # a walk from the start found them all
+    # The end of the index. A message may have moved behind the walk meanwhile (a route un-parked
+    # sets its due time to now): walk once more from the start if one did.
+    left = c.execute(
+        "SELECT 1 FROM messages INDEXED BY messages_queue WHERE q_state='queued' "
+        f"AND account_id=? AND rowid <= ? AND {cond} AND {NEVER_TRIED} LIMIT 1",
+        (end.account_id, end.max_rowid, *args),
+    ).fetchone()
+    return len(rows), (_START if left else None)
+
+
+def _step(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+    """One chunk of the end `end_id`: how many it ended, None once it is done (or gone)."""
+    row = c.execute(f"SELECT {_COLS} FROM pending_ends WHERE id=?", (end_id,)).fetchone()
+    if row is None:
+        return None
+    ended, after = _chunk(c, _end(row))
+    if after is None:
+        c.execute("DELETE FROM pending_ends WHERE id=?", (end_id,))
+        return ended if ended else None
+    c.execute(
+        "UPDATE pending_ends SET after_nb=?, after_rowid=?, worked_at=? WHERE id=?",
+        (*after, now, end_id),
+    )
+    return ended
+
+
+async def finish(write: Runner, ids: Sequence[int], now: int) -> int:
+    """Run the ends `ids` to their end, a chunk per write transaction; how many they ended.
+    `now` is the caller's time at the start: each chunk marks the end worked at it plus the time
+    gone since (the sweep resumes an end left unmarked for RESUME_AFTER_MS)."""
+    began = time.monotonic()
+    total = 0
+    for end_id in ids:
+        while True:
+            at = now + int((time.monotonic() - began) * 1000)
+            n = await write(lambda c, i=end_id, at=at: _step(c, i, at))
+            if n is None:
+                break
+            total += n
+    return total
+
+
+async def run(
+    write: Runner, job: Callable[[sqlite3.Connection], T], pending: Sequence[int], now: int
+) -> tuple[T, int]:
+    """`job` (which may start ends into `pending`) in a write, then those ends to their end:
+    the job's result, and how many more messages the ends' chunks ended."""
+    out = await write(job)
+    return out, await finish(write, pending, now)
+
+
+def stale(c: sqlite3.Connection, now: int) -> list[int]:
+    """The ends nobody has advanced for RESUME_AFTER_MS: their process stopped."""
+    return [
+        r[0]
+        for r in c.execute(
+            "SELECT id FROM pending_ends WHERE worked_at <= ? ORDER BY id",
+            (now - RESUME_AFTER_MS,),
+        )
+    ]
+
+
+def guard(c: sqlite3.Connection, ids: list[str]) -> list[str]:
+    """In a claim's transaction: end, instead of claiming, the messages of `ids` that an end
+    under way covers; returns the others."""
+    ends = [_end(r) for r in c.execute(f"SELECT {_COLS} FROM pending_ends")]
+    for end in ends:
+        if not ids:
+            break
+        cond, args = _filter(end.scope, end.value)
+        covered = [
+            r[0]
+            for r in c.execute(
+                f"SELECT id FROM messages WHERE id IN ({pipe._marks(len(ids))}) "
+                f"AND account_id=? AND rowid <= ? AND {cond} AND {NEVER_TRIED}",
+                (*ids, end.account_id, end.max_rowid, *args),
+            )
+        ]
+        if covered:
+            pipe.end_unsent(c, covered, end.error, end.ended_at)
+            gone = set(covered)
+            ids = [i for i in ids if i not in gone]
+    return ids

@@ -1,0 +1,194 @@
+"""An account's many waiting messages end in chunks, each a write transaction of its own
+(bridge/store/sqlite_ends.py), on a real SQLite file.
+
+Before, a disable (or a sign or template deleted or rejected, `marketing` or `raw_text` turned
+off) ended every waiting message in the one transaction that made the change: ~20 µs of the
+store's write lock per message, so with a million waiting every accept of every account waited
+~20 s. END_CHUNK is made small here so a few hundred messages take several chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.store import sqlite_ends as ends
+from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment, Sign
+from bridge.store.sqlite import SqliteStore
+
+NOW = 1_700_000_000_000
+CHUNK = 40
+BIG = 130  # four chunks: 40 + 40 + 40 + 10
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+
+
+def _message(mid: str, account_id: str, number: str, sign: str | None = None) -> NewMessage:
+    return NewMessage(
+        id=mid,
+        account_id=account_id,
+        batch_id="b_" + mid,
+        recipient=number,
+        encoding="gsm7",
+        data_coding=0,
+        billable_units=1,
+        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
+        accepted_at=NOW,
+        text=f"text of {mid}",
+        sign_name=sign,
+    )
+
+
+async def _store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "bridge.db")
+    await store.open()
+    for aid in ("acc_big", "acc_other"):
+        await store.create_account(
+            Account(id=aid, name=aid, webhook_secret_enc=b"sealed", created_at=NOW, updated_at=NOW)
+        )
+    return store
+
+
+async def _queue(store: SqliteStore, n: int, sign: str | None = None, first: int = 0) -> None:
+    msgs = tuple(
+        _message(f"m{k:06d}", "acc_big", f"+86138{k:08d}", sign) for k in range(first, first + n)
+    )
+    await store.accept(AcceptBatch("acc_big", msgs, None, None), NOW)
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    c = sqlite3.connect(path)
+    try:
+        return c.execute(sql).fetchall()
+    finally:
+        c.close()
+
+
+def _states(path: Path) -> dict[str, int]:
+    return dict(
+        _rows(
+            path,
+            "SELECT COALESCE(error_code, q_state), COUNT(*) FROM messages "
+            "WHERE account_id='acc_big' GROUP BY 1",
+        )
+    )
+
+
+async def test_a_disable_ends_in_chunks_and_other_writers_go_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await _store(tmp_path)
+    try:
+        await _queue(store, BIG)
+        steps: list[int] = []
+        between: list[int] = []
+        step = ends._step
+
+        async def accept_other() -> None:
+            other = (_message("other", "acc_other", "+8613900000000"),)
+            await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
+            between.append(len(steps))
+
+        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+            steps.append(end_id)
+            if len(steps) == 1:  # another account's accept arrives while the end goes on
+                asyncio.get_running_loop().create_task(accept_other())
+            return step(c, end_id, now)
+
+        monkeypatch.setattr(ends, "_step", counted)
+        await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+
+        # The first transaction ended one chunk; three more (and one that found none left) followed.
+        assert len(steps) == 4
+        # The other account's accept committed between them, not after the whole end.
+        assert between and between[0] < len(steps)
+        assert _states(tmp_path / "bridge.db") == {"ACCOUNT_DISABLED": BIG}
+        assert _rows(tmp_path / "bridge.db", "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+        other = await store.get_message("acc_other", "other")
+        assert other is not None and other.state == "queued"
+    finally:
+        await store.close()
+
+
+async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await _store(tmp_path)
+    try:
+        await _queue(store, BIG)
+        other = (_message("other", "acc_other", "+8613900000000"),)
+        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+
+        async def stopped(*_args: object) -> int:  # the process stops after the first commit
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+        db = tmp_path / "bridge.db"
+        assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
+        monkeypatch.undo()
+        monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+
+        # A claim sends none of the disabled account's messages: it ends those it found.
+        work = await store.claim("inst", 500, NOW + 2, 60_000)
+        assert [w.id for w in work] == ["other"]
+        left = _states(db).get("queued", 0)
+        assert left < BIG - CHUNK
+
+        # The sweep leaves an end its process may still be working ...
+        await store.sweep(NOW + 3, 3_600_000)
+        assert _states(db).get("queued", 0) == left
+        # ... and finishes one nobody has worked for RESUME_AFTER_MS.
+        await store.sweep(NOW + 2 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
+        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_an_end_covers_only_the_messages_that_existed_when_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await _store(tmp_path)
+    try:
+        sign = Sign("acc_big", "Acme", "Acme", "company", "", "approved", None, None, NOW)
+        await store.add_sign(sign)
+        await _queue(store, BIG, sign="Acme")
+
+        async def stopped(*_args: object) -> int:
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        assert await store.delete_sign("acc_big", "Acme", NOW + 1) == CHUNK
+        monkeypatch.undo()
+        monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+
+        # The sign is created again and a message sent with it: the old end does not cover it.
+        await store.add_sign(sign)
+        await _queue(store, 1, sign="Acme", first=BIG)
+        await store.sweep(NOW + 2 + ends.RESUME_AFTER_MS, 3_600_000)
+        db = tmp_path / "bridge.db"
+        assert _states(db) == {"SIGN_DELETED": BIG, "queued": 1}
+        work = await store.claim("inst", 500, NOW + 3, 60_000)
+        assert [w.id for w in work] == [f"m{BIG:06d}"]
+    finally:
+        await store.close()
+
+
+async def test_a_delete_counts_every_message_its_chunks_ended(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        sign = Sign("acc_big", "Acme", "Acme", "company", "", "approved", None, None, NOW)
+        await store.add_sign(sign)
+        await _queue(store, BIG, sign="Acme")
+        await _queue(store, 5, first=BIG)  # without the sign: not ended
+        assert await store.delete_sign("acc_big", "Acme", NOW + 1) == BIG
+        assert _states(tmp_path / "bridge.db") == {"SIGN_DELETED": BIG, "queued": 5}
+    finally:
+        await store.close()
