@@ -370,13 +370,9 @@ class Inbound:
         return source, account, sign
 
     async def _holders(self, destination: str, default: bool) -> tuple[str, ...]:
-        assigned = await self.assignments.all()
-        if default:
-            # The SMSC's default source is shared by every send without a sender: a range that
-            # happens to cover it must not take the replies to all of them (opt-outs among
-            # them). Only an operator's exact assignment of that address does.
-            assigned = [(a, tuple(e for e in ent if not e.endswith("*"))) for a, ent in assigned]
-        return senders.owners(assigned, destination)
+        # The SMSC's default source is shared by every send without a sender: only an
+        # operator's exact assignment of it claims the replies (senders.reply_holders).
+        return senders.reply_holders(await self.assignments.all(), destination, default=default)
 
     async def flush_stale_mo(
         self, now_ms: int, *, timeout_ms: int = 300_000, limit: int = STALE_MO_BATCH
@@ -581,7 +577,7 @@ class Inbound:
         digits = destination.lstrip("+")
         forms = (destination,) if not digits.isdigit() else (digits, "+" + digits)
         cfg = self._smscs.get(smsc)
-        default = cfg is not None and cfg.default_source.lstrip("+") == digits
+        default = cfg is not None and senders.is_default_source(cfg.default_source, destination)
         return forms, default
 
     async def drain(self) -> None:
