@@ -239,6 +239,7 @@ class Inbound:
             # parse_segment reads an inconsistent header.
             seg = Segment(seg.data_coding, seg.payload)
         whole: bytes | None = None  # a long MO's parts joined
+        parts: list[MoPart] | None = None  # its kept parts, all of them
         set_no = 0  # which of the messages kept under its reference it is (mo_sets)
         if seg.scheme:
             part = MoPart(
@@ -294,22 +295,26 @@ class Inbound:
                     smsc, body.source_addr, body.destination_addr, seg.ref, set_no
                 )
             return C.ESME_ROK  # a repeat of one stored in the window before this one
-        new = await self.store.store_mo(
-            MoMessage(
-                id=mo_id,
-                account_id=account,
-                smsc=smsc,
-                source=source,
-                destination=body.destination_addr,
-                text=text,
-                received_at=now_ms,
-                sign_name=sign,
-            )
+        mo = MoMessage(
+            id=mo_id,
+            account_id=account,
+            smsc=smsc,
+            source=source,
+            destination=body.destination_addr,
+            text=text,
+            received_at=now_ms,
+            sign_name=sign,
         )
-        if seg.scheme:  # only now: a crash before this leaves the parts to complete again
-            await self.store.drop_mo_parts(
-                smsc, body.source_addr, body.destination_addr, seg.ref, set_no
-            )
+        if parts is None:
+            new = await self.store.store_mo(mo)
+        else:
+            # Stored, and its parts dropped, in one transaction and only while they are still
+            # kept: an erasure of the number that ran since add_mo_part read them dropped them,
+            # and the text it erased must not land in the inbox after it (nor the parts stay
+            # for a resend to join). None: they went (erased, or this MO stored by a resend's
+            # handling or the sweep): nothing is stored. A crash before leaves the parts to
+            # complete again.
+            new = bool(await self.store.store_mo_from_parts(mo, parts))
         if not new:
             return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
         if account is not None and self.on_reports is not None:

@@ -530,10 +530,12 @@ class Store(Protocol):
     async def store_mo_from_parts(
         self, mo: MoMessage | None, parts: Sequence[MoPart]
     ) -> bool | None:
-        """The sweep's step for one stale group, in one transaction: store `mo` (None: only
-        drop) and drop `parts`, but only if the group's kept parts are still exactly `parts`
-        (a part that arrived since the read is neither lost nor pushed twice). None when the
-        group changed and nothing was done; else whether `mo` was newly stored."""
+        """Store `mo` (None: only drop) and drop `parts`, in one transaction, but only if the
+        group's kept parts are still exactly `parts`: the sweep's step for one stale group (a
+        part that arrived since the read is neither lost nor pushed twice), and `_mo`'s store
+        of a complete long MO (an erasure of the number since add_mo_part read the parts took
+        them: the erased text is not stored after it). None when the group changed and nothing
+        was done; else whether `mo` was newly stored."""
         ...
 
     # instances (heartbeats with each process's view of its binds)
@@ -695,7 +697,11 @@ class Store(Protocol):
         """Mask `number` in the account's messages and MOs and drop their text; drop the waiting
         parts of long MOs from it that reply to the account (received from one of `mo_sources`,
         phone.mo_source_forms; its international forms when None). Returns how many messages
-        were erased."""
+        were erased.
+
+        An MO being assembled from such parts meanwhile is either stored before (and masked by
+        the erasure) or finds its parts gone and is not stored (store_mo_from_parts): erased
+        text never lands after the erasure."""
         ...
 
     async def cancel_queued(

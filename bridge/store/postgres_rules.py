@@ -985,13 +985,13 @@ class RulesStoreMixin:
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
         their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
         MOs from the number still waiting for the others are dropped too (see the SQLite
-        engine).
+        engine), under the lock add_mo_part and store_mo_from_parts take (_drop_mo_groups).
         """
         sources = list(mo_sources) if mo_sources else list(mo_source_forms(number))
 
         async def job(c: asyncpg.Connection) -> int:
             # First, while the messages still name the number: whose replies the parts may be.
-            await _drop_waiting_mo(c, account_id, number, sources)
+            await _drop_mo_groups(c, await _waiting_mo_keys(c, account_id, number, sources))
             n = await _erase(c, account_id, number, masked, now)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
@@ -1064,7 +1064,7 @@ class RulesStoreMixin:
             if found is None:
                 return None
             # First, while the messages still name the numbers (as an erasure does).
-            await _drop_account_waiting_mo(c, account_id, mo_prefixes)
+            await _drop_mo_groups(c, await _account_waiting_mo_keys(c, account_id, mo_prefixes))
             await _erase(c, account_id, None, "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
@@ -1233,32 +1233,63 @@ async def _erase(
     return int(n)
 
 
-async def _drop_account_waiting_mo(
+# A long MO's reference, as add_mo_part and store_mo_from_parts lock it (NS_MO).
+MoKey = tuple[str, str, str, int]
+
+
+async def _drop_mo_groups(c: asyncpg.Connection, keys: Sequence[MoKey]) -> int:
+    """Drop the waiting parts of these references, under the lock add_mo_part and
+    store_mo_from_parts take, all of them in one sorted take (no deadlock between two erasures).
+
+    Without it, a part being added read the earlier parts before the erasure dropped them and
+    completed the message with them after it; and an assembly's check that its parts are still
+    kept read them while the erasure's delete was not committed, stored the MO after the
+    erasure masked the inbox, and brought the erased text back. With it, the part's transaction
+    commits first (its part is then dropped too) or comes after (its reference's parts gone);
+    an MO stored first is masked by the erasure's later statements, which see it."""
+    from bridge.store import postgres_pipeline as pipe
+
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return 0
+    await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, k)) for k in keys])
+    # Read committed: this statement sees what the lock's holders committed.
+    status = await c.execute(
+        "DELETE FROM mo_parts WHERE (smsc, source, destination, ref) IN "
+        "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]))",
+        *(list(col) for col in zip(*keys, strict=True)),
+    )
+    return int(status.split()[-1])
+
+
+async def _account_waiting_mo_keys(
     c: asyncpg.Connection, account_id: str, prefixes: Sequence[str]
-) -> int:
-    """Drop the waiting parts of long MOs that an erasure of any number the account wrote to
-    would (see the SQLite engine)."""
+) -> list[MoKey]:
+    """The references of the waiting parts that an erasure of any number the account wrote to
+    would drop (see the SQLite engine)."""
     sources = [r[0] for r in await c.fetch("SELECT DISTINCT source FROM mo_parts")]
     candidates = list(dict.fromkeys(n for s in sources for n in mo_source_numbers(s, prefixes)))
     if not candidates:
-        return 0
+        return []
     rows = await c.fetch(
         "SELECT DISTINCT recipient FROM messages WHERE account_id = $1 "
         "AND recipient = ANY($2::text[])",
         account_id,
         candidates,
     )
-    n = 0
+    keys: list[MoKey] = []
     for (number,) in rows:
-        n += await _drop_waiting_mo(c, account_id, number, list(mo_source_forms(number, prefixes)))
-    return n
+        keys += await _waiting_mo_keys(
+            c, account_id, number, list(mo_source_forms(number, prefixes))
+        )
+    return keys
 
 
-async def _drop_waiting_mo(
+async def _waiting_mo_keys(
     c: asyncpg.Connection, account_id: str, number: str, sources: list[str]
-) -> int:
-    """Drop the parts from `number` (as `sources`) of long MOs still waiting for the others
-    that are replies to this account (see the SQLite engine). Returns how many parts went."""
+) -> list[MoKey]:
+    """The references of the waiting parts from `number` (as `sources`) of long MOs that are
+    replies to this account (see the SQLite engine's _drop_waiting_mo)."""
     senders = [
         r[0]
         for r in await c.fetch(
@@ -1268,14 +1299,12 @@ async def _drop_waiting_mo(
         )
     ]
     if not senders:
-        return 0  # it never wrote to the number: no reply from it is this account's
+        return []  # it never wrote to the number: no reply from it is this account's
     dests = reply_destinations(senders)
-    # Without add_mo_part's lock: a part committed after this statement's snapshot arrived
-    # after the erasure, as it would with the lock (taken per reference, not per number).
-    status = await c.execute(
-        "DELETE FROM mo_parts WHERE source = ANY($1::text[]) "
-        "AND ($2::text[] IS NULL OR destination = ANY($2::text[]))",
+    rows = await c.fetch(
+        "SELECT DISTINCT smsc, source, destination, ref FROM mo_parts "
+        "WHERE source = ANY($1::text[]) AND ($2::text[] IS NULL OR destination = ANY($2::text[]))",
         sources,
         None if dests is None else list(dests),
     )
-    return int(status.split()[-1])
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

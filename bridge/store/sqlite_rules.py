@@ -861,7 +861,9 @@ class RulesStoreMixin:
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
         their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
         MOs from the number still waiting for the others (mo_parts, kept under `mo_sources`, the
-        addresses it arrives from: phone.mo_source_forms) are dropped too.
+        addresses it arrives from: phone.mo_source_forms) are dropped too: one writer at a time,
+        an MO being assembled from them stores itself before this (and is masked here) or finds
+        them gone after (store_mo_from_parts).
         """
         sources = tuple(mo_sources) if mo_sources else mo_source_forms(number)
 
