@@ -693,11 +693,15 @@ class Store(Protocol):
         masked: str,
         now: int,
         mo_sources: Sequence[str] | None = None,
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> int:
         """Mask `number` in the account's messages and MOs and drop their text; drop the waiting
         parts of long MOs from it that reply to the account (received from one of `mo_sources`,
-        phone.mo_source_forms; its international forms when None). Returns how many messages
-        were erased.
+        phone.mo_source_forms; its international forms when None): to an address it wrote to
+        the number from, any when it wrote from the SMSC's default source, and any address it
+        holds alone by assignment (senders.held_alone; `mo_defaults`, the SMSCs' default
+        sources by name, which a range does not claim). Returns how many messages were erased.
 
         An MO being assembled from such parts meanwhile is either stored before (and masked by
         the erasure) or finds its parts gone and is not stored (store_mo_from_parts): erased
@@ -719,12 +723,18 @@ class Store(Protocol):
         ...
 
     async def close_account(
-        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+        self,
+        account_id: str,
+        now: int,
+        mo_prefixes: Sequence[str] = (),
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
         """Close the account (None: no such account): keys revoked, its waiting messages ended
         and refunded, texts and numbers erased, the waiting parts of long MOs that erasing each
         of its numbers would drop dropped (their national forms for the SMSCs' `mo_prefixes`,
-        as erase_recipient's mo_sources), and what its pockets still hold written off in the
+        as erase_recipient's mo_sources), with those from anyone to an address it holds alone
+        (`mo_defaults` as erase_recipient's), and what its pockets still hold written off in the
         same transaction (admission.close_plan), so a closed account holds no money the ledger
         does not account for. A repeat writes off nothing more."""
         ...

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -29,7 +29,9 @@ from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
+from bridge.domain.senders import held_alone
 from bridge.ids import new_id
+from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
@@ -979,6 +981,8 @@ class RulesStoreMixin:
         masked: str,
         now: int,
         mo_sources: Sequence[str] | None = None,
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> int:
         """Mask the number and drop the text of every message (and MO) of this account to it.
 
@@ -988,10 +992,14 @@ class RulesStoreMixin:
         engine), under the lock add_mo_part and store_mo_from_parts take (_drop_mo_groups).
         """
         sources = list(mo_sources) if mo_sources else list(mo_source_forms(number))
+        defaults = dict(mo_defaults or {})
 
         async def job(c: asyncpg.Connection) -> int:
             # First, while the messages still name the number: whose replies the parts may be.
-            await _drop_mo_groups(c, await _waiting_mo_keys(c, account_id, number, sources))
+            assigned = await _assigned(c)
+            keys = await _waiting_mo_keys(c, account_id, number, sources)
+            keys += await _held_waiting_mo_keys(c, account_id, sources, assigned, defaults)
+            await _drop_mo_groups(c, keys)
             n = await _erase(c, account_id, number, masked, now)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
@@ -1054,8 +1062,15 @@ class RulesStoreMixin:
         return await run_tx(self.pool, job)
 
     async def close_account(
-        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+        self,
+        account_id: str,
+        now: int,
+        mo_prefixes: Sequence[str] = (),
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
+        defaults = dict(mo_defaults or {})
+
         async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
             found = await c.fetchval(
@@ -1063,8 +1078,11 @@ class RulesStoreMixin:
             )
             if found is None:
                 return None
-            # First, while the messages still name the numbers (as an erasure does).
-            await _drop_mo_groups(c, await _account_waiting_mo_keys(c, account_id, mo_prefixes))
+            # First, while the messages still name the numbers (as an erasure does), and while
+            # the account still holds its addresses (a closed one holds none).
+            keys = await _account_waiting_mo_keys(c, account_id, mo_prefixes)
+            keys += await _held_waiting_mo_keys(c, account_id, None, await _assigned(c), defaults)
+            await _drop_mo_groups(c, keys)
             await _erase(c, account_id, None, "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
@@ -1262,6 +1280,30 @@ async def _drop_mo_groups(c: asyncpg.Connection, keys: Sequence[MoKey]) -> int:
     return int(status.split()[-1])
 
 
+async def _assigned(c: asyncpg.Connection) -> list[tuple[str, tuple[str, ...]]]:
+    return [(r[0], senders_of(r[1])) for r in await c.fetch(ASSIGNMENTS_SQL)]
+
+
+async def _held_waiting_mo_keys(
+    c: asyncpg.Connection,
+    account_id: str,
+    sources: Sequence[str] | None,
+    assigned: Sequence[tuple[str, Sequence[str]]],
+    defaults: Mapping[str, str],
+) -> list[MoKey]:
+    """The references of waiting parts (from `sources`; anyone's when None) to an address the
+    account holds alone (see the SQLite engine's _drop_held_waiting_mo)."""
+    if not any(a == account_id for a, _ in assigned):
+        return []
+    rows = await c.fetch(
+        "SELECT DISTINCT smsc, source, destination, ref FROM mo_parts "
+        "WHERE $1::text[] IS NULL OR source = ANY($1::text[])",
+        None if sources is None else list(sources),
+    )
+    held = set(held_alone(account_id, assigned, [(r[0], r[2]) for r in rows], defaults))
+    return [(r[0], r[1], r[2], r[3]) for r in rows if (r[0], r[2]) in held]
+
+
 async def _account_waiting_mo_keys(
     c: asyncpg.Connection, account_id: str, prefixes: Sequence[str]
 ) -> list[MoKey]:
@@ -1299,7 +1341,7 @@ async def _waiting_mo_keys(
         )
     ]
     if not senders:
-        return []  # it never wrote to the number: no reply from it is this account's
+        return []  # it never wrote to the number: no reply from it is this account's by history
     dests = reply_destinations(senders)
     rows = await c.fetch(
         "SELECT DISTINCT smsc, source, destination, ref FROM mo_parts "

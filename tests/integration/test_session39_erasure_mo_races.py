@@ -1,4 +1,4 @@
-"""Session 39: gaps in the erasure of a recipient's waiting reply parts, on both engines.
+"""Session 39: two gaps in the erasure of a recipient's waiting reply parts, on both engines.
 
 1. An erasure (and a close) dropped the waiting parts of long replies only where the account
    had written to the number from the address they went to. A reply to an address the operator
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
 
@@ -35,6 +37,7 @@ from bridge.domain.phone import mo_source_forms  # noqa: E402
 from bridge.store import postgres_pipeline as pg_pipe  # noqa: E402
 from bridge.store.mo_rows import MO_COLS, MO_PART_COLS, mo_part, mo_values  # noqa: E402
 from bridge.store.models import AcceptBatch, MoMessage  # noqa: E402
+from tests.e2e.harness import ADMIN_TOKEN  # noqa: E402
 from tests.integration.test_incomplete_mo import (  # noqa: E402
     DEST,
     PHONE,
@@ -51,6 +54,7 @@ from tests.integration.test_session37_receipt_and_mo_columns import (  # noqa: E
     Store,
     _part,
     _sql,
+    client_for,
     daemon,
     engine,
     store,
@@ -69,6 +73,83 @@ async def _waiting(engine: EngineHandle) -> list[tuple[str, str, bytes]]:
 
 async def _holding(store: Store, aid: str, senders: tuple[str, ...]) -> None:
     await store.create_account(replace(account(aid), senders=senders))
+
+
+# -- 1. replies to the account's assigned addresses -----------------------------------------------
+
+
+async def test_erasure_drops_waiting_parts_to_an_address_the_account_holds_alone(
+    store: Store, engine: EngineHandle
+) -> None:
+    """acc_a never wrote to the number; replies from it to an address acc_a alone holds (exact,
+    or in its range) are acc_a's. Its range does not claim smscA's default source; an address
+    another account holds, or several do, is not acc_a's by assignment."""
+    await _holding(store, "acc_a", ("10690001", "10691*", "10690003"))
+    await _holding(store, "acc_b", ("10690002", "10690003"))
+    for ref, dest in enumerate(
+        ("10690001", "1069155", "+10690001", "10691999", "10690002", "10690003", "95588")
+    ):
+        await store.add_mo_part(_part(1, dest.encode(), dest=dest, ref=ref))
+    await store.add_mo_part(_part(1, b"stranger", source="8613900139000", dest="10690001"))
+    n = await store.erase_recipient(
+        "acc_a", CN, "+86***", NOW + 1, mo_defaults={"smscA": "+10691999"}
+    )
+    assert n == 0
+    assert await _waiting(engine) == [
+        ("8613800138000", "10690002", b"10690002"),  # acc_b's
+        ("8613800138000", "10690003", b"10690003"),  # held by both: history decides
+        ("8613800138000", "10691999", b"10691999"),  # the default source, in acc_a's range
+        ("8613800138000", "95588", b"95588"),  # nobody's
+        ("8613900139000", "10690001", b"stranger"),  # another number
+    ]
+    # acc_b erasing the number drops its own (and, held by both and never written from, not
+    # the shared one).
+    await store.erase_recipient("acc_b", CN, "+86***", NOW + 2)
+    assert [w[1] for w in await _waiting(engine)] == ["10690003", "10691999", "95588", "10690001"]
+
+
+async def test_close_drops_waiting_parts_from_anyone_to_the_addresses_it_holds(
+    store: Store, engine: EngineHandle
+) -> None:
+    """A close erases every number: the waiting parts to an address it alone holds go whoever
+    sent them, including numbers it never wrote to; others' stay."""
+    await _holding(store, "acc_a", ("ACME", "10691*"))
+    await _holding(store, "acc_b", ("95588",))
+    await store.add_mo_part(_part(1, b"a1", source="8613700137000", dest="acme"))  # any case
+    await store.add_mo_part(_part(1, b"a2", source="447700900123", dest="106910"))
+    await store.add_mo_part(_part(1, b"def", source="447700900123", dest="10691", ref=3))
+    await store.add_mo_part(_part(1, b"b", source="8613700137000", dest="95588", ref=4))
+    assert await store.close_account("acc_a", NOW + 1, mo_defaults={"smscA": "10691"})
+    assert sorted(w[2] for w in await _waiting(engine)) == [b"b", b"def"]
+
+
+async def test_erasure_over_the_api_drops_parts_to_the_accounts_address(
+    daemon: Callable[..., Any], engine: EngineHandle
+) -> None:
+    """POST /v1/recipients/{n}/erase and the admin close pass the SMSCs' default sources: the
+    account holds 1069* and never wrote to the number; the part to 10695 goes, the one to the
+    SMSC's default source 10690 (in the range, not claimed by it) stays until the close, which
+    does not take it either."""
+    d = await daemon(smscs=[{"default_source": "10690"}])
+    assert d.store is not None
+    account_id = d.test_creds["account"]  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    base = f"http://127.0.0.1:{d.http_port}/admin/accounts/{account_id}"
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(base, headers=headers, json={"senders": ["1069*"]}) as r:
+            assert r.status == 200, await r.text()
+        await d.store.add_mo_part(replace(_part(1, b"mine", dest="10695"), smsc="sim"))
+        await d.store.add_mo_part(replace(_part(1, b"default", dest="10690"), smsc="sim"))
+        async with client_for(d.http_port, d.test_creds) as c:  # type: ignore[attr-defined]
+            erased = await c.erase_recipient(CN)
+        assert erased["messages_erased"] == 0
+        assert [w[2] for w in await _waiting(engine)] == [b"default"]
+        await d.store.add_mo_part(
+            replace(_part(1, b"x", source="447700900123", dest="10697"), smsc="sim")
+        )
+        async with http.post(base + "/close", headers=headers, json={}) as r:
+            assert r.status == 200, await r.text()
+    assert [w[2] for w in await _waiting(engine)] == [b"default"]
 
 
 # -- 2. an erasure committing while a long reply is assembled --------------------------------------
@@ -103,7 +184,7 @@ class EraseDuring:
 
 
 @pytest.mark.parametrize("step", ["add_mo_part", "attribute_mo"])
-@pytest.mark.parametrize("owner", ["history"])
+@pytest.mark.parametrize("owner", ["history", "assigned"])
 async def test_a_reply_completing_during_an_erasure_is_not_stored_after_it(
     store: Store, engine: EngineHandle, step: str, owner: str
 ) -> None:
