@@ -236,8 +236,10 @@ async def _blocked_on_advisory(engine: EngineHandle, task: asyncio.Task[Any]) ->
         if task.done():
             return False
         rows = await _sql(
-            engine, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        )
+            engine,
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+        )  # this test's database only: another test's may share the cluster
         if rows:
             return True
         await asyncio.sleep(0.025)
