@@ -432,7 +432,12 @@ def cmd_account(args: argparse.Namespace) -> int:
                 from bridge import billing
 
                 account = await svc.resolve(args.ref)
-                done = await svc.store.close_account(account.id, _now_ms(), cfg.national_prefixes())
+                done = await svc.store.close_account(
+                    account.id,
+                    _now_ms(),
+                    cfg.national_prefixes(),
+                    mo_defaults=cfg.default_sources(),
+                )
                 closed = await svc.resolve(account.id)
                 entries = done.entries if done is not None else ()
                 currency = cfg.billing.currency

@@ -999,6 +999,12 @@ class Config:
         an erasure and a close look for among the waiting parts of long replies."""
         return [s.national_prefix for s in self.smscs if s.national_prefix]
 
+    def default_sources(self) -> dict[str, str]:
+        """Every SMSC's `default_source` by SMSC name: a range assigned to an account does not
+        claim the replies to it (senders.reply_holders), which an erasure and a close read when
+        they drop the waiting parts of long replies to the account's assigned addresses."""
+        return {s.name: s.default_source for s in self.smscs}
+
 
 # --------------------------------------------------------------------------------------------
 # The generic loader

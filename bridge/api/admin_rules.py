@@ -361,7 +361,12 @@ async def close_account(request: web.Request) -> web.Response:
     account = await _account(request)
     # The waiting parts of long replies are kept under the address as the SMSC gave it (as an
     # erasure's, rules_api.erase_recipient).
-    done = await ctx.store.close_account(account.id, ctx.now_ms(), ctx.config.national_prefixes())
+    done = await ctx.store.close_account(
+        account.id,
+        ctx.now_ms(),
+        ctx.config.national_prefixes(),
+        mo_defaults=ctx.config.default_sources(),
+    )
     ctx.sender_assignments.forget()  # a closed account's addresses are free again
     closed = await ctx.store.get_account(account.id)
     if done is None or closed is None:  # gone meanwhile (an account is never deleted)

@@ -283,9 +283,17 @@ async def erase_recipient(request: web.Request) -> web.Response:
     account = _account(request)
     number = _number(request.match_info["number"], account, "number")
     # The waiting parts of long replies are kept under the address as the SMSC gave it: each
-    # configured SMSC's national form of the number is one of them.
+    # configured SMSC's national form of the number is one of them. Those to an address the
+    # account holds go too; a range does not hold an SMSC's default source.
     forms = mo_source_forms(number, ctx.config.national_prefixes())
-    n = await ctx.store.erase_recipient(account.id, number, erased(number), ctx.now_ms(), forms)
+    n = await ctx.store.erase_recipient(
+        account.id,
+        number,
+        erased(number),
+        ctx.now_ms(),
+        forms,
+        mo_defaults=ctx.config.default_sources(),
+    )
     return json_response({"number": erased(number), "messages_erased": n})
 
 

@@ -21,7 +21,7 @@ only an exact assignment claims the replies to it (bridge/pipeline/inbound.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 MAX_ENTRIES = 100
 # Alphanumeric ids may hold inner blanks ("MY SHOP"), not outer ones (" ACME" would be an id of
@@ -138,6 +138,49 @@ def owners(assignments: Iterable[tuple[str, Sequence[str]]], address: str) -> tu
             best, found = rank, []
         found.append(account)
     return tuple(found)
+
+
+def reply_holders(
+    assignments: Iterable[tuple[str, Sequence[str]]], destination: str, *, default: bool
+) -> tuple[str, ...]:
+    """The accounts a reply to `destination` is held by (owners), `default` when that address
+    is its SMSC's default source: that one is shared by every send without a sender, so a range
+    that happens to cover it must not take the replies to all of them (opt-outs among them);
+    only an exact assignment of it does. The inbound attribution and an erasure's drop of the
+    waiting parts of long replies both ask this, so the two can never disagree."""
+    if default:
+        assignments = [(a, tuple(e for e in ent if not e.endswith("*"))) for a, ent in assignments]
+    return owners(assignments, destination)
+
+
+def is_default_source(default_source: str | None, address: str) -> bool:
+    """Whether `address` (a reply's destination) is an SMSC's `default_source`, compared by
+    digits as the SMSC may give it with or without its "+"."""
+    return default_source is not None and default_source.lstrip("+") == address.lstrip("+")
+
+
+def held_alone(
+    account: str,
+    assignments: Sequence[tuple[str, Sequence[str]]],
+    addresses: Iterable[tuple[str, str]],
+    default_sources: Mapping[str, str],
+) -> list[tuple[str, str]]:
+    """The (SMSC, destination) pairs among `addresses` whose replies are `account`'s by
+    assignment alone: it is their only holder (reply_holders; `default_sources`, SMSC name to
+    its default_source), so a reply to one is the account's whoever wrote to the person. An
+    erasure drops the waiting parts of long replies to them even when the account never wrote
+    to the number from there. Where several accounts hold an address, history decides among
+    them, as for an address nobody holds."""
+    if not any(a == account for a, _ in assignments):
+        return []
+    return [
+        (smsc, dest)
+        for smsc, dest in dict.fromkeys(addresses)
+        if reply_holders(
+            assignments, dest, default=is_default_source(default_sources.get(smsc), dest)
+        )
+        == (account,)
+    ]
 
 
 def extension_base(entries: Sequence[str]) -> str | None:

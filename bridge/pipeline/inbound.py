@@ -239,6 +239,7 @@ class Inbound:
             # parse_segment reads an inconsistent header.
             seg = Segment(seg.data_coding, seg.payload)
         whole: bytes | None = None  # a long MO's parts joined
+        parts: list[MoPart] | None = None  # its kept parts, all of them
         set_no = 0  # which of the messages kept under its reference it is (mo_sets)
         if seg.scheme:
             part = MoPart(
@@ -294,22 +295,26 @@ class Inbound:
                     smsc, body.source_addr, body.destination_addr, seg.ref, set_no
                 )
             return C.ESME_ROK  # a repeat of one stored in the window before this one
-        new = await self.store.store_mo(
-            MoMessage(
-                id=mo_id,
-                account_id=account,
-                smsc=smsc,
-                source=source,
-                destination=body.destination_addr,
-                text=text,
-                received_at=now_ms,
-                sign_name=sign,
-            )
+        mo = MoMessage(
+            id=mo_id,
+            account_id=account,
+            smsc=smsc,
+            source=source,
+            destination=body.destination_addr,
+            text=text,
+            received_at=now_ms,
+            sign_name=sign,
         )
-        if seg.scheme:  # only now: a crash before this leaves the parts to complete again
-            await self.store.drop_mo_parts(
-                smsc, body.source_addr, body.destination_addr, seg.ref, set_no
-            )
+        if parts is None:
+            new = await self.store.store_mo(mo)
+        else:
+            # Stored, and its parts dropped, in one transaction and only while they are still
+            # kept: an erasure of the number that ran since add_mo_part read them dropped them,
+            # and the text it erased must not land in the inbox after it (nor the parts stay
+            # for a resend to join). None: they went (erased, or this MO stored by a resend's
+            # handling or the sweep): nothing is stored. A crash before leaves the parts to
+            # complete again.
+            new = bool(await self.store.store_mo_from_parts(mo, parts))
         if not new:
             return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
         if account is not None and self.on_reports is not None:
@@ -370,13 +375,9 @@ class Inbound:
         return source, account, sign
 
     async def _holders(self, destination: str, default: bool) -> tuple[str, ...]:
-        assigned = await self.assignments.all()
-        if default:
-            # The SMSC's default source is shared by every send without a sender: a range that
-            # happens to cover it must not take the replies to all of them (opt-outs among
-            # them). Only an operator's exact assignment of that address does.
-            assigned = [(a, tuple(e for e in ent if not e.endswith("*"))) for a, ent in assigned]
-        return senders.owners(assigned, destination)
+        # The SMSC's default source is shared by every send without a sender: only an
+        # operator's exact assignment of it claims the replies (senders.reply_holders).
+        return senders.reply_holders(await self.assignments.all(), destination, default=default)
 
     async def flush_stale_mo(
         self, now_ms: int, *, timeout_ms: int = 300_000, limit: int = STALE_MO_BATCH
@@ -581,7 +582,7 @@ class Inbound:
         digits = destination.lstrip("+")
         forms = (destination,) if not digits.isdigit() else (digits, "+" + digits)
         cfg = self._smscs.get(smsc)
-        default = cfg is not None and cfg.default_source.lstrip("+") == digits
+        default = cfg is not None and senders.is_default_source(cfg.default_source, destination)
         return forms, default
 
     async def drain(self) -> None:

@@ -531,10 +531,12 @@ class Store(Protocol):
     async def store_mo_from_parts(
         self, mo: MoMessage | None, parts: Sequence[MoPart]
     ) -> bool | None:
-        """The sweep's step for one stale group, in one transaction: store `mo` (None: only
-        drop) and drop `parts`, but only if the group's kept parts are still exactly `parts`
-        (a part that arrived since the read is neither lost nor pushed twice). None when the
-        group changed and nothing was done; else whether `mo` was newly stored."""
+        """Store `mo` (None: only drop) and drop `parts`, in one transaction, but only if the
+        group's kept parts are still exactly `parts`: the sweep's step for one stale group (a
+        part that arrived since the read is neither lost nor pushed twice), and `_mo`'s store
+        of a complete long MO (an erasure of the number since add_mo_part read the parts took
+        them: the erased text is not stored after it). None when the group changed and nothing
+        was done; else whether `mo` was newly stored."""
         ...
 
     # instances (heartbeats with each process's view of its binds)
@@ -692,11 +694,19 @@ class Store(Protocol):
         masked: str,
         now: int,
         mo_sources: Sequence[str] | None = None,
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> int:
         """Mask `number` in the account's messages and MOs and drop their text; drop the waiting
         parts of long MOs from it that reply to the account (received from one of `mo_sources`,
-        phone.mo_source_forms; its international forms when None). Returns how many messages
-        were erased."""
+        phone.mo_source_forms; its international forms when None): to an address it wrote to
+        the number from, any when it wrote from the SMSC's default source, and any address it
+        holds alone by assignment (senders.held_alone; `mo_defaults`, the SMSCs' default
+        sources by name, which a range does not claim). Returns how many messages were erased.
+
+        An MO being assembled from such parts meanwhile is either stored before (and masked by
+        the erasure) or finds its parts gone and is not stored (store_mo_from_parts): erased
+        text never lands after the erasure."""
         ...
 
     async def cancel_queued(
@@ -714,12 +724,18 @@ class Store(Protocol):
         ...
 
     async def close_account(
-        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+        self,
+        account_id: str,
+        now: int,
+        mo_prefixes: Sequence[str] = (),
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
         """Close the account (None: no such account): keys revoked, its waiting messages ended
         and refunded, texts and numbers erased, the waiting parts of long MOs that erasing each
         of its numbers would drop dropped (their national forms for the SMSCs' `mo_prefixes`,
-        as erase_recipient's mo_sources), and what its pockets still hold written off in the
+        as erase_recipient's mo_sources), with those from anyone to an address it holds alone
+        (`mo_defaults` as erase_recipient's), and what its pockets still hold written off in the
         same transaction (admission.close_plan), so a closed account holds no money the ledger
         does not account for. A repeat writes off nothing more."""
         ...

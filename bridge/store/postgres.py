@@ -1606,7 +1606,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 "lang_single = EXCLUDED.lang_single",
                 *mo_part_values(placed),
             )
-            # The parts stay until drop_mo_parts, after the MO itself is stored.
+            # The parts stay until the MO itself is stored (store_mo_from_parts).
             return mo_sets.completed(held, placed)
 
         return await run_tx(self.pool, job)
@@ -1655,7 +1655,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         """Store `mo`, made of `parts` (one group as `stale_mo_groups` read it), and drop those
         parts, in one transaction, but only while the group still holds exactly them (see the
         SQLite engine). The lock `add_mo_part` takes: a part arriving on another instance
-        either committed first (the group then differs: None, nothing done) or waits."""
+        either committed first (the group then differs: None, nothing done) or waits; so does
+        an erasure dropping the parts (postgres_rules._drop_mo_groups), which then masks this
+        MO if it was stored first."""
         first = parts[0]
         key = (first.smsc, first.source, first.destination, first.ref)
         where = (*key, first.set_no)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -29,7 +29,9 @@ from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
+from bridge.domain.senders import held_alone
 from bridge.ids import new_id
+from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
 from bridge.store.postgres_tx import run_tx
@@ -979,19 +981,25 @@ class RulesStoreMixin:
         masked: str,
         now: int,
         mo_sources: Sequence[str] | None = None,
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> int:
         """Mask the number and drop the text of every message (and MO) of this account to it.
 
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
         their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
         MOs from the number still waiting for the others are dropped too (see the SQLite
-        engine).
+        engine), under the lock add_mo_part and store_mo_from_parts take (_drop_mo_groups).
         """
         sources = list(mo_sources) if mo_sources else list(mo_source_forms(number))
+        defaults = dict(mo_defaults or {})
 
         async def job(c: asyncpg.Connection) -> int:
             # First, while the messages still name the number: whose replies the parts may be.
-            await _drop_waiting_mo(c, account_id, number, sources)
+            assigned = await _assigned(c)
+            keys = await _waiting_mo_keys(c, account_id, number, sources)
+            keys += await _held_waiting_mo_keys(c, account_id, sources, assigned, defaults)
+            await _drop_mo_groups(c, keys)
             n = await _erase(c, account_id, number, masked, now)
             # The stored answers of idempotent sends name the number too (see the SQLite engine).
             quoted = f'"{number}"'
@@ -1054,8 +1062,15 @@ class RulesStoreMixin:
         return await run_tx(self.pool, job)
 
     async def close_account(
-        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+        self,
+        account_id: str,
+        now: int,
+        mo_prefixes: Sequence[str] = (),
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
+        defaults = dict(mo_defaults or {})
+
         async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
             found = await c.fetchval(
@@ -1063,8 +1078,11 @@ class RulesStoreMixin:
             )
             if found is None:
                 return None
-            # First, while the messages still name the numbers (as an erasure does).
-            await _drop_account_waiting_mo(c, account_id, mo_prefixes)
+            # First, while the messages still name the numbers (as an erasure does), and while
+            # the account still holds its addresses (a closed one holds none).
+            keys = await _account_waiting_mo_keys(c, account_id, mo_prefixes)
+            keys += await _held_waiting_mo_keys(c, account_id, None, await _assigned(c), defaults)
+            await _drop_mo_groups(c, keys)
             await _erase(c, account_id, None, "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
@@ -1233,32 +1251,87 @@ async def _erase(
     return int(n)
 
 
-async def _drop_account_waiting_mo(
+# A long MO's reference, as add_mo_part and store_mo_from_parts lock it (NS_MO).
+MoKey = tuple[str, str, str, int]
+
+
+async def _drop_mo_groups(c: asyncpg.Connection, keys: Sequence[MoKey]) -> int:
+    """Drop the waiting parts of these references, under the lock add_mo_part and
+    store_mo_from_parts take, all of them in one sorted take (no deadlock between two erasures).
+
+    Without it, a part being added read the earlier parts before the erasure dropped them and
+    completed the message with them after it; and an assembly's check that its parts are still
+    kept read them while the erasure's delete was not committed, stored the MO after the
+    erasure masked the inbox, and brought the erased text back. With it, the part's transaction
+    commits first (its part is then dropped too) or comes after (its reference's parts gone);
+    an MO stored first is masked by the erasure's later statements, which see it."""
+    from bridge.store import postgres_pipeline as pipe
+
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return 0
+    await pipe.lock_keys(c, pipe.NS_MO, ["\x1f".join(map(str, k)) for k in keys])
+    # Read committed: this statement sees what the lock's holders committed.
+    status = await c.execute(
+        "DELETE FROM mo_parts WHERE (smsc, source, destination, ref) IN "
+        "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]))",
+        *(list(col) for col in zip(*keys, strict=True)),
+    )
+    return int(status.split()[-1])
+
+
+async def _assigned(c: asyncpg.Connection) -> list[tuple[str, tuple[str, ...]]]:
+    return [(r[0], senders_of(r[1])) for r in await c.fetch(ASSIGNMENTS_SQL)]
+
+
+async def _held_waiting_mo_keys(
+    c: asyncpg.Connection,
+    account_id: str,
+    sources: Sequence[str] | None,
+    assigned: Sequence[tuple[str, Sequence[str]]],
+    defaults: Mapping[str, str],
+) -> list[MoKey]:
+    """The references of waiting parts (from `sources`; anyone's when None) to an address the
+    account holds alone (see the SQLite engine's _drop_held_waiting_mo)."""
+    if not any(a == account_id for a, _ in assigned):
+        return []
+    rows = await c.fetch(
+        "SELECT DISTINCT smsc, source, destination, ref FROM mo_parts "
+        "WHERE $1::text[] IS NULL OR source = ANY($1::text[])",
+        None if sources is None else list(sources),
+    )
+    held = set(held_alone(account_id, assigned, [(r[0], r[2]) for r in rows], defaults))
+    return [(r[0], r[1], r[2], r[3]) for r in rows if (r[0], r[2]) in held]
+
+
+async def _account_waiting_mo_keys(
     c: asyncpg.Connection, account_id: str, prefixes: Sequence[str]
-) -> int:
-    """Drop the waiting parts of long MOs that an erasure of any number the account wrote to
-    would (see the SQLite engine)."""
+) -> list[MoKey]:
+    """The references of the waiting parts that an erasure of any number the account wrote to
+    would drop (see the SQLite engine)."""
     sources = [r[0] for r in await c.fetch("SELECT DISTINCT source FROM mo_parts")]
     candidates = list(dict.fromkeys(n for s in sources for n in mo_source_numbers(s, prefixes)))
     if not candidates:
-        return 0
+        return []
     rows = await c.fetch(
         "SELECT DISTINCT recipient FROM messages WHERE account_id = $1 "
         "AND recipient = ANY($2::text[])",
         account_id,
         candidates,
     )
-    n = 0
+    keys: list[MoKey] = []
     for (number,) in rows:
-        n += await _drop_waiting_mo(c, account_id, number, list(mo_source_forms(number, prefixes)))
-    return n
+        keys += await _waiting_mo_keys(
+            c, account_id, number, list(mo_source_forms(number, prefixes))
+        )
+    return keys
 
 
-async def _drop_waiting_mo(
+async def _waiting_mo_keys(
     c: asyncpg.Connection, account_id: str, number: str, sources: list[str]
-) -> int:
-    """Drop the parts from `number` (as `sources`) of long MOs still waiting for the others
-    that are replies to this account (see the SQLite engine). Returns how many parts went."""
+) -> list[MoKey]:
+    """The references of the waiting parts from `number` (as `sources`) of long MOs that are
+    replies to this account (see the SQLite engine's _drop_waiting_mo)."""
     senders = [
         r[0]
         for r in await c.fetch(
@@ -1268,14 +1341,12 @@ async def _drop_waiting_mo(
         )
     ]
     if not senders:
-        return 0  # it never wrote to the number: no reply from it is this account's
+        return []  # it never wrote to the number: no reply from it is this account's by history
     dests = reply_destinations(senders)
-    # Without add_mo_part's lock: a part committed after this statement's snapshot arrived
-    # after the erasure, as it would with the lock (taken per reference, not per number).
-    status = await c.execute(
-        "DELETE FROM mo_parts WHERE source = ANY($1::text[]) "
-        "AND ($2::text[] IS NULL OR destination = ANY($2::text[]))",
+    rows = await c.fetch(
+        "SELECT DISTINCT smsc, source, destination, ref FROM mo_parts "
+        "WHERE source = ANY($1::text[]) AND ($2::text[] IS NULL OR destination = ANY($2::text[]))",
         sources,
         None if dests is None else list(dests),
     )
-    return int(status.split()[-1])
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -1166,8 +1166,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         """Keep a part in the set of its reference it fits (mo_sets.place_part); when that set
         holds parts 1..total, return them in order.
 
-        The parts stay until `drop_mo_parts` (called after the MO itself is stored): a crash in
-        between leaves them for the SMSC's redelivery to complete again, never a lost MO. A part
+        The parts stay until the MO made of them is stored (store_mo_from_parts drops them in
+        its transaction): a crash before leaves them for the SMSC's redelivery to complete
+        again, never a lost MO. A part
         of another message under the same reference (its seq held already, or another total)
         starts a set of its own: never overwritten, joined or discarded."""
 
@@ -1220,11 +1221,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def store_mo_from_parts(
         self, mo: MoMessage | None, parts: Sequence[MoPart]
     ) -> bool | None:
-        """Store `mo`, made of `parts` (one group as `stale_mo_groups` read it), and drop those
-        parts, in one transaction, but only while the group still holds exactly them: a part
-        that came since the read (the rest of the message, or a resend) would otherwise be
-        dropped unseen, or completed into a second MO. None: the group changed, nothing done.
-        Else as `store_mo` (False: stored before, or `mo` None: only the parts are dropped)."""
+        """Store `mo`, made of `parts` (one group as `stale_mo_groups` read it, or the complete
+        set add_mo_part returned), and drop those parts, in one transaction, but only while the
+        group still holds exactly them: a part that came since the read (the rest of the
+        message, or a resend) would otherwise be dropped unseen, or completed into a second MO;
+        parts an erasure dropped since would bring the erased text back. None: the group
+        changed, nothing done. Else as `store_mo` (False: stored before, or `mo` None: only the
+        parts are dropped)."""
         first = parts[0]
         key = (first.smsc, first.source, first.destination, first.ref, first.set_no)
         expected = [(p.seq, p.total, p.received_at) for p in parts]

@@ -6,7 +6,7 @@ DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, set
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import zip_longest
 from typing import Any
@@ -17,7 +17,9 @@ from bridge.domain.frequency import DAY_MS
 from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
+from bridge.domain.senders import held_alone
 from bridge.store import sqlite_ends as ends
+from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import (
     BillRow,
@@ -857,19 +859,25 @@ class RulesStoreMixin:
         masked: str,
         now: int,
         mo_sources: Sequence[str] | None = None,
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> int:
         """Mask the number and drop the text of every message (and MO) of this account to it.
 
         Messages still waiting in the queue are ended as expired (error ERASED) and refunded:
         their text is gone, so they can no longer be sent. Billing amounts stay. Parts of long
         MOs from the number still waiting for the others (mo_parts, kept under `mo_sources`, the
-        addresses it arrives from: phone.mo_source_forms) are dropped too.
+        addresses it arrives from: phone.mo_source_forms) are dropped too: one writer at a time,
+        an MO being assembled from them stores itself before this (and is masked here) or finds
+        them gone after (store_mo_from_parts).
         """
         sources = tuple(mo_sources) if mo_sources else mo_source_forms(number)
+        defaults = dict(mo_defaults or {})
 
         def job(c: sqlite3.Connection) -> int:
             # First, while the messages still name the number: whose replies the parts may be.
             _drop_waiting_mo(c, account_id, number, sources)
+            _drop_held_waiting_mo(c, account_id, sources, defaults)
             # The stored answers of idempotent sends name the number too (kept for the key's
             # hours, for replays): masked there as well, the replay still answered.
             # client_ref first, while "to" still names the number (it links the message to the
@@ -933,13 +941,22 @@ class RulesStoreMixin:
         return await self._runner.write(job)
 
     async def close_account(
-        self, account_id: str, now: int, mo_prefixes: Sequence[str] = ()
+        self,
+        account_id: str,
+        now: int,
+        mo_prefixes: Sequence[str] = (),
+        *,
+        mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
+        defaults = dict(mo_defaults or {})
+
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 return None
-            # First, while the messages still name the numbers (as an erasure does).
+            # First, while the messages still name the numbers (as an erasure does), and while
+            # the account still holds its addresses (a closed one holds none).
             _drop_account_waiting_mo(c, account_id, mo_prefixes)
+            _drop_held_waiting_mo(c, account_id, None, defaults)
             _erase(c, "account_id=?", (account_id,), "+***", now)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
@@ -1083,6 +1100,28 @@ def _drop_account_waiting_mo(
             )
         ]
     return sum(_drop_waiting_mo(c, account_id, n, mo_source_forms(n, prefixes)) for n in numbers)
+
+
+def _drop_held_waiting_mo(
+    c: sqlite3.Connection,
+    account_id: str,
+    sources: Sequence[str] | None,
+    defaults: Mapping[str, str],
+) -> int:
+    """Drop the waiting parts of long MOs (from one of `sources`; from anyone when None, as a
+    close erases every number) to an address the account holds alone (senders.held_alone):
+    replies to it are the account's whether or not it ever wrote to the sender, as the inbound
+    attribution decides. Returns how many parts went."""
+    assigned = [(r[0], senders_of(r[1])) for r in c.execute(ASSIGNMENTS_SQL)]
+    if not any(a == account_id for a, _ in assigned):
+        return 0
+    where, args = "1", tuple(sources or ())
+    if sources is not None:
+        where = f"source IN ({_marks(len(sources))})"
+    pairs = c.execute(f"SELECT DISTINCT smsc, destination FROM mo_parts WHERE {where}", args)
+    held = held_alone(account_id, assigned, [(r[0], r[1]) for r in pairs], defaults)
+    sql = f"DELETE FROM mo_parts WHERE {where} AND smsc=? AND destination=?"
+    return sum(c.execute(sql, (*args, smsc, dest)).rowcount for smsc, dest in held)
 
 
 def _drop_waiting_mo(

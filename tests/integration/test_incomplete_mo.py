@@ -165,8 +165,10 @@ class FlushFails:
 
 
 class DropFails:
-    """The store, except that `drop_mo_parts` fails `times` times: a crash (or a store error)
-    after the MO was stored and before its parts were dropped."""
+    """The store, except that `_mo`'s store of a long MO (store_mo_from_parts) stores the MO
+    and then fails to drop its parts, `times` times: what a crash (or a store error) between
+    the two left when they were two transactions, as in the releases before session 39, whose
+    kept parts an upgrade may still find."""
 
     def __init__(self, inner: Store, times: int = 1) -> None:
         self.inner = inner
@@ -175,11 +177,12 @@ class DropFails:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def drop_mo_parts(self, *args: Any) -> None:
-        if self.left > 0:
+    async def store_mo_from_parts(self, mo: Any, parts: Any) -> bool | None:
+        if self.left > 0 and mo is not None:
             self.left -= 1
+            await self.inner.store_mo(mo)
             raise RuntimeError("database went away")
-        await self.inner.drop_mo_parts(*args)
+        return await self.inner.store_mo_from_parts(mo, parts)
 
 
 # ---------------------------------------------------------------- 2 of 3 parts
@@ -566,8 +569,9 @@ async def test_upgrade_keeps_mos_and_parts_stored_before_it(engine: EngineHandle
 
 
 class StoreMoFails:
-    """The store, except that `store_mo` fails `times` times: `_mo` had every part (the last
-    one's add_mo_part committed) and could not store the MO; the SMSC is asked to resend."""
+    """The store, except that storing an MO fails `times` times (`store_mo`, and for a long one
+    `store_mo_from_parts`, whose transaction then commits nothing): `_mo` had every part (the
+    last one's add_mo_part committed) and could not store the MO; the SMSC is asked to resend."""
 
     def __init__(self, inner: Store, times: int = 1) -> None:
         self.inner = inner
@@ -576,11 +580,18 @@ class StoreMoFails:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def store_mo(self, mo: Any) -> bool:
+    def _fail(self) -> None:
         if self.left > 0:
             self.left -= 1
             raise RuntimeError("database went away")
+
+    async def store_mo(self, mo: Any) -> bool:
+        self._fail()
         return await self.inner.store_mo(mo)
+
+    async def store_mo_from_parts(self, mo: Any, parts: Any) -> bool | None:
+        self._fail()
+        return await self.inner.store_mo_from_parts(mo, parts)
 
 
 async def test_a_part_arriving_while_its_group_is_flushed_is_not_lost(store: Store) -> None:

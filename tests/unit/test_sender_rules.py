@@ -13,9 +13,12 @@ from bridge.domain.senders import (
     claim_rank,
     extended_sender,
     extension_base,
+    held_alone,
+    is_default_source,
     may_send,
     owners,
     parse_entries,
+    reply_holders,
 )
 
 digits = st.text("0123456789", min_size=1, max_size=20)
@@ -206,3 +209,22 @@ def test_refused_waiting_names_what_its_account_may_no_longer_send() -> None:
     assert refused_waiting(waiting, assignments, assigned_only=False) == ["m1", "m4"]
     # Under rules.sender_policy assigned, an account without a list sends from no address.
     assert refused_waiting(waiting, assignments, assigned_only=True) == ["m1", "m3", "m4"]
+
+
+def test_a_range_does_not_hold_the_smscs_default_source() -> None:
+    assigned = [("acc_a", ("1069*",)), ("acc_b", ("10690",))]
+    assert reply_holders(assigned, "10691", default=True) == ()
+    assert reply_holders(assigned, "10691", default=False) == ("acc_a",)
+    assert reply_holders(assigned, "10690", default=True) == ("acc_b",)  # exact
+    assert is_default_source("+10690", "10690") and not is_default_source(None, "10690")
+
+
+def test_held_alone_is_what_only_the_account_holds() -> None:
+    """The replies an erasure drops by assignment: the address the account alone holds (not
+    one shared, not another's, not the SMSC's default in its range); none when it holds none."""
+    assigned = [("acc_a", ("1069*", "ACME", "555")), ("acc_b", ("10690", "555"))]
+    pairs = [("s", "10691"), ("s", "10690"), ("s", "acme"), ("s", "555"), ("t", "10692"),
+             ("s", "95588")]  # fmt: skip
+    assert held_alone("acc_a", assigned, pairs, {"t": "10692"}) == [("s", "10691"), ("s", "acme")]
+    assert held_alone("acc_b", assigned, pairs, {}) == [("s", "10690")]
+    assert held_alone("acc_c", assigned, pairs, {}) == []
