@@ -54,9 +54,6 @@ UNANSWERED = frozenset({"TIMEOUT", "CONNECTION_LOST"})
 # for a message held meanwhile (an opt-out, a disable) found it ended and refunded: the SMSC
 # delivered it for free.
 UNANSWERED_WAIT_MS = 30_000  # the least wait, whatever the grace
-# A part the SMSC kept throttling (connector.PART_THROTTLES: a destination's queue full) waits
-# this long in the queue, not counted as an attempt, while the bind carries the rest.
-THROTTLED_REQUEUE_MS = 10_000
 
 
 def unanswered_wait_ms(response_timeout_s: float) -> int:
@@ -604,7 +601,8 @@ class Dispatcher:
                 self.retried += 1
                 break
             elif out.kind == "throttled":
-                release = Release(msg.id, now_ms + THROTTLED_REQUEUE_MS, count_attempt=False)
+                requeue_ms = int(smsc.throttle_requeue_s * 1000)
+                release = Release(msg.id, now_ms + requeue_ms, count_attempt=False)
                 self.retried += 1
                 break
             elif out.kind == "expired":  # its validity passed while it waited: none goes out

@@ -70,13 +70,6 @@ STABLE_BIND_S: Final = 30.0
 # pause. Shorter averages are too noisy: over 32 answers, 2% random throttles crossed 5% often
 # enough to pause a 1 s default pause several times a minute.
 THROTTLE_RATE_WEIGHT: Final = 1 / 128
-# Throttles in a row for one part before it goes back to the dispatcher (outcome "throttled":
-# requeued for the dispatcher's THROTTLED_REQUEUE_MS, not counted as an attempt), as Kannel
-# requeues a throttled message. Many SMSCs answer ESME_RMSGQFUL for one destination whose queue
-# is full (a handset off for days): resent first after every pause, that one part used to push
-# the bind's throttle share over the tolerance, pause it, doubling, again and again (measured:
-# the other traffic fell from ~17,000 to ~27 messages/s), and never left it.
-PART_THROTTLES: Final = 5
 ERROR_LOG_EVERY_S: Final = 10.0  # submit errors are logged at most this often per SMSC
 
 
@@ -117,6 +110,7 @@ class SmscSettings(Protocol):
     throttle_pause_min_s: float
     throttle_pause_max_s: float
     throttle_tolerance: float
+    throttle_part_retries: int
     max_transient_retries: int
     recycle_after_timeouts: int
     unbind_timeout_s: float
@@ -702,7 +696,7 @@ class Connector:
             if kind == "throttled":
                 throttles += 1
                 self._throttle(bind, sent_at, name)
-                if throttles >= PART_THROTTLES:
+                if throttles >= self.cfg.throttle_part_retries:
                     return SubmitOutcome(index, "throttled", res.status, name, None), bind
                 priority = True
                 before = self._hold_check(context)  # at the resend's slot, after any pause

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import PipelineConfig, SmscConfig
-from bridge.pipeline.dispatcher import THROTTLED_REQUEUE_MS, Dispatcher
+from bridge.config import THROTTLE_PART_RETRIES, THROTTLE_REQUEUE_S, PipelineConfig, SmscConfig
+from bridge.pipeline.dispatcher import Dispatcher
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import PART_THROTTLES, SubmitOutcome
+from bridge.smpp.connector import SubmitOutcome
 from bridge.smpp.router import Router
 from bridge.store.base import Store
 from bridge.store.models import Release
@@ -403,13 +403,24 @@ async def test_stop_is_bounded_while_a_claim_hangs(store: Store) -> None:
     assert elapsed < 1.0, f"stop(grace=0.2) took {elapsed:.2f}s"
 
 
+@pytest.mark.parametrize(
+    ("retries", "requeue_s"), [(None, None), (2, 3.5)], ids=["defaults", "per-smsc"]
+)
 async def test_a_part_the_smsc_keeps_throttling_is_requeued_without_counting(
-    store: Store,
+    store: Store, retries: int | None, requeue_s: float | None
 ) -> None:
     """The SMSC answers every submit of m0's second part ESME_RMSGQFUL (that destination's
-    queue is full): after PART_THROTTLES throttles the connector gives the part back, and the
-    message goes back to the queue for THROTTLED_REQUEUE_MS, its first part recorded as sent,
-    no attempt counted (a throttle is never a failure), while the bind carries m1."""
+    queue is full): after THROTTLE_PART_RETRIES throttles the connector gives the part back,
+    and the message goes back to the queue for THROTTLE_REQUEUE_S, its first part recorded as sent,
+    no attempt counted (a throttle is never a failure), while the bind carries m1. Both are the
+    SMSC's settings (throttle_part_retries, throttle_requeue_s): carriers differ in how long a
+    destination's queue stays full."""
+    tries = retries or THROTTLE_PART_RETRIES
+    wait_ms = int((requeue_s or THROTTLE_REQUEUE_S) * 1000)
+    per_smsc = {} if retries is None else {"throttle_part_retries": retries}
+    connector_cfg = {} if retries is None else {"throttle_part_retries": retries}
+    if requeue_s is not None:
+        per_smsc["throttle_requeue_s"] = requeue_s
     await store.create_account(account())
     await accept(store, message("m0", parts=2))
     await accept(store, message("m1"))
@@ -417,22 +428,22 @@ async def test_a_part_the_smsc_keeps_throttling_is_requeued_without_counting(
     await smsc.start()
     smsc.on_submit = lambda conn, pdu: C.ESME_RMSGQFUL if pdu.body.short_message == b"m0/2" else 0
     try:
-        async with running(smsc_cfg(smsc.port)) as conn:
+        async with running(smsc_cfg(smsc.port, **connector_cfg)) as conn:
             assert await conn.wait_up(2.0)
-            d = _dispatcher(store, conn, 2, window=10)
+            d = _dispatcher(store, conn, 2, window=10, **per_smsc)
             task = asyncio.create_task(d.run())
             for _ in range(300):
                 await asyncio.sleep(0.01)
                 rec = await get(store, "m0")
                 if (await get(store, "m1")).state == "sent" and rec.segment_rows[0].state == "sent":
-                    if smsc.submits().count(b"m0/2") == PART_THROTTLES:
+                    if smsc.submits().count(b"m0/2") == tries:
                         break
             await d.stop(1.0)
             task.cancel()
     finally:
         await smsc.kill()
-    assert smsc.submits().count(b"m0/2") == PART_THROTTLES
+    assert smsc.submits().count(b"m0/2") == tries
     assert [s.state for s in (await get(store, "m0")).segment_rows] == ["sent", "queued"]
-    assert await store.claim("inst-2", 10, NOW + THROTTLED_REQUEUE_MS - 1, LEASE) == []
-    (again,) = await store.claim("inst-2", 10, NOW + THROTTLED_REQUEUE_MS, LEASE)
+    assert await store.claim("inst-2", 10, NOW + wait_ms - 1, LEASE) == []
+    (again,) = await store.claim("inst-2", 10, NOW + wait_ms, LEASE)
     assert (again.id, again.attempts) == ("m0", 1)

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from bridge.config import SimConfig, SmscConfig
+from bridge.config import THROTTLE_PART_RETRIES, SimConfig, SmscConfig
 from bridge.sim.server import SimSmsc
 from bridge.smpp import constants as C
 from bridge.smpp.codec import BindResp, MessageIdResp, Pdu, ShortMessage, decode, encode
-from bridge.smpp.connector import PART_THROTTLES, Connector, SubmitOutcome
+from bridge.smpp.connector import Connector, SubmitOutcome
 from bridge.smpp.framing import Framer
 from bridge.smpp.protocol import make_ssl_context
 
@@ -442,8 +442,8 @@ async def test_a_sporadic_throttle_is_resent_at_once_without_pausing(smsc: FakeS
 async def test_repeated_throttles_pause_the_bind(smsc: FakeSmsc) -> None:
     """Throttles past the tolerance pause the bind, doubling: the SMSC is telling us to slow
     down, not hiccuping. The first ones (while the bind's recent throttle share is still under
-    the tolerance) are resent at once. A part throttled PART_THROTTLES times in a row goes back
-    to its caller ("throttled": the dispatcher requeues it); the pause is the bind's, so the
+    the tolerance) are resent at once. A part throttled THROTTLE_PART_RETRIES times in a row goes
+    back to its caller ("throttled": the dispatcher requeues it); the pause is the bind's, so the
     next send waits it out just the same."""
     times: list[float] = []
 
@@ -459,7 +459,7 @@ async def test_repeated_throttles_pause_the_bind(smsc: FakeSmsc) -> None:
         while not kinds or kinds[-1] == "throttled":
             (out,) = await c.send_message([part("x")])
             kinds.append(out.kind)
-        assert kinds == ["throttled"] * (20 // PART_THROTTLES) + ["ok"]
+        assert kinds == ["throttled"] * (20 // THROTTLE_PART_RETRIES) + ["ok"]
         assert len(times) == 21
         snap = c.snapshot()
         assert snap["throttle_events"] == 20

@@ -651,8 +651,8 @@ async def test_a_throttle_storm_loses_nothing_keeps_part_order_and_leaks_no_slot
     in flight at once on two binds: all parts end ok, each message's parts are accepted in order
     (on one bind while none is given back), no throttle is counted as a failure, the binds
     paused (not a resend storm), and afterwards every window slot is free. A part throttled
-    PART_THROTTLES times in a row comes back "throttled", and its message's remaining parts are
-    sent again from it, as the dispatcher does after the requeue."""
+    THROTTLE_PART_RETRIES times in a row comes back "throttled", and its message's remaining
+    parts are sent again from it, as the dispatcher does after the requeue."""
     storm_until = time.monotonic() + 1.0
 
     def hook(conn: Conn, pdu: Pdu) -> int:
