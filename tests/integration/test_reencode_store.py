@@ -9,8 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import tests.store_engines as engines
+from bridge.pipeline.reencode import reencode_waiting
+from bridge.smpp.router import Router
 from bridge.store.base import Store
-from bridge.store.models import NewSegment, Reencoding, Release
+from bridge.store.models import NewMessage, NewSegment, Reencoding, Release
+from bridge.text.split import EncodeOptions, encode_message, wire_code
 from tests.integration.test_store import (
     LEASE,
     NOW,
@@ -185,3 +188,48 @@ async def test_a_claimed_message_is_encoded_again_by_its_claimer_only(store: Sto
     # Tried (a part reached the SMSC): nothing to encode again.
     await store.record_submits([sent("c2", 1)], [Release("c2", NOW + 1)], NOW)
     assert await store.claimed_text("inst-1", "c2") is None
+
+
+async def test_the_pass_stamps_what_it_looked_at_and_skips_what_is_stamped_already(
+    store: Store,
+) -> None:
+    """After a reload that turned Latin-1 on (a GSM text's bytes stay the same), the pass leaves
+    every message of the route stamped for the new options: one whose bytes it replaced, one
+    whose bytes were right (stamp only), one accepted without a stamp; a message stamped for
+    them already (accepted since the reload) is not encoded again. The claims that follow then
+    find nothing to encode again."""
+    await store.create_account(account())
+    before = EncodeOptions(allow_latin1=False)
+    after = EncodeOptions(allow_latin1=True)
+
+    def encoded(mid: str, text: str, opts: EncodeOptions, wire: int | None) -> NewMessage:
+        enc = encode_message(text, opts, 0)
+        parts = tuple(
+            NewSegment(p.seq, p.total, p.esm_class, p.short_message, b"") for p in enc.parts
+        )
+        return replace(
+            message(mid), text=text, data_coding=enc.data_coding, segments=parts, wire=wire
+        )
+
+    await accept(
+        store,
+        encoded("gsm", "plain", before, wire_code(before)),
+        encoded("unstamped", "plain", before, None),
+        encoded("latin", "naïve", before, wire_code(before)),  # UCS-2 before, Latin-1 now
+        replace(
+            encoded("new", "plain", after, wire_code(after)),
+            segments=(NewSegment(1, 1, 0, b"as is", b""),),
+        ),
+    )
+    router = Router([], ["sim"])
+    seen, changed = await reencode_waiting(
+        store, router, {"sim": after}, {"default"}, lambda _n, _b: 1, NOW
+    )
+    assert (seen, changed) == (4, 1)
+    rows, _ = await store.waiting_texts(None, 10)
+    assert {r.id: r.wire for r in rows} == dict.fromkeys(
+        ("gsm", "unstamped", "latin", "new"), wire_code(after)
+    )
+    by_id = {r.id: r for r in rows}
+    assert by_id["latin"].data_coding == 3
+    assert by_id["new"].parts[0].short_message == b"as is"  # trusted by its stamp
