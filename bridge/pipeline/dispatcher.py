@@ -39,7 +39,7 @@ from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage, WorkSegment
-from bridge.text.split import RefCounter, SplitMode, wire_code
+from bridge.text.split import RefCounter, SplitMode, TextError, wire_code
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -660,22 +660,39 @@ class Dispatcher:
         Costs a store read and write per such message; the claim of any other costs a compare.
 
         None when it is handed back instead (released now, not counted as an attempt: the
-        store changed it meanwhile, or a write failed, then after a second)."""
+        store changed it meanwhile, or a write failed, then after a second). As it is when
+        there is nothing to encode from (its text erased) or its text no longer fits a
+        message under the new options: sent as accepted, as before this check."""
         opts = self._options[first]
+        step = "encoding a claimed message again (it waits a second)"
         try:
             text = await self.store.claimed_text(self.instance, msg.id)
-            if text is None:  # no text kept (nothing to encode from), or no longer ours
-                return msg
-            bits = 8 if opts.split is SplitMode.UDH8 else 16
-            change = reencoded(text, opts, lambda: self.refs.next(msg.recipient, bits))
-            if change is None:  # the same bytes (a GSM text where only Latin-1 changed)
-                return replace(msg, wire=wire_code(opts))
-            done = await self.store.reencode([change], now_ms, claimed_by=self.instance)
         except Exception as exc:
-            self._failures.failed("encoding a claimed message again (it waits a second)", exc)
+            self._failures.failed(step, exc)
             add(Release(msg.id, now_ms + 1000, count_attempt=False))
             return None
-        self._failures.ok("encoding a claimed message again (it waits a second)")
+        if text is None:  # no text kept (nothing to encode from), or no longer ours
+            return msg
+        bits = 8 if opts.split is SplitMode.UDH8 else 16
+        try:
+            change = reencoded(text, opts, lambda: self.refs.next(msg.recipient, bits))
+        except TextError as exc:  # e.g. more parts than a message may have, as encoded now
+            log.warning(
+                "a claimed message cannot be encoded for its route's wire options now: sent "
+                "as accepted (%s)",
+                exc.code,
+                extra={"smsc": first},
+            )
+            return msg
+        if change is None:  # the same bytes (a GSM text where only Latin-1 changed)
+            return replace(msg, wire=wire_code(opts))
+        try:
+            done = await self.store.reencode([change], now_ms, claimed_by=self.instance)
+        except Exception as exc:
+            self._failures.failed(step, exc)
+            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            return None
+        self._failures.ok(step)
         if not done:  # changed since it was read: claimed again, it is looked at again
             add(Release(msg.id, now_ms, count_attempt=False))
             return None
