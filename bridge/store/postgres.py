@@ -1410,7 +1410,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         restamps: Sequence[tuple[str, int | None, int]] = (),
         claimed_by: str | None = None,
     ) -> int:
-        # The message's state as `$2` (and its claimer `$3`) after the id.
+        # Where the message may be: queued, or claimed by `claimed_by` (then `$2`, after the id).
         if claimed_by is None:
             state, args = "m.q_state = 'queued'", ()
         else:
