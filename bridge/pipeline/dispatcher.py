@@ -676,7 +676,7 @@ class Dispatcher:
         bits = 8 if opts.split is SplitMode.UDH8 else 16
         try:
             change = reencoded(text, opts, lambda: self.refs.next(msg.recipient, bits))
-        except TextError as exc:  # e.g. more parts than a message may have, as encoded now
+        except TextError as exc:  # not seen: text.max_chars keeps any text within 255 parts
             log.warning(
                 "a claimed message cannot be encoded for its route's wire options now: sent "
                 "as accepted (%s)",
