@@ -172,7 +172,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts_old RENAME TO mo_parts",
     ),
     23: ("DROP INDEX messages_expiring",),
-    27: ("ALTER TABLE messages DROP COLUMN wire",),
+    25: ("ALTER TABLE messages DROP COLUMN wire",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -219,7 +219,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts DROP COLUMN set_no",
         "ALTER TABLE mo_parts ADD PRIMARY KEY (smsc, source, destination, ref, seq)",
     ),
-    27: ("ALTER TABLE messages DROP COLUMN wire",),
+    25: ("ALTER TABLE messages DROP COLUMN wire",),
 }
 
 

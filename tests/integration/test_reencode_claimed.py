@@ -1,7 +1,7 @@
 """The dispatcher against a real store (both engines): a claimed message whose parts were encoded
 for other wire options than its route's first SMSC has now (`messages.wire`: accepted by a
 process still on the configuration before a reload) is encoded again before it leaves; one
-stamped for the options in force, one without a stamp (accepted before schema 27) and one whose
+stamped for the options in force, one without a stamp (accepted before schema 25) and one whose
 earlier submit went unanswered (the SMSC may hold the old parts) leave as stored."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ async def test_a_claimed_message_encoded_for_other_wire_options_is_encoded_again
         store,
         later("stale", wire=wire_code(UNPACKED)),  # an acceptor not reloaded yet
         later("stamped", wire=wire_code(PACKED), stored=b"as is"),  # trusted by its stamp
-        later("unstamped", wire=None),  # before schema 27: the pass's business
+        later("unstamped", wire=None),  # before schema 25: the pass's business
     )
     conn = Recorder()
     cfg = SmscConfig(name="smscA", system_id="t", password="t", packed_gsm=True)
