@@ -173,6 +173,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     ),
     23: ("DROP INDEX messages_expiring",),
     24: ("DROP TABLE pending_ends",),
+    25: ("ALTER TABLE messages DROP COLUMN wire",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -219,6 +220,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts DROP COLUMN set_no",
         "ALTER TABLE mo_parts ADD PRIMARY KEY (smsc, source, destination, ref, seq)",
     ),
+    25: ("ALTER TABLE messages DROP COLUMN wire",),
 }
 
 

@@ -31,7 +31,14 @@ from bridge.smpp.router import Router
 from bridge.smpp.tlvpack import pack_tlvs
 from bridge.store.models import Account, NewMessage, NewSegment, Template
 from bridge.text.preview import with_sign
-from bridge.text.split import EncodeOptions, RefCounter, SplitMode, TextError, encode_message
+from bridge.text.split import (
+    EncodeOptions,
+    RefCounter,
+    SplitMode,
+    TextError,
+    encode_message,
+    wire_code,
+)
 from bridge.text.units import CountingRule, billable_units, tariff_chars
 
 ALLOWED_FIELDS = frozenset(
@@ -321,6 +328,9 @@ class Submitter:
             for s in config.smscs
             for smart in (False, True)
         }
+        # Per SMSC, the stamp of its wire options each message carries (wire_code): the
+        # dispatcher encodes again a message whose stamp is not its route's now.
+        self._wires = {s.name: wire_code(encode_options(s, False)) for s in config.smscs}
         self._rule = CountingRule(config.text.counting_rule)
 
     def render_template(self, template: Template, params: dict[str, Any]) -> str:
@@ -497,6 +507,7 @@ class Submitter:
                     expires_at=expires,
                     kind=kind,
                     price_class=price_class,
+                    wire=self._wires[candidates[0]],
                 )
             )
         if problems:

@@ -23,13 +23,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from bridge import logs
 from bridge.aio import idle_wait_s, wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
-from bridge.pipeline.reencode import reencode_waiting, smsc_options
+from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, SubmitOutcome
@@ -37,8 +38,8 @@ from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
 from bridge.store.base import Store, is_unavailable
-from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage
-from bridge.text.split import RefCounter
+from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage, WorkSegment
+from bridge.text.split import RefCounter, SplitMode, TextError, wire_code
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -139,6 +140,7 @@ class Dispatcher:
         self.lease_ms = lease_ms
         self.clock = clock
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._encodings(smscs)
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -184,6 +186,14 @@ class Dispatcher:
         self.failed = 0
         self.retried = 0
         self.late_accepted = 0  # parts recorded sent from a submit_sm_resp after its timeout
+        self.reencoded_claimed = 0  # claimed messages encoded again (`_encoded_again`)
+        self._reencoded_said_at = -10.0  # time.monotonic() of the last line saying so
+        self._reencoded_said = 0  # reencoded_claimed then
+
+    def _encodings(self, smscs: Mapping[str, SmscConfig]) -> None:
+        """Each SMSC's wire options as a send encodes for it, and their stamp (wire_code)."""
+        self._options = smsc_options(smscs)
+        self._wires = {name: wire_code(opts) for name, opts in self._options.items()}
 
     def reconfigure(
         self,
@@ -200,6 +210,7 @@ class Dispatcher:
         self.router = router
         self.smscs = smscs
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._encodings(smscs)
         if pipeline is not None:
             self.claim_batch = pipeline.claim_batch
             self.in_flight_windows = pipeline.in_flight_windows
@@ -453,9 +464,23 @@ class Dispatcher:
             # over two carriers may never be joined, and each would bill its parts).
             name = msg.smsc if self.connectors[msg.smsc].is_up else None
         else:
-            name = self.router.pick(
-                msg.recipient, lambda n: n in self.connectors and self.connectors[n].is_up
-            )
+            # Router.pick, inline: the candidates are needed again for the wire check below.
+            candidates = self.router.candidates(msg.recipient)
+            name = None
+            for n in candidates:
+                c = self.connectors.get(n)
+                if c is not None and c.is_up:
+                    name = n
+                    break
+            if name is not None and msg.wire is not None and msg.smsc is None:
+                # Parts encoded for other wire options than its route's first SMSC has now
+                # (never tried, so they may still change): encoded again before they leave.
+                first = candidates[0]
+                if self._wires.get(first, msg.wire) != msg.wire and not msg.unanswered:
+                    fresh = await self._encoded_again(msg, first, add, now_ms)
+                    if fresh is None:
+                        return
+                    msg = fresh
         if name is None:
             # Its route went down after the claim found it up (a down route's messages are
             # parked by the claim instead): back off (1 s, 2 s, 4 s ... 60 s per message), or
@@ -613,6 +638,81 @@ class Dispatcher:
                 break
         if release is not None:
             add(release)
+
+    async def _encoded_again(
+        self,
+        msg: WorkMessage,
+        first: str,
+        add: Callable[[SubmitResult | Release], None],
+        now_ms: int,
+    ) -> WorkMessage | None:
+        """`msg`, claimed with parts encoded for other wire options than its route's first SMSC
+        has now, encoded again for them (its stored parts replaced first) before it leaves.
+
+        Such a message was accepted by a process still running the configuration before a
+        reload: an acceptor that had not reloaded yet (they reload after the owner, one after
+        another, and one whose copy of the file could not be written keeps the old one), or a
+        send encoded just before the reload and committed after the re-encoding pass had
+        passed. The pass (`_reencode`) cannot see those; without this they went out as
+        accepted (unpacked septets to an SMSC now reading them packed, Latin-1 to one without).
+        Costs a store read and write per such message; the claim of any other costs a compare.
+
+        None when it is handed back instead (released now, not counted as an attempt: the
+        store changed it meanwhile, or a write failed, then after a second). As it is when
+        there is nothing to encode from (its text erased) or its text no longer fits a
+        message under the new options: sent as accepted, as before this check."""
+        opts = self._options[first]
+        step = "encoding a claimed message again (it waits a second)"
+        try:
+            text = await self.store.claimed_text(self.instance, msg.id)
+        except Exception as exc:
+            self._failures.failed(step, exc)
+            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            return None
+        if text is None:  # no text kept (nothing to encode from), or no longer ours
+            return msg
+        bits = 8 if opts.split is SplitMode.UDH8 else 16
+        try:
+            change = reencoded(text, opts, lambda: self.refs.next(msg.recipient, bits))
+        except TextError as exc:  # not seen: text.max_chars keeps any text within 255 parts
+            log.warning(
+                "a claimed message cannot be encoded for its route's wire options now: sent "
+                "as accepted (%s)",
+                exc.code,
+                extra={"smsc": first},
+            )
+            return msg
+        if change is None:  # the same bytes (a GSM text where only Latin-1 changed)
+            return replace(msg, wire=wire_code(opts))
+        try:
+            done = await self.store.reencode([change], now_ms, claimed_by=self.instance)
+        except Exception as exc:
+            self._failures.failed(step, exc)
+            add(Release(msg.id, now_ms + 1000, count_attempt=False))
+            return None
+        self._failures.ok(step)
+        if not done:  # changed since it was read: claimed again, it is looked at again
+            add(Release(msg.id, now_ms, count_attempt=False))
+            return None
+        self.reencoded_claimed += 1
+        at = time.monotonic()
+        if at - self._reencoded_said_at >= 10.0:  # a line per 10 s: a stale acceptor sends on
+            log.info(
+                "claimed message encoded again for its route's wire options (accepted under "
+                "the configuration before a reload): %d since the last such line",
+                self.reencoded_claimed - self._reencoded_said,
+                extra={"smsc": first},
+            )
+            self._reencoded_said_at, self._reencoded_said = at, self.reencoded_claimed
+        return replace(
+            msg,
+            data_coding=change.data_coding,
+            wire=change.wire,
+            segments=tuple(
+                WorkSegment(p.seq, p.total, p.esm_class, p.short_message, p.tlvs, 0)
+                for p in change.parts
+            ),
+        )
 
     async def _held(self, context: tuple[str, int]) -> bool:
         """Asked by the connector before it resends a part (after a throttle or an error):

@@ -8,6 +8,11 @@ to one that now reads them packed (garbage on the handset). So the dispatcher, b
 claim, encodes each waiting message of those routes again from its stored text and replaces its
 parts when they differ (`Store.reencode`, only while the message was never tried).
 
+Every message is stamped with the wire options its parts are for (`messages.wire`,
+`text.split.wire_code`), at acceptance and by this pass: the dispatcher compares the stamp as it
+claims, and encodes again there what the pass could not see (a send accepted by an acceptor
+process that had not reloaded yet, after the pass had gone over the queue).
+
 The price stays as accepted: the 202 stated it and the ledger holds it; a message's `segments`
 (parts on the wire) follows the new encoding. A concatenation reference is kept when the
 message had one (so encoding again is idempotent: another instance reading the new parts finds
@@ -27,7 +32,7 @@ from bridge.smpp.router import Router
 from bridge.smpp.tlvpack import pack_tlvs, unpack_tlvs
 from bridge.store.base import Store
 from bridge.store.models import NewSegment, Reencoding, WaitingText
-from bridge.text.split import EncodeOptions, SplitMode, encode_message
+from bridge.text.split import EncodeOptions, SplitMode, encode_message, wire_code
 
 log = logging.getLogger("bridge.pipeline.reencode")
 
@@ -61,7 +66,8 @@ def stored_reference(parts: tuple[NewSegment, ...]) -> int | None:
 
 
 def reencoded(msg: WaitingText, opts: EncodeOptions, draw: Callable[[], int]) -> Reencoding | None:
-    """`msg` encoded for `opts`, or None when its stored parts are already those bytes."""
+    """`msg` encoded for `opts` (stamped with their wire_code), or None when its stored parts
+    are already those bytes."""
     ref = stored_reference(msg.parts)
     fits = ref is not None and (opts.split is not SplitMode.UDH8 or ref <= 0xFF)
     enc = encode_message(msg.text, opts, ref if fits and ref is not None else draw)
@@ -79,6 +85,7 @@ def reencoded(msg: WaitingText, opts: EncodeOptions, draw: Callable[[], int]) ->
         data_coding=enc.data_coding,
         segments=enc.segments,
         parts=parts,
+        wire=wire_code(opts),
     )
 
 
@@ -91,13 +98,19 @@ async def reencode_waiting(
     now_ms: int,
 ) -> tuple[int, int]:
     """Encode again the waiting messages of routes `keys` (Router keys) for their route's first
-    SMSC as configured now: (messages looked at, messages whose parts were replaced)."""
+    SMSC as configured now: (messages looked at, messages whose parts were replaced).
+
+    Each message ends stamped with the wire options its parts are for (`messages.wire`), those
+    found already right too: the dispatcher encodes again, as it claims, any message whose
+    stamp is not its route's, and must not have to look at each of a backlog this pass did."""
     began = time.monotonic()
     seen = changed = 0
     after: tuple[Any, ...] | None = None
+    wires = {name: wire_code(opts) for name, opts in options.items()}
     while True:
         rows, after = await store.waiting_texts(after, CHUNK)
         changes = []
+        restamps = []
         for msg in rows:
             if router.route_key(msg.recipient) not in keys:
                 continue
@@ -106,12 +119,17 @@ async def reencode_waiting(
             if opts is None:
                 continue
             seen += 1
+            wire = wires[candidates[0]]
+            if msg.wire == wire:  # encoded for these options (accepted since the reload)
+                continue
             bits = 8 if opts.split is SplitMode.UDH8 else 16
             change = reencoded(msg, opts, lambda n=msg.recipient, b=bits: draw(n, b))
             if change is not None:
                 changes.append(change)
-        if changes:
-            changed += await store.reencode(changes, now_ms)
+            else:
+                restamps.append((msg.id, msg.wire, wire))
+        if changes or restamps:
+            changed += await store.reencode(changes, now_ms, restamps)
         if after is None:
             break
     log.info(

@@ -405,9 +405,23 @@ class Store(Protocol):
         nothing meanwhile)."""
         ...
 
-    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
-        """Replace the parts (and encoding, data_coding, segments) of each message still queued,
-        never tried and as read; the number replaced."""
+    async def reencode(
+        self,
+        changes: Sequence[Reencoding],
+        now: int,
+        restamps: Sequence[tuple[str, int | None, int]] = (),
+        claimed_by: str | None = None,
+    ) -> int:
+        """Replace the parts (and encoding, data_coding, segments, wire) of each message still
+        queued, never tried and as read; the number replaced. `restamps` (id, wire as read,
+        wire): messages whose parts are already right for `wire`, which gets only the stamp,
+        if still as read. With `claimed_by`, the messages are those claimed by that instance
+        instead of queued ones (the dispatcher found them encoded for other wire options)."""
+        ...
+
+    async def claimed_text(self, instance: str, message_id: str) -> WaitingText | None:
+        """A message claimed by `instance` and never tried, with its text and parts (as
+        `waiting_texts` reads them); None when it is not that, or has no text kept."""
         ...
 
     async def unpark(self, keys: Collection[str], now: int) -> int:

@@ -102,6 +102,7 @@ class WaitingText:
     text: str
     data_coding: int
     parts: tuple[NewSegment, ...]
+    wire: int | None = None  # the wire options its parts are for (text.split.wire_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class Reencoding:
     data_coding: int
     segments: int  # on the air (a payload's SMSC-made segments counted)
     parts: tuple[NewSegment, ...]
+    wire: int | None = None  # the wire options the new parts are for (text.split.wire_code)
 
 
 @fast_init
@@ -141,12 +143,14 @@ class NewMessage:
     air_segments: int = 0
     kind: str | None = None  # template type; None for free text
     price_class: str | None = None  # 'D' domestic, an international prefix, None: not billed
+    # The wire options its parts were encoded for (text.split.wire_code); None: not known.
+    wire: int | None = None
 
     def insert_values(self) -> tuple[Any, ...]:
         """Its `messages` row as both engines insert it: id, account_id, batch_id, client_ref,
         recipient, sender, sign_name, template, text, encoding, data_coding, segments,
         billable_units, accepted_at, scheduled_at, expires_at, q_not_before, kind,
-        price_class."""
+        price_class, wire."""
         return (
             self.id,
             self.account_id,
@@ -167,6 +171,7 @@ class NewMessage:
             self.scheduled_at or self.accepted_at,
             self.kind,
             self.price_class,
+            self.wire,
         )
 
 
@@ -295,6 +300,8 @@ class WorkMessage:
     # concatenated SMS is never split over two carriers (failover between its parts).
     smsc: str | None = None
     unanswered: int = 0  # earlier claims whose submit went unanswered
+    # The wire options its parts were encoded for (text.split.wire_code); None: not known.
+    wire: int | None = None
 
 
 @fast_init

@@ -150,22 +150,23 @@ _STORE_IDEMPOTENCY = (
 _MESSAGE_ARRAYS = """
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int[], $13::int[],
-        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[])"""
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[],
+        $20::int[])"""
 # One message (the usual send): scalars, which asyncpg encodes several times faster than arrays.
 _MESSAGE_SCALARS = """
     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
         $9::text, $10::text, $11::int, $12::int, $13::int, $14::bigint, $15::bigint, $16::bigint,
-        $17::bigint, $18::text, $19::text"""
+        $17::bigint, $18::text, $19::text, $20::int"""
 _SEGMENT_ARRAYS = """
-    SELECT * FROM unnest($20::text[], $21::int[], $22::int[], $23::int[], $24::bytea[],
-        $25::bytea[])"""
+    SELECT * FROM unnest($21::text[], $22::int[], $23::int[], $24::int[], $25::bytea[],
+        $26::bytea[])"""
 _MESSAGE_INSERT = """
     INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, sign_name,
         template, text, encoding, data_coding, segments, billable_units, accepted_at,
-        scheduled_at, expires_at, q_not_before, kind, price_class)"""
+        scheduled_at, expires_at, q_not_before, kind, price_class, wire)"""
 _SEGMENT_INSERT = """
     INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs)"""
-_MESSAGE_PARAMS = 25  # $1..$25 above: the messages' columns, then their parts'
+_MESSAGE_PARAMS = 26  # $1..$26 above: the messages' columns, then their parts'
 
 # Messages and their parts in one statement (one round trip for the whole batch).
 _INSERT_MESSAGES = f"""
@@ -182,22 +183,22 @@ WITH m AS ({_MESSAGE_INSERT} {_MESSAGE_ARRAYS})
 _ACCEPT_SEND_TEMPLATE = """
 WITH k AS (
     SELECT k.status AS key_status, {account_cols}
-    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $26
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $27
 ), ok AS (
     SELECT 1 FROM k WHERE key_status = 'active' AND status = 'active' AND tps = 0
-        AND ($30::bigint IS NULL OR updated_at = $30)
+        AND ($31::bigint IS NULL OR updated_at = $31)
 ), n AS (
-    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $26, $27, $28 FROM ok
+    INSERT INTO nonces (key_id, nonce, expires_at) SELECT $27, $28, $29 FROM ok
     ON CONFLICT (key_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
-    WHERE nonces.expires_at <= $29
+    WHERE nonces.expires_at <= $30
     RETURNING 1
 ), i AS (
     INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at)
-    SELECT $31, $32, $33, $34, $35, $36 FROM n
+    SELECT $32, $33, $34, $35, $36, $37 FROM n
     ON CONFLICT (account_id, key) DO UPDATE SET
         request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
         response = EXCLUDED.response, expires_at = EXCLUDED.expires_at
-    WHERE idempotency.expires_at <= $29
+    WHERE idempotency.expires_at <= $30
     RETURNING 1
 ), m AS ({message_insert} {messages} WHERE EXISTS (SELECT 1 FROM i)
 ), s AS ({segment_insert} {segments} WHERE EXISTS (SELECT 1 FROM i))
@@ -1381,7 +1382,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # In the queue index's order (account, due time, id): no sort.
         since = "AND (account_id, q_not_before, id) > ($2, $3, $4) " if after else ""
         rows = await self.pool.fetch(
-            "SELECT account_id, q_not_before, id, recipient, text, data_coding FROM messages "
+            "SELECT account_id, q_not_before, id, recipient, text, data_coding, wire FROM messages "
             f"WHERE q_state = 'queued' {since}AND {NEVER_TRIED} AND text IS NOT NULL "
             "ORDER BY account_id, q_not_before, id LIMIT $1",
             limit,
@@ -1398,20 +1399,33 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             parts.setdefault(r[0], []).append(
                 NewSegment(r[1], r[2], r[3], bytes(r[4]), bytes(r[5]))
             )
-        out = [WaitingText(r[2], r[3], r[4], r[5], tuple(parts.get(r[2], ()))) for r in rows]
+        out = [WaitingText(r[2], r[3], r[4], r[5], tuple(parts.get(r[2], ())), r[6]) for r in rows]
         last = rows[-1]
         return out, (last[0], last[1], last[2]) if len(rows) == limit else None
 
-    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
+    async def reencode(
+        self,
+        changes: Sequence[Reencoding],
+        now: int,
+        restamps: Sequence[tuple[str, int | None, int]] = (),
+        claimed_by: str | None = None,
+    ) -> int:
+        # Where the message may be: queued, or claimed by `claimed_by` (then `$2`, after the id).
+        if claimed_by is None:
+            state, args = "m.q_state = 'queued'", ()
+        else:
+            state, args = "m.q_state = 'claimed' AND m.q_claimed_by = $2", (claimed_by,)
+
         async def job(c: asyncpg.Connection) -> int:
             done = 0
             for ch in changes:
                 row = await c.fetchrow(
                     "SELECT m.data_coding, s.short_message FROM messages m "
                     "JOIN segments s ON s.message_id = m.id AND s.seq = 1 "
-                    f"WHERE m.id = $1 AND m.q_state = 'queued' AND {NEVER_TRIED} "
+                    f"WHERE m.id = $1 AND {state} AND {NEVER_TRIED} "
                     "FOR UPDATE OF m SKIP LOCKED",
                     ch.id,
+                    *args,
                 )
                 if row is None or (row[0], bytes(row[1])) != (ch.was_data_coding, ch.was_first):
                     continue  # claimed, tried, canceled or encoded again since it was read
@@ -1425,17 +1439,49 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     ],
                 )
                 await c.execute(
-                    "UPDATE messages SET encoding = $2, data_coding = $3, segments = $4 "
-                    "WHERE id = $1",
+                    "UPDATE messages SET encoding = $2, data_coding = $3, segments = $4, "
+                    "wire = $5 WHERE id = $1",
                     ch.id,
                     ch.encoding,
                     ch.data_coding,
                     ch.segments,
+                    ch.wire,
                 )
                 done += 1
+            if restamps:  # parts already right for `wire`: only the stamp, if still as read
+                n = len(args) + 2
+                await c.execute(
+                    f"UPDATE messages m SET wire = r.wire FROM unnest($1::text[], ${n}::int[], "
+                    f"${n + 1}::int[]) AS r(id, was, wire) WHERE m.id = r.id AND {state} "
+                    f"AND {NEVER_TRIED} AND m.wire IS NOT DISTINCT FROM r.was",
+                    [mid for mid, _was, _wire in restamps],
+                    *args,
+                    [was for _mid, was, _wire in restamps],
+                    [wire for _mid, _was, wire in restamps],
+                )
             return done
 
         return await run_tx(self.pool, job)
+
+    async def claimed_text(self, instance: str, message_id: str) -> WaitingText | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, recipient, text, data_coding, wire FROM messages "
+            f"WHERE id = $1 AND q_state = 'claimed' AND q_claimed_by = $2 AND {NEVER_TRIED} "
+            "AND text IS NOT NULL",
+            message_id,
+            instance,
+        )
+        if row is None:
+            return None
+        parts = tuple(
+            NewSegment(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]))
+            for r in await self.pool.fetch(
+                "SELECT seq, total, esm_class, short_message, tlvs FROM segments "
+                "WHERE message_id = $1 ORDER BY seq",
+                message_id,
+            )
+        )
+        return WaitingText(row[0], row[1], row[2], row[3], parts, row[4])
 
     async def _tx_counting(
         self,
@@ -2082,7 +2128,7 @@ async def _insert_messages(c: asyncpg.Connection, batch: AcceptBatch) -> None:
 
 
 def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
-    """$1..$25 of _INSERT_MESSAGES / _ACCEPT_SEND: one array per column (with `scalar`, the
+    """$1..$26 of _INSERT_MESSAGES / _ACCEPT_SEND: one array per column (with `scalar`, the
     one message's columns as values, its parts still as arrays)."""
     msgs = batch.messages
     segs = [(m.id, s) for m in msgs for s in m.segments]
@@ -2090,8 +2136,8 @@ def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
         (m,) = msgs
         return [*m.insert_values(), *_segment_arrays(segs)]
     rows = [m.insert_values() for m in msgs]
-    # One array per column (19 empty ones for no message, as the statement's parameters need).
-    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 19
+    # One array per column (20 empty ones for no message, as the statement's parameters need).
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 20
     return [*columns, *_segment_arrays(segs)]
 
 

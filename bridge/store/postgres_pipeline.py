@@ -184,11 +184,11 @@ WITH c AS (
         q_attempts = q_attempts + 1, q_route = NULL, q_park = NULL
     WHERE id = ANY($1::text[])
     RETURNING id, account_id, recipient, sender, data_coding, expires_at, q_attempts,
-        CASE WHEN segments_sent > 0 THEN smsc END AS first_smsc, q_unanswered
+        CASE WHEN segments_sent > 0 THEN smsc END AS first_smsc, q_unanswered, wire
 )
 SELECT c.id, c.account_id, c.recipient, c.sender, c.data_coding, c.expires_at, c.q_attempts,
     s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts, c.first_smsc,
-    c.q_unanswered
+    c.q_unanswered, c.wire
 FROM c LEFT JOIN segments s ON s.message_id = c.id AND s.state = 'queued'
 ORDER BY c.id, s.seq
 """
@@ -334,7 +334,7 @@ async def claim(
     for r in rows:
         mid = r[0]
         if mid not in msgs:
-            msgs[mid] = (*r[:7], r[13], r[14])
+            msgs[mid] = (*r[:7], r[13], r[14], r[15])
             segs[mid] = []
         if r[7] is not None:
             segs[mid].append(
@@ -359,6 +359,7 @@ async def claim(
             segments=tuple(segs[mid]),
             smsc=m[7],
             unanswered=m[8],
+            wire=m[9],
         )
         for mid in ids
         if (m := msgs.get(mid)) is not None

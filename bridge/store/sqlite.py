@@ -595,8 +595,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             c.executemany(
                 "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
-                "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 message_rows,
             )
             c.executemany(
@@ -918,7 +918,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # for the pass (pipeline/dispatcher.py).
             since = "AND (account_id, q_not_before, rowid) > (?,?,?) " if after else ""
             rows = c.execute(
-                "SELECT account_id, q_not_before, rowid, id, recipient, text, data_coding "
+                "SELECT account_id, q_not_before, rowid, id, recipient, text, data_coding, wire "
                 f"FROM messages INDEXED BY messages_queue WHERE q_state='queued' {since}"
                 f"AND {NEVER_TRIED} AND text IS NOT NULL "
                 "ORDER BY account_id, q_not_before, rowid LIMIT ?",
@@ -936,21 +936,31 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 parts.setdefault(mid, []).append(
                     NewSegment(seq, total, esm, bytes(sm), bytes(tlvs))
                 )
-            out = [WaitingText(r[3], r[4], r[5], r[6], tuple(parts.get(r[3], ()))) for r in rows]
+            out = [
+                WaitingText(r[3], r[4], r[5], r[6], tuple(parts.get(r[3], ())), r[7]) for r in rows
+            ]
             last = rows[-1]
             return out, (last[0], last[1], last[2]) if len(rows) == limit else None
 
         return await self._runner.read(job)
 
-    async def reencode(self, changes: Sequence[Reencoding], now: int) -> int:
+    async def reencode(
+        self,
+        changes: Sequence[Reencoding],
+        now: int,
+        restamps: Sequence[tuple[str, int | None, int]] = (),
+        claimed_by: str | None = None,
+    ) -> int:
+        state, args = _reencodable(claimed_by)
+
         def job(c: sqlite3.Connection) -> int:
             done = 0
             for ch in changes:
                 row = c.execute(
                     "SELECT m.data_coding, s.short_message FROM messages m "
                     "JOIN segments s ON s.message_id = m.id AND s.seq = 1 "
-                    f"WHERE m.id=? AND m.q_state='queued' AND {NEVER_TRIED}",
-                    (ch.id,),
+                    f"WHERE m.id=? AND {state} AND {NEVER_TRIED}",
+                    (ch.id, *args),
                 ).fetchone()
                 if row is None or (row[0], bytes(row[1])) != (ch.was_data_coding, ch.was_first):
                     continue  # claimed, tried, canceled or encoded again since it was read
@@ -964,13 +974,41 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     ],
                 )
                 c.execute(
-                    "UPDATE messages SET encoding=?, data_coding=?, segments=? WHERE id=?",
-                    (ch.encoding, ch.data_coding, ch.segments, ch.id),
+                    "UPDATE messages SET encoding=?, data_coding=?, segments=?, wire=? WHERE id=?",
+                    (ch.encoding, ch.data_coding, ch.segments, ch.wire, ch.id),
                 )
                 done += 1
+            if restamps:  # parts already right for `wire`: only the stamp, if still as read
+                c.executemany(
+                    f"UPDATE messages SET wire=? WHERE id=? AND {state} AND {NEVER_TRIED} "
+                    "AND wire IS ?",
+                    [(wire, mid, *args, was) for mid, was, wire in restamps],
+                )
             return done
 
         return await self._runner.write(job)
+
+    async def claimed_text(self, instance: str, message_id: str) -> WaitingText | None:
+        def job(c: sqlite3.Connection) -> WaitingText | None:
+            row = c.execute(
+                "SELECT id, recipient, text, data_coding, wire FROM messages "
+                f"WHERE id=? AND q_state='claimed' AND q_claimed_by=? AND {NEVER_TRIED} "
+                "AND text IS NOT NULL",
+                (message_id, instance),
+            ).fetchone()
+            if row is None:
+                return None
+            parts = tuple(
+                NewSegment(seq, total, esm, bytes(sm), bytes(tlvs))
+                for seq, total, esm, sm, tlvs in c.execute(
+                    "SELECT seq, total, esm_class, short_message, tlvs FROM segments "
+                    "WHERE message_id=? ORDER BY seq",
+                    (message_id,),
+                )
+            )
+            return WaitingText(row[0], row[1], row[2], row[3], parts, row[4])
+
+        return await self._runner.read(job)
 
     async def _write_counting(
         self, job: Callable[[sqlite3.Connection, dict[str, int]], T], **kw: Any
@@ -1920,7 +1958,7 @@ def _claim_ids(
         r[0]: r
         for r in c.execute(
             f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts, "
-            f"CASE WHEN segments_sent>0 THEN smsc END, q_unanswered "
+            f"CASE WHEN segments_sent>0 THEN smsc END, q_unanswered, wire "
             f"FROM messages WHERE id IN ({marks})",
             ids,
         )
@@ -1956,6 +1994,7 @@ def _claim_ids(
                 segments=tuple(segs.get(mid, ())),
                 smsc=m[7],
                 unanswered=m[8],
+                wire=m[9],
             )
         )
     return out
@@ -1979,3 +2018,11 @@ def _enqueue_webhook(
         "next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
         (webhook_id, account_id, kind, ref_id, payload, now, now),
     )
+
+
+def _reencodable(claimed_by: str | None) -> tuple[str, tuple[str, ...]]:
+    """Where a message may get new parts: queued (the pass after a reload), or claimed by
+    `claimed_by` (the dispatcher, as it finds a message encoded for other wire options)."""
+    if claimed_by is None:
+        return "q_state='queued'", ()
+    return "q_state='claimed' AND q_claimed_by=?", (claimed_by,)

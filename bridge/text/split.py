@@ -38,6 +38,7 @@ __all__ = [
     "TextError",
     "choose_encoding",
     "encode_message",
+    "wire_code",
 ]
 
 TAG_SAR_MSG_REF_NUM = 0x020C
@@ -81,6 +82,23 @@ class EncodeOptions:
             raise ValueError(f"max_parts: must be between 1 and 255, got {self.max_parts}")
         if self.gsm_data_coding not in (0, 1):
             raise ValueError(f"gsm_data_coding: must be 0 or 1, got {self.gsm_data_coding}")
+
+
+_SPLIT_CODES = {SplitMode.UDH8: 0, SplitMode.UDH16: 1, SplitMode.SAR: 2, SplitMode.PAYLOAD: 3}
+
+
+def wire_code(opts: EncodeOptions) -> int:
+    """The wire options a message's parts are encoded for (split, packing, Latin-1, GSM
+    data_coding), as a small number stored with the message (`messages.wire`): the dispatcher
+    compares it with its route's options as it claims, so a message encoded under another
+    configuration (an acceptor that had not reloaded yet) is encoded again before it leaves.
+    Stable across processes and releases (not `hash`): the numbers are stored."""
+    return (
+        _SPLIT_CODES[opts.split] << 3
+        | opts.packed_gsm << 2
+        | opts.allow_latin1 << 1
+        | opts.gsm_data_coding
+    )
 
 
 @fast_init

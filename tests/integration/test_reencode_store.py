@@ -5,11 +5,15 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import tests.store_engines as engines
+from bridge.pipeline.reencode import reencode_waiting
+from bridge.smpp.router import Router
 from bridge.store.base import Store
-from bridge.store.models import NewSegment, Reencoding, Release
+from bridge.store.models import NewMessage, NewSegment, Reencoding, Release
+from bridge.text.split import EncodeOptions, encode_message, wire_code
 from tests.integration.test_store import (
     LEASE,
     NOW,
@@ -128,3 +132,104 @@ def test_the_expiry_sweep_reads_the_expiring_index_not_the_queue(tmp_path: Path)
         c.executescript(script)
     plan = " ".join(str(r[3]) for r in c.execute(f"EXPLAIN QUERY PLAN {EXPIRED_QUEUED}", (NOW,)))
     assert "messages_expiring" in plan and "expires_at<?" in plan, plan
+
+
+async def test_the_wire_stamp_is_stored_claimed_and_replaced(store: Store) -> None:
+    """`messages.wire`: the wire options a message's parts were encoded for, as accepted (one
+    message, and several in one request: PostgreSQL writes them by two statements), read by
+    the pass and the claim, replaced with new parts, or alone (a restamp) while as read."""
+    await store.create_account(account())
+    await accept(store, replace(message("m1"), wire=5))
+    await accept(store, replace(message("m2"), wire=5), message("m3"))
+    rows, _ = await store.waiting_texts(None, 10)
+    assert {r.id: r.wire for r in rows} == {"m1": 5, "m2": 5, "m3": None}
+    done = await store.reencode(
+        [replace(change("m1", b"m1/1"), wire=7)],
+        NOW,
+        restamps=[("m2", 5, 7), ("m3", 6, 7)],  # m3: not as read (no stamp), left alone
+    )
+    assert done == 1
+    rows, _ = await store.waiting_texts(None, 10)
+    assert {r.id: r.wire for r in rows} == {"m1": 7, "m2": 7, "m3": None}
+    # (The count is of parts replaced: a restamp alone counts none.)
+    assert await store.reencode([], NOW, restamps=[("m3", None, 7)]) == 0
+    work = {w.id: w for w in await claim_all(store)}
+    assert {mid: w.wire for mid, w in work.items()} == {"m1": 7, "m2": 7, "m3": 7}
+    # Claimed: the pass's restamp leaves it to the claimer.
+    assert await store.reencode([], NOW, restamps=[("m2", 7, 3)]) == 0
+    assert (await store.claimed_text("inst-1", "m2")).wire == 7  # type: ignore[union-attr]
+
+
+async def test_a_claimed_message_is_encoded_again_by_its_claimer_only(store: Store) -> None:
+    """What the dispatcher does with a claimed message encoded for other wire options: reads
+    its text and parts (`claimed_text`), and replaces them while it holds the claim and the
+    message was never tried (`reencode(..., claimed_by=)`)."""
+    await store.create_account(account())
+    await accept(store, replace(message("c1"), wire=1), replace(message("c2"), wire=1))
+    assert {w.id for w in await claim_all(store)} == {"c1", "c2"}
+    got = await store.claimed_text("inst-1", "c1")
+    assert got is not None
+    assert (got.id, got.recipient, got.text, got.data_coding, got.wire) == (
+        "c1",
+        "+8613800138000",
+        "text of c1",
+        0,
+        1,
+    )
+    assert [(p.seq, p.short_message) for p in got.parts] == [(1, b"c1/1")]
+    assert await store.claimed_text("inst-2", "c1") is None  # another instance's claim
+    new = replace(change("c1", b"c1/1"), wire=4)
+    assert await store.reencode([new], NOW) == 0  # not queued
+    assert await store.reencode([new], NOW, claimed_by="inst-2") == 0
+    assert await store.reencode([new], NOW, claimed_by="inst-1") == 1
+    got = await store.claimed_text("inst-1", "c1")
+    assert got is not None and got.wire == 4
+    assert [p.short_message for p in got.parts] == [b"new c1/1", b"new c1/2"]
+    # Tried (a part reached the SMSC): nothing to encode again.
+    await store.record_submits([sent("c2", 1)], [Release("c2", NOW + 1)], NOW)
+    assert await store.claimed_text("inst-1", "c2") is None
+
+
+async def test_the_pass_stamps_what_it_looked_at_and_skips_what_is_stamped_already(
+    store: Store,
+) -> None:
+    """After a reload that turned Latin-1 on (a GSM text's bytes stay the same), the pass leaves
+    every message of the route stamped for the new options: one whose bytes it replaced, one
+    whose bytes were right (stamp only), one accepted without a stamp; a message stamped for
+    them already (accepted since the reload) is not encoded again. The claims that follow then
+    find nothing to encode again."""
+    await store.create_account(account())
+    before = EncodeOptions(allow_latin1=False)
+    after = EncodeOptions(allow_latin1=True)
+
+    def encoded(mid: str, text: str, opts: EncodeOptions, wire: int | None) -> NewMessage:
+        enc = encode_message(text, opts, 0)
+        parts = tuple(
+            NewSegment(p.seq, p.total, p.esm_class, p.short_message, b"") for p in enc.parts
+        )
+        return replace(
+            message(mid), text=text, data_coding=enc.data_coding, segments=parts, wire=wire
+        )
+
+    await accept(
+        store,
+        encoded("gsm", "plain", before, wire_code(before)),
+        encoded("unstamped", "plain", before, None),
+        encoded("latin", "naïve", before, wire_code(before)),  # UCS-2 before, Latin-1 now
+        replace(
+            encoded("new", "plain", after, wire_code(after)),
+            segments=(NewSegment(1, 1, 0, b"as is", b""),),
+        ),
+    )
+    router = Router([], ["sim"])
+    seen, changed = await reencode_waiting(
+        store, router, {"sim": after}, {"default"}, lambda _n, _b: 1, NOW
+    )
+    assert (seen, changed) == (4, 1)
+    rows, _ = await store.waiting_texts(None, 10)
+    assert {r.id: r.wire for r in rows} == dict.fromkeys(
+        ("gsm", "unstamped", "latin", "new"), wire_code(after)
+    )
+    by_id = {r.id: r for r in rows}
+    assert by_id["latin"].data_coding == 3
+    assert by_id["new"].parts[0].short_message == b"as is"  # trusted by its stamp
