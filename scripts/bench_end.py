@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time an account's disable with N messages waiting: how long it holds the store's write lock.
 
-Usage: python scripts/bench_end.py [--messages 100000] [--parts 1]
+Usage: python scripts/bench_end.py [--messages 100000] [--parts 1] [--dnc NUMBERS]
 
 Why: disabling an account (and deleting a sign or template, importing a do-not-contact list, an
 erasure, a `senders` change, `marketing` or `raw_text` turned off) ends the account's waiting
@@ -13,7 +13,8 @@ beside them, straight into a real `SqliteStore`, disables the account and prints
 the write lock's time held, the time per ended message, and how long another writer (an empty
 write every 2 ms, standing in for the accepts and receipts of other accounts) waited for the
 lock meanwhile: since session 39 the end goes in chunks (bridge/store/sqlite_ends.py), so that
-wait is one chunk's, not the whole end's.
+wait is one chunk's, not the whole end's. `--dnc N` imports a do-not-contact list of N numbers
+instead (in chunks too since session 39: bridge/store/sqlite_dnc.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment
+from bridge.store.models import AcceptBatch, Account, DncInfo, NewMessage, NewSegment
 from bridge.store.sqlite import SqliteStore
 
 NOW = 1_700_000_000_000
@@ -90,7 +91,16 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
 
         prober = asyncio.create_task(probe())
         began = time.perf_counter()
-        await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+        if args.dnc:
+            # A registry of --dnc numbers nobody writes to, and one in a hundred waiting ones.
+            numbers = sorted(
+                [f"+86137{k:08d}" for k in range(args.dnc)]
+                + [f"+86138{k:08d}" for k in range(0, args.messages, 100)]
+            )
+            info = DncInfo("registry", "registry", "CN", len(numbers), 0, NOW + 1)
+            await store.import_dnc(info, numbers, [])
+        else:
+            await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
         wall = time.perf_counter() - began
         held = _held(store) - held_before
         done.set()
@@ -116,17 +126,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--parts", type=int, default=1)
+    p.add_argument(
+        "--dnc",
+        type=int,
+        default=0,
+        help="instead of the disable, import a do-not-contact list of this many numbers "
+        "(and one in a hundred of the waiting ones)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bridge-bench-end-") as tmp:
         out = asyncio.run(run(args, Path(tmp) / "bench.db"))
     n = args.messages
-    print(f"options: messages {n}, parts {args.parts}")
+    print(f"options: messages {n}, parts {args.parts}, dnc {args.dnc}")
     print(f"queued in                                 {out['queued_s']:.1f} s")
-    print(f"disable: wall / write lock held (s)       {out['disable_s']:.2f} / {out['lock_s']:.2f}")
-    print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
+    what = "import" if args.dnc else "disable"
+    print(f"{what}: wall / write lock held (s)  {out['disable_s']:.2f} / {out['lock_s']:.2f}")
+    if not args.dnc:
+        print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
     print(
         f"another writer's wait: longest / p99 (ms)  {out['wait_max_s'] * 1e3:.1f} / "
-        f"{out['wait_p99_s'] * 1e3:.1f}  ({out['writes']} writes during the disable)"
+        f"{out['wait_p99_s'] * 1e3:.1f}  ({out['writes']} writes meanwhile)"
     )
 
 

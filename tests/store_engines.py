@@ -174,6 +174,11 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     23: ("DROP INDEX messages_expiring",),
     24: ("DROP TABLE pending_ends",),
     25: ("ALTER TABLE messages DROP COLUMN wire",),
+    26: (
+        "DROP INDEX dnc_entries_list",
+        "ALTER TABLE dnc_entries DROP COLUMN gen",
+        "CREATE INDEX dnc_entries_list ON dnc_entries(list_id)",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

@@ -16,7 +16,7 @@ from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
-from bridge.store import migrate, sqlite_clock, sqlite_rules
+from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
@@ -868,7 +868,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if keys and len(scan.ids) < limit:  # and the room the due messages left
                 scan.parked(c, keys, limit - len(scan.ids))
             # Not those an end under way covers (an account disabled, ...): it ends them here.
-            ids = ends.guard(c, scan.ids)
+            ids = sqlite_dnc.guard(c, ends.guard(c, scan.ids), now)  # ... or a list blocks
             return _claim_ids(c, ids, instance, now + lease_ms) if ids else []
 
         return await self._runner.write(job, durable=False)

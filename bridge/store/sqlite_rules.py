@@ -18,6 +18,7 @@ from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
+from bridge.store import sqlite_dnc
 from bridge.store import sqlite_ends as ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
@@ -47,7 +48,6 @@ from bridge.store.rules_rows import (
     SIGN_COLS,
     TEMPLATE_COLS,
     already_credited,
-    blocked_ids,
     credited_at,
     dnc_entry_for_number,
     edit_sign_args,
@@ -608,41 +608,11 @@ class RulesStoreMixin:
     async def import_dnc(
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
     ) -> int:
-        """Replace the list `info.id` (entries and all) in one transaction, and end the queued
-        and scheduled messages it now blocks, as an opt-out does (the lists "block sends for all
-        accounts": a message accepted before the import was sent all the same)."""
+        """Replace the list `info.id`, and end the queued and scheduled messages it now blocks,
+        as an opt-out does (the lists "block sends for all accounts": a message accepted before
+        the import was sent all the same). In chunks: sqlite_dnc.py."""
         entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
-
-        def job(c: sqlite3.Connection) -> int:
-            c.execute("DELETE FROM dnc_entries WHERE list_id=?", (info.id,))
-            c.execute(
-                "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
-                "country=excluded.country, numbers=excluded.numbers, prefixes=excluded.prefixes, "
-                "imported_at=excluded.imported_at",
-                (info.id, info.name, info.country, info.numbers, info.prefixes, info.imported_at),
-            )
-            c.executemany(
-                "INSERT OR IGNORE INTO dnc_entries (prefix, list_id) VALUES (?,?)",
-                [(p, info.id) for p in entries],
-            )
-            # On a bind too: end_queued holds those (not sent again if they come back).
-            waiting = c.execute(
-                "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
-            )
-            ended = 0
-            for chunk in _chunks(blocked_ids(waiting.fetchall(), frozenset(entries)), 400):
-                where = f"id IN ({_marks(len(chunk))})"
-                ended += end_queued(
-                    c,
-                    where,
-                    tuple(chunk),
-                    "RECIPIENT_BLOCKED",
-                    info.imported_at,
-                )
-            return ended
-
-        return await self._runner.write(job)
+        return await sqlite_dnc.import_list(self._runner.write, info, entries)
 
     async def list_dnc(self) -> list[DncInfo]:
         def job(c: sqlite3.Connection) -> list[DncInfo]:
@@ -657,11 +627,7 @@ class RulesStoreMixin:
         return await self._runner.read(job)
 
     async def delete_dnc(self, list_id: str) -> bool:
-        def job(c: sqlite3.Connection) -> bool:
-            c.execute("DELETE FROM dnc_entries WHERE list_id=?", (list_id,))
-            return c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,)).rowcount == 1
-
-        return await self._runner.write(job)
+        return await sqlite_dnc.delete_list(self._runner.write, list_id)
 
     async def dnc_blocks(self, number: str) -> bool:
         def job(c: sqlite3.Connection) -> bool:

@@ -758,9 +758,11 @@ async def test_sqlite_store_of_the_previous_release_upgrades_in_place(
     for acc in (w["acme"], w["beta"]):
         bill = bills[(acc["id"], m1)]
         assert (bill["period_start"], bill["period_end"], bill["timezone"]) == (start, end, TZ)
-    # Nothing lost: every row of the money, lists and bills is still there, as it was.
+    # Nothing lost: every row of the money, lists and bills is still there, as it was (in the
+    # columns it had: the columns added since come after them).
     for table in ("bills", "ledger", "dnc_lists", "dnc_entries", "optouts", "signs", "tariffs"):
-        assert set(before[table]) <= set(rows[table]), table
+        width = len(before[table][0]) if before[table] else 0
+        assert set(before[table]) <= {r[:width] for r in rows[table]}, table
     assert {r[0] for r in before["messages"]} <= {r[0] for r in rows["messages"]}
 
     # -- the retention: the old month's messages go (it is billed), the rest stays -------------
