@@ -127,7 +127,9 @@ def check_unique(raw: bytes | str, value: Any) -> None:
         colons, objects = raw.count(b":"), raw.count(b"{")
     else:
         colons, objects = raw.count(":"), raw.count("{")
-    if colons == count_keys(value, objects):
+    # One `{` and an object parsed: that object is the only one (a send without params).
+    keys = len(value) if objects == 1 and type(value) is dict else count_keys(value, objects)
+    if colons == keys:
         return
     if not _escapes_colon(raw):
         try:
