@@ -153,7 +153,7 @@ def _check(raw: bytes | str, value: Any, tree: Any) -> None:
         assert (err.value.key, err.value.path) == expected
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_documents())
 def test_bytes_through_orjson_agree_with_the_reference(doc: tuple[Any, str]) -> None:
     tree, text = doc
@@ -161,7 +161,7 @@ def test_bytes_through_orjson_agree_with_the_reference(doc: tuple[Any, str]) -> 
     _check(raw, orjson.loads(raw), tree)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(_documents())
 def test_text_through_the_standard_library_agrees_with_the_reference(
     doc: tuple[Any, str],
@@ -171,7 +171,7 @@ def test_text_through_the_standard_library_agrees_with_the_reference(
     _check(text, json.loads(text), tree)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(_documents(unique=True))
 def test_texts_without_repeats_are_accepted_colons_and_escapes_included(
     doc: tuple[Any, str],
