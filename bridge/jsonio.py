@@ -116,11 +116,14 @@ def check_unique(raw: bytes | str, value: Any) -> None:
     nested in it). Hence:
     1. keys of the parsed value == colons in raw: no repeat (a repeat leaves fewer keys than
        colons, and colons inside strings only add to the raw count);
-    2. otherwise, when raw spells no escaped colon (`\\u003a`), the compact re-serialisation
-       counts exactly the parsed keys plus the colons of the parsed strings: equal to raw's
-       count without a repeat, less with one (this passes bodies such as a text "code: 1234");
-    3. otherwise (a repeat, an escaped colon, or a value orjson cannot write, e.g. an integer
-       past 64 bits from the standard library's parser) the text is scanned for the repeat.
+    2. otherwise the compact re-serialisation holds the parsed keys plus the colons of the
+       parsed strings, those raw ones and those escaped (`\\u003a`) alike: without a repeat, raw's
+       colons plus its escaped ones; with one, fewer (the earlier value is gone with its colons,
+       and the escapes counted in raw are at least those it held). This passes bodies such as a
+       text "code: 1234". A backslash written before "u003a" counts as an escape it is not: the
+       counts then differ, and only cost the scan;
+    3. otherwise (a repeat, or a value orjson cannot write, e.g. an integer past 64 bits from the
+       standard library's parser) the text is scanned for the repeat.
     UTF-8 never uses the byte 0x3A inside a multi-byte character, so bytes and str count alike.
     """
     if isinstance(raw, bytes):
@@ -131,24 +134,22 @@ def check_unique(raw: bytes | str, value: Any) -> None:
     keys = len(value) if objects == 1 and type(value) is dict else count_keys(value, objects)
     if colons == keys:
         return
-    if not _escapes_colon(raw):
-        try:
-            if orjson.dumps(value).count(b":") == colons:
-                return
-        except TypeError:  # orjson.JSONEncodeError subclasses TypeError
-            pass
+    try:
+        if orjson.dumps(value).count(b":") == colons + _escaped_colons(raw):
+            return
+    except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+        pass
     found = find_duplicate(raw)
     if found is not None:
         raise DuplicateKeyError(*found)
 
 
-def _escapes_colon(raw: bytes | str) -> bool:
-    """Whether raw may spell a colon as an escape (JSON escapes are `\\u` + 4 hex digits, either
-    case; a false positive, say an escaped backslash before `u003a`, only costs the scan). A
+def _escaped_colons(raw: bytes | str) -> int:
+    """How many times raw spells `\\u003a` (either case of hex digit: a colon escaped). A
     backslash is looked for first: one byte is found far faster than the pattern."""
     if isinstance(raw, bytes):
-        return b"\\" in raw and _ESCAPED_COLON_B.search(raw) is not None
-    return "\\" in raw and _ESCAPED_COLON_S.search(raw) is not None
+        return len(_ESCAPED_COLON_B.findall(raw)) if b"\\" in raw else 0
+    return len(_ESCAPED_COLON_S.findall(raw)) if "\\" in raw else 0
 
 
 _ESCAPED_COLON_B = re.compile(rb"\\u003[aA]")

@@ -126,10 +126,8 @@ def _fast_passes(raw: bytes | str, value: Any) -> bool:
     colons = raw.count(colon)  # type: ignore[arg-type]
     if count_keys(value, raw.count(brace)) == colons:  # type: ignore[arg-type]
         return True
-    if jsonio._escapes_colon(raw):
-        return False
     try:
-        return orjson.dumps(value).count(b":") == colons
+        return orjson.dumps(value).count(b":") == colons + jsonio._escaped_colons(raw)
     except TypeError:
         return False
 
@@ -180,8 +178,9 @@ def test_texts_without_repeats_are_accepted_colons_and_escapes_included(
     assert _first_repeat(tree) is None
     raw = text.encode()
     assert loads_unique(raw) == orjson.loads(raw)
-    if "\\u003" not in text.lower():
-        # no escaped colon: the counts alone pass it, the scan is never needed
+    if "\\\\u003" not in text.lower():
+        # the counts alone pass it (escaped colons included), the scan is never needed; only a
+        # backslash written before "u003a" looks like an escaped colon and costs the scan
         assert _fast_passes(raw, orjson.loads(raw))
 
 
@@ -195,10 +194,22 @@ def test_the_counts_pass_common_bodies_without_scanning(monkeypatch: pytest.Monk
         b'{"to":"+8613800000000","text":"Code: 1234, valid until 10:30 https://a.example/x"}',
         b'{"to":["+8613800000000","+8613800000001"],"template":"SMS_1","params":{"t":"1:2"}}',
         '{"text": "\u65e5\u672c: \u8a9e", "k": {"a:b": [1, {"c": ":"}]}}'.encode(),
+        # colons escaped, as some encoders write them, and one raw
+        b'{"text":"\\u003a\\u003A in a: text","ref":{"\\u003a":"x"}}',
         b"[]",
         b'"a:b"',
     ):
         loads_unique(body)
+
+
+def test_a_backslash_before_u003a_is_scanned_and_accepted() -> None:
+    """`\\\\u003a` is a backslash and the letters u003a, no colon: counted as an escaped one,
+    the counts differ, and the scan finds no repeat."""
+    body = b'{"t":"\\\\u003a: x","u":1}'
+    assert orjson.loads(body)["t"] == "\\u003a: x"
+    assert loads_unique(body) == orjson.loads(body)
+    with pytest.raises(DuplicateKeyError):
+        loads_unique(b'{"t":"\\\\u003a","t":"\\u003a:"}')
 
 
 @pytest.mark.parametrize(
