@@ -18,6 +18,7 @@ STORE_RETRY_AFTER_S = 5
 CODES: dict[str, int] = {
     # 400: the request itself is wrong
     "INVALID_JSON": 400,
+    "DUPLICATE_JSON_KEY": 400,
     "MALFORMED_HTTP": 400,
     "INVALID_REQUEST": 400,
     "INVALID_FIELD": 400,

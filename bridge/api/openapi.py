@@ -21,6 +21,8 @@ from bridge.domain.admission import MAX_LISTED_REFUSALS
 # What each error code means to a client; a test checks every code in CODES has an entry.
 ERROR_DESCRIPTIONS: dict[str, str] = {
     "INVALID_JSON": "The body is empty, not valid JSON, or holds an unpaired surrogate escape.",
+    "DUPLICATE_JSON_KEY": "An object of the JSON body repeats a key (at any depth); the message "
+    "names the key and its JSON path, such as $.params.code. Send each key once per object.",
     "REQUEST_TIMEOUT": "The body did not arrive within server.body_timeout_s (default 30 s) of "
     "the headers; the connection is closed.",
     "CLIENT_DISCONNECTED": "The client closed the connection before its body arrived (counted "

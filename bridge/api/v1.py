@@ -96,7 +96,15 @@ def parse_json(body: bytes, request: web.Request) -> Any:
         # One pass parses and validates: lone surrogate escapes (\\ud800, which could not be
         # stored or echoed as UTF-8), NaN, overflowing numbers and nesting past 1,024 levels
         # are refused here, once, for every field.
-        data = jsonio.loads(body)
+        # A key repeated in an object is refused too: we would read the last, a WAF or the
+        # customer's own logging may read the first (jsonio.check_unique).
+        data = jsonio.loads_unique(body)
+    except jsonio.DuplicateKeyError as exc:
+        raise ApiError(
+            "DUPLICATE_JSON_KEY",
+            f"duplicate key {jsonio.quote_key(exc.key)} at {exc.where()} in the request body: "
+            "send each key once per object",
+        ) from None
     except jsonio.DecodeError as exc:
         raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None
     # U+0000 is valid JSON ("\u0000") but no text column of PostgreSQL holds it (a 500 there,

@@ -99,6 +99,15 @@ def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
         raise ApiError("INVALID_JSON", f"{name}: not valid JSON") from None
     except RecursionError:  # thousands of nested [ : refused, not a 500
         raise ApiError("INVALID_JSON", f"{name}: nested too deeply") from None
+    # A repeated key would keep its last value silently where Alibaba's parser, or the caller's
+    # own logging, may read another: refused (jsonio.check_unique), as the native face does.
+    try:
+        jsonio.check_unique(raw, value)
+    except jsonio.DuplicateKeyError as exc:
+        raise ApiError(
+            "DUPLICATE_JSON_KEY",
+            f"duplicate key {jsonio.quote_key(exc.key)} at {exc.where(name)}",
+        ) from None
     if "\\u0000" in raw and jsonio.has_nul(value):
         raise ApiError("INVALID_JSON", f"{name}: holds a U+0000 character (\\u0000), not allowed")
     return value

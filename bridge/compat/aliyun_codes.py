@@ -56,6 +56,7 @@ _SYSTEM_ERROR = _biz("isp.SYSTEM_ERROR", "系统错误")
 _INVALID_PARAMETERS = _biz("isv.INVALID_PARAMETERS", "参数异常")
 _TEMPLATE_ILLEGAL = _biz("isv.SMS_TEMPLATE_ILLEGAL", "模板不合法(不存在或被拉黑)")
 _SIGN_ILLEGAL = _biz("isv.SMS_SIGNATURE_ILLEGAL", "签名不合法(不存在或被拉黑)")
+_INVALID_JSON = _biz("isv.INVALID_JSON_PARAM", "JSON参数不合法，只接受字符串值")
 _BLACKLISTED = _biz("isv.BLACK_KEY_CONTROL_LIMIT", "黑名单管控")
 _UNAVAILABLE = AliyunCode(
     503, "ServiceUnavailable", "The request has failed due to a temporary failure of the server."
@@ -76,7 +77,9 @@ TABLE: Mapping[str, AliyunCode] = MappingProxyType(
         # No route to a number's network: as undeliverable as an illegal number, and not retryable.
         "NO_ROUTE": _biz("isv.MOBILE_NUMBER_ILLEGAL", "非法手机号"),
         # request shape
-        "INVALID_JSON": _biz("isv.INVALID_JSON_PARAM", "JSON参数不合法，只接受字符串值"),
+        "INVALID_JSON": _INVALID_JSON,
+        # A JSON parameter repeating a key: Alibaba has no code of its own for it; its JSON one.
+        "DUPLICATE_JSON_KEY": _INVALID_JSON,
         "INVALID_FIELD": _INVALID_PARAMETERS,
         "MISSING_FIELD": AliyunCode(
             400, "MissingParameter", "The input parameter that is mandatory is not supplied."

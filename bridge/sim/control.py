@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from bridge import jsonio
 from bridge.sim.server import BIND_FAIL_STATUSES, MO_SPLITS, RECEIPT_STATS, SimError
 
 if TYPE_CHECKING:
@@ -123,9 +124,18 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return await request.json()
+        text = await request.text()
+        value = json.loads(text)
+        # As the daemon's faces: a repeated key is refused, not read as its last value.
+        jsonio.check_unique(text, value)
+    except jsonio.DuplicateKeyError as exc:
+        raise SimError(
+            "DUPLICATE_JSON_KEY",
+            f"body: duplicate key {jsonio.quote_key(exc.key)} at {exc.where()}",
+        ) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise SimError("INVALID_JSON", "body: must be valid JSON") from None
+    return value
 
 
 def _sim(request: web.Request) -> SimSmsc:

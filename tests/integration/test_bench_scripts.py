@@ -91,6 +91,7 @@ def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
         "message id, a new millisecond each",
         "message id, the same millisecond",
         "request body: JSON and validation",
+        "request body, colons in the text",
         "messages built, 1-part GSM (encode, parts, ids)",
         "messages built, 3-part UCS-2",
     ], out
