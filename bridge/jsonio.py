@@ -63,11 +63,15 @@ class DuplicateKeyError(ValueError):
     def __init__(self, key: str, path: tuple[PathSegment, ...]) -> None:
         self.key = key
         self.path = path
-        super().__init__(f"duplicate key {quote_key(key)} at {render_path(path)}")
+        super().__init__(self.described())
 
     def where(self, root: str = "$") -> str:
         """The JSON path of the repeat, under `root` (`$`, or the name of a form parameter)."""
         return render_path(self.path, root)
+
+    def described(self, root: str = "$") -> str:
+        """`duplicate key "k" at <path>`: what each face's message starts with."""
+        return f"duplicate key {quote_key(self.key)} at {self.where(root)}"
 
 
 # A message echoes a key and a path the client sent: bounded, whatever their size.

@@ -102,8 +102,7 @@ def parse_json(body: bytes, request: web.Request) -> Any:
     except jsonio.DuplicateKeyError as exc:
         raise ApiError(
             "DUPLICATE_JSON_KEY",
-            f"duplicate key {jsonio.quote_key(exc.key)} at {exc.where()} in the request body: "
-            "send each key once per object",
+            f"{exc.described()} in the request body: send each key once per object",
         ) from None
     except jsonio.DecodeError as exc:
         raise ApiError("INVALID_JSON", f"the body is not valid JSON: {exc}") from None

@@ -106,7 +106,7 @@ def _json_param(p: Params, name: str, *, required: bool = True) -> Any:
     except jsonio.DuplicateKeyError as exc:
         raise ApiError(
             "DUPLICATE_JSON_KEY",
-            f"duplicate key {jsonio.quote_key(exc.key)} at {exc.where(name)}",
+            exc.described(name),
         ) from None
     if "\\u0000" in raw and jsonio.has_nul(value):
         raise ApiError("INVALID_JSON", f"{name}: holds a U+0000 character (\\u0000), not allowed")

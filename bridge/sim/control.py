@@ -131,7 +131,7 @@ async def _json_body(request: web.Request) -> Any:
     except jsonio.DuplicateKeyError as exc:
         raise SimError(
             "DUPLICATE_JSON_KEY",
-            f"body: duplicate key {jsonio.quote_key(exc.key)} at {exc.where()}",
+            f"body: {exc.described()}",
         ) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise SimError("INVALID_JSON", "body: must be valid JSON") from None

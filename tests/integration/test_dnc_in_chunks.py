@@ -18,7 +18,7 @@ import pytest
 from bridge.store import sqlite_dnc as dnc
 from bridge.store.models import AcceptBatch, DncInfo
 from bridge.store.sqlite import SqliteStore
-from tests.integration.test_end_in_chunks import NOW, _message, _rows, _store
+from tests.integration.test_end_in_chunks import NOW, _message, _rows, _states, _store
 
 WAITING = 130  # +8613800000000 ... +8613800000129, account acc_big
 
@@ -45,16 +45,6 @@ def _info(n: int, at: int = NOW + 1) -> DncInfo:
 def _registry(blocked: range) -> list[str]:
     """500 numbers nobody writes to, and the waiting numbers of `blocked`."""
     return sorted([f"+86137{k:08d}" for k in range(500)] + [_number(k) for k in blocked])
-
-
-def _states(path: Path) -> dict[str, int]:
-    return dict(
-        _rows(
-            path,
-            "SELECT COALESCE(error_code, q_state), COUNT(*) FROM messages "
-            "WHERE account_id='acc_big' GROUP BY 1",
-        )
-    )
 
 
 async def test_an_import_goes_in_chunks_and_other_writers_go_in_between(
