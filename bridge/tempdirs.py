@@ -54,6 +54,16 @@ def make(prefix: str) -> str:
     os.set_inheritable(fd, False)  # an acceptor must not hold its owner's directory alive
     os.rename(pending, os.path.join(path, LOCK_NAME))
     _held.append(fd)
+    # And a shared BSD lock on the directory itself, held as long: systemd-tmpfiles, which ages
+    # out /tmp (10 days on Fedora, RHEL and Debian 13; a unit's PrivateTmp= too), skips a
+    # directory it cannot lock. Without it the acceptors' copy of the configuration, read only
+    # at a reload or an acceptor's start, went after 10 days without either: the next reload
+    # could not update it (the acceptors kept the old rules, routes and filter for good) and an
+    # acceptor that crashed could not start again.
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fcntl.flock(dfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    os.set_inheritable(dfd, False)
+    _held.append(dfd)
     return path
 
 

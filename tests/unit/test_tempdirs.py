@@ -4,6 +4,7 @@ directory the daemon did not make, stay."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -74,6 +75,29 @@ def test_made_directories_are_private_and_locked_while_this_process_lives(tmp: P
     assert made.stat().st_mode & 0o777 == 0o700
     assert (made / tempdirs.LOCK_NAME).is_file()
     assert tempdirs.remove_stale("smpp-bridge-", str(tmp)) == []  # ours: held
+
+
+def test_age_based_cleaners_cannot_lock_a_made_directory(tmp: Path) -> None:
+    """systemd-tmpfiles takes LOCK_EX | LOCK_NB on each directory under /tmp before it ages out
+    its contents, and skips one it cannot lock: a made directory holds a shared lock for life
+    (before, the acceptors' configuration copy went after 10 days without a reload)."""
+    made = tempdirs.make("smpp-bridge-")
+    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # readers are not kept out
+    finally:
+        os.close(fd)
+    # What the lock is for, as such a cleaner walks /tmp: a directory it cannot lock is left.
+    cleaner = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", cleaner, made], capture_output=True)
+    assert done.returncode == 3, done.stderr
 
 
 def test_the_start_sweeps_every_kind_once(
