@@ -565,8 +565,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     key, secret = _credentials(args)
     params = None
     if args.params:
-        try:
-            params = json.loads(args.params)
+        from bridge import jsonio
+
+        try:  # a repeated key would be collapsed here, before the server could refuse it
+            params = jsonio.loads_unique(args.params)
+        except jsonio.DuplicateKeyError as exc:
+            raise CliError(f"--params: {exc.described()}: give each key once") from None
         except ValueError as exc:
             raise CliError(f"--params: not JSON: {exc}") from None
     to: str | list[str] = args.to[0] if len(args.to) == 1 else list(args.to)
