@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time an account's disable with N messages waiting: how long it holds the store's write lock.
 
-Usage: python scripts/bench_end.py [--messages 100000] [--parts 1] [--dnc NUMBERS]
+Usage: python scripts/bench_end.py [--messages 100000] [--parts 1] [--dnc NUMBERS | --close]
 
 Why: disabling an account (and deleting a sign or template, importing a do-not-contact list, an
 erasure, a `senders` change, `marketing` or `raw_text` turned off) ends the account's waiting
@@ -14,7 +14,8 @@ the write lock's time held, the time per ended message, and how long another wri
 write every 2 ms, standing in for the accepts and receipts of other accounts) waited for the
 lock meanwhile: since session 39 the end goes in chunks (bridge/store/sqlite_ends.py), so that
 wait is one chunk's, not the whole end's. `--dnc N` imports a do-not-contact list of N numbers
-instead (in chunks too since session 39: bridge/store/sqlite_dnc.py).
+instead (in chunks too since session 39: bridge/store/sqlite_dnc.py); `--close` closes the
+account once its messages have ended (a history of --messages to mask, in chunks since then).
 """
 
 from __future__ import annotations
@@ -89,9 +90,14 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
                 waits.append(time.perf_counter() - t)
                 await asyncio.sleep(0.002)
 
+        if args.close:  # a history, not a queue: ended first, untimed
+            await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+            held_before = _held(store)
         prober = asyncio.create_task(probe())
         began = time.perf_counter()
-        if args.dnc:
+        if args.close:
+            await store.close_account("acc_big", NOW + 2)
+        elif args.dnc:
             # A registry of --dnc numbers nobody writes to, and one in a hundred waiting ones.
             numbers = sorted(
                 [f"+86137{k:08d}" for k in range(args.dnc)]
@@ -127,6 +133,12 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--parts", type=int, default=1)
     p.add_argument(
+        "--close",
+        action="store_true",
+        help="instead of the disable, close the account once its messages have ended (its "
+        "history masked)",
+    )
+    p.add_argument(
         "--dnc",
         type=int,
         default=0,
@@ -137,11 +149,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bridge-bench-end-") as tmp:
         out = asyncio.run(run(args, Path(tmp) / "bench.db"))
     n = args.messages
-    print(f"options: messages {n}, parts {args.parts}, dnc {args.dnc}")
+    print(f"options: messages {n}, parts {args.parts}, dnc {args.dnc}, close {args.close}")
     print(f"queued in                                 {out['queued_s']:.1f} s")
-    what = "import" if args.dnc else "disable"
+    what = "close" if args.close else "import" if args.dnc else "disable"
     print(f"{what}: wall / write lock held (s)  {out['disable_s']:.2f} / {out['lock_s']:.2f}")
-    if not args.dnc:
+    if not args.dnc and not args.close:
         print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
     print(
         f"another writer's wait: longest / p99 (ms)  {out['wait_max_s'] * 1e3:.1f} / "

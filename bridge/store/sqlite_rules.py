@@ -915,6 +915,7 @@ class RulesStoreMixin:
         mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
         defaults = dict(mo_defaults or {})
+        pending: list[int] = []  # the masking that goes on in chunks of its own (sqlite_ends)
 
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
@@ -923,7 +924,14 @@ class RulesStoreMixin:
             # the account still holds its addresses (a closed one holds none).
             _drop_account_waiting_mo(c, account_id, mo_prefixes)
             _drop_held_waiting_mo(c, account_id, None, defaults)
-            _erase(c, "account_id=?", (account_id,), "+***", now)
+            # The waiting messages end here, before the pockets are read for the write-off:
+            # their refunds are part of what the account is owed. Only the masking of its
+            # messages, no money in it, goes on in chunks (every message it ever sent).
+            end_queued(c, "account_id=?", (account_id,), "ERASED", now)
+            c.execute(
+                "UPDATE mo_inbox SET source=?, text=NULL WHERE account_id=?", ("+***", account_id)
+            )
+            ends.start_erase(c, account_id, "+***", now, pending)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
             append_entries(c, account_id, entries)
@@ -944,7 +952,8 @@ class RulesStoreMixin:
             )
             return AccountClosed(tuple(entries))
 
-        return await self._runner.write(job)
+        closed, _ = await ends.run(self._runner.write, job, pending, now)
+        return closed
 
 
 # The reason a held message ends with (?2 at ?1), unless its own validity ran out first (the
@@ -1031,18 +1040,26 @@ def _erase(
     # next claim ends it instead of sending the blanked parts to the mask.
     end_queued(c, where, args, "ERASED", now)
     ids = [r[0] for r in c.execute(f"SELECT id FROM messages WHERE {where}", args).fetchall()]
+    n = mask_messages(c, ids, masked)
+    mo_where = where.replace("recipient", "source")
+    c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
+    return n
+
+
+def mask_messages(c: sqlite3.Connection, ids: Sequence[str], masked: str) -> int:
+    """An erasure's part for the messages `ids`: their parts' bytes blanked, their number
+    `masked`, text and client reference dropped (amounts stay). Returns how many."""
+    n = 0
     for chunk in _chunks(ids, 400):
         marks = _marks(len(chunk))
         c.execute(
             f"UPDATE segments SET short_message=X'', tlvs=X'' WHERE message_id IN ({marks})",
             chunk,
         )
-    n = c.execute(
-        f"UPDATE messages SET recipient=?, text=NULL, client_ref=NULL WHERE {where}",
-        (masked, *args),
-    ).rowcount
-    mo_where = where.replace("recipient", "source")
-    c.execute(f"UPDATE mo_inbox SET source=?, text=NULL WHERE {mo_where}", (masked, *args))
+        n += c.execute(
+            f"UPDATE messages SET recipient=?, text=NULL, client_ref=NULL WHERE id IN ({marks})",
+            (masked, *chunk),
+        ).rowcount
     return n
 
 

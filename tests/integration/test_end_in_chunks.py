@@ -24,9 +24,14 @@ CHUNK = 40
 BIG = 130  # four chunks: 40 + 40 + 40 + 10
 
 
+def _shrink(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+    monkeypatch.setattr(ends, "ERASE_CHUNK", CHUNK)
+
+
 @pytest.fixture(autouse=True)
 def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+    _shrink(monkeypatch)
 
 
 def _message(mid: str, account_id: str, number: str, sign: str | None = None) -> NewMessage:
@@ -133,7 +138,7 @@ async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes
         db = tmp_path / "bridge.db"
         assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
         monkeypatch.undo()
-        monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+        _shrink(monkeypatch)
 
         # A claim sends none of the disabled account's messages: it ends those it found.
         work = await store.claim("inst", 500, NOW + 2, 60_000)
@@ -167,7 +172,7 @@ async def test_an_end_covers_only_the_messages_that_existed_when_it_started(
         monkeypatch.setattr(ends, "finish", stopped)
         assert await store.delete_sign("acc_big", "Acme", NOW + 1) == CHUNK
         monkeypatch.undo()
-        monkeypatch.setattr(ends, "END_CHUNK", CHUNK)
+        _shrink(monkeypatch)
 
         # The sign is created again and a message sent with it: the old end does not cover it.
         await store.add_sign(sign)
@@ -190,5 +195,54 @@ async def test_a_delete_counts_every_message_its_chunks_ended(tmp_path: Path) ->
         await _queue(store, 5, first=BIG)  # without the sign: not ended
         assert await store.delete_sign("acc_big", "Acme", NOW + 1) == BIG
         assert _states(tmp_path / "bridge.db") == {"SIGN_DELETED": BIG, "queued": 5}
+    finally:
+        await store.close()
+
+
+async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_finishes_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close ends what waits in its own transaction (the refunds are part of what the account
+    is owed at its write-off), but masks its messages, every one it ever sent, in chunks: ~5 µs
+    each of the write lock, millions for a large account."""
+    store = await _store(tmp_path)
+    try:
+        await _queue(store, BIG)
+        db = tmp_path / "bridge.db"
+        steps: list[int] = []
+        step = ends._step
+
+        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+            steps.append(end_id)
+            return step(c, end_id, now)
+
+        monkeypatch.setattr(ends, "_step", counted)
+        closed = await store.close_account("acc_big", NOW + 1)
+        assert closed is not None
+        assert len(steps) == 3  # 40 in the close's transaction, then 40 + 40 + 10
+        assert _states(db) == {"ERASED": BIG}
+        assert _rows(
+            db, "SELECT COUNT(*) FROM messages WHERE recipient <> '+***' OR text IS NOT NULL"
+        ) == [(0,)]
+        assert _rows(db, "SELECT COUNT(*) FROM segments WHERE length(short_message) > 0") == [(0,)]
+        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+
+        # A close whose process stopped after its transaction: the sweep masks the rest.
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(BIG))
+        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+
+        async def stopped(*_args: object) -> int:
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        await store.close_account("acc_other", NOW + 2)
+        left = "SELECT COUNT(*) FROM messages WHERE account_id='acc_other' AND recipient <> '+***'"
+        assert _rows(db, left) == [(BIG - CHUNK,)]
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        await store.sweep(NOW + 3 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _rows(db, left) == [(0,)]
     finally:
         await store.close()
