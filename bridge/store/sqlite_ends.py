@@ -85,16 +85,7 @@ def start_erase(
     """In a close's transaction: mask the account's messages (sqlite_rules.mask_messages), the
     first ERASE_CHUNK now and, when more may be left, the rest in chunks of their own: an
     account's history may be millions of messages (~5 µs each in the write lock)."""
-    (max_rowid,) = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()
-    end = _End(0, account_id, "erase", masked, "ERASED", now, max_rowid, _START)
-    _ended, after = _chunk(c, end)
-    if after is not None:
-        cur = c.execute(
-            "INSERT INTO pending_ends (account_id, scope, value, error, ended_at, max_rowid, "
-            "after_nb, after_rowid, worked_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (account_id, "erase", masked, "ERASED", now, max_rowid, *after, now),
-        )
-        pending.append(int(cur.lastrowid or 0))
+    _begin(c, account_id, "erase", masked, "ERASED", now, pending)
 
 
 def _erase_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | None]:
@@ -129,6 +120,20 @@ def start(
 
     cond, args = _filter(scope, value)
     hold_tried(c, f"account_id=? AND {cond}", (account_id, *args), error, now)
+    return _begin(c, account_id, scope, value, error, now, pending)
+
+
+def _begin(
+    c: sqlite3.Connection,
+    account_id: str,
+    scope: str,
+    value: str | None,
+    error: str,
+    now: int,
+    pending: list[int],
+) -> int:
+    """The first chunk of an end, in the caller's transaction, and its record when more may be
+    left (its id appended to `pending`); how many it ended."""
     (max_rowid,) = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM messages").fetchone()
     end = _End(0, account_id, scope, value, error, now, max_rowid, _START)
     ended, after = _chunk(c, end)
