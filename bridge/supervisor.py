@@ -145,6 +145,9 @@ class Supervisor:
             self._follow_reload(self.owner.applied_text)
         except (OSError, yaml.YAMLError):
             log.exception("reload: the acceptors' copy of the configuration was not updated")
+            # They run the configuration before it: the reload did not take everywhere, and
+            # smpp_bridge_config_last_reload_successful says so (it read 1 before).
+            self.owner.metrics.reload_result(False)
             return
         for proc in self.procs.values():
             if proc.poll() is None:

@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     free_port,
     wait_until,
 )
+from tests.e2e.test_metrics_review import scrape
 from tests.e2e.test_store_ops_review import _create_account, _external_sim_config, _sim
 
 NUMBER = "+8613800138000"
@@ -70,6 +71,9 @@ async def test_a_send_by_an_acceptor_not_yet_reloaded_goes_out_encoded_for_the_n
             return what in daemon.log.read_text()
 
         await wait_until(lambda: said("acceptors' copy of the configuration was not updated"), 15)
+        # The reload did not reach the acceptors: the metric an alert watches says so.
+        scraped = await scrape(daemon.port)
+        assert scraped.series("smpp_bridge_config_last_reload_successful") == {frozenset(): 0.0}
         # The owner's pass has gone over the (empty) queue: nothing waits for it any more.
         await wait_until(lambda: said("re-encoded waiting messages after a reload"), 15)
         async with client_for(daemon.port, creds) as c:
