@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable, Mapping
 
 ESC = 0x1B
 
@@ -192,24 +193,35 @@ def gsm_decode(data: bytes) -> str:
     """
     if ESC not in data:
         return data.decode("latin-1").translate(_DECODE_MAP)
+    return decode_escapes(data, _DECODE_MAP, _escaped_default)[0]
+
+
+def _escaped_default(septet: int) -> str:
+    code = septet & 0x7F
+    if code == ESC:
+        return " "
+    return _EXT_DECODE.get(code) or BASE_TABLE[code]
+
+
+def decode_escapes(
+    data: bytes, translate: Mapping[int, str], escaped: Callable[[int], str]
+) -> tuple[str, bool]:
+    """Unpacked septets (one per octet) holding ESC (0x1B): the runs between escapes through
+    `translate`, each ``ESC septet`` through `escaped(septet)`; and whether the data ends in a
+    lone ESC (dropped). Shared by the default alphabet and the national tables (national.py)."""
     out: list[str] = []
     i = 0
     n = len(data)
     while True:
         j = data.find(b"\x1b", i)
         if j < 0:
-            out.append(data[i:].decode("latin-1").translate(_DECODE_MAP))
-            break
-        out.append(data[i:j].decode("latin-1").translate(_DECODE_MAP))
+            out.append(data[i:].decode("latin-1").translate(translate))
+            return "".join(out), False
+        out.append(data[i:j].decode("latin-1").translate(translate))
         if j + 1 >= n:
-            break
-        code = data[j + 1] & 0x7F
-        if code == ESC:
-            out.append(" ")
-        else:
-            out.append(_EXT_DECODE.get(code) or BASE_TABLE[code])
+            return "".join(out), True
+        out.append(escaped(data[j + 1]))
         i = j + 2
-    return "".join(out)
 
 
 def pack_septets(septets: bytes, fill_bits: int = 0) -> bytes:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from bridge.text.gsm import BASE_TABLE, ESC, EXTENSION_TABLE, gsm_decode
+from bridge.text.gsm import BASE_TABLE, ESC, EXTENSION_TABLE, decode_escapes, gsm_decode
 
 __all__ = [
     "EMPTY",
@@ -550,19 +550,7 @@ def _decode(data: bytes, locking: int, single: int) -> tuple[str, bool]:
         return data.decode("latin-1").translate(translate), False
     base = LOCKING_TABLES[locking]
     shift = SINGLE_SHIFT_TABLES[single]
-    out: list[str] = []
-    i = 0
-    n = len(data)
-    while True:
-        j = data.find(b"\x1b", i)
-        if j < 0:
-            out.append(data[i:].decode("latin-1").translate(translate))
-            return "".join(out), False
-        out.append(data[i:j].decode("latin-1").translate(translate))
-        if j + 1 >= n:
-            return "".join(out), True
-        out.append(_escaped(base, shift, data[j + 1]))
-        i = j + 2
+    return decode_escapes(data, translate, lambda septet: _escaped(base, shift, septet))
 
 
 def _escaped(base: str, shift: str, septet: int) -> str:
