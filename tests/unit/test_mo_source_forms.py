@@ -16,6 +16,9 @@ E164 = st.from_regex(r"\+[1-9][0-9]{9,13}", fullmatch=True)
 @given(E164, st.sampled_from(["+86", "+44", "+1", "+852"]))
 def test_every_form_reads_back_as_the_number(number: str, prefix: str) -> None:
     assume(number[len(prefix) :].strip("0"))  # no subscriber number is all zeros
+    # Nor, in these countries, begins with 0: that is their trunk prefix (hypothesis found
+    # +1 000000001, whose national form 0000000001 reads back as another number).
+    assume(not (number.startswith(prefix) and number[len(prefix)] == "0"))
     forms = mo_source_forms(number, [prefix])
     # Each form with a TON an SMSC sends it with: international (1), unknown (0), national (2).
     for form in forms:
