@@ -53,8 +53,6 @@ def _write_entries(c: sqlite3.Connection, list_id: str, gen: int, chunk: Sequenc
 
 
 def _record(c: sqlite3.Connection, info: DncInfo, entries: frozenset[str]) -> None:
-    from bridge.store.sqlite_rules import hold_tried
-
     c.execute(
         "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
         "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
@@ -64,9 +62,7 @@ def _record(c: sqlite3.Connection, info: DncInfo, entries: frozenset[str]) -> No
     )
     # On a bind: not recalled, but not sent again if it comes back (a throttle, a timeout).
     claimed = c.execute("SELECT id, recipient FROM messages WHERE q_state='claimed'").fetchall()
-    for chunk in pipe._chunks(blocked_ids(claimed, entries), 400):
-        where = f"id IN ({pipe._marks(len(chunk))})"
-        hold_tried(c, where, tuple(chunk), ERROR, info.imported_at)
+    _settle(c, blocked_ids(claimed, entries), info.imported_at)
 
 
 def _walk(
@@ -75,28 +71,26 @@ def _walk(
     """End the waiting messages `entries` block among the next WALK_CHUNK in the queue index's
     order after `after`; how many, and where to go on from (None: the end of the queue)."""
     rows = c.execute(
-        "SELECT account_id, q_not_before, rowid, id, recipient, "
-        f"{NEVER_TRIED} FROM messages INDEXED BY messages_queue WHERE q_state='queued' "
+        "SELECT account_id, q_not_before, rowid, id, recipient FROM messages "
+        "INDEXED BY messages_queue WHERE q_state='queued' "
         "AND (account_id, q_not_before, rowid) > (?, ?, ?) "
         "ORDER BY account_id, q_not_before, rowid LIMIT ?",
         (*after, WALK_CHUNK),
     ).fetchall()
-    fresh = {r[3] for r in rows if r[5]}
-    blocked = blocked_ids([(r[3], r[4]) for r in rows], entries)
-    ended = _settle(c, blocked, fresh, at)
+    ended = _settle(c, blocked_ids([(r[3], r[4]) for r in rows], entries), at)
     return ended, ((rows[-1][0], rows[-1][1], rows[-1][2]) if len(rows) == WALK_CHUNK else None)
 
 
-def _settle(c: sqlite3.Connection, blocked: list[str], fresh: set[str], at: int) -> int:
-    """Blocked waiting messages: the never-tried (`fresh`) end unsent, the tried are held (their
-    validity ends now: the next claim or sweep ends them, unless a late answer came)."""
-    from bridge.store.sqlite_rules import hold_tried
+def _settle(c: sqlite3.Connection, blocked: Sequence[str], at: int) -> int:
+    """Blocked messages as sqlite_rules.end_queued ends any: the never-tried waiting ones end
+    unsent, those tried or on a bind are held (their validity ends now: the next claim or sweep
+    ends them, unless a late answer came). How many ended."""
+    from bridge.store.sqlite_rules import end_queued
 
-    ending = [m for m in blocked if m in fresh]
-    pipe.end_unsent(c, ending, ERROR, at)
-    for chunk in pipe._chunks([m for m in blocked if m not in fresh], 400):
-        hold_tried(c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk), ERROR, at)
-    return len(ending)
+    return sum(
+        end_queued(c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk), ERROR, at)
+        for chunk in pipe._chunks(blocked, 400)
+    )
 
 
 def _drop_older(c: sqlite3.Connection, list_id: str, below: int) -> int:
@@ -166,8 +160,7 @@ def guard(c: sqlite3.Connection, ids: list[str], now: int) -> list[str]:
         )
     if not matched:
         return ids
-    fresh = {r[0] for r in rows if r[2]}
     blocked = blocked_ids([(r[0], r[1]) for r in rows], matched)
-    _settle(c, blocked, fresh, now)
-    gone = fresh.intersection(blocked)
+    _settle(c, blocked, now)
+    gone = {r[0] for r in rows if r[2]}.intersection(blocked)  # ended: never tried
     return [i for i in ids if i not in gone]
