@@ -15,7 +15,9 @@ write every 2 ms, standing in for the accepts and receipts of other accounts) wa
 lock meanwhile: since session 39 the end goes in chunks (bridge/store/sqlite_ends.py), so that
 wait is one chunk's, not the whole end's. `--dnc N` imports a do-not-contact list of N numbers
 instead (in chunks too since session 39: bridge/store/sqlite_dnc.py); `--close` closes the
-account once its messages have ended (a history of --messages to mask, in chunks since then).
+account once its messages have ended (a history of --messages to mask, in chunks since then);
+`--close --waiting` closes it with them still waiting (since session 40 the close ends them in
+chunks first, as a disable does, then closes the account in a transaction of its own).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
                 waits.append(time.perf_counter() - t)
                 await asyncio.sleep(0.002)
 
-        if args.close:  # a history, not a queue: ended first, untimed
+        if args.close and not args.waiting:  # a history, not a queue: ended first, untimed
             await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
             held_before = _held(store)
         prober = asyncio.create_task(probe())
@@ -133,6 +135,12 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--parts", type=int, default=1)
     p.add_argument(
+        "--waiting",
+        action="store_true",
+        help="with --close: close the account with its messages still waiting (the close ends "
+        "them, in chunks since session 40), instead of after a disable ended them",
+    )
+    p.add_argument(
         "--close",
         action="store_true",
         help="instead of the disable, close the account once its messages have ended (its "
@@ -149,7 +157,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bridge-bench-end-") as tmp:
         out = asyncio.run(run(args, Path(tmp) / "bench.db"))
     n = args.messages
-    print(f"options: messages {n}, parts {args.parts}, dnc {args.dnc}, close {args.close}")
+    print(
+        f"options: messages {n}, parts {args.parts}, dnc {args.dnc}, close {args.close}, "
+        f"waiting {args.waiting}"
+    )
     print(f"queued in                                 {out['queued_s']:.1f} s")
     what = "close" if args.close else "import" if args.dnc else "disable"
     print(f"{what}: wall / write lock held (s)  {out['disable_s']:.2f} / {out['lock_s']:.2f}")

@@ -915,7 +915,28 @@ class RulesStoreMixin:
         mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
         defaults = dict(mo_defaults or {})
-        pending: list[int] = []  # the masking that goes on in chunks of its own (sqlite_ends)
+        pending: list[int] = []  # the ends and masking that go on in chunks (sqlite_ends)
+
+        def stop_sending(c: sqlite3.Connection) -> bool:
+            """First, as a disable does: the account stops sending, and its waiting messages end
+            (ERASED, refunded) in chunks, each a transaction of its own, before the close's. In
+            the close's one transaction, a million waiting held every writer ~20 s."""
+            row = c.execute("SELECT status FROM accounts WHERE id=?", (account_id,)).fetchone()
+            if row is None:
+                return False
+            status = row[0]
+            if status == "active":
+                c.execute(
+                    "UPDATE accounts SET status='disabled', updated_at=? WHERE id=?",
+                    (now, account_id),
+                )
+            if status != "closed":
+                ends.start(c, account_id, "account", None, "ERASED", now, pending)
+            return True
+
+        if not (await ends.run(self._runner.write, stop_sending, pending, now))[0]:
+            return None
+        pending.clear()
 
         def job(c: sqlite3.Connection) -> AccountClosed | None:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:

@@ -202,24 +202,28 @@ async def test_a_delete_counts_every_message_its_chunks_ended(tmp_path: Path) ->
 async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_finishes_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A close ends what waits in its own transaction (the refunds are part of what the account
-    is owed at its write-off), but masks its messages, every one it ever sent, in chunks: ~5 µs
-    each of the write lock, millions for a large account."""
+    """A close ends what waits first, in chunks as a disable does (their refunds are part of
+    what the account is owed at its write-off, which comes after them), then masks its
+    messages, every one it ever sent, in chunks: ~5 µs each of the write lock, millions for a
+    large account."""
     store = await _store(tmp_path)
     try:
         await _queue(store, BIG)
         db = tmp_path / "bridge.db"
-        steps: list[int] = []
+        steps: list[str] = []
         step = ends._step
 
         def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
-            steps.append(end_id)
+            row = c.execute("SELECT scope FROM pending_ends WHERE id=?", (end_id,)).fetchone()
+            steps.append(row[0] if row else "done")
             return step(c, end_id, now)
 
         monkeypatch.setattr(ends, "_step", counted)
         closed = await store.close_account("acc_big", NOW + 1)
         assert closed is not None
-        assert len(steps) == 3  # 40 in the close's transaction, then 40 + 40 + 10
+        # The waiting ones: 40 in the first transaction, then 40 + 40 + 10 and one that found
+        # none left; then the masking: 40 in the close's transaction, then 40 + 40 + 10.
+        assert steps == ["account"] * 3 + ["done"] + ["erase"] * 3
         assert _states(db) == {"ERASED": BIG}
         assert _rows(
             db, "SELECT COUNT(*) FROM messages WHERE recipient <> '+***' OR text IS NOT NULL"
@@ -244,5 +248,49 @@ async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_fini
         _shrink(monkeypatch)
         await store.sweep(NOW + 3 + ends.RESUME_AFTER_MS, 3_600_000)
         assert _rows(db, left) == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a close ended every waiting message in its one transaction (the write-off must
+    count their refunds): an account closed with a million waiting held every writer ~20 s.
+    Now it stops the account sending (disabled) and ends them in chunks, other writers' batches
+    in between, and only then closes it in a transaction of its own."""
+    store = await _store(tmp_path)
+    try:
+        await _queue(store, BIG)
+        db = tmp_path / "bridge.db"
+        steps: list[int] = []
+        between: list[int] = []
+        seen: list[str] = []
+        step = ends._step
+
+        async def accept_other() -> None:
+            other = (_message("other", "acc_other", "+8613900000000"),)
+            await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
+            between.append(len(steps))
+
+        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+            steps.append(end_id)
+            if len(steps) == 1:
+                (status,) = c.execute("SELECT status FROM accounts WHERE id='acc_big'").fetchone()
+                seen.append(status)  # no longer sending, not closed yet
+                asyncio.get_running_loop().create_task(accept_other())
+            return step(c, end_id, now)
+
+        monkeypatch.setattr(ends, "_step", counted)
+        closed = await store.close_account("acc_big", NOW + 1)
+        assert closed is not None
+        assert seen == ["disabled"]
+        assert between and between[0] < len(steps)  # committed between the chunks
+        assert _states(db) == {"ERASED": BIG}
+        account = await store.get_account("acc_big")
+        assert account is not None and account.status == "closed"
+        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+        other = await store.get_message("acc_other", "other")
+        assert other is not None and other.state == "queued"
     finally:
         await store.close()
