@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -49,6 +50,7 @@ from prometheus_client import (
 )
 
 from bridge import tempdirs
+from bridge.reload import GENERATION_DIGITS
 from bridge.store.base import WriteLockStats
 
 __all__ = [
@@ -357,7 +359,20 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self._reload_ok = True
+        self._acceptors_current = True  # see acceptors_current
         self.config_reload_ok.set(1)
+        # liveall: one series per live process (label pid), which the supervisor compares with
+        # its own after a reload, and `smpp-bridge status` shows (see `generations`).
+        self.config_generation = Gauge(
+            "smpp_bridge_config_generation",
+            "The configuration each process runs: the first 48 bits of the SHA-256 of its text, "
+            "as an integer, by role and acceptor slot (one series per process, label pid, with "
+            "acceptor processes: the owner's is the acceptors' copy it wrote last). An acceptor "
+            "whose value is not the owner's runs an older configuration",
+            ["role", "slot"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.ready = Gauge(
             "smpp_bridge_ready",
             "1 when /readyz would answer 200 at this scrape (store reachable and writable, an "
@@ -623,7 +638,43 @@ class Metrics:
 
     def reload_result(self, ok: bool) -> None:
         self._reload_ok = ok
-        self.config_reload_ok.set(1 if ok else 0)
+        self.config_reload_ok.set(1 if ok and self._acceptors_current else 0)
+
+    def acceptors_current(self, ok: bool) -> None:
+        """The supervisor's word: whether every live acceptor runs the configuration it wrote.
+        False holds `smpp_bridge_config_last_reload_successful` at 0 whatever the owner's own
+        reload did: an acceptor that never applied a reload serves the old rules."""
+        self._acceptors_current = ok
+        self.config_reload_ok.set(1 if ok and self._reload_ok else 0)
+
+    def set_generation(self, role: str, slot: str, generation: str) -> None:
+        """Publish the configuration this process runs (`bridge.reload.generation`)."""
+        self.config_generation.labels(role, slot).set(int(generation, 16))
+
+    def generations(self) -> list[tuple[str, str, int | None, str]]:
+        """(role, slot, pid, generation) of every live process that published one; pid None
+        without acceptor processes (this process's own only)."""
+        path = multiprocess_dir()
+        if not path:
+            families = list(self.config_generation.collect())
+        else:
+            files = glob.glob(os.path.join(path, "gauge_liveall_*.db"))
+            families = list(multiprocess.MultiProcessCollector.merge(files, accumulate=False))
+        out = []
+        for family in families:
+            if family.name != "smpp_bridge_config_generation":
+                continue
+            for sample in family.samples:
+                pid = sample.labels.get("pid")
+                out.append(
+                    (
+                        sample.labels.get("role", ""),
+                        sample.labels.get("slot", ""),
+                        int(pid) if pid and pid.isdigit() else None,
+                        f"{int(sample.value):0{GENERATION_DIGITS}x}",
+                    )
+                )
+        return out
 
     def _smsc_gauges(self) -> tuple[Gauge, ...]:
         return (
