@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import math
 import os
 import shutil
@@ -48,6 +49,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 from bridge import tempdirs
 from bridge.reload import GENERATION_DIGITS
@@ -361,17 +363,19 @@ class Metrics:
         self._reload_ok = True
         self._acceptors_current = True  # see acceptors_current
         self.config_reload_ok.set(1)
-        # liveall: one series per live process (label pid), which the supervisor compares with
-        # its own after a reload, and `smpp-bridge status` shows (see `generations`).
+        # One series per process all the same (each has its own role and slot; a restarted
+        # acceptor's is the newest of its slot), without a pid label, which the merged output
+        # never has: the supervisor and the admin API read the pid from the file names (see
+        # `generations`).
         self.config_generation = Gauge(
             "smpp_bridge_config_generation",
             "The configuration each process runs: the first 48 bits of the SHA-256 of its text, "
-            "as an integer, by role and acceptor slot (one series per process, label pid, with "
-            "acceptor processes: the owner's is the acceptors' copy it wrote last). An acceptor "
-            "whose value is not the owner's runs an older configuration",
+            "as an integer, by role and acceptor slot (with acceptor processes, the owner's is "
+            "the acceptors' copy it wrote last): an acceptor whose value is not the owner's runs "
+            "an older configuration",
             ["role", "slot"],
             registry=r,
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemostrecent",
         )
         self.ready = Gauge(
             "smpp_bridge_ready",
@@ -656,24 +660,22 @@ class Metrics:
         without acceptor processes (this process's own only)."""
         path = multiprocess_dir()
         if not path:
-            families = list(self.config_generation.collect())
-        else:
-            files = glob.glob(os.path.join(path, "gauge_liveall_*.db"))
-            families = list(multiprocess.MultiProcessCollector.merge(files, accumulate=False))
+            return [
+                (s.labels["role"], s.labels["slot"], None, _generation_hex(s.value))
+                for family in self.config_generation.collect()
+                for s in family.samples
+            ]
         out = []
-        for family in families:
-            if family.name != "smpp_bridge_config_generation":
+        for f in glob.glob(os.path.join(path, "gauge_livemostrecent_*.db")):
+            pid = f.rsplit("_", 1)[1].removesuffix(".db")
+            try:
+                found = MmapedDict.read_all_values_from_file(f)
+            except FileNotFoundError:  # its process died since the glob
                 continue
-            for sample in family.samples:
-                pid = sample.labels.get("pid")
-                out.append(
-                    (
-                        sample.labels.get("role", ""),
-                        sample.labels.get("slot", ""),
-                        int(pid) if pid and pid.isdigit() else None,
-                        f"{int(sample.value):0{GENERATION_DIGITS}x}",
-                    )
-                )
+            for key, value, _ts, _pos in found:
+                name, _, labels, _ = json.loads(key)
+                if name == "smpp_bridge_config_generation" and pid.isdigit():
+                    out.append((labels["role"], labels["slot"], int(pid), _generation_hex(value)))
         return out
 
     def _smsc_gauges(self) -> tuple[Gauge, ...]:
@@ -771,6 +773,10 @@ class _Pending:
         for i, n in enumerate(counts):
             if n:
                 self.child._buckets[i].inc(n)
+
+
+def _generation_hex(value: float) -> str:
+    return f"{int(value):0{GENERATION_DIGITS}x}"
 
 
 def _num(v: Any) -> float:

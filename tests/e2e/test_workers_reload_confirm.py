@@ -61,12 +61,13 @@ class Scrape:
         ]
         return float(line.split()[-1])
 
-    def generations(self) -> dict[tuple[str, int], str]:
-        """(role, pid) -> generation, as 12 hex digits."""
+    def generations(self) -> dict[tuple[str, str], str]:
+        """(role, slot) -> generation, as 12 hex digits (merged: no pid label)."""
         out = {}
         for m in re.finditer(r"^smpp_bridge_config_generation\{([^}]*)\} (\S+)$", self.text, re.M):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            out[(labels["role"], int(labels["pid"]))] = f"{int(float(m.group(2))):012x}"
+            assert "pid" not in labels, m.group(0)
+            out[(labels["role"], labels.get("slot", ""))] = f"{int(float(m.group(2))):012x}"
         return out
 
 
@@ -127,24 +128,25 @@ def _changed(cfg: dict[str, Any], tps: int) -> dict[str, Any]:
     return new
 
 
-def _owner(gens: dict[tuple[str, int], str]) -> str:
+def _owner(gens: dict[tuple[str, str], str]) -> str:
     (gen,) = [g for (role, _), g in gens.items() if role == "owner"]
     return gen
 
 
-def _acceptors(gens: dict[tuple[str, int], str]) -> dict[int, str]:
-    return {pid: g for (role, pid), g in gens.items() if role == "acceptor"}
+def _acceptors(gens: dict[tuple[str, str], str]) -> dict[int, str]:
+    """Acceptor slot -> generation."""
+    return {int(slot): g for (role, slot), g in gens.items() if role == "acceptor"}
 
 
 async def test_a_normal_reload_is_confirmed_by_every_acceptor(workers2):
     proc, _ = workers2
-    pids = set(_acceptor_pids(proc.log).values())
+    pids = _acceptor_pids(proc.log)
     first = await _scrape(proc)
     gens = first.generations()
     # The file's text as the daemon read it at start, named without revealing any of it.
     want = hashlib.sha256(proc.path.read_text().encode()).hexdigest()[:12]
     assert _owner(gens) == want
-    assert _acceptors(gens) == {pid: want for pid in pids}
+    assert _acceptors(gens) == {0: want, 1: want}
     assert first.reload_ok() == 1
 
     before = await _reload(proc, _changed(proc.cfg, 40))
@@ -155,7 +157,11 @@ async def test_a_normal_reload_is_confirmed_by_every_acceptor(workers2):
     new = _owner(gens)
     assert new != want  # the copy changed with the reload ...
     assert f"every acceptor runs configuration {new}" in _since(proc, before)
-    assert _acceptors(gens) == {pid: new for pid in pids}  # ... and both acceptors run it
+    assert _acceptors(gens) == {0: new, 1: new}  # ... and both acceptors run it
+    queue = await _queue_config(proc)
+    assert queue["config"]["acceptors"] == [
+        {"slot": slot, "pid": pid, "generation": new} for slot, pid in sorted(pids.items())
+    ]
     assert scrape.reload_ok() == 1
     out = await asyncio.to_thread(render, fetch(f"http://127.0.0.1:{proc.port}", ADMIN_TOKEN))
     assert f"config: {new}; acceptors on the current configuration: 2 of 2" in out, out
@@ -188,7 +194,7 @@ async def test_an_acceptor_that_does_not_apply_a_reload_is_named_until_it_catche
     gens = scrape.generations()
     new = _owner(gens)
     assert new != old
-    assert _acceptors(gens) == {victim: old, other: new}
+    assert _acceptors(gens) == {1: old, 0: new}
     assert scrape.reload_ok() == 0
     queue = await _queue_config(proc)
     assert queue["config"]["last_reload_ok"] is False
@@ -209,7 +215,7 @@ async def test_an_acceptor_that_does_not_apply_a_reload_is_named_until_it_catche
         lambda: f"every acceptor runs configuration {new} now" in _since(proc, before), 10
     )
     scrape = await _scrape(proc)
-    assert _acceptors(scrape.generations()) == {victim: new, other: new}
+    assert _acceptors(scrape.generations()) == {0: new, 1: new}
     assert scrape.reload_ok() == 1
     out = await asyncio.to_thread(render, fetch(f"http://127.0.0.1:{proc.port}", ADMIN_TOKEN))
     assert "acceptors on the current configuration: 2 of 2" in out, out
