@@ -633,7 +633,7 @@ class Metrics:
         says so; a failed reload was in the metrics and the log only)."""
         path = multiprocess_dir()
         if not path:
-            return self._reload_ok
+            return self._reload_ok and self._acceptors_current
         name = "smpp_bridge_config_last_reload_successful"
         for family in multiprocess.MultiProcessCollector(None, path=path).collect():
             if family.name == name:
