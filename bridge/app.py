@@ -52,7 +52,7 @@ from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
 from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
-from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, plan
+from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, generation, plan
 from bridge.retention import Retention
 from bridge.rules import load_filter
 from bridge.smpp.router import Route, Router
@@ -141,6 +141,7 @@ class Daemon:
         instance: str | None = None,
         role: str = "all",
         config_path: str | None = None,
+        config_text: str | None = None,
     ) -> None:
         if role not in ("all", "owner", "acceptor"):
             raise ValueError(f"unknown role {role!r}")
@@ -209,6 +210,11 @@ class Daemon:
         self._failures = logs.Failures(log, is_unavailable)  # the background loops'
         self.coord: Any = None  # PostgreSQL: liveness, bind slots, wake-ups across instances
         self.metrics = Metrics()  # per Daemon: tests run several in one process
+        # The configuration this process runs, published for the supervisor to check after a
+        # reload (`config_text`: the text `config` was loaded from). The owner's is the
+        # acceptors' copy, which the supervisor publishes.
+        if config_text is not None:
+            self._publish_generation(config_text)
 
     async def start(self) -> None:
         cfg = self.config
@@ -981,8 +987,15 @@ class Daemon:
                 return False
             self._config_stamp = stamp
             self.applied_text = text
+            if text is not None:
+                self._publish_generation(text)
             self.metrics.reload_result(True)
             return True
+
+    def _publish_generation(self, text: str) -> None:
+        if self.role != "owner":
+            slot = os.environ.get(WORKER_ENV, "") if self.role == "acceptor" else ""
+            self.metrics.set_generation(self.role, slot, generation(text))
 
     def drain(self) -> None:
         """Stop taking sends (503 `SHUTTING_DOWN`, /readyz not ready) but keep the port open.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.config import Config, ConfigError, check_main, load_config
+from bridge.config import Config, ConfigError, check_main, load_config, read_config_text
 
 log = logging.getLogger("bridge.cli")
 
@@ -62,7 +62,13 @@ def _now_ms() -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.app import Daemon
 
-    cfg = _config(args)
+    # The text read once, for both: a process publishes a name of the text it runs (see
+    # Daemon), and a second read could meet the next edit.
+    try:
+        text = read_config_text(args.config) if args.config else None
+        cfg = load_config(args.config, text=text)
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration:\n{exc}") from None
     setup_logging(cfg)
     loop_factory = event_loop_factory(cfg.server.event_loop)
     # The store's fsync thread releases the GIL and must take it back; with the default 5 ms
@@ -71,11 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = cfg.server.workers if args.workers is None else args.workers
     if args.role == "acceptor":
         _be_nicer(cfg.server.acceptor_nice)
-        main_coro = Daemon(cfg, role="acceptor", config_path=args.config).run_forever
+        main_coro = Daemon(
+            cfg, role="acceptor", config_path=args.config, config_text=text
+        ).run_forever
     elif workers > 0:
         from bridge.supervisor import Supervisor
 
-        main_coro = Supervisor(cfg, args.config, workers).run
+        main_coro = Supervisor(cfg, args.config, workers, text).run
     else:
         from bridge import tempdirs
 
@@ -83,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # a start in one process made no directories, so it swept none.
         tempdirs.sweep_once()
         _fresh_metric_files()
-        main_coro = Daemon(cfg, config_path=args.config).run_forever
+        main_coro = Daemon(cfg, config_path=args.config, config_text=text).run_forever
     _tune_gc()
     profile_to = os.environ.get("SMPP_BRIDGE_PROFILE")
     with asyncio.Runner(loop_factory=loop_factory) as runner:

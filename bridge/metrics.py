@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
+import json
 import math
 import os
 import shutil
@@ -47,8 +49,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 
 from bridge import tempdirs
+from bridge.reload import GENERATION_DIGITS
 from bridge.store.base import WriteLockStats
 
 __all__ = [
@@ -357,7 +361,22 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self._reload_ok = True
+        self._acceptors_current = True  # see acceptors_current
         self.config_reload_ok.set(1)
+        # One series per process all the same (each has its own role and slot; a restarted
+        # acceptor's is the newest of its slot), without a pid label, which the merged output
+        # never has: the supervisor and the admin API read the pid from the file names (see
+        # `generations`).
+        self.config_generation = Gauge(
+            "smpp_bridge_config_generation",
+            "The configuration each process runs: the first 48 bits of the SHA-256 of its text, "
+            "as an integer, by role and acceptor slot (with acceptor processes, the owner's is "
+            "the acceptors' copy it wrote last): an acceptor whose value is not the owner's runs "
+            "an older configuration",
+            ["role", "slot"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.ready = Gauge(
             "smpp_bridge_ready",
             "1 when /readyz would answer 200 at this scrape (store reachable and writable, an "
@@ -614,7 +633,7 @@ class Metrics:
         says so; a failed reload was in the metrics and the log only)."""
         path = multiprocess_dir()
         if not path:
-            return self._reload_ok
+            return self._reload_ok and self._acceptors_current
         name = "smpp_bridge_config_last_reload_successful"
         for family in multiprocess.MultiProcessCollector(None, path=path).collect():
             if family.name == name:
@@ -623,7 +642,41 @@ class Metrics:
 
     def reload_result(self, ok: bool) -> None:
         self._reload_ok = ok
-        self.config_reload_ok.set(1 if ok else 0)
+        self.config_reload_ok.set(1 if ok and self._acceptors_current else 0)
+
+    def acceptors_current(self, ok: bool) -> None:
+        """The supervisor's word: whether every live acceptor runs the configuration it wrote.
+        False holds `smpp_bridge_config_last_reload_successful` at 0 whatever the owner's own
+        reload did: an acceptor that never applied a reload serves the old rules."""
+        self._acceptors_current = ok
+        self.config_reload_ok.set(1 if ok and self._reload_ok else 0)
+
+    def set_generation(self, role: str, slot: str, generation: str) -> None:
+        """Publish the configuration this process runs (`bridge.reload.generation`)."""
+        self.config_generation.labels(role, slot).set(int(generation, 16))
+
+    def generations(self) -> list[tuple[str, str, int | None, str]]:
+        """(role, slot, pid, generation) of every live process that published one; pid None
+        without acceptor processes (this process's own only)."""
+        path = multiprocess_dir()
+        if not path:
+            return [
+                (s.labels["role"], s.labels["slot"], None, _generation_hex(s.value))
+                for family in self.config_generation.collect()
+                for s in family.samples
+            ]
+        out = []
+        for f in glob.glob(os.path.join(path, "gauge_livemostrecent_*.db")):
+            pid = f.rsplit("_", 1)[1].removesuffix(".db")
+            try:
+                found = MmapedDict.read_all_values_from_file(f)
+            except FileNotFoundError:  # its process died since the glob
+                continue
+            for key, value, _ts, _pos in found:
+                name, _, labels, _ = json.loads(key)
+                if name == "smpp_bridge_config_generation" and pid.isdigit():
+                    out.append((labels["role"], labels["slot"], int(pid), _generation_hex(value)))
+        return out
 
     def _smsc_gauges(self) -> tuple[Gauge, ...]:
         return (
@@ -720,6 +773,10 @@ class _Pending:
         for i, n in enumerate(counts):
             if n:
                 self.child._buckets[i].inc(n)
+
+
+def _generation_hex(value: float) -> str:
+    return f"{int(value):0{GENERATION_DIGITS}x}"
 
 
 def _num(v: Any) -> float:

@@ -7,7 +7,8 @@ carrier link it does not have to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
 from bridge.config import Config, SmscConfig
@@ -100,3 +101,19 @@ class HupGate:
         self._started = True
         if self._missed or changed:
             self._reload()
+
+
+def generation(text: str) -> str:
+    """A name for a configuration text that processes can compare without sharing it: the first
+    48 bits of its SHA-256, which a gauge carries exactly (a float holds 53) and from which no
+    value of the text can be read back. Why: an acceptor that never applied a reload (its loop
+    stuck, the signal lost) kept serving the old rules while everything read healthy."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:GENERATION_DIGITS]
+
+
+GENERATION_DIGITS = 12
+
+
+def behind(expected: str, running: Mapping[int, str | None]) -> dict[int, str | None]:
+    """The processes (by key) that do not run `expected`; None: one that has not said yet."""
+    return {key: gen for key, gen in running.items() if gen != expected}

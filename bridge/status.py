@@ -173,13 +173,38 @@ def _up_cell(m: Mapping[str, Any]) -> str:
     return state.upper() if state in ("reconnecting", "removing", "unknown") else "NO"
 
 
+def _acceptors_line(config: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """With acceptor processes: how many run the owner's configuration, naming those that do
+    not (an acceptor that never applied a reload serves the old rules). An older daemon, or
+    one without acceptors, has nothing to say here."""
+    current = config.get("generation")
+    acceptors = [a for a in config.get("acceptors") or () if isinstance(a, Mapping)]
+    if not isinstance(current, str) or not acceptors:
+        return [], False
+    late = [a for a in acceptors if a.get("generation") != current]
+    line = (
+        f"  config: {current}; acceptors on the current configuration: "
+        f"{len(acceptors) - len(late)} of {len(acceptors)}"
+    )
+    if late:
+        named = ", ".join(
+            f"pid {a.get('pid')} (slot {a.get('slot')}) runs {a.get('generation')}" for a in late
+        )
+        line += f" ({named}: it serves the previous rules until it applies the reload)"
+    return [line], bool(late)
+
+
 def render(s: DaemonStatus) -> str:
     """A compact table; one line per SMSC, then the queue, the throughput and the webhook
     reports not delivered yet."""
     lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
     lines += [f"  problem: {p}" for p in s.problems]
     config = s.queue.get("config")
-    if isinstance(config, Mapping) and config.get("last_reload_ok") is False:
+    config = config if isinstance(config, Mapping) else {}
+    acceptors, any_late = _acceptors_line(config)
+    lines += acceptors
+    # An acceptor behind is why the flag is false: not a refused file.
+    if config.get("last_reload_ok") is False and not any_late:
         lines.append(
             "  config: the last SIGHUP's file was REFUSED or failed to apply; the daemon runs its "
             "previous configuration and a restart would refuse the file (see the log)"

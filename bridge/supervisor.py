@@ -26,7 +26,7 @@ import yaml
 from bridge import metrics, tempdirs
 from bridge.app import OWNER_INSTANCE_ENV, OWNER_PID_ENV, WORKER_ENV, WORKERS_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
-from bridge.reload import RESTART_PATHS, HupGate
+from bridge.reload import RESTART_PATHS, HupGate, behind, generation
 
 log = logging.getLogger("bridge.supervisor")
 
@@ -34,9 +34,17 @@ log = logging.getLogger("bridge.supervisor")
 # The acceptors' private configuration copies: $TMPDIR/smpp-bridge-<owner pid>-<random>/.
 CONFIG_COPY_PREFIX = tempdirs.PREFIX
 
+# How long after signalling a reload every live acceptor has to run the new copy (published as
+# smpp_bridge_config_generation); the laggards get the signal again at half-time. A reload of
+# an acceptor's own view takes milliseconds: one still behind after this will not catch up
+# by itself. The variable is for tests.
+RELOAD_CONFIRM_S = float(os.environ.get("SMPP_BRIDGE_RELOAD_CONFIRM_S", "10"))
+
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None, workers: int) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None, workers: int, text: str | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.workers = workers
@@ -56,11 +64,18 @@ class Supervisor:
         # follows each reload that applied, with the restart-only sections kept as running.
         self._snapshot: Path | None = None
         self._snapshot_dir: str | None = None
+        self._generation: str | None = None  # the copy's (bridge.reload.generation)
+        # Acceptors found not running it after a reload: slot -> (pid, what they run), kept
+        # until they do (see _confirm and _monitor).
+        self._behind: dict[int, tuple[int, str | None]] = {}
         if config_path:
             tempdirs.sweep_once()  # a kill -9 left them
             self._snapshot_dir = tempdirs.make(CONFIG_COPY_PREFIX)  # mode 0700
             self._snapshot = Path(self._snapshot_dir) / "config.yaml"
-            self._write_snapshot(Path(config_path).read_text(encoding="utf-8"))
+            # The text `config` was loaded from (read again, it could be the next edit).
+            self._write_snapshot(
+                Path(config_path).read_text(encoding="utf-8") if text is None else text
+            )
 
     def _write_snapshot(self, text: str) -> None:
         assert self._snapshot is not None
@@ -69,6 +84,8 @@ class Supervisor:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, self._snapshot)
+        self._generation = generation(text)
+        self.owner.metrics.set_generation("owner", "", self._generation)
 
     def _follow_reload(self, applied: str | None) -> None:
         """After a reload the owner applied: the sections of the text it applied (not of the
@@ -128,6 +145,8 @@ class Supervisor:
                 )
                 self._restarts[slot] = [*recent, now]
                 due[slot] = now + delay
+            if self._behind and not self._stopping:
+                self._check_caught_up()
 
     def _reload(self) -> None:
         """SIGHUP: the owner reloads its binds and routes; if it applied the file, the acceptors'
@@ -152,6 +171,66 @@ class Supervisor:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
+        await self._confirm()
+
+    def _late(self) -> dict[int, tuple[int, str | None]]:
+        """Live acceptors not running the copy: slot -> (pid, what they published, if any)."""
+        if self._generation is None:
+            return {}
+        running = {
+            pid: gen
+            for role, _, pid, gen in self.owner.metrics.generations()
+            if role == "acceptor" and pid is not None
+        }
+        live = {slot: p.pid for slot, p in self.procs.items() if p.poll() is None}
+        late = behind(self._generation, {slot: running.get(pid) for slot, pid in live.items()})
+        return {slot: (live[slot], gen) for slot, gen in late.items()}
+
+    async def _confirm(self) -> None:
+        """After signalling a reload: wait (up to RELOAD_CONFIRM_S) until every live acceptor
+        runs the new copy. Why: the SIGHUP was fire-and-forget, and an acceptor that never
+        applied it (its loop stuck, the signal lost) served the old rules, routes and content
+        filter while the reload gauge read 1. One still behind is named in the log and holds
+        smpp_bridge_config_last_reload_successful at 0 until it catches up (_monitor)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        resent = False
+        while late := self._late():
+            waited = loop.time() - start
+            if waited >= RELOAD_CONFIRM_S or self._stopping:
+                break
+            if not resent and waited >= RELOAD_CONFIRM_S / 2:
+                resent = True
+                for slot in late:
+                    proc = self.procs[slot]
+                    if proc.poll() is None:
+                        log.info("reload: acceptor %d (pid %d) signalled again", slot, proc.pid)
+                        proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.1)
+        if self._stopping:
+            return
+        if not late:
+            log.info("reload: every acceptor runs configuration %s", self._generation)
+        for slot, (pid, gen) in late.items():
+            log.warning(
+                "reload: acceptor %d (pid %d) runs configuration %s, not %s, %.0f s after the "
+                "SIGHUP: it serves the previous rules, routes and content filter",
+                slot,
+                pid,
+                gen or "(none published)",
+                self._generation,
+                RELOAD_CONFIRM_S,
+            )
+        self._behind = late
+        self.owner.metrics.acceptors_current(not late)
+
+    def _check_caught_up(self) -> None:
+        """Acceptors found behind after a reload: once every live one runs the copy (it
+        applied the signal at last, or it was restarted on the copy), the gauge reads 1 again."""
+        self._behind = self._late()
+        if not self._behind:
+            log.info("reload: every acceptor runs configuration %s now", self._generation)
+            self.owner.metrics.acceptors_current(True)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -254,8 +254,24 @@ async def get_queue(request: web.Request) -> web.Response:
     view["webhooks"] = {"pending": pending, "dead": dead, "oldest_age_s": _age_s(now, oldest)}
     # Whether this daemon runs its file: a SIGHUP whose file was refused leaves the previous
     # configuration running (and a restart would refuse the file).
-    view["config"] = {"last_reload_ok": ctx.metrics.last_reload_ok()}
+    # With acceptor processes, also which configuration each runs: one that never applied a
+    # reload serves the old rules (README "Health and status").
+    view["config"] = {"last_reload_ok": ctx.metrics.last_reload_ok(), **_generations(ctx.metrics)}
     return json_response(view)
+
+
+def _generations(metrics: Any) -> dict[str, Any]:
+    procs = metrics.generations()
+    mine = next((g for role, _, _, g in procs if role in ("owner", "all")), None)
+    acceptors = sorted(
+        (
+            {"slot": int(slot) if slot.isdigit() else None, "pid": pid, "generation": gen}
+            for role, slot, pid, gen in procs
+            if role == "acceptor" and pid is not None
+        ),
+        key=lambda a: (a["slot"] if a["slot"] is not None else -1, a["pid"]),
+    )
+    return {"generation": mine, "acceptors": acceptors}
 
 
 async def get_unmatched_receipts(request: web.Request) -> web.Response:

@@ -1405,8 +1405,30 @@ def _report_schemas() -> dict[str, Any]:
                         "last_reload_ok": {
                             "type": "boolean",
                             "description": "false: the last SIGHUP's file was refused or failed "
-                            "to apply (in any process); the previous configuration runs",
-                        }
+                            "to apply (in any process), or an acceptor process did not "
+                            "apply it; the previous configuration runs (there)",
+                        },
+                        "generation": _nullable(
+                            {
+                                "type": "string",
+                                "pattern": "^[0-9a-f]{12}$",
+                                "description": "the configuration the daemon runs (the first "
+                                "48 bits of its text's SHA-256; with acceptor processes, of "
+                                "their copy); null: none published (the built-in default)",
+                            }
+                        ),
+                        "acceptors": {
+                            "type": "array",
+                            "description": "with acceptor processes (server.workers), each "
+                            "live one and the configuration it runs; empty without",
+                            "items": _obj(
+                                {
+                                    "slot": _nullable(_INT),
+                                    "pid": _INT,
+                                    "generation": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+                                }
+                            ),
+                        },
                     }
                 ),
             }
