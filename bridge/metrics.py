@@ -369,7 +369,8 @@ class Metrics:
         # `generations`).
         self.config_generation = Gauge(
             "smpp_bridge_config_generation",
-            "The configuration each process runs: the first 48 bits of the SHA-256 of its text, "
+            "The configuration each process runs: the first 48 bits of the HMAC-SHA256 of its text "
+            "under a random key of the daemon's, "
             "as an integer, by role and acceptor slot (with acceptor processes, the owner's is "
             "the acceptors' copy it wrote last): an acceptor whose value is not the owner's runs "
             "an older configuration",

@@ -8,6 +8,9 @@ carrier link it does not have to.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
@@ -105,10 +108,27 @@ class HupGate:
 
 def generation(text: str) -> str:
     """A name for a configuration text that processes can compare without sharing it: the first
-    48 bits of its SHA-256, which a gauge carries exactly (a float holds 53) and from which no
-    value of the text can be read back. Why: an acceptor that never applied a reload (its loop
-    stuck, the signal lost) kept serving the old rules while everything read healthy."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:GENERATION_DIGITS]
+    48 bits of its HMAC-SHA256 under the daemon's generation key, which a gauge carries exactly
+    (a float holds 53). Why: an acceptor that never applied a reload (its loop stuck, the signal
+    lost) kept serving the old rules while everything read healthy. Keyed, not a plain hash: a
+    plain hash of a text published on /metrics let whoever knew the rest of the file (a stock
+    example with one password changed) test guesses of a secret in it offline."""
+    digest = hmac.new(generation_key(), text.encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest()[:GENERATION_DIGITS]
+
+
+def generation_key() -> bytes:
+    """The key of `generation`: random, made by the daemon's first process and inherited by the
+    acceptor processes it starts (through the environment, like the worker's slot), so they
+    name one text alike; never published."""
+    key = os.environ.get(GENERATION_KEY_ENV, "")
+    if len(key) != 32:
+        key = secrets.token_hex(16)
+        os.environ[GENERATION_KEY_ENV] = key
+    return bytes.fromhex(key)
+
+
+GENERATION_KEY_ENV = "SMPP_BRIDGE_GENERATION_KEY"
 
 
 GENERATION_DIGITS = 12

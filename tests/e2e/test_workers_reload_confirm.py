@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import os
 import re
 import signal
@@ -26,6 +27,12 @@ from bridge.status import DaemonStatus, fetch, render
 from tests.e2e.harness import ADMIN_TOKEN, DaemonProcess, config_dict, handles_sighup, wait_until
 
 CONFIRM_S = 2.0  # the supervisor's bound for the acceptors to follow a reload (10 s by default)
+KEY = "0123456789abcdef" * 2  # the daemon's generation key, known here to name the file's text
+
+
+def _named(text: str) -> str:
+    """bridge.reload.generation under KEY: the first 48 bits of the text's HMAC-SHA256."""
+    return hmac.new(bytes.fromhex(KEY), text.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def _acceptor_pids(log: Path) -> dict[int, int]:
@@ -105,6 +112,7 @@ def _since(proc: DaemonProcess, before: int) -> str:
 @pytest.fixture
 async def workers2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("SMPP_BRIDGE_RELOAD_CONFIRM_S", str(CONFIRM_S))
+    monkeypatch.setenv("SMPP_BRIDGE_GENERATION_KEY", KEY)
     proc = DaemonProcess(tmp_path, config_dict(tmp_path, server={"workers": 2}))
     stopped: list[int] = []
     proc.start()
@@ -144,7 +152,7 @@ async def test_a_normal_reload_is_confirmed_by_every_acceptor(workers2):
     first = await _scrape(proc)
     gens = first.generations()
     # The file's text as the daemon read it at start, named without revealing any of it.
-    want = hashlib.sha256(proc.path.read_text().encode()).hexdigest()[:12]
+    want = _named(proc.path.read_text())
     assert _owner(gens) == want
     assert _acceptors(gens) == {0: want, 1: want}
     assert first.reload_ok() == 1
@@ -175,7 +183,7 @@ async def test_an_acceptor_that_does_not_apply_a_reload_is_named_until_it_catche
     proc, stopped = workers2
     pids = _acceptor_pids(proc.log)
     victim, other = pids[1], pids[0]
-    old = hashlib.sha256(proc.path.read_text().encode()).hexdigest()[:12]  # as started
+    old = _named(proc.path.read_text())  # as started
 
     os.kill(victim, signal.SIGSTOP)
     stopped.append(victim)

@@ -4,22 +4,44 @@ renders the acceptors' agreement with their owner (bridge.status.render)."""
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 from typing import Any
 
+import pytest
+
 from bridge.metrics import Metrics
-from bridge.reload import behind, generation
+from bridge.reload import GENERATION_KEY_ENV, behind, generation
 from bridge.status import DaemonStatus, render
 
 SECRET = "s3cr3t-password-value"
 TEXT = f"smscs:\n  - name: a\n    password: {SECRET}\n"
 
 
-def test_a_generation_names_the_whole_text_and_reveals_none_of_it():
+def test_a_generation_names_the_whole_text_and_reveals_none_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = "ab" * 16
+    monkeypatch.setenv(GENERATION_KEY_ENV, key)
     g = generation(TEXT)
-    assert g == hashlib.sha256(TEXT.encode()).hexdigest()[:12]
+    assert g == hmac.new(bytes.fromhex(key), TEXT.encode(), hashlib.sha256).hexdigest()[:12]
     assert generation(TEXT.replace(SECRET, SECRET + "x")) != g  # a changed secret is a change
     assert SECRET not in g and len(g) == 12
     assert int(g, 16) < 2**53  # a gauge (a float) carries it exactly
+    # Keyed: the plain hash, which whoever knows the rest of the file could match guesses of
+    # the secret against, is not what is published.
+    assert g != hashlib.sha256(TEXT.encode()).hexdigest()[:12]
+
+
+def test_the_generation_key_is_made_once_and_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made by the daemon's first process into its environment, which the acceptors it starts
+    inherit, so every process names one text alike; another daemon names it otherwise."""
+    monkeypatch.delenv(GENERATION_KEY_ENV, raising=False)
+    g = generation(TEXT)
+    key = os.environ[GENERATION_KEY_ENV]
+    assert len(key) == 32 and generation(TEXT) == g
+    monkeypatch.setenv(GENERATION_KEY_ENV, "cd" * 16)
+    assert generation(TEXT) != g
 
 
 def test_behind_lists_those_not_running_the_expected_one_and_those_silent():
