@@ -181,6 +181,23 @@ async def test_a_change_walks_in_chunks_others_write_between_and_the_result_is_o
     assert len(chunked["other"][0]) == len(OTHER_SENDS) + 1
 
 
+async def test_a_chunk_ends_at_most_end_chunk_messages(
+    make_api: Callable[..., Awaitable[ApiServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ending costs ~10x looking (refunds, reports): a chunk that meets many refused messages
+    stops after END_CHUNK of them and the next goes on from the last one it ended."""
+    monkeypatch.setattr(walk, "WALK_CHUNK", 1_000)
+    monkeypatch.setattr(walk, "END_CHUNK", 2)
+    chunked, steps, _ = await _change_counting_chunks(await make_api(), monkeypatch)
+    # The 6 refused: 2 in the change's transaction, then 2, then the last 2 and the rest.
+    assert steps == 2
+    monkeypatch.setattr(walk, "WALK_CHUNK", 1_000_000)
+    monkeypatch.setattr(walk, "END_CHUNK", 1_000_000)
+    whole, steps, _ = await _change_counting_chunks(await make_api(), monkeypatch)
+    assert steps == 0
+    assert chunked == whole
+
+
 NOW = 1_700_000_000_000
 
 
