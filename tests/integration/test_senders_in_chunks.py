@@ -320,6 +320,29 @@ async def test_a_message_moved_behind_the_walk_is_walked_again(
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
 
 
+async def test_a_change_during_a_walk_walks_the_whole_queue_again(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new assignments may refuse what the walk under way passed: it starts over."""
+    api = api_server
+    accounts, sent = await _scene(api)
+    shop = accounts["shop"].account_id
+    monkeypatch.setattr(walk, "finish", _stopped)
+    await _assign(api, accounts["shop"], [KEPT])
+    monkeypatch.undo()
+    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    c = sqlite3.connect(api.config.store.path)
+    with c:  # the walk has gone past the shop's messages
+        c.execute("UPDATE sender_walk SET after_account=?, after_nb=?", (shop, 1 << 62))
+    c.close()
+    await _assign(api, accounts["shop"], ["10690055"])  # KEPT taken from the shop too
+    for mid, sender in zip(sent["shop"], SHOP_SENDS, strict=True):
+        m = await api.store.get_message(shop, mid)
+        assert m is not None
+        assert m.error_code == (None if sender is None else ERROR), (mid, sender)
+    assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
+
+
 def test_the_claims_check_costs_one_read_without_a_walk() -> None:
     """Without a walk under way the check is one read of an empty table: no message row."""
     c = sqlite3.connect(":memory:")
