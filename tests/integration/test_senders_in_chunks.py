@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -51,10 +52,12 @@ async def _assign(api: ApiServer, creds: Creds, senders: list[str]) -> None:
     assert r.status == 200, r.json
 
 
-async def _send_all(api: ApiServer, creds: Creds, senders: list[str | None]) -> list[str]:
+async def _send_all(
+    api: ApiServer, creds: Creds, senders: list[str | None], **extra: Any
+) -> list[str]:
     ids = []
     for sender in senders:
-        body: dict[str, Any] = {"to": CN, "text": "sale"}
+        body: dict[str, Any] = {"to": CN, "text": "sale", **extra}
         if sender is not None:
             body["sender"] = sender
         r = await api.send(creds, body)
@@ -341,6 +344,36 @@ async def test_a_change_during_a_walk_walks_the_whole_queue_again(
         assert m is not None
         assert m.error_code == (None if sender is None else ERROR), (mid, sender)
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
+
+
+async def test_a_campaign_scheduled_for_one_time_is_walked_whole(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages due at the same time share the queue index's (account, due time): the walk goes
+    on by rowid inside it, then after it, and meets each message once."""
+    api = api_server
+    accounts = await _accounts(api)
+    at = {"scheduled_at": (api.clock.utc() + timedelta(hours=1)).isoformat()}
+    sent = {name: await _send_all(api, accounts[name], sends, **at) for name, sends in
+            (("first", FIRST_SENDS), ("shop", SHOP_SENDS), ("other", OTHER_SENDS))}  # fmt: skip
+    shop = accounts["shop"].account_id
+    assert _rows(
+        api, f"SELECT COUNT(DISTINCT q_not_before) FROM messages WHERE account_id='{shop}'"
+    )[0] == (1,)
+    seen: list[int] = []
+    real = walk._refused
+
+    def counted(c: sqlite3.Connection, rows: Any, assigned_only: bool) -> list[int]:
+        seen.extend(r[0] for r in rows)
+        return real(c, rows, assigned_only)
+
+    monkeypatch.setattr(walk, "_refused", counted)
+    await _assign(api, accounts["shop"], [KEPT])
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == sum(map(len, sent.values()))
+    for mid, sender in zip(sent["shop"], SHOP_SENDS, strict=True):
+        m = await api.store.get_message(shop, mid)
+        assert m is not None
+        assert m.error_code == (ERROR if sender == MOVED else None), (mid, sender)
 
 
 def test_the_claims_check_costs_one_read_without_a_walk() -> None:
