@@ -9,10 +9,11 @@ ended, and every accept and receipt of every account waited that long. Now:
 1. The change's transaction writes the accounts row, settles the refused messages on a bind
    (held: not sent again if they come back) and walks the first WALK_CHUNK waiting ones; when
    more wait, it records the walk in `sender_walk` (one row, migration 27).
-2. The rest go WALK_CHUNK per transaction in the queue index's order (account, due time,
-   rowid), other writers' batches in between, each chunk reading the assignments again (they
-   may have changed meanwhile) and settling what they refuse as sqlite_rules.end_queued does:
-   the never-tried end unsent and refunded (SENDER_NOT_ALLOWED), the tried ones are held.
+2. The rest go WALK_CHUNK per transaction (of them at most END_CHUNK ended) in the queue
+   index's order (account, due time, rowid), other writers' batches in between, each chunk
+   reading the assignments again (they may have changed meanwhile) and settling what they
+   refuse as sqlite_rules.end_queued does: the never-tried end unsent and refunded
+   (SENDER_NOT_ALLOWED), the tried ones are held.
 
 Nothing refused is sent meanwhile: while the row exists, each claim checks the messages it takes
 against the current assignments (`guard`) and settles the refused ones the same way; without
