@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time an account's disable with N messages waiting: how long it holds the store's write lock.
 
-Usage: python scripts/bench_end.py [--messages 100000] [--parts 1] [--dnc NUMBERS | --close]
+Usage: python scripts/bench_end.py [--messages 100000] [--parts 1]
+                                   [--dnc NUMBERS | --close [--waiting] | --senders]
 
 Why: disabling an account (and deleting a sign or template, importing a do-not-contact list, an
 erasure, a `senders` change, `marketing` or `raw_text` turned off) ends the account's waiting
@@ -17,7 +18,10 @@ wait is one chunk's, not the whole end's. `--dnc N` imports a do-not-contact lis
 instead (in chunks too since session 39: bridge/store/sqlite_dnc.py); `--close` closes the
 account once its messages have ended (a history of --messages to mask, in chunks since then);
 `--close --waiting` closes it with them still waiting (since session 40 the close ends them in
-chunks first, as a disable does, then closes the account in a transaction of its own).
+chunks first, as a disable does, then closes the account in a transaction of its own);
+`--senders` takes one of the account's two assigned senders from it instead, which refuses half
+its waiting messages (sent from it alternately; walked in chunks since session 40:
+bridge/store/sqlite_senders.py).
 """
 
 from __future__ import annotations
@@ -41,7 +45,12 @@ def _account(aid: str) -> Account:
     return Account(id=aid, name=aid, webhook_secret_enc=b"sealed", created_at=NOW, updated_at=NOW)
 
 
-def _message(mid: str, account_id: str, number: str, parts: int) -> NewMessage:
+SENDERS = ("10690077", "10690099")  # --senders: the first is taken from the account
+
+
+def _message(
+    mid: str, account_id: str, number: str, parts: int, sender: str | None = None
+) -> NewMessage:
     return NewMessage(
         id=mid,
         account_id=account_id,
@@ -56,6 +65,7 @@ def _message(mid: str, account_id: str, number: str, parts: int) -> NewMessage:
         ),
         accepted_at=NOW,
         text=f"text of {mid}",
+        sender=sender,
     )
 
 
@@ -70,10 +80,18 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
     try:
         for aid in ("acc_big", "acc_other"):
             await store.create_account(_account(aid))
+        if args.senders:
+            await store.update_account("acc_big", {"senders": SENDERS}, NOW)
         began = time.perf_counter()
         for i in range(0, args.messages, 1000):
             msgs = tuple(
-                _message(f"m{k:08d}", "acc_big", f"+86138{k:08d}", args.parts)
+                _message(
+                    f"m{k:08d}",
+                    "acc_big",
+                    f"+86138{k:08d}",
+                    args.parts,
+                    SENDERS[k % 2] if args.senders else None,
+                )
                 for k in range(i, min(i + 1000, args.messages))
             )
             await store.accept(AcceptBatch("acc_big", msgs, None, None), NOW)
@@ -99,6 +117,8 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         began = time.perf_counter()
         if args.close:
             await store.close_account("acc_big", NOW + 2)
+        elif args.senders:  # half the waiting messages refused
+            await store.update_account("acc_big", {"senders": SENDERS[1:]}, NOW + 1)
         elif args.dnc:
             # A registry of --dnc numbers nobody writes to, and one in a hundred waiting ones.
             numbers = sorted(
@@ -153,18 +173,32 @@ def main() -> None:
         help="instead of the disable, import a do-not-contact list of this many numbers "
         "(and one in a hundred of the waiting ones)",
     )
+    p.add_argument(
+        "--senders",
+        action="store_true",
+        help="instead of the disable, take one of the account's two assigned senders from it "
+        "(half its waiting messages are from it)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bridge-bench-end-") as tmp:
         out = asyncio.run(run(args, Path(tmp) / "bench.db"))
     n = args.messages
     print(
         f"options: messages {n}, parts {args.parts}, dnc {args.dnc}, close {args.close}, "
-        f"waiting {args.waiting}"
+        f"waiting {args.waiting}, senders {args.senders}"
     )
     print(f"queued in                                 {out['queued_s']:.1f} s")
-    what = "close" if args.close else "import" if args.dnc else "disable"
+    what = (
+        "close"
+        if args.close
+        else "import"
+        if args.dnc
+        else "senders change"
+        if args.senders
+        else "disable"
+    )
     print(f"{what}: wall / write lock held (s)  {out['disable_s']:.2f} / {out['lock_s']:.2f}")
-    if not args.dnc and not args.close:
+    if not args.dnc and not args.close and not args.senders:
         print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
     print(
         f"another writer's wait: longest / p99 (ms)  {out['wait_max_s'] * 1e3:.1f} / "

@@ -113,15 +113,20 @@ def refused_waiting(
     from their sender under these assignments: an operator moved the address to another
     account, or took it from this one. Checked only at acceptance, a scheduled campaign went
     out from an address another tenant held by then, whose replies (opt-outs among them) were
-    that tenant's."""
+    that tenant's. Decided once per (account, sender): each decision reads every list (~20 µs
+    with 20 accounts holding three entries each), and a queue holds many messages of few."""
     lists = {a: tuple(e) for a, e in assignments}
-    return [
-        mid
-        for mid, account, sender in waiting
-        if not may_send(
-            account, lists.get(account, ()), sender, assignments, assigned_only=assigned_only
-        )
-    ]
+    allowed: dict[tuple[str, str], bool] = {}
+    refused = []
+    for mid, account, sender in waiting:
+        ok = allowed.get((account, sender)) if sender is not None else True
+        if ok is None:
+            ok = allowed[(account, sender)] = may_send(
+                account, lists.get(account, ()), sender, assignments, assigned_only=assigned_only
+            )
+        if not ok:
+            refused.append(mid)
+    return refused
 
 
 def owners(assignments: Iterable[tuple[str, Sequence[str]]], address: str) -> tuple[str, ...]:

@@ -12,11 +12,10 @@ from typing import Any
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
-from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
-from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules
+from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
@@ -28,7 +27,6 @@ from bridge.store.account_rows import (
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
-    WAITING_SENDERS_SQL,
     audit_row,
     audit_values,
     column_value,
@@ -272,6 +270,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             raise StoreError("INVALID_FIELD", f"account field(s) not updatable: {sorted(bad)}")
 
         pending: list[int] = []  # ends that go on in chunks of their own (sqlite_ends)
+        walking: list[bool] = []  # a senders change's walk (sqlite_senders)
 
         def job(c: sqlite3.Connection) -> Account | None:
             disabling = changes.get("status") == "disabled" and _status(c, account_id) == "active"
@@ -295,24 +294,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             for setting, _which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
                     ends.start(c, account_id, setting, None, error, now, pending)
-            if "senders" in changes:
-                assignments = [(r[0], senders_of(r[1])) for r in c.execute(_ASSIGNMENTS_SQL)]
-                refused = senders_rules.refused_waiting(
-                    c.execute(WAITING_SENDERS_SQL).fetchall(),
-                    assignments,
-                    assigned_only=assigned_only,
-                )
-                for chunk in pipe._chunks(refused):
-                    sqlite_rules.end_queued(
-                        c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk),
-                        "SENDER_NOT_ALLOWED", now,
-                    )  # fmt: skip
+            if "senders" in changes and sqlite_senders.start(c, assigned_only, now):
+                walking.append(True)  # the rest of the waiting messages in chunks of their own
             row = c.execute(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id=?", (account_id,)
             ).fetchone()
             return _account(row) if row else None
 
         account, _more = await ends.run(self._runner.write, job, pending, now)
+        if walking:
+            await sqlite_senders.finish(self._runner.write, now)
         return account
 
     async def add_key(self, key: AppKey, max_active: int) -> None:
@@ -869,6 +860,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 scan.parked(c, keys, limit - len(scan.ids))
             # Not those an end under way covers (an account disabled, ...): it ends them here.
             ids = sqlite_dnc.guard(c, ends.guard(c, scan.ids), now)  # ... or a list blocks
+            ids = sqlite_senders.guard(c, ids, now)  # ... or a senders change refuses
             return _claim_ids(c, ids, instance, now + lease_ms) if ids else []
 
         return await self._runner.write(job, durable=False)
@@ -893,12 +885,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> int:
             # INDEXED BY: without statistics SQLite prefers the queue index (every queued row)
             # to the partial index of the parked ones.
-            return c.execute(
+            n = c.execute(
                 "UPDATE messages SET q_not_before=?, q_park=NULL WHERE rowid IN ("
                 "SELECT rowid FROM messages INDEXED BY messages_parked "
                 f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued' LIMIT ?)",
                 (now, *keys, chunk),
             ).rowcount
+            if n:  # earlier in the queue index: a senders walk may have passed them
+                sqlite_senders.moved(c)
+            return n
 
         total = 0
         for _ in range(UNPARK_MAX_CHUNKS):  # a chunk per write: others write in between
@@ -1164,6 +1159,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # Ends of waiting messages whose process stopped part-way (sqlite_ends).
         stale = await self._runner.read(lambda c: ends.stale(c, now))
         out["expired"] += await ends.finish(self._runner.write, stale, now)
+        await sqlite_senders.resume(self._runner.read, self._runner.write, now)
         # Expired nonces and idempotency records; receipts that never matched, kept for
         # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
         # for ever); delivered webhook reports past their retention.

@@ -19,6 +19,7 @@ from collections.abc import Collection
 from functools import partial
 from typing import Any
 
+from bridge.store import sqlite_senders
 from bridge.store.models import ClockShift
 from bridge.store.sqlite_runner import SqliteRunner
 
@@ -58,6 +59,8 @@ def _page(
     n = 0
     if ids:
         n = c.execute(_SHIFT.format(marks=",".join("?" * len(ids))), (by_ms, *ids)).rowcount
+    if n:  # earlier in the queue index: a senders walk may have passed them
+        sqlite_senders.moved(c)
     return n, (rows[-1][1], rows[-1][0]) if len(rows) == CHUNK else None
 
 

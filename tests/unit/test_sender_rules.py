@@ -211,6 +211,30 @@ def test_refused_waiting_names_what_its_account_may_no_longer_send() -> None:
     assert refused_waiting(waiting, assignments, assigned_only=True) == ["m1", "m3", "m4"]
 
 
+def test_refused_waiting_decides_each_message_as_may_send_does() -> None:
+    """It decides once per (account, sender) and reuses the answer: repeats, the same sender
+    for several accounts and no sender at all are each answered as may_send answers alone."""
+    from bridge.domain.senders import may_send, refused_waiting
+
+    assignments = [("acc_b", ("10690077",)), ("acc_a", ("106900*", "ACME"))]
+    lists = dict(assignments)
+    senders = ["10690077", "10690012", "BANK", "acme", None, "10690077", "ACME", "BANK"]
+    waiting = [
+        (f"m{i}_{a}", a, sender)
+        for i, sender in enumerate(senders)
+        for a in ("acc_a", "acc_b", "acc_c")
+    ]
+    for assigned_only in (False, True):
+        expected = [
+            mid
+            for mid, a, sender in waiting
+            if not may_send(a, lists.get(a, ()), sender, assignments, assigned_only=assigned_only)
+        ]
+        assert refused_waiting(waiting, assignments, assigned_only=assigned_only) == expected
+        assert expected  # some refused, some not
+        assert len(expected) < len(waiting)
+
+
 def test_a_range_does_not_hold_the_smscs_default_source() -> None:
     assigned = [("acc_a", ("1069*",)), ("acc_b", ("10690",))]
     assert reply_holders(assigned, "10691", default=True) == ()
