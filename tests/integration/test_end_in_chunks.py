@@ -294,3 +294,43 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
         assert other is not None and other.state == "queued"
     finally:
         await store.close()
+
+
+async def test_a_step_back_of_the_clock_moves_the_marks_of_ends_a_stopped_process_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store.clock_stepped_back moves `pending_ends.worked_at` as it moves the queue's times:
+    an end marked on the old clock, S ahead, was finished by the sweep S late. A mark made
+    after the step (at or before the shift's `now`) stays: moved, a live end would look
+    stopped and be worked twice."""
+    step = 10 * 60_000  # the old clock was this far ahead
+    old = NOW + step
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(BIG))
+        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+
+        async def stopped(*_args: object) -> int:  # each process stops after the first commit
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)  # before
+        await store.update_account("acc_other", {"status": "disabled"}, NOW)  # after the step
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        marks = "SELECT account_id, worked_at FROM pending_ends ORDER BY account_id"
+        assert _rows(db, marks) == [("acc_big", old - 1_000), ("acc_other", NOW)]
+
+        assert await store.clock_stepped_back(step, NOW, ()) == (2 * (BIG - CHUNK), 0)
+        assert _rows(db, marks) == [("acc_big", NOW - 1_000), ("acc_other", NOW)]
+
+        # The old clock's end is stale RESUME_AFTER_MS after it was marked, on the new clock.
+        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS - 1, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
+        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
+        assert _rows(db, marks) == [("acc_other", NOW)]
+    finally:
+        await store.close()
