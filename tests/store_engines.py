@@ -179,6 +179,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "ALTER TABLE dnc_entries DROP COLUMN gen",
         "CREATE INDEX dnc_entries_list ON dnc_entries(list_id)",
     ),
+    28: ("DROP TABLE dnc_imports",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
