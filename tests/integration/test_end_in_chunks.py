@@ -334,3 +334,61 @@ async def test_a_step_back_of_the_clock_moves_the_marks_of_ends_a_stopped_proces
         assert _rows(db, marks) == [("acc_other", NOW)]
     finally:
         await store.close()
+
+
+async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close masks the account's messages ERASE_CHUNK per transaction after its own: until
+    the last chunk (or, its process stopped, the sweep's), the rows past the cursor still name
+    their numbers. Every read of them answers them masked as the masking will leave them: the
+    message (GET /v1/messages/{id}, the webhook sender), the list and its `to` filter
+    (GET /v1/messages, Alibaba's QuerySendDetails), the CDR pages (GET /v1/cdrs), and the MO
+    history a reply is attributed by (a reply is no longer the closed account's)."""
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        number = "+8613800000100"  # m000100: in the masking's 3rd chunk
+        mine = _message("a_other", "acc_other", number)  # the other account wrote to it too
+        await store.accept(AcceptBatch("acc_other", (mine,), None, None), NOW)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_big", None)
+
+        async def stopped(*_args: object) -> int:  # the process stops after the close's commit
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        assert await store.close_account("acc_big", NOW + 1) is not None
+        # Not masked yet in the table: the masking stopped after its first chunk.
+        unmasked = "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' AND recipient<>'+***'"
+        assert _rows(db, unmasked) == [(BIG - CHUNK,)]
+
+        def is_masked(r: object) -> bool:
+            return (r.recipient, r.text, r.client_ref) == ("+***", None, None)  # type: ignore[attr-defined]
+
+        got = await store.get_message("acc_big", "m000100")
+        assert got is not None and is_masked(got) and got.state == "expired"
+        page = await store.list_messages("acc_big", limit=200)
+        assert len(page) == BIG and all(is_masked(r) for r in page)
+        assert await store.list_messages("acc_big", recipient=number) == []
+        cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
+        assert len(cdrs) == BIG and all(is_masked(r) for r in cdrs)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+        # Another account's reads are as they were.
+        theirs = await store.get_message("acc_other", "a_other")
+        assert theirs is not None and theirs.recipient == number
+        assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == [
+            "a_other"
+        ]
+
+        # Once the sweep finished the masking, the rows themselves read the same.
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        await store.sweep(NOW + 1 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _rows(db, unmasked) == [(0,)]
+        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+        again = await store.get_message("acc_big", "m000100")
+        assert again is not None and is_masked(again)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+    finally:
+        await store.close()
