@@ -15,7 +15,9 @@ The chunked ends' marks (`pending_ends.worked_at`, sqlite_ends.py) move too, in 
 write: the sweep finishes an end nobody marked for RESUME_AFTER_MS, and one a stopped process
 left, marked on the old clock, waited S more. Only marks after the shift's `now` move (only the
 step makes a mark later than now; as for webhook retries): a mark made after the step, by a
-process working its end, moved S earlier would make a live end look stopped.
+process working its end, moved S earlier would make a live end look stopped. A process still
+working an end it began before the step counts on from that clock; its next marks follow the
+moved one (sqlite_ends._step), so it does not put the mark S ahead again.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,11 +101,11 @@ async def test_a_disable_ends_in_chunks_and_other_writers_go_in_between(
             await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
             between.append(len(steps))
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             steps.append(end_id)
             if len(steps) == 1:  # another account's accept arrives while the end goes on
                 asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
@@ -213,10 +214,10 @@ async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_fini
         steps: list[str] = []
         step = ends._step
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             row = c.execute("SELECT scope FROM pending_ends WHERE id=?", (end_id,)).fetchone()
             steps.append(row[0] if row else "done")
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         closed = await store.close_account("acc_big", NOW + 1)
@@ -273,13 +274,13 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
             await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
             between.append(len(steps))
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             steps.append(end_id)
             if len(steps) == 1:
                 (status,) = c.execute("SELECT status FROM accounts WHERE id='acc_big'").fetchone()
                 seen.append(status)  # no longer sending, not closed yet
                 asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         closed = await store.close_account("acc_big", NOW + 1)
@@ -390,5 +391,46 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
         again = await store.get_message("acc_big", "m000100")
         assert again is not None and is_masked(again)
         assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+    finally:
+        await store.close()
+
+
+async def test_an_end_worked_across_a_step_back_keeps_the_moved_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process working an end counts its marks on from the clock of its start: after the
+    shift moved its mark back, its next chunks follow the moved mark instead of writing the old
+    clock's time again; stopped then, the sweep finishes it RESUME_AFTER_MS after its last
+    chunk, not the step later."""
+    from bridge.store import sqlite_clock
+
+    step = 10 * 60_000
+    old = NOW + step
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        real = ends._step
+        calls: list[int] = []
+
+        def stepped(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+            calls.append(end_id)
+            if len(calls) == 2:  # the clock's shift committed between the 1st and 2nd chunks
+                sqlite_clock._start(c, by_ms=step, now=NOW)
+            if len(calls) == 3:
+                raise RuntimeError("the process stopped")
+            return real(c, end_id, *args)
+
+        monkeypatch.setattr(ends, "_step", stepped)
+        with pytest.raises(RuntimeError):
+            await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        assert _states(db) == {"ACCOUNT_DISABLED": 3 * CHUNK, "queued": BIG - 3 * CHUNK}
+        ((mark,),) = _rows(db, "SELECT worked_at FROM pending_ends")
+        assert NOW - 1_000 <= mark < NOW + 5_000  # the new clock's, not old's
+
+        await store.sweep(mark + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
     finally:
         await store.close()
