@@ -740,6 +740,22 @@ class RulesStoreMixin:
                 break
 
         async def end_blocked(c: asyncpg.Connection) -> int:
+            # Only while the list is still this import's, and kept so (FOR SHARE) to the end: a
+            # later import or delete of it committed since ends what its own list blocks, and
+            # this one's would end what the list no longer blocks.
+            still = await c.fetchval(
+                "SELECT 1 FROM dnc_lists WHERE id = $1 AND name = $2 "
+                "AND country IS NOT DISTINCT FROM $3 AND numbers = $4 AND prefixes = $5 "
+                "AND imported_at = $6 FOR SHARE",
+                info.id,
+                info.name,
+                info.country,
+                info.numbers,
+                info.prefixes,
+                info.imported_at,
+            )
+            if still is None:
+                return 0
             # On a bind too: end_queued_where holds those (not sent again if they come back).
             waiting = await c.fetch(
                 "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"

@@ -111,3 +111,38 @@ async def test_a_delete_during_an_import_leaves_no_entry_behind(
     assert await deleted
     assert await store.list_dnc() == []
     assert not await store.dnc_blocks(FIRST[17])  # before: an entry with no list left
+
+
+async def test_an_import_replaced_before_its_end_step_ends_nothing_its_list_no_longer_blocks(
+    store: Store, engine: EngineHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's import ends what its list blocks in a second transaction: a later import
+    committed between the two ended, before, the first list's messages after it stood no more.
+    (SQLite: each chunk of the walk checks it is still the latest, test_dnc_in_chunks.py.)"""
+    if engine.name != "postgres":
+        pytest.skip("SQLite's chunked imports: test_dnc_in_chunks.py")
+    from bridge.store import postgres_rules
+    from tests.integration.test_store import accept, account, get, message
+
+    await store.create_account(account())
+    await accept(
+        store,
+        message("first_only", recipient=FIRST[3]),
+        message("both", recipient="+8613400000001"),
+    )
+    real = postgres_rules.run_tx
+    calls: list[int] = []
+
+    async def run_tx(pool: Any, job: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the first import's end step: the later import runs before it
+            later = [*SECOND, "+8613400000001"]
+            assert await store.import_dnc(_info(later, NOW + 2), later, []) == 1
+        return await real(pool, job, **kw)
+
+    monkeypatch.setattr(postgres_rules, "run_tx", run_tx)
+    first = [*FIRST, "+8613400000001"]
+    assert await store.import_dnc(_info(first, NOW + 1), first, []) == 0
+    assert (await get(store, "first_only")).state == "queued"  # the list does not block it
+    assert (await get(store, "both")).error_code == "RECIPIENT_BLOCKED"
+    assert [x.numbers for x in await store.list_dnc()] == [201]
