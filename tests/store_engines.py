@@ -180,6 +180,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "CREATE INDEX dnc_entries_list ON dnc_entries(list_id)",
     ),
     27: ("DROP TABLE sender_walk",),
+    28: ("DROP TABLE dnc_imports",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

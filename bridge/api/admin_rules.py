@@ -219,10 +219,11 @@ async def put_dnc(request: web.Request) -> web.Response:
     try:
         ended = await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
     except StoreError as exc:
-        # STORE_BUSY: the sends in progress may have ended by then.
-        raise ApiError(
-            exc.code, exc.message, headers={"Retry-After": str(STORE_RETRY_AFTER_S)}
-        ) from None
+        # STORE_BUSY: the sends in progress may have ended by then. Not DNC_IMPORT_SUPERSEDED:
+        # this list is no longer the one wanted, and a retry would supersede the later import.
+        busy = exc.code == "STORE_BUSY"
+        retry = {"Retry-After": str(STORE_RETRY_AFTER_S)} if busy else None
+        raise ApiError(exc.code, exc.message, headers=retry) from None
     view = dnc_view(info)
     view["skipped"] = bad[:100]
     view["messages_ended"] = ended

@@ -104,6 +104,8 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "QUEUE_FULL": "The send queue is over store.max_queued_segments; see Retry-After.",
     "SHUTTING_DOWN": "The gateway is shutting down; retry (another instance) after Retry-After.",
     "STORE_UNAVAILABLE": "The store cannot be reached; see Retry-After.",
+    "DNC_IMPORT_SUPERSEDED": "A do-not-contact import stopped part-way: the list was imported "
+    "again, or deleted, while it ran (SQLite), and the later operation's list stands.",
     "STORE_BUSY": "An operator change waited too long for the sends in progress (one may be "
     "stuck); nothing was changed, try again.",
     "INTERNAL_ERROR": "An unexpected error; quote the request_id to the operator.",

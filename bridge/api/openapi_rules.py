@@ -1038,8 +1038,9 @@ def rules_paths() -> dict[str, Any]:
             "parameters": [_path_param("id", "list id: 1-64 of A-Z a-z 0-9 _ . -")],
             "put": _admin_op(
                 "putDnc",
-                "Import (replace) a do-not-contact list from CSV",
-                {"200": _ok("DncImported", "imported"), **_errors(400, 415)},
+                "Import (replace) a do-not-contact list from CSV; 409 DNC_IMPORT_SUPERSEDED when "
+                "the list was imported again or deleted while this import ran (SQLite)",
+                {"200": _ok("DncImported", "imported"), **_errors(400, 409, 415)},
                 parameters=[
                     _query(
                         "country",

@@ -691,8 +691,12 @@ class RulesStoreMixin:
         entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
         async def replace(c: asyncpg.Connection) -> None:
+            # The list's row first: it locks the list (a new one too: a second insert of the id
+            # waits for the first), so another import of it waits for this one's commit. The
+            # entries are emptied by a statement of its own after that wait: emptied in the same
+            # statement, under a snapshot taken before the other import committed, the other's
+            # entries were left beside this one's, the list blocking both until imported again.
             await c.execute(
-                "WITH d AS (DELETE FROM dnc_entries WHERE list_id = $1) "
                 "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
                 "name = EXCLUDED.name, country = EXCLUDED.country, numbers = EXCLUDED.numbers, "
@@ -704,6 +708,7 @@ class RulesStoreMixin:
                 info.prefixes,
                 info.imported_at,
             )
+            await c.execute("DELETE FROM dnc_entries WHERE list_id = $1", info.id)
             for i in range(0, len(entries), _DNC_CHUNK):
                 await c.execute(
                     "INSERT INTO dnc_entries (prefix, list_id) "
@@ -735,6 +740,22 @@ class RulesStoreMixin:
                 break
 
         async def end_blocked(c: asyncpg.Connection) -> int:
+            # Only while the list is still this import's, and kept so (FOR SHARE) to the end: a
+            # later import or delete of it committed since ends what its own list blocks, and
+            # this one's would end what the list no longer blocks.
+            still = await c.fetchval(
+                "SELECT 1 FROM dnc_lists WHERE id = $1 AND name = $2 "
+                "AND country IS NOT DISTINCT FROM $3 AND numbers = $4 AND prefixes = $5 "
+                "AND imported_at = $6 FOR SHARE",
+                info.id,
+                info.name,
+                info.country,
+                info.numbers,
+                info.prefixes,
+                info.imported_at,
+            )
+            if still is None:
+                return 0
             # On a bind too: end_queued_where holds those (not sent again if they come back).
             waiting = await c.fetch(
                 "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
@@ -761,12 +782,14 @@ class RulesStoreMixin:
         return [DncInfo(*r) for r in rows]
 
     async def delete_dnc(self, list_id: str) -> bool:
-        found = await self.pool.fetchval(
-            "WITH e AS (DELETE FROM dnc_entries WHERE list_id = $1) "
-            "DELETE FROM dnc_lists WHERE id = $1 RETURNING 1",
-            list_id,
-        )
-        return found is not None
+        async def drop(c: asyncpg.Connection) -> bool:
+            # The row first, waiting for an import of the list under way; then its entries, in a
+            # statement of its own that sees what that import wrote (import_dnc).
+            found = await c.fetchval("DELETE FROM dnc_lists WHERE id = $1 RETURNING 1", list_id)
+            await c.execute("DELETE FROM dnc_entries WHERE list_id = $1", list_id)
+            return found is not None
+
+        return bool(await run_tx(self.pool, drop))
 
     async def dnc_blocks(self, number: str) -> bool:
         return bool(

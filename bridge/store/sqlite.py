@@ -670,7 +670,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (message_id,),
                 )
             )
-            return _message(row, segs)
+            return ends.masked(_message(row, segs), ends.masking(c, account_id))
 
         return await self._runner.read(job)
 
@@ -717,7 +717,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
 
         def job(c: sqlite3.Connection) -> list[MessageRecord]:
-            return [_message(r) for r in c.execute(sql, (*args, limit))]
+            mask = ends.masking(c, account_id)
+            if mask is not None and recipient is not None and recipient != mask:
+                return []  # a closed account's masking under way: as after it, none names it
+            return [ends.masked(_message(r), mask) for r in c.execute(sql, (*args, limit))]
 
         return await self._runner.read(job)
 
@@ -1315,6 +1318,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             only = f"AND account_id IN ({pipe._marks(len(accounts))}) " if accounts else ""
             row = c.execute(
                 f"SELECT account_id, sign_name FROM messages WHERE recipient=? AND {_MO_WINDOW} "
+                f"AND {_NOT_MASKING} "
                 f"AND (sender IN ({pipe._marks(len(senders))}) OR (? AND sender IS NULL)) {only}"
                 f"ORDER BY {_MO_ORDER} LIMIT 1",
                 (
@@ -1547,9 +1551,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def cdr_page(
         self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
     ) -> list[MessageRecord]:
-        return await self._runner.read_heavy(
-            lambda c: reports.cdr_page(c, account_id, since, until, after, limit)
-        )
+
+        def job(c: sqlite3.Connection) -> list[MessageRecord]:
+            mask = ends.masking(c, account_id)  # a closed account's, masking under way
+            page = reports.cdr_page(c, account_id, since, until, after, limit)
+            return page if mask is None else [ends.masked(r, mask) for r in page]
+
+        return await self._runner.read_heavy(job)
 
     async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
         return await self._runner.read_heavy(lambda c: reports.queue_groups(c, now, route_prefixes))
@@ -1578,6 +1586,9 @@ def _split_sql(sql: str) -> Iterable[str]:
 # 30 days before it is due (scheduled_at), so the index range on accepted_at spans 60.
 _MO_WINDOW = "accepted_at>=? AND COALESCE(sent_at, scheduled_at, accepted_at)>=?"
 _MO_ORDER = "(segments_sent>0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, id DESC"
+# A closed account whose masking is under way (sqlite_ends.masking): its rows not masked yet still
+# name the number, but a reply is not its any more, as once they are masked.
+_NOT_MASKING = "account_id NOT IN (SELECT account_id FROM pending_ends WHERE scope='erase')"
 
 
 def _lapse_vouchers(c: sqlite3.Connection, now: int) -> tuple[int, list[LowBalance]]:

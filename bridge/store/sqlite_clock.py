@@ -10,6 +10,14 @@ highest at its start). Chunked, each chunk a write of its own, so the API writes
 keyset on the queue index (account, next try, rowid) visits each row once, since a shifted row
 moves below the cursor; the position is kept in the ClockShift, so a shift tried again after a
 failure goes on from there.
+
+The chunked ends' marks (`pending_ends.worked_at`, sqlite_ends.py) move too, in the shift's first
+write: the sweep finishes an end nobody marked for RESUME_AFTER_MS, and one a stopped process
+left, marked on the old clock, waited S more. Only marks after the shift's `now` move (only the
+step makes a mark later than now; as for webhook retries): a mark made after the step, by a
+process working its end, moved S earlier would make a live end look stopped. A process still
+working an end it began before the step counts on from that clock; its next marks follow the
+moved one (sqlite_ends._step), so it does not put the mark S ahead again.
 """
 
 from __future__ import annotations
@@ -45,7 +53,11 @@ _WEBHOOKS = (
 )
 
 
-def _start(c: sqlite3.Connection) -> tuple[int, list[str]]:
+_ENDS = "UPDATE pending_ends SET worked_at = worked_at - ? WHERE worked_at > ?"
+
+
+def _start(c: sqlite3.Connection, by_ms: int, now: int) -> tuple[int, list[str]]:
+    c.execute(_ENDS, (by_ms, now))
     bound = c.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
     return bound, [r[0] for r in c.execute("SELECT id FROM accounts ORDER BY id")]
 
@@ -72,7 +84,9 @@ async def shift_back(
     moved = 0
     if not shift.messages_done:
         if shift.accounts is None:
-            shift.bound, accounts = await runner.read(_start)
+            # A write: the ends' marks move with it, once (a failure rolls both back).
+            job0 = partial(_start, by_ms=shift.by_ms, now=shift.now)
+            shift.bound, accounts = await runner.write(job0, durable=False)
             shift.accounts = accounts
         while shift.accounts:
             after: Any = shift.cursor or _START

@@ -22,6 +22,14 @@ an entry, ends the never-tried messages a list blocks and holds the others (`gua
 that stopped part-way leaves the list blocking its earlier entries and those it wrote, until it
 is imported again. PostgreSQL keeps the one transaction: it holds the rows it writes, not every
 writer.
+
+Two imports of one list at once (two operators, a timed-out PUT retried while the first still
+runs) interleaved their chunks and left the list blocking what both wrote. Now an import records
+its generation as the list's latest (`dnc_imports`) in its first transaction, and each later
+step goes on only while it is still the latest: the later import wins, the earlier one stops at
+its next step (DNC_IMPORT_SUPERSEDED) and its entries, of an older generation, go with the later
+one's step 4. A delete supersedes an import under way the same way. What the earlier import's
+walk ended before the later one started stays ended: the list blocked it then.
 """
 
 from __future__ import annotations
@@ -31,19 +39,54 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bridge.store import sqlite_pipeline as pipe
+from bridge.store.base import StoreError
 from bridge.store.models import DncInfo
 from bridge.store.rules_rows import NEVER_TRIED, blocked_ids, number_prefixes
 
 ENTRY_CHUNK = 20_000  # ~70 ms of the write lock
 WALK_CHUNK = 5_000  # waiting messages looked at per transaction
 ERROR = "RECIPIENT_BLOCKED"
+SUPERSEDED = "DNC_IMPORT_SUPERSEDED"
 
 Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 
 _START: tuple[Any, ...] = ("", -(1 << 62), 0)
 
 
+def _latest(c: sqlite3.Connection, list_id: str, at: int) -> int:
+    """A generation above every one the list has had, whatever the clock says (two imports in one
+    millisecond, a clock stepped back), recorded as the list's latest: its entries' and the last
+    import's or delete's (whose entries may not be written yet)."""
+    (latest,) = c.execute(
+        "SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM dnc_entries WHERE list_id=?1 "
+        "UNION ALL SELECT gen FROM dnc_imports WHERE list_id=?1)",
+        (list_id,),
+    ).fetchone()
+    gen = max(at, (latest or 0) + 1)
+    c.execute(
+        "INSERT INTO dnc_imports (list_id, gen) VALUES (?,?) "
+        "ON CONFLICT (list_id) DO UPDATE SET gen=excluded.gen",
+        (list_id, gen),
+    )
+    return gen
+
+
+def _still_latest(c: sqlite3.Connection, list_id: str, gen: int) -> None:
+    """In each step's transaction: a later import (or a delete) of the list started, this one
+    stops here, before it writes."""
+    row = c.execute("SELECT gen FROM dnc_imports WHERE list_id=?", (list_id,)).fetchone()
+    if row is None or row[0] != gen:
+        raise StoreError(
+            SUPERSEDED,
+            f"do-not-contact list {list_id!r} was imported again or deleted while this import "
+            "ran: this import stopped, and the later one's list stands (its entries replace "
+            "this one's); see the lists (GET /admin/dnc, smpp-bridge dnc list) before importing "
+            "again",
+        )
+
+
 def _write_entries(c: sqlite3.Connection, list_id: str, gen: int, chunk: Sequence[str]) -> None:
+    _still_latest(c, list_id, gen)
     # An entry another import of the list wrote later keeps its later generation.
     c.executemany(
         "INSERT INTO dnc_entries (prefix, list_id, gen) VALUES (?,?,?) "
@@ -52,7 +95,8 @@ def _write_entries(c: sqlite3.Connection, list_id: str, gen: int, chunk: Sequenc
     )
 
 
-def _record(c: sqlite3.Connection, info: DncInfo, entries: frozenset[str]) -> None:
+def _record(c: sqlite3.Connection, info: DncInfo, gen: int, entries: frozenset[str]) -> None:
+    _still_latest(c, info.id, gen)
     c.execute(
         "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
         "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name=excluded.name, "
@@ -66,10 +110,12 @@ def _record(c: sqlite3.Connection, info: DncInfo, entries: frozenset[str]) -> No
 
 
 def _walk(
-    c: sqlite3.Connection, after: tuple[Any, ...], entries: frozenset[str], at: int
+    c: sqlite3.Connection, info: DncInfo, gen: int, after: tuple[Any, ...], entries: frozenset[str]
 ) -> tuple[int, tuple[Any, ...] | None]:
     """End the waiting messages `entries` block among the next WALK_CHUNK in the queue index's
     order after `after`; how many, and where to go on from (None: the end of the queue)."""
+    _still_latest(c, info.id, gen)
+    at = info.imported_at
     rows = c.execute(
         "SELECT account_id, q_not_before, rowid, id, recipient FROM messages "
         "INDEXED BY messages_queue WHERE q_state='queued' "
@@ -103,37 +149,41 @@ def _drop_older(c: sqlite3.Connection, list_id: str, below: int) -> int:
     ).rowcount
 
 
+def _drop_replaced(c: sqlite3.Connection, list_id: str, gen: int) -> int:
+    _still_latest(c, list_id, gen)
+    return _drop_older(c, list_id, gen)
+
+
 async def import_list(write: Runner, info: DncInfo, entries: Sequence[str]) -> int:
-    """Steps 1-4 above; how many waiting messages ended."""
-    # Above the list's latest, whatever the clock says (two imports in one millisecond, a clock
-    # stepped back). Two imports of one list at once may share it: the list then blocks what
-    # both wrote, never less.
-    (latest,) = await write(
-        lambda c: c.execute(
-            "SELECT MAX(gen) FROM dnc_entries WHERE list_id=?", (info.id,)
-        ).fetchone()
-    )
-    gen = max(info.imported_at, (latest or 0) + 1)
+    """Steps 1-4 above; how many waiting messages ended. StoreError DNC_IMPORT_SUPERSEDED when
+    a later import or a delete of the list started meanwhile (this one stopped)."""
+    gen = await write(lambda c: _latest(c, info.id, info.imported_at))
     for chunk in pipe._chunks(entries, ENTRY_CHUNK):
         await write(lambda c, ch=chunk: _write_entries(c, info.id, gen, ch))
     blocking = frozenset(entries)
-    await write(lambda c: _record(c, info, blocking))
+    await write(lambda c: _record(c, info, gen, blocking))
     ended = 0
     after: tuple[Any, ...] | None = _START
     while after is not None:
-        n, after = await write(lambda c, a=after: _walk(c, a, blocking, info.imported_at))
+        n, after = await write(lambda c, a=after: _walk(c, info, gen, a, blocking))
         ended += n
-    while await write(lambda c: _drop_older(c, info.id, gen)) == ENTRY_CHUNK:
+    while await write(lambda c: _drop_replaced(c, info.id, gen)) == ENTRY_CHUNK:
         pass
     return ended
 
 
+def _delete(c: sqlite3.Connection, list_id: str) -> tuple[bool, int]:
+    """The list's row, gone from listings at once; the delete's generation, recorded as the
+    list's latest (an import under way stops), and every entry below it goes."""
+    gen = _latest(c, list_id, 0)
+    return c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,)).rowcount == 1, gen
+
+
 async def delete_list(write: Runner, list_id: str) -> bool:
-    """The list's row first (it is gone from listings at once), then its entries in chunks."""
-    gone = await write(
-        lambda c: c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,)).rowcount == 1
-    )
-    while await write(lambda c: _drop_older(c, list_id, 1 << 62)) == ENTRY_CHUNK:
+    """The list's row first (it is gone from listings at once), then its entries in chunks (an
+    import started after the delete keeps the entries it writes: of a later generation)."""
+    gone, gen = await write(lambda c: _delete(c, list_id))
+    while await write(lambda c: _drop_older(c, list_id, gen)) == ENTRY_CHUNK:
         pass
     return bool(gone)
 

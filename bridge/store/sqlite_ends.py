@@ -23,10 +23,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
+from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
 
 # Messages ended per transaction: at ~20 µs each, ~40 ms of the write lock.
@@ -86,6 +88,28 @@ def start_erase(
     first ERASE_CHUNK now and, when more may be left, the rest in chunks of their own: an
     account's history may be millions of messages (~5 µs each in the write lock)."""
     _begin(c, account_id, "erase", masked, "ERASED", now, pending)
+
+
+def masking(c: sqlite3.Connection, account_id: str) -> str | None:
+    """The mask of a close whose masking of the account's messages is still under way, else None.
+
+    Why: until the last chunk, the account's rows past the masking's cursor still name their
+    numbers and hold their texts, for seconds (a large account) or RESUME_AFTER_MS and more (a
+    process stopped part-way). Reads of the account's messages mask what they return as the
+    masking will (`masked`), so nothing reads unmasked data of a closed account after the
+    close's answer. One probe of `pending_ends`, empty but for ends under way."""
+    row = c.execute(
+        "SELECT value FROM pending_ends WHERE account_id=? AND scope='erase' LIMIT 1",
+        (account_id,),
+    ).fetchone()
+    return None if row is None else (row[0] or "")
+
+
+def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
+    """`record` as sqlite_rules.mask_messages leaves its row (no mask: as it is)."""
+    if mask is None:
+        return record
+    return replace(record, recipient=mask, text=None, client_ref=None)
 
 
 def _erase_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | None]:
@@ -175,8 +199,11 @@ def _chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | Non
     return len(rows), (_START if left else None)
 
 
-def _step(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
-    """One chunk of the end `end_id`: how many it ended, None once it is done (or gone)."""
+def _step(c: sqlite3.Connection, end_id: int, now: int, last: int | None = None) -> int | None:
+    """One chunk of the end `end_id`: how many it ended, None once it is done (or gone). `now`
+    marks the end worked; `last` is the mark this worker made at its chunk before: a mark found
+    below it was moved back by a step of the clock (sqlite_clock), and this one follows it, so
+    a worker counting on from the clock of its start does not mark it the step ahead again."""
     row = c.execute(f"SELECT {_COLS} FROM pending_ends WHERE id=?", (end_id,)).fetchone()
     if row is None:
         return None
@@ -185,25 +212,30 @@ def _step(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
         c.execute("DELETE FROM pending_ends WHERE id=?", (end_id,))
         return ended if ended else None
     c.execute(
-        "UPDATE pending_ends SET after_nb=?, after_rowid=?, worked_at=? WHERE id=?",
-        (*after, now, end_id),
+        "UPDATE pending_ends SET after_nb=?1, after_rowid=?2, worked_at=CASE "
+        "WHEN ?4 IS NOT NULL AND worked_at < ?4 THEN worked_at + (?3 - ?4) ELSE ?3 END "
+        "WHERE id=?5",
+        (*after, now, last, end_id),
     )
     return ended
 
 
-async def finish(write: Runner, ids: Sequence[int], now: int) -> int:
+async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | None = None) -> int:
     """Run the ends `ids` to their end, a chunk per write transaction; how many they ended.
     `now` is the caller's time at the start: each chunk marks the end worked at it plus the time
-    gone since (the sweep resumes an end left unmarked for RESUME_AFTER_MS)."""
+    gone since (the sweep resumes an end left unmarked for RESUME_AFTER_MS). `marked_at`: the
+    mark the caller's own transaction gave them (`run`; the sweep resumes ends others marked)."""
     began = time.monotonic()
     total = 0
     for end_id in ids:
+        last = marked_at
         while True:
             at = now + int((time.monotonic() - began) * 1000)
-            n = await write(lambda c, i=end_id, at=at: _step(c, i, at))
+            n = await write(lambda c, i=end_id, at=at, last=last: _step(c, i, at, last))
             if n is None:
                 break
             total += n
+            last = at
     return total
 
 
@@ -213,7 +245,7 @@ async def run(
     """`job` (which may start ends into `pending`) in a write, then those ends to their end:
     the job's result, and how many more messages the ends' chunks ended."""
     out = await write(job)
-    return out, await finish(write, pending, now)
+    return out, await finish(write, pending, now, now)
 
 
 def stale(c: sqlite3.Connection, now: int) -> list[int]:

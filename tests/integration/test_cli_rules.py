@@ -474,6 +474,37 @@ def test_tariff_list_add_and_validation(cfg: Path) -> None:
 # -- do-not-contact lists --------------------------------------------------------------------------
 
 
+def test_dnc_import_superseded_prints_the_code_and_exits_1(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another import of the list (an operator's PUT) starts while this one writes its entries
+    (SQLite, in chunks): this one stops, says so on one line, exits 1; the other's stands."""
+    from bridge import cli
+    from bridge.store import sqlite_dnc
+
+    tmp = cfg.parent
+    (tmp / "cn.csv").write_text("".join(f"+86138{k:08d}\n" for k in range(10)))
+    monkeypatch.setattr(sqlite_dnc, "ENTRY_CHUNK", 4)
+    real = sqlite_dnc._write_entries
+
+    def entries(c: sqlite3.Connection, list_id: str, gen: int, chunk: Any) -> None:
+        real(c, list_id, gen, chunk)
+        sqlite_dnc._latest(c, list_id, gen + 1)  # the other import records itself
+
+    monkeypatch.setattr(sqlite_dnc, "_write_entries", entries)
+    rc = cli.main(["dnc", "import", "cn", str(tmp / "cn.csv"), "-c", str(cfg)])
+    out = capsys.readouterr()
+    assert rc == 1 and out.out == ""
+    check_refused((rc, out.out, out.err), "smpp-bridge: DNC_IMPORT_SUPERSEDED: ", "'cn'",
+                  "imported again or deleted", "smpp-bridge dnc list")  # fmt: skip
+    c = sqlite3.connect(tmp / "bridge.db")
+    try:  # 4 entries written before it stopped; the later import's step 4 removes them
+        assert c.execute("SELECT COUNT(*) FROM dnc_entries").fetchone() == (4,)
+        assert c.execute("SELECT COUNT(*) FROM dnc_lists").fetchone() == (0,)
+    finally:
+        c.close()
+
+
 def test_dnc_import_list_delete(cfg: Path) -> None:
     tmp = cfg.parent
     (tmp / "cn.csv").write_text(

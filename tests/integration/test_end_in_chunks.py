@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,11 +101,11 @@ async def test_a_disable_ends_in_chunks_and_other_writers_go_in_between(
             await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
             between.append(len(steps))
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             steps.append(end_id)
             if len(steps) == 1:  # another account's accept arrives while the end goes on
                 asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
@@ -213,10 +214,10 @@ async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_fini
         steps: list[str] = []
         step = ends._step
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             row = c.execute("SELECT scope FROM pending_ends WHERE id=?", (end_id,)).fetchone()
             steps.append(row[0] if row else "done")
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         closed = await store.close_account("acc_big", NOW + 1)
@@ -273,13 +274,13 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
             await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
             between.append(len(steps))
 
-        def counted(c: sqlite3.Connection, end_id: int, now: int) -> int | None:
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
             steps.append(end_id)
             if len(steps) == 1:
                 (status,) = c.execute("SELECT status FROM accounts WHERE id='acc_big'").fetchone()
                 seen.append(status)  # no longer sending, not closed yet
                 asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, now)
+            return step(c, end_id, *args)
 
         monkeypatch.setattr(ends, "_step", counted)
         closed = await store.close_account("acc_big", NOW + 1)
@@ -292,5 +293,144 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
         assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
         other = await store.get_message("acc_other", "other")
         assert other is not None and other.state == "queued"
+    finally:
+        await store.close()
+
+
+async def test_a_step_back_of_the_clock_moves_the_marks_of_ends_a_stopped_process_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store.clock_stepped_back moves `pending_ends.worked_at` as it moves the queue's times:
+    an end marked on the old clock, S ahead, was finished by the sweep S late. A mark made
+    after the step (at or before the shift's `now`) stays: moved, a live end would look
+    stopped and be worked twice."""
+    step = 10 * 60_000  # the old clock was this far ahead
+    old = NOW + step
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(BIG))
+        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+
+        async def stopped(*_args: object) -> int:  # each process stops after the first commit
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)  # before
+        await store.update_account("acc_other", {"status": "disabled"}, NOW)  # after the step
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        marks = "SELECT account_id, worked_at FROM pending_ends ORDER BY account_id"
+        assert _rows(db, marks) == [("acc_big", old - 1_000), ("acc_other", NOW)]
+
+        assert await store.clock_stepped_back(step, NOW, ()) == (2 * (BIG - CHUNK), 0)
+        assert _rows(db, marks) == [("acc_big", NOW - 1_000), ("acc_other", NOW)]
+
+        # The old clock's end is stale RESUME_AFTER_MS after it was marked, on the new clock.
+        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS - 1, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
+        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
+        assert _rows(db, marks) == [("acc_other", NOW)]
+    finally:
+        await store.close()
+
+
+async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close masks the account's messages ERASE_CHUNK per transaction after its own: until
+    the last chunk (or, its process stopped, the sweep's), the rows past the cursor still name
+    their numbers. Every read of them answers them masked as the masking will leave them: the
+    message (GET /v1/messages/{id}, the webhook sender), the list and its `to` filter
+    (GET /v1/messages, Alibaba's QuerySendDetails), the CDR pages (GET /v1/cdrs), and the MO
+    history a reply is attributed by (a reply is no longer the closed account's)."""
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        number = "+8613800000100"  # m000100: in the masking's 3rd chunk
+        mine = _message("a_other", "acc_other", number)  # the other account wrote to it too
+        await store.accept(AcceptBatch("acc_other", (mine,), None, None), NOW)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_big", None)
+
+        async def stopped(*_args: object) -> int:  # the process stops after the close's commit
+            return 0
+
+        monkeypatch.setattr(ends, "finish", stopped)
+        assert await store.close_account("acc_big", NOW + 1) is not None
+        # Not masked yet in the table: the masking stopped after its first chunk.
+        unmasked = "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' AND recipient<>'+***'"
+        assert _rows(db, unmasked) == [(BIG - CHUNK,)]
+
+        def is_masked(r: object) -> bool:
+            return (r.recipient, r.text, r.client_ref) == ("+***", None, None)  # type: ignore[attr-defined]
+
+        got = await store.get_message("acc_big", "m000100")
+        assert got is not None and is_masked(got) and got.state == "expired"
+        page = await store.list_messages("acc_big", limit=200)
+        assert len(page) == BIG and all(is_masked(r) for r in page)
+        assert await store.list_messages("acc_big", recipient=number) == []
+        cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
+        assert len(cdrs) == BIG and all(is_masked(r) for r in cdrs)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+        # Another account's reads are as they were.
+        theirs = await store.get_message("acc_other", "a_other")
+        assert theirs is not None and theirs.recipient == number
+        assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == [
+            "a_other"
+        ]
+
+        # Once the sweep finished the masking, the rows themselves read the same.
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        await store.sweep(NOW + 1 + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _rows(db, unmasked) == [(0,)]
+        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
+        again = await store.get_message("acc_big", "m000100")
+        assert again is not None and is_masked(again)
+        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+    finally:
+        await store.close()
+
+
+async def test_an_end_worked_across_a_step_back_keeps_the_moved_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process working an end counts its marks on from the clock of its start: after the
+    shift moved its mark back, its next chunks follow the moved mark instead of writing the old
+    clock's time again; stopped then, the sweep finishes it RESUME_AFTER_MS after its last
+    chunk, not the step later."""
+    from bridge.store import sqlite_clock
+
+    step = 10 * 60_000
+    old = NOW + step
+    store = await _store(tmp_path)
+    db = tmp_path / "bridge.db"
+    try:
+        await _queue(store, BIG)
+        real = ends._step
+        calls: list[int] = []
+
+        def stepped(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+            calls.append(end_id)
+            if len(calls) == 2:  # the clock's shift committed between the 1st and 2nd chunks
+                sqlite_clock._start(c, by_ms=step, now=NOW)
+            if len(calls) == 3:
+                raise RuntimeError("the process stopped")
+            return real(c, end_id, *args)
+
+        monkeypatch.setattr(ends, "_step", stepped)
+        with pytest.raises(RuntimeError):
+            await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)
+        monkeypatch.undo()
+        _shrink(monkeypatch)
+        assert _states(db) == {"ACCOUNT_DISABLED": 3 * CHUNK, "queued": BIG - 3 * CHUNK}
+        ((mark,),) = _rows(db, "SELECT worked_at FROM pending_ends")
+        assert NOW - 1_000 <= mark < NOW + 5_000  # the new clock's, not old's
+
+        await store.sweep(mark + ends.RESUME_AFTER_MS, 3_600_000)
+        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
     finally:
         await store.close()

@@ -932,6 +932,37 @@ async def test_dnc_import_refusals(api_server):
     assert [x["id"] for x in (await api_server.admin("GET", "/admin/dnc")).json["lists"]] == ["l1"]
 
 
+async def test_a_dnc_import_a_later_one_superseded_answers_409(api_server, monkeypatch):
+    """Two PUTs of one list at once on SQLite (a timed-out PUT retried while the first still
+    runs): the later one's list stands, the earlier is answered 409 DNC_IMPORT_SUPERSEDED,
+    without Retry-After (a retry would supersede the later one in turn)."""
+    import asyncio
+
+    from bridge.store import sqlite_dnc
+
+    monkeypatch.setattr(sqlite_dnc, "ENTRY_CHUNK", 2)
+    real = sqlite_dnc._write_entries
+    later: list[asyncio.Task[Any]] = []
+
+    def entries(c: Any, *args: Any) -> None:
+        real(c, *args)
+        if not later:  # the first PUT's first chunk: the second PUT arrives
+            later.append(asyncio.ensure_future(_dnc(api_server, "l1", b"+8613900000001\n")))
+
+    monkeypatch.setattr(sqlite_dnc, "_write_entries", entries)
+    first = b"+8613800000001\n+8613800000002\n+8613800000003\n+8613800000004\n"
+    r = await _dnc(api_server, "l1", first)
+    _refused(r, 409, "DNC_IMPORT_SUPERSEDED", "'l1'", "imported again")
+    assert "Retry-After" not in r.headers
+    second = await later[0]
+    assert second.status == 200 and second.json["numbers"] == 1
+    assert [x["numbers"] for x in (await api_server.admin("GET", "/admin/dnc")).json["lists"]] == [
+        1
+    ]
+    assert not await api_server.store.dnc_blocks("+8613800000001")
+    assert await api_server.store.dnc_blocks("+8613900000001")
+
+
 # -- closing an account ----------------------------------------------------------------------------
 
 
