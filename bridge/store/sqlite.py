@@ -303,7 +303,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         account, _more = await ends.run(self._runner.write, job, pending, now)
         if walking:
-            await sqlite_senders.finish(self._runner.write, now)
+            await sqlite_senders.finish(self._runner.write, now, marked_at=now)
         return account
 
     async def add_key(self, key: AppKey, max_active: int) -> None:

@@ -11,7 +11,8 @@ keyset on the queue index (account, next try, rowid) visits each row once, since
 moves below the cursor; the position is kept in the ClockShift, so a shift tried again after a
 failure goes on from there.
 
-The chunked ends' marks (`pending_ends.worked_at`, sqlite_ends.py) move too, in the shift's first
+The chunked ends' marks (`pending_ends.worked_at`, sqlite_ends.py, and a senders change's walk,
+`sender_walk.worked_at`, sqlite_senders.py) move too, in the shift's first
 write: the sweep finishes an end nobody marked for RESUME_AFTER_MS, and one a stopped process
 left, marked on the old clock, waited S more. Only marks after the shift's `now` move (only the
 step makes a mark later than now; as for webhook retries): a mark made after the step, by a
@@ -53,11 +54,15 @@ _WEBHOOKS = (
 )
 
 
-_ENDS = "UPDATE pending_ends SET worked_at = worked_at - ? WHERE worked_at > ?"
+_MARKS = tuple(
+    f"UPDATE {table} SET worked_at = worked_at - ? WHERE worked_at > ?"
+    for table in ("pending_ends", "sender_walk")  # sqlite_ends, sqlite_senders
+)
 
 
 def _start(c: sqlite3.Connection, by_ms: int, now: int) -> tuple[int, list[str]]:
-    c.execute(_ENDS, (by_ms, now))
+    for sql in _MARKS:
+        c.execute(sql, (by_ms, now))
     bound = c.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
     return bound, [r[0] for r in c.execute("SELECT id FROM accounts ORDER BY id")]
 

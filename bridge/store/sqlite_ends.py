@@ -212,12 +212,18 @@ def _step(c: sqlite3.Connection, end_id: int, now: int, last: int | None = None)
         c.execute("DELETE FROM pending_ends WHERE id=?", (end_id,))
         return ended if ended else None
     c.execute(
-        "UPDATE pending_ends SET after_nb=?1, after_rowid=?2, worked_at=CASE "
-        "WHEN ?4 IS NOT NULL AND worked_at < ?4 THEN worked_at + (?3 - ?4) ELSE ?3 END "
-        "WHERE id=?5",
-        (*after, now, last, end_id),
+        f"UPDATE pending_ends SET after_nb=:nb, after_rowid=:rowid, worked_at={MARK} WHERE id=:id",
+        {"nb": after[0], "rowid": after[1], "at": now, "last": last, "id": end_id},
     )
     return ended
+
+
+# The mark a worker gives its end (or walk: sqlite_senders) at a chunk: `:at`, unless the mark
+# is below `:last`, the one this worker made before: a step back of the clock moved it
+# (sqlite_clock), and the worker, counting on from the clock of its start, follows it.
+MARK = (
+    "CASE WHEN :last IS NOT NULL AND worked_at < :last THEN worked_at + (:at - :last) ELSE :at END"
+)
 
 
 async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | None = None) -> int:

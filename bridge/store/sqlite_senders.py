@@ -36,7 +36,7 @@ from bridge.domain.senders import refused_waiting
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.rules_rows import NEVER_TRIED
-from bridge.store.sqlite_ends import RESUME_AFTER_MS
+from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS
 
 WALK_CHUNK = 5_000  # waiting messages looked at per transaction (~2 µs each) ...
 END_CHUNK = 2_000  # ... of which ended at most (~20-40 µs each, the refunds and reports)
@@ -131,9 +131,10 @@ def start(c: sqlite3.Connection, assigned_only: bool, now: int) -> bool:
     return True
 
 
-def _step(c: sqlite3.Connection, at: int) -> bool:
+def _step(c: sqlite3.Connection, at: int, last: int | None = None) -> bool:
     """One chunk of the walk under way; False once it is done (by this chunk, or before it by
-    another process)."""
+    another process). `at` marks it worked, or follows a mark a step back of the clock moved
+    below `last`, this worker's mark before (sqlite_ends.MARK)."""
     row = c.execute(
         "SELECT assigned_only, after_account, after_nb, after_rowid, moved FROM sender_walk"
     ).fetchone()
@@ -146,20 +147,24 @@ def _step(c: sqlite3.Connection, at: int) -> bool:
         c.execute("DELETE FROM sender_walk")
         return False
     c.execute(
-        "UPDATE sender_walk SET after_account=?, after_nb=?, after_rowid=?, "
-        f"moved={'0' if after == _START else 'moved'}, worked_at=?",
-        (*after, at),
+        "UPDATE sender_walk SET after_account=:account, after_nb=:nb, after_rowid=:rowid, "
+        f"moved={'0' if after == _START else 'moved'}, worked_at={MARK}",
+        {"account": after[0], "nb": after[1], "rowid": after[2], "at": at, "last": last},
     )
     return True
 
 
-async def finish(write: Runner, now: int) -> None:
+async def finish(write: Runner, now: int, marked_at: int | None = None) -> None:
     """Run the walk to its end, a chunk per write transaction. `now` is the caller's time at
     the start: each chunk ends messages (and marks the walk worked) at it plus the time gone
     since."""
     began = time.monotonic()
-    while await write(lambda c: _step(c, now + int((time.monotonic() - began) * 1000))):
-        pass
+    last = marked_at  # the change's own transaction's mark (the sweep's walk: others' marks)
+    while True:
+        at = now + int((time.monotonic() - began) * 1000)
+        if not await write(lambda c, at=at, last=last: _step(c, at, last)):
+            break
+        last = at
 
 
 async def resume(read: Runner, write: Runner, now: int) -> None:

@@ -145,11 +145,11 @@ async def _change_counting_chunks(api: ApiServer, monkeypatch: pytest.MonkeyPatc
         sent["other"] += await _send_all(api, accounts["other"], [None])
         between.append(len(steps))
 
-    def counted(c: sqlite3.Connection, at: int) -> bool:
+    def counted(c: sqlite3.Connection, *args: Any) -> bool:
         steps.append(True)
         if len(steps) == 1:
             asyncio.get_running_loop().create_task(accept_other())
-        return step(c, at)
+        return step(c, *args)
 
     monkeypatch.setattr(walk, "_step", counted)
     await _assign(api, accounts["shop"], [KEPT])  # MOVED taken from the shop
@@ -220,7 +220,9 @@ def _message(mid: str, account_id: str, sender: str | None) -> NewMessage:
     )
 
 
-async def _stopped(*_args: object) -> None:  # the process stops after the change's commit
+async def _stopped(
+    *_args: object, **_kw: object
+) -> None:  # the process stops after the change's commit
     return None
 
 
@@ -289,6 +291,68 @@ async def test_a_walk_whose_process_stopped_is_finished_by_the_sweep(
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
     work = await store.claim("inst", 500, now + sqlite_ends.RESUME_AFTER_MS + 1, 60_000)
     assert len(work) == len(FIRST_SENDS) + len(SHOP_SENDS) - 6 + len(OTHER_SENDS)
+
+
+async def test_a_step_back_of_the_clock_moves_the_mark_of_a_walk_a_stopped_process_left(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store.clock_stepped_back moves `sender_walk.worked_at` as it moves `pending_ends`': a walk
+    marked on the old clock, S ahead, was finished by the sweep S late."""
+    api = api_server
+    accounts, sent = await _scene(api)
+    store: SqliteStore = api.store
+    real = walk._walk
+    calls: list[int] = []
+
+    def dies(*args: Any) -> Any:  # the second chunk never commits: the process stopped
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    step = 10 * 60_000  # the old clock was this far ahead
+    now = api.ctx.now_ms()
+    monkeypatch.setattr(walk, "_walk", dies)
+    with pytest.raises(RuntimeError):
+        await store.update_account(accounts["shop"].account_id, {"senders": [KEPT]}, now + step)
+    monkeypatch.setattr(walk, "_walk", real)
+    assert _rows(api, "SELECT worked_at FROM sender_walk") == [(now + step,)]
+
+    await store.clock_stepped_back(step, now, ())
+    assert _rows(api, "SELECT worked_at FROM sender_walk") == [(now,)]
+    ended = "SELECT COUNT(*) FROM messages WHERE error_code='SENDER_NOT_ALLOWED'"
+    (first,) = _rows(api, ended)
+    await store.sweep(now + sqlite_ends.RESUME_AFTER_MS - 1, 3_600_000)  # not stale yet
+    assert _rows(api, ended) == [first]
+    await store.sweep(now + sqlite_ends.RESUME_AFTER_MS, 3_600_000)  # not the step later
+    assert _rows(api, ended) == [(len(_refused(sent)),)]
+    assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
+
+
+async def test_a_walk_worked_across_a_step_back_follows_the_moved_mark() -> None:
+    """The process working a walk counts its marks on from the clock of its start: once a step
+    back moved its mark, its next chunk follows the moved mark (sqlite_ends.MARK) instead of
+    writing the old clock's time again."""
+    c = sqlite3.connect(":memory:")
+    c.execute(
+        "CREATE TABLE sender_walk (id INTEGER PRIMARY KEY, assigned_only INTEGER, "
+        "after_account TEXT, after_nb INTEGER, after_rowid INTEGER, moved INTEGER, "
+        "worked_at INTEGER)"
+    )
+    c.execute(
+        "CREATE TABLE messages (account_id TEXT, q_state TEXT, q_not_before INTEGER, sender TEXT)"
+    )
+    c.execute("CREATE INDEX messages_queue ON messages(q_state, account_id, q_not_before)")
+    c.executemany(
+        "INSERT INTO messages VALUES ('acc', 'queued', ?, NULL)", [(k,) for k in range(10)]
+    )
+    c.execute("CREATE TABLE accounts (id TEXT, senders TEXT, status TEXT)")
+    c.execute("INSERT INTO sender_walk VALUES (1, 0, '', -1, 0, 0, 1000)")  # marked at 1000
+    assert walk._step(c, 2_000, last=1_000)  # no step: marked at the worker's time
+    assert c.execute("SELECT worked_at FROM sender_walk").fetchone() == (2_000,)
+    c.execute("UPDATE sender_walk SET worked_at = worked_at - 600")  # a step back of 600
+    assert walk._step(c, 3_000, last=2_000)  # follows: 1,400 + (3,000 - 2,000)
+    assert c.execute("SELECT worked_at FROM sender_walk").fetchone() == (2_400,)
 
 
 async def test_a_message_moved_behind_the_walk_is_walked_again(
