@@ -849,16 +849,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if keys:  # parked under a route with an SMSC up here: up to half the claim first
                 scan.parked(c, keys, limit // 2)
             per = max(1, (limit - len(scan.ids)) // len(order))
+            more: dict[str, int] = {}  # accounts that may have more due: how many were taken
             for acc in order:
                 if len(scan.ids) >= limit or scan.budget <= 0:
                     break
                 want = min(per, limit - len(scan.ids))
+                before = len(scan.ids)
                 # An account's own down backlog may use up its share of the scan, not all of it.
-                scan.pick(c, acc, want, want, CLAIM_SCAN_FACTOR * want)
-            if len(scan.ids) < limit and scan.budget > 0:
-                # Fill the rest from the oldest work of anyone (asking for `limit` rows as some
-                # may be taken already).
-                scan.pick(c, None, limit - len(scan.ids), limit, scan.budget)
+                if scan.pick(c, acc, want, want, CLAIM_SCAN_FACTOR * want):
+                    more[acc] = len(scan.ids) - before
+            if len(scan.ids) < limit and scan.budget > 0 and more:
+                scan.fill(c, more, limit - len(scan.ids))  # the oldest work of anyone
             if keys and len(scan.ids) < limit:  # and the room the due messages left
                 scan.parked(c, keys, limit - len(scan.ids))
             # Not those an end under way covers (an account disabled, ...): it ends them here.
@@ -1871,37 +1872,72 @@ class _Scan:
         self.ids: list[str] = []
         self.seen: set[str] = set()
 
-    def pick(
-        self, c: sqlite3.Connection, account: str | None, want: int, ask: int, cap: int
-    ) -> None:
-        """Pick up to `want` more ids, oldest first, of `account` (None: anyone's), asking `ask`
-        rows at first. Without anything to park this is one query, as before parking existed;
-        each further round continues after the last row seen, four times larger, until `cap`
-        rows (or the claim's budget) are examined."""
-        where = "q_state='queued' AND q_not_before<=?"
-        args: tuple[Any, ...] = (self.now,)
-        if account is not None:
-            where += " AND account_id=?"
-            args += (account,)
-        after: tuple[int, str] | None = None
+    def pick(self, c: sqlite3.Connection, account: str, want: int, ask: int, cap: int) -> bool:
+        """Pick up to `want` more ids, oldest first, of `account`, asking `ask` rows at first;
+        whether it may have more due (False: none is left). Without anything to park this is
+        one query, as before parking existed; each further round continues after the last row
+        seen, four times larger, until `cap` rows (or the claim's budget) are examined."""
+        after: tuple[int, int] | None = None
         got = examined = 0
         while got < want:
             n = min(ask, cap - examined, self.budget)
             if n <= 0:
-                return
-            keyset = "" if after is None else " AND (q_not_before, id) > (?, ?)"
-            rows = c.execute(
-                f"SELECT id, recipient, q_not_before, q_park FROM messages WHERE {where}{keyset} "
-                f"ORDER BY q_not_before, id LIMIT ?",
-                (*args, *(after or ()), n),
-            ).fetchall()
+                return True
+            rows = self._due(c, account, after, n)
             examined += len(rows)
             self.budget -= len(rows)
             got += self._take(c, rows, want - got)
             if len(rows) < n:
-                return  # no more candidates
-            after = (rows[-1][2], rows[-1][0])
+                return False  # no more candidates
+            after = (rows[-1][2], rows[-1][4])
             ask *= 4
+        return True
+
+    def fill(self, c: sqlite3.Connection, taken: dict[str, int], want: int) -> None:
+        """Pick up to `want` more ids, the oldest due of anyone's among the accounts of `taken`
+        (each with how many of its rows this claim took already): each account's next rows in
+        its own index order, merged. One ordered query over every account's queue instead had
+        SQLite sort every due row, the whole backlog, at each claim that took from more than one
+        account (27 ms a claim with 200,000 waiting over three accounts, measured: the write
+        lock held that long, ~100 messages a claim)."""
+        after: dict[str, tuple[int, int] | None] = dict.fromkeys(taken)
+        skip = dict(taken)  # the rows taken come first again: seen, passed over
+        ask = want
+        while want > 0:
+            n = min(ask, self.budget)
+            if n <= 0:
+                return
+            heads = [
+                (r[2], r[4], acc, r)
+                for acc, at in after.items()
+                for r in self._due(c, acc, at, n + skip[acc])
+                if r[0] not in self.seen
+            ]
+            heads.sort(key=lambda h: (h[0], h[1]))
+            looked = heads[:n]  # each account gave its n oldest left: the n oldest of all
+            self.budget -= len(looked)
+            want -= self._take(c, [h[3] for h in looked], want)
+            if len(heads) <= n:
+                return  # every due row was looked at
+            for nb, rowid, acc, _row in looked:
+                after[acc], skip[acc] = (nb, rowid), 0
+            ask *= 4
+
+    def _due(
+        self, c: sqlite3.Connection, account: str, after: tuple[int, int] | None, n: int
+    ) -> list[Any]:
+        """The account's next `n` due rows (id, recipient, q_not_before, q_park, rowid) after
+        `after` (q_not_before, rowid), in the queue index's own order: by rowid after the due
+        time, not id, so SQLite stops at the limit instead of sorting every row of a due time (a
+        campaign scheduled for one moment, a batch of one request: 27 ms a claim with 100,000
+        due at one time, measured)."""
+        keyset = "" if after is None else " AND (q_not_before, rowid) > (?, ?)"
+        return c.execute(
+            "SELECT id, recipient, q_not_before, q_park, rowid FROM messages "
+            f"WHERE q_state='queued' AND account_id=? AND q_not_before<=?{keyset} "
+            "ORDER BY q_not_before, rowid LIMIT ?",
+            (account, self.now, *(after or ()), n),
+        ).fetchall()
 
     def parked(self, c: sqlite3.Connection, keys: Sequence[str], want: int) -> None:
         """Pick up to `want` ids parked under `keys` (routes with an SMSC up here), due or not.
@@ -1933,7 +1969,8 @@ class _Scan:
         the unroutable; how many were picked."""
         got = 0
         parked: list[tuple[int, str, str]] = []
-        for mid, recipient, _nb, was in rows:
+        for row in rows:
+            mid, recipient, was = row[0], row[1], row[3]
             if mid in self.seen:
                 continue
             key = self.park(recipient) if self.park is not None else None

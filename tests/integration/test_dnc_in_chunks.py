@@ -343,3 +343,37 @@ async def test_a_delete_stops_an_import_under_way(
         assert _rows(db, "SELECT COUNT(*) FROM dnc_entries") == [(len(a),)]
     finally:
         await store.close()
+
+
+async def test_ending_blocked_messages_reads_them_by_key_not_the_whole_queue(
+    tmp_path: Path,
+) -> None:
+    """The walk's and the claim's check end blocked messages by id (`_settle`). Written as
+    `id IN (...) AND q_state='queued'`, SQLite took the queue index for the state and read every
+    waiting message per call: with a million queued, each claim that met a blocked message held
+    the write lock for the whole queue. Every statement it runs must search by the message's
+    key instead."""
+    store = await _store(tmp_path)
+    try:
+        await _queue(store)
+
+        def job(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            statements: list[str] = []
+            c.set_trace_callback(statements.append)
+            try:
+                dnc._settle(c, [f"m{k:06d}" for k in range(0, WAITING, 7)], NOW + 1)
+            finally:
+                c.set_trace_callback(None)
+            return [
+                (sql, " ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql)))
+                for sql in statements
+                if "FROM messages" in sql or "UPDATE messages" in sql
+            ]
+
+        plans = await store._runner.write(job)
+        assert plans
+        for sql, plan in plans:
+            assert "messages_queue" not in plan and "SCAN messages" not in plan, (sql, plan)
+        assert _states(tmp_path / "bridge.db")[dnc.ERROR] == len(range(0, WAITING, 7))
+    finally:
+        await store.close()
