@@ -690,6 +690,8 @@ class RulesStoreMixin:
 
         entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
 
+        row = (info.id, info.name, info.country, info.numbers, info.prefixes, info.imported_at)
+
         async def replace(c: asyncpg.Connection) -> None:
             # The list's row first: it locks the list (a new one too: a second insert of the id
             # waits for the first), so another import of it waits for this one's commit. The
@@ -701,12 +703,7 @@ class RulesStoreMixin:
                 "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
                 "name = EXCLUDED.name, country = EXCLUDED.country, numbers = EXCLUDED.numbers, "
                 "prefixes = EXCLUDED.prefixes, imported_at = EXCLUDED.imported_at",
-                info.id,
-                info.name,
-                info.country,
-                info.numbers,
-                info.prefixes,
-                info.imported_at,
+                *row,
             )
             await c.execute("DELETE FROM dnc_entries WHERE list_id = $1", info.id)
             for i in range(0, len(entries), _DNC_CHUNK):
@@ -747,12 +744,7 @@ class RulesStoreMixin:
                 "SELECT 1 FROM dnc_lists WHERE id = $1 AND name = $2 "
                 "AND country IS NOT DISTINCT FROM $3 AND numbers = $4 AND prefixes = $5 "
                 "AND imported_at = $6 FOR SHARE",
-                info.id,
-                info.name,
-                info.country,
-                info.numbers,
-                info.prefixes,
-                info.imported_at,
+                *row,
             )
             if still is None:
                 return 0

@@ -86,28 +86,41 @@ def _states(path: Path) -> dict[str, int]:
     )
 
 
+def _interleave(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], list[int], list[str]]:
+    """Count the chunked end's steps; at the first, note acc_big's status and have another
+    account's accept arrive while the end goes on. (steps, the steps done when that accept
+    committed, the status seen)."""
+    steps: list[int] = []
+    between: list[int] = []
+    seen: list[str] = []
+    step = ends._step
+
+    async def accept_other() -> None:
+        other = (_message("other", "acc_other", "+8613900000000"),)
+        await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
+        between.append(len(steps))
+
+    def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+        steps.append(end_id)
+        if len(steps) == 1:
+            (status,) = c.execute("SELECT status FROM accounts WHERE id='acc_big'").fetchone()
+            seen.append(status)
+            asyncio.get_running_loop().create_task(accept_other())
+        return step(c, end_id, *args)
+
+    monkeypatch.setattr(ends, "_step", counted)
+    return steps, between, seen
+
+
 async def test_a_disable_ends_in_chunks_and_other_writers_go_in_between(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await _store(tmp_path)
     try:
         await _queue(store, BIG)
-        steps: list[int] = []
-        between: list[int] = []
-        step = ends._step
-
-        async def accept_other() -> None:
-            other = (_message("other", "acc_other", "+8613900000000"),)
-            await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
-            between.append(len(steps))
-
-        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
-            steps.append(end_id)
-            if len(steps) == 1:  # another account's accept arrives while the end goes on
-                asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, *args)
-
-        monkeypatch.setattr(ends, "_step", counted)
+        steps, between, _seen = _interleave(store, monkeypatch)
         await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
 
         # The first transaction ended one chunk; three more (and one that found none left) followed.
@@ -264,28 +277,10 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
     try:
         await _queue(store, BIG)
         db = tmp_path / "bridge.db"
-        steps: list[int] = []
-        between: list[int] = []
-        seen: list[str] = []
-        step = ends._step
-
-        async def accept_other() -> None:
-            other = (_message("other", "acc_other", "+8613900000000"),)
-            await store.accept(AcceptBatch("acc_other", other, None, None), NOW + 2)
-            between.append(len(steps))
-
-        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
-            steps.append(end_id)
-            if len(steps) == 1:
-                (status,) = c.execute("SELECT status FROM accounts WHERE id='acc_big'").fetchone()
-                seen.append(status)  # no longer sending, not closed yet
-                asyncio.get_running_loop().create_task(accept_other())
-            return step(c, end_id, *args)
-
-        monkeypatch.setattr(ends, "_step", counted)
+        steps, between, seen = _interleave(store, monkeypatch)
         closed = await store.close_account("acc_big", NOW + 1)
         assert closed is not None
-        assert seen == ["disabled"]
+        assert seen == ["disabled"]  # no longer sending, not closed yet
         assert between and between[0] < len(steps)  # committed between the chunks
         assert _states(db) == {"ERASED": BIG}
         account = await store.get_account("acc_big")

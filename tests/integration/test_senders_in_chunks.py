@@ -226,6 +226,32 @@ async def _stopped(
     return None
 
 
+async def _left_unfinished(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch, creds: Creds, senders: list[str]
+) -> None:
+    """The change made through the API, its process stopped after the change's transaction:
+    the walk is left to the claims' guard and the sweep."""
+    monkeypatch.setattr(walk, "finish", _stopped)
+    await _assign(api, creds, senders)
+    monkeypatch.undo()
+    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+
+
+def _dies_at_second_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """The walk's second chunk never commits (its process stopped); returns the undo."""
+    real = walk._walk
+    calls: list[int] = []
+
+    def dies(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(walk, "_walk", dies)
+    return lambda: monkeypatch.setattr(walk, "_walk", real)
+
+
 async def test_a_claim_during_an_unfinished_walk_sends_no_refused_message(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,10 +265,7 @@ async def test_a_claim_during_an_unfinished_walk_sends_no_refused_message(
     assert [w.id for w in await store.claim("inst", 500, now, 60_000)] == ["m_bind"]
     sent = await _sends(api, accounts)
 
-    monkeypatch.setattr(walk, "finish", _stopped)
-    await _assign(api, accounts["shop"], [KEPT])
-    monkeypatch.undo()
-    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    await _left_unfinished(api, monkeypatch, accounts["shop"], [KEPT])
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(1,)]  # unfinished
     ended = "SELECT COUNT(*) FROM messages WHERE error_code='SENDER_NOT_ALLOWED'"
     assert _rows(api, ended)[0][0] < len(_refused(sent))  # the first chunk's only
@@ -265,20 +288,11 @@ async def test_a_walk_whose_process_stopped_is_finished_by_the_sweep(
     api = api_server
     accounts, sent = await _scene(api)
     store: SqliteStore = api.store
-    calls: list[int] = []
-    real = walk._walk
-
-    def dies(*args: Any) -> Any:  # the second chunk never commits: the process stopped
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return real(*args)
-
-    monkeypatch.setattr(walk, "_walk", dies)
+    undo = _dies_at_second_chunk(monkeypatch)
     now = api.ctx.now_ms()
     with pytest.raises(RuntimeError):
         await store.update_account(accounts["shop"].account_id, {"senders": [KEPT]}, now)
-    monkeypatch.setattr(walk, "_walk", real)
+    undo()
     ended = "SELECT COUNT(*) FROM messages WHERE error_code='SENDER_NOT_ALLOWED'"
     (first,) = _rows(api, ended)
     assert first[0] < len(_refused(sent))  # the first chunk's only
@@ -301,21 +315,12 @@ async def test_a_step_back_of_the_clock_moves_the_mark_of_a_walk_a_stopped_proce
     api = api_server
     accounts, sent = await _scene(api)
     store: SqliteStore = api.store
-    real = walk._walk
-    calls: list[int] = []
-
-    def dies(*args: Any) -> Any:  # the second chunk never commits: the process stopped
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("killed")
-        return real(*args)
-
     step = 10 * 60_000  # the old clock was this far ahead
     now = api.ctx.now_ms()
-    monkeypatch.setattr(walk, "_walk", dies)
+    undo = _dies_at_second_chunk(monkeypatch)
     with pytest.raises(RuntimeError):
         await store.update_account(accounts["shop"].account_id, {"senders": [KEPT]}, now + step)
-    monkeypatch.setattr(walk, "_walk", real)
+    undo()
     assert _rows(api, "SELECT worked_at FROM sender_walk") == [(now + step,)]
 
     await store.clock_stepped_back(step, now, ())
@@ -365,10 +370,7 @@ async def test_a_message_moved_behind_the_walk_is_walked_again(
     store: SqliteStore = api.store
     now = api.ctx.now_ms()
     shop = accounts["shop"].account_id
-    monkeypatch.setattr(walk, "finish", _stopped)
-    await _assign(api, accounts["shop"], [KEPT])
-    monkeypatch.undo()
-    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    await _left_unfinished(api, monkeypatch, accounts["shop"], [KEPT])
     c = sqlite3.connect(api.config.store.path)
     with c:  # the shop's messages parked for a down route, and the walk gone past them
         c.execute(
@@ -394,10 +396,7 @@ async def test_a_change_during_a_walk_walks_the_whole_queue_again(
     api = api_server
     accounts, sent = await _scene(api)
     shop = accounts["shop"].account_id
-    monkeypatch.setattr(walk, "finish", _stopped)
-    await _assign(api, accounts["shop"], [KEPT])
-    monkeypatch.undo()
-    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    await _left_unfinished(api, monkeypatch, accounts["shop"], [KEPT])
     c = sqlite3.connect(api.config.store.path)
     with c:  # the walk has gone past the shop's messages
         c.execute("UPDATE sender_walk SET after_account=?, after_nb=?", (shop, 1 << 62))
