@@ -116,13 +116,7 @@ def _walk(
     order after `after`; how many, and where to go on from (None: the end of the queue)."""
     _still_latest(c, info.id, gen)
     at = info.imported_at
-    rows = c.execute(
-        "SELECT account_id, q_not_before, rowid, id, recipient FROM messages "
-        "INDEXED BY messages_queue WHERE q_state='queued' "
-        "AND (account_id, q_not_before, rowid) > (?, ?, ?) "
-        "ORDER BY account_id, q_not_before, rowid LIMIT ?",
-        (*after, WALK_CHUNK),
-    ).fetchall()
+    rows = pipe.walk_queue(c, "id, recipient", after, WALK_CHUNK)
     ended = _settle(c, blocked_ids([(r[3], r[4]) for r in rows], entries), at)
     return ended, ((rows[-1][0], rows[-1][1], rows[-1][2]) if len(rows) == WALK_CHUNK else None)
 

@@ -59,6 +59,32 @@ def move_parts(
         )
 
 
+def walk_queue(
+    c: sqlite3.Connection, extra: str, after: tuple[Any, ...], limit: int
+) -> list[tuple[Any, ...]]:
+    """(account_id, q_not_before, rowid, *`extra` columns) of the next `limit` queued messages
+    after the cursor `after` (account, due time, rowid) in the queue index's order, in two
+    seeks. SQLite seeks a row value `(account_id, q_not_before, rowid) > (...)` on its first
+    two columns only and read again every row of the cursor's (account, due time) behind it at
+    each chunk: a campaign scheduled for one time shares it, and a million of them took 9 s of
+    a walk's 20 for those reads alone (sqlite_senders, sqlite_dnc)."""
+    cols = (
+        f"SELECT account_id, q_not_before, rowid, {extra} FROM messages INDEXED BY messages_queue"
+    )
+    rows = c.execute(
+        f"{cols} WHERE q_state='queued' AND account_id=? AND q_not_before=? AND rowid>? "
+        "ORDER BY rowid LIMIT ?",
+        (*after, limit),
+    ).fetchall()
+    if len(rows) < limit:
+        rows += c.execute(
+            f"{cols} WHERE q_state='queued' AND (account_id, q_not_before) > (?, ?) "
+            "ORDER BY account_id, q_not_before, rowid LIMIT ?",
+            (*after[:2], limit - len(rows)),
+        ).fetchall()
+    return rows
+
+
 def end_unsent(c: sqlite3.Connection, ids: Sequence[str], error: str, now: int) -> None:
     """End never-tried waiting messages unsent with `error`: their parts expired unsent, the
     rows rolled up (refunded, places given back, status webhooks queued)."""

@@ -48,21 +48,6 @@ Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 _START: tuple[Any, ...] = ("", -(1 << 62), 0)
 
 
-# The queue index's order after a cursor (account, due time, rowid), in two seeks: SQLite seeks
-# `(account_id, q_not_before, rowid) > (...)` on its first two columns only, and read again every
-# row of the cursor's (account, due time) behind it, per chunk: a campaign scheduled for one
-# time shares it, and a million of them took 9 s of the lock's 20 for those reads alone.
-_COLS = "SELECT account_id, q_not_before, rowid, sender FROM messages INDEXED BY messages_queue "
-_REST_OF_GROUP = (
-    f"{_COLS} WHERE q_state='queued' AND account_id=? AND q_not_before=? AND rowid>? "
-    "ORDER BY rowid LIMIT ?"
-)
-_AFTER_GROUP = (
-    f"{_COLS} WHERE q_state='queued' AND (account_id, q_not_before) > (?, ?) "
-    "ORDER BY account_id, q_not_before, rowid LIMIT ?"
-)
-
-
 def _assignments(c: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]]:
     return [(r[0], senders_of(r[1])) for r in c.execute(ASSIGNMENTS_SQL)]
 
@@ -94,9 +79,7 @@ def _walk(
     """Settle the refused among the next WALK_CHUNK waiting messages in the queue index's order
     after `after`, stopping at the END_CHUNK-th refused one; where to go on from (None: the end
     of the queue)."""
-    rows = c.execute(_REST_OF_GROUP, (*after, WALK_CHUNK)).fetchall()
-    if len(rows) < WALK_CHUNK:
-        rows += c.execute(_AFTER_GROUP, (*after[:2], WALK_CHUNK - len(rows))).fetchall()
+    rows = pipe.walk_queue(c, "sender", after, WALK_CHUNK)
     refused = _refused(c, [(r[2], r[0], r[3]) for r in rows], assigned_only)
     more = len(rows) == WALK_CHUNK
     if len(refused) > END_CHUNK:  # the rest of the rows in the next chunk
