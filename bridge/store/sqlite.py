@@ -849,15 +849,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if keys:  # parked under a route with an SMSC up here: up to half the claim first
                 scan.parked(c, keys, limit // 2)
             per = max(1, (limit - len(scan.ids)) // len(order))
-            more: dict[str, int] = {}  # accounts that may have more due: how many were taken
+            more: list[str] = []  # accounts that may have more due
             for acc in order:
                 if len(scan.ids) >= limit or scan.budget <= 0:
                     break
                 want = min(per, limit - len(scan.ids))
-                before = len(scan.ids)
                 # An account's own down backlog may use up its share of the scan, not all of it.
                 if scan.pick(c, acc, want, want, CLAIM_SCAN_FACTOR * want):
-                    more[acc] = len(scan.ids) - before
+                    more.append(acc)
             if len(scan.ids) < limit and scan.budget > 0 and more:
                 scan.fill(c, more, limit - len(scan.ids))  # the oldest work of anyone
             if keys and len(scan.ids) < limit:  # and the room the due messages left
@@ -1863,7 +1862,7 @@ class _Scan:
     """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
     has a `park`), at most `budget` rows in all (of the due ones: see `parked`)."""
 
-    __slots__ = ("budget", "ids", "now", "park", "seen")
+    __slots__ = ("budget", "ids", "now", "park", "seen", "taken")
 
     def __init__(self, park: Callable[[str], str | None] | None, now: int, budget: int) -> None:
         self.park = park
@@ -1871,6 +1870,7 @@ class _Scan:
         self.budget = budget
         self.ids: list[str] = []
         self.seen: set[str] = set()
+        self.taken: dict[str, int] = {}  # account -> how many of its rows were picked
 
     def pick(self, c: sqlite3.Connection, account: str, want: int, ask: int, cap: int) -> bool:
         """Pick up to `want` more ids, oldest first, of `account`, asking `ask` rows at first;
@@ -1893,15 +1893,15 @@ class _Scan:
             ask *= 4
         return True
 
-    def fill(self, c: sqlite3.Connection, taken: dict[str, int], want: int) -> None:
-        """Pick up to `want` more ids, the oldest due of anyone's among the accounts of `taken`
-        (each with how many of its rows this claim took already): each account's next rows in
-        its own index order, merged. One ordered query over every account's queue instead had
-        SQLite sort every due row, the whole backlog, at each claim that took from more than one
-        account (27 ms a claim with 200,000 waiting over three accounts, measured: the write
-        lock held that long, ~100 messages a claim)."""
-        after: dict[str, tuple[int, int] | None] = dict.fromkeys(taken)
-        skip = dict(taken)  # the rows taken come first again: seen, passed over
+    def fill(self, c: sqlite3.Connection, accounts: Sequence[str], want: int) -> None:
+        """Pick up to `want` more ids, the oldest due of anyone's among `accounts`: each
+        account's next rows in its own index order, merged. One ordered query over every
+        account's queue instead had SQLite sort every due row, the whole backlog, at each claim
+        that took from more than one account (27 ms a claim with 200,000 waiting over three
+        accounts, measured: the write lock held that long, ~100 messages a claim)."""
+        after: dict[str, tuple[int, int] | None] = dict.fromkeys(accounts)
+        # The rows picked already come first again (seen, passed over): asked for on top.
+        skip = {acc: self.taken.get(acc, 0) for acc in accounts}
         ask = want
         while want > 0:
             n = min(ask, self.budget)
@@ -1926,14 +1926,15 @@ class _Scan:
     def _due(
         self, c: sqlite3.Connection, account: str, after: tuple[int, int] | None, n: int
     ) -> list[Any]:
-        """The account's next `n` due rows (id, recipient, q_not_before, q_park, rowid) after
+        """The account's next `n` due rows (id, recipient, q_not_before, q_park, rowid,
+        account_id) after
         `after` (q_not_before, rowid), in the queue index's own order: by rowid after the due
         time, not id, so SQLite stops at the limit instead of sorting every row of a due time (a
         campaign scheduled for one moment, a batch of one request: 27 ms a claim with 100,000
         due at one time, measured)."""
         keyset = "" if after is None else " AND (q_not_before, rowid) > (?, ?)"
         return c.execute(
-            "SELECT id, recipient, q_not_before, q_park, rowid FROM messages "
+            "SELECT id, recipient, q_not_before, q_park, rowid, account_id FROM messages "
             f"WHERE q_state='queued' AND account_id=? AND q_not_before<=?{keyset} "
             "ORDER BY q_not_before, rowid LIMIT ?",
             (account, self.now, *(after or ()), n),
@@ -1958,15 +1959,16 @@ class _Scan:
         ):
             return
         rows = c.execute(
-            "SELECT id, recipient, q_not_before, q_park FROM messages INDEXED BY messages_parked "
+            "SELECT id, recipient, q_not_before, q_park, rowid, account_id FROM messages "
+            "INDEXED BY messages_parked "
             f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued' LIMIT ?",
             (*keys, want + len(self.ids)),  # some may be picked already (due again)
         ).fetchall()
         self._take(c, rows, want)
 
     def _take(self, c: sqlite3.Connection, rows: Sequence[Any], want: int) -> int:
-        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park), park
-        the unroutable; how many were picked."""
+        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park, rowid,
+        account_id), park the unroutable; how many were picked."""
         got = 0
         parked: list[tuple[int, str, str]] = []
         for row in rows:
@@ -1980,6 +1982,7 @@ class _Scan:
                 parked.append((until, key, mid))
             elif got < want:
                 self.ids.append(mid)
+                self.taken[row[5]] = self.taken.get(row[5], 0) + 1
                 got += 1
             else:
                 continue

@@ -189,10 +189,12 @@ async def test_stop_hands_back_the_messages_waiting_for_a_slot(store: Store) -> 
     await store.record_submits(
         [sent("z9", 1, smsc="t1")], [Release("z9", NOW, count_attempt=True)], NOW
     )
-    for i in range(3):  # with z9, the two windows' worth: all claimed, two on the wire
-        await accept(store, message(f"m{i}"))
+    # With z9, the two windows' worth: all claimed, two on the wire. Due before z9's retry
+    # (claims go oldest first: by due time, then acceptance order), so z9 waits.
+    for i in range(3):
+        await accept(store, message(f"m{i}", at=NOW - 1))
     on_wire = await _two_on_the_wire_then(store, stop=True)
-    assert len(on_wire) == 2 and "z9" not in on_wire  # z9 waited (claims go oldest first)
+    assert len(on_wire) == 2 and "z9" not in on_wire  # z9 waited
     out = await store.recover("inst-1", NOW + 1, frozenset({"t1"}))
     assert sum(out.values()) == 2  # only the two that may have left were still claimed
     for mid in ("z9", "m0", "m1", "m2"):
