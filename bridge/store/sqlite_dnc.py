@@ -124,14 +124,12 @@ def _walk(
 def _settle(c: sqlite3.Connection, blocked: Sequence[str], at: int) -> int:
     """Blocked messages as sqlite_rules.end_queued ends any: the never-tried waiting ones end
     unsent, those tried or on a bind are held (their validity ends now: the next claim or sweep
-    ends them, unless a late answer came). How many ended. By key (`by_key`): with the state
-    indexed, SQLite searched the queue index for it and read every waiting message per call."""
-    from bridge.store.sqlite_rules import end_queued
+    ends them, unless a late answer came). How many ended. By key (sqlite_rules.end_by_key):
+    with the state indexed, SQLite searched the queue index for it and read every waiting
+    message per call."""
+    from bridge.store.sqlite_rules import end_by_key
 
-    return sum(
-        end_queued(c, f"id IN ({pipe._marks(len(chunk))})", tuple(chunk), ERROR, at, by_key=True)
-        for chunk in pipe._chunks(blocked, 400)
-    )
+    return end_by_key(c, "id", blocked, ERROR, at)
 
 
 def _drop_older(c: sqlite3.Connection, list_id: str, below: int) -> int:

@@ -1026,6 +1026,23 @@ def end_queued(
     return len(queued)
 
 
+def end_by_key(
+    c: sqlite3.Connection, column: str, keys: Sequence[Any], error: str, now: int
+) -> int:
+    """end_queued for the messages whose `column` ('id' or 'rowid') is one of `keys`, 400 a
+    statement, their state tested row by row (`by_key`): how many ended. One place owns both,
+    since a caller that wrote `id IN (...)` without `by_key` got SQLite's search of the whole
+    queue index per statement (the do-not-contact walk and claim check did, session 40)."""
+    from bridge.store import sqlite_pipeline as pipe
+
+    return sum(
+        end_queued(
+            c, f"{column} IN ({pipe._marks(len(chunk))})", tuple(chunk), error, now, by_key=True
+        )
+        for chunk in pipe._chunks(keys, 400)
+    )
+
+
 def hold_tried(
     c: sqlite3.Connection,
     where: str,
