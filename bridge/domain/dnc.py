@@ -116,7 +116,8 @@ def parse_dnc_lines(lines: Iterable[str], default_country: str | None) -> DncImp
     seen_content = False
     n = 0
     for i, piece in enumerate(lines):
-        for line in (piece.lstrip("\ufeff") if i == 0 else piece).splitlines():
+        # An empty piece is a blank line whose end was not kept (lines split without ends).
+        for line in (piece.lstrip("\ufeff") if i == 0 else piece).splitlines() or ("",):
             n += 1
             if not line.strip() or line.lstrip().startswith("#"):
                 continue

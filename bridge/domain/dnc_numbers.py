@@ -83,8 +83,9 @@ class NumberSorter:
         run = array("q", map(itemgetter(0), groupby(self._buf)))  # repeats dropped, all in C
         self._buf = []
         last = self._runs[-1] if self._runs else None
-        if last is not None and last[-1] < run[0]:
-            last.extend(run)  # in order after the previous run: one run, nothing to merge
+        if last is not None and last[-1] <= run[0]:
+            # In order after the previous run: one run, nothing to merge.
+            last.extend(run[1:] if last[-1] == run[0] else run)
         else:
             self._runs.append(run)
 
