@@ -1,14 +1,15 @@
 """A sorted set of E.164 numbers held as 64-bit integers: a do-not-contact import of a national
 registry (tens of millions of numbers) in bounded memory.
 
-Why: the import held each number as a str in a set and again in a sorted list, ~200 bytes per
-number over the process's baseline (1,000,000 numbers: +204 MB; 10 million, ~2 GB, in the daemon
-itself for the HTTP route). Here a number is 8 bytes in an ``array('q')``: E.164 is '+' and at
-most 15 digits, the first not 0 (phone.normalize), so '+' dropped it is an integer below 10**15,
-and '+' re-added gives the same string back. Numbers come in runs of RUN, each sorted and
-deduplicated as a short Python list; the runs are merged (``heapq.merge``, repeats dropped) into
-one array: ~16 bytes per number at the merge's peak, never a Python object per number. Input
-already in order (a sorted registry, or a SortedNumbers handed on) stays one run: no merge.
+Why: the import held each number as a str in a set, a sorted list and the store's entries,
+~250 bytes per number over the process's baseline (1,000,000 numbers: peak RSS +271 MB; ten
+million, ~2.5 GB, in the daemon itself for the HTTP route). Here a number is 8 bytes in an
+``array('q')``: E.164 is '+' and at most 15 digits, the first not 0 (phone.normalize), so with
+the '+' dropped it is an integer below 10**15, and '+' re-added gives the same string back.
+Numbers come in runs of RUN, each sorted and deduplicated as a short Python list; the runs are
+merged (``heapq.merge``, repeats dropped) into one array: ~16 bytes per number at the merge's
+peak, never a Python object per number. Input already in order (a sorted registry, or a
+SortedNumbers handed on) stays one run: no merge.
 """
 
 from __future__ import annotations
