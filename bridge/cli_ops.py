@@ -445,17 +445,20 @@ def cmd_tariff(args: argparse.Namespace) -> int:
 
 def cmd_dnc(args: argparse.Namespace) -> int:
     from bridge.api.admin_rules import COUNTRY, LIST_ID, dnc_view
-    from bridge.domain.dnc import parse_dnc_csv
+    from bridge.domain.dnc import DncImport, parse_dnc_lines
     from bridge.store.models import DncInfo
 
-    def read_list() -> str:
+    def read_list() -> DncImport:
         # Checked inside the store's session, so these refusals are in the audit trail too.
         if not LIST_ID.fullmatch(args.id):
             raise CliError("ID: 1-64 of A-Z a-z 0-9 _ . -")
         if args.country is not None and not COUNTRY.fullmatch(args.country):
             raise CliError("--country: ISO 3166 alpha-2, upper case (e.g. CN)")
+        # Line by line: a national registry is tens of millions of lines, read whole it was
+        # held as one str and again as a list of lines.
         try:
-            return Path(args.file).read_text(encoding="utf-8")
+            with open(args.file, encoding="utf-8", newline="") as f:
+                return parse_dnc_lines(f, args.country)
         except OSError as exc:
             raise CliError(f"{args.file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
@@ -470,19 +473,19 @@ def cmd_dnc(args: argparse.Namespace) -> int:
                 raise CliError(f"NOT_FOUND: no do-not-contact list {args.id!r}")
             _print({"id": args.id, "deleted": True})
             return 0
-        parsed, bad = parse_dnc_csv(read_list(), args.country)
-        if bad and not args.lenient:
+        parsed = read_list()
+        if parsed.bad_count and not args.lenient:
             raise CliError(
-                f"INVALID_FIELD: {args.file}: {len(bad)} bad line(s), nothing imported "
-                "(--lenient skips them): " + "; ".join(bad[:20])
+                f"INVALID_FIELD: {args.file}: {parsed.bad_count} bad line(s), nothing imported "
+                "(--lenient skips them): " + "; ".join(parsed.bad[:20])
             )
         name = (args.name or args.id)[:200]
         info = DncInfo(
             args.id, name, args.country, len(parsed.numbers), len(parsed.prefixes), ops.now
         )
-        ended = await ops.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+        ended = await ops.store.import_dnc(info, parsed.numbers, parsed.prefixes)
         view = dnc_view(info)
-        view["skipped"] = bad[:100]
+        view["skipped"] = list(parsed.bad)
         view["messages_ended"] = ended
         _print(view)
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.rules_api import bill_for, check_month, reraise
 from bridge.api.v1 import ctx_of, json_response, parse_json
-from bridge.domain.dnc import parse_dnc_csv
+from bridge.domain.dnc import parse_dnc_lines
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import BillingError
 from bridge.ids import new_id
@@ -183,6 +184,18 @@ async def list_dnc(request: web.Request) -> web.Response:
     return json_response({"lists": [dnc_view(d) for d in rows]})
 
 
+def _body_lines(body: bytes) -> Iterator[str]:
+    """The body's lines decoded one at a time, ends kept (parse_dnc_lines numbers the lines as
+    the whole text's splitlines would): decoded whole it was held twice more, as a str and as a
+    list of lines. A b"\\n" byte is never inside a UTF-8 sequence, so each line decodes alone."""
+    start = 0
+    while start < len(body):
+        end = body.find(b"\n", start)
+        end = len(body) if end < 0 else end + 1
+        yield body[start:end].decode("utf-8")
+        start = end
+
+
 async def put_dnc(request: web.Request) -> web.Response:
     """Replace a list from a CSV body (text/csv): one number or `prefix*` per line."""
     ctx = ctx_of(request)
@@ -197,16 +210,16 @@ async def put_dnc(request: web.Request) -> web.Response:
     country = q.get("country")
     if country is not None and not COUNTRY.fullmatch(country):
         raise ApiError("INVALID_FIELD", "country: ISO 3166 alpha-2, upper case (e.g. CN)")
+    body = await read_admin_body(request)
     try:
-        text = (await read_admin_body(request)).decode("utf-8")
+        parsed = parse_dnc_lines(_body_lines(body), country)
     except UnicodeDecodeError:
         raise ApiError("INVALID_REQUEST", "the list must be UTF-8 text") from None
-    parsed, bad = parse_dnc_csv(text, country)
-    if bad and q.get("strict", "true") != "false":
+    if parsed.bad_count and q.get("strict", "true") != "false":
         raise ApiError(
             "INVALID_FIELD",
-            f"{len(bad)} bad line(s), nothing imported (strict=false skips them): "
-            + "; ".join(bad[:20]),
+            f"{parsed.bad_count} bad line(s), nothing imported (strict=false skips them): "
+            + "; ".join(parsed.bad[:20]),
         )
     info = DncInfo(
         list_id,
@@ -217,7 +230,7 @@ async def put_dnc(request: web.Request) -> web.Response:
         ctx.now_ms(),
     )
     try:
-        ended = await ctx.store.import_dnc(info, sorted(parsed.numbers), parsed.prefixes)
+        ended = await ctx.store.import_dnc(info, parsed.numbers, parsed.prefixes)
     except StoreError as exc:
         # STORE_BUSY: the sends in progress may have ended by then. Not DNC_IMPORT_SUPERSEDED:
         # this list is no longer the one wanted, and a retry would supersede the later import.
@@ -225,7 +238,7 @@ async def put_dnc(request: web.Request) -> web.Response:
         retry = {"Retry-After": str(STORE_RETRY_AFTER_S)} if busy else None
         raise ApiError(exc.code, exc.message, headers=retry) from None
     view = dnc_view(info)
-    view["skipped"] = bad[:100]
+    view["skipped"] = list(parsed.bad)
     view["messages_ended"] = ended
     return json_response(view)
 

@@ -51,10 +51,10 @@ from bridge.store.rules_rows import (
     REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
+    DncEntries,
     already_credited,
     blocked_ids,
     credited_at,
-    dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
     entry_row,
@@ -688,7 +688,8 @@ class RulesStoreMixin:
         fails, running the import again ends what it blocks."""
         from bridge.store.postgres_pipeline import NS_DNC
 
-        entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
+        # Read once, 8 bytes a number: run_tx runs `replace` again after a serialization failure.
+        entries = DncEntries(numbers, prefixes)
 
         row = (info.id, info.name, info.country, info.numbers, info.prefixes, info.imported_at)
 
@@ -706,11 +707,11 @@ class RulesStoreMixin:
                 *row,
             )
             await c.execute("DELETE FROM dnc_entries WHERE list_id = $1", info.id)
-            for i in range(0, len(entries), _DNC_CHUNK):
+            for chunk in entries.chunks(_DNC_CHUNK):
                 await c.execute(
                     "INSERT INTO dnc_entries (prefix, list_id) "
                     "SELECT p, $2 FROM unnest($1::text[]) AS u(p) ON CONFLICT DO NOTHING",
-                    entries[i : i + _DNC_CHUNK],
+                    chunk,
                     info.id,
                 )
             # In short waits with pauses between: while the import waits, PostgreSQL queues
@@ -752,7 +753,7 @@ class RulesStoreMixin:
             waiting = await c.fetch(
                 "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
             )
-            blocked = blocked_ids([(r[0], r[1]) for r in waiting], frozenset(entries))
+            blocked = blocked_ids([(r[0], r[1]) for r in waiting], entries)
             ended = 0
             for i in range(0, len(blocked), _DNC_CHUNK):
                 ended += await end_queued_where(

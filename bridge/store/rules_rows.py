@@ -3,11 +3,13 @@ SELECTs name the same columns in the same order; only the SQL around them differ
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from bridge.domain import ledger
 from bridge.domain.admission import DOMESTIC
+from bridge.domain.dnc_numbers import sorted_numbers
 from bridge.domain.ledger import CHARGE_KINDS, MESSAGE_KINDS, Entry
 from bridge.domain.tariffs import BillingError
 from bridge.store.base import StoreError
@@ -84,7 +86,40 @@ def number_prefixes(e164: str) -> list[str]:
     return [*(e164[:n] for n in range(5, len(e164) + 1)), dnc_entry_for_number(e164)]
 
 
-def blocked_ids(rows: Iterable[tuple[str, str]], entries: Collection[str]) -> list[str]:
+class DncEntries:
+    """An import's entries, as the store writes them and matches the waiting messages against
+    them: its numbers (sorted_numbers: 8 bytes each; a list of ten million held as str entries
+    in a list and a frozenset took ~2 GB) marked DNC_EXACT, then its prefixes. Read once from
+    the numbers given (an iterator is fine), iterated as often as needed: PostgreSQL's run_tx
+    runs a transaction again after a serialization failure."""
+
+    __slots__ = ("numbers", "prefixes")
+
+    def __init__(self, numbers: Iterable[str], prefixes: Iterable[str]) -> None:
+        self.numbers = sorted_numbers(numbers)
+        self.prefixes = frozenset(prefixes)
+
+    def __len__(self) -> int:
+        return len(self.numbers) + len(self.prefixes)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from map(dnc_entry_for_number, self.numbers)
+        yield from sorted(self.prefixes)
+
+    def __contains__(self, entry: object) -> bool:
+        if not isinstance(entry, str):
+            return False
+        if entry.startswith(DNC_EXACT):
+            return entry[len(DNC_EXACT) :] in self.numbers
+        return entry in self.prefixes
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        it = iter(self)
+        while chunk := list(islice(it, size)):
+            yield chunk
+
+
+def blocked_ids(rows: Iterable[tuple[str, str]], entries: Container[str]) -> list[str]:
     """The ids of the (id, recipient) rows that do-not-contact `entries` block."""
     return [mid for mid, number in rows if any(p in entries for p in number_prefixes(number))]
 

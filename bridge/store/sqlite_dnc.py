@@ -35,13 +35,13 @@ walk ended before the later one started stays ended: the list blocked it then.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.base import StoreError
 from bridge.store.models import DncInfo
-from bridge.store.rules_rows import NEVER_TRIED, blocked_ids, number_prefixes
+from bridge.store.rules_rows import NEVER_TRIED, DncEntries, blocked_ids, number_prefixes
 
 ENTRY_CHUNK = 20_000  # ~70 ms of the write lock
 WALK_CHUNK = 5_000  # waiting messages looked at per transaction
@@ -95,7 +95,7 @@ def _write_entries(c: sqlite3.Connection, list_id: str, gen: int, chunk: Sequenc
     )
 
 
-def _record(c: sqlite3.Connection, info: DncInfo, gen: int, entries: frozenset[str]) -> None:
+def _record(c: sqlite3.Connection, info: DncInfo, gen: int, entries: Container[str]) -> None:
     _still_latest(c, info.id, gen)
     c.execute(
         "INSERT INTO dnc_lists (id, name, country, numbers, prefixes, imported_at) "
@@ -110,7 +110,7 @@ def _record(c: sqlite3.Connection, info: DncInfo, gen: int, entries: frozenset[s
 
 
 def _walk(
-    c: sqlite3.Connection, info: DncInfo, gen: int, after: tuple[Any, ...], entries: frozenset[str]
+    c: sqlite3.Connection, info: DncInfo, gen: int, after: tuple[Any, ...], entries: Container[str]
 ) -> tuple[int, tuple[Any, ...] | None]:
     """End the waiting messages `entries` block among the next WALK_CHUNK in the queue index's
     order after `after`; how many, and where to go on from (None: the end of the queue)."""
@@ -147,18 +147,18 @@ def _drop_replaced(c: sqlite3.Connection, list_id: str, gen: int) -> int:
     return _drop_older(c, list_id, gen)
 
 
-async def import_list(write: Runner, info: DncInfo, entries: Sequence[str]) -> int:
+async def import_list(write: Runner, info: DncInfo, entries: DncEntries) -> int:
     """Steps 1-4 above; how many waiting messages ended. StoreError DNC_IMPORT_SUPERSEDED when
-    a later import or a delete of the list started meanwhile (this one stopped)."""
+    a later import or a delete of the list started meanwhile (this one stopped). `entries` is
+    both what is written, one chunk as str at a time, and what the walks match against."""
     gen = await write(lambda c: _latest(c, info.id, info.imported_at))
-    for chunk in pipe._chunks(entries, ENTRY_CHUNK):
+    for chunk in entries.chunks(ENTRY_CHUNK):
         await write(lambda c, ch=chunk: _write_entries(c, info.id, gen, ch))
-    blocking = frozenset(entries)
-    await write(lambda c: _record(c, info, gen, blocking))
+    await write(lambda c: _record(c, info, gen, entries))
     ended = 0
     after: tuple[Any, ...] | None = _START
     while after is not None:
-        n, after = await write(lambda c, a=after: _walk(c, info, gen, a, blocking))
+        n, after = await write(lambda c, a=after: _walk(c, info, gen, a, entries))
         ended += n
     while await write(lambda c: _drop_replaced(c, info.id, gen)) == ENTRY_CHUNK:
         pass

@@ -47,9 +47,9 @@ from bridge.store.rules_rows import (
     REFUND_SEEN,
     SIGN_COLS,
     TEMPLATE_COLS,
+    DncEntries,
     already_credited,
     credited_at,
-    dnc_entry_for_number,
     edit_sign_args,
     edit_template_args,
     entry_row,
@@ -611,8 +611,7 @@ class RulesStoreMixin:
         """Replace the list `info.id`, and end the queued and scheduled messages it now blocks,
         as an opt-out does (the lists "block sends for all accounts": a message accepted before
         the import was sent all the same). In chunks: sqlite_dnc.py."""
-        entries = list(dict.fromkeys((*map(dnc_entry_for_number, numbers), *prefixes)))
-        return await sqlite_dnc.import_list(self._runner.write, info, entries)
+        return await sqlite_dnc.import_list(self._runner.write, info, DncEntries(numbers, prefixes))
 
     async def list_dnc(self) -> list[DncInfo]:
         def job(c: sqlite3.Connection) -> list[DncInfo]:
