@@ -44,6 +44,17 @@ Findings:
    entries, but nothing says to try). An import stopped part-way is documented (the list
    stays listed, imported again it is whole); a delete is not. PostgreSQL deletes in one
    transaction.
+
+4. A chunked end's answer counts only what its own transactions ended (bridge/store/
+   sqlite_ends.py `finish`, sqlite_rules.py `delete_sign`/`delete_template`, and the same
+   for a do-not-contact import's `messages_ended` and sqlite_dnc.guard). Between its chunks
+   the dispatcher's claims end the covered messages they meet (`ends.guard`), and the sweep
+   may finish the end; neither is counted. README note 18: "the request answers once all are
+   ended (its counts include them)". With a due backlog (the dispatcher claiming all the
+   time) `DELETE /v1/signs/{name}` answers `messages_ended` far below what it ended: with
+   claims of 20 in a loop beside it, 40 of 110 (its first chunk alone); the test's two claims
+   between chunks make it 110 of 130. PostgreSQL counts all (one transaction). Money and
+   messages are right; the count a customer or operator reads about a campaign is not.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from typing import Any
 import pytest
 
 from bridge.store.base import Store
-from bridge.store.models import AcceptBatch, Account, DncInfo, NewMessage, NewSegment
+from bridge.store.models import AcceptBatch, Account, DncInfo, NewMessage, NewSegment, Sign
 from tests import store_engines
 from tests.store_engines import EngineHandle
 
@@ -70,7 +81,12 @@ DOWN = "+8613999"  # numbers of a route with no SMSC up: the claim parks them
 
 
 def _message(
-    mid: str, account: str, number: str, at: int = NOW, client_ref: str | None = None
+    mid: str,
+    account: str,
+    number: str,
+    at: int = NOW,
+    client_ref: str | None = None,
+    sign: str | None = None,
 ) -> NewMessage:
     return NewMessage(
         id=mid,
@@ -84,6 +100,7 @@ def _message(
         accepted_at=at,
         text=f"text of {mid}",
         client_ref=client_ref,
+        sign_name=sign,
     )
 
 
@@ -290,3 +307,62 @@ async def test_a_delete_stopped_part_way_leaves_no_unlisted_list_blocking(
     if listed == []:  # gone from the listing (the delete's first transaction) ...
         assert not blocks  # ... so no send to its numbers is refused
         assert [w.id for w in work] == ["m1"]  # ... nor ended at the claim
+
+
+# -- 4. a chunked end's answer leaves out what the claims ended between its chunks ----------------
+
+
+async def test_a_sign_delete_answers_every_message_it_ended(
+    engine: EngineHandle,
+    request: pytest.FixtureRequest,
+    stores: list[Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dispatcher claims beside the delete (on SQLite between its chunks, as it does with a
+    backlog due; PostgreSQL's one transaction leaves nothing between); the delete's
+    `messages_ended` is every message it ended unsent."""
+    from bridge.store import sqlite_ends as ends
+
+    _sqlite_only(
+        engine,
+        request,
+        "finding 4: the messages the claims' guard ends between a chunked end's chunks are not "
+        "in the end's count",
+    )
+    monkeypatch.setattr(ends, "END_CHUNK", 40)
+    store = await _open(engine, _account("acc_big"))
+    stores.append(store)
+    await store.add_sign(
+        Sign("acc_big", "Acme", "Acme", "company", "", "approved", None, None, NOW)
+    )
+    msgs = tuple(
+        _message(f"m{k:04d}", "acc_big", f"+86138{k:08d}", sign="Acme") for k in range(WAITING)
+    )
+    await store.accept(AcceptBatch("acc_big", msgs, None, None), NOW)
+
+    claimed: list[str] = []
+    steps: list[int] = []
+    step = ends._step
+
+    async def dispatcher() -> None:
+        claimed.extend(w.id for w in await store.claim("inst", 20, NOW + 2, LEASE))
+
+    def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+        steps.append(end_id)
+        if len(steps) <= 2:  # between the chunks
+            asyncio.get_running_loop().create_task(dispatcher())
+        return step(c, end_id, *args)
+
+    monkeypatch.setattr(ends, "_step", counted)
+    answered = await store.delete_sign("acc_big", "Acme", NOW + 1)
+    await dispatcher()  # and after it (PostgreSQL: its one transaction ended them all)
+
+    ended = [
+        m.id
+        for m in msgs
+        if (r := await store.get_message("acc_big", m.id)) is not None
+        and r.error_code == "SIGN_DELETED"
+    ]
+    assert claimed == []  # none sent: each claim ended what it met, or came after the end
+    assert len(ended) == WAITING
+    assert answered == len(ended)
