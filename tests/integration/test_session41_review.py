@@ -65,6 +65,18 @@ Findings:
    a million), any instance's claim takes blocked messages, which the second then only holds
    as in flight (not recalled: sent). If the second transaction fails, they wait to be sent
    until the list is imported again.
+
+6. A senders walk left unfinished keeps the policy it started under, and a later change does
+   not replace it when its own walk fits in its first chunk (bridge/store/sqlite_senders.py
+   `start`: `after is None` returns without touching an existing `sender_walk` row). Until
+   the old walk ends (the sweep, RESUME_AFTER_MS after a stopped process), every claim's
+   guard judges what it takes by the row's `assigned_only`: after `rules.sender_policy` went
+   from `assigned` to `open` (a reload) and a senders change, a message an account without
+   a list sends from an address nobody holds, allowed and accepted under `open`, is ended
+   SENDER_NOT_ALLOWED at its claim. Rare (a walk under way or stopped, a policy reload, a
+   change), but a message lost. A one-line fix for the change's case: in `start`, when
+   `after is None`, `c.execute("DELETE FROM sender_walk")` (the whole queue was just walked
+   under the newest assignments and policy; an older walk is moot).
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +458,50 @@ async def test_a_claim_during_an_import_takes_no_message_the_list_blocks(
 
     assert "blocked" not in claimed
     assert "ok" in claimed
+
+
+# -- 6. a walk left unfinished judges later claims by the policy it started under -----------------
+
+
+async def test_a_change_replaces_an_unfinished_walk_s_policy(
+    engine: EngineHandle,
+    request: pytest.FixtureRequest,
+    stores: list[Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A walk under `assigned` stops after its first chunk; the queue drains; the policy
+    becomes `open` and the senders change again (its walk fits in one chunk). A message of an
+    account without a list, from an address nobody holds, accepted under `open`, is sent."""
+    from bridge.store import sqlite_senders as walk
+
+    _sqlite_only(
+        engine,
+        request,
+        "finding 6: sqlite_senders.start leaves an unfinished walk's row (and its assigned_only) "
+        "in place when the new change's walk fits in its first chunk",
+    )
+    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    store = await _open(engine, _account("acc_shop"), _account("acc_free"))
+    stores.append(store)
+    waiting = tuple(_message(f"w{k}", "acc_shop", f"+86138{k:08d}") for k in range(5))
+    await store.accept(AcceptBatch("acc_shop", waiting, None, None), NOW)
+
+    async def stopped(*_args: Any, **_kw: Any) -> None:  # the process stops after the change
+        return None
+
+    monkeypatch.setattr(walk, "finish", stopped)
+    await store.update_account("acc_shop", {"senders": ["1069001"]}, NOW + 1, assigned_only=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(walk, "WALK_CHUNK", 3)
+    sent = await store.claim("inst", 4, NOW + 2, LEASE)  # the queue drains below a chunk
+    assert len(sent) == 4
+
+    # rules.sender_policy is `open` now (a reload): free addresses are free to lists-less accounts.
+    free = replace(_message("free", "acc_free", "+8613900000000"), sender="FREEADDR")
+    await store.accept(AcceptBatch("acc_free", (free,), None, None), NOW + 3)
+    await store.update_account(
+        "acc_shop", {"senders": ["1069001", "1069002"]}, NOW + 3, assigned_only=False
+    )
+    work = await store.claim("inst", 10, NOW + 4, LEASE)
+
+    assert sorted(w.id for w in work) == ["free", "w4"]
