@@ -1888,7 +1888,9 @@ class _Scan:
             self.budget -= len(rows)
             got += self._take(c, rows, want - got)
             if len(rows) < n:
-                return False  # no more candidates
+                # No more candidates, unless the share filled up: `_take` passed over the
+                # routable rows after it, which the fill must still see.
+                return got >= want
             after = (rows[-1][2], rows[-1][4])
             ask *= 4
         return True

@@ -100,6 +100,10 @@ def start(c: sqlite3.Connection, assigned_only: bool, now: int) -> bool:
     _settle(c, _refused(c, claimed, assigned_only), now)
     after = _walk(c, _START, assigned_only, now)
     if after is None:
+        # The whole queue was just walked under the newest assignments and policy: a walk an
+        # earlier change left unfinished is moot, and kept, the claims went on judging by its
+        # policy (a reload from `assigned` to `open` ended allowed messages SENDER_NOT_ALLOWED).
+        c.execute("DELETE FROM sender_walk")
         return False
     c.execute(
         "INSERT INTO sender_walk (id, assigned_only, after_account, after_nb, after_rowid, "

@@ -171,12 +171,6 @@ async def _queue(store: Store, account: str, numbers: list[str], at: int) -> lis
     return [m.id for m in msgs]
 
 
-FINDING_1 = (
-    "finding 1: _Scan.pick answers 'none left' after a short second round although it passed "
-    "over routable rows once its share was full, so the fill leaves that account out"
-)
-
-
 async def test_a_claim_fills_its_limit_while_routable_messages_are_due(
     engine: EngineHandle, request: pytest.FixtureRequest, stores: list[Store]
 ) -> None:
@@ -184,7 +178,6 @@ async def test_a_claim_fills_its_limit_while_routable_messages_are_due(
     (a share of 2 each) must take all five routable messages: acc_a's share needs a second
     round (its first row is parked), which reaches the end of its due rows with two routable
     ones passed over."""
-    _sqlite_only(engine, request, FINDING_1)
     store = await _open(engine, _account("acc_a"), _account("acc_b"))
     stores.append(store)
     a = await _queue(store, "acc_a", [f"{DOWN}00000", *(f"+86138000000{k}" for k in range(4))], NOW)
@@ -201,7 +194,6 @@ async def test_a_claim_fills_with_the_oldest_due_of_anyone(
     """acc_a's messages (one to a down route first) are due before acc_b's. A claim of 5 takes
     two of each account's and fills the fifth with the oldest due of anyone's: acc_a's third
     routable message, not acc_b's third (due later)."""
-    _sqlite_only(engine, request, FINDING_1)
     store = await _open(engine, _account("acc_a"), _account("acc_b"))
     stores.append(store)
     a = await _queue(store, "acc_a", [f"{DOWN}00000", *(f"+86138000000{k}" for k in range(4))], NOW)
@@ -474,12 +466,6 @@ async def test_a_change_replaces_an_unfinished_walk_s_policy(
     account without a list, from an address nobody holds, accepted under `open`, is sent."""
     from bridge.store import sqlite_senders as walk
 
-    _sqlite_only(
-        engine,
-        request,
-        "finding 6: sqlite_senders.start leaves an unfinished walk's row (and its assigned_only) "
-        "in place when the new change's walk fits in its first chunk",
-    )
     monkeypatch.setattr(walk, "WALK_CHUNK", 3)
     store = await _open(engine, _account("acc_shop"), _account("acc_free"))
     stores.append(store)
