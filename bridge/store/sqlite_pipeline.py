@@ -85,12 +85,15 @@ def walk_queue(
     return rows
 
 
-def end_unsent(c: sqlite3.Connection, ids: Sequence[str], error: str, now: int) -> None:
+def end_unsent(
+    c: sqlite3.Connection, ids: Sequence[str], error: str, now: int, *, report: bool = True
+) -> None:
     """End never-tried waiting messages unsent with `error`: their parts expired unsent, the
-    rows rolled up (refunded, places given back, status webhooks queued)."""
+    rows rolled up (refunded, places given back, status webhooks queued unless `report` is
+    False)."""
     if ids:
         move_parts(c, ids, "queued", "expired_unsent", now, "?", (error,))
-        rollup_messages(c, dict.fromkeys(ids, True), now)
+        rollup_messages(c, dict.fromkeys(ids, True), now, report=report)
 
 
 # -- roll-up -------------------------------------------------------------------------------------
@@ -102,9 +105,11 @@ def rollup_messages(
     now: int,
     *,
     intermediate: bool = False,
+    report: bool = True,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
-    send) from their parts, and queue a status webhook for each that just became final; returns
+    send) from their parts, and queue a status webhook for each that just became final (unless
+    `report` is False); returns
     how many were queued (the owner wakes its webhook sender for them). Those that ended unsent
     and never reached anyone give back their place in the daily count (give_back_places)."""
     if not touched:
@@ -187,7 +192,7 @@ def rollup_messages(
         sqlite_rules.refund_finals(c, billed, now)
     if unsent:
         give_back_places(c, unsent)
-    queued = enqueue_status_webhooks(c, finals, now) if finals else 0
+    queued = enqueue_status_webhooks(c, finals, now) if finals and report else 0
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
     return queued

@@ -220,12 +220,6 @@ async def test_a_close_posts_no_report_of_the_messages_it_ends(
     the closing account's may be among them, as none is after the close."""
     from bridge.store import sqlite_ends as ends  # (here: the code before session 39 had none)
 
-    _sqlite_only(
-        engine,
-        request,
-        "finding 2: each chunk of a close's stop_sending commits status reports of the messages "
-        "it ends, and the webhook sender claims them before the close drops them",
-    )
     monkeypatch.setattr(ends, "END_CHUNK", 40)
     monkeypatch.setattr(ends, "ERASE_CHUNK", 40)
     closing = _account("acc_big", status_callback_url="https://receiver.example/status")
