@@ -38,9 +38,11 @@ CHUNK = 5_000
 _START = (-(2**63), -(2**63))  # below every (q_not_before, rowid)
 
 # The row is re-checked: claimed since the page was read, or a scheduled one, it stays.
+# `+q_state`: without statistics SQLite took the queue index for `q_state='queued'` over the
+# rowids and read every waiting row at each chunk.
 _SHIFT = (
     "UPDATE messages SET q_not_before = q_not_before - ? WHERE rowid IN ({marks}) "
-    "AND q_state='queued' AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)"
+    "AND +q_state='queued' AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)"
 )
 # Leased rows (a POST in flight: next_attempt_at is the lease) keep it, or the sender's result
 # would no longer match its lease and the report went out twice.

@@ -168,6 +168,9 @@ async def test_a_clock_shift_chunk_from_the_middle_of_a_scheduled_campaign_reads
             assert got == [(0, (at_time, rowids[at + PAGE]))]  # nothing moved: all scheduled
         _no_reread(pages[0], pages[1])
         _no_reread(pages[0], pages[2])
+        # Nor does its update read the queue beyond the page: it took the queue index over the
+        # page's rowids, 9 steps per waiting row at each chunk.
+        assert max(pages) < GROUP, pages
     finally:
         await store.close()
 
