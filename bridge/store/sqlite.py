@@ -109,6 +109,9 @@ def _message(row: tuple[Any, ...], segs: tuple[SegmentRecord, ...] = ()) -> Mess
 
 # The /v1/stats buckets (lifecycle.stat_of), in STAT_BUCKETS order.
 _STAT_SUMS = ", ".join(f"SUM({lc.STAT_SQL[k]})" for k in lc.STAT_BUCKETS)
+# Before every (account, due time, rowid) of the queue index: an account "" too (its due times
+# are above it).
+_QUEUE_START: tuple[Any, ...] = ("", -(1 << 62), 0)
 
 
 class SqliteStore(RulesStoreMixin, RetentionMixin):
@@ -913,15 +916,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # In the queue index's order (account, due time, rowid): no sort, and a cursor that
             # misses no row while claims run beside the pass: a claim that parks a row moves it
             # later in that order (read again, harmless), and the held routes' un-park waits
-            # for the pass (pipeline/dispatcher.py).
-            since = "AND (account_id, q_not_before, rowid) > (?,?,?) " if after else ""
-            rows = c.execute(
-                "SELECT account_id, q_not_before, rowid, id, recipient, text, data_coding, wire "
-                f"FROM messages INDEXED BY messages_queue WHERE q_state='queued' {since}"
-                f"AND {NEVER_TRIED} AND text IS NOT NULL "
-                "ORDER BY account_id, q_not_before, rowid LIMIT ?",
-                (*(after or ()), limit),
-            ).fetchall()
+            # for the pass (pipeline/dispatcher.py). walk_queue seeks the whole cursor: a
+            # million waiting in one account were read again up to the cursor at each page.
+            rows = pipe.walk_queue(
+                c,
+                "id, recipient, text, data_coding, wire",
+                after or _QUEUE_START,
+                limit,
+                f"{NEVER_TRIED} AND text IS NOT NULL",
+            )
             if not rows:
                 return [], None
             parts: dict[str, list[NewSegment]] = {}
@@ -1858,6 +1861,9 @@ def _status(c: sqlite3.Connection, account_id: str) -> str | None:
     return row[0] if row else None
 
 
+_DUE_COLS = "id, recipient, q_not_before, q_park, rowid, account_id"
+
+
 class _Scan:
     """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
     has a `park`), at most `budget` rows in all (of the due ones: see `parked`)."""
@@ -1933,12 +1939,14 @@ class _Scan:
         rowid after the due time, not id, so SQLite stops at the limit instead of sorting every
         row of a due time (a campaign scheduled for one moment, a batch of one request: 27 ms a
         claim with 100,000 due at one time, measured)."""
-        keyset = "" if after is None else " AND (q_not_before, rowid) > (?, ?)"
+        if after is not None:  # a later round (rows were parked): seek the whole cursor
+            return pipe.walk_account(
+                c, _DUE_COLS, account, after, n, "q_not_before<=?", (self.now,)
+            )
         return c.execute(
-            "SELECT id, recipient, q_not_before, q_park, rowid, account_id FROM messages "
-            f"WHERE q_state='queued' AND account_id=? AND q_not_before<=?{keyset} "
-            "ORDER BY q_not_before, rowid LIMIT ?",
-            (account, self.now, *(after or ()), n),
+            f"SELECT {_DUE_COLS} FROM messages WHERE q_state='queued' AND account_id=? "
+            "AND q_not_before<=? ORDER BY q_not_before, rowid LIMIT ?",
+            (account, self.now, n),
         ).fetchall()
 
     def parked(self, c: sqlite3.Connection, keys: Sequence[str], want: int) -> None:

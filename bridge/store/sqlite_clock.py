@@ -8,8 +8,9 @@ backlog overtake older ones); scheduled messages waiting for their time keep it 
 asked for that wall time), and so do messages accepted while the shift runs (rowid above the
 highest at its start). Chunked, each chunk a write of its own, so the API writes in between; a
 keyset on the queue index (account, next try, rowid) visits each row once, since a shifted row
-moves below the cursor; the position is kept in the ClockShift, so a shift tried again after a
-failure goes on from there.
+moves below the cursor, and each page seeks the whole cursor (sqlite_pipeline.walk_account);
+the position is kept in the ClockShift, so a shift tried again after a failure goes on from
+there.
 
 The chunked ends' marks (`pending_ends.worked_at`, sqlite_ends.py, and a senders change's walk,
 `sender_walk.worked_at`, sqlite_senders.py) move too, in the shift's first
@@ -28,6 +29,7 @@ from collections.abc import Collection
 from functools import partial
 from typing import Any
 
+from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_senders
 from bridge.store.models import ClockShift
 from bridge.store.sqlite_runner import SqliteRunner
@@ -35,15 +37,12 @@ from bridge.store.sqlite_runner import SqliteRunner
 CHUNK = 5_000
 _START = (-(2**63), -(2**63))  # below every (q_not_before, rowid)
 
-_PAGE = (
-    "SELECT rowid, q_not_before FROM messages INDEXED BY messages_queue "
-    "WHERE q_state='queued' AND account_id=? AND (q_not_before, rowid) > (?, ?) "
-    "ORDER BY q_not_before, rowid LIMIT ?"
-)
 # The row is re-checked: claimed since the page was read, or a scheduled one, it stays.
+# `+q_state`: without statistics SQLite took the queue index for `q_state='queued'` over the
+# rowids and read every waiting row at each chunk.
 _SHIFT = (
     "UPDATE messages SET q_not_before = q_not_before - ? WHERE rowid IN ({marks}) "
-    "AND q_state='queued' AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)"
+    "AND +q_state='queued' AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)"
 )
 # Leased rows (a POST in flight: next_attempt_at is the lease) keep it, or the sender's result
 # would no longer match its lease and the report went out twice.
@@ -71,7 +70,9 @@ def _page(
     c: sqlite3.Connection, account: str, after: tuple[int, int], by_ms: int, bound: int
 ) -> tuple[int, tuple[int, int] | None]:
     """One chunk of `account`'s queue: (rows moved, the cursor after it or None at the end)."""
-    rows = c.execute(_PAGE, (account, *after, CHUNK)).fetchall()
+    # The whole cursor sought (walk_account): scheduled rows keep their time, and a campaign
+    # of them due at one moment was read again up to the cursor at each chunk.
+    rows = pipe.walk_account(c, "rowid, q_not_before", account, after, CHUNK)
     ids = [r[0] for r in rows if r[0] <= bound]
     n = 0
     if ids:

@@ -125,12 +125,17 @@ def _erase_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int]
     index, which no message moves in; none is ended (0)."""
     from bridge.store.sqlite_rules import mask_messages
 
-    rows = c.execute(
-        "SELECT accepted_at, rowid, id FROM messages INDEXED BY messages_account_time "
-        "WHERE account_id=? AND (accepted_at, rowid) > (?, ?) AND rowid <= ? "
-        "ORDER BY accepted_at, rowid LIMIT ?",
-        (end.account_id, *end.after, end.max_rowid, ERASE_CHUNK),
-    ).fetchall()
+    head = "SELECT accepted_at, rowid, id FROM messages INDEXED BY messages_account_time "
+    rows = pipe.seek_after(
+        c,
+        head + "WHERE account_id=?",
+        (end.account_id,),
+        "accepted_at",
+        end.after,
+        ERASE_CHUNK,
+        "rowid <= ?",
+        (end.max_rowid,),
+    )
     mask_messages(c, [r[2] for r in rows], end.value or "")
     return 0, ((rows[-1][0], rows[-1][1]) if len(rows) == ERASE_CHUNK else None)
 
@@ -185,12 +190,17 @@ def _chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | Non
     if end.scope == "erase":
         return _erase_chunk(c, end)
     cond, args = _filter(end.scope, end.value)
-    rows = c.execute(
-        "SELECT q_not_before, rowid, id FROM messages INDEXED BY messages_queue "
-        "WHERE q_state='queued' AND account_id=? AND (q_not_before, rowid) > (?, ?) "
-        f"AND rowid <= ? AND {cond} AND {NEVER_TRIED} ORDER BY q_not_before, rowid LIMIT ?",
-        (end.account_id, *end.after, end.max_rowid, *args, END_CHUNK),
-    ).fetchall()
+    # The whole cursor sought (walk_account): the rows it passed over stay in the index (tried,
+    # of another scope, accepted since), and were read again at each chunk.
+    rows = pipe.walk_account(
+        c,
+        "q_not_before, rowid, id",
+        end.account_id,
+        end.after,
+        END_CHUNK,
+        f"rowid <= ? AND {cond} AND {NEVER_TRIED}",
+        (end.max_rowid, *args),
+    )
     if rows:
         pipe.end_unsent(c, [r[2] for r in rows], end.error, end.ended_at, report=_reported(end))
     if len(rows) == END_CHUNK:

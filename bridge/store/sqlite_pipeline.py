@@ -59,28 +59,77 @@ def move_parts(
         )
 
 
-def walk_queue(
-    c: sqlite3.Connection, extra: str, after: tuple[Any, ...], limit: int
+def seek_after(
+    c: sqlite3.Connection,
+    head: str,
+    head_args: Sequence[Any],
+    col: str,
+    after: Sequence[Any],
+    limit: int,
+    where: str = "",
+    args: Sequence[Any] = (),
 ) -> list[tuple[Any, ...]]:
-    """(account_id, q_not_before, rowid, *`extra` columns) of the next `limit` queued messages
-    after the cursor `after` (account, due time, rowid) in the queue index's order, in two
-    seeks. SQLite seeks a row value `(account_id, q_not_before, rowid) > (...)` on its first
-    two columns only and read again every row of the cursor's (account, due time) behind it at
-    each chunk: a campaign scheduled for one time shares it, and a million of them took 9 s of
-    a walk's 20 for those reads alone (sqlite_senders, sqlite_dnc)."""
-    cols = (
-        f"SELECT account_id, q_not_before, rowid, {extra} FROM messages INDEXED BY messages_queue"
-    )
+    """The next `limit` rows of `head` (a SELECT ... FROM an index ... WHERE its leading
+    equalities, `head_args`) after the cursor `after` (`col`, rowid), in the index's order,
+    those matching `where` (`args`), in two seeks: the rest of the cursor's `col` value by
+    rowid, then what follows it. SQLite seeks a row value `(col, rowid) > (?, ?)` on `col`
+    alone and reads again every row of that value behind the cursor at each page: a campaign
+    due at one time, a million long, made a walk over it quadratic."""
+    cond = f" AND ({where})" if where else ""
     rows = c.execute(
-        f"{cols} WHERE q_state='queued' AND account_id=? AND q_not_before=? AND rowid>? "
-        "ORDER BY rowid LIMIT ?",
-        (*after, limit),
+        f"{head} AND {col}=? AND rowid>?{cond} ORDER BY rowid LIMIT ?",
+        (*head_args, after[0], after[1], *args, limit),
     ).fetchall()
     if len(rows) < limit:
         rows += c.execute(
-            f"{cols} WHERE q_state='queued' AND (account_id, q_not_before) > (?, ?) "
+            f"{head} AND {col}>?{cond} ORDER BY {col}, rowid LIMIT ?",
+            (*head_args, after[0], *args, limit - len(rows)),
+        ).fetchall()
+    return rows
+
+
+def walk_account(
+    c: sqlite3.Connection,
+    cols: str,
+    account: str,
+    after: Sequence[Any],
+    limit: int,
+    where: str = "",
+    args: Sequence[Any] = (),
+) -> list[tuple[Any, ...]]:
+    """`cols` of the next `limit` queued messages of `account` matching `where` (`args`) after
+    the cursor `after` (due time, rowid) in the queue index's order (seek_after)."""
+    head = (
+        f"SELECT {cols} FROM messages INDEXED BY messages_queue "
+        "WHERE q_state='queued' AND account_id=?"
+    )
+    return seek_after(c, head, (account,), "q_not_before", after, limit, where, args)
+
+
+def walk_queue(
+    c: sqlite3.Connection,
+    extra: str,
+    after: tuple[Any, ...],
+    limit: int,
+    where: str = "",
+    args: Sequence[Any] = (),
+) -> list[tuple[Any, ...]]:
+    """(account_id, q_not_before, rowid, *`extra` columns) of the next `limit` queued messages
+    matching `where` (`args`) after the cursor `after` (account, due time, rowid) in the queue
+    index's order: the rest of the cursor's account (walk_account), then the accounts after
+    it. Each seek names its whole cursor: SQLite seeks a row value on its first column or two
+    and read again every row of the cursor's (account, due time) behind it at each chunk, a
+    campaign scheduled for one time (a million of them took 9 s of a walk's 20 for those reads
+    alone); `(account_id, q_not_before) > (?, ?)` still read that group once more at its end."""
+    cols = f"account_id, q_not_before, rowid, {extra}"
+    rows = walk_account(c, cols, after[0], after[1:], limit, where, args)
+    if len(rows) < limit:
+        cond = f" AND ({where})" if where else ""
+        rows += c.execute(
+            f"SELECT {cols} FROM messages INDEXED BY messages_queue "
+            f"WHERE q_state='queued' AND account_id>?{cond} "
             "ORDER BY account_id, q_not_before, rowid LIMIT ?",
-            (*after[:2], limit - len(rows)),
+            (after[0], *args, limit - len(rows)),
         ).fetchall()
     return rows
 
