@@ -28,8 +28,10 @@ runs) interleaved their chunks and left the list blocking what both wrote. Now a
 its generation as the list's latest (`dnc_imports`) in its first transaction, and each later
 step goes on only while it is still the latest: the later import wins, the earlier one stops at
 its next step (DNC_IMPORT_SUPERSEDED) and its entries, of an older generation, go with the later
-one's step 4. A delete supersedes an import under way the same way. What the earlier import's
-walk ended before the later one started stays ended: the list blocked it then.
+one's step 4. A delete supersedes an import under way the same way; it removes the entries
+first and the list's row with the last chunk, so one stopped part-way leaves the list listed.
+What the earlier import's walk ended before the later one started stays ended: the list
+blocked it then.
 """
 
 from __future__ import annotations
@@ -166,19 +168,34 @@ async def import_list(write: Runner, info: DncInfo, entries: DncEntries) -> int:
 
 
 def _delete(c: sqlite3.Connection, list_id: str) -> tuple[bool, int]:
-    """The list's row, gone from listings at once; the delete's generation, recorded as the
-    list's latest (an import under way stops), and every entry below it goes."""
+    """Whether the list is listed, and the delete's generation, recorded as the list's latest
+    (an import under way stops): every entry below it goes."""
     gen = _latest(c, list_id, 0)
-    return c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,)).rowcount == 1, gen
+    listed = c.execute("SELECT 1 FROM dnc_lists WHERE id=?", (list_id,)).fetchone()
+    return listed is not None, gen
+
+
+def _delete_chunk(c: sqlite3.Connection, list_id: str, gen: int) -> bool:
+    """ENTRY_CHUNK of the list's entries; with the last, the list's row, unless a later import
+    took the list over (it records the list itself). Whether more are left."""
+    if _drop_older(c, list_id, gen) == ENTRY_CHUNK:
+        return True
+    row = c.execute("SELECT gen FROM dnc_imports WHERE list_id=?", (list_id,)).fetchone()
+    if row is not None and row[0] == gen:
+        c.execute("DELETE FROM dnc_lists WHERE id=?", (list_id,))
+    return False
 
 
 async def delete_list(write: Runner, list_id: str) -> bool:
-    """The list's row first (it is gone from listings at once), then its entries in chunks (an
-    import started after the delete keeps the entries it writes: of a later generation)."""
-    gone, gen = await write(lambda c: _delete(c, list_id))
-    while await write(lambda c: _drop_older(c, list_id, gen)) == ENTRY_CHUNK:
+    """The list's entries in chunks, then its row: a delete stopped part-way (a process killed)
+    leaves the list listed, blocking what is left of it, to be deleted again. Its row first,
+    the entries left after a stop blocked sends and ended messages at every claim under a
+    list nobody could see (a second delete answered 404). An import started after the delete
+    keeps the entries it writes (of a later generation). Whether the list was listed."""
+    listed, gen = await write(lambda c: _delete(c, list_id))
+    while await write(lambda c: _delete_chunk(c, list_id, gen)):
         pass
-    return bool(gone)
+    return listed
 
 
 def guard(c: sqlite3.Connection, ids: list[str], now: int) -> list[str]:
