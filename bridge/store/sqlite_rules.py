@@ -18,7 +18,7 @@ from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
-from bridge.store import sqlite_dnc
+from bridge.store import sqlite_dnc, sqlite_erase
 from bridge.store import sqlite_ends as ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
@@ -844,35 +844,26 @@ class RulesStoreMixin:
             # First, while the messages still name the number: whose replies the parts may be.
             _drop_waiting_mo(c, account_id, number, sources)
             _drop_held_waiting_mo(c, account_id, sources, defaults)
-            # The stored answers of idempotent sends name the number too (kept for the key's
-            # hours, for replays): masked there as well, the replay still answered.
-            # client_ref first, while "to" still names the number (it links the message to the
-            # person as the message row's, which erasure clears); then the number, as a whole
-            # JSON string only (a bare replace also rewrote longer numbers starting with it).
-            c.execute(
-                "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), "
-                "'$.messages', (SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=?1 "
-                "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
-                "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
-                "WHERE account_id=?2 AND instr(CAST(response AS TEXT), ?3)>0 "
-                "AND json_valid(CAST(response AS TEXT)) "
-                "AND json_type(CAST(response AS TEXT), '$.messages')='array'",
-                (number, account_id, f'"{number}"'),
-            )
-            c.execute(
-                "UPDATE idempotency SET response=CAST(replace(CAST(response AS TEXT), ?1, ?2) "
-                "AS BLOB) WHERE account_id=?3 AND instr(CAST(response AS TEXT), ?1)>0",
-                (f'"{number}"', f'"{masked}"', account_id),
-            )
-            return _erase(
+            erased = _erase(
                 c,
                 "account_id=? AND recipient=?",
                 (account_id, number),
                 masked,
                 now,
             )
+            # The stored answers of idempotent sends name the number too (kept for the key's
+            # hours, for replays): masked as well, the replay still answered, in chunks of
+            # their own (sqlite_erase: an account may keep millions).
+            pending[:] = []
+            masking = sqlite_erase.start(c, account_id, number, masked, now)
+            if masking is not None:
+                pending.append(masking)
+            return erased
 
-        return await self._runner.write(job)
+        pending: list[int] = []
+        erased = await self._runner.write(job)
+        await sqlite_erase.finish(self._runner.write, pending, now, now)
+        return erased
 
     async def cancel_queued(
         self,
