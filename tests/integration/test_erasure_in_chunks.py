@@ -282,4 +282,3 @@ async def test_no_transaction_of_an_erasure_grows_with_the_account_s_records(
     small = await _longest_transaction(tmp_path / "small", 10 * CHUNK)
     large = await _longest_transaction(tmp_path / "large", 100 * CHUNK)
     assert large < 1.5 * small, (small, large)
-    print("VMSTEPS", small, large)
