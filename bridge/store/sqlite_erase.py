@@ -16,6 +16,9 @@ bridge.domain.erasure). A record taken over in place before its chunk (an expire
 is masked by the chunk too: more privacy, not less. A process that stops part-way leaves the
 row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 
+An account's close deletes its stored answers the same way (`start_drop`, a row without a
+number): in the close's one transaction, 1,000,000 of them held every writer 2.8-4.0 s.
+
 PostgreSQL keeps the one transaction: there it holds the rows it writes, not every writer.
 """
 
@@ -31,6 +34,9 @@ from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS, Runner
 # Record ids per transaction: ~1 µs each when all are the account's and name the number, so
 # ~5 ms of the write lock (measured on 2 shared cores: 5-10 ms, against 20-35 ms for 10,000).
 CHUNK = 5_000
+# A closed account's records deleted per transaction: ~3 µs each (the row and two indexes), so
+# ~6 ms; in the close's one transaction 1,000,000 held every writer 2.8-4.0 s.
+DROP_CHUNK = 2_000
 
 # client_ref first, while "to" still names the number (it links the message to the person, as
 # the message row's does, which the erasure clears); then the number, as a whole JSON string
@@ -77,12 +83,26 @@ def start(c: sqlite3.Connection, account_id: str, number: str, masked: str, now:
     return None
 
 
+def start_drop(c: sqlite3.Connection, account_id: str, now: int) -> int | None:
+    """In a close's transaction: record the deletion of the account's stored answers (when it
+    has any), done DROP_CHUNK per transaction after it; its id, for `finish`. Nothing reads
+    them meanwhile: the close revoked the account's keys."""
+    if c.execute("SELECT 1 FROM idempotency WHERE account_id=? LIMIT 1", (account_id,)).fetchone():
+        cur = c.execute(
+            "INSERT INTO pending_erasures (account_id, number, masked, hi, cursor, worked_at) "
+            "VALUES (?, NULL, NULL, 0, 0, ?)",
+            (account_id, now),
+        )
+        return int(cur.lastrowid or 0)
+    return None
+
+
 def answer(c: sqlite3.Connection, account_id: str, record_id: int, response: bytes) -> bytes:
     """A stored answer read while maskings of the account may be under way, as they will leave
     it. One probe of `pending_erasures` (empty but for maskings under way)."""
     for number, masked in c.execute(
         "SELECT number, masked FROM pending_erasures "
-        "WHERE account_id=? AND cursor<?2 AND hi>=?2 ORDER BY id",
+        "WHERE account_id=? AND cursor<?2 AND hi>=?2 AND number IS NOT NULL ORDER BY id",
         (account_id, record_id),
     ).fetchall():
         response = masked_answer(response, number, masked)
@@ -99,6 +119,20 @@ def _step(c: sqlite3.Connection, erasure_id: int, now: int, last: int | None) ->
     if row is None:
         return False
     account_id, number, masked, hi, cursor = row
+    if number is None:  # a close's: by the account's index, whose first rows are the next
+        gone = c.execute(
+            "DELETE FROM idempotency WHERE id IN "
+            "(SELECT id FROM idempotency WHERE account_id=? LIMIT ?)",
+            (account_id, DROP_CHUNK),
+        ).rowcount
+        if gone < DROP_CHUNK:
+            c.execute("DELETE FROM pending_erasures WHERE id=?", (erasure_id,))
+            return False
+        c.execute(
+            f"UPDATE pending_erasures SET worked_at={MARK} WHERE id=:id",
+            {"at": now, "last": last, "id": erasure_id},
+        )
+        return True
     # From the next record on: ids purged or never used are not walked chunk by chunk.
     (first,) = c.execute("SELECT MIN(id) FROM idempotency WHERE id>?", (cursor,)).fetchone()
     top = cursor if first is None else min(hi, first - 1 + CHUNK)
