@@ -17,6 +17,7 @@ from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
 from bridge.store import sqlite_ends as ends
+from bridge.store import sqlite_erase as erasures
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
@@ -556,10 +557,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 else:
                     old = c.execute(_IDEM_GET, key).fetchone()
                     if old[3] > now:  # a live record for this key: the first request won
-                        existing = IdempotencyRecord(old[0], old[1], bytes(old[2]))
+                        existing = _idem_record(c, batch.account_id, old)
                         return AcceptOutcome(accepted=False, existing=existing)
                     c.execute(_IDEM_SET, (*record, *key))  # it had expired: replaced
-                    wrote["idempotency"] = tuple(old)
+                    wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
                 recipients = tuple(m.recipient for m in batch.messages)
@@ -1166,6 +1167,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         stale = await self._runner.read(lambda c: ends.stale(c, now))
         out["expired"] += await ends.finish(self._runner.write, stale, now)
         await sqlite_senders.resume(self._runner.read, self._runner.write, now)
+        await erasures.resume(self._runner.read, self._runner.write, now)
         # Expired nonces and idempotency records; receipts that never matched, kept for
         # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
         # for ever); delivered webhook reports past their retention.
@@ -1746,7 +1748,7 @@ _IDEM_NEW = (
     "VALUES (?,?,?,?,?,?) ON CONFLICT (account_id, key) DO NOTHING"
 )
 _IDEM_GET = (
-    "SELECT request_hash, status_code, response, expires_at FROM idempotency "
+    "SELECT request_hash, status_code, response, expires_at, id FROM idempotency "
     "WHERE account_id=? AND key=?"
 )
 _IDEM_SET = (
@@ -1821,14 +1823,16 @@ class _RateLimited(Exception):
 
 
 def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> IdempotencyRecord | None:
-    row = c.execute(
-        "SELECT request_hash, status_code, response, expires_at FROM idempotency "
-        "WHERE account_id=? AND key=?",
-        (account_id, key),
-    ).fetchone()
+    row = c.execute(_IDEM_GET, (account_id, key)).fetchone()
     if row is None or row[3] <= now:
         return None
-    return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=bytes(row[2]))
+    return _idem_record(c, account_id, row)
+
+
+def _idem_record(c: sqlite3.Connection, account_id: str, row: Sequence[Any]) -> IdempotencyRecord:
+    """A row of _IDEM_GET, its answer as an erasure under way will leave it (sqlite_erase)."""
+    response = erasures.answer(c, account_id, row[4], bytes(row[2]))
+    return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=response)
 
 
 _PURGE_NONCES = (

@@ -55,7 +55,8 @@ _WEBHOOKS = (
 
 _MARKS = tuple(
     f"UPDATE {table} SET worked_at = worked_at - ? WHERE worked_at > ?"
-    for table in ("pending_ends", "sender_walk")  # sqlite_ends, sqlite_senders
+    # sqlite_ends, sqlite_senders, sqlite_erase
+    for table in ("pending_ends", "sender_walk", "pending_erasures")
 )
 
 

@@ -18,7 +18,7 @@ from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
-from bridge.store import sqlite_dnc
+from bridge.store import sqlite_dnc, sqlite_erase
 from bridge.store import sqlite_ends as ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
@@ -843,35 +843,26 @@ class RulesStoreMixin:
             # First, while the messages still name the number: whose replies the parts may be.
             _drop_waiting_mo(c, account_id, number, sources)
             _drop_held_waiting_mo(c, account_id, sources, defaults)
-            # The stored answers of idempotent sends name the number too (kept for the key's
-            # hours, for replays): masked there as well, the replay still answered.
-            # client_ref first, while "to" still names the number (it links the message to the
-            # person as the message row's, which erasure clears); then the number, as a whole
-            # JSON string only (a bare replace also rewrote longer numbers starting with it).
-            c.execute(
-                "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), "
-                "'$.messages', (SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=?1 "
-                "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
-                "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
-                "WHERE account_id=?2 AND instr(CAST(response AS TEXT), ?3)>0 "
-                "AND json_valid(CAST(response AS TEXT)) "
-                "AND json_type(CAST(response AS TEXT), '$.messages')='array'",
-                (number, account_id, f'"{number}"'),
-            )
-            c.execute(
-                "UPDATE idempotency SET response=CAST(replace(CAST(response AS TEXT), ?1, ?2) "
-                "AS BLOB) WHERE account_id=?3 AND instr(CAST(response AS TEXT), ?1)>0",
-                (f'"{number}"', f'"{masked}"', account_id),
-            )
-            return _erase(
+            erased = _erase(
                 c,
                 "account_id=? AND recipient=?",
                 (account_id, number),
                 masked,
                 now,
             )
+            # The stored answers of idempotent sends name the number too (kept for the key's
+            # hours, for replays): masked as well, the replay still answered, in chunks of
+            # their own (sqlite_erase: an account may keep millions).
+            pending[:] = []
+            masking = sqlite_erase.start(c, account_id, number, masked, now)
+            if masking is not None:
+                pending.append(masking)
+            return erased
 
-        return await self._runner.write(job)
+        pending: list[int] = []
+        erased = await self._runner.write(job)
+        await sqlite_erase.finish(self._runner.write, pending, now, now)
+        return erased
 
     async def cancel_queued(
         self,
@@ -937,9 +928,9 @@ class RulesStoreMixin:
             return None
         pending.clear()
 
-        def job(c: sqlite3.Connection) -> AccountClosed | None:
+        def job(c: sqlite3.Connection) -> tuple[AccountClosed | None, int | None]:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
-                return None
+                return None, None
             # First, while the messages still name the numbers (as an erasure does), and while
             # the account still holds its addresses (a closed one holds none).
             _drop_account_waiting_mo(c, account_id, mo_prefixes)
@@ -965,14 +956,19 @@ class RulesStoreMixin:
                 "AND status='active'",
                 (now, account_id),
             )
-            for table in ("optouts", "daily_counts", "rate_buckets", "idempotency"):
+            for table in ("optouts", "daily_counts", "rate_buckets"):
                 c.execute(f"DELETE FROM {table} WHERE account_id=?", (account_id,))
+            # Its stored idempotent answers: in chunks after this (sqlite_erase), millions for
+            # an account sending with keys (~3 µs each to delete in the write lock).
+            dropping = sqlite_erase.start_drop(c, account_id, now)
             c.execute(
                 "DELETE FROM webhook_outbox WHERE account_id=? AND state='pending'", (account_id,)
             )
-            return AccountClosed(tuple(entries))
+            return AccountClosed(tuple(entries)), dropping
 
-        closed, _ = await ends.run(self._runner.write, job, pending, now)
+        (closed, dropping), _ = await ends.run(self._runner.write, job, pending, now)
+        if dropping is not None:
+            await sqlite_erase.finish(self._runner.write, [dropping], now, now)
         return closed
 
 

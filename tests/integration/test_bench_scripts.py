@@ -167,3 +167,9 @@ def test_bench_times_only_the_rounds_not_the_signing_between_them() -> None:
     # machine (0.856 s against 0.866, the rounds' rates rounded).
     assert by_round == pytest.approx(result["seconds"], rel=0.03), result
     assert result["end_to_end_per_s"] == pytest.approx(1200 / by_round, rel=0.03), result
+
+
+def test_bench_erase_prints_each_erasure_s_longest_transaction() -> None:
+    out = _run("scripts/bench_erase.py", "--records", "3000", "--erasures", "2")
+    found = re.findall(r"erasure \d: .* longest transaction [0-9.]+ ms \((\d+) transactions", out)
+    assert len(found) == 2, out
