@@ -182,6 +182,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     27: ("DROP TABLE sender_walk",),
     28: ("DROP TABLE dnc_imports",),
     29: ("DROP TABLE pending_erasures",),
+    30: ("ALTER TABLE pending_ends DROP COLUMN guarded",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

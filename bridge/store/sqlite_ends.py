@@ -227,7 +227,10 @@ def _step(c: sqlite3.Connection, end_id: int, now: int, last: int | None = None)
         return None
     ended, after = _chunk(c, _end(row))
     if after is None:
+        # Done: what the claims' guard ended meanwhile counts as this end's too.
+        (guarded,) = c.execute("SELECT guarded FROM pending_ends WHERE id=?", (end_id,)).fetchone()
         c.execute("DELETE FROM pending_ends WHERE id=?", (end_id,))
+        ended += guarded
         return ended if ended else None
     c.execute(
         f"UPDATE pending_ends SET after_nb=:nb, after_rowid=:rowid, worked_at={MARK} WHERE id=:id",
@@ -301,6 +304,9 @@ def guard(c: sqlite3.Connection, ids: list[str]) -> list[str]:
         ]
         if covered:
             pipe.end_unsent(c, covered, end.error, end.ended_at, report=_reported(end))
+            c.execute(  # counted in the end's answer (_step)
+                "UPDATE pending_ends SET guarded=guarded+? WHERE id=?", (len(covered), end.id)
+            )
             gone = set(covered)
             ids = [i for i in ids if i not in gone]
     return ids

@@ -2,8 +2,12 @@
 write lock split into chunks, and the claim that merges the accounts' queue heads), on real
 SQLite files and, where the engine matters, real PostgreSQL (SMPP_BRIDGE_CI=1).
 
-Each test asserts the behaviour the README promises; those that fail on the code under review
-are marked xfail(strict=True) with the finding, so a fix turns them into failures to unmark.
+Each test asserts the behaviour the README promises; those that failed on the code under review
+were marked xfail(strict=True) with the finding until the lead's fixes the same session (all six
+fixed: 1 and 6 in sqlite.py `_Scan.pick` and sqlite_senders.start, 2 by a close's ends queueing
+no reports, 3 by a delete removing the list's row with its last chunk, 4 by the claims' guard
+counting into its end (pending_ends.guarded, migration 30), 5 by PostgreSQL's claim checking the
+lists as SQLite's does, postgres_pipeline.dnc_guard).
 
 Findings:
 
@@ -148,11 +152,6 @@ def _account(aid: str, **kw: Any) -> Account:
     return Account(
         id=aid, name=aid, webhook_secret_enc=b"sealed", created_at=NOW, updated_at=NOW, **kw
     )
-
-
-def _sqlite_only(engine: EngineHandle, request: pytest.FixtureRequest, reason: str) -> None:
-    if engine.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 # -- 1. the claim's fill leaves out an account whose share took a second round ------------------
@@ -331,12 +330,6 @@ async def test_a_sign_delete_answers_every_message_it_ended(
     `messages_ended` is every message it ended unsent."""
     from bridge.store import sqlite_ends as ends
 
-    _sqlite_only(
-        engine,
-        request,
-        "finding 4: the messages the claims' guard ends between a chunked end's chunks are not "
-        "in the end's count",
-    )
     monkeypatch.setattr(ends, "END_CHUNK", 40)
     store = await _open(engine, _account("acc_big"))
     stores.append(store)
@@ -388,14 +381,6 @@ async def test_a_claim_during_an_import_takes_no_message_the_list_blocks(
     """Another instance claims right after the list's entries commit (PostgreSQL: between the
     import's two transactions; SQLite: after its entries and its list's row, before its walk
     of the waiting messages): the message to a listed number is not among what it takes."""
-    if engine.name == "postgres":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="finding 5: PostgreSQL's claim checks no list, and its import ends what "
-                "the list blocks only in its second transaction",
-            )
-        )
     store = await _open(engine, _account("acc"))
     stores.append(store)
     other = await _open(engine)  # another instance (PostgreSQL) or process (SQLite)
