@@ -1748,7 +1748,7 @@ _IDEM_NEW = (
     "VALUES (?,?,?,?,?,?) ON CONFLICT (account_id, key) DO NOTHING"
 )
 _IDEM_GET = (
-    "SELECT request_hash, status_code, response, expires_at, id FROM idempotency "
+    "SELECT request_hash, status_code, response, expires_at, id, key FROM idempotency "
     "WHERE account_id=? AND key=?"
 )
 _IDEM_SET = (
@@ -1831,7 +1831,7 @@ def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> Idempot
 
 def _idem_record(c: sqlite3.Connection, account_id: str, row: Sequence[Any]) -> IdempotencyRecord:
     """A row of _IDEM_GET, its answer as an erasure under way will leave it (sqlite_erase)."""
-    response = erasures.answer(c, account_id, row[4], bytes(row[2]))
+    response = erasures.answer(c, account_id, row[4], row[5], bytes(row[2]))
     return IdempotencyRecord(request_hash=row[0], status_code=row[1], response=response)
 
 
