@@ -194,6 +194,54 @@ async def test_an_answer_stored_after_the_erasure_began_is_left_alone(
         await store.close()
 
 
+# -- 4. every record of the account masked, whatever its key ------------------------------------
+
+# Visible ASCII keys (check_key: ! to ~) that sort before the text "-1".
+EARLY_KEYS = ("!early", "#1", "(x)", "+8613800138000", "-", "-0")
+
+
+async def test_an_erasure_masks_every_record_of_the_account_whatever_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are 1-255 visible ASCII characters: a masking that walks the account's keys from
+    the integer -1 (the key-walk under way in /work/main, `_BEFORE_KEYS`) compares the TEXT
+    column with it as the text '-1' and skips every key sorting before it; those records were
+    left naming the number, and once the cursor passed them, read unmasked. Here the process
+    stops after the masking's first chunk (reads answer masked meanwhile), then the sweep
+    finishes it: every record naming the number, whatever its key, is masked in the table."""
+    monkeypatch.setattr(sqlite_erase, "CHUNK", 40)
+    db = tmp_path / "bridge.db"
+    store = await _store(db, _account("acc_a"))
+    try:
+        keys = [f"k{k:03d}" for k in range(RECORDS)] + list(EARLY_KEYS)
+        for k, key in enumerate(keys):
+            await store.accept(_send("acc_a", f"m{k:03d}", CN, key, NOW), NOW)
+        step = sqlite_erase._step
+
+        async def one_chunk(write: Any, ids: Sequence[int], now: int, *_a: object) -> None:
+            for i in ids:
+                await write(lambda c, i=i: step(c, i, now, now))
+
+        monkeypatch.setattr(sqlite_erase, "finish", one_chunk)
+        await store.erase_recipient("acc_a", CN, MASK, NOW + 1)
+        monkeypatch.undo()
+        monkeypatch.setattr(sqlite_erase, "CHUNK", 40)
+
+        leaked = [
+            key
+            for key in keys
+            if (got := await store.get_idempotency("acc_a", key, NOW + 2)) is not None
+            and CN.encode() in got.response
+        ]
+        assert leaked == []  # read masked meanwhile
+        await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
+        assert _rows(db, "SELECT COUNT(*) FROM pending_erasures") == [(0,)]
+        named = "SELECT key FROM idempotency WHERE instr(CAST(response AS TEXT), ?)>0 ORDER BY key"
+        assert _rows(db, named, (f'"{CN}"',)) == []
+    finally:
+        await store.close()
+
+
 # -- 2. a close reports a tried message it holds, while its chunks run --------------------------
 
 WAITING = 130  # never-tried waiting messages: the close ends them in chunks of 40
