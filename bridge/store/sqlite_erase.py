@@ -44,22 +44,29 @@ DROP_CHUNK = 2_000
 # the message row's does, which the erasure clears); then the number, as a whole JSON string
 # only (a bare replace also rewrote longer numbers starting with it). Over a range of the
 # account's keys (its index), the records up to the erasure's highest id.
-_RANGE = "account_id=:account AND key>:lo AND key<=:top AND id<=:hi"
-_REFS = (
+# The first chunk has no lower bound: no value sorts before every TEXT key (-1 compared as the
+# text '-1', and a key such as '#42' sorts before it: never masked, and read unmasked after the
+# first chunk). Two statements, not `(:lo IS NULL OR key>:lo)`: SQLite then seeks only the
+# upper bound and reads the account's keys from its first at every chunk.
+_RANGES = (
+    "account_id=:account AND key<=:top AND id<=:hi",
+    "account_id=:account AND key>:lo AND key<=:top AND id<=:hi",
+)
+_REFS = tuple(
     "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), '$.messages', "
     "(SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=:number "
     "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
     "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
-    f"WHERE {_RANGE} AND instr(CAST(response AS TEXT), :q)>0 "
+    f"WHERE {where} AND instr(CAST(response AS TEXT), :q)>0 "
     "AND json_valid(CAST(response AS TEXT)) "
     "AND json_type(CAST(response AS TEXT), '$.messages')='array'"
+    for where in _RANGES
 )
-_NUMBER = (
+_NUMBER = tuple(
     "UPDATE idempotency SET response=CAST(replace(CAST(response AS TEXT), :q, :mq) AS BLOB) "
-    f"WHERE {_RANGE} AND instr(CAST(response AS TEXT), :q)>0"
+    f"WHERE {where} AND instr(CAST(response AS TEXT), :q)>0"
+    for where in _RANGES
 )
-# Below every key ('' too): BLOBs sort after text, NULL would compare to nothing.
-_BEFORE_KEYS = -1
 
 
 def mask_range(
@@ -67,14 +74,17 @@ def mask_range(
     account_id: str,
     number: str,
     masked: str,
-    lo: str | int,
+    lo: str | None,
     top: str,
     hi: int,
 ) -> None:
-    """Mask `number` in the account's stored answers with lo < key <= top and id <= hi."""
-    args = {"lo": lo, "top": top, "hi": hi, "account": account_id, "number": number}
-    c.execute(_REFS, {**args, "q": f'"{number}"'})
-    c.execute(_NUMBER, {**args, "q": f'"{number}"', "mq": f'"{masked}"'})
+    """Mask `number` in the account's stored answers with lo < key <= top (lo None: from the
+    first) and id <= hi."""
+    args = {"top": top, "hi": hi, "account": account_id, "number": number}
+    if lo is not None:
+        args["lo"] = lo
+    c.execute(_REFS[lo is not None], {**args, "q": f'"{number}"'})
+    c.execute(_NUMBER[lo is not None], {**args, "q": f'"{number}"', "mq": f'"{masked}"'})
 
 
 def start(c: sqlite3.Connection, account_id: str, number: str, masked: str, now: int) -> int | None:
@@ -143,13 +153,13 @@ def _step(c: sqlite3.Connection, erasure_id: int, now: int, last: int | None) ->
             {"at": now, "last": last, "id": erasure_id},
         )
         return True
-    lo = _BEFORE_KEYS if after is None else after
+    since = "" if after is None else " AND key>?"
     keys = c.execute(
-        "SELECT key FROM idempotency WHERE account_id=? AND key>? ORDER BY key LIMIT ?",
-        (account_id, lo, CHUNK),
+        f"SELECT key FROM idempotency WHERE account_id=?{since} ORDER BY key LIMIT ?",
+        (account_id, *(() if after is None else (after,)), CHUNK),
     ).fetchall()
     if keys:
-        mask_range(c, account_id, number, masked, lo, keys[-1][0], hi)
+        mask_range(c, account_id, number, masked, after, keys[-1][0], hi)
     if len(keys) < CHUNK:
         c.execute("DELETE FROM pending_erasures WHERE id=?", (erasure_id,))
         return False

@@ -38,7 +38,7 @@ def conn() -> Iterator[sqlite3.Connection]:
 def by_sql(c: sqlite3.Connection, response: bytes, number: str = NUMBER) -> bytes:
     c.execute("DELETE FROM idempotency")
     c.execute("INSERT INTO idempotency VALUES (7, 'acc_a', 'k', 'h', 202, ?, 1)", (response,))
-    mask_range(c, "acc_a", number, MASK, -1, "k", 7)
+    mask_range(c, "acc_a", number, MASK, None, "k", 7)
     return bytes(c.execute("SELECT response FROM idempotency").fetchone()[0])
 
 
