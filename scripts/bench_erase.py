@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time a number's erasure with N stored idempotent answers of the account (SQLite).
 
-Usage: python scripts/bench_erase.py [--records 200000] [--erasures 3] [--tree PATH]
+Usage: python scripts/bench_erase.py [--records 200000] [--others 0] [--erasures 3] [--tree PATH]
 
 Why: an erasure masks the number in the account's stored answers of idempotent requests (kept
 `server.idempotency_hours` for replays). In one transaction that read every record of the
@@ -41,17 +41,25 @@ def _answer(k: int) -> bytes:
     return json.dumps({"batch_id": f"bat_{k:026d}", "count": 1, "messages": [entry]}).encode()
 
 
-def _seed(path: Path, n: int) -> None:
+def _seed(path: Path, n: int, others: int = 0) -> None:
+    """`n` answers of acc_a (key-k, to +86138 k) and `others` of acc_b, spread among them in id
+    order (a store of many accounts: a walk by id would read theirs too)."""
+    total = n + others
     c = sqlite3.connect(path)
     with c:
-        for base in range(0, n, 100_000):
+        k = 0
+        for base in range(0, total, 100_000):
+            rows = []
+            for i in range(base, min(total, base + 100_000)):
+                if (i * n) // total != ((i + 1) * n) // total:  # n of the total, evenly
+                    rows.append(("acc_a", f"key-{k}", "h" * 64, 202, _answer(k), NOW + 86_400_000))
+                    k += 1
+                else:
+                    rows.append(("acc_b", f"key-{i}", "h" * 64, 202, _answer(i), NOW + 86_400_000))
             c.executemany(
                 "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, "
                 "expires_at) VALUES (?,?,?,?,?,?)",
-                [
-                    ("acc_a", f"key-{k}", "h" * 64, 202, _answer(k), NOW + 86_400_000)
-                    for k in range(base, min(n, base + 100_000))
-                ],
+                rows,
             )
     c.close()
 
@@ -66,7 +74,7 @@ async def run(args: argparse.Namespace, path: Path) -> list[dict[str, float]]:
     store = SqliteStore(path)
     await store.open()
     await store.close()
-    _seed(path, args.records)
+    _seed(path, args.records, args.others)
     store = SqliteStore(path)
     await store.open()
     out: list[dict[str, float]] = []
@@ -125,12 +133,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=200_000)
     p.add_argument("--erasures", type=int, default=3)
+    p.add_argument("--others", type=int, default=0, help="answers of another account, spread in")
     p.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     args = p.parse_args()
     sys.path.insert(0, str(args.tree))
     with tempfile.TemporaryDirectory(prefix="bridge-bench-erase-") as tmp:
         out = asyncio.run(run(args, Path(tmp) / "bench.db"))
-    print(f"options: records {args.records}, tree {args.tree}")
+    print(f"options: records {args.records}, others {args.others}, tree {args.tree}")
     for i, o in enumerate(out):
         print(
             f"erasure {i}: wall / write lock held (ms) {o['wall_s'] * 1e3:.0f} / "

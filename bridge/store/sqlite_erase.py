@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from bridge.domain.erasure import masked_answer
 from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS, Runner
 
-# Records per transaction: ~1 µs each when all name the number, so ~5 ms of the write lock
-# (measured on 2 shared cores: 5-10 ms, against 20-35 ms for 10,000).
-CHUNK = 5_000
+# The account's records per transaction: ~4-5 µs each in its key order (the row read by id
+# from the index, at random), so ~10 ms of the write lock (5,000: 21-25 ms, measured).
+CHUNK = 2_000
 # A closed account's records deleted per transaction: ~3 µs each (the row and two indexes), so
 # ~6 ms; in the close's one transaction 1,000,000 held every writer 2.8-4.0 s.
 DROP_CHUNK = 2_000
