@@ -350,6 +350,24 @@ class Metrics:
             registry=r,
             **live,
         )
+        self.chunked_operations = Gauge(
+            "smpp_bridge_store_chunked_operations",
+            "Store operations under way in chunks of their own transactions (SQLite: ends of "
+            "many waiting messages and a close's masking, a senders change's walk, an "
+            "erasure's masking of stored answers), by kind, counted at each scrape",
+            ["kind"],
+            registry=r,
+            **live,
+        )
+        self.chunked_stalled = Gauge(
+            "smpp_bridge_store_chunked_stalled_seconds",
+            "Seconds since the least recently worked chunked operation of a kind was last "
+            "worked (0 with none): its process works it every few ms, the sweep takes over "
+            "one left 30 s; minutes mean its chunk fails at every try",
+            ["kind"],
+            registry=r,
+            **live,
+        )
         # livemin: with acceptor processes, any one whose last reload was refused shows (an
         # acceptor restarted meanwhile starts at 1 and must not hide the owner's 0).
         self.config_reload_ok = Gauge(

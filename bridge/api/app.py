@@ -446,7 +446,22 @@ async def metrics(request: web.Request) -> web.Response:
         m.webhook_reports.labels("dead").set(dead)
         age_ms = 0 if oldest is None else max(0, ctx.now_ms() - oldest)
         m.webhook_oldest_pending.set(age_ms / 1000)
+    try:
+        work = await ctx.store.chunked_work()
+    except Exception as exc:
+        _scrape_failures.failed("metrics: counting chunked operations", exc)
+    else:
+        _scrape_failures.ok("metrics: counting chunked operations")
+        for kind in CHUNKED_KINDS:
+            count, worked = work.get(kind, (0, None))
+            m.chunked_operations.labels(kind).set(count)
+            stalled = 0 if worked is None else max(0, ctx.now_ms() - worked)
+            m.chunked_stalled.labels(kind).set(stalled / 1000)
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# smpp_bridge_store_chunked_*'s kinds, all shown (0 on PostgreSQL, which has none).
+CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
 
 
 def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:

@@ -572,6 +572,15 @@ class Store(Protocol):
         None): what `/metrics` shows, so a customer's endpoint down for an hour is seen."""
         ...
 
+    async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
+        """Operations under way in chunks of their own transactions (SQLite: an end of many
+        waiting messages or a close's masking `ends`, a senders change's walk `senders_walk`,
+        an erasure's masking of stored answers `erasures`), by kind: (how many, when the
+        least recently worked one was last worked, or None). What `/metrics` shows, so one
+        stuck (its chunk failing at every try of the sweep) is seen. PostgreSQL runs these in
+        one transaction: none."""
+        ...
+
     async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
         """Reports leased by a sender that died mid-POST: due at once (sent again, same
         webhook_id: at-least-once) rather than after their lease, 40 s by default. Returns

@@ -1944,6 +1944,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         pending, dead, oldest = await self.pool.fetchrow(WEBHOOK_BACKLOG)
         return int(pending), int(dead), oldest
 
+    async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
+        return {}  # each runs in one transaction here
+
     async def webhook_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")
         return {r[0]: int(r[1]) for r in rows}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ from bridge.domain import mo_sets
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
+from bridge.logs import Failures
 from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
@@ -48,9 +50,11 @@ from bridge.store.base import (
     WEBHOOK_BACKLOG,
     WEBHOOK_RETENTION_MS,
     LowBalance,
+    StoreClosedError,
     StoreError,
     Swept,
     WriteLockStats,
+    is_unavailable,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -1163,11 +1167,34 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             }
 
         out = await self._runner.write(job, durable=False)
-        # Ends of waiting messages whose process stopped part-way (sqlite_ends).
-        stale = await self._runner.read(lambda c: ends.stale(c, now))
-        out["expired"] += await ends.finish(self._runner.write, stale, now)
-        await sqlite_senders.resume(self._runner.read, self._runner.write, now)
-        await erasures.resume(self._runner.read, self._runner.write, now)
+
+        async def resume_ends() -> None:  # waiting messages' ends stopped part-way (sqlite_ends)
+            stale = await self._runner.read(lambda c: ends.stale(c, now))
+            out["expired"] += await ends.finish(self._runner.write, stale, now)
+
+        # Each on its own: one whose chunk fails at every try (smpp_bridge_store_chunked_*)
+        # skipped the purges below while it did, and the nonces and idempotency records grew
+        # for as long.
+        steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("sweep: resuming chunked ends", resume_ends),
+            (
+                "sweep: resuming a senders walk",
+                partial(sqlite_senders.resume, self._runner.read, self._runner.write, now),
+            ),
+            (
+                "sweep: resuming an erasure's masking",
+                partial(erasures.resume, self._runner.read, self._runner.write, now),
+            ),
+        )
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                if isinstance(exc, StoreClosedError):
+                    raise
+                _resume_failures.failed(what, exc)
+            else:
+                _resume_failures.ok(what)
         # Expired nonces and idempotency records; receipts that never matched, kept for
         # inspection as long as a receipt may still be awaited (else ids from elsewhere pile up
         # for ever); delivered webhook reports past their retention.
@@ -1545,6 +1572,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         return await self._runner.read(job)
 
+    async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
+        def job(c: sqlite3.Connection) -> dict[str, tuple[int, int | None]]:
+            return {
+                kind: tuple(c.execute(f"SELECT COUNT(*), MIN(worked_at) FROM {table}").fetchone())
+                for kind, table in _CHUNKED.items()
+            }
+
+        return await self._runner.read(job)
+
     async def webhook_counts(self) -> dict[str, int]:
         def job(c: sqlite3.Connection) -> dict[str, int]:
             return dict(c.execute("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state"))
@@ -1866,6 +1902,10 @@ def _status(c: sqlite3.Connection, account_id: str) -> str | None:
 
 
 _DUE_COLS = "id, recipient, q_not_before, q_park, rowid, account_id"
+_resume_failures = Failures(logging.getLogger(__name__), is_unavailable)
+# chunked_work's kinds: the tables of the operations under way in chunks (sqlite_ends,
+# sqlite_senders, sqlite_erase).
+_CHUNKED = {"ends": "pending_ends", "senders_walk": "sender_walk", "erasures": "pending_erasures"}
 
 
 class _Scan:

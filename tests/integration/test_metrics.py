@@ -493,3 +493,52 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
     finally:
         rc = proc.terminate(30)
     assert rc == 0, proc.log.read_text()[-3000:]
+
+
+async def test_a_chunked_operation_failing_at_every_try_shows_stalled_and_keeps_no_purge_back(
+    daemon,
+):
+    """An erasure's masking whose chunk fails at every try (a stored answer its SQL cannot
+    read) shows in smpp_bridge_store_chunked_* with the time since it was last worked, and the
+    sweep's purges still run beside it (they were skipped while it failed: the nonces and
+    idempotency records grew); once the record is gone the sweep finishes it and both read 0."""
+    d = daemon
+    acc = (await create_account(d, "stuck"))["account"]
+    number = "+8613800138000"
+    now = int(time.time() * 1000)
+
+    def plant(c: Any) -> None:
+        # `messages` holding a string: json_extract(e.value, '$.to') fails on it.
+        c.execute(
+            "INSERT INTO idempotency (id, account_id, key, request_hash, status_code, response, "
+            "expires_at) VALUES (9001, ?, 'k1', 'h', 200, ?, ?)",
+            (acc, f'{{"messages": ["{number}"]}}'.encode(), now + 3_600_000),
+        )
+        c.execute(
+            "INSERT INTO pending_erasures (account_id, number, masked, hi, after_key, worked_at) "
+            "VALUES (?, ?, '+86138****000', 9001, NULL, ?)",
+            (acc, number, now - 600_000),
+        )
+        c.execute("INSERT INTO nonces (key_id, nonce, expires_at) VALUES ('ak_x', 'n1', ?)", (now,))
+
+    await d.store._runner.write(plant)
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 1
+    assert 600 <= val(m, "smpp_bridge_store_chunked_stalled_seconds", kind="erasures") < 700
+    for kind in ("ends", "senders_walk"):
+        assert ("smpp_bridge_store_chunked_operations", frozenset({("kind", kind)})) in m
+        assert val(m, "smpp_bridge_store_chunked_stalled_seconds", kind=kind) == 0
+
+    await d.store.sweep(now + 1, 3_600_000)  # the masking's chunk fails again; no exception
+    left = await d.store._runner.read(
+        lambda c: c.execute("SELECT COUNT(*) FROM nonces WHERE key_id='ak_x'").fetchone()[0]
+    )
+    assert left == 0  # purged all the same
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 1
+
+    await d.store._runner.write(lambda c: c.execute("DELETE FROM idempotency WHERE id=9001"))
+    await d.store.sweep(now + 2, 3_600_000)
+    m = await metrics_of(d.http_port)
+    assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 0
+    assert val(m, "smpp_bridge_store_chunked_stalled_seconds", kind="erasures") == 0
