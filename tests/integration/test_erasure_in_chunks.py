@@ -20,9 +20,10 @@ import pytest
 
 from bridge.domain.erasure import masked_answer
 from bridge.store import sqlite_erase
-from bridge.store.models import AcceptBatch, Account, IdempotencyRecord, NewMessage, NewSegment
+from bridge.store.models import AcceptBatch, Account, IdempotencyRecord, NewMessage
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_ends import RESUME_AFTER_MS
+from tests.messages import one_part
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -88,18 +89,7 @@ async def _store(tmp_path: Path, n: int = BIG) -> SqliteStore:
 
 
 def _message(mid: str, number: str) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id="acc_a",
-        batch_id="b_" + mid,
-        recipient=number,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=NOW,
-        text=f"text of {mid}",
-    )
+    return one_part(mid, "acc_a", number, NOW)
 
 
 def _accept(mid: str, number: str, key: str, response: bytes) -> AcceptBatch:

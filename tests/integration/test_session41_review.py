@@ -96,8 +96,9 @@ from typing import Any
 import pytest
 
 from bridge.store.base import Store
-from bridge.store.models import AcceptBatch, Account, DncInfo, NewMessage, NewSegment, Sign
+from bridge.store.models import AcceptBatch, Account, DncInfo, NewMessage, Sign
 from tests import store_engines
+from tests.messages import one_part
 from tests.store_engines import EngineHandle
 
 engine = store_engines.engine
@@ -115,20 +116,7 @@ def _message(
     client_ref: str | None = None,
     sign: str | None = None,
 ) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id=account,
-        batch_id="b_" + mid,
-        recipient=number,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=at,
-        text=f"text of {mid}",
-        client_ref=client_ref,
-        sign_name=sign,
-    )
+    return one_part(mid, account, number, at, client_ref=client_ref, sign_name=sign)
 
 
 async def _open(engine: EngineHandle, *accounts: Account) -> Store:

@@ -88,9 +88,10 @@ import pytest
 
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase
-from bridge.store.models import AcceptBatch, Account, IdempotencyRecord, NewMessage, NewSegment
+from bridge.store.models import AcceptBatch, Account, IdempotencyRecord, NewMessage
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_ends import RESUME_AFTER_MS
+from tests.messages import one_part
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -108,19 +109,7 @@ def _account(aid: str, **kw: Any) -> Account:
 
 
 def _message(mid: str, account: str, number: str, client_ref: str | None = None) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id=account,
-        batch_id="b_" + mid,
-        recipient=number,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=NOW,
-        text=f"text of {mid}",
-        client_ref=client_ref,
-    )
+    return one_part(mid, account, number, NOW, client_ref=client_ref)
 
 
 def _answer(mid: str, number: str) -> bytes:
