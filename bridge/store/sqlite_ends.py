@@ -76,14 +76,6 @@ def _end(r: Sequence[Any]) -> _End:
     return _End(r[0], r[1], r[2], r[3], r[4], r[5], r[6], (r[7], r[8]))
 
 
-def _reported(end: _End) -> bool:
-    """Whether the messages `end` ends get status reports: not a close's (its `account` end,
-    `ERASED`). Its one transaction used to drop the reports it queued, unseen; in chunks, each
-    chunk's reports were committed while the account still had its callback URL, and the
-    webhook sender posted numbers and client references of an account being erased."""
-    return not (end.scope == "account" and end.error == "ERASED")
-
-
 def _filter(scope: str, value: str | None) -> tuple[str, tuple[Any, ...]]:
     sql = SCOPES[scope]
     return sql, ((value,) if "?" in sql else ())
@@ -202,7 +194,7 @@ def _chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | Non
         (end.max_rowid, *args),
     )
     if rows:
-        pipe.end_unsent(c, [r[2] for r in rows], end.error, end.ended_at, report=_reported(end))
+        pipe.end_unsent(c, [r[2] for r in rows], end.error, end.ended_at)
     if len(rows) == END_CHUNK:
         return len(rows), (rows[-1][0], rows[-1][1])
     if end.after == _START:
@@ -303,7 +295,7 @@ def guard(c: sqlite3.Connection, ids: list[str]) -> list[str]:
             )
         ]
         if covered:
-            pipe.end_unsent(c, covered, end.error, end.ended_at, report=_reported(end))
+            pipe.end_unsent(c, covered, end.error, end.ended_at)
             c.execute(  # counted in the end's answer (_step)
                 "UPDATE pending_ends SET guarded=guarded+? WHERE id=?", (len(covered), end.id)
             )

@@ -134,15 +134,12 @@ def walk_queue(
     return rows
 
 
-def end_unsent(
-    c: sqlite3.Connection, ids: Sequence[str], error: str, now: int, *, report: bool = True
-) -> None:
+def end_unsent(c: sqlite3.Connection, ids: Sequence[str], error: str, now: int) -> None:
     """End never-tried waiting messages unsent with `error`: their parts expired unsent, the
-    rows rolled up (refunded, places given back, status webhooks queued unless `report` is
-    False)."""
+    rows rolled up (refunded, places given back, status webhooks queued)."""
     if ids:
         move_parts(c, ids, "queued", "expired_unsent", now, "?", (error,))
-        rollup_messages(c, dict.fromkeys(ids, True), now, report=report)
+        rollup_messages(c, dict.fromkeys(ids, True), now)
 
 
 # -- roll-up -------------------------------------------------------------------------------------
@@ -154,11 +151,9 @@ def rollup_messages(
     now: int,
     *,
     intermediate: bool = False,
-    report: bool = True,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
-    send) from their parts, and queue a status webhook for each that just became final (unless
-    `report` is False); returns
+    send) from their parts, and queue a status webhook for each that just became final; returns
     how many were queued (the owner wakes its webhook sender for them). Those that ended unsent
     and never reached anyone give back their place in the daily count (give_back_places)."""
     if not touched:
@@ -241,7 +236,7 @@ def rollup_messages(
         sqlite_rules.refund_finals(c, billed, now)
     if unsent:
         give_back_places(c, unsent)
-    queued = enqueue_status_webhooks(c, finals, now) if finals and report else 0
+    queued = enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
     return queued

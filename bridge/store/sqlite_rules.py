@@ -922,9 +922,10 @@ class RulesStoreMixin:
                 )
             if status != "closed":
                 # Nothing more is posted from here on, as in the close's one transaction: the
-                # messages held below end (a claim, the sweep) while the chunks run, and their
-                # reports, posted, named the numbers of an account being erased. A close that
-                # stops part-way leaves the account disabled without its URLs: close it again.
+                # messages its chunks end, and those held below ended later (a claim, the
+                # sweep), queue no report without a URL; committed per chunk and posted, they
+                # named the numbers of an account being erased. A close that stops part-way
+                # leaves the account disabled without its URLs: close it again.
                 c.execute(
                     "UPDATE accounts SET status_callback_url=NULL, mo_callback_url=NULL WHERE id=?",
                     (account_id,),

@@ -4,10 +4,11 @@ SQLite files and, where the engine matters, real PostgreSQL (SMPP_BRIDGE_CI=1).
 
 Each test asserts the behaviour the README promises; those that failed on the code under review
 were marked xfail(strict=True) with the finding until the lead's fixes the same session (all six
-fixed: 1 and 6 in sqlite.py `_Scan.pick` and sqlite_senders.start, 2 by a close's ends queueing
-no reports, 3 by a delete removing the list's row with its last chunk, 4 by the claims' guard
-counting into its end (pending_ends.guarded, migration 30), 5 by PostgreSQL's claim checking the
-lists as SQLite's does, postgres_pipeline.dnc_guard).
+fixed: 1 and 6 in sqlite.py `_Scan.pick` and sqlite_senders.start, 2 by a close clearing the
+account's callback URLs as it starts (first a flag on its ends, dropped as redundant), 3 by a
+delete removing the list's row with its last chunk, 4 by the claims' guard counting into its
+end (pending_ends.guarded, migration 30), 5 by PostgreSQL's claim checking the lists as
+SQLite's does, postgres_pipeline.dnc_guard).
 
 Findings:
 

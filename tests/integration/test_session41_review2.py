@@ -63,7 +63,8 @@ Suspicions checked and disproved (a test that passes, kept as a guard of unteste
    disable's chunked end, scope `account` too, still reports every message it ends, those the
    claims' guard ends between its chunks included, and the guard's count is added once when
    the sweep (not the request) finishes the end (`pending_ends.guarded`). Checked to fail
-   with `_reported` returning False.
+   with `_reported` returning False. (`_reported` is gone since: the close clears the
+   account's callback URLs as it starts, which keeps back the reports of its ends too.)
 
 Also checked, no defect found (no test): the walks' two seeks (`seek_after`: the rest of the
 cursor's group by rowid, then the groups after it, the `where` filter in both, parameter
