@@ -42,7 +42,7 @@ from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
 from bridge.ids import random_bytes
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from bridge.store.base import is_unavailable
+from bridge.store.base import CHUNKED_KINDS, is_unavailable
 from bridge.store.models import AuditEntry
 
 log = logging.getLogger("bridge.api")
@@ -452,16 +452,12 @@ async def metrics(request: web.Request) -> web.Response:
         _scrape_failures.failed("metrics: counting chunked operations", exc)
     else:
         _scrape_failures.ok("metrics: counting chunked operations")
-        for kind in CHUNKED_KINDS:
+        for kind in CHUNKED_KINDS:  # all shown: 0 on PostgreSQL, which has none
             count, worked = work.get(kind, (0, None))
             m.chunked_operations.labels(kind).set(count)
             stalled = 0 if worked is None else max(0, ctx.now_ms() - worked)
             m.chunked_stalled.labels(kind).set(stalled / 1000)
     return web.Response(body=m.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-
-# smpp_bridge_store_chunked_*'s kinds, all shown (0 on PostgreSQL, which has none).
-CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
 
 
 def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:

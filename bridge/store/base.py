@@ -109,6 +109,9 @@ class StoreError(Exception):
 # look at recent deliveries), then purged by the sweep. Without it the outbox grew for ever
 # (~12% of the store).
 WEBHOOK_RETENTION_MS = 7 * 86_400_000
+# The kinds of store operations under way in chunks of their own transactions (chunked_work,
+# smpp_bridge_store_chunked_*).
+CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
 # The outbox's backlog for /metrics, through each engine's indexes on state (SQLite's
 # webhook_due; PostgreSQL's partial webhook_due and webhook_dead).
 WEBHOOK_BACKLOG = (

@@ -1576,7 +1576,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> dict[str, tuple[int, int | None]]:
             return {
                 kind: tuple(c.execute(f"SELECT COUNT(*), MIN(worked_at) FROM {table}").fetchone())
-                for kind, table in _CHUNKED.items()
+                for kind, table in ends.CHUNKED.items()
             }
 
         return await self._runner.read(job)
@@ -1903,9 +1903,6 @@ def _status(c: sqlite3.Connection, account_id: str) -> str | None:
 
 _DUE_COLS = "id, recipient, q_not_before, q_park, rowid, account_id"
 _resume_failures = Failures(logging.getLogger(__name__), is_unavailable)
-# chunked_work's kinds: the tables of the operations under way in chunks (sqlite_ends,
-# sqlite_senders, sqlite_erase).
-_CHUNKED = {"ends": "pending_ends", "senders_walk": "sender_walk", "erasures": "pending_erasures"}
 
 
 class _Scan:

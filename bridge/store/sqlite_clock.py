@@ -32,6 +32,7 @@ from typing import Any
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_senders
 from bridge.store.models import ClockShift
+from bridge.store.sqlite_ends import CHUNKED
 from bridge.store.sqlite_runner import SqliteRunner
 
 CHUNK = 5_000
@@ -55,8 +56,7 @@ _WEBHOOKS = (
 
 _MARKS = tuple(
     f"UPDATE {table} SET worked_at = worked_at - ? WHERE worked_at > ?"
-    # sqlite_ends, sqlite_senders, sqlite_erase
-    for table in ("pending_ends", "sender_walk", "pending_erasures")
+    for table in CHUNKED.values()  # sqlite_ends, sqlite_senders, sqlite_erase
 )
 
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
+from bridge.store.base import CHUNKED_KINDS
 from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
 
@@ -239,22 +240,49 @@ MARK = (
 )
 
 
+# The tables of the operations under way in chunks, by kind: each row has a `worked_at` mark
+# (MARK), moved by a step back of the clock (sqlite_clock) and counted on /metrics.
+CHUNKED = dict(zip(CHUNKED_KINDS, ("pending_ends", "sender_walk", "pending_erasures"), strict=True))
+
+
+def clock_from(now: int) -> Callable[[], int]:
+    """`now`, the caller's time at the start, plus the time gone since, in ms: what each chunk
+    marks its operation worked at (the sweep resumes one left unmarked for RESUME_AFTER_MS)."""
+    began = time.monotonic()
+    return lambda: now + int((time.monotonic() - began) * 1000)
+
+
+async def work_out(
+    write: Runner,
+    step: Callable[[sqlite3.Connection, int, int | None], int | None],
+    clock: Callable[[], int],
+    marked_at: int | None = None,
+) -> int:
+    """Run `step(c, at, last)`, a write transaction each, until it returns None; the sum of
+    what it returned before. `at` is the clock's time; `last`, the mark of the step before
+    (`marked_at` at first: the mark the caller's own transaction gave; None for one others
+    marked), which a step back of the clock may have moved (MARK)."""
+    total = 0
+    last = marked_at
+    while True:
+        at = clock()
+        n = await write(lambda c, at=at, last=last: step(c, at, last))
+        if n is None:
+            return total
+        total += n
+        last = at
+
+
 async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | None = None) -> int:
     """Run the ends `ids` to their end, a chunk per write transaction; how many they ended.
-    `now` is the caller's time at the start: each chunk marks the end worked at it plus the time
-    gone since (the sweep resumes an end left unmarked for RESUME_AFTER_MS). `marked_at`: the
-    mark the caller's own transaction gave them (`run`; the sweep resumes ends others marked)."""
-    began = time.monotonic()
+    `now` is the caller's time at the start (clock_from). `marked_at`: the mark the caller's own
+    transaction gave them (`run`; the sweep resumes ends others marked)."""
+    clock = clock_from(now)
     total = 0
     for end_id in ids:
-        last = marked_at
-        while True:
-            at = now + int((time.monotonic() - began) * 1000)
-            n = await write(lambda c, i=end_id, at=at, last=last: _step(c, i, at, last))
-            if n is None:
-                break
-            total += n
-            last = at
+        total += await work_out(
+            write, lambda c, at, last, i=end_id: _step(c, i, at, last), clock, marked_at
+        )
     return total
 
 
@@ -267,12 +295,13 @@ async def run(
     return out, await finish(write, pending, now, now)
 
 
-def stale(c: sqlite3.Connection, now: int) -> list[int]:
-    """The ends nobody has advanced for RESUME_AFTER_MS: their process stopped."""
+def stale(c: sqlite3.Connection, now: int, kind: str = "ends") -> list[int]:
+    """The operations of `kind` (CHUNKED) nobody has advanced for RESUME_AFTER_MS: their
+    process stopped."""
     return [
         r[0]
         for r in c.execute(
-            "SELECT id FROM pending_ends WHERE worked_at <= ? ORDER BY id",
+            f"SELECT id FROM {CHUNKED[kind]} WHERE worked_at <= ? ORDER BY id",
             (now - RESUME_AFTER_MS,),
         )
     ]

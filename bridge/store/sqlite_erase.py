@@ -27,11 +27,10 @@ PostgreSQL keeps the one transaction: there it holds the rows it writes, not eve
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 
 from bridge.domain.erasure import masked_answer
-from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS, Runner
+from bridge.store.sqlite_ends import MARK, Runner, clock_from, stale, work_out
 
 # The account's records per transaction: ~4-5 µs each in its key order (the row read by id
 # from the index, at random), so ~10 ms of the write lock (5,000: 21-25 ms, measured).
@@ -173,27 +172,17 @@ def _step(c: sqlite3.Connection, erasure_id: int, now: int, last: int | None) ->
 async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | None = None) -> None:
     """Run the maskings `ids` to their end, a chunk per write transaction; `now` and
     `marked_at` as sqlite_ends.finish's."""
-    began = time.monotonic()
+    clock = clock_from(now)
     for erasure_id in ids:
-        last = marked_at
-        while True:
-            at = now + int((time.monotonic() - began) * 1000)
-            more = await write(lambda c, i=erasure_id, at=at, last=last: _step(c, i, at, last))
-            if not more:
-                break
-            last = at
+        await work_out(
+            write,
+            lambda c, at, last, i=erasure_id: 0 if _step(c, i, at, last) else None,
+            clock,
+            marked_at,
+        )
 
 
 async def resume(read: Runner, write: Runner, now: int) -> None:
     """The sweep's part: finish the maskings nobody has worked for RESUME_AFTER_MS (their
     process stopped)."""
-    stale = await read(
-        lambda c: [
-            r[0]
-            for r in c.execute(
-                "SELECT id FROM pending_erasures WHERE worked_at<=? ORDER BY id",
-                (now - RESUME_AFTER_MS,),
-            )
-        ]
-    )
-    await finish(write, stale, now)
+    await finish(write, await read(lambda c: stale(c, now, "erasures")), now)

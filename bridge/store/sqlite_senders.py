@@ -28,7 +28,6 @@ PostgreSQL keeps the one transaction: it holds the rows it ends, not every write
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ from bridge.domain.senders import refused_waiting
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.rules_rows import NEVER_TRIED
-from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS
+from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS, clock_from, work_out
 
 WALK_CHUNK = 5_000  # waiting messages looked at per transaction (~2 µs each) ...
 END_CHUNK = 2_000  # ... of which ended at most (~20-40 µs each, the refunds and reports)
@@ -143,13 +142,10 @@ async def finish(write: Runner, now: int, marked_at: int | None = None) -> None:
     """Run the walk to its end, a chunk per write transaction. `now` is the caller's time at
     the start: each chunk ends messages (and marks the walk worked) at it plus the time gone
     since."""
-    began = time.monotonic()
-    last = marked_at  # the change's own transaction's mark (the sweep's walk: others' marks)
-    while True:
-        at = now + int((time.monotonic() - began) * 1000)
-        if not await write(lambda c, at=at, last=last: _step(c, at, last)):
-            break
-        last = at
+    # marked_at: the change's own transaction's mark (the sweep's walk: others' marks).
+    await work_out(
+        write, lambda c, at, last: 0 if _step(c, at, last) else None, clock_from(now), marked_at
+    )
 
 
 async def resume(read: Runner, write: Runner, now: int) -> None:
