@@ -49,7 +49,6 @@ from bridge.store.models import (
 from bridge.store.rules_rows import (
     AIR_SENT_PG,
     END_ERROR,
-    NEVER_TRIED,
     blocked_ids,
     number_prefixes,
 )
@@ -398,16 +397,12 @@ async def dnc_guard(
     blocked = blocked_ids([(i, recipients[i]) for i in ids], matched) if matched else []
     if not blocked:
         return ids
-    fresh = {
-        r[0]
-        for r in await c.fetch(
-            f"SELECT id FROM messages WHERE id = ANY($1::text[]) AND {NEVER_TRIED}", blocked
+    ended = set(
+        await postgres_rules.end_queued_ids(
+            c, "id = ANY($1::text[])", (blocked,), "RECIPIENT_BLOCKED", now
         )
-    }
-    await postgres_rules.end_queued_where(
-        c, "id = ANY($1::text[])", (blocked,), "RECIPIENT_BLOCKED", now
     )
-    return [i for i in ids if i not in fresh]
+    return [i for i in ids if i not in ended]
 
 
 # -- roll-up ---------------------------------------------------------------------------------------

@@ -1156,7 +1156,21 @@ async def end_queued_where(
 ) -> int:
     """The messages `where` finds that still wait in the queue, ended as
     sqlite_rules.end_queued says (their places given back in the store's quota days), those on a
-    bind included with `in_flight`. The rows are locked in id order (the pipeline's order).
+    bind included with `in_flight`; how many ended (end_queued_ids)."""
+    return len(await end_queued_ids(c, where, args, error, now, in_flight=in_flight))
+
+
+async def end_queued_ids(
+    c: asyncpg.Connection,
+    where: str,
+    args: Sequence[Any],
+    error: str,
+    now: int,
+    *,
+    in_flight: bool = True,
+) -> list[str]:
+    """end_queued_where, answering the ids it ended (never tried; the others found are held).
+    The rows are locked in id order (the pipeline's order).
 
     Rows a claim scan holds a moment are waited for, not skipped: PostgreSQL then reads them
     again, so one the claim passed over or parked is still ended. Skipped, an opted-out number's
@@ -1184,7 +1198,7 @@ async def end_queued_where(
             error,
         )
         await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
-    return len(queued)
+    return queued
 
 
 async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int, error: str) -> None:
