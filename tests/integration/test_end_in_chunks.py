@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from bridge.store import sqlite_ends as ends
-from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment, Sign
+from bridge.store.models import AcceptBatch, Account, NewMessage, Sign
 from bridge.store.sqlite import SqliteStore
+from tests.messages import one_part
 
 NOW = 1_700_000_000_000
 CHUNK = 40
@@ -36,19 +37,7 @@ def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _message(mid: str, account_id: str, number: str, sign: str | None = None) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id=account_id,
-        batch_id="b_" + mid,
-        recipient=number,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=NOW,
-        text=f"text of {mid}",
-        sign_name=sign,
-    )
+    return one_part(mid, account_id, number, NOW, sign_name=sign)
 
 
 async def _store(tmp_path: Path) -> SqliteStore:

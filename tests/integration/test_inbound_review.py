@@ -56,9 +56,9 @@ from bridge.store.models import (  # noqa: E402
     AcceptBatch,
     Account,
     NewMessage,
-    NewSegment,
     SubmitResult,
 )
+from tests.messages import one_part  # noqa: E402
 
 engine = engines.engine
 store = engines.store
@@ -102,21 +102,8 @@ def account(aid: str) -> Account:
 def message(
     mid: str, aid: str, *, at: int, scheduled_at: int | None = None, sign: str = "Acme"
 ) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id=aid,
-        batch_id="b_" + mid,
-        recipient=PHONE,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=at,
-        text=f"text of {mid}",
-        sender=None,  # from smscA's default source
-        sign_name=sign,
-        scheduled_at=scheduled_at,
-    )
+    # sender None: from smscA's default source
+    return one_part(mid, aid, PHONE, at, sender=None, sign_name=sign, scheduled_at=scheduled_at)
 
 
 async def accept(store: Store, m: NewMessage) -> None:

@@ -27,8 +27,8 @@ from bridge.store.models import (  # noqa: E402
     Account,
     DncInfo,
     NewMessage,
-    NewSegment,
 )
+from tests.messages import one_part  # noqa: E402
 
 engine = engines.engine
 store = engines.store
@@ -63,21 +63,8 @@ def message(
     scheduled_at: int | None = None,
     kind: str | None = None,
 ) -> NewMessage:
-    return NewMessage(
-        id=mid,
-        account_id=aid,
-        batch_id="b_" + mid,
-        recipient=recipient,
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, mid.encode(), b""),),
-        accepted_at=at,
-        text=f"text of {mid}",
-        sender=sender,
-        sign_name=sign,
-        scheduled_at=scheduled_at,
-        kind=kind,
+    return one_part(
+        mid, aid, recipient, at, sender=sender, sign_name=sign, scheduled_at=scheduled_at, kind=kind
     )
 
 
