@@ -96,8 +96,27 @@ def start(c: sqlite3.Connection, account_id: str, number: str, masked: str, now:
             "VALUES (?,?,?,?,NULL,?)",
             (account_id, number, masked, hi, now),
         )
-        return int(cur.lastrowid or 0)
+        erasure_id = int(cur.lastrowid or 0)
+        c.execute(_HOLD_ID, (_hold_key(erasure_id),))
+        return erasure_id
     return None
+
+
+# Why a placeholder record: `idempotency.id` has no AUTOINCREMENT (adding it rebuilds the table),
+# so SQLite gives a new record MAX(id)+1, and once the record holding `hi` was deleted (a request
+# that failed gives its placeholder back; a close drops its records) the next one reused an id
+# <= hi: a send to the number after its erasure, new data, was masked as if it were old, and a
+# retry of it answered with another body than its first. This record takes id hi+1 for as long
+# as the masking runs, so every record written meanwhile gets a higher one. Its account id is
+# empty, which no account has (accounts._NAME), and it never expires (the purge leaves it).
+_HOLD_ID = (
+    "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at) "
+    "VALUES ('', ?, '', 0, x'', 9223372036854775807)"
+)
+
+
+def _hold_key(erasure_id: int) -> str:
+    return f"erasure {erasure_id}"
 
 
 def start_drop(c: sqlite3.Connection, account_id: str, now: int) -> int | None:
@@ -161,6 +180,7 @@ def _step(c: sqlite3.Connection, erasure_id: int, now: int, last: int | None) ->
         mask_range(c, account_id, number, masked, after, keys[-1][0], hi)
     if len(keys) < CHUNK:
         c.execute("DELETE FROM pending_erasures WHERE id=?", (erasure_id,))
+        c.execute("DELETE FROM idempotency WHERE account_id='' AND key=?", (_hold_key(erasure_id),))
         return False
     c.execute(
         f"UPDATE pending_erasures SET after_key=:key, worked_at={MARK} WHERE id=:id",
