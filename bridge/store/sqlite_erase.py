@@ -42,7 +42,10 @@ DROP_CHUNK = 2_000
 # client_ref first, while "to" still names the number (it links the message to the person, as
 # the message row's does, which the erasure clears); then the number, as a whole JSON string
 # only (a bare replace also rewrote longer numbers starting with it). Over a range of the
-# account's keys (its index), the records up to the erasure's highest id.
+# account's keys (its index), the records up to the erasure's highest id. An entry that is not
+# an object is kept as written (`->` gives its JSON text): json_extract and json() of a string
+# entry's value failed the statement (a masking that never finished), and json() of a boolean's
+# turned `true` into 1.
 # The first chunk has no lower bound: no value sorts before every TEXT key (-1 compared as the
 # text '-1', and a key such as '#42' sorts before it: never masked, and read unmasked after the
 # first chunk). Two statements, not `(:lo IS NULL OR key>:lo)`: SQLite then seeks only the
@@ -53,7 +56,9 @@ _RANGES = (
 )
 _REFS = tuple(
     "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), '$.messages', "
-    "(SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=:number "
+    "(SELECT json_group_array(CASE WHEN e.type<>'object' "
+    "THEN json(CAST(response AS TEXT) -> ('$.messages[' || e.key || ']')) "
+    "WHEN json_extract(e.value, '$.to')=:number "
     "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
     "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
     f"WHERE {where} AND instr(CAST(response AS TEXT), :q)>0 "

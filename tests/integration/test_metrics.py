@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from bridge.client import BridgeClient, BridgeError
 from bridge.metrics import MULTIPROC_ENV
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
+from bridge.store import sqlite_erase
 
 # tests/integration has no __init__.py, so pytest does not put the repository root on sys.path;
 # the end-to-end harness (real daemon, simulator, webhook receiver) lives in the `tests` package.
@@ -496,23 +498,23 @@ async def test_several_processes_answer_every_scrape_with_the_totals_of_all(tmp_
 
 
 async def test_a_chunked_operation_failing_at_every_try_shows_stalled_and_keeps_no_purge_back(
-    daemon,
+    daemon, monkeypatch
 ):
-    """An erasure's masking whose chunk fails at every try (a stored answer its SQL cannot
-    read) shows in smpp_bridge_store_chunked_* with the time since it was last worked, and the
-    sweep's purges still run beside it (they were skipped while it failed: the nonces and
-    idempotency records grew); once the record is gone the sweep finishes it and both read 0."""
+    """An erasure's masking whose chunk fails at every try (here a chunk step that raises, as a
+    disk error or a stored answer its SQL cannot read would) shows in
+    smpp_bridge_store_chunked_* with the time since it was last worked, and the sweep's purges
+    still run beside it (they were skipped while it failed: the nonces and idempotency records
+    grew); once the chunk can run the sweep finishes it and both read 0."""
     d = daemon
     acc = (await create_account(d, "stuck"))["account"]
     number = "+8613800138000"
     now = int(time.time() * 1000)
 
     def plant(c: Any) -> None:
-        # `messages` holding a string: json_extract(e.value, '$.to') fails on it.
         c.execute(
             "INSERT INTO idempotency (id, account_id, key, request_hash, status_code, response, "
             "expires_at) VALUES (9001, ?, 'k1', 'h', 200, ?, ?)",
-            (acc, f'{{"messages": ["{number}"]}}'.encode(), now + 3_600_000),
+            (acc, f'{{"messages": [{{"to": "{number}"}}]}}'.encode(), now + 3_600_000),
         )
         c.execute(
             "INSERT INTO pending_erasures (account_id, number, masked, hi, after_key, worked_at) "
@@ -521,7 +523,11 @@ async def test_a_chunked_operation_failing_at_every_try_shows_stalled_and_keeps_
         )
         c.execute("INSERT INTO nonces (key_id, nonce, expires_at) VALUES ('ak_x', 'n1', ?)", (now,))
 
+    def failing(*_args: Any) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
     await d.store._runner.write(plant)
+    monkeypatch.setattr(sqlite_erase, "_step", failing)
     m = await metrics_of(d.http_port)
     assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 1
     assert 600 <= val(m, "smpp_bridge_store_chunked_stalled_seconds", kind="erasures") < 700
@@ -537,8 +543,12 @@ async def test_a_chunked_operation_failing_at_every_try_shows_stalled_and_keeps_
     m = await metrics_of(d.http_port)
     assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 1
 
-    await d.store._runner.write(lambda c: c.execute("DELETE FROM idempotency WHERE id=9001"))
+    monkeypatch.undo()
     await d.store.sweep(now + 2, 3_600_000)
+    masked = await d.store._runner.read(
+        lambda c: c.execute("SELECT response FROM idempotency WHERE id=9001").fetchone()[0]
+    )
+    assert number.encode() not in bytes(masked)
     m = await metrics_of(d.http_port)
     assert val(m, "smpp_bridge_store_chunked_operations", kind="erasures") == 0
     assert val(m, "smpp_bridge_store_chunked_stalled_seconds", kind="erasures") == 0

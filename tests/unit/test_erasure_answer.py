@@ -107,7 +107,7 @@ _entry = st.fixed_dictionaries(
     optional={"client_ref": st.one_of(st.none(), st.text(max_size=6)), "extra": _json},
 )
 _answer = st.fixed_dictionaries(
-    {"messages": st.lists(st.one_of(_entry, st.none(), st.lists(_json, max_size=2)), max_size=4)},
+    {"messages": st.lists(st.one_of(_entry, _scalars, st.lists(_json, max_size=2)), max_size=4)},
     optional={"batch_id": st.text(max_size=4), "count": st.integers(0, 9), "extra": _json},
 )
 
