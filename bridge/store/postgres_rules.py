@@ -53,7 +53,6 @@ from bridge.store.rules_rows import (
     TEMPLATE_COLS,
     DncEntries,
     already_credited,
-    blocked_ids,
     credited_at,
     edit_sign_args,
     edit_template_args,
@@ -676,7 +675,8 @@ class RulesStoreMixin:
         self, info: DncInfo, numbers: Iterable[str], prefixes: Iterable[str]
     ) -> int:
         """Replace the list `info.id` (entries and all) in one transaction, then end the queued
-        and scheduled messages it now blocks (see the SQLite engine) in a second one.
+        and scheduled messages it now blocks (see the SQLite engine), WALK_CHUNK per
+        transaction (postgres_dnc.py).
 
         The first waits for the accepts in progress before it commits (they hold the DNC lock
         shared from their first statement, postgres._LOCKED_ACCOUNT): their messages are then
@@ -684,8 +684,9 @@ class RulesStoreMixin:
         to the commit only: held through the scan as well, it stopped every account's sends for
         ~3 µs per waiting message (3.3 s at a million). Bounded (DNC_LOCK_WAIT_MS): one accept
         transaction stuck between two statements would otherwise hold the import, and every
-        accept queued behind the import, for as long as it is stuck. If the second transaction
-        fails, running the import again ends what it blocks."""
+        accept queued behind the import, for as long as it is stuck. If the walk fails part-way,
+        the claims still end what it blocks, and running the import again ends the rest."""
+        from bridge.store import postgres_dnc
         from bridge.store.postgres_pipeline import NS_DNC
 
         # Read once, 8 bytes a number: run_tx runs `replace` again after a serialization failure.
@@ -737,36 +738,8 @@ class RulesStoreMixin:
                 await c.execute("RELEASE SAVEPOINT dnc_lock")
                 break
 
-        async def end_blocked(c: asyncpg.Connection) -> int:
-            # Only while the list is still this import's, and kept so (FOR SHARE) to the end: a
-            # later import or delete of it committed since ends what its own list blocks, and
-            # this one's would end what the list no longer blocks.
-            still = await c.fetchval(
-                "SELECT 1 FROM dnc_lists WHERE id = $1 AND name = $2 "
-                "AND country IS NOT DISTINCT FROM $3 AND numbers = $4 AND prefixes = $5 "
-                "AND imported_at = $6 FOR SHARE",
-                *row,
-            )
-            if still is None:
-                return 0
-            # On a bind too: end_queued_where holds those (not sent again if they come back).
-            waiting = await c.fetch(
-                "SELECT id, recipient FROM messages WHERE q_state IN ('queued', 'claimed')"
-            )
-            blocked = blocked_ids([(r[0], r[1]) for r in waiting], entries)
-            ended = 0
-            for i in range(0, len(blocked), _DNC_CHUNK):
-                ended += await end_queued_where(
-                    c,
-                    "id = ANY($1::text[])",
-                    (blocked[i : i + _DNC_CHUNK],),
-                    "RECIPIENT_BLOCKED",
-                    info.imported_at,
-                )
-            return ended
-
         await run_tx(self.pool, replace)
-        return await run_tx(self.pool, end_blocked)
+        return await postgres_dnc.end_blocked(self.pool, info, entries)
 
     async def list_dnc(self) -> list[DncInfo]:
         rows = await self.pool.fetch(

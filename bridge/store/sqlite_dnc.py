@@ -20,8 +20,8 @@ A message the walk passes by (a route un-parked moves it earlier in the queue me
 never reaches (the process stopped) is not sent all the same: each claim, while any list holds
 an entry, ends the never-tried messages a list blocks and holds the others (`guard`). An import
 that stopped part-way leaves the list blocking its earlier entries and those it wrote, until it
-is imported again. PostgreSQL keeps the one transaction: it holds the rows it writes, not every
-writer.
+is imported again. PostgreSQL writes the list in one transaction (it holds the rows it writes,
+not every writer), then walks the waiting messages a page per transaction (postgres_dnc.py).
 
 Two imports of one list at once (two operators, a timed-out PUT retried while the first still
 runs) interleaved their chunks and left the list blocking what both wrote. Now an import records

@@ -121,7 +121,7 @@ async def test_an_import_replaced_before_its_end_step_ends_nothing_its_list_no_l
     (SQLite: each chunk of the walk checks it is still the latest, test_dnc_in_chunks.py.)"""
     if engine.name != "postgres":
         pytest.skip("SQLite's chunked imports: test_dnc_in_chunks.py")
-    from bridge.store import postgres_rules
+    from bridge.store import postgres_dnc, postgres_rules
     from tests.integration.test_store import accept, account, get, message
 
     await store.create_account(account())
@@ -135,12 +135,13 @@ async def test_an_import_replaced_before_its_end_step_ends_nothing_its_list_no_l
 
     async def run_tx(pool: Any, job: Any, **kw: Any) -> Any:
         calls.append(1)
-        if len(calls) == 2:  # the first import's end step: the later import runs before it
+        if len(calls) == 2:  # the first import's first end step: the later import runs before it
             later = [*SECOND, "+8613400000001"]
             assert await store.import_dnc(_info(later, NOW + 2), later, []) == 1
         return await real(pool, job, **kw)
 
     monkeypatch.setattr(postgres_rules, "run_tx", run_tx)
+    monkeypatch.setattr(postgres_dnc, "run_tx", run_tx)  # the end steps (its walk)
     first = [*FIRST, "+8613400000001"]
     assert await store.import_dnc(_info(first, NOW + 1), first, []) == 0
     assert (await get(store, "first_only")).state == "queued"  # the list does not block it

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Memory and time of a do-not-contact import's end on PostgreSQL with many messages waiting.
+
+Usage: python scripts/bench_pg_dnc.py [--waiting 200000] [--blocked-every 10] [--runs 3]
+                                      [--old TREE]
+
+Why: the import's second step read every waiting message (id, number) into the daemon at once,
+in one transaction (session 42 walks them 2,000 at a time: bridge/store/postgres_dnc.py). This
+starts a throw-away cluster (tests/pg_cluster.py), queues `--waiting` one-part messages of one
+account into a template database, then per run clones it and imports a list that blocks every
+`--blocked-every`th number, in a child process, printing the import's wall time, its peak of
+Python allocations (tracemalloc, a second child) and of the child's RSS above what it had before
+the import. With `--old TREE` (a checkout of the code before, e.g. `git archive`), the runs
+alternate between TREE and this tree, so both see the same load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = 1_700_000_000_000
+
+
+def _number(k: int) -> str:
+    return f"+86138{k:08d}"
+
+
+async def _fill(dsn: str, waiting: int) -> None:
+    from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment
+    from bridge.store.postgres import PostgresStore
+
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    await store.open()
+    try:
+        await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
+        for start in range(0, waiting, 1_000):
+            msgs = tuple(
+                NewMessage(
+                    id=f"m{k:08d}",
+                    account_id="acc",
+                    batch_id="b",
+                    recipient=_number(k),
+                    encoding="gsm7",
+                    data_coding=0,
+                    billable_units=1,
+                    segments=(NewSegment(1, 1, 0, b"hello", b""),),
+                    accepted_at=NOW,
+                    text="hello",
+                )
+                for k in range(start, min(start + 1_000, waiting))
+            )
+            await store.accept(AcceptBatch("acc", msgs, None, None), NOW)
+    finally:
+        await store.close()
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+async def _measure(dsn: str, waiting: int, every: int, trace: bool) -> dict[str, float]:
+    from bridge.store.models import DncInfo
+    from bridge.store.postgres import PostgresStore
+
+    numbers = [_number(k) for k in range(0, waiting, every)]
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    await store.open()
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_kb())
+            time.sleep(0.005)
+
+    try:
+        base = _rss_kb()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        if trace:
+            tracemalloc.start()
+        t0 = time.perf_counter()
+        info = DncInfo("registry", "registry", "CN", len(numbers), 0, NOW + 1)
+        ended = await store.import_dnc(info, numbers, [])
+        seconds = time.perf_counter() - t0
+        traced = tracemalloc.get_traced_memory()[1] if trace else 0
+        stop.set()
+        sampler.join()
+    finally:
+        await store.close()
+    import bridge
+
+    return {
+        "code": str(Path(bridge.__file__).parents[1]),
+        "ended": ended,
+        "seconds": round(seconds, 2),
+        "rss_mb": round((peak[0] - base) / 1024, 1),
+        "traced_mb": round(traced / 2**20, 1),
+    }
+
+
+def _child(tree: Path, dsn: str, args: argparse.Namespace, trace: bool) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--measure", dsn, "--tree", str(tree)]
+    cmd += ["--waiting", str(args.waiting), "--blocked-every", str(args.blocked_every)]
+    if trace:
+        cmd.append("--trace")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--waiting", type=int, default=200_000)
+    p.add_argument("--blocked-every", type=int, default=10)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--old", type=Path, help="a tree of the code before, run alternately")
+    p.add_argument("--measure", help=argparse.SUPPRESS)
+    p.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sys.path.insert(0, str(args.tree))
+    if args.measure:
+        print(
+            json.dumps(
+                asyncio.run(_measure(args.measure, args.waiting, args.blocked_every, args.trace))
+            )
+        )
+        return
+    sys.path.insert(1, str(ROOT))
+    from tests import pg_cluster as pgc
+
+    cluster = pgc.start_cluster()
+    try:
+        template = asyncio.run(pgc.create_database(cluster, "bench_template"))
+        t0 = time.perf_counter()
+        asyncio.run(_fill(template, args.waiting))
+        print(f"queued {args.waiting} waiting in {time.perf_counter() - t0:.1f} s", flush=True)
+        trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
+        for run in range(args.runs):
+            for name, tree in trees if run % 2 == 0 else trees[::-1]:
+                for trace in (False, True):
+                    db = pgc.new_database_name("bench")
+                    dsn = asyncio.run(pgc.create_database(cluster, db, "bench_template"))
+                    try:
+                        res = _child(tree, dsn, args, trace)
+                    finally:
+                        asyncio.run(pgc.drop_database(cluster, db))
+                    print(f"run {run} {name} {'traced' if trace else 'timed '} {res}", flush=True)
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
