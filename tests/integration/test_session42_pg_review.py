@@ -92,7 +92,6 @@ async def _rate_accept(store: PostgresStore, k: int, at: int) -> bool:
 # -- 1. the rate -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a bucket written 'later' than now is refilled")
 async def test_a_burst_over_two_instances_is_held_to_the_accounts_rate(
     pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -106,7 +105,6 @@ async def test_a_burst_over_two_instances_is_held_to_the_accounts_rate(
     assert sum(outs) <= 2, f"{sum(outs)} of 40 accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a bucket written 'later' than now is refilled")
 async def test_instances_a_few_milliseconds_apart_share_the_accounts_rate(
     pair: tuple[PostgresStore, PostgresStore],
 ) -> None:

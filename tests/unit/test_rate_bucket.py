@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.domain.rate import bucket_take
+from bridge.domain.rate import STEPPED_BACK_S, bucket_take
 
 
 def test_a_new_bucket_is_full_and_drains() -> None:
@@ -29,12 +29,37 @@ def test_a_batch_larger_than_the_bucket_is_paced_not_refused_for_ever() -> None:
     assert bucket_take(tokens, 100.0, 2, 1, 104.0)[0] == 0.5  # 4 s repaid 8 tokens: empty
 
 
-@pytest.mark.parametrize("back_s", [0.001, 60.0, 7200.0])
+@pytest.mark.parametrize("back_s", [STEPPED_BACK_S, 60.0, 7200.0])
 def test_a_clock_gone_back_gives_a_full_bucket_not_a_lock_out(back_s: float) -> None:
-    """A stored time ahead of now (an NTP step back): before, no refill until the clock passed
-    it again, so a drained bucket refused every send for the size of the step."""
+    """A stored time well ahead of now (an NTP step back): before, no refill until the clock
+    passed it again, so a drained bucket refused every send for the size of the step."""
     wait, tokens, at = bucket_take(-8.0, 1000.0, 2, 1, 1000.0 - back_s)
     assert (wait, tokens, at) == (0.0, 1.0, 1000.0 - back_s)
+
+
+@pytest.mark.parametrize("behind_s", [0.000_5, 0.003, 0.25, STEPPED_BACK_S - 0.001])
+def test_a_bucket_written_a_moment_later_is_not_refilled(behind_s: float) -> None:
+    """Another process's accept, its clock read a moment after this one's, committed first: no
+    time has passed for the bucket. Refilled to full, as a step back, it let a 2-TPS account's
+    burst through several times over (session 42's PostgreSQL review, finding 1)."""
+    assert bucket_take(0.0, 1000.0, 2, 1, 1000.0 - behind_s) == (0.5, 0.0, 1000.0)
+    wait, tokens, at = bucket_take(1.0, 1000.0, 2, 1, 1000.0 - behind_s)
+    assert (wait, tokens, at) == (0.0, 0.0, 1000.0)  # kept its time: it never goes back
+
+
+def test_a_burst_from_clocks_a_little_apart_is_held_to_the_rate() -> None:
+    """Accepts alternating between two hosts 3 ms apart, one every 2 ms for 40 ms, on a 2-TPS
+    account: what its bucket grants is its capacity plus what 40 ms refill, 2 in all."""
+    tokens: float | None = None
+    at: float | None = None
+    granted = 0
+    for i in range(20):
+        now = 1000.0 + i * 0.002 + (0.003 if i % 2 else 0.0)
+        wait, left, when = bucket_take(tokens, at, 2, 1, now)
+        if wait == 0.0:
+            granted += 1
+            tokens, at = left, when
+    assert granted == 2
 
 
 @settings(max_examples=300, deadline=None)
@@ -52,7 +77,7 @@ def test_never_more_than_the_capacity_at_once(
     (or one request larger than it), and a grant leaves the time it was taken."""
     wait, left, when = bucket_take(tokens, at, rate, n, now)
     cap = max(rate, 1.0)
-    assert when == now
+    assert when == (at if 0 < at - now < STEPPED_BACK_S else now)
     if wait == 0.0:
         assert left >= min(n, cap) - n - 1e-9 - cap
         assert left + n <= cap + 1e-9
