@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from bridge import logs
 from bridge.aio import KeyedLocks
@@ -266,7 +266,7 @@ class Inbound:
             if parts is None:
                 return C.ESME_ROK  # stored; waiting for the other parts
             # Join before decoding, as a handset does: a pair cut across parts still decodes.
-            whole = b"".join(p.payload for p in parts)
+            whole = content(parts)
             decoded = parts_text(body.data_coding, parts)
             set_no = parts[0].set_no
         else:
@@ -521,7 +521,7 @@ class Inbound:
         its text, a fragment's text must be in it."""
         first = parts[0]
         complete = tuple(p.seq for p in parts) == tuple(range(1, first.total + 1))
-        whole = b"".join(p.payload for p in parts)
+        whole = content(parts)
         runs = join_runs(parts).split(GAP)
         for dc in dict.fromkeys(p.data_coding for p in parts):
             for scheme in ("udh8", "udh16", "sar"):
@@ -555,7 +555,7 @@ class Inbound:
         await self._optout_if_asked(account, source, text, newest)
         scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
         what = partial(_concat_what, scheme, first.ref, first.total)
-        whole = b"".join(p.payload for p in parts)
+        whole = content(parts)
         mo_id = await self._long_mo_id(
             smsc, first.source, first.destination, parts[-1].data_coding, what, whole, text,
             newest,
@@ -621,8 +621,30 @@ def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     if seg.scheme:
         what = _concat_what(str(seg.scheme), seg.ref, seg.total, None)
     else:
-        what = bytes(seg.payload)
+        what = content((seg,))
     return _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding, what, now_ms)
+
+
+class _Content(Protocol):
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def locking(self) -> int: ...
+    @property
+    def single(self) -> int: ...
+
+
+def content(parts: Iterable[_Content]) -> bytes:
+    """What an MO's ids take of its content: its parts' octets joined and, when a part named
+    national language tables, each part's (the same septets read with other tables are another
+    text: without them, a reply was dropped as a repeat of one in another language). Octets
+    alone otherwise, as before the tables counted, so the ids of MOs without tables stay."""
+    parts = list(parts)
+    whole = b"".join(bytes(p.payload) for p in parts)
+    if not any(p.locking or p.single for p in parts):
+        return whole
+    tables = b"".join(bytes((p.locking & 0xFF, p.single & 0xFF)) for p in parts)
+    return whole + b"\x00lang:" + tables
 
 
 def _concat_what(scheme: str, ref: int, total: int, whole: bytes | None) -> bytes:
