@@ -35,6 +35,7 @@ message's part missing after it) is a replacement character, as a cut UCS-2 surr
 from __future__ import annotations
 
 import codecs
+import re
 
 _ISO2022_JP = ("iso2022_jp_ext",)
 
@@ -57,8 +58,9 @@ _ESCAPED: dict[int, tuple[bytes, tuple[str, ...]]] = {
     0x0E: (b"\x1b$)C", ("iso2022_kr",)),
 }
 
-# IA5 controls a text may hold; any other octet below 0x20 marks GSM septets.
-_IA5_TEXT_CONTROLS = frozenset(b"\n\f\r")
+# An octet below 0x20 but the IA5 controls a text may hold (line feed, form feed, carriage
+# return): GSM septets.
+_GSM_ONLY = re.compile(rb"[\x00-\x09\x0b\x0e-\x1f]")
 
 
 def has_charset(data_coding: int) -> bool:
@@ -69,8 +71,7 @@ def has_charset(data_coding: int) -> bool:
 def ia5_holds_gsm(payload: bytes) -> bool:
     """Whether octets labelled IA5 (data_coding 1) are unpacked GSM septets instead: they hold a
     control octet no IA5 text does (trailing NUL padding aside)."""
-    body = payload.rstrip(b"\x00")
-    return any(b < 0x20 and b not in _IA5_TEXT_CONTROLS for b in body)
+    return _GSM_ONLY.search(payload.rstrip(b"\x00")) is not None
 
 
 def decode_octets(data_coding: int, payload: bytes) -> tuple[str, bool]:
