@@ -94,8 +94,8 @@ def _alphabet(dc: int) -> str:
     for a data_coding."""
     if dc == 0:
         return "gsm"
-    if dc == 1:  # IA5/ASCII (SMPP 3.4 5.2.19): read as GSM, "_" was "§" and "$" "¤"
-        return "bytes"
+    if dc == 1:  # IA5/ASCII (SMPP 3.4 5.2.19), unless it holds GSM septets (charsets): read
+        return "bytes"  # as GSM, IA5's "_" was "§" and "$" "¤"
     if dc == 8:
         return "ucs2"
     if 0x10 <= dc <= 0x3F or 0x40 <= dc <= 0x7F:
