@@ -243,6 +243,13 @@ class Metrics:
             ["smsc"],
             registry=r,
         )
+        self.mo_received_undecodable = Counter(
+            "smpp_bridge_mo_undecodable",
+            "Inbound messages whose octets are not text in their data_coding (kept as hex), by "
+            "SMSC",
+            ["smsc"],
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "smpp_bridge_webhook_deliveries",
             "Webhook reports by kind (status, mo, event) and outcome (delivered, retry, dead)",
@@ -436,6 +443,7 @@ class Metrics:
         self._mo: defaultdict[str, int] = defaultdict(int)
         self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
         self._mo_unknown_language: defaultdict[str, int] = defaultdict(int)
+        self._mo_undecodable: defaultdict[str, int] = defaultdict(int)
         self._webhooks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._messages = 0
         self._segments = 0
@@ -504,6 +512,9 @@ class Metrics:
     def mo_unknown_language(self, smsc: str) -> None:
         self._mo_unknown_language[smsc] += 1
 
+    def mo_undecodable(self, smsc: str) -> None:
+        self._mo_undecodable[smsc] += 1
+
     def webhook(self, kind: str, outcome: str, n: int = 1) -> None:
         if n:
             self._webhooks[(kind, outcome)] += n
@@ -571,6 +582,7 @@ class Metrics:
             (self.mo_received, self._mo),
             (self.mo_received_incomplete, self._mo_incomplete),
             (self.mo_received_unknown_language, self._mo_unknown_language),
+            (self.mo_received_undecodable, self._mo_undecodable),
             (self.webhook_deliveries, self._webhooks),
         ):
             if pending:

@@ -28,14 +28,19 @@ class HeldPart(Protocol):
     @property
     def payload(self) -> bytes: ...
     @property
+    def locking(self) -> int: ...
+    @property
+    def single(self) -> int: ...
+    @property
     def received_at(self) -> int: ...
 
 
 def place_part(held: Sequence[HeldPart], part: HeldPart) -> int:
     """The set number `part` is kept under, among the `held` parts of its reference.
 
-    - The very part again (same seq, total, coding and octets: the SMSC resending it after a
-      lost deliver_sm_resp): the set that holds it, kept once.
+    - The very part again (same seq, total, coding, octets and national language tables: the
+      SMSC resending it after a lost deliver_sm_resp): the set that holds it, kept once. The
+      same septets under other tables are another text, not a resend.
     - Else a set of the same total and coding that lacks its seq, preferring one it continues
       (its highest seq is this seq - 1: a sender sends a message's parts in order, so part 3
       after part 2 of the first message, with a second one started meanwhile, is the first's),
@@ -84,11 +89,13 @@ def completed(held: Sequence[P], placed: P) -> list[P] | None:
 
 
 def _same(a: HeldPart, b: HeldPart) -> bool:
-    return (a.seq, a.total, a.data_coding, bytes(a.payload)) == (
+    return (a.seq, a.total, a.data_coding, bytes(a.payload), a.locking, a.single) == (
         b.seq,
         b.total,
         b.data_coding,
         bytes(b.payload),
+        b.locking,
+        b.single,
     )
 
 

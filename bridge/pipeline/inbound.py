@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from bridge import logs
 from bridge.aio import KeyedLocks
@@ -25,7 +25,7 @@ from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
-from bridge.sim.reassembly import Segment, decode_segments, parse_segment
+from bridge.sim.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
@@ -79,6 +79,8 @@ class Inbound:
         self.mo_incomplete = 0  # long MOs delivered without the parts that never came
         # MOs whose UDH named a national language table we lack (decoded with the default one)
         self.mo_unknown_language = 0
+        # MOs whose octets are not text in their data_coding (kept as hex)
+        self.mo_undecodable = 0
         self.optouts = 0
         self._mo_order = KeyedLocks()
         # Replies that put the sender on the account's opt-out list (rules.optout_keywords).
@@ -264,13 +266,13 @@ class Inbound:
             if parts is None:
                 return C.ESME_ROK  # stored; waiting for the other parts
             # Join before decoding, as a handset does: a pair cut across parts still decodes.
-            whole = b"".join(p.payload for p in parts)
-            text, unknown = parts_text(body.data_coding, parts)
+            whole = content(parts)
+            decoded = parts_text(body.data_coding, parts)
             set_no = parts[0].set_no
         else:
-            text, unknown = decoded_mo(seg.data_coding, ((seg.payload, seg.locking, seg.single),))
-        if unknown:
-            self._unknown_language(smsc)
+            decoded = decoded_mo(seg.data_coding, ((seg.payload, seg.locking, seg.single),))
+        text = decoded.text
+        self._decoding_flags(smsc, body.data_coding, decoded)
         source, account, sign = await self._attribute(
             smsc, body.source_addr, body.source_addr_ton, body.destination_addr, now_ms
         )
@@ -330,16 +332,27 @@ class Inbound:
         )  # fmt: skip
         return C.ESME_ROK
 
-    def _unknown_language(self, smsc: str) -> None:
+    def _decoding_flags(self, smsc: str, data_coding: int, decoded: Decoded) -> None:
         """Count an MO read with the default tables where its UDH named national ones we lack
-        (TS 23.038 A: ids 14 and up are reserved, Spanish has no locking table)."""
-        self.mo_unknown_language += 1
-        if self.metrics is not None:
-            self.metrics.mo_unknown_language(smsc)
-        log.warning(
-            "mo names an unknown national language table; decoded with the default alphabet",
-            extra={"smsc": smsc},
-        )
+        (TS 23.038 A: ids 14 and up are reserved, Spanish has no locking table), and one whose
+        octets are not text in its coding (stored as hex: the customer sees what was sent, the
+        operator that a sender or SMSC mislabels its coding). The text stays out of the log."""
+        if decoded.unknown_language:
+            self.mo_unknown_language += 1
+            if self.metrics is not None:
+                self.metrics.mo_unknown_language(smsc)
+            log.warning(
+                "mo names an unknown national language table; decoded with the default alphabet",
+                extra={"smsc": smsc},
+            )
+        if decoded.undecodable:
+            self.mo_undecodable += 1
+            if self.metrics is not None:
+                self.metrics.mo_undecodable(smsc)
+            log.warning(
+                "mo octets are not text in their data_coding; kept as hex",
+                extra={"smsc": smsc, "data_coding": data_coding},
+            )
 
     async def _optout_if_asked(
         self, account: str | None, source: str, text: str, now_ms: int
@@ -424,9 +437,9 @@ class Inbound:
         source, account, sign = await self._attribute(
             smsc, first.source, ton, first.destination, newest
         )
-        text, unknown = join_runs_text(parts)
-        if unknown:
-            self._unknown_language(smsc)
+        decoded = join_runs_text(parts)
+        text = decoded.text
+        self._decoding_flags(smsc, first.data_coding, decoded)
         if seqs == tuple(range(1, total + 1)):
             # Every part, never stored: `_mo` failed before storing it (a store error, a crash
             # after the last part was kept) and the SMSC's resend did not come in time. It is
@@ -508,13 +521,13 @@ class Inbound:
         its text, a fragment's text must be in it."""
         first = parts[0]
         complete = tuple(p.seq for p in parts) == tuple(range(1, first.total + 1))
-        whole = b"".join(p.payload for p in parts)
+        whole = content(parts)
         runs = join_runs(parts).split(GAP)
         for dc in dict.fromkeys(p.data_coding for p in parts):
             for scheme in ("udh8", "udh16", "sar"):
                 what = partial(_concat_what, scheme, first.ref, first.total)
                 if complete:
-                    text = parts_text(dc, parts)[0]
+                    text = parts_text(dc, parts).text
                     if await self._long_mo_id(
                         first.smsc, first.source, first.destination, dc, what, whole, text,
                         newest,
@@ -542,7 +555,7 @@ class Inbound:
         await self._optout_if_asked(account, source, text, newest)
         scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
         what = partial(_concat_what, scheme, first.ref, first.total)
-        whole = b"".join(p.payload for p in parts)
+        whole = content(parts)
         mo_id = await self._long_mo_id(
             smsc, first.source, first.destination, parts[-1].data_coding, what, whole, text,
             newest,
@@ -608,8 +621,30 @@ def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     if seg.scheme:
         what = _concat_what(str(seg.scheme), seg.ref, seg.total, None)
     else:
-        what = bytes(seg.payload)
+        what = content((seg,))
     return _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding, what, now_ms)
+
+
+class _Content(Protocol):
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def locking(self) -> int: ...
+    @property
+    def single(self) -> int: ...
+
+
+def content(parts: Iterable[_Content]) -> bytes:
+    """What an MO's ids take of its content: its parts' octets joined and, when a part named
+    national language tables, each part's (the same septets read with other tables are another
+    text: without them, a reply was dropped as a repeat of one in another language). Octets
+    alone otherwise, as before the tables counted, so the ids of MOs without tables stay."""
+    parts = list(parts)
+    whole = b"".join(bytes(p.payload) for p in parts)
+    if not any(p.locking or p.single for p in parts):
+        return whole
+    tables = b"".join(bytes((p.locking & 0xFF, p.single & 0xFF)) for p in parts)
+    return whole + b"\x00lang:" + tables
 
 
 def _concat_what(scheme: str, ref: int, total: int, whole: bytes | None) -> bytes:
@@ -659,33 +694,33 @@ def incomplete_mo_id(
     return "mo_" + base64.b32encode(digest).decode().lower()
 
 
-def decoded_mo(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> tuple[str, bool]:
+def decoded_mo(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> Decoded:
     """An MO's text as stored from its parts (payload, national locking and single shift table
-    ids: each GSM 7-bit part is read with the tables its UDH named), and whether a part named
-    one we lack (read with the default one). decode_segments's text, with U+0000 (a UCS-2 or
-    Latin-1 NUL) as U+FFFD. PostgreSQL's text refuses NUL, so storing such an MO failed every
-    time and the SMSC resent it for ever; it carries nothing readable. (GSM's octet 0x00 is
-    "@", untouched.)"""
-    text, unknown = decode_segments(data_coding, parts)
-    return text.replace("\x00", "\ufffd"), unknown
+    ids: each GSM 7-bit part is read with the tables its UDH named), whether a part named one
+    we lack (read with the default one), and whether its octets are not text in its coding
+    (kept as hex). decode_segments's text, with U+0000 (a UCS-2 or Latin-1 NUL) as U+FFFD.
+    PostgreSQL's text refuses NUL, so storing such an MO failed every time and the SMSC resent
+    it for ever; it carries nothing readable. (GSM's octet 0x00 is "@", untouched.)"""
+    decoded = decode_segments(data_coding, parts)
+    return decoded._replace(text=decoded.text.replace("\x00", "\ufffd"))
 
 
-def parts_text(data_coding: int, parts: list[MoPart]) -> tuple[str, bool]:
+def parts_text(data_coding: int, parts: list[MoPart]) -> Decoded:
     """decoded_mo of kept parts, consecutive ones, joined."""
     return decoded_mo(data_coding, [(p.payload, p.locking, p.single) for p in parts])
 
 
 def join_runs(parts: list[MoPart]) -> str:
     """join_runs_text's text."""
-    return join_runs_text(parts)[0]
+    return join_runs_text(parts).text
 
 
-def join_runs_text(parts: list[MoPart]) -> tuple[str, bool]:
+def join_runs_text(parts: list[MoPart]) -> Decoded:
     """The text of the parts present (in seq order): each run of consecutive parts joined then
     decoded, as a handset does, so a pair cut across two present parts still decodes; a pair cut
     by a missing part decodes with a replacement character (decode_payload never raises). Runs
     are separated by GAP, so the reader sees where text is missing. Also whether a part named an
-    unknown national language table."""
+    unknown national language table, and whether a run's octets are not text (hex)."""
     runs: list[list[MoPart]] = []
     for p in parts:
         if runs and p.seq == runs[-1][-1].seq + 1:
@@ -693,7 +728,11 @@ def join_runs_text(parts: list[MoPart]) -> tuple[str, bool]:
         else:
             runs.append([p])
     texts = [parts_text(run[0].data_coding, run) for run in runs]
-    return GAP.join(t for t, _ in texts), any(u for _, u in texts)
+    return Decoded(
+        GAP.join(t.text for t in texts),
+        any(t.unknown_language for t in texts),
+        any(t.undecodable for t in texts),
+    )
 
 
 def _e164(addr: str, ton: int, national_prefix: str | None = None) -> str:

@@ -11,10 +11,10 @@ surrogate pair across parts still reassembles, exactly like a handset. Pure: the
 
 from __future__ import annotations
 
-import codecs
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bridge.smpp.codec import ShortMessage, tlv_get
 from bridge.smpp.constants import (
@@ -24,10 +24,12 @@ from bridge.smpp.constants import (
     SAR_SEGMENT_SEQNUM,
     SAR_TOTAL_SEGMENTS,
 )
+from bridge.text.charsets import decode_octets, has_charset, ia5_holds_gsm
 from bridge.text.gsm import gsm_decode, unpack_septets
 from bridge.text.national import decode_parts
 
 __all__ = [
+    "Decoded",
     "Reassembler",
     "Segment",
     "SimMessage",
@@ -38,16 +40,6 @@ __all__ = [
 ]
 
 _CR = 0x0D
-
-# Character sets by data_coding for the 8-bit single-byte codings SMPP 3.4 names (5.2.19).
-_BYTE_CODECS = {
-    1: "ascii",
-    3: "latin-1",
-    5: "shift_jis",
-    6: "iso8859_5",
-    7: "iso8859_8",
-    0x0D: "shift_jis",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +90,12 @@ class Segment:
 
 
 def _alphabet(dc: int) -> str:
-    """ "gsm", "ucs2", or "bytes" (decoded by _BYTE_CODECS or shown as hex) for a data_coding."""
+    """ "gsm", "ucs2", or "bytes" (a character set of bridge.text.charsets, else shown as hex)
+    for a data_coding."""
     if dc == 0:
         return "gsm"
-    if dc == 1:  # IA5/ASCII (SMPP 3.4 5.2.19): read as GSM, "_" was "§" and "$" "¤"
-        return "bytes"
+    if dc == 1:  # IA5/ASCII (SMPP 3.4 5.2.19), unless it holds GSM septets (charsets): read
+        return "bytes"  # as GSM, IA5's "_" was "§" and "$" "¤"
     if dc == 8:
         return "ucs2"
     if 0x10 <= dc <= 0x3F or 0x40 <= dc <= 0x7F:
@@ -111,6 +104,10 @@ def _alphabet(dc: int) -> str:
         if dc & 0x20:
             return "bytes"
         return ("gsm", "bytes", "ucs2", "gsm")[(dc >> 2) & 3]
+    if 0xC0 <= dc <= 0xDF:  # message waiting indication, discard or store (TS 23.038 4)
+        return "gsm"
+    if 0xE0 <= dc <= 0xEF:  # message waiting indication, store, UCS2
+        return "ucs2"
     if dc & 0xF0 == 0xF0:  # data coding / message class: bit 2 selects 8-bit data
         return "bytes" if dc & 0x04 else "gsm"
     return "bytes"
@@ -226,35 +223,56 @@ def parse_segment(sm: ShortMessage, packed_gsm: bool = False) -> Segment:
     return Segment(dc, payload, scheme, ref, total, seq)
 
 
+class Decoded(NamedTuple):
+    """A text decoded, and what the reader should know about it: a part named a national
+    language table that does not exist (read with the default one), or octets that are not
+    text in their coding (kept as hex: a character set's octets it cannot read, a coding
+    without a character set that is not binary data)."""
+
+    text: str
+    unknown_language: bool = False
+    undecodable: bool = False
+
+
+def _binary(data_coding: int) -> bool:
+    """Codings that carry data, not text: shown as hex, and rightly so (SMPP 3.4 2 and 4, 8-bit
+    data in the TS 23.038 groups)."""
+    if data_coding in (2, 4):
+        return True
+    if 0x10 <= data_coding <= 0x7F:
+        return not data_coding & 0x20 and (data_coding >> 2) & 3 == 1
+    return data_coding & 0xF4 == 0xF4
+
+
 def decode_payload(data_coding: int, payload: bytes) -> str:
-    """Text of a (possibly joined) payload; undecodable octets become U+FFFD, never an error."""
+    """Text of a (possibly joined) payload; never an error (decode_segments)."""
+    return decode_segments(data_coding, ((payload, 0, 0),)).text
+
+
+def decode_segments(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> Decoded:
+    """Text of parts (payload, locking, single) that share a data_coding, decoded as one payload
+    (pairs may straddle parts), GSM 7-bit with each part's national language tables; whether a
+    part named a table that does not exist (read with the default one instead), and whether the
+    octets are not text in their coding (their hex instead)."""
     kind = _alphabet(data_coding)
     if kind == "gsm":
-        return gsm_decode(payload)
-    return _decode_other(kind, data_coding, payload)
-
-
-def decode_segments(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -> tuple[str, bool]:
-    """Text of parts (payload, locking, single) that share a data_coding, decoded as one payload
-    (pairs may straddle parts), GSM 7-bit with each part's national language tables. Also
-    whether a part named a table that does not exist (read with the default one instead)."""
-    if _alphabet(data_coding) == "gsm":
-        return decode_parts(parts)
-    return decode_payload(data_coding, b"".join(p for p, _, _ in parts)), False
-
-
-def _decode_other(kind: str, data_coding: int, payload: bytes) -> str:
+        return Decoded(*decode_parts(parts))
+    payload = b"".join(p for p, _, _ in parts)
     if kind == "ucs2":
-        return payload.decode("utf-16-be", "replace")
-    name = _BYTE_CODECS.get(data_coding)
-    if name is not None:
-        return codecs.decode(payload, name, "replace")
-    return payload.hex()  # binary (2, 4, 8-bit classes): show the octets
+        return Decoded(payload.decode("utf-16-be", "replace"))
+    if data_coding == 1 and ia5_holds_gsm(payload):
+        return Decoded(gsm_decode(payload))
+    if has_charset(data_coding):
+        text, undecodable = decode_octets(data_coding, payload)
+        return Decoded(text, False, undecodable)
+    # Binary (2, 4, 8-bit classes): show the octets; so for a coding nothing here reads
+    # (pictograms, reserved, compressed), flagged.
+    return Decoded(payload.hex(), False, not _binary(data_coding))
 
 
 def segment_text(seg: Segment) -> str:
     """The text of one segment on its own (for a receipt's ``text:`` field)."""
-    return decode_segments(seg.data_coding, ((seg.payload, seg.locking, seg.single),))[0]
+    return decode_segments(seg.data_coding, ((seg.payload, seg.locking, seg.single),)).text
 
 
 @dataclass(slots=True)
@@ -352,9 +370,9 @@ def _join_text(segments: list[Segment]) -> str:
     dc = segments[0].data_coding
     for seg in segments:
         if seg.data_coding != dc:
-            out.append(decode_segments(dc, run)[0])
+            out.append(decode_segments(dc, run).text)
             run = []
             dc = seg.data_coding
         run.append((seg.payload, seg.locking, seg.single))
-    out.append(decode_segments(dc, run)[0])
+    out.append(decode_segments(dc, run).text)
     return "".join(out)

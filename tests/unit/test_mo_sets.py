@@ -16,6 +16,8 @@ class Part:
     total: int = 3
     data_coding: int = 0
     set_no: int = 0
+    locking: int = 0
+    single: int = 0
 
 
 def run(*parts: Part) -> list[list[bytes]]:
@@ -79,3 +81,12 @@ def test_set_numbers_are_reused_and_not_capped() -> None:
     # into the last set, as when it was packed above the 16-bit reference.
     full = [Part(1, b"%d" % n, 1, set_no=n) for n in range(0x8000)]
     assert place_part(full, Part(1, b"new", 2)) == 0x8000
+
+
+def test_the_same_octets_under_other_language_tables_are_not_a_resend() -> None:
+    """National language tables (UDH IEs 0x25, 0x24) make the same septets another text: a
+    part naming other tables is another message's, not the held part sent again."""
+    held = [Part(1, b"A1", 1, set_no=0, locking=1)]
+    assert place_part(held, Part(1, b"A1", 2, locking=1)) == 0  # resent: kept once
+    assert place_part(held, Part(1, b"A1", 2)) == 1
+    assert place_part(held, Part(1, b"A1", 2, locking=1, single=1)) == 1
