@@ -24,6 +24,7 @@ reads every octet wins:
   ("@" is 0x00, "_" 0x11, "É" 0x1F) and for the escape. So octets with such a control (NUL
   padding at the end aside) are read as GSM; the rest as ASCII, where "@", "_" and "$" are
   IA5's, as an SMSC that labels GSM text IA5 (the gateway's `gsm_data_coding: 1`) sends them.
+  Octets above 0x7F, which IA5 lacks, are read as Latin-1 (senders that put them there mean it).
 - 3, 6, 7: ISO-8859-1, -5 (Cyrillic), -8 (Latin/Hebrew).
 
 Octets the coding's encodings cannot read are kept as hex, as for a coding without a text
@@ -41,7 +42,9 @@ _ISO2022_JP = ("iso2022_jp_ext",)
 
 # data_coding -> the encodings tried, in order, for octets without ISO-2022 escapes.
 _CANDIDATES: dict[int, tuple[str, ...]] = {
-    1: ("ascii",),
+    # IA5 has no octet above 0x7F; one there is read as Latin-1 (a sender's "é" is still "é"),
+    # not the whole text turned into hex for one letter.
+    1: ("ascii", "latin-1"),
     3: ("latin-1",),
     5: ("cp932", "euc_jp"),
     6: ("iso8859_5",),
