@@ -183,6 +183,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     28: ("DROP TABLE dnc_imports",),
     29: ("DROP TABLE pending_erasures",),
     30: ("ALTER TABLE pending_ends DROP COLUMN guarded",),
+    31: ("ALTER TABLE mo_inbox DROP COLUMN text_hex",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -230,6 +231,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mo_parts ADD PRIMARY KEY (smsc, source, destination, ref, seq)",
     ),
     25: ("ALTER TABLE messages DROP COLUMN wire",),
+    31: ("ALTER TABLE mo_inbox DROP COLUMN text_hex",),
 }
 
 

@@ -839,6 +839,12 @@ def _inbound_message_schema() -> dict[str, Any]:
                     "when complete)",
                 }
             ),
+            "text_hex": {
+                "type": "boolean",
+                "description": "true when text is the hex of the message's octets, not text: a "
+                "binary data_coding (2, 4, the 8-bit classes), or octets that are not text in "
+                "their data_coding (counted in smpp_bridge_mo_undecodable_total)",
+            },
         }
     )
     out["description"] = (

@@ -306,6 +306,7 @@ class Inbound:
             text=text,
             received_at=now_ms,
             sign_name=sign,
+            text_hex=decoded.hex,
         )
         if parts is None:
             new = await self.store.store_mo(mo)
@@ -444,7 +445,7 @@ class Inbound:
             # Every part, never stored: `_mo` failed before storing it (a store error, a crash
             # after the last part was kept) and the SMSC's resend did not come in time. It is
             # the complete reply: delivered as `_mo` would have, opt-out included.
-            return await self._deliver_whole(parts, newest, source, account, sign, text)
+            return await self._deliver_whole(parts, newest, source, account, sign, decoded)
         # Never an opt-out, whatever the text: a fragment is not a request (the "STOP" may be
         # the start of "STOP sending me the old address"), and an opt-out ends the account's
         # queued messages to the number. The customer sees the text, flagged, and decides.
@@ -463,6 +464,7 @@ class Inbound:
                 sign_name=sign,
                 parts_total=total,
                 parts_received=seqs,
+                text_hex=decoded.hex,
             ),
             parts,
         )
@@ -548,9 +550,10 @@ class Inbound:
         source: str,
         account: str | None,
         sign: str | None,
-        text: str,
+        decoded: Decoded,
     ) -> bool:
         first = parts[0]
+        text = decoded.text
         smsc = first.smsc
         await self._optout_if_asked(account, source, text, newest)
         scheme = "udh8" if first.ref < 256 else "udh16"  # a guess: `_stored_whole` tries all
@@ -573,6 +576,7 @@ class Inbound:
                 text=text,
                 received_at=newest,
                 sign_name=sign,
+                text_hex=decoded.hex,
             ),
             parts,
         )
@@ -732,6 +736,7 @@ def join_runs_text(parts: list[MoPart]) -> Decoded:
         GAP.join(t.text for t in texts),
         any(t.unknown_language for t in texts),
         any(t.undecodable for t in texts),
+        any(t.hex for t in texts),
     )
 
 

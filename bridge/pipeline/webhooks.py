@@ -303,6 +303,9 @@ class WebhookSender:
                 "incomplete": mo.incomplete,
                 "parts_total": mo.parts_total,
                 "parts_received": None if mo.parts_received is None else list(mo.parts_received),
+                # The text is the hex of the octets: a binary coding's data, or octets that are
+                # not text in their coding (README, MO): "48656c6c6f" is not the digits sent.
+                "text_hex": mo.text_hex,
             }
         elif job.webhook_id.endswith(_SENT_SUFFIX) and job.webhook_id.startswith("st_"):
             rendered = await self._sent_report(job)

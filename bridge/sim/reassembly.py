@@ -232,6 +232,7 @@ class Decoded(NamedTuple):
     text: str
     unknown_language: bool = False
     undecodable: bool = False
+    hex: bool = False  # the text is the octets' hex (undecodable, or a binary coding's data)
 
 
 def _binary(data_coding: int) -> bool:
@@ -264,10 +265,10 @@ def decode_segments(data_coding: int, parts: Iterable[tuple[bytes, int, int]]) -
         return Decoded(gsm_decode(payload))
     if has_charset(data_coding):
         text, undecodable = decode_octets(data_coding, payload)
-        return Decoded(text, False, undecodable)
+        return Decoded(text, False, undecodable, undecodable)
     # Binary (2, 4, 8-bit classes): show the octets; so for a coding nothing here reads
     # (pictograms, reserved, compressed), flagged.
-    return Decoded(payload.hex(), False, not _binary(data_coding))
+    return Decoded(payload.hex(), False, not _binary(data_coding), True)
 
 
 def segment_text(seg: Segment) -> str:

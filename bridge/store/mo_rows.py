@@ -18,7 +18,7 @@ MO_PART_COLS = (
 )
 MO_COLS = (
     "id, account_id, smsc, source, destination, text, received_at, sign_name, parts_total, "
-    "parts_received"
+    "parts_received, text_hex"
 )
 
 
@@ -31,7 +31,7 @@ def mo_part(row: Any) -> MoPart:
 def mo_message(row: Any) -> MoMessage:
     """A row of MO_COLS."""
     r = tuple(row)
-    return MoMessage(*r[:9], seqs_from_json(r[9]))
+    return MoMessage(*r[:9], seqs_from_json(r[9]), bool(r[10]))
 
 
 def mo_part_values(part: MoPart) -> tuple[Any, ...]:
@@ -66,6 +66,7 @@ def mo_values(mo: MoMessage) -> tuple[Any, ...]:
         mo.sign_name,
         mo.parts_total,
         seqs_json(mo.parts_received),
+        mo.text_hex,
     )
 
 

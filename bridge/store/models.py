@@ -436,6 +436,8 @@ class MoMessage:
     # flagged): how many parts it announced and the seq numbers received, ascending.
     parts_total: int | None = None
     parts_received: tuple[int, ...] | None = None
+    # The text is the hex of the octets (a binary coding, or octets not text in their coding).
+    text_hex: bool = False
 
     @property
     def incomplete(self) -> bool:

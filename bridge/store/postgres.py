@@ -1683,7 +1683,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def _insert_mo(c: asyncpg.Connection, mo: MoMessage) -> bool:
         inserted = await c.fetchval(
             f"INSERT INTO mo_inbox ({MO_COLS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
             "ON CONFLICT (id) DO NOTHING RETURNING 1",
             *mo_values(mo),
         )

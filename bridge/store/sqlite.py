@@ -1278,7 +1278,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     @staticmethod
     def _insert_mo(c: sqlite3.Connection, mo: MoMessage) -> bool:
         cur = c.execute(
-            f"INSERT OR IGNORE INTO mo_inbox ({MO_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR IGNORE INTO mo_inbox ({MO_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             mo_values(mo),
         )
         if cur.rowcount != 1:

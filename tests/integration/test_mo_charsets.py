@@ -60,13 +60,14 @@ def single(payload: bytes, data_coding: int) -> ShortMessage:
     )
 
 
-async def stored_texts(store: Store) -> list[str]:
+async def stored_mos(store: Store) -> list[tuple[str, bool]]:
+    """(text, text_hex) of each MO stored for acc_a, sorted."""
     out = []
     for job in await store.claim_webhooks(NOW + 3_600 * SEC, 100, 300 * SEC):
         if job.kind == "mo":
             mo = await store.get_mo(job.payload)
             assert mo is not None and mo.account_id == "acc_a"
-            out.append(mo.text)
+            out.append((mo.text, mo.text_hex))
     return sorted(out)
 
 
@@ -89,8 +90,19 @@ async def test_replies_in_each_character_set_are_stored_as_written(
         await deliver(handler, clock, NOW + 2 * SEC, part_pdu(sjis[:cut], 1, 2, data_coding=5))
         await deliver(handler, clock, NOW + 3 * SEC, part_pdu(sjis[cut:], 2, 2, data_coding=5))
         await deliver(handler, clock, NOW + 4 * SEC, single(undecodable, 7))
-    assert await stored_texts(store) == sorted([CYRILLIC, KOREAN, JAPANESE, undecodable.hex()])
-    assert handler.mo == 4 and handler.mo_undecodable == 1 and handler.mo_unknown_language == 0
+        await deliver(handler, clock, NOW + 5 * SEC, single(b"48656c6c6f", 3))  # text: digits
+        await deliver(handler, clock, NOW + 6 * SEC, single(b"\x01\x02", 4))  # binary data
+    assert await stored_mos(store) == sorted(
+        [
+            (CYRILLIC, False),
+            (KOREAN, False),
+            (JAPANESE, False),
+            (undecodable.hex(), True),  # told apart from the same digits sent as text
+            ("48656c6c6f", False),
+            ("0102", True),
+        ]
+    )
+    assert handler.mo == 6 and handler.mo_undecodable == 1 and handler.mo_unknown_language == 0
     metrics.flush()
     assert (
         metrics.registry.get_sample_value("smpp_bridge_mo_undecodable_total", {"smsc": "smscA"})
@@ -140,11 +152,14 @@ async def test_a_cyrillic_reply_from_the_simulator_reaches_the_mo_webhook(daemon
             mo(KOREAN.encode("euc_kr"), 0x0E),  # KS C 5601
             mo(octets[:half], 6, b"\x05\x00\x03\x4b\x02\x01"),  # a long one, 8-bit UDH
             mo(octets[half:], 6, b"\x05\x00\x03\x4b\x02\x02"),
+            mo(b"\xca\xfe", 4),  # 8-bit data: its hex, and said so
         ]
     )
-    assert sent == 4
-    await wait_until(lambda: len(receiver.reports) >= 3, 15)
+    assert sent == 5
+    await wait_until(lambda: len(receiver.reports) >= 4, 15)
     assert receiver.bad_signatures == 0
-    assert sorted(r["text"] for r in receiver.reports) == sorted([CYRILLIC, KOREAN, long_text])
+    assert sorted((r["text"], r["text_hex"]) for r in receiver.reports) == sorted(
+        [(CYRILLIC, False), (KOREAN, False), (long_text, False), ("cafe", True)]
+    )
     for r in receiver.reports:
         assert r["type"] == "message.inbound" and r["from"] == "+" + number

@@ -313,10 +313,9 @@ async def test_pg_erasure_waits_for_an_mo_being_stored_and_masks_it(
             store.erase_recipient("acc_a", CN, "+86***", NOW + 1, mo_source_forms(CN))
         )
         waited = await _blocked_on_advisory(engine, erasing)
-        await conn.execute(
-            f"INSERT INTO mo_inbox ({MO_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            *mo_values(mo),
-        )
+        values = mo_values(mo)
+        marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        await conn.execute(f"INSERT INTO mo_inbox ({MO_COLS}) VALUES ({marks})", *values)
         await conn.execute("DELETE FROM mo_parts")
         await tx.commit()
         assert await erasing == 1
