@@ -14,9 +14,9 @@ Findings (each test asserts the correct behaviour; a strict xfail while it fails
    hold does (store.message_held, asked by the connector before each resend): a part the SMSC
    throttles or refuses is not sent again to the blocked number, and the message ends
    RECIPIENT_BLOCKED; missed, its parts are resent to the blocked number inside its claim and
-   it ends delivered and billed. (Its first submit goes out either way: the dispatcher holds
-   the claim's validity; that was so before.) The module's docstring reasons that every claim
-   checks the lists, which misses a claim in progress across the list's commit.
+   it ends delivered and billed. (Its first submit goes out either way: the dispatcher goes
+   by the validity its claim read; that was so before.) The module's docstring reasons that
+   every claim checks the lists, which misses a claim in progress across the list's commit.
    Fix: walk the queue first, then the messages on a bind (`for claimed in (False, True)`): a
    queue page that reads the message while the claim holds it waits for it (FOR UPDATE in
    end_queued_ids) and holds it; one that reads it claimed leaves it to the later page of the
@@ -50,10 +50,10 @@ Findings (each test asserts the correct behaviour; a strict xfail while it fails
    id than the release before gave it. One stored by the old release whose deliver_sm_resp was
    lost as it stopped for the upgrade (the moment a resp is most often lost) and resent by the
    SMSC to the new one is stored again and pushed to the customer twice. The session kept the
-   ids of MOs without tables for this reason; those with tables were left out. A fix: for
-   MO_REPEAT_MS * 2 after the release's first start (or simply always, as the cost is one more
-   probe for MOs with tables only), also look for the octets-only id as a repeat before
-   storing (inbound._mo / _long_mo_id: the previous-window check already probes a second id).
+   ids of MOs without tables for this reason; those with tables were left out. A fix: for an
+   MO with tables, also probe the octets-only id (this window's and the one before, as now),
+   and take it for a repeat only when the MO stored under it has this MO's text: one in the
+   default alphabet with the same septets reads otherwise, so the session's fix stands.
 
 Checked and found right (kept as guards): after a drained bucket, an accept 5-500 ms behind it
 is refused on both engines (the session's fix; before, a full bucket); IA5 text with line
