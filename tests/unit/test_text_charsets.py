@@ -60,7 +60,8 @@ def mo(dc: int, payload: bytes) -> Decoded:
 )
 def test_each_coding_reads_as_the_handset_showed_it(dc: int, payload: bytes, text: str) -> None:
     got = mo(dc, payload)
-    assert got == (text, False, False)
+    assert got[:3] == (text, False, False)
+    assert got.hex == (text == payload.hex())  # binary data: its hex, and said so
     assert decode_payload(dc, payload) == text  # the simulator's reading of what it receives
 
 
@@ -79,7 +80,7 @@ def test_each_coding_reads_as_the_handset_showed_it(dc: int, payload: bytes, tex
 def test_octets_not_text_in_their_coding_are_kept_as_hex_and_flagged(
     dc: int, payload: bytes
 ) -> None:
-    assert mo(dc, payload) == (payload.hex(), False, True)
+    assert mo(dc, payload) == (payload.hex(), False, True, True)  # text_hex: said so
 
 
 def test_gsm_septets_under_ia5_are_read_as_gsm() -> None:
@@ -88,18 +89,18 @@ def test_gsm_septets_under_ia5_are_read_as_gsm() -> None:
     of its own (0x40, 0x5F) still reads as IA5."""
     septets = gsm_encode("Meet @ 5_6, Ø £2 {ok}")
     assert ia5_holds_gsm(septets)
-    assert mo(1, septets) == ("Meet @ 5_6, Ø £2 {ok}", False, False)
+    assert mo(1, septets) == ("Meet @ 5_6, Ø £2 {ok}", False, False, False)
     assert not ia5_holds_gsm(b"a@b_c$\r\n\f")
     assert not ia5_holds_gsm(b"Hello\x00\x00")  # NUL padding is not GSM
-    assert mo(1, b"Hello\x00") == ("Hello\ufffd", False, False)  # as before
+    assert mo(1, b"Hello\x00") == ("Hello\ufffd", False, False, False)  # as before
 
 
 def test_a_character_cut_at_the_end_is_a_replacement_character_not_hex() -> None:
     """A long reply's run before a missing part may end inside a double-byte character: as a
     cut UCS-2 surrogate pair, it ends in U+FFFD and the rest stays readable."""
     cut = "日本".encode("shift_jis")[:-1]
-    assert mo(5, cut) == ("日\ufffd", False, False)
-    assert mo(0x0E, "안녕".encode("euc_kr")[:-1]) == ("안\ufffd", False, False)
+    assert mo(5, cut) == ("日\ufffd", False, False, False)
+    assert mo(0x0E, "안녕".encode("euc_kr")[:-1]) == ("안\ufffd", False, False, False)
     assert decode_octets(0x0D, "丂".encode("euc_jp")[:-1]) == ("\ufffd", False)
 
 

@@ -80,4 +80,4 @@ def test_simulator_reassembles_parts_with_their_tables():
     assert r.add("sys", "a", "b", p1, "id1", 0.0) is None
     msg = r.add("sys", "a", "b", p2, "id2", 1.0)
     assert msg is not None and msg.text == "ığ€"
-    assert decode_segments(8, [("ı".encode("utf-16-be"), 1, 1)]) == ("ı", False, False)
+    assert decode_segments(8, [("ı".encode("utf-16-be"), 1, 1)]) == ("ı", False, False, False)
