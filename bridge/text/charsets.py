@@ -19,10 +19,11 @@ reads every octet wins:
 - 0x0E, KS C 5601: ISO-2022-KR when its designator (ESC $ ) C) is present, else EUC-KR, then
   cp949 (Unified Hangul Code, the superset Korean handsets write; the same for EUC-KR octets).
 - 1, IA5: ASCII; but some SMSCs put unpacked GSM 7-bit septets under it. An IA5 text holds no
-  control octet besides line feed, form feed and carriage return (the gateway itself sends no
-  others under data_coding 1), while GSM text uses 0x00-0x1F for 29 of its letters and signs
+  control octet besides tab, line feed, form feed and carriage return (the gateway itself sends
+  no others under data_coding 1), while GSM text uses 0x00-0x1F for 29 of its letters and signs
   ("@" is 0x00, "_" 0x11, "É" 0x1F) and for the escape. So octets with such a control (NUL
-  padding at the end aside) are read as GSM; the rest as ASCII, where "@", "_" and "$" are
+  padding at the end aside) are read as GSM; the rest as ASCII (a GSM text whose only such sign
+  is "Ç", 0x09, reads as a tab, as every GSM text under IA5 did before), where "@", "_" and "$" are
   IA5's, as an SMSC that labels GSM text IA5 (the gateway's `gsm_data_coding: 1`) sends them.
   Octets above 0x7F, which IA5 lacks, are read as Latin-1 (senders that put them there mean it).
 - 3, 6, 7: ISO-8859-1, -5 (Cyrillic), -8 (Latin/Hebrew).
@@ -61,9 +62,9 @@ _ESCAPED: dict[int, tuple[bytes, tuple[str, ...]]] = {
     0x0E: (b"\x1b$)C", ("iso2022_kr",)),
 }
 
-# An octet below 0x20 but the IA5 controls a text may hold (line feed, form feed, carriage
-# return): GSM septets.
-_GSM_ONLY = re.compile(rb"[\x00-\x09\x0b\x0e-\x1f]")
+# An octet below 0x20 but the IA5 controls a text may hold (tab, line feed, form feed,
+# carriage return): GSM septets.
+_GSM_ONLY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f]")
 
 
 def has_charset(data_coding: int) -> bool:
