@@ -17,26 +17,30 @@ def bucket_take(
     if rate <= 0:
         return 0.0, 0.0, now
     cap = max(rate * burst_s, 1.0)
+    ahead = 0.0
     if tokens is None or at is None or at - now >= STEPPED_BACK_S:
-        # A time well ahead of now: the wall clock went back (an NTP step). Measured from it,
-        # the bucket never refilled until the clock passed it again (every send 429 for the size
-        # of the step; a refusal writes nothing back). Full, as after a long pause: at most `cap`.
+        # Far ahead of now: the wall clock went back (an NTP step) while no daemon watched it
+        # (one that runs moves the buckets' times back with the queue's: the clock shift).
+        # Measured from it, the bucket never refilled until the clock passed it again. Full, as
+        # after a long pause: at most `cap`.
         tokens, at = cap, now
     elif at > now:
-        # A little ahead: another process's or instance's accept, its clock read a moment later
-        # (or a hair ahead of this host's), committed first. No time has passed for this bucket;
-        # refilled to full here, as a step back, 40 requests in 5 ms of a 2-TPS account were
-        # accepted 5 times over on one instance and 12 over two, and two instances 3 ms apart
-        # let every request through.
-        now = at
+        # Ahead: another process's or instance's accept, its clock read later (or a host a hair
+        # ahead of this one), committed first; or this accept's time was read when its request
+        # came in, before it waited for the store. No time has passed for this bucket. Taken
+        # for a step back and refilled, 40 requests in 5 ms of a 2-TPS account were accepted 5
+        # times over on one instance and 12 over two, and accepts late by a second had a full
+        # bucket each (session 42's reviews).
+        ahead, now = at - now, at
     tokens = min(cap, tokens + (now - at) * rate)
     need = min(n, cap)
     if tokens >= need:
         return 0.0, tokens - n, now
-    return (need - tokens) / rate, tokens, now
+    return ahead + (need - tokens) / rate, tokens, now
 
 
-# How far ahead of now a bucket's time must be to be a clock stepped back (bridge.clockstep's
-# STEP_S): hosts kept by NTP are milliseconds apart, and the clock offset PostgreSQL's instances
-# measure ignores less than 250 ms. Below it the bucket waits for the clock, at most this long.
-STEPPED_BACK_S = 1.0
+# How far ahead of now a bucket's time must be to be a clock stepped back unseen: far beyond
+# any accept's wait for the store (an HTTP request is answered long before) and hosts kept by
+# NTP. Below it a bucket whose clock went back unseen waits for the clock, at most this long
+# (the 429's Retry-After says so); a step a daemon saw moved the bucket back with it.
+STEPPED_BACK_S = 60.0

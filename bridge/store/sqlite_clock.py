@@ -60,9 +60,15 @@ _MARKS = tuple(
 )
 
 
+# The accounts' rate buckets: a time ahead of now is taken as no time passed (bridge.domain.rate),
+# so a drained bucket would refuse every send for the size of the step.
+_BUCKETS = "UPDATE rate_buckets SET at = at - ? WHERE at > ?"
+
+
 def _start(c: sqlite3.Connection, by_ms: int, now: int) -> tuple[int, list[str]]:
     for sql in _MARKS:
         c.execute(sql, (by_ms, now))
+    c.execute(_BUCKETS, (by_ms / 1000, now / 1000))
     bound = c.execute("SELECT MAX(rowid) FROM messages").fetchone()[0] or 0
     return bound, [r[0] for r in c.execute("SELECT id FROM accounts ORDER BY id")]
 

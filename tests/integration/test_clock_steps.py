@@ -4,6 +4,7 @@ by as much (bridge/clockstep.py, Daemon._watch_clock), on every engine."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ if _ROOT not in sys.path:
 import tests.store_engines as engines  # noqa: E402
 from bridge.store import postgres_clock, sqlite_clock  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
-from bridge.store.models import ClockShift, Release  # noqa: E402
+from bridge.store.models import AcceptBatch, ClockShift, Release  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     DAY,
     HOUR,
@@ -174,3 +175,22 @@ async def test_a_lease_another_sender_holds_is_kept(store: Store) -> None:
     assert await store.claim_webhooks(old - MIN + LEASE - 1, 10, LEASE) == []
     await store.webhook_done([job.id], NOW + SEC, lease=job.lease)
     assert await store.claim_webhooks(NOW + DAY, 10, LEASE) == []  # booked delivered
+
+
+async def test_a_rate_bucket_moves_back_with_the_clock(store: Store) -> None:
+    """A bucket's time ahead of an accept's is taken as no time passed (another process's
+    accept committed first), so after a step back of 30 s a 2-TPS account's drained bucket
+    would refuse every send for 30 s: the shift moves its time back with the queue's."""
+    await store.create_account(account())
+    step = 30 * SEC
+    old = NOW + step
+
+    def rated(mid: str, at: int) -> AcceptBatch:
+        return replace(batch(message(mid, at=at)), tps=2)
+
+    for mid in ("r1", "r2"):  # drains it: two tokens, a second's worth
+        assert (await store.accept(rated(mid, old), old)).accepted
+    refused = await store.accept(rated("r3", NOW + SEC), NOW + SEC)  # the clock stepped back
+    assert not refused.accepted and refused.retry_after == pytest.approx(29.5)
+    await store.clock_stepped_back(step, NOW + SEC, ())
+    assert (await store.accept(rated("r3", NOW + SEC), NOW + SEC)).accepted  # a second refilled

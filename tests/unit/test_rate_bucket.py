@@ -29,7 +29,7 @@ def test_a_batch_larger_than_the_bucket_is_paced_not_refused_for_ever() -> None:
     assert bucket_take(tokens, 100.0, 2, 1, 104.0)[0] == 0.5  # 4 s repaid 8 tokens: empty
 
 
-@pytest.mark.parametrize("back_s", [STEPPED_BACK_S, 60.0, 7200.0])
+@pytest.mark.parametrize("back_s", [STEPPED_BACK_S, 600.0, 7200.0])
 def test_a_clock_gone_back_gives_a_full_bucket_not_a_lock_out(back_s: float) -> None:
     """A stored time well ahead of now (an NTP step back): before, no refill until the clock
     passed it again, so a drained bucket refused every send for the size of the step."""
@@ -37,12 +37,14 @@ def test_a_clock_gone_back_gives_a_full_bucket_not_a_lock_out(back_s: float) -> 
     assert (wait, tokens, at) == (0.0, 1.0, 1000.0 - back_s)
 
 
-@pytest.mark.parametrize("behind_s", [0.000_5, 0.003, 0.25, STEPPED_BACK_S - 0.001])
+@pytest.mark.parametrize("behind_s", [0.000_5, 0.003, 0.25, 1.5, STEPPED_BACK_S - 0.001])
 def test_a_bucket_written_a_moment_later_is_not_refilled(behind_s: float) -> None:
-    """Another process's accept, its clock read a moment after this one's, committed first: no
-    time has passed for the bucket. Refilled to full, as a step back, it let a 2-TPS account's
-    burst through several times over (session 42's PostgreSQL review, finding 1)."""
-    assert bucket_take(0.0, 1000.0, 2, 1, 1000.0 - behind_s) == (0.5, 0.0, 1000.0)
+    """Another process's accept, its clock read a moment after this one's, committed first (or
+    this accept waited for the store after its time was read): no time has passed for the
+    bucket. Refilled to full, as a step back, it let a 2-TPS account's burst through several
+    times over (session 42's reviews). A refusal waits for the bucket's time, then the refill."""
+    wait, tokens, at = bucket_take(0.0, 1000.0, 2, 1, 1000.0 - behind_s)
+    assert (wait, tokens, at) == (pytest.approx(behind_s + 0.5), 0.0, 1000.0)
     wait, tokens, at = bucket_take(1.0, 1000.0, 2, 1, 1000.0 - behind_s)
     assert (wait, tokens, at) == (0.0, 0.0, 1000.0)  # kept its time: it never goes back
 
