@@ -283,7 +283,9 @@ class Inbound:
         # it again after the MO was committed) gets the same id, and the store keeps one.
         if whole is None:
             mo_id: str | None = mo_id_for(smsc, body, seg, now_ms)
-            if await self.store.get_mo(mo_id_for(smsc, body, seg, now_ms - MO_REPEAT_MS)):
+            if await self.store.get_mo(
+                mo_id_for(smsc, body, seg, now_ms - MO_REPEAT_MS)
+            ) or await self._stored_by_octets(smsc, body, seg, text, now_ms):
                 mo_id = None
         else:
             what = partial(_concat_what, str(seg.scheme), seg.ref, seg.total)
@@ -481,6 +483,25 @@ class Inbound:
                        "parts_total": total},
             )  # fmt: skip
         return bool(new)
+
+    async def _stored_by_octets(
+        self, smsc: str, body: ShortMessage, seg: Segment, text: str, now_ms: int
+    ) -> bool:
+        """Whether an MO naming national language tables was stored under the id of its octets
+        alone, as releases before the tables counted gave it, with this text: a copy the SMSC
+        resent across the upgrade (its deliver_sm_resp lost as the old release stopped), not
+        one to store and push again. The text, not the id alone: the same septets in the
+        default alphabet are another reply (the reason the tables count)."""
+        if not (seg.locking or seg.single):
+            return False
+        for at in (now_ms, now_ms - MO_REPEAT_MS):
+            old = await self.store.get_mo(
+                _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding,
+                       bytes(seg.payload), at)
+            )  # fmt: skip
+            if old is not None and old.text == text:
+                return True
+        return False
 
     async def _long_mo_id(
         self,
