@@ -15,7 +15,6 @@ from bridge import logs
 from bridge.accounts import AccountService
 from bridge.api.auth import Authenticator, Principal
 from bridge.api.errors import ApiError
-from bridge.api.ratelimit import RateLimiter
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs
@@ -32,7 +31,6 @@ class ApiContext:
     auth: Authenticator
     submitter: Submitter
     accounts: AccountService
-    limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = time.time
     # Hooks the pipeline fills in; the API works without them (tests, `run` before binds are up).
     on_accepted: Callable[[int], None] = lambda n: None

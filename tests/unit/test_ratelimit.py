@@ -1,4 +1,5 @@
-"""bridge/api/ratelimit.py: token-bucket arithmetic with time passed in."""
+"""The account rate's token bucket (bridge/domain/rate.py) over a sequence of requests, its
+state kept between them as the store keeps it in `rate_buckets`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.api.ratelimit import RateLimiter
+from bridge.domain.rate import bucket_take
+
+
+class RateLimiter:
+    """The state a store row keeps, here in a dict: one bucket per key."""
+
+    def __init__(self, burst_seconds: float = 1.0) -> None:
+        self._burst = burst_seconds
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, rate: int, n: int, now: float) -> float:
+        tokens, at = self._buckets.get(key, (None, None))
+        wait, tokens, at = bucket_take(tokens, at, rate, n, now, self._burst)
+        if rate > 0 and wait == 0.0:  # a refusal writes nothing back, as in the store
+            self._buckets[key] = (tokens, at)
+        return wait
 
 
 @pytest.mark.parametrize("rate", [0, -1])
