@@ -98,7 +98,12 @@ def masked_answer(response: bytes, number: str, masked: str) -> bytes:
     if _valid(text):
         doc, _end = _node(text, _WS.match(text).end())  # type: ignore[union-attr]
         messages = _first(doc, '"messages"') if isinstance(doc, _Obj) else None
-        if messages is not None and type(messages[1]) is list:  # json_type 'array'
+        # json_type 'array', of objects, arrays and nulls only (sqlite_erase._REFS)
+        if (
+            messages is not None
+            and type(messages[1]) is list
+            and all(isinstance(e, list) or e == "null" for e in messages[1])
+        ):
             for entry in messages[1]:
                 if isinstance(entry, _Obj) and _is(_first(entry, '"to"'), number):
                     ref = _first(entry, '"client_ref"')

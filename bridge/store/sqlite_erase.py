@@ -42,10 +42,13 @@ DROP_CHUNK = 2_000
 # client_ref first, while "to" still names the number (it links the message to the person, as
 # the message row's does, which the erasure clears); then the number, as a whole JSON string
 # only (a bare replace also rewrote longer numbers starting with it). Over a range of the
-# account's keys (its index), the records up to the erasure's highest id. An entry that is not
-# an object is kept as written (`->` gives its JSON text): json_extract and json() of a string
-# entry's value failed the statement (a masking that never finished), and json() of a boolean's
-# turned `true` into 1.
+# account's keys (its index), the records up to the erasure's highest id. Only a `messages`
+# array of objects (arrays and nulls are kept as they are) has its entries rewritten: json() of a
+# string entry's value failed the statement (a masking that never finished), and of a boolean's
+# turned `true` into 1; the number is still masked in such an answer. (Keeping the scalars as
+# written takes SQLite's `->`, 3.38 or later: RHEL 9's 3.34 and Ubuntu 22.04's 3.37 lack it.)
+# The CASE: SQLite may test a WHERE's terms in any order, and json_each of text that is not JSON
+# raises.
 # The first chunk has no lower bound: no value sorts before every TEXT key (-1 compared as the
 # text '-1', and a key such as '#42' sorts before it: never masked, and read unmasked after the
 # first chunk). Two statements, not `(:lo IS NULL OR key>:lo)`: SQLite then seeks only the
@@ -56,14 +59,14 @@ _RANGES = (
 )
 _REFS = tuple(
     "UPDATE idempotency SET response=CAST(json_set(CAST(response AS TEXT), '$.messages', "
-    "(SELECT json_group_array(CASE WHEN e.type<>'object' "
-    "THEN json(CAST(response AS TEXT) -> ('$.messages[' || e.key || ']')) "
-    "WHEN json_extract(e.value, '$.to')=:number "
+    "(SELECT json_group_array(CASE WHEN json_extract(e.value, '$.to')=:number "
     "THEN json_set(e.value, '$.client_ref', NULL) ELSE json(e.value) END) "
     "FROM json_each(CAST(response AS TEXT), '$.messages') e)) AS BLOB) "
     f"WHERE {where} AND instr(CAST(response AS TEXT), :q)>0 "
-    "AND json_valid(CAST(response AS TEXT)) "
-    "AND json_type(CAST(response AS TEXT), '$.messages')='array'"
+    "AND CASE WHEN NOT json_valid(CAST(response AS TEXT)) THEN 0 "
+    "WHEN json_type(CAST(response AS TEXT), '$.messages') IS NOT 'array' THEN 0 "
+    "ELSE NOT EXISTS (SELECT 1 FROM json_each(CAST(response AS TEXT), '$.messages') x "
+    "WHERE x.type NOT IN ('object', 'array', 'null')) END"
     for where in _RANGES
 )
 _NUMBER = tuple(

