@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Memory and time of a do-not-contact import's end on PostgreSQL with many messages waiting.
+"""Memory and time of a do-not-contact import's end on PostgreSQL with many messages waiting, or
+of an account's disable or `senders` change (`--op`).
 
 Usage: python scripts/bench_pg_dnc.py [--waiting 200000] [--blocked-every 10] [--runs 3]
-                                      [--old TREE]
+                                      [--op dnc|disable|senders] [--old TREE]
 
 Why: the import's second step read every waiting message (id, number) into the daemon at once,
-in one transaction (session 42 walks them 2,000 at a time: bridge/store/postgres_dnc.py). This
-starts a throw-away cluster (tests/pg_cluster.py), queues `--waiting` one-part messages of one
-account into a template database, then per run clones it and imports a list that blocks every
-`--blocked-every`th number, in a child process, printing the import's wall time, its peak of
-Python allocations (tracemalloc, a second child) and of the child's RSS above what it had before
-the import. With `--old TREE` (a checkout of the code before, e.g. `git archive`), the runs
+in one transaction (session 42 walks them 2,000 at a time: bridge/store/postgres_dnc.py); so did
+a disable (every waiting id of the account, locked) and a `senders` change (every waiting
+message with a sender of every account), read 2,000 at a time through a cursor since
+(bridge/store/postgres_ends.py). This starts a throw-away cluster (tests/pg_cluster.py), queues
+`--waiting` one-part messages of one account into a template database, then per run clones it
+and, in a child process, imports a list that blocks every `--blocked-every`th number (`dnc`),
+disables the account (`disable`: every one ends), or takes from it the first of the two senders
+its messages alternate between (`senders`: half end), printing the operation's wall time, its
+peak of Python allocations (tracemalloc, a second child) and of the child's RSS above what it
+had before. With `--old TREE` (a checkout of the code before, e.g. `git archive`), the runs
 alternate between TREE and this tree, so both see the same load on a shared machine.
 """
 
@@ -26,23 +31,28 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_700_000_000_000
+SENDERS = ("10690077", "10690099")  # --op senders: the messages alternate; the first is taken
 
 
 def _number(k: int) -> str:
     return f"+86138{k:08d}"
 
 
-async def _fill(dsn: str, waiting: int) -> None:
+async def _fill(dsn: str, waiting: int, op: str) -> None:
     from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment
     from bridge.store.postgres import PostgresStore
 
     store = PostgresStore(dsn, min_size=1, max_size=4)
     await store.open()
     try:
-        await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
+        senders = SENDERS if op == "senders" else ()
+        await store.create_account(
+            Account(id="acc", name="acc", created_at=NOW, updated_at=NOW, senders=senders)
+        )
         for start in range(0, waiting, 1_000):
             msgs = tuple(
                 NewMessage(
@@ -56,6 +66,7 @@ async def _fill(dsn: str, waiting: int) -> None:
                     segments=(NewSegment(1, 1, 0, b"hello", b""),),
                     accepted_at=NOW,
                     text="hello",
+                    sender=SENDERS[k % 2] if senders else None,
                 )
                 for k in range(start, min(start + 1_000, waiting))
             )
@@ -69,11 +80,28 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-async def _measure(dsn: str, waiting: int, every: int, trace: bool) -> dict[str, float]:
+async def _op(store: Any, op: str, waiting: int, every: int) -> int:
+    """What the operation ended (a disable and a senders change answer the account: counted)."""
     from bridge.store.models import DncInfo
+
+    if op == "dnc":
+        numbers = [_number(k) for k in range(0, waiting, every)]
+        info = DncInfo("registry", "registry", "CN", len(numbers), 0, NOW + 1)
+        return int(await store.import_dnc(info, numbers, []))
+    if op == "disable":
+        await store.update_account("acc", {"status": "disabled"}, NOW + 1)
+    else:
+        await store.update_account("acc", {"senders": [SENDERS[1]]}, NOW + 1)
+    return -1
+
+
+async def _ended(store: Any) -> int:
+    return int(await store.pool.fetchval("SELECT COUNT(*) FROM messages WHERE q_state = 'done'"))
+
+
+async def _measure(dsn: str, waiting: int, every: int, trace: bool, op: str) -> dict[str, float]:
     from bridge.store.postgres import PostgresStore
 
-    numbers = [_number(k) for k in range(0, waiting, every)]
     store = PostgresStore(dsn, min_size=1, max_size=4)
     await store.open()
     peak = [0]
@@ -91,12 +119,13 @@ async def _measure(dsn: str, waiting: int, every: int, trace: bool) -> dict[str,
         if trace:
             tracemalloc.start()
         t0 = time.perf_counter()
-        info = DncInfo("registry", "registry", "CN", len(numbers), 0, NOW + 1)
-        ended = await store.import_dnc(info, numbers, [])
+        ended = await _op(store, op, waiting, every)
         seconds = time.perf_counter() - t0
         traced = tracemalloc.get_traced_memory()[1] if trace else 0
         stop.set()
         sampler.join()
+        if ended < 0:
+            ended = await _ended(store)
     finally:
         await store.close()
     import bridge
@@ -113,6 +142,7 @@ async def _measure(dsn: str, waiting: int, every: int, trace: bool) -> dict[str,
 def _child(tree: Path, dsn: str, args: argparse.Namespace, trace: bool) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--measure", dsn, "--tree", str(tree)]
     cmd += ["--waiting", str(args.waiting), "--blocked-every", str(args.blocked_every)]
+    cmd += ["--op", args.op]
     if trace:
         cmd.append("--trace")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -124,6 +154,7 @@ def main() -> None:
     p.add_argument("--waiting", type=int, default=200_000)
     p.add_argument("--blocked-every", type=int, default=10)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--op", choices=("dnc", "disable", "senders"), default="dnc")
     p.add_argument("--old", type=Path, help="a tree of the code before, run alternately")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -133,7 +164,9 @@ def main() -> None:
     if args.measure:
         print(
             json.dumps(
-                asyncio.run(_measure(args.measure, args.waiting, args.blocked_every, args.trace))
+                asyncio.run(
+                    _measure(args.measure, args.waiting, args.blocked_every, args.trace, args.op)
+                )
             )
         )
         return
@@ -144,7 +177,7 @@ def main() -> None:
     try:
         template = asyncio.run(pgc.create_database(cluster, "bench_template"))
         t0 = time.perf_counter()
-        asyncio.run(_fill(template, args.waiting))
+        asyncio.run(_fill(template, args.waiting, args.op))
         print(f"queued {args.waiting} waiting in {time.perf_counter() - t0:.1f} s", flush=True)
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
         for run in range(args.runs):

@@ -34,11 +34,11 @@ import asyncpg
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
-from bridge.domain import senders as senders_rules
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms
 from bridge.store import migrate, postgres_clock
+from bridge.store import postgres_ends as ends
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
 from bridge.store import postgres_rules as rules_sql
@@ -50,7 +50,6 @@ from bridge.store.account_rows import (
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
-    WAITING_SENDERS_SQL,
     audit_row,
     audit_values,
     column_value,
@@ -607,38 +606,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     now,
                     account_id,
                 )
+            # The ends read the messages a page at a time, in this transaction (postgres_ends).
             if disabling:  # see base.Store.update_account
-                await rules_sql.end_queued_where(
-                    c,
-                    "account_id = $1",
-                    (account_id,),
-                    ACCOUNT_DISABLED_ERROR,
-                    now,
-                )
+                await ends.end_account_waiting(c, account_id, ACCOUNT_DISABLED_ERROR, now)
             for setting, which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
-                    await rules_sql.end_queued_where(
-                        c,
-                        f"account_id = $1 AND {which}",
-                        (account_id,),
-                        error,
-                        now,
-                    )
+                    await ends.end_account_waiting(c, account_id, error, now, which)
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
-                refused = senders_rules.refused_waiting(
-                    [tuple(r) for r in await c.fetch(WAITING_SENDERS_SQL)],
-                    assignments,
-                    assigned_only=assigned_only,
-                )
-                if refused:
-                    await rules_sql.end_queued_where(
-                        c,
-                        "id = ANY($1::text[])",
-                        (refused,),
-                        "SENDER_NOT_ALLOWED",
-                        now,
-                    )
+                await ends.end_refused_senders(c, assignments, now, assigned_only=assigned_only)
             row = await c.fetchrow(
                 f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1", account_id
             )

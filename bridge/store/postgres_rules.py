@@ -34,6 +34,7 @@ from bridge.ids import new_id
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
+from bridge.store.postgres_ends import end_account_waiting
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
@@ -497,12 +498,8 @@ class RulesStoreMixin:
                 name,
             )
             if status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await end_queued_where(
-                    c,
-                    "account_id = $1 AND sign_name = $2",
-                    (account_id, name),
-                    "SIGN_REJECTED",
-                    now,
+                await end_account_waiting(
+                    c, account_id, "SIGN_REJECTED", now, "sign_name = $2", (name,)
                 )
             return sign_row(r) if r else None
 
@@ -522,12 +519,8 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_queued_where(
-                c,
-                "account_id = $1 AND sign_name = $2",
-                (account_id, name),
-                "SIGN_DELETED",
-                now,
+            return await end_account_waiting(
+                c, account_id, "SIGN_DELETED", now, "sign_name = $2", (name,)
             )
 
         return await run_tx(self.pool, job)
@@ -577,7 +570,11 @@ class RulesStoreMixin:
             if r is None:  # unknown, or corrected since the reviewer read it: as it is now
                 r = await c.fetchrow(f"SELECT {TEMPLATE_COLS} FROM templates WHERE code = $1", code)
             elif status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await end_queued_where(c, "template = $1", (code,), "TEMPLATE_REJECTED", now)
+                # The owner's messages only: an accept takes a template of its own account.
+                owner = template_row(r).account_id
+                await end_account_waiting(
+                    c, owner, "TEMPLATE_REJECTED", now, "template = $2", (code,)
+                )
             return template_row(r) if r else None
 
         return await run_tx(self.pool, job)
@@ -596,7 +593,9 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_queued_where(c, "template = $1", (code,), "TEMPLATE_DELETED", now)
+            return await end_account_waiting(
+                c, account_id, "TEMPLATE_DELETED", now, "template = $2", (code,)
+            )
 
         return await run_tx(self.pool, job)
 

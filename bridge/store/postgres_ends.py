@@ -1,0 +1,114 @@
+"""An account's waiting messages ended (a disable, `marketing` or `raw_text` turned off, a sign or
+template deleted or rejected) and every account's re-checked after a `senders` change, read
+WALK_CHUNK at a time (PostgreSQL).
+
+Why: each read every message it covered in one statement: the account-wide ends locked and
+returned every waiting id of the account, the `senders` change every waiting message with a
+sender of every account (id, account, sender), and ended all of them at once. 200,000 waiting
+took 254 MB of Python allocations at the disable's peak (the rows, then the refunds and reports
+made of them), 134 MB at a senders change refusing half; 3.7 and 2.5 MB in pages
+(scripts/bench_pg_dnc.py --op disable|senders).
+
+Now each reads them through one cursor, WALK_CHUNK rows per FETCH, and ends a page before it
+reads the next. The cursor reads one snapshot, taken as it opens where the one statement was:
+what it covers is what the one statement read, a message the claims move in the queue
+meanwhile (an un-park, a clock step) included, which a keyset walk in the queue's order could
+pass by; each page is then ended (or held) as it is by then, as the one statement's end was.
+
+One transaction still, unlike the do-not-contact walk's transaction per page
+(postgres_dnc.py), because nothing else covers what a page has not reached yet on PostgreSQL:
+the claims check the do-not-contact lists (postgres_pipeline.dnc_guard) but not an account's
+status, its signs, templates, `marketing` and `raw_text`, or the senders assignments; and no
+row records an end under way for a sweep to finish (SQLite's pending_ends and sender_walk, whose
+PostgreSQL migrations are no-ops). In pages of their own, a claim between two pages would send a
+disabled account's messages, and a process stopped part-way would leave them to be sent. So the
+change and its ends commit together, as before. What that transaction holds is as before:
+
+- an account-wide end first locks every message it covers in one statement that answers a
+  count (in id order, the pipeline's lock order, waiting for a claim scan's rows rather than
+  skipping them, as end_queued_ids does): from there the claims skip them, as they skipped the
+  one statement's rows, and nothing is claimed between two pages;
+- the `senders` change locks, as before, only the messages it refuses (locking every waiting
+  one would stop every account's sends until its commit), a page at a time, in id order across
+  the pages (the cursor's ORDER BY: no deadlock with the pipeline's own id-ordered locks). As
+  before, a claim that takes a refused message before the change locks it (the claims do not
+  check the assignments) sends it, and the change only holds it; the window is the walk up to
+  that message, as it was the read and the check of every one of them before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from bridge.domain import senders as senders_rules
+from bridge.store.account_rows import WAITING_SENDERS_SQL
+
+WALK_CHUNK = 2_000  # waiting messages read per FETCH (and ended per statement)
+_IDS = "id = ANY($1::text[])"
+
+
+async def pages(
+    c: asyncpg.Connection, sql: str, args: Sequence[Any] = ()
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of `sql` as one snapshot, WALK_CHUNK at a time (c must be in a transaction). The
+    next page is fetched once the caller handled this one."""
+    cursor = await c.cursor(sql, *args)
+    while True:
+        rows = await cursor.fetch(WALK_CHUNK)
+        if rows:
+            yield rows
+        if len(rows) < WALK_CHUNK:
+            return
+
+
+async def end_account_waiting(
+    c: asyncpg.Connection,
+    account_id: str,
+    error: str,
+    now: int,
+    which: str = "TRUE",
+    args: Sequence[Any] = (),
+) -> int:
+    """The account's waiting messages `which` finds (its parameters `args`, from $2) ended
+    unsent with `error` and refunded, those on a bind or tried held (end_queued_ids); how many
+    ended. Every one locked first, the daemon reading them WALK_CHUNK at a time after."""
+    from bridge.store.postgres_rules import end_queued_ids
+
+    where = f"account_id = $1 AND ({which}) AND q_state IN ('queued', 'claimed')"
+    found = await c.fetchval(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE {where} ORDER BY id FOR UPDATE) s",
+        account_id,
+        *args,
+    )
+    if not found:
+        return 0
+    ended = 0
+    async for rows in pages(c, f"SELECT id FROM messages WHERE {where}", (account_id, *args)):
+        ids = [r[0] for r in rows]
+        ended += len(await end_queued_ids(c, _IDS, (ids,), error, now))
+    return ended
+
+
+async def end_refused_senders(
+    c: asyncpg.Connection,
+    assignments: Sequence[tuple[str, Sequence[str]]],
+    now: int,
+    *,
+    assigned_only: bool,
+) -> int:
+    """Every account's waiting messages whose sender their account may no longer use under
+    `assignments` (senders.refused_waiting) ended with SENDER_NOT_ALLOWED, a page at a time;
+    how many ended."""
+    from bridge.store.postgres_rules import end_queued_where
+
+    ended = 0
+    async for rows in pages(c, f"{WAITING_SENDERS_SQL} ORDER BY id"):
+        refused = senders_rules.refused_waiting(
+            [(r[0], r[1], r[2]) for r in rows], assignments, assigned_only=assigned_only
+        )
+        if refused:
+            ended += await end_queued_where(c, _IDS, (refused,), "SENDER_NOT_ALLOWED", now)
+    return ended

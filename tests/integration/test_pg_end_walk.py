@@ -1,0 +1,245 @@
+"""PostgreSQL's account-wide ends (a disable, `marketing` / `raw_text` turned off, a sign or
+template deleted) and the `senders` change read the waiting messages a page at a time
+(bridge/store/postgres_ends.py), on a real PostgreSQL.
+
+Before, each read every message it covered in one statement: a million waiting was a million
+rows in the daemon at once. The page is made 3 here, so 13 waiting messages of one account (10
+queued, 3 on a bind) take several; the outcome must be what it was: the same count, each covered
+message ended (or, on a bind, held) once and refunded once, the others untouched; and, the change
+and its ends being one transaction, no claim takes a covered message between two pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import asyncpg.cursor
+import pytest
+
+from bridge.domain.admission import Priced, Rules
+from bridge.domain.ledger import topup
+from bridge.store import postgres_ends
+from bridge.store.models import AcceptBatch, Account, Sign, Template
+from bridge.store.postgres import PostgresStore
+from tests.messages import one_part
+
+NOW = 1_700_000_000_000
+AT = NOW + 5  # when the change is made
+DAY = 86_400_000
+LEASE = 300_000
+PRICE = 45_000
+CASH = 10_000_000
+EVEN = (0, 2, 4, 6, 8)
+ODD = (1, 3, 5, 7, 9)
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _msg(mid: str, aid: str, k: int, **fields: Any) -> Any:
+    """Even k: sign Acme, template T1 (T2 for acc_b), marketing, sender ACME; odd k: free text,
+    a notification from 10690099."""
+    even = k % 2 == 0
+    return one_part(
+        mid,
+        aid,
+        f"+86138{k:08d}",
+        NOW,
+        price_class="D",
+        sign_name="Acme" if even else None,
+        template=("T1" if aid == "acc_a" else "T2") if even else None,
+        kind="marketing" if even else "notification",
+        sender="ACME" if even else "10690099",
+        **fields,
+    )
+
+
+async def _account(store: PostgresStore, aid: str, template: str) -> None:
+    await store.create_account(Account(id=aid, name=aid, created_at=NOW, updated_at=NOW))
+    await store.append_ledger(aid, topup(CASH, NOW - 1_000, "funds"))
+    await store.add_sign(Sign(aid, "Acme", "acme", "company", "", "approved", None, None, NOW))
+    await store.add_template(
+        Template(template, aid, "marketing", template, "hi", "", False, "approved", None, NOW)
+    )
+
+
+async def _accept(store: PostgresStore, aid: str, msgs: list[Any]) -> None:
+    rules = Rules(charges=tuple(Priced(m.id, PRICE, False) for m in msgs), billing=True)
+    out = await store.accept(AcceptBatch(aid, tuple(msgs), None, None, rules=rules), NOW)
+    assert out.accepted, out
+
+
+async def _queue(store: PostgresStore) -> None:
+    """acc_a: c10-c12 on a bind, q00-q09 queued (q08, q09 scheduled a day out); acc_b: b00 (as
+    an even one) and b01 (as an odd one) queued."""
+    await _account(store, "acc_a", "T1")
+    await _account(store, "acc_b", "T2")
+    await _accept(store, "acc_a", [_msg(f"c{k:02d}", "acc_a", k) for k in (10, 11, 12)])
+    assert len(await store.claim("inst-1", 3, NOW, LEASE)) == 3
+    await _accept(
+        store,
+        "acc_a",
+        [
+            _msg(f"q{k:02d}", "acc_a", k, scheduled_at=NOW + DAY if k >= 8 else None)
+            for k in range(10)
+        ],
+    )
+    await _accept(store, "acc_b", [_msg("b00", "acc_b", 0), _msg("b01", "acc_b", 1)])
+
+
+async def _rows(dsn: str) -> dict[str, tuple[str, str, int | None, str | None]]:
+    """id -> (q_state, its part's state:error, expires_at, end_error)."""
+    c = await asyncpg.connect(dsn)
+    try:
+        rows = await c.fetch(
+            "SELECT m.id, m.q_state, s.state || ':' || COALESCE(s.error_code, ''), "
+            "m.expires_at, m.end_error FROM messages m JOIN segments s ON s.message_id = m.id"
+        )
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+    finally:
+        await c.close()
+
+
+async def _refunds(store: PostgresStore, aid: str) -> list[str]:
+    return sorted(r.ref for r in await store.ledger_page(aid, limit=1000) if r.kind == "refund")
+
+
+async def _cash(store: PostgresStore, aid: str) -> int:
+    return sum(p.amount for p in await store.get_pockets(aid))
+
+
+# (what is done, its error, the queued ids it ends, the ids on a bind it holds)
+CASES = {
+    "disable": ("ACCOUNT_DISABLED", [f"q{k:02d}" for k in range(10)], ["c10", "c11", "c12"]),
+    "marketing": ("MARKETING_NOT_ALLOWED", [f"q{k:02d}" for k in EVEN], ["c10", "c12"]),
+    "raw_text": ("RAW_TEXT_NOT_ALLOWED", [f"q{k:02d}" for k in ODD], ["c11"]),
+    "sign": ("SIGN_DELETED", [f"q{k:02d}" for k in EVEN], ["c10", "c12"]),
+    "template": ("TEMPLATE_DELETED", [f"q{k:02d}" for k in EVEN], ["c10", "c12"]),
+    # acc_b holds ACME now: acc_a's ACME messages, and acc_b's own from an address not on its list.
+    "senders": ("SENDER_NOT_ALLOWED", [f"q{k:02d}" for k in EVEN] + ["b01"], ["c10", "c12"]),
+}
+
+
+async def _do(store: PostgresStore, case: str) -> int | None:
+    if case == "disable":
+        await store.update_account("acc_a", {"status": "disabled"}, AT)
+    elif case in ("marketing", "raw_text"):
+        await store.update_account("acc_a", {case: False}, AT)
+    elif case == "sign":
+        return await store.delete_sign("acc_a", "Acme", AT)
+    elif case == "template":
+        return await store.delete_template("acc_a", "T1", AT)
+    else:
+        await store.update_account("acc_b", {"senders": ["ACME"]}, AT)
+    return None
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_paged_ends_end_what_they_cover_once_and_refund_once(
+    pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _queue(pg)
+    error, ended, held = CASES[case]
+    count = await _do(pg, case)
+    if count is not None:  # a sign's or template's delete answers how many ended
+        assert count == len(ended)
+    for mid, (q_state, part, expires_at, end_error) in (await _rows(pg_dsn)).items():
+        if mid in ended:
+            assert (q_state, part) == ("done", f"expired_unsent:{error}"), mid
+        elif mid in held:  # on a bind: not recalled, its validity ends now (_hold_tried)
+            assert (q_state, part, expires_at, end_error) == ("claimed", "queued:", AT, error), mid
+        else:
+            assert q_state in ("queued", "claimed") and part == "queued:", mid
+            assert end_error is None, mid
+    ended_a = sorted(m for m in ended if m.startswith("q"))
+    ended_b = sorted(m for m in ended if m.startswith("b"))
+    assert await _refunds(pg, "acc_a") == ended_a
+    assert await _refunds(pg, "acc_b") == ended_b
+    assert await _cash(pg, "acc_a") == CASH - 13 * PRICE + len(ended_a) * PRICE
+    assert await _cash(pg, "acc_b") == CASH - 2 * PRICE + len(ended_b) * PRICE
+    # Done again: nothing more to end, nothing refunded twice.
+    if case in ("disable", "marketing", "raw_text", "senders"):
+        assert await _do(pg, case) is None
+    assert await _refunds(pg, "acc_a") == ended_a
+    assert await _refunds(pg, "acc_b") == ended_b
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every read of the messages table on any connection: (query, rows answered), cursor
+    pages included."""
+    reads: list[tuple[str, int]] = []
+    fetch = asyncpg.connection.Connection.fetch
+    page = asyncpg.cursor.Cursor.fetch
+
+    async def spy_fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        rows = await fetch(self, query, *args, **kw)
+        if "FROM messages" in query:
+            reads.append((query, len(rows)))
+        return rows
+
+    async def spy_page(self: Any, n: int, **kw: Any) -> Any:
+        rows = await page(self, n, **kw)
+        if "FROM messages" in self._query:
+            reads.append((self._query, len(rows)))
+        return rows
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy_fetch)
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", spy_page)
+    return reads
+
+
+@pytest.mark.parametrize("case", ["disable", "senders", "sign"])
+async def test_no_read_answers_more_than_a_page_of_the_waiting_messages(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Before: one read answered every message covered (the disable's 13, the senders change's
+    15 waiting with a sender) at once."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _queue(pg)
+    reads = _spy_reads(monkeypatch)
+    await _do(pg, case)
+    assert reads, "nothing read the messages"
+    assert max(n for _, n in reads) <= 3, reads
+
+
+@pytest.mark.parametrize("case", ["disable", "sign"])
+async def test_no_claim_takes_a_covered_message_between_two_pages(
+    pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The claims do not check an account's status or signs on PostgreSQL: what an account-wide
+    end has not reached yet must be locked already, or a claim on another instance sends it."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _queue(pg)
+    other = PostgresStore(pg_dsn, min_size=1, max_size=2)
+    await other.open()
+    taken: list[str] = []
+    page = asyncpg.cursor.Cursor.fetch
+
+    async def claim_between(self: Any, n: int, **kw: Any) -> Any:
+        rows = await page(self, n, **kw)
+        if not taken:  # after the first page: another instance claims everything due
+            taken.extend(w.id for w in await other.claim("inst-2", 50, NOW + 2 * DAY, LEASE))
+            taken.append("-")
+        return rows
+
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", claim_between)
+    try:
+        await _do(pg, case)
+    finally:
+        await other.close()
+    error, ended, _held = CASES[case]
+    # The other account's, and (a sign's delete) acc_a's messages it does not cover.
+    free = {"b00", "b01"} | ({f"q{k:02d}" for k in ODD} if case == "sign" else set())
+    assert set(taken) - {"-"} == free, taken
+    rows = await _rows(pg_dsn)
+    assert all(rows[m][:2] == ("done", f"expired_unsent:{error}") for m in ended), rows
