@@ -25,7 +25,7 @@ Findings (against main at 0cb3e16):
    header, a bad request line: 400 isv.INVALID_PARAMETERS) names its request id in
    `X-Request-Id` only (bridge/api/http_errors.py `JsonErrorServer.answer`), where every other
    answer of that face, the 408 of a body that never came included, carries
-   `x-acs-request-id`, the header Alibaba's gateway and SDKs use. Fix: that answer carries
+   `x-acs-request-id`, the header Alibaba's gateway and SDKs use. Fixed: that answer carries
    `x-acs-request-id` too on the Alibaba port (X-Request-Id stays, as tests/e2e's
    test_unparsable_http reads it).
 """
@@ -100,7 +100,6 @@ def test_every_operation_lists_400() -> None:
 # -- 3 ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: no x-acs-request-id on a malformed request")
 @pytest.mark.parametrize(
     "head",
     [
