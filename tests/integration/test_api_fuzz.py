@@ -63,6 +63,7 @@ from bridge.compat.aliyun_canon import (
     rpc_v1_signature,
     rpc_v1_string_to_sign,
 )
+from bridge.compat.aliyun_sign import FORM_TYPE
 from tests.integration.conftest import (
     Creds,
     Reply,
@@ -572,7 +573,9 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     # and any ERROR of ours, is a fault.
     refused = logs._RefusedRequests()
     logging.getLogger("aiohttp.server").addFilter(refused)
-    threaded = ThreadedApi(tmp_path_factory.mktemp("fuzz"), {"aliyun": {"enabled": True}})
+    # body_timeout_s 1: a body that never comes whole is answered in a second, not 30.
+    overrides = {"aliyun": {"enabled": True}, "server": {"body_timeout_s": 1}}
+    threaded = ThreadedApi(tmp_path_factory.mktemp("fuzz"), overrides)
     ctx = threaded.ctx
     native = threaded.run(_listen(ctx, make_app(ctx), render_unparsed, ENDPOINT))
     aliyun = threaded.run(
@@ -1042,18 +1045,47 @@ WIRE_BODIES = st.one_of(
 )
 
 
+# Extra headers, signed or not as the rules say: each changes how the body is read.
+EXTRA_HEADERS = st.sampled_from(
+    [
+        {},
+        {},
+        {"Expect": "100-continue"},
+        {"Content-Encoding": "identity"},
+        {"Content-Encoding": "gzip"},
+        {"Content-Encoding": ""},
+        {"Accept-Encoding": "br"},
+        {"Idempotency-Key": "second-key"},  # a second Idempotency-Key line
+        {"Content-Type": "application/json"},  # a second Content-Type line
+        {"X-Bridge-Nonce": "AAAAAAAAAAAAAAAAAAAAAAAA"},  # a second, unsigned nonce line
+        {"Transfer-Encoding": "identity"},
+    ]
+)
+
+
 @FUZZ
 @given(
     content_type=CONTENT_TYPES,
     body=WIRE_BODIES,
-    lie=st.sampled_from(["none", "none", "short", "zero"]),
+    framing=st.sampled_from(["length", "length", "short", "zero", "chunked", "bad chunk", "both"]),
+    extra=EXTRA_HEADERS,
     path=st.sampled_from(["/v1/messages", "/v1/preview", "/v1/templates", "/v1/optouts"]),
 )
-def test_fuzz_wire(fuzz: Fuzz, content_type: str | None, body: bytes, lie: str, path: str) -> None:
+def test_fuzz_wire(
+    fuzz: Fuzz,
+    content_type: str | None,
+    body: bytes,
+    framing: str,
+    extra: dict[str, str],
+    path: str,
+) -> None:
     """Raw requests: any Content-Type (signed, as the rules say), bodies that are not UTF-8 or
-    not JSON, and a Content-Length shorter than the body (the rest is read as the next request,
-    which the connection does not get to send). A Content-Length longer than the body waits for
-    server.body_timeout_s: test_content_length_longer_than_body below."""
+    not JSON, repeated or odd headers, and every framing: Content-Length right, shorter than
+    the body (the rest is read as the next request) or 0, chunked, a bad chunk size, and both
+    Content-Length and chunked (a smuggling attempt). A Content-Length longer than the body
+    waits for server.body_timeout_s: test_content_length_longer_than_the_body below. A refusal
+    is the envelope with its code's status, a 202 is charged once a message, anything else
+    charges nothing."""
     key = f"wire-{secrets.token_hex(8)}"
     headers = {"Host": f"127.0.0.1:{fuzz.port}", "Idempotency-Key": key}
     if content_type is not None:
@@ -1065,23 +1097,66 @@ def test_fuzz_wire(fuzz: Fuzz, content_type: str | None, body: bytes, lie: str, 
             fuzz.threaded.clock.utc(), secrets.token_urlsafe(18),
         )
     )  # fmt: skip
-    length = {"none": len(body), "short": max(0, len(body) - 3), "zero": 0}[lie]
     head = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
-    head += [f"Content-Length: {length}", "Connection: close"]
-    wire = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body
+    head += [f"{k}: {v}" for k, v in extra.items()]
+    payload = body
+    if framing in ("chunked", "bad chunk", "both"):
+        size = f"{len(body):x}" if framing != "bad chunk" else f"{len(body) + 7:x}zz"
+        payload = (f"{size}\r\n".encode() + body + b"\r\n0\r\n\r\n") if body else b"0\r\n\r\n"
+        head.append("Transfer-Encoding: chunked")
+    if framing != "chunked" and framing != "bad chunk":
+        length = {"short": max(0, len(body) - 3), "zero": 0}.get(framing, len(payload))
+        head.append(f"Content-Length: {length}")
+    head.append("Connection: close")
+    wire = "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + payload
     status, answer, raw = _raw_exchange(fuzz.port, wire)
-    event(f"wire {status} {answer.get('error', {}).get('code') if answer else ''}")
+    code = answer["error"]["code"] if status >= 400 and answer else None
+    event(f"wire {status} {code or ''}")
     assert status < 500, (status, raw[:300])
-    assert status not in (401, 405) or lie != "none", (status, raw[:300])
+    if framing in ("length", "chunked") and not extra:
+        assert status not in (401, 405), (status, raw[:300])  # signed correctly
     if status >= 400:
-        code = answer["error"]["code"]
-        assert CODES.get(code) == status, (status, answer)
+        assert answer is not None and CODES.get(code) == status, (status, raw[:300])
     charged = fuzz.new_charges(creds)
     if status == 202:
+        assert answer is not None
         ids = [m["id"] for m in answer["messages"]]
         assert charged == Counter(ids), (charged, ids)
     else:
         assert not charged, (status, charged)
+    fuzz.check_common(status, {}, raw, wire)
+
+
+@pytest.mark.parametrize("face", ["native", "alibaba"])
+def test_content_length_longer_than_the_body(fuzz: Fuzz, face: str) -> None:
+    """A Content-Length that promises more than comes: answered at server.body_timeout_s with
+    the face's REQUEST_TIMEOUT (408), nothing accepted or charged."""
+    body = b'{"to": "+8613800138000", "text": "hi"}'
+    if face == "native":
+        port, path, creds = fuzz.port, "/v1/messages", fuzz.creds
+        headers = {"Host": f"127.0.0.1:{port}", "Idempotency-Key": secrets.token_hex(8)}
+        headers["Content-Type"] = "application/json"
+        headers.update(
+            sign_request(
+                creds.app_key, creds.app_secret, "POST", path, "", headers, body,
+                fuzz.threaded.clock.utc(), secrets.token_urlsafe(18),
+            )
+        )  # fmt: skip
+    else:
+        port, path, creds = fuzz.aliyun_port, "/", fuzz.tcreds
+        headers = {"Host": f"127.0.0.1:{port}", "Content-Type": FORM_TYPE}
+    head = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    head.append(f"Content-Length: {len(body) + 10}")
+    wire = "\r\n".join(head).encode() + b"\r\n\r\n" + body
+    started = time.monotonic()
+    status, answer, raw = _raw_exchange(port, wire)
+    assert status == 408 and answer is not None, (status, raw[:300])
+    assert time.monotonic() - started < 10
+    if face == "native":
+        assert answer["error"]["code"] == "REQUEST_TIMEOUT", answer
+    else:
+        assert answer["Code"] == "isv.INVALID_PARAMETERS" and answer["RequestId"], answer
+    assert not fuzz.new_charges(creds)
     fuzz.check_common(status, {}, raw, wire)
 
 
