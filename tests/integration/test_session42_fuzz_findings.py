@@ -34,7 +34,7 @@ Findings (against main at 0cb3e16):
    accepts the send: the preview of a send that went out is refused, against the README's
    "A text the send refuses is refused with the same code" (and no other). Found by the send
    fuzz's check that the preview of an accepted send encodes and counts as the send did.
-   Fix: the preview reads a null `smart_encoding` as absent, as the send does.
+   Fixed: the preview reads a null `smart_encoding` as absent, as the send does.
 """
 
 from __future__ import annotations
@@ -144,7 +144,6 @@ async def test_the_alibaba_port_names_a_malformed_requests_id_in_x_acs_request_i
 # -- 4 ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: the preview refuses a null smart_encoding")
 async def test_a_null_smart_encoding_previews_as_the_send_takes_it(api_server: ApiServer) -> None:
     creds = await api_server.create_account()
     body = {"to": "+8613800138000", "text": "hi", "smart_encoding": None}
