@@ -21,6 +21,7 @@ searches longer. What it found: tests/integration/test_session42_fuzz_findings.p
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import logging
@@ -434,6 +435,7 @@ class Fuzz:
         signed x-acs-* headers, the parameters in the query or, `in_body`, a form body."""
         creds = creds or self.tcreds
         action = next((v for k, v in params if k == "Action"), "")
+        action = action.replace("\r", "").replace("\n", "")  # http.client refuses to send them
         params = [(k, v) for k, v in params if k != "Action"] + [("Format", fmt)]
         body = _form(params) if in_body else b""
         query = "" if in_body else _form(params).decode()
@@ -787,11 +789,49 @@ def query_strings(draw: st.DrawFn) -> str:
     return "&".join(parts)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_-]*")
+_STATS_PARTS = ("delivered", "failed", "canceled", "withdrawn", "pending", "unknown")
+
+
+def check_read(path: str, query: str, reply: Reply) -> None:
+    """A 200 read answers what was asked: the list's filters hold on every message, newest
+    first, at most `limit`; the stats' days are consecutive and add up to the totals, each day's
+    `submitted` the sum of its outcomes."""
+    if reply.status != 200:
+        return
+    asked: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if _PLAIN.fullmatch(name) and _PLAIN.fullmatch(value):
+            asked[name] = value
+    if path == "/v1/messages":
+        rows = reply.json["messages"]
+        assert len(rows) <= int(asked.get("limit", "50")), (query, len(rows))
+        ids = [m["id"] for m in rows]
+        assert ids == sorted(ids, reverse=True), ids  # ULIDs: newest first
+        for m in rows:
+            for name, field_ in (("status", "status"), ("batch_id", "batch_id")):
+                if name in asked:
+                    assert m[field_] == asked[name], (query, m)
+            if "date" in asked:
+                assert m["accepted_at"][:10] == asked["date"], (query, m)
+    elif path == "/v1/stats":
+        days = reply.json["days"]
+        dates = [datetime.date.fromisoformat(d["date"]) for d in days]
+        assert dates == [dates[0] + datetime.timedelta(days=i) for i in range(len(dates))]
+        assert (str(dates[0]), str(dates[-1])) == (reply.json["from"], reply.json["to"])
+        for name, total in reply.json["totals"].items():
+            assert sum(d[name] for d in days) == total, (name, reply.json)
+        for d in [*days, reply.json["totals"]]:
+            assert d["submitted"] == sum(d[k] for k in _STATS_PARTS), d
+
+
 @FUZZ
 @given(query=query_strings())
 def test_fuzz_list_query(fuzz: Fuzz, query: str) -> None:
     reply = fuzz.native("GET", "/v1/messages", query=query)
     _assert_sane(reply, {200})
+    check_read("/v1/messages", query, reply)
 
 
 @FUZZ
@@ -874,6 +914,7 @@ def test_fuzz_get_queries(fuzz: Fuzz, target: tuple[str, str]) -> None:
     path, query = target
     reply = fuzz.native("GET", path, query=query)
     _assert_sane(reply, {200})
+    check_read(path, query, reply)
 
 
 _segment = st.one_of(
