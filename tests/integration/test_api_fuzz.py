@@ -748,6 +748,23 @@ def test_fuzz_template_send(fuzz: Fuzz, body: bytes, key: str | None) -> None:
     reply = fuzz.native("POST", "/v1/messages", creds=fuzz.tcreds, body=body, idempotency_key=key)
     _assert_sane(reply, {202})
     check_accepted(fuzz, fuzz.tcreds, reply, body, key)
+    if reply.status != 202:
+        return
+    # The preview of the same template, values and sign renders, encodes and counts as sent.
+    sent = json.loads(body)
+    fields = {
+        k: sent[k] for k in ("template", "params", "sign_name", "smart_encoding") if k in sent
+    }
+    fields["to"] = reply.json["messages"][0]["to"]
+    preview = fuzz.native(
+        "POST", "/v1/preview", creds=fuzz.tcreds, body=json.dumps(fields).encode()
+    )
+    assert preview.status == 200, preview.text[:300]
+    first = reply.json["messages"][0]
+    for name in ("encoding", "segments", "billable_units"):
+        assert preview.json[name] == first[name], (name, preview.json, first)
+    stored = fuzz.message(fuzz.tcreds, first["id"]).json
+    assert stored["text"] == preview.json["text"], (stored, preview.json)
 
 
 @FUZZ
