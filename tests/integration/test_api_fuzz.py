@@ -258,30 +258,33 @@ ALIYUN_REQUEST_ID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}
 
 
 class LogWatch(logging.Handler):
-    """Every record logged while the module runs, checked as it is emitted: a secret in one is a
-    leak, and an ERROR (or any record with a traceback) is a fault the client may never see."""
+    """Every record logged while the module runs: a secret in one is a leak (checked when the
+    request that caused it is checked, so a secret the request itself issued counts too), and an
+    ERROR (or any record with a traceback) is a fault the client may never see."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.secrets: list[str] = []
         self.faults: list[str] = []
-        self.seen = 0
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.seen += 1
         try:
             text = self.format(record)
         except Exception as exc:  # a record that cannot be formatted is a fault of its own
             text = f"unformattable record {record.msg!r}: {exc!r}"
             self.faults.append(text)
-        for secret in self.secrets:
-            if secret in text:
-                self.faults.append(f"a secret in the log: {text[:500]}")
+        self.lines.append(text)
         if record.exc_info or (record.levelno >= logging.ERROR and record.name != "aiohttp.server"):
             self.faults.append(f"{record.levelname} {record.name}: {text[:3000]}")
 
     def take(self) -> list[str]:
+        """The faults since the last call, secrets in the lines logged since then included."""
+        lines, self.lines = self.lines, []
         out, self.faults = self.faults, []
+        for text in lines:
+            if any(secret in text for secret in self.secrets):
+                out.append(f"a secret in the log: {text[:500]}")
         return out
 
 
@@ -298,7 +301,7 @@ class Fuzz:
     rcreds: Creds  # files signs, templates and opt-outs (which would block the others' sends)
     template: str  # an approved template of tcreds' account: "Your code is ${code}."
     watch: LogWatch
-    secrets: tuple[str, ...]
+    secrets: list[str]  # never in an answer (but the one issuing it) nor in a log line
     ledger_seen: dict[str, int] = field(default_factory=dict)
     # Ids, batch ids, sign names, template codes and numbers the fuzz's own requests made: the
     # path fuzz takes them too, so that some of its requests reach a real row.
@@ -346,7 +349,13 @@ class Fuzz:
         if reply.status >= 500:
             assert reply.status == 503 and reply.code in DOCUMENTED_503, (reply.status, reply.text)
         sent = body + kw.get("query", "").encode() + path.encode()
+        issued = []  # an account's or key's credentials, answered once by their creation
+        if reply.status == 201 and isinstance(reply.json, dict):
+            issued = [reply.json.get(k) for k in ("app_secret", "webhook_secret")]
+            issued = [v for v in issued if isinstance(v, str) and len(v) >= 8]
+            self.watch.secrets += issued
         self.check_common(reply.status, reply.headers, reply.body, sent)
+        self.secrets += issued
         return reply
 
     def _send(
@@ -611,7 +620,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         watch.secrets = [s for s in hidden if len(s) >= 8]
         ports = _port(native), _port(aliyun)
         accounts = creds, tcreds, rcreds
-        fz = Fuzz(threaded, *ports, *accounts, template, watch, tuple(watch.secrets))
+        fz = Fuzz(threaded, *ports, *accounts, template, watch, list(watch.secrets))
         for account in accounts:
             fz.new_entries(account)  # the set-up's top-ups
         yield fz
