@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
@@ -1352,6 +1353,27 @@ def test_fuzz_aliyun(
         assert rows, answer
         assert charged == Counter(r.id for r in rows), (charged, [r.id for r in rows])
         fuzz.message(fuzz.tcreds, rows[0].id)
+        sent = dict(params)  # the last of a repeated parameter wins
+        out_id = sent.get("OutId") or None
+        for row in rows:
+            assert (row.template, row.client_ref) == (fuzz.template, out_id), (row, sent)
+        # QuerySendDetails finds it: its number, its local day, its BizId.
+        zone = ZoneInfo(fuzz.threaded.ctx.config.rules.timezone)
+        day = datetime.datetime.fromtimestamp(rows[0].accepted_at / 1000, zone)
+        _, details = fuzz.aliyun(
+            [
+                ("Action", "QuerySendDetails"),
+                ("PhoneNumber", rows[0].recipient),
+                ("SendDate", day.strftime("%Y%m%d")),
+                ("BizId", answer["BizId"]),
+                ("PageSize", "50"),
+            ]
+        )
+        assert details["Code"] == "OK", details
+        listed = details["SmsSendDetailDTOs"]["SmsSendDetailDTO"]
+        same = [r for r in rows if r.recipient == rows[0].recipient]
+        assert details["TotalCount"] == str(len(same)) == str(len(listed)), (details, same)
+        assert all(d["OutId"] == (out_id or "") for d in listed), (listed, out_id)
     else:
         assert not charged, (status, answer, charged)
 
