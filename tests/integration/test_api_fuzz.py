@@ -683,6 +683,12 @@ def check_accepted(fuzz: Fuzz, creds: Creds, reply: Reply, body: bytes, key: str
     messages = reply.json["messages"]
     ids = [m["id"] for m in messages]
     assert reply.json["count"] == len(ids) >= 1
+    asked = json.loads(body)
+    numbers = asked["to"] if isinstance(asked["to"], list) else [asked["to"]]
+    assert len(ids) == len(numbers), (numbers, messages)  # one message per number given
+    for m in messages:
+        assert re.fullmatch(r"\+[1-9][0-9]{6,14}", m["to"]), m
+        assert m["client_ref"] == asked.get("client_ref"), (m, asked.get("client_ref"))
     assert charged == Counter(ids), (charged, ids)
     for sent in messages[:2]:
         stored = fuzz.message(creds, sent["id"]).json
