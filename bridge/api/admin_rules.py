@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge import billing, logs, review
 from bridge.accounts import AccountError
 from bridge.api.bodies import read_admin_body
-from bridge.api.context import query_of
+from bridge.api.context import ANY_SEGMENT, query_of
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
 from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.rules_api import bill_for, check_month, reraise
@@ -402,8 +402,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/templates/{code}/review", review_template)
     r.add_delete("/admin/accounts/{ref}/optouts/{number}", delete_optout)
     r.add_get("/admin/dnc", list_dnc)
-    r.add_put("/admin/dnc/{id}", put_dnc)
-    r.add_delete("/admin/dnc/{id}", delete_dnc)
+    r.add_put(f"/admin/dnc/{{id:{ANY_SEGMENT}}}", put_dnc)
+    r.add_delete(f"/admin/dnc/{{id:{ANY_SEGMENT}}}", delete_dnc)
     r.add_get("/admin/tariffs", list_tariffs)
     r.add_post("/admin/tariffs", add_tariff)
     r.add_get("/admin/accounts/{ref}/balance", balance)

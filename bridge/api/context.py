@@ -92,6 +92,11 @@ OPERATOR: web.RequestKey[str] = web.RequestKey("operator", str)
 # A streamed answer cut after its headers went out (their status says 200): the code the request
 # is counted with instead of OK, STREAM_FAILED (our fault) or CLIENT_GONE.
 STREAM_CUT: web.RequestKey[str] = web.RequestKey("stream_cut", str)
+# A route parameter's pattern taking any one path segment, braces included. aiohttp's `{name}`
+# matches `[^{}/]+`: a value holding a brace matched no route, a 404 "no such endpoint" where the
+# handler's own check answers (the month's, the number's, the list id's 400), on operations
+# whose contract lists no 404. Used in `{name:...}` by the routes that validate the parameter.
+ANY_SEGMENT = "[^/]+"
 
 
 _QUERY: web.RequestKey[MultiDictProxy[str]] = web.RequestKey("query", MultiDictProxy)

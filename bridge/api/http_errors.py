@@ -43,6 +43,10 @@ ENDPOINT = "unparsable"
 
 # What every answer's Server header says (bodies.name_server; JsonErrorServer.answer).
 SERVER_NAME = "smpp-bridge"
+# The Alibaba face's label (bridge.compat.aliyun_api.UNPARSED_ENDPOINT). Its answers name the
+# request id in x-acs-request-id, which Alibaba's gateway sends and its SDKs read: every other
+# answer of that face carried it, and its refusals of malformed HTTP had X-Request-Id alone.
+ALIYUN_ENDPOINT = "aliyun unparsable"
 
 BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malformed"
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -262,6 +266,8 @@ class JsonErrorServer(web.Server):
         resp = web.Response(status=sent, body=body, content_type=ctype.split(";")[0].strip())
         resp.headers["Content-Type"] = ctype
         resp.headers["X-Request-Id"] = rid
+        if self.endpoint == ALIYUN_ENDPOINT:
+            resp.headers["x-acs-request-id"] = rid
         resp.headers["Server"] = SERVER_NAME  # as bodies.name_server (no app here)
         resp.force_close()
         return resp

@@ -332,8 +332,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _ref("responses", f"E{s}") for s in sorted(set(statuses))}
 
 
-_V1_ERRORS = (401, 403, 413, 415, 500, 503)  # 415: a compressed body; 503: STORE_UNAVAILABLE
-_ADMIN_ERRORS = (401, 403, 413, 500, 503)
+# Statuses any operation may answer. 400: a %00 in the path (INVALID_REQUEST) or malformed HTTP
+# (MALFORMED_HTTP), on every route; operations that read no body or query had none listed, and
+# their answers did not match the document. 415: a compressed body; 503: STORE_UNAVAILABLE.
+_V1_ERRORS = (400, 401, 403, 413, 415, 500, 503)
+_ADMIN_ERRORS = (400, 401, 403, 413, 500, 503)
 
 
 def _v1_op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import billing, review
-from bridge.api.context import BODY, PRINCIPAL, ApiContext, query_of
+from bridge.api.context import ANY_SEGMENT, BODY, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import CODES, ApiError
 from bridge.api.reports import query_params, refuse_unknown
 from bridge.api.sending import TARIFF_RETRY
@@ -374,7 +374,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/optouts", list_optouts)
     r.add_post("/v1/optouts", post_optouts)
     r.add_delete("/v1/optouts/{number}", delete_optout)
-    r.add_post("/v1/recipients/{number}/erase", erase_recipient)
+    r.add_post(f"/v1/recipients/{{number:{ANY_SEGMENT}}}/erase", erase_recipient)
     r.add_get("/v1/balance", get_balance)
     r.add_get("/v1/ledger", get_ledger)
-    r.add_get("/v1/bills/{month}", get_bill)
+    r.add_get(f"/v1/bills/{{month:{ANY_SEGMENT}}}", get_bill)

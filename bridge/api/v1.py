@@ -420,7 +420,9 @@ async def post_preview(request: web.Request) -> web.Response:
         if not isinstance(sign, str):
             raise ApiError("INVALID_FIELD", "sign_name: expected a string")
         check_sign_name(sign)
-    smart = data.get("smart_encoding", ctx.config.text.smart_encoding)
+    smart = data.get("smart_encoding")
+    if smart is None:  # null is absent, as the send reads it (a preview of an accepted send)
+        smart = ctx.config.text.smart_encoding
     if not isinstance(smart, bool):
         raise ApiError("INVALID_FIELD", "smart_encoding: expected true or false")
     number: str | None = None

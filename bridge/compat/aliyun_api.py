@@ -31,6 +31,7 @@ from bridge.api.bodies import (
 )
 from bridge.api.context import CTX, STORE_DOWN, ApiContext
 from bridge.api.errors import STORE_RETRY_AFTER_S, ApiError
+from bridge.api.http_errors import ALIYUN_ENDPOINT
 from bridge.compat.aliyun_actions import ACTIONS
 from bridge.compat.aliyun_codes import retry_after_headers, to_aliyun
 from bridge.compat.aliyun_errors import (
@@ -237,8 +238,9 @@ async def errors_middleware(
     return _respond(out, ctype, err.http_status, rid, {})
 
 
-# The metrics endpoint of requests the HTTP parser refused on this port.
-UNPARSED_ENDPOINT = "aliyun unparsable"
+# The metrics endpoint of requests the HTTP parser refused on this port (which their answers'
+# x-acs-request-id header goes by).
+UNPARSED_ENDPOINT = ALIYUN_ENDPOINT
 
 
 def render_unparsed(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:
