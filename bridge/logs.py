@@ -303,7 +303,9 @@ class _RefusedRequests(logging.Filter):
     """aiohttp logs each request its HTTP parser refuses at ERROR with a traceback quoting the
     raw request line or header: a client that did not percent-encode its query put full numbers
     and verification codes (or an Authorization header) in the log, past the masking. The fact
-    is kept, the bytes are not."""
+    is kept, the bytes are not; and at WARNING: it is the client's fault, answered 400 and
+    counted (smpp_bridge_api_requests_total, endpoint "unparsable"), and any client, a port
+    scanner say, could otherwise add ERROR lines that page whoever alerts on them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
@@ -312,6 +314,8 @@ class _RefusedRequests(logging.Filter):
         if isinstance(exc, HttpProcessingError):
             record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
             record.exc_info, record.exc_text = None, None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

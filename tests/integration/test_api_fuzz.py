@@ -276,7 +276,7 @@ class LogWatch(logging.Handler):
             text = f"unformattable record {record.msg!r}: {exc!r}"
             self.faults.append(text)
         self.lines.append(text)
-        if record.exc_info or (record.levelno >= logging.ERROR and record.name != "aiohttp.server"):
+        if record.exc_info or record.levelno >= logging.ERROR:
             self.faults.append(f"{record.levelname} {record.name}: {text[:3000]}")
 
     def take(self) -> list[str]:
