@@ -231,6 +231,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
+# A send and a preview read null as absent.
+_SMART = {"type": "boolean", "nullable": True, "description": "null: as absent"}
 _MS = {"type": "integer", "description": "unix milliseconds"}
 _TIME = {"type": "string", "format": "date-time", "pattern": _ISO_MS}
 
@@ -580,7 +582,7 @@ def _schemas() -> dict[str, Any]:
                 "format": "date-time",
                 "description": "ISO-8601 with an offset; at most 30 days ahead; past = now",
             },
-            "smart_encoding": _BOOL,
+            "smart_encoding": _SMART,
         },
         required=["to"],
     )
@@ -687,7 +689,7 @@ def _schemas() -> dict[str, Any]:
                     "description": "picks the SMSC whose options apply (its route's first); "
                     "without it, the route of a number no prefix matches (the default route)",
                 },
-                "smart_encoding": _BOOL,
+                "smart_encoding": _SMART,
             },
             required=[],
         ),
