@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Memory and time of a do-not-contact import's end on PostgreSQL with many messages waiting, or
-of an account's disable or `senders` change (`--op`).
+"""Memory and time of a do-not-contact import's end on PostgreSQL with many messages waiting, of
+an account's disable or `senders` change, or of its close (`--op`).
 
 Usage: python scripts/bench_pg_dnc.py [--waiting 200000] [--blocked-every 10] [--runs 3]
-                                      [--op dnc|disable|senders] [--old TREE]
+                                      [--op dnc|disable|senders|close] [--old TREE]
 
 Why: the import's second step read every waiting message (id, number) into the daemon at once,
 in one transaction (session 42 walks them 2,000 at a time: bridge/store/postgres_dnc.py); so did
@@ -12,11 +12,14 @@ message with a sender of every account), read 2,000 at a time through a cursor s
 (bridge/store/postgres_ends.py). This starts a throw-away cluster (tests/pg_cluster.py), queues
 `--waiting` one-part messages of one account into a template database, then per run clones it
 and, in a child process, imports a list that blocks every `--blocked-every`th number (`dnc`),
-disables the account (`disable`: every one ends), or takes from it the first of the two senders
-its messages alternate between (`senders`: half end), printing the operation's wall time, its
-peak of Python allocations (tracemalloc, a second child) and of the child's RSS above what it
-had before. With `--old TREE` (a checkout of the code before, e.g. `git archive`), the runs
-alternate between TREE and this tree, so both see the same load on a shared machine.
+disables the account (`disable`: every one ends), takes from it the first of the two senders
+its messages alternate between (`senders`: half end), or closes it (`close`: its history; every
+`--blocked-every`th message waits, the others were delivered, so its waiting ones end and all
+are masked; it read every one's id into the daemon, held on the server since), printing the
+operation's wall time, its peak of Python allocations (tracemalloc, a second child) and of the
+child's RSS above what it had before. With `--old TREE` (a checkout of the code before, e.g.
+`git archive`), the runs alternate between TREE and this tree, so both see the same load on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _number(k: int) -> str:
     return f"+86138{k:08d}"
 
 
-async def _fill(dsn: str, waiting: int, op: str) -> None:
+async def _fill(dsn: str, waiting: int, op: str, every: int) -> None:
     from bridge.store.models import AcceptBatch, Account, NewMessage, NewSegment
     from bridge.store.postgres import PostgresStore
 
@@ -71,6 +74,16 @@ async def _fill(dsn: str, waiting: int, op: str) -> None:
                 for k in range(start, min(start + 1_000, waiting))
             )
             await store.accept(AcceptBatch("acc", msgs, None, None), NOW)
+        if op == "close":  # history: all but every `every`th delivered (as a receipt leaves it)
+            await store.pool.execute(
+                "WITH m AS (UPDATE messages SET q_state = 'done', state = 'delivered', "
+                "segments_sent = 1, segments_delivered = 1, sent_at = $1, done_at = $1 "
+                "WHERE substr(id, 2)::int % $2 <> 0 RETURNING id) "
+                "UPDATE segments SET state = 'delivered', done_at = $1, smsc = 'smscA', "
+                "smsc_msg_id = message_id, submitted_at = $1 FROM m WHERE message_id = m.id",
+                NOW,
+                every,
+            )
     finally:
         await store.close()
 
@@ -88,6 +101,9 @@ async def _op(store: Any, op: str, waiting: int, every: int) -> int:
         numbers = [_number(k) for k in range(0, waiting, every)]
         info = DncInfo("registry", "registry", "CN", len(numbers), 0, NOW + 1)
         return int(await store.import_dnc(info, numbers, []))
+    if op == "close":
+        assert await store.close_account("acc", NOW + 1) is not None
+        return -1
     if op == "disable":
         await store.update_account("acc", {"status": "disabled"}, NOW + 1)
     else:
@@ -96,7 +112,11 @@ async def _op(store: Any, op: str, waiting: int, every: int) -> int:
 
 
 async def _ended(store: Any) -> int:
-    return int(await store.pool.fetchval("SELECT COUNT(*) FROM messages WHERE q_state = 'done'"))
+    return int(
+        await store.pool.fetchval(
+            "SELECT COUNT(*) FROM messages WHERE q_state = 'done' AND state <> 'delivered'"
+        )
+    )
 
 
 async def _measure(dsn: str, waiting: int, every: int, trace: bool, op: str) -> dict[str, float]:
@@ -154,7 +174,7 @@ def main() -> None:
     p.add_argument("--waiting", type=int, default=200_000)
     p.add_argument("--blocked-every", type=int, default=10)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--op", choices=("dnc", "disable", "senders"), default="dnc")
+    p.add_argument("--op", choices=("dnc", "disable", "senders", "close"), default="dnc")
     p.add_argument("--old", type=Path, help="a tree of the code before, run alternately")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -177,8 +197,8 @@ def main() -> None:
     try:
         template = asyncio.run(pgc.create_database(cluster, "bench_template"))
         t0 = time.perf_counter()
-        asyncio.run(_fill(template, args.waiting, args.op))
-        print(f"queued {args.waiting} waiting in {time.perf_counter() - t0:.1f} s", flush=True)
+        asyncio.run(_fill(template, args.waiting, args.op, args.blocked_every))
+        print(f"stored {args.waiting} messages in {time.perf_counter() - t0:.1f} s", flush=True)
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
         for run in range(args.runs):
             for name, tree in trees if run % 2 == 0 else trees[::-1]:

@@ -34,7 +34,7 @@ from bridge.ids import new_id
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
-from bridge.store.postgres_ends import end_account_waiting
+from bridge.store.postgres_ends import end_account_waiting, erase_account
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
@@ -1071,7 +1071,7 @@ class RulesStoreMixin:
             keys = await _account_waiting_mo_keys(c, account_id, mo_prefixes)
             keys += await _held_waiting_mo_keys(c, account_id, None, await _assigned(c), defaults)
             await _drop_mo_groups(c, keys)
-            await _erase(c, account_id, None, "+***", now)
+            await erase_account(c, account_id, "+***", now)  # its history: kept on the server
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
             await append_entries(c, account_id, entries)
@@ -1193,18 +1193,18 @@ async def _hold_tried(c: asyncpg.Connection, ids: list[str], now: int, error: st
 async def _erase(
     c: asyncpg.Connection,
     account_id: str,
-    number: str | None,
+    number: str,
     masked: str,
     now: int,
 ) -> int:
+    """One number's erasure: the account's messages to it read into the daemon, locked, their
+    ids passed back as an array. They are one recipient's, few; an account's close, whose
+    messages are its whole history, keeps them on the server (postgres_ends.erase_account)."""
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
 
-    args: list[Any] = [account_id]
-    where = "account_id = $1"
-    if number is not None:
-        args.append(number)
-        where += " AND recipient = $2"
+    args: list[Any] = [account_id, number]
+    where = "account_id = $1 AND recipient = $2"
     # Every row to be rewritten, locked in id order (the pipeline's lock order); the queued ones
     # as they are once the lock is held.
     rows = await c.fetch(

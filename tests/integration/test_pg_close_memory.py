@@ -1,0 +1,247 @@
+"""PostgreSQL's account close masks the account's whole history without reading it into the
+daemon (bridge/store/postgres_ends.py `erase_account`), on a real PostgreSQL.
+
+Before, the close read the id and queue state of every message the account ever had in one
+statement (millions for a big account) and passed them back as an array. Now the ids stay on the
+server; only the waiting ones are read, a page at a time. The page is made 3 here, so 18
+messages of one account (4 sent, 10 queued, 3 on a bind, 1 queued after an unanswered submit)
+take several; the outcome must be what it was: the queued ones ended and refunded once, the
+others held, every one masked with blank parts, the MO inbox masked, the other account's rows
+untouched; no claim takes one of them between two pages; and a message an accept commits while
+the close runs is left whole (not masked while it waits, which would send its blank parts).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import asyncpg.cursor
+import pytest
+
+from bridge.domain.admission import Priced, Rules
+from bridge.domain.ledger import topup
+from bridge.store import postgres_ends, postgres_rules
+from bridge.store.models import AcceptBatch, Account, MoMessage, Release, SubmitResult
+from bridge.store.postgres import PostgresStore
+from tests.messages import one_part
+
+NOW = 1_700_000_000_000
+AT = NOW + 5  # when the account is closed
+DAY = 86_400_000
+LEASE = 300_000
+PRICE = 45_000
+CASH = 10_000_000
+SENT = ["s00", "s01", "s02", "s03"]
+QUEUED = [f"q{k:02d}" for k in range(10)]
+ON_BIND = ["c10", "c11", "c12"]
+TRIED = ["t13"]  # back in the queue after a submit nobody answered
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _number(mid: str) -> str:
+    return f"+86138{zlib.crc32(mid.encode()) % 10**8:08d}"
+
+
+async def _accept(store: PostgresStore, aid: str, mids: list[str], **fields: Any) -> None:
+    msgs = [
+        one_part(m, aid, _number(m), NOW, client_ref="ref-" + m, price_class="D", **fields)
+        for m in mids
+    ]
+    rules = Rules(charges=tuple(Priced(m.id, PRICE, False) for m in msgs), billing=True)
+    out = await store.accept(AcceptBatch(aid, tuple(msgs), None, None, rules=rules), NOW)
+    assert out.accepted, out
+
+
+async def _history(store: PostgresStore) -> None:
+    """acc_a: sent, on a bind, tried and queued (two scheduled a day out), an MO; acc_b: one
+    sent, one queued, an MO."""
+    for aid in ("acc_a", "acc_b"):
+        await store.create_account(Account(id=aid, name=aid, created_at=NOW, updated_at=NOW))
+        await store.append_ledger(aid, topup(CASH, NOW - 1_000, "funds"))
+    await _accept(store, "acc_a", SENT + TRIED)
+    await _accept(store, "acc_b", ["b00"])
+    taken = await store.claim("inst-1", 10, NOW, LEASE)
+    assert sorted(w.id for w in taken) == sorted(["b00", *SENT, *TRIED])
+    sent = [SubmitResult(m, 1, "sent", "smscA", f"x{m}", f"x{m}", at=NOW) for m in [*SENT, "b00"]]
+    await store.record_submits(sent, [Release("t13", NOW, unanswered=True)], NOW)
+    await _accept(store, "acc_a", ON_BIND)
+    assert sorted(w.id for w in await store.claim("inst-1", 10, NOW, LEASE)) == ON_BIND + TRIED
+    await store.record_submits([], [Release("t13", NOW, unanswered=True)], NOW)
+    await _accept(store, "acc_a", QUEUED[:8])
+    await _accept(store, "acc_a", QUEUED[8:], scheduled_at=NOW + DAY)
+    await _accept(store, "acc_b", ["b01"])
+    await store.store_mo(MoMessage("mo_a", "acc_a", "smscA", _number("s00"), "1069", "hi a", NOW))
+    await store.store_mo(MoMessage("mo_b", "acc_b", "smscA", _number("b00"), "1069", "hi b", NOW))
+
+
+async def _rows(dsn: str) -> dict[str, tuple[Any, ...]]:
+    """id -> (recipient, text, client_ref, q_state, part state:error, part bytes, tlvs,
+    expires_at, end_error)."""
+    c = await asyncpg.connect(dsn)
+    try:
+        rows = await c.fetch(
+            "SELECT m.id, m.recipient, m.text, m.client_ref, m.q_state, "
+            "s.state || ':' || COALESCE(s.error_code, ''), s.short_message, s.tlvs, "
+            "m.expires_at, m.end_error FROM messages m JOIN segments s ON s.message_id = m.id"
+        )
+        return {r[0]: tuple(r[1:]) for r in rows}
+    finally:
+        await c.close()
+
+
+async def _mo(dsn: str) -> dict[str, tuple[str, str | None]]:
+    c = await asyncpg.connect(dsn)
+    try:
+        return {r[0]: (r[1], r[2]) for r in await c.fetch("SELECT id, source, text FROM mo_inbox")}
+    finally:
+        await c.close()
+
+
+async def _refunds(store: PostgresStore, aid: str) -> list[str]:
+    return sorted(r.ref for r in await store.ledger_page(aid, limit=1000) if r.kind == "refund")
+
+
+async def _cash(store: PostgresStore, aid: str) -> int:
+    return sum(p.amount for p in await store.get_pockets(aid))
+
+
+async def test_the_close_ends_holds_and_masks_as_before_a_page_at_a_time(
+    pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _history(pg)
+    before = await _rows(pg_dsn)
+    closed = await pg.close_account("acc_a", AT)
+    assert closed is not None
+    rows = await _rows(pg_dsn)
+    acc_a = SENT + QUEUED + ON_BIND + TRIED
+    assert sorted(m for m in rows if not m.startswith("b")) == sorted(acc_a)
+    for mid in acc_a:
+        recipient, text, ref, q_state, part, sm, tlvs, expires_at, end_error = rows[mid]
+        assert (recipient, text, ref, sm, tlvs) == ("+***", None, None, b"", b""), mid
+        if mid in QUEUED:
+            assert (q_state, part) == ("done", "expired_unsent:ERASED"), mid
+        elif mid in SENT:
+            assert (q_state, part, expires_at, end_error) == ("done", "sent:", None, None), mid
+        else:  # on a bind, or tried: not recalled, its validity ends now (_hold_tried)
+            q = "claimed" if mid in ON_BIND else "queued"
+            assert (q_state, part, expires_at, end_error) == (q, "queued:", AT, "ERASED"), mid
+    assert {m: rows[m] for m in ("b00", "b01")} == {m: before[m] for m in ("b00", "b01")}
+    assert await _mo(pg_dsn) == {"mo_a": ("+***", None), "mo_b": (_number("b00"), "hi b")}
+    # Refunded once each, then the account's cash written off as owed back (close_plan).
+    assert await _refunds(pg, "acc_a") == QUEUED
+    assert [(str(e.kind), e.amount) for e in closed.entries] == [("closed", -(CASH - 8 * PRICE))]
+    assert await _cash(pg, "acc_a") == 0
+    assert await _refunds(pg, "acc_b") == []
+    assert await _cash(pg, "acc_b") == CASH - 2 * PRICE
+    # Closed again: nothing more ended, refunded or written off.
+    again = await pg.close_account("acc_a", AT + 1)
+    assert again is not None and again.entries == ()
+    assert await _refunds(pg, "acc_a") == QUEUED
+    assert await _rows(pg_dsn) == rows
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every read of the messages table on any connection: (query, rows answered), cursor
+    pages included."""
+    reads: list[tuple[str, int]] = []
+    fetch = asyncpg.connection.Connection.fetch
+    page = asyncpg.cursor.Cursor.fetch
+
+    async def spy_fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        rows = await fetch(self, query, *args, **kw)
+        if "FROM messages" in query:
+            reads.append((query, len(rows)))
+        return rows
+
+    async def spy_page(self: Any, n: int, **kw: Any) -> Any:
+        rows = await page(self, n, **kw)
+        if "FROM messages" in self._query:
+            reads.append((self._query, len(rows)))
+        return rows
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy_fetch)
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", spy_page)
+    return reads
+
+
+async def test_no_read_answers_more_than_a_page_of_the_accounts_messages(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: one read answered all 18 of the account's messages (its whole history)."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _history(pg)
+    reads = _spy_reads(monkeypatch)
+    assert await pg.close_account("acc_a", AT) is not None
+    assert reads, "nothing read the messages"
+    assert max(n for _, n in reads) <= 3, reads
+
+
+async def test_no_claim_takes_a_closing_accounts_message_between_two_pages(
+    pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message of the account is locked before the first page: another instance's claim
+    skips them all, and takes the other account's."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _history(pg)
+    other = PostgresStore(pg_dsn, min_size=1, max_size=2)
+    await other.open()
+    taken: list[str] = []
+    page = asyncpg.cursor.Cursor.fetch
+
+    async def claim_between(self: Any, n: int, **kw: Any) -> Any:
+        rows = await page(self, n, **kw)
+        if not taken:
+            taken.extend(w.id for w in await other.claim("inst-2", 50, NOW + 2 * DAY, LEASE))
+            taken.append("-")
+        return rows
+
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", claim_between)
+    try:
+        assert await pg.close_account("acc_a", AT) is not None
+    finally:
+        await other.close()
+    assert taken == ["b01", "-"]
+    rows = await _rows(pg_dsn)
+    assert all(rows[m][3:5] == ("done", "expired_unsent:ERASED") for m in QUEUED), rows
+
+
+async def test_a_message_accepted_while_the_close_runs_is_left_whole(
+    pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accept without sending rules reads the account without its lock: one that saw it open
+    can commit a message after the close locked the account's messages. That message was not
+    ended; masked, it would wait in the queue with blank parts, to be sent to the mask."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    await _history(pg)
+    other = PostgresStore(pg_dsn, min_size=1, max_size=2)
+    await other.open()
+    hold = postgres_rules._hold_tried
+    late = one_part("late", "acc_a", _number("late"), NOW, client_ref="ref-late")
+
+    async def accept_meanwhile(*args: Any) -> None:
+        if not await other.pool.fetchval("SELECT 1 FROM messages WHERE id = 'late'"):
+            assert (await other.accept(AcceptBatch("acc_a", (late,), None, None), NOW)).accepted
+        await hold(*args)
+
+    monkeypatch.setattr(postgres_rules, "_hold_tried", accept_meanwhile)
+    try:
+        assert await pg.close_account("acc_a", AT) is not None
+    finally:
+        await other.close()
+    rows = await _rows(pg_dsn)
+    assert rows["late"][:5] == (_number("late"), "text of late", "ref-late", "queued", "queued:")
+    assert rows["late"][5:] == (b"late", b"", None, None)
+    assert all(rows[m][0] == "+***" for m in SENT + QUEUED + ON_BIND + TRIED)
