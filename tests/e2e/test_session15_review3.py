@@ -880,7 +880,7 @@ STATUS_KEYS = {
 }  # fmt: skip
 MO_KEYS = {
     "type", "webhook_id", "mo_id", "from", "to", "sign_name", "text", "smsc", "received_at",
-    "incomplete", "parts_total", "parts_received",
+    "incomplete", "parts_total", "parts_received", "text_hex",
 }  # fmt: skip
 
 
