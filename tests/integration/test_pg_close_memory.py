@@ -14,7 +14,6 @@ the close runs is left whole (not masked while it waits, which would send its bl
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -26,7 +25,11 @@ from bridge.domain.ledger import topup
 from bridge.store import postgres_ends, postgres_rules
 from bridge.store.models import AcceptBatch, Account, MoMessage, Release, SubmitResult
 from bridge.store.postgres import PostgresStore
+from tests import pg_walks
 from tests.messages import one_part
+from tests.pg_walks import cash, refunds, spy_reads
+
+pg = pg_walks.pg  # the store fixture
 
 NOW = 1_700_000_000_000
 AT = NOW + 5  # when the account is closed
@@ -38,16 +41,6 @@ SENT = ["s00", "s01", "s02", "s03"]
 QUEUED = [f"q{k:02d}" for k in range(10)]
 ON_BIND = ["c10", "c11", "c12"]
 TRIED = ["t13"]  # back in the queue after a submit nobody answered
-
-
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _number(mid: str) -> str:
@@ -109,14 +102,6 @@ async def _mo(dsn: str) -> dict[str, tuple[str, str | None]]:
         await c.close()
 
 
-async def _refunds(store: PostgresStore, aid: str) -> list[str]:
-    return sorted(r.ref for r in await store.ledger_page(aid, limit=1000) if r.kind == "refund")
-
-
-async def _cash(store: PostgresStore, aid: str) -> int:
-    return sum(p.amount for p in await store.get_pockets(aid))
-
-
 async def test_the_close_ends_holds_and_masks_as_before_a_page_at_a_time(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,40 +126,16 @@ async def test_the_close_ends_holds_and_masks_as_before_a_page_at_a_time(
     assert {m: rows[m] for m in ("b00", "b01")} == {m: before[m] for m in ("b00", "b01")}
     assert await _mo(pg_dsn) == {"mo_a": ("+***", None), "mo_b": (_number("b00"), "hi b")}
     # Refunded once each, then the account's cash written off as owed back (close_plan).
-    assert await _refunds(pg, "acc_a") == QUEUED
+    assert await refunds(pg, "acc_a") == QUEUED
     assert [(str(e.kind), e.amount) for e in closed.entries] == [("closed", -(CASH - 8 * PRICE))]
-    assert await _cash(pg, "acc_a") == 0
-    assert await _refunds(pg, "acc_b") == []
-    assert await _cash(pg, "acc_b") == CASH - 2 * PRICE
+    assert await cash(pg, "acc_a") == 0
+    assert await refunds(pg, "acc_b") == []
+    assert await cash(pg, "acc_b") == CASH - 2 * PRICE
     # Closed again: nothing more ended, refunded or written off.
     again = await pg.close_account("acc_a", AT + 1)
     assert again is not None and again.entries == ()
-    assert await _refunds(pg, "acc_a") == QUEUED
+    assert await refunds(pg, "acc_a") == QUEUED
     assert await _rows(pg_dsn) == rows
-
-
-def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every read of the messages table on any connection: (query, rows answered), cursor
-    pages included."""
-    reads: list[tuple[str, int]] = []
-    fetch = asyncpg.connection.Connection.fetch
-    page = asyncpg.cursor.Cursor.fetch
-
-    async def spy_fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        rows = await fetch(self, query, *args, **kw)
-        if "FROM messages" in query:
-            reads.append((query, len(rows)))
-        return rows
-
-    async def spy_page(self: Any, n: int, **kw: Any) -> Any:
-        rows = await page(self, n, **kw)
-        if "FROM messages" in self._query:
-            reads.append((self._query, len(rows)))
-        return rows
-
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy_fetch)
-    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", spy_page)
-    return reads
 
 
 async def test_no_read_answers_more_than_a_page_of_the_accounts_messages(
@@ -183,7 +144,7 @@ async def test_no_read_answers_more_than_a_page_of_the_accounts_messages(
     """Before: one read answered all 18 of the account's messages (its whole history)."""
     monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
     await _history(pg)
-    reads = _spy_reads(monkeypatch)
+    reads = spy_reads(monkeypatch)
     assert await pg.close_account("acc_a", AT) is not None
     assert reads, "nothing read the messages"
     assert max(n for _, n in reads) <= 3, reads

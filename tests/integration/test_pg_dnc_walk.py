@@ -10,7 +10,6 @@ refunded exactly once, the others untouched.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,22 +20,16 @@ from bridge.domain.ledger import topup
 from bridge.store import postgres_dnc
 from bridge.store.models import AcceptBatch, Account, DncInfo
 from bridge.store.postgres import PostgresStore
+from tests import pg_walks
 from tests.messages import one_part
+from tests.pg_walks import cash, refunds
+
+pg = pg_walks.pg  # the store fixture
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
 PRICE = 45_000
 CASH = 10_000_000
-
-
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _msg(mid: str, aid: str, number: str, **fields: Any) -> Any:
@@ -102,14 +95,6 @@ async def _messages(dsn: str) -> dict[str, tuple[str, str | None, int | None]]:
         await c.close()
 
 
-async def _refunds(store: PostgresStore, aid: str) -> list[str]:
-    return sorted(r.ref for r in await store.ledger_page(aid, limit=1000) if r.kind == "refund")
-
-
-async def _cash(store: PostgresStore, aid: str) -> int:
-    return sum(p.amount for p in await store.get_pockets(aid))
-
-
 def _info(at: int = NOW + 1) -> DncInfo:
     return DncInfo("national", "national", "CN", len(BLOCKED_NUMBERS), 1, at)
 
@@ -128,15 +113,15 @@ async def test_the_walk_in_chunks_ends_what_it_blocks_once_and_refunds_once(
             assert (q_state, held_error) == ("claimed", NOW + 1), mid
         else:
             assert q_state in ("queued", "claimed") and "expired" not in segs, mid
-    assert await _refunds(pg, "acc_a") == sorted(m for m in ENDED if m.startswith("q"))
-    assert await _refunds(pg, "acc_b") == ["b_in"]
+    assert await refunds(pg, "acc_a") == sorted(m for m in ENDED if m.startswith("q"))
+    assert await refunds(pg, "acc_b") == ["b_in"]
     # 15 charged at accept; the 6 ended given back, exactly once.
-    assert await _cash(pg, "acc_a") == CASH - 13 * PRICE + 5 * PRICE
-    assert await _cash(pg, "acc_b") == CASH - 2 * PRICE + PRICE
+    assert await cash(pg, "acc_a") == CASH - 13 * PRICE + 5 * PRICE
+    assert await cash(pg, "acc_b") == CASH - 2 * PRICE + PRICE
     # The same list again: nothing more to end, nothing refunded twice.
     assert await pg.import_dnc(_info(NOW + 2), BLOCKED_NUMBERS, ["+86170"]) == 0
-    assert await _refunds(pg, "acc_a") == sorted(m for m in ENDED if m.startswith("q"))
-    assert await _cash(pg, "acc_a") == CASH - 8 * PRICE
+    assert await refunds(pg, "acc_a") == sorted(m for m in ENDED if m.startswith("q"))
+    assert await cash(pg, "acc_a") == CASH - 8 * PRICE
 
 
 async def test_no_statement_reads_more_than_a_chunk_of_the_waiting_messages(

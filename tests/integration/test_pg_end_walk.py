@@ -11,7 +11,6 @@ and its ends being one transaction, no claim takes a covered message between two
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,7 +22,11 @@ from bridge.domain.ledger import topup
 from bridge.store import postgres_ends
 from bridge.store.models import AcceptBatch, Account, Sign, Template
 from bridge.store.postgres import PostgresStore
+from tests import pg_walks
 from tests.messages import one_part
+from tests.pg_walks import cash, refunds, spy_reads
+
+pg = pg_walks.pg  # the store fixture
 
 NOW = 1_700_000_000_000
 AT = NOW + 5  # when the change is made
@@ -33,16 +36,6 @@ PRICE = 45_000
 CASH = 10_000_000
 EVEN = (0, 2, 4, 6, 8)
 ODD = (1, 3, 5, 7, 9)
-
-
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _msg(mid: str, aid: str, k: int, **fields: Any) -> Any:
@@ -109,14 +102,6 @@ async def _rows(dsn: str) -> dict[str, tuple[str, str, int | None, str | None]]:
         await c.close()
 
 
-async def _refunds(store: PostgresStore, aid: str) -> list[str]:
-    return sorted(r.ref for r in await store.ledger_page(aid, limit=1000) if r.kind == "refund")
-
-
-async def _cash(store: PostgresStore, aid: str) -> int:
-    return sum(p.amount for p in await store.get_pockets(aid))
-
-
 # (what is done, its error, the queued ids it ends, the ids on a bind it holds)
 CASES = {
     "disable": ("ACCOUNT_DISABLED", [f"q{k:02d}" for k in range(10)], ["c10", "c11", "c12"]),
@@ -163,39 +148,15 @@ async def test_paged_ends_end_what_they_cover_once_and_refund_once(
             assert end_error is None, mid
     ended_a = sorted(m for m in ended if m.startswith("q"))
     ended_b = sorted(m for m in ended if m.startswith("b"))
-    assert await _refunds(pg, "acc_a") == ended_a
-    assert await _refunds(pg, "acc_b") == ended_b
-    assert await _cash(pg, "acc_a") == CASH - 13 * PRICE + len(ended_a) * PRICE
-    assert await _cash(pg, "acc_b") == CASH - 2 * PRICE + len(ended_b) * PRICE
+    assert await refunds(pg, "acc_a") == ended_a
+    assert await refunds(pg, "acc_b") == ended_b
+    assert await cash(pg, "acc_a") == CASH - 13 * PRICE + len(ended_a) * PRICE
+    assert await cash(pg, "acc_b") == CASH - 2 * PRICE + len(ended_b) * PRICE
     # Done again: nothing more to end, nothing refunded twice.
     if case in ("disable", "marketing", "raw_text", "senders"):
         assert await _do(pg, case) is None
-    assert await _refunds(pg, "acc_a") == ended_a
-    assert await _refunds(pg, "acc_b") == ended_b
-
-
-def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every read of the messages table on any connection: (query, rows answered), cursor
-    pages included."""
-    reads: list[tuple[str, int]] = []
-    fetch = asyncpg.connection.Connection.fetch
-    page = asyncpg.cursor.Cursor.fetch
-
-    async def spy_fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        rows = await fetch(self, query, *args, **kw)
-        if "FROM messages" in query:
-            reads.append((query, len(rows)))
-        return rows
-
-    async def spy_page(self: Any, n: int, **kw: Any) -> Any:
-        rows = await page(self, n, **kw)
-        if "FROM messages" in self._query:
-            reads.append((self._query, len(rows)))
-        return rows
-
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy_fetch)
-    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", spy_page)
-    return reads
+    assert await refunds(pg, "acc_a") == ended_a
+    assert await refunds(pg, "acc_b") == ended_b
 
 
 @pytest.mark.parametrize("case", ["disable", "senders", "sign"])
@@ -206,7 +167,7 @@ async def test_no_read_answers_more_than_a_page_of_the_waiting_messages(
     15 waiting with a sender) at once."""
     monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
     await _queue(pg)
-    reads = _spy_reads(monkeypatch)
+    reads = spy_reads(monkeypatch)
     await _do(pg, case)
     assert reads, "nothing read the messages"
     assert max(n for _, n in reads) <= 3, reads
