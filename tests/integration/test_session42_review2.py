@@ -5,44 +5,52 @@ Each defect is a test asserting the correct behaviour, xfail (strict) while it f
 
 Defects
 -------
-1. The rate bucket is in each host's clock, so instances whose clocks differ by seconds share
-   no rate: either locked out or not limited at all (bridge/store/postgres.py: both
+1. The rate bucket is in each host's clock, so instances whose clocks differ by seconds lock
+   an account out of each other or do not limit it at all (bridge/store/postgres.py: both
    `bucket_take(..., now / 1000)` calls; bridge/domain/rate.py). Leases and heartbeats are in
    the database's clock (README "an instance whose host clock runs minutes ahead"), the bucket
    is not. A bucket written by a host S seconds fast is, for the others,
    - S < STEPPED_BACK_S (60): "no time passed": after a burst on the fast host, every other
-     instance refuses the account for S seconds (a 2-TPS account fast by 30 s: a request 1.5 s
-     after the burst is refused with Retry-After 28.5 s instead of accepted), whatever its rate;
+     instance refuses the account until its own clock passes the fast host's last write (a
+     2-TPS account, a host 30 s fast: a request 1.5 s after the burst is refused with
+     Retry-After 29 s instead of accepted), whatever its rate;
    - S >= 60: "a clock stepped back": a full bucket at each accept, so requests alternating
      between the two instances are all accepted (20 of 20 on a 2-TPS account, against 2): the
      overrun session 42's first PostgreSQL review measured, left in place past a minute of skew.
-   Fix: on PostgreSQL, run the bucket in the database's clock, as the leases:
-   `bucket_take(tokens, at, tps, n, (now + self.clock_offset_ms) / 1000)` at both calls; then
-   the clock shift (postgres_clock.py `_BUCKETS`) must no longer move `rate_buckets.at` (a host
-   step leaves the database's clock, and clock_offset_ms already follows the step).
+   Fix (tried: both tests pass, test_session42_pg_review.py, test_clock_steps.py and
+   test_accept_groups.py too): on PostgreSQL, run the bucket in the database's clock, as the
+   leases: `now + self.clock_offset_ms` for the rate at both calls (`_take_rate(...)` in the
+   accept without rules, `bucket_take(..., now / 1000)` in the one with). Then the clock shift
+   (postgres_clock.py `_BUCKETS`) should no longer move `rate_buckets.at`: a host's step leaves
+   the database's clock, and clock_offset_ms already follows the step; moved, a step back of S
+   gives every account a refill of S seconds.
 
-2. A `senders` change holds other accounts' rows locked from the page that reaches one of their
-   refused messages to the end of the whole walk (bridge/store/postgres_ends.py
-   `end_refused_senders`), so those accounts cannot send, and an SMSC's receipts wait, that long.
-   Each page's end_queued_where locks the refused messages, holds those on a bind
-   (_hold_tried), refunds (pockets upsert) and gives back quota places (daily_counts FOR UPDATE);
-   every one of those row locks is held to the commit, and the transaction goes on over every
-   account's waiting messages (200,000 waiting: ~9 s, README note 18). Meanwhile
-   - an accept of such an account (its charge, its day's count) waits: a client's timeout, a 5xx,
-     a campaign stalled, for an operator's change to another account;
-   - a receipt batch holding a receipt of a held message (a long message with a part out) waits,
-     and with it the other accounts' receipts in that batch.
-   Before the pages, the one statement read every waiting message unlocked and ended the refused
-   ones at the end, so these locks were held from there to the commit only. The tests pause the
-   walk after its first page (standing for the pages still to read) and act on the other
-   instance: it should not wait for the walk. (The account-wide ends hold only their own
-   account, whose accepts its row lock stops anyway.)
-   Fix (tried: both tests pass, tests/integration/test_pg_end_walk.py too): per page, lock only
-   the refused messages still queued (the claims' prey): `SELECT 1 FROM messages WHERE id =
-   ANY($1) AND q_state = 'queued' ORDER BY id FOR UPDATE`, keeping the refused ids; once the
-   cursor is exhausted, end_queued_where them WALK_CHUNK at a time (id order across chunks, as
-   the cursor's). The daemon then keeps the refused ids (not every waiting row), the refunds,
-   quota places and held messages are locked at the end, as before the pages.
+2. A `senders` change stops the sends of every account it refunds until the walk's commit, and
+   an SMSC's receipts wait on the messages it holds (bridge/store/postgres_ends.py
+   `end_refused_senders`). Each page's end_queued_where locks the refused messages, holds those
+   on a bind (_hold_tried), refunds them (pockets upsert) and gives their quota places back
+   (daily_counts FOR UPDATE); each of those row locks is held to the commit, and the
+   transaction goes on over every account's waiting messages, ending the refused ones. An accept
+   of an account refunded early in the walk (its charge, its day's count) waits for the rest of
+   it: a client's timeout or a 5xx, for an operator's change to another account. Measured (a
+   scratch run, not kept: 100,000 waiting, 50,000 of them another account's refused; sends of
+   an account refunded on the first page every 10 ms from the other instance): the walk
+   2.9-3.8 s, the longest send 2.7-3.6 s. Partly as before the pages (the one statement ended
+   every refused message at the end, the locks held from the first refund to the commit), now
+   also through the reads of every later page (~1.5 s a million waiting). A receipt batch with
+   a receipt of a held message (a long message with a part out) waits the same, and with it
+   the other accounts' receipts in that batch (before the pages, only from the end statement).
+   The tests pause the walk after its first page (for the rest of the walk) and act on the
+   other instance: it should not wait for the walk.
+   Fix (tried: both tests pass, tests/integration/test_pg_end_walk.py and
+   test_session42_pg_review.py too; the longest send 0.19-0.20 s, the walk 3.6-4.6 s): per page,
+   lock only the refused messages still queued (what a claim could take: `SELECT 1 FROM messages
+   WHERE id = ANY($1) AND q_state = 'queued' ORDER BY id FOR UPDATE`), keeping the refused ids;
+   once the cursor is exhausted, end them WALK_CHUNK at a time (end_queued_ids, id order), with
+   their refunds and quota places collected (a `later` collector through end_queued_ids to
+   rollup_messages, which then skips refund_finals and give_back_places) and written after the
+   last chunk, WALK_CHUNK at a time: other accounts' pockets and days are then locked for the
+   last statements only.
 
 Checked and found right (passing tests below, guarding what nothing else tests):
 - a `senders` change that refuses a message on a bind holds it, and a disable of the same
@@ -51,6 +59,12 @@ Checked and found right (passing tests below, guarding what nothing else tests):
 - a do-not-contact list deleted while its import walks stops the walk: the messages its later
   pages would have blocked stay queued (the list no longer blocks them), those its first page
   ended stay ended, and the count answered is what was ended.
+
+Checked without a test (see the report): the API routes taking any segment shadow no other
+route (none shares their prefixes), a `%2F` or `%7B` reaches the handler decoded and gets its
+400, HEAD is the GET's and OPTIONS 405; a template's end scoped to its owner misses nothing
+(an accept takes only a template of its own account: facts_sql's `account_id = $1`, and a
+template's account never changes); run_tx's retry of a walk starts its count and cursor over.
 """
 
 from __future__ import annotations
