@@ -61,8 +61,9 @@ Checked and found right (passing tests below, guarding what nothing else tests):
   ended stay ended, and the count answered is what was ended.
 
 Checked without a test (see the report): the API routes taking any segment shadow no other
-route (none shares their prefixes), a `%2F` or `%7B` reaches the handler decoded and gets its
-400, HEAD is the GET's and OPTIONS 405; a template's end scoped to its owner misses nothing
+route (none shares their prefixes); on aiohttp 3.14.5 a `%2F` or `%7B` in the segment reaches
+the handler decoded (its 400; the API fuzz samples `%2F` in path ids, session 42's fuzz
+findings test `%7B`), HEAD is the GET's; a template's end scoped to its owner misses nothing
 (an accept takes only a template of its own account: facts_sql's `account_id = $1`, and a
 template's account never changes); run_tx's retry of a walk starts its count and cursor over.
 """
