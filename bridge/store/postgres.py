@@ -832,8 +832,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 if stored is None:  # a live record for this key: the first request won
                     existing = await _idem(c, batch.account_id, batch.idempotency_key, now)
                     return AcceptOutcome(accepted=False, existing=existing)
-            if tps > 0:
-                await _take_rate(c, batch.account_id, tps, len(batch.messages), now)
+            if tps > 0:  # on the database's clock, as every instance reads it
+                rate_now = now + self.clock_offset_ms
+                await _take_rate(c, batch.account_id, tps, len(batch.messages), rate_now)
             await _insert_messages(c, batch)
             return AcceptOutcome(accepted=True)
 
@@ -1041,7 +1042,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if tps > 0:
             if tokens is not None and tokens != tokens:  # NaN: see _take_rate
                 tokens = at = None
-            wait, tokens, at = bucket_take(tokens, at, tps, n, now / 1000)
+            # On the database's clock: each host's own put a bucket written by a host seconds
+            # fast out of reach of the others (refused until their clocks caught up), or a
+            # minute fast into a clock stepped back (refilled at every accept).
+            wait, tokens, at = bucket_take(tokens, at, tps, n, (now + self.clock_offset_ms) / 1000)
             if wait > 0:
                 raise _RateLimited(wait)
             w.add(

@@ -32,7 +32,6 @@ UPDATE messages SET q_not_before = q_not_before - $1
 WHERE id = ANY($2::text[]) AND q_state = 'queued'
 AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)
 """
-_BUCKETS = "UPDATE rate_buckets SET at = at - $1 WHERE at > $2"
 _WEBHOOKS = """
 UPDATE webhook_outbox SET next_attempt_at = next_attempt_at - $1
 WHERE state = 'pending' AND next_attempt_at > $2 AND NOT (id = ANY($3::bigint[]))
@@ -67,8 +66,6 @@ async def shift_back(
 
     async def hooks(c: asyncpg.Connection) -> int:
         done = await c.execute(_WEBHOOKS, shift.by_ms, shift.now, sorted(set(leased_webhooks)))
-        # The accounts' rate buckets, as SQLite's (sqlite_clock._BUCKETS), with the reports.
-        await c.execute(_BUCKETS, shift.by_ms / 1000, shift.now / 1000)
         return int(done.split()[-1])
 
     if shift.webhooks_done:

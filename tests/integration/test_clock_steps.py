@@ -177,10 +177,13 @@ async def test_a_lease_another_sender_holds_is_kept(store: Store) -> None:
     assert await store.claim_webhooks(NOW + DAY, 10, LEASE) == []  # booked delivered
 
 
-async def test_a_rate_bucket_moves_back_with_the_clock(store: Store) -> None:
+async def test_a_rate_bucket_moves_back_with_the_clock(store: Store, engine: EngineHandle) -> None:
     """A bucket's time ahead of an accept's is taken as no time passed (another process's
     accept committed first), so after a step back of 30 s a 2-TPS account's drained bucket
-    would refuse every send for 30 s: the shift moves its time back with the queue's."""
+    would refuse every send for 30 s: the shift moves its time back with the queue's. (On
+    PostgreSQL the buckets are on the database's clock, which a host's step does not move.)"""
+    if engine.name != "sqlite":
+        pytest.skip("PostgreSQL's buckets are on the database's clock: nothing to move")
     await store.create_account(account())
     step = 30 * SEC
     old = NOW + step
