@@ -34,7 +34,9 @@ change and its ends commit together, as before. What that transaction holds is a
   the pages (the cursor's ORDER BY: no deadlock with the pipeline's own id-ordered locks). As
   before, a claim that takes a refused message before the change locks it (the claims do not
   check the assignments) sends it, and the change only holds it; the window is the walk up to
-  that message, as it was the read and the check of every one of them before.
+  that message, as it was the read and the check of every one of them before. They are ended,
+  refunded and given back their places after the walk, so the refunded accounts' pockets and
+  days are locked for the last moments of the transaction, not from the page that found them.
 """
 
 from __future__ import annotations
@@ -102,16 +104,40 @@ async def end_refused_senders(
 ) -> int:
     """Every account's waiting messages whose sender their account may no longer use under
     `assignments` (senders.refused_waiting) ended with SENDER_NOT_ALLOWED, a page at a time;
-    how many ended."""
-    from bridge.store.postgres_rules import end_queued_where
+    how many ended. The refused ones are locked page by page (out of the claims' reach), and
+    ended, refunded and given back their day's places once the walk is over: refunded page by
+    page, the refunded accounts' pockets and days stayed locked to the walk's end, and their
+    sends and receipts waited seconds for it (session 42's second review)."""
+    from bridge.store import postgres_pipeline as pipe
+    from bridge.store.postgres_rules import end_queued_ids, refund_finals
 
-    ended = 0
+    found: list[str] = []
     async for rows in pages(c, f"{WAITING_SENDERS_SQL} ORDER BY id"):
         refused = senders_rules.refused_waiting(
             [(r[0], r[1], r[2]) for r in rows], assignments, assigned_only=assigned_only
         )
-        if refused:
-            ended += await end_queued_where(c, _IDS, (refused,), "SENDER_NOT_ALLOWED", now)
+        if refused:  # out of the claims' reach from here; those on a bind are held below
+            await c.execute(
+                f"SELECT 1 FROM messages WHERE {_IDS} AND q_state = 'queued' "
+                "ORDER BY id FOR UPDATE",
+                refused,
+            )
+            found += refused
+    ended = 0
+    later: tuple[list[Any], list[str]] = ([], [])
+    for i in range(0, len(found), WALK_CHUNK):
+        chunk = found[i : i + WALK_CHUNK]
+        ended += len(
+            await end_queued_ids(c, _IDS, (chunk,), "SENDER_NOT_ALLOWED", now, later=later)
+        )
+    # The refunds and quota places last: other accounts' pockets and days locked a moment, in
+    # one order (by account) against other enders.
+    later[0].sort(key=lambda b: (b[0], b[1]))
+    later[1].sort()
+    for i in range(0, len(later[0]), WALK_CHUNK):
+        await refund_finals(c, later[0][i : i + WALK_CHUNK], now)
+    for i in range(0, len(later[1]), WALK_CHUNK):
+        await pipe.give_back_places(c, later[1][i : i + WALK_CHUNK])
     return ended
 
 

@@ -415,6 +415,7 @@ async def rollup_messages(
     locked: dict[str, tuple[Any, ...]] | None = None,
     *,
     intermediate: bool = False,
+    later: tuple[list[Any], list[str]] | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
@@ -489,10 +490,14 @@ async def rollup_messages(
             "WHERE m.id = u.id",
             *upd,
         )
-    if billed:
-        await postgres_rules.refund_finals(c, billed, now)
-    if unsent:
-        await give_back_places(c, unsent)
+    if later is not None:
+        later[0].extend(billed)
+        later[1].extend(unsent)
+    else:
+        if billed:
+            await postgres_rules.refund_finals(c, billed, now)
+        if unsent:
+            await give_back_places(c, unsent)
     queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
     if sent:
         queued += await enqueue_sent_webhooks(c, sent, now)

@@ -1140,6 +1140,7 @@ async def end_queued_ids(
     now: int,
     *,
     in_flight: bool = True,
+    later: Any = None,
 ) -> list[str]:
     """end_queued_where, answering the ids it ended (never tried; the others found are held).
     The rows are locked in id order (the pipeline's order).
@@ -1169,7 +1170,7 @@ async def end_queued_ids(
             now,
             error,
         )
-        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now)
+        await pipe.rollup_messages(c, dict.fromkeys(queued, True), now, later=later)
     return queued
 
 

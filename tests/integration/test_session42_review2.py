@@ -1,7 +1,10 @@
 """Session 42, second review: the PostgreSQL walks and the rate bucket, on a real PostgreSQL.
 
 Two PostgresStore objects on one database stand for two daemon instances (each its own pool).
-Each defect is a test asserting the correct behaviour, xfail (strict) while it fails.
+Each defect is a test asserting the correct behaviour, xfail (strict) while it failed. The
+lead's fixes the same session: 1 with the database's clock (clock_offset_ms) for the bucket
+and no move of it in PostgreSQL's clock shift; 2 with the refunds and places after the walk
+(the reviewer's patch, the refunds sorted by account).
 
 Defects
 -------
@@ -132,10 +135,6 @@ async def _fast_and_true(dsn: str, ahead_s: float) -> tuple[PostgresStore, Postg
     return fast, true
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: a bucket written by a host 30 s fast is 'no time passed' for the others",
-)
 async def test_a_host_seconds_fast_does_not_lock_the_account_out_on_the_others(
     pg_dsn: str,
 ) -> None:
@@ -152,10 +151,6 @@ async def test_a_host_seconds_fast_does_not_lock_the_account_out_on_the_others(
         await asyncio.gather(fast.close(), true.close())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: a bucket written by a host 90 s fast is a clock step back for the others",
-)
 async def test_a_host_minutes_fast_does_not_lift_the_accounts_rate(pg_dsn: str) -> None:
     """One request every 2 ms of each instance's own clock, alternating between an instance 90 s
     fast and one on time: 20 requests in 40 ms of a 2-TPS account, 2 accepted (the burst)."""
@@ -230,10 +225,6 @@ def _pause_after_first_page(
     return tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: a senders change holds a refunded account's pockets and day to its commit",
-)
 async def test_a_senders_change_does_not_stop_another_accounts_sends_for_the_whole_walk(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,10 +248,6 @@ async def test_a_senders_change_does_not_stop_another_accounts_sends_for_the_who
     assert waited[0] < 1.0, f"acc_c's send waited {waited[0]:.1f} s for another account's change"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: a senders change holds a refused message on a bind locked to its commit",
-)
 async def test_a_senders_change_does_not_hold_up_the_receipts_for_the_whole_walk(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
