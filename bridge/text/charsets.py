@@ -26,7 +26,8 @@ reads every octet wins:
   is "Ç", 0x09, reads as a tab, as every GSM text under IA5 did before), where "@", "_" and "$" are
   IA5's, as an SMSC that labels GSM text IA5 (the gateway's `gsm_data_coding: 1`) sends them.
   Octets above 0x7F, which IA5 lacks, are read as Latin-1 (senders that put them there mean it).
-- 3, 6, 7: ISO-8859-1, -5 (Cyrillic), -8 (Latin/Hebrew).
+- 3, 6, 7: ISO-8859-1, -5 (Cyrillic), -8 (Latin/Hebrew; then Windows-1255, its superset with
+  the vowel points).
 
 Octets the coding's encodings cannot read are kept as hex, as for a coding without a text
 decoder (pictograms, reserved values), and reported `undecodable`: a replacement character
@@ -49,7 +50,9 @@ _CANDIDATES: dict[int, tuple[str, ...]] = {
     3: ("latin-1",),
     5: ("cp932", "euc_jp"),
     6: ("iso8859_5",),
-    7: ("iso8859_8",),
+    # Windows-1255 after it: ISO-8859-8 plus the vowel points (niqqud) Hebrew handsets write;
+    # one of those turned the whole reply into hex.
+    7: ("iso8859_8", "cp1255"),
     0x0A: _ISO2022_JP,
     0x0D: ("euc_jp", "cp932"),
     0x0E: ("euc_kr", "cp949"),

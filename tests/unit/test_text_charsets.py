@@ -31,6 +31,7 @@ def mo(dc: int, payload: bytes) -> Decoded:
     [
         (1, b"user_1@example.com costs $5", "user_1@example.com costs $5"),  # IA5 proper
         (1, b"caf\xe9 cr\xe8me", "café crème"),  # octets IA5 lacks: Latin-1, not hex
+        (7, "שָׁלוֹם".encode("cp1255"), "שָׁלוֹם"),  # vowel points: Windows-1255, not hex
         (1, b"line\r\nfeed", "line\r\nfeed"),
         (3, "café £5".encode("latin-1"), "café £5"),
         (6, CYRILLIC.encode("iso8859_5"), CYRILLIC),
