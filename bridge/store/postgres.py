@@ -124,10 +124,15 @@ _MESSAGE_COLS = (
 
 # Key status and account in one statement with the nonce write; the nonce is recorded only for an
 # active key, and only if new or expired (a concurrent duplicate waits, then sees it: a replay).
+# FOR SHARE OF a, here and in the one-statement send: a disable's or a close's lock on the
+# account row waits for the accepts that read it, and an accept that comes after it waits for
+# its commit and reads the row as it left it (disabled: refused). Without it, an accept that
+# read the account active committed its message after the disable had ended the waiting ones,
+# and the claims, which do not look at the account, sent it (session 42's review of the close).
 _AUTHORIZE = f"""
 WITH k AS (
     SELECT k.status AS key_status, {", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLS.split(","))}
-    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1 FOR SHARE OF a
 ), n AS (
     INSERT INTO nonces (key_id, nonce, expires_at)
     SELECT $1, $2, $3 FROM k WHERE k.key_status = 'active'
@@ -182,7 +187,7 @@ WITH m AS ({_MESSAGE_INSERT} {_MESSAGE_ARRAYS})
 _ACCEPT_SEND_TEMPLATE = """
 WITH k AS (
     SELECT k.status AS key_status, {account_cols}
-    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $27
+    FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $27 FOR SHARE OF a
 ), ok AS (
     SELECT 1 FROM k WHERE key_status = 'active' AND status = 'active' AND tps = 0
         AND ($31::bigint IS NULL OR updated_at = $31)

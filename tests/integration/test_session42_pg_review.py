@@ -38,7 +38,7 @@ import asyncpg
 import pytest
 
 from bridge.store import postgres_dnc
-from bridge.store.models import AcceptBatch, Account, DncInfo
+from bridge.store.models import AcceptBatch, Account, AppKey, DncInfo, IdempotencyRecord
 from bridge.store.postgres import PostgresStore
 from tests.messages import one_part
 
@@ -205,3 +205,53 @@ async def test_two_instances_taking_back_a_dead_ones_claims_requeue_each_once(pg
         assert all(rows[mid][5] == 1 for mid in dead)
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+# -- found by the review of PostgreSQL's close (h6), fixed the same session ------------------------
+
+
+def _signed(mid: str, nonce: str, *, one_statement: bool) -> AcceptBatch:
+    """A signed send of acc: with an idempotency key it goes by the one-statement send, without
+    one by the general path's authorisation; neither under sending rules."""
+    m = one_part(mid, "acc", "+8613800000001", NOW)
+    return AcceptBatch(
+        "acc",
+        (m,),
+        f"key-{mid}" if one_statement else None,
+        IdempotencyRecord(f"h-{mid}", 202, b"r") if one_statement else None,
+        NOW + 3_600_000,
+        key_id="K1",
+        nonce=nonce,
+        nonce_expires_at=NOW + 60_000,
+    )
+
+
+@pytest.mark.parametrize("one_statement", [True, False])
+async def test_an_accept_behind_a_disable_is_refused_not_sent(
+    pair: tuple[PostgresStore, PostgresStore], pg_dsn: str, one_statement: bool
+) -> None:
+    """An operator disables an account (fraud) while a send of it is being accepted on another
+    instance. The accept without sending rules read the account without a lock: it committed
+    its message after the disable had ended the waiting ones, and the claims, which do not look
+    at the account, sent it. Now it waits for the disable's commit and is refused."""
+    a, b = pair
+    await a.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
+    await a.add_key(AppKey("K1", "acc", b"s", "active", NOW), 2)
+    c = await asyncpg.connect(pg_dsn)
+    try:
+        tx = c.transaction()
+        await tx.start()  # the disable's transaction, its row lock held (as lock_account takes)
+        await c.execute("SELECT 1 FROM accounts WHERE id = 'acc' FOR UPDATE")
+        await c.execute("UPDATE accounts SET status = 'disabled' WHERE id = 'acc'")
+        accepting = asyncio.ensure_future(
+            b.accept(_signed("m1", "n1", one_statement=one_statement), NOW)
+        )
+        await asyncio.sleep(0.3)
+        waited = not accepting.done()
+        await tx.commit()
+        out = await asyncio.wait_for(accepting, 5)
+    finally:
+        await c.close()
+    assert waited, "the accept did not wait for the disable"
+    assert not out.accepted and out.auth_refusal == "disabled"
+    assert await b.claim("inst-b", 10, NOW + 1, LEASE) == []
