@@ -20,7 +20,8 @@ def bucket_take(
     ahead = 0.0
     if tokens is None or at is None or at - now >= STEPPED_BACK_S:
         # Far ahead of now: the wall clock went back (an NTP step) while no daemon watched it
-        # (one that runs moves the buckets' times back with the queue's: the clock shift).
+        # (one that runs moves SQLite's buckets back with the queue: the clock shift;
+        # PostgreSQL's are on the database's clock, which a host's step does not move).
         # Measured from it, the bucket never refilled until the clock passed it again. Full, as
         # after a long pause: at most `cap`.
         tokens, at = cap, now
@@ -42,5 +43,5 @@ def bucket_take(
 # How far ahead of now a bucket's time must be to be a clock stepped back unseen: far beyond
 # any accept's wait for the store (an HTTP request is answered long before) and hosts kept by
 # NTP. Below it a bucket whose clock went back unseen waits for the clock, at most this long
-# (the 429's Retry-After says so); a step a daemon saw moved the bucket back with it.
+# (the 429's Retry-After says so); a step a daemon saw moved the bucket back with it (SQLite).
 STEPPED_BACK_S = 60.0
