@@ -236,6 +236,28 @@ class Reply:
         return self.headers.get("X-Request-Id")
 
 
+def send_prepared(
+    port: int, method: str, path: str, query: str, hdrs: Mapping[str, str], body: bytes
+) -> Reply:
+    """A request whose headers are prepared (prepare_headers) sent as they are over one
+    connection (http.client: no Host or Accept-Encoding of its own), its answer checked
+    (check_reply)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        target = path + (f"?{query}" if query else "")
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in hdrs.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        resp = conn.getresponse()
+        reply = make_reply(resp.status, CIMultiDict(resp.getheaders()), resp.read())
+    finally:
+        conn.close()
+    check_reply(method, path, reply)
+    return reply
+
+
 def make_reply(status: int, headers: CIMultiDict[str], body: bytes) -> Reply:
     reply = Reply(status, headers, body)
     if body and headers.get("Content-Type", "").startswith("application/json"):
@@ -664,24 +686,7 @@ class ThreadedApi:
             when=self.clock.utc(),
             nonce=None,
         )
-        conn = http.client.HTTPConnection("127.0.0.1", self.api.server.port, timeout=30)
-        try:
-            conn.putrequest(
-                method,
-                path + (f"?{query}" if query else ""),
-                skip_host=True,
-                skip_accept_encoding=True,
-            )
-            for name, value in hdrs.items():
-                conn.putheader(name, value)
-            conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body or None)
-            resp = conn.getresponse()
-            reply = make_reply(resp.status, CIMultiDict(resp.getheaders()), resp.read())
-        finally:
-            conn.close()
-        check_reply(method, path, reply)
-        return reply
+        return send_prepared(self.api.server.port, method, path, query, hdrs, body)
 
     def close(self) -> None:
         self.run(self.api.close())

@@ -43,7 +43,6 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
 
 from bridge import logs, review
 from bridge.api.app import make_app, render_unparsed
@@ -70,9 +69,8 @@ from tests.integration.conftest import (
     Creds,
     Reply,
     ThreadedApi,
-    check_reply,
-    make_reply,
     prepare_headers,
+    send_prepared,
 )
 
 FUZZ = settings(
@@ -388,20 +386,7 @@ class Fuzz:
             when=self.threaded.clock.utc(),
             nonce=None,
         )
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            target = path + (f"?{query}" if query else "")
-            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-            for name, value in hdrs.items():
-                conn.putheader(name, value)
-            conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body or None)
-            resp = conn.getresponse()
-            reply = make_reply(resp.status, CIMultiDict(resp.getheaders()), resp.read())
-        finally:
-            conn.close()
-        check_reply(method, path, reply)
-        return reply
+        return send_prepared(self.port, method, path, query, hdrs, body)
 
     def aliyun(
         self,
