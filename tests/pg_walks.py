@@ -53,3 +53,22 @@ def spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy_fetch)
     monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", spy_page)
     return reads
+
+
+def claim_after_first_page(
+    monkeypatch: pytest.MonkeyPatch, other: PostgresStore, now: int, lease_ms: int
+) -> list[str]:
+    """After the first cursor page of a walk, `other` (another instance) claims everything due
+    at `now`: the ids it took, then "-"."""
+    taken: list[str] = []
+    page = asyncpg.cursor.Cursor.fetch
+
+    async def claim_between(self: Any, n: int, **kw: Any) -> Any:
+        rows = await page(self, n, **kw)
+        if not taken:
+            taken.extend(w.id for w in await other.claim("inst-2", 50, now, lease_ms))
+            taken.append("-")
+        return rows
+
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", claim_between)
+    return taken

@@ -27,7 +27,7 @@ from bridge.store.models import AcceptBatch, Account, MoMessage, Release, Submit
 from bridge.store.postgres import PostgresStore
 from tests import pg_walks
 from tests.messages import one_part
-from tests.pg_walks import cash, refunds, spy_reads
+from tests.pg_walks import cash, claim_after_first_page, refunds, spy_reads
 
 pg = pg_walks.pg  # the store fixture
 
@@ -159,17 +159,7 @@ async def test_no_claim_takes_a_closing_accounts_message_between_two_pages(
     await _history(pg)
     other = PostgresStore(pg_dsn, min_size=1, max_size=2)
     await other.open()
-    taken: list[str] = []
-    page = asyncpg.cursor.Cursor.fetch
-
-    async def claim_between(self: Any, n: int, **kw: Any) -> Any:
-        rows = await page(self, n, **kw)
-        if not taken:
-            taken.extend(w.id for w in await other.claim("inst-2", 50, NOW + 2 * DAY, LEASE))
-            taken.append("-")
-        return rows
-
-    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", claim_between)
+    taken = claim_after_first_page(monkeypatch, other, NOW + 2 * DAY, LEASE)
     try:
         assert await pg.close_account("acc_a", AT) is not None
     finally:
