@@ -165,13 +165,12 @@ async def erase_account(c: asyncpg.Connection, account_id: str, masked: str, now
     temporary table, the waiting ones among them are read WALK_CHUNK at a time and ended, and
     one statement masks them all.
 
-    Why the table and not `WHERE account_id = $1`: an accept can still add a message while the
-    close runs. The close's lock on the account row orders it only with the accepts under
-    sending rules; the others read the account without a lock (postgres.py's one-statement send
-    and the general path's authorisation), saw it open, and commit their messages whenever they
-    do. A message committed after the locking statement must not be masked: it was not ended,
-    so it waits in the queue, and a claim would send its blank parts to the mask. Only the
-    locked rows are touched, as when their ids went by array: such a message is left whole."""
+    Why the table and not `WHERE account_id = $1`: only the locked rows are touched, as when
+    their ids went by array. The API's accepts wait for the close's lock on the account row
+    (those without sending rules since session 42 take it shared: postgres._AUTHORIZE), but an
+    accept that takes no lock (a batch without a nonce or an account version: tests, tools)
+    can still commit a message after the locking statement. Masked, it would wait in the queue
+    unended, and a claim would send its blank parts to the mask: it is left whole."""
     from bridge.store.postgres_rules import end_queued_ids
 
     await c.execute(_LOCKED_TABLE)

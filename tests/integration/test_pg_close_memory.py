@@ -172,9 +172,10 @@ async def test_no_claim_takes_a_closing_accounts_message_between_two_pages(
 async def test_a_message_accepted_while_the_close_runs_is_left_whole(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An accept without sending rules reads the account without its lock: one that saw it open
-    can commit a message after the close locked the account's messages. That message was not
-    ended; masked, it would wait in the queue with blank parts, to be sent to the mask."""
+    """An accept that takes no lock on the account (a batch without a nonce or an account
+    version; the API's accepts take it) can commit a message after the close locked the
+    account's messages. That message was not ended; masked, it would wait in the queue with
+    blank parts, to be sent to the mask."""
     monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
     await _history(pg)
     other = PostgresStore(pg_dsn, min_size=1, max_size=2)
