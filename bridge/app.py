@@ -679,6 +679,7 @@ class Daemon:
                 ("earlier receipts", self._infer_earlier),
                 ("settlement", self._settle),
                 ("retention", self._retain),
+                ("planner statistics", self._refresh_stats),
             ):
                 what = f"sweeper step {name}"
                 try:
@@ -701,6 +702,10 @@ class Daemon:
         smscs = self._receipts_switched & set(getattr(store, "one_receipt_smscs", ()))
         if not smscs or await store.infer_earlier_receipts(smscs, now_ms) < 500:
             self._receipts_switched -= smscs  # none left (a later switch adds its own)
+
+    async def _refresh_stats(self, _now_ms: int) -> None:
+        assert self.store is not None
+        await self.store.refresh_stats()
 
     async def _renew_leases(self, now_ms: int) -> None:
         if self.dispatcher is not None:

@@ -482,6 +482,12 @@ class Store(Protocol):
         corrected does not purge them early."""
         ...
 
+    async def refresh_stats(self) -> list[str]:
+        """Refresh the query planner's statistics of busy tables that have doubled since their
+        last analysis; the tables' names (bridge/store/postgres_stats.py says why). Nothing to
+        do for an engine whose plans do not go stale (SQLite)."""
+        ...
+
     # Retention (bridge/retention.py)
     async def oldest_message_at(self) -> int | None:
         """When the oldest message still stored was made (its id's time), None if none is."""

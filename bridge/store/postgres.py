@@ -37,7 +37,7 @@ from bridge.domain import mo_sets
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms
-from bridge.store import migrate, postgres_clock
+from bridge.store import migrate, postgres_clock, postgres_stats
 from bridge.store import postgres_ends as ends
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
@@ -1567,6 +1567,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
         return await self._tx_counting(job)
+
+    async def refresh_stats(self) -> list[str]:
+        return await postgres_stats.refresh(self.pool)
 
     async def sweep(
         self, now: int, receipt_timeout_ms: int, records_now: int | None = None

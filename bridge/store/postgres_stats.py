@@ -1,0 +1,79 @@
+"""Planner statistics of the busy tables while they are young (PostgreSQL).
+
+Why: asyncpg prepares every statement, and after five runs PostgreSQL keeps one generic plan per
+connection, costed from the table statistics of that moment. On a fresh database those say the
+tables are nearly empty, so the batch statements that look messages and parts up by id
+(`message_id = ANY($1)`) were planned as sequential scans, and kept so while the tables grew:
+measured in `scripts/bench.py --store postgres` (10,000 messages), the roll-up's read of the
+parts went from 2.6 ms at 1,500 stored parts to 10 ms at 10,000, a full scan per batch. Nothing
+replans them until the statistics change, and autovacuum looks at a table at most once a minute
+(`autovacuum_naptime`), then only after 10% of it changed: a new deployment's first burst, or a
+benchmark, ran on those plans for a minute or more. An ANALYZE invalidates every session's cached
+plans of the table.
+
+So the owner's sweeper ANALYZEs a busy table once it holds at least MIN_ROWS rows and twice as
+many as at its last analysis (or was never analysed). Growth, not churn: a table whose rows come
+and go at the same pace keeps its plans. Doubling bounds the work: a table reaching 10,000,000
+rows is analysed about 14 times in its life by this, each a sample of at most 30,000 rows; past
+its first minutes autovacuum's own 10% rule comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import asyncpg
+
+log = logging.getLogger("bridge.store")
+
+# The tables that the send path's batch statements read by key, and that grow with the traffic.
+BUSY_TABLES = ("messages", "segments", "webhook_outbox", "ledger")
+MIN_ROWS = 1_000
+NS_STATS = 0x5B1D0009  # transaction lock: one instance analyses at a time
+
+
+class TableStats(NamedTuple):
+    name: str
+    live_rows: int  # the statistics collector's count now (n_live_tup)
+    rows_at_analysis: float  # pg_class.reltuples: -1 before the first analysis
+    may_analyze: bool  # this role owns the table (else ANALYZE skips it with a warning)
+
+
+def stale_tables(stats: Iterable[TableStats], min_rows: int = MIN_ROWS) -> list[str]:
+    """The tables to analyse now, by name order."""
+    return sorted(
+        t.name
+        for t in stats
+        if t.may_analyze and t.live_rows >= max(min_rows, 2 * t.rows_at_analysis)
+    )
+
+
+_STATS = """
+SELECT s.relname, s.n_live_tup, c.reltuples,
+       pg_has_role(current_user, c.relowner, 'USAGE')
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
+"""
+
+
+async def refresh(pool: asyncpg.Pool, min_rows: int = MIN_ROWS) -> list[str]:
+    """ANALYZE the busy tables that need it; their names. Another instance doing it meanwhile
+    (the lock is taken): nothing, it is done."""
+    async with pool.acquire() as c:
+        rows = await c.fetch(_STATS, list(BUSY_TABLES))
+        due = stale_tables((TableStats(*r) for r in rows), min_rows)
+        if not due:
+            return []
+        async with c.transaction():
+            if not await c.fetchval("SELECT pg_try_advisory_xact_lock($1, 0)", NS_STATS):
+                return []
+            # Read again under the lock: the instance that held it may have just done them.
+            rows = await c.fetch(_STATS, due)
+            due = stale_tables((TableStats(*r) for r in rows), min_rows)
+            for name in due:
+                await c.execute(f'ANALYZE "{name}"')  # names from BUSY_TABLES only
+    if due:
+        log.info("planner statistics refreshed for %s (they had doubled)", ", ".join(due))
+    return due
