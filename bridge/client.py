@@ -53,9 +53,15 @@ class BridgeClient:
         max_retries: int = 3,
         timeout_s: float = 30.0,
         max_retry_delay_s: float = 60.0,
+        max_connections: int = 64,
     ) -> None:
         """`max_retry_delay_s` caps each wait between retries (Retry-After included), for callers
-        with a latency budget such as a login code that is useless a minute later."""
+        with a latency budget such as a login code that is useless a minute later.
+
+        `max_connections` bounds the connections of the session this client opens (requests
+        beyond it wait for one): the README recommends `server.max_connections_per_ip: 64`, and
+        aiohttp's own default of 100 had a burst of 100 sends refused 72 connections there (each
+        then retried). A session given by the caller keeps its own limit."""
         self.base_url = base_url.rstrip("/")
         self.app_key = app_key
         self._secret = app_secret
@@ -64,6 +70,7 @@ class BridgeClient:
         self.max_retries = max_retries
         self.max_retry_delay_s = max_retry_delay_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_connections = max_connections
 
     def __repr__(self) -> str:
         return f"BridgeClient({self.base_url!r}, app_key={self.app_key!r})"
@@ -81,7 +88,10 @@ class BridgeClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+            )
         return self._session
 
     def signed_headers(

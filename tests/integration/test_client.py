@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bridge.client import BridgeClient, BridgeError
 
@@ -297,3 +298,40 @@ async def test_sdk_retries_a_template_whose_answer_was_lost_and_files_it_once(
     assert dropped and dropped[0].startswith(b"HTTP/1.1 201")
     listed = await api_server.store.list_templates(account_id=creds.account_id)
     assert [t.code for t in listed] == [made["code"]]
+
+
+async def test_sdk_opens_at_most_max_connections_for_a_burst() -> None:
+    """A burst of 100 requests from one client: at most `max_connections` (64, the README's
+    recommended `server.max_connections_per_ip`) connections reach the server, where aiohttp's
+    own default opened 100 and had 72 refused at that cap."""
+    peers: set[object] = set()
+    open_now = 0
+    most = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal open_now, most
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        open_now += 1
+        most = max(most, open_now)
+        await asyncio.sleep(0.05)
+        open_now -= 1
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/v1/ping", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        for limit, want in ((None, 64), (10, 10)):
+            peers.clear()
+            most = 0
+            kw = {} if limit is None else {"max_connections": limit}
+            async with BridgeClient(f"http://127.0.0.1:{port}", "ak_x", "secret", **kw) as c:
+                answers = await asyncio.gather(*(c.request("GET", "/v1/ping") for _ in range(100)))
+            assert all(status == 200 for status, _h, _b in answers)
+            assert len(peers) == want and most == want, (limit, len(peers), most)
+    finally:
+        await runner.cleanup()
