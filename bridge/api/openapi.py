@@ -187,8 +187,9 @@ Signature        = hex(HMAC-SHA256(app_secret, StringToSign))
 Checks, in order, each with its own code (401): MISSING_AUTH, header syntax
 (SIGNATURE_MISMATCH), UNKNOWN_APP_KEY, KEY_REVOKED, REQUEST_EXPIRED, BODY_HASH_MISMATCH,
 SIGNATURE_MISMATCH, NONCE_REUSED (a nonce is recorded only after the signature verifies); then
-ACCOUNT_DISABLED (403) and the account rate limit ACCOUNT_RATE_LIMIT (429). docs/signing-example.md
-works one request through byte by byte.
+ACCOUNT_DISABLED (403). The account rate limit ACCOUNT_RATE_LIMIT (429) counts messages: only a
+send takes from it, in its accept, after the sending rules. docs/signing-example.md works one
+request through byte by byte.
 """
 
 DESCRIPTION = """\
