@@ -381,7 +381,11 @@ class Store(Protocol):
         `routable`: the park keys of routes with an SMSC up on this instance. Messages parked
         under them are claimed directly (up to half the claim first, then the due ones, then
         parked ones fill the room left): on PostgreSQL another instance, without the bind, may
-        have parked them, and un-parking them for everyone let that instance park them again."""
+        have parked them, and un-parking them for everyone let that instance park them again.
+
+        A claim that raised took nothing the caller must give back: on PostgreSQL one whose
+        COMMIT got no answer may have been committed, and the store gives back what it took
+        before its next claim or reclaim."""
         ...
 
     async def clock_stepped_back(

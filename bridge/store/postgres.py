@@ -23,6 +23,7 @@ postgres_tx.py, cross-instance coordination (bind ownership, wake-ups) in postgr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -112,6 +113,8 @@ from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import T, create_pool, run_tx, scalar, session_settings
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
+
+log = logging.getLogger("bridge.store")
 
 _BOOL_COLS = frozenset({"raw_text", "marketing"})
 CLOSE_TIMEOUT_S = 3.0  # the pool's graceful close (ms when the server answers); then cut
@@ -434,6 +437,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
         self._confirm = Confirmer(dsn)
+        # Messages a claim took whose COMMIT got no answer (message id -> instance): given back
+        # before the next claim or reclaim (`_give_back_unsure`).
+        self._unsure_claims: dict[str, str] = {}
+        # One give-back at a time (a claim's and the sweeper's reclaim's): one that read its
+        # messages before a claim took them again would give back what is being sent.
+        self._giving_back = asyncio.Lock()
         self._rr = 0
         # Per-account group commit of accepts under the sending rules (see _drain_account).
         self._account_queue: dict[
@@ -1261,6 +1270,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         """Periodic: take back claims whose lease expired or whose instance is gone (no instance
         lock and no heartbeat for DEAD_AFTER_MS), so a killed instance's work is resent."""
 
+        await self._give_back_unsure(now)  # this instance's own, though it lives
+
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.requeue_claims(
                 c, now, unknown_smscs, instance=None, offset_ms=self.clock_offset_ms
@@ -1312,6 +1323,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # server, nothing is claimed until the other instances wrote theirs (postgres_confirm).
         if not await self._confirm.settle():
             return []
+        await self._give_back_unsure(now)
         skip = self._confirm.releasing()  # their release is unconfirmed: not ours again yet
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
@@ -1321,14 +1333,51 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._rr += 1
         order = accounts[start:] + accounts[:start]
         keys = sorted(set(routable))
+        taken: list[str] = []
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
+            taken.clear()  # a retried run: the rolled-back one took nothing
             lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
-            return await pipe.claim(
+            work = await pipe.claim(
                 c, order, instance, limit, now, lease_until, park, keys, skip=skip
             )
+            taken.extend(w.id for w in work)
+            return work
 
-        return await run_tx(self.pool, job, durable=False)
+        try:
+            return await run_tx(self.pool, job, durable=False)
+        except BaseException:
+            # The claim ran and its COMMIT failed: the connection broke (a crash of the server,
+            # a cut link) after the server may have committed it. Its messages would then stay
+            # claimed by this live instance, unsent, until the lease ran out (5 minutes).
+            self._unsure_claims.update(dict.fromkeys(taken, instance))
+            raise
+
+    async def _give_back_unsure(self, now: int) -> None:
+        """Back to the queue (due now, the attempt uncounted): the messages of claims whose
+        COMMIT got no answer, if the server did commit them (else nothing is changed; another
+        instance may have claimed them since). Durable: a crash must not leave them claimed.
+        Raises while the store is away; they are kept for the next try."""
+        if not self._unsure_claims:
+            return
+        async with self._giving_back:
+            unsure = dict(self._unsure_claims)
+            by_instance: dict[str, list[str]] = {}
+            for mid, inst in unsure.items():
+                by_instance.setdefault(inst, []).append(mid)
+
+            async def job(c: asyncpg.Connection) -> int:
+                return sum([await pipe.give_back(c, i, m, now) for i, m in by_instance.items()])
+
+            n = await run_tx(self.pool, job)
+            for mid in unsure:
+                self._unsure_claims.pop(mid, None)
+        if n:
+            log.warning(
+                "%d messages of a claim whose commit went unanswered were claimed after all: "
+                "given back to the queue",
+                n,
+            )
 
     async def clock_stepped_back(
         self,

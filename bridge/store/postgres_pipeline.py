@@ -374,6 +374,28 @@ async def claim(
     ]
 
 
+async def give_back(c: asyncpg.Connection, instance: str, ids: Sequence[str], now: int) -> int:
+    """Put `instance`'s claims of `ids` back in the queue as if never made (the attempt the claim
+    counted uncounted, due by `now`): claims whose COMMIT got no answer, so nothing was sent.
+    Rows no longer claimed by it (the commit was lost, or they moved on) are left alone."""
+    rows = await c.fetch(
+        "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'claimed' "
+        "AND q_claimed_by = $2 ORDER BY id FOR UPDATE",
+        list(ids),
+        instance,
+    )
+    if not rows:
+        return 0
+    await c.execute(
+        "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
+        "q_attempts = q_attempts - 1, q_not_before = LEAST(q_not_before, $2) "
+        "WHERE id = ANY($1::text[])",
+        [r[0] for r in rows],
+        now,
+    )
+    return len(rows)
+
+
 async def dnc_guard(
     c: asyncpg.Connection, ids: list[str], recipients: dict[str, str], now: int
 ) -> list[str]:
