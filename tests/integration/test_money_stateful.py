@@ -176,6 +176,9 @@ class Account:
     watch: bool = False
     warned: bool = False
     events: list[tuple[int, int]] = field(default_factory=list)
+    # Payment refs: money in (kind, amount) and payouts (amount), each recorded once.
+    refs: dict[str, tuple[str, int]] = field(default_factory=dict)
+    payouts: dict[str, int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -189,6 +192,12 @@ class Account:
         """The balance the threshold watches: cash and valid vouchers."""
         return self.pockets["cash"] + sum(
             v for p, v in self.pockets.items() if family(p) == "voucher" and self.valid(p, now)
+        )
+
+    def seen(self) -> int:
+        """The domestic balance as last seen: vouchers that expired since still in it."""
+        return self.pockets["cash"] + sum(
+            v for p, v in self.pockets.items() if family(p) == "voucher" and v > 0
         )
 
     def fell(self, before: int, after: int) -> None:
@@ -417,26 +426,56 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(
         acct=accounts,
         what=st.one_of(
-            st.tuples(st.just("topup"), st.sampled_from([1_000_000, 10_000, 45_000, 100_000])),
+            st.tuples(
+                st.just("topup"),
+                st.sampled_from([1_000_000, 10_000, 45_000, 100_000]),
+                st.sampled_from([None, "pay-A", "pay-B"]),
+            ),
             st.tuples(
                 st.just("voucher"),
                 st.sampled_from([20_000, 45_000, 60_000, 100_000]),
                 st.sampled_from([1, 3, 30, 24 * 40, None]),
             ),
-            st.tuples(st.just("card"), st.sampled_from([999_000_000, 1_999_000_000])),
+            st.tuples(
+                st.just("card"),
+                st.sampled_from([999_000_000, 1_999_000_000]),
+                st.sampled_from([None, "pay-A", "pay-B"]),
+            ),
         ),
     )
     def money_in(self, acct: str, what: tuple[Any, ...]) -> None:
         getattr(self, what[0])(acct, *what[1:])
 
-    def topup(self, acct: str, amount: int) -> None:
+    def paid_in(self, a: Account, r: Any, kind: str, amount: int, ref: str | None) -> bool:
+        """Whether money in was credited: a payment ref is recorded once per account, whatever
+        the kind; the same again is a retry (200, nothing credited), another amount or kind
+        a conflict (409 PAYMENT_REF_REUSED); a closed account takes nothing."""
+        seen = a.refs.get(ref) if ref is not None else None
+        outcomes = set()
+        if a.closed:
+            outcomes.add((409, "ACCOUNT_CLOSED"))
+        if seen is not None:
+            outcomes.add((200, None) if seen == (kind, amount) else (409, "PAYMENT_REF_REUSED"))
+        if not outcomes:
+            outcomes.add((201, None))
+        assert (r.status, r.code) in outcomes, (r.status, r.json, outcomes)
+        if r.status == 200:
+            assert r.json["added"] == [] and r.json["duplicate_ref"] == ref, r.json
+        if r.status != 201:
+            return False
+        if ref is not None:
+            a.refs[ref] = (kind, amount)
+        return True
+
+    def topup(self, acct: str, amount: int, ref: str | None = None) -> None:
         a = self.accts[acct]
         self.tick()
-        r = self.admin("POST", f"/admin/accounts/{acct}/topups", {"amount_micro": amount})
-        if a.closed:
-            assert (r.status, r.code) == (409, "ACCOUNT_CLOSED"), r.json
+        body: dict[str, Any] = {"amount_micro": amount}
+        if ref is not None:
+            body["ref"] = ref
+        r = self.admin("POST", f"/admin/accounts/{acct}/topups", body)
+        if not self.paid_in(a, r, "topup", amount, ref):
             return
-        assert r.status == 201, r.json
         a.credit("topup", "cash", amount)
         a.credited(self.now)
 
@@ -459,14 +498,15 @@ class MoneyMachine(RuleBasedStateMachine):
         a.credit("voucher_grant", added["pocket"], amount)
         a.credited(self.now)
 
-    def card(self, acct: str, face: int) -> None:
+    def card(self, acct: str, face: int, ref: str | None = None) -> None:
         a = self.accts[acct]
         self.tick()
-        r = self.admin("POST", f"/admin/accounts/{acct}/cards", {"face_value_micro": face})
-        if a.closed:
-            assert (r.status, r.code) == (409, "ACCOUNT_CLOSED"), r.json
+        body: dict[str, Any] = {"face_value_micro": face}
+        if ref is not None:
+            body["ref"] = ref
+        r = self.admin("POST", f"/admin/accounts/{acct}/cards", body)
+        if not self.paid_in(a, r, "card_purchase", face, ref):
             return
-        assert r.status == 201, r.json
         (added,) = r.json["added"]
         # Valid for one year from purchase (in the deployment's zone).
         bought = datetime.fromtimestamp(self.now / 1000, ZONE)
@@ -485,6 +525,16 @@ class MoneyMachine(RuleBasedStateMachine):
         r = self.admin("PATCH", f"/admin/accounts/{acct}", {"kind": kind})
         assert r.status == 200, r.json
         a.kind = kind
+
+    @rule(acct=accounts, threshold=st.sampled_from([50_000, 300_000, 2_000_000]))
+    def set_threshold(self, acct: str, threshold: int) -> None:
+        """A new threshold is a new dip to warn of: the mark is cleared."""
+        a = self.accts[acct]
+        if not a.watch or threshold == a.threshold:
+            return
+        r = self.admin("PATCH", f"/admin/accounts/{acct}", {"low_balance_threshold": threshold})
+        assert r.status == 200, r.json
+        a.threshold, a.warned = threshold, False
 
     # -- rules: sending --
 
@@ -517,6 +567,9 @@ class MoneyMachine(RuleBasedStateMachine):
         if a.closed:
             assert r.status in (401, 403), (r.status, r.json)
             return
+        # What expired since the last sweep is void from now: the accept writes it off.
+        before = a.seen()
+        self.lapse(a)
         v = self.version_at(self.now)
         units, segs = domestic_units(length), gsm_segments(length)
         # A batch is accepted or refused whole; its domestic messages are charged first.
@@ -540,10 +593,10 @@ class MoneyMachine(RuleBasedStateMachine):
         event(f"send {a.kind} {recipients} {'refused' if refused else 'accepted'}")
         if refused:
             assert (r.status, r.code) == (402, "INSUFFICIENT_BALANCE"), (r.status, r.json)
+            a.fell(before, a.domestic(self.now))
             return
         assert r.status == 202, (r.status, r.json)
         kinds = {"cash": "charge", "voucher": "voucher_spend", "card": "card_spend"}
-        before = a.domestic(self.now)
         for i, m in enumerate(r.json["messages"]):
             domestic = recipients[i]
             # International tariffs count transmitted segments.
@@ -655,10 +708,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 m.state = "unknown"  # no receipt in 72 h: billed
                 self.unsent_parts_back(m)
         for a in self.accts.values():
-            # The balance as last seen: the vouchers expiring now still in it.
-            before = a.pockets["cash"] + sum(
-                v for p, v in a.pockets.items() if family(p) == "voucher" and v > 0
-            )
+            before = a.seen()
             self.lapse(a)
             a.fell(before, a.domestic(now))
 
@@ -671,6 +721,25 @@ class MoneyMachine(RuleBasedStateMachine):
         """To just after the next month's start (in the deployment's zone)."""
         end = month_end(month_of(self.now))
         self.clock.freeze((end + minutes * 60_000) / 1000)
+        self._sweep()
+
+    @rule(what=st.sampled_from(["month", "tariff", "voucher"]), offset=st.sampled_from([-1, 0]))
+    def edge(self, what: str, offset: int) -> None:
+        """To the millisecond before, or at, the next month's start, a tariff version's effective
+        time or a voucher's expiry: a voucher is valid while now < its expiry, a version is in
+        force from its effective time, a month starts at local midnight."""
+        now = self.now
+        if what == "month":
+            at = month_end(month_of(now))
+        elif what == "tariff":
+            at = min((v.effective_at for v in self.versions if v.effective_at > now), default=0)
+        else:
+            expiries = [e for a in self.accts.values() for e in a.expiry.values() if e]
+            at = min((e for e in expiries if e > now), default=0)
+        if at + offset <= now:
+            return
+        self.clock.freeze((at + offset) / 1000)
+        assert self.now == at + offset
         self._sweep()
 
     @precondition(lambda self: self.later_added < len(LATER))
@@ -835,24 +904,49 @@ class MoneyMachine(RuleBasedStateMachine):
                 a.credit(kind, pocket, -amount)
         assert r.json["refund_owed_micro"] == -a.kinds["closed"], r.json
 
-    @rule(acct=accounts, part=st.sampled_from([1, 2, 3]))
-    def pay_refund(self, acct: str, part: int) -> None:
-        """1: half of what is outstanding, 2: all of it, 3: one micro more than it."""
+    @rule(
+        acct=accounts,
+        part=st.sampled_from([1, 2, 3]),
+        ref=st.sampled_from(["new", "again", "money in"]),
+    )
+    def pay_refund(self, acct: str, part: int, ref: str) -> None:
+        """part 1: half of what is outstanding, 2: all of it, 3: one micro more than it;
+        under a new ref, the last payout's again (a retry), or a ref money in used."""
         a = self.accts[acct]
         owed, paid = -a.kinds["closed"], a.kinds["refund_paid"]
         outstanding = owed - paid
-        amount = {1: outstanding // 2, 2: outstanding, 3: outstanding + 1}[part]
-        if amount <= 0:
-            amount = 1
+        amount = max(1, {1: outstanding // 2, 2: outstanding, 3: outstanding + 1}[part])
         self.tick()
-        body = {"amount_micro": amount, "ref": f"pay-{self.now}"}
-        r = self.admin("POST", f"/admin/accounts/{acct}/refunds", body)
+        name = f"payout-{self.now}"
+        if ref == "again" and a.payouts:
+            name, amount = list(a.payouts.items())[-1]
+        elif ref == "money in" and a.refs:
+            name = sorted(a.refs)[0]
+        r = self.admin(
+            "POST", f"/admin/accounts/{acct}/refunds", {"amount_micro": amount, "ref": name}
+        )
+        outcomes = set()
         if not a.closed:
-            assert (r.status, r.code) == (409, "ACCOUNT_NOT_CLOSED"), r.json
-        elif amount > outstanding:
-            assert (r.status, r.code) == (409, "REFUND_NOT_OWED"), r.json
+            outcomes.add((409, "ACCOUNT_NOT_CLOSED"))
+            if name in a.refs:  # which refusal comes first is not a rule
+                outcomes.add((409, "PAYMENT_REF_REUSED"))
+        elif name in a.payouts:
+            same = a.payouts[name] == amount
+            outcomes.add((200, None) if same else (409, "PAYMENT_REF_REUSED"))
         else:
-            assert r.status == 201, r.json
+            if name in a.refs:
+                outcomes.add((409, "PAYMENT_REF_REUSED"))
+            if amount > outstanding:
+                outcomes.add((409, "REFUND_NOT_OWED"))
+        if not outcomes:
+            outcomes.add((201, None))
+        assert (r.status, r.code) in outcomes, (r.status, r.json, outcomes)
+        if r.status in (200, 201):
+            want = (owed, paid + amount * (r.status == 201))
+            got = (r.json["refund_owed_micro"], r.json["refund_paid_micro"])
+            assert got == want, (r.json, want)
+        if r.status == 201:
+            a.payouts[name] = amount
             a.credit("refund_paid", "refunded", amount)
 
     # -- after every step --
