@@ -338,14 +338,10 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # -- model operations --
 
-    def lapse(self, a: Account) -> None:
+    def lapse(self, a: Account, families: tuple[str, ...] = ("voucher", "card")) -> None:
         """Service rules: an expired voucher's (card's) remainder is void."""
         for pocket, amount in list(a.pockets.items()):
-            if (
-                family(pocket) in ("voucher", "card")
-                and amount > 0
-                and not a.valid(pocket, self.now)
-            ):
+            if family(pocket) in families and amount > 0 and not a.valid(pocket, self.now):
                 a.credit(f"{family(pocket)}_expire", pocket, -amount)
 
     def give_back(
@@ -567,14 +563,16 @@ class MoneyMachine(RuleBasedStateMachine):
         if a.closed:
             assert r.status in (401, 403), (r.status, r.json)
             return
-        # What expired since the last sweep is void from now: the accept writes it off.
+        # Vouchers and cards that expired since the last sweep are void (the plan skips them);
+        # an accepted send writes them off, else the sweep does (within seconds, in the daemon).
         before = a.seen()
-        self.lapse(a)
+        lapsing = Account(a.creds, a.kind, pockets=Counter(a.pockets), expiry=a.expiry)
+        self.lapse(lapsing)
         v = self.version_at(self.now)
         units, segs = domestic_units(length), gsm_segments(length)
         # A batch is accepted or refused whole; its domestic messages are charged first.
         order = sorted(range(len(to)), key=lambda i: not recipients[i])
-        trial = Account(a.creds, a.kind, pockets=Counter(a.pockets), expiry=a.expiry)
+        trial = Account(a.creds, a.kind, pockets=Counter(lapsing.pockets), expiry=a.expiry)
         plans: dict[int, tuple[int, list[tuple[str, int]]]] = {}
         refused = False
         for i in order:
@@ -593,8 +591,8 @@ class MoneyMachine(RuleBasedStateMachine):
         event(f"send {a.kind} {recipients} {'refused' if refused else 'accepted'}")
         if refused:
             assert (r.status, r.code) == (402, "INSUFFICIENT_BALANCE"), (r.status, r.json)
-            a.fell(before, a.domestic(self.now))
             return
+        self.lapse(a)
         assert r.status == 202, (r.status, r.json)
         kinds = {"cash": "charge", "voucher": "voucher_spend", "card": "card_spend"}
         for i, m in enumerate(r.json["messages"]):
