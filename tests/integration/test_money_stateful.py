@@ -832,6 +832,28 @@ class MoneyMachine(RuleBasedStateMachine):
             "_shares": shares,
         }
 
+    @rule(
+        acct=accounts,
+        amount=st.sampled_from([60_000, 100_000, 200_000]),
+        hours=st.sampled_from([None, 30]),
+        lengths=st.lists(st.sampled_from(sorted(TEXTS)), min_size=2, max_size=6),
+        data=st.data(),
+    )
+    def voucher_month(
+        self,
+        acct: str,
+        amount: int,
+        hours: int | None,
+        lengths: list[int],
+        data: st.DataObject,
+    ) -> None:
+        """A month that vouchers paid part of, all its messages ended, settled: the path where
+        each voucher's share of the refund (whole micro-units, the rest to cash) is decided."""
+        self.voucher(acct, amount, hours)
+        for n in lengths:
+            self.send(acct, (True,), n)
+        self.month_ends(data, 10)
+
     @rule(acct=accounts)
     def open_bill(self, acct: str) -> None:
         """The month so far: priced as settlement would, messages awaiting an outcome apart."""
@@ -1032,7 +1054,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
 
 def _settings(engine: str) -> settings:
-    examples = EXAMPLES or (25 if engine == "sqlite" else 15)
+    examples = EXAMPLES or (80 if engine == "sqlite" else 50)
     return settings(
         max_examples=examples,
         stateful_step_count=STEPS,
