@@ -1324,7 +1324,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if not await self._confirm.settle():
             return []
         await self._give_back_unsure(now)
-        skip = self._confirm.releasing()  # their release is unconfirmed: not ours again yet
+        # Their release is unconfirmed, or their unsure claim may still land: not ours again yet
+        # (the next give-back would take back a message being sent).
+        skip = {*self._confirm.releasing(), *self._unsure_claims}
         accounts = await pipe.queued_accounts(self.pool)  # outside a transaction: idle polls
         if not accounts:
             return []
@@ -1366,11 +1368,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             for mid, inst in unsure.items():
                 by_instance.setdefault(inst, []).append(mid)
 
-            async def job(c: asyncpg.Connection) -> int:
-                return sum([await pipe.give_back(c, i, m, now) for i, m in by_instance.items()])
+            async def job(c: asyncpg.Connection) -> tuple[int, set[str]]:
+                given, held = 0, set[str]()
+                for inst, mids in by_instance.items():
+                    n, h = await pipe.give_back(c, inst, mids, now)
+                    given, held = given + n, held | set(h)
+                return given, held
 
-            n = await run_tx(self.pool, job)
-            for mid in unsure:
+            n, held = await run_tx(self.pool, job)
+            for mid in unsure.keys() - held:  # held: perhaps that claim, its COMMIT under way
                 self._unsure_claims.pop(mid, None)
         if n:
             log.warning(

@@ -374,26 +374,37 @@ async def claim(
     ]
 
 
-async def give_back(c: asyncpg.Connection, instance: str, ids: Sequence[str], now: int) -> int:
+async def give_back(
+    c: asyncpg.Connection, instance: str, ids: Sequence[str], now: int
+) -> tuple[int, list[str]]:
     """Put `instance`'s claims of `ids` back in the queue as if never made (the attempt the claim
     counted uncounted, due by `now`): claims whose COMMIT got no answer, so nothing was sent.
-    Rows no longer claimed by it (the commit was lost, or they moved on) are left alone."""
-    rows = await c.fetch(
-        "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'claimed' "
-        "AND q_claimed_by = $2 ORDER BY id FOR UPDATE",
+    Rows no longer claimed by it (the commit was lost, or they moved on) are left alone.
+
+    (given back, ids held by another transaction): a held row may be that claim's, its COMMIT
+    still under way, seen queued by everyone else until it lands; its id is to be tried again,
+    not forgotten (and not waited for)."""
+    mine = [
+        r[0]
+        for r in await c.fetch(
+            "SELECT id FROM messages WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED",
+            list(ids),
+        )
+    ]
+    held = await c.fetch(
+        "SELECT id FROM messages WHERE id = ANY($1::text[]) AND NOT (id = ANY($2::text[]))",
         list(ids),
-        instance,
+        mine,
     )
-    if not rows:
-        return 0
-    await c.execute(
+    status = await c.execute(
         "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
-        "q_attempts = q_attempts - 1, q_not_before = LEAST(q_not_before, $2) "
-        "WHERE id = ANY($1::text[])",
-        [r[0] for r in rows],
+        "q_attempts = q_attempts - 1, q_not_before = LEAST(q_not_before, $3) "
+        "WHERE id = ANY($1::text[]) AND q_state = 'claimed' AND q_claimed_by = $2",
+        mine,
+        instance,
         now,
     )
-    return len(rows)
+    return int(status.split()[-1]), [r[0] for r in held]
 
 
 async def dnc_guard(

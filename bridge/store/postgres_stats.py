@@ -71,9 +71,26 @@ async def refresh(pool: asyncpg.Pool, min_rows: int = MIN_ROWS) -> list[str]:
                 return []
             # Read again under the lock: the instance that held it may have just done them.
             rows = await c.fetch(_STATS, due)
-            due = stale_tables((TableStats(*r) for r in rows), min_rows)
+            due = [
+                n
+                for n in stale_tables((TableStats(*r) for r in rows), min_rows)
+                if await _lock(c, n)
+            ]
             for name in due:
                 await c.execute(f'ANALYZE "{name}"')  # names from BUSY_TABLES only
     if due:
         log.info("planner statistics refreshed for %s (they had doubled)", ", ".join(due))
     return due
+
+
+async def _lock(c: asyncpg.Connection, name: str) -> bool:
+    """ANALYZE's own lock on the table, if nobody holds a conflicting one: else the table waits
+    for a later round. Waited for, a VACUUM or CREATE INDEX CONCURRENTLY of a big table (or an
+    autovacuum against wraparound, which does not yield) held the sweeper's every step for the
+    command timeout (60 s) each round. In a savepoint: a refusal aborts only that."""
+    try:
+        async with c.transaction():
+            await c.execute(f'LOCK TABLE "{name}" IN SHARE UPDATE EXCLUSIVE MODE NOWAIT')
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
