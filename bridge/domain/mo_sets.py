@@ -14,7 +14,20 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 
-class HeldPart(Protocol):
+class PartContent(Protocol):
+    """A part's content: its octets and the national language tables its UDH named (the same
+    septets under other tables are another text). What an MO's ids take of it too
+    (bridge.pipeline.inbound.content)."""
+
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def locking(self) -> int: ...
+    @property
+    def single(self) -> int: ...
+
+
+class HeldPart(PartContent, Protocol):
     """What placing a part reads of it (bridge.store.models.MoPart has these)."""
 
     @property
@@ -25,12 +38,6 @@ class HeldPart(Protocol):
     def seq(self) -> int: ...
     @property
     def data_coding(self) -> int: ...
-    @property
-    def payload(self) -> bytes: ...
-    @property
-    def locking(self) -> int: ...
-    @property
-    def single(self) -> int: ...
     @property
     def received_at(self) -> int: ...
 

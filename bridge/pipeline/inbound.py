@@ -14,13 +14,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from bridge import logs
 from bridge.aio import KeyedLocks
 from bridge.assignments import TTL_S, Assignments
 from bridge.config import SmscConfig
 from bridge.domain import senders
+from bridge.domain.mo_sets import PartContent
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
@@ -650,16 +651,7 @@ def mo_id_for(smsc: str, body: ShortMessage, seg: Any, now_ms: int) -> str:
     return _mo_id(smsc, body.source_addr, body.destination_addr, body.data_coding, what, now_ms)
 
 
-class _Content(Protocol):
-    @property
-    def payload(self) -> bytes: ...
-    @property
-    def locking(self) -> int: ...
-    @property
-    def single(self) -> int: ...
-
-
-def content(parts: Iterable[_Content]) -> bytes:
+def content(parts: Iterable[PartContent]) -> bytes:
     """What an MO's ids take of its content: its parts' octets joined and, when a part named
     national language tables, each part's (the same septets read with other tables are another
     text: without them, a reply was dropped as a repeat of one in another language). Octets
