@@ -15,7 +15,8 @@ from bridge.store.postgres import PostgresStore
 
 @pytest.fixture
 async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    # Six: a test may hold a claim's transaction open while a walk takes its own connections.
+    s = PostgresStore(pg_dsn, min_size=1, max_size=6)
     await s.open()
     try:
         yield s

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -81,7 +80,7 @@ from bridge.store import postgres_pipeline
 from bridge.store.base import Store
 from bridge.store.models import AcceptBatch, Account, DncInfo
 from bridge.store.postgres import PostgresStore
-from tests import store_engines
+from tests import pg_walks, store_engines
 from tests.messages import one_part
 from tests.store_engines import EngineHandle
 
@@ -94,14 +93,7 @@ CASH = 10_000_000
 BLOCKED = "+8613800000001"
 
 
-@pytest.fixture
-async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_dsn, min_size=1, max_size=6)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+pg = pg_walks.pg  # the store fixture
 
 
 async def _pg_account(store: PostgresStore, aid: str) -> None:
