@@ -279,6 +279,18 @@ def row_update(
     )
 
 
+def on_air(segments_sent: int, segments: int, pdus: int, one_pdu: bool) -> int:
+    """A message's segments on the air after `pdus` more of its PDUs were accepted.
+
+    Counted in segments, as `segments` is, not PDUs: a message sent whole in message_payload
+    (split: payload; `one_pdu`, its one part row standing for all `segments`) is one PDU the
+    SMSC splits, and international traffic is billed per transmitted segment (refund_share,
+    settlement). Capped at `segments`: a repeated result never counts twice over.
+    """
+    added = segments if segments > 1 and one_pdu else pdus
+    return min(segments, segments_sent + added)
+
+
 def receipt_targets(candidates: Sequence[tuple[str, int, str]]) -> list[tuple[str, int]]:
     """The parts one receipt settles, of the (message id, seq, state) parts its SMSC id matches.
 

@@ -47,7 +47,6 @@ from bridge.store.models import (
     WorkSegment,
 )
 from bridge.store.rules_rows import (
-    AIR_SENT_PG,
     END_ERROR,
     blocked_ids,
     number_prefixes,
@@ -449,6 +448,7 @@ async def rollup_messages(
     *,
     intermediate: bool = False,
     later: tuple[list[Any], list[str]] | None = None,
+    air: dict[str, tuple[str, int]] | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
@@ -456,20 +456,29 @@ async def rollup_messages(
     status webhooks were queued. Those that ended unsent and never reached anyone give back
     their daily count (give_back_places). The rows
     must be locked by this transaction (`locked`, else they are locked here) so the parts read
-    below include every other transaction's committed change."""
-    if not touched:
+    below include every other transaction's committed change.
+
+    `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
+    messages (record_submits): written by the same UPDATE as their roll-up, so a submit makes
+    one new version of its message's row, not two (each non-HOT version is an entry in every
+    index of the table)."""
+    air = air or {}
+    if not touched and not air:
         return 0
-    ids = sorted(touched)
+    ids = sorted(set(touched) | set(air))
     if locked is None or not set(ids) <= set(locked):
         locked = await lock_messages(c, ids)
     parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
-    for mid, state, error in await c.fetch(
-        "SELECT message_id, state, error_code FROM segments WHERE message_id = ANY($1::text[]) "
-        "ORDER BY message_id, seq",
+    many: set[str] = set()  # messages with a second part row: not one payload PDU
+    for mid, seq, state, error in await c.fetch(
+        "SELECT message_id, seq, state, error_code FROM segments "
+        "WHERE message_id = ANY($1::text[]) ORDER BY message_id, seq",
         ids,
     ):
         parts[mid].append((state, error))
-    upd: list[list[Any]] = [[] for _ in range(8)]
+        if seq == 2:
+            many.add(mid)
+    upd: list[list[Any]] = [[] for _ in range(12)]
     finals: list[tuple[str, str]] = []
     billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[str] = []
@@ -481,25 +490,39 @@ async def rollup_messages(
         _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
             row
         )
-        u = lc.row_update(
-            parts[mid],
-            old_state=old,
-            q_state=q_state,
-            old_delivered=old_delivered,
-            old_failed=old_failed,
-            old_error=old_error,
-            release_when_dispatched=touched[mid],
-            now=now,
-            segments=nseg,
+        smsc = route = new_sent = None
+        if mid in air:
+            smsc, pdus = air[mid]
+            nsent = new_sent = lc.on_air(nsent, nseg, pdus, mid not in many)
+            route = smsc if q_state == "claimed" else None
+        u = (
+            lc.row_update(
+                parts[mid],
+                old_state=old,
+                q_state=q_state,
+                old_delivered=old_delivered,
+                old_failed=old_failed,
+                old_error=old_error,
+                release_when_dispatched=touched[mid],
+                now=now,
+                segments=nseg,
+            )
+            if mid in touched
+            else None
         )
-        if u is None:
+        if u is None and smsc is None:
             continue
+        rolled = (
+            (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release)
+            if u is not None
+            else (None, None, None, None, None, None, False)
+        )
         for col, value in zip(
-            upd,
-            (mid, u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release),
-            strict=True,
+            upd, (mid, u is not None, *rolled, smsc, new_sent, route), strict=True
         ):
             col.append(value)
+        if u is None:
+            continue
         became_final, became_sent = u.became_final, u.became_sent
         if became_final:
             finals.append((account_id, mid))
@@ -510,19 +533,7 @@ async def rollup_messages(
         elif became_sent and intermediate:
             sent.append(mid)
     if upd[0]:
-        await c.execute(
-            "UPDATE messages m SET state = u.state, segments_delivered = u.delivered, "
-            "segments_failed = u.failed, error_code = u.error, "
-            "sent_at = COALESCE(u.sent_at, m.sent_at), done_at = COALESCE(u.done_at, m.done_at), "
-            "q_state = CASE WHEN u.release THEN 'done' ELSE m.q_state END, "
-            "q_claimed_by = CASE WHEN u.release THEN NULL ELSE m.q_claimed_by END, "
-            "q_lease_until = CASE WHEN u.release THEN NULL ELSE m.q_lease_until END "
-            "FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[], "
-            "$7::bigint[], $8::bool[]) "
-            "AS u(id, state, delivered, failed, error, sent_at, done_at, release) "
-            "WHERE m.id = u.id",
-            *upd,
-        )
+        await c.execute(_ROLLUP, *upd)
     if later is not None:
         later[0].extend(billed)
         later[1].extend(unsent)
@@ -535,6 +546,26 @@ async def rollup_messages(
     if sent:
         queued += await enqueue_sent_webhooks(c, sent, now)
     return queued
+
+
+# The roll-up's one UPDATE: a NULL keeps the column (`rolled` false: no roll-up change, only the
+# submit results' counts; a NULL SMSC: no submit result). The error code may become NULL.
+_ROLLUP = (
+    "UPDATE messages m SET state = COALESCE(u.state, m.state), "
+    "segments_delivered = COALESCE(u.delivered, m.segments_delivered), "
+    "segments_failed = COALESCE(u.failed, m.segments_failed), "
+    "error_code = CASE WHEN u.rolled THEN u.error ELSE m.error_code END, "
+    "sent_at = COALESCE(u.sent_at, m.sent_at), done_at = COALESCE(u.done_at, m.done_at), "
+    "q_state = CASE WHEN u.release THEN 'done' ELSE m.q_state END, "
+    "q_claimed_by = CASE WHEN u.release THEN NULL ELSE m.q_claimed_by END, "
+    "q_lease_until = CASE WHEN u.release THEN NULL ELSE m.q_lease_until END, "
+    "smsc = COALESCE(u.smsc, m.smsc), segments_sent = COALESCE(u.nsent, m.segments_sent), "
+    "q_route = COALESCE(u.route, m.q_route) "
+    "FROM unnest($1::text[], $2::bool[], $3::text[], $4::int[], $5::int[], $6::text[], "
+    "$7::bigint[], $8::bigint[], $9::bool[], $10::text[], $11::int[], $12::text[]) "
+    "AS u(id, rolled, state, delivered, failed, error, sent_at, done_at, release, smsc, nsent, "
+    "route) WHERE m.id = u.id"
+)
 
 
 def quota_tz(c: asyncpg.Connection) -> str:
@@ -645,6 +676,7 @@ async def record_submits(
     whole message (smscs[].receipts). `inferred` (SMSC -> parts) counts the parts settled by
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
+    air: dict[str, tuple[str, int]] = {}
     sent = [r for r in results if r.outcome == "sent"]
     await lock_keys(
         c,
@@ -684,26 +716,12 @@ async def record_submits(
                 [r.smsc_msg_id_raw for r in fresh],
                 [r.at or now for r in fresh],
             )
-            per_msg: dict[str, tuple[str, int]] = {}
+            # Written by the roll-up's UPDATE, after the releases (a released message's route
+            # was its claim's, and goes with it).
             for r in fresh:
-                _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
-                per_msg[r.message_id] = (r.smsc, n + 1)
-            counted = await c.fetch(
-                f"UPDATE messages m SET smsc = u.smsc, segments_sent = {AIR_SENT_PG}, "
-                "q_route = CASE WHEN m.q_state = 'claimed' THEN u.smsc ELSE m.q_route END "
-                "FROM unnest($1::text[], $2::text[], $3::int[]) AS u(id, smsc, n) "
-                "WHERE m.id = u.id RETURNING m.id, m.segments_sent",
-                list(per_msg),
-                [v[0] for v in per_msg.values()],
-                [v[1] for v in per_msg.values()],
-            )
-            # The roll-up reads the locked rows: keep their parts-submitted count current (a
-            # message failing in this same batch is refunded by it).
-            for mid, nsent in counted:
-                if mid in locked:
-                    locked[mid] = (*locked[mid][:8], nsent, *locked[mid][9:])
-            for mid in per_msg:
-                touched[mid] = True
+                _smsc, n = air.get(r.message_id, (r.smsc, 0))
+                air[r.message_id] = (r.smsc, n + 1)
+                touched[r.message_id] = True
             await _apply_pending(c, fresh, touched, one_per_message, inferred)
             # Not a first part: parts go out in order, so none after it can have a receipt yet
             # (and a one-part message has nothing to infer): no read for most submits.
@@ -777,7 +795,7 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    return await rollup_messages(c, touched, now, locked, intermediate=intermediate)
+    return await rollup_messages(c, touched, now, locked, intermediate=intermediate, air=air)
 
 
 async def record_late_submits(

@@ -53,22 +53,6 @@ END_ERROR = (
     "'VALIDITY_EXPIRED')"
 )
 
-# segments_sent counts segments on the air, as `segments` does, not PDUs: a message sent whole in
-# message_payload (split: payload) is one PDU the SMSC splits into `segments`, and international
-# traffic is billed per transmitted segment (refund_share, settlement). {n}: the PDUs accepted
-# now. A single-PDU message of more than one segment is such a payload; capped at `segments`.
-AIR_SENT = (
-    "MIN(segments, segments_sent + CASE WHEN segments > 1 AND NOT EXISTS ("
-    "SELECT 1 FROM segments s WHERE s.message_id = messages.id AND s.seq = 2) "
-    "THEN segments ELSE {n} END)"
-)
-AIR_SENT_PG = (
-    "LEAST(m.segments, m.segments_sent + CASE WHEN m.segments > 1 AND NOT EXISTS ("
-    "SELECT 1 FROM segments s WHERE s.message_id = m.id AND s.seq = 2) "
-    "THEN m.segments ELSE u.n END)"
-)
-
-
 # A do-not-contact entry for one exact number is stored with this mark before it; one without is
 # a prefix. Without the mark a listed number also blocked every longer one (countries with
 # numbers of several lengths: +491701234567 blocked +4917012345678). Entries imported before the

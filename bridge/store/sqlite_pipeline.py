@@ -21,7 +21,7 @@ from bridge.store.models import (
     Release,
     SubmitResult,
 )
-from bridge.store.rules_rows import AIR_SENT, END_ERROR
+from bridge.store.rules_rows import END_ERROR
 
 _CHUNK = 400  # ids per IN (...) list: well under SQLite's variable limit
 
@@ -151,31 +151,40 @@ def rollup_messages(
     now: int,
     *,
     intermediate: bool = False,
+    air: dict[str, tuple[str, int]] | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
     how many were queued (the owner wakes its webhook sender for them). Those that ended unsent
-    and never reached anyone give back their place in the daily count (give_back_places)."""
-    if not touched:
+    and never reached anyone give back their place in the daily count (give_back_places).
+
+    `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
+    messages (record_submits): written by the same UPDATE as their roll-up, so a submit
+    rewrites its message's row once, not twice."""
+    air = air or {}
+    if not touched and not air:
         return 0
-    ids = list(touched)
+    ids = list(touched) + [mid for mid in air if mid not in touched]
     parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
+    many: set[str] = set()  # messages with a second part row: not one payload PDU
     current: dict[str, tuple[Any, ...]] = {}
     for chunk in _chunks(ids):
         marks = _marks(len(chunk))
-        for mid, state, error in c.execute(
-            f"SELECT message_id, state, error_code FROM segments WHERE message_id IN ({marks}) "
-            "ORDER BY message_id, seq",
+        for mid, seq, state, error in c.execute(
+            f"SELECT message_id, seq, state, error_code FROM segments "
+            f"WHERE message_id IN ({marks}) ORDER BY message_id, seq",
             chunk,
         ):
             parts[mid].append((state, error))
+            if seq == 2:
+                many.add(mid)
         for row in c.execute(
             f"SELECT id, state, account_id, q_state, segments_delivered, segments_failed, "
             f"error_code, price_class, segments_sent, segments FROM messages WHERE id IN ({marks})",
             chunk,
         ):
             current[row[0]] = row
-    updates = []
+    shapes: dict[tuple[bool, bool, bool, bool], list[tuple[Any, ...]]] = {}
     finals: list[tuple[str, str]] = []
     billed: list[tuple[str, str, str, str, int, int]] = []
     sent: list[tuple[str, str]] = []
@@ -187,51 +196,46 @@ def rollup_messages(
         _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
             row
         )
-        u = lc.row_update(
-            parts[mid],
-            old_state=old,
-            q_state=q_state,
-            old_delivered=old_delivered,
-            old_failed=old_failed,
-            old_error=old_error,
-            release_when_dispatched=touched[mid],
-            now=now,
-            segments=nseg,
+        values: tuple[Any, ...] = ()
+        on_air = mid in air
+        route = False
+        if on_air:
+            smsc, pdus = air[mid]
+            nsent = lc.on_air(nsent, nseg, pdus, mid not in many)
+            route = q_state == "claimed"
+            values = (smsc, nsent, smsc) if route else (smsc, nsent)
+        u = (
+            lc.row_update(
+                parts[mid],
+                old_state=old,
+                q_state=q_state,
+                old_delivered=old_delivered,
+                old_failed=old_failed,
+                old_error=old_error,
+                release_when_dispatched=touched[mid],
+                now=now,
+                segments=nseg,
+            )
+            if mid in touched
+            else None
         )
-        if u is None:
+        if u is not None:
+            values += (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at)
+            became_final, became_sent = u.became_final, u.became_sent
+            if became_final:
+                finals.append((account_id, mid))
+                if pclass is not None:
+                    billed.append((account_id, mid, u.state, pclass, nsent, nseg))
+                if u.state == lc.MSG_EXPIRED and not nsent:
+                    unsent.append(mid)
+            elif became_sent and intermediate:
+                sent.append((account_id, mid))
+        elif not on_air:
             continue
-        updates.append(
-            (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release, mid)
-        )
-        became_final, became_sent = u.became_final, u.became_sent
-        if became_final:
-            finals.append((account_id, mid))
-            if pclass is not None:
-                billed.append((account_id, mid, u.state, pclass, nsent, nseg))
-            if u.state == lc.MSG_EXPIRED and not nsent:
-                unsent.append(mid)
-        elif became_sent and intermediate:
-            sent.append((account_id, mid))
-    if updates:
-        # Two shapes: SQLite rewrites the entries of every index whose columns are assigned,
-        # changed or not, so a roll-up that leaves the claim alone (every receipt) does not
-        # name the q_* columns (~25% of its cost, measured).
-        released = [u for u in updates if u[6]]
-        kept = [u[:6] + u[7:] for u in updates if not u[6]]
-        if released:
-            c.executemany(
-                "UPDATE messages SET state=?1, segments_delivered=?2, segments_failed=?3, "
-                "error_code=?4, sent_at=COALESCE(?5, sent_at), done_at=COALESCE(?6, done_at), "
-                "q_state='done', q_claimed_by=NULL, q_lease_until=NULL WHERE id=?8",
-                released,
-            )
-        if kept:
-            c.executemany(
-                "UPDATE messages SET state=?1, segments_delivered=?2, segments_failed=?3, "
-                "error_code=?4, sent_at=COALESCE(?5, sent_at), done_at=COALESCE(?6, done_at) "
-                "WHERE id=?7",
-                kept,
-            )
+        release = u is not None and u.release
+        shapes.setdefault((on_air, route, u is not None, release), []).append((*values, mid))
+    for shape, rows in shapes.items():
+        c.executemany(_rollup_sql(*shape), rows)
     if billed:
         sqlite_rules.refund_finals(c, billed, now)
     if unsent:
@@ -240,6 +244,26 @@ def rollup_messages(
     if sent:
         queued += enqueue_sent_webhooks(c, sent, now)
     return queued
+
+
+def _rollup_sql(on_air: bool, route: bool, rolled: bool, release: bool) -> str:
+    """The roll-up's UPDATE of one shape: SQLite rewrites the entries of every index whose
+    columns are assigned, changed or not, so a roll-up that leaves the claim alone (every
+    receipt) does not name the q_* columns (~25% of its cost, measured); the submit results'
+    columns (smsc, segments_sent, q_route) are in no index."""
+    sets = []
+    if on_air:
+        sets.append("smsc=?, segments_sent=?")
+        if route:
+            sets.append("q_route=?")
+    if rolled:
+        sets.append(
+            "state=?, segments_delivered=?, segments_failed=?, error_code=?, "
+            "sent_at=COALESCE(?, sent_at), done_at=COALESCE(?, done_at)"
+        )
+    if release:
+        sets.append("q_state='done', q_claimed_by=NULL, q_lease_until=NULL")
+    return f"UPDATE messages SET {', '.join(sets)} WHERE id=?"
 
 
 # The SQL function by which a store's connection gives its zone of the daily quota's days
@@ -344,6 +368,7 @@ def record_submits(
     whole message (smscs[].receipts). `inferred` (SMSC -> parts) counts the parts settled by
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
+    air: dict[str, tuple[str, int]] = {}
     sent = [r for r in results if r.outcome == "sent"]
     if sent:
         # Only parts still queued count: a repeated result is settled once.
@@ -376,11 +401,9 @@ def record_submits(
         for r in fresh:
             _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
             per_msg[r.message_id] = (r.smsc, n + 1)
-        c.executemany(
-            f"UPDATE messages SET smsc=?1, segments_sent={AIR_SENT.format(n='?2')}, "
-            "q_route=CASE WHEN q_state='claimed' THEN ?1 ELSE q_route END WHERE id=?3",
-            [(smsc, n, mid) for mid, (smsc, n) in per_msg.items()],
-        )
+        # Written by the roll-up's UPDATE, after the releases (a released message's route was
+        # its claim's, and goes with it).
+        air = per_msg
         for mid in per_msg:
             touched[mid] = True
         _apply_pending(c, fresh, now, touched, one_per_message, inferred)
@@ -450,7 +473,7 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate)
+    return rollup_messages(c, touched, now, intermediate=intermediate, air=air)
 
 
 def record_late_submits(

@@ -36,14 +36,14 @@ Defects found (each pinned by a test below that fails on the code as reviewed):
 2. An international message sent as one message_payload PDU (SMSC `split: payload`) by a release
    before 122e780, still awaiting its receipt at the upgrade, is refunded all but one segment when
    the receipt comes, and reads back with more segments delivered than sent. 122e780 changed what
-   `messages.segments_sent` counts (PDUs -> segments on the air: rules_rows.AIR_SENT, used by
+   `messages.segments_sent` counts (PDUs -> segments on the air: lifecycle.on_air, used by
    sqlite_pipeline.record_submits and the PostgreSQL twin) without a migration converting the
    rows already there; the upgraded code reads the old count with the new meaning:
    `admission.refund_share` gives back (segments - segments_sent)/segments of the charge, and
    `lifecycle.summarize` scales the delivered count to `segments`. A 4-segment message charged
    0.20 keeps 0.05 (the undercharge 122e780 fixed, carried over for every such message in flight
    at the upgrade), and its status shows segments_sent 1, segments_delivered 4 (a mix neither
-   release produces). Both engines (PostgreSQL: rules_rows.AIR_SENT_PG, the same refund_share).
+   release produces). Both engines (PostgreSQL too, the same refund_share).
    -> test_a_payload_message_sent_before_the_upgrade_is_billed_per_segment_on_the_air
 
 Checked and found right (the other tests pass):

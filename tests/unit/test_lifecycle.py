@@ -208,3 +208,42 @@ def test_row_update_receipt_does_not_release_a_message_with_parts_left():
         now=1,
     )
     assert u is not None and not u.release and u.delivered == 1 and u.state == "queued"
+
+
+# -- on_air: segments on the air after a submit result ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "segments", "pdus", "one_pdu", "expected"),
+    [
+        (0, 1, 1, True, 1),  # a one-part message
+        (0, 3, 1, False, 1),  # the first of three PDUs
+        (2, 3, 1, False, 3),  # the last of three
+        (0, 4, 1, True, 4),  # one message_payload PDU the SMSC splits into four
+        (4, 4, 1, True, 4),  # that result repeated: capped
+        (3, 3, 2, False, 3),  # more PDUs than parts left: capped
+        (0, 3, 0, False, 0),  # nothing accepted now
+    ],
+)
+def test_on_air_counts_segments_not_pdus(
+    sent: int, segments: int, pdus: int, one_pdu: bool, expected: int
+) -> None:
+    assert lc.on_air(sent, segments, pdus, one_pdu) == expected
+
+
+@given(
+    sent=st.integers(0, 10),
+    segments=st.integers(1, 10),
+    pdus=st.integers(0, 10),
+    one_pdu=st.booleans(),
+)
+def test_on_air_never_passes_the_message_nor_goes_back(
+    sent: int, segments: int, pdus: int, one_pdu: bool
+) -> None:
+    sent = min(sent, segments)
+    after = lc.on_air(sent, segments, pdus, one_pdu)
+    assert sent <= after <= segments
+    if segments > 1 and one_pdu:
+        assert after == segments
+    else:
+        assert after == min(segments, sent + pdus)
