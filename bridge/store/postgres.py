@@ -512,6 +512,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def close(self) -> None:
         if self._pool is not None:
             await self._confirm.close()
+            await self._give_back_at_close()
             pool, self._pool = self._pool, None
             try:  # a partition would hold a graceful close for as long as it lasts
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -1354,6 +1355,23 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             # claimed by this live instance, unsent, until the lease ran out (5 minutes).
             self._unsure_claims.update(dict.fromkeys(taken, instance))
             raise
+
+    async def _give_back_at_close(self) -> None:
+        """A clean stop gives back its unsure claims itself: else they waited for another
+        instance's takeover of a stopped instance's claims (~20 s), or this one's restart.
+        Bounded as the pool's close is; a store away keeps them for that takeover."""
+        if not self._unsure_claims:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._give_back_unsure(round(self._local_clock() * 1000))
+        except Exception as exc:  # a stop goes on: the takeover covers them
+            log.warning(
+                "%d messages of claims whose commit went unanswered not given back at close "
+                "(%s): another instance takes them back once this one's heartbeat is old",
+                len(self._unsure_claims),
+                type(exc).__name__,
+            )
 
     async def _give_back_unsure(self, now: int) -> None:
         """Back to the queue (due now, the attempt uncounted): the messages of claims whose

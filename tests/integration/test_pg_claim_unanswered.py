@@ -271,3 +271,34 @@ async def test_the_dispatcher_sends_them_within_seconds(
     finally:
         await d.stop(1.0)
         task.cancel()
+
+
+async def test_a_clean_close_gives_them_back(proxy: CommitAnswerLost, pg_dsn: str) -> None:
+    """A stop (SIGTERM) after such a claim: the messages are queued again as the store closes,
+    not left claimed by a stopped instance until another one's takeover (~20 s) or a restart."""
+    s = PostgresStore(proxy.dsn(pg_dsn), min_size=1, max_size=4, local_clock=lambda: NOW / 1000)
+    await s.open()
+    try:
+        await s.create_account(account())
+        for mid in IDS:
+            await accept(s, message(mid))
+        proxy.armed = True
+        with pytest.raises(Exception) as failed:
+            await s.claim("inst-a", 10, NOW, LEASE)
+        assert is_unavailable(failed.value), failed.value
+        assert await claims(pg_dsn) == [(m, "claimed", "inst-a", 1) for m in IDS]
+    finally:
+        await s.close()
+    assert await claims(pg_dsn) == [(m, "queued", None, 0) for m in IDS]
+
+
+async def test_a_close_with_the_server_away_does_not_hang_or_raise(
+    proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    s = PostgresStore(proxy.dsn(pg_dsn), min_size=1, max_size=4)
+    await s.open()
+    s._unsure_claims = dict.fromkeys(IDS, "inst-a")
+    await proxy.stop()  # the server unreachable: every connection cut, none accepted
+    async with asyncio.timeout(15):
+        await s.close()
+    assert sorted(s._unsure_claims) == IDS  # kept: nothing was given back
