@@ -27,7 +27,7 @@ import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
-from bridge.store import postgres_rules
+from bridge.store import postgres_rules, rollup_rows
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
     PARK_AGAIN_MS,
@@ -94,8 +94,7 @@ async def lock_messages(c: asyncpg.Connection, ids: Iterable[str]) -> dict[str, 
     if not ids:
         return {}
     rows = await c.fetch(
-        "SELECT id, state, account_id, q_state, segments_delivered, segments_failed, error_code, "
-        "price_class, segments_sent, segments FROM messages WHERE id = ANY($1::text[]) "
+        f"SELECT {rollup_rows.ROLLUP_COLS} FROM messages WHERE id = ANY($1::text[]) "
         "ORDER BY id FOR UPDATE",
         ids,
     )
@@ -478,73 +477,34 @@ async def rollup_messages(
         parts[mid].append((state, error))
         if seq == 2:
             many.add(mid)
+    rolled, f = rollup_rows.roll(
+        ids, locked, parts, many, touched, air, now, intermediate=intermediate
+    )
     upd: list[list[Any]] = [[] for _ in range(12)]
-    finals: list[tuple[str, str]] = []
-    billed: list[tuple[str, str, str, str, int, int]] = []
-    sent: list[str] = []
-    unsent: list[str] = []
-    for mid in ids:
-        row = locked.get(mid)
-        if row is None or not parts[mid]:
-            continue
-        _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
-            row
-        )
-        smsc = route = new_sent = None
-        if mid in air:
-            smsc, pdus = air[mid]
-            nsent = new_sent = lc.on_air(nsent, nseg, pdus, mid not in many)
-            route = smsc if q_state == "claimed" else None
-        u = (
-            lc.row_update(
-                parts[mid],
-                old_state=old,
-                q_state=q_state,
-                old_delivered=old_delivered,
-                old_failed=old_failed,
-                old_error=old_error,
-                release_when_dispatched=touched[mid],
-                now=now,
-                segments=nseg,
-            )
-            if mid in touched
-            else None
-        )
-        if u is None and smsc is None:
-            continue
-        rolled = (
+    for r in rolled:
+        u = r.update
+        values = (
             (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release)
             if u is not None
             else (None, None, None, None, None, None, False)
         )
         for col, value in zip(
-            upd, (mid, u is not None, *rolled, smsc, new_sent, route), strict=True
+            upd, (r.id, u is not None, *values, r.smsc, r.segments_sent, r.route), strict=True
         ):
             col.append(value)
-        if u is None:
-            continue
-        became_final, became_sent = u.became_final, u.became_sent
-        if became_final:
-            finals.append((account_id, mid))
-            if pclass is not None:
-                billed.append((account_id, mid, u.state, pclass, nsent, nseg))
-            if u.state == lc.MSG_EXPIRED and not nsent:
-                unsent.append(mid)
-        elif became_sent and intermediate:
-            sent.append(mid)
     if upd[0]:
         await c.execute(_ROLLUP, *upd)
     if later is not None:
-        later[0].extend(billed)
-        later[1].extend(unsent)
+        later[0].extend(f.billed)
+        later[1].extend(f.unsent)
     else:
-        if billed:
-            await postgres_rules.refund_finals(c, billed, now)
-        if unsent:
-            await give_back_places(c, unsent)
-    queued = await enqueue_status_webhooks(c, finals, now) if finals else 0
-    if sent:
-        queued += await enqueue_sent_webhooks(c, sent, now)
+        if f.billed:
+            await postgres_rules.refund_finals(c, f.billed, now)
+        if f.unsent:
+            await give_back_places(c, f.unsent)
+    queued = await enqueue_status_webhooks(c, f.finals, now) if f.finals else 0
+    if f.sent:
+        queued += await enqueue_sent_webhooks(c, [mid for _acc, mid in f.sent], now)
     return queued
 
 

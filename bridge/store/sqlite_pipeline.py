@@ -7,13 +7,14 @@ messages a second the per-statement cost, not the disk, is what limits an embedd
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
-from bridge.store import sqlite_rules
+from bridge.store import rollup_rows, sqlite_rules
 from bridge.store.models import (
     KEPT_RECEIPT_SLACK_MS,
     LateAccept,
@@ -179,73 +180,37 @@ def rollup_messages(
             if seq == 2:
                 many.add(mid)
         for row in c.execute(
-            f"SELECT id, state, account_id, q_state, segments_delivered, segments_failed, "
-            f"error_code, price_class, segments_sent, segments FROM messages WHERE id IN ({marks})",
-            chunk,
+            f"SELECT {rollup_rows.ROLLUP_COLS} FROM messages WHERE id IN ({marks})", chunk
         ):
             current[row[0]] = row
+    rolled, f = rollup_rows.roll(
+        ids, current, parts, many, touched, air, now, intermediate=intermediate
+    )
     shapes: dict[tuple[bool, bool, bool, bool], list[tuple[Any, ...]]] = {}
-    finals: list[tuple[str, str]] = []
-    billed: list[tuple[str, str, str, str, int, int]] = []
-    sent: list[tuple[str, str]] = []
-    unsent: list[str] = []
-    for mid in ids:
-        row = current.get(mid)
-        if row is None or not parts[mid]:
-            continue
-        _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
-            row
-        )
+    for r in rolled:
         values: tuple[Any, ...] = ()
-        on_air = mid in air
-        route = False
-        if on_air:
-            smsc, pdus = air[mid]
-            nsent = lc.on_air(nsent, nseg, pdus, mid not in many)
-            route = q_state == "claimed"
-            values = (smsc, nsent, smsc) if route else (smsc, nsent)
-        u = (
-            lc.row_update(
-                parts[mid],
-                old_state=old,
-                q_state=q_state,
-                old_delivered=old_delivered,
-                old_failed=old_failed,
-                old_error=old_error,
-                release_when_dispatched=touched[mid],
-                now=now,
-                segments=nseg,
-            )
-            if mid in touched
-            else None
-        )
+        if r.smsc is not None:
+            values = (r.smsc, r.segments_sent)
+            if r.route is not None:
+                values += (r.route,)
+        u = r.update
         if u is not None:
             values += (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at)
-            became_final, became_sent = u.became_final, u.became_sent
-            if became_final:
-                finals.append((account_id, mid))
-                if pclass is not None:
-                    billed.append((account_id, mid, u.state, pclass, nsent, nseg))
-                if u.state == lc.MSG_EXPIRED and not nsent:
-                    unsent.append(mid)
-            elif became_sent and intermediate:
-                sent.append((account_id, mid))
-        elif not on_air:
-            continue
-        release = u is not None and u.release
-        shapes.setdefault((on_air, route, u is not None, release), []).append((*values, mid))
+        shape = (r.smsc is not None, r.route is not None, u is not None, bool(u and u.release))
+        shapes.setdefault(shape, []).append((*values, r.id))
     for shape, rows in shapes.items():
         c.executemany(_rollup_sql(*shape), rows)
-    if billed:
-        sqlite_rules.refund_finals(c, billed, now)
-    if unsent:
-        give_back_places(c, unsent)
-    queued = enqueue_status_webhooks(c, finals, now) if finals else 0
-    if sent:
-        queued += enqueue_sent_webhooks(c, sent, now)
+    if f.billed:
+        sqlite_rules.refund_finals(c, f.billed, now)
+    if f.unsent:
+        give_back_places(c, f.unsent)
+    queued = enqueue_status_webhooks(c, f.finals, now) if f.finals else 0
+    if f.sent:
+        queued += enqueue_sent_webhooks(c, f.sent, now)
     return queued
 
 
+@functools.cache
 def _rollup_sql(on_air: bool, route: bool, rolled: bool, release: bool) -> str:
     """The roll-up's UPDATE of one shape: SQLite rewrites the entries of every index whose
     columns are assigned, changed or not, so a roll-up that leaves the claim alone (every

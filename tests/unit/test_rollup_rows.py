@@ -1,0 +1,99 @@
+"""rollup_rows.roll: the roll-up's per-message decision both engines apply."""
+
+from __future__ import annotations
+
+from bridge.domain import lifecycle as lc
+from bridge.store.rollup_rows import Rolled, roll
+
+NOW = 1_700_000_000_000
+
+
+def row(
+    mid: str,
+    *,
+    state: str = "queued",
+    q_state: str = "claimed",
+    pclass: str | None = "intl",
+    sent: int = 0,
+    segments: int = 1,
+) -> tuple[object, ...]:
+    """ROLLUP_COLS: id, state, account, q_state, delivered, failed, error, price class, sent,
+    segments."""
+    return (mid, state, "acc", q_state, 0, 0, None, pclass, sent, segments)
+
+
+def test_a_submit_result_and_its_roll_up_are_one_row_change() -> None:
+    rolled, f = roll(
+        ["m1"], {"m1": row("m1")}, {"m1": [("sent", None)]}, set(), {"m1": True},
+        {"m1": ("smsc-a", 1)}, NOW,
+    )  # fmt: skip
+    [r] = rolled
+    assert (r.id, r.smsc, r.segments_sent, r.route) == ("m1", "smsc-a", 1, "smsc-a")
+    assert r.update is not None
+    assert (r.update.state, r.update.release, r.update.sent_at) == ("sent", True, NOW)
+    assert f.finals == [] and f.billed == [] and f.unsent == [] and f.sent == []
+
+
+def test_intermediate_reports_name_the_messages_just_sent() -> None:
+    _rolled, f = roll(
+        ["m1"], {"m1": row("m1")}, {"m1": [("sent", None)]}, set(), {"m1": True},
+        {"m1": ("smsc-a", 1)}, NOW, intermediate=True,
+    )  # fmt: skip
+    assert f.sent == [("acc", "m1")]
+
+
+def test_a_message_payload_pdu_counts_every_segment_and_bills_them() -> None:
+    """One part row for three segments: the SMSC splits it; a failure in the same batch is
+    refunded against three segments on the air."""
+    rolled, f = roll(
+        ["m1"], {"m1": row("m1", segments=3)}, {"m1": [("undeliverable", "X")]}, set(),
+        {"m1": True}, {"m1": ("smsc-a", 1)}, NOW,
+    )  # fmt: skip
+    assert rolled[0].segments_sent == 3
+    assert f.finals == [("acc", "m1")]
+    assert f.billed == [("acc", "m1", lc.MSG_FAILED, "intl", 3, 3)]
+
+
+def test_the_first_of_three_parts_counts_one_and_keeps_the_claim() -> None:
+    parts = [("sent", None), ("queued", None), ("queued", None)]
+    rolled, _f = roll(
+        ["m1"], {"m1": row("m1", segments=3)}, {"m1": parts}, {"m1"}, {"m1": True},
+        {"m1": ("smsc-a", 1)}, NOW,
+    )  # fmt: skip
+    [r] = rolled
+    assert r.segments_sent == 1
+    assert r.update is None or not r.update.release
+
+
+def test_a_released_message_writes_its_count_but_no_route_and_no_roll_up() -> None:
+    """Given back to the queue in the same batch (not touched): only the count changes."""
+    parts = [("sent", None), ("queued", None)]
+    rolled, f = roll(
+        ["m1"], {"m1": row("m1", q_state="queued", segments=2)}, {"m1": parts}, {"m1"}, {},
+        {"m1": ("smsc-a", 1)}, NOW,
+    )  # fmt: skip
+    assert rolled == [Rolled("m1", "smsc-a", 1, None, None)]
+    assert f.finals == []
+
+
+def test_nothing_to_write_is_left_out() -> None:
+    """A receipt that changes nothing (a repeat), and a message gone (erased) or without
+    parts, make no row change."""
+    sent_row = row("m1", state="sent", q_state="done", sent=1)
+    rolled, f = roll(
+        ["m1", "gone", "bare"], {"m1": sent_row, "bare": row("bare")},
+        {"m1": [("sent", None)], "bare": []}, set(), {"m1": False, "gone": False, "bare": False},
+        {}, NOW,
+    )  # fmt: skip
+    assert rolled == []
+    assert f.finals == []
+
+
+def test_an_expired_message_never_sent_gives_its_place_back() -> None:
+    rolled, f = roll(
+        ["m1"], {"m1": row("m1", q_state="queued")}, {"m1": [("expired_unsent", "VALIDITY")]},
+        set(), {"m1": True}, {}, NOW,
+    )  # fmt: skip
+    assert rolled[0].update is not None and rolled[0].update.state == lc.MSG_EXPIRED
+    assert f.unsent == ["m1"]
+    assert f.billed == [("acc", "m1", lc.MSG_EXPIRED, "intl", 0, 1)]
