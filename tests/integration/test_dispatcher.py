@@ -76,6 +76,7 @@ class HeldConnector:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
+        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         if before_first is not None:
             await before_first()
@@ -347,6 +348,7 @@ class GatedConnector(HeldConnector):
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
+        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.waiting += 1
         await self.gate.wait()
