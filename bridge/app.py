@@ -295,14 +295,10 @@ class Daemon:
 
     async def _start_pipeline(self, store: Store, accounts: AccountService, router: Router) -> None:
         cfg = self.config
-        if cfg.sim.enabled:
-            from bridge.sim.server import SimSmsc
-
-            self.sim = SimSmsc(cfg.sim)
-            await self.sim.start()
-            log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
-
         smscs = {s.name: s for s in cfg.smscs}
+        # Recovery first: on SQLite it takes the store's ownership, so a second daemon started on
+        # the same file (the same configuration) is refused with STORE_IN_USE. Started before it,
+        # the built-in simulator failed first, on its port ("address already in use").
         recovered = await store.recover(
             self.instance,
             int(self.clock() * 1000),
@@ -313,6 +309,12 @@ class Daemon:
         freed = await store.free_webhook_leases(int(self.clock() * 1000), at_start=True)
         if freed:  # a dead daemon's POSTs in flight: sent again now, not after their lease
             log.warning("status and MO reports in flight at a crash, due again: %d", freed)
+        if cfg.sim.enabled:
+            from bridge.sim.server import SimSmsc
+
+            self.sim = SimSmsc(cfg.sim)
+            await self.sim.start()
+            log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
 
         self.inbound = Inbound(
             store, smscs, clock=self.clock, metrics=self.metrics, assignments=self.assignments
