@@ -92,6 +92,18 @@ def make_router(config: Config) -> Router:
     )
 
 
+async def _listening(start: Awaitable[None], where: str) -> None:
+    """Await a listener's start; a refusal names the address and the setting that chose it.
+
+    Why: the bare OSError ("error while attempting to bind on address ('127.0.0.1', 8081)")
+    left the operator to guess which of the daemon's up to four ports it was."""
+    try:
+        await start
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"cannot listen on {where}: {why}") from exc
+
+
 def _loop_name() -> str:
     """The name of the loop server.event_loop gave this process (bridge.cli): uvloop or asyncio."""
     return type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -313,7 +325,11 @@ class Daemon:
             from bridge.sim.server import SimSmsc
 
             self.sim = SimSmsc(cfg.sim)
-            await self.sim.start()
+            ports = (
+                f"{cfg.sim.host}:{cfg.sim.port} (sim.port) "
+                f"or :{cfg.sim.control_port} (sim.control_port)"
+            )
+            await _listening(self.sim.start(), ports)
             log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
 
         self.inbound = Inbound(
@@ -411,12 +427,16 @@ class Daemon:
         self.connection_cap = cap
         self.metrics.watch_connections(lambda: (cap.open, cap.refused))
         self._runner, site = await self._listen(
-            make_app(self.ctx), cfg.server.host, cfg.server.port, cap
+            make_app(self.ctx), cfg.server.host, cfg.server.port, cap, setting="server.port"
         )
         if cfg.server.admin_port is not None:
             admin_host = cfg.server.admin_host or cfg.server.host
             self._admin_runner, _ = await self._listen(
-                make_app(self.ctx, admin_only=True), admin_host, cfg.server.admin_port, None
+                make_app(self.ctx, admin_only=True),
+                admin_host,
+                cfg.server.admin_port,
+                None,
+                setting="server.admin_port",
             )
             log.info("admin listener on http://%s:%s", admin_host, cfg.server.admin_port)
         if cfg.aliyun.enabled:
@@ -427,6 +447,7 @@ class Daemon:
                 cap,
                 render=render_aliyun_unparsed,
                 endpoint=ALIYUN_UNPARSED,
+                setting="aliyun.port",
             )
             log.info(
                 "Alibaba Cloud SMS-compatible API on http://%s:%s",
@@ -455,6 +476,7 @@ class Daemon:
         *,
         render: Render = render_unparsed,
         endpoint: str = ENDPOINT,
+        setting: str = "server.port",
     ) -> tuple[AppRunner, web.TCPSite]:
         """A listener (the API's, the admin one, the Alibaba face's), its runner set up;
         `render` and `endpoint` answer and count what the HTTP parser refuses, in the face's
@@ -481,7 +503,11 @@ class Daemon:
         site = web.TCPSite(
             runner, host, port, reuse_address=True, reuse_port=self.role == "acceptor"
         )
-        await site.start()
+        try:
+            await _listening(site.start(), f"{host}:{port} ({setting})")
+        except OSError:
+            await runner.cleanup()
+            raise
         return runner, site
 
     def _connector(self, smsc: Any) -> Any:

@@ -5,13 +5,35 @@ Found (each test here failed before its fix):
    any with the built-in simulator) did not stop with STORE_IN_USE and the first daemon's pid,
    as "Backups of the SQLite store" says: the simulator was started before the store's recovery
    took the ownership lock, so it failed first, on its port, with a bare "address already in use".
+2. A port in use stopped the start with asyncio's "error while attempting to bind on address
+   ('127.0.0.1', 8081)": the daemon listens on up to five ports (server.port, admin_port,
+   aliyun.port, sim.port, sim.control_port) and nothing said which setting chose that one.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from tests.e2e.harness import DaemonProcess, config_dict, wait_until
+import pytest
+import yaml
+
+from tests.e2e.harness import DaemonProcess, config_dict, free_port, wait_until
+
+
+def _run(cfg: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "bridge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_the_same_configuration_started_twice_stops_with_store_in_use(
@@ -36,3 +58,29 @@ async def test_the_same_configuration_started_twice_stops_with_store_in_use(
     finally:
         second.stop()
         first.stop()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on."""
+    port = free_port()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        yield port
+
+
+@pytest.mark.parametrize("setting", ["server.port", "aliyun.port", "sim.port", "server.admin_port"])
+def test_a_port_in_use_names_its_setting(tmp_path: Path, taken_port: int, setting: str) -> None:
+    section, key = setting.split(".")
+    cfg = config_dict(tmp_path)
+    cfg.setdefault("aliyun", {})["enabled"] = True
+    cfg["aliyun"]["port"] = free_port()
+    cfg[section][key] = taken_port
+    if setting == "sim.port":
+        cfg["smscs"][0]["port"] = taken_port
+    done = _run(cfg, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"127.0.0.1:{taken_port} ({setting})" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
