@@ -8,11 +8,16 @@ Found (each test here failed before its fix):
 2. A port in use stopped the start with asyncio's "error while attempting to bind on address
    ('127.0.0.1', 8081)": the daemon listens on up to five ports (server.port, admin_port,
    aliyun.port, sim.port, sim.control_port) and nothing said which setting chose that one.
+3. A new SQLite store was created with the umask's mode (0644 under the usual 022): every local
+   user could read the numbers, the texts (verification codes) and the replies, while the demo
+   master key and the lock files beside the store are made 0600.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,3 +89,21 @@ def test_a_port_in_use_names_its_setting(tmp_path: Path, taken_port: int, settin
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"127.0.0.1:{taken_port} ({setting})" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    cfg = config_dict(tmp_path, store={"path": str(tmp_path / "data" / "bridge.db")})
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "account", "create", "acme", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0o022),  # the usual login umask, as in the Quick start
+    )
+    assert done.returncode == 0, done.stderr
+    files = sorted((tmp_path / "data").glob("bridge.db*"))
+    assert tmp_path / "data" / "bridge.db" in files
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
