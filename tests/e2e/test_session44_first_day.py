@@ -11,11 +11,15 @@ Found (each test here failed before its fix):
 3. A new SQLite store was created with the umask's mode (0644 under the usual 022): every local
    user could read the numbers, the texts (verification codes) and the replies, while the demo
    master key and the lock files beside the store are made 0600.
+4. `smpp-bridge run --config config/default.yaml`, which the Quick start offers, keeps its demo
+   store and master key in config/data: git ignored data/ only, so `git add -A` in the checkout
+   took the master key and every message into the repository.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -107,3 +111,15 @@ def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> Non
     assert tmp_path / "data" / "bridge.db" in files
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize(
+    "path", ["data/master.key", "config/data/master.key", "config/data/bridge.db"]
+)
+def test_the_demo_store_and_key_are_ignored_by_git(path: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", path], timeout=30)
+    assert done.returncode == 0, f"{path} is not ignored by git"
