@@ -1009,7 +1009,9 @@ class Daemon:
                 text = None if self.config_path is None else read_config_text(self.config_path)
                 new = load_config(self.config_path, text=text)
             except ConfigError as exc:
-                log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
+                # One line, as every event (a journal or a collector splits on newlines).
+                errors = "; ".join(exc.errors)
+                log.error("reload refused, configuration invalid (nothing changed): %s", errors)
                 self.metrics.reload_result(False)
                 return False
             try:

@@ -14,12 +14,16 @@ Found (each test here failed before its fix):
 4. `smpp-bridge run --config config/default.yaml`, which the Quick start offers, keeps its demo
    store and master key in config/data: git ignored data/ only, so `git add -A` in the checkout
    took the master key and every message into the repository.
+5. A SIGHUP whose file was refused logged "reload refused, configuration invalid (nothing
+   changed):" and then each error on a line of its own, where "Logs" promises one line per event:
+   the journal, or a collector reading lines, filed the errors apart from their ERROR line.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -123,3 +127,25 @@ def test_the_demo_store_and_key_are_ignored_by_git(path: str) -> None:
         pytest.skip("not a git checkout")
     done = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", path], timeout=30)
     assert done.returncode == 0, f"{path} is not ignored by git"
+
+
+async def test_a_refused_reload_is_one_log_line_naming_every_error(tmp_path: Path) -> None:
+    cfg = config_dict(tmp_path)
+    daemon = DaemonProcess(tmp_path, cfg)
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        bad = yaml.safe_load(yaml.safe_dump(cfg))
+        bad["smscs"][0]["window"] = 0
+        bad["smscs"][0]["tps"] = -1
+        daemon.path.write_text(yaml.safe_dump(bad))
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        await wait_until(lambda: "reload refused" in daemon.log.read_text(), 15, 0.1)
+        lines = daemon.log.read_text().splitlines()
+        line = next(x for x in lines if "reload refused" in x)
+        assert " ERROR " in line
+        assert "smscs[0].window: must be between 1 and 1000, got 0" in line, lines[-4:]
+        assert "smscs[0].tps:" in line, lines[-4:]
+    finally:
+        daemon.stop()
