@@ -17,10 +17,16 @@ Found (each test here failed before its fix):
 5. A SIGHUP whose file was refused logged "reload refused, configuration invalid (nothing
    changed):" and then each error on a line of its own, where "Logs" promises one line per event:
    the journal, or a collector reading lines, filed the errors apart from their ERROR line.
+6. A daemon started with another master key than the one the store's secrets were sealed with
+   (a key file regenerated, the demo key of another directory) answered every signed request
+   500 INTERNAL_ERROR and logged only "refused ... INTERNAL_ERROR": nothing named the key, though
+   "Secrets" says a daemon missing the key a secret was sealed with says which one it needs.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -35,7 +41,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import DaemonProcess, config_dict, free_port, wait_until
+from bridge.client import BridgeError
+from tests.e2e.harness import (
+    DaemonProcess,
+    client_for,
+    config_dict,
+    free_port,
+    wait_until,
+)
 
 
 def _run(cfg: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -147,5 +160,31 @@ async def test_a_refused_reload_is_one_log_line_naming_every_error(tmp_path: Pat
         assert " ERROR " in line
         assert "smscs[0].window: must be between 1 and 1000, got 0" in line, lines[-4:]
         assert "smscs[0].tps:" in line, lines[-4:]
+    finally:
+        daemon.stop()
+
+
+async def test_a_master_key_that_opens_no_secret_is_named_in_the_log(tmp_path: Path) -> None:
+    cfg = config_dict(tmp_path)
+    daemon = DaemonProcess(tmp_path, cfg)
+    creds = await daemon.account("acme")  # sealed under the configured key
+    other = base64.b64encode(b"o" * 32).decode()
+    daemon.path.write_text(yaml.safe_dump({**cfg, "security": {"master_key": other}}))
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        async with client_for(daemon.port, creds) as client:
+            with pytest.raises(BridgeError) as refused:
+                await client.balance()
+        assert (refused.value.status, refused.value.code) == (500, "INTERNAL_ERROR")
+        sealed_with = hashlib.sha256(base64.b64decode(cfg["security"]["master_key"])).hexdigest()
+
+        def named() -> bool:
+            return f"master key {sealed_with[:8]}" in daemon.log.read_text()
+
+        await wait_until(named, 10, 0.1)
+        line = next(x for x in daemon.log.read_text().splitlines() if sealed_with[:8] in x)
+        assert " ERROR " in line and creds["app_key"] in line, line
+        assert other not in daemon.log.read_text()
     finally:
         daemon.stop()
