@@ -986,11 +986,12 @@ class Daemon:
         # A new SMSC's password (or a rotated one) is redacted from now on, the old one still.
         logs.add_secrets(logs.config_secrets(merged))
         log.info(
-            "reloaded configuration: added %s, removed %s, reconnected %s, updated %s",
+            "reloaded configuration: added %s, removed %s, reconnected %s, updated %s; changed %s",
             list(p.add),
             list(p.remove),
             list(p.rebind),
             list(p.update),
+            list(p.applied),
         )
         return p
 
