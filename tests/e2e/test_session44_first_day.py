@@ -21,6 +21,10 @@ Found (each test here failed before its fix):
    (a key file regenerated, the demo key of another directory) answered every signed request
    500 INTERNAL_ERROR and logged only "refused ... INTERNAL_ERROR": nothing named the key, though
    "Secrets" says a daemon missing the key a secret was sealed with says which one it needs.
+7. `smpp-bridge status` against the Quick start's daemon (admin API off) said "set
+   server.admin_token or admin.operators (the daemon needs server.admin_token or
+   admin.operators, then a restart)": twice the same, and not the variable the built-in
+   configuration names for it (SMPP_BRIDGE_ADMIN_TOKEN), nor that `status` needs the same token.
 """
 
 from __future__ import annotations
@@ -186,5 +190,37 @@ async def test_a_master_key_that_opens_no_secret_is_named_in_the_log(tmp_path: P
         line = next(x for x in daemon.log.read_text().splitlines() if sealed_with[:8] in x)
         assert " ERROR " in line and creds["app_key"] in line, line
         assert other not in daemon.log.read_text()
+    finally:
+        daemon.stop()
+
+
+async def test_status_against_a_daemon_without_admin_api_says_how_to_turn_it_on(
+    tmp_path: Path,
+) -> None:
+    cfg = config_dict(tmp_path)
+    cfg["server"]["admin_token"] = None
+    daemon = DaemonProcess(tmp_path, cfg)
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMPP_BRIDGE_")}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bridge.cli",
+                "status",
+                "--url",
+                f"http://127.0.0.1:{daemon.port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert done.returncode == 1
+        assert "ADMIN_DISABLED" in done.stderr
+        assert "SMPP_BRIDGE_ADMIN_TOKEN" in done.stderr, done.stderr
+        assert done.stderr.count("server.admin_token or admin.operators") == 1, done.stderr
     finally:
         daemon.stop()
