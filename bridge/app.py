@@ -92,6 +92,18 @@ def make_router(config: Config) -> Router:
     )
 
 
+async def _listening(start: Awaitable[None], where: str) -> None:
+    """Await a listener's start; a refusal names the address and the setting that chose it.
+
+    Why: the bare OSError ("error while attempting to bind on address ('127.0.0.1', 8081)")
+    left the operator to guess which of the daemon's up to four ports it was."""
+    try:
+        await start
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"cannot listen on {where}: {why}") from exc
+
+
 def _loop_name() -> str:
     """The name of the loop server.event_loop gave this process (bridge.cli): uvloop or asyncio."""
     return type(asyncio.get_running_loop()).__module__.partition(".")[0]
@@ -295,14 +307,10 @@ class Daemon:
 
     async def _start_pipeline(self, store: Store, accounts: AccountService, router: Router) -> None:
         cfg = self.config
-        if cfg.sim.enabled:
-            from bridge.sim.server import SimSmsc
-
-            self.sim = SimSmsc(cfg.sim)
-            await self.sim.start()
-            log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
-
         smscs = {s.name: s for s in cfg.smscs}
+        # Recovery first: on SQLite it takes the store's ownership, so a second daemon started on
+        # the same file (the same configuration) is refused with STORE_IN_USE. Started before it,
+        # the built-in simulator failed first, on its port ("address already in use").
         recovered = await store.recover(
             self.instance,
             int(self.clock() * 1000),
@@ -313,6 +321,16 @@ class Daemon:
         freed = await store.free_webhook_leases(int(self.clock() * 1000), at_start=True)
         if freed:  # a dead daemon's POSTs in flight: sent again now, not after their lease
             log.warning("status and MO reports in flight at a crash, due again: %d", freed)
+        if cfg.sim.enabled:
+            from bridge.sim.server import SimSmsc
+
+            self.sim = SimSmsc(cfg.sim)
+            ports = (
+                f"{cfg.sim.host}:{cfg.sim.port} (sim.port) "
+                f"or :{cfg.sim.control_port} (sim.control_port)"
+            )
+            await _listening(self.sim.start(), ports)
+            log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
 
         self.inbound = Inbound(
             store, smscs, clock=self.clock, metrics=self.metrics, assignments=self.assignments
@@ -409,12 +427,16 @@ class Daemon:
         self.connection_cap = cap
         self.metrics.watch_connections(lambda: (cap.open, cap.refused))
         self._runner, site = await self._listen(
-            make_app(self.ctx), cfg.server.host, cfg.server.port, cap
+            make_app(self.ctx), cfg.server.host, cfg.server.port, cap, setting="server.port"
         )
         if cfg.server.admin_port is not None:
             admin_host = cfg.server.admin_host or cfg.server.host
             self._admin_runner, _ = await self._listen(
-                make_app(self.ctx, admin_only=True), admin_host, cfg.server.admin_port, None
+                make_app(self.ctx, admin_only=True),
+                admin_host,
+                cfg.server.admin_port,
+                None,
+                setting="server.admin_port",
             )
             log.info("admin listener on http://%s:%s", admin_host, cfg.server.admin_port)
         if cfg.aliyun.enabled:
@@ -425,6 +447,7 @@ class Daemon:
                 cap,
                 render=render_aliyun_unparsed,
                 endpoint=ALIYUN_UNPARSED,
+                setting="aliyun.port",
             )
             log.info(
                 "Alibaba Cloud SMS-compatible API on http://%s:%s",
@@ -453,6 +476,7 @@ class Daemon:
         *,
         render: Render = render_unparsed,
         endpoint: str = ENDPOINT,
+        setting: str = "server.port",
     ) -> tuple[AppRunner, web.TCPSite]:
         """A listener (the API's, the admin one, the Alibaba face's), its runner set up;
         `render` and `endpoint` answer and count what the HTTP parser refuses, in the face's
@@ -479,7 +503,11 @@ class Daemon:
         site = web.TCPSite(
             runner, host, port, reuse_address=True, reuse_port=self.role == "acceptor"
         )
-        await site.start()
+        try:
+            await _listening(site.start(), f"{host}:{port} ({setting})")
+        except OSError:
+            await runner.cleanup()
+            raise
         return runner, site
 
     def _connector(self, smsc: Any) -> Any:
@@ -958,11 +986,12 @@ class Daemon:
         # A new SMSC's password (or a rotated one) is redacted from now on, the old one still.
         logs.add_secrets(logs.config_secrets(merged))
         log.info(
-            "reloaded configuration: added %s, removed %s, reconnected %s, updated %s",
+            "reloaded configuration: added %s, removed %s, reconnected %s, updated %s; changed %s",
             list(p.add),
             list(p.remove),
             list(p.rebind),
             list(p.update),
+            list(p.applied),
         )
         return p
 
@@ -981,7 +1010,9 @@ class Daemon:
                 text = None if self.config_path is None else read_config_text(self.config_path)
                 new = load_config(self.config_path, text=text)
             except ConfigError as exc:
-                log.error("reload refused, configuration invalid (nothing changed):\n%s", exc)
+                # One line, as every event (a journal or a collector splits on newlines).
+                errors = "; ".join(exc.errors)
+                log.error("reload refused, configuration invalid (nothing changed): %s", errors)
                 self.metrics.reload_result(False)
                 return False
             try:

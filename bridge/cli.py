@@ -700,8 +700,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     mo = sub.add_parser("sim-mo", help="make a running simulator send an MO")
     mo.add_argument("--control-url", default="http://127.0.0.1:2776")
-    mo.add_argument("--from", dest="source", required=True)
-    mo.add_argument("--to", dest="destination", required=True)
+    mo.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="the sender, sent with TON 0: give its country code (8613800138000); a national "
+        "number of 10+ digits is read as international (13800138000: +13800138000)",
+    )
+    mo.add_argument(
+        "--to",
+        dest="destination",
+        required=True,
+        help="the address replied to (a sender, or the SMSC's default_source)",
+    )
     mo.add_argument("--text", required=True)
     mo.add_argument("--split", choices=["udh8", "udh16", "sar"], default="udh8")
     # A handset that reuses a concatenation reference; a network that loses or reorders parts.

@@ -90,7 +90,10 @@ def _admin(base: str, path: str, token: str | None, timeout: float) -> Mapping[s
         if status == 503:
             return {"unavailable": f"{code}: {message}".rstrip(": ")}
         if code == "ADMIN_DISABLED":  # no token of ours helps: the daemon's config must change
-            hint = " (the daemon needs server.admin_token or admin.operators, then a restart)"
+            hint = (
+                " (or SMPP_BRIDGE_ADMIN_TOKEN in the daemon's environment; then a restart, and"
+                " the same token here)"
+            )
         else:
             hint = "" if token else " (give --token or set SMPP_BRIDGE_ADMIN_TOKEN)"
         raise StatusError(f"{path}: {code}: {message}{hint}")

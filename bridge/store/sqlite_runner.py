@@ -166,6 +166,7 @@ class SqliteRunner:
         """Open the connection and run `setup` (migrations) on it."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         _check_usable(self._path)
+        _create_private(self._path)
         self._lock_fd = open_beside(self._path, ".writelock")
         try:
             self._conn = connect(self._path)
@@ -729,6 +730,16 @@ def _wal_frames_bytes(fd: int) -> int:
         else:
             hi = mid
     return lo * frame
+
+
+def _create_private(path: Path) -> None:
+    """Make a new store file readable by its owner only (SQLite gives the -wal and -shm its mode).
+
+    Why: sqlite3 created it with the umask's mode, 0644 under the usual 022, so every local user
+    could read the numbers, texts (verification codes) and replies it holds. An existing file
+    keeps its mode: the operator's to choose."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _check_usable(path: Path) -> None:

@@ -68,3 +68,15 @@ def test_billing_is_reported_as_needing_a_restart():
     p = plan(cfg([A]), cfg([A], billing={"currency": "USD"}))
     assert p.needs_restart == ("billing",)
     assert p.empty
+
+
+def test_sections_a_reload_applies_are_named():
+    """Session 44: a reload that changed only the routes logged "added [], removed [],
+    reconnected [], updated []", as one that changed nothing: the operator could not tell that
+    the new routes were read."""
+    routes = [{"prefix": "+86", "smscs": ["a", "b"]}]
+    p = plan(cfg([A, B], routes=routes), cfg([A, B], routes=[{**routes[0], "smscs": ["b", "a"]}]))
+    assert p.applied == ("routes",) and p.update == () and p.needs_restart == ()
+    p = plan(cfg([A, B]), cfg([A, B], rules={"optout_keywords": ["STOP"]}, default_route=["b"]))
+    assert p.applied == ("default_route", "rules")
+    assert plan(cfg([A, B]), cfg([A, B])).applied == ()
