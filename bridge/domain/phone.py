@@ -91,6 +91,14 @@ def mask(e164: str) -> str:
     return e164[:3] + "*" * (len(e164) - 7) + e164[-4:]
 
 
+def is_national_mobile(digits: str, calling_code: str) -> bool:
+    """Whether `digits`, as written, is a mobile number of the country `calling_code` ("+86")
+    in its national form (no trunk prefix), by PLANS: China's 13800138000, not 8613800138000.
+    A country PLANS does not list has none."""
+    code = calling_code.removeprefix("+")
+    return any(p.code == code and p.national.fullmatch(digits) for p in PLANS.values())
+
+
 def mo_source_forms(e164: str, national_prefixes: Iterable[str] = ()) -> tuple[str, ...]:
     """The source addresses an SMSC may deliver an MO from `e164` with, as the inbound reading
     (bridge.pipeline.inbound._e164) turns them into it: the number with or without its "+" or

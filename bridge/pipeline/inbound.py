@@ -20,7 +20,7 @@ from bridge import logs
 from bridge.aio import KeyedLocks
 from bridge.assignments import TTL_S, Assignments
 from bridge.config import SmscConfig
-from bridge.domain import senders
+from bridge.domain import phone, senders
 from bridge.domain.mo_sets import PartContent
 from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
@@ -756,14 +756,24 @@ def join_runs_text(parts: list[MoPart]) -> Decoded:
 def _e164(addr: str, ton: int, national_prefix: str | None = None) -> str:
     """The MO's source as E.164 when it is international: TON 1, a "+", or (TON 0, unknown, as
     many SMSCs send) 10 digits or more, without a leading international prefix 00. A national
-    number (TON 2, or digits starting with a trunk 0) is read in the SMSC's country
+    number (TON 2, digits starting with a trunk 0, or under TON 0 a mobile number of the
+    SMSC's country as written there: phone.is_national_mobile) is read in the SMSC's country
     (`national_prefix`, its trunk 0 dropped: 07700900123 is +447700900123), else kept as
     received: read as international, China's 13800138000 became the North American
-    +13800138000, and a national TD reply matched nothing."""
+    +13800138000, and a national TD reply matched nothing (a Chinese SMSC sends it so with
+    TON 0 as often as with TON 2)."""
     digits = addr.lstrip("+")
     if not addr.startswith("+") and ton in (0, 1) and digits.startswith("00"):
         digits = digits[2:]  # the international call prefix some SMSCs leave on: 0086138...
-    national = not addr.startswith("+") and (ton == 2 or digits.startswith("0"))
+    national = not addr.startswith("+") and (
+        ton == 2
+        or digits.startswith("0")
+        or (
+            ton == 0
+            and national_prefix is not None
+            and phone.is_national_mobile(digits, national_prefix)
+        )
+    )
     if national and national_prefix is not None and digits.isdigit() and digits.strip("0"):
         return national_prefix + (digits[1:] if digits.startswith("0") else digits)
     if digits.startswith("0"):

@@ -247,3 +247,28 @@ def test_a_trunk_zero_number_is_never_made_international() -> None:
     TON 2 number does) or, with "00", lose the access code."""
     assert _e164("07700900123", 0) != "+07700900123"
     assert _e164("008613800138000", 0) == "+8613800138000"
+
+
+async def test_a_stop_from_a_national_number_with_ton_unknown_opts_the_number_out(
+    store: Store,
+) -> None:
+    """A Chinese SMSC gives the originator as written in China, "13800138000", with TON
+    unknown (0) as often as with TON 2. Read as international it was +13800138000 (North
+    America): the STOP opted no one out while acc_a kept texting +8613800138000. With the
+    SMSC's national_prefix "+86", a number that is a Chinese mobile as written is national."""
+    await store.create_account(account("acc_a"))
+    await send(store, message("a1", "acc_a", at=NOW - HOUR), NOW - HOUR, "A0001")
+    cfg = smsc_cfg(national_prefix="+86")
+    pdu = mo(b"STOP", source="13800138000", ton=0)
+    assert await inbound(store, NOW, cfg).on_deliver("smscA", pdu) == C.ESME_ROK
+    assert [o.recipient for o in await store.list_optouts("acc_a")] == [PHONE]
+
+
+def test_ton_unknown_reads_a_national_mobile_in_the_smsc_country_only() -> None:
+    assert _e164("13800138000", 0, "+86") == "+8613800138000"
+    assert _e164("13800138000", 0) == "+13800138000"  # no national_prefix: as before
+    assert _e164("8613800138000", 0, "+86") == "+8613800138000"  # already international
+    assert _e164("447700900123", 0, "+86") == "+447700900123"  # not a Chinese mobile
+    assert _e164("2125550123", 0, "+1") == "+12125550123"  # North America's ten digits
+    assert _e164("13800138000", 1, "+86") == "+13800138000"  # TON 1 says international
+    assert _e164("7700900123", 0, "+44") == "+447700900123"  # a UK mobile without its 0

@@ -197,3 +197,15 @@ def test_any_input_gives_ascii_e164_or_a_phone_error(raw, country):
     assert normalize(out, country) == out
     masked = mask(out)
     assert masked[-4:] == out[-4:] and len(masked) == len(out)
+
+
+def test_is_national_mobile_by_the_country_plan() -> None:
+    from bridge.domain.phone import is_national_mobile
+
+    assert is_national_mobile("13800138000", "+86")
+    assert not is_national_mobile("8613800138000", "+86")
+    assert not is_national_mobile("12800138000", "+86")  # 12x is no Chinese mobile range
+    assert is_national_mobile("7700900123", "+44")
+    assert not is_national_mobile("07700900123", "+44")  # the trunk 0 is read apart
+    assert is_national_mobile("2125550123", "+1")
+    assert not is_national_mobile("13800138000", "+999")  # no plan: never
