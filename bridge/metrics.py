@@ -236,6 +236,14 @@ class Metrics:
             ["smsc"],
             registry=r,
         )
+        self.mo_received_unattributed = Counter(
+            "smpp_bridge_mo_unattributed",
+            "Inbound messages stored for no account (no message of any to that number from the "
+            "address it went to): pushed to nobody, an opt-out among them opted no one out "
+            "(in mo_received too), by SMSC",
+            ["smsc"],
+            registry=r,
+        )
         self.mo_received_unknown_language = Counter(
             "smpp_bridge_mo_unknown_language",
             "Inbound messages whose UDH named a national language table the gateway lacks "
@@ -442,6 +450,7 @@ class Metrics:
         self._inferred: defaultdict[str, int] = defaultdict(int)
         self._mo: defaultdict[str, int] = defaultdict(int)
         self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
+        self._mo_unattributed: defaultdict[str, int] = defaultdict(int)
         self._mo_unknown_language: defaultdict[str, int] = defaultdict(int)
         self._mo_undecodable: defaultdict[str, int] = defaultdict(int)
         self._webhooks: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -508,6 +517,9 @@ class Metrics:
 
     def mo_incomplete(self, smsc: str) -> None:
         self._mo_incomplete[smsc] += 1
+
+    def mo_unattributed(self, smsc: str) -> None:
+        self._mo_unattributed[smsc] += 1
 
     def mo_unknown_language(self, smsc: str) -> None:
         self._mo_unknown_language[smsc] += 1
@@ -581,6 +593,7 @@ class Metrics:
             (self.receipts_inferred_total, self._inferred),
             (self.mo_received, self._mo),
             (self.mo_received_incomplete, self._mo_incomplete),
+            (self.mo_received_unattributed, self._mo_unattributed),
             (self.mo_received_unknown_language, self._mo_unknown_language),
             (self.mo_received_undecodable, self._mo_undecodable),
             (self.webhook_deliveries, self._webhooks),

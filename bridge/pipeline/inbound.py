@@ -325,9 +325,7 @@ class Inbound:
             return C.ESME_ROK  # a copy of one stored in this window: kept, pushed, counted once
         if account is not None and self.on_reports is not None:
             self.on_reports()  # its MO report, if the account has a URL (replies are few)
-        self.mo += 1
-        if self.metrics is not None:
-            self.metrics.mo(smsc)
+        self._count_mo(smsc, account)
         log.debug(
             "mo received",
             extra={"smsc": smsc, "mo_id": mo_id, "account": account,
@@ -335,6 +333,15 @@ class Inbound:
                    "text": logs.body(text)},
         )  # fmt: skip
         return C.ESME_ROK
+
+    def _count_mo(self, smsc: str, account: str | None) -> None:
+        """A new MO stored; one for no account is counted apart: nobody is told of it (a STOP
+        among them opted no one out), and its log line is DEBUG (a short code's spam)."""
+        self.mo += 1
+        if self.metrics is not None:
+            self.metrics.mo(smsc)
+            if account is None:
+                self.metrics.mo_unattributed(smsc)
 
     def _decoding_flags(self, smsc: str, data_coding: int, decoded: Decoded) -> None:
         """Count an MO read with the default tables where its UDH named national ones we lack
@@ -603,9 +610,7 @@ class Inbound:
             parts,
         )
         if new:
-            self.mo += 1
-            if self.metrics is not None:
-                self.metrics.mo(smsc)
+            self._count_mo(smsc, account)
             log.info(
                 "mo delivered by the sweep: its parts were kept, the mo never stored",
                 extra={"smsc": smsc, "mo_id": mo_id, "account": account,

@@ -45,6 +45,7 @@ if _ROOT not in sys.path:
 
 import tests.store_engines as engines  # noqa: E402
 from bridge.config import SmscConfig, WebhooksConfig  # noqa: E402
+from bridge.metrics import Metrics  # noqa: E402
 from bridge.pipeline.dispatcher import msgid_rule  # noqa: E402
 from bridge.pipeline.inbound import Inbound, _e164  # noqa: E402
 from bridge.pipeline.webhooks import WebhookSender  # noqa: E402
@@ -272,3 +273,19 @@ def test_ton_unknown_reads_a_national_mobile_in_the_smsc_country_only() -> None:
     assert _e164("2125550123", 0, "+1") == "+12125550123"  # North America's ten digits
     assert _e164("13800138000", 1, "+86") == "+13800138000"  # TON 1 says international
     assert _e164("7700900123", 0, "+44") == "+447700900123"  # a UK mobile without its 0
+
+
+async def test_an_mo_for_no_account_is_counted_apart(store: Store) -> None:
+    """Stored for nobody, pushed to nobody: smpp_bridge_mo_unattributed_total says how many, so
+    a source number read wrongly (a STOP opting no one out) shows on a dashboard, not only in
+    DEBUG lines."""
+    await store.create_account(account("acc_a"))
+    await send(store, message("a1", "acc_a", at=NOW - HOUR), NOW - HOUR, "A0001")
+    metrics = Metrics()
+    handler = Inbound(store, {"smscA": smsc_cfg()}, clock=lambda: NOW / 1000, metrics=metrics)
+    assert await handler.on_deliver("smscA", mo(b"hello")) == C.ESME_ROK  # from PHONE: acc_a's
+    assert await handler.on_deliver("smscA", mo(b"who?", source="447700900123")) == C.ESME_ROK
+    metrics.flush()
+    sample = metrics.registry.get_sample_value
+    assert sample("smpp_bridge_mo_received_total", {"smsc": "smscA"}) == 2
+    assert sample("smpp_bridge_mo_unattributed_total", {"smsc": "smscA"}) == 1
