@@ -192,8 +192,9 @@ _ALL_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def one_line(text: str) -> str:
     """Client-supplied text (a request path) for the *message* of a log line: every control
     character as \\uXXXX, newline and tab included. Messages keep their newlines (a traceback, a
-    start refused with several configuration errors), so a decoded path with %0A in it, put into one, wrote a
-    second line of the client's making: a forged log entry, unauthenticated."""
+    start refused with several configuration errors), so a decoded path with %0A in it, put
+    into one, wrote a second line of the client's making: a forged log entry,
+    unauthenticated."""
     return _ALL_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
