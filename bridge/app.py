@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import logs
+from bridge import logs, reseal
 from bridge.accounts import AccountService
 from bridge.aio import cancel_and_wait, wait_event
 from bridge.api.app import make_app, render_unparsed
@@ -45,7 +45,7 @@ from bridge.config import (
     load_config,
     read_config_text,
 )
-from bridge.crypto import Sealer
+from bridge.crypto import MasterKeyError, Sealer
 from bridge.domain import forwarded
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
@@ -102,6 +102,17 @@ async def _listening(start: Awaitable[None], where: str) -> None:
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise OSError(exc.errno, f"cannot listen on {where}: {why}") from exc
+
+
+async def _check_master_key(store: Store, sealer: Sealer) -> None:
+    """Refuse to start with a master key that opens none of the stored secrets (reseal's
+    start_verdict says why); log the ones neither key opens."""
+    _writes, report = reseal.plan(await store.sealed_secrets(), sealer)
+    refusal, warning = reseal.start_verdict(report)
+    if refusal is not None:
+        raise MasterKeyError(refusal)
+    if warning is not None:
+        log.error(warning)
 
 
 def _loop_name() -> str:
@@ -238,6 +249,8 @@ class Daemon:
             store.on_inferred = self.metrics.receipts_inferred
         await store.open()
         sealer = make_sealer(cfg)
+        if self.role in ("all", "owner"):  # once per instance: its acceptors share the key
+            await _check_master_key(store, sealer)
         accounts = AccountService(
             store, sealer, lambda: self.config.rules.sender_policy == "assigned"
         )

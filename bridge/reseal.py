@@ -66,3 +66,29 @@ async def reseal(store: Any, sealer: Sealer, *, dry_run: bool = False) -> Reseal
             report.resealed -= 1
             report.changed_meanwhile += 1
     return report
+
+
+def start_verdict(report: ResealReport) -> tuple[str | None, str | None]:
+    """(refusal, warning) for a daemon starting with the stored secrets `report` describes.
+
+    Why: with a wrong master key (another deployment's, a typo in the file, the previous key
+    dropped before `reseal` finished) the daemon started, said it was ready, and answered every
+    signed request 500. None of the stored secrets opening means exactly that: refused, naming
+    the keys they need. Some not opening (a store restored from elsewhere, an old revoked key)
+    is worth an ERROR, not an outage of the rest."""
+    if not report.unreadable:
+        return None, None
+    needs = "; ".join(sorted({why for _kind, _id, why in report.unreadable}))
+    n, total = len(report.unreadable), report.total
+    if n == total:
+        return (
+            f"the master key opens none of the {total} stored secrets ({needs}): give the key "
+            "they were sealed with as SMPP_BRIDGE_MASTER_KEY (or "
+            "SMPP_BRIDGE_PREVIOUS_MASTER_KEY), see README 'Secrets'",
+            None,
+        )
+    return None, (
+        f"{n} of {total} stored secrets open with neither master key ({needs}); requests signed "
+        "with those app keys answer 500 until that key is given or the secrets are re-issued "
+        "(`smpp-bridge secrets reseal --dry-run` lists them)"
+    )

@@ -169,29 +169,64 @@ async def test_a_refused_reload_is_one_log_line_naming_every_error(tmp_path: Pat
 
 
 async def test_a_master_key_that_opens_no_secret_is_named_in_the_log(tmp_path: Path) -> None:
+    """Some stored secrets under a key the daemon lacks (acme's, sealed before a rotation whose
+    previous key was dropped too early): the daemon starts, says so at start, and names the
+    key when such an app key signs a request."""
     cfg = config_dict(tmp_path)
     daemon = DaemonProcess(tmp_path, cfg)
     creds = await daemon.account("acme")  # sealed under the configured key
     other = base64.b64encode(b"o" * 32).decode()
+    old = cfg["security"]["master_key"]
+    daemon.path.write_text(
+        yaml.safe_dump({**cfg, "security": {"master_key": other, "previous_master_key": old}})
+    )
+    await daemon.account("beta")  # sealed under the new key
     daemon.path.write_text(yaml.safe_dump({**cfg, "security": {"master_key": other}}))
     try:
         daemon.start()
         await daemon.wait_ready()
+        sealed_with = hashlib.sha256(base64.b64decode(old)).hexdigest()[:8]
+        at_start = next(x for x in daemon.log.read_text().splitlines() if "stored secrets" in x)
+        assert " ERROR " in at_start and "2 of 4 stored secrets" in at_start, at_start
+        assert f"master key {sealed_with}" in at_start, at_start
         async with client_for(daemon.port, creds) as client:
             with pytest.raises(BridgeError) as refused:
                 await client.balance()
         assert (refused.value.status, refused.value.code) == (500, "INTERNAL_ERROR")
-        sealed_with = hashlib.sha256(base64.b64decode(cfg["security"]["master_key"])).hexdigest()
 
         def named() -> bool:
-            return f"master key {sealed_with[:8]}" in daemon.log.read_text()
+            return creds["app_key"] in daemon.log.read_text()
 
         await wait_until(named, 10, 0.1)
-        line = next(x for x in daemon.log.read_text().splitlines() if sealed_with[:8] in x)
-        assert " ERROR " in line and creds["app_key"] in line, line
-        assert other not in daemon.log.read_text()
+        line = next(x for x in daemon.log.read_text().splitlines() if creds["app_key"] in x)
+        assert " ERROR " in line and f"master key {sealed_with}" in line, line
+        assert other not in daemon.log.read_text() and old not in daemon.log.read_text()
     finally:
         daemon.stop()
+
+
+async def test_a_master_key_that_opens_none_of_the_secrets_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    """Every stored secret under another key (a key file regenerated, another directory's demo
+    key): the daemon started, said it was ready, and answered every signed request 500. Now it
+    refuses to start, naming the key the secrets need and where to give it."""
+    cfg = config_dict(tmp_path)
+    daemon = DaemonProcess(tmp_path, cfg)
+    await daemon.account("acme")
+    other = base64.b64encode(b"o" * 32).decode()
+    daemon.path.write_text(yaml.safe_dump({**cfg, "security": {"master_key": other}}))
+    daemon.start()
+    assert daemon.proc is not None
+    try:
+        assert daemon.proc.wait(20) == 1
+    finally:
+        daemon.stop()
+    out = daemon.log.read_text()
+    sealed_with = hashlib.sha256(base64.b64decode(cfg["security"]["master_key"])).hexdigest()[:8]
+    assert "the master key opens none of the 2 stored secrets" in out, out
+    assert f"master key {sealed_with}" in out and "SMPP_BRIDGE_MASTER_KEY" in out, out
+    assert "Traceback" not in out and other not in out
 
 
 async def test_status_against_a_daemon_without_admin_api_says_how_to_turn_it_on(
