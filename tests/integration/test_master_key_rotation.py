@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 import tests.store_engines as engines
 from bridge.accounts import AccountService
 from bridge.app import Daemon
 from bridge.client import BridgeError
-from bridge.crypto import Sealer, key_id
+from bridge.crypto import MasterKeyError, Sealer, key_id
 from bridge.reseal import reseal
 from tests.e2e.harness import client_for, create_account, make_config
 
@@ -84,15 +85,16 @@ async def test_a_master_key_rotation_keeps_every_key_working(tmp_path: Path) -> 
     finally:
         await d.stop()
 
-    # Key 2 alone before the reseal: the secrets are under key 1, which it does not have.
+    # Key 2 alone before the reseal: the secrets are under key 1, which it does not have. It
+    # refuses to start, naming key 1 by its id (not the key), rather than answer every signed
+    # request 500.
     d = _daemon(tmp_path, {"master_key": _b64(K2)})
-    await d.start()
-    try:
-        status, data = await _account_status(d, a)
-        assert status == 500 and data["error"]["code"] == "INTERNAL_ERROR", data
-        assert _b64(K1) not in json.dumps(data) and _b64(K2) not in json.dumps(data)
-    finally:
-        await d.stop()
+    with pytest.raises(MasterKeyError) as refused:
+        await d.start()
+    await d.stop()
+    assert "opens none of the 4 stored secrets" in str(refused.value)
+    assert key_id(K1).hex() in str(refused.value)
+    assert _b64(K1) not in str(refused.value) and _b64(K2) not in str(refused.value)
 
     # Both keys: everything verifies while the secrets are resealed.
     d = _daemon(tmp_path, {"master_key": _b64(K2), "previous_master_key": _b64(K1)})
