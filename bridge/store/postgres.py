@@ -236,9 +236,17 @@ _ACCEPT_SEND = {
 # the message of an accept still in progress, which then went out: it takes the lock
 # exclusively before it scans, so it waits for the accepts in progress, and those that start
 # meanwhile read their facts after its commit.
+#
+# It also sets plan_cache_mode to force_generic_plan for the rest of the transaction: the facts'
+# statement (rules_sql.read_facts) next, with arrays of unknown length in a generic plan, is
+# costed above a custom plan for each accept's arrays, so PostgreSQL planned it again at every
+# execution (~350-400 us of planning for ~45 us of execution, every transaction; measured with
+# pg_stat_statements.track_planning). Its generic plan is the one it already runs in the later
+# accepts of a group (_RULES_HEAD_AUTH_FACTS, _after_writes): the same index probes.
 _LOCKED_ACCOUNT = (
     f"SELECT {_ACCOUNT_COLS} FROM accounts, "
-    f"(SELECT pg_advisory_xact_lock_shared({pipe.NS_DNC}, 0)) dnc "
+    f"(SELECT pg_advisory_xact_lock_shared({pipe.NS_DNC}, 0), "
+    "set_config('plan_cache_mode', 'force_generic_plan', true)) dnc "
     "WHERE id = $1 FOR NO KEY UPDATE OF accounts"
 )
 _HEAD_KEY = """k AS (
