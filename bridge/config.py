@@ -1715,7 +1715,14 @@ def key_file_problems(sec: SecurityConfig) -> list[str]:
             text = path.read_text()
         except FileNotFoundError:
             if not generate:
-                out.append(f"{where}: {path} does not exist")
+                # A new installation's first error: say how to make the current key.
+                how = (
+                    " (make one, once: base64 of 32 random bytes, readable by the service "
+                    "only; README, 'Under systemd')"
+                    if name == "master_key_file"
+                    else ""
+                )
+                out.append(f"{where}: {path} does not exist{how}")
             continue
         except OSError as exc:
             out.append(f"{where}: cannot read {path}: {exc.strerror or exc}")

@@ -951,7 +951,8 @@ def test_check_main_refuses_a_master_key_file_run_could_not_read(
     missing = tmp_path / "missing.key"
     code, out, err = check({"master_key_file": str(missing)})
     assert (code, out) == (1, "")
-    assert f"  security.master_key_file: {missing} does not exist" in err.splitlines()
+    assert f"  security.master_key_file: {missing} does not exist (make one, once: " in err
+    assert "base64 of 32 random bytes" in err and "README, 'Under systemd'" in err
 
     short = tmp_path / "short.key"
     short.write_text(base64.b64encode(b"x" * 31).decode() + "\n")
