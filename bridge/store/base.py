@@ -356,7 +356,9 @@ class Store(Protocol):
         `timeout` with RESTORED_FROM_BACKUP (the message `unknown`, billed and reported as
         one whose outcome never came) instead of being sent again. Messages scheduled after
         `now` stay queued. Raises StoreInUseError while a daemon runs on the store. Returns
-        {"ended_unknown": n, "scheduled_kept": m}."""
+        {"ended_unknown": n, "scheduled_kept": m}. Works a bounded page per transaction (a
+        million may wait): a run stopped part-way is finished by the next, each message ended,
+        refunded and reported once."""
         ...
 
     async def claim(

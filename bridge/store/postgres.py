@@ -42,6 +42,7 @@ from bridge.store import migrate, postgres_clock, postgres_stats
 from bridge.store import postgres_ends as ends
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
+from bridge.store import postgres_restore as restored
 from bridge.store import postgres_rules as rules_sql
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
@@ -1270,10 +1271,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return await run_tx(self.pool, job, durable=False)
 
     async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
-        async def job(c: asyncpg.Connection) -> dict[str, int]:
-            return await pipe.end_restored(c, now, dry_run)
-
-        return await run_tx(self.pool, job)
+        return await restored.end_restored(self.pool, now, dry_run)
 
     async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
         """Periodic: take back claims whose lease expired or whose instance is gone (no instance

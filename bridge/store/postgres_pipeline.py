@@ -35,7 +35,6 @@ from bridge.store.base import (
     PURGE_CHUNK,
     WEBHOOK_RETENTION_MS,
     LowBalance,
-    StoreInUseError,
 )
 from bridge.store.models import (
     KEPT_RECEIPT_SLACK_MS,
@@ -1071,37 +1070,6 @@ WHERE o.leased_by IS NOT NULL AND o.state = 'pending' AND o.next_attempt_at > $1
 """
 
 _LIVE_INSTANCES = f"SELECT count(*) FROM ({_LIVE_INSTANCE_LOCKS}) l"
-
-
-async def end_restored(c: asyncpg.Connection, now: int, dry_run: bool) -> dict[str, int]:
-    """Store.after_restore: the messages the restored backup still had to send end unknown.
-    Refused while an instance holds its instance lock on this database (a daemon running)."""
-    live = await c.fetchval(_LIVE_INSTANCES)
-    if live:
-        raise StoreInUseError(
-            f"{live} smpp-bridge instance(s) run on this database: stop every instance first"
-        )
-    rows = await c.fetch(
-        "SELECT id FROM messages WHERE q_state IN ('queued', 'claimed') "
-        "AND (scheduled_at IS NULL OR scheduled_at <= $1) ORDER BY id FOR UPDATE",
-        now,
-    )
-    ids = [r[0] for r in rows]
-    kept = await c.fetchval(
-        "SELECT count(*) FROM messages WHERE q_state IN ('queued', 'claimed') "
-        "AND scheduled_at > $1",
-        now,
-    )
-    if ids and not dry_run:
-        await c.execute(
-            "UPDATE segments SET state = $2, done_at = $3, error_code = 'RESTORED_FROM_BACKUP' "
-            "WHERE message_id = ANY($1::text[]) AND state = 'queued'",
-            ids,
-            lc.SEG_TIMEOUT,
-            now,
-        )
-        await rollup_messages(c, dict.fromkeys(ids, True), now)
-    return {"ended_unknown": len(ids), "scheduled_kept": int(kept)}
 
 
 async def requeue_claims(

@@ -22,6 +22,7 @@ from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
+from bridge.store import sqlite_restore as restored
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import (
@@ -786,7 +787,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
         # The owner lock: refused while a daemon runs on the store, and held while this runs.
         self._runner.hold_ownership()
-        return await self._runner.write(partial(_end_restored, now=now, dry_run=dry_run))
+        return await restored.end_restored(self._runner.write, now, dry_run)
 
     async def recover(
         self, instance: str, now: int, unknown_smscs: frozenset[str]
@@ -1680,30 +1681,6 @@ def _before_cursor(before_id: str, args: list[Any]) -> str:
         return "id<?"
     args.extend((at, at, before_id))
     return "accepted_at<=? AND (accepted_at<? OR id<?)"
-
-
-def _end_restored(c: sqlite3.Connection, now: int, dry_run: bool) -> dict[str, int]:
-    """Store.after_restore: the messages the restored backup still had to send end unknown."""
-    ids = [
-        r[0]
-        for r in c.execute(
-            "SELECT id FROM messages WHERE q_state IN ('queued','claimed') "
-            "AND (scheduled_at IS NULL OR scheduled_at<=?)",
-            (now,),
-        )
-    ]
-    kept = c.execute(
-        "SELECT COUNT(*) FROM messages WHERE q_state IN ('queued','claimed') AND scheduled_at>?",
-        (now,),
-    ).fetchone()[0]
-    if ids and not dry_run:
-        c.executemany(
-            "UPDATE segments SET state=?, done_at=?, error_code='RESTORED_FROM_BACKUP' "
-            "WHERE message_id=? AND state='queued'",
-            [(lc.SEG_TIMEOUT, now, mid) for mid in ids],
-        )
-        pipe.rollup_messages(c, dict.fromkeys(ids, True), now)
-    return {"ended_unknown": len(ids), "scheduled_kept": kept}
 
 
 def _requeue_claims(

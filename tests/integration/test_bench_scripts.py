@@ -3,6 +3,7 @@ bench_backlog.py, are by hand: see the README's Benchmarks section)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -173,3 +174,10 @@ def test_bench_erase_prints_each_erasure_s_longest_transaction() -> None:
     out = _run("scripts/bench_erase.py", "--records", "3000", "--erasures", "2")
     found = re.findall(r"erasure \d: .* longest transaction [0-9.]+ ms \((\d+) transactions", out)
     assert len(found) == 2, out
+
+
+def test_bench_restore_ends_every_message_it_queued() -> None:
+    out = _run("scripts/bench_restore.py", "--messages", "1200")
+    runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["answer"]["ended_unknown"] for r in runs] == [1200], out
+    assert runs[0]["peak_rss_mb"] > 0 and runs[0]["wal_mb"] >= 0, out  # a WAL can be missed: 20 ms
