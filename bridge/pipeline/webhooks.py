@@ -27,6 +27,7 @@ from bridge.api import signing
 from bridge.api.views import iso, status_report
 from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
+from bridge.crypto import MasterKeyError
 from bridge.domain import senders
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.metrics import Metrics
@@ -128,6 +129,7 @@ class WebhookSender:
         self.rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._failures = logs.Failures(log, is_unavailable)
+        self._unopened = logs.Throttled(log)
         self.leased: set[int] = set()  # outbox ids with a POST in flight here
         self._stopping = False
         self._wake = asyncio.Event()
@@ -361,15 +363,21 @@ class WebhookSender:
         body = jsonio.dumps(items)
         ids = ",".join(j.webhook_id for j in live)
         signed_at = self.clock()  # one reading: the overlap's end and the signed t agree
+        try:
+            secrets = self.accounts.webhook_secrets(account, int(signed_at * 1000))
+        except MasterKeyError as exc:
+            # The operator's to fix (the key it was sealed with: README, "Secrets"): retried on
+            # the schedule with the reason on the report, and an ERROR line a while, not a
+            # traceback at every lease's end.
+            self._unopened.error(f"the webhook secret of account {account.id} does not open", exc)
+            why = f"webhook secret does not open: {exc}"
+            await self._failed(live, account.id, url, int(self.clock() * 1000), why, True)
+            return
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "smpp-bridge-webhooks/1",
             "X-Bridge-Webhook-Id": ids if len(live) == 1 else _batch_id(ids),
-            signing.WEBHOOK_HEADER: signing.webhook_signatures(
-                self.accounts.webhook_secrets(account, int(signed_at * 1000)),
-                body,
-                int(signed_at),
-            ),
+            signing.WEBHOOK_HEADER: signing.webhook_signatures(secrets, body, int(signed_at)),
         }
         status: int | None = None
         error = ""
@@ -420,19 +428,34 @@ class WebhookSender:
             self.delivered += len(live)
             self._count(kind, "delivered", len(live))
             return
-        self.failed_attempts += len(live)
         error = error or f"HTTP {status}"
+        await self._failed(
+            live, account.id, url, now_ms, error, is_retryable(status) and not permanent
+        )
+
+    async def _failed(
+        self,
+        live: list[WebhookJob],
+        account_id: str,
+        url: str,
+        now_ms: int,
+        error: str,
+        retryable: bool,
+    ) -> None:
+        """Reports not delivered: retried on the schedule, or dead-lettered."""
+        kind, lease = live[0].kind, live[0].lease
+        self.failed_attempts += len(live)
         for ids, attempt, next_at, dead in retry_plan(
             live,
             now_ms,
-            is_retryable(status) and not permanent,
+            retryable,
             tuple(self.config.retry_schedule_s),
             int(self.config.retry_for_hours * 3_600_000),
             self.rng,
         ):
             self._count(kind, "dead" if dead else "retry", len(ids))
             about = {
-                "account": account.id,
+                "account": account_id,
                 "kind": kind,
                 "url_host": _host(url),
                 "reports": len(ids),

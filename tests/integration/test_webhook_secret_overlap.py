@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from bridge.api import signing
 from bridge.app import Daemon
 from tests.e2e.harness import (
@@ -115,3 +117,52 @@ async def test_rotation_keeps_the_previous_secret_on_each_engine(store: object) 
     assert svc.webhook_secrets(stored, now + 1) == [newest]
     kinds = sorted(k for k, _i, _b in await store.sealed_secrets())  # type: ignore[attr-defined]
     assert kinds == ["account", "key"]
+
+
+async def test_a_webhook_secret_that_does_not_open_is_retried_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An account's webhook secret sealed under a key this daemon lacks (a store restored from
+    elsewhere, a rotation's previous key dropped early): its reports cannot be signed. They are
+    retried on the schedule with the reason on the report, and an ERROR line says which key,
+    not a traceback at every lease's end with the reports left leased."""
+    import logging
+    import os
+    import sqlite3
+
+    from bridge.crypto import Sealer
+
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        creds = await create_account(d, "acme", status_callback_url=receiver.url)
+        foreign = Sealer(os.urandom(32)).seal("whsec_elsewhere", creds["account"])
+        now = int(time.time() * 1000)
+        await d.ctx.store.update_account(creds["account"], {"webhook_secret_enc": foreign}, now)
+        db = str(d.config.store.path)
+
+        def retried() -> tuple[int, str] | None:
+            with sqlite3.connect(db) as c:
+                row = c.execute(
+                    "SELECT attempts, last_error FROM webhook_outbox WHERE kind='status'"
+                ).fetchone()
+            return row if row and row[0] >= 1 else None
+
+        with caplog.at_level(logging.INFO, logger="bridge"):
+            async with client_for(d.http_port, creds) as c:
+                r = await c.send(CN, text="hi")
+                await final_status(c, r["messages"][0]["id"], 15)
+            _attempts, error = await wait_until(retried, 15, 0.05)
+        assert error.startswith("webhook secret does not open: sealed secret is under master key")
+        assert receiver.requests == []
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any(
+            f"webhook secret of account {creds['account']} does not open" in m for m in errors
+        )
+    finally:
+        await d.stop()
+        await receiver.stop()
