@@ -531,20 +531,6 @@ class Dispatcher:
             loop_now = asyncio.get_running_loop().time()
             deadline = loop_now + (msg.expires_at - now_ms) / 1000
         so_far: list[SubmitOutcome] = []
-        recorded = 0  # the first parts, each recorded as the SMSC took it
-
-        def accepted(index: int, out: SubmitOutcome) -> None:
-            # Each part is recorded as its answer comes, not once the message's last part is
-            # answered: its receipt (10 ms after it, say) then beat the later parts' window
-            # waits under load, found no part, and was kept and matched again when the results
-            # came (two of every three receipts of 3-part messages in `bench.py`).
-            nonlocal recorded
-            if index == recorded:
-                at = int(self.clock() * 1000)
-                add(_sent(msg.id, msg.segments[index].seq, name, out, rule, at))
-                self.sent += 1
-                recorded += 1
-
         try:
             outcomes = await connector.send_message(
                 build_parts(msg, smsc),
@@ -552,14 +538,13 @@ class Dispatcher:
                 deadline,
                 contexts=[(msg.id, seg.seq) for seg in msg.segments],
                 outcomes=so_far,
-                on_accepted=accepted,
             )
         except asyncio.CancelledError:
             # The shutdown's grace ran out with a later part on the wire: the parts the SMSC
             # accepted are recorded (stop() writes them), or the restart resent them and their
             # receipts matched nothing. The claim stays for the restart's recovery.
             at = int(self.clock() * 1000)
-            for seg, out in list(zip(msg.segments, so_far, strict=False))[recorded:]:
+            for seg, out in zip(msg.segments, so_far, strict=False):
                 if out.kind != "ok":
                     break
                 add(_sent(msg.id, seg.seq, name, out, rule, at))
@@ -579,11 +564,10 @@ class Dispatcher:
             )  # fmt: skip
         now_ms = int(self.clock() * 1000)
         release: Release | None = None
-        for index, (seg, out) in enumerate(zip(msg.segments, outcomes, strict=False)):
+        for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
-                if index >= recorded:  # a connector that did not say so as they came
-                    add(_sent(msg.id, seg.seq, name, out, rule, now_ms))
-                    self.sent += 1
+                add(_sent(msg.id, seg.seq, name, out, rule, now_ms))
+                self.sent += 1
             elif out.kind == "permanent":
                 add(
                     SubmitResult(

@@ -535,7 +535,6 @@ class Connector:
         deadline: float | None = None,
         contexts: Sequence[Any] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         """Send a message's parts in order on one bind; one outcome per part (see module doc).
 
@@ -554,11 +553,7 @@ class Connector:
 
         `outcomes`: a caller's list the outcomes are appended to as each part's comes, so a
         caller cancelled half-way (a shutdown's grace ran out) still knows which parts the SMSC
-        accepted, with their ids, and records them instead of resending them.
-
-        `on_accepted(index, outcome)`: called for each part the SMSC accepted as its answer
-        comes, before the next part goes, so the caller can record it then, not after the
-        message's last part (whose window waits its receipt often beat)."""
+        accepted, with their ids, and records them instead of resending them."""
         n = len(parts)
         if n == 0:
             return []
@@ -588,8 +583,6 @@ class Connector:
                         await self._answer_after_cancel(wire[0], i, outcomes)
                     raise
                 outcomes.append(outcome)
-                if outcome.kind == "ok" and on_accepted is not None:
-                    on_accepted(i, outcome)
                 if outcome.kind != "ok":
                     outcomes.extend(_cancelled(j) for j in range(i + 1, n))
                     break

@@ -270,25 +270,6 @@ async def test_webhook_receiver_down_then_up_delivers_each_report_once(start_dae
     assert len(webhook_ids) == len(set(webhook_ids))
 
 
-async def test_each_part_is_recorded_as_the_smsc_takes_it(start_daemon):
-    """A 3-part message to a carrier that answers each part 200 ms after it and sends its
-    receipt 300 ms after it: part 1's receipt comes while part 2 is still unanswered. Each
-    part's result is recorded as its answer comes, so every receipt finds its part; recorded
-    only after the last part's answer (600 ms), the first two were kept as unmatched and
-    matched again when the results landed."""
-    d = await start_daemon()
-    d.sim.answer_delay_ms = 200
-    d.sim.receipt_delay_ms = 300
-    creds = await create_account(d)
-    async with client_for(d.http_port, creds) as c:
-        r = await c.send("+8613800138000", text="x" * 400)
-        assert r["messages"][0]["segments"] == 3
-        status = await final_status(c, r["messages"][0]["id"])
-    assert status["status"] == "delivered"
-    assert d.inbound is not None
-    assert (d.inbound.matched, d.inbound.unmatched) == (3, 0)
-
-
 async def test_readyz_reports_binds(start_daemon):
     import aiohttp
 

@@ -71,7 +71,6 @@ class SlotWaitConnector:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         self.waiting += 1
@@ -102,7 +101,6 @@ class RaisingConnector(SlotWaitConnector):
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.calls += 1
         raise RuntimeError("unexpected bug in the send path")

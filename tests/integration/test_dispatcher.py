@@ -76,7 +76,6 @@ class HeldConnector:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         if before_first is not None:
             await before_first()
@@ -348,7 +347,6 @@ class GatedConnector(HeldConnector):
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.waiting += 1
         await self.gate.wait()

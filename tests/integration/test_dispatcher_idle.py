@@ -75,7 +75,6 @@ class Recording:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.sends.append(asyncio.get_running_loop().time())
         self.sent.set()

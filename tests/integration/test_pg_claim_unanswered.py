@@ -235,7 +235,6 @@ class Smsc:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         self.got += [p.short_message for p in parts]
         return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]

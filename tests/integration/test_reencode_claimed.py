@@ -60,7 +60,6 @@ class Recorder:
         deadline: float | None = None,
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
-        on_accepted: Callable[[int, SubmitOutcome], None] | None = None,
     ) -> list[SubmitOutcome]:
         assert contexts is not None
         mid = contexts[0][0]  # type: ignore[index]

@@ -194,7 +194,6 @@ class _Conn:
         deadline: Any = None,
         contexts: Any = None,
         outcomes: Any = None,
-        on_accepted: Any = None,
     ) -> list[SubmitOutcome]:
         self.sent.extend(parts)
         return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
