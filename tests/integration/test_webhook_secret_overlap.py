@@ -5,7 +5,9 @@ its simulator and a real receiver checking X-Bridge-Signature."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,21 @@ async def _report_header(d: Daemon, creds: dict[str, str], receiver: WebhookRece
 
 def _v1s(header: str) -> int:
     return sum(part.strip().startswith("v1=") for part in header.split(","))
+
+
+@contextlib.asynccontextmanager
+async def _daemon_and_receiver(tmp_path: Path) -> AsyncIterator[tuple[Daemon, WebhookReceiver]]:
+    """A started daemon with its simulator bound, and a customer's receiver."""
+    d = Daemon(make_config(tmp_path))
+    await d.start()
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+        yield d, receiver
+    finally:
+        await d.stop()
+        await receiver.stop()
 
 
 async def test_the_old_secret_signs_beside_the_new_one_during_the_overlap(tmp_path: Path) -> None:
@@ -71,12 +88,7 @@ async def test_the_old_secret_signs_beside_the_new_one_during_the_overlap(tmp_pa
 
 
 async def test_an_overlap_that_ended_signs_with_the_new_secret_alone(tmp_path: Path) -> None:
-    d = Daemon(make_config(tmp_path))
-    await d.start()
-    receiver = WebhookReceiver()
-    await receiver.start()
-    try:
-        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+    async with _daemon_and_receiver(tmp_path) as (d, receiver):
         creds = await create_account(d, "acme", status_callback_url=receiver.url)
         _acc, new = await d.ctx.accounts.rotate_webhook_secret(
             "acme", int(time.time() * 1000), 1
@@ -84,9 +96,6 @@ async def test_an_overlap_that_ended_signs_with_the_new_secret_alone(tmp_path: P
         receiver.secret = new
         header = await _report_header(d, creds, receiver)
         assert _v1s(header) == 1 and receiver.bad_signatures == 0
-    finally:
-        await d.stop()
-        await receiver.stop()
 
 
 # -- the store's side, both engines (CI=1 needs PostgreSQL) ------------------------------------
@@ -132,12 +141,7 @@ async def test_a_webhook_secret_that_does_not_open_is_retried_with_the_reason(
 
     from bridge.crypto import Sealer
 
-    d = Daemon(make_config(tmp_path))
-    await d.start()
-    receiver = WebhookReceiver()
-    await receiver.start()
-    try:
-        await wait_until(lambda: d.connectors["sim"].is_up, 10)
+    async with _daemon_and_receiver(tmp_path) as (d, receiver):
         creds = await create_account(d, "acme", status_callback_url=receiver.url)
         foreign = Sealer(os.urandom(32)).seal("whsec_elsewhere", creds["account"])
         now = int(time.time() * 1000)
@@ -163,6 +167,3 @@ async def test_a_webhook_secret_that_does_not_open_is_retried_with_the_reason(
         assert any(
             f"webhook secret of account {creds['account']} does not open" in m for m in errors
         )
-    finally:
-        await d.stop()
-        await receiver.stop()
