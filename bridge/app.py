@@ -107,7 +107,7 @@ async def _listening(start: Awaitable[None], where: str) -> None:
 async def _check_master_key(store: Store, sealer: Sealer) -> None:
     """Refuse to start with a master key that opens none of the stored secrets (reseal's
     start_verdict says why); log the ones neither key opens."""
-    _writes, report = reseal.plan(await store.sealed_secrets(), sealer)
+    _writes, report = reseal.plan(await store.sealed_secrets(), sealer, seal=False)
     refusal, warning = reseal.start_verdict(report)
     if refusal is not None:
         raise MasterKeyError(refusal)

@@ -39,8 +39,12 @@ class ResealReport:
         }
 
 
-def plan(rows: list[tuple[str, str, bytes]], sealer: Sealer) -> tuple[list[Any], ResealReport]:
-    """Pure: the (kind, id, old blob, new blob) to write, and the report so far."""
+def plan(
+    rows: list[tuple[str, str, bytes]], sealer: Sealer, *, seal: bool = True
+) -> tuple[list[Any], ResealReport]:
+    """Pure: the (kind, id, old blob, new blob) to write, and the report so far. Without
+    `seal`, the report alone (no writes): what a starting daemon asks, not sealing anew every
+    secret still under the previous key."""
     report = ResealReport(total=len(rows))
     writes = []
     for kind, row_id, blob in rows:
@@ -52,8 +56,9 @@ def plan(rows: list[tuple[str, str, bytes]], sealer: Sealer) -> tuple[list[Any],
         except MasterKeyError as exc:
             report.unreadable.append((kind, row_id, str(exc)))
             continue
-        writes.append((kind, row_id, blob, sealer.seal(plain, row_id)))
-    report.resealed = len(writes)
+        report.resealed += 1
+        if seal:
+            writes.append((kind, row_id, blob, sealer.seal(plain, row_id)))
     return writes, report
 
 
