@@ -32,6 +32,7 @@ from bridge.smpp.router import Router
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
 from tests.e2e.harness import free_port, wait_until
+from tests.integration.test_reencode_claimed import Recorder
 from tests.integration.test_store import LEASE, NOW, accept, account, message
 
 pytestmark = pytest.mark.postgres
@@ -205,28 +206,15 @@ async def test_a_claim_that_did_not_land_gives_back_nothing_claimed_since(
         await other.close()
 
 
-class Smsc:
-    """Accepts every part at once; records each message's parts."""
+class Smsc(Recorder):
+    """Accepts every part at once (test_reencode_claimed's Recorder); keeps every part sent, in
+    order, so a message sent twice shows twice."""
 
     name = "t1"
-    on_late_submit = None
-    is_held = None
 
     def __init__(self) -> None:
-        self.got: list[bytes] = []
-
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def free_slots(self) -> int:
-        return 10
-
-    def window_size(self) -> int:
-        return 10
-
-    def refuse_new(self) -> None:
-        pass
+        super().__init__()
+        self.parts: list[bytes] = []
 
     async def send_message(
         self,
@@ -236,7 +224,7 @@ class Smsc:
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
-        self.got += [p.short_message for p in parts]
+        self.parts += [p.short_message for p in parts]
         return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
 
 
@@ -263,9 +251,9 @@ async def test_the_dispatcher_sends_them_within_seconds(
     try:
         await wait_until(lambda: proxy.cuts == 1, 5, 0.01)
         with contextlib.suppress(AssertionError):
-            await wait_until(lambda: len(smsc.got) == len(IDS), 10, 0.05)
+            await wait_until(lambda: len(smsc.parts) == len(IDS), 10, 0.05)
         took = time.monotonic() - began
-        assert sorted(smsc.got) == sorted(f"{m}/1".encode() for m in IDS), (took, smsc.got)
+        assert sorted(smsc.parts) == sorted(f"{m}/1".encode() for m in IDS), (took, smsc.parts)
         await wait_until(lambda: d.inflight == 0, 5, 0.01)
         assert {r[1] for r in await claims(pg_dsn)} == {"done"}
     finally:
