@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import random
@@ -315,14 +314,40 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
-async def start_postgres(args: argparse.Namespace) -> tuple[str, object | None]:
-    """(DSN, cluster to stop afterwards or None): --pg-dsn, else a throw-away local cluster."""
+async def start_postgres(args: argparse.Namespace) -> tuple[str, object | None, int | None]:
+    """(DSN, cluster to stop afterwards or None, the server's postmaster pid or None): --pg-dsn,
+    else a throw-away local cluster."""
     if args.pg_dsn:
-        return args.pg_dsn, None
+        pid = await postmaster_of(args.pg_dsn)
+        if pid is None:
+            print("PostgreSQL runs elsewhere: the CPU line leaves its CPU out", file=sys.stderr)
+        return args.pg_dsn, None, pid
     from tests.pg_cluster import create_database, start_cluster
 
     cluster = start_cluster(max_connections=300)
-    return await create_database(cluster, "bench"), cluster
+    dsn = await create_database(cluster, "bench")
+    return dsn, cluster, int((Path(cluster.datadir) / "postmaster.pid").read_text().split()[0])
+
+
+async def postmaster_of(dsn: str) -> int | None:
+    """The pid of the postmaster serving `dsn`, when it runs on this machine: the parent of our
+    own backend. None for a server elsewhere (its backend's pid means nothing here), which the
+    run says instead of passing a PostgreSQL CPU of 0 for a measurement."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:  # read while the backend lives: it ends with the connection
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        try:
+            stat = Path(f"/proc/{backend}/stat").read_text()
+            comm = Path(f"/proc/{backend}/comm").read_text().strip()
+        except OSError:
+            return None
+    finally:
+        await conn.close()
+    if not comm.startswith("postgres"):
+        return None  # a pid of this machine's that is not the server's backend
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def sim_section(sim_port: int, ctl_port: int, receipt_delay_ms: int, **extra: Any) -> dict:
@@ -370,9 +395,9 @@ async def run(args: argparse.Namespace) -> dict:
     ports = [free_port() for _ in range(args.instances)]
     http_port, sim_port, ctl_port = ports[0], free_port(), free_port()
     key = base64.b64encode(os.urandom(32)).decode()
-    cluster = None
+    cluster, pg_pid = None, None
     if args.store == "postgres":
-        dsn, cluster = await start_postgres(args)
+        dsn, cluster, pg_pid = await start_postgres(args)
         store: dict = {"engine": "postgres", "dsn": dsn}
     else:
         store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
@@ -508,7 +533,7 @@ async def run(args: argparse.Namespace) -> dict:
                         for k, port in enumerate(ports)
                     ]
                     before = len(ids)
-                    at_start = _meter(daemons, sim, cluster)
+                    at_start = _meter(daemons, sim, pg_pid)
                     tr = time.perf_counter()
                     await asyncio.gather(
                         *(
@@ -542,7 +567,7 @@ async def run(args: argparse.Namespace) -> dict:
                         await asyncio.sleep(0.05)
                     got = len(ids) - before
                     t_round = time.perf_counter() - tr
-                    at_end = _meter(daemons, sim, cluster)
+                    at_end = _meter(daemons, sim, pg_pid)
                     for k in at_end:
                         spent[k] = spent.get(k, 0.0) + at_end[k] - at_start[k]
                     per_round.append(
@@ -672,18 +697,14 @@ async def wait_binds_spread(ports: list[int], token: str, binds: int) -> None:
             await asyncio.sleep(0.2)
 
 
-def _cpu_parts(sim: subprocess.Popen[bytes] | None, cluster: object | None) -> dict[str, float]:
-    """CPU seconds so far of the simulator, the local PostgreSQL cluster (postmaster and its
-    backends), this load generator, and the machine (busy and total)."""
+def _cpu_parts(sim: subprocess.Popen[bytes] | None, pg_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the simulator, the PostgreSQL server on this machine (postmaster,
+    its backends and the ones that ended), this load generator, and the machine (busy and
+    total)."""
     busy, total = _machine_busy()
-    pg = 0.0
-    datadir = getattr(cluster, "datadir", None)
-    if datadir is not None:
-        with contextlib.suppress(OSError, ValueError):
-            pg = _cpu(int((Path(datadir) / "postmaster.pid").read_text().split()[0]))
     return {
         "simulator": _cpu(sim.pid) if sim is not None else 0.0,
-        "postgres": pg,
+        "postgres": _cpu(pg_pid, reaped=True) if pg_pid is not None else 0.0,
         "load_generator": time.process_time(),
         "machine": busy,
         "machine_total": total,
@@ -693,14 +714,14 @@ def _cpu_parts(sim: subprocess.Popen[bytes] | None, cluster: object | None) -> d
 def _meter(
     daemons: list[subprocess.Popen[bytes]],
     sim: subprocess.Popen[bytes] | None,
-    cluster: object | None,
+    pg_pid: int | None,
 ) -> dict[str, float]:
     """The clock and every CPU counter at one instant: a timed phase is the difference of two."""
     return {
         "wall": time.perf_counter(),
         "daemons": sum(_cpu(d.pid) for d in daemons),
         "owner": sum(_cpu(d.pid, tree=False) for d in daemons),
-        **_cpu_parts(sim, cluster),
+        **_cpu_parts(sim, pg_pid),
     }
 
 
@@ -735,15 +756,20 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _cpu(pid: int, *, tree: bool = True) -> float:
+def _cpu(pid: int, *, tree: bool = True, reaped: bool = False) -> float:
+    """CPU seconds of the process (and its descendants); `reaped` adds those of its children
+    that ended and were waited for (a backend of a connection closed mid-run), which their
+    parent's stat keeps."""
     total = 0.0
     for p in _tree(pid) if tree else [pid]:
         try:
             parts = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        total += int(parts[11]) + int(parts[12])
+        if reaped and p == pid:
+            total += int(parts[13]) + int(parts[14])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def latency_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
