@@ -14,7 +14,8 @@ With `--store postgres` the daemons share a throw-away PostgreSQL cluster starte
 (initdb/pg_ctl, as the tests do; fsync off) or the database of `--pg-dsn`; `--instances N` runs N
 daemon processes on it and spreads the requests over their ports round-robin. The CPU line splits
 the machine's CPU time between daemons, PostgreSQL, simulator and load generator: the component
-that uses most of it, against the number of cores, is where the bottleneck is.
+that uses most of it, against the number of cores, is where the bottleneck is. A `--pg-dsn`
+server's CPU is counted when it runs on this machine (found from our backend's parent).
 """
 
 from __future__ import annotations

@@ -232,6 +232,14 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     ),
     25: ("ALTER TABLE messages DROP COLUMN wire",),
     31: ("ALTER TABLE mo_inbox DROP COLUMN text_hex",),
+    32: (
+        "CREATE INDEX messages_account_recipient ON messages(account_id, recipient, accepted_at)",
+        "CREATE INDEX messages_recipient ON messages(recipient, accepted_at)",
+        "DROP INDEX messages_recipient_account",
+        "CREATE INDEX ledger_account_id ON ledger(account_id, id)",
+        "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey",
+        "ALTER TABLE ledger ADD PRIMARY KEY (id)",
+    ),
 }
 
 
