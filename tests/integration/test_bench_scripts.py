@@ -3,14 +3,19 @@ bench_backlog.py, are by hand: see the README's Benchmarks section)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import asyncpg
 import pytest
+
+from tests.pg_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,3 +186,32 @@ def test_bench_restore_ends_every_message_it_queued() -> None:
     runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["answer"]["ended_unknown"] for r in runs] == [1200], out
     assert runs[0]["peak_rss_mb"] > 0 and runs[0]["wal_mb"] >= 0, out  # a WAL can be missed: 20 ms
+
+
+async def test_bench_counts_the_cpu_of_a_pg_dsn_server_on_this_machine(
+    pg_cluster: Cluster, pg_dsn: str
+) -> None:
+    # bench.py --pg-dsn printed PostgreSQL's CPU as 0.0: it only looked for a cluster it had
+    # started itself. The server of a DSN is found from our backend's parent.
+    if pg_cluster.datadir is None:
+        pytest.skip("an external server: its postmaster may not be on this machine")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    pid = await bench.postmaster_of(pg_dsn)
+    assert pid == int((pg_cluster.datadir / "postmaster.pid").read_text().split()[0])
+    before = bench._cpu(pid, reaped=True)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+        during = bench._cpu(pid, reaped=True)  # the backend's, live
+    finally:
+        await conn.close()
+    assert during > before
+    # Its backend ended with the connection: its CPU stays counted, with the reaped children's.
+    deadline = time.monotonic() + 5
+    while bench._cpu(pid, reaped=True) < during:
+        assert time.monotonic() < deadline, "an ended backend's CPU left the count"
+        await asyncio.sleep(0.05)
