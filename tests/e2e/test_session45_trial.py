@@ -1,0 +1,104 @@
+"""Session 45: operator findings from the first-day trial (each test here failed before its fix).
+
+1. A start that failed on its HTTP port (server.port in use) had already bound to every SMSC:
+   against a real carrier, a bind and a drop for nothing, counted against its bind limits.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import config_dict, free_port
+
+
+class _Recorder(socketserver.BaseRequestHandler):
+    """Notes the connection and the command_id of every PDU header it reads."""
+
+    def handle(self) -> None:
+        seen: list[str] = self.server.seen  # type: ignore[attr-defined]
+        seen.append("connect")
+        self.request.settimeout(5)
+        buf = b""
+        try:
+            while chunk := self.request.recv(4096):
+                buf += chunk
+                while len(buf) >= 16:
+                    length = int.from_bytes(buf[:4], "big")
+                    seen.append(f"pdu 0x{int.from_bytes(buf[4:8], 'big'):08x}")
+                    buf = buf[max(length, 16) :]
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def fake_smsc() -> Iterator[tuple[int, list[str]]]:
+    """A TCP listener standing in for a carrier's SMSC: (its port, what it saw)."""
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), _Recorder)
+    server.daemon_threads = True
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], server.seen  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on."""
+    port = free_port()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        yield port
+
+
+def _run(cfg: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "bridge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,  # a supervisor restarting its acceptors never ends
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("setting", ["server.port", "server.admin_port", "aliyun.port"])
+def test_a_port_in_use_fails_the_start_before_any_bind(
+    tmp_path: Path,
+    fake_smsc: tuple[int, list[str]],
+    taken_port: int,
+    setting: str,
+    workers: int,
+) -> None:
+    smsc_port, seen = fake_smsc
+    cfg = config_dict(
+        tmp_path,
+        sim={"enabled": False},
+        smscs=[{"name": "carrier", "port": smsc_port}],
+        aliyun={"enabled": True, "port": free_port()},
+    )
+    cfg["server"]["workers"] = workers
+    section, key = setting.split(".")
+    cfg[section][key] = taken_port
+    done = _run(cfg, tmp_path)
+    assert seen == [], seen  # not even a TCP connection, let alone a bind_transceiver
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"127.0.0.1:{taken_port} ({setting})" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
