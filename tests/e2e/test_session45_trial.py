@@ -2,10 +2,13 @@
 
 1. A start that failed on its HTTP port (server.port in use) had already bound to every SMSC:
    against a real carrier, a bind and a drop for nothing, counted against its bind limits.
+2. Two instances on one host needed two configuration files: server.port (and admin_port,
+   aliyun.port) had no environment variable, as server.instance has.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import socketserver
 import subprocess
@@ -15,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.harness import config_dict, free_port
+from tests.e2e.harness import ADMIN_TOKEN, config_dict, free_port, wait_until
 
 
 class _Recorder(socketserver.BaseRequestHandler):
@@ -102,3 +106,61 @@ def test_a_port_in_use_fails_the_start_before_any_bind(
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"127.0.0.1:{taken_port} ({setting})" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def _answers(url: str, token: str | None = None) -> bool:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)) as r,
+        ):
+            return r.status == 200
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_the_ports_come_from_the_environment(tmp_path: Path, workers: int) -> None:
+    """One file, its ports given per instance: the daemon (and its acceptors) listen on the
+    variables' ports, none on the file's."""
+    file_port, file_admin, file_aliyun = free_port(), free_port(), free_port()
+    cfg = config_dict(tmp_path, aliyun={"enabled": True, "port": file_aliyun})
+    cfg["server"].update(port=file_port, admin_port=file_admin, workers=workers)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port, admin, aliyun = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "SMPP_BRIDGE_PORT": str(port),
+        "SMPP_BRIDGE_ADMIN_PORT": str(admin),
+        "SMPP_BRIDGE_ALIYUN_PORT": str(aliyun),
+    }
+    log = tmp_path / "daemon.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+
+        async def up() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return await _answers(f"http://127.0.0.1:{port}/readyz")
+
+        await wait_until(up, 30, 0.1)
+        assert await _answers(f"http://127.0.0.1:{admin}/admin/smscs", ADMIN_TOKEN)
+        with socket.create_connection(("127.0.0.1", aliyun), timeout=2):
+            pass
+        for unused in (file_port, file_admin, file_aliyun):
+            with pytest.raises(OSError), socket.create_connection(("127.0.0.1", unused), 1):
+                pass
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
