@@ -62,7 +62,7 @@ from bridge.store.base import Store, is_unavailable
 from bridge.store.models import ClockShift
 from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
-from bridge.wiring import configure_store, make_sealer, open_store
+from bridge.wiring import configure_store, make_sealer, open_store, warn_open_modes
 
 log = logging.getLogger("bridge.app")
 # The supervisor names its owner's instance to the acceptors it starts (bridge/supervisor.py).
@@ -242,6 +242,7 @@ class Daemon:
         sealer = make_sealer(cfg)
         if self.role in ("all", "owner"):  # once per instance: its acceptors share the key
             await _check_master_key(store, sealer)
+            warn_open_modes(cfg, log)  # after the open: the -wal and -shm exist now
         accounts = AccountService(
             store, sealer, lambda: self.config.rules.sender_policy == "assigned"
         )

@@ -1778,6 +1778,11 @@ def check_main(path: str | None) -> int:
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
+    if cfg.store.engine == "sqlite":
+        from bridge.store.sqlite_modes import warning
+
+        if (line := warning(Path(cfg.store.path))) is not None:  # valid all the same: exit 0
+            print(f"{origin}: warning: {line}", file=sys.stderr)
     sys.stdout.write(f"# effective configuration of {origin} (secrets masked)\n")
     sys.stdout.write(
         yaml.safe_dump(effective_config_dict(cfg), sort_keys=False, allow_unicode=True)

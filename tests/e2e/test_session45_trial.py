@@ -4,6 +4,8 @@
    against a real carrier, a bind and a drop for nothing, counted against its bind limits.
 2. Two instances on one host needed two configuration files: server.port (and admin_port,
    aliyun.port) had no environment variable, as server.instance has.
+3. A SQLite store made before new stores were made 0600 kept its 0644: every local user could
+   read it, and nothing said so.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -22,7 +25,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.harness import ADMIN_TOKEN, config_dict, free_port, wait_until
+from tests.e2e.harness import ADMIN_TOKEN, DaemonProcess, config_dict, free_port, wait_until
 
 
 class _Recorder(socketserver.BaseRequestHandler):
@@ -164,3 +167,62 @@ async def test_the_ports_come_from_the_environment(tmp_path: Path, workers: int)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp,
+    )
+
+
+def _store_made_0644(tmp: Path, **server: Any) -> tuple[dict[str, Any], Path]:
+    """A configuration and its store as a release before 0600 stores left it."""
+    cfg = config_dict(tmp)
+    cfg["server"].update(server)
+    (tmp / "bridge.yaml").write_text(yaml.safe_dump(cfg))
+    done = _cli(tmp, "db", "migrate", "--config", str(tmp / "bridge.yaml"))
+    assert done.returncode == 0, done.stderr
+    db = Path(cfg["store"]["path"])
+    db.chmod(0o644)
+    return cfg, db
+
+
+def _mode_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "readable by other users" in line]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_store_others_may_read_is_told_once_at_start_and_left_as_is(
+    tmp_path: Path, workers: int
+) -> None:
+    cfg, db = _store_made_0644(tmp_path, workers=workers)
+    daemon = DaemonProcess(tmp_path, cfg)
+    try:
+        daemon.start()
+        await daemon.wait_ready(30)
+        lines = _mode_lines(daemon.log.read_text())
+    finally:
+        daemon.stop()
+    assert len(lines) == 1, lines  # the owner's: its acceptors do not say it again
+    assert "WARNING" in lines[0], lines
+    assert f"{db} (0644)" in lines[0], lines
+    assert f"chmod 600 {db}" in lines[0], lines
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644  # told, not changed
+
+
+def test_db_and_config_check_commands_say_it_too(tmp_path: Path) -> None:
+    _, db = _store_made_0644(tmp_path)
+    config = str(tmp_path / "bridge.yaml")
+    for args in (("config", "check", config), ("db", "migrate", "--config", config)):
+        done = _cli(tmp_path, *args)
+        assert done.returncode == 0, done.stderr
+        lines = _mode_lines(done.stderr)
+        assert len(lines) == 1 and f"chmod 600 {db}" in lines[0], (args, done.stderr)
+    db.chmod(0o600)
+    for args in (("config", "check", config), ("db", "migrate", "--config", config)):
+        done = _cli(tmp_path, *args)
+        assert done.returncode == 0 and _mode_lines(done.stderr) == [], (args, done.stderr)
