@@ -231,6 +231,19 @@ class Daemon:
             self._publish_generation(config_text)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            self._release_ports()  # a start that failed after taking them (a connector unbuilt)
+            raise
+
+    def _release_ports(self) -> None:
+        """Close the ports held and never served (see bridge/api/listeners.py)."""
+        for reserved in self._reserved.values():
+            reserved.close()
+        self._reserved.clear()
+
+    async def _start(self) -> None:
         cfg = self.config
         self.store = store = open_store(cfg)
         self.metrics.watch_store(self.role, store.write_lock_stats)
@@ -926,9 +939,7 @@ class Daemon:
             self._wake_listener.close()
         if self._wake_sender is not None:
             self._wake_sender.close()
-        for reserved in self._reserved.values():  # held, never served (a start that failed)
-            reserved.close()
-        self._reserved.clear()
+        self._release_ports()
         if self.sim is not None:
             await self.sim.stop()
         if self.store is not None:
