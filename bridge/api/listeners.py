@@ -2,9 +2,10 @@
 
 Why: a start that fails on a port in use must not have touched the carriers. Listening last, the
 daemon had already bound (and then dropped) every SMSC when it found server.port taken: a bind
-for nothing, counted against the carrier's bind limits. So the ports are taken first, each a
-listening socket that does not accept until its application is ready (ReservedSite); a client
-that connects meanwhile waits in the backlog, as for any busy server.
+for nothing, counted against the carrier's bind limits. So the ports are taken first: each
+socket bound (asyncio's create_server with start_serving=False), which fails on a port another
+program listens on, and listening only once its application is ready (ReservedSite). Meanwhile a
+client is refused, as before, when nothing was bound until the binds were up.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def http_ports(config: Config) -> list[tuple[str, str, int]]:
 
 
 class Reserved:
-    """A port listening but not accepting yet; its protocol factory is given at serve time."""
+    """A port bound but not listening yet; its protocol factory is given at serve time."""
 
     def __init__(self, server: asyncio.Server, where: str) -> None:
         self.server = server
@@ -61,7 +62,7 @@ class Reserved:
 
 
 async def reserve(setting: str, host: str, port: int, *, reuse_port: bool) -> Reserved:
-    """Listen on host:port without accepting (start_serving=False)."""
+    """Bind host:port without listening (start_serving=False)."""
     holder: list[Reserved] = []
     loop = asyncio.get_running_loop()
     start = loop.create_server(
@@ -103,7 +104,9 @@ async def check_free(config: Config) -> None:
 
 
 class ReservedSite(web.BaseSite):
-    """An aiohttp site on a Reserved port: starting it starts accepting."""
+    """An aiohttp site on a Reserved port: starting it listens and accepts. Its listen can
+    still fail, if another program bound the port with SO_REUSEADDR meanwhile and listens:
+    the error names the setting all the same (Daemon._listen)."""
 
     __slots__ = ("_reserved",)
 

@@ -25,7 +25,14 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.harness import ADMIN_TOKEN, DaemonProcess, config_dict, free_port, wait_until
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    DaemonProcess,
+    config_dict,
+    free_port,
+    make_config,
+    wait_until,
+)
 
 
 class _Recorder(socketserver.BaseRequestHandler):
@@ -226,3 +233,37 @@ def test_db_and_config_check_commands_say_it_too(tmp_path: Path) -> None:
     for args in (("config", "check", config), ("db", "migrate", "--config", config)):
         done = _cli(tmp_path, *args)
         assert done.returncode == 0 and _mode_lines(done.stderr) == [], (args, done.stderr)
+
+
+def _bindable(port: int) -> bool:
+    """Without SO_REUSEADDR: a socket still bound there (listening or not) refuses it."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def test_a_start_that_fails_after_taking_the_ports_lets_them_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (as tests and embedders run it): the ports taken before the binds are closed
+    again when the start fails between the two."""
+    from bridge.app import Daemon
+
+    cfg = make_config(
+        tmp_path, sim={"enabled": False}, aliyun={"enabled": True, "port": free_port()}
+    )
+    daemon = Daemon(cfg)
+
+    def unbuildable(_smsc: Any) -> Any:
+        raise OSError("no such CA file")
+
+    monkeypatch.setattr(daemon, "_connector", unbuildable)
+    with pytest.raises(OSError, match="no such CA file"):
+        await daemon.start()
+    try:
+        assert _bindable(cfg.server.port) and _bindable(cfg.aliyun.port)
+    finally:
+        await daemon.stop()
