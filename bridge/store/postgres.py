@@ -2039,6 +2039,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def count_dead_webhooks(self, account_id: str | None) -> int:
         return await reports.count_dead_webhooks(self.pool, account_id)
 
+    async def unattributed_mo(self, before: tuple[int, str] | None, limit: int) -> list[MoMessage]:
+        return await reports.unattributed_mo(self.pool, before, limit)
+
 
 # -- helpers ---------------------------------------------------------------------------------------
 

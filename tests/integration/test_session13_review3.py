@@ -672,6 +672,7 @@ def _classify(argv: list[str]) -> tuple[str, str] | None:
         (["secrets", "reseal"], "cli secrets reseal"),
         (["secrets", "reseal", "--dry-run"], None),
         (["audit", "list", "--limit", "5"], None),
+        (["mo", "list", "--unattributed"], None),
         # not store commands (no _with_services): never asked
         (["db", "migrate"], "cli db migrate"),
     ],
