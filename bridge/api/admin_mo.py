@@ -23,8 +23,10 @@ from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
 from bridge.store.models import MoMessage
 
-# (received_at, id) of a page's last reply: ids are hashes, not time-ordered, so both.
-_CURSOR = re.compile(r"([0-9]{1,15})\.(mo_[a-z2-7]{24})")
+# (received_at, id) of a page's last reply: ids are hashes, not time-ordered, so both. Both
+# forms of id: today's 24 base32 characters, and the 26-character time-ordered ids (ids.new_id)
+# that stores begun before 2026-11-30 hold MOs under (a page ending on one must go on).
+_CURSOR = re.compile(r"([0-9]{1,15})\.(mo_(?:[a-z2-7]{24}|[0-9A-Z]{26}))")
 _YES = ("1", "true")
 
 

@@ -820,7 +820,8 @@ def _inbound_message_schema() -> dict[str, Any]:
         {
             "type": {"type": "string", "enum": ["message.inbound"]},
             "webhook_id": {"type": "string", "description": "the same on every retry"},
-            "mo_id": {"type": "string", "pattern": "^mo_[a-z2-7]{24}$"},
+            # Stores begun before 2026-11-30 hold MOs under the older, time-ordered form.
+            "mo_id": {"type": "string", "pattern": "^mo_([a-z2-7]{24}|[0-9A-Z]{26})$"},
             "from": {"type": "string", "description": "E.164 when international"},
             "to": {"type": "string", "description": "the address the reply went to"},
             "sign_name": _nullable(

@@ -9,6 +9,7 @@ OpenAPI document by the ApiServer).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import yaml
 import tests.store_engines as engines
 from bridge import logs
 from bridge.cli import main as cli_main
+from bridge.ids import new_id
 from bridge.store.models import MoMessage
 from tests.conftest import run_async
 from tests.integration.conftest import ApiServer, Clock, start_api
@@ -43,9 +45,21 @@ def _mo(n: int, at: int, account_id: str | None = None) -> MoMessage:
     )
 
 
-# Five for no account, two sharing a millisecond (the cursor tells them apart by id), and one
-# that went to an account.
-UNATTRIBUTED = [_mo(1, T0), _mo(2, T0 + 5), _mo(3, T0 + 5), _mo(4, T0 + 9), _mo(5, T0 + 20)]
+def _old_mo(at: int) -> MoMessage:
+    """An MO under the 26-character time-ordered id MOs had before 2026-11-30 (ids.new_id)."""
+    return dataclasses.replace(_mo(7, at), id=new_id("mo_", at))
+
+
+# Six for no account, two sharing a millisecond (the cursor tells them apart by id), one under
+# an id of the old form (the first page of two ends on it), and one that went to an account.
+UNATTRIBUTED = [
+    _mo(1, T0),
+    _mo(2, T0 + 5),
+    _mo(3, T0 + 5),
+    _mo(4, T0 + 9),
+    _old_mo(T0 + 12),
+    _mo(5, T0 + 20),
+]
 
 
 async def _fill(store: Any, account_id: str | None) -> None:
@@ -91,7 +105,7 @@ async def test_the_unattributed_replies_are_listed_newest_first_a_page_at_a_time
     r = await api.admin("GET", "/admin/mo", query="unattributed=true")
     first = r.json["mo"][0]
     assert first == {
-        "mo_id": UNATTRIBUTED[4].id,
+        "mo_id": UNATTRIBUTED[-1].id,
         "from": "+8613800000005",
         "to": "10690001",
         "smsc": "carrier-a",
@@ -119,7 +133,7 @@ async def test_none_stored_is_an_empty_page(api: ApiServer) -> None:
         ("unattributed=1&limit=0", 400, "INVALID_FIELD"),
         ("unattributed=1&limit=1001", 400, "INVALID_FIELD"),
         ("unattributed=1&cursor=mo_x", 400, "INVALID_CURSOR"),
-        ("unattributed=1&cursor=12.mo_aaaaaaaaaaaaaaaaaaaaaaa1", 400, "INVALID_CURSOR"),
+        ("unattributed=1&cursor=12.mo_aaaa-aaaa", 400, "INVALID_CURSOR"),
         ("unattributed=1&account=acme", 400, "UNKNOWN_FIELD"),
     ],
 )
