@@ -70,17 +70,6 @@ def fake_smsc() -> Iterator[tuple[int, list[str]]]:
         server.server_close()
 
 
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another program listens on."""
-    port = free_port()
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        s.listen()
-        yield port
-
-
 def _run(cfg: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
     path = tmp / "bridge.yaml"
     path.write_text(yaml.safe_dump(cfg))
