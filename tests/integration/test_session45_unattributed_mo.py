@@ -11,9 +11,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,14 @@ import pytest
 import yaml
 
 import tests.store_engines as engines
-from bridge import logs
 from bridge.cli import main as cli_main
 from bridge.ids import new_id
 from bridge.store.models import MoMessage
 from tests.conftest import run_async
 from tests.integration.conftest import ApiServer, Clock, start_api
+
+# The CLI run in this process replaces the root handlers and level and sets body masking.
+pytestmark = pytest.mark.usefixtures("logging_restored")
 
 engine = engines.engine
 
@@ -147,20 +148,6 @@ async def test_bad_queries_are_refused_by_code(
 async def test_it_needs_the_admin_token(api: ApiServer) -> None:
     r = await api.admin("GET", "/admin/mo", query="unattributed=1", token=None)
     assert r.status == 401, r.text
-
-
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI run in this process replaces the root handlers and level: put them back."""
-    root = logging.getLogger()
-    handlers, level, mask = list(root.handlers), root.level, logs.masking()
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    logs._mask = mask
 
 
 def test_the_cli_lists_the_same_pages(
