@@ -1,8 +1,9 @@
 """Composition root: builds the store, the SMPP connectors, the pipeline and the HTTP API from one
 Config, and starts and stops them in order.
 
-Start: store (migrations, crash recovery) -> simulator (if enabled) -> connectors -> pipeline ->
-HTTP. Stop (SIGTERM): HTTP answers 503 -> dispatcher stops claiming and waits for its windows
+Start: store (migrations, crash recovery) -> HTTP ports taken, not yet accepting -> simulator (if
+enabled) -> connectors -> pipeline -> HTTP served: a port in use fails the start before any SMPP
+bind. Stop (SIGTERM): HTTP answers 503 -> dispatcher stops claiming and waits for its windows
 (bounded) -> binds unbind -> receipts flushed -> HTTP closed -> store closed.
 """
 
@@ -30,6 +31,7 @@ from bridge.api.auth import Authenticator
 from bridge.api.connections import ConnectionCap, fit_fd_limit
 from bridge.api.context import OWNER_SILENT_S, ApiContext
 from bridge.api.http_errors import ENDPOINT, AppRunner, Render
+from bridge.api.listeners import Reserved, ReservedSite, check_free, listening, reserve_all
 from bridge.api.submit import Submitter
 from bridge.assignments import Assignments
 from bridge.billing import Tariffs, auto_settle, warn_low_balance
@@ -60,7 +62,7 @@ from bridge.store.base import Store, is_unavailable
 from bridge.store.models import ClockShift
 from bridge.store.purge import PurgeFailed
 from bridge.text.split import RefCounter
-from bridge.wiring import configure_store, make_sealer, open_store
+from bridge.wiring import configure_store, make_sealer, open_store, warn_open_modes
 
 log = logging.getLogger("bridge.app")
 # The supervisor names its owner's instance to the acceptors it starts (bridge/supervisor.py).
@@ -90,18 +92,6 @@ def make_router(config: Config) -> Router:
     return Router(
         [Route(r.prefix, tuple(r.smscs)) for r in config.routes], config.default_route, encodings
     )
-
-
-async def _listening(start: Awaitable[None], where: str) -> None:
-    """Await a listener's start; a refusal names the address and the setting that chose it.
-
-    Why: the bare OSError ("error while attempting to bind on address ('127.0.0.1', 8081)")
-    left the operator to guess which of the daemon's up to four ports it was."""
-    try:
-        await start
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OSError(exc.errno, f"cannot listen on {where}: {why}") from exc
 
 
 async def _check_master_key(store: Store, sealer: Sealer) -> None:
@@ -217,6 +207,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._aliyun_runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
+        self._reserved: dict[str, Reserved] = {}  # ports held until served, by setting
         self.connection_cap: ConnectionCap | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # SMSCs whose receipts that came before they were `one_per_message` may still settle
@@ -240,6 +231,19 @@ class Daemon:
             self._publish_generation(config_text)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            self._release_ports()  # a start that failed after taking them (a connector unbuilt)
+            raise
+
+    def _release_ports(self) -> None:
+        """Close the ports held and never served (see bridge/api/listeners.py)."""
+        for reserved in self._reserved.values():
+            reserved.close()
+        self._reserved.clear()
+
+    async def _start(self) -> None:
         cfg = self.config
         self.store = store = open_store(cfg)
         self.metrics.watch_store(self.role, store.write_lock_stats)
@@ -251,6 +255,7 @@ class Daemon:
         sealer = make_sealer(cfg)
         if self.role in ("all", "owner"):  # once per instance: its acceptors share the key
             await _check_master_key(store, sealer)
+            warn_open_modes(cfg, log)  # after the open: the -wal and -shm exist now
         accounts = AccountService(
             store, sealer, lambda: self.config.rules.sender_policy == "assigned"
         )
@@ -334,6 +339,12 @@ class Daemon:
         freed = await store.free_webhook_leases(int(self.clock() * 1000), at_start=True)
         if freed:  # a dead daemon's POSTs in flight: sent again now, not after their lease
             log.warning("status and MO reports in flight at a crash, due again: %d", freed)
+        # Every port before any bind: a start that fails on one (server.port in use) has not
+        # bound to the carriers for nothing (bridge/api/listeners.py).
+        if self.role == "all":
+            self._reserved = await reserve_all(cfg)
+        else:  # the owner: its acceptors listen once it has started
+            await check_free(cfg)
         if cfg.sim.enabled:
             from bridge.sim.server import SimSmsc
 
@@ -342,7 +353,7 @@ class Daemon:
                 f"{cfg.sim.host}:{cfg.sim.port} (sim.port) "
                 f"or :{cfg.sim.control_port} (sim.control_port)"
             )
-            await _listening(self.sim.start(), ports)
+            await listening(self.sim.start(), ports)
             log.info("built-in SMSC simulator on %s:%s", cfg.sim.host, self.sim.port)
 
         self.inbound = Inbound(
@@ -490,7 +501,7 @@ class Daemon:
         render: Render = render_unparsed,
         endpoint: str = ENDPOINT,
         setting: str = "server.port",
-    ) -> tuple[AppRunner, web.TCPSite]:
+    ) -> tuple[AppRunner, web.BaseSite]:
         """A listener (the API's, the admin one, the Alibaba face's), its runner set up;
         `render` and `endpoint` answer and count what the HTTP parser refuses, in the face's
         own envelope."""
@@ -513,11 +524,16 @@ class Daemon:
             auto_decompress=False,
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, host, port, reuse_address=True, reuse_port=self.role == "acceptor"
-        )
+        reserved = self._reserved.pop(setting, None)
+        site: web.BaseSite
+        if reserved is not None:
+            site = ReservedSite(runner, reserved)
+        else:  # an acceptor's: its owner checked the port before binding
+            site = web.TCPSite(
+                runner, host, port, reuse_address=True, reuse_port=self.role == "acceptor"
+            )
         try:
-            await _listening(site.start(), f"{host}:{port} ({setting})")
+            await listening(site.start(), f"{host}:{port} ({setting})")
         except OSError:
             await runner.cleanup()
             raise
@@ -923,6 +939,7 @@ class Daemon:
             self._wake_listener.close()
         if self._wake_sender is not None:
             self._wake_sender.close()
+        self._release_ports()
         if self.sim is not None:
             await self.sim.stop()
         if self.store is not None:

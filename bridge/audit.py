@@ -39,6 +39,7 @@ READ_ONLY = frozenset(
         ("tariff", "list"),
         ("dnc", "list"),
         ("audit", "list"),
+        ("mo", "list"),
     }
 )
 _SKIPPED_OPTIONS = frozenset({"--config", "-c"})

@@ -490,7 +490,9 @@ def cmd_db_after_restore(args: argparse.Namespace) -> int:
 
     async def go(svc: Any) -> int:
         from bridge.store.base import StoreError
+        from bridge.wiring import warn_open_modes
 
+        warn_open_modes(cfg, log)  # a restored copy has the mode of whoever copied it
         try:
             counts = await svc.store.after_restore(_now_ms(), dry_run=args.dry_run)
         except StoreError as exc:
@@ -504,6 +506,7 @@ def cmd_db_after_restore(args: argparse.Namespace) -> int:
 def cmd_db_backup(args: argparse.Namespace) -> int:
     """SQLite only: PostgreSQL has pg_dump, which does this job better than we would."""
     from bridge.store.sqlite_backup import BackupError, backup
+    from bridge.wiring import warn_open_modes
 
     cfg = _config(args)
     if cfg.store.engine != "sqlite":
@@ -511,6 +514,8 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
             "NOT_SQLITE: db backup copies a SQLite store; back up PostgreSQL with pg_dump "
             "(README, Running in production)"
         )
+    setup_logging(cfg, "WARNING")
+    warn_open_modes(cfg, log)  # the copy gets the store's mode
     try:
         result = backup(Path(cfg.store.path), Path(args.dest))
     except BackupError as exc:
@@ -520,7 +525,7 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from bridge.wiring import open_store
+    from bridge.wiring import open_store, warn_open_modes
 
     cfg = _config(args)
     setup_logging(cfg, "WARNING")
@@ -528,6 +533,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     async def go() -> int:
         store = open_store(cfg)
         await store.open()  # applies what is missing
+        warn_open_modes(cfg, log)
         try:
             print(
                 json.dumps(

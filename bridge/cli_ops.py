@@ -524,6 +524,33 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_mo(args: argparse.Namespace) -> int:
+    """`mo list --unattributed`: GET /admin/mo's page, read from the store (the daemon may be
+    stopped, as for `audit list`)."""
+    from bridge.api.admin_mo import mo_cursor, mo_view, parse_cursor
+    from bridge.api.errors import ApiError
+
+    if not args.unattributed:
+        raise CliError("mo list: --unattributed is required (the replies stored for no account)")
+    if not 1 <= args.limit <= 1000:
+        raise CliError("--limit: an integer from 1 to 1000")
+    try:
+        before = parse_cursor(args.cursor) if args.cursor else None
+    except ApiError as exc:
+        raise CliError(f"--cursor: {exc.message.partition(': ')[2]}") from None
+
+    async def go(ops: Ops) -> int:
+        rows = await ops.store.unattributed_mo(before, args.limit + 1)
+        page = rows[: args.limit]
+        more = len(rows) > args.limit
+        _print(
+            {"mo": [mo_view(m) for m in page], "next_cursor": mo_cursor(page[-1]) if more else None}
+        )
+        return 0
+
+    return _run(args, go)
+
+
 # -- parsers ---------------------------------------------------------------------------------------
 
 
@@ -659,3 +686,10 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     al.add_argument("--after", type=int, default=0, help="entries after this id (a page's last)")
     al.add_argument("--limit", type=int, default=100, help="entries to print (default 100)")
     aud.set_defaults(fn=cmd_audit)
+
+    mo = sub.add_parser("mo", help="replies (MOs) stored for no account")
+    ml = with_config(mo.add_subparsers(dest="action", required=True).add_parser("list"))
+    ml.add_argument("--unattributed", action="store_true", help="required: those of no account")
+    ml.add_argument("--cursor", default="", help="next_cursor of the page before")
+    ml.add_argument("--limit", type=int, default=100, help="replies to print (default 100)")
+    mo.set_defaults(fn=cmd_mo)

@@ -304,7 +304,8 @@ class ServerConfig:
     """HTTP API listener and request limits."""
 
     host: str = field(default="127.0.0.1", metadata=meta(_NONEMPTY))
-    port: int = field(default=8080, metadata=meta(between(1, 65535)))
+    # The ports have variables (as server.instance): two instances on one host share one file.
+    port: int = field(default=8080, metadata=meta(between(1, 65535), env="SMPP_BRIDGE_PORT"))
     max_body_bytes: int = field(default=1_048_576, metadata=meta(between(1024, 64 * 1_048_576)))
     clock_skew_s: int = field(default=300, metadata=meta(between(1, 3600)))
     # A short admin token is guessable; 16 characters is the floor, not a recommendation.
@@ -356,7 +357,9 @@ class ServerConfig:
     # A listener for /admin/, /metrics, /readyz, /healthz and /openapi.json only (no /v1/),
     # outside max_connections: the operator still gets in while the public ports are full.
     # null: none (those paths stay on `port` as well, in any case).
-    admin_port: int | None = field(default=None, metadata=meta(between(1, 65535)))
+    admin_port: int | None = field(
+        default=None, metadata=meta(between(1, 65535), env="SMPP_BRIDGE_ADMIN_PORT")
+    )
     admin_host: str | None = field(default=None, metadata=meta(_NONEMPTY))  # null: host
     # Reverse proxies (addresses, CIDR blocks) whose X-Forwarded-For (or Forwarded, below) is
     # believed: from such a peer, the client is the right-most address of that header that is
@@ -932,7 +935,7 @@ class AliyunConfig:
 
     enabled: bool = False
     host: str | None = None  # null = server.host
-    port: int = field(default=8081, metadata=meta(between(1, 65535)))
+    port: int = field(default=8081, metadata=meta(between(1, 65535), env="SMPP_BRIDGE_ALIYUN_PORT"))
     # SendSms carries up to 1000 numbers in the query: ~14 KB request lines.
     max_line_size: int = field(default=65_536, metadata=meta(between(8190, 1_048_576)))
     # How far a call's Timestamp may be from the server's clock. Alibaba accepts 15 minutes, and
@@ -1233,7 +1236,7 @@ def _fields(
             if ctx.env.get(env_name):  # an empty variable counts as unset (compose files)
                 raw = ctx.env[env_name]
                 source = f" (from env {env_name})"
-                if tp is int and raw.strip().isdigit():  # a variable is text
+                if tp in (int, int | None) and raw.strip().isdigit():  # a variable is text
                     raw = int(raw)
         if raw is _MISSING:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -1775,6 +1778,11 @@ def check_main(path: str | None) -> int:
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
+    if cfg.store.engine == "sqlite":
+        from bridge.store.sqlite_modes import warning
+
+        if (line := warning(Path(cfg.store.path))) is not None:  # valid all the same: exit 0
+            print(f"{origin}: warning: {line}", file=sys.stderr)
     sys.stdout.write(f"# effective configuration of {origin} (secrets masked)\n")
     sys.stdout.write(
         yaml.safe_dump(effective_config_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -3,6 +3,9 @@ the HTTP and SMPP stacks so operator commands start fast."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from bridge.config import Config
 from bridge.crypto import Sealer, load_master_key
 from bridge.store.base import Store
@@ -28,6 +31,18 @@ def open_store(config: Config) -> Store:
         store = PostgresStore(config.store.dsn)
     configure_store(store, config)
     return store
+
+
+def warn_open_modes(config: Config, log: logging.Logger) -> None:
+    """A SQLite store other users may read: one WARNING saying so (bridge/store/sqlite_modes.py).
+    Called by the daemon's owner at start (its acceptors open the same files: one line is
+    enough) and by the `db` commands."""
+    if config.store.engine != "sqlite":
+        return
+    from bridge.store.sqlite_modes import warning
+
+    if (line := warning(Path(config.store.path))) is not None:
+        log.warning(line)
 
 
 def configure_store(store: Store, config: Config) -> None:

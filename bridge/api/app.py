@@ -12,7 +12,16 @@ from typing import Any
 from aiohttp import web
 
 from bridge import audit, jsonio, logs
-from bridge.api import admin, admin_ops, admin_rules, idempotency, reports, rules_api, v1
+from bridge.api import (
+    admin,
+    admin_mo,
+    admin_ops,
+    admin_rules,
+    idempotency,
+    reports,
+    rules_api,
+    v1,
+)
 from bridge.api.bodies import (
     CLOSING_CODES,
     body_pending,
@@ -492,5 +501,6 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
     admin.add_routes(app)
     admin_ops.add_routes(app)
     admin_rules.add_routes(app)
+    admin_mo.add_routes(app)
     use_deferred_continue(app)
     return app

@@ -733,6 +733,7 @@ def _schemas() -> dict[str, Any]:
             closed=False,
         ),
         "InboundMessage": _inbound_message_schema(),
+        **_stored_mo_schemas(),
         "StatusReport": _status_report_schema(),
         "BalanceLowEvent": _balance_low_schema(),
         **_report_schemas(),
@@ -819,7 +820,8 @@ def _inbound_message_schema() -> dict[str, Any]:
         {
             "type": {"type": "string", "enum": ["message.inbound"]},
             "webhook_id": {"type": "string", "description": "the same on every retry"},
-            "mo_id": {"type": "string", "pattern": "^mo_[a-z2-7]{24}$"},
+            # Stores begun before 2026-11-30 hold MOs under the older, time-ordered form.
+            "mo_id": {"type": "string", "pattern": "^mo_([a-z2-7]{24}|[0-9A-Z]{26})$"},
             "from": {"type": "string", "description": "E.164 when international"},
             "to": {"type": "string", "description": "the address the reply went to"},
             "sign_name": _nullable(
@@ -858,6 +860,28 @@ def _inbound_message_schema() -> dict[str, Any]:
         "format (the aliyun format keeps Alibaba's SmsUp fields, with the joined text in content)"
     )
     return out
+
+
+def _stored_mo_schemas() -> dict[str, Any]:
+    """GET /admin/mo's page: each reply as its native report renders it, less the report's own
+    fields (and sign_name, which a reply stored for no account never has)."""
+    props = {
+        k: v
+        for k, v in _inbound_message_schema()["properties"].items()
+        if k not in ("type", "webhook_id", "sign_name")
+    }
+    props["text"] = _nullable({"type": "string", "description": "null once erased"})
+    mo = _obj(props)
+    mo["description"] = "A reply (MO) stored for no account"
+    page = _obj(
+        {
+            "mo": {"type": "array", "items": _schema("StoredMo")},
+            "next_cursor": _nullable(
+                {"type": "string", "description": "pass as cursor for the next page"}
+            ),
+        }
+    )
+    return {"StoredMo": mo, "MoPage": page}
 
 
 def _components() -> dict[str, Any]:
@@ -1645,6 +1669,25 @@ def _report_paths() -> dict[str, Any]:
                     _query("limit", limit, "rows to return"),
                     _query("since", {"type": "integer", "minimum": 0}, "at >= since (unix ms)"),
                     _query("until", {"type": "integer", "minimum": 0}, "at < until (unix ms)"),
+                ],
+            ),
+        },
+        "/admin/mo": {
+            "get": _admin_op(
+                "listUnattributedMo",
+                "Replies (MOs) stored for no account, newest first: no account's message went to "
+                "their sender from the address they went to, so nobody was told of them "
+                "(counted in smpp_bridge_mo_unattributed_total)",
+                {"200": _ok("MoPage", "one page"), **_errors(400)},
+                parameters=[
+                    _query(
+                        "unattributed",
+                        {"type": "string", "enum": ["1", "true"]},
+                        "required: the only listing is of the replies stored for no account",
+                        required=True,
+                    ),
+                    _query("cursor", _STR, "next_cursor of the page before"),
+                    _query("limit", limit, "rows to return"),
                 ],
             ),
         },

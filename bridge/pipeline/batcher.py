@@ -29,8 +29,15 @@ class Batcher(Generic[T]):
         max_items: int = 500,
         max_delay_s: float = 0.002,
         name: str = "batch",
+        ordered: bool = False,
     ) -> None:
+        """`ordered`: one flush at a time, each after the one before it has ended, for items
+        whose effect depends on their order (receipts: the first final one of a long message
+        stands). What comes meanwhile gathers into the next batch, so a slow flush makes the
+        next one bigger, not a queue of small ones."""
         self._flush = flush
+        self._ordered = ordered
+        self._busy = False
         self._max = max_items
         self._delay = max_delay_s
         self._name = name
@@ -61,15 +68,30 @@ class Batcher(Generic[T]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._items:
+        if not self._items or (self._ordered and self._busy):
             return
-        items, waiters = self._items, self._waiters
-        self._items, self._waiters = [], []
+        if self._ordered:
+            self._busy = True
+            n = self._max
+            items, waiters = self._items[:n], self._waiters[:n]
+            del self._items[:n], self._waiters[:n]
+        else:
+            items, waiters = self._items, self._waiters
+            self._items, self._waiters = [], []
         task = asyncio.get_running_loop().create_task(self._run(items, waiters))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
     async def _run(self, items: list[T], waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            await self._settle(items, waiters)
+        finally:
+            if self._ordered:
+                self._busy = False
+                if self._items and not _cancelling():
+                    self._start_flush()
+
+    async def _settle(self, items: list[T], waiters: list[asyncio.Future[None]]) -> None:
         try:
             await self._flush(items)
         except Exception as exc:
@@ -105,3 +127,9 @@ class Batcher(Generic[T]):
     @property
     def pending(self) -> int:
         return len(self._items)
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (a shutdown): no next flush from it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -70,7 +70,11 @@ class Inbound:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._smscs = dict(smscs)
         self._receipts: Batcher[ReceiptIn] = Batcher(
-            self._flush_receipts, max_items=1000, max_delay_s=batch_delay_s, name="receipts"
+            self._flush_receipts,
+            max_items=1000,
+            max_delay_s=batch_delay_s,
+            name="receipts",
+            ordered=True,
         )
         self.receipts = 0
         self.matched = 0

@@ -463,6 +463,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self.send_intermediate = False
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
+        # One receipt batch at a time, in the order handed over (asyncio.Lock is FIFO): two in
+        # flight on two connections could commit out of order, and with one_per_message the
+        # first committed receipt of a long message stands, not the first that came.
+        self._receipts_in_order = asyncio.Lock()
         # Told, once a write committed, how many parts (by SMSC) it settled on another part's
         # receipt (the daemon's smpp_bridge_receipts_inferred metric).
         self.on_inferred: Callable[[dict[str, int]], None] | None = None
@@ -1645,7 +1649,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             )
             return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
 
-        return await self._tx_counting(job)
+        async with self._receipts_in_order:
+            return await self._tx_counting(job)
 
     async def refresh_stats(self) -> list[str]:
         return await postgres_stats.refresh(self.pool)
@@ -2033,6 +2038,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def count_dead_webhooks(self, account_id: str | None) -> int:
         return await reports.count_dead_webhooks(self.pool, account_id)
+
+    async def unattributed_mo(self, before: tuple[int, str] | None, limit: int) -> list[MoMessage]:
+        return await reports.unattributed_mo(self.pool, before, limit)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

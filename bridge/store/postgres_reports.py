@@ -12,7 +12,8 @@ from typing import Any
 import asyncpg
 
 from bridge.domain import lifecycle as lc
-from bridge.store.models import MessageRecord, QueueGroup
+from bridge.store.mo_rows import MO_COLS, mo_message
+from bridge.store.models import MessageRecord, MoMessage, QueueGroup
 from bridge.store.postgres_tx import scalar
 
 _CDR_COLS = (
@@ -175,3 +176,26 @@ async def dead_webhooks(
             sql + " AND account_id = $1 ORDER BY id LIMIT $2", account_id, limit
         )
     return [dict(r.items()) for r in rows]
+
+
+async def unattributed_mo(
+    pool: asyncpg.Pool, before: tuple[int, str] | None, limit: int
+) -> list[MoMessage]:
+    """A page of the replies stored for no account, newest first (Store.unattributed_mo). Ids
+    compare bytewise (COLLATE "C"), as SQLite's do: a cursor means the same on both engines."""
+    if before is None:
+        rows = await pool.fetch(
+            f"SELECT {MO_COLS} FROM mo_inbox WHERE account_id IS NULL "
+            'ORDER BY received_at DESC, id COLLATE "C" DESC LIMIT $1',
+            limit,
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT {MO_COLS} FROM mo_inbox WHERE account_id IS NULL AND received_at <= $1 "
+            'AND (received_at < $1 OR id COLLATE "C" < $2) '
+            'ORDER BY received_at DESC, id COLLATE "C" DESC LIMIT $3',
+            before[0],
+            before[1],
+            limit,
+        )
+    return [mo_message(r) for r in rows]

@@ -1614,6 +1614,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             lambda c: reports.count_unmatched_receipts(c, older_than)
         )
 
+    async def unattributed_mo(self, before: tuple[int, str] | None, limit: int) -> list[MoMessage]:
+        return await self._runner.read_heavy(lambda c: reports.unattributed_mo(c, before, limit))
+
     async def count_dead_webhooks(self, account_id: str | None) -> int:
         return await self._runner.read_heavy(lambda c: reports.count_dead_webhooks(c, account_id))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from bridge.store.models import MessageRecord, QueueGroup
+from bridge.store.mo_rows import MO_COLS, mo_message
+from bridge.store.models import MessageRecord, MoMessage, QueueGroup
 
 _CDR_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, NULL, "
@@ -105,3 +106,23 @@ def count_dead_webhooks(c: sqlite3.Connection, account_id: str | None) -> int:
             (account_id,),
         ).fetchone()
     return int(row[0])
+
+
+def unattributed_mo(
+    c: sqlite3.Connection, before: tuple[int, str] | None, limit: int
+) -> list[MoMessage]:
+    """A page of the replies stored for no account, newest first (Store.unattributed_mo)."""
+    if before is None:
+        rows = c.execute(
+            f"SELECT {MO_COLS} FROM mo_inbox WHERE account_id IS NULL "
+            "ORDER BY received_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+    else:
+        at, last_id = before
+        rows = c.execute(
+            f"SELECT {MO_COLS} FROM mo_inbox WHERE account_id IS NULL AND received_at<=? "
+            "AND (received_at<? OR id<?) ORDER BY received_at DESC, id DESC LIMIT ?",
+            (at, at, last_id, limit),
+        )
+    return [mo_message(r) for r in rows]

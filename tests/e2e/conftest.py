@@ -3,10 +3,13 @@ receiver."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
 from bridge.app import Daemon
-from tests.e2e.harness import make_config, wait_until
+from tests.e2e.harness import free_port, make_config, wait_until
 
 
 @pytest.fixture
@@ -25,3 +28,14 @@ async def start_daemon(tmp_path):
     yield start
     for d in reversed(started):
         await d.stop()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on."""
+    port = free_port()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        yield port

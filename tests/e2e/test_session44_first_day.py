@@ -34,11 +34,9 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +86,6 @@ async def test_the_same_configuration_started_twice_stops_with_store_in_use(
     finally:
         second.stop()
         first.stop()
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another program listens on."""
-    port = free_port()
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        s.listen()
-        yield port
 
 
 @pytest.mark.parametrize("setting", ["server.port", "aliyun.port", "sim.port", "server.admin_port"])

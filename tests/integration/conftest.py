@@ -19,6 +19,7 @@ import asyncio
 import base64
 import http.client
 import json
+import logging
 import os
 import re
 import secrets
@@ -38,6 +39,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
+from bridge import logs
 from bridge.accounts import AccountService
 from bridge.api.app import make_app
 from bridge.api.auth import Authenticator
@@ -700,3 +702,18 @@ def threaded_api(tmp_path: Path) -> Iterator[ThreadedApi]:
     api = ThreadedApi(tmp_path)
     yield api
     api.close()
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """For tests that run the CLI in this process, which replaces the root handlers and level
+    (bridge.logs.configure) and sets body masking: put them back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level, mask = list(root.handlers), root.level, logs.masking()
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    logs._mask = mask

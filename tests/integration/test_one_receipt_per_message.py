@@ -65,6 +65,9 @@ async def start(
 ) -> AsyncIterator[Callable[..., Any]]:
     """start(receipt_parts, receipts, **smsc) -> a started daemon (stopped after the test)."""
     started: list[Daemon] = []
+    # Asked for here, not inside go(): a fixture first asked for during the test is torn down
+    # before this one, and the database went away under daemons still stopping.
+    store = store_section(engine, tmp_path, request)
 
     async def go(receipt_parts: str, receipts: str | None, **smsc: Any) -> Daemon:
         entry = {"name": "sim", **smsc}
@@ -72,7 +75,7 @@ async def start(
             entry["receipts"] = receipts
         data = config_dict(
             tmp_path,
-            store=store_section(engine, tmp_path, request),
+            store=store,
             sim={"receipt_parts": receipt_parts},
             smscs=[entry],
         )

@@ -1,4 +1,4 @@
-"""The indexes each message costs PostgreSQL (migration 32, README Architecture note 20).
+"""The indexes each message costs PostgreSQL (migration 32, README Architecture note 21).
 
 Every update of a message row changes an indexed column, so each of its versions (the insert,
 the claim, the submit results, the receipt) is an entry in every index whose condition it meets:

@@ -82,7 +82,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ from aiohttp.test_utils import TestServer
 from alibabacloud_dysmsapi20170525 import models
 
 import tests.store_engines as engines
-from bridge import audit, logs, review
+from bridge import audit, review
 from bridge.cli import main as cli_main
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.retention import DAY_MS, Retention
@@ -109,6 +109,9 @@ from tests.integration.test_aliyun_api import (
     local_midnight_ms,
 )
 from tests.sending import TEST_INTERNATIONAL
+
+# The CLI run in this process replaces the root handlers and level and sets body masking.
+pytestmark = pytest.mark.usefixtures("logging_restored")
 
 engine = engines.engine
 
@@ -672,6 +675,7 @@ def _classify(argv: list[str]) -> tuple[str, str] | None:
         (["secrets", "reseal"], "cli secrets reseal"),
         (["secrets", "reseal", "--dry-run"], None),
         (["audit", "list", "--limit", "5"], None),
+        (["mo", "list", "--unattributed"], None),
         # not store commands (no _with_services): never asked
         (["db", "migrate"], "cli db migrate"),
     ],
@@ -709,21 +713,6 @@ def _store_conf(engine: engines.EngineHandle, tmp_path: Path) -> dict[str, Any]:
     if engine.name == "postgres":
         return {"engine": "postgres", "dsn": engine.location}
     return {"engine": "sqlite", "path": str(tmp_path / "cli.db")}
-
-
-@pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """The CLI run in this process replaces the root handlers and level (bridge.logs.configure)
-    and sets body masking: put them back for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level, mask = list(root.handlers), root.level, logs.masking()
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    logs._mask = mask
 
 
 def _cli(capsys: pytest.CaptureFixture[str], cfg: Path, *argv: str) -> tuple[int, Any]:

@@ -149,3 +149,38 @@ async def test_batches_keep_arrival_order() -> None:
     await b.drain()
     assert [x for batch in sink.batches for x in batch] == list(range(50))
     assert all(len(batch) <= 7 for batch in sink.batches)
+
+
+async def test_ordered_runs_one_flush_at_a_time_and_gathers_what_came_meanwhile() -> None:
+    """Receipts: a batch must not start before the one before it has ended (on PostgreSQL two in
+    flight could commit out of order); what arrives meanwhile goes out together, in order,
+    split at the size."""
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    b: Batcher[int] = Batcher(sink, max_items=3, max_delay_s=0.001, ordered=True)
+    first = b.add(0)
+    await asyncio.sleep(0.01)
+    assert sink.batches == [[0]]  # in flight, held
+    later = [b.add(i) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    assert sink.batches == [[0]] and b.pending == 5  # none started beside it
+    sink.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 1.0)
+    assert sink.batches == [[0], [1, 2, 3], [4, 5]]
+
+
+async def test_ordered_goes_on_after_a_failed_flush() -> None:
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    sink.fail_if = 0
+    b: Batcher[int] = Batcher(sink, max_items=10, max_delay_s=0.001, ordered=True)
+    bad = b.add(0)
+    await asyncio.sleep(0.01)
+    good = b.add(1)
+    sink.gate.set()
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(bad, 1.0)
+    await asyncio.wait_for(good, 1.0)
+    assert sink.done == [[1]]
+    await b.drain()
+    assert b.pending == 0

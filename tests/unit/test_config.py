@@ -571,8 +571,28 @@ def test_env_fills_a_secret_absent_from_yaml_and_empty_env_is_unset() -> None:
     assert cfg.server.admin_token == "z" * 16
 
 
-def test_env_only_overrides_secrets() -> None:
+def test_env_overrides_only_the_settings_that_name_a_variable() -> None:
     assert parse(minimal(), {"SMPP_BRIDGE_SERVER_PORT": "1"}).server.port == 8080
+    assert parse(minimal(), {"SMPP_BRIDGE_MAX_BODY_BYTES": "2048"}).server.max_body_bytes > 2048
+
+
+def test_the_listening_ports_come_from_the_environment() -> None:
+    """Two instances on one host run one file: each its own ports."""
+    data = minimal(server={"port": 8080, "admin_port": 9090}, aliyun={"enabled": True})
+    env = {
+        "SMPP_BRIDGE_PORT": "8180",
+        "SMPP_BRIDGE_ADMIN_PORT": "9190",
+        "SMPP_BRIDGE_ALIYUN_PORT": "8181",
+    }
+    cfg = parse(data, env)
+    assert (cfg.server.port, cfg.server.admin_port, cfg.aliyun.port) == (8180, 9190, 8181)
+    # The admin listener is off by default: the variable alone turns it on.
+    assert parse(minimal(), {"SMPP_BRIDGE_ADMIN_PORT": "9190"}).server.admin_port == 9190
+    assert parse(data, {"SMPP_BRIDGE_PORT": ""}).server.port == 8080  # empty is unset
+    assert errors_of(minimal(), {"SMPP_BRIDGE_PORT": "80x", "SMPP_BRIDGE_ADMIN_PORT": "0"}) == [
+        "server.port: expected an integer, got '80x' (from env SMPP_BRIDGE_PORT)",
+        "server.admin_port: must be between 1 and 65535, got 0 (from env SMPP_BRIDGE_ADMIN_PORT)",
+    ]
 
 
 def test_bad_env_value_names_the_variable_but_not_the_value() -> None:

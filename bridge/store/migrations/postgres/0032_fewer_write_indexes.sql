@@ -1,4 +1,4 @@
--- Fewer index entries per message written (README, Architecture note 20). Every update of a
+-- Fewer index entries per message written (README, Architecture note 21). Every update of a
 -- message row changes an indexed column (the queue's state, the state `messages_open` follows),
 -- so each is a new row version with an entry in every index whose condition it meets; the
 -- indexes on columns that never change are paid at the insert and at each of those updates.
