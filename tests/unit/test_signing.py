@@ -1261,3 +1261,28 @@ def test_any_body_change_is_caught(body: bytes, data: st.DataObject) -> None:
     with pytest.raises(SignatureError) as exc:
         server_verify(headers, body=bytes(changed))
     assert exc.value.code == "BODY_HASH_MISMATCH"
+
+
+def test_sign_is_the_plain_hmac_for_each_key_in_turn() -> None:
+    """`sign` reuses each key's keyed state: keys used in turn, as str and as bytes, each sign
+    as a fresh HMAC-SHA256 would, and one key's state never leaks into another's."""
+    keys = ["k-one-0123456789", "k-two-0123456789", b"k-three-bytes", "k-one-0123456789"]
+    for i, key in enumerate(keys * 3):
+        text = f"{ALGORITHM}\n2026-11-29T08:00:0{i % 10}Z\n{'ab' * 32}"
+        raw = key.encode() if isinstance(key, str) else key
+        assert sign(key, text) == hmac.new(raw, text.encode(), hashlib.sha256).hexdigest()
+
+
+def test_signed_header_not_utf8_is_refused_by_name() -> None:
+    """A signed header with bytes that are not UTF-8 (surrogates as aiohttp decodes them) is
+    refused naming it; one with UTF-8 beyond ASCII verifies."""
+    headers = signed_example()
+    headers["Idempotency-Key"] = "order-\udcff"  # checked before the signature
+    auth = parse_authorization(headers["Authorization"])
+    with pytest.raises(SignatureError) as exc:
+        verify_signature(SECRET, "POST", "/v1/messages", "", headers, BODY, auth)
+    assert code_of(exc) == "SIGNATURE_MISMATCH"
+    assert exc.value.message == "header 'idempotency-key' is not valid UTF-8"
+    headers = signed_example(headers={**BASE_HEADERS, "Idempotency-Key": "order-é"})
+    auth = parse_authorization(headers["Authorization"])
+    verify_signature(SECRET, "POST", "/v1/messages", "", headers, BODY, auth)
