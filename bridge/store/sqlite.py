@@ -6,7 +6,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,19 @@ _AUTHORIZE_SQL = (
     + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
     + " FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
 )
+_AUTHORIZE_WIDTH = 1 + len(_ACCOUNT_COLS.split(","))
+
+
+@lru_cache(maxsize=64)
+def _authorize_facts_sql(facts_cols: str) -> str:
+    """_AUTHORIZE_SQL with a send's facts (sqlite_rules.one_facts_query) after its columns."""
+    head, _, _ = _AUTHORIZE_SQL.partition(" FROM ")
+    return (
+        f"{head}, {facts_cols} FROM app_keys k JOIN accounts a ON a.id = k.account_id "
+        "WHERE k.key_id=:key_id"
+    )
+
+
 _MESSAGE_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
@@ -486,6 +499,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             for s in m.segments
         ]
 
+        recipients = tuple(m.recipient for m in batch.messages)
+        one_facts = (
+            None
+            if batch.rules is None
+            else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
+        )
+
         def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
             # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
@@ -516,10 +536,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         def accept_writes(c: sqlite3.Connection, wrote: dict[str, Any]) -> AcceptOutcome:
             tps = batch.tps
+            facts_row: list[Any] = []
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
                 outcome, account = _authorize(
-                    c, batch.key_id, batch.nonce, batch.nonce_expires_at, now, replaced
+                    c,
+                    batch.key_id,
+                    batch.nonce,
+                    batch.nonce_expires_at,
+                    now,
+                    replaced,
+                    None if one_facts is None else (*one_facts, facts_row),
                 )
                 if outcome == "ok":
                     wrote["nonce"] = replaced[0] if replaced else None
@@ -568,8 +595,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
-                recipients = tuple(m.recipient for m in batch.messages)
-                facts = sqlite_rules.read_facts(c, batch.account_id, batch.rules, recipients, now)
+                if facts_row:  # read with the key
+                    facts = sqlite_rules.facts_of_row(recipients[0], facts_row)
+                elif one_facts is not None:
+                    facts = sqlite_rules.read_one(c, one_facts, recipients[0])
+                else:
+                    facts = sqlite_rules.read_facts(
+                        c, batch.account_id, batch.rules, recipients, now
+                    )
                 decision = adm.decide(batch.rules, facts, now)
                 if isinstance(decision, adm.Refusal):
                     raise _Refused(decision)  # rolls back the idempotency record too
@@ -1730,10 +1763,23 @@ def _authorize(
     expires_at: int,
     now: int,
     replaced: list[int] | None = None,
+    facts: tuple[str, dict[str, Any], list[Any]] | None = None,
 ) -> tuple[str, Account | None]:
     """Outcome and account; the nonce recorded when "ok". An expired record of the same nonce
-    is replaced, its expiry added to `replaced` (an accept refused later restores it)."""
-    row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
+    is replaced, its expiry added to `replaced` (an accept refused later restores it).
+
+    `facts`: the columns and arguments of `sqlite_rules.one_facts_query`, read in the key's
+    statement (one statement instead of two, ~4 µs of each accept's write lock); their values
+    are appended to its list. Read before the nonce and idempotency writes, they read the same:
+    neither writes what they read."""
+    if facts is None:
+        row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
+    else:
+        cols, args, out = facts
+        row = c.execute(_authorize_facts_sql(cols), {**args, "key_id": key_id}).fetchone()
+        if row is not None:
+            out.extend(row[_AUTHORIZE_WIDTH:])
+            row = row[:_AUTHORIZE_WIDTH]
     if row is None:
         return "unknown_key", None
     account = _account(row[1:])

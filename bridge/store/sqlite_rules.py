@@ -99,8 +99,9 @@ _TEMPLATE_STATUS = (
 
 
 @lru_cache(maxsize=64)
-def _one_sql(history: str | None, prefixes: int) -> str:
-    """Everything a one-recipient send needs, in one statement (the usual request)."""
+def _one_cols(history: str | None, prefixes: int) -> str:
+    """Everything a one-recipient send needs, as the columns of one statement over the account
+    `a` (the usual request): read alone (`_one_sql`) or with the key (`sqlite._authorize`)."""
     hist = (
         "(SELECT json_group_array(accepted_at) FROM messages WHERE account_id=a.id "
         f"AND recipient=:to AND accepted_at>:since AND {_HISTORY_COND[history]} "
@@ -110,7 +111,7 @@ def _one_sql(history: str | None, prefixes: int) -> str:
     )
     marks = ",".join(f":p{i}" for i in range(prefixes))
     return (
-        "SELECT a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
+        "a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
         f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
@@ -121,14 +122,24 @@ def _one_sql(history: str | None, prefixes: int) -> str:
         f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})) ELSE 0 END, "
         f"{hist}, "
         "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
-        "WHERE account_id=a.id AND :pockets) "
-        "FROM accounts a WHERE a.id=:acc"
+        "WHERE account_id=a.id AND :pockets)"
     )
 
 
-def _read_facts_one(
-    c: sqlite3.Connection, account_id: str, rules: adm.Rules, number: str, now: int
-) -> adm.Facts:
+@lru_cache(maxsize=64)
+def _one_sql(cols: str) -> str:
+    return f"SELECT {cols} FROM accounts a WHERE a.id=:acc"
+
+
+def one_facts_query(
+    account_id: str, rules: adm.Rules, recipients: tuple[str, ...], now: int
+) -> tuple[str, dict[str, Any]] | None:
+    """The columns (over the account `a`) and named arguments that read a one-recipient send's
+    facts in one statement; None for a send `read_facts` reads otherwise (several recipients,
+    or signs). `facts_of_row` reads the row those columns give."""
+    if len(recipients) != 1 or rules.more_signs:
+        return None
+    number = recipients[0]
     fr = rules.frequency
     limited = fr is not None and number in fr.numbers
     prefixes = number_prefixes(number)
@@ -145,7 +156,12 @@ def _read_facts_one(
     if limited:
         assert fr is not None
         args.update(since=now - DAY_MS, fsign=dict(fr.sign_of())[number], ftpl=fr.template)
-    row = c.execute(_one_sql(fr.kind if limited else None, len(prefixes)), args).fetchone()
+    return _one_cols(fr.kind if limited else None, len(prefixes)), args
+
+
+def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
+    """The facts of a one-recipient send from the columns of `one_facts_query` (None: the
+    account is gone)."""
     if row is None:
         row = (0, "prepaid", 0, 0, 0, None, None, 0, 0, None, None)
     quota, kind, threshold, warned, day_count, sign, template, opted, blocked, hist, pockets = row
@@ -165,6 +181,12 @@ def _read_facts_one(
     )
 
 
+def read_one(c: sqlite3.Connection, query: tuple[str, dict[str, Any]], number: str) -> adm.Facts:
+    """The facts of a one-recipient send, `query` as `one_facts_query` made it."""
+    cols, args = query
+    return facts_of_row(number, c.execute(_one_sql(cols), args).fetchone())
+
+
 def read_facts(
     c: sqlite3.Connection,
     account_id: str,
@@ -172,8 +194,9 @@ def read_facts(
     recipients: tuple[str, ...],
     now: int,
 ) -> adm.Facts:
-    if len(recipients) == 1 and not rules.more_signs:
-        return _read_facts_one(c, account_id, rules, recipients[0], now)
+    one = one_facts_query(account_id, rules, recipients, now)
+    if one is not None:
+        return read_one(c, one, recipients[0])
     day = adm.day_key(now, rules.tz)
     # The account's live settings, today's count and the two statuses in one statement.
     acc = c.execute(

@@ -604,6 +604,41 @@ async def test_send_path_with_rules_checks_key_account_and_nonce(store: Store) -
     assert await store.use_nonce("K1", "n8", NOW + 5 * MIN, NOW) is True
 
 
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_each_refusal_of_a_signed_accept(store: Store, case: str) -> None:
+    """A signed send reads its facts with its key (SQLite: one statement for both): each rule
+    refuses it as it refuses an unsigned one, its nonce is given back, and once the rule no
+    longer refuses, the same request goes through."""
+    m, rules, now = await _refusal_case(store, case)
+    await store.add_key(key("K1"), max_active=2)
+    b = replace(signed("m_x", "n_x"), messages=(m,), rules=rules)
+    out = await store.accept(b, now)
+    assert out.refusal is not None and out.refusal.code == case
+    assert out.auth_refusal is None
+    if case == "INSUFFICIENT_BALANCE":
+        b = replace(b, rules=billed(m, amount=1000))
+        assert (await store.accept(b, now)).accepted
+        assert await cash(store) == 0
+    else:
+        assert await store.use_nonce("K1", "n_x", NOW + 5 * MIN, now) is True  # given back
+
+
+async def test_a_signed_accept_reads_the_facts_of_its_own_account(store: Store) -> None:
+    """Another account's key is unknown whatever that account's facts; a key of the account
+    sees the facts of the account (its opt-outs, its day count), none of another's."""
+    await funded(store, 10_000, daily_quota=1)
+    await store.create_account(account("acc_b"))
+    await store.add_key(replace(key("KB"), account_id="acc_b"), max_active=2)
+    await store.add_key(key("K1"), max_active=2)
+    await store.add_optouts("acc_b", [CN], "mo", NOW)
+    other = await store.accept(signed("m_b", "n_b", kid="KB"), NOW)
+    assert (other.accepted, other.auth_refusal) == (False, "unknown_key")
+    assert (await store.accept(signed("m_1", "n_1"), NOW)).accepted  # acc_b's opt-out
+    quota = await store.accept(signed("m_2", "n_2"), NOW)  # acc_a's quota of 1 a day
+    assert quota.refusal is not None and quota.refusal.code == "DAILY_QUOTA_EXCEEDED"
+    assert await ids(store) == ["m_1"]
+
+
 async def test_a_replay_refused_twice_keeps_the_first_requests_records(store: Store) -> None:
     """A refused accept takes back only what it wrote itself: a replay (same nonce, same
     idempotency key) must not erase the nonce or the idempotency record of the request it
