@@ -1769,7 +1769,7 @@ def _authorize(
     is replaced, its expiry added to `replaced` (an accept refused later restores it).
 
     `facts`: the columns and arguments of `sqlite_rules.one_facts_query`, read in the key's
-    statement (one statement instead of two, ~4 µs of each accept's write lock); their values
+    statement (one statement instead of two: ~1.2 µs less of each accept's write lock); their values
     are appended to its list. Read before the nonce and idempotency writes, they read the same:
     neither writes what they read."""
     if facts is None:
