@@ -23,7 +23,11 @@ status, its signs, templates, `marketing` and `raw_text`, or the senders assignm
 row records an end under way for a sweep to finish (SQLite's pending_ends and sender_walk, whose
 PostgreSQL migrations are no-ops). In pages of their own, a claim between two pages would send a
 disabled account's messages, and a process stopped part-way would leave them to be sent. So the
-change and its ends commit together, as before. What that transaction holds is as before:
+change and its ends commit together, as before. Its cost at a million waiting
+(scripts/bench_pg_ends.py, README note 18): minutes in one transaction, GBs of WAL, and every
+account's claims seconds each, as they skip the rows it holds; a close's masking statement past
+the pool's command_timeout, the whole close undone. Pages need a `pending_ends` of PostgreSQL's
+own (a migration). What that transaction holds is as before:
 
 - an account-wide end first locks every message it covers in one statement that answers a
   count (in id order, the pipeline's lock order, waiting for a claim scan's rows rather than
