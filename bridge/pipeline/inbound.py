@@ -74,7 +74,11 @@ class Inbound:
             max_items=1000,
             max_delay_s=batch_delay_s,
             name="receipts",
-            ordered=True,
+            # The first final receipt of a long message stands (one_per_message): where the
+            # store could commit two batches out of order, one at a time. Not on SQLite, which
+            # commits them in order anyway: there it cost receipt p99 (3-part, 143 against 121
+            # ms), each batch waiting for the one before it to be synced.
+            ordered=not getattr(store, "commits_in_order", False),
         )
         self.receipts = 0
         self.matched = 0

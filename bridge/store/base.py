@@ -204,6 +204,11 @@ class Store(Protocol):
     # Set by configure_store at opening and at each reload; the engines' roll-ups read it from
     # their connection, so no store function takes it as a parameter.
     quota_tz: str
+    # Whether writes handed over one after another commit in that order: SQLite's group commit
+    # runs its jobs in turn on one connection; PostgreSQL's take pooled connections and race.
+    # Callers whose writes must keep their order (the receipts' batcher) keep one in flight
+    # where they would not.
+    commits_in_order: bool
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -424,6 +424,7 @@ def _server_of(dsn: str) -> str:
 
 class PostgresStore(RulesStoreMixin, RetentionMixin):
     engine = "postgres"
+    commits_in_order = False  # each transaction on a pooled connection of its own
 
     def __init__(
         self,

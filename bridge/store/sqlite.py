@@ -135,6 +135,7 @@ _QUEUE_START: tuple[Any, ...] = ("", -(1 << 62), 0)
 
 class SqliteStore(RulesStoreMixin, RetentionMixin):
     engine = "sqlite"
+    commits_in_order = True  # one connection, its group commit's jobs in turn
 
     def __init__(self, path: str | Path, *, linger_ms: float = 0.0, max_batch: int = 500) -> None:
         self.path = Path(path)
