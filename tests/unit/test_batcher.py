@@ -184,3 +184,17 @@ async def test_ordered_goes_on_after_a_failed_flush() -> None:
     assert sink.done == [[1]]
     await b.drain()
     assert b.pending == 0
+
+
+@pytest.mark.parametrize(("in_order", "ordered"), [(True, False), (False, True)])
+def test_receipts_are_kept_in_order_where_the_store_could_commit_them_out_of_it(
+    in_order: bool, ordered: bool
+) -> None:
+    """PostgreSQL (commits_in_order False) gets one receipts batch at a time; SQLite, whose
+    group commit keeps the order, keeps several in flight (ordered cost it receipt latency)."""
+    from bridge.pipeline.inbound import Inbound
+
+    class Store:
+        commits_in_order = in_order
+
+    assert Inbound(Store(), {})._receipts._ordered is ordered  # type: ignore[arg-type]
