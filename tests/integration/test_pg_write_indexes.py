@@ -22,6 +22,7 @@ from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_rules as rules_sql
 from bridge.store.models import AcceptBatch, Account
 from bridge.store.postgres import PostgresStore
+from tests.integration.test_pg_accept_cost import _wal_by_table
 from tests.messages import one_part
 
 NOW = 1_700_000_000_000
@@ -38,16 +39,6 @@ async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
         yield s
     finally:
         await s.close()
-
-
-def _wal_by_table(plan: dict[str, Any], out: dict[str, int]) -> dict[str, int]:
-    """The WAL records of each table's writes (as test_pg_accept_cost reads them)."""
-    if plan.get("Node Type") == "ModifyTable":
-        table = plan["Relation Name"]
-        out[table] = max(out.get(table, 0), plan["WAL Records"])
-    for sub in plan.get("Plans", ()):
-        _wal_by_table(sub, out)
-    return out
 
 
 async def _wal(store: PostgresStore, sql: str, *args: Any) -> dict[str, int]:
