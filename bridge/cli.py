@@ -681,6 +681,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
+def _daemon_url() -> str:
+    """`send`'s and `status`'s daemon: SMPP_BRIDGE_URL, else this host at the port the daemon
+    takes from SMPP_BRIDGE_PORT (server.port; two instances on one host each have their own),
+    else 8080. An empty variable counts as unset, as in the configuration."""
+    if url := os.environ.get("SMPP_BRIDGE_URL"):
+        return url
+    port = os.environ.get("SMPP_BRIDGE_PORT", "").strip()
+    return f"http://127.0.0.1:{port if port.isdigit() else 8080}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smpp-bridge", description="Signed HTTP to SMPP SMS gateway")
     p.add_argument("--version", action="version", version=f"smpp-bridge {__version__}")
@@ -831,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     backed.set_defaults(fn=cmd_db_backup)
 
     send = sub.add_parser("send", help="send a message through a running daemon")
-    send.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))
+    send.add_argument("--url", default=_daemon_url())
     send.add_argument("--credentials", help="JSON file with app_key and app_secret")
     send.add_argument("--to", nargs="+", default=[])
     body = send.add_mutually_exclusive_group()
@@ -846,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "status", help="binds, queue depth and throughput of a running daemon (admin API)"
     )
-    st.add_argument("--url", default=os.environ.get("SMPP_BRIDGE_URL", "http://127.0.0.1:8080"))
+    st.add_argument("--url", default=_daemon_url())
     st.add_argument(
         "--token", help="admin token (default: env SMPP_BRIDGE_ADMIN_TOKEN, which ps cannot see)"
     )
