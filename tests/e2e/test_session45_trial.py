@@ -33,6 +33,7 @@ from tests.e2e.harness import (
     make_config,
     wait_until,
 )
+from tests.e2e.test_session44_first_day import _run
 
 
 class _Recorder(socketserver.BaseRequestHandler):
@@ -68,17 +69,6 @@ def fake_smsc() -> Iterator[tuple[int, list[str]]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def _run(cfg: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp / "bridge.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,  # a supervisor restarting its acceptors never ends
-    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
