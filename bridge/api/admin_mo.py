@@ -20,7 +20,7 @@ from bridge.api.context import query_of
 from bridge.api.errors import ApiError
 from bridge.api.reports import query_params
 from bridge.api.v1 import ctx_of, json_response
-from bridge.api.views import iso
+from bridge.api.views import mo_report
 from bridge.store.models import MoMessage
 
 # (received_at, id) of a page's last reply: ids are hashes, not time-ordered, so both. Both
@@ -31,19 +31,11 @@ _YES = ("1", "true")
 
 
 def mo_view(mo: MoMessage) -> dict[str, Any]:
-    """An MO as its native webhook report renders it, less the report's own fields."""
-    return {
-        "mo_id": mo.id,
-        "from": mo.source,
-        "to": mo.destination,
-        "smsc": mo.smsc,
-        "text": mo.text,
-        "text_hex": mo.text_hex,
-        "received_at": iso(mo.received_at),
-        "incomplete": mo.incomplete,
-        "parts_total": mo.parts_total,
-        "parts_received": None if mo.parts_received is None else list(mo.parts_received),
-    }
+    """An MO as its native webhook report renders it (views.mo_report), less the report's own
+    fields: its type, and the sign name of the message it answers (these answer none)."""
+    view = mo_report(mo)
+    del view["type"], view["sign_name"]
+    return view
 
 
 def mo_cursor(mo: MoMessage) -> str:

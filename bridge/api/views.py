@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.store.models import MessageRecord, SegmentRecord
+from bridge.store.models import MessageRecord, MoMessage, SegmentRecord
 
 
 def iso(ms: int | None) -> str | None:
@@ -92,4 +92,27 @@ def status_report(m: MessageRecord) -> dict[str, Any]:
         "submitted_at": iso(m.sent_at),
         "done_at": iso(m.done_at),
         "receipt_inferred_from": inferred_from(m),
+    }
+
+
+def mo_report(mo: MoMessage) -> dict[str, Any]:
+    """The webhook body for one MO (report_format native), less its webhook_id; the admin API
+    lists stored MOs with the same fields (api/admin_mo.py)."""
+    return {
+        "type": "message.inbound",
+        "mo_id": mo.id,
+        "from": mo.source,
+        "to": mo.destination,
+        "sign_name": mo.sign_name,  # of the message this replies to
+        "text": mo.text,
+        "smsc": mo.smsc,
+        "received_at": iso(mo.received_at),
+        # A long MO whose other parts never came, delivered with the ones that did (text joined
+        # with " ... " at the gaps); false, with nulls, for every complete MO.
+        "incomplete": mo.incomplete,
+        "parts_total": mo.parts_total,
+        "parts_received": None if mo.parts_received is None else list(mo.parts_received),
+        # The text is the hex of the octets: a binary coding's data, or octets that are not
+        # text in their coding (README, MO): "48656c6c6f" is not the digits sent.
+        "text_hex": mo.text_hex,
     }

@@ -24,7 +24,7 @@ from bridge import callback_urls, jsonio, logs
 from bridge.accounts import AccountService
 from bridge.aio import idle_wait_s, wait_event
 from bridge.api import signing
-from bridge.api.views import iso, status_report
+from bridge.api.views import mo_report, status_report
 from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
 from bridge.crypto import MasterKeyError
@@ -291,24 +291,7 @@ class WebhookSender:
                     sign_name=mo.sign_name,
                     extension_base=senders.extension_base(account.senders),
                 )
-            item = {
-                "type": "message.inbound",
-                "mo_id": mo.id,
-                "from": mo.source,
-                "to": mo.destination,
-                "sign_name": mo.sign_name,  # of the message this replies to
-                "text": mo.text,
-                "smsc": mo.smsc,
-                "received_at": iso(mo.received_at),
-                # A long MO whose other parts never came, delivered with the ones that did (text
-                # joined with " ... " at the gaps); false, with nulls, for every complete MO.
-                "incomplete": mo.incomplete,
-                "parts_total": mo.parts_total,
-                "parts_received": None if mo.parts_received is None else list(mo.parts_received),
-                # The text is the hex of the octets: a binary coding's data, or octets that are
-                # not text in their coding (README, MO): "48656c6c6f" is not the digits sent.
-                "text_hex": mo.text_hex,
-            }
+            item = mo_report(mo)
         elif job.webhook_id.endswith(_SENT_SUFFIX) and job.webhook_id.startswith("st_"):
             rendered = await self._sent_report(job)
             if rendered is None:
