@@ -8,16 +8,13 @@ OpenAPI document by the ApiServer).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import tests.store_engines as engines
 from bridge.cli import main as cli_main
@@ -25,6 +22,7 @@ from bridge.ids import new_id
 from bridge.store.models import MoMessage
 from tests.conftest import run_async
 from tests.integration.conftest import ApiServer, Clock, start_api
+from tests.integration.test_session13_review3 import _write_config
 
 # The CLI run in this process replaces the root handlers and level and sets body masking.
 pytestmark = pytest.mark.usefixtures("logging_restored")
@@ -166,17 +164,7 @@ def test_the_cli_lists_the_same_pages(
         store: dict[str, Any] = {"engine": "postgres", "dsn": engine.location}
     else:
         store = {"engine": "sqlite", "path": engine.location}
-    cfg = tmp_path / "bridge.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "store": store,
-                "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
-                "smscs": [{"name": "main", "system_id": "bridge"}],
-                "logging": {"level": "WARNING"},
-            }
-        )
-    )
+    cfg = _write_config(tmp_path, store)
     seen: list[str] = []
     cursor = ""
     while True:
