@@ -95,9 +95,12 @@ async def reserve_all(config: Config, *, reuse_port: bool = False) -> dict[str, 
 async def check_free(config: Config) -> None:
     """The owner of acceptor processes (server.workers): its acceptors will listen on these
     ports (SO_REUSEPORT among themselves), so it only checks that nothing else holds them
-    before it binds, and lets them go. Taken without SO_REUSEPORT, a port that another
-    program, or another daemon's acceptors, listen on is refused."""
-    held = await reserve_all(config, reuse_port=False)
+    before it binds, and lets them go. Taken with SO_REUSEPORT as they will be: a port another
+    program listens on is refused, but not one the acceptors of this daemon's previous owner
+    still hold for a moment after it was killed (they stop once they see it gone). Taken
+    without, that restart was refused "address in use" (the PostgreSQL chaos soak's owner kill).
+    Another daemon's acceptors, of the same user, are not told apart from those."""
+    held = await reserve_all(config, reuse_port=True)
     for r in held.values():
         r.close()
         await r.server.wait_closed()
