@@ -113,6 +113,7 @@ from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
 from bridge.store.postgres_tx import T, create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_webhooks import UnsureWebhookClaims
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
 log = logging.getLogger("bridge.store")
@@ -453,6 +454,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # One give-back at a time (a claim's and the sweeper's reclaim's): one that read its
         # messages before a claim took them again would give back what is being sent.
         self._giving_back = asyncio.Lock()
+        # The same for webhook claims: due again before the next webhook claim (postgres_webhooks).
+        self._unsure_webhooks = UnsureWebhookClaims()
         self._rr = 0
         # Per-account group commit of accepts under the sending rules (see _drain_account).
         self._account_queue: dict[
@@ -527,6 +530,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if self._pool is not None:
             await self._confirm.close()
             await self._give_back_at_close()
+            await self._unsure_webhooks.give_back_at_close(
+                self.pool, round(self._local_clock() * 1000), CLOSE_TIMEOUT_S
+            )
             pool, self._pool = self._pool, None
             try:  # a partition would hold a graceful close for as long as it lasts
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -1895,9 +1901,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         """Due outbox rows, leased for `lease_ms` by `holder`: rows another instance is
         claiming are skipped, so each report is handed to one sender (if it dies mid-POST,
         `free_webhook_leases` gives them back); none of the accounts in `exclude` (this
-        sender's POSTs to them are at their cap)."""
+        sender's POSTs to them are at their cap). What an earlier claim whose COMMIT got no
+        answer leased is due again first (postgres_webhooks)."""
+        await self._unsure_webhooks.give_back(self.pool, now)
+        taken: list[int] = []
 
         async def job(c: asyncpg.Connection) -> list[WebhookJob]:
+            taken.clear()  # a retried run: the rolled-back one leased nothing
             rows = await c.fetch(
                 "WITH due AS (SELECT id, next_attempt_at FROM webhook_outbox "
                 "WHERE state = 'pending' AND next_attempt_at <= $1 "
@@ -1916,6 +1926,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 list(exclude),
                 holder,
             )
+            taken.extend(r[0] for r in rows)
             rows = sorted(rows, key=lambda r: (r[9], r[0]))
             return [
                 WebhookJob(
@@ -1933,7 +1944,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 for r in rows
             ]
 
-        return await run_tx(self.pool, job, durable=False)
+        try:
+            return await run_tx(self.pool, job, durable=False)
+        except BaseException:
+            # The COMMIT may have landed as the connection broke (or as a stop cancelled it):
+            # the reports would stay leased by this live instance, unposted, for the lease.
+            self._unsure_webhooks.add(taken, holder, now + lease_ms)
+            raise
 
     async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None:
         async def job(c: asyncpg.Connection) -> None:

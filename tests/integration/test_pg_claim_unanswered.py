@@ -44,12 +44,14 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 
 
 class CommitAnswerLost:
-    """TCP to PostgreSQL. Armed, the first connection that sends the claim's statement has its
-    next COMMIT forwarded, the server's answer to it read and dropped, and then the client's
-    side closed: the transaction committed, the client told only that the connection broke."""
+    """TCP to PostgreSQL. Armed, the first connection that sends the claim's statement (or
+    `trigger`'s) has its next COMMIT forwarded, the server's answer to it read and dropped, and
+    then the client's side closed: the transaction committed, the client told only that the
+    connection broke."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, trigger: bytes = CLAIM_SQL) -> None:
         self.host, self.port = host, port
+        self.trigger = trigger
         self.listen_port = free_port()
         self.armed = False
         self.cuts = 0
@@ -74,7 +76,7 @@ class CommitAnswerLost:
         async def up() -> None:  # client -> server
             with contextlib.suppress(Exception):
                 while data := await cr.read(65536):
-                    if self.armed and CLAIM_SQL in data:
+                    if self.armed and self.trigger in data:
                         flow["claiming"] = True
                     if flow["claiming"] and COMMIT in data:
                         self.armed, flow["claiming"], flow["committing"] = False, False, True
