@@ -52,6 +52,8 @@ class CommitAnswerLost:
     def __init__(self, host: str, port: int, trigger: bytes = CLAIM_SQL) -> None:
         self.host, self.port = host, port
         self.trigger = trigger
+        # False: the COMMIT itself is dropped and both sides closed (the server rolls back).
+        self.forward_commit = True
         self.listen_port = free_port()
         self.armed = False
         self.cuts = 0
@@ -80,6 +82,10 @@ class CommitAnswerLost:
                         flow["claiming"] = True
                     if flow["claiming"] and COMMIT in data:
                         self.armed, flow["claiming"], flow["committing"] = False, False, True
+                        if not self.forward_commit:
+                            self.cuts += 1
+                            cw.transport.abort()
+                            break
                     sw.write(data)
                     await sw.drain()
             sw.close()

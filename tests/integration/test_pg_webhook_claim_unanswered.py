@@ -1,5 +1,5 @@
-"""PostgreSQL webhook claims that the server committed and the sender never learned of
-(session 46).
+"""PostgreSQL webhook bookkeeping that the server did and the sender never learned of, or that the
+server lost (session 46).
 
 Found through the PostgreSQL chaos soak (tests/e2e/test_pg_chaos_soak.py, seed 1622247583): after
 the server's crash one status report stayed `pending` while the receiver had all of them.
@@ -8,14 +8,21 @@ the server's crash one status report stayed `pending` while the receiver had all
   nobody posted them until the lease (3 x webhooks.timeout_s + 10 s) ran out. Now they are due
   again before the sender's next claim, and at a clean stop (bridge/store/postgres_webhooks.py),
   as the dispatcher's message claims are since session 43 (test_pg_claim_unanswered.py).
+- A `webhook_done` committed without the flush and lost in the crash left its delivered reports
+  leased until their lease ran out, then posted them again (the soak stops soon after the last
+  report arrives: 16 s after a crash at ~32 s of ~50). A mark that failed on the store away, its
+  retries past the lease, did the same. Now the confirmer holds the sender's marks as it holds
+  submit results, and writes again what may not have landed (fenced by the lease).
 
-The fault is real: a TCP proxy forwards the claim's COMMIT and drops its answer.
+The faults are real: a TCP proxy forwards a COMMIT and drops its answer (or drops the COMMIT),
+and the crash is the server's own (SIGQUIT to the postmaster, `pg_ctl stop -m immediate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -30,15 +37,22 @@ from bridge.pipeline.webhooks import WebhookSender
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
 from tests.e2e.harness import WebhookReceiver, wait_until
+from tests.integration import test_session16_review3 as review3
 from tests.integration.test_pg_claim_unanswered import CommitAnswerLost
 from tests.integration.test_store import NOW, account
+from tests.pg_cluster import Cluster
 
 pytestmark = pytest.mark.postgres
 
-# The webhook claim's own statement.
+# The webhook claim's own statement, and the delivered mark's.
 CLAIM_SQL = b"UPDATE webhook_outbox o SET next_attempt_at = $3, leased_by = $5"
+DONE_SQL = b"UPDATE webhook_outbox SET state = 'delivered'"
 WLEASE = 16_000  # the daemon's lease at webhooks.timeout_s 2: 3 x 2 s + 10 s
 HOOK = "http://127.0.0.1:9/hook"  # never posted to here
+
+# Review3's module cluster (a server of this module's own, crashed here), its dsn and pg_start.
+cluster = review3.cluster
+dsn = review3.dsn
 
 
 @pytest.fixture
@@ -187,3 +201,67 @@ async def test_the_sender_posts_them_within_seconds(proxy: CommitAnswerLost, pg_
     finally:
         await s.close()
         await receiver.stop()
+
+
+async def test_a_delivered_mark_that_did_not_land_is_written_once_the_store_answers(
+    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """`webhook_done` whose COMMIT never reached the server (the link cut). The sender retries
+    it only while the lease holds (another sender may lease the reports after); an outage
+    longer than that had the reports posted again. The mark, fenced by the lease (not by the
+    time), is written once the store answers, and lands if no sender leased them since."""
+    await events(store)
+    jobs = await store.claim_webhooks(NOW, 10, WLEASE, holder="inst-a")
+    proxy.trigger, proxy.forward_commit, proxy.armed = DONE_SQL, False, True
+    with pytest.raises(Exception) as failed:
+        await store.webhook_done([j.id for j in jobs], NOW + 100, NOW + WLEASE)
+    assert is_unavailable(failed.value), failed.value
+    assert proxy.cuts == 1
+    # Written again by the confirmer's loop (it runs while anything is held; no claim needed).
+    await wait_until(lambda: store._confirm.held == 0, 5, 0.02)
+    assert [r[1] for r in await outbox(pg_dsn)] == ["delivered"] * 3
+
+
+async def test_a_delivered_mark_lost_in_a_crash_is_written_again(
+    cluster: Cluster, dsn: str
+) -> None:
+    """The server crashes (SIGQUIT: `pg_ctl stop -m immediate`) just after it acknowledged a
+    `webhook_done` committed without the flush. The WAL writer is slowed (10 s) so that the
+    commit is surely not on disk; the claim before it is flushed on purpose."""
+    admin = await asyncpg.connect(cluster.admin_dsn)
+    try:
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+    s = await opened(dsn)
+    try:
+        await s.create_account(account(status_url=HOOK))
+        await events(s)
+        jobs = await s.claim_webhooks(NOW, 10, WLEASE, holder="inst-a")
+        flush = await asyncpg.connect(dsn)
+        try:  # the claim on disk: a durable commit flushes the WAL before it
+            await flush.execute(
+                "BEGIN; SET LOCAL synchronous_commit TO on; "
+                "SELECT pg_logical_emit_message(true, 'test', 'flush'); COMMIT"
+            )
+        finally:
+            await flush.close()
+        s._confirm._interval = 60.0  # its loop waits: the loss is seen before the rewrite
+        await s.webhook_done([j.id for j in jobs], NOW + 100, NOW + WLEASE)
+        review3.pg_signal(cluster, signal.SIGQUIT)
+        await wait_until(lambda: not review3._running(cluster), 15, 0.01)
+        await review3.pg_start(cluster)
+        assert await outbox(dsn) == [(w, "pending", "inst-a", NOW + WLEASE) for w in IDS]
+        # What the next message claim does first (the confirmer's loop does it within 0.2 s
+        # of the server's return): the batch whose watch the crash ended is written again.
+        await s._confirm.settle()
+        assert [r[1] for r in await outbox(dsn)] == ["delivered"] * 3
+    finally:
+        await s.close()
+        admin = await asyncpg.connect(cluster.admin_dsn)
+        try:
+            await admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+            await admin.execute("SELECT pg_reload_conf()")
+        finally:
+            await admin.close()
