@@ -54,6 +54,9 @@ class CommitAnswerLost:
         self.trigger = trigger
         # False: the COMMIT itself is dropped and both sides closed (the server rolls back).
         self.forward_commit = True
+        # Above 0: the COMMIT's answer is not dropped but held this long (a slow link).
+        self.answer_delay_s = 0.0
+        self.commits = 0  # armed COMMITs that reached the proxy
         self.listen_port = free_port()
         self.armed = False
         self.cuts = 0
@@ -82,6 +85,7 @@ class CommitAnswerLost:
                         flow["claiming"] = True
                     if flow["claiming"] and COMMIT in data:
                         self.armed, flow["claiming"], flow["committing"] = False, False, True
+                        self.commits += 1
                         if not self.forward_commit:
                             self.cuts += 1
                             cw.transport.abort()
@@ -93,7 +97,10 @@ class CommitAnswerLost:
         async def down() -> None:  # server -> client
             with contextlib.suppress(Exception):
                 while data := await sr.read(65536):
-                    if flow["committing"]:  # the COMMIT's answer: dropped, and the link with it
+                    if flow["committing"] and self.answer_delay_s > 0:
+                        flow["committing"] = False
+                        await asyncio.sleep(self.answer_delay_s)
+                    elif flow["committing"]:  # the COMMIT's answer: dropped, and the link with it
                         self.cuts += 1
                         answered.set()
                         cw.transport.abort()

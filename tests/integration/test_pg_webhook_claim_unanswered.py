@@ -143,6 +143,28 @@ async def test_a_clean_close_gives_them_back(proxy: CommitAnswerLost, pg_dsn: st
     assert await outbox(pg_dsn) == [(w, "pending", None, NOW + 500) for w in IDS]
 
 
+async def test_a_claim_cancelled_by_a_stop_gives_its_reports_back_at_close(
+    proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """A stop cancels the sender's loop, perhaps inside a claim: its COMMIT is seen through
+    (postgres_tx.end_tx) and lands, the caller gets the cancel and never the reports. They were
+    left leased by the stopped instance until another one counted it gone or the lease ran out."""
+    s = await opened(proxy.dsn(pg_dsn), NOW + 500)
+    try:
+        await s.create_account(account(status_url=HOOK))
+        await events(s)
+        proxy.answer_delay_s, proxy.armed = 0.5, True
+        task = asyncio.create_task(s.claim_webhooks(NOW, 10, WLEASE, holder="inst-a"))
+        await wait_until(lambda: proxy.commits == 1, 5, 0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await outbox(pg_dsn) == [(w, "pending", "inst-a", NOW + WLEASE) for w in IDS]
+    finally:
+        await s.close()
+    assert await outbox(pg_dsn) == [(w, "pending", None, NOW + 500) for w in IDS]
+
+
 async def test_the_give_back_leaves_a_later_claim_alone(pg_dsn: str) -> None:
     """A claim that raised without committing leased nothing; a later claim (another
     instance's, or this one's with its own lease) is not undone by the give-back."""
