@@ -73,6 +73,7 @@ from bridge.store.base import (
     StoreUnusableError,
     Swept,
     WriteLockStats,
+    is_unavailable,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -112,7 +113,8 @@ from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
-from bridge.store.postgres_tx import T, create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_tx import Job, T, create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_webhooks import UnsureWebhookClaims
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
 log = logging.getLogger("bridge.store")
@@ -453,6 +455,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # One give-back at a time (a claim's and the sweeper's reclaim's): one that read its
         # messages before a claim took them again would give back what is being sent.
         self._giving_back = asyncio.Lock()
+        # The same for webhook claims: due again before the next webhook claim (postgres_webhooks).
+        self._unsure_webhooks = UnsureWebhookClaims()
         self._rr = 0
         # Per-account group commit of accepts under the sending rules (see _drain_account).
         self._account_queue: dict[
@@ -525,8 +529,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._confirm.close()
+            await self._confirm.close()  # the webhook bookkeeping held there included
             await self._give_back_at_close()
+            await self._unsure_webhooks.give_back_at_close(
+                self.pool, round(self._local_clock() * 1000), CLOSE_TIMEOUT_S
+            )
             pool, self._pool = self._pool, None
             try:  # a partition would hold a graceful close for as long as it lasts
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -1895,9 +1902,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         """Due outbox rows, leased for `lease_ms` by `holder`: rows another instance is
         claiming are skipped, so each report is handed to one sender (if it dies mid-POST,
         `free_webhook_leases` gives them back); none of the accounts in `exclude` (this
-        sender's POSTs to them are at their cap)."""
+        sender's POSTs to them are at their cap). What an earlier claim whose COMMIT got no
+        answer leased is due again first (postgres_webhooks)."""
+        await self._unsure_webhooks.give_back(self.pool, now)
+        taken: list[int] = []
 
         async def job(c: asyncpg.Connection) -> list[WebhookJob]:
+            taken.clear()  # a retried run: the rolled-back one leased nothing
             rows = await c.fetch(
                 "WITH due AS (SELECT id, next_attempt_at FROM webhook_outbox "
                 "WHERE state = 'pending' AND next_attempt_at <= $1 "
@@ -1916,6 +1927,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 list(exclude),
                 holder,
             )
+            taken.extend(r[0] for r in rows)
             rows = sorted(rows, key=lambda r: (r[9], r[0]))
             return [
                 WebhookJob(
@@ -1933,7 +1945,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 for r in rows
             ]
 
-        return await run_tx(self.pool, job, durable=False)
+        try:
+            return await run_tx(self.pool, job, durable=False)
+        except BaseException:
+            # The COMMIT may have landed as the connection broke (or as a stop cancelled it):
+            # the reports would stay leased by this live instance, unposted, for the lease.
+            self._unsure_webhooks.add(taken, holder, now + lease_ms)
+            raise
 
     async def webhook_done(self, ids: list[int], now: int, lease: int | None = None) -> None:
         async def job(c: asyncpg.Connection) -> None:
@@ -1946,7 +1964,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 lease,
             )
 
-        await run_tx(self.pool, job, durable=False)
+        await self._webhook_mark(job, lease)
 
     async def webhook_retry(
         self, ids: list[int], next_at: int, error: str, dead: bool, lease: int | None = None
@@ -1963,7 +1981,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 lease,
             )
 
-        await run_tx(self.pool, job, durable=False)
+        await self._webhook_mark(job, lease)
 
     async def webhook_release(self, ids: list[int], lease: int, now: int) -> None:
         """Hand back claimed reports not started: due at once, behind those due earlier."""
@@ -1977,7 +1995,30 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 lease,
             )
 
-        await run_tx(self.pool, job, durable=False)
+        await self._webhook_mark(job, lease)
+
+    async def _webhook_mark(self, job: Job[None], lease: int | None) -> None:
+        """A sender's write about reports it leased (delivered, retry, handed back), committed
+        without the flush and held by the confirmer as submit results are: a crash of the server
+        that lost it (the last ~0.6 s of such commits) had the reports wait out their lease, and
+        a delivered one posted again. Written again once the server is back, it lands if it
+        was lost, and only then: it is fenced by the lease (`_leased`), which no later claim
+        shares. One whose COMMIT failed on an unavailable store is held too (it may not have
+        landed): written as soon as the store answers, even after the lease ran out if no
+        sender leased the reports since. A write without a lease is not fenced: not held."""
+        if lease is None:
+            await run_tx(self.pool, job, durable=False)
+            return
+        await self._confirm.ready()
+        gen = self._confirm.gen()  # before the commit: a watch lost meanwhile proves nothing
+        again = partial(run_tx, self.pool, job)
+        try:
+            await run_tx(self.pool, job, durable=False)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._confirm.hold(again, -1)  # unproven: written again once it can be
+            raise
+        self._confirm.hold(again, gen)
 
     async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:
         """Reports leased by an instance that is gone (the test of `reclaim`: no heartbeat for

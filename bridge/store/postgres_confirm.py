@@ -22,6 +22,11 @@ retries a batch whose commit failed, when it may have landed. Claims wait for th
 (`settle`), so a message whose claim the crash lost is not claimed and sent again before its
 result is back.
 
+Webhook bookkeeping (a report delivered, to retry, handed back) is held here too (session 46):
+lost in a crash, its reports waited out their lease (16 s in the PostgreSQL chaos soak, about
+all the time it runs after the crash) and a delivered one was posted again. Fenced by its lease,
+a write of it again lands only if the first was lost (PostgresStore._webhook_mark).
+
 Two more guards, both from a review of this module (tests/integration/test_session21_review1.py):
 - Every instance keeps a watch from its first claim, and claims nothing for FENCE_S after it
   lost one: a crash of the server ends every instance's watch, and an instance holding no lost
@@ -179,8 +184,8 @@ class Confirmer:
                     level = logging.WARNING if is_unavailable(exc) else logging.ERROR
                     log.log(
                         level,
-                        "confirming %d submit-result batches failed (%s: %s); %d still held, "
-                        "written again once the store answers",
+                        "confirming %d submit-result and webhook batches failed (%s: %s); "
+                        "%d still held, written again once the store answers",
                         n,
                         type(exc).__name__,
                         _first_line(exc),
@@ -228,7 +233,7 @@ class Confirmer:
         if not self._rewrite_logged:  # once per outage: without a watch, every batch is
             self._rewrite_logged = True
             log.info(
-                "wrote %d submit-result batches again (the store may have lost them)",
+                "wrote %d submit-result and webhook batches again (the store may have lost them)",
                 len(batches),
             )
 
@@ -290,8 +295,9 @@ class Confirmer:
         except Exception as exc:
             if self._held:  # written again durably without a watch: nothing at risk
                 log.warning(
-                    "%d submit-result batches unconfirmed at close (%s): a crash of the "
-                    "server now may lose them, and their messages go out again",
+                    "%d submit-result and webhook batches unconfirmed at close (%s): a crash "
+                    "of the server now may lose them, and their messages go out again (their "
+                    "reports are posted again)",
                     len(self._held),
                     type(exc).__name__,
                 )

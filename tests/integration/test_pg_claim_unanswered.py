@@ -44,12 +44,19 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 
 
 class CommitAnswerLost:
-    """TCP to PostgreSQL. Armed, the first connection that sends the claim's statement has its
-    next COMMIT forwarded, the server's answer to it read and dropped, and then the client's
-    side closed: the transaction committed, the client told only that the connection broke."""
+    """TCP to PostgreSQL. Armed, the first connection that sends the claim's statement (or
+    `trigger`'s) has its next COMMIT forwarded, the server's answer to it read and dropped, and
+    then the client's side closed: the transaction committed, the client told only that the
+    connection broke."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, trigger: bytes = CLAIM_SQL) -> None:
         self.host, self.port = host, port
+        self.trigger = trigger
+        # False: the COMMIT itself is dropped and both sides closed (the server rolls back).
+        self.forward_commit = True
+        # Above 0: the COMMIT's answer is not dropped but held this long (a slow link).
+        self.answer_delay_s = 0.0
+        self.commits = 0  # armed COMMITs that reached the proxy
         self.listen_port = free_port()
         self.armed = False
         self.cuts = 0
@@ -74,10 +81,15 @@ class CommitAnswerLost:
         async def up() -> None:  # client -> server
             with contextlib.suppress(Exception):
                 while data := await cr.read(65536):
-                    if self.armed and CLAIM_SQL in data:
+                    if self.armed and self.trigger in data:
                         flow["claiming"] = True
                     if flow["claiming"] and COMMIT in data:
                         self.armed, flow["claiming"], flow["committing"] = False, False, True
+                        self.commits += 1
+                        if not self.forward_commit:
+                            self.cuts += 1
+                            cw.transport.abort()
+                            break
                     sw.write(data)
                     await sw.drain()
             sw.close()
@@ -85,7 +97,10 @@ class CommitAnswerLost:
         async def down() -> None:  # server -> client
             with contextlib.suppress(Exception):
                 while data := await sr.read(65536):
-                    if flow["committing"]:  # the COMMIT's answer: dropped, and the link with it
+                    if flow["committing"] and self.answer_delay_s > 0:
+                        flow["committing"] = False
+                        await asyncio.sleep(self.answer_delay_s)
+                    elif flow["committing"]:  # the COMMIT's answer: dropped, and the link with it
                         self.cuts += 1
                         answered.set()
                         cw.transport.abort()
