@@ -22,6 +22,7 @@ from bridge.api import (
     rules_api,
     v1,
 )
+from bridge.api.auth import CALLER
 from bridge.api.bodies import (
     CLOSING_CODES,
     body_pending,
@@ -208,6 +209,20 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
         log.error("audit trail write failed", extra=fields, exc_info=True)
 
 
+def _caller(request: web.Request) -> dict[str, str]:
+    """The app key and account a /v1/ request came with, as far as its checks got: at the default
+    level a refusal is the only line a request leaves, and a customer's "our requests fail"
+    is looked up by its account or key, which the line did not name."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        return {"account": principal.account.id, "app_key": principal.key.key_id}
+    caller = request.get(CALLER)
+    if caller is None:
+        return {}
+    key, account = caller
+    return {"app_key": key} if account is None else {"account": account, "app_key": key}
+
+
 async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.StreamResponse, str]:
     """The handler's answer and its error code ("OK" when it is not an error)."""
     try:
@@ -221,6 +236,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 "status": exc.status,
                 "code": exc.code,
                 "remote": client_of(request),
+                **_caller(request),
             },
         )
         resp = _error_response(

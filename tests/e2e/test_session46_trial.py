@@ -1,0 +1,173 @@
+"""Session 46: an operator's trial with two carriers (each test here failed before its fix).
+
+1. A refused request's log line (at the default level the only line a request leaves) named
+   neither the account nor the app key: "our requests fail since 10:00" could not be looked up.
+   The Alibaba-compatible face logged no refusal at all, its business refusals being HTTP 200.
+2. `smpp-bridge send ... | head` printed `cannot reach <url>: Broken pipe` and exited 1 after
+   the daemon had accepted the message: a script, or an operator, sent it again.
+3. The Python client could not fetch the CDR export (`INVALID_RESPONSE`: CSV is not JSON) and
+   signed a query written into the path as part of the path (`SIGNATURE_MISMATCH`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alibabacloud_dysmsapi20170525 import models
+from alibabacloud_dysmsapi20170525.client import Client
+from alibabacloud_tea_openapi import exceptions as sdk_errors
+from alibabacloud_tea_openapi.utils_models import Config
+
+from bridge.client import BridgeClient, BridgeError
+from tests.e2e.harness import DaemonProcess, client_for, config_dict, free_port
+
+# A client that put its secret where the key goes: such a Credential must not reach the log.
+_SECRET_LIKE = "pICAy74TXXv9gooVyfSELWULtAAlF-ODxKSKgG_YYfc"
+_UNKNOWN_KEY = "AK0123456789ABCDEF01234567"
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+    """A real daemon with JSON logs at the default level and the Alibaba face on."""
+    cfg = config_dict(
+        tmp_path,
+        logging={"level": "INFO", "format": "json"},
+        aliyun={"enabled": True, "port": free_port()},
+    )
+    proc = DaemonProcess(tmp_path, cfg)
+    proc.start()
+    try:
+        await proc.wait_ready(30)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _cli(daemon: DaemonProcess, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *args, "--config", str(daemon.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+def _refusals(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    lines = []
+    for raw in daemon.log.read_text().splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if line.get("msg") == "refused":
+            lines.append(line)
+    return lines
+
+
+async def _refusal(daemon: DaemonProcess, request_id: str | None) -> dict[str, Any]:
+    """The `refused` line of one request, by the id its answer carried."""
+    assert request_id
+    for _ in range(100):
+        found = [r for r in _refusals(daemon) if r.get("request_id") == request_id]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no refused line for {request_id}: {daemon.log.read_text()[-3000:]}")
+
+
+async def _refused(client: BridgeClient, **send: Any) -> BridgeError:
+    with pytest.raises(BridgeError) as raised:
+        await client.send(**send)
+    return raised.value
+
+
+async def test_a_refusal_names_the_account_and_the_app_key(daemon: DaemonProcess) -> None:
+    first = await daemon.account("otpco")
+    account = _cli(daemon, "account", "show", "otpco")["id"]
+    second = _cli(daemon, "key", "create", "otpco")
+    _cli(daemon, "key", "revoke", first["app_key"])  # the rotation: the old key is revoked
+    port = daemon.port
+
+    async with client_for(port, first) as old:
+        err = await _refused(old, to="+8613800138000", text="hi")
+    assert err.code == "KEY_REVOKED"
+    line = await _refusal(daemon, err.request_id)
+    assert (line["account"], line["app_key"]) == (account, first["app_key"]), line
+
+    async with BridgeClient(f"http://127.0.0.1:{port}", second["app_key"], "wrong") as bad:
+        err = await _refused(bad, to="+8613800138000", text="hi")
+    assert err.code == "SIGNATURE_MISMATCH"
+    line = await _refusal(daemon, err.request_id)
+    assert (line["account"], line["app_key"]) == (account, second["app_key"]), line
+
+    async with client_for(port, second) as good:  # refused by the handler, after the checks
+        err = await _refused(good, to="not-a-number", text="hi")
+    assert err.code == "INVALID_NUMBER"
+    line = await _refusal(daemon, err.request_id)
+    assert (line["account"], line["app_key"]) == (account, second["app_key"]), line
+
+    async with BridgeClient(f"http://127.0.0.1:{port}", _UNKNOWN_KEY, "x") as unknown:
+        err = await _refused(unknown, to="+8613800138000", text="hi")
+    assert err.code == "UNKNOWN_APP_KEY"
+    line = await _refusal(daemon, err.request_id)
+    assert line["app_key"] == _UNKNOWN_KEY and "account" not in line, line
+
+    async with BridgeClient(f"http://127.0.0.1:{port}", _SECRET_LIKE, "x") as mixed_up:
+        err = await _refused(mixed_up, to="+8613800138000", text="hi")
+    assert err.code == "UNKNOWN_APP_KEY"
+    line = await _refusal(daemon, err.request_id)
+    assert "app_key" not in line and "account" not in line, line
+    assert _SECRET_LIKE not in daemon.log.read_text()
+
+
+def _aliyun(daemon: DaemonProcess, key: str, secret: str) -> Client:
+    port = daemon.cfg["aliyun"]["port"]
+    return Client(
+        Config(
+            access_key_id=key,
+            access_key_secret=secret,
+            endpoint=f"127.0.0.1:{port}",
+            protocol="HTTP",
+        )
+    )
+
+
+def _send_sms(template: str) -> models.SendSmsRequest:
+    return models.SendSmsRequest(
+        phone_numbers="13800138000",
+        sign_name="Acme",
+        template_code=template,
+        template_param='{"code": "1234"}',
+    )
+
+
+async def test_the_alibaba_face_logs_its_refusals_with_the_caller(daemon: DaemonProcess) -> None:
+    creds = await daemon.account("shop")
+    account = _cli(daemon, "account", "show", "shop")["id"]
+
+    # A business refusal: HTTP 200 with an isv.* Code, which the SDK returns, not raises.
+    sdk = _aliyun(daemon, creds["app_key"], creds["app_secret"])
+    answer = await asyncio.to_thread(sdk.send_sms, _send_sms("SMS_000000001"))
+    assert answer.body.code.startswith("isv."), answer.body
+    line = await _refusal(daemon, answer.body.request_id)
+    assert line["action"] == "aliyun SendSms" and line["code"] == answer.body.code, line
+    assert line["bridge_code"] != line["code"], line  # the native code behind Alibaba's
+    assert (line["account"], line["app_key"]) == (account, creds["app_key"]), line
+
+    wrong = _aliyun(daemon, creds["app_key"], "not-the-secret")
+    with pytest.raises(sdk_errors.AlibabaCloudException) as raised:
+        await asyncio.to_thread(wrong.send_sms, _send_sms("SMS_000000001"))
+    assert raised.value.code == "SignatureDoesNotMatch"
+    line = await _refusal(daemon, raised.value.request_id)
+    assert line["code"] == "SignatureDoesNotMatch", line
+    assert (line["account"], line["app_key"]) == (account, creds["app_key"]), line
