@@ -593,8 +593,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         async with BridgeClient(args.url, key, secret) as client:
             try:
                 if args.status:
-                    _print(await client.message(args.status))
-                    return 0
+                    return _print_answer(await client.message(args.status))
                 result = await client.send(
                     to,
                     text=args.text,
@@ -618,13 +617,23 @@ def cmd_send(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            _print(result)
-            return 0
+            return _print_answer(result)
 
     try:
         return asyncio.run(go())
     except OSError as exc:
         raise CliError(f"cannot reach {args.url}: {exc}") from None
+
+
+def _print_answer(data: Any) -> int:
+    """The daemon's answer on stdout; a reader gone (`| head`) is not an error: the send was
+    made. It was raised as an OSError, reported as "cannot reach" the daemon with exit 1, and a
+    script or an operator sent the message again, a second SMS to the handset."""
+    try:
+        _print(data)
+    except BrokenPipeError:
+        _stdout_gone()
+    return 0
 
 
 def _check_url(url: str) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,36 @@ async def test_the_alibaba_face_logs_its_refusals_with_the_caller(daemon: Daemon
     line = await _refusal(daemon, raised.value.request_id)
     assert line["code"] == "SignatureDoesNotMatch", line
     assert (line["account"], line["app_key"]) == (account, creds["app_key"]), line
+
+
+async def test_send_into_a_closed_pipe_is_not_a_daemon_out_of_reach(
+    daemon: DaemonProcess,
+) -> None:
+    """`smpp-bridge send ... | head`: the reader gone before the answer is printed. The message
+    was accepted: exit 0, and no "cannot reach" that has it sent again."""
+    creds = await daemon.account("piped")
+    env = {
+        **os.environ,
+        "SMPP_BRIDGE_APP_KEY": creds["app_key"],
+        "SMPP_BRIDGE_APP_SECRET": creds["app_secret"],
+    }
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to it fails with EPIPE
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bridge.cli", "send", "--url",
+             f"http://127.0.0.1:{daemon.port}", "--to", "+8613800138000", "--text", "hi"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "cannot reach" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    async with client_for(daemon.port, creds) as client:
+        sent = await client.messages()
+    assert len(sent["messages"]) == 1, sent
