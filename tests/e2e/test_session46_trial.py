@@ -206,3 +206,26 @@ async def test_send_into_a_closed_pipe_is_not_a_daemon_out_of_reach(
     async with client_for(daemon.port, creds) as client:
         sent = await client.messages()
     assert len(sent["messages"]) == 1, sent
+
+
+async def test_the_client_fetches_cdrs_and_stats(daemon: DaemonProcess) -> None:
+    creds = await daemon.account("reports")
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    async with client_for(daemon.port, creds) as client:
+        accepted = await client.send("+8613800138000", text="hi", client_ref="order-1")
+        mid = accepted["messages"][0]["id"]
+
+        csv = await client.cdrs(today[:7])
+        header, *rows = csv.splitlines()
+        assert header.startswith("message_id,batch_id,client_ref,to,"), header
+        assert [r.split(",")[:3] for r in rows] == [[mid, accepted["batch_id"], "order-1"]]
+
+        stats = await client.stats(today, today, timezone="local")
+        assert stats["totals"]["submitted"] == 1, stats
+        assert stats["timezone"] != "UTC", stats
+
+        # A query written into the path is signed as the query the server reads.
+        _, _, same = await client.request(
+            "GET", f"/v1/stats?from={today}&to={today}", query={"timezone": "local"}
+        )
+        assert (same["timezone"], same["totals"]["submitted"]) == (stats["timezone"], 1), same
