@@ -603,19 +603,15 @@ def cmd_send(args: argparse.Namespace) -> int:
                     client_ref=args.client_ref,
                 )
             except BridgeError as exc:
-                print(
-                    json.dumps(
-                        {
-                            "error": {
-                                "status": exc.status,
-                                "code": exc.code,
-                                "message": exc.message,
-                                "request_id": exc.request_id,
-                            }
-                        }
-                    ),
-                    file=sys.stderr,
-                )
+                error: dict[str, Any] = {
+                    "status": exc.status,
+                    "code": exc.code,
+                    "message": exc.message,
+                    "request_id": exc.request_id,
+                }
+                if exc.details is not None:  # every refused recipient, not the first only
+                    error["details"] = exc.details
+                print(json.dumps({"error": error}), file=sys.stderr)
                 return 1
             return _print_answer(result)
 

@@ -7,6 +7,8 @@
    the daemon had accepted the message: a script, or an operator, sent it again.
 3. The Python client could not fetch the CDR export (`INVALID_RESPONSE`: CSV is not JSON) and
    signed a query written into the path as part of the path (`SIGNATURE_MISMATCH`).
+4. `smpp-bridge send` to several numbers, some refused, printed the first refusal only: the
+   error body's `details` (every refused recipient) was dropped.
 """
 
 from __future__ import annotations
@@ -229,3 +231,32 @@ async def test_the_client_fetches_cdrs_and_stats(daemon: DaemonProcess) -> None:
             "GET", f"/v1/stats?from={today}&to={today}", query={"timezone": "local"}
         )
         assert (same["timezone"], same["totals"]["submitted"]) == (stats["timezone"], 1), same
+
+
+async def test_send_to_several_prints_every_refused_recipient(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    creds = await daemon.account("campaign")
+    csv = tmp_path / "dnc.csv"
+    csv.write_text("+8613900000001\n+8613900000002\n")
+    _cli(daemon, "dnc", "import", "regulator", str(csv))
+    env = {
+        **os.environ,
+        "SMPP_BRIDGE_APP_KEY": creds["app_key"],
+        "SMPP_BRIDGE_APP_SECRET": creds["app_secret"],
+    }
+    to = ["+8613900000001", "+8613800000001", "+8613900000002"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bridge.cli", "send", "--url",
+         f"http://127.0.0.1:{daemon.port}", "--to", *to, "--text", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["code"] == "RECIPIENT_BLOCKED", error
+    refused = [(r["index"], r["to"]) for r in error["details"]["recipients"]]
+    assert refused == [(0, to[0]), (2, to[2])], error
