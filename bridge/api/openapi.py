@@ -993,7 +993,13 @@ def _paths() -> dict[str, Any]:
             "name": "date",
             "in": "query",
             "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
-            "description": "UTC day of acceptance, YYYY-MM-DD (two-digit month and day)",
+            "description": "day of acceptance, YYYY-MM-DD (two-digit month and day): UTC's, "
+            "or with timezone=local that of rules.timezone",
+        },
+        {
+            **_TIMEZONE,
+            "description": "utc (the default) or local: the day of `date` in rules.timezone, as "
+            "/v1/stats and /v1/cdrs count it; only with date",
         },
         {"name": "status", "in": "query", "schema": {"type": "string", "enum": [*MESSAGE_STATES]}},
         {

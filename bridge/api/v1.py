@@ -332,9 +332,10 @@ async def cancel_batch(request: web.Request) -> web.Response:
 async def list_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    from bridge.api.reports import parse_day, query_params  # reports imports this module
+    from bridge.api.reports import day_range, query_params  # reports imports this module
 
-    q = query_params(query_of(request), ("to", "date", "status", "batch_id", "cursor", "limit"))
+    names = ("to", "date", "timezone", "status", "batch_id", "cursor", "limit")
+    q = query_params(query_of(request), names)
     recipient = None
     if "to" in q:
         try:
@@ -343,9 +344,11 @@ async def list_messages(request: web.Request) -> web.Response:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
     since = until = None
     if "date" in q:
-        # The strict YYYY-MM-DD of /v1/stats (strptime took "2026-1-5" too).
-        day_ms = parse_day(q["date"], "date") * 86_400_000
-        since, until = day_ms, day_ms + 86_400_000
+        # The strict YYYY-MM-DD of /v1/stats (strptime took "2026-1-5" too); with
+        # timezone=local the day of rules.timezone, as /v1/stats and the CDRs count it.
+        since, until = day_range(q["date"], q.get("timezone"), ctx.config.rules.timezone)
+    elif "timezone" in q:
+        raise ApiError("INVALID_FIELD", "timezone: only with date")
     state = q.get("status")
     if state is not None and state not in _STATES:
         raise ApiError("INVALID_FIELD", f"status: one of {', '.join(_STATES)}")

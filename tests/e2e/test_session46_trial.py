@@ -9,6 +9,8 @@
    signed a query written into the path as part of the path (`SIGNATURE_MISMATCH`).
 4. `smpp-bridge send` to several numbers, some refused, printed the first refusal only: the
    error body's `details` (every refused recipient) was dropped.
+5. `GET /v1/messages?date=` took UTC days only, while `/v1/stats` and `/v1/cdrs` offered
+   `timezone=local`: a customer in Shanghai listing "today" lost what came before 08:00.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +262,35 @@ async def test_send_to_several_prints_every_refused_recipient(
     assert error["code"] == "RECIPIENT_BLOCKED", error
     refused = [(r["index"], r["to"]) for r in error["details"]["recipients"]]
     assert refused == [(0, to[0]), (2, to[2])], error
+
+
+async def test_the_message_list_takes_the_local_day(tmp_path: Path) -> None:
+    """A zone whose day differs from UTC's now: UTC-12 before noon UTC, UTC+14 after."""
+    now = datetime.now(UTC)
+    zone, shift = ("Etc/GMT+12", -12) if now.hour < 12 else ("Etc/GMT-14", 14)
+    cfg = config_dict(tmp_path, rules={"timezone": zone})
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    try:
+        await daemon.wait_ready(30)
+        creds = await daemon.account("shanghai")
+        async with client_for(daemon.port, creds) as client:
+            sent = await client.send("+8613800138000", text="hi")
+            mid = sent["messages"][0]["id"]
+            at = datetime.fromisoformat((await client.message(mid))["accepted_at"])
+            utc_day = at.strftime("%Y-%m-%d")
+            local_day = (at + timedelta(hours=shift)).strftime("%Y-%m-%d")
+            assert local_day != utc_day
+
+            async def ids(**query: str) -> list[str]:
+                return [m["id"] for m in (await client.messages(**query))["messages"]]
+
+            assert await ids(date=utc_day) == [mid]
+            assert await ids(date=local_day, timezone="local") == [mid]
+            assert await ids(date=utc_day, timezone="local") == []
+            assert await ids(date=local_day, timezone="utc") == []
+            with pytest.raises(BridgeError) as raised:
+                await client.messages(timezone="local")  # a zone without a day says so
+            assert raised.value.code == "INVALID_FIELD", raised.value
+    finally:
+        daemon.stop()
