@@ -28,10 +28,28 @@ class CliError(Exception):
 
 
 def _config(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None)
     try:
-        return load_config(getattr(args, "config", None))
+        cfg = load_config(path)
     except ConfigError as exc:
         raise CliError(f"invalid configuration:\n{exc}") from None
+    if path is None:
+        _say_demo_store(cfg)
+    return cfg
+
+
+def _say_demo_store(cfg: Config) -> None:
+    """A store command without --config works on the demo store under ./data, made there empty
+    (with a new master key) when it is not: on a server, `account list` printed [] with exit 0
+    and `account create` made credentials the daemon had never heard of, with nothing to say
+    that the command had not used the daemon's store. Said on stderr, so stdout stays JSON."""
+    store = Path(cfg.store.path).resolve()
+    new = "" if store.exists() else " (not there: made now, empty)"
+    print(
+        f"smpp-bridge: no --config: the built-in demo configuration, store {store}{new}; "
+        "for a daemon's store pass -c FILE, the daemon's --config",
+        file=sys.stderr,
+    )
 
 
 def setup_logging(cfg: Config | None, level: str | None = None) -> None:

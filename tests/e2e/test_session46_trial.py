@@ -11,6 +11,9 @@
    error body's `details` (every refused recipient) was dropped.
 5. `GET /v1/messages?date=` took UTC days only, while `/v1/stats` and `/v1/cdrs` offered
    `timezone=local`: a customer in Shanghai listing "today" lost what came before 08:00.
+6. A store command without `-c` on a server made a demo store in the current directory and
+   worked on it without a word: `account list` printed `[]`, `account create` made keys the
+   daemon had never heard of.
 """
 
 from __future__ import annotations
@@ -294,3 +297,29 @@ async def test_the_message_list_takes_the_local_day(tmp_path: Path) -> None:
             assert raised.value.code == "INVALID_FIELD", raised.value
     finally:
         daemon.stop()
+
+
+def test_a_store_command_without_config_says_it_uses_the_demo_store(tmp_path: Path) -> None:
+    def account_list(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "account", "list", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
+    store = tmp_path / "data" / "bridge.db"
+    first = account_list()
+    assert first.returncode == 0 and json.loads(first.stdout) == [], first
+    notice = [ln for ln in first.stderr.splitlines() if "no --config" in ln]
+    assert len(notice) == 1 and f"store {store} (not there: made now" in notice[0], first.stderr
+
+    again = account_list()
+    notice = [ln for ln in again.stderr.splitlines() if "no --config" in ln]
+    assert len(notice) == 1 and f"store {store};" in notice[0], again.stderr
+
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(json.dumps(config_dict(tmp_path)))
+    given = account_list("-c", str(cfg))
+    assert given.returncode == 0 and "no --config" not in given.stderr, given.stderr
