@@ -338,7 +338,16 @@ async def _signed_body(request: web.Request) -> bytes:
 @web.middleware
 async def admin_listener_middleware(request: web.Request, handler):
     """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
-    not a signature check."""
+    not a signature check. Said so: `send --url` pointed at this port was a bare "no such
+    endpoint", which reads as a missing route, not as the wrong port."""
+    if request.path.startswith("/v1/"):
+        if body_pending(request):  # not read: the stream cannot carry another request
+            request[CLOSE_AFTER] = True
+        raise ApiError(
+            "NOT_FOUND",
+            f"no such endpoint: {request.method} {request.path}: this is the admin "
+            "listener (server.admin_port); the API is on server.port",
+        )
     _check_path(request, request.path)
     return await handler(request)
 

@@ -14,6 +14,8 @@
 6. A store command without `-c` on a server made a demo store in the current directory and
    worked on it without a word: `account list` printed `[]`, `account create` made keys the
    daemon had never heard of.
+7. `smpp-bridge send --url` pointed at `server.admin_port` got a bare "no such endpoint: POST
+   /v1/messages", which reads as a missing route, not as the wrong port.
 """
 
 from __future__ import annotations
@@ -323,3 +325,22 @@ def test_a_store_command_without_config_says_it_uses_the_demo_store(tmp_path: Pa
     cfg.write_text(json.dumps(config_dict(tmp_path)))
     given = account_list("-c", str(cfg))
     assert given.returncode == 0 and "no --config" not in given.stderr, given.stderr
+
+
+async def test_a_send_to_the_admin_port_is_told_it_is_the_wrong_port(tmp_path: Path) -> None:
+    cfg = config_dict(tmp_path)
+    cfg["server"]["admin_port"] = free_port()
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    try:
+        await daemon.wait_ready(30)
+        creds = await daemon.account("operator-test")
+        admin = f"http://127.0.0.1:{cfg['server']['admin_port']}"
+        async with BridgeClient(admin, creds["app_key"], creds["app_secret"]) as client:
+            with pytest.raises(BridgeError) as raised:
+                await client.send("+8613800138000", text="hi")
+        assert raised.value.status == 404 and raised.value.code == "NOT_FOUND"
+        assert "server.admin_port" in raised.value.message, raised.value
+        assert "server.port" in raised.value.message.split("server.admin_port")[1]
+    finally:
+        daemon.stop()
