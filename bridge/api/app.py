@@ -14,6 +14,7 @@ from aiohttp import web
 from bridge import audit, jsonio, logs
 from bridge.api import (
     admin,
+    admin_messages,
     admin_mo,
     admin_ops,
     admin_rules,
@@ -527,5 +528,6 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
     admin_ops.add_routes(app)
     admin_rules.add_routes(app)
     admin_mo.add_routes(app)
+    admin_messages.add_routes(app)
     use_deferred_continue(app)
     return app

@@ -1131,6 +1131,23 @@ def _paths() -> dict[str, Any]:
                 {"200": account_ok, **_errors(404, 409)},
             ),
         },
+        "/admin/accounts/{ref}/messages": {
+            "parameters": [ref],
+            "get": _admin_op(
+                "adminListMessages",
+                "An account's messages, newest first, by cursor: GET /v1/messages for the operator",
+                {"200": _ok("MessageList", "one page"), **_errors(400, 404)},
+                parameters=query,
+            ),
+        },
+        "/admin/accounts/{ref}/messages/{id}": {
+            "parameters": [ref, msg_id],
+            "get": _admin_op(
+                "adminGetMessage",
+                "A message of the account with its parts: GET /v1/messages/{id} for the operator",
+                {"200": _ok("Message", "the message"), **_errors(404)},
+            ),
+        },
         "/admin/accounts/{ref}/keys": {
             "parameters": [ref],
             "get": _admin_op(

@@ -16,6 +16,8 @@
    daemon had never heard of.
 7. `smpp-bridge send --url` pointed at `server.admin_port` got a bare "no such endpoint: POST
    /v1/messages", which reads as a missing route, not as the wrong port.
+8. The operator could not look a customer's message up (its parts, SMSC ids, error codes):
+   no admin endpoint and no command; only the customer's key or sqlite3 on the store.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from alibabacloud_dysmsapi20170525 import models
 from alibabacloud_dysmsapi20170525.client import Client
@@ -37,7 +40,14 @@ from alibabacloud_tea_openapi import exceptions as sdk_errors
 from alibabacloud_tea_openapi.utils_models import Config
 
 from bridge.client import BridgeClient, BridgeError
-from tests.e2e.harness import DaemonProcess, client_for, config_dict, free_port
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    DaemonProcess,
+    client_for,
+    config_dict,
+    final_status,
+    free_port,
+)
 
 # A client that put its secret where the key goes: such a Credential must not reach the log.
 _SECRET_LIKE = "pICAy74TXXv9gooVyfSELWULtAAlF-ODxKSKgG_YYfc"
@@ -61,7 +71,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
         proc.stop()
 
 
-def _cli(daemon: DaemonProcess, *args: str) -> dict[str, Any]:
+def _cli(daemon: DaemonProcess, *args: str) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "bridge.cli", *args, "--config", str(daemon.path)],
         capture_output=True,
@@ -69,8 +79,7 @@ def _cli(daemon: DaemonProcess, *args: str) -> dict[str, Any]:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    out: dict[str, Any] = json.loads(done.stdout)
-    return out
+    return json.loads(done.stdout)
 
 
 def _refusals(daemon: DaemonProcess) -> list[dict[str, Any]]:
@@ -344,3 +353,38 @@ async def test_a_send_to_the_admin_port_is_told_it_is_the_wrong_port(tmp_path: P
         assert "server.port" in raised.value.message.split("server.admin_port")[1]
     finally:
         daemon.stop()
+
+
+async def test_the_operator_looks_up_a_customers_messages(daemon: DaemonProcess) -> None:
+    creds = await daemon.account("support")
+    other = await daemon.account("other")
+    async with client_for(daemon.port, creds) as client:
+        sent = await client.send(["+8613800138001", "+8613800138002"], text="hi")
+        mids = [m["id"] for m in sent["messages"]]
+        for mid in mids:
+            await final_status(client, mid)
+        theirs = await client.message(mids[0])
+    async with client_for(daemon.port, other) as client:
+        foreign = (await client.send("+8613800138003", text="hi"))["messages"][0]["id"]
+
+    base = f"http://127.0.0.1:{daemon.port}/admin/accounts/support/messages"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(f"{base}/{mids[0]}") as r:
+            assert r.status == 200, await r.text()
+            assert await r.json() == theirs  # what the customer sees, parts and all
+        async with http.get(base, params={"to": "+8613800138002"}) as r:
+            assert [m["id"] for m in (await r.json())["messages"]] == [mids[1]]
+        async with http.get(f"{base}/{foreign}") as r:  # another account's: not found
+            assert r.status == 404 and (await r.json())["error"]["code"] == "NOT_FOUND"
+
+    shown = _cli(daemon, "message", "show", "support", mids[0])
+    assert shown == theirs
+    listed = _cli(daemon, "message", "list", "support", "--to", "+8613800138001")
+    assert [m["id"] for m in listed["messages"]] == [mids[0]], listed
+    assert not _cli_audit_actions(daemon, "message")  # a read: not in the audit trail
+
+
+def _cli_audit_actions(daemon: DaemonProcess, command: str) -> list[str]:
+    entries = _cli(daemon, "audit", "list", "--limit", "1000")
+    return [e["action"] for e in entries if e["action"].startswith(f"cli {command} ")]
