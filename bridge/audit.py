@@ -40,6 +40,8 @@ READ_ONLY = frozenset(
         ("dnc", "list"),
         ("audit", "list"),
         ("mo", "list"),
+        ("message", "list"),
+        ("message", "show"),
     }
 )
 _SKIPPED_OPTIONS = frozenset({"--config", "-c"})

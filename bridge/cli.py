@@ -28,10 +28,28 @@ class CliError(Exception):
 
 
 def _config(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None)
     try:
-        return load_config(getattr(args, "config", None))
+        cfg = load_config(path)
     except ConfigError as exc:
         raise CliError(f"invalid configuration:\n{exc}") from None
+    if path is None:
+        _say_demo_store(cfg)
+    return cfg
+
+
+def _say_demo_store(cfg: Config) -> None:
+    """A store command without --config works on the demo store under ./data, made there empty
+    (with a new master key) when it is not: on a server, `account list` printed [] with exit 0
+    and `account create` made credentials the daemon had never heard of, with nothing to say
+    that the command had not used the daemon's store. Said on stderr, so stdout stays JSON."""
+    store = Path(cfg.store.path).resolve()
+    new = "" if store.exists() else " (not there: made now, empty)"
+    print(
+        f"smpp-bridge: no --config: the built-in demo configuration, store {store}{new}; "
+        "for a daemon's store pass -c FILE, the daemon's --config",
+        file=sys.stderr,
+    )
 
 
 def setup_logging(cfg: Config | None, level: str | None = None) -> None:
@@ -593,8 +611,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         async with BridgeClient(args.url, key, secret) as client:
             try:
                 if args.status:
-                    _print(await client.message(args.status))
-                    return 0
+                    return _print_answer(await client.message(args.status))
                 result = await client.send(
                     to,
                     text=args.text,
@@ -604,27 +621,33 @@ def cmd_send(args: argparse.Namespace) -> int:
                     client_ref=args.client_ref,
                 )
             except BridgeError as exc:
-                print(
-                    json.dumps(
-                        {
-                            "error": {
-                                "status": exc.status,
-                                "code": exc.code,
-                                "message": exc.message,
-                                "request_id": exc.request_id,
-                            }
-                        }
-                    ),
-                    file=sys.stderr,
-                )
+                error: dict[str, Any] = {
+                    "status": exc.status,
+                    "code": exc.code,
+                    "message": exc.message,
+                    "request_id": exc.request_id,
+                }
+                if exc.details is not None:  # every refused recipient, not the first only
+                    error["details"] = exc.details
+                print(json.dumps({"error": error}), file=sys.stderr)
                 return 1
-            _print(result)
-            return 0
+            return _print_answer(result)
 
     try:
         return asyncio.run(go())
     except OSError as exc:
         raise CliError(f"cannot reach {args.url}: {exc}") from None
+
+
+def _print_answer(data: Any) -> int:
+    """The daemon's answer on stdout; a reader gone (`| head`) is not an error: the send was
+    made. It was raised as an OSError, reported as "cannot reach" the daemon with exit 1, and a
+    script or an operator sent the message again, a second SMS to the handset."""
+    try:
+        _print(data)
+    except BrokenPipeError:
+        _stdout_gone()
+    return 0
 
 
 def _check_url(url: str) -> None:

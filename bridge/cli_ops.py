@@ -693,3 +693,7 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     ml.add_argument("--cursor", default="", help="next_cursor of the page before")
     ml.add_argument("--limit", type=int, default=100, help="replies to print (default 100)")
     mo.set_defaults(fn=cmd_mo)
+
+    from bridge.cli_messages import add_parsers as add_message_parsers
+
+    add_message_parsers(sub, with_config)

@@ -120,8 +120,14 @@ class BridgeClient:
         query: dict[str, Any] | None = None,
         json_body: Any = None,
         idempotency_key: str | None = None,
+        raw: bool = False,
     ) -> tuple[int, CIMultiDict[str], Any]:
+        """One signed call. A query may come in `path` too (`/v1/stats?from=...`): it was signed
+        as part of the path, and the server, which reads it as the query, answered every such
+        call SIGNATURE_MISMATCH. `raw`: a 2xx answer's body as bytes (the CDR export's CSV)."""
+        path, _, in_path = path.partition("?")
         qs = urlencode({k: v for k, v in (query or {}).items() if v is not None}, quote_via=_quote)
+        qs = "&".join(q for q in (in_path, qs) if q)
         body = b"" if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
         base_headers: dict[str, str] = {}
         if json_body is not None:
@@ -143,7 +149,7 @@ class BridgeClient:
                     skip_auto_headers=("Content-Type",),
                     timeout=self._timeout,  # a caller's own session too
                 ) as resp:
-                    raw = await resp.read()
+                    body_in = await resp.read()
                     status = resp.status
                     # Case-insensitive: the server spells X-Request-ID, a proxy as it likes.
                     resp_headers = CIMultiDict(resp.headers)
@@ -172,15 +178,17 @@ class BridgeClient:
                 backoff = min(2**attempt * 0.5, 10.0)
                 await asyncio.sleep(min(backoff if told < 0 else told, self.max_retry_delay_s))
                 continue
+            if raw and status < 400:
+                return status, resp_headers, body_in
             try:
-                data = json.loads(raw) if raw else None
+                data = json.loads(body_in) if body_in else None
             except ValueError:  # a proxy's or the HTTP layer's own text/HTML page
                 if status < 400:
                     raise BridgeError(
                         status,
                         "INVALID_RESPONSE",
                         f"HTTP {status} with a body that is not JSON: "
-                        + raw.decode(errors="replace")[:200],
+                        + body_in.decode(errors="replace")[:200],
                         resp_headers.get("X-Request-Id"),
                     ) from None
                 data = None
@@ -191,7 +199,7 @@ class BridgeClient:
                 raise BridgeError(
                     status,
                     err.get("code", f"HTTP_{status}"),
-                    err.get("message", raw.decode(errors="replace")[:200]),
+                    err.get("message", body_in.decode(errors="replace")[:200]),
                     err.get("request_id") or resp_headers.get("X-Request-Id"),
                     err.get("details") if isinstance(err.get("details"), dict) else None,
                 )
@@ -300,6 +308,22 @@ class BridgeClient:
 
     async def bill(self, month: str) -> dict[str, Any]:
         return (await self.request("GET", f"/v1/bills/{_quote(month)}"))[2]
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    async def stats(
+        self, date_from: str, date_to: str, timezone: str | None = None
+    ) -> dict[str, Any]:
+        """`GET /v1/stats`: per day from `date_from` to `date_to` (YYYY-MM-DD), UTC days or with
+        `timezone="local"` those of the gateway's `rules.timezone`."""
+        query = {"from": date_from, "to": date_to, "timezone": timezone}
+        return (await self.request("GET", "/v1/stats", query=query))[2]
+
+    async def cdrs(self, month: str, timezone: str | None = None) -> str:
+        """`GET /v1/cdrs`: the month's (YYYY-MM) messages as CSV text, a header row first."""
+        query = {"month": month, "timezone": timezone}
+        body: bytes = (await self.request("GET", "/v1/cdrs", query=query, raw=True))[2]
+        return body.decode()
 
 
 def _key() -> str:

@@ -14,6 +14,7 @@ from aiohttp import web
 from bridge import audit, jsonio, logs
 from bridge.api import (
     admin,
+    admin_messages,
     admin_mo,
     admin_ops,
     admin_rules,
@@ -22,6 +23,7 @@ from bridge.api import (
     rules_api,
     v1,
 )
+from bridge.api.auth import CALLER
 from bridge.api.bodies import (
     CLOSING_CODES,
     body_pending,
@@ -208,6 +210,20 @@ async def _audit(request: web.Request, status: int, code: str, request_id: str) 
         log.error("audit trail write failed", extra=fields, exc_info=True)
 
 
+def _caller(request: web.Request) -> dict[str, str]:
+    """The app key and account a /v1/ request came with, as far as its checks got: at the default
+    level a refusal is the only line a request leaves, and a customer's "our requests fail"
+    is looked up by its account or key, which the line did not name."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        return {"account": principal.account.id, "app_key": principal.key.key_id}
+    caller = request.get(CALLER)
+    if caller is None:
+        return {}
+    key, account = caller
+    return {"app_key": key} if account is None else {"account": account, "app_key": key}
+
+
 async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.StreamResponse, str]:
     """The handler's answer and its error code ("OK" when it is not an error)."""
     try:
@@ -221,6 +237,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
                 "status": exc.status,
                 "code": exc.code,
                 "remote": client_of(request),
+                **_caller(request),
             },
         )
         resp = _error_response(
@@ -322,7 +339,16 @@ async def _signed_body(request: web.Request) -> bytes:
 @web.middleware
 async def admin_listener_middleware(request: web.Request, handler):
     """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
-    not a signature check."""
+    not a signature check. Said so: `send --url` pointed at this port was a bare "no such
+    endpoint", which reads as a missing route, not as the wrong port."""
+    if request.path.startswith("/v1/"):
+        if body_pending(request):  # not read: the stream cannot carry another request
+            request[CLOSE_AFTER] = True
+        raise ApiError(
+            "NOT_FOUND",
+            f"no such endpoint: {request.method} {request.path}: this is the admin "
+            "listener (server.admin_port); the API is on server.port",
+        )
     _check_path(request, request.path)
     return await handler(request)
 
@@ -502,5 +528,6 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
     admin_ops.add_routes(app)
     admin_rules.add_routes(app)
     admin_mo.add_routes(app)
+    admin_messages.add_routes(app)
     use_deferred_continue(app)
     return app

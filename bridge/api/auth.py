@@ -8,6 +8,7 @@ table. The pure parts live in `bridge.api.signing`; this is the shell with the s
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ from bridge.store.base import Store
 from bridge.store.models import Account, AppKey
 
 log = logging.getLogger("bridge.api")
+
+# Who a /v1/ request said it was, for the log line of its refusal: (app key, account id or None).
+# Set once the Authorization header parsed, so a refusal at any later check (revoked key, clock,
+# body hash, signature, nonce, then the handler's own) names the customer an operator greps for.
+CALLER: web.RequestKey[tuple[str, str | None]] = web.RequestKey("caller", tuple)
+# The form app keys are issued in (bridge.crypto.new_app_key): an unknown Credential is logged
+# only in it, as a mistyped or deleted key; anything else (a client that put its secret there)
+# is not written to the log.
+_ISSUED_KEY = re.compile(r"AK[0-9A-F]{24}")
+
+
+def loggable_key(key_id: str) -> bool:
+    """Whether an app key id nobody holds may be logged: only in the issued form."""
+    return _ISSUED_KEY.fullmatch(key_id) is not None
 
 
 @fast_init
@@ -183,8 +198,11 @@ class Authenticator:
 
         cached = await self._key(auth.app_key)
         if cached is None:
+            if loggable_key(auth.app_key):
+                request[CALLER] = (auth.app_key, None)
             raise ApiError("UNKNOWN_APP_KEY", "the app key in Credential is not known")
         key, secret = cached
+        request[CALLER] = (key.key_id, key.account_id)
         if key.status != "active":
             raise ApiError("KEY_REVOKED", "this app key has been revoked")
 

@@ -993,7 +993,13 @@ def _paths() -> dict[str, Any]:
             "name": "date",
             "in": "query",
             "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
-            "description": "UTC day of acceptance, YYYY-MM-DD (two-digit month and day)",
+            "description": "day of acceptance, YYYY-MM-DD (two-digit month and day): UTC's, "
+            "or with timezone=local that of rules.timezone",
+        },
+        {
+            **_TIMEZONE,
+            "description": "utc (the default) or local: the day of `date` in rules.timezone, as "
+            "/v1/stats and /v1/cdrs count it; only with date",
         },
         {"name": "status", "in": "query", "schema": {"type": "string", "enum": [*MESSAGE_STATES]}},
         {
@@ -1123,6 +1129,23 @@ def _paths() -> dict[str, Any]:
                 "enableAccount",
                 "Allow the account again (not a closed one: 409 ACCOUNT_CLOSED)",
                 {"200": account_ok, **_errors(404, 409)},
+            ),
+        },
+        "/admin/accounts/{ref}/messages": {
+            "parameters": [ref],
+            "get": _admin_op(
+                "adminListMessages",
+                "An account's messages, newest first, by cursor: GET /v1/messages for the operator",
+                {"200": _ok("MessageList", "one page"), **_errors(400, 404)},
+                parameters=query,
+            ),
+        },
+        "/admin/accounts/{ref}/messages/{id}": {
+            "parameters": [ref, msg_id],
+            "get": _admin_op(
+                "adminGetMessage",
+                "A message of the account with its parts: GET /v1/messages/{id} for the operator",
+                {"200": _ok("Message", "the message"), **_errors(404)},
             ),
         },
         "/admin/accounts/{ref}/keys": {

@@ -130,6 +130,20 @@ def local_day_bounds(day_index: int, tz: str) -> tuple[int, int]:
         raise ApiError("INVALID_FIELD", "to: a day before 9999-12-31 with timezone=local") from None
 
 
+def day_range(value: str, timezone: str | None, local: str) -> tuple[int, int]:
+    """`date` (with `timezone`) of GET /v1/messages as [start, end) in unix ms: a UTC day, or
+    with timezone=local the day of rules.timezone. A list by UTC day only cut a customer's
+    "today" in Shanghai at 08:00 local, while /v1/stats and the CDRs offered local days."""
+    day_index = parse_day(value, "date")
+    zone = parse_zone(timezone, local)
+    if zone == "UTC":
+        return day_index * 86_400_000, (day_index + 1) * 86_400_000
+    try:
+        return day_bounds(date.fromordinal(day_index + _EPOCH), zone)
+    except (ValueError, OverflowError):  # 9999-12-31 has no next day
+        raise ApiError("INVALID_FIELD", "date: before 9999-12-31 with timezone=local") from None
+
+
 def parse_month(value: str | None) -> tuple[int, int]:
     """YYYY-MM as [start, end) in unix milliseconds (UTC)."""
     if value is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +38,7 @@ from bridge.config import SmscConfig
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.tariffs import is_domestic
 from bridge.ids import id_time_ms
+from bridge.store.base import Store
 from bridge.store.models import (
     AcceptBatch,
     AcceptOutcome,
@@ -271,13 +273,17 @@ async def _accept_once(
 
 
 async def get_message(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
     account = request[PRINCIPAL].account
-    mid = request.match_info["id"]
-    record = await ctx.store.get_message(account.id, mid) if _MSG_ID.fullmatch(mid) else None
+    store = ctx_of(request).store
+    return json_response(await one_message(store, account.id, request.match_info["id"]))
+
+
+async def one_message(store: Store, account_id: str, mid: str) -> dict[str, Any]:
+    """A message of the account with its parts, or 404 (the customer's and the operator's)."""
+    record = await store.get_message(account_id, mid) if _MSG_ID.fullmatch(mid) else None
     if record is None:  # another account's id looks exactly like an unknown one: no probing
         raise ApiError("NOT_FOUND", f"no message {mid!r}")
-    return json_response(message_view(record))
+    return message_view(record)
 
 
 async def cancel_message(request: web.Request) -> web.Response:
@@ -329,12 +335,25 @@ async def cancel_batch(request: web.Request) -> web.Response:
     )
 
 
-async def list_messages(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    account = request[PRINCIPAL].account
-    from bridge.api.reports import parse_day, query_params  # reports imports this module
+MESSAGE_QUERY = ("to", "date", "timezone", "status", "batch_id", "cursor", "limit")
 
-    q = query_params(query_of(request), ("to", "date", "status", "batch_id", "cursor", "limit"))
+
+async def list_messages(request: web.Request) -> web.Response:
+    from bridge.api.reports import query_params  # reports imports this module
+
+    q = query_params(query_of(request), MESSAGE_QUERY)
+    account = request[PRINCIPAL].account
+    ctx = ctx_of(request)
+    return json_response(await messages_page(ctx.store, ctx.config.rules.timezone, account, q))
+
+
+async def messages_page(
+    store: Store, local_tz: str, account: Account, q: Mapping[str, str]
+) -> dict[str, Any]:
+    """A page of an account's messages by the list's filters (`MESSAGE_QUERY`): the customer's
+    GET /v1/messages, the operator's GET /admin/accounts/{ref}/messages and `message list`."""
+    from bridge.api.reports import day_range  # reports imports this module
+
     recipient = None
     if "to" in q:
         try:
@@ -343,9 +362,11 @@ async def list_messages(request: web.Request) -> web.Response:
             raise ApiError("INVALID_NUMBER", f"to: {exc.message}") from None
     since = until = None
     if "date" in q:
-        # The strict YYYY-MM-DD of /v1/stats (strptime took "2026-1-5" too).
-        day_ms = parse_day(q["date"], "date") * 86_400_000
-        since, until = day_ms, day_ms + 86_400_000
+        # The strict YYYY-MM-DD of /v1/stats (strptime took "2026-1-5" too); with
+        # timezone=local the day of rules.timezone, as /v1/stats and the CDRs count it.
+        since, until = day_range(q["date"], q.get("timezone"), local_tz)
+    elif "timezone" in q:
+        raise ApiError("INVALID_FIELD", "timezone: only with date")
     state = q.get("status")
     if state is not None and state not in _STATES:
         raise ApiError("INVALID_FIELD", f"status: one of {', '.join(_STATES)}")
@@ -363,7 +384,7 @@ async def list_messages(request: web.Request) -> web.Response:
     batch_id = q.get("batch_id")
     if batch_id is not None and not _BATCH_ID.fullmatch(batch_id):
         raise ApiError("INVALID_FIELD", "batch_id: a batch_id a send answered (bat_...)")
-    rows = await ctx.store.list_messages(
+    rows = await store.list_messages(
         account.id,
         recipient=recipient,
         since=since,
@@ -375,12 +396,10 @@ async def list_messages(request: web.Request) -> web.Response:
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    return json_response(
-        {
-            "messages": [message_view(r, with_parts=False) for r in rows],
-            "next_cursor": rows[-1].id if more and rows else None,
-        }
-    )
+    return {
+        "messages": [message_view(r, with_parts=False) for r in rows],
+        "next_cursor": rows[-1].id if more and rows else None,
+    }
 
 
 async def post_preview(request: web.Request) -> web.Response:
