@@ -542,6 +542,45 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_restore(args: argparse.Namespace) -> int:
+    """SQLite only (PostgreSQL has pg_restore). The files first, then, unless told not to, what
+    `db after-restore` does: the operator restoring a backup is the one who knows it is one,
+    and started as it is the daemon would send again what the backup still had to send."""
+    from bridge.store.sqlite_backup import BackupError, restore
+
+    cfg = _config(args)
+    if cfg.store.engine != "sqlite":
+        raise CliError(
+            "NOT_SQLITE: db restore puts a SQLite backup in place; restore PostgreSQL with "
+            "pg_restore, then run db after-restore (README, Running in production)"
+        )
+    setup_logging(cfg, "WARNING")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    try:
+        result: dict[str, Any] = restore(Path(cfg.store.path), Path(args.backup), stamp)
+    except BackupError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from None
+    result["after_restore"] = None
+    if args.no_after_restore:
+        print(json.dumps(result))
+        return 0
+
+    async def go(svc: Any) -> int:
+        from bridge.store.base import StoreError
+
+        try:
+            result["after_restore"] = await svc.store.after_restore(_now_ms())
+        except StoreError as exc:
+            raise CliError(
+                f"{exc.code}: {exc.message} (the backup is in place; run db after-restore "
+                "before the daemon starts)"
+            ) from None
+        print(json.dumps(result))
+        return 0
+
+    return asyncio.run(_with_services(cfg, go))
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from bridge.wiring import open_store, warn_open_modes
 
@@ -862,6 +901,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backed.add_argument("dest", help="the new backup file (must not exist)")
     backed.set_defaults(fn=cmd_db_backup)
+    put_back = with_config(
+        db_sub.add_parser(
+            "restore",
+            help="with the daemon stopped: put a SQLite backup in place as the store (the "
+            "store it replaces kept aside), then do what after-restore does",
+        )
+    )
+    put_back.add_argument("backup", help="the backup file (db backup's)")
+    put_back.add_argument(
+        "--no-after-restore",
+        action="store_true",
+        help="leave what the backup had to send waiting: the daemon sends it again",
+    )
+    put_back.set_defaults(fn=cmd_db_restore)
 
     send = sub.add_parser("send", help="send a message through a running daemon")
     send.add_argument("--url", default=_daemon_url())

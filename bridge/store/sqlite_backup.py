@@ -1,8 +1,9 @@
 """`smpp-bridge db backup`: a verified, consistent copy of a SQLite store, taken while the daemon
-runs. The README's one-liner (`VACUUM INTO`) was the documented way, and three things could go
-wrong with it by hand: a copy interrupted half way (a full disk, a killed cron job) left a file
-with the backup's name; nothing checked the copy; and, run with root's umask, the copy of a
-store only its owner may read was readable by every user of the machine.
+runs (and `db restore`, which puts one back: `restore`). The README's one-liner (`VACUUM INTO`)
+was the documented way, and three things could go wrong with it by hand: a copy interrupted half
+way (a full disk, a killed cron job) left a file with the backup's name; nothing checked the
+copy; and, run with root's umask, the copy of a store only its owner may read was readable by
+every user of the machine.
 
 No store object and no migrations: a backup taken before an upgrade must copy the schema as it
 was, and opening the store through `open_store` migrates it first. (SQLite itself gives a -wal
@@ -12,7 +13,9 @@ or -shm it creates as root to the database file's owner.)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -75,6 +78,98 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
         "bytes": dest.stat().st_size,
         "schema_version": version,
         "integrity": "ok",
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def restore(store: Path, src: Path, stamp: str) -> dict[str, Any]:
+    """Put the backup `src` in place as `store`, on a stopped daemon; returns what a caller prints.
+
+    Why a command: by hand (README) the store's old `-wal` had to be removed first, and a restore
+    that left it had SQLite replay the old store's latest commits into the backup's file, a
+    mixture of both (found by session 46's trial: the backup's 1 row read back as the 199 written
+    after it). Here the daemon's owner lock is held throughout (refused while one runs), the
+    backup is checked (integrity, a store of ours, no newer schema than this release's) and
+    copied beside the store, synced, given the store's mode and owner, and renamed into place;
+    the store it replaces is kept whole, its `-wal` with it, under `store.before-restore-STAMP`
+    (SQLite reads `NAME-wal` beside `NAME`), for the operator to delete; a `-shm` is dropped
+    (SQLite rebuilds it). Nothing is migrated here: the daemon, or `db after-restore`, does."""
+    from bridge.store.migrate import latest
+
+    if not src.is_file():
+        raise BackupError("BACKUP_NOT_FOUND", f"no backup file at {src}")
+    if not store.parent.is_dir():
+        raise BackupError("STORE_DIR_MISSING", f"{store.parent} is not a directory")
+    lock = os.open(str(store) + ".owner", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise BackupError(
+                "STORE_IN_USE",
+                f"store {store} is in use by a running smpp-bridge daemon (pid {holder}): stop "
+                "it first",
+            ) from None
+        try:
+            version, problems = _check(src)
+        except sqlite3.Error as exc:
+            raise BackupError("BACKUP_UNREADABLE", f"{src}: {exc}") from None
+        if problems:
+            raise BackupError(
+                "BACKUP_CORRUPT", f"{src} failed its integrity check: {'; '.join(problems)}"
+            )
+        if version is None:
+            raise BackupError("NOT_A_STORE", f"{src} is not an smpp-bridge store")
+        if version > latest("sqlite"):
+            raise BackupError(
+                "SCHEMA_TOO_NEW",
+                f"{src} has schema version {version}, newer than this release's "
+                f"{latest('sqlite')}: restore it with the release that made it",
+            )
+        return _put_in_place(store, src, stamp, version)
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def _put_in_place(store: Path, src: Path, stamp: str, version: int) -> dict[str, Any]:
+    started = time.monotonic()
+    incoming = store.with_name(store.name + ".restoring")
+    aside = store.with_name(f"{store.name}.before-restore-{stamp}")
+    like = store if store.exists() else store.parent
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            incoming.unlink()  # a run killed half way left it
+        shutil.copyfile(src, incoming)
+        os.chmod(incoming, (store.stat().st_mode & 0o777 & ~0o111) if store.exists() else 0o600)
+        if os.geteuid() == 0:  # run as root: the daemon's user must open it
+            owner = like.stat()
+            os.chown(incoming, owner.st_uid, owner.st_gid)
+        _fsync(incoming)
+        previous = None
+        if store.exists():
+            os.replace(store, aside)
+            previous = str(aside)
+        wal = Path(str(store) + "-wal")
+        if wal.exists():
+            os.replace(wal, Path(str(aside) + "-wal"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(str(store) + "-shm")
+        os.replace(incoming, store)
+        _fsync(store.parent, os.O_DIRECTORY)
+    except OSError as exc:
+        raise BackupError(
+            "RESTORE_FAILED", f"{exc.strerror or exc}: {exc.filename or store}"
+        ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            incoming.unlink()
+    return {
+        "restored": str(store),
+        "from": str(src),
+        "schema_version": version,
+        "previous": previous,
+        "bytes": store.stat().st_size,
         "seconds": round(time.monotonic() - started, 3),
     }
 
