@@ -21,9 +21,8 @@ random key makes it write. The WAL is not checkpointed during such a run (its fr
 back at the end), so its lock and CPU figures are not comparable with a run without `--wal`.
 `--preload N` first stores N live nonces and N live idempotency records under random keys, as a
 store under steady traffic holds (601 s of nonces, 24 h of keys): their random inserts then land
-in b-trees of that size. `--ordered-keys` makes the nonces and idempotency keys count up instead
-of being random: each insert then appends, the bound on what a layout that appends them could
-save.
+in b-trees of that size. `--ordered-keys` sends nonces and idempotency keys that sort by time
+(ULIDs, as `bridge/client.py` makes them) instead of random ones: their inserts then append.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import itertools
 import random
 import sqlite3
 import struct
@@ -44,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge import jsonio
+from bridge import ids, jsonio
 from bridge.api.submit import Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
@@ -136,10 +134,10 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         if args.wal:  # its own automatic checkpoints would restart the WAL too
             other.execute("PRAGMA wal_autocheckpoint=0")
         other.execute("CREATE TABLE IF NOT EXISTS bench_other (x INTEGER)")
-    counter = itertools.count(10**15)
 
     def key(random_hex: str) -> str:
-        return f"{next(counter):0{len(random_hex)}d}" if args.ordered_keys else random_hex
+        # Ordered: a ULID (the time, then random bits), as bridge/client.py makes them.
+        return ids.new_id("") if args.ordered_keys else random_hex
 
     def batch_of(i: int) -> AcceptBatch:
         at = now + i
@@ -206,7 +204,7 @@ def main() -> None:
     ap.add_argument("--shared", action="store_true", help="another connection commits between")
     ap.add_argument("--wal", action="store_true", help="WAL frames per accept, by b-tree")
     ap.add_argument("--preload", type=int, default=0, help="live nonces and keys stored first")
-    ap.add_argument("--ordered-keys", action="store_true", help="nonces and keys count up")
+    ap.add_argument("--ordered-keys", action="store_true", help="nonces and keys sort by time")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         r = asyncio.run(run(args, Path(tmp) / "bridge.db"))
