@@ -41,6 +41,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bridge import ids
 from bridge.client import BridgeClient
 
 TEXTS = {
@@ -50,8 +51,11 @@ TEXTS = {
 }
 
 
-def signed_request(creds: dict, port: int, body: bytes, key: str, now: datetime) -> bytes:
-    """One POST /v1/messages as raw HTTP/1.1 bytes, signed as of `now` with a fresh nonce."""
+def signed_request(
+    creds: dict, port: int, body: bytes, key: str, now: datetime, nonce: str | None = None
+) -> bytes:
+    """One POST /v1/messages as raw HTTP/1.1 bytes, signed as of `now` with `nonce` (None: a
+    fresh random one)."""
     from bridge.api import signing
 
     headers = {
@@ -69,7 +73,7 @@ def signed_request(creds: dict, port: int, body: bytes, key: str, now: datetime)
             headers,
             body,
             now,
-            uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            nonce or uuid.uuid4().hex + uuid.uuid4().hex[:8],
         )
     )
     head = (
@@ -80,18 +84,22 @@ def signed_request(creds: dict, port: int, body: bytes, key: str, now: datetime)
     return head.encode() + body
 
 
-def prebuild(accounts: list[dict], port: int, texts: list[tuple[str, str]]) -> list[bytes]:
+def prebuild(
+    accounts: list[dict], port: int, texts: list[tuple[str, str]], ordered: bool = False
+) -> list[bytes]:
     """Every request signed up front, so the timed phase spends no CPU on signing: the load
     generator shares the machine's cores with the daemon and must stay cheap. Request i is
-    account i's (round-robin over `accounts`)."""
+    account i's (round-robin over `accounts`). `ordered`: nonces and Idempotency-Keys that sort
+    by time (ULIDs, as bridge/client.py sends), not random ones."""
     now = datetime.now(UTC)
     return [
         signed_request(
             accounts[i % len(accounts)],
             port,
             json.dumps({"to": to, "text": text}, ensure_ascii=False).encode(),
-            uuid.uuid4().hex,
+            ids.new_id("") if ordered else uuid.uuid4().hex,
             now,
+            ids.new_id("") if ordered else None,
         )
         for i, (to, text) in enumerate(texts)
     ]
@@ -547,6 +555,7 @@ async def run(args: argparse.Namespace) -> dict:
                             accounts,
                             port,
                             [(numbers[first + i], text) for i in range(k, args.messages, n)],
+                            args.ordered_keys,
                         )
                         for k, port in enumerate(ports)
                     ]
@@ -911,6 +920,12 @@ def main() -> None:
         action="store_true",
         help="recipients drawn at random instead of counting up: real traffic's pattern, which "
         "costs the store more (each insert into a recipient index lands on another page)",
+    )
+    p.add_argument(
+        "--ordered-keys",
+        action="store_true",
+        help="nonces and Idempotency-Keys that sort by time (ULIDs, as bridge/client.py sends) "
+        "instead of random ones: the store appends them instead of writing a page for each",
     )
     p.add_argument("--keep", action="store_true")
     p.add_argument(

@@ -2,7 +2,7 @@
 """Time the SQLite store's write lock takes per accepted request, in one process.
 
 Usage: python scripts/bench_store.py [--requests 20000] [--batch 20] [--kind gsm1|ucs3]
-                                     [--shared]
+                                     [--shared] [--wal] [--preload N] [--ordered-keys]
 
 Why: end to end, `scripts/bench.py` shows the write lock held 80-85% of a 1-part run with two
 acceptors, so the lock's time per message bounds the daemon; but the machine's noise (±15%, and
@@ -14,28 +14,42 @@ behind `smpp_bridge_store_write_lock_seconds_total`) and the process's CPU per a
 commits a row from a second connection between batches, as another process of a `--workers`
 daemon does: each batch then starts with SQLite's page cache emptied, as it does there. Compare
 two trees by running this script from each (it imports the `bridge` beside it).
+
+`--wal` also prints the WAL frames (pages) the accepts wrote, per accept, by the table or index
+each page belongs to (SQLite's `dbstat`): what a commit costs in pages, and which b-trees a
+random key makes it write. The WAL is not checkpointed during such a run (its frames are read
+back at the end), so its lock and CPU figures are not comparable with a run without `--wal`.
+`--preload N` first stores N live nonces and N live idempotency records under random keys, as a
+store under steady traffic holds (601 s of nonces, 24 h of keys): their random inserts then land
+in b-trees of that size. `--ordered-keys` sends nonces and idempotency keys that sort by time
+(ULIDs, as `bridge/client.py` makes them) instead of random ones: their inserts then append.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import random
 import sqlite3
+import struct
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge import jsonio
+from bridge import ids, jsonio
 from bridge.api.submit import Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
 from bridge.config import parse_config
 from bridge.domain.admission import Rules
 from bridge.domain.ledger import topup
+from bridge.store import sqlite_runner
 from bridge.store.models import (
     AcceptBatch,
     Account,
@@ -49,7 +63,50 @@ UCS3 = {"to": "+8613800000000", "text": "【示例】您的验证码是123456，
 KEY = "ak_bench0123456789"
 
 
-async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
+def wal_pages(wal: Path, start: int) -> tuple[list[int], int]:
+    """The page numbers of the WAL's frames from byte `start` (0: the first frame) and the byte
+    where they end: the frames whose salts are the header's (a restart of the WAL changes them,
+    and a `--wal` run makes none)."""
+    data = wal.read_bytes() if wal.exists() else b""
+    if len(data) < 32:
+        return [], 32
+    page_size = struct.unpack(">I", data[8:12])[0]
+    salts = data[16:24]
+    at, pages = max(start, 32), []
+    while at + 24 + page_size <= len(data) and data[at + 8 : at + 16] == salts:
+        pages.append(struct.unpack(">I", data[at : at + 4])[0])
+        at += 24 + page_size
+    return pages, at
+
+
+def preload(path: Path, n: int, now: int) -> None:
+    """`n` live nonces and `n` live idempotency records under random keys (see --preload)."""
+    rnd = random.Random(46)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    answer = b'{"batch_id":"bat_01KBQ1M4TDS8AVWXWDX3JE2DBR","count":1}'
+    expiry = now + 86_400_000
+    for first in range(0, n, 100_000):
+        k = min(100_000, n - first)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?)",
+            ((KEY, f"{rnd.getrandbits(160):040x}", now + 601_000) for _ in range(k)),
+        )
+        conn.executemany(
+            "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, "
+            "expires_at) VALUES (?,?,?,?,?,?)",
+            (
+                ("acc_bench", f"{rnd.getrandbits(128):032x}", "0" * 64, 202, answer, expiry)
+                for _ in range(k)
+            ),
+        )
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     cfg = parse_config(
         {"security": {"generate_master_key": True}, "smscs": [{"name": "a", "system_id": "s"}]},
         env={},
@@ -57,9 +114,16 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
     )
     submitter = Submitter(cfg, make_router(cfg))
     tariff = tariff_from_config(cfg.billing.tariff, 0)
+    now = int(time.time() * 1000)
+    if args.wal:  # no checkpoint restarts the WAL: its frames are read back at the end
+        sqlite_runner.CHECKPOINT_EVERY = sqlite_runner.WAL_MAX_BYTES = 2**62
+    if args.preload:
+        made = SqliteStore(path)
+        await made.open()  # the schema
+        await made.close()
+        preload(path, args.preload, now)
     store = SqliteStore(path)
     await store.open()
-    now = int(time.time() * 1000)
     account = Account(id="acc_bench", name="bench", raw_text=True, created_at=now, updated_at=now)
     await store.create_account(account)
     await store.add_key(AppKey(KEY, account.id, b"sealed", "active", now), max_active=2)
@@ -67,7 +131,13 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
     body = UCS3 if args.kind == "ucs3" else GSM1
     other = sqlite3.connect(path, isolation_level=None) if args.shared else None
     if other is not None:
+        if args.wal:  # its own automatic checkpoints would restart the WAL too
+            other.execute("PRAGMA wal_autocheckpoint=0")
         other.execute("CREATE TABLE IF NOT EXISTS bench_other (x INTEGER)")
+
+    def key(random_hex: str) -> str:
+        # Ordered: a ULID (the time, then random bits), as bridge/client.py makes them.
+        return ids.new_id("") if args.ordered_keys else random_hex
 
     def batch_of(i: int) -> AcceptBatch:
         at = now + i
@@ -77,12 +147,12 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         return AcceptBatch(
             account_id=account.id,
             messages=tuple(messages),
-            idempotency_key=uuid.uuid4().hex,
+            idempotency_key=key(uuid.uuid4().hex),
             idempotency=IdempotencyRecord(uuid.uuid4().hex, 202, payload),
             idempotency_expires_at=at + 86_400_000,
             tps=0,
             key_id=KEY,
-            nonce=uuid.uuid4().hex + uuid.uuid4().hex[:8],
+            nonce=key(uuid.uuid4().hex + uuid.uuid4().hex[:8]),
             nonce_expires_at=at + 601_000,
             account_version=account.updated_at,
             rules=Rules(charges=charges, billing=True, tz="Asia/Shanghai"),
@@ -90,8 +160,12 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
 
     held0, cpu_s, done, commits = 0.0, 0.0, 0, 0
     warm = min(2_000, args.requests // 5)
+    wal = Path(f"{path}-wal")
+    wal_start: int | None = None
     for first in range(0, args.requests + warm, args.batch):
         batches = [batch_of(first + j) for j in range(args.batch)]  # built outside the timing
+        if args.wal and wal_start is None and first >= warm:
+            wal_start = wal_pages(wal, 0)[1]
         if other is not None:
             other.execute("INSERT INTO bench_other VALUES (1)")
         c0, s0 = time.process_time(), store.write_lock_stats()
@@ -103,6 +177,14 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
             done += len(batches)
             commits += s1.commits - s0.commits
         assert all(o.accepted for o in outs), [o for o in outs if not o.accepted][:1]
+    by_tree: collections.Counter[str] = collections.Counter()
+    if args.wal:
+        pages, _end = wal_pages(wal, wal_start or 0)
+        reader = sqlite3.connect(path)
+        names = dict(reader.execute("SELECT pageno, name FROM dbstat"))
+        reader.close()
+        by_tree.update(names.get(p, "(free list)") for p in pages)
+        del by_tree["bench_other"]  # the other connection's, not the accepts'
     await store.close()
     if other is not None:
         other.close()
@@ -110,6 +192,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         "lock_us": held0 / done * 1e6,
         "cpu_us": cpu_s / done * 1e6,
         "per_commit": done / max(1, commits),
+        "wal": {name: n / done for name, n in by_tree.items()},
     }
 
 
@@ -119,6 +202,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=20, help="accepts per commit")
     ap.add_argument("--kind", choices=["gsm1", "ucs3"], default="gsm1")
     ap.add_argument("--shared", action="store_true", help="another connection commits between")
+    ap.add_argument("--wal", action="store_true", help="WAL frames per accept, by b-tree")
+    ap.add_argument("--preload", type=int, default=0, help="live nonces and keys stored first")
+    ap.add_argument("--ordered-keys", action="store_true", help="nonces and keys sort by time")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         r = asyncio.run(run(args, Path(tmp) / "bridge.db"))
@@ -126,6 +212,11 @@ def main() -> None:
     print(f"  write lock per accept (us)      {r['lock_us']:8.1f}")
     print(f"  CPU per accept, all (us)        {r['cpu_us']:8.1f}")
     print(f"  accepts per commit              {r['per_commit']:8.1f}")
+    if args.wal:
+        wal = r["wal"]
+        print(f"WAL frames per accept             {sum(wal.values()):8.2f}, by b-tree:")
+        for name, per in sorted(wal.items(), key=lambda kv: -kv[1]):
+            print(f"    {name:34s}{per:6.3f}")
 
 
 if __name__ == "__main__":

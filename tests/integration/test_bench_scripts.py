@@ -87,6 +87,30 @@ def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> Non
         assert float(rows["accepts per commit"]) == 10, out
 
 
+def _wal_by_tree(out: str) -> dict[str, float]:
+    m = re.search(r"^WAL frames per accept +([0-9.]+), by b-tree:$", out, re.M)
+    assert m is not None, out
+    trees = {name: float(n) for name, n in re.findall(r"^    (\S+) +([0-9.]+)$", out, re.M)}
+    assert abs(sum(trees.values()) - float(m.group(1))) < 0.05, out
+    return trees
+
+
+def test_bench_store_wal_counts_the_pages_a_random_key_makes_an_accept_write() -> None:
+    # 20,000 live nonces and keys stored first: each accept's random nonce and key land on a
+    # page of their own, more than one WAL frame each with the splits; sorting by time (ULIDs), the
+    # 20 of a commit share a few pages.
+    common = ("scripts/bench_store.py", "--requests", "400", "--batch", "20", "--shared",
+              "--wal", "--preload", "20000")  # fmt: skip
+    scattered = _wal_by_tree(_run(*common))
+    ordered = _wal_by_tree(_run(*common, "--ordered-keys"))
+    for tree in ("nonces", "idempotency_key"):
+        assert scattered[tree] > 0.8, (tree, scattered)
+        assert ordered.get(tree, 0.0) < scattered[tree] / 3, (tree, ordered, scattered)
+    # The message's own b-trees append either way: a commit of 20 writes their last page or two.
+    assert 0 < scattered["messages"] < 0.25, scattered
+    assert "bench_other" not in scattered, scattered
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.
@@ -155,6 +179,29 @@ def test_bench_recipients_count_up_or_scatter_the_same_each_run() -> None:
     assert all(re.fullmatch(r"\+86138\d{8}", n) for n in scattered)
     # Spread over the whole range, not clustered at its start.
     assert min(scattered) < "+8613810000000" and max(scattered) > "+8613890000000"
+
+
+def test_bench_ordered_keys_sends_nonces_and_keys_that_sort_by_time() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    creds = {"app_key": "ak_bench0123456789", "app_secret": "s" * 32}
+
+    def sent(ordered: bool) -> tuple[list[str], list[str]]:
+        reqs = bench.prebuild([creds], 8080, [("+8613800000000", "hi")] * 200, ordered)
+        heads = "".join(r.split(b"\r\n\r\n")[0].decode() + "\n" for r in reqs)
+        nonces = re.findall(r"X-Bridge-Nonce: (\S+)", heads)
+        keys = re.findall(r"Idempotency-Key: (\S+)", heads)
+        assert len(set(nonces)) == len(set(keys)) == 200
+        return nonces, keys
+
+    for made in sent(ordered=True):  # ULIDs: their time (the first 10 characters) never goes back
+        assert [k[:10] for k in made] == sorted(k[:10] for k in made), made
+        assert all(re.fullmatch(r"[0-9A-Z]{26}", k) for k in made), made
+    for made in sent(ordered=False):  # random, as most clients' are
+        assert [k[:10] for k in made] != sorted(k[:10] for k in made), made
 
 
 def test_bench_times_only_the_rounds_not_the_signing_between_them() -> None:

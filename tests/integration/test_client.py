@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,28 @@ async def test_sdk_generates_a_key_and_keeps_it_across_retries(
     await asyncio.wait_for(task, 10)
     keys = {s.idempotency_key for s in api_server.observer.served if s.path == "/v1/messages"}
     assert len(keys) == 1 and None not in keys
+
+
+async def test_sdk_sends_keys_and_nonces_that_sort_by_time(api_server, make_account, sdk_client):
+    # ULIDs (README, "Signing"): the server keeps nonces by (app key, nonce) and Idempotency-Keys
+    # by (account, key), in b-trees where keys that sort by time are appended (a commit's on a
+    # page or two) and random ones each dirty a page of their own.
+    creds = await make_account()
+    client = sdk_client(creds)
+    for i in range(12):
+        await client.send(CN, text=f"ordered {i}")
+        await asyncio.sleep(0.002)  # the next millisecond: within one, the order is random
+    keys = [s.idempotency_key for s in api_server.observer.served if s.path == "/v1/messages"]
+    assert len(keys) == 12 and keys == sorted(keys), keys
+    with contextlib.closing(sqlite3.connect(api_server.store.path)) as db:
+        nonces = [  # as the server recorded them, in the order it did (their expiry)
+            n
+            for (n,) in db.execute(
+                "SELECT nonce FROM nonces WHERE key_id=? ORDER BY expires_at", (creds.app_key,)
+            )
+        ]
+    assert len(nonces) >= 12 and nonces == sorted(nonces), nonces
+    assert len(set(nonces)) == len(nonces)
 
 
 async def test_sdk_gives_up_after_max_retries(api_server, make_account, sdk_client):
