@@ -27,7 +27,7 @@ import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
-from bridge.store import postgres_rules, rollup_rows
+from bridge.store import postgres_pending_ends, postgres_rules, rollup_rows
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
     PARK_AGAIN_MS,
@@ -330,7 +330,12 @@ async def claim(
         ask *= 4
     if routable:
         await take_parked(limit - len(ids))
-    ids = await dnc_guard(c, ids, recipients, now)
+    if ids:
+        # One probe for both guards: an idle system (no list, no end under way) pays one trip.
+        listed, ending = await c.fetchrow(_GUARDS_PROBE)
+        if ending:  # an account-wide end under way (postgres_pending_ends)
+            ids = await postgres_pending_ends.guard(c, ids)
+        ids = await dnc_guard(c, ids, recipients, now, listed)
     if not ids:
         return []
     rows = await c.fetch(_CLAIM, ids, instance, lease_until)
@@ -404,8 +409,15 @@ async def give_back(
     return int(status.split()[-1]), [r[0] for r in held]
 
 
+_GUARDS_PROBE = "SELECT EXISTS (SELECT 1 FROM dnc_entries), EXISTS (SELECT 1 FROM pending_ends)"
+
+
 async def dnc_guard(
-    c: asyncpg.Connection, ids: list[str], recipients: dict[str, str], now: int
+    c: asyncpg.Connection,
+    ids: list[str],
+    recipients: dict[str, str],
+    now: int,
+    listed: bool | None = None,
 ) -> list[str]:
     """In a claim's transaction, while any list holds an entry: the never-tried messages of
     `ids` a do-not-contact list blocks end unsent (RECIPIENT_BLOCKED) instead of being claimed,
@@ -414,8 +426,10 @@ async def dnc_guard(
     a transaction after the one that writes the list (held through the scan, the list's lock
     stopped every account's sends ~3 µs per waiting message): a claim between the two, on any
     instance, took blocked messages, and the second only held them as in flight (sent). One
-    probe a claim without a list."""
-    if not ids or not await c.fetchval("SELECT EXISTS (SELECT 1 FROM dnc_entries)"):
+    probe a claim without a list (`listed`: the claim's probe answered it already)."""
+    if listed is None and ids:
+        listed = await c.fetchval("SELECT EXISTS (SELECT 1 FROM dnc_entries)")
+    if not ids or not listed:
         return ids
     prefixes = sorted({p for i in ids for p in number_prefixes(recipients[i])})
     matched = {
