@@ -370,3 +370,34 @@ async def test_another_accounts_claim_is_not_held_up_by_a_page_under_way(
         await second.close()
     assert got and sorted(got[0]) == [f"o{k:04d}" for k in range(5)]
     assert await _states(engine) == {"ACCOUNT_DISABLED": BIG}
+
+
+async def test_messages_queued_before_the_boundary_existed_are_covered(
+    engine: EngineHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's boundary is the messages' sequence number (migration 33): rows from before
+    it have none (NULL, no table rewrite) and are older than any end."""
+    s = engine.new_store()
+    await s.open()
+    for aid in ("acc_big", "acc_other"):
+        await s.create_account(Account(id=aid, name=aid, created_at=NOW, updated_at=NOW))
+    await _queue(s, BIG)
+    await s.close()
+    await store_engines.schema_before(engine, 34, 33)  # the release before: no seq
+    s = engine.new_store()
+    await s.open()  # migrated again: the old rows' seq NULL
+    try:
+        if engine.name == "postgres":
+            assert await _rows(engine, "SELECT COUNT(*) FROM messages WHERE seq IS NULL") == [
+                (BIG,)
+            ]
+        _stop_after_first(engine, monkeypatch)
+        await s.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+        _restart(engine, monkeypatch)
+        await s.update_account("acc_big", {"status": "active"}, NOW + 2)
+        await _queue(s, 1, first=BIG)
+        await s.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
+        assert await _states(engine) == {"ACCOUNT_DISABLED": BIG, "queued": 1}
+        assert [w.id for w in await s.claim("inst", 500, NOW + 3, 60_000)] == [f"m{BIG:06d}"]
+    finally:
+        await s.close()
