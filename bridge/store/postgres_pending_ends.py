@@ -58,6 +58,8 @@ SCOPES: dict[str, str] = {
 _START: tuple[int, str] = (-(1 << 62), "")
 _COLS = "id, account_id, scope, value, error, ended_at, max_seq, after_nb, after_id"
 _IDS = "id = ANY($1::text[])"
+# The boundary: the last sequence number drawn (0 before any: NULL until the first nextval).
+_LAST_SEQ = "SELECT COALESCE(pg_sequence_last_value('messages_seq'::regclass), 0)"
 
 T = TypeVar("T")
 
@@ -164,9 +166,6 @@ async def start(
         pending.append(int(end_id))
     return ended
 
-
-# The boundary: the last sequence number drawn (0 before any: NULL until the first nextval).
-_LAST_SEQ = "SELECT COALESCE(pg_sequence_last_value('messages_seq'::regclass), 0)"
 
 # The mark a worker gives its end at a page: `$at`, unless the mark is below `$last`, the one
 # this worker made before: a step back of the clock moved it (postgres_clock), and the worker,

@@ -181,6 +181,8 @@ async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes
     await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
     assert await _states(engine) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
     _restart(engine, monkeypatch)
+    # Counted on /metrics (smpp_bridge_store_chunked_*), PostgreSQL's too.
+    assert (await store.chunked_work())["ends"] == (1, NOW + 1)
 
     # A claim sends none of the disabled account's messages: it ends those it found.
     work = await store.claim("inst", 50, NOW + 2, 60_000)
@@ -196,6 +198,7 @@ async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes
     await store.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"ACCOUNT_DISABLED": BIG}
     assert await _pending(engine) == 0
+    assert (await store.chunked_work())["ends"] == (0, None)
 
 
 async def test_an_end_covers_only_the_messages_that_existed_when_it_started(
