@@ -9,11 +9,13 @@ rows it held, 3.3-4.6 s a claim: other accounts' sends fell from ~5,000/s to 21-
 the messages on a bind and records the end in `pending_ends`; the waiting ones go END_CHUNK per
 transaction in the queue index's order, and the request answers once all are ended.
 
-Why the change's transaction ends none, unlike SQLite's first chunk: until it commits, the
-claims cannot see the end's row, and on PostgreSQL they run meanwhile: each took its share of
-the account's messages its first page had not locked (at a million waiting, ~1,900 more sent
-than by the one transaction, which locked them all at once). Committed at once, the row is
-there for every claim after the change's few statements.
+Why the change's transaction ends (and holds) none, unlike SQLite's first chunk: until it
+commits, the claims cannot see the end's row, and on PostgreSQL they run meanwhile: each took its
+share of the account's messages (at a million waiting, ~1,300-1,600 more sent than by the one
+transaction, which locked them all at once, with a first page in it; ~1,500 with the messages on
+a bind held in it, 15,000 in the benchmark, whose claims never finish). Committed at once, the
+row is there for every claim after the change's few statements; those on a bind are held by the
+first page and again by the last (claims that committed meanwhile).
 
 Why nothing is sent meanwhile: each claim reads `pending_ends` (one probe with the do-not-contact
 one) and ends, instead of claiming, the candidates an end covers (`guard`). An end covers the
@@ -154,12 +156,10 @@ async def start(
     now: int,
     pending: list[int],
 ) -> int:
-    """In the change's transaction (the account's row locked: see the module's doc): the
-    covered messages on a bind held and the end recorded, its id appended to `pending` (for
-    `finish`, whose pages end the waiting ones). Ends none itself (0): see the module's doc."""
+    """In the change's transaction (the account's row locked: see the module's doc): the end
+    recorded, its id appended to `pending` (for `finish`, whose pages hold the messages on a
+    bind and end the waiting ones). Ends none itself (0): see the module's doc."""
     max_seq = await c.fetchval(_LAST_SEQ)
-    end = _End(0, account_id, scope, value, error, now, max_seq, _START)
-    await _hold_on_binds(c, end)
     end_id = await c.fetchval(
         "INSERT INTO pending_ends (account_id, scope, value, error, ended_at, max_seq, "
         "after_nb, after_id, worked_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$5) RETURNING id",
@@ -194,9 +194,11 @@ async def _step(
     if row is None:
         return None
     end = _end(row)
+    if end.after == _START:  # the walk's start: those on a bind first
+        await _hold_on_binds(c, end)
     ended, after = await _page(c, end)
     if after is None:
-        # Done. Claims that committed before this end's row did, unguarded, are on a bind now.
+        # Done. Claims that committed while the change did, unguarded, are on a bind now.
         await _hold_on_binds(c, end)
         guarded = await c.fetchval(
             "WITH g AS (DELETE FROM pending_end_guards WHERE end_id = $1 RETURNING n) "
