@@ -418,3 +418,28 @@ async def test_messages_queued_before_the_boundary_existed_are_covered(
         assert [w.id for w in await s.claim("inst", 500, NOW + 3, 60_000)] == [f"m{BIG:06d}"]
     finally:
         await s.close()
+
+
+async def test_a_disabled_account_under_an_end_takes_no_share_of_the_claims(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a claim of 50 took 25 of the disabled account's (ended by its guard) and 25
+    of the other's; at a million waiting the other accounts got ~390 messages claimed a second
+    against ~5,000. Now the other accounts share the claim; the oldest-first rest still meets
+    (and ends) the disabled account's messages when they do not fill it."""
+    if engine.name != "postgres":
+        pytest.skip("SQLite's claim shares as before: its end is chunks of its one writer")
+    await _queue(store, BIG)
+    other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(60))
+    await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+    _stop_after_first(engine, monkeypatch)
+    await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+    _restart(engine, monkeypatch)
+
+    work = await store.claim("inst", 50, NOW + 2, 60_000)
+    assert [w.account_id for w in work] == ["acc_other"] * 50
+    assert await _states(engine) == {"queued": BIG}  # none of its candidates: none ended
+    # The other account's last 10 leave room: the rest of the claim meets acc_big's, and ends them.
+    work = await store.claim("inst", 50, NOW + 2, 60_000)
+    assert [w.account_id for w in work] == ["acc_other"] * 10
+    assert await _states(engine) == {"ACCOUNT_DISABLED": 40, "queued": BIG - 40}
