@@ -6,10 +6,12 @@ Usage: SMPP_BRIDGE_CI=1 python scripts/bench_pg_ends.py [--waiting 1000000] [--o
                                       [--op disable|close|sign] [--runs 1] [--old TREE]
 
 Why: on SQLite these run in chunks (README note 18: one transaction held every writer ~20 s per
-million); on PostgreSQL each is one transaction (bridge/store/postgres_ends.py), which blocks no
-other writer by a lock of the whole store but holds a row lock on every message it ends to its
-commit. Nobody had measured what that costs the others at a million. This queues `--waiting`
-charged one-part messages of one account with a status callback (scripts/bench_restore.fill:
+million); on PostgreSQL each was one transaction (bridge/store/postgres_ends.py), which blocks
+no other writer by a lock of the whole store but holds a row lock on every message it ends to its
+commit (a disable and a sign's delete go in pages since session 46: postgres_pending_ends.py; a
+close is still one transaction). Nobody had measured what that costs the others at a million.
+This queues `--waiting` charged one-part messages of one account with a status callback
+(scripts/bench_restore.fill:
 each end refunds and queues a report) and `--others` of a second account into a template
 database of a throwaway cluster (tests/pg_cluster.py), then per run clones it and, in a child
 process (the tree's code), runs the operation while the same process, on a pool of its own,

@@ -240,6 +240,11 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey",
         "ALTER TABLE ledger ADD PRIMARY KEY (id)",
     ),
+    33: (
+        "DROP TABLE pending_end_guards",
+        "DROP TABLE pending_ends",
+        "ALTER TABLE messages DROP COLUMN seq",  # and its sequence (OWNED BY)
+    ),
 }
 
 

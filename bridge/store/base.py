@@ -234,13 +234,14 @@ class Store(Protocol):
     ) -> Account | None:
         """Apply `changes`; a closed account is left as it is. Disabling an active account also
         ends its messages still waiting in the queue, scheduled ones included, unsent with
-        ACCOUNT_DISABLED_ERROR and refunded, before it returns (in the same transaction on
-        PostgreSQL; on SQLite from it on, in chunks nothing is sent from: sqlite_ends.py,
-        sqlite_senders.py): an operator disables an account to stop its traffic (a leaked key,
-        fraud), and a campaign it scheduled kept going out. Messages already handed to an SMSC
-        finish. So do `marketing` or `raw_text` turned off (REVOKED_SENDS), and a `senders`
-        change for every account's waiting messages whose sender their account may no longer
-        use (`assigned_only`: the rules.sender_policy assigned), with SENDER_NOT_ALLOWED."""
+        ACCOUNT_DISABLED_ERROR and refunded, before it returns (from its transaction on, in
+        chunks nothing is sent from: sqlite_ends.py, postgres_pending_ends.py; a `senders`
+        change on PostgreSQL in its one transaction, sqlite_senders.py): an operator disables
+        an account to stop its traffic (a leaked key, fraud), and a campaign it scheduled kept
+        going out. Messages already handed to an SMSC finish. So do `marketing` or `raw_text`
+        turned off (REVOKED_SENDS), and a `senders` change for every account's waiting messages
+        whose sender their account may no longer use (`assigned_only`: the
+        rules.sender_policy assigned), with SENDER_NOT_ALLOWED."""
         ...
 
     async def add_key(self, key: AppKey, max_active: int) -> None: ...

@@ -40,6 +40,7 @@ from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms
 from bridge.store import migrate, postgres_clock, postgres_stats
 from bridge.store import postgres_ends as ends
+from bridge.store import postgres_pending_ends as pending_ends
 from bridge.store import postgres_pipeline as pipe
 from bridge.store import postgres_reports as reports
 from bridge.store import postgres_restore as restored
@@ -623,6 +624,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             bool(changes[k]) if k in _BOOL_COLS else column_value(k, changes[k]) for k in cols
         ]
 
+        pending: list[int] = []  # ends that go on in pages of their own (postgres_pending_ends)
+
         async def job(c: asyncpg.Connection) -> Account | None:
             disabling = False
             if changes.get("status") == "disabled":
@@ -642,12 +645,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     now,
                     account_id,
                 )
-            # The ends read the messages a page at a time, in this transaction (postgres_ends).
+            # The account's row is locked (the UPDATE, or lock_account): see pending_ends.start.
             if disabling:  # see base.Store.update_account
-                await ends.end_account_waiting(c, account_id, ACCOUNT_DISABLED_ERROR, now)
-            for setting, which, error in REVOKED_SENDS:
+                await pending_ends.start(
+                    c, account_id, "account", None, ACCOUNT_DISABLED_ERROR, now, pending
+                )
+            for setting, _which, error in REVOKED_SENDS:
                 if setting in changes and not changes[setting]:
-                    await ends.end_account_waiting(c, account_id, error, now, which)
+                    await pending_ends.start(c, account_id, setting, None, error, now, pending)
             if "senders" in changes:
                 assignments = [(r[0], senders_of(r[1])) for r in await c.fetch(_ASSIGNMENTS_SQL)]
                 await ends.end_refused_senders(c, assignments, now, assigned_only=assigned_only)
@@ -656,7 +661,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             )
             return _account(row) if row else None
 
-        return await run_tx(self.pool, job)
+        account, _more = await pending_ends.run(self.pool, job, pending, now)
+        return account
 
     async def add_key(self, key: AppKey, max_active: int) -> None:
         async def job(c: asyncpg.Connection) -> None:
@@ -1688,6 +1694,13 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             lapsed += n
             if low is not None:
                 low_balance.append(low)
+        try:  # ends whose process stopped part-way (postgres_pending_ends)
+            out["expired"] += await pending_ends.resume(self.pool, now)
+        except Exception as exc:
+            if isinstance(exc, StoreClosedError) or is_unavailable(exc):
+                raise
+            # The next sweep tries again; the claims keep guarding what it covers meanwhile.
+            log.warning("sweep: resuming account-wide ends failed: %r", exc)
         return {
             "expired": out["expired"],
             "timed_out": out["timed_out"],
@@ -2059,7 +2072,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return int(pending), int(dead), oldest
 
     async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
-        return {}  # each runs in one transaction here
+        # The account-wide ends (postgres_pending_ends); the others run in one transaction here.
+        row = await self.pool.fetchrow("SELECT COUNT(*), MIN(worked_at) FROM pending_ends")
+        return {"ends": (int(row[0]), row[1])}
 
     async def webhook_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")

@@ -6,7 +6,8 @@ keyset on (next try, id) over the queued rows visits each row once, a chunk a tr
 rows another instance holds locked (being claimed) are left as they are. Unlike SQLite's
 rowid, nothing here tells a message accepted while the shift runs (text ids, on several
 hosts' clocks): one accepted in the window of a shift's chunks moves too, ahead of at most S of
-older sends (README, "The host's clock").
+older sends (README, "The host's clock"). The account-wide ends' marks (`pending_ends.worked_at`)
+move in the first chunk's transaction, as SQLite's do.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ UPDATE messages SET q_not_before = q_not_before - $1
 WHERE id = ANY($2::text[]) AND q_state = 'queued'
 AND (scheduled_at IS NULL OR q_not_before <> scheduled_at)
 """
+# The account-wide ends' marks (postgres_pending_ends), as sqlite_clock's: the sweep finishes an
+# end nobody marked for RESUME_AFTER_MS, and one marked on the old clock waited S more. Only marks
+# after the shift's `now` (a mark made after the step, by a live worker, stays).
+_MARKS = "UPDATE pending_ends SET worked_at = worked_at - $1 WHERE worked_at > $2"
 _WEBHOOKS = """
 UPDATE webhook_outbox SET next_attempt_at = next_attempt_at - $1
 WHERE state = 'pending' AND next_attempt_at > $2 AND NOT (id = ANY($3::bigint[]))
@@ -50,6 +55,8 @@ async def shift_back(
         after: tuple[int, Any] = shift.cursor or (-(2**63), "")
 
         async def page(c: asyncpg.Connection, after: tuple[int, Any] = after) -> tuple[int, Any]:
+            if shift.cursor is None:  # the first page: the ends' marks move with it, once
+                await c.execute(_MARKS, shift.by_ms, shift.now)
             rows = await c.fetch(_PAGE, after[0], after[1], CHUNK)
             if not rows:
                 return 0, None

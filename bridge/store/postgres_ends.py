@@ -1,46 +1,23 @@
-"""An account's waiting messages ended (a disable, `marketing` or `raw_text` turned off, a sign or
-template deleted or rejected) and every account's re-checked after a `senders` change, read
-WALK_CHUNK at a time (PostgreSQL); and an account's close, whose history stays on the server
-(erase_account).
+"""Every account's waiting messages re-checked after a `senders` change, read WALK_CHUNK at a
+time, and an account's close, whose history stays on the server (erase_account) (PostgreSQL).
+An account-wide end (a disable, a sign or template deleted or rejected, `marketing` or
+`raw_text` turned off) goes in pages of their own transactions: postgres_pending_ends.py.
 
-Why: each read every message it covered in one statement: the account-wide ends locked and
-returned every waiting id of the account, the `senders` change every waiting message with a
-sender of every account (id, account, sender), and ended all of them at once. 200,000 waiting
-took 254 MB of Python allocations at the disable's peak (the rows, then the refunds and reports
-made of them), 134 MB at a senders change refusing half; 3.7 and 2.5 MB in pages
-(scripts/bench_pg_dnc.py --op disable|senders).
+Why pages through a cursor: the `senders` change read every waiting message with a sender of
+every account (id, account, sender) in one statement and ended all of them at once: 134 MB of
+Python allocations at a change refusing half of 200,000, 2.5 MB in pages
+(scripts/bench_pg_dnc.py --op senders). The cursor reads one snapshot, taken as it opens where
+the one statement was, and each page is ended (or held) as it is by then.
 
-Now each reads them through one cursor, WALK_CHUNK rows per FETCH, and ends a page before it
-reads the next. The cursor reads one snapshot, taken as it opens where the one statement was:
-what it covers is what the one statement read, a message the claims move in the queue
-meanwhile (an un-park, a clock step) included, which a keyset walk in the queue's order could
-pass by; each page is then ended (or held) as it is by then, as the one statement's end was.
-
-One transaction still, unlike the do-not-contact walk's transaction per page
-(postgres_dnc.py), because nothing else covers what a page has not reached yet on PostgreSQL:
-the claims check the do-not-contact lists (postgres_pipeline.dnc_guard) but not an account's
-status, its signs, templates, `marketing` and `raw_text`, or the senders assignments; and no
-row records an end under way for a sweep to finish (SQLite's pending_ends and sender_walk, whose
-PostgreSQL migrations are no-ops). In pages of their own, a claim between two pages would send a
-disabled account's messages, and a process stopped part-way would leave them to be sent. So the
-change and its ends commit together, as before. Its cost at a million waiting
-(scripts/bench_pg_ends.py, README note 18): minutes in one transaction, GBs of WAL, and every
-account's claims seconds each, as they skip the rows it holds; a close's masking statement past
-the pool's command_timeout, the whole close undone. Pages need a `pending_ends` of PostgreSQL's
-own (a migration). What that transaction holds is as before:
-
-- an account-wide end first locks every message it covers in one statement that answers a
-  count (in id order, the pipeline's lock order, waiting for a claim scan's rows rather than
-  skipping them, as end_queued_ids does): from there the claims skip them, as they skipped the
-  one statement's rows, and nothing is claimed between two pages;
-- the `senders` change locks, as before, only the messages it refuses (locking every waiting
-  one would stop every account's sends until its commit), a page at a time, in id order across
-  the pages (the cursor's ORDER BY: no deadlock with the pipeline's own id-ordered locks). As
-  before, a claim that takes a refused message before the change locks it (the claims do not
-  check the assignments) sends it, and the change only holds it; the window is the walk up to
-  that message, as it was the read and the check of every one of them before. They are ended,
-  refunded and given back their places after the walk, so the refunded accounts' pockets and
-  days are locked for the last moments of the transaction, not from the page that found them.
+One transaction still: the claims do not check the senders assignments and no row records a
+walk under way for a sweep to finish (SQLite's sender_walk), so in pages of their own a claim
+between two pages would send a refused message. The change locks only the messages it refuses
+(locking every waiting one would stop every account's sends until its commit), a page at a
+time, in id order across the pages (the cursor's ORDER BY: no deadlock with the pipeline's own
+id-ordered locks). A claim that takes a refused message before the change locks it sends it,
+and the change only holds it, as before. They are ended, refunded and given back their places
+after the walk, so the refunded accounts' pockets and days are locked for the last moments of
+the transaction, not from the page that found them.
 """
 
 from __future__ import annotations
@@ -69,34 +46,6 @@ async def pages(
             yield rows
         if len(rows) < WALK_CHUNK:
             return
-
-
-async def end_account_waiting(
-    c: asyncpg.Connection,
-    account_id: str,
-    error: str,
-    now: int,
-    which: str = "TRUE",
-    args: Sequence[Any] = (),
-) -> int:
-    """The account's waiting messages `which` finds (its parameters `args`, from $2) ended
-    unsent with `error` and refunded, those on a bind or tried held (end_queued_ids); how many
-    ended. Every one locked first, the daemon reading them WALK_CHUNK at a time after."""
-    from bridge.store.postgres_rules import end_queued_ids
-
-    where = f"account_id = $1 AND ({which}) AND q_state IN ('queued', 'claimed')"
-    found = await c.fetchval(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE {where} ORDER BY id FOR UPDATE) s",
-        account_id,
-        *args,
-    )
-    if not found:
-        return 0
-    ended = 0
-    async for rows in pages(c, f"SELECT id FROM messages WHERE {where}", (account_id, *args)):
-        ids = [r[0] for r in rows]
-        ended += len(await end_queued_ids(c, _IDS, (ids,), error, now))
-    return ended
 
 
 async def end_refused_senders(

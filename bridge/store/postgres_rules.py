@@ -31,10 +31,11 @@ from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
 from bridge.ids import new_id
+from bridge.store import postgres_pending_ends as pending_ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
-from bridge.store.postgres_ends import end_account_waiting, erase_account
+from bridge.store.postgres_ends import erase_account
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
@@ -513,6 +514,8 @@ class RulesStoreMixin:
     async def review_sign(
         self, account_id: str, name: str, status: str, reason: str | None, now: int
     ) -> Sign | None:
+        pending: list[int] = []  # ends that go on in pages of their own (postgres_pending_ends)
+
         async def job(c: asyncpg.Connection) -> Sign | None:
             if status == "rejected":
                 await lock_account(c, account_id)
@@ -526,18 +529,19 @@ class RulesStoreMixin:
                 name,
             )
             if status == "rejected":  # what waits ends unsent (see the SQLite engine)
-                await end_account_waiting(
-                    c, account_id, "SIGN_REJECTED", now, "sign_name = $2", (name,)
-                )
+                await pending_ends.start(c, account_id, "sign", name, "SIGN_REJECTED", now, pending)
             return sign_row(r) if r else None
 
-        return await run_tx(self.pool, job)
+        sign, _more = await pending_ends.run(self.pool, job, pending, now)
+        return sign
 
     async def edit_sign(self, sign: Sign) -> bool:
         done = await self.pool.execute(EDIT_SIGN_PG, *edit_sign_args(sign))
         return done.endswith(" 1")
 
     async def delete_sign(self, account_id: str, name: str, now: int) -> int | None:
+        pending: list[int] = []  # ends that go on in pages of their own (postgres_pending_ends)
+
         async def job(c: asyncpg.Connection) -> int | None:
             await lock_account(c, account_id)
             gone = await c.fetchval(
@@ -547,11 +551,12 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_account_waiting(
-                c, account_id, "SIGN_DELETED", now, "sign_name = $2", (name,)
+            return await pending_ends.start(
+                c, account_id, "sign", name, "SIGN_DELETED", now, pending
             )
 
-        return await run_tx(self.pool, job)
+        ended, more = await pending_ends.run(self.pool, job, pending, now)
+        return None if ended is None else ended + more
 
     # -- templates ---------------------------------------------------------------------------------
 
@@ -580,6 +585,8 @@ class RulesStoreMixin:
     async def review_template(
         self, code: str, status: str, reason: str | None, now: int, revision: int | None = None
     ) -> Template | None:
+        pending: list[int] = []  # ends that go on in pages of their own (postgres_pending_ends)
+
         async def job(c: asyncpg.Connection) -> Template | None:
             if status == "rejected":
                 owner = await c.fetchval("SELECT account_id FROM templates WHERE code = $1", code)
@@ -600,18 +607,21 @@ class RulesStoreMixin:
             elif status == "rejected":  # what waits ends unsent (see the SQLite engine)
                 # The owner's messages only: an accept takes a template of its own account.
                 owner = template_row(r).account_id
-                await end_account_waiting(
-                    c, owner, "TEMPLATE_REJECTED", now, "template = $2", (code,)
+                await pending_ends.start(
+                    c, owner, "template", code, "TEMPLATE_REJECTED", now, pending
                 )
             return template_row(r) if r else None
 
-        return await run_tx(self.pool, job)
+        template, _more = await pending_ends.run(self.pool, job, pending, now)
+        return template
 
     async def edit_template(self, t: Template) -> bool:
         done = await self.pool.execute(EDIT_TEMPLATE_PG, *edit_template_args(t))
         return done.endswith(" 1")
 
     async def delete_template(self, account_id: str, code: str, now: int) -> int | None:
+        pending: list[int] = []  # ends that go on in pages of their own (postgres_pending_ends)
+
         async def job(c: asyncpg.Connection) -> int | None:
             await lock_account(c, account_id)
             gone = await c.fetchval(
@@ -621,11 +631,12 @@ class RulesStoreMixin:
             )
             if gone is None:
                 return None
-            return await end_account_waiting(
-                c, account_id, "TEMPLATE_DELETED", now, "template = $2", (code,)
+            return await pending_ends.start(
+                c, account_id, "template", code, "TEMPLATE_DELETED", now, pending
             )
 
-        return await run_tx(self.pool, job)
+        ended, more = await pending_ends.run(self.pool, job, pending, now)
+        return None if ended is None else ended + more
 
     # -- opt-outs and do-not-contact lists ---------------------------------------------------------
 

@@ -4,7 +4,9 @@
 Before, a disable (or a sign or template deleted or rejected, `marketing` or `raw_text` turned
 off) ended every waiting message in the one transaction that made the change: ~20 µs of the
 store's write lock per message, so with a million waiting every accept of every account waited
-~20 s. END_CHUNK is made small here so a few hundred messages take several chunks.
+~20 s. END_CHUNK is made small here so a few hundred messages take several chunks. What both engines
+do (the ends' chunks, the claims' guard, the sweep, the boundary, the clock's marks) is tested
+on both in test_end_in_pages.py; the close's chunks, SQLite's own, here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from bridge.store import sqlite_ends as ends
-from bridge.store.models import AcceptBatch, Account, NewMessage, Sign
+from bridge.store.models import AcceptBatch, Account, NewMessage
 from bridge.store.sqlite import SqliteStore
 from tests.messages import one_part
 
@@ -103,105 +105,6 @@ def _interleave(
     return steps, between, seen
 
 
-async def test_a_disable_ends_in_chunks_and_other_writers_go_in_between(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = await _store(tmp_path)
-    try:
-        await _queue(store, BIG)
-        steps, between, _seen = _interleave(store, monkeypatch)
-        await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
-
-        # The first transaction ended one chunk; three more (and one that found none left) followed.
-        assert len(steps) == 4
-        # The other account's accept committed between them, not after the whole end.
-        assert between and between[0] < len(steps)
-        assert _states(tmp_path / "bridge.db") == {"ACCOUNT_DISABLED": BIG}
-        assert _rows(tmp_path / "bridge.db", "SELECT COUNT(*) FROM pending_ends") == [(0,)]
-        other = await store.get_message("acc_other", "other")
-        assert other is not None and other.state == "queued"
-    finally:
-        await store.close()
-
-
-async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = await _store(tmp_path)
-    try:
-        await _queue(store, BIG)
-        other = (_message("other", "acc_other", "+8613900000000"),)
-        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
-
-        async def stopped(*_args: object) -> int:  # the process stops after the first commit
-            return 0
-
-        monkeypatch.setattr(ends, "finish", stopped)
-        await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
-        db = tmp_path / "bridge.db"
-        assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
-        monkeypatch.undo()
-        _shrink(monkeypatch)
-
-        # A claim sends none of the disabled account's messages: it ends those it found.
-        work = await store.claim("inst", 500, NOW + 2, 60_000)
-        assert [w.id for w in work] == ["other"]
-        left = _states(db).get("queued", 0)
-        assert left < BIG - CHUNK
-
-        # The sweep leaves an end its process may still be working ...
-        await store.sweep(NOW + 3, 3_600_000)
-        assert _states(db).get("queued", 0) == left
-        # ... and finishes one nobody has worked for RESUME_AFTER_MS.
-        await store.sweep(NOW + 2 + ends.RESUME_AFTER_MS, 3_600_000)
-        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
-        assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
-    finally:
-        await store.close()
-
-
-async def test_an_end_covers_only_the_messages_that_existed_when_it_started(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = await _store(tmp_path)
-    try:
-        sign = Sign("acc_big", "Acme", "Acme", "company", "", "approved", None, None, NOW)
-        await store.add_sign(sign)
-        await _queue(store, BIG, sign="Acme")
-
-        async def stopped(*_args: object) -> int:
-            return 0
-
-        monkeypatch.setattr(ends, "finish", stopped)
-        assert await store.delete_sign("acc_big", "Acme", NOW + 1) == CHUNK
-        monkeypatch.undo()
-        _shrink(monkeypatch)
-
-        # The sign is created again and a message sent with it: the old end does not cover it.
-        await store.add_sign(sign)
-        await _queue(store, 1, sign="Acme", first=BIG)
-        await store.sweep(NOW + 2 + ends.RESUME_AFTER_MS, 3_600_000)
-        db = tmp_path / "bridge.db"
-        assert _states(db) == {"SIGN_DELETED": BIG, "queued": 1}
-        work = await store.claim("inst", 500, NOW + 3, 60_000)
-        assert [w.id for w in work] == [f"m{BIG:06d}"]
-    finally:
-        await store.close()
-
-
-async def test_a_delete_counts_every_message_its_chunks_ended(tmp_path: Path) -> None:
-    store = await _store(tmp_path)
-    try:
-        sign = Sign("acc_big", "Acme", "Acme", "company", "", "approved", None, None, NOW)
-        await store.add_sign(sign)
-        await _queue(store, BIG, sign="Acme")
-        await _queue(store, 5, first=BIG)  # without the sign: not ended
-        assert await store.delete_sign("acc_big", "Acme", NOW + 1) == BIG
-        assert _states(tmp_path / "bridge.db") == {"SIGN_DELETED": BIG, "queued": 5}
-    finally:
-        await store.close()
-
-
 async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_finishes_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,46 +184,6 @@ async def test_a_close_ends_what_waits_in_chunks_with_other_writers_in_between(
         await store.close()
 
 
-async def test_a_step_back_of_the_clock_moves_the_marks_of_ends_a_stopped_process_left(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Store.clock_stepped_back moves `pending_ends.worked_at` as it moves the queue's times:
-    an end marked on the old clock, S ahead, was finished by the sweep S late. A mark made
-    after the step (at or before the shift's `now`) stays: moved, a live end would look
-    stopped and be worked twice."""
-    step = 10 * 60_000  # the old clock was this far ahead
-    old = NOW + step
-    store = await _store(tmp_path)
-    db = tmp_path / "bridge.db"
-    try:
-        await _queue(store, BIG)
-        other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(BIG))
-        await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
-
-        async def stopped(*_args: object) -> int:  # each process stops after the first commit
-            return 0
-
-        monkeypatch.setattr(ends, "finish", stopped)
-        await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)  # before
-        await store.update_account("acc_other", {"status": "disabled"}, NOW)  # after the step
-        monkeypatch.undo()
-        _shrink(monkeypatch)
-        marks = "SELECT account_id, worked_at FROM pending_ends ORDER BY account_id"
-        assert _rows(db, marks) == [("acc_big", old - 1_000), ("acc_other", NOW)]
-
-        assert await store.clock_stepped_back(step, NOW, ()) == (2 * (BIG - CHUNK), 0)
-        assert _rows(db, marks) == [("acc_big", NOW - 1_000), ("acc_other", NOW)]
-
-        # The old clock's end is stale RESUME_AFTER_MS after it was marked, on the new clock.
-        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS - 1, 3_600_000)
-        assert _states(db) == {"ACCOUNT_DISABLED": CHUNK, "queued": BIG - CHUNK}
-        await store.sweep(NOW - 1_000 + ends.RESUME_AFTER_MS, 3_600_000)
-        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
-        assert _rows(db, marks) == [("acc_other", NOW)]
-    finally:
-        await store.close()
-
-
 async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -375,46 +238,5 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
         again = await store.get_message("acc_big", "m000100")
         assert again is not None and is_masked(again)
         assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
-    finally:
-        await store.close()
-
-
-async def test_an_end_worked_across_a_step_back_keeps_the_moved_mark(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The process working an end counts its marks on from the clock of its start: after the
-    shift moved its mark back, its next chunks follow the moved mark instead of writing the old
-    clock's time again; stopped then, the sweep finishes it RESUME_AFTER_MS after its last
-    chunk, not the step later."""
-    from bridge.store import sqlite_clock
-
-    step = 10 * 60_000
-    old = NOW + step
-    store = await _store(tmp_path)
-    db = tmp_path / "bridge.db"
-    try:
-        await _queue(store, BIG)
-        real = ends._step
-        calls: list[int] = []
-
-        def stepped(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
-            calls.append(end_id)
-            if len(calls) == 2:  # the clock's shift committed between the 1st and 2nd chunks
-                sqlite_clock._start(c, by_ms=step, now=NOW)
-            if len(calls) == 3:
-                raise RuntimeError("the process stopped")
-            return real(c, end_id, *args)
-
-        monkeypatch.setattr(ends, "_step", stepped)
-        with pytest.raises(RuntimeError):
-            await store.update_account("acc_big", {"status": "disabled"}, old - 1_000)
-        monkeypatch.undo()
-        _shrink(monkeypatch)
-        assert _states(db) == {"ACCOUNT_DISABLED": 3 * CHUNK, "queued": BIG - 3 * CHUNK}
-        ((mark,),) = _rows(db, "SELECT worked_at FROM pending_ends")
-        assert NOW - 1_000 <= mark < NOW + 5_000  # the new clock's, not old's
-
-        await store.sweep(mark + ends.RESUME_AFTER_MS, 3_600_000)
-        assert _states(db) == {"ACCOUNT_DISABLED": BIG}
     finally:
         await store.close()

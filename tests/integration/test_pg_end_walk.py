@@ -1,12 +1,12 @@
 """PostgreSQL's account-wide ends (a disable, `marketing` / `raw_text` turned off, a sign or
-template deleted) and the `senders` change read the waiting messages a page at a time
-(bridge/store/postgres_ends.py), on a real PostgreSQL.
+template deleted) go in pages of their own transactions (bridge/store/postgres_pending_ends.py)
+and the `senders` change reads the waiting messages a page at a time (postgres_ends.py), on a
+real PostgreSQL.
 
-Before, each read every message it covered in one statement: a million waiting was a million
-rows in the daemon at once. The page is made 3 here, so 13 waiting messages of one account (10
-queued, 3 on a bind) take several; the outcome must be what it was: the same count, each covered
-message ended (or, on a bind, held) once and refunded once, the others untouched; and, the change
-and its ends being one transaction, no claim takes a covered message between two pages.
+The page is made 3 here, so 13 waiting messages of one account (10 queued, 3 on a bind) take
+several; the outcome must be what it was: the same count, each covered message ended (or, on a
+bind, held) once and refunded once, the others untouched; and a claim between two pages ends,
+not sends, what the end covers.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 
 from bridge.domain.admission import Priced, Rules
 from bridge.domain.ledger import topup
-from bridge.store import postgres_ends
+from bridge.store import postgres_ends, postgres_pending_ends
 from bridge.store.models import AcceptBatch, Account, Sign, Template
 from bridge.store.postgres import PostgresStore
 from tests import pg_walks
 from tests.messages import one_part
-from tests.pg_walks import cash, claim_after_first_page, refunds, spy_reads
+from tests.pg_walks import cash, refunds, spy_reads
 
 pg = pg_walks.pg  # the store fixture
 
@@ -54,6 +54,12 @@ def _msg(mid: str, aid: str, k: int, **fields: Any) -> Any:
         sender="ACME" if even else "10690099",
         **fields,
     )
+
+
+def _small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 3: the senders change's cursor, the account-wide ends' transactions."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    monkeypatch.setattr(postgres_pending_ends, "END_CHUNK", 3)
 
 
 async def _account(store: PostgresStore, aid: str, template: str) -> None:
@@ -132,7 +138,7 @@ async def _do(store: PostgresStore, case: str) -> int | None:
 async def test_paged_ends_end_what_they_cover_once_and_refund_once(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    _small(monkeypatch)
     await _queue(pg)
     error, ended, held = CASES[case]
     count = await _do(pg, case)
@@ -165,7 +171,7 @@ async def test_no_read_answers_more_than_a_page_of_the_waiting_messages(
 ) -> None:
     """Before: one read answered every message covered (the disable's 13, the senders change's
     15 waiting with a sender) at once."""
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    _small(monkeypatch)
     await _queue(pg)
     reads = spy_reads(monkeypatch)
     await _do(pg, case)
@@ -174,23 +180,37 @@ async def test_no_read_answers_more_than_a_page_of_the_waiting_messages(
 
 
 @pytest.mark.parametrize("case", ["disable", "sign"])
-async def test_no_claim_takes_a_covered_message_between_two_pages(
+async def test_a_claim_between_two_pages_ends_what_the_end_covers_and_it_is_counted(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """The claims do not check an account's status or signs on PostgreSQL: what an account-wide
-    end has not reached yet must be locked already, or a claim on another instance sends it."""
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    """The pages are transactions of their own: another instance's claim between two of them
+    must end (not send) what the end has not reached yet, and a sign's delete answers those
+    too (postgres_pending_ends.guard)."""
+    _small(monkeypatch)
     await _queue(pg)
     other = PostgresStore(pg_dsn, min_size=1, max_size=2)
     await other.open()
-    taken = claim_after_first_page(monkeypatch, other, NOW + 2 * DAY, LEASE)
+    taken: list[str] = []
+    step = postgres_pending_ends._step
+
+    async def claim_between(c: Any, end_id: int, *args: Any, **kw: Any) -> Any:
+        if not taken:  # the change committed its first page; the rest wait
+            taken.extend(w.id for w in await other.claim("inst-2", 50, NOW + 2 * DAY, LEASE))
+            taken.append("-")
+        return await step(c, end_id, *args, **kw)
+
+    monkeypatch.setattr(postgres_pending_ends, "_step", claim_between)
     try:
-        await _do(pg, case)
+        count = await _do(pg, case)
     finally:
         await other.close()
+    assert taken, "the end went in one transaction"
     error, ended, _held = CASES[case]
     # The other account's, and (a sign's delete) acc_a's messages it does not cover.
     free = {"b00", "b01"} | ({f"q{k:02d}" for k in ODD} if case == "sign" else set())
     assert set(taken) - {"-"} == free, taken
     rows = await _rows(pg_dsn)
     assert all(rows[m][:2] == ("done", f"expired_unsent:{error}") for m in ended), rows
+    if count is not None:
+        assert count == len(ended)  # the claim's share included
+    assert await refunds(pg, "acc_a") == sorted(ended)
