@@ -3,6 +3,7 @@
 
 Usage: python scripts/bench_store.py [--requests 20000] [--batch 20] [--kind gsm1|ucs3]
                                      [--shared] [--wal] [--preload N] [--ordered-keys]
+                                     [--random-recipients]
 
 Why: end to end, `scripts/bench.py` shows the write lock held 80-85% of a 1-part run with two
 acceptors, so the lock's time per message bounds the daemon; but the machine's noise (±15%, and
@@ -23,6 +24,8 @@ back at the end), so its lock and CPU figures are not comparable with a run with
 store under steady traffic holds (601 s of nonces, 24 h of keys): their random inserts then land
 in b-trees of that size. `--ordered-keys` sends nonces and idempotency keys that sort by time
 (ULIDs, as `bridge/client.py` makes them) instead of random ones: their inserts then append.
+`--random-recipients` draws each request's number at random (the same each run), as real
+traffic's are: each entry of an index on the recipient then lands on a page of its own.
 """
 
 from __future__ import annotations
@@ -139,9 +142,14 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         # Ordered: a ULID (the time, then random bits), as bridge/client.py makes them.
         return ids.new_id("") if args.ordered_keys else random_hex
 
+    draw = random.Random(20261205)
+
     def batch_of(i: int) -> AcceptBatch:
         at = now + i
-        req = parse_send_request(dict(body), account, max_recipients=100, now_ms=at)
+        one = dict(body)
+        if args.random_recipients:
+            one["to"] = f"+86138{draw.randrange(10**8):08d}"
+        req = parse_send_request(one, account, max_recipients=100, now_ms=at)
         batch_id, messages, charges = submitter.build(req, account, at, tariff=tariff)
         payload = jsonio.dumps({"batch_id": batch_id})
         return AcceptBatch(
@@ -205,6 +213,9 @@ def main() -> None:
     ap.add_argument("--wal", action="store_true", help="WAL frames per accept, by b-tree")
     ap.add_argument("--preload", type=int, default=0, help="live nonces and keys stored first")
     ap.add_argument("--ordered-keys", action="store_true", help="nonces and keys sort by time")
+    ap.add_argument(
+        "--random-recipients", action="store_true", help="each request's number drawn at random"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         r = asyncio.run(run(args, Path(tmp) / "bridge.db"))

@@ -184,6 +184,11 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
     29: ("DROP TABLE pending_erasures",),
     30: ("ALTER TABLE pending_ends DROP COLUMN guarded",),
     31: ("ALTER TABLE mo_inbox DROP COLUMN text_hex",),
+    34: (
+        "CREATE INDEX messages_account_recipient ON messages(account_id, recipient, accepted_at)",
+        "CREATE INDEX messages_recipient ON messages(recipient, accepted_at)",
+        "DROP INDEX messages_recipient_account",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
