@@ -525,7 +525,7 @@ def _schemas() -> dict[str, Any]:
                 {
                     "type": "integer",
                     "description": "unix milliseconds, within a minute: the last request whose "
-                    "signature this key checked; null: none since the upgrade to schema 36",
+                    "signature this key checked; null: none since the upgrade to schema 35",
                 }
             ),
         }
