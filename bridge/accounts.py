@@ -141,6 +141,7 @@ def public_key(key: AppKey) -> dict[str, Any]:
         "status": key.status,
         "created_at": key.created_at,
         "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
     }
 
 

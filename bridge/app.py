@@ -83,6 +83,9 @@ RELOAD_WAIT_S = 10.0
 # that does not (a cancel lost, as Python 3.11's asyncio.wait_for lost the heartbeat's) is
 # logged by name and left, so that the store is still closed and the process exits.
 TASK_STOP_S = 5.0
+# How long stop() gives the last flush of app keys' uses (advisory: a store that does not
+# answer by then loses them, not the stop).
+KEY_USE_STOP_S = 5.0
 # The shortest gap between two heartbeat writes: a bind change is published this soon.
 HEARTBEAT_GAP_S = 0.1
 
@@ -443,6 +446,7 @@ class Daemon:
             await self.ctx.tariff_book.load(int(self.clock() * 1000))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._api_housekeeping(), name="api-housekeeping"))
+        self._tasks.append(loop.create_task(self.ctx.auth.key_use.run(store), name="key-use"))
         # One cap for both public faces of this process (server.max_connections); the admin
         # listener's runner has none.
         trusted = forwarded.networks(cfg.server.trusted_proxies)
@@ -935,6 +939,11 @@ class Daemon:
             await self._aliyun_runner.cleanup()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.ctx is not None and self.store is not None:
+            # The uses noted since the last flush, now that no request is served any more.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEY_USE_STOP_S):
+                    await self.ctx.auth.key_use.flush(self.store)
         if self._wake_listener is not None:
             self._wake_listener.close()
         if self._wake_sender is not None:

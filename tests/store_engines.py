@@ -189,6 +189,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "CREATE INDEX messages_recipient ON messages(recipient, accepted_at)",
         "DROP INDEX messages_recipient_account",
     ),
+    35: ("ALTER TABLE app_keys DROP COLUMN last_used_at",),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),
@@ -250,6 +251,7 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "DROP TABLE pending_ends",
         "ALTER TABLE messages DROP COLUMN seq",  # and its sequence (OWNED BY)
     ),
+    35: ("ALTER TABLE app_keys DROP COLUMN last_used_at",),
 }
 
 

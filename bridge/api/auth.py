@@ -19,6 +19,7 @@ from aiohttp import web
 from bridge import logs
 from bridge.api import signing
 from bridge.api.errors import ApiError
+from bridge.api.key_use import KeyUse
 from bridge.config import Config
 from bridge.crypto import MasterKeyError, Sealer
 from bridge.domain.skew_window import SkewWindow
@@ -103,6 +104,8 @@ class Authenticator:
         # A secret the master key does not open answers 500 to the customer; the operator must
         # learn why, and which key the secret needs (README, "Secrets"): one line per 10 s.
         self._unopened = logs.Throttled(log)
+        # Keys whose signature checked, for their last_used_at (both faces note here).
+        self.key_use = KeyUse()
 
     @classmethod
     async def start(
@@ -226,6 +229,8 @@ class Authenticator:
             raise ApiError(exc.code, exc.message) from None
 
         now_ms = int(now * 1000)
+        # Whoever signed this holds the secret: the key is in use, whatever the nonce's fate.
+        self.key_use.note(key.key_id, now_ms)
         # Kept until no copy can pass the skew check any more: a request dated up to max_skew
         # ahead is valid until max_skew after its date, inclusive; one second past that, or the
         # copy replayed at that very millisecond found its nonce expired.

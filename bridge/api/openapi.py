@@ -521,6 +521,13 @@ def _schemas() -> dict[str, Any]:
             "status": {"type": "string", "enum": ["active", "revoked"]},
             "created_at": _MS,
             "revoked_at": _nullable(_MS),
+            "last_used_at": _nullable(
+                {
+                    "type": "integer",
+                    "description": "unix milliseconds, within a minute: the last request whose "
+                    "signature this key checked; null: none since the upgrade to schema 35",
+                }
+            ),
         }
     )
     part = _obj(

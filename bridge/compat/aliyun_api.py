@@ -116,6 +116,7 @@ async def handle(request: web.Request) -> web.Response:
         who = {"account": key.account_id, "app_key": key.key_id}
         call.verify(secret)
         now = ctx.now_ms()
+        ctx.auth.key_use.note(key.key_id, now)
         outcome, account = await ctx.store.authorize_request(
             # + 1 s, as the native path: a call dated at the skew limit could be replayed at the
             # very millisecond its nonce expired.

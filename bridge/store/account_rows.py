@@ -15,7 +15,7 @@ ACCOUNT_COLS = (
     "low_balance_threshold, report_format, senders, prev_webhook_secret_enc, "
     "prev_webhook_secret_until, low_warned_at"
 )
-KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at"
+KEY_COLS = "key_id, account_id, secret_enc, status, created_at, revoked_at, last_used_at"
 
 
 def account_row(row: Sequence[Any]) -> Account:
@@ -97,6 +97,7 @@ def key_row(row: Sequence[Any]) -> AppKey:
         status=row[3],
         created_at=row[4],
         revoked_at=row[5],
+        last_used_at=row[6],
     )
 
 

@@ -57,6 +57,8 @@ PARK_AGAIN_MS = 10 * PARK_MS
 # for one chunk at a time, not for the seconds a million-row UPDATE takes (accepts wait on it).
 UNPARK_CHUNK = 5_000
 UNPARK_MAX_CHUNKS = 1_000  # one un-park call changes at most this many chunks
+# App keys whose last use one SQLite transaction records (`keys_used`).
+KEYS_USED_CHUNK = 1_000
 # One claim examines at most this many rows per message it may return: a claim behind a large
 # parked-to-be backlog stays bounded, and the next claims park the rest.
 CLAIM_SCAN_FACTOR = 20
@@ -248,6 +250,12 @@ class Store(Protocol):
     async def get_key(self, key_id: str) -> AppKey | None: ...
     async def list_keys(self, account_id: str) -> list[AppKey]: ...
     async def revoke_key(self, key_id: str, now: int) -> bool: ...
+    async def keys_used(self, used: Mapping[str, int]) -> None:
+        """Move each key's `last_used_at` on to its time in `used` (ms), never back: processes
+        and instances flush what they noted in any order. Not durable (the time is advisory);
+        an unknown key id is ignored."""
+        ...
+
     async def use_nonce(self, key_id: str, nonce: str, expires_at: int, now: int) -> bool: ...
     async def authorize_request(
         self, key_id: str, nonce: str, expires_at: int, now: int

@@ -80,6 +80,9 @@ class AppKey:
     status: str
     created_at: int
     revoked_at: int | None = None
+    # Within a minute: each process notes uses in memory and writes them every 60 s
+    # (bridge/api/key_use.py). None: no use recorded since schema 35.
+    last_used_at: int | None = None
 
 
 @fast_init

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
@@ -714,6 +714,20 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             key_id,
         )
         return row is not None
+
+    async def keys_used(self, used: Mapping[str, int]) -> None:
+        ids = sorted(used)
+
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "UPDATE app_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, 0), u.at) "
+                "FROM unnest($1::text[], $2::bigint[]) AS u(key_id, at) WHERE k.key_id = u.key_id",
+                ids,
+                [used[i] for i in ids],
+            )
+
+        # Two instances flushing the same keys at once may deadlock: run_tx runs it again.
+        await run_tx(self.pool, job, durable=False)
 
     async def use_nonce(self, key_id: str, nonce: str, expires_at: int, now: int) -> bool:
         fresh = await self.pool.fetchval(

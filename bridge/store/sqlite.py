@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import (
     AUDIT_COLS,
     AUDIT_PAGE,
+    KEY_COLS,
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
@@ -43,6 +44,7 @@ from bridge.store.base import (
     ACCOUNT_DISABLED_ERROR,
     CLAIM_SCAN_FACTOR,
     CLOSED_MESSAGE,
+    KEYS_USED_CHUNK,
     PARK_AGAIN_MS,
     PARK_MS,
     PURGE_CHUNK,
@@ -353,8 +355,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def get_key(self, key_id: str) -> AppKey | None:
         def job(c: sqlite3.Connection) -> AppKey | None:
             row = c.execute(
-                "SELECT key_id, account_id, secret_enc, status, created_at, revoked_at "
-                "FROM app_keys WHERE key_id=?",
+                f"SELECT {KEY_COLS} FROM app_keys WHERE key_id=?",
                 (key_id,),
             ).fetchone()
             return _key(row) if row else None
@@ -364,8 +365,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     async def list_keys(self, account_id: str) -> list[AppKey]:
         def job(c: sqlite3.Connection) -> list[AppKey]:
             rows = c.execute(
-                "SELECT key_id, account_id, secret_enc, status, created_at, revoked_at "
-                "FROM app_keys WHERE account_id=? ORDER BY created_at",
+                f"SELECT {KEY_COLS} FROM app_keys WHERE account_id=? ORDER BY created_at",
                 (account_id,),
             )
             return [_key(r) for r in rows]
@@ -382,6 +382,22 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             return cur.rowcount == 1
 
         return await self._runner.write(job)
+
+    async def keys_used(self, used: Mapping[str, int]) -> None:
+        # KEYS_USED_CHUNK keys a transaction: a flush of many keys holds the write lock a few
+        # ms at most between other writers' batches (Architecture note 18).
+        rows = [(at, key_id) for key_id, at in used.items()]
+        for i in range(0, len(rows), KEYS_USED_CHUNK):
+            chunk = rows[i : i + KEYS_USED_CHUNK]
+
+            def job(c: sqlite3.Connection, chunk: list[tuple[int, str]] = chunk) -> None:
+                c.executemany(
+                    "UPDATE app_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) "
+                    "WHERE key_id=?",
+                    chunk,
+                )
+
+            await self._runner.write(job, durable=False)
 
     async def use_nonce(self, key_id: str, nonce: str, expires_at: int, now: int) -> bool:
         def job(c: sqlite3.Connection) -> bool:
