@@ -572,7 +572,7 @@ class ClockShift:
     now: int  # when the shift began: webhook retries due after it move
     # The engine's own position: SQLite, the accounts still to do, the current one's keyset
     # cursor and the highest rowid at the start (rows accepted during the shift are not moved);
-    # PostgreSQL, the keyset cursor.
+    # PostgreSQL, the keyset cursor and the messages' sequence at the start (the same).
     accounts: list[str] | None = None
     cursor: tuple[int, object] | None = None
     bound: int = 0
