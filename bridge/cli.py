@@ -521,17 +521,20 @@ def cmd_db_after_restore(args: argparse.Namespace) -> int:
     return asyncio.run(_with_services(cfg, go))
 
 
+def _sqlite_only(args: argparse.Namespace, why: str) -> Config:
+    """The configuration of a command that works on a SQLite store's files; refused otherwise."""
+    cfg = _config(args)
+    if cfg.store.engine != "sqlite":
+        raise CliError(f"NOT_SQLITE: {why} (README, Running in production)")
+    return cfg
+
+
 def cmd_db_backup(args: argparse.Namespace) -> int:
     """SQLite only: PostgreSQL has pg_dump, which does this job better than we would."""
     from bridge.store.sqlite_backup import BackupError, backup
     from bridge.wiring import warn_open_modes
 
-    cfg = _config(args)
-    if cfg.store.engine != "sqlite":
-        raise CliError(
-            "NOT_SQLITE: db backup copies a SQLite store; back up PostgreSQL with pg_dump "
-            "(README, Running in production)"
-        )
+    cfg = _sqlite_only(args, "db backup copies a SQLite store; back up PostgreSQL with pg_dump")
     setup_logging(cfg, "WARNING")
     warn_open_modes(cfg, log)  # the copy gets the store's mode
     try:
@@ -548,12 +551,11 @@ def cmd_db_restore(args: argparse.Namespace) -> int:
     and started as it is the daemon would send again what the backup still had to send."""
     from bridge.store.sqlite_backup import BackupError, restore
 
-    cfg = _config(args)
-    if cfg.store.engine != "sqlite":
-        raise CliError(
-            "NOT_SQLITE: db restore puts a SQLite backup in place; restore PostgreSQL with "
-            "pg_restore, then run db after-restore (README, Running in production)"
-        )
+    cfg = _sqlite_only(
+        args,
+        "db restore puts a SQLite backup in place; restore PostgreSQL with pg_restore, then "
+        "run db after-restore",
+    )
     setup_logging(cfg, "WARNING")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     try:

@@ -36,7 +36,6 @@ held), then its messages in id order, waiting for a claim's brief hold rather th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -47,10 +46,11 @@ from bridge.store.account_rows import REVOKED_SENDS
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import NEVER_TRIED
 
+# As SQLite's: a stale end (its process stopped) resumed by the sweep; each page's clock.
+from bridge.store.sqlite_ends import RESUME_AFTER_MS, clock_from
+
 # Messages ended per transaction (about what the one transaction's cursor read per FETCH).
 END_CHUNK = 2_000
-# An end nobody has advanced for this long is finished by the sweep (its process stopped).
-RESUME_AFTER_MS = 30_000
 
 # What each scope ends of the account's waiting messages; `{v}` stands for the end's `value`.
 # The settings that revoke a kind of send (`marketing`, `raw_text`) are scopes of their name.
@@ -216,12 +216,6 @@ async def _step(
         last,
     )
     return ended
-
-
-def clock_from(now: int) -> Callable[[], int]:
-    """`now` plus the time gone since, in ms: what each page marks its end worked at."""
-    began = time.monotonic()
-    return lambda: now + int((time.monotonic() - began) * 1000)
 
 
 async def finish(
