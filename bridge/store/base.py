@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypedDict
 
@@ -114,6 +115,18 @@ WEBHOOK_RETENTION_MS = 7 * 86_400_000
 # The kinds of store operations under way in chunks of their own transactions (chunked_work,
 # smpp_bridge_store_chunked_*).
 CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
+# An operation in chunks nobody has advanced for this long is finished by the sweep (its
+# process stopped): both engines' ends (sqlite_ends.py, postgres_pending_ends.py).
+RESUME_AFTER_MS = 30_000
+
+
+def clock_from(now: int) -> Callable[[], int]:
+    """`now`, the caller's time at the start, plus the time gone since, in ms: what each chunk
+    marks its operation worked at (the sweep resumes one left unmarked for RESUME_AFTER_MS)."""
+    began = time.monotonic()
+    return lambda: now + int((time.monotonic() - began) * 1000)
+
+
 # The outbox's backlog for /metrics, through each engine's indexes on state (SQLite's
 # webhook_due; PostgreSQL's partial webhook_due and webhook_dead).
 WEBHOOK_BACKLOG = (

@@ -43,11 +43,9 @@ from typing import Any, NamedTuple, TypeVar
 import asyncpg
 
 from bridge.store.account_rows import REVOKED_SENDS
+from bridge.store.base import RESUME_AFTER_MS, clock_from
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import NEVER_TRIED
-
-# As SQLite's: a stale end (its process stopped) resumed by the sweep; each page's clock.
-from bridge.store.sqlite_ends import RESUME_AFTER_MS, clock_from
 
 # Messages ended per transaction (about what the one transaction's cursor read per FETCH).
 END_CHUNK = 2_000

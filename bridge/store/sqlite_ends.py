@@ -21,14 +21,13 @@ every writer.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
-from bridge.store.base import CHUNKED_KINDS
+from bridge.store.base import CHUNKED_KINDS, RESUME_AFTER_MS, clock_from
 from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
 
@@ -36,8 +35,6 @@ from bridge.store.rules_rows import NEVER_TRIED
 END_CHUNK = 2_000
 # Messages masked per transaction (a close): ~5-10 µs each, ~50 ms of the write lock.
 ERASE_CHUNK = 5_000
-# An end nobody has advanced for this long is finished by the sweep (its process stopped).
-RESUME_AFTER_MS = 30_000
 
 # What each scope ends of the account's waiting messages; `?` takes the end's `value`. The
 # settings that revoke a kind of send (`marketing`, `raw_text`) are scopes of their own name.
@@ -243,13 +240,6 @@ MARK = (
 # The tables of the operations under way in chunks, by kind: each row has a `worked_at` mark
 # (MARK), moved by a step back of the clock (sqlite_clock) and counted on /metrics.
 CHUNKED = dict(zip(CHUNKED_KINDS, ("pending_ends", "sender_walk", "pending_erasures"), strict=True))
-
-
-def clock_from(now: int) -> Callable[[], int]:
-    """`now`, the caller's time at the start, plus the time gone since, in ms: what each chunk
-    marks its operation worked at (the sweep resumes one left unmarked for RESUME_AFTER_MS)."""
-    began = time.monotonic()
-    return lambda: now + int((time.monotonic() - began) * 1000)
 
 
 async def work_out(
