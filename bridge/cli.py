@@ -596,7 +596,12 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         try:
             print(
                 json.dumps(
-                    {"engine": cfg.store.engine, "schema_version": await store.schema_version()}
+                    {
+                        "engine": cfg.store.engine,
+                        "schema_version": await store.schema_version(),
+                        # What it found: an operator's upgrade log says from which schema.
+                        "from_version": store.migrated_from,
+                    }
                 )
             )
             # A schema change is a change: recorded like every other store command (the trail's

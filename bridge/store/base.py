@@ -239,6 +239,10 @@ class Store(Protocol):
 
     async def schema_version(self) -> int: ...
 
+    # The schema version this store found when it opened, before its migrations ran (None
+    # before open): `db migrate` says what it upgraded from.
+    migrated_from: int | None
+
     # accounts and keys
     async def create_account(self, account: Account) -> None: ...
     async def get_account(self, account_id: str) -> Account | None: ...

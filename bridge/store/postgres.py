@@ -444,6 +444,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # So those times are kept in the database's clock, and each instance converts with
         # this offset, measured at open and with every heartbeat (local_clock: for tests).
         self._local_clock = local_clock
+        self.migrated_from: int | None = None  # Store.migrated_from
         self._offset_ms = 0  # as last measured ...
         self._offset_ref = local_clock() - time.monotonic()  # ... when this clock read so
         self._min = min_size
@@ -494,7 +495,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
             ) from None
         try:
-            await _migrate(conn)
+            self.migrated_from = await _migrate(conn)
             await self._measure_offset(conn)
         finally:
             await conn.close()
@@ -2117,9 +2118,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def _migrate(conn: asyncpg.Connection) -> None:
+async def _migrate(conn: asyncpg.Connection) -> int:
     """Apply pending migrations, each in its own transaction, under a session advisory lock: of
-    several instances starting together one migrates, the others wait and find nothing to do."""
+    several instances starting together one migrates, the others wait and find nothing to do.
+    Returns the version found (0: a new database)."""
     await conn.execute("SELECT pg_advisory_lock($1, 0)", pipe.NS_MIGRATE)
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -2130,6 +2132,7 @@ async def _migrate(conn: asyncpg.Connection) -> None:
                 await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1, 0)", pipe.NS_MIGRATE)
+    return int(current or 0)
 
 
 def _authorized(row: Any) -> tuple[str, Account | None]:

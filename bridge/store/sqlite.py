@@ -142,6 +142,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     def __init__(self, path: str | Path, *, linger_ms: float = 0.0, max_batch: int = 500) -> None:
         self.path = Path(path)
         self._runner = SqliteRunner(self.path, linger_ms=linger_ms, max_batch=max_batch)
+        self.migrated_from: int | None = None
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
@@ -166,13 +167,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # The zone as the connection's SQL function (sqlite_pipeline.quota_tz): every write job
         # that ends a message unsent sees this store's zone as it is then, a reload's included.
         conn.create_function(pipe.QUOTA_TZ_SQL_FN, 0, lambda: self.quota_tz)
-        self._migrate(conn)
+        found = self._migrate(conn)
+        if self.migrated_from is None:  # the first connection's: the others find it migrated
+            self.migrated_from = found
 
     async def close(self) -> None:
         await self._runner.close()
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(conn: sqlite3.Connection) -> int:
         # One write transaction from the version read to the last migration: two processes
         # opening a new database at once (the CLI beside a starting daemon) migrate it once; the
         # second waits for the lock, then finds nothing left to do.
@@ -188,6 +191,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return int(row[0] or 0)
 
     def write_problem(self) -> str | None:
         """Why writes fail now though the store answers reads (/readyz), or None."""

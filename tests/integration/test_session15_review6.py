@@ -641,10 +641,15 @@ async def test_sqlite_store_of_the_previous_release_upgrades_in_place(
     new_conf.write_text(yaml.safe_dump(config_dict(store, sim.port)))
     latest = migrate.latest("sqlite")
     shapes = []
-    for _ in range(2):
+    for run in range(2):
         out = await cli(_ROOT, new_conf, "db", "migrate")
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout) == {"engine": "sqlite", "schema_version": latest}
+        found = old_version if run == 0 else latest  # the second finds nothing to do
+        assert json.loads(out.stdout) == {
+            "engine": "sqlite",
+            "schema_version": latest,
+            "from_version": found,
+        }
         shapes.append(sqlite_shape(db))
     after = sqlite_rows(db)
     assert shapes[1] == shapes[0]  # the second run changed nothing
@@ -1059,7 +1064,10 @@ async def test_rolling_upgrade_db_migrate_while_the_old_instance_serves(
             assert out.returncode == 0, out.stderr
             runs.append(json.loads(out.stdout))
             await co.send("+8613800138001", text="old serves", sign_name="Acme")
-        assert runs == [{"engine": "postgres", "schema_version": latest}] * 2
+        # Migrated already (the new instance's start did it): nothing pending, twice.
+        assert (
+            runs == [{"engine": "postgres", "schema_version": latest, "from_version": latest}] * 2
+        )
         assert await shape() == before
         added = (await audited())[len(trail) :]
         assert len(added) == 2 and all("migrate" in a for a in added), added
