@@ -13,7 +13,6 @@ or -shm it creates as root to the database file's owner.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import sqlite3
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.store.base import StoreError
+from bridge.store.base import StoreError, StoreInUseError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -95,22 +94,18 @@ def restore(store: Path, src: Path, stamp: str) -> dict[str, Any]:
     (SQLite reads `NAME-wal` beside `NAME`), for the operator to delete; a `-shm` is dropped
     (SQLite rebuilds it). Nothing is migrated here: the daemon, or `db after-restore`, does."""
     from bridge.store.migrate import latest
+    from bridge.store.sqlite_runner import owner_lock
 
     if not src.is_file():
         raise BackupError("BACKUP_NOT_FOUND", f"no backup file at {src}")
     if not store.parent.is_dir():
         raise BackupError("STORE_DIR_MISSING", f"{store.parent} is not a directory")
-    lock = os.open(str(store) + ".owner", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise BackupError(
-                "STORE_IN_USE",
-                f"store {store} is in use by a running smpp-bridge daemon (pid {holder}): stop "
-                "it first",
-            ) from None
+        # The daemon's own lock (made by root, the lock file is given the store's owner).
+        lock = owner_lock(store, "stop it first")
+    except StoreInUseError as exc:
+        raise BackupError(exc.code, exc.message) from None
+    try:
         try:
             version, problems = _check(src)
         except sqlite3.Error as exc:

@@ -81,6 +81,22 @@ def open_beside(store: Path, suffix: str) -> int:
     return fd
 
 
+def owner_lock(store: Path, advice: str) -> int:
+    """The lock that says one daemon owns `store`, taken: its descriptor, held until closed.
+    StoreInUseError (naming the holder's pid, then `advice`) while another process holds it:
+    a daemon (SqliteRunner.hold_ownership) or `db restore` (sqlite_backup.restore)."""
+    fd = open_beside(store, ".owner")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreInUseError(
+            f"store {store} is in use by another smpp-bridge daemon (pid {holder}): {advice}"
+        ) from None
+    return fd
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -231,16 +247,9 @@ class SqliteRunner:
         reached the SMSC twice. Acceptor processes share the store without owning it."""
         if self._owner_fd is not None:
             return  # held already (a second recovery by the same daemon)
-        fd = open_beside(self._path, ".owner")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreInUseError(
-                f"store {self._path} is in use by another smpp-bridge daemon (pid {holder}): "
-                "one daemon per SQLite store; several instances need PostgreSQL"
-            ) from None
+        fd = owner_lock(
+            self._path, "one daemon per SQLite store; several instances need PostgreSQL"
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._owner_fd = fd
