@@ -10,29 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bridge.cli import main as cli_main
 from bridge.store.migrate import latest
 from tests import store_engines
+from tests.integration.test_senders_review import _cli_config
 from tests.store_engines import EngineHandle, schema_before
 
 engine = store_engines.engine
-
-
-def _config(tmp: Path, engine: EngineHandle) -> Path:
-    store: dict[str, Any] = (
-        {"engine": "sqlite", "path": engine.location}
-        if engine.name == "sqlite"
-        else {"engine": "postgres", "dsn": engine.location}
-    )
-    path = tmp / "bridge.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {"security": {"generate_master_key": True}, "store": store, "sim": {"enabled": True}}
-        )
-    )
-    return path
 
 
 async def _migrate(capsys: pytest.CaptureFixture[str], cfg: Path) -> dict[str, Any]:
@@ -48,7 +33,7 @@ async def test_db_migrate_prints_the_version_it_found(
     store = engine.new_store()
     await store.open()
     await store.close()
-    cfg = _config(tmp_path, engine)
+    cfg = _cli_config(engine, tmp_path)
     newest = latest(engine.name)
     assert await _migrate(capsys, cfg) == {
         "engine": engine.name,
