@@ -175,7 +175,7 @@ async def start(
 
 # The mark a worker gives its end at a page: `$at`, unless the mark is below `$last`, the one
 # this worker made before: a step back of the clock moved it (postgres_clock), and the worker,
-# counting on from the clock of its start, follows it (as sqlite_ends.MARK).
+# counting on from the clock of its start, follows it (as sqlite_chunked.MARK).
 _MARK = "CASE WHEN $5::bigint IS NOT NULL AND worked_at < $5 THEN worked_at + ($4 - $5) ELSE $4 END"
 
 

@@ -18,6 +18,7 @@ from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.logs import Failures
 from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
+from bridge.store import sqlite_chunked as chunked
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
 from bridge.store import sqlite_pipeline as pipe
@@ -1229,7 +1230,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         out = await self._runner.write(job, durable=False)
 
         async def resume_ends() -> None:  # waiting messages' ends stopped part-way (sqlite_ends)
-            stale = await self._runner.read(lambda c: ends.stale(c, now))
+            stale = await self._runner.read(lambda c: chunked.stale(c, now))
             out["expired"] += await ends.finish(self._runner.write, stale, now)
 
         # Each on its own: one whose chunk fails at every try (smpp_bridge_store_chunked_*)
@@ -1636,7 +1637,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> dict[str, tuple[int, int | None]]:
             return {
                 kind: tuple(c.execute(f"SELECT COUNT(*), MIN(worked_at) FROM {table}").fetchone())
-                for kind, table in ends.CHUNKED.items()
+                for kind, table in chunked.CHUNKED.items()
             }
 
         return await self._runner.read(job)

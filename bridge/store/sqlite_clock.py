@@ -32,7 +32,7 @@ from typing import Any
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_senders
 from bridge.store.models import ClockShift
-from bridge.store.sqlite_ends import CHUNKED
+from bridge.store.sqlite_chunked import CHUNKED
 from bridge.store.sqlite_runner import SqliteRunner
 
 CHUNK = 5_000

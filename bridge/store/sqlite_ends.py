@@ -21,15 +21,16 @@ every writer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
-from bridge.store.base import CHUNKED_KINDS, RESUME_AFTER_MS, clock_from
+from bridge.store.base import clock_from
 from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
+from bridge.store.sqlite_chunked import MARK, Runner, work_out
 
 # Messages ended per transaction: at ~20 µs each, ~40 ms of the write lock.
 END_CHUNK = 2_000
@@ -49,7 +50,6 @@ SCOPES: dict[str, str] = {
 }
 
 T = TypeVar("T")
-Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 
 
 # Before the first row of the queue index.
@@ -229,40 +229,6 @@ def _step(c: sqlite3.Connection, end_id: int, now: int, last: int | None = None)
     return ended
 
 
-# The mark a worker gives its end (or walk: sqlite_senders) at a chunk: `:at`, unless the mark
-# is below `:last`, the one this worker made before: a step back of the clock moved it
-# (sqlite_clock), and the worker, counting on from the clock of its start, follows it.
-MARK = (
-    "CASE WHEN :last IS NOT NULL AND worked_at < :last THEN worked_at + (:at - :last) ELSE :at END"
-)
-
-
-# The tables of the operations under way in chunks, by kind: each row has a `worked_at` mark
-# (MARK), moved by a step back of the clock (sqlite_clock) and counted on /metrics.
-CHUNKED = dict(zip(CHUNKED_KINDS, ("pending_ends", "sender_walk", "pending_erasures"), strict=True))
-
-
-async def work_out(
-    write: Runner,
-    step: Callable[[sqlite3.Connection, int, int | None], int | None],
-    clock: Callable[[], int],
-    marked_at: int | None = None,
-) -> int:
-    """Run `step(c, at, last)`, a write transaction each, until it returns None; the sum of
-    what it returned before. `at` is the clock's time; `last`, the mark of the step before
-    (`marked_at` at first: the mark the caller's own transaction gave; None for one others
-    marked), which a step back of the clock may have moved (MARK)."""
-    total = 0
-    last = marked_at
-    while True:
-        at = clock()
-        n = await write(lambda c, at=at, last=last: step(c, at, last))
-        if n is None:
-            return total
-        total += n
-        last = at
-
-
 async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | None = None) -> int:
     """Run the ends `ids` to their end, a chunk per write transaction; how many they ended.
     `now` is the caller's time at the start (clock_from). `marked_at`: the mark the caller's own
@@ -283,18 +249,6 @@ async def run(
     the job's result, and how many more messages the ends' chunks ended."""
     out = await write(job)
     return out, await finish(write, pending, now, now)
-
-
-def stale(c: sqlite3.Connection, now: int, kind: str = "ends") -> list[int]:
-    """The operations of `kind` (CHUNKED) nobody has advanced for RESUME_AFTER_MS: their
-    process stopped."""
-    return [
-        r[0]
-        for r in c.execute(
-            f"SELECT id FROM {CHUNKED[kind]} WHERE worked_at <= ? ORDER BY id",
-            (now - RESUME_AFTER_MS,),
-        )
-    ]
 
 
 def guard(c: sqlite3.Connection, ids: list[str]) -> list[str]:

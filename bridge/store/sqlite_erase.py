@@ -30,7 +30,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.domain.erasure import masked_answer
-from bridge.store.sqlite_ends import MARK, Runner, clock_from, stale, work_out
+from bridge.store.base import clock_from
+from bridge.store.sqlite_chunked import MARK, Runner, stale, work_out
 
 # The account's records per transaction: ~4-5 µs each in its key order (the row read by id
 # from the index, at random), so ~10 ms of the write lock (5,000: 21-25 ms, measured).

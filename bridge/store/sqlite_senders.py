@@ -34,8 +34,9 @@ from typing import Any
 from bridge.domain.senders import refused_waiting
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
+from bridge.store.base import RESUME_AFTER_MS, clock_from
 from bridge.store.rules_rows import NEVER_TRIED
-from bridge.store.sqlite_ends import MARK, RESUME_AFTER_MS, clock_from, work_out
+from bridge.store.sqlite_chunked import MARK, work_out
 
 WALK_CHUNK = 5_000  # waiting messages looked at per transaction (~2 µs each) ...
 END_CHUNK = 2_000  # ... of which ended at most (~20-40 µs each, the refunds and reports)
@@ -118,7 +119,7 @@ def start(c: sqlite3.Connection, assigned_only: bool, now: int) -> bool:
 def _step(c: sqlite3.Connection, at: int, last: int | None = None) -> bool:
     """One chunk of the walk under way; False once it is done (by this chunk, or before it by
     another process). `at` marks it worked, or follows a mark a step back of the clock moved
-    below `last`, this worker's mark before (sqlite_ends.MARK)."""
+    below `last`, this worker's mark before (sqlite_chunked.MARK)."""
     row = c.execute(
         "SELECT assigned_only, after_account, after_nb, after_rowid, moved FROM sender_walk"
     ).fetchone()

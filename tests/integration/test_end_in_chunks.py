@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from bridge.store import sqlite_ends as ends
+from bridge.store.base import RESUME_AFTER_MS
 from bridge.store.models import AcceptBatch, Account, NewMessage
 from bridge.store.sqlite import SqliteStore
 from tests.messages import one_part
@@ -152,7 +153,7 @@ async def test_a_close_masks_the_account_s_messages_in_chunks_and_the_sweep_fini
         assert _rows(db, left) == [(BIG - CHUNK,)]
         monkeypatch.undo()
         _shrink(monkeypatch)
-        await store.sweep(NOW + 3 + ends.RESUME_AFTER_MS, 3_600_000)
+        await store.sweep(NOW + 3 + RESUME_AFTER_MS, 3_600_000)
         assert _rows(db, left) == [(0,)]
     finally:
         await store.close()
@@ -232,7 +233,7 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
         # Once the sweep finished the masking, the rows themselves read the same.
         monkeypatch.undo()
         _shrink(monkeypatch)
-        await store.sweep(NOW + 1 + ends.RESUME_AFTER_MS, 3_600_000)
+        await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
         assert _rows(db, unmasked) == [(0,)]
         assert _rows(db, "SELECT COUNT(*) FROM pending_ends") == [(0,)]
         again = await store.get_message("acc_big", "m000100")

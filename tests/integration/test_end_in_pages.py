@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from bridge.store import postgres_clock, postgres_pending_ends, sqlite_clock, sqlite_ends
-from bridge.store.base import Store
+from bridge.store.base import RESUME_AFTER_MS, Store
 from bridge.store.models import AcceptBatch, Account, NewMessage, Sign
 from tests import store_engines
 from tests.messages import one_part
@@ -207,7 +207,7 @@ async def test_a_claim_ends_what_an_unfinished_end_covers_and_the_sweep_finishes
     assert (await _states(engine)).get("queued", 0) == left
     assert await _pending(engine) == 1
     # ... and finishes one nobody has worked for RESUME_AFTER_MS.
-    await store.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"ACCOUNT_DISABLED": BIG}
     assert await _pending(engine) == 0
     assert (await store.chunked_work())["ends"] == (0, None)
@@ -227,7 +227,7 @@ async def test_an_end_covers_only_the_messages_that_existed_when_it_started(
     # The sign is created again and a message sent with it: the old end does not cover it.
     await store.add_sign(sign)
     await _queue(store, 1, sign="Acme", first=BIG)
-    await store.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"SIGN_DELETED": BIG, "queued": 1}
     work = await store.claim("inst", 500, NOW + 3, 60_000)
     assert [w.id for w in work] == [f"m{BIG:06d}"]
@@ -248,7 +248,7 @@ async def test_an_account_enabled_again_sends_its_new_messages_while_the_old_end
     for _ in range(10):
         sent += [w.id for w in await store.claim("inst", 50, NOW + 3, 60_000)]
     assert sent == [f"m{BIG:06d}"]
-    await store.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"ACCOUNT_DISABLED": BIG, "claimed": 1}
     assert await _pending(engine) == 0
 
@@ -300,7 +300,7 @@ async def test_a_step_back_of_the_clock_moves_the_marks_of_ends_a_stopped_proces
     assert await _rows(engine, marks) == [("acc_big", NOW - 1_000), ("acc_other", NOW)]
 
     # The old clock's end is stale RESUME_AFTER_MS after it was marked, on the new clock.
-    resume = _ends(engine).RESUME_AFTER_MS
+    resume = RESUME_AFTER_MS
     await store.sweep(NOW - 1_000 + resume - 1, 3_600_000)
     assert await _states(engine) == _after_first(engine, "ACCOUNT_DISABLED")
     await store.sweep(NOW - 1_000 + resume, 3_600_000)
@@ -352,7 +352,7 @@ async def test_an_end_worked_across_a_step_back_keeps_the_moved_mark(
     ((mark,),) = await _rows(engine, "SELECT worked_at FROM pending_ends")
     assert NOW - 1_000 <= mark < NOW + 5_000  # the new clock's, not old's
 
-    await store.sweep(mark + mod.RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(mark + RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"ACCOUNT_DISABLED": BIG}
 
 
@@ -413,7 +413,7 @@ async def test_messages_queued_before_the_boundary_existed_are_covered(
         _restart(engine, monkeypatch)
         await s.update_account("acc_big", {"status": "active"}, NOW + 2)
         await _queue(s, 1, first=BIG)
-        await s.sweep(NOW + 2 + _ends(engine).RESUME_AFTER_MS, 3_600_000)
+        await s.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
         assert await _states(engine) == {"ACCOUNT_DISABLED": BIG, "queued": 1}
         assert [w.id for w in await s.claim("inst", 500, NOW + 3, 60_000)] == [f"m{BIG:06d}"]
     finally:

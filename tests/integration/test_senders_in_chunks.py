@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from bridge.store import sqlite_ends
 from bridge.store import sqlite_senders as walk
+from bridge.store.base import RESUME_AFTER_MS
 from bridge.store.models import AcceptBatch, NewMessage, NewSegment
 from bridge.store.sqlite import SqliteStore
 from tests.integration.conftest import ApiServer, Creds
@@ -300,10 +300,10 @@ async def test_a_walk_whose_process_stopped_is_finished_by_the_sweep(
 
     await store.sweep(now + 1, 3_600_000)  # its process may still be working it
     assert _rows(api, ended) == [first]
-    await store.sweep(now + sqlite_ends.RESUME_AFTER_MS, 3_600_000)  # nobody has: finished
+    await store.sweep(now + RESUME_AFTER_MS, 3_600_000)  # nobody has: finished
     assert _rows(api, ended) == [(SHOP_SENDS.count(MOVED),)]
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
-    work = await store.claim("inst", 500, now + sqlite_ends.RESUME_AFTER_MS + 1, 60_000)
+    work = await store.claim("inst", 500, now + RESUME_AFTER_MS + 1, 60_000)
     assert len(work) == len(FIRST_SENDS) + len(SHOP_SENDS) - 6 + len(OTHER_SENDS)
 
 
@@ -327,16 +327,16 @@ async def test_a_step_back_of_the_clock_moves_the_mark_of_a_walk_a_stopped_proce
     assert _rows(api, "SELECT worked_at FROM sender_walk") == [(now,)]
     ended = "SELECT COUNT(*) FROM messages WHERE error_code='SENDER_NOT_ALLOWED'"
     (first,) = _rows(api, ended)
-    await store.sweep(now + sqlite_ends.RESUME_AFTER_MS - 1, 3_600_000)  # not stale yet
+    await store.sweep(now + RESUME_AFTER_MS - 1, 3_600_000)  # not stale yet
     assert _rows(api, ended) == [first]
-    await store.sweep(now + sqlite_ends.RESUME_AFTER_MS, 3_600_000)  # not the step later
+    await store.sweep(now + RESUME_AFTER_MS, 3_600_000)  # not the step later
     assert _rows(api, ended) == [(len(_refused(sent)),)]
     assert _rows(api, "SELECT COUNT(*) FROM sender_walk") == [(0,)]
 
 
 async def test_a_walk_worked_across_a_step_back_follows_the_moved_mark() -> None:
     """The process working a walk counts its marks on from the clock of its start: once a step
-    back moved its mark, its next chunk follows the moved mark (sqlite_ends.MARK) instead of
+    back moved its mark, its next chunk follows the moved mark (sqlite_chunked.MARK) instead of
     writing the old clock's time again."""
     c = sqlite3.connect(":memory:")
     c.execute(
