@@ -1,0 +1,104 @@
+"""Session 47: operations leftovers earlier sessions noted, each reproduced against a real daemon
+(`smpp-bridge run` as a subprocess, the built-in simulator, 127.0.0.1).
+
+1. A customer's dead callback endpoint (a 500 every time, or nothing listening) logged a line for
+   every batch tried, for as long as it was down. Now: one WARNING when it starts failing (the
+   account, the URL's host only, the error, the next retry), a summary at most a minute while
+   it stays down, one INFO when it recovers; the deliveries counter still counts every report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.e2e.harness import WebhookReceiver, config_dict, wait_until
+from tests.e2e.test_session34_sre_review import Bridge, _client, _samples
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class CountingReceiver(WebhookReceiver):
+    """A receiver that counts the reports of the POSTs it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_reports = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.fail_with is not None:
+            self.failed_reports += len(json.loads(await request.read()))
+            return web.Response(status=self.fail_with)
+        return await super()._handle(request)
+
+
+def _webhook_lines(log: Path) -> list[str]:
+    """The daemon's log lines from the webhook sender at INFO or above."""
+    return [
+        line
+        for line in log.read_text().splitlines()
+        if " bridge.webhooks " in line and re.search(r" (INFO|WARNING|ERROR) ", line)
+    ]
+
+
+@pytest.mark.parametrize("outage", ["http500", "refused"])
+async def test_a_dead_callback_endpoint_logs_once_not_per_batch(
+    tmp_path: Path, outage: str
+) -> None:
+    rx = CountingReceiver()
+    if outage == "http500":
+        rx.fail_with = 500
+        await rx.start()
+    # else nothing listens on its port until it "recovers"
+    cfg = config_dict(tmp_path, webhooks={"retry_schedule_s": [1], "timeout_s": 2})
+    d = Bridge(tmp_path, cfg)
+    d.start()
+    try:
+        await d.wait_ready()
+        url = rx.url + "?token=cb-query-secret-7731"
+        creds = await d.account_with_callback("acme", url)
+        rx.secret = creds["webhook_secret"]
+        c = _client(d, creds)
+        ids = []
+        for i in range(6):  # several POSTs: each send's report goes on its own
+            ids.append((await c.send(to=[f"+86138001380{i:02d}"], text=f"m{i}"))["messages"][0])
+            await asyncio.sleep(0.3)
+
+        async def retried() -> bool:
+            m = _samples(await d.metrics(), "smpp_bridge_webhook_deliveries_total")
+            return m.get('{kind="status",outcome="retry"}', 0) >= 15
+
+        await wait_until(retried, 30, 0.2)
+        lines = _webhook_lines(d.log)
+        assert len(lines) == 1, "\n".join(lines)
+        (first,) = lines
+        assert " WARNING " in first and "webhook endpoint failing" in first, first
+        assert f"account={creds['account']}" in first and "url_host=127.0.0.1" in first, first
+        assert "retry at " in first, first
+        assert ("HTTP 500" if outage == "http500" else "from 127.0.0.1") in first, first
+        assert "cb-query-secret" not in d.log.read_text()
+
+        if outage == "http500":
+            rx.fail_with = None
+        else:
+            await rx.start()
+        await wait_until(lambda: len({r["webhook_id"] for r in rx.reports}) >= 6, 20, 0.1)
+        await wait_until(lambda: len(_webhook_lines(d.log)) >= 2, 5, 0.1)
+        lines = _webhook_lines(d.log)
+        assert len(lines) == 2, "\n".join(lines)
+        assert " INFO " in lines[1] and "webhook endpoint recovered" in lines[1], lines[1]
+        assert "url_host=127.0.0.1" in lines[1] and "down_s=" in lines[1], lines[1]
+
+        m = _samples(await d.metrics(), "smpp_bridge_webhook_deliveries_total")
+        assert m['{kind="status",outcome="delivered"}'] == len(rx.reports) == 6
+        assert m['{kind="status",outcome="dead"}'] == 0
+        if outage == "http500":  # every report of every failed POST counted as a retry
+            assert m['{kind="status",outcome="retry"}'] == rx.failed_reports
+    finally:
+        await d.shutdown()
+        await rx.stop()
