@@ -14,11 +14,13 @@ import json
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.e2e.harness import WebhookReceiver, config_dict, wait_until
 from tests.e2e.test_session34_sre_review import Bridge, _client, _samples
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -102,3 +104,42 @@ async def test_a_dead_callback_endpoint_logs_once_not_per_batch(
     finally:
         await d.shutdown()
         await rx.stop()
+
+
+# -- 2. /admin/queue and `status` during a carrier outage ------------------------------------
+
+
+async def _healthy(d: Bridge) -> None:
+    async def up() -> bool:
+        try:
+            return (await d.get("/healthz"))[0] == 200
+        except (OSError, aiohttp.ClientError, TimeoutError):
+            assert d.proc is not None and d.proc.poll() is None, d.log.read_text()
+            return False
+
+    await wait_until(up, 20, 0.1)
+
+
+async def test_queue_during_an_smsc_outage_says_parked_not_ready(tmp_path: Path) -> None:
+    """The only SMSC refuses every connection (nothing listens on its port): sends are queued,
+    and no claim runs (no window is free with no bind), so the store parks nothing. The view
+    called them `ready` ("about to go"); they wait for a bind: `parked`, in `status` too."""
+    cfg = config_dict(tmp_path, smscs=[{"name": "carrier-a", "port": free_port()}])
+    d = Bridge(tmp_path, cfg)
+    d.start()
+    try:
+        await _healthy(d)
+        c = _client(d, await d.account("acme"))
+        for i in range(3):
+            await c.send(to=[f"+86138001380{i:02d}"], text=f"m{i}")
+        await asyncio.sleep(1.5)  # claims would have run by now
+        status, text = await d.get("/admin/queue", admin=True)
+        assert status == 200, text
+        by_state = json.loads(text)["by_state"]
+        assert by_state["parked"] == {"messages": 3, "parts": 3}, by_state
+        assert by_state["ready"] == {"messages": 0, "parts": 0}, by_state
+        rc, out = await d.status_cli()
+        assert rc == 1, out  # not ready: no SMSC bound
+        assert "ready 0, claimed 0, retry_wait 0, parked 3, scheduled 0" in out, out
+    finally:
+        await d.shutdown()
