@@ -282,7 +282,11 @@ async def get_queue(request: web.Request) -> web.Response:
     # configuration running (and a restart would refuse the file).
     # With acceptor processes, also which configuration each runs: one that never applied a
     # reload serves the old rules (README "Health and status").
-    view["config"] = {"last_reload_ok": ctx.metrics.last_reload_ok(), **_generations(ctx.metrics)}
+    view["config"] = {
+        "last_reload_ok": ctx.metrics.last_reload_ok(),
+        **_generations(ctx.metrics),
+        "workers": ctx.workers or None,
+    }
     return json_response(view)
 
 
