@@ -436,6 +436,7 @@ class Daemon:
             refresh_smsc_status=refresh,
             metrics=self.metrics,
             assignments=self.assignments,
+            workers=_env_count(WORKERS_ENV) if self.role == "acceptor" else 0,
         )
         if self.webhooks is not None:  # an acceptor's replays are found by the owner's poll
             self.ctx.on_webhooks_replayed = self.webhooks.wake
@@ -1117,3 +1118,9 @@ class Daemon:
         finally:
             log.info("shutting down")
             await self.stop()
+
+
+def _env_count(name: str) -> int:
+    """A count the supervisor passes its acceptors in the environment; 0 when absent."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else 0

@@ -382,6 +382,14 @@ class ServerConfig:
             and _hosts_overlap(self.admin_host or self.host, self.host)
         ):
             yield "admin_port", f"must differ from port ({self.port})"
+        if self.admin_host is not None and self.admin_port is None:
+            # Ignored without a listener: /admin/ stayed on `port`, on `host`, where the
+            # operator meant to keep it off (admin_host: 127.0.0.1 with host 0.0.0.0).
+            yield (
+                "admin_host",
+                f"only with admin_port (the admin listener's address); without it there is no "
+                f"admin listener and /admin/ answers on port {self.port} at host {self.host}",
+            )
         if self.max_connections_per_ip > self.max_connections:
             yield (
                 "max_connections_per_ip",
@@ -426,6 +434,14 @@ class StoreConfig:
                 "retention_days",
                 f"must be 0 (keep for ever) or at least {MIN_RETENTION_DAYS}: replies and "
                 "opt-outs are matched to messages sent in the last 30 days",
+            )
+        if self.engine == "sqlite" and self.dsn:
+            # Ignored, the daemon ran on the SQLite file: instances meant to share one
+            # PostgreSQL store each ran a gateway of their own (never the value: a password).
+            yield (
+                "dsn",
+                "is set but engine is sqlite: the daemon would ignore it and run on store.path; "
+                "set engine: postgres, or remove dsn (and env SMPP_BRIDGE_STORE_DSN)",
             )
         if self.engine == "postgres" and not self.dsn:
             yield "dsn", "required when engine is postgres (set it or env SMPP_BRIDGE_STORE_DSN)"
@@ -563,6 +579,23 @@ class WebhooksConfig:
     retry_for_hours: int = field(default=24, metadata=meta(between(1, 720)))
     send_intermediate: bool = False
 
+    def _problems(self) -> Problems:
+        # A first retry due after the window (with its +10% jitter) is never made: every report
+        # whose first POST failed, a 503 or a timeout included, was dead-lettered at once.
+        first = self.retry_schedule_s[0] if self.retry_schedule_s else 3600
+        if first * 1.1 > self.retry_for_hours * 3600:
+            what = (
+                f"retry_schedule_s[0] ({first} s)"
+                if self.retry_schedule_s
+                else ("an empty retry_schedule_s (hourly retries)")
+            )
+            yield (
+                "retry_for_hours",
+                f"{self.retry_for_hours} h is shorter than {what} plus its 10% jitter: no report "
+                "would ever be retried (each failure dead-lettered at once); raise it or shorten "
+                "the first step",
+            )
+
 
 def _ca_file(v: Path) -> str | None:
     """Loadable as CA certificates: `config check` and a SIGHUP refuse a path the TLS context
@@ -692,6 +725,30 @@ class SmscConfig:
                     "only with bind_mode transmitter_receiver (its receiver binds connect "
                     f"there, its transmitters to port), got bind_mode {self.bind_mode!r}"
                 ),
+            )
+        if self.tls_ca_file is not None and not self.tls:
+            # Ignored: the bind went out in plain text, its password readable on the wire.
+            yield (
+                "tls_ca_file",
+                "only with tls: true; without it the bind is plain text (its password in the "
+                "clear) and the CA file is never read",
+            )
+        elif self.tls_ca_file is not None and not self.tls_verify:
+            yield (
+                "tls_ca_file",
+                "is never used with tls_verify: false (the certificate is not checked at all); "
+                "set tls_verify: true to verify against it, or remove it",
+            )
+        if self.bind_mode == "transmitter" and self.registered_delivery & 0x13:
+            # Receipts come back on this SMSC's own receiving binds (matched by its name): a
+            # transmitter has none, so every message waited out pipeline.receipt_timeout_hours
+            # and ended "unknown".
+            yield (
+                "registered_delivery",
+                f"asks for receipts ({self.registered_delivery}), but bind_mode transmitter "
+                "receives none: each message would end unknown after "
+                "pipeline.receipt_timeout_hours; use transceiver or transmitter_receiver "
+                "(receive_port for another port), or registered_delivery: 0",
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             yield (

@@ -194,6 +194,12 @@ def _acceptors_line(config: Mapping[str, Any]) -> tuple[list[str], bool]:
             f"pid {a.get('pid')} (slot {a.get('slot')}) runs {a.get('generation')}" for a in late
         )
         line += f" ({named}: it serves the previous rules until it applies the reload)"
+    workers = config.get("workers")
+    if isinstance(workers, int) and not isinstance(workers, bool) and len(acceptors) < workers:
+        down = workers - len(acceptors)
+        line += (
+            f"; {down} of {workers} acceptors not running (restarting after an exit: see the log)"
+        )
     return [line], bool(late)
 
 

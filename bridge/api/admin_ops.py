@@ -10,7 +10,8 @@ counter inside the connector cannot silently change the API.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -113,20 +114,43 @@ def _age_s(now: int, since: int | None) -> float | None:
     return None if since is None else round(max(0, now - since) / 1000, 3)
 
 
+def down_routes(
+    candidates: Mapping[str, tuple[str, ...]], status: Mapping[str, Mapping[str, Any]]
+) -> frozenset[str]:
+    """Routes ('' = default) none of whose SMSCs (failover included) is up, as far as known: an
+    SMSC whose state is unknown (an acceptor without word from its owner) or that the status
+    does not list counts as maybe up."""
+
+    def maybe_up(name: str) -> bool:
+        s = status.get(name)
+        return s is None or bool(s.get("up")) or s.get("state") == "unknown"
+
+    return frozenset(p for p, smscs in candidates.items() if not any(map(maybe_up, smscs)))
+
+
 def queue_view(
     groups: Iterable[QueueGroup],
     now: int,
     names: Mapping[str, str],
     candidates: Mapping[str, tuple[str, ...]],
     limit: int,
+    down: Collection[str] = (),
 ) -> dict[str, Any]:
     """Aggregate the store's (account, route, bucket) groups into the operator's queue view.
 
     candidates: route prefix ('' = default route) -> SMSCs in failover order; `by_smsc` counts
     work under the first of them (where it goes while that SMSC is up). The oldest age ignores
     scheduled messages: waiting for their time is not a backlog.
+
+    down: routes with no SMSC up (`down_routes`). Their due messages are `parked`, not `ready`:
+    the store parks a message only when a claim meets it, and with no bind up at all no claim
+    runs, so through a whole carrier outage the view said "about to go" of messages waiting for
+    a bind.
     """
-    groups = list(groups)
+    groups = [
+        replace(g, bucket="parked") if g.bucket == "ready" and g.route in down else g
+        for g in groups
+    ]
 
     def empty() -> dict[str, int]:
         return {"messages": 0, "parts": 0}
@@ -248,7 +272,9 @@ async def get_queue(request: web.Request) -> web.Response:
     candidates = {p: router.candidates(p) for p in ["", *prefixes]}
     wanted = {g.account_id for g in groups}
     names = {a.id: a.name for a in await ctx.store.list_accounts() if a.id in wanted}
-    view = queue_view(groups, now, names, candidates, ctx.config.store.max_queued_segments)
+    down = down_routes(candidates, ctx.smsc_status())
+    limit = ctx.config.store.max_queued_segments
+    view = queue_view(groups, now, names, candidates, limit, down)
     # The other queue an operator watches: customers' reports not delivered yet.
     pending, dead, oldest = await ctx.store.webhook_backlog()
     view["webhooks"] = {"pending": pending, "dead": dead, "oldest_age_s": _age_s(now, oldest)}
@@ -256,7 +282,11 @@ async def get_queue(request: web.Request) -> web.Response:
     # configuration running (and a restart would refuse the file).
     # With acceptor processes, also which configuration each runs: one that never applied a
     # reload serves the old rules (README "Health and status").
-    view["config"] = {"last_reload_ok": ctx.metrics.last_reload_ok(), **_generations(ctx.metrics)}
+    view["config"] = {
+        "last_reload_ok": ctx.metrics.last_reload_ok(),
+        **_generations(ctx.metrics),
+        "workers": ctx.workers or None,
+    }
     return json_response(view)
 
 

@@ -40,6 +40,9 @@ class ApiContext:
     refresh_smsc_status: Callable[[], Awaitable[None]] | None = None
     on_webhooks_replayed: Callable[[], None] = lambda: None  # wake the webhook sender
     queue_depth: int = 0  # refreshed by the app's background task
+    # Acceptor processes the daemon runs (server.workers, or --workers); 0: none. With it the
+    # queue view tells a slot whose acceptor is down (restarting after a crash) from a full set.
+    workers: int = 0
     accepting: bool = True
     metrics: Metrics = field(default_factory=Metrics)  # the Daemon passes its own
     rules: SendRules | None = None  # built from config and store when not given

@@ -1497,6 +1497,14 @@ def _report_schemas() -> dict[str, Any]:
                                 }
                             ),
                         },
+                        "workers": _nullable(
+                            {
+                                **_INT,
+                                "description": "acceptor processes the daemon runs "
+                                "(server.workers, or run --workers); fewer listed in `acceptors` "
+                                "means one is down (restarting after an exit); null without",
+                            }
+                        ),
                     }
                 ),
             }

@@ -29,6 +29,7 @@ from bridge.compat import aliyun_reports
 from bridge.config import WebhooksConfig
 from bridge.crypto import MasterKeyError
 from bridge.domain import senders
+from bridge.domain.endpoint_watch import EndpointWatch, Line
 from bridge.domain.lifecycle import MSG_FINAL
 from bridge.metrics import Metrics
 from bridge.store.base import Store, is_unavailable
@@ -130,6 +131,9 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._failures = logs.Failures(log, is_unavailable)
         self._unopened = logs.Throttled(log)
+        # One line when a callback endpoint starts failing, a summary a minute, one when it
+        # recovers; the per-POST lines are DEBUG (one customer's outage filled the log).
+        self.endpoints = EndpointWatch()
         self.leased: set[int] = set()  # outbox ids with a POST in flight here
         self._stopping = False
         self._wake = asyncio.Event()
@@ -410,6 +414,7 @@ class WebhookSender:
             await self._book(partial(self.store.webhook_done, done, now_ms, lease), lease)
             self.delivered += len(live)
             self._count(kind, "delivered", len(live))
+            _log(self.endpoints.delivered(account.id, url, now_ms, done))
             return
         error = error or f"HTTP {status}"
         await self._failed(
@@ -428,14 +433,29 @@ class WebhookSender:
         """Reports not delivered: retried on the schedule, or dead-lettered."""
         kind, lease = live[0].kind, live[0].lease
         self.failed_attempts += len(live)
-        for ids, attempt, next_at, dead in retry_plan(
+        plan = retry_plan(
             live,
             now_ms,
             retryable,
             tuple(self.config.retry_schedule_s),
             int(self.config.retry_for_hours * 3_600_000),
             self.rng,
-        ):
+        )
+        retried = [i for ids, _, _, dead in plan if not dead for i in ids]
+        next_at = min((at for _, _, at, dead in plan if not dead), default=None)
+        _log(
+            self.endpoints.failed(
+                account_id,
+                url,
+                _host(url),
+                now_ms,
+                error,
+                retried,
+                [i for ids, _, _, dead in plan if dead for i in ids],
+                next_at,
+            )
+        )
+        for ids, attempt, next_at, dead in plan:
             self._count(kind, "dead" if dead else "retry", len(ids))
             about = {
                 "account": account_id,
@@ -449,9 +469,9 @@ class WebhookSender:
                 about["message_ids"] = [j.payload for j in live if j.id in ids][:20]
             if dead:
                 self.dead += len(ids)
-                log.warning("webhook dead-lettered", extra=about)
+                log.debug("webhook dead-lettered", extra=about)
             else:
-                log.info("webhook retry", extra=about)
+                log.debug("webhook retry", extra=about)
             await self._book(
                 partial(self.store.webhook_retry, ids, next_at, error, dead, lease), lease
             )
@@ -463,6 +483,11 @@ class WebhookSender:
     def _count(self, kind: str, outcome: str, n: int) -> None:
         if self.metrics is not None:
             self.metrics.webhook(kind, outcome, n)
+
+
+def _log(line: Line | None) -> None:
+    if line is not None:
+        getattr(log, line.level)(line.message, extra=line.fields)
 
 
 def plan_chunks(

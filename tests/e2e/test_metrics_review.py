@@ -1010,7 +1010,12 @@ async def test_a_receive_only_smsc_reads_up_while_its_bind_is_up(start, tmp_path
     for ever for a healthy link. `Metrics.observe_smscs` (bridge/metrics.py) takes `up` from
     `Connector.is_up` (bridge/smpp/connector.py), which looks at transmitting binds only."""
     data = cfg(
-        tmp_path, smscs=[{"bind_mode": "transmitter"}, {"name": "mo", "bind_mode": "receiver"}]
+        tmp_path,
+        smscs=[
+            # no receipts asked: a transmitter receives none (refused since session 47)
+            {"bind_mode": "transmitter", "registered_delivery": 0},
+            {"name": "mo", "bind_mode": "receiver"},
+        ],
     )
     data["smscs"][1]["port"] = data["sim"]["port"]
     d = await start(data)

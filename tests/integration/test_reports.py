@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.api import reports
-from bridge.api.admin_ops import queue_view, smsc_view
+from bridge.api.admin_ops import down_routes, queue_view, smsc_view
 from bridge.api.reports import CDR_COLUMNS, CDR_PAGE, sheet_safe
 from bridge.api.views import iso
 from bridge.ids import new_id
@@ -1081,3 +1081,28 @@ async def test_local_edges_of_the_calendar(api_server, make_account):
         "GET", "/v1/stats", creds=a, query="from=1970-01-01&to=1970-01-02&timezone=local"
     )
     assert r.status == 200, r.json
+
+
+def test_due_messages_of_a_route_with_no_smsc_up_are_parked_not_ready():
+    """With every bind down no claim runs, so the store parks nothing: the view tells "waiting
+    for a bind" from "about to go" by the SMSCs' status (session 47)."""
+    groups = [
+        QueueGroup("acc_x", "+44", "ready", 2, 2, 1_000),
+        QueueGroup("acc_x", "+44", "parked", 1, 3, 900),
+        QueueGroup("acc_x", "+44", "retry_wait", 1, 1, 900),
+        QueueGroup("acc_x", "", "ready", 4, 4, 1_000),
+    ]
+    candidates = {"+44": ("uk",), "": ("main",)}
+    status = {"uk": {"up": False}, "main": {"up": True}}
+    down = down_routes(candidates, status)
+    assert down == {"+44"}
+    view = queue_view(groups, 3_500, {}, candidates, 10, down)
+    assert view["by_state"]["parked"] == {"messages": 3, "parts": 5}
+    assert view["by_state"]["ready"] == {"messages": 4, "parts": 4}
+    assert view["by_state"]["retry_wait"] == {"messages": 1, "parts": 1}  # still backing off
+    # A route failing over to an SMSC that is up is not down; nor is one whose state is unknown
+    # (an acceptor without word from its owner), nor one that is up.
+    assert down_routes({"+44": ("uk", "main")}, status) == frozenset()
+    assert down_routes({"+44": ("uk",)}, {"uk": {"up": False, "state": "unknown"}}) == frozenset()
+    assert down_routes({"+44": ("uk",)}, {}) == frozenset()  # a status without it: not known
+    assert down_routes({"": ()}, {}) == {""}

@@ -496,6 +496,7 @@ def test_relative_paths_resolve_against_base_dir_absolute_kept(tmp_path: Path) -
     # The CA file is loaded at parse time: a real one, beside the base directory.
     (tmp_path / "ca.pem").write_bytes(Path(_system_ca_file()).read_bytes())
     (tmp_path / "etc").mkdir()
+    data["smscs"][0]["tls"] = True
     data["smscs"][0]["tls_ca_file"] = "../ca.pem"
     cfg = parse_config(data, env={}, base_dir=tmp_path / "etc")
     assert cfg.smscs[0].tls_ca_file == tmp_path / "etc" / "../ca.pem"
@@ -643,7 +644,7 @@ SECRETS = {
 
 
 def test_effective_config_masks_set_secrets_and_shows_unset_as_null() -> None:
-    cfg = parse(minimal(), SECRETS)
+    cfg = parse(minimal(store={"engine": "postgres"}), SECRETS)  # the DSN is PostgreSQL's
     d = effective_config_dict(cfg)
     assert d["server"]["admin_token"] == "***"
     assert d["security"]["master_key"] == "***"
@@ -659,7 +660,7 @@ def test_effective_config_masks_set_secrets_and_shows_unset_as_null() -> None:
 
 
 def test_effective_config_unmasked_and_plain_types() -> None:
-    cfg = parse(minimal(), SECRETS)
+    cfg = parse(minimal(store={"engine": "postgres"}), SECRETS)  # the DSN is PostgreSQL's
     d = effective_config_dict(cfg, mask_secrets=False)
     assert d["smscs"][0]["password"] == "smscpw"
     assert d["store"]["path"] == str(BASE / "data/bridge.db")
@@ -669,7 +670,7 @@ def test_effective_config_unmasked_and_plain_types() -> None:
 
 
 def test_repr_never_shows_secrets() -> None:
-    cfg = parse(minimal(), SECRETS)
+    cfg = parse(minimal(store={"engine": "postgres"}), SECRETS)  # the DSN is PostgreSQL's
     text = repr(cfg) + str(cfg.smscs[0]) + repr(cfg.security) + repr(cfg.sim)
     for secret in SECRETS.values():
         assert secret not in text
@@ -1109,6 +1110,7 @@ def test_a_tls_ca_file_that_does_not_load_is_refused(tmp_path: Path) -> None:
     """Checked at load (config check, a SIGHUP), not when the connector is built: a typo once
     failed a reload after the running bind was stopped."""
     data = minimal()
+    data["smscs"][0]["tls"] = True
     data["smscs"][0]["tls_ca_file"] = str(tmp_path / "carrier-ca.pem")
     [error] = errors_of(data)
     assert error.startswith("smscs[0].tls_ca_file: cannot read") and "No such file" in error

@@ -92,3 +92,14 @@ def test_status_of_one_process_or_an_older_daemon_prints_as_before():
         assert "config:" not in _render(config)
     out = _render({"last_reload_ok": False, "generation": "aaaaaaaaaaaa", "acceptors": []})
     assert "SIGHUP's file was REFUSED" in out
+
+
+def test_status_says_when_an_acceptor_is_not_running():
+    """Session 47: a dead acceptor drops out of the list at once, and during its restart's
+    back-off (up to 30 s for one crashing in a loop) "1 of 1" read like a full set."""
+    acceptors = [{"slot": 1, "pid": 12, "generation": "aaaaaaaaaaaa"}]
+    config = {"last_reload_ok": True, "generation": "aaaaaaaaaaaa", "acceptors": acceptors}
+    out = _render({**config, "workers": 2})
+    assert "current configuration: 1 of 1; 1 of 2 acceptors not running (restarting" in out, out
+    for workers in (1, None, True):  # all there; an older daemon's view; not a count
+        assert "not running" not in _render({**config, "workers": workers})

@@ -1,0 +1,135 @@
+"""Session 47: combinations of settings each valid alone that were accepted and then failed, or
+silently did something else, at run time. Each is refused at load (so by `run` at start, by
+`config check` and by a SIGHUP) naming the fields.
+
+Checked and already refused before: a route or default_route naming an unknown SMSC,
+server.admin_port equal to server.port (and the Alibaba and simulator ports), a window or bind
+count of 0, reconnect/throttle maxima below their minima, receive_port without
+transmitter_receiver, retention_days below 31 (the reply-matching window), instance >=
+instances, max_connections_per_ip over max_connections. Checked and left (harmless, or handled
+at run time): dispatch_idle_max_ms below dispatch_idle_ms (the poll never goes below the
+minimum), idempotency_hours against the clock skew (nonces are kept for the longer of the two),
+a frequency limit of a short window above a longer one's (the longer one binds), aliyun.host
+with aliyun disabled, instances > 1 on SQLite (a second daemon is refused at start by the
+store's owner lock). There is no client TLS certificate or key setting to pair.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.config import ConfigError, check_main, parse_config
+from tests.unit.test_config import BASE, KEY, errors_of, minimal, parse
+
+
+def _ca_file() -> str:
+    found = ssl.get_default_verify_paths().cafile
+    if not found or not Path(found).is_file():
+        pytest.skip("no system CA bundle")
+    return found
+
+
+def _smsc(**fields: Any) -> dict[str, Any]:
+    return minimal(smscs=[{"name": "a", "system_id": "sys", **fields}])
+
+
+def test_a_dsn_with_the_sqlite_engine_is_refused_never_shown() -> None:
+    dsn = "postgresql://u:secretpw@db/bridge"
+    [err] = errors_of(minimal(store={"dsn": dsn}))
+    assert err.startswith("store.dsn: is set but engine is sqlite"), err
+    assert "engine: postgres" in err and "secretpw" not in err
+    [err] = errors_of(minimal(), env={"SMPP_BRIDGE_STORE_DSN": dsn})
+    assert err.endswith("(from env SMPP_BRIDGE_STORE_DSN)") and "secretpw" not in err
+    assert parse(minimal(store={"engine": "postgres", "dsn": dsn})).store.dsn == dsn
+
+
+def test_an_admin_host_without_an_admin_port_is_refused() -> None:
+    [err] = errors_of(minimal(server={"host": "0.0.0.0", "admin_host": "127.0.0.1"}))
+    assert err.startswith("server.admin_host: only with admin_port"), err
+    assert "port 8080 at host 0.0.0.0" in err
+    cfg = parse(minimal(server={"admin_host": "127.0.0.1"}), env={"SMPP_BRIDGE_ADMIN_PORT": "9090"})
+    assert (cfg.server.admin_host, cfg.server.admin_port) == ("127.0.0.1", 9090)
+
+
+def test_a_ca_file_without_tls_or_with_verification_off_is_refused() -> None:
+    ca = _ca_file()
+    [err] = errors_of(_smsc(tls_ca_file=ca))
+    assert err.startswith("smscs[0].tls_ca_file: only with tls: true"), err
+    assert "plain text" in err
+    [err] = errors_of(_smsc(tls=True, tls_verify=False, tls_ca_file=ca))
+    assert err.startswith("smscs[0].tls_ca_file: is never used with tls_verify: false"), err
+    assert parse(_smsc(tls=True, tls_ca_file=ca)).smscs[0].tls_ca_file == Path(ca)
+    assert parse(_smsc(tls=True, tls_verify=False)).smscs[0].tls_verify is False
+
+
+@pytest.mark.parametrize("rd", [1, 2, 3, 16, 17])
+def test_a_transmitter_asking_for_receipts_is_refused(rd: int) -> None:
+    [err] = errors_of(_smsc(bind_mode="transmitter", registered_delivery=rd))
+    assert err.startswith(f"smscs[0].registered_delivery: asks for receipts ({rd})"), err
+    assert "bind_mode transmitter receives none" in err
+
+
+@pytest.mark.parametrize("rd", [0, 4, 8, 12])  # none, or SME acknowledgements only
+def test_a_transmitter_without_receipts_and_other_modes_with_them_are_accepted(rd: int) -> None:
+    assert parse(_smsc(bind_mode="transmitter", registered_delivery=rd)).smscs[0].bind_mode
+    for mode in ("transceiver", "transmitter_receiver"):
+        assert parse(_smsc(bind_mode=mode, registered_delivery=1)).smscs[0].bind_mode == mode
+
+
+def test_a_retry_schedule_whose_first_step_outlasts_the_window_is_refused() -> None:
+    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [7200], "retry_for_hours": 2}))
+    assert err.startswith("webhooks.retry_for_hours: 2 h is shorter than retry_schedule_s[0]")
+    assert "no report would ever be retried" in err
+    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [], "retry_for_hours": 1}))
+    assert "an empty retry_schedule_s (hourly retries)" in err
+    assert parse(minimal(webhooks={"retry_schedule_s": [], "retry_for_hours": 2}))
+    assert parse(minimal(webhooks={"retry_schedule_s": [3000, 86400], "retry_for_hours": 1}))
+
+
+def test_all_of_them_at_once_and_the_example_file_still_loads() -> None:
+    data = minimal(
+        store={"dsn": "postgresql://u:p@h/db"},
+        server={"admin_host": "127.0.0.1"},
+        webhooks={"retry_schedule_s": [86400], "retry_for_hours": 1},
+        smscs=[{"name": "a", "system_id": "sys", "bind_mode": "transmitter"}],
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, env={}, base_dir=BASE)
+    assert [e.split(":")[0] for e in exc.value.errors] == [
+        "server.admin_host",
+        "store.dsn",
+        "webhooks.retry_for_hours",
+        "smscs[0].registered_delivery",
+    ]
+    example = Path(__file__).resolve().parents[2] / "config" / "bridge.example.yaml"
+    parse_config(yaml.safe_load(example.read_text()), env={"SMPP_BRIDGE_MASTER_KEY": KEY})
+
+
+def test_config_check_and_run_refuse_it_naming_the_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bridge.yaml"
+    data = minimal(smscs=[{"name": "a", "system_id": "sys", "bind_mode": "transmitter"}])
+    data["server"] = {"admin_host": "127.0.0.1"}
+    path.write_text(yaml.safe_dump(data))
+    assert check_main(str(path)) == 1
+    err = capsys.readouterr().err
+    assert "server.admin_host: only with admin_port" in err
+    assert "smscs[0].registered_delivery: asks for receipts (1)" in err
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "server.admin_host: only with admin_port" in run.stderr
+    assert "smscs[0].registered_delivery" in run.stderr
