@@ -9,21 +9,35 @@ fix), with real daemons, a real throw-away cluster (tests/pg_cluster.py) and the
    start) accepted sends, but a top-up, an operator's audit entry and more failed on other
    sequences (`permission denied for sequence ledger_id_seq`). A role lacking a grant is now
    refused at the start, naming what it lacks and the GRANTs that give it.
+3. Two instances run from one file published two configuration generations (`smpp-bridge
+   status`'s `config:`, `/admin/queue`, `smpp_bridge_config_generation`): each keyed its HMAC
+   with a random key of its own. The figure could not tell a file forgotten on one host; it is
+   now keyed from the master key, which the fleet shares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+import aiohttp
 import asyncpg
 import pytest
 
-from tests.e2e.harness import client_for, final_status, wait_until
+from bridge.reload import GENERATION_KEY_ENV
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    DaemonProcess,
+    client_for,
+    final_status,
+    free_port,
+    wait_until,
+)
 from tests.e2e.test_pg_fleet_review import instance, migrate, start_sim
 
 
@@ -129,4 +143,61 @@ async def test_a_daemon_role_lacking_grants_is_refused_at_the_start_naming_them(
         await wait_until(lambda: "bind slot taken" in d.log.read_text(), 10)
     finally:
         d.stop()
+        await sim.stop()
+
+
+async def _generation(port: int) -> tuple[float, str]:
+    """The process's `smpp_bridge_config_generation` gauge and `GET /admin/queue`'s config."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+            text = await r.text()
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with s.get(f"http://127.0.0.1:{port}/admin/queue", headers=headers) as r:
+            queue = await r.json()
+    gauge = next(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("smpp_bridge_config_generation{")
+    )
+    return gauge, queue["config"]["generation"]
+
+
+@pytest.mark.slow
+async def test_instances_on_one_file_publish_one_configuration_generation(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances run from one file (their ports and numbers from the environment, as in
+    config/compose.yaml). Before: each published its own value for the same text (a random key
+    per daemon), so a fleet could not be checked for a file forgotten on one host."""
+    # Not inherited from this process (an in-process daemon of another test sets it).
+    monkeypatch.delenv(GENERATION_KEY_ENV, raising=False)
+    sim = await start_sim(tmp_path)
+    a = instance(tmp_path, "inst-a", pg_dsn, sim, server={"instances": 2})
+    (tmp_path / "inst-b").mkdir()
+    b = DaemonProcess(tmp_path / "inst-b", a.cfg)  # the same text
+    b.port = free_port()
+    assert b.path.read_text() == a.path.read_text()
+    try:
+        await migrate(a)
+        for n, d in enumerate((a, b)):
+            monkeypatch.setenv("SMPP_BRIDGE_PORT", str(d.port))
+            monkeypatch.setenv("SMPP_BRIDGE_INSTANCE", str(n))
+            d.start()
+        for d in (a, b):
+            await d.wait_ready(30)
+        ga, gb = await _generation(a.port), await _generation(b.port)
+        assert ga == gb, (ga, gb)
+        # One instance given another file (reloaded): the values part.
+        b.path.write_text(b.path.read_text().replace("level: INFO", "level: WARNING"))
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGHUP)
+
+        async def parted() -> bool:
+            return (await _generation(b.port))[1] != ga[1]
+
+        await wait_until(parted, 15, 0.2)
+        assert (await _generation(a.port)) == ga
+    finally:
+        a.stop()
+        b.stop()
         await sim.stop()

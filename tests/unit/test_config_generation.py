@@ -92,3 +92,21 @@ def test_status_of_one_process_or_an_older_daemon_prints_as_before():
         assert "config:" not in _render(config)
     out = _render({"last_reload_ok": False, "generation": "aaaaaaaaaaaa", "acceptors": []})
     assert "SIGHUP's file was REFUSED" in out
+
+
+def test_the_generation_key_derives_from_the_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instances of a fleet share the master key, so they name one text alike; another master
+    key names it otherwise, and without one the key is random (as before)."""
+    from bridge.reload import key_generations_by
+
+    monkeypatch.delenv(GENERATION_KEY_ENV, raising=False)  # restored after the test
+    key_generations_by(b"k" * 32)
+    g = generation(TEXT)
+    monkeypatch.setenv(GENERATION_KEY_ENV, "cd" * 16)
+    key_generations_by(b"k" * 32)
+    assert generation(TEXT) == g
+    assert os.environ[GENERATION_KEY_ENV] not in (b"k" * 32).hex()  # not the key itself
+    key_generations_by(b"j" * 32)
+    assert generation(TEXT) != g
+    key_generations_by(None)
+    assert generation(TEXT) != g
