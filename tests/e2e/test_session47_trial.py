@@ -13,6 +13,10 @@ fix), with real daemons, a real throw-away cluster (tests/pg_cluster.py) and the
    status`'s `config:`, `/admin/queue`, `smpp_bridge_config_generation`): each keyed its HMAC
    with a random key of its own. The figure could not tell a file forgotten on one host; it is
    now keyed from the master key, which the fleet shares.
+4. At every database restart each instance logged its unbinds as "smpp bind slot taken by
+   another instance" and "smpp bind handed over to another instance": the slot's lock had gone
+   with the connection, nobody had taken it, and the lines read as a slot bound twice (what
+   the carrier's limit forbids).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from tests.e2e.harness import (
     free_port,
     wait_until,
 )
-from tests.e2e.test_pg_fleet_review import instance, migrate, start_sim
+from tests.e2e.test_pg_fleet_review import PartitionProxy, instance, migrate, start_sim
 
 
 async def _split_roles(dsn: str) -> tuple[str, str, str]:
@@ -200,4 +204,34 @@ async def test_instances_on_one_file_publish_one_configuration_generation(
     finally:
         a.stop()
         b.stop()
+        await sim.stop()
+
+
+@pytest.mark.slow
+async def test_losing_the_database_does_not_log_the_binds_as_taken_by_another_instance(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The only instance, cut off from its database (as in a server restart): it gives its binds
+    up, as it must. Before: each unbind was logged "smpp bind slot taken by another instance",
+    on every instance of a fleet at every database restart, which read as a slot bound twice."""
+    sim = await start_sim(tmp_path)
+    proxy = PartitionProxy(pg_dsn)
+    await proxy.start()
+    a = instance(tmp_path, "inst-a", proxy.dsn, sim)
+    try:
+        await migrate(a)
+        a.start()
+        await a.wait_ready(30)
+        await wait_until(lambda: sim.binds_by_owner() == {"inst-a": 1}, 20)
+        proxy.cut(server_notices=True)
+        await wait_until(lambda: sim.binds_by_owner() == {}, 20, 0.1)
+        log = a.log.read_text()
+        assert "taken by another instance" not in log
+        assert "handed over to another instance" not in log
+        assert "giving up bind slots" in log  # the coordinator's reason
+        assert "smpp bind slot no longer held by this instance" in log
+    finally:
+        proxy.heal()
+        a.stop()
+        await proxy.stop()
         await sim.stop()
