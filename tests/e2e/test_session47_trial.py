@@ -17,6 +17,10 @@ fix), with real daemons, a real throw-away cluster (tests/pg_cluster.py) and the
    another instance" and "smpp bind handed over to another instance": the slot's lock had gone
    with the connection, nobody had taken it, and the lines read as a slot bound twice (what
    the carrier's limit forbids).
+5. `smpp-bridge status` (and `/admin/smscs`) of one instance showed its own binds (`BINDS 1/2`)
+   and throughput only, beside the queue and webhooks of the whole fleet: half the binds read
+   as down, half the traffic as all of it. Each SMSC now has `fleet` (live instances, binds up
+   and submits/s over them all, from their heartbeats), and status prints a `fleet:` line.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import aiohttp
@@ -34,6 +39,7 @@ import asyncpg
 import pytest
 
 from bridge.reload import GENERATION_KEY_ENV
+from bridge.status import fetch, render
 from tests.e2e.harness import (
     ADMIN_TOKEN,
     DaemonProcess,
@@ -234,4 +240,50 @@ async def test_losing_the_database_does_not_log_the_binds_as_taken_by_another_in
         proxy.heal()
         a.stop()
         await proxy.stop()
+        await sim.stop()
+
+
+@pytest.mark.slow
+async def test_status_of_one_instance_shows_the_fleets_binds_and_throughput(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Two binds for the fleet, one on each instance, and traffic through both. Before: each
+    instance's `smpp-bridge status` said `BINDS 1/2` and its own throughput only, beside the
+    whole fleet's queue, with nothing to say the other bind was up elsewhere."""
+    sim = await start_sim(tmp_path)
+    a = instance(tmp_path, "inst-a", pg_dsn, sim, binds=2)
+    b = instance(tmp_path, "inst-b", pg_dsn, sim, binds=2)
+    try:
+        await migrate(a)
+        a.start()
+        await a.wait_ready(30)
+        b.start()
+        await b.wait_ready(30)
+        await wait_until(lambda: sim.binds_by_owner() == {"inst-a": 1, "inst-b": 1}, 30, 0.1)
+        creds = await a.account("acme")
+        async with client_for(a.port, creds) as ca, client_for(b.port, creds) as cb:
+            for i in range(20):
+                await (ca if i % 2 else cb).send(f"+86138001380{i:02d}", text=f"m{i}")
+
+        async def fleet_seen() -> Any:
+            st = await asyncio.to_thread(fetch, f"http://127.0.0.1:{a.port}", ADMIN_TOKEN)
+            f = st.smscs[0]["fleet"]
+            return st if f and f["instances"] == 2 and f["binds_up"] == 2 else None
+
+        st = await wait_until(fleet_seen, 10, 0.3)
+        assert st.smscs[0]["binds_up"] == 1  # this instance's own, as before
+        out = render(st)
+        assert "fleet: 2 live instances; binds up sim 2/2;" in out, out
+        assert "all SMSCs, this instance" in out
+        # One instance gone: the other says so within the heartbeats' 5 s.
+        b.stop()
+
+        async def alone() -> bool:
+            st = await asyncio.to_thread(fetch, f"http://127.0.0.1:{a.port}", ADMIN_TOKEN)
+            return st.smscs[0]["fleet"]["instances"] == 1
+
+        await wait_until(alone, 15, 0.3)
+    finally:
+        a.stop()
+        b.stop()
         await sim.stop()
