@@ -287,3 +287,24 @@ async def test_status_of_one_instance_shows_the_fleets_binds_and_throughput(
         a.stop()
         b.stop()
         await sim.stop()
+
+
+async def test_db_migrate_by_a_role_that_may_not_change_the_schema_says_what_to_do(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Before: `InsufficientPrivilegeError: permission denied for schema public`, naming
+    neither the migration nor the fix."""
+    _owner_dsn, daemon_dsn, _role = await _split_roles(pg_dsn)
+    sim = await start_sim(tmp_path)
+    d = instance(tmp_path, "as-daemon", daemon_dsn, sim)
+    try:
+        p = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bridge.cli", "db", "migrate", "-c", str(d.path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert p.returncode == 1
+        assert "STORE_UNUSABLE: the database role may not create the schema" in p.stderr
+        assert "as the role that owns the schema" in p.stderr, p.stderr
+    finally:
+        await sim.stop()
