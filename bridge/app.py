@@ -49,6 +49,7 @@ from bridge.config import (
 )
 from bridge.crypto import MasterKeyError, Sealer
 from bridge.domain import forwarded
+from bridge.fleet_status import peer_figures, with_fleet
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
@@ -632,11 +633,12 @@ class Daemon:
         """Several instances on PostgreSQL: an SMSC bound only on another live instance is up
         for readiness too (what this instance accepts, that one sends)."""
         status = self.smsc_status()
-        remote = self._fresh_remote() or {}
+        remote = self._fresh_remote()
         for name, st in status.items():
-            if not st.get("up") and remote.get(name, {}).get("up"):
+            if not st.get("up") and (remote or {}).get(name, {}).get("up"):
                 status[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
-        return status
+        # The fleet's sums only from a fresh read: stale, they would be a guess.
+        return status if remote is None else with_fleet(status, remote)
 
     async def _refresh_status(self) -> None:
         """The bind holders' status read now: at start, by the housekeeping every second, and
@@ -663,16 +665,15 @@ class Daemon:
             self._remote_read_at = time.monotonic()
 
     async def _read_peer_status(self) -> dict[str, Any]:
+        """The other live instances' binds, by SMSC (fleet_status.peer_figures): bind holders'
+        rows only, since an acceptor's row echoes its owner's."""
         assert self.store is not None
-        merged: dict[str, Any] = {}
-        for instance, _role, _at, status in await self.store.instances(
-            int((self.clock() - OWNER_SILENT_S) * 1000)
-        ):
-            if instance != self.instance:
-                for name, st in json.loads(status).items():
-                    if isinstance(st, dict) and st.get("up"):
-                        merged[name] = {"up": True}
-        return merged
+        rows = await self.store.instances(int((self.clock() - OWNER_SILENT_S) * 1000))
+        return peer_figures(
+            json.loads(status)
+            for instance, role, _at, status in rows
+            if instance != self.instance and role in ("owner", "all")
+        )
 
     async def _read_owner_status(self) -> dict[str, Any]:
         """An acceptor's view of the binds: its own owner's (named by the supervisor: with
@@ -684,16 +685,16 @@ class Daemon:
         rows = await self.store.instances(int((self.clock() - OWNER_SILENT_S) * 1000))
         owner = os.environ.get(OWNER_INSTANCE_ENV)
         mine: dict[str, Any] | None = None
-        elsewhere: set[str] = set()
+        others: list[dict[str, Any]] = []
         for instance, role, _at, status in rows:
             if role == "owner" and mine is None and owner in (None, instance):
                 mine = json.loads(status)
             elif role in ("owner", "all") and instance != owner:
                 # Bind holders only: acceptors' rows echo their owner, and two of them reading
                 # each other's echo would keep a bind "up" after it went down.
-                for name, st in json.loads(status).items():
-                    if isinstance(st, dict) and st.get("up"):
-                        elsewhere.add(name)
+                others.append(json.loads(status))
+        peers = peer_figures(others)
+        elsewhere = {name for name, f in peers.items() if f["up"]}
         if mine is None:
             # No owner heartbeat for 5 s: nothing may be sending here, so do not claim to be
             # ready; but the binds may be up (a stalled store write), so do not say they are down.
@@ -702,7 +703,7 @@ class Daemon:
             st = mine.get(name)
             if isinstance(st, dict) and not st.get("up"):
                 mine[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
-        return mine
+        return with_fleet(mine, peers) if self.config.store.engine == "postgres" else mine
 
     async def _heartbeat(self) -> None:
         """Every second, and within HEARTBEAT_GAP_S of a bind coming up or going down: the

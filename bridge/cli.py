@@ -77,6 +77,18 @@ def _now_ms() -> int:
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _master_key_if_any(cfg: Config) -> bytes | None:
+    """The master key when it can be had without making one (the daemon's start reports what is
+    wrong with it): inline, from the environment or from its file."""
+    from bridge.crypto import load_master_key
+
+    sec = cfg.security
+    try:
+        return load_master_key(inline=sec.master_key, key_file=sec.master_key_file)
+    except Exception:
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge.app import Daemon
 
@@ -88,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(f"invalid configuration:\n{exc}") from None
     setup_logging(cfg)
+    if args.role != "acceptor":  # an acceptor inherits its owner's key
+        from bridge.reload import key_generations_by
+
+        key_generations_by(_master_key_if_any(cfg))
     loop_factory = event_loop_factory(cfg.server.event_loop)
     # The store's fsync thread releases the GIL and must take it back; with the default 5 ms
     # switch interval it can queue behind the event loop. 0.5 ms keeps both moving.

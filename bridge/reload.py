@@ -124,14 +124,28 @@ def generation(text: str) -> str:
 
 
 def generation_key() -> bytes:
-    """The key of `generation`: random, made by the daemon's first process and inherited by the
-    acceptor processes it starts (through the environment, like the worker's slot), so they
-    name one text alike; never published."""
+    """The key of `generation`: set by the daemon's first process (`key_generations_by`) and
+    inherited by the acceptor processes it starts (through the environment, like the worker's
+    slot), so they name one text alike; never published. Random when nothing set it."""
     key = os.environ.get(GENERATION_KEY_ENV, "")
     if len(key) != 32:
         key = secrets.token_hex(16)
         os.environ[GENERATION_KEY_ENV] = key
     return bytes.fromhex(key)
+
+
+def key_generations_by(master_key: bytes | None) -> None:
+    """Key the generations with one derived from the master key, which every instance of a
+    PostgreSQL fleet shares: instances given one file name it alike, so a fleet's values can be
+    compared (`smpp-bridge status`, the gauge). A random key per daemon (h3's trial) gave two
+    instances on the same file two values, read as a drift that was not there, and hid one that
+    was. As secret as the random key: no value of the file can be tested without the master
+    key. None (no key to be had yet): random, as before."""
+    if master_key is None:
+        os.environ.pop(GENERATION_KEY_ENV, None)
+        return
+    derived = hmac.new(master_key, b"smpp-bridge configuration generation", hashlib.sha256)
+    os.environ[GENERATION_KEY_ENV] = derived.hexdigest()[:32]
 
 
 GENERATION_KEY_ENV = "SMPP_BRIDGE_GENERATION_KEY"

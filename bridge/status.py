@@ -203,6 +203,28 @@ def _acceptors_line(config: Mapping[str, Any]) -> tuple[list[str], bool]:
     return [line], bool(late)
 
 
+def _fleet_line(
+    smscs: Sequence[Mapping[str, Any]], fleets: Sequence[Mapping[str, Any]], span: str
+) -> list[str]:
+    """A PostgreSQL fleet: the binds up and throughput of every live instance. The table above
+    is this instance's alone (`BINDS 1/2` with the other bind on another instance), beside a
+    queue that is the whole fleet's."""
+    if not fleets:
+        return []
+    binds = ", ".join(
+        f"{m.get('name', '?')} {_num(m['fleet'].get('binds_up', 0))}/"
+        f"{sum(b.get('configured', 0) for b in (m.get('binds') or {}).values())}"
+        for m in smscs
+        if isinstance(m.get("fleet"), Mapping)
+    )
+    total = sum(float(f.get("tps_avg") or 0) for f in fleets)
+    n = max(int(f.get("instances") or 0) for f in fleets)
+    return [
+        f"fleet: {n} live instance{'s' if n != 1 else ''}; binds up {binds}; "
+        f"{_num(round(total, 1))} submits/s over {span}"
+    ]
+
+
 def render(s: DaemonStatus) -> str:
     """A compact table; one line per SMSC, then the queue, the throughput and the webhook
     reports not delivered yet."""
@@ -271,7 +293,10 @@ def render(s: DaemonStatus) -> str:
     total = sum(_rate(m) for m in s.smscs)
     averaged = all(_is_num(m.get("tps_avg")) for m in s.smscs)
     span = "the last 10 s" if averaged else "the last second"
-    lines.append(f"throughput: {_num(round(total, 1))} submits/s over {span}, all SMSCs")
+    fleets = [m["fleet"] for m in s.smscs if isinstance(m.get("fleet"), Mapping)]
+    here = ", this instance" if fleets else ""
+    lines.append(f"throughput: {_num(round(total, 1))} submits/s over {span}, all SMSCs{here}")
+    lines += _fleet_line(s.smscs, fleets, span)
     hooks = q.get("webhooks")
     if isinstance(hooks, Mapping):  # an older daemon's queue has no webhooks section
         age = hooks.get("oldest_age_s")

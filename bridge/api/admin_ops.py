@@ -78,6 +78,7 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
             "at": iso(int(at * 1000)) if isinstance(at, int | float) else None,
         }
     rtt = s.get("rtt_ms_avg")
+    fleet = s.get("fleet")
     return {
         "name": name,
         "up": bool(s.get("up")),
@@ -107,6 +108,17 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
         },
         "delivers": _int(s.get("delivers")),
         "rtt_ms_avg": float(rtt) if isinstance(rtt, int | float) else None,
+        # A PostgreSQL fleet: the live instances, this one included, and their binds up and
+        # submits/s summed (bridge/fleet_status.py); null for a daemon alone on its store.
+        "fleet": (
+            {
+                "instances": _int(fleet.get("instances")),
+                "binds_up": _int(fleet.get("binds_up")),
+                "tps_avg": float(fleet.get("tps_avg") or 0),
+            }
+            if isinstance(fleet, Mapping)
+            else None
+        ),
     }
 
 

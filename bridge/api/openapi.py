@@ -1394,6 +1394,26 @@ def _report_schemas() -> dict[str, Any]:
                 ),
                 "delivers": {**_COUNT, "description": "deliver_sm received (receipts and MO)"},
                 "rtt_ms_avg": _nullable({"type": "number", "minimum": 0}),
+                "fleet": _nullable(
+                    _obj(
+                        {
+                            "instances": {
+                                **_COUNT,
+                                "description": "live instances on the database, this one too",
+                            },
+                            "binds_up": {**_COUNT, "description": "binds up on all of them"},
+                            "tps_avg": {
+                                "type": "number",
+                                "minimum": 0,
+                                "description": "their submit_sm per second, summed (10 s)",
+                            },
+                        }
+                    )
+                    | {
+                        "description": "PostgreSQL: the whole fleet's figures beside this "
+                        "instance's; null for a daemon alone on its store (SQLite)"
+                    }
+                ),
             }
         ),
         "SmscList": _obj({"smscs": {"type": "array", "items": _schema("SmscStatus")}}),

@@ -1032,10 +1032,11 @@ class Connector:
                 if self._stopping:
                     return
                 if handed_over:
-                    # Planned: another instance took its share of the binds (see _give_up). A
-                    # WARNING, a reconnect and a last error made it look like a carrier fault.
+                    # Planned: a hand-over to another instance, or the database connection
+                    # lost (see _give_up). A WARNING, a reconnect and a last error made it look
+                    # like a carrier fault.
                     log.info(
-                        "smpp bind handed over to another instance",
+                        "smpp bind closed, its slot no longer held by this instance",
                         extra={"smsc": self.name, "bind": b.index},
                     )
                 else:
@@ -1071,9 +1072,12 @@ class Connector:
 
     async def _give_up(self, b: _Bind, proto: SmppProtocol) -> None:
         """No new submits on the bind, a short wait for those in flight, then unbind: about 4 s
-        at most, so the slot is free well before another instance may take it."""
+        at most, so the slot is free well before another instance may take it. Why the slot is
+        no longer ours is bridge.coord's line before this one: handed over, or the database
+        connection lost (a server restart). "Taken by another instance", as this said, read as
+        two binds on one slot during every database restart."""
         log.info(
-            "smpp bind slot taken by another instance; unbinding",
+            "smpp bind slot no longer held by this instance (see the coord line before); unbinding",
             extra={"smsc": self.name, "bind": b.index},
         )
         await self._quiesce(b, proto, min(2.0, self.cfg.response_timeout_s))

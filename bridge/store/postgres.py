@@ -111,6 +111,7 @@ from bridge.store.models import (
     WorkMessage,
 )
 from bridge.store.postgres_confirm import Confirmer
+from bridge.store.postgres_grants import missing_grants
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
@@ -496,6 +497,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             ) from None
         try:
             self.migrated_from = await _migrate(conn)
+            if (lacking := await missing_grants(conn)) is not None:
+                raise StoreUnusableError(lacking)
             await self._measure_offset(conn)
         finally:
             await conn.close()
@@ -2124,15 +2127,33 @@ async def _migrate(conn: asyncpg.Connection) -> int:
     Returns the version found (0: a new database)."""
     await conn.execute("SELECT pg_advisory_lock($1, 0)", pipe.NS_MIGRATE)
     try:
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        # Created only when missing: CREATE ... IF NOT EXISTS needs the CREATE privilege on the
+        # schema even when the table is there, so a daemon whose role does not own the schema
+        # (another role ran `db migrate`, README "Upgrades") could not start at all.
+        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            await _as_owner(conn, "CREATE TABLE schema_version (version INTEGER NOT NULL)", 0)
         current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
         for version, _name, sql in migrate.pending("postgres", current):
             async with conn.transaction():
-                await conn.execute(sql)
+                await _as_owner(conn, sql, version)
                 await conn.execute("INSERT INTO schema_version(version) VALUES ($1)", version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1, 0)", pipe.NS_MIGRATE)
     return int(current or 0)
+
+
+async def _as_owner(conn: asyncpg.Connection, sql: str, version: int) -> None:
+    """A migration's statements; a role without the privilege to run them is refused naming
+    the fix (asyncpg's "permission denied for schema public" named neither)."""
+    try:
+        await conn.execute(sql)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        what = f"apply migration {version}" if version else "create the schema"
+        raise StoreUnusableError(
+            f"the database role may not {what} ({exc}): run `smpp-bridge db "
+            "migrate` as the role that owns the schema, then GRANT this one its tables and "
+            "sequences (README: Scale-out on PostgreSQL)"
+        ) from None
 
 
 def _authorized(row: Any) -> tuple[str, Account | None]:

@@ -10,6 +10,7 @@ the supervisor checks the acceptors after each reload and says which one is behi
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import os
@@ -24,10 +25,21 @@ import pytest
 import yaml
 
 from bridge.status import DaemonStatus, fetch, render
-from tests.e2e.harness import ADMIN_TOKEN, DaemonProcess, config_dict, handles_sighup, wait_until
+from tests.e2e.harness import (
+    ADMIN_TOKEN,
+    MASTER_KEY,
+    DaemonProcess,
+    config_dict,
+    handles_sighup,
+    wait_until,
+)
 
 CONFIRM_S = 2.0  # the supervisor's bound for the acceptors to follow a reload (10 s by default)
-KEY = "0123456789abcdef" * 2  # the daemon's generation key, known here to name the file's text
+# The daemon's generation key, known here to name the file's text: derived from the master key
+# (since session 47, so that the instances of a fleet name one file alike).
+KEY = hmac.new(
+    base64.b64decode(MASTER_KEY), b"smpp-bridge configuration generation", hashlib.sha256
+).hexdigest()[:32]
 
 
 def _named(text: str) -> str:
@@ -112,7 +124,6 @@ def _since(proc: DaemonProcess, before: int) -> str:
 @pytest.fixture
 async def workers2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("SMPP_BRIDGE_RELOAD_CONFIRM_S", str(CONFIRM_S))
-    monkeypatch.setenv("SMPP_BRIDGE_GENERATION_KEY", KEY)
     proc = DaemonProcess(tmp_path, config_dict(tmp_path, server={"workers": 2}))
     stopped: list[int] = []
     proc.start()

@@ -606,6 +606,7 @@ async def test_admin_smscs_renders_the_live_state(api_server):
         },
         "delivers": 990,
         "rtt_ms_avg": 3.25,
+        "fleet": None,  # a daemon alone on its store
     }
     assert zeta["up"] is False and zeta["binds"] == {} and zeta["last_error"] is None
     assert zeta["state"] == "down"

@@ -103,3 +103,21 @@ def test_status_says_when_an_acceptor_is_not_running():
     assert "current configuration: 1 of 1; 1 of 2 acceptors not running (restarting" in out, out
     for workers in (1, None, True):  # all there; an older daemon's view; not a count
         assert "not running" not in _render({**config, "workers": workers})
+
+
+def test_the_generation_key_derives_from_the_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instances of a fleet share the master key, so they name one text alike; another master
+    key names it otherwise, and without one the key is random (as before)."""
+    from bridge.reload import key_generations_by
+
+    monkeypatch.delenv(GENERATION_KEY_ENV, raising=False)  # restored after the test
+    key_generations_by(b"k" * 32)
+    g = generation(TEXT)
+    monkeypatch.setenv(GENERATION_KEY_ENV, "cd" * 16)
+    key_generations_by(b"k" * 32)
+    assert generation(TEXT) == g
+    assert os.environ[GENERATION_KEY_ENV] not in (b"k" * 32).hex()  # not the key itself
+    key_generations_by(b"j" * 32)
+    assert generation(TEXT) != g
+    key_generations_by(None)
+    assert generation(TEXT) != g
