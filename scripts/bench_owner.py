@@ -2,7 +2,7 @@
 """Time the SQLite store's write lock the owner's steps take per message, in one process.
 
 Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
-                                     [--tree DIR]
+                                     [--early 0.33] [--tree DIR]
 
 Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
 (claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
@@ -12,7 +12,10 @@ time: a claim, the batch's submit results, the batch's receipts, each step a com
 after another connection's commit (as in a `--workers` daemon, each then starts with SQLite's
 page cache emptied). It prints the lock's time and CPU per message from the store's own counters
 (`write_lock_stats`) and the process's CPU per message. `--history` first stores that many
-finished messages (a store in service holds its retention period's). `--tree` imports `bridge`
+finished messages (a store in service holds its retention period's). `--early F` applies that
+share of the receipts before their submit results, as under load (kept unmatched, then matched
+when the results come: `bench.py`'s "matched again"); compare 0 with 1, each one receipts
+commit per batch (a share between makes two). `--tree` imports `bridge`
 from another checkout, to compare two trees in alternating runs of this one script.
 """
 
@@ -33,6 +36,7 @@ ap.add_argument("--messages", type=int, default=20_000)
 ap.add_argument("--batch", type=int, default=50, help="messages per claim (and per step)")
 ap.add_argument("--history", type=int, default=200_000, help="finished messages stored first")
 ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ARGS = ap.parse_args()
 sys.path.insert(0, ARGS.tree)
@@ -124,6 +128,14 @@ async def run(path: Path) -> dict[str, float]:
         if not work:
             break
         s = step("claim", s0)
+        receipts = [
+            ReceiptIn("a", f"x{w.id}", "delivered", "DELIVRD", None, now, now) for w in work
+        ]
+        early = receipts[: round(len(work) * ARGS.early)]
+        if early:  # before their submit results: kept unmatched, matched by the results' step
+            out = await store.apply_receipts(early, now)
+            assert out.pending == len(early), out
+        s = step("receipts", s)
         await store.record_submits(
             [
                 SubmitResult(w.id, 1, "sent", "a", f"x{w.id}", f"x{w.id}", at=now, sent_at=now)
@@ -133,11 +145,9 @@ async def run(path: Path) -> dict[str, float]:
             now,
         )
         s = step("submit results", s)
-        out = await store.apply_receipts(
-            [ReceiptIn("a", f"x{w.id}", "delivered", "DELIVRD", None, now, now) for w in work],
-            now,
-        )
-        assert out.matched == len(work), out
+        if len(early) < len(work):
+            out = await store.apply_receipts(receipts[len(early) :], now)
+            assert out.matched == len(work) - len(early), out
         step("receipts", s)
         s1, c1 = store.write_lock_stats(), time.process_time()
         assert s0 is not None and s1 is not None
