@@ -190,6 +190,10 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP INDEX messages_recipient_account",
     ),
     35: ("ALTER TABLE app_keys DROP COLUMN last_used_at",),
+    38: (
+        "DROP INDEX messages_queue",
+        "CREATE INDEX messages_queue ON messages(q_state, account_id, q_not_before)",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

@@ -69,7 +69,7 @@ ASSIGNMENTS_SQL = (
 # what a change of sender assignments may leave an account no longer allowed to send.
 WAITING_SENDERS_SQL = (
     "SELECT id, account_id, sender FROM messages "
-    "WHERE q_state IN ('queued', 'claimed') AND sender IS NOT NULL"
+    "WHERE (q_state='queued' OR q_state='claimed') AND sender IS NOT NULL"
 )
 # What an account setting turned off no longer allows among its waiting messages, checked only
 # at acceptance before: (setting, the messages it ends, the error). Marketing turned off

@@ -792,7 +792,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> int:
             row = c.execute(
                 "SELECT COALESCE(SUM(segments - segments_sent), 0) FROM messages "
-                "WHERE q_state IN ('queued', 'claimed') "
+                "WHERE (q_state='queued' OR q_state='claimed') "
                 "AND (?1 IS NULL OR scheduled_at IS NULL OR scheduled_at<=?1)",
                 (due_at,),
             ).fetchone()

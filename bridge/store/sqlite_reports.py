@@ -82,7 +82,7 @@ def queue_groups(
         "WHEN q_not_before>? THEN 'retry_wait' ELSE 'ready' END AS bucket, "
         "COUNT(*), COALESCE(SUM(segments - segments_sent), 0), "
         "MIN(COALESCE(scheduled_at, accepted_at)) "
-        "FROM messages WHERE q_state IN ('queued', 'claimed') "
+        "FROM messages WHERE (q_state='queued' OR q_state='claimed') "
         "GROUP BY account_id, route, bucket ORDER BY account_id, route, bucket"
     )
     return [QueueGroup(*row) for row in c.execute(sql, (*route_args, now, now))]

@@ -40,7 +40,7 @@ def counts(c: sqlite3.Connection, now: int) -> tuple[int, int]:
     """(waiting and due by `now`, scheduled after it) among the queued and claimed messages."""
     due, kept = c.execute(
         f"SELECT COALESCE(SUM({_DUE}), 0), COALESCE(SUM(scheduled_at>?), 0) FROM messages "
-        "WHERE q_state IN ('queued','claimed')",
+        "WHERE (q_state='queued' OR q_state='claimed')",
         (now, now),
     ).fetchone()
     return int(due), int(kept)

@@ -87,6 +87,22 @@ def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> Non
         assert float(rows["accepts per commit"]) == 10, out
 
 
+def test_bench_owner_times_each_step_of_messages_it_delivered() -> None:
+    # The script asserts every message was claimed, every receipt matched (the early ones kept
+    # first, then matched by their results): a miss exits non-zero.
+    for early in ("0", "0.5"):
+        out = _run(
+            "scripts/bench_owner.py", "--messages", "200", "--batch", "20", "--history", "500",
+            "--early", early,
+        )  # fmt: skip
+        rows = dict(re.findall(r"^(owner .+?)\s{2,}([0-9.]+)$", out, re.M))
+        assert len(rows) == 3 and all(float(v) > 0 for v in rows.values()), out
+        steps = re.search(
+            r"^lock CPU per message by step \(us\)\s+([0-9.]+) / ([0-9.]+) / ([0-9.]+)", out, re.M
+        )
+        assert steps is not None and all(float(v) > 0 for v in steps.groups()), out
+
+
 def _wal_by_tree(out: str) -> dict[str, float]:
     m = re.search(r"^WAL frames per accept +([0-9.]+), by b-tree:$", out, re.M)
     assert m is not None, out

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Time the SQLite store's write lock the owner's steps take per message, in one process.
+
+Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
+                                     [--early 0.33] [--tree DIR]
+
+Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
+(claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
+machine's noise hides a cut of a few microseconds. This accepts `--messages` one-part messages
+(not timed), then drives them through the real `SqliteStore` as the owner does, `--batch` at a
+time: a claim, the batch's submit results, the batch's receipts, each step a commit of its own
+after another connection's commit (as in a `--workers` daemon, each then starts with SQLite's
+page cache emptied). It prints the lock's time and CPU per message from the store's own counters
+(`write_lock_stats`) and the process's CPU per message. `--history` first stores that many
+finished messages (a store in service holds its retention period's). `--early F` applies that
+share of the receipts before their submit results, as under load (kept unmatched, then matched
+when the results come: `bench.py`'s "matched again"); compare 0 with 1, each one receipts
+commit per batch (a share between makes two). `--tree` imports `bridge`
+from another checkout, to compare two trees in alternating runs of this one script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--messages", type=int, default=20_000)
+ap.add_argument("--batch", type=int, default=50, help="messages per claim (and per step)")
+ap.add_argument("--history", type=int, default=200_000, help="finished messages stored first")
+ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
+ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
+ARGS = ap.parse_args()
+sys.path.insert(0, ARGS.tree)
+
+from bridge.store.models import (  # noqa: E402
+    AcceptBatch,
+    Account,
+    NewMessage,
+    NewSegment,
+    ReceiptIn,
+    SubmitResult,
+)
+from bridge.store.sqlite import SqliteStore  # noqa: E402
+
+NOW = 1_700_000_000_000
+COLS = (
+    "id, account_id, batch_id, recipient, encoding, data_coding, segments, billable_units, "
+    "accepted_at, q_not_before, state, q_state, segments_sent, segments_delivered, sent_at, "
+    "done_at"
+)
+
+
+def history(path: Path, n: int) -> None:
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("BEGIN")
+    for k in range(0, n, 10_000):
+        c.executemany(
+            f"INSERT INTO messages ({COLS}) VALUES ({','.join('?' * 16)})",
+            (
+                (f"msg_h{i:012d}", "acc", "b", f"+86138{i % 10**8:08d}", "gsm7", 0, 1, 1, *times)
+                for i in range(k, min(n, k + 10_000))
+                for at in (NOW - n + i,)
+                for times in ((at, at, "delivered", "done", 1, 1, at, at),)
+            ),
+        )
+    c.execute("COMMIT")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+
+
+def message(k: int) -> NewMessage:
+    mid = f"msg_b{k:012d}"
+    return NewMessage(
+        id=mid,
+        account_id="acc",
+        batch_id="b_" + mid,
+        recipient=f"+86139{k:08d}",
+        encoding="gsm7",
+        data_coding=0,
+        billable_units=1,
+        segments=(NewSegment(1, 1, 0, b"hello", b""),),
+        accepted_at=NOW,
+        text="hello",
+    )
+
+
+async def run(path: Path) -> dict[str, float]:
+    made = SqliteStore(path)
+    await made.open()
+    await made.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
+    await made.close()
+    history(path, ARGS.history)
+    store = SqliteStore(path)
+    await store.open()
+    n, b = ARGS.messages, ARGS.batch
+    for first in range(0, n, 100):
+        batch = [message(k) for k in range(first, min(n, first + 100))]
+        await asyncio.gather(
+            *(store.accept(AcceptBatch("acc", (m,), None, None), NOW) for m in batch)
+        )
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA synchronous=OFF")  # its commits only empty the store's page cache
+    other.execute("CREATE TABLE IF NOT EXISTS bench_other (x INTEGER)")
+    held = lock_cpu = cpu = 0.0
+    steps = dict.fromkeys(("claim", "submit results", "receipts"), 0.0)  # lock CPU by step
+    done = 0
+    now = NOW + 1_000  # every message due
+
+    def step(name: str, before: Any) -> Any:
+        after = store.write_lock_stats()
+        steps[name] += after.cpu_s - before.cpu_s
+        other.execute("INSERT INTO bench_other VALUES (1)")
+        return store.write_lock_stats()
+
+    while True:
+        other.execute("INSERT INTO bench_other VALUES (1)")
+        s0, c0 = store.write_lock_stats(), time.process_time()
+        work = await store.claim("i1", b, now, 60_000)
+        if not work:
+            break
+        s = step("claim", s0)
+        receipts = [
+            ReceiptIn("a", f"x{w.id}", "delivered", "DELIVRD", None, now, now) for w in work
+        ]
+        early = receipts[: round(len(work) * ARGS.early)]
+        if early:  # before their submit results: kept unmatched, matched by the results' step
+            out = await store.apply_receipts(early, now)
+            assert out.pending == len(early), out
+        s = step("receipts", s)
+        await store.record_submits(
+            [
+                SubmitResult(w.id, 1, "sent", "a", f"x{w.id}", f"x{w.id}", at=now, sent_at=now)
+                for w in work
+            ],
+            [],
+            now,
+        )
+        s = step("submit results", s)
+        if len(early) < len(work):
+            out = await store.apply_receipts(receipts[len(early) :], now)
+            assert out.matched == len(work) - len(early), out
+        step("receipts", s)
+        s1, c1 = store.write_lock_stats(), time.process_time()
+        assert s0 is not None and s1 is not None
+        held += s1.held_s - s0.held_s
+        lock_cpu += s1.cpu_s - s0.cpu_s
+        cpu += c1 - c0
+        done += len(work)
+        now += 1
+    other.close()
+    await store.close()
+    assert done == n, done
+    out = {"held": held / done * 1e6, "lock_cpu": lock_cpu / done * 1e6, "cpu": cpu / done * 1e6}
+    return out | {name: v / done * 1e6 for name, v in steps.items()}
+
+
+def main() -> None:
+    outs: list[dict[str, Any]] = []
+    for _ in range(ARGS.runs):
+        with tempfile.TemporaryDirectory() as d:
+            outs.append(asyncio.run(run(Path(d) / "bench.db")))
+    med = {k: statistics.median(o[k] for o in outs) for k in outs[0]}
+    print(f"tree                                     {ARGS.tree}")
+    print(f"owner write lock per message (us)        {med['held']:.1f}")
+    print(f"owner lock CPU per message (us)          {med['lock_cpu']:.1f}")
+    print(f"owner CPU per message, all (us)          {med['cpu']:.1f}")
+    print(
+        "lock CPU per message by step (us)        "
+        + " / ".join(f"{med[k]:.1f}" for k in ("claim", "submit results", "receipts"))
+        + "  (claim / submit results / receipts)"
+    )
+
+
+if __name__ == "__main__":
+    main()
