@@ -190,7 +190,7 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP INDEX messages_recipient_account",
     ),
     35: ("ALTER TABLE app_keys DROP COLUMN last_used_at",),
-    38: (
+    36: (
         "DROP INDEX messages_queue",
         "CREATE INDEX messages_queue ON messages(q_state, account_id, q_not_before)",
     ),

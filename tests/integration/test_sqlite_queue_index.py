@@ -1,4 +1,4 @@
-"""SQLite's queue index holds only the waiting and claimed messages (migration 38, README
+"""SQLite's queue index holds only the waiting and claimed messages (migration 36, README
 Architecture note 22).
 
 Every message ends 'done', and its entry used to stay in `messages_queue`, moved by the
@@ -83,7 +83,7 @@ async def test_a_finished_message_leaves_the_queue_index(tmp_path: Path) -> None
         states = dict(c.execute("SELECT q_state, COUNT(*) FROM messages GROUP BY q_state"))
         c.close()
         assert states == {"done": 20, "queued": 10}
-        # Only the 10 still waiting; before migration 38 the 20 delivered stayed (30 entries).
+        # Only the 10 still waiting; before migration 36 the 20 delivered stayed (30 entries).
         assert _queue_entries(path) == 10
         # Claimed ones are in it: the lease renewal and the restart's requeue find them by it.
         work = await store.claim("i1", 4, NOW + 2_000, LEASE)
@@ -155,7 +155,7 @@ async def test_a_store_made_before_the_migration_keeps_only_the_waiting(tmp_path
     await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
     await store.close()
     engine = SimpleNamespace(name="sqlite", location=str(path))
-    await schema_before(engine, 38, 10_000)  # type: ignore[arg-type]
+    await schema_before(engine, 36, 10_000)  # type: ignore[arg-type]
     # Rows as the old schema held them: 25 finished, 5 waiting.
     c = sqlite3.connect(path)
     with c:
