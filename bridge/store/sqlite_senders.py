@@ -21,7 +21,7 @@ it, the check is one read of an empty table. A message the walk passed by, moved
 index (a route un-parked, the clock stepped back), is caught by walking again from the start
 (`moved`). A change during a walk starts it again from the start (the new assignments may
 refuse what it passed). A process that stops part-way leaves the row, so the guard stays on,
-and the sweep finishes the walk once nobody has worked it for sqlite_ends.RESUME_AFTER_MS.
+and the sweep finishes the walk once nobody has worked it for RESUME_AFTER_MS (store.base).
 PostgreSQL keeps the one transaction: it holds the rows it ends, not every writer.
 """
 

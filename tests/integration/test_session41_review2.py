@@ -90,9 +90,9 @@ import pytest
 
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase
+from bridge.store.base import RESUME_AFTER_MS
 from bridge.store.models import AcceptBatch, Account, IdempotencyRecord, NewMessage
 from bridge.store.sqlite import SqliteStore
-from bridge.store.sqlite_ends import RESUME_AFTER_MS
 from tests.messages import one_part
 
 NOW = 1_700_000_000_000
