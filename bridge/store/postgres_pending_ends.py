@@ -59,6 +59,13 @@ SCOPES: dict[str, str] = {
     **{setting: which for setting, which, _error in REVOKED_SENDS},
 }
 
+# A close's masking of every message the account had (postgres_ends.erase_page): its value is
+# the mask, its cursor (accepted_at, id). Nothing waits for it to end: the claims' guard (whose
+# CASE has no such scope) finds none, and their probe (ENDING) leaves it out.
+ERASE = "erase"
+# Whether an end the claims must guard is under way.
+ENDING = f"EXISTS (SELECT 1 FROM pending_ends WHERE scope <> '{ERASE}')"
+
 # Before the first row of the queue index.
 _START: tuple[int, str] = (-(1 << 62), "")
 _COLS = "id, account_id, scope, value, error, ended_at, max_seq, after_nb, after_id"
@@ -177,6 +184,7 @@ async def start(
 # this worker made before: a step back of the clock moved it (postgres_clock), and the worker,
 # counting on from the clock of its start, follows it (as sqlite_chunked.MARK).
 _MARK = "CASE WHEN $5::bigint IS NOT NULL AND worked_at < $5 THEN worked_at + ($4 - $5) ELSE $4 END"
+_MARKED = f"UPDATE pending_ends SET after_nb = $2, after_id = $3, worked_at = {_MARK} WHERE id = $1"
 
 
 async def _step(
@@ -192,6 +200,15 @@ async def _step(
     if row is None:
         return None
     end = _end(row)
+    if end.scope == ERASE:  # a close's masking: nothing is ended, nothing held
+        from bridge.store.postgres_ends import erase_page
+
+        after = await erase_page(c, end.account_id, end.value or "", end.max_seq, end.after)
+        if after is None:
+            await c.execute("DELETE FROM pending_ends WHERE id = $1", end_id)
+            return None
+        await c.execute(_MARKED, end_id, *after, at, last)
+        return 0
     if end.after == _START:  # the walk's start: those on a bind first
         await _hold_on_binds(c, end)
     ended, after = await _page(c, end)
@@ -206,13 +223,7 @@ async def _step(
         await c.execute("DELETE FROM pending_ends WHERE id = $1", end_id)
         ended += int(guarded)
         return ended if ended else None
-    await c.execute(
-        f"UPDATE pending_ends SET after_nb = $2, after_id = $3, worked_at = {_MARK} WHERE id = $1",
-        end_id,
-        *after,
-        at,
-        last,
-    )
+    await c.execute(_MARKED, end_id, *after, at, last)
     return ended
 
 
