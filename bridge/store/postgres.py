@@ -2096,9 +2096,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return int(pending), int(dead), oldest
 
     async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
-        # The account-wide ends (postgres_pending_ends); the others run in one transaction here.
-        row = await self.pool.fetchrow("SELECT COUNT(*), MIN(worked_at) FROM pending_ends")
-        return {"ends": (int(row[0]), row[1])}
+        # The account-wide ends and a close's masking (postgres_pending_ends), and a close's
+        # deletion of stored answers, counted as SQLite counts them; the others run in one
+        # transaction here.
+        rows = await self.pool.fetch(
+            "SELECT scope = 'answers', COUNT(*), MIN(worked_at) FROM pending_ends GROUP BY 1"
+        )
+        out: dict[str, tuple[int, int | None]] = {"ends": (0, None)}
+        for answers, n, oldest in rows:
+            out["erasures" if answers else "ends"] = (int(n), oldest)
+        return out
 
     async def webhook_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")

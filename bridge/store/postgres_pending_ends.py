@@ -60,11 +60,13 @@ SCOPES: dict[str, str] = {
 }
 
 # A close's masking of every message the account had (postgres_ends.erase_page): its value is
-# the mask, its cursor (accepted_at, id). Nothing waits for it to end: the claims' guard (whose
-# CASE has no such scope) finds none, and their probe (ENDING) leaves it out.
+# the mask, its cursor (accepted_at, id); and its deletion of the account's stored answers
+# (drop_answers_page; its cursor the key). Nothing waits for them to end: the claims' guard
+# (whose CASE has no such scope) finds none, and their probe (ENDING) leaves them out.
 ERASE = "erase"
+CLOSING = (ERASE, "answers")
 # Whether an end the claims must guard is under way.
-ENDING = f"EXISTS (SELECT 1 FROM pending_ends WHERE scope <> '{ERASE}')"
+ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers'))"
 
 # Before the first row of the queue index.
 _START: tuple[int, str] = (-(1 << 62), "")
@@ -200,10 +202,15 @@ async def _step(
     if row is None:
         return None
     end = _end(row)
-    if end.scope == ERASE:  # a close's masking: nothing is ended, nothing held
-        from bridge.store.postgres_ends import erase_page
+    if end.scope in CLOSING:  # a close's masking or deletion: nothing is ended, nothing held
+        from bridge.store import postgres_ends as close
 
-        after = await erase_page(c, end.account_id, end.value or "", end.max_seq, end.after)
+        if end.scope == ERASE:
+            after = await close.erase_page(
+                c, end.account_id, end.value or "", end.max_seq, end.after
+            )
+        else:
+            after = await close.drop_answers_page(c, end.account_id, end.after)
         if after is None:
             await c.execute("DELETE FROM pending_ends WHERE id = $1", end_id)
             return None

@@ -1153,7 +1153,8 @@ class RulesStoreMixin:
                 "+***",
             )
             # Every message it ever had: masked in pages after this (postgres_ends.erase_page),
-            # reads answering them masked meanwhile (postgres_ends.masking).
+            # reads answering them masked meanwhile (postgres_ends.masking); then its stored
+            # answers deleted in pages (drop_answers_page).
             await start_erase(c, account_id, "+***", now, pending)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
@@ -1166,8 +1167,7 @@ class RulesStoreMixin:
                 "WHERE account_id = $1 AND status = 'active'), "
                 "o AS (DELETE FROM optouts WHERE account_id = $1), "
                 "d AS (DELETE FROM daily_counts WHERE account_id = $1), "
-                "r AS (DELETE FROM rate_buckets WHERE account_id = $1), "
-                "i AS (DELETE FROM idempotency WHERE account_id = $1) "
+                "r AS (DELETE FROM rate_buckets WHERE account_id = $1) "
                 "DELETE FROM webhook_outbox WHERE account_id = $1 AND state = 'pending'",
                 account_id,
                 now,

@@ -660,7 +660,7 @@ async def test_a_close_stopped_while_it_ends_what_waits_is_finished_by_the_sweep
     assert 0 < left < BIG
     assert [w.id for w in await store.claim("inst", 500, NOW + 2, 60_000)] == []  # none sent
 
-    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
     assert await _states(engine) == {"ERASED": BIG, "done": HISTORY}
     assert await refunds(store, "acc_big") == WAITING
     closed = await store.close_account("acc_big", NOW + 3)
@@ -692,7 +692,7 @@ async def test_a_close_stopped_while_it_masks_is_finished_by_the_sweep(
 
     await store.sweep(NOW + 2, 3_600_000)  # worked a moment ago: left to its worker
     assert await _rows(engine, _UNMASKED) == [(unmasked,)]
-    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
     await _all_masked(engine)
     assert await _pending(engine) == 0
     assert await refunds(store, "acc_big") == WAITING
@@ -735,3 +735,37 @@ async def test_other_accounts_send_and_the_closing_account_accepts_nothing_while
     )
     assert not out.accepted and out.auth_refusal is not None
     assert await store.get_message("acc_big", "late") is None
+
+
+async def test_a_close_deletes_the_stored_answers_in_pages_and_the_sweep_finishes(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the close deleted the account's stored idempotent answers in its one
+    statement (an account sending 100 keyed requests a second keeps 8.6 million). Now they go
+    DROP_CHUNK per transaction after the masking, counted on /metrics as `erasures` (SQLite's
+    own: test_erasure_in_chunks.py)."""
+    if engine.name != "postgres":
+        pytest.skip("SQLite deletes them in chunks of sqlite_erase: test_erasure_in_chunks.py")
+    monkeypatch.setattr(postgres_ends, "DROP_CHUNK", CHUNK)
+    for aid, n in (("acc_big", BIG), ("acc_other", 2)):
+        for k in range(n):
+            assert (
+                await store.take_idempotency(aid, f"key-{k:04d}", "h", NOW + 86_400_000, NOW)
+                is None
+            )
+    mine = "SELECT COUNT(*) FROM idempotency WHERE account_id='acc_big'"
+    _fail_at(engine, monkeypatch, "answers", 2)
+    with pytest.raises(RuntimeError):
+        await store.close_account("acc_big", NOW + 1)
+    _restart(engine, monkeypatch)
+    assert await _rows(engine, mine) == [(BIG - CHUNK,)]
+    work = await store.chunked_work()
+    assert work["erasures"][0] == 1 and work["ends"] == (0, None)
+
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    assert await _rows(engine, mine) == [(0,)]
+    assert await _rows(engine, "SELECT COUNT(*) FROM idempotency WHERE account_id='acc_other'") == [
+        (2,)
+    ]
+    assert await _pending(engine) == 0
+    assert (await store.chunked_work()).get("erasures", (0, None)) == (0, None)
