@@ -9,7 +9,7 @@ Why: on SQLite these run in chunks (README note 18: one transaction held every w
 million); on PostgreSQL each was one transaction (bridge/store/postgres_ends.py), which blocks
 no other writer by a lock of the whole store but holds a row lock on every message it ends to its
 commit (a disable and a sign's delete go in pages since session 46: postgres_pending_ends.py; a
-close is still one transaction). Nobody had measured what that costs the others at a million.
+close since session 47). Nobody had measured what that costs the others at a million.
 This queues `--waiting` charged one-part messages of one account with a status callback
 (scripts/bench_restore.fill:
 each end refunds and queues a report) and `--others` of a second account into a template

@@ -28,6 +28,11 @@ account version: tests, tools) can commit in between, as before: its message is 
 sequence number was drawn before the boundary, else sent. A process stopped part-way leaves the
 row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 
+An account's close (postgres_rules.close_account) records such an end (scope 'account', ERASED)
+in a transaction of its own before the close's, whose write-off then counts their refunds; the
+close's transaction records its masking of every message the account had (scope 'erase') and
+its deletion of the stored answers ('answers'), which this module pages too (postgres_ends).
+
 Locks: a page takes its end's row first (two workers never page one end; the sweep skips one
 held), then its messages in id order, waiting for a claim's brief hold rather than skipping it
 (end_queued_ids). A claim's guard never locks an end's row: what it ended is a row of
