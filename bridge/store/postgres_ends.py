@@ -117,10 +117,13 @@ _ERASE_LOCK = (
     "SELECT id FROM messages WHERE id = ANY($1::text[]) "
     f"AND NOT (q_state = 'queued' AND {NEVER_TRIED} AND end_error IS NULL) ORDER BY id FOR UPDATE"
 )
+# Rows masked already (a close again, a page run twice) are not written again: no new version,
+# no WAL for an account's whole history at each repeat.
 _ERASE_ROWS = (
     "WITH s AS (UPDATE segments SET short_message = ''::bytea, tlvs = ''::bytea "
-    "WHERE message_id = ANY($1::text[])) "
-    "UPDATE messages SET recipient = $2, text = NULL, client_ref = NULL WHERE id = ANY($1::text[])"
+    "WHERE message_id = ANY($1::text[]) AND (short_message <> ''::bytea OR tlvs <> ''::bytea)) "
+    "UPDATE messages SET recipient = $2, text = NULL, client_ref = NULL WHERE id = ANY($1::text[]) "
+    "AND (recipient <> $2 OR text IS NOT NULL OR client_ref IS NOT NULL)"
 )
 # The mask of a close whose masking of the account ($N) is under way, else NULL.
 MASKING = "(SELECT value FROM pending_ends WHERE account_id = ${} AND scope = 'erase' LIMIT 1)"
@@ -150,10 +153,13 @@ async def _start_once(
 ) -> None:
     from bridge.store import postgres_pending_ends as pending_ends
 
+    # Marked now, as one recorded now is: this close works it from here (pending_ends.run).
     under_way = await c.fetchval(
-        "SELECT id FROM pending_ends WHERE account_id = $1 AND scope = $2 ORDER BY id LIMIT 1",
+        "UPDATE pending_ends SET worked_at = $3 WHERE id = (SELECT id FROM pending_ends "
+        "WHERE account_id = $1 AND scope = $2 ORDER BY id LIMIT 1) RETURNING id",
         account_id,
         scope,
+        now,
     )
     if under_way is not None:
         pending.append(int(under_way))
