@@ -186,8 +186,8 @@ async def drop_answers_page(
     n, last = await c.fetchrow(_DROP_PAGE, account_id, after[1], DROP_CHUNK)
     if n == DROP_CHUNK:
         return 0, last
-    # The end of the range (and a record whose key sorts first: '' is after nothing).
-    await c.execute("DELETE FROM idempotency WHERE account_id = $1", account_id)
+    # The end of the range, and a record whose key sorts first ('' is after nothing).
+    await c.execute("DELETE FROM idempotency WHERE account_id = $1 AND key = ''", account_id)
     return None
 
 
