@@ -4,21 +4,25 @@ with a million messages waiting, while another account sends and the dispatcher 
 
 Usage: SMPP_BRIDGE_CI=1 python scripts/bench_pg_ends.py [--waiting 1000000] [--others 20000]
                                       [--op disable|close|sign] [--runs 1] [--old TREE]
+                                      [--per-ms N]
 
 Why: on SQLite these run in chunks (README note 18: one transaction held every writer ~20 s per
 million); on PostgreSQL each was one transaction (bridge/store/postgres_ends.py), which blocks
 no other writer by a lock of the whole store but holds a row lock on every message it ends to its
 commit (a disable and a sign's delete go in pages since session 46: postgres_pending_ends.py; a
-close is still one transaction). Nobody had measured what that costs the others at a million.
+close since session 47). Nobody had measured what that costs the others at a million.
 This queues `--waiting` charged one-part messages of one account with a status callback
-(scripts/bench_restore.fill:
-each end refunds and queues a report) and `--others` of a second account into a template
-database of a throwaway cluster (tests/pg_cluster.py), then per run clones it and, in a child
-process (the tree's code), runs the operation while the same process, on a pool of its own,
-accepts 10 messages of the other account and claims up to 100 messages (as a dispatcher does),
-one after the other, without pause. It prints the operation's time (its one transaction's), the
-other account's accept and the claims' latencies before and during it (p50, max), the claims'
-messages of other accounts, the WAL it wrote and the peak anonymous RSS of its server backend.
+(scripts/bench_restore.fill: each end refunds and queues a report) and `--others` of a second
+account into a template database of a throwaway cluster (tests/pg_cluster.py), then per run clones
+it and, in a child process (the tree's code), runs the operation while the same process, on a pool
+of its own, accepts 10 messages of the other account and claims up to 100 messages (as a dispatcher
+does), one after the other, without pause. It prints the operation's time, the longest transaction
+any backend of the database had open meanwhile (autovacuum's too), its own paged transactions (how
+many, the longest, timed in the daemon), the other account's accept and the claims' latencies
+before and during it (p50, max), the claims' messages of other accounts, the WAL it wrote and the
+peak anonymous RSS of its server backend. `--per-ms N` spreads the account's messages' acceptance
+times N to a millisecond (else all share one: a close's masking pages read the rest of a
+millisecond's again).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ OTHER = "acc_other"
 SIGN = "Brand"
 
 
-async def _fill(dsn: str, waiting: int, others: int, op: str) -> None:
+async def _fill(dsn: str, waiting: int, others: int, op: str, per_ms: int = 0) -> None:
     sys.path.insert(0, str(ROOT))
     from bridge.domain.admission import Priced, Rules
     from bridge.domain.ledger import topup
@@ -70,6 +74,13 @@ async def _fill(dsn: str, waiting: int, others: int, op: str) -> None:
             )
             await store.pool.execute(
                 "UPDATE messages SET sign_name = $1 WHERE account_id = $2", SIGN, br.ACCOUNT
+            )
+        if per_ms:  # accepted over time, `per_ms` a millisecond, not all in one (a close's pages)
+            await store.pool.execute(
+                "UPDATE messages SET accepted_at = accepted_at + substring(id from 2)::bigint / $2 "
+                "WHERE account_id = $1",
+                br.ACCOUNT,
+                per_ms,
             )
         await store.pool.execute("VACUUM ANALYZE")
     finally:
@@ -107,6 +118,21 @@ async def _measure(dsn: str, op: str) -> dict[str, Any]:
     from tests.pg_cluster import settled
 
     await settled(dsn)
+    # Each transaction of the operation's own (its pages), timed in the daemon.
+    from bridge.store import postgres_pending_ends
+
+    txs: list[float] = []
+    real_tx = getattr(postgres_pending_ends, "run_tx", None)
+    if real_tx is not None:
+
+        async def timed_tx(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await real_tx(*args, **kw)
+            finally:
+                txs.append(time.perf_counter() - t0)
+
+        postgres_pending_ends.run_tx = timed_tx  # type: ignore[attr-defined]
     now = br.NOW + 10_000
     store = PostgresStore(dsn, min_size=2, max_size=4)
     other = PostgresStore(dsn, min_size=2, max_size=4)
@@ -204,6 +230,7 @@ async def _measure(dsn: str, op: str) -> dict[str, Any]:
         "ended": int(ended),
         "longest_tx_s": round(longest[0], 1),
         "backend_anon_rss_peak_mb": round(peak_kb[0] / 1024, 1),
+        "paged_tx": {"n": len(txs), "max_s": round(max(txs), 2)} if txs else None,
         "wal_mb": round(float(wal) / 2**20, 1),
         "other_claimed": claimed_other,
         **{k: _summary(v) for k, v in lat.items()},
@@ -216,6 +243,7 @@ def main() -> None:
     p.add_argument("--others", type=int, default=20_000)
     p.add_argument("--op", choices=("disable", "close", "sign"), default="disable")
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--per-ms", type=int, default=0, help="the account's messages a millisecond")
     p.add_argument("--old", type=Path, help="a tree of the code before, run alternately")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -231,7 +259,7 @@ def main() -> None:
     cluster = pgc.start_cluster()
     try:
         template = asyncio.run(pgc.create_database(cluster, "bench_template"))
-        asyncio.run(_fill(template, args.waiting, args.others, args.op))
+        asyncio.run(_fill(template, args.waiting, args.others, args.op, args.per_ms))
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
         for run in range(args.runs):
             for name, tree in trees if run % 2 == 0 else trees[::-1]:

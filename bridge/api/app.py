@@ -487,7 +487,7 @@ async def metrics(request: web.Request) -> web.Response:
         _scrape_failures.failed("metrics: counting chunked operations", exc)
     else:
         _scrape_failures.ok("metrics: counting chunked operations")
-        for kind in CHUNKED_KINDS:  # all shown: PostgreSQL has only ends
+        for kind in CHUNKED_KINDS:  # all shown: PostgreSQL has no senders walk
             count, worked = work.get(kind, (0, None))
             m.chunked_operations.labels(kind).set(count)
             stalled = 0 if worked is None else max(0, ctx.now_ms() - worked)

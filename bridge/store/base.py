@@ -619,12 +619,13 @@ class Store(Protocol):
         ...
 
     async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
-        """Operations under way in chunks of their own transactions (SQLite: an end of many
-        waiting messages or a close's masking `ends`, a senders change's walk `senders_walk`,
-        an erasure's masking of stored answers `erasures`), by kind: (how many, when the
-        least recently worked one was last worked, or None). What `/metrics` shows, so one
-        stuck (its chunk failing at every try of the sweep) is seen. PostgreSQL runs these in
-        one transaction: none."""
+        """Operations under way in chunks of their own transactions (an end of many waiting
+        messages or a close's masking `ends`, a senders change's walk `senders_walk`, an
+        erasure's masking of stored answers or a close's deletion of them `erasures`), by
+        kind: (how many, when the least recently worked one was last worked, or None). What
+        `/metrics` shows, so one stuck (its chunk failing at every try of the sweep) is seen.
+        PostgreSQL has ends and a close's deletion of stored answers; it runs the others in one
+        transaction."""
         ...
 
     async def free_webhook_leases(self, now: int, *, at_start: bool) -> int:

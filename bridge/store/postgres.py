@@ -1194,8 +1194,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         async with self.pool.acquire() as c:
+            # A closed account's masking under way: its mask (postgres_ends.masking), in the
+            # same statement (no round trip more).
             row = await c.fetchrow(
-                f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = $1 AND account_id = $2",
+                f"SELECT {_MESSAGE_COLS}, {ends.MASKING.format(2)} FROM messages "
+                "WHERE id = $1 AND account_id = $2",
                 message_id,
                 account_id,
             )
@@ -1210,7 +1213,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     message_id,
                 )
             )
-        return MessageRecord(*row, segment_rows=segs)
+        return ends.masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
 
     async def list_messages(
         self,
@@ -1251,11 +1254,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # Acceptance time, then id: the order of id alone, which the (account_id, accepted_at)
         # index gives (see the SQLite engine).
         rows = await self.pool.fetch(
-            f"SELECT {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
-            f"ORDER BY accepted_at DESC, id DESC LIMIT ${len(args)}",
+            f"SELECT {_MESSAGE_COLS}, {ends.MASKING.format(1)} FROM messages "
+            f"WHERE {' AND '.join(where)} ORDER BY accepted_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
-        return [MessageRecord(*r) for r in rows]
+        mask = rows[0][-1] if rows else None  # a closed account's masking under way
+        if mask is not None and recipient is not None and recipient != mask:
+            return []  # as after the masking: none names the number
+        return [ends.masked(MessageRecord(*r[:-1]), mask) for r in rows]
 
     async def queue_depth(self, due_at: int | None = None) -> int:
         return scalar(
@@ -1859,6 +1865,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             "AND COALESCE(sent_at, scheduled_at, accepted_at) >= $6 "
             "AND (sender = ANY($3::text[]) OR ($4 AND sender IS NULL)) "
             "AND (cardinality($5::text[]) = 0 OR account_id = ANY($5::text[])) "
+            # A closed account's rows not masked yet (postgres_ends.masking) still name the
+            # number, but a reply is not its any more, as once they are masked.
+            "AND account_id NOT IN (SELECT account_id FROM pending_ends WHERE scope = 'erase') "
             "ORDER BY (segments_sent > 0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, "
             "id DESC LIMIT 1",
             source,
@@ -2090,9 +2099,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return int(pending), int(dead), oldest
 
     async def chunked_work(self) -> dict[str, tuple[int, int | None]]:
-        # The account-wide ends (postgres_pending_ends); the others run in one transaction here.
-        row = await self.pool.fetchrow("SELECT COUNT(*), MIN(worked_at) FROM pending_ends")
-        return {"ends": (int(row[0]), row[1])}
+        # The account-wide ends and a close's masking (postgres_pending_ends), and a close's
+        # deletion of stored answers, counted as SQLite counts them; the others run in one
+        # transaction here.
+        rows = await self.pool.fetch(
+            "SELECT scope = 'answers', COUNT(*), MIN(worked_at) FROM pending_ends GROUP BY 1"
+        )
+        out: dict[str, tuple[int, int | None]] = {"ends": (0, None)}
+        for answers, n, oldest in rows:
+            out["erasures" if answers else "ends"] = (int(n), oldest)
+        return out
 
     async def webhook_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")
@@ -2103,7 +2119,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def cdr_page(
         self, account_id: str, since: int, until: int, after: tuple[int, str] | None, limit: int
     ) -> list[MessageRecord]:
-        return await reports.cdr_page(self.pool, account_id, since, until, after, limit)
+        # A close's masking under way, probed first: one that starts after the probe is
+        # finished by the time the close answers.
+        mask = await ends.masking(self.pool, account_id)
+        page = await reports.cdr_page(self.pool, account_id, since, until, after, limit)
+        return page if mask is None else [ends.masked(r, mask) for r in page]
 
     async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
         return await reports.queue_groups(self.pool, now, route_prefixes)

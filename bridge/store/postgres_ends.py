@@ -1,7 +1,8 @@
 """Every account's waiting messages re-checked after a `senders` change, read WALK_CHUNK at a
-time, and an account's close, whose history stays on the server (erase_account) (PostgreSQL).
-An account-wide end (a disable, a sign or template deleted or rejected, `marketing` or
-`raw_text` turned off) goes in pages of their own transactions: postgres_pending_ends.py.
+time, and an account's close's masking of its history, a page per transaction (erase_page)
+(PostgreSQL). An account-wide end (a disable, a sign or template deleted or rejected,
+`marketing` or `raw_text` turned off, a close's end of the waiting messages) goes in pages of
+their own transactions: postgres_pending_ends.py, which runs the masking's pages too.
 
 Why pages through a cursor: the `senders` change read every waiting message with a sender of
 every account (id, account, sender) in one statement and ended all of them at once: 134 MB of
@@ -23,12 +24,15 @@ the transaction, not from the page that found them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
 from bridge.domain import senders as senders_rules
 from bridge.store.account_rows import WAITING_SENDERS_SQL
+from bridge.store.models import MessageRecord
+from bridge.store.rules_rows import NEVER_TRIED
 
 WALK_CHUNK = 2_000  # waiting messages read per FETCH (and ended per statement)
 _IDS = "id = ANY($1::text[])"
@@ -94,55 +98,128 @@ async def end_refused_senders(
     return ended
 
 
-# The close's own: the ids of the account's messages as its first statement locked them. On the
-# server, not in the daemon; dropped with the transaction (a retry creates it again). No key and
-# no ANALYZE (~0.8 s of a 200,000-message close's ~9 measured with them): without statistics the
-# planner joins it by probing messages' and segments' primary keys an id at a time, a cost of the
-# account's size however big the tables.
-_LOCKED_TABLE = 'CREATE TEMP TABLE erased_ids (id TEXT COLLATE "C") ON COMMIT DROP'
-_LOCK_ALL = (
-    "INSERT INTO erased_ids SELECT id FROM messages WHERE account_id = $1 ORDER BY id FOR UPDATE"
+# Messages masked per transaction (a close's masking, every message the account ever had): each
+# page locks its rows a moment, not the account's whole history for the close's duration.
+ERASE_CHUNK = 5_000
+
+# The account's messages after the masking's cursor ($2, $3) in (accepted_at, id) order, by its
+# (account_id, accepted_at) index; those that existed at the close ($4: postgres_pending_ends).
+_ERASE_WALK = (
+    "SELECT id, accepted_at FROM messages WHERE account_id = $1 AND accepted_at >= $2 "
+    "AND (accepted_at, id) > ($2, $3) AND (seq IS NULL OR seq <= $4) "
+    "ORDER BY accepted_at, id LIMIT $5"
 )
-_LOCKED = "id IN (SELECT id FROM erased_ids)"
+# The page's rows locked in id order (the pipeline's), but for one still waiting unended: an
+# accept that takes no lock (a batch without a nonce or an account version: tests, tools) may
+# commit a message around the close's boundary that nothing ended. Masked, it would wait in the
+# queue with blank parts and be sent to the mask: it is left whole, as before.
+_ERASE_LOCK = (
+    "SELECT id FROM messages WHERE id = ANY($1::text[]) "
+    f"AND NOT (q_state = 'queued' AND {NEVER_TRIED} AND end_error IS NULL) ORDER BY id FOR UPDATE"
+)
+# Rows masked already (a close again, a page run twice) are not written again: no new version,
+# no WAL for an account's whole history at each repeat.
+_ERASE_ROWS = (
+    "WITH s AS (UPDATE segments SET short_message = ''::bytea, tlvs = ''::bytea "
+    "WHERE message_id = ANY($1::text[]) AND (short_message <> ''::bytea OR tlvs <> ''::bytea)) "
+    "UPDATE messages SET recipient = $2, text = NULL, client_ref = NULL WHERE id = ANY($1::text[]) "
+    "AND (recipient <> $2 OR text IS NOT NULL OR client_ref IS NOT NULL)"
+)
+# The mask of a close whose masking of the account ($N) is under way, else NULL.
+MASKING = "(SELECT value FROM pending_ends WHERE account_id = ${} AND scope = 'erase' LIMIT 1)"
 
 
-async def erase_account(c: asyncpg.Connection, account_id: str, masked: str, now: int) -> int:
-    """Every message the account ever had masked (`masked` for the number, no text, no client
-    reference, blank parts) and its MO inbox masked, its waiting ones ended unsent with ERASED
-    and refunded first (those on a bind or tried held: end_queued_ids); how many were masked.
+async def start_erase(
+    c: asyncpg.Connection, account_id: str, masked: str, now: int, pending: list[int]
+) -> None:
+    """In the close's transaction: record the masking of every message the account has had
+    (`masked` for the number, no text, no client reference, blank parts), done ERASE_CHUNK per
+    transaction after it (postgres_pending_ends runs it, scope 'erase'), and the deletion of its
+    stored idempotent answers, DROP_CHUNK per transaction after that (scope 'answers': an
+    account sending 100 keyed requests a second keeps 8.6 million); their ids appended to
+    `pending`. A close again while one is under way (or stopped) finishes that one."""
+    await _start_once(c, account_id, "erase", masked, now, pending)
+    if await c.fetchval("SELECT 1 FROM idempotency WHERE account_id = $1 LIMIT 1", account_id):
+        await _start_once(c, account_id, "answers", None, now, pending)
 
-    Why not as a number's erasure (postgres_rules._erase, whose messages are one recipient's):
-    that read the id and queue state of every one into the daemon and passed them back as an
-    array, an account's whole history, millions for a big one. Here they stay on the server:
-    one statement locks them in id order (the pipeline's order) and keeps their ids in a
-    temporary table, the waiting ones among them are read WALK_CHUNK at a time and ended, and
-    one statement masks them all.
 
-    Why the table and not `WHERE account_id = $1`: only the locked rows are touched, as when
-    their ids went by array. The API's accepts wait for the close's lock on the account row
-    (those without sending rules since session 42 take it shared: postgres._AUTHORIZE), but an
-    accept that takes no lock (a batch without a nonce or an account version: tests, tools)
-    can still commit a message after the locking statement. Masked, it would wait in the queue
-    unended, and a claim would send its blank parts to the mask: it is left whole."""
-    from bridge.store.postgres_rules import end_queued_ids
+async def _start_once(
+    c: asyncpg.Connection,
+    account_id: str,
+    scope: str,
+    value: str | None,
+    now: int,
+    pending: list[int],
+) -> None:
+    from bridge.store import postgres_pending_ends as pending_ends
 
-    await c.execute(_LOCKED_TABLE)
-    await c.execute(_LOCK_ALL, account_id)
-    waiting = (
-        f"SELECT id FROM messages WHERE account_id = $1 AND q_state IN ('queued', 'claimed') "
-        f"AND {_LOCKED}"
-    )
-    async for rows in pages(c, waiting, (account_id,)):
-        # Locked already (erased_ids): end_queued_ids's own lock waits for nothing.
-        await end_queued_ids(c, _IDS, ([r[0] for r in rows],), "ERASED", now)
-    n = await c.fetchval(
-        "WITH s AS (UPDATE segments SET short_message = ''::bytea, tlvs = ''::bytea "
-        f"WHERE message_id IN (SELECT id FROM erased_ids)), "
-        "mo AS (UPDATE mo_inbox SET source = $2, text = NULL WHERE account_id = $1), "
-        "u AS (UPDATE messages SET recipient = $2, text = NULL, client_ref = NULL "
-        f"WHERE account_id = $1 AND {_LOCKED} RETURNING 1) "
-        "SELECT COUNT(*) FROM u",
+    # Marked now, as one recorded now is: this close works it from here (pending_ends.run).
+    under_way = await c.fetchval(
+        "UPDATE pending_ends SET worked_at = $3 WHERE id = (SELECT id FROM pending_ends "
+        "WHERE account_id = $1 AND scope = $2 ORDER BY id LIMIT 1) RETURNING id",
         account_id,
-        masked,
+        scope,
+        now,
     )
-    return int(n)
+    if under_way is not None:
+        pending.append(int(under_way))
+        return
+    await pending_ends.start(c, account_id, scope, value, "ERASED", now, pending)
+
+
+# A closed account's stored answers deleted per transaction (by its primary key's range: the
+# account's records only). Nothing reads them meanwhile: the close revoked the account's keys.
+DROP_CHUNK = 2_000
+_DROP_PAGE = (
+    "WITH d AS (DELETE FROM idempotency WHERE account_id = $1 AND key IN ("
+    "SELECT key FROM idempotency WHERE account_id = $1 AND key > $2 ORDER BY key LIMIT $3) "
+    "RETURNING key) SELECT COUNT(*), MAX(key) FROM d"
+)
+
+
+async def drop_answers_page(
+    c: asyncpg.Connection, account_id: str, after: tuple[int, str]
+) -> tuple[int, str] | None:
+    """Delete the next DROP_CHUNK of the closed account's stored answers after the key
+    `after[1]`; where to go on from (None: none are left). In the close's one statement,
+    millions held their rows (and the close's transaction) for as long."""
+    n, last = await c.fetchrow(_DROP_PAGE, account_id, after[1], DROP_CHUNK)
+    if n == DROP_CHUNK:
+        return 0, last
+    # The end of the range, and a record whose key sorts first ('' is after nothing).
+    await c.execute("DELETE FROM idempotency WHERE account_id = $1 AND key = ''", account_id)
+    return None
+
+
+async def erase_page(
+    c: asyncpg.Connection, account_id: str, masked: str, max_seq: int, after: tuple[int, str]
+) -> tuple[int, str] | None:
+    """Mask the next ERASE_CHUNK of the account's messages after `after`, their parts blanked
+    with them; where to go on from (None: none are left). No message moves in this order.
+
+    Why pages: in the close's one transaction every message the account ever had was locked to
+    its commit (millions: minutes, gigabytes of WAL in one commit, and every claim skipping the
+    rows it held); at a million its masking statement ran past the pool's command_timeout and
+    the whole close was undone."""
+    rows = await c.fetch(_ERASE_WALK, account_id, *after, max_seq, ERASE_CHUNK)
+    if rows:
+        locked = [r[0] for r in await c.fetch(_ERASE_LOCK, [r[0] for r in rows])]
+        if locked:
+            await c.execute(_ERASE_ROWS, locked, masked)
+    if len(rows) < ERASE_CHUNK:
+        return None
+    return rows[-1][1], rows[-1][0]
+
+
+async def masking(c: asyncpg.Connection | asyncpg.Pool, account_id: str) -> str | None:
+    """The mask of a close whose masking of the account's messages is under way, else None: until
+    its last page the rows past its cursor still name their numbers, and reads of the account's
+    messages answer them masked as it will leave them (`masked`). One probe of `pending_ends`."""
+    return await c.fetchval(f"SELECT {MASKING.format(1)}", account_id)
+
+
+def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
+    """`record` as erase_page leaves its row (no mask: as it is)."""
+    if mask is None:
+        return record
+    return replace(record, recipient=mask, text=None, client_ref=None)

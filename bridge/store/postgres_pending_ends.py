@@ -28,6 +28,11 @@ account version: tests, tools) can commit in between, as before: its message is 
 sequence number was drawn before the boundary, else sent. A process stopped part-way leaves the
 row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 
+An account's close (postgres_rules.close_account) records such an end (scope 'account', ERASED)
+in a transaction of its own before the close's, whose write-off then counts their refunds; the
+close's transaction records its masking of every message the account had (scope 'erase') and
+its deletion of the stored answers ('answers'), which this module pages too (postgres_ends).
+
 Locks: a page takes its end's row first (two workers never page one end; the sweep skips one
 held), then its messages in id order, waiting for a claim's brief hold rather than skipping it
 (end_queued_ids). A claim's guard never locks an end's row: what it ended is a row of
@@ -58,6 +63,15 @@ SCOPES: dict[str, str] = {
     "template": "template = {v}",
     **{setting: which for setting, which, _error in REVOKED_SENDS},
 }
+
+# A close's masking of every message the account had (postgres_ends.erase_page): its value is
+# the mask, its cursor (accepted_at, id); and its deletion of the account's stored answers
+# (drop_answers_page; its cursor the key). Nothing waits for them to end: the claims' guard
+# (whose CASE has no such scope) finds none, and their probe (ENDING) leaves them out.
+ERASE = "erase"
+CLOSING = (ERASE, "answers")
+# Whether an end the claims must guard is under way.
+ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers'))"
 
 # Before the first row of the queue index.
 _START: tuple[int, str] = (-(1 << 62), "")
@@ -177,6 +191,7 @@ async def start(
 # this worker made before: a step back of the clock moved it (postgres_clock), and the worker,
 # counting on from the clock of its start, follows it (as sqlite_chunked.MARK).
 _MARK = "CASE WHEN $5::bigint IS NOT NULL AND worked_at < $5 THEN worked_at + ($4 - $5) ELSE $4 END"
+_MARKED = f"UPDATE pending_ends SET after_nb = $2, after_id = $3, worked_at = {_MARK} WHERE id = $1"
 
 
 async def _step(
@@ -192,6 +207,20 @@ async def _step(
     if row is None:
         return None
     end = _end(row)
+    if end.scope in CLOSING:  # a close's masking or deletion: nothing is ended, nothing held
+        from bridge.store import postgres_ends as close
+
+        if end.scope == ERASE:
+            after = await close.erase_page(
+                c, end.account_id, end.value or "", end.max_seq, end.after
+            )
+        else:
+            after = await close.drop_answers_page(c, end.account_id, end.after)
+        if after is None:
+            await c.execute("DELETE FROM pending_ends WHERE id = $1", end_id)
+            return None
+        await c.execute(_MARKED, end_id, *after, at, last)
+        return 0
     if end.after == _START:  # the walk's start: those on a bind first
         await _hold_on_binds(c, end)
     ended, after = await _page(c, end)
@@ -206,13 +235,7 @@ async def _step(
         await c.execute("DELETE FROM pending_ends WHERE id = $1", end_id)
         ended += int(guarded)
         return ended if ended else None
-    await c.execute(
-        f"UPDATE pending_ends SET after_nb = $2, after_id = $3, worked_at = {_MARK} WHERE id = $1",
-        end_id,
-        *after,
-        at,
-        last,
-    )
+    await c.execute(_MARKED, end_id, *after, at, last)
     return ended
 
 

@@ -418,7 +418,7 @@ async def give_back(
     return int(status.split()[-1]), [r[0] for r in held]
 
 
-_GUARDS_PROBE = "SELECT EXISTS (SELECT 1 FROM dnc_entries), EXISTS (SELECT 1 FROM pending_ends)"
+_GUARDS_PROBE = f"SELECT EXISTS (SELECT 1 FROM dnc_entries), {postgres_pending_ends.ENDING}"
 
 
 async def dnc_guard(

@@ -35,7 +35,7 @@ from bridge.store import postgres_pending_ends as pending_ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
-from bridge.store.postgres_ends import erase_account
+from bridge.store.postgres_ends import start_erase
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
@@ -1097,6 +1097,37 @@ class RulesStoreMixin:
         mo_defaults: Mapping[str, str] | None = None,
     ) -> AccountClosed | None:
         defaults = dict(mo_defaults or {})
+        pending: list[int] = []  # the end and the masking that go on in pages (pending_ends)
+
+        async def stop_sending(c: asyncpg.Connection) -> bool:
+            """First, as a disable does (and as on SQLite): the account stops sending, and its
+            waiting messages end (ERASED, refunded) in pages of their own transactions, before
+            the close's, whose write-off counts their refunds. In the close's one transaction
+            they were locked (with every message the account ever had) to its commit."""
+            status = await lock_account(c, account_id)  # after the accepts in progress
+            if status is None:
+                return False
+            if status == "active":
+                await c.execute(
+                    "UPDATE accounts SET status = 'disabled', updated_at = $2 WHERE id = $1",
+                    account_id,
+                    now,
+                )
+            if status != "closed":
+                # Nothing is posted from here on, as in the close's one transaction: the pages'
+                # ends queue no report without a URL (committed per page and posted, they named
+                # the numbers of an account being erased). A close stopped part-way leaves the
+                # account disabled without its URLs: close it again.
+                await c.execute(
+                    "UPDATE accounts SET status_callback_url = NULL, mo_callback_url = NULL "
+                    "WHERE id = $1",
+                    account_id,
+                )
+                await pending_ends.start(c, account_id, "account", None, "ERASED", now, pending)
+            return True
+
+        if not (await pending_ends.run(self.pool, stop_sending, pending, now))[0]:
+            return None
 
         async def job(c: asyncpg.Connection) -> AccountClosed | None:
             # The account lock first, as an accept takes it: no send slips in while closing.
@@ -1110,7 +1141,21 @@ class RulesStoreMixin:
             keys = await _account_waiting_mo_keys(c, account_id, mo_prefixes)
             keys += await _held_waiting_mo_keys(c, account_id, None, await _assigned(c), defaults)
             await _drop_mo_groups(c, keys)
-            await erase_account(c, account_id, "+***", now)  # its history: kept on the server
+            # What still waits (a message back from a bind, one an accept taking no lock
+            # committed after the pages' boundary) ends here, before the pockets are read: its
+            # refund is part of what the account is owed. Few: by the queue's partial indexes.
+            for state in ("queued", "claimed"):
+                where = f"q_state = '{state}' AND account_id = $1"
+                await end_queued_ids(c, where, (account_id,), "ERASED", now)
+            await c.execute(
+                "UPDATE mo_inbox SET source = $2, text = NULL WHERE account_id = $1",
+                account_id,
+                "+***",
+            )
+            # Every message it ever had: masked in pages after this (postgres_ends.erase_page),
+            # reads answering them masked meanwhile (postgres_ends.masking); then its stored
+            # answers deleted in pages (drop_answers_page).
+            await start_erase(c, account_id, "+***", now, pending)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
             await append_entries(c, account_id, entries)
@@ -1122,15 +1167,15 @@ class RulesStoreMixin:
                 "WHERE account_id = $1 AND status = 'active'), "
                 "o AS (DELETE FROM optouts WHERE account_id = $1), "
                 "d AS (DELETE FROM daily_counts WHERE account_id = $1), "
-                "r AS (DELETE FROM rate_buckets WHERE account_id = $1), "
-                "i AS (DELETE FROM idempotency WHERE account_id = $1) "
+                "r AS (DELETE FROM rate_buckets WHERE account_id = $1) "
                 "DELETE FROM webhook_outbox WHERE account_id = $1 AND state = 'pending'",
                 account_id,
                 now,
             )
             return AccountClosed(tuple(entries))
 
-        return await run_tx(self.pool, job)
+        closed, _masked = await pending_ends.run(self.pool, job, pending, now)
+        return closed
 
 
 async def _end_queued(
@@ -1239,7 +1284,7 @@ async def _erase(
 ) -> int:
     """One number's erasure: the account's messages to it read into the daemon, locked, their
     ids passed back as an array. They are one recipient's, few; an account's close, whose
-    messages are its whole history, keeps them on the server (postgres_ends.erase_account)."""
+    messages are its whole history, are masked in pages (postgres_ends.erase_page)."""
     from bridge.domain import lifecycle as lc
     from bridge.store import postgres_pipeline as pipe
 

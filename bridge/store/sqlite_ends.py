@@ -14,8 +14,8 @@ it started (`max_rowid`): a sign or template created again under the same name, 
 enabled again, sends its new messages. A process that stops part-way leaves the row: the sweep
 finishes it (`resume`) once nobody has worked it for RESUME_AFTER_MS.
 
-PostgreSQL keeps the one transaction: there it holds the rows it ends and the account's, not
-every writer.
+PostgreSQL's ends and close go in pages too (postgres_pending_ends.py): there one transaction
+held every row it ended (a close: every message the account had), and every claim skipped them.
 """
 
 from __future__ import annotations

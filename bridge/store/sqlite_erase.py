@@ -21,7 +21,8 @@ row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 An account's close deletes its stored answers the same way (`start_drop`, a row without a
 number): in the close's one transaction, 1,000,000 of them held every writer 2.8-4.0 s.
 
-PostgreSQL keeps the one transaction: there it holds the rows it writes, not every writer.
+PostgreSQL keeps an erasure's masking in one transaction: there it holds the rows it writes, not
+every writer; a close's deletion goes in pages there too (postgres_ends.drop_answers_page).
 """
 
 from __future__ import annotations

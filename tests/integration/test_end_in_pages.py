@@ -6,7 +6,9 @@ Before, on PostgreSQL, a disable (or a sign or template deleted or rejected, `ma
 `raw_text` turned off) ended every waiting message in the one transaction that made the change:
 with a million waiting, minutes, 2 GB of WAL, and every account's claims seconds each, skipping
 the rows it held. END_CHUNK is made small here so a few hundred messages take several chunks.
-The close's chunks and the reads masked meanwhile are SQLite's own: test_end_in_chunks.py.
+An account's close goes the same way on both since session 47 (its waiting messages ended in
+pages, then the close's transaction, then its history masked in pages, reads masked meanwhile);
+before, PostgreSQL's was one transaction holding every message the account ever had.
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bridge.store import postgres_clock, postgres_pending_ends, sqlite_clock, sqlite_ends
+from bridge.domain.admission import Priced, Rules
+from bridge.domain.ledger import topup
+from bridge.store import (
+    postgres_clock,
+    postgres_ends,
+    postgres_pending_ends,
+    sqlite_clock,
+    sqlite_ends,
+)
 from bridge.store.base import RESUME_AFTER_MS, Store
-from bridge.store.models import AcceptBatch, Account, NewMessage, Sign
+from bridge.store.models import AcceptBatch, Account, MoMessage, NewMessage, Sign, SubmitResult
 from tests import store_engines
 from tests.messages import one_part
+from tests.pg_walks import cash, refunds
 from tests.store_engines import EngineHandle
 
 engine = store_engines.engine
@@ -51,6 +62,9 @@ def _after_first(engine: EngineHandle, error: str) -> dict[str, int]:
 
 def _shrink(engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ends(engine), "END_CHUNK", CHUNK)
+    # A close's masking of the account's history (SQLite: sqlite_ends; PostgreSQL: postgres_ends).
+    erasing = sqlite_ends if engine.name == "sqlite" else postgres_ends
+    monkeypatch.setattr(erasing, "ERASE_CHUNK", CHUNK)
 
 
 @pytest.fixture(autouse=True)
@@ -443,3 +457,322 @@ async def test_a_disabled_account_under_an_end_takes_no_share_of_the_claims(
     work = await store.claim("inst", 50, NOW + 2, 60_000)
     assert [w.account_id for w in work] == ["acc_other"] * 10
     assert await _states(engine) == {"ACCOUNT_DISABLED": 40, "queued": BIG - 40}
+
+
+# -- an account's close -----------------------------------------------------------------------
+
+HISTORY = 90  # messages sent before the close: masked with the rest (220 in all: six pages)
+PRICE = 45_000
+CASH = 100_000_000
+MASK = "+***"
+_UNMASKED = (
+    "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' "
+    "AND (recipient <> '+***' OR text IS NOT NULL OR client_ref IS NOT NULL)"
+)
+_UNBLANKED = (
+    "SELECT COUNT(*) FROM segments s JOIN messages m ON m.id = s.message_id "
+    "WHERE m.account_id='acc_big' AND (length(s.short_message) > 0 OR length(s.tlvs) > 0)"
+)
+_MO = "SELECT source, text FROM mo_inbox WHERE account_id='acc_big'"
+WAITING = [f"m{k:06d}" for k in range(BIG)]
+
+
+async def _charged_history(store: Store) -> None:
+    """acc_big: HISTORY messages sent, then BIG waiting, each charged PRICE, and an MO."""
+    await store.append_ledger("acc_big", topup(CASH, NOW - 1_000, "funds"))
+
+    async def accept(prefix: str, n: int) -> None:
+        msgs = tuple(
+            one_part(f"{prefix}{k:06d}", "acc_big", f"+8613{prefix == 'h':d}{k:08d}", NOW,
+                     price_class="D", client_ref=f"ref-{prefix}{k}")
+            for k in range(n)
+        )  # fmt: skip
+        rules = Rules(charges=tuple(Priced(m.id, PRICE, False) for m in msgs), billing=True)
+        assert (
+            await store.accept(AcceptBatch("acc_big", msgs, None, None, rules=rules), NOW)
+        ).accepted
+
+    await accept("h", HISTORY)
+    taken = [w.id for w in await store.claim("inst", 500, NOW, 60_000)]
+    assert len(taken) == HISTORY
+    sent = [SubmitResult(m, 1, "sent", "smscA", f"x{m}", f"x{m}", at=NOW) for m in taken]
+    await store.record_submits(sent, [], NOW)
+    await accept("m", BIG)
+    await store.store_mo(
+        MoMessage("mo_big", "acc_big", "smscA", "+8613700000001", "1069", "hi", NOW)
+    )
+
+
+def _scopes(engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The scope of the end each page (chunk) of its own worked ("done": its row gone)."""
+    seen: list[str] = []
+    mod = _ends(engine)
+    step = mod._step
+    if engine.name == "sqlite":
+
+        def counted(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+            row = c.execute("SELECT scope FROM pending_ends WHERE id=?", (end_id,)).fetchone()
+            seen.append(row[0] if row else "done")
+            return step(c, end_id, *args)
+
+        monkeypatch.setattr(mod, "_step", counted)
+    else:
+
+        async def counted_pg(c: Any, end_id: int, *args: Any, **kw: Any) -> int | None:
+            scope = await c.fetchval("SELECT scope FROM pending_ends WHERE id = $1", end_id)
+            seen.append(scope or "done")
+            return await step(c, end_id, *args, **kw)
+
+        monkeypatch.setattr(mod, "_step", counted_pg)
+    return seen
+
+
+async def _all_masked(engine: EngineHandle) -> None:
+    assert await _rows(engine, _UNMASKED) == [(0,)]
+    assert await _rows(engine, _UNBLANKED) == [(0,)]
+    assert await _rows(engine, _MO) == [(MASK, None)]
+
+
+async def test_a_close_ends_and_masks_in_pages_refunding_each_waiting_message_once(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's close was one transaction: every message the account ever had locked (and
+    every claim skipping them) to its commit. Now its waiting ones end in pages (ERASED,
+    refunded), its transaction writes the pockets off once their refunds are in, and its
+    history is masked in pages after it, as on SQLite."""
+    await _charged_history(store)
+    scopes = _scopes(engine, monkeypatch)
+    closed = await store.close_account("acc_big", NOW + 1)
+    assert closed is not None
+    assert scopes.count("account") >= 3, scopes  # 130 waiting: pages of 40
+    assert scopes.count("erase") >= 5, scopes  # 220 messages: pages of 40
+    assert await _states(engine) == {"ERASED": BIG, "done": HISTORY}
+    await _all_masked(engine)
+    assert await _pending(engine) == 0
+    # Refunded once each, then what it held written off (close_plan): the refunds were in.
+    assert await refunds(store, "acc_big") == WAITING
+    assert [e.amount for e in closed.entries] == [-(CASH - HISTORY * PRICE)]
+    assert await cash(store, "acc_big") == 0
+    account = await store.get_account("acc_big")
+    assert account is not None and account.status == "closed"
+
+    # Closed again: nothing more ended, refunded or written off; the rows as they were.
+    rows = await _rows(engine, "SELECT id, recipient, q_state, error_code FROM messages")
+    again = await store.close_account("acc_big", NOW + 2)
+    assert again is not None and again.entries == ()
+    assert await refunds(store, "acc_big") == WAITING
+    assert await _rows(engine, "SELECT id, recipient, q_state, error_code FROM messages") == rows
+    assert await _pending(engine) == 0
+
+
+async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking_runs(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the masking's last page (or, its process stopped, the sweep's), the rows past its
+    cursor still name their numbers. Every read of them answers them masked as the masking will
+    leave them: the message (GET /v1/messages/{id}, the webhook sender), the list and its `to`
+    filter (GET /v1/messages, Alibaba's QuerySendDetails), the CDR pages (GET /v1/cdrs), and the
+    MO history a reply is attributed by (a reply is no longer the closed account's)."""
+    await _queue(store, BIG)
+    number = "+8613800000100"  # m000100: past the masking's first page
+    mine = _message("a_other", "acc_other", number)  # the other account wrote to it too
+    await store.accept(AcceptBatch("acc_other", (mine,), None, None), NOW)
+    assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_big", None)
+
+    _stop_after_first(engine, monkeypatch)  # the process stops after each commit of the close
+    assert await store.close_account("acc_big", NOW + 1) is not None
+    # Not masked yet in the table (SQLite's close masked its first chunk itself).
+    unmasked = "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' AND recipient<>'+***'"
+    assert await _rows(engine, unmasked) == [(BIG - _first(engine),)]
+
+    def is_masked(r: Any) -> bool:
+        return (r.recipient, r.text, r.client_ref) == (MASK, None, None)
+
+    got = await store.get_message("acc_big", "m000100")
+    assert got is not None and is_masked(got) and got.state == "expired"
+    page = await store.list_messages("acc_big", limit=200)
+    assert len(page) == BIG and all(is_masked(r) for r in page)
+    assert await store.list_messages("acc_big", recipient=number) == []
+    cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
+    assert len(cdrs) == BIG and all(is_masked(r) for r in cdrs)
+    assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+    # Another account's reads are as they were.
+    theirs = await store.get_message("acc_other", "a_other")
+    assert theirs is not None and theirs.recipient == number
+    assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == ["a_other"]
+    # Counted on /metrics, both engines: the masking, and the end of what waited (the close's
+    # transaction ended the rest; the sweep finds it done).
+    assert (await store.chunked_work())["ends"][0] == 2
+
+    # Once the sweep finished the masking, the rows themselves read the same.
+    _restart(engine, monkeypatch)
+    await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
+    assert await _rows(engine, unmasked) == [(0,)]
+    assert await _pending(engine) == 0
+    again = await store.get_message("acc_big", "m000100")
+    assert again is not None and is_masked(again)
+    assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+
+
+def _fail_at(engine: EngineHandle, monkeypatch: pytest.MonkeyPatch, scope: str, n: int) -> None:
+    """The process stops (an exception) at the `n`th page of an end of `scope`, after the ones
+    before it committed."""
+    seen: list[str] = []
+    mod = _ends(engine)
+    step = mod._step
+
+    def check(found: str | None) -> None:
+        seen.append(found or "done")
+        if seen.count(scope) == n and found == scope:
+            raise RuntimeError("the process stopped")
+
+    if engine.name == "sqlite":
+
+        def failing(c: sqlite3.Connection, end_id: int, *args: Any) -> int | None:
+            row = c.execute("SELECT scope FROM pending_ends WHERE id=?", (end_id,)).fetchone()
+            check(row[0] if row else None)
+            return step(c, end_id, *args)
+
+        monkeypatch.setattr(mod, "_step", failing)
+    else:
+
+        async def failing_pg(c: Any, end_id: int, *args: Any, **kw: Any) -> int | None:
+            check(await c.fetchval("SELECT scope FROM pending_ends WHERE id = $1", end_id))
+            return await step(c, end_id, *args, **kw)
+
+        monkeypatch.setattr(mod, "_step", failing_pg)
+
+
+async def test_a_close_stopped_while_it_ends_what_waits_is_finished_by_the_sweep_and_again(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its first page of waiting messages: the account sends nothing (disabled,
+    its end recorded), the sweep ends the rest, and the close made again closes it: each waiting
+    message refunded once, the pockets written off after them, everything masked."""
+    await _charged_history(store)
+    _fail_at(engine, monkeypatch, "account", 2)
+    with pytest.raises(RuntimeError):
+        await store.close_account("acc_big", NOW + 1)
+    _restart(engine, monkeypatch)
+    account = await store.get_account("acc_big")
+    assert account is not None and account.status == "disabled"
+    left = (await _states(engine)).get("queued", 0)
+    assert 0 < left < BIG
+    assert [w.id for w in await store.claim("inst", 500, NOW + 2, 60_000)] == []  # none sent
+
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    assert await _states(engine) == {"ERASED": BIG, "done": HISTORY}
+    assert await refunds(store, "acc_big") == WAITING
+    closed = await store.close_account("acc_big", NOW + 3)
+    assert closed is not None
+    assert [e.amount for e in closed.entries] == [-(CASH - HISTORY * PRICE)]
+    await _all_masked(engine)
+    assert await refunds(store, "acc_big") == WAITING
+    assert await _pending(engine) == 0
+
+
+@pytest.mark.parametrize("then", ["sweep", "close again"])
+async def test_a_close_stopped_while_it_masks_is_finished_by_the_sweep_or_a_close_again(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """Stopped after its first page of masking (the close itself committed): the sweep masks the
+    rest once nobody has worked it for RESUME_AFTER_MS, and so does the close made again,
+    nothing refunded or written off twice."""
+    await _charged_history(store)
+    _fail_at(engine, monkeypatch, "erase", 2)
+    with pytest.raises(RuntimeError):
+        await store.close_account("acc_big", NOW + 1)
+    _restart(engine, monkeypatch)
+    account = await store.get_account("acc_big")
+    assert account is not None and account.status == "closed"
+    ((unmasked,),) = await _rows(engine, _UNMASKED)
+    assert 0 < unmasked < BIG + HISTORY
+    assert await _pending(engine) == 1
+    page = await store.list_messages("acc_big", limit=500)  # read masked meanwhile
+    assert len(page) == BIG + HISTORY and {r.recipient for r in page} == {MASK}
+
+    await store.sweep(NOW + 2, 3_600_000)  # worked a moment ago: left to its worker
+    assert await _rows(engine, _UNMASKED) == [(unmasked,)]
+    if then == "sweep":
+        await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    else:
+        again = await store.close_account("acc_big", NOW + 3)
+        assert again is not None and again.entries == ()
+        if engine.name == "sqlite":  # SQLite's close masks afresh; the old masking is the sweep's
+            await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    await _all_masked(engine)
+    assert await _pending(engine) == 0
+    assert await refunds(store, "acc_big") == WAITING
+    assert await cash(store, "acc_big") == 0
+    assert await _states(engine) == {"ERASED": BIG, "done": HISTORY}
+
+
+async def test_other_accounts_send_and_the_closing_account_accepts_nothing_while_it_closes(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the close's pages another account's messages are claimed (in its one
+    transaction on PostgreSQL, every claim skipped the rows it held: 74 a second of the other
+    account's claimed, against ~5,000, at 200,000 waiting); the closing account's accept is
+    refused from its first commit on, and after its answer."""
+    await _charged_history(store)
+    other = tuple(_message(f"o{k:04d}", "acc_other", f"+86139{k:08d}") for k in range(5))
+    await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+    claimed: list[str] = []
+    refused: list[str | None] = []
+
+    async def meanwhile() -> None:
+        claimed.extend(w.id for w in await store.claim("inst", 500, NOW + 2, 60_000))
+        acc = await store.get_account("acc_big")
+        assert acc is not None
+        late = (_message("late", "acc_big", "+8613600000000"),)
+        batch = AcceptBatch("acc_big", late, None, None, account_version=acc.updated_at)
+        out = await store.accept(batch, NOW + 2)
+        refused.append(None if out.accepted else out.auth_refusal)
+
+    steps = _between_pages(engine, monkeypatch, meanwhile)
+    assert await store.close_account("acc_big", NOW + 1) is not None
+    await asyncio.sleep(0)
+    assert steps and claimed == [f"o{k:04d}" for k in range(5)]
+    assert refused == ["disabled"]
+    account = await store.get_account("acc_big")
+    assert account is not None and account.status == "closed"
+    late = (_message("late", "acc_big", "+8613600000000"),)
+    out = await store.accept(
+        AcceptBatch("acc_big", late, None, None, account_version=account.updated_at), NOW + 3
+    )
+    assert not out.accepted and out.auth_refusal is not None
+    assert await store.get_message("acc_big", "late") is None
+
+
+async def test_a_close_deletes_the_stored_answers_in_pages_and_the_sweep_finishes(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the close deleted the account's stored idempotent answers in its one
+    statement (an account sending 100 keyed requests a second keeps 8.6 million). Now they go
+    DROP_CHUNK per transaction after the masking, counted on /metrics as `erasures` (SQLite's
+    own: test_erasure_in_chunks.py)."""
+    if engine.name != "postgres":
+        pytest.skip("SQLite deletes them in chunks of sqlite_erase: test_erasure_in_chunks.py")
+    monkeypatch.setattr(postgres_ends, "DROP_CHUNK", CHUNK)
+    for aid, n in (("acc_big", BIG), ("acc_other", 2)):
+        for k in range(n):
+            assert (
+                await store.take_idempotency(aid, f"key-{k:04d}", "h", NOW + 86_400_000, NOW)
+                is None
+            )
+    mine = "SELECT COUNT(*) FROM idempotency WHERE account_id='acc_big'"
+    _fail_at(engine, monkeypatch, "answers", 2)
+    with pytest.raises(RuntimeError):
+        await store.close_account("acc_big", NOW + 1)
+    _restart(engine, monkeypatch)
+    assert await _rows(engine, mine) == [(BIG - CHUNK,)]
+    work = await store.chunked_work()
+    assert work["erasures"][0] == 1 and work["ends"] == (0, None)
+
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    assert await _rows(engine, mine) == [(0,)]
+    assert await _rows(engine, "SELECT COUNT(*) FROM idempotency WHERE account_id='acc_other'") == [
+        (2,)
+    ]
+    assert await _pending(engine) == 0
+    assert (await store.chunked_work()).get("erasures", (0, None)) == (0, None)

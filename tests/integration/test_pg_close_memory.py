@@ -1,9 +1,10 @@
 """PostgreSQL's account close masks the account's whole history without reading it into the
-daemon (bridge/store/postgres_ends.py `erase_account`), on a real PostgreSQL.
+daemon, on a real PostgreSQL: its waiting messages end in pages (postgres_pending_ends.py), and
+its history is masked in pages (postgres_ends.py `erase_page`), each a transaction of its own.
 
 Before, the close read the id and queue state of every message the account ever had in one
-statement (millions for a big account) and passed them back as an array. Now the ids stay on the
-server; only the waiting ones are read, a page at a time. The page is made 3 here, so 18
+statement (millions for a big account) and passed them back as an array. Now no read answers
+more than a page. The pages are made 3 here, so 18
 messages of one account (4 sent, 10 queued, 3 on a bind, 1 queued after an unanswered submit)
 take several; the outcome must be what it was: the queued ones ended and refunded once, the
 others held, every one masked with blank parts, the MO inbox masked, the other account's rows
@@ -22,12 +23,12 @@ import pytest
 
 from bridge.domain.admission import Priced, Rules
 from bridge.domain.ledger import topup
-from bridge.store import postgres_ends, postgres_rules
+from bridge.store import postgres_ends, postgres_pending_ends, postgres_rules
 from bridge.store.models import AcceptBatch, Account, MoMessage, Release, SubmitResult
 from bridge.store.postgres import PostgresStore
 from tests import pg_walks
 from tests.messages import one_part
-from tests.pg_walks import cash, claim_after_first_page, refunds, spy_reads
+from tests.pg_walks import cash, refunds, spy_reads
 
 pg = pg_walks.pg  # the store fixture
 
@@ -79,6 +80,13 @@ async def _history(store: PostgresStore) -> None:
     await store.store_mo(MoMessage("mo_b", "acc_b", "smscA", _number("b00"), "1069", "hi b", NOW))
 
 
+def _small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 3: the waiting messages' ends and the masking's."""
+    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    monkeypatch.setattr(postgres_ends, "ERASE_CHUNK", 3)
+    monkeypatch.setattr(postgres_pending_ends, "END_CHUNK", 3)
+
+
 async def _rows(dsn: str) -> dict[str, tuple[Any, ...]]:
     """id -> (recipient, text, client_ref, q_state, part state:error, part bytes, tlvs,
     expires_at, end_error)."""
@@ -105,7 +113,7 @@ async def _mo(dsn: str) -> dict[str, tuple[str, str | None]]:
 async def test_the_close_ends_holds_and_masks_as_before_a_page_at_a_time(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    _small(monkeypatch)
     await _history(pg)
     before = await _rows(pg_dsn)
     closed = await pg.close_account("acc_a", AT)
@@ -142,7 +150,7 @@ async def test_no_read_answers_more_than_a_page_of_the_accounts_messages(
     pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before: one read answered all 18 of the account's messages (its whole history)."""
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    _small(monkeypatch)
     await _history(pg)
     reads = spy_reads(monkeypatch)
     assert await pg.close_account("acc_a", AT) is not None
@@ -153,42 +161,57 @@ async def test_no_read_answers_more_than_a_page_of_the_accounts_messages(
 async def test_no_claim_takes_a_closing_accounts_message_between_two_pages(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every message of the account is locked before the first page: another instance's claim
-    skips them all, and takes the other account's."""
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    """The close's end is recorded before its first page (postgres_pending_ends): another
+    instance's claim between two pages ends, instead of sending, what the end still covers, and
+    takes the other account's."""
+    _small(monkeypatch)
     await _history(pg)
     other = PostgresStore(pg_dsn, min_size=1, max_size=2)
     await other.open()
-    taken = claim_after_first_page(monkeypatch, other, NOW + 2 * DAY, LEASE)
+    taken: list[str] = []
+    steps: list[int] = []
+    step = postgres_pending_ends._step
+
+    async def claim_between(c: Any, end_id: int, *args: Any, **kw: Any) -> Any:
+        steps.append(end_id)
+        if len(steps) == 2:  # the first page committed, the second not begun
+            taken.extend(w.id for w in await other.claim("inst-2", 50, NOW + 2 * DAY, LEASE))
+            taken.append("-")
+        return await step(c, end_id, *args, **kw)
+
+    monkeypatch.setattr(postgres_pending_ends, "_step", claim_between)
     try:
         assert await pg.close_account("acc_a", AT) is not None
     finally:
         await other.close()
-    assert taken == ["b01", "-"]
+    # Of acc_a's, only the one tried before, held by the first page: its validity ended at the
+    # close (expires_at), so its claim ends it unsent (ERASED) instead of sending it.
+    assert taken == ["b01", "t13", "-"]
     rows = await _rows(pg_dsn)
+    assert rows["t13"][7:] == (AT, "ERASED")
     assert all(rows[m][3:5] == ("done", "expired_unsent:ERASED") for m in QUEUED), rows
+    assert await refunds(pg, "acc_a") == QUEUED
 
 
 async def test_a_message_accepted_while_the_close_runs_is_left_whole(
     pg: PostgresStore, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An accept that takes no lock on the account (a batch without a nonce or an account
-    version; the API's accepts take it) can commit a message after the close locked the
-    account's messages. That message was not ended; masked, it would wait in the queue with
-    blank parts, to be sent to the mask."""
-    monkeypatch.setattr(postgres_ends, "WALK_CHUNK", 3)
+    version; the API's accepts take it) can commit a message after the close's transaction
+    ended what waited but before its masking's boundary. That message was not ended; masked, it
+    would wait in the queue with blank parts, to be sent to the mask: it is left whole."""
+    _small(monkeypatch)
     await _history(pg)
     other = PostgresStore(pg_dsn, min_size=1, max_size=2)
     await other.open()
-    hold = postgres_rules._hold_tried
+    start = postgres_rules.start_erase
     late = one_part("late", "acc_a", _number("late"), NOW, client_ref="ref-late")
 
     async def accept_meanwhile(*args: Any) -> None:
-        if not await other.pool.fetchval("SELECT 1 FROM messages WHERE id = 'late'"):
-            assert (await other.accept(AcceptBatch("acc_a", (late,), None, None), NOW)).accepted
-        await hold(*args)
+        assert (await other.accept(AcceptBatch("acc_a", (late,), None, None), NOW)).accepted
+        await start(*args)
 
-    monkeypatch.setattr(postgres_rules, "_hold_tried", accept_meanwhile)
+    monkeypatch.setattr(postgres_rules, "start_erase", accept_meanwhile)
     try:
         assert await pg.close_account("acc_a", AT) is not None
     finally:
