@@ -79,6 +79,7 @@ def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> Non
         rows = dict(re.findall(r"^  (.+?)\s{2,}([0-9.]+)$", out, re.M))
         assert set(rows) == {
             "write lock per accept (us)",
+            "... of it on the CPU (us)",
             "CPU per accept, all (us)",
             "accepts per commit",
         }, out
