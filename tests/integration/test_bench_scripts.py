@@ -112,6 +112,32 @@ def test_bench_store_wal_counts_the_pages_a_random_key_makes_an_accept_write() -
     assert "bench_other" not in scattered, scattered
 
 
+def test_bench_store_builds_a_store_once_and_runs_against_it_again(tmp_path: Path) -> None:
+    # --store builds the file with --preload N keys and 601,000 nonces in bulk, inserted in
+    # random order (pages left as full as random traffic leaves them, not packed by a sort),
+    # keeps it, and a second run reuses it: the same account and key, the accepts added.
+    import sqlite3
+
+    db = tmp_path / "big.db"
+    args = ("scripts/bench_store.py", "--requests", "200", "--batch", "10", "--shared",
+            "--store", str(db), "--preload", "20000")  # fmt: skip
+    for _ in range(2):
+        assert "write lock per accept (us)" in _run(*args)
+    conn = sqlite3.connect(db)
+    try:
+        count = "SELECT (SELECT count(*) FROM idempotency), (SELECT count(*) FROM nonces)"
+        idem, nonces = conn.execute(count).fetchone()
+        leaf_unused = conn.execute(
+            "SELECT avg(unused) * 1.0 / 4096 FROM dbstat "
+            "WHERE name='idempotency_key' AND pagetype='leaf'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert idem == 20_000 + 2 * 240, idem  # each run: 40 warm-up accepts and its 200
+    assert nonces == 601_000 + 2 * 240, nonces
+    assert 0.03 < leaf_unused < 0.25, leaf_unused
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.
