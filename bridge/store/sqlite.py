@@ -431,7 +431,6 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> tuple[str, Account | None]:
             return _authorize(c, key_id, nonce, expires_at, now)
 
-        await self._runner.read(partial(_warm_keys, key_id, nonce, None, None))
         return await self._runner.write(job, single=True)
 
     async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
@@ -669,9 +668,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rules.mark_low_warned(c, batch.account_id, now)
             return AcceptOutcome(accepted=True, plan=plan)
 
-        if batch.nonce is not None or batch.idempotency_key is not None:
-            warm = (batch.key_id, batch.nonce, batch.account_id, batch.idempotency_key)
-            await self._runner.read(partial(_warm_keys, *warm))
+        if batch.idempotency_key is not None:
+            await self._runner.read(partial(_warm_key, batch.account_id, batch.idempotency_key))
         out = await self._runner.write(job, bare=True)
         if not isinstance(out, _Undone):
             return out
@@ -1914,31 +1912,20 @@ class _RateLimited(Exception):
         self.wait = wait
 
 
-def _warm_keys(
-    key_id: str | None,
-    nonce: str | None,
-    account_id: str | None,
-    key: str | None,
-    c: sqlite3.Connection,
-) -> None:
-    """Read the index pages a request's nonce and Idempotency-Key inserts will write, before the
-    write lock.
+def _warm_key(account_id: str, key: str, c: sqlite3.Connection) -> None:
+    """Read the index pages an accept's Idempotency-Key insert will write, before the write lock.
 
-    Why: clients' nonces and keys are mostly random, so each insert lands on a random leaf of its
-    index; once a day's keys (86 million at 1,000/s) outgrow the page cache, and perhaps the
-    OS's, the insert read that leaf from disk while holding the lock every writer waits for.
-    Read here first, it is cached by then (the OS's cache at least: another process's commit
-    meanwhile empties SQLite's). The answer is not used: the write transaction decides, as
-    before, so no record read here (stale by then, or another request's) ever answers."""
-    c.execute(_WARM_KEYS, (key_id, nonce, account_id, key)).fetchone()
+    Why: clients' keys are mostly random, so each insert lands on a random leaf of the index;
+    once the keys kept (`server.idempotency_hours`: 86 million a day at 1,000/s) outgrow the
+    OS's cache, the insert read that leaf from disk while holding the lock every writer waits
+    for. Read here first, it is in the OS's cache by then. The answer is not used: the write
+    transaction decides, as before, so no record read here (stale by then, or another
+    request's) ever answers. Not the nonce: 601 s of them stay cached, written all the time."""
+    c.execute(_WARM_KEY, (account_id, key)).fetchone()
 
 
-# Covering reads (the nonce's primary key, the key's unique index): only the pages the inserts
-# descend through. A NULL key or nonce (none sent) matches nothing and reads nothing.
-_WARM_KEYS = (
-    "SELECT (SELECT 1 FROM nonces WHERE key_id=?1 AND nonce=?2), "
-    "(SELECT 1 FROM idempotency WHERE account_id=?3 AND key=?4)"
-)
+# Covering: only the pages of the unique index the insert descends through.
+_WARM_KEY = "SELECT 1 FROM idempotency WHERE account_id=? AND key=?"
 
 
 def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> IdempotencyRecord | None:
