@@ -3,7 +3,7 @@
 
 Usage: python scripts/bench_store.py [--requests 20000] [--batch 20] [--kind gsm1|ucs3]
                                      [--shared] [--wal] [--preload N] [--ordered-keys]
-                                     [--random-recipients]
+                                     [--random-recipients] [--store FILE]
 
 Why: end to end, `scripts/bench.py` shows the write lock held 80-85% of a 1-part run with two
 acceptors, so the lock's time per message bounds the daemon; but the machine's noise (±15%, and
@@ -11,9 +11,13 @@ more between hours) hides a cut of a few microseconds there. This drives the rea
 with the accepts `bench.py`'s requests make (one recipient, a nonce, an idempotency key, the
 prepaid charge under the default tariff), `--batch` of them per commit as the group commit forms
 them, and prints the lock's time per accept from the store's own counter (`write_lock_stats`,
-behind `smpp_bridge_store_write_lock_seconds_total`) and the process's CPU per accept. `--shared`
-commits a row from a second connection between batches, as another process of a `--workers`
-daemon does: each batch then starts with SQLite's page cache emptied, as it does there. Compare
+behind `smpp_bridge_store_write_lock_seconds_total`), the part of it the holding thread spent on
+the CPU (the rest waited: for the disk, say, a page read while the lock was held), and the
+process's CPU per accept. `--shared` commits a row from a second connection between batches, as
+another process of a `--workers` daemon does: each batch then starts with SQLite's page cache
+emptied, as it does there. That commit comes after the batch's accepts were submitted, before the
+batch runs, as another process's commit comes while a request waits for the lock: what an accept
+read before the lock (its nonce and key) is then in the OS's cache, no longer in SQLite's. Compare
 two trees by running this script from each (it imports the `bridge` beside it).
 
 `--wal` also prints the WAL frames (pages) the accepts wrote, per accept, by the table or index
@@ -24,6 +28,10 @@ back at the end), so its lock and CPU figures are not comparable with a run with
 store under steady traffic holds (601 s of nonces, 24 h of keys): their random inserts then land
 in b-trees of that size. `--ordered-keys` sends nonces and idempotency keys that sort by time
 (ULIDs, as `bridge/client.py` makes them) instead of random ones: their inserts then append.
+`--store FILE` runs against that store, in place, instead of a new one, and keeps it: a store
+holding a day of keys (86 million at 1,000/s) takes many minutes to build, so it is built once and
+reused (each run adds its accepts). Missing, it is built with `--preload N` idempotency records and
+601,000 nonces (601 s of nonces at 1,000/s), in bulk (`bulk_preload`).
 `--random-recipients` draws each request's number at random (the same each run), as real
 traffic's are: each entry of an index on the recipient then lands on a page of its own.
 """
@@ -109,6 +117,36 @@ def preload(path: Path, n: int, now: int) -> None:
     conn.close()
 
 
+def bulk_preload(path: Path, n: int, now: int) -> None:
+    """`n` live idempotency records and 601,000 live nonces under random keys, inserted in random
+    order as traffic inserts them (a sorted build would pack every page full, and each accept
+    would then split one: SQLite's random inserts leave index pages ~90% full), but in minutes:
+    no journal, an INSERT ... SELECT from a recursive CTE, and a page cache larger than the
+    indexes, so the random inserts never wait for the disk. Expiries spread over the 24 h after
+    a 4 h grace, so the records stay live for runs in the hours after the build."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute(f"PRAGMA cache_size={-max(100_000, n // 6)}")  # KiB: ~170 bytes a record
+    live_from = now + 4 * 3_600_000
+    count = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i<?) "
+    answer = '{"batch_id":"bat_01KBQ1M4TDS8AVWXWDX3JE2DBR","count":1}'
+    for first in range(0, n, 2_000_000):
+        conn.execute(
+            count + "INSERT INTO idempotency (account_id, key, request_hash, status_code, "
+            "response, expires_at) SELECT 'acc_bench', lower(hex(randomblob(16))), "
+            "lower(hex(randomblob(32))), 202, CAST(? AS BLOB), ? + abs(random()) % 86400000 FROM s",
+            (min(2_000_000, n - first), answer, live_from),
+        )
+    conn.execute(
+        count + "INSERT INTO nonces (key_id, nonce, expires_at) "
+        "SELECT ?, lower(hex(randomblob(20))), ? + abs(random()) % 601000 FROM s",
+        (601_000, KEY, live_from),
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
 async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     cfg = parse_config(
         {"security": {"generate_master_key": True}, "smscs": [{"name": "a", "system_id": "s"}]},
@@ -120,17 +158,21 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     now = int(time.time() * 1000)
     if args.wal:  # no checkpoint restarts the WAL: its frames are read back at the end
         sqlite_runner.CHECKPOINT_EVERY = sqlite_runner.WAL_MAX_BYTES = 2**62
-    if args.preload:
+    if args.preload and not path.exists():
         made = SqliteStore(path)
         await made.open()  # the schema
         await made.close()
-        preload(path, args.preload, now)
+        (bulk_preload if args.store else preload)(path, args.preload, now)
     store = SqliteStore(path)
     await store.open()
     account = Account(id="acc_bench", name="bench", raw_text=True, created_at=now, updated_at=now)
-    await store.create_account(account)
-    await store.add_key(AppKey(KEY, account.id, b"sealed", "active", now), max_active=2)
-    await store.append_ledger(account.id, topup(10**15, now, "bench"))
+    if await store.get_account(account.id) is None:  # a --store file reused has it
+        await store.create_account(account)
+        await store.add_key(AppKey(KEY, account.id, b"sealed", "active", now), max_active=2)
+        await store.append_ledger(account.id, topup(10**15, now, "bench"))
+    else:
+        account = await store.get_account(account.id)
+        assert account is not None
     body = UCS3 if args.kind == "ucs3" else GSM1
     other = sqlite3.connect(path, isolation_level=None) if args.shared else None
     if other is not None:
@@ -166,7 +208,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
             rules=Rules(charges=charges, billing=True, tz="Asia/Shanghai"),
         )
 
-    held0, cpu_s, done, commits = 0.0, 0.0, 0, 0
+    held0, held_cpu, cpu_s, done, commits = 0.0, 0.0, 0.0, 0, 0
     warm = min(2_000, args.requests // 5)
     wal = Path(f"{path}-wal")
     wal_start: int | None = None
@@ -174,14 +216,25 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         batches = [batch_of(first + j) for j in range(args.batch)]  # built outside the timing
         if args.wal and wal_start is None and first >= warm:
             wal_start = wal_pages(wal, 0)[1]
-        if other is not None:
-            other.execute("INSERT INTO bench_other VALUES (1)")
         c0, s0 = time.process_time(), store.write_lock_stats()
-        outs = await asyncio.gather(*(store.accept(b, now + first) for b in batches))
+        accepts = asyncio.gather(*(store.accept(b, now + first) for b in batches))
+        other_cpu = 0.0
+        if other is not None:  # after the accepts' first steps, before their batch's turn
+
+            def commit_other() -> None:
+                nonlocal other_cpu
+                assert other is not None
+                o0 = time.process_time()
+                other.execute("INSERT INTO bench_other VALUES (1)")
+                other_cpu = time.process_time() - o0
+
+            asyncio.get_running_loop().call_soon(commit_other)
+        outs = await accepts
         if first >= warm:
-            cpu_s += time.process_time() - c0
+            cpu_s += time.process_time() - c0 - other_cpu
             s1 = store.write_lock_stats()
             held0 += s1.held_s - s0.held_s
+            held_cpu += s1.cpu_s - s0.cpu_s
             done += len(batches)
             commits += s1.commits - s0.commits
         assert all(o.accepted for o in outs), [o for o in outs if not o.accepted][:1]
@@ -198,6 +251,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         other.close()
     return {
         "lock_us": held0 / done * 1e6,
+        "lock_cpu_us": held_cpu / done * 1e6,
         "cpu_us": cpu_s / done * 1e6,
         "per_commit": done / max(1, commits),
         "wal": {name: n / done for name, n in by_tree.items()},
@@ -216,11 +270,16 @@ def main() -> None:
     ap.add_argument(
         "--random-recipients", action="store_true", help="each request's number drawn at random"
     )
+    ap.add_argument("--store", type=Path, help="an existing store to run against, in place")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        r = asyncio.run(run(args, Path(tmp) / "bridge.db"))
+    if args.store is not None:
+        r = asyncio.run(run(args, args.store))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+            r = asyncio.run(run(args, Path(tmp) / "bridge.db"))
     print(f"options: {vars(args)}")
     print(f"  write lock per accept (us)      {r['lock_us']:8.1f}")
+    print(f"  ... of it on the CPU (us)       {r['lock_cpu_us']:8.1f}")
     print(f"  CPU per accept, all (us)        {r['cpu_us']:8.1f}")
     print(f"  accepts per commit              {r['per_commit']:8.1f}")
     if args.wal:

@@ -669,6 +669,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rules.mark_low_warned(c, batch.account_id, now)
             return AcceptOutcome(accepted=True, plan=plan)
 
+        if batch.idempotency_key is not None:
+            await self._runner.read(partial(_warm_key, batch.account_id, batch.idempotency_key))
         out = await self._runner.write(job, bare=True)
         if not isinstance(out, _Undone):
             return out
@@ -1909,6 +1911,22 @@ class _RateLimited(Exception):
     def __init__(self, wait: float) -> None:
         super().__init__(wait)
         self.wait = wait
+
+
+def _warm_key(account_id: str, key: str, c: sqlite3.Connection) -> None:
+    """Read the index pages an accept's Idempotency-Key insert will write, before the write lock.
+
+    Why: clients' keys are mostly random, so each insert lands on a random leaf of the index;
+    once the keys kept (`server.idempotency_hours`: 86 million a day at 1,000/s) outgrow the
+    OS's cache, the insert read that leaf from disk while holding the lock every writer waits
+    for. Read here first, it is in the OS's cache by then. The answer is not used: the write
+    transaction decides, as before, so no record read here (stale by then, or another
+    request's) ever answers. Not the nonce: 601 s of them stay cached, written all the time."""
+    c.execute(_WARM_KEY, (account_id, key)).fetchone()
+
+
+# Covering: only the pages of the unique index the insert descends through.
+_WARM_KEY = "SELECT 1 FROM idempotency WHERE account_id=? AND key=?"
 
 
 def _idem(c: sqlite3.Connection, account_id: str, key: str, now: int) -> IdempotencyRecord | None:

@@ -79,6 +79,7 @@ def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> Non
         rows = dict(re.findall(r"^  (.+?)\s{2,}([0-9.]+)$", out, re.M))
         assert set(rows) == {
             "write lock per accept (us)",
+            "... of it on the CPU (us)",
             "CPU per accept, all (us)",
             "accepts per commit",
         }, out
@@ -125,6 +126,32 @@ def test_bench_store_wal_counts_the_pages_a_random_key_makes_an_accept_write() -
     # The message's own b-trees append either way: a commit of 20 writes their last page or two.
     assert 0 < scattered["messages"] < 0.25, scattered
     assert "bench_other" not in scattered, scattered
+
+
+def test_bench_store_builds_a_store_once_and_runs_against_it_again(tmp_path: Path) -> None:
+    # --store builds the file with --preload N keys and 601,000 nonces in bulk, inserted in
+    # random order (pages left as full as random traffic leaves them, not packed by a sort),
+    # keeps it, and a second run reuses it: the same account and key, the accepts added.
+    import sqlite3
+
+    db = tmp_path / "big.db"
+    args = ("scripts/bench_store.py", "--requests", "200", "--batch", "10", "--shared",
+            "--store", str(db), "--preload", "20000")  # fmt: skip
+    for _ in range(2):
+        assert "write lock per accept (us)" in _run(*args)
+    conn = sqlite3.connect(db)
+    try:
+        count = "SELECT (SELECT count(*) FROM idempotency), (SELECT count(*) FROM nonces)"
+        idem, nonces = conn.execute(count).fetchone()
+        leaf_unused = conn.execute(
+            "SELECT avg(unused) * 1.0 / 4096 FROM dbstat "
+            "WHERE name='idempotency_key' AND pagetype='leaf'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert idem == 20_000 + 2 * 240, idem  # each run: 40 warm-up accepts and its 200
+    assert nonces == 601_000 + 2 * 240, nonces
+    assert 0.03 < leaf_unused < 0.25, leaf_unused
 
 
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
