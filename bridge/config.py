@@ -580,20 +580,17 @@ class WebhooksConfig:
     send_intermediate: bool = False
 
     def _problems(self) -> Problems:
-        # A first retry due after the window (with its +10% jitter) is never made: every report
-        # whose first POST failed, a 503 or a timeout included, was dead-lettered at once.
+        # A first retry due after the window is never made: every report whose first POST
+        # failed, a 503 or a timeout included, was dead-lettered at once. Refused only when even
+        # the earliest draw of its jitter (-10%) is past the window: a step nearer the window
+        # (`[]`, hourly, with retry_for_hours: 1) retries part of the reports, as it always did.
         first = self.retry_schedule_s[0] if self.retry_schedule_s else 3600
-        if first * 1.1 > self.retry_for_hours * 3600:
-            what = (
-                f"retry_schedule_s[0] ({first} s)"
-                if self.retry_schedule_s
-                else ("an empty retry_schedule_s (hourly retries)")
-            )
+        if first * 0.9 >= self.retry_for_hours * 3600:
             yield (
                 "retry_for_hours",
-                f"{self.retry_for_hours} h is shorter than {what} plus its 10% jitter: no report "
-                "would ever be retried (each failure dead-lettered at once); raise it or shorten "
-                "the first step",
+                f"{self.retry_for_hours} h is not longer than retry_schedule_s[0] ({first} s) "
+                "minus its 10% jitter: no report would ever be retried (each failure "
+                "dead-lettered at once); raise it or shorten the first step",
             )
 
 

@@ -14,7 +14,10 @@ import asyncpg
 # The tables and sequences the migrations made: those owned by schema_version's owner in its
 # schema (an operator's own tables beside them are not ours to demand). A sequence behind an
 # identity column (deptype 'i') is used under the table's INSERT privilege and needs no grant;
-# a serial's or messages_seq (deptype 'a', OWNED BY a column) needs USAGE for nextval().
+# a serial's or messages_seq (deptype 'a', OWNED BY a column) is drawn from (nextval: USAGE or
+# UPDATE) and messages_seq's last value read (pg_sequence_last_value: USAGE or SELECT). USAGE
+# gives both, as UPDATE with SELECT does: what PostgreSQL's pg_read_all_data and
+# pg_write_all_data give a role (asking USAGE alone refused such a role, which runs).
 _MISSING = """
 WITH ours AS (
     SELECT c.oid, c.relname, c.relkind
@@ -27,7 +30,9 @@ WITH ours AS (
           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'i')
 )
 SELECT relname, relkind = 'S' AS is_seq FROM ours
-WHERE CASE WHEN relkind = 'S' THEN NOT has_sequence_privilege(oid, 'USAGE')
+WHERE CASE WHEN relkind = 'S' THEN NOT (has_sequence_privilege(oid, 'USAGE')
+                                       OR has_sequence_privilege(oid, 'UPDATE')
+                                       AND has_sequence_privilege(oid, 'SELECT'))
       ELSE NOT (has_table_privilege(oid, 'SELECT') AND has_table_privilege(oid, 'INSERT')
                 AND has_table_privilege(oid, 'UPDATE') AND has_table_privilege(oid, 'DELETE'))
       END

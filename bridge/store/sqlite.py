@@ -721,6 +721,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         def job(c: sqlite3.Connection) -> MessageRecord | None:
+            # The masking probed first, as the list does: the statements are read apart, and
+            # a masking another process ended between a row read first and the probe left the
+            # row unmasked with no mask to apply, after the close had answered.
+            mask = ends.masking(c, account_id)
             row = c.execute(
                 f"SELECT {_MESSAGE_COLS} FROM messages WHERE id=? AND account_id=?",
                 (message_id, account_id),
@@ -736,7 +740,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (message_id,),
                 )
             )
-            return ends.masked(_message(row, segs), ends.masking(c, account_id))
+            return ends.masked(_message(row, segs), mask)
 
         return await self._runner.read(job)
 

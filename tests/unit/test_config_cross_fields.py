@@ -16,6 +16,7 @@ store's owner lock). There is no client TLS certificate or key setting to pair.
 
 from __future__ import annotations
 
+import random
 import ssl
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import pytest
 import yaml
 
 from bridge.config import ConfigError, check_main, parse_config
+from bridge.pipeline.webhooks import retry_plan
+from bridge.store.models import WebhookJob
 from tests.unit.test_config import BASE, KEY, errors_of, minimal, parse
 
 
@@ -84,13 +87,30 @@ def test_a_transmitter_without_receipts_and_other_modes_with_them_are_accepted(r
 
 
 def test_a_retry_schedule_whose_first_step_outlasts_the_window_is_refused() -> None:
-    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [7200], "retry_for_hours": 2}))
-    assert err.startswith("webhooks.retry_for_hours: 2 h is shorter than retry_schedule_s[0]")
+    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [8000], "retry_for_hours": 2}))
+    assert err.startswith("webhooks.retry_for_hours: 2 h is not longer than retry_schedule_s[0]")
     assert "no report would ever be retried" in err
-    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [], "retry_for_hours": 1}))
-    assert "an empty retry_schedule_s (hourly retries)" in err
-    assert parse(minimal(webhooks={"retry_schedule_s": [], "retry_for_hours": 2}))
+    [err] = errors_of(minimal(webhooks={"retry_schedule_s": [4000], "retry_for_hours": 1}))
+    assert "(4000 s)" in err
+    assert parse(minimal(webhooks={"retry_schedule_s": [3999], "retry_for_hours": 1}))
     assert parse(minimal(webhooks={"retry_schedule_s": [3000, 86400], "retry_for_hours": 1}))
+
+
+@pytest.mark.parametrize("schedule", [[], [3600], [7200]])
+def test_a_first_step_within_its_jitter_of_the_window_still_loads_and_retries(
+    schedule: list[int],
+) -> None:
+    """h7's review: the refusal counted the jitter the wrong way (+10%), so `[]` (documented:
+    hourly) with retry_for_hours: 1, or a step equal to the window, was refused as "no report
+    would ever be retried", while part of the reports are: a draw of -10% lands inside it."""
+    hours = max(1, (schedule[0] if schedule else 3600) // 3600)
+    cfg = parse(minimal(webhooks={"retry_schedule_s": schedule, "retry_for_hours": hours}))
+    rng = random.Random(7)
+    now = 1_700_000_000_000
+    job = WebhookJob(1, "wh1", "acc", "status", "https://h/cb", "m1", 0, now)  # failed at once
+    schedule_s, window_ms = tuple(cfg.webhooks.retry_schedule_s), hours * 3_600_000
+    outcomes = [retry_plan([job], now, True, schedule_s, window_ms, rng)[0][3] for _ in range(200)]
+    assert 0 < outcomes.count(False) < len(outcomes)  # some retried, some dead-lettered
 
 
 def test_all_of_them_at_once_and_the_example_file_still_loads() -> None:
