@@ -59,6 +59,8 @@ def send(
 
 
 async def two_accounts(store: Store) -> None:
+    if isinstance(store, SqliteStore):  # every accept looks its key up, as at a day's scale
+        store.key_warmup.on = True
     for acc, kid in (("acc_a", "K1"), ("acc_b", "K2")):
         await store.create_account(account(acc))
         await store.add_key(AppKey(kid, acc, b"sealed", "active", NOW), max_active=2)
@@ -182,4 +184,44 @@ async def test_an_accept_without_a_nonce_or_key_still_accepts(tmp_path: Path, wh
         assert (await s.accept(b, NOW)).accepted
         assert (await s.accept(b, NOW + 1)).accepted is False
     finally:
+        await s.close()
+
+
+async def test_sampled_reads_that_show_the_disk_turn_the_lookup_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: with the index cached the lookup runs for one accept in SAMPLE_EVERY only (7-15
+    µs each saved); a window of sampled reads past SLOW_S (here: any read) turns it on for
+    every accept, and a window of fast ones off again."""
+    from bridge.store import key_warmup
+
+    s = SqliteStore(tmp_path / "bridge.db")
+    await s.open()
+    try:
+        await s.create_account(account("acc_a"))
+        await s.add_key(AppKey("K1", "acc_a", b"sealed", "active", NOW), max_active=2)
+        looked: list[str] = []
+        conn = s._runner._conn
+        assert conn is not None
+        conn.set_trace_callback(
+            lambda sql: looked.append(sql) if sql.startswith("SELECT 1 FROM idempotency") else None
+        )
+        n = key_warmup.SAMPLE_EVERY * 4
+        for i in range(n):
+            assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
+        assert len(looked) == 4 and not s.key_warmup.on  # cached: a sample only
+        monkeypatch.setattr(key_warmup, "SLOW_S", -1.0)  # every read "from the disk"
+        for i in range(n, n + key_warmup.SAMPLE_EVERY * key_warmup.WINDOW):
+            assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
+        assert s.key_warmup.on
+        looked.clear()
+        for i in range(10_000, 10_010):
+            assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
+        assert len(looked) == 10  # every accept now
+        monkeypatch.setattr(key_warmup, "SLOW_S", 10.0)  # cached again
+        for i in range(20_000, 20_000 + 2 * key_warmup.WINDOW):  # a whole window of fast reads
+            assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
+        assert not s.key_warmup.on
+    finally:
+        conn.set_trace_callback(None)
         await s.close()
