@@ -112,11 +112,16 @@ async def create_pool(
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # type: ignore[attr-defined]  # a StoreConnection
 
-    pool = await asyncpg.create_pool(
+    # asyncpg.create_pool's own defaults, given as its Pool requires them all.
+    pool = await StorePool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
         connection_class=StoreConnection,
+        record_class=asyncpg.Record,
         init=init,
         reset=_no_reset,
         command_timeout=60,
@@ -124,6 +129,50 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+class StorePool(asyncpg.Pool):
+    """The pool's one-statement calls (outside run_tx), run once more on a new connection when
+    the one handed out had been ended by the server while idle in the pool (`_ended_by_server`:
+    the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
+    the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
+
+    async def execute(self, query: str, *args: Any, **kw: Any) -> str:
+        sup = super()
+        return await _once_more(lambda: sup.execute(query, *args, **kw))
+
+    async def executemany(self, command: str, args: Any, **kw: Any) -> None:
+        sup = super()
+        await _once_more(lambda: sup.executemany(command, args, **kw))
+
+    async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
+        sup = super()
+        return await _once_more(lambda: sup.fetch(query, *args, **kw))
+
+    async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
+        sup = super()
+        return await _once_more(lambda: sup.fetchval(query, *args, **kw))
+
+    async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
+        sup = super()
+        return await _once_more(lambda: sup.fetchrow(query, *args, **kw))
+
+
+async def _once_more(call: Callable[[], Awaitable[T]]) -> T:
+    """A second try only: the connection the first got is aborted, and the pool opens a new
+    one; a server going down fails that to connect, which the caller reports as such."""
+    try:
+        return await call()
+    except asyncpg.exceptions.InternalClientError as exc:
+        if not _ended_by_server(exc):
+            raise
+        log.info("store statement retried on a new connection: %s", exc)
+    try:
+        return await call()
+    except asyncpg.exceptions.InternalClientError as exc:
+        if not _ended_by_server(exc):
+            raise
+        raise _lost(exc) from exc
 
 
 async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
@@ -147,9 +196,38 @@ async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
         raise
 
 
+def _ended_by_server(exc: BaseException) -> bool:
+    """asyncpg's "cannot switch to state N; another operation (M) is in progress": not two
+    operations on one connection (each of ours is used by one task at a time) but a session
+    the server ended while no statement was under way (a shutdown, pg_terminate_backend, an
+    idle timeout). Its FATAL was read between two statements, or while the connection sat
+    in the pool, and its close not yet: the next statement then finds the protocol still
+    "consuming" that message. asyncpg aborts the connection as it raises, before the
+    statement is sent (tests/integration/test_pg_fatal_between_statements.py)."""
+    text = str(exc)
+    return (
+        isinstance(exc, asyncpg.exceptions.InternalClientError)
+        and text.startswith("cannot switch to state")
+        and "another operation" in text
+    )
+
+
+def _lost(exc: BaseException) -> asyncpg.ConnectionDoesNotExistError:
+    """What a connection lost mid-statement raises (the store unavailable, a log line
+    saying so), in place of asyncpg's misleading "another operation is in progress"."""
+    return asyncpg.ConnectionDoesNotExistError(
+        "the server closed the connection between two statements (a shutdown, or its "
+        f"session ended); the next one was not sent ({exc})"
+    )
+
+
 async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     """Run `job(conn)` in one transaction; commit, or roll back and re-raise. Deadlocks and
-    serialization failures are retried (the whole job) with a short jittered pause."""
+    serialization failures are retried (the whole job) with a short jittered pause; so is,
+    once, a transaction whose session the server ended before its COMMIT was sent (rolled
+    back with the session: one backend killed, or an idle one timed out, fails nothing;
+    with the server going down, the retry fails to connect and says so)."""
+    replaced = False
     for attempt in range(ATTEMPTS):
         async with pool.acquire() as conn:
             try:
@@ -158,6 +236,13 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                 await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
                 result = await job(conn)
             except BaseException as exc:
+                if _ended_by_server(exc):
+                    conn.terminate()  # never back to the pool alive, nor a ROLLBACK on it
+                    if not replaced and attempt + 1 < ATTEMPTS:
+                        replaced = True
+                        log.info("store transaction retried on a new connection: %s", exc)
+                        continue
+                    raise _lost(exc) from exc
                 with contextlib.suppress(Exception):
                     await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
                 if isinstance(exc, RETRYABLE) and attempt + 1 < ATTEMPTS:
@@ -165,7 +250,13 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                     await asyncio.sleep(0.002 * (attempt + 1))
                     continue
                 raise
-            await end_tx(conn, "COMMIT")
+            try:
+                await end_tx(conn, "COMMIT")
+            except asyncpg.exceptions.InternalClientError as exc:
+                if not _ended_by_server(exc):
+                    raise
+                conn.terminate()  # the COMMIT was not sent: rolled back with the session
+                raise _lost(exc) from exc
             return result
     raise AssertionError("unreachable")  # pragma: no cover
 

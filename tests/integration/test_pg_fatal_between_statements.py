@@ -1,0 +1,204 @@
+"""asyncpg's "cannot switch to state 12; another operation is in progress" in an outage (h3's trial
+in session 47: PostgreSQL stopped under load, ERROR lines in the receipts flush and the claim).
+
+Not two operations on one connection: the server ended a session (a shutdown, a
+pg_terminate_backend) while no statement was under way on it, between two statements of a
+transaction or while it sat idle in the pool. Its FATAL was read, its close not yet (the loop
+reads the close at a later turn; under load that is after the next statement began): asyncpg
+then refuses the statement before sending it, and aborts the connection. run_tx now takes that
+for what it is: the transaction was rolled back with the session, so it runs once more on a new
+connection (one backend killed fails nothing), and if that fails too, the caller is told the
+connection was lost (the store unavailable), not asyncpg's internal state.
+
+The window is made deterministic with a TCP proxy that holds the server's close for a while
+after forwarding everything before it (the FATAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from bridge.store.base import is_unavailable
+from bridge.store.postgres import PostgresStore
+from bridge.store.postgres_tx import create_pool, run_tx
+from tests.integration.test_store import LEASE, NOW, accept, account, message
+from tests.ports import free_port
+
+pytestmark = pytest.mark.postgres
+
+HOLD_S = 1.0  # the server's close, held back this long after its last bytes
+
+
+class CloseHeld:
+    """TCP to PostgreSQL; the server's side closing is passed on HOLD_S late."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.listen_port = free_port()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def dsn(self, dsn: str) -> str:
+        u = urlsplit(dsn)
+        auth = u.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.listen_port}"
+        return urlunsplit(u._replace(netloc=f"{auth[0]}@{host}" if len(auth) > 1 else host))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.listen_port)
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self._tasks.add(t := asyncio.current_task())  # type: ignore[arg-type]
+        sr, sw = await asyncio.open_connection(self.host, self.port)
+
+        async def up() -> None:
+            with contextlib.suppress(Exception):
+                while data := await cr.read(65536):
+                    sw.write(data)
+                    await sw.drain()
+            sw.close()
+
+        async def down() -> None:
+            with contextlib.suppress(Exception):
+                while data := await sr.read(65536):
+                    cw.write(data)
+                    await cw.drain()
+            await asyncio.sleep(HOLD_S)
+            cw.close()
+
+        try:
+            await asyncio.gather(up(), down())
+        finally:
+            self._tasks.discard(t)  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def proxy(pg_dsn: str) -> AsyncIterator[CloseHeld]:
+    u = urlsplit(pg_dsn)
+    assert u.hostname and u.port
+    p = CloseHeld(u.hostname, u.port)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.fixture
+async def proxied(
+    pg_dsn: str, proxy: CloseHeld
+) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Connection]]:
+    """A one-connection pool through the proxy, and an admin connection straight to the server."""
+    pool = await create_pool(proxy.dsn(pg_dsn), min_size=1, max_size=1, quota_zone=lambda: "UTC")
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        yield pool, admin
+    finally:
+        await admin.close()
+        pool.terminate()
+
+
+async def _kill(admin: asyncpg.Connection, pid: int) -> None:
+    """End the session as a shutdown does (FATAL, then close), and let its FATAL be read."""
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    await asyncio.sleep(0.3)
+
+
+async def test_session_ended_between_two_statements_is_run_again(
+    proxied: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    pool, admin = proxied
+    runs: list[int] = []
+
+    async def job(c: asyncpg.Connection) -> int:
+        pid = await c.fetchval("SELECT pg_backend_pid()")
+        runs.append(pid)
+        if len(runs) == 1:
+            await _kill(admin, pid)
+        return await c.fetchval("SELECT $1::int + 1", 41)  # the claim's next statement
+
+    assert await run_tx(pool, job) == 42
+    assert len(runs) == 2 and runs[0] != runs[1]  # on a new session
+
+
+async def test_idle_pooled_session_ended_is_replaced(
+    proxied: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    pool, admin = proxied
+
+    async def pid(c: asyncpg.Connection) -> int:
+        return await c.fetchval("SELECT pg_backend_pid()")
+
+    first = await run_tx(pool, pid)
+    await _kill(admin, first)  # idle in the pool, its close not read yet
+    assert await run_tx(pool, pid, durable=False) not in (None, first)
+
+
+async def test_lost_again_is_the_store_unavailable_not_an_internal_error(
+    proxied: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    pool, admin = proxied
+    runs = 0
+
+    async def job(c: asyncpg.Connection) -> int:
+        nonlocal runs
+        runs += 1
+        await _kill(admin, await c.fetchval("SELECT pg_backend_pid()"))
+        return await c.fetchval("SELECT 1")
+
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError) as caught:
+        await run_tx(pool, job)
+    assert runs == 2  # run once more, not in a loop
+    assert is_unavailable(caught.value)
+    assert "another operation" not in str(caught.value).split("(")[0]
+    # The pool goes on with a working session: nothing of the ended ones was kept.
+    assert await run_tx(pool, lambda c: c.fetchval("SELECT 7")) == 7
+
+
+async def test_a_pool_statement_on_an_ended_idle_session_is_run_again(
+    proxied: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    """The store's one-statement reads and writes (pool.fetch...), outside run_tx."""
+    pool, admin = proxied
+    first = await pool.fetchval("SELECT pg_backend_pid()")
+    await _kill(admin, first)
+    assert await pool.fetchval("SELECT pg_backend_pid()") not in (None, first)
+    await _kill(admin, await pool.fetchval("SELECT pg_backend_pid()"))
+    assert await pool.execute("SELECT 1") == "SELECT 1"
+
+
+async def test_the_claim_after_a_killed_idle_session_takes_its_messages(
+    pg_dsn: str, proxy: CloseHeld
+) -> None:
+    """h3's trial: the claim (and the receipts flush) failed with the internal error."""
+    store = PostgresStore(proxy.dsn(pg_dsn), min_size=1, max_size=1)
+    await store.open()
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await store.create_account(account())
+        for mid in ("m0", "m1", "m2"):
+            await accept(store, message(mid))
+        pids = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'smpp-bridge' "
+            "AND datname = current_database()"
+        )
+        assert len(pids) == 1  # the pool's one session, idle
+        await _kill(admin, pids[0]["pid"])
+        work = await store.claim("inst-a", 10, NOW, LEASE)
+        assert sorted(w.id for w in work) == ["m0", "m1", "m2"]
+    finally:
+        await admin.close()
+        await store.close()
