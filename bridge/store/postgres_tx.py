@@ -190,10 +190,19 @@ async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({step}, timeout=left)
         if not step.done():
-            step.cancel()  # a server that stopped answering: the release terminates the session
+            # A server that stopped answering: the session is ended here. Cancelled instead
+            # (asyncpg then waits for the server to confirm the cancel), the pool's release
+            # waited as long, the connection neither back nor closed (a pool of one: stuck).
+            conn.terminate()
+            step.add_done_callback(_retrieved)
         elif not step.cancelled():
             step.exception()  # retrieved: the cancel is what the caller sees
         raise
+
+
+def _retrieved(step: asyncio.Future[Any]) -> None:
+    if not step.cancelled():
+        step.exception()  # the connection closed under it: expected, not worth a log line
 
 
 def _ended_by_server(exc: BaseException) -> bool:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from bridge.store import postgres_tx
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_tx import create_pool, run_tx
@@ -43,6 +44,8 @@ class CloseHeld:
         self.listen_port = free_port()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.served = 0
+        self.stalled: set[int] = set()  # connections (by order) whose answers are dropped
 
     def dsn(self, dsn: str) -> str:
         u = urlsplit(dsn)
@@ -56,6 +59,7 @@ class CloseHeld:
     async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         self._tasks.add(t := asyncio.current_task())  # type: ignore[arg-type]
         sr, sw = await asyncio.open_connection(self.host, self.port)
+        n, self.served = self.served, self.served + 1
 
         async def up() -> None:
             with contextlib.suppress(Exception):
@@ -67,6 +71,8 @@ class CloseHeld:
         async def down() -> None:
             with contextlib.suppress(Exception):
                 while data := await sr.read(65536):
+                    if n in self.stalled:
+                        continue
                     cw.write(data)
                     await cw.drain()
             await asyncio.sleep(HOLD_S)
@@ -202,3 +208,43 @@ async def test_the_claim_after_a_killed_idle_session_takes_its_messages(
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_a_rollback_the_server_never_answers_ends_the_session(
+    proxy: CloseHeld, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """end_tx gives up on a ROLLBACK after END_AFTER_CANCEL_S: the connection, mid-statement,
+    is terminated, not left for the pool's release (which waited on the server for as long as
+    it did not answer, the pool's only connection neither back nor closed)."""
+    monkeypatch.setattr(postgres_tx, "END_AFTER_CANCEL_S", 0.3)
+    pool = await create_pool(proxy.dsn(pg_dsn), min_size=1, max_size=1, quota_zone=lambda: "UTC")
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _l, ctx: reported.append(str(ctx.get("message"))))
+    try:
+        started = asyncio.Event()
+
+        async def job(c: asyncpg.Connection) -> None:
+            await c.fetchval("SELECT 1")
+            started.set()
+            await asyncio.sleep(30)  # the stop comes here; its ROLLBACK goes unanswered
+
+        task = asyncio.create_task(run_tx(pool, job))
+        await started.wait()
+        proxy.stalled.add(0)
+
+        def again() -> None:  # a stop's cancels, again and again
+            if not task.done():
+                task.cancel()
+                loop.call_later(0.05, again)
+
+        again()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(3):  # the server answers new sessions
+            assert await run_tx(pool, lambda c: c.fetchval("SELECT 7")) == 7
+        await asyncio.sleep(0.1)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
+        pool.terminate()
