@@ -132,41 +132,43 @@ async def create_pool(
 
 
 class StorePool(asyncpg.Pool):
-    """The pool's one-statement calls (outside run_tx), run once more on a new connection when
+    """The pool's one-statement calls (outside run_tx), run again on another connection when
     the one handed out had been ended by the server while idle in the pool (`_ended_by_server`:
     the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
     the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
 
     async def execute(self, query: str, *args: Any, **kw: Any) -> str:
         sup = super()
-        return await _once_more(lambda: sup.execute(query, *args, **kw))
+        return await _on_a_live_session(self, lambda: sup.execute(query, *args, **kw))
 
     async def executemany(self, command: str, args: Any, **kw: Any) -> None:
         sup = super()
-        await _once_more(lambda: sup.executemany(command, args, **kw))
+        await _on_a_live_session(self, lambda: sup.executemany(command, args, **kw))
 
     async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
         sup = super()
-        return await _once_more(lambda: sup.fetch(query, *args, **kw))
+        return await _on_a_live_session(self, lambda: sup.fetch(query, *args, **kw))
 
     async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
         sup = super()
-        return await _once_more(lambda: sup.fetchval(query, *args, **kw))
+        return await _on_a_live_session(self, lambda: sup.fetchval(query, *args, **kw))
 
     async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
         sup = super()
-        return await _once_more(lambda: sup.fetchrow(query, *args, **kw))
+        return await _on_a_live_session(self, lambda: sup.fetchrow(query, *args, **kw))
 
 
-async def _once_more(call: Callable[[], Awaitable[T]]) -> T:
-    """A second try only: the connection the first got is aborted, and the pool opens a new
-    one; a server going down fails that to connect, which the caller reports as such."""
-    try:
-        return await call()
-    except asyncpg.exceptions.InternalClientError as exc:
-        if not _ended_by_server(exc):
-            raise
-        log.info("store statement retried on a new connection: %s", exc)
+async def _on_a_live_session(pool: asyncpg.Pool, call: Callable[[], Awaitable[T]]) -> T:
+    """Again while the connection handed out is one the server ended (aborted by asyncpg as it
+    raised, so the pool hands out another, or opens one): at most once per session of the
+    pool, then a new connection's try, which a server going down fails to connect."""
+    for _ in range(pool.get_max_size()):
+        try:
+            return await call()
+        except asyncpg.exceptions.InternalClientError as exc:
+            if not _ended_by_server(exc):
+                raise
+            log.info("store statement run again on another connection: %s", exc)
     try:
         return await call()
     except asyncpg.exceptions.InternalClientError as exc:
@@ -193,11 +195,18 @@ async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
             # A server that stopped answering: the session is ended here. Cancelled instead
             # (asyncpg then waits for the server to confirm the cancel), the pool's release
             # waited as long, the connection neither back nor closed (a pool of one: stuck).
-            conn.terminate()
+            _end_session(conn)
             step.add_done_callback(_retrieved)
         elif not step.cancelled():
             step.exception()  # retrieved: the cancel is what the caller sees
         raise
+
+
+def _end_session(conn: asyncpg.Connection) -> None:
+    """Closed at once, the server's side rolling back. A connection already closed under its
+    pool's proxy (its close read) was handed back by asyncpg, the proxy detached: nothing to do."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 def _retrieved(step: asyncio.Future[Any]) -> None:
@@ -232,12 +241,14 @@ def _lost(exc: BaseException) -> asyncpg.ConnectionDoesNotExistError:
 
 async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     """Run `job(conn)` in one transaction; commit, or roll back and re-raise. Deadlocks and
-    serialization failures are retried (the whole job) with a short jittered pause; so is,
-    once, a transaction whose session the server ended before its COMMIT was sent (rolled
-    back with the session: one backend killed, or an idle one timed out, fails nothing;
-    with the server going down, the retry fails to connect and says so)."""
-    replaced = False
-    for attempt in range(ATTEMPTS):
+    serialization failures are retried (the whole job) with a short jittered pause. So is a
+    transaction whose session the server ended before its COMMIT was sent (rolled back with
+    the session), on another connection: a killed backend, or an idle one timed out, fails
+    nothing; every session of the pool ended at once (a shutdown) costs at most a try per
+    session, none of them sent, then a new connection's, which fails if the server is away."""
+    retries = 0
+    ended = 0
+    while True:
         async with pool.acquire() as conn:
             try:
                 # Inside: a cancel while the BEGIN is under way leaves the session in the
@@ -245,29 +256,29 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                 await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
                 result = await job(conn)
             except BaseException as exc:
-                if _ended_by_server(exc):
-                    conn.terminate()  # never back to the pool alive, nor a ROLLBACK on it
-                    if not replaced and attempt + 1 < ATTEMPTS:
-                        replaced = True
-                        log.info("store transaction retried on a new connection: %s", exc)
-                        continue
-                    raise _lost(exc) from exc
-                with contextlib.suppress(Exception):
-                    await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
-                if isinstance(exc, RETRYABLE) and attempt + 1 < ATTEMPTS:
-                    log.info("store transaction retried after %s", type(exc).__name__)
-                    await asyncio.sleep(0.002 * (attempt + 1))
-                    continue
-                raise
-            try:
-                await end_tx(conn, "COMMIT")
-            except asyncpg.exceptions.InternalClientError as exc:
                 if not _ended_by_server(exc):
+                    with contextlib.suppress(Exception):
+                        await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
+                    if isinstance(exc, RETRYABLE) and retries + 1 < ATTEMPTS:
+                        retries += 1
+                        log.info("store transaction retried after %s", type(exc).__name__)
+                        await asyncio.sleep(0.002 * retries)
+                        continue
                     raise
-                conn.terminate()  # the COMMIT was not sent: rolled back with the session
-                raise _lost(exc) from exc
-            return result
-    raise AssertionError("unreachable")  # pragma: no cover
+                failed = exc
+            else:
+                try:
+                    await end_tx(conn, "COMMIT")
+                    return result
+                except asyncpg.exceptions.InternalClientError as exc:
+                    if not _ended_by_server(exc):
+                        raise
+                    failed = exc  # the COMMIT was not sent: rolled back with the session
+            _end_session(conn)  # never back to the pool alive, nor a ROLLBACK on it
+        ended += 1
+        if ended > pool.get_max_size():
+            raise _lost(failed) from failed
+        log.info("store transaction run again on another connection: %s", failed)
 
 
 def scalar(value: Any) -> int:
