@@ -165,13 +165,13 @@ async def _on_a_live_session(pool: asyncpg.Pool, call: Callable[[], Awaitable[T]
     for _ in range(pool.get_max_size()):
         try:
             return await call()
-        except asyncpg.exceptions.InternalClientError as exc:
+        except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
             if not _ended_by_server(exc):
                 raise
-            log.info("store statement run again on another connection: %s", exc)
+            log.debug("store statement run again on another connection: %s", exc)
     try:
         return await call()
-    except asyncpg.exceptions.InternalClientError as exc:
+    except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
         if not _ended_by_server(exc):
             raise
         raise _lost(exc) from exc
@@ -215,19 +215,19 @@ def _retrieved(step: asyncio.Future[Any]) -> None:
 
 
 def _ended_by_server(exc: BaseException) -> bool:
-    """asyncpg's "cannot switch to state N; another operation (M) is in progress": not two
-    operations on one connection (each of ours is used by one task at a time) but a session
-    the server ended while no statement was under way (a shutdown, pg_terminate_backend, an
-    idle timeout). Its FATAL was read between two statements, or while the connection sat
-    in the pool, and its close not yet: the next statement then finds the protocol still
-    "consuming" that message. asyncpg aborts the connection as it raises, before the
-    statement is sent (tests/integration/test_pg_fatal_between_statements.py)."""
+    """A statement refused, before it was sent, on a session the server ended while no
+    statement was under way (a shutdown, pg_terminate_backend, an idle time-out):
+    - asyncpg's "cannot switch to state N; another operation (M) is in progress": not two
+      operations on one connection (each of ours is used by one task at a time). The FATAL
+      was read (between two statements, or while the connection sat in the pool), its close
+      not yet: the protocol is still "consuming" it. asyncpg aborts the connection as it
+      raises (tests/integration/test_pg_fatal_between_statements.py).
+    - "connection has been released back to the pool": the close was read too, and asyncpg
+      handed the connection back, detaching the proxy its user still held."""
     text = str(exc)
-    return (
-        isinstance(exc, asyncpg.exceptions.InternalClientError)
-        and text.startswith("cannot switch to state")
-        and "another operation" in text
-    )
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return text.startswith("cannot switch to state") and "another operation" in text
+    return isinstance(exc, asyncpg.InterfaceError) and "released back to the pool" in text
 
 
 def _lost(exc: BaseException) -> asyncpg.ConnectionDoesNotExistError:
@@ -270,7 +270,7 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                 try:
                     await end_tx(conn, "COMMIT")
                     return result
-                except asyncpg.exceptions.InternalClientError as exc:
+                except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
                     if not _ended_by_server(exc):
                         raise
                     failed = exc  # the COMMIT was not sent: rolled back with the session
@@ -278,7 +278,7 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
         ended += 1
         if ended > pool.get_max_size():
             raise _lost(failed) from failed
-        log.info("store transaction run again on another connection: %s", failed)
+        log.debug("store transaction run again on another connection: %s", failed)
 
 
 def scalar(value: Any) -> int:

@@ -272,3 +272,24 @@ async def test_every_session_of_the_pool_ended_at_once(proxy: CloseHeld, pg_dsn:
     finally:
         await admin.close()
         pool.terminate()
+
+
+async def test_a_session_whose_close_was_read_between_two_statements(pg_dsn: str) -> None:
+    """No proxy: the close read as well, asyncpg hands the connection back to the pool under
+    the job's feet ("connection has been released back to the pool"): run again too."""
+    pool = await create_pool(pg_dsn, min_size=1, max_size=1, quota_zone=lambda: "UTC")
+    admin = await asyncpg.connect(pg_dsn)
+    runs: list[int] = []
+    try:
+
+        async def job(c: asyncpg.Connection) -> int:
+            runs.append(await c.fetchval("SELECT pg_backend_pid()"))
+            if len(runs) == 1:
+                await _kill(admin, runs[0])
+            return await c.fetchval("SELECT $1::int + 1", 1)
+
+        assert await run_tx(pool, job) == 2
+        assert len(runs) == 2 and runs[0] != runs[1]
+    finally:
+        await admin.close()
+        pool.terminate()
