@@ -112,11 +112,16 @@ async def create_pool(
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # type: ignore[attr-defined]  # a StoreConnection
 
-    pool = await asyncpg.create_pool(
+    # asyncpg.create_pool's own defaults, given as its Pool requires them all.
+    pool = await StorePool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
         connection_class=StoreConnection,
+        record_class=asyncpg.Record,
         init=init,
         reset=_no_reset,
         command_timeout=60,
@@ -124,6 +129,52 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+class StorePool(asyncpg.Pool):
+    """The pool's one-statement calls (outside run_tx), run again on another connection when
+    the one handed out had been ended by the server while idle in the pool (`_ended_by_server`:
+    the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
+    the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
+
+    async def execute(self, query: str, *args: Any, **kw: Any) -> str:
+        sup = super()
+        return await _on_a_live_session(self, lambda: sup.execute(query, *args, **kw))
+
+    async def executemany(self, command: str, args: Any, **kw: Any) -> None:
+        sup = super()
+        await _on_a_live_session(self, lambda: sup.executemany(command, args, **kw))
+
+    async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
+        sup = super()
+        return await _on_a_live_session(self, lambda: sup.fetch(query, *args, **kw))
+
+    async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
+        sup = super()
+        return await _on_a_live_session(self, lambda: sup.fetchval(query, *args, **kw))
+
+    async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
+        sup = super()
+        return await _on_a_live_session(self, lambda: sup.fetchrow(query, *args, **kw))
+
+
+async def _on_a_live_session(pool: asyncpg.Pool, call: Callable[[], Awaitable[T]]) -> T:
+    """Again while the connection handed out is one the server ended (aborted by asyncpg as it
+    raised, so the pool hands out another, or opens one): at most once per session of the
+    pool, then a new connection's try, which a server going down fails to connect."""
+    for _ in range(pool.get_max_size()):
+        try:
+            return await call()
+        except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
+            if not _ended_by_server(exc):
+                raise
+            log.debug("store statement run again on another connection: %s", exc)
+    try:
+        return await call()
+    except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
+        if not _ended_by_server(exc):
+            raise
+        raise _lost(exc) from exc
 
 
 async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
@@ -141,16 +192,63 @@ async def end_tx(conn: asyncpg.Connection, sql: str) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({step}, timeout=left)
         if not step.done():
-            step.cancel()  # a server that stopped answering: the release terminates the session
+            # A server that stopped answering: the session is ended here. Cancelled instead
+            # (asyncpg then waits for the server to confirm the cancel), the pool's release
+            # waited as long, the connection neither back nor closed (a pool of one: stuck).
+            _end_session(conn)
+            step.add_done_callback(_retrieved)
         elif not step.cancelled():
             step.exception()  # retrieved: the cancel is what the caller sees
         raise
 
 
+def _end_session(conn: asyncpg.Connection) -> None:
+    """Closed at once, the server's side rolling back. A connection already closed under its
+    pool's proxy (its close read) was handed back by asyncpg, the proxy detached: nothing to do."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+def _retrieved(step: asyncio.Future[Any]) -> None:
+    if not step.cancelled():
+        step.exception()  # the connection closed under it: expected, not worth a log line
+
+
+def _ended_by_server(exc: BaseException) -> bool:
+    """A statement refused, before it was sent, on a session the server ended while no
+    statement was under way (a shutdown, pg_terminate_backend, an idle time-out):
+    - asyncpg's "cannot switch to state N; another operation (M) is in progress": not two
+      operations on one connection (each of ours is used by one task at a time). The FATAL
+      was read (between two statements, or while the connection sat in the pool), its close
+      not yet: the protocol is still "consuming" it. asyncpg aborts the connection as it
+      raises (tests/integration/test_pg_fatal_between_statements.py).
+    - "connection has been released back to the pool": the close was read too, and asyncpg
+      handed the connection back, detaching the proxy its user still held."""
+    text = str(exc)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return text.startswith("cannot switch to state") and "another operation" in text
+    return isinstance(exc, asyncpg.InterfaceError) and "released back to the pool" in text
+
+
+def _lost(exc: BaseException) -> asyncpg.ConnectionDoesNotExistError:
+    """What a connection lost mid-statement raises (the store unavailable, a log line
+    saying so), in place of asyncpg's misleading "another operation is in progress"."""
+    return asyncpg.ConnectionDoesNotExistError(
+        "the server closed the connection between two statements (a shutdown, or its "
+        f"session ended); the next one was not sent ({exc})"
+    )
+
+
 async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     """Run `job(conn)` in one transaction; commit, or roll back and re-raise. Deadlocks and
-    serialization failures are retried (the whole job) with a short jittered pause."""
-    for attempt in range(ATTEMPTS):
+    serialization failures are retried (the whole job) with a short jittered pause. So is a
+    transaction whose session the server ended before its COMMIT was sent (rolled back with
+    the session), on another connection: a killed backend, or an idle one timed out, fails
+    nothing; every session of the pool ended at once (a shutdown) costs at most a try per
+    session, none of them sent, then a new connection's, which fails if the server is away."""
+    retries = 0
+    ended = 0
+    while True:
         async with pool.acquire() as conn:
             try:
                 # Inside: a cancel while the BEGIN is under way leaves the session in the
@@ -158,16 +256,29 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
                 await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
                 result = await job(conn)
             except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
-                if isinstance(exc, RETRYABLE) and attempt + 1 < ATTEMPTS:
-                    log.info("store transaction retried after %s", type(exc).__name__)
-                    await asyncio.sleep(0.002 * (attempt + 1))
-                    continue
-                raise
-            await end_tx(conn, "COMMIT")
-            return result
-    raise AssertionError("unreachable")  # pragma: no cover
+                if not _ended_by_server(exc):
+                    with contextlib.suppress(Exception):
+                        await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
+                    if isinstance(exc, RETRYABLE) and retries + 1 < ATTEMPTS:
+                        retries += 1
+                        log.info("store transaction retried after %s", type(exc).__name__)
+                        await asyncio.sleep(0.002 * retries)
+                        continue
+                    raise
+                failed = exc
+            else:
+                try:
+                    await end_tx(conn, "COMMIT")
+                    return result
+                except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
+                    if not _ended_by_server(exc):
+                        raise
+                    failed = exc  # the COMMIT was not sent: rolled back with the session
+            _end_session(conn)  # never back to the pool alive, nor a ROLLBACK on it
+        ended += 1
+        if ended > pool.get_max_size():
+            raise _lost(failed) from failed
+        log.debug("store transaction run again on another connection: %s", failed)
 
 
 def scalar(value: Any) -> int:
