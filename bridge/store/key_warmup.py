@@ -4,44 +4,55 @@ Why: the read pays only when the key index has outgrown the OS's cache (a day of
 tens of millions), where the insert would otherwise read a leaf from the disk while every writer
 waits for the lock. With the index cached it saves nothing and costs each accept 7-15 µs of CPU
 (session 47, `bench_store.py --shared --store`). So the read runs for every accept only while
-the sampled reads show the disk: otherwise one accept in SAMPLE_EVERY reads, timed, and a
-window of WINDOW samples with more than MISSES_ON slow ones (past SLOW_S: a page fault, not a
-cached b-tree descent of a few microseconds) turns it on; a window with none turns it off.
-Pure: the caller times the reads and asks.
+the sampled reads go to the disk: otherwise one accept in SAMPLE_EVERY reads, and a window of
+WINDOW sampled reads with more than MISSES_ON that read blocks from the disk turns it on; a
+window with none turns it off.
+
+"From the disk" is the thread's block input count (getrusage's ru_inblock, 0.3 µs), not the
+read's time: a read that waited for a core, or for a page another process's commit made SQLite
+read again from the OS's cache, took as long as a disk read in a loaded benchmark and turned the
+lookup on where it only cost.
 """
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 
 SAMPLE_EVERY = 16
 WINDOW = 64
-SLOW_S = 0.000_2
 MISSES_ON = 2
+
+_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def blocks_read() -> int:
+    """Blocks this thread (or, where threads have no count, this process) read from the disk."""
+    return resource.getrusage(_WHO).ru_inblock
 
 
 @dataclass
 class KeyWarmup:
-    """The decision's state: `due()` before an accept, `seen(seconds)` after each read it made."""
+    """The decision's state: `due()` before an accept, `seen(from_disk)` after each read."""
 
     on: bool = False
     _calls: int = 0
     _samples: int = 0
-    _slow: int = 0
+    _misses: int = 0
 
     def due(self) -> bool:
         """Whether this accept reads its key first: every accept while on, else a sample."""
         self._calls += 1
         return self.on or self._calls % SAMPLE_EVERY == 0
 
-    def seen(self, seconds: float) -> None:
-        """A read's duration; at each full window, on when the disk showed, off when it did not."""
+    def seen(self, from_disk: bool) -> None:
+        """A read's outcome; at each full window, on when the disk showed, off when it did not."""
         self._samples += 1
-        self._slow += seconds > SLOW_S
+        self._misses += from_disk
         if self._samples < WINDOW:
             return
-        if self._slow > MISSES_ON:
+        if self._misses > MISSES_ON:
             self.on = True
-        elif self._slow == 0:
+        elif self._misses == 0:
             self.on = False
-        self._samples = self._slow = 0
+        self._samples = self._misses = 0

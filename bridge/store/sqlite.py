@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache, partial
@@ -18,7 +17,7 @@ from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.logs import Failures
-from bridge.store import migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
+from bridge.store import key_warmup, migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
 from bridge.store import sqlite_chunked as chunked
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
@@ -62,7 +61,6 @@ from bridge.store.base import (
     is_unavailable,
     report_inferred,
 )
-from bridge.store.key_warmup import KeyWarmup
 from bridge.store.mo_rows import (
     MO_COLS,
     MO_PART_COLS,
@@ -162,7 +160,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._rr = 0
         # Whether accepts read their Idempotency-Key's index pages before the write lock: only
         # while sampled reads show the disk (key_warmup).
-        self.key_warmup = KeyWarmup()
+        self.key_warmup = key_warmup.KeyWarmup()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -675,9 +673,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             return AcceptOutcome(accepted=True, plan=plan)
 
         if batch.idempotency_key is not None and self.key_warmup.due():
-            started = time.perf_counter()
+            before = key_warmup.blocks_read()
             await self._runner.read(partial(_warm_key, batch.account_id, batch.idempotency_key))
-            self.key_warmup.seen(time.perf_counter() - started)
+            self.key_warmup.seen(key_warmup.blocks_read() > before)
         out = await self._runner.write(job, bare=True)
         if not isinstance(out, _Undone):
             return out

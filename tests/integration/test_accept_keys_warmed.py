@@ -191,8 +191,8 @@ async def test_sampled_reads_that_show_the_disk_turn_the_lookup_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: with the index cached the lookup runs for one accept in SAMPLE_EVERY only (7-15
-    µs each saved); a window of sampled reads past SLOW_S (here: any read) turns it on for
-    every accept, and a window of fast ones off again."""
+    µs each saved); a window of sampled reads that read blocks from the disk (here: each read
+    counted as one) turns it on for every accept, and a window of cached ones off again."""
     from bridge.store import key_warmup
 
     s = SqliteStore(tmp_path / "bridge.db")
@@ -210,7 +210,8 @@ async def test_sampled_reads_that_show_the_disk_turn_the_lookup_on(
         for i in range(n):
             assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
         assert len(looked) == 4 and not s.key_warmup.on  # cached: a sample only
-        monkeypatch.setattr(key_warmup, "SLOW_S", -1.0)  # every read "from the disk"
+        disk = iter(range(1_000_000))
+        monkeypatch.setattr(key_warmup, "blocks_read", lambda: next(disk))  # each read: a block
         for i in range(n, n + key_warmup.SAMPLE_EVERY * key_warmup.WINDOW):
             assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
         assert s.key_warmup.on
@@ -218,7 +219,7 @@ async def test_sampled_reads_that_show_the_disk_turn_the_lookup_on(
         for i in range(10_000, 10_010):
             assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
         assert len(looked) == 10  # every accept now
-        monkeypatch.setattr(key_warmup, "SLOW_S", 10.0)  # cached again
+        monkeypatch.setattr(key_warmup, "blocks_read", lambda: 0)  # cached again
         for i in range(20_000, 20_000 + 2 * key_warmup.WINDOW):  # a whole window of fast reads
             assert (await s.accept(send(f"m{i}", f"n{i}", f"k{i}"), NOW)).accepted
         assert not s.key_warmup.on
