@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol, TypedDict
 
 from bridge.domain.admission import Pocket
@@ -118,6 +119,14 @@ CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
 # An operation in chunks nobody has advanced for this long is finished by the sweep (its
 # process stopped): both engines' ends (sqlite_ends.py, postgres_pending_ends.py).
 RESUME_AFTER_MS = 30_000
+
+
+def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
+    """`record` as a close's masking leaves its row (sqlite_rules.mask_messages,
+    postgres_ends.erase_page; no mask: as it is): what reads answer while the masking runs."""
+    if mask is None:
+        return record
+    return replace(record, recipient=mask, text=None, client_ref=None)
 
 
 def clock_from(now: int) -> Callable[[], int]:

@@ -75,6 +75,7 @@ from bridge.store.base import (
     Swept,
     WriteLockStats,
     is_unavailable,
+    masked,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -1213,7 +1214,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     message_id,
                 )
             )
-        return ends.masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
+        return masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
 
     async def list_messages(
         self,
@@ -1261,7 +1262,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         mask = rows[0][-1] if rows else None  # a closed account's masking under way
         if mask is not None and recipient is not None and recipient != mask:
             return []  # as after the masking: none names the number
-        return [ends.masked(MessageRecord(*r[:-1]), mask) for r in rows]
+        return [masked(MessageRecord(*r[:-1]), mask) for r in rows]
 
     async def queue_depth(self, due_at: int | None = None) -> int:
         return scalar(
@@ -2123,7 +2124,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # finished by the time the close answers.
         mask = await ends.masking(self.pool, account_id)
         page = await reports.cdr_page(self.pool, account_id, since, until, after, limit)
-        return page if mask is None else [ends.masked(r, mask) for r in page]
+        return page if mask is None else [masked(r, mask) for r in page]
 
     async def queue_groups(self, now: int, route_prefixes: Iterable[str]) -> list[QueueGroup]:
         return await reports.queue_groups(self.pool, now, route_prefixes)

@@ -24,14 +24,12 @@ the transaction, not from the page that found them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
 from bridge.domain import senders as senders_rules
 from bridge.store.account_rows import WAITING_SENDERS_SQL
-from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
 
 WALK_CHUNK = 2_000  # waiting messages read per FETCH (and ended per statement)
@@ -214,12 +212,6 @@ async def erase_page(
 async def masking(c: asyncpg.Connection | asyncpg.Pool, account_id: str) -> str | None:
     """The mask of a close whose masking of the account's messages is under way, else None: until
     its last page the rows past its cursor still name their numbers, and reads of the account's
-    messages answer them masked as it will leave them (`masked`). One probe of `pending_ends`."""
+    messages answer them masked as it will leave them (`base.masked`). One probe of
+    `pending_ends`."""
     return await c.fetchval(f"SELECT {MASKING.format(1)}", account_id)
-
-
-def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
-    """`record` as erase_page leaves its row (no mask: as it is)."""
-    if mask is None:
-        return record
-    return replace(record, recipient=mask, text=None, client_ref=None)

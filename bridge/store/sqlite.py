@@ -59,6 +59,7 @@ from bridge.store.base import (
     Swept,
     WriteLockStats,
     is_unavailable,
+    masked,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -745,7 +746,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (message_id,),
                 )
             )
-            return ends.masked(_message(row, segs), mask)
+            return masked(_message(row, segs), mask)
 
         return await self._runner.read(job)
 
@@ -795,7 +796,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             mask = ends.masking(c, account_id)
             if mask is not None and recipient is not None and recipient != mask:
                 return []  # a closed account's masking under way: as after it, none names it
-            return [ends.masked(_message(r), mask) for r in c.execute(sql, (*args, limit))]
+            return [masked(_message(r), mask) for r in c.execute(sql, (*args, limit))]
 
         return await self._runner.read(job)
 
@@ -1668,7 +1669,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def job(c: sqlite3.Connection) -> list[MessageRecord]:
             mask = ends.masking(c, account_id)  # a closed account's, masking under way
             page = reports.cdr_page(c, account_id, since, until, after, limit)
-            return page if mask is None else [ends.masked(r, mask) for r in page]
+            return page if mask is None else [masked(r, mask) for r in page]
 
         return await self._runner.read_heavy(job)
 

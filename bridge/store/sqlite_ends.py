@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
 
 from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
 from bridge.store.base import clock_from
-from bridge.store.models import MessageRecord
 from bridge.store.rules_rows import NEVER_TRIED
 from bridge.store.sqlite_chunked import MARK, Runner, work_out
 
@@ -94,20 +92,13 @@ def masking(c: sqlite3.Connection, account_id: str) -> str | None:
     Why: until the last chunk, the account's rows past the masking's cursor still name their
     numbers and hold their texts, for seconds (a large account) or RESUME_AFTER_MS and more (a
     process stopped part-way). Reads of the account's messages mask what they return as the
-    masking will (`masked`), so nothing reads unmasked data of a closed account after the
+    masking will (`base.masked`), so nothing reads unmasked data of a closed account after the
     close's answer. One probe of `pending_ends`, empty but for ends under way."""
     row = c.execute(
         "SELECT value FROM pending_ends WHERE account_id=? AND scope='erase' LIMIT 1",
         (account_id,),
     ).fetchone()
     return None if row is None else (row[0] or "")
-
-
-def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
-    """`record` as sqlite_rules.mask_messages leaves its row (no mask: as it is)."""
-    if mask is None:
-        return record
-    return replace(record, recipient=mask, text=None, client_ref=None)
 
 
 def _erase_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | None]:
