@@ -66,9 +66,7 @@ def backup(store: Path, dest: Path) -> dict[str, Any]:
     except sqlite3.Error as exc:
         raise BackupError("BACKUP_FAILED", f"{type(exc).__name__}: {exc}") from None
     except OSError as exc:
-        raise BackupError(
-            "BACKUP_FAILED", f"{exc.strerror or exc}: {exc.filename or dest}"
-        ) from None
+        raise _os_failure("BACKUP_FAILED", exc, dest) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
@@ -153,9 +151,7 @@ def _put_in_place(store: Path, src: Path, stamp: str, version: int) -> dict[str,
         os.replace(incoming, store)
         _fsync(store.parent, os.O_DIRECTORY)
     except OSError as exc:
-        raise BackupError(
-            "RESTORE_FAILED", f"{exc.strerror or exc}: {exc.filename or store}"
-        ) from None
+        raise _os_failure("RESTORE_FAILED", exc, store) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             incoming.unlink()
@@ -167,6 +163,12 @@ def _put_in_place(store: Path, src: Path, stamp: str, version: int) -> dict[str,
         "bytes": store.stat().st_size,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def _os_failure(code: str, exc: OSError, path: Path) -> BackupError:
+    """A file step's failure named by its cause and file (a full disk, a permission), not as a
+    traceback; `path` when the error names none."""
+    return BackupError(code, f"{exc.strerror or exc}: {exc.filename or path}")
 
 
 def _check(path: Path) -> tuple[int | None, list[str]]:
