@@ -12,16 +12,13 @@ and claims as before."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
-
-import pytest
 
 from bridge.store.account_rows import WAITING_SENDERS_SQL
 from bridge.store.models import AcceptBatch, Account, ReceiptIn, SubmitResult
 from bridge.store.sqlite import SqliteStore
+from tests.integration.test_sqlite_recipient_index import _store, traced  # noqa: F401
 from tests.messages import one_part
 
 NOW = 1_700_000_000_000
@@ -40,12 +37,6 @@ def _queue_entries(path: Path) -> int:
         return int(n)
     finally:
         c.close()
-
-
-async def _store(path: Path) -> SqliteStore:
-    store = SqliteStore(path)
-    await store.open()
-    return store
 
 
 async def _accept(store: SqliteStore, n: int, start: int = 0) -> None:
@@ -94,23 +85,9 @@ async def test_a_finished_message_leaves_the_queue_index(tmp_path: Path) -> None
         await store.close()
 
 
-@pytest.fixture
-def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every statement any connection the store opens runs, its arguments inlined."""
-    statements: list[str] = []
-    real = sqlite3.connect
-
-    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
-        conn = real(*args, **kw)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
-    yield statements
-
-
 async def test_the_reads_of_the_queue_still_seek_the_index(
-    tmp_path: Path, traced: list[str]
+    tmp_path: Path,
+    traced: list[str],  # noqa: F811 (the fixture)
 ) -> None:
     """The reads that name both states said `q_state IN (...)`, which SQLite cannot prove
     inside the partial index's condition (it scanned the table); as an OR of the two it can."""
