@@ -212,23 +212,7 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
         unmasked = "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' AND recipient<>'+***'"
         assert _rows(db, unmasked) == [(BIG - CHUNK,)]
 
-        def is_masked(r: object) -> bool:
-            return (r.recipient, r.text, r.client_ref) == ("+***", None, None)  # type: ignore[attr-defined]
-
-        got = await store.get_message("acc_big", "m000100")
-        assert got is not None and is_masked(got) and got.state == "expired"
-        page = await store.list_messages("acc_big", limit=200)
-        assert len(page) == BIG and all(is_masked(r) for r in page)
-        assert await store.list_messages("acc_big", recipient=number) == []
-        cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
-        assert len(cdrs) == BIG and all(is_masked(r) for r in cdrs)
-        assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
-        # Another account's reads are as they were.
-        theirs = await store.get_message("acc_other", "a_other")
-        assert theirs is not None and theirs.recipient == number
-        assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == [
-            "a_other"
-        ]
+        await assert_closed_reads_masked(store, number)
 
         # Once the sweep finished the masking, the rows themselves read the same.
         monkeypatch.undo()
@@ -241,3 +225,27 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
         assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
     finally:
         await store.close()
+
+
+def is_masked(r: Any, mask: str = "+***") -> bool:
+    """A message record as a close's masking leaves it."""
+    return (r.recipient, r.text, r.client_ref) == (mask, None, None)
+
+
+async def assert_closed_reads_masked(store: Any, number: str, mask: str = "+***") -> None:
+    """acc_big closed (BIG messages to `number`, m000100 among them, expired) while its masking
+    is under way: every read of its messages answers them masked, no read by the number finds
+    them, a reply from it is acc_other's; acc_other's own message to the number reads as it was.
+    Shared with the engine-parametrised test_end_in_pages."""
+    got = await store.get_message("acc_big", "m000100")
+    assert got is not None and is_masked(got, mask) and got.state == "expired"
+    page = await store.list_messages("acc_big", limit=200)
+    assert len(page) == BIG and all(is_masked(r, mask) for r in page)
+    assert await store.list_messages("acc_big", recipient=number) == []
+    cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
+    assert len(cdrs) == BIG and all(is_masked(r, mask) for r in cdrs)
+    assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
+    # Another account's reads are as they were.
+    theirs = await store.get_message("acc_other", "a_other")
+    assert theirs is not None and theirs.recipient == number
+    assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == ["a_other"]

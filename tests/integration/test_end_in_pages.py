@@ -34,6 +34,7 @@ from bridge.store import (
 from bridge.store.base import RESUME_AFTER_MS, Store
 from bridge.store.models import AcceptBatch, Account, MoMessage, NewMessage, Sign, SubmitResult
 from tests import store_engines
+from tests.integration.test_end_in_chunks import assert_closed_reads_masked, is_masked
 from tests.messages import one_part
 from tests.pg_walks import cash, refunds
 from tests.store_engines import EngineHandle
@@ -585,21 +586,7 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
     unmasked = "SELECT COUNT(*) FROM messages WHERE account_id='acc_big' AND recipient<>'+***'"
     assert await _rows(engine, unmasked) == [(BIG - _first(engine),)]
 
-    def is_masked(r: Any) -> bool:
-        return (r.recipient, r.text, r.client_ref) == (MASK, None, None)
-
-    got = await store.get_message("acc_big", "m000100")
-    assert got is not None and is_masked(got) and got.state == "expired"
-    page = await store.list_messages("acc_big", limit=200)
-    assert len(page) == BIG and all(is_masked(r) for r in page)
-    assert await store.list_messages("acc_big", recipient=number) == []
-    cdrs = await store.cdr_page("acc_big", NOW - 1, NOW + 1, None, 500)
-    assert len(cdrs) == BIG and all(is_masked(r) for r in cdrs)
-    assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
-    # Another account's reads are as they were.
-    theirs = await store.get_message("acc_other", "a_other")
-    assert theirs is not None and theirs.recipient == number
-    assert [r.id for r in await store.list_messages("acc_other", recipient=number)] == ["a_other"]
+    await assert_closed_reads_masked(store, number, MASK)
     # Counted on /metrics, both engines: the masking, and the end of what waited (the close's
     # transaction ended the rest; the sweep finds it done).
     assert (await store.chunked_work())["ends"][0] == 2
@@ -610,7 +597,7 @@ async def test_reads_of_a_closed_account_s_messages_are_masked_while_its_masking
     assert await _rows(engine, unmasked) == [(0,)]
     assert await _pending(engine) == 0
     again = await store.get_message("acc_big", "m000100")
-    assert again is not None and is_masked(again)
+    assert again is not None and is_masked(again, MASK)
     assert await store.attribute_mo(number, (), NOW + 5, default=True) == ("acc_other", None)
 
 
