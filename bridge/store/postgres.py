@@ -116,7 +116,15 @@ from bridge.store.postgres_grants import missing_grants
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
-from bridge.store.postgres_tx import Job, T, create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_tx import (
+    Job,
+    T,
+    create_pool,
+    run_reads,
+    run_tx,
+    scalar,
+    session_settings,
+)
 from bridge.store.postgres_webhooks import UnsureWebhookClaims
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
@@ -757,7 +765,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
         """The face's window as this process starts (see bridge/domain/skew_window.py); the row
         is locked so instances starting together agree on one transition."""
-        async with self.pool.acquire() as c, c.transaction():
+
+        async def job(c: asyncpg.Connection) -> SkewWindow:
             await c.execute(
                 "INSERT INTO skew_windows (face, skew_s, prev_s, since_ms) VALUES ($1, 0, 0, 0) "
                 "ON CONFLICT (face) DO NOTHING",
@@ -779,6 +788,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     window.since_ms,
                 )
             return window
+
+        # run_tx: a session ended before the COMMIT was sent reruns it (a function of the
+        # stored row and the arguments), as a deadlock of instances starting together does.
+        return await run_tx(self.pool, job)
 
     async def route_table(self) -> str | None:
         value = await self.pool.fetchval("SELECT router FROM route_table WHERE id = 1")
@@ -1165,12 +1178,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # reader tailing the trail by cursor (`after`) would step over it for good. Under one
         # transaction lock the id is drawn and committed before the next writer draws: ids come
         # in commit order. Operators' actions are rare; the lock costs nothing that matters.
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
-            await conn.execute(
+        # Run again (run_tx) only when its COMMIT was not sent: the entry is never written twice.
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
+            await c.execute(
                 f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
                 *audit_values(entry),
             )
+
+        await run_tx(self.pool, job)
 
     async def audit_page(
         self, after: int, limit: int, since: int = 0, until: int = 2**62
@@ -1194,7 +1210,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return bool(held)
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
-        async with self.pool.acquire() as c:
+
+        async def reads(c: asyncpg.Connection) -> MessageRecord | None:
             # A closed account's masking under way: its mask (postgres_ends.masking), in the
             # same statement (no round trip more).
             row = await c.fetchrow(
@@ -1214,7 +1231,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     message_id,
                 )
             )
-        return masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
+            return masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
+
+        return await run_reads(self.pool, reads)
 
     async def list_messages(
         self,

@@ -296,6 +296,19 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
         log.debug("store transaction run again on another connection: %s", failed)
 
 
+async def run_reads(pool: asyncpg.Pool, job: Job[T]) -> T:
+    """Run `job(conn)`, reads on one connection outside a transaction (each statement its own
+    snapshot, as the pool's one-statement calls), all again on another connection when the
+    server had ended the session before one of them was sent: reads change nothing, so
+    running them twice is safe. As often as run_tx, then the store is unavailable."""
+
+    async def once() -> T:
+        async with pool.acquire() as conn:
+            return await job(conn)
+
+    return await _on_a_live_session(pool, once)
+
+
 def scalar(value: Any) -> int:
     """COUNT/SUM results as int (SUM over BIGINT is NUMERIC in PostgreSQL)."""
     return int(value or 0)
