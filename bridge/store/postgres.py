@@ -446,8 +446,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         min_size: int = 2,
         max_size: int = 10,
         local_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.dsn = dsn
+        # Opened for reads only (the CLI's commands that change nothing, bridge.audit.READ_ONLY):
+        # the grants check at the opening asks SELECT on the tables, not the writes a daemon
+        # needs, so a monitoring role (SELECT only) may run them. Nothing else differs: a write
+        # made anyway is refused by the server (permission denied).
+        self.read_only = read_only
         # The database's clock minus this process's, in ms. Instances on several hosts compare
         # each other's heartbeats and claim leases: written in their own clocks, a host whose
         # clock is ahead would find the others' leases expired and send their messages again.
@@ -505,8 +511,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
             ) from None
         try:
-            self.migrated_from = await _migrate(conn)
-            if (lacking := await missing_grants(conn)) is not None:
+            self.migrated_from = await _migrate(conn, writes=not self.read_only)
+            if (lacking := await missing_grants(conn, writes=not self.read_only)) is not None:
                 raise StoreUnusableError(lacking)
             await self._measure_offset(conn)
         finally:
@@ -2161,7 +2167,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def _migrate(conn: asyncpg.Connection) -> int:
+async def _migrate(conn: asyncpg.Connection, *, writes: bool = True) -> int:
     """Apply pending migrations, each in its own transaction, under a session advisory lock: of
     several instances starting together one migrates, the others wait and find nothing to do.
     Returns the version found (0: a new database)."""
@@ -2171,8 +2177,17 @@ async def _migrate(conn: asyncpg.Connection) -> int:
         # schema even when the table is there, so a daemon whose role does not own the schema
         # (another role ran `db migrate`, README "Upgrades") could not start at all.
         if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            # Or there, in a schema the role may not use (no USAGE: not seen): named, not
+            # taken for a new database ("may not create the schema" sent the operator astray).
+            if (lacking := await missing_grants(conn, writes=writes)) is not None:
+                raise StoreUnusableError(lacking)
             await _as_owner(conn, "CREATE TABLE schema_version (version INTEGER NOT NULL)", 0)
-        current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+        try:
+            current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+        except asyncpg.InsufficientPrivilegeError as exc:  # no SELECT on it: named with the rest
+            raise StoreUnusableError(
+                await missing_grants(conn, writes=writes) or str(exc)
+            ) from None
         for version, _name, sql in migrate.pending("postgres", current):
             async with conn.transaction():
                 await _as_owner(conn, sql, version)
@@ -2187,7 +2202,9 @@ async def _as_owner(conn: asyncpg.Connection, sql: str, version: int) -> None:
     the fix (asyncpg's "permission denied for schema public" named neither)."""
     try:
         await conn.execute(sql)
-    except asyncpg.InsufficientPrivilegeError as exc:
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidSchemaNameError) as exc:
+        # InvalidSchemaNameError: "no schema has been selected to create in", a new database
+        # whose schemas this role may not use (USAGE) either.
         what = f"apply migration {version}" if version else "create the schema"
         raise StoreUnusableError(
             f"the database role may not {what} ({exc}): run `smpp-bridge db "
