@@ -5,19 +5,16 @@ PostgreSQL") and lacked a grant started, answered /readyz 200 and accepted sends
 where it first touched what it may not: a top-up or an operator's audit entry on a sequence
 (`permission denied for sequence ledger_id_seq`), a webhook, a table's DELETE in a sweep. Refused
 at the start instead, naming each grant, the fix is made before any traffic depends on it.
+
+USAGE on the schema is named too: without it the role does not see the schema's tables at all.
+A store opened for reads only (the CLI's commands that change nothing) asks SELECT alone, so a
+monitoring role may run them.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-# The tables and sequences the migrations made: those owned by schema_version's owner in its
-# schema (an operator's own tables beside them are not ours to demand). A sequence behind an
-# identity column (deptype 'i') is used under the table's INSERT privilege and needs no grant;
-# a serial's or messages_seq (deptype 'a', OWNED BY a column) is drawn from (nextval: USAGE or
-# UPDATE) and messages_seq's last value read (pg_sequence_last_value: USAGE or SELECT). USAGE
-# gives both, as UPDATE with SELECT does: what PostgreSQL's pg_read_all_data and
-# pg_write_all_data give a role (asking USAGE alone refused such a role, which runs).
 # schema_version as the search path finds it, whether or not the role may use its schema:
 # without USAGE on the schema, to_regclass() does not see it, and the store took the schema for
 # missing ("may not create the schema": the fix named was the wrong one).
