@@ -31,6 +31,9 @@ pytestmark = pytest.mark.postgres
 
 
 def _close_arrives(conn: asyncpg.Connection) -> None:
+    """The server's close (held by the proxy), read now: the loop closes the transport as on
+    an EOF; its connection_lost (asyncpg's cleanup) runs at the next turn, before the task of
+    the release that follows at once."""
     conn._con._transport.abort()  # type: ignore[attr-defined]  # the proxy's connection
 
 
