@@ -288,7 +288,8 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
     from bridge.accounts import AccountService
     from bridge.wiring import make_sealer, open_store
 
-    store = open_store(cfg)
+    # A command that changes nothing (it is not audited) opens the store for reads only.
+    store = open_store(cfg, read_only=bool(_ARGV) and _audited() is None)
     await store.open()
     status, code = 1, None
     try:
@@ -312,21 +313,28 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
             await store.close()
 
 
-async def _audit(store: Any, status: int, code: str | None) -> None:
-    """A store command that may change something goes into the audit trail (bridge/audit.py)
-    with its exit status, refused ones too."""
-    from bridge.audit import cli_action, cli_actor
-    from bridge.store.models import AuditEntry
+def _audited() -> tuple[str, str] | None:
+    """(action, target) of the command line being run for the audit trail; None when it
+    changes nothing (bridge.audit.cli_action)."""
+    from bridge.audit import cli_action
 
     args = _ARGS[0] if _ARGS else None
-    what = cli_action(
+    return cli_action(
         _ARGV,
         queue=getattr(args, "command", None) == "template"
         and getattr(args, "action", None) == "review"
         and getattr(args, "code", None) is None,
         dry_run=bool(getattr(args, "dry_run", False)),
     )
-    if what is None:
+
+
+async def _audit(store: Any, status: int, code: str | None) -> None:
+    """A store command that may change something goes into the audit trail (bridge/audit.py)
+    with its exit status, refused ones too."""
+    from bridge.audit import cli_actor
+    from bridge.store.models import AuditEntry
+
+    if (what := _audited()) is None:
         return
     entry = AuditEntry(int(time.time() * 1000), cli_actor(), what[0], what[1], status, code)
     try:

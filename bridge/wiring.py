@@ -11,10 +11,11 @@ from bridge.crypto import Sealer, load_master_key
 from bridge.store.base import Store
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, *, read_only: bool = False) -> Store:
     """The configured store, with the zone of the daily quota's days (rules.timezone): every
     command that may end messages unsent (a cancel, an opt-out, an account change) gives their
-    places back to the day they were counted in."""
+    places back to the day they were counted in. `read_only`: a command that changes nothing,
+    which a PostgreSQL role with SELECT alone may run (PostgresStore.read_only)."""
     store: Store
     if config.store.engine == "sqlite":
         from bridge.store.sqlite import SqliteStore
@@ -28,7 +29,7 @@ def open_store(config: Config) -> Store:
         from bridge.store.postgres import PostgresStore
 
         assert config.store.dsn is not None  # the config refuses postgres without a DSN
-        store = PostgresStore(config.store.dsn)
+        store = PostgresStore(config.store.dsn, read_only=read_only)
     configure_store(store, config)
     return store
 

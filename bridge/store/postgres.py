@@ -116,7 +116,15 @@ from bridge.store.postgres_grants import missing_grants
 from bridge.store.postgres_retention import RetentionMixin
 from bridge.store.postgres_rules import RulesStoreMixin
 from bridge.store.postgres_tx import RETRYABLE as RETRYABLE_TX
-from bridge.store.postgres_tx import Job, T, create_pool, run_tx, scalar, session_settings
+from bridge.store.postgres_tx import (
+    Job,
+    T,
+    create_pool,
+    run_reads,
+    run_tx,
+    scalar,
+    session_settings,
+)
 from bridge.store.postgres_webhooks import UnsureWebhookClaims
 from bridge.store.rules_rows import LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 
@@ -438,8 +446,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         min_size: int = 2,
         max_size: int = 10,
         local_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.dsn = dsn
+        # Opened for reads only (the CLI's commands that change nothing, bridge.audit.READ_ONLY):
+        # the grants check at the opening asks SELECT on the tables, not the writes a daemon
+        # needs, so a monitoring role (SELECT only) may run them. Nothing else differs: a write
+        # made anyway is refused by the server (permission denied).
+        self.read_only = read_only
         # The database's clock minus this process's, in ms. Instances on several hosts compare
         # each other's heartbeats and claim leases: written in their own clocks, a host whose
         # clock is ahead would find the others' leases expired and send their messages again.
@@ -497,8 +511,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
             ) from None
         try:
-            self.migrated_from = await _migrate(conn)
-            if (lacking := await missing_grants(conn)) is not None:
+            self.migrated_from = await _migrate(conn, writes=not self.read_only)
+            if (lacking := await missing_grants(conn, writes=not self.read_only)) is not None:
                 raise StoreUnusableError(lacking)
             await self._measure_offset(conn)
         finally:
@@ -757,7 +771,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     async def skew_window(self, face: str, skew_s: int, now: int) -> SkewWindow:
         """The face's window as this process starts (see bridge/domain/skew_window.py); the row
         is locked so instances starting together agree on one transition."""
-        async with self.pool.acquire() as c, c.transaction():
+
+        async def job(c: asyncpg.Connection) -> SkewWindow:
             await c.execute(
                 "INSERT INTO skew_windows (face, skew_s, prev_s, since_ms) VALUES ($1, 0, 0, 0) "
                 "ON CONFLICT (face) DO NOTHING",
@@ -779,6 +794,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     window.since_ms,
                 )
             return window
+
+        # run_tx: a session ended before the COMMIT was sent reruns it (a function of the
+        # stored row and the arguments), as a deadlock of instances starting together does.
+        return await run_tx(self.pool, job)
 
     async def route_table(self) -> str | None:
         value = await self.pool.fetchval("SELECT router FROM route_table WHERE id = 1")
@@ -1165,12 +1184,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # reader tailing the trail by cursor (`after`) would step over it for good. Under one
         # transaction lock the id is drawn and committed before the next writer draws: ids come
         # in commit order. Operators' actions are rare; the lock costs nothing that matters.
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
-            await conn.execute(
+        # Run again (run_tx) only when its COMMIT was not sent: the entry is never written twice.
+        async def job(c: asyncpg.Connection) -> None:
+            await c.execute("SELECT pg_advisory_xact_lock($1, 0)", pipe.NS_AUDIT)
+            await c.execute(
                 f"INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
                 *audit_values(entry),
             )
+
+        await run_tx(self.pool, job)
 
     async def audit_page(
         self, after: int, limit: int, since: int = 0, until: int = 2**62
@@ -1194,7 +1216,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return bool(held)
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
-        async with self.pool.acquire() as c:
+
+        async def reads(c: asyncpg.Connection) -> MessageRecord | None:
             # A closed account's masking under way: its mask (postgres_ends.masking), in the
             # same statement (no round trip more).
             row = await c.fetchrow(
@@ -1214,7 +1237,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     message_id,
                 )
             )
-        return masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
+            return masked(MessageRecord(*row[:-1], segment_rows=segs), row[-1])
+
+        return await run_reads(self.pool, reads)
 
     async def list_messages(
         self,
@@ -2142,7 +2167,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def _migrate(conn: asyncpg.Connection) -> int:
+async def _migrate(conn: asyncpg.Connection, *, writes: bool = True) -> int:
     """Apply pending migrations, each in its own transaction, under a session advisory lock: of
     several instances starting together one migrates, the others wait and find nothing to do.
     Returns the version found (0: a new database)."""
@@ -2152,8 +2177,17 @@ async def _migrate(conn: asyncpg.Connection) -> int:
         # schema even when the table is there, so a daemon whose role does not own the schema
         # (another role ran `db migrate`, README "Upgrades") could not start at all.
         if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            # Or there, in a schema the role may not use (no USAGE: not seen): named, not
+            # taken for a new database ("may not create the schema" sent the operator astray).
+            if (lacking := await missing_grants(conn, writes=writes)) is not None:
+                raise StoreUnusableError(lacking)
             await _as_owner(conn, "CREATE TABLE schema_version (version INTEGER NOT NULL)", 0)
-        current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+        try:
+            current = scalar(await conn.fetchval("SELECT MAX(version) FROM schema_version"))
+        except asyncpg.InsufficientPrivilegeError as exc:  # no SELECT on it: named with the rest
+            raise StoreUnusableError(
+                await missing_grants(conn, writes=writes) or str(exc)
+            ) from None
         for version, _name, sql in migrate.pending("postgres", current):
             async with conn.transaction():
                 await _as_owner(conn, sql, version)
@@ -2168,7 +2202,9 @@ async def _as_owner(conn: asyncpg.Connection, sql: str, version: int) -> None:
     the fix (asyncpg's "permission denied for schema public" named neither)."""
     try:
         await conn.execute(sql)
-    except asyncpg.InsufficientPrivilegeError as exc:
+    except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidSchemaNameError) as exc:
+        # InvalidSchemaNameError: "no schema has been selected to create in", a new database
+        # whose schemas this role may not use (USAGE) either.
         what = f"apply migration {version}" if version else "create the schema"
         raise StoreUnusableError(
             f"the database role may not {what} ({exc}): run `smpp-bridge db "

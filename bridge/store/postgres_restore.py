@@ -26,7 +26,7 @@ import asyncpg
 from bridge.domain import lifecycle as lc
 from bridge.store import postgres_pipeline as pipe
 from bridge.store.base import StoreInUseError
-from bridge.store.postgres_tx import run_tx
+from bridge.store.postgres_tx import _ended_by_server, _on_a_live_session, run_tx
 
 # Messages ended per transaction: ~1 MB of the process's memory.
 PAGE = 5_000
@@ -105,12 +105,41 @@ async def queued_page(
 async def end_restored(pool: asyncpg.Pool, now: int, dry_run: bool) -> dict[str, int]:
     """Store.after_restore, a page per transaction; the counts as one transaction answered
     them."""
-    async with pool.acquire() as gate:
-        await gate.execute("SELECT pg_advisory_lock($1, 0)", pipe.NS_MIGRATE)
+    gate = await _on_a_live_session(pool, lambda: _migrations_held(pool))
+    try:
+        return await _pages(pool, now, dry_run)
+    finally:
         try:
-            return await _pages(pool, now, dry_run)
-        finally:
             await gate.execute("SELECT pg_advisory_unlock($1, 0)", pipe.NS_MIGRATE)
+        except (
+            asyncpg.exceptions.InternalClientError,
+            asyncpg.InterfaceError,
+            asyncpg.ConnectionDoesNotExistError,
+        ) as exc:
+            # Ended (its close read, or lost under the unlock): the lock went with it.
+            if not (_ended_by_server(exc) or isinstance(exc, asyncpg.ConnectionDoesNotExistError)):
+                raise
+        finally:
+            await pool.release(gate)
+
+
+async def _migrations_held(pool: asyncpg.Pool) -> asyncpg.Connection:
+    """A pooled session holding the advisory lock of the migrations (daemons starting wait),
+    taken on another if the one handed out had been ended by the server while idle.
+
+    Not the run itself again on a session ended once the lock is held: the lock went with it,
+    and the pages committed so far stand (each whole). The run goes on as the lock's session
+    cannot be told lost before its unlock: each page still refuses to run while an instance
+    holds its instance lock (_refuse_live), as before the lock was taken here at all; the
+    unlock, on the ended session, is then no error (asyncpg's internal one failed a run that
+    had finished)."""
+    gate = await pool.acquire()
+    try:
+        await gate.execute("SELECT pg_advisory_lock($1, 0)", pipe.NS_MIGRATE)
+    except BaseException:
+        await pool.release(gate)
+        raise
+    return gate
 
 
 async def _pages(pool: asyncpg.Pool, now: int, dry_run: bool) -> dict[str, int]:

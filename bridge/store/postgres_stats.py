@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import asyncpg
 
+from bridge.store.postgres_tx import run_tx
+
 log = logging.getLogger("bridge.store")
 
 # The tables that the send path's batch statements read by key, and that grow with the traffic.
@@ -60,24 +62,26 @@ WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
 
 async def refresh(pool: asyncpg.Pool, min_rows: int = MIN_ROWS) -> list[str]:
     """ANALYZE the busy tables that need it; their names. Another instance doing it meanwhile
-    (the lock is taken): nothing, it is done."""
-    async with pool.acquire() as c:
-        rows = await c.fetch(_STATS, list(BUSY_TABLES))
-        due = stale_tables((TableStats(*r) for r in rows), min_rows)
-        if not due:
+    (the lock is taken): nothing, it is done. A session the server ended on the way runs the
+    read or the transaction again on another (StorePool, run_tx): ANALYZE twice is harmless."""
+    rows = await pool.fetch(_STATS, list(BUSY_TABLES))
+    due = stale_tables((TableStats(*r) for r in rows), min_rows)
+    if not due:
+        return []
+
+    async def job(c: asyncpg.Connection) -> list[str]:
+        if not await c.fetchval("SELECT pg_try_advisory_xact_lock($1, 0)", NS_STATS):
             return []
-        async with c.transaction():
-            if not await c.fetchval("SELECT pg_try_advisory_xact_lock($1, 0)", NS_STATS):
-                return []
-            # Read again under the lock: the instance that held it may have just done them.
-            rows = await c.fetch(_STATS, due)
-            due = [
-                n
-                for n in stale_tables((TableStats(*r) for r in rows), min_rows)
-                if await _lock(c, n)
-            ]
-            for name in due:
-                await c.execute(f'ANALYZE "{name}"')  # names from BUSY_TABLES only
+        # Read again under the lock: the instance that held it may have just done them.
+        rows = await c.fetch(_STATS, due)
+        done = [
+            n for n in stale_tables((TableStats(*r) for r in rows), min_rows) if await _lock(c, n)
+        ]
+        for name in done:
+            await c.execute(f'ANALYZE "{name}"')  # names from BUSY_TABLES only
+        return done
+
+    due = await run_tx(pool, job)
     if due:
         log.info("planner statistics refreshed for %s (they had doubled)", ", ".join(due))
     return due
@@ -88,9 +92,11 @@ async def _lock(c: asyncpg.Connection, name: str) -> bool:
     for a later round. Waited for, a VACUUM or CREATE INDEX CONCURRENTLY of a big table (or an
     autovacuum against wraparound, which does not yield) held the sweeper's every step for the
     command timeout (60 s) each round. In a savepoint: a refusal aborts only that."""
+    await c.execute("SAVEPOINT analyze_lock")
     try:
-        async with c.transaction():
-            await c.execute(f'LOCK TABLE "{name}" IN SHARE UPDATE EXCLUSIVE MODE NOWAIT')
+        await c.execute(f'LOCK TABLE "{name}" IN SHARE UPDATE EXCLUSIVE MODE NOWAIT')
     except asyncpg.LockNotAvailableError:
+        await c.execute("ROLLBACK TO SAVEPOINT analyze_lock")
         return False
+    await c.execute("RELEASE SAVEPOINT analyze_lock")
     return True

@@ -157,6 +157,21 @@ class StorePool(asyncpg.Pool):
         sup = super()
         return await _on_a_live_session(self, lambda: sup.fetchrow(query, *args, **kw))
 
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """asyncpg's release, less its "release() called on a free connection holder" when the
+        server's close was read as the connection was being released: Pool.release checks the
+        connection is handed out, then runs the holder's release as a task of its own, which
+        starts a loop turn later; the close read in between (a shutdown, a killed backend just
+        after a COMMIT) had asyncpg's cleanup hand the holder back already. Nothing was left to
+        do, but the caller got an InternalClientError for a transaction that had committed
+        (tests/integration/test_pg_release_race.py)."""
+        try:
+            await super().release(connection, timeout=timeout)
+        except asyncpg.exceptions.InternalClientError as exc:
+            if "free connection holder" not in str(exc):
+                raise
+            log.debug("store connection ended by the server as it was released")
+
 
 async def _on_a_live_session(pool: asyncpg.Pool, call: Callable[[], Awaitable[T]]) -> T:
     """Again while the connection handed out is one the server ended (aborted by asyncpg as it
@@ -279,6 +294,19 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
         if ended > pool.get_max_size():
             raise _lost(failed) from failed
         log.debug("store transaction run again on another connection: %s", failed)
+
+
+async def run_reads(pool: asyncpg.Pool, job: Job[T]) -> T:
+    """Run `job(conn)`, reads on one connection outside a transaction (each statement its own
+    snapshot, as the pool's one-statement calls), all again on another connection when the
+    server had ended the session before one of them was sent: reads change nothing, so
+    running them twice is safe. As often as run_tx, then the store is unavailable."""
+
+    async def once() -> T:
+        async with pool.acquire() as conn:
+            return await job(conn)
+
+    return await _on_a_live_session(pool, once)
 
 
 def scalar(value: Any) -> int:
