@@ -68,10 +68,13 @@ SCOPES: dict[str, str] = {
 # the mask, its cursor (accepted_at, id); and its deletion of the account's stored answers
 # (drop_answers_page; its cursor the key). Nothing waits for them to end: the claims' guard
 # (whose CASE has no such scope) finds none, and their probe (ENDING) leaves them out.
+# Its masking of the account's MO inbox (postgres_ends.mask_mo_page): its value is the mask, its
+# cursor (received_at, id).
 ERASE = "erase"
-CLOSING = (ERASE, "answers")
+MO = "mo"
+CLOSING = (ERASE, "answers", MO)
 # Whether an end the claims must guard is under way.
-ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers'))"
+ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers', 'mo'))"
 
 # Before the first row of the queue index.
 _START: tuple[int, str] = (-(1 << 62), "")
@@ -214,6 +217,8 @@ async def _step(
             after = await close.erase_page(
                 c, end.account_id, end.value or "", end.max_seq, end.after
             )
+        elif end.scope == MO:
+            after = await close.mask_mo_page(c, end.account_id, end.value or "", end.after)
         else:
             after = await close.drop_answers_page(c, end.account_id, end.after)
         if after is None:
