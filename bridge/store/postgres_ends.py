@@ -1,8 +1,9 @@
 """Every account's waiting messages re-checked after a `senders` change, read WALK_CHUNK at a
-time, and an account's close's masking of its history, a page per transaction (erase_page)
-(PostgreSQL). An account-wide end (a disable, a sign or template deleted or rejected,
-`marketing` or `raw_text` turned off, a close's end of the waiting messages) goes in pages of
-their own transactions: postgres_pending_ends.py, which runs the masking's pages too.
+time, and an account's close's masking of its history, a page per transaction (erase_page; of
+its MO inbox, mask_mo_page) (PostgreSQL). An account-wide end (a disable, a sign or template
+deleted or rejected, `marketing` or `raw_text` turned off, a close's end of the waiting messages)
+goes in pages of their own transactions: postgres_pending_ends.py, which runs the masking's
+pages too.
 
 Why pages through a cursor: the `senders` change read every waiting message with a sender of
 every account (id, account, sender) in one statement and ended all of them at once: 134 MB of

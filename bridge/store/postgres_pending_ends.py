@@ -30,8 +30,9 @@ row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 
 An account's close (postgres_rules.close_account) records such an end (scope 'account', ERASED)
 in a transaction of its own before the close's, whose write-off then counts their refunds; the
-close's transaction records its masking of every message the account had (scope 'erase') and
-its deletion of the stored answers ('answers'), which this module pages too (postgres_ends).
+close's transaction records its masking of the account's MO inbox (scope 'mo') and of every
+message the account had ('erase') and its deletion of the stored answers ('answers'), which this
+module pages too (postgres_ends).
 
 Locks: a page takes its end's row first (two workers never page one end; the sweep skips one
 held), then its messages in id order, waiting for a claim's brief hold rather than skipping it
