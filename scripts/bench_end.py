@@ -2,7 +2,7 @@
 """Time an account's disable with N messages waiting: how long it holds the store's write lock.
 
 Usage: python scripts/bench_end.py [--messages 100000] [--parts 1]
-                                   [--dnc NUMBERS | --close [--waiting] | --senders]
+                                   [--dnc NUMBERS | --close [--waiting] [--inbox N] | --senders]
 
 Why: disabling an account (and deleting a sign or template, importing a do-not-contact list, an
 erasure, a `senders` change, `marketing` or `raw_text` turned off) ends the account's waiting
@@ -21,7 +21,8 @@ account once its messages have ended (a history of --messages to mask, in chunks
 chunks first, as a disable does, then closes the account in a transaction of its own);
 `--senders` takes one of the account's two assigned senders from it instead, which refuses half
 its waiting messages (sent from it alternately; walked in chunks since session 40:
-bridge/store/sqlite_senders.py).
+bridge/store/sqlite_senders.py). `--close --inbox N` gives the account N replies (MOs) first,
+which the close masks too: in one statement until session 48, in chunks since (sqlite_ends).
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
             await store.accept(AcceptBatch("acc_big", msgs, None, None), NOW)
         other = (_message("other", "acc_other", "+8613900000000", 1),)
         await store.accept(AcceptBatch("acc_other", other, None, None), NOW)
+        for i in range(0, args.inbox, 10_000):  # the replies, straight into the table
+            rows = [
+                (
+                    f"mo{k:09d}",
+                    "acc_big",
+                    "smscA",
+                    f"+86137{k:08d}",
+                    "1069",
+                    f"reply {k}",
+                    NOW - 86_400_000 + k // 10,
+                )
+                for k in range(i, min(i + 10_000, args.inbox))
+            ]
+            await store._runner.write(lambda c, rows=rows: c.executemany(_MO_INSERT, rows))
         queued = time.perf_counter() - began
         held_before = _held(store)
         waits: list[float] = []
@@ -113,6 +128,20 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         if args.close and not args.waiting:  # a history, not a queue: ended first, untimed
             await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
             held_before = _held(store)
+        # The longest batch the writer held the lock for: the close's own transaction or one of
+        # its chunks. (The writes run on the event loop: the prober, a task of the same loop,
+        # cannot even start a write while one runs, so its wait understates a long one.)
+        batches: list[float] = []
+        run_batch = store._runner._run_batch
+
+        def timed(batch: list) -> None:
+            t = time.perf_counter()
+            try:
+                run_batch(batch)
+            finally:
+                batches.append(time.perf_counter() - t)
+
+        store._runner._run_batch = timed  # type: ignore[method-assign]
         prober = asyncio.create_task(probe())
         began = time.perf_counter()
         if args.close:
@@ -143,7 +172,16 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
         "wait_max_s": waits[-1] if waits else 0.0,
         "wait_p99_s": waits[int(len(waits) * 0.99)] if waits else 0.0,
         "writes": len(waits),
+        "batch_max_s": max(batches, default=0.0),
+        "batch_p50_s": sorted(batches)[len(batches) // 2] if batches else 0.0,
+        "batches": len(batches),
     }
+
+
+_MO_INSERT = (
+    "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, received_at) "
+    "VALUES (?,?,?,?,?,?,?)"
+)
 
 
 def _nothing(_c: object) -> None:
@@ -167,6 +205,13 @@ def main() -> None:
         "history masked)",
     )
     p.add_argument(
+        "--inbox",
+        type=int,
+        default=0,
+        help="with --close: the account's replies (MOs, ten to a millisecond), masked by the "
+        "close too",
+    )
+    p.add_argument(
         "--dnc",
         type=int,
         default=0,
@@ -185,7 +230,7 @@ def main() -> None:
     n = args.messages
     print(
         f"options: messages {n}, parts {args.parts}, dnc {args.dnc}, close {args.close}, "
-        f"waiting {args.waiting}, senders {args.senders}"
+        f"waiting {args.waiting}, inbox {args.inbox}, senders {args.senders}"
     )
     print(f"queued in                                 {out['queued_s']:.1f} s")
     what = (
@@ -200,6 +245,10 @@ def main() -> None:
     print(f"{what}: wall / write lock held (s)  {out['disable_s']:.2f} / {out['lock_s']:.2f}")
     if not args.dnc and not args.close and not args.senders:
         print(f"write lock per ended message (us)         {out['lock_s'] / n * 1e6:.1f}")
+    print(
+        f"write transactions: longest / p50 (ms)    {out['batch_max_s'] * 1e3:.1f} / "
+        f"{out['batch_p50_s'] * 1e3:.1f}  ({out['batches']} batches)"
+    )
     print(
         f"another writer's wait: longest / p99 (ms)  {out['wait_max_s'] * 1e3:.1f} / "
         f"{out['wait_p99_s'] * 1e3:.1f}  ({out['writes']} writes meanwhile)"

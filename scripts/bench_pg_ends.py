@@ -4,7 +4,7 @@ with a million messages waiting, while another account sends and the dispatcher 
 
 Usage: SMPP_BRIDGE_CI=1 python scripts/bench_pg_ends.py [--waiting 1000000] [--others 20000]
                                       [--op disable|close|sign] [--runs 1] [--old TREE]
-                                      [--per-ms N]
+                                      [--per-ms N] [--inbox N] [--index-with-id]
 
 Why: on SQLite these run in chunks (README note 18: one transaction held every writer ~20 s per
 million); on PostgreSQL each was one transaction (bridge/store/postgres_ends.py), which blocks
@@ -22,7 +22,12 @@ many, the longest, timed in the daemon), the other account's accept and the clai
 before and during it (p50, max), the claims' messages of other accounts, the WAL it wrote and the
 peak anonymous RSS of its server backend. `--per-ms N` spreads the account's messages' acceptance
 times N to a millisecond (else all share one: a close's masking pages read the rest of a
-millisecond's again).
+millisecond's again). `--inbox N` gives the account N replies (MOs, ten to a millisecond), which
+a close masks too: in its one transaction until session 48, in pages of their own since
+(postgres_ends.mask_mo_page). `--index-with-id` replaces the (account_id, accepted_at) index the
+masking's pages walk with (account_id, accepted_at, id) in the template, timing its build (what an
+upgrade making it would cost): with it, a page seeks its cursor instead of reading the rest of
+the cursor's millisecond again.
 """
 
 from __future__ import annotations
@@ -42,7 +47,15 @@ OTHER = "acc_other"
 SIGN = "Brand"
 
 
-async def _fill(dsn: str, waiting: int, others: int, op: str, per_ms: int = 0) -> None:
+async def _fill(
+    dsn: str,
+    waiting: int,
+    others: int,
+    op: str,
+    per_ms: int = 0,
+    inbox: int = 0,
+    index_with_id: bool = False,
+) -> None:
     sys.path.insert(0, str(ROOT))
     from bridge.domain.admission import Priced, Rules
     from bridge.domain.ledger import topup
@@ -81,6 +94,33 @@ async def _fill(dsn: str, waiting: int, others: int, op: str, per_ms: int = 0) -
                 "WHERE account_id = $1",
                 br.ACCOUNT,
                 per_ms,
+            )
+        if inbox:  # the account's replies, straight into the table
+            await store.pool.execute(
+                "INSERT INTO mo_inbox (id, account_id, smsc, source, destination, text, "
+                "received_at) SELECT 'mo' || lpad(g::text, 9, '0'), $1, 'smscA', "
+                "'+86137' || lpad(g::text, 8, '0'), '1069', 'reply ' || g, $2::bigint + g / 10 "
+                "FROM generate_series(0, $3 - 1) g",
+                br.ACCOUNT,
+                br.NOW - 86_400_000,
+                inbox,
+            )
+        if index_with_id:
+            t0 = time.perf_counter()
+            await store.pool.execute(
+                "CREATE INDEX messages_account_time_id ON messages(account_id, accepted_at, id)"
+            )
+            took = time.perf_counter() - t0
+            sizes = await store.pool.fetch(
+                "SELECT relname, pg_relation_size(oid) FROM pg_class "
+                "WHERE relname IN ('messages_account_time', 'messages_account_time_id')"
+            )
+            await store.pool.execute("DROP INDEX messages_account_time")
+            rows = await store.pool.fetchval("SELECT COUNT(*) FROM messages")
+            print(
+                f"index (account_id, accepted_at, id) over {rows} messages built in {took:.1f} s; "
+                + ", ".join(f"{r[0]} {r[1] / 2**20:.1f} MB" for r in sizes),
+                flush=True,
             )
         await store.pool.execute("VACUUM ANALYZE")
     finally:
@@ -244,6 +284,12 @@ def main() -> None:
     p.add_argument("--op", choices=("disable", "close", "sign"), default="disable")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--per-ms", type=int, default=0, help="the account's messages a millisecond")
+    p.add_argument("--inbox", type=int, default=0, help="the account's replies (MOs)")
+    p.add_argument(
+        "--index-with-id",
+        action="store_true",
+        help="the masking's index (account_id, accepted_at) replaced by (..., id), its build timed",
+    )
     p.add_argument("--old", type=Path, help="a tree of the code before, run alternately")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -259,7 +305,17 @@ def main() -> None:
     cluster = pgc.start_cluster()
     try:
         template = asyncio.run(pgc.create_database(cluster, "bench_template"))
-        asyncio.run(_fill(template, args.waiting, args.others, args.op, args.per_ms))
+        asyncio.run(
+            _fill(
+                template,
+                args.waiting,
+                args.others,
+                args.op,
+                args.per_ms,
+                args.inbox,
+                args.index_with_id,
+            )
+        )
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
         for run in range(args.runs):
             for name, tree in trees if run % 2 == 0 else trees[::-1]:

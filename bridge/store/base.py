@@ -129,6 +129,15 @@ def masked(record: MessageRecord, mask: str | None) -> MessageRecord:
     return replace(record, recipient=mask, text=None, client_ref=None)
 
 
+def masked_mo(mo: MoMessage, mask: str | None) -> MoMessage:
+    """`mo` as a close's masking of the MO inbox leaves its row (sqlite_ends._mo_chunk,
+    postgres_ends.mask_mo_page; no mask: as it is): what get_mo answers while the masking runs.
+    The text is gone, as an erased reply's (NULL in the row)."""
+    if mask is None:
+        return mo
+    return replace(mo, source=mask, text=None)  # type: ignore[arg-type]
+
+
 def clock_from(now: int) -> Callable[[], int]:
     """`now`, the caller's time at the start, plus the time gone since, in ms: what each chunk
     marks its operation worked at (the sweep resumes one left unmarked for RESUME_AFTER_MS)."""

@@ -76,6 +76,7 @@ from bridge.store.base import (
     WriteLockStats,
     is_unavailable,
     masked,
+    masked_mo,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -1906,8 +1907,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return (row[0], row[1]) if row else None
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
-        row = await self.pool.fetchrow(f"SELECT {MO_COLS} FROM mo_inbox WHERE id = $1", mo_id)
-        return mo_message(row) if row else None
+        row = await self.pool.fetchrow(
+            f"SELECT {MO_COLS}, {ends.MO_MASKING} FROM mo_inbox WHERE id = $1", mo_id
+        )
+        # A closed account's, its inbox's masking under way: as the masking will leave it.
+        return masked_mo(mo_message(tuple(row)[:-1]), row[-1]) if row else None
 
     async def stale_mo_groups(self, older_than: int, limit: int) -> list[list[MoPart]]:
         rows = await self.pool.fetch(

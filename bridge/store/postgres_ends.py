@@ -1,8 +1,9 @@
 """Every account's waiting messages re-checked after a `senders` change, read WALK_CHUNK at a
-time, and an account's close's masking of its history, a page per transaction (erase_page)
-(PostgreSQL). An account-wide end (a disable, a sign or template deleted or rejected,
-`marketing` or `raw_text` turned off, a close's end of the waiting messages) goes in pages of
-their own transactions: postgres_pending_ends.py, which runs the masking's pages too.
+time, and an account's close's masking of its history, a page per transaction (erase_page; of
+its MO inbox, mask_mo_page) (PostgreSQL). An account-wide end (a disable, a sign or template
+deleted or rejected, `marketing` or `raw_text` turned off, a close's end of the waiting messages)
+goes in pages of their own transactions: postgres_pending_ends.py, which runs the masking's
+pages too.
 
 Why pages through a cursor: the `senders` change read every waiting message with a sender of
 every account (id, account, sender) in one statement and ended all of them at once: 134 MB of
@@ -130,12 +131,16 @@ MASKING = "(SELECT value FROM pending_ends WHERE account_id = ${} AND scope = 'e
 async def start_erase(
     c: asyncpg.Connection, account_id: str, masked: str, now: int, pending: list[int]
 ) -> None:
-    """In the close's transaction: record the masking of every message the account has had
-    (`masked` for the number, no text, no client reference, blank parts), done ERASE_CHUNK per
-    transaction after it (postgres_pending_ends runs it, scope 'erase'), and the deletion of its
+    """In the close's transaction: record the masking of the account's MO inbox (`masked` for
+    the number, no text), done MO_CHUNK per transaction after it (postgres_pending_ends runs it,
+    scope 'mo'; mask_mo_page), then of every message the account has had (`masked` for the
+    number, no text, no client reference, blank parts), done ERASE_CHUNK per transaction (scope
+    'erase'), and the deletion of its
     stored idempotent answers, DROP_CHUNK per transaction after that (scope 'answers': an
     account sending 100 keyed requests a second keeps 8.6 million); their ids appended to
     `pending`. A close again while one is under way (or stopped) finishes that one."""
+    if await c.fetchval("SELECT 1 FROM mo_inbox WHERE account_id = $1 LIMIT 1", account_id):
+        await _start_once(c, account_id, "mo", masked, now, pending)
     await _start_once(c, account_id, "erase", masked, now, pending)
     if await c.fetchval("SELECT 1 FROM idempotency WHERE account_id = $1 LIMIT 1", account_id):
         await _start_once(c, account_id, "answers", None, now, pending)
@@ -207,6 +212,44 @@ async def erase_page(
     if len(rows) < ERASE_CHUNK:
         return None
     return rows[-1][1], rows[-1][0]
+
+
+# A closed account's inbound messages (MOs) masked per transaction: a row each, no index touched.
+MO_CHUNK = 5_000
+# The next page of the account's MO inbox after the cursor ($2, $3) in (received_at, id) order,
+# by its (account_id, received_at) index, masked ($5) and locked by the UPDATE alone (no claim
+# takes an MO). Rows masked already (a close again) are not written again. Returns how many the
+# page read and its last (received_at, id).
+_MO_PAGE = (
+    "WITH p AS (SELECT id, received_at FROM mo_inbox WHERE account_id = $1 AND received_at >= $2 "
+    "AND (received_at, id) > ($2, $3) ORDER BY received_at, id LIMIT $4), "
+    "u AS (UPDATE mo_inbox m SET source = $5, text = NULL FROM p WHERE m.id = p.id "
+    "AND (m.source <> $5 OR m.text IS NOT NULL)) "
+    "SELECT p.received_at, p.id, COUNT(*) OVER () FROM p ORDER BY p.received_at DESC, p.id DESC "
+    "LIMIT 1"
+)
+# The mask of a close whose masking of the MO inbox of the row's account is under way, else NULL:
+# a column of a read of mo_inbox (get_mo).
+MO_MASKING = (
+    "(SELECT value FROM pending_ends WHERE account_id = mo_inbox.account_id AND scope = 'mo' "
+    "LIMIT 1)"
+)
+
+
+async def mask_mo_page(
+    c: asyncpg.Connection, account_id: str, masked: str, after: tuple[int, str]
+) -> tuple[int, str] | None:
+    """Mask the next MO_CHUNK of the closed account's MO inbox after `after`; where to go on
+    from (None: none are left). In the close's one statement, an inbox of millions was one long
+    transaction (its rows locked, its WAL in one commit) and could run past the pool's
+    command_timeout, undoing the whole close. Unbounded, unlike the messages' masking: nothing
+    is attributed to a closed account after its close, and a reply stored late, attributed
+    before it, is masked too: more privacy, not less. Reads answer the rows not masked yet as
+    the pages will leave them (MO_MASKING)."""
+    row = await c.fetchrow(_MO_PAGE, account_id, *after, MO_CHUNK, masked)
+    if row is None or row[2] < MO_CHUNK:
+        return None
+    return row[0], row[1]
 
 
 async def masking(c: asyncpg.Connection | asyncpg.Pool, account_id: str) -> str | None:

@@ -30,8 +30,9 @@ row: the sweep finishes it once nobody has worked it for RESUME_AFTER_MS.
 
 An account's close (postgres_rules.close_account) records such an end (scope 'account', ERASED)
 in a transaction of its own before the close's, whose write-off then counts their refunds; the
-close's transaction records its masking of every message the account had (scope 'erase') and
-its deletion of the stored answers ('answers'), which this module pages too (postgres_ends).
+close's transaction records its masking of the account's MO inbox (scope 'mo') and of every
+message the account had ('erase') and its deletion of the stored answers ('answers'), which this
+module pages too (postgres_ends).
 
 Locks: a page takes its end's row first (two workers never page one end; the sweep skips one
 held), then its messages in id order, waiting for a claim's brief hold rather than skipping it
@@ -68,10 +69,13 @@ SCOPES: dict[str, str] = {
 # the mask, its cursor (accepted_at, id); and its deletion of the account's stored answers
 # (drop_answers_page; its cursor the key). Nothing waits for them to end: the claims' guard
 # (whose CASE has no such scope) finds none, and their probe (ENDING) leaves them out.
+# Its masking of the account's MO inbox (postgres_ends.mask_mo_page): its value is the mask, its
+# cursor (received_at, id).
 ERASE = "erase"
-CLOSING = (ERASE, "answers")
+MO = "mo"
+CLOSING = (ERASE, "answers", MO)
 # Whether an end the claims must guard is under way.
-ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers'))"
+ENDING = "EXISTS (SELECT 1 FROM pending_ends WHERE scope NOT IN ('erase', 'answers', 'mo'))"
 
 # Before the first row of the queue index.
 _START: tuple[int, str] = (-(1 << 62), "")
@@ -214,6 +218,8 @@ async def _step(
             after = await close.erase_page(
                 c, end.account_id, end.value or "", end.max_seq, end.after
             )
+        elif end.scope == MO:
+            after = await close.mask_mo_page(c, end.account_id, end.value or "", end.after)
         else:
             after = await close.drop_answers_page(c, end.account_id, end.after)
         if after is None:

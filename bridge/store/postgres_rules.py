@@ -1147,14 +1147,10 @@ class RulesStoreMixin:
             for state in ("queued", "claimed"):
                 where = f"q_state = '{state}' AND account_id = $1"
                 await end_queued_ids(c, where, (account_id,), "ERASED", now)
-            await c.execute(
-                "UPDATE mo_inbox SET source = $2, text = NULL WHERE account_id = $1",
-                account_id,
-                "+***",
-            )
-            # Every message it ever had: masked in pages after this (postgres_ends.erase_page),
-            # reads answering them masked meanwhile (postgres_ends.masking); then its stored
-            # answers deleted in pages (drop_answers_page).
+            # Its MO inbox, then every message it ever had: masked in pages after this
+            # (postgres_ends.mask_mo_page, erase_page), reads answering them masked meanwhile
+            # (postgres_ends.MO_MASKING, masking); then its stored answers deleted in pages
+            # (drop_answers_page).
             await start_erase(c, account_id, "+***", now, pending)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)

@@ -60,6 +60,7 @@ from bridge.store.base import (
     WriteLockStats,
     is_unavailable,
     masked,
+    masked_mo,
     report_inferred,
 )
 from bridge.store.mo_rows import (
@@ -830,7 +831,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 f"SELECT (accepted_at + ?1) / 86400000 AS day, COUNT(*), {_STAT_SUMS}, "
                 "SUM(segments), SUM(billable_units) FROM messages WHERE account_id=?2 "
                 "AND accepted_at>=?3 AND accepted_at<?4 "
-                "AND (?5 IS NULL OR (substr(recipient, 1, length(?5))=?5)=?6) "
+                f"AND (?5 IS NULL OR (substr({_STAT_RECIPIENT}, 1, length(?5))=?5)=?6) "
                 "AND (?7 IS NULL OR sign_name=?7) AND (?8 IS NULL OR kind=?8) "
                 "GROUP BY day ORDER BY day",
                 (tz_offset_ms, account_id, since, until, prefix, within, sign_name, kind),
@@ -1441,8 +1442,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def get_mo(self, mo_id: str) -> MoMessage | None:
         def job(c: sqlite3.Connection) -> MoMessage | None:
-            row = c.execute(f"SELECT {MO_COLS} FROM mo_inbox WHERE id=?", (mo_id,)).fetchone()
-            return mo_message(row) if row else None
+            row = c.execute(
+                f"SELECT {MO_COLS}, {ends.MO_MASKING} FROM mo_inbox WHERE id=?", (mo_id,)
+            ).fetchone()
+            # A closed account's, its inbox's masking under way: as the masking will leave it.
+            return masked_mo(mo_message(row[:-1]), row[-1]) if row else None
 
         return await self._runner.read(job)
 
@@ -1703,6 +1707,14 @@ def _split_sql(sql: str) -> Iterable[str]:
 # 30 days before it is due (scheduled_at), so the index range on accepted_at spans 60.
 _MO_WINDOW = "accepted_at>=? AND COALESCE(sent_at, scheduled_at, accepted_at)>=?"
 _MO_ORDER = "(segments_sent>0) DESC, COALESCE(sent_at, scheduled_at, accepted_at) DESC, id DESC"
+# The recipient a number-prefix filter of the statistics reads (QuerySendStatistics' IsGlobe): a
+# closed account's mask while its masking is under way, as every message will have it then (as
+# the reads of its messages answer them: sqlite_ends.masking). Read as they were, the counts by
+# number prefix of a closed account stayed queryable until the last chunk and changed as it ran.
+_STAT_RECIPIENT = (
+    "COALESCE((SELECT value FROM pending_ends WHERE account_id=?2 AND scope='erase' LIMIT 1), "
+    "recipient)"
+)
 # A closed account whose masking is under way (sqlite_ends.masking): its rows not masked yet still
 # name the number, but a reply is not its any more, as once they are masked.
 _NOT_MASKING = "account_id NOT IN (SELECT account_id FROM pending_ends WHERE scope='erase')"

@@ -34,6 +34,8 @@ from bridge.store.sqlite_chunked import MARK, Runner, work_out
 END_CHUNK = 2_000
 # Messages masked per transaction (a close): ~5-10 µs each, ~50 ms of the write lock.
 ERASE_CHUNK = 5_000
+# Inbound messages (MOs) masked per transaction (a close): a row each, no index touched.
+MO_CHUNK = 5_000
 
 # What each scope ends of the account's waiting messages; `?` takes the end's `value`. The
 # settings that revoke a kind of send (`marketing`, `raw_text`) are scopes of their own name.
@@ -44,6 +46,9 @@ SCOPES: dict[str, str] = {
     # An account's close: its messages masked (start_erase); the value is the mask. Nothing is
     # left waiting to end (the close ended them): the claim's guard finds none.
     "erase": "1",
+    # An account's close: its MO inbox masked (start_mo); the value is the mask. It covers no
+    # message ("0"): its bounds and cursor are the inbox's, not the messages'.
+    "mo": "0",
     **{setting: which for setting, which, _error in REVOKED_SENDS},
 }
 
@@ -86,6 +91,26 @@ def start_erase(
     _begin(c, account_id, "erase", masked, "ERASED", now, pending)
 
 
+def start_mo(
+    c: sqlite3.Connection, account_id: str, masked: str, now: int, pending: list[int]
+) -> None:
+    """In a close's transaction: mask the account's MO inbox (the replies' numbers and texts),
+    the first MO_CHUNK now and, when more may be left, the rest in chunks of their own after it,
+    in the order of its (account_id, received_at) index. In the close's one statement an inbox
+    of millions held every writer for as long. Unbounded, unlike the messages' masking: nothing
+    is attributed to a closed account after its close (attribute_mo), and a reply stored late,
+    attributed before it, is masked too: more privacy, not less. Reads answer the rows not
+    masked yet as the chunks will leave them (`mo_masking`)."""
+    _begin(c, account_id, "mo", masked, "ERASED", now, pending)
+
+
+# The mask of a close whose masking of the MO inbox of the row's account is under way, else NULL:
+# a column of a read of mo_inbox (get_mo), one probe of `pending_ends`.
+MO_MASKING = (
+    "(SELECT value FROM pending_ends WHERE account_id=mo_inbox.account_id AND scope='mo' LIMIT 1)"
+)
+
+
 def masking(c: sqlite3.Connection, account_id: str) -> str | None:
     """The mask of a close whose masking of the account's messages is still under way, else None.
 
@@ -119,6 +144,20 @@ def _erase_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int]
     )
     mask_messages(c, [r[2] for r in rows], end.value or "")
     return 0, ((rows[-1][0], rows[-1][1]) if len(rows) == ERASE_CHUNK else None)
+
+
+def _mo_chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | None]:
+    """Mask the next MO_CHUNK of the account's MO inbox after `end.after` (received_at, rowid),
+    in its index's order (seek_after: the rowid is the index's last column), which no row moves
+    in; none is ended (0)."""
+    head = "SELECT received_at, rowid FROM mo_inbox INDEXED BY mo_inbox_account WHERE account_id=?"
+    rows = pipe.seek_after(c, head, (end.account_id,), "received_at", end.after, MO_CHUNK)
+    for chunk in pipe._chunks([r[1] for r in rows], 400):
+        c.execute(
+            f"UPDATE mo_inbox SET source=?, text=NULL WHERE rowid IN ({pipe._marks(len(chunk))})",
+            (end.value or "", *chunk),
+        )
+    return 0, ((rows[-1][0], rows[-1][1]) if len(rows) == MO_CHUNK else None)
 
 
 def start(
@@ -170,6 +209,8 @@ def _chunk(c: sqlite3.Connection, end: _End) -> tuple[int, tuple[int, int] | Non
     returns how many and where to go on from (None: none are left)."""
     if end.scope == "erase":
         return _erase_chunk(c, end)
+    if end.scope == "mo":
+        return _mo_chunk(c, end)
     cond, args = _filter(end.scope, end.value)
     # The whole cursor sought (walk_account): the rows it passed over stay in the index (tried,
     # of another scope, accepted since), and were read again at each chunk.

@@ -971,9 +971,9 @@ class RulesStoreMixin:
             # their refunds are part of what the account is owed. Only the masking of its
             # messages, no money in it, goes on in chunks (every message it ever sent).
             end_queued(c, "account_id=?", (account_id,), "ERASED", now)
-            c.execute(
-                "UPDATE mo_inbox SET source=?, text=NULL WHERE account_id=?", ("+***", account_id)
-            )
+            # Its MO inbox, then its messages: masked in chunks (sqlite_ends), the first of
+            # each here, reads answering the rest masked meanwhile.
+            ends.start_mo(c, account_id, "+***", now, pending)
             ends.start_erase(c, account_id, "+***", now, pending)
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)

@@ -66,6 +66,7 @@ def _shrink(engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     # A close's masking of the account's history (SQLite: sqlite_ends; PostgreSQL: postgres_ends).
     erasing = sqlite_ends if engine.name == "sqlite" else postgres_ends
     monkeypatch.setattr(erasing, "ERASE_CHUNK", CHUNK)
+    monkeypatch.setattr(erasing, "MO_CHUNK", CHUNK)  # ... and of its MO inbox
 
 
 @pytest.fixture(autouse=True)
@@ -763,3 +764,114 @@ async def test_a_close_deletes_the_stored_answers_in_pages_and_the_sweep_finishe
     ]
     assert await _pending(engine) == 0
     assert (await store.chunked_work()).get("erasures", (0, None)) == (0, None)
+
+
+# -- a close's masking of the MO inbox, and the statistics by number prefix meanwhile ----------
+
+_MO_UNMASKED = (
+    "SELECT COUNT(*) FROM mo_inbox WHERE account_id='acc_big' "
+    "AND (source <> '+***' OR text IS NOT NULL)"
+)
+
+
+async def _inbox(store: Store, n: int) -> None:
+    """n replies to acc_big, ten to a millisecond (a page's boundary falls inside one), and one
+    to acc_other."""
+    for k in range(n):
+        mo = MoMessage(f"mo{k:06d}", "acc_big", "smscA", f"+86137{k:08d}", "1069", f"hi {k}",
+                       NOW - 1_000 + k // 10)  # fmt: skip
+        assert await store.store_mo(mo)
+    theirs = MoMessage("mo_other", "acc_other", "smscA", "+8613700000001", "1069", "yo", NOW)
+    assert await store.store_mo(theirs)
+
+
+async def test_a_close_masks_the_mo_inbox_in_pages_read_masked_meanwhile_and_resumed(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close masked the account's MO inbox in one statement on both engines: with millions
+    of replies, one long hold of SQLite's write lock, one long transaction on PostgreSQL. Now it
+    goes in pages of its own transactions after the close's, as the messages' masking does;
+    until the last, a read of a reply (get_mo: the webhook sender, the inbound repeat checks)
+    answers it as the masking will leave it; a process stopped part-way leaves it to the sweep."""
+    await _inbox(store, BIG)
+    _stop_after_first(engine, monkeypatch)  # the process stops after each commit of the close
+    assert await store.close_account("acc_big", NOW + 1) is not None
+    # In the table, only what the close's own transaction masked (SQLite's first chunk).
+    assert await _rows(engine, _MO_UNMASKED) == [(BIG - _first(engine),)]
+    for mo_id in ("mo000000", "mo000100", f"mo{BIG - 1:06d}"):
+        got = await store.get_mo(mo_id)
+        assert got is not None and (got.source, got.text) == (MASK, None), got
+        assert got.account_id == "acc_big" and got.received_at == NOW - 1_000 + int(mo_id[2:]) // 10
+    theirs = await store.get_mo("mo_other")
+    assert theirs is not None and (theirs.source, theirs.text) == ("+8613700000001", "yo")
+    assert (await store.chunked_work())["ends"][0] >= 1  # counted on /metrics
+
+    _restart(engine, monkeypatch)
+    scopes = _scopes(engine, monkeypatch)
+    await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
+    assert scopes.count("mo") >= 3, scopes  # 130 (SQLite: 90 left) in pages of 40
+    assert await _rows(engine, _MO_UNMASKED) == [(0,)]
+    assert await _pending(engine) == 0
+    got = await store.get_mo("mo000100")
+    assert got is not None and (got.source, got.text) == (MASK, None)
+    theirs = await store.get_mo("mo_other")
+    assert theirs is not None and (theirs.source, theirs.text) == ("+8613700000001", "yo")
+
+
+async def test_a_close_stopped_while_it_masks_the_inbox_is_finished_by_the_sweep(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped at its second page of the inbox (its first committed): what the first masked
+    stays masked, nobody else's reply is touched, and the sweep masks the rest, then the
+    account's messages."""
+    await _inbox(store, BIG)
+    await _queue(store, 50)
+    _fail_at(engine, monkeypatch, "mo", 2)
+    with pytest.raises(RuntimeError):
+        await store.close_account("acc_big", NOW + 1)
+    _restart(engine, monkeypatch)
+    ((left,),) = await _rows(engine, _MO_UNMASKED)
+    assert 0 < left < BIG
+    await store.sweep(NOW + 60_000 + RESUME_AFTER_MS, 3_600_000)
+    assert await _rows(engine, _MO_UNMASKED) == [(0,)]
+    assert await _rows(engine, _UNMASKED) == [(0,)]
+    assert await _pending(engine) == 0
+    assert await _rows(engine, "SELECT source, text FROM mo_inbox WHERE id='mo_other'") == [
+        ("+8613700000001", "yo")
+    ]
+
+
+async def test_statistics_by_number_prefix_of_a_closed_account_read_masked_while_it_masks(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statistics filtered by a number prefix (Alibaba's QuerySendStatistics, IsGlobe 1 or
+    2) read the recipients as they were while the close's masking ran: a closed account's counts
+    by number prefix stayed queryable, and changed page by page, until the last. They answer as
+    the masking will leave them (every number the mask), as the reads of its messages do."""
+    await _queue(store, BIG)  # all to +86 numbers
+    day = (NOW // 86_400_000) * 86_400_000
+    span = (day, day + 86_400_000, 0)
+    before = await store.stats("acc_big", *span, prefix="+86", within=True)
+    assert [r["submitted"] for r in before] == [BIG]
+    _stop_after_first(engine, monkeypatch)
+    assert await store.close_account("acc_big", NOW + 1) is not None
+    assert await _rows(engine, _UNMASKED) == [(BIG - _first(engine),)]  # still under way
+
+    async def counts() -> tuple[list[int], list[int], list[int]]:
+        inside = await store.stats("acc_big", *span, prefix="+86", within=True)
+        outside = await store.stats("acc_big", *span, prefix="+86", within=False)
+        every = await store.stats("acc_big", *span)
+        return ([r["submitted"] for r in inside], [r["submitted"] for r in outside],
+                [r["submitted"] for r in every])  # fmt: skip
+
+    assert await counts() == ([], [BIG], [BIG])
+    # Another account's counts by prefix are its own.
+    mine = _message("a_other", "acc_other", "+8613800000001")
+    await store.accept(AcceptBatch("acc_other", (mine,), None, None), NOW)
+    theirs = await store.stats("acc_other", *span, prefix="+86", within=True)
+    assert [r["submitted"] for r in theirs] == [1]
+
+    _restart(engine, monkeypatch)
+    await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
+    assert await _pending(engine) == 0
+    assert await counts() == ([], [BIG], [BIG])  # the same once the rows are masked
