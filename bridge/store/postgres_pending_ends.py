@@ -288,10 +288,18 @@ async def run(
     return out, await finish(pool, list(pending), now, now)
 
 
+# The scopes this release knows how to run. In a rolling upgrade an older instance's sweep met
+# a scope a newer one wrote (the close's 'mo', session 48) and failed on it at each sweep, and
+# on every stale end listed after it: such a row is left to the instances that know it.
+KNOWN = [*SCOPES, *CLOSING]
+
+
 async def stale(c: asyncpg.Connection | asyncpg.Pool, now: int) -> list[int]:
     """The ends nobody has advanced for RESUME_AFTER_MS: their process stopped."""
     rows = await c.fetch(
-        "SELECT id FROM pending_ends WHERE worked_at <= $1 ORDER BY id", now - RESUME_AFTER_MS
+        "SELECT id FROM pending_ends WHERE worked_at <= $1 AND scope = ANY($2::text[]) ORDER BY id",
+        now - RESUME_AFTER_MS,
+        KNOWN,
     )
     return [r[0] for r in rows]
 

@@ -1243,7 +1243,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         out = await self._runner.write(job, durable=False)
 
         async def resume_ends() -> None:  # waiting messages' ends stopped part-way (sqlite_ends)
-            stale = await self._runner.read(lambda c: chunked.stale(c, now))
+            stale = await self._runner.read(lambda c: chunked.stale(c, now, scopes=ends.SCOPES))
             out["expired"] += await ends.finish(self._runner.write, stale, now)
 
         # Each on its own: one whose chunk fails at every try (smpp_bridge_store_chunked_*)

@@ -10,7 +10,7 @@ sqlite_ends, this plumbing closed an import cycle (sqlite_ends -> sqlite_pipelin
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from bridge.store.base import CHUNKED_KINDS, RESUME_AFTER_MS
@@ -52,13 +52,18 @@ async def work_out(
         last = at
 
 
-def stale(c: sqlite3.Connection, now: int, kind: str = "ends") -> list[int]:
+def stale(
+    c: sqlite3.Connection, now: int, kind: str = "ends", scopes: Collection[str] = ()
+) -> list[int]:
     """The operations of `kind` (CHUNKED) nobody has advanced for RESUME_AFTER_MS: their
-    process stopped."""
+    process stopped. `scopes`: only ends of those scopes (the ones this release knows: a row
+    a newer release wrote, met after a downgrade, is left to it, instead of failing the sweep's
+    step and every end listed after it)."""
+    known = f" AND scope IN ({','.join('?' * len(scopes))})" if scopes else ""
     return [
         r[0]
         for r in c.execute(
-            f"SELECT id FROM {CHUNKED[kind]} WHERE worked_at <= ? ORDER BY id",
-            (now - RESUME_AFTER_MS,),
+            f"SELECT id FROM {CHUNKED[kind]} WHERE worked_at <= ?{known} ORDER BY id",
+            (now - RESUME_AFTER_MS, *scopes),
         )
     ]

@@ -875,3 +875,37 @@ async def test_statistics_by_number_prefix_of_a_closed_account_read_masked_while
     await store.sweep(NOW + 1 + RESUME_AFTER_MS, 3_600_000)
     assert await _pending(engine) == 0
     assert await counts() == ([], [BIG], [BIG])  # the same once the rows are masked
+
+
+async def test_the_sweep_leaves_an_end_of_a_scope_this_release_does_not_know(
+    engine: EngineHandle, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An end a newer release recorded (a rolling upgrade on PostgreSQL, a downgrade on SQLite)
+    is left to the instances that know its scope: before, the sweep's step failed on it at every
+    sweep, and the stale ends listed after it were never finished."""
+    later = (
+        "INSERT INTO pending_ends (account_id, scope, value, error, ended_at, {max}, after_nb, "
+        "{after}, worked_at) VALUES ('acc_other', 'a_later_scope', NULL, 'ERASED', {now}, 0, 0, "
+        "{start}, {now})"
+    )
+    if engine.name == "sqlite":
+        c = sqlite3.connect(engine.location)
+        with c:
+            c.execute(later.format(max="max_rowid", after="after_rowid", now=NOW, start=0))
+        c.close()
+    else:
+        pc = await asyncpg.connect(engine.location)
+        try:
+            await pc.execute(later.format(max="max_seq", after="after_id", now=NOW, start="''"))
+        finally:
+            await pc.close()
+    await _queue(store, BIG)
+    _stop_after_first(engine, monkeypatch)
+    await store.update_account("acc_big", {"status": "disabled"}, NOW + 1)
+    _restart(engine, monkeypatch)
+    assert await _pending(engine) == 2
+
+    await store.sweep(NOW + 2 + RESUME_AFTER_MS, 3_600_000)
+    # The disable's end, listed after the unknown one, is finished; the unknown one is kept.
+    assert await _states(engine) == {"ACCOUNT_DISABLED": BIG}
+    assert await _rows(engine, "SELECT scope FROM pending_ends") == [("a_later_scope",)]
