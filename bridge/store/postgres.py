@@ -1695,7 +1695,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return await postgres_stats.refresh(self.pool)
 
     async def sweep(
-        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+        self,
+        now: int,
+        receipt_timeout_ms: int,
+        records_now: int | None = None,
+        smsc_validity_ms: Mapping[str, int] | None = None,
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
@@ -1705,6 +1709,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now,
                 receipt_timeout_ms,
                 now if records_now is None else records_now,
+                smsc_validity_ms or {},
             )
 
         out = await run_tx(self.pool, job, durable=False)

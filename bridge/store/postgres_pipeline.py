@@ -20,7 +20,7 @@ concurrency, because several instances write the same rows at once:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -1155,6 +1155,7 @@ async def sweep(
     now: int,
     receipt_timeout_ms: int,
     records_now: int,
+    smsc_validity_ms: Mapping[str, int],
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
@@ -1182,12 +1183,12 @@ async def sweep(
         # Parts sent before a release keep the message 'sent', yet nothing is left to send:
         # release_done takes it out of the queue.
         await rollup_messages(c, dict.fromkeys(expired, True), now)
+    where, params = lc.timed_out_where(now, receipt_timeout_ms, smsc_validity_ms, "${}".format)
     timed_out = [
         r[0]
         for r in await c.fetch(
-            "SELECT id FROM messages WHERE state = 'sent' AND sent_at <= $1 "
-            "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
-            now - receipt_timeout_ms,
+            f"SELECT id FROM messages WHERE {where} ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            *params,
         )
     ]
     if timed_out:

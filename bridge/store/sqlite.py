@@ -1198,7 +1198,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return []
 
     async def sweep(
-        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+        self,
+        now: int,
+        receipt_timeout_ms: int,
+        records_now: int | None = None,
+        smsc_validity_ms: Mapping[str, int] | None = None,
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
@@ -1220,10 +1224,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 release=True,
                 now=now,
             )
+            where, params = lc.timed_out_where(
+                now, receipt_timeout_ms, smsc_validity_ms or {}, lambda _i: "?"
+            )
             timed_out = _settle_parts(
                 c,
-                "SELECT id FROM messages WHERE state='sent' AND sent_at<=? LIMIT 10000",
-                now - receipt_timeout_ms,
+                f"SELECT id FROM messages WHERE {where} LIMIT 10000",
+                params,
                 from_state="sent",
                 to_state=lc.SEG_TIMEOUT,
                 error="'NO_RECEIPT'",
@@ -1870,7 +1877,7 @@ EXPIRED_QUEUED = (
 def _settle_parts(
     c: sqlite3.Connection,
     select_sql: str,
-    bound: int,
+    bound: int | Sequence[Any],
     *,
     from_state: str,
     to_state: str,
@@ -1881,7 +1888,8 @@ def _settle_parts(
     """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
     error code SQL expression `error`, then roll those messages up together (one batched
     roll-up, not one per message)."""
-    ids = [mid for (mid,) in c.execute(select_sql, (bound,)).fetchall()]
+    params = (bound,) if isinstance(bound, int) else tuple(bound)
+    ids = [mid for (mid,) in c.execute(select_sql, params).fetchall()]
     if not ids:
         return 0
     pipe.move_parts(c, ids, from_state, to_state, now, error)
