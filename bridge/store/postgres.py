@@ -1683,10 +1683,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection, counts: dict[str, int]) -> ReceiptOutcome:
+            late: dict[str, int] = {}
             matched, pending, reports = await pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs, counts
+                c, receipts, now, self.one_receipt_smscs, counts, late
             )
-            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
+            return ReceiptOutcome(matched, pending, reports, late)
 
         async with self._receipts_in_order:
             return await self._tx_counting(job)

@@ -953,9 +953,11 @@ async def apply_receipts(
     now: int,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
-    pending_receipts for their id."""
+    pending_receipts for their id. `late` counts, by SMSC, those for parts the receipt timeout
+    ended (lifecycle.count_after_timeout)."""
     where = await _match(c, receipts)
     missing = [r for r in receipts if (r.smsc, r.smsc_msg_id) not in where]
     if missing:
@@ -965,7 +967,7 @@ async def apply_receipts(
         where.update(await _match(c, missing))
     touched: dict[str, bool] = {}
     locked: dict[str, tuple[Any, ...]] = {}
-    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred)
+    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred, late)
     if unmatched:
         await c.execute(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -1010,6 +1012,7 @@ async def _apply(
     locked: dict[str, tuple[Any, ...]] | None = None,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -1039,6 +1042,8 @@ async def _apply(
             mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in (await _all_parts(c, whole)).items()
         }
+    if late is not None:
+        lc.count_after_timeout(receipts, parts, late)
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )

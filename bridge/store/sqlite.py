@@ -1185,10 +1185,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection, counts: dict[str, int]) -> ReceiptOutcome:
+            late: dict[str, int] = {}
             matched, pending, reports = pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs, counts
+                c, receipts, now, self.one_receipt_smscs, counts, late
             )
-            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
+            return ReceiptOutcome(matched, pending, reports, late)
 
         return await self._write_counting(job)
 

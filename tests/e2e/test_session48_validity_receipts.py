@@ -53,6 +53,9 @@ async def test_a_delivery_within_a_long_validity_is_delivered_not_unknown(
             assert (p["status"], p["error_code"]) == ("unknown", "NO_RECEIPT")
             await wait_until(lambda: d.sim.counters["receipts_acked"] >= 2, 10)
             assert (await c.message(plain_id))["status"] == "unknown"
+            # ...and is counted, so an operator sees the carrier reports later than the timeout.
+            text = d.metrics.exposition().decode()
+            assert 'smpp_bridge_receipts_after_timeout_total{smsc="sim"} 1.0' in text
     # (The other's report is due at the sweep's time, 73 h on: not waited for here.)
     await wait_until(lambda: any(r["message_id"] == long_id for r in receiver.reports), 10)
     assert [r["status"] for r in receiver.reports if r["message_id"] == long_id] == ["delivered"]

@@ -993,6 +993,32 @@ async def test_an_smscs_validity_beyond_the_timeout_keeps_its_messages_sent(stor
     assert (await get(store, "long")).state == "unknown"
 
 
+async def test_receipts_after_the_timeout_are_counted_and_change_nothing(store: Store) -> None:
+    """Session 48: a final receipt for a part the receipt timeout ended is told apart (the
+    smpp_bridge_receipts_after_timeout metric): the outcome stays, the carrier reports late."""
+    await sent_message(store, "m", parts=2)
+    await store.apply_receipts([rcpt("smscA", "m-1")], NOW + MIN)
+    await store.sweep(NOW + TIMEOUT, TIMEOUT)
+    late = [rcpt("smscA", "m-2", "undeliverable", at=NOW + TIMEOUT + 1)]
+    out = await store.apply_receipts(late, NOW + TIMEOUT + 1)
+    assert (out.matched, out.pending, out.reports, dict(out.after_timeout)) == (
+        1,
+        0,
+        0,
+        {"smscA": 1},
+    )
+    rec = await get(store, "m")
+    assert (rec.state, rec.error_code) == ("unknown", "NO_RECEIPT")
+    # Neither an intermediate one, nor one for a part that had its own outcome, nor one unknown.
+    again = [
+        rcpt("smscA", "m-2", "enroute", at=NOW + TIMEOUT + 2),
+        rcpt("smscA", "m-1", at=NOW + TIMEOUT + 2),
+        rcpt("smscA", "ghost", at=NOW + TIMEOUT + 2),
+    ]
+    out = await store.apply_receipts(again, NOW + TIMEOUT + 2)
+    assert (out.matched, out.pending, dict(out.after_timeout)) == (2, 1, {})
+
+
 async def test_sweep_deletes_expired_nonces_and_idempotency(store: Store) -> None:
     assert await store.use_nonce("K", "n", NOW + 10, NOW) is True
     await store.accept(batch(message("m"), key="k1", expires_at=NOW + 10), NOW)
