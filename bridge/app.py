@@ -825,8 +825,14 @@ class Daemon:
     async def _sweep_expired(self, now_ms: int) -> None:
         assert self.store is not None
         timeout_ms = self.config.pipeline.receipt_timeout_hours * 3_600_000  # SIGHUP-able
+        validity = {
+            s.name: s.validity_minutes * 60_000 for s in self.config.smscs if s.validity_minutes
+        }
         swept = await self.store.sweep(
-            now_ms, timeout_ms, records_now=min(now_ms, int(self._steps.unstepped() * 1000))
+            now_ms,
+            timeout_ms,
+            records_now=min(now_ms, int(self._steps.unstepped() * 1000)),
+            smsc_validity_ms=validity,
         )
         counts = {k: v for k, v in swept.items() if k != "low_balance"}
         if any(counts.values()):

@@ -225,6 +225,13 @@ class Metrics:
             ["smsc"],
             registry=r,
         )
+        self.receipts_after_timeout_total = Counter(
+            "smpp_bridge_receipts_after_timeout",
+            "Final receipts for messages already ended unknown by pipeline.receipt_timeout_hours, "
+            "by SMSC: they change nothing; the carrier reports later than the timeout waits",
+            ["smsc"],
+            registry=r,
+        )
         self.mo_received = Counter(
             "smpp_bridge_mo_received", "Inbound (MO) deliver_sm received, by SMSC", ["smsc"],
             registry=r,
@@ -448,6 +455,7 @@ class Metrics:
         self._throttles: defaultdict[str, int] = defaultdict(int)
         self._receipts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._inferred: defaultdict[str, int] = defaultdict(int)
+        self._after_timeout: defaultdict[str, int] = defaultdict(int)
         self._mo: defaultdict[str, int] = defaultdict(int)
         self._mo_incomplete: defaultdict[str, int] = defaultdict(int)
         self._mo_unattributed: defaultdict[str, int] = defaultdict(int)
@@ -508,6 +516,11 @@ class Metrics:
         """The store's report of a committed write: parts (by SMSC) it settled by inference."""
         for smsc, n in counts.items():
             self._inferred[smsc] += n
+
+    def receipts_after_timeout(self, counts: Mapping[str, int]) -> None:
+        """Receipts (by SMSC) that came for messages the receipt timeout had ended."""
+        for smsc, n in counts.items():
+            self._after_timeout[smsc] += n
 
     def unmatched(self, n: int) -> None:
         self._unmatched += n
@@ -591,6 +604,7 @@ class Metrics:
             (self.throttle_events, self._throttles),
             (self.receipts, self._receipts),
             (self.receipts_inferred_total, self._inferred),
+            (self.receipts_after_timeout_total, self._after_timeout),
             (self.mo_received, self._mo),
             (self.mo_received_incomplete, self._mo_incomplete),
             (self.mo_received_unattributed, self._mo_unattributed),

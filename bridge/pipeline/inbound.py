@@ -236,6 +236,8 @@ class Inbound:
         self.unmatched += out.pending
         if self.metrics is not None:
             self.metrics.unmatched(out.pending)
+            if out.after_timeout:
+                self.metrics.receipts_after_timeout(out.after_timeout)
 
     async def _mo(self, smsc: str, body: ShortMessage) -> int:
         now_ms = int(self.clock() * 1000)

@@ -528,9 +528,15 @@ class Store(Protocol):
         ...
 
     async def sweep(
-        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+        self,
+        now: int,
+        receipt_timeout_ms: int,
+        records_now: int | None = None,
+        smsc_validity_ms: Mapping[str, int] | None = None,
     ) -> Swept:
-        """Validity expiry, receipt timeouts, vouchers and cards that expired with a remainder
+        """Validity expiry, receipt timeouts (by lifecycle.receipt_deadline: the timeout, or the
+        validity's end and a margin when later; `smsc_validity_ms` is each SMSC's
+        smscs[].validity_minutes in ms), vouchers and cards that expired with a remainder
         written off (with the low-balance crossings that made, each event queued), purges.
         Nonce and idempotency records expire by `records_now` (default `now`): the daemon passes
         the wall clock less any forward step (bridge/clockstep.py), so a step forward that is

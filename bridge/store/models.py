@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from bridge.fastinit import fast_init
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from bridge.domain.admission import Plan, Refusal, Rules
 
 
@@ -383,6 +385,9 @@ class ReceiptOutcome:
     matched: int
     pending: int
     reports: int = 0  # status webhooks queued by the messages these receipts ended
+    # By SMSC, final receipts for parts the receipt timeout ended: they change nothing
+    # (lifecycle.count_after_timeout; the smpp_bridge_receipts_after_timeout metric).
+    after_timeout: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1709,10 +1709,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         async def job(c: asyncpg.Connection, counts: dict[str, int]) -> ReceiptOutcome:
+            late: dict[str, int] = {}
             matched, pending, reports = await pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs, counts
+                c, receipts, now, self.one_receipt_smscs, counts, late
             )
-            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
+            return ReceiptOutcome(matched, pending, reports, late)
 
         async with self._receipts_in_order:
             return await self._tx_counting(job)
@@ -1721,7 +1722,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         return await postgres_stats.refresh(self.pool)
 
     async def sweep(
-        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+        self,
+        now: int,
+        receipt_timeout_ms: int,
+        records_now: int | None = None,
+        smsc_validity_ms: Mapping[str, int] | None = None,
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
@@ -1731,6 +1736,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now,
                 receipt_timeout_ms,
                 now if records_now is None else records_now,
+                smsc_validity_ms or {},
             )
 
         out = await run_tx(self.pool, job, durable=False)

@@ -20,7 +20,7 @@ concurrency, because several instances write the same rows at once:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -953,9 +953,11 @@ async def apply_receipts(
     now: int,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
-    pending_receipts for their id."""
+    pending_receipts for their id. `late` counts, by SMSC, those for parts the receipt timeout
+    ended (lifecycle.count_after_timeout)."""
     where = await _match(c, receipts)
     missing = [r for r in receipts if (r.smsc, r.smsc_msg_id) not in where]
     if missing:
@@ -965,7 +967,7 @@ async def apply_receipts(
         where.update(await _match(c, missing))
     touched: dict[str, bool] = {}
     locked: dict[str, tuple[Any, ...]] = {}
-    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred)
+    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred, late)
     if unmatched:
         await c.execute(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -1010,6 +1012,7 @@ async def _apply(
     locked: dict[str, tuple[Any, ...]] | None = None,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -1039,6 +1042,8 @@ async def _apply(
             mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in (await _all_parts(c, whole)).items()
         }
+    if late is not None:
+        lc.count_after_timeout(receipts, parts, late)
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
@@ -1155,6 +1160,7 @@ async def sweep(
     now: int,
     receipt_timeout_ms: int,
     records_now: int,
+    smsc_validity_ms: Mapping[str, int],
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
@@ -1182,12 +1188,12 @@ async def sweep(
         # Parts sent before a release keep the message 'sent', yet nothing is left to send:
         # release_done takes it out of the queue.
         await rollup_messages(c, dict.fromkeys(expired, True), now)
+    where, params = lc.timed_out_where(now, receipt_timeout_ms, smsc_validity_ms, "${}".format)
     timed_out = [
         r[0]
         for r in await c.fetch(
-            "SELECT id FROM messages WHERE state = 'sent' AND sent_at <= $1 "
-            "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
-            now - receipt_timeout_ms,
+            f"SELECT id FROM messages WHERE {where} ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            *params,
         )
     ]
     if timed_out:

@@ -1186,10 +1186,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def apply_receipts(self, receipts: list[ReceiptIn], now: int) -> ReceiptOutcome:
         def job(c: sqlite3.Connection, counts: dict[str, int]) -> ReceiptOutcome:
+            late: dict[str, int] = {}
             matched, pending, reports = pipe.apply_receipts(
-                c, receipts, now, self.one_receipt_smscs, counts
+                c, receipts, now, self.one_receipt_smscs, counts, late
             )
-            return ReceiptOutcome(matched=matched, pending=pending, reports=reports)
+            return ReceiptOutcome(matched, pending, reports, late)
 
         return await self._write_counting(job)
 
@@ -1199,7 +1200,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         return []
 
     async def sweep(
-        self, now: int, receipt_timeout_ms: int, records_now: int | None = None
+        self,
+        now: int,
+        receipt_timeout_ms: int,
+        records_now: int | None = None,
+        smsc_validity_ms: Mapping[str, int] | None = None,
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
@@ -1221,10 +1226,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 release=True,
                 now=now,
             )
+            where, params = lc.timed_out_where(
+                now, receipt_timeout_ms, smsc_validity_ms or {}, lambda _i: "?"
+            )
             timed_out = _settle_parts(
                 c,
-                "SELECT id FROM messages WHERE state='sent' AND sent_at<=? LIMIT 10000",
-                now - receipt_timeout_ms,
+                f"SELECT id FROM messages WHERE {where} LIMIT 10000",
+                params,
                 from_state="sent",
                 to_state=lc.SEG_TIMEOUT,
                 error="'NO_RECEIPT'",
@@ -1882,7 +1890,7 @@ EXPIRED_QUEUED = (
 def _settle_parts(
     c: sqlite3.Connection,
     select_sql: str,
-    bound: int,
+    bound: int | Sequence[Any],
     *,
     from_state: str,
     to_state: str,
@@ -1893,7 +1901,8 @@ def _settle_parts(
     """Move the `from_state` parts of the messages `select_sql` finds to `to_state` with the
     error code SQL expression `error`, then roll those messages up together (one batched
     roll-up, not one per message)."""
-    ids = [mid for (mid,) in c.execute(select_sql, (bound,)).fetchall()]
+    params = (bound,) if isinstance(bound, int) else tuple(bound)
+    ids = [mid for (mid,) in c.execute(select_sql, params).fetchall()]
     if not ids:
         return 0
     pipe.move_parts(c, ids, from_state, to_state, now, error)

@@ -610,11 +610,13 @@ def apply_receipts(
     now: int,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> tuple[int, int, int]:
     """(matched, kept pending, status webhooks queued). Unmatched receipts wait in
-    pending_receipts for their id."""
+    pending_receipts for their id. `late` counts, by SMSC, those for parts the receipt timeout
+    ended (lifecycle.count_after_timeout)."""
     touched: dict[str, bool] = {}
-    unmatched = _apply(c, receipts, touched, one_per_message, inferred)
+    unmatched = _apply(c, receipts, touched, one_per_message, inferred, late)
     if unmatched:
         c.executemany(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -634,6 +636,7 @@ def _apply(
     touched: dict[str, bool],
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    late: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
 
@@ -658,6 +661,8 @@ def _apply(
             mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in _all_parts(c, whole).items()
         }
+    if late is not None:
+        lc.count_after_timeout(receipts, parts, late)
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )

@@ -44,6 +44,12 @@ def test_bench_retention_purges_everything_it_filled() -> None:
         # CI's loaded machine measured 3.8x once, where quiet runs measure 11-18x. A speed
         # target is the script's to report, not a timed test's to enforce.
         ("scripts/bench_codec.py", ("--duration", "0.4"), r"slowest ratio: [0-9.]+x", (0, 1)),
+        (
+            "scripts/bench_receipt_sweep.py",
+            ("--waiting", "300", "--recent", "500", "--runs", "2"),
+            r"300 waiting beside 500 recent: read median [0-9.]+ ms",
+            (0,),
+        ),
     ],
 )
 def test_quick_benchmarks_print_their_figures(

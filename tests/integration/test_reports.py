@@ -630,7 +630,7 @@ def test_smsc_view_survives_a_partial_snapshot():
 async def test_admin_queue_by_account_route_and_smsc(make_api, clock):
     api = await make_api(
         {
-            "smscs": [{"name": "main", "system_id": "b"}, {"name": "intl", "system_id": "b"}],
+            "smscs": [{"name": "main", "system_id": "b"}, {"name": "intl", "system_id": "b2"}],
             "routes": [
                 {"prefix": "+86", "smscs": ["main", "intl"]},
                 {"prefix": "+8613", "smscs": ["intl"]},
@@ -769,7 +769,7 @@ async def test_admin_queue_shows_parked_messages_as_a_backlog(make_api, clock):
     its own state, and in the oldest wait (unlike scheduled: a route down is a backlog)."""
     api = await make_api(
         {
-            "smscs": [{"name": "main", "system_id": "b"}, {"name": "intl", "system_id": "b"}],
+            "smscs": [{"name": "main", "system_id": "b"}, {"name": "intl", "system_id": "b2"}],
             "routes": [{"prefix": "+44", "smscs": ["intl"]}],
             "default_route": ["main"],
         }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.domain import lifecycle as lc
 from bridge.store import migrate
 from bridge.store.base import Store, StoreError
 from bridge.store.models import (
@@ -942,6 +943,80 @@ async def test_sweep_receipt_timeout_makes_message_unknown(store: Store) -> None
     # A receipt after the timeout does not reopen the outcome.
     await store.apply_receipts([rcpt("smscA", "m-2")], NOW + TIMEOUT + 1)
     assert (await get(store, "m")).state == "unknown"
+
+
+async def test_a_validity_beyond_the_receipt_timeout_keeps_the_message_sent(store: Store) -> None:
+    """Session 48: a 5-day validity outlasts the 72 h receipt timeout. The carrier may deliver
+    on day 4: the message stays `sent` until its validity's end plus the margin, and that
+    receipt makes it `delivered` (reported once), not a late receipt on an `unknown` one."""
+    await store.create_account(account(status_url="https://cb.example/st"))
+    ends = NOW + 5 * DAY
+    for mid in ("day4", "never"):
+        await accept(store, message(mid, expires_at=ends))
+    assert {w.id for w in await claim_all(store)} == {"day4", "never"}
+    await store.record_submits([sent("day4"), sent("never")], [], NOW)
+    assert (await store.sweep(NOW + TIMEOUT, TIMEOUT))["timed_out"] == 0
+    assert (await store.sweep(NOW + 4 * DAY, TIMEOUT))["timed_out"] == 0
+    await store.apply_receipts([rcpt("smscA", "day4-1", at=NOW + 4 * DAY)], NOW + 4 * DAY)
+    rec = await get(store, "day4")
+    assert (rec.state, rec.done_at, rec.error_code) == ("delivered", NOW + 4 * DAY, None)
+    margin = lc.VALIDITY_RECEIPT_MARGIN_MS
+    assert (await store.sweep(ends + margin - 1, TIMEOUT))["timed_out"] == 0
+    assert (await get(store, "never")).state == "sent"
+    assert (await store.sweep(ends + margin, TIMEOUT))["timed_out"] == 1
+    rec = await get(store, "never")
+    assert (rec.state, rec.error_code, rec.done_at) == ("unknown", "NO_RECEIPT", ends + margin)
+    assert await status_jobs(store) == ["day4", "never"]
+
+
+async def test_a_short_validity_still_times_out_at_the_receipt_timeout(store: Store) -> None:
+    await accept(store, message("m", expires_at=NOW + HOUR))
+    await claim_all(store)
+    await store.record_submits([sent("m")], [], NOW)
+    assert (await store.sweep(NOW + TIMEOUT - 1, TIMEOUT))["timed_out"] == 0
+    assert (await store.sweep(NOW + TIMEOUT, TIMEOUT))["timed_out"] == 1
+    assert (await get(store, "m")).state == "unknown"
+
+
+async def test_an_smscs_validity_beyond_the_timeout_keeps_its_messages_sent(store: Store) -> None:
+    """smscs[].validity_minutes (relative, from the send) applies to messages without their
+    own validity; another SMSC's messages time out as before."""
+    await sent_message(store, "long", smsc="smscA")
+    await sent_message(store, "other", smsc="smscB")
+    validity = {"smscA": 4 * DAY, "smscB": HOUR}
+    out = await store.sweep(NOW + TIMEOUT, TIMEOUT, smsc_validity_ms=validity)
+    assert out["timed_out"] == 1
+    assert [(await get(store, m)).state for m in ("long", "other")] == ["sent", "unknown"]
+    due = NOW + 4 * DAY + lc.VALIDITY_RECEIPT_MARGIN_MS
+    assert (await store.sweep(due - 1, TIMEOUT, smsc_validity_ms=validity))["timed_out"] == 0
+    assert (await store.sweep(due, TIMEOUT, smsc_validity_ms=validity))["timed_out"] == 1
+    assert (await get(store, "long")).state == "unknown"
+
+
+async def test_receipts_after_the_timeout_are_counted_and_change_nothing(store: Store) -> None:
+    """Session 48: a final receipt for a part the receipt timeout ended is told apart (the
+    smpp_bridge_receipts_after_timeout metric): the outcome stays, the carrier reports late."""
+    await sent_message(store, "m", parts=2)
+    await store.apply_receipts([rcpt("smscA", "m-1")], NOW + MIN)
+    await store.sweep(NOW + TIMEOUT, TIMEOUT)
+    late = [rcpt("smscA", "m-2", "undeliverable", at=NOW + TIMEOUT + 1)]
+    out = await store.apply_receipts(late, NOW + TIMEOUT + 1)
+    assert (out.matched, out.pending, out.reports, dict(out.after_timeout)) == (
+        1,
+        0,
+        0,
+        {"smscA": 1},
+    )
+    rec = await get(store, "m")
+    assert (rec.state, rec.error_code) == ("unknown", "NO_RECEIPT")
+    # Neither an intermediate one, nor one for a part that had its own outcome, nor one unknown.
+    again = [
+        rcpt("smscA", "m-2", "enroute", at=NOW + TIMEOUT + 2),
+        rcpt("smscA", "m-1", at=NOW + TIMEOUT + 2),
+        rcpt("smscA", "ghost", at=NOW + TIMEOUT + 2),
+    ]
+    out = await store.apply_receipts(again, NOW + TIMEOUT + 2)
+    assert (out.matched, out.pending, dict(out.after_timeout)) == (2, 1, {})
 
 
 async def test_sweep_deletes_expired_nonces_and_idempotency(store: Store) -> None:

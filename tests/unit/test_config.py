@@ -281,9 +281,9 @@ def test_system_id_length_limit_of_smpp() -> None:
 def test_duplicate_smsc_names() -> None:
     data = minimal(
         smscs=[
-            {"name": "a", "system_id": "s"},
-            {"name": "b", "system_id": "s"},
-            {"name": "a", "system_id": "s"},
+            {"name": "a", "system_id": "s1"},
+            {"name": "b", "system_id": "s2"},
+            {"name": "a", "system_id": "s3"},
         ]
     )
     assert errors_of(data) == ["smscs[2].name: duplicate SMSC name 'a' (first at smscs[0])"]
@@ -307,7 +307,7 @@ def test_an_smsc_twice_in_the_default_route_is_refused_as_in_a_route() -> None:
 def test_a_route_of_receivers_only_is_refused() -> None:
     """Its messages would wait in the queue for a bind that never sends."""
     smscs = [
-        {"name": "a", "system_id": "s"},
+        {"name": "a", "system_id": "s1"},
         {"name": "rx", "system_id": "s", "bind_mode": "receiver"},
     ]
     errors = errors_of(minimal(smscs=smscs, routes=[{"prefix": "+86", "smscs": ["rx"]}]))
@@ -354,7 +354,7 @@ def test_route_listing_an_smsc_twice() -> None:
 
 
 def test_default_route_absent_means_all_in_order_and_empty_means_none() -> None:
-    two = [{"name": "b", "system_id": "s"}, {"name": "a", "system_id": "s"}]
+    two = [{"name": "b", "system_id": "s1"}, {"name": "a", "system_id": "s2"}]
     assert parse(minimal(smscs=two)).default_route == ("b", "a")
     assert parse(minimal(smscs=two, default_route=None)).default_route == ("b", "a")
     routed = minimal(smscs=two, routes=[{"prefix": "+1", "smscs": ["a"]}], default_route=[])

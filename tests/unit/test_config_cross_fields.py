@@ -153,3 +153,70 @@ def test_config_check_and_run_refuse_it_naming_the_fields(
     assert run.returncode == 1, run.stdout + run.stderr
     assert "server.admin_host: only with admin_port" in run.stderr
     assert "smscs[0].registered_delivery" in run.stderr
+
+
+def _twins(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return minimal(
+        smscs=[{"name": "a", "system_id": "sys", **a}, {"name": "b", "system_id": "sys", **b}]
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({}, {}),  # two transceivers (for throughput: `binds`)
+        ({}, {"bind_mode": "receiver"}),  # a receiver entry beside (transmitter_receiver)
+        ({"bind_mode": "transmitter_receiver"}, {"bind_mode": "transmitter_receiver"}),
+        ({"host": "localhost"}, {"host": "127.0.0.1"}),  # one address, two spellings
+        ({"bind_mode": "transmitter_receiver", "receive_port": 2776}, {"port": 2776}),
+        ({"registered_delivery": 0}, {}),  # b's receipts may come in on a's binds
+        ({"registered_delivery": 16}, {"bind_mode": "receiver"}),  # intermediate ones
+    ],
+)
+def test_two_entries_binding_one_carrier_account_with_receipts_are_refused(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    """Session 48: the carrier hands each receipt to any receiving bind of the account, and a
+    receipt is matched by the entry's name: on the simulator 4 of 10 messages split over two
+    such entries stayed `sent`, their receipts unmatched under the other's name."""
+    [err] = errors_of(_twins(a, b))
+    assert err.startswith("smscs[1]: 'b' binds as system_id 'sys' at "), err
+    assert "like 'a' (smscs[0])" in err
+    assert "`binds`" in err and "transmitter_receiver" in err
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({}, {"system_id": "other"}),  # two accounts at one carrier
+        ({}, {"port": 2776}),  # two services of one host
+        ({}, {"host": "smsc2.example"}),
+        # No receipt asked for on either: none can go astray.
+        ({"registered_delivery": 0}, {"registered_delivery": 0}),
+        # a asks, but b never receives (and a's own receipts come to a's receiving binds).
+        ({}, {"bind_mode": "transmitter", "registered_delivery": 0}),
+        # Sends without receipts on one, MO on the other.
+        ({"bind_mode": "transmitter", "registered_delivery": 0}, {"bind_mode": "receiver"}),
+    ],
+)
+def test_entries_whose_receipts_cannot_cross_still_load(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    assert [s.name for s in parse(_twins(a, b)).smscs] == ["a", "b"]
+
+
+def test_the_legitimate_ways_to_many_binds_of_one_account_load() -> None:
+    cfg = parse(
+        minimal(
+            smscs=[
+                {
+                    "name": "a",
+                    "system_id": "sys",
+                    "bind_mode": "transmitter_receiver",
+                    "receive_port": 2776,
+                    "binds": 4,
+                }
+            ]
+        )
+    )
+    assert (cfg.smscs[0].binds, cfg.smscs[0].receive_port) == (4, 2776)

@@ -247,3 +247,66 @@ def test_on_air_never_passes_the_message_nor_goes_back(
         assert after == segments
     else:
         assert after == min(segments, sent + pdus)
+
+
+# ---------------------------------------------------------------- receipt deadline (session 48)
+
+H = 3_600_000
+MARGIN = lc.VALIDITY_RECEIPT_MARGIN_MS
+
+
+def test_the_receipt_deadline_is_the_later_of_the_timeout_and_the_validity() -> None:
+    assert lc.receipt_deadline(0, 72 * H, None) == 72 * H
+    assert lc.receipt_deadline(0, 72 * H, 5 * 24 * H) == 5 * 24 * H + MARGIN
+    assert lc.receipt_deadline(0, 72 * H, 10 * 60_000) == 72 * H  # an OTP's 10 minutes
+    # The SMSC's relative validity counts from the send, and only without the message's own.
+    assert lc.receipt_deadline(H, 72 * H, None, 96 * H) == 97 * H + MARGIN
+    assert lc.receipt_deadline(H, 72 * H, 2 * H, 96 * H) == 73 * H
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 400) | st.none(),  # sent_at (h); None: never sent
+            st.integers(0, 400) | st.none(),  # expires_at (h)
+            st.sampled_from(["a", "b", "c", None]),  # the SMSC that took the last part
+            st.sampled_from(["sent", "delivered", "unknown"]),
+        ),
+        max_size=12,
+    ),
+    now=st.integers(0, 500),
+    timeout=st.integers(1, 200),
+    validity=st.dictionaries(st.sampled_from(["a", "b"]), st.integers(1, 300), max_size=2),
+)
+def test_the_sweeps_sql_is_the_deadline_rule(
+    rows: list[tuple[int | None, int | None, str | None, str]],
+    now: int,
+    timeout: int,
+    validity: dict[str, int],
+) -> None:
+    """Both engines find timed-out messages by timed_out_where: it selects exactly the open
+    messages whose receipt_deadline has passed (run here on SQLite; PostgreSQL runs it in
+    tests/integration/test_store.py)."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE messages (id INTEGER, state TEXT, sent_at INT, expires_at INT, smsc)")
+    db.executemany(
+        "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
+        [
+            (i, state, at and at * H, ex and ex * H, smsc)
+            for i, (at, ex, smsc, state) in enumerate(rows)
+        ],
+    )
+    ms = {k: v * H for k, v in validity.items()}
+    where, params = lc.timed_out_where(now * H, timeout * H, ms, lambda _i: "?")
+    got = {i for (i,) in db.execute(f"SELECT id FROM messages WHERE {where}", params)}
+    want = {
+        i
+        for i, (at, ex, smsc, state) in enumerate(rows)
+        if state == "sent"
+        and at is not None
+        and lc.receipt_deadline(at * H, timeout * H, ex and ex * H, ms.get(smsc or "")) <= now * H
+    }
+    assert got == want
