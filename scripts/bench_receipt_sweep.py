@@ -2,10 +2,11 @@
 """The sweep's receipt-timeout read when messages wait past the timeout for a long validity.
 
 A message whose validity ends after `pipeline.receipt_timeout_hours` stays `sent` until its end
-plus an hour (lifecycle.receipt_deadline). The sweep (every 5 s, in SQLite's write lock) reads
-the open messages by sent_at and steps over those still waiting: this prints the read's time
-with 0 and `--waiting` of them beside `--recent` messages sent within the timeout, on a SQLite
-file of the real schema (the read alone; nothing is ended: none is due).
+plus an hour (lifecycle.receipt_deadline). The sweep (every 5 s; on SQLite on the report
+thread, outside the write lock) reads the open messages by sent_at and steps over those still
+waiting: this prints the read's time with 0 and `--waiting` of them beside `--recent` messages
+sent within the timeout, on a SQLite file of the real schema (the read alone; nothing is ended:
+none is due).
 
     python scripts/bench_receipt_sweep.py --waiting 100000 --recent 200000
 """
