@@ -531,6 +531,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if batch.rules is None
             else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
         )
+        if one_facts is not None and batch.key_id is not None:
+            # The key's statement reads the facts too (_authorize): its argument joins theirs
+            # here, not by a copy of the dict inside the write lock.
+            one_facts[1]["key_id"] = batch.key_id
 
         def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
@@ -1810,7 +1814,9 @@ def _authorize(
         row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
     else:
         cols, args, out = facts
-        row = c.execute(_authorize_facts_sql(cols), {**args, "key_id": key_id}).fetchone()
+        if args.get("key_id") != key_id:  # SqliteStore.accept puts it there before the lock
+            args = {**args, "key_id": key_id}
+        row = c.execute(_authorize_facts_sql(cols), args).fetchone()
         if row is not None:
             out.extend(row[_AUTHORIZE_WIDTH:])
             row = row[:_AUTHORIZE_WIDTH]
