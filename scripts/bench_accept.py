@@ -29,7 +29,9 @@ from bridge.api import signing
 from bridge.api.submit import Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.config import parse_config
+from bridge.domain.admission import Rules
 from bridge.ids import new_id
+from bridge.store import sqlite_rules
 from bridge.store.models import Account
 
 KEY = "ak_bench0123456789"
@@ -42,6 +44,8 @@ COLON_BODY = b'{"to":"+8613800000000","text":"Your code: 123456, valid until 10:
 LOADS: Callable[[bytes], Any] = getattr(jsonio, "loads_unique", jsonio.loads)
 UCS3 = "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。" * 3
 ACCOUNT = Account(id="acc_bench", name="bench", raw_text=True)
+# What prepare_send hands the store for bench.py's requests (billing on, the default tariff).
+RULES = Rules(billing=True, tz="Asia/Shanghai")
 
 
 def request_headers(now: datetime) -> CIMultiDict[str]:
@@ -116,6 +120,11 @@ def main() -> None:
             gsm1, ACCOUNT, base_ms + i
         ),
         "messages built, 3-part UCS-2": lambda i: submitter.build(ucs3, ACCOUNT, base_ms + i),
+        # The arguments of the statement that reads a one-recipient send's facts with its key
+        # (SqliteStore.accept, before the write lock): prefixes, day, sign, pockets.
+        "send facts' statement arguments (SQLite)": lambda i: sqlite_rules.one_facts_query(
+            ACCOUNT.id, RULES, (f"+86138{i % 100_000_000:08d}",), base_ms + i
+        ),
     }
     for name, step in cases.items():
         print(f"  {name:<55} {run(step, args.seconds):8.2f} us")
