@@ -33,6 +33,7 @@ from bridge.store.account_rows import (
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
+    account_row_cached,
     audit_row,
     audit_values,
     column_value,
@@ -1822,7 +1823,7 @@ def _authorize(
             row = row[:_AUTHORIZE_WIDTH]
     if row is None:
         return "unknown_key", None
-    account = _account(row[1:])
+    account = account_row_cached(row[1:])
     if row[0] != "active":
         return "revoked", account
     key = (key_id, nonce)
