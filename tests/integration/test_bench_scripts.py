@@ -168,6 +168,7 @@ def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
         "messages built, 1-part GSM (encode, parts, ids)",
         "messages built, 3-part UCS-2",
         "send facts' statement arguments (SQLite)",
+        "key check with the facts (SQLite, in the write lock)",
     ], out
     assert all(float(us) > 0 for _name, us in rows), out
 
