@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from bridge.api import signing
 from bridge.api.submit import Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.config import parse_config
+from bridge.domain.admission import Rules
 from bridge.ids import new_id
+from bridge.store import sqlite_rules
 from bridge.store.models import Account
 
 KEY = "ak_bench0123456789"
@@ -42,6 +45,8 @@ COLON_BODY = b'{"to":"+8613800000000","text":"Your code: 123456, valid until 10:
 LOADS: Callable[[bytes], Any] = getattr(jsonio, "loads_unique", jsonio.loads)
 UCS3 = "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。" * 3
 ACCOUNT = Account(id="acc_bench", name="bench", raw_text=True)
+# What prepare_send hands the store for bench.py's requests (billing on, the default tariff).
+RULES = Rules(billing=True, tz="Asia/Shanghai")
 
 
 def request_headers(now: datetime) -> CIMultiDict[str]:
@@ -116,9 +121,70 @@ def main() -> None:
             gsm1, ACCOUNT, base_ms + i
         ),
         "messages built, 3-part UCS-2": lambda i: submitter.build(ucs3, ACCOUNT, base_ms + i),
+        # The arguments of the statement that reads a one-recipient send's facts with its key
+        # (SqliteStore.accept, before the write lock): prefixes, day, sign, pockets.
+        "send facts' statement arguments (SQLite)": lambda i: sqlite_rules.one_facts_query(
+            ACCOUNT.id, RULES, (f"+86138{i % 100_000_000:08d}",), base_ms + i
+        ),
     }
-    for name, step in cases.items():
-        print(f"  {name:<55} {run(step, args.seconds):8.2f} us")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases["key check with the facts (SQLite, in the write lock)"] = key_check(
+            Path(tmp), base_ms
+        )
+        for name, step in cases.items():
+            print(f"  {name:<55} {run(step, args.seconds):8.2f} us")
+
+
+def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
+    """What an accept runs first inside the write lock (sqlite._authorize): one statement reads
+    the key, its account and the send's facts, one inserts the nonce; against a real store file,
+    each 500 rolled back. The statement's arguments are made first, as SqliteStore.accept makes
+    them before the lock (this tree's way: with the key's argument or without)."""
+    import asyncio
+    import inspect
+    import sqlite3
+
+    from bridge.accounts import AccountService
+    from bridge.crypto import Sealer
+    from bridge.store import sqlite as sqlite_store
+
+    async def made() -> str:
+        store = sqlite_store.SqliteStore(str(tmp / "bridge.db"))
+        await store.open()
+        try:
+            creds = await AccountService(store, Sealer(bytes(32))).create(
+                "bench", {"raw_text": True}, now_ms
+            )
+        finally:
+            await store.close()
+        return creds.app_key
+
+    key_id = asyncio.run(made())
+    merged = 'one_facts[1]["key_id"]' in inspect.getsource(sqlite_store.SqliteStore.accept)
+    c = sqlite3.connect(tmp / "bridge.db", isolation_level=None)
+    c.execute("BEGIN IMMEDIATE")
+
+    queries = []
+    for i in range(1000):
+        number = f"+86138{i:08d}"
+        query = sqlite_rules.one_facts_query(ACCOUNT.id, RULES, (number,), now_ms)
+        assert query is not None
+        if merged:
+            query[1]["key_id"] = key_id
+        queries.append(query)
+
+    def step(i: int) -> None:
+        cols, facts_args = queries[i % 1000]
+        row: list[Any] = []
+        outcome, _account = sqlite_store._authorize(
+            c, key_id, f"nonce{i:012d}", now_ms + 601_000, now_ms, [], (cols, facts_args, row)
+        )
+        assert outcome == "ok", outcome
+        if i % 500 == 499:
+            c.execute("ROLLBACK")
+            c.execute("BEGIN IMMEDIATE")
+
+    return step
 
 
 if __name__ == "__main__":

@@ -155,7 +155,9 @@ async def errors_middleware(request: web.Request, handler):
         await close_after(request, resp)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
-    if code == "OK" and STREAM_CUT in request:  # headers said 200, then the stream broke
+    # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one
+    # is looked up (a request key missing is a KeyError raised and caught, ~0.8 µs).
+    if code == "OK" and type(resp) is not web.Response and STREAM_CUT in request:
         code = request[STREAM_CUT]
     elif code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
         code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"

@@ -61,6 +61,9 @@ class Principal:
     account: Account
     key: AppKey
     deferred: NonceClaim | None = None
+    # The body's hex SHA-256, as verified against X-Bridge-Content-SHA256: a send's idempotency
+    # record keeps it, hashed once per request instead of twice.
+    body_sha256: str | None = None
 
 
 def refusal(outcome: str) -> ApiError:
@@ -228,6 +231,8 @@ class Authenticator:
         except signing.SignatureError as exc:
             raise ApiError(exc.code, exc.message) from None
 
+        # verify_checked compared it with the hash of the body it computed: equal, so the same.
+        body_sha256 = lowered["x-bridge-content-sha256"]
         now_ms = int(now * 1000)
         # Whoever signed this holds the secret: the key is in use, whatever the nonce's fate.
         self.key_use.note(key.key_id, now_ms)
@@ -239,9 +244,10 @@ class Authenticator:
             deferred_account = await self._account(key.account_id)
             if deferred_account is None:
                 raise refusal("unknown_key")
-            return Principal(deferred_account, key, NonceClaim(key.key_id, nonce, expires_at))
+            claim = NonceClaim(key.key_id, nonce, expires_at)
+            return Principal(deferred_account, key, claim, body_sha256)
         account = await self.spend(NonceClaim(key.key_id, nonce, expires_at), now_ms)
-        return Principal(account=account, key=key)
+        return Principal(account=account, key=key, body_sha256=body_sha256)
 
     async def spend(self, claim: NonceClaim, now_ms: int) -> Account:
         """Record the nonce and re-read the key and account live; the refusal for a replayed

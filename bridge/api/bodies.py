@@ -34,7 +34,9 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
 
 async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
     """read_body, its Content-Encoding already checked (refuse_encoding)."""
-    if CONTINUE in request:
+    # The header first: a request key missing is a KeyError raised and caught (~0.8 µs), and
+    # defer_continue only runs, and sets CONTINUE, for a request that sent Expect.
+    if "Expect" in request.headers and CONTINUE in request:
         await _send_continue(request)
     try:
         if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait

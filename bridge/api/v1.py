@@ -146,13 +146,17 @@ _AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY"})
 async def _checked_post(
     ctx: ApiContext, request: web.Request, claim: NonceClaim | None, now_ms: int
 ) -> web.Response:
-    account = request[PRINCIPAL].account
+    principal = request[PRINCIPAL]
     body: bytes = request[BODY]
     check_accepting(ctx)
     key = request.headers.get("Idempotency-Key")
     if key is None:
         raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-    return await _post_messages(ctx, request, account, claim, body, check_key(key), now_ms)
+    # The body's hash was verified with the signature: not computed a second time.
+    req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
+    return await _post_messages(
+        ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
+    )
 
 
 async def _post_messages(
@@ -162,9 +166,9 @@ async def _post_messages(
     claim: NonceClaim | None,
     body: bytes,
     key: str,
+    req_hash: str,
     now_ms: int,
 ) -> web.Response:
-    req_hash = hashlib.sha256(body).hexdigest()
     for attempt in range(1, _STALE_TRIES + 1):
         outcome, payload, messages = await _accept_once(
             ctx, request, account, claim, body, key, req_hash, now_ms

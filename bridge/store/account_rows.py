@@ -44,6 +44,27 @@ def account_row(row: Sequence[Any]) -> Account:
     )
 
 
+# The accounts last built from rows by `account_row_cached`, keyed by the whole row: a row
+# that differs in any column (a setting, the status, the warning mark) is another key, so no
+# account is ever answered from a stale row; bounded, cleared when full.
+_BUILT: dict[tuple[Any, ...], Account] = {}
+_BUILT_MAX = 256
+
+
+def account_row_cached(row: tuple[Any, ...]) -> Account:
+    """`account_row` of a row as the store read it, the account built once per distinct row.
+
+    Why: every signed send reads its key's account inside the write lock (sqlite._authorize),
+    and building the 20-field value cost more than hashing the row to find the one built
+    from the same values before (an account's row changes seldom, and only by an operator)."""
+    hit = _BUILT.get(row)
+    if hit is None:
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.clear()
+        hit = _BUILT[row] = account_row(row)
+    return hit
+
+
 def refusal_of(account: Account | None, version: int) -> str | None:
     """Why an accept validated against the account's `version` (updated_at) must not be written
     now: "disabled" (gone or disabled since), "stale" (changed since), or None."""

@@ -67,7 +67,10 @@ def dnc_entry_for_number(e164: str) -> str:
 def number_prefixes(e164: str) -> list[str]:
     """The do-not-contact entries that block this number: every prefix of it (the whole number
     included, as a prefix) and the number itself as an exact entry."""
-    return [*(e164[:n] for n in range(5, len(e164) + 1)), dnc_entry_for_number(e164)]
+    # A list comprehension, not a generator unpacked into a list: once per accept (~0.5 µs).
+    out = [e164[:n] for n in range(5, len(e164) + 1)]
+    out.append(DNC_EXACT + e164)
+    return out
 
 
 class DncEntries:

@@ -34,6 +34,7 @@ from bridge.store.account_rows import (
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
+    account_row_cached,
     audit_row,
     audit_values,
     column_value,
@@ -533,6 +534,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if batch.rules is None
             else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
         )
+        if one_facts is not None and batch.key_id is not None:
+            # The key's statement reads the facts too (_authorize): its argument joins theirs
+            # here, not by a copy of the dict inside the write lock.
+            one_facts[1]["key_id"] = batch.key_id
 
         def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
@@ -1842,13 +1847,15 @@ def _authorize(
         row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
     else:
         cols, args, out = facts
-        row = c.execute(_authorize_facts_sql(cols), {**args, "key_id": key_id}).fetchone()
+        if args.get("key_id") != key_id:  # SqliteStore.accept puts it there before the lock
+            args = {**args, "key_id": key_id}
+        row = c.execute(_authorize_facts_sql(cols), args).fetchone()
         if row is not None:
             out.extend(row[_AUTHORIZE_WIDTH:])
             row = row[:_AUTHORIZE_WIDTH]
     if row is None:
         return "unknown_key", None
-    account = _account(row[1:])
+    account = account_row_cached(row[1:])
     if row[0] != "active":
         return "revoked", account
     key = (key_id, nonce)

@@ -1286,3 +1286,18 @@ def test_signed_header_not_utf8_is_refused_by_name() -> None:
     headers = signed_example(headers={**BASE_HEADERS, "Idempotency-Key": "order-é"})
     auth = parse_authorization(headers["Authorization"])
     verify_signature(SECRET, "POST", "/v1/messages", "", headers, BODY, auth)
+
+
+def test_the_cached_signed_headers_list_still_refuses_a_reordered_or_repeated_one() -> None:
+    # parse_authorization keeps the SignedHeaders lists it has checked (per text): the same
+    # names in another order, or repeated, are other texts and still refused, however often
+    # the good list was seen first.
+    sig = "0" * 64
+    good = f"BRIDGE-HMAC-SHA256 Credential=ak_1,SignedHeaders=host;x-bridge-date,Signature={sig}"
+    for _ in range(2):
+        assert signing.parse_authorization(good).signed_headers == ("host", "x-bridge-date")
+    for names in ("x-bridge-date;host", "host;host;x-bridge-date"):
+        bad = good.replace("host;x-bridge-date", names)
+        for _ in range(2):
+            with pytest.raises(signing.SignatureError, match="sorted and without repeats"):
+                signing.parse_authorization(bad)

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""CPU of a whole accept in one process, over real HTTP: µs per accepted one-part send.
+
+Usage: python scripts/bench_accept_http.py [--requests 20000] [--concurrency 50] [--rounds 3]
+
+Why: `bench_accept.py` times the accept path's pure steps; what lies between them (aiohttp's
+request handling, the middlewares, the authenticator's caches, the store's accept batch, the
+202 answer) it does not see, and `bench.py` end to end is too noisy (±15%) for a cut of a few
+µs. This runs what an acceptor process runs for `bench.py`'s requests: the app as the daemon
+builds it (`make_app` over an `ApiContext`), a real SQLite store in a temporary directory, the
+same signed one-recipient POST /v1/messages on keep-alive connections, and counts this
+process's CPU (its fsync thread included) per 202. The load comes from a child process of raw
+sockets, pre-signed before the clock starts, so its CPU is not counted. Compare two trees by
+running this script from each (it imports the `bridge` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TEXT = "Your verification code is 123456."
+
+
+def client_main(port: int, key: str, secret: str, n: int, concurrency: int, first: int) -> None:
+    """The load: `n` pre-signed requests over `concurrency` keep-alive connections; prints the
+    count of 202 answers and of others."""
+    from bridge.api import signing
+
+    now = datetime.now(UTC)
+    reqs = []
+    for i in range(n):
+        # A new number each, as bench.py's: the frequency rules allow a number a few a day.
+        body = json.dumps({"to": f"+86138{first + i:08d}", "text": TEXT}).encode()
+        headers = {
+            "Host": f"127.0.0.1:{port}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": uuid.uuid4().hex,
+            "Content-Length": str(len(body)),
+        }
+        nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        headers.update(
+            signing.sign_request(key, secret, "POST", "/v1/messages", "", headers, body, now, nonce)
+        )
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        reqs.append(f"POST /v1/messages HTTP/1.1\r\n{head}\r\n".encode() + body)
+    counts: dict[str, Any] = {"202": 0, "other": 0}
+
+    async def conn(queue: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            writer.write(queue.pop())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            ok = head.startswith(b"HTTP/1.1 202")
+            counts["202" if ok else "other"] += 1
+            if not ok and "first" not in counts:
+                counts["first"] = (head + b"\n").decode(errors="replace")
+        writer.close()
+
+    async def drive() -> None:
+        await asyncio.gather(*(conn(reqs) for _ in range(concurrency)))
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # go
+    asyncio.run(drive())
+    print(json.dumps(counts), flush=True)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from bridge.accounts import AccountService
+    from bridge.api.app import make_app
+    from bridge.api.auth import Authenticator
+    from bridge.api.context import ApiContext
+    from bridge.api.submit import Submitter
+    from bridge.app import make_router
+    from bridge.config import parse_config
+    from bridge.crypto import Sealer
+    from bridge.domain.ledger import topup
+    from bridge.store.sqlite import SqliteStore
+    from bridge.wiring import configure_store
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-accept-http-"))
+    master = base64.b64encode(os.urandom(32)).decode()
+    cfg = parse_config(
+        {
+            "server": {"port": 8080, "max_recipients": 1000},
+            "store": {"path": str(tmp / "bridge.db")},
+            "security": {"master_key": master},
+            "logging": {"level": "WARNING"},
+            "smscs": [{"name": "a", "system_id": "s"}],
+        },
+        env={},
+        base_dir=tmp,
+    )
+    sealer = Sealer(base64.b64decode(master))
+    store = SqliteStore(
+        cfg.store.path, linger_ms=cfg.store.group_commit_ms, max_batch=cfg.store.group_commit_max
+    )
+    configure_store(store, cfg)
+    await store.open()
+    ctx = ApiContext(
+        config=cfg,
+        store=store,
+        auth=await Authenticator.start(store, sealer, cfg, time.time),
+        submitter=Submitter(cfg, make_router(cfg)),
+        accounts=AccountService(store, sealer),
+    )
+    now = int(time.time() * 1000)
+    creds = await ctx.accounts.create("bench", {"raw_text": True}, now)
+    await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
+    runner = web.AppRunner(make_app(ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        for r in range(args.rounds):
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--client",
+                str(port),
+                creds.app_key,
+                creds.app_secret,
+                str(args.requests),
+                str(args.concurrency),
+                str(r * args.requests),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert client.stdout is not None and client.stdin is not None
+            await client.stdout.readline()  # signed, ready
+            gc.collect()
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            client.stdin.write(b"go\n")
+            await client.stdin.drain()
+            counts = json.loads(await client.stdout.readline())
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            await client.wait()
+            ok = counts["202"]
+            if "first" in counts:
+                print("  first refusal:", counts["first"])
+            print(
+                f"  round {r + 1}: {ok} accepted ({counts['other']} other), "
+                f"{cpu / max(ok, 1) * 1e6:7.1f} us of CPU per accept, {ok / wall:7.0f}/s",
+                flush=True,
+            )
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        port, key, secret, n, conc, first = sys.argv[2:8]
+        client_main(int(port), key, secret, int(n), int(conc), int(first))
+        return
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=20000, help="sends per round")
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    gc.freeze()  # as `run` does at start (bridge/cli.py, _tune_gc)
+    gc.set_threshold(5000)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args))
+    else:
+        uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
