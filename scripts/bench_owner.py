@@ -2,7 +2,7 @@
 """Time the SQLite store's write lock the owner's steps take per message, in one process.
 
 Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
-                                     [--early 0.33] [--tree DIR]
+                                     [--early 0.33] [--parts 3] [--tree DIR]
 
 Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
 (claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
@@ -15,7 +15,8 @@ page cache emptied). It prints the lock's time and CPU per message from the stor
 finished messages (a store in service holds its retention period's). `--early F` applies that
 share of the receipts before their submit results, as under load (kept unmatched, then matched
 when the results come: `bench.py`'s "matched again"); compare 0 with 1, each one receipts
-commit per batch (a share between makes two). `--tree` imports `bridge`
+commit per batch (a share between makes two). `--parts N` sends N-part UCS-2 messages (a
+result and a receipt per part; `--early` then counts whole messages). `--tree` imports `bridge`
 from another checkout, to compare two trees in alternating runs of this one script.
 """
 
@@ -37,6 +38,7 @@ ap.add_argument("--batch", type=int, default=50, help="messages per claim (and p
 ap.add_argument("--history", type=int, default=200_000, help="finished messages stored first")
 ap.add_argument("--runs", type=int, default=1)
 ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
+ap.add_argument("--parts", type=int, default=1, help="parts per message (UCS-2 when > 1)")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ARGS = ap.parse_args()
 sys.path.insert(0, ARGS.tree)
@@ -79,17 +81,26 @@ def history(path: Path, n: int) -> None:
 
 def message(k: int) -> NewMessage:
     mid = f"msg_b{k:012d}"
+    n = ARGS.parts
+    if n == 1:
+        segments: tuple[NewSegment, ...] = (NewSegment(1, 1, 0, b"hello", b""),)
+    else:  # as bench.py's ucs3: 134 bytes a part, the 6-byte UDH first
+        body = "\u4f60\u597d" * 32 * n
+        segments = tuple(
+            NewSegment(q, n, 0x40, bytes((5, 0, 3, k % 256, n, q)) + b"\x4f\x60" * 64, b"")
+            for q in range(1, n + 1)
+        )
     return NewMessage(
         id=mid,
         account_id="acc",
         batch_id="b_" + mid,
         recipient=f"+86139{k:08d}",
-        encoding="gsm7",
-        data_coding=0,
-        billable_units=1,
-        segments=(NewSegment(1, 1, 0, b"hello", b""),),
+        encoding="gsm7" if n == 1 else "ucs2",
+        data_coding=0 if n == 1 else 8,
+        billable_units=n,
+        segments=segments,
         accepted_at=NOW,
-        text="hello",
+        text="hello" if n == 1 else body,
     )
 
 
@@ -129,25 +140,38 @@ async def run(path: Path) -> dict[str, float]:
             break
         s = step("claim", s0)
         receipts = [
-            ReceiptIn("a", f"x{w.id}", "delivered", "DELIVRD", None, now, now) for w in work
+            ReceiptIn("a", f"x{w.id}-{g.seq}", "delivered", "DELIVRD", None, now, now)
+            for w in work
+            for g in w.segments
         ]
-        early = receipts[: round(len(work) * ARGS.early)]
+        assert len(receipts) == len(work) * ARGS.parts, len(receipts)
+        early = receipts[: round(len(work) * ARGS.early) * ARGS.parts]  # whole messages
         if early:  # before their submit results: kept unmatched, matched by the results' step
             out = await store.apply_receipts(early, now)
             assert out.pending == len(early), out
         s = step("receipts", s)
         await store.record_submits(
             [
-                SubmitResult(w.id, 1, "sent", "a", f"x{w.id}", f"x{w.id}", at=now, sent_at=now)
+                SubmitResult(
+                    w.id,
+                    g.seq,
+                    "sent",
+                    "a",
+                    f"x{w.id}-{g.seq}",
+                    f"x{w.id}-{g.seq}",
+                    at=now,
+                    sent_at=now,
+                )
                 for w in work
+                for g in w.segments
             ],
             [],
             now,
         )
         s = step("submit results", s)
-        if len(early) < len(work):
+        if len(early) < len(receipts):
             out = await store.apply_receipts(receipts[len(early) :], now)
-            assert out.matched == len(work) - len(early), out
+            assert out.matched == len(receipts) - len(early), out
         step("receipts", s)
         s1, c1 = store.write_lock_stats(), time.process_time()
         assert s0 is not None and s1 is not None
@@ -170,6 +194,7 @@ def main() -> None:
             outs.append(asyncio.run(run(Path(d) / "bench.db")))
     med = {k: statistics.median(o[k] for o in outs) for k in outs[0]}
     print(f"tree                                     {ARGS.tree}")
+    print(f"parts per message                        {ARGS.parts}")
     print(f"owner write lock per message (us)        {med['held']:.1f}")
     print(f"owner lock CPU per message (us)          {med['lock_cpu']:.1f}")
     print(f"owner CPU per message, all (us)          {med['cpu']:.1f}")

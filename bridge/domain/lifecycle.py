@@ -214,20 +214,30 @@ def rollup(states: Iterable[str]) -> str:
     A message is final only when every segment is final, so a long message is never reported
     delivered on a guess from one part (the Kannel/Jasmin flaw), and billing sees one outcome.
     """
-    states = list(states)
-    if not states:
-        return MSG_QUEUED
-    if any(s == SEG_QUEUED for s in states):
+    return _state_of(set(states))
+
+
+_ONLY_DELIVERED = frozenset({SEG_DELIVERED})
+_ERROR_STATES = SEG_NEGATIVE | {SEG_EXPIRED_UNSENT}  # the parts whose error code the row shows
+
+
+def _state_of(seen: set[str]) -> str:
+    """rollup over the set of its parts' states. Set operations, not a generator pass per rule:
+    the roll-up runs twice per message inside the store's write lock, where those passes (and
+    summarize's four more) were most of row_update's time (a one-part message, three
+    alternating runs on a loaded machine: 7.3-11.2 µs against 2.6-4.9 now)."""
+    if not seen or SEG_QUEUED in seen:
         # Even beside expired parts: a part still queued is unsettled, and reporting the message
         # final here fired its webhook and done_at while results for that part were in flight.
         return MSG_QUEUED
-    if not all(s in SEG_FINAL for s in states):
+    if not seen <= SEG_FINAL:
         return MSG_SENT
-    if all(s == SEG_DELIVERED for s in states):
+    if seen == _ONLY_DELIVERED:
         return MSG_DELIVERED
-    if any(s == SEG_EXPIRED_UNSENT for s in states) and not any(s in SEG_NEGATIVE for s in states):
+    negative = not SEG_NEGATIVE.isdisjoint(seen)
+    if SEG_EXPIRED_UNSENT in seen and not negative:
         return MSG_EXPIRED
-    if any(s in SEG_NEGATIVE for s in states):
+    if negative:
         return MSG_FAILED
     return MSG_UNKNOWN
 
@@ -252,17 +262,20 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     all of them (segments_sent counts them so too), so its counts are scaled to `segments`.
     """
     states = [s for s, _e in parts]
+    seen = set(states)
     scale = segments if len(parts) == 1 and segments > 1 else 1
-    new = rollup(states)
-    error = next((e for s, e in parts if s in SEG_NEGATIVE or s == SEG_EXPIRED_UNSENT), None)
-    if error is None and new == MSG_UNKNOWN:
+    new = _state_of(seen)
+    error = None
+    if not seen.isdisjoint(_ERROR_STATES):
+        error = next(e for s, e in parts if s in _ERROR_STATES)
+    elif new == MSG_UNKNOWN:  # only delivered and timed-out parts
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
     return Summary(
         state=new,
-        delivered=scale * sum(1 for s in states if s == SEG_DELIVERED),
-        failed=scale * sum(1 for s in states if s in SEG_NEGATIVE),
+        delivered=scale * states.count(SEG_DELIVERED),
+        failed=scale * sum(map(SEG_NEGATIVE.__contains__, states)),
         error=error,
-        all_dispatched=all(s != SEG_QUEUED for s in states),
+        all_dispatched=SEG_QUEUED not in seen,
     )
 
 

@@ -153,6 +153,7 @@ def rollup_messages(
     *,
     intermediate: bool = False,
     air: dict[str, tuple[str, int]] | None = None,
+    known: dict[str, tuple[str, str | None]] | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
@@ -161,8 +162,14 @@ def rollup_messages(
 
     `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit
-    rewrites its message's row once, not twice."""
+    rewrites its message's row once, not twice.
+
+    `known` (id -> (state, error code)) are messages of one part row whose part this
+    transaction wrote last, as it now is: not read again. A one-part message's
+    submit result and receipt each read its part before writing it, so the roll-up's read of
+    its parts was the same row once more, twice a message in the owner's write lock."""
     air = air or {}
+    known = known or {}
     if not touched and not air:
         return 0
     ids = list(touched) + [mid for mid in air if mid not in touched]
@@ -171,14 +178,22 @@ def rollup_messages(
     current: dict[str, tuple[Any, ...]] = {}
     for chunk in _chunks(ids):
         marks = _marks(len(chunk))
-        for mid, seq, state, error in c.execute(
-            f"SELECT message_id, seq, state, error_code FROM segments "
-            f"WHERE message_id IN ({marks}) ORDER BY message_id, seq",
-            chunk,
+        unknown = [mid for mid in chunk if mid not in known]
+        for mid, seq, state, error in (
+            c.execute(
+                f"SELECT message_id, seq, state, error_code FROM segments "
+                f"WHERE message_id IN ({_marks(len(unknown))}) ORDER BY message_id, seq",
+                unknown,
+            )
+            if unknown
+            else ()
         ):
             parts[mid].append((state, error))
             if seq == 2:
                 many.add(mid)
+        for mid in chunk:
+            if mid in known:
+                parts[mid].append(known[mid])
         for row in c.execute(
             f"SELECT {rollup_rows.ROLLUP_COLS} FROM messages WHERE id IN ({marks})", chunk
         ):
@@ -334,17 +349,18 @@ def record_submits(
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     air: dict[str, tuple[str, int]] = {}
+    known: dict[str, tuple[str, str | None]] = {}  # one-part messages' parts as now written
     sent = [r for r in results if r.outcome == "sent"]
     if sent:
         # Only parts still queued count: a repeated result is settled once.
-        queued: set[tuple[str, int]] = set()
+        queued: dict[tuple[str, int], tuple[int, str | None]] = {}  # -> (total, error code)
         mids = sorted({r.message_id for r in sent})
         for chunk in _chunks(mids):
             queued.update(
-                (m, q)
-                for m, q in c.execute(
-                    f"SELECT message_id, seq FROM segments WHERE message_id IN "
-                    f"({_marks(len(chunk))}) AND state='queued'",
+                ((m, q), (total, error))
+                for m, q, total, error in c.execute(
+                    f"SELECT message_id, seq, total, error_code FROM segments WHERE message_id "
+                    f"IN ({_marks(len(chunk))}) AND state='queued'",
                     chunk,
                 )
             )
@@ -352,8 +368,10 @@ def record_submits(
         for r in sent:
             key = (r.message_id, r.seq)
             if key in queued:
-                queued.discard(key)
+                total, error = queued.pop(key)
                 fresh.append(r)
+                if total == 1:  # its only part row, 'sent' by the UPDATE below
+                    known[r.message_id] = (lc.SEG_SENT, error)
         c.executemany(
             "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
             "submitted_at=?, attempts=attempts+1 WHERE message_id=? AND seq=?",
@@ -371,7 +389,7 @@ def record_submits(
         air = per_msg
         for mid in per_msg:
             touched[mid] = True
-        _apply_pending(c, fresh, now, touched, one_per_message, inferred)
+        _apply_pending(c, fresh, now, touched, known, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
         _infer_on_accept(
@@ -381,6 +399,7 @@ def record_submits(
         if r.outcome == "sent":
             continue
         touched[r.message_id] = True
+        known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
             c.execute(
                 "UPDATE segments SET state='failed', smsc=?, error_code=?, done_at=?, "
@@ -438,7 +457,7 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate, air=air)
+    return rollup_messages(c, touched, now, intermediate=intermediate, air=air, known=known)
 
 
 def record_late_submits(
@@ -491,6 +510,7 @@ def _apply_pending(
     fresh: list[SubmitResult],
     now: int,
     touched: dict[str, bool],
+    known: dict[str, tuple[str, str | None]],
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
 ) -> None:
@@ -520,7 +540,7 @@ def _apply_pending(
     if not found:
         return
     c.executemany("DELETE FROM pending_receipts WHERE id=?", [(row[0],) for row in found])
-    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched, one_per_message, inferred)
+    _apply(c, [ReceiptIn(*row[1:]) for row in found], touched, known, one_per_message, inferred)
 
 
 def _infer_on_accept(
@@ -616,7 +636,8 @@ def apply_receipts(
     pending_receipts for their id. `late` counts, by SMSC, those for parts the receipt timeout
     ended (lifecycle.count_after_timeout)."""
     touched: dict[str, bool] = {}
-    unmatched = _apply(c, receipts, touched, one_per_message, inferred, late)
+    known: dict[str, tuple[str, str | None]] = {}
+    unmatched = _apply(c, receipts, touched, known, one_per_message, inferred, late)
     if unmatched:
         c.executemany(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -626,7 +647,7 @@ def apply_receipts(
                 for r in unmatched
             ],
         )
-    reports = rollup_messages(c, touched, now)
+    reports = rollup_messages(c, touched, now, known=known)
     return len(receipts) - len(unmatched), len(unmatched), reports
 
 
@@ -634,11 +655,13 @@ def _apply(
     c: sqlite3.Connection,
     receipts: list[ReceiptIn],
     touched: dict[str, bool],
+    known: dict[str, tuple[str, str | None]],
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
     late: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
+    The parts settled of one-part messages go into `known` as written (rollup_messages).
 
     The id map is per SMSC: the same id from two SMSCs is two different messages.
     """
@@ -646,14 +669,17 @@ def _apply(
     for r in receipts:
         by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
     parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+    single: set[str] = set()  # messages of one part row
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
-            for msg_id, mid, seq, state in c.execute(
-                "SELECT smsc_msg_id, message_id, seq, state FROM segments "
+            for msg_id, mid, seq, state, total in c.execute(
+                "SELECT smsc_msg_id, message_id, seq, state, total FROM segments "
                 f"WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))})",
                 (smsc, *chunk),
             ):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
+                if total == 1:
+                    single.add(mid)
     siblings = None
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles
@@ -666,8 +692,10 @@ def _apply(
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
-    for mid, *_rest in settled:
+    for mid, _seq, state, _at, error, _src in settled:  # in the order the UPDATEs apply
         touched.setdefault(mid, False)
+        if mid in single:
+            known[mid] = (state, error)
     if settled:
         c.executemany(
             "UPDATE segments SET state=?3, done_at=?4, error_code=?5, receipt_inferred_from=?6 "

@@ -147,6 +147,36 @@ def test_negative_receipts_always_leave_a_code(
     assert (colon, detail) == ((":", err) if err and err.strip("0") else ("", ""))
 
 
+def summarize_by_the_rules(parts: list[tuple[str, str | None]], segments: int) -> lc.Summary:
+    """What a message row shows of its parts, written as the rules read (one pass per rule):
+    the oracle for lifecycle.summarize, which does it with set operations."""
+    states = [s for s, _e in parts]
+    scale = segments if len(parts) == 1 and segments > 1 else 1
+    state = expected(states)
+    error = next((e for s, e in parts if s in NEGATIVE or s == lc.SEG_EXPIRED_UNSENT), None)
+    if error is None and state == lc.MSG_UNKNOWN:
+        error = next((e for s, e in parts if s == lc.SEG_TIMEOUT), None)
+    return lc.Summary(
+        state=state,
+        delivered=scale * sum(1 for s in states if s == lc.SEG_DELIVERED),
+        failed=scale * sum(1 for s in states if s in NEGATIVE),
+        error=error,
+        all_dispatched=all(s != lc.SEG_QUEUED for s in states),
+    )
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3])
+def test_summarize_exhaustive_up_to_three_parts(length: int) -> None:
+    # Each part with and without an error code, and a code on some parts only: the error shown
+    # is the first negative or unsent part's (even when that one has none), else a timeout's.
+    part = [(s, e) for s in (*SEGMENT_STATES, "enroute") for e in (None, f"E_{s}")]
+    for combo in itertools.product(part, repeat=length):
+        parts = list(combo)
+        for segments in (0, 1, 3):
+            want = summarize_by_the_rules(parts, segments)
+            assert lc.summarize(parts, segments) == want, (parts, segments)
+
+
 def test_row_update_none_when_nothing_changes():
     from bridge.domain.lifecycle import row_update
 
