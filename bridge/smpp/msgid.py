@@ -64,6 +64,11 @@ def _as_string(value: str, rule: MsgIdRule) -> str:
 def normalize_id(raw: str, base: IdBase, rule: MsgIdRule) -> str:
     """Canonical key of `raw` read in `base`: numbers become their decimal string, so that the
     hex and the decimal spelling of one id meet; anything else falls back to the string rules."""
+    if base is IdBase.STR and raw.isascii() and raw.isalnum():
+        # The usual id, letters and digits only: nothing to trim, so unless it has leading zeros
+        # to strip it is its own key but for case (two per part sent: the resp's, the receipt's).
+        if raw[0] != "0" or not rule.strip_leading_zeros:
+            return raw.upper() if rule.case_insensitive else raw
     value = _trim(raw)
     if len(value) <= _MAX_NUMERIC_LEN:
         if base is IdBase.HEX:
