@@ -126,7 +126,8 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
             frame = bytearray(resps[i])
             frame[12:16] = seq.to_bytes(4, "big")
             (ev,) = session.receive_data(bytes(frame), 1.0)
-            normalize_resp_id(ev.message_id, rule)
+            if ev.status or normalize_resp_id(ev.message_id, rule) != ids[i].lstrip("0"):
+                raise SystemExit(f"part {i}: answered {ev}, not as the simulator would")
 
     out: dict[str, float] = {}
 
@@ -145,7 +146,7 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
                 await asyncio.sleep(0)
                 for ev, fut in futs:
                     session.ack_deliver(ev.seq, await fut)
-                session.data_to_send()
+                acks.append(session.data_to_send())
             return time.process_time() - t
 
         async def results_of(count: int) -> float:
@@ -162,9 +163,22 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
                     await asyncio.gather(*(results.add(item) for item in items))
             return time.process_time() - t
 
+        acks: list[bytes] = []
         for name, fn in (("receipts", receipts_of), ("results", results_of)):
             best = min([await fn(messages) for _ in range(rounds)])
             out[name] = best / messages * 1e6
+        # Each receipt was parsed, keyed, committed (the stub store) and acknowledged ESME_ROK.
+        want = messages * rounds * n_parts
+        ok = sum(
+            1
+            for chunk in acks
+            for i in range(0, len(chunk), 17)
+            if chunk[i + 8 : i + 12] == bytes(4)
+        )
+        if (inbound.receipts, inbound.unparsable, ok) != (want, 0, want):
+            raise SystemExit(f"receipts: {inbound.receipts} stored, {ok} acked ROK of {want}")
+        if results.items != messages * rounds * n_parts:
+            raise SystemExit(f"results: {results.items} flushed of {messages * rounds * n_parts}")
 
     for name, step in (("accept", accept), ("send", send)):
         best = float("inf")
