@@ -411,7 +411,7 @@ class BindSession:
             return
         try:
             # One per receipt (one per part sent): the bytes encode(Pdu(..., MessageIdResp()))
-            # makes, without building and dispatching the PDU (~1.5 us of ~2).
+            # makes, without building and dispatching the PDU: 0.3 us against 1.0.
             self._out += _ACK.pack(17, resp, status, seq, 0)
         except StructError:
             self._respond(resp, status, seq, MessageIdResp())  # raises encode's EncodeError
