@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from bridge import logs
@@ -55,6 +55,27 @@ class Batcher(Generic[T]):
         fut: asyncio.Future[None] = loop.create_future()
         self._items.append(item)
         self._waiters.append(fut)
+        if len(self._items) >= self._max:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._delay, self._start_flush)
+        return fut
+
+    def add_many(self, items: Sequence[T]) -> asyncio.Future[None]:
+        """Queue `items` under one future, resolved when the batch carrying them is committed
+        (a message's results: one future and one waiter for its parts, not one each).
+
+        Unordered batches take every queued item, so `items` share one flush; an ordered
+        batcher may cut them over two, so there each item gets its own future, gathered."""
+        if self._ordered:
+            return asyncio.gather(*(self.add(item) for item in items))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not items:
+            fut.set_result(None)
+            return fut
+        self._items.extend(items)
+        self._waiters.extend([fut] * len(items))  # the same future: _settle resolves it once
         if len(self._items) >= self._max:
             self._start_flush()
         elif self._timer is None:

@@ -448,13 +448,15 @@ class Dispatcher:
     async def _send_parts(
         self, msg: WorkMessage, keep: Callable[[asyncio.Future[None]], None]
     ) -> None:
-        def add(item: SubmitResult | Release) -> None:
-            keep(self._results.add(item))
+        def add(*items: SubmitResult | Release) -> None:
+            if len(items) == 1:
+                keep(self._results.add(items[0]))
+            elif items:
+                keep(self._results.add_many(items))
 
         now_ms = int(self.clock() * 1000)
         if msg.expires_at is not None and msg.expires_at <= now_ms:
-            for seg in msg.segments:
-                add(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms))
+            add(*(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms) for seg in msg.segments))
             return
         if not msg.segments:  # nothing left to send (already handled): just release the claim
             add(Release(msg.id, now_ms, count_attempt=False))
@@ -504,7 +506,7 @@ class Dispatcher:
         self,
         msg: WorkMessage,
         name: str,
-        add: Callable[[SubmitResult | Release], None],
+        add: Callable[..., None],  # add(*results): one batcher call, one future
         now_ms: int,
     ) -> None:
         """Send `msg` on SMSC `name` and hand its results to `add`."""
@@ -564,12 +566,14 @@ class Dispatcher:
             )  # fmt: skip
         now_ms = int(self.clock() * 1000)
         release: Release | None = None
+        # One batcher call per message: its parts' results share one future.
+        results: list[SubmitResult | Release] = []
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
-                add(_sent(msg.id, seg.seq, name, out, rule, now_ms))
+                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms))
                 self.sent += 1
             elif out.kind == "permanent":
-                add(
+                results.append(
                     SubmitResult(
                         msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
                     )
@@ -588,7 +592,7 @@ class Dispatcher:
             ):
                 # No answer: the SMSC may well have accepted it. Resending would duplicate, so
                 # stop here when the SMSC is configured so, or after a few claims.
-                add(
+                results.append(
                     SubmitResult(
                         msg.id,
                         seg.seq,
@@ -602,7 +606,7 @@ class Dispatcher:
                 break
             elif out.kind in ("transient", "no_bind"):
                 if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
-                    add(
+                    results.append(
                         SubmitResult(
                             msg.id,
                             seg.seq,
@@ -632,18 +636,20 @@ class Dispatcher:
                 break
             elif out.kind == "expired":  # its validity passed while it waited: none goes out
                 for rest in msg.segments[msg.segments.index(seg) :]:
-                    add(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
+                    results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
                 break
             else:  # cancelled: an earlier part failed; the store fails the rest
                 break
         if release is not None:
-            add(release)
+            results.append(release)
+        if results:
+            add(*results)
 
     async def _encoded_again(
         self,
         msg: WorkMessage,
         first: str,
-        add: Callable[[SubmitResult | Release], None],
+        add: Callable[..., None],  # add(*results): one batcher call, one future
         now_ms: int,
     ) -> WorkMessage | None:
         """`msg`, claimed with parts encoded for other wire options than its route's first SMSC

@@ -64,6 +64,11 @@ def _as_string(value: str, rule: MsgIdRule) -> str:
 def normalize_id(raw: str, base: IdBase, rule: MsgIdRule) -> str:
     """Canonical key of `raw` read in `base`: numbers become their decimal string, so that the
     hex and the decimal spelling of one id meet; anything else falls back to the string rules."""
+    if base is IdBase.STR and raw.isascii() and raw.isalnum():
+        # The usual id, letters and digits only (two per part sent: the resp's, the receipt's):
+        # nothing to trim before or after its leading zeros go, so no loop of trims.
+        value = raw.upper() if rule.case_insensitive else raw
+        return (value.lstrip("0") or "0") if rule.strip_leading_zeros else value
     value = _trim(raw)
     if len(value) <= _MAX_NUMERIC_LEN:
         if base is IdBase.HEX:

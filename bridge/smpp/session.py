@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
+from struct import error as StructError
 from typing import Any, Final
 
 from bridge.fastinit import fast_init
@@ -67,6 +68,8 @@ __all__ = [
 
 MAX_SEQ: Final = 0x7FFFFFFF
 _HDR = Struct(">IIII")
+# deliver_sm_resp / data_sm_resp as we send them: the header and an empty message_id (its NUL).
+_ACK = Struct(">IIIIB")
 
 
 class BindMode(StrEnum):
@@ -406,7 +409,12 @@ class BindSession:
             raise ValueError(f"command_id: {C.command_name(command_id)} is not acked by the ESME")
         if self.state is SessionState.CLOSED:
             return
-        self._respond(resp, status, seq, MessageIdResp())
+        try:
+            # One per receipt (one per part sent): the bytes encode(Pdu(..., MessageIdResp()))
+            # makes, without building and dispatching the PDU: 0.3 us against 1.0.
+            self._out += _ACK.pack(17, resp, status, seq, 0)
+        except StructError:
+            self._respond(resp, status, seq, MessageIdResp())  # raises encode's EncodeError
 
     def unbind(self, now: float) -> None:
         """Start a clean unbind; before the bind completed there is nothing to unbind: close."""

@@ -196,6 +196,15 @@ def test_bench_accept_http_counts_only_accepted_sends() -> None:
     assert "first refusal" not in out, out
 
 
+def test_bench_parts_times_each_step_of_messages_it_sent_and_settled() -> None:
+    # The script exits non-zero unless every part was answered and keyed as sent, and every
+    # receipt was stored and acknowledged ESME_ROK, and every result flushed.
+    out = _run("scripts/bench_parts.py", "--messages", "200", "--rounds", "1")
+    rows = re.findall(r"^  (\w+)\s+([0-9.]+) us per message$", out, re.M)
+    assert [name for name, _us in rows] == ["accept", "send", "receipts", "results", "total"], out
+    assert all(float(us) > 0 for _name, us in rows), out
+
+
 def _row(out: str, name: str) -> str:
     m = re.search(rf"^{re.escape(name)}\s+(.+)$", out, re.M)
     assert m is not None, out

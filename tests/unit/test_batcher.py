@@ -198,3 +198,38 @@ def test_receipts_are_kept_in_order_where_the_store_could_commit_them_out_of_it(
         commits_in_order = in_order
 
     assert Inbound(Store(), {})._receipts._ordered is ordered  # type: ignore[arg-type]
+
+
+async def test_add_many_shares_one_future_resolved_by_the_flush_that_carries_them() -> None:
+    """A message's results go in with one call and one future (session 48): it resolves only
+    once their batch has committed, and carries the batch's failure like add's futures."""
+    sink = Sink()
+    sink.gate = asyncio.Event()
+    b: Batcher[int] = Batcher(sink, max_items=100, max_delay_s=0.001)
+    one = b.add(0)
+    many = b.add_many([1, 2, 3])
+    await asyncio.sleep(0.02)
+    assert sink.batches == [[0, 1, 2, 3]]  # in arrival order, in one flush
+    assert not many.done()  # the flush has not committed yet
+    sink.gate.set()
+    await asyncio.wait_for(asyncio.gather(one, many), 1.0)
+    assert (b.flushes, b.items) == (1, 4)
+
+    sink.fail_if = 5
+    failed = b.add_many([4, 5])
+    with pytest.raises(ValueError, match="bad item"):
+        await asyncio.wait_for(failed, 1.0)
+    assert b.add_many([]).done()
+
+
+async def test_add_many_on_an_ordered_batcher_resolves_after_every_slice() -> None:
+    """An ordered batcher may cut the items over two flushes: the future waits for both."""
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=2, max_delay_s=0.001, ordered=True)
+    sink.gate = asyncio.Event()
+    fut = b.add_many([1, 2, 3])
+    await asyncio.sleep(0.02)
+    assert sink.batches == [[1, 2]] and not fut.done()
+    sink.gate.set()
+    await asyncio.wait_for(fut, 1.0)
+    assert sink.done == [[1, 2], [3]]

@@ -228,3 +228,34 @@ def test_rule_is_frozen() -> None:
     rule = MsgIdRule()
     with pytest.raises(AttributeError):
         rule.resp_base = IdBase.HEX  # type: ignore[misc]
+
+
+def _normalize_id_before_fast_path(raw: str, base: IdBase, rule: MsgIdRule) -> str:
+    """normalize_id as it was before session 48 read plain letters-and-digits ids directly."""
+    from bridge.smpp.msgid import _DEC_RE, _HEX_RE, _MAX_NUMERIC_LEN, _as_string, _trim
+
+    value = _trim(raw)
+    if len(value) <= _MAX_NUMERIC_LEN:
+        if base is IdBase.HEX:
+            match = _HEX_RE.fullmatch(value)
+            if match:
+                return str(int(match.group(1), 16))
+        elif base is IdBase.DEC and _DEC_RE.fullmatch(value):
+            return str(int(value))
+    return _as_string(value, rule)
+
+
+_ID_CHARS = st.sampled_from([*"0019aAfFzZ ._-\x00\t", "\u00df", "\u0661", "\u00aa", "\u2460"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(_ID_CHARS, max_size=8) | st.sampled_from(["0A1B2C3D4E", "000A", "0", "a1b2", "00"]),
+    st.sampled_from(list(IdBase)),
+    st.booleans(),
+    st.booleans(),
+)
+def test_plain_ids_keyed_as_before(raw: str, base: IdBase, ci: bool, zeros: bool) -> None:
+    """The fast path for ASCII letters and digits gives every id the key it had before."""
+    rule = MsgIdRule(case_insensitive=ci, strip_leading_zeros=zeros)
+    assert normalize_id(raw, base, rule) == _normalize_id_before_fast_path(raw, base, rule)

@@ -12,6 +12,7 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import (
     Bind,
     BindResp,
+    EncodeError,
     MessageIdResp,
     Pdu,
     ShortMessage,
@@ -430,6 +431,27 @@ def test_deliver_is_reported_and_acked_only_on_request() -> None:
     s.ack_deliver(42, C.ESME_RX_T_APPN)
     (resp,) = sent(s)
     assert (resp.command_id, resp.status, resp.seq) == (C.DELIVER_SM_RESP, C.ESME_RX_T_APPN, 42)
+
+
+@pytest.mark.parametrize("command_id", [C.DELIVER_SM, C.DATA_SM])
+@pytest.mark.parametrize(
+    ("seq", "status"), [(1, C.ESME_ROK), (42, C.ESME_RX_T_APPN), (0x7FFFFFFF, 0xFFFFFFFF)]
+)
+def test_ack_bytes_are_the_encoded_resp(command_id: int, seq: int, status: int) -> None:
+    """ack_deliver writes its resp directly (session 48): the bytes encode() makes of it."""
+    s = bound_session()
+    sent(s)
+    s.ack_deliver(seq, status, command_id)
+    resp = C.DATA_SM_RESP if command_id == C.DATA_SM else C.DELIVER_SM_RESP
+    assert s.data_to_send() == encode(Pdu(resp, status, seq, MessageIdResp()))
+
+
+def test_ack_with_a_status_out_of_range_is_refused_as_before() -> None:
+    s = bound_session()
+    sent(s)
+    with pytest.raises(EncodeError, match="header"):
+        s.ack_deliver(5, 1 << 32)
+    assert s.data_to_send() == b""
 
 
 def test_deliver_before_bound_is_a_protocol_error() -> None:
