@@ -708,7 +708,8 @@ SETTLE_GRACE_MS = 10 * 60_000  # the earliest an operator may settle a month, af
 
 # How many ended months auto_settle looks back for one still without a bill. A month is ready
 # once its last message is final: a message scheduled up to 30 days ahead, then up to 30 days
-# (receipt_timeout_hours max) for its receipt, ends at most about two months after its month.
+# (receipt_timeout_hours max, and lifecycle.MAX_RECEIPT_WAIT_MS however long its validity) for its
+# receipt, ends at most about two months after its month.
 SETTLE_LOOKBACK_MONTHS = 3
 
 

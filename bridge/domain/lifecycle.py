@@ -136,6 +136,12 @@ STAT_SQL = _stat_sql()
 # expiry receipt when the validity passes, and a receipt queued at the carrier or behind a bind
 # that was down comes a little later.
 VALIDITY_RECEIPT_MARGIN_MS = 3_600_000
+# The longest a message waits for its receipt, whatever its validity: as long as the longest
+# pipeline.receipt_timeout_hours (720). A month's bill waits for its every message to be final,
+# and billing.auto_settle looks back SETTLE_LOOKBACK_MONTHS counting on this bound; an SMSC's
+# validity_minutes may be up to a year, and a 90-day one sent on a month's last day kept that
+# month from ever being settled by the daemon (the retention then kept every message from it).
+MAX_RECEIPT_WAIT_MS = 720 * 3_600_000
 
 
 def receipt_deadline(
@@ -148,12 +154,15 @@ def receipt_deadline(
     validity_period), else its SMSC's relative one (smscs[].validity_minutes, from the send).
     While the carrier may still deliver the message it is not over: ended at 72 h, a 5-day
     validity's delivery on day 4 found it `unknown` already, its receipt too late to count.
+    At most MAX_RECEIPT_WAIT_MS after sending all the same (the month's bill waits for it).
     `timed_out_where` is this rule in SQL, for both engines."""
     deadline = sent_at + timeout_ms
     end = expires_at
     if end is None and smsc_validity_ms:
         end = sent_at + smsc_validity_ms
-    return deadline if end is None else max(deadline, end + VALIDITY_RECEIPT_MARGIN_MS)
+    if end is None:
+        return deadline
+    return max(deadline, min(end + VALIDITY_RECEIPT_MARGIN_MS, sent_at + MAX_RECEIPT_WAIT_MS))
 
 
 def timed_out_where(
@@ -169,22 +178,27 @@ def timed_out_where(
     short validities: a message whose validity ended without a receipt, sent within the
     timeout, was stepped over instead (100,000 waiting beside 66,000 of those: 266-323 ms
     against 21-51 ms, session 48 on a loaded machine)."""
-    params: list[Any] = [now - timeout_ms, now - VALIDITY_RECEIPT_MARGIN_MS]
-    longer = sorted(
-        (name, ms)
+    params: list[Any] = [
+        now - timeout_ms,
+        now - VALIDITY_RECEIPT_MARGIN_MS,
+        now - MAX_RECEIPT_WAIT_MS,
+    ]
+    # Each SMSC's wait after the send: its validity and the margin, at most the bound.
+    waits = {
+        name: min(ms + VALIDITY_RECEIPT_MARGIN_MS, MAX_RECEIPT_WAIT_MS)
         for name, ms in smsc_validity_ms.items()
-        if ms + VALIDITY_RECEIPT_MARGIN_MS > timeout_ms
-    )
+    }
+    longer = sorted((name, wait) for name, wait in waits.items() if wait > timeout_ms)
     by_smsc = "1 = 1"
     if longer:
         terms = []
-        for name, ms in longer:
-            params += [name, now - ms - VALIDITY_RECEIPT_MARGIN_MS]
+        for name, wait in longer:
+            params += [name, now - wait]
             terms.append(f"(smsc <> {mark(len(params) - 1)} OR sent_at <= {mark(len(params))})")
         by_smsc = "(smsc IS NULL OR (" + " AND ".join(terms) + "))"
     sql = (
         f"state = '{MSG_SENT}' AND sent_at <= {mark(1)} AND CASE WHEN expires_at IS NOT NULL "
-        f"THEN expires_at <= {mark(2)} ELSE {by_smsc} END"
+        f"THEN (expires_at <= {mark(2)} OR sent_at <= {mark(3)}) ELSE {by_smsc} END"
     )
     return sql, params
 

@@ -340,3 +340,23 @@ def test_the_sweeps_sql_is_the_deadline_rule(
         and lc.receipt_deadline(at * H, timeout * H, ex and ex * H, ms.get(smsc or "")) <= now * H
     }
     assert got == want
+
+
+def test_the_receipt_deadline_is_at_most_the_longest_receipt_timeout_after_sending() -> None:
+    """A month's bill waits for its messages (billing.auto_settle's look-back counts on this):
+    an SMSC's validity_minutes may be a year, a message's own validity past the bound too."""
+    bound = 720 * H  # pipeline.receipt_timeout_hours' largest (lc.MAX_RECEIPT_WAIT_MS)
+    assert lc.receipt_deadline(H, 72 * H, None, 365 * 24 * H) == H + bound
+    assert lc.receipt_deadline(H, 72 * H, 60 * 24 * H) == H + bound
+    assert lc.receipt_deadline(0, 72 * H, None, bound - MARGIN) == bound
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE messages (id INTEGER, state TEXT, sent_at INT, expires_at INT, smsc)")
+    db.executemany(
+        "INSERT INTO messages VALUES (?, 'sent', ?, ?, ?)",
+        [(1, H, None, "a"), (2, H, 60 * 24 * H, "b")],
+    )
+    for now, want in ((H + bound - 1, set()), (H + bound, {1, 2})):
+        where, params = lc.timed_out_where(now, 72 * H, {"a": 365 * 24 * H}, lambda _i: "?")
+        assert {i for (i,) in db.execute(f"SELECT id FROM messages WHERE {where}", params)} == want
