@@ -833,6 +833,8 @@ class Daemon:
             timeout_ms,
             records_now=min(now_ms, int(self._steps.unstepped() * 1000)),
             smsc_validity_ms=validity,
+            # Asked for no final receipt, none comes at the validity's end either.
+            silent_smscs=[s.name for s in self.config.smscs if not s.registered_delivery & 0x03],
         )
         counts = {k: v for k, v in swept.items() if k != "low_balance"}
         if any(counts.values()):

@@ -145,7 +145,11 @@ MAX_RECEIPT_WAIT_MS = 720 * 3_600_000
 
 
 def receipt_deadline(
-    sent_at: int, timeout_ms: int, expires_at: int | None, smsc_validity_ms: int | None = None
+    sent_at: int,
+    timeout_ms: int,
+    expires_at: int | None,
+    smsc_validity_ms: int | None = None,
+    final_receipts: bool = True,
 ) -> int:
     """When a message `sent` without its final receipt ends `unknown` (NO_RECEIPT, billed).
 
@@ -155,8 +159,12 @@ def receipt_deadline(
     While the carrier may still deliver the message it is not over: ended at 72 h, a 5-day
     validity's delivery on day 4 found it `unknown` already, its receipt too late to count.
     At most MAX_RECEIPT_WAIT_MS after sending all the same (the month's bill waits for it).
-    `timed_out_where` is this rule in SQL, for both engines."""
+    Not `final_receipts` (its SMSC was asked for none: registered_delivery without bits 0-1),
+    the timeout alone: no expiry receipt comes at the validity's end, and waiting for it only
+    held the month's bill. `timed_out_where` is this rule in SQL, for both engines."""
     deadline = sent_at + timeout_ms
+    if not final_receipts:
+        return deadline
     end = expires_at
     if end is None and smsc_validity_ms:
         end = sent_at + smsc_validity_ms
@@ -166,13 +174,19 @@ def receipt_deadline(
 
 
 def timed_out_where(
-    now: int, timeout_ms: int, smsc_validity_ms: Mapping[str, int], mark: Callable[[int], str]
+    now: int,
+    timeout_ms: int,
+    smsc_validity_ms: Mapping[str, int],
+    mark: Callable[[int], str],
+    silent: Collection[str] = (),
 ) -> tuple[str, list[Any]]:
     """`receipt_deadline(...) <= now` as a condition on a messages row, with its parameters:
     `mark(i)` is the engine's i-th (from 1) placeholder. `smsc_validity_ms` holds each SMSC's
     relative validity (ms); the row's `smsc` (the SMSC that took its last part) names it. Only
-    SMSCs whose validity outlasts the timeout add a term. Read by sent_at (the messages_open
-    index), it steps over the messages past the timeout that wait for a long validity's end:
+    SMSCs whose validity outlasts the timeout add a term. `silent`: the SMSCs asked for no
+    final receipt, whose messages end at the timeout whatever their validity. Read by sent_at
+    (the messages_open index), it steps over the messages past the timeout that wait for a long
+    validity's end:
     ~0.4-0.6 us each per sweep (scripts/bench_receipt_sweep.py). Split in two by whether a
     message has a validity, each on a partial index of its own, it was slower on a mix with
     short validities: a message whose validity ended without a receipt, sent within the
@@ -196,9 +210,17 @@ def timed_out_where(
             params += [name, now - wait]
             terms.append(f"(smsc <> {mark(len(params) - 1)} OR sent_at <= {mark(len(params))})")
         by_smsc = "(smsc IS NULL OR (" + " AND ".join(terms) + "))"
+    # The placeholders in the order of `params` (SQLite's `?` are positional).
+    quiet = ""
+    if silent:
+        marks = []
+        for name in sorted(silent):
+            params.append(name)
+            marks.append(mark(len(params)))
+        quiet = f" OR smsc IN ({', '.join(marks)})"
     sql = (
-        f"state = '{MSG_SENT}' AND sent_at <= {mark(1)} AND CASE WHEN expires_at IS NOT NULL "
-        f"THEN (expires_at <= {mark(2)} OR sent_at <= {mark(3)}) ELSE {by_smsc} END"
+        f"state = '{MSG_SENT}' AND sent_at <= {mark(1)} AND (CASE WHEN expires_at IS NOT NULL "
+        f"THEN (expires_at <= {mark(2)} OR sent_at <= {mark(3)}) ELSE {by_smsc} END{quiet})"
     )
     return sql, params
 

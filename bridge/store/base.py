@@ -533,14 +533,15 @@ class Store(Protocol):
         receipt_timeout_ms: int,
         records_now: int | None = None,
         smsc_validity_ms: Mapping[str, int] | None = None,
+        silent_smscs: Collection[str] = (),
     ) -> Swept:
         """Validity expiry, receipt timeouts (by lifecycle.receipt_deadline: the timeout, or the
         validity's end and a margin when later; `smsc_validity_ms` is each SMSC's
-        smscs[].validity_minutes in ms), vouchers and cards that expired with a remainder
-        written off (with the low-balance crossings that made, each event queued), purges.
-        Nonce and idempotency records expire by `records_now` (default `now`): the daemon passes
-        the wall clock less any forward step (bridge/clockstep.py), so a step forward that is
-        corrected does not purge them early."""
+        smscs[].validity_minutes in ms; `silent_smscs`, those asked for no final receipt),
+        vouchers and cards that expired with a remainder written off (with the low-balance
+        crossings that made, each event queued), purges. Nonce and idempotency records expire
+        by `records_now` (default `now`): the daemon passes the wall clock less any forward step
+        (bridge/clockstep.py), so a step forward that is corrected does not purge them early."""
         ...
 
     async def refresh_stats(self) -> list[str]:

@@ -1727,6 +1727,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         receipt_timeout_ms: int,
         records_now: int | None = None,
         smsc_validity_ms: Mapping[str, int] | None = None,
+        silent_smscs: Collection[str] = (),
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
@@ -1737,6 +1738,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 receipt_timeout_ms,
                 now if records_now is None else records_now,
                 smsc_validity_ms or {},
+                silent_smscs,
             )
 
         out = await run_tx(self.pool, job, durable=False)

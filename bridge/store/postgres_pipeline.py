@@ -1161,6 +1161,7 @@ async def sweep(
     receipt_timeout_ms: int,
     records_now: int,
     smsc_validity_ms: Mapping[str, int],
+    silent_smscs: Collection[str] = (),
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
     sweep, or this one's, gets them)."""
@@ -1188,7 +1189,9 @@ async def sweep(
         # Parts sent before a release keep the message 'sent', yet nothing is left to send:
         # release_done takes it out of the queue.
         await rollup_messages(c, dict.fromkeys(expired, True), now)
-    where, params = lc.timed_out_where(now, receipt_timeout_ms, smsc_validity_ms, "${}".format)
+    where, params = lc.timed_out_where(
+        now, receipt_timeout_ms, smsc_validity_ms, "${}".format, silent_smscs
+    )
     timed_out = [
         r[0]
         for r in await c.fetch(

@@ -1213,10 +1213,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         receipt_timeout_ms: int,
         records_now: int | None = None,
         smsc_validity_ms: Mapping[str, int] | None = None,
+        silent_smscs: Collection[str] = (),
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
         where, params = lc.timed_out_where(
-            now, receipt_timeout_ms, smsc_validity_ms or {}, lambda _i: "?"
+            now, receipt_timeout_ms, smsc_validity_ms or {}, lambda _i: "?", silent_smscs
         )
         # The candidates are read on the report thread's snapshot, outside the write lock: the
         # read steps over every message waiting past the timeout for a long validity's end

@@ -993,6 +993,27 @@ async def test_an_smscs_validity_beyond_the_timeout_keeps_its_messages_sent(stor
     assert (await get(store, "long")).state == "unknown"
 
 
+async def test_an_smsc_asked_for_no_final_receipt_ends_its_messages_at_the_timeout(
+    store: Store,
+) -> None:
+    """registered_delivery 0: no receipt comes at the validity's end either, so a message with
+    a long validity (its own or its SMSC's) on such an SMSC ends at the timeout; another
+    SMSC's still waits for its validity."""
+    ends = NOW + 5 * DAY
+    for mid in ("own", "waits"):
+        await accept(store, message(mid, expires_at=ends))
+    await claim_all(store)
+    await store.record_submits([sent("own", smsc="quiet"), sent("waits")], [], NOW)
+    await sent_message(store, "smscs", smsc="quiet")
+    validity = {"quiet": 4 * DAY}
+    out = await store.sweep(
+        NOW + TIMEOUT, TIMEOUT, smsc_validity_ms=validity, silent_smscs=["quiet"]
+    )
+    assert out["timed_out"] == 2
+    states = [(await get(store, m)).state for m in ("own", "smscs", "waits")]
+    assert states == ["unknown", "unknown", "sent"]
+
+
 async def test_receipts_after_the_timeout_are_counted_and_change_nothing(store: Store) -> None:
     """Session 48: a final receipt for a part the receipt timeout ended is told apart (the
     smpp_bridge_receipts_after_timeout metric): the outcome stays, the carrier reports late."""

@@ -308,12 +308,14 @@ def test_the_receipt_deadline_is_the_later_of_the_timeout_and_the_validity() -> 
     now=st.integers(0, 500),
     timeout=st.integers(1, 200),
     validity=st.dictionaries(st.sampled_from(["a", "b"]), st.integers(1, 300), max_size=2),
+    silent=st.sets(st.sampled_from(["a", "c"])),
 )
 def test_the_sweeps_sql_is_the_deadline_rule(
     rows: list[tuple[int | None, int | None, str | None, str]],
     now: int,
     timeout: int,
     validity: dict[str, int],
+    silent: set[str],
 ) -> None:
     """Both engines find timed-out messages by timed_out_where: it selects exactly the open
     messages whose receipt_deadline has passed (run here on SQLite; PostgreSQL runs it in
@@ -330,16 +332,26 @@ def test_the_sweeps_sql_is_the_deadline_rule(
         ],
     )
     ms = {k: v * H for k, v in validity.items()}
-    where, params = lc.timed_out_where(now * H, timeout * H, ms, lambda _i: "?")
+    where, params = lc.timed_out_where(now * H, timeout * H, ms, lambda _i: "?", silent)
     got = {i for (i,) in db.execute(f"SELECT id FROM messages WHERE {where}", params)}
     want = {
         i
         for i, (at, ex, smsc, state) in enumerate(rows)
         if state == "sent"
         and at is not None
-        and lc.receipt_deadline(at * H, timeout * H, ex and ex * H, ms.get(smsc or "")) <= now * H
+        and lc.receipt_deadline(
+            at * H, timeout * H, ex and ex * H, ms.get(smsc or ""), smsc not in silent
+        )
+        <= now * H
     }
     assert got == want
+
+
+def test_a_message_whose_smsc_was_asked_for_no_final_receipt_ends_at_the_timeout() -> None:
+    """registered_delivery 0 (or intermediate only): no expiry receipt comes at the validity's
+    end, so waiting for it only held the month's bill."""
+    assert lc.receipt_deadline(0, 72 * H, 5 * 24 * H, None, final_receipts=False) == 72 * H
+    assert lc.receipt_deadline(H, 72 * H, None, 96 * H, final_receipts=False) == 73 * H
 
 
 def test_the_receipt_deadline_is_at_most_the_longest_receipt_timeout_after_sending() -> None:
