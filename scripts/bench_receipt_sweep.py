@@ -2,8 +2,8 @@
 """The sweep's receipt-timeout read when messages wait past the timeout for a long validity.
 
 A message whose validity ends after `pipeline.receipt_timeout_hours` stays `sent` until its end
-plus an hour (lifecycle.receipt_deadline). The sweep (every 5 s; on SQLite on the report
-thread, outside the write lock) reads the open messages by sent_at and steps over those still
+plus an hour (lifecycle.receipt_deadline). The sweep (every 5 s; on SQLite in a thread of
+its own, outside the write lock) reads the open messages by sent_at and steps over those still
 waiting: this prints the read's time with 0 and `--waiting` of them beside `--recent` messages
 sent within the timeout, on a SQLite file of the real schema (the read alone; nothing is ended:
 none is due).

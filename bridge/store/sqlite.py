@@ -1219,7 +1219,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         where, params = lc.timed_out_where(
             now, receipt_timeout_ms, smsc_validity_ms or {}, lambda _i: "?", silent_smscs
         )
-        # The candidates are read on the report thread's snapshot, outside the write lock: the
+        # The candidates are read on a snapshot of their own thread, outside the write lock: the
         # read steps over every message waiting past the timeout for a long validity's end
         # (~0.2-0.6 us each: 18-59 ms with 100,000 waiting, scripts/bench_receipt_sweep.py),
         # and in the lock it held every writer that long at each sweep. The write checks each
@@ -1228,7 +1228,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             lambda c: [
                 r[0]
                 for r in c.execute(f"SELECT id FROM messages WHERE {where} LIMIT 10000", params)
-            ]
+            ],
+            lane="sweep",
         )
 
         def job(c: sqlite3.Connection) -> Swept:

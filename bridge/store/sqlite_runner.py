@@ -133,8 +133,8 @@ class SqliteRunner:
         self._unsynced: list[tuple[asyncio.Future[Any], bool, Any]] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._heavy: ThreadPoolExecutor | None = None
-        self._heavy_conn: sqlite3.Connection | None = None
+        # Reads run aside, each lane a thread with its own read-only connection (_ReadLane).
+        self._lanes: dict[str, _ReadLane] = {}
         self._checkpointing = False
         # One thread and one connection for all the checkpoints: they run every few MB of WAL,
         # and a connection per checkpoint on whichever default-executor thread was free cost a
@@ -323,27 +323,20 @@ class SqliteRunner:
             raise StoreClosedError("store is closed")
         return job(self._conn)
 
-    async def read_heavy(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    async def read_heavy(self, job: Callable[[sqlite3.Connection], T], lane: str = "report") -> T:
         """A read that may take milliseconds (reports, exports, operator views): run it on a
         thread with its own read-only connection so the event loop keeps serving. WAL lets it
-        read a consistent snapshot while the loop keeps writing."""
+        read a consistent snapshot while the loop keeps writing.
+
+        `lane`: reads of another lane do not queue behind these. The sweep's reads go on
+        "sweep": behind a report of minutes on the one thread, the sweeper (every 5 s, the
+        receipt timeouts and validity expiries with it) waited as long."""
         if self._closed:
             raise StoreClosedError("store is closed")
-        if self._heavy is None:
-            self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-report")
-        return await asyncio.get_running_loop().run_in_executor(self._heavy, self._run_heavy, job)
-
-    def _run_heavy(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        if self._heavy_conn is None:
-            self._heavy_conn = sqlite3.connect(
-                str(self._path), isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._heavy_conn.execute("PRAGMA query_only=ON")
-        self._heavy_conn.execute("BEGIN")
-        try:
-            return job(self._heavy_conn)
-        finally:
-            self._heavy_conn.execute("COMMIT")
+        runs = self._lanes.get(lane)
+        if runs is None:
+            runs = self._lanes[lane] = _ReadLane(self._path, lane)
+        return await runs.run(job)
 
     async def close(self) -> None:
         if self._closed:
@@ -357,9 +350,9 @@ class SqliteRunner:
         self._closed = True
         if self._ckpt_task is not None and not self._ckpt_task.done():
             await asyncio.shield(self._ckpt_task)  # it holds the write lock for its last step
-        if self._heavy is not None:
-            self._heavy.shutdown(wait=True)
-            self._heavy = None
+        for runs in self._lanes.values():
+            runs.close()
+        self._lanes = {}
         if self._lock_waiter is not None:
             self._lock_waiter.shutdown(wait=True)
             self._lock_waiter = None
@@ -369,9 +362,6 @@ class SqliteRunner:
         if self._ckpt_conn is not None:
             self._ckpt_conn.close()
             self._ckpt_conn = None
-        if self._heavy_conn is not None:
-            self._heavy_conn.close()
-            self._heavy_conn = None
         if self._conn is not None:
             # Empty the WAL on the way out, the same two steps under the write lock, from a
             # thread: an operator command closing its store must not stall a running daemon.
@@ -719,6 +709,36 @@ class SqliteRunner:
             wal = Path(str(self._path) + "-wal")
             self._wal_fd = os.open(wal, os.O_RDONLY)
         os.fsync(self._wal_fd)
+
+
+class _ReadLane:
+    """A thread and its own read-only connection, for reads kept off the event loop."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self._path = path
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{name}")
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._exec, self._run, job)
+
+    def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                str(self._path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA query_only=ON")
+        self._conn.execute("BEGIN")
+        try:
+            return job(self._conn)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _wal_frames_bytes(fd: int) -> int:

@@ -9,6 +9,8 @@ held every writer that long at each sweep (every 5 s).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,8 @@ async def test_a_candidate_whose_receipt_came_after_the_read_is_not_timed_out(
     runner = store._runner
     real = runner.read_heavy
 
-    async def read_then_receipt(job: Any) -> Any:
-        out = await real(job)
+    async def read_then_receipt(job: Any, lane: str = "report") -> Any:
+        out = await real(job, lane)
         # Between the read (off the lock) and the write, "late"'s receipt is applied.
         await store.apply_receipts([rcpt("smscA", "late-1", at=NOW + TIMEOUT)], NOW + TIMEOUT)
         return out
@@ -87,3 +89,19 @@ async def test_a_candidate_whose_receipt_came_after_the_read_is_not_timed_out(
     assert (await get(store, "late")).state == "delivered"
     rec = await get(store, "due")
     assert (rec.state, rec.error_code) == ("unknown", "NO_RECEIPT")
+
+
+async def test_the_sweep_does_not_wait_behind_a_long_report(store: SqliteStore) -> None:
+    """The read runs on a lane of its own: behind a report of minutes on the report thread,
+    the sweeper (receipt timeouts, validity expiries) waited as long."""
+    await _sent(store, "due")
+    release = threading.Event()
+    report = asyncio.ensure_future(store._runner.read_heavy(lambda _c: release.wait(30)))
+    await asyncio.sleep(0.05)  # the report holds its thread
+    try:
+        out = await asyncio.wait_for(store.sweep(NOW + TIMEOUT, TIMEOUT), 5)
+        assert out["timed_out"] == 1
+        assert not report.done()
+    finally:
+        release.set()
+        await report
