@@ -40,6 +40,7 @@ from bridge.compat.aliyun_api import UNPARSED_ENDPOINT as ALIYUN_UNPARSED
 from bridge.compat.aliyun_api import make_aliyun_app
 from bridge.compat.aliyun_api import render_unparsed as render_aliyun_unparsed
 from bridge.config import (
+    FINAL_RECEIPT_BITS,
     WIRE_OPTIONS,
     Config,
     ConfigError,
@@ -834,7 +835,9 @@ class Daemon:
             records_now=min(now_ms, int(self._steps.unstepped() * 1000)),
             smsc_validity_ms=validity,
             # Asked for no final receipt, none comes at the validity's end either.
-            silent_smscs=[s.name for s in self.config.smscs if not s.registered_delivery & 0x03],
+            silent_smscs=[
+                s.name for s in self.config.smscs if not s.registered_delivery & FINAL_RECEIPT_BITS
+            ],
         )
         counts = {k: v for k, v in swept.items() if k != "low_balance"}
         if any(counts.values()):

@@ -1529,6 +1529,9 @@ def _check_ports(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
 # registered_delivery bits that ask the SMSC for a receipt (SMPP 3.4 5.2.17: a final one on
 # success or failure, on failure, or an intermediate one).
 RECEIPT_BITS = 0x13
+# ... of them, those that ask for a final one: without them no expiry receipt comes at the end of
+# a message's validity either (lifecycle.receipt_deadline).
+FINAL_RECEIPT_BITS = 0x03
 
 
 def _check_bind_identities(ctx: _Ctx, sections: Mapping[str, Any]) -> None:
