@@ -88,6 +88,71 @@ def test_same_receipt_as_before(
     assert receipt_from_fields(text, tlv_id, state, net) == _reference(text, tlv_id, state, net)
 
 
+# Real carriers' variations on the layout: key spellings and case, fields missing or in another
+# order, vendor fields between them, other blanks, ids hex or decimal with leading zeros, quoted
+# texts with colons (and field names) in them, a NUL terminator; a third in the standard
+# layout itself (the fast path), with those values.
+_KEYS = {
+    "id": ["id", "ID", "Id"],
+    "sub": ["sub", "SUB", "Sub"],
+    "dlvrd": ["dlvrd", "DLVRD", "Dlvrd"],
+    "submit date": ["submit date", "submit_date", "Submit Date", "SUBMIT_DATE", "submitdate"],
+    "done date": ["done date", "done_date", "Done Date", "DONE DATE"],
+    "stat": ["stat", "STAT", "Stat"],
+    "err": ["err", "ERR", "Err"],
+}
+_IDS = st.sampled_from(
+    ["0000A3F1", "00b8be19", "12107289", "0012107289", "0x1A2B", "5f3c-9a2e-11", "0", "000"]
+) | st.from_regex(r"[0-9A-Fa-f]{1,16}", fullmatch=True)
+_VALUES = {
+    "id": _IDS,
+    "sub": st.sampled_from(["001", "1", "000", "01"]),
+    "dlvrd": st.sampled_from(["001", "1", "000", "00"]),
+    "submit date": st.sampled_from(["2611290800", "261129080059", "1712311259"]),
+    "done date": st.sampled_from(["2611290801", "261129080130", "2613290800"]),
+    "stat": st.sampled_from(["DELIVRD", "delivrd", "UNDELIV", "EXPIRED", "ACCEPTD", "DELIVERED"]),
+    "err": st.sampled_from(["000", "0", "001", "0x0B", "255"]),
+}
+_EXTRAS = st.sampled_from(["MCCMNC:23410", "foo:bar", "network:0", "sms_id:77 "])
+_QUOTED = st.sampled_from(
+    ["", "Your code: 12:34", "id:99 stat:UNDELIV", "Hi, see you at 10:30 ", "\u4f60\u597d:", " x "]
+)
+
+
+@st.composite
+def _carrier_texts(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 2)) == 0:  # the standard layout, with carriers' values
+        fields = [f"{n}:{draw(_VALUES[n])}" for n in _KEYS]
+        text = " ".join(fields)
+    else:
+        names = [n for n in _KEYS if draw(st.integers(0, 9)) > 0]  # now and then one left out
+        if draw(st.booleans()):
+            names = draw(st.permutations(names))
+        fields = [f"{draw(st.sampled_from(_KEYS[n]))}:{draw(_VALUES[n])}" for n in names]
+        for _ in range(draw(st.integers(0, 2))):
+            fields.insert(draw(st.integers(0, len(fields))), draw(_EXTRAS))
+        text = draw(st.sampled_from([" ", "  ", "\t"])).join(fields)
+    if draw(st.booleans()):
+        text += f" {draw(st.sampled_from(['text', 'Text', 'TEXT']))}:{draw(_QUOTED)}"
+    if draw(st.integers(0, 4)) == 0:
+        text += "\x00"
+    return text
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    _carrier_texts(),
+    st.none() | _IDS,
+    st.none() | st.integers(0, 9),
+    st.none() | st.sampled_from([b"\x03\x00\x00", b"\x01\x02"]),
+)
+def test_carrier_layouts_read_as_before(
+    text: str, tlv_id: str | None, state: int | None, net: bytes | None
+) -> None:
+    """The formats real SMSCs send, standard or not, give the Receipt the tolerant path gave."""
+    assert receipt_from_fields(text, tlv_id, state, net) == _reference(text, tlv_id, state, net)
+
+
 def test_standard_receipt_read_from_the_match() -> None:
     got = receipt_from_fields(
         "id:0A1B2C3D4E sub:001 dlvrd:001 submit date:2611290800 done date:261129080130 "
