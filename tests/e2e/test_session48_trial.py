@@ -12,6 +12,10 @@ simulator and the CLI as real subprocesses.
    The run now names the keys it has (`master_key`, `previous_master_keys`), warns on stderr
    when it has no previous key, and the daemon's start line names its own, so the two can be
    compared; README says to load the environment file first.
+2. docs/signing-example.md's webhook example, "a final status report as the gateway sends it",
+   lacked two of its fields (`final`, `receipt_inferred_from`): a receiver written from it, or
+   a fixture copied from it, never saw what the gateway posts. The page's body now has the
+   fields of a real report, in their order (its signature recomputed by tests/unit).
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import DaemonProcess, client_for, config_dict, wait_until
+from tests.e2e.harness import (
+    DaemonProcess,
+    WebhookReceiver,
+    client_for,
+    config_dict,
+    wait_until,
+)
+from tests.unit.test_signing import doc_blocks
 
 K_OLD = os.urandom(32)
 K_NEW = os.urandom(32)
@@ -125,3 +136,27 @@ async def test_reseal_from_a_shell_without_the_units_environment_is_told_apart(
         assert f"master key {_id(K_NEW)}; 2 of 2 stored secrets under it" in d.log.read_text()
     finally:
         d.stop()
+
+
+async def test_the_docs_webhook_example_has_the_fields_a_real_report_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = WebhookReceiver()
+    await hook.start()
+    cfg = config_dict(tmp_path)
+    d = DaemonProcess(tmp_path, cfg)
+    code, creds, err = _cli(
+        d.path, "account", "create", "acme", "--raw-text", "--topup", "10",
+        "--callback", hook.url, env=_shell_env(),
+    )  # fmt: skip
+    assert code == 0, err
+    d = await _daemon(tmp_path, cfg, monkeypatch)
+    try:
+        async with client_for(d.port, creds) as c:
+            await c.send("+8613800138000", text="hello")
+        await wait_until(lambda: hook.reports, 15)
+    finally:
+        d.stop()
+        await hook.stop()
+    (doc,) = json.loads(doc_blocks()["webhook-body"])
+    assert list(doc) == list(hook.reports[0]), (list(doc), list(hook.reports[0]))
