@@ -16,6 +16,10 @@ simulator and the CLI as real subprocesses.
    lacked two of its fields (`final`, `receipt_inferred_from`): a receiver written from it, or
    a fixture copied from it, never saw what the gateway posts. The page's body now has the
    fields of a real report, in their order (its signature recomputed by tests/unit).
+3. `db after-restore` run while the daemon still ran was refused (STORE_IN_USE, as README says)
+   with the daemon start's advice, "one daemon per SQLite store; several instances need
+   PostgreSQL", which says nothing about what to do; `db restore` said "stop it first". Both
+   say that now.
 """
 
 from __future__ import annotations
@@ -160,3 +164,17 @@ async def test_the_docs_webhook_example_has_the_fields_a_real_report_has(
         await hook.stop()
     (doc,) = json.loads(doc_blocks()["webhook-body"])
     assert list(doc) == list(hook.reports[0]), (list(doc), list(hook.reports[0]))
+
+
+async def test_after_restore_beside_a_running_daemon_says_to_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _daemon(tmp_path, config_dict(tmp_path), monkeypatch)
+    try:
+        for args in (["db", "after-restore"], ["db", "after-restore", "--dry-run"]):
+            code, out, err = _cli(d.path, *args, env=_shell_env())
+            assert (code, out) == (1, None), (out, err)
+            assert "STORE_IN_USE" in err and "stop it first" in err, err
+            assert "PostgreSQL" not in err, err
+    finally:
+        d.stop()
