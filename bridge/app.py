@@ -108,6 +108,16 @@ async def _check_master_key(store: Store, sealer: Sealer) -> None:
         raise MasterKeyError(refusal)
     if warning is not None:
         log.error(warning)
+    current, previous = sealer.key_ids
+    # Named (4 bytes of each key's SHA-256) so that an operator can check a `secrets reseal`
+    # run against the keys the daemon has: a run with other keys reports other counts.
+    log.info(
+        "master key %s%s; %d of %d stored secrets under it",
+        current,
+        f", previous {', '.join(previous)}" if previous else "",
+        report.current,
+        report.total,
+    )
 
 
 def _loop_name() -> str:

@@ -500,8 +500,28 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     from bridge.reseal import reseal
 
     async def go(ops: Ops) -> int:
+        current, previous = ops.svc.sealer.key_ids
+        if not previous:
+            # Why: the daemon's keys often come from its unit's environment file, which an
+            # operator's shell does not load; a run there had only the old key (the file's) and
+            # reported every secret already current, the README's signal to drop the previous
+            # key, and the restart without it refused to start (session 48's trial).
+            print(
+                f"smpp-bridge: WARNING: no previous master key: this command has master key "
+                f"{current} alone, so it reseals nothing and counts as current what is under "
+                f"{current}. During a rotation run it with the daemon's keys (under systemd: "
+                "set -a; . /etc/smpp-bridge/env; set +a) and check that master_key names the "
+                "new key (the daemon's start line says which it has)",
+                file=sys.stderr,
+            )
         report = await reseal(ops.store, ops.svc.sealer, dry_run=args.dry_run)
-        _print(report.as_dict(args.dry_run))
+        _print(
+            {
+                **report.as_dict(args.dry_run),
+                "master_key": current,
+                "previous_master_keys": previous,
+            }
+        )
         return 1 if report.unreadable else 0
 
     return _run(args, go)

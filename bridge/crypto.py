@@ -81,6 +81,12 @@ class Sealer:
                 continue
         raise MasterKeyError("sealed secret does not open with this master key (wrong key?)")
 
+    @property
+    def key_ids(self) -> tuple[str, list[str]]:
+        """(current, [previous]) as the hex ids errors name: which keys a command really has,
+        so an operator can tell a run that lacks the daemon's keys (see `secrets reseal`)."""
+        return self._id.hex(), [i.hex() for i in self._keys if i != self._id]
+
     def __repr__(self) -> str:
         return "Sealer(<key hidden>)"
 

@@ -860,7 +860,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
     async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:
         # The owner lock: refused while a daemon runs on the store, and held while this runs.
-        self._runner.hold_ownership()
+        # Said as for `db restore`: the start's own advice (PostgreSQL for several instances)
+        # told an operator running this beside the daemon nothing about what to do.
+        self._runner.hold_ownership("stop it first: db after-restore runs on a stopped store")
         return await restored.end_restored(self._runner.write, now, dry_run)
 
     async def recover(

@@ -237,7 +237,9 @@ class SqliteRunner:
     def lost(self) -> str | None:
         return self._lost
 
-    def hold_ownership(self) -> None:
+    def hold_ownership(
+        self, refusal: str = "one daemon per SQLite store; several instances need PostgreSQL"
+    ) -> None:
         """Take, for this process's lifetime, the lock that says one daemon owns this store.
 
         Why: a SQLite store has one owner, which gives back every claim at start-up (no other
@@ -247,9 +249,7 @@ class SqliteRunner:
         reached the SMSC twice. Acceptor processes share the store without owning it."""
         if self._owner_fd is not None:
             return  # held already (a second recovery by the same daemon)
-        fd = owner_lock(
-            self._path, "one daemon per SQLite store; several instances need PostgreSQL"
-        )
+        fd = owner_lock(self._path, refusal)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._owner_fd = fd
