@@ -679,9 +679,10 @@ async def test_an_outage_longer_than_the_result_retries_keeps_the_submit_results
     d.sim._on_submit = on_submit
     try:
         # Accepted first, all due at once a moment later: the dispatcher then bursts alone.
-        # 4 s: the 200 accepts took over 1.5 s once on a busy CI machine, and the stop at the
-        # 100th submit then refused the last of them.
-        due = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+        # 8 s: the 200 accepts took over 1.5 s once on a busy CI machine, and over 4 s once
+        # beside three other test runs (session 48), and the stop at the 100th submit then
+        # refused the last of them.
+        due = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
         sends = await asyncio.gather(
             *(load.send(n, f"burst-{n}", scheduled_at=due) for n in range(200))
         )
