@@ -322,7 +322,7 @@ class Daemon:
         dispatcher claims now instead of at the end of its idle backoff."""
         self._binds_changed.set()
         if self.dispatcher is not None:
-            self.dispatcher.wake()
+            self.dispatcher.binds_changed()
 
     def _wake_dispatcher(self, _n: int = 0) -> None:
         """Work was accepted by this instance (or its acceptor processes)."""

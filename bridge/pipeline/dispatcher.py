@@ -227,6 +227,13 @@ class Dispatcher:
         """New work was accepted: claim now rather than at the next idle tick."""
         self._wake.set()
 
+    def binds_changed(self) -> None:
+        """A bind went up or down: the window changed, and parked messages may be routable.
+        Both waits end: with no bind up the loop waits for a slot (up to 4 idle polls: with
+        a 1-s `dispatch_idle_ms`, a start's first messages waited 4 s after the bind)."""
+        self._slot_freed.set()
+        self._wake.set()
+
     def window(self) -> int:
         return sum(c.window_size() for c in self.connectors.values() if c.is_up)
 
