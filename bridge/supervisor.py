@@ -5,7 +5,8 @@ and write accepted messages straight into the shared store.
 Why processes: the accept path (HTTP, signature, validation, encoding) and the SMPP pipeline are
 each CPU-bound Python; one interpreter runs one core at a time. Splitting them along the store,
 which is already the boundary of durability, lets a second core work without any new protocol:
-acceptors commit, then wake the owner with a datagram (`pipeline/wake.py`).
+acceptors commit, then wake the owner with a datagram (`pipeline/wake.py`) if its dispatcher
+waits for one (the "waiting" flag, a memfd passed to each acceptor).
 """
 
 from __future__ import annotations

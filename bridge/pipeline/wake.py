@@ -45,6 +45,7 @@ log = logging.getLogger("bridge.pipeline")
 
 # The inherited descriptor of the owner's waiting flag, in an acceptor's environment.
 WAIT_FLAG_FD_ENV = "SMPP_BRIDGE_WAIT_FLAG_FD"
+MEMFD_NAME = "smpp-bridge-wait-flag"
 NO_FLAG = "no shared wait flag (%s): acceptors wake the owner after every commit"
 
 
@@ -65,7 +66,7 @@ class WaitFlag:
         if not hasattr(os, "memfd_create"):
             return None
         try:
-            fd = os.memfd_create("smpp-bridge-wait-flag", os.MFD_CLOEXEC)
+            fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
         except OSError as exc:
             log.warning(
                 "no shared wait flag (%s): acceptors wake the owner after every commit", exc
@@ -92,6 +93,12 @@ class WaitFlag:
         if not value.isdigit():
             return None
         fd = int(value)
+        try:  # the owner's memfd, not whatever else this number may be open on
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{MEMFD_NAME}"):
+                raise ValueError(f"descriptor {fd} is not the owner's wait flag")
+        except (OSError, ValueError) as exc:
+            log.warning("owner's wait flag unusable (%s): waking it after every commit", exc)
+            return None
         try:
             mem = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError) as exc:

@@ -194,6 +194,10 @@ async def test_an_acceptor_without_the_flag_always_wakes(tmp_path: Path) -> None
     commit sends, as before the flag existed."""
     assert WaitFlag.attach({}) is None
     assert WaitFlag.attach({WAIT_FLAG_FD_ENV: "not-a-number"}) is None
+    # A number open on something else (a stale variable) is neither mapped nor closed.
+    with open(tmp_path / "other", "wb") as other:
+        assert WaitFlag.attach({WAIT_FLAG_FD_ENV: str(other.fileno())}) is None
+        os.fstat(other.fileno())  # still open
     name = channel_name(tmp_path / "bridge.db", os.getpid())
     got: list[int] = []
     listener = WakeListener(name, lambda: got.append(1))
