@@ -25,7 +25,9 @@ acceptor started without one) the acceptor sends after every commit as before.
 
 A throttled wake (within `min_interval_s` of the last one sent) is sent at the end of the
 interval, not dropped: dropped, a second commit right after a wake whose claim had already
-begun waited for the idle poll.
+begun waited for the idle poll. Not sent then if the owner began a claim since the last
+throttled commit (the flag's second byte counts claims, mod 256, bumped before each): that
+claim sees the commit.
 """
 
 from __future__ import annotations
@@ -112,6 +114,14 @@ class WaitFlag:
     def set(self) -> None:
         self._mem[0] = 1
 
+    def claiming(self) -> None:
+        """The owner, before each claim (after `set`): one claim more (mod 256: one byte is
+        written whole)."""
+        self._mem[1] = (self._mem[1] + 1) & 0xFF
+
+    def claims(self) -> int:
+        return self._mem[1]
+
     def clear(self) -> None:
         self._mem[0] = 0
 
@@ -195,6 +205,7 @@ class WakeSender:
         self._last = -1.0
         self._flag = flag
         self._later: asyncio.TimerHandle | None = None  # a throttled wake, sent at the interval
+        self._claims = 0  # the owner's claim count read after the last throttled commit
         self._sock: socket.socket | None = None
         # Wake calls by outcome (smpp_bridge_owner_wakes_total): a datagram sent, none because
         # the owner was not waiting, or one deferred by the throttle.
@@ -212,6 +223,8 @@ class WakeSender:
         now = time.monotonic()
         if now - self._last < self._min:
             self.counts["throttled"] += 1
+            if self._flag is not None:
+                self._claims = self._flag.claims()
             if self._later is None:
                 delay = self._last + self._min - now
                 self._later = asyncio.get_running_loop().call_later(delay, self._deferred)
@@ -220,7 +233,8 @@ class WakeSender:
 
     def _deferred(self) -> None:
         self._later = None
-        if self._flag is None or self._flag.is_set():
+        flag = self._flag
+        if flag is None or (flag.is_set() and flag.claims() == self._claims):
             self._send(time.monotonic())
 
     def _send(self, now: float) -> None:

@@ -235,3 +235,33 @@ async def test_a_throttled_wake_is_sent_at_the_end_of_the_interval(tmp_path: Pat
     finally:
         sender.close()
         listener.close()
+
+
+async def test_a_throttled_wake_is_not_sent_when_the_owner_claimed_since(tmp_path: Path) -> None:
+    """The deferred wake checks the owner's claim count: a claim begun after the throttled
+    commit sees it, so no datagram is needed; with no claim since, it is sent."""
+    name = channel_name(tmp_path / "bridge.db", os.getpid())
+    listener = WakeListener(name, lambda: None)
+    listener.start()
+    flag = WaitFlag.create()
+    assert flag is not None and flag.fd is not None
+    view = WaitFlag.attach({WAIT_FLAG_FD_ENV: str(os.dup(flag.fd))})
+    sender = WakeSender(name, min_interval_s=0.1, flag=view)
+    try:
+        sender.wake()
+        sender.wake()  # throttled: due in 0.1 s
+        flag.claiming()  # the owner began a claim after that commit
+        await asyncio.sleep(0.25)
+        assert listener.received == 1 and sender.counts["sent"] == 1
+        sender.wake()
+        sender.wake()  # throttled, and no claim since
+        await wait_until(lambda: listener.received == 3, 1.0, 0.005)
+        assert sender.counts == {"sent": 3, "not_waiting": 0, "throttled": 2}
+        before = flag.claims()
+        for _ in range(300):  # the count is one byte: it wraps
+            flag.claiming()
+        assert view is not None and view.claims() == flag.claims() == (before + 300) % 256
+    finally:
+        sender.close()
+        listener.close()
+        flag.close()
