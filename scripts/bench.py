@@ -330,6 +330,7 @@ def lock_summary(
         "wait_share": {role: d["wait_s"] / seconds for role, d in sorted(delta.items())},
         "held_us_per_msg": held / max(1, messages) * 1e6,
         "jobs_per_commit": sum(d["jobs"] for d in delta.values()) / max(1, commits),
+        "commits_per_msg": {role: d["commits"] / max(1, messages) for role, d in delta.items()},
     }
 
 
@@ -861,6 +862,10 @@ def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
             "store write lock per message (us), on CPU %, writes per commit",
             f"{lock['held_us_per_msg']:.0f}, {100 * lock['on_cpu_share']:.0f}, "
             f"{lock['jobs_per_commit']:.1f}",
+        ),
+        (
+            "store commits per message (by role)",
+            " / ".join(f"{role} {n:.3f}" for role, n in sorted(lock["commits_per_msg"].items())),
         ),
     ]
 

@@ -23,6 +23,9 @@ socket to PostgreSQL) and the datagram are all syscalls or locks, so neither sid
 other's write is reordered before its own. If the byte is unavailable (not Linux, no memfd, an
 acceptor started without one) the acceptor sends after every commit as before.
 
+It saves datagrams while the owner has a backlog (a narrow window: 59% fewer in one run); while
+the owner waits for the acceptors every commit finds it waiting, as before (README, workers).
+
 A throttled wake (within `min_interval_s` of the last one sent) is sent at the end of the
 interval, not dropped: dropped, a second commit right after a wake whose claim had already
 begun waited for the idle poll. Not sent then if the owner began a claim since the last
