@@ -106,3 +106,34 @@ async def test_an_idle_owner_is_woken_at_once_and_a_busy_one_is_left_alone(tmp_p
 async def _total(port: int, want: int) -> bool:
     wakes = await _wakes(port)
     return sum(wakes.values()) >= want
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="memfd, abstract sockets: Linux")
+async def test_on_postgresql_acceptors_wake_their_owner_after_every_commit(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """A PostgreSQL owner passes each wake on to the fleet's other instances (NOTIFY), whose binds
+    may be idle while its own are busy: its flag stays set, so the same burst into a narrow
+    window finds it "waiting" at every commit."""
+    cfg = config_dict(
+        tmp_path,
+        store={"engine": "postgres", "dsn": pg_dsn},
+        pipeline={"in_flight_windows": 1},
+        smscs=[{"window": 2}],
+    )
+    cfg["server"]["workers"] = 2
+    cfg["sim"]["answer_delay_ms"] = 20
+    daemon = DaemonProcess(tmp_path, cfg)
+    creds = _create_account(daemon.path)
+    daemon.start()
+    try:
+        await daemon.wait_ready(30)
+        async with client_for(daemon.port, creds) as client:
+            await asyncio.gather(
+                *(client.send(f"+86139001390{i:02d}", text=f"burst {i}") for i in range(40))
+            )
+        await wait_until(lambda: _total(daemon.port, 40), 10.0, 0.2)
+        wakes = await _wakes(daemon.port)
+    finally:
+        daemon.stop()
+    assert wakes["not_waiting"] == 0 and wakes["sent"] > 0, wakes
