@@ -452,8 +452,8 @@ class Metrics:
             "smpp_bridge_owner_wakes",
             "server.workers: acceptor commits of accepted messages by what they did to wake the "
             "owner: sent (a datagram), not_waiting (none: the owner's dispatcher was busy and "
-            "claims again by itself), throttled (put off to the end of the acceptor's 1 ms "
-            "interval)",
+            "claims again by itself), throttled (none: the acceptor sent one less than 1 ms "
+            "before)",
             ["outcome"],
             registry=r,
         )

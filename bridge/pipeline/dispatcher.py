@@ -265,7 +265,6 @@ class Dispatcher:
             # event keeps (cleared after an empty claim, one that came during it was lost).
             if self.wait_flag is not None:
                 self.wait_flag.set()
-                self.wait_flag.claiming()
             self._wake.clear()
             now_ms = int(self.clock() * 1000)
             claiming = self._claiming = asyncio.get_running_loop().create_future()
