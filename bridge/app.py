@@ -54,7 +54,7 @@ from bridge.fleet_status import peer_figures, with_fleet
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
-from bridge.pipeline.wake import WakeListener, WakeSender, channel_name
+from bridge.pipeline.wake import WaitFlag, WakeListener, WakeSender, channel_name
 from bridge.pipeline.webhooks import WebhookSender
 from bridge.reload import RESTART_PATHS, HupGate, ReloadPlan, generation, plan
 from bridge.retention import Retention
@@ -234,6 +234,9 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._wake_listener: WakeListener | None = None
         self._wake_sender: WakeSender | None = None
+        # The owner's: whether its dispatcher wants a wake (bridge/pipeline/wake.py). The
+        # supervisor passes its descriptor to each acceptor it starts.
+        self.wait_flag: WaitFlag | None = None
         self._remote_status: dict[str, Any] = {}
         self._remote_read_at: float | None = None  # time.monotonic() of the last read kept
         self._failures = logs.Failures(log, is_unavailable)  # the background loops'
@@ -297,6 +300,12 @@ class Daemon:
                 channel_name(cfg.store.path, os.getpid()), self._wake_dispatcher
             )
             self._wake_listener.start()
+            self.wait_flag = WaitFlag.create()
+            # On PostgreSQL the owner passes each acceptor's wake on to the other instances
+            # (NOTIFY), whose binds may be idle while its own dispatcher is busy: the flag stays
+            # set there, and the acceptors wake it after every commit as before.
+            if self.wait_flag is not None and self.coord is None and self.dispatcher is not None:
+                self.dispatcher.wait_flag = self.wait_flag
             log.info(
                 "smpp-bridge owner running the pipeline (instance %s, store %s, event loop %s)",
                 self.instance,
@@ -324,7 +333,7 @@ class Daemon:
         dispatcher claims now instead of at the end of its idle backoff."""
         self._binds_changed.set()
         if self.dispatcher is not None:
-            self.dispatcher.wake()
+            self.dispatcher.binds_changed()
 
     def _wake_dispatcher(self, _n: int = 0) -> None:
         """Work was accepted by this instance (or its acceptor processes)."""
@@ -426,8 +435,11 @@ class Daemon:
             )
             refresh = None if self.coord is None else self._refresh_status
         else:  # an acceptor process: the owner dispatches and reports its binds via the store
-            self._wake_sender = WakeSender(channel_name(cfg.store.path, self._parent_pid))
-            on_accepted = self._wake_sender.wake
+            self._wake_sender = sender = WakeSender(
+                channel_name(cfg.store.path, self._parent_pid), flag=WaitFlag.attach()
+            )
+            self.metrics.watch_wakes(lambda: sender.counts)
+            on_accepted = sender.wake
             status = self._owner_status
             refresh = self._refresh_status
             # Know the owner's binds before serving: /readyz and /metrics must not report an
@@ -971,6 +983,8 @@ class Daemon:
             self._wake_listener.close()
         if self._wake_sender is not None:
             self._wake_sender.close()
+        if self.wait_flag is not None:  # acceptors still running keep their own mapping
+            self.wait_flag.close()
         self._release_ports()
         if self.sim is not None:
             await self.sim.stop()

@@ -448,6 +448,17 @@ class Metrics:
             registry=r,
         )
         self._connections: Callable[[], tuple[int, Mapping[str, int]]] | None = None
+        self.owner_wakes = Counter(
+            "smpp_bridge_owner_wakes",
+            "server.workers: acceptor commits of accepted messages by what they did to wake the "
+            "owner: sent (a datagram), not_waiting (none: the owner's dispatcher was busy and "
+            "claims again by itself), throttled (none: the acceptor sent one less than 1 ms "
+            "before)",
+            ["outcome"],
+            registry=r,
+        )
+        self._wakes: Callable[[], Mapping[str, int]] | None = None
+        self._wakes_seen: dict[str, int] = {}
         self._refused_seen: dict[str, int] = {}
         # Observations wait here (plain ints) until `flush`; see the module docstring.
         self._requests: defaultdict[tuple[str, int, str], int] = defaultdict(int)
@@ -561,6 +572,22 @@ class Metrics:
         for reason in read()[1]:  # every reason's series exists from the start, at 0
             self.http_connections_refused.labels(reason)
 
+    def watch_wakes(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """An acceptor's wakes of its owner by outcome (`WakeSender.counts`), read at each
+        flush: nothing is counted per commit here."""
+        self._wakes = read
+        for outcome in read():
+            self.owner_wakes.labels(outcome)
+
+    def _flush_wakes(self) -> None:
+        if self._wakes is None:
+            return
+        for outcome, total in self._wakes().items():
+            seen = self._wakes_seen.get(outcome, 0)
+            if total > seen:
+                self.owner_wakes.labels(outcome).inc(total - seen)
+                self._wakes_seen[outcome] = total
+
     def _flush_connections(self) -> None:
         if self._connections is None:
             return
@@ -630,6 +657,7 @@ class Metrics:
             h.flush()
         self._flush_store()
         self._flush_connections()
+        self._flush_wakes()
 
     async def flush_every(self, interval_s: float) -> None:
         """Multi-process mode: keep this process's files fresh for whichever process answers the

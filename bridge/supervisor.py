@@ -5,7 +5,8 @@ and write accepted messages straight into the shared store.
 Why processes: the accept path (HTTP, signature, validation, encoding) and the SMPP pipeline are
 each CPU-bound Python; one interpreter runs one core at a time. Splitting them along the store,
 which is already the boundary of durability, lets a second core work without any new protocol:
-acceptors commit, then wake the owner with a datagram (`pipeline/wake.py`).
+acceptors commit, then wake the owner with a datagram (`pipeline/wake.py`) if its dispatcher
+waits for one (the "waiting" flag, a memfd passed to each acceptor).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 from bridge import metrics, tempdirs
 from bridge.app import OWNER_INSTANCE_ENV, OWNER_PID_ENV, WORKER_ENV, WORKERS_ENV, Daemon
 from bridge.config import CONFIG_BASE_ENV, Config
+from bridge.pipeline.wake import WAIT_FLAG_FD_ENV
 from bridge.reload import RESTART_PATHS, HupGate, behind, generation
 
 log = logging.getLogger("bridge.supervisor")
@@ -115,9 +117,17 @@ class Supervisor:
         if self._snapshot is not None and self.config_path is not None:
             cmd += ["--config", str(self._snapshot)]
             env[CONFIG_BASE_ENV] = str(Path(self.config_path).resolve().parent)
+        # The owner's wait flag (bridge/pipeline/wake.py): without one the acceptor wakes the
+        # owner after every commit.
+        flag = self.owner.wait_flag
+        fds: tuple[int, ...] = ()
+        env.pop(WAIT_FLAG_FD_ENV, None)
+        if flag is not None and flag.fd is not None:
+            fds = (flag.fd,)
+            env[WAIT_FLAG_FD_ENV] = str(flag.fd)
         # SIGHUP ignored until the acceptor installs its own handler: forwarded to one still
         # starting, its default action killed it.
-        self.procs[slot] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sighup)
+        self.procs[slot] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sighup, pass_fds=fds)
         log.info("acceptor %d started (pid %d)", slot, self.procs[slot].pid)
 
     async def _monitor(self) -> None:

@@ -297,6 +297,23 @@ async def unmatched_total(session: aiohttp.ClientSession, port: int) -> float:
     )
 
 
+async def owner_wakes(session: aiohttp.ClientSession, port: int) -> dict[str, float] | None:
+    """The acceptors' wakes of their owner by outcome (smpp_bridge_owner_wakes_total: sent,
+    not_waiting, throttled); None from a daemon without the metric (before session 48)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] | None = None
+    for family in text_string_to_metric_families(text):
+        if family.name == "smpp_bridge_owner_wakes":
+            out = out or {}
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["outcome"]] = sample.value
+    return out
+
+
 def lock_summary(
     before: dict[str, dict], after: dict[str, dict], seconds: float, messages: int
 ) -> dict:
@@ -313,6 +330,7 @@ def lock_summary(
         "wait_share": {role: d["wait_s"] / seconds for role, d in sorted(delta.items())},
         "held_us_per_msg": held / max(1, messages) * 1e6,
         "jobs_per_commit": sum(d["jobs"] for d in delta.values()) / max(1, commits),
+        "commits_per_msg": {role: d["commits"] / max(1, messages) for role, d in delta.items()},
     }
 
 
@@ -539,6 +557,7 @@ async def run(args: argparse.Namespace) -> dict:
                 if watch_lock:
                     lock_before = await lock_use(s, ports[0], settle=args.workers > 0)
                     unmatched_before = await unmatched_total(s, ports[0])
+                wakes_before = await owner_wakes(s, ports[0]) if args.workers > 0 else None
                 t0 = time.perf_counter()
                 # Wall and CPU seconds of the timed phases only: each round's requests are
                 # signed before its clock starts (as bench_kannel.py builds Kannel's), since
@@ -621,6 +640,12 @@ async def run(args: argparse.Namespace) -> dict:
                 unmatched = (
                     await unmatched_total(s, ports[0]) - unmatched_before if watch_lock else None
                 )
+                wakes = None
+                if wakes_before is not None:  # each acceptor's file is a second behind at most
+                    if not watch_lock:
+                        await asyncio.sleep(1.2)
+                    after = await owner_wakes(s, ports[0]) or {}
+                    wakes = {k: v - wakes_before.get(k, 0.0) for k, v in after.items()}
                 daemon_cpu, owner_cpu = spent.pop("daemons"), spent.pop("owner")
             rss = hwm = 0.0
             for d in daemons:
@@ -689,6 +714,7 @@ async def run(args: argparse.Namespace) -> dict:
             "daemon_peak_rss_mb": hwm,
             "store_write_lock": lock,
             "receipts_unmatched": unmatched,
+            "owner_wakes": wakes,
             "seconds": t_total,
             "rounds": per_round,
         }
@@ -837,6 +863,10 @@ def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
             f"{lock['held_us_per_msg']:.0f}, {100 * lock['on_cpu_share']:.0f}, "
             f"{lock['jobs_per_commit']:.1f}",
         ),
+        (
+            "store commits per message (by role)",
+            " / ".join(f"{role} {n:.3f}" for role, n in sorted(lock["commits_per_msg"].items())),
+        ),
     ]
 
 
@@ -976,6 +1006,19 @@ def main() -> None:
         *(
             [("receipts kept unmatched, then matched again", f"{result['receipts_unmatched']:.0f}")]
             if result["receipts_unmatched"] is not None
+            else []
+        ),
+        *(
+            [
+                (
+                    "owner wakes per message: datagrams sent / not waiting / throttled",
+                    " / ".join(
+                        f"{result['owner_wakes'].get(k, 0.0) / max(1, result['accepted']):.3f}"
+                        for k in ("sent", "not_waiting", "throttled")
+                    ),
+                )
+            ]
+            if result.get("owner_wakes")
             else []
         ),
         (

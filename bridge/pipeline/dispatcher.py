@@ -32,6 +32,7 @@ from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
+from bridge.pipeline.wake import WaitFlag
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
@@ -142,6 +143,9 @@ class Dispatcher:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._encodings(smscs)
         self._wake = asyncio.Event()
+        # Published to acceptor processes (the owner's, `server.workers`): whether a wake is
+        # wanted. A process that takes its own accepts (role all) needs none.
+        self.wait_flag: WaitFlag | None = None
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._inflight_ids: dict[asyncio.Task[None], str] = {}
@@ -223,6 +227,13 @@ class Dispatcher:
         """New work was accepted: claim now rather than at the next idle tick."""
         self._wake.set()
 
+    def binds_changed(self) -> None:
+        """A bind went up or down: the window changed, and parked messages may be routable.
+        Both waits end: with no bind up the loop waits for a slot (up to 4 idle polls: with
+        a 1-s `dispatch_idle_ms`, a start's first messages waited 4 s after the bind)."""
+        self._slot_freed.set()
+        self._wake.set()
+
     def window(self) -> int:
         return sum(c.window_size() for c in self.connectors.values() if c.is_up)
 
@@ -249,6 +260,12 @@ class Dispatcher:
                 self._slot_freed.clear()
                 await wait_event(self._slot_freed, self.idle_s * 4)
                 continue
+            # Wakes wanted from here (the acceptors' `WaitFlag`, bridge/pipeline/wake.py): set
+            # before the claim, so a commit it misses is followed by a wake, which the cleared
+            # event keeps (cleared after an empty claim, one that came during it was lost).
+            if self.wait_flag is not None:
+                self.wait_flag.set()
+            self._wake.clear()
             now_ms = int(self.clock() * 1000)
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
@@ -277,11 +294,12 @@ class Dispatcher:
                 await asyncio.sleep(1)
                 continue
             self._failures.ok("claim")
-            if not work:
-                self._wake.clear()
+            if not work:  # the flag set before this claim stays set while waiting
                 woken = await wait_event(self._wake, self._idle_wait(now_ms))
                 self._empty_claims = 0 if woken else self._empty_claims + 1
                 continue
+            if self.wait_flag is not None:  # busy: it claims again by itself (a slot freed)
+                self.wait_flag.clear()
             self._empty_claims = 0
             if self._stopping:  # stop() began during the claim: these go back unsent
                 at = int(self.clock() * 1000)
