@@ -54,6 +54,7 @@ log = logging.getLogger("bridge.pipeline")
 WAIT_FLAG_FD_ENV = "SMPP_BRIDGE_WAIT_FLAG_FD"
 MEMFD_NAME = "smpp-bridge-wait-flag"
 NO_FLAG = "no shared wait flag (%s): acceptors wake the owner after every commit"
+UNUSABLE = "owner's wait flag unusable (%s): waking it after every commit"
 
 
 class WaitFlag:
@@ -72,21 +73,15 @@ class WaitFlag:
         memfd can be made (the acceptors then always send)."""
         if not hasattr(os, "memfd_create"):
             return None
+        fd: int | None = None
         try:
             fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
-        except OSError as exc:
-            log.warning(
-                "no shared wait flag (%s): acceptors wake the owner after every commit", exc
-            )
-            return None
-        try:
             os.ftruncate(fd, mmap.PAGESIZE)
             mem = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
-            os.close(fd)
-            log.warning(
-                "no shared wait flag (%s): acceptors wake the owner after every commit", exc
-            )
+            if fd is not None:
+                os.close(fd)
+            log.warning(NO_FLAG, exc)
             return None
         flag = cls(mem, fd)
         flag.set()
@@ -104,12 +99,12 @@ class WaitFlag:
             if not os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{MEMFD_NAME}"):
                 raise ValueError(f"descriptor {fd} is not the owner's wait flag")
         except (OSError, ValueError) as exc:
-            log.warning("owner's wait flag unusable (%s): waking it after every commit", exc)
-            return None
+            log.warning(UNUSABLE, exc)
+            return None  # not ours: neither mapped nor closed
         try:
             mem = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError) as exc:
-            log.warning("owner's wait flag unusable (%s): waking it after every commit", exc)
+            log.warning(UNUSABLE, exc)
             return None
         finally:
             with contextlib.suppress(OSError):
