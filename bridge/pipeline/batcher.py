@@ -51,14 +51,10 @@ class Batcher(Generic[T]):
 
     def add(self, item: T) -> asyncio.Future[None]:
         """Queue an item; the returned future resolves when its batch is committed."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._items.append(item)
         self._waiters.append(fut)
-        if len(self._items) >= self._max:
-            self._start_flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._delay, self._start_flush)
+        self._queued()
         return fut
 
     def add_many(self, items: Sequence[T]) -> asyncio.Future[None]:
@@ -76,11 +72,15 @@ class Batcher(Generic[T]):
             return fut
         self._items.extend(items)
         self._waiters.extend([fut] * len(items))  # the same future: _settle resolves it once
+        self._queued()
+        return fut
+
+    def _queued(self) -> None:
+        """After items were queued: flush now when the batch is full, else within the delay."""
         if len(self._items) >= self._max:
             self._start_flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._delay, self._start_flush)
-        return fut
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._start_flush)
 
     async def submit(self, item: T) -> None:
         await self.add(item)
