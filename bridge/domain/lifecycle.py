@@ -186,11 +186,10 @@ def timed_out_where(
     SMSCs whose validity outlasts the timeout add a term. `silent`: the SMSCs asked for no
     final receipt, whose messages end at the timeout whatever their validity. Read by sent_at
     (the messages_open index), it steps over the messages past the timeout that wait for a long
-    validity's end:
-    ~0.4-0.6 us each per sweep (scripts/bench_receipt_sweep.py). Split in two by whether a
-    message has a validity, each on a partial index of its own, it was slower on a mix with
-    short validities: a message whose validity ended without a receipt, sent within the
-    timeout, was stepped over instead (100,000 waiting beside 66,000 of those: 266-323 ms
+    validity's end: ~0.4-0.6 us each per sweep (scripts/bench_receipt_sweep.py). Split in two
+    by whether a message has a validity, each on a partial index of its own, it was slower on a
+    mix with short validities: a message whose validity ended without a receipt, sent within
+    the timeout, was stepped over instead (100,000 waiting beside 66,000 of those: 266-323 ms
     against 21-51 ms, session 48 on a loaded machine)."""
     params: list[Any] = [
         now - timeout_ms,
