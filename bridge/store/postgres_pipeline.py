@@ -757,8 +757,7 @@ async def record_submits(
         if r.outcome != "sent":
             touched[r.message_id] = True
     if releases:
-        for rel in releases:
-            touched.pop(rel.message_id, None)
+        # A released message stays in the roll-up (see the SQLite engine's).
         await c.executemany(
             "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
             "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2, "
