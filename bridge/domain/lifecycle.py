@@ -182,8 +182,8 @@ def split_deadline(
     silent: Collection[str] = (),
 ) -> int:
     """receipt_deadline of a message whose parts still awaiting their receipts went out on the
-    SMSCs `smscs` (more than one: the first part's SMSC removed or rebound by a reload while the
-    rest waited, and those sent through the route's next one): the latest of theirs, each by
+    SMSCs `smscs` (more than one: the first part's SMSC removed by a reload while the rest
+    waited, and those sent through the route's next one): the latest of theirs, each by
     its own validity (`smsc_validity_ms`) and whether it was asked for final receipts (not one
     of `silent`: a silent SMSC's part ends at the timeout). While any of them may still deliver
     its part and say so, the message is not over; read from the SMSC of its last part alone

@@ -1,7 +1,8 @@
 """The receipt wait of a message whose parts went out on two SMSCs (session 49, both engines).
 
-A message's parts follow its first part's SMSC, but not always: that SMSC removed or rebound by a
-reload while the rest waited sends the rest through the route's next one. The message row names
+A message's parts follow its first part's SMSC, but not always: that SMSC removed by a reload while
+the rest waited sends the rest through the route's next one (rebound, it did too until this
+session: the last test). The message row names
 the SMSC that took its last part (`messages.smsc`), and the sweep read the receipt deadline
 (lifecycle.receipt_deadline) from that SMSC alone: with the last part on an SMSC without a long
 validity, or one asked for no final receipt (`silent_smscs`), the earlier parts' SMSC could still
@@ -123,3 +124,55 @@ async def test_a_silent_or_short_first_smsc_keeps_the_last_ones_wait(store: Stor
     swept = await store.sweep(end, TIMEOUT, smsc_validity_ms=validity, silent_smscs=quiet)
     assert swept["timed_out"] == 1
     assert await state(store, "m_rev") == "unknown"
+
+
+# -- how a message comes to be split ---------------------------------------------------------------
+
+
+async def test_the_rest_waits_for_its_smsc_while_a_reload_rebinds_it(store: Store) -> None:
+    """A reload that rebinds an SMSC (a changed bind setting) takes its connector out of the
+    dispatcher's while the old binds drain, and puts a new one in after. A message whose first
+    part went there, claimed meanwhile, sent the rest through the route's next SMSC: one
+    concatenated SMS over two carriers, which README ("The rest of a message whose earlier
+    parts went to an SMSC follows them there, waiting while it is down") says does not happen.
+    It waits now, as for an SMSC that is down; only an SMSC the reload removed sends the rest
+    elsewhere (it is no longer there to wait for)."""
+    import asyncio
+
+    from bridge.pipeline.dispatcher import Dispatcher
+    from bridge.smpp.router import Router
+    from tests.integration.test_dispatch_edges import Clock, SlotWaitConnector, _smsc
+
+    await make_account(store)
+    m = replace(
+        msg("m_rb", NOW),
+        billable_units=2,
+        segments=tuple(NewSegment(i, 2, 0x40, f"m_rb/{i}".encode(), b"") for i in (1, 2)),
+    )
+    await accept(store, m)
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m_rb"]
+    one = SubmitResult("m_rb", 1, "sent", "smscA", "m_rb-1", "m_rb-1", at=NOW)
+    await store.record_submits([one], [Release("m_rb", NOW, False)], NOW, instance="inst-1")
+    b = SlotWaitConnector("smscB")
+    connectors = {"smscB": b}  # smscA's connector is out: the reload is rebinding it
+    smscs = {"smscA": _smsc("smscA"), "smscB": _smsc("smscB")}
+    clock = Clock(NOW + 1000)
+    d = Dispatcher(
+        store, connectors, Router([], ["smscA", "smscB"]), smscs,  # type: ignore[arg-type]
+        instance="inst-1", idle_s=0.01, clock=clock,
+    )  # fmt: skip
+    task = asyncio.create_task(d.run())
+    try:
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+        assert b.left == [], "the rest left through another carrier"
+        d.reconfigure(Router([], ["smscB"]), {"smscB": _smsc("smscB")})  # smscA removed
+        clock.ms += 120_000  # past the back-off
+        for _ in range(300):
+            if b.left:
+                break
+            await asyncio.sleep(0.01)
+        assert b.left == ["m_rb/2"]
+    finally:
+        await d.stop(0.5)
+        task.cancel()
