@@ -173,6 +173,79 @@ def receipt_deadline(
     return max(deadline, min(end + VALIDITY_RECEIPT_MARGIN_MS, sent_at + MAX_RECEIPT_WAIT_MS))
 
 
+def split_deadline(
+    sent_at: int,
+    timeout_ms: int,
+    expires_at: int | None,
+    smscs: Iterable[str],
+    smsc_validity_ms: Mapping[str, int],
+    silent: Collection[str] = (),
+) -> int:
+    """receipt_deadline of a message whose parts still awaiting their receipts went out on the
+    SMSCs `smscs` (more than one: the first part's SMSC removed by a reload while the rest
+    waited, and those sent through the route's next one): the latest of theirs, each by
+    its own validity (`smsc_validity_ms`) and whether it was asked for final receipts (not one
+    of `silent`: a silent SMSC's part ends at the timeout). While any of them may still deliver
+    its part and say so, the message is not over; read from the SMSC of its last part alone
+    (`messages.smsc`, timed_out_where), it ended `unknown` at the timeout with a part on a
+    5-day validity still on its way. None awaiting: the timeout."""
+    return max(
+        (
+            receipt_deadline(
+                sent_at, timeout_ms, expires_at, smsc_validity_ms.get(s), s not in silent
+            )
+            for s in smscs
+        ),
+        default=sent_at + timeout_ms,
+    )
+
+
+# The SMSCs a sweep's candidates' parts await receipts from ({ids}: the engine's list of ids).
+AWAITING_SMSCS_SQL = (
+    "SELECT DISTINCT message_id, smsc FROM segments WHERE message_id IN ({ids}) "
+    f"AND state = '{SEG_SENT}' AND smsc IS NOT NULL"
+)
+
+
+def not_yet_timed_out(
+    rows: Iterable[tuple[str, int, int | None, str | None]],
+    awaiting: Mapping[str, Collection[str]],
+    now: int,
+    timeout_ms: int,
+    smsc_validity_ms: Mapping[str, int],
+    silent: Collection[str] = (),
+) -> set[str]:
+    """Of the messages timed_out_where found, (id, sent_at, expires_at, smsc), those not due
+    yet by split_deadline: their parts await receipts (`awaiting`: id -> SMSCs) from another
+    SMSC than the one the row names, which may wait longer. The row's SMSC is the last part's,
+    and when it waits longest (or alone) the SQL was exact, so only split messages are looked
+    at. One the row's SMSC makes wait longer than its parts' need is not found before its
+    time: it waits as it did before (never less than a part's SMSC allows).
+
+    Only needed when the SMSCs' waits differ (some validity outlasts the timeout, or an SMSC
+    is silent): the engines read `awaiting` (AWAITING_SMSCS_SQL) then alone."""
+    out: set[str] = set()
+    for mid, sent_at, expires_at, smsc in rows:
+        smscs = awaiting.get(mid, ())
+        if all(s == smsc for s in smscs):
+            continue
+        if split_deadline(sent_at, timeout_ms, expires_at, smscs, smsc_validity_ms, silent) > now:
+            out.add(mid)
+    return out
+
+
+def waits_differ(
+    timeout_ms: int, smsc_validity_ms: Mapping[str, int], silent: Collection[str]
+) -> bool:
+    """Whether two SMSCs may give one message different receipt deadlines (not_yet_timed_out
+    has anything to do): an SMSC asked for no final receipt, or a validity that outlasts the
+    timeout."""
+    return bool(silent) or any(
+        min(ms + VALIDITY_RECEIPT_MARGIN_MS, MAX_RECEIPT_WAIT_MS) > timeout_ms
+        for ms in smsc_validity_ms.values()
+    )
+
+
 def timed_out_where(
     now: int,
     timeout_ms: int,

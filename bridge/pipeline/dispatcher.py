@@ -479,10 +479,14 @@ class Dispatcher:
         if not msg.segments:  # nothing left to send (already handled): just release the claim
             add(Release(msg.id, now_ms, count_attempt=False))
             return
-        if msg.smsc is not None and msg.smsc in self.connectors:
+        if msg.smsc is not None and (msg.smsc in self.connectors or msg.smsc in self.smscs):
             # Earlier parts went there: the rest follow, or wait for it (one concatenated SMS
-            # over two carriers may never be joined, and each would bill its parts).
-            name = msg.smsc if self.connectors[msg.smsc].is_up else None
+            # over two carriers may never be joined, and each would bill its parts). Also while
+            # a reload rebinds it (its connector out until the old binds drained): the rest went
+            # through the route's next SMSC then. Only one the configuration no longer has
+            # sends the rest elsewhere (lifecycle.split_deadline: the receipt wait of such).
+            held = self.connectors.get(msg.smsc)
+            name = msg.smsc if held is not None and held.is_up else None
         else:
             # Router.pick, inline: the candidates are needed again for the wire check below.
             candidates = self.router.candidates(msg.recipient)

@@ -757,8 +757,7 @@ async def record_submits(
         if r.outcome != "sent":
             touched[r.message_id] = True
     if releases:
-        for rel in releases:
-            touched.pop(rel.message_id, None)
+        # A released message stays in the roll-up (see the SQLite engine's).
         await c.executemany(
             "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL, "
             "q_route = NULL, q_not_before = $1, q_attempts = q_attempts - $2, "
@@ -1192,13 +1191,24 @@ async def sweep(
     where, params = lc.timed_out_where(
         now, receipt_timeout_ms, smsc_validity_ms, "${}".format, silent_smscs
     )
-    timed_out = [
-        r[0]
-        for r in await c.fetch(
-            f"SELECT id FROM messages WHERE {where} ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
-            *params,
-        )
-    ]
+    rows = await c.fetch(
+        f"SELECT id, sent_at, expires_at, smsc FROM messages WHERE {where} "
+        "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+        *params,
+    )
+    timed_out = [r[0] for r in rows]
+    if timed_out and lc.waits_differ(receipt_timeout_ms, smsc_validity_ms, silent_smscs):
+        # A message whose parts went out on two SMSCs waits for the one that waits longest
+        # (lifecycle.split_deadline), not only for the last part's, the row's.
+        awaiting: dict[str, list[str]] = {}
+        sql = lc.AWAITING_SMSCS_SQL.format(ids="SELECT unnest($1::text[])")
+        for mid, smsc in await c.fetch(sql, timed_out):
+            awaiting.setdefault(mid, []).append(smsc)
+        later = lc.not_yet_timed_out(
+            [tuple(r) for r in rows], awaiting, now, receipt_timeout_ms, smsc_validity_ms,
+            silent_smscs,
+        )  # fmt: skip
+        timed_out = [mid for mid in timed_out if mid not in later]
     if timed_out:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'NO_RECEIPT' "

@@ -1226,13 +1226,29 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # (~0.2-0.6 us each: 18-59 ms with 100,000 waiting, scripts/bench_receipt_sweep.py),
         # and in the lock it held every writer that long at each sweep. The write checks each
         # again by its id.
-        due = await self._runner.read_heavy(
-            lambda c: [
-                r[0]
-                for r in c.execute(f"SELECT id FROM messages WHERE {where} LIMIT 10000", params)
-            ],
-            lane="sweep",
-        )
+        validity = smsc_validity_ms or {}
+        split = lc.waits_differ(receipt_timeout_ms, validity, silent_smscs)
+
+        def candidates(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                f"SELECT id, sent_at, expires_at, smsc FROM messages WHERE {where} LIMIT 10000",
+                params,
+            ).fetchall()
+            if not split or not rows:
+                return [r[0] for r in rows]
+            # A message whose parts went out on two SMSCs waits for the one that waits longest
+            # (lifecycle.split_deadline), not only for the last part's, the row's.
+            awaiting: dict[str, list[str]] = {}
+            for chunk in pipe._chunks([r[0] for r in rows]):
+                sql = lc.AWAITING_SMSCS_SQL.format(ids=pipe._marks(len(chunk)))
+                for mid, smsc in c.execute(sql, chunk):
+                    awaiting.setdefault(mid, []).append(smsc)
+            later = lc.not_yet_timed_out(
+                rows, awaiting, now, receipt_timeout_ms, validity, silent_smscs
+            )
+            return [r[0] for r in rows if r[0] not in later]
+
+        due = await self._runner.read_heavy(candidates, lane="sweep")
 
         def job(c: sqlite3.Connection) -> Swept:
             # Parts sent before a release keep the message 'sent', yet nothing is left to send:

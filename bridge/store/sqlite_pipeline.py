@@ -439,8 +439,10 @@ def record_submits(
                 (lc.SEG_TIMEOUT, now, r.message_id, r.seq),
             )
     if releases:
-        for rel in releases:
-            touched.pop(rel.message_id, None)
+        # A released message stays in the roll-up: a part ended in this batch beside its
+        # release (none left queued) would leave it queued with nothing to send, never
+        # final (the dispatcher makes no such batch: tests/integration/test_result_batches.py).
+        # No read more: the messages with results are read for their roll-up anyway.
         c.executemany(
             "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL, "
             "q_route=NULL, q_not_before=?1, q_attempts=q_attempts - ?2, "

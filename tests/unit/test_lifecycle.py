@@ -372,3 +372,50 @@ def test_the_receipt_deadline_is_at_most_the_longest_receipt_timeout_after_sendi
     for now, want in ((H + bound - 1, set()), (H + bound, {1, 2})):
         where, params = lc.timed_out_where(now, 72 * H, {"a": 365 * 24 * H}, lambda _i: "?")
         assert {i for (i,) in db.execute(f"SELECT id FROM messages WHERE {where}", params)} == want
+
+
+_T0 = 1_700_000_000_000
+_DAY = 86_400_000
+_TIMEOUT = 72 * 3_600_000
+
+
+def test_split_deadline_is_the_latest_of_the_awaiting_parts_smscs() -> None:
+    """A message whose parts went out on several SMSCs (test_split_receipt_wait.py)."""
+    validity = {"long": 5 * _DAY, "quiet": 9 * _DAY}
+    silent = {"quiet"}
+
+    def deadline(smscs: list[str], expires_at: int | None = None) -> int:
+        return lc.split_deadline(_T0, _TIMEOUT, expires_at, smscs, validity, silent)
+
+    assert deadline([]) == _T0 + _TIMEOUT
+    assert deadline(["short"]) == _T0 + _TIMEOUT
+    assert deadline(["quiet"]) == _T0 + _TIMEOUT  # asked for no final receipt: its validity aside
+    assert deadline(["short", "long"]) == _T0 + 5 * _DAY + lc.VALIDITY_RECEIPT_MARGIN_MS
+    assert deadline(["quiet", "long"]) == _T0 + 5 * _DAY + lc.VALIDITY_RECEIPT_MARGIN_MS
+    assert (
+        deadline(["quiet", "short"], _T0 + 7 * _DAY)
+        == _T0 + 7 * _DAY + lc.VALIDITY_RECEIPT_MARGIN_MS
+    )
+    assert deadline(["quiet"], _T0 + 7 * _DAY) == _T0 + _TIMEOUT
+    for smscs in (["short"], ["long"], ["quiet"]):  # one SMSC: receipt_deadline itself
+        s = smscs[0]
+        assert deadline(smscs) == lc.receipt_deadline(
+            _T0, _TIMEOUT, None, validity.get(s), s not in silent
+        )
+
+
+def test_not_yet_timed_out_looks_only_at_split_messages() -> None:
+    validity = {"long": 5 * _DAY}
+    rows = [
+        ("one", _T0, None, "long"),  # its own SMSC alone: the SQL was exact
+        ("split", _T0, None, "short"),  # part 1 on "long" still waits: not yet
+        ("over", _T0, None, "short"),  # part 1 on "long" already settled: due
+    ]
+    awaiting = {"one": ["long"], "split": ["long", "short"], "over": ["short"]}
+    now = _T0 + _TIMEOUT + 1
+    assert lc.not_yet_timed_out(rows, awaiting, now, _TIMEOUT, validity) == {"split"}
+    end = _T0 + 5 * _DAY + lc.VALIDITY_RECEIPT_MARGIN_MS
+    assert lc.not_yet_timed_out(rows, awaiting, end, _TIMEOUT, validity) == set()
+    assert lc.waits_differ(_TIMEOUT, validity, ())
+    assert lc.waits_differ(_TIMEOUT, {}, ("quiet",))
+    assert not lc.waits_differ(_TIMEOUT, {"short": 3_600_000}, ())
