@@ -183,13 +183,21 @@ class Tariffs:
         self.versions: tuple[Tariff, ...] = ()
         self._failures = logs.Failures(log, is_unavailable)
 
-    async def load(self, now: int) -> None:
+    async def load(self, now: int, *, store_first: bool = True) -> None:
+        """The stored versions; none stored yet, the configured tariff is the first, from time
+        0, and is stored (`store_first`). A command that changes nothing (`tariff list`, `bill
+        show`) passes False and prices with it as it would be stored: its store may be opened
+        for reads only, where the write was refused, swallowed as another instance's seeding,
+        and left no tariff (`tariff list` printed [], `bill show` said TARIFF_NOT_FOUND)."""
         rows = await self.store.list_tariffs()
         if not rows and self.config.enabled:
             first = tariff_from_config(self.config.tariff, 0)
             problems = validate_tariff(first)
             if problems:
                 raise BillingError("billing.tariff: " + "; ".join(problems), code="INVALID_TARIFF")
+            if not store_first:
+                self.versions = (stored_tariff(json.loads(tariff_to_json(first))),)
+                return
             try:
                 await self.store.add_tariff(TariffRow(first.version, 0, tariff_to_json(first), now))
             except Exception:  # another instance seeded it first

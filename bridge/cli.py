@@ -288,8 +288,7 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
     from bridge.accounts import AccountService
     from bridge.wiring import make_sealer, open_store
 
-    # A command that changes nothing (it is not audited) opens the store for reads only.
-    store = open_store(cfg, read_only=bool(_ARGV) and _audited() is None)
+    store = open_store(cfg, read_only=_reads_only())
     await store.open()
     status, code = 1, None
     try:
@@ -311,6 +310,14 @@ async def _with_services(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> in
             await _audit(store, status, code)
         finally:
             await store.close()
+
+
+def _reads_only() -> bool:
+    """Whether the command line being run changes nothing (it is not audited): its store is
+    opened for reads only, which a PostgreSQL role with SELECT alone may do. Its argv words are
+    those the parser matched (argparse takes no abbreviation of a command or action, nor an
+    option before them): tests/unit/test_cli_read_only.py walks the parser's commands."""
+    return bool(_ARGV) and _audited() is None
 
 
 def _audited() -> tuple[str, str] | None:

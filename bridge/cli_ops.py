@@ -246,7 +246,7 @@ async def _bill_show(ops: Ops, ref: str, month: str) -> dict[str, Any]:
 
     account = await ops.account(ref)
     book = Tariffs(ops.store, ops.config.billing)
-    await book.load(ops.now)
+    await book.load(ops.now, store_first=False)  # a read (it may have SELECT alone)
     try:
         view = await month_view(ops.store, account, check_month(month), book.versions, ops.config)
     except ApiError as exc:  # check_month: INVALID_MONTH; BillingError is turned by _run
@@ -427,8 +427,9 @@ def cmd_tariff(args: argparse.Namespace) -> int:
         data = read_tariff_file(args.file) if args.action == "add" else None
         book = billing.Tariffs(ops.store, ops.config.billing)
         # Loading first stores the configured tariff when there is none yet: a version added now
-        # must not become the only one (nothing would price the time before it).
-        await book.load(ops.now)
+        # must not become the only one (nothing would price the time before it). `tariff list`
+        # changes nothing (its store may be opened for reads only): it shows that tariff unstored.
+        await book.load(ops.now, store_first=args.action != "list")
         if args.action == "list":
             _print([billing.tariff_view(t) for t in book.versions])
             return 0

@@ -21,6 +21,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
 from tests.integration.test_store import NOW, accept, account, get, message  # noqa: E402
 
 engine = engines.engine
@@ -37,12 +38,12 @@ class Clock:
         return self.ms / 1000
 
 
-class SlotWaitConnector:
+class SlotWaitConnector(StandIn):
     """Holds each message as if waiting for a window slot (a throttle pause, a full window),
     then accepts every part; records the bodies that left."""
 
     def __init__(self, name: str = "t1", up: bool = True, clock: Clock | None = None) -> None:
-        self.name = name
+        super().__init__(name, WINDOW)
         self.up = up
         self.clock = clock  # the test's clock: a jump of it is time spent waiting here
         self.gate = asyncio.Event()
@@ -51,27 +52,9 @@ class SlotWaitConnector:
         self.left: list[str] = []
         self.calls = 0
 
-    @property
-    def is_up(self) -> bool:
-        return self.up
-
-    def free_slots(self) -> int:
-        return WINDOW if self.up else 0
-
-    def window_size(self) -> int:
-        return WINDOW if self.up else 0
-
-    def refuse_new(self) -> None:
-        pass
-
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         self.calls += 1
         self.waiting += 1
         called_ms = self.clock.ms if self.clock is not None else 0
@@ -90,18 +73,13 @@ class SlotWaitConnector:
         if before_first is not None:
             await before_first()
         self.left.extend(p.short_message.decode() for p in parts)
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+        return None
 
 
 class RaisingConnector(SlotWaitConnector):
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         self.calls += 1
         raise RuntimeError("unexpected bug in the send path")
 
@@ -129,10 +107,7 @@ async def test_validity_passing_while_a_claim_holds_the_message_is_not_sent(
     clock = Clock(NOW)
     conn = SlotWaitConnector(clock=clock)
     conn.gate.clear()
-    d = Dispatcher(
-        store, {"t1": conn}, Router([], ["t1"]), {"t1": _smsc()},
-        instance="inst-1", idle_s=0.01, clock=clock,
-    )  # fmt: skip
+    d = dispatcher(store, conn, idle_s=0.01, clock=clock)
     task = asyncio.create_task(d.run())
     try:
 
@@ -164,10 +139,7 @@ async def test_an_exception_in_the_send_path_does_not_strand_the_claim(store: St
     await accept(store, message("m0"))
     conn = RaisingConnector()
     clock = Clock(NOW)
-    d = Dispatcher(
-        store, {"t1": conn}, Router([], ["t1"]), {"t1": _smsc()},
-        instance="inst-1", idle_s=0.01, clock=clock,
-    )  # fmt: skip
+    d = dispatcher(store, conn, idle_s=0.01, clock=clock)
     task = asyncio.create_task(d.run())
     try:
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
 from tests.integration.test_smpp_connector import FakeSmsc, running, smsc_cfg  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     LEASE,
@@ -45,38 +46,18 @@ store = engines.store
 WINDOW = 10
 
 
-class HeldConnector:
+class HeldConnector(StandIn):
     """Accepts every part but answers only when released; counts messages held at once."""
 
-    name = "smscA"
-
     def __init__(self) -> None:
+        super().__init__("smscA", WINDOW)
         self.release = asyncio.Event()
-        self.refused = False
         self.held = 0
         self.most_held = 0
 
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def free_slots(self) -> int:
-        return WINDOW
-
-    def window_size(self) -> int:
-        return WINDOW
-
-    def refuse_new(self) -> None:
-        self.refused = True
-
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         if before_first is not None:
             await before_first()
         self.held += 1
@@ -85,7 +66,7 @@ class HeldConnector:
             await self.release.wait()
         finally:
             self.held -= 1
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+        return None
 
 
 async def _in_flight(store: Store, n_messages: int, windows: int) -> tuple[int, HeldConnector]:
@@ -93,12 +74,10 @@ async def _in_flight(store: Store, n_messages: int, windows: int) -> tuple[int, 
     for i in range(n_messages):
         await accept(store, message(f"m{i:03d}", parts=3))
     conn = HeldConnector()
-    d = Dispatcher(
+    d = dispatcher(
         store,
-        {"smscA": conn},
-        Router([], ["smscA"]),
-        {"smscA": SmscConfig(name="smscA", system_id="t", password="t", window=WINDOW)},
-        instance="inst-1",
+        conn,
+        key="smscA",
         in_flight_windows=windows,
         idle_s=0.01,
         clock=lambda: NOW / 1000,
@@ -136,12 +115,10 @@ async def test_fewer_messages_than_the_limit_all_go_at_once(store: Store) -> Non
 
 
 def _dispatcher(store: Store, connector: object, windows: int, **smsc: object) -> Dispatcher:
-    return Dispatcher(
+    return dispatcher(
         store,
-        {"t1": connector},  # type: ignore[dict-item]
-        Router([], ["t1"]),
-        {"t1": SmscConfig(name="t1", system_id="t", password="t", **smsc)},  # type: ignore[arg-type]
-        instance="inst-1",
+        connector,
+        smsc=smsc,
         in_flight_windows=windows,
         idle_s=0.01,
         clock=lambda: NOW / 1000,
@@ -340,20 +317,15 @@ class GatedConnector(HeldConnector):
         self.waiting = 0
         self.left: list[str] = []
 
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         self.waiting += 1
         await self.gate.wait()
         if before_first is not None:
             await before_first()
         self.left.append(parts[0].short_message.decode())
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+        return None
 
 
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)  # several instances

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
 from tests.e2e.harness import wait_until  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     LEASE,
@@ -47,41 +48,25 @@ engine = engines.engine
 store = engines.store
 
 
-class Recording:
+class Recording(StandIn):
     """An SMSC stand-in that answers at once, NO_BIND for the first `refuse` messages, and
     notes the loop time of every send."""
 
-    name = "t1"
-
     def __init__(self, refuse: int = 0) -> None:
+        super().__init__("t1", 10)
         self.refuse = refuse
         self.sends: list[float] = []
         self.sent = asyncio.Event()
 
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def window_size(self) -> int:
-        return 10
-
-    def refuse_new(self) -> None:
-        pass
-
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         self.sends.append(asyncio.get_running_loop().time())
         self.sent.set()
         if self.refuse > 0:
             self.refuse -= 1
             return [SubmitOutcome(0, "no_bind", -1, "NO_BIND", None)]
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -90,15 +75,7 @@ async def running(
 ) -> AsyncIterator[Dispatcher]:
     """A dispatcher for an account without messages yet, on the one SMSC `conn`."""
     await store.create_account(account())
-    d = Dispatcher(
-        store,
-        {"t1": conn},  # type: ignore[dict-item]
-        Router([], ["t1"]),
-        {"t1": SmscConfig(name="t1", system_id="t", password="t", window=10)},
-        instance="inst-1",
-        idle_s=idle_s,
-        idle_max_s=idle_max_s,
-    )
+    d = dispatcher(store, conn, idle_s=idle_s, idle_max_s=idle_max_s)
     task = asyncio.create_task(d.run())
     try:
         yield d

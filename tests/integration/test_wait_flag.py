@@ -17,13 +17,12 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.config import SmscConfig
 from bridge.pipeline import wake
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.wake import (
@@ -35,7 +34,6 @@ from bridge.pipeline.wake import (
 )
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import SubmitOutcome
-from bridge.smpp.router import Router
 from bridge.store.base import Store
 
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -43,6 +41,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
+from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
 from tests.e2e.harness import wait_until  # noqa: E402
 from tests.integration.test_store import accept, account, message  # noqa: E402
 
@@ -56,36 +55,23 @@ pytestmark = pytest.mark.skipif(
 IDLE_S = 3.0  # the dispatcher's idle poll: never what sends a message in these tests
 
 
-class Gated:
+class Gated(StandIn):
     """An SMSC stand-in with a window of one whose sends wait for `release`."""
 
-    name = "t1"
-
     def __init__(self) -> None:
+        super().__init__("t1", 1)
         self.release = asyncio.Event()
         self.sends: list[float] = []
-
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def window_size(self) -> int:
-        return 1
 
     def refuse_new(self) -> None:
         self.release.set()
 
-    async def send_message(
-        self,
-        parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+    async def sending(
+        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+    ) -> list[SubmitOutcome] | None:
         self.sends.append(time.monotonic())
         await self.release.wait()
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
+        return None
 
 
 def now_ms() -> int:
@@ -99,16 +85,7 @@ async def owner_and_acceptor(
     """The owner's dispatcher publishing its flag and listening for wakes, and an acceptor's
     sender reading the flag through its own mapping."""
     await store.create_account(account())
-    d = Dispatcher(
-        store,
-        {"t1": conn},
-        Router([], ["t1"]),
-        {"t1": SmscConfig(name="t1", system_id="t", password="t", window=1)},
-        instance="inst-1",
-        in_flight_windows=1,
-        idle_s=IDLE_S,
-        idle_max_s=IDLE_S,
-    )
+    d = dispatcher(store, conn, in_flight_windows=1, idle_s=IDLE_S, idle_max_s=IDLE_S)
     flag = WaitFlag.create()
     assert flag is not None and flag.fd is not None
     d.wait_flag = flag
