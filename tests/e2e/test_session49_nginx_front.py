@@ -181,12 +181,12 @@ def _session(ca: str, source: str | None = None) -> aiohttp.ClientSession:
 
 
 def _daemon_connections(port: int) -> dict[str, int]:
-    """TCP connections whose local port is the daemon's, by state (/proc/net/tcp's hex codes:
-    01 established, 06 time-wait)."""
+    """TCP connections to or from the daemon's port, either end, by state (/proc/net/tcp's hex
+    codes: 01 established, 06 time-wait; 0A is the listener)."""
     states: dict[str, int] = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+        if port in (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)):
             states[fields[3]] = states.get(fields[3], 0) + 1
     return states
 
