@@ -108,7 +108,8 @@ def declared_too_large(request: web.Request, max_bytes: int) -> bool:
 
 def body_pending(request: web.Request) -> bool:
     """Whether some of the request's body has yet to arrive: refused before reading it, the
-    connection is closed behind the answer (close_after) rather than read to its end."""
+    connection is closed behind the answer (close_after, which drops what still comes of it
+    first) rather than read as the request's body."""
     return request.body_exists and not request.content.is_eof()
 
 
