@@ -152,7 +152,7 @@ async def errors_middleware(request: web.Request, handler):
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
     if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
-        await close_after(request, resp)
+        await close_after(request, resp, drain=code not in CLOSING_CODES)
     elapsed = time.perf_counter() - started
     metrics = request.app[CTX].metrics
     # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one

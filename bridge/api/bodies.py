@@ -8,6 +8,7 @@ up mid-body gets its own answer instead of holding a handler or passing for a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -107,7 +108,8 @@ def declared_too_large(request: web.Request, max_bytes: int) -> bool:
 
 def body_pending(request: web.Request) -> bool:
     """Whether some of the request's body has yet to arrive: refused before reading it, the
-    connection is closed behind the answer (close_after) rather than read to its end."""
+    connection is closed behind the answer (close_after, which drops what still comes of it
+    first) rather than read as the request's body."""
     return request.body_exists and not request.content.is_eof()
 
 
@@ -116,18 +118,48 @@ def body_pending(request: web.Request) -> bool:
 CLOSING_CODES = frozenset({"REQUEST_TIMEOUT", "MALFORMED_HTTP"})
 
 
-async def close_after(request: web.Request, resp: web.StreamResponse) -> None:
+# A refusal from the headers with the body still coming (close_after's `drain`): the rest is read
+# and dropped while it keeps coming, never kept, then the connection closes.
+DRAIN_IDLE_S = 0.5  # a pause this long ends it: a stalled client holds nothing
+DRAIN_MAX_S = 5.0  # and this long in all
+
+
+async def close_after(
+    request: web.Request, resp: web.StreamResponse, *, drain: bool = False
+) -> None:
     """Send `resp` now and close the connection behind it: the rest of the body may still
     come, so the stream is not reusable, and aiohttp would otherwise keep reading it, up to 10 s
-    (its lingering close), for a client that already stalled past server.body_timeout_s."""
+    (its lingering close), for a client that already stalled past server.body_timeout_s.
+
+    `drain`, for a refusal from the headers alone: the rest of the body, as far as it arrives
+    without a pause and within server.max_body_bytes, is read and dropped first. A socket
+    closed with bytes unread is reset, and a reverse proxy still writing the body (nginx, which
+    sends a buffered body after its headers) took the reset for a failed upstream: its client
+    got 502 Bad Gateway, not the refusal (a 1 MB send with an unknown key, half the time)."""
     resp.force_close()
     try:
         await resp.prepare(request)
         await resp.write_eof()
     except ConnectionError:
         return  # the client is gone already
+    # CONTINUE still set: the client waits for "100 Continue" and sends no body after a refusal.
+    if drain and CONTINUE not in request:
+        await _drain(request, request.app[CTX].config.server.max_body_bytes)
     if request.protocol is not None:
         request.protocol.force_close()
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    """Read and drop up to `limit` more octets of the body while they keep coming (above)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DRAIN_MAX_S
+    content = request.content
+    with contextlib.suppress(
+        TimeoutError, ConnectionError, HttpProcessingError, RequestPayloadError
+    ):
+        while limit > 0 and not content.is_eof():
+            async with asyncio.timeout(min(DRAIN_IDLE_S, end - loop.time())):
+                limit -= len(await content.readany())
 
 
 async def read_admin_body(request: web.Request) -> bytes:

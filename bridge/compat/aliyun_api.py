@@ -139,7 +139,7 @@ async def handle(request: web.Request) -> web.Response:
         out, ctype = render_error(exc.code, exc.message, rid, fmt)
         resp = _respond(out, ctype, exc.http_status, rid, {})
         if unread:
-            await close_after(request, resp)
+            await close_after(request, resp, drain=True)
         return resp
     except ApiError as exc:
         status, code, message = to_aliyun(
@@ -159,7 +159,7 @@ async def handle(request: web.Request) -> web.Response:
             out, ctype = render_error(code, message, rid, fmt)
         resp = _respond(out, ctype, status, rid, headers)
         if exc.code in CLOSING_CODES or unread:
-            await close_after(request, resp)
+            await close_after(request, resp, drain=exc.code not in CLOSING_CODES)
         return resp
     if action in _SENDS:
         ctx.metrics.accept(time.perf_counter() - started)
