@@ -13,18 +13,22 @@
 // its own events ({"event": ...}). Commands come as JSON lines on stdin:
 //   {"cmd": "mo", "source": "+86...", "dest": "...", "text": "...", "coding": "gsm" | "ucs2" | "latin1",
 //    "system_id": "...", "payload": false,         a deliver_sm (MO) on a receiving session; the
-//    "udh": "050003...", "sar": [ref, total, seq]} text in message_payload, or after a UDH
-//                                                  (hex, UDHL first), or with sar_* TLVs
+//    "udh": "050003...", "sar": [ref, total, seq], text in message_payload, or after a UDH
+//    "pdu": "deliver_sm" | "data_sm"}              (hex, UDHL first), or with sar_* TLVs; or
+//                                                  a data_sm (the text in message_payload)
 //   {"cmd": "throttle", "count": n}                the next n submit_sm: ESME_RTHROTTLED
 //   {"cmd": "syserr", "count": n}                  the next n submit_sm: ESME_RSYSERR
 //   {"cmd": "nack", "count": n}                    the next n submit_sm: generic_nack (RSYSERR)
+//   {"cmd": "outcome", "stat": "UNDELIV", "err": "001", "state": 5, "network_error": "030001"}
+//                                                  the next receipt's stat, err, message_state
+//                                                  and network_error_code (hex, optional)
 //   {"cmd": "enquire_link"}                        an enquire_link on every bound session
 //   {"cmd": "drop", "system_id": "..."}            close that system_id's sessions' sockets
 //   {"cmd": "unbind", "system_id": "..."}          an unbind on that system_id's sessions
 //   {"cmd": "unknown_command"}                     a PDU with an undefined command_id (0x00000100)
 // Settings per system_id come from --accounts, a JSON object {system_id: {password,
 // id_format: "hex" | "dec", receipt_text_id: "same" | "dec", receipts_as: "both" | "text" |
-// "tlv", receipt_pdu: "deliver_sm" | "data_sm"}}.
+// "tlv", receipt_pdu: "deliver_sm" | "data_sm", receipt_dates: "minutes" | "seconds"}}.
 'use strict';
 
 const fs = require('fs');
@@ -90,6 +94,7 @@ let nextId = 0x1000;
 let throttleNext = 0;
 let syserrNext = 0;
 let nackNext = 0;
+const outcomes = [];  // the next receipts' outcomes, oldest first: {stat, err, state}
 const sessions = new Set();
 
 function canReceive(session) {
@@ -103,10 +108,11 @@ function receiverFor(systemId) {
 	return null;
 }
 
-function stamp(d) {
+function stamp(d, seconds) {
+	// YYMMDDhhmm, as SMPP 3.4 Appendix B writes the receipt's dates; YYMMDDhhmmss as many SMSCs do.
 	const p = (n) => String(n).padStart(2, '0');
 	return p(d.getUTCFullYear() % 100) + p(d.getUTCMonth() + 1) + p(d.getUTCDate()) +
-		p(d.getUTCHours()) + p(d.getUTCMinutes());
+		p(d.getUTCHours()) + p(d.getUTCMinutes()) + (seconds ? p(d.getUTCSeconds()) : '');
 }
 
 function send(session, command, options) {
@@ -122,7 +128,7 @@ function respond(session, pdu, options) {
 	logPdu('out', session, resp);
 }
 
-function receipt(systemId, messageId, textId, submitted, sm) {
+function receipt(systemId, messageId, textId, submitted, sm, outcome) {
 	const session = receiverFor(systemId);
 	if (!session) {
 		write({event: 'no_receiver', system_id: systemId, message_id: messageId});
@@ -131,8 +137,11 @@ function receipt(systemId, messageId, textId, submitted, sm) {
 	const settings = accounts[systemId] || {};
 	const as = settings.receipts_as || 'both';
 	const text = typeof sm === 'string' ? sm : '';
-	const body = 'id:' + textId + ' sub:001 dlvrd:001 submit date:' + stamp(submitted) +
-		' done date:' + stamp(new Date()) + ' stat:DELIVRD err:000 text:' +
+	const seconds = settings.receipt_dates === 'seconds';
+	const delivered = outcome.stat === 'DELIVRD' ? '001' : '000';
+	const body = 'id:' + textId + ' sub:001 dlvrd:' + delivered + ' submit date:' +
+		stamp(submitted, seconds) + ' done date:' + stamp(new Date(), seconds) + ' stat:' +
+		outcome.stat + ' err:' + outcome.err + ' text:' +
 		text.slice(0, 20).replace(/[^\x20-\x7e]/g, '.');
 	const options = {
 		source_addr_ton: 1, source_addr_npi: 1, source_addr: '',
@@ -146,13 +155,15 @@ function receipt(systemId, messageId, textId, submitted, sm) {
 		delete options.short_message;
 		delete options.protocol_id;
 		options.receipted_message_id = messageId;
-		options.message_state = smpp.MESSAGE_STATE.DELIVERED;
+		options.message_state = outcome.state;
+		if (outcome.network_error) options.network_error_code = Buffer.from(outcome.network_error, 'hex');
 		send(session, 'data_sm', options);
 		return;
 	}
 	if (as !== 'text') {
 		options.receipted_message_id = messageId;
-		options.message_state = smpp.MESSAGE_STATE.DELIVERED;
+		options.message_state = outcome.state;
+		if (outcome.network_error) options.network_error_code = Buffer.from(outcome.network_error, 'hex');
 	}
 	send(session, 'deliver_sm', options);
 }
@@ -183,7 +194,9 @@ function onSubmit(session, pdu) {
 	const sm = pdu.short_message && pdu.short_message.message;
 	if (pdu.registered_delivery & 0x03) {
 		const submitted = new Date();
-		setTimeout(() => receipt(session.system_id, messageId, textId, submitted, sm),
+		const outcome = outcomes.shift() ||
+			{stat: 'DELIVRD', err: '000', state: smpp.MESSAGE_STATE.DELIVERED};
+		setTimeout(() => receipt(session.system_id, messageId, textId, submitted, sm, outcome),
 			receiptDelayMs);
 	}
 }
@@ -242,6 +255,7 @@ function onCommand(line) {
 	if (c.cmd === 'throttle') throttleNext += c.count || 1;
 	else if (c.cmd === 'syserr') syserrNext += c.count || 1;
 	else if (c.cmd === 'nack') nackNext += c.count || 1;
+	else if (c.cmd === 'outcome') outcomes.push(c);
 	else if (c.cmd === 'mo') {
 		const session = receiverFor(c.system_id);
 		if (!session) {
@@ -255,6 +269,11 @@ function onCommand(line) {
 			data_coding: {ucs2: smpp.ENCODING.UCS2, latin1: smpp.ENCODING.LATIN1}[c.coding] ||
 				smpp.ENCODING.SMSC_DEFAULT,
 		};
+		if (c.pdu === 'data_sm') {
+			options.message_payload = c.text;
+			send(session, 'data_sm', options);
+			return;
+		}
 		if (c.payload) {
 			options.short_message = '';
 			options.message_payload = c.text;

@@ -49,10 +49,18 @@ ACCOUNTS = {
         "receipts_as": "text",
     },
     "txrx": {"password": "pw-txrx", "id_format": "dec", "receipts_as": "tlv"},
-    "u16": {"password": "pw-u16", "id_format": "hex", "receipts_as": "both"},
+    "u16": {
+        "password": "pw-u16",
+        "id_format": "hex",
+        "receipts_as": "both",
+        "receipt_dates": "seconds",
+    },
     "pay": {"password": "pw-pay", "id_format": "dec", "receipt_pdu": "data_sm"},
+    "tx": {"password": "pw-tx", "id_format": "hex"},  # a transmitter bind alone: no receipts
+    "rx": {"password": "pw-rx"},  # a receiver bind alone: replies
 }
 CN, GB, US, FR = "+8613800138000", "+447700900123", "+12025550123", "+33612345678"
+DE = "+4915112345678"
 
 
 class NodeSmsc:
@@ -140,15 +148,23 @@ def daemon_config(tmp_path: Path, port: int) -> Any:
                 allow_latin1=True,
             ),
             smsc_entry("pay", port, split="payload", resp_id_base="dec"),
+            smsc_entry("tx", port, bind_mode="transmitter", registered_delivery=0),
+            smsc_entry("rx", port, bind_mode="receiver"),
         ],
         routes=[
             {"prefix": "+86", "smscs": ["trx"]},
             {"prefix": "+44", "smscs": ["txrx"]},
             {"prefix": "+1", "smscs": ["u16"]},
             {"prefix": "+33", "smscs": ["pay"]},
+            {"prefix": "+49", "smscs": ["tx"]},
         ],
         default_route=[],
     )
+
+
+def all_bound(d: Daemon) -> bool:
+    """Every bind of every SMSC entry up (`is_up` counts the transmitting ones: not rx's)."""
+    return all(b.up for c in d.connectors.values() for b in c._binds)
 
 
 @contextlib.asynccontextmanager
@@ -156,7 +172,7 @@ async def running(tmp_path: Path, smsc: NodeSmsc) -> AsyncIterator[Daemon]:
     d = Daemon(daemon_config(tmp_path, smsc.port))
     await d.start()
     try:
-        await wait_until(lambda: all(c.is_up for c in d.connectors.values()), 10)
+        await wait_until(lambda: all_bound(d), 10)
         yield d
     finally:
         await d.stop()
@@ -275,6 +291,62 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
     assert_sequences(node_smsc)
 
 
+# (destination, its SMSC's receipt: stat, err, message_state, network_error_code)
+FAILURES = [
+    ("+8613800138005", "UNDELIV", "001", 5, None),  # text only, its id decimal
+    ("+447700900125", "REJECTD", "002", 8, "030022"),  # TLVs only
+    ("+12025550127", "EXPIRED", "003", 3, None),  # text and TLVs, dates with seconds
+    ("+33612345680", "UNDELIV", "004", 5, "03000b"),  # data_sm
+]
+
+
+async def test_failure_receipts_from_node_smpp(tmp_path, node_smsc):
+    async with running(tmp_path, node_smsc) as d:
+        creds = await create_account(d)
+        async with client_for(d.http_port, creds) as c:
+            done = []
+            for to, stat, err, state, network_error in FAILURES:
+                node_smsc.command(cmd="outcome", stat=stat, err=err, state=state,
+                                  network_error=network_error)  # fmt: skip
+                r = await c.send(to, text="will fail")
+                done.append(await final_status(c, r["messages"][0]["id"]))
+    # Each failed with the receipt's stat and error: the text's err, or the network_error_code
+    # TLV's error (its last two octets) where there is one.
+    expected = {
+        "+8613800138005": ("failed", "undeliverable", "UNDELIV:001"),
+        "+447700900125": ("failed", "rejected", "REJECTD:34"),
+        "+12025550127": ("failed", "expired", "EXPIRED:003"),
+        "+33612345680": ("failed", "undeliverable", "UNDELIV:11"),
+    }
+    for (to, *_), m in zip(FAILURES, done, strict=True):
+        (part,) = m["parts"]
+        assert (m["status"], part["status"], m["error_code"]) == expected[to], m
+        assert (
+            part["smsc_message_id"]
+            == answer_to(node_smsc, submits_to(node_smsc, to)[0])["message_id"]
+        )
+
+
+async def test_a_transmitter_bind_alone_asks_for_no_receipt(tmp_path, node_smsc):
+    async with running(tmp_path, node_smsc) as d:
+        creds = await create_account(d)
+        async with client_for(d.http_port, creds) as c:
+            mid = (await c.send(DE, text="Transmitter only"))["messages"][0]["id"]
+            m = await wait_until(lambda: sent_or_final(c, mid), 10)
+    assert m["status"] == "sent", m
+    (p,) = submits_to(node_smsc, DE)
+    assert {k: p[k] for k in COMMON} == {**COMMON, "registered_delivery": 0}, p
+    assert p["short_message"] == {"message": "Transmitter only"}
+    assert m["parts"][0]["smsc_message_id"] == answer_to(node_smsc, p)["message_id"]
+    assert {e["mode"] for e in bound(node_smsc, "tx")} == {"transmitter"}
+    assert {e["mode"] for e in bound(node_smsc, "rx")} == {"receiver"}
+
+
+async def sent_or_final(c: Any, mid: str) -> dict[str, Any] | None:
+    m = await c.message(mid)
+    return None if m["status"] in ("queued", "sending") else m
+
+
 def assert_sequences(smsc: NodeSmsc) -> None:
     """The daemon numbers its requests on each session 1, 2, 3 ... (SMPP 3.4 5.1.4: a
     monotonically increasing sequence, within 0x00000001-0x7FFFFFFF)."""
@@ -302,6 +374,14 @@ MOS: list[tuple[str, str, str, list[dict[str, Any]]]] = [
     ("txrx", "+447700900124", "".join(LONG_GSM), [  # sar_* TLVs, reference 0x1234
         {"coding": "gsm", "sar": [0x1234, 2, k + 1], "text": t} for k, t in enumerate(LONG_GSM)
     ]),
+    ("u16", "+12025550126", "".join(LONG_GSM), [  # UDH IE 0x08, reference 0xBEEF
+        {"coding": "gsm", "udh": f"060804beef02{k + 1:02x}", "text": t}
+        for k, t in enumerate(LONG_GSM)
+    ]),
+    ("trx", "+8613800138003", "A reply as a data_sm", [{"coding": "gsm", "pdu": "data_sm"}]),
+    # The receiver bind alone. "Ç", not "ç": GSM 03.38 has the capital only (0x09), and
+    # node-smpp writes a character outside the table as 0x00, "@" (its fallback meant a space).
+    ("rx", DE, "Über rx: Ça va? 100%", [{"coding": "gsm"}]),
 ]  # fmt: skip
 
 
@@ -312,7 +392,7 @@ async def test_replies_from_node_smpp_reach_the_webhook(tmp_path, node_smsc, rec
         async with client_for(d.http_port, creds) as c:
             for _, number, *_ in MOS:  # a send first, so each reply is attributed to us
                 r = await c.send(number, text="Reply YES")
-                await final_status(c, r["messages"][0]["id"])
+                await wait_until(lambda mid=r["messages"][0]["id"]: sent_or_final(c, mid), 10)
         for system_id, number, text, pdus in MOS:
             for pdu in pdus:
                 node_smsc.command(
@@ -326,12 +406,16 @@ async def test_replies_from_node_smpp_reach_the_webhook(tmp_path, node_smsc, rec
     for _, number, text, _ in MOS:
         assert got[number]["type"] == "message.inbound"
         assert got[number]["text"] == text, (got[number]["text"], text)
-    mos = [r for r in node_smsc.pdus("deliver_sm", dir="out") if r["esm_class"] in (0, 0x40)]
+    mos = [
+        r
+        for r in node_smsc.pdus("deliver_sm", dir="out") + node_smsc.pdus("data_sm", dir="out")
+        if r["esm_class"] in (0, 0x40)
+    ]
     assert len(mos) == sum(len(p) for *_, p in MOS)
     for r in mos:
         (resp,) = [
             x
-            for x in node_smsc.pdus("deliver_sm_resp")
+            for x in node_smsc.pdus(r["command"] + "_resp")
             if x["session"] == r["session"] and x["sequence_number"] == r["sequence_number"]
         ]
         assert resp["command_status"] == 0
@@ -415,5 +499,5 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
         }
     # A stop unbinds every session still open, each answered.
     await wait_until(lambda: {u["session"] for u in node_smsc.pdus("unbind")} >= open_sessions, 5)
-    assert len(open_sessions) == 5  # trx, txrx's two, u16, pay
+    assert len(open_sessions) == 7  # trx, txrx's two, u16, pay, tx, rx
     assert_sequences(node_smsc)
