@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
-import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,17 @@ def concat_info(pdu: dict[str, Any]) -> tuple[int, int, int] | None:
     return None
 
 
+def raw_time(pdu: dict[str, Any]) -> str:
+    """The one SMPP time (16 characters and its NUL) in a submit_sm's octets, as sent."""
+    (found,) = re.findall(rb"\x00(\d{15}[R+-])\x00", bytes.fromhex(pdu["raw"]))
+    return found.decode()
+
+
+def node_time(value: dict[str, str]) -> float:
+    """A time node-smpp decoded (a Date, logged as ISO text) as a UNIX timestamp."""
+    return datetime.fromisoformat(value["date"].replace("Z", "+00:00")).timestamp()
+
+
 # What the daemon means to send on every submit_sm of these SMSC entries (their defaults).
 COMMON = {
     "service_type": "", "source_addr_ton": 5, "source_addr_npi": 0, "source_addr": "smpp-bridge",
@@ -237,6 +249,14 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
         async with client_for(d.http_port, creds) as c:
             ids = [(await c.send(to, text=text))["messages"][0]["id"] for to, text, *_ in SENDS]
             done = [await final_status(c, mid) for mid in ids]
+            # A message's own validity goes as an absolute time (YYMMDDhhmmsstnnp, UTC "00+").
+            r = await c.send("+12025550128", text="valid 30 min", validity_minutes=30)
+            timed = await final_status(c, r["messages"][0]["id"])
+    assert timed["status"] == "delivered", timed
+    (p,) = submits_to(node_smsc, "+12025550128")
+    raw_validity = raw_time(p)
+    assert raw_validity.endswith("00+") and len(raw_validity) == 16, raw_validity
+    assert abs(node_time(p["validity_period"]) - p["t"] / 1000 - 1800) < 5, p
     for (to, text, coding, split), m in zip(SENDS, done, strict=True):
         assert m["status"] == "delivered", (to, m)
         pdus = submits_to(node_smsc, to)
@@ -247,10 +267,9 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
             assert p["data_coding"] == coding, (to, p)
             assert p["esm_class"] == (0x40 if split in ("udh8", "udh16") else 0), (to, p)
             if p["system_id"] == "trx":  # validity_minutes 60, as node-smpp reads the time
-                valid = p["validity_period"]["date"]
-                sent = time.mktime(time.gmtime(p["t"] / 1000))
-                at = time.mktime(time.strptime(valid[:19], "%Y-%m-%dT%H:%M:%S"))
-                assert abs(at - sent - 3600) < 5, (valid, p["t"])
+                assert abs(node_time(p["validity_period"]) - p["t"] / 1000 - 3600) < 5, p
+                raw_validity = raw_time(p)
+                assert raw_validity == "000000010000000R"  # relative: one hour
             else:
                 assert p["validity_period"] == "", (to, p)
         if split == "payload":
@@ -277,7 +296,7 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
     # The receipts went out as each entry's SMSC writes them (pay's as data_sm), each answered.
     receipts = node_smsc.pdus("deliver_sm", dir="out") + node_smsc.pdus("data_sm", dir="out")
     assert {r["system_id"] for r in node_smsc.pdus("data_sm", dir="out")} == {"pay"}
-    assert len(receipts) == sum(len(m["parts"]) for m in done)
+    assert len(receipts) == sum(len(m["parts"]) for m in done) + 1  # and the timed one
     trx = [r for r in receipts if r["system_id"] == "trx"]
     assert trx and all("receipted_message_id" not in r for r in trx)
     assert all(" stat:DELIVRD " in bytes.fromhex(r["short_message"]["hex"]).decode() for r in trx)
