@@ -290,8 +290,8 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
             assert "".join(p["short_message"]["message"] for p in pdus) == text, to
         # Each part's receipt matched to it: the SMSC's id for part k is the one it answered
         # to part k's submit_sm.
-        answered = [answer_to(node_smsc, p)["message_id"] for p in pdus]
-        assert [part["smsc_message_id"] for part in m["parts"]] == answered, (to, m["parts"])
+        ids = [answer_to(node_smsc, p)["message_id"] for p in pdus]
+        assert [part["smsc_message_id"] for part in m["parts"]] == ids, (to, m["parts"])
         assert all(part["status"] == "delivered" for part in m["parts"]), m["parts"]
     # The receipts went out as each entry's SMSC writes them (pay's as data_sm), each answered.
     receipts = node_smsc.pdus("deliver_sm", dir="out") + node_smsc.pdus("data_sm", dir="out")
@@ -300,13 +300,8 @@ async def test_what_node_smpp_decodes_of_our_submits_is_what_we_meant(tmp_path, 
     trx = [r for r in receipts if r["system_id"] == "trx"]
     assert trx and all("receipted_message_id" not in r for r in trx)
     assert all(" stat:DELIVRD " in bytes.fromhex(r["short_message"]["hex"]).decode() for r in trx)
-    for r in receipts:
-        (resp,) = [
-            x
-            for x in node_smsc.pdus(r["command"] + "_resp")
-            if x["session"] == r["session"] and x["sequence_number"] == r["sequence_number"]
-        ]
-        assert resp["command_status"] == 0
+    resps = answered(node_smsc, receipts, "in")
+    assert resps and all(r["command_status"] == 0 for r in resps)
     assert_sequences(node_smsc)
 
 
@@ -363,7 +358,7 @@ async def test_a_transmitter_bind_alone_asks_for_no_receipt(tmp_path, node_smsc)
 
 async def sent_or_final(c: Any, mid: str) -> dict[str, Any] | None:
     m = await c.message(mid)
-    return None if m["status"] in ("queued", "sending") else m
+    return None if m["status"] == "queued" else m
 
 
 def assert_sequences(smsc: NodeSmsc) -> None:
@@ -431,16 +426,30 @@ async def test_replies_from_node_smpp_reach_the_webhook(tmp_path, node_smsc, rec
         if r["esm_class"] in (0, 0x40)
     ]
     assert len(mos) == sum(len(p) for *_, p in MOS)
-    for r in mos:
-        (resp,) = [
-            x
-            for x in node_smsc.pdus(r["command"] + "_resp")
-            if x["session"] == r["session"] and x["sequence_number"] == r["sequence_number"]
-        ]
-        assert resp["command_status"] == 0
+    resps = answered(node_smsc, mos, "in")
+    assert resps and all(r["command_status"] == 0 for r in resps)
     # The replies on txrx came on the receiver bind of its transmitter + receiver pair.
     modes = {e["session"]: e["mode"] for e in node_smsc.records() if e.get("event") == "bound"}
     assert {modes[r["session"]] for r in mos if r["system_id"] == "txrx"} == {"receiver"}
+
+
+def answered(
+    smsc: NodeSmsc, requests: list[dict[str, Any]], dir: str, command: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The answer to each request, in order (same session and sequence number; the request's
+    command with _resp unless named), or None while one is unanswered."""
+    out = []
+    for q in requests:
+        found = [
+            r
+            for r in smsc.pdus(command or q["command"] + "_resp", dir=dir)
+            if r["session"] == q["session"] and r["sequence_number"] == q["sequence_number"]
+        ]
+        assert len(found) <= 1, found
+        if not found:
+            return None
+        out.append(found[0])
+    return out
 
 
 def bound(smsc: NodeSmsc, system_id: str) -> list[dict[str, Any]]:
@@ -476,25 +485,20 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
 
             # enquire_link both ways: the SMSC's answered, ours (every 1 s here) answered.
             node_smsc.command(cmd="enquire_link")
-            await wait_until(lambda: len(node_smsc.pdus("enquire_link_resp")) >= 5, 5)
-            for r in node_smsc.pdus("enquire_link", dir="out"):
-                (resp,) = [
-                    x
-                    for x in node_smsc.pdus("enquire_link_resp")
-                    if x["session"] == r["session"] and x["sequence_number"] == r["sequence_number"]
-                ]
-                assert resp["command_status"] == 0
-            await wait_until(lambda: len(node_smsc.pdus("enquire_link")) >= 5, 5)
-            ours = node_smsc.pdus("enquire_link")
-            assert all(any(x["session"] == e["session"] and x["sequence_number"] ==
-                           e["sequence_number"] for x in node_smsc.pdus(
-                               "enquire_link_resp", dir="out")) for e in ours)  # fmt: skip
+            await wait_until(lambda: node_smsc.pdus("enquire_link", dir="out"), 5)
+            theirs = node_smsc.pdus("enquire_link", dir="out")
+            assert len(theirs) == 7  # every bind: trx, txrx's two, u16, pay, tx, rx
+            resps = await wait_until(lambda: answered(node_smsc, theirs, "in"), 5)
+            assert all(r["command_status"] == 0 for r in resps)
+            await wait_until(lambda: len(node_smsc.pdus("enquire_link")) >= 7, 5)
+            await wait_until(lambda: answered(node_smsc, node_smsc.pdus("enquire_link"), "out"), 5)
 
             # An undefined command: generic_nack, ESME_RINVCMDID, its sequence number.
             node_smsc.command(cmd="unknown_command")
-            await wait_until(lambda: len(node_smsc.pdus("generic_nack")) >= 5, 5)
-            for n in node_smsc.pdus("generic_nack"):
-                assert n["command_status"] == 0x03 and n["sequence_number"] == 0x7000 + n["session"]
+            await wait_until(lambda: node_smsc.pdus("unknown", dir="out"), 5)
+            unknown = node_smsc.pdus("unknown", dir="out")
+            nacks = await wait_until(lambda: answered(node_smsc, unknown, "in", "generic_nack"), 5)
+            assert len(nacks) == 7 and all(n["command_status"] == 0x03 for n in nacks)
 
             # A dropped connection: bound again, and the next message goes through it.
             node_smsc.command(cmd="drop", system_id="trx")
