@@ -28,7 +28,8 @@
 //   {"cmd": "unknown_command"}                     a PDU with an undefined command_id (0x00000100)
 // Settings per system_id come from --accounts, a JSON object {system_id: {password,
 // id_format: "hex" | "dec", receipt_text_id: "same" | "dec", receipts_as: "both" | "text" |
-// "tlv", receipt_pdu: "deliver_sm" | "data_sm", receipt_dates: "minutes" | "seconds"}}.
+// "tlv", receipt_pdu: "deliver_sm" | "data_sm", receipt_dates: "minutes" | "seconds",
+// answer_jitter_ms: n (each submit_sm_resp after a random 0..n ms: out of order)}}.
 'use strict';
 
 const fs = require('fs');
@@ -190,7 +191,13 @@ function onSubmit(session, pdu) {
 	const n = nextId++;
 	const messageId = settings.id_format === 'dec' ? String(n) : n.toString(16);
 	const textId = settings.receipt_text_id === 'dec' ? String(n) : messageId;
-	respond(session, pdu, {message_id: messageId});
+	if (settings.answer_jitter_ms) {
+		// Answers out of order: each after its own random delay.
+		setTimeout(() => respond(session, pdu, {message_id: messageId}),
+			Math.random() * settings.answer_jitter_ms);
+	} else {
+		respond(session, pdu, {message_id: messageId});
+	}
 	const sm = pdu.short_message && pdu.short_message.message;
 	if (pdu.registered_delivery & 0x03) {
 		const submitted = new Date();

@@ -56,7 +56,12 @@ ACCOUNTS = {
         "receipts_as": "both",
         "receipt_dates": "seconds",
     },
-    "pay": {"password": "pw-pay", "id_format": "dec", "receipt_pdu": "data_sm"},
+    "pay": {
+        "password": "pw-pay",
+        "id_format": "dec",
+        "receipt_pdu": "data_sm",
+        "answer_jitter_ms": 50,
+    },  # its answers out of order
     "tx": {"password": "pw-tx", "id_format": "hex"},  # a transmitter bind alone: no receipts
     "rx": {"password": "pw-rx"},  # a receiver bind alone: replies
 }
@@ -339,6 +344,25 @@ async def test_failure_receipts_from_node_smpp(tmp_path, node_smsc):
             part["smsc_message_id"]
             == answer_to(node_smsc, submits_to(node_smsc, to)[0])["message_id"]
         )
+
+
+async def test_answers_out_of_order_match_their_submits(tmp_path, node_smsc):
+    """pay answers each submit_sm after a random delay: the window's answers come out of
+    order, and each message keeps the id node-smpp gave its own submit_sm."""
+    numbers = [f"+336123457{k:02d}" for k in range(30)]
+    async with running(tmp_path, node_smsc) as d:
+        creds = await create_account(d)
+        async with client_for(d.http_port, creds) as c:
+            sent = await asyncio.gather(*(c.send(n, text=f"message {n}") for n in numbers))
+            done = [await final_status(c, r["messages"][0]["id"]) for r in sent]
+    answers = node_smsc.pdus("submit_sm_resp", dir="out", system_id="pay")
+    order = [a["sequence_number"] for a in answers]
+    assert order != sorted(order)  # out of order indeed
+    for n, m in zip(numbers, done, strict=True):
+        (p,) = submits_to(node_smsc, n)
+        assert p["message_payload"] == {"message": f"message {n}"}  # pay's split: payload
+        assert m["status"] == "delivered", m
+        assert m["parts"][0]["smsc_message_id"] == answer_to(node_smsc, p)["message_id"]
 
 
 async def test_a_transmitter_bind_alone_asks_for_no_receipt(tmp_path, node_smsc):
