@@ -365,6 +365,34 @@ async def test_answers_out_of_order_match_their_submits(tmp_path, node_smsc):
         assert m["parts"][0]["smsc_message_id"] == answer_to(node_smsc, p)["message_id"]
 
 
+async def test_a_bind_node_smpp_refuses_is_retried_without_its_password(
+    tmp_path, node_smsc, caplog
+):
+    """node-smpp answers a bind with a bad password ESME_RBINDFAIL, header only (SMPP 3.4:
+    no body with an error status): the daemon says so, keeps trying, and logs no password."""
+    cfg = make_config(
+        tmp_path,
+        sim={"enabled": False},
+        smscs=[{**smsc_entry("trx", node_smsc.port), "password": "Wr0ngPw"}],
+        routes=[],
+        default_route=None,
+    )
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        await wait_until(lambda: len(node_smsc.pdus("bind_transceiver")) >= 2, 10)
+    finally:
+        await d.stop()
+    answers = node_smsc.pdus("bind_transceiver_resp", dir="out")
+    assert answers and all(a["command_status"] == 0x0D for a in answers)
+    header = {"command", "command_id", "command_status", "sequence_number"}
+    assert all(set(a) <= header | {"dir", "session", "system_id", "t"} for a in answers)
+    assert not bound(node_smsc, "trx")
+    refusals = [r for r in caplog.records if "bind refused" in r.getMessage()]
+    assert refusals and all(getattr(r, "status", "") == "ESME_RBINDFAIL" for r in refusals)
+    assert "Wr0ngPw" not in caplog.text
+
+
 async def test_a_transmitter_bind_alone_asks_for_no_receipt(tmp_path, node_smsc):
     async with running(tmp_path, node_smsc) as d:
         creds = await create_account(d)
