@@ -5,17 +5,21 @@ TLV's encoding, a C-octet string's terminator, the UDH, the receipt's text) woul
 Here node-smpp decodes what the daemon sends, field by field, and builds the binds' answers,
 the receipts and the replies the daemon must read.
 
-Skips, saying why, without node or without the npm package (`scripts/interop/install.sh`
-puts it in `scripts/interop/node_modules`, which git ignores)."""
+Without the npm package it installs it first where npm is (`scripts/interop/install.sh`, into
+`scripts/interop/node_modules`, which git ignores); it skips, saying why, without node or
+when that install fails."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -31,13 +35,34 @@ INTEROP = Path(__file__).resolve().parents[2] / "scripts" / "interop"
 NODE = shutil.which("node")
 NODE_SMPP = Path(os.environ.get("NODE_SMPP_PATH", INTEROP / "node_modules" / "smpp"))
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs)"),
-    pytest.mark.skipif(
-        not (NODE_SMPP / "package.json").exists(),
-        reason=f"node-smpp is not installed at {NODE_SMPP} (run scripts/interop/install.sh)",
-    ),
-]
+
+def _install_node_smpp() -> str:
+    """node-smpp where it is missing and npm is here: scripts/interop/install.sh (pinned by its
+    package-lock.json, from the registry), once for all of pytest's workers (a lock file). So the
+    README's one test command runs this test wherever node and npm are, and CI's `.ci/run` is
+    that command and nothing more. Returns why the test skips, or ""."""
+    if (NODE_SMPP / "package.json").exists():
+        return ""
+    npm = shutil.which("npm")
+    if NODE is None or npm is None or "NODE_SMPP_PATH" in os.environ:
+        return f"node-smpp is not installed at {NODE_SMPP} (run scripts/interop/install.sh)"
+    lock = Path(tempfile.gettempdir()) / f"smpp-bridge-interop-{os.getuid()}.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not (NODE_SMPP / "package.json").exists():
+            try:
+                done = subprocess.run(
+                    [str(INTEROP / "install.sh")], capture_output=True, text=True, timeout=180
+                )
+            except subprocess.TimeoutExpired:
+                return "scripts/interop/install.sh took over 180 s (no registry?)"
+            if done.returncode != 0:
+                return f"scripts/interop/install.sh failed: {done.stderr.strip()[-300:]}"
+    return ""
+
+
+_MISSING = "node is not installed (apt-get install nodejs)" if NODE is None else _install_node_smpp()
+pytestmark = [pytest.mark.skipif(bool(_MISSING), reason=_MISSING)]
 
 # One SMSC entry per way of binding and splitting, each its own system_id on the node SMSC
 # (its settings there: the ids it issues, how its receipts carry them).
