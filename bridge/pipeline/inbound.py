@@ -26,10 +26,10 @@ from bridge.domain.optout import DEFAULT_KEYWORDS, is_optout
 from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
-from bridge.sim.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
+from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn

@@ -1,7 +1,7 @@
 """Simulated SMSC: a real SMPP 3.4 server with receipts, MO injection, faults and live counters.
 
-Names are imported lazily so that ``bridge.sim.reassembly`` (pure) can be used without pulling
-in the server, the SMPP stack and aiohttp.
+Names are imported lazily so that importing the package does not pull in the server, the SMPP
+stack and aiohttp. Reassembly lives in ``bridge.smpp.reassembly``: the daemon reads replies with it.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bridge.sim.control import apply_knobs
-    from bridge.sim.reassembly import Reassembler, SimMessage
     from bridge.sim.server import SimError, SimSmsc, mo_command, run_sim
+    from bridge.smpp.reassembly import Reassembler, SimMessage
 
 _WHERE = {
     "apply_knobs": "bridge.sim.control",
     "mo_command": "bridge.sim.server",
-    "Reassembler": "bridge.sim.reassembly",
-    "SimMessage": "bridge.sim.reassembly",
+    "Reassembler": "bridge.smpp.reassembly",
+    "SimMessage": "bridge.smpp.reassembly",
     "SimError": "bridge.sim.server",
     "SimSmsc": "bridge.sim.server",
     "run_sim": "bridge.sim.server",

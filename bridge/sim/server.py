@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
 from bridge.config import SimConfig
-from bridge.sim.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
 from bridge.smpp.codec import (
     Bind,
     BindResp,
@@ -79,6 +78,7 @@ from bridge.smpp.constants import (
     UNBIND_RESP,
 )
 from bridge.smpp.framing import FrameError, Framer
+from bridge.smpp.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
 from bridge.smpp.receipt import format_receipt_text
 from bridge.text.split import EncodeOptions, SplitMode, TextError, encode_message
 

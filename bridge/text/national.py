@@ -60,7 +60,7 @@ LANGUAGES: Mapping[int, str] = {
 # table entry can be mistaken for it.
 NONE = "\uffff"
 # A code a locking table leaves empty shows as the replacement character, as undecodable octets
-# do elsewhere (sim.reassembly.decode_payload).
+# do elsewhere (smpp.reassembly.decode_payload).
 EMPTY = "\ufffd"
 
 

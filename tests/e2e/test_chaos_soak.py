@@ -40,8 +40,8 @@ import pytest
 
 from bridge.client import BridgeClient, BridgeError
 from bridge.config import TariffConfig
-from bridge.sim.reassembly import Reassembler, Segment, SimMessage
 from bridge.sim.server import SimSmsc
+from bridge.smpp.reassembly import Reassembler, Segment, SimMessage
 from tests.e2e.harness import (
     ADMIN_TOKEN,
     DaemonProcess,

@@ -16,7 +16,6 @@ import pytest
 from bridge.app import Daemon
 from bridge.config import SimConfig, SmscConfig
 from bridge.pipeline.inbound import Inbound, mo_id_for
-from bridge.sim.reassembly import parse_segment
 from bridge.sim.server import SimSmsc
 from bridge.smpp import constants as C
 from bridge.smpp.codec import (
@@ -31,6 +30,7 @@ from bridge.smpp.codec import (
 )
 from bridge.smpp.connector import Connector
 from bridge.smpp.framing import Framer
+from bridge.smpp.reassembly import parse_segment
 from bridge.store.sqlite import SqliteStore
 
 # tests/integration has no __init__.py: the end-to-end harness lives in the `tests` package.

@@ -808,7 +808,7 @@ async def test_sar_values_beyond_smpp_ranges_make_a_single_message(
     assert handler.mo == 1
     assert await store.stale_mo_groups(NOW + HOUR, 10) == []
     from bridge.pipeline.inbound import mo_id_for
-    from bridge.sim.reassembly import Segment
+    from bridge.smpp.reassembly import Segment
 
     mo = await store.get_mo(mo_id_for("smscA", pdu, Segment(0, b"hello"), NOW))
     assert mo is not None and (mo.text, mo.parts_total) == ("hello", None)

@@ -26,7 +26,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bridge.app import Daemon  # noqa: E402
-from bridge.sim.reassembly import Reassembler, Segment, SimMessage  # noqa: E402
+from bridge.smpp.reassembly import Reassembler, Segment, SimMessage  # noqa: E402
 from tests.e2e.harness import client_for, create_account, make_config, wait_until  # noqa: E402
 
 NUMBER = "+447700900123"

@@ -22,7 +22,7 @@ Defects
 
 2. LOW (text fidelity of MO and of the simulator's reassembly). A packed GSM text whose last
    two characters are CR CR, the first ending exactly on an octet boundary, is read back with
-   one CR: bridge/sim/reassembly.py _unpack drops "the doubling CR" whenever the last two
+   one CR: bridge/smpp/reassembly.py _unpack drops "the doubling CR" whenever the last two
    septets are CR CR and the first ends on an octet boundary, but the sender only doubles a
    final CR that *itself* ends on the boundary (TS 23.038 6.1.2.3.1, bridge/text/split.py
    _pack). A genuine CR CR there (no doubling was added: the text's last CR does not end on
@@ -86,8 +86,8 @@ from bridge import logs  # noqa: E402
 from bridge.api.app import render_unparsed  # noqa: E402
 from bridge.api.http_errors import AppRunner  # noqa: E402
 from bridge.reload import HupGate  # noqa: E402
-from bridge.sim.reassembly import decode_payload, parse_segment  # noqa: E402
 from bridge.smpp.codec import ShortMessage  # noqa: E402
+from bridge.smpp.reassembly import decode_payload, parse_segment  # noqa: E402
 from bridge.text.gsm import unpack_septets  # noqa: E402
 from bridge.text.split import EncodeOptions, Encoding, SplitMode, encode_message  # noqa: E402
 from tests.integration.conftest import ApiServer, Creds  # noqa: E402

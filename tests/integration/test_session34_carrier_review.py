@@ -553,7 +553,7 @@ async def test_packed_gsm_udh8_from_an_alphanumeric_sender_on_the_wire(
     esm_class UDHI, data_coding 0, a receipt asked on every part, the alphanumeric sender as
     TON 5 / NPI 0 and an E.164 sender as TON 1 / NPI 1 without its `+`; the packed parts
     reassemble to the text with its escape pairs whole."""
-    from bridge.sim.reassembly import decode_payload, parse_segment
+    from bridge.smpp.reassembly import decode_payload, parse_segment
 
     text = ("Price 5€ {A} [B] ~C~ ^ | \\ " * 8)[:190]
     smsc = {"name": "carrier", "port": carrier.port, "packed_gsm": True, "split": "udh8"}

@@ -23,7 +23,6 @@ import pytest
 from bridge.cli import build_parser
 from bridge.config import SimConfig
 from bridge.sim import SimError, SimSmsc, mo_command, run_sim
-from bridge.sim.reassembly import Reassembler, parse_segment
 from bridge.smpp import constants as C
 from bridge.smpp.codec import (
     Bind,
@@ -36,6 +35,7 @@ from bridge.smpp.codec import (
     tlv_get,
     tlv_int,
 )
+from bridge.smpp.reassembly import Reassembler, parse_segment
 from bridge.smpp.receipt import ReceiptState, receipt_from_fields
 from bridge.text.split import EncodeOptions, SplitMode, encode_message
 

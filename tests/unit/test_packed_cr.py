@@ -10,8 +10,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sim.reassembly import decode_payload, parse_segment
 from bridge.smpp.codec import ShortMessage
+from bridge.smpp.reassembly import decode_payload, parse_segment
 from bridge.text.gsm import EXTENSION_TABLE
 from bridge.text.split import EncodedMessage, EncodeOptions, SplitMode, encode_message
 

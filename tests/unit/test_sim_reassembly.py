@@ -1,4 +1,4 @@
-"""Reassembly of submitted parts into the text a handset would show (bridge.sim.reassembly)."""
+"""Reassembly of submitted parts into the text a handset would show (bridge.smpp.reassembly)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sim.reassembly import (
+from bridge.smpp.codec import ShortMessage
+from bridge.smpp.reassembly import (
     Reassembler,
     Segment,
     decode_payload,
     parse_segment,
     segment_text,
 )
-from bridge.smpp.codec import ShortMessage
 from bridge.text.gsm import BASE_TABLE, EXTENSION_TABLE, pack_septets
 from bridge.text.split import EncodeOptions, SplitMode, encode_message
 

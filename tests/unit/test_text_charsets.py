@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.pipeline.inbound import decoded_mo
-from bridge.sim.reassembly import Decoded, decode_payload
+from bridge.smpp.reassembly import Decoded, decode_payload
 from bridge.text.charsets import decode_octets, ia5_holds_gsm
 from bridge.text.gsm import gsm_encode
 

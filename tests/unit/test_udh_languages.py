@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sim.reassembly import Reassembler, decode_segments, parse_segment, segment_text
 from bridge.smpp.codec import ShortMessage
+from bridge.smpp.reassembly import Reassembler, decode_segments, parse_segment, segment_text
 from bridge.store.mo_rows import mo_part, mo_part_values
 from bridge.store.models import MoPart
 from bridge.text.gsm import pack_septets

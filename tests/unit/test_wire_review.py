@@ -9,7 +9,7 @@ Each test below FAILS on the code as reviewed, for the reason named. Findings:
    (bridge/text/split.py ``_data_coding`` / ``_encode``.)
 2. Inbound: a deliver_sm (MO) with data_coding 1 is decoded with the GSM table, not ASCII:
    "user_1@example.com $5" is stored as "user§1¡example.com ¤5".
-   (bridge/sim/reassembly.py ``_alphabet``: ``dc in (0, 1)`` -> "gsm".)
+   (bridge/smpp/reassembly.py ``_alphabet``: ``dc in (0, 1)`` -> "gsm".)
 3. Failover sends bytes encoded for another SMSC's wire options. Text is encoded at acceptance
    with the options of the route's FIRST SMSC (even when it is down), and the dispatcher sends
    the stored bytes to whichever SMSC of the route is up: a Latin-1 (data_coding 3) message goes
@@ -55,9 +55,9 @@ from bridge.config import ConfigError, SmscConfig, parse_config
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import decoded_mo
 from bridge.pipeline.submit_sm import build_parts, source_address
-from bridge.sim.reassembly import decode_payload, parse_segment
 from bridge.smpp.codec import ShortMessage, tlv_get
 from bridge.smpp.connector import SubmitOutcome
+from bridge.smpp.reassembly import decode_payload, parse_segment
 from bridge.smpp.tlvpack import unpack_tlvs
 from bridge.store.models import Account, NewMessage, WorkMessage, WorkSegment
 from bridge.text.split import EncodedMessage, EncodeOptions, RefCounter, SplitMode, encode_message

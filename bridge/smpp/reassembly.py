@@ -1,4 +1,9 @@
-"""Reassembly and decoding of submitted messages, as a handset would do it (pure).
+"""Reassembly and decoding of concatenated messages, as a handset would do it (pure).
+
+Two readers: the daemon's inbound path (bridge/pipeline/inbound.py) joins and decodes the replies
+an SMSC delivers, and the simulator the messages it is sent. It lived under bridge/sim/ until
+session 49; its reading of UDH, sar_* and the data codings is checked against node-smpp, an
+independent implementation (tests/e2e/test_interop_node_smpp.py), not only against our simulator.
 
 The simulator records what an integration *meant* to send: the concatenated text, decoded. That is
 the only way a test can tell a correct split (escape pairs and surrogate pairs kept whole, UDH
