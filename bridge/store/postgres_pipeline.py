@@ -234,6 +234,7 @@ async def claim(
     routable: Sequence[str] = (),
     *,
     skip: Collection[str] = (),
+    intermediate: bool = False,
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
@@ -366,6 +367,8 @@ async def claim(
                     attempts=r[12],
                 )
             )
+    if idle := [mid for mid, parts in segs.items() if not parts]:
+        ids = [mid for mid in ids if mid not in await _roll_up_idle(c, idle, now, intermediate)]
     return [
         WorkMessage(
             id=m[0],
@@ -383,6 +386,18 @@ async def claim(
         for mid in ids
         if (m := msgs.get(mid)) is not None
     ]
+
+
+async def _roll_up_idle(
+    c: asyncpg.Connection, idle: list[str], now: int, intermediate: bool
+) -> set[str]:
+    """Claimed messages with no part left to send are rolled up in the claim, not handed out
+    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue."""
+    await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    rows = await c.fetch(
+        "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'done'", idle
+    )
+    return {r[0] for r in rows}
 
 
 async def give_back(
@@ -1124,8 +1139,11 @@ def _gone(holder: str, silent_since: str) -> str:
     )
 
 
+# A claimed message with a part left to send (its claim's submits may be unanswered).
+_TO_SEND = "EXISTS (SELECT 1 FROM segments s WHERE s.message_id = m.id AND s.state = 'queued')"
+
 _ABANDONED = f"""
-SELECT m.id, m.q_route FROM messages m
+SELECT m.id, m.q_route, {_TO_SEND} FROM messages m
 WHERE m.q_state = 'claimed' AND (m.q_lease_until <= $1 OR ({_gone("m.q_claimed_by", "$2")}))
 ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
 """
@@ -1162,15 +1180,18 @@ async def requeue_claims(
     coord = now + offset_ms
     if instance is not None:
         rows = await c.fetch(
-            "SELECT id, q_route FROM messages WHERE q_state = 'claimed' "
-            "AND (q_claimed_by = $1 OR q_lease_until <= $2) ORDER BY id FOR UPDATE",
+            f"SELECT m.id, m.q_route, {_TO_SEND} FROM messages m WHERE m.q_state = 'claimed' "
+            "AND (m.q_claimed_by = $1 OR m.q_lease_until <= $2) ORDER BY m.id FOR UPDATE",
             instance,
             coord,
         )
     else:
         rows = await c.fetch(_ABANDONED, coord, coord - DEAD_AFTER_MS)
-    mark = [r[0] for r in rows if r[1] is not None and r[1] in unknown_smscs]
-    requeue = [r[0] for r in rows if not (r[1] is not None and r[1] in unknown_smscs)]
+    # No part left to send: none of the claim's submits can be unanswered. Rolled up (out of
+    # the queue, final or awaiting its receipts), not counted unanswered.
+    idle = [r[0] for r in rows if not r[2]]
+    mark = [r[0] for r in rows if r[2] and r[1] is not None and r[1] in unknown_smscs]
+    requeue = [r[0] for r in rows if r[2] and not (r[1] is not None and r[1] in unknown_smscs)]
     if mark:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'IN_FLIGHT_AT_RESTART' "
@@ -1190,6 +1211,13 @@ async def requeue_claims(
             "q_unanswered = q_unanswered + 1 WHERE id = ANY($1::text[])",
             requeue,
         )
+    if idle:
+        await c.execute(
+            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL "
+            "WHERE id = ANY($1::text[])",
+            idle,
+        )
+        await rollup_messages(c, dict.fromkeys(idle, True), now)
     return {"requeued": len(requeue), "marked_unknown": len(mark)}
 
 

@@ -167,3 +167,107 @@ async def test_a_late_end_from_a_lost_claim_leaves_the_new_holders_parts(
     m = await store.get_message("acc_a", "m3")
     assert m is not None and m.state == "delivered"
     assert await cash(store) == charged, "a delivered message keeps its charge"
+
+
+# -- claimed with nothing to send ------------------------------------------------------------------
+
+
+async def _left_queued(engine: EngineHandle, store: Store, parts: list[tuple[str, str]]) -> None:
+    """m3 accepted, then its parts ended as `parts` (state, error code) with the message left
+    queued, as the defect of test_result_batches.py left such messages."""
+    store.quota_tz = "UTC"  # the day test_billing_edges.accept counts the message in
+    await make_account(store)
+    await store.update_account("acc_a", {"status_callback_url": "https://cb.example/s"}, NOW)
+    await accept(store, three_parts("m3"), amount=3 * START)
+    for seq, (state, error) in enumerate(parts, 1):
+        await _sql(
+            engine,
+            "UPDATE segments SET state=$1, error_code=$2, done_at=$3 "
+            "WHERE message_id='m3' AND seq=$4",
+            state,
+            error,
+            NOW,
+            seq,
+        )
+
+
+async def _day_count(engine: EngineHandle) -> int:
+    return sum(r[0] for r in await _sql(engine, "SELECT messages FROM daily_counts"))
+
+
+async def _reports(store: Store) -> list[tuple[str, str | None]]:
+    return [(j.kind, j.payload) for j in await store.claim_webhooks(NOW + 10_000, 100, LEASE)]
+
+
+async def test_a_queued_message_with_no_part_to_send_ends_at_its_first_claim(
+    engine: EngineHandle, store: Store
+) -> None:
+    failed = ("failed", "ESME_RINVDSTADR")
+    await _left_queued(engine, store, [failed] + [("failed", "PREVIOUS_PART_FAILED")] * 2)
+    charged = await cash(store)
+    assert await store.claim("inst-1", 10, NOW, LEASE) == [], "handed out with nothing to send"
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None
+    assert (m.state, m.error_code, m.done_at) == ("failed", "ESME_RINVDSTADR", NOW)
+    assert await cash(store) == charged + 3 * START, "a failed domestic message is refunded"
+    assert await _reports(store) == [("status", "m3")]
+    assert await store.queue_depth() == 0
+    assert await store.claim("inst-1", 10, NOW + 60_000, LEASE) == []
+    # Not counted as an unanswered submit, nor as an attempt that sent anything.
+    assert await _sql(engine, "SELECT q_state, q_unanswered FROM messages") == [("done", 0)]
+
+
+async def test_one_that_never_went_out_gives_back_its_place_at_its_first_claim(
+    engine: EngineHandle, store: Store
+) -> None:
+    await _left_queued(engine, store, [("expired_unsent", "VALIDITY_EXPIRED")] * 3)
+    assert await _day_count(engine) == 1
+    assert await store.claim("inst-1", 10, NOW, LEASE) == []
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None and m.state == "expired"
+    assert await _day_count(engine) == 0, "its daily place kept"
+    assert await _reports(store) == [("status", "m3")]
+
+
+async def test_one_whose_parts_all_went_out_leaves_the_queue_and_takes_its_receipts(
+    engine: EngineHandle, store: Store
+) -> None:
+    await _left_queued(engine, store, [("sent", None)] * 3)
+    for seq in (1, 2, 3):
+        await _sql(
+            engine,
+            "UPDATE segments SET smsc='smscA', smsc_msg_id=$1, done_at=NULL "
+            "WHERE message_id='m3' AND seq=$2",
+            f"x{seq}",
+            seq,
+        )
+    assert await store.claim("inst-1", 10, NOW, LEASE) == []
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None and m.state == "sent"
+    assert await store.queue_depth() == 0
+    assert await _delivered(store, ["x1", "x2", "x3"], NOW + 1_000) == 3
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None and m.state == "delivered"
+
+
+async def test_a_lease_run_out_with_no_part_queued_counts_no_unanswered_submit(
+    engine: EngineHandle, store: Store
+) -> None:
+    """A claimed message whose parts all ended meanwhile: its lease's end rolls it up, and
+    counts no unanswered submit (none was made: nothing was left to send), so one that never
+    went out gives back its daily place."""
+    store.quota_tz = "UTC"  # the day test_billing_edges.accept counts the message in
+    await make_account(store)
+    await accept(store, three_parts("m3"), amount=3 * START)
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m3"]
+    await _sql(
+        engine,
+        "UPDATE segments SET state='expired_unsent', error_code='VALIDITY_EXPIRED', done_at=$1",
+        NOW,
+    )
+    out = await store.reclaim(LATER, frozenset())
+    assert out["requeued"] + out["marked_unknown"] <= 1
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None and m.state == "expired", "left queued with nothing to send"
+    assert await _sql(engine, "SELECT q_state, q_unanswered FROM messages") == [("done", 0)]
+    assert await _day_count(engine) == 0
