@@ -473,11 +473,15 @@ class Dispatcher:
                 keep(self._results.add_many(items))
 
         now_ms = int(self.clock() * 1000)
+        if not msg.segments:
+            # Nothing left to send: the claim rolls such a message up instead of handing it out
+            # (store.claim), all but one with no part row at all. Released, not left claimed
+            # (before the expiry below, which would hand in nothing): its lease's end counted a
+            # submit unanswered.
+            add(Release(msg.id, now_ms, count_attempt=False))
+            return
         if msg.expires_at is not None and msg.expires_at <= now_ms:
             add(*(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms) for seg in msg.segments))
-            return
-        if not msg.segments:  # nothing left to send (already handled): just release the claim
-            add(Release(msg.id, now_ms, count_attempt=False))
             return
         if msg.smsc is not None and (msg.smsc in self.connectors or msg.smsc in self.smscs):
             # Earlier parts went there: the rest follow, or wait for it (one concatenated SMS

@@ -511,10 +511,13 @@ class Store(Protocol):
     ) -> int:
         """Submit results and releases. With `instance`, a release applies only to a message that
         instance still holds: one whose claim another instance took back is not requeued under
-        its new owner (results are recorded regardless: those parts did leave). Returns how many
-        status reports it queued (a message the SMSC refused ends here, and with
-        `webhooks.send_intermediate` the "sent" ones), as `apply_receipts` counts its own: the
-        owner wakes its webhook sender for them. (A "sent" report the sender reaches only after
+        its new owner. A part accepted is recorded regardless (it did leave, and its receipt
+        must match); a part's end (failed, unknown, expired) only while no other instance holds
+        the message (its parts are that one's to send now), and it ends the parts after it only
+        when its own part was still queued (a late or repeated end ends nothing sent since).
+        Returns how many status reports it queued (a message the SMSC refused ends here, and
+        with `webhooks.send_intermediate` the "sent" ones), as `apply_receipts` counts its own:
+        the owner wakes its webhook sender for them. (A "sent" report the sender reaches only after
         the message's receipt is not pushed, so waiting for its poll lost most of them.)"""
         ...
 

@@ -1417,7 +1417,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             taken.clear()  # a retried run: the rolled-back one took nothing
             lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
             work = await pipe.claim(
-                c, order, instance, limit, now, lease_until, park, keys, skip=skip
+                c,
+                order,
+                instance,
+                limit,
+                now,
+                lease_until,
+                park,
+                keys,
+                skip=skip,
+                intermediate=self.send_intermediate,
             )
             taken.extend(w.id for w in work)
             return work

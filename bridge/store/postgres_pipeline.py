@@ -234,6 +234,7 @@ async def claim(
     routable: Sequence[str] = (),
     *,
     skip: Collection[str] = (),
+    intermediate: bool = False,
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
@@ -366,6 +367,8 @@ async def claim(
                     attempts=r[12],
                 )
             )
+    if idle := [mid for mid, parts in segs.items() if not parts]:
+        ids = [mid for mid in ids if mid not in await _roll_up_idle(c, idle, now, intermediate)]
     return [
         WorkMessage(
             id=m[0],
@@ -383,6 +386,18 @@ async def claim(
         for mid in ids
         if (m := msgs.get(mid)) is not None
     ]
+
+
+async def _roll_up_idle(
+    c: asyncpg.Connection, idle: list[str], now: int, intermediate: bool
+) -> set[str]:
+    """Claimed messages with no part left to send are rolled up in the claim, not handed out
+    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue."""
+    await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    rows = await c.fetch(
+        "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'done'", idle
+    )
+    return {r[0] for r in rows}
 
 
 async def give_back(
@@ -643,6 +658,28 @@ async def enqueue_status_webhooks(
 # -- submit results --------------------------------------------------------------------------------
 
 
+def _not_theirs(n: int) -> str:
+    """SQL: the message of part `s` is not held by another instance than parameter $n, the
+    instance recording the part's end (NULL: anyone's)."""
+    return (
+        "NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = s.message_id "
+        f"AND m.q_state = 'claimed' AND ${n}::text IS NOT NULL "
+        f"AND m.q_claimed_by IS DISTINCT FROM ${n}::text)"
+    )
+
+
+# The parts after those a permanent error ended (message id, seq, SMSC of each: $1-$3), and the
+# message row's SMSC, in one statement.
+_FAILED_AFTER = """
+WITH u AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) AS u(mid, seq, smsc)),
+later AS (
+    UPDATE segments s SET state = 'failed', error_code = 'PREVIOUS_PART_FAILED', done_at = $4
+    FROM u WHERE s.message_id = u.mid AND s.seq > u.seq AND s.state = 'queued'
+)
+UPDATE messages m SET smsc = u.smsc FROM u WHERE m.id = u.mid
+"""
+
+
 async def record_submits(
     c: asyncpg.Connection,
     results: list[SubmitResult],
@@ -710,52 +747,72 @@ async def record_submits(
             await _infer_on_accept(
                 c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
             )
+    # A part's end is recorded only while no other instance holds its message (see
+    # Store.record_submits), and ends the parts after it only when its own part was still queued
+    # (its UPDATE returned it): a late or repeated end must not end parts sent since.
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
-        await c.executemany(
-            "UPDATE segments SET state = 'failed', smsc = $1, error_code = $2, done_at = $3, "
-            "attempts = attempts + 1 WHERE message_id = $4 AND seq = $5 AND state = 'queued'",
-            [(r.smsc, r.error_code, now, r.message_id, r.seq) for r in failed],
+        rows = await c.fetch(
+            "UPDATE segments s SET state = 'failed', smsc = u.smsc, error_code = u.err, "
+            "done_at = $5, attempts = s.attempts + 1 "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS u(mid, seq, smsc, err) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
+            f"AND {_not_theirs(6)} "
+            "RETURNING s.message_id, s.seq, s.smsc",
+            [r.message_id for r in failed],
+            [r.seq for r in failed],
+            [r.smsc for r in failed],
+            [r.error_code for r in failed],
+            now,
+            instance,
         )
-        # Later parts can never be shown as one message now: do not send them.
-        await c.executemany(
-            "UPDATE segments SET state = 'failed', error_code = 'PREVIOUS_PART_FAILED', "
-            "done_at = $1 WHERE message_id = $2 AND seq > $3 AND state = 'queued'",
-            [(now, r.message_id, r.seq) for r in failed],
-        )
-        await c.executemany(
-            "UPDATE messages SET smsc = $1 WHERE id = $2", [(r.smsc, r.message_id) for r in failed]
-        )
+        if rows:
+            # Later parts can never be shown as one message now: do not send them.
+            await c.execute(_FAILED_AFTER, *map(list, zip(*rows, strict=True)), now)
+            touched.update(dict.fromkeys((r[0] for r in rows), True))
     expired = [r for r in results if r.outcome == "expired"]
     if expired:
-        await c.execute(
+        rows = await c.fetch(
             f"UPDATE segments s SET state = $3, error_code = {END_ERROR.format(seg='s')}, "
             "done_at = $4 FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued'",
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
+            f"AND {_not_theirs(5)} "
+            "RETURNING s.message_id",
             [r.message_id for r in expired],
             [r.seq for r in expired],
             lc.SEG_EXPIRED_UNSENT,
             now,
+            instance,
         )
+        touched.update(dict.fromkeys((r[0] for r in rows), True))
     unknown = [r for r in results if r.outcome == "unknown"]
     if unknown:
-        await c.executemany(
-            "UPDATE segments SET state = $1, smsc = $2, error_code = $3, done_at = $4 "
-            "WHERE message_id = $5 AND seq = $6 AND state = 'queued'",
-            [
-                (lc.SEG_TIMEOUT, r.smsc, r.error_code or "SUBMIT_UNKNOWN", now, r.message_id, r.seq)
-                for r in unknown
-            ],
+        rows = await c.fetch(
+            "UPDATE segments s SET state = $5, smsc = u.smsc, error_code = u.err, done_at = $6 "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS u(mid, seq, smsc, err) "
+            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
+            f"AND {_not_theirs(7)} "
+            "RETURNING s.message_id, s.seq",
+            [r.message_id for r in unknown],
+            [r.seq for r in unknown],
+            [r.smsc for r in unknown],
+            [r.error_code or "SUBMIT_UNKNOWN" for r in unknown],
+            lc.SEG_TIMEOUT,
+            now,
+            instance,
         )
-        # The parts after one whose fate is unknown are not sent: nothing is left queued.
-        await c.executemany(
-            "UPDATE segments SET state = $1, error_code = 'PREVIOUS_PART_UNKNOWN', done_at = $2 "
-            "WHERE message_id = $3 AND seq > $4 AND state = 'queued'",
-            [(lc.SEG_TIMEOUT, now, r.message_id, r.seq) for r in unknown],
-        )
-    for r in results:
-        if r.outcome != "sent":
-            touched[r.message_id] = True
+        if rows:
+            # The parts after one whose fate is unknown are not sent: nothing is left queued.
+            await c.execute(
+                "UPDATE segments s SET state = $3, error_code = 'PREVIOUS_PART_UNKNOWN', "
+                "done_at = $4 FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
+                "WHERE s.message_id = u.mid AND s.seq > u.seq AND s.state = 'queued'",
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                lc.SEG_TIMEOUT,
+                now,
+            )
+            touched.update(dict.fromkeys((r[0] for r in rows), True))
     if releases:
         # A released message stays in the roll-up (see the SQLite engine's).
         await c.executemany(
@@ -1082,8 +1139,11 @@ def _gone(holder: str, silent_since: str) -> str:
     )
 
 
+# A claimed message with a part left to send (its claim's submits may be unanswered).
+_TO_SEND = "EXISTS (SELECT 1 FROM segments s WHERE s.message_id = m.id AND s.state = 'queued')"
+
 _ABANDONED = f"""
-SELECT m.id, m.q_route FROM messages m
+SELECT m.id, m.q_route, {_TO_SEND} FROM messages m
 WHERE m.q_state = 'claimed' AND (m.q_lease_until <= $1 OR ({_gone("m.q_claimed_by", "$2")}))
 ORDER BY m.id FOR UPDATE OF m SKIP LOCKED
 """
@@ -1120,15 +1180,18 @@ async def requeue_claims(
     coord = now + offset_ms
     if instance is not None:
         rows = await c.fetch(
-            "SELECT id, q_route FROM messages WHERE q_state = 'claimed' "
-            "AND (q_claimed_by = $1 OR q_lease_until <= $2) ORDER BY id FOR UPDATE",
+            f"SELECT m.id, m.q_route, {_TO_SEND} FROM messages m WHERE m.q_state = 'claimed' "
+            "AND (m.q_claimed_by = $1 OR m.q_lease_until <= $2) ORDER BY m.id FOR UPDATE",
             instance,
             coord,
         )
     else:
         rows = await c.fetch(_ABANDONED, coord, coord - DEAD_AFTER_MS)
-    mark = [r[0] for r in rows if r[1] is not None and r[1] in unknown_smscs]
-    requeue = [r[0] for r in rows if not (r[1] is not None and r[1] in unknown_smscs)]
+    # No part left to send: none of the claim's submits can be unanswered. Rolled up (out of
+    # the queue, final or awaiting its receipts), not counted unanswered.
+    idle = [r[0] for r in rows if not r[2]]
+    mark = [r[0] for r in rows if r[2] and r[1] is not None and r[1] in unknown_smscs]
+    requeue = [r[0] for r in rows if r[2] and not (r[1] is not None and r[1] in unknown_smscs)]
     if mark:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'IN_FLIGHT_AT_RESTART' "
@@ -1148,6 +1211,13 @@ async def requeue_claims(
             "q_unanswered = q_unanswered + 1 WHERE id = ANY($1::text[])",
             requeue,
         )
+    if idle:
+        await c.execute(
+            "UPDATE messages SET q_state = 'queued', q_claimed_by = NULL, q_lease_until = NULL "
+            "WHERE id = ANY($1::text[])",
+            idle,
+        )
+        await rollup_messages(c, dict.fromkeys(idle, True), now)
     return {"requeued": len(requeue), "marked_unknown": len(mark)}
 
 

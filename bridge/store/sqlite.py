@@ -949,7 +949,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # Not those an end under way covers (an account disabled, ...): it ends them here.
             ids = sqlite_dnc.guard(c, ends.guard(c, scan.ids), now)  # ... or a list blocks
             ids = sqlite_senders.guard(c, ids, now)  # ... or a senders change refuses
-            return _claim_ids(c, ids, instance, now + lease_ms) if ids else _NONE_CLAIMED
+            if not ids:
+                return _NONE_CLAIMED
+            return _claim_ids(c, ids, instance, now + lease_ms, now, self.send_intermediate)
 
         # The rows become values after the commit, outside the write lock (~1.5 µs a one-part
         # message, ~4 at three parts, of the owner's lock: bench_owner.py).
@@ -1821,13 +1823,19 @@ def _requeue_claims(
     the SMSC: they are resent (at-least-once) unless the SMSC its parts went to in this claim
     (q_route) is configured `in_flight_on_restart: unknown`."""
     claimed = c.execute(
-        "SELECT id, q_route FROM messages WHERE q_state='claimed'"
+        "SELECT id, q_route, EXISTS (SELECT 1 FROM segments s WHERE s.message_id=messages.id "
+        "AND s.state='queued') FROM messages WHERE q_state='claimed'"
         + (" AND q_lease_until<?" if expired_only else ""),
         (now,) if expired_only else (),
     ).fetchall()
     requeued = marked = 0
-    for mid, route in claimed:
-        if route is not None and route in unknown_smscs:
+    idle = []
+    for mid, route, to_send in claimed:
+        if not to_send:
+            # No part left to send: none of this claim's submits can be unanswered. Rolled up
+            # (out of the queue, final or awaiting its receipts), not counted unanswered.
+            idle.append(mid)
+        elif route is not None and route in unknown_smscs:
             c.execute(
                 "UPDATE segments SET state=?, done_at=?, error_code='IN_FLIGHT_AT_RESTART' "
                 "WHERE message_id=? AND state='queued'",
@@ -1846,6 +1854,13 @@ def _requeue_claims(
                 (mid,),
             )
             requeued += 1
+    if idle:
+        c.executemany(
+            "UPDATE messages SET q_state='queued', q_claimed_by=NULL, q_lease_until=NULL "
+            "WHERE id=?",
+            [(mid,) for mid in idle],
+        )
+        pipe.rollup_messages(c, dict.fromkeys(idle, True), now)
     return {"requeued": requeued, "marked_unknown": marked}
 
 
@@ -2193,7 +2208,14 @@ _Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 _NONE_CLAIMED: _Claimed = ([], {}, [])
 
 
-def _claim_ids(c: sqlite3.Connection, ids: list[str], instance: str, lease_until: int) -> _Claimed:
+def _claim_ids(
+    c: sqlite3.Connection,
+    ids: list[str],
+    instance: str,
+    lease_until: int,
+    now: int,
+    intermediate: bool = False,
+) -> _Claimed:
     marks = ",".join("?" * len(ids))
     c.execute(
         f"UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
@@ -2214,7 +2236,26 @@ def _claim_ids(c: sqlite3.Connection, ids: list[str], instance: str, lease_until
         f"WHERE message_id IN ({marks}) AND state='queued' ORDER BY message_id, seq",
         ids,
     ).fetchall()
+    if idle := set(ids).difference(r[0] for r in segs):
+        ids = [mid for mid in ids if mid not in _roll_up_idle(c, sorted(idle), now, intermediate)]
     return ids, msgs, segs
+
+
+def _roll_up_idle(c: sqlite3.Connection, idle: list[str], now: int, intermediate: bool) -> set[str]:
+    """Claimed messages with no part left to send (queued with every part ended or sent: left
+    so by a defect of session 49, or any other way) are rolled up from their parts in the claim,
+    not handed out: the dispatcher released such a message unsent and the next claim took it
+    again, for ever (or, its validity passed, handed in nothing and left it claimed until its
+    lease ran out, which counted a submit unanswered). Returns those the roll-up took out of the
+    queue (all but a message with no part row at all, which it cannot decide)."""
+    pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    return {
+        r[0]
+        for r in c.execute(
+            f"SELECT id FROM messages WHERE id IN ({pipe._marks(len(idle))}) AND q_state='done'",
+            idle,
+        )
+    }
 
 
 def _work(

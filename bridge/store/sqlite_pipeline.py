@@ -332,6 +332,13 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
 
 # -- submit results ------------------------------------------------------------------------------
 
+# A part's end is not recorded while another instance holds its message (?: the instance
+# recording it): `segments.message_id` names the message, the statement's own parameter.
+_NOT_THEIRS = (
+    "NOT EXISTS (SELECT 1 FROM messages m WHERE m.id=segments.message_id "
+    "AND m.q_state='claimed' AND m.q_claimed_by IS NOT ?)"
+)
+
 
 def record_submits(
     c: sqlite3.Connection,
@@ -395,17 +402,22 @@ def record_submits(
         _infer_on_accept(
             c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
         )
+    # A part's end is recorded only while no other instance holds its message (see
+    # Store.record_submits), and ends the parts after it only when its own part was still queued
+    # (its UPDATE matched): a late or repeated end must not end parts sent since.
+    mine = "" if instance is None else " AND " + _NOT_THEIRS
+    theirs = () if instance is None else (instance,)
     for r in results:
         if r.outcome == "sent":
             continue
-        touched[r.message_id] = True
         known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
-            c.execute(
+            if not c.execute(
                 "UPDATE segments SET state='failed', smsc=?, error_code=?, done_at=?, "
-                "attempts=attempts+1 WHERE message_id=? AND seq=? AND state='queued'",
-                (r.smsc, r.error_code, now, r.message_id, r.seq),
-            )
+                f"attempts=attempts+1 WHERE message_id=? AND seq=? AND state='queued'{mine}",
+                (r.smsc, r.error_code, now, r.message_id, r.seq, *theirs),
+            ).rowcount:
+                continue
             # Later parts can never be shown as one message now: do not send them.
             c.execute(
                 "UPDATE segments SET state='failed', error_code='PREVIOUS_PART_FAILED', done_at=? "
@@ -414,15 +426,16 @@ def record_submits(
             )
             c.execute("UPDATE messages SET smsc=? WHERE id=?", (r.smsc, r.message_id))
         elif r.outcome == "expired":
-            c.execute(
+            if not c.execute(
                 f"UPDATE segments SET state=?, error_code={END_ERROR.format(seg='segments')}, "
-                "done_at=? WHERE message_id=? AND seq=? AND state='queued'",
-                (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq),
-            )
+                f"done_at=? WHERE message_id=? AND seq=? AND state='queued'{mine}",
+                (lc.SEG_EXPIRED_UNSENT, now, r.message_id, r.seq, *theirs),
+            ).rowcount:
+                continue
         elif r.outcome == "unknown":
-            c.execute(
+            if not c.execute(
                 "UPDATE segments SET state=?, smsc=?, error_code=?, done_at=? "
-                "WHERE message_id=? AND seq=? AND state='queued'",
+                f"WHERE message_id=? AND seq=? AND state='queued'{mine}",
                 (
                     lc.SEG_TIMEOUT,
                     r.smsc,
@@ -430,14 +443,19 @@ def record_submits(
                     now,
                     r.message_id,
                     r.seq,
+                    *theirs,
                 ),
-            )
+            ).rowcount:
+                continue
             # The parts after one whose fate is unknown are not sent: nothing is left queued.
             c.execute(
                 "UPDATE segments SET state=?, error_code='PREVIOUS_PART_UNKNOWN', done_at=? "
                 "WHERE message_id=? AND seq>? AND state='queued'",
                 (lc.SEG_TIMEOUT, now, r.message_id, r.seq),
             )
+        else:
+            continue
+        touched[r.message_id] = True
     if releases:
         # A released message stays in the roll-up: a part ended in this batch beside its
         # release (none left queued) would leave it queued with nothing to send, never
