@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from bridge import logs
-from bridge.aio import idle_wait_s, wait_event
+from bridge.aio import idle_wait_s, running, wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
@@ -151,6 +151,7 @@ class Dispatcher:
         self._inflight_ids: dict[asyncio.Task[None], str] = {}
         self._inflight_by_id: dict[str, asyncio.Task[None]] = {}
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
+        self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() per message
         self._stopping = False
         self._store_down = logs.Throttled(log)
         self._failures = logs.Failures(log, is_unavailable)
@@ -306,8 +307,9 @@ class Dispatcher:
                 for m in work:
                     self._results.add(Release(m.id, at, count_attempt=False))
                 return
+            loop = self._loop = running(self._loop)
             for msg in work:
-                task = asyncio.get_running_loop().create_task(self._send(msg))
+                task = loop.create_task(self._send(msg))
                 self._inflight.add(task)
                 self._inflight_ids[task] = msg.id
                 self._inflight_by_id[msg.id] = task
@@ -548,7 +550,7 @@ class Dispatcher:
 
         deadline = None
         if msg.expires_at is not None:
-            loop_now = asyncio.get_running_loop().time()
+            loop_now = running(self._loop).time()
             deadline = loop_now + (msg.expires_at - now_ms) / 1000
         so_far: list[SubmitOutcome] = []
         try:
@@ -567,7 +569,7 @@ class Dispatcher:
             for seg, out in zip(msg.segments, so_far, strict=False):
                 if out.kind != "ok":
                     break
-                add(_sent(msg.id, seg.seq, name, out, rule, at))
+                add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
             raise
         except _RouteNotRecorded as exc:  # nothing left
             if exc.lost:
@@ -586,9 +588,10 @@ class Dispatcher:
         release: Release | None = None
         # One batcher call per message: its parts' results share one future.
         results: list[SubmitResult | Release] = []
+        loop = self._loop = running(self._loop)
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
-                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms))
+                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
                 self.sent += 1
             elif out.kind == "permanent":
                 results.append(
@@ -876,14 +879,21 @@ class Dispatcher:
 
 
 def _sent(
-    mid: str, seq: int, smsc: str, out: SubmitOutcome, rule: MsgIdRule, at: int
+    mid: str,
+    seq: int,
+    smsc: str,
+    out: SubmitOutcome,
+    rule: MsgIdRule,
+    at: int,
+    loop: asyncio.AbstractEventLoop,
 ) -> SubmitResult:
     """The result of a part the SMSC accepted, with its id as given and as receipts will name
-    it, and when it left (on `at`'s clock): a receipt kept from before then is not its own."""
+    it, and when it left (on `at`'s clock; `out.sent_at` is on the running `loop`'s): a
+    receipt kept from before then is not its own."""
     raw = out.message_id or ""
     sent_at = 0
     if out.sent_at:
-        sent_at = at - int((asyncio.get_running_loop().time() - out.sent_at) * 1000)
+        sent_at = at - int((loop.time() - out.sent_at) * 1000)
     return SubmitResult(
         mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at, sent_at=sent_at
     )
