@@ -35,6 +35,7 @@ DEFAULTS: dict[str, list[tuple[str, int, str]]] = {
     "bench.py": [
         ("end-to-end messages/s (with receipts)", 0, "messages/s"),
         ("daemon CPU per message, all / owner process (us)", 0, "daemon CPU/msg (us)"),
+        ("daemon CPU per message, all / owner process (us)", 1, "owner CPU/msg (us)"),
         ("accept latency p50 / p99 (ms)", 1, "accept p99 (ms)"),
         ("accept -> final receipt p50 / p99 (ms)", 1, "receipt p99 (ms)"),
         ("store write lock per message (us), on CPU %, writes per commit", 0, "lock/msg (us)"),

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from bridge import logs
+from bridge.aio import running
 from bridge.store.base import is_unavailable
 
 T = TypeVar("T")
@@ -45,13 +46,15 @@ class Batcher(Generic[T]):
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() per item
         self._down = logs.Throttled(log)
         self.flushes = 0
         self.items = 0
 
     def add(self, item: T) -> asyncio.Future[None]:
         """Queue an item; the returned future resolves when its batch is committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop = running(self._loop)
+        fut: asyncio.Future[None] = loop.create_future()
         self._items.append(item)
         self._waiters.append(fut)
         self._queued()
@@ -65,7 +68,7 @@ class Batcher(Generic[T]):
         batcher may cut them over two, so there each item gets its own future, gathered."""
         if self._ordered:
             return asyncio.gather(*(self.add(item) for item in items))
-        loop = asyncio.get_running_loop()
+        loop = self._loop = running(self._loop)
         fut: asyncio.Future[None] = loop.create_future()
         if not items:
             fut.set_result(None)
@@ -80,7 +83,7 @@ class Batcher(Generic[T]):
         if len(self._items) >= self._max:
             self._start_flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self._start_flush)
+            self._timer = running(self._loop).call_later(self._delay, self._start_flush)
 
     async def submit(self, item: T) -> None:
         await self.add(item)
@@ -99,7 +102,7 @@ class Batcher(Generic[T]):
         else:
             items, waiters = self._items, self._waiters
             self._items, self._waiters = [], []
-        task = asyncio.get_running_loop().create_task(self._run(items, waiters))
+        task = running(self._loop).create_task(self._run(items, waiters))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from bridge import logs
-from bridge.aio import KeyedLocks
+from bridge.aio import KeyedLocks, running
 from bridge.assignments import TTL_S, Assignments
 from bridge.config import SmscConfig
 from bridge.domain import phone, senders
@@ -69,6 +69,7 @@ class Inbound:
         self.metrics = metrics
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._smscs = dict(smscs)
+        self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() a receipt
         self._receipts: Batcher[ReceiptIn] = Batcher(
             self._flush_receipts,
             max_items=1000,
@@ -114,7 +115,8 @@ class Inbound:
         CPU each, measured; the future resolves from its batch's commit."""
         if not is_receipt(body):
             return self._mo_guarded(smsc, body)
-        out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = self._loop = running(self._loop)
+        out: asyncio.Future[int] = loop.create_future()
         try:
             self._receipt(smsc, body, out)
         except Exception as exc:

@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 
 from asyncio_throttle import Throttler
 
-from bridge.aio import wait_event
+from bridge.aio import running, wait_event
 from bridge.fastinit import fast_init
 from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, EncodeError, ShortMessage
@@ -306,6 +306,7 @@ class Connector:
         self._turns = Turns()  # at the throttler, one waiter at a time (bridge/smpp/turns.py)
         self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
         self._rr = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() a part
         # Called when a bind comes up or goes down: the daemon publishes its bind status at once
         # (acceptors and other instances answer /readyz from it; a second's lag made a starting
         # daemon's readiness flap 200 -> 503 -> 200).
@@ -457,6 +458,11 @@ class Connector:
         log.info("smpp connector stopped", extra={"smsc": self.name})
 
     # --- state --------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """The running loop's clock (`aio.running`: no getpid() per call)."""
+        loop = self._loop = running(self._loop)
+        return loop.time()
+
     @property
     def is_up(self) -> bool:
         return any(b.up for b in self._tx)
@@ -464,7 +470,7 @@ class Connector:
     def free_slots(self) -> int:
         if self._stopping or not self._started:
             return 0
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         return sum(
             max(0, b.capacity() - b.waiting()) for b in self._tx if b.up and now >= b.paused_until
         )
@@ -474,7 +480,7 @@ class Connector:
         the dispatcher keeps at most this many messages in flight on this SMSC."""
         if self._stopping or not self._started:
             return 0
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         return self.cfg.window * sum(1 for b in self._tx if b.up and now >= b.paused_until)
 
     async def wait_up(self, timeout: float) -> bool:  # noqa: ASYNC109 (the contract's name)
@@ -643,7 +649,7 @@ class Connector:
         context: Any = None,
         wire: list[asyncio.Future[SubmitResult]] | None = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = running(self._loop)
         transient = 0
         throttles = 0
         # A started message's next part goes first (window slot, TPS turn), as resends do: it
@@ -825,7 +831,7 @@ class Connector:
                         await throttler.acquire()
                 finally:
                     self._turns.give()
-            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            if deadline is not None and self._now() >= deadline:
                 raise _Expired
             if before is not None:
                 await before()  # holding the slot: nothing else takes it meanwhile
@@ -854,11 +860,11 @@ class Connector:
             and not b.hi
             and not b.lo
             and b.capacity() > 0
-            and asyncio.get_running_loop().time() >= b.paused_until
+            and self._now() >= b.paused_until
         ):
             b.reserved += 1
             return True
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = running(self._loop).create_future()
         (b.hi if priority else b.lo).append(fut)
         self._pump(b)
         try:
@@ -881,7 +887,7 @@ class Connector:
                     if not fut.done():
                         fut.set_result(False)
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop = running(self._loop)
         now = loop.time()
         if now < b.paused_until:
             if b.timer is None and (b.hi or b.lo):
@@ -940,7 +946,7 @@ class Connector:
         up = [b for b in self._tx if b.up]
         if not up:
             return None
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         self._rr += 1
         k = len(up)
         rotated = up[self._rr % k :] + up[: self._rr % k]  # tie-break round robin

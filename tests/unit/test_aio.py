@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bridge.aio import cancel_and_wait, idle_wait_s, wait_event
+from bridge.aio import cancel_and_wait, idle_wait_s, running, wait_event
 
 
 async def _loop_until_cancelled(
@@ -121,3 +121,23 @@ def test_idle_wait_doubles_from_the_poll_up_to_the_ceiling() -> None:
     ]  # fmt: skip
     assert idle_wait_s(0.05, 1.0, 10_000) == 1.0  # no overflow however long it idles
     assert idle_wait_s(2.0, 1.0, 0) == idle_wait_s(2.0, 1.0, 5) == 2.0  # never below the poll
+
+
+def test_running_keeps_a_running_loop_and_never_hands_out_an_ended_one() -> None:
+    """`running(kept)`: the kept loop while it runs (no getpid() per call on Python 3.11),
+    else the running loop, so an object used again under a later loop gets that one."""
+
+    async def first() -> tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]:
+        loop = running(None)
+        return loop, running(loop)
+
+    loop1, again = asyncio.run(first())
+    assert loop1 is again
+
+    async def second() -> asyncio.AbstractEventLoop:
+        return running(loop1)  # loop1 has ended
+
+    loop2 = asyncio.run(second())
+    assert loop2 is not loop1
+    with pytest.raises(RuntimeError):
+        running(loop1)  # no loop runs here: as asyncio.get_running_loop()

@@ -233,3 +233,41 @@ async def test_add_many_on_an_ordered_batcher_resolves_after_every_slice() -> No
     sink.gate.set()
     await asyncio.wait_for(fut, 1.0)
     assert sink.done == [[1, 2], [3]]
+
+
+async def test_items_do_not_ask_for_the_running_loop_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `asyncio.get_running_loop()` is a getpid() system call on Python 3.11: the batcher
+    keeps the loop (`aio.running`) instead of asking for it per item (the owner's results and
+    receipts batchers took several per message)."""
+    calls = 0
+    real = asyncio.get_running_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        nonlocal calls
+        calls += 1
+        return real()
+
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=1000, max_delay_s=0.001)
+    monkeypatch.setattr(asyncio, "get_running_loop", counting)
+    futs = [b.add(i) for i in range(50)] + [b.add_many([100, 101])]
+    await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    futs = [b.add(i) for i in range(50)]
+    await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    assert sink.done == [[*range(50), 100, 101], list(range(50))]
+    assert calls <= 1
+
+
+def test_a_batcher_used_again_under_a_later_loop_takes_that_loop() -> None:
+    """The kept loop is checked to be running: a batcher used under a loop that has ended (a
+    test's, a restart in process) makes its futures, timers and flushes on the new one."""
+    sink = Sink()
+    b: Batcher[int] = Batcher(sink, max_items=1000, max_delay_s=0.001)
+
+    async def one_round(item: int) -> None:
+        await asyncio.wait_for(b.add(item), 1.0)
+        await asyncio.wait_for(b.add_many([item + 1]), 1.0)
+
+    asyncio.run(one_round(1))
+    asyncio.run(one_round(10))
+    assert sink.done == [[1], [2], [10], [11]]
