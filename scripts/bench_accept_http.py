@@ -215,6 +215,7 @@ async def serve(args: argparse.Namespace) -> None:
             assert client.stdout is not None and client.stdin is not None
             await client.stdout.readline()  # signed, ready
             gc.collect()
+            commits0, fsyncs0 = store._runner.commits, store._runner.fsyncs
             cpu0, wall0 = time.process_time(), time.perf_counter()
             client.stdin.write(b"go\n")
             await client.stdin.drain()
@@ -226,7 +227,9 @@ async def serve(args: argparse.Namespace) -> None:
                 print("  first refusal:", counts["first"])
             print(
                 f"  round {r + 1}: {ok} accepted ({counts['other']} other), "
-                f"{cpu / max(ok, 1) * 1e6:7.1f} us of CPU per accept, {ok / wall:7.0f}/s",
+                f"{cpu / max(ok, 1) * 1e6:7.1f} us of CPU per accept, {ok / wall:7.0f}/s, "
+                f"{store._runner.commits - commits0} commits, {store._runner.fsyncs - fsyncs0} "
+                "fsyncs",
                 flush=True,
             )
     finally:
