@@ -2,7 +2,7 @@
 """CPU of a whole accept in one process, over real HTTP: µs per accepted one-part send.
 
 Usage: python scripts/bench_accept_http.py [--requests 20000] [--concurrency 50] [--rounds 3]
-                                          [--bare | --bare-store]
+                                          [--bare | --bare-store | --no-accept-writes]
 
 Why: `bench_accept.py` times the accept path's pure steps; what lies between them (aiohttp's
 request handling, the middlewares, the authenticator's caches, the store's accept batch, the
@@ -18,8 +18,8 @@ running this script from each (it imports the `bridge` beside it).
 the body and answers a small JSON 202; uvloop, no access log), and `--bare-store` adds to it
 the rows an accept writes (nonce, idempotency record, message, segment, with the store's SQL and
 schema) through the store's own group commit and WAL fsync: the floor under our accept, so
-what of its CPU is ours is the difference (session 49: bare ~130 us, bare-store ~195 us, the
-app ~300 us).
+what of its CPU is ours is the difference. `--no-accept-writes` runs the app with the store's
+accept answering "accepted" at once (nothing written): the app's share without the store's.
 """
 
 from __future__ import annotations
@@ -191,6 +191,14 @@ async def serve(args: argparse.Namespace) -> None:
     if args.bare or args.bare_store:
         app = bare_app(store if args.bare_store else None, creds.account.id, creds.app_key)
     else:
+        if args.no_accept_writes:
+
+            async def accepted(batch: Any, now: int) -> Any:
+                from bridge.store.models import AcceptOutcome
+
+                return AcceptOutcome(accepted=True)
+
+            store.accept = accepted  # type: ignore[method-assign]
         app = make_app(ctx)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -250,6 +258,9 @@ def main() -> None:
     floor.add_argument("--bare", action="store_true", help="a bare aiohttp app: the floor")
     floor.add_argument(
         "--bare-store", action="store_true", help="the bare app writing the accept's rows"
+    )
+    floor.add_argument(
+        "--no-accept-writes", action="store_true", help="the app, its accepts written nowhere"
     )
     args = ap.parse_args()
     gc.freeze()  # as `run` does at start (bridge/cli.py, _tune_gc)
