@@ -2,6 +2,7 @@
 """CPU of a whole accept in one process, over real HTTP: µs per accepted one-part send.
 
 Usage: python scripts/bench_accept_http.py [--requests 20000] [--concurrency 50] [--rounds 3]
+                                          [--bare | --bare-store | --no-accept-writes]
 
 Why: `bench_accept.py` times the accept path's pure steps; what lies between them (aiohttp's
 request handling, the middlewares, the authenticator's caches, the store's accept batch, the
@@ -12,6 +13,13 @@ same signed one-recipient POST /v1/messages on keep-alive connections, and count
 process's CPU (its fsync thread included) per 202. The load comes from a child process of raw
 sockets, pre-signed before the clock starts, so its CPU is not counted. Compare two trees by
 running this script from each (it imports the `bridge` beside it).
+
+`--bare` serves the same requests from a bare aiohttp app instead (one POST route that reads
+the body and answers a small JSON 202; uvloop, no access log), and `--bare-store` adds to it
+the rows an accept writes (nonce, idempotency record, message, segment, with the store's SQL and
+schema) through the store's own group commit and WAL fsync: the floor under our accept, so
+what of its CPU is ours is the difference. `--no-accept-writes` runs the app with the store's
+accept answering "accepted" at once (nothing written): the app's share without the store's.
 """
 
 from __future__ import annotations
@@ -86,6 +94,56 @@ def client_main(port: int, key: str, secret: str, n: int, concurrency: int, firs
     print(json.dumps(counts), flush=True)
 
 
+BARE_ANSWER = b'{"batch_id":"bat_0","count":1,"messages":[{"id":"msg_0","status":"queued"}]}'
+
+
+def bare_app(store: Any, account_id: str, key_id: str) -> Any:
+    """The floor: aiohttp reading the body and answering 202, and with `store`, the accept's
+    rows written through its group commit (no auth, validation, rules or rate bucket)."""
+    from aiohttp import web
+
+    from bridge.ids import new_id
+    from bridge.store import sqlite as sql
+
+    async def post(request: web.Request) -> web.Response:
+        body = await request.read()
+        if store is not None:
+            now = int(time.time() * 1000)
+            mid = new_id("msg_", now)
+            nonce = request.headers["X-Bridge-Nonce"]
+            idem = (account_id, request.headers["Idempotency-Key"], "h" * 64, 202, BARE_ANSWER,
+                    now + 86_400_000)  # fmt: skip
+            row = (mid, account_id, new_id("bat_", now), None, "+8613800000000", None, None,
+                   None, TEXT, "gsm7", 0, 1, 1, now, None, now + 86_400_000, now, None, None,
+                   None)  # fmt: skip
+            seg = (mid, 1, 1, 0, body[:33], b"")
+
+            def job(c: Any) -> None:
+                c.execute(sql._NONCE_NEW, (key_id, nonce, now + 900_000))
+                c.execute(sql._IDEM_NEW, idem)
+                c.execute(_BARE_MESSAGE, row)
+                c.execute(_BARE_SEGMENT, seg)
+
+            await store._runner.write(job, bare=True)
+        return web.Response(body=BARE_ANSWER, status=202, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", post)
+    return app
+
+
+_BARE_MESSAGE = (
+    "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
+    "sign_name, template, text, encoding, data_coding, segments, billable_units, "
+    "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_BARE_SEGMENT = (
+    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
+    "VALUES (?,?,?,?,?,?)"
+)
+
+
 async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -130,7 +188,19 @@ async def serve(args: argparse.Namespace) -> None:
     now = int(time.time() * 1000)
     creds = await ctx.accounts.create("bench", {"raw_text": True}, now)
     await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
-    runner = web.AppRunner(make_app(ctx), access_log=None)
+    if args.bare or args.bare_store:
+        app = bare_app(store if args.bare_store else None, creds.account.id, creds.app_key)
+    else:
+        if args.no_accept_writes:
+
+            async def accepted(batch: Any, now: int) -> Any:
+                from bridge.store.models import AcceptOutcome
+
+                return AcceptOutcome(accepted=True)
+
+            store.accept = accepted  # type: ignore[method-assign]
+        app = make_app(ctx)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -153,6 +223,7 @@ async def serve(args: argparse.Namespace) -> None:
             assert client.stdout is not None and client.stdin is not None
             await client.stdout.readline()  # signed, ready
             gc.collect()
+            commits0, fsyncs0 = store._runner.commits, store._runner.fsyncs
             cpu0, wall0 = time.process_time(), time.perf_counter()
             client.stdin.write(b"go\n")
             await client.stdin.drain()
@@ -164,7 +235,9 @@ async def serve(args: argparse.Namespace) -> None:
                 print("  first refusal:", counts["first"])
             print(
                 f"  round {r + 1}: {ok} accepted ({counts['other']} other), "
-                f"{cpu / max(ok, 1) * 1e6:7.1f} us of CPU per accept, {ok / wall:7.0f}/s",
+                f"{cpu / max(ok, 1) * 1e6:7.1f} us of CPU per accept, {ok / wall:7.0f}/s, "
+                f"{store._runner.commits - commits0} commits, {store._runner.fsyncs - fsyncs0} "
+                "fsyncs",
                 flush=True,
             )
     finally:
@@ -181,6 +254,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20000, help="sends per round")
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
+    floor = ap.add_mutually_exclusive_group()
+    floor.add_argument("--bare", action="store_true", help="a bare aiohttp app: the floor")
+    floor.add_argument(
+        "--bare-store", action="store_true", help="the bare app writing the accept's rows"
+    )
+    floor.add_argument(
+        "--no-accept-writes", action="store_true", help="the app, its accepts written nowhere"
+    )
     args = ap.parse_args()
     gc.freeze()  # as `run` does at start (bridge/cli.py, _tune_gc)
     gc.set_threshold(5000)

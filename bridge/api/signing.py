@@ -44,6 +44,7 @@ __all__ = [
     "parse_date",
     "sign",
     "sign_request",
+    "skew_clearly_within",
     "string_to_sign",
     "verify_checked",
     "verify_signature",
@@ -359,6 +360,23 @@ def check_skew(date: datetime, now: datetime, max_skew_s: int, late_s: int | Non
             f"allowed {allowed}",
             server_time=server_time,
         )
+
+
+# How far inside both bounds `skew_clearly_within` passes a request without `check_skew`.
+_SKEW_MARGIN_S = 0.001
+
+
+def skew_clearly_within(
+    date: datetime, now: float, max_skew_s: int, late_s: int | None = None
+) -> bool:
+    """True when `date` (aware, as `parse_date` gives it) is a millisecond or more inside both
+    bounds of `check_skew` at `now` (seconds since the epoch): such a request passes whatever the
+    rounding. Why: nearly every request is, and `check_skew` wants the server time as a datetime,
+    built per request for it (with the compare, ~2 µs of each send); it still decides the rest
+    and words the refusal."""
+    skew = date.timestamp() - now
+    late = max_skew_s if late_s is None else min(late_s, max_skew_s)
+    return -late + _SKEW_MARGIN_S < skew < max_skew_s - _SKEW_MARGIN_S
 
 
 def _raised(late_s: int, max_skew_s: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -78,12 +79,17 @@ def _charset(content_type: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _media_type(header: str) -> tuple[str, str | None]:
+    """A Content-Type's media type (lower-case) and charset. Cached: a client sends the same
+    header on every request, and taking it apart was ~1 µs of each send."""
+    return header.split(";")[0].strip().lower(), _charset(header)
+
+
 def parse_json(body: bytes, request: web.Request) -> Any:
-    header = request.headers.get("Content-Type", "application/json")
-    ctype = header.split(";")[0].strip().lower()
+    ctype, charset = _media_type(request.headers.get("Content-Type", "application/json"))
     if ctype not in ("application/json", ""):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r}: send application/json")
-    charset = _charset(header)
     if charset not in (None, "utf-8"):
         # The body is read as UTF-8 whatever the header says (RFC 8259: JSON is UTF-8): a UTF-16
         # body was refused as INVALID_JSON with a parser message about its bytes.
@@ -173,7 +179,8 @@ async def _post_messages(
         outcome, payload, messages = await _accept_once(
             ctx, request, account, claim, body, key, req_hash, now_ms
         )
-        if isinstance(outcome, web.Response):
+        # A replay's answer. Not isinstance(outcome, web.Response): an ABC, ~0.5 µs more a send.
+        if not isinstance(outcome, AcceptOutcome):
             return outcome
         if outcome.auth_refusal == "stale" and outcome.account is not None:
             # The account changed since the cached copy validated this request: validate again

@@ -196,6 +196,32 @@ def test_bench_accept_http_counts_only_accepted_sends() -> None:
     assert "first refusal" not in out, out
 
 
+@pytest.mark.parametrize("floor", ["--bare", "--bare-store", "--no-accept-writes"])
+def test_bench_accept_http_floors_answer_every_send(floor: str) -> None:
+    # The floors under an accept answer the same requests 202; only --bare-store writes them
+    # (its group commits are counted per round). The bare app commits nothing; the app without
+    # the accept's writes only the key's last use (once a minute, key_use.py).
+    out = _run(
+        "scripts/bench_accept_http.py", "--requests", "300", "--concurrency", "10", "--rounds",
+        "2", floor,
+    )  # fmt: skip
+    rounds = re.findall(
+        r"^  round (\d): (\d+) accepted \((\d+) other\), +[0-9.]+ us of CPU per accept, +\d+/s, "
+        r"(\d+) commits",
+        out,
+        re.M,
+    )
+    assert [(r, ok, other) for r, ok, other, _c in rounds] == [
+        ("1", "300", "0"),
+        ("2", "300", "0"),
+    ], out
+    commits = [int(c) for *_rest, c in rounds]
+    if floor == "--bare-store":
+        assert all(c > 5 for c in commits), out
+    else:
+        assert all(c <= (floor != "--bare") for c in commits), out
+
+
 def test_bench_parts_times_each_step_of_messages_it_sent_and_settled() -> None:
     # The script exits non-zero unless every part was answered and keyed as sent, and every
     # receipt was stored and acknowledged ESME_ROK, and every result flushed.

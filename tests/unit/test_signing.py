@@ -454,6 +454,33 @@ def test_skew_subsecond_server_clock() -> None:
         check_skew(NOW, NOW + timedelta(seconds=300, microseconds=1), 300)
 
 
+@pytest.mark.parametrize("late_s", [None, 120, 300, 900])
+@pytest.mark.parametrize(
+    "offset_s",
+    [-300.002, -300.001, -300.0005, -300.000001, -300, -299.9995, -299.998, -120.002,
+     -120.001, -120, -119.998, -1.5, 0, 0.25, 299.998, 299.9995, 300, 300.000001, 300.0005,
+     300.002, 86400.0],
+)  # fmt: skip
+def test_skew_fast_path_passes_only_what_check_skew_passes(
+    offset_s: float, late_s: int | None
+) -> None:
+    """The server asks skew_clearly_within first and check_skew only when it says no: every
+    request it passes, check_skew passes at the same moment, and it says no within a
+    millisecond of either bound (where check_skew's rounding to microseconds decides)."""
+    now = NOW.timestamp() - offset_s  # the request is dated `offset_s` from the server's clock
+    fast = signing.skew_clearly_within(NOW, now, 300, late_s)
+    try:
+        check_skew(NOW, datetime.fromtimestamp(now, UTC), 300, late_s)
+    except SignatureError:
+        passes = False
+    else:
+        passes = True
+    assert not fast or passes
+    late = 300 if late_s is None else min(late_s, 300)
+    clear = -late + 0.0011 < offset_s < 300 - 0.0011
+    assert fast == clear
+
+
 def test_skew_naive_datetimes_are_utc() -> None:
     check_skew(NOW.replace(tzinfo=None), NOW, 300)
     with pytest.raises(SignatureError):
