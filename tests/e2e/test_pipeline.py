@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -261,7 +262,16 @@ async def test_webhook_receiver_down_then_up_delivers_each_report_once(start_dae
             ids.append(r["messages"][0]["id"])
         for mid in ids:
             await final_status(c, mid)
-    await asyncio.sleep(1.5)  # at least one failed attempt
+
+    def retried() -> float:
+        text = d.metrics.exposition().decode()
+        pattern = r'^smpp_bridge_webhook_deliveries_total\{kind="status",outcome="retry"\} (\S+)$'
+        found = re.search(pattern, text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    # Every report failed at least once (a fixed 1.5 s could pass before any attempt on a
+    # loaded machine, and the test then never saw the receiver down).
+    await wait_until(lambda: retried() >= 5, 15)
     assert receiver.reports == []
     receiver.fail_with = None
     await wait_until(lambda: len(receiver.reports) >= 5, 15)
