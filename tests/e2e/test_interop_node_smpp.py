@@ -554,7 +554,8 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
 
             # enquire_link both ways: the SMSC's answered, ours (every 1 s here) answered.
             node_smsc.command(cmd="enquire_link")
-            await wait_until(lambda: node_smsc.pdus("enquire_link", dir="out"), 5)
+            # All of its lines, not the first: they are written one by one (a read between).
+            await wait_until(lambda: len(node_smsc.pdus("enquire_link", dir="out")) >= 7, 5)
             theirs = node_smsc.pdus("enquire_link", dir="out")
             assert len(theirs) == 7  # every bind: trx, txrx's two, u16, pay, tx, rx
             resps = await wait_until(lambda: answered(node_smsc, theirs, "in"), 5)
@@ -564,7 +565,7 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
 
             # An undefined command: generic_nack, ESME_RINVCMDID, its sequence number.
             node_smsc.command(cmd="unknown_command")
-            await wait_until(lambda: node_smsc.pdus("unknown", dir="out"), 5)
+            await wait_until(lambda: len(node_smsc.pdus("unknown", dir="out")) >= 7, 5)
             unknown = node_smsc.pdus("unknown", dir="out")
             nacks = await wait_until(lambda: answered(node_smsc, unknown, "in", "generic_nack"), 5)
             assert len(nacks) == 7 and all(n["command_status"] == 0x03 for n in nacks)
