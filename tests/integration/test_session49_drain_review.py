@@ -12,10 +12,11 @@ loop was held up are no pause: the drain goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
-from bridge.api.bodies import DRAIN_IDLE_S
+from bridge.api.bodies import DRAIN_IDLE_S, DRAIN_MAX_S
 from tests.integration import test_session49_proxy_front as front
 
 daemon = front.daemon  # the daemon with the Alibaba face, and an account
@@ -43,4 +44,35 @@ async def test_a_loop_held_up_past_the_idle_time_does_not_cut_a_body_still_comin
             while await reader.read(65536):  # a reset raises ConnectionResetError here
                 pass
     finally:
+        writer.close()
+
+
+async def test_a_client_that_trickles_its_body_is_closed_after_five_seconds(daemon: Any) -> None:
+    """The drain's other bound (README "Slow clients"): a body that keeps coming, 100 bytes
+    every 0.3 s, is read for DRAIN_MAX_S, then the connection closes; it is not held for as
+    long as the client trickles (each such connection has its place in max_connections)."""
+    d, creds = daemon
+    headers = front.CASES["unknown app key"](d.http_port, creds)
+    request = front._request("POST /v1/messages", headers)
+    head = request.index(b"\r\n\r\n") + 4
+    reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    writer.write(request[:head])
+
+    async def trickle() -> None:
+        for at in range(head, len(request), 100):
+            writer.write(request[at : at + 100])
+            await asyncio.sleep(0.3)
+
+    feeding = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(10):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 401")
+            answered = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):  # it was still sending
+                while await reader.read(65536):
+                    pass
+        held = time.monotonic() - answered
+        assert DRAIN_MAX_S - 0.5 < held < DRAIN_MAX_S + 3, held
+    finally:
+        feeding.cancel()
         writer.close()
