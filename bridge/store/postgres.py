@@ -1334,7 +1334,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.requeue_claims(
-                c, now, unknown_smscs, instance=instance, offset_ms=self.clock_offset_ms
+                c,
+                now,
+                unknown_smscs,
+                instance=instance,
+                offset_ms=self.clock_offset_ms,
+                intermediate=self.send_intermediate,
             )
 
         return await run_tx(self.pool, job, durable=False)
@@ -1350,7 +1355,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
 
         async def job(c: asyncpg.Connection) -> dict[str, int]:
             return await pipe.requeue_claims(
-                c, now, unknown_smscs, instance=None, offset_ms=self.clock_offset_ms
+                c,
+                now,
+                unknown_smscs,
+                instance=None,
+                offset_ms=self.clock_offset_ms,
+                intermediate=self.send_intermediate,
             )
 
         return await run_tx(self.pool, job, durable=False)

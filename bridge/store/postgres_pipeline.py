@@ -1166,10 +1166,13 @@ async def requeue_claims(
     *,
     instance: str | None,
     offset_ms: int = 0,
+    intermediate: bool = False,
 ) -> dict[str, int]:
     """Give claims back to the queue: with `instance`, that instance's own claims (a restart) and
     any whose lease expired; without, claims whose lease expired or whose instance is gone (no
-    instance lock held and no heartbeat for DEAD_AFTER_MS).
+    instance lock held and no heartbeat for DEAD_AFTER_MS). A claim with no part left to send is
+    rolled up instead (as a claim rolls one up, with webhooks.send_intermediate's "sent" report:
+    `intermediate`).
 
     Parts of such a message with no submit_sm_resp recorded may or may not have reached the SMSC:
     they are resent (at-least-once) unless the SMSC its parts went to in this claim (q_route) is
@@ -1217,7 +1220,7 @@ async def requeue_claims(
             "WHERE id = ANY($1::text[])",
             idle,
         )
-        await rollup_messages(c, dict.fromkeys(idle, True), now)
+        await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
     return {"requeued": len(requeue), "marked_unknown": len(mark)}
 
 

@@ -876,7 +876,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         """
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
-            return _requeue_claims(c, now, unknown_smscs, expired_only=False)
+            return _requeue_claims(
+                c, now, unknown_smscs, expired_only=False, intermediate=self.send_intermediate
+            )
 
         # Every claim is ours to give back only if no other daemon runs on this file.
         self._runner.hold_ownership()
@@ -889,7 +891,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         'claimed', never sent, never expired and counted in the queue depth, until a restart."""
 
         def job(c: sqlite3.Connection) -> dict[str, int]:
-            return _requeue_claims(c, now, unknown_smscs, expired_only=True)
+            return _requeue_claims(
+                c, now, unknown_smscs, expired_only=True, intermediate=self.send_intermediate
+            )
 
         return await self._runner.write(job, durable=False)
 
@@ -1815,9 +1819,16 @@ def _before_cursor(before_id: str, args: list[Any]) -> str:
 
 
 def _requeue_claims(
-    c: sqlite3.Connection, now: int, unknown_smscs: frozenset[str], *, expired_only: bool
+    c: sqlite3.Connection,
+    now: int,
+    unknown_smscs: frozenset[str],
+    *,
+    expired_only: bool,
+    intermediate: bool = False,
 ) -> dict[str, int]:
     """Give claims back to the queue: all of them (start-up), or those whose lease expired.
+    A claim with no part left to send is rolled up instead (as a claim rolls one up, with
+    webhooks.send_intermediate's "sent" report: `intermediate`).
 
     Segments of a claimed message with no submit_sm_resp recorded may or may not have reached
     the SMSC: they are resent (at-least-once) unless the SMSC its parts went to in this claim
@@ -1860,7 +1871,7 @@ def _requeue_claims(
             "WHERE id=?",
             [(mid,) for mid in idle],
         )
-        pipe.rollup_messages(c, dict.fromkeys(idle, True), now)
+        pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
     return {"requeued": requeued, "marked_unknown": marked}
 
 

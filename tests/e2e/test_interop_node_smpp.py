@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -28,6 +26,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Daemon
+from tests import interop_install
 from tests.e2e.harness import client_for, create_account, final_status, make_config, wait_until
 from tests.ports import free_port
 
@@ -38,27 +37,19 @@ NODE_SMPP = Path(os.environ.get("NODE_SMPP_PATH", INTEROP / "node_modules" / "sm
 
 def _install_node_smpp() -> str:
     """node-smpp where it is missing and npm is here: scripts/interop/install.sh (pinned by its
-    package-lock.json, from the registry), once for all of pytest's workers (a lock file). So the
-    README's one test command runs this test wherever node and npm are, and CI's `.ci/run` is
-    that command and nothing more. Returns why the test skips, or ""."""
+    package-lock.json, from the registry), once for all of pytest's workers (tests/interop_install:
+    a lock file, a failure tried once a run). So the README's one test command runs this test
+    wherever node and npm are, and CI's `.ci/run` is that command and nothing more. Returns why
+    the test skips, or ""."""
     if (NODE_SMPP / "package.json").exists():
         return ""
     npm = shutil.which("npm")
     if npm is None or "NODE_SMPP_PATH" in os.environ:
         return f"node-smpp is not installed at {NODE_SMPP} (run scripts/interop/install.sh)"
     lock = Path(tempfile.gettempdir()) / f"smpp-bridge-interop-{os.getuid()}.lock"
-    with open(lock, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        if not (NODE_SMPP / "package.json").exists():
-            try:
-                done = subprocess.run(
-                    [str(INTEROP / "install.sh")], capture_output=True, text=True, timeout=180
-                )
-            except subprocess.TimeoutExpired:
-                return "scripts/interop/install.sh took over 180 s (no registry?)"
-            if done.returncode != 0:
-                return f"scripts/interop/install.sh failed: {done.stderr.strip()[-300:]}"
-    return ""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    why = interop_install.install(INTEROP / "install.sh", NODE_SMPP, lock, run_id)
+    return f"scripts/interop/{why}" if why else ""
 
 
 _MISSING = "node is not installed (apt-get install nodejs)" if NODE is None else ""
@@ -563,7 +554,8 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
 
             # enquire_link both ways: the SMSC's answered, ours (every 1 s here) answered.
             node_smsc.command(cmd="enquire_link")
-            await wait_until(lambda: node_smsc.pdus("enquire_link", dir="out"), 5)
+            # All of its lines, not the first: they are written one by one (a read between).
+            await wait_until(lambda: len(node_smsc.pdus("enquire_link", dir="out")) >= 7, 5)
             theirs = node_smsc.pdus("enquire_link", dir="out")
             assert len(theirs) == 7  # every bind: trx, txrx's two, u16, pay, tx, rx
             resps = await wait_until(lambda: answered(node_smsc, theirs, "in"), 5)
@@ -573,7 +565,7 @@ async def test_the_link_with_node_smpp(tmp_path, node_smsc):
 
             # An undefined command: generic_nack, ESME_RINVCMDID, its sequence number.
             node_smsc.command(cmd="unknown_command")
-            await wait_until(lambda: node_smsc.pdus("unknown", dir="out"), 5)
+            await wait_until(lambda: len(node_smsc.pdus("unknown", dir="out")) >= 7, 5)
             unknown = node_smsc.pdus("unknown", dir="out")
             nacks = await wait_until(lambda: answered(node_smsc, unknown, "in", "generic_nack"), 5)
             assert len(nacks) == 7 and all(n["command_status"] == 0x03 for n in nacks)

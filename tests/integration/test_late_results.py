@@ -271,3 +271,28 @@ async def test_a_lease_run_out_with_no_part_queued_counts_no_unanswered_submit(
     assert m is not None and m.state == "expired", "left queued with nothing to send"
     assert await _sql(engine, "SELECT q_state, q_unanswered FROM messages") == [("done", 0)]
     assert await _day_count(engine) == 0
+
+
+@pytest.mark.parametrize("how", ["claim", "lease"])
+async def test_one_whose_parts_all_went_out_reports_sent_either_way(
+    engine: EngineHandle, store: Store, how: str
+) -> None:
+    """With webhooks.send_intermediate, such a message's roll-up to "sent" queues its "sent"
+    report whether a claim or a lease's end finds it (session 49's review: the lease's end
+    rolled it up without the setting, and the report was never sent)."""
+    store.send_intermediate = True
+    await _left_queued(engine, store, [("sent", None)] * 3)
+    await _sql(engine, "UPDATE segments SET smsc='smscA', done_at=NULL")
+    if how == "claim":
+        assert await store.claim("inst-1", 10, NOW, LEASE) == []
+    else:
+        await _sql(
+            engine,
+            "UPDATE messages SET q_state='claimed', q_claimed_by='inst-1', q_lease_until=$1",
+            NOW + LEASE,
+        )
+        await store.reclaim(LATER, frozenset())
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None and m.state == "sent"
+    jobs = await store.claim_webhooks(LATER + 10_000, 100, LEASE)
+    assert [(j.kind, j.payload) for j in jobs] == [("event", "m3")], "no sent report"

@@ -145,6 +145,6 @@ async def test_a_client_that_stops_mid_body_is_still_closed_soon(daemon: Any) ->
             with contextlib.suppress(ConnectionResetError):  # before: reset at once
                 while await reader.read(65536):
                     pass
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3.0  # DRAIN_IDLE_S, not DRAIN_MAX_S (5 s)
     finally:
         writer.close()

@@ -163,12 +163,17 @@ async def test_the_rest_waits_for_its_smsc_while_a_reload_rebinds_it(store: Stor
     )  # fmt: skip
     task = asyncio.create_task(d.run())
     try:
-        for _ in range(30):
+        # Until the dispatcher decided (it waited, or sent): a fixed pause passed on a loaded
+        # machine before its first claim, whatever the code did.
+        for _ in range(3000):
+            if b.left or "m_rb" in d._no_route:
+                break
             await asyncio.sleep(0.01)
         assert b.left == [], "the rest left through another carrier"
+        assert "m_rb" in d._no_route, "the dispatcher never took the message"
         d.reconfigure(Router([], ["smscB"]), {"smscB": _smsc("smscB")})  # smscA removed
         clock.ms += 120_000  # past the back-off
-        for _ in range(300):
+        for _ in range(3000):
             if b.left:
                 break
             await asyncio.sleep(0.01)
