@@ -72,11 +72,12 @@ receiver.prependListener('request', (req, res) => {
 await new Promise((r) => receiver.listen(Number(process.env.WEBHOOK_PORT ?? 8090), '127.0.0.1', r));
 
 // 3. Send one, replay it, conflict with it.
-const one = { to: '13900139000', text: 'Hello from Node.js', client_ref: 'node-1' };
+const national = number().slice(3); // 139..., the national form for the account's country CN
+const one = { to: national, text: 'Hello from Node.js', client_ref: 'node-1' };
 const key = 'node-' + crypto.randomUUID();
 const first = await client.request('POST', '/v1/messages', { json: one, idempotencyKey: key });
 check('send one: 202, national number read as E.164', first.status === 202 && first.json.count === 1 &&
-  first.json.messages[0].to === '+8613900139000' && first.json.messages[0].status === 'queued', first.json);
+  first.json.messages[0].to === '+86' + national && first.json.messages[0].status === 'queued', first.json);
 const replay = await client.request('POST', '/v1/messages', { json: one, idempotencyKey: key });
 check('replay: same status and body, Idempotent-Replayed: true', replay.status === 202 &&
   replay.body.equals(first.body) && replay.headers.get('idempotent-replayed') === 'true', replay.json);
@@ -89,6 +90,21 @@ const reordered = await refusal(client.request('POST', '/v1/messages', {
 check('same JSON, other key order: 422 (matched on the body bytes)', reordered?.code === 'IDEMPOTENCY_KEY_REUSED', reordered);
 const noKey = await refusal(client.request('POST', '/v1/messages', { json: one }));
 check('send without Idempotency-Key: 400 IDEMPOTENCY_KEY_REQUIRED', noKey?.status === 400 && noKey.code === 'IDEMPOTENCY_KEY_REQUIRED', noKey);
+const dup = await refusal(client.request('POST', '/v1/messages', {
+  body: Buffer.from(`{"to":"${number()}","to":"${number()}","text":"x"}`),
+  headers: { 'Content-Type': 'application/json' }, idempotencyKey: 'node-' + crypto.randomUUID(),
+}));
+check('a key twice in the JSON: 400 DUPLICATE_JSON_KEY', dup?.status === 400 && dup.code === 'DUPLICATE_JSON_KEY', dup);
+const wrong = new BridgeClient(BASE, creds.app_key, 'not-the-secret');
+const denied = await wrong.request('GET', '/v1/account', { raw: true });
+check('a wrong secret: 401 SIGNATURE_MISMATCH, request_id as X-Request-Id', denied.status === 401 &&
+  denied.json.error.code === 'SIGNATURE_MISMATCH' && denied.json.error.request_id === denied.headers.get('x-request-id'), denied.json);
+const url = BASE + '/v1/account';
+const stale = await fetch(url, { headers: signRequest({ method: 'GET', url, appKey: creds.app_key, appSecret: creds.app_secret,
+  date: new Date(Date.now() - 600_000).toISOString().replace(/\.\d{3}Z$/, 'Z') }) });
+const staleError = (await stale.json()).error;
+check('a date 600 s old: 401 REQUEST_EXPIRED naming the server time', stale.status === 401 &&
+  staleError.code === 'REQUEST_EXPIRED' && /server time \d{4}-\d\d-\d\dT/.test(staleError.message), staleError);
 const firstId = first.json.messages[0].id;
 
 // 4. Send several (one message per recipient, one batch), one of them long and in UCS-2.
