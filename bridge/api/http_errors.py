@@ -49,9 +49,20 @@ SERVER_NAME = "smpp-bridge"
 ALIYUN_ENDPOINT = "aliyun unparsable"
 
 BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malformed"
+# aiohttp's parsers (C and Python) name a TLS ClientHello's first bytes so; anything else where a
+# request line should start is most often the body of the request before it, sent without
+# Content-Length or chunked encoding (Node's http.request writes a GET's body so): read as the
+# next request. Both were answered "is TLS sent to a plain-HTTP port?", which sent a customer
+# looking for TLS in a client that only forgot to frame a body.
+_TLS_MARK = "HTTPS"
+TLS_TO_PLAIN = "TLS was sent to a plain-HTTP port (use http://, or TLS termination before it)"
+NOT_A_METHOD = (
+    "the request method is not HTTP (a body sent without Content-Length or chunked encoding "
+    "is read as the next request's first line)"
+)
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
-    # BadHttpMethod first: it is a BadStatusLine.
-    (BadHttpMethod, "the request method is not HTTP (is TLS sent to a plain-HTTP port?)"),
+    # BadHttpMethod first: it is a BadStatusLine (describe tells TLS from the rest).
+    (BadHttpMethod, NOT_A_METHOD),
     (BadStatusLine, "the request line is not valid HTTP/1.1"),
     (LineTooLong, "the request line or a header is longer than this server accepts"),
     (InvalidHeader, "a header is malformed"),
@@ -62,6 +73,8 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
 
 def describe(exc: BaseException | None) -> str:
     """The kind of fault, in words that quote nothing of the request."""
+    if isinstance(exc, BadHttpMethod) and _TLS_MARK in str(getattr(exc, "message", "")):
+        return TLS_TO_PLAIN
     for kind, text in _REASONS:
         if isinstance(exc, kind):
             return text

@@ -116,6 +116,20 @@ async def test_a_well_formed_request_on_the_same_server_is_unaffected(daemon):
     assert status == 200, body
 
 
+async def test_the_message_tells_an_unframed_body_from_tls(daemon):
+    """A body sent without Content-Length (Node's http.request writes a GET's body so) is read as
+    the next request's first line: its answer said "is TLS sent to a plain-HTTP port?" (session
+    49, a customer's Node.js client), as did TLS itself. Each now names its own cause."""
+    d, _ = daemon
+    unframed = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n{}"
+    status, _, body = await _raw(d.http_port, unframed)
+    message = orjson.loads(body)["error"]["message"]
+    assert status == 400 and "Content-Length" in message and "TLS" not in message, message
+    status, _, body = await _raw(d.http_port, MALFORMED["tls_to_plain_port"])
+    message = orjson.loads(body)["error"]["message"]
+    assert status == 400 and message.startswith("TLS was sent to a plain-HTTP port"), message
+
+
 @pytest.fixture
 async def impatient(tmp_path: Path):
     ali_port = free_port()
