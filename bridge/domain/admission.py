@@ -258,8 +258,12 @@ def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRe
         return "to" if len(recipients) == 1 else f"to[{position[number]}]"
 
     listed = (
-        (facts.opted_out, "RECIPIENT_OPTED_OUT", "has opted out of this account's messages"),
-        (facts.blocked, "RECIPIENT_BLOCKED", "is on a do-not-contact list"),
+        (
+            (facts.opted_out, "RECIPIENT_OPTED_OUT", "has opted out of this account's messages"),
+            (facts.blocked, "RECIPIENT_BLOCKED", "is on a do-not-contact list"),
+        )
+        if facts.opted_out or facts.blocked
+        else ()  # the usual send: nobody listed, nothing to loop over
     )
     for numbers, code, why in listed:
         if not numbers:
