@@ -658,15 +658,18 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     "ON CONFLICT (account_id) DO UPDATE SET tokens=excluded.tokens, at=excluded.at",
                     (batch.account_id, tokens, at),
                 )
-            # One row (a one-part send, the usual): execute, not executemany's iterator.
-            if len(message_rows) == 1:
-                c.execute(_MESSAGE_INSERT, message_rows[0])
-            else:
-                c.executemany(_MESSAGE_INSERT, message_rows)
-            if len(segment_rows) == 1:
-                c.execute(_SEGMENT_INSERT, segment_rows[0])
-            else:
-                c.executemany(_SEGMENT_INSERT, segment_rows)
+            c.executemany(
+                "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
+                "sign_name, template, text, encoding, data_coding, segments, billable_units, "
+                "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                message_rows,
+            )
+            c.executemany(
+                "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
+                "VALUES (?,?,?,?,?,?)",
+                segment_rows,
+            )
             if plan is not None:
                 sqlite_rules.write_plan(c, batch.account_id, plan, len(batch.messages))
                 if plan.low_balance is not None:
@@ -1913,16 +1916,6 @@ _SKEW_SET = (
 
 # The common case is one statement: a new nonce, a new idempotency key. On a conflict the stored
 # record is read: live, a replay; expired, replaced (and kept, to restore on a refusal).
-_MESSAGE_INSERT = (
-    "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
-    "sign_name, template, text, encoding, data_coding, segments, billable_units, "
-    "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_SEGMENT_INSERT = (
-    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
-    "VALUES (?,?,?,?,?,?)"
-)
 _NONCE_NEW = (
     "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
     "ON CONFLICT (key_id, nonce) DO NOTHING"
