@@ -150,16 +150,17 @@ def one_facts_query(
     fr = rules.frequency
     limited = fr is not None and number in fr.numbers
     prefixes = number_prefixes(number)
-    args: dict[str, Any] = dict(zip(_prefix_names(len(prefixes)), prefixes, strict=True))
-    args.update(
-        day=adm.day_key(now, rules.tz),
-        sign=rules.sign_name,
-        tpl=rules.template_code,
-        trev=rules.template_revision,
-        to=number,
-        acc=account_id,
-        pockets=bool(rules.billing and rules.charges),
-    )
+    # A literal, then the prefixes: no keyword dict for update() (the names are in any order).
+    args: dict[str, Any] = {
+        "day": adm.day_key(now, rules.tz),
+        "sign": rules.sign_name,
+        "tpl": rules.template_code,
+        "trev": rules.template_revision,
+        "to": number,
+        "acc": account_id,
+        "pockets": bool(rules.billing and rules.charges),
+    }
+    args.update(zip(_prefix_names(len(prefixes)), prefixes, strict=True))
     if limited:
         assert fr is not None
         # One number limited (the usual send): its sign without the list and dict of sign_of.
