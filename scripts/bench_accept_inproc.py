@@ -29,11 +29,13 @@ import gc
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -177,9 +179,14 @@ async def run(n: int, stub: bool, counting: bool) -> None:
     if counting:
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True,
                        capture_output=True)  # fmt: skip
-    print(f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n})")
     await runner.cleanup()
     await store.close()
+    with closing(sqlite3.connect(cfg.store.path)) as db:
+        stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    print(
+        f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n}; "
+        f"{stored} messages stored)"
+    )
 
 
 def under_callgrind(args: argparse.Namespace) -> None:
@@ -199,6 +206,7 @@ def under_callgrind(args: argparse.Namespace) -> None:
     if totals is None:
         sys.exit(f"no totals in {out}")
     per = int(totals.group(1)) / args.requests
+    print(done.stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}, "
           f"{args.requests}; profile in {out})")  # fmt: skip
 
