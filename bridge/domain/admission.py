@@ -245,17 +245,25 @@ def recipient_refusals(rules: Rules, facts: Facts, now: int) -> list[RecipientRe
     do-not-contact, then frequency, each in recipient order. A campaign then learns all of
     them from one refusal instead of one per retry."""
     recipients = facts.recipients
-    position: dict[str, int] = {}
-    for i, number in enumerate(recipients):
-        position.setdefault(number, i)
+    position: dict[str, int]
+    if len(recipients) == 1:  # the usual send: no loop
+        position = {recipients[0]: 0}
+    else:
+        position = {}
+        for i, number in enumerate(recipients):
+            position.setdefault(number, i)
     found: dict[str, RecipientRefusal] = {}
 
     def name(number: str) -> str:  # `to`, or `to[i]` by the position found once
         return "to" if len(recipients) == 1 else f"to[{position[number]}]"
 
     listed = (
-        (facts.opted_out, "RECIPIENT_OPTED_OUT", "has opted out of this account's messages"),
-        (facts.blocked, "RECIPIENT_BLOCKED", "is on a do-not-contact list"),
+        (
+            (facts.opted_out, "RECIPIENT_OPTED_OUT", "has opted out of this account's messages"),
+            (facts.blocked, "RECIPIENT_BLOCKED", "is on a do-not-contact list"),
+        )
+        if facts.opted_out or facts.blocked
+        else ()  # the usual send: nobody listed, nothing to loop over
     )
     for numbers, code, why in listed:
         if not numbers:
@@ -312,7 +320,8 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             "send it again",
         )
     signs = [(rules.sign_name, facts.sign_status)] if rules.sign_name is not None else []
-    signs += [(name, facts.more_sign_status.get(name)) for name in rules.more_signs]
+    if rules.more_signs:
+        signs += [(name, facts.more_sign_status.get(name)) for name in rules.more_signs]
     for name, status in signs:
         if status != "approved":
             return Refusal(
@@ -359,10 +368,16 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
     # Domestic charges are planned first: vouchers pay either kind but cards only international
     # traffic, so an international charge planned first could take the voucher a domestic one
     # needed while a card could have paid for it (a batch refused or not by recipient order).
-    charges = sorted(
-        (c for c in rules.charges if c.international or not postpaid), key=lambda c: c.international
-    )
-    needed = sum(c.amount for c in charges)
+    if len(rules.charges) == 1:  # a one-recipient send: nothing to sort or add up
+        only = rules.charges[0]
+        charges: Sequence[Priced] = (only,) if only.international or not postpaid else ()
+        needed = only.amount if charges else 0
+    else:
+        charges = sorted(
+            (c for c in rules.charges if c.international or not postpaid),
+            key=lambda c: c.international,
+        )
+        needed = sum(c.amount for c in charges)
     for c in charges:
         try:
             entries = plan_charge(

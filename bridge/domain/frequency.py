@@ -185,7 +185,11 @@ def exceeded(
     """
     if adding < 0:
         raise ValueError(f"adding: must be >= 0, not {adding}")
-    lowest = min((x for x in (limits.per_minute, limits.per_hour, limits.per_day) if x), default=0)
+    # The tightest non-zero limit (0: none), without a generator: this runs in every accept.
+    lowest = 0
+    for x in (limits.per_minute, limits.per_hour, limits.per_day):
+        if x and (not lowest or x < lowest):
+            lowest = x
     if not lowest or len(sent_ms) + adding <= lowest:
         return None  # fewer sends in all than the tightest window allows: no window to compute
     minute_start, hour_start, day_start = window_starts(now_ms, tz)

@@ -194,19 +194,25 @@ class Entry:
     expires_at: int | None = None  # grants and cards; copied onto spends so refunds know it
 
     def __post_init__(self) -> None:
-        try:
-            kind = EntryKind(self.kind)
-        except ValueError:
-            raise LedgerError(f"kind: unknown entry kind {self.kind!r}") from None
-        object.__setattr__(self, "kind", kind)
-        if not _is_int(self.amount):
+        # Fast paths first, the same checks: every accept's charge makes one of these inside the
+        # write lock, and EntryKind(member) or `_is_int` calls cost more than the checks (h11).
+        kind = self.kind
+        if type(kind) is not EntryKind:
+            try:
+                kind = EntryKind(kind)
+            except ValueError:
+                raise LedgerError(f"kind: unknown entry kind {self.kind!r}") from None
+            object.__setattr__(self, "kind", kind)
+        if type(self.amount) is not int and not _is_int(self.amount):
             raise LedgerError(f"amount: must be an integer of micro-units, got {self.amount!r}")
-        if not _is_int(self.at):
+        if type(self.at) is not int and not _is_int(self.at):
             raise LedgerError(f"at: must be an integer (unix ms), got {self.at!r}")
-        if self.expires_at is not None and not _is_int(self.expires_at):
-            raise LedgerError(f"expires_at: must be an integer (unix ms), got {self.expires_at!r}")
+        expires_at = self.expires_at
+        if expires_at is not None and type(expires_at) is not int and not _is_int(expires_at):
+            raise LedgerError(f"expires_at: must be an integer (unix ms), got {expires_at!r}")
         family, sign = _RULES[kind]
-        if _family(self.pocket) != family:
+        pocket = self.pocket
+        if not (pocket == POCKET_CASH == family) and _family(pocket) != family:
             raise LedgerError(f"pocket: {kind} goes to a {family} pocket, not {self.pocket!r}")
         if sign * self.amount < 0:
             raise LedgerError(f"amount: {kind} must be {'>= 0' if sign > 0 else '<= 0'}")

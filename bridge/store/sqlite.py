@@ -528,7 +528,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             for s in m.segments
         ]
 
-        recipients = tuple(m.recipient for m in batch.messages)
+        messages = batch.messages
+        recipients = (
+            (messages[0].recipient,)  # a one-recipient send: no generator
+            if len(messages) == 1
+            else tuple(m.recipient for m in messages)
+        )
         one_facts = (
             None
             if batch.rules is None

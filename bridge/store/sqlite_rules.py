@@ -150,20 +150,29 @@ def one_facts_query(
     fr = rules.frequency
     limited = fr is not None and number in fr.numbers
     prefixes = number_prefixes(number)
-    args: dict[str, Any] = dict(zip(_prefix_names(len(prefixes)), prefixes, strict=True))
-    args.update(
-        day=adm.day_key(now, rules.tz),
-        sign=rules.sign_name,
-        tpl=rules.template_code,
-        trev=rules.template_revision,
-        to=number,
-        acc=account_id,
-        pockets=bool(rules.billing and rules.charges),
-    )
+    # A literal, then the prefixes: no keyword dict for update() (the names are in any order).
+    args: dict[str, Any] = {
+        "day": adm.day_key(now, rules.tz),
+        "sign": rules.sign_name,
+        "tpl": rules.template_code,
+        "trev": rules.template_revision,
+        "to": number,
+        "acc": account_id,
+        "pockets": bool(rules.billing and rules.charges),
+    }
+    args.update(zip(_prefix_names(len(prefixes)), prefixes, strict=True))
     if limited:
         assert fr is not None
-        args.update(since=now - DAY_MS, fsign=dict(fr.sign_of())[number], ftpl=fr.template)
+        # One number limited (the usual send): its sign without the list and dict of sign_of.
+        if len(fr.numbers) == 1 and len(fr.signs) <= 1:
+            fsign = fr.signs[0] if fr.signs else fr.sign
+        else:
+            fsign = dict(fr.sign_of())[number]
+        args.update(since=now - DAY_MS, fsign=fsign, ftpl=fr.template)
     return _one_cols(fr.kind if limited else None, len(prefixes)), args
+
+
+_NOBODY: frozenset[str] = frozenset()
 
 
 def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
@@ -176,9 +185,10 @@ def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
         recipients=(number,),
         sign_status=sign,
         template_status=template,
-        opted_out=frozenset((number,)) if opted else frozenset(),
-        blocked=frozenset((number,)) if blocked else frozenset(),
-        history={number: jsonio.loads(hist)} if hist else {},
+        opted_out=frozenset((number,)) if opted else _NOBODY,
+        blocked=frozenset((number,)) if blocked else _NOBODY,
+        # "[]" (nothing sent in the window, the usual) without a parse.
+        history=({number: []} if hist == "[]" else {number: jsonio.loads(hist)}) if hist else {},
         day_count=day_count or 0,
         daily_quota=quota,
         account_kind=kind,

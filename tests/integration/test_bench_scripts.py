@@ -196,6 +196,29 @@ def test_bench_accept_http_counts_only_accepted_sends() -> None:
     assert "first refusal" not in out, out
 
 
+@pytest.mark.parametrize(("flag", "stored"), [((), "100"), (("--stub",), "0")])
+def test_bench_accept_inproc_stores_every_send_it_times(flag: tuple[str, ...], stored: str) -> None:
+    # Each request is asserted 202 by the script; the store holds every send, none with --stub.
+    out = _run("scripts/bench_accept_inproc.py", "--requests", "100", *flag)
+    assert re.search(
+        rf"^[0-9.]+ µs of CPU per request \(\w+, 100; {stored} messages stored\)$", out, re.M
+    ), out
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_accept_inproc_counts_instructions_under_callgrind(tmp_path: Path) -> None:
+    out = _run(
+        "scripts/bench_accept_inproc.py", "--requests", "50", "--callgrind",
+        "--out", str(tmp_path / "cg.out"),
+    )  # fmt: skip
+    assert "50 messages stored" in out, out
+    per = re.search(r"^([0-9,]+) instructions per request \(store, 50; ", out, re.M)
+    assert per is not None, out
+    # The timed loop only: a request is ~1.2 M; start-up counted too would be tens of millions.
+    assert 100_000 < int(per.group(1).replace(",", "")) < 20_000_000, out
+    assert (tmp_path / "cg.out").exists()
+
+
 @pytest.mark.parametrize("floor", ["--bare", "--bare-store", "--no-accept-writes"])
 def test_bench_accept_http_floors_answer_every_send(floor: str) -> None:
     # The floors under an accept answer the same requests 202; only --bare-store writes them

@@ -584,6 +584,23 @@ def test_postpaid_domestic_accrues_without_touching_the_balance() -> None:
         assert plan.low_balance is None
 
 
+def test_one_recipient_send_plans_as_a_batch_of_one() -> None:
+    """A single charge takes its own path (nothing sorted or summed, h11): the same plans and
+    refusals, to the unit, as the batch path gives its charges."""
+    one = money_rules(*charges(PRICE))
+    for pockets in ([], [cash(-10 * PRICE)], [cash(PRICE)]):
+        plan = plan_of(decide(one, money_facts(pockets, kind="postpaid"), NOW))
+        assert (plan.entries, plan.low_balance) == ((), None)
+    r = refusal_of(decide(one, money_facts([cash(PRICE - 1)]), NOW))
+    assert r.code == "INSUFFICIENT_BALANCE"
+    assert r.message == "balance: 0.045 CNY needed for 1 message(s), 0.044999 available"
+    plan = plan_of(decide(one, money_facts([cash(PRICE), voucher("v", 1, None)]), NOW))
+    assert entries_of(plan) == [
+        ("msg_0", "voucher_spend", -1, "voucher:v"),
+        ("msg_0", "charge", -(PRICE - 1), "cash"),
+    ]
+
+
 def test_postpaid_international_needs_funds() -> None:
     intl = money_rules(*charges(50_000, intl=True))
     r = refusal_of(decide(intl, money_facts([], [US], kind="postpaid"), NOW))

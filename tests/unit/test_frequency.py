@@ -367,3 +367,35 @@ def test_exceeded_matches_direct_counts(
     ]
     expected = next((w for w, lim, c in counts if lim and c + adding > lim), None)
     assert exceeded(sent, now, tz, limits, adding) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limits=st.tuples(*[st.integers(0, 4)] * 3),
+    ages=st.lists(st.integers(0, 2 * 86_400_000), max_size=8),
+    adding=st.integers(0, 3),
+)
+def test_exceeded_is_the_narrowest_window_counted_in_full(
+    limits: tuple[int, int, int], ages: list[int], adding: int
+) -> None:
+    """The shortcut on the tightest non-zero limit (h11: computed without a generator) never
+    hides a window the full count finds: each window counted here from the sends themselves."""
+    now = 1_700_000_000_000
+    sent = [now - a for a in ages]
+    minute, hour, day = window_starts(now, "Asia/Shanghai")
+    counts = (
+        sum(1 for t in sent if t > day and t >= minute),
+        sum(1 for t in sent if t > day and t >= hour),
+        sum(1 for t in sent if t > day),
+    )
+    want = next(
+        (
+            w
+            for w, limit, n in zip(
+                (Window.MINUTE, Window.HOUR, Window.DAY), limits, counts, strict=True
+            )
+            if limit and n + adding > limit
+        ),
+        None,
+    )
+    assert exceeded(sent, now, "Asia/Shanghai", Limits(*limits), adding) == want

@@ -317,6 +317,35 @@ def test_entry_validation(kind: object, amount: object, pocket: str) -> None:
         Entry(kind, amount, pocket, T0)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ((K.TOPUP, 5, "cash", True), "at:"),
+        ((K.TOPUP, 5, "cash", float(T0)), "at:"),
+        ((K.VOUCHER_GRANT, 5, "voucher:v", T0, "v", True), "expires_at:"),
+        ((K.VOUCHER_GRANT, 5, "voucher:v", T0, "v", 1.5), "expires_at:"),
+        ((K.VOUCHER_GRANT, 5, "voucher", T0), "unknown pocket"),
+        ((K.CHARGE, -5, "invoice", T0), "pocket:"),
+        ((K.TOPUP, False, "cash", T0), "amount:"),
+        (("topup ", 5, "cash", T0), "kind:"),
+    ],
+)
+def test_entry_validation_messages(fields: tuple[object, ...], match: str) -> None:
+    """Each field's own refusal, whatever fast path the checks take for plain values (h11)."""
+    with pytest.raises(LedgerError, match=match):
+        Entry(*fields)  # type: ignore[arg-type]
+
+
+def test_entry_accepts_int_subclasses_and_keeps_kind_members() -> None:
+    class Micro(int):
+        pass
+
+    e = Entry(K.VOUCHER_SPEND, Micro(-5), "voucher:v", Micro(T0), "m", Micro(T0 + 1))
+    assert (e.amount, e.at, e.expires_at) == (-5, T0, T0 + 1)
+    assert Entry(K.CHARGE, -1, "cash", T0).kind is K.CHARGE
+    assert Entry(K.INVOICE, 1, "invoice", T0) == Entry("invoice", 1, "invoice", T0)  # type: ignore[arg-type]
+
+
 def test_entry_kind_from_stored_string_and_card_needs_expiry() -> None:
     assert Entry("charge", -1, "cash", T0).kind is K.CHARGE  # type: ignore[arg-type]
     with pytest.raises(LedgerError, match="expires"):
