@@ -144,11 +144,11 @@ _BARE_SEGMENT = (
 )
 
 
-async def serve(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
+async def accept_context(prefix: str) -> tuple[Any, Any, Any]:
+    """The app's context as an acceptor's (a real SQLite store in a temporary directory, an
+    account with money and a key): (ApiContext, SqliteStore, the account's credentials). Shared
+    with bench_accept_inproc.py, which imports it from here (copy both to compare trees)."""
     from bridge.accounts import AccountService
-    from bridge.api.app import make_app
     from bridge.api.auth import Authenticator
     from bridge.api.context import ApiContext
     from bridge.api.submit import Submitter
@@ -159,7 +159,7 @@ async def serve(args: argparse.Namespace) -> None:
     from bridge.store.sqlite import SqliteStore
     from bridge.wiring import configure_store
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-accept-http-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     master = base64.b64encode(os.urandom(32)).decode()
     cfg = parse_config(
         {
@@ -188,6 +188,15 @@ async def serve(args: argparse.Namespace) -> None:
     now = int(time.time() * 1000)
     creds = await ctx.accounts.create("bench", {"raw_text": True}, now)
     await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
+    return ctx, store, creds
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from bridge.api.app import make_app
+
+    ctx, store, creds = await accept_context("bench-accept-http-")
     if args.bare or args.bare_store:
         app = bare_app(store if args.bare_store else None, creds.account.id, creds.app_key)
     else:

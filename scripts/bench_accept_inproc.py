@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import os
@@ -41,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accept_http import accept_context
 
 TEXT = "Your verification code is 123456."
 CONCURRENCY = 50
@@ -51,49 +53,11 @@ async def run(n: int, stub: bool, counting: bool) -> None:
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
 
-    from bridge.accounts import AccountService
     from bridge.api import signing
     from bridge.api.app import make_app
-    from bridge.api.auth import Authenticator
-    from bridge.api.context import ApiContext
-    from bridge.api.submit import Submitter
-    from bridge.app import make_router
-    from bridge.config import parse_config
-    from bridge.crypto import Sealer
-    from bridge.domain.ledger import topup
     from bridge.store.models import AcceptOutcome
-    from bridge.store.sqlite import SqliteStore
-    from bridge.wiring import configure_store
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-inproc-"))
-    master = base64.b64encode(os.urandom(32)).decode()
-    cfg = parse_config(
-        {
-            "server": {"port": 8080, "max_recipients": 1000},
-            "store": {"path": str(tmp / "b.db")},
-            "security": {"master_key": master},
-            "logging": {"level": "WARNING"},
-            "smscs": [{"name": "a", "system_id": "s"}],
-        },
-        env={},
-        base_dir=tmp,
-    )
-    sealer = Sealer(base64.b64decode(master))
-    store = SqliteStore(
-        cfg.store.path, linger_ms=cfg.store.group_commit_ms, max_batch=cfg.store.group_commit_max
-    )
-    configure_store(store, cfg)
-    await store.open()
-    ctx = ApiContext(
-        config=cfg,
-        store=store,
-        auth=await Authenticator.start(store, sealer, cfg, time.time),
-        submitter=Submitter(cfg, make_router(cfg)),
-        accounts=AccountService(store, sealer),
-    )
-    now = int(time.time() * 1000)
-    creds = await ctx.accounts.create("bench", {"raw_text": True}, now)
-    await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
+    ctx, store, creds = await accept_context("bench-inproc-")
     if stub:
 
         async def accepted(batch: Any, now: int) -> AcceptOutcome:
@@ -181,7 +145,7 @@ async def run(n: int, stub: bool, counting: bool) -> None:
                        capture_output=True)  # fmt: skip
     await runner.cleanup()
     await store.close()
-    with closing(sqlite3.connect(cfg.store.path)) as db:
+    with closing(sqlite3.connect(ctx.config.store.path)) as db:
         stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
     print(
         f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n}; "
