@@ -170,7 +170,9 @@ async def test_a_reload_wakes_the_dispatcher_and_sets_the_ceiling(store: Store) 
         assert d.idle_max_s == 0.04
         await asyncio.sleep(1.0)  # the old ceiling would have let the waits reach 0.64 s
         waits = claims.waits(n)
-        assert len(waits) >= 5 and max(waits) < 0.2, waits
+        # Under the old ceiling the waits double to 0.64 s: at most 7 claims in the 1.2 s. Not
+        # max(waits): one stall of a loaded machine's loop (0.25 s, seen in CI) is not a ceiling.
+        assert len(waits) >= 10 and sorted(waits)[len(waits) // 2] < 0.1, waits
 
 
 async def test_sent_reports_count_as_queued_reports_so_the_sender_is_woken(store: Store) -> None:
