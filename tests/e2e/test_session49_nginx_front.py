@@ -22,8 +22,6 @@ before session 49 (each assertion here, on the README and code of session 48):
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import os
 import re
@@ -39,13 +37,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bridge.app import Daemon
 from bridge.client import BridgeClient, BridgeError
+from tests.certs import self_signed
 from tests.e2e import harness
 from tests.e2e.harness import ADMIN_TOKEN, make_config
 from tests.ports import free_port
@@ -61,36 +56,6 @@ def readme_nginx_blocks() -> list[str]:
     section = README.read_text(encoding="utf-8").split("### TLS termination", 1)[1]
     section = section.split("\n### ", 1)[0]
     return re.findall(r"```nginx\n(.*?)```", section, re.S)
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    crt, pem = directory / "gateway.crt", directory / "gateway.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
 
 
 def nginx_conf(d: Path, api: int, aliyun: int, tls_api: int, tls_aliyun: int) -> str:
