@@ -41,11 +41,11 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.certs import self_signed  # noqa: E402
 from tests.integration.test_dispatch_edges import Clock  # noqa: E402
 from tests.integration.test_smpp_connector import (  # noqa: E402
     Conn,
     FakeSmsc,
-    _self_signed,
     eventually,
     no_deliver,
     part,
@@ -232,7 +232,7 @@ async def dead_tls_link(tmp_path: Path) -> AsyncIterator[tuple[Connector, Relay]
     """A connector bound over TLS through a relay; the link is then black-holed and found dead
     (missed enquire_link_resp). On exit the relay is closed first (the black hole gets a real
     close, so nothing waits out ssl_shutdown_timeout), then the connector is stopped."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     s = FakeSmsc(tls=server_ctx)
