@@ -242,6 +242,10 @@ class Store(Protocol):
     # Callers whose writes must keep their order (the receipts' batcher) keep one in flight
     # where they would not.
     commits_in_order: bool
+    # Status reports queued by claims since opening: a claim rolls up the messages it finds with
+    # nothing to send (Store.claim), and their reports are in the outbox once it returns. The
+    # dispatcher wakes the webhook sender when a claim raised it (else they waited for its poll).
+    claim_reports: int
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

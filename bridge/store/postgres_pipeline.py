@@ -235,10 +235,12 @@ async def claim(
     *,
     skip: Collection[str] = (),
     intermediate: bool = False,
+    reports: list[int] | None = None,
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
-    are skipped, not waited for, and so are the ids in `skip`.
+    are skipped, not waited for, and so are the ids in `skip`. The reports queued by the roll-up
+    of claimed messages with nothing to send are appended to `reports`.
 
     With `park`, a candidate it gives a key for is parked (see Store.claim) and the scan goes on:
     per account up to CLAIM_SCAN_FACTOR times its share, in all CLAIM_SCAN_FACTOR x `limit` rows.
@@ -368,7 +370,8 @@ async def claim(
                 )
             )
     if idle := [mid for mid, parts in segs.items() if not parts]:
-        ids = [mid for mid in ids if mid not in await _roll_up_idle(c, idle, now, intermediate)]
+        done = await _roll_up_idle(c, idle, now, intermediate, reports)
+        ids = [mid for mid in ids if mid not in done]
     return [
         WorkMessage(
             id=m[0],
@@ -389,11 +392,18 @@ async def claim(
 
 
 async def _roll_up_idle(
-    c: asyncpg.Connection, idle: list[str], now: int, intermediate: bool
+    c: asyncpg.Connection,
+    idle: list[str],
+    now: int,
+    intermediate: bool,
+    reports: list[int] | None = None,
 ) -> set[str]:
     """Claimed messages with no part left to send are rolled up in the claim, not handed out
-    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue."""
-    await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue, and
+    appends the reports it queued to `reports`."""
+    queued = await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    if reports is not None:
+        reports.append(queued)
     rows = await c.fetch(
         "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'done'", idle
     )
@@ -485,6 +495,7 @@ async def rollup_messages(
     intermediate: bool = False,
     later: tuple[list[Any], list[str]] | None = None,
     air: dict[str, tuple[str, int]] | None = None,
+    instance: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
@@ -497,7 +508,8 @@ async def rollup_messages(
     `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit makes
     one new version of its message's row, not two (each non-HOT version is an entry in every
-    index of the table)."""
+    index of the table); `instance`: whose results they are (the claim's route is written only
+    on its own claims, rollup_rows.roll)."""
     air = air or {}
     if not touched and not air:
         return 0
@@ -515,7 +527,7 @@ async def rollup_messages(
         if seq == 2:
             many.add(mid)
     rolled, f = rollup_rows.roll(
-        ids, locked, parts, many, touched, air, now, intermediate=intermediate
+        ids, locked, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     upd: list[list[Any]] = [[] for _ in range(12)]
     for r in rolled:
@@ -833,7 +845,9 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    return await rollup_messages(c, touched, now, locked, intermediate=intermediate, air=air)
+    return await rollup_messages(
+        c, touched, now, locked, intermediate=intermediate, air=air, instance=instance
+    )
 
 
 async def record_late_submits(

@@ -151,6 +151,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        self.claim_reports = 0  # Store.claim_reports
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # Told, once a write committed, how many parts (by SMSC) it settled on another part's
@@ -930,8 +931,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         routable: Collection[str] = (),
     ) -> list[WorkMessage]:
         keys = sorted(set(routable))
+        reports: list[int] = []  # queued by the claim's roll-ups (_roll_up_idle)
 
         def job(c: sqlite3.Connection) -> _Claimed:
+            reports.clear()  # a job run again: the rolled-back run queued nothing
             accounts = self._queued_accounts(c)
             if not accounts:
                 return _NONE_CLAIMED
@@ -960,11 +963,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             ids = sqlite_senders.guard(c, ids, now)  # ... or a senders change refuses
             if not ids:
                 return _NONE_CLAIMED
-            return _claim_ids(c, ids, instance, now + lease_ms, now, self.send_intermediate)
+            return _claim_ids(
+                c, ids, instance, now + lease_ms, now, self.send_intermediate, reports
+            )
 
         # The rows become values after the commit, outside the write lock (~1.5 µs a one-part
         # message, ~4 at three parts, of the owner's lock: bench_owner.py).
-        return _work(*await self._runner.write(job, durable=False))
+        work = _work(*await self._runner.write(job, durable=False))
+        self.claim_reports += sum(reports)
+        return work
 
     async def clock_stepped_back(
         self,
@@ -2231,6 +2238,7 @@ def _claim_ids(
     lease_until: int,
     now: int,
     intermediate: bool = False,
+    reports: list[int] | None = None,
 ) -> _Claimed:
     marks = ",".join("?" * len(ids))
     c.execute(
@@ -2253,18 +2261,31 @@ def _claim_ids(
         ids,
     ).fetchall()
     if idle := set(ids).difference(r[0] for r in segs):
-        ids = [mid for mid in ids if mid not in _roll_up_idle(c, sorted(idle), now, intermediate)]
+        ids = [
+            mid
+            for mid in ids
+            if mid not in _roll_up_idle(c, sorted(idle), now, intermediate, reports)
+        ]
     return ids, msgs, segs
 
 
-def _roll_up_idle(c: sqlite3.Connection, idle: list[str], now: int, intermediate: bool) -> set[str]:
+def _roll_up_idle(
+    c: sqlite3.Connection,
+    idle: list[str],
+    now: int,
+    intermediate: bool,
+    reports: list[int] | None = None,
+) -> set[str]:
     """Claimed messages with no part left to send (queued with every part ended or sent: left
     so by a defect of session 49, or any other way) are rolled up from their parts in the claim,
     not handed out: the dispatcher released such a message unsent and the next claim took it
     again, for ever (or, its validity passed, handed in nothing and left it claimed until its
-    lease ran out, which counted a submit unanswered). Returns those the roll-up took out of the
-    queue (all but a message with no part row at all, which it cannot decide)."""
-    pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    lease ran out, which counted a submit unanswered); one with no part row at all ends unsent
+    (rollup_rows.NO_PARTS). Returns those the roll-up took out of the queue; the reports it
+    queued are appended to `reports` (the claim's caller wakes the webhook sender for them)."""
+    queued = pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    if reports is not None:
+        reports.append(queued)
     return {
         r[0]
         for r in c.execute(

@@ -154,6 +154,7 @@ def rollup_messages(
     intermediate: bool = False,
     air: dict[str, tuple[str, int]] | None = None,
     known: dict[str, tuple[str, str | None]] | None = None,
+    instance: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
@@ -162,7 +163,8 @@ def rollup_messages(
 
     `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit
-    rewrites its message's row once, not twice.
+    rewrites its message's row once, not twice; `instance`: whose results they are (the
+    claim's route is written only on its own claims, rollup_rows.roll).
 
     `known` (id -> (state, error code)) are messages of one part row whose part this
     transaction wrote last, as it now is: not read again. A one-part message's
@@ -199,7 +201,7 @@ def rollup_messages(
         ):
             current[row[0]] = row
     rolled, f = rollup_rows.roll(
-        ids, current, parts, many, touched, air, now, intermediate=intermediate
+        ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     shapes: dict[tuple[bool, bool, bool, bool], list[tuple[Any, ...]]] = {}
     for r in rolled:
@@ -477,7 +479,9 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate, air=air, known=known)
+    return rollup_messages(
+        c, touched, now, intermediate=intermediate, air=air, known=known, instance=instance
+    )
 
 
 def record_late_submits(
