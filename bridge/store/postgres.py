@@ -486,6 +486,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
         self.claim_reports = 0  # Store.claim_reports
+        self._sweep_after: str | None = None  # the id the sweep reads after (SWEEP_CANDIDATES)
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # One receipt batch at a time, in the order handed over (asyncio.Lock is FIFO): two in
@@ -1756,7 +1757,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
+        after = [self._sweep_after]
+
         async def job(c: asyncpg.Connection) -> dict[str, int]:
+            after[0] = self._sweep_after  # a retried run starts where the first one did
             return await pipe.sweep(
                 c,
                 now,
@@ -1764,9 +1768,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now if records_now is None else records_now,
                 smsc_validity_ms or {},
                 silent_smscs,
+                after,
             )
 
         out = await run_tx(self.pool, job, durable=False)
+        self._sweep_after = after[0]
         lapsed = 0
         low_balance: list[LowBalance] = []
         for account_id in await pipe.lapsing_accounts(self.pool, now):

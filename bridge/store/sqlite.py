@@ -18,7 +18,15 @@ from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.logs import Failures
-from bridge.store import key_warmup, migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
+from bridge.store import (
+    base,
+    key_warmup,
+    migrate,
+    sqlite_clock,
+    sqlite_dnc,
+    sqlite_rules,
+    sqlite_senders,
+)
 from bridge.store import sqlite_chunked as chunked
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
@@ -152,6 +160,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
         self.claim_reports = 0  # Store.claim_reports
+        self._sweep_after: tuple[int, int] | None = None  # (sent_at, rowid): base.SWEEP_CANDIDATES
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # Told, once a write committed, how many parts (by SMSC) it settled on another part's
@@ -1246,27 +1255,34 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # again by its id.
         validity = smsc_validity_ms or {}
         split = lc.waits_differ(receipt_timeout_ms, validity, silent_smscs)
+        # In the index's order (sent_at, rowid: no sort), after the last page when that was full
+        # and held messages back (base.SWEEP_CANDIDATES).
+        sql = f"SELECT id, sent_at, expires_at, smsc, rowid FROM messages WHERE {where}"
+        args = list(params)
+        if (after := self._sweep_after) is not None:
+            sql += " AND sent_at >= ? AND (sent_at > ? OR rowid > ?)"
+            args += [after[0], after[0], after[1]]
+        page = base.SWEEP_CANDIDATES
+        args.append(page)
 
-        def candidates(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute(
-                f"SELECT id, sent_at, expires_at, smsc FROM messages WHERE {where} LIMIT 10000",
-                params,
-            ).fetchall()
+        def candidates(c: sqlite3.Connection) -> tuple[list[str], tuple[int, int] | None]:
+            rows = c.execute(f"{sql} ORDER BY sent_at, rowid LIMIT ?", args).fetchall()
             if not split or not rows:
-                return [r[0] for r in rows]
+                return [r[0] for r in rows], None
             # A message whose parts went out on two SMSCs waits for the one that waits longest
             # (lifecycle.split_deadline), not only for the last part's, the row's.
             awaiting: dict[str, list[str]] = {}
             for chunk in pipe._chunks([r[0] for r in rows]):
-                sql = lc.AWAITING_SMSCS_SQL.format(ids=pipe._marks(len(chunk)))
-                for mid, smsc in c.execute(sql, chunk):
+                q = lc.AWAITING_SMSCS_SQL.format(ids=pipe._marks(len(chunk)))
+                for mid, smsc in c.execute(q, chunk):
                     awaiting.setdefault(mid, []).append(smsc)
             later = lc.not_yet_timed_out(
-                rows, awaiting, now, receipt_timeout_ms, validity, silent_smscs
+                [r[:4] for r in rows], awaiting, now, receipt_timeout_ms, validity, silent_smscs
             )
-            return [r[0] for r in rows if r[0] not in later]
+            on = (rows[-1][1], rows[-1][4]) if later and len(rows) == page else None
+            return [r[0] for r in rows if r[0] not in later], on
 
-        due = await self._runner.read_heavy(candidates, lane="sweep")
+        due, self._sweep_after = await self._runner.read_heavy(candidates, lane="sweep")
 
         def job(c: sqlite3.Connection) -> Swept:
             # Parts sent before a release keep the message 'sent', yet nothing is left to send:

@@ -342,6 +342,10 @@ _NOT_THEIRS = (
 )
 
 
+def _part_order(r: SubmitResult) -> tuple[str, int]:
+    return r.message_id, r.seq
+
+
 def record_submits(
     c: sqlite3.Connection,
     results: list[SubmitResult],
@@ -406,12 +410,13 @@ def record_submits(
         )
     # A part's end is recorded only while no other instance holds its message (see
     # Store.record_submits), and ends the parts after it only when its own part was still queued
-    # (its UPDATE matched): a late or repeated end must not end parts sent since.
+    # (its UPDATE matched): a late or repeated end must not end parts sent since. A message's
+    # ends are taken in part order (parts go out so), whatever the batch's: one for a part an
+    # earlier part's end ended records nothing (PostgreSQL's record_ends does the same).
     mine = "" if instance is None else " AND " + _NOT_THEIRS
     theirs = () if instance is None else (instance,)
-    for r in results:
-        if r.outcome == "sent":
-            continue
+    ends = [r for r in results if r.outcome != "sent"]
+    for r in sorted(ends, key=_part_order) if len(ends) > 1 else ends:
         known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
             if not c.execute(

@@ -9,7 +9,16 @@
    roll-up also wrote the claim's route (q_route) on the row another instance holds now: that
    holder's restart then took its in-flight parts for sent on the old holder's SMSC
    (`in_flight_on_restart: unknown`) or resent parts its own SMSC may have delivered.
-3. The reports a claim's roll-up queues (session 49) waited for the webhook sender's next poll
+3. The receipt-timeout sweep read at most 10,000 candidates (store.base.SWEEP_CANDIDATES), the
+   same first ones each time: when all of them were split messages waiting longer for another
+   SMSC (lifecycle.split_deadline), the due messages behind them were never swept. Now a sweep
+   whose page was full and held messages back goes on after it at the next sweep.
+4. A batch with two ends for parts of one message (the dispatcher makes none): SQLite recorded
+   them in the batch's order, PostgreSQL by kind (every refusal, then expiries, then unknowns),
+   so the engines disagreed, and neither followed the parts' order. Now both record a
+   message's ends in part order, as the parts go out: the first end of a part still queued
+   stands and ends the parts after it; an end for a part that ended so records nothing.
+5. The reports a claim's roll-up queues (session 49) waited for the webhook sender's next poll
    (up to `idle_max_s`, 1 s by default, when idle): the other roll-ups wake it. Now the
    dispatcher wakes it when a claim queued reports (Store.claim_reports).
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,8 @@ from bridge.accounts import AccountService
 from bridge.config import WebhooksConfig
 from bridge.crypto import Sealer
 from bridge.pipeline.webhooks import WebhookSender
+from bridge.store import base
+from bridge.store.models import SubmitResult
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
@@ -37,7 +49,13 @@ import tests.store_engines as engines  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
 from tests.connectors import StandIn, dispatcher  # noqa: E402
 from tests.e2e.harness import wait_until  # noqa: E402
-from tests.integration.test_billing_edges import START, accept, cash, make_account  # noqa: E402
+from tests.integration.test_billing_edges import (  # noqa: E402
+    START,
+    accept,
+    cash,
+    make_account,
+    msg,
+)
 from tests.integration.test_late_results import (  # noqa: E402
     LATER,
     _day_count,
@@ -47,6 +65,15 @@ from tests.integration.test_late_results import (  # noqa: E402
     sent,
 )
 from tests.integration.test_result_batches import LEASE, NOW, three_parts  # noqa: E402
+from tests.integration.test_split_receipt_wait import (  # noqa: E402
+    DAY,
+    HOUR,
+    MARGIN,
+    SENT,
+    TIMEOUT,
+    split,
+    state,
+)
 from tests.store_engines import EngineHandle  # noqa: E402
 
 engine = engines.engine
@@ -163,3 +190,89 @@ async def test_a_claims_roll_up_wakes_the_webhook_sender(
             dispatching.cancel()
         await sender.stop()
         await sending
+
+
+async def test_due_messages_behind_a_full_page_of_split_ones_are_swept(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two candidates a sweep here (10,000 in production): the first two by the sweep's order
+    (sent first, smaller ids) are split messages whose first part's SMSC waits 5 days; the one
+    behind them is due. It ended unknown at no sweep."""
+    monkeypatch.setattr(base, "SWEEP_CANDIDATES", 2)
+    await make_account(store)
+    await split(store, "a1", "smscA", "smscB")
+    await split(store, "a2", "smscA", "smscB")
+    await accept(store, replace(msg("z1", NOW), billable_units=1))
+    assert [w.id for w in await store.claim("inst-1", 10, NOW + 2000, LEASE)] == ["z1"]
+    one = SubmitResult("z1", 1, "sent", "smscB", "z1-1", "z1-1", at=NOW + 2000)
+    await store.record_submits([one], [], NOW + 2000, instance="inst-1")
+    validity = {"smscA": 5 * DAY}
+    at = NOW + 2000 + TIMEOUT + HOUR
+    swept = [(await store.sweep(at + i, TIMEOUT, smsc_validity_ms=validity))["timed_out"]
+             for i in range(3)]  # fmt: skip
+    assert sum(swept) == 1, swept
+    assert [await state(store, m) for m in ("a1", "a2", "z1")] == ["sent", "sent", "unknown"]
+    # And the held-back ones are swept at their time.
+    end = SENT + 5 * DAY + MARGIN
+    swept = [(await store.sweep(end + i, TIMEOUT, smsc_validity_ms=validity))["timed_out"]
+             for i in range(2)]  # fmt: skip
+    assert sum(swept) == 2, swept
+
+
+E1, E2 = "ESME_RINVDSTADR", "ESME_RX_R_APPN"
+FAILED_AFTER = ("failed", "PREVIOUS_PART_FAILED")
+UNKNOWN_AFTER = ("timeout", "PREVIOUS_PART_UNKNOWN")
+
+
+def _end(seq: int, outcome: str, error: str | None = None) -> SubmitResult:
+    return SubmitResult("m3", seq, outcome, "smscA", error_code=error, at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("batch", "parts", "final"),
+    [
+        (
+            [_end(2, "failed", E2), _end(1, "failed", E1)],
+            [("failed", E1), FAILED_AFTER, FAILED_AFTER],
+            ("failed", E1),
+        ),
+        (
+            [_end(2, "failed", E2), _end(1, "unknown", "TIMEOUT")],
+            [("timeout", "TIMEOUT"), UNKNOWN_AFTER, UNKNOWN_AFTER],
+            ("unknown", "TIMEOUT"),
+        ),
+        (
+            [_end(1, "unknown", "TIMEOUT"), _end(2, "failed", E2)],
+            [("timeout", "TIMEOUT"), UNKNOWN_AFTER, UNKNOWN_AFTER],
+            ("unknown", "TIMEOUT"),
+        ),
+        (
+            [_end(3, "expired"), _end(1, "failed", E1)],
+            [("failed", E1), FAILED_AFTER, FAILED_AFTER],
+            ("failed", E1),
+        ),
+        (
+            [_end(2, "unknown", "TIMEOUT"), _end(1, "expired")],
+            [("expired_unsent", "VALIDITY_EXPIRED"), ("timeout", "TIMEOUT"), UNKNOWN_AFTER],
+            ("expired", "VALIDITY_EXPIRED"),
+        ),
+        (
+            [_end(1, "failed", E1), _end(1, "failed", E2)],
+            [("failed", E1), FAILED_AFTER, FAILED_AFTER],
+            ("failed", E1),
+        ),
+    ],
+    ids=["failed-2-1", "failed-2-unknown-1", "unknown-1-failed-2", "expired-3-failed-1",
+         "unknown-2-expired-1", "failed-1-twice"],
+)  # fmt: skip
+async def test_a_batch_with_two_ends_of_one_message_is_recorded_in_part_order(
+    store: Store, batch: list[SubmitResult], parts: list[tuple[str, str]], final: tuple[str, str]
+) -> None:
+    await make_account(store)
+    await accept(store, three_parts("m3"), amount=3 * START)
+    assert [w.id for w in await store.claim("inst-1", 10, NOW, LEASE)] == ["m3"]
+    await store.record_submits(batch, [], NOW, instance="inst-1")
+    m = await store.get_message("acc_a", "m3")
+    assert m is not None
+    assert [(s.state, s.error_code) for s in m.segment_rows] == parts
+    assert (m.state, m.error_code) == final
