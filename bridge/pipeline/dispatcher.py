@@ -483,9 +483,9 @@ class Dispatcher:
         now_ms = int(self.clock() * 1000)
         if not msg.segments:
             # Nothing left to send: the claim rolls such a message up instead of handing it out
-            # (store.claim), all but one with no part row at all. Released, not left claimed
-            # (before the expiry below, which would hand in nothing): its lease's end counted a
-            # submit unanswered.
+            # (store.claim; one with no part row at all too, since session 50), so none comes
+            # here but from another store. Released, not left claimed (before the expiry below,
+            # which would hand in nothing): its lease's end counted a submit unanswered.
             add(Release(msg.id, now_ms, count_attempt=False))
             return
         if msg.expires_at is not None and msg.expires_at <= now_ms:
