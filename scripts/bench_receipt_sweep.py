@@ -9,6 +9,10 @@ sent within the timeout, on a SQLite file of the real schema (the read alone; no
 none is due).
 
     python scripts/bench_receipt_sweep.py --waiting 100000 --recent 200000
+
+`--order` times the read as the engine makes it since session 50 (in the index's order, `ORDER
+BY sent_at, rowid`: the sweep pages on after a full page of messages held back) against the
+read without the ORDER BY, alternated, on the file with `--waiting` messages.
 """
 
 from __future__ import annotations
@@ -65,9 +69,9 @@ def fill(path: Path, waiting: int, recent: int) -> sqlite3.Connection:
     return db
 
 
-def timed(db: sqlite3.Connection, runs: int) -> list[float]:
+def timed(db: sqlite3.Connection, runs: int, order: str = "") -> list[float]:
     where, params = lc.timed_out_where(NOW, TIMEOUT, {}, lambda _i: "?")
-    sql = f"SELECT id FROM messages WHERE {where} LIMIT 10000"
+    sql = f"SELECT id FROM messages WHERE {where}{order} LIMIT 10000"
     out = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -81,7 +85,21 @@ def main() -> None:
     ap.add_argument("--waiting", type=int, default=100_000)
     ap.add_argument("--recent", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--order", action="store_true", help="ORDER BY sent_at, rowid against none")
     args = ap.parse_args()
+    if args.order:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = fill(Path(tmp) / "w.db", args.waiting, args.recent)
+            forms = {"unordered": "", "ordered": " ORDER BY sent_at, rowid"}
+            got: dict[str, list[float]] = {f: [] for f in forms}
+            for _ in range(args.runs):
+                for name, order in forms.items():
+                    got[name] += timed(db, 1, order)
+            med = {f: sorted(ms)[len(ms) // 2] for f, ms in got.items()}
+            for f, m in med.items():
+                print(f"{f:>9}: read median {m:.2f} ms, min {min(got[f]):.2f} ms")
+            print(f"ordered / unordered (medians): {med['ordered'] / med['unordered']:.2f}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         dbs = {n: fill(Path(tmp) / f"{n}.db", n, args.recent) for n in (0, args.waiting)}
         res: dict[int, list[float]] = {n: [] for n in dbs}

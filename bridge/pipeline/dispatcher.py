@@ -278,6 +278,7 @@ class Dispatcher:
                 await self._unpark(now_ms)  # stop() waits for it like for the claim
                 self._start_pass()  # after the un-park: the pass sees where those went
                 park, routable = self._parking_now()
+                reported = self.store.claim_reports
                 work = await self.store.claim(
                     self.instance,
                     min(free, self.claim_batch),
@@ -295,6 +296,9 @@ class Dispatcher:
                 await asyncio.sleep(1)
                 continue
             self._failures.ok("claim")
+            if self.store.claim_reports != reported and self.on_reports is not None:
+                # The claim rolled up messages it found with nothing to send: their reports.
+                self.on_reports()
             if not work:  # the flag set before this claim stays set while waiting
                 woken = await wait_event(self._wake, self._idle_wait(now_ms))
                 self._empty_claims = 0 if woken else self._empty_claims + 1
@@ -479,9 +483,9 @@ class Dispatcher:
         now_ms = int(self.clock() * 1000)
         if not msg.segments:
             # Nothing left to send: the claim rolls such a message up instead of handing it out
-            # (store.claim), all but one with no part row at all. Released, not left claimed
-            # (before the expiry below, which would hand in nothing): its lease's end counted a
-            # submit unanswered.
+            # (store.claim; one with no part row at all too, since session 50), so none comes
+            # here but from another store. Released, not left claimed (before the expiry below,
+            # which would hand in nothing): its lease's end counted a submit unanswered.
             add(Release(msg.id, now_ms, count_attempt=False))
             return
         if msg.expires_at is not None and msg.expires_at <= now_ms:

@@ -113,6 +113,12 @@ class StoreError(Exception):
 # look at recent deliveries), then purged by the sweep. Without it the outbox grew for ever
 # (~12% of the store).
 WEBHOOK_RETENTION_MS = 7 * 86_400_000
+# The receipt-timeout candidates a sweep reads (both engines), in the sweep's order. A page that
+# was full and held back messages not due yet (lifecycle.not_yet_timed_out: split over two
+# SMSCs, one waiting longer) is followed at the next sweep by the candidates after it, then the
+# pages start over: read from the start each time, 10,000 such messages kept every due message
+# behind them from ever being swept.
+SWEEP_CANDIDATES = 10_000
 # The kinds of store operations under way in chunks of their own transactions (chunked_work,
 # smpp_bridge_store_chunked_*).
 CHUNKED_KINDS = ("ends", "senders_walk", "erasures")
@@ -242,6 +248,10 @@ class Store(Protocol):
     # Callers whose writes must keep their order (the receipts' batcher) keep one in flight
     # where they would not.
     commits_in_order: bool
+    # Status reports queued by claims since opening: a claim rolls up the messages it finds with
+    # nothing to send (Store.claim), and their reports are in the outbox once it returns. The
+    # dispatcher wakes the webhook sender when a claim raised it (else they waited for its poll).
+    claim_reports: int
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

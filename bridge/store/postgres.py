@@ -485,6 +485,8 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         self._drain_tasks: set[asyncio.Task[None]] = set()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        self.claim_reports = 0  # Store.claim_reports
+        self._sweep_after: str | None = None  # the id the sweep reads after (SWEEP_CANDIDATES)
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # One receipt batch at a time, in the order handed over (asyncio.Lock is FIFO): two in
@@ -1422,9 +1424,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         order = accounts[start:] + accounts[:start]
         keys = sorted(set(routable))
         taken: list[str] = []
+        reports: list[int] = []  # queued by the claim's roll-ups (postgres_pipeline.claim)
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
             taken.clear()  # a retried run: the rolled-back one took nothing
+            reports.clear()
             lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
             work = await pipe.claim(
                 c,
@@ -1437,12 +1441,15 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 keys,
                 skip=skip,
                 intermediate=self.send_intermediate,
+                reports=reports,
             )
             taken.extend(w.id for w in work)
             return work
 
         try:
-            return await run_tx(self.pool, job, durable=False)
+            work = await run_tx(self.pool, job, durable=False)
+            self.claim_reports += sum(reports)
+            return work
         except BaseException:
             # The claim ran and its COMMIT failed: the connection broke (a crash of the server,
             # a cut link) after the server may have committed it. Its messages would then stay
@@ -1750,7 +1757,10 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
     ) -> Swept:
         """Periodic housekeeping: validity expiry, receipt timeouts, expired nonces and keys."""
 
+        after = [self._sweep_after]
+
         async def job(c: asyncpg.Connection) -> dict[str, int]:
+            after[0] = self._sweep_after  # a retried run starts where the first one did
             return await pipe.sweep(
                 c,
                 now,
@@ -1758,9 +1768,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 now if records_now is None else records_now,
                 smsc_validity_ms or {},
                 silent_smscs,
+                after,
             )
 
         out = await run_tx(self.pool, job, durable=False)
+        self._sweep_after = after[0]
         lapsed = 0
         low_balance: list[LowBalance] = []
         for account_id in await pipe.lapsing_accounts(self.pool, now):

@@ -21,13 +21,13 @@ concurrency, because several instances write the same rows at once:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
-from bridge.store import postgres_pending_ends, postgres_rules, rollup_rows
+from bridge.store import base, postgres_pending_ends, postgres_rules, rollup_rows
 from bridge.store.base import (
     CLAIM_SCAN_FACTOR,
     PARK_AGAIN_MS,
@@ -235,10 +235,12 @@ async def claim(
     *,
     skip: Collection[str] = (),
     intermediate: bool = False,
+    reports: list[int] | None = None,
 ) -> list[WorkMessage]:
     """Claim up to `limit` messages: a fair share per account in `order` (already rotated by the
     caller), the rest from the oldest work of anyone. Rows another instance is claiming right now
-    are skipped, not waited for, and so are the ids in `skip`.
+    are skipped, not waited for, and so are the ids in `skip`. The reports queued by the roll-up
+    of claimed messages with nothing to send are appended to `reports`.
 
     With `park`, a candidate it gives a key for is parked (see Store.claim) and the scan goes on:
     per account up to CLAIM_SCAN_FACTOR times its share, in all CLAIM_SCAN_FACTOR x `limit` rows.
@@ -368,7 +370,8 @@ async def claim(
                 )
             )
     if idle := [mid for mid, parts in segs.items() if not parts]:
-        ids = [mid for mid in ids if mid not in await _roll_up_idle(c, idle, now, intermediate)]
+        done = await _roll_up_idle(c, idle, now, intermediate, reports)
+        ids = [mid for mid in ids if mid not in done]
     return [
         WorkMessage(
             id=m[0],
@@ -389,11 +392,18 @@ async def claim(
 
 
 async def _roll_up_idle(
-    c: asyncpg.Connection, idle: list[str], now: int, intermediate: bool
+    c: asyncpg.Connection,
+    idle: list[str],
+    now: int,
+    intermediate: bool,
+    reports: list[int] | None = None,
 ) -> set[str]:
     """Claimed messages with no part left to send are rolled up in the claim, not handed out
-    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue."""
-    await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    (see the SQLite engine's `_roll_up_idle`); returns those it took out of the queue, and
+    appends the reports it queued to `reports`."""
+    queued = await rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    if reports is not None:
+        reports.append(queued)
     rows = await c.fetch(
         "SELECT id FROM messages WHERE id = ANY($1::text[]) AND q_state = 'done'", idle
     )
@@ -485,6 +495,7 @@ async def rollup_messages(
     intermediate: bool = False,
     later: tuple[list[Any], list[str]] | None = None,
     air: dict[str, tuple[str, int]] | None = None,
+    instance: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
@@ -497,7 +508,8 @@ async def rollup_messages(
     `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit makes
     one new version of its message's row, not two (each non-HOT version is an entry in every
-    index of the table)."""
+    index of the table); `instance`: whose results they are (the claim's route is written only
+    on its own claims, rollup_rows.roll)."""
     air = air or {}
     if not touched and not air:
         return 0
@@ -515,7 +527,7 @@ async def rollup_messages(
         if seq == 2:
             many.add(mid)
     rolled, f = rollup_rows.roll(
-        ids, locked, parts, many, touched, air, now, intermediate=intermediate
+        ids, locked, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     upd: list[list[Any]] = [[] for _ in range(12)]
     for r in rolled:
@@ -680,6 +692,93 @@ UPDATE messages m SET smsc = u.smsc FROM u WHERE m.id = u.mid
 """
 
 
+# The parts after one whose fate is unknown are not sent: nothing is left queued. ($3, the
+# SMSCs, unused: every `after` statement takes the same parameters.)
+_UNKNOWN_AFTER = f"""
+UPDATE segments s SET state = '{lc.SEG_TIMEOUT}', error_code = 'PREVIOUS_PART_UNKNOWN', done_at = $4
+FROM unnest($1::text[], $2::int[], $3::text[]) AS u(mid, seq, smsc)
+WHERE s.message_id = u.mid AND s.seq > u.seq AND s.state = 'queued'
+"""
+
+
+class _End(NamedTuple):
+    """How a submit result that ends its part is recorded."""
+
+    state: str  # the part's
+    sets: str  # the part's other columns, from u(mid, seq, smsc, err) and the part `s`
+    error: str | None  # the error code when the result has none (None: the result's)
+    # The statement ending the parts after it ($1-$3: the ended parts' message ids, seqs and
+    # SMSCs; $4: now), or None: an expiry ends its own part only (the dispatcher expires each).
+    after: str | None
+
+
+_ENDS = {
+    "failed": _End(
+        lc.SEG_FAILED,
+        "smsc = u.smsc, error_code = u.err, attempts = s.attempts + 1",
+        None,
+        _FAILED_AFTER,  # later parts can never be shown as one message now: not sent
+    ),
+    "expired": _End(lc.SEG_EXPIRED_UNSENT, f"error_code = {END_ERROR.format(seg='s')}", None, None),
+    "unknown": _End(
+        lc.SEG_TIMEOUT, "smsc = u.smsc, error_code = u.err", "SUBMIT_UNKNOWN", _UNKNOWN_AFTER
+    ),
+}
+
+
+def _end_rounds(ends: list[SubmitResult]) -> list[list[SubmitResult]]:
+    """The ends of a batch in rounds, each recorded by one statement of each kind: a message's
+    ends in part order, one a round (as the SQLite engine records them one after another),
+    so the first end of a part still queued stands and ends the parts after it, and a later
+    part's end in the batch (one the dispatcher never makes) finds its part ended. By kind in
+    one round, a refusal of part 2 stood beside part 1's unknown fate and the engines
+    disagreed. A message's expiries alone (each part's, the dispatcher's) are one round: each
+    ends its own part only, so their order does not matter."""
+    per: dict[str, list[SubmitResult]] = {}
+    for r in ends:
+        per.setdefault(r.message_id, []).append(r)
+    rounds: list[list[SubmitResult]] = [[]]
+    for group in per.values():
+        seqs = {r.seq for r in group}
+        if len(seqs) == len(group) and all(r.outcome == "expired" for r in group):
+            rounds[0].extend(group)
+            continue
+        for i, r in enumerate(sorted(group, key=lambda r: r.seq)):
+            if i == len(rounds):
+                rounds.append([])
+            rounds[i].append(r)
+    return rounds
+
+
+async def _record_ends(
+    c: asyncpg.Connection,
+    end: _End,
+    results: list[SubmitResult],
+    now: int,
+    instance: str | None,
+    touched: dict[str, bool],
+) -> None:
+    """Record `results` (ends of one kind, at most one a part) as `end` says, while no other
+    instance holds their message and their part is still queued, and end the parts after them."""
+    rows = await c.fetch(
+        f"UPDATE segments s SET state = $5, {end.sets}, done_at = $6 "
+        "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS u(mid, seq, smsc, err) "
+        "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
+        f"AND {_not_theirs(7)} "
+        "RETURNING s.message_id, s.seq, s.smsc",
+        [r.message_id for r in results],
+        [r.seq for r in results],
+        [r.smsc for r in results],
+        [r.error_code or end.error for r in results],
+        end.state,
+        now,
+        instance,
+    )
+    if rows and end.after is not None:
+        await c.execute(end.after, *map(list, zip(*rows, strict=True)), now)
+    touched.update(dict.fromkeys((r[0] for r in rows), True))
+
+
 async def record_submits(
     c: asyncpg.Connection,
     results: list[SubmitResult],
@@ -750,69 +849,12 @@ async def record_submits(
     # A part's end is recorded only while no other instance holds its message (see
     # Store.record_submits), and ends the parts after it only when its own part was still queued
     # (its UPDATE returned it): a late or repeated end must not end parts sent since.
-    failed = [r for r in results if r.outcome == "failed"]
-    if failed:
-        rows = await c.fetch(
-            "UPDATE segments s SET state = 'failed', smsc = u.smsc, error_code = u.err, "
-            "done_at = $5, attempts = s.attempts + 1 "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS u(mid, seq, smsc, err) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
-            f"AND {_not_theirs(6)} "
-            "RETURNING s.message_id, s.seq, s.smsc",
-            [r.message_id for r in failed],
-            [r.seq for r in failed],
-            [r.smsc for r in failed],
-            [r.error_code for r in failed],
-            now,
-            instance,
-        )
-        if rows:
-            # Later parts can never be shown as one message now: do not send them.
-            await c.execute(_FAILED_AFTER, *map(list, zip(*rows, strict=True)), now)
-            touched.update(dict.fromkeys((r[0] for r in rows), True))
-    expired = [r for r in results if r.outcome == "expired"]
-    if expired:
-        rows = await c.fetch(
-            f"UPDATE segments s SET state = $3, error_code = {END_ERROR.format(seg='s')}, "
-            "done_at = $4 FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
-            f"AND {_not_theirs(5)} "
-            "RETURNING s.message_id",
-            [r.message_id for r in expired],
-            [r.seq for r in expired],
-            lc.SEG_EXPIRED_UNSENT,
-            now,
-            instance,
-        )
-        touched.update(dict.fromkeys((r[0] for r in rows), True))
-    unknown = [r for r in results if r.outcome == "unknown"]
-    if unknown:
-        rows = await c.fetch(
-            "UPDATE segments s SET state = $5, smsc = u.smsc, error_code = u.err, done_at = $6 "
-            "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS u(mid, seq, smsc, err) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' "
-            f"AND {_not_theirs(7)} "
-            "RETURNING s.message_id, s.seq",
-            [r.message_id for r in unknown],
-            [r.seq for r in unknown],
-            [r.smsc for r in unknown],
-            [r.error_code or "SUBMIT_UNKNOWN" for r in unknown],
-            lc.SEG_TIMEOUT,
-            now,
-            instance,
-        )
-        if rows:
-            # The parts after one whose fate is unknown are not sent: nothing is left queued.
-            await c.execute(
-                "UPDATE segments s SET state = $3, error_code = 'PREVIOUS_PART_UNKNOWN', "
-                "done_at = $4 FROM unnest($1::text[], $2::int[]) AS u(mid, seq) "
-                "WHERE s.message_id = u.mid AND s.seq > u.seq AND s.state = 'queued'",
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                lc.SEG_TIMEOUT,
-                now,
-            )
-            touched.update(dict.fromkeys((r[0] for r in rows), True))
+    ends = [r for r in results if r.outcome in _ENDS]
+    for batch in _end_rounds(ends) if len(ends) > 1 else [ends]:
+        for outcome, end in _ENDS.items():
+            group = [r for r in batch if r.outcome == outcome]
+            if group:
+                await _record_ends(c, end, group, now, instance, touched)
     if releases:
         # A released message stays in the roll-up (see the SQLite engine's).
         await c.executemany(
@@ -833,7 +875,9 @@ async def record_submits(
         )
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
-    return await rollup_messages(c, touched, now, locked, intermediate=intermediate, air=air)
+    return await rollup_messages(
+        c, touched, now, locked, intermediate=intermediate, air=air, instance=instance
+    )
 
 
 async def record_late_submits(
@@ -1234,9 +1278,13 @@ async def sweep(
     records_now: int,
     smsc_validity_ms: Mapping[str, int],
     silent_smscs: Collection[str] = (),
+    after: list[str | None] | None = None,
 ) -> dict[str, int]:
     """Validity expiry and receipt timeouts. Rows another instance holds are skipped (its next
-    sweep, or this one's, gets them)."""
+    sweep, or this one's, gets them). `after` ([id] or [None], kept by the caller between
+    sweeps): the receipt-timeout candidates are read after that id, and it becomes the last one
+    read when their page was full and held messages back (base.SWEEP_CANDIDATES), else None."""
+    after = after if after is not None else [None]
     expired = [
         r[0]
         for r in await c.fetch(
@@ -1264,12 +1312,17 @@ async def sweep(
     where, params = lc.timed_out_where(
         now, receipt_timeout_ms, smsc_validity_ms, "${}".format, silent_smscs
     )
+    if after[0] is not None:
+        params.append(after[0])
+        where += f" AND id > ${len(params)}"
+    page = base.SWEEP_CANDIDATES
     rows = await c.fetch(
         f"SELECT id, sent_at, expires_at, smsc FROM messages WHERE {where} "
-        "ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+        f"ORDER BY id LIMIT {page:d} FOR UPDATE SKIP LOCKED",
         *params,
     )
     timed_out = [r[0] for r in rows]
+    after[0] = None
     if timed_out and lc.waits_differ(receipt_timeout_ms, smsc_validity_ms, silent_smscs):
         # A message whose parts went out on two SMSCs waits for the one that waits longest
         # (lifecycle.split_deadline), not only for the last part's, the row's.
@@ -1282,6 +1335,8 @@ async def sweep(
             silent_smscs,
         )  # fmt: skip
         timed_out = [mid for mid in timed_out if mid not in later]
+        if later and len(rows) == page:
+            after[0] = rows[-1][0]
     if timed_out:
         await c.execute(
             "UPDATE segments SET state = $2, done_at = $3, error_code = 'NO_RECEIPT' "

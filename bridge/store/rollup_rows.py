@@ -13,8 +13,13 @@ from bridge.domain import lifecycle as lc
 # The message columns the roll-up reads, in this order, on both engines.
 ROLLUP_COLS = (
     "id, state, account_id, q_state, segments_delivered, segments_failed, error_code, "
-    "price_class, segments_sent, segments"
+    "price_class, segments_sent, segments, q_claimed_by"
 )
+
+# The code of a message that has no part row at all (none written, or lost: a restore, a hand
+# edit), ended unsent by the roll-up that finds it to be released: nothing can be sent. Claimed
+# with nothing to send, it was released and claimed again, for ever.
+NO_PARTS = "NO_PARTS"
 
 
 class Rolled(NamedTuple):
@@ -23,7 +28,7 @@ class Rolled(NamedTuple):
     id: str
     smsc: str | None  # the SMSC that accepted parts now (no submit result: None)
     segments_sent: int | None
-    route: str | None  # that SMSC, while the message is claimed (the claim's route)
+    route: str | None  # that SMSC, while the message is claimed by the results' instance
     update: lc.RowUpdate | None  # the roll-up proper (None: its parts changed nothing)
 
 
@@ -46,6 +51,7 @@ def roll(
     now: int,
     *,
     intermediate: bool = False,
+    instance: str | None = None,
 ) -> tuple[list[Rolled], Followups]:
     """The rows of `ids` that change, and what follows.
 
@@ -53,26 +59,37 @@ def roll(
     `many`: the messages with a second part row (not one message_payload PDU); `touched`: the
     messages to roll up (id -> release the claim once nothing is left to send); `air`: the
     submit results' (SMSC, PDUs accepted now) per message (lifecycle.on_air), written with the
-    roll-up so a submit rewrites its message's row once, not twice.
+    roll-up so a submit rewrites its message's row once, not twice; `instance`: the one whose
+    submit results those are (None: anyone's). Its SMSC becomes the claim's route (q_route) only
+    while that instance holds the message: a late result of a claim whose lease ran out wrote
+    it on the row of the instance that holds the message now, whose restart then decided its
+    parts in flight by the old holder's SMSC's in_flight_on_restart.
+
+    A message to release (`touched`) with no part row at all ends unsent (NO_PARTS).
     """
     out: list[Rolled] = []
     f = Followups()
     for mid in ids:
         row = rows.get(mid)
-        if row is None or not parts.get(mid):
+        if row is None:
             continue
-        _id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg = (
-            row
-        )
+        (_id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg,
+         holder) = row  # fmt: skip
+        rows_of = parts.get(mid)
+        if not rows_of:
+            if not touched.get(mid) or q_state == "done" or old in lc.MSG_FINAL:
+                continue
+            rows_of = [(lc.SEG_EXPIRED_UNSENT, NO_PARTS)]  # nothing to send: ended unsent
         smsc = route = new_sent = None
         if mid in air:
             smsc, pdus = air[mid]
             nsent = new_sent = lc.on_air(nsent, nseg, pdus, mid not in many)
-            route = smsc if q_state == "claimed" else None
+            if q_state == "claimed" and (instance is None or holder == instance):
+                route = smsc
         u = None
         if mid in touched:
             u = lc.row_update(
-                parts[mid],
+                rows_of,
                 old_state=old,
                 q_state=q_state,
                 old_delivered=old_delivered,

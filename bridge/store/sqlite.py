@@ -18,7 +18,15 @@ from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
 from bridge.ids import id_time_ms, new_id
 from bridge.logs import Failures
-from bridge.store import key_warmup, migrate, sqlite_clock, sqlite_dnc, sqlite_rules, sqlite_senders
+from bridge.store import (
+    base,
+    key_warmup,
+    migrate,
+    sqlite_clock,
+    sqlite_dnc,
+    sqlite_rules,
+    sqlite_senders,
+)
 from bridge.store import sqlite_chunked as chunked
 from bridge.store import sqlite_ends as ends
 from bridge.store import sqlite_erase as erasures
@@ -151,6 +159,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         self._active_accounts: list[str] = []
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
+        self.claim_reports = 0  # Store.claim_reports
+        self._sweep_after: tuple[int, int] | None = None  # (sent_at, rowid): base.SWEEP_CANDIDATES
         # smscs[].receipts one_per_message: whose one receipt settles a whole message.
         self.one_receipt_smscs: frozenset[str] = frozenset()
         # Told, once a write committed, how many parts (by SMSC) it settled on another part's
@@ -930,8 +940,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         routable: Collection[str] = (),
     ) -> list[WorkMessage]:
         keys = sorted(set(routable))
+        reports: list[int] = []  # queued by the claim's roll-ups (_roll_up_idle)
 
         def job(c: sqlite3.Connection) -> _Claimed:
+            reports.clear()  # a job run again: the rolled-back run queued nothing
             accounts = self._queued_accounts(c)
             if not accounts:
                 return _NONE_CLAIMED
@@ -960,11 +972,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             ids = sqlite_senders.guard(c, ids, now)  # ... or a senders change refuses
             if not ids:
                 return _NONE_CLAIMED
-            return _claim_ids(c, ids, instance, now + lease_ms, now, self.send_intermediate)
+            return _claim_ids(
+                c, ids, instance, now + lease_ms, now, self.send_intermediate, reports
+            )
 
         # The rows become values after the commit, outside the write lock (~1.5 µs a one-part
         # message, ~4 at three parts, of the owner's lock: bench_owner.py).
-        return _work(*await self._runner.write(job, durable=False))
+        work = _work(*await self._runner.write(job, durable=False))
+        self.claim_reports += sum(reports)
+        return work
 
     async def clock_stepped_back(
         self,
@@ -1239,27 +1255,34 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # again by its id.
         validity = smsc_validity_ms or {}
         split = lc.waits_differ(receipt_timeout_ms, validity, silent_smscs)
+        # In the index's order (sent_at, rowid: no sort), after the last page when that was full
+        # and held messages back (base.SWEEP_CANDIDATES).
+        sql = f"SELECT id, sent_at, expires_at, smsc, rowid FROM messages WHERE {where}"
+        args = list(params)
+        if (after := self._sweep_after) is not None:
+            sql += " AND sent_at >= ? AND (sent_at > ? OR rowid > ?)"
+            args += [after[0], after[0], after[1]]
+        page = base.SWEEP_CANDIDATES
+        args.append(page)
 
-        def candidates(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute(
-                f"SELECT id, sent_at, expires_at, smsc FROM messages WHERE {where} LIMIT 10000",
-                params,
-            ).fetchall()
+        def candidates(c: sqlite3.Connection) -> tuple[list[str], tuple[int, int] | None]:
+            rows = c.execute(f"{sql} ORDER BY sent_at, rowid LIMIT ?", args).fetchall()
             if not split or not rows:
-                return [r[0] for r in rows]
+                return [r[0] for r in rows], None
             # A message whose parts went out on two SMSCs waits for the one that waits longest
             # (lifecycle.split_deadline), not only for the last part's, the row's.
             awaiting: dict[str, list[str]] = {}
             for chunk in pipe._chunks([r[0] for r in rows]):
-                sql = lc.AWAITING_SMSCS_SQL.format(ids=pipe._marks(len(chunk)))
-                for mid, smsc in c.execute(sql, chunk):
+                q = lc.AWAITING_SMSCS_SQL.format(ids=pipe._marks(len(chunk)))
+                for mid, smsc in c.execute(q, chunk):
                     awaiting.setdefault(mid, []).append(smsc)
             later = lc.not_yet_timed_out(
-                rows, awaiting, now, receipt_timeout_ms, validity, silent_smscs
+                [r[:4] for r in rows], awaiting, now, receipt_timeout_ms, validity, silent_smscs
             )
-            return [r[0] for r in rows if r[0] not in later]
+            on = (rows[-1][1], rows[-1][4]) if later and len(rows) == page else None
+            return [r[0] for r in rows if r[0] not in later], on
 
-        due = await self._runner.read_heavy(candidates, lane="sweep")
+        due, self._sweep_after = await self._runner.read_heavy(candidates, lane="sweep")
 
         def job(c: sqlite3.Connection) -> Swept:
             # Parts sent before a release keep the message 'sent', yet nothing is left to send:
@@ -2231,6 +2254,7 @@ def _claim_ids(
     lease_until: int,
     now: int,
     intermediate: bool = False,
+    reports: list[int] | None = None,
 ) -> _Claimed:
     marks = ",".join("?" * len(ids))
     c.execute(
@@ -2253,18 +2277,31 @@ def _claim_ids(
         ids,
     ).fetchall()
     if idle := set(ids).difference(r[0] for r in segs):
-        ids = [mid for mid in ids if mid not in _roll_up_idle(c, sorted(idle), now, intermediate)]
+        ids = [
+            mid
+            for mid in ids
+            if mid not in _roll_up_idle(c, sorted(idle), now, intermediate, reports)
+        ]
     return ids, msgs, segs
 
 
-def _roll_up_idle(c: sqlite3.Connection, idle: list[str], now: int, intermediate: bool) -> set[str]:
+def _roll_up_idle(
+    c: sqlite3.Connection,
+    idle: list[str],
+    now: int,
+    intermediate: bool,
+    reports: list[int] | None = None,
+) -> set[str]:
     """Claimed messages with no part left to send (queued with every part ended or sent: left
     so by a defect of session 49, or any other way) are rolled up from their parts in the claim,
     not handed out: the dispatcher released such a message unsent and the next claim took it
     again, for ever (or, its validity passed, handed in nothing and left it claimed until its
-    lease ran out, which counted a submit unanswered). Returns those the roll-up took out of the
-    queue (all but a message with no part row at all, which it cannot decide)."""
-    pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    lease ran out, which counted a submit unanswered); one with no part row at all ends unsent
+    (rollup_rows.NO_PARTS). Returns those the roll-up took out of the queue; the reports it
+    queued are appended to `reports` (the claim's caller wakes the webhook sender for them)."""
+    queued = pipe.rollup_messages(c, dict.fromkeys(idle, True), now, intermediate=intermediate)
+    if reports is not None:
+        reports.append(queued)
     return {
         r[0]
         for r in c.execute(

@@ -154,6 +154,7 @@ def rollup_messages(
     intermediate: bool = False,
     air: dict[str, tuple[str, int]] | None = None,
     known: dict[str, tuple[str, str | None]] | None = None,
+    instance: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
@@ -162,7 +163,8 @@ def rollup_messages(
 
     `air` (id -> the SMSC, the PDUs it accepted now) are the submit results' counts of the
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit
-    rewrites its message's row once, not twice.
+    rewrites its message's row once, not twice; `instance`: whose results they are (the
+    claim's route is written only on its own claims, rollup_rows.roll).
 
     `known` (id -> (state, error code)) are messages of one part row whose part this
     transaction wrote last, as it now is: not read again. A one-part message's
@@ -199,7 +201,7 @@ def rollup_messages(
         ):
             current[row[0]] = row
     rolled, f = rollup_rows.roll(
-        ids, current, parts, many, touched, air, now, intermediate=intermediate
+        ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     shapes: dict[tuple[bool, bool, bool, bool], list[tuple[Any, ...]]] = {}
     for r in rolled:
@@ -340,6 +342,10 @@ _NOT_THEIRS = (
 )
 
 
+def _part_order(r: SubmitResult) -> tuple[str, int]:
+    return r.message_id, r.seq
+
+
 def record_submits(
     c: sqlite3.Connection,
     results: list[SubmitResult],
@@ -404,12 +410,13 @@ def record_submits(
         )
     # A part's end is recorded only while no other instance holds its message (see
     # Store.record_submits), and ends the parts after it only when its own part was still queued
-    # (its UPDATE matched): a late or repeated end must not end parts sent since.
+    # (its UPDATE matched): a late or repeated end must not end parts sent since. A message's
+    # ends are taken in part order (parts go out so), whatever the batch's: one for a part an
+    # earlier part's end ended records nothing (PostgreSQL's record_ends does the same).
     mine = "" if instance is None else " AND " + _NOT_THEIRS
     theirs = () if instance is None else (instance,)
-    for r in results:
-        if r.outcome == "sent":
-            continue
+    ends = [r for r in results if r.outcome != "sent"]
+    for r in sorted(ends, key=_part_order) if len(ends) > 1 else ends:
         known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
             if not c.execute(
@@ -477,7 +484,9 @@ def record_submits(
                 for rel in releases
             ],
         )
-    return rollup_messages(c, touched, now, intermediate=intermediate, air=air, known=known)
+    return rollup_messages(
+        c, touched, now, intermediate=intermediate, air=air, known=known, instance=instance
+    )
 
 
 def record_late_submits(

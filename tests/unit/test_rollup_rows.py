@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge.domain import lifecycle as lc
-from bridge.store.rollup_rows import Rolled, roll
+from bridge.store.rollup_rows import NO_PARTS, Rolled, roll
 
 NOW = 1_700_000_000_000
 
@@ -16,10 +16,12 @@ def row(
     pclass: str | None = "intl",
     sent: int = 0,
     segments: int = 1,
+    holder: str | None = "inst-1",
 ) -> tuple[object, ...]:
     """ROLLUP_COLS: id, state, account, q_state, delivered, failed, error, price class, sent,
-    segments."""
-    return (mid, state, "acc", q_state, 0, 0, None, pclass, sent, segments)
+    segments, claim holder."""
+    holder = holder if q_state == "claimed" else None
+    return (mid, state, "acc", q_state, 0, 0, None, pclass, sent, segments, holder)
 
 
 def test_a_submit_result_and_its_roll_up_are_one_row_change() -> None:
@@ -97,3 +99,37 @@ def test_an_expired_message_never_sent_gives_its_place_back() -> None:
     assert rolled[0].update is not None and rolled[0].update.state == lc.MSG_EXPIRED
     assert f.unsent == ["m1"]
     assert f.billed == [("acc", "m1", lc.MSG_EXPIRED, "intl", 0, 1)]
+
+
+def test_the_route_is_written_only_on_the_results_instances_own_claim() -> None:
+    """A late accepted part of inst-A, whose lease ran out, while inst-B holds the message: its
+    count is written (the part left), the claim's route stays inst-B's."""
+    for instance, route in (("inst-A", None), ("inst-B", "smsc-a"), (None, "smsc-a")):
+        rolled, _f = roll(
+            ["m1"], {"m1": row("m1", segments=2, holder="inst-B")},
+            {"m1": [("sent", None), ("queued", None)]}, {"m1"}, {"m1": True},
+            {"m1": ("smsc-a", 1)}, NOW, instance=instance,
+        )  # fmt: skip
+        assert [(r.smsc, r.segments_sent, r.route) for r in rolled] == [("smsc-a", 1, route)]
+
+
+def test_a_message_to_release_without_parts_ends_unsent() -> None:
+    """Released (a claim's roll-up, a lease's end): expired NO_PARTS, refunded in full, its
+    place given back. Only rolled up after a receipt (not to release), or already out of the
+    queue, it is left alone."""
+    rows = {
+        "m1": row("m1"),
+        "m2": row("m2", q_state="queued"),
+        "kept": row("kept"),
+        "done": row("done", state="failed", q_state="done"),
+    }
+    touched = {"m1": True, "m2": True, "kept": False, "done": True}
+    rolled, f = roll(list(rows), rows, {}, set(), touched, {}, NOW)
+    assert [(r.id, r.update and (r.update.state, r.update.error)) for r in rolled] == [
+        ("m1", (lc.MSG_EXPIRED, NO_PARTS)),
+        ("m2", (lc.MSG_EXPIRED, NO_PARTS)),
+    ]
+    assert all(r.update is not None and r.update.release for r in rolled)
+    assert f.finals == [("acc", "m1"), ("acc", "m2")]
+    assert f.unsent == ["m1", "m2"]
+    assert f.billed == [("acc", mid, lc.MSG_EXPIRED, "intl", 0, 1) for mid in ("m1", "m2")]
