@@ -92,6 +92,12 @@ KEY_USE_STOP_S = 5.0
 HEARTBEAT_GAP_S = 0.1
 
 
+def _draining(snap: dict[str, Any], state: str) -> dict[str, Any]:
+    """A connector a reload is stopping: down, whatever its binds still do (they drain)."""
+    sending = None if snap.get("sending") is None else False
+    return {**snap, "up": False, "sending": sending, "state": state}
+
+
 def make_router(config: Config) -> Router:
     encodings = {s.name: tuple(getattr(s, o) for o in WIRE_OPTIONS) for s in config.smscs}
     return Router(
@@ -592,8 +598,7 @@ class Daemon:
         window the status left them out, and an acceptor reading it printed "(no SMSC
         configured)" and answered /readyz 200 with nothing bound."""
         status = {
-            name: {**c.snapshot(), "up": False, "sending": False, "state": state}
-            for name, (c, state) in self._draining.items()
+            name: _draining(c.snapshot(), state) for name, (c, state) in self._draining.items()
         }
         for name, c in self.connectors.items():
             status[name] = c.snapshot()
