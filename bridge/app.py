@@ -50,7 +50,7 @@ from bridge.config import (
 )
 from bridge.crypto import MasterKeyError, Sealer
 from bridge.domain import forwarded
-from bridge.fleet_status import peer_figures, with_fleet
+from bridge.fleet_status import bound_elsewhere, peer_figures, with_fleet
 from bridge.metrics import Metrics, multiprocess_dir
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import Inbound
@@ -90,6 +90,12 @@ TASK_STOP_S = 5.0
 KEY_USE_STOP_S = 5.0
 # The shortest gap between two heartbeat writes: a bind change is published this soon.
 HEARTBEAT_GAP_S = 0.1
+
+
+def _draining(snap: dict[str, Any], state: str) -> dict[str, Any]:
+    """A connector a reload is stopping: down, whatever its binds still do (they drain)."""
+    sending = None if snap.get("sending") is None else False
+    return {**snap, "up": False, "sending": sending, "state": state}
 
 
 def make_router(config: Config) -> Router:
@@ -592,11 +598,10 @@ class Daemon:
         window the status left them out, and an acceptor reading it printed "(no SMSC
         configured)" and answered /readyz 200 with nothing bound."""
         status = {
-            name: {**c.snapshot(), "up": False, "state": state}
-            for name, (c, state) in self._draining.items()
+            name: _draining(c.snapshot(), state) for name, (c, state) in self._draining.items()
         }
         for name, c in self.connectors.items():
-            status[name] = {"up": c.is_up, **c.snapshot()}
+            status[name] = c.snapshot()
         return status
 
     def _owner_status(self) -> dict[str, Any]:
@@ -658,8 +663,9 @@ class Daemon:
         status = self.smsc_status()
         remote = self._fresh_remote()
         for name, st in status.items():
-            if not st.get("up") and (remote or {}).get(name, {}).get("up"):
-                status[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
+            peer = (remote or {}).get(name, {})
+            if not st.get("up") and peer.get("up"):
+                status[name] = bound_elsewhere(st, peer)
         # The fleet's sums only from a fresh read: stale, they would be a guess.
         return status if remote is None else with_fleet(status, remote)
 
@@ -717,15 +723,15 @@ class Daemon:
                 # each other's echo would keep a bind "up" after it went down.
                 others.append(json.loads(status))
         peers = peer_figures(others)
-        elsewhere = {name for name, f in peers.items() if f["up"]}
+        elsewhere = {name: f for name, f in peers.items() if f["up"]}
         if mine is None:
             # No owner heartbeat for 5 s: nothing may be sending here, so do not claim to be
             # ready; but the binds may be up (a stalled store write), so do not say they are down.
             mine = self._unknown_status()
-        for name in elsewhere:
+        for name, peer in elsewhere.items():
             st = mine.get(name)
             if isinstance(st, dict) and not st.get("up"):
-                mine[name] = {**st, "up": True, "state": "up", "bound_on_other_instance": True}
+                mine[name] = bound_elsewhere(st, peer)
         return with_fleet(mine, peers) if self.config.store.engine == "postgres" else mine
 
     async def _heartbeat(self) -> None:

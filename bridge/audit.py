@@ -25,7 +25,8 @@ _OPERATOR = re.compile(r"[A-Za-z0-9._@+\-]{1,64}")
 _URL = re.compile(r"([a-z][a-z0-9+.\-]*://)([^/?#\s]*@)?([^?\s#]*)(\S*)", re.IGNORECASE)
 
 # Store commands of the CLI that change nothing: (command, action). `template review` with no
-# CODE lists the queue; `secrets reseal --dry-run` counts (see cli_action).
+# CODE lists the queue, with no decision shows one; `secrets reseal --dry-run` counts (see
+# cli_action).
 READ_ONLY = frozenset(
     {
         ("account", "list"),
@@ -82,7 +83,7 @@ def cli_action(
     changes nothing: `cli <command> <action>` and the remaining arguments, scrubbed, without
     --config (a path, not the action). `queue` and `dry_run` come from the parsed arguments
     (argparse takes abbreviations: `--dry` is --dry-run), for the two commands that read only
-    with them: `template review` without a CODE, `secrets reseal --dry-run`."""
+    with them: `template review` without a CODE or a decision, `secrets reseal --dry-run`."""
     words = list(argv)
     if len(words) < 2:
         return None

@@ -328,9 +328,14 @@ def _audited() -> tuple[str, str] | None:
     args = _ARGS[0] if _ARGS else None
     return cli_action(
         _ARGV,
+        # `template review` decides only given a CODE and a decision: without one it lists
+        # the queue, without the other it shows the template.
         queue=getattr(args, "command", None) == "template"
         and getattr(args, "action", None) == "review"
-        and getattr(args, "code", None) is None,
+        and (
+            getattr(args, "code", None) is None
+            or (not getattr(args, "approve", False) and getattr(args, "reject", None) is None)
+        ),
         dry_run=bool(getattr(args, "dry_run", False)),
     )
 

@@ -166,15 +166,33 @@ async def _pending_view(ops: Ops, t: Any, names: dict[str, str], flt: Any) -> di
     }
 
 
+async def _show_for_review(ops: Ops, args: argparse.Namespace) -> int:
+    """`template review CODE` without a decision: the template as the queue shows it (the
+    automatic review run again, the revision to decide with), with its status and reason. A
+    read: it used to refuse ("give --approve or --reject"), and as a command that might write,
+    refused a SELECT-only role with a permission error instead (bridge/cli.py, _reads_only)."""
+    from bridge.rules import load_filter
+
+    if args.revision is not None:
+        raise CliError(f"template review {args.code}: --revision goes with --approve or --reject")
+    t = await ops.store.get_template(args.code)
+    if t is None:
+        raise CliError(f"template review: no template {args.code!r}")
+    flt = load_filter(ops.config.rules.content_filter_file)
+    view = await _pending_view(ops, t, {}, flt)
+    _print({**view, "status": t.status, "reason": t.reason})
+    return 0
+
+
 def cmd_template(args: argparse.Namespace) -> int:
     from bridge import review
     from bridge.rules import load_filter
 
     async def go(ops: Ops) -> int:
         decided = _decision(args) if args.action == "review" else None
+        if args.action == "review" and args.code is not None and decided is None:
+            return await _show_for_review(ops, args)
         if args.action == "review" and args.code is not None:
-            if decided is None:
-                raise CliError(f"template review {args.code}: give --approve or --reject REASON")
             t = await review.decide_template(ops.store, args.code, *decided, ops.now, args.revision)
             _print(review.template_view(t, operator=True))
             return 0
@@ -611,7 +629,11 @@ def add_parsers(sub: Any, with_config: Configured) -> None:
     tl.add_argument("--status", choices=_STATUSES)
     tl.add_argument("--account", help="account id or name")
     tr = with_config(
-        t.add_parser("review", help="no CODE: the pending templates; CODE: decide on one")
+        t.add_parser(
+            "review",
+            help="no CODE: the pending templates; CODE: show it, or decide on it (--approve, "
+            "--reject)",
+        )
     )
     tr.add_argument("code", nargs="?")
     tr.add_argument("--account", help="only this account's pending templates")

@@ -26,8 +26,10 @@ def _tps_avg(st: Mapping[str, Any]) -> float:
 
 def peer_figures(statuses: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per SMSC over the other instances' statuses (one per bind-holding process): `up` when
-    any has a transmitting bind up, their binds up and submits/s summed, and `instances`, how
-    many reported (the same for every SMSC, an SMSC none reports included by the caller)."""
+    any serves it (a transmitting bind up; a receiving one for a receive-only SMSC), `sending`
+    and `receiving` when any has such a bind up (None: none reports the kind), their binds up
+    and submits/s summed, and `instances`, how many reported (the same for every SMSC, an SMSC
+    none reports included by the caller)."""
     rows = list(statuses)
     out: dict[str, dict[str, Any]] = {}
     for status in rows:
@@ -35,12 +37,36 @@ def peer_figures(statuses: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, A
             if not isinstance(st, Mapping):
                 continue
             f = out.setdefault(name, {"up": False, "binds_up": 0, "tps_avg": 0.0})
+            f.setdefault("sending", None)
+            f.setdefault("receiving", None)
             f["up"] = f["up"] or bool(st.get("up"))
+            for kind in ("sending", "receiving"):
+                f[kind] = either(f[kind], st.get(kind))
             f["binds_up"] += _binds_up(st)
             f["tps_avg"] += _tps_avg(st)
     for f in out.values():
         f["instances"] = len(rows)
     return out
+
+
+def either(a: Any, b: Any) -> bool | None:
+    """`sending` or `receiving` over two statuses: True when either says so; None when neither
+    knows the kind (not configured, or a status written before session 50)."""
+    if a is None and b is None:
+        return None
+    return bool(a) or bool(b)
+
+
+def bound_elsewhere(st: Mapping[str, Any], peer: Mapping[str, Any]) -> dict[str, Any]:
+    """An SMSC down here that another live instance serves: up for readiness and routing (what
+    this instance accepts, that one sends), with what that instance's binds do."""
+    return {
+        **st,
+        "up": True,
+        "state": "up",
+        "bound_on_other_instance": True,
+        **{k: either(st.get(k), peer.get(k)) for k in ("sending", "receiving") if k in st},
+    }
 
 
 def with_fleet(status: dict[str, Any], peers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -51,8 +77,13 @@ def with_fleet(status: dict[str, Any], peers: Mapping[str, Mapping[str, Any]]) -
         if not isinstance(st, dict):
             continue
         p = peers.get(name) or {}
+        receiving = st.get("receiving")
+        if receiving is False and p.get("receiving"):
+            # Its receivers are up on another instance: receipts and MO come in there.
+            receiving = True
         status[name] = {
             **st,
+            **({} if "receiving" not in st else {"receiving": receiving}),
             "fleet": {
                 "instances": 1 + instances,
                 "binds_up": _binds_up(st) + int(p.get("binds_up", 0)),

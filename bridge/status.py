@@ -32,12 +32,14 @@ class DaemonStatus:
     queue: Mapping[str, Any]
     smscs_unavailable: str | None = None  # why /admin/smscs did not answer (see _admin)
     fetched_at: float | None = None  # unix time of the answers: LAST_ERROR's age is from it
+    warnings: tuple[str, ...] = ()  # /readyz's: what is wrong while ready (receivers down)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "ready": self.ready,
             "problems": list(self.problems),
+            "warnings": list(self.warnings),
             "smscs": list(self.smscs),
             "queue": dict(self.queue),
         } | ({"smscs_unavailable": self.smscs_unavailable} if self.smscs_unavailable else {})
@@ -115,6 +117,7 @@ def fetch(url: str, token: str | None, timeout: float = 5.0) -> DaemonStatus:
         queue=queue,
         smscs_unavailable=smscs.get("unavailable"),
         fetched_at=time.time(),
+        warnings=tuple(str(w) for w in ready.get("warnings", ())),
     )
 
 
@@ -170,10 +173,16 @@ def _rate(m: Mapping[str, Any]) -> float:
 
 
 def _up_cell(m: Mapping[str, Any]) -> str:
-    if m.get("up"):
-        return "yes"
+    """yes, or what is wrong in capitals: an SMSC configured to send and receive with only one
+    kind of bind up says which (`TX ONLY`: receipts and MO wait at the carrier; `RX ONLY`: no
+    message goes out), where `yes` or `NO` hid the receivers."""
     state = m.get("state")
-    return state.upper() if state in ("reconnecting", "removing", "unknown") else "NO"
+    if state in ("reconnecting", "removing", "unknown"):
+        return state.upper()
+    sending, receiving = m.get("sending"), m.get("receiving")
+    if m.get("up"):
+        return "TX ONLY" if sending and receiving is False else "yes"
+    return "RX ONLY" if sending is False and receiving else "NO"
 
 
 def _acceptors_line(config: Mapping[str, Any]) -> tuple[list[str], bool]:
@@ -230,6 +239,7 @@ def render(s: DaemonStatus) -> str:
     reports not delivered yet."""
     lines = [f"smpp-bridge {s.url}  {'ready' if s.ready else 'NOT READY'}"]
     lines += [f"  problem: {p}" for p in s.problems]
+    lines += [f"  warning: {w}" for w in s.warnings]
     config = s.queue.get("config")
     config = config if isinstance(config, Mapping) else {}
     acceptors, any_late = _acceptors_line(config)

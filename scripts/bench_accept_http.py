@@ -2,7 +2,7 @@
 """CPU of a whole accept in one process, over real HTTP: µs per accepted one-part send.
 
 Usage: python scripts/bench_accept_http.py [--requests 20000] [--concurrency 50] [--rounds 3]
-                                          [--bare | --bare-store | --no-accept-writes]
+                                          [--bare | --bare-store | --no-accept-writes] [--keep]
 
 Why: `bench_accept.py` times the accept path's pure steps; what lies between them (aiohttp's
 request handling, the middlewares, the authenticator's caches, the store's accept batch, the
@@ -27,14 +27,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,10 +147,28 @@ _BARE_SEGMENT = (
 )
 
 
-async def accept_context(prefix: str) -> tuple[Any, Any, Any]:
+@contextlib.asynccontextmanager
+async def accept_context(prefix: str, keep: bool = False) -> AsyncIterator[tuple[Any, Any, Any]]:
     """The app's context as an acceptor's (a real SQLite store in a temporary directory, an
     account with money and a key): (ApiContext, SqliteStore, the account's credentials). Shared
-    with bench_accept_inproc.py, which imports it from here (copy both to compare trees)."""
+    with bench_accept_inproc.py, which imports it from here (copy both to compare trees). At
+    the end the store is closed and the directory removed, unless `keep` (`--keep`): until
+    session 50 every run left its directory behind, and 80 of them sat in /tmp."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        ctx, store, creds = await _open_context(tmp)
+        try:
+            yield ctx, store, creds
+        finally:
+            await store.close()
+    finally:
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _open_context(tmp: Path) -> tuple[Any, Any, Any]:
     from bridge.accounts import AccountService
     from bridge.api.auth import Authenticator
     from bridge.api.context import ApiContext
@@ -159,7 +180,6 @@ async def accept_context(prefix: str) -> tuple[Any, Any, Any]:
     from bridge.store.sqlite import SqliteStore
     from bridge.wiring import configure_store
 
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     master = base64.b64encode(os.urandom(32)).decode()
     cfg = parse_config(
         {
@@ -192,11 +212,15 @@ async def accept_context(prefix: str) -> tuple[Any, Any, Any]:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    async with accept_context("bench-accept-http-", args.keep) as (ctx, store, creds):
+        await _serve(args, ctx, store, creds)
+
+
+async def _serve(args: argparse.Namespace, ctx: Any, store: Any, creds: Any) -> None:
     from aiohttp import web
 
     from bridge.api.app import make_app
 
-    ctx, store, creds = await accept_context("bench-accept-http-")
     if args.bare or args.bare_store:
         app = bare_app(store if args.bare_store else None, creds.account.id, creds.app_key)
     else:
@@ -251,7 +275,6 @@ async def serve(args: argparse.Namespace) -> None:
             )
     finally:
         await runner.cleanup()
-        await store.close()
 
 
 def main() -> None:
@@ -263,6 +286,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20000, help="sends per round")
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (the store)")
     floor = ap.add_mutually_exclusive_group()
     floor.add_argument("--bare", action="store_true", help="a bare aiohttp app: the floor")
     floor.add_argument(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An accept's work in one process, no sockets: CPU µs, or instructions, per accepted send.
 
-Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind]
+Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -48,7 +48,12 @@ TEXT = "Your verification code is 123456."
 CONCURRENCY = 50
 
 
-async def run(n: int, stub: bool, counting: bool) -> None:
+async def run(n: int, stub: bool, counting: bool, keep: bool) -> None:
+    async with accept_context("bench-inproc-", keep) as (ctx, store, creds):
+        await _run(ctx, store, creds, n, stub, counting)
+
+
+async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: bool) -> None:
     from aiohttp import streams, web
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
@@ -57,7 +62,6 @@ async def run(n: int, stub: bool, counting: bool) -> None:
     from bridge.api.app import make_app
     from bridge.store.models import AcceptOutcome
 
-    ctx, store, creds = await accept_context("bench-inproc-")
     if stub:
 
         async def accepted(batch: Any, now: int) -> AcceptOutcome:
@@ -163,6 +167,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     if args.stub:
         cmd.append("--stub")
+    if args.keep:
+        cmd.append("--keep")
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if done.returncode != 0:
         sys.exit(done.stderr[-2000:])
@@ -181,6 +187,7 @@ def main() -> None:
     ap.add_argument("--stub", action="store_true", help="the store's accept answers at once")
     ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
     ap.add_argument("--out", help="--callgrind: the profile's file (a temporary one if not given)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (the store)")
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.requests % CONCURRENCY:
@@ -192,7 +199,7 @@ def main() -> None:
 
     gc.freeze()
     gc.set_threshold(5000)
-    uvloop.run(run(args.requests, args.stub, args.counting))
+    uvloop.run(run(args.requests, args.stub, args.counting, args.keep))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ The dispatcher's tests each had a copy of the connector's surface (bridge.pipeli
 ConnectorLike: up, a window, refuse_new, send_message's five parameters, every part answered
 "ok") around the one thing each tests: a send held until released, waiting for a gate, noting its
 time. Here the surface is written once; a stand-in says what its send does in `sending`, and
-`dispatcher` makes the dispatcher of one SMSC around it.
+`dispatcher` makes the dispatcher of one SMSC around it. Session 50 moved the last copies here
+(test_result_batches, test_reencode_claimed, test_pg_claim_unanswered, test_wire_review), with
+the parts' contexts passed to `sending`, which two of them read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from bridge.smpp.router import Router
 from bridge.store.base import Store
 
 BeforeFirst = Callable[[], Awaitable[None]] | None
+# What the dispatcher hands send_message with the parts: per part, (message id, seq, ...).
+Contexts = Sequence[Any] | None
 
 
 def accepted(parts: Sequence[ShortMessage]) -> list[SubmitOutcome]:
@@ -31,7 +35,8 @@ class StandIn:
     """Up, with a window of `window` (none while down), every part taken at once. A subclass
     overrides `sending`, which the connector's send_message calls with the parts, the hook the
     real one calls just before the first part leaves (`before_first`: the dispatcher records the
-    route there) and the deadline; its answer is the outcomes, or None for every part taken."""
+    route there), the deadline and the parts' contexts (their message id first); its answer is
+    the outcomes, or None for every part taken."""
 
     def __init__(self, name: str = "t1", window: int = 10) -> None:
         self.name = name
@@ -61,11 +66,15 @@ class StandIn:
         contexts: Sequence[object] | None = None,
         outcomes: list[SubmitOutcome] | None = None,
     ) -> list[SubmitOutcome]:
-        answer = await self.sending(parts, before_first, deadline)
+        answer = await self.sending(parts, before_first, deadline, contexts)
         return accepted(parts) if answer is None else answer
 
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         if before_first is not None:
             await before_first()

@@ -60,6 +60,15 @@ def smsc_state(s: Mapping[str, Any]) -> str:
     return "up" if s.get("up") else "down"
 
 
+def _flag(s: Mapping[str, Any], kind: str) -> bool | None:
+    """`sending` or `receiving`: None when no bind of that kind is configured. A status from a
+    release before session 50 has neither: its `up` stands in for sending (what it meant)."""
+    if kind not in s:
+        return bool(s.get("up")) if kind == "sending" else None
+    value = s[kind]
+    return None if value is None else bool(value)
+
+
 def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     """One SMSC from `Daemon.smsc_status()` (the connector's snapshot plus `up`)."""
     binds = {
@@ -82,6 +91,8 @@ def smsc_view(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "up": bool(s.get("up")),
+        "sending": _flag(s, "sending"),
+        "receiving": _flag(s, "receiving"),
         "state": smsc_state(s),
         "binds": binds,
         "binds_up": sum(b["up"] for b in binds.values()),
@@ -135,7 +146,13 @@ def down_routes(
 
     def maybe_up(name: str) -> bool:
         s = status.get(name)
-        return s is None or bool(s.get("up")) or s.get("state") == "unknown"
+        # `up` and able to send: a receive-only SMSC's `up` is its receiving bind, and sends
+        # nothing of a route (a daemon for MO alone routes to it by default).
+        return (
+            s is None
+            or (bool(s.get("up")) and s.get("sending", True) is not None)
+            or s.get("state") == "unknown"
+        )
 
     return frozenset(p for p, smscs in candidates.items() if not any(map(maybe_up, smscs)))
 

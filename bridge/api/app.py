@@ -387,11 +387,34 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
+        "warnings": receivers_down(smscs),
         "smscs": {
             k: None if v.get("state") == "unknown" else bool(v.get("up")) for k, v in smscs.items()
         },
     }
     return v1.json_response(body, status=200 if not problems else 503)
+
+
+def _senders(smscs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SMSCs readiness asks about: those that can send (a status without `sending`, from a
+    release before session 50, counts as one), or, on a daemon for MO alone (every SMSC a
+    receiver), every SMSC. A receive-only SMSC's `up` is its receiving bind: the daemon for MO
+    alone was not ready for ever, but beside SMSCs that send, their outage is "no SMSC bound"
+    even with an MO link up."""
+    senders = [s for s in smscs.values() if s.get("sending", True) is not None]
+    return senders or list(smscs.values())
+
+
+def receivers_down(smscs: dict[str, dict[str, Any]]) -> list[str]:
+    """/readyz's warnings: SMSCs configured to receive with no receiving bind up while they
+    send (bind_mode transmitter_receiver with its receivers down). Not a problem (the messages
+    still go out, and carriers keep receipts for a while), but nothing comes in: shown, as
+    `smpp-bridge status` does, rather than left to the bind counts."""
+    return [
+        f"SMSC {name}: no receiving bind up (its receipts and MO wait at the carrier)"
+        for name, s in smscs.items()
+        if s.get("receiving") is False and s.get("up") and s.get("state") in (None, "up")
+    ]
 
 
 async def ready_problems(ctx: ApiContext) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -426,7 +449,7 @@ async def ready_problems(ctx: ApiContext) -> tuple[list[str], dict[str, dict[str
             f"no status from the owner process for {OWNER_SILENT_S:g} s (its store writes "
             "stall, or it is gone)"
         )
-    elif smscs and not any(s.get("up") for s in smscs.values()):
+    elif smscs and not any(s.get("up") for s in _senders(smscs)):
         problems.append("no SMSC bound")
     if not ctx.accepting:
         problems.append("shutting down")

@@ -90,10 +90,13 @@ class _BodyFailingParser:
     server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
     MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
 
-    __slots__ = ("_body", "_failed", "_inner")
+    __slots__ = ("_body", "_failed", "_inner", "_python")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        # aiohttp's Python parser, whose state _not_a_request_start reads (the C one keeps
+        # its own, and refuses such bytes itself).
+        self._python = all(hasattr(inner, a) for a in ("_tail", "_lines", "_payload_parser"))
         self._body: Any = None  # the body of the newest request parsed: the one being fed
         self._failed = False
 
@@ -116,10 +119,34 @@ class _BodyFailingParser:
         messages = out[0]
         if messages:
             self._body = messages[-1][1]
+        if self._python and _not_a_request_start(self._inner):
+            # The C parser (llhttp) refuses such bytes as they come; aiohttp's Python parser, run
+            # where its extension is missing, waits for the line's end, and bytes that never end
+            # one (the rest of a body longer than its Content-Length) got no answer at all: the
+            # connection was closed, silent, at server.idle_timeout_s.
+            self._failed = True
+            self._body = None
+            raise BadHttpMethod(self._inner._tail[:40].decode("latin-1"))
         return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _not_a_request_start(parser: Any) -> bool:
+    """Whether aiohttp's Python parser, between bodies, holds a request line (whole, its headers
+    still coming, or its start) that no request line can be: the method is a token (RFC 9110),
+    so a byte outside the token's characters, or nothing, before the first space."""
+    if parser._payload_parser is not None:
+        return False
+    start = parser._lines[0] if parser._lines else parser._tail.lstrip(b"\r\n")
+    if not start:
+        return False
+    method, space, _ = start.partition(b" ")
+    return (bool(space) and not method) or any(c not in _TCHAR for c in method)
 
 
 def _check_every(limit_s: float) -> float:

@@ -726,6 +726,13 @@ def _schemas() -> dict[str, Any]:
             {
                 "status": {"type": "string", "enum": ["ready", "not ready"]},
                 "problems": {"type": "array", "items": _STR},
+                "warnings": {
+                    "type": "array",
+                    "items": _STR,
+                    "description": "what is wrong without making the process not ready: an "
+                    "SMSC that sends with no receiving bind up (its receipts and MO wait at the "
+                    "carrier)",
+                },
                 "smscs": {
                     "type": "object",
                     "additionalProperties": _nullable(_BOOL),
@@ -1330,7 +1337,21 @@ def _report_schemas() -> dict[str, Any]:
         "SmscStatus": _obj(
             {
                 "name": _STR,
-                "up": {"type": "boolean", "description": "at least one transmitting bind is up"},
+                "up": {
+                    "type": "boolean",
+                    "description": "at least one transmitting bind is up (an SMSC that only "
+                    "receives: a receiving bind)",
+                },
+                "sending": {
+                    **_nullable(_BOOL),
+                    "description": "a transmitting bind is up; null: it only receives",
+                },
+                "receiving": {
+                    **_nullable(_BOOL),
+                    "description": "a receiving bind (transceiver or receiver) is up; null: it "
+                    "only transmits. false beside sending true: receipts and MO wait at the "
+                    "carrier",
+                },
                 "state": {
                     "type": "string",
                     "enum": ["up", "down", "reconnecting", "removing", "unknown"],

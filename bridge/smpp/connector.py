@@ -302,6 +302,7 @@ class Connector:
         self._transient_backoff = transient_backoff_s
         self._binds = [_Bind(i, m) for i, m in enumerate(_modes(cfg.bind_mode, cfg.binds))]
         self._tx = [b for b in self._binds if b.mode.can_transmit]
+        self._rx = [b for b in self._binds if b.mode.can_receive]
         self._throttler = _throttler(cfg.tps)
         self._turns = Turns()  # at the throttler, one waiter at a time (bridge/smpp/turns.py)
         self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
@@ -465,7 +466,22 @@ class Connector:
 
     @property
     def is_up(self) -> bool:
+        """A bind that can submit is up: what routing asks (the dispatcher, wait_up). Not the
+        SMSC's state as shown: see serving and is_receiving."""
         return any(b.up for b in self._tx)
+
+    @property
+    def is_receiving(self) -> bool:
+        """A bind that receives receipts and MO (a transceiver or a receiver) is up."""
+        return any(b.up for b in self._rx)
+
+    @property
+    def serving(self) -> bool:
+        """The SMSC does what it is configured for: it can submit, or, configured to receive
+        only (an MO link), it receives. Status, readiness and `smpp_bridge_smsc_up` show this:
+        is_up alone read a receive-only SMSC down with its bind up, so /readyz answered 503
+        for ever on a daemon for MO alone."""
+        return self.is_up if self._tx else self.is_receiving
 
     def free_slots(self) -> int:
         if self._stopping or not self._started:
@@ -511,7 +527,12 @@ class Connector:
         now = asyncio.get_running_loop().time() if self._started else 0.0
         return {
             "name": self.name,
-            "up": self.is_up,
+            "up": self.serving,
+            # None: no bind of that kind configured. receiving False with sending True: the
+            # transmitters are up and the receivers down (bind_mode transmitter_receiver), so
+            # receipts and MO wait at the carrier while messages still go out.
+            "sending": self.is_up if self._tx else None,
+            "receiving": self.is_receiving if self._rx else None,
             "binds": binds,
             "window": {
                 "size": self.cfg.window * sum(1 for b in self._tx if b.up),

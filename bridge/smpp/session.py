@@ -82,6 +82,10 @@ class BindMode(StrEnum):
         return self is not BindMode.RECEIVER
 
     @property
+    def can_receive(self) -> bool:
+        return self is not BindMode.TRANSMITTER
+
+    @property
     def bind_command(self) -> int:
         return _BIND_CMD[self]
 

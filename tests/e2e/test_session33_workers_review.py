@@ -173,7 +173,10 @@ async def test_a_reload_failing_half_way_keeps_the_running_smsc(tmp_path):
         # A reload that failed changed nothing: the carrier link is still there (/readyz reads
         # the owner's status afresh).
         ready = await _get(proc.port, "/readyz")
-        assert ready == (200, {"status": "ready", "problems": [], "smscs": {"sim": True}}), ready
+        assert ready == (
+            200,
+            {"status": "ready", "problems": [], "warnings": [], "smscs": {"sim": True}},
+        ), ready
         # The operator reverts the file and reloads: the SMSC is bound and sends go out.
         _write(proc, original)
         _hup(proc)

@@ -180,6 +180,14 @@ async def test_the_readmes_nginx_front(front: dict[str, Any]) -> None:
             await client.send(to="+8613800138000", text="x" * 1_100_000)
         assert (big.value.status, big.value.code) == (413, "BODY_TOO_LARGE")
         await client._http().close()
+    # nginx's own 413 carries the X-Request-Id every answer of the daemon's has, the id its
+    # body names (session 49's block had the id in the body only).
+    async with _session(front["ca"]) as raw:
+        async with raw.post(front["url"] + "/v1/messages", data=b"x" * 1_100_000) as r:
+            assert r.status == 413
+            rid = r.headers.get("X-Request-Id")
+            assert rid is not None and rid.startswith("req_"), dict(r.headers)
+            assert (await r.json())["error"]["request_id"] == rid
 
     # Refused from its headers with ~1 MB of body on the way: the refusal, never a 502.
     stranger = BridgeClient(

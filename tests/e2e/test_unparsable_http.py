@@ -130,6 +130,53 @@ async def test_the_message_tells_an_unframed_body_from_tls(daemon):
     assert status == 400 and message.startswith("TLS was sent to a plain-HTTP port"), message
 
 
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").strip().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return (
+        int(lines[0].split()[1]),
+        headers,
+        await reader.readexactly(int(headers["content-length"])),
+    )
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+@pytest.mark.parametrize(
+    "garbage",
+    [b'"}', b"\x00\x01\x02\xff", b" ", b"\x16\x03\x01\x02\x00", b"{}\r\n"],
+    ids=["body_rest", "binary", "space", "tls", "body_line"],
+)
+async def test_garbage_after_a_valid_request_is_answered_and_closed(
+    daemon, parser: str, garbage: bytes, monkeypatch
+):
+    """Bytes on a keep-alive connection, after a request answered, that no request line starts
+    with (the rest of a body longer than its Content-Length, say): 400 MALFORMED_HTTP and the
+    connection closed at once. aiohttp's Python parser (run where its C extension is missing)
+    waited for a line end that never came, and the connection was closed at
+    server.idle_timeout_s (75 s) with nothing answered."""
+    from aiohttp import http_parser, web_protocol
+
+    if parser == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
+        pytest.skip("aiohttp's C parser is not built here")
+    d, _ = daemon
+    reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = await asyncio.wait_for(_answer(reader), 5)
+        assert status == 200
+        writer.write(garbage)
+        status, headers, body = await asyncio.wait_for(_answer(reader), 5)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+    finally:
+        writer.close()
+    assert status == 400
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "MALFORMED_HTTP" and error["request_id"] == headers["x-request-id"]
+
+
 @pytest.fixture
 async def impatient(tmp_path: Path):
     ali_port = free_port()

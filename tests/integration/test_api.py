@@ -1162,7 +1162,12 @@ async def test_secrets_appear_only_in_their_creation_responses(api_server):
 async def test_health_and_ready(api_server):
     assert (await api_server.request("GET", "/healthz")).json == {"status": "ok"}
     r = await api_server.request("GET", "/readyz")
-    assert r.status == 200 and r.json == {"status": "ready", "problems": [], "smscs": {}}
+    assert r.status == 200 and r.json == {
+        "status": "ready",
+        "problems": [],
+        "warnings": [],
+        "smscs": {},
+    }
 
 
 async def test_readyz_reports_no_smsc_bound(api_server):
@@ -1172,6 +1177,7 @@ async def test_readyz_reports_no_smsc_bound(api_server):
     assert r.json == {
         "status": "not ready",
         "problems": ["no SMSC bound"],
+        "warnings": [],
         "smscs": {"main": False},
     }
     api_server.ctx.smsc_status = lambda: {"main": {"up": True}, "backup": {"up": False}}

@@ -33,6 +33,7 @@ store = engines.store
         (["account", "show", "acme"], None),
         (["template", "review"], None),  # the queue
         (["template", "review", "--account", "acme"], None),
+        (["template", "review", "SMS_1"], None),  # shows it
         (["template", "review", "SMS_1", "--approve"], ("cli template review", "SMS_1 --approve")),
         (["secrets", "reseal", "--dry-run"], None),
         (["secrets", "reseal"], ("cli secrets reseal", "")),
@@ -52,7 +53,8 @@ store = engines.store
 def test_cli_action(argv: list[str], want: tuple[str, str] | None) -> None:
     """With the two flags the CLI takes from its parsed arguments (argparse also takes
     abbreviations, `--dry` for --dry-run: the raw words alone would not tell)."""
-    queue = argv[:2] == ["template", "review"] and (len(argv) == 2 or argv[2].startswith("-"))
+    decides = {"--approve", "--reject"} & set(argv)
+    queue = argv[:2] == ["template", "review"] and not decides  # the queue, or one shown
     dry_run = "--dry-run" in argv
     assert audit.cli_action(argv, queue=queue, dry_run=dry_run) == want
 

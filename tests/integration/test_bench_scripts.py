@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,10 +21,11 @@ from tests.pg_cluster import Cluster
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str, codes: tuple[int, ...] = (0,)) -> str:
+def _run(*args: str, codes: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
     assert done.returncode in codes, done.stderr[-2000:]
     return done.stdout
 
@@ -203,6 +205,26 @@ def test_bench_accept_inproc_stores_every_send_it_times(flag: tuple[str, ...], s
     assert re.search(
         rf"^[0-9.]+ µs of CPU per request \(\w+, 100; {stored} messages stored\)$", out, re.M
     ), out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scripts/bench_accept_inproc.py", "--requests", "50"),
+        ("scripts/bench_accept_http.py", "--requests", "50", "--concurrency", "5", "--rounds", "1"),
+    ],
+)
+def test_bench_accept_scripts_remove_their_store_unless_kept(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    # Each run made a directory for its store and left it (80 of them sat in /tmp); --keep
+    # leaves it, and says where.
+    env = {"TMPDIR": str(tmp_path)}
+    _run(*args, env=env)
+    assert list(tmp_path.iterdir()) == []
+    _run(*args, "--keep", env=env)
+    kept = list(tmp_path.iterdir())
+    assert len(kept) == 1 and (kept[0] / "bridge.db").exists(), kept
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")

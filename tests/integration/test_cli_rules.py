@@ -215,10 +215,18 @@ def test_template_review_lists_pending_and_decides(cfg: Path) -> None:
         "automatic_review": {"passed": True, "notes": []},
     }
 
+    # A CODE without a decision shows that template as the queue does, with its status (a
+    # read: it was refused, "give --approve or --reject", and so was a SELECT-only role).
+    shown = ok(cfg, "template", "review", code_t.code)
+    assert shown == {**first, "status": "pending", "reason": None}
+    promo = ok(cfg, "template", "review", promo_t.code)
+    assert (promo["status"], promo["automatic_review"]["passed"]) == ("rejected", False)
+    assert promo["reason"], promo
     refused(
         cfg,
         (("template", "review", ship_t.code, "--reject", ""), ("MISSING_FIELD", "reason")),
-        (("template", "review", ship_t.code), ("--approve",)),  # no decision
+        (("template", "review", ship_t.code, "--revision", "1"), ("--revision", "--approve")),
+        (("template", "review", "SMS_000000000"), ("no template", "SMS_000000000")),
         (("template", "review", "--approve"), ("CODE",)),  # a decision without a code
         (("template", "review", "SMS_000000000", "--approve"), ("NOT_FOUND",)),
         (("template", "review", promo_t.code, "--approve"), ("INVALID_REQUEST", "automatic")),

@@ -21,7 +21,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
+from tests.connectors import BeforeFirst, Contexts, StandIn, dispatcher  # noqa: E402
 from tests.integration.test_store import NOW, accept, account, get, message  # noqa: E402
 
 engine = engines.engine
@@ -53,7 +53,11 @@ class SlotWaitConnector(StandIn):
         self.calls = 0
 
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         self.calls += 1
         self.waiting += 1
@@ -78,7 +82,11 @@ class SlotWaitConnector(StandIn):
 
 class RaisingConnector(SlotWaitConnector):
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         self.calls += 1
         raise RuntimeError("unexpected bug in the send path")

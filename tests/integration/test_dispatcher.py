@@ -28,7 +28,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
+from tests.connectors import BeforeFirst, Contexts, StandIn, dispatcher  # noqa: E402
 from tests.integration.test_smpp_connector import FakeSmsc, running, smsc_cfg  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     LEASE,
@@ -56,7 +56,11 @@ class HeldConnector(StandIn):
         self.most_held = 0
 
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         if before_first is not None:
             await before_first()
@@ -318,7 +322,11 @@ class GatedConnector(HeldConnector):
         self.left: list[str] = []
 
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         self.waiting += 1
         await self.gate.wait()

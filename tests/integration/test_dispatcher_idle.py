@@ -32,7 +32,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import tests.store_engines as engines  # noqa: E402
-from tests.connectors import BeforeFirst, StandIn, dispatcher  # noqa: E402
+from tests.connectors import BeforeFirst, Contexts, StandIn, dispatcher  # noqa: E402
 from tests.e2e.harness import wait_until  # noqa: E402
 from tests.integration.test_store import (  # noqa: E402
     LEASE,
@@ -59,7 +59,11 @@ class Recording(StandIn):
         self.sent = asyncio.Event()
 
     async def sending(
-        self, parts: Sequence[ShortMessage], before_first: BeforeFirst, deadline: float | None
+        self,
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome] | None:
         self.sends.append(asyncio.get_running_loop().time())
         self.sent.set()

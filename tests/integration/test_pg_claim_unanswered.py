@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -27,12 +27,11 @@ import pytest
 from bridge.config import SmscConfig
 from bridge.pipeline.dispatcher import Dispatcher
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import SubmitOutcome
 from bridge.smpp.router import Router
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
+from tests.connectors import BeforeFirst, Contexts, StandIn
 from tests.e2e.harness import free_port, wait_until
-from tests.integration.test_reencode_claimed import Recorder
 from tests.integration.test_store import LEASE, NOW, accept, account, message
 
 pytestmark = pytest.mark.postgres
@@ -221,26 +220,22 @@ async def test_a_claim_that_did_not_land_gives_back_nothing_claimed_since(
         await other.close()
 
 
-class Smsc(Recorder):
-    """Accepts every part at once (test_reencode_claimed's Recorder); keeps every part sent, in
-    order, so a message sent twice shows twice."""
-
-    name = "t1"
+class Smsc(StandIn):
+    """Accepts every part at once; keeps every part sent, in order, so a message sent twice
+    shows twice."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__("t1")
         self.parts: list[bytes] = []
 
-    async def send_message(
+    async def sending(
         self,
         parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
-    ) -> list[SubmitOutcome]:
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
+    ) -> None:
         self.parts += [p.short_message for p in parts]
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
 
 
 async def test_the_dispatcher_sends_them_within_seconds(

@@ -36,7 +36,7 @@ from bridge.cli import main
 from bridge.config import load_config
 from bridge.crypto import new_secret
 from bridge.domain.ledger import topup
-from bridge.store.models import Account, Sign
+from bridge.store.models import Account, Sign, Template
 from bridge.store.postgres import PostgresStore
 from bridge.wiring import make_sealer
 from tests.e2e.harness import config_dict
@@ -56,9 +56,9 @@ def _at(*args: int) -> int:
 
 
 async def _populated(owner_dsn: str, config: Path) -> None:
-    """An account with money, a webhook secret and an app key sealed under the master key, a
-    message delivered in November 2026 (priced in its bill) and one still queued; no tariff
-    stored and no bill settled yet."""
+    """An account with money, a webhook secret, a template pending review and an app key sealed
+    under the master key, a message delivered in November 2026 (priced in its bill) and one
+    still queued; no tariff stored and no bill settled yet."""
     sealer = make_sealer(load_config(str(config)))
     store = PostgresStore(owner_dsn, min_size=1, max_size=2)
     await store.open()
@@ -68,6 +68,12 @@ async def _populated(owner_dsn: str, config: Path) -> None:
         await store.add_sign(
             Sign("acc_a", "Acme", "acme", "company", "", "approved", None, None, 0)
         )
+        await store.add_template(
+            Template(
+                "SMS_000000001", "acc_a", "verification", "login", "Your code is ${code}.", "",
+                False, "pending", None, _at(2026, 11, 1),
+            )
+        )  # fmt: skip
         await store.append_ledger("acc_a", topup(1_000_000, 0, "funds"))
         await AccountService(store, sealer, lambda: False).create_key("acc_a", _at(2026, 11, 1))
         await accept(store, msg(DELIVERED, _at(2026, 11, 10)))
@@ -132,6 +138,8 @@ async def test_every_read_command_answers_a_select_only_role_as_it_answers_the_o
     assert (bill["units"], bill["tier_price_micro"]) == (1, 45_000), bill
     assert bill["pending_messages_units"] == 1
     assert json.loads(answers[("message", "show", "acc_a", "{msg}")])["status"] == "delivered"
+    shown = json.loads(answers[("template", "review", "SMS_000000001")])
+    assert (shown["code"], shown["status"], shown["revision"]) == ("SMS_000000001", "pending", 1)
     # Not even the owner's reads wrote: no tariff stored, no bill, nothing in the audit trail.
     assert await _count(owner_dsn, "tariffs") == 0
     assert await _count(owner_dsn, "bills") == 0

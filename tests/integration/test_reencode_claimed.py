@@ -7,7 +7,7 @@ earlier submit went unanswered (the SMSC may hold the old parts) leave as stored
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import tests.store_engines as engines
@@ -19,6 +19,7 @@ from bridge.smpp.router import Router
 from bridge.store.base import Store
 from bridge.store.models import NewMessage, NewSegment, Release
 from bridge.text.split import EncodeOptions, encode_message, wire_code
+from tests.connectors import BeforeFirst, Contexts, StandIn
 from tests.e2e.harness import wait_until
 from tests.integration.test_store import NOW, accept, account, claim_all, get, message
 
@@ -30,39 +31,22 @@ PACKED = EncodeOptions(packed_gsm=True)
 LATER_PACKED = bytes.fromhex("ec30bd2c07")  # "later": 5 septets packed
 
 
-class Recorder:
+class Recorder(StandIn):
     """Takes every part at once and keeps what it was given, by message id."""
 
-    name = "smscA"
-
     def __init__(self) -> None:
+        super().__init__("smscA")
         self.got: dict[str, list[bytes]] = {}
-        self.on_late_submit = None
-        self.is_held = None
 
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def free_slots(self) -> int:
-        return 10
-
-    def window_size(self) -> int:
-        return 10
-
-    def refuse_new(self) -> None:
-        pass
-
-    async def send_message(
+    async def sending(
         self,
         parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[object] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome]:
         assert contexts is not None
-        mid = contexts[0][0]  # type: ignore[index]
+        mid = contexts[0][0]
         self.got[mid] = [p.short_message for p in parts]
         return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"{mid}-{i}") for i in range(len(parts))]
 

@@ -549,6 +549,8 @@ async def test_operator_views_disabled_without_a_token(make_api):
 SNAPSHOT = {
     "name": "main",
     "up": True,
+    "sending": True,
+    "receiving": True,
     "binds": {"transmitter": {"configured": 2, "up": 1}, "receiver": {"configured": 2, "up": 2}},
     "window": {"size": 50, "in_use": 7},
     "free_slots": 43,
@@ -581,6 +583,8 @@ async def test_admin_smscs_renders_the_live_state(api_server):
     assert main == {
         "name": "main",
         "up": True,
+        "sending": True,
+        "receiving": True,
         "state": "up",
         "binds": {
             "transmitter": {"configured": 2, "up": 1},
@@ -610,6 +614,7 @@ async def test_admin_smscs_renders_the_live_state(api_server):
     }
     assert zeta["up"] is False and zeta["binds"] == {} and zeta["last_error"] is None
     assert zeta["state"] == "down"
+    assert (zeta["sending"], zeta["receiving"]) == (False, None)  # as written before session 50
     assert zeta["submits"] == {"ok": 0, "failed": {}, "failed_total": 0}
     r = await api_server.admin("GET", "/admin/smscs", query="verbose=1")
     assert (r.status, r.code) == (400, "UNKNOWN_FIELD")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from bridge.smpp.connector import SubmitOutcome  # noqa: E402
 from bridge.smpp.router import Router  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
 from bridge.store.models import NewSegment, Release, SubmitResult  # noqa: E402
+from tests.connectors import BeforeFirst, Contexts, StandIn  # noqa: E402
 from tests.integration.test_billing_edges import (  # noqa: E402
     START,
     accept,
@@ -102,37 +103,20 @@ def _outcome(i: int, kind: str) -> SubmitOutcome:
     return SubmitOutcome(i, kind, 0, names[kind], f"id{i}" if kind == "ok" else None)
 
 
-class ScriptedConnector:
+class ScriptedConnector(StandIn):
     """Answers each message's parts with the outcomes scripted for it (by the part's first
     byte's message id), whatever the real connector would allow."""
 
-    name = "t1"
-    on_late_submit = None
-    is_held = None
-
     def __init__(self, script: dict[str, list[str]]) -> None:
+        super().__init__("t1", window=100)
         self.script = script
 
-    @property
-    def is_up(self) -> bool:
-        return True
-
-    def free_slots(self) -> int:
-        return 100
-
-    def window_size(self) -> int:
-        return 100
-
-    def refuse_new(self) -> None:
-        pass
-
-    async def send_message(
+    async def sending(
         self,
         parts: Sequence[ShortMessage],
-        before_first: Callable[[], Awaitable[None]] | None = None,
-        deadline: float | None = None,
-        contexts: Sequence[Any] | None = None,
-        outcomes: list[SubmitOutcome] | None = None,
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
     ) -> list[SubmitOutcome]:
         assert contexts is not None
         mid = contexts[0][0]

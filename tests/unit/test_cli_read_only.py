@@ -21,7 +21,8 @@ import pytest
 from bridge import cli
 
 # A command line per store command that changes nothing ({msg}: a message id), and the variants
-# a flag makes a read: `template review` without a CODE lists the queue; --dry-run counts.
+# a flag makes a read: `template review` without a CODE lists the queue, with one and no
+# decision shows it; --dry-run counts.
 READS: tuple[tuple[str, ...], ...] = (
     ("account", "list"),
     ("account", "show", "acc_a"),
@@ -31,6 +32,7 @@ READS: tuple[tuple[str, ...], ...] = (
     ("template", "list"),
     ("template", "review"),
     ("template", "review", "--account", "acc_a"),
+    ("template", "review", "SMS_000000001"),  # a CODE without a decision: shows it
     ("bill", "balance", "acc_a"),
     ("bill", "show", "acc_a", "--month", "2026-11"),
     ("bill", "show", "acc_a", "--month", "2026-10"),  # no usage, no bill

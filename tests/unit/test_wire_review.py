@@ -42,6 +42,7 @@ septet earlier, the receiver dropping the doubling CR).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,11 @@ from bridge.pipeline.dispatcher import Dispatcher
 from bridge.pipeline.inbound import decoded_mo
 from bridge.pipeline.submit_sm import build_parts, source_address
 from bridge.smpp.codec import ShortMessage, tlv_get
-from bridge.smpp.connector import SubmitOutcome
 from bridge.smpp.reassembly import decode_payload, parse_segment
 from bridge.smpp.tlvpack import unpack_tlvs
 from bridge.store.models import Account, NewMessage, WorkMessage, WorkSegment
 from bridge.text.split import EncodedMessage, EncodeOptions, RefCounter, SplitMode, encode_message
+from tests.connectors import BeforeFirst, Contexts, StandIn
 
 PROPS = settings(max_examples=200, deadline=None)
 NOW_MS = 1_700_000_000_000
@@ -167,36 +168,23 @@ class _Store:
         return None
 
 
-class _Conn:
+class _Conn(StandIn):
+    """Takes every part at once (without the route's durable write: `_Store` has none), and
+    keeps them."""
+
     def __init__(self, name: str, up: bool) -> None:
-        self.name = name
+        super().__init__(name)
         self.up = up
-        self.on_late_submit = None
         self.sent: list[ShortMessage] = []
 
-    @property
-    def is_up(self) -> bool:
-        return self.up
-
-    def free_slots(self) -> int:
-        return 10
-
-    def window_size(self) -> int:
-        return 10
-
-    def refuse_new(self) -> None:
-        return None
-
-    async def send_message(
+    async def sending(
         self,
-        parts: Any,
-        before_first: Any = None,
-        deadline: Any = None,
-        contexts: Any = None,
-        outcomes: Any = None,
-    ) -> list[SubmitOutcome]:
+        parts: Sequence[ShortMessage],
+        before_first: BeforeFirst,
+        deadline: float | None,
+        contexts: Contexts,
+    ) -> None:
         self.sent.extend(parts)
-        return [SubmitOutcome(i, "ok", 0, "ESME_ROK", f"id{i}") for i in range(len(parts))]
 
 
 def _received_text(parts: list[ShortMessage], smsc: SmscConfig) -> str:
