@@ -101,7 +101,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(cfg_data))
     cfg = parse_config(cfg_data, env={})
     smsc = cfg.smscs[0]
-    text = "Your verification code is 123456." if args.parts == 1 else "验证码" * 30 * args.parts
+    # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
+    text = "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
     enc = encode_message(text, EncodeOptions(), lambda: 7)
     segments = tuple(
         WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
