@@ -18,6 +18,12 @@ from bridge.aio import running
 from bridge.store.base import is_unavailable
 
 T = TypeVar("T")
+# Told how an item's batch ended: None once committed, else the flush's exception (a
+# CancelledError when it was cancelled). Called from the flush, not scheduled.
+Settled = Callable[[BaseException | None], None]
+# Per item: the future its caller awaits, the callback it gave, or None (the item shares the
+# call of a later one: add_many_call).
+_Waiter = asyncio.Future[None] | Settled | None
 
 log = logging.getLogger("bridge.pipeline")
 
@@ -43,7 +49,7 @@ class Batcher(Generic[T]):
         self._delay = max_delay_s
         self._name = name
         self._items: list[T] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[_Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() per item
@@ -78,6 +84,31 @@ class Batcher(Generic[T]):
         self._queued()
         return fut
 
+    def add_call(self, item: T, settled: Settled) -> None:
+        """Queue an item; `settled` is called with None once its batch is committed, or with
+        the flush's exception (see `Settled`).
+
+        Why not a future: a future per item costs its creation, the caller's done-callback and
+        a loop hop (call_soon) before that callback runs. A receipt (one per part sent) and a
+        message's results take this path; the callback runs inside the flush, after the
+        commit, as the future's callback ran one loop iteration later."""
+        self._items.append(item)
+        self._waiters.append(settled)
+        self._queued()
+
+    def add_many_call(self, items: Sequence[T], settled: Settled) -> None:
+        """Queue `items` under one call of `settled` (add_call), made once the batch carrying
+        them ends. Unordered batchers only: an ordered one may cut them over two batches."""
+        if self._ordered:
+            raise ValueError("add_many_call: an ordered batcher may split the items")
+        if not items:
+            settled(None)
+            return
+        self._items.extend(items)
+        self._waiters.extend([None] * (len(items) - 1))
+        self._waiters.append(settled)
+        self._queued()
+
     def _queued(self) -> None:
         """After items were queued: flush now when the batch is full, else within the delay."""
         if len(self._items) >= self._max:
@@ -106,7 +137,7 @@ class Batcher(Generic[T]):
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, items: list[T], waiters: list[asyncio.Future[None]]) -> None:
+    async def _run(self, items: list[T], waiters: list[_Waiter]) -> None:
         try:
             await self._settle(items, waiters)
         finally:
@@ -115,7 +146,7 @@ class Batcher(Generic[T]):
                 if self._items and not _cancelling():
                     self._start_flush()
 
-    async def _settle(self, items: list[T], waiters: list[asyncio.Future[None]]) -> None:
+    async def _settle(self, items: list[T], waiters: list[_Waiter]) -> None:
         try:
             await self._flush(items)
         except Exception as exc:
@@ -126,21 +157,39 @@ class Batcher(Generic[T]):
             else:
                 log.exception("%s flush of %d items failed", self._name, len(items))
             for w in waiters:
-                if not w.done():
-                    w.set_exception(exc)
-                    w.exception()  # mark retrieved: fire-and-forget callers may not await
+                if isinstance(w, asyncio.Future):
+                    if not w.done():
+                        w.set_exception(exc)
+                        w.exception()  # mark retrieved: fire-and-forget callers may not await
+                elif w is not None:
+                    self._call(w, exc)
             return
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             # Whether the batch committed is unknown: its waiters end too (a receipt is then
             # refused and redelivered) instead of waiting for ever.
             for w in waiters:
-                w.cancel()
+                if isinstance(w, asyncio.Future):
+                    w.cancel()
+                elif w is not None:
+                    self._call(w, exc)
             raise
         self.flushes += 1
         self.items += len(items)
         for w in waiters:
-            if not w.done():
-                w.set_result(None)
+            if isinstance(w, asyncio.Future):
+                if not w.done():
+                    w.set_result(None)
+            elif w is not None:
+                try:
+                    w(None)
+                except Exception:  # the items after it are told all the same
+                    log.exception("%s: a committed item's callback failed", self._name)
+
+    def _call(self, settled: Settled, exc: BaseException) -> None:
+        try:
+            settled(exc)
+        except Exception:
+            log.exception("%s: a failed item's callback failed", self._name)
 
     async def drain(self) -> None:
         """Flush what is queued and wait for every flush in progress."""

@@ -147,9 +147,14 @@ class Dispatcher:
         # wanted. A process that takes its own accepts (role all) needs none.
         self.wait_flag: WaitFlag | None = None
         self._slot_freed = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._inflight_ids: dict[asyncio.Task[None], str] = {}
-        self._inflight_by_id: dict[str, asyncio.Task[None]] = {}
+        # Messages in flight: claimed here, their results not committed yet (a message holds
+        # its place until then: _send). By id (a count: the same id twice is not expected, but
+        # costs nothing to allow), and in all; and the tasks still sending, by claim order.
+        self._inflight: dict[str, int] = {}
+        self._flying = 0
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._task_no = 0
+        self._late_held: dict[str, list[LateAccept]] = {}  # late acceptances of those (_on_late)
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
         self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() per message
         self._stopping = False
@@ -250,14 +255,14 @@ class Dispatcher:
         benchmark sent 2.5-7% more in a fast hour and 10-20% more in a slow one (longer round
         trips). The extra messages queue for a slot at the connector, so the window still bounds
         the outstanding submits."""
-        return self.in_flight_windows * self.window() - len(self._inflight)
+        return self.in_flight_windows * self.window() - self._flying
 
     async def run(self) -> None:
         while not self._stopping:
             free = self.capacity()
             # Claim in batches of a quarter window or more while busy: one claim transaction for
             # many messages, not one per freed slot.
-            if free <= 0 or (self._inflight and free < max(1, self.window() // 4)):
+            if free <= 0 or (self._flying and free < max(1, self.window() // 4)):
                 self._slot_freed.clear()
                 await wait_event(self._slot_freed, self.idle_s * 4)
                 continue
@@ -312,12 +317,13 @@ class Dispatcher:
                     self._results.add(Release(m.id, at, count_attempt=False))
                 return
             loop = self._loop = running(self._loop)
+            tasks, inflight, n = self._tasks, self._inflight, self._task_no
             for msg in work:
-                task = loop.create_task(self._send(msg))
-                self._inflight.add(task)
-                self._inflight_ids[task] = msg.id
-                self._inflight_by_id[msg.id] = task
-                task.add_done_callback(self._done)
+                n += 1
+                tasks[n] = loop.create_task(self._send(msg, n))
+                inflight[msg.id] = inflight.get(msg.id, 0) + 1
+            self._task_no = n
+            self._flying += len(work)
 
     def _idle_wait(self, claimed_at_ms: int) -> float:
         """How long to wait for a wake after a claim at `claimed_at_ms` found nothing: the poll
@@ -439,47 +445,50 @@ class Dispatcher:
             self._rerouted |= keys  # their parked messages are claimed again
         self.wake()  # the next claim un-parks them and keeps the table
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        mid = self._inflight_ids.pop(task, None)
-        if mid is not None and self._inflight_by_id.get(mid) is task:
-            del self._inflight_by_id[mid]
+    def _landed(self, mid: str) -> None:
+        """Message `mid`'s task ended and its results are committed (or their flush failed,
+        which the batcher logged): its place is free. Late acceptances held for it go now."""
+        left = self._inflight.get(mid, 0) - 1
+        if left > 0:
+            self._inflight[mid] = left
+        else:
+            self._inflight.pop(mid, None)
+            held = self._late_held.pop(mid, None)
+            if held is not None:
+                for item in held:
+                    self._late.add(item)
+        self._flying -= 1
         self._slot_freed.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("dispatch task failed", exc_info=task.exception())
 
-    async def _send(self, msg: WorkMessage) -> None:
-        """Send one claimed message and hold its dispatch slot until its results are committed.
+    async def _send(self, msg: WorkMessage, n: int) -> None:
+        """Send one claimed message; it holds its dispatch slot until its results are committed.
 
         Holding the slot until the commit bounds what a crash can make us resend: at most one
         window of parts whose submit_sm_resp arrived but was not yet recorded.
+
+        The task itself does not wait for that commit: the results go to the batcher with a
+        call (`_Flight`) that frees the slot from inside the flush, once committed. Awaiting a
+        future for them cost a future, a task step and, for the task's own done-callback, a
+        second loop hop per message (session 50, `scripts/bench_send_path.py`). The task
+        leaves `_tasks` as it ends, which stop() waits for; the results stop() drains after.
         """
         logs.MESSAGE_ID.set(msg.id)  # this task is about one message: its log lines say which
-        pending: list[asyncio.Future[None]] = []
+        flight = _Flight(self, msg.id)
         try:
-            await self._send_parts(msg, pending.append)
+            await self._send_parts(msg, flight.add)
         except Exception:
             # A fault nobody planned for (a bad stored row, a callback): give the claim back as
             # a counted attempt, or the message stayed claimed (on SQLite until a restart).
             log.exception("sending a message failed; it is requeued")
             now_ms = int(self.clock() * 1000)
             retry = Release(msg.id, now_ms + retry_delay_ms(msg.attempts), count_attempt=True)
-            pending.append(self._results.add(retry))
+            flight.add(retry)
         finally:
-            if len(pending) == 1:  # the usual case: one batcher call, one future
-                await _settled(pending[0])
-            elif pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            del self._tasks[n]
+            flight.settled(None)  # the task's own share: the slot frees with the last results
 
-    async def _send_parts(
-        self, msg: WorkMessage, keep: Callable[[asyncio.Future[None]], None]
-    ) -> None:
-        def add(*items: SubmitResult | Release) -> None:
-            if len(items) == 1:
-                keep(self._results.add(items[0]))
-            elif items:
-                keep(self._results.add_many(items))
-
+    async def _send_parts(self, msg: WorkMessage, add: Callable[..., None]) -> None:
+        """`add(*results)`: one batcher call per message (its parts' results share it)."""
         now_ms = int(self.clock() * 1000)
         if not msg.segments:
             # Nothing left to send: the claim rolls such a message up instead of handing it out
@@ -803,9 +812,9 @@ class Dispatcher:
                 await asyncio.sleep(delay)
 
     def _on_late(self, late: LateSubmit) -> None:
-        """A part accepted after its TIMEOUT outcome. Recorded once the message's own task is
-        done: until then its release (or the resend's results) may not be committed, and the
-        store only takes a late acceptance for a released, unclaimed message."""
+        """A part accepted after its TIMEOUT outcome. Recorded once the message's own results
+        are committed (its release, or the resend's results): the store only takes a late
+        acceptance for a released, unclaimed message."""
         ctx = late.context
         rule = self._rules.get(late.smsc)
         if not (isinstance(ctx, tuple) and len(ctx) == 2) or rule is None:
@@ -814,11 +823,10 @@ class Dispatcher:
         mid, seq = ctx
         raw = late.message_id
         item = LateAccept(mid, seq, late.smsc, normalize_resp_id(raw, rule), raw)
-        task = self._inflight_by_id.get(mid)
-        if task is None:
-            self._late.add(item)
+        if mid in self._inflight:  # recorded once its results are committed (_landed)
+            self._late_held.setdefault(mid, []).append(item)
         else:
-            task.add_done_callback(lambda _t: self._late.add(item))
+            self._late.add(item)
 
     async def _flush_late(self, items: list[LateAccept]) -> None:
         """Record late acceptances; retried a few times (lost, the part is resent: a duplicate,
@@ -852,7 +860,7 @@ class Dispatcher:
 
     async def renew_leases(self) -> int:
         """Extend the claims of messages still being sent (called every lease/3 by the app)."""
-        ids = list(self._inflight_ids.values())
+        ids = list(self._inflight)
         if not ids:
             return 0
         until = int(self.clock() * 1000) + self.lease_ms
@@ -873,8 +881,8 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(self._claiming)
-        if self._inflight:
-            _done, pending = await asyncio.wait(list(self._inflight), timeout=grace_s)
+        if self._tasks:
+            _done, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
@@ -883,33 +891,42 @@ class Dispatcher:
                 # closed and the restart sent the parts again (session 14's third review).
                 await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
         await self._routes.drain()
-        await self._results.drain()
-        await asyncio.sleep(0)  # late acceptances held for a task that just ended
+        await self._results.drain()  # late acceptances held for these are queued as they land
         await self._late.drain()
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Messages claimed here whose results are not committed yet."""
+        return self._flying
 
 
-async def _settled(fut: asyncio.Future[None]) -> None:
-    """Wait for `fut` as `asyncio.gather(fut, return_exceptions=True)` does, without its
-    wrapping future: its outcome is ignored (a failed or cancelled flush was logged by the
-    batcher), and only a cancel of the waiting task itself propagates (it cancels `fut`, as
-    gather cancels its children).
+class _Flight:
+    """A message's hold on its dispatch slot: its task's share, and one per batcher call of its
+    results (one, usually), each ended by the batcher once the call's batch is committed or
+    failed; the last frees the slot (Dispatcher._landed). A failed flush was logged by the
+    batcher and frees it too, as the wait for it did (gather's return_exceptions)."""
 
-    Why: gather's extra future, its Python done-callback and the loop hop between them cost
-    ~3.8 µs per message with 200 in flight (`scripts/bench_dispatch_wait.py --messages 200`,
-    uvloop), ~2% of the owner's CPU per one-part message; a message's results are one
-    batcher call, so one future."""
-    try:
-        await fut
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # this task is being cancelled (a stop): not the flush's outcome
-    except Exception:
-        pass  # as return_exceptions=True: the batcher logged it
+    __slots__ = ("d", "mid", "waits")
+
+    def __init__(self, d: Dispatcher, mid: str) -> None:
+        self.d = d
+        self.mid = mid
+        self.waits = 1  # the task's own share, ended as it ends
+
+    def add(self, *items: SubmitResult | Release) -> None:
+        """The message's results, to the batcher: the slot is held until they are committed."""
+        if not items:
+            return
+        self.waits += 1
+        if len(items) == 1:
+            self.d._results.add_call(items[0], self.settled)
+        else:
+            self.d._results.add_many_call(items, self.settled)
+
+    def settled(self, _failed: BaseException | None) -> None:
+        self.waits -= 1
+        if not self.waits:
+            self.d._landed(self.mid)
 
 
 def _sent(

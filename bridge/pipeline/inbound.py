@@ -184,7 +184,9 @@ class Inbound:
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.
             state = ReceiptState.ENROUTE
-        committed = self._receipts.add(
+        # Told inside the batch's flush, once it committed: no future per receipt, and its
+        # answer (`out`) is set one loop hop earlier (Batcher.add_call).
+        self._receipts.add_call(
             ReceiptIn(
                 smsc=smsc,
                 smsc_msg_id=key,
@@ -194,10 +196,8 @@ class Inbound:
                 done_at=int(receipt.done_date.timestamp() * 1000) if receipt.done_date else None,
                 received_at=now_ms,
                 raw=text[:250],
-            )
-        )
-        committed.add_done_callback(
-            partial(self._receipt_committed, out, smsc, key, state, receipt.stat, err)
+            ),
+            partial(self._receipt_committed, out, smsc, key, state, receipt.stat, err),
         )
 
     def _receipt_committed(
@@ -208,9 +208,9 @@ class Inbound:
         state: ReceiptState,
         stat: str,
         err: str | None,
-        committed: asyncio.Future[None],
+        failed: BaseException | None,
     ) -> None:
-        if committed.cancelled() or committed.exception() is not None:
+        if failed is not None:
             # The batcher logged the failed batch once; a line per receipt repeated it up to a
             # thousand times. The SMSC redelivers.
             if not out.done():

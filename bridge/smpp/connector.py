@@ -468,7 +468,12 @@ class Connector:
     def is_up(self) -> bool:
         """A bind that can submit is up: what routing asks (the dispatcher, wait_up). Not the
         SMSC's state as shown: see serving and is_receiving."""
-        return any(b.up for b in self._tx)
+        # A loop, not any() over a generator: asked several times per message (the dispatcher's
+        # route pick, its window), a generator object each time.
+        for b in self._tx:
+            if b.up:
+                return True
+        return False
 
     @property
     def is_receiving(self) -> bool:
@@ -967,11 +972,22 @@ class Connector:
         up = [b for b in self._tx if b.up]
         if not up:
             return None
+        k = len(up)
+        if k == 1:
+            return up[0]
         now = self._now()
         self._rr += 1
-        k = len(up)
-        rotated = up[self._rr % k :] + up[: self._rr % k]  # tie-break round robin
-        return max(rotated, key=lambda b: (now >= b.paused_until, b.capacity() - b.waiting()))
+        # The first best in round-robin order from `_rr` (max over the rotated list, without
+        # the list, the lambda and a tuple per bind: this runs per message).
+        start = self._rr % k
+        best = up[start]
+        best_ready, best_free = now >= best.paused_until, best.capacity() - best.waiting()
+        for i in range(1, k):
+            b = up[(start + i) % k]
+            ready, free = now >= b.paused_until, b.capacity() - b.waiting()
+            if (ready, free) > (best_ready, best_free):
+                best, best_ready, best_free = b, ready, free
+        return best
 
     async def _pick_bind(self) -> _Bind | None:
         b = self._best_bind()

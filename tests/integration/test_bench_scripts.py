@@ -276,6 +276,33 @@ def test_bench_parts_times_each_step_of_messages_it_sent_and_settled() -> None:
     assert all(float(us) > 0 for _name, us in rows), out
 
 
+@pytest.mark.parametrize("parts", ["1", "3"])
+def test_bench_send_path_times_messages_it_sent_and_settled(parts: str) -> None:
+    # The script exits non-zero unless every part was recorded sent and every receipt taken.
+    out = _run("scripts/bench_send_path.py", "--messages", "300", "--parts", parts)
+    assert re.search(rf"^  parts +{parts}$", out, re.M), out
+    cpu = re.search(r"^  cpu_us_per_msg +([0-9,.]+)$", out, re.M)
+    assert cpu is not None and float(cpu.group(1).replace(",", "")) > 0, out
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_send_path_counts_instructions_under_callgrind() -> None:
+    out = _run("scripts/bench_send_path.py", "--messages", "200", "--callgrind")
+    per = re.search(r"^  instructions_per_msg +([0-9,.]+)$", out, re.M)
+    assert per is not None, out
+    # The sending span only: a message is ~0.4 M; start-up counted too would be 100 M and more.
+    assert 50_000 < float(per.group(1).replace(",", "")) < 5_000_000, out
+    m = re.search(r"^  profile +(\S+)$", out, re.M)
+    assert m is not None and Path(m.group(1)).exists(), out
+    Path(m.group(1)).unlink()
+
+
+def test_bench_dispatch_wait_times_the_three_ways() -> None:
+    out = _run("scripts/bench_dispatch_wait.py", "--messages", "200", "--rounds", "2")
+    for way in ("gather", "_settled", "batcher call"):
+        assert re.search(rf"^per message, {way} \(us\) +[0-9.]+$", out, re.M), out
+
+
 def _row(out: str, name: str) -> str:
     m = re.search(rf"^{re.escape(name)}\s+(.+)$", out, re.M)
     assert m is not None, out

@@ -151,7 +151,7 @@ async def _two_on_the_wire_then(store: Store, *, stop: bool) -> set[str]:
                 await d.stop(0.2)
             task.cancel()
             if not stop:
-                for t in list(d._inflight):
+                for t in list(d._tasks.values()):
                     t.cancel()
                 await asyncio.sleep(0.05)
         return {p.body.short_message.decode().split("/")[0] for _c, p in smsc.received(4)}

@@ -314,23 +314,20 @@ class _LateOnlyStore:
         return len(items) if self.answer is None else self.answer
 
 
-async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_task() -> None:
+async def test_the_dispatcher_normalises_and_waits_for_the_messages_own_results() -> None:
     """The id is normalised with the SMSC's rule (as a timely one is); a late acceptance for a
-    message whose task is still running (its release not committed yet) waits for that task."""
+    message still in flight (its release not committed yet) waits until it lands."""
     cfg = SmscConfig(name=SMSC, system_id="t", password="t", resp_id_base="hex")
     fake = _LateOnlyStore()
     d = Dispatcher(fake, {}, Router([], [SMSC]), {SMSC: cfg}, instance="inst-1")  # type: ignore[arg-type]
     recorded = fake.recorded
-    gate = asyncio.Event()
-    running_task = asyncio.create_task(gate.wait())
-    d._inflight_by_id["m0"] = running_task  # type: ignore[assignment]
+    d._inflight["m0"], d._flying = 1, 1  # as run() counts a claimed message
     d._on_late(LateSubmit(SMSC, ("m0", 2), C.ESME_ROK, "00B8BE19"))
     d._on_late(LateSubmit(SMSC, None, C.ESME_ROK, "1"))  # no part known: ignored
     d._on_late(LateSubmit("gone", ("m1", 1), C.ESME_ROK, "1"))  # SMSC removed by a reload
     await asyncio.sleep(0.05)
     assert recorded == []
-    gate.set()
-    await running_task
+    d._landed("m0")  # its results committed (the batcher's call, _Flight.settled)
     await d._late.drain()
     assert recorded == [[LateAccept("m0", 2, SMSC, "12107289", "00B8BE19")]]
     assert d.late_accepted == 1

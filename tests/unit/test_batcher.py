@@ -271,3 +271,60 @@ def test_a_batcher_used_again_under_a_later_loop_takes_that_loop() -> None:
     asyncio.run(one_round(1))
     asyncio.run(one_round(10))
     assert sink.done == [[1], [2], [10], [11]]
+
+
+async def test_add_call_is_told_inside_the_flush_that_committed_its_item() -> None:
+    """No future and no loop hop per item: the call comes before anything the flush's commit
+    scheduled (a future's done-callback ran one loop iteration later)."""
+    told: list[tuple[str, BaseException | None]] = []
+    loop = asyncio.get_running_loop()
+
+    async def flush(items: list[str]) -> None:
+        loop.call_soon(told.append, ("next iteration", None))
+
+    b: Batcher[str] = Batcher(flush, max_items=100, max_delay_s=0.0)
+    b.add_call("a", lambda exc: told.append(("a", exc)))
+    b.add_many_call(["b", "c"], lambda exc: told.append(("bc", exc)))  # one call for both
+    await b.drain()
+    await asyncio.sleep(0)
+    assert told == [("a", None), ("bc", None), ("next iteration", None)]
+    assert (b.flushes, b.items) == (1, 3)
+
+
+async def test_add_call_is_told_a_failed_or_cancelled_flush() -> None:
+    sink = Sink()
+    sink.fail_if = 2
+    b: Batcher[int] = Batcher(sink, max_items=100, max_delay_s=0.0)
+    told: list[BaseException | None] = []
+    b.add_call(1, told.append)
+    b.add_many_call([2, 3], told.append)
+    await b.drain()
+    assert len(told) == 2 and all(isinstance(e, ValueError) for e in told)
+
+    sink.fail_if, sink.gate = None, asyncio.Event()
+    b.add_call(4, told.append)
+    await asyncio.sleep(0.01)  # the flush waits at its gate
+    for task in list(b._inflight):
+        task.cancel()
+    await asyncio.sleep(0.01)
+    assert isinstance(told[-1], asyncio.CancelledError)
+
+
+async def test_a_failing_call_does_not_keep_the_others_from_being_told() -> None:
+    b: Batcher[int] = Batcher(Sink(), max_items=100, max_delay_s=0.0)
+    told: list[int] = []
+
+    def bad(_exc: BaseException | None) -> None:
+        raise RuntimeError("a callback's fault")
+
+    b.add_call(1, bad)
+    b.add_call(2, lambda _exc: told.append(2))
+    fut = b.add(3)
+    await b.drain()
+    assert told == [2] and fut.done() and fut.exception() is None
+
+
+def test_add_many_call_refuses_an_ordered_batcher() -> None:
+    b: Batcher[int] = Batcher(Sink(), ordered=True)
+    with pytest.raises(ValueError, match="ordered"):
+        b.add_many_call([1, 2], lambda _exc: None)

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""The owner's CPU per message on its send and receipt paths, store stubbed, over real SMPP.
+
+Usage: python scripts/bench_send_path.py [--messages 20000] [--parts 1] [--window 100]
+       python scripts/bench_send_path.py --callgrind [--messages 5000]
+       python scripts/bench_send_path.py --compare OLD_TREE [--pairs 3] [--callgrind]
+
+Why: `bench.py` shows the owner's CPU per message with the store's SQL and a loaded machine in
+it; a cut of a few µs on the dispatcher's or the connector's path drowns there. This runs what
+the owner runs for a message outside the store: the real `Dispatcher` (claims from a stub store
+handing out one-part messages as fast as capacity allows, its tasks, window, batchers), the real
+`Connector` (one transceiver bind to the simulator, a separate process over loopback TCP: its
+work is not counted), the real `Inbound` taking each deliver_sm receipt into its batcher and
+answering it once the (stub) flush ended. The stub store's calls cost nothing, so what is
+counted is the owner's Python, the loop and the socket calls per message.
+
+It prints this process's CPU per message from the first claim to the last receipt acknowledged.
+`--callgrind` reruns it under valgrind's callgrind, counting that span only (`callgrind_control
+-i on|off`, as `bench_accept_inproc.py` does), and prints instructions per message: load-
+independent, where CPU time on a shared machine is not. `--tree` imports `bridge` from another
+checkout; `--compare OLD` alternates OLD and this checkout, `--pairs` times, and prints ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parents[1]
+KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"simulator did not listen on {port}") from None
+            await asyncio.sleep(0.1)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from bridge.app import make_router
+    from bridge.config import parse_config
+    from bridge.pipeline.dispatcher import Dispatcher
+    from bridge.pipeline.inbound import Inbound
+    from bridge.smpp.connector import Connector
+    from bridge.smpp.tlvpack import pack_tlvs
+    from bridge.store.models import ReceiptOutcome, WorkMessage, WorkSegment
+    from bridge.text import EncodeOptions, encode_message
+
+    tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-send-"))
+    sim_port, ctl_port = free_port(), free_port()
+    smsc_cfg = {
+        "name": "sim",
+        "port": sim_port,
+        "system_id": "bench",
+        "password": "bench",
+        "window": args.window,
+        "binds": 1,
+        "bind_mode": "transceiver",
+    }
+    cfg_data = {
+        "security": {"master_key": KEY},
+        "logging": {"level": "WARNING"},
+        "sim": {
+            "enabled": True,
+            "port": sim_port,
+            "control_port": ctl_port,
+            "receipt_delay_ms": args.receipt_delay_ms,
+            "system_id": "bench",
+            "password": "bench",
+        },
+        "smscs": [smsc_cfg],
+    }
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg_data))
+    cfg = parse_config(cfg_data, env={})
+    smsc = cfg.smscs[0]
+    # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
+    text = "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
+    enc = encode_message(text, EncodeOptions(), lambda: 7)
+    segments = tuple(
+        WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
+        for p in enc.parts
+    )
+    n = args.messages
+    total_parts = n * len(segments)
+    done = asyncio.Event()
+    counts = {"claimed": 0, "results": 0, "receipts": 0}
+
+    class StubStore:
+        commits_in_order = True
+
+        async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
+                        **_kw: Any) -> list[Any]:  # fmt: skip
+            k = min(limit, n - counts["claimed"])
+            first = counts["claimed"]
+            counts["claimed"] += k
+            to, coding = "+8613800138000", enc.data_coding
+            return [
+                WorkMessage(f"msg_{first + i}", "acc", to, "BRIDGE", coding, None, 0, segments)
+                for i in range(k)
+            ]
+
+        async def record_submits(self, results: list[Any], releases: list[Any], now: int,
+                                 instance: str = "") -> int:  # fmt: skip
+            counts["results"] += len(results)
+            return 0
+
+        async def apply_receipts(self, items: list[Any], now: int) -> Any:
+            counts["receipts"] += len(items)
+            if counts["receipts"] >= total_parts:
+                done.set()
+            return ReceiptOutcome(len(items), 0)
+
+        async def keep_route_table(self, *_a: Any) -> None:
+            return None
+
+        async def unpark(self, *_a: Any) -> int:
+            return 0
+
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(Path(args.tree).resolve())},
+    )
+    try:
+        await wait_port(sim_port)
+        store = StubStore()
+        inbound = Inbound(store, {"sim": smsc})  # type: ignore[arg-type]
+        conn = Connector(smsc, inbound.on_deliver)
+        await conn.start()
+        if not await conn.wait_up(10):
+            raise SystemExit("bind did not come up")
+        disp = Dispatcher(
+            store,  # type: ignore[arg-type]
+            {"sim": conn},
+            make_router(cfg),
+            {"sim": smsc},
+            instance="bench",
+            claim_batch=cfg.pipeline.claim_batch,
+            in_flight_windows=cfg.pipeline.in_flight_windows,
+        )
+        gc.collect()
+        gc.freeze()
+        if args.counting:
+            subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,
+                           capture_output=True)  # fmt: skip
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        runner = asyncio.get_running_loop().create_task(disp.run())
+        await asyncio.wait_for(done.wait(), args.timeout)
+        while disp.inflight:  # the last results' flush  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        cpu = time.process_time() - cpu0
+        wall = time.perf_counter() - t0
+        if args.counting:
+            subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True,
+                           capture_output=True)  # fmt: skip
+        await disp.stop(5)
+        runner.cancel()
+        await conn.stop(5)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if counts["results"] != total_parts or disp.sent != total_parts:
+        got = f"{counts['results']} recorded, {disp.sent} sent"
+        raise SystemExit(f"results: {got}, of {total_parts}")
+    return {
+        "messages": n,
+        "parts": len(segments),
+        "cpu_us_per_msg": cpu / n * 1e6,
+        "messages_per_s": n / wall,
+    }
+
+
+def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
+    out = tempfile.mktemp(prefix="callgrind.send.")
+    cmd = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
+        "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
+        "--loop", args.loop,
+        "--timeout", str(args.timeout * 20),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    total = 0
+    for line in Path(out).read_text().splitlines():
+        if line.startswith("totals:") or line.startswith("summary:"):
+            total = int(line.split()[1])
+    got["instructions_per_msg"] = total / args.messages
+    got["profile"] = out
+    return got
+
+
+def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
+    if args.callgrind:
+        return under_callgrind(args, tree)
+    cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
+           "--parts", str(args.parts), "--window", str(args.window),
+           "--loop", args.loop]  # fmt: skip
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=20_000)
+    ap.add_argument("--parts", type=int, default=1, help="1, or a UCS-2 text of this many parts")
+    ap.add_argument("--window", type=int, default=100)
+    ap.add_argument("--receipt-delay-ms", type=int, default=10)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument("--tree", default=str(HERE))
+    ap.add_argument("--compare", help="an older checkout to compare with, alternating")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    key = "instructions_per_msg" if args.callgrind else "cpu_us_per_msg"
+    if args.compare:
+        ratios = []
+        for i in range(args.pairs):
+            old, new = one(args, args.compare), one(args, str(HERE))
+            ratios.append(new[key] / old[key])
+            print(f"pair {i + 1}: {key} {old[key]:,.1f} -> {new[key]:,.1f} "
+                  f"({ratios[-1]:.3f}); messages/s {old['messages_per_s']:,.0f} -> "
+                  f"{new['messages_per_s']:,.0f}")  # fmt: skip
+        print(f"new/old, median of the pairs: {statistics.median(ratios):.3f}")
+        return
+    if args.callgrind:
+        got = under_callgrind(args, args.tree)
+    else:
+        sys.path.insert(0, str(Path(args.tree).resolve()))
+        if args.loop == "uvloop":
+            import uvloop
+
+            got = uvloop.run(run(args))
+        else:
+            got = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(got))
+        return
+    for k, v in got.items():
+        print(f"  {k:22s} {v:,.1f}" if isinstance(v, float) else f"  {k:22s} {v}")
+
+
+if __name__ == "__main__":
+    main()
