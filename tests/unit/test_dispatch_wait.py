@@ -26,6 +26,7 @@ class _Store:
         self.recorded: list[SubmitResult] = []
         self.inflight_after: list[int] = []
         self.d: Dispatcher | None = None
+        self.claim_reports = 0  # Store.claim_reports: no claim here rolls anything up
 
     async def claim(self, *_a: Any, **_kw: Any) -> list[WorkMessage]:
         out, self.messages = self.messages, []
