@@ -34,21 +34,22 @@ from bridge.store import sqlite_pipeline as pipe
 from bridge.store import sqlite_reports as reports
 from bridge.store import sqlite_restore as restored
 from bridge.store.account_rows import ACCOUNT_COLS as _ACCOUNT_COLS
-from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import (
+    ACCOUNT_JSON_SQLITE,
     AUDIT_COLS,
     AUDIT_PAGE,
     KEY_COLS,
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
-    account_row_cached,
+    account_json_cached,
     audit_row,
     audit_values,
     column_value,
     refusal_of,
     senders_of,
 )
+from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
 from bridge.store.account_rows import account_row as _account
 from bridge.store.account_rows import key_row as _key
 from bridge.store.base import (
@@ -112,12 +113,12 @@ from bridge.store.sqlite_retention import RetentionMixin
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner, T
 
+# The key's status and its account as one JSON column (account_rows.ACCOUNT_JSON_SQLITE).
 _AUTHORIZE_SQL = (
-    "SELECT k.status, "
-    + ", ".join(f"a.{col.strip()}" for col in _ACCOUNT_COLS.split(","))
-    + " FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
+    f"SELECT k.status, {ACCOUNT_JSON_SQLITE.format(t='a')} "
+    "FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
 )
-_AUTHORIZE_WIDTH = 1 + len(_ACCOUNT_COLS.split(","))
+_AUTHORIZE_WIDTH = 2
 
 
 @lru_cache(maxsize=64)
@@ -1931,7 +1932,7 @@ def _authorize(
             row = row[:_AUTHORIZE_WIDTH]
     if row is None:
         return "unknown_key", None
-    account = account_row_cached(row[1:])
+    account = account_json_cached(row[1])
     if row[0] != "active":
         return "revoked", account
     key = (key_id, nonce)

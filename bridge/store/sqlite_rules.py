@@ -34,6 +34,7 @@ from bridge.store.models import (
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
     CLOSED_AMONG,
+    DNC_EXACT,
     EDIT_SIGN_SQLITE,
     EDIT_TEMPLATE_SQLITE,
     LEDGER_COLS,
@@ -98,8 +99,20 @@ _TEMPLATE_STATUS = (
 )
 
 
+# The longest recipient whose prefixes `_one_cols` spells in SQL: E.164's 15 digits and "+".
+_LONGEST = 16
+# Every prefix `number_prefixes` gives a number of 5 to _LONGEST characters, and its exact entry,
+# from the one :to argument: SQLite's substr of a prefix longer than the number is the number
+# (repeated in the list: no harm). Session 50: 12 named arguments bound per accept (a str made
+# for each name by the sqlite3 module) and the list built in Python, for a probe that runs only
+# with a list loaded; the expressions cost nothing without one (the CASE skips them).
+_PREFIXES_SQL = ", ".join(
+    [f"substr(:to, 1, {n})" for n in range(5, _LONGEST + 1)] + [f"'{DNC_EXACT}' || :to"]
+)
+
+
 @lru_cache(maxsize=64)
-def _one_cols(history: str | None, prefixes: int) -> str:
+def _one_cols(history: str | None) -> str:
     """Everything a one-recipient send needs, as the columns of one statement over the account
     `a` (the usual request): read alone (`_one_sql`) or with the key (`sqlite._authorize`)."""
     hist = (
@@ -109,7 +122,6 @@ def _one_cols(history: str | None, prefixes: int) -> str:
         if history is not None
         else "NULL"
     )
-    marks = ",".join(f":p{i}" for i in range(prefixes))
     return (
         "a.daily_quota, a.kind, a.low_balance_threshold, a.low_warned_at IS NOT NULL, "
         "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
@@ -119,18 +131,11 @@ def _one_cols(history: str | None, prefixes: int) -> str:
         # Only with a list loaded: one probe per prefix of the number (11 for a Chinese
         # mobile) cost 5.7 of this statement's 15.6 µs with no list at all.
         "CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
-        f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({marks})) ELSE 0 END, "
+        f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({_PREFIXES_SQL})) ELSE 0 END, "
         f"{hist}, "
         "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
         "WHERE account_id=a.id AND :pockets)"
     )
-
-
-@lru_cache(maxsize=64)
-def _prefix_names(count: int) -> tuple[str, ...]:
-    """The parameter names of a number's prefixes in `_one_cols` (":p0" ...): made once, not
-    formatted per accept (a dict comprehension of f-strings cost ~3 of this function's µs)."""
-    return tuple(f"p{i}" for i in range(count))
 
 
 @lru_cache(maxsize=64)
@@ -143,14 +148,16 @@ def one_facts_query(
 ) -> tuple[str, dict[str, Any]] | None:
     """The columns (over the account `a`) and named arguments that read a one-recipient send's
     facts in one statement; None for a send `read_facts` reads otherwise (several recipients,
-    or signs). `facts_of_row` reads the row those columns give."""
+    or signs, or a number outside the lengths `_one_cols` spells the prefixes of).
+    `facts_of_row` reads the row those columns give."""
     if len(recipients) != 1 or rules.more_signs:
         return None
     number = recipients[0]
+    if not 5 <= len(number) <= _LONGEST:
+        return None
     fr = rules.frequency
     limited = fr is not None and number in fr.numbers
-    prefixes = number_prefixes(number)
-    # A literal, then the prefixes: no keyword dict for update() (the names are in any order).
+    # A literal: no keyword dict for update() (the names are in any order).
     args: dict[str, Any] = {
         "day": adm.day_key(now, rules.tz),
         "sign": rules.sign_name,
@@ -158,9 +165,9 @@ def one_facts_query(
         "trev": rules.template_revision,
         "to": number,
         "acc": account_id,
-        "pockets": bool(rules.billing and rules.charges),
+        # An int, not a bool: the sqlite3 module binds an exact int without its adapters.
+        "pockets": 1 if rules.billing and rules.charges else 0,
     }
-    args.update(zip(_prefix_names(len(prefixes)), prefixes, strict=True))
     if limited:
         assert fr is not None
         # One number limited (the usual send): its sign without the list and dict of sign_of.
@@ -169,7 +176,7 @@ def one_facts_query(
         else:
             fsign = dict(fr.sign_of())[number]
         args.update(since=now - DAY_MS, fsign=fsign, ftpl=fr.template)
-    return _one_cols(fr.kind if limited else None, len(prefixes)), args
+    return _one_cols(fr.kind if limited else None), args
 
 
 _NOBODY: frozenset[str] = frozenset()

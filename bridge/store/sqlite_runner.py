@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge import logs
+from bridge.store import sqlite_binds  # noqa: F401  (registers the sqlite3 adapters)
 from bridge.store.base import (
     StoreClosedError,
     StoreInUseError,

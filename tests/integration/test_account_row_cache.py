@@ -1,4 +1,4 @@
-"""The key check's account, built once per distinct row (account_rows.account_row_cached): a
+"""The key check's account, built once per distinct row (account_rows.account_json_cached): a
 row changed in any column is read as changed, its version (updated_at) the same or not.
 
 Why these: the accept and the key check read the account inside the write lock and, since
@@ -60,14 +60,43 @@ async def test_an_account_changed_in_place_is_read_changed(tmp_path: Path) -> No
 
 
 def test_the_cache_is_bounded_and_answers_equal_rows_alike() -> None:
-    def row(i: int) -> tuple[object, ...]:
-        return (f"acc_{i}", "n", "prepaid", 1, 0, None, 0, 0, None, None, b"s", "active",
-                1, 2, 0, "native", None, None, None, None)  # fmt: skip
+    def row(i: int) -> str:
+        return (f'["acc_{i}", "n", "prepaid", 1, 0, null, 0, 0, null, null, "73", "active", '
+                '1, 2, 0, "native", null, null, null, null]')  # fmt: skip
 
-    first = account_rows.account_row_cached(row(0))
-    assert account_rows.account_row_cached(row(0)) is first
-    assert first == account_rows.account_row(row(0))
+    first = account_rows.account_json_cached(row(0))
+    assert account_rows.account_json_cached(row(0)) is first
+    assert first.webhook_secret_enc == b"s" and first.prev_webhook_secret_enc is None
     for i in range(1, account_rows._BUILT_MAX + 10):
-        account_rows.account_row_cached(row(i))
+        account_rows.account_json_cached(row(i))
     assert len(account_rows._BUILT) <= account_rows._BUILT_MAX
-    assert account_rows.account_row_cached(row(0)) == first
+    assert account_rows.account_json_cached(row(0)) == first
+
+
+async def test_the_json_column_reads_the_account_as_its_columns_do(tmp_path: Path) -> None:
+    """Every column, blobs (hex in the JSON) and NULLs included, as account_row reads them."""
+    store = SqliteStore(str(tmp_path / "bridge.db"))
+    await store.open()
+    try:
+        creds = await AccountService(store, Sealer(os.urandom(32))).create(
+            "a", {"raw_text": True, "status_callback_url": "https://h/s", "tps": 3}, NOW
+        )
+        aid = creds.account.id
+        with sqlite3.connect(tmp_path / "bridge.db", timeout=10) as other:
+            other.execute(
+                "UPDATE accounts SET prev_webhook_secret_enc=x'00ff10', senders='[\"106\"]', "
+                "prev_webhook_secret_until=9, low_warned_at=4 WHERE id=?",
+                (aid,),
+            )
+            sql = f"SELECT {account_rows.ACCOUNT_JSON_SQLITE.format(t='a')} FROM accounts a"
+            text = other.execute(sql).fetchone()[0]
+            columns = other.execute(f"SELECT {account_rows.ACCOUNT_COLS} FROM accounts").fetchone()
+        other.close()
+        got = account_rows.account_json_cached(text)
+        assert got == account_rows.account_row(columns)
+        assert got.prev_webhook_secret_enc == b"\x00\xff\x10" and got.senders == ("106",)
+        assert got == await store.get_account(aid)
+        outcome, checked = await store.authorize_request(creds.app_key, "n" * 17, EXPIRES, NOW)
+        assert outcome == "ok" and checked == got
+    finally:
+        await store.close()

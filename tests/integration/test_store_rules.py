@@ -420,6 +420,34 @@ async def test_a_do_not_contact_list_blocks_from_its_import_to_its_deletion(stor
     assert [m.id for m in await store.list_messages("acc_a")] == ["m_4", "m_3", "m_1"]
 
 
+LONGEST = "+861380013800012"  # 15 digits: the longest E.164 number
+SHORTEST = "+4470012"  # 7 digits
+
+
+@pytest.mark.parametrize("number", [LONGEST, SHORTEST])
+async def test_every_prefix_of_a_number_blocks_its_one_recipient_send(
+    store: Store, number: str
+) -> None:
+    """The one-recipient statement matches the entries the general path does (number_prefixes):
+    each prefix of 5 characters up to the whole number, and the number's exact entry; the exact
+    entry of a number one digit shorter, and a neighbour's prefix, do not block it (SQLite
+    spells the prefixes in SQL from the number; PostgreSQL binds them)."""
+    await funded(store, 10_000)
+    blocking = [([], [number[:n]]) for n in range(5, len(number) + 1)] + [([number], [])]
+    for i, (numbers, prefixes) in enumerate(blocking):
+        info = DncInfo(f"L{i}", "l", None, len(numbers), len(prefixes), NOW)
+        await store.import_dnc(info, numbers, prefixes)
+        out = await send(store, message(f"m_{i}", number, price_class="+44"))
+        assert out.refusal is not None and out.refusal.code == "RECIPIENT_BLOCKED", (i, info)
+        assert await store.delete_dnc(f"L{i}")
+    neighbour = number[:-1] + ("1" if number[-1] != "1" else "2")
+    near = DncInfo("L_near", "l", None, 1, 1, NOW)
+    await store.import_dnc(near, [number[:-1]], [neighbour])
+    out = await send(store, message("m_ok", number, price_class="+44"))
+    assert out.accepted, out.refusal
+    assert [m.id for m in await store.list_messages("acc_a")] == ["m_ok"]
+
+
 @pytest.mark.parametrize("case", REFUSALS)
 async def test_each_refusal_leaves_nothing_written(store: Store, case: str) -> None:
     m, rules, now = await _refusal_case(store, case)

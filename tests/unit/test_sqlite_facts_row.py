@@ -32,6 +32,22 @@ def test_the_limited_numbers_sign_is_its_own(fr: FrequencyRule, sign: str | None
     assert query[1]["since"] == NOW - 86_400_000
 
 
+def test_the_prefixes_are_spelled_in_sql_not_bound() -> None:
+    """Session 50: the number's 12 prefixes were 12 named arguments bound per accept; the
+    statement now makes them from :to (its probe runs only with a list loaded)."""
+    query = sqlite_rules.one_facts_query("acc", Rules(billing=True), (CN,), NOW)
+    assert query is not None
+    cols, args = query
+    assert set(args) == {"day", "sign", "tpl", "trev", "to", "acc", "pockets"}
+    assert type(args["pockets"]) is int  # bound without the sqlite3 module's adapters
+    assert "substr(:to, 1, 16)" in cols and "'=' || :to" in cols
+
+
+def test_a_number_longer_than_e164_takes_the_general_path() -> None:
+    assert sqlite_rules.one_facts_query("acc", Rules(), ("+1" + "2" * 15,), NOW) is None
+    assert sqlite_rules.one_facts_query("acc", Rules(), ("+1" + "2" * 14,), NOW) is not None
+
+
 def test_signs_that_do_not_pair_with_the_numbers_still_fail() -> None:
     with pytest.raises(ValueError):
         sqlite_rules.one_facts_query("acc", Rules(frequency=rule((CN,), ("A", "B"))), (CN,), NOW)
