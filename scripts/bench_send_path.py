@@ -115,6 +115,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     class StubStore:
         commits_in_order = True
+        claim_reports = 0  # Store.claim_reports: these claims roll nothing up
 
         async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
                         **_kw: Any) -> list[Any]:  # fmt: skip
