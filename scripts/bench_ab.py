@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Compare this checkout with another commit in alternating benchmark runs: medians and ratios.
 
-Usage: python scripts/bench_ab.py --base REF [--pairs 3] [--script bench.py] [--all]
-                                  [-- ARGS for the script]
+Usage: python scripts/bench_ab.py [--base REF] [--base-python PY] [--python PY] [--pairs 3]
+                                  [--script bench.py] [--all] [-- ARGS for the script]
 
 Why: on these machines one run of `scripts/bench.py` differs from the next by 15-35%, and the
 machine has slow minutes, so a figure measured before a change and one measured after it say
@@ -16,6 +16,14 @@ directory: the daemons the script starts (`python -m bridge.cli`) then import th
 
     python scripts/bench_ab.py --base HEAD~1 -- --messages 20000 --workers 2
     python scripts/bench_ab.py --base main --script bench_store.py --pairs 5
+
+`--base-python` and `--python` compare interpreters instead (or as well): each side's script
+runs under its own (a virtual environment's `bin/python` with the package's dependencies), so
+the daemons it starts (`sys.executable -m bridge.cli`) do too. Without `--base` both sides run
+this tree:
+
+    python scripts/bench_ab.py --base-python /venv311/bin/python --python /venv313/bin/python \
+        -- --messages 20000 --workers 2
 """
 
 from __future__ import annotations
@@ -71,9 +79,9 @@ def pick(found: dict[str, list[float]], wanted: list[tuple[str, int, str]]) -> d
     return out
 
 
-def run_once(tree: Path, script: str, args: list[str]) -> str:
+def run_once(tree: Path, script: str, args: list[str], python: str = sys.executable) -> str:
     done = subprocess.run(
-        [sys.executable, str(tree / "scripts" / script), *args],
+        [python, str(tree / "scripts" / script), *args],
         cwd=tree,
         capture_output=True,
         text=True,
@@ -98,36 +106,46 @@ def summary(runs: dict[str, list[dict[str, float]]]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", required=True, help="the commit to compare with (any git ref)")
+    ap.add_argument("--base", help="the commit to compare with (any git ref; default: this tree)")
+    ap.add_argument("--base-python", default=sys.executable, help="the base side's interpreter")
+    ap.add_argument("--python", default=sys.executable, help="this side's interpreter")
     ap.add_argument("--pairs", type=int, default=3, help="runs of each tree")
     ap.add_argument("--script", default="bench.py", help="a script in scripts/")
     ap.add_argument("--all", action="store_true", help="compare every figure line, by label")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then the script's own options")
     a = ap.parse_args()
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    if a.base is None and a.base_python == a.python:
+        ap.error("nothing to compare: give --base, or --base-python and --python that differ")
+    pythons = {"base": a.base_python, "this": a.python}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), a.base],
-            check=True,
-        )
+        base = Path(tmp) / "base" if a.base else ROOT
+        if a.base:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), a.base],
+                check=True,
+            )
         try:
             runs: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
             chosen = None if a.all else DEFAULTS.get(a.script)  # None: every line, by label
             for i in range(a.pairs):
                 order = [("base", base), ("this", ROOT)]
                 for name, tree in order if i % 2 == 0 else order[::-1]:
-                    found = figures(run_once(tree, a.script, args))
+                    found = figures(run_once(tree, a.script, args, pythons[name]))
                     wanted = chosen or [(label, 0, label[:24]) for label in found]
                     got = pick(found, wanted)
                     runs[name].append(got)
                     shown = ", ".join(f"{k} {v:g}" for k, v in got.items())
                     print(f"pair {i + 1} {name}: {shown}", flush=True)
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False
-            )
-    print(f"options: base {a.base}, {a.pairs} pairs, {a.script} {' '.join(args)}")
+            if a.base:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                    check=False,
+                )
+    print(f"options: base {a.base or 'this tree'}, {a.pairs} pairs, {a.script} {' '.join(args)}")
+    if a.base_python != a.python:
+        print(f"interpreters: base {a.base_python}, this {a.python}")
     print("\n".join(summary(runs)))
 
 

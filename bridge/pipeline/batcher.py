@@ -192,10 +192,18 @@ class Batcher(Generic[T]):
             log.exception("%s: a failed item's callback failed", self._name)
 
     async def drain(self) -> None:
-        """Flush what is queued and wait for every flush in progress."""
+        """Flush what is queued and wait for every flush in progress.
+
+        The tasks waited for leave the set here, not only through their done callback: a task
+        that has ended stays in it until the loop runs that callback, and from Python 3.12
+        `gather` of ended tasks completes without yielding to the loop (it runs their callbacks
+        itself), so a loop on the set alone spun for ever, holding the event loop (a flush
+        ending in the same loop step as the caller's wake-up, as at shutdown)."""
         self._start_flush()
         while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+            tasks = list(self._inflight)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._inflight.difference_update(tasks)
 
     @property
     def pending(self) -> int:

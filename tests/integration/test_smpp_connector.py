@@ -25,7 +25,7 @@ from bridge.smpp.codec import BindResp, MessageIdResp, Pdu, ShortMessage, decode
 from bridge.smpp.connector import Connector, SubmitOutcome
 from bridge.smpp.framing import Framer
 from bridge.smpp.protocol import make_ssl_context
-from tests.certs import self_signed
+from tests.certs import private_ca_chain, self_signed
 
 PASSWORD = "s3cr3tpw"
 
@@ -968,6 +968,27 @@ async def test_tls_verified_with_a_ca_file_and_refused_without(tmp_path: Path) -
         async with running(smsc_cfg(port, tls=True, tls_verify=False)) as c:
             assert await c.wait_up(2.0)
         assert make_ssl_context().verify_mode == ssl.CERT_REQUIRED
+    finally:
+        await s.kill()
+
+
+async def test_tls_verifies_a_private_ca_chain_without_key_identifiers(tmp_path: Path) -> None:
+    """A carrier's CA that puts no key identifiers in its certificates verifies on every Python
+    (3.13's default context turned on X.509 strict mode, which refused it), and verification
+    still refuses a certificate the CA file does not vouch for."""
+    ca, cert, key = private_ca_chain(tmp_path)
+    other, _ = self_signed(tmp_path, "other")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    s = FakeSmsc(tls=server_ctx)
+    port = await s.start()
+    try:
+        async with running(smsc_cfg(port, tls=True, tls_ca_file=ca)) as c:
+            assert await c.wait_up(2.0), c.snapshot()["last_error"]
+            assert (await c.send_message([part("private CA")]))[0].kind == "ok"
+        async with running(smsc_cfg(port, tls=True, tls_ca_file=other)) as c:
+            assert not await c.wait_up(0.5)
+            assert "CERTIFICATE_VERIFY_FAILED" in c.snapshot()["last_error"]["message"]
     finally:
         await s.kill()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -328,3 +330,33 @@ def test_add_many_call_refuses_an_ordered_batcher() -> None:
     b: Batcher[int] = Batcher(Sink(), ordered=True)
     with pytest.raises(ValueError, match="ordered"):
         b.add_many_call([1, 2], lambda _exc: None)
+
+
+DRAIN_AFTER_A_FLUSH_ENDED = """
+import asyncio
+from bridge.pipeline.batcher import Batcher
+
+async def main():
+    async def flush(items):
+        pass
+    b = Batcher(flush, max_items=1, max_delay_s=1.0)
+    await b.add(0)  # the flush ended in the step that woke us: its done callback still queued
+    await b.drain()
+    print("drained", b.pending)
+
+asyncio.run(main())
+"""
+
+
+def test_drain_returns_when_a_flush_ended_in_the_step_that_woke_the_caller() -> None:
+    """From Python 3.12, `gather` of ended tasks completes without yielding to the loop, so a
+    drain that looped until the tasks' done callbacks emptied the set spun for ever, holding
+    the event loop (a daemon's stop hung on it). In a child interpreter: a spinning loop
+    cannot be cancelled, a process can be ended."""
+    out = subprocess.run(
+        [sys.executable, "-c", DRAIN_AFTER_A_FLUSH_ENDED],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "drained 0", out

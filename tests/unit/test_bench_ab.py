@@ -60,6 +60,42 @@ def test_two_trees_alternate_and_their_medians_compare(tmp_path: Path) -> None:
     assert _git(repo, "worktree", "list").count("\n") == 1  # the base's worktree is gone
 
 
+def test_two_interpreters_run_this_tree_in_turn(tmp_path: Path) -> None:
+    """--base-python / --python: each side's script (and what it starts) runs under its own
+    interpreter, both from this tree; no worktree is made."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "bench_ab.py", repo / "scripts" / "bench_ab.py")
+    (repo / "scripts" / "fake.py").write_text(
+        FAKE.replace('float((tree / "value.txt").read_text())', 'float(os.environ["FAKE_V"])')
+        .replace("import sys", "import os, sys")
+        .replace('("this" if (tree / "THIS").exists() else "base")', 'os.environ["FAKE_V"]')
+    )
+    pythons = []
+    for value in ("1000", "800"):
+        py = tmp_path / f"python-{value}"
+        py.write_text(f'#!/bin/sh\nFAKE_V={value} exec "{sys.executable}" "$@"\n')
+        py.chmod(0o755)
+        pythons.append(str(py))
+    log = tmp_path / "order.log"
+    done = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "bench_ab.py"), "--base-python", pythons[0],
+         "--python", pythons[1], "--pairs", "2", "--script", "fake.py", "--", "--log", str(log)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["1000", "800", "800", "1000"]
+    lines = done.stdout.splitlines()
+    assert f"interpreters: base {pythons[0]}, this {pythons[1]}" in lines
+    summary = {line[:24].strip(): line[24:].split() for line in lines[-2:]}
+    assert summary["messages per second"] == ["1000.0", "800.0", "0.800"]
+    refused = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "bench_ab.py"), "--script", "fake.py"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "nothing to compare" in refused.stderr
+
+
 def test_figure_lines_are_read_with_all_their_numbers() -> None:
     out = "\n".join(
         [
