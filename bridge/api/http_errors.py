@@ -53,8 +53,11 @@ BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malfo
 # request line should start is most often the body of the request before it, sent without
 # Content-Length or chunked encoding (Node's http.request writes a GET's body so): read as the
 # next request. Both were answered "is TLS sent to a plain-HTTP port?", which sent a customer
-# looking for TLS in a client that only forgot to frame a body.
-_TLS_MARK = "HTTPS"
+# looking for TLS in a client that only forgot to frame a body. The verdict opens the message:
+# any other message quotes the client's bytes (the C parser's repr of what it read, the Python
+# one's line), so "HTTPS" anywhere in it, a URL in a body sent unframed, is no sign of TLS.
+_TLS_VERDICT = "Received HTTPS traffic"
+_TLS_RECORD = "\x16\x03"  # a TLS handshake record's first bytes, as aiohttp tells them
 TLS_TO_PLAIN = "TLS was sent to a plain-HTTP port (use http://, or TLS termination before it)"
 NOT_A_METHOD = (
     "the request method is not HTTP (a body sent without Content-Length or chunked encoding "
@@ -73,7 +76,10 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
 
 def describe(exc: BaseException | None) -> str:
     """The kind of fault, in words that quote nothing of the request."""
-    if isinstance(exc, BadHttpMethod) and _TLS_MARK in str(getattr(exc, "message", "")):
+    if isinstance(exc, BadHttpMethod) and (
+        str(getattr(exc, "message", "")).startswith(_TLS_VERDICT)
+        or str(getattr(exc, "line", "")).startswith(_TLS_RECORD)
+    ):
         return TLS_TO_PLAIN
     for kind, text in _REASONS:
         if isinstance(exc, kind):

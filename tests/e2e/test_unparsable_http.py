@@ -177,6 +177,27 @@ async def test_garbage_after_a_valid_request_is_answered_and_closed(
     assert error["code"] == "MALFORMED_HTTP" and error["request_id"] == headers["x-request-id"]
 
 
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_an_unframed_body_naming_https_is_not_taken_for_tls(daemon, parser, monkeypatch):
+    """The client's bytes are in the parser's error (the C parser's repr of what it read, the
+    Python one's line): "HTTPS" anywhere in them, a callback URL in a body sent unframed, was
+    answered "TLS was sent to a plain-HTTP port". Only aiohttp's own TLS verdict says so."""
+    from aiohttp import http_parser, web_protocol
+
+    if parser == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
+        pytest.skip("aiohttp's C parser is not built here")
+    d, _ = daemon
+    unframed = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n"
+        b'{"url":"HTTPS://EXAMPLE.COM/"}'
+    )
+    status, _, body = await _raw(d.http_port, unframed)
+    message = orjson.loads(body)["error"]["message"]
+    assert status == 400 and "Content-Length" in message and "TLS" not in message, message
+
+
 @pytest.fixture
 async def impatient(tmp_path: Path):
     ali_port = free_port()
