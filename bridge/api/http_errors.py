@@ -139,20 +139,24 @@ class _BodyFailingParser:
         return getattr(self._inner, name)
 
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# The characters of the methods the C parser (llhttp) takes: capitals, "-" (M-SEARCH) and "_"
+# (GET_PARAMETER). It refuses any other method at its first byte; RFC 9110 allows any token,
+# which let digits or a lower-case word (the rest of a body longer than its Content-Length:
+# `12345`, `llo`) wait, unanswered, for a line end under the Python parser.
+_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 
 
 def _not_a_request_start(parser: Any) -> bool:
     """Whether aiohttp's Python parser, between bodies, holds a request line (whole, its headers
-    still coming, or its start) that no request line can be: the method is a token (RFC 9110),
-    so a byte outside the token's characters, or nothing, before the first space."""
+    still coming, or its start) that the C parser would refuse as it came: a byte outside the
+    methods' characters, or nothing, before the first space."""
     if parser._payload_parser is not None:
         return False
     start = parser._lines[0] if parser._lines else parser._tail.lstrip(b"\r\n")
     if not start:
         return False
     method, space, _ = start.partition(b" ")
-    return (bool(space) and not method) or any(c not in _TCHAR for c in method)
+    return (bool(space) and not method) or any(c not in _METHOD_CHARS for c in method)
 
 
 def _check_every(limit_s: float) -> float:
