@@ -43,6 +43,8 @@ smpp/connector smpp/protocol smpp/session smpp/codec smpp/framing smpp/receipt s
 smpp/persecond smpp/turns store/sqlite_pipeline store/rollup_rows domain/lifecycle aio
 store/mo_rows""".split()
 GROUPS = {"accept": ACCEPT, "owner": OWNER}
+# Written into DEST: the mark of a tree this script built, which a later run may replace.
+MARK = ".compiled_tree"
 
 
 def main() -> None:
@@ -58,8 +60,16 @@ def main() -> None:
     dest: Path = args.dest.resolve()
     if dest == ROOT or ROOT in dest.parents:
         sys.exit("DEST must be outside this checkout: a .so beside a .py wins its import")
+    if dest in ROOT.parents:
+        sys.exit(f"DEST {dest} holds this checkout: it is emptied first, the checkout with it")
     if dest.exists():
+        # Emptied first: only a tree this script built (its mark), or an empty directory. Any
+        # other was deleted whole, a home directory or a parent of the checkout given by a slip.
+        if not (dest / MARK).is_file() and (not dest.is_dir() or any(dest.iterdir())):
+            sys.exit(f"DEST {dest} exists and is not a tree compiled_tree.py built: not removed")
         shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    (dest / MARK).write_text("built by scripts/compiled_tree.py: replaced by its next run\n")
     listed = subprocess.run(
         ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True
     ).stdout.split()

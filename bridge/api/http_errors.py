@@ -53,8 +53,11 @@ BODY_FRAMING = "the body's framing (Content-Length or chunked encoding) is malfo
 # request line should start is most often the body of the request before it, sent without
 # Content-Length or chunked encoding (Node's http.request writes a GET's body so): read as the
 # next request. Both were answered "is TLS sent to a plain-HTTP port?", which sent a customer
-# looking for TLS in a client that only forgot to frame a body.
-_TLS_MARK = "HTTPS"
+# looking for TLS in a client that only forgot to frame a body. The verdict opens the message:
+# any other message quotes the client's bytes (the C parser's repr of what it read, the Python
+# one's line), so "HTTPS" anywhere in it, a URL in a body sent unframed, is no sign of TLS.
+_TLS_VERDICT = "Received HTTPS traffic"
+_TLS_RECORD = "\x16\x03"  # a TLS handshake record's first bytes, as aiohttp tells them
 TLS_TO_PLAIN = "TLS was sent to a plain-HTTP port (use http://, or TLS termination before it)"
 NOT_A_METHOD = (
     "the request method is not HTTP (a body sent without Content-Length or chunked encoding "
@@ -73,7 +76,10 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
 
 def describe(exc: BaseException | None) -> str:
     """The kind of fault, in words that quote nothing of the request."""
-    if isinstance(exc, BadHttpMethod) and _TLS_MARK in str(getattr(exc, "message", "")):
+    if isinstance(exc, BadHttpMethod) and (
+        str(getattr(exc, "message", "")).startswith(_TLS_VERDICT)
+        or str(getattr(exc, "line", "")).startswith(_TLS_RECORD)
+    ):
         return TLS_TO_PLAIN
     for kind, text in _REASONS:
         if isinstance(exc, kind):
@@ -133,20 +139,24 @@ class _BodyFailingParser:
         return getattr(self._inner, name)
 
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# The characters of the methods the C parser (llhttp) takes: capitals, "-" (M-SEARCH) and "_"
+# (GET_PARAMETER). It refuses any other method at its first byte; RFC 9110 allows any token,
+# which let digits or a lower-case word (the rest of a body longer than its Content-Length:
+# `12345`, `llo`) wait, unanswered, for a line end under the Python parser.
+_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 
 
 def _not_a_request_start(parser: Any) -> bool:
     """Whether aiohttp's Python parser, between bodies, holds a request line (whole, its headers
-    still coming, or its start) that no request line can be: the method is a token (RFC 9110),
-    so a byte outside the token's characters, or nothing, before the first space."""
+    still coming, or its start) that the C parser would refuse as it came: a byte outside the
+    methods' characters, or nothing, before the first space."""
     if parser._payload_parser is not None:
         return False
     start = parser._lines[0] if parser._lines else parser._tail.lstrip(b"\r\n")
     if not start:
         return False
     method, space, _ = start.partition(b" ")
-    return (bool(space) and not method) or any(c not in _TCHAR for c in method)
+    return (bool(space) and not method) or any(c not in _METHOD_CHARS for c in method)
 
 
 def _check_every(limit_s: float) -> float:
