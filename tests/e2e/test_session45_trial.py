@@ -140,7 +140,13 @@ async def test_the_ports_come_from_the_environment(tmp_path: Path, workers: int)
             return await _answers(f"http://127.0.0.1:{port}/readyz")
 
         await wait_until(up, 30, 0.1)
-        assert await _answers(f"http://127.0.0.1:{admin}/admin/smscs", ADMIN_TOKEN)
+
+        async def admin_answers() -> bool:
+            return await _answers(f"http://127.0.0.1:{admin}/admin/smscs", ADMIN_TOKEN)
+
+        # Waited for, not asked once: its first answer took over the 2 s of one try in a CI run
+        # with a benchmark's daemon beside the suite (the port is what this test checks).
+        await wait_until(admin_answers, 15, 0.2)
         with socket.create_connection(("127.0.0.1", aliyun), timeout=2):
             pass
         for unused in (file_port, file_admin, file_aliyun):
