@@ -2278,11 +2278,8 @@ def _claim_ids(
         ids,
     ).fetchall()
     if idle := set(ids).difference(r[0] for r in segs):
-        ids = [
-            mid
-            for mid in ids
-            if mid not in _roll_up_idle(c, sorted(idle), now, intermediate, reports)
-        ]
+        done = _roll_up_idle(c, sorted(idle), now, intermediate, reports)
+        ids = [mid for mid in ids if mid not in done]
     return ids, msgs, segs
 
 
