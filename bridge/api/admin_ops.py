@@ -60,6 +60,12 @@ def smsc_state(s: Mapping[str, Any]) -> str:
     return "up" if s.get("up") else "down"
 
 
+def configured_to_send(s: Mapping[str, Any]) -> bool:
+    """Whether an SMSC's status is one of an SMSC with a transmitting bind configured (a status
+    from a release before session 50 has no `sending`: it counts as one, what `up` meant)."""
+    return s.get("sending", True) is not None
+
+
 def _flag(s: Mapping[str, Any], kind: str) -> bool | None:
     """`sending` or `receiving`: None when no bind of that kind is configured. A status from a
     release before session 50 has neither: its `up` stands in for sending (what it meant)."""
@@ -150,7 +156,7 @@ def down_routes(
         # nothing of a route (a daemon for MO alone routes to it by default).
         return (
             s is None
-            or (bool(s.get("up")) and s.get("sending", True) is not None)
+            or (bool(s.get("up")) and configured_to_send(s))
             or s.get("state") == "unknown"
         )
 

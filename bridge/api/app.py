@@ -401,7 +401,7 @@ def _senders(smscs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     receiver), every SMSC. A receive-only SMSC's `up` is its receiving bind: the daemon for MO
     alone was not ready for ever, but beside SMSCs that send, their outage is "no SMSC bound"
     even with an MO link up."""
-    senders = [s for s in smscs.values() if s.get("sending", True) is not None]
+    senders = [s for s in smscs.values() if admin_ops.configured_to_send(s)]
     return senders or list(smscs.values())
 
 
