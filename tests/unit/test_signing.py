@@ -642,6 +642,26 @@ def test_the_shortcut_agrees_with_the_strict_parser_near_the_usual_spelling() ->
     assert answered == {AuthHeader, tuple}  # both answers were reached
 
 
+def test_a_clients_next_request_is_parsed_from_its_cached_head() -> None:
+    # Session 51: the head (all before ",Signature=") is matched once per client; each request's
+    # signature is checked apart, so a new one or a malformed one is still its own answer.
+    head = f"{ALGORITHM} Credential=AK_51,SignedHeaders=host;x-bridge-date"
+    signing._usual_head.cache_clear()
+    first = parse_authorization(f"{head},Signature={GOOD_SIG}")
+    second = parse_authorization(f"{head},Signature={'f' * 64}")
+    assert first == AuthHeader("AK_51", ("host", "x-bridge-date"), GOOD_SIG)
+    assert second == AuthHeader("AK_51", ("host", "x-bridge-date"), "f" * 64)
+    assert signing._usual_head.cache_info().hits == 1
+    for sig in ("F" * 64, "f" * 63 + "g", "f" * 63):
+        value = f"{head},Signature={sig}"
+        strict = _outcome(signing._parse_authorization_strictly, value)
+        assert strict == (
+            "SIGNATURE_MISMATCH",
+            "Authorization Signature must be 64 lower-case hex digits",
+        )
+        assert _outcome(parse_authorization, value) == strict
+
+
 @pytest.mark.parametrize(
     "names",
     [
