@@ -173,9 +173,13 @@ def parse_send_request(
     params = body.get("params", {})
     if params is None:
         params = {}
-    if not isinstance(params, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
-        for k, v in params.items()
+    # `params and`: a send with none (a raw text) makes no generator (~3,000 instructions).
+    if not isinstance(params, dict) or (
+        params
+        and not all(
+            isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+            for k, v in params.items()
+        )
     ):
         raise _field_error("INVALID_FIELD", "params: expected an object of string values")
     if text is not None and params:
@@ -460,15 +464,18 @@ class Submitter:
                 raise ApiError(exc.code, exc.message) from None
             if enc.text != text:
                 check_mapped_length(enc.text, self.config.text.max_chars)
+            # A list made into a tuple, not tuple() of a generator: ~1,000 instructions less.
             segments = tuple(
-                NewSegment(
-                    seq=p.seq,
-                    total=p.total,
-                    esm_class=p.esm_class,
-                    short_message=p.short_message,
-                    tlvs=pack_tlvs(p.tlvs),
-                )
-                for p in enc.parts
+                [
+                    NewSegment(
+                        seq=p.seq,
+                        total=p.total,
+                        esm_class=p.esm_class,
+                        short_message=p.short_message,
+                        tlvs=pack_tlvs(p.tlvs),
+                    )
+                    for p in enc.parts
+                ]
             )
             mid = id_factory("msg_", now_ms)
             price_class = None
