@@ -308,16 +308,30 @@ def check_signed_headers(auth: AuthHeader, lowered: Mapping[str, str]) -> None:
     """Refuse a request that leaves something meaningful unsigned, or signs what it did not send.
 
     `lowered` is the request's headers as `lower_headers` returns them (lower-case names)."""
-    signed = set(auth.signed_headers)
-    for name in REQUIRED_HEADERS:
-        if name not in signed:
-            raise _mismatch(f"SignedHeaders must include '{name}'")
-    for name in OPTIONAL_SIGNED_WHEN_SENT:
-        if name in lowered and name not in signed:
+    missing, signed, unsigned = _signed_plan(auth.signed_headers)
+    if missing is not None:
+        raise _mismatch(f"SignedHeaders must include '{missing}'")
+    for name in unsigned:
+        if name in lowered:
             raise _mismatch(f"header '{name}' is sent and must be in SignedHeaders")
-    for name in auth.signed_headers:
-        if name not in lowered:
-            raise _mismatch(f"header '{name}' is in SignedHeaders but absent from the request")
+    if not lowered.keys() >= signed:  # one C loop; the first absent one named below
+        for name in auth.signed_headers:
+            if name not in lowered:
+                raise _mismatch(f"header '{name}' is in SignedHeaders but absent from the request")
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_plan(
+    signed_headers: tuple[str, ...],
+) -> tuple[str | None, frozenset[str], tuple[str, ...]]:
+    """What check_signed_headers asks of a SignedHeaders list alone: the first of
+    REQUIRED_HEADERS it lacks (None: none), its names as a set, and the names of
+    OPTIONAL_SIGNED_WHEN_SENT it leaves out. Cached: a client signs the same list on every
+    request, and asking again was ~5,000 instructions of each (session 51)."""
+    signed = frozenset(signed_headers)
+    missing = next((name for name in REQUIRED_HEADERS if name not in signed), None)
+    unsigned = tuple(name for name in OPTIONAL_SIGNED_WHEN_SENT if name not in signed)
+    return missing, signed, unsigned
 
 
 def parse_date(value: str) -> datetime:

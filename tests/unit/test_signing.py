@@ -1348,3 +1348,28 @@ def test_the_cached_signed_headers_list_still_refuses_a_reordered_or_repeated_on
         for _ in range(2):
             with pytest.raises(signing.SignatureError, match="sorted and without repeats"):
                 signing.parse_authorization(bad)
+
+
+def test_a_signed_headers_list_checked_again_answers_each_request_by_its_own_headers() -> None:
+    # Session 51: what check_signed_headers asks of the list alone is kept per list
+    # (_signed_plan); what the request sent is asked each time, and the refusals name the same
+    # header, in the same order of checks, as before.
+    names = ("content-type", "host", "x-bridge-content-sha256", "x-bridge-date", "x-bridge-nonce")
+    auth = AuthHeader("AK_1", names, GOOD_SIG)
+    sent = {n: "v" for n in names}
+    signing._signed_plan.cache_clear()
+    check_signed_headers(auth, sent)
+    with pytest.raises(SignatureError) as exc:
+        check_signed_headers(auth, {**sent, "idempotency-key": "k"})
+    assert exc.value.message == "header 'idempotency-key' is sent and must be in SignedHeaders"
+    without = {n: v for n, v in sent.items() if n not in ("content-type", "x-bridge-date")}
+    with pytest.raises(SignatureError) as exc:
+        check_signed_headers(auth, without)
+    assert exc.value.message == (
+        "header 'content-type' is in SignedHeaders but absent from the request"
+    )
+    assert signing._signed_plan.cache_info().hits == 2
+    short = AuthHeader("AK_1", ("host", "x-bridge-date", "x-bridge-nonce"), GOOD_SIG)
+    with pytest.raises(SignatureError) as exc:  # a required name unsigned comes first
+        check_signed_headers(short, {"content-type": "v"})
+    assert exc.value.message == "SignedHeaders must include 'x-bridge-content-sha256'"
