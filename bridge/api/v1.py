@@ -261,19 +261,20 @@ async def _accept_once(
         ],
     }
     payload = jsonio.dumps(result)
+    # By position, in the class's order (see NewMessage in submit.Submitter.build).
     outcome = await ctx.store.accept(
         AcceptBatch(
-            account_id=account.id,
-            messages=tuple(messages),
-            idempotency_key=key,
-            idempotency=IdempotencyRecord(req_hash, 202, payload),
-            idempotency_expires_at=now_ms + ctx.config.server.idempotency_hours * 3_600_000,
-            tps=account.tps,
-            key_id=claim.key_id if claim else None,
-            nonce=claim.nonce if claim else None,
-            nonce_expires_at=claim.expires_at if claim else 0,
-            account_version=account.updated_at if claim else None,
-            rules=admission,
+            account.id,  # account_id
+            tuple(messages),  # messages
+            key,  # idempotency_key
+            IdempotencyRecord(req_hash, 202, payload),  # idempotency
+            now_ms + ctx.config.server.idempotency_hours * 3_600_000,  # idempotency_expires_at
+            account.tps,  # tps
+            claim.key_id if claim else None,  # key_id
+            claim.nonce if claim else None,  # nonce
+            claim.expires_at if claim else 0,  # nonce_expires_at
+            account.updated_at if claim else None,  # account_version
+            admission,  # rules
         ),
         now_ms,
     )
