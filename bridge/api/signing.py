@@ -248,7 +248,7 @@ def parse_authorization(value: str | None) -> AuthHeader:
         usual = _usual_head(value[:-_USUAL_TAIL])
         signature = value[-64:]
         if usual is not None and _HEX64_RE.fullmatch(signature):
-            return AuthHeader(app_key=usual[0], signed_headers=usual[1], signature=signature)
+            return AuthHeader(usual[0], usual[1], signature)  # by position: no kwargs dict
     return _parse_authorization_strictly(value)
 
 

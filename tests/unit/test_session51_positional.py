@@ -1,8 +1,9 @@
 """Session 51: the frozen dataclasses a send builds (SendRequest, NewMessage, NewSegment,
-AcceptBatch) are called with their fields by position, not by keyword (a class called with
-keywords gets them as a dict that its __init__ unpacks again: ~10,000 instructions of each
-NewMessage). Position depends on the classes' field order, which these tests hold: a field
-added, moved or renamed fails here, and a send's values each land in their own field.
+AcceptBatch, Rules, AuthHeader) are called with their fields by position, not by keyword (a
+class called with keywords gets them as a dict that its __init__ unpacks again: ~10,000
+instructions of each NewMessage). Position depends on the classes' field order, which these
+tests hold: a field added, moved or renamed fails here, and a send's values each land in their
+own field.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import types
 from pathlib import Path
 
+from bridge.api.signing import AuthHeader
 from bridge.api.submit import SendRequest, Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
 from bridge.config import parse_config
+from bridge.domain.admission import Rules
 from bridge.store.models import AcceptBatch, NewMessage, NewSegment
 
 NOW = 1_780_000_000_000
@@ -27,8 +30,14 @@ def _names(cls: type) -> list[str]:
 
 
 def test_the_classes_built_by_position_keep_the_order_their_callers_write() -> None:
-    # bridge/api/submit.py (SendRequest, NewSegment, NewMessage) and bridge/api/v1.py
-    # (AcceptBatch) pass these in exactly this order, each value commented with its field.
+    # bridge/api/submit.py (SendRequest, NewSegment, NewMessage), bridge/api/v1.py
+    # (AcceptBatch), bridge/api/sending.py (Rules) and bridge/api/signing.py (AuthHeader) pass
+    # these in exactly this order, each value commented with its field.
+    assert _names(AuthHeader) == ["app_key", "signed_headers", "signature"]
+    assert _names(Rules) == [
+        "sign_name", "more_signs", "template_code", "template_revision", "frequency",
+        "charges", "billing", "tz",
+    ]  # fmt: skip
     assert _names(SendRequest) == [
         "to", "text", "template", "params", "sign_name", "client_ref", "sender",
         "validity_minutes", "scheduled_at", "smart_encoding",
