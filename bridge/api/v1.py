@@ -127,10 +127,22 @@ _STALE_TRIES = 4
 
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    claim = request[PRINCIPAL].deferred
+    principal = request[PRINCIPAL]
+    claim = principal.deferred
     now_ms = ctx.now_ms()
     try:
-        return await _checked_post(ctx, request, claim, now_ms)
+        # The request's own checks here, not in a coroutine of their own (a frame and an await
+        # more on every send).
+        check_accepting(ctx)
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
+        body: bytes = request[BODY]
+        # The body's hash was verified with the signature: not computed a second time.
+        req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
+        return await _post_messages(
+            ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
+        )
     except ApiError as exc:
         if claim is not None and exc.code not in _AUTH_CODES and not request.get(_SPENT):
             # A refused send still spends its nonce: the same signed request must not be
@@ -147,22 +159,6 @@ _SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
 # is not one: refused, its nonce is still spent, or the captured request would be accepted when
 # the operator enabled the account again within the skew window.
 _AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY"})
-
-
-async def _checked_post(
-    ctx: ApiContext, request: web.Request, claim: NonceClaim | None, now_ms: int
-) -> web.Response:
-    principal = request[PRINCIPAL]
-    body: bytes = request[BODY]
-    check_accepting(ctx)
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-    # The body's hash was verified with the signature: not computed a second time.
-    req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
-    return await _post_messages(
-        ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
-    )
 
 
 async def _post_messages(
