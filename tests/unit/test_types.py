@@ -4,7 +4,7 @@ nothing in `bridge/`.
 Why a test: nothing else checked them, and by session 51 84 had gone untrue (a Protocol
 without a method the dispatcher calls, a narrowing only the reader could see, a Literal
 computed as a plain str). Run in a subprocess with mypy's default cache (`.mypy_cache` at the
-root, ignored by git): 11-16 s cold on two busy cores (a fresh clone: CI), under a second warm.
+root, ignored by git): 9-16 s cold on two busy cores (a fresh clone: CI), under a second warm.
 """
 
 from __future__ import annotations
