@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge import audit, jsonio, logs
 from bridge.api import (
@@ -137,7 +138,7 @@ def new_request_id() -> str:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler):
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
     Every answer is counted, and every line logged while handling it carries the request id."""
     request_id = new_request_id()
@@ -226,7 +227,9 @@ def _caller(request: web.Request) -> dict[str, str]:
     return {"app_key": key} if account is None else {"account": account, "app_key": key}
 
 
-async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.StreamResponse, str]:
+async def _handle(
+    request: web.Request, handler: Handler, request_id: str
+) -> tuple[web.StreamResponse, str]:
     """The handler's answer and its error code ("OK" when it is not an error)."""
     try:
         return await handler(request), "OK"
@@ -283,7 +286,7 @@ async def _handle(request: web.Request, handler, request_id: str) -> tuple[web.S
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
@@ -339,7 +342,7 @@ async def _signed_body(request: web.Request) -> bytes:
 
 
 @web.middleware
-async def admin_listener_middleware(request: web.Request, handler):
+async def admin_listener_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
     not a signature check. Said so: `send --url` pointed at this port was a bare "no such
     endpoint", which reads as a missing route, not as the wrong port."""

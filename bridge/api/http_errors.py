@@ -198,7 +198,9 @@ class _Handler(RequestHandler):
                 # An aborted transport reads nothing more (no data_received, no eof_received):
                 # the connection is never handed to aiohttp (no timers, no answer).
                 self._refused = True
-                transport.abort()
+                # asyncio's stream transports and uvloop's have abort(); uvloop's are not
+                # asyncio.Transport subclasses, so no isinstance could tell mypy so.
+                transport.abort()  # type: ignore[attr-defined]
                 return
             self._cap, self._admitted = cap, admitted
         super().connection_made(transport)
@@ -220,15 +222,14 @@ class _Handler(RequestHandler):
     def _remote(self, headers: Any = None) -> str | None:
         """The client's address for a log line: the peer, or behind a trusted proxy the client
         that `headers` (by default the newest request's) names; none known: the peer."""
-        server = self._manager
-        trusted = getattr(server, "trusted", ())
+        server = self._manager  # None once the connection is lost
         if headers is None:
             headers = self.last_headers
-        if not trusted or not headers:
+        if not isinstance(server, JsonErrorServer) or not server.trusted or not headers:
             return self._peer
         header = server.forwarded_header
         return forwarded.client_from_headers(
-            self._peer, headers.getall(header, ()), header, trusted
+            self._peer, headers.getall(header, ()), header, server.trusted
         )
 
     def _check_writes(self) -> None:
@@ -365,7 +366,8 @@ class AppRunner(web.AppRunner):
 
             def request_factory(message: Any, *args: Any) -> web.BaseRequest:
                 request = make_request(message, *args)
-                request.protocol.last_headers = message.headers
+                # A _Handler's (JsonErrorServer's protocol): no isinstance per request.
+                request.protocol.last_headers = message.headers  # type: ignore[attr-defined]
                 return request
 
             server.request_factory = request_factory

@@ -1570,6 +1570,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         claimed_by: str | None = None,
     ) -> int:
         # Where the message may be: queued, or claimed by `claimed_by` (then `$2`, after the id).
+        args: tuple[str, ...]
         if claimed_by is None:
             state, args = "m.q_state = 'queued'", ()
         else:

@@ -168,15 +168,17 @@ def one_facts_query(
         # An int, not a bool: the sqlite3 module binds an exact int without its adapters.
         "pockets": 1 if rules.billing and rules.charges else 0,
     }
+    kind = None
     if limited:
         assert fr is not None
+        kind = fr.kind
         # One number limited (the usual send): its sign without the list and dict of sign_of.
         if len(fr.numbers) == 1 and len(fr.signs) <= 1:
             fsign = fr.signs[0] if fr.signs else fr.sign
         else:
             fsign = dict(fr.sign_of())[number]
         args.update(since=now - DAY_MS, fsign=fsign, ftpl=fr.template)
-    return _one_cols(fr.kind if limited else None), args
+    return _one_cols(kind), args
 
 
 _NOBODY: frozenset[str] = frozenset()
@@ -273,6 +275,7 @@ def read_facts(
     history: dict[str, list[int]] = {}
     fr = rules.frequency
     if fr is not None and fr.numbers:
+        extra: tuple[str | None, ...]
         if fr.kind == "verification":
             cond, extra = "kind='verification' AND sign_name IS ?", ()
         elif fr.kind == "template":
@@ -919,6 +922,7 @@ class RulesStoreMixin:
         message_id: str | None = None,
         batch: tuple[str, int] | None = None,
     ) -> tuple[int, int]:
+        args: tuple[str | int, ...]
         if message_id is not None:
             where, args = "account_id=? AND id=?", (account_id, message_id)
         elif batch is not None:  # accepted_at first: the (account_id, accepted_at) index
