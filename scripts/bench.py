@@ -41,8 +41,13 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from children import Children  # scripts/ is the script's own folder
+
 from bridge import ids
 from bridge.client import BridgeClient
+
+# The simulator and the daemons (their acceptors with them): ended with this script.
+CHILDREN = Children()
 
 TEXTS = {
     "gsm1": "Your verification code is 123456. It expires in 5 minutes.",
@@ -481,7 +486,7 @@ async def run(args: argparse.Namespace) -> dict:
     cli = [sys.executable, "-m", "bridge.cli"]
     sim = None
     if not args.accept_only:
-        sim = subprocess.Popen(
+        sim = CHILDREN.popen(
             [*cli, "sim", "--config", str(path)],
             env=env,
             stdout=open(tmp / "sim.log", "wb"),
@@ -515,7 +520,7 @@ async def run(args: argparse.Namespace) -> dict:
         creds = accounts[0]
         for k, p in enumerate(paths):
             daemons.append(
-                subprocess.Popen(
+                CHILDREN.popen(
                     [*cli, "run", "--config", str(p)],
                     env=env,
                     stdout=open(tmp / f"daemon{k or ''}.log", "wb"),
@@ -719,13 +724,7 @@ async def run(args: argparse.Namespace) -> dict:
             "rounds": per_round,
         }
     finally:
-        for p in (*daemons, sim):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        CHILDREN.end()
         if cluster is not None:
             cluster.stop()  # type: ignore[attr-defined]
         await reports.stop()
@@ -965,6 +964,7 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))

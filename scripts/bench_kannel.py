@@ -36,7 +36,10 @@ import aiohttp
 import bench  # scripts/ is the script's own folder: the bridge benchmark's helpers
 import yaml
 from aiohttp import web
+from children import Children
 
+# The simulator, bearerbox and smsbox: ended with this script (children.py).
+CHILDREN = Children()
 FINAL = {1: "delivered", 2: "undelivered", 16: "rejected"}  # Kannel's %d of a final report
 
 
@@ -198,11 +201,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", ports["dlr"]).start()
-    procs: list[subprocess.Popen[bytes]] = []
 
     def start(*argv: str, log: str) -> subprocess.Popen[bytes]:
-        procs.append(subprocess.Popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT))
-        return procs[-1]
+        return CHILDREN.popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT)
 
     try:
         sim = start(
@@ -284,12 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": t_total,
         }
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        CHILDREN.end()
         await runner.cleanup()
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
@@ -312,6 +308,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the configs and logs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))

@@ -38,7 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from children import Children  # scripts/ is the script's own folder
+
 HERE = Path(__file__).resolve().parents[1]
+# The simulator, or valgrind with this script under it: ended with this script (children.py).
+CHILDREN = Children()
+# valgrind runs the script ~20-50 times slower, its start-up (imports) included.
+UNDER_VALGRIND = 20
+VALGRIND_START_S = 300
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
 
 
@@ -145,7 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def unpark(self, *_a: Any) -> int:
             return 0
 
-    sim = subprocess.Popen(
+    CHILDREN.popen(  # the simulator
         [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -188,8 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         runner.cancel()
         await conn.stop(5)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        CHILDREN.end(10)
         shutil.rmtree(tmp, ignore_errors=True)
     if counts["results"] != total_parts or disp.sent != total_parts:
         got = f"{counts['results']} recorded, {disp.sent} sent"
@@ -209,12 +215,20 @@ def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
         "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
         "--loop", args.loop,
-        "--timeout", str(args.timeout * 20),
+        "--timeout", str(args.timeout * UNDER_VALGRIND),
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # Its own time-out past the copy's: valgrind, the copy and its simulator ended together.
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, args.timeout * UNDER_VALGRIND + VALGRIND_START_S)
+    except BaseException:  # its time-out, SIGTERM, SIGINT: a profile of part of a run
+        CHILDREN.end()
+        Path(out).unlink(missing_ok=True)
+        raise
+    CHILDREN.end()
+    if code:
+        Path(out).unlink(missing_ok=True)
+        raise SystemExit(stderr[-3000:])
+    got = json.loads(stdout.strip().splitlines()[-1])
     total = 0
     for line in Path(out).read_text().splitlines():
         if line.startswith("totals:") or line.startswith("summary:"):
@@ -230,8 +244,13 @@ def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
            "--parts", str(args.parts), "--window", str(args.window),
            "--loop", args.loop]  # fmt: skip
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, args.timeout + 120)
+    finally:
+        CHILDREN.end()
+    if code:
+        raise SystemExit(stderr[-3000:])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -249,6 +268,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    CHILDREN.on_signals()
     key = "instructions_per_msg" if args.callgrind else "cpu_us_per_msg"
     if args.compare:
         ratios = []

@@ -28,11 +28,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import free_port  # scripts/ is the script's own folder
+from children import Children
 
 from bridge.config import parse_config
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import Connector
+
+# The simulator: ended with this script (children.py).
+CHILDREN = Children()
 
 
 async def wait_port(port: int, timeout: float = 20) -> None:
@@ -79,7 +83,7 @@ async def run(args: argparse.Namespace) -> dict:
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg_data))
     cfg = parse_config(cfg_data, env={})
-    sim = subprocess.Popen(
+    CHILDREN.popen(  # the simulator
         [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -136,8 +140,7 @@ async def run(args: argparse.Namespace) -> dict:
         cpu = time.process_time() - cpu0
         await conn.stop(5)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        CHILDREN.end(10)
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "messages": args.messages,
@@ -173,6 +176,7 @@ def main() -> None:
     p.add_argument("--skip-codec", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     os.environ.setdefault("PYTHONHASHSEED", "0")
     r = asyncio.run(run(args))
     if args.json:
