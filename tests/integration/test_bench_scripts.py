@@ -22,12 +22,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, codes: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env=None if env is None else {**os.environ, **env},
+    """The script's output. Past 120 s it is sent SIGTERM, which it answers by ending its
+    children (scripts/children.py): subprocess.run's time-out SIGKILLs it, and they were left."""
+    script = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=None if env is None else {**os.environ, **env},
     )  # fmt: skip
-    assert done.returncode in codes, done.stderr[-2000:]
-    return done.stdout
+    try:
+        out, err = script.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        script.terminate()
+        try:
+            script.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            script.kill()
+            script.communicate()
+        raise
+    assert script.returncode in codes, err[-2000:]
+    return out
 
 
 def test_bench_retention_purges_everything_it_filled() -> None:
