@@ -309,27 +309,27 @@ def progress(msg: str) -> None:
 
 async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bridge-backlog-"))
-    ports = {"http": bench.free_port(), "sim": bench.free_port(), "ctl": bench.free_port()}
-    path = write_config(args, tmp, ports)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cli = [sys.executable, "-m", "bridge.cli"]
-    base = f"http://127.0.0.1:{ports['http']}"
-
-    def spawn(command: str, log: str) -> subprocess.Popen[bytes]:
-        with open(tmp / log, "wb") as out:  # the child keeps its own copy of the descriptor
-            return CHILDREN.popen(
-                [*cli, command, "--config", str(path)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    daemon: subprocess.Popen[bytes] | None = None
-    sim: subprocess.Popen[bytes] | None = None
     sampler_task: asyncio.Task[None] | None = None
-    load_before = os.getloadavg()
-    wall0 = time.perf_counter()
     try:
+        ports = {"http": bench.free_port(), "sim": bench.free_port(), "ctl": bench.free_port()}
+        path = write_config(args, tmp, ports)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "bridge.cli"]
+        base = f"http://127.0.0.1:{ports['http']}"
+
+        def spawn(command: str, log: str) -> subprocess.Popen[bytes]:
+            with open(tmp / log, "wb") as out:  # the child keeps its own copy of the descriptor
+                return CHILDREN.popen(
+                    [*cli, command, "--config", str(path)],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+
+        daemon: subprocess.Popen[bytes] | None = None
+        sim: subprocess.Popen[bytes] | None = None
+        load_before = os.getloadavg()
+        wall0 = time.perf_counter()
         create = ["account", "create", "bench", "--raw-text", "--topup", "100000000"]
         out = subprocess.run(
             [*cli, *create, "--config", str(path)],

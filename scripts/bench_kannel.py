@@ -174,38 +174,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"{' and '.join(missing)} not found: install Kannel (apt-get install kannel)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
-    ports = {k: bench.free_port() for k in ("smpp", "ctl", "admin", "box", "http", "dlr")}
-    sim_cfg = tmp / "sim.yaml"
-    sim_cfg.write_text(
-        yaml.safe_dump(
-            {
-                "security": {"master_key": "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="},
-                "logging": {"level": "WARNING"},
-                "sim": bench.sim_section(
-                    ports["smpp"],
-                    ports["ctl"],
-                    args.receipt_delay_ms,
-                    throttle_ratio=args.throttle,
-                    syserr_ratio=args.syserr,
-                ),
-                "smscs": [bench.smsc_section(ports["smpp"], args.window, 1)],
-            }
-        )
-    )
-    conf = tmp / "kannel.conf"
-    conf.write_text(kannel_conf(tmp, ports, args.window))
     receiver = Receiver()
     app = web.Application()
     app.router.add_get("/dlr", receiver.handle)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", ports["dlr"]).start()
-
-    def start(*argv: str, log: str) -> subprocess.Popen[bytes]:
-        return CHILDREN.popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT)
-
+    tmp = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
     try:
+        ports = {k: bench.free_port() for k in ("smpp", "ctl", "admin", "box", "http", "dlr")}
+        sim_cfg = tmp / "sim.yaml"
+        sim_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "security": {"master_key": "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="},
+                    "logging": {"level": "WARNING"},
+                    "sim": bench.sim_section(
+                        ports["smpp"],
+                        ports["ctl"],
+                        args.receipt_delay_ms,
+                        throttle_ratio=args.throttle,
+                        syserr_ratio=args.syserr,
+                    ),
+                    "smscs": [bench.smsc_section(ports["smpp"], args.window, 1)],
+                }
+            )
+        )
+        conf = tmp / "kannel.conf"
+        conf.write_text(kannel_conf(tmp, ports, args.window))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", ports["dlr"]).start()
+
+        def start(*argv: str, log: str) -> subprocess.Popen[bytes]:
+            return CHILDREN.popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT)
+
         sim = start(
             sys.executable, "-m", "bridge.cli", "sim", "--config", str(sim_cfg), log="sim.log"
         )

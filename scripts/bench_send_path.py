@@ -81,84 +81,86 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.text import EncodeOptions, encode_message
 
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-send-"))
-    sim_port, ctl_port = free_port(), free_port()
-    smsc_cfg = {
-        "name": "sim",
-        "port": sim_port,
-        "system_id": "bench",
-        "password": "bench",
-        "window": args.window,
-        "binds": 1,
-        "bind_mode": "transceiver",
-    }
-    cfg_data = {
-        "security": {"master_key": KEY},
-        "logging": {"level": "WARNING"},
-        "sim": {
-            "enabled": True,
+    try:
+        sim_port, ctl_port = free_port(), free_port()
+        smsc_cfg = {
+            "name": "sim",
             "port": sim_port,
-            "control_port": ctl_port,
-            "receipt_delay_ms": args.receipt_delay_ms,
             "system_id": "bench",
             "password": "bench",
-        },
-        "smscs": [smsc_cfg],
-    }
-    path = tmp / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg_data))
-    cfg = parse_config(cfg_data, env={})
-    smsc = cfg.smscs[0]
-    # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
-    text = "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
-    enc = encode_message(text, EncodeOptions(), lambda: 7)
-    segments = tuple(
-        WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
-        for p in enc.parts
-    )
-    n = args.messages
-    total_parts = n * len(segments)
-    done = asyncio.Event()
-    counts = {"claimed": 0, "results": 0, "receipts": 0}
+            "window": args.window,
+            "binds": 1,
+            "bind_mode": "transceiver",
+        }
+        cfg_data = {
+            "security": {"master_key": KEY},
+            "logging": {"level": "WARNING"},
+            "sim": {
+                "enabled": True,
+                "port": sim_port,
+                "control_port": ctl_port,
+                "receipt_delay_ms": args.receipt_delay_ms,
+                "system_id": "bench",
+                "password": "bench",
+            },
+            "smscs": [smsc_cfg],
+        }
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg_data))
+        cfg = parse_config(cfg_data, env={})
+        smsc = cfg.smscs[0]
+        # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
+        text = (
+            "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
+        )
+        enc = encode_message(text, EncodeOptions(), lambda: 7)
+        segments = tuple(
+            WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
+            for p in enc.parts
+        )
+        n = args.messages
+        total_parts = n * len(segments)
+        done = asyncio.Event()
+        counts = {"claimed": 0, "results": 0, "receipts": 0}
 
-    class StubStore:
-        commits_in_order = True
-        claim_reports = 0  # Store.claim_reports: these claims roll nothing up
+        class StubStore:
+            commits_in_order = True
+            claim_reports = 0  # Store.claim_reports: these claims roll nothing up
 
-        async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
-                        **_kw: Any) -> list[Any]:  # fmt: skip
-            k = min(limit, n - counts["claimed"])
-            first = counts["claimed"]
-            counts["claimed"] += k
-            to, coding = "+8613800138000", enc.data_coding
-            return [
-                WorkMessage(f"msg_{first + i}", "acc", to, "BRIDGE", coding, None, 0, segments)
-                for i in range(k)
-            ]
+            async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
+                            **_kw: Any) -> list[Any]:  # fmt: skip
+                k = min(limit, n - counts["claimed"])
+                first = counts["claimed"]
+                counts["claimed"] += k
+                to, coding = "+8613800138000", enc.data_coding
+                return [
+                    WorkMessage(f"msg_{first + i}", "acc", to, "BRIDGE", coding, None, 0, segments)
+                    for i in range(k)
+                ]
 
-        async def record_submits(self, results: list[Any], releases: list[Any], now: int,
-                                 instance: str = "") -> int:  # fmt: skip
-            counts["results"] += len(results)
-            return 0
+            async def record_submits(self, results: list[Any], releases: list[Any], now: int,
+                                     instance: str = "") -> int:  # fmt: skip
+                counts["results"] += len(results)
+                return 0
 
-        async def apply_receipts(self, items: list[Any], now: int) -> Any:
-            counts["receipts"] += len(items)
-            if counts["receipts"] >= total_parts:
-                done.set()
-            return ReceiptOutcome(len(items), 0)
+            async def apply_receipts(self, items: list[Any], now: int) -> Any:
+                counts["receipts"] += len(items)
+                if counts["receipts"] >= total_parts:
+                    done.set()
+                return ReceiptOutcome(len(items), 0)
 
-        async def keep_route_table(self, *_a: Any) -> None:
-            return None
+            async def keep_route_table(self, *_a: Any) -> None:
+                return None
 
-        async def unpark(self, *_a: Any) -> int:
-            return 0
+            async def unpark(self, *_a: Any) -> int:
+                return 0
 
-    CHILDREN.popen(  # the simulator
-        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(Path(args.tree).resolve())},
-    )
-    try:
+        CHILDREN.popen(  # the simulator
+            [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(args.tree).resolve())},
+        )
         await wait_port(sim_port)
         store = StubStore()
         inbound = Inbound(store, {"sim": smsc})  # type: ignore[arg-type]

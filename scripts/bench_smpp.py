@@ -54,41 +54,41 @@ async def wait_port(port: int, timeout: float = 20) -> None:
 
 async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-smpp-"))
-    sim_port, ctl_port = free_port(), free_port()
-    key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
-    cfg_data = {
-        "security": {"master_key": key},
-        "logging": {"level": "WARNING"},
-        "sim": {
-            "enabled": True,
-            "port": sim_port,
-            "control_port": ctl_port,
-            "receipt_delay_ms": args.receipt_delay_ms,
-            "system_id": "bench",
-            "password": "bench",
-        },
-        "smscs": [
-            {
-                "name": "sim",
+    try:
+        sim_port, ctl_port = free_port(), free_port()
+        key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
+        cfg_data = {
+            "security": {"master_key": key},
+            "logging": {"level": "WARNING"},
+            "sim": {
+                "enabled": True,
                 "port": sim_port,
+                "control_port": ctl_port,
+                "receipt_delay_ms": args.receipt_delay_ms,
                 "system_id": "bench",
                 "password": "bench",
-                "window": args.window,
-                "tps": args.tps,
-                "binds": 1,
-                "bind_mode": "transceiver",
-            }
-        ],
-    }
-    path = tmp / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg_data))
-    cfg = parse_config(cfg_data, env={})
-    CHILDREN.popen(  # the simulator
-        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+            },
+            "smscs": [
+                {
+                    "name": "sim",
+                    "port": sim_port,
+                    "system_id": "bench",
+                    "password": "bench",
+                    "window": args.window,
+                    "tps": args.tps,
+                    "binds": 1,
+                    "bind_mode": "transceiver",
+                }
+            ],
+        }
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg_data))
+        cfg = parse_config(cfg_data, env={})
+        CHILDREN.popen(  # the simulator
+            [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         await wait_port(sim_port)
         receipts = 0
         done = asyncio.Event()

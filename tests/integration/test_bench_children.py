@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,9 +82,15 @@ def _until_started(script: subprocess.Popen[bytes], want: list[str], limit_s: fl
 def _signalled(
     argv: list[str], want: list[str], sig: int, start_s: float = 60
 ) -> dict[tuple[int, int], str]:
-    """The processes the script had started when it was signalled (command lines)."""
+    """The processes the script had started when it was signalled (command lines). Its
+    temporary files (TMPDIR) must be gone too: its `finally` blocks ran."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
     script = subprocess.Popen(
-        [sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     seen: dict[tuple[int, int], str] = {}
     try:
@@ -97,6 +104,7 @@ def _signalled(
             time.sleep(0.1)
         left = _alive(seen)
         assert left == {}, f"still running after the script ended: {left}"
+        assert list(scratch.iterdir()) == [], "its temporary files left"
         return seen
     finally:  # whatever the test failed at: nothing of it left behind for the next tests
         if script.poll() is None:
@@ -105,6 +113,7 @@ def _signalled(
             script.wait()
         for pid, _start in _alive(seen):
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
