@@ -48,15 +48,16 @@ class Children:
         self.procs.append(p)
         return p
 
-    def run(self, argv: Sequence[str], timeout: float, **kw: Any) -> tuple[int, str, str]:
+    def run(self, argv: Sequence[str], timeout: float | None, **kw: Any) -> tuple[int, str, str]:
         """`argv` to its end, its output captured as text: (exit status, stdout, stderr).
-        Past `timeout` seconds its group is ended and the script exits saying so."""
+        Past `timeout` seconds (None: no limit) its group is ended and the script exits saying
+        so."""
         p = self.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.end()
-            raise SystemExit(f"{argv[0]} did not finish in {timeout:.0f} s: ended") from None
+            raise SystemExit(f"{argv[0]} did not finish in {timeout or 0:.0f} s: ended") from None
         return p.returncode, out, err
 
     def _signal(self, p: subprocess.Popen[Any], sig: int) -> None:

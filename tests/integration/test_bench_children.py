@@ -202,3 +202,27 @@ def test_a_child_past_its_time_out_is_ended_with_what_it_started(tmp_path: Path)
     assert len(started) == 2
     time.sleep(0.2)
     assert [pid for pid in started if _proc_stat(pid) is not None] == []
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@SIGNALS
+def test_bench_accept_inproc_under_callgrind_ends_valgrind(sig: int) -> None:
+    seen = _signalled(
+        ["scripts/bench_accept_inproc.py", "--callgrind", "--requests", "50000000"],
+        ["valgrind"],
+        sig,
+    )
+    profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
+    assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"
+
+
+@SIGNALS
+def test_bench_ab_ends_the_script_it_measures_and_its_children(sig: int) -> None:
+    other = os.path.join(os.path.dirname(sys.executable), ".", os.path.basename(sys.executable))
+    _signalled(
+        ["scripts/bench_ab.py", "--base-python", sys.executable, "--python", other,
+         "--pairs", "1", "--script", "bench_smpp.py", "--",
+         "--messages", "100000000", "--skip-codec"],
+        ["bench_smpp.py", "bridge.cli sim"],
+        sig,
+    )  # fmt: skip
