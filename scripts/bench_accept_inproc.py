@@ -43,6 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_accept_http import accept_context
+from children import Children
+
+# valgrind with this script under it (--callgrind): ended with this script (children.py).
+CHILDREN = Children()
 
 TEXT = "Your verification code is 123456."
 CONCURRENCY = 50
@@ -169,14 +173,21 @@ def under_callgrind(args: argparse.Namespace) -> None:
         cmd.append("--stub")
     if args.keep:
         cmd.append("--keep")
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    if done.returncode != 0:
-        sys.exit(done.stderr[-2000:])
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, None)
+    except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
+        CHILDREN.end()
+        if not args.out:
+            Path(out).unlink(missing_ok=True)
+        raise
+    CHILDREN.end()
+    if code != 0:
+        sys.exit(stderr[-2000:])
     totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
     if totals is None:
         sys.exit(f"no totals in {out}")
     per = int(totals.group(1)) / args.requests
-    print(done.stdout.strip())
+    print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}, "
           f"{args.requests}; profile in {out})")  # fmt: skip
 
@@ -190,6 +201,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (the store)")
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    CHILDREN.on_signals()
     if args.requests % CONCURRENCY:
         ap.error(f"--requests must be a multiple of {CONCURRENCY}")
     if args.callgrind:
