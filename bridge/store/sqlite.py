@@ -586,6 +586,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         def accept_writes(c: sqlite3.Connection, wrote: dict[str, Any]) -> AcceptOutcome:
             tps = batch.tps
             facts_row: list[Any] = []
+            key_account: Account | None = None  # the account the key's statement read
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
                 outcome, account = _authorize(
@@ -613,6 +614,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 ):
                     raise _AuthRefused("stale", account)
                 tps = account.tps
+                key_account = account
             elif batch.account_version is not None:
                 # No deferred authorisation (the Alibaba face records its nonce before the action
                 # runs): the account is still checked where the send is written, so one disabled
@@ -644,8 +646,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
-                if facts_row:  # read with the key
-                    facts = sqlite_rules.facts_of_row(recipients[0], facts_row)
+                if facts_row and key_account is not None:  # read with the key and account
+                    facts = sqlite_rules.one_facts_of(
+                        recipients[0],
+                        key_account.daily_quota,
+                        key_account.kind,
+                        key_account.low_balance_threshold,
+                        key_account.low_balance_warned_at is not None,
+                        facts_row,
+                    )
                 elif one_facts is not None:
                     facts = sqlite_rules.read_one(c, one_facts, recipients[0])
                 else:
