@@ -119,22 +119,15 @@ _AUTHORIZE_SQL = (
     "FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
 )
 _AUTHORIZE_WIDTH = 2
-# The facts' columns (sqlite_rules.one_facts_query), then the rate bucket's two.
-_FACTS_WIDTH = sqlite_rules.ONE_FACTS_WIDTH
-_RATE_BUCKET = "SELECT tokens, at FROM rate_buckets WHERE account_id=?"
 
 
 @lru_cache(maxsize=64)
 def _authorize_facts_sql(facts_cols: str) -> str:
-    """_AUTHORIZE_SQL with a send's facts (sqlite_rules.one_facts_query) after its columns,
-    then the account's rate bucket (tokens, at) when `:rate` is 1 (NULLs when 0 or no row):
-    the bucket's own SELECT was one more statement in the write lock for an account with a
-    `tps` (PostgreSQL's head statement reads it the same way, `postgres_rules._FACTS`)."""
+    """_AUTHORIZE_SQL with a send's facts (sqlite_rules.one_facts_query) after its columns."""
     head, _, _ = _AUTHORIZE_SQL.partition(" FROM ")
     return (
-        f"{head}, {facts_cols}, b.tokens, b.at FROM app_keys k "
-        "JOIN accounts a ON a.id = k.account_id "
-        "LEFT JOIN rate_buckets b ON b.account_id = a.id AND :rate WHERE k.key_id=:key_id"
+        f"{head}, {facts_cols} FROM app_keys k JOIN accounts a ON a.id = k.account_id "
+        "WHERE k.key_id=:key_id"
     )
 
 
@@ -559,11 +552,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         if one_facts is not None and batch.key_id is not None:
             # The key's statement reads the facts too (_authorize): its argument joins theirs
-            # here, not by a copy of the dict inside the write lock; and the rate bucket, for
-            # an account with a rate as the caller last saw it (one whose rate was set a moment
-            # ago reads its bucket alone, below).
+            # here, not by a copy of the dict inside the write lock.
             one_facts[1]["key_id"] = batch.key_id
-            one_facts[1]["rate"] = 1 if batch.tps > 0 else 0
 
         def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
@@ -663,7 +653,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         key_account.kind,
                         key_account.low_balance_threshold,
                         key_account.low_balance_warned_at is not None,
-                        facts_row[:_FACTS_WIDTH],
+                        facts_row,
                     )
                 elif one_facts is not None:
                     facts = sqlite_rules.read_one(c, one_facts, recipients[0])
@@ -676,12 +666,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     raise _Refused(decision)  # rolls back the idempotency record too
                 plan = decision
             if tps > 0:
-                if facts_row and batch.tps > 0:  # read with the key (_authorize_facts_sql)
-                    held, held_at = facts_row[_FACTS_WIDTH], facts_row[_FACTS_WIDTH + 1]
-                else:
-                    row = c.execute(_RATE_BUCKET, (batch.account_id,)).fetchone()
-                    held, held_at = row if row else (None, None)
-                wait, tokens, at = bucket_take(held, held_at, tps, len(batch.messages), now / 1000)
+                row = c.execute(
+                    "SELECT tokens, at FROM rate_buckets WHERE account_id=?", (batch.account_id,)
+                ).fetchone()
+                wait, tokens, at = bucket_take(
+                    row[0] if row else None,
+                    row[1] if row else None,
+                    tps,
+                    len(batch.messages),
+                    now / 1000,
+                )
                 if wait > 0:
                     raise _RateLimited(wait)  # rolls back the idempotency record too
                 c.execute(

@@ -187,9 +187,6 @@ def one_facts_query(
 
 
 _NOBODY: frozenset[str] = frozenset()
-# The columns `one_facts_query` reads, in `one_facts_of`'s order (sqlite._authorize_facts_sql
-# reads the account's rate bucket after them).
-ONE_FACTS_WIDTH = 7
 
 
 def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
