@@ -323,7 +323,9 @@ def read_facts(
     )
 
 
-def write_plan(c: sqlite3.Connection, account_id: str, plan: adm.Plan, count: int) -> None:
+def write_plan(
+    c: sqlite3.Connection | sqlite3.Cursor, account_id: str, plan: adm.Plan, count: int
+) -> None:
     c.execute(
         "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
         "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
@@ -342,7 +344,9 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
     ]
 
 
-def append_entries(c: sqlite3.Connection, account_id: str, entries: Sequence[Entry]) -> None:
+def append_entries(
+    c: sqlite3.Connection | sqlite3.Cursor, account_id: str, entries: Sequence[Entry]
+) -> None:
     """Append to the ledger and move the running pocket sums in the same transaction."""
     if len(entries) == 1:  # the usual charge: two plain statements
         e = entries[0]
