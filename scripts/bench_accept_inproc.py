@@ -2,6 +2,7 @@
 """An accept's work in one process, no sockets: CPU µs, or instructions, per accepted send.
 
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
+                                             [--tps N]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -52,8 +53,8 @@ TEXT = "Your verification code is 123456."
 CONCURRENCY = 50
 
 
-async def run(n: int, stub: bool, counting: bool, keep: bool) -> None:
-    async with accept_context("bench-inproc-", keep) as (ctx, store, creds):
+async def run(n: int, stub: bool, counting: bool, keep: bool, tps: int = 0) -> None:
+    async with accept_context("bench-inproc-", keep, tps) as (ctx, store, creds):
         await _run(ctx, store, creds, n, stub, counting)
 
 
@@ -173,6 +174,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
         cmd.append("--stub")
     if args.keep:
         cmd.append("--keep")
+    if args.tps:
+        cmd += ["--tps", str(args.tps)]
     try:
         code, stdout, stderr = CHILDREN.run(cmd, None)
     except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
@@ -199,6 +202,9 @@ def main() -> None:
     ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
     ap.add_argument("--out", help="--callgrind: the profile's file (a temporary one if not given)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (the store)")
+    ap.add_argument(
+        "--tps", type=int, default=0, help="the account's rate (high enough never to refuse)"
+    )
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     CHILDREN.on_signals()
@@ -211,7 +217,7 @@ def main() -> None:
 
     gc.freeze()
     gc.set_threshold(5000)
-    uvloop.run(run(args.requests, args.stub, args.counting, args.keep))
+    uvloop.run(run(args.requests, args.stub, args.counting, args.keep, args.tps))
 
 
 if __name__ == "__main__":

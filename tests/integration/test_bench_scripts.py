@@ -174,6 +174,31 @@ def test_bench_store_builds_a_store_once_and_runs_against_it_again(tmp_path: Pat
     assert 0.03 < leaf_unused < 0.25, leaf_unused
 
 
+def test_bench_store_with_a_rate_takes_each_accept_from_the_bucket(tmp_path: Path) -> None:
+    # --tps gives the account a rate it never reaches: every accept is accepted (the script
+    # exits non-zero on a refusal) and went through the account's token bucket.
+    import sqlite3
+
+    db = tmp_path / "rate.db"
+    out = _run(
+        "scripts/bench_store.py", "--requests", "200", "--batch", "10", "--store", str(db),
+        "--tps", "1000000",
+    )  # fmt: skip
+    assert "write lock per accept (us)" in out
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT a.tps, b.at > 0 FROM accounts a JOIN rate_buckets b ON b.account_id = a.id"
+        ).fetchall()
+        stored = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    finally:
+        conn.close()
+    assert rows == [(1_000_000, 1)], rows
+    assert stored == 240, stored  # 40 warm-up accepts and its 200
+    inproc = _run("scripts/bench_accept_inproc.py", "--requests", "50", "--tps", "1000000")
+    assert re.search(r"\(store, 50; 50 messages stored\)$", inproc, re.M), inproc
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.
