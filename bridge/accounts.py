@@ -87,7 +87,9 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
     for name, value in settings.items():
         if name not in SETTABLE:
             raise AccountError("UNKNOWN_FIELD", f"{name}: not an account setting")
-        expected = SETTABLE[name]
+        # Any, not the union: isinstance against that would narrow `value` to object, where each
+        # name's checks below read it as that name's type.
+        expected: Any = SETTABLE[name]
         if isinstance(value, bool) and expected is int:
             raise AccountError("INVALID_FIELD", f"{name}: expected an integer, got a boolean")
         if not isinstance(value, expected):

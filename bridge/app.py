@@ -789,7 +789,11 @@ class Daemon:
         waiting, are settled by it now, a batch a round, instead of waiting out the receipt
         timeout and ending unknown."""
         store = self.store
-        if not self._receipts_switched or not hasattr(store, "infer_earlier_receipts"):
+        if (
+            store is None
+            or not self._receipts_switched
+            or not hasattr(store, "infer_earlier_receipts")
+        ):
             return
         smscs = self._receipts_switched & set(getattr(store, "one_receipt_smscs", ()))
         if not smscs or await store.infer_earlier_receipts(smscs, now_ms) < 500:

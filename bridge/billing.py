@@ -536,7 +536,7 @@ async def compute_bill(
 ) -> tuple[settlement.MonthBill, tuple[int, int]]:
     bounds = await bill_bounds(store, account.id, month, tz)
     lines = await usage_lines(store, account.id, *bounds, tariffs)
-    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    kind: settlement.AccountKind = "postpaid" if account.kind == "postpaid" else "prepaid"
     return settlement.settle_month(month, lines, tariffs, tz, kind, bounds), bounds
 
 
@@ -581,7 +581,7 @@ async def settle(
     if existing is not None:
         return stored_view(existing), False
     bill, bounds = await compute_bill(store, account, month, tariffs, tz)
-    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    kind: settlement.AccountKind = "postpaid" if account.kind == "postpaid" else "prepaid"
     view = bill_view(bill, currency)
     _period(view, bounds, tz)
     view["status"] = "settled"
@@ -634,7 +634,7 @@ async def month_view(
     tz = config.rules.timezone
     bounds = await bill_bounds(store, account.id, month, tz)
     lines = await usage_lines(store, account.id, *bounds, tariffs)
-    kind = "postpaid" if account.kind == "postpaid" else "prepaid"
+    kind: settlement.AccountKind = "postpaid" if account.kind == "postpaid" else "prepaid"
     # Still awaiting an outcome (queued, or sent: its final receipt may still refund a part, of
     # international traffic too): shown, not priced, as settlement leaves the month unsettled.
     pending = [ln for ln in lines if settlement.awaiting_outcome(ln)]

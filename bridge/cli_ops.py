@@ -190,9 +190,9 @@ def cmd_template(args: argparse.Namespace) -> int:
 
     async def go(ops: Ops) -> int:
         decided = _decision(args) if args.action == "review" else None
-        if args.action == "review" and args.code is not None and decided is None:
-            return await _show_for_review(ops, args)
         if args.action == "review" and args.code is not None:
+            if decided is None:
+                return await _show_for_review(ops, args)
             t = await review.decide_template(ops.store, args.code, *decided, ops.now, args.revision)
             _print(review.template_view(t, operator=True))
             return 0

@@ -337,8 +337,9 @@ def _fresh() -> str:
 
 
 def _quote(
-    value: str, safe: str = "", encoding: str | None = None, errors: str | None = None
+    value: str | bytes, safe: object = "", encoding: str | None = None, errors: str | None = None
 ) -> str:
+    # urlencode's quote_via: whatever `safe` it passes, only the unreserved characters stay.
     from urllib.parse import quote
 
     return quote(value, safe="-_.~")

@@ -1881,8 +1881,8 @@ def check_main(path: str | None) -> int:
     if cfg.store.engine == "sqlite":
         from bridge.store.sqlite_modes import warning
 
-        if (line := warning(Path(cfg.store.path))) is not None:  # valid all the same: exit 0
-            print(f"{origin}: warning: {line}", file=sys.stderr)
+        if (warned := warning(Path(cfg.store.path))) is not None:  # valid all the same: exit 0
+            print(f"{origin}: warning: {warned}", file=sys.stderr)
     sys.stdout.write(f"# effective configuration of {origin} (secrets masked)\n")
     sys.stdout.write(
         yaml.safe_dump(effective_config_dict(cfg), sort_keys=False, allow_unicode=True)

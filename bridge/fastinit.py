@@ -73,5 +73,5 @@ def fast_init(cls: type[T]) -> type[T]:
     init.__module__ = cls.__module__
     init.__annotations__ = dict(cls.__init__.__annotations__)
     cls.__dataclass_init__ = cls.__init__  # type: ignore[attr-defined]  # kept for the tests
-    cls.__init__ = init  # type: ignore[misc]
+    cls.__init__ = init  # type: ignore[method-assign]  # replacing it is the point
     return cls

@@ -37,7 +37,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import prometheus_client
 from prometheus_client import (
@@ -153,7 +153,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        live = {"multiprocess_mode": "livemostrecent"}
+        live: dict[str, Literal["livemostrecent"]] = {"multiprocess_mode": "livemostrecent"}
         self.api_requests = Counter(
             "smpp_bridge_api_requests",
             "HTTP requests answered, by endpoint (method and route), HTTP status and error code "
@@ -751,7 +751,7 @@ class Metrics:
                 for family in self.config_generation.collect()
                 for s in family.samples
             ]
-        out = []
+        out: list[tuple[str, str, int | None, str]] = []
         for f in glob.glob(os.path.join(path, "gauge_livemostrecent_*.db")):
             pid = f.rsplit("_", 1)[1].removesuffix(".db")
             try:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bridge.config import Config
+from bridge.config import Config, LimitsConfig, VerificationLimitsConfig
 from bridge.domain import admission as adm
 from bridge.domain.content_filter import ContentFilter
 from bridge.domain.frequency import Limits
@@ -83,7 +83,7 @@ class SendRules:
     @staticmethod
     def _limits_of(config: Config) -> dict[str, Limits]:
         f = config.rules.frequency
-        by_kind = {
+        by_kind: dict[str, LimitsConfig | VerificationLimitsConfig] = {
             "verification": f.verification,
             "notification": f.notification,
             "marketing": f.marketing,

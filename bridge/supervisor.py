@@ -42,6 +42,29 @@ CONFIG_COPY_PREFIX = tempdirs.PREFIX
 # by itself. The variable is for tests.
 RELOAD_CONFIRM_S = float(os.environ.get("SMPP_BRIDGE_RELOAD_CONFIRM_S", "10"))
 
+# Each acceptor listens on the port with a socket of its own (SO_REUSEPORT), and each has its own
+# accept queue: when one exits (a crash, its restart), Linux resets the connections still waiting
+# in its queue, unless this sysctl (Linux 5.14 and later) is 1, which moves them to another
+# acceptor's queue instead (README, "Sizing"; checked on kernel 6.18 in session 51).
+MIGRATE_REQ_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_req_note(path: Path = MIGRATE_REQ_SYSCTL) -> str | None:
+    """The line to log at a start with acceptors when `path` reads 0; None when it reads
+    anything else or cannot be read (another system, an older kernel, no /proc): a start never
+    fails on it."""
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeError):
+        return None
+    if value != "0":
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: the connections waiting in an acceptor's accept queue "
+        "are reset when it exits (a crash, its restart); 1 moves them to another acceptor "
+        "(README, Sizing)"
+    )
+
 
 class Supervisor:
     def __init__(
@@ -250,6 +273,9 @@ class Supervisor:
         gate = HupGate(self._reload)
         loop.add_signal_handler(signal.SIGHUP, gate.signal)
         await self.owner.start()  # migrations, recovery and the simulator before any acceptor
+        note = migrate_req_note()
+        if note is not None:
+            log.info(note)
         for slot in range(self.workers):
             self._spawn(slot)
         gate.opened(self.owner.file_changed())

@@ -65,7 +65,7 @@ def make_sealer(config: Config) -> Sealer:
     current = load_master_key(
         inline=sec.master_key, key_file=sec.master_key_file, generate=sec.generate_master_key
     )
-    previous = ()
+    previous: tuple[bytes, ...] = ()
     if sec.previous_master_key or sec.previous_master_key_file:
         previous = (
             load_master_key(inline=sec.previous_master_key, key_file=sec.previous_master_key_file),

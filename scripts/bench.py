@@ -41,8 +41,13 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from children import Children  # scripts/ is the script's own folder
+
 from bridge import ids
 from bridge.client import BridgeClient
+
+# The simulator and the daemons (their acceptors with them): ended with this script.
+CHILDREN = Children()
 
 TEXTS = {
     "gsm1": "Your verification code is 123456. It expires in 5 minutes.",
@@ -432,63 +437,66 @@ async def run(args: argparse.Namespace) -> dict:
         raise SystemExit("--accounts must be at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     reports = StatusReceiver()
-    callback: list[str] = []
-    if args.webhooks:
-        callback = ["--callback", await reports.start()]
-    ports = [free_port() for _ in range(args.instances)]
-    http_port, sim_port, ctl_port = ports[0], free_port(), free_port()
-    key = base64.b64encode(os.urandom(32)).decode()
-    cluster, pg_pid = None, None
-    if args.store == "postgres":
-        dsn, cluster, pg_pid = await start_postgres(args)
-        store: dict = {"engine": "postgres", "dsn": dsn}
-    else:
-        store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
-    cfg = {
-        "server": {
-            "port": http_port,
-            "max_recipients": 1000,
-            "workers": args.workers,
-            **({} if args.acceptor_nice is None else {"acceptor_nice": args.acceptor_nice}),
-            **({} if args.event_loop is None else {"event_loop": args.event_loop}),
-            "admin_token": "bench-admin-token-0123456789",
-        },
-        "store": store,
-        "security": {"master_key": key},
-        "logging": {"level": "WARNING"},
-        "sim": sim_section(
-            sim_port,
-            ctl_port,
-            args.receipt_delay_ms,
-            throttle_ratio=args.throttle,
-            syserr_ratio=args.syserr,
-        ),
-        "smscs": [
-            smsc_section(
-                sim_port,
-                args.window,
-                args.binds,
-            )
-        ],
-    }
-    path = tmp / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    paths = [path]
-    for k, port in enumerate(ports[1:], start=1):  # the other instances: their own port only
-        paths.append(tmp / f"bench{k}.yaml")
-        paths[-1].write_text(yaml.safe_dump({**cfg, "server": {**cfg["server"], "port": port}}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cli = [sys.executable, "-m", "bridge.cli"]
-    sim = None
-    if not args.accept_only:
-        sim = subprocess.Popen(
-            [*cli, "sim", "--config", str(path)],
-            env=env,
-            stdout=open(tmp / "sim.log", "wb"),
-            stderr=subprocess.STDOUT,
-        )
-    daemons: list[subprocess.Popen[bytes]] = []
+    cluster = None  # a throw-away PostgreSQL cluster, stopped in the finally
+    # Everything after the directory is made runs in the try: a failure before it (a cluster
+    # that would not start, a bad option) left the directory, and the receiver and the cluster.
     try:
+        callback: list[str] = []
+        if args.webhooks:
+            callback = ["--callback", await reports.start()]
+        ports = [free_port() for _ in range(args.instances)]
+        http_port, sim_port, ctl_port = ports[0], free_port(), free_port()
+        key = base64.b64encode(os.urandom(32)).decode()
+        pg_pid = None
+        if args.store == "postgres":
+            dsn, cluster, pg_pid = await start_postgres(args)
+            store: dict = {"engine": "postgres", "dsn": dsn}
+        else:
+            store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
+        cfg = {
+            "server": {
+                "port": http_port,
+                "max_recipients": 1000,
+                "workers": args.workers,
+                **({} if args.acceptor_nice is None else {"acceptor_nice": args.acceptor_nice}),
+                **({} if args.event_loop is None else {"event_loop": args.event_loop}),
+                "admin_token": "bench-admin-token-0123456789",
+            },
+            "store": store,
+            "security": {"master_key": key},
+            "logging": {"level": "WARNING"},
+            "sim": sim_section(
+                sim_port,
+                ctl_port,
+                args.receipt_delay_ms,
+                throttle_ratio=args.throttle,
+                syserr_ratio=args.syserr,
+            ),
+            "smscs": [
+                smsc_section(
+                    sim_port,
+                    args.window,
+                    args.binds,
+                )
+            ],
+        }
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths = [path]
+        for k, port in enumerate(ports[1:], start=1):  # the other instances: their own port only
+            paths.append(tmp / f"bench{k}.yaml")
+            paths[-1].write_text(yaml.safe_dump({**cfg, "server": {**cfg["server"], "port": port}}))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "bridge.cli"]
+        sim = None
+        if not args.accept_only:
+            sim = CHILDREN.popen(
+                [*cli, "sim", "--config", str(path)],
+                env=env,
+                stdout=open(tmp / "sim.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        daemons: list[subprocess.Popen[bytes]] = []
         if sim is not None:
             await wait_http(f"http://127.0.0.1:{ctl_port}/stats")
         accounts = []
@@ -515,7 +523,7 @@ async def run(args: argparse.Namespace) -> dict:
         creds = accounts[0]
         for k, p in enumerate(paths):
             daemons.append(
-                subprocess.Popen(
+                CHILDREN.popen(
                     [*cli, "run", "--config", str(p)],
                     env=env,
                     stdout=open(tmp / f"daemon{k or ''}.log", "wb"),
@@ -719,13 +727,7 @@ async def run(args: argparse.Namespace) -> dict:
             "rounds": per_round,
         }
     finally:
-        for p in (*daemons, sim):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        CHILDREN.end()
         if cluster is not None:
             cluster.stop()  # type: ignore[attr-defined]
         await reports.stop()
@@ -965,6 +967,7 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))

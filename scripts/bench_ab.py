@@ -36,7 +36,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from children import Children  # scripts/ is the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
+# The script measured, with what it started: ended with this script (children.py).
+CHILDREN = Children()
 
 # The figures compared by default, per script: (line label, which number on the line, name).
 DEFAULTS: dict[str, list[tuple[str, int, str]]] = {
@@ -80,15 +84,15 @@ def pick(found: dict[str, list[float]], wanted: list[tuple[str, int, str]]) -> d
 
 
 def run_once(tree: Path, script: str, args: list[str], python: str = sys.executable) -> str:
-    done = subprocess.run(
-        [python, str(tree / "scripts" / script), *args],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode not in (0, 1):  # 1: a script's "target missed", still a measurement
-        raise SystemExit(f"{script} in {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
+    try:
+        code, stdout, stderr = CHILDREN.run(
+            [python, str(tree / "scripts" / script), *args], None, cwd=tree
+        )
+    finally:
+        CHILDREN.end()
+    if code not in (0, 1):  # 1: a script's "target missed", still a measurement
+        raise SystemExit(f"{script} in {tree} failed ({code}):\n{stderr[-3000:]}")
+    return stdout
 
 
 def summary(runs: dict[str, list[dict[str, float]]]) -> list[str]:
@@ -114,6 +118,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="compare every figure line, by label")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then the script's own options")
     a = ap.parse_args()
+    CHILDREN.on_signals()
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
     if a.base is None and a.base_python == a.python:
         ap.error("nothing to compare: give --base, or --base-python and --python that differ")

@@ -148,15 +148,18 @@ _BARE_SEGMENT = (
 
 
 @contextlib.asynccontextmanager
-async def accept_context(prefix: str, keep: bool = False) -> AsyncIterator[tuple[Any, Any, Any]]:
+async def accept_context(
+    prefix: str, keep: bool = False, tps: int = 0
+) -> AsyncIterator[tuple[Any, Any, Any]]:
     """The app's context as an acceptor's (a real SQLite store in a temporary directory, an
     account with money and a key): (ApiContext, SqliteStore, the account's credentials). Shared
     with bench_accept_inproc.py, which imports it from here (copy both to compare trees). At
     the end the store is closed and the directory removed, unless `keep` (`--keep`): until
-    session 50 every run left its directory behind, and 80 of them sat in /tmp."""
+    session 50 every run left its directory behind, and 80 of them sat in /tmp. `tps`: the
+    account's rate (each accept then takes from its token bucket)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        ctx, store, creds = await _open_context(tmp)
+        ctx, store, creds = await _open_context(tmp, tps)
         try:
             yield ctx, store, creds
         finally:
@@ -168,7 +171,7 @@ async def accept_context(prefix: str, keep: bool = False) -> AsyncIterator[tuple
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _open_context(tmp: Path) -> tuple[Any, Any, Any]:
+async def _open_context(tmp: Path, tps: int = 0) -> tuple[Any, Any, Any]:
     from bridge.accounts import AccountService
     from bridge.api.auth import Authenticator
     from bridge.api.context import ApiContext
@@ -211,7 +214,7 @@ async def _open_context(tmp: Path) -> tuple[Any, Any, Any]:
         # concurrent sends each loaded (and tried to seed) the tariff book, ~30 M instructions
         # counted as the accept's (60 k a request of bench_accept_inproc.py's 500).
         await ctx.tariff_book.load(now)
-    creds = await ctx.accounts.create("bench", {"raw_text": True}, now)
+    creds = await ctx.accounts.create("bench", {"raw_text": True, "tps": tps}, now)
     await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
     return ctx, store, creds
 

@@ -2,6 +2,7 @@
 """An accept's work in one process, no sockets: CPU µs, or instructions, per accepted send.
 
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
+                                             [--tps N]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -43,13 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_accept_http import accept_context
+from children import Children
+
+# valgrind with this script under it (--callgrind): ended with this script (children.py).
+CHILDREN = Children()
 
 TEXT = "Your verification code is 123456."
 CONCURRENCY = 50
 
 
-async def run(n: int, stub: bool, counting: bool, keep: bool) -> None:
-    async with accept_context("bench-inproc-", keep) as (ctx, store, creds):
+async def run(n: int, stub: bool, counting: bool, keep: bool, tps: int = 0) -> None:
+    async with accept_context("bench-inproc-", keep, tps) as (ctx, store, creds):
         await _run(ctx, store, creds, n, stub, counting)
 
 
@@ -169,14 +174,23 @@ def under_callgrind(args: argparse.Namespace) -> None:
         cmd.append("--stub")
     if args.keep:
         cmd.append("--keep")
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    if done.returncode != 0:
-        sys.exit(done.stderr[-2000:])
+    if args.tps:
+        cmd += ["--tps", str(args.tps)]
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, None)
+    except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
+        CHILDREN.end()
+        if not args.out:
+            Path(out).unlink(missing_ok=True)
+        raise
+    CHILDREN.end()
+    if code != 0:
+        sys.exit(stderr[-2000:])
     totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
     if totals is None:
         sys.exit(f"no totals in {out}")
     per = int(totals.group(1)) / args.requests
-    print(done.stdout.strip())
+    print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}, "
           f"{args.requests}; profile in {out})")  # fmt: skip
 
@@ -188,8 +202,12 @@ def main() -> None:
     ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
     ap.add_argument("--out", help="--callgrind: the profile's file (a temporary one if not given)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (the store)")
+    ap.add_argument(
+        "--tps", type=int, default=0, help="the account's rate (high enough never to refuse)"
+    )
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    CHILDREN.on_signals()
     if args.requests % CONCURRENCY:
         ap.error(f"--requests must be a multiple of {CONCURRENCY}")
     if args.callgrind:
@@ -199,7 +217,7 @@ def main() -> None:
 
     gc.freeze()
     gc.set_threshold(5000)
-    uvloop.run(run(args.requests, args.stub, args.counting, args.keep))
+    uvloop.run(run(args.requests, args.stub, args.counting, args.keep, args.tps))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from children import Children  # scripts/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,6 +60,8 @@ def _load_bench() -> Any:
 
 
 bench = _load_bench()
+# The simulator and the daemon (its acceptors with it): ended with this script (children.py).
+CHILDREN = Children()
 
 TEXT = "Your verification code is 123456. It expires in 5 minutes."  # 1-part GSM
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -306,27 +309,27 @@ def progress(msg: str) -> None:
 
 async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bridge-backlog-"))
-    ports = {"http": bench.free_port(), "sim": bench.free_port(), "ctl": bench.free_port()}
-    path = write_config(args, tmp, ports)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cli = [sys.executable, "-m", "bridge.cli"]
-    base = f"http://127.0.0.1:{ports['http']}"
-
-    def spawn(command: str, log: str) -> subprocess.Popen[bytes]:
-        with open(tmp / log, "wb") as out:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen(
-                [*cli, command, "--config", str(path)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    daemon: subprocess.Popen[bytes] | None = None
-    sim: subprocess.Popen[bytes] | None = None
     sampler_task: asyncio.Task[None] | None = None
-    load_before = os.getloadavg()
-    wall0 = time.perf_counter()
     try:
+        ports = {"http": bench.free_port(), "sim": bench.free_port(), "ctl": bench.free_port()}
+        path = write_config(args, tmp, ports)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cli = [sys.executable, "-m", "bridge.cli"]
+        base = f"http://127.0.0.1:{ports['http']}"
+
+        def spawn(command: str, log: str) -> subprocess.Popen[bytes]:
+            with open(tmp / log, "wb") as out:  # the child keeps its own copy of the descriptor
+                return CHILDREN.popen(
+                    [*cli, command, "--config", str(path)],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+
+        daemon: subprocess.Popen[bytes] | None = None
+        sim: subprocess.Popen[bytes] | None = None
+        load_before = os.getloadavg()
+        wall0 = time.perf_counter()
         create = ["account", "create", "bench", "--raw-text", "--topup", "100000000"]
         out = subprocess.run(
             [*cli, *create, "--config", str(path)],
@@ -505,13 +508,7 @@ async def run(args: argparse.Namespace) -> dict:
     finally:
         if sampler_task is not None:
             sampler_task.cancel()
-        for p in (daemon, sim):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        CHILDREN.end(30)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -598,6 +595,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (DB, logs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     if args.batch < 1 or args.messages < 1 or args.concurrency < 1:
         p.error("--messages, --batch and --concurrency must be at least 1")
     result = asyncio.run(run(args))

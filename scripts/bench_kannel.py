@@ -36,7 +36,10 @@ import aiohttp
 import bench  # scripts/ is the script's own folder: the bridge benchmark's helpers
 import yaml
 from aiohttp import web
+from children import Children
 
+# The simulator, bearerbox and smsbox: ended with this script (children.py).
+CHILDREN = Children()
 FINAL = {1: "delivered", 2: "undelivered", 16: "rejected"}  # Kannel's %d of a final report
 
 
@@ -171,40 +174,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"{' and '.join(missing)} not found: install Kannel (apt-get install kannel)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
-    ports = {k: bench.free_port() for k in ("smpp", "ctl", "admin", "box", "http", "dlr")}
-    sim_cfg = tmp / "sim.yaml"
-    sim_cfg.write_text(
-        yaml.safe_dump(
-            {
-                "security": {"master_key": "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="},
-                "logging": {"level": "WARNING"},
-                "sim": bench.sim_section(
-                    ports["smpp"],
-                    ports["ctl"],
-                    args.receipt_delay_ms,
-                    throttle_ratio=args.throttle,
-                    syserr_ratio=args.syserr,
-                ),
-                "smscs": [bench.smsc_section(ports["smpp"], args.window, 1)],
-            }
-        )
-    )
-    conf = tmp / "kannel.conf"
-    conf.write_text(kannel_conf(tmp, ports, args.window))
     receiver = Receiver()
     app = web.Application()
     app.router.add_get("/dlr", receiver.handle)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", ports["dlr"]).start()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str, log: str) -> subprocess.Popen[bytes]:
-        procs.append(subprocess.Popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT))
-        return procs[-1]
-
+    tmp = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
     try:
+        ports = {k: bench.free_port() for k in ("smpp", "ctl", "admin", "box", "http", "dlr")}
+        sim_cfg = tmp / "sim.yaml"
+        sim_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "security": {"master_key": "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="},
+                    "logging": {"level": "WARNING"},
+                    "sim": bench.sim_section(
+                        ports["smpp"],
+                        ports["ctl"],
+                        args.receipt_delay_ms,
+                        throttle_ratio=args.throttle,
+                        syserr_ratio=args.syserr,
+                    ),
+                    "smscs": [bench.smsc_section(ports["smpp"], args.window, 1)],
+                }
+            )
+        )
+        conf = tmp / "kannel.conf"
+        conf.write_text(kannel_conf(tmp, ports, args.window))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", ports["dlr"]).start()
+
+        def start(*argv: str, log: str) -> subprocess.Popen[bytes]:
+            return CHILDREN.popen(argv, stdout=open(tmp / log, "wb"), stderr=subprocess.STDOUT)
+
         sim = start(
             sys.executable, "-m", "bridge.cli", "sim", "--config", str(sim_cfg), log="sim.log"
         )
@@ -284,12 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": t_total,
         }
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        CHILDREN.end()
         await runner.cleanup()
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
@@ -312,6 +308,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the configs and logs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))

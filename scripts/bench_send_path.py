@@ -38,7 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from children import Children  # scripts/ is the script's own folder
+
 HERE = Path(__file__).resolve().parents[1]
+# The simulator, or valgrind with this script under it: ended with this script (children.py).
+CHILDREN = Children()
+# valgrind runs the script ~20-50 times slower, its start-up (imports) included.
+UNDER_VALGRIND = 20
+VALGRIND_START_S = 300
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
 
 
@@ -74,84 +81,86 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.text import EncodeOptions, encode_message
 
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-send-"))
-    sim_port, ctl_port = free_port(), free_port()
-    smsc_cfg = {
-        "name": "sim",
-        "port": sim_port,
-        "system_id": "bench",
-        "password": "bench",
-        "window": args.window,
-        "binds": 1,
-        "bind_mode": "transceiver",
-    }
-    cfg_data = {
-        "security": {"master_key": KEY},
-        "logging": {"level": "WARNING"},
-        "sim": {
-            "enabled": True,
+    try:
+        sim_port, ctl_port = free_port(), free_port()
+        smsc_cfg = {
+            "name": "sim",
             "port": sim_port,
-            "control_port": ctl_port,
-            "receipt_delay_ms": args.receipt_delay_ms,
             "system_id": "bench",
             "password": "bench",
-        },
-        "smscs": [smsc_cfg],
-    }
-    path = tmp / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg_data))
-    cfg = parse_config(cfg_data, env={})
-    smsc = cfg.smscs[0]
-    # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
-    text = "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
-    enc = encode_message(text, EncodeOptions(), lambda: 7)
-    segments = tuple(
-        WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
-        for p in enc.parts
-    )
-    n = args.messages
-    total_parts = n * len(segments)
-    done = asyncio.Event()
-    counts = {"claimed": 0, "results": 0, "receipts": 0}
+            "window": args.window,
+            "binds": 1,
+            "bind_mode": "transceiver",
+        }
+        cfg_data = {
+            "security": {"master_key": KEY},
+            "logging": {"level": "WARNING"},
+            "sim": {
+                "enabled": True,
+                "port": sim_port,
+                "control_port": ctl_port,
+                "receipt_delay_ms": args.receipt_delay_ms,
+                "system_id": "bench",
+                "password": "bench",
+            },
+            "smscs": [smsc_cfg],
+        }
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg_data))
+        cfg = parse_config(cfg_data, env={})
+        smsc = cfg.smscs[0]
+        # One GSM part, or a UCS-2 text of `parts` parts (67 characters each beside the UDH).
+        text = (
+            "Your verification code is 123456." if args.parts == 1 else "验" * (67 * args.parts - 9)
+        )
+        enc = encode_message(text, EncodeOptions(), lambda: 7)
+        segments = tuple(
+            WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
+            for p in enc.parts
+        )
+        n = args.messages
+        total_parts = n * len(segments)
+        done = asyncio.Event()
+        counts = {"claimed": 0, "results": 0, "receipts": 0}
 
-    class StubStore:
-        commits_in_order = True
-        claim_reports = 0  # Store.claim_reports: these claims roll nothing up
+        class StubStore:
+            commits_in_order = True
+            claim_reports = 0  # Store.claim_reports: these claims roll nothing up
 
-        async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
-                        **_kw: Any) -> list[Any]:  # fmt: skip
-            k = min(limit, n - counts["claimed"])
-            first = counts["claimed"]
-            counts["claimed"] += k
-            to, coding = "+8613800138000", enc.data_coding
-            return [
-                WorkMessage(f"msg_{first + i}", "acc", to, "BRIDGE", coding, None, 0, segments)
-                for i in range(k)
-            ]
+            async def claim(self, instance: str, limit: int, now_ms: int, lease_ms: int,
+                            **_kw: Any) -> list[Any]:  # fmt: skip
+                k = min(limit, n - counts["claimed"])
+                first = counts["claimed"]
+                counts["claimed"] += k
+                to, coding = "+8613800138000", enc.data_coding
+                return [
+                    WorkMessage(f"msg_{first + i}", "acc", to, "BRIDGE", coding, None, 0, segments)
+                    for i in range(k)
+                ]
 
-        async def record_submits(self, results: list[Any], releases: list[Any], now: int,
-                                 instance: str = "") -> int:  # fmt: skip
-            counts["results"] += len(results)
-            return 0
+            async def record_submits(self, results: list[Any], releases: list[Any], now: int,
+                                     instance: str = "") -> int:  # fmt: skip
+                counts["results"] += len(results)
+                return 0
 
-        async def apply_receipts(self, items: list[Any], now: int) -> Any:
-            counts["receipts"] += len(items)
-            if counts["receipts"] >= total_parts:
-                done.set()
-            return ReceiptOutcome(len(items), 0)
+            async def apply_receipts(self, items: list[Any], now: int) -> Any:
+                counts["receipts"] += len(items)
+                if counts["receipts"] >= total_parts:
+                    done.set()
+                return ReceiptOutcome(len(items), 0)
 
-        async def keep_route_table(self, *_a: Any) -> None:
-            return None
+            async def keep_route_table(self, *_a: Any) -> None:
+                return None
 
-        async def unpark(self, *_a: Any) -> int:
-            return 0
+            async def unpark(self, *_a: Any) -> int:
+                return 0
 
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(Path(args.tree).resolve())},
-    )
-    try:
+        CHILDREN.popen(  # the simulator
+            [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(args.tree).resolve())},
+        )
         await wait_port(sim_port)
         store = StubStore()
         inbound = Inbound(store, {"sim": smsc})  # type: ignore[arg-type]
@@ -188,8 +197,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         runner.cancel()
         await conn.stop(5)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        CHILDREN.end(10)
         shutil.rmtree(tmp, ignore_errors=True)
     if counts["results"] != total_parts or disp.sent != total_parts:
         got = f"{counts['results']} recorded, {disp.sent} sent"
@@ -209,12 +217,20 @@ def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
         "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
         "--loop", args.loop,
-        "--timeout", str(args.timeout * 20),
+        "--timeout", str(args.timeout * UNDER_VALGRIND),
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    # Its own time-out past the copy's: valgrind, the copy and its simulator ended together.
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, args.timeout * UNDER_VALGRIND + VALGRIND_START_S)
+    except BaseException:  # its time-out, SIGTERM, SIGINT: a profile of part of a run
+        CHILDREN.end()
+        Path(out).unlink(missing_ok=True)
+        raise
+    CHILDREN.end()
+    if code:
+        Path(out).unlink(missing_ok=True)
+        raise SystemExit(stderr[-3000:])
+    got = json.loads(stdout.strip().splitlines()[-1])
     total = 0
     for line in Path(out).read_text().splitlines():
         if line.startswith("totals:") or line.startswith("summary:"):
@@ -230,8 +246,13 @@ def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
            "--parts", str(args.parts), "--window", str(args.window),
            "--loop", args.loop]  # fmt: skip
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, args.timeout + 120)
+    finally:
+        CHILDREN.end()
+    if code:
+        raise SystemExit(stderr[-3000:])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -249,6 +270,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    CHILDREN.on_signals()
     key = "instructions_per_msg" if args.callgrind else "cpu_us_per_msg"
     if args.compare:
         ratios = []

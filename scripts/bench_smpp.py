@@ -28,11 +28,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import free_port  # scripts/ is the script's own folder
+from children import Children
 
 from bridge.config import parse_config
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import Connector
+
+# The simulator: ended with this script (children.py).
+CHILDREN = Children()
 
 
 async def wait_port(port: int, timeout: float = 20) -> None:
@@ -50,41 +54,41 @@ async def wait_port(port: int, timeout: float = 20) -> None:
 
 async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bridge-bench-smpp-"))
-    sim_port, ctl_port = free_port(), free_port()
-    key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
-    cfg_data = {
-        "security": {"master_key": key},
-        "logging": {"level": "WARNING"},
-        "sim": {
-            "enabled": True,
-            "port": sim_port,
-            "control_port": ctl_port,
-            "receipt_delay_ms": args.receipt_delay_ms,
-            "system_id": "bench",
-            "password": "bench",
-        },
-        "smscs": [
-            {
-                "name": "sim",
+    try:
+        sim_port, ctl_port = free_port(), free_port()
+        key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
+        cfg_data = {
+            "security": {"master_key": key},
+            "logging": {"level": "WARNING"},
+            "sim": {
+                "enabled": True,
                 "port": sim_port,
+                "control_port": ctl_port,
+                "receipt_delay_ms": args.receipt_delay_ms,
                 "system_id": "bench",
                 "password": "bench",
-                "window": args.window,
-                "tps": args.tps,
-                "binds": 1,
-                "bind_mode": "transceiver",
-            }
-        ],
-    }
-    path = tmp / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg_data))
-    cfg = parse_config(cfg_data, env={})
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+            },
+            "smscs": [
+                {
+                    "name": "sim",
+                    "port": sim_port,
+                    "system_id": "bench",
+                    "password": "bench",
+                    "window": args.window,
+                    "tps": args.tps,
+                    "binds": 1,
+                    "bind_mode": "transceiver",
+                }
+            ],
+        }
+        path = tmp / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg_data))
+        cfg = parse_config(cfg_data, env={})
+        CHILDREN.popen(  # the simulator
+            [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         await wait_port(sim_port)
         receipts = 0
         done = asyncio.Event()
@@ -136,8 +140,7 @@ async def run(args: argparse.Namespace) -> dict:
         cpu = time.process_time() - cpu0
         await conn.stop(5)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        CHILDREN.end(10)
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "messages": args.messages,
@@ -173,6 +176,7 @@ def main() -> None:
     p.add_argument("--skip-codec", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    CHILDREN.on_signals()
     os.environ.setdefault("PYTHONHASHSEED", "0")
     r = asyncio.run(run(args))
     if args.json:

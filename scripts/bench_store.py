@@ -32,8 +32,10 @@ in b-trees of that size. `--ordered-keys` sends nonces and idempotency keys that
 holding a day of keys (86 million at 1,000/s) takes many minutes to build, so it is built once and
 reused (each run adds its accepts). Missing, it is built with `--preload N` idempotency records and
 601,000 nonces (601 s of nonces at 1,000/s), in bulk (`bulk_preload`).
-`--random-recipients` draws each request's number at random (the same each run), as real
-traffic's are: each entry of an index on the recipient then lands on a page of its own.
+`--tps N` gives the account a rate (`tps`, never reached at 10**6): each accept then takes from
+its token bucket. `--random-recipients` draws each request's number at random (the same each
+run), as real traffic's are: each entry of an index on the recipient then lands on a page of its
+own.
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         (bulk_preload if args.store else preload)(path, args.preload, now)
     store = SqliteStore(path)
     await store.open()
-    account = Account(id="acc_bench", name="bench", raw_text=True, created_at=now, updated_at=now)
+    account = Account(
+        id="acc_bench", name="bench", raw_text=True, tps=args.tps, created_at=now, updated_at=now
+    )
     if await store.get_account(account.id) is None:  # a --store file reused has it
         await store.create_account(account)
         await store.add_key(AppKey(KEY, account.id, b"sealed", "active", now), max_active=2)
@@ -200,7 +204,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
             idempotency_key=key(uuid.uuid4().hex),
             idempotency=IdempotencyRecord(uuid.uuid4().hex, 202, payload),
             idempotency_expires_at=at + 86_400_000,
-            tps=0,
+            tps=account.tps,
             key_id=KEY,
             nonce=key(uuid.uuid4().hex + uuid.uuid4().hex[:8]),
             nonce_expires_at=at + 601_000,
@@ -271,6 +275,9 @@ def main() -> None:
         "--random-recipients", action="store_true", help="each request's number drawn at random"
     )
     ap.add_argument("--store", type=Path, help="an existing store to run against, in place")
+    ap.add_argument(
+        "--tps", type=int, default=0, help="the account's rate (high enough never to refuse)"
+    )
     args = ap.parse_args()
     if args.store is not None:
         r = asyncio.run(run(args, args.store))

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge import audit, jsonio, logs
 from bridge.api import (
@@ -137,7 +138,7 @@ def new_request_id() -> str:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler):
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
     Every answer is counted, and every line logged while handling it carries the request id."""
     request_id = new_request_id()
@@ -286,7 +287,7 @@ def _refused(
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     if path.startswith("/v1/"):
         ctx: ApiContext = request.app[CTX]
@@ -342,7 +343,7 @@ async def _signed_body(request: web.Request) -> bytes:
 
 
 @web.middleware
-async def admin_listener_middleware(request: web.Request, handler):
+async def admin_listener_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """auth_middleware of the admin listener, which serves no /v1/: such a path is 404 there,
     not a signature check. Said so: `send --url` pointed at this port was a bare "no such
     endpoint", which reads as a missing route, not as the wrong port."""

@@ -139,24 +139,36 @@ class _BodyFailingParser:
         return getattr(self._inner, name)
 
 
-# The characters of the methods the C parser (llhttp) takes: capitals, "-" (M-SEARCH) and "_"
-# (GET_PARAMETER). It refuses any other method at its first byte; RFC 9110 allows any token,
-# which let digits or a lower-case word (the rest of a body longer than its Content-Length:
-# `12345`, `llo`) wait, unanswered, for a line end under the Python parser.
-_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+# The methods the C parser (llhttp, HTTP_ALL_METHOD_MAP: HTTP's, WebDAV's, UPnP's, RTSP's and
+# ICE's SOURCE, PRI of HTTP/2's preface) takes. It matches a method byte by byte against them
+# and refuses at the first byte that continues none (`ABC` at its `B`); a prefix of one (`POS`)
+# waits for more. RFC 9110 allows any token, which let a leftover of capitals (the rest of a
+# body longer than its Content-Length) wait, unanswered, for a line end under the Python
+# parser. A unit test checks this list against the C parser where it is built.
+LLHTTP_METHODS = (
+    "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY", "LOCK",
+    "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND",
+    "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE",
+    "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "PRI",
+    "DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
+    "SET_PARAMETER", "REDIRECT", "RECORD", "FLUSH", "QUERY",
+)  # fmt: skip
+_METHODS = frozenset(m.encode() for m in LLHTTP_METHODS)
+# Every start of one (the empty one included): a set lookup per check, no scan of the list.
+_METHOD_STARTS = frozenset(m[:i] for m in _METHODS for i in range(len(m) + 1))
 
 
 def _not_a_request_start(parser: Any) -> bool:
     """Whether aiohttp's Python parser, between bodies, holds a request line (whole, its headers
-    still coming, or its start) that the C parser would refuse as it came: a byte outside the
-    methods' characters, or nothing, before the first space."""
+    still coming, or its start) that the C parser would refuse as it came: a method not one it
+    knows before the first space, or bytes no method of it starts with."""
     if parser._payload_parser is not None:
         return False
     start = parser._lines[0] if parser._lines else parser._tail.lstrip(b"\r\n")
     if not start:
         return False
     method, space, _ = start.partition(b" ")
-    return (bool(space) and not method) or any(c not in _METHOD_CHARS for c in method)
+    return method not in _METHODS if space else method not in _METHOD_STARTS
 
 
 def _check_every(limit_s: float) -> float:
@@ -198,7 +210,9 @@ class _Handler(RequestHandler):
                 # An aborted transport reads nothing more (no data_received, no eof_received):
                 # the connection is never handed to aiohttp (no timers, no answer).
                 self._refused = True
-                transport.abort()
+                # asyncio's stream transports and uvloop's have abort(); uvloop's are not
+                # asyncio.Transport subclasses, so no isinstance could tell mypy so.
+                transport.abort()  # type: ignore[attr-defined]
                 return
             self._cap, self._admitted = cap, admitted
         super().connection_made(transport)
@@ -220,15 +234,14 @@ class _Handler(RequestHandler):
     def _remote(self, headers: Any = None) -> str | None:
         """The client's address for a log line: the peer, or behind a trusted proxy the client
         that `headers` (by default the newest request's) names; none known: the peer."""
-        server = self._manager
-        trusted = getattr(server, "trusted", ())
+        server = self._manager  # None once the connection is lost
         if headers is None:
             headers = self.last_headers
-        if not trusted or not headers:
+        if not isinstance(server, JsonErrorServer) or not server.trusted or not headers:
             return self._peer
         header = server.forwarded_header
         return forwarded.client_from_headers(
-            self._peer, headers.getall(header, ()), header, trusted
+            self._peer, headers.getall(header, ()), header, server.trusted
         )
 
     def _check_writes(self) -> None:
@@ -365,7 +378,8 @@ class AppRunner(web.AppRunner):
 
             def request_factory(message: Any, *args: Any) -> web.BaseRequest:
                 request = make_request(message, *args)
-                request.protocol.last_headers = message.headers
+                # A _Handler's (JsonErrorServer's protocol): no isinstance per request.
+                request.protocol.last_headers = message.headers  # type: ignore[attr-defined]
                 return request
 
             server.request_factory = request_factory

@@ -1277,7 +1277,8 @@ _STAT_DESCRIPTION = (
     "system without reaching anyone, no part accepted and no submit left unanswered: an "
     "opt-out, a do-not-contact list, an erasure, "
     "the account disabled, a template or sign deleted or rejected, marketing or free text "
-    "revoked, a sender no longer allowed; its error_code says which); pending (queued or "
+    "revoked, a sender no longer allowed, a message found with no part row to send "
+    "(NO_PARTS); its error_code says which); pending (queued or "
     "sent, no final receipt yet); unknown (no receipt within the receipt timeout). segments "
     "and units: air parts and billable units of those messages."
 )

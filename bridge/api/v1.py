@@ -194,6 +194,8 @@ async def _post_messages(
         ):
             continue  # rendered from a copy corrected since: render it again
         break
+    else:  # run only when the tries ran out on a continue (a replay returned above)
+        assert isinstance(outcome, AcceptOutcome)
     if not outcome.accepted:
         if outcome.auth_refusal is not None:
             raise refusal(outcome.auth_refusal)

@@ -524,15 +524,16 @@ async def add_sms_template(ctx: ApiContext, account: Account, p: Params) -> dict
     kind = TEMPLATE_TYPES.get(required(p, "TemplateType"))
     if kind is None:
         raise ApiError("INVALID_FIELD", "TemplateType: 0, 1, 2 or 3")
+    name, remark = required(p, "TemplateName"), p.get("Remark", "")
     body = {
         "type": kind,
-        "name": required(p, "TemplateName"),
+        "name": name,
         "content": required(p, "TemplateContent"),
-        "remark": p.get("Remark", ""),
+        "remark": remark,
         "international": p["TemplateType"] == INTERNATIONAL,
     }
     # Refused, not cut: the template was queried back under a name it was not given.
-    if len(body["name"]) > 64 or len(body["remark"]) > 500:
+    if len(name) > 64 or len(remark) > 500:
         raise ApiError(
             "TEMPLATE_TOO_LONG", "TemplateName: at most 64 characters; Remark: at most 500"
         )

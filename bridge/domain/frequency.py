@@ -168,10 +168,11 @@ def _floor_ms(wall: datetime, zone: tzinfo, ref: int, unit: str) -> int:
             else:
                 lo = mid + 1
         before = _wall(lo - 1, zone)
-        trim = {"minute": {"second": 0, "microsecond": 0}}.get(
-            unit, {"minute": 0, "second": 0, "microsecond": 0}
-        )
-        if before.replace(**trim) != naive:  # came back into this hour from another one
+        if unit == "minute":
+            trimmed = before.replace(second=0, microsecond=0)
+        else:
+            trimmed = before.replace(minute=0, second=0, microsecond=0)
+        if trimmed != naive:  # came back into this hour from another one
             start = lo
     return start
 

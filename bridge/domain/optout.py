@@ -63,7 +63,7 @@ def _normalise_reply(text: str) -> str:
 def _accepted_forms(keywords: tuple[str, ...]) -> frozenset[str]:
     prefixes = ("", *(_normalise_reply(p) for p in REPLY_PREFIXES))
     suffixes = ("", *(_normalise_reply(s) for s in REPLY_SUFFIXES))
-    forms = set()
+    forms: set[str] = set()
     for kw in keywords:
         core = _normalise_reply(kw)
         if not core:  # an empty keyword would opt out every blank reply

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 MAX_ENTRIES = 100
 # Alphanumeric ids may hold inner blanks ("MY SHOP"), not outer ones (" ACME" would be an id of
@@ -30,6 +31,9 @@ _ENTRY = re.compile(
     r"\+?[0-9]{1,20}\*?|[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]{0,9}[A-Za-z0-9._-])?", re.ASCII
 )
 EXACT = 1_000  # an exact claim outranks any extension range
+
+# A waiting message's id: the store's (str), or SQLite's rowid (int) in its chunked walks.
+Id = TypeVar("Id", str, int)
 
 
 class SenderError(ValueError):
@@ -104,11 +108,11 @@ def may_send(
 
 
 def refused_waiting(
-    waiting: Iterable[tuple[str, str, str]],
+    waiting: Iterable[tuple[Id, str, str | None]],
     assignments: Sequence[tuple[str, Sequence[str]]],
     *,
     assigned_only: bool,
-) -> list[str]:
+) -> list[Id]:
     """The ids of waiting messages, (id, account, sender), whose account may no longer send
     from their sender under these assignments: an operator moved the address to another
     account, or took it from this one. Checked only at acceptance, a scheduled campaign went
@@ -116,8 +120,8 @@ def refused_waiting(
     that tenant's. Decided once per (account, sender): each decision reads every list (~20 µs
     with 20 accounts holding three entries each), and a queue holds many messages of few."""
     lists = {a: tuple(e) for a, e in assignments}
-    allowed: dict[tuple[str, str], bool] = {}
-    refused = []
+    allowed: dict[tuple[str, str | None], bool] = {}
+    refused: list[Id] = []
     for mid, account, sender in waiting:
         ok = allowed.get((account, sender)) if sender is not None else True
         if ok is None:

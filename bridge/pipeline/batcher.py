@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bridge import logs
 from bridge.aio import running
@@ -66,12 +66,13 @@ class Batcher(Generic[T]):
         self._queued()
         return fut
 
-    def add_many(self, items: Sequence[T]) -> asyncio.Future[None]:
+    def add_many(self, items: Sequence[T]) -> asyncio.Future[Any]:
         """Queue `items` under one future, resolved when the batch carrying them is committed
         (a message's results: one future and one waiter for its parts, not one each).
 
         Unordered batches take every queued item, so `items` share one flush; an ordered
-        batcher may cut them over two, so there each item gets its own future, gathered."""
+        batcher may cut them over two, so there each item gets its own future, gathered (its
+        result a list of Nones, not None: awaited, never read)."""
         if self._ordered:
             return asyncio.gather(*(self.add(item) for item in items))
         loop = self._loop = running(self._loop)

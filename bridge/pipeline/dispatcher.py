@@ -276,6 +276,7 @@ class Dispatcher:
             claiming = self._claiming = asyncio.get_running_loop().create_future()
             failed: Exception | None = None
             step = "keeping the route table"
+            reported = self.store.claim_reports  # only claims raise it: read before the try
             try:
                 if not self._table_kept and not self._rewired:  # a reload's, or after a pass
                     await self._keep_table()
@@ -283,7 +284,6 @@ class Dispatcher:
                 await self._unpark(now_ms)  # stop() waits for it like for the claim
                 self._start_pass()  # after the un-park: the pass sees where those went
                 park, routable = self._parking_now()
-                reported = self.store.claim_reports
                 work = await self.store.claim(
                     self.instance,
                     min(free, self.claim_batch),
@@ -297,6 +297,8 @@ class Dispatcher:
             finally:
                 claiming.set_result(None)
             if failed is not None:  # retried in a second
+                if self.store.claim_reports != reported and self.on_reports is not None:
+                    self.on_reports()  # a claim whose COMMIT went unanswered: they may be in
                 self._failures.failed(step, failed)
                 await asyncio.sleep(1)
                 continue

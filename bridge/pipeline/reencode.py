@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
+from functools import partial
 from typing import Any
 
 from bridge.api.submit import encode_options
@@ -123,7 +124,7 @@ async def reencode_waiting(
             if msg.wire == wire:  # encoded for these options (accepted since the reload)
                 continue
             bits = 8 if opts.split is SplitMode.UDH8 else 16
-            change = reencoded(msg, opts, lambda n=msg.recipient, b=bits: draw(n, b))
+            change = reencoded(msg, opts, partial(draw, msg.recipient, bits))
             if change is not None:
                 changes.append(change)
             else:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -71,7 +72,9 @@ class _SafeResolver(aiohttp.abc.AbstractResolver):
     def __init__(self) -> None:
         self._inner = aiohttp.DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[Any]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[Any]:
         found = await self._inner.resolve(host, port, family)
         kept = [r for r in found if not callback_urls.forbidden(str(r["host"]))]
         if not kept:
@@ -357,8 +360,8 @@ class WebhookSender:
             # the schedule with the reason on the report, and an ERROR line a while, not a
             # traceback at every lease's end.
             self._unopened.error(f"the webhook secret of account {account.id} does not open", exc)
-            why = f"webhook secret does not open: {exc}"
-            await self._failed(live, account.id, url, int(self.clock() * 1000), why, True)
+            reason = f"webhook secret does not open: {exc}"
+            await self._failed(live, account.id, url, int(self.clock() * 1000), reason, True)
             return
         headers = {
             "Content-Type": "application/json",

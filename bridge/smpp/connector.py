@@ -114,6 +114,7 @@ class SmscSettings(Protocol):
     max_transient_retries: int
     recycle_after_timeouts: int
     unbind_timeout_s: float
+    in_flight_on_restart: str
 
 
 @fast_init

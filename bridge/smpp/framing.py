@@ -93,7 +93,9 @@ class Framer:
             end = off + length
             if end > n:
                 break
-            frames.append(bytes(src[off:end]) if src is buf else src[off:end])
+            # Not buf: src is `data`, bytes, whose slice is bytes (mypy cannot tell it from the
+            # `is`, and a check per frame would cost on every PDU received).
+            frames.append(bytes(src[off:end]) if src is buf else src[off:end])  # type: ignore[arg-type]
             off = end
         if src is buf:
             if off == n:

@@ -579,8 +579,8 @@ class BindSession:
                 body = pdu.body
                 if isinstance(body, DataSm):
                     events.append(DeliverReceived(pdu.seq, body.as_short_message(), False, cid))
-                else:
-                    events.append(DeliverReceived(pdu.seq, body, False))
+                else:  # a deliver_sm: codec._decode_sm made it a ShortMessage (unchecked: per PDU)
+                    events.append(DeliverReceived(pdu.seq, body, False))  # type: ignore[arg-type]
             else:
                 self._respond(_INBOUND_RESP[cid], C.ESME_RINVBNDSTS, pdu.seq, MessageIdResp())
                 events.append(

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple, Protocol, TypedDict
+from typing import Any, NamedTuple, Protocol, TypedDict, TypeVar, TypeVarTuple
 
 from bridge.domain.admission import Pocket
 from bridge.domain.ledger import Entry
@@ -149,6 +149,19 @@ def clock_from(now: int) -> Callable[[], int]:
     marks its operation worked at (the sweep resumes one left unmarked for RESUME_AFTER_MS)."""
     began = time.monotonic()
     return lambda: now + int((time.monotonic() - began) * 1000)
+
+
+_Conn = TypeVar("_Conn")
+_Out = TypeVar("_Out")
+_Args = TypeVarTuple("_Args")
+
+
+def job_of(f: Callable[[_Conn, *_Args], _Out], *args: *_Args) -> Callable[[_Conn], _Out]:
+    """A job for a runner: `f(connection, *args)`, its arguments bound now (a loop's variables,
+    as of this turn). The usual `lambda c, a=a: f(c, a)` is one mypy cannot type; this one is
+    checked against `f`'s parameters. Positional, as the lambdas were: tests stand fakes with
+    other parameter names in for `f`."""
+    return lambda c: f(c, *args)
 
 
 # The outbox's backlog for /metrics, through each engine's indexes on state (SQLite's
@@ -406,6 +419,11 @@ class Store(Protocol):
     async def reclaim(self, now: int, unknown_smscs: frozenset[str]) -> dict[str, int]:
         """Periodic: requeue claims whose lease expired or whose instance is gone (several
         instances on one database); same result shape as `recover`."""
+        ...
+
+    async def renew_claims(self, instance: str, ids: list[str], lease_until: int) -> int:
+        """Extend the lease of the messages `ids` this instance still has claimed (the
+        dispatcher, every lease/3): how many it still had."""
         ...
 
     async def after_restore(self, now: int, *, dry_run: bool = False) -> dict[str, int]:

@@ -24,14 +24,16 @@ MO_COLS = (
 
 def mo_part(row: Any) -> MoPart:
     """A row of MO_PART_COLS (a sqlite3 tuple or an asyncpg Record)."""
-    r = tuple(row)
-    return MoPart(*r[:7], bytes(r[7]), r[8], r[9], r[10], r[11], r[12])
+    r = list(row)
+    r[7] = bytes(r[7])  # the payload
+    return MoPart(*r)
 
 
 def mo_message(row: Any) -> MoMessage:
     """A row of MO_COLS."""
-    r = tuple(row)
-    return MoMessage(*r[:9], seqs_from_json(r[9]), bool(r[10]))
+    r = list(row)
+    r[9], r[10] = seqs_from_json(r[9]), bool(r[10])
+    return MoMessage(*r)
 
 
 def mo_part_values(part: MoPart) -> tuple[Any, ...]:

@@ -274,7 +274,8 @@ class MessageRecord:
     expires_at: int | None
     sent_at: int | None
     done_at: int | None
-    segment_rows: tuple[SegmentRecord, ...] = ()
+    # Keyword-only: the engines build the record from a row's columns (*row) and name this.
+    segment_rows: tuple[SegmentRecord, ...] = field(default=(), kw_only=True)
 
 
 @fast_init

@@ -1425,10 +1425,12 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         keys = sorted(set(routable))
         taken: list[str] = []
         reports: list[int] = []  # queued by the claim's roll-ups (postgres_pipeline.claim)
+        ran: list[bool] = []  # the job ran to its end: what fails after it is the COMMIT
 
         async def job(c: asyncpg.Connection) -> list[WorkMessage]:
             taken.clear()  # a retried run: the rolled-back one took nothing
             reports.clear()
+            ran.clear()
             lease_until = now + lease_ms + self.clock_offset_ms  # the database's clock
             work = await pipe.claim(
                 c,
@@ -1444,6 +1446,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 reports=reports,
             )
             taken.extend(w.id for w in work)
+            ran.append(True)
             return work
 
         try:
@@ -1455,6 +1458,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             # a cut link) after the server may have committed it. Its messages would then stay
             # claimed by this live instance, unsent, until the lease ran out (5 minutes).
             self._unsure_claims.update(dict.fromkeys(taken, instance))
+            if ran:
+                # And the reports its roll-ups queued are in the outbox if it landed: counted
+                # as if it had, so the dispatcher wakes the webhook sender (else they waited
+                # for its poll). One that did not land costs a spurious wake: one poll.
+                self.claim_reports += sum(reports)
             raise
 
     async def _give_back_at_close(self) -> None:
@@ -1570,6 +1578,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         claimed_by: str | None = None,
     ) -> int:
         # Where the message may be: queued, or claimed by `claimed_by` (then `$2`, after the id).
+        args: tuple[str, ...]
         if claimed_by is None:
             state, args = "m.q_state = 'queued'", ()
         else:

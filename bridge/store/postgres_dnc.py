@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from bridge.store.base import job_of
 from bridge.store.models import DncInfo
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import DncEntries, blocked_ids
@@ -89,7 +90,7 @@ async def end_blocked(pool: asyncpg.Pool, info: DncInfo, entries: DncEntries) ->
     for claimed in (False, True):
         after: tuple[Any, ...] | None = _FIRST
         while after is not None:
-            out = await run_tx(pool, lambda c, a=after, k=claimed: chunk(c, k, a))
+            out = await run_tx(pool, job_of(chunk, claimed, after))
             if out is None:
                 return total
             ended, after = out

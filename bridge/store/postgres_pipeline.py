@@ -1038,6 +1038,7 @@ async def infer_earlier(
             touched[mid] = False
             if inferred is not None:
                 via = next(p[3] for p in parts if p[0] == source)
+                assert via is not None  # the source part's SMSC: one of `smscs`
                 inferred[via] = inferred.get(via, 0) + 1
     if updates:
         await _settle_inferred(c, updates)

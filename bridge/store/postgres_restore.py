@@ -25,7 +25,7 @@ import asyncpg
 
 from bridge.domain import lifecycle as lc
 from bridge.store import postgres_pipeline as pipe
-from bridge.store.base import StoreInUseError
+from bridge.store.base import StoreInUseError, job_of
 from bridge.store.postgres_tx import _ended_by_server, _on_a_live_session, run_tx
 
 # Messages ended per transaction: ~1 MB of the process's memory.
@@ -157,6 +157,6 @@ async def _pages(pool: asyncpg.Pool, now: int, dry_run: bool) -> dict[str, int]:
             break
     after: Any = _START
     while after is not None:
-        n, after = await run_tx(pool, lambda c, a=after: queued_page(c, now, a))
+        n, after = await run_tx(pool, job_of(queued_page, now, after))
         ended += n
     return {"ended_unknown": ended, "scheduled_kept": kept}

@@ -1064,6 +1064,7 @@ class RulesStoreMixin:
         message_id: str | None = None,
         batch: tuple[str, int] | None = None,
     ) -> tuple[int, int]:
+        args: tuple[str | int, ...]
         if message_id is not None:
             where, args = "account_id = $1 AND id = $2", (account_id, message_id)
         elif batch is not None:  # accepted_at first: the (account_id, accepted_at) index

@@ -138,24 +138,24 @@ class StorePool(asyncpg.Pool):
     the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
 
     async def execute(self, query: str, *args: Any, **kw: Any) -> str:
-        sup = super()
-        return await _on_a_live_session(self, lambda: sup.execute(query, *args, **kw))
+        sup = super().execute
+        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
 
     async def executemany(self, command: str, args: Any, **kw: Any) -> None:
-        sup = super()
-        await _on_a_live_session(self, lambda: sup.executemany(command, args, **kw))
+        sup = super().executemany
+        await _on_a_live_session(self, lambda: sup(command, args, **kw))
 
     async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
-        sup = super()
-        return await _on_a_live_session(self, lambda: sup.fetch(query, *args, **kw))
+        sup = super().fetch
+        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
 
     async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
-        sup = super()
-        return await _on_a_live_session(self, lambda: sup.fetchval(query, *args, **kw))
+        sup = super().fetchval
+        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
 
     async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
-        sup = super()
-        return await _on_a_live_session(self, lambda: sup.fetchrow(query, *args, **kw))
+        sup = super().fetchrow
+        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """asyncpg's release, less its "release() called on a free connection holder" when the

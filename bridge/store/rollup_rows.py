@@ -19,7 +19,7 @@ ROLLUP_COLS = (
 # The code of a message that has no part row at all (none written, or lost: a restore, a hand
 # edit), ended unsent by the roll-up that finds it to be released: nothing can be sent. Claimed
 # with nothing to send, it was released and claimed again, for ever.
-NO_PARTS = "NO_PARTS"
+NO_PARTS = lc.NO_PARTS
 
 
 class Rolled(NamedTuple):

@@ -564,7 +564,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # request dated before that expiry is still answered by it), or None.
             wrote: dict[str, Any] = {}
             try:
-                return accept_writes(c, wrote)
+                # One cursor for the job's statements: `Connection.execute` makes a cursor for
+                # each (an object, a weak reference the connection keeps, both dropped after).
+                return accept_writes(c, c.cursor(), wrote)
             except (_Refused, _RateLimited, _AuthRefused) as exc:
                 if "nonce" in wrote:
                     key = (batch.key_id, batch.nonce)
@@ -583,13 +585,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         c.execute(_IDEM_SET, (*wrote["idempotency"], *key))
                 return _Undone(exc)
 
-        def accept_writes(c: sqlite3.Connection, wrote: dict[str, Any]) -> AcceptOutcome:
+        def accept_writes(
+            c: sqlite3.Connection, cur: sqlite3.Cursor, wrote: dict[str, Any]
+        ) -> AcceptOutcome:
+            # `cur` runs the statements every accept makes, `c` the others.
             tps = batch.tps
             facts_row: list[Any] = []
+            key_account: Account | None = None  # the account the key's statement read
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
                 outcome, account = _authorize(
-                    c,
+                    cur,
                     batch.key_id,
                     batch.nonce,
                     batch.nonce_expires_at,
@@ -613,6 +619,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 ):
                     raise _AuthRefused("stale", account)
                 tps = account.tps
+                key_account = account
             elif batch.account_version is not None:
                 # No deferred authorisation (the Alibaba face records its nonce before the action
                 # runs): the account is still checked where the send is written, so one disabled
@@ -633,7 +640,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     batch.idempotency.response,
                     batch.idempotency_expires_at,
                 )
-                if c.execute(_IDEM_NEW, (*key, *record)).rowcount == 1:
+                if cur.execute(_IDEM_NEW, (*key, *record)).rowcount == 1:
                     wrote["idempotency"] = None
                 else:
                     old = c.execute(_IDEM_GET, key).fetchone()
@@ -644,8 +651,15 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
-                if facts_row:  # read with the key
-                    facts = sqlite_rules.facts_of_row(recipients[0], facts_row)
+                if facts_row and key_account is not None:  # read with the key and account
+                    facts = sqlite_rules.one_facts_of(
+                        recipients[0],
+                        key_account.daily_quota,
+                        key_account.kind,
+                        key_account.low_balance_threshold,
+                        key_account.low_balance_warned_at is not None,
+                        facts_row,
+                    )
                 elif one_facts is not None:
                     facts = sqlite_rules.read_one(c, one_facts, recipients[0])
                 else:
@@ -657,7 +671,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     raise _Refused(decision)  # rolls back the idempotency record too
                 plan = decision
             if tps > 0:
-                row = c.execute(
+                row = cur.execute(
                     "SELECT tokens, at FROM rate_buckets WHERE account_id=?", (batch.account_id,)
                 ).fetchone()
                 wait, tokens, at = bucket_take(
@@ -669,25 +683,25 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 )
                 if wait > 0:
                     raise _RateLimited(wait)  # rolls back the idempotency record too
-                c.execute(
+                cur.execute(
                     "INSERT INTO rate_buckets (account_id, tokens, at) VALUES (?,?,?) "
                     "ON CONFLICT (account_id) DO UPDATE SET tokens=excluded.tokens, at=excluded.at",
                     (batch.account_id, tokens, at),
                 )
-            c.executemany(
+            cur.executemany(
                 "INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, "
                 "sign_name, template, text, encoding, data_coding, segments, billable_units, "
                 "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 message_rows,
             )
-            c.executemany(
+            cur.executemany(
                 "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
                 "VALUES (?,?,?,?,?,?)",
                 segment_rows,
             )
             if plan is not None:
-                sqlite_rules.write_plan(c, batch.account_id, plan, len(batch.messages))
+                sqlite_rules.write_plan(cur, batch.account_id, plan, len(batch.messages))
                 if plan.low_balance is not None:
                     payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
                     _enqueue_webhook(
@@ -1905,7 +1919,7 @@ def _requeue_claims(
 
 
 def _authorize(
-    c: sqlite3.Connection,
+    c: sqlite3.Connection | sqlite3.Cursor,
     key_id: str,
     nonce: str,
     expires_at: int,

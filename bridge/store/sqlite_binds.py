@@ -20,7 +20,8 @@ from __future__ import annotations
 import sqlite3
 
 # C callables, no Python frame per value: dict.get of an empty dict answers None for any key.
-_NONE = {}.get
+_EMPTY: dict[object, None] = {}
+_NONE = _EMPTY.get
 
 
 def register() -> None:

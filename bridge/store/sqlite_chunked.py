@@ -13,9 +13,11 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from bridge.store.base import CHUNKED_KINDS, RESUME_AFTER_MS
+from bridge.store.base import CHUNKED_KINDS, RESUME_AFTER_MS, job_of
 
 Runner = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+# One chunk of an operation: step(c, at, last) (work_out), None once nothing is left.
+Step = Callable[[sqlite3.Connection, int, int | None], int | None]
 
 
 # The mark a worker gives its end (or walk: sqlite_senders) at a chunk: `:at`, unless the mark
@@ -33,7 +35,7 @@ CHUNKED = dict(zip(CHUNKED_KINDS, ("pending_ends", "sender_walk", "pending_erasu
 
 async def work_out(
     write: Runner,
-    step: Callable[[sqlite3.Connection, int, int | None], int | None],
+    step: Step,
     clock: Callable[[], int],
     marked_at: int | None = None,
 ) -> int:
@@ -45,7 +47,7 @@ async def work_out(
     last = marked_at
     while True:
         at = clock()
-        n = await write(lambda c, at=at, last=last: step(c, at, last))
+        n = await write(job_of(step, at, last))
         if n is None:
             return total
         total += n

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 from bridge.store import sqlite_pipeline as pipe
-from bridge.store.base import StoreError
+from bridge.store.base import StoreError, job_of
 from bridge.store.models import DncInfo
 from bridge.store.rules_rows import NEVER_TRIED, DncEntries, blocked_ids, number_prefixes
 
@@ -155,12 +155,12 @@ async def import_list(write: Runner, info: DncInfo, entries: DncEntries) -> int:
     both what is written, one chunk as str at a time, and what the walks match against."""
     gen = await write(lambda c: _latest(c, info.id, info.imported_at))
     for chunk in entries.chunks(ENTRY_CHUNK):
-        await write(lambda c, ch=chunk: _write_entries(c, info.id, gen, ch))
+        await write(job_of(_write_entries, info.id, gen, chunk))
     await write(lambda c: _record(c, info, gen, entries))
     ended = 0
     after: tuple[Any, ...] | None = _START
     while after is not None:
-        n, after = await write(lambda c, a=after: _walk(c, info, gen, a, entries))
+        n, after = await write(job_of(_walk, info, gen, after, entries))
         ended += n
     while await write(lambda c: _drop_replaced(c, info.id, gen)) == ENTRY_CHUNK:
         pass

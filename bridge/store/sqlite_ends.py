@@ -28,7 +28,7 @@ from bridge.store import sqlite_pipeline as pipe
 from bridge.store.account_rows import REVOKED_SENDS
 from bridge.store.base import clock_from
 from bridge.store.rules_rows import NEVER_TRIED
-from bridge.store.sqlite_chunked import MARK, Runner, work_out
+from bridge.store.sqlite_chunked import MARK, Runner, Step, work_out
 
 # Messages ended per transaction: at ~20 µs each, ~40 ms of the write lock.
 END_CHUNK = 2_000
@@ -268,10 +268,13 @@ async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | N
     clock = clock_from(now)
     total = 0
     for end_id in ids:
-        total += await work_out(
-            write, lambda c, at, last, i=end_id: _step(c, i, at, last), clock, marked_at
-        )
+        total += await work_out(write, _steps(end_id), clock, marked_at)
     return total
+
+
+def _steps(end_id: int) -> Step:
+    """work_out's step for the end `end_id`."""
+    return lambda c, at, last: _step(c, end_id, at, last)
 
 
 async def run(

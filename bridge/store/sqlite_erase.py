@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from bridge.domain.erasure import masked_answer
 from bridge.store.base import clock_from
-from bridge.store.sqlite_chunked import MARK, Runner, stale, work_out
+from bridge.store.sqlite_chunked import MARK, Runner, Step, stale, work_out
 
 # The account's records per transaction: ~4-5 µs each in its key order (the row read by id
 # from the index, at random), so ~10 ms of the write lock (5,000: 21-25 ms, measured).
@@ -204,12 +204,12 @@ async def finish(write: Runner, ids: Sequence[int], now: int, marked_at: int | N
     `marked_at` as sqlite_ends.finish's."""
     clock = clock_from(now)
     for erasure_id in ids:
-        await work_out(
-            write,
-            lambda c, at, last, i=erasure_id: 0 if _step(c, i, at, last) else None,
-            clock,
-            marked_at,
-        )
+        await work_out(write, _steps(erasure_id), clock, marked_at)
+
+
+def _steps(erasure_id: int) -> Step:
+    """work_out's step for the masking `erasure_id`."""
+    return lambda c, at, last: 0 if _step(c, erasure_id, at, last) else None
 
 
 async def resume(read: Runner, write: Runner, now: int) -> None:

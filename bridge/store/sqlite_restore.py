@@ -25,6 +25,7 @@ from typing import Any
 
 from bridge.domain import lifecycle as lc
 from bridge.store import sqlite_pipeline as pipe
+from bridge.store.base import job_of
 
 # Messages ended per write transaction: ~1 MB of Python memory, ~0.2 s of the write lock.
 PAGE = 5_000
@@ -93,6 +94,6 @@ async def end_restored(write: Runner, now: int, dry_run: bool) -> dict[str, int]
             break
     after: tuple[Any, ...] | None = _START
     while after is not None:
-        n, after = await write(lambda c, a=after: queued_page(c, now, a))
+        n, after = await write(job_of(queued_page, now, after))
         ended += n
     return {"ended_unknown": ended, "scheduled_kept": kept}

@@ -144,8 +144,18 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], by
 @pytest.mark.parametrize("parser", ["c", "python"])
 @pytest.mark.parametrize(
     "garbage",
-    [b'"}', b"\x00\x01\x02\xff", b" ", b"\x16\x03\x01\x02\x00", b"{}\r\n", b"12345", b"abc"],
-    ids=["body_rest", "binary", "space", "tls", "body_line", "digits", "word"],
+    [
+        b'"}',
+        b"\x00\x01\x02\xff",
+        b" ",
+        b"\x16\x03\x01\x02\x00",
+        b"{}\r\n",
+        b"12345",
+        b"abc",
+        b"ABC",
+        b"GETX",
+    ],
+    ids=["body_rest", "binary", "space", "tls", "body_line", "digits", "word", "capitals", "past"],
 )
 async def test_garbage_after_a_valid_request_is_answered_and_closed(
     daemon, parser: str, garbage: bytes, monkeypatch
@@ -155,7 +165,8 @@ async def test_garbage_after_a_valid_request_is_answered_and_closed(
     connection closed at once. aiohttp's Python parser (run where its C extension is missing)
     waited for a line end that never came, and the connection was closed at
     server.idle_timeout_s (75 s) with nothing answered; until session 50's review it still did for
-    bytes that are a token but no method the C parser knows (digits, a lower-case word)."""
+    bytes that are a token but no method the C parser knows (digits, a lower-case word), and until
+    session 51 for capitals that begin no method llhttp knows (`ABC`) or run past one (`GETX`)."""
     from aiohttp import http_parser, web_protocol
 
     if parser == "python":
@@ -176,6 +187,31 @@ async def test_garbage_after_a_valid_request_is_answered_and_closed(
     assert status == 400
     error = orjson.loads(body)["error"]
     assert error["code"] == "MALFORMED_HTTP" and error["request_id"] == headers["x-request-id"]
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_the_start_of_a_method_waits_for_the_rest(daemon, parser: str, monkeypatch):
+    """`GE` may be a request's first bytes: the C parser waits for more, and so must the Python
+    one's check (a prefix of a method llhttp knows is not refused)."""
+    from aiohttp import http_parser, web_protocol
+
+    if parser == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
+        pytest.skip("aiohttp's C parser is not built here")
+    d, _ = daemon
+    reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGE")
+        status, _, _ = await asyncio.wait_for(_answer(reader), 5)
+        assert status == 200
+        with pytest.raises(TimeoutError):  # no answer: it waits
+            await asyncio.wait_for(reader.read(1), 0.5)
+        writer.write(b"T /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, _ = await asyncio.wait_for(_answer(reader), 5)
+    finally:
+        writer.close()
+    assert status == 200
 
 
 @pytest.mark.parametrize("parser", ["c", "python"])

@@ -300,3 +300,81 @@ async def test_a_close_with_the_server_away_does_not_hang_or_raise(
     async with asyncio.timeout(15):
         await s.close()
     assert sorted(s._unsure_claims) == IDS  # kept: nothing was given back
+
+
+async def _one_without_parts(store: PostgresStore, pg_dsn: str) -> None:
+    """m0 and m1 queued with their parts; m9 queued with none (it ends NO_PARTS at its claim,
+    a status report queued by the claim's roll-up); the account with a status callback."""
+    await store.update_account("acc_a", {"status_callback_url": "https://cb.example/s"}, NOW)
+    for mid in ("m0", "m1", "m9"):
+        await accept(store, message(mid))
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("DELETE FROM segments WHERE message_id = 'm9'")
+    finally:
+        await conn.close()
+
+
+async def test_a_claim_whose_commit_answer_was_lost_counts_its_reports(
+    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """Its roll-up's reports are in the outbox if the COMMIT landed (here it did): counted in
+    Store.claim_reports, which the dispatcher reads to wake the webhook sender. Session 50
+    counted them only for a claim that returned."""
+    await _one_without_parts(store, pg_dsn)
+    proxy.armed = True
+    with pytest.raises(Exception) as failed:
+        await store.claim("inst-a", 10, NOW, LEASE)
+    assert is_unavailable(failed.value), failed.value
+    assert proxy.cuts == 1
+    assert ("m9", "done", None, 1) in await claims(pg_dsn)  # it landed: m9 ended NO_PARTS
+    assert store.claim_reports == 1
+    jobs = await store.claim_webhooks(NOW + 10_000, 100, LEASE)
+    assert [(j.kind, j.payload) for j in jobs] == [("status", "m9")]
+
+
+async def test_a_claim_whose_commit_was_lost_on_the_way_counts_them_too(
+    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """The COMMIT itself dropped and the link cut: the server rolled the claim back, but the
+    client cannot tell that from a lost answer. Counted all the same: a spurious wake of the
+    webhook sender costs one poll of an empty outbox; a missed one, a wait for its poll."""
+    await _one_without_parts(store, pg_dsn)
+    proxy.forward_commit = False
+    proxy.armed = True
+    with pytest.raises(Exception) as failed:
+        await store.claim("inst-a", 10, NOW, LEASE)
+    assert is_unavailable(failed.value), failed.value
+    assert await claims(pg_dsn) == [(m, "queued", None, 0) for m in ("m0", "m1", "m9")]
+    assert await store.claim_webhooks(NOW + 10_000, 100, LEASE) == []
+    assert store.claim_reports == 1
+
+
+async def test_the_dispatcher_wakes_the_webhook_sender_after_it(
+    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """The daemon's view: the dispatcher's first claim loses its answer after queuing m9's
+    report; the webhook sender is woken at once (it waited for its next poll: up to a second
+    idle, and for ever here, where nothing else wakes it)."""
+    await _one_without_parts(store, pg_dsn)
+    smsc = Smsc()
+    d = Dispatcher(
+        store,
+        {"t1": smsc},
+        Router([], ["t1"]),
+        {"t1": SmscConfig(name="t1", system_id="t", password="t")},
+        instance="inst-a",
+        idle_s=0.01,
+        clock=lambda: NOW / 1000,
+    )
+    woken: list[int] = []
+    d.on_reports = lambda: woken.append(proxy.cuts)
+    proxy.armed = True
+    task = asyncio.create_task(d.run())
+    try:
+        await wait_until(lambda: proxy.cuts == 1, 5, 0.01)
+        await wait_until(lambda: len(smsc.parts) == 2, 10, 0.05)  # m0 and m1, given back
+        assert woken and woken[0] == 1, woken  # after the cut, by the failed claim
+    finally:
+        await d.stop(1.0)
+        task.cancel()

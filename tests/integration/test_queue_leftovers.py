@@ -110,6 +110,23 @@ async def test_a_queued_message_with_no_part_row_ends_unsent_at_its_first_claim(
     assert await _reports(store) == [], "reported twice"
 
 
+async def test_one_ended_for_want_of_parts_counts_withdrawn_in_the_stats(
+    engine: EngineHandle, store: Store
+) -> None:
+    """NO_PARTS ends a message unsent by the system's doing, refunded, its place given back: the
+    `withdrawn` of /v1/stats, as an opt-out's, not `failed` (what carriers failed or what
+    expired waiting), where session 50 counted it."""
+    await _without_parts(engine, store)
+    assert await store.claim("inst-1", 10, NOW, LEASE) == []
+    (day,) = await store.stats("acc_a", 0, NOW + DAY, 0)
+    assert {k: day[k] for k in ("submitted", "failed", "withdrawn", "pending")} == {
+        "submitted": 1,
+        "failed": 0,
+        "withdrawn": 1,
+        "pending": 0,
+    }
+
+
 async def test_a_claimed_one_without_parts_ends_at_its_leases_end(
     engine: EngineHandle, store: Store
 ) -> None:

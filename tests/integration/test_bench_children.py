@@ -1,0 +1,228 @@
+"""A benchmark script ended from outside (SIGTERM: a test's or a CI job's time-out, `kill`;
+SIGINT: Ctrl-C) ends its children, and theirs, before it exits (scripts/children.py).
+
+Until session 51 SIGTERM killed the script alone: `bench_send_path.py --callgrind` left valgrind,
+the copy of the script under it and that copy's simulator running; the others left their
+simulator and daemons. Each case starts a script as a test's time-out would find it (its
+children up), signals the script alone, and fails when anything it started is still alive."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process; None when gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> dict[tuple[int, int], str]:
+    """Every live process under `root`: (pid, start time) -> its command line."""
+    parents: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+            parents[int(entry)] = st
+    out: dict[tuple[int, int], str] = {}
+    frontier = {root}
+    while frontier:
+        kids = {pid for pid, (ppid, _t) in parents.items() if ppid in frontier}
+        for pid in kids:
+            out[(pid, parents[pid][1])] = _cmdline(pid)
+        frontier = kids
+    return out
+
+
+def _alive(procs: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+    left = {}
+    for (pid, start), cmd in procs.items():
+        st = _proc_stat(pid)
+        if st is not None and st[1] == start:
+            left[(pid, start)] = cmd
+    return left
+
+
+def _until_started(script: subprocess.Popen[bytes], want: list[str], limit_s: float) -> dict:
+    """The script's descendants once each of `want` is in one of their command lines."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        assert script.poll() is None, "the script ended by itself"
+        seen = _descendants(script.pid)
+        if all(any(w in cmd for cmd in seen.values()) for w in want):
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"not all of {want} started: {_descendants(script.pid)}")
+
+
+def _signalled(
+    argv: list[str], want: list[str], sig: int, start_s: float = 60
+) -> dict[tuple[int, int], str]:
+    """The processes the script had started when it was signalled (command lines). Its
+    temporary files (TMPDIR) must be gone too: its `finally` blocks ran."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
+    script = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    seen: dict[tuple[int, int], str] = {}
+    try:
+        seen = _until_started(script, want, start_s)
+        time.sleep(0.5)  # what the children start right after
+        seen |= _descendants(script.pid)
+        script.send_signal(sig)
+        script.wait(40)
+        deadline = time.monotonic() + 5  # a SIGKILLed child's exit, seen a moment later
+        while _alive(seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _alive(seen)
+        assert left == {}, f"still running after the script ended: {left}"
+        assert list(scratch.iterdir()) == [], "its temporary files left"
+        return seen
+    finally:  # whatever the test failed at: nothing of it left behind for the next tests
+        if script.poll() is None:
+            seen |= _descendants(script.pid)
+            script.kill()
+            script.wait()
+        for pid, _start in _alive(seen):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+
+
+@SIGNALS
+def test_bench_send_path_ends_its_simulator(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_send_path.py", "--messages", "100000000", "--receipt-delay-ms", "5000"],
+        ["bridge.cli sim"],
+        sig,
+    )
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@SIGNALS
+def test_bench_send_path_under_callgrind_ends_valgrind_and_the_copys_simulator(sig: int) -> None:
+    seen = _signalled(
+        ["scripts/bench_send_path.py", "--callgrind", "--messages", "100000000"],
+        ["valgrind", "bridge.cli sim"],
+        sig,
+        start_s=120,
+    )
+    profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
+    assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"
+
+
+@SIGNALS
+def test_bench_smpp_ends_its_simulator(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_smpp.py", "--messages", "100000000", "--skip-codec"],
+        ["bridge.cli sim"],
+        sig,
+    )
+
+
+@SIGNALS
+def test_bench_ends_its_simulator_and_daemon(sig: int) -> None:
+    _signalled(
+        ["scripts/bench.py", "--messages", "100000000", "--timeout", "600"],
+        ["bridge.cli sim", "bridge.cli run"],
+        sig,
+    )
+
+
+@SIGNALS
+def test_bench_backlog_ends_its_simulator_and_daemon(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_backlog.py", "--messages", "100000000"],
+        ["bridge.cli run"],  # the simulator comes once the backlog is queued
+        sig,
+    )
+
+
+@pytest.mark.skipif(shutil.which("bearerbox") is None, reason="Kannel is not installed")
+@SIGNALS
+def test_bench_kannel_ends_its_simulator_and_kannel(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_kannel.py", "--messages", "100000000", "--timeout", "600"],
+        ["bridge.cli sim", "bearerbox", "smsbox"],
+        sig,
+    )
+
+
+def test_a_child_past_its_time_out_is_ended_with_what_it_started(tmp_path: Path) -> None:
+    """Children.run's own time-out (bench_send_path.py's valgrind run had none: a run that
+    hung held the script, valgrind and the simulator until something killed the script)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from children import Children
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    pids = tmp_path / "pids"
+    child = (
+        "import os, subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{p.pid}}'); time.sleep(120)"
+    )
+    kids = Children()
+    kids.own_groups = True  # as the outermost script's, whatever runs this test
+    began = time.monotonic()
+    with pytest.raises(SystemExit, match="did not finish in 2 s"):
+        kids.run([sys.executable, "-c", child], 2)
+    assert time.monotonic() - began < 20
+    started = [int(x) for x in pids.read_text().split()]
+    assert len(started) == 2
+    time.sleep(0.2)
+    assert [pid for pid in started if _proc_stat(pid) is not None] == []
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@SIGNALS
+def test_bench_accept_inproc_under_callgrind_ends_valgrind(sig: int) -> None:
+    seen = _signalled(
+        ["scripts/bench_accept_inproc.py", "--callgrind", "--requests", "50000000"],
+        ["valgrind"],
+        sig,
+    )
+    profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
+    assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"
+
+
+@SIGNALS
+def test_bench_ab_ends_the_script_it_measures_and_its_children(sig: int) -> None:
+    other = os.path.join(os.path.dirname(sys.executable), ".", os.path.basename(sys.executable))
+    _signalled(
+        ["scripts/bench_ab.py", "--base-python", sys.executable, "--python", other,
+         "--pairs", "1", "--script", "bench_smpp.py", "--",
+         "--messages", "100000000", "--skip-codec"],
+        ["bench_smpp.py", "bridge.cli sim"],
+        sig,
+    )  # fmt: skip
