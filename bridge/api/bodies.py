@@ -41,7 +41,7 @@ async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
         await _send_continue(request)
     try:
         if request.content.is_eof():  # the parser has fed the whole body: read() cannot wait
-            return await request.read()
+            return buffered_body(request)
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except TimeoutError:
@@ -56,6 +56,20 @@ async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
         # The bytes after the headers are not a body (a bad chunk size): see
         # http_errors._BodyFailingParser. RequestPayloadError: aiohttp's pure-Python parser.
         raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
+
+
+def buffered_body(request: web.Request) -> bytes:
+    """`request.read()` of a body the parser has fed whole (`request.content.is_eof()`), taken
+    from the stream's buffer in one call. Why: read() loops readany() into a bytearray until an
+    empty chunk and copies it out (two reads, two copies), ~1.5 µs of each send. As read(): over
+    the app's client_max_size is 413, and the bytes are kept as read() keeps them, so a later
+    `request.read()` answers them again instead of an empty body."""
+    body = request.content.read_nowait()
+    limit = request.client_max_size
+    if limit and len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit)
+    request._read_bytes = body  # read()'s own cache (a slot of the request)
+    return body
 
 
 async def defer_continue(request: web.Request) -> None:

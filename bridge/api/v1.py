@@ -127,10 +127,22 @@ _STALE_TRIES = 4
 
 async def post_messages(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    claim = request[PRINCIPAL].deferred
+    principal = request[PRINCIPAL]
+    claim = principal.deferred
     now_ms = ctx.now_ms()
     try:
-        return await _checked_post(ctx, request, claim, now_ms)
+        # The request's own checks here, not in a coroutine of their own (a frame and an await
+        # more on every send).
+        check_accepting(ctx)
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
+        body: bytes = request[BODY]
+        # The body's hash was verified with the signature: not computed a second time.
+        req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
+        return await _post_messages(
+            ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
+        )
     except ApiError as exc:
         if claim is not None and exc.code not in _AUTH_CODES and not request.get(_SPENT):
             # A refused send still spends its nonce: the same signed request must not be
@@ -147,22 +159,6 @@ _SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
 # is not one: refused, its nonce is still spent, or the captured request would be accepted when
 # the operator enabled the account again within the skew window.
 _AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY"})
-
-
-async def _checked_post(
-    ctx: ApiContext, request: web.Request, claim: NonceClaim | None, now_ms: int
-) -> web.Response:
-    principal = request[PRINCIPAL]
-    body: bytes = request[BODY]
-    check_accepting(ctx)
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-    # The body's hash was verified with the signature: not computed a second time.
-    req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
-    return await _post_messages(
-        ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
-    )
 
 
 async def _post_messages(
@@ -263,19 +259,20 @@ async def _accept_once(
         ],
     }
     payload = jsonio.dumps(result)
+    # By position, in the class's order (see NewMessage in submit.Submitter.build).
     outcome = await ctx.store.accept(
         AcceptBatch(
-            account_id=account.id,
-            messages=tuple(messages),
-            idempotency_key=key,
-            idempotency=IdempotencyRecord(req_hash, 202, payload),
-            idempotency_expires_at=now_ms + ctx.config.server.idempotency_hours * 3_600_000,
-            tps=account.tps,
-            key_id=claim.key_id if claim else None,
-            nonce=claim.nonce if claim else None,
-            nonce_expires_at=claim.expires_at if claim else 0,
-            account_version=account.updated_at if claim else None,
-            rules=admission,
+            account.id,  # account_id
+            tuple(messages),  # messages
+            key,  # idempotency_key
+            IdempotencyRecord(req_hash, 202, payload),  # idempotency
+            now_ms + ctx.config.server.idempotency_hours * 3_600_000,  # idempotency_expires_at
+            account.tps,  # tps
+            claim.key_id if claim else None,  # key_id
+            claim.nonce if claim else None,  # nonce
+            claim.expires_at if claim else 0,  # nonce_expires_at
+            account.updated_at if claim else None,  # account_version
+            admission,  # rules
         ),
         now_ms,
     )

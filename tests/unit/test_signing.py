@@ -642,6 +642,26 @@ def test_the_shortcut_agrees_with_the_strict_parser_near_the_usual_spelling() ->
     assert answered == {AuthHeader, tuple}  # both answers were reached
 
 
+def test_a_clients_next_request_is_parsed_from_its_cached_head() -> None:
+    # Session 51: the head (all before ",Signature=") is matched once per client; each request's
+    # signature is checked apart, so a new one or a malformed one is still its own answer.
+    head = f"{ALGORITHM} Credential=AK_51,SignedHeaders=host;x-bridge-date"
+    signing._usual_head.cache_clear()
+    first = parse_authorization(f"{head},Signature={GOOD_SIG}")
+    second = parse_authorization(f"{head},Signature={'f' * 64}")
+    assert first == AuthHeader("AK_51", ("host", "x-bridge-date"), GOOD_SIG)
+    assert second == AuthHeader("AK_51", ("host", "x-bridge-date"), "f" * 64)
+    assert signing._usual_head.cache_info().hits == 1
+    for sig in ("F" * 64, "f" * 63 + "g", "f" * 63):
+        value = f"{head},Signature={sig}"
+        strict = _outcome(signing._parse_authorization_strictly, value)
+        assert strict == (
+            "SIGNATURE_MISMATCH",
+            "Authorization Signature must be 64 lower-case hex digits",
+        )
+        assert _outcome(parse_authorization, value) == strict
+
+
 @pytest.mark.parametrize(
     "names",
     [
@@ -1328,3 +1348,28 @@ def test_the_cached_signed_headers_list_still_refuses_a_reordered_or_repeated_on
         for _ in range(2):
             with pytest.raises(signing.SignatureError, match="sorted and without repeats"):
                 signing.parse_authorization(bad)
+
+
+def test_a_signed_headers_list_checked_again_answers_each_request_by_its_own_headers() -> None:
+    # Session 51: what check_signed_headers asks of the list alone is kept per list
+    # (_signed_plan); what the request sent is asked each time, and the refusals name the same
+    # header, in the same order of checks, as before.
+    names = ("content-type", "host", "x-bridge-content-sha256", "x-bridge-date", "x-bridge-nonce")
+    auth = AuthHeader("AK_1", names, GOOD_SIG)
+    sent = {n: "v" for n in names}
+    signing._signed_plan.cache_clear()
+    check_signed_headers(auth, sent)
+    with pytest.raises(SignatureError) as exc:
+        check_signed_headers(auth, {**sent, "idempotency-key": "k"})
+    assert exc.value.message == "header 'idempotency-key' is sent and must be in SignedHeaders"
+    without = {n: v for n, v in sent.items() if n not in ("content-type", "x-bridge-date")}
+    with pytest.raises(SignatureError) as exc:
+        check_signed_headers(auth, without)
+    assert exc.value.message == (
+        "header 'content-type' is in SignedHeaders but absent from the request"
+    )
+    assert signing._signed_plan.cache_info().hits == 2
+    short = AuthHeader("AK_1", ("host", "x-bridge-date", "x-bridge-nonce"), GOOD_SIG)
+    with pytest.raises(SignatureError) as exc:  # a required name unsigned comes first
+        check_signed_headers(short, {"content-type": "v"})
+    assert exc.value.message == "SignedHeaders must include 'x-bridge-content-sha256'"
