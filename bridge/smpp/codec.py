@@ -48,6 +48,7 @@ from bridge.smpp.constants import (
     ENQUIRE_LINK,
     ENQUIRE_LINK_RESP,
     ESM_DELIVERY_RECEIPT,
+    ESM_UDHI,
     ESME_RINVCMDID,
     ESME_RINVCMDLEN,
     ESME_RINVDSTADR,
@@ -398,6 +399,17 @@ _SM_INT_FIELDS: Final = (
 )
 
 
+# The fields of the last part of a longer message (UDH or SAR) before esm_class and between
+# priority_flag and registered_delivery, with their encoding: (service_type, source TON, NPI,
+# address, dest TON, NPI, address, schedule_delivery_time, validity_period, head octets, middle
+# octets). A message's parts (submit_sm.build_parts) share those very objects, so its parts
+# after the first reuse the octets (a 3-part message: 2 x 5 C-strings not encoded again),
+# found by identity: `is` on each field, never a false match (the same object encodes the
+# same). One tuple, replaced whole: a reader sees one entry. A one-part message (no UDH, no
+# TLVs) takes the plain path: the cache would only cost it.
+_SM_LAST: tuple[Any, ...] = (None,) * 9 + (b"", b"")
+
+
 def _encode_sm(m: ShortMessage) -> bytes:
     sm = m.short_message
     if not isinstance(sm, bytes | bytearray | memoryview):
@@ -405,29 +417,89 @@ def _encode_sm(m: ShortMessage) -> bytes:
     if len(sm) > 254:
         raise EncodeError("short_message", f"{len(sm)} octets exceed the maximum of 254")
     try:
-        parts = [
-            _ecs(m.service_type, 6, "service_type"),
-            _B2.pack(m.source_addr_ton, m.source_addr_npi),
-            _ecs(m.source_addr, 21, "source_addr"),
-            _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
-            _ecs(m.destination_addr, 21, "destination_addr"),
-            _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
-            _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time"),
-            _ecs(m.validity_period, 17, "validity_period"),
-            _B5.pack(
-                m.registered_delivery,
-                m.replace_if_present_flag,
-                m.data_coding,
-                m.sm_default_msg_id,
-                len(sm),
-            ),
-            sm,
-        ]
+        if m.esm_class & ESM_UDHI or m.tlvs:
+            head, middle = _sm_shared(m)
+            parts = [
+                head,
+                _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
+                middle,
+                _B5.pack(
+                    m.registered_delivery,
+                    m.replace_if_present_flag,
+                    m.data_coding,
+                    m.sm_default_msg_id,
+                    len(sm),
+                ),
+                sm,
+            ]
+        else:
+            parts = [
+                _ecs(m.service_type, 6, "service_type"),
+                _B2.pack(m.source_addr_ton, m.source_addr_npi),
+                _ecs(m.source_addr, 21, "source_addr"),
+                _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
+                _ecs(m.destination_addr, 21, "destination_addr"),
+                _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
+                _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time"),
+                _ecs(m.validity_period, 17, "validity_period"),
+                _B5.pack(
+                    m.registered_delivery,
+                    m.replace_if_present_flag,
+                    m.data_coding,
+                    m.sm_default_msg_id,
+                    len(sm),
+                ),
+                sm,
+            ]
     except StructError:
         raise _int_field_error(m, _SM_INT_FIELDS) from None
     if m.tlvs:
         parts.append(_encode_tlvs(m.tlvs))
     return b"".join(parts)
+
+
+def _sm_shared(m: ShortMessage) -> tuple[bytes, bytes]:
+    """The head and middle octets of part `m` of a longer message (_SM_LAST)."""
+    global _SM_LAST
+    last = _SM_LAST
+    if (
+        m.destination_addr is last[6]
+        and m.source_addr is last[3]
+        and m.validity_period is last[8]
+        and m.service_type is last[0]
+        and m.source_addr_ton is last[1]
+        and m.source_addr_npi is last[2]
+        and m.dest_addr_ton is last[4]
+        and m.dest_addr_npi is last[5]
+        and m.schedule_delivery_time is last[7]
+    ):
+        return last[9], last[10]
+    head = b"".join(
+        (
+            _ecs(m.service_type, 6, "service_type"),
+            _B2.pack(m.source_addr_ton, m.source_addr_npi),
+            _ecs(m.source_addr, 21, "source_addr"),
+            _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
+            _ecs(m.destination_addr, 21, "destination_addr"),
+        )
+    )
+    middle = _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time") + _ecs(
+        m.validity_period, 17, "validity_period"
+    )
+    _SM_LAST = (
+        m.service_type,
+        m.source_addr_ton,
+        m.source_addr_npi,
+        m.source_addr,
+        m.dest_addr_ton,
+        m.dest_addr_npi,
+        m.destination_addr,
+        m.schedule_delivery_time,
+        m.validity_period,
+        head,
+        middle,
+    )
+    return head, middle
 
 
 def _decode_sm(f: bytes, status: int) -> ShortMessage:
