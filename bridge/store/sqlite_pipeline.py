@@ -715,7 +715,8 @@ def _apply(
     for r in receipts:
         by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
     parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
-    # message id -> (its part rows, seq -> (state, error code) of those found): as read
+    single: set[str] = set()  # messages of one part row
+    # A longer message's id -> (its part rows, seq -> (state, error code) of those found)
     found: dict[str, tuple[int, dict[int, tuple[str, str | None]]]] = {}
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
@@ -725,8 +726,9 @@ def _apply(
                 (smsc, *chunk),
             ):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
-                got = found.get(mid)
-                if got is None:
+                if total == 1:
+                    single.add(mid)
+                elif (got := found.get(mid)) is None:
                     found[mid] = (total, {seq: (state, error)})
                 else:
                     got[1][seq] = (state, error)
@@ -742,14 +744,17 @@ def _apply(
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
-    here: dict[str, None] = {}  # the messages these receipts settle parts of
+    longer: dict[str, None] = {}  # the longer messages these receipts settle parts of
     for mid, seq, state, _at, error, _src in settled:  # in the order the UPDATEs apply
         touched.setdefault(mid, False)
-        here[mid] = None
+        if mid in single:
+            known[mid] = [(state, error)]
+            continue
+        longer[mid] = None
         got = found.get(mid)
         if got is not None:
             got[1][seq] = (state, error)  # as its UPDATE below writes it
-    for mid in here:
+    for mid in longer:
         got = found.get(mid)
         if got is None or (siblings is not None and mid in siblings) or len(got[1]) != got[0]:
             # A part this read did not find, or settled with its message's receipt (siblings,
