@@ -716,12 +716,13 @@ def _apply(
         by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
     parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
     single: set[str] = set()  # messages of one part row
-    # A longer message's id -> (its part rows, seq -> (state, error code) of those found)
-    found: dict[str, tuple[int, dict[int, tuple[str, str | None]]]] = {}
+    # A longer message's id -> (its part rows, seq -> (state, error code) of each part found
+    # as a receipt here settles it; None: found, not settled)
+    found: dict[str, tuple[int, dict[int, tuple[str, str | None] | None]]] = {}
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
-            for msg_id, mid, seq, state, total, error in c.execute(
-                "SELECT smsc_msg_id, message_id, seq, state, total, error_code FROM segments "
+            for msg_id, mid, seq, state, total in c.execute(
+                "SELECT smsc_msg_id, message_id, seq, state, total FROM segments "
                 f"WHERE smsc=? AND smsc_msg_id IN ({_marks(len(chunk))})",
                 (smsc, *chunk),
             ):
@@ -729,9 +730,9 @@ def _apply(
                 if total == 1:
                     single.add(mid)
                 elif (got := found.get(mid)) is None:
-                    found[mid] = (total, {seq: (state, error)})
+                    found[mid] = (total, {seq: None})
                 else:
-                    got[1][seq] = (state, error)
+                    got[1][seq] = None
     siblings = None
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles
@@ -756,12 +757,17 @@ def _apply(
             got[1][seq] = (state, error)  # as its UPDATE below writes it
     for mid in longer:
         got = found.get(mid)
-        if got is None or (siblings is not None and mid in siblings) or len(got[1]) != got[0]:
-            # A part this read did not find, or settled with its message's receipt (siblings,
-            # one_per_message): read them all.
+        if (
+            got is None
+            or len(got[1]) != got[0]
+            or None in got[1].values()
+            or (siblings is not None and mid in siblings)
+        ):
+            # A part this read did not find or these receipts did not settle, or one settled
+            # with its message's receipt (siblings, one_per_message): read them all.
             known.pop(mid, None)
-        else:  # every part row read here, as now written
-            known[mid] = [got[1][q] for q in sorted(got[1])]
+        else:  # every part row read and written here, as now written
+            known[mid] = [v for _q, v in sorted(got[1].items()) if v is not None]
     if settled:
         c.executemany(
             "UPDATE segments SET state=?3, done_at=?4, error_code=?5, receipt_inferred_from=?6 "
