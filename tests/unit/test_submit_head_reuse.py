@@ -1,10 +1,11 @@
-"""The parts of a longer message share their submit_sm's fixed fields' octets (codec._SM_LAST).
+"""The parts of a longer message share their submit_sm's fixed fields' octets (codec._SM_SHARED).
 
 A message's parts (submit_sm.build_parts) carry the very same service type, addresses, TON/NPI
 and times; the codec encodes them once for the first part and reuses the octets for the next
 parts, found by identity. These tests check that the C-strings are encoded once a message, not
-once a part, and that whatever order parts of several messages come in (fields shared, equal
-but not the same objects, or invalid), each PDU is smpplib's byte for byte.
+once a part, many messages' parts interleaved too, and that whatever order parts of several
+messages come in (fields shared, equal but not the same objects, or invalid), each PDU is
+smpplib's byte for byte.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def test_a_messages_parts_encode_their_c_strings_once(
     other = _parts(split, "+8613800138001")
     encode(Pdu(C.SUBMIT_SM, 0, 10, other[0]))
     assert "destination_addr" in calls
+    # Messages in flight together interleave their parts on a bind (part k+1 leaves once part
+    # k is answered): each message's are still encoded once.
+    calls.clear()
+    many = [_parts(split, f"+86139000000{k:02d}") for k in range(40)]
+    for seq in range(3):
+        for k, msg_parts in enumerate(many):
+            encode(Pdu(C.SUBMIT_SM, 0, 100 * k + seq, msg_parts[seq]))
+    assert len(calls) == 5 * 40, len(calls)
     for i, (p, pdu) in enumerate(zip(parts, pdus, strict=True)):
         fields = {
             k: getattr(p, k)
