@@ -2,7 +2,7 @@
 """An accept's work in one process, no sockets: CPU µs, or instructions, per accepted send.
 
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
-                                             [--tps N]
+                                             [--tps N] [--kind gsm1|ucs3]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -19,6 +19,8 @@ in the write lock, SQLite, the group commit).
 `callgrind_control -i on|off`) and prints the instructions counted per request; the profile is
 left in the `--out` file for `callgrind_annotate`. Compare two trees by running this script from
 each (it imports the `bridge` beside it), several runs each: 500 requests take about a minute.
+`--kind ucs3` sends `bench.py`'s 3-part UCS-2 text instead of its one-part GSM one (the store
+then writes three segment rows a message, counted at the end).
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ from children import Children
 # valgrind with this script under it (--callgrind): ended with this script (children.py).
 CHILDREN = Children()
 
-TEXT = "Your verification code is 123456."
+TEXTS = {
+    "gsm1": "Your verification code is 123456.",
+    # bench.py's ucs3: 3 UCS-2 parts with a UDH
+    "ucs3": "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。"
+    * 3,
+}
+TEXT = TEXTS["gsm1"]
 CONCURRENCY = 50
 
 
@@ -156,9 +164,10 @@ async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: b
     await store.close()
     with closing(sqlite3.connect(ctx.config.store.path)) as db:
         stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        rows = db.execute("SELECT count(*) FROM segments").fetchone()[0]
     print(
         f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n}; "
-        f"{stored} messages stored)"
+        f"{stored} messages stored, {rows} segment rows)"
     )
 
 
@@ -169,6 +178,7 @@ def under_callgrind(args: argparse.Namespace) -> None:
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--requests", str(args.requests), "--counting",
+        "--kind", args.kind,
     ]  # fmt: skip
     if args.stub:
         cmd.append("--stub")
@@ -206,8 +216,11 @@ def main() -> None:
         "--tps", type=int, default=0, help="the account's rate (high enough never to refuse)"
     )
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kind", choices=sorted(TEXTS), default="gsm1", help="bench.py's texts")
     args = ap.parse_args()
     CHILDREN.on_signals()
+    global TEXT
+    TEXT = TEXTS[args.kind]
     if args.requests % CONCURRENCY:
         ap.error(f"--requests must be a multiple of {CONCURRENCY}")
     if args.callgrind:

@@ -2,7 +2,7 @@
 """Time the SQLite store's write lock the owner's steps take per message, in one process.
 
 Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
-                                     [--early 0.33] [--parts 3] [--tree DIR]
+                                     [--early 0.33] [--parts 3] [--tree DIR] [--callgrind]
 
 Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
 (claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
@@ -18,14 +18,21 @@ when the results come: `bench.py`'s "matched again"); compare 0 with 1, each one
 commit per batch (a share between makes two). `--parts N` sends N-part UCS-2 messages (a
 result and a receipt per part; `--early` then counts whole messages). `--tree` imports `bridge`
 from another checkout, to compare two trees in alternating runs of this one script.
+`--callgrind` reruns it under valgrind's callgrind, counting the owner's steps only (from the
+first claim to the last receipts, the other connection's commits between them included:
+`callgrind_control -i on|off`, as `bench_accept_inproc.py` does), and prints instructions per
+message: load-independent, where the lock's CPU on a shared machine is not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +47,8 @@ ap.add_argument("--runs", type=int, default=1)
 ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
 ap.add_argument("--parts", type=int, default=1, help="parts per message (UCS-2 when > 1)")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
+ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
+ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
 ARGS = ap.parse_args()
 sys.path.insert(0, ARGS.tree)
 
@@ -125,6 +134,9 @@ async def run(path: Path) -> dict[str, float]:
     steps = dict.fromkeys(("claim", "submit results", "receipts"), 0.0)  # lock CPU by step
     done = 0
     now = NOW + 1_000  # every message due
+    if ARGS.counting:
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,
+                       capture_output=True)  # fmt: skip
 
     def step(name: str, before: Any) -> Any:
         after = store.write_lock_stats()
@@ -180,6 +192,9 @@ async def run(path: Path) -> dict[str, float]:
         cpu += c1 - c0
         done += len(work)
         now += 1
+    if ARGS.counting:
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True,
+                       capture_output=True)  # fmt: skip
     other.close()
     await store.close()
     assert done == n, done
@@ -187,7 +202,31 @@ async def run(path: Path) -> dict[str, float]:
     return out | {name: v / done * 1e6 for name, v in steps.items()}
 
 
+def under_callgrind() -> None:
+    """Reruns this script under callgrind (one run), counting the owner's steps only, and
+    prints the instructions per message."""
+    out = tempfile.mktemp(prefix="callgrind.owner.")
+    cmd = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, __file__, "--counting", "--messages", str(ARGS.messages),
+        "--batch", str(ARGS.batch), "--history", str(ARGS.history), "--early", str(ARGS.early),
+        "--parts", str(ARGS.parts), "--tree", ARGS.tree,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(done.stderr[-2000:])
+    totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
+    if totals is None:
+        sys.exit(f"no totals in {out}")
+    print(done.stdout.strip())
+    print(f"instructions per message                 {int(totals.group(1)) / ARGS.messages:,.0f}"
+          f"  (profile in {out})")  # fmt: skip
+
+
 def main() -> None:
+    if ARGS.callgrind:
+        under_callgrind()
+        return
     outs: list[dict[str, Any]] = []
     for _ in range(ARGS.runs):
         with tempfile.TemporaryDirectory() as d:

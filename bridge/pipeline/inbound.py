@@ -30,7 +30,7 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
-from bridge.smpp.receipt import ReceiptState, receipt_from_fields
+from bridge.smpp.receipt import ReceiptState, receipt_values
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
@@ -147,13 +147,15 @@ class Inbound:
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
-        receipt = receipt_from_fields(
+        # Its fields as values (receipt_values), not a Receipt made to be read once (one per
+        # part sent).
+        got = receipt_values(
             text,
             tlv_text or None,
             tlv_int(body.tlvs, C.MESSAGE_STATE),
             tlv_get(body.tlvs, C.NETWORK_ERROR_CODE),
         )
-        if receipt is None:
+        if got is None:
             self.unparsable += 1
             if self.metrics is not None:
                 self.metrics.receipt(smsc, "unparsable")
@@ -164,21 +166,20 @@ class Inbound:
             )
             out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
             return
+        message_id, state, stat, err, _submitted, done_date, _sub, _dlvrd, _text, net_error = got
         rule = self._rules.get(smsc)
         if rule is None:
-            key = receipt.message_id
+            key = message_id
         elif tlv_text:
             # SMPP 3.4 5.3.2.12: receipted_message_id is the id the submit_sm_resp returned, in
             # its format (unless the SMSC's tlv_id_base says otherwise); receipt_id_base is for
             # the id in the receipt's text.
-            key = normalize_tlv_id(receipt.message_id, rule)
+            key = normalize_tlv_id(message_id, rule)
         else:
-            key = normalize_receipt_id(receipt.message_id, rule)
+            key = normalize_receipt_id(message_id, rule)
         now_ms = int(self.clock() * 1000)
-        err = receipt.err
-        if receipt.network_error is not None and not (err and err.strip("0")):
-            err = str(receipt.network_error)
-        state = receipt.state
+        if net_error is not None and not (err and err.strip("0")):
+            err = str(net_error)
         if C.is_intermediate_notification(body.esm_class):
             # SMPP 3.4 2.11.2: one delivery attempt's outcome while the SMSC keeps trying; its
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
@@ -191,13 +192,13 @@ class Inbound:
                 smsc=smsc,
                 smsc_msg_id=key,
                 state=str(state),
-                stat=receipt.stat or None,
+                stat=stat or None,
                 err=err,
-                done_at=int(receipt.done_date.timestamp() * 1000) if receipt.done_date else None,
+                done_at=int(done_date.timestamp() * 1000) if done_date else None,
                 received_at=now_ms,
                 raw=text[:250],
             ),
-            partial(self._receipt_committed, out, smsc, key, state, receipt.stat, err),
+            partial(self._receipt_committed, out, smsc, key, state, stat, err),
         )
 
     def _receipt_committed(

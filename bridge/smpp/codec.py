@@ -48,6 +48,7 @@ from bridge.smpp.constants import (
     ENQUIRE_LINK,
     ENQUIRE_LINK_RESP,
     ESM_DELIVERY_RECEIPT,
+    ESM_UDHI,
     ESME_RINVCMDID,
     ESME_RINVCMDLEN,
     ESME_RINVDSTADR,
@@ -398,6 +399,21 @@ _SM_INT_FIELDS: Final = (
 )
 
 
+# The octets of the fields a longer message's parts (UDH or SAR) share, before esm_class (the
+# head) and between priority_flag and registered_delivery (the middle), by the id() of the
+# part's destination_addr: id -> (service_type, source TON, NPI, address, dest TON, NPI,
+# address, schedule_delivery_time, validity_period, head, middle). A message's parts
+# (submit_sm.build_parts) share those very objects, so its parts after the first reuse the
+# octets (a 3-part message: 2 x 5 C-strings not encoded again), found by identity: `is` on each
+# field, never a false match (the same object encodes the same; the entry holds the objects, so
+# an id is not reused while it is kept). Many messages' parts interleave on a bind (part k+1
+# leaves once part k is answered), hence one entry per message, not the last one only: emptied
+# when it holds _SM_SHARED_MAX (more messages than that in flight only miss more). A one-part
+# message (no UDH, no TLVs) takes the plain path: the cache would only cost it.
+_SM_SHARED: dict[int, tuple[Any, ...]] = {}
+_SM_SHARED_MAX: Final = 4096
+
+
 def _encode_sm(m: ShortMessage) -> bytes:
     sm = m.short_message
     if not isinstance(sm, bytes | bytearray | memoryview):
@@ -405,29 +421,95 @@ def _encode_sm(m: ShortMessage) -> bytes:
     if len(sm) > 254:
         raise EncodeError("short_message", f"{len(sm)} octets exceed the maximum of 254")
     try:
-        parts = [
-            _ecs(m.service_type, 6, "service_type"),
-            _B2.pack(m.source_addr_ton, m.source_addr_npi),
-            _ecs(m.source_addr, 21, "source_addr"),
-            _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
-            _ecs(m.destination_addr, 21, "destination_addr"),
-            _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
-            _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time"),
-            _ecs(m.validity_period, 17, "validity_period"),
-            _B5.pack(
-                m.registered_delivery,
-                m.replace_if_present_flag,
-                m.data_coding,
-                m.sm_default_msg_id,
-                len(sm),
-            ),
-            sm,
-        ]
+        if m.esm_class & ESM_UDHI or m.tlvs:
+            dest = m.destination_addr
+            e = _SM_SHARED.get(id(dest))
+            if (
+                e is not None
+                and dest is e[6]
+                and m.source_addr is e[3]
+                and m.validity_period is e[8]
+                and m.service_type is e[0]
+                and m.source_addr_ton is e[1]
+                and m.source_addr_npi is e[2]
+                and m.dest_addr_ton is e[4]
+                and m.dest_addr_npi is e[5]
+                and m.schedule_delivery_time is e[7]
+            ):
+                head, middle = e[9], e[10]
+            else:
+                head, middle = _sm_shared(m)
+            parts = [
+                head,
+                _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
+                middle,
+                _B5.pack(
+                    m.registered_delivery,
+                    m.replace_if_present_flag,
+                    m.data_coding,
+                    m.sm_default_msg_id,
+                    len(sm),
+                ),
+                sm,
+            ]
+        else:
+            parts = [
+                _ecs(m.service_type, 6, "service_type"),
+                _B2.pack(m.source_addr_ton, m.source_addr_npi),
+                _ecs(m.source_addr, 21, "source_addr"),
+                _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
+                _ecs(m.destination_addr, 21, "destination_addr"),
+                _B3.pack(m.esm_class, m.protocol_id, m.priority_flag),
+                _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time"),
+                _ecs(m.validity_period, 17, "validity_period"),
+                _B5.pack(
+                    m.registered_delivery,
+                    m.replace_if_present_flag,
+                    m.data_coding,
+                    m.sm_default_msg_id,
+                    len(sm),
+                ),
+                sm,
+            ]
     except StructError:
         raise _int_field_error(m, _SM_INT_FIELDS) from None
     if m.tlvs:
         parts.append(_encode_tlvs(m.tlvs))
     return b"".join(parts)
+
+
+def _sm_shared(m: ShortMessage) -> tuple[bytes, bytes]:
+    """The head and middle octets of part `m` of a longer message, encoded and kept
+    (_SM_SHARED; _encode_sm looks them up first)."""
+    dest = m.destination_addr
+    head = b"".join(
+        (
+            _ecs(m.service_type, 6, "service_type"),
+            _B2.pack(m.source_addr_ton, m.source_addr_npi),
+            _ecs(m.source_addr, 21, "source_addr"),
+            _B2.pack(m.dest_addr_ton, m.dest_addr_npi),
+            _ecs(dest, 21, "destination_addr"),
+        )
+    )
+    middle = _ecs(m.schedule_delivery_time, 17, "schedule_delivery_time") + _ecs(
+        m.validity_period, 17, "validity_period"
+    )
+    if len(_SM_SHARED) >= _SM_SHARED_MAX:
+        _SM_SHARED.clear()
+    _SM_SHARED[id(dest)] = (
+        m.service_type,
+        m.source_addr_ton,
+        m.source_addr_npi,
+        m.source_addr,
+        m.dest_addr_ton,
+        m.dest_addr_npi,
+        dest,
+        m.schedule_delivery_time,
+        m.validity_period,
+        head,
+        middle,
+    )
+    return head, middle
 
 
 def _decode_sm(f: bytes, status: int) -> ShortMessage:

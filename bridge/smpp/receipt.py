@@ -26,6 +26,7 @@ __all__ = [
     "parse_receipt_text",
     "parse_smpp_date",
     "receipt_from_fields",
+    "receipt_values",
     "state_for_stat",
 ]
 
@@ -198,6 +199,13 @@ def _network_error(raw: bytes | None) -> int | None:
     return None
 
 
+# Receipt's fields in its order, as receipt_values gives them.
+ReceiptValues = tuple[
+    str, ReceiptState, str, str | None, datetime | None, datetime | None, int | None, int | None,
+    str, int | None,
+]  # fmt: skip
+
+
 def receipt_from_fields(
     short_message_text: str,
     tlv_receipted_id: str | None,
@@ -208,6 +216,20 @@ def receipt_from_fields(
 
     A message_state outside 1..8 says nothing usable, so the text's stat is used instead.
     """
+    got = receipt_values(short_message_text, tlv_receipted_id, tlv_message_state, tlv_network_error)
+    return None if got is None else Receipt(*got)
+
+
+def receipt_values(
+    short_message_text: str,
+    tlv_receipted_id: str | None,
+    tlv_message_state: int | None,
+    tlv_network_error: bytes | None,
+) -> ReceiptValues | None:
+    """receipt_from_fields' Receipt as a plain tuple of its fields, in their order. The owner's
+    receipt path (Inbound, one per part sent) reads six of them into a ReceiptIn at once: the
+    frozen Receipt it built and dropped was ~7.4 k of the ~66 k instructions a receipt costs
+    there (session 51, counted under callgrind)."""
     text = short_message_text or ""
     m = _STANDARD_RE.fullmatch(text) if "\x00" not in text else None
     if m is not None:
@@ -240,7 +262,7 @@ def receipt_from_fields(
     else:
         stat = text_stat.upper()
     state = state_for_stat(stat) if stat else ReceiptState.UNKNOWN
-    return Receipt(
+    return (
         message_id,
         state,
         stat,

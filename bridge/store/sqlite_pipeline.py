@@ -153,7 +153,7 @@ def rollup_messages(
     *,
     intermediate: bool = False,
     air: dict[str, tuple[str, int]] | None = None,
-    known: dict[str, tuple[str, str | None]] | None = None,
+    known: dict[str, list[tuple[str, str | None]]] | None = None,
     instance: str | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
@@ -166,10 +166,12 @@ def rollup_messages(
     rewrites its message's row once, not twice; `instance`: whose results they are (the
     claim's route is written only on its own claims, rollup_rows.roll).
 
-    `known` (id -> (state, error code)) are messages of one part row whose part this
-    transaction wrote last, as it now is: not read again. A one-part message's
-    submit result and receipt each read its part before writing it, so the roll-up's read of
-    its parts was the same row once more, twice a message in the owner's write lock."""
+    `known` (id -> each part's (state, error code), in seq order) are messages whose every
+    part row this transaction read and then wrote last, as they now are: not read again. A
+    message's submit results and receipts each read its parts before writing them, so the
+    roll-up's read of its parts was the same rows once more, twice a message in the owner's
+    write lock (one-part messages since session 48; all of a message's parts, answered or
+    receipted together, since session 51)."""
     air = air or {}
     known = known or {}
     if not touched and not air:
@@ -194,8 +196,11 @@ def rollup_messages(
             if seq == 2:
                 many.add(mid)
         for mid in chunk:
-            if mid in known:
-                parts[mid].append(known[mid])
+            got = known.get(mid)
+            if got is not None:
+                parts[mid].extend(got)
+                if len(got) > 1:
+                    many.add(mid)
         for row in c.execute(
             f"SELECT {rollup_rows.ROLLUP_COLS} FROM messages WHERE id IN ({marks})", chunk
         ):
@@ -362,7 +367,8 @@ def record_submits(
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     air: dict[str, tuple[str, int]] = {}
-    known: dict[str, tuple[str, str | None]] = {}  # one-part messages' parts as now written
+    # Messages whose every part row was queued and is now sent, as now written (rollup_messages).
+    known: dict[str, list[tuple[str, str | None]]] = {}
     sent = [r for r in results if r.outcome == "sent"]
     if sent:
         # Only parts still queued count: a repeated result is settled once.
@@ -378,13 +384,21 @@ def record_submits(
                 )
             )
         fresh = []
+        many: dict[str, tuple[int, dict[int, str | None]]] = {}  # -> (total, seq -> error)
         for r in sent:
             key = (r.message_id, r.seq)
             if key in queued:
                 total, error = queued.pop(key)
                 fresh.append(r)
                 if total == 1:  # its only part row, 'sent' by the UPDATE below
-                    known[r.message_id] = (lc.SEG_SENT, error)
+                    known[r.message_id] = [(lc.SEG_SENT, error)]
+                else:
+                    many.setdefault(r.message_id, (total, {}))[1][r.seq] = error
+        for mid, (total, errors) in many.items():
+            # Every part was still queued and is 'sent' by the UPDATE below (the dispatcher
+            # hands a message's results in together, once its last part is answered).
+            if len(errors) == total:
+                known[mid] = [(lc.SEG_SENT, errors[q]) for q in sorted(errors)]
         c.executemany(
             "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
             "submitted_at=?, attempts=attempts+1 WHERE message_id=? AND seq=?",
@@ -405,9 +419,10 @@ def record_submits(
         _apply_pending(c, fresh, now, touched, known, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
-        _infer_on_accept(
-            c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
-        )
+        later = [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+        for r in later:  # their message's other parts may take a receipt's outcome: read them
+            known.pop(r.message_id, None)
+        _infer_on_accept(c, later, now, inferred)
     # A part's end is recorded only while no other instance holds its message (see
     # Store.record_submits), and ends the parts after it only when its own part was still queued
     # (its UPDATE matched): a late or repeated end must not end parts sent since. A message's
@@ -539,7 +554,7 @@ def _apply_pending(
     fresh: list[SubmitResult],
     now: int,
     touched: dict[str, bool],
-    known: dict[str, tuple[str, str | None]],
+    known: dict[str, list[tuple[str, str | None]]],
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
 ) -> None:
@@ -666,7 +681,7 @@ def apply_receipts(
     pending_receipts for their id. `late` counts, by SMSC, those for parts the receipt timeout
     ended (lifecycle.count_after_timeout)."""
     touched: dict[str, bool] = {}
-    known: dict[str, tuple[str, str | None]] = {}
+    known: dict[str, list[tuple[str, str | None]]] = {}
     unmatched = _apply(c, receipts, touched, known, one_per_message, inferred, late)
     if unmatched:
         c.executemany(
@@ -685,13 +700,15 @@ def _apply(
     c: sqlite3.Connection,
     receipts: list[ReceiptIn],
     touched: dict[str, bool],
-    known: dict[str, tuple[str, str | None]],
+    known: dict[str, list[tuple[str, str | None]]],
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
     late: dict[str, int] | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
-    The parts settled of one-part messages go into `known` as written (rollup_messages).
+    A message whose every part this read found (a one-part message; the receipts of all of a
+    longer one's parts in one batch) goes into `known` as its parts now are (rollup_messages);
+    one with a part settled here and others not found is taken out of it (read again).
 
     The id map is per SMSC: the same id from two SMSCs is two different messages.
     """
@@ -700,6 +717,9 @@ def _apply(
         by_smsc.setdefault(r.smsc, []).append(r.smsc_msg_id)
     parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
     single: set[str] = set()  # messages of one part row
+    # A longer message's id -> (its part rows, seq -> (state, error code) of each part found
+    # as a receipt here settles it; None: found, not settled)
+    found: dict[str, tuple[int, dict[int, tuple[str, str | None] | None]]] = {}
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
             for msg_id, mid, seq, state, total in c.execute(
@@ -710,6 +730,10 @@ def _apply(
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
                 if total == 1:
                     single.add(mid)
+                elif (got := found.get(mid)) is None:
+                    found[mid] = (total, {seq: None})
+                else:
+                    got[1][seq] = None
     siblings = None
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles
@@ -722,10 +746,29 @@ def _apply(
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
-    for mid, _seq, state, _at, error, _src in settled:  # in the order the UPDATEs apply
+    longer: dict[str, None] = {}  # the longer messages these receipts settle parts of
+    for mid, seq, state, _at, error, _src in settled:  # in the order the UPDATEs apply
         touched.setdefault(mid, False)
         if mid in single:
-            known[mid] = (state, error)
+            known[mid] = [(state, error)]
+            continue
+        longer[mid] = None
+        got = found.get(mid)
+        if got is not None:
+            got[1][seq] = (state, error)  # as its UPDATE below writes it
+    for mid in longer:
+        got = found.get(mid)
+        if (
+            got is None
+            or len(got[1]) != got[0]
+            or None in got[1].values()
+            or (siblings is not None and mid in siblings)
+        ):
+            # A part this read did not find or these receipts did not settle, or one settled
+            # with its message's receipt (siblings, one_per_message): read them all.
+            known.pop(mid, None)
+        else:  # every part row read and written here, as now written
+            known[mid] = [v for _q, v in sorted(got[1].items()) if v is not None]
     if settled:
         c.executemany(
             "UPDATE segments SET state=?3, done_at=?4, error_code=?5, receipt_inferred_from=?6 "

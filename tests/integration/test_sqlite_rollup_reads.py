@@ -1,11 +1,13 @@
-"""The SQLite roll-up of a one-part message takes its part from the write that just set it.
+"""The SQLite roll-up takes a message's parts from the writes that just set them.
 
-A one-part message's submit result and each of its receipts read its one part row before
-writing it, and the roll-up after them read that row once more, twice a message inside the
-owner's write lock (`sqlite_pipeline.rollup_messages`, `known`). These tests run the owner's
-writes on a real SQLite file, trace the statements, and check that no roll-up reads a
-one-part message's parts, that a message of more parts still has them read, and that every
-message row says what its stored parts say (lifecycle.summarize), as when they were read.
+A message's submit results and its receipts read its part rows before writing them, and the
+roll-up after them read those rows once more, twice a message inside the owner's write lock
+(`sqlite_pipeline.rollup_messages`, `known`): a one-part message's since session 48, a longer
+one's whose every part was answered, or receipted, in the batch since session 51. These tests
+run the owner's writes on a real SQLite file, trace the statements, and check that no such
+roll-up reads the parts, that a message with a part the batch did not read still has them
+read, and that every message row says what its stored parts say (lifecycle.summarize), as
+when they were read.
 """
 
 from __future__ import annotations
@@ -40,16 +42,15 @@ LEASE = 60_000
 ROLLUP_READ = "SELECT message_id, seq, state, error_code FROM segments WHERE message_id IN ("
 
 
-async def _accept(store: SqliteStore, mids: list[str], two_parts: set[str]) -> None:
+async def _accept(store: SqliteStore, mids: list[str], longer: dict[str, int]) -> None:
+    """`longer`: the messages of more than one part, and how many."""
     await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
     for k, mid in enumerate(mids):
         msg = one_part(mid, "acc", f"+4479{k:08d}", NOW, sender="1069")
-        if mid in two_parts:
-            msg = replace(
-                msg,
-                segments=(NewSegment(1, 2, 0x40, b"a", b""), NewSegment(2, 2, 0x40, b"b", b"")),
-                billable_units=2,
-            )
+        n = longer.get(mid, 1)
+        if n > 1:
+            segs = tuple(NewSegment(q, n, 0x40, bytes([96 + q]), b"") for q in range(1, n + 1))
+            msg = replace(msg, segments=segs, billable_units=n)
         await store.accept(AcceptBatch("acc", (msg,), None, None), NOW)
 
 
@@ -78,18 +79,20 @@ def _rollup_reads(statements: list[str]) -> list[str]:
     return [s for s in statements if s.startswith(ROLLUP_READ)]
 
 
-async def test_a_one_part_message_is_rolled_up_without_reading_its_part_again(
+async def test_parts_written_in_the_batch_are_not_read_again_for_the_roll_up(
     tmp_path: Path,
     traced: list[str],  # noqa: F811 (the fixture)
 ) -> None:
     path = tmp_path / "bridge.db"
     store = await _store(path)
-    # msg_a: delivered; msg_b: two parts; msg_c: its receipt before its result (kept, then
-    # matched by the result's write); msg_d: undeliverable with an error code; msg_e: two
-    # receipts in one batch, delivered then undeliverable (the row follows its stored part).
-    mids = ["msg_a", "msg_b", "msg_c", "msg_d", "msg_e"]
+    # msg_a: delivered; msg_b: two parts, their receipts in two batches; msg_c: its receipt
+    # before its result (kept, then matched by the result's write); msg_d: undeliverable with
+    # an error code; msg_e: two receipts in one batch, delivered then undeliverable (the row
+    # follows its stored part); msg_g: three parts, their results and receipts in one batch
+    # each, the second part's undeliverable.
+    mids = ["msg_a", "msg_b", "msg_c", "msg_d", "msg_e", "msg_g"]
     try:
-        await _accept(store, mids, {"msg_b"})
+        await _accept(store, mids, {"msg_b": 2, "msg_g": 3})
         work = await store.claim("i1", 10, NOW + 1_000, LEASE)
         assert sorted(w.id for w in work) == mids
         at = NOW + 2_000
@@ -128,15 +131,20 @@ async def test_a_one_part_message_is_rolled_up_without_reading_its_part_again(
             "msg_c": "delivered",
             "msg_d": "sent",
             "msg_e": "sent",
+            "msg_g": "sent",
         }
         assert all(r[4] == "done" for r in after_submits.values())  # every claim given back
+        # Every part of every message was queued and is sent now: no roll-up read its parts.
+        assert _rollup_reads(traced) == []
         out = await store.apply_receipts(
             [
                 receipt("msg_a", 1),
                 receipt("msg_b", 1),
-                receipt("msg_b", 2),
+                receipt("msg_g", 3),
                 receipt("msg_d", 1, "undeliverable", "UNDELIV"),
+                receipt("msg_g", 1),
                 receipt("msg_e", 1),
+                receipt("msg_g", 2, "undeliverable", "UNDELIV"),
                 receipt("msg_e", 1, "undeliverable", "UNDELIV"),
             ],
             at,
@@ -144,15 +152,22 @@ async def test_a_one_part_message_is_rolled_up_without_reading_its_part_again(
         assert out.pending == 0
         rows = _rows_match_parts(path)
         assert rows["msg_a"][:4] == ("delivered", 1, 0, None)
-        assert rows["msg_b"][:4] == ("delivered", 2, 0, None)
+        assert rows["msg_b"][:4] == ("sent", 1, 0, None)
         assert rows["msg_c"][:4] == ("delivered", 1, 0, None)
         code = lc.receipt_error_code("undeliverable", "UNDELIV", "001")
         assert rows["msg_d"][:4] == ("failed", 0, 1, code)
         assert rows["msg_e"][:4] == ("delivered", 1, 0, None)  # the first final receipt stands
-        # The two-part message's parts were read for its roll-ups; no one-part message's were.
+        assert rows["msg_g"][:4] == ("failed", 2, 1, code)
+        # Only msg_b's parts were read: its second part's row was not among this batch's.
         reads = _rollup_reads(traced)
         assert reads and all("'msg_b'" in s for s in reads), reads
         assert not [s for s in reads for m in mids if m != "msg_b" and f"'{m}'" in s], reads
+        traced.clear()
+        out = await store.apply_receipts([receipt("msg_b", 2)], at)
+        assert out.matched == 1
+        assert _rows_match_parts(path)["msg_b"][:4] == ("delivered", 2, 0, None)
+        reads = _rollup_reads(traced)
+        assert len(reads) == 1 and "'msg_b'" in reads[0], reads
     finally:
         await store.close()
 
@@ -165,7 +180,7 @@ async def test_a_one_part_message_with_another_outcome_is_read_as_before(
     path = tmp_path / "bridge.db"
     store = await _store(path)
     try:
-        await _accept(store, ["msg_f", "msg_u"], set())
+        await _accept(store, ["msg_f", "msg_u"], {})
         work = await store.claim("i1", 10, NOW + 1_000, LEASE)
         assert len(work) == 2
         traced.clear()
@@ -204,8 +219,28 @@ def _owner_writes(rnd: random.Random, mids: list[str], parts: dict[str, int]) ->
     at = NOW + 2_000
     for _ in range(rnd.randint(3, 12)):
         at += rnd.randint(0, 5_000)
-        kind = rnd.choice(["results", "receipts", "receipts", "claim", "sweep"])
-        if kind == "results":
+        kind = rnd.choice(["results", "receipts", "receipts", "whole", "claim", "sweep"])
+        if kind == "whole":
+            # As the dispatcher hands them in: every part's result of a message, or (the
+            # receipts) every part's, in one batch, with another message's besides.
+            mid, other = rnd.choice(mids), rnd.choice(mids)
+            if rnd.random() < 0.5:
+                results = []
+                for m, seq in [(mid, q) for q in range(1, parts[mid] + 1)] + [(other, 1)]:
+                    ref = f"x{m}-{seq}-{int(rnd.random() < 0.1)}"
+                    results.append(SubmitResult(m, seq, "sent", "smsc1", ref, ref, None, at, at))
+                ops.append(("results", results, [], at))
+            else:
+                receipts = []
+                for m, seq in [(mid, q) for q in range(1, parts[mid] + 1)] + [(other, 1)]:
+                    state = rnd.choice(list(_RECEIPT_STATES))
+                    err = None if state == "delivered" else "001"
+                    ref = f"x{m}-{seq}-{int(rnd.random() < 0.1)}"
+                    receipts.append(
+                        ReceiptIn("smsc1", ref, state, _RECEIPT_STATES[state], err, at, at)
+                    )
+                ops.append(("receipts", receipts, None, at))
+        elif kind == "results":
             results, releases = [], []
             for _ in range(rnd.randint(1, 5)):
                 mid = rnd.choice(mids)
@@ -311,7 +346,7 @@ URL = "http://127.0.0.1:9/status"
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_owner_writes_roll_up_as_when_every_part_was_read(tmp_path: Path, seed: int) -> None:
