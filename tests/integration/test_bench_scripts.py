@@ -199,6 +199,37 @@ def test_bench_store_with_a_rate_takes_each_accept_from_the_bucket(tmp_path: Pat
     assert re.search(r"\(store, 50; 50 messages stored\)$", inproc, re.M), inproc
 
 
+def test_bench_store_on_a_reused_file_takes_the_rate_it_is_given(tmp_path: Path) -> None:
+    # A --store file keeps its account: built without --tps, a run with it measured no bucket
+    # (the account's stored rate, 0, was the one the accepts read), and the other way round.
+    import sqlite3
+
+    db = tmp_path / "reused.db"
+    args = ("scripts/bench_store.py", "--requests", "100", "--batch", "10", "--store", str(db))
+
+    def rate() -> tuple[int, int]:
+        conn = sqlite3.connect(db)
+        try:
+            tps = conn.execute("SELECT tps FROM accounts WHERE id = 'acc_bench'").fetchone()[0]
+            buckets = conn.execute("SELECT count(*) FROM rate_buckets").fetchone()[0]
+        finally:
+            conn.close()
+        return tps, buckets
+
+    _run(*args)
+    assert rate() == (0, 0)
+    _run(*args, "--tps", "1000000")
+    assert rate() == (1_000_000, 1)
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("DELETE FROM rate_buckets")
+        conn.commit()
+    finally:
+        conn.close()
+    _run(*args)
+    assert rate() == (0, 0)
+
+
 def test_bench_accept_times_each_step_of_a_request_it_verified() -> None:
     # The signature check raises on a request it refuses: a 0 exit means each signed request of
     # the pool was verified, as the daemon verifies it.
