@@ -72,7 +72,9 @@ def buffered_body(request: web.Request) -> bytes:
     body = request.content.read_nowait()
     limit = request.client_max_size
     if limit and len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(limit)
+        # Both sizes by name: older aiohttp (3.9's, which pyproject allows) requires actual_size,
+        # and the size given alone there was a TypeError: a 500 in place of the 413.
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     request._read_bytes = body
     return body
 
