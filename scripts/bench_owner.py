@@ -50,7 +50,13 @@ ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
 ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
 ARGS = ap.parse_args()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
 sys.path.insert(0, ARGS.tree)
+
+from children import Children  # noqa: E402
+
+# valgrind with this script under it (--callgrind): ended with this script (children.py).
+CHILDREN = Children()
 
 from bridge.store.models import (  # noqa: E402
     AcceptBatch,
@@ -212,18 +218,27 @@ def under_callgrind() -> None:
         "--batch", str(ARGS.batch), "--history", str(ARGS.history), "--early", str(ARGS.early),
         "--parts", str(ARGS.parts), "--tree", ARGS.tree,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(done.stderr[-2000:])
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, None)
+    except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
+        CHILDREN.end()
+        Path(out).unlink(missing_ok=True)
+        raise
+    CHILDREN.end()
+    if code != 0:
+        sys.exit(stderr[-2000:])
     totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
     if totals is None:
         sys.exit(f"no totals in {out}")
-    print(done.stdout.strip())
+    print(stdout.strip())
     print(f"instructions per message                 {int(totals.group(1)) / ARGS.messages:,.0f}"
           f"  (profile in {out})")  # fmt: skip
 
 
 def main() -> None:
+    # SIGTERM and SIGINT end valgrind (--callgrind), and in the copy under it run the
+    # `finally` blocks (its store's temporary directory), before the script exits.
+    CHILDREN.on_signals()
     if ARGS.callgrind:
         under_callgrind()
         return

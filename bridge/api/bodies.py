@@ -63,12 +63,19 @@ def buffered_body(request: web.Request) -> bytes:
     from the stream's buffer in one call. Why: read() loops readany() into a bytearray until an
     empty chunk and copies it out (two reads, two copies), ~1.5 µs of each send. As read(): over
     the app's client_max_size is 413, and the bytes are kept as read() keeps them, so a later
-    `request.read()` answers them again instead of an empty body."""
+    `request.read()` answers them again instead of an empty body, and a body read before
+    (read() or this) is answered from that cache, as read() answers it: the drained buffer
+    would give b"" and put it in the cache in the body's place."""
+    body = request._read_bytes  # read()'s own cache (a slot of the request)
+    if body is not None:
+        return body
     body = request.content.read_nowait()
     limit = request.client_max_size
     if limit and len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(limit)
-    request._read_bytes = body  # read()'s own cache (a slot of the request)
+        # Both sizes by name: older aiohttp (3.9's, which pyproject allows) requires actual_size,
+        # and the size given alone there was a TypeError: a 500 in place of the 413.
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    request._read_bytes = body
     return body
 
 

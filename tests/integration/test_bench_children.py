@@ -226,3 +226,17 @@ def test_bench_ab_ends_the_script_it_measures_and_its_children(sig: int) -> None
         ["bench_smpp.py", "bridge.cli sim"],
         sig,
     )  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@SIGNALS
+def test_bench_owner_under_callgrind_ends_valgrind(sig: int) -> None:
+    # Its --callgrind (session 51) ran valgrind by subprocess.run: a SIGTERM left valgrind and
+    # the copy under it running, a SIGINT SIGKILLed them and left the copy's store behind.
+    seen = _signalled(
+        ["scripts/bench_owner.py", "--callgrind", "--messages", "100000000", "--history", "0"],
+        ["valgrind"],
+        sig,
+    )
+    profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
+    assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"

@@ -117,3 +117,22 @@ def test_each_value_of_a_send_lands_in_its_own_field(tmp_path: Path) -> None:
     assert (m.scheduled_at, m.expires_at) == (1_780_272_000_000, 1_780_272_000_000 + 51 * 60_000)
     assert (m.kind, m.price_class) == (None, "D")
     assert m.wire == Submitter(cfg, make_router(cfg))._wires["a"]
+    # The two counts the one-part send above cannot tell apart (1 and 1): a 140-character GSM
+    # text is one part on the air and three units under the tariff's 70/67 characters rule, so
+    # billable_units and air_segments swapped in the call fail here.
+    long = parse_send_request(
+        {"to": "+8613800000052", "text": "x" * 140},
+        account,  # type: ignore[arg-type]
+        max_recipients=10,
+        now_ms=NOW,
+    )
+    ids = iter(["bat_52", "msg_52"])
+    _, (m,), charges = Submitter(cfg, make_router(cfg)).build(
+        long,
+        account,  # type: ignore[arg-type]
+        NOW,
+        lambda prefix, now: next(ids),
+        tariff=tariff,
+    )
+    assert (m.encoding, len(m.segments), m.air_segments, m.billable_units) == ("gsm7", 1, 1, 3)
+    assert [c.message_id for c in charges] == ["msg_52"]
