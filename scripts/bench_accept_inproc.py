@@ -30,7 +30,6 @@ import asyncio
 import gc
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -175,31 +174,16 @@ def under_callgrind(args: argparse.Namespace) -> None:
     """Reruns this script under callgrind, counting the timed loop only, and prints the
     instructions per request."""
     out = args.out or tempfile.mktemp(prefix="callgrind.accept.")
-    cmd = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, __file__, "--requests", str(args.requests), "--counting",
-        "--kind", args.kind,
-    ]  # fmt: skip
+    cmd = [sys.executable, __file__, "--requests", str(args.requests), "--counting"]
     if args.stub:
         cmd.append("--stub")
     if args.keep:
         cmd.append("--keep")
     if args.tps:
         cmd += ["--tps", str(args.tps)]
-    try:
-        code, stdout, stderr = CHILDREN.run(cmd, None)
-    except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
-        CHILDREN.end()
-        if not args.out:
-            Path(out).unlink(missing_ok=True)
-        raise
-    CHILDREN.end()
-    if code != 0:
-        sys.exit(stderr[-2000:])
-    totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
-    if totals is None:
-        sys.exit(f"no totals in {out}")
-    per = int(totals.group(1)) / args.requests
+    cmd += ["--kind", args.kind]
+    stdout, total = CHILDREN.callgrind(cmd, out, keep=bool(args.out))
+    per = total / args.requests
     print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}, "
           f"{args.requests}; profile in {out})")  # fmt: skip

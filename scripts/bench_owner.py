@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sqlite3
 import statistics
 import subprocess
@@ -213,25 +212,13 @@ def under_callgrind() -> None:
     prints the instructions per message."""
     out = tempfile.mktemp(prefix="callgrind.owner.")
     cmd = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--counting", "--messages", str(ARGS.messages),
         "--batch", str(ARGS.batch), "--history", str(ARGS.history), "--early", str(ARGS.early),
         "--parts", str(ARGS.parts), "--tree", ARGS.tree,
     ]  # fmt: skip
-    try:
-        code, stdout, stderr = CHILDREN.run(cmd, None)
-    except BaseException:  # SIGTERM, SIGINT: a profile of part of a run
-        CHILDREN.end()
-        Path(out).unlink(missing_ok=True)
-        raise
-    CHILDREN.end()
-    if code != 0:
-        sys.exit(stderr[-2000:])
-    totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
-    if totals is None:
-        sys.exit(f"no totals in {out}")
+    stdout, total = CHILDREN.callgrind(cmd, out)
     print(stdout.strip())
-    print(f"instructions per message                 {int(totals.group(1)) / ARGS.messages:,.0f}"
+    print(f"instructions per message                 {total / ARGS.messages:,.0f}"
           f"  (profile in {out})")  # fmt: skip
 
 

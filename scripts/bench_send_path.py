@@ -213,28 +213,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     out = tempfile.mktemp(prefix="callgrind.send.")
     cmd = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
         "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
         "--loop", args.loop,
         "--timeout", str(args.timeout * UNDER_VALGRIND),
     ]  # fmt: skip
     # Its own time-out past the copy's: valgrind, the copy and its simulator ended together.
-    try:
-        code, stdout, stderr = CHILDREN.run(cmd, args.timeout * UNDER_VALGRIND + VALGRIND_START_S)
-    except BaseException:  # its time-out, SIGTERM, SIGINT: a profile of part of a run
-        CHILDREN.end()
-        Path(out).unlink(missing_ok=True)
-        raise
-    CHILDREN.end()
-    if code:
-        Path(out).unlink(missing_ok=True)
-        raise SystemExit(stderr[-3000:])
+    stdout, total = CHILDREN.callgrind(cmd, out, args.timeout * UNDER_VALGRIND + VALGRIND_START_S)
     got = json.loads(stdout.strip().splitlines()[-1])
-    total = 0
-    for line in Path(out).read_text().splitlines():
-        if line.startswith("totals:") or line.startswith("summary:"):
-            total = int(line.split()[1])
     got["instructions_per_msg"] = total / args.messages
     got["profile"] = out
     return got

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 # Set in every child's environment: a benchmark script run as a child starts its own children in
@@ -59,6 +61,35 @@ class Children:
             self.end()
             raise SystemExit(f"{argv[0]} did not finish in {timeout or 0:.0f} s: ended") from None
         return p.returncode, out, err
+
+    def callgrind(
+        self, argv: Sequence[str], out: str, timeout: float | None = None, *, keep: bool = False
+    ) -> tuple[str, int]:
+        """`argv` under valgrind's callgrind, counting only between the `callgrind_control -i
+        on` and `off` it runs on itself (`--instr-atstart=no`), its profile written to `out`:
+        (its stdout, the instructions counted). A run cut short (its time-out, SIGTERM, SIGINT)
+        or failed ends its group and removes the partial profile, unless `keep` (a file the
+        caller named)."""
+        cmd = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            *argv,
+        ]  # fmt: skip
+        try:
+            code, stdout, stderr = self.run(cmd, timeout)
+        except BaseException:
+            self.end()
+            if not keep:
+                Path(out).unlink(missing_ok=True)
+            raise
+        self.end()
+        if code:
+            if not keep:
+                Path(out).unlink(missing_ok=True)
+            raise SystemExit(stderr[-3000:])
+        totals = re.search(r"^totals: (\d+)", Path(out).read_text(errors="replace"), re.M)
+        if totals is None:
+            raise SystemExit(f"no totals in {out}")
+        return stdout, int(totals.group(1))
 
     def _signal(self, p: subprocess.Popen[Any], sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
