@@ -196,7 +196,7 @@ def test_bench_store_with_a_rate_takes_each_accept_from_the_bucket(tmp_path: Pat
     assert rows == [(1_000_000, 1)], rows
     assert stored == 240, stored  # 40 warm-up accepts and its 200
     inproc = _run("scripts/bench_accept_inproc.py", "--requests", "50", "--tps", "1000000")
-    assert re.search(r"\(store, 50; 50 messages stored\)$", inproc, re.M), inproc
+    assert re.search(r"\(store, 50; 50 messages stored, 50 segment rows\)$", inproc, re.M), inproc
 
 
 def test_bench_store_on_a_reused_file_takes_the_rate_it_is_given(tmp_path: Path) -> None:
@@ -271,7 +271,10 @@ def test_bench_accept_inproc_stores_every_send_it_times(flag: tuple[str, ...], s
     # Each request is asserted 202 by the script; the store holds every send, none with --stub.
     out = _run("scripts/bench_accept_inproc.py", "--requests", "100", *flag)
     assert re.search(
-        rf"^[0-9.]+ µs of CPU per request \(\w+, 100; {stored} messages stored\)$", out, re.M
+        rf"^[0-9.]+ µs of CPU per request \(\w+, 100; {stored} messages stored, "
+        rf"{stored} segment rows\)$",
+        out,
+        re.M,
     ), out
 
 
