@@ -187,6 +187,11 @@ async def test_two_instances_taking_back_a_dead_ones_claims_requeue_each_once(pg
         dead = [m.id for m in await a.claim("inst-dead", 300, NOW + 1, LEASE)]
         assert len(dead) == 300
         claimed: list[str] = []
+        # The claimants are live instances, as a daemon's are: without a heartbeat, a message
+        # one reclaim gave back and b then claimed was the claim of a gone instance to the other
+        # reclaim, which gave it back again (CI, session 51: 155 + 175 requeued).
+        await b.heartbeat("inst-b", "all", NOW + 2, "{}")
+        await c.heartbeat("inst-c", "all", NOW + 2, "{}")
 
         async def claim(store: PostgresStore, name: str) -> None:
             for _ in range(30):
