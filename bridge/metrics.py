@@ -35,7 +35,7 @@ import os
 import shutil
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -49,6 +49,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
 from bridge import tempdirs
@@ -721,7 +722,7 @@ class Metrics:
         if not path:
             return self._reload_ok and self._acceptors_current
         name = "smpp_bridge_config_last_reload_successful"
-        for family in multiprocess.MultiProcessCollector(None, path=path).collect():
+        for family in _Published(path).collect():
             if family.name == name:
                 return all(s.value == 1 for s in family.samples)
         return True
@@ -752,7 +753,7 @@ class Metrics:
                 for s in family.samples
             ]
         out: list[tuple[str, str, int | None, str]] = []
-        for f in glob.glob(os.path.join(path, "gauge_livemostrecent_*.db")):
+        for f in _published_files(path, "gauge_livemostrecent_*.db"):
             pid = f.rsplit("_", 1)[1].removesuffix(".db")
             try:
                 found = MmapedDict.read_all_values_from_file(f)
@@ -776,11 +777,36 @@ class Metrics:
         path = multiprocess_dir()
         if path:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged, path=path)
+            merged.register(_Published(path))
             # A removed SMSC's series stay in every process's file (as 0) for the life of the
             # process, and `smsc_up == 0` alerts fired for ever: only SMSCs configured now.
             return generate_latest(_OnlySmscs(merged, _PER_SMSC, frozenset(self._smscs)))
         return generate_latest(self.registry)
+
+
+def _published_files(path: str, pattern: str = "*.db") -> list[str]:
+    """The multi-process files under `path` a reader may open: each process's, less one caught
+    between its creation and its sizing. prometheus_client creates a process's file, then sizes
+    it; read in between, it is empty, and the library's reader fails on it (struct.error): a
+    scrape, `GET /admin/queue` and `smpp-bridge status` answered 500 while an acceptor started
+    (CI, session 51, an acceptor's restart after a kill -9). Such a file has published nothing."""
+    out = []
+    for f in glob.glob(os.path.join(path, pattern)):
+        with contextlib.suppress(FileNotFoundError):  # its process died since the glob
+            if os.stat(f).st_size >= 8:  # the library's header: the bytes in use, and padding
+                out.append(f)
+    return out
+
+
+class _Published:
+    """prometheus_client's MultiProcessCollector over `_published_files` (its own collect()
+    globs every file)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterable[Metric]:
+        return multiprocess.MultiProcessCollector.merge(_published_files(self._path))
 
 
 def _up(up: Any, binds: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -247,3 +247,41 @@ async def test_loop_lag_sees_a_blocked_loop() -> None:
     assert count - upto_50ms >= 1
     assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.1") == count
     assert v(m, "smpp_bridge_event_loop_lag_seconds_count", role="owner") == 0
+
+
+def test_a_process_file_not_sized_yet_is_read_as_nothing_published(tmp_path: Path) -> None:
+    """prometheus_client creates a process's file, then sizes it; a reader in between found it
+    empty and the library's reader raised struct.error: `/metrics`, `GET /admin/queue` (which
+    reads the reload flags and the acceptors' generations) and `status` answered 500 while an
+    acceptor started (CI, session 51, an acceptor's restart after a kill -9)."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from bridge.metrics import Metrics, enable_multiprocess, multiprocess_dir
+        enable_multiprocess()
+        m = Metrics()
+        m.set_generation("owner", "", "0000000000a1")
+        m.accepted(3, 3)
+        m.flush()
+        for name in ("gauge_livemostrecent_99999.db", "counter_99999.db", "gauge_liveall_99999.db"):
+            open(os.path.join(multiprocess_dir(), name), "a+b").close()  # created, not sized
+        print(m.last_reload_ok())
+        print(sorted((role, gen) for role, _slot, _pid, gen in m.generations()))
+        sys.stdout.write(m.exposition().decode())
+        """
+    )
+    env = {k: val for k, val in os.environ.items() if k != MULTIPROC_ENV}
+    env[MULTIPROC_ENV] = str(tmp_path / "files")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ok, generations, *exposition = done.stdout.splitlines()
+    assert ok == "True"
+    assert generations == "[('owner', '0000000000a1')]"
+    got = {
+        s.name: s.value
+        for fam in text_string_to_metric_families("\n".join(exposition) + "\n")
+        for s in fam.samples
+    }
+    assert got["smpp_bridge_messages_accepted_total"] == 3
