@@ -1266,7 +1266,7 @@ def _fields(
     if not isinstance(data, dict):
         ctx.err(path, f"expected a mapping, got {_show(data)}")
         return {}, False
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     ok = True
     for k in data:
         if not isinstance(k, str):
@@ -1631,7 +1631,7 @@ def _default_key_file(sec: SecurityConfig, store: StoreConfig, base_dir: Path) -
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+class _Loader(_BaseLoader):
     """Safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -1747,7 +1747,7 @@ def _secret_paths() -> tuple[frozenset[str], dict[str, str]]:
 
     def walk(cls: type, prefix: str) -> None:
         hints = _hints(cls)
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             tp = hints[f.name]
             sub = _join(prefix, f.name)
             if dataclasses.is_dataclass(tp):
@@ -1790,7 +1790,7 @@ def effective_config_dict(cfg: Config, mask_secrets: bool = True) -> dict[str, A
             return str(obj)
         return obj
 
-    return conv(cfg)  # type: ignore[no-any-return]
+    return conv(cfg)
 
 
 def key_file_problems(sec: SecurityConfig) -> list[str]:

@@ -1016,7 +1016,7 @@ async def _all_parts(c: asyncpg.Connection, mids: list[str]) -> dict[str, list[l
         "done_at FROM segments WHERE message_id = ANY($1::text[])",
         mids,
     ):
-        out.setdefault(mid, []).append(tuple(row))  # type: ignore[arg-type]
+        out.setdefault(mid, []).append(tuple(row))
     return out
 
 

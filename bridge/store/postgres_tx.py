@@ -110,7 +110,7 @@ async def create_pool(
     _quiet_pool_floor()
 
     async def init(conn: asyncpg.Connection) -> None:
-        conn.quota_zone = quota_zone  # type: ignore[attr-defined]  # a StoreConnection
+        conn.quota_zone = quota_zone  # a StoreConnection
 
     # asyncpg.create_pool's own defaults, given as its Pool requires them all.
     pool = await StorePool(

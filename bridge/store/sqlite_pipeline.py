@@ -637,7 +637,7 @@ def _all_parts(c: sqlite3.Connection, mids: list[str]) -> dict[str, list[lc.Part
             f"submitted_at, done_at FROM segments WHERE message_id IN ({_marks(len(chunk))})",
             chunk,
         ):
-            out.setdefault(mid, []).append(tuple(row))  # type: ignore[arg-type]
+            out.setdefault(mid, []).append(tuple(row))
     return out
 
 

@@ -85,7 +85,7 @@ class RetentionMixin:
             row = c.execute("SELECT MIN(id) FROM messages").fetchone()
             return None if row[0] is None else id_time_ms(row[0], "msg_")
 
-        return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
+        return await self._runner.read(job)  # type: ignore[attr-defined]
 
     async def unbilled_accounts(self, month: str, end: int) -> list[str]:
         def job(c: sqlite3.Connection) -> list[str]:
@@ -98,7 +98,7 @@ class RetentionMixin:
                 )
             ]
 
-        return await self._runner.read(job)  # type: ignore[attr-defined,no-any-return]
+        return await self._runner.read(job)  # type: ignore[attr-defined]
 
     async def purge_history(
         self,

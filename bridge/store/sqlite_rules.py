@@ -840,7 +840,7 @@ class RulesStoreMixin:
                 "WHERE m.account_id=?1 AND m.accepted_at>=?2 AND m.accepted_at<?3 "
                 f"AND m.price_class IS NOT NULL GROUP BY m.price_class, m.state{bucket}"
             )
-            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
+            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]
 
         return await self._runner.read(job)
 
@@ -852,7 +852,7 @@ class RulesStoreMixin:
         sql = voucher_charges_sql(boundaries, postgres=False)
 
         def job(c: sqlite3.Connection) -> list[tuple[str, int, str, int, int | None]]:
-            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]  # type: ignore[misc]
+            return [tuple(r) for r in c.execute(sql, (account_id, start, end))]
 
         return await self._runner.read(job)
 
