@@ -141,6 +141,17 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], by
     )
 
 
+def _use_parser(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's HTTP parser for this test: "python", aiohttp's pure-Python one (what runs
+    where its C extension is missing), or "c" (skipped where it is not built)."""
+    from aiohttp import http_parser, web_protocol
+
+    if parser == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
+        pytest.skip("aiohttp's C parser is not built here")
+
+
 @pytest.mark.parametrize("parser", ["c", "python"])
 @pytest.mark.parametrize(
     "garbage",
@@ -167,12 +178,7 @@ async def test_garbage_after_a_valid_request_is_answered_and_closed(
     server.idle_timeout_s (75 s) with nothing answered; until session 50's review it still did for
     bytes that are a token but no method the C parser knows (digits, a lower-case word), and until
     session 51 for capitals that begin no method llhttp knows (`ABC`) or run past one (`GETX`)."""
-    from aiohttp import http_parser, web_protocol
-
-    if parser == "python":
-        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
-    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
-        pytest.skip("aiohttp's C parser is not built here")
+    _use_parser(parser, monkeypatch)
     d, _ = daemon
     reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
     try:
@@ -193,12 +199,7 @@ async def test_garbage_after_a_valid_request_is_answered_and_closed(
 async def test_the_start_of_a_method_waits_for_the_rest(daemon, parser: str, monkeypatch):
     """`GE` may be a request's first bytes: the C parser waits for more, and so must the Python
     one's check (a prefix of a method llhttp knows is not refused)."""
-    from aiohttp import http_parser, web_protocol
-
-    if parser == "python":
-        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
-    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
-        pytest.skip("aiohttp's C parser is not built here")
+    _use_parser(parser, monkeypatch)
     d, _ = daemon
     reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
     try:
@@ -219,12 +220,7 @@ async def test_an_unframed_body_naming_https_is_not_taken_for_tls(daemon, parser
     """The client's bytes are in the parser's error (the C parser's repr of what it read, the
     Python one's line): "HTTPS" anywhere in them, a callback URL in a body sent unframed, was
     answered "TLS was sent to a plain-HTTP port". Only aiohttp's own TLS verdict says so."""
-    from aiohttp import http_parser, web_protocol
-
-    if parser == "python":
-        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
-    elif web_protocol.HttpRequestParser is http_parser.HttpRequestParserPy:
-        pytest.skip("aiohttp's C parser is not built here")
+    _use_parser(parser, monkeypatch)
     d, _ = daemon
     unframed = (
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n"
