@@ -238,15 +238,9 @@ class Smsc(StandIn):
         self.parts += [p.short_message for p in parts]
 
 
-async def test_the_dispatcher_sends_them_within_seconds(
-    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
-) -> None:
-    """The daemon's view: the dispatcher's first claim loses its answer; every message still
-    goes out once, in seconds (it stayed claimed and unsent for the 5-minute lease)."""
-    for mid in IDS:
-        await accept(store, message(mid))
-    smsc = Smsc()
-    d = Dispatcher(
+def _dispatcher(store: PostgresStore, smsc: Smsc) -> Dispatcher:
+    """Instance inst-a's dispatcher, sending through `smsc` alone, on the tests' clock."""
+    return Dispatcher(
         store,
         {"t1": smsc},
         Router([], ["t1"]),
@@ -255,6 +249,17 @@ async def test_the_dispatcher_sends_them_within_seconds(
         idle_s=0.01,
         clock=lambda: NOW / 1000,
     )
+
+
+async def test_the_dispatcher_sends_them_within_seconds(
+    store: PostgresStore, proxy: CommitAnswerLost, pg_dsn: str
+) -> None:
+    """The daemon's view: the dispatcher's first claim loses its answer; every message still
+    goes out once, in seconds (it stayed claimed and unsent for the 5-minute lease)."""
+    for mid in IDS:
+        await accept(store, message(mid))
+    smsc = Smsc()
+    d = _dispatcher(store, smsc)
     proxy.armed = True
     began = time.monotonic()
     task = asyncio.create_task(d.run())
@@ -358,15 +363,7 @@ async def test_the_dispatcher_wakes_the_webhook_sender_after_it(
     idle, and for ever here, where nothing else wakes it)."""
     await _one_without_parts(store, pg_dsn)
     smsc = Smsc()
-    d = Dispatcher(
-        store,
-        {"t1": smsc},
-        Router([], ["t1"]),
-        {"t1": SmscConfig(name="t1", system_id="t", password="t")},
-        instance="inst-a",
-        idle_s=0.01,
-        clock=lambda: NOW / 1000,
-    )
+    d = _dispatcher(store, smsc)
     woken: list[int] = []
     d.on_reports = lambda: woken.append(proxy.cuts)
     proxy.armed = True
