@@ -968,7 +968,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     CHILDREN.on_signals()
-    result = asyncio.run(run(args))
+    result = CHILDREN.asyncio_run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return

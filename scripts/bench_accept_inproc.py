@@ -214,7 +214,9 @@ def main() -> None:
 
     gc.freeze()
     gc.set_threshold(5000)
-    uvloop.run(run(args.requests, args.stub, args.counting, args.keep, args.tps))
+    CHILDREN.asyncio_run(
+        run(args.requests, args.stub, args.counting, args.keep, args.tps), uvloop.new_event_loop
+    )
 
 
 if __name__ == "__main__":

@@ -598,7 +598,7 @@ def main() -> None:
     CHILDREN.on_signals()
     if args.batch < 1 or args.messages < 1 or args.concurrency < 1:
         p.error("--messages, --batch and --concurrency must be at least 1")
-    result = asyncio.run(run(args))
+    result = CHILDREN.asyncio_run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return

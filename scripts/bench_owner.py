@@ -232,7 +232,7 @@ def main() -> None:
     outs: list[dict[str, Any]] = []
     for _ in range(ARGS.runs):
         with tempfile.TemporaryDirectory() as d:
-            outs.append(asyncio.run(run(Path(d) / "bench.db")))
+            outs.append(CHILDREN.asyncio_run(run(Path(d) / "bench.db")))
     med = {k: statistics.median(o[k] for o in outs) for k in outs[0]}
     print(f"tree                                     {ARGS.tree}")
     print(f"parts per message                        {ARGS.parts}")

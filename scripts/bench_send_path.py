@@ -275,9 +275,9 @@ def main() -> None:
         if args.loop == "uvloop":
             import uvloop
 
-            got = uvloop.run(run(args))
+            got = CHILDREN.asyncio_run(run(args), uvloop.new_event_loop)
         else:
-            got = asyncio.run(run(args))
+            got = CHILDREN.asyncio_run(run(args))
     if args.json:
         print(json.dumps(got))
         return

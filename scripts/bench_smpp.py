@@ -178,7 +178,7 @@ def main() -> None:
     args = p.parse_args()
     CHILDREN.on_signals()
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    r = asyncio.run(run(args))
+    r = CHILDREN.asyncio_run(run(args))
     if args.json:
         print(json.dumps(r, indent=2))
         return
