@@ -171,7 +171,7 @@ def test_an_instance_is_its_class_once_built_and_a_subclass_keeps_its_own() -> N
     with pytest.raises(dataclasses.FrozenInstanceError):
         x.a = 2  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        del x.a  # type: ignore[misc]
+        del x.a
 
     class Plain(_Checked):
         __slots__ = ("extra",)
