@@ -947,6 +947,8 @@ def _sent(
     sent_at = 0
     if out.sent_at:
         sent_at = at - int((loop.time() - out.sent_at) * 1000)
+    # By position, in SubmitResult's fields' order (tests/unit/test_session52_positional.py):
+    # one per part sent, and a class called by keyword gets a dict to unpack.
     return SubmitResult(
-        mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, at=at, sent_at=sent_at
-    )
+        mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, None, at, sent_at
+    )  # message_id, seq, outcome, smsc, smsc_msg_id, smsc_msg_id_raw, error_code, at, sent_at

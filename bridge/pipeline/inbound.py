@@ -186,17 +186,19 @@ class Inbound:
             # taking it as one would have hidden the receipt that settles the message.
             state = ReceiptState.ENROUTE
         # Told inside the batch's flush, once it committed: no future per receipt, and its
-        # answer (`out`) is set one loop hop earlier (Batcher.add_call).
+        # answer (`out`) is set one loop hop earlier (Batcher.add_call). ReceiptIn by position,
+        # in its fields' order (tests/unit/test_session52_positional.py holds it): called by
+        # keyword, a class gets a dict its __init__ unpacks again.
         self._receipts.add_call(
             ReceiptIn(
-                smsc=smsc,
-                smsc_msg_id=key,
-                state=str(state),
-                stat=stat or None,
-                err=err,
-                done_at=int(done_date.timestamp() * 1000) if done_date else None,
-                received_at=now_ms,
-                raw=text[:250],
+                smsc,  # smsc
+                key,  # smsc_msg_id
+                str(state),  # state
+                stat or None,  # stat
+                err,  # err
+                int(done_date.timestamp() * 1000) if done_date else None,  # done_at
+                now_ms,  # received_at
+                text[:250],  # raw
             ),
             partial(self._receipt_committed, out, smsc, key, state, stat, err),
         )

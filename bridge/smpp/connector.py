@@ -864,8 +864,12 @@ class Connector:
                 await before()  # holding the slot: nothing else takes it meanwhile
             proto = b.proto
             if proto is not None and proto.is_bound and not self._closing:
-                with contextlib.suppress(WindowFull, NotBound):
+                # try/except, not contextlib.suppress: one per part sent, and suppress is an
+                # object and two Python calls each time; a try costs nothing until it raises.
+                try:
                     fut = proto.submit(part, context)
+                except (WindowFull, NotBound):
+                    pass
         finally:
             b.reserved -= 1
             if fut is None:

@@ -387,7 +387,11 @@ class SmppProtocol(asyncio.Protocol):
             if self._on_deliver is None:
                 self._ack(ev, C.ESME_RX_T_APPN)
                 return
-            pending = asyncio.ensure_future(self._on_deliver(ev.body, ev.salvaged))
+            got = self._on_deliver(ev.body, ev.salvaged)
+            # A receipt's future (one per part sent) is taken as it is: ensure_future would
+            # check it in two Python calls to hand it back unchanged. A coroutine (MO) gets
+            # its task there.
+            pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
         except Exception:
             log.exception("deliver handler failed; asking the SMSC to redeliver",
                           extra={"smsc": self.name})  # fmt: skip

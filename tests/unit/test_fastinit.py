@@ -159,3 +159,44 @@ def test_refuses_what_it_cannot_speed_up() -> None:
         fast_init(Unfrozen)
     with pytest.raises(TypeError, match="slots"):
         fast_init(NoSlots)
+
+
+def test_an_instance_is_its_class_once_built_and_a_subclass_keeps_its_own() -> None:
+    # The fast path builds the instance as a private open subclass and sets its class back:
+    # nothing outside the init may see that subclass, and an instance of a subclass of a
+    # fast_init class (here one that is no dataclass of its own) must stay what it is.
+    x = _Shape(1, "x", [2], d=3, e=(4,))
+    assert type(x) is _Shape and x.__class__ is _Shape
+    assert (x.a, x.b, x.c, x.d, x.e) == (1, "x", [2], 3, (4,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        x.a = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del x.a
+
+    class Plain(_Checked):
+        __slots__ = ("extra",)
+
+    p = Plain(5)
+    assert type(p) is Plain and p.n == 5
+    with pytest.raises(ValueError, match="negative"):
+        Plain(-1)
+    c = _Child(1, f=7)
+    assert type(c) is _Child and (c.a, c.f) == (1, 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.f = 8  # type: ignore[misc]
+
+
+def test_a_factory_that_raises_leaves_nothing_half_built() -> None:
+    def boom() -> list[int]:
+        raise RuntimeError("no list")
+
+    @fast_init
+    @dataclass(frozen=True, slots=True)
+    class Raising:
+        a: int
+        b: list[int] = field(default_factory=boom)
+
+    with pytest.raises(RuntimeError, match="no list"):
+        Raising(1)
+    r = Raising(1, [2])
+    assert type(r) is Raising and r.b == [2]
