@@ -89,7 +89,10 @@ async def defer_continue(request: web.Request) -> None:
     if request.version != HttpVersion11:
         return
     if expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:40]}")
+        # Raised before the middlewares run (aiohttp calls this handler first): named here.
+        raise web.HTTPExpectationFailed(
+            text=f"Unknown Expect: {expect[:40]}", headers={"Server": SERVER_NAME}
+        )
     request[CONTINUE] = True
 
 

@@ -96,10 +96,16 @@ class _BodyFailingParser:
     server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
     MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
 
-    __slots__ = ("_body", "_failed", "_inner", "_python")
+    __slots__ = ("_body", "_failed", "_inner", "_python", "message_consumed")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        # Called on every request (aiohttp 3.14's RequestHandler.start): found by __getattr__,
+        # each call first raised and formatted an AttributeError, ~1.4 µs against 0.03 (~12 k
+        # instructions a request, session 52). Bound here when the parser has it.
+        consumed = getattr(inner, "message_consumed", None)
+        if consumed is not None:
+            self.message_consumed = consumed
         # aiohttp's Python parser, whose state _not_a_request_start reads (the C one keeps
         # its own, and refuses such bytes itself).
         self._python = all(hasattr(inner, a) for a in ("_tail", "_lines", "_payload_parser"))

@@ -214,3 +214,30 @@ async def test_answers_name_no_software_version(api_server):
     for path in ("/healthz", "/v1/account", "/no/such/path"):
         async with api_server.session.get(api_server.url + path) as r:
             assert r.headers.get("Server") == "smpp-bridge", (path, r.headers.get("Server"))
+
+
+async def test_every_kind_of_answer_names_smpp_bridge(api_server):
+    """Since session 52 the error middleware names the server, not an on_response_prepare
+    signal: what answers without returning through it names itself. Each such path here: an
+    accepted send and its replay, a refusal, a CSV streamed from its handler, the 417 of an
+    Expect raised before the middlewares, and a body over the limit."""
+    creds = await api_server.create_account()
+    sent = await api_server.send(creds, {"to": "+8613800138000", "text": "hi"}, key="k-srv-1")
+    replay = await api_server.send(creds, {"to": "+8613800138000", "text": "hi"}, key="k-srv-1")
+    assert (sent.status, replay.status, replay.headers.get("Idempotent-Replayed")) == (
+        202, 202, "true",
+    )  # fmt: skip
+    month = api_server.clock.utc().strftime("%Y-%m")
+    cdrs = await api_server.request("GET", "/v1/cdrs", creds=creds, query=f"month={month}")
+    assert cdrs.headers["Content-Type"].startswith("text/csv")
+    refused = await api_server.request("GET", "/v1/account")  # unsigned: 401
+    assert refused.status == 401
+    for r in (sent, replay, cdrs, refused):
+        assert r.headers.get("Server") == "smpp-bridge", (r.status, r.headers.get("Server"))
+    async with api_server.session.post(
+        api_server.url + "/v1/messages", data=b"{}", headers={"Expect": "bogus"}
+    ) as r:
+        assert (r.status, r.headers.get("Server")) == (417, "smpp-bridge")
+    big = b"x" * (api_server.ctx.config.server.max_body_bytes + 1)
+    async with api_server.session.post(api_server.url + "/healthz", data=big) as r:
+        assert r.headers.get("Server") == "smpp-bridge", (r.status, r.headers.get("Server"))

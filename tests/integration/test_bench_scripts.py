@@ -266,9 +266,13 @@ def test_bench_accept_http_counts_only_accepted_sends() -> None:
     assert "first refusal" not in out, out
 
 
-@pytest.mark.parametrize(("flag", "stored"), [((), "100"), (("--stub",), "0")])
+@pytest.mark.parametrize(
+    ("flag", "stored"),
+    [((), "100"), (("--stub",), "0"), (("--wire",), "100"), (("--wire", "--stub"), "0")],
+)
 def test_bench_accept_inproc_stores_every_send_it_times(flag: tuple[str, ...], stored: str) -> None:
     # Each request is asserted 202 by the script; the store holds every send, none with --stub.
+    # --wire (session 52): the same sends as bytes through aiohttp's connections, answered whole.
     out = _run("scripts/bench_accept_inproc.py", "--requests", "100", *flag)
     assert re.search(
         rf"^[0-9.]+ µs of CPU per request \(\w+, 100; {stored} messages stored, "
