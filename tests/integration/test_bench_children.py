@@ -296,6 +296,13 @@ def test_pg_bench_stops_its_cluster_and_ends_its_measuring_child(argv: list[str]
 @pytest.mark.postgres
 @NEEDS_PG
 @SIGNALS
+def test_bench_pg_owner_stops_its_cluster(sig: int) -> None:
+    _signalled(["scripts/bench_pg_owner.py", "--runs", "100000"], [POSTMASTER], sig, start_s=120)
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+@SIGNALS
 def test_bench_restore_on_postgres_stops_its_cluster_and_ends_the_command(sig: int) -> None:
     _signalled(
         ["scripts/bench_restore.py", "--engine", "postgres", "--messages", "1000",
