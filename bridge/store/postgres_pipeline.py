@@ -604,12 +604,7 @@ async def rollup_messages(
             upd, (r.id, u is not None, *values, r.smsc, r.segments_sent, r.route), strict=True
         ):
             col.append(value)
-    queued = 0
-    if f.finals:  # each a rolled row: the reports' INSERT rides on the UPDATE, one round trip
-        queued = await c.fetchval(
-            _ROLLUP_REPORTING, *upd, [a for a, _m in f.finals], [m for _a, m in f.finals], now
-        )
-    elif upd[0]:
+    if upd[0]:
         await c.execute(_ROLLUP, *upd)
     if later is not None:
         later[0].extend(f.billed)
@@ -619,6 +614,7 @@ async def rollup_messages(
             await postgres_rules.refund_finals(c, f.billed, now)
         if f.unsent:
             await give_back_places(c, f.unsent)
+    queued = await enqueue_status_webhooks(c, f.finals, now) if f.finals else 0
     if f.sent:
         queued += await enqueue_sent_webhooks(c, [mid for _acc, mid in f.sent], now)
     return queued
@@ -641,29 +637,6 @@ _ROLLUP = (
     "$7::bigint[], $8::bigint[], $9::bool[], $10::text[], $11::int[], $12::text[]) "
     "AS u(id, rolled, state, delivered, failed, error, sent_at, done_at, release, smsc, nsent, "
     "route) WHERE m.id = u.id"
-)
-
-
-def _status_insert(accounts: int, ids: int, now: int) -> str:
-    """The status reports' outbox rows of the final messages (parameters: their accounts, their
-    ids, now), for accounts with a status callback URL; a report queued before is kept."""
-    return (
-        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
-        "next_attempt_at, created_at) "
-        f"SELECT 'st_' || f.mid, f.acc, 'status', f.mid, NULL, ${now}, ${now} "
-        f"FROM unnest(${accounts}::text[], ${ids}::text[]) WITH ORDINALITY AS f(acc, mid, ord) "
-        "JOIN accounts a ON a.id = f.acc "
-        "WHERE a.status_callback_url IS NOT NULL AND a.status_callback_url <> '' "
-        "ORDER BY f.ord ON CONFLICT (webhook_id) DO NOTHING"
-    )
-
-
-# The roll-up's UPDATE with the status reports of the messages it made final, one statement
-# (session 52): at a few messages a batch each statement is most of a message's cost (see
-# scripts/bench_pg_owner.py --batch 5). Both see the same snapshot; the INSERT reads only
-# `accounts`. Returns how many reports were queued.
-_ROLLUP_REPORTING = (
-    f"WITH r AS ({_ROLLUP}), w AS ({_status_insert(13, 14, 15)} RETURNING 1) SELECT count(*) FROM w"
 )
 
 
@@ -735,6 +708,26 @@ async def enqueue_sent_webhooks(c: asyncpg.Connection, sent: Sequence[str], now:
         now,
     )
     return len(rows)
+
+
+async def enqueue_status_webhooks(
+    c: asyncpg.Connection, finals: Sequence[tuple[str, str]], now: int
+) -> int:
+    """Outbox rows for final statuses, for accounts that configured a status callback URL; how
+    many."""
+    status = await c.execute(
+        "INSERT INTO webhook_outbox (webhook_id, account_id, kind, ref_id, payload, "
+        "next_attempt_at, created_at) "
+        "SELECT 'st_' || f.mid, f.acc, 'status', f.mid, NULL, $3, $3 "
+        "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS f(acc, mid, ord) "
+        "JOIN accounts a ON a.id = f.acc "
+        "WHERE a.status_callback_url IS NOT NULL AND a.status_callback_url <> '' "
+        "ORDER BY f.ord ON CONFLICT (webhook_id) DO NOTHING",
+        [a for a, _m in finals],
+        [m for _a, m in finals],
+        now,
+    )
+    return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
 
 # -- submit results --------------------------------------------------------------------------------
