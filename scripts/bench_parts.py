@@ -27,13 +27,16 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+from children import Children
+
 HERE = Path(__file__).resolve().parents[1]
+CHILDREN = Children()  # --compare's measuring runs, ended with the script however it ends
 TEXT = "【示例】您的验证码是123456，五分钟内有效。请勿泄露给他人。如非本人操作，请忽略本短信。" * 3
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
 
@@ -203,7 +206,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.compare:
-        compare(args)
+        CHILDREN.on_signals()
+        try:
+            compare(args)
+        finally:
+            CHILDREN.end()
         return
     sys.path.insert(0, str(Path(args.tree).resolve()))
     import bridge
@@ -221,7 +228,10 @@ def compare(args: argparse.Namespace) -> None:
     def one(tree: str) -> dict[str, float]:
         cmd = [sys.executable, __file__, "--tree", tree, "--json",
                "--messages", str(args.messages), "--rounds", str(args.rounds)]  # fmt: skip
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        code, out, err = CHILDREN.run(cmd, None)
+        if code:
+            raise SystemExit(f"the run of {tree} failed ({code}): {err[-2000:]}")
+        return json.loads(out)
 
     ratios: dict[str, list[float]] = {}
     for i in range(args.pairs):

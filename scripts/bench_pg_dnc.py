@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+from children import Children
+
 ROOT = Path(__file__).resolve().parents[1]
+CHILDREN = Children()
 NOW = 1_700_000_000_000
 SENDERS = ("10690077", "10690099")  # --op senders: the messages alternate; the first is taken
 
@@ -165,8 +168,10 @@ def _child(tree: Path, dsn: str, args: argparse.Namespace, trace: bool) -> dict[
     cmd += ["--op", args.op]
     if trace:
         cmd.append("--trace")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    code, out, err = CHILDREN.run(cmd, None)
+    if code:
+        raise SystemExit(f"the measuring child failed ({code}): {err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -193,24 +198,29 @@ def main() -> None:
     sys.path.insert(1, str(ROOT))
     from tests import pg_cluster as pgc
 
+    # The cluster is pg_ctl's daemon, not a child: stopped in the finally, which SIGTERM and
+    # SIGINT reach too (Children.on_signals), as the measuring child is ended by them.
+    CHILDREN.on_signals()
+    run = CHILDREN.asyncio_run
     cluster = pgc.start_cluster()
     try:
-        template = asyncio.run(pgc.create_database(cluster, "bench_template"))
+        template = run(pgc.create_database(cluster, "bench_template"))
         t0 = time.perf_counter()
-        asyncio.run(_fill(template, args.waiting, args.op, args.blocked_every))
+        run(_fill(template, args.waiting, args.op, args.blocked_every))
         print(f"stored {args.waiting} messages in {time.perf_counter() - t0:.1f} s", flush=True)
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
-        for run in range(args.runs):
-            for name, tree in trees if run % 2 == 0 else trees[::-1]:
+        for k in range(args.runs):
+            for name, tree in trees if k % 2 == 0 else trees[::-1]:
                 for trace in (False, True):
                     db = pgc.new_database_name("bench")
-                    dsn = asyncio.run(pgc.create_database(cluster, db, "bench_template"))
+                    dsn = run(pgc.create_database(cluster, db, "bench_template"))
                     try:
                         res = _child(tree, dsn, args, trace)
                     finally:
-                        asyncio.run(pgc.drop_database(cluster, db))
-                    print(f"run {run} {name} {'traced' if trace else 'timed '} {res}", flush=True)
+                        run(pgc.drop_database(cluster, db))
+                    print(f"run {k} {name} {'traced' if trace else 'timed '} {res}", flush=True)
     finally:
+        CHILDREN.end()
         cluster.stop()
 
 

@@ -36,13 +36,16 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+from children import Children
+
 ROOT = Path(__file__).resolve().parents[1]
+CHILDREN = Children()
 OTHER = "acc_other"
 SIGN = "Brand"
 
@@ -302,10 +305,14 @@ def main() -> None:
     sys.path.insert(1, str(ROOT))
     from tests import pg_cluster as pgc
 
+    # The cluster is pg_ctl's daemon, not a child: stopped in the finally, which SIGTERM and
+    # SIGINT reach too (Children.on_signals), as the measuring child is ended by them.
+    CHILDREN.on_signals()
+    run = CHILDREN.asyncio_run
     cluster = pgc.start_cluster()
     try:
-        template = asyncio.run(pgc.create_database(cluster, "bench_template"))
-        asyncio.run(
+        template = run(pgc.create_database(cluster, "bench_template"))
+        run(
             _fill(
                 template,
                 args.waiting,
@@ -317,21 +324,22 @@ def main() -> None:
             )
         )
         trees = [("new", ROOT)] + ([("old", args.old)] if args.old else [])
-        for run in range(args.runs):
-            for name, tree in trees if run % 2 == 0 else trees[::-1]:
+        for k in range(args.runs):
+            for name, tree in trees if k % 2 == 0 else trees[::-1]:
                 db = pgc.new_database_name("bench")
-                dsn = asyncio.run(pgc.create_database(cluster, db, "bench_template"))
+                dsn = run(pgc.create_database(cluster, db, "bench_template"))
                 try:
                     cmd = [sys.executable, __file__, "--measure", dsn, "--tree", str(tree)]
-                    out = subprocess.run([*cmd, "--op", args.op], capture_output=True, text=True)
-                    if out.returncode:
-                        print(out.stderr[-3000:], flush=True)
+                    code, out, err = CHILDREN.run([*cmd, "--op", args.op], None)
+                    if code:
+                        print(err[-3000:], flush=True)
                     else:
-                        res = json.loads(out.stdout.strip().splitlines()[-1])
-                        print(f"run {run} {name} {json.dumps(res)}", flush=True)
+                        res = json.loads(out.strip().splitlines()[-1])
+                        print(f"run {k} {name} {json.dumps(res)}", flush=True)
                 finally:
-                    asyncio.run(pgc.drop_database(cluster, db))
+                    run(pgc.drop_database(cluster, db))
     finally:
+        CHILDREN.end()
         cluster.stop()
 
 

@@ -19,13 +19,11 @@ PostgreSQL needs SMPP_BRIDGE_CI=1 or SMPP_BRIDGE_TEST_PG_DSN: a throwaway cluste
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,12 +35,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+
+from children import Children  # noqa: E402
 
 from bridge.domain.admission import Priced, Rules  # noqa: E402
 from bridge.domain.ledger import topup  # noqa: E402
 from bridge.store.base import Store  # noqa: E402
 from bridge.store.models import AcceptBatch, Account  # noqa: E402
 from tests.messages import one_part  # noqa: E402
+
+# The command's process (under /usr/bin/time), ended with the script however it ends; a
+# PostgreSQL cluster (pg_ctl's daemon, not a child) is stopped in bench_postgres's finally, which
+# SIGTERM and SIGINT reach too (Children.on_signals).
+CHILDREN = Children()
 
 NOW = 1_700_000_000_000
 PRICE = 45_000
@@ -108,22 +114,22 @@ def run_command(cfg: Path, dry_run: bool, wal: Path | None, tree: Path = ROOT) -
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     began = time.perf_counter()
-    p = subprocess.run(
-        ["/usr/bin/time", "-v", *cmd],
-        capture_output=True,
-        text=True,
-        cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        check=False,
-    )
+    try:
+        code, out, err = CHILDREN.run(
+            ["/usr/bin/time", "-v", *cmd],
+            None,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+        )
+    finally:
+        done.set()
     wall = time.perf_counter() - began
-    done.set()
     watcher.join()
-    if p.returncode != 0:
-        raise SystemExit(f"after-restore failed ({p.returncode}): {p.stderr[-2000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    if code != 0:
+        raise SystemExit(f"after-restore failed ({code}): {err[-2000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     return {
-        "answer": json.loads(p.stdout.strip().splitlines()[-1]),
+        "answer": json.loads(out.strip().splitlines()[-1]),
         "wall_s": wall,
         "peak_rss_mb": int(rss.group(1)) / 1024 if rss else -1,
         "wal_mb": biggest[0] / 2**20,
@@ -150,7 +156,7 @@ def bench_sqlite(args: argparse.Namespace, tmp: Path) -> None:
         if args.keep:
             built = Path(args.keep) / "built.db"
             built.parent.mkdir(parents=True, exist_ok=True)
-        took = asyncio.run(build_sqlite(built, args.messages))
+        took = CHILDREN.asyncio_run(build_sqlite(built, args.messages))
         size = built.stat().st_size / 2**20
         print(f"queued {args.messages} in {took:.1f} s; store {size:.0f} MB")
     for run in range(args.runs):
@@ -164,31 +170,38 @@ def bench_sqlite(args: argparse.Namespace, tmp: Path) -> None:
                 leftover.unlink()
 
 
-async def bench_postgres(args: argparse.Namespace) -> None:
+async def build_postgres(dsn: str, n: int) -> float:
     from bridge.store.postgres import PostgresStore
+
+    store = PostgresStore(dsn)
+    await store.open()
+    try:
+        return await fill(store, n)
+    finally:
+        await store.close()
+
+
+def bench_postgres(args: argparse.Namespace) -> None:
     from tests import pg_cluster
 
+    run = CHILDREN.asyncio_run  # each step its own loop: the command runs outside any
     cluster = pg_cluster.start_cluster()
     try:
         built = "built"
-        dsn = await pg_cluster.create_database(cluster, built)
-        store = PostgresStore(dsn)
-        await store.open()
-        try:
-            took = await fill(store, args.messages)
-        finally:
-            await store.close()
+        dsn = run(pg_cluster.create_database(cluster, built))
+        took = run(build_postgres(dsn, args.messages))
         print(f"queued {args.messages} in {took:.1f} s", flush=True)
-        for run in range(args.runs):
+        for k in range(args.runs):
             for tree in args.tree.split(","):
-                name = f"run{run}"
-                run_dsn = await pg_cluster.create_database(cluster, name, template=built)
+                name = f"run{k}"
+                run_dsn = run(pg_cluster.create_database(cluster, name, template=built))
                 with tempfile.TemporaryDirectory() as d:
                     cfg = _config(Path(d) / "bridge.yaml", {"engine": "postgres", "dsn": run_dsn})
                     out = run_command(cfg, args.dry_run, None, Path(tree))
                 print(json.dumps({"tree": tree, **out}), flush=True)
-                await pg_cluster.drop_database(cluster, name)
+                run(pg_cluster.drop_database(cluster, name))
     finally:
+        CHILDREN.end()
         cluster.stop()
 
 
@@ -205,11 +218,15 @@ def main() -> None:
     )
     p.add_argument("--keep", help="SQLite: build the store in DIR once and reuse it after")
     args = p.parse_args()
+    CHILDREN.on_signals()
     if args.engine == "postgres":
-        asyncio.run(bench_postgres(args))
+        bench_postgres(args)
         return
-    with tempfile.TemporaryDirectory(prefix="bridge-bench-restore-") as tmp:
-        bench_sqlite(args, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bridge-bench-restore-") as tmp:
+            bench_sqlite(args, Path(tmp))
+    finally:
+        CHILDREN.end()
 
 
 if __name__ == "__main__":

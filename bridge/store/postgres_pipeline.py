@@ -485,6 +485,54 @@ async def dnc_guard(
 
 # -- roll-up ---------------------------------------------------------------------------------------
 
+# What a write of part rows returns for Known: `segments s` updated.
+PART_RETURNING = "RETURNING s.message_id, s.seq, s.state, s.error_code, s.total"
+
+
+class Known:
+    """The part rows this transaction wrote, as each write returned them (PART_RETURNING), for
+    the roll-up: a message whose every part row is here is not read again (session 52; the
+    SQLite engine's `known`, README Architecture notes 23 and 26).
+
+    Why it is what the roll-up would read: a row an UPDATE returned stays locked by this
+    transaction to its commit (no other can change or delete it meanwhile) and the transaction
+    sees its own writes, so once every part of a message (seq 1 to its `total`) was returned,
+    the roll-up's read of them was the same rows once more: a one-part message's submit result
+    and its receipt each read and wrote its one row, then the roll-up read it a third time. A
+    message with a part written by a statement that does not return it here (an end and the
+    parts after it, a part taking another's receipt) is `forget`-ed and read as before, even
+    if written again later in the transaction."""
+
+    __slots__ = ("_parts", "_stale", "_total")
+
+    def __init__(self) -> None:
+        self._parts: dict[str, dict[int, tuple[str, str | None]]] = {}
+        self._total: dict[str, int] = {}
+        self._stale: set[str] = set()
+
+    def add(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of PART_RETURNING, as now written (a later write of a part replaces its
+        earlier one)."""
+        for mid, seq, state, error, total in rows:
+            if mid not in self._stale:
+                self._parts.setdefault(mid, {})[seq] = (state, error)
+                self._total[mid] = total
+
+    def forget(self, mids: Iterable[str]) -> None:
+        for mid in mids:
+            self._stale.add(mid)
+            self._parts.pop(mid, None)
+
+    def whole(self) -> dict[str, list[tuple[str, str | None]]]:
+        """message id -> every part's (state, error code) in seq order, for the messages whose
+        every part row was written here."""
+        out = {}
+        for mid, got in self._parts.items():
+            n = self._total[mid]
+            if len(got) == n and all(q in got for q in range(1, n + 1)):
+                out[mid] = [got[q] for q in range(1, n + 1)]
+        return out
+
 
 async def rollup_messages(
     c: asyncpg.Connection,
@@ -496,6 +544,7 @@ async def rollup_messages(
     later: tuple[list[Any], list[str]] | None = None,
     air: dict[str, tuple[str, int]] | None = None,
     instance: str | None = None,
+    known: Known | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final (and,
@@ -509,7 +558,10 @@ async def rollup_messages(
     messages (record_submits): written by the same UPDATE as their roll-up, so a submit makes
     one new version of its message's row, not two (each non-HOT version is an entry in every
     index of the table); `instance`: whose results they are (the claim's route is written only
-    on its own claims, rollup_rows.roll)."""
+    on its own claims, rollup_rows.roll).
+
+    `known` (Known.whole) are messages whose every part row this transaction wrote, as the
+    writes returned them: not read again (see Known)."""
     air = air or {}
     if not touched and not air:
         return 0
@@ -518,14 +570,25 @@ async def rollup_messages(
         locked = await lock_messages(c, ids)
     parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
     many: set[str] = set()  # messages with a second part row: not one payload PDU
-    for mid, seq, state, error in await c.fetch(
-        "SELECT message_id, seq, state, error_code FROM segments "
-        "WHERE message_id = ANY($1::text[]) ORDER BY message_id, seq",
-        ids,
+    whole = known.whole() if known is not None else {}
+    unknown = [mid for mid in ids if mid not in whole]
+    for mid, seq, state, error in (
+        await c.fetch(
+            "SELECT message_id, seq, state, error_code FROM segments "
+            "WHERE message_id = ANY($1::text[]) ORDER BY message_id, seq",
+            unknown,
+        )
+        if unknown
+        else ()
     ):
         parts[mid].append((state, error))
         if seq == 2:
             many.add(mid)
+    for mid, got in whole.items():
+        if mid in parts:
+            parts[mid] = got
+            if len(got) > 1:
+                many.add(mid)
     rolled, f = rollup_rows.roll(
         ids, locked, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
@@ -795,6 +858,7 @@ async def record_submits(
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     air: dict[str, tuple[str, int]] = {}
+    known = Known()  # the parts written below, for the roll-up
     sent = [r for r in results if r.outcome == "sent"]
     await lock_keys(
         c,
@@ -805,51 +869,47 @@ async def record_submits(
         c, [r.message_id for r in results] + [rel.message_id for rel in releases]
     )
     if sent:
-        # Only parts still queued count: a repeated result is settled once.
-        queued = {
-            (r[0], r[1])
-            for r in await c.fetch(
-                "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::text[]) "
-                "AND state = 'queued'",
-                sorted({r.message_id for r in sent}),
-            )
-        }
-        fresh = []
+        # Only parts still queued count: a repeated result is settled once (the first of a
+        # part's results in the batch; the messages are locked, so the UPDATE's condition is
+        # what a read of the queued parts before it found, one round trip less).
+        first: dict[tuple[str, int], SubmitResult] = {}
         for r in sent:
-            key = (r.message_id, r.seq)
-            if key in queued:
-                queued.discard(key)
-                fresh.append(r)
+            first.setdefault((r.message_id, r.seq), r)
+        each = list(first.values())
+        rows = await c.fetch(
+            "UPDATE segments s SET state = 'sent', smsc = u.smsc, smsc_msg_id = u.msg_id, "
+            "smsc_msg_id_raw = u.raw, submitted_at = u.at, attempts = s.attempts + 1 "
+            "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], "
+            "$6::bigint[]) AS u(mid, seq, smsc, msg_id, raw, at) "
+            f"WHERE s.message_id = u.mid AND s.seq = u.seq AND s.state = 'queued' {PART_RETURNING}",
+            [r.message_id for r in each],
+            [r.seq for r in each],
+            [r.smsc for r in each],
+            [r.smsc_msg_id for r in each],
+            [r.smsc_msg_id_raw for r in each],
+            [r.at or now for r in each],
+        )
+        known.add(rows)
+        written = {(row[0], row[1]) for row in rows}
+        fresh = [r for r in each if (r.message_id, r.seq) in written]
         if fresh:
-            await c.execute(
-                "UPDATE segments s SET state = 'sent', smsc = u.smsc, smsc_msg_id = u.msg_id, "
-                "smsc_msg_id_raw = u.raw, submitted_at = u.at, attempts = s.attempts + 1 "
-                "FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], "
-                "$6::bigint[]) AS u(mid, seq, smsc, msg_id, raw, at) "
-                "WHERE s.message_id = u.mid AND s.seq = u.seq",
-                [r.message_id for r in fresh],
-                [r.seq for r in fresh],
-                [r.smsc for r in fresh],
-                [r.smsc_msg_id for r in fresh],
-                [r.smsc_msg_id_raw for r in fresh],
-                [r.at or now for r in fresh],
-            )
             # Written by the roll-up's UPDATE, after the releases (a released message's route
             # was its claim's, and goes with it).
             for r in fresh:
                 _smsc, n = air.get(r.message_id, (r.smsc, 0))
                 air[r.message_id] = (r.smsc, n + 1)
                 touched[r.message_id] = True
-            await _apply_pending(c, fresh, touched, one_per_message, inferred)
+            await _apply_pending(c, fresh, touched, known, one_per_message, inferred)
             # Not a first part: parts go out in order, so none after it can have a receipt yet
             # (and a one-part message has nothing to infer): no read for most submits.
-            await _infer_on_accept(
-                c, [r for r in fresh if r.smsc in one_per_message and r.seq > 1], now, inferred
-            )
+            later = [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+            known.forget(r.message_id for r in later)  # their other parts may be settled
+            await _infer_on_accept(c, later, now, inferred)
     # A part's end is recorded only while no other instance holds its message (see
     # Store.record_submits), and ends the parts after it only when its own part was still queued
     # (its UPDATE returned it): a late or repeated end must not end parts sent since.
     ends = [r for r in results if r.outcome in _ENDS]
+    known.forget(r.message_id for r in ends)  # conditional, and ending the parts after them
     for batch in _end_rounds(ends) if len(ends) > 1 else [ends]:
         for outcome, end in _ENDS.items():
             group = [r for r in batch if r.outcome == outcome]
@@ -876,7 +936,7 @@ async def record_submits(
         # The released rows changed under `locked`: re-read them for the roll-up.
         locked = {k: v for k, v in locked.items() if k not in {r.message_id for r in releases}}
     return await rollup_messages(
-        c, touched, now, locked, intermediate=intermediate, air=air, instance=instance
+        c, touched, now, locked, intermediate=intermediate, air=air, instance=instance, known=known
     )
 
 
@@ -934,6 +994,7 @@ async def _apply_pending(
     c: asyncpg.Connection,
     fresh: list[SubmitResult],
     touched: dict[str, bool],
+    known: Known,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
 ) -> None:
@@ -958,6 +1019,7 @@ async def _apply_pending(
             c,
             [ReceiptIn(*tuple(r)[1:]) for r in rows],
             touched,
+            known=known,
             one_per_message=one_per_message,
             inferred=inferred,
         )
@@ -1068,7 +1130,10 @@ async def apply_receipts(
         where.update(await _match(c, missing))
     touched: dict[str, bool] = {}
     locked: dict[str, tuple[Any, ...]] = {}
-    unmatched = await _apply(c, receipts, touched, where, locked, one_per_message, inferred, late)
+    known = Known()
+    unmatched = await _apply(
+        c, receipts, touched, where, locked, one_per_message, inferred, late, known
+    )
     if unmatched:
         await c.execute(
             "INSERT INTO pending_receipts (smsc, smsc_msg_id, state, stat, err, done_at, "
@@ -1079,7 +1144,7 @@ async def apply_receipts(
                 ("smsc", "smsc_msg_id", "state", "stat", "err", "done_at", "received_at", "raw"),
             ),
         )
-    reports = await rollup_messages(c, touched, now, locked)
+    reports = await rollup_messages(c, touched, now, locked, known=known)
     return len(receipts) - len(unmatched), len(unmatched), reports
 
 
@@ -1114,8 +1179,11 @@ async def _apply(
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
     late: dict[str, int] | None = None,
+    known: Known | None = None,
 ) -> list[ReceiptIn]:
     """Match receipts to parts by (SMSC, normalised id) and settle them; returns the unmatched.
+    The parts settled go into `known` as written (one part row of a longer message whose others
+    were not written in this transaction leaves it to be read by the roll-up).
 
     The parts' messages are locked before their states are read, so the first final outcome
     stands even when two instances apply receipts for the same part at once.
@@ -1152,14 +1220,16 @@ async def _apply(
         touched.setdefault(mid, False)
     upd: list[list[Any]] = [list(col) for col in zip(*settled, strict=True)] if settled else []
     if upd:
-        await c.execute(
+        written = await c.fetch(
             "UPDATE segments s SET state = u.state, done_at = u.at, error_code = u.error, "
             "receipt_inferred_from = u.source "
             "FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[], "
             "$6::int[]) AS u(mid, seq, state, at, error, source) "
-            "WHERE s.message_id = u.mid AND s.seq = u.seq",
+            f"WHERE s.message_id = u.mid AND s.seq = u.seq {PART_RETURNING}",
             *upd,
         )
+        if known is not None:
+            known.add(written)
         if inferred is not None and siblings:
             lc.count_inferred(settled, siblings, inferred)
     return unmatched

@@ -8,6 +8,7 @@ children up), signals the script alone, and fails when anything it started is st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.pg_cluster import ci, find_bindir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,16 +70,34 @@ def _alive(procs: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
     return left
 
 
-def _until_started(script: subprocess.Popen[bytes], want: list[str], limit_s: float) -> dict:
-    """The script's descendants once each of `want` is in one of their command lines."""
+def _mentioning(text: str) -> dict[tuple[int, int], str]:
+    """Every live process whose command line has `text` in it: a PostgreSQL cluster's
+    postmaster (pg_ctl's daemon, no descendant of the script) by its data folder."""
+    out: dict[tuple[int, int], str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+            if text in (cmd := _cmdline(int(entry))):
+                out[(int(entry), st[1])] = cmd
+    return out
+
+
+def _started(script: subprocess.Popen[bytes], scratch: Path) -> dict[tuple[int, int], str]:
+    """What the script started: its descendants, and the clusters in its temporary folder."""
+    return _descendants(script.pid) | _mentioning(f" -D {scratch}{os.sep}")
+
+
+def _until_started(
+    script: subprocess.Popen[bytes], want: list[str], limit_s: float, scratch: Path
+) -> dict:
+    """What the script started once each of `want` is in one of their command lines."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         assert script.poll() is None, "the script ended by itself"
-        seen = _descendants(script.pid)
+        seen = _started(script, scratch)
         if all(any(w in cmd for cmd in seen.values()) for w in want):
             return seen
         time.sleep(0.2)
-    raise AssertionError(f"not all of {want} started: {_descendants(script.pid)}")
+    raise AssertionError(f"not all of {want} started: {_started(script, scratch)}")
 
 
 def _signalled(
@@ -85,6 +106,7 @@ def _signalled(
     """The processes the script had started when it was signalled (command lines). Its
     temporary files (TMPDIR) must be gone too: its `finally` blocks ran."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
+    scratch.chmod(0o711)  # a cluster's folder in it: as root, initdb runs as `postgres`
     script = subprocess.Popen(
         [sys.executable, *argv],
         cwd=ROOT,
@@ -94,9 +116,9 @@ def _signalled(
     )
     seen: dict[tuple[int, int], str] = {}
     try:
-        seen = _until_started(script, want, start_s)
+        seen = _until_started(script, want, start_s, scratch)
         time.sleep(0.5)  # what the children start right after
-        seen |= _descendants(script.pid)
+        seen |= _started(script, scratch)
         script.send_signal(sig)
         script.wait(40)
         deadline = time.monotonic() + 5  # a SIGKILLed child's exit, seen a moment later
@@ -108,11 +130,12 @@ def _signalled(
         return seen
     finally:  # whatever the test failed at: nothing of it left behind for the next tests
         if script.poll() is None:
-            seen |= _descendants(script.pid)
+            seen |= _started(script, scratch)
             script.kill()
             script.wait()
         for pid, _start in _alive(seen):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a cluster's postmaster: its backends follow
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -244,3 +267,66 @@ def test_bench_owner_under_callgrind_ends_valgrind(sig: int) -> None:
     )
     profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
     assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"
+
+
+# Until session 52 these four ran their children by subprocess.run and their event loops by
+# asyncio.run, without Children: a SIGTERM killed the script alone and left its measuring child
+# running and its PostgreSQL cluster (pg_ctl's daemon) up for good, with its temporary folder.
+NEEDS_PG = pytest.mark.skipif(
+    find_bindir() is None and not ci(), reason="no PostgreSQL server binaries"
+)
+POSTMASTER = "bin/postgres -D"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scripts/bench_pg_ends.py", "--waiting", "2000", "--others", "200", "--runs", "100000"],
+        ["scripts/bench_pg_dnc.py", "--waiting", "2000", "--runs", "100000"],
+    ],
+    ids=["pg_ends", "pg_dnc"],
+)
+@pytest.mark.postgres
+@NEEDS_PG
+def test_pg_bench_stops_its_cluster_and_ends_its_measuring_child(argv: list[str], sig: int) -> None:
+    _signalled(argv, ["--measure", POSTMASTER], sig, start_s=120)
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+@SIGNALS
+def test_bench_pg_owner_stops_its_cluster(sig: int) -> None:
+    _signalled(["scripts/bench_pg_owner.py", "--runs", "100000"], [POSTMASTER], sig, start_s=120)
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+@SIGNALS
+def test_bench_restore_on_postgres_stops_its_cluster_and_ends_the_command(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_restore.py", "--engine", "postgres", "--messages", "1000",
+         "--runs", "100000"],
+        ["after-restore", POSTMASTER],
+        sig,
+        start_s=120,
+    )  # fmt: skip
+
+
+@SIGNALS
+def test_bench_restore_ends_the_command(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_restore.py", "--messages", "1000", "--runs", "100000"],
+        ["after-restore"],
+        sig,
+    )
+
+
+@SIGNALS
+def test_bench_parts_compare_ends_its_measuring_run(sig: int) -> None:
+    _signalled(
+        ["scripts/bench_parts.py", "--compare", str(ROOT), "--pairs", "1",
+         "--messages", "2000", "--rounds", "100000"],
+        ["--json"],
+        sig,
+    )  # fmt: skip

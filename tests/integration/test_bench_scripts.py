@@ -485,6 +485,19 @@ def test_bench_restore_ends_every_message_it_queued() -> None:
     assert runs[0]["peak_rss_mb"] > 0 and runs[0]["wal_mb"] >= 0, out  # a WAL can be missed: 20 ms
 
 
+def test_bench_pg_owner_counts_each_step_s_statements_and_rows(pg_cluster: Cluster) -> None:
+    # It starts a cluster of its own; the fixture makes it skip (or fail under CI) as the
+    # PostgreSQL tests do. One-part messages, 50 a step: the submit results' step is 5
+    # statements a batch since session 52 (7 before: the queued parts and the roll-up's parts
+    # read again), the receipts' 6.
+    out = _run("scripts/bench_pg_owner.py", "--messages", "200", "--json")
+    got = json.loads(out.strip().splitlines()[-1])
+    steps = got["by_step"]
+    assert steps["submit results"]["statements"] == 5 / 50, got
+    assert steps["receipts"]["statements"] == 6 / 50, got
+    assert steps["claim"]["statements"] > 0 and got["server"] >= 0 and got["cpu"] > 0, got
+
+
 async def test_bench_counts_the_cpu_of_a_pg_dsn_server_on_this_machine(
     pg_cluster: Cluster, pg_dsn: str
 ) -> None:

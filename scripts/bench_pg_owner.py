@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""The PostgreSQL store's cost of the owner's steps per message, in one process.
+
+Usage: python scripts/bench_pg_owner.py [--messages 20000] [--batch 50] [--parts 1]
+                                        [--early 0] [--runs 1] [--tree DIR]
+
+Why: `bench.py --store postgres` shows the owner's steps (claim, submit results, receipts and
+their roll-ups) only inside the whole daemon's and the server's CPU, where a shared machine's
+noise hides a cut of a round trip a batch. This is `bench_owner.py`'s drive for PostgreSQL: it
+starts a throw-away cluster (tests/pg_cluster.py; fsync off), accepts `--messages` messages (not
+counted), then drives them through the real `PostgresStore` as the owner does, `--batch` at a
+time: a claim, the batch's submit results, the batch's receipts, each a transaction of its own.
+It prints per message: the statements sent to the server (round trips, BEGIN and COMMIT not
+counted), the rows they returned, this process's CPU, the server's CPU (every process of the
+cluster, from /proc: on one machine) and the wall time, each by step; `--early F` applies that
+share of the receipts before their submit results (kept, matched by the results' step). `--tree`
+imports `bridge` from another checkout: run the script alternately on two trees to compare them.
+The cluster is stopped at the end and on SIGTERM or SIGINT (children.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--messages", type=int, default=20_000)
+ap.add_argument("--batch", type=int, default=50, help="messages per claim (and per step)")
+ap.add_argument("--parts", type=int, default=1, help="parts per message (UCS-2 when > 1)")
+ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
+ap.add_argument("--runs", type=int, default=1, help="runs, each on a fresh database")
+ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
+ap.add_argument("--json", action="store_true", help="one JSON line a run")
+ARGS = ap.parse_args()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+sys.path.insert(0, ARGS.tree)
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
+
+from children import Children  # noqa: E402
+
+# No child of its own; the cluster (pg_ctl's daemon) is stopped in main's finally, which SIGTERM
+# and SIGINT reach through Children.on_signals.
+CHILDREN = Children()
+
+from bridge.store.models import (  # noqa: E402
+    AcceptBatch,
+    Account,
+    NewMessage,
+    NewSegment,
+    ReceiptIn,
+    SubmitResult,
+)
+
+NOW = 1_700_000_000_000
+STEPS = ("claim", "submit results", "receipts")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def message(k: int) -> NewMessage:
+    """As bench_owner.py's: one GSM part, or `--parts` UCS-2 parts of 134 bytes."""
+    mid = f"msg_b{k:012d}"
+    n = ARGS.parts
+    if n == 1:
+        segments: tuple[NewSegment, ...] = (NewSegment(1, 1, 0, b"hello", b""),)
+    else:
+        segments = tuple(
+            NewSegment(q, n, 0x40, bytes((5, 0, 3, k % 256, n, q)) + b"\x4f\x60" * 64, b"")
+            for q in range(1, n + 1)
+        )
+    return NewMessage(
+        id=mid,
+        account_id="acc",
+        batch_id="b_" + mid,
+        recipient=f"+86139{k:08d}",
+        encoding="gsm7" if n == 1 else "ucs2",
+        data_coding=0 if n == 1 else 8,
+        billable_units=n,
+        segments=segments,
+        accepted_at=NOW,
+        text="hello" if n == 1 else "\u4f60\u597d" * 32 * n,
+    )
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds of the cluster: its postmaster and every process under it (backends come
+    and go with the pool: the run keeps its pool open, so the same ones are counted)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(entry) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+class Counted:
+    """Statements and rows returned, counted at asyncpg's Connection (the pool's connections
+    forward to it)."""
+
+    def __init__(self) -> None:
+        import asyncpg
+
+        self.statements = 0
+        self.rows = 0
+        conn = asyncpg.connection.Connection
+        for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
+            real = getattr(conn, name)
+
+            async def counted(
+                c: Any, query: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any
+            ) -> Any:
+                if not query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+                    self.statements += 1
+                out = await _real(c, query, *args, **kw)
+                if _name == "fetch":
+                    self.rows += len(out)
+                elif _name in ("fetchrow", "fetchval") and out is not None:
+                    self.rows += 1
+                return out
+
+            setattr(conn, name, counted)
+
+
+async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
+    from bridge.store.postgres import PostgresStore
+
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    await store.open()
+    try:
+        await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
+        n, b = ARGS.messages, ARGS.batch
+        for first in range(0, n, 100):
+            batch = [message(k) for k in range(first, min(n, first + 100))]
+            await asyncio.gather(
+                *(store.accept(AcceptBatch("acc", (m,), None, None), NOW) for m in batch)
+            )
+        async with store.pool.acquire() as c:  # a young server's claims wait (FENCE_S)
+            age = await c.fetchval(
+                "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8"
+            )
+        await asyncio.sleep(max(0.0, 2.5 - age))  # postgres_confirm.FENCE_S and a margin
+        per: dict[str, dict[str, float]] = {
+            s: dict.fromkeys(("statements", "rows", "cpu", "server", "wall"), 0.0) for s in STEPS
+        }
+        now = NOW + 1_000  # every message due
+        done = 0
+
+        scans = [0.0, 0.0]  # this process's CPU and wall time reading /proc: not the steps'
+
+        def mark() -> tuple[float, ...]:
+            c0, w0 = time.process_time(), time.perf_counter()
+            server = server_cpu(postmaster)
+            c1, w1 = time.process_time(), time.perf_counter()
+            scans[0] += c1 - c0
+            scans[1] += w1 - w0
+            return (counted.statements, counted.rows, c1 - scans[0], server, w1 - scans[1])
+
+        def step(name: str, before: tuple[float, ...]) -> tuple[float, ...]:
+            after = mark()
+            for key, a, z in zip(per[name], before, after, strict=True):
+                per[name][key] += z - a
+            return mark()
+
+        while True:
+            s = mark()
+            work = await store.claim("i1", b, now, 60_000)
+            if not work:
+                break
+            s = step("claim", s)
+            refs = [(w.id, g.seq, f"x{w.id}-{g.seq}") for w in work for g in w.segments]
+            receipts = [
+                ReceiptIn("a", ref, "delivered", "DELIVRD", None, now, now) for _m, _q, ref in refs
+            ]
+            early = receipts[: round(len(work) * ARGS.early) * ARGS.parts]  # whole messages
+            if early:
+                got = await store.apply_receipts(early, now)
+                assert got.pending == len(early), got
+                s = step("receipts", s)
+            await store.record_submits(
+                [
+                    SubmitResult(mid, seq, "sent", "a", ref, ref, at=now, sent_at=now)
+                    for mid, seq, ref in refs
+                ],
+                [],
+                now,
+                instance="i1",
+            )
+            s = step("submit results", s)
+            if len(early) < len(receipts):
+                got = await store.apply_receipts(receipts[len(early) :], now)
+                assert got.matched == len(receipts) - len(early), got
+            step("receipts", s)
+            done += len(work)
+            now += 1
+        assert done == n, done
+        async with store.pool.acquire() as c:
+            left = await c.fetchval("SELECT count(*) FROM messages WHERE state <> 'delivered'")
+        assert left == 0, f"{left} messages not delivered"
+    finally:
+        await store.close()
+    import bridge
+
+    out: dict[str, Any] = {"code": str(Path(bridge.__file__).parents[1])}
+    for key, scale in (("statements", 1), ("rows", 1), ("cpu", 1e6), ("server", 1e6)):
+        out[key] = round(sum(v[key] for v in per.values()) / done * scale, 2)
+    out["wall_ms"] = round(sum(v["wall"] for v in per.values()) / (done / ARGS.batch) * 1e3, 2)
+    out["by_step"] = {
+        name: {
+            "statements": round(v["statements"] / done, 2),
+            "rows": round(v["rows"] / done, 2),
+            "cpu_us": round(v["cpu"] / done * 1e6, 1),
+            "server_us": round(v["server"] / done * 1e6, 1),
+        }
+        for name, v in per.items()
+    }
+    return out
+
+
+def main() -> None:
+    from tests import pg_cluster as pgc
+
+    CHILDREN.on_signals()
+    counted = Counted()
+    cluster = pgc.start_cluster()
+    try:
+        assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
+        postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        for k in range(ARGS.runs):
+            name = pgc.new_database_name("owner")
+            dsn = CHILDREN.asyncio_run(pgc.create_database(cluster, name))
+            try:
+                res = CHILDREN.asyncio_run(run(dsn, postmaster, counted))
+            finally:
+                CHILDREN.asyncio_run(pgc.drop_database(cluster, name))
+            if ARGS.json:
+                print(json.dumps(res), flush=True)
+                continue
+            print(f"run {k + 1}, bridge from {res['code']}: {ARGS.messages} messages of "
+                  f"{ARGS.parts} part(s), {ARGS.batch} a step, early {ARGS.early}")  # fmt: skip
+            print(f"  per message: {res['statements']} statements, {res['rows']} rows back, "
+                  f"this process {res['cpu']} us CPU, server {res['server']} us CPU; "
+                  f"{res['wall_ms']} ms a batch (wall)")  # fmt: skip
+            for step_name, v in res["by_step"].items():
+                print(f"    {step_name:15s} {json.dumps(v)}")
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The PostgreSQL roll-up takes a message's parts from the writes that just set them.
+
+A message's submit results and its receipts each wrote its part rows, and the roll-up after them
+read those rows once more (`postgres_pipeline.rollup_messages`): a round trip and a read of every
+part a message, in each of the owner's two steps. Since session 52 the writes return the rows
+they wrote (`Known`), as the SQLite engine keeps them (test_sqlite_rollup_reads.py), and a
+message whose every part row was written in the transaction is not read again; the submit
+results' own read of the queued parts became the condition of their UPDATE. These tests run the
+owner's writes on a real PostgreSQL database, trace the statements, and check that no such
+roll-up reads the parts, that a message with a part the batch did not write is still read, and
+that a random run of the owner's writes leaves every row, report and count as a roll-up that
+reads every part does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.domain import lifecycle as lc
+from bridge.store import postgres_pipeline
+from bridge.store.models import AcceptBatch, Account, NewSegment, ReceiptIn, SubmitResult
+from bridge.store.postgres import PostgresStore
+from tests.conftest import run_async
+from tests.integration.test_sqlite_rollup_reads import URL, _owner_writes
+from tests.messages import one_part
+from tests.pg_cluster import Cluster, create_database, drop_database, new_database_name
+
+NOW = 1_700_000_000_000
+LEASE = 60_000
+ROLLUP_READ = "SELECT message_id, seq, state, error_code FROM segments WHERE message_id = ANY("
+QUEUED_READ = "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::text[]) AND state"
+
+
+@pytest.fixture(scope="module")
+def template(pg_cluster: Cluster) -> Iterator[str]:
+    """A migrated database to copy: one per example of the random test, two runs each."""
+    name = new_database_name("tmpl")
+    dsn = run_async(create_database(pg_cluster, name))
+
+    async def migrate() -> None:
+        store = PostgresStore(dsn, min_size=1, max_size=2)
+        await store.open()
+        await store.close()
+
+    run_async(migrate())
+    try:
+        yield name
+    finally:
+        run_async(drop_database(pg_cluster, name))
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every statement the store's connections run, with its arguments."""
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
+        real = getattr(asyncpg.connection.Connection, name)
+
+        def spy(self: Any, query: str, *args: Any, _real: Any = real, **kw: Any) -> Any:
+            seen.append((query, args))
+            return _real(self, query, *args, **kw)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, name, spy)
+    return seen
+
+
+def _rollup_reads(traced: list[tuple[str, tuple[Any, ...]]]) -> list[list[str]]:
+    """The message ids each roll-up read the parts of."""
+    return [list(args[0]) for q, args in traced if q.startswith(ROLLUP_READ)]
+
+
+async def _rows_match_parts(dsn: str) -> dict[str, tuple[Any, ...]]:
+    """Each message's (state, delivered, failed, error, q_state); asserted to be what its
+    stored parts roll up to."""
+    c = await asyncpg.connect(dsn)
+    try:
+        out = {}
+        for mid, state, delivered, failed, error, q_state, nseg in await c.fetch(
+            "SELECT id, state, segments_delivered, segments_failed, error_code, q_state, "
+            "segments FROM messages ORDER BY id"
+        ):
+            parts = await c.fetch(
+                "SELECT state, error_code FROM segments WHERE message_id = $1 ORDER BY seq", mid
+            )
+            s = lc.summarize([tuple(p) for p in parts], nseg)
+            assert (state, delivered, failed, error) == (s.state, s.delivered, s.failed, s.error)
+            out[mid] = (state, delivered, failed, error, q_state)
+        return out
+    finally:
+        await c.close()
+
+
+async def _accept(store: PostgresStore, mids: list[str], longer: dict[str, int]) -> None:
+    await store.create_account(
+        Account(id="acc", name="acc", created_at=NOW, updated_at=NOW, status_callback_url=URL)
+    )
+    for k, mid in enumerate(mids):
+        msg = one_part(mid, "acc", f"+4479{k:08d}", NOW, sender="1069")
+        n = longer.get(mid, 1)
+        if n > 1:
+            segs = tuple(NewSegment(q, n, 0x40, bytes([96 + q]), b"") for q in range(1, n + 1))
+            msg = replace(msg, segments=segs, billable_units=n)
+        await store.accept(AcceptBatch("acc", (msg,), None, None), NOW)
+
+
+async def test_parts_written_in_the_batch_are_not_read_again_for_the_roll_up(
+    pg_dsn: str, traced: list[tuple[str, tuple[Any, ...]]]
+) -> None:
+    """msg_a: delivered; msg_b: two parts, their receipts in two batches; msg_c: its receipt
+    before its result (kept, then matched by the result's write); msg_d: undeliverable; msg_e:
+    two receipts in one batch, delivered then undeliverable (the first final stands); msg_g:
+    three parts, their results and receipts in one batch each, the second undeliverable."""
+    store = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    await store.open()
+    mids = ["msg_a", "msg_b", "msg_c", "msg_d", "msg_e", "msg_g"]
+    try:
+        await _accept(store, mids, {"msg_b": 2, "msg_g": 3})
+        work = await store.claim("i1", 10, NOW + 1_000, LEASE)
+        assert sorted(w.id for w in work) == mids
+        at = NOW + 2_000
+
+        def receipt(
+            mid: str, seq: int, state: str = "delivered", stat: str = "DELIVRD"
+        ) -> ReceiptIn:
+            err = None if state == "delivered" else "001"
+            return ReceiptIn("smsc1", f"x{mid}-{seq}", state, stat, err, at, at)
+
+        early = await store.apply_receipts([receipt("msg_c", 1)], at)
+        assert (early.matched, early.pending) == (0, 1)
+        traced.clear()
+        await store.record_submits(
+            [
+                SubmitResult(
+                    w.id, g.seq, "sent", "smsc1", f"x{w.id}-{g.seq}", f"x{w.id}-{g.seq}",
+                    at=at, sent_at=at,
+                )
+                for w in work
+                for g in w.segments
+            ],
+            [],
+            at,
+            instance="i1",
+        )  # fmt: skip
+        after_submits = await _rows_match_parts(pg_dsn)
+        assert {m: r[0] for m, r in after_submits.items()} == {
+            "msg_a": "sent",
+            "msg_b": "sent",
+            "msg_c": "delivered",
+            "msg_d": "sent",
+            "msg_e": "sent",
+            "msg_g": "sent",
+        }
+        assert all(r[4] == "done" for r in after_submits.values())  # every claim given back
+        # Every part of every message was queued and is sent now: no roll-up read its parts,
+        # and no read of the queued parts before their write.
+        assert _rollup_reads(traced) == []
+        assert [q for q, _a in traced if q.startswith(QUEUED_READ)] == []
+        traced.clear()
+        out = await store.apply_receipts(
+            [
+                receipt("msg_a", 1),
+                receipt("msg_b", 1),
+                receipt("msg_g", 3),
+                receipt("msg_d", 1, "undeliverable", "UNDELIV"),
+                receipt("msg_g", 1),
+                receipt("msg_e", 1),
+                receipt("msg_g", 2, "undeliverable", "UNDELIV"),
+                receipt("msg_e", 1, "undeliverable", "UNDELIV"),
+            ],
+            at,
+        )
+        assert out.pending == 0
+        rows = await _rows_match_parts(pg_dsn)
+        assert rows["msg_a"][:4] == ("delivered", 1, 0, None)
+        assert rows["msg_b"][:4] == ("sent", 1, 0, None)
+        assert rows["msg_c"][:4] == ("delivered", 1, 0, None)
+        code = lc.receipt_error_code("undeliverable", "UNDELIV", "001")
+        assert rows["msg_d"][:4] == ("failed", 0, 1, code)
+        assert rows["msg_e"][:4] == ("delivered", 1, 0, None)
+        assert rows["msg_g"][:4] == ("failed", 2, 1, code)
+        # Only msg_b's parts were read: its second part's row was not among this batch's.
+        assert _rollup_reads(traced) == [["msg_b"]]
+        traced.clear()
+        out = await store.apply_receipts([receipt("msg_b", 2)], at)
+        assert out.matched == 1
+        assert (await _rows_match_parts(pg_dsn))["msg_b"][:4] == ("delivered", 2, 0, None)
+        assert _rollup_reads(traced) == [["msg_b"]]
+    finally:
+        await store.close()
+
+
+async def test_a_message_with_an_end_or_another_part_unwritten_is_read_as_before(
+    pg_dsn: str, traced: list[tuple[str, tuple[Any, ...]]]
+) -> None:
+    """A failed or unknown result writes its part only if still queued, and ends the parts
+    after it: its message's roll-up reads them. A 3-part message with two results: its third
+    part was not written here."""
+    store = PostgresStore(pg_dsn, min_size=1, max_size=4)
+    await store.open()
+    try:
+        await _accept(store, ["msg_f", "msg_u", "msg_p"], {"msg_p": 3, "msg_u": 2})
+        assert len(await store.claim("i1", 10, NOW + 1_000, LEASE)) == 3
+        traced.clear()
+        at = NOW + 2_000
+        await store.record_submits(
+            [
+                SubmitResult("msg_f", 1, "failed", "smsc1", error_code="ESME_RINVDSTADR", at=at),
+                SubmitResult("msg_u", 1, "sent", "smsc1", "u1", "u1", at=at, sent_at=at),
+                SubmitResult("msg_u", 2, "unknown", "smsc1", at=at),
+                SubmitResult("msg_p", 1, "sent", "smsc1", "p1", "p1", at=at, sent_at=at),
+                SubmitResult("msg_p", 2, "sent", "smsc1", "p2", "p2", at=at, sent_at=at),
+            ],
+            [],
+            at,
+            instance="i1",
+        )
+        rows = await _rows_match_parts(pg_dsn)
+        assert rows["msg_f"][0] == "failed" and rows["msg_f"][3] == "ESME_RINVDSTADR"
+        assert _rollup_reads(traced) == [["msg_f", "msg_p", "msg_u"]]
+    finally:
+        await store.close()
+
+
+async def _run(dsn: str, seed: int, reread: bool) -> tuple[list[Any], dict[str, Any]]:
+    """The owner's writes of `seed` on the new database `dsn`; what each returned and the rows.
+    `reread`: every roll-up reads its parts again, as before `Known`."""
+    rnd = random.Random(seed)
+    mids = [f"msg_{k}" for k in range(rnd.randint(1, 6))]
+    parts = {mid: rnd.choice([1, 1, 2, 3]) for mid in mids}
+    one_per_message = rnd.random() < 0.3
+    ops = _owner_writes(rnd, mids, parts)
+    real = postgres_pipeline.rollup_messages
+
+    async def rollup(c: Any, touched: dict[str, bool], now: int, *a: Any, **kw: Any) -> int:
+        if reread:
+            kw.pop("known", None)
+        return await real(c, touched, now, *a, **kw)
+
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    await store.open()
+    try:
+        if one_per_message:
+            store.one_receipt_smscs = frozenset({"smsc1"})
+        await _accept(store, mids, {m: n for m, n in parts.items() if n > 1})
+        await store.claim("i1", 10, NOW + 1_000, LEASE)
+        returned: list[Any] = []
+        postgres_pipeline.rollup_messages = rollup  # type: ignore[assignment]
+        try:
+            for kind, items, releases, at in ops:
+                if kind == "results":
+                    returned.append(await store.record_submits(items, releases, at, instance="i1"))
+                elif kind == "receipts":
+                    returned.append(await store.apply_receipts(items, at))
+                elif kind == "claim":
+                    returned.append([w.id for w in await store.claim("i1", 10, at, LEASE)])
+                else:
+                    returned.append(await store.sweep(at, 72 * 3_600_000))
+        finally:
+            postgres_pipeline.rollup_messages = real  # type: ignore[assignment]
+    finally:
+        await store.close()
+    c = await asyncpg.connect(dsn)
+    try:
+        rows = {
+            table: [tuple(r) for r in await c.fetch(f"SELECT {cols} FROM {table} ORDER BY 1, 2")]
+            for table, cols in (
+                ("messages", "*"),
+                ("segments", "*"),
+                ("pending_receipts", "id, smsc, smsc_msg_id, state, received_at"),
+                ("webhook_outbox", "webhook_id, kind, ref_id"),
+            )
+        }
+    finally:
+        await c.close()
+    return returned, rows
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_owner_writes_roll_up_as_when_every_part_was_read(
+    pg_cluster: Cluster, template: str, seed: int
+) -> None:
+    """The SQLite test's random runs (every outcome, repeated results, releases, kept
+    receipts, two receipts for one part in a batch, one receipt for a whole message, sweeps):
+    every row, report and count as when each roll-up read its parts."""
+    names = [new_database_name(), new_database_name()]
+
+    async def both() -> tuple[Any, Any]:
+        dsns = [await create_database(pg_cluster, n, template) for n in names]
+        try:
+            return await _run(dsns[0], seed, False), await _run(dsns[1], seed, True)
+        finally:
+            for n in names:
+                await drop_database(pg_cluster, n)
+
+    got, want = asyncio.run(both())
+    assert got == want
