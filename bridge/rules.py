@@ -101,11 +101,13 @@ class SendRules:
         if not subject:
             return None
         mode = "raw" if kind is None else ("verification" if kind == "verification" else "template")
+        # By position (a class called with keywords gets a dict to unpack); the field order is
+        # held by tests/unit/test_session52_positional_claim.py.
         return adm.FrequencyRule(
-            kind=mode,
-            sign=sign,
-            template=template if mode == "template" else None,
-            limits=limits,
-            tz=self.config.rules.timezone,
-            numbers=subject,
+            mode,  # kind
+            sign,  # sign
+            template if mode == "template" else None,  # template
+            limits,  # limits
+            self.config.rules.timezone,  # tz
+            subject,  # numbers
         )

@@ -383,12 +383,14 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
         error = next(e for s, e in parts if s in _ERROR_STATES)
     elif new == MSG_UNKNOWN:  # only delivered and timed-out parts
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
+    # By position (a class called with keywords gets a dict its __init__ unpacks again); the
+    # field order is held by tests/unit/test_session52_positional_claim.py.
     return Summary(
-        state=new,
-        delivered=scale * states.count(SEG_DELIVERED),
-        failed=scale * sum(map(SEG_NEGATIVE.__contains__, states)),
-        error=error,
-        all_dispatched=SEG_QUEUED not in seen,
+        new,  # state
+        scale * states.count(SEG_DELIVERED),  # delivered
+        scale * sum(map(SEG_NEGATIVE.__contains__, states)),  # failed
+        error,  # error
+        SEG_QUEUED not in seen,  # all_dispatched
     )
 
 
@@ -449,16 +451,16 @@ def row_update(
         and not release
     ):
         return None
-    return RowUpdate(
-        state=s.state,
-        delivered=s.delivered,
-        failed=s.failed,
-        error=s.error,
-        sent_at=now if stamp_sent else None,
-        done_at=now if became_final else None,
-        release=release,
-        became_sent=became_sent,
-        became_final=became_final,
+    return RowUpdate(  # by position, as Summary above
+        s.state,  # state
+        s.delivered,  # delivered
+        s.failed,  # failed
+        s.error,  # error
+        now if stamp_sent else None,  # sent_at
+        now if became_final else None,  # done_at
+        release,  # release
+        became_sent,  # became_sent
+        became_final,  # became_final
     )
 
 

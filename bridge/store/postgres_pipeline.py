@@ -360,32 +360,14 @@ async def claim(
             segs[mid] = []
         if r[7] is not None:
             segs[mid].append(
-                WorkSegment(
-                    seq=r[7],
-                    total=r[8],
-                    esm_class=r[9],
-                    short_message=bytes(r[10]),
-                    tlvs=bytes(r[11]),
-                    attempts=r[12],
-                )
+                # By position, as SQLite's claim (sqlite._work) builds them.
+                WorkSegment(r[7], r[8], r[9], bytes(r[10]), bytes(r[11]), r[12])
             )
     if idle := [mid for mid, parts in segs.items() if not parts]:
         done = await _roll_up_idle(c, idle, now, intermediate, reports)
         ids = [mid for mid in ids if mid not in done]
     return [
-        WorkMessage(
-            id=m[0],
-            account_id=m[1],
-            recipient=m[2],
-            sender=m[3],
-            data_coding=m[4],
-            expires_at=m[5],
-            attempts=m[6],
-            segments=tuple(segs[mid]),
-            smsc=m[7],
-            unanswered=m[8],
-            wire=m[9],
-        )
+        WorkMessage(m[0], m[1], m[2], m[3], m[4], m[5], m[6], tuple(segs[mid]), m[7], m[8], m[9])
         for mid in ids
         if (m := msgs.get(mid)) is not None
     ]

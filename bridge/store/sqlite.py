@@ -2330,31 +2330,19 @@ def _work(
     segs: dict[str, list[WorkSegment]] = {}
     for r in rows:
         segs.setdefault(r[0], []).append(
-            WorkSegment(
-                seq=r[1],
-                total=r[2],
-                esm_class=r[3],
-                short_message=bytes(r[4]),
-                tlvs=bytes(r[5]),
-                attempts=r[6],
-            )
+            # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
+            # called with keywords gets a dict to unpack; order held by
+            # tests/unit/test_session52_positional_claim.py.
+            WorkSegment(r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
         )
     out = []
     for mid in ids:
         m = msgs[mid]
         out.append(
+            # By position: id, account_id, recipient, sender, data_coding, expires_at,
+            # attempts, segments, smsc, unanswered, wire.
             WorkMessage(
-                id=m[0],
-                account_id=m[1],
-                recipient=m[2],
-                sender=m[3],
-                data_coding=m[4],
-                expires_at=m[5],
-                attempts=m[6],
-                segments=tuple(segs.get(mid, ())),
-                smsc=m[7],
-                unanswered=m[8],
-                wire=m[9],
+                m[0], m[1], m[2], m[3], m[4], m[5], m[6], tuple(segs.get(mid, ())), m[7], m[8], m[9]
             )
         )
     return out
