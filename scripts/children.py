@@ -171,12 +171,28 @@ class Children:
             if _in_loop_machinery(frame):
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
                 return
-            self._cancelled = True  # the raise ends `main`: a cancel later would cut its finally
+            if self._runs_main(frame):
+                # The raise ends `main` through its finally: a cancel later would cut that.
+                self._cancelled = True
+            else:
+                # Raised in a callback, which may swallow it: uvloop takes it for a transport's
+                # error there and goes on (the script hung for ever, its cancel given up). The
+                # cancel stays asked for, run when the loop gets to it, and the timer armed.
+                signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
             _exit_for(self._signalled[0])
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGALRM, stuck)
+
+    def _runs_main(self, frame: FrameType | None) -> bool:
+        """Whether `frame` is in the main task's own stack (its step is running)."""
+        top = getattr(self._main[1].get_coro(), "cr_frame", None) if self._main else None
+        while frame is not None and top is not None:
+            if frame is top:
+                return True
+            frame = frame.f_back
+        return False
 
     def _cancel_main(self) -> None:
         if not self._cancelled and self._main is not None:

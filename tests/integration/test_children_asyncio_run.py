@@ -1,0 +1,121 @@
+"""Children.asyncio_run's contract (scripts/children.py), on a small script run as a process of
+its own: SIGTERM or SIGINT, wherever it finds the script's event loop, ends the script (exit
+status 143, or KeyboardInterrupt) after its main coroutine's `finally` ran, awaits and all.
+
+The cases: the loop idle; a coroutine holding the loop (the signal's cancel cannot run: the
+2 s fallback raises there); a transport's callback holding the loop under uvloop, which takes
+an exception raised there for that connection's error and goes on (until review r1 of session
+52 the fallback gave the cancel up once it had raised, and the script ran on for ever)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+SCRIPT = """
+import asyncio, sys, time
+sys.path.insert(0, sys.argv[1])
+from children import Children
+
+MODE, LOOP = sys.argv[2], sys.argv[3]
+KIDS = Children()
+
+
+def say(s):
+    print(s, flush=True)
+
+
+def hold():
+    say("ready")
+    end = time.monotonic() + 8
+    while time.monotonic() < end:
+        pass
+
+
+class Writer(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(b"x")
+
+
+class Holder(asyncio.Protocol):
+    def data_received(self, data):
+        hold()
+
+
+async def main():
+    try:
+        if MODE == "idle":
+            say("ready")
+        elif MODE == "compute":
+            await asyncio.sleep(0)
+            hold()
+        else:
+            loop = asyncio.get_running_loop()
+            srv = await loop.create_server(Writer, "127.0.0.1", 0)
+            await loop.create_connection(Holder, "127.0.0.1", srv.sockets[0].getsockname()[1])
+        await asyncio.sleep(60)
+    finally:
+        await asyncio.sleep(0.05)  # an await in the finally: the loop still runs it
+        say("finally")
+
+
+KIDS.on_signals()
+if LOOP == "uvloop":
+    import uvloop
+
+    KIDS.asyncio_run(main(), uvloop.new_event_loop)
+else:
+    KIDS.asyncio_run(main())
+say("returned")
+"""
+
+CASES = [
+    ("idle", "asyncio", signal.SIGTERM),
+    ("idle", "uvloop", signal.SIGINT),
+    ("compute", "asyncio", signal.SIGTERM),
+    ("compute", "uvloop", signal.SIGINT),
+    ("callback", "asyncio", signal.SIGTERM),
+    ("callback", "uvloop", signal.SIGTERM),
+    ("callback", "uvloop", signal.SIGINT),
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "loop", "sig"), CASES, ids=[f"{m}-{lp}-{s.name}" for m, lp, s in CASES]
+)
+def test_a_signal_ends_the_script_after_its_main_coroutines_finally(
+    tmp_path: Path, mode: str, loop: str, sig: signal.Signals
+) -> None:
+    script = tmp_path / "tiny.py"
+    script.write_text(SCRIPT)
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(SCRIPTS), mode, loop],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        p.send_signal(sig)
+        try:
+            out, err = p.communicate(timeout=15)  # the fallback raises 2 s on
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the script outlived {sig.name} by 15 s")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert out == "finally\n", err[-2000:]
+    if sig == signal.SIGTERM:
+        assert p.returncode == 143, err[-2000:]
+    else:  # an uncaught KeyboardInterrupt: Python ends itself by SIGINT
+        assert p.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
