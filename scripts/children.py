@@ -156,6 +156,11 @@ class Children:
                 # script's connector reconnected for ever). The loop cancels the main task
                 # instead, and asyncio_run exits once the loop has closed.
                 self._signalled.append(signum)
+                if len(self._signalled) > 1:
+                    # A second signal (Ctrl-C again, a harness's second SIGTERM) is only noted:
+                    # cancelled again, `main` lost the rest of the finally the first one ran
+                    # (an await there raised, the temporary directory after it stayed).
+                    return
                 self._cancelled = False
                 self._main[0].call_soon_threadsafe(self._cancel_main)
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)

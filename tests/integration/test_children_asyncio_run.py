@@ -5,7 +5,9 @@ status 143, or KeyboardInterrupt) after its main coroutine's `finally` ran, awai
 The cases: the loop idle; a coroutine holding the loop (the signal's cancel cannot run: the
 2 s fallback raises there); a transport's callback holding the loop under uvloop, which takes
 an exception raised there for that connection's error and goes on (until review r1 of session
-52 the fallback gave the cancel up once it had raised, and the script ran on for ever)."""
+52 the fallback gave the cancel up once it had raised, and the script ran on for ever); a
+second signal while the first one's cancel runs the finally (it cancelled again, cutting the
+finally at its next await)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Holder(asyncio.Protocol):
 
 async def main():
     try:
-        if MODE == "idle":
+        if MODE in ("idle", "twice"):
             say("ready")
         elif MODE == "compute":
             await asyncio.sleep(0)
@@ -62,7 +64,7 @@ async def main():
             await loop.create_connection(Holder, "127.0.0.1", srv.sockets[0].getsockname()[1])
         await asyncio.sleep(60)
     finally:
-        await asyncio.sleep(0.05)  # an await in the finally: the loop still runs it
+        await asyncio.sleep(1)  # an await in the finally: the loop still runs it
         say("finally")
 
 
@@ -84,6 +86,8 @@ CASES = [
     ("callback", "asyncio", signal.SIGTERM),
     ("callback", "uvloop", signal.SIGTERM),
     ("callback", "uvloop", signal.SIGINT),
+    ("twice", "asyncio", signal.SIGTERM),
+    ("twice", "uvloop", signal.SIGINT),
 ]
 
 
@@ -106,6 +110,9 @@ def test_a_signal_ends_the_script_after_its_main_coroutines_finally(
         assert p.stdout.readline() == "ready\n"
         time.sleep(0.3)
         p.send_signal(sig)
+        if mode == "twice":  # again while the finally awaits: no second cancel cuts it
+            time.sleep(0.3)
+            p.send_signal(sig)
         try:
             out, err = p.communicate(timeout=15)  # the fallback raises 2 s on
         except subprocess.TimeoutExpired:
