@@ -45,8 +45,11 @@ class Children:
         # the group its parent made for it.
         self.own_groups = os.environ.get(BENCH_CHILD) != "1"
         self._ending = False
-        # While asyncio_run runs a loop: the loop and its main task, and the signals received.
-        self._main: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        # While asyncio_run runs a loop: the loop (from before the main task exists: a signal
+        # raised in the loop before the task's first step could lose that step, and the
+        # closing cancel waited for it for ever), its main task, and the signals received.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._signalled: list[int] = []
         self._cancelled = False  # the loop has run the cancel a signal asked for
 
@@ -148,7 +151,7 @@ class Children:
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.end()
-            if self._main is not None and not self._main[0].is_closed():
+            if self._loop is not None and not self._loop.is_closed():
                 # Not raised here: the exception would land in whatever the loop was running.
                 # Between two steps of a task it left a task nothing would run again, and
                 # asyncio.run's closing cancel waited for it for ever; in a transport's
@@ -162,7 +165,7 @@ class Children:
                     # (an await there raised, the temporary directory after it stayed).
                     return
                 self._cancelled = False
-                self._main[0].call_soon_threadsafe(self._cancel_main)
+                self._loop.call_soon_threadsafe(self._cancel_main)
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
                 return
             _exit_for(signum)
@@ -171,7 +174,7 @@ class Children:
             """A signal's cancel not taken up by the loop `_STUCK_S` later: the loop is held
             by the script's own code (a long computation in a coroutine), which a raise there
             interrupts safely; in the loop's own code, wait again."""
-            if self._main is None or self._cancelled or not self._signalled:
+            if self._loop is None or self._cancelled or not self._signalled:
                 return
             if _in_loop_machinery(frame):
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
@@ -192,7 +195,7 @@ class Children:
 
     def _runs_main(self, frame: FrameType | None) -> bool:
         """Whether `frame` is in the main task's own stack (its step is running)."""
-        top = getattr(self._main[1].get_coro(), "cr_frame", None) if self._main else None
+        top = getattr(self._task.get_coro(), "cr_frame", None) if self._task else None
         while frame is not None and top is not None:
             if frame is top:
                 return True
@@ -200,8 +203,8 @@ class Children:
         return False
 
     def _cancel_main(self) -> None:
-        if not self._cancelled and self._main is not None:
-            self._main[1].cancel()
+        if not self._cancelled and self._task is not None:
+            self._task.cancel()  # none yet: its first step sees the signal
         self._cancelled = True
 
     def asyncio_run(
@@ -219,19 +222,22 @@ class Children:
         self._cancelled = False
 
         async def wrapped() -> T:
-            task = asyncio.current_task()
-            assert task is not None  # Runner.run runs it as a task
-            self._main = (asyncio.get_running_loop(), task)
+            self._task = asyncio.current_task()
+            assert self._task is not None  # Runner.run runs it as a task
+            if self._signalled:  # before this first step: no cancel could reach the task
+                main.close()
+                raise asyncio.CancelledError
             return await main
 
         try:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
+                self._loop = runner.get_loop()  # a signal from here on asks it for the cancel
                 return runner.run(wrapped())
         except asyncio.CancelledError:
             if not self._signalled:
                 raise
         finally:
-            self._main = None
+            self._loop = self._task = None
             signal.setitimer(signal.ITIMER_REAL, 0)
             if self._signalled:  # even when `main` had ended by itself
                 _exit_for(self._signalled[0])

@@ -22,7 +22,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 SCRIPT = """
-import asyncio, sys, time
+import asyncio, collections, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from children import Children
 
@@ -68,8 +68,30 @@ async def main():
         say("finally")
 
 
+class Ready(collections.deque):
+    # An asyncio loop's ready queue that signals the script once, as the main task's first
+    # step is taken off it to run: a signal's exception raised there loses that step.
+
+    armed = True
+
+    def popleft(self):
+        handle = super().popleft()
+        if Ready.armed:
+            Ready.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return handle
+
+
+def early_loop():
+    loop = asyncio.SelectorEventLoop()
+    loop._ready = Ready()
+    return loop
+
+
 KIDS.on_signals()
-if LOOP == "uvloop":
+if LOOP == "early":
+    KIDS.asyncio_run(main(), early_loop)
+elif LOOP == "uvloop":
     import uvloop
 
     KIDS.asyncio_run(main(), uvloop.new_event_loop)
@@ -126,3 +148,23 @@ def test_a_signal_ends_the_script_after_its_main_coroutines_finally(
         assert p.returncode == 143, err[-2000:]
     else:  # an uncaught KeyboardInterrupt: Python ends itself by SIGINT
         assert p.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
+
+
+def test_a_signal_before_the_main_tasks_first_step_ends_the_script(tmp_path: Path) -> None:
+    # Until review r1 of session 52 the loop was known to the handler from the main task's
+    # first step only: a signal before it was raised in the loop, here between the ready
+    # queue's handing out that step and its running, and the step was lost: asyncio.Runner's
+    # closing cancel waited for the task for ever.
+    script = tmp_path / "tiny.py"
+    script.write_text(SCRIPT)
+    try:
+        p = subprocess.run(
+            [sys.executable, str(script), str(SCRIPTS), "idle", "early"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script outlived its SIGTERM by 15 s")
+    assert (p.returncode, p.stdout) == (143, ""), p.stderr[-2000:]
+    assert "never awaited" not in p.stderr
