@@ -45,6 +45,10 @@ class Children:
         # the group its parent made for it.
         self.own_groups = os.environ.get(BENCH_CHILD) != "1"
         self._ending = False
+        # Signals taken by `on_signals`'s handler, acted on once the end they start (or the one
+        # under way) has finished: one raised in the middle cut that end short, its SIGKILLs
+        # not sent (Ctrl-C twice left a child that ignored SIGTERM running).
+        self._held: list[int] = []
         # While asyncio_run runs a loop: the loop (from before the main task exists: a signal
         # raised in the loop before the task's first step could lose that step, and the
         # closing cancel waited for it for ever), its main task, and the signals received.
@@ -97,14 +101,17 @@ class Children:
             code, stdout, stderr = self._outcome(p, cmd, timeout)
             finished = True
         finally:
-            self.end()  # first: valgrind writes the profile as it exits
-            # The pipes of valgrind's gdbserver (callgrind_control's way in), in TMPDIR: it
-            # removes them as it exits, and one SIGKILLed past `end`'s grace (slow under load)
-            # left them behind.
-            for pipe in Path(os.environ.get("TMPDIR") or "/tmp").glob(f"vgdb-pipe-*-{p.pid}-*"):
-                pipe.unlink(missing_ok=True)
-            if not finished and not keep:
-                Path(out).unlink(missing_ok=True)
+            try:
+                self.end()  # first: valgrind writes the profile as it exits
+            finally:  # a signal during that end exits from it
+                # The pipes of valgrind's gdbserver (callgrind_control's way in), in TMPDIR:
+                # it removes them as it exits, and one SIGKILLed past `end`'s grace (slow under
+                # load) left them behind.
+                tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+                for pipe in tmp.glob(f"vgdb-pipe-*-{p.pid}-*"):
+                    pipe.unlink(missing_ok=True)
+                if not finished and not keep:
+                    Path(out).unlink(missing_ok=True)
         if code:
             if not keep:
                 Path(out).unlink(missing_ok=True)
@@ -142,6 +149,10 @@ class Children:
             self.procs = [p for p in self.procs if p.poll() is None]
         finally:
             self._ending = False
+        if self._held:  # the first signal stands for those during the end
+            signum = self._held[0]
+            self._held.clear()
+            self._take(signum)
 
     def on_signals(self) -> None:
         """SIGTERM and SIGINT end the children, then exit the script (SystemExit 143, or
@@ -149,26 +160,9 @@ class Children:
         from the main thread before the script's event loop, and run that loop by
         `asyncio_run`."""
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.end()
-            if self._loop is not None and not self._loop.is_closed():
-                # Not raised here: the exception would land in whatever the loop was running.
-                # Between two steps of a task it left a task nothing would run again, and
-                # asyncio.run's closing cancel waited for it for ever; in a transport's
-                # callback uvloop took it for that connection's error and went on (the
-                # script's connector reconnected for ever). The loop cancels the main task
-                # instead, and asyncio_run exits once the loop has closed.
-                self._signalled.append(signum)
-                if len(self._signalled) > 1:
-                    # A second signal (Ctrl-C again, a harness's second SIGTERM) is only noted:
-                    # cancelled again, `main` lost the rest of the finally the first one ran
-                    # (an await there raised, the temporary directory after it stayed).
-                    return
-                self._cancelled = False
-                self._loop.call_soon_threadsafe(self._cancel_main)
-                signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
-                return
-            _exit_for(signum)
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self._held.append(signum)
+            self.end()  # then takes it; an end under way (the script's, or this) takes it after
 
         def stuck(_signum: int, frame: FrameType | None) -> None:
             """A signal's cancel not taken up by the loop `_STUCK_S` later: the loop is held
@@ -192,6 +186,27 @@ class Children:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGALRM, stuck)
+
+    def _take(self, signum: int) -> None:
+        """A signal, its children ended: exit the script, or have the loop cancel its main task."""
+        if self._loop is not None and not self._loop.is_closed():
+            # Not raised here: the exception would land in whatever the loop was running.
+            # Between two steps of a task it left a task nothing would run again, and
+            # asyncio.run's closing cancel waited for it for ever; in a transport's
+            # callback uvloop took it for that connection's error and went on (the
+            # script's connector reconnected for ever). The loop cancels the main task
+            # instead, and asyncio_run exits once the loop has closed.
+            self._signalled.append(signum)
+            if len(self._signalled) > 1:
+                # A second signal (Ctrl-C again, a harness's second SIGTERM) is only noted:
+                # cancelled again, `main` lost the rest of the finally the first one ran
+                # (an await there raised, the temporary directory after it stayed).
+                return
+            self._cancelled = False
+            self._loop.call_soon_threadsafe(self._cancel_main)
+            signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
+            return
+        _exit_for(signum)
 
     def _runs_main(self, frame: FrameType | None) -> bool:
         """Whether `frame` is in the main task's own stack (its step is running)."""

@@ -11,6 +11,8 @@ finally at its next await)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -168,3 +170,55 @@ def test_a_signal_before_the_main_tasks_first_step_ends_the_script(tmp_path: Pat
         pytest.fail("the script outlived its SIGTERM by 15 s")
     assert (p.returncode, p.stdout) == (143, ""), p.stderr[-2000:]
     assert "never awaited" not in p.stderr
+
+
+STUBBORN = """
+import subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from children import Children
+
+KIDS = Children()
+KIDS.own_groups = True  # as the outermost script's, whatever runs this test
+KIDS.on_signals()
+child = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(flush=True); time.sleep(120)"
+)
+p = KIDS.popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+p.stdout.readline()
+print(p.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_signal_during_the_end_the_first_started_does_not_cut_it(
+    tmp_path: Path,
+) -> None:
+    # Until review r1 of session 52 the second signal's handler raised inside the first one's
+    # `end`, in its grace: the SIGKILLs after it were never sent, and a child that ignores
+    # SIGTERM outlived the script (the benchmark scripts' own finally blocks end their children
+    # again; this script has none).
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(SCRIPTS)], stdout=subprocess.PIPE, text=True
+    )
+    child = 0
+    try:
+        assert p.stdout is not None
+        child = int(p.stdout.readline())
+        p.send_signal(signal.SIGTERM)
+        time.sleep(1)  # within end's 15 s grace
+        p.send_signal(signal.SIGINT)
+        code = p.wait(40)
+        time.sleep(0.5)
+        stat = Path(f"/proc/{child}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z", "the child was left"
+        assert code == 143  # the first signal's status
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if child and Path(f"/proc/{child}").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
