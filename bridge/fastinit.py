@@ -15,8 +15,9 @@ raises `FrozenInstanceError`, equality and hashing are unchanged, the instance i
 before the init returns or runs `__post_init__`); an instance of a subclass is built the old
 way, through the descriptors.
 
-Only plain shapes are rewritten: fields with `init=False` or `InitVar`s keep the dataclass's
-own `__init__` (none of the hot classes has them). Defaults, default factories, `kw_only`
+Only plain shapes are rewritten: fields with `init=False` or `InitVar`s, or named as one of
+this init's own names (`self`, `_type`, `_FACTORY`...), keep the dataclass's own `__init__`
+(none of the hot classes has them). Defaults, default factories, `kw_only`
 and `__post_init__` behave as in the generated one; tests/unit/test_fastinit.py compares
 signatures and results with it for every class that uses this.
 """
@@ -98,6 +99,10 @@ def fast_init(cls: type[T]) -> type[T]:
         ns[f"_s_{f.name}"] = inspect.getattr_static(cls, f.name).__set__
         fast.append(f"        self.{f.name} = {f.name}")
         slow.append(f"        _s_{f.name}(self, {f.name})")
+    if any(f.name == "self" or f.name in ns for f in fields):
+        # A field named as one of the init's own names (`self`, `_type`, `_s_a`...) would
+        # shadow it there: such a class keeps the dataclass's own init.
+        return cls
     body = [
         *factories,
         "    if _type(self) is _cls:",

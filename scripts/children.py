@@ -45,8 +45,15 @@ class Children:
         # the group its parent made for it.
         self.own_groups = os.environ.get(BENCH_CHILD) != "1"
         self._ending = False
-        # While asyncio_run runs a loop: the loop and its main task, and the signals received.
-        self._main: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        # Signals taken by `on_signals`'s handler, acted on once the end they start (or the one
+        # under way) has finished: one raised in the middle cut that end short, its SIGKILLs
+        # not sent (Ctrl-C twice left a child that ignored SIGTERM running).
+        self._held: list[int] = []
+        # While asyncio_run runs a loop: the loop (from before the main task exists: a signal
+        # raised in the loop before the task's first step could lose that step, and the
+        # closing cancel waited for it for ever), its main task, and the signals received.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._signalled: list[int] = []
         self._cancelled = False  # the loop has run the cancel a signal asked for
 
@@ -94,14 +101,17 @@ class Children:
             code, stdout, stderr = self._outcome(p, cmd, timeout)
             finished = True
         finally:
-            self.end()  # first: valgrind writes the profile as it exits
-            # The pipes of valgrind's gdbserver (callgrind_control's way in), in TMPDIR: it
-            # removes them as it exits, and one SIGKILLed past `end`'s grace (slow under load)
-            # left them behind.
-            for pipe in Path(os.environ.get("TMPDIR") or "/tmp").glob(f"vgdb-pipe-*-{p.pid}-*"):
-                pipe.unlink(missing_ok=True)
-            if not finished and not keep:
-                Path(out).unlink(missing_ok=True)
+            try:
+                self.end()  # first: valgrind writes the profile as it exits
+            finally:  # a signal during that end exits from it
+                # The pipes of valgrind's gdbserver (callgrind_control's way in), in TMPDIR:
+                # it removes them as it exits, and one SIGKILLed past `end`'s grace (slow under
+                # load) left them behind.
+                tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+                for pipe in tmp.glob(f"vgdb-pipe-*-{p.pid}-*"):
+                    pipe.unlink(missing_ok=True)
+                if not finished and not keep:
+                    Path(out).unlink(missing_ok=True)
         if code:
             if not keep:
                 Path(out).unlink(missing_ok=True)
@@ -139,6 +149,10 @@ class Children:
             self.procs = [p for p in self.procs if p.poll() is None]
         finally:
             self._ending = False
+        if self._held:  # the first signal stands for those during the end
+            signum = self._held[0]
+            self._held.clear()
+            self._take(signum)
 
     def on_signals(self) -> None:
         """SIGTERM and SIGINT end the children, then exit the script (SystemExit 143, or
@@ -146,41 +160,66 @@ class Children:
         from the main thread before the script's event loop, and run that loop by
         `asyncio_run`."""
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.end()
-            if self._main is not None and not self._main[0].is_closed():
-                # Not raised here: the exception would land in whatever the loop was running.
-                # Between two steps of a task it left a task nothing would run again, and
-                # asyncio.run's closing cancel waited for it for ever; in a transport's
-                # callback uvloop took it for that connection's error and went on (the
-                # script's connector reconnected for ever). The loop cancels the main task
-                # instead, and asyncio_run exits once the loop has closed.
-                self._signalled.append(signum)
-                self._cancelled = False
-                self._main[0].call_soon_threadsafe(self._cancel_main)
-                signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
-                return
-            _exit_for(signum)
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self._held.append(signum)
+            self.end()  # then takes it; an end under way (the script's, or this) takes it after
 
         def stuck(_signum: int, frame: FrameType | None) -> None:
             """A signal's cancel not taken up by the loop `_STUCK_S` later: the loop is held
             by the script's own code (a long computation in a coroutine), which a raise there
             interrupts safely; in the loop's own code, wait again."""
-            if self._main is None or self._cancelled or not self._signalled:
+            if self._loop is None or self._cancelled or not self._signalled:
                 return
             if _in_loop_machinery(frame):
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
                 return
-            self._cancelled = True  # the raise ends `main`: a cancel later would cut its finally
+            if self._runs_main(frame):
+                # The raise ends `main` through its finally: a cancel later would cut that.
+                self._cancelled = True
+            else:
+                # Raised in a callback, which may swallow it: uvloop takes it for a transport's
+                # error there and goes on (the script hung for ever, its cancel given up). The
+                # cancel stays asked for, run when the loop gets to it, and the timer armed.
+                signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
             _exit_for(self._signalled[0])
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGALRM, stuck)
 
+    def _take(self, signum: int) -> None:
+        """A signal, its children ended: exit the script, or have the loop cancel its main task."""
+        if self._loop is not None and not self._loop.is_closed():
+            # Not raised here: the exception would land in whatever the loop was running.
+            # Between two steps of a task it left a task nothing would run again, and
+            # asyncio.run's closing cancel waited for it for ever; in a transport's
+            # callback uvloop took it for that connection's error and went on (the
+            # script's connector reconnected for ever). The loop cancels the main task
+            # instead, and asyncio_run exits once the loop has closed.
+            self._signalled.append(signum)
+            if len(self._signalled) > 1:
+                # A second signal (Ctrl-C again, a harness's second SIGTERM) is only noted:
+                # cancelled again, `main` lost the rest of the finally the first one ran
+                # (an await there raised, the temporary directory after it stayed).
+                return
+            self._cancelled = False
+            self._loop.call_soon_threadsafe(self._cancel_main)
+            signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
+            return
+        _exit_for(signum)
+
+    def _runs_main(self, frame: FrameType | None) -> bool:
+        """Whether `frame` is in the main task's own stack (its step is running)."""
+        top = getattr(self._task.get_coro(), "cr_frame", None) if self._task else None
+        while frame is not None and top is not None:
+            if frame is top:
+                return True
+            frame = frame.f_back
+        return False
+
     def _cancel_main(self) -> None:
-        if not self._cancelled and self._main is not None:
-            self._main[1].cancel()
+        if not self._cancelled and self._task is not None:
+            self._task.cancel()  # none yet: its first step sees the signal
         self._cancelled = True
 
     def asyncio_run(
@@ -198,19 +237,22 @@ class Children:
         self._cancelled = False
 
         async def wrapped() -> T:
-            task = asyncio.current_task()
-            assert task is not None  # Runner.run runs it as a task
-            self._main = (asyncio.get_running_loop(), task)
+            self._task = asyncio.current_task()
+            assert self._task is not None  # Runner.run runs it as a task
+            if self._signalled:  # before this first step: no cancel could reach the task
+                main.close()
+                raise asyncio.CancelledError
             return await main
 
         try:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
+                self._loop = runner.get_loop()  # a signal from here on asks it for the cancel
                 return runner.run(wrapped())
         except asyncio.CancelledError:
             if not self._signalled:
                 raise
         finally:
-            self._main = None
+            self._loop = self._task = None
             signal.setitimer(signal.ITIMER_REAL, 0)
             if self._signalled:  # even when `main` had ended by itself
                 _exit_for(self._signalled[0])

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import InitVar, dataclass, field
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,25 @@ def test_a_factory_that_raises_leaves_nothing_half_built() -> None:
         Raising(1)
     r = Raising(1, [2])
     assert type(r) is Raising and r.b == [2]
+
+
+@pytest.mark.parametrize("name", ["self", "_type", "_open", "_Open", "_cls", "_FACTORY", "_s_a"])
+def test_a_field_named_as_one_of_the_inits_own_names(name: str) -> None:
+    # Review r1 (session 52): the init's body names (`_type`, `_open`, `_Open`, `_cls` new in
+    # session 52; `_FACTORY`, `_s_<field>`, `self` before) were shadowed by a field of that
+    # name: 'int' object is not callable, a passed value replaced by the factory's, a
+    # SyntaxError. Such a class keeps the dataclass's own init.
+    ns: dict[str, Any] = {}
+    exec(  # a field name is only writable in a class body
+        "@dataclass(frozen=True, slots=True)\n"
+        f"class X:\n    a: int\n    {name}: list[int] = field(default_factory=list)\n",
+        {"dataclass": dataclass, "field": field},
+        ns,
+    )
+    cls = fast_init(ns["X"])
+    x = cls(1, [2])
+    assert type(x) is cls and x.a == 1 and getattr(x, name) == [2]
+    y = cls(a=1)
+    assert type(y) is cls and getattr(y, name) == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        x.a = 2
