@@ -159,7 +159,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     # Here, not in an on_response_prepare signal (bodies.name_server): its send and the
     # receiver's coroutine were ~12.6 k instructions a request (session 52). What answers
     # without passing here sets it itself (a stream prepared in its handler, the 417 of a bad
-    # Expect, a redirect re-raised below, the parser's refusals in http_errors).
+    # Expect, a redirect re-raised below, the parser's refusals in http_errors), and aiohttp's
+    # default for any other is ours too (bodies.name_unnamed_answers).
     headers["Server"] = SERVER_NAME
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -109,6 +109,20 @@ def use_deferred_continue(app: web.Application) -> None:
     for route in app.router.routes():
         if hasattr(route, "_expect_handler"):
             route._expect_handler = defer_continue
+    name_unnamed_answers()
+
+
+def name_unnamed_answers() -> None:
+    """aiohttp's own Server header, for an answer nothing of ours names, is SERVER_NAME.
+
+    Why: a path or method no route has (404, 405) is aiohttp's route of its own, built per
+    request with aiohttp's Expect handler, not defer_continue: its 417 to a bad Expect is
+    raised before the middlewares and went out as "Server: Python/3.11 aiohttp/3.14.5"
+    (the versions a scanner looks for) once the error middleware, not an on_response_prepare
+    signal, named the answers (session 52). aiohttp sets its default only where a response has
+    no Server (StreamResponse._prepare_headers, 3.9 to 3.14): nothing per request here."""
+    if isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
+        web_response.SERVER_SOFTWARE = SERVER_NAME
 
 
 def refuse_encoding(request: web.Request) -> None:

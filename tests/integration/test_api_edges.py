@@ -238,6 +238,18 @@ async def test_every_kind_of_answer_names_smpp_bridge(api_server):
         api_server.url + "/v1/messages", data=b"{}", headers={"Expect": "bogus"}
     ) as r:
         assert (r.status, r.headers.get("Server")) == (417, "smpp-bridge")
+    # To a route that takes a body: /healthz answered this 405 METHOD_NOT_ALLOWED, not 413.
     big = b"x" * (api_server.ctx.config.server.max_body_bytes + 1)
-    async with api_server.session.post(api_server.url + "/healthz", data=big) as r:
-        assert r.headers.get("Server") == "smpp-bridge", (r.status, r.headers.get("Server"))
+    async with api_server.session.post(api_server.url + "/v1/messages", data=big) as r:
+        assert (r.status, r.headers.get("Server")) == (413, "smpp-bridge")
+
+
+async def test_a_bad_expect_to_no_route_names_smpp_bridge(api_server):
+    """A path or method no route has is aiohttp's own route, whose Expect handler (not
+    defer_continue) refuses a bad Expect before any middleware runs: that 417 said
+    "Server: Python/3.11 aiohttp/3.14.5" once the error middleware named the answers."""
+    for method, path in (("POST", "/no/such/path"), ("PUT", "/healthz")):
+        async with api_server.session.request(
+            method, api_server.url + path, data=b"{}", headers={"Expect": "bogus"}
+        ) as r:
+            assert (r.status, r.headers.get("Server")) == (417, "smpp-bridge"), (method, path)
