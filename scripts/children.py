@@ -21,8 +21,10 @@ import contextlib
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -95,7 +97,13 @@ class Children:
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
             *argv,
         ]  # fmt: skip
-        p = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Its own TMPDIR (valgrind's gdbserver pipes, and what the program under it makes
+        # there), removed here however the run ends: under load a run cut short outlived
+        # `end`'s grace, was SIGKILLed and left its pipes and its temporary directories (CI,
+        # session 52: bench_send_path's copy's, after a SIGINT).
+        scratch = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
+        env = {**os.environ, "TMPDIR": str(scratch)}
+        p = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         finished = False
         try:
             code, stdout, stderr = self._outcome(p, cmd, timeout)
@@ -104,14 +112,15 @@ class Children:
             try:
                 self.end()  # first: valgrind writes the profile as it exits
             finally:  # a signal during that end exits from it
-                # The pipes of valgrind's gdbserver (callgrind_control's way in), in TMPDIR:
-                # it removes them as it exits, and one SIGKILLed past `end`'s grace (slow under
-                # load) left them behind.
-                tmp = Path(os.environ.get("TMPDIR") or "/tmp")
-                for pipe in tmp.glob(f"vgdb-pipe-*-{p.pid}-*"):
-                    pipe.unlink(missing_ok=True)
-                if not finished and not keep:
-                    Path(out).unlink(missing_ok=True)
+                if finished:  # what the program kept (`--keep`) stays, in `scratch`
+                    for pipe in scratch.glob("vgdb-pipe-*"):
+                        pipe.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        scratch.rmdir()
+                else:
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    if not keep:
+                        Path(out).unlink(missing_ok=True)
         if code:
             if not keep:
                 Path(out).unlink(missing_ok=True)
