@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,33 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def statuses_once_final(
+    client: BridgeClient, ids: Iterable[str], final: Collection[str], timeout: float
+) -> Counter[str]:
+    """The messages' statuses (GET /v1/messages/{id}, one each), read once none is pending.
+
+    Each poll first asks the account's list for one queued and one sent message (two requests)
+    and reads every message only when neither is there; the statuses of that pass are returned
+    once they are all in `final` (a message requeued meanwhile shows in it, and the pass is
+    tried again). The crash tests used to read each of their 1,200-1,500 messages every half
+    second until all were final, then all again for the assertion: two passes of GETs at
+    ~17 ms each on a busy machine, 25 s each in tests/e2e/test_crash.py, for one pass's facts.
+    """
+    ids = list(ids)
+    seen: Counter[str] = Counter()
+
+    async def done() -> bool:
+        for status in ("queued", "sent"):
+            if (await client.messages(status=status, limit=1))["messages"]:
+                return False
+        seen.clear()
+        seen.update([(await client.message(mid))["status"] for mid in ids])
+        return set(seen) <= set(final)
+
+    await wait_until(done, timeout, 0.5)
+    return seen
 
 
 async def create_account(daemon: Any, name: str = "acme", **settings: Any) -> dict[str, str]:

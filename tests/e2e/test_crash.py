@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     config_dict,
     free_port,
     make_config,
+    statuses_once_final,
     wait_until,
 )
 
@@ -127,17 +128,8 @@ async def test_kill9_mid_load_loses_nothing(tmp_path):
                 await load(missing, client)
             assert len(accepted) == N
 
-            async def all_final() -> bool:
-                finals = 0
-                for mid in accepted.values():
-                    m = await client.message(mid)
-                    finals += m["status"] in ("delivered", "failed", "unknown")
-                return finals == N
-
-            await wait_until(all_final, 90, 0.5)
-            statuses = Counter()
-            for mid in accepted.values():
-                statuses[(await client.message(mid))["status"]] += 1
+            final = ("delivered", "failed", "unknown")
+            statuses = await statuses_once_final(client, accepted.values(), final, 90)
         assert statuses == {"delivered": N}, statuses
         # Each message reached the simulator at least once; resends after a crash are bounded by
         # what can be in flight: pipeline.in_flight_windows windows per bind per crash.

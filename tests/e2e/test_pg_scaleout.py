@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     config_dict,
     free_port,
     make_config,
+    statuses_once_final,
     wait_until,
 )
 
@@ -182,15 +183,8 @@ async def test_two_instances_one_killed_mid_load(tmp_path: Path, pg_dsn: str) ->
             # B takes over A's bind slots, and A's claims once A is known dead.
             await wait_until(lambda: sim.binds_by_owner() == {"inst-b": BINDS}, 20)
 
-            async def all_final() -> bool:
-                done = 0
-                for mid in accepted.values():
-                    m = await cb.message(mid)
-                    done += m["status"] in ("delivered", "failed", "unknown", "expired")
-                return done == N
-
-            await wait_until(all_final, 120, 0.5)
-            statuses = Counter([(await cb.message(mid))["status"] for mid in accepted.values()])
+            final = ("delivered", "failed", "unknown", "expired")
+            statuses = await statuses_once_final(cb, accepted.values(), final, 120)
         assert statuses == {"delivered": N}, statuses
         assert sim.max_binds <= BINDS, sim.bind_log
         texts = Counter(m.text for m in sim.messages)
