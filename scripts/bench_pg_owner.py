@@ -44,8 +44,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster
 
 from children import Children  # noqa: E402
 
-# No child of its own; the cluster (pg_ctl's daemon) is stopped in main's finally, which SIGTERM
-# and SIGINT reach through Children.on_signals.
+# No child of its own; the cluster (pg_ctl's daemon) is stopped when main's block ends, SIGTERM
+# and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
 
 from owner_messages import NOW, message  # noqa: E402  (after --tree: it imports bridge)
@@ -206,8 +206,7 @@ def main() -> None:
 
     CHILDREN.on_signals()
     counted = Counted()
-    cluster = pgc.start_cluster()
-    try:
+    with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         for k in range(ARGS.runs):
@@ -227,8 +226,6 @@ def main() -> None:
                   f"{res['wall_ms']} ms a batch (wall)")  # fmt: skip
             for step_name, v in res["by_step"].items():
                 print(f"    {step_name:15s} {json.dumps(v)}")
-    finally:
-        cluster.stop()
 
 
 if __name__ == "__main__":
