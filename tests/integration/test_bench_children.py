@@ -101,11 +101,24 @@ def _until_started(
     raise AssertionError(f"not all of {want} started: {_started(script, scratch)}")
 
 
-def _signalled(
-    argv: list[str], want: list[str], sig: int, start_s: float = 60
-) -> dict[tuple[int, int], str]:
-    """The processes the script had started when it was signalled (command lines). Its
-    temporary files (TMPDIR) must be gone too: its `finally` blocks ran."""
+Cue = Callable[[dict[tuple[int, int], str]], bool]
+
+
+def _signalled_at(
+    argv: list[str],
+    want: list[str],
+    cues: list[Cue],
+    limit_s: float,
+    sig: int = signal.SIGTERM,
+    settle: float = 0.0,
+    **env: str,
+) -> tuple[int, list[str], dict[tuple[int, int], str]]:
+    """Run the script until each of `want` is in the command line of something it started
+    (and `settle` seconds more, for what the children start right after), then, for each of
+    `cues` in turn, until it (given those, polled every 5 ms) says the script
+    is at the point to signal, and send it `sig` there: (its exit status, what its TMPDIR still
+    held, the processes it had started). Nothing it started may be left, no cluster in its
+    TMPDIR."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
     scratch.chmod(0o711)  # a cluster's folder in it: as root, initdb runs as `postgres`
     script = subprocess.Popen(
@@ -113,31 +126,56 @@ def _signalled(
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(scratch)},
+        env={**os.environ, "TMPDIR": str(scratch), **env},
     )
     seen: dict[tuple[int, int], str] = {}
     try:
-        seen = _until_started(script, want, start_s, scratch)
-        time.sleep(0.5)  # what the children start right after
-        seen |= _started(script, scratch)
-        script.send_signal(sig)
-        script.wait(40)
+        seen = _until_started(script, want, limit_s, scratch)
+        if settle:
+            time.sleep(settle)
+            seen |= _started(script, scratch)
+        for cue in cues:
+            deadline = time.monotonic() + limit_s
+            while not cue(seen):
+                assert script.poll() is None, "the script ended before its cue"
+                assert time.monotonic() < deadline, f"no cue in {limit_s} s: {seen}"
+                time.sleep(0.005)
+            script.send_signal(sig)
+        code = script.wait(60)
         deadline = time.monotonic() + 5  # a SIGKILLed child's exit, seen a moment later
         while _alive(seen) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = _alive(seen)
         assert left == {}, f"still running after the script ended: {left}"
-        assert list(scratch.iterdir()) == [], "its temporary files left"
-        return seen
+        clusters = _mentioning(f" -D {scratch}{os.sep}")
+        assert clusters == {}, f"a cluster left running: {clusters}"
+        return code, [p.name for p in scratch.iterdir()], seen
     finally:  # whatever the test failed at: nothing of it left behind for the next tests
         if script.poll() is None:
             seen |= _started(script, scratch)
             script.kill()
             script.wait()
+        seen |= _mentioning(f" -D {scratch}{os.sep}")
         for pid, _start in _alive(seen):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # a cluster's postmaster: its backends follow
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _now(_seen: dict[tuple[int, int], str]) -> bool:
+    return True
+
+
+def _signalled(
+    argv: list[str], want: list[str], sig: int, start_s: float = 60
+) -> dict[tuple[int, int], str]:
+    """The processes the script had started when it was signalled (command lines), half a
+    second after all of `want` were up. Its temporary files (TMPDIR) must be gone too: its
+    `finally` blocks ran."""
+
+    _code, left, seen = _signalled_at(argv, want, [_now], start_s, sig, settle=0.5)
+    assert left == [], "its temporary files left"
+    return seen
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
@@ -341,55 +379,6 @@ def test_bench_parts_compare_ends_its_measuring_run(sig: int) -> None:
     )  # fmt: skip
 
 
-def _signalled_at(
-    argv: list[str],
-    want: list[str],
-    cues: list[Callable[[dict[tuple[int, int], str]], bool]],
-    limit_s: float,
-    **env: str,
-) -> tuple[int, list[str]]:
-    """Run the script until each of `want` is in the command line of something it started,
-    then, for each of `cues` in turn, until it (given those, polled every 5 ms) says the script
-    is at the point to signal, and SIGTERM it there: (its exit status, what its TMPDIR still
-    held). Nothing it started may be left, no cluster in its TMPDIR."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
-    scratch.chmod(0o711)  # a cluster's folder in it: as root, initdb runs as `postgres`
-    script = subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(scratch), **env},
-    )
-    seen: dict[tuple[int, int], str] = {}
-    try:
-        seen = _until_started(script, want, limit_s, scratch)
-        for cue in cues:
-            deadline = time.monotonic() + limit_s
-            while not cue(seen):
-                assert script.poll() is None, "the script ended before its cue"
-                assert time.monotonic() < deadline, f"no cue in {limit_s} s: {seen}"
-                time.sleep(0.005)
-            script.send_signal(signal.SIGTERM)
-        code = script.wait(60)
-        deadline = time.monotonic() + 5
-        while _alive(seen) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _alive(seen) == {}, f"still running after the script ended: {_alive(seen)}"
-        clusters = _mentioning(f" -D {scratch}{os.sep}")
-        assert clusters == {}, f"a cluster left running: {clusters}"
-        return code, [p.name for p in scratch.iterdir()]
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait()
-        seen |= _mentioning(f" -D {scratch}{os.sep}")
-        for pid, _start in _alive(seen):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def test_bench_ending_by_itself_finishes_its_clean_up_through_a_signal() -> None:
     """Signalled while its `finally` ends its children (the simulator gone, the daemon still
     draining), after the run finished by itself: the signal's cancel cut that finally at its
@@ -400,7 +389,7 @@ def test_bench_ending_by_itself_finishes_its_clean_up_through_a_signal() -> None
         return _alive({k: cmd for k, cmd in seen.items() if "bridge.cli sim" in cmd}) == {}
 
     argv = ["scripts/bench.py", "--messages", "200", "--webhooks", "--timeout", "120"]
-    code, left = _signalled_at(argv, ["bridge.cli sim", "bridge.cli run"], [ending], 120)
+    code, left, _seen = _signalled_at(argv, ["bridge.cli sim", "bridge.cli run"], [ending], 120)
     assert (code, left) == (143, []), "its temporary files left"
 
 
@@ -425,7 +414,7 @@ def slow_pg_ctl() -> Iterator[Path]:
         shutil.rmtree(bindir, ignore_errors=True)
 
 
-def _pg_ctl_running(bindir: Path, action: str) -> Callable[[dict[tuple[int, int], str]], bool]:
+def _pg_ctl_running(bindir: Path, action: str) -> Cue:
     def cue(_seen: dict[tuple[int, int], str]) -> bool:
         return any(
             cmd.rstrip().endswith(f" {action}") for cmd in _mentioning(f"{bindir}/pg_ctl").values()
@@ -453,7 +442,7 @@ def test_a_script_signalled_while_its_cluster_starts_stops_it(
     middle, or the cluster was never stopped, and the server and its folder were left. Until
     session 53."""
     cue = _pg_ctl_running(slow_pg_ctl, "start")
-    code, left = _signalled_at(argv, [], [cue], 120, PG_BIN=str(slow_pg_ctl))
+    code, left, _seen = _signalled_at(argv, [], [cue], 120, PG_BIN=str(slow_pg_ctl))
     assert (code, left) == (143, []), "its temporary files left"
 
 
@@ -468,5 +457,5 @@ def test_bench_pg_owner_signalled_again_while_its_cluster_stops_stops_it(
     # The first once the cluster is up (`pg_ctl start` returned: its server runs before that).
     started = _pg_ctl_running(slow_pg_ctl, "start")
     cues = [lambda seen: not started(seen), _pg_ctl_running(slow_pg_ctl, "stop")]
-    code, left = _signalled_at(argv, [POSTMASTER], cues, 120, PG_BIN=str(slow_pg_ctl))
+    code, left, _seen = _signalled_at(argv, [POSTMASTER], cues, 120, PG_BIN=str(slow_pg_ctl))
     assert (code, left) == (143, []), "its temporary files left"
