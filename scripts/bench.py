@@ -362,19 +362,27 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
-async def start_postgres(args: argparse.Namespace) -> tuple[str, object | None, int | None]:
-    """(DSN, cluster to stop afterwards or None, the server's postmaster pid or None): --pg-dsn,
-    else a throw-away local cluster."""
+def start_cluster() -> object:
+    """A throw-away local PostgreSQL cluster, for the caller to stop. Not cut by SIGTERM or
+    SIGINT (one acts once it is up): `pg_ctl start` ended in the middle left its server running
+    and its folder, which no `finally` knew of."""
+    from tests.pg_cluster import start_cluster
+
+    with CHILDREN.signals_held():
+        return start_cluster(max_connections=300)
+
+
+async def start_postgres(args: argparse.Namespace, cluster: object) -> tuple[str, int | None]:
+    """(DSN, the server's postmaster pid or None): --pg-dsn, else a database in `cluster`."""
     if args.pg_dsn:
         pid = await postmaster_of(args.pg_dsn)
         if pid is None:
             print("PostgreSQL runs elsewhere: the CPU line leaves its CPU out", file=sys.stderr)
-        return args.pg_dsn, None, pid
-    from tests.pg_cluster import create_database, start_cluster
+        return args.pg_dsn, pid
+    from tests.pg_cluster import create_database
 
-    cluster = start_cluster(max_connections=300)
-    dsn = await create_database(cluster, "bench")
-    return dsn, cluster, int((Path(cluster.datadir) / "postmaster.pid").read_text().split()[0])
+    dsn = await create_database(cluster, "bench")  # type: ignore[arg-type]
+    return dsn, int((Path(cluster.datadir) / "postmaster.pid").read_text().split()[0])  # type: ignore[attr-defined]
 
 
 async def postmaster_of(dsn: str) -> int | None:
@@ -449,7 +457,8 @@ async def run(args: argparse.Namespace) -> dict:
         key = base64.b64encode(os.urandom(32)).decode()
         pg_pid = None
         if args.store == "postgres":
-            dsn, cluster, pg_pid = await start_postgres(args)
+            cluster = None if args.pg_dsn else start_cluster()  # here: stopped in the finally
+            dsn, pg_pid = await start_postgres(args, cluster)
             store: dict = {"engine": "postgres", "dsn": dsn}
         else:
             store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
@@ -727,14 +736,17 @@ async def run(args: argparse.Namespace) -> dict:
             "rounds": per_round,
         }
     finally:
-        CHILDREN.end()
-        if cluster is not None:
-            cluster.stop()  # type: ignore[attr-defined]
-        await reports.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}", file=sys.stderr)
+        # Not cut by a signal: one while the run ends by itself (its cancel came at the await
+        # below) left the temporary directory, one in `pg_ctl stop` the cluster's folder.
+        with CHILDREN.signals_held():
+            CHILDREN.end()
+            if cluster is not None:
+                cluster.stop()  # type: ignore[attr-defined]
+            await reports.stop()
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                print(f"kept {tmp}", file=sys.stderr)
 
 
 async def wait_binds_spread(ports: list[int], token: str, binds: int) -> None:

@@ -49,7 +49,7 @@ ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
 ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
 ARGS = ap.parse_args()
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, owner_messages.py
 sys.path.insert(0, ARGS.tree)
 
 from children import Children  # noqa: E402
@@ -57,17 +57,16 @@ from children import Children  # noqa: E402
 # valgrind with this script under it (--callgrind): ended with this script (children.py).
 CHILDREN = Children()
 
+from owner_messages import NOW, message  # noqa: E402  (after --tree: it imports bridge)
+
 from bridge.store.models import (  # noqa: E402
     AcceptBatch,
     Account,
-    NewMessage,
-    NewSegment,
     ReceiptIn,
     SubmitResult,
 )
 from bridge.store.sqlite import SqliteStore  # noqa: E402
 
-NOW = 1_700_000_000_000
 COLS = (
     "id, account_id, batch_id, recipient, encoding, data_coding, segments, billable_units, "
     "accepted_at, q_not_before, state, q_state, segments_sent, segments_delivered, sent_at, "
@@ -93,31 +92,6 @@ def history(path: Path, n: int) -> None:
     c.close()
 
 
-def message(k: int) -> NewMessage:
-    mid = f"msg_b{k:012d}"
-    n = ARGS.parts
-    if n == 1:
-        segments: tuple[NewSegment, ...] = (NewSegment(1, 1, 0, b"hello", b""),)
-    else:  # as bench.py's ucs3: 134 bytes a part, the 6-byte UDH first
-        body = "\u4f60\u597d" * 32 * n
-        segments = tuple(
-            NewSegment(q, n, 0x40, bytes((5, 0, 3, k % 256, n, q)) + b"\x4f\x60" * 64, b"")
-            for q in range(1, n + 1)
-        )
-    return NewMessage(
-        id=mid,
-        account_id="acc",
-        batch_id="b_" + mid,
-        recipient=f"+86139{k:08d}",
-        encoding="gsm7" if n == 1 else "ucs2",
-        data_coding=0 if n == 1 else 8,
-        billable_units=n,
-        segments=segments,
-        accepted_at=NOW,
-        text="hello" if n == 1 else body,
-    )
-
-
 async def run(path: Path) -> dict[str, float]:
     made = SqliteStore(path)
     await made.open()
@@ -128,7 +102,7 @@ async def run(path: Path) -> dict[str, float]:
     await store.open()
     n, b = ARGS.messages, ARGS.batch
     for first in range(0, n, 100):
-        batch = [message(k) for k in range(first, min(n, first + 100))]
+        batch = [message(k, ARGS.parts) for k in range(first, min(n, first + 100))]
         await asyncio.gather(
             *(store.accept(AcceptBatch("acc", (m,), None, None), NOW) for m in batch)
         )

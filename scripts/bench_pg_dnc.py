@@ -198,12 +198,11 @@ def main() -> None:
     sys.path.insert(1, str(ROOT))
     from tests import pg_cluster as pgc
 
-    # The cluster is pg_ctl's daemon, not a child: stopped in the finally, which SIGTERM and
-    # SIGINT reach too (Children.on_signals), as the measuring child is ended by them.
+    # The cluster is pg_ctl's daemon, not a child: stopped when the block ends, after the
+    # measuring child, SIGTERM and SIGINT included (Children.started, Children.on_signals).
     CHILDREN.on_signals()
     run = CHILDREN.asyncio_run
-    cluster = pgc.start_cluster()
-    try:
+    with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         template = run(pgc.create_database(cluster, "bench_template"))
         t0 = time.perf_counter()
         run(_fill(template, args.waiting, args.op, args.blocked_every))
@@ -219,9 +218,6 @@ def main() -> None:
                     finally:
                         run(pgc.drop_database(cluster, db))
                     print(f"run {k} {name} {'traced' if trace else 'timed '} {res}", flush=True)
-    finally:
-        CHILDREN.end()
-        cluster.stop()
 
 
 if __name__ == "__main__":

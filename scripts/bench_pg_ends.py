@@ -305,12 +305,11 @@ def main() -> None:
     sys.path.insert(1, str(ROOT))
     from tests import pg_cluster as pgc
 
-    # The cluster is pg_ctl's daemon, not a child: stopped in the finally, which SIGTERM and
-    # SIGINT reach too (Children.on_signals), as the measuring child is ended by them.
+    # The cluster is pg_ctl's daemon, not a child: stopped when the block ends, after the
+    # measuring child, SIGTERM and SIGINT included (Children.started, Children.on_signals).
     CHILDREN.on_signals()
     run = CHILDREN.asyncio_run
-    cluster = pgc.start_cluster()
-    try:
+    with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         template = run(pgc.create_database(cluster, "bench_template"))
         run(
             _fill(
@@ -338,9 +337,6 @@ def main() -> None:
                         print(f"run {k} {name} {json.dumps(res)}", flush=True)
                 finally:
                     run(pgc.drop_database(cluster, db))
-    finally:
-        CHILDREN.end()
-        cluster.stop()
 
 
 if __name__ == "__main__":

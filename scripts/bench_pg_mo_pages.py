@@ -23,7 +23,6 @@ the comparison in the index (`index+id`, its build timed and its size printed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+
+from children import Children  # noqa: E402
 
 from bridge.store.postgres_ends import _MO_PAGE, MO_CHUNK  # noqa: E402
+
+# No child of its own: the cluster (pg_ctl's daemon) is stopped when main's block ends, SIGTERM
+# and SIGINT included (Children.started, Children.on_signals); it was left running by either.
+CHILDREN = Children()
 
 ACCOUNT = "acc_closed"
 DEPTHS = (0.0, 0.5, 0.9, 0.95, 0.99)
@@ -164,12 +170,10 @@ def main() -> None:
     args = p.parse_args()
     from tests import pg_cluster as pgc
 
-    cluster = pgc.start_cluster()
-    try:
-        dsn = asyncio.run(pgc.create_database(cluster, "bench_mo_pages"))
-        asyncio.run(_run(dsn, args))
-    finally:
-        cluster.stop()
+    CHILDREN.on_signals()
+    with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
+        dsn = CHILDREN.asyncio_run(pgc.create_database(cluster, "bench_mo_pages"))
+        CHILDREN.asyncio_run(_run(dsn, args))
 
 
 if __name__ == "__main__":

@@ -38,53 +38,27 @@ ap.add_argument("--runs", type=int, default=1, help="runs, each on a fresh datab
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--json", action="store_true", help="one JSON line a run")
 ARGS = ap.parse_args()
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, owner_messages.py
 sys.path.insert(0, ARGS.tree)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
 
 from children import Children  # noqa: E402
 
-# No child of its own; the cluster (pg_ctl's daemon) is stopped in main's finally, which SIGTERM
-# and SIGINT reach through Children.on_signals.
+# No child of its own; the cluster (pg_ctl's daemon) is stopped when main's block ends, SIGTERM
+# and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
+
+from owner_messages import NOW, message  # noqa: E402  (after --tree: it imports bridge)
 
 from bridge.store.models import (  # noqa: E402
     AcceptBatch,
     Account,
-    NewMessage,
-    NewSegment,
     ReceiptIn,
     SubmitResult,
 )
 
-NOW = 1_700_000_000_000
 STEPS = ("claim", "submit results", "receipts")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def message(k: int) -> NewMessage:
-    """As bench_owner.py's: one GSM part, or `--parts` UCS-2 parts of 134 bytes."""
-    mid = f"msg_b{k:012d}"
-    n = ARGS.parts
-    if n == 1:
-        segments: tuple[NewSegment, ...] = (NewSegment(1, 1, 0, b"hello", b""),)
-    else:
-        segments = tuple(
-            NewSegment(q, n, 0x40, bytes((5, 0, 3, k % 256, n, q)) + b"\x4f\x60" * 64, b"")
-            for q in range(1, n + 1)
-        )
-    return NewMessage(
-        id=mid,
-        account_id="acc",
-        batch_id="b_" + mid,
-        recipient=f"+86139{k:08d}",
-        encoding="gsm7" if n == 1 else "ucs2",
-        data_coding=0 if n == 1 else 8,
-        billable_units=n,
-        segments=segments,
-        accepted_at=NOW,
-        text="hello" if n == 1 else "\u4f60\u597d" * 32 * n,
-    )
 
 
 def server_cpu(postmaster: int) -> float:
@@ -141,7 +115,7 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         await store.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
         n, b = ARGS.messages, ARGS.batch
         for first in range(0, n, 100):
-            batch = [message(k) for k in range(first, min(n, first + 100))]
+            batch = [message(k, ARGS.parts) for k in range(first, min(n, first + 100))]
             await asyncio.gather(
                 *(store.accept(AcceptBatch("acc", (m,), None, None), NOW) for m in batch)
             )
@@ -232,8 +206,7 @@ def main() -> None:
 
     CHILDREN.on_signals()
     counted = Counted()
-    cluster = pgc.start_cluster()
-    try:
+    with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         for k in range(ARGS.runs):
@@ -253,8 +226,6 @@ def main() -> None:
                   f"{res['wall_ms']} ms a batch (wall)")  # fmt: skip
             for step_name, v in res["by_step"].items():
                 print(f"    {step_name:15s} {json.dumps(v)}")
-    finally:
-        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ from bridge.store.models import AcceptBatch, Account  # noqa: E402
 from tests.messages import one_part  # noqa: E402
 
 # The command's process (under /usr/bin/time), ended with the script however it ends; a
-# PostgreSQL cluster (pg_ctl's daemon, not a child) is stopped in bench_postgres's finally, which
-# SIGTERM and SIGINT reach too (Children.on_signals).
+# PostgreSQL cluster (pg_ctl's daemon, not a child) is stopped when bench_postgres's block ends,
+# SIGTERM and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
 
 NOW = 1_700_000_000_000
@@ -185,8 +185,7 @@ def bench_postgres(args: argparse.Namespace) -> None:
     from tests import pg_cluster
 
     run = CHILDREN.asyncio_run  # each step its own loop: the command runs outside any
-    cluster = pg_cluster.start_cluster()
-    try:
+    with CHILDREN.started(pg_cluster.start_cluster, pg_cluster.Cluster.stop) as cluster:
         built = "built"
         dsn = run(pg_cluster.create_database(cluster, built))
         took = run(build_postgres(dsn, args.messages))
@@ -200,9 +199,6 @@ def bench_postgres(args: argparse.Namespace) -> None:
                     out = run_command(cfg, args.dry_run, None, Path(tree))
                 print(json.dumps({"tree": tree, **out}), flush=True)
                 run(pg_cluster.drop_database(cluster, name))
-    finally:
-        CHILDREN.end()
-        cluster.stop()
 
 
 def main() -> None:

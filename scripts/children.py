@@ -10,8 +10,10 @@ stays in that group (a script started by another's `Children` starts its childre
 BENCH_CHILD in their environment), so one signal to the group ends the child with everything it
 started. `Children.end()` signals every group SIGTERM, waits up to a grace, then SIGKILLs what
 is left; a script calls it in its `finally` (an exception, its own time-out) and `on_signals`
-has SIGTERM and SIGINT call it before the script exits. SIGKILL of the script itself cannot be
-caught: its children are left then, as before.
+has SIGTERM and SIGINT call it before the script exits. What must not stop half done (a
+PostgreSQL cluster's start and stop, a clean-up) runs in `signals_held` (or `started`): a signal
+there acts when the block ends. SIGKILL of the script itself cannot be caught: its children are
+left then, as before.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -48,9 +50,11 @@ class Children:
         self.own_groups = os.environ.get(BENCH_CHILD) != "1"
         self._ending = False
         # Signals taken by `on_signals`'s handler, acted on once the end they start (or the one
-        # under way) has finished: one raised in the middle cut that end short, its SIGKILLs
-        # not sent (Ctrl-C twice left a child that ignored SIGTERM running).
+        # under way) has finished, or the `signals_held` block they came in: one raised in the
+        # middle cut that end short, its SIGKILLs not sent (Ctrl-C twice left a child that
+        # ignored SIGTERM running).
         self._held: list[int] = []
+        self._holding = 0  # the depth of `signals_held` blocks (an `end` is one)
         # While asyncio_run runs a loop: the loop (from before the main task exists: a signal
         # raised in the loop before the task's first step could lose that step, and the
         # closing cancel waited for it for ever), its main task, and the signals received.
@@ -58,6 +62,7 @@ class Children:
         self._task: asyncio.Task[Any] | None = None
         self._signalled: list[int] = []
         self._cancelled = False  # the loop has run the cancel a signal asked for
+        self._cancel_after_hold = False  # asked for in a `signals_held` block: run after it
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         env = dict(kw.pop("env", None) or os.environ)
@@ -144,24 +149,73 @@ class Children:
             return
         self._ending = True
         try:
-            procs = list(reversed(self.procs))
-            for p in procs:
-                self._signal(p, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for p in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(max(0.0, deadline - time.monotonic()))
-            for p in procs:  # stragglers: a leader that would not stop, or what it left
-                self._signal(p, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(5)
-            self.procs = [p for p in self.procs if p.poll() is None]
+            with self.signals_held():
+                procs = list(reversed(self.procs))
+                for p in procs:
+                    self._signal(p, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                for p in procs:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.wait(max(0.0, deadline - time.monotonic()))
+                for p in procs:  # stragglers: a leader that would not stop, or what it left
+                    self._signal(p, signal.SIGKILL)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.wait(5)
+                self.procs = [p for p in self.procs if p.poll() is None]
         finally:
             self._ending = False
-        if self._held:  # the first signal stands for those during the end
-            signum = self._held[0]
-            self._held.clear()
-            self._take(signum)
+
+    @contextlib.contextmanager
+    def signals_held(self) -> Iterator[None]:
+        """A block no SIGTERM or SIGINT cuts: one that comes in it is acted on (the children
+        ended, then the script's exit or its main task's cancel) when the block ends, however
+        it ends; the first stands for any others. For what must not stop half done: a
+        PostgreSQL cluster's start and stop (`pg_ctl` killed in the middle left a running
+        server, or its data directory), and the clean-up of a script ending by itself (a
+        signal during its `finally` cancelled main at that finally's next await: bench.py's
+        temporary directory after it stayed). Nothing in the block can be cut by a signal,
+        so it should not wait for ever."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if not self._holding and self._held:
+                self._act()
+            elif not self._holding and self._cancel_after_hold:
+                self._cancel_after_hold = False
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(self._cancel_main)
+
+    @contextlib.contextmanager
+    def started(self, start: Callable[[], T], stop: Callable[[T], object]) -> Iterator[T]:
+        """`start()`'s result for the block; when the block ends, however it ends, the
+        children are ended (they may use it), then `stop(it)`. Neither the start nor the stop
+        is cut by SIGTERM or SIGINT (`signals_held`): one during the start acts once it is done,
+        and the stop follows. A PostgreSQL cluster's: a signal in `start_cluster` left the
+        server `pg_ctl start` had begun running, and a second SIGTERM in its stop left the data
+        directory (its `pg_ctl` ended in the middle)."""
+        made: list[T] = []
+        try:
+            with self.signals_held():
+                made.append(start())
+            yield made[0]
+        finally:
+            with self.signals_held():
+                self.end()
+                if made:
+                    stop(made[0])
+
+    def _act(self) -> None:
+        """The first held signal: end the children, then take it (exit, or cancel main)."""
+        signum = self._held[0]
+        self._holding += 1  # a signal during this end waits with the others
+        try:
+            self.end()
+        finally:
+            self._holding -= 1
+            self._held.clear()  # the first signal stands for those during the end
+        self._take(signum)
 
     def on_signals(self) -> None:
         """SIGTERM and SIGINT end the children, then exit the script (SystemExit 143, or
@@ -171,7 +225,8 @@ class Children:
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             self._held.append(signum)
-            self.end()  # then takes it; an end under way (the script's, or this) takes it after
+            if not self._holding:  # else the end, or held block, under way acts on it after
+                self._act()
 
         def stuck(_signum: int, frame: FrameType | None) -> None:
             """A signal's cancel not taken up by the loop `_STUCK_S` later: the loop is held
@@ -179,7 +234,7 @@ class Children:
             interrupts safely; in the loop's own code, wait again."""
             if self._loop is None or self._cancelled or not self._signalled:
                 return
-            if _in_loop_machinery(frame):
+            if self._holding or _in_loop_machinery(frame):  # not to be cut: wait again
                 signal.setitimer(signal.ITIMER_REAL, _STUCK_S)
                 return
             if self._runs_main(frame):
@@ -227,6 +282,11 @@ class Children:
         return False
 
     def _cancel_main(self) -> None:
+        if self._holding:
+            # A signal just before main's clean-up began: its cancel would cut that clean-up
+            # at its next await, as a signal during it did. Run once the block is done.
+            self._cancel_after_hold = True
+            return
         if not self._cancelled and self._task is not None:
             self._task.cancel()  # none yet: its first step sees the signal
         self._cancelled = True
@@ -243,7 +303,7 @@ class Children:
         the loop was, bench_send_path.py and bench_smpp.py now and then outlived the signal
         (6 of 20 runs by hand, once on CI), their children ended."""
         self._signalled = []
-        self._cancelled = False
+        self._cancelled = self._cancel_after_hold = False
 
         async def wrapped() -> T:
             self._task = asyncio.current_task()

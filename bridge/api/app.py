@@ -48,7 +48,6 @@ from bridge.api.context import (
     ApiContext,
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
-from bridge.api.http_errors import SERVER_NAME
 from bridge.api.openapi import openapi_document
 from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
@@ -154,14 +153,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             resp, code = _refused(request, exc, request_id)
     finally:
         logs.REQUEST_ID.reset(token)
-    headers = resp.headers
-    headers["X-Request-Id"] = request_id
-    # Here, not in an on_response_prepare signal (bodies.name_server): its send and the
-    # receiver's coroutine were ~12.6 k instructions a request (session 52). What answers
-    # without passing here sets it itself (a stream prepared in its handler, the 417 of a bad
-    # Expect, a redirect re-raised below, the parser's refusals in http_errors), and aiohttp's
-    # default for any other is ours too (bodies.name_unnamed_answers).
-    headers["Server"] = SERVER_NAME
+    # Server is aiohttp's default, ours for every answer (http_errors.name_every_answer).
+    resp.headers["X-Request-Id"] = request_id
     if request.path.startswith("/admin/") and audit.mutating_method(request.method):
         await _audit(request, resp.status, code, request_id)
     if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
@@ -262,7 +255,6 @@ def _refused(
         return resp, exc.code
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            exc.headers["Server"] = SERVER_NAME  # answered by aiohttp, not by this middleware
             raise exc
         code = _HTTP_CODES.get(exc.status, "INVALID_REQUEST")
         message = {

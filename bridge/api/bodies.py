@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiohttp import HttpVersion11, web, web_response
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.api.context import CONTINUE, CTX
 from bridge.api.errors import ApiError
-from bridge.api.http_errors import BODY_FRAMING, SERVER_NAME
+from bridge.api.http_errors import BODY_FRAMING
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
@@ -89,10 +89,7 @@ async def defer_continue(request: web.Request) -> None:
     if request.version != HttpVersion11:
         return
     if expect.lower() != "100-continue":
-        # Raised before the middlewares run (aiohttp calls this handler first): named here.
-        raise web.HTTPExpectationFailed(
-            text=f"Unknown Expect: {expect[:40]}", headers={"Server": SERVER_NAME}
-        )
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:40]}")
     request[CONTINUE] = True
 
 
@@ -109,20 +106,6 @@ def use_deferred_continue(app: web.Application) -> None:
     for route in app.router.routes():
         if hasattr(route, "_expect_handler"):
             route._expect_handler = defer_continue
-    name_unnamed_answers()
-
-
-def name_unnamed_answers() -> None:
-    """aiohttp's own Server header, for an answer nothing of ours names, is SERVER_NAME.
-
-    Why: a path or method no route has (404, 405) is aiohttp's route of its own, built per
-    request with aiohttp's Expect handler, not defer_continue: its 417 to a bad Expect is
-    raised before the middlewares and went out as "Server: Python/3.11 aiohttp/3.14.5"
-    (the versions a scanner looks for) once the error middleware, not an on_response_prepare
-    signal, named the answers (session 52). aiohttp sets its default only where a response has
-    no Server (StreamResponse._prepare_headers, 3.9 to 3.14): nothing per request here."""
-    if isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
-        web_response.SERVER_SOFTWARE = SERVER_NAME
 
 
 def refuse_encoding(request: web.Request) -> None:
@@ -225,9 +208,3 @@ def http_limits(max_line_size: int) -> dict[str, int]:
         "max_field_size": MAX_FIELD_SIZE,
         "max_headers": MAX_HEADERS,
     }
-
-
-async def name_server(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """`Server: smpp-bridge` on every answer: aiohttp's default names its version and
-    Python's, which tells a scanner which advisories to try."""
-    response.headers["Server"] = SERVER_NAME

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -41,8 +41,29 @@ Render = Callable[[int, str, str], tuple[int, bytes, str, str, str]]
 # "aliyun unparsable", beside its "aliyun <Action>" labels).
 ENDPOINT = "unparsable"
 
-# What every answer's Server header says (bodies.name_server; JsonErrorServer.answer).
+# What every answer's Server header says: set below as aiohttp's default, for every answer.
 SERVER_NAME = "smpp-bridge"
+
+
+def name_every_answer() -> None:
+    """aiohttp's default Server header, which names its version and Python's (what a scanner
+    looks for to pick advisories), is SERVER_NAME for every answer of the process.
+
+    The one mechanism, run when this module is imported: every face (the API, the admin
+    listener, the Alibaba face) and every answer imports it first, so it holds before any app
+    is built, in an acceptor process too. aiohttp sets its default where a response has no
+    Server (StreamResponse._prepare_headers, `setdefault` from this module value, 3.9 to 3.14),
+    which every answer is: a handler's, a refusal of the error middleware, a stream prepared in
+    its handler (the CDR CSV), the 417 of a bad Expect and the 404/405 of aiohttp's own route
+    (raised before any middleware), a redirect, the parser's refusals (JsonErrorServer.answer).
+    Nothing per request: setting it per answer as well (the error middleware, a few answers
+    themselves, an on_response_prepare signal on the Alibaba face) was a second mechanism that
+    still missed what never reached them (session 53)."""
+    if isinstance(getattr(web_response, "SERVER_SOFTWARE", None), str):
+        web_response.SERVER_SOFTWARE = SERVER_NAME
+
+
+name_every_answer()
 # The Alibaba face's label (bridge.compat.aliyun_api.UNPARSED_ENDPOINT). Its answers name the
 # request id in x-acs-request-id, which Alibaba's gateway sends and its SDKs read: every other
 # answer of that face carried it, and its refusals of malformed HTTP had X-Request-Id alone.
@@ -337,7 +358,6 @@ class JsonErrorServer(web.Server):
         resp.headers["X-Request-Id"] = rid
         if self.endpoint == ALIYUN_ENDPOINT:
             resp.headers["x-acs-request-id"] = rid
-        resp.headers["Server"] = SERVER_NAME  # as bodies.name_server (no app here)
         resp.force_close()
         return resp
 

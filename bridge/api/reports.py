@@ -25,7 +25,6 @@ from aiohttp import web
 
 from bridge.api.context import PRINCIPAL, REQUEST_ID, STREAM_CUT, query_of
 from bridge.api.errors import ApiError
-from bridge.api.http_errors import SERVER_NAME
 from bridge.api.v1 import ctx_of, json_response
 from bridge.api.views import iso
 from bridge.billing import bill_bounds
@@ -300,7 +299,6 @@ async def get_cdrs(request: web.Request) -> web.StreamResponse:
             # Set here: the error middleware adds it after the handler, too late for a response
             # whose headers already went out.
             "X-Request-Id": request[REQUEST_ID],
-            "Server": SERVER_NAME,
         },
     )
     resp.content_type = "text/csv"

@@ -26,7 +26,6 @@ from bridge.api.bodies import (
     close_after,
     declared_too_large,
     http_limits,
-    name_server,
     read_body,
     refuse_encoding,
     use_deferred_continue,
@@ -282,7 +281,6 @@ def make_aliyun_app(ctx: ApiContext) -> web.Application:
     )
     app[CTX] = ctx
     app[STORE_DOWN] = logs.Throttled(log)
-    app.on_response_prepare.append(name_server)
     app.router.add_route("*", "/{tail:.*}", handle)
     use_deferred_continue(app)
     return app

@@ -10,6 +10,7 @@ import hmac
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_to_bytes
 
+from bridge.api import v1
 from bridge.api.signing import sign_request
 from tests.integration.conftest import ADMIN_TOKEN
 
@@ -217,10 +218,11 @@ async def test_answers_name_no_software_version(api_server):
 
 
 async def test_every_kind_of_answer_names_smpp_bridge(api_server):
-    """Since session 52 the error middleware names the server, not an on_response_prepare
-    signal: what answers without returning through it names itself. Each such path here: an
-    accepted send and its replay, a refusal, a CSV streamed from its handler, the 417 of an
-    Expect raised before the middlewares, and a body over the limit."""
+    """Since session 53 one mechanism names every answer, aiohttp's default answer name
+    (http_errors.name_every_answer); session 52 named them in the error middleware, and what
+    answered without returning through it named itself. Each such path here: an accepted send
+    and its replay, a refusal, a CSV streamed from its handler, the 417 of an Expect raised
+    before the middlewares, and a body over the limit."""
     creds = await api_server.create_account()
     sent = await api_server.send(creds, {"to": "+8613800138000", "text": "hi"}, key="k-srv-1")
     replay = await api_server.send(creds, {"to": "+8613800138000", "text": "hi"}, key="k-srv-1")
@@ -253,3 +255,36 @@ async def test_a_bad_expect_to_no_route_names_smpp_bridge(api_server):
             method, api_server.url + path, data=b"{}", headers={"Expect": "bogus"}
         ) as r:
             assert (r.status, r.headers.get("Server")) == (417, "smpp-bridge"), (method, path)
+
+
+async def test_refusals_faults_and_bare_methods_name_smpp_bridge(api_server, monkeypatch):
+    """The rest of the kinds of answer (session 53: one mechanism, aiohttp's default answer
+    name, for all): a 403, a handler's 400, aiohttp's 404 and 405, HEAD and OPTIONS, an
+    admin answer, a fault's 500 and the store's 503."""
+    creds = await api_server.create_account(raw_text=False)
+    kinds = {
+        "403": await api_server.send(creds, {"to": "+8613800138000", "text": "free text"}),
+        "400": await api_server.request("POST", "/v1/messages", creds=creds, body=b"{no json"),
+        "admin": await api_server.admin("GET", "/admin/accounts"),
+    }
+    for method, path in (("GET", "/no/such/path"), ("PUT", "/healthz"), ("HEAD", "/healthz"),
+                         ("OPTIONS", "/healthz")):  # fmt: skip
+        async with api_server.session.request(method, api_server.url + path) as r:
+            kinds[f"{method} {path}"] = r  # type: ignore[assignment]
+
+    def fault(*args, **kwargs):
+        raise KeyError("a bug")
+
+    def outage(*args, **kwargs):
+        raise ConnectionError("store gone")
+
+    for name, broken in (("500", fault), ("503", outage)):
+        monkeypatch.setattr(v1, "public_account", broken)
+        kinds[name] = await api_server.request("GET", "/v1/account", creds=creds)
+    statuses = {name: r.status for name, r in kinds.items()}
+    assert statuses == {
+        "403": 403, "400": 400, "admin": 200, "GET /no/such/path": 404, "PUT /healthz": 405,
+        "HEAD /healthz": 200, "OPTIONS /healthz": 405, "500": 500, "503": 503,
+    }  # fmt: skip
+    named = {name: r.headers.get("Server") for name, r in kinds.items()}
+    assert named == dict.fromkeys(kinds, "smpp-bridge")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,24 @@ def _until_started(
     raise AssertionError(f"not all of {want} started: {_started(script, scratch)}")
 
 
-def _signalled(
-    argv: list[str], want: list[str], sig: int, start_s: float = 60
-) -> dict[tuple[int, int], str]:
-    """The processes the script had started when it was signalled (command lines). Its
-    temporary files (TMPDIR) must be gone too: its `finally` blocks ran."""
+Cue = Callable[[dict[tuple[int, int], str]], bool]
+
+
+def _signalled_at(
+    argv: list[str],
+    want: list[str],
+    cues: list[Cue],
+    limit_s: float,
+    sig: int = signal.SIGTERM,
+    settle: float = 0.0,
+    **env: str,
+) -> tuple[int, list[str], dict[tuple[int, int], str]]:
+    """Run the script until each of `want` is in the command line of something it started
+    (and `settle` seconds more, for what the children start right after), then, for each of
+    `cues` in turn, until it (given those, polled every 5 ms) says the script
+    is at the point to signal, and send it `sig` there: (its exit status, what its TMPDIR still
+    held, the processes it had started). Nothing it started may be left, no cluster in its
+    TMPDIR."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-children-"))
     scratch.chmod(0o711)  # a cluster's folder in it: as root, initdb runs as `postgres`
     script = subprocess.Popen(
@@ -112,31 +126,56 @@ def _signalled(
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(scratch)},
+        env={**os.environ, "TMPDIR": str(scratch), **env},
     )
     seen: dict[tuple[int, int], str] = {}
     try:
-        seen = _until_started(script, want, start_s, scratch)
-        time.sleep(0.5)  # what the children start right after
-        seen |= _started(script, scratch)
-        script.send_signal(sig)
-        script.wait(40)
+        seen = _until_started(script, want, limit_s, scratch)
+        if settle:
+            time.sleep(settle)
+            seen |= _started(script, scratch)
+        for cue in cues:
+            deadline = time.monotonic() + limit_s
+            while not cue(seen):
+                assert script.poll() is None, "the script ended before its cue"
+                assert time.monotonic() < deadline, f"no cue in {limit_s} s: {seen}"
+                time.sleep(0.005)
+            script.send_signal(sig)
+        code = script.wait(60)
         deadline = time.monotonic() + 5  # a SIGKILLed child's exit, seen a moment later
         while _alive(seen) and time.monotonic() < deadline:
             time.sleep(0.1)
         left = _alive(seen)
         assert left == {}, f"still running after the script ended: {left}"
-        assert list(scratch.iterdir()) == [], "its temporary files left"
-        return seen
+        clusters = _mentioning(f" -D {scratch}{os.sep}")
+        assert clusters == {}, f"a cluster left running: {clusters}"
+        return code, [p.name for p in scratch.iterdir()], seen
     finally:  # whatever the test failed at: nothing of it left behind for the next tests
         if script.poll() is None:
             seen |= _started(script, scratch)
             script.kill()
             script.wait()
+        seen |= _mentioning(f" -D {scratch}{os.sep}")
         for pid, _start in _alive(seen):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # a cluster's postmaster: its backends follow
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _now(_seen: dict[tuple[int, int], str]) -> bool:
+    return True
+
+
+def _signalled(
+    argv: list[str], want: list[str], sig: int, start_s: float = 60
+) -> dict[tuple[int, int], str]:
+    """The processes the script had started when it was signalled (command lines), half a
+    second after all of `want` were up. Its temporary files (TMPDIR) must be gone too: its
+    `finally` blocks ran."""
+
+    _code, left, seen = _signalled_at(argv, want, [_now], start_s, sig, settle=0.5)
+    assert left == [], "its temporary files left"
+    return seen
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
@@ -303,6 +342,14 @@ def test_bench_pg_owner_stops_its_cluster(sig: int) -> None:
 @pytest.mark.postgres
 @NEEDS_PG
 @SIGNALS
+def test_bench_pg_mo_pages_stops_its_cluster(sig: int) -> None:
+    # Until session 53 it had no Children: a signal killed it and left its cluster running.
+    _signalled(["scripts/bench_pg_mo_pages.py", "--inbox", "100000000"], [POSTMASTER], sig, 120)
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+@SIGNALS
 def test_bench_restore_on_postgres_stops_its_cluster_and_ends_the_command(sig: int) -> None:
     _signalled(
         ["scripts/bench_restore.py", "--engine", "postgres", "--messages", "1000",
@@ -330,3 +377,85 @@ def test_bench_parts_compare_ends_its_measuring_run(sig: int) -> None:
         ["--json"],
         sig,
     )  # fmt: skip
+
+
+def test_bench_ending_by_itself_finishes_its_clean_up_through_a_signal() -> None:
+    """Signalled while its `finally` ends its children (the simulator gone, the daemon still
+    draining), after the run finished by itself: the signal's cancel cut that finally at its
+    next await (the report receiver's stop, with --webhooks) and the temporary directory after
+    it stayed. Until session 53."""
+
+    def ending(seen: dict[tuple[int, int], str]) -> bool:
+        return _alive({k: cmd for k, cmd in seen.items() if "bridge.cli sim" in cmd}) == {}
+
+    argv = ["scripts/bench.py", "--messages", "200", "--webhooks", "--timeout", "120"]
+    code, left, _seen = _signalled_at(argv, ["bridge.cli sim", "bridge.cli run"], [ending], 120)
+    assert (code, left) == (143, []), "its temporary files left"
+
+
+@pytest.fixture
+def slow_pg_ctl() -> Iterator[Path]:
+    """A PG_BIN of the real server binaries whose `pg_ctl` waits 1 s before it runs: the time
+    a test's signal is sent in, once it sees the wrapper running (its command line names the
+    action: start or stop)."""
+    real = find_bindir()
+    if real is None:
+        pytest.skip("no PostgreSQL server binaries")
+    bindir = Path(tempfile.mkdtemp(prefix="slow-pg-bin-"))
+    bindir.chmod(0o755)  # as root, the cluster's tools run as `postgres`
+    for tool in real.iterdir():
+        (bindir / tool.name).symlink_to(tool)
+    (bindir / "pg_ctl").unlink()
+    (bindir / "pg_ctl").write_text(f'#!/bin/sh\nsleep 1\nexec {real / "pg_ctl"} "$@"\n')
+    (bindir / "pg_ctl").chmod(0o755)
+    try:
+        yield bindir
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+
+
+def _pg_ctl_running(bindir: Path, action: str) -> Cue:
+    def cue(_seen: dict[tuple[int, int], str]) -> bool:
+        return any(
+            cmd.rstrip().endswith(f" {action}") for cmd in _mentioning(f"{bindir}/pg_ctl").values()
+        )
+
+    return cue
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scripts/bench_pg_owner.py", "--runs", "100000"],
+        ["scripts/bench.py", "--store", "postgres", "--messages", "100000000", "--timeout", "600"],
+    ],
+    ids=["pg_owner", "bench"],
+)
+def test_a_script_signalled_while_its_cluster_starts_stops_it(
+    slow_pg_ctl: Path, argv: list[str]
+) -> None:
+    """A SIGTERM during `pg_ctl start`: bench_pg_owner.py raised it in start_cluster (before
+    its `try`), bench.py there too (the cancel's fallback, 2 s on) or at the database's
+    creation after it (the cluster not yet known to its `finally`): `pg_ctl` ended in the
+    middle, or the cluster was never stopped, and the server and its folder were left. Until
+    session 53."""
+    cue = _pg_ctl_running(slow_pg_ctl, "start")
+    code, left, _seen = _signalled_at(argv, [], [cue], 120, PG_BIN=str(slow_pg_ctl))
+    assert (code, left) == (143, []), "its temporary files left"
+
+
+@pytest.mark.postgres
+@NEEDS_PG
+def test_bench_pg_owner_signalled_again_while_its_cluster_stops_stops_it(
+    slow_pg_ctl: Path,
+) -> None:
+    """A second SIGTERM during the first one's `pg_ctl stop`: raised there, it ended `pg_ctl`
+    in the middle and the cluster's folder was left. Until session 53."""
+    argv = ["scripts/bench_pg_owner.py", "--runs", "100000"]
+    # The first once the cluster is up (`pg_ctl start` returned: its server runs before that).
+    started = _pg_ctl_running(slow_pg_ctl, "start")
+    cues = [lambda seen: not started(seen), _pg_ctl_running(slow_pg_ctl, "stop")]
+    code, left, _seen = _signalled_at(argv, [POSTMASTER], cues, 120, PG_BIN=str(slow_pg_ctl))
+    assert (code, left) == (143, []), "its temporary files left"

@@ -7,7 +7,9 @@ The cases: the loop idle; a coroutine holding the loop (the signal's cancel cann
 an exception raised there for that connection's error and goes on (until review r1 of session
 52 the fallback gave the cancel up once it had raised, and the script ran on for ever); a
 second signal while the first one's cancel runs the finally (it cancelled again, cutting the
-finally at its next await)."""
+finally at its next await); a signal during, or just before, the clean-up of a script ending by
+itself, held by `signals_held` (until session 53 its cancel cut that clean-up at its next
+await: bench.py's temporary directory stayed)."""
 
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ class Holder(asyncio.Protocol):
 
 async def main():
     try:
+        if MODE == "ending":  # ends by itself: the signal comes in the finally
+            return
+        if MODE == "late":  # a signal before the finally: its cancel is run in the finally
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, its cancel not run yet
+            return
         if MODE in ("idle", "twice"):
             say("ready")
         elif MODE == "compute":
@@ -66,8 +73,14 @@ async def main():
             await loop.create_connection(Holder, "127.0.0.1", srv.sockets[0].getsockname()[1])
         await asyncio.sleep(60)
     finally:
-        await asyncio.sleep(1)  # an await in the finally: the loop still runs it
-        say("finally")
+        if MODE in ("ending", "late"):
+            with KIDS.signals_held():  # the clean-up of a script ending by itself
+                say("ready")
+                await asyncio.sleep(1)
+                say("finally")
+        else:
+            await asyncio.sleep(1)  # an await in the finally: the loop still runs it
+            say("finally")
 
 
 class Ready(collections.deque):
@@ -112,6 +125,10 @@ CASES = [
     ("callback", "uvloop", signal.SIGINT),
     ("twice", "asyncio", signal.SIGTERM),
     ("twice", "uvloop", signal.SIGINT),
+    ("ending", "asyncio", signal.SIGTERM),
+    ("ending", "uvloop", signal.SIGTERM),
+    ("late", "asyncio", signal.SIGTERM),
+    ("late", "uvloop", signal.SIGTERM),
 ]
 
 

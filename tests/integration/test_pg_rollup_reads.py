@@ -15,9 +15,7 @@ reads every part does.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -25,17 +23,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.domain import lifecycle as lc
 from bridge.store import postgres_pipeline
-from bridge.store.models import AcceptBatch, Account, NewSegment, ReceiptIn, SubmitResult
+from bridge.store.models import SubmitResult
 from bridge.store.postgres import PostgresStore
 from tests.conftest import run_async
-from tests.integration.test_sqlite_rollup_reads import URL, _owner_writes
-from tests.messages import one_part
 from tests.pg_cluster import Cluster, create_database, drop_database, new_database_name
+from tests.rollup_writes import (
+    DUMPED,
+    LEASE,
+    NOW,
+    accept,
+    parts_written_in_the_batch,
+    random_run,
+    summarized,
+)
 
-NOW = 1_700_000_000_000
-LEASE = 60_000
 ROLLUP_READ = "SELECT message_id, seq, state, error_code FROM segments WHERE message_id = ANY("
 QUEUED_READ = "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::text[]) AND state"
 
@@ -84,116 +86,34 @@ async def _rows_match_parts(dsn: str) -> dict[str, tuple[Any, ...]]:
     c = await asyncpg.connect(dsn)
     try:
         out = {}
-        for mid, state, delivered, failed, error, q_state, nseg in await c.fetch(
+        for mid, *row in await c.fetch(
             "SELECT id, state, segments_delivered, segments_failed, error_code, q_state, "
             "segments FROM messages ORDER BY id"
         ):
             parts = await c.fetch(
                 "SELECT state, error_code FROM segments WHERE message_id = $1 ORDER BY seq", mid
             )
-            s = lc.summarize([tuple(p) for p in parts], nseg)
-            assert (state, delivered, failed, error) == (s.state, s.delivered, s.failed, s.error)
-            out[mid] = (state, delivered, failed, error, q_state)
+            out[mid] = summarized(tuple(row), [tuple(p) for p in parts])
         return out
     finally:
         await c.close()
 
 
-async def _accept(store: PostgresStore, mids: list[str], longer: dict[str, int]) -> None:
-    await store.create_account(
-        Account(id="acc", name="acc", created_at=NOW, updated_at=NOW, status_callback_url=URL)
-    )
-    for k, mid in enumerate(mids):
-        msg = one_part(mid, "acc", f"+4479{k:08d}", NOW, sender="1069")
-        n = longer.get(mid, 1)
-        if n > 1:
-            segs = tuple(NewSegment(q, n, 0x40, bytes([96 + q]), b"") for q in range(1, n + 1))
-            msg = replace(msg, segments=segs, billable_units=n)
-        await store.accept(AcceptBatch("acc", (msg,), None, None), NOW)
-
-
 async def test_parts_written_in_the_batch_are_not_read_again_for_the_roll_up(
     pg_dsn: str, traced: list[tuple[str, tuple[Any, ...]]]
 ) -> None:
-    """msg_a: delivered; msg_b: two parts, their receipts in two batches; msg_c: its receipt
-    before its result (kept, then matched by the result's write); msg_d: undeliverable; msg_e:
-    two receipts in one batch, delivered then undeliverable (the first final stands); msg_g:
-    three parts, their results and receipts in one batch each, the second undeliverable."""
+    """The scenario of rollup_writes.parts_written_in_the_batch, on PostgreSQL: and no read of
+    the queued parts before the submit results' write (the condition of their UPDATE)."""
     store = PostgresStore(pg_dsn, min_size=1, max_size=4)
     await store.open()
-    mids = ["msg_a", "msg_b", "msg_c", "msg_d", "msg_e", "msg_g"]
     try:
-        await _accept(store, mids, {"msg_b": 2, "msg_g": 3})
-        work = await store.claim("i1", 10, NOW + 1_000, LEASE)
-        assert sorted(w.id for w in work) == mids
-        at = NOW + 2_000
-
-        def receipt(
-            mid: str, seq: int, state: str = "delivered", stat: str = "DELIVRD"
-        ) -> ReceiptIn:
-            err = None if state == "delivered" else "001"
-            return ReceiptIn("smsc1", f"x{mid}-{seq}", state, stat, err, at, at)
-
-        early = await store.apply_receipts([receipt("msg_c", 1)], at)
-        assert (early.matched, early.pending) == (0, 1)
-        traced.clear()
-        await store.record_submits(
-            [
-                SubmitResult(
-                    w.id, g.seq, "sent", "smsc1", f"x{w.id}-{g.seq}", f"x{w.id}-{g.seq}",
-                    at=at, sent_at=at,
-                )
-                for w in work
-                for g in w.segments
-            ],
-            [],
-            at,
-            instance="i1",
-        )  # fmt: skip
-        after_submits = await _rows_match_parts(pg_dsn)
-        assert {m: r[0] for m, r in after_submits.items()} == {
-            "msg_a": "sent",
-            "msg_b": "sent",
-            "msg_c": "delivered",
-            "msg_d": "sent",
-            "msg_e": "sent",
-            "msg_g": "sent",
-        }
-        assert all(r[4] == "done" for r in after_submits.values())  # every claim given back
-        # Every part of every message was queued and is sent now: no roll-up read its parts,
-        # and no read of the queued parts before their write.
-        assert _rollup_reads(traced) == []
-        assert [q for q, _a in traced if q.startswith(QUEUED_READ)] == []
-        traced.clear()
-        out = await store.apply_receipts(
-            [
-                receipt("msg_a", 1),
-                receipt("msg_b", 1),
-                receipt("msg_g", 3),
-                receipt("msg_d", 1, "undeliverable", "UNDELIV"),
-                receipt("msg_g", 1),
-                receipt("msg_e", 1),
-                receipt("msg_g", 2, "undeliverable", "UNDELIV"),
-                receipt("msg_e", 1, "undeliverable", "UNDELIV"),
-            ],
-            at,
+        await parts_written_in_the_batch(
+            store,
+            lambda: _rows_match_parts(pg_dsn),
+            lambda: _rollup_reads(traced),
+            traced.clear,
+            lambda: [q for q, _a in traced if q.startswith(QUEUED_READ)],
         )
-        assert out.pending == 0
-        rows = await _rows_match_parts(pg_dsn)
-        assert rows["msg_a"][:4] == ("delivered", 1, 0, None)
-        assert rows["msg_b"][:4] == ("sent", 1, 0, None)
-        assert rows["msg_c"][:4] == ("delivered", 1, 0, None)
-        code = lc.receipt_error_code("undeliverable", "UNDELIV", "001")
-        assert rows["msg_d"][:4] == ("failed", 0, 1, code)
-        assert rows["msg_e"][:4] == ("delivered", 1, 0, None)
-        assert rows["msg_g"][:4] == ("failed", 2, 1, code)
-        # Only msg_b's parts were read: its second part's row was not among this batch's.
-        assert _rollup_reads(traced) == [["msg_b"]]
-        traced.clear()
-        out = await store.apply_receipts([receipt("msg_b", 2)], at)
-        assert out.matched == 1
-        assert (await _rows_match_parts(pg_dsn))["msg_b"][:4] == ("delivered", 2, 0, None)
-        assert _rollup_reads(traced) == [["msg_b"]]
     finally:
         await store.close()
 
@@ -207,7 +127,7 @@ async def test_a_message_with_an_end_or_another_part_unwritten_is_read_as_before
     store = PostgresStore(pg_dsn, min_size=1, max_size=4)
     await store.open()
     try:
-        await _accept(store, ["msg_f", "msg_u", "msg_p"], {"msg_p": 3, "msg_u": 2})
+        await accept(store, ["msg_f", "msg_u", "msg_p"], {"msg_p": 3, "msg_u": 2})
         assert len(await store.claim("i1", 10, NOW + 1_000, LEASE)) == 3
         traced.clear()
         at = NOW + 2_000
@@ -233,11 +153,6 @@ async def test_a_message_with_an_end_or_another_part_unwritten_is_read_as_before
 async def _run(dsn: str, seed: int, reread: bool) -> tuple[list[Any], dict[str, Any]]:
     """The owner's writes of `seed` on the new database `dsn`; what each returned and the rows.
     `reread`: every roll-up reads its parts again, as before `Known`."""
-    rnd = random.Random(seed)
-    mids = [f"msg_{k}" for k in range(rnd.randint(1, 6))]
-    parts = {mid: rnd.choice([1, 1, 2, 3]) for mid in mids}
-    one_per_message = rnd.random() < 0.3
-    ops = _owner_writes(rnd, mids, parts)
     real = postgres_pipeline.rollup_messages
 
     async def rollup(c: Any, touched: dict[str, bool], now: int, *a: Any, **kw: Any) -> int:
@@ -247,37 +162,17 @@ async def _run(dsn: str, seed: int, reread: bool) -> tuple[list[Any], dict[str, 
 
     store = PostgresStore(dsn, min_size=1, max_size=4)
     await store.open()
+    postgres_pipeline.rollup_messages = rollup  # type: ignore[assignment]
     try:
-        if one_per_message:
-            store.one_receipt_smscs = frozenset({"smsc1"})
-        await _accept(store, mids, {m: n for m, n in parts.items() if n > 1})
-        await store.claim("i1", 10, NOW + 1_000, LEASE)
-        returned: list[Any] = []
-        postgres_pipeline.rollup_messages = rollup  # type: ignore[assignment]
-        try:
-            for kind, items, releases, at in ops:
-                if kind == "results":
-                    returned.append(await store.record_submits(items, releases, at, instance="i1"))
-                elif kind == "receipts":
-                    returned.append(await store.apply_receipts(items, at))
-                elif kind == "claim":
-                    returned.append([w.id for w in await store.claim("i1", 10, at, LEASE)])
-                else:
-                    returned.append(await store.sweep(at, 72 * 3_600_000))
-        finally:
-            postgres_pipeline.rollup_messages = real  # type: ignore[assignment]
+        returned = await random_run(store, seed)
     finally:
+        postgres_pipeline.rollup_messages = real  # type: ignore[assignment]
         await store.close()
     c = await asyncpg.connect(dsn)
     try:
         rows = {
             table: [tuple(r) for r in await c.fetch(f"SELECT {cols} FROM {table} ORDER BY 1, 2")]
-            for table, cols in (
-                ("messages", "*"),
-                ("segments", "*"),
-                ("pending_receipts", "id, smsc, smsc_msg_id, state, received_at"),
-                ("webhook_outbox", "webhook_id, kind, ref_id"),
-            )
+            for table, cols in DUMPED
         }
     finally:
         await c.close()
