@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from bridge import jsonio
+from bridge.api.http_errors import name_every_answer
 from bridge.sim.server import BIND_FAIL_STATUSES, MO_SPLITS, RECEIPT_STATS, SimError
 
 if TYPE_CHECKING:
@@ -215,6 +216,9 @@ async def _config(request: web.Request) -> web.Response:
 
 
 def make_app(sim: SimSmsc) -> web.Application:
+    # Run as a process of its own (`smpp-bridge sim`) nothing else names its answers: without
+    # this they said Python's and aiohttp's versions (the daemon's own answers never do).
+    name_every_answer()
     app = web.Application()
     app[_SIM_KEY] = sim
     app.router.add_get("/stats", _stats)

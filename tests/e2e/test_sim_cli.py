@@ -34,6 +34,8 @@ async def _stats(port: int, deadline_s: float = 15.0) -> dict:
             try:
                 async with http.get(f"http://127.0.0.1:{port}/stats") as resp:
                     assert resp.status == 200
+                    # Its own process: named as the daemon's answers are, no versions.
+                    assert resp.headers["Server"] == "smpp-bridge"
                     return await resp.json()
             except aiohttp.ClientConnectionError:
                 if time.monotonic() > end:
