@@ -751,10 +751,10 @@ def apply_receipts(
 
 def _match(c: sqlite3.Connection, smsc: str, ids: Sequence[str]) -> Iterable[tuple[Any, ...]]:
     """(SMSC id, message id, seq, state, total) of the parts of `smsc` with the SMSC ids `ids`.
-    The ids come from carriers: any text a C-octet string decodes to, which a JSON array (the
-    sqlite3 module's JSON of them and SQLite's json_each reading it back) carries unchanged
-    except a NUL; any such id the batch holds (or anything but printable ASCII, to be sure) is
-    listed in the statement instead (in_list: a text per length, prepared more often)."""
+    The ids come from carriers: any text a C-octet string decodes to, which a JSON array
+    (orjson's encoding, SQLite's json_each reading it back) carries unchanged except a NUL; a
+    batch with such an id (or anything but printable ASCII, to be sure) lists its ids in the
+    statement instead (in_list: a text per padded length)."""
     joined = "".join(ids)
     if joined.isascii() and joined.isprintable():
         return c.execute(
