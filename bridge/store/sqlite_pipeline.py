@@ -39,8 +39,8 @@ def _marks(n: int) -> str:
 
 
 # The lengths an owner's IN list is padded to (in_list). Up to 512 ids at most half again as
-# many marks; past it, a multiple of 512.
-_IN_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# many marks (400: the chunks' size); past it, a multiple of 512.
+_IN_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 400, 512)
 
 
 @functools.cache
