@@ -2275,7 +2275,7 @@ def _claim_ids(
     c.execute(
         "UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
         "q_attempts=q_attempts+1, q_route=NULL, q_park=NULL "
-        "FROM json_each(?) j WHERE messages.id = j.value",
+        "WHERE id IN (SELECT value FROM json_each(?))",
         (instance, lease_until, *listed),
     )
     msgs = {
