@@ -2,7 +2,8 @@
 """Time the SQLite store's write lock the owner's steps take per message, in one process.
 
 Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
-                                     [--early 0.33] [--parts 3] [--tree DIR] [--callgrind]
+                                     [--early 0.33] [--parts 3] [--vary] [--tree DIR]
+                                     [--callgrind]
 
 Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
 (claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
@@ -18,6 +19,9 @@ when the results come: `bench.py`'s "matched again"); compare 0 with 1, each one
 commit per batch (a share between makes two). `--parts N` sends N-part UCS-2 messages (a
 result and a receipt per part; `--early` then counts whole messages). `--tree` imports `bridge`
 from another checkout, to compare two trees in alternating runs of this one script.
+`--vary` claims a count drawn (seeded: the same in every run) between 1 and `--batch` each
+time, as the dispatcher claims its binds' free window slots: each step's statements then list
+that many ids, as in a daemon, where a fixed batch reuses one SQL text per statement.
 `--callgrind` reruns it under valgrind's callgrind, counting the owner's steps only (from the
 first claim to the last receipts, the other connection's commits between them included:
 `callgrind_control -i on|off`, as `bench_accept_inproc.py` does), and prints instructions per
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +50,7 @@ ap.add_argument("--history", type=int, default=200_000, help="finished messages 
 ap.add_argument("--runs", type=int, default=1)
 ap.add_argument("--early", type=float, default=0.0, help="share of receipts before their result")
 ap.add_argument("--parts", type=int, default=1, help="parts per message (UCS-2 when > 1)")
+ap.add_argument("--vary", action="store_true", help="claim 1 to --batch messages at a time")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
 ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
@@ -113,6 +119,7 @@ async def run(path: Path) -> dict[str, float]:
     steps = dict.fromkeys(("claim", "submit results", "receipts"), 0.0)  # lock CPU by step
     done = 0
     now = NOW + 1_000  # every message due
+    sizes = random.Random(53)
     if ARGS.counting:
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,
                        capture_output=True)  # fmt: skip
@@ -126,7 +133,8 @@ async def run(path: Path) -> dict[str, float]:
     while True:
         other.execute("INSERT INTO bench_other VALUES (1)")
         s0, c0 = store.write_lock_stats(), time.process_time()
-        work = await store.claim("i1", b, now, 60_000)
+        want = sizes.randint(1, b) if ARGS.vary else b
+        work = await store.claim("i1", want, now, 60_000)
         if not work:
             break
         s = step("claim", s0)
@@ -188,7 +196,7 @@ def under_callgrind() -> None:
     cmd = [
         sys.executable, __file__, "--counting", "--messages", str(ARGS.messages),
         "--batch", str(ARGS.batch), "--history", str(ARGS.history), "--early", str(ARGS.early),
-        "--parts", str(ARGS.parts), "--tree", ARGS.tree,
+        "--parts", str(ARGS.parts), "--tree", ARGS.tree, *(["--vary"] if ARGS.vary else []),
     ]  # fmt: skip
     stdout, total = CHILDREN.callgrind(cmd, out)
     print(stdout.strip())

@@ -2257,7 +2257,7 @@ class _Scan:
 
 
 # A claim's rows as read in its transaction: the ids in claim order, each one's message columns
-# (_claim_ids), its queued parts' rows in (message, seq) order.
+# (_claim_ids), its queued parts' rows (message, seq, ...) in no set order (_work sorts them).
 _Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 _NONE_CLAIMED: _Claimed = ([], {}, [])
 
@@ -2271,25 +2271,27 @@ def _claim_ids(
     intermediate: bool = False,
     reports: list[int] | None = None,
 ) -> _Claimed:
-    marks = ",".join("?" * len(ids))
+    listed = (pipe.json_ids(ids),)
     c.execute(
-        f"UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
-        f"q_attempts=q_attempts+1, q_route=NULL, q_park=NULL WHERE id IN ({marks})",
-        (instance, lease_until, *ids),
+        "UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
+        "q_attempts=q_attempts+1, q_route=NULL, q_park=NULL "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        (instance, lease_until, *listed),
     )
     msgs = {
         r[0]: r
         for r in c.execute(
-            f"SELECT id, account_id, recipient, sender, data_coding, expires_at, q_attempts, "
-            f"CASE WHEN segments_sent>0 THEN smsc END, q_unanswered, wire "
-            f"FROM messages WHERE id IN ({marks})",
-            ids,
+            "SELECT m.id, m.account_id, m.recipient, m.sender, m.data_coding, m.expires_at, "
+            "m.q_attempts, CASE WHEN m.segments_sent>0 THEN m.smsc END, m.q_unanswered, m.wire "
+            "FROM json_each(?) j CROSS JOIN messages m ON m.id = j.value",
+            listed,
         )
     }
     segs = c.execute(
-        f"SELECT message_id, seq, total, esm_class, short_message, tlvs, attempts FROM segments "
-        f"WHERE message_id IN ({marks}) AND state='queued' ORDER BY message_id, seq",
-        ids,
+        "SELECT s.message_id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts "
+        "FROM json_each(?) j CROSS JOIN segments s ON s.message_id = j.value "
+        "WHERE s.state='queued'",
+        listed,
     ).fetchall()
     if idle := set(ids).difference(r[0] for r in segs):
         done = _roll_up_idle(c, sorted(idle), now, intermediate, reports)
@@ -2323,12 +2325,17 @@ def _roll_up_idle(
     }
 
 
+def _seg_order(row: tuple[Any, ...]) -> tuple[str, int]:
+    return row[0], row[1]
+
+
 def _work(
     ids: list[str], msgs: dict[str, tuple[Any, ...]], rows: list[tuple[Any, ...]]
 ) -> list[WorkMessage]:
-    """The claimed messages of a claim's rows (_Claimed), in claim order."""
+    """The claimed messages of a claim's rows (_Claimed), in claim order, each one's parts in
+    seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
     segs: dict[str, list[WorkSegment]] = {}
-    for r in rows:
+    for r in sorted(rows, key=_seg_order):
         segs.setdefault(r[0], []).append(
             # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
             # called with keywords gets a dict to unpack; order held by

@@ -110,11 +110,11 @@ def test_bench_store_times_the_write_lock_of_accepts_the_store_accepted() -> Non
 
 def test_bench_owner_times_each_step_of_messages_it_delivered() -> None:
     # The script asserts every message was claimed, every receipt matched (the early ones kept
-    # first, then matched by their results): a miss exits non-zero.
-    for early in ("0", "0.5"):
+    # first, then matched by their results): a miss exits non-zero. `--vary`: claims of 1 to 20.
+    for extra in (("--early", "0"), ("--early", "0.5"), ("--vary",)):
         out = _run(
             "scripts/bench_owner.py", "--messages", "200", "--batch", "20", "--history", "500",
-            "--early", early,
+            *extra,
         )  # fmt: skip
         rows = dict(re.findall(r"^(owner .+?)\s{2,}([0-9.]+)$", out, re.M))
         assert len(rows) == 3 and all(float(v) > 0 for v in rows.values()), out
