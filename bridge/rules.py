@@ -97,7 +97,12 @@ class SendRules:
         limits = self.limits(kind)
         if not (limits.per_minute or limits.per_hour or limits.per_day):
             return None
-        subject = tuple(n for n in numbers if n not in self._exempt)
+        # The numbers as given when none is exempt (nearly every send): one C call, not a
+        # generator and the tuple it fills (~2,800 instructions a send, session 53).
+        exempt = self._exempt
+        subject = (
+            numbers if exempt.isdisjoint(numbers) else tuple(n for n in numbers if n not in exempt)
+        )
         if not subject:
             return None
         mode = "raw" if kind is None else ("verification" if kind == "verification" else "template")

@@ -189,16 +189,22 @@ class Authenticator:
         passed (syntax, key known and active, clock skew): it was read first, so a client with
         no Authorization at all made the server read and buffer up to max_body_bytes."""
         try:
-            auth = signing.parse_authorization(request.headers.get("Authorization"))
-            lowered = signing.lower_headers(request.headers)
-            signing.check_signed_headers(auth, lowered)
-            date_value = request.headers.get("X-Bridge-Date")
+            headers = request.headers
+            auth = signing.parse_authorization(headers.get("Authorization"))
+            # The signed headers' values, by name: x-bridge-date and x-bridge-nonce among them.
+            lowered, once = signing.signed_values(auth, headers)
+            if once:  # each sent once: its value is the first one, stripped as the checks strip
+                date_value: str | None = lowered["x-bridge-date"]
+                nonce_value: str | None = lowered["x-bridge-nonce"]
+            else:  # a header sent twice: the first one's value decides, as it always did
+                date_value = headers.get("X-Bridge-Date")
+                nonce_value = headers.get("X-Bridge-Nonce")
             if date_value is None:
                 raise signing.SignatureError(
                     "SIGNATURE_MISMATCH", "X-Bridge-Date header is missing"
                 )
             when = signing.parse_date(date_value)
-            nonce = signing.check_nonce(request.headers.get("X-Bridge-Nonce"))
+            nonce = signing.check_nonce(nonce_value)
         except signing.SignatureError as exc:
             raise ApiError(exc.code, exc.message) from None
 

@@ -18,9 +18,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_to_bytes
 
 from bridge.fastinit import fast_init
+
+if TYPE_CHECKING:
+    from multidict import MultiMapping
 
 __all__ = [
     "ALGORITHM",
@@ -44,6 +48,7 @@ __all__ = [
     "parse_date",
     "sign",
     "sign_request",
+    "signed_values",
     "skew_clearly_within",
     "string_to_sign",
     "verify_checked",
@@ -318,6 +323,33 @@ def check_signed_headers(auth: AuthHeader, lowered: Mapping[str, str]) -> None:
         for name in auth.signed_headers:
             if name not in lowered:
                 raise _mismatch(f"header '{name}' is in SignedHeaders but absent from the request")
+
+
+def signed_values(auth: AuthHeader, headers: MultiMapping[str]) -> tuple[dict[str, str], bool]:
+    """`check_signed_headers` and the values `lower_headers` gives the signed names, asked of the
+    request's own headers (case-insensitive) by name: the signed headers' values (lower-case
+    names, each stripped, one sent several times joined with ","), and whether each came once.
+    The same refusals, in the same order. Why: lowering every header the request carries, to
+    read six, was ~18 k instructions of each send (a name lowered, hashed and stored each); a
+    lookup by name is ~0.9 k (session 53)."""
+    missing, _, unsigned = _signed_plan(auth.signed_headers)
+    if missing is not None:
+        raise _mismatch(f"SignedHeaders must include '{missing}'")
+    for name in unsigned:
+        if name in headers:
+            raise _mismatch(f"header '{name}' is sent and must be in SignedHeaders")
+    values: dict[str, str] = {}
+    once = True
+    for name in auth.signed_headers:
+        sent = headers.getall(name, None)
+        if sent is None:
+            raise _mismatch(f"header '{name}' is in SignedHeaders but absent from the request")
+        if len(sent) == 1:
+            values[name] = sent[0].strip()
+        else:
+            values[name] = ",".join([value.strip() for value in sent])
+            once = False
+    return values, once
 
 
 @functools.lru_cache(maxsize=256)

@@ -288,3 +288,33 @@ async def test_refusals_faults_and_bare_methods_name_smpp_bridge(api_server, mon
     }  # fmt: skip
     named = {name: r.headers.get("Server") for name, r in kinds.items()}
     assert named == dict.fromkeys(kinds, "smpp-bridge")
+
+
+# -- session 53: the signed headers read by name; one sent twice is signed joined, as before -----
+
+
+async def test_a_signed_date_sent_twice_is_read_as_before(api_server, make_account):
+    """X-Bridge-Date twice: the first decides the clock check and the signature covers both
+    joined with "," (RFC 9110), in the string to sign too, as when every header was lowered
+    into a dict. Read joined for the
+    clock too, the request would be refused as a malformed date."""
+    from bridge.api import signing
+
+    creds = await make_account()
+    now = signing.format_date(datetime.now(UTC))
+    host = f"127.0.0.1:{api_server.server.port}"
+    nonce = "twice-date-nonce-0001"
+    sha = signing.body_sha256(b"")
+    lowered = {"host": host, "x-bridge-date": f"{now},junk", "x-bridge-nonce": nonce,
+               "x-bridge-content-sha256": sha}  # fmt: skip
+    names = sorted(lowered)
+    canonical = signing.canonical_request("GET", "/v1/account", "", lowered, names, sha)
+    # The string to sign carries the date as the canonical request does: both, joined.
+    signature = signing.sign(creds.app_secret, signing.string_to_sign(f"{now},junk", canonical))
+    auth = (f"{signing.ALGORITHM} Credential={creds.app_key},SignedHeaders={';'.join(names)},"
+            f"Signature={signature}")  # fmt: skip
+    head = (f"GET /v1/account HTTP/1.1\r\nHost: {host}\r\nX-Bridge-Date: {now}\r\n"
+            f"X-Bridge-Date: junk\r\nX-Bridge-Nonce: {nonce}\r\nX-Bridge-Content-SHA256: {sha}\r\n"
+            f"Authorization: {auth}\r\nConnection: close\r\n")  # fmt: skip
+    status, data = await _raw(api_server, head.encode())
+    assert status == 200, data[:400]
