@@ -347,12 +347,30 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
     ]
 
 
+# One entry without an expiry (a cash charge, the usual accept's): as below, the NULL written.
+_LEDGER_ONE_NO_EXPIRY = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "VALUES (?,?,?,?,?,?,NULL)"
+)
+_POCKET_ONE_NO_EXPIRY = (
+    "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,NULL) "
+    "ON CONFLICT (account_id, pocket) DO UPDATE SET amount=amount+excluded.amount, "
+    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)"
+)
+
+
 def append_entries(
     c: sqlite3.Connection | sqlite3.Cursor, account_id: str, entries: Sequence[Entry]
 ) -> None:
     """Append to the ledger and move the running pocket sums in the same transaction."""
     if len(entries) == 1:  # the usual charge: two plain statements
         e = entries[0]
+        if e.expires_at is None:  # cash: the NULL in the text, not bound (sqlite_binds)
+            c.execute(
+                _LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+            )
+            c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, e.pocket, e.amount))
+            return
         c.execute(
             "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
             "VALUES (?,?,?,?,?,?,?)",
