@@ -181,6 +181,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     # -- life cycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._runner.write_held = sqlite_rules.write_held
         self._runner.start(self._setup)
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -566,6 +567,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             key_facts = sqlite_binds.positional(
                 _authorize_facts_sql(one_facts[0]), {**one_facts[1], "key_id": batch.key_id}
             )
+        # The day whose count the facts read, and whether they read the pockets: what the
+        # sums held by earlier accepts of the batch move (sqlite_rules.HeldSums).
+        rules = batch.rules
+        fact_day = None if rules is None else adm.day_key(now, rules.tz)
+        pockets_read = rules is not None and rules.billing and bool(rules.charges)
+        held = self._runner.held
         idem_record = (
             None
             if batch.idempotency is None
@@ -668,6 +675,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
+                # What earlier accepts of this batch left to write for the account (their
+                # daily count and pockets, written at the batch's end): the read misses it.
+                sums = held.get(batch.account_id)
                 if facts_row and key_account is not None:  # read with the key and account
                     facts = sqlite_rules.one_facts_of(
                         recipients[0],
@@ -676,12 +686,27 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         key_account.low_balance_threshold,
                         key_account.low_balance_warned_at is not None,
                         facts_row,
+                        0 if sums is None else sums.days.get(fact_day, 0),
+                        sums if pockets_read else None,
                     )
+                    sums = None  # moved
                 elif one_facts is not None:
                     facts = sqlite_rules.read_one(c, one_facts, recipients[0])
                 else:
                     facts = sqlite_rules.read_facts(
                         c, batch.account_id, batch.rules, recipients, now
+                    )
+                if sums is not None:
+                    facts = replace(
+                        facts,
+                        day_count=facts.day_count + sums.days.get(fact_day, 0),
+                        pockets=(
+                            sqlite_rules.held_pockets(
+                                [(p.pocket, p.amount, p.expires_at) for p in facts.pockets], sums
+                            )
+                            if pockets_read
+                            else facts.pockets
+                        ),
                     )
                 decision = adm.decide(batch.rules, facts, now)
                 if isinstance(decision, adm.Refusal):
@@ -708,13 +733,18 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             cur.executemany(messages_sql, message_rows)
             cur.executemany(segments_sql, segment_rows)
             if plan is not None:
-                sqlite_rules.write_plan(cur, batch.account_id, plan, len(batch.messages))
+                if plan.entries:
+                    sqlite_rules.write_ledger(cur, batch.account_id, plan)
                 if plan.low_balance is not None:
                     payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
                     _enqueue_webhook(
                         c, batch.account_id, "event", None, payload, new_id("evt_", now), now
                     )
                     sqlite_rules.mark_low_warned(c, batch.account_id, now)
+                # Last, after every statement that may fail: the daily count and the pockets'
+                # sums, held for the batch's end (the runner writes them before any other job
+                # and before COMMIT), one upsert each for all the batch's accepts of the account.
+                sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
             return AcceptOutcome(accepted=True, plan=plan)
 
         if batch.idempotency_key is not None and self.key_warmup.due():
