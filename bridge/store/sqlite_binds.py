@@ -21,6 +21,8 @@ import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from itertools import compress
+from operator import is_, is_not
 from typing import Any
 
 # C callables, no Python frame per value: dict.get of an empty dict answers None for any key.
@@ -54,13 +56,19 @@ register()
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\?)|:([A-Za-z_][A-Za-z0-9_]*)")
 
 
+# As many Nones as a statement has parameters, for map(): the masks below are made by C calls
+# (map, is_, compress), not a Python generator step per value.
+_NONES = (None,) * 64
+
+
 def without_nones(sql: str, row: Sequence[Any]) -> tuple[str, Sequence[Any]]:
     """`sql` (positional `?` parameters) and `row` with each None written in the text as NULL
     instead of bound; as they were when `row` holds no None."""
     if None not in row:
         return sql, row
-    mask = tuple(v is None for v in row)
-    return _nulled(sql, mask), tuple(v for v in row if v is not None)
+    return _nulled(sql, tuple(map(is_, row, _NONES))), tuple(
+        compress(row, map(is_not, row, _NONES))
+    )
 
 
 def rows_without_nones(
@@ -71,13 +79,13 @@ def rows_without_nones(
     if len(rows) == 1:
         text, row = without_nones(sql, rows[0])
         return text, (row,)
-    masks = {tuple(v is None for v in row) for row in rows}
+    masks = {tuple(map(is_, row, _NONES)) for row in rows}
     if len(masks) != 1:
         return sql, rows
     (mask,) = masks
     if not any(mask):
         return sql, rows
-    return _nulled(sql, mask), [tuple(v for v in row if v is not None) for row in rows]
+    return _nulled(sql, mask), [tuple(compress(row, map(is_not, row, _NONES))) for row in rows]
 
 
 @lru_cache(maxsize=256)
@@ -100,9 +108,9 @@ def _nulled(sql: str, mask: tuple[bool, ...]) -> str:
 def positional(sql: str, args: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
     """`sql` with named parameters (`:name`, as in `args`) numbered instead (`?1`, `?2` ...),
     each whose value is None written as NULL, and the values in their numbers' order."""
-    nones = frozenset([k for k, v in args.items() if v is None])
+    nones = frozenset(compress(args, map(is_, args.values(), _NONES)))
     text, names = _numbered(sql, nones)
-    return text, tuple([args[n] for n in names])
+    return text, tuple(map(args.__getitem__, names))
 
 
 @lru_cache(maxsize=256)

@@ -381,13 +381,17 @@ def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
             "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
             [(account_id, day, n) for day, n in sums.days.items()],
         )
-        if sums.pockets:
-            c.executemany(
-                "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,?) "
-                "ON CONFLICT (account_id, pocket) DO UPDATE SET amount=amount+excluded.amount, "
-                "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
-                [(account_id, p, amt, exp) for p, (amt, exp) in sums.pockets.items()],
-            )
+        for p, (amt, exp) in sums.pockets.items():
+            if exp is None:  # cash: its NULL in the text (sqlite_binds)
+                c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, p, amt))
+            else:
+                c.execute(
+                    "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
+                    "VALUES (?,?,?,?) ON CONFLICT (account_id, pocket) DO UPDATE SET "
+                    "amount=amount+excluded.amount, "
+                    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
+                    (account_id, p, amt, exp),
+                )
 
 
 def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pocket]:

@@ -89,7 +89,7 @@ async def test_an_accept_makes_one_cursor_for_its_statements(store: SqliteStore)
     # BEGIN IMMEDIATE and COMMIT on the connection, and the runner's writes of the sums the
     # batch's accepts held (the daily count and the pockets: session 53); the job's six
     # statements on its cursor.
-    assert counting.calls == Counter(execute=2, executemany=2, cursor=1), counting.calls
+    assert counting.calls == Counter(execute=3, executemany=1, cursor=1), counting.calls
 
 
 async def test_the_answers_are_the_accepts_own(store: SqliteStore) -> None:
