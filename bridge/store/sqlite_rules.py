@@ -354,8 +354,9 @@ class HeldSums:
 
 
 def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int) -> None:
-    """What `write_plan` writes besides the ledger (the daily count, the pockets), added to the
-    account's sums in `held` (the runner's: written before any other job and at COMMIT)."""
+    """An accepted `plan`'s daily count (`count` messages) and pocket sums, added to the
+    account's in `held` (the runner's: written before any other job and at COMMIT); its ledger
+    rows are the accept's own (`write_ledger`)."""
     sums = held.get(account_id)
     if sums is None:
         sums = held[account_id] = HeldSums()
@@ -373,8 +374,8 @@ def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int)
 
 
 def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
-    """The sums `hold_plan` gathered, written: a daily count and a pocket upsert each (as
-    `write_plan` and `append_entries` write them)."""
+    """The sums `hold_plan` gathered, written: an upsert of each daily count and pocket (the
+    pockets' as `append_entries` writes them)."""
     for account_id, sums in held.items():
         c.executemany(
             "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
@@ -432,18 +433,6 @@ def write_ledger(c: sqlite3.Cursor, account_id: str, plan: adm.Plan) -> None:
             for _m, e in plan.entries
         ],
     )
-
-
-def write_plan(
-    c: sqlite3.Connection | sqlite3.Cursor, account_id: str, plan: adm.Plan, count: int
-) -> None:
-    c.execute(
-        "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
-        "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
-        (account_id, plan.day, count),
-    )
-    if plan.entries:
-        append_entries(c, account_id, [e for _m, e in plan.entries])
 
 
 def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
