@@ -539,14 +539,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             _MESSAGES_INSERT, [m.insert_values() for m in batch.messages]
         )
         blob = sqlite_binds.blob
-        segments_sql, segment_rows = sqlite_binds.rows_without_nones(
-            _SEGMENTS_INSERT,
-            [
-                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
-                for m in batch.messages
-                for s in m.segments
-            ],
-        )
+        segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
+            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+            for m in batch.messages
+            for s in m.segments
+        ]
 
         messages = batch.messages
         recipients = (
@@ -731,7 +728,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (batch.account_id, tokens, at),
                 )
             cur.executemany(messages_sql, message_rows)
-            cur.executemany(segments_sql, segment_rows)
+            cur.executemany(_SEGMENTS_INSERT, segment_rows)
             if plan is not None:
                 if plan.entries:
                     sqlite_rules.write_ledger(cur, batch.account_id, plan)
