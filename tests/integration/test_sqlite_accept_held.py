@@ -27,11 +27,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bridge.domain.ledger import format_micro, topup  # noqa: E402
-from bridge.store.models import AcceptOutcome, AppKey  # noqa: E402
+from bridge.store.models import AcceptBatch, AcceptOutcome, AppKey  # noqa: E402
 from bridge.store.sqlite import SqliteStore  # noqa: E402
-from tests.integration.test_sqlite_accept_cursor import send  # noqa: E402
+from tests.integration.test_sqlite_accept_cursor import MIN, send  # noqa: E402
 from tests.integration.test_sqlite_accept_cursor import store as store  # noqa: E402
-from tests.integration.test_store_rules import NOW, account, sign  # noqa: E402
+from tests.integration.test_store_rules import NOW, account, billed, message, sign  # noqa: E402
 
 
 async def one_batch(store: SqliteStore, *jobs: Any) -> list[Any]:
@@ -152,3 +152,29 @@ async def test_a_refused_accept_holds_nothing(store: SqliteStore, refused_first:
         assert [o.accepted for o in outs] == [True, False]
         assert cash(store) == 700
     assert day_count(store) == 2 if refused_first else 1
+
+
+async def test_several_recipients_read_apart_see_the_held_sums(store: SqliteStore) -> None:
+    # Two messages a send: their facts are read by their own statements (read_facts), then
+    # moved by the held sums. 2 x 2 x 200 of 1,000: the second send finds 600 left and is
+    # accepted, the third finds 200 and is refused; each counts its two messages.
+    def two(n: int) -> AcceptBatch:
+        a, b = message(f"m{n}a"), message(f"m{n}b", "+8613900000000")
+        return AcceptBatch(
+            "acc_a",
+            (a, b),
+            None,
+            None,
+            key_id="K1",
+            nonce=f"n{n}",
+            nonce_expires_at=NOW + 10 * MIN,
+            account_version=NOW,
+            rules=billed(a, b, amount=200),
+        )
+
+    outs = await one_batch(store, *(store.accept(two(n), NOW) for n in (1, 2, 3)))
+    assert [o.accepted for o in outs] == [True, True, False]
+    assert outs[2].refusal is not None and outs[2].refusal.code == "INSUFFICIENT_BALANCE"
+    assert f"{format_micro(200)} available" in outs[2].refusal.message
+    assert cash(store) == 200
+    assert day_count(store) == 4
