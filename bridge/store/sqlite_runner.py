@@ -279,7 +279,9 @@ class SqliteRunner:
         it runs without a savepoint (SAVEPOINT + RELEASE were ~9 µs of each accept, inside the
         write lock). If it raises anyway (a fault nobody planned for), its writes may be half
         done: the whole batch is rolled back and run again with a savepoint per job, so the
-        fault stays with its own caller.
+        fault stays with its own caller. A bare job may also leave writes to the batch's end in
+        `held` (the accepts' running sums), which `write_held` writes before any job that is
+        not bare and before the COMMIT.
 
         `durable=False` returns once committed, without waiting for the fsync: for writes that a
         power cut may lose without breaking a promise (claims and submit results are redone after
