@@ -160,7 +160,10 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
         return creds.app_key
 
     key_id = asyncio.run(made())
-    merged = 'one_facts[1]["key_id"]' in inspect.getsource(sqlite_store.SqliteStore.accept)
+    source = inspect.getsource(sqlite_store.SqliteStore.accept)
+    merged = 'one_facts[1]["key_id"]' in source
+    # Session 53: the whole statement and its parameters, positional, made before the lock.
+    positional = "sqlite_binds.positional" in source
     c = sqlite3.connect(tmp / "bridge.db", isolation_level=None)
     c.execute("BEGIN IMMEDIATE")
 
@@ -169,15 +172,27 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
         number = f"+86138{i:08d}"
         query = sqlite_rules.one_facts_query(ACCOUNT.id, RULES, (number,), now_ms)
         assert query is not None
-        if merged:
+        if positional:
+            from bridge.store import sqlite_binds
+
+            query = sqlite_binds.positional(
+                sqlite_store._authorize_facts_sql(query[0]), {**query[1], "key_id": key_id}
+            )
+        elif merged:
             query[1]["key_id"] = key_id
         queries.append(query)
 
     def step(i: int) -> None:
-        cols, facts_args = queries[i % 1000]
+        sql_or_cols, facts_args = queries[i % 1000]
         row: list[Any] = []
         outcome, _account = sqlite_store._authorize(
-            c, key_id, f"nonce{i:012d}", now_ms + 601_000, now_ms, [], (cols, facts_args, row)
+            c,
+            key_id,
+            f"nonce{i:012d}",
+            now_ms + 601_000,
+            now_ms,
+            [],
+            (sql_or_cols, facts_args, row),
         )
         assert outcome == "ok", outcome
         if i % 500 == 499:

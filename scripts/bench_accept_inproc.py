@@ -68,9 +68,17 @@ CONCURRENCY = 50
 
 
 async def run(
-    n: int, stub: bool, counting: bool, keep: bool, tps: int = 0, wire: bool = False
+    n: int,
+    stub: bool,
+    counting: bool,
+    keep: bool,
+    tps: int = 0,
+    wire: bool = False,
+    in_lock: bool = False,
 ) -> None:
     async with accept_context("bench-inproc-", keep, tps) as (ctx, store, creds):
+        if in_lock:
+            _count_in_lock(store)
         await (_run_wire if wire else _run)(ctx, store, creds, n, stub, counting)
 
 
@@ -103,6 +111,21 @@ def _stub_accept(store: Any) -> None:
         return AcceptOutcome(accepted=True)
 
     store.accept = accepted
+
+
+# --in-lock: callgrind counts only inside this C function (`--toggle-collect`), which calls the
+# runner's batch (BEGIN ... the jobs ... COMMIT, what the write lock is held for); nothing else
+# in the process calls it.
+IN_LOCK_FN = "_operator_call"
+
+
+def _count_in_lock(store: Any) -> None:
+    """The runner's batches called through `operator.call` (see IN_LOCK_FN)."""
+    import operator
+
+    runner = store._runner
+    write_batch = runner._write_batch
+    runner._write_batch = lambda batch: operator.call(write_batch, batch)
 
 
 def _callgrind(on: bool) -> None:
@@ -310,11 +333,16 @@ def under_callgrind(args: argparse.Namespace) -> None:
     cmd += ["--kind", args.kind]
     if args.wire:
         cmd.append("--wire")
+    if args.in_lock:
+        cmd.append("--in-lock")
+        # valgrind's own options from its environment: children.callgrind builds the command
+        os.environ["VALGRIND_OPTS"] = f"--toggle-collect={IN_LOCK_FN}"
     stdout, total = CHILDREN.callgrind(cmd, out, keep=bool(args.out))
     per = total / args.requests
     print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}"
-          f"{', wire' if args.wire else ''}, {args.requests}; profile in {out})")  # fmt: skip
+          f"{', wire' if args.wire else ''}{', in the write lock' if args.in_lock else ''}, "
+          f"{args.requests}; profile in {out})")  # fmt: skip
 
 
 def main() -> None:
@@ -332,7 +360,14 @@ def main() -> None:
     ap.add_argument(
         "--wire", action="store_true", help="requests as bytes into aiohttp's connections"
     )
+    ap.add_argument(
+        "--in-lock",
+        action="store_true",
+        help="--callgrind: count only the store's write batches (what the write lock holds)",
+    )
     args = ap.parse_args()
+    if args.in_lock and args.stub:
+        ap.error("--in-lock counts the store's batches: not with --stub")
     CHILDREN.on_signals()
     global TEXT
     TEXT = TEXTS[args.kind]
@@ -346,7 +381,15 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(5000)
     CHILDREN.asyncio_run(
-        run(args.requests, args.stub, args.counting, args.keep, args.tps, args.wire),
+        run(
+            args.requests,
+            args.stub,
+            args.counting,
+            args.keep,
+            args.tps,
+            args.wire,
+            args.in_lock,
+        ),
         uvloop.new_event_loop,
     )
 

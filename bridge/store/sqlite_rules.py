@@ -200,12 +200,26 @@ def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
 
 
 def one_facts_of(
-    number: str, quota: int, kind: str, threshold: int, warned: bool, row: Sequence[Any]
+    number: str,
+    quota: int,
+    kind: str,
+    threshold: int,
+    warned: bool,
+    row: Sequence[Any],
+    day_held: int = 0,
+    held: HeldSums | None = None,
 ) -> adm.Facts:
     """The facts of a one-recipient send from the account's own (`_ACCOUNT_FACTS`: its row's
     values, or those of the account the key's statement read, `sqlite._authorize`) and the
-    columns of `one_facts_query`."""
+    columns of `one_facts_query`; moved by what earlier accepts of the write batch hold: today's
+    count by `day_held`, the pockets by `held`'s (given when the query read them)."""
     day_count, sign, template, opted, blocked, hist, pockets = row
+    if not pockets:
+        read = []
+    elif held is None:
+        read = [adm.Pocket(*p) for p in jsonio.loads(pockets)]
+    else:
+        read = held_pockets(jsonio.loads(pockets), held)
     return adm.Facts(
         recipients=(number,),
         sign_status=sign,
@@ -214,12 +228,12 @@ def one_facts_of(
         blocked=frozenset((number,)) if blocked else _NOBODY,
         # "[]" (nothing sent in the window, the usual) without a parse.
         history=({number: []} if hist == "[]" else {number: jsonio.loads(hist)}) if hist else {},
-        day_count=day_count or 0,
+        day_count=(day_count or 0) + day_held,
         daily_quota=quota,
         account_kind=kind,
         low_balance_threshold=threshold,
         low_warned=warned,
-        pockets=[adm.Pocket(*p) for p in jsonio.loads(pockets)] if pockets else [],
+        pockets=read,
     )
 
 
@@ -326,16 +340,99 @@ def read_facts(
     )
 
 
-def write_plan(
-    c: sqlite3.Connection | sqlite3.Cursor, account_id: str, plan: adm.Plan, count: int
-) -> None:
-    c.execute(
-        "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
-        "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
-        (account_id, plan.day, count),
+class HeldSums:
+    """An account's running sums that the accepts of one write batch moved, written once at the
+    batch's end (`write_held`) instead of by each accept (session 53): today's count by day and
+    the pockets' net amounts, each with the expiry its upsert keeps (the first one given), as
+    [amount, expiry] lists changed in place (no value built per accept)."""
+
+    __slots__ = ("days", "pockets")
+
+    def __init__(self) -> None:
+        self.days: dict[str, int] = {}
+        self.pockets: dict[str, list[Any]] = {}
+
+
+def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int) -> None:
+    """An accepted `plan`'s daily count (`count` messages) and pocket sums, added to the
+    account's in `held` (the runner's: written before any other job and at COMMIT); its ledger
+    rows are the accept's own (`write_ledger`)."""
+    sums = held.get(account_id)
+    if sums is None:
+        sums = held[account_id] = HeldSums()
+    days = sums.days
+    days[plan.day] = days.get(plan.day, 0) + count
+    pockets = sums.pockets
+    for _m, e in plan.entries:
+        sum_ = pockets.get(e.pocket)
+        if sum_ is None:
+            pockets[e.pocket] = [e.amount, e.expires_at]
+        else:
+            sum_[0] += e.amount
+            if sum_[1] is None:  # as the upsert: the kept expiry, else the entry's
+                sum_[1] = e.expires_at
+
+
+def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
+    """The sums `hold_plan` gathered, written: an upsert of each daily count and pocket (the
+    pockets' as `append_entries` writes them)."""
+    for account_id, sums in held.items():
+        c.executemany(
+            "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
+            "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
+            [(account_id, day, n) for day, n in sums.days.items()],
+        )
+        for p, (amt, exp) in sums.pockets.items():
+            if exp is None:  # cash: its NULL in the text (sqlite_binds)
+                c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, p, amt))
+            else:
+                c.execute(
+                    "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
+                    "VALUES (?,?,?,?) ON CONFLICT (account_id, pocket) DO UPDATE SET "
+                    "amount=amount+excluded.amount, "
+                    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
+                    (account_id, p, amt, exp),
+                )
+
+
+def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pocket]:
+    """The pockets a read of (pocket, amount, expiry) rows finds once the held sums are written
+    (by name, as the reads order them)."""
+    held = sums.pockets
+    out = []
+    moved = 0
+    for name, amount, expires in read:
+        sum_ = held.get(name)
+        if sum_ is not None:
+            moved += 1
+            amount += sum_[0]
+            if expires is None:
+                expires = sum_[1]
+        out.append(adm.Pocket(name, amount, expires))
+    if moved < len(held):  # a pocket the held sums make (no row yet)
+        names = {p.pocket for p in out}
+        out.extend(adm.Pocket(n, a, e) for n, (a, e) in held.items() if n not in names)
+        out.sort(key=lambda p: p.pocket)
+    return out
+
+
+def write_ledger(c: sqlite3.Cursor, account_id: str, plan: adm.Plan) -> None:
+    """The ledger rows of `plan` (their sums held: `hold_plan`)."""
+    if len(plan.entries) == 1:
+        e = plan.entries[0][1]
+        if e.expires_at is None:  # a cash charge: the NULL in the text (sqlite_binds)
+            c.execute(
+                _LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+            )
+            return
+    c.executemany(
+        "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+        "VALUES (?,?,?,?,?,?,?)",
+        [
+            (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at)
+            for _m, e in plan.entries
+        ],
     )
-    if plan.entries:
-        append_entries(c, account_id, [e for _m, e in plan.entries])
 
 
 def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
@@ -347,12 +444,30 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
     ]
 
 
+# One entry without an expiry (a cash charge, the usual accept's): as below, the NULL written.
+_LEDGER_ONE_NO_EXPIRY = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "VALUES (?,?,?,?,?,?,NULL)"
+)
+_POCKET_ONE_NO_EXPIRY = (
+    "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,NULL) "
+    "ON CONFLICT (account_id, pocket) DO UPDATE SET amount=amount+excluded.amount, "
+    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)"
+)
+
+
 def append_entries(
     c: sqlite3.Connection | sqlite3.Cursor, account_id: str, entries: Sequence[Entry]
 ) -> None:
     """Append to the ledger and move the running pocket sums in the same transaction."""
     if len(entries) == 1:  # the usual charge: two plain statements
         e = entries[0]
+        if e.expires_at is None:  # cash: the NULL in the text, not bound (sqlite_binds)
+            c.execute(
+                _LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+            )
+            c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, e.pocket, e.amount))
+            return
         c.execute(
             "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
             "VALUES (?,?,?,?,?,?,?)",

@@ -169,6 +169,13 @@ class SqliteRunner:
         self.lock_cpu_s = 0.0
         self.ckpt_lock_cpu_s = 0.0
         self.reruns = 0  # batches run again with savepoints after a bare job raised
+        # What the bare jobs (the accepts) of the open batch left to write at its end, under
+        # keys of their own, and the function that writes it (SqliteStore's running sums of
+        # accounts: session 53): written before any other job of the batch runs and before
+        # its COMMIT, so no other job reads around it; emptied at each BEGIN (a rollback drops
+        # it with the rest).
+        self.held: dict[Any, Any] = {}
+        self.write_held: Callable[[sqlite3.Connection, dict[Any, Any]], None] | None = None
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
         # The last write failed for a full disk, and none has committed since (see disk_full).
         self._full = False
@@ -272,7 +279,9 @@ class SqliteRunner:
         it runs without a savepoint (SAVEPOINT + RELEASE were ~9 µs of each accept, inside the
         write lock). If it raises anyway (a fault nobody planned for), its writes may be half
         done: the whole batch is rolled back and run again with a savepoint per job, so the
-        fault stays with its own caller.
+        fault stays with its own caller. A bare job may also leave writes to the batch's end in
+        `held` (the accepts' running sums), which `write_held` writes before any job that is
+        not bare and before the COMMIT.
 
         `durable=False` returns once committed, without waiting for the fsync: for writes that a
         power cut may lose without breaking a promise (claims and submit results are redone after
@@ -554,8 +563,12 @@ class SqliteRunner:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         at_once: list[tuple[asyncio.Future[Any], bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
+        held = self.held
+        held.clear()
         for i, (job, fut, kind, durable) in enumerate(batch):
             out = results if durable else at_once
+            if held and kind != _BARE:
+                self._write_held(conn)
             if kind == _SINGLE or (kind == _BARE and not guard_all):
                 try:
                     out.append((fut, True, job(conn)))
@@ -579,7 +592,16 @@ class SqliteRunner:
             else:
                 conn.execute("RELEASE job")
                 out.append((fut, True, value))
+        if held:
+            self._write_held(conn)
         return results, at_once
+
+    def _write_held(self, conn: sqlite3.Connection) -> None:
+        """What the batch's bare jobs left to write (`held`), written now. A failure fails the
+        whole batch (the caller's rollback): those writes are every holder's."""
+        assert self.write_held is not None, "a job held writes with no writer set"
+        self.write_held(conn, self.held)
+        self.held.clear()
 
     def _wal_bytes(self) -> int:
         """Bytes in the WAL since it last started over: what the next checkpoint copies.

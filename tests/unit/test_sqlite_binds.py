@@ -6,7 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bridge.store import sqlite_runner
+import pytest
+
+from bridge.store import sqlite_binds, sqlite_runner
 
 
 def test_the_store_registers_an_adapter_for_each() -> None:
@@ -29,5 +31,66 @@ def test_the_values_are_stored_as_without_adapters(tmp_path: Path) -> None:
         # Named arguments and executemany take the same path.
         c.executemany("INSERT INTO t (a, b) VALUES (:a, :b)", [{"a": None, "b": b"y"}] * 2)
         assert c.execute("SELECT count(*) FROM t WHERE a IS NULL AND b = x'79'").fetchone() == (2,)
+    finally:
+        c.close()
+
+
+# -- statements rewritten before the write lock (session 53) -------------------------------------
+
+
+def test_without_nones_writes_them_into_the_text() -> None:
+    sql = "INSERT INTO t (a, b, c) VALUES (?, '?', ?)"
+    assert sqlite_binds.without_nones(sql, ("x", None)) == (
+        "INSERT INTO t (a, b, c) VALUES (?, '?', NULL)",
+        ("x",),
+    )
+    row = ("x", 1)
+    assert sqlite_binds.without_nones(sql, row) == (sql, row)  # no None: as it was
+    with pytest.raises(ValueError, match="more values"):
+        sqlite_binds.without_nones(sql, ("x", None, None))
+
+
+def test_rows_share_one_text_only_with_their_nones_alike() -> None:
+    sql = "INSERT INTO t (a, b) VALUES (?,?)"
+    assert sqlite_binds.rows_without_nones(sql, [(1, None), (2, None)]) == (
+        "INSERT INTO t (a, b) VALUES (?,NULL)",
+        [(1,), (2,)],
+    )
+    mixed = [(1, None), (None, 2)]
+    assert sqlite_binds.rows_without_nones(sql, mixed) == (sql, mixed)
+
+
+def test_positional_numbers_names_and_writes_nones() -> None:
+    sql = "SELECT :a, ':b', \"c:d\", :c IS :a FROM t WHERE x=:n OR y=:a"
+    assert sqlite_binds.positional(sql, {"a": 1, "c": None, "n": "q", "unused": None}) == (
+        "SELECT ?1, ':b', \"c:d\", NULL IS ?1 FROM t WHERE x=?2 OR y=?1",
+        (1, "q"),
+    )
+    with pytest.raises(KeyError):  # a name without a value, as the module's own error
+        sqlite_binds.positional(sql, {"a": 1})
+
+
+def test_the_rewritten_statements_store_and_read_as_the_originals(tmp_path: Path) -> None:
+    c = sqlite_runner.connect(tmp_path / "rewritten.db")
+    try:
+        c.execute("CREATE TABLE t (k, a, b, c)")
+        ins = "INSERT INTO t (k, a, b, c) VALUES (?,?,?,?)"
+        for k, row in enumerate([(None, b"", 3), ("s", None, None), (None, None, None)]):
+            c.execute(ins, (f"old{k}", *row))
+            c.execute(*sqlite_binds.without_nones(ins, (f"new{k}", *row[:1], *row[1:])))
+            blobbed = tuple(sqlite_binds.blob(v) if isinstance(v, bytes) else v for v in row)
+            c.execute(*sqlite_binds.without_nones(ins, (f"arr{k}", *blobbed)))
+            got = c.execute(
+                "SELECT a, b, c, typeof(a), typeof(b), typeof(c) FROM t WHERE k IN (?,?,?) "
+                "ORDER BY k",
+                (f"old{k}", f"new{k}", f"arr{k}"),
+            ).fetchall()
+            assert got[0] == got[1] == got[2], got
+        q = "SELECT count(*) FROM t WHERE a IS :a AND (b = :b OR :b IS NULL) AND k > :k"
+        for args in ({"a": None, "b": None, "k": ""}, {"a": "s", "b": None, "k": "n"}):
+            assert (
+                c.execute(q, args).fetchone()
+                == c.execute(*sqlite_binds.positional(q, args)).fetchone()
+            )
     finally:
         c.close()
