@@ -145,11 +145,14 @@ class Children:
     def end(self, grace: float = 15.0) -> None:
         """SIGTERM to each child's group, newest first; SIGKILL to the groups still there after
         `grace` seconds. Safe to call again (ends what is left, if anything)."""
-        if self._ending:
-            return
-        self._ending = True
-        try:
-            with self.signals_held():
+        # The hold first: marked under way outside it, an end that a signal found before the
+        # hold began was taken for one under way by the handler's own end, which returned at
+        # once, and the script exited with its children running (review r1 of session 53).
+        with self.signals_held():
+            if self._ending:
+                return
+            self._ending = True
+            try:
                 procs = list(reversed(self.procs))
                 for p in procs:
                     self._signal(p, signal.SIGTERM)
@@ -162,8 +165,8 @@ class Children:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         p.wait(5)
                 self.procs = [p for p in self.procs if p.poll() is None]
-        finally:
-            self._ending = False
+            finally:
+                self._ending = False
 
     @contextlib.contextmanager
     def signals_held(self) -> Iterator[None]:
