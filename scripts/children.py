@@ -183,12 +183,16 @@ class Children:
             yield
         finally:
             self._holding -= 1
-            if not self._holding and self._held:
-                self._act()
-            elif not self._holding and self._cancel_after_hold:
-                self._cancel_after_hold = False
-                if self._loop is not None and not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._cancel_main)
+            if not self._holding:
+                # Both: a signal held here only notes itself when a cancel was asked already
+                # (_take), so the cancel this block deferred must be asked again whatever came
+                # in it (until review r1 of session 53 a second signal in the block dropped it).
+                if self._cancel_after_hold:
+                    self._cancel_after_hold = False
+                    if self._loop is not None and not self._loop.is_closed():
+                        self._loop.call_soon_threadsafe(self._cancel_main)
+                if self._held:
+                    self._act()
 
     @contextlib.contextmanager
     def started(self, start: Callable[[], T], stop: Callable[[T], object]) -> Iterator[T]:
