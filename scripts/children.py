@@ -145,11 +145,14 @@ class Children:
     def end(self, grace: float = 15.0) -> None:
         """SIGTERM to each child's group, newest first; SIGKILL to the groups still there after
         `grace` seconds. Safe to call again (ends what is left, if anything)."""
-        if self._ending:
-            return
-        self._ending = True
-        try:
-            with self.signals_held():
+        # The hold first: marked under way outside it, an end that a signal found before the
+        # hold began was taken for one under way by the handler's own end, which returned at
+        # once, and the script exited with its children running (review r1 of session 53).
+        with self.signals_held():
+            if self._ending:
+                return
+            self._ending = True
+            try:
                 procs = list(reversed(self.procs))
                 for p in procs:
                     self._signal(p, signal.SIGTERM)
@@ -162,8 +165,8 @@ class Children:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         p.wait(5)
                 self.procs = [p for p in self.procs if p.poll() is None]
-        finally:
-            self._ending = False
+            finally:
+                self._ending = False
 
     @contextlib.contextmanager
     def signals_held(self) -> Iterator[None]:
@@ -180,12 +183,16 @@ class Children:
             yield
         finally:
             self._holding -= 1
-            if not self._holding and self._held:
-                self._act()
-            elif not self._holding and self._cancel_after_hold:
-                self._cancel_after_hold = False
-                if self._loop is not None and not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._cancel_main)
+            if not self._holding:
+                # Both: a signal held here only notes itself when a cancel was asked already
+                # (_take), so the cancel this block deferred must be asked again whatever came
+                # in it (until review r1 of session 53 a second signal in the block dropped it).
+                if self._cancel_after_hold:
+                    self._cancel_after_hold = False
+                    if self._loop is not None and not self._loop.is_closed():
+                        self._loop.call_soon_threadsafe(self._cancel_main)
+                if self._held:
+                    self._act()
 
     @contextlib.contextmanager
     def started(self, start: Callable[[], T], stop: Callable[[T], object]) -> Iterator[T]:
