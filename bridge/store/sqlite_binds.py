@@ -52,8 +52,18 @@ register()
 # (bound as the same blob). The texts are cached, so each rewriting is made once and the
 # sqlite3 module's own statement cache finds one str object (its hash kept) each time.
 
-# A literal, a quoted name, or a parameter: a `?` or `:name` inside quotes is not one.
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\?)|:([A-Za-z_][A-Za-z0-9_]*)")
+# A literal, a quoted name, or a parameter: a `?` or `:name` inside quotes is not one. What
+# this scan cannot read right is refused (`_unread`), not rewritten wrong: a comment (a quote
+# or `?` inside it), a numbered `?NNN` (read as `?` then digits), a `$name` or `@name`, a
+# [bracketed] or `backquoted` name.
+_TOKENS = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(--|/\*|\?[0-9]|[$@[`])|(\?)|:([A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def _unread(m: re.Match[str], sql: str) -> None:
+    if m.group(1) is not None:
+        raise ValueError(f"{m.group(1)!r} outside quotes, which sqlite_binds cannot rewrite: {sql}")
 
 
 # As many Nones as a statement has parameters, for map(): the masks below are made by C calls
@@ -93,8 +103,9 @@ def _nulled(sql: str, mask: tuple[bool, ...]) -> str:
     marks = iter(mask)
 
     def one(m: re.Match[str]) -> str:
-        if m.group(1) is None:
-            if m.group(2) is not None:
+        _unread(m, sql)
+        if m.group(2) is None:
+            if m.group(3) is not None:
                 raise ValueError(f"a named parameter in a positional statement: {sql}")
             return m.group(0)
         return "NULL" if next(marks) else "?"
@@ -118,9 +129,10 @@ def _numbered(sql: str, nones: frozenset[str]) -> tuple[str, tuple[str, ...]]:
     names: dict[str, int] = {}
 
     def one(m: re.Match[str]) -> str:
-        name = m.group(2)
+        _unread(m, sql)
+        name = m.group(3)
         if name is None:
-            if m.group(1) is not None:
+            if m.group(2) is not None:
                 raise ValueError(f"a positional parameter in a named statement: {sql}")
             return m.group(0)
         if name in nones:

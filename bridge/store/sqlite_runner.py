@@ -98,8 +98,21 @@ def owner_lock(store: Path, advice: str) -> int:
     return fd
 
 
+# Prepared statements a connection keeps (the sqlite3 module's default is 128): the accept's
+# statements are a text per pattern of absent values (sqlite_binds, session 53), ~100 for a mix
+# of optional fields alone, and with the owner's own a single-process daemon passed 128 and
+# prepared them again inside the write lock (scripts/bench_accept_texts.py).
+CACHED_STATEMENTS = 512
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=30,
+        cached_statements=CACHED_STATEMENTS,
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL: SQLite itself does not sync on commit; we fsync the WAL before acknowledging.
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -610,6 +610,67 @@ class MoneyMachine(RuleBasedStateMachine):
             self.msgs[m["id"]] = Msg(m["id"], acct, domestic, units, segs, self.now, v, price, paid)
         a.fell(before, a.domestic(self.now))
 
+    @rule(acct=accounts, n=st.integers(2, 5), length=st.sampled_from(sorted(TEXTS)))
+    def sends_together(self, acct: str, n: int, length: int) -> None:
+        """`n` one-recipient domestic sends of one account at once (asyncio.gather): the store
+        takes them in one write batch when they meet there (SQLite holds the batch's daily
+        count and pocket sums for its end: session 53). Sent together only when each one the
+        model accepts is charged alike, so their order in the batch cannot matter: as many are
+        accepted as the balance covers, whichever they are, the others refused for it; else
+        one after another."""
+        a = self.accts[acct]
+        self.tick()
+        lapsing = Account(a.creds, a.kind, pockets=Counter(a.pockets), expiry=a.expiry)
+        self.lapse(lapsing)
+        price = self.version_at(self.now).start * domestic_units(length)
+        trial = Account(a.creds, a.kind, pockets=Counter(lapsing.pockets), expiry=a.expiry)
+        plans = []
+        for _ in range(n):
+            p = [] if a.kind == "postpaid" else self.plan(trial, price, True)
+            if p is None:
+                break
+            for pocket, amount in p:
+                trial.pockets[pocket] -= amount
+            plans.append(p)
+        if a.closed or any(p != plans[0] for p in plans):
+            for _ in range(n):
+                self.send(acct, (True,), length)
+            return
+        to = [self._number(True) for _ in range(n)]
+        body = {"text": TEXTS[length], "validity_minutes": VALIDITY_MIN}
+        store = self.api.store
+        commits = getattr(getattr(store, "_runner", None), "commits", None)
+
+        async def all_at_once() -> list[Any]:
+            return list(
+                await asyncio.gather(*(self.api.send(a.creds, {**body, "to": t}) for t in to))
+            )
+
+        replies = self.run(all_at_once())
+        if commits is not None:
+            event(f"sends together: {n} in {store._runner.commits - commits} commits")
+        refused = [r for r in replies if r.status != 202]
+        for r in refused:
+            assert (r.status, r.code) == (402, "INSUFFICIENT_BALANCE"), (r.status, r.json)
+        assert len(replies) - len(refused) == len(plans), [r.status for r in replies]
+        event(f"sends together: {len(refused)} of {n} refused")
+        if not plans:
+            return  # none accepted: none writes an expired pocket off (as `send`)
+        before = a.seen()  # as `send`: an expiry and the first charge are one fall
+        self.lapse(a)
+        kinds = {"cash": "charge", "voucher": "voucher_spend", "card": "card_spend"}
+        v = self.version_at(self.now)
+        units, segs = domestic_units(length), gsm_segments(length)
+        accepted = [r for r in replies if r.status == 202]
+        for r, p in zip(accepted, plans, strict=True):
+            (m,) = r.json["messages"]
+            assert (m["segments"], m["billable_units"]) == (segs, units), m
+            for pocket, amount in p:
+                a.credit(kinds[family(pocket)], pocket, -amount)
+            self.msgs[m["id"]] = Msg(m["id"], acct, True, units, segs, self.now, v, price, p)
+            a.fell(before, a.domestic(self.now))
+            before = a.seen()
+
     @rule(data=st.data())
     def submit(self, data: st.DataObject) -> None:
         """The dispatcher: every due message claimed; the SMSC accepts or refuses each."""

@@ -94,3 +94,48 @@ def test_the_rewritten_statements_store_and_read_as_the_originals(tmp_path: Path
             )
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT ? -- isn't it?\n, ?",  # a comment's quote read as a literal's start
+        "SELECT ?, /* ? */ ?",
+        "SELECT ?1, ?",  # a numbered parameter: `?` then `1`
+        "SELECT ?, $v",
+        "SELECT ?, @v",
+        "SELECT [a?b], ? FROM t",
+        "SELECT `a?b`, ? FROM t",
+    ],
+)
+def test_a_text_the_scan_cannot_read_is_refused_not_rewritten(sql: str) -> None:
+    # Review of session 53: these were rewritten wrong (a NULL where no parameter was, or a
+    # parameter left bound with its value dropped) or refused only by luck.
+    sqlite_binds._nulled.cache_clear()
+    with pytest.raises(ValueError, match="cannot rewrite"):
+        sqlite_binds.without_nones(sql, (None, 1))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT :a -- isn't :b\n, :b", "SELECT :a, /* :b */ :b", "SELECT :a, $b", "SELECT :a, @b"],
+)
+def test_a_named_text_the_scan_cannot_read_is_refused(sql: str) -> None:
+    with pytest.raises(ValueError, match="cannot rewrite"):
+        sqlite_binds.positional(sql, {"a": None, "b": 1})
+
+
+def test_every_text_the_accept_rewrites_is_read() -> None:
+    # The texts sqlite_binds is applied to: the message row's, and the key's statement with each
+    # form of a send's facts (sqlite_rules._one_cols), every value None or not.
+    from bridge.store import sqlite_rules
+    from bridge.store.sqlite import _MESSAGES_INSERT, _authorize_facts_sql
+
+    sqlite_binds.without_nones(_MESSAGES_INSERT, (None,) * 20)
+    for history in (None, "verification", "template", "raw"):
+        sql = _authorize_facts_sql(sqlite_rules._one_cols(history))
+        names = {"day", "sign", "tpl", "trev", "to", "acc", "pockets", "key_id"}
+        names |= {"since", "fsign", "ftpl"} if history else set()
+        for value in (None, 1):
+            text, _args = sqlite_binds.positional(sql, dict.fromkeys(names, value))
+            assert ":" not in text.replace("':'", "")
