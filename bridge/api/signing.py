@@ -7,6 +7,10 @@ BRIDGE-HMAC-SHA256"; docs/signing-example.md is a worked example that a test rec
 The server's order of checks: `parse_authorization` + `check_signed_headers` + `parse_date` +
 `check_nonce` (syntax), key lookup, `check_skew`, then `verify_signature` (body hash, then the
 constant-time signature compare), then nonce reuse. Key, nonce and rate state are the server's.
+The daemon runs the header checks as `signed_values` (the same refusals in the same order, asked
+of the request's own headers by name, not all of them lowered first) and `verify_checked`;
+`check_signed_headers` and `verify_signature` stay for callers holding a plain mapping, and
+tests/unit/test_signed_values.py holds the two ways equal.
 """
 
 from __future__ import annotations
