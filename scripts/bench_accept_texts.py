@@ -70,26 +70,23 @@ async def _run(cache: int, accepts: int) -> float:
 
     texts: set[str] = set()
 
-    class Counting(sqlite3.Connection):
+    class _Counts:
+        """A connection's or a cursor's execute and executemany, each text noted."""
+
+        def execute(self, sql: str, *a: Any) -> Any:
+            texts.add(sql)
+            return super().execute(sql, *a)  # type: ignore[misc]
+
+        def executemany(self, sql: str, *a: Any) -> Any:
+            texts.add(sql)
+            return super().executemany(sql, *a)  # type: ignore[misc]
+
+    class _Cursor(_Counts, sqlite3.Cursor):
+        pass
+
+    class Counting(_Counts, sqlite3.Connection):
         def cursor(self, *a: Any, **kw: Any) -> Any:
             return _Cursor(self)
-
-        def execute(self, sql: str, *a: Any) -> Any:
-            texts.add(sql)
-            return super().execute(sql, *a)
-
-        def executemany(self, sql: str, *a: Any) -> Any:
-            texts.add(sql)
-            return super().executemany(sql, *a)
-
-    class _Cursor(sqlite3.Cursor):
-        def execute(self, sql: str, *a: Any) -> Any:
-            texts.add(sql)
-            return super().execute(sql, *a)
-
-        def executemany(self, sql: str, *a: Any) -> Any:
-            texts.add(sql)
-            return super().executemany(sql, *a)
 
     def connect(*a: Any, **kw: Any) -> sqlite3.Connection:
         kw["cached_statements"] = cache
