@@ -229,23 +229,26 @@ async def test_flush_every_keeps_the_values_fresh_and_flushes_once_more_when_can
 
 
 async def test_loop_lag_sees_a_blocked_loop() -> None:
-    """The lag sampler observes how late its timer fires: a 60 ms block of the loop lands in the
-    buckets above 50 ms, the idle samples in the lowest ones."""
+    """The lag sampler observes how late its timer fires: a 200 ms block of the loop lands in
+    the buckets above 100 ms, the idle samples in the lowest ones. Why 200 ms: a 60 ms block
+    could read as 50 ms of lag (blocked right as a 10 ms timer was set) and land in the 50 ms
+    bucket; and the bounds leave room for a loaded machine's late timers (CI, session 53)."""
     import time
 
     m = Metrics()
     task = asyncio.create_task(m.watch_loop("acceptor", interval_s=0.01))
     await asyncio.sleep(0.05)
-    time.sleep(0.06)  # what a checkpoint waiting in SQLite's busy handler did to the loop
+    time.sleep(0.2)  # what a checkpoint waiting in SQLite's busy handler did to the loop
     await asyncio.sleep(0.05)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     count = v(m, "smpp_bridge_event_loop_lag_seconds_count", role="acceptor")
     assert count >= 5
-    upto_50ms = v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.05")
-    assert count - upto_50ms >= 1
-    assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.1") == count
+    upto_100ms = v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.1")
+    assert count - upto_100ms >= 1  # the block, less the at most 10 ms its timer had left
+    assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.01") >= 1
+    assert v(m, "smpp_bridge_event_loop_lag_seconds_bucket", role="acceptor", le="0.5") == count
     assert v(m, "smpp_bridge_event_loop_lag_seconds_count", role="owner") == 0
 
 
