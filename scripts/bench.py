@@ -462,7 +462,7 @@ async def run(args: argparse.Namespace) -> dict:
             store: dict = {"engine": "postgres", "dsn": dsn}
         else:
             store = {"path": str(tmp / "bridge.db"), **group_commit(args)}
-        cfg = {
+        cfg: dict[str, Any] = {
             "server": {
                 "port": http_port,
                 "max_recipients": 1000,
@@ -631,8 +631,8 @@ async def run(args: argparse.Namespace) -> dict:
                     got = len(ids) - before
                     t_round = time.perf_counter() - tr
                     at_end = _meter(daemons, sim, pg_pid)
-                    for k in at_end:
-                        spent[k] = spent.get(k, 0.0) + at_end[k] - at_start[k]
+                    for what in at_end:
+                        spent[what] = spent.get(what, 0.0) + at_end[what] - at_start[what]
                     per_round.append(
                         {
                             "accepted_per_s": got / t_accept,
@@ -666,9 +666,9 @@ async def run(args: argparse.Namespace) -> dict:
                 daemon_cpu, owner_cpu = spent.pop("daemons"), spent.pop("owner")
             rss = hwm = 0.0
             for d in daemons:
-                for p in _tree(d.pid):
-                    r, h = rss_mb(p)
-                    rss, hwm = rss + r, hwm + h
+                for pid in _tree(d.pid):
+                    one_rss, one_hwm = rss_mb(pid)
+                    rss, hwm = rss + one_rss, hwm + one_hwm
             cpu_split, cores = split_cpu(
                 dict.fromkeys(spent, 0.0), spent, "daemons", daemon_cpu, t_total
             )

@@ -239,7 +239,7 @@ async def _serve(args: argparse.Namespace, ctx: Any, store: Any, creds: Any) -> 
 
                 return AcceptOutcome(accepted=True)
 
-            store.accept = accepted  # type: ignore[method-assign]
+            store.accept = accepted
         app = make_app(ctx)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -303,7 +303,7 @@ async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: b
 
     async def one(request: Any) -> None:
         resp = await app._handle(request)
-        assert resp.status == 202, (resp.status, resp.body)
+        assert resp.status == 202, (resp.status, getattr(resp, "body", None))
 
     gc.collect()
     if counting:

@@ -110,7 +110,9 @@ async def _run(cache: int, accepts: int) -> float:
                 b = replace(
                     b,
                     messages=(replace(b.messages[0], **v),),
-                    rules=replace(b.rules, sign_name=None) if sign == "unknown" else b.rules,
+                    rules=replace(b.rules, sign_name=None)
+                    if sign == "unknown" and b.rules is not None
+                    else b.rules,
                 )
                 out = await s.accept(b, mix.NOW)
                 assert out.accepted, out
@@ -119,7 +121,7 @@ async def _run(cache: int, accepts: int) -> float:
             await s.close()
             return cpu / accepts * 1e6
     finally:
-        sqlite3.connect = real  # type: ignore[assignment]
+        sqlite3.connect = real
 
 
 def main() -> None:

@@ -420,10 +420,10 @@ async def run(args: argparse.Namespace) -> dict:
         done = 0
         counters: dict[str, int] = {}
         last_t, last_n, stalled_since = time.perf_counter(), 0, time.perf_counter()
-        async with aiohttp.ClientSession() as s:
+        async with aiohttp.ClientSession() as http:
             while True:
                 await asyncio.sleep(1.0 if t_first is not None else 0.2)
-                st = await bench.get_json(s, ctl)
+                st = await bench.get_json(http, ctl)
                 counters = st.get("counters", st)
                 done = counters.get("receipts_acked", 0)
                 now = time.perf_counter()
@@ -438,7 +438,7 @@ async def run(args: argparse.Namespace) -> dict:
                     stalled_since = now
                 if now - last_t >= args.report_s or done >= target:
                     rate = (done - last_n) / max(1e-9, now - last_t)
-                    metrics = await get_text(s, f"{base}/metrics")
+                    metrics = await get_text(http, f"{base}/metrics")
                     smp = sampler.samples[-1]
                     progress(
                         f"drain: {done:>9} delivered  {rate:7.0f}/s  "
@@ -453,7 +453,7 @@ async def run(args: argparse.Namespace) -> dict:
                     break
             t_end = time.perf_counter()
             cpu3 = cpu_now(daemon, sim)
-            metrics = await get_text(s, f"{base}/metrics")
+            metrics = await get_text(http, f"{base}/metrics")
         drain_peak, drain_hwm = sampler.peak, sampler.take().hwm
         end_view, end_view_s = await admin_queue(ports["http"])
         sampler_task.cancel()

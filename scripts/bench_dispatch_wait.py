@@ -20,8 +20,9 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,7 +43,9 @@ async def _with_gather(fut: asyncio.Future[None]) -> None:
     await asyncio.gather(fut, return_exceptions=True)
 
 
-async def _round(wait: Callable[[asyncio.Future[None]], Awaitable[None]], n: int) -> float:
+async def _round(
+    wait: Callable[[asyncio.Future[None]], Coroutine[Any, Any, None]], n: int
+) -> float:
     """A task per message awaiting its future; each task's done-callback frees its slot."""
     loop = asyncio.get_running_loop()
     futs: list[asyncio.Future[None]] = [loop.create_future() for _ in range(n)]

@@ -141,7 +141,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, float]:
             finally:
                 batches.append(time.perf_counter() - t)
 
-        store._runner._run_batch = timed  # type: ignore[method-assign]
+        store._runner._run_batch = timed
         prober = asyncio.create_task(probe())
         began = time.perf_counter()
         if args.close:

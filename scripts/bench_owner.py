@@ -126,6 +126,7 @@ async def run(path: Path) -> dict[str, float]:
 
     def step(name: str, before: Any) -> Any:
         after = store.write_lock_stats()
+        assert after is not None  # a SQLite store has the lock
         steps[name] += after.cpu_s - before.cpu_s
         other.execute("INSERT INTO bench_other VALUES (1)")
         return store.write_lock_stats()
@@ -185,8 +186,8 @@ async def run(path: Path) -> dict[str, float]:
     other.close()
     await store.close()
     assert done == n, done
-    out = {"held": held / done * 1e6, "lock_cpu": lock_cpu / done * 1e6, "cpu": cpu / done * 1e6}
-    return out | {name: v / done * 1e6 for name, v in steps.items()}
+    per = {"held": held / done * 1e6, "lock_cpu": lock_cpu / done * 1e6, "cpu": cpu / done * 1e6}
+    return per | {name: v / done * 1e6 for name, v in steps.items()}
 
 
 def under_callgrind() -> None:

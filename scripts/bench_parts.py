@@ -52,7 +52,7 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
     from bridge.smpp.codec import Bind, BindResp, MessageIdResp, Pdu, ShortMessage, encode
     from bridge.smpp.msgid import MsgIdRule, normalize_resp_id
     from bridge.smpp.receipt import format_receipt_text
-    from bridge.smpp.session import BindMode, BindSession
+    from bridge.smpp.session import BindMode, BindSession, DeliverReceived, SubmitResponse
     from bridge.smpp.tlvpack import pack_tlvs
     from bridge.store.models import ReceiptOutcome, SubmitResult, WorkMessage, WorkSegment
     from bridge.text import EncodeOptions, encode_message
@@ -129,6 +129,7 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
             frame = bytearray(resps[i])
             frame[12:16] = seq.to_bytes(4, "big")
             (ev,) = session.receive_data(bytes(frame), 1.0)
+            assert isinstance(ev, SubmitResponse)
             if ev.status or normalize_resp_id(ev.message_id, rule) != ids[i].lstrip("0"):
                 raise SystemExit(f"part {i}: answered {ev}, not as the simulator would")
 
@@ -144,6 +145,7 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
                 futs = []
                 for frame in receipts:
                     (ev,) = session.receive_data(frame, 1.0)
+                    assert isinstance(ev, DeliverReceived)
                     futs.append((ev, inbound.on_deliver("sim", ev.body)))
                 await asyncio.sleep(0)  # the batch flushes
                 await asyncio.sleep(0)
@@ -157,7 +159,9 @@ def measure(messages: int, rounds: int) -> dict[str, float]:
             t = time.process_time()
             for _ in range(count):
                 items = [
-                    SubmitResult("msg_1", s.seq, "sent", "sim", ids[s.seq - 1], ids[s.seq - 1], 1)
+                    SubmitResult(
+                        "msg_1", s.seq, "sent", "sim", ids[s.seq - 1], ids[s.seq - 1], at=1
+                    )
                     for s in segments
                 ]
                 if add_many is not None:

@@ -122,7 +122,7 @@ async def _ended(store: Any) -> int:
     )
 
 
-async def _measure(dsn: str, waiting: int, every: int, trace: bool, op: str) -> dict[str, float]:
+async def _measure(dsn: str, waiting: int, every: int, trace: bool, op: str) -> dict[str, Any]:
     from bridge.store.postgres import PostgresStore
 
     store = PostgresStore(dsn, min_size=1, max_size=4)
@@ -162,7 +162,7 @@ async def _measure(dsn: str, waiting: int, every: int, trace: bool, op: str) -> 
     }
 
 
-def _child(tree: Path, dsn: str, args: argparse.Namespace, trace: bool) -> dict[str, float]:
+def _child(tree: Path, dsn: str, args: argparse.Namespace, trace: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--measure", dsn, "--tree", str(tree)]
     cmd += ["--waiting", str(args.waiting), "--blocked-every", str(args.blocked_every)]
     cmd += ["--op", args.op]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import statistics
 import sys
@@ -64,7 +65,8 @@ async def _fill(
     from bridge.domain.ledger import topup
     from bridge.store.models import AcceptBatch, Account, Sign
     from bridge.store.postgres import PostgresStore
-    from scripts import bench_restore as br
+
+    br = importlib.import_module("scripts.bench_restore")  # the measured tree's (--tree first)
     from tests.messages import one_part
 
     store = PostgresStore(dsn, min_size=1, max_size=4)
@@ -131,7 +133,7 @@ async def _fill(
 
 
 async def _op(store: Any, op: str, now: int) -> None:
-    from scripts import bench_restore as br
+    br = importlib.import_module("scripts.bench_restore")  # the measured tree's (--tree first)
 
     if op == "disable":
         await store.update_account(br.ACCOUNT, {"status": "disabled"}, now)
@@ -156,7 +158,8 @@ async def _measure(dsn: str, op: str) -> dict[str, Any]:
     from bridge.domain.admission import Priced, Rules
     from bridge.store.models import AcceptBatch
     from bridge.store.postgres import PostgresStore
-    from scripts import bench_restore as br
+
+    br = importlib.import_module("scripts.bench_restore")  # the measured tree's (--tree first)
     from tests.messages import one_part
     from tests.pg_cluster import settled
 
@@ -175,7 +178,7 @@ async def _measure(dsn: str, op: str) -> dict[str, Any]:
             finally:
                 txs.append(time.perf_counter() - t0)
 
-        postgres_pending_ends.run_tx = timed_tx  # type: ignore[attr-defined]
+        postgres_pending_ends.run_tx = timed_tx
     now = br.NOW + 10_000
     store = PostgresStore(dsn, min_size=2, max_size=4)
     other = PostgresStore(dsn, min_size=2, max_size=4)

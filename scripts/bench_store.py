@@ -243,6 +243,7 @@ async def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         if first >= warm:
             cpu_s += time.process_time() - c0 - other_cpu
             s1 = store.write_lock_stats()
+            assert s0 is not None and s1 is not None  # a SQLite store has the lock
             held0 += s1.held_s - s0.held_s
             held_cpu += s1.cpu_s - s0.cpu_s
             done += len(batches)

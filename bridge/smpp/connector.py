@@ -83,38 +83,98 @@ class BindGate(Protocol):
 
 
 class SmscSettings(Protocol):
-    """The fields of ``bridge.config.SmscConfig`` the connector reads."""
+    """The fields of ``bridge.config.SmscConfig`` the connector reads: read-only, as that frozen
+    dataclass's are (a plain attribute here would ask for a settable one, which it is not)."""
 
-    name: str
-    host: str
-    port: int
-    receive_port: int | None
-    tls: bool
-    tls_verify: bool
-    tls_ca_file: Any
-    system_id: str
-    password: str | None
-    system_type: str
-    interface_version: int
-    address_range: str
-    bind_ton: int
-    bind_npi: int
-    bind_mode: str
-    binds: int
-    window: int
-    tps: float
-    response_timeout_s: float
-    enquire_link_s: float
-    reconnect_min_s: float
-    reconnect_max_s: float
-    throttle_pause_min_s: float
-    throttle_pause_max_s: float
-    throttle_tolerance: float
-    throttle_part_retries: int
-    max_transient_retries: int
-    recycle_after_timeouts: int
-    unbind_timeout_s: float
-    in_flight_on_restart: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def receive_port(self) -> int | None: ...
+
+    @property
+    def tls(self) -> bool: ...
+
+    @property
+    def tls_verify(self) -> bool: ...
+
+    @property
+    def tls_ca_file(self) -> Any: ...
+
+    @property
+    def system_id(self) -> str: ...
+
+    @property
+    def password(self) -> str | None: ...
+
+    @property
+    def system_type(self) -> str: ...
+
+    @property
+    def interface_version(self) -> int: ...
+
+    @property
+    def address_range(self) -> str: ...
+
+    @property
+    def bind_ton(self) -> int: ...
+
+    @property
+    def bind_npi(self) -> int: ...
+
+    @property
+    def bind_mode(self) -> str: ...
+
+    @property
+    def binds(self) -> int: ...
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def tps(self) -> float: ...
+
+    @property
+    def response_timeout_s(self) -> float: ...
+
+    @property
+    def enquire_link_s(self) -> float: ...
+
+    @property
+    def reconnect_min_s(self) -> float: ...
+
+    @property
+    def reconnect_max_s(self) -> float: ...
+
+    @property
+    def throttle_pause_min_s(self) -> float: ...
+
+    @property
+    def throttle_pause_max_s(self) -> float: ...
+
+    @property
+    def throttle_tolerance(self) -> float: ...
+
+    @property
+    def throttle_part_retries(self) -> int: ...
+
+    @property
+    def max_transient_retries(self) -> int: ...
+
+    @property
+    def recycle_after_timeouts(self) -> int: ...
+
+    @property
+    def unbind_timeout_s(self) -> float: ...
+
+    @property
+    def in_flight_on_restart(self) -> str: ...
 
 
 @fast_init
