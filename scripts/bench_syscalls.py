@@ -12,9 +12,9 @@ system-wide `perf record -c 1` of the syscall tracepoints and the page faults (r
 prints each per message accepted, for each process of the run (owner, acceptor, simulator, `cli`
 for the one-off commands, the load generator: this script's `bench.py` itself) split into its
 main thread (the event loop) and its other threads (fsync, checkpoint, lock waiter, read lanes),
-then the pread64 and pwrite64 of the daemons by the file they went to (the store, its `-wal`).
-Counting starts once every daemon process holds the store's `-wal` open (their imports, which
-stat and open hundreds of files, are done), and ends with `bench.py`. Only the processes of
+then the daemons' pread64, pwrite64, fsync and fdatasync by the file they went to (the store, its
+`-wal`). Counting starts once every daemon process holds the store's `-wal` open (their imports,
+which stat and open hundreds of files, are done), and ends with `bench.py`. Only the processes of
 `bench.py`'s own process group count: other benchmarks on the machine are not ours.
 
 Compare two trees by running this script from each (it runs the `bench.py` beside it, whose
@@ -55,6 +55,8 @@ SYSCALLS = (
     "openat",
 )
 FAULTS = "page-faults"
+# Counted by the file they went to, too (their first argument is the descriptor).
+BY_FILE = ("pread64", "pwrite64", "fsync", "fdatasync")
 
 
 class Processes:
@@ -190,7 +192,7 @@ def report(script: str, procs: Processes, names: list[str], messages: int) -> No
         event = fields[1].rstrip(":").removeprefix("syscalls:sys_enter_")
         thread = "loop" if pid == tid else "threads"
         counts[(role, thread, event)] += 1
-        if event in ("pread64", "pwrite64") and role in ("owner", "acceptor"):
+        if event in BY_FILE and role in ("owner", "acceptor"):
             fd = int(fields[2].split("fd: ", 1)[1].split(",", 1)[0], 16)
             kind = _file_kind(procs.files.get((pid, fd), "?"))
             by_file[(f"{role} {thread}", event, kind)] += 1
@@ -205,10 +207,10 @@ def report(script: str, procs: Processes, names: list[str], messages: int) -> No
             for c, v in zip(columns, row, strict=True):
                 daemon[c] += v
     print(f"{'daemon, all':18}" + "".join(f"{daemon[c] / messages:11.3f}" for c in columns))
-    print("daemon pread64 / pwrite64 per message, by file:")
+    print("daemon " + " / ".join(e for e in BY_FILE if e in names) + " per message, by file:")
     for (who, event, kind), n in sorted(by_file.items()):
         if n / messages >= 0.001:
-            print(f"  {who:18} {event:9} {kind:12} {n / messages:8.3f}")
+            print(f"  {who:18} {event:9} {kind:12} {n / messages:8.4f}")
 
 
 if __name__ == "__main__":

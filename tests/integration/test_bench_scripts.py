@@ -579,5 +579,6 @@ def test_bench_syscalls_counts_each_process_s_calls_per_message() -> None:
     # 256 KiB recv was an mmap, an mremap and a munmap per answer (bench.py's READ_SIZE).
     assert table["loadgen loop"]["mremap"] < 0.2, out
     assert table["loadgen loop"]["munmap"] < 0.2, out
-    by_file = re.findall(r"^  (\w+ \w+)\s+(pread64|pwrite64)\s+(.+?)\s+([0-9.]+)$", out, re.M)
+    calls = "pread64|pwrite64|fsync|fdatasync"
+    by_file = re.findall(rf"^  (\w+ \w+)\s+({calls})\s+(.+?)\s+([0-9.]+)$", out, re.M)
     assert ("acceptor loop", "pwrite64", "store -wal") in {f[:3] for f in by_file}, out
