@@ -109,7 +109,7 @@ async def load(
     errors: dict[str, int] = {}
 
     async def conn() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await bench.open_load_connection(port)
         try:
             for i, req in it:
                 t = time.perf_counter()
@@ -123,7 +123,7 @@ async def load(
                     errors[key] = errors.get(key, 0) + 1
                 if b"connection: close" in head.lower():
                     writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    reader, writer = await bench.open_load_connection(port)
         finally:
             writer.close()
 

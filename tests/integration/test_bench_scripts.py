@@ -545,3 +545,40 @@ def test_a_failure_right_after_the_temporary_directory_removes_it(
     bench_backlog.py too, where no option fails a run there)."""
     _run(*argv, codes=(1,), env={"TMPDIR": str(tmp_path)})
     assert list(tmp_path.iterdir()) == []
+
+
+TRACING = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def _can_trace_syscalls() -> bool:
+    return (
+        os.geteuid() == 0
+        and shutil.which("perf") is not None
+        and any(Path(d, "events/syscalls").is_dir() for d in TRACING)
+    )
+
+
+@pytest.mark.skipif(not _can_trace_syscalls(), reason="needs root, perf and syscall tracepoints")
+def test_bench_syscalls_counts_each_process_s_calls_per_message() -> None:
+    out = _run("scripts/bench_syscalls.py", "--", "--workers", "1", "--messages", "300")
+    assert "messages accepted: 300; per message:" in out, out
+    head, *rows = out.split("per message:\n", 1)[1].split("daemon, all")[0].splitlines()
+    columns = head.split()
+    table = {
+        " ".join(r.split()[:2]): dict(zip(columns, map(float, r.split()[2:]), strict=True))
+        for r in rows
+    }
+    # Only this run's processes: the daemon's two, the simulator and the load generator (and
+    # the one-off commands' `cli`); each daemon process writes WAL frames from its event loop.
+    assert {"owner loop", "acceptor loop", "loadgen loop"} <= set(table), out
+    assert {r.split()[0] for r in table} <= {"owner", "acceptor", "sim", "cli", "loadgen"}, out
+    assert table["acceptor loop"]["pwrite64"] > 1, out
+    assert table["owner loop"]["pwrite64"] > 0, out
+    assert table["loadgen loop"]["pwrite64"] == 0, out
+    # The load generator reads its answers into a buffer under glibc's mmap threshold: asyncio's
+    # 256 KiB recv was an mmap, an mremap and a munmap per answer (bench.py's READ_SIZE).
+    assert table["loadgen loop"]["mremap"] < 0.2, out
+    assert table["loadgen loop"]["munmap"] < 0.2, out
+    calls = "pread64|pwrite64|fsync|fdatasync"
+    by_file = re.findall(rf"^  (\w+ \w+)\s+({calls})\s+(.+?)\s+([0-9.]+)$", out, re.M)
+    assert ("acceptor loop", "pwrite64", "store -wal") in {f[:3] for f in by_file}, out
