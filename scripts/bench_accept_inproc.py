@@ -251,6 +251,10 @@ STEPS = [
 ]
 
 
+def _stepped(tramp: Any, real: Any, *a: Any, **kw: Any) -> Any:
+    return tramp(functools.partial(real, **kw) if kw else real, a)
+
+
 def _by_statement(store: Any) -> None:
     """Wraps the runner's connection and the STEPS so that each goes through a trampoline of
     its own; the labels and C names go to the environment's BENCH_STATEMENTS_OUT file."""
@@ -267,7 +271,7 @@ def _by_statement(store: Any) -> None:
         tramp, cname = next(tramps)
         mod = importlib.import_module(module)
         real = getattr(mod, attr)
-        setattr(mod, attr, functools.partial(lambda t, r, *a: t(r, a), tramp, real))
+        setattr(mod, attr, functools.partial(_stepped, tramp, real))
         names.append((label, cname))
     kinds: dict[str, Any] = {}
 
