@@ -3,6 +3,7 @@
 
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
                                              [--tps N] [--kind gsm1|ucs3] [--wire]
+                                             [--in-lock [--statements]]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -28,15 +29,28 @@ parser, `Request` construction, keep-alive bookkeeping, the response's prepare a
 a transport that keeps what is written and reads nothing from a socket. What it adds to the
 default mode is aiohttp's protocol and response writing; the socket's system calls are left out
 (`bench_accept_http.py` has them).
+
+`--in-lock --statements` (session 54) prints a table of the write lock's instructions per
+request by statement (BEGIN, COMMIT, the key's and facts' SELECT, the nonce, idempotency,
+message, segment and ledger INSERTs, the held upserts) and by the Python steps in STEPS, each
+called through a C function of its own that callgrind_annotate's inclusive count names (see
+TRAMPOLINES). The wrapping costs instructions of its own (~75 k a request in all, ~1-2 k in each
+row): the rows are for where the lock's work goes and for comparing a row between two trees,
+the total without `--statements` for the lock's whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import gc
+import itertools
 import json
+import operator
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -79,6 +93,8 @@ async def run(
     async with accept_context("bench-inproc-", keep, tps) as (ctx, store, creds):
         if in_lock:
             _count_in_lock(store)
+        if os.environ.get("BENCH_STATEMENTS_OUT"):
+            _by_statement(store)
         await (_run_wire if wire else _run)(ctx, store, creds, n, stub, counting)
 
 
@@ -126,6 +142,203 @@ def _count_in_lock(store: Any) -> None:
     runner = store._runner
     write_batch = runner._write_batch
     runner._write_batch = lambda batch: operator.call(write_batch, batch)
+
+
+# --statements: where the write lock's instructions go, statement by statement. Callgrind names
+# C functions only (a Python function is `_PyEval_EvalFrameDefault` like any other), so each
+# statement kind, and each Python step of the accept named in STEPS, is called through a C
+# function of its own (a "trampoline": map's, filter's, min's key ...), whose inclusive count
+# callgrind_annotate then gives. The connection the runner writes with is wrapped (a Python
+# object forwarding to it: its own calls add a little to the lock's total, which the table's
+# remainder shows), so that each execute goes through its kind's trampoline.
+def _tramp_map(f: Any, a: tuple[Any, ...]) -> Any:
+    return next(map(f, *([x] for x in a))) if a else f()
+
+
+def _tramp_starmap(f: Any, a: tuple[Any, ...]) -> Any:
+    return next(itertools.starmap(f, (a,)))
+
+
+def _tramp_reduce(f: Any, a: tuple[Any, ...]) -> Any:
+    return functools.reduce(lambda _, x: f(*x), (a,), None)
+
+
+def _capture(pick: Any, f: Any, a: tuple[Any, ...], found: bool) -> Any:
+    out: list[Any] = []
+
+    def keep(x: tuple[Any, ...]) -> bool:
+        out.append(f(*x))
+        return found
+
+    next(pick(keep, (a,)), None)
+    return out[0]
+
+
+def _tramp_filter(f: Any, a: tuple[Any, ...]) -> Any:
+    return _capture(filter, f, a, True)
+
+
+def _tramp_takewhile(f: Any, a: tuple[Any, ...]) -> Any:
+    return _capture(itertools.takewhile, f, a, True)
+
+
+def _tramp_dropwhile(f: Any, a: tuple[Any, ...]) -> Any:
+    return _capture(itertools.dropwhile, f, a, False)
+
+
+def _tramp_filterfalse(f: Any, a: tuple[Any, ...]) -> Any:
+    return _capture(itertools.filterfalse, f, a, False)
+
+
+def _tramp_min(f: Any, a: tuple[Any, ...]) -> Any:
+    out: list[Any] = []
+
+    def key(x: tuple[Any, ...]) -> int:
+        out.append(f(*x))
+        return 0
+
+    min((a,), key=key)
+    return out[0]
+
+
+def _tramp_calliter(f: Any, a: tuple[Any, ...]) -> Any:
+    return next(iter(lambda: f(*a), _tramp_calliter))
+
+
+def _tramp_defdict(f: Any, a: tuple[Any, ...]) -> Any:
+    return collections.defaultdict[int, Any](lambda: f(*a))[0]
+
+
+def _tramp_methodcaller(f: Any, a: tuple[Any, ...]) -> Any:
+    return operator.methodcaller("__call__", *a)(f)
+
+
+def _tramp_accumulate(f: Any, a: tuple[Any, ...]) -> Any:
+    items: tuple[Any, ...] = (None, a)
+    it = itertools.accumulate(items, lambda _, x: f(*x))
+    next(it)
+    return next(it)
+
+
+def _tramp_tracing(f: Any, a: tuple[Any, ...]) -> Any:
+    return sys.call_tracing(f, a)
+
+
+# (the trampoline, the C function callgrind names for it)
+TRAMPOLINES = [
+    (_tramp_map, "map_next"),
+    (_tramp_starmap, "starmap_next"),
+    (_tramp_reduce, "functools_reduce"),
+    (_tramp_filter, "filter_next"),
+    (_tramp_takewhile, "takewhile_next"),
+    (_tramp_dropwhile, "dropwhile_next"),
+    (_tramp_filterfalse, "filterfalse_next"),
+    (_tramp_min, "min_max"),
+    (_tramp_calliter, "calliter_iternext"),
+    (_tramp_defdict, "defdict_missing"),
+    (_tramp_methodcaller, "methodcaller_call"),
+    (_tramp_accumulate, "accumulate_next"),
+    (_tramp_tracing, "sys_call_tracing"),
+]
+
+# A statement's kind by its text's start (the first that matches).
+STATEMENTS = [
+    ("BEGIN", "BEGIN"),
+    ("COMMIT", "COMMIT"),
+    ("SELECT k.status", "key + account + facts SELECT"),
+    ("INSERT INTO nonces", "nonce INSERT"),
+    ("INSERT INTO idempotency", "idempotency INSERT"),
+    ("INSERT INTO messages", "message INSERT (executemany)"),
+    ("INSERT INTO segments", "segment INSERT (executemany)"),
+    ("INSERT INTO ledger", "ledger INSERT"),
+    ("INSERT INTO daily_counts", "daily count upsert (held)"),
+    ("INSERT INTO pockets", "pocket upsert (held)"),
+    ("", "other statements"),
+]
+# Python steps inside the lock: (module, attribute, label); the module's attribute is replaced.
+STEPS = [
+    ("bridge.domain.admission", "decide", "admission.decide (Python)"),
+    ("bridge.store.sqlite_rules", "one_facts_of", "one_facts_of (Python)"),
+]
+
+
+def _stepped(tramp: Any, real: Any, *a: Any, **kw: Any) -> Any:
+    return tramp(functools.partial(real, **kw) if kw else real, a)
+
+
+def _by_statement(store: Any) -> None:
+    """Wraps the runner's connection and the STEPS so that each goes through a trampoline of
+    its own; the labels and C names go to the environment's BENCH_STATEMENTS_OUT file."""
+    import importlib
+
+    tramps = iter(TRAMPOLINES)
+    names: list[tuple[str, str]] = []
+    by_prefix: list[tuple[str, Any]] = []
+    for prefix, label in STATEMENTS:
+        tramp, cname = next(tramps)
+        by_prefix.append((prefix, tramp))
+        names.append((label, cname))
+    for module, attr, label in STEPS:
+        tramp, cname = next(tramps)
+        mod = importlib.import_module(module)
+        real = getattr(mod, attr)
+        setattr(mod, attr, functools.partial(_stepped, tramp, real))
+        names.append((label, cname))
+    kinds: dict[str, Any] = {}
+
+    def kind(sql: str) -> Any:
+        t = kinds.get(sql)
+        if t is None:
+            t = kinds[sql] = next(t for p, t in by_prefix if sql.startswith(p))
+        return t
+
+    class Cur:
+        def __init__(self, cur: Any) -> None:
+            self._c = cur
+
+        # A cursor's execute returns the cursor (this wrapper), a connection's a new one.
+        def execute(self, sql: str, args: Any = ()) -> Any:
+            out = kind(sql)(self._c.execute, (sql, args))
+            return self if out is self._c else out
+
+        def executemany(self, sql: str, rows: Any) -> Any:
+            out = kind(sql)(self._c.executemany, (sql, rows))
+            return self if out is self._c else out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._c, name)
+
+        def __iter__(self) -> Any:
+            return iter(self._c)
+
+    class Conn(Cur):
+        def cursor(self) -> Cur:
+            return Cur(self._c.cursor())
+
+    runner = store._runner
+    runner._conn = Conn(runner._conn)
+    Path(os.environ["BENCH_STATEMENTS_OUT"]).write_text(json.dumps(names))
+
+
+def _statements_table(profile: str, names_file: str, requests: int, total: int) -> None:
+    """callgrind_annotate's inclusive counts of the trampolines, per request."""
+    names = json.loads(Path(names_file).read_text())
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", profile],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    incl: dict[str, int] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S+)", line)
+        if m:  # "N (p%)  file:function['depth] [object]": the largest line of each function
+            fn = m.group(2).rsplit(":", 1)[-1].split("'")[0]
+            n = int(m.group(1).replace(",", ""))
+            incl[fn] = max(n, incl.get(fn, 0))
+    print(f"{'in the write lock, per request':40} {'instructions':>12} {'share':>7}")
+    for label, cname in names:
+        n = incl.get(cname, 0)
+        print(f"{label:40} {n / requests:12,.0f} {n / total:7.1%}")
+    print(f"{'total (this mode, wrapped)':40} {total / requests:12,.0f}")
 
 
 def _callgrind(on: bool) -> None:
@@ -337,12 +550,16 @@ def under_callgrind(args: argparse.Namespace) -> None:
         cmd.append("--in-lock")
         # valgrind's own options from its environment: children.callgrind builds the command
         os.environ["VALGRIND_OPTS"] = f"--toggle-collect={IN_LOCK_FN}"
-    stdout, total = CHILDREN.callgrind(cmd, out, keep=bool(args.out))
+    if args.statements:
+        os.environ["BENCH_STATEMENTS_OUT"] = names_file = tempfile.mktemp(prefix="statements.")
+    stdout, total = CHILDREN.callgrind(cmd, out, keep=bool(args.out) or args.statements)
     per = total / args.requests
     print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}"
           f"{', wire' if args.wire else ''}{', in the write lock' if args.in_lock else ''}, "
           f"{args.requests}; profile in {out})")  # fmt: skip
+    if args.statements:
+        _statements_table(out, names_file, args.requests, total)
 
 
 def main() -> None:
@@ -365,7 +582,14 @@ def main() -> None:
         action="store_true",
         help="--callgrind: count only the store's write batches (what the write lock holds)",
     )
+    ap.add_argument(
+        "--statements",
+        action="store_true",
+        help="--callgrind --in-lock: the lock's instructions by statement and step (a table)",
+    )
     args = ap.parse_args()
+    if args.statements and not (args.callgrind and args.in_lock):
+        ap.error("--statements needs --callgrind --in-lock")
     if args.in_lock and args.stub:
         ap.error("--in-lock counts the store's batches: not with --stub")
     CHILDREN.on_signals()

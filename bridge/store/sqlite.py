@@ -96,6 +96,7 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    NewMessage,
     NewSegment,
     QueueGroup,
     ReceiptIn,
@@ -535,8 +536,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # The rows are built here, not in the job: the job runs holding the write lock that
         # every process of the store waits for. Their Nones are written into the statement's
         # text and their bytes passed as bytearray (sqlite_binds: no adaptation in the lock).
-        messages_sql, message_rows = sqlite_binds.rows_without_nones(
-            _MESSAGES_INSERT, [m.insert_values() for m in batch.messages]
+        messages_sql, message_rows = (
+            _MESSAGE_NONES.row(batch.messages[0].insert_values(), _message_nones(batch.messages[0]))
+            if len(batch.messages) == 1  # a one-recipient send: no comprehension
+            else _MESSAGE_NONES.rows(
+                [m.insert_values() for m in batch.messages],
+                [_message_nones(m) for m in batch.messages],
+            )
         )
         blob = sqlite_binds.blob
         segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
@@ -2009,6 +2015,29 @@ _MESSAGES_INSERT = (
     "accepted_at, scheduled_at, expires_at, q_not_before, kind, price_class, wire) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+# The message row's values that may be None: NewMessage's optional fields, by their place in
+# `insert_values` (client_ref, sender, sign_name, template, text, scheduled_at, expires_at,
+# kind, price_class, wire), in `_message_nones`'s order. The others never are (an int or a str
+# each); one that were would be bound, not lost (sqlite_binds.KnownNones).
+_MESSAGE_NONES = sqlite_binds.KnownNones(_MESSAGES_INSERT, 20, (3, 5, 6, 7, 8, 14, 15, 17, 18, 19))
+
+
+def _message_nones(m: NewMessage) -> tuple[bool, ...]:
+    """Which of the message row's optional values are None (`_MESSAGE_NONES`' places)."""
+    return (
+        m.client_ref is None,
+        m.sender is None,
+        m.sign_name is None,
+        m.template is None,
+        m.text is None,
+        m.scheduled_at is None,
+        m.expires_at is None,
+        m.kind is None,
+        m.price_class is None,
+        m.wire is None,
+    )
+
+
 _SEGMENTS_INSERT = (
     "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
     "VALUES (?,?,?,?,?,?)"

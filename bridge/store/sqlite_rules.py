@@ -220,20 +220,24 @@ def one_facts_of(
         read = [adm.Pocket(*p) for p in jsonio.loads(pockets)]
     else:
         read = held_pockets(jsonio.loads(pockets), held)
+    # By position, in the class's field order (held by tests/unit/test_session51_positional.py):
+    # a frozen class called with keywords gets them as a dict its init unpacks again, ~500
+    # instructions a field, and this runs in every one-recipient accept inside the write lock.
     return adm.Facts(
-        recipients=(number,),
-        sign_status=sign,
-        template_status=template,
-        opted_out=frozenset((number,)) if opted else _NOBODY,
-        blocked=frozenset((number,)) if blocked else _NOBODY,
-        # "[]" (nothing sent in the window, the usual) without a parse.
-        history=({number: []} if hist == "[]" else {number: jsonio.loads(hist)}) if hist else {},
-        day_count=(day_count or 0) + day_held,
-        daily_quota=quota,
-        account_kind=kind,
-        low_balance_threshold=threshold,
-        low_warned=warned,
-        pockets=read,
+        (number,),  # recipients
+        sign,  # sign_status
+        {},  # more_sign_status (its default's dict)
+        template,  # template_status
+        frozenset((number,)) if opted else _NOBODY,  # opted_out
+        frozenset((number,)) if blocked else _NOBODY,  # blocked
+        # history: "[]" (nothing sent in the window, the usual) without a parse.
+        ({number: []} if hist == "[]" else {number: jsonio.loads(hist)}) if hist else {},
+        (day_count or 0) + day_held,  # day_count
+        quota,  # daily_quota
+        kind,  # account_kind
+        threshold,  # low_balance_threshold
+        warned,  # low_warned
+        read,  # pockets
     )
 
 

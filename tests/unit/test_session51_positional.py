@@ -19,8 +19,9 @@ from bridge.api.submit import SendRequest, Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
 from bridge.config import parse_config
-from bridge.domain.admission import Rules
+from bridge.domain.admission import Facts, Pocket, Rules
 from bridge.store.models import AcceptBatch, NewMessage, NewSegment
+from bridge.store.sqlite_rules import one_facts_of
 
 NOW = 1_780_000_000_000
 
@@ -136,3 +137,37 @@ def test_each_value_of_a_send_lands_in_its_own_field(tmp_path: Path) -> None:
     )
     assert (m.encoding, len(m.segments), m.air_segments, m.billable_units) == ("gsm7", 1, 1, 3)
     assert [c.message_id for c in charges] == ["msg_52"]
+
+
+def test_the_facts_of_a_one_recipient_send_are_built_by_position_into_their_fields() -> None:
+    # Session 54: sqlite_rules.one_facts_of builds Facts by position (inside the write lock).
+    assert _names(Facts) == [
+        "recipients", "sign_status", "more_sign_status", "template_status", "opted_out",
+        "blocked", "history", "day_count", "daily_quota", "account_kind",
+        "low_balance_threshold", "low_warned", "pockets",
+    ]  # fmt: skip
+    row = (4, "approved", "pending", 1, 1, "[5, 6]", '[["cash", 700, null]]')
+    facts = one_facts_of("+8613800000000", 9, "postpaid", 300, True, row, day_held=2)
+    assert facts == Facts(
+        recipients=("+8613800000000",),
+        sign_status="approved",
+        more_sign_status={},
+        template_status="pending",
+        opted_out=frozenset({"+8613800000000"}),
+        blocked=frozenset({"+8613800000000"}),
+        history={"+8613800000000": [5, 6]},
+        day_count=6,
+        daily_quota=9,
+        account_kind="postpaid",
+        low_balance_threshold=300,
+        low_warned=True,
+        pockets=[Pocket("cash", 700, None)],
+    )
+    quiet = one_facts_of("+8613800000000", 0, "prepaid", 0, False, (None,) * 5 + ("[]", None))
+    assert (quiet.opted_out, quiet.blocked, quiet.history, quiet.day_count, quiet.pockets) == (
+        frozenset(),
+        frozenset(),
+        {"+8613800000000": []},
+        0,
+        [],
+    )

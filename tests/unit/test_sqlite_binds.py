@@ -139,3 +139,41 @@ def test_every_text_the_accept_rewrites_is_read() -> None:
         for value in (None, 1):
             text, _args = sqlite_binds.positional(sql, dict.fromkeys(names, value))
             assert ":" not in text.replace("':'", "")
+
+
+def test_the_message_rows_known_nones_rewrite_as_the_scan_does() -> None:
+    # Session 54: the accept says which of a message row's optional values are None
+    # (`sqlite._message_nones`, read from the NewMessage's fields) instead of scanning every
+    # value; for each of the 1,024 patterns of its ten optional fields, the text and values
+    # are those `rows_without_nones` gives, one row or several alike, and rows of two patterns
+    # are bound as they are.
+    from itertools import product
+
+    from bridge.store.models import NewMessage, NewSegment
+    from bridge.store.sqlite import _MESSAGE_NONES, _MESSAGES_INSERT, _message_nones
+
+    given = {
+        "client_ref": "ref", "sender": "10690", "sign_name": "Acme", "template": "T1",
+        "text": "hello", "scheduled_at": 5, "expires_at": 9, "kind": "otp",
+        "price_class": "D", "wire": 3,
+    }  # fmt: skip
+    seg = NewSegment(1, 1, 0, b"x", b"")
+    rows = []
+    for nones in product((False, True), repeat=len(given)):
+        fields = {
+            k: (None if none else v) for (k, v), none in zip(given.items(), nones, strict=True)
+        }
+        m = NewMessage("m1", "acc", "b1", "+8613800000000", "gsm7", 0, 1, (seg,), 1, **fields)
+        row = m.insert_values()
+        assert [i for i, v in enumerate(row) if v is None] == [
+            p for p, none in zip((3, 5, 6, 7, 8, 14, 15, 17, 18, 19), nones, strict=True) if none
+        ]
+        assert _message_nones(m) == nones
+        want = sqlite_binds.rows_without_nones(_MESSAGES_INSERT, [row])
+        assert _MESSAGE_NONES.row(row, nones) == want
+        assert _MESSAGE_NONES.rows([row], [nones]) == (want[0], list(want[1]))
+        two = sqlite_binds.rows_without_nones(_MESSAGES_INSERT, [row, row])
+        assert _MESSAGE_NONES.rows([row, row], [nones, nones]) == (two[0], list(two[1]))
+        rows.append((row, nones))
+    (a, na), (b, nb) = rows[1], rows[2]
+    assert _MESSAGE_NONES.rows([a, b], [na, nb]) == (_MESSAGES_INSERT, [a, b])
