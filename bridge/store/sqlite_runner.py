@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge import logs
+from bridge import aio, logs
 from bridge.store import sqlite_binds  # noqa: F401  (registers the sqlite3 adapters)
 from bridge.store.base import (
     StoreClosedError,
@@ -135,6 +135,7 @@ class SqliteRunner:
         fsync: bool = True,
     ) -> None:
         self._path = Path(path)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._linger = linger_ms / 1000.0
         self._max_batch = max_batch
         self._fsync = fsync
@@ -310,7 +311,7 @@ class SqliteRunner:
             self.check_files()
         if self._lost is not None:
             raise StoreClosedError(f"{self._lost}: restart the daemon")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = aio.running(self._loop)
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.append((job, fut, _SINGLE if single else _BARE if bare else _GUARDED, durable))
         if len(self._jobs) >= self._max_batch:
@@ -424,7 +425,7 @@ class SqliteRunner:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.lock_waits += 1
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_when_locked())
+            self._flush_task = aio.running(self._loop).create_task(self._flush_when_locked())
             return
         try:
             self._flush()
@@ -553,7 +554,7 @@ class SqliteRunner:
         if due and not self._checkpointing:
             self._commits_at_checkpoint = self.commits
             self._checkpointing = True
-            self._ckpt_task = asyncio.get_running_loop().create_task(self.checkpoint())
+            self._ckpt_task = aio.running(self._loop).create_task(self.checkpoint())
         if not self._fsync:
             _resolve(results)
             return
@@ -561,7 +562,7 @@ class SqliteRunner:
             return
         self._unsynced.extend(results)
         if self._sync_task is None or self._sync_task.done():
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+            self._sync_task = aio.running(self._loop).create_task(self._sync_loop())
 
     def _run_jobs(
         self,
