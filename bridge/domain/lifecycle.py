@@ -374,6 +374,17 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     message_payload PDU (split: payload) the SMSC splits itself, and its one receipt stands for
     all of them (segments_sent counts them so too), so its counts are scaled to `segments`.
     """
+    # By position (a class called with keywords gets a dict its __init__ unpacks again); the
+    # field order is held by tests/unit/test_session52_positional_claim.py.
+    return Summary(*_summary(parts, segments))
+
+
+def _summary(
+    parts: Sequence[tuple[str, str | None]], segments: int
+) -> tuple[str, int, int, str | None, bool]:
+    """summarize's fields as a tuple, in Summary's order: row_update takes them apart at once,
+    and a frozen Summary built to be read once was ~4 k instructions of each roll-up (twice a
+    message in the owner's write lock: README, Architecture note 27)."""
     states = [s for s, _e in parts]
     seen = set(states)
     scale = segments if len(parts) == 1 and segments > 1 else 1
@@ -383,9 +394,7 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
         error = next(e for s, e in parts if s in _ERROR_STATES)
     elif new == MSG_UNKNOWN:  # only delivered and timed-out parts
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
-    # By position (a class called with keywords gets a dict its __init__ unpacks again); the
-    # field order is held by tests/unit/test_session52_positional_claim.py.
-    return Summary(
+    return (
         new,  # state
         scale * states.count(SEG_DELIVERED),  # delivered
         scale * sum(map(SEG_NEGATIVE.__contains__, states)),  # failed
@@ -427,12 +436,12 @@ def row_update(
     `release_when_dispatched` is true after submit results (the dispatcher is done with the
     message once no part is queued); after receipts only a final message releases its claim.
     """
-    s = summarize(parts, segments)
+    state, delivered, failed, error, all_dispatched = _summary(parts, segments)
     release = (
-        (release_when_dispatched or s.state in MSG_FINAL) and s.all_dispatched and q_state != "done"
+        (release_when_dispatched or state in MSG_FINAL) and all_dispatched and q_state != "done"
     )
-    became_sent = s.state == MSG_SENT and old_state != MSG_SENT
-    became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
+    became_sent = state == MSG_SENT and old_state != MSG_SENT
+    became_final = state in MSG_FINAL and old_state not in MSG_FINAL
     # A message whose receipts came before its submit_sm_resp goes from queued straight to
     # final: it went out all the same, so it gets its sent time (the stores keep the first).
     # Not one ended unknown without a submit seen here (restored from a backup, in flight at a
@@ -444,18 +453,18 @@ def row_update(
         and any(st in SEG_ACCEPTED and e not in UNSEEN_SUBMIT for st, e in parts)
     )
     if (
-        s.state == old_state
-        and s.delivered == old_delivered
-        and s.failed == old_failed
-        and s.error == old_error
+        state == old_state
+        and delivered == old_delivered
+        and failed == old_failed
+        and error == old_error
         and not release
     ):
         return None
     return RowUpdate(  # by position, as Summary above
-        s.state,  # state
-        s.delivered,  # delivered
-        s.failed,  # failed
-        s.error,  # error
+        state,  # state
+        delivered,  # delivered
+        failed,  # failed
+        error,  # error
         now if stamp_sent else None,  # sent_at
         now if became_final else None,  # done_at
         release,  # release
