@@ -379,15 +379,37 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     return Summary(*_summary(parts, segments))
 
 
-def _summary(
-    parts: Sequence[tuple[str, str | None]], segments: int
-) -> tuple[str, int, int, str | None, bool]:
+_SummaryValues = tuple[str, int, int, str | None, bool]
+
+# _summary's answers by (scale, *parts): a message's parts take few combinations of states and
+# error codes (a one-part message's roll-ups nearly always one of a handful), and working one out
+# was ~8.7 k instructions where its lookup is well under 1 k (twice a message in the owner's
+# write lock: README, Architecture note 27). Emptied when it holds _SUMMARIES_MAX.
+_SUMMARIES: dict[tuple[Any, ...], _SummaryValues] = {}
+_SUMMARIES_MAX = 4096
+
+
+def _summary(parts: Sequence[tuple[str, str | None]], segments: int) -> _SummaryValues:
     """summarize's fields as a tuple, in Summary's order: row_update takes them apart at once,
-    and a frozen Summary built to be read once was ~4 k instructions of each roll-up (twice a
-    message in the owner's write lock: README, Architecture note 27)."""
+    and a frozen Summary built to be read once was ~4 k instructions of each roll-up. The same
+    parts (their states and error codes, in order) and scale give the same values: kept."""
+    scale = segments if len(parts) == 1 and segments > 1 else 1
+    key = (scale, *parts)
+    try:
+        got = _SUMMARIES.get(key)
+    except TypeError:  # a part given as a list (unhashable): worked out, not kept
+        return _summary_of(parts, scale)
+    if got is None:
+        got = _summary_of(parts, scale)
+        if len(_SUMMARIES) >= _SUMMARIES_MAX:
+            _SUMMARIES.clear()
+        _SUMMARIES[key] = got
+    return got
+
+
+def _summary_of(parts: Sequence[tuple[str, str | None]], scale: int) -> _SummaryValues:
     states = [s for s, _e in parts]
     seen = set(states)
-    scale = segments if len(parts) == 1 and segments > 1 else 1
     new = _state_of(seen)
     error = None
     if not seen.isdisjoint(_ERROR_STATES):
@@ -539,9 +561,19 @@ def settle_receipts(
         error = receipt_error_code(r.state, r.stat, r.err)
         if len(found) == 1:  # the usual case: one part has the id
             mid, seq, state = found[0]
-            settled = {(mid, seq)} if state not in SEG_FINAL else set()  # else duplicate or late
-        else:
-            settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
+            if state in SEG_FINAL:
+                continue  # duplicate or late: the first final outcome stands
+            # Without the set, its sort and the list built again of the general case below:
+            # ~10 k instructions a receipt, most of them those (the owner's write lock).
+            updates.append((mid, seq, new_state, r.received_at, error, None))
+            parts[key] = [(mid, seq, new_state)]
+            if siblings is not None and r.smsc in one_per_message:
+                for other, oseq, at, source in infer_siblings(
+                    ((mid, seq),), siblings, r.smsc, new_state, r.received_at, now_final
+                ):
+                    updates.append((other, oseq, new_state, at, error, source))
+            continue
+        settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
         for mid, seq in sorted(settled):
             updates.append((mid, seq, new_state, r.received_at, error, None))
         if settled:
