@@ -600,7 +600,10 @@ def count_after_timeout(
         found = parts.get((r.smsc, r.smsc_msg_id))
         if r.state == "enroute" or not found:
             continue
-        if all(st in SEG_FINAL for _m, _q, st in found) and any(
+        if len(found) == 1:  # the usual case, without two generators (a timed-out part is final)
+            if found[0][2] == SEG_TIMEOUT:
+                into[r.smsc] = into.get(r.smsc, 0) + 1
+        elif all(st in SEG_FINAL for _m, _q, st in found) and any(
             st == SEG_TIMEOUT for _m, _q, st in found
         ):
             into[r.smsc] = into.get(r.smsc, 0) + 1
@@ -626,6 +629,8 @@ def whole_messages(
 ) -> list[str]:
     """The messages whose other parts a receipt batch may settle: those matched by a receipt
     from a one-per-message SMSC (their parts are read for `settle_receipts`' siblings)."""
+    if not one_per_message:  # most SMSCs: no pass over the batch's parts
+        return []
     mids = {mid for key, found in parts.items() if key[0] in one_per_message for mid, *_ in found}
     return sorted(mids)
 

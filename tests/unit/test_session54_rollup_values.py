@@ -171,3 +171,38 @@ def test_settle_receipts_as_the_general_case(seed: int) -> None:
     got = lc.settle_receipts(receipts, parts, one_per_message=one, siblings=sib)
     assert got == want
     assert parts == want_parts
+
+
+def _after_timeout_by_the_rule(receipts: list[_R], parts: Any) -> dict[str, int]:
+    """count_after_timeout before session 54: every id through all() and any()."""
+    into: dict[str, int] = {}
+    for r in receipts:
+        found = parts.get((r.smsc, r.smsc_msg_id))
+        if r.state == "enroute" or not found:
+            continue
+        if all(st in lc.SEG_FINAL for _m, _q, st in found) and any(
+            st == lc.SEG_TIMEOUT for _m, _q, st in found
+        ):
+            into[r.smsc] = into.get(r.smsc, 0) + 1
+    return into
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_count_after_timeout_and_whole_messages_as_before(seed: int) -> None:
+    """The one-part case of count_after_timeout (its own path) and whole_messages with no
+    one-per-message SMSC (no pass) against the rule as written before."""
+    rng = random.Random(seed)
+    states = (lc.SEG_SENT, lc.SEG_TIMEOUT, lc.SEG_DELIVERED, "undeliverable", "queued")
+    parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+    for k in range(30):
+        total = rng.choice((1, 1, 2, 3))
+        parts[("a", f"x{k}")] = [(f"m{k}", q, rng.choice(states)) for q in range(1, total + 1)]
+    receipts = [
+        _R("a", f"x{rng.randrange(35)}", rng.choice(("delivered", "enroute")), None, None, 1)
+        for _ in range(40)
+    ]
+    into: dict[str, int] = {}
+    lc.count_after_timeout(receipts, parts, into)
+    assert into == _after_timeout_by_the_rule(receipts, parts)
+    assert lc.whole_messages(parts, frozenset()) == []
+    assert lc.whole_messages(parts, frozenset({"a"})) == sorted({f"m{k}" for k in range(30)})
