@@ -374,18 +374,49 @@ def summarize(parts: Sequence[tuple[str, str | None]], segments: int = 0) -> Sum
     message_payload PDU (split: payload) the SMSC splits itself, and its one receipt stands for
     all of them (segments_sent counts them so too), so its counts are scaled to `segments`.
     """
+    # By position (a class called with keywords gets a dict its __init__ unpacks again); the
+    # field order is held by tests/unit/test_session52_positional_claim.py.
+    return Summary(*_summary(parts, segments))
+
+
+_SummaryValues = tuple[str, int, int, str | None, bool]
+
+# _summary's answers by (scale, *parts): a message's parts take few combinations of states and
+# error codes (a one-part message's roll-ups nearly always one of a handful), and working one out
+# was ~8.7 k instructions where its lookup is well under 1 k (twice a message in the owner's
+# write lock: README, Architecture note 27). Emptied when it holds _SUMMARIES_MAX.
+_SUMMARIES: dict[tuple[Any, ...], _SummaryValues] = {}
+_SUMMARIES_MAX = 4096
+
+
+def _summary(parts: Sequence[tuple[str, str | None]], segments: int) -> _SummaryValues:
+    """summarize's fields as a tuple, in Summary's order: row_update takes them apart at once,
+    and a frozen Summary built to be read once was ~4 k instructions of each roll-up. The same
+    parts (their states and error codes, in order) and scale give the same values: kept."""
+    scale = segments if len(parts) == 1 and segments > 1 else 1
+    key = (scale, *parts)
+    try:
+        got = _SUMMARIES.get(key)
+    except TypeError:  # a part given as a list (unhashable): worked out, not kept
+        return _summary_of(parts, scale)
+    if got is None:
+        got = _summary_of(parts, scale)
+        if len(_SUMMARIES) >= _SUMMARIES_MAX:
+            _SUMMARIES.clear()
+        _SUMMARIES[key] = got
+    return got
+
+
+def _summary_of(parts: Sequence[tuple[str, str | None]], scale: int) -> _SummaryValues:
     states = [s for s, _e in parts]
     seen = set(states)
-    scale = segments if len(parts) == 1 and segments > 1 else 1
     new = _state_of(seen)
     error = None
     if not seen.isdisjoint(_ERROR_STATES):
         error = next(e for s, e in parts if s in _ERROR_STATES)
     elif new == MSG_UNKNOWN:  # only delivered and timed-out parts
         error = next((e for s, e in parts if s == SEG_TIMEOUT), None)
-    # By position (a class called with keywords gets a dict its __init__ unpacks again); the
-    # field order is held by tests/unit/test_session52_positional_claim.py.
-    return Summary(
+    return (
         new,  # state
         scale * states.count(SEG_DELIVERED),  # delivered
         scale * sum(map(SEG_NEGATIVE.__contains__, states)),  # failed
@@ -427,12 +458,12 @@ def row_update(
     `release_when_dispatched` is true after submit results (the dispatcher is done with the
     message once no part is queued); after receipts only a final message releases its claim.
     """
-    s = summarize(parts, segments)
+    state, delivered, failed, error, all_dispatched = _summary(parts, segments)
     release = (
-        (release_when_dispatched or s.state in MSG_FINAL) and s.all_dispatched and q_state != "done"
+        (release_when_dispatched or state in MSG_FINAL) and all_dispatched and q_state != "done"
     )
-    became_sent = s.state == MSG_SENT and old_state != MSG_SENT
-    became_final = s.state in MSG_FINAL and old_state not in MSG_FINAL
+    became_sent = state == MSG_SENT and old_state != MSG_SENT
+    became_final = state in MSG_FINAL and old_state not in MSG_FINAL
     # A message whose receipts came before its submit_sm_resp goes from queued straight to
     # final: it went out all the same, so it gets its sent time (the stores keep the first).
     # Not one ended unknown without a submit seen here (restored from a backup, in flight at a
@@ -444,18 +475,18 @@ def row_update(
         and any(st in SEG_ACCEPTED and e not in UNSEEN_SUBMIT for st, e in parts)
     )
     if (
-        s.state == old_state
-        and s.delivered == old_delivered
-        and s.failed == old_failed
-        and s.error == old_error
+        state == old_state
+        and delivered == old_delivered
+        and failed == old_failed
+        and error == old_error
         and not release
     ):
         return None
     return RowUpdate(  # by position, as Summary above
-        s.state,  # state
-        s.delivered,  # delivered
-        s.failed,  # failed
-        s.error,  # error
+        state,  # state
+        delivered,  # delivered
+        failed,  # failed
+        error,  # error
         now if stamp_sent else None,  # sent_at
         now if became_final else None,  # done_at
         release,  # release
@@ -530,9 +561,19 @@ def settle_receipts(
         error = receipt_error_code(r.state, r.stat, r.err)
         if len(found) == 1:  # the usual case: one part has the id
             mid, seq, state = found[0]
-            settled = {(mid, seq)} if state not in SEG_FINAL else set()  # else duplicate or late
-        else:
-            settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
+            if state in SEG_FINAL:
+                continue  # duplicate or late: the first final outcome stands
+            # Without the set, its sort and the list built again of the general case below:
+            # ~10 k instructions a receipt, most of them those (the owner's write lock).
+            updates.append((mid, seq, new_state, r.received_at, error, None))
+            parts[key] = [(mid, seq, new_state)]
+            if siblings is not None and r.smsc in one_per_message:
+                for other, oseq, at, source in infer_siblings(
+                    ((mid, seq),), siblings, r.smsc, new_state, r.received_at, now_final
+                ):
+                    updates.append((other, oseq, new_state, at, error, source))
+            continue
+        settled = set(receipt_targets(found))  # none: duplicate or late, the first stands
         for mid, seq in sorted(settled):
             updates.append((mid, seq, new_state, r.received_at, error, None))
         if settled:
@@ -559,7 +600,10 @@ def count_after_timeout(
         found = parts.get((r.smsc, r.smsc_msg_id))
         if r.state == "enroute" or not found:
             continue
-        if all(st in SEG_FINAL for _m, _q, st in found) and any(
+        if len(found) == 1:  # the usual case, without two generators (a timed-out part is final)
+            if found[0][2] == SEG_TIMEOUT:
+                into[r.smsc] = into.get(r.smsc, 0) + 1
+        elif all(st in SEG_FINAL for _m, _q, st in found) and any(
             st == SEG_TIMEOUT for _m, _q, st in found
         ):
             into[r.smsc] = into.get(r.smsc, 0) + 1
@@ -585,6 +629,8 @@ def whole_messages(
 ) -> list[str]:
     """The messages whose other parts a receipt batch may settle: those matched by a receipt
     from a one-per-message SMSC (their parts are read for `settle_receipts`' siblings)."""
+    if not one_per_message:  # most SMSCs: no pass over the batch's parts
+        return []
     mids = {mid for key, found in parts.items() if key[0] in one_per_message for mid, *_ in found}
     return sorted(mids)
 
