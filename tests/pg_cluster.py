@@ -362,15 +362,23 @@ async def take_snapshot(dsn: str) -> Snapshot:
 
 async def restore_snapshot(dsn: str, snap: Snapshot) -> None:
     """Back to `snap`: every row deleted, the snapshot's put back, each sequence where it was.
-    Any session still on the database is ended first (as DROP DATABASE .. WITH (FORCE) would)."""
+    Any session still on the database is ended first (as DROP DATABASE .. WITH (FORCE) would;
+    pg_terminate_backend's own wait is PostgreSQL 14's, so this one polls)."""
+    import asyncio
+
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        others = (
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
+        await conn.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        deadline = time.monotonic() + 10
+        while await conn.fetchval(f"SELECT count(*) {others}"):  # signalled, maybe not gone
+            assert time.monotonic() < deadline, "a session on the database did not end"
+            await asyncio.sleep(0.01)
         async with conn.transaction():
             await conn.execute(";".join(f'DELETE FROM "{t}"' for t in snap.tables))
             for t, rows in snap.rows.items():
