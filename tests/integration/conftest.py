@@ -36,6 +36,8 @@ import jsonschema
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -122,6 +124,10 @@ class OpenApi:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
+        # (kind, id of the document's node) -> its validator, built once: jsonschema.validate
+        # checked the schema itself and built a validator on every call, and to_jsonschema
+        # converted the node again, for every header and body of every reply of the suite.
+        self._validators: dict[tuple[str, int], Any] = {}
         self._paths = []
         for template in doc["paths"]:
             pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
@@ -162,6 +168,18 @@ class OpenApi:
                 out = {"anyOf": [out, {"type": "null"}]}
         return out
 
+    def validator(self, node: Any, *, body: bool) -> Any:
+        """A body is validated as Draft 7, a header as jsonschema.validate would (the draft its
+        schema names, else the latest); each schema checked once, as that did on every call."""
+        key = ("body" if body else "header", id(node))
+        found = self._validators.get(key)
+        if found is None:
+            schema = self.to_jsonschema(node)
+            cls = jsonschema.Draft7Validator if body else validator_for(schema)
+            cls.check_schema(schema)
+            found = self._validators[key] = cls(schema)
+        return found
+
     def template_for(self, path: str) -> str | None:
         for pattern, _, template in self._paths:
             if pattern.match(path):
@@ -191,15 +209,15 @@ class OpenApi:
             if header.get("required"):
                 assert value is not None, f"{method} {path} {reply.status}: header {name} missing"
             if value is not None:
-                jsonschema.validate(value, self.to_jsonschema(header["schema"]))
+                error = best_match(self.validator(header["schema"], body=False).iter_errors(value))
+                if error is not None:
+                    raise error  # as jsonschema.validate raised it
         content = spec.get("content", {}).get("application/json")
         if content is None:
             return
         assert reply.json is not _UNSET, f"{method} {path}: JSON expected, got {reply.text[:200]}"
-        schema = self.to_jsonschema(content["schema"])
-        errors = sorted(
-            jsonschema.Draft7Validator(schema).iter_errors(reply.json), key=lambda e: e.path
-        )
+        validator = self.validator(content["schema"], body=True)
+        errors = sorted(validator.iter_errors(reply.json), key=lambda e: e.path)
         assert not errors, (
             f"{method} {path} {reply.status} does not match the OpenAPI document: "
             + "; ".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])

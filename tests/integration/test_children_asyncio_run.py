@@ -196,6 +196,15 @@ from children import Children
 
 KIDS = Children()
 KIDS.own_groups = True  # as the outermost script's, whatever runs this test
+real_end = KIDS.end
+
+
+def end(grace=float(sys.argv[2])):
+    print("ending", flush=True)  # the test's cue for the second signal, inside the grace
+    real_end(grace)
+
+
+KIDS.end = end
 KIDS.on_signals()
 child = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -215,17 +224,20 @@ def test_a_second_signal_during_the_end_the_first_started_does_not_cut_it(
     # `end`, in its grace: the SIGKILLs after it were never sent, and a child that ignores
     # SIGTERM outlived the script (the benchmark scripts' own finally blocks end their children
     # again; this script has none).
+    # The end's grace is 4 s here, not the default 15 (which this test waited out in full, the
+    # child ignoring SIGTERM): the second signal goes as soon as the end says it began, not
+    # after a fixed second, so it still lands inside the grace, before the SIGKILLs.
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN)
     p = subprocess.Popen(
-        [sys.executable, str(script), str(SCRIPTS)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(SCRIPTS), "4"], stdout=subprocess.PIPE, text=True
     )
     child = 0
     try:
         assert p.stdout is not None
         child = int(p.stdout.readline())
         p.send_signal(signal.SIGTERM)
-        time.sleep(1)  # within end's 15 s grace
+        assert p.stdout.readline() == "ending\n"  # the first signal's end, in its grace
         p.send_signal(signal.SIGINT)
         code = p.wait(40)
         time.sleep(0.5)

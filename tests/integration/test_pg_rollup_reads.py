@@ -27,7 +27,15 @@ from bridge.store import postgres_pipeline
 from bridge.store.models import SubmitResult
 from bridge.store.postgres import PostgresStore
 from tests.conftest import run_async
-from tests.pg_cluster import Cluster, create_database, drop_database, new_database_name
+from tests.pg_cluster import (
+    Cluster,
+    Snapshot,
+    create_database,
+    drop_database,
+    new_database_name,
+    restore_snapshot,
+    take_snapshot,
+)
 from tests.rollup_writes import (
     DUMPED,
     LEASE,
@@ -43,21 +51,26 @@ QUEUED_READ = "SELECT message_id, seq FROM segments WHERE message_id = ANY($1::t
 
 
 @pytest.fixture(scope="module")
-def template(pg_cluster: Cluster) -> Iterator[str]:
-    """A migrated database to copy: one per example of the random test, two runs each."""
-    name = new_database_name("tmpl")
-    dsn = run_async(create_database(pg_cluster, name))
+def two_databases(pg_cluster: Cluster) -> Iterator[tuple[list[str], Snapshot]]:
+    """Two migrated databases for the random test's two runs of each example, and what the
+    migration left in them: each example starts on both put back to that (restore_snapshot), as
+    on two new copies of a migrated template, without two CREATE DATABASE an example."""
+    names = [new_database_name("rollup"), new_database_name("rollup")]
+    dsns = [run_async(create_database(pg_cluster, n)) for n in names]
 
-    async def migrate() -> None:
-        store = PostgresStore(dsn, min_size=1, max_size=2)
-        await store.open()
-        await store.close()
+    async def migrate() -> Snapshot:
+        for dsn in dsns:
+            store = PostgresStore(dsn, min_size=1, max_size=2)
+            await store.open()
+            await store.close()
+        return await take_snapshot(dsns[0])
 
-    run_async(migrate())
+    snapshot = run_async(migrate())
     try:
-        yield name
+        yield dsns, snapshot
     finally:
-        run_async(drop_database(pg_cluster, name))
+        for n in names:
+            run_async(drop_database(pg_cluster, n))
 
 
 @pytest.fixture
@@ -184,20 +197,17 @@ async def _run(dsn: str, seed: int, reread: bool) -> tuple[list[Any], dict[str, 
 )
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_owner_writes_roll_up_as_when_every_part_was_read(
-    pg_cluster: Cluster, template: str, seed: int
+    two_databases: tuple[list[str], Snapshot], seed: int
 ) -> None:
     """The SQLite test's random runs (every outcome, repeated results, releases, kept
     receipts, two receipts for one part in a batch, one receipt for a whole message, sweeps):
     every row, report and count as when each roll-up read its parts."""
-    names = [new_database_name(), new_database_name()]
+    dsns, snapshot = two_databases
 
     async def both() -> tuple[Any, Any]:
-        dsns = [await create_database(pg_cluster, n, template) for n in names]
-        try:
-            return await _run(dsns[0], seed, False), await _run(dsns[1], seed, True)
-        finally:
-            for n in names:
-                await drop_database(pg_cluster, n)
+        for dsn in dsns:
+            await restore_snapshot(dsn, snapshot)
+        return await _run(dsns[0], seed, False), await _run(dsns[1], seed, True)
 
     got, want = asyncio.run(both())
     assert got == want

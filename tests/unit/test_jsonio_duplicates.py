@@ -151,7 +151,11 @@ def _check(raw: bytes | str, value: Any, tree: Any) -> None:
         assert (err.value.key, err.value.path) == expected
 
 
-@settings(max_examples=1000, deadline=None)
+# 300 and 200 examples (1000 and 600 until session 54): under CI's fixed seed, each of four
+# defects planted in bridge/jsonio.py that 1000 found (an empty object counted as a key, array
+# indexes stepped by 2, only lower-case escaped colons counted, escaped keys not decoded) was
+# found by 150 already; a fifth (an over-counted escape) was found by neither.
+@settings(max_examples=300, deadline=None)
 @given(_documents())
 def test_bytes_through_orjson_agree_with_the_reference(doc: tuple[Any, str]) -> None:
     tree, text = doc
@@ -159,7 +163,7 @@ def test_bytes_through_orjson_agree_with_the_reference(doc: tuple[Any, str]) -> 
     _check(raw, orjson.loads(raw), tree)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_documents())
 def test_text_through_the_standard_library_agrees_with_the_reference(
     doc: tuple[Any, str],
@@ -169,7 +173,7 @@ def test_text_through_the_standard_library_agrees_with_the_reference(
     _check(text, json.loads(text), tree)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_documents(unique=True))
 def test_texts_without_repeats_are_accepted_colons_and_escapes_included(
     doc: tuple[Any, str],

@@ -1,0 +1,60 @@
+"""tests/pg_cluster.py's Snapshot: what the property tests put a database back to between their
+examples (test_money_stateful.py, test_pg_rollup_reads.py) instead of creating one from a
+template each time. An example must start where a new copy of the migrated database would: every
+row the last one wrote gone (rows that reference others among them), the migration's own rows
+there, every sequence at its start, and no session of the last example's store still open."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from bridge.store.postgres import PostgresStore
+from tests.pg_cluster import restore_snapshot, take_snapshot
+from tests.rollup_writes import accept
+
+
+async def _contents(dsn: str) -> dict[str, list[tuple[object, ...]]]:
+    c = await asyncpg.connect(dsn)
+    try:
+        names = [
+            r[0]
+            for r in await c.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ]
+        return {
+            t: sorted(map(tuple, await c.fetch(f'SELECT * FROM "{t}"')), key=repr) for t in names
+        }
+    finally:
+        await c.close()
+
+
+async def test_a_restore_leaves_the_database_as_the_snapshot_found_it(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn, min_size=1, max_size=2)
+    await store.open()
+    await store.close()
+    migrated = await _contents(pg_dsn)
+    snap = await take_snapshot(pg_dsn)
+    assert snap.rows, "the migration's own rows (schema_version) were not taken"
+    assert snap.tables.index("messages") < snap.tables.index("accounts")  # referencing first
+
+    async def an_example() -> tuple[list[int], asyncpg.Connection]:
+        """Writes as an example does (an account, messages and their parts, ledger entries), a
+        session left open, and the sequences' next values."""
+        store = PostgresStore(pg_dsn, min_size=1, max_size=2)
+        await store.open()
+        await accept(store, ["msg_a", "msg_b"], {"msg_b": 2})
+        await store.close()
+        left = await asyncpg.connect(pg_dsn)  # the store of an example that did not close
+        seqs = [await left.fetchval(f"SELECT nextval('{s}')") for s in sorted(snap.sequences)]
+        return seqs, left
+
+    first, left = await an_example()
+    assert (await _contents(pg_dsn))["messages"], "nothing written: the test tests nothing"
+    await restore_snapshot(pg_dsn, snap)
+    assert await _contents(pg_dsn) == migrated
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await left.fetchval("SELECT 1")  # ended, as DROP DATABASE .. WITH (FORCE) would
+    # The next example writes what the first did, ids from the sequences included.
+    again, left = await an_example()
+    await left.close()
+    assert again == first
