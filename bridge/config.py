@@ -16,6 +16,7 @@ import binascii
 import collections
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import math
 import os
@@ -578,6 +579,10 @@ class WebhooksConfig:
     )
     retry_for_hours: int = field(default=24, metadata=meta(between(1, 720)))
     send_intermediate: bool = False
+    # How long an idle connection to a customer's endpoint is kept for the next POST. Below the
+    # receivers' own idle timeout, or a POST can go out on a connection they are closing and
+    # fail (a retry later); 15 s is aiohttp's default.
+    keepalive_s: float = field(default=15.0, metadata=meta(between(0.5, 300)))
 
     def _problems(self) -> Problems:
         # A first retry due after the window is never made: every report whose first POST
@@ -851,8 +856,18 @@ def _content_filter(v: Path) -> str | None:
     return None
 
 
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    """Read once: available_timezones() walks the whole tzdata tree (50-100 ms on a busy
+    machine), and every parse of a config naming a zone asked again (a reload, `config check`,
+    each test's config). A zone a tzdata upgrade adds is known after a restart."""
+    from zoneinfo import available_timezones
+
+    return frozenset(available_timezones())
+
+
 def _time_zone(v: str) -> str | None:
-    from zoneinfo import ZoneInfo, available_timezones
+    from zoneinfo import ZoneInfo
 
     try:
         ZoneInfo(v)
@@ -860,7 +875,7 @@ def _time_zone(v: str) -> str | None:
         return f"unknown time zone {_show(v)} (an IANA name such as Asia/Shanghai)"
     # ZoneInfo also opens files that are not IANA zones: right/... counts leap seconds (and its
     # data may end years early), localtime is the host's own, Factory has no offset at all.
-    if v not in available_timezones() or v in ("localtime", "Factory"):
+    if v not in _iana_zones() or v in ("localtime", "Factory"):
         return f"time zone {_show(v)} is not an IANA zone name (such as Asia/Shanghai)"
     return None
 

@@ -158,7 +158,9 @@ class WebhookSender:
         behind the reports that were due before it. (Chunks used to queue for a semaphore while
         their lease ran out, and another sender then POSTed the same reports.)"""
         # bounded by the tasks started, below; names resolving to link-local addresses refused
-        connector = aiohttp.TCPConnector(limit=0, resolver=_SafeResolver())
+        connector = aiohttp.TCPConnector(
+            limit=0, resolver=_SafeResolver(), keepalive_timeout=self.config.keepalive_s
+        )
         self._session = aiohttp.ClientSession(connector=connector)
         running: dict[asyncio.Task[None], tuple[str, str, str]] = {}
         try:
