@@ -33,10 +33,12 @@ from bridge.store.models import Account, NewMessage, NewSegment, Template
 from bridge.text.preview import with_sign
 from bridge.text.split import (
     EncodeOptions,
+    Encoding,
     RefCounter,
     SplitMode,
     TextError,
     encode_message,
+    one_gsm_part,
     wire_code,
 )
 from bridge.text.units import CountingRule, billable_units, tariff_chars
@@ -61,6 +63,9 @@ _SENDER = re.compile(
     r"\+?[0-9]{1,20}|[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]{0,9}[A-Za-z0-9._-])?", re.ASCII
 )
 _MAX_SCHEDULE_DAYS = 30
+# Read once: a member read off its enum class costs ~1,000 instructions on Python 3.11.
+_UDH8 = SplitMode.UDH8
+_GSM7_NAME = str(Encoding.GSM7)  # the name NewMessage stores (str(enc.encoding))
 
 
 @fast_init
@@ -428,6 +433,53 @@ class Submitter:
                 f"text: matches the content filter ({match.kind} {match.rule!r})",
             )
 
+    def _encoded(
+        self, text: str, opts: EncodeOptions, number: str
+    ) -> tuple[str, str, int, int, tuple[NewSegment, ...]]:
+        """`text` encoded for `number` under `opts` (a text `one_gsm_part` leaves): the text as
+        sent (smart encoding may map it), the encoding's name, data_coding, the segments on the
+        air and the parts' rows."""
+        # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
+        bits = 8 if opts.split is _UDH8 else 16
+        try:
+            # A reference is drawn only for a message of several parts: a single part
+            # (GSM-7 up to 160 characters, `split: payload`) carries none, so it takes no
+            # slot in the per-destination counter, whose cycle (256 / lanes with UDH8) is
+            # then counted in concatenated messages alone. The text's length cannot tell
+            # (a character outside the BMP takes two UTF-16 units, smart mapping lengthens
+            # "…": 70 characters may need two parts, 160 only one), so the encoder draws it
+            # when it cuts. At most 70 characters, though, are one part but for those rare
+            # cases: encoded with a stand-in and, if they did need parts, again with a drawn
+            # reference, the usual short message does not pay for a drawing function.
+            # (Never 0 for "not drawn": 0 is a reference like any other, and lane 0 of the
+            # acceptor workers' references starts at it.)
+            if len(text) <= 70:
+                enc = encode_message(text, opts, 0)
+                if len(enc.parts) > 1:
+                    enc = encode_message(text, opts, self.refs.next(number, bits))
+            else:
+                enc = encode_message(text, opts, partial(self.refs.next, number, bits))
+        except TextError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        if enc.text != text:
+            check_mapped_length(enc.text, self.config.text.max_chars)
+        # A list made into a tuple, not tuple() of a generator: ~1,000 instructions less.
+        # Fields by position (seq, total, esm_class, short_message, tlvs): see NewSegment. A
+        # part without TLVs (all but SAR's and message_payload's) packs none: ~3,000 a part.
+        segments = tuple(
+            [
+                NewSegment(
+                    p.seq,
+                    p.total,
+                    p.esm_class,
+                    p.short_message,
+                    pack_tlvs(p.tlvs) if p.tlvs else b"",
+                )
+                for p in enc.parts
+            ]
+        )
+        return enc.text, str(enc.encoding), enc.data_coding, enc.segments, segments
+
     def build(
         self,
         req: SendRequest,
@@ -457,53 +509,30 @@ class Submitter:
                 problems.append(RecipientRefusal(i, number, "NO_ROUTE", why))
                 continue
             opts = self._options[candidates[0], smart]
-            # SAR's sar_msg_ref_num is 16 bits too: drawn from 8, it repeated every 256.
-            bits = 8 if opts.split is SplitMode.UDH8 else 16
-            try:
-                # A reference is drawn only for a message of several parts: a single part
-                # (GSM-7 up to 160 characters, `split: payload`) carries none, so it takes no
-                # slot in the per-destination counter, whose cycle (256 / lanes with UDH8) is
-                # then counted in concatenated messages alone. The text's length cannot tell
-                # (a character outside the BMP takes two UTF-16 units, smart mapping lengthens
-                # "…": 70 characters may need two parts, 160 only one), so the encoder draws it
-                # when it cuts. At most 70 characters, though, are one part but for those rare
-                # cases: encoded with a stand-in and, if they did need parts, again with a drawn
-                # reference, the usual short message does not pay for a drawing function.
-                # (Never 0 for "not drawn": 0 is a reference like any other, and lane 0 of the
-                # acceptor workers' references starts at it.)
-                if len(text) <= 70:
-                    enc = encode_message(text, opts, 0)
-                    if len(enc.parts) > 1:
-                        enc = encode_message(text, opts, self.refs.next(number, bits))
-                else:
-                    enc = encode_message(text, opts, partial(self.refs.next, number, bits))
-            except TextError as exc:
-                raise ApiError(exc.code, exc.message) from None
-            if enc.text != text:
-                check_mapped_length(enc.text, self.config.text.max_chars)
-            # A list made into a tuple, not tuple() of a generator: ~1,000 instructions less.
-            # Fields by position (seq, total, esm_class, short_message, tlvs): see NewMessage.
-            segments = tuple(
-                [
-                    NewSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs))
-                    for p in enc.parts
-                ]
-            )
+            septets = one_gsm_part(text, opts)
+            if septets is not None:
+                # Nearly every send: one plain GSM-7 part, as encode_message would make it
+                # (tests/unit/test_one_gsm_part.py), without its Part and EncodedMessage, its
+                # other cases' checks and a TLV packing of nothing (~16,000 instructions).
+                enc_text, encoding, data_coding, air = text, _GSM7_NAME, 0, 1
+                segments: tuple[NewSegment, ...] = (NewSegment(1, 1, 0, septets, b""),)
+            else:
+                enc_text, encoding, data_coding, air, segments = self._encoded(text, opts, number)
             mid = id_factory("msg_", now_ms)
             price_class = None
             if tariff is None:
-                units = billable_units(enc.text, self._rule, enc.segments)
+                units = billable_units(enc_text, self._rule, air)
             else:
                 # The tariff in force decides how units are counted; international traffic is
                 # counted (and priced) by transmitted segments.
-                units = billable_units(enc.text, _rule_of(tariff), enc.segments)
+                units = billable_units(enc_text, _rule_of(tariff), air)
                 try:
-                    price_class, amount, intl = price(tariff, number, units, enc.segments)
+                    price_class, amount, intl = price(tariff, number, units, air)
                 except PriceNotFound as exc:
                     problems.append(RecipientRefusal(i, number, "PRICE_NOT_FOUND", exc.message))
                     continue
                 if intl:
-                    units = enc.segments
+                    units = air
                 charges.append(Priced(mid, amount, intl))
             # Every field by position, in NewMessage's order: a class called with keywords
             # gets them as a dict its __init__ unpacks again, ~500 instructions a field (10,000
@@ -514,19 +543,19 @@ class Submitter:
                     account.id,  # account_id
                     batch_id,  # batch_id
                     number,  # recipient
-                    str(enc.encoding),  # encoding
-                    enc.data_coding,  # data_coding
+                    encoding,  # encoding
+                    data_coding,  # data_coding
                     units,  # billable_units
                     segments,  # segments
                     now_ms,  # accepted_at
-                    enc.text,  # text
+                    enc_text,  # text
                     req.client_ref,  # client_ref
                     req.sender,  # sender
                     req.sign_name,  # sign_name
                     req.template,  # template
                     req.scheduled_at,  # scheduled_at
                     expires,  # expires_at
-                    enc.segments,  # air_segments
+                    air,  # air_segments
                     kind,  # kind
                     price_class,  # price_class
                     self._wires[candidates[0]],  # wire
