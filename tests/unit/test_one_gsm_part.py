@@ -10,10 +10,12 @@ and smart encoding), and where `encode_message` makes such a part under options 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import os
 import types
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import example, given, settings
@@ -25,6 +27,7 @@ from bridge.api.submit import Submitter, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
 from bridge.config import parse_config
+from bridge.store.models import Template
 from bridge.text.gsm import BASE_TABLE, EXTENSION_TABLE
 from bridge.text.split import EncodeOptions, Encoding, SplitMode, encode_message, one_gsm_part
 
@@ -154,3 +157,125 @@ def test_a_send_stores_what_encode_message_alone_stores(
             m.setattr(submit, "one_gsm_part", lambda text, opts: None)
             slow = build(body)
         assert fast == slow, body
+
+
+# The whole build through the short path against the long one (`one_gsm_part` answering
+# nothing), over what reaches it: every wire option set an SMSC can have, sign formats that keep
+# the text GSM and one that does not, templates, smart encoding asked and configured, both
+# counting rules and the mapped-length limit, a tariff's domestic and international prices (and
+# a refusal), several recipients; and the reference counter as the send leaves it.
+GSM_TEXTS = st.one_of(
+    st.text(st.sampled_from([*GSM_BASE, *EXTENSION_TABLE, "\r", "\n"]), min_size=1, max_size=170),
+    st.builds(lambda n, tail: "@" * n + tail, st.integers(150, 162), st.text(ALPHABET, max_size=6)),
+    st.text(ALPHABET, min_size=0, max_size=120),
+)
+SMSCS = [
+    {"split": s, "gsm_data_coding": dc, "allow_latin1": latin1, "packed_gsm": packed}
+    for s, dc, latin1, packed in itertools.product(
+        ("udh8", "udh16", "sar", "payload"), (0, 1), (False, True), (False, True)
+    )
+]
+# The option sets the short path serves (unpacked, data_coding 0, not message_payload).
+PLAIN = [
+    i
+    for i, s in enumerate(SMSCS)
+    if s["split"] != "payload" and not s["packed_gsm"] and not s["gsm_data_coding"]
+]
+TEXT_CONFIGS = [
+    {"sign_format": f, "counting_rule": r, "smart_encoding": smart, "max_chars": n}
+    for f, r, smart, n in itertools.product(
+        ("【{sign}】", "[{sign}] ", "{sign}: "),
+        ("chars_70_67", "wire_segments"),
+        (False, True),
+        (500, 160),
+    )
+]
+NUMBERS = ["+8613800000054", "+8613800000055", "+12025550123", "+442071234567"]
+TEMPLATES = ["Your code is ${code}.", "您的验证码是${code}", "Dear ${name}: {x} ~ € ${code}"]
+_CONFIGS: dict[tuple[int, int], object] = {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=GSM_TEXTS,
+    smsc=st.one_of(st.sampled_from(PLAIN), st.integers(0, len(SMSCS) - 1)),
+    conf=st.integers(0, len(TEXT_CONFIGS) - 1),
+    sign=st.sampled_from([None, None, "Acme", "阿里云"]),
+    template=st.sampled_from([None, None, 0, 1, 2]),
+    smart=st.sampled_from([None, False, True]),
+    to=st.lists(
+        st.sampled_from(NUMBERS[:3] * 4 + NUMBERS[3:]), min_size=1, max_size=3, unique=True
+    ),
+    billing=st.sampled_from([None, "chars_70_67", "wire_segments"]),
+    start=st.integers(0, 65535),
+)
+def test_a_send_builds_alike_through_either_path(
+    tmp_path_factory: pytest.TempPathFactory,
+    text: str,
+    smsc: int,
+    conf: int,
+    sign: str | None,
+    template: int | None,
+    smart: bool | None,
+    to: list[str],
+    billing: str | None,
+    start: int,
+) -> None:
+    if (smsc, conf) not in _CONFIGS:
+        base = tmp_path_factory.getbasetemp()
+        _CONFIGS[smsc, conf] = parse_config(
+            {
+                "server": {"port": 8080},
+                "store": {"path": str(base / "b.db")},
+                "security": {"master_key": base64.b64encode(os.urandom(32)).decode()},
+                "smscs": [{"name": "a", "system_id": "s", **SMSCS[smsc]}],
+                "text": TEXT_CONFIGS[conf],
+                "billing": {"tariff": {"international": {"+1": 60000}}},
+            },
+            env={},
+            base_dir=base,
+        )
+    cfg = _CONFIGS[smsc, conf]
+    account = types.SimpleNamespace(
+        id="acc_54", raw_text=True, marketing=False, default_country="CN"
+    )
+    body: dict[str, object] = {"to": to if len(to) > 1 else to[0]}
+    tpl = None
+    if template is None:
+        body["text"] = text
+    else:
+        body["template"] = "T1"
+        body["params"] = {"code": text[:20] or "1"}
+        if template == 2:
+            body["params"]["name"] = text[20:40] or "n"  # type: ignore[index]
+        sign = sign or "Acme"
+        tpl = Template(
+            "T1", "acc_54", "verification", "t", TEMPLATES[template], "", False, "approved", None, 0
+        )
+    if sign is not None:
+        body["sign_name"] = sign
+    if smart is not None:
+        body["smart_encoding"] = smart
+    tariff = None
+    if billing is not None:
+        tariff = dataclasses.replace(
+            tariff_from_config(cfg.billing.tariff, 0), counting_rule=billing
+        )  # type: ignore[attr-defined]
+
+    def build() -> object:
+        refs = submit.RefCounter(start=lambda: start)
+        submitter = Submitter(cfg, make_router(cfg), refs=refs)  # type: ignore[arg-type]
+        ids = (f"id_{i}" for i in itertools.count())
+        try:
+            req = parse_send_request(body, account, max_recipients=10, now_ms=NOW)  # type: ignore[arg-type]
+            out = submitter.build(
+                req, account, NOW, lambda p, n: next(ids), template=tpl, tariff=tariff
+            )  # type: ignore[arg-type]
+        except ApiError as exc:
+            out = (exc.code, exc.message, exc.details, exc.status, exc.reason)
+        return out, [refs.next(n, 16) for n in NUMBERS]
+
+    fast = build()
+    with mock.patch.object(submit, "one_gsm_part", lambda text, opts: None):
+        slow = build()
+    assert fast == slow
