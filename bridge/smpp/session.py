@@ -79,11 +79,11 @@ class BindMode(StrEnum):
 
     @property
     def can_transmit(self) -> bool:
-        return self is not BindMode.RECEIVER
+        return self is not _RECEIVER  # per submit and per free_slots: the constant (below)
 
     @property
     def can_receive(self) -> bool:
-        return self is not BindMode.TRANSMITTER
+        return self is not _TRANSMITTER
 
     @property
     def bind_command(self) -> int:
@@ -103,6 +103,19 @@ class SessionState(StrEnum):
     BOUND = "bound"
     UNBINDING = "unbinding"
     CLOSED = "closed"
+
+
+# The members the per-PDU paths compare with (submit, its response, deliver_sm, the window's
+# free slots, the timer), read once: on Python 3.11 a member read off its enum class
+# (`SessionState.BOUND`) goes through the metaclass's __getattr__ hook, ~900 instructions more
+# than a global's read, and a one-part message made ~20 such reads on the owner's send and
+# receipt paths. The same objects (`_BOUND is SessionState.BOUND`); the cold paths (bind,
+# unbind, close) read the class.
+_BOUND: Final = SessionState.BOUND
+_CLOSED: Final = SessionState.CLOSED
+_UNBINDING: Final = SessionState.UNBINDING
+_RECEIVER: Final = BindMode.RECEIVER
+_TRANSMITTER: Final = BindMode.TRANSMITTER
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -336,13 +349,13 @@ class BindSession:
 
     @property
     def free_slots(self) -> int:
-        if self.state is not SessionState.BOUND or not self.mode.can_transmit:
+        if self.state is not _BOUND or not self.mode.can_transmit:
             return 0
         return self.window - self._in_flight
 
     @property
     def is_bound(self) -> bool:
-        return self.state is SessionState.BOUND
+        return self.state is _BOUND
 
     @property
     def late_count(self) -> int:
@@ -391,7 +404,7 @@ class BindSession:
         """Queue a submit_sm; returns its sequence number. The answer comes as SubmitResponse,
         RequestTimedOut or RequestAborted carrying ``context`` (after a RequestTimedOut, maybe
         a LateSubmitResponse too)."""
-        if self.state is not SessionState.BOUND:
+        if self.state is not _BOUND:
             raise NotBound(f"submit: the session is {self.state}, not bound")
         if not self.mode.can_transmit:
             raise NotBound("submit: a receiver bind cannot send submit_sm")
@@ -411,7 +424,7 @@ class BindSession:
         resp = _INBOUND_RESP.get(command_id)
         if resp is None:
             raise ValueError(f"command_id: {C.command_name(command_id)} is not acked by the ESME")
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return
         try:
             # One per receipt (one per part sent): the bytes encode(Pdu(..., MessageIdResp()))
@@ -457,12 +470,13 @@ class BindSession:
         self._last_rx += delta
 
     def next_deadline(self) -> float | None:
-        if self.state is SessionState.CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return None
         deadline: float | None = None
         if self._pending:
             deadline = next(iter(self._pending.values())).deadline
-        if self.state is SessionState.BOUND and not self._el_seq:
+        if state is _BOUND and not self._el_seq:
             due = self._last_rx + self.enquire_link_s
             if deadline is None or due < deadline:
                 deadline = due
@@ -470,7 +484,7 @@ class BindSession:
 
     def on_timer(self, now: float) -> list[Event]:
         events: list[Event] = []
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return events
         late = self._late
         while late:
@@ -500,11 +514,7 @@ class BindSession:
                 return self._close(events, "unbind_resp timed out")
             else:  # pragma: no cover - we send no other requests
                 events.append(RequestTimedOut(seq, cid, p.context))
-        if (
-            self.state is SessionState.BOUND
-            and not self._el_seq
-            and now >= self._last_rx + self.enquire_link_s
-        ):
+        if self.state is _BOUND and not self._el_seq and now >= self._last_rx + self.enquire_link_s:
             self._el_seq = self._request(C.ENQUIRE_LINK, None, now)
         return events
 
@@ -525,7 +535,7 @@ class BindSession:
     # --- incoming -----------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         events: list[Event] = []
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return events
         self._rx_now = now
         try:
@@ -541,7 +551,7 @@ class BindSession:
             return self._close(events, "bad command_length")
         for i, frame in enumerate(frames):
             self._handle_frame(frame, now, events)
-            if self.state is SessionState.CLOSED:
+            if self.state is _CLOSED:
                 self._answers_after_unbind(frames[i + 1 :], events)
                 self._late.clear()
                 break
@@ -575,7 +585,8 @@ class BindSession:
         if cid & C.RESP_BIT:
             self._handle_response(pdu, events)
         elif cid == C.DELIVER_SM or cid == C.DATA_SM:
-            if self.state in (SessionState.BOUND, SessionState.UNBINDING):
+            state = self.state
+            if state is _BOUND or state is _UNBINDING:
                 body = pdu.body
                 if isinstance(body, DataSm):
                     events.append(DeliverReceived(pdu.seq, body.as_short_message(), False, cid))
