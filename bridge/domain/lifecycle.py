@@ -397,9 +397,13 @@ def _summary(parts: Sequence[tuple[str, str | None]], segments: int) -> _Summary
     """summarize's fields as a tuple, in Summary's order: row_update takes them apart at once,
     and a frozen Summary built to be read once was ~4 k instructions of each roll-up. The same
     parts (their states and error codes, in order) and scale give the same values: kept."""
-    scale = segments if len(parts) == 1 and segments > 1 else 1
-    if len(parts) > _SUMMARY_PARTS_MAX:
-        return _summary_of(parts, scale)
+    n = len(parts)
+    if n == 1:
+        scale = segments if segments > 1 else 1
+    elif n > _SUMMARY_PARTS_MAX:
+        return _summary_of(parts, 1)
+    else:
+        scale = 1
     key = (scale, *parts)
     try:
         got = _SUMMARIES.get(key)
