@@ -384,16 +384,26 @@ _SummaryValues = tuple[str, int, int, str | None, bool]
 # _summary's answers by (scale, *parts): a message's parts take few combinations of states and
 # error codes (a one-part message's roll-ups nearly always one of a handful), and working one out
 # was ~8.7 k instructions where its lookup is well under 1 k (twice a message in the owner's
-# write lock: README, Architecture note 27). Emptied when it holds _SUMMARIES_MAX.
+# write lock: README, Architecture note 27). Emptied when it holds _SUMMARIES_MAX. Only messages
+# of up to _SUMMARY_PARTS_MAX parts: a key holds every part's tuple and strings as the store read
+# them (~25-36 KB a 255-part message: 4,096 of them ~150 MB held for good), and a longer
+# message's combinations seldom come twice (session 54, r1).
 _SUMMARIES: dict[tuple[Any, ...], _SummaryValues] = {}
 _SUMMARIES_MAX = 4096
+_SUMMARY_PARTS_MAX = 4
 
 
 def _summary(parts: Sequence[tuple[str, str | None]], segments: int) -> _SummaryValues:
     """summarize's fields as a tuple, in Summary's order: row_update takes them apart at once,
     and a frozen Summary built to be read once was ~4 k instructions of each roll-up. The same
     parts (their states and error codes, in order) and scale give the same values: kept."""
-    scale = segments if len(parts) == 1 and segments > 1 else 1
+    n = len(parts)
+    if n == 1:
+        scale = segments if segments > 1 else 1
+    elif n > _SUMMARY_PARTS_MAX:
+        return _summary_of(parts, 1)
+    else:
+        scale = 1
     key = (scale, *parts)
     try:
         got = _SUMMARIES.get(key)

@@ -161,7 +161,10 @@ class KnownNones:
         self, rows: Sequence[Sequence[Any]], nones: Sequence[tuple[bool, ...]]
     ) -> tuple[str, Sequence[Sequence[Any]]]:
         """As `rows_without_nones`: `rows` (each with its `nones`) under one text when their
-        patterns are alike, as they are (the statement with them bound) otherwise."""
+        patterns are alike, as they are (the statement with them bound) otherwise; no rows, as
+        they are (an accept of no message, as `rows_without_nones` answers)."""
+        if not nones:
+            return self._sql, rows
         first = nones[0]
         if any(n != first for n in nones):
             return self._sql, rows

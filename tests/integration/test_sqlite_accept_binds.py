@@ -115,6 +115,15 @@ async def test_rows_with_their_nones_in_different_places(store: SqliteStore) -> 
     assert {p.pocket: p.amount for p in await store.get_pockets("acc_a")} == {"cash": 800}
 
 
+async def test_a_batch_of_no_message_is_accepted_as_before(store: SqliteStore) -> None:
+    # The store's contract takes any number of messages, PostgreSQL's accept and SQLite's before
+    # session 54 (`rows_without_nones` of no rows) none as well; the known-Nones rows read the
+    # first message's pattern (an IndexError before the job, a 500 to a caller).
+    out = await store.accept(AcceptBatch("acc_a", (), None, None), NOW)
+    assert out.accepted
+    assert _rows(store, "SELECT count(*) FROM messages") == [(0,)]
+
+
 @pytest.mark.parametrize("status, accepted", [("approved", True), ("rejected", False)])
 async def test_the_facts_read_with_the_key_still_decide(
     store: SqliteStore, status: str, accepted: bool
