@@ -319,14 +319,16 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             f"template: {rules.template_code!r} was corrected while this request was checked; "
             "send it again",
         )
+    signs = [(rules.sign_name, facts.sign_status)] if rules.sign_name is not None else []
     if rules.more_signs:
-        signs = [(rules.sign_name, facts.sign_status)] if rules.sign_name is not None else []
         signs += [(name, facts.more_sign_status.get(name)) for name in rules.more_signs]
-        for name, status in signs:
-            if status != "approved":
-                return _sign_refusal(name, status)
-    elif rules.sign_name is not None and facts.sign_status != "approved":  # one sign: no list
-        return _sign_refusal(rules.sign_name, facts.sign_status)
+    for name, status in signs:
+        if status != "approved":
+            return Refusal(
+                "SIGN_NAME_NOT_APPROVED",
+                f"sign_name: {name!r} is {status or 'not registered'} for this account; only an "
+                "approved sign name can be used",
+            )
     if rules.template_code is not None and facts.template_status != "approved":
         if facts.template_status is None:
             return Refusal("TEMPLATE_NOT_FOUND", f"template: {rules.template_code!r} is not known")
@@ -358,7 +360,7 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         return Refusal(
             first.code, first.message, first.retry_after, details=refused_details(refused)
         )
-    day = _day_of_minute(now // 60_000, rules.tz)  # day_key's, without its call
+    day = day_key(now, rules.tz)
     n = len(recipients)
     if facts.daily_quota > 0 and facts.day_count + n > facts.daily_quota:
         left = max(0, facts.daily_quota - facts.day_count)
@@ -428,14 +430,6 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         low = (nominal, after)
     planned.extend(("", _write_off(p)) for p in lapsed)
     return Plan(tuple(planned), low, day)
-
-
-def _sign_refusal(name: str | None, status: str | None) -> Refusal:
-    return Refusal(
-        "SIGN_NAME_NOT_APPROVED",
-        f"sign_name: {name!r} is {status or 'not registered'} for this account; only an "
-        "approved sign name can be used",
-    )
 
 
 def _one_cash_charge(
