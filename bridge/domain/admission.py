@@ -338,7 +338,21 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             "templates can be sent",
         )
     recipients = facts.recipients
-    refused = recipient_refusals(rules, facts, now)
+    # Nobody listed and no frequency history for the one number the rule counts (the usual
+    # send: a new number): nobody can be refused, so recipient_refusals is not called. With
+    # no earlier send, `freq.exceeded` never finds a window (one send fits any limit >= 1).
+    fr = rules.frequency
+    refused = (
+        recipient_refusals(rules, facts, now)
+        if facts.opted_out
+        or facts.blocked
+        or not (
+            fr is None
+            or not fr.numbers
+            or (len(fr.numbers) == 1 and not facts.history.get(fr.numbers[0]))
+        )
+        else ()
+    )
     if refused:
         # The code and message of the first, as before this listed them all: opt-outs first,
         # then do-not-contact lists, then frequency limits, each in recipient order.
@@ -358,6 +372,10 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         )
     if not rules.billing or not rules.charges:
         return Plan((), None, day)
+    if len(rules.charges) == 1 and len(facts.pockets) == 1:
+        plan = _one_cash_charge(rules.charges[0], facts, now, day, n)
+        if plan is not None:
+            return plan
     pockets = {p.pocket: p for p in facts.pockets}
     bal = balances_of(pockets.values(), now)
     before = bal.available_domestic
@@ -412,6 +430,39 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         low = (nominal, after)
     planned.extend(("", _write_off(p)) for p in lapsed)
     return Plan(tuple(planned), low, day)
+
+
+def _one_cash_charge(
+    only: Priced, facts: Facts, now: int, day: str, n: int
+) -> Refusal | Plan | None:
+    """`decide`'s answer for one charge against an account whose one pocket is cash (the usual
+    send), or None for the general code: the same Plan or Refusal, without balances_of's
+    Balances and dicts, plan_charge's sources and sorts, or the lapsed-voucher scan (a cash
+    pocket never lapses). Held equal to the general code by tests/unit/test_admission_fast.py.
+    """
+    (pocket,) = facts.pockets
+    amount = only.amount
+    if pocket.pocket != "cash" or type(amount) is not int or amount <= 0:
+        return None  # a voucher or card, or nothing to take (or plan_charge's ValueError)
+    if not only.international and facts.account_kind == "postpaid":
+        return Plan((), None, day)  # accrued, never taken from the balance
+    cash = pocket.amount
+    before = cash if cash > 0 else 0  # available_domestic: max(cash, 0), no voucher
+    if amount > before:  # plan_charge's InsufficientFunds, nothing planned before it
+        return Refusal(
+            "INSUFFICIENT_BALANCE",
+            f"balance: {format_micro(amount)} CNY needed for {n} message(s), "
+            f"{format_micro(before)} available",
+        )
+    ref = only.message_id
+    after = before - amount
+    threshold = facts.low_balance_threshold
+    low = (
+        (before, after)
+        if threshold > 0 and warns_low_balance(before, after, threshold, warned=facts.low_warned)
+        else None
+    )
+    return Plan(((ref, Entry(EntryKind.CHARGE, -amount, "cash", now, ref)),), low, day)
 
 
 @fast_init
