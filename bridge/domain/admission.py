@@ -338,21 +338,7 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
             "templates can be sent",
         )
     recipients = facts.recipients
-    # Nobody listed and no frequency history for the one number the rule counts (the usual
-    # send: a new number): nobody can be refused, so recipient_refusals is not called. With
-    # no earlier send, `freq.exceeded` never finds a window (one send fits any limit >= 1).
-    fr = rules.frequency
-    refused = (
-        recipient_refusals(rules, facts, now)
-        if facts.opted_out
-        or facts.blocked
-        or not (
-            fr is None
-            or not fr.numbers
-            or (len(fr.numbers) == 1 and not facts.history.get(fr.numbers[0]))
-        )
-        else ()
-    )
+    refused = () if _nobody_refusable(rules, facts) else recipient_refusals(rules, facts, now)
     if refused:
         # The code and message of the first, as before this listed them all: opt-outs first,
         # then do-not-contact lists, then frequency limits, each in recipient order.
@@ -430,6 +416,21 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         low = (nominal, after)
     planned.extend(("", _write_off(p)) for p in lapsed)
     return Plan(tuple(planned), low, day)
+
+
+def _nobody_refusable(rules: Rules, facts: Facts) -> bool:
+    """Nobody listed and no frequency history for the one number the rule counts (the usual
+    send: a new number): recipient_refusals would find no one, so `decide` does not call it.
+    With no earlier send `freq.exceeded` never finds a window (one send fits any limit >= 1,
+    and 0 is none). Held equal to the general code by tests/unit/test_admission_fast.py."""
+    if facts.opted_out or facts.blocked:
+        return False
+    fr = rules.frequency
+    return (
+        fr is None
+        or not fr.numbers
+        or (len(fr.numbers) == 1 and not facts.history.get(fr.numbers[0]))
+    )
 
 
 def _one_cash_charge(
