@@ -848,6 +848,28 @@ async def test_low_balance_crossing_enqueues_one_event(store: Store) -> None:
     assert [j for j in await store.claim_webhooks(NOW + DAY, 100, LEASE) if j.kind == "event"] == []
 
 
+async def test_a_credit_that_ends_the_dip_clears_the_low_balance_mark(store: Store) -> None:
+    """`rearm_low_balance`, on each engine: a credit that leaves the balance under the
+    threshold keeps the mark (one warning per dip), one that brings it back to it clears it.
+    Without the clearing the PostgreSQL money state machine passed (session 54, h4): a fall
+    across the threshold warns whatever the mark says, and its falls mostly crossed."""
+
+    async def mark() -> int | None:
+        got = await store.get_account("acc_a")
+        assert got is not None
+        return got.low_balance_warned_at
+
+    await funded(store, 1000, threshold=500)
+    assert await mark() is None
+    first = await send(store, message("m1"), amount=600)  # 1000 -> 400: warned
+    assert first.plan is not None and first.plan.low_balance == (1000, 400)
+    assert await mark() == NOW
+    await store.append_ledger("acc_a", topup(50, NOW + MIN, "some"))  # 450: still in the dip
+    assert await mark() == NOW
+    await store.append_ledger("acc_a", topup(50, NOW + 2 * MIN, "more"))  # 500: the dip is over
+    assert await mark() is None
+
+
 # ---------------------------------------------------------------- refunds on receipts
 
 
