@@ -254,20 +254,17 @@ def rollup_messages(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
-    for r in rolled:
+    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
         values: tuple[Any, ...] = ()
-        if r.smsc is not None:
-            values = (r.smsc, r.segments_sent)
-            if r.route is not None:
-                values += (r.route,)
-        u = r.update
+        if smsc is not None:
+            values = (smsc, nsent) if route is None else (smsc, nsent, route)
         if u is None:
-            shape: tuple[bool, ...] = (r.smsc is not None, r.route is not None)
+            shape: tuple[bool, ...] = (smsc is not None, route is not None)
         else:
             # A None is not bound (_rollup_sql): the sqlite3 module adapts each bound None
             # (~1.2 k instructions), two a roll-up (the error and sent_at or done_at).
-            values += (u.state, u.delivered, u.failed)
-            error, sent_at, done_at = u.error, u.sent_at, u.done_at
+            state, delivered, failed, error, sent_at, done_at, release, _sent, _final = u
+            values += (state, delivered, failed)
             if error is not None:
                 values += (error,)
             if sent_at is not None:
@@ -275,14 +272,14 @@ def rollup_messages(
             if done_at is not None:
                 values += (done_at,)
             shape = (
-                r.smsc is not None,
-                r.route is not None,
-                u.release,
+                smsc is not None,
+                route is not None,
+                release,
                 error is not None,
                 sent_at is not None,
                 done_at is not None,
             )
-        shapes.setdefault(shape, []).append((*values, r.id))
+        shapes.setdefault(shape, []).append((*values, mid))
     for shape, rows in shapes.items():
         c.executemany(_rollup_sql(*shape), rows)
     if f.billed:
