@@ -69,15 +69,16 @@ def roll(
 ) -> tuple[list[RolledValues], Followups]:
     """The rows of `ids` that change (Rolled's fields, as tuples), and what follows.
 
-    `rows`: each message's ROLLUP_COLS; `parts`: its parts' (state, error code) in seq order;
-    `many`: the messages with a second part row (not one message_payload PDU); `touched`: the
-    messages to roll up (id -> release the claim once nothing is left to send); `air`: the
-    submit results' (SMSC, PDUs accepted now) per message (lifecycle.on_air), written with the
-    roll-up so a submit rewrites its message's row once, not twice; `instance`: the one whose
-    submit results those are (None: anyone's). Its SMSC becomes the claim's route (q_route) only
-    while that instance holds the message: a late result of a claim whose lease ran out wrote
-    it on the row of the instance that holds the message now, whose restart then decided its
-    parts in flight by the old holder's SMSC's in_flight_on_restart.
+    `rows`: each message's ROLLUP_COLS (the first, the id, is not read: SQLite gives the rowid
+    there, by which its UPDATE finds the row again); `parts`: its parts' (state, error code) in
+    seq order; `many`: the messages with a second part row (not one message_payload PDU);
+    `touched`: the messages to roll up (id -> release the claim once nothing is left to send);
+    `air`: the submit results' (SMSC, PDUs accepted now) per message (lifecycle.on_air), written
+    with the roll-up so a submit rewrites its message's row once, not twice; `instance`: the one
+    whose submit results those are (None: anyone's). Its SMSC becomes the claim's route
+    (q_route) only while that instance holds the message: a late result of a claim whose lease
+    ran out wrote it on the row of the instance that holds the message now, whose restart then
+    decided its parts in flight by the old holder's SMSC's in_flight_on_restart.
 
     A message to release (`touched`) with no part row at all ends unsent (NO_PARTS).
     """

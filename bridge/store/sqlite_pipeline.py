@@ -248,8 +248,11 @@ def rollup_messages(
                 parts[mid].extend(got)
                 if len(got) > 1:
                     many.add(mid)
-        for row in c.execute(_ROLLUP_READ, (json_ids(chunk),)):
-            current[row[0]] = row
+        # A row a list entry (LEFT JOIN: in the list's order), its first column the rowid
+        # (NULL: no such message), by which the roll-up's UPDATE finds it again.
+        for mid, row in zip(chunk, c.execute(_ROLLUP_READ, (json_ids(chunk),)), strict=True):
+            if row[0] is not None:
+                current[mid] = row
     rolled, f = rollup_rows.roll(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
@@ -279,7 +282,7 @@ def rollup_messages(
                 sent_at is not None,
                 done_at is not None,
             )
-        shapes.setdefault(shape, []).append((*values, mid))
+        shapes.setdefault(shape, []).append((*values, current[mid][0]))
     for shape, rows in shapes.items():
         c.executemany(_rollup_sql(*shape), rows)
     if f.billed:
@@ -292,10 +295,14 @@ def rollup_messages(
     return queued
 
 
+# ROLLUP_COLS with the rowid in place of the id (rollup_rows.roll does not read that column):
+# the roll-up's UPDATE finds its row by the rowid, not through the id's index (an index seek
+# less a message row written, twice a message in the owner's write lock; session 55), and the
+# read keeps its column count, each of which the sqlite3 module hands the GIL over for.
 _ROLLUP_READ = (
-    "SELECT "
-    + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(","))
-    + " FROM json_each(?) j CROSS JOIN messages m ON m.id = j.value"
+    "SELECT m.rowid, "
+    + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:])
+    + " FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
 )
 
 
@@ -332,7 +339,7 @@ def _rollup_sql(
             sets.append("done_at=COALESCE(?, done_at)")
     if release:
         sets.append("q_state='done', q_claimed_by=NULL, q_lease_until=NULL")
-    return f"UPDATE messages SET {', '.join(sets)} WHERE id=?"
+    return f"UPDATE messages SET {', '.join(sets)} WHERE rowid=?"
 
 
 # The SQL function by which a store's connection gives its zone of the daily quota's days
