@@ -918,6 +918,7 @@ def _settle(c: sqlite3.Connection, settled: list[tuple[Any, ...]]) -> None:
     runs: list[tuple[str, list[tuple[Any, ...]]]] = []
     last = None
     rows: list[tuple[Any, ...]] = []
+    row: tuple[Any, ...]
     for mid, seq, state, at, error, source in settled:
         if error is None:
             if source is None:

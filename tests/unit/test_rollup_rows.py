@@ -158,7 +158,9 @@ def test_the_rows_are_plain_tuples_and_no_row_update_is_built(
 
     rows = {"m1": row("m1"), "m2": row("m2", state="sent", q_state="done", sent=1)}
     parts = {"m1": [("sent", None)], "m2": [("undeliverable", "X")]}
-    args = (["m1", "m2"], rows, parts, set(), {"m1": True, "m2": False}, {"m1": ("a", 1)}, NOW)
+    args: tuple[Any, ...] = (
+        ["m1", "m2"], rows, parts, set(), {"m1": True, "m2": False}, {"m1": ("a", 1)}, NOW,
+    )  # fmt: skip
     want = [named(r) for r in rollup_rows.roll(*args)[0]]
     monkeypatch.setattr(lc, "RowUpdate", refused)
     monkeypatch.setattr(rollup_rows, "Rolled", refused)
