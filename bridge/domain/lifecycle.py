@@ -451,6 +451,11 @@ class RowUpdate:
     became_final: bool
 
 
+# RowUpdate's fields in its order, as a plain tuple (row_values): what the roll-up's engines
+# take apart once per message.
+RowValues = tuple[str, int, int, str | None, int | None, int | None, bool, bool, bool]
+
+
 def row_update(
     parts: Sequence[tuple[str, str | None]],
     *,
@@ -463,7 +468,30 @@ def row_update(
     now: int,
     segments: int = 0,
 ) -> RowUpdate | None:
-    """The roll-up both store engines apply; None when the row would not change.
+    """The roll-up both store engines apply; None when the row would not change (row_values,
+    as a RowUpdate: what the engines' roll-up takes as a tuple)."""
+    v = row_values(
+        parts, old_state, q_state, old_delivered, old_failed, old_error,
+        release_when_dispatched, now, segments,
+    )  # fmt: skip
+    return None if v is None else RowUpdate(*v)
+
+
+def row_values(
+    parts: Sequence[tuple[str, str | None]],
+    old_state: str,
+    q_state: str,
+    old_delivered: int,
+    old_failed: int,
+    old_error: str | None,
+    release_when_dispatched: bool,
+    now: int,
+    segments: int = 0,
+) -> RowValues | None:
+    """row_update's answer as a tuple in RowUpdate's field order, taken by position: the
+    roll-up (rollup_rows.roll, twice a message in the owner's write lock) reads each value
+    once, and a frozen RowUpdate built for that was ~4.2 k instructions a roll-up, its keyword
+    call ~0.7 k more (session 55).
 
     `release_when_dispatched` is true after submit results (the dispatcher is done with the
     message once no part is queued); after receipts only a final message releases its claim.
@@ -492,7 +520,7 @@ def row_update(
         and not release
     ):
         return None
-    return RowUpdate(  # by position, as Summary above
+    return (
         state,  # state
         delivered,  # delivered
         failed,  # failed

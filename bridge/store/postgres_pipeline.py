@@ -575,16 +575,9 @@ async def rollup_messages(
         ids, locked, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     upd: list[list[Any]] = [[] for _ in range(12)]
-    for r in rolled:
-        u = r.update
-        values = (
-            (u.state, u.delivered, u.failed, u.error, u.sent_at, u.done_at, u.release)
-            if u is not None
-            else (None, None, None, None, None, None, False)
-        )
-        for col, value in zip(
-            upd, (r.id, u is not None, *values, r.smsc, r.segments_sent, r.route), strict=True
-        ):
+    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
+        values = u[:7] if u is not None else (None, None, None, None, None, None, False)
+        for col, value in zip(upd, (mid, u is not None, *values, smsc, nsent, route), strict=True):
             col.append(value)
     if upd[0]:
         await c.execute(_ROLLUP, *upd)

@@ -224,7 +224,7 @@ def rollup_messages(
     if not touched and not air:
         return 0
     ids = list(touched) + [mid for mid in air if mid not in touched]
-    parts: dict[str, list[tuple[str, str | None]]] = {mid: [] for mid in ids}
+    parts: dict[str, list[tuple[str, str | None]]] = {}  # none: no part row (roll)
     many: set[str] = set()  # messages with a second part row: not one payload PDU
     current: dict[str, tuple[Any, ...]] = {}
     for chunk in _chunks(ids):
@@ -239,35 +239,38 @@ def rollup_messages(
         else:
             reads = ()
         for mid, seq, state, error in reads:
-            parts[mid].append((state, error))
-            if seq == 2:
-                many.add(mid)
+            if seq == 1:  # ORDER BY message_id, seq: a message's first row
+                parts[mid] = [(state, error)]
+            else:
+                parts.setdefault(mid, []).append((state, error))
+                if seq == 2:
+                    many.add(mid)
         for mid in chunk:
             got = known.get(mid)
-            if got is not None:
-                parts[mid].extend(got)
+            if got is not None:  # as the writes left them: taken as they are, not copied
+                parts[mid] = got
                 if len(got) > 1:
                     many.add(mid)
-        for row in c.execute(_ROLLUP_READ, (json_ids(chunk),)):
-            current[row[0]] = row
+        # A row a list entry (LEFT JOIN: in the list's order), its first column the rowid
+        # (NULL: no such message), by which the roll-up's UPDATE finds it again.
+        for mid, row in zip(chunk, c.execute(_ROLLUP_READ, (json_ids(chunk),)), strict=True):
+            if row[0] is not None:
+                current[mid] = row
     rolled, f = rollup_rows.roll(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
     shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
-    for r in rolled:
+    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
         values: tuple[Any, ...] = ()
-        if r.smsc is not None:
-            values = (r.smsc, r.segments_sent)
-            if r.route is not None:
-                values += (r.route,)
-        u = r.update
+        if smsc is not None:
+            values = (smsc, nsent) if route is None else (smsc, nsent, route)
         if u is None:
-            shape: tuple[bool, ...] = (r.smsc is not None, r.route is not None)
+            shape: tuple[bool, ...] = (smsc is not None, route is not None)
         else:
             # A None is not bound (_rollup_sql): the sqlite3 module adapts each bound None
             # (~1.2 k instructions), two a roll-up (the error and sent_at or done_at).
-            values += (u.state, u.delivered, u.failed)
-            error, sent_at, done_at = u.error, u.sent_at, u.done_at
+            state, delivered, failed, error, sent_at, done_at, release, _sent, _final = u
+            values += (state, delivered, failed)
             if error is not None:
                 values += (error,)
             if sent_at is not None:
@@ -275,14 +278,14 @@ def rollup_messages(
             if done_at is not None:
                 values += (done_at,)
             shape = (
-                r.smsc is not None,
-                r.route is not None,
-                u.release,
+                smsc is not None,
+                route is not None,
+                release,
                 error is not None,
                 sent_at is not None,
                 done_at is not None,
             )
-        shapes.setdefault(shape, []).append((*values, r.id))
+        shapes.setdefault(shape, []).append((*values, current[mid][0]))
     for shape, rows in shapes.items():
         c.executemany(_rollup_sql(*shape), rows)
     if f.billed:
@@ -295,10 +298,14 @@ def rollup_messages(
     return queued
 
 
+# ROLLUP_COLS with the rowid in place of the id (rollup_rows.roll does not read that column):
+# the roll-up's UPDATE finds its row by the rowid, not through the id's index (an index seek
+# less a message row written, twice a message in the owner's write lock; session 55), and the
+# read keeps its column count, each of which the sqlite3 module hands the GIL over for.
 _ROLLUP_READ = (
-    "SELECT "
-    + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(","))
-    + " FROM json_each(?) j CROSS JOIN messages m ON m.id = j.value"
+    "SELECT m.rowid, "
+    + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:])
+    + " FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
 )
 
 
@@ -335,7 +342,7 @@ def _rollup_sql(
             sets.append("done_at=COALESCE(?, done_at)")
     if release:
         sets.append("q_state='done', q_claimed_by=NULL, q_lease_until=NULL")
-    return f"UPDATE messages SET {', '.join(sets)} WHERE id=?"
+    return f"UPDATE messages SET {', '.join(sets)} WHERE rowid=?"
 
 
 # The SQL function by which a store's connection gives its zone of the daily quota's days
@@ -433,6 +440,9 @@ _NOT_THEIRS = (
 )
 
 
+_SEG_SENT = lc.SEG_SENT
+
+
 def _part_order(r: SubmitResult) -> tuple[str, int]:
     return r.message_id, r.seq
 
@@ -470,38 +480,39 @@ def record_submits(
                 )
             )
         fresh = []
+        writes = []  # the parts' UPDATE rows, in fresh's order
         many: dict[str, tuple[int, dict[int, str | None]]] = {}  # -> (total, seq -> error)
+        # Each message's SMSC (its last result's) and parts accepted now (lifecycle.on_air):
+        # written by the roll-up's UPDATE, after the releases (a released message's route was
+        # its claim's, and goes with it). One pass: a pass per use was ~1 k instructions a
+        # message in the owner's write lock (session 55).
         for r in sent:
-            key = (r.message_id, r.seq)
-            if key in queued:
-                total, error = queued.pop(key)
-                fresh.append(r)
-                if total == 1:  # its only part row, 'sent' by the UPDATE below
-                    known[r.message_id] = [(lc.SEG_SENT, error)]
-                else:
-                    many.setdefault(r.message_id, (total, {}))[1][r.seq] = error
+            mid, seq, smsc = r.message_id, r.seq, r.smsc
+            got = queued.pop((mid, seq), None)
+            if got is None:
+                continue
+            total, error = got
+            fresh.append(r)
+            writes.append((smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, mid, seq))
+            if total == 1:  # its only part row, 'sent' by the UPDATE below
+                known[mid] = [(_SEG_SENT, error)]
+                air[mid] = (smsc, 1)
+                touched[mid] = True
+                continue
+            many.setdefault(mid, (total, {}))[1][seq] = error
+            had = air.get(mid)
+            air[mid] = (smsc, 1 if had is None else had[1] + 1)
+            touched[mid] = True
         for mid, (total, errors) in many.items():
             # Every part was still queued and is 'sent' by the UPDATE below (the dispatcher
             # hands a message's results in together, once its last part is answered).
             if len(errors) == total:
-                known[mid] = [(lc.SEG_SENT, errors[q]) for q in sorted(errors)]
+                known[mid] = [(_SEG_SENT, errors[q]) for q in sorted(errors)]
         c.executemany(
             "UPDATE segments SET state='sent', smsc=?, smsc_msg_id=?, smsc_msg_id_raw=?, "
             "submitted_at=?, attempts=attempts+1 WHERE message_id=? AND seq=?",
-            [
-                (r.smsc, r.smsc_msg_id, r.smsc_msg_id_raw, r.at or now, r.message_id, r.seq)
-                for r in fresh
-            ],
+            writes,
         )
-        per_msg: dict[str, tuple[str, int]] = {}
-        for r in fresh:
-            _smsc, n = per_msg.get(r.message_id, (r.smsc, 0))
-            per_msg[r.message_id] = (r.smsc, n + 1)
-        # Written by the roll-up's UPDATE, after the releases (a released message's route was
-        # its claim's, and goes with it).
-        air = per_msg
-        for mid in per_msg:
-            touched[mid] = True
         _apply_pending(c, fresh, now, touched, known, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
@@ -891,6 +902,10 @@ _SETTLE_SQL = {
     for error in (False, True)
     for source in (False, True)
 }
+_SETTLE_PLAIN = _SETTLE_SQL[False, False]  # a part's own receipt, no error code: the usual
+_SETTLE_SOURCE = _SETTLE_SQL[False, True]
+_SETTLE_ERROR = _SETTLE_SQL[True, False]
+_SETTLE_BOTH = _SETTLE_SQL[True, True]
 
 
 def _settle(c: sqlite3.Connection, settled: list[tuple[Any, ...]]) -> None:
@@ -898,17 +913,25 @@ def _settle(c: sqlite3.Connection, settled: list[tuple[Any, ...]]) -> None:
     whose receipt it was), applied in their order, with their None values as NULL in the
     statement's text, not bound: the sqlite3 module adapts every bound None (~1.2 k
     instructions), and a delivered part's receipt has two (no error code, its own receipt).
-    Consecutive updates of one shape go in one executemany."""
-    runs: list[tuple[tuple[bool, bool], list[tuple[Any, ...]]]] = []
+    Consecutive updates of one shape go in one executemany; each row is built once, in its
+    shape (session 55: not a shape tuple and a row grown by parts, ~0.6 k instructions a part)."""
+    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+    last = None
+    rows: list[tuple[Any, ...]] = []
+    row: tuple[Any, ...]
     for mid, seq, state, at, error, source in settled:
-        shape = (error is not None, source is not None)
-        if not runs or runs[-1][0] != shape:
-            runs.append((shape, []))
-        row: tuple[Any, ...] = (state, at)
-        if error is not None:
-            row += (error,)
-        if source is not None:
-            row += (source,)
-        runs[-1][1].append((*row, mid, seq))
-    for shape, rows in runs:
-        c.executemany(_SETTLE_SQL[shape], rows)
+        if error is None:
+            if source is None:
+                sql, row = _SETTLE_PLAIN, (state, at, mid, seq)
+            else:
+                sql, row = _SETTLE_SOURCE, (state, at, source, mid, seq)
+        elif source is None:
+            sql, row = _SETTLE_ERROR, (state, at, error, mid, seq)
+        else:
+            sql, row = _SETTLE_BOTH, (state, at, error, source, mid, seq)
+        if sql is not last:
+            last, rows = sql, []
+            runs.append((sql, rows))
+        rows.append(row)
+    for sql, rows in runs:
+        c.executemany(sql, rows)
