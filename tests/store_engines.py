@@ -3,7 +3,8 @@
 Tests talk to the database only through the `Store` protocol. The few things a contract test needs
 that the protocol deliberately does not offer (poking the schema version, counting commits, opening
 the same database in a child process) come from the engine's `EngineHandle`. The PostgreSQL engine
-runs on a throw-away cluster (tests/conftest.py: one per session, a fresh database per test); it
+runs on a throw-away cluster (tests/conftest.py: one per session, and per worker one migrated
+database put back as migrated before each test, or made anew when a test changed its schema); it
 skips when there is no PostgreSQL, except under CI where it fails.
 
 Use by binding the fixtures in the test module (`engine = store_engines.engine`, likewise
@@ -75,7 +76,9 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
     from bridge.store.postgres import PostgresStore
     from tests.conftest import run_async
 
-    dsn: str = request.getfixturevalue("pg_dsn")
+    # Migrated already, as a store's first open leaves it: the contract tests' store opens it
+    # as a daemon reopens its database (tests/pg_cluster.py's migrated_database).
+    dsn: str = request.getfixturevalue("pg_migrated_dsn")
 
     def force_schema_version(version: int) -> None:
         async def go() -> None:
