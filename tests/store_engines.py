@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store.base import Store
+from tests.sqlite_template import migrated_copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +61,13 @@ def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
             raise TypeError(f"not a SqliteStore: {store!r}")
         return store.commits
 
+    def new_store() -> SqliteStore:
+        migrated_copy(path)  # as a first open leaves it (tests/sqlite_template.py)
+        return SqliteStore(path)
+
     return EngineHandle(
         name="sqlite",
-        new_store=lambda: SqliteStore(path),
+        new_store=new_store,
         child_setup=(
             f"from bridge.store.sqlite import SqliteStore\nstore = SqliteStore({str(path)!r})"
         ),
