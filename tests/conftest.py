@@ -31,9 +31,11 @@ from tests.e2e.harness import WebhookReceiver
 from tests.pg_cluster import (
     Cluster,
     ClusterUnavailable,
+    Migrated,
     ci,
     create_database,
     drop_database,
+    migrated_database,
     new_database_name,
     settled,
     start_cluster,
@@ -151,6 +153,22 @@ def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
         yield dsn
     finally:
         run_async(drop_database(pg_cluster, name))
+
+
+@pytest.fixture(scope="session")
+def _pg_migrated_held(pg_cluster: Cluster) -> Iterator[list[Migrated]]:
+    held: list[Migrated] = []
+    yield held
+    for db in held:  # an external server's (ours goes with the cluster)
+        with contextlib.suppress(Exception):
+            run_async(drop_database(pg_cluster, db.name))
+
+
+@pytest.fixture
+def pg_migrated_dsn(pg_cluster: Cluster, _pg_migrated_held: list[Migrated]) -> str:
+    """A DSN to a database as a fresh migration leaves it: one kept by this worker and put back
+    before each test (tests/pg_cluster.py's migrated_database), not one created and migrated."""
+    return str(run_async(migrated_database(pg_cluster, _pg_migrated_held)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

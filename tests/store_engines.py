@@ -3,7 +3,8 @@
 Tests talk to the database only through the `Store` protocol. The few things a contract test needs
 that the protocol deliberately does not offer (poking the schema version, counting commits, opening
 the same database in a child process) come from the engine's `EngineHandle`. The PostgreSQL engine
-runs on a throw-away cluster (tests/conftest.py: one per session, a fresh database per test); it
+runs on a throw-away cluster (tests/conftest.py: one per session, and per worker one migrated
+database put back as migrated before each test, or made anew when a test changed its schema); it
 skips when there is no PostgreSQL, except under CI where it fails.
 
 Use by binding the fixtures in the test module (`engine = store_engines.engine`, likewise
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store.base import Store
+from tests.sqlite_template import migrated_copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +61,13 @@ def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
             raise TypeError(f"not a SqliteStore: {store!r}")
         return store.commits
 
+    def new_store() -> SqliteStore:
+        migrated_copy(path)  # as a first open leaves it (tests/sqlite_template.py)
+        return SqliteStore(path)
+
     return EngineHandle(
         name="sqlite",
-        new_store=lambda: SqliteStore(path),
+        new_store=new_store,
         child_setup=(
             f"from bridge.store.sqlite import SqliteStore\nstore = SqliteStore({str(path)!r})"
         ),
@@ -75,7 +81,9 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> EngineHandle:
     from bridge.store.postgres import PostgresStore
     from tests.conftest import run_async
 
-    dsn: str = request.getfixturevalue("pg_dsn")
+    # Migrated already, as a store's first open leaves it: the contract tests' store opens it
+    # as a daemon reopens its database (tests/pg_cluster.py's migrated_database).
+    dsn: str = request.getfixturevalue("pg_migrated_dsn")
 
     def force_schema_version(version: int) -> None:
         async def go() -> None:

@@ -58,6 +58,7 @@ from bridge.store.models import Account
 from bridge.store.sqlite import SqliteStore
 from bridge.wiring import configure_store
 from tests.sending import TEST_INTERNATIONAL, ready_to_send
+from tests.sqlite_template import migrated_copy
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 CN_MOBILE = "+8613800138000"
@@ -544,6 +545,7 @@ async def start_api(
     cfg = build_config(tmp_path, overrides)
     sealer = Sealer(base64.b64decode(cfg.security.master_key or ""))
     if store is None:
+        migrated_copy(Path(cfg.store.path))  # as a first open leaves it (tests/sqlite_template.py)
         store = SqliteStore(
             cfg.store.path,
             linger_ms=cfg.store.group_commit_ms,

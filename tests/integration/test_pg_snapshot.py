@@ -2,7 +2,11 @@
 examples (test_money_stateful.py, test_pg_rollup_reads.py) instead of creating one from a
 template each time. An example must start where a new copy of the migrated database would: every
 row the last one wrote gone (rows that reference others among them), the migration's own rows
-there, every sequence at its start, and no session of the last example's store still open."""
+there, every sequence at its start, and no session of the last example's store still open.
+
+The same restore hands the store contract tests' PostgreSQL engine (tests/store_engines.py) one
+migrated database from test to test (`migrated_database`): put back when its shape is as
+migrated, made anew when a test changed the schema."""
 
 from __future__ import annotations
 
@@ -10,7 +14,15 @@ import asyncpg
 import pytest
 
 from bridge.store.postgres import PostgresStore
-from tests.pg_cluster import restore_snapshot, take_snapshot
+from tests.pg_cluster import (
+    Cluster,
+    Migrated,
+    database_shape,
+    drop_database,
+    migrated_database,
+    restore_snapshot,
+    take_snapshot,
+)
 from tests.rollup_writes import accept
 
 
@@ -58,3 +70,50 @@ async def test_a_restore_leaves_the_database_as_the_snapshot_found_it(pg_dsn: st
     again, left = await an_example()
     await left.close()
     assert again == first
+
+
+async def test_the_migrated_database_is_put_back_or_made_anew_when_its_shape_changed(
+    pg_cluster: Cluster,
+) -> None:
+    held: list[Migrated] = []
+    dsn = await migrated_database(pg_cluster, held)
+    migrated, shape = await _contents(dsn), await database_shape(dsn)
+    assert migrated["schema_version"], "not migrated"
+    # A test writes, and leaves a session open.
+    store = PostgresStore(dsn, min_size=1, max_size=2)
+    await store.open()
+    await accept(store, ["msg_a"], {"msg_a": 3})
+    await store.close()
+    left = await asyncpg.connect(dsn)
+    assert (await _contents(dsn))["segments"]
+    # The next test: the same database, as migrated, the session ended.
+    assert await migrated_database(pg_cluster, held) == dsn
+    assert await _contents(dsn) == migrated
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await left.fetchval("SELECT 1")
+    # A test changes the schema, as an upgrade test does (a column dropped and added back: the
+    # same names, not the same table), or adds a trigger or a grant: the next one gets a new
+    # database with the migrated shape and contents.
+    changes = [
+        "ALTER TABLE messages DROP COLUMN q_route; ALTER TABLE messages ADD COLUMN q_route TEXT",
+        "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';"
+        "CREATE TRIGGER t BEFORE INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE ROLE snapshot_reader; GRANT SELECT ON messages TO snapshot_reader",
+    ]
+    for change in changes:
+        c = await asyncpg.connect(dsn)
+        try:
+            await c.execute(change)
+        finally:
+            await c.close()
+        assert await database_shape(dsn) != shape, change
+        new = await migrated_database(pg_cluster, held)
+        assert new != dsn, change
+        assert await database_shape(new) == shape and await _contents(new) == migrated
+        dsn = new
+    await drop_database(pg_cluster, held[0].name)
+    c = await asyncpg.connect(pg_cluster.admin_dsn)
+    try:
+        await c.execute("DROP ROLE snapshot_reader")
+    finally:
+        await c.close()

@@ -11,6 +11,11 @@ give the same Refusal or Plan, field by field and entry by entry, or raise the s
 Nine planted one-off changes to the fast paths (a balance's `>` made `>=`, the threshold's
 sign, the history ignored, a debt counted as spendable, the postpaid test without its
 international check, the opt-out and block checks dropped, ...) each failed it within 40 s.
+800 examples (1,500 until session 55, 24 s of CI's run): on CI's fixed seed each of ten planted
+changes fails it at 800 as at 1,500 (a balance's `>` made `>=`, the threshold's sign, the
+history ignored, a debt counted as spendable, the postpaid check, an amount's `<= 0` made `< 0`,
+the balance after off by one, the opt-out check dropped, the block check dropped, the warned
+mark ignored); at 300 three of them pass (the history, the debt, the mark).
 """
 
 from __future__ import annotations
@@ -160,7 +165,7 @@ def _general(rules: adm.Rules, facts: adm.Facts, now: int) -> tuple[Any, ...]:
         return _answer(rules, facts, now)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_decide_answers_as_before_its_fast_paths(case: tuple[adm.Rules, adm.Facts, int]) -> None:
     rules, facts, now = case
