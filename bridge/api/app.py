@@ -33,6 +33,7 @@ from bridge.api.bodies import (
     http_limits,
     read_sent_body,
     refuse_encoding,
+    sent_body_now,
     use_deferred_continue,
 )
 from bridge.api.context import (
@@ -337,7 +338,9 @@ def _check_admin(request: web.Request) -> None:
 
 async def _signed_body(request: web.Request) -> bytes:
     """The body of a /v1/ request whose signing headers passed (Authenticator.authenticate)."""
-    body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
+    body = sent_body_now(request)
+    if body is None:
+        body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
     request[BODY] = body
     return body
 
