@@ -3,7 +3,7 @@ coroutine only when it may have to wait (the key or account not cached, the body
 or owed a 100 Continue, the tariff book not read yet). A real server on a real SQLite file,
 real signed requests; each coroutine is wrapped to count its calls and still answer.
 
-Each test fails on the tree before: there every send awaited all four."""
+Each test fails on the tree before: there every send awaited all six."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from bridge.api import app as api_app
-from bridge.api import bodies, sending
+from bridge.api import bodies, sending, v1
 from bridge.api.auth import Authenticator
 from bridge.api.errors import ApiError
 from tests.integration.conftest import ApiServer
@@ -28,7 +28,7 @@ Calls = Counter[str]
 
 @pytest.fixture
 def awaited(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
-    """The four coroutines, counted by name as they are awaited, each still doing its work."""
+    """The six coroutines, counted by name as they are awaited, each still doing its work."""
     calls: Calls = Counter()
 
     def counted(name: str, real: Any) -> Any:
@@ -42,6 +42,8 @@ def awaited(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     monkeypatch.setattr(Authenticator, "_account", counted("account", Authenticator._account))
     monkeypatch.setattr(api_app, "read_sent_body", counted("body", api_app.read_sent_body))
     monkeypatch.setattr(sending, "current_tariff", counted("tariff", sending.current_tariff))
+    monkeypatch.setattr(api_app, "_signed_body", counted("signed body", api_app._signed_body))
+    monkeypatch.setattr(v1, "prepare_send", counted("prepare", v1.prepare_send))
     yield calls
 
 
@@ -75,6 +77,11 @@ async def test_what_is_not_cached_is_still_awaited(api_server: ApiServer, awaite
     r = await api_server.send(creds, _text(2))
     assert r.status == 202, r.text
     assert awaited == Counter({"key": 1, "account": 1}), awaited
+    # A sender to check (against the others' assignments, read through a cache): awaited.
+    awaited.clear()
+    sender = await api_server.send(creds, {**_text(4), "sender": "10690001"})
+    assert sender.status == 202, sender.text
+    assert awaited == Counter({"prepare": 1}), awaited
     # A key the store does not know: looked up (not cached), refused as before.
     awaited.clear()
     unknown = await api_server.send(creds, _text(3), tamper=_other_key)
@@ -92,7 +99,7 @@ async def test_a_body_owed_a_continue_is_read_by_the_coroutine(
     creds = await api_server.create_account()
     r = await api_server.send(creds, _text(1), headers={"Expect": "100-continue"})
     assert r.status == 202, r.text
-    assert awaited["body"] == 1
+    assert awaited["signed body"] == 1 and awaited["body"] == 1
 
 
 async def test_an_unread_tariff_book_is_read_first(api_server: ApiServer, awaited: Calls) -> None:
@@ -104,7 +111,7 @@ async def test_an_unread_tariff_book_is_read_first(api_server: ApiServer, awaite
     awaited.clear()
     r = await api_server.send(creds, _text(2))
     assert r.status == 202, r.text
-    assert awaited["tariff"] == 1
+    assert awaited["tariff"] == 1 and awaited["prepare"] == 1
     assert sending.tariff_loaded(api_server.ctx)
 
 
