@@ -33,6 +33,7 @@ from bridge.api.bodies import (
     http_limits,
     read_sent_body,
     refuse_encoding,
+    sent_body_now,
     use_deferred_continue,
 )
 from bridge.api.context import (
@@ -297,7 +298,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             refuse_encoding(request)
             # A send records its nonce inside its accept transaction (one write, not two).
             defer = request.method == "POST" and path == "/v1/messages"
-            request[PRINCIPAL] = await ctx.auth.authenticate(request, _signed_body, defer=defer)
+            request[PRINCIPAL] = await ctx.auth.authenticate(
+                request, _signed_body, defer=defer, read_now=_signed_body_now
+            )
         except ApiError as exc:
             if body_pending(request):  # not read: the stream cannot carry another request
                 request[CLOSE_AFTER] = True
@@ -339,6 +342,14 @@ async def _signed_body(request: web.Request) -> bytes:
     """The body of a /v1/ request whose signing headers passed (Authenticator.authenticate)."""
     body = await read_sent_body(request, request.app[CTX].config.server.body_timeout_s)
     request[BODY] = body
+    return body
+
+
+def _signed_body_now(request: web.Request) -> bytes | None:
+    """`_signed_body`'s answer when it has nothing to wait for (`sent_body_now`), else None."""
+    body = sent_body_now(request)
+    if body is not None:
+        request[BODY] = body
     return body
 
 

@@ -58,6 +58,18 @@ async def read_sent_body(request: web.Request, timeout_s: float) -> bytes:
         raise ApiError("MALFORMED_HTTP", BODY_FRAMING) from None
 
 
+def sent_body_now(request: web.Request) -> bytes | None:
+    """`read_sent_body`'s answer when it has nothing to wait for (the parser has fed the whole
+    body, no 100 Continue may be owed: no Expect, and the stream holds no error, which
+    `read_sent_body` words as a refusal), from a plain call; else None, and the caller awaits
+    `read_sent_body`. Why: nearly every body has arrived with its headers, and awaiting a
+    coroutine that returns at once was ~1,200 instructions more (session 55)."""
+    content = request.content
+    if "Expect" in request.headers or not content.is_eof() or content.exception() is not None:
+        return None
+    return buffered_body(request)
+
+
 def buffered_body(request: web.Request) -> bytes:
     """`request.read()` of a body the parser has fed whole (`request.content.is_eof()`), taken
     from the stream's buffer in one call. Why: read() loops readany() into a bytearray until an

@@ -12,9 +12,9 @@ from bridge.api.context import ApiContext
 from bridge.api.errors import ApiError
 from bridge.api.submit import SendRequest
 from bridge.domain import senders
-from bridge.domain.admission import Rules
+from bridge.domain.admission import Priced, Rules
 from bridge.domain.tariffs import BillingError, Tariff
-from bridge.store.models import AcceptOutcome, Account, NewMessage
+from bridge.store.models import AcceptOutcome, Account, NewMessage, Template
 
 log = logging.getLogger("bridge.api")
 
@@ -42,13 +42,24 @@ TARIFF_RETRY = {"Retry-After": "60"}
 
 async def current_tariff(ctx: ApiContext, now_ms: int) -> Tariff | None:
     """The tariff in force (None when billing is off)."""
+    if ctx.config.billing.enabled and not ctx.tariff_book.versions:
+        await ctx.tariff_book.load(now_ms)
+    return tariff_now(ctx, now_ms)
+
+
+def tariff_loaded(ctx: ApiContext) -> bool:
+    """Whether `tariff_now` answers as `current_tariff` would: billing off, or its book read."""
+    return not ctx.config.billing.enabled or bool(ctx.tariff_book.versions)
+
+
+def tariff_now(ctx: ApiContext, now_ms: int) -> Tariff | None:
+    """`current_tariff` once its book is read (`tariff_loaded`), from a plain call: nearly every
+    send, and awaiting a coroutine that returns at once was ~1,200 instructions more (session
+    55)."""
     if not ctx.config.billing.enabled:
         return None
-    book = ctx.tariff_book
-    if not book.versions:
-        await book.load(now_ms)
     try:
-        return book.at(now_ms)
+        return ctx.tariff_book.at(now_ms)
     except BillingError as exc:  # a 503 like any other: a client retries after Retry-After
         code = (
             exc.code if exc.code in ("TARIFF_NOT_FOUND", "TARIFF_AMBIGUOUS") else "TARIFF_NOT_FOUND"
@@ -74,6 +85,20 @@ async def check_sender(ctx: ApiContext, account: Account, sender: str) -> None:
     raise ApiError("SENDER_NOT_ALLOWED", f"sender {sender}: {why}")
 
 
+def prepare_now(
+    ctx: ApiContext, account: Account, req: SendRequest, now_ms: int
+) -> tuple[str, list[NewMessage], Rules] | None:
+    """`prepare_send`'s answer when it has nothing to wait for (no sender to check, no template
+    to read, the tariff book read: nearly every send of a free text), from a plain call; else
+    None, and the caller awaits `prepare_send`. Why: awaiting a coroutine that returns at once
+    was ~1,200 instructions more (session 55)."""
+    if req.sender is not None or req.template is not None or not tariff_loaded(ctx):
+        return None
+    tariff = tariff_now(ctx, now_ms)
+    batch_id, messages, charges = ctx.submitter.build(req, account, now_ms, tariff=tariff)
+    return batch_id, messages, _admission(ctx, req, None, charges, tariff)
+
+
 async def prepare_send(
     ctx: ApiContext, account: Account, req: SendRequest, now_ms: int
 ) -> tuple[str, list[NewMessage], Rules]:
@@ -82,7 +107,7 @@ async def prepare_send(
         await check_sender(ctx, account, req.sender)
     rules = ctx.send_rules
     template = await rules.template(account.id, req.template) if req.template is not None else None
-    tariff = await current_tariff(ctx, now_ms)
+    tariff = tariff_now(ctx, now_ms) if tariff_loaded(ctx) else await current_tariff(ctx, now_ms)
     try:
         batch_id, messages, charges = ctx.submitter.build(
             req, account, now_ms, template=template, tariff=tariff
@@ -100,21 +125,31 @@ async def prepare_send(
         batch_id, messages, charges = ctx.submitter.build(
             req, account, now_ms, template=template, tariff=tariff
         )
+    return batch_id, messages, _admission(ctx, req, template, charges, tariff)
+
+
+def _admission(
+    ctx: ApiContext,
+    req: SendRequest,
+    template: Template | None,
+    charges: tuple[Priced, ...],
+    tariff: Tariff | None,
+) -> Rules:
+    """The rules the accept transaction enforces for the send `build` made."""
     kind = template.kind if template is not None else None
     # By position, in the class's order (see NewMessage in submit.Submitter.build).
-    admission = Rules(
+    return Rules(
         req.sign_name,  # sign_name
         (),  # more_signs: SendBatchSms's alone
         req.template,  # template_code
         template.revision if template is not None else None,  # template_revision
         # req.to, not the messages' recipients gathered again: build made one message of each
         # number, in order, or refused the send (a generator per send, ~3,000 instructions).
-        rules.frequency(kind, req.sign_name, req.template, req.to),  # frequency
+        ctx.send_rules.frequency(kind, req.sign_name, req.template, req.to),  # frequency
         charges,  # charges
         tariff is not None,  # billing
         ctx.config.rules.timezone,  # tz
     )
-    return batch_id, messages, admission
 
 
 class TemplateChanged(ApiError):

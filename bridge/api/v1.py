@@ -24,6 +24,7 @@ from bridge.api.sending import (
     check_queue,
     current_tariff,
     outcome_error,
+    prepare_now,
     prepare_send,
     template_changed,
 )
@@ -222,7 +223,10 @@ async def _accept_once(
         req = parse_send_request(
             data, account, max_recipients=ctx.config.server.max_recipients, now_ms=now_ms
         )
-        batch_id, messages, admission = await prepare_send(ctx, account, req, now_ms)
+        prepared = prepare_now(ctx, account, req, now_ms)
+        if prepared is None:
+            prepared = await prepare_send(ctx, account, req, now_ms)
+        batch_id, messages, admission = prepared
     except ApiError:
         # A retry of an accepted request replays its answer even if it would be refused now
         # (queue full, rate, settings changed). Looked up only on this path: on the happy path

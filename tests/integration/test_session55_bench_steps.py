@@ -1,0 +1,35 @@
+"""scripts/bench_accept_steps.py (session 55): each named step of the stubbed accept counted alone
+under callgrind, per request; a step called inside another counts less than it, and each is a
+part of the whole."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_accept_steps_counts_each_step_alone() -> None:
+    steps = ("bridge.api.signing:verify_checked", "bridge.api.signing:sign",
+             "bridge.api.submit:Submitter.build")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_accept_steps.py", "--requests", "50", *steps],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    counts = {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^(\S.*?) +([0-9,]+)$", out, re.M)
+    }
+    assert set(counts) == {*steps, "total (wrapped)"}, out
+    verify, sign, build = (counts[s] for s in steps)
+    total = counts["total (wrapped)"]
+    # sign is called once a request inside verify_checked (the HMAC); build once a request.
+    assert 1_000 < sign < verify < total, out
+    assert 1_000 < build < total < 20_000_000, out
