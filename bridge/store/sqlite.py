@@ -573,6 +573,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
         )
         key_facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None] | None = None
+        key_facts_held = key_facts
         if one_facts is not None and batch.key_id is not None:
             # The key's statement reads the facts too (_authorize): its argument joins theirs
             # here, and the statement is made positional, its Nones written as NULL
@@ -580,15 +581,23 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # With the version of the account's row whose Account this process holds, if any:
             # unchanged, the statement does not send the row again (_authorize).
             known = account_at_version(batch.account_id)
-            key_sql, key_args = sqlite_binds.positional(
+            key_sql, key_args, reads_at = sqlite_binds.positional_at(
                 _authorize_facts_sql(one_facts[0]),
                 {
                     **one_facts[1],
                     "key_id": batch.key_id,
                     "aver": None if known is None else known[0],
                 },
+                "reads",
             )
             key_facts = (key_sql, key_args, known)
+            # The same, not reading today's count and the pockets (`:reads` 0): for an accept
+            # that finds them read by an earlier accept of its batch (HeldSums.base).
+            key_facts_held = (
+                key_sql,
+                (*key_args[:reads_at], 0, *key_args[reads_at + 1 :]),
+                known,
+            )
         # The day whose count the facts read, and whether they read the pockets: what the
         # sums held by earlier accepts of the batch move (sqlite_rules.HeldSums).
         rules = batch.rules
@@ -642,9 +651,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # `cur` runs the statements every accept makes, `c` the others.
             tps = batch.tps
             facts_row: list[Any] = []
+            read_base: tuple[str, Any, Any] | None = None
             key_account: Account | None = None  # the account the key's statement read
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
+                # Today's count and the pockets as an earlier accept of the batch read them
+                # (nothing but the held sums' writing, which ends them, writes either in a
+                # batch): the statement does not read them again.
+                sums = held.get(batch.account_id)
+                base = None if sums is None else sums.base
+                if base is not None and (base[0] != fact_day or (pockets_read and base[2] is None)):
+                    base = None
                 outcome, account = _authorize(
                     cur,
                     batch.key_id,
@@ -652,8 +669,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     batch.nonce_expires_at,
                     now,
                     replaced,
-                    None if key_facts is None else (*key_facts, facts_row),
+                    None
+                    if key_facts is None
+                    else (*(key_facts if base is None else key_facts_held), facts_row),
                 )
+                if facts_row:
+                    if base is None:  # read now: kept for the batch's next accepts
+                        read_base = (fact_day, facts_row[0], facts_row[6])
+                    else:
+                        facts_row[0] = base[1]
+                        facts_row[6] = base[2]
                 if outcome == "ok":
                     wrote["nonce"] = replaced[0] if replaced else None
                 if account is not None and account.id != batch.account_id:
@@ -767,6 +792,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # sums, held for the batch's end (the runner writes them before any other job
                 # and before COMMIT), one upsert each for all the batch's accepts of the account.
                 sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
+                if read_base is not None:
+                    held[batch.account_id].base = read_base
             return AcceptOutcome(accepted=True, plan=plan)
 
         if batch.idempotency_key is not None and self.key_warmup.due():
