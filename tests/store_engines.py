@@ -202,6 +202,11 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP INDEX messages_queue",
         "CREATE INDEX messages_queue ON messages(q_state, account_id, q_not_before)",
     ),
+    37: (
+        "DROP TRIGGER accounts_version_insert",
+        "DROP TRIGGER accounts_version_update",
+        "ALTER TABLE accounts DROP COLUMN row_version",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from bridge.domain import frequency as freq
 from bridge.domain.ledger import (
+    CHARGE,
     Balances,
     Entry,
     EntryKind,
@@ -463,7 +464,7 @@ def _one_cash_charge(
         if threshold > 0 and warns_low_balance(before, after, threshold, warned=facts.low_warned)
         else None
     )
-    return Plan(((ref, Entry(EntryKind.CHARGE, -amount, "cash", now, ref)),), low, day)
+    return Plan(((ref, Entry(CHARGE, -amount, "cash", now, ref)),), low, day)
 
 
 @fast_init

@@ -43,11 +43,13 @@ from bridge.store.account_rows import (
     RESEAL,
     REVOKED_SENDS,
     SEALED_SECRETS,
+    account_at_version,
     account_json_cached,
     audit_row,
     audit_values,
     column_value,
     refusal_of,
+    remember_version,
     senders_of,
 )
 from bridge.store.account_rows import ASSIGNMENTS_SQL as _ASSIGNMENTS_SQL
@@ -120,16 +122,24 @@ _AUTHORIZE_SQL = (
     f"SELECT k.status, {ACCOUNT_JSON_SQLITE.format(t='a')} "
     "FROM app_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id=?"
 )
-_AUTHORIZE_WIDTH = 2
+
+
+# The key's statement of an accept that reads the facts too: the account as JSON only when its
+# row_version is not the one the accept holds the Account of (`:aver`, account_rows
+# .account_at_version; migration 0037), then the version, then the facts.
+_AUTHORIZE_FACTS_HEAD = (
+    "SELECT k.status, CASE WHEN a.row_version=:aver AND a.id=:acc THEN NULL "
+    f"ELSE {ACCOUNT_JSON_SQLITE.format(t='a')} END, a.row_version"
+)
+_AUTHORIZE_FACTS_WIDTH = 3
 
 
 @lru_cache(maxsize=64)
 def _authorize_facts_sql(facts_cols: str) -> str:
-    """_AUTHORIZE_SQL with a send's facts (sqlite_rules.one_facts_query) after its columns."""
-    head, _, _ = _AUTHORIZE_SQL.partition(" FROM ")
+    """_AUTHORIZE_FACTS_HEAD with a send's facts (sqlite_rules.one_facts_query) after it."""
     return (
-        f"{head}, {facts_cols} FROM app_keys k JOIN accounts a ON a.id = k.account_id "
-        "WHERE k.key_id=:key_id"
+        f"{_AUTHORIZE_FACTS_HEAD}, {facts_cols} FROM app_keys k JOIN accounts a "
+        "ON a.id = k.account_id WHERE k.key_id=:key_id"
     )
 
 
@@ -562,13 +572,31 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if batch.rules is None
             else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
         )
-        key_facts: tuple[str, tuple[Any, ...]] | None = None
+        key_facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None] | None = None
+        key_facts_held = key_facts
         if one_facts is not None and batch.key_id is not None:
             # The key's statement reads the facts too (_authorize): its argument joins theirs
             # here, and the statement is made positional, its Nones written as NULL
             # (sqlite_binds), not inside the write lock.
-            key_facts = sqlite_binds.positional(
-                _authorize_facts_sql(one_facts[0]), {**one_facts[1], "key_id": batch.key_id}
+            # With the version of the account's row whose Account this process holds, if any:
+            # unchanged, the statement does not send the row again (_authorize).
+            known = account_at_version(batch.account_id)
+            key_sql, key_args, reads_at = sqlite_binds.positional_at(
+                _authorize_facts_sql(one_facts[0]),
+                {
+                    **one_facts[1],
+                    "key_id": batch.key_id,
+                    "aver": None if known is None else known[0],
+                },
+                "reads",
+            )
+            key_facts = (key_sql, key_args, known)
+            # The same, not reading today's count and the pockets (`:reads` 0): for an accept
+            # that finds them read by an earlier accept of its batch (HeldSums.base).
+            key_facts_held = (
+                key_sql,
+                (*key_args[:reads_at], 0, *key_args[reads_at + 1 :]),
+                known,
             )
         # The day whose count the facts read, and whether they read the pockets: what the
         # sums held by earlier accepts of the batch move (sqlite_rules.HeldSums).
@@ -623,9 +651,17 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # `cur` runs the statements every accept makes, `c` the others.
             tps = batch.tps
             facts_row: list[Any] = []
+            read_base: tuple[str, Any, Any] | None = None
             key_account: Account | None = None  # the account the key's statement read
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
+                # Today's count and the pockets as an earlier accept of the batch read them
+                # (nothing but the held sums' writing, which ends them, writes either in a
+                # batch): the statement does not read them again.
+                sums = held.get(batch.account_id)
+                base = None if sums is None else sums.base
+                if base is not None and (base[0] != fact_day or (pockets_read and base[2] is None)):
+                    base = None
                 outcome, account = _authorize(
                     cur,
                     batch.key_id,
@@ -633,8 +669,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     batch.nonce_expires_at,
                     now,
                     replaced,
-                    None if key_facts is None else (*key_facts, facts_row),
+                    None
+                    if key_facts is None
+                    else (*(key_facts if base is None else key_facts_held), facts_row),
                 )
+                if facts_row:
+                    if base is None:  # read now: kept for the batch's next accepts
+                        read_base = (fact_day, facts_row[0], facts_row[6])
+                    else:
+                        facts_row[0] = base[1]
+                        facts_row[6] = base[2]
                 if outcome == "ok":
                     wrote["nonce"] = replaced[0] if replaced else None
                 if account is not None and account.id != batch.account_id:
@@ -748,6 +792,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # sums, held for the batch's end (the runner writes them before any other job
                 # and before COMMIT), one upsert each for all the batch's accepts of the account.
                 sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
+                if read_base is not None:
+                    held[batch.account_id].base = read_base
             return AcceptOutcome(accepted=True, plan=plan)
 
         if batch.idempotency_key is not None and self.key_warmup.due():
@@ -1832,11 +1878,18 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
 
 def _split_sql(sql: str) -> Iterable[str]:
-    # Migrations hold no "--" or ";" inside literals and no triggers, so this split is exact.
+    # Migrations hold no "--" or ";" inside literals, so this split is exact; a trigger's body
+    # holds ";" of its own: the parts are joined until SQLite finds a whole statement (0037).
     body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    statement = ""
     for part in body.split(";"):
-        if part.strip():
-            yield part.strip()
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n\t;"):
+                yield statement.strip().removesuffix(";").strip()
+            statement = ""
+    if statement.strip(" \n\t;"):
+        yield statement.strip().removesuffix(";").strip()
 
 
 # The messages a reply may answer: out (or due) in the last 30 days; a message is accepted at most
@@ -1965,7 +2018,7 @@ def _authorize(
     expires_at: int,
     now: int,
     replaced: list[int] | None = None,
-    facts: tuple[str, tuple[Any, ...], list[Any]] | None = None,
+    facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None, list[Any]] | None = None,
 ) -> tuple[str, Account | None]:
     """Outcome and account; the nonce recorded when "ok". An expired record of the same nonce
     is replaced, its expiry added to `replaced` (an accept refused later restores it).
@@ -1974,18 +2027,27 @@ def _authorize(
     (`_authorize_facts_sql` over the columns of `sqlite_rules.one_facts_query`, with `key_id`,
     made positional by `sqlite_binds.positional`), read in one statement instead of two: ~1.2 µs
     less of each accept's write lock; the facts' values are appended to its list. Read before
-    the nonce and idempotency writes, they read the same: neither writes what they read."""
+    the nonce and idempotency writes, they read the same: neither writes what they read. With
+    it, the (row_version, Account) held for the send's account (`account_at_version`): when the
+    row still has that version the statement answers NULL for it and that Account is the row's
+    (every write of the row changes its version: migration 0037); otherwise the row's JSON is
+    read and its Account kept with the version read."""
     if facts is None:
         row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
+        if row is None:
+            return "unknown_key", None
+        account = account_json_cached(row[1])
     else:
-        sql, params, out = facts
+        sql, params, known, out = facts
         row = c.execute(sql, params).fetchone()
-        if row is not None:
-            out.extend(row[_AUTHORIZE_WIDTH:])
-            row = row[:_AUTHORIZE_WIDTH]
-    if row is None:
-        return "unknown_key", None
-    account = account_json_cached(row[1])
+        if row is None:
+            return "unknown_key", None
+        out.extend(row[_AUTHORIZE_FACTS_WIDTH:])
+        if row[1] is None and known is not None:  # the row as it was at the version held
+            account = known[1]
+        else:
+            account = account_json_cached(row[1])
+            remember_version(row[2], account)
     if row[0] != "active":
         return "revoked", account
     key = (key_id, nonce)

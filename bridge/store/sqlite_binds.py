@@ -182,6 +182,13 @@ def positional(sql: str, args: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]
     return text, tuple(map(args.__getitem__, names))
 
 
+def positional_at(sql: str, args: Mapping[str, Any], name: str) -> tuple[str, tuple[Any, ...], int]:
+    """`positional`, and the place of `name`'s value among the values (its value never None)."""
+    nones = frozenset(compress(args, map(is_, args.values(), _NONES)))
+    text, names = _numbered(sql, nones)
+    return text, tuple(map(args.__getitem__, names)), names.index(name)
+
+
 @lru_cache(maxsize=256)
 def _numbered(sql: str, nones: frozenset[str]) -> tuple[str, tuple[str, ...]]:
     names: dict[str, int] = {}

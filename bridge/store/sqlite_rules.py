@@ -130,8 +130,11 @@ def _one_cols(history: str | None) -> str:
         if history is not None
         else "NULL"
     )
+    # `:reads` 0: today's count and the pockets are not read, the accept has them from an
+    # earlier accept of its write batch (HeldSums.base); CASE skips the subqueries whole.
     return (
-        "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day), "
+        "CASE WHEN :reads THEN "
+        "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day) END, "
         "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign), "
         f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')}), "
         "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to), "
@@ -140,8 +143,9 @@ def _one_cols(history: str | None) -> str:
         "CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
         f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({_PREFIXES_SQL})) ELSE 0 END, "
         f"{hist}, "
+        "CASE WHEN :pockets AND :reads THEN "
         "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
-        "WHERE account_id=a.id AND :pockets)"
+        "WHERE account_id=a.id) END"
     )
 
 
@@ -174,6 +178,7 @@ def one_facts_query(
         "acc": account_id,
         # An int, not a bool: the sqlite3 module binds an exact int without its adapters.
         "pockets": 1 if rules.billing and rules.charges else 0,
+        "reads": 1,  # today's count and the pockets (`_one_cols`)
     }
     kind = None
     if limited:
@@ -350,11 +355,16 @@ class HeldSums:
     the pockets' net amounts, each with the expiry its upsert keeps (the first one given), as
     [amount, expiry] lists changed in place (no value built per accept)."""
 
-    __slots__ = ("days", "pockets")
+    __slots__ = ("base", "days", "pockets")
 
     def __init__(self) -> None:
         self.days: dict[str, int] = {}
         self.pockets: dict[str, list[Any]] = {}
+        # What an accept of the batch read of the account's stored sums (the day, its count
+        # column and the pockets' JSON column of `_one_cols`, None when not read), which
+        # nothing but `write_held` writes within the batch, and that empties `held`: the
+        # account's later accepts of the batch take them from here, not the store (session 55).
+        self.base: tuple[str, Any, Any] | None = None
 
 
 def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int) -> None:

@@ -178,3 +178,57 @@ async def test_several_recipients_read_apart_see_the_held_sums(store: SqliteStor
     assert f"{format_micro(200)} available" in outs[2].refusal.message
     assert cash(store) == 200
     assert day_count(store) == 4
+
+
+def _key_reads(store: SqliteStore) -> list[bool]:
+    """From now on, for each key-and-facts statement the store runs: whether it read today's
+    count and the pockets (its `:reads`, as the trace callback writes the bound value)."""
+    reads: list[bool] = []
+    conn = store._runner._conn
+    assert conn is not None
+
+    def seen(sql: str) -> None:
+        if sql.startswith("SELECT k.status"):
+            reads.append("CASE WHEN 0 THEN (SELECT messages FROM daily_counts" not in sql)
+
+    conn.set_trace_callback(seen)
+    return reads
+
+
+async def test_the_later_accepts_of_a_batch_take_the_sums_its_first_read(
+    store: SqliteStore,
+) -> None:
+    # Session 55: within a batch nothing but the held sums' writing (which empties them) writes
+    # an account's count or pockets, so what its first accept read, plus the held sums, is
+    # what the store holds: the later ones do not read them again (~9 k instructions each).
+    await store.append_ledger("acc_a", topup(1_000, NOW, "more"))  # 2,000: six sends
+    reads = _key_reads(store)
+    outs = await one_batch(
+        store, *(store.accept(send(n, f"n{n}", f"k{n}"), NOW) for n in range(1, 8))
+    )
+    assert [o.accepted for o in outs] == [True] * 6 + [False]
+    assert outs[6].refusal is not None and outs[6].refusal.code == "INSUFFICIENT_BALANCE"
+    assert f"{format_micro(200)} available" in outs[6].refusal.message
+    assert reads == [True] + [False] * 6, reads
+    assert cash(store) == 200
+    assert day_count(store) == 6
+
+
+async def test_a_batch_accept_after_another_job_reads_the_sums_again(store: SqliteStore) -> None:
+    # A top-up between accepts of one batch: the held sums are written before it and emptied,
+    # so the accept after it reads the store again and spends the new money.
+    async def top_up() -> None:
+        await store.append_ledger("acc_a", topup(600, NOW, "between"))
+
+    reads = _key_reads(store)
+    outs = await one_batch(
+        store,
+        store.accept(send(1, "n1", "k1"), NOW),
+        store.accept(send(2, "n2", "k2"), NOW),
+        top_up(),
+        *(store.accept(send(n, f"n{n}", f"k{n}"), NOW) for n in (3, 4, 5, 6)),
+    )
+    # 1,000 + 600 = 1,600 at 300 a send: five accepted, the sixth refused.
+    assert [o.accepted for o in outs if o is not None] == [True] * 5 + [False]
+    assert reads == [True, False, True, False, False, False], reads
+    assert cash(store) == 100

@@ -134,7 +134,7 @@ def test_every_text_the_accept_rewrites_is_read() -> None:
     sqlite_binds.without_nones(_MESSAGES_INSERT, (None,) * 20)
     for history in (None, "verification", "template", "raw"):
         sql = _authorize_facts_sql(sqlite_rules._one_cols(history))
-        names = {"day", "sign", "tpl", "trev", "to", "acc", "pockets", "key_id"}
+        names = {"day", "sign", "tpl", "trev", "to", "acc", "pockets", "key_id", "aver", "reads"}
         names |= {"since", "fsign", "ftpl"} if history else set()
         for value in (None, 1):
             text, _args = sqlite_binds.positional(sql, dict.fromkeys(names, value))

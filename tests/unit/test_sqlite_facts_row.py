@@ -38,7 +38,7 @@ def test_the_prefixes_are_spelled_in_sql_not_bound() -> None:
     query = sqlite_rules.one_facts_query("acc", Rules(billing=True), (CN,), NOW)
     assert query is not None
     cols, args = query
-    assert set(args) == {"day", "sign", "tpl", "trev", "to", "acc", "pockets"}
+    assert set(args) == {"day", "sign", "tpl", "trev", "to", "acc", "pockets", "reads"}
     assert type(args["pockets"]) is int  # bound without the sqlite3 module's adapters
     assert "substr(:to, 1, 16)" in cols and "'=' || :to" in cols
 
