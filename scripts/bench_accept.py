@@ -164,6 +164,9 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
     merged = 'one_facts[1]["key_id"]' in source
     # Session 53: the whole statement and its parameters, positional, made before the lock.
     positional = "sqlite_binds.positional" in source
+    # Session 55: with the version of the account row held (`aver`, none here: the row's JSON is
+    # read each time) and whether to read today's count and the pockets (`reads`).
+    versioned = "sqlite_binds.positional_at" in source
     c = sqlite3.connect(tmp / "bridge.db", isolation_level=None)
     c.execute("BEGIN IMMEDIATE")
 
@@ -172,7 +175,16 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
         number = f"+86138{i:08d}"
         query: Any = sqlite_rules.one_facts_query(ACCOUNT.id, RULES, (number,), now_ms)
         assert query is not None
-        if positional:
+        if versioned:
+            from bridge.store import sqlite_binds
+
+            sql, args, _at = sqlite_binds.positional_at(
+                sqlite_store._authorize_facts_sql(query[0]),
+                {**query[1], "key_id": key_id, "aver": None},
+                "reads",
+            )
+            query = (sql, args, None)
+        elif positional:
             from bridge.store import sqlite_binds
 
             query = sqlite_binds.positional(
@@ -183,7 +195,6 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
         queries.append(query)
 
     def step(i: int) -> None:
-        sql_or_cols, facts_args = queries[i % 1000]
         row: list[Any] = []
         outcome, _account = sqlite_store._authorize(
             c,
@@ -192,7 +203,7 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
             now_ms + 601_000,
             now_ms,
             [],
-            (sql_or_cols, facts_args, row),
+            (*queries[i % 1000], row),
         )
         assert outcome == "ok", outcome
         if i % 500 == 499:

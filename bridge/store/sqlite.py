@@ -651,7 +651,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # `cur` runs the statements every accept makes, `c` the others.
             tps = batch.tps
             facts_row: list[Any] = []
-            read_base: tuple[str, Any, Any] | None = None
+            read_base: tuple[str | None, Any, Any] | None = None
             key_account: Account | None = None  # the account the key's statement read
             if batch.nonce is not None and batch.key_id is not None:
                 replaced: list[int] = []
@@ -662,6 +662,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 base = None if sums is None else sums.base
                 if base is not None and (base[0] != fact_day or (pockets_read and base[2] is None)):
                     base = None
+                chosen = key_facts if base is None else key_facts_held
                 outcome, account = _authorize(
                     cur,
                     batch.key_id,
@@ -669,9 +670,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     batch.nonce_expires_at,
                     now,
                     replaced,
-                    None
-                    if key_facts is None
-                    else (*(key_facts if base is None else key_facts_held), facts_row),
+                    None if chosen is None else (*chosen, facts_row),
                 )
                 if facts_row:
                     if base is None:  # read now: kept for the batch's next accepts

@@ -364,7 +364,7 @@ class HeldSums:
         # column and the pockets' JSON column of `_one_cols`, None when not read), which
         # nothing but `write_held` writes within the batch, and that empties `held`: the
         # account's later accepts of the batch take them from here, not the store (session 55).
-        self.base: tuple[str, Any, Any] | None = None
+        self.base: tuple[str | None, Any, Any] | None = None
 
 
 def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int) -> None:
