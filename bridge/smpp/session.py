@@ -40,6 +40,7 @@ from bridge.smpp.codec import (
     ShortMessage,
     decode,
     encode,
+    encode_sm_request,
     salvage_data_sm,
     salvage_deliver_sm,
 )
@@ -116,6 +117,7 @@ _CLOSED: Final = SessionState.CLOSED
 _UNBINDING: Final = SessionState.UNBINDING
 _RECEIVER: Final = BindMode.RECEIVER
 _TRANSMITTER: Final = BindMode.TRANSMITTER
+_SUBMIT_SM: Final = C.SUBMIT_SM
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -372,7 +374,12 @@ class BindSession:
 
     def _request(self, cid: int, body: Any, now: float, context: Any = None) -> int:
         seq = self._next_seq()
-        data = encode(Pdu(cid, 0, seq, body))  # may raise EncodeError: nothing recorded then
+        # May raise EncodeError: nothing recorded then. A submit_sm (one per part sent) without
+        # a Pdu built and dispatched on its body's type (codec.encode_sm_request).
+        if cid == _SUBMIT_SM:
+            data = encode_sm_request(cid, seq, body)
+        else:
+            data = encode(Pdu(cid, 0, seq, body))
         if self._late:
             self._late.pop(seq, None)  # a wrapped seq in use again: its answers are the new one's
         self._out += data
