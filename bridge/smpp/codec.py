@@ -99,6 +99,7 @@ __all__ = [
     "salvage_deliver_sm",
     "tlv_get",
     "tlv_int",
+    "tlv_int_value",
 ]
 
 # smpplib logs a warning for every unknown TLV it skips; a chatty SMSC would flood our logs. We
@@ -287,7 +288,11 @@ def tlv_int(tlvs: Iterable[tuple[int, bytes]], tag: int) -> int | None:
 
     None when absent or empty, or when longer than 4 octets with a value that does not fit 32 bits.
     """
-    v = tlv_get(tlvs, tag)
+    return tlv_int_value(tlv_get(tlvs, tag))
+
+
+def tlv_int_value(v: bytes | None) -> int | None:
+    """tlv_int of a TLV's value already found (None: absent)."""
     if not v:
         return None
     if len(v) > 4:
