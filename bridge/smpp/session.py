@@ -351,7 +351,8 @@ class BindSession:
 
     @property
     def free_slots(self) -> int:
-        if self.state is not _BOUND or not self.mode.can_transmit:
+        # `mode.can_transmit` inline (a property: a call, per part sent and per slot freed).
+        if self.state is not _BOUND or self.mode is _RECEIVER:
             return 0
         return self.window - self._in_flight
 
@@ -413,7 +414,7 @@ class BindSession:
         a LateSubmitResponse too)."""
         if self.state is not _BOUND:
             raise NotBound(f"submit: the session is {self.state}, not bound")
-        if not self.mode.can_transmit:
+        if self.mode is _RECEIVER:  # not mode.can_transmit: a property, a call a part
             raise NotBound("submit: a receiver bind cannot send submit_sm")
         if self._in_flight >= self.window:
             raise WindowFull(self.window)
