@@ -32,7 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from children import Children  # scripts/ is the script's own folder
+
 HERE = Path(__file__).resolve().parents[1]
+# valgrind with a copy of this script under it: ended with this script (children.py).
+CHILDREN = Children()
+TIMEOUT_S = 900
 PIECES = ("build", "encode_submit", "session", "decode_resp", "decode_deliver", "receipt", "sent")
 
 
@@ -137,17 +142,14 @@ def counting(name: str, calls: int) -> None:
 def count(tree: str, name: str, calls: int) -> float:
     """Instructions counted over `calls` calls of `name` in `tree` (the toggles' own included)."""
     out = tempfile.mktemp(prefix="callgrind.pieces.")
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(Path(tree).resolve())}
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-           sys.executable, __file__, "--counting", name, "--calls", str(calls)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    os.environ["PYTHONHASHSEED"] = "0"  # the copy's (CHILDREN.callgrind passes this process's)
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+    cmd = [sys.executable, __file__, "--counting", name, "--calls", str(calls)]
     try:
-        for line in Path(out).read_text().splitlines():
-            if line.startswith("totals:"):
-                return float(line.split()[1])
+        _stdout, total = CHILDREN.callgrind(cmd, out, TIMEOUT_S)
     finally:
         Path(out).unlink(missing_ok=True)
-    raise SystemExit(f"no totals in the profile of {name}")
+    return float(total)
 
 
 def per_call(tree: str, names: list[str], calls: int) -> dict[str, float]:
@@ -165,6 +167,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--counting", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    CHILDREN.on_signals()
     if args.counting:
         sys.path.insert(0, os.environ.get("PYTHONPATH", str(HERE)))
         counting(args.counting, args.calls)

@@ -34,7 +34,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from children import Children  # scripts/ is the script's own folder
+
 HERE = Path(__file__).resolve().parents[1]
+# The simulator, or a copy of this script for another tree: ended with it (children.py).
+CHILDREN = Children()
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
 TEXTS = (
     "Your verification code is {n}.",
@@ -70,6 +74,15 @@ async def relay(listen: int, target: int, sent: bytearray) -> asyncio.AbstractSe
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bridge-wire-"))
+    try:
+        return await _send(args, tmp)
+    finally:
+        CHILDREN.end(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import yaml
 
     from bridge.config import parse_config
@@ -83,7 +96,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.text import EncodeOptions, encode_message
     from bridge.text.split import SplitMode
 
-    tmp = Path(tempfile.mkdtemp(prefix="bridge-wire-"))
     sim_port, ctl_port, front = free_port(), free_port(), free_port()
     smsc_cfg = {"name": "sim", "host": "127.0.0.1", "port": front, "system_id": "w",
                 "password": "w", "window": 50, "binds": 1, "bind_mode": "transceiver",
@@ -98,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     path = tmp / "wire.yaml"
     path.write_text(yaml.safe_dump(cfg_data))
     smsc = parse_config(cfg_data, env={}).smscs[0]
-    sim = subprocess.Popen(
+    CHILDREN.popen(
         [sys.executable, "-m", "bridge.cli", "sim", "--config", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -150,15 +162,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         outcomes = await asyncio.gather(
             *(conn.send_message(build_parts(m, smsc)) for m in messages)
         )
-        ids = {o.message_id for out in outcomes for o in out if o.kind == "ok"}
+        ids = {o.message_id or "" for out in outcomes for o in out if o.kind == "ok"}
         await asyncio.wait_for(done.wait(), 120)
         await asyncio.sleep(0.2)  # the last deliver_sm_resp written
         await conn.stop(5)
         server.close()
     finally:
-        sim.terminate()
-        sim.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        CHILDREN.end(10)
     frames = Framer().feed(bytes(sent))
     masked = sorted(f[:12] + b"\0\0\0\0" + f[16:] for f in frames)
     by_cmd = Counter(f"0x{decode(f).command_id:08X}" for f in frames)
@@ -184,18 +194,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=55)
     ap.add_argument("--compare")
     args = ap.parse_args()
+    CHILDREN.on_signals()
     if args.compare:
         got = []
         for tree in (args.compare, str(HERE)):
             cmd = [sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
                    "--seed", str(args.seed)]  # fmt: skip
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            code, out, err = CHILDREN.run(cmd, 600)
+            if code:
+                raise SystemExit(err[-3000:])
             got.append(json.loads(out.strip().splitlines()[-1]))
             print(f"{tree}: {got[-1]}")
         print("same PDUs and receipts" if got[0] == got[1] else "DIFFERENT")
         sys.exit(0 if got[0] == got[1] else 1)
     sys.path.insert(0, str(Path(args.tree).resolve()))
-    print(json.dumps(asyncio.run(run(args))))
+    print(json.dumps(CHILDREN.asyncio_run(run(args))))
 
 
 if __name__ == "__main__":
