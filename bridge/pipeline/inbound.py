@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
 from bridge.smpp import constants as C
-from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int
+from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int_value
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp.receipt import ReceiptState, receipt_values
@@ -35,6 +36,10 @@ from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
 log = logging.getLogger("bridge.inbound")
+_RECEIPTED_MESSAGE_ID = C.RECEIPTED_MESSAGE_ID
+_MESSAGE_STATE = C.MESSAGE_STATE
+_NETWORK_ERROR_CODE = C.NETWORK_ERROR_CODE
+_MESSAGE_PAYLOAD = C.MESSAGE_PAYLOAD
 _store_down = logs.Throttled(log)
 
 # Most groups of stale MO parts one sweep delivers (each is a few store round trips): a backlog
@@ -70,6 +75,9 @@ class Inbound:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._smscs = dict(smscs)
         self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() a receipt
+        # The last receipt's done date and its milliseconds (_receipt).
+        self._done_date: datetime | None = None
+        self._done_at: int | None = None
         self._receipts: Batcher[ReceiptIn] = Batcher(
             self._flush_receipts,
             max_items=1000,
@@ -141,20 +149,29 @@ class Inbound:
         # The text may come in message_payload instead (sm_length 0). NUL octets go, wherever
         # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
         # one inside failed to store every time and the SMSC redelivered it for ever.
-        raw = body.short_message or tlv_get(body.tlvs, C.MESSAGE_PAYLOAD) or b""
+        # The four TLVs a receipt may carry, found in one pass (the first of a tag wins, as
+        # tlv_get's): four scans of the list before, each a call.
+        payload = tlv_id = state = network = None
+        for tag, value in body.tlvs:
+            if tag == _RECEIPTED_MESSAGE_ID:
+                if tlv_id is None:
+                    tlv_id = value
+            elif tag == _MESSAGE_STATE:
+                if state is None:
+                    state = value
+            elif tag == _NETWORK_ERROR_CODE:
+                if network is None:
+                    network = value
+            elif tag == _MESSAGE_PAYLOAD and payload is None:
+                payload = value
+        raw = body.short_message or payload or b""
         text = raw.replace(b"\x00", b"").decode("latin-1")
-        tlv_id = tlv_get(body.tlvs, C.RECEIPTED_MESSAGE_ID)
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
         # Its fields as values (receipt_values), not a Receipt made to be read once (one per
         # part sent).
-        got = receipt_values(
-            text,
-            tlv_text or None,
-            tlv_int(body.tlvs, C.MESSAGE_STATE),
-            tlv_get(body.tlvs, C.NETWORK_ERROR_CODE),
-        )
+        got = receipt_values(text, tlv_text or None, tlv_int_value(state), network)
         if got is None:
             self.unparsable += 1
             if self.metrics is not None:
@@ -166,7 +183,7 @@ class Inbound:
             )
             out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
             return
-        message_id, state, stat, err, _submitted, done_date, _sub, _dlvrd, _text, net_error = got
+        message_id, rstate, stat, err, _submitted, done_date, _sub, _dlvrd, _text, net_error = got
         rule = self._rules.get(smsc)
         if rule is None:
             key = message_id
@@ -184,23 +201,33 @@ class Inbound:
             # SMPP 3.4 2.11.2: one delivery attempt's outcome while the SMSC keeps trying; its
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.
-            state = ReceiptState.ENROUTE
+            rstate = ReceiptState.ENROUTE
         # Told inside the batch's flush, once it committed: no future per receipt, and its
         # answer (`out`) is set one loop hop earlier (Batcher.add_call). ReceiptIn by position,
         # in its fields' order (tests/unit/test_session52_positional.py holds it): called by
         # keyword, a class gets a dict its __init__ unpacks again.
+        if done_date is None:
+            done_at = None
+        elif done_date is self._done_date:
+            # The same datetime object as the last receipt's (receipt.parse_smpp_date keeps one
+            # a date text): receipts of one second share it. Its timestamp was ~2.5 k
+            # instructions a receipt (session 55).
+            done_at = self._done_at
+        else:
+            done_at = int(done_date.timestamp() * 1000)
+            self._done_date, self._done_at = done_date, done_at
         self._receipts.add_call(
             ReceiptIn(
                 smsc,  # smsc
                 key,  # smsc_msg_id
-                str(state),  # state
+                str(rstate),  # state
                 stat or None,  # stat
                 err,  # err
-                int(done_date.timestamp() * 1000) if done_date else None,  # done_at
+                done_at,  # done_at
                 now_ms,  # received_at
                 text[:250],  # raw
             ),
-            partial(self._receipt_committed, out, smsc, key, state, stat, err),
+            partial(self._receipt_committed, out, smsc, key, rstate, stat, err),
         )
 
     def _receipt_committed(

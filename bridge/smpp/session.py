@@ -40,6 +40,7 @@ from bridge.smpp.codec import (
     ShortMessage,
     decode,
     encode,
+    encode_sm_request,
     salvage_data_sm,
     salvage_deliver_sm,
 )
@@ -116,6 +117,7 @@ _CLOSED: Final = SessionState.CLOSED
 _UNBINDING: Final = SessionState.UNBINDING
 _RECEIVER: Final = BindMode.RECEIVER
 _TRANSMITTER: Final = BindMode.TRANSMITTER
+_SUBMIT_SM: Final = C.SUBMIT_SM
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -349,7 +351,8 @@ class BindSession:
 
     @property
     def free_slots(self) -> int:
-        if self.state is not _BOUND or not self.mode.can_transmit:
+        # `mode.can_transmit` inline (a property: a call, per part sent and per slot freed).
+        if self.state is not _BOUND or self.mode is _RECEIVER:
             return 0
         return self.window - self._in_flight
 
@@ -372,7 +375,12 @@ class BindSession:
 
     def _request(self, cid: int, body: Any, now: float, context: Any = None) -> int:
         seq = self._next_seq()
-        data = encode(Pdu(cid, 0, seq, body))  # may raise EncodeError: nothing recorded then
+        # May raise EncodeError: nothing recorded then. A submit_sm (one per part sent) without
+        # a Pdu built and dispatched on its body's type (codec.encode_sm_request).
+        if cid == _SUBMIT_SM:
+            data = encode_sm_request(cid, seq, body)
+        else:
+            data = encode(Pdu(cid, 0, seq, body))
         if self._late:
             self._late.pop(seq, None)  # a wrapped seq in use again: its answers are the new one's
         self._out += data
@@ -406,7 +414,7 @@ class BindSession:
         a LateSubmitResponse too)."""
         if self.state is not _BOUND:
             raise NotBound(f"submit: the session is {self.state}, not bound")
-        if not self.mode.can_transmit:
+        if self.mode is _RECEIVER:  # not mode.can_transmit: a property, a call a part
             raise NotBound("submit: a receiver bind cannot send submit_sm")
         if self._in_flight >= self.window:
             raise WindowFull(self.window)

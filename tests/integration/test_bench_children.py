@@ -208,6 +208,21 @@ def test_bench_send_path_under_callgrind_ends_valgrind_and_the_copys_simulator(s
 
 
 @SIGNALS
+def test_send_path_wire_ends_its_simulator(sig: int) -> None:
+    _signalled(["scripts/send_path_wire.py", "--messages", "300000"], ["bridge.cli sim"], sig)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@SIGNALS
+def test_bench_send_pieces_ends_valgrind(sig: int) -> None:
+    seen = _signalled(
+        ["scripts/bench_send_pieces.py", "--calls", "100000000", "build"], ["valgrind"], sig
+    )
+    profiles = {m for cmd in seen.values() for m in re.findall(r"--callgrind-out-file=(\S+)", cmd)}
+    assert profiles and not [p for p in profiles if Path(p).exists()], "a part run's profile left"
+
+
+@SIGNALS
 def test_bench_smpp_ends_its_simulator(sig: int) -> None:
     _signalled(
         ["scripts/bench_smpp.py", "--messages", "100000000", "--skip-codec"],

@@ -372,6 +372,25 @@ def test_bench_send_path_counts_instructions_under_callgrind() -> None:
     Path(m.group(1)).unlink()
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_send_pieces_counts_a_step_alone_under_callgrind() -> None:
+    out = _run("scripts/bench_send_pieces.py", "--calls", "200", "build")
+    per = re.search(r"^  build +([0-9,]+) instructions a call$", out, re.M)
+    assert per is not None, out
+    # One message's parts built: ~14 k; the loop's start-up or the toggles counted would be
+    # millions a call at 200 calls.
+    assert 2_000 < float(per.group(1).replace(",", "")) < 200_000, out
+
+
+def test_send_path_wire_keys_every_receipt_to_a_part_it_sent() -> None:
+    out = _run("scripts/send_path_wire.py", "--messages", "40")
+    got = json.loads(out.strip().splitlines()[-1])
+    parts = got["parts_accepted"]
+    assert parts >= 40 and got["receipts"] == got["receipts_keyed_to_a_sent_part"] == parts, got
+    # Its writes: the bind, a submit_sm a part, a deliver_sm_resp a receipt, the unbind.
+    assert got["pdus"] == 2 * parts + 2, got
+
+
 def test_bench_dispatch_wait_times_the_three_ways() -> None:
     out = _run("scripts/bench_dispatch_wait.py", "--messages", "200", "--rounds", "2")
     for way in ("gather", "_settled", "batcher call"):
