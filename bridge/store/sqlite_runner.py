@@ -167,6 +167,11 @@ class SqliteRunner:
         # lock. Instead a contended batch waits for the flock in a thread, off the loop, and
         # runs as soon as the other process's commit releases it.
         self._lock_fd: int | None = None
+        # The lock thread's own description of the lock file: it takes the lock only to see it
+        # free and gives it back (_flush_when_locked). Through the loop's description, the
+        # loop's own try succeeds while the thread has it (a wait left behind by a cancelled
+        # batch), and the thread's LOCK_UN would then release the lock under the loop's batch.
+        self._wait_fd: int | None = None
         self._lock_waiter: ThreadPoolExecutor | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self.lock_waits = 0
@@ -406,6 +411,9 @@ class SqliteRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._wait_fd is not None:
+            os.close(self._wait_fd)
+            self._wait_fd = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -451,13 +459,15 @@ class SqliteRunner:
         assert self._lock_fd is not None
         if self._lock_waiter is None:
             self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
-        fd = self._lock_fd
+        if self._wait_fd is None:
+            self._wait_fd = open_beside(self._path, ".writelock")
+        fd, wait_fd = self._lock_fd, self._wait_fd
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
         since = time.perf_counter()
 
         def wait() -> None:
-            self._lock_waiter.submit(_wait_free, fd).add_done_callback(  # type: ignore[union-attr]
+            self._lock_waiter.submit(_wait_free, wait_fd).add_done_callback(  # type: ignore[union-attr]
                 lambda w: loop.call_soon_threadsafe(free, w)
             )
 
