@@ -15,9 +15,12 @@ lock-waiter thread, to the LOCK_UN; the checkpoint thread's holds, on a descript
 own, apart) into what the event loop thread was doing: running, runnable but not running
 (preempted: by whom; or woken and not yet on a CPU), or blocked, by the system call it was in
 (a futex: the GIL, or another lock; pread/pwrite/fsync: the disk; fcntl: SQLite's -shm locks).
-A hold the lock-waiter thread took is split further: the hop, from the waiter's flock to the
-loop's callback running the batch, found by the marker `locked` makes (a `getsid(0)`, which
-nothing else in the daemon calls; the script says so if it found none), then the batch.
+A hold the lock-waiter thread took is split further when the tree measured marks the start
+of the loop's callback with a `getsid(0)` (nothing in the daemon calls it; add it there for a
+measurement, as session 55 did to the tree before it): the hop, from the waiter's flock to that
+callback, then the batch. Since session 55 the lock thread takes the lock through a descriptor
+of its own and gives it back at once, and the loop takes it: those takes are not counted (nor
+the checkpoint thread's), and every hold starts on the loop.
 
 Per message accepted, in µs, by role (owner, acceptor) and part (hop, batch). Only the
 processes of `bench.py`'s process group count. Root and perf needed.

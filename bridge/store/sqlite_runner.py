@@ -448,14 +448,15 @@ class SqliteRunner:
         blocking, and write the batch there; if another process took it meanwhile, wait again.
 
         The thread takes the lock only to see it free and gives it back at once: it does not
-        hold it across the hop to the loop. Handed over held (session 41-54), the lock stayed
+        hold it across the hop to the loop. Handed over held (sessions 31-54), the lock stayed
         taken from the thread's flock until the loop's callback ran, while the loop finished
         what it was running or, asleep, waited to be woken and for a CPU: under `bench.py
-        --workers 2` on two cores, 23-60 µs of every message's lock time with nobody on a CPU
-        (`scripts/bench_lock_sched.py`), and every other process waited for it. Now a process
-        whose loop is running takes the lock meanwhile. Resuming a task after the thread (a
-        wrapped future, then the task's step) took two hops: the callback the thread schedules
-        runs one hop later, ahead of the I/O callbacks of the loop's next round."""
+        --workers 2` on two cores, 23-208 µs of every message's lock time, mostly with nobody
+        writing (`scripts/bench_lock_sched.py`, README note 30), and every other process
+        waited. Now a process whose loop is running takes the lock meanwhile. Resuming a task
+        after the thread (a wrapped future, then the task's step) took two hops: the callback
+        the thread schedules runs one hop later, ahead of the I/O callbacks of the loop's next
+        round."""
         assert self._lock_fd is not None
         if self._lock_waiter is None:
             self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
