@@ -269,6 +269,65 @@ async def test_a_cancelled_lock_wait_gives_the_lock_back(tmp_path: Path) -> None
     await runner.close()
 
 
+async def test_a_wait_left_by_a_cancelled_batch_never_frees_the_lock_under_a_batch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The lock thread takes the lock to see it free and gives it back. A wait left behind by
+    a cancelled batch still does that later, while the loop may be writing the next batch: it
+    must not give back the loop's lock. Through the loop's own description of the lock file
+    (the first version of session 55's change) the loop's try succeeded while the thread had
+    it, and the thread's LOCK_UN then freed the lock in the middle of the loop's batch."""
+    real = sqlite_runner._wait_free
+
+    def slow_wait_free(fd: int) -> None:  # holds it a while between the take and the give-back
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        time.sleep(0.3)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db)
+    runner.start(_setup)
+    await runner.write(_insert(0))
+    holder = os.open(str(db) + ".writelock", os.O_RDWR)
+    probe = os.open(str(db) + ".writelock", os.O_RDWR)
+    monkeypatch.setattr(sqlite_runner, "_wait_free", slow_wait_free)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    stale = asyncio.ensure_future(runner.write(_insert(1)))
+    await asyncio.sleep(0.05)  # its wait is in the thread
+    assert runner._flush_task is not None
+    runner._flush_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stale
+    monkeypatch.setattr(sqlite_runner, "_wait_free", real)
+    fcntl.flock(holder, fcntl.LOCK_UN)  # the stale wait takes it, for 0.3 s
+    await asyncio.sleep(0.05)
+    seen: list[bool] = []
+
+    def try_probe() -> None:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            seen.append(False)
+        else:
+            seen.append(True)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+
+    def long_job(c: sqlite3.Connection) -> None:  # runs holding the lock, across the give-back
+        c.execute("INSERT INTO t (k) VALUES ('long')")
+        timer = threading.Timer(0.4, try_probe)
+        timer.start()
+        time.sleep(0.6)
+        timer.join()
+
+    try:
+        await asyncio.wait_for(runner.write(long_job), 5)
+    finally:
+        os.close(holder)
+        os.close(probe)
+    assert seen == [False], "another process took the lock in the middle of a batch"
+    await runner.close()
+
+
 async def test_no_checkpoint_runs_after_close(tmp_path: Path, monkeypatch) -> None:
     """A checkpoint started by the last batch finishes before close() returns; none starts
     after it (it would run without the write lock and leave a thread and a connection open)."""
