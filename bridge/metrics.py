@@ -304,8 +304,7 @@ class Metrics:
         self.store_lock_cpu = Counter(
             "smpp_bridge_store_write_lock_cpu_seconds",
             "CPU seconds the holding thread used while it held the SQLite store's write lock: "
-            "the rest of the time held, it waited for a CPU (cores full), for the disk, or for "
-            "its event loop to finish the callback it was running when the lock was taken",
+            "the rest of the time held, it waited for a CPU (cores full) or for the disk",
             ["role"],
             registry=r,
         )

@@ -167,9 +167,17 @@ class SqliteRunner:
         # lock. Instead a contended batch waits for the flock in a thread, off the loop, and
         # runs as soon as the other process's commit releases it.
         self._lock_fd: int | None = None
+        # The lock thread's own description of the lock file: it takes the lock only to see it
+        # free and gives it back (_flush_when_locked). Through the loop's description, the
+        # loop's own try succeeds while the thread has it (a wait left behind by a cancelled
+        # batch), and the thread's LOCK_UN would then release the lock under the loop's batch.
+        self._wait_fd: int | None = None
         self._lock_waiter: ThreadPoolExecutor | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self.lock_waits = 0
+        # Waits that saw the lock free and found it taken again by the loop's turn (another
+        # process's loop took it first): waited for once more (see _flush_when_locked).
+        self.lock_retakes = 0
         # Where the one writer's time goes (smpp_bridge_store_write_lock_*): seconds this process
         # held the write lock writing batches, and, from its checkpoint thread (which alone adds
         # to the second), finishing a WAL checkpoint; seconds its batches waited while another
@@ -403,6 +411,9 @@ class SqliteRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._wait_fd is not None:
+            os.close(self._wait_fd)
+            self._wait_fd = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -433,32 +444,46 @@ class SqliteRunner:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def _flush_when_locked(self) -> None:
-        """Wait for the write lock in a thread, then write the batch in the loop callback the
-        thread schedules: the lock is held from the moment the thread takes it, so the batch
-        runs one hop later, ahead of the I/O callbacks of the loop's next round. Resuming a task
-        instead (a wrapped future, then the task's step) took two hops, with a whole round of
-        request handling between them while every other process waited for the lock: measured
-        at 1.4-2% of each process's time under the 1-part benchmark."""
+        """Wait in a thread until the write lock is free, then take it on the loop, without
+        blocking, and write the batch there; if another process took it meanwhile, wait again.
+
+        The thread takes the lock only to see it free and gives it back at once: it does not
+        hold it across the hop to the loop. Handed over held (sessions 31-54), the lock stayed
+        taken from the thread's flock until the loop's callback ran, while the loop finished
+        what it was running or, asleep, waited to be woken and for a CPU: under `bench.py
+        --workers 2` on two cores, 23-208 µs of every message's lock time, mostly with nobody
+        writing (`scripts/bench_lock_sched.py`, README note 30), and every other process
+        waited. Now a process whose loop is running takes the lock meanwhile. Resuming a task
+        after the thread (a wrapped future, then the task's step) took two hops: the callback
+        the thread schedules runs one hop later, ahead of the I/O callbacks of the loop's next
+        round."""
         assert self._lock_fd is not None
         if self._lock_waiter is None:
             self._lock_waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-lock")
-        fd = self._lock_fd
+        if self._wait_fd is None:
+            self._wait_fd = open_beside(self._path, ".writelock")
+        fd, wait_fd = self._lock_fd, self._wait_fd
         loop = asyncio.get_running_loop()
         written: asyncio.Future[None] = loop.create_future()
         since = time.perf_counter()
 
-        def locked(waiting: Future[float]) -> None:  # on the loop, once the thread has the lock
-            if written.cancelled():  # no longer waited for: give the lock back, write nothing
-                _unlock_if_taken(fd, waiting)
+        def wait() -> None:
+            self._lock_waiter.submit(_wait_free, wait_fd).add_done_callback(  # type: ignore[union-attr]
+                lambda w: loop.call_soon_threadsafe(free, w)
+            )
+
+        def free(waiting: Future[None]) -> None:  # on the loop, once the thread saw it free
+            if written.cancelled():  # no longer waited for: nothing taken, nothing to give back
                 return
             try:
-                taken_at = waiting.result()
-                # Held from the moment the thread took it: until this callback's turn came, the
-                # loop finished what it was running while every other process waited (measured
-                # 2-5% of a 1-part benchmark run per process, p50 ~150 us, p99 4-8 ms). It was
-                # counted as waiting, and the time held fell short by as much.
-                self.lock_wait_s += taken_at - since
-                self.lock_held_s += time.perf_counter() - taken_at
+                waiting.result()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process took it first: wait for it again
+                    self.lock_retakes += 1
+                    wait()
+                    return
+                self.lock_wait_s += time.perf_counter() - since
                 try:
                     self._flush()
                 finally:
@@ -469,11 +494,8 @@ class SqliteRunner:
                 written.set_result(None)
 
         try:
-            waiting = self._lock_waiter.submit(_take, fd)
-            waiting.add_done_callback(lambda w: loop.call_soon_threadsafe(locked, w))
-            # Cancelled here, `written` is cancelled with it: `locked` then gives the lock back
-            # when the thread gets it, or every writer (this process's checkpoint thread
-            # included) would wait forever.
+            wait()
+            # Cancelled here, `written` is cancelled with it: `free` then takes nothing.
             await written
         except BaseException as exc:  # never strand the waiting callers
             _resolve([(fut, False, exc) for _job, fut, _k, _d in self._jobs])
@@ -843,15 +865,10 @@ class _TransactionLost(Exception):
         self.error = error
 
 
-def _take(fd: int) -> float:
-    """Take the write lock (on the lock thread); when it was taken."""
+def _wait_free(fd: int) -> None:
+    """Wait until the write lock is free (on the lock thread): take it, and give it back."""
     fcntl.flock(fd, fcntl.LOCK_EX)
-    return time.perf_counter()
-
-
-def _unlock_if_taken(fd: int, waited: Future[float]) -> None:
-    if not waited.cancelled() and waited.exception() is None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _checkpoint_connection(path: Path) -> sqlite3.Connection:

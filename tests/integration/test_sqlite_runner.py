@@ -165,33 +165,55 @@ async def test_the_write_lock_is_timed_held_and_waited_for(tmp_path: Path) -> No
     await runner.close()
 
 
-async def test_the_lock_is_held_from_when_its_thread_takes_it_not_from_the_batch(
+async def test_the_lock_is_not_held_across_the_hop_from_its_thread_to_the_loop(
     tmp_path: Path,
 ) -> None:
-    """The lock thread takes the lock while the loop is still busy (here a 0.4 s stretch of
-    synchronous work): every other process waits from that moment, so it counts as held, and
-    only the time before it as waited. Counted from the batch's start, the time held fell
-    short by the loop's busy stretch, which went to the time waited instead."""
+    """The lock thread sees the lock come free while the loop is busy (here a 0.4 s stretch of
+    synchronous work): it does not keep it for the loop meanwhile, so another process takes
+    it (before session 55 the thread held it from that moment until the loop's callback ran,
+    and every other process waited on a loop that was not writing). The loop then finds it
+    taken, waits again, and writes once the other process lets go."""
     db = tmp_path / "r.db"
     runner = SqliteRunner(db)
     runner.start(_setup)
     await runner.write(_insert(0))
     held, waited = runner.lock_held_s, runner.lock_wait_s
     holder = os.open(str(db) + ".writelock", os.O_RDWR)
+    other = os.open(str(db) + ".writelock", os.O_RDWR)  # a second other process
     fcntl.flock(holder, fcntl.LOCK_EX)  # another process's batch, released after 0.1 s
     release = threading.Timer(0.1, fcntl.flock, (holder, fcntl.LOCK_UN))
+    took: list[bool] = []
+
+    def take_meanwhile() -> None:  # at ~0.25 s, while the loop is still busy
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            took.append(False)
+        else:
+            took.append(True)
+
+    probe = threading.Timer(0.25, take_meanwhile)
+    let_go = threading.Timer(0.7, fcntl.flock, (other, fcntl.LOCK_UN))
     try:
         write = asyncio.ensure_future(runner.write(_insert(1)))
         await asyncio.sleep(0.02)  # the batch is waiting for the lock in its thread
         release.start()
-        time.sleep(0.4)  # the loop is busy: the thread takes the lock at ~0.1 s meanwhile
+        probe.start()
+        time.sleep(0.4)  # the loop is busy: the lock comes free at ~0.1 s meanwhile
+        let_go.start()
         await asyncio.wait_for(write, 5)
     finally:
-        release.join()
+        for timer in (release, probe, let_go):
+            timer.join()
         os.close(holder)
-    assert 0.25 <= runner.lock_held_s - held < 1.5
-    assert 0.05 <= runner.lock_wait_s - waited < 0.35
-    assert runner.lock_cpu_s <= runner.lock_held_s
+        os.close(other)
+    assert took == [True], "the lock was kept for a busy loop"
+    assert runner.lock_retakes >= 1  # the loop's turn found it taken: it waited again
+    assert runner.lock_held_s - held < 0.2  # the loop's busy stretch is not held
+    assert 0.5 <= runner.lock_wait_s - waited < 2.0  # waited until the other let go
+    c = sqlite3.connect(db)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    c.close()
     await runner.close()
 
 
@@ -244,6 +266,65 @@ async def test_a_cancelled_lock_wait_gives_the_lock_back(tmp_path: Path) -> None
     finally:
         os.close(probe)
         os.close(holder)
+    await runner.close()
+
+
+async def test_a_wait_left_by_a_cancelled_batch_never_frees_the_lock_under_a_batch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The lock thread takes the lock to see it free and gives it back. A wait left behind by
+    a cancelled batch still does that later, while the loop may be writing the next batch: it
+    must not give back the loop's lock. Through the loop's own description of the lock file
+    (the first version of session 55's change) the loop's try succeeded while the thread had
+    it, and the thread's LOCK_UN then freed the lock in the middle of the loop's batch."""
+    real = sqlite_runner._wait_free
+
+    def slow_wait_free(fd: int) -> None:  # holds it a while between the take and the give-back
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        time.sleep(0.3)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    db = tmp_path / "r.db"
+    runner = SqliteRunner(db)
+    runner.start(_setup)
+    await runner.write(_insert(0))
+    holder = os.open(str(db) + ".writelock", os.O_RDWR)
+    probe = os.open(str(db) + ".writelock", os.O_RDWR)
+    monkeypatch.setattr(sqlite_runner, "_wait_free", slow_wait_free)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    stale = asyncio.ensure_future(runner.write(_insert(1)))
+    await asyncio.sleep(0.05)  # its wait is in the thread
+    assert runner._flush_task is not None
+    runner._flush_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stale
+    monkeypatch.setattr(sqlite_runner, "_wait_free", real)
+    fcntl.flock(holder, fcntl.LOCK_UN)  # the stale wait takes it, for 0.3 s
+    await asyncio.sleep(0.05)
+    seen: list[bool] = []
+
+    def try_probe() -> None:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            seen.append(False)
+        else:
+            seen.append(True)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+
+    def long_job(c: sqlite3.Connection) -> None:  # runs holding the lock, across the give-back
+        c.execute("INSERT INTO t (k) VALUES ('long')")
+        timer = threading.Timer(0.4, try_probe)
+        timer.start()
+        time.sleep(0.6)
+        timer.join()
+
+    try:
+        await asyncio.wait_for(runner.write(long_job), 5)
+    finally:
+        os.close(holder)
+        os.close(probe)
+    assert seen == [False], "another process took the lock in the middle of a batch"
     await runner.close()
 
 
