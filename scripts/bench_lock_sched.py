@@ -72,6 +72,15 @@ class Thread:
         self.preempted_by = ""
 
 
+def _hex(pattern: str, trace: str) -> int:
+    """The hexadecimal number `pattern`'s group finds in a perf trace line (perf prints each
+    field a tracepoint has, so a line without it is not the tracepoint read)."""
+    found = re.search(pattern, trace)
+    if found is None:
+        raise ValueError(f"no {pattern!r} in {trace!r}")
+    return int(found.group(1), 16)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", help="keep perf's script output in this file")
@@ -230,8 +239,7 @@ def report(script: str, procs: Processes, messages: int) -> None:
         if enter:
             th.syscall = call
             if call == "flock":
-                fd = int(re.search(r"fd: (0x[0-9a-f]+)", trace).group(1), 16)
-                cmd = int(re.search(r"cmd: (0x[0-9a-f]+)", trace).group(1), 16)
+                fd, cmd = _hex(r"fd: (0x[0-9a-f]+)", trace), _hex(r"cmd: (0x[0-9a-f]+)", trace)
                 entered[tid] = ("flock", fd, cmd)
                 if cmd == LOCK_UN and hold.get(pid) is not None:
                     if runner_fd.get(pid) == fd:
@@ -247,7 +255,7 @@ def report(script: str, procs: Processes, messages: int) -> None:
         if call != "flock" or tid not in entered:
             continue
         _c, fd, cmd = entered.pop(tid)
-        ret = int(re.search(r"0x([0-9a-f]+)", trace).group(1), 16) if "0x" in trace else 0
+        ret = _hex(r"0x([0-9a-f]+)", trace) if "0x" in trace else 0
         if procs.roles.get(pid) not in ("owner", "acceptor"):
             continue  # another run's daemons (another benchmark on the machine)
         if ret != 0 and pid == tid and cmd & LOCK_NB:
