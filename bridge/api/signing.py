@@ -22,7 +22,7 @@ import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote_to_bytes
 
 from bridge.fastinit import fast_init
@@ -125,16 +125,32 @@ def _encode(raw: bytes) -> str:
     return quote(raw, safe=_RFC3986_SAFE)
 
 
-@functools.lru_cache(maxsize=4096)
+# The longest path, or path and query, whose canonical form the caches below keep. A request
+# line may be server.max_line_size long (16 KiB by default, up to 1 MiB), its canonical form up
+# to three times that ("!" is "%21"): kept whatever their length, a new path or query each time
+# made the 256 frames and 4,096 URIs hold ~16 MB and ~256 MB at the default line, for the life
+# of the process, from requests whose signature was not yet checked (a known key id and a date
+# within the skew suffice). A client's usual request (its path, no query or a short one) is far
+# shorter, and is still answered from them.
+_CACHED_LINE_MAX: Final = 1024
+
+
 def canonical_uri(path: str) -> str:
     """Decode each segment once and re-encode it, so `%7E`, `~` and `%7e` all sign the same.
 
     Splitting before decoding keeps an encoded `%2F` inside its segment instead of making it a
     separator. Decoding to bytes (not str) keeps invalid UTF-8 stable across implementations.
     """
+    return _cached_uri(path) if len(path) <= _CACHED_LINE_MAX else _uri(path)
+
+
+def _uri(path: str) -> str:
     if not path:
         return "/"
     return "/".join(_encode(unquote_to_bytes(segment)) for segment in path.split("/"))
+
+
+_cached_uri = functools.lru_cache(maxsize=4096)(_uri)  # short paths only (_CACHED_LINE_MAX)
 
 
 def canonical_query(raw_query: str) -> str:
@@ -201,19 +217,31 @@ def _canonical(
                     f"header '{name}' is in SignedHeaders but absent from the request"
                 ) from None
         raise
-    head, tail = _canonical_frame(method, path, raw_query, names)
+    key = (method, path, raw_query, names)
+    frame = _FRAMES.get(key)
+    if frame is None:
+        frame = _frame(method, path, raw_query, names)
+        if len(path) + len(raw_query) <= _CACHED_LINE_MAX:  # a long line is not kept
+            if len(_FRAMES) >= _FRAMES_MAX:
+                _FRAMES.clear()
+            _FRAMES[key] = frame
+    head, tail = frame
     return "".join([head, *lines, tail, content_sha256])
 
 
-@functools.lru_cache(maxsize=256)
-def _canonical_frame(
-    method: str, path: str, raw_query: str, names: tuple[str, ...]
-) -> tuple[str, str]:
+def _frame(method: str, path: str, raw_query: str, names: tuple[str, ...]) -> tuple[str, str]:
     """The canonical request around its header lines and body hash: the method, URI and query
-    lines before them, the SignedHeaders line after. Cached: a client sends the same path and
-    list on every request, and building them again was ~2,700 instructions of each (session 55)."""
+    lines before them, the SignedHeaders line after."""
     head = f"{method.upper()}\n{canonical_uri(path)}\n{canonical_query(raw_query)}\n"
     return head, f"\n{';'.join(names)}\n"
+
+
+# `_frame`'s answers by (method, path, query, list), for short lines only (_CACHED_LINE_MAX),
+# emptied when it holds _FRAMES_MAX: a client sends the same path and list on every request,
+# and building them again was ~2,700 instructions of each (session 55). A dict, not an
+# lru_cache: the length checked on a miss only (before the lookup, ~400 instructions a request).
+_FRAMES: dict[tuple[str, str, str, tuple[str, ...]], tuple[str, str]] = {}
+_FRAMES_MAX: Final = 256
 
 
 def string_to_sign(date: str, canonical: str) -> str:
