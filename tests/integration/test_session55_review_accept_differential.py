@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -205,7 +205,7 @@ async def _run(path: Path, plan: list[list[dict[str, Any]]]) -> tuple[list[Any],
     try:
         n = 0
         for ops in plan:
-            calls = []
+            calls: list[Coroutine[Any, Any, Any]] = []
             for op in ops:
                 n += 1
                 if op["op"] == "accept":
