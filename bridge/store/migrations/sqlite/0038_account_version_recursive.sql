@@ -6,7 +6,7 @@
 -- fires only while the statement left row_version as it was: its own UPDATE, which sets a new
 -- one, ends it. A statement that sets row_version to another value keeps that value (nothing
 -- of the bridge's does; it is a new version like any other). (session 55, review)
-DROP TRIGGER accounts_version_update;
+DROP TRIGGER IF EXISTS accounts_version_update;
 CREATE TRIGGER accounts_version_update AFTER UPDATE ON accounts
 WHEN NEW.row_version IS OLD.row_version BEGIN
     UPDATE accounts SET row_version = random() WHERE rowid = NEW.rowid;
