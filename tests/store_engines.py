@@ -207,11 +207,6 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP TRIGGER accounts_version_update",
         "ALTER TABLE accounts DROP COLUMN row_version",
     ),
-    38: (
-        "DROP TRIGGER accounts_version_update",
-        "CREATE TRIGGER accounts_version_update AFTER UPDATE ON accounts BEGIN "
-        "UPDATE accounts SET row_version = random() WHERE rowid = NEW.rowid; END",
-    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

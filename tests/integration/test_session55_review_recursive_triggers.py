@@ -1,12 +1,12 @@
-"""SQLite: the account row's version triggers (migrations 0037, 0038) with recursive triggers on.
+"""SQLite: the account row's version triggers (migration 0037) with recursive triggers on.
 
-Migration 0037's AFTER UPDATE trigger updates the row it fires for. It ends only because
-SQLite's `recursive_triggers` is off by default: a connection that turns it on (an operator's
-`sqlite3` with `PRAGMA recursive_triggers=ON` in ~/.sqliterc, a tool or SQLite build that
-defaults it on, which SQLite's documentation allows a future release to do) fired it again for
-its own UPDATE until "too many levels of trigger recursion": every insert and update of an
-account failed there, though the README's Upgrades entry says an operator's writes keep working.
-Migration 0038 fires the update trigger only while the statement left `row_version` as it was.
+Migration 0037's AFTER UPDATE trigger updates the row it fires for. As first written it ended
+only because SQLite's `recursive_triggers` is off by default: a connection that turns it on (an
+operator's `sqlite3` with `PRAGMA recursive_triggers=ON` in ~/.sqliterc, a tool or SQLite build
+that defaults it on, which SQLite's documentation allows a future release to do) fired it again
+for its own UPDATE until "too many levels of trigger recursion": every insert and update of an
+account failed there, though the README's Upgrades entry says an operator's writes keep working
+(session 55's review). It now fires only while the statement left `row_version` as it was.
 """
 
 from __future__ import annotations

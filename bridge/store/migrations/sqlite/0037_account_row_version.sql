@@ -5,13 +5,19 @@
 -- instead of the row as JSON (sqlite._authorize), ~24 k instructions less of each accept's lock.
 -- Random rather than counted: a restored copy of the store cannot bring back a version a
 -- process has cached with other contents. No rewrite of the table: ADD COLUMN is a schema edit.
--- The triggers' own UPDATE does not fire them again (recursive_triggers is off) and is not
--- counted in a statement's rowcount (sqlite3_changes leaves trigger writes out).
+-- The update trigger fires only while the statement left row_version as it was: its own
+-- UPDATE, which sets a new one, ends the chain, on a connection with PRAGMA
+-- recursive_triggers=ON too (an operator's ~/.sqliterc, a build defaulting it on; without the
+-- WHEN it fired again until "too many levels of trigger recursion", failing every write of an
+-- account there: session 55's review). A statement that sets row_version itself keeps the
+-- value it sets (nothing of the bridge's does). Trigger writes are not counted in a
+-- statement's rowcount (sqlite3_changes leaves them out).
 ALTER TABLE accounts ADD COLUMN row_version INTEGER;
 UPDATE accounts SET row_version = random();
 CREATE TRIGGER accounts_version_insert AFTER INSERT ON accounts BEGIN
     UPDATE accounts SET row_version = random() WHERE rowid = NEW.rowid;
 END;
-CREATE TRIGGER accounts_version_update AFTER UPDATE ON accounts BEGIN
+CREATE TRIGGER accounts_version_update AFTER UPDATE ON accounts
+WHEN NEW.row_version IS OLD.row_version BEGIN
     UPDATE accounts SET row_version = random() WHERE rowid = NEW.rowid;
 END;
