@@ -31,15 +31,9 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-from bench_syscalls import CHILDREN, HERE, Processes
+from bench_syscalls import Processes, print_bench_lines, record_bench
 
 LOCK_EX, LOCK_NB, LOCK_UN = 2, 4, 8
 # The system calls a holder can block in, and the flock that marks a hold's ends.
@@ -86,74 +80,21 @@ def main() -> None:
     ap.add_argument("--keep", help="keep perf's script output in this file")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then bench.py's own options")
     args = ap.parse_args()
-    bench_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-    workers = argparse.ArgumentParser(add_help=False)
-    workers.add_argument("--workers", type=int, default=0)
-    want = 1 + workers.parse_known_args(bench_args)[0].workers
-    if shutil.which("perf") is None:
-        raise SystemExit("perf is not installed")
     events = ["sched:sched_switch", "sched:sched_waking"]
     for call in CALLS:
         events += [f"syscalls:sys_enter_{call}", f"syscalls:sys_exit_{call}"]
-    CHILDREN.on_signals()
-    with tempfile.TemporaryDirectory(prefix="bench-lock-sched-") as tmp:
-        data = str(Path(tmp) / "perf.data")
-        bench = CHILDREN.popen(
-            [sys.executable, str(HERE / "bench.py"), *bench_args],
-            cwd=HERE.parent,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs = Processes(bench.pid)
-        procs.start()
-        while procs.daemons_with_wal() < want and bench.poll() is None:
-            time.sleep(0.1)
-        perf = CHILDREN.popen(
-            [
-                "perf",
-                "record",
-                "-q",
-                "-a",
-                "-c",
-                "1",
-                "-m",
-                "8M",
-                "-e",
-                ",".join(events),
-                "-o",
-                data,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        output = bench.communicate()[0]
-        perf.send_signal(signal.SIGINT)
-        perf_err = perf.communicate()[1]
-        procs.stop()
-        if bench.returncode != 0:
-            raise SystemExit(f"bench.py failed ({bench.returncode}):\n{output[-3000:]}")
-        if not Path(data).exists():
-            raise SystemExit(f"perf record failed: {perf_err.strip()}")
-        script = subprocess.run(
-            ["perf", "script", "-i", data, "-F", "comm,pid,tid,cpu,time,event,trace"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    run = record_bench(
+        args.args,
+        ["-m", "8M", "-e", ",".join(events)],
+        "comm,pid,tid,cpu,time,event,trace",
+        "bench-lock-sched-",
+    )
     if args.keep:
-        Path(args.keep).write_text(script)
-    found = re.search(r"^accepted messages\s+(\d+)", output, re.M)
-    messages = int(found.group(1)) if found else 0
-    if not messages:
-        raise SystemExit(f"bench.py accepted no message:\n{output[-3000:]}")
-    if "LOST" in perf_err:
-        print(f"perf: {perf_err.strip()}")
-    report(script, procs, messages)
-    for line in output.splitlines():
-        if line.startswith(("end-to-end", "daemon CPU", "CPU seconds", "store write lock")):
-            print(line)
+        Path(args.keep).write_text(run.script)
+    if "LOST" in run.perf_err:
+        print(f"perf: {run.perf_err.strip()}")
+    report(run.script, run.procs, run.messages)
+    print_bench_lines(run.output, ("end-to-end", "daemon CPU", "CPU seconds", "store write lock"))
 
 
 def _who(procs: Processes, pid: int, comm: str) -> str:

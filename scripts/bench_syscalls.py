@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from children import Children  # scripts/ is the script's own folder
 
@@ -121,21 +122,35 @@ def _file_kind(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", default=",".join(SYSCALLS), help="syscalls counted")
-    ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then bench.py's own options")
-    args = ap.parse_args()
-    bench_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+class Recorded(NamedTuple):
+    """A bench.py run recorded by perf (record_bench)."""
+
+    output: str  # bench.py's
+    script: str  # `perf script`'s
+    perf_err: str
+    procs: Processes
+    messages: int  # accepted
+
+
+def bench_options(args: list[str]) -> tuple[list[str], int]:
+    """bench.py's options after this script's own (a leading `--` dropped), and how many daemon
+    processes it starts (the owner and its `--workers` acceptors)."""
+    bench_args = args[1:] if args[:1] == ["--"] else args
     workers = argparse.ArgumentParser(add_help=False)
     workers.add_argument("--workers", type=int, default=0)
-    want = 1 + workers.parse_known_args(bench_args)[0].workers
+    return bench_args, 1 + workers.parse_known_args(bench_args)[0].workers
+
+
+def record_bench(args: list[str], record: list[str], fields: str, prefix: str) -> Recorded:
+    """`bench.py args` with `perf record -q -a -c 1 <record>` system-wide from the moment every
+    daemon has its store open to the end of the run; `perf script -F fields` of it. Exits saying
+    why when perf is missing, bench.py fails or accepts nothing, or perf recorded nothing. Shared
+    by this script and bench_lock_sched.py."""
+    bench_args, want = bench_options(args)
     if shutil.which("perf") is None:
         raise SystemExit("perf is not installed")
-    names = [e for e in args.events.split(",") if e]
-    events = ",".join(f"syscalls:sys_enter_{e}" for e in names) + f",{FAULTS}"
     CHILDREN.on_signals()
-    with tempfile.TemporaryDirectory(prefix="bench-syscalls-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         data = str(Path(tmp) / "perf.data")
         bench = CHILDREN.popen(
             [sys.executable, str(HERE / "bench.py"), *bench_args],
@@ -149,7 +164,7 @@ def main() -> None:
         while procs.daemons_with_wal() < want and bench.poll() is None:
             time.sleep(0.1)
         perf = CHILDREN.popen(
-            ["perf", "record", "-q", "-a", "-c", "1", "-e", events, "-o", data],
+            ["perf", "record", "-q", "-a", "-c", "1", *record, "-o", data],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -163,7 +178,7 @@ def main() -> None:
         if not Path(data).exists():
             raise SystemExit(f"perf record failed: {perf_err.strip()}")
         script = subprocess.run(
-            ["perf", "script", "-i", data, "-F", "pid,tid,event,trace"],
+            ["perf", "script", "-i", data, "-F", fields],
             capture_output=True,
             text=True,
             check=True,
@@ -172,10 +187,27 @@ def main() -> None:
     messages = int(found.group(1)) if found else 0
     if not messages:
         raise SystemExit(f"bench.py accepted no message:\n{output[-3000:]}")
-    report(script, procs, names, messages)
+    return Recorded(output, script, perf_err, procs, messages)
+
+
+def print_bench_lines(output: str, starts: tuple[str, ...]) -> None:
     for line in output.splitlines():
-        if line.startswith(("end-to-end", "daemon CPU", "CPU seconds", "store write lock per")):
+        if line.startswith(starts):
             print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", default=",".join(SYSCALLS), help="syscalls counted")
+    ap.add_argument("args", nargs=argparse.REMAINDER, help="-- then bench.py's own options")
+    args = ap.parse_args()
+    names = [e for e in args.events.split(",") if e]
+    events = ",".join(f"syscalls:sys_enter_{e}" for e in names) + f",{FAULTS}"
+    run = record_bench(args.args, ["-e", events], "pid,tid,event,trace", "bench-syscalls-")
+    report(run.script, run.procs, names, run.messages)
+    print_bench_lines(
+        run.output, ("end-to-end", "daemon CPU", "CPU seconds", "store write lock per")
+    )
 
 
 def report(script: str, procs: Processes, names: list[str], messages: int) -> None:
