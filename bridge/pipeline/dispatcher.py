@@ -557,12 +557,19 @@ class Dispatcher:
                 loop_now = running(self._loop).time()
                 deadline = loop_now + (msg.expires_at - now_ms) / 1000
             so_far: list[SubmitOutcome] = []
+            # A list comprehension is a call of its own on Python 3.11: one part, the usual
+            # case, goes without.
+            segs = msg.segments
+            if len(segs) == 1:
+                contexts = [(msg.id, segs[0].seq)]
+            else:
+                contexts = [(msg.id, seg.seq) for seg in segs]
             try:
                 outcomes = await connector.send_message(
                     build_parts(msg, smsc),
                     before,
                     deadline,
-                    contexts=[(msg.id, seg.seq) for seg in msg.segments],
+                    contexts=contexts,
                     outcomes=so_far,
                 )
             except asyncio.CancelledError:

@@ -1080,6 +1080,8 @@ class Connector:
 
     def _pump(self, b: _Bind) -> None:
         """Grant free slots to waiters, priority first; fail them all when the bind is gone."""
+        if not b.hi and not b.lo:  # nobody waiting: nothing to grant or fail (per slot freed)
+            return
         if not b.up or self._closing:
             for q in (b.hi, b.lo):
                 while q:
@@ -1143,7 +1145,11 @@ class Connector:
     def _best_bind(self) -> _Bind | None:
         if self._closing:
             return None
-        up = [b for b in self._tx if b.up]
+        tx = self._tx
+        if len(tx) == 1:  # one transmitting bind (the usual configuration): no list, no turn
+            b = tx[0]
+            return b if b.up else None
+        up = [b for b in tx if b.up]
         if not up:
             return None
         k = len(up)
