@@ -676,11 +676,15 @@ class Connector:
                     # task's suspension and resumption pass through: session 56) takes the
                     # rest, and any answer but an acceptance.
                     fut = proto = None
-                    if (
+                    usual = (
                         before is None
                         and (i or not self._stopping)  # _send_part's first check
                         and self._throttler is None
                         and bind is not None
+                    )
+                    if (
+                        usual
+                        and bind is not None  # mypy
                         and self._slot_now(bind)
                         and (deadline is None or loop.time() < deadline)
                     ):
@@ -693,7 +697,30 @@ class Connector:
                                 outcomes.append(outcome)
                                 outcomes.extend(_cancelled(j) for j in range(i + 1, n))
                                 break
-                    if fut is None:
+                    if fut is None and usual and bind is not None and bind.up:
+                        # A slot to wait for (a later part behind a full window, usually):
+                        # `_submit_on` straight away, _send_part's first attempt without its
+                        # frame; it takes what is not an acceptance.
+                        try:
+                            got = await self._submit_on(
+                                bind, part, i > 0, None, deadline, context, wire
+                            )
+                        except _Expired:
+                            outcome = SubmitOutcome(i, "expired", -1, "VALIDITY_EXPIRED", None)
+                        except EncodeError as e:
+                            outcome = self._unencodable(i, e)
+                        else:
+                            if got is None:  # the bind went away first: not an attempt
+                                outcome, bind = await self._send_part(
+                                    i, part, None, None, deadline, context, wire
+                                )
+                            elif got.error is None and got.status == _ROK:
+                                outcome = self._accepted(i, bind, got, loop.time())
+                            else:
+                                outcome, bind = await self._send_part(
+                                    i, part, bind, None, deadline, context, wire, got
+                                )
+                    elif fut is None:
                         outcome, bind = await self._send_part(
                             i, part, bind, before, deadline, context, wire
                         )
