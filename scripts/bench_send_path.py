@@ -4,6 +4,7 @@
 Usage: python scripts/bench_send_path.py [--messages 20000] [--parts 1] [--window 100]
        python scripts/bench_send_path.py --callgrind [--messages 5000]
        python scripts/bench_send_path.py --compare OLD_TREE [--pairs 3] [--callgrind]
+       ... [--gc-threshold 700]  (the daemon's 5,000 by default)
 
 Why: `bench.py` shows the owner's CPU per message with the store's SQL and a loaded machine in
 it; a cut of a few µs on the dispatcher's or the connector's path drowns there. This runs what
@@ -46,6 +47,9 @@ CHILDREN = Children()
 # valgrind runs the script ~20-50 times slower, its start-up (imports) included.
 UNDER_VALGRIND = 20
 VALGRIND_START_S = 300
+# bridge/cli.py GC_THRESHOLD, which `run` sets (`_tune_gc`); a test checks they agree. Not
+# imported: --tree may name a checkout whose bridge is not the one this script's folder holds.
+DAEMON_GC_THRESHOLD = 5_000
 KEY = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2s="
 
 
@@ -179,6 +183,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         gc.collect()
         gc.freeze()
+        if args.gc_threshold:
+            # The daemon's young-generation threshold (bridge/cli.py _tune_gc, README note 14):
+            # what the owner runs. Until session 56 this measured at CPython's 700, where the
+            # collector was ~7% of the count.
+            gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
         if args.counting:
             subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True,
                            capture_output=True)  # fmt: skip
@@ -215,7 +224,7 @@ def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
         "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
-        "--loop", args.loop,
+        "--loop", args.loop, "--gc-threshold", str(args.gc_threshold),
         "--timeout", str(args.timeout * UNDER_VALGRIND),
     ]  # fmt: skip
     # Its own time-out past the copy's: valgrind, the copy and its simulator ended together.
@@ -231,7 +240,7 @@ def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         return under_callgrind(args, tree)
     cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
            "--parts", str(args.parts), "--window", str(args.window),
-           "--loop", args.loop]  # fmt: skip
+           "--loop", args.loop, "--gc-threshold", str(args.gc_threshold)]  # fmt: skip
     try:
         code, stdout, stderr = CHILDREN.run(cmd, args.timeout + 120)
     finally:
@@ -249,6 +258,14 @@ def main() -> None:
     ap.add_argument("--receipt-delay-ms", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=DAEMON_GC_THRESHOLD,
+        help="the cyclic collector's young threshold while counted (default: the daemon's, "
+        "bridge/cli.py GC_THRESHOLD; 700 is CPython's own, what this measured until session 56; "
+        "0 leaves the interpreter's)",
+    )
     ap.add_argument("--tree", default=str(HERE))
     ap.add_argument("--compare", help="an older checkout to compare with, alternating")
     ap.add_argument("--pairs", type=int, default=3)

@@ -198,7 +198,7 @@ def owner_writes(rnd: random.Random, mids: list[str], parts: dict[str, int]) -> 
                 sent_at = at - rnd.randint(0, 3_000)
                 results.append(SubmitResult(mid, seq, out, "smsc1", ref, ref, err, at, sent_at))
             # A claim ends in a final result or a release, not both, and a release leaves a
-            # part unsent (_send_on).
+            # part unsent (Dispatcher._send_parts).
             ended = {r.message_id for r in results if r.outcome != "sent"}
             sent = {(r.message_id, r.seq) for r in results}
             free = [

@@ -95,7 +95,10 @@ class Batcher(Generic[T]):
         commit, as the future's callback ran one loop iteration later."""
         self._items.append(item)
         self._waiters.append(settled)
-        self._queued()
+        # `_queued` only when it has something to do (a timer to start, a full batch): a call
+        # less for most items (two a part sent: its result and its receipt).
+        if self._timer is None or len(self._items) >= self._max:
+            self._queued()
 
     def add_many_call(self, items: Sequence[T], settled: Settled) -> None:
         """Queue `items` under one call of `settled` (add_call), made once the batch carrying

@@ -541,155 +541,162 @@ class Dispatcher:
         self._no_route.pop(msg.id, None)
         self._by_smsc[name] += 1
         try:
-            await self._send_on(msg, name, add, now_ms)
-        finally:
-            self._by_smsc[name] -= 1
-            if not self._by_smsc[name]:
-                del self._by_smsc[name]
-
-    async def _send_on(
-        self,
-        msg: WorkMessage,
-        name: str,
-        add: Callable[..., None],  # add(*results): one batcher call, one future
-        now_ms: int,
-    ) -> None:
-        """Send `msg` on SMSC `name` and hand its results to `add`."""
-        connector = self.connectors[name]
-        connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
-        connector.is_held = self._held
-        smsc = self.smscs[name]
-        rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
-        before = None
-        if smsc.in_flight_on_restart == "unknown":
-            # A crash must find where the message went, answered or not: recorded as its first
-            # part takes its window slot, before it leaves.
-            async def before() -> None:
-                try:
-                    await self._routes.add((msg.id, name))
-                except Exception as exc:
-                    raise _RouteNotRecorded(lost=False) from exc
-                if msg.id in self._unrouted:
-                    self._unrouted.discard(msg.id)
-                    raise _RouteNotRecorded(lost=True)
-
-        deadline = None
-        if msg.expires_at is not None:
-            loop_now = running(self._loop).time()
-            deadline = loop_now + (msg.expires_at - now_ms) / 1000
-        so_far: list[SubmitOutcome] = []
-        try:
-            outcomes = await connector.send_message(
-                build_parts(msg, smsc),
-                before,
-                deadline,
-                contexts=[(msg.id, seg.seq) for seg in msg.segments],
-                outcomes=so_far,
-            )
-        except asyncio.CancelledError:
-            # The shutdown's grace ran out with a later part on the wire: the parts the SMSC
-            # accepted are recorded (stop() writes them), or the restart resent them and their
-            # receipts matched nothing. The claim stays for the restart's recovery.
-            at = int(self.clock() * 1000)
-            for seg, out in zip(msg.segments, so_far, strict=False):
-                if out.kind != "ok":
-                    break
-                add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
-            raise
-        except _RouteNotRecorded as exc:  # nothing left
-            if exc.lost:
-                log.warning("claim taken back by another instance; not sent")
+            # Sent on SMSC `name` here, not by a coroutine of its own (`_send_on` until session
+            # 56): each coroutine level between the message's task and its submit's future is a
+            # frame that every suspension and resumption of the task passes through.
+            connector = self.connectors[name]
+            connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
+            connector.is_held = self._held
+            smsc = self.smscs[name]
+            rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
+            before = None
+            if smsc.in_flight_on_restart == "unknown":
+                before = self._route_recorder(msg.id, name)
+            deadline = None
+            if msg.expires_at is not None:
+                loop_now = running(self._loop).time()
+                deadline = loop_now + (msg.expires_at - now_ms) / 1000
+            so_far: list[SubmitOutcome] = []
+            # A list comprehension is a call of its own on Python 3.11: one part, the usual
+            # case, goes without.
+            segs = msg.segments
+            if len(segs) == 1:
+                contexts = [(msg.id, segs[0].seq)]
             else:
-                log.warning("recording the route failed; message requeued", exc_info=True)
-                add(Release(msg.id, now_ms + 1000, count_attempt=False))
-            return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "message submitted",
-                extra={"smsc": name, "to": logs.number(msg.recipient),
-                       "outcomes": [o.status_name for o in outcomes]},
-            )  # fmt: skip
-        now_ms = int(self.clock() * 1000)
-        release: Release | None = None
-        # One batcher call per message: its parts' results share one future.
-        results: list[SubmitResult | Release] = []
-        loop = self._loop = running(self._loop)
-        for seg, out in zip(msg.segments, outcomes, strict=False):
-            if out.kind == "ok":
-                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
-                self.sent += 1
-            elif out.kind == "permanent":
-                results.append(
-                    SubmitResult(
-                        msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
+                contexts = [(msg.id, seg.seq) for seg in segs]
+            try:
+                outcomes = await connector.send_message(
+                    build_parts(msg, smsc),
+                    before,
+                    deadline,
+                    contexts=contexts,
+                    outcomes=so_far,
+                )
+            except asyncio.CancelledError:
+                # The shutdown's grace ran out with a later part on the wire: the parts the SMSC
+                # accepted are recorded (stop() writes them), or the restart resent them and their
+                # receipts matched nothing. The claim stays for the restart's recovery.
+                at = int(self.clock() * 1000)
+                for seg, out in zip(msg.segments, so_far, strict=False):
+                    if out.kind != "ok":
+                        break
+                    add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
+                raise
+            except _RouteNotRecorded as exc:  # nothing left
+                if exc.lost:
+                    log.warning("claim taken back by another instance; not sent")
+                else:
+                    log.warning("recording the route failed; message requeued", exc_info=True)
+                    add(Release(msg.id, now_ms + 1000, count_attempt=False))
+                return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "message submitted",
+                    extra={"smsc": name, "to": logs.number(msg.recipient),
+                           "outcomes": [o.status_name for o in outcomes]},
+                )  # fmt: skip
+            now_ms = int(self.clock() * 1000)
+            release: Release | None = None
+            # One batcher call per message: its parts' results share one future.
+            results: list[SubmitResult | Release] = []
+            loop = self._loop = running(self._loop)
+            for seg, out in zip(msg.segments, outcomes, strict=False):
+                if out.kind == "ok":
+                    results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
+                    self.sent += 1
+                elif out.kind == "permanent":
+                    results.append(
+                        SubmitResult(
+                            msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
+                        )
                     )
-                )
-                self.failed += 1
-                break
-            elif (
-                out.kind == "transient"
-                and out.status_name in UNANSWERED
-                and (
-                    smsc.in_flight_on_restart == "unknown"
-                    # Unanswered claims are counted apart: transient errors before them (their
-                    # own budget, MAX_MESSAGE_ATTEMPTS) do not shorten this one.
-                    or msg.unanswered + 1 >= MAX_UNANSWERED_ATTEMPTS
-                )
-            ):
-                # No answer: the SMSC may well have accepted it. Resending would duplicate, so
-                # stop here when the SMSC is configured so, or after a few claims.
-                results.append(
-                    SubmitResult(
-                        msg.id,
-                        seg.seq,
-                        "unknown",
-                        name,
-                        error_code=f"SUBMIT_{out.status_name}",
-                        at=now_ms,
+                    self.failed += 1
+                    break
+                elif (
+                    out.kind == "transient"
+                    and out.status_name in UNANSWERED
+                    and (
+                        smsc.in_flight_on_restart == "unknown"
+                        # Unanswered claims are counted apart: transient errors before them (their
+                        # own budget, MAX_MESSAGE_ATTEMPTS) do not shorten this one.
+                        or msg.unanswered + 1 >= MAX_UNANSWERED_ATTEMPTS
                     )
-                )
-                self.failed += 1
-                break
-            elif out.kind in ("transient", "no_bind"):
-                if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
+                ):
+                    # No answer: the SMSC may well have accepted it. Resending would duplicate, so
+                    # stop here when the SMSC is configured so, or after a few claims.
                     results.append(
                         SubmitResult(
                             msg.id,
                             seg.seq,
-                            "failed",
+                            "unknown",
                             name,
-                            error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
+                            error_code=f"SUBMIT_{out.status_name}",
                             at=now_ms,
                         )
                     )
                     self.failed += 1
                     break
-                delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
-                if out.status_name == "TIMEOUT":
-                    delay = max(delay, unanswered_wait_ms(smsc.response_timeout_s))
-                release = Release(
-                    msg.id,
-                    now_ms + delay,
-                    count_attempt=out.kind == "transient",
-                    unanswered=out.kind == "transient" and out.status_name in UNANSWERED,
-                )
-                self.retried += 1
-                break
-            elif out.kind == "throttled":
-                requeue_ms = int(smsc.throttle_requeue_s * 1000)
-                release = Release(msg.id, now_ms + requeue_ms, count_attempt=False)
-                self.retried += 1
-                break
-            elif out.kind == "expired":  # its validity passed while it waited: none goes out
-                for rest in msg.segments[msg.segments.index(seg) :]:
-                    results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
-                break
-            else:  # cancelled: an earlier part failed; the store fails the rest
-                break
-        if release is not None:
-            results.append(release)
-        if results:
-            add(*results)
+                elif out.kind in ("transient", "no_bind"):
+                    if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
+                        results.append(
+                            SubmitResult(
+                                msg.id,
+                                seg.seq,
+                                "failed",
+                                name,
+                                error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
+                                at=now_ms,
+                            )
+                        )
+                        self.failed += 1
+                        break
+                    delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
+                    if out.status_name == "TIMEOUT":
+                        delay = max(delay, unanswered_wait_ms(smsc.response_timeout_s))
+                    release = Release(
+                        msg.id,
+                        now_ms + delay,
+                        count_attempt=out.kind == "transient",
+                        unanswered=out.kind == "transient" and out.status_name in UNANSWERED,
+                    )
+                    self.retried += 1
+                    break
+                elif out.kind == "throttled":
+                    requeue_ms = int(smsc.throttle_requeue_s * 1000)
+                    release = Release(msg.id, now_ms + requeue_ms, count_attempt=False)
+                    self.retried += 1
+                    break
+                elif out.kind == "expired":  # its validity passed while it waited: none goes out
+                    for rest in msg.segments[msg.segments.index(seg) :]:
+                        results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
+                    break
+                else:  # cancelled: an earlier part failed; the store fails the rest
+                    break
+            if release is not None:
+                results.append(release)
+            if results:
+                add(*results)
+        finally:
+            self._by_smsc[name] -= 1
+            if not self._by_smsc[name]:
+                del self._by_smsc[name]
+
+    def _route_recorder(self, mid: str, name: str) -> Callable[[], Awaitable[None]]:
+        """What the connector awaits as message `mid`'s first part takes its window slot on
+        SMSC `name`, right before it leaves: a crash must find where the message went, answered
+        or not. A method, not a closure in `_send_parts`: a closure there made its message and
+        SMSC name cell variables of the whole send path."""
+
+        async def before() -> None:
+            try:
+                await self._routes.add((mid, name))
+            except Exception as exc:
+                raise _RouteNotRecorded(lost=False) from exc
+            if mid in self._unrouted:
+                self._unrouted.discard(mid)
+                raise _RouteNotRecorded(lost=True)
+
+        return before
 
     async def _encoded_again(
         self,

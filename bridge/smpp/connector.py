@@ -655,23 +655,93 @@ class Connector:
             return [_no_bind(i) for i in range(n)]
         self._active += 1
         try:
-            bind = await self._pick_bind()
+            # _pick_bind's answer without its coroutine when a bind is up (the usual case): a
+            # coroutine object, a frame and a return through StopIteration a message.
+            bind = self._best_bind()
             if bind is None:
-                return [_no_bind(i) for i in range(n)]
+                bind = await self._pick_bind()
+                if bind is None:
+                    return [_no_bind(i) for i in range(n)]
             if outcomes is None:
                 outcomes = []
             wire: list[asyncio.Future[SubmitResult]] = []  # the part's submit_sm, unanswered
+            loop = self._loop = running(self._loop)
             for i, part in enumerate(parts):
+                before = before_first if i == 0 else None
+                context = None if contexts is None else contexts[i]
                 try:
-                    outcome, bind = await self._send_part(
-                        i,
-                        part,
-                        bind,
-                        before_first if i == 0 else None,
-                        deadline,
-                        None if contexts is None else contexts[i],
-                        wire,
+                    # The usual part inline, its answer's future awaited here: a slot free at
+                    # once, no TPS turn, nothing to run before it leaves, its validity not past.
+                    # `_send_part` (a coroutine a part, its frame one more level that the
+                    # task's suspension and resumption pass through: session 56) takes the
+                    # rest, and any answer but an acceptance.
+                    fut = proto = None
+                    usual = (
+                        before is None
+                        and (i or not self._stopping)  # _send_part's first check
+                        and self._throttler is None
+                        and bind is not None
                     )
+                    if (
+                        usual
+                        and bind is not None  # mypy
+                        and self._slot_now(bind)
+                        and (deadline is None or loop.time() < deadline)
+                    ):
+                        proto = bind.proto
+                        if proto is not None:  # bound (_slot_now): for mypy
+                            try:
+                                fut = self._submit_now(bind, proto, part, context)
+                            except EncodeError as e:
+                                outcome = self._unencodable(i, e)
+                                outcomes.append(outcome)
+                                outcomes.extend(_cancelled(j) for j in range(i + 1, n))
+                                break
+                    if fut is None and usual and bind is not None and bind.up:
+                        # A slot to wait for (a later part behind a full window, usually):
+                        # `_submit_on` straight away, _send_part's first attempt without its
+                        # frame; it takes what is not an acceptance.
+                        try:
+                            got = await self._submit_on(
+                                bind, part, i > 0, None, deadline, context, wire
+                            )
+                        except _Expired:
+                            outcome = SubmitOutcome(i, "expired", -1, "VALIDITY_EXPIRED", None)
+                        except EncodeError as e:
+                            outcome = self._unencodable(i, e)
+                        else:
+                            if got is None:  # the bind went away first: not an attempt
+                                outcome, bind = await self._send_part(
+                                    i, part, None, None, deadline, context, wire
+                                )
+                            elif got.error is None and got.status == _ROK:
+                                outcome = self._accepted(i, bind, got, loop.time())
+                            else:
+                                outcome, bind = await self._send_part(
+                                    i, part, bind, None, deadline, context, wire, got
+                                )
+                    elif fut is None:
+                        outcome, bind = await self._send_part(
+                            i, part, bind, before, deadline, context, wire
+                        )
+                    else:
+                        try:
+                            res = await fut
+                        except asyncio.CancelledError:
+                            # As _submit_on: answered before this task resumed, `fut` holds
+                            # the answer; else it comes later.
+                            assert proto is not None  # mypy: the one `fut` came from
+                            wire.append(
+                                fut if not fut.cancelled() else proto.answer_after_cancel(fut)
+                            )
+                            raise
+                        assert bind is not None  # mypy: the bind `fut` went out on
+                        if res.error is None and res.status == _ROK:
+                            outcome = self._accepted(i, bind, res, loop.time())
+                        else:
+                            outcome, bind = await self._send_part(
+                                i, part, bind, None, deadline, context, wire, res
+                            )
                 except asyncio.CancelledError:
                     if wire:
                         await self._answer_after_cancel(wire[0], i, outcomes)
@@ -736,7 +806,11 @@ class Connector:
         deadline: float | None = None,
         context: Any = None,
         wire: list[asyncio.Future[SubmitResult]] | None = None,
+        first: SubmitResult | None = None,
     ) -> tuple[SubmitOutcome, _Bind | None]:
+        """One part, with its resends (throttles, transient errors, a lost bind) and their
+        bookkeeping; `first`: the answer to an attempt send_message already made on `bind`
+        (its usual case, inline there), taken as this loop's first."""
         loop = self._loop = running(self._loop)
         transient = 0
         throttles = 0
@@ -745,57 +819,51 @@ class Connector:
         # the part before it under a TPS limit.
         priority = index > 0
         unanswered: SubmitOutcome | None = None  # an attempt that may have reached the SMSC
+        res: SubmitResult | None
         while True:
-            if index == 0 and self._stopping:
-                # Back to the queue unsent, unless an attempt may have arrived: that one is
-                # reported as it was (the dispatcher counts it, or marks it unknown).
-                return unanswered or _no_bind(index), bind
-            if bind is None or not bind.up:
-                bind = await self._pick_bind()
-                if bind is None:
-                    # An attempt lost with its connection stays reported as such: as no_bind it
-                    # would not count, and a message that kills the SMSC's link went out for
-                    # ever.
-                    return unanswered or _no_bind(index), None
-            try:
-                res = await self._submit_on(bind, part, priority, before, deadline, context, wire)
-            except _Expired:
-                return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
-            except _Held:
-                return _held_outcome(index), bind
-            except EncodeError as e:
-                self._failed[e.code] += 1
-                self._error(f"part {index} cannot be encoded: {e}")
-                return SubmitOutcome(index, "permanent", -1, e.code, None), bind
+            if first is not None:  # answered already (send_message)
+                res, first = first, None
+                assert bind is not None  # the bind send_message's attempt went out on
+            else:
+                if index == 0 and self._stopping:
+                    # Back to the queue unsent, unless an attempt may have arrived: that one is
+                    # reported as it was (the dispatcher counts it, or marks it unknown).
+                    return unanswered or _no_bind(index), bind
+                if bind is None or not bind.up:
+                    bind = await self._pick_bind()
+                    if bind is None:
+                        # An attempt lost with its connection stays reported as such: as no_bind it
+                        # would not count, and a message that kills the SMSC's link went out for
+                        # ever.
+                        return unanswered or _no_bind(index), None
+                try:
+                    res = await self._submit_on(
+                        bind, part, priority, before, deadline, context, wire
+                    )
+                except _Expired:
+                    return SubmitOutcome(index, "expired", -1, "VALIDITY_EXPIRED", None), bind
+                except _Held:
+                    return _held_outcome(index), bind
+                except EncodeError as e:
+                    return self._unencodable(index, e), bind
             if res is None:  # the bind went away before the PDU left: not an attempt
                 bind = None
                 continue
+            if res.error is None and res.status == _ROK:
+                return self._accepted(index, bind, res, loop.time()), bind
             before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
             now = loop.time()
             sent_at = now - res.rtt_s
+            kind: C.SubmitOutcome
             if res.error is None:
                 bind.unanswered = 0  # what _count_unanswered does with an answer, without a call
                 a = self._rtt_avg
                 self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
-                if res.status == _ROK:
-                    # _answered's "ok" inline: it and classify_submit_status were two calls a
-                    # part sent.
-                    if self.on_submit is not None:
-                        self.on_submit(self.name, "ok", "ESME_ROK", res.rtt_s)
-                    kind: C.SubmitOutcome = "ok"
-                else:
-                    kind = self._answered(res)
+                kind = self._answered(res)
             else:
                 self._count_unanswered(bind, res.error, sent_at, now)
                 kind = self._answered(res)
-            if kind == "ok":
-                bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
-                if sent_at >= bind.pause_started:
-                    bind.pause = None
-                self._ok += 1
-                ok = SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
-                return ok, bind
             name = res.error or C.status_name(res.status)
             if kind == "throttled":
                 throttles += 1
@@ -844,6 +912,42 @@ class Connector:
                 continue
             self._failed[name] += 1
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
+
+    def _submit_now(
+        self, b: _Bind, proto: SmppProtocol, part: ShortMessage, context: Any
+    ) -> asyncio.Future[SubmitResult] | None:
+        """send_message's usual part on `b`, a slot free (`_slot_now`): its submit_sm queued,
+        the future of its answer. None when the session refused it (not expected with a slot
+        free): `_send_part` tries again and reports what it finds.
+        EncodeError (the part cannot be encoded: nothing recorded) is raised."""
+        try:
+            return proto.submit(part, context)
+        except (WindowFull, NotBound):
+            self._pump(b)  # as _submit_on does with a slot unused
+            return None
+
+    def _unencodable(self, index: int, e: EncodeError) -> SubmitOutcome:
+        self._failed[e.code] += 1
+        self._error(f"part {index} cannot be encoded: {e}")
+        return SubmitOutcome(index, "permanent", -1, e.code, None)
+
+    def _accepted(self, index: int, bind: _Bind, res: SubmitResult, now: float) -> SubmitOutcome:
+        """Part `index` accepted (ESME_ROK, answered on `bind` by loop time `now`): the bind's
+        and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
+        trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
+        success (the throttle rate, the pause over), and its outcome."""
+        self._tick(1)
+        sent_at = now - res.rtt_s
+        bind.unanswered = 0
+        a = self._rtt_avg
+        self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
+        if self.on_submit is not None:
+            self.on_submit(self.name, "ok", "ESME_ROK", res.rtt_s)
+        bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
+        if sent_at >= bind.pause_started:
+            bind.pause = None
+        self._ok += 1
+        return SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
 
     def _hold_check(self, context: Any) -> Callable[[], Awaitable[None]] | None:
         """What a resend awaits holding its window slot, right before it leaves (after any
@@ -917,8 +1021,18 @@ class Connector:
         limit, then submit_sm. None when the bind went down or closed before the PDU was sent;
         _Expired when `deadline` passed while it waited (nothing sent). Cancelled while the
         answer is awaited, it puts in `wire` a future for that answer."""
-        if not await self._acquire(b, priority):
-            return None
+        line = self._acquire(b, priority)
+        if line is not None:
+            if line.done():  # granted (or refused) at once: no await
+                granted = line.result()
+            else:
+                try:
+                    granted = await line
+                except asyncio.CancelledError:
+                    self._left_line(b, priority, line)
+                    raise
+            if not granted:
+                return None
         fut = None
         try:
             if self._throttler is not None:
@@ -955,8 +1069,10 @@ class Connector:
                 wire.append(fut if not fut.cancelled() else proto.answer_after_cancel(fut))
             raise
 
-    async def _acquire(self, b: _Bind, priority: bool) -> bool:
-        if (
+    def _slot_now(self, b: _Bind) -> bool:
+        """Whether a part may take a window slot of `b` at once: the bind up, nobody waiting
+        before it, a slot neither in flight nor granted, no throttle pause."""
+        return (
             b.up
             and not self._closing
             and not b.hi
@@ -964,25 +1080,35 @@ class Connector:
             and b.capacity() > 0
             # Never paused (0.0: the loop's clock is past it) needs no clock read, a call or two.
             and (not b.paused_until or self._now() >= b.paused_until)
-        ):
+        )
+
+    def _acquire(self, b: _Bind, priority: bool) -> asyncio.Future[bool] | None:
+        """A window slot of `b`: None when taken at once, else a future in the line for one,
+        True once granted, False when the bind is gone. A plain call, not a coroutine awaiting
+        that future (until session 56): `_submit_on` awaits it itself, one frame fewer between
+        the task and the future a waiting part suspends on (`_left_line` on a cancel)."""
+        if self._slot_now(b):
             b.reserved += 1
-            return True
+            return None
         fut: asyncio.Future[bool] = running(self._loop).create_future()
         (b.hi if priority else b.lo).append(fut)
         self._pump(b)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result():
-                b.reserved -= 1
-                self._pump(b)
-            else:
-                with contextlib.suppress(ValueError):
-                    (b.hi if priority else b.lo).remove(fut)
-            raise
+        return fut
+
+    def _left_line(self, b: _Bind, priority: bool, fut: asyncio.Future[bool]) -> None:
+        """The waiter of `fut` was cancelled: a slot granted to it is handed on, else it leaves
+        the line."""
+        if fut.done() and not fut.cancelled() and fut.result():
+            b.reserved -= 1
+            self._pump(b)
+        else:
+            with contextlib.suppress(ValueError):
+                (b.hi if priority else b.lo).remove(fut)
 
     def _pump(self, b: _Bind) -> None:
         """Grant free slots to waiters, priority first; fail them all when the bind is gone."""
+        if not b.hi and not b.lo:  # nobody waiting: nothing to grant or fail (per slot freed)
+            return
         if not b.up or self._closing:
             for q in (b.hi, b.lo):
                 while q:
@@ -1046,7 +1172,11 @@ class Connector:
     def _best_bind(self) -> _Bind | None:
         if self._closing:
             return None
-        up = [b for b in self._tx if b.up]
+        tx = self._tx
+        if len(tx) == 1:  # one transmitting bind (the usual configuration): no list, no turn
+            b = tx[0]
+            return b if b.up else None
+        up = [b for b in tx if b.up]
         if not up:
             return None
         k = len(up)

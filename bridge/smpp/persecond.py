@@ -23,7 +23,8 @@ class PerSecond:
         self._counts = [0] * (window + 1)
 
     def add(self, sec: int, n: int = 1) -> None:
-        self._advance(sec)
+        if sec > self._sec:  # a new second (`_advance` only then): a call less a part sent
+            self._advance(sec)
         self._counts[0] += n
 
     def last(self, sec: int) -> int:
