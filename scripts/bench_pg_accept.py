@@ -17,8 +17,9 @@ PostgresStore._drain_account; different accounts' do not). Each request is built
 clock starts and handed to `app._handle` without a socket. It prints per 202: the statements
 sent to the server (BEGIN and COMMIT not counted) and the round trips (them included), the rows
 they returned, this process's CPU, the server's CPU (every process of the cluster, from /proc:
-on one machine) and the wall time. `--tree` imports `bridge` from another checkout: run the
-script alternately on two trees to compare them.
+on one machine) and the wall time, then the round trips by statement (its text's start).
+`--tree` imports `bridge` from another checkout: run the script alternately on two trees to
+compare them.
 
 `--callgrind` reruns it under valgrind's callgrind (`--instr-atstart=no`, counting switched on
 and off around the timed loop with `callgrind_control -i`, as `bench_accept_inproc.py` does)
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import gc
 import json
 import os
@@ -101,6 +103,7 @@ class Counted:
         self.statements = 0
         self.trips = 0
         self.rows = 0
+        self.kinds: collections.Counter[str] = collections.Counter()  # by the text's start
         conn = asyncpg.connection.Connection
         for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
             real = getattr(conn, name)
@@ -109,6 +112,7 @@ class Counted:
                 c: Any, query: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any
             ) -> Any:
                 self.trips += 1
+                self.kinds[" ".join(query.split())[:60]] += 1
                 if not query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
                     self.statements += 1
                 out = await _real(c, query, *args, **kw)
@@ -263,6 +267,7 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         todo = requests[len(accounts) :]
         gc.collect()
         s0, r0, t0 = counted.statements, counted.rows, counted.trips
+        k0 = collections.Counter(counted.kinds)
         server0 = server_cpu(postmaster)
         if ARGS.counting:
             _callgrind(True)
@@ -289,6 +294,8 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         "cpu_us": round(cpu / n * 1e6, 1),
         "server_us": round(server / n * 1e6, 1),
         "wall_us": round(wall / n * 1e6, 1),
+        # round trips a request by the statement's first 60 characters
+        "by_statement": {text: round(k / n, 3) for text, k in (counted.kinds - k0).most_common()},
     }
 
 
@@ -301,6 +308,8 @@ def _print(res: dict[str, Any], k: int) -> None:
     print(f"  per accept: {res['statements']} statements, {res['round_trips']} round trips, "
           f"{res['rows']} rows back, this process {res['cpu_us']} us CPU, server "
           f"{res['server_us']} us CPU, {res['wall_us']} us wall")  # fmt: skip
+    for text, k in res["by_statement"].items():
+        print(f"    {k:6.3f}  {text}")
 
 
 def counting() -> None:
