@@ -269,6 +269,11 @@ _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
         "ALTER TABLE messages DROP COLUMN seq",  # and its sequence (OWNED BY)
     ),
     35: ("ALTER TABLE app_keys DROP COLUMN last_used_at",),
+    37: (
+        "DROP TRIGGER accounts_row_version ON accounts",
+        "DROP FUNCTION accounts_row_version()",
+        "ALTER TABLE accounts DROP COLUMN row_version",
+    ),
 }
 
 

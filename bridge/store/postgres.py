@@ -112,6 +112,7 @@ from bridge.store.models import (
     WebhookJob,
     WorkMessage,
 )
+from bridge.store.postgres_arrays import bytea_array, int_array, text_array
 from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_grants import missing_grants
 from bridge.store.postgres_retention import RetentionMixin
@@ -179,9 +180,11 @@ _MESSAGE_SCALARS = """
     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
         $9::text, $10::text, $11::int, $12::int, $13::int, $14::bigint, $15::bigint, $16::bigint,
         $17::bigint, $18::text, $19::text, $20::int"""
+# The parts' columns as array literals in text parameters (postgres_arrays: asyncpg's lists
+# cost ~13 k instructions each, six here).
 _SEGMENT_ARRAYS = """
-    SELECT * FROM unnest($21::text[], $22::int[], $23::int[], $24::int[], $25::bytea[],
-        $26::bytea[])"""
+    SELECT * FROM unnest($21::text::text[], $22::text::int[], $23::text::int[],
+        $24::text::int[], $25::text::bytea[], $26::text::bytea[])"""
 _MESSAGE_INSERT = """
     INSERT INTO messages (id, account_id, batch_id, client_ref, recipient, sender, sign_name,
         template, text, encoding, data_coding, segments, billable_units, accepted_at,
@@ -259,7 +262,7 @@ _ACCEPT_SEND = {
 # pg_stat_statements.track_planning). Its generic plan is the one it already runs in the later
 # accepts of a group (_RULES_HEAD_AUTH_FACTS, _after_writes): the same index probes.
 _LOCKED_ACCOUNT = (
-    f"SELECT {_ACCOUNT_COLS} FROM accounts, "
+    f"SELECT {_ACCOUNT_COLS}, row_version FROM accounts, "
     f"(SELECT pg_advisory_xact_lock_shared({pipe.NS_DNC}, 0), "
     "set_config('plan_cache_mode', 'force_generic_plan', true)) dnc "
     "WHERE id = $1 FOR NO KEY UPDATE OF accounts"
@@ -284,11 +287,21 @@ _HEAD_KEY = """k AS (
 )"""
 # `replaced`: the statement overwrote an expired record (a row's xmax is set by the update of
 # ON CONFLICT, 0 for an insert): a refusal cannot take that back with a DELETE (_FORGET_HEAD).
+# The account's columns NULL when its row still has the version ($11) whose Account the process
+# holds (migration 0037: every write of the row changes it; PostgresStore._by_version): the
+# server encodes, asyncpg decodes and the process builds none of the twenty again. $11 NULL (none
+# held) never matches. Then the row's version, as read.
 _HEAD_COLS = (
-    "k.*, (SELECT COUNT(*) FROM n) AS fresh, (SELECT COUNT(*) FROM i) AS stored, "
+    "k.key_status, "
+    + ", ".join(
+        f"CASE WHEN k.row_version = $11 THEN NULL ELSE k.{c.strip()} END AS {c.strip()}"
+        for c in _ACCOUNT_COLS.split(",")
+    )
+    + ", k.row_version, (SELECT COUNT(*) FROM n) AS fresh, (SELECT COUNT(*) FROM i) AS stored, "
     "(SELECT COUNT(*) FROM n WHERE replaced) + (SELECT COUNT(*) FROM i WHERE replaced) "
     "AS replaced"
 )
+_HEAD_VERSION_AT = 1 + _N_ACCOUNT_COLS  # the row_version column of a head's row
 _RULES_HEAD_AUTH = f"""
 WITH a AS ({_LOCKED_ACCOUNT}
 ), {_HEAD_KEY}
@@ -301,11 +314,12 @@ SELECT {_HEAD_COLS} FROM k
 # same nonce or idempotency key; then the outcome is a replay and the facts go unused.) The
 # facts' parameters follow the head's.
 _RULES_HEAD_AUTH_FACTS = f"""
-WITH a AS (SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = $1
+WITH a AS (SELECT {_ACCOUNT_COLS}, row_version FROM accounts WHERE id = $1
 ), {_HEAD_KEY}
 SELECT {_HEAD_COLS}, {", ".join(f"f.{c} AS f_{c}" for c in rules_sql.FACT_COLS)}
-FROM k CROSS JOIN ({rules_sql.facts_sql(first_param=11)}) f
+FROM k CROSS JOIN ({rules_sql.facts_sql(first_param=12)}) f
 """
+_HEAD_FACTS_AT = _HEAD_VERSION_AT + 4  # the first facts column (f_...) of its row
 _RULES_HEAD_IDEM = f"""
 WITH a AS ({_LOCKED_ACCOUNT}
 ), i AS (
@@ -348,6 +362,7 @@ class _Refused(Exception):
 
 
 _GROUP_MAX = 200  # accepts of one account per transaction (see PostgresStore._drain_account)
+_BY_VERSION_MAX = 256  # accounts held by version (PostgresStore._by_version)
 
 
 async def _run_group(
@@ -483,6 +498,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         ] = {}
         self._account_busy: set[str] = set()
         self._drain_tasks: set[asyncio.Task[None]] = set()
+        # The Account last built for each account id with its row's `row_version` (migration
+        # 0037), which every write of the row changes: an accept's first statement is given it
+        # and answers NULL for the account while the row keeps it (_HEAD_COLS, _head_account).
+        # Per store: the versions are one database's. Bounded, cleared when full.
+        self._by_version: dict[str, tuple[int, Account]] = {}
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
         self.claim_reports = 0  # Store.claim_reports
@@ -1090,16 +1110,17 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             # them: the facts are moved on by what it wrote (adm.facts_after), and the rate
             # bucket (locked by the group's first read already) is the one it left.
             fargs = rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=not prev)
-            head_args = [*_head_args(batch, now), *fargs[1:]]
+            known = self._by_version.get(batch.account_id)
+            head_args = [*_head_args(batch, now, known), *fargs[1:]]
             if prev is None:
                 row = await c.fetchrow(_RULES_HEAD_AUTH_FACTS, *head_args)
             else:
                 sql = _after_writes(prev.writes.ctes(), len(prev.writes.args))
                 row = await c.fetchrow(sql, *prev.writes.args, *head_args)
-            tps = await _check_head(c, row, batch, now, head)
+            tps = await _check_head(c, row, batch, now, head, known, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps
-            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, "f_")
+            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, _HEAD_FACTS_AT)
             if prev is not None:
                 facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent, rules, now)
                 tokens, at = prev.rate
@@ -1109,7 +1130,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         else:
             if prev is not None:
                 await prev.writes.run(c)
-            tps = await _lock_account(c, batch, now, head)
+            tps = await _lock_account(c, batch, now, head, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
             facts, (tokens, at) = await rules_sql.read_facts(
@@ -2291,7 +2312,11 @@ async def _idem(
 
 
 async def _lock_account(
-    c: asyncpg.Connection, batch: AcceptBatch, now: int, head: _HeadWrites
+    c: asyncpg.Connection,
+    batch: AcceptBatch,
+    now: int,
+    head: _HeadWrites,
+    by_version: dict[str, tuple[int, Account]],
 ) -> float | AcceptOutcome:
     """The first statement of an accept under sending rules (see _RULES_HEAD_AUTH): the account
     lock, the deferred authorisation and the idempotency record. Returns the TPS to enforce, or
@@ -2299,8 +2324,9 @@ async def _lock_account(
     `head` says what the statement wrote."""
     idem = batch.idempotency if batch.idempotency_key is not None else None
     if batch.nonce is not None and batch.key_id is not None:
-        row = await c.fetchrow(_RULES_HEAD_AUTH, *_head_args(batch, now))
-        return await _check_head(c, row, batch, now, head)
+        known = by_version.get(batch.account_id)
+        row = await c.fetchrow(_RULES_HEAD_AUTH, *_head_args(batch, now, known))
+        return await _check_head(c, row, batch, now, head, known, by_version)
     head.locked = True
     tps = batch.tps if batch.account_version is None else await _current_tps(c, batch)
     if idem is not None:
@@ -2334,8 +2360,9 @@ async def _current_tps(c: asyncpg.Connection, batch: AcceptBatch) -> float:
     return current.tps
 
 
-def _head_args(batch: AcceptBatch, now: int) -> tuple[Any, ...]:
-    """The ten parameters of the signed accept's first statement (_HEAD_KEY)."""
+def _head_args(batch: AcceptBatch, now: int, known: tuple[int, Account] | None) -> tuple[Any, ...]:
+    """The eleven parameters of the signed accept's first statement (_HEAD_KEY, then the version
+    of `known`, the account the process holds: _HEAD_COLS)."""
     idem = batch.idempotency if batch.idempotency_key is not None else None
     return (
         batch.account_id,
@@ -2348,19 +2375,43 @@ def _head_args(batch: AcceptBatch, now: int) -> tuple[Any, ...]:
         idem.status_code if idem is not None else None,
         idem.response if idem is not None else None,
         batch.idempotency_expires_at,
+        None if known is None else known[0],
     )
 
 
+def _head_account(
+    row: Any, known: tuple[int, Account] | None, by_version: dict[str, tuple[int, Account]]
+) -> Account:
+    """The Account of a head's row: `known`'s when the statement answered NULL for it (the row
+    still has that version), else built from the row and kept with its version."""
+    version = row[_HEAD_VERSION_AT]
+    if known is not None and row[1] is None and version == known[0]:
+        return known[1]
+    account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
+    if version is not None:
+        if len(by_version) >= _BY_VERSION_MAX:
+            by_version.clear()
+        by_version[account.id] = (version, account)
+    return account
+
+
 async def _check_head(
-    c: asyncpg.Connection, row: Any, batch: AcceptBatch, now: int, head: _HeadWrites
+    c: asyncpg.Connection,
+    row: Any,
+    batch: AcceptBatch,
+    now: int,
+    head: _HeadWrites,
+    known: tuple[int, Account] | None,
+    by_version: dict[str, tuple[int, Account]],
 ) -> float | AcceptOutcome:
-    """The authorisation from the signed accept's first statement (see _lock_account)."""
+    """The authorisation from the signed accept's first statement (see _lock_account); `known`
+    the (version, Account) its parameters named, `by_version` where a new one is kept."""
     if row is None:  # no such key, or a key of another account
         raise _AuthRefused("unknown_key")
     head.locked = True
     head.nonce, head.idempotency = row["fresh"] > 0, row["stored"] > 0
     head.replaced = row["replaced"] > 0
-    account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
+    account = _head_account(row, known, by_version)
     # The order of the SQLite engine's checks (_authorize, then the account's state).
     if row["key_status"] != "active":
         raise _AuthRefused("revoked")
@@ -2423,14 +2474,15 @@ def _message_arrays(batch: AcceptBatch, *, scalar: bool = False) -> list[Any]:
     return [*columns, *_segment_arrays(segs)]
 
 
-def _segment_arrays(segs: list[tuple[str, Any]]) -> list[list[Any]]:
+def _segment_arrays(segs: list[tuple[str, Any]]) -> list[str]:
+    """$21..$26 of _SEGMENT_ARRAYS: each column an array literal (postgres_arrays)."""
     return [
-        [mid for mid, _s in segs],
-        [s.seq for _m, s in segs],
-        [s.total for _m, s in segs],
-        [s.esm_class for _m, s in segs],
-        [s.short_message for _m, s in segs],
-        [s.tlvs for _m, s in segs],
+        text_array([mid for mid, _s in segs]),
+        int_array([s.seq for _m, s in segs]),
+        int_array([s.total for _m, s in segs]),
+        int_array([s.esm_class for _m, s in segs]),
+        bytea_array([s.short_message for _m, s in segs]),
+        bytea_array([s.tlvs for _m, s in segs]),
     ]
 
 

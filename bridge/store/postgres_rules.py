@@ -35,6 +35,7 @@ from bridge.store import postgres_pending_ends as pending_ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
 from bridge.store.base import AccountClosed, StoreError
 from bridge.store.models import BillRow, DncInfo, LedgerRow, OptOut, Sign, TariffRow, Template
+from bridge.store.postgres_arrays import int_array, text_array
 from bridge.store.postgres_ends import start_erase
 from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
@@ -87,8 +88,8 @@ SELECT
     (SELECT CASE WHEN $14::int IS NULL OR revision = $14::int THEN status ELSE 'changed' END
      FROM templates WHERE code = $3 AND account_id = $1) AS template_status,
     ARRAY(SELECT recipient FROM optouts
-          WHERE account_id = $1 AND recipient = ANY($4::text[])) AS opted,
-    ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text[])) AS dnc,
+          WHERE account_id = $1 AND recipient = ANY($4::text::text[])) AS opted,
+    ARRAY(SELECT DISTINCT prefix FROM dnc_entries WHERE prefix = ANY($5::text::text[])) AS dnc,
     h.numbers AS h_numbers, h.times AS h_times,
     a.daily_quota, a.kind, a.low_balance_threshold,
     COALESCE(a.low_warned_at IS NOT NULL, false) AS low_warned,
@@ -99,7 +100,7 @@ FROM (SELECT 1) one
 LEFT JOIN accounts a ON a.id = $1
 CROSS JOIN (
     SELECT array_agg(name) AS names, array_agg(status) AS statuses FROM signs
-    WHERE account_id = $1 AND name = ANY($2::text[])
+    WHERE account_id = $1 AND name = ANY($2::text::text[])
 ) sg
 CROSS JOIN (
     -- One index probe per recipient on messages(account_id, recipient, accepted_at). As a join
@@ -107,7 +108,7 @@ CROSS JOIN (
     -- messages of the last 24 h through (account_id, accepted_at) for every accept: quadratic
     -- in the day's traffic (measured: 219 instead of ~1,400 messages/s in scripts/bench.py).
     SELECT array_agg(u.number) AS numbers, array_agg(x.at) AS times
-    FROM unnest($7::text[], $11::text[]) AS u(number, sign)
+    FROM unnest($7::text::text[], $11::text::text[]) AS u(number, sign)
     CROSS JOIN LATERAL (
         SELECT m.accepted_at AS at FROM messages m
         WHERE m.account_id = $1 AND m.recipient = u.number AND m.accepted_at > $8
@@ -134,6 +135,8 @@ FACT_COLS = (
     "daily_quota", "kind", "low_balance_threshold", "low_warned", "day_count", "pockets",
     "amounts", "expiries", "tokens", "at",
 )  # fmt: skip
+_N_FACT_COLS = len(FACT_COLS)
+_NOBODY: frozenset[str] = frozenset()
 
 
 def facts_sql(first_param: int) -> str:
@@ -150,16 +153,18 @@ def shift_params(sql: str, shift: int, *, keep: int = 0) -> str:
 
 _LEDGER_INSERT = (
     "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
-    "SELECT e.acc, e.kind, e.amount, e.pocket, e.at, e.ref, e.exp FROM unnest({}::text[], "
-    "{}::text[], {}::bigint[], {}::text[], {}::bigint[], {}::text[], {}::bigint[]) "
+    "SELECT e.acc, e.kind, e.amount, e.pocket, e.at, e.ref, e.exp FROM unnest({}::text::text[], "
+    "{}::text::text[], {}::text::bigint[], {}::text::text[], {}::text::bigint[], "
+    "{}::text::text[], {}::text::bigint[]) "
     "WITH ORDINALITY AS e(acc, kind, amount, pocket, at, ref, exp, ord) {} ORDER BY e.ord"
 )
 # Pocket rows are updated in (account, pocket) order by every writer, so two transactions moving
 # the same pockets (an accept and a refund) wait for each other instead of deadlocking.
 _POCKETS_UPSERT = (
     "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
-    "SELECT p.acc, p.pocket, p.amount, p.exp FROM unnest({}::text[], {}::text[], {}::bigint[], "
-    "{}::bigint[]) AS p(acc, pocket, amount, exp) {} ORDER BY p.acc, p.pocket "
+    "SELECT p.acc, p.pocket, p.amount, p.exp FROM unnest({}::text::text[], {}::text::text[], "
+    "{}::text::bigint[], {}::text::bigint[]) AS p(acc, pocket, amount, exp) {} "
+    "ORDER BY p.acc, p.pocket "
     "ON CONFLICT (account_id, pocket) DO UPDATE SET amount = pockets.amount + EXCLUDED.amount, "
     "expires_at = COALESCE(pockets.expires_at, EXCLUDED.expires_at)"
 )
@@ -237,18 +242,20 @@ def facts_args(
     # Each number counted under one sign (the last given, as the SQLite engine's loop leaves it).
     sign_of = dict(fr.sign_of()) if fr is not None else {}
     signs = [n for n in (rules.sign_name, *rules.more_signs) if n is not None]
+    # The arrays as literals in text parameters (postgres_arrays: asyncpg's lists cost ~13 k
+    # instructions each, five here).
     return [
         account_id,
-        list(dict.fromkeys(signs)),
+        text_array(dict.fromkeys(signs)),
         rules.template_code,
-        list(dict.fromkeys(recipients)),
-        sorted({p for n in recipients for p in number_prefixes(n)}),
+        text_array(dict.fromkeys(recipients)),
+        text_array(sorted({p for n in recipients for p in number_prefixes(n)})),
         adm.day_key(now, rules.tz),
-        list(sign_of),
+        text_array(sign_of),
         now - DAY_MS,
         bool(rules.billing and rules.charges),
         rate,
-        list(sign_of.values()),
+        text_array(sign_of.values()),
         fr.kind if fr is not None else None,
         fr.template if fr is not None else None,
         rules.template_revision,
@@ -256,43 +263,50 @@ def facts_args(
 
 
 def facts_from_row(
-    row: Any, rules: adm.Rules, recipients: tuple[str, ...], prefix: str = ""
+    row: Any, rules: adm.Rules, recipients: tuple[str, ...], at: int = 0
 ) -> tuple[adm.Facts, tuple[float | None, float | None]]:
-    """Facts (and the rate bucket) from _FACTS's columns, named `prefix` + column."""
+    """Facts (and the rate bucket) from _FACTS's columns, FACT_COLS in order from `at`.
 
-    def col(name: str) -> Any:
-        return row[prefix + name]
-
+    By position (session 56): a column by name cost asyncpg's Record a lookup of its name and
+    the name itself a new str ("f_" + name) each, and the frozen Facts built with keywords
+    ~500 instructions a field more than by position (tests/unit/test_session51_positional.py
+    holds the class's order); this runs in every accept under the sending rules."""
+    (sign_names, sign_statuses, template_status, opted, dnc, h_numbers, h_times, quota, kind,
+     threshold, warned, day_count, pockets, amounts, expiries, tokens, at_) = (
+        row[at : at + _N_FACT_COLS]
+    )  # fmt: skip
     fr = rules.frequency
-    found = set(col("dnc"))
-    blocked = {n for n in recipients if any(p in found for p in number_prefixes(n))}
-    status = dict(zip(col("sign_names") or (), col("sign_statuses") or (), strict=True))
+    if dnc:
+        found = set(dnc)
+        blocked = frozenset(n for n in recipients if any(p in found for p in number_prefixes(n)))
+    else:
+        blocked = _NOBODY
+    status = dict(zip(sign_names, sign_statuses, strict=True)) if sign_names else {}
     history: dict[str, list[int]] = {n: [] for n, _s in fr.sign_of()} if fr is not None else {}
-    for number, at in zip(col("h_numbers") or (), col("h_times") or (), strict=True):
-        history[number].append(at)
-    pockets = [
-        adm.Pocket(p, a, e)
-        for p, a, e in zip(
-            col("pockets") or (), col("amounts") or (), col("expiries") or (), strict=True
-        )
-    ]
-    quota, kind = col("daily_quota"), col("kind")
-    facts = adm.Facts(
-        recipients=recipients,
-        sign_status=status.get(rules.sign_name) if rules.sign_name is not None else None,
-        more_sign_status={name: status.get(name) for name in rules.more_signs},
-        template_status=col("template_status"),
-        opted_out=frozenset(col("opted")),
-        blocked=frozenset(blocked),
-        history=history,
-        day_count=col("day_count") or 0,
-        daily_quota=quota if quota is not None else 0,
-        account_kind=kind if kind is not None else "prepaid",
-        low_balance_threshold=col("low_balance_threshold") or 0,
-        low_warned=bool(col("low_warned")),
-        pockets=pockets,
+    if h_numbers:
+        for number, t in zip(h_numbers, h_times, strict=True):
+            history[number].append(t)
+    read = (
+        [adm.Pocket(p, a, e) for p, a, e in zip(pockets, amounts, expiries, strict=True)]
+        if pockets
+        else []
     )
-    return facts, (col("tokens"), col("at"))
+    facts = adm.Facts(
+        recipients,  # recipients
+        status.get(rules.sign_name) if rules.sign_name is not None else None,  # sign_status
+        {name: status.get(name) for name in rules.more_signs},  # more_sign_status
+        template_status,  # template_status
+        frozenset(opted) if opted else _NOBODY,  # opted_out
+        blocked,  # blocked
+        history,  # history
+        day_count or 0,  # day_count
+        quota if quota is not None else 0,  # daily_quota
+        kind if kind is not None else "prepaid",  # account_kind
+        threshold or 0,  # low_balance_threshold
+        bool(warned),  # low_warned
+        read,  # pockets
+    )
+    return facts, (tokens, at_)
 
 
 def add_plan(w: Writes, account_id: str, plan: adm.Plan, count: int) -> None:
@@ -339,14 +353,16 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
     if not entries:
         return
     where = f"WHERE {guard}" if guard else ""
+    # Array literals in text parameters (postgres_arrays: asyncpg's lists cost ~13 k
+    # instructions each).
     cols = [
-        [a for a, _e in entries],
-        [str(e.kind) for _a, e in entries],
-        [e.amount for _a, e in entries],
-        [e.pocket for _a, e in entries],
-        [e.at for _a, e in entries],
-        [e.ref for _a, e in entries],
-        [e.expires_at for _a, e in entries],
+        text_array([a for a, _e in entries]),
+        text_array([str(e.kind) for _a, e in entries]),
+        int_array([e.amount for _a, e in entries]),
+        text_array([e.pocket for _a, e in entries]),
+        int_array([e.at for _a, e in entries]),
+        text_array([e.ref for _a, e in entries]),
+        int_array([e.expires_at for _a, e in entries]),
     ]
     w.add(_LEDGER_INSERT.format(*(w.param(col) for col in cols), where))
     sums: dict[tuple[str, str], tuple[int, int | None]] = {}
@@ -363,10 +379,10 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         w.add(_POCKET_INSERT.format(*args, f"AND ({guard}) " if guard else "", moved))
         return
     pcols = [
-        [a for a, _p in keys],
-        [p for _a, p in keys],
-        [sums[k][0] for k in keys],
-        [sums[k][1] for k in keys],
+        text_array([a for a, _p in keys]),
+        text_array([p for _a, p in keys]),
+        int_array([sums[k][0] for k in keys]),
+        int_array([sums[k][1] for k in keys]),
     ]
     w.add(_POCKETS_UPSERT.format(*(w.param(col) for col in pcols), where))
 

@@ -517,6 +517,28 @@ def test_bench_pg_owner_counts_each_step_s_statements_and_rows(pg_cluster: Clust
     assert steps["claim"]["statements"] > 0 and got["server"] >= 0 and got["cpu"] > 0, got
 
 
+def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
+    pg_cluster: Cluster,
+) -> None:
+    # Session 56. Ten accounts, ten sends in flight: each account's accept alone in its
+    # transaction (BEGIN, the head, the facts, the writes, COMMIT): 3 statements, 5 round trips,
+    # a row each back (and the authenticator's read of each account once in the run: 0.1).
+    # Sends of one account, fifty in flight, share transactions: fewer.
+    out = _run(
+        "scripts/bench_pg_accept.py", "--requests", "110", "--accounts", "10",
+        "--concurrency", "10", "--json",
+    )  # fmt: skip
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["requests"] == 100, got
+    assert (got["statements"], got["round_trips"], got["rows"]) == (3.1, 5.1, 3.1), got
+    kinds = got["by_statement"]
+    assert kinds["BEGIN"] == kinds["COMMIT"] == 1 and len(kinds) == 6, got
+    assert got["cpu_us"] > 0 and got["server_us"] >= 0, got
+    out = _run("scripts/bench_pg_accept.py", "--requests", "200", "--json")
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["requests"] == 199 and got["statements"] < 3, got
+
+
 async def test_bench_counts_the_cpu_of_a_pg_dsn_server_on_this_machine(
     pg_cluster: Cluster, pg_dsn: str
 ) -> None:
