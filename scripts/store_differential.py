@@ -23,13 +23,18 @@ import hashlib
 import json
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py
+
+from children import Children  # noqa: E402
+
+# The two children (one a tree), ended with this script however it ends (children.py).
+CHILDREN = Children()
 
 
 def dump(path: Path) -> str:
@@ -128,21 +133,25 @@ def main() -> None:
         sys.path.insert(0, args.child)
         child(args.first, args.seeds)
         return
+    CHILDREN.on_signals()
     outs = []
     more = ["--seeds", str(args.seeds), "--first", str(args.first)]
     with tempfile.TemporaryFile("w+") as a, tempfile.TemporaryFile("w+") as b:
         procs = [
-            subprocess.Popen(
+            CHILDREN.popen(
                 [sys.executable, __file__, "--base", args.base, "--child", tree, *more],
                 stdout=f,
             )
             for tree, f in ((args.base, a), (args.tree, b))
         ]
-        for p, f in zip(procs, (a, b), strict=True):
-            if p.wait():
-                sys.exit(f"a child failed ({p.args!r})")
-            f.seek(0)
-            outs.append([json.loads(line) for line in f.read().splitlines()])
+        try:
+            for p, f in zip(procs, (a, b), strict=True):
+                if p.wait():
+                    sys.exit(f"a child failed ({p.args!r})")
+                f.seek(0)
+                outs.append([json.loads(line) for line in f.read().splitlines()])
+        finally:
+            CHILDREN.end()
     base, new = outs
     differ = [b[0] for b, n in zip(base, new, strict=True) if b != n]
     steps = sum(len(b[1]) for b in base)
