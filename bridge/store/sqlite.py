@@ -11,6 +11,8 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
@@ -1073,7 +1075,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if not ids:
                 return _NONE_CLAIMED
             return _claim_ids(
-                c, ids, instance, now + lease_ms, now, self.send_intermediate, reports
+                c, ids, instance, now + lease_ms, now, self.send_intermediate, reports, scan.rowids
             )
 
         # The rows become values after the commit, outside the write lock (~1.5 µs a one-part
@@ -2256,13 +2258,14 @@ class _Scan:
     """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
     has a `park`), at most `budget` rows in all (of the due ones: see `parked`)."""
 
-    __slots__ = ("budget", "ids", "now", "park", "seen", "taken")
+    __slots__ = ("budget", "ids", "now", "park", "rowids", "seen", "taken")
 
     def __init__(self, park: Callable[[str], str | None] | None, now: int, budget: int) -> None:
         self.park = park
         self.now = now
         self.budget = budget
         self.ids: list[str] = []
+        self.rowids: dict[str, int] = {}  # each picked id's rowid, read with it (_claim_ids)
         self.seen: set[str] = set()
         self.taken: dict[str, int] = {}  # account -> how many of its rows were picked
 
@@ -2379,6 +2382,7 @@ class _Scan:
                 parked.append((until, key, mid))
             elif got < want:
                 self.ids.append(mid)
+                self.rowids[mid] = row[4]
                 self.taken[row[5]] = self.taken.get(row[5], 0) + 1
                 got += 1
             else:
@@ -2401,23 +2405,29 @@ def _claim_ids(
     instance: str,
     lease_until: int,
     now: int,
-    intermediate: bool = False,
-    reports: list[int] | None = None,
+    intermediate: bool,
+    reports: list[int],
+    rowids: Mapping[str, int],
 ) -> _Claimed:
+    """Claim `ids` and read what their sending needs. `rowids` (id -> rowid: every id's, as
+    the claim's scan read them, in its transaction) find the message rows for the UPDATE and
+    the read, not a seek of the id's index each (two a message in the owner's write lock;
+    session 56)."""
     listed = (pipe.json_ids(ids),)
+    keys = (orjson.dumps([rowids[mid] for mid in ids]).decode(),)
     c.execute(
         "UPDATE messages SET q_state='claimed', q_claimed_by=?, q_lease_until=?, "
         "q_attempts=q_attempts+1, q_route=NULL, q_park=NULL "
-        "WHERE id IN (SELECT value FROM json_each(?))",
-        (instance, lease_until, *listed),
+        "WHERE rowid IN (SELECT value FROM json_each(?))",
+        (instance, lease_until, *keys),
     )
     msgs = {
         r[0]: r
         for r in c.execute(
             "SELECT m.id, m.account_id, m.recipient, m.sender, m.data_coding, m.expires_at, "
             "m.q_attempts, CASE WHEN m.segments_sent>0 THEN m.smsc END, m.q_unanswered, m.wire "
-            "FROM json_each(?) j CROSS JOIN messages m ON m.id = j.value",
-            listed,
+            "FROM json_each(?) j CROSS JOIN messages m ON m.rowid = j.value",
+            keys,
         )
     }
     segs = c.execute(

@@ -623,3 +623,28 @@ def test_bench_syscalls_counts_each_process_s_calls_per_message() -> None:
     calls = "pread64|pwrite64|fsync|fdatasync"
     by_file = re.findall(rf"^  (\w+ \w+)\s+({calls})\s+(.+?)\s+([0-9.]+)$", out, re.M)
     assert ("acceptor loop", "pwrite64", "store -wal") in {f[:3] for f in by_file}, out
+
+
+def test_store_differential_finds_a_row_written_otherwise(tmp_path: Path) -> None:
+    """store_differential.py: two copies of this tree dump the same tables at every step of
+    its scenarios; a copy whose roll-up writes one column otherwise (a message's delivered
+    count one more) differs, and the script says so and exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        for part in ("bridge", "tests"):
+            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    out = _run("scripts/store_differential.py", "--base", str(same), "--seeds", "4")
+    assert re.search(r"scenarios 4, steps dumped \d+, differing scenarios 0", out), out
+    pipeline = changed / "bridge" / "store" / "sqlite_pipeline.py"
+    text = pipeline.read_text()
+    planted = text.replace(
+        "values += (state, delivered, failed)", "values += (state, delivered + 1, failed)"
+    )
+    assert planted != text
+    pipeline.write_text(planted)
+    out = _run(
+        "scripts/store_differential.py", "--base", str(same), "--tree", str(changed),
+        "--seeds", "4", codes=(1,),
+    )  # fmt: skip
+    assert re.search(r"differing scenarios [1-4]\b", out), out

@@ -132,3 +132,41 @@ async def test_the_fill_merges_due_times_across_accounts(tmp_path: Path) -> None
         ]
     finally:
         await store.close()
+
+
+async def test_the_claim_writes_and_reads_its_rows_by_the_rowids_its_scan_read(
+    tmp_path: Path,
+) -> None:
+    """The claim's UPDATE and its read of the claimed rows find each row by the rowid the
+    scan read with its id, not by a seek of the id's index (session 56); the rows claimed are
+    exactly the ids handed out, from every account the claim took from."""
+    store = await _store(tmp_path, ("acc_a", "acc_b"))
+    try:
+        await _queue(store, "acc_a", 30, NOW, step=2)
+        await _queue(store, "acc_b", 5, NOW + 1, step=2)
+        statements: list[str] = []
+        conn: sqlite3.Connection = store._runner._conn  # type: ignore[attr-defined]
+        conn.set_trace_callback(statements.append)
+        try:
+            work = await store.claim("inst", 20, NOW + 3_600_000, LEASE)
+        finally:
+            conn.set_trace_callback(None)
+        claimed = [s for s in statements if s.startswith("UPDATE messages SET q_state='claimed'")]
+        assert len(claimed) == 1, statements
+        read = [s for s in statements if s.startswith("SELECT m.id, m.account_id, m.recipient")]
+        assert len(read) == 1, statements
+        for sql in claimed + read:
+            plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            assert any("USING INTEGER PRIMARY KEY (rowid=?)" in p for p in plan), plan
+            assert not any("INDEX sqlite_autoindex_messages" in p for p in plan), plan
+        ids = [w.id for w in work]
+        assert len(ids) == 20 and {i[:5] for i in ids} == {"acc_a", "acc_b"}
+        rows = dict(
+            conn.execute("SELECT id, q_state || ':' || IFNULL(q_claimed_by, '') FROM messages")
+        )
+        assert {m for m, v in rows.items() if v == "claimed:inst"} == set(ids)
+        assert {v for m, v in rows.items() if m not in ids} == {"queued:"}
+        assert [w.recipient for w in work] == ["+8613800138000"] * 20
+        assert all(w.segments[0].short_message == w.id.encode() for w in work)
+    finally:
+        await store.close()

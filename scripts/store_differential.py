@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Run seeded owner-write scenarios on the SQLite store of two trees and compare every table.
+
+Usage: python scripts/store_differential.py --base DIR [--tree DIR] [--seeds 1500] [--first 0]
+
+Why: a change to how the owner's steps write (fewer statements, rows grouped, writes skipped)
+must leave every row of every table as it was at every point a reader can see. Each scenario
+(seed) accepts 1 to 40 messages of 1, 2, 3 or 6 parts, claims them, then runs a random mix of
+the owner's writes (`tests/rollup_writes.owner_writes`: results of every outcome, repeats,
+releases, receipts early, late, repeated, enroute, claims, sweeps past the receipt timeout)
+with whole-batch steps among them (every claimed part's result, or every part's receipt, in one
+batch at one time: the shape of a daemon's flushes, where many rows get the same values), an
+SMSC with one receipt per message in a third of them. After each write every table is dumped
+(all columns, rows sorted) with what the write returned; the two trees' dumps must be equal.
+Each tree runs in a child process that imports `bridge` and `tests` from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py
+
+from children import Children  # noqa: E402
+
+# The two children (one a tree), ended with this script however it ends (children.py).
+CHILDREN = Children()
+
+
+def dump(path: Path) -> str:
+    """Every table's rows, all columns, sorted (row_version, a random stamp, left out)."""
+    c = sqlite3.connect(path)
+    try:
+        out = []
+        for (name,) in c.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+        ).fetchall():
+            cur = c.execute(f'SELECT * FROM "{name}"')
+            cols = [d[0] for d in cur.description]
+            keep = [i for i, col in enumerate(cols) if col != "row_version"]
+            rows = sorted(repr(tuple(r[i] for i in keep)) for r in cur.fetchall())
+            out.append(f"{name} {cols}\n" + "\n".join(rows))
+        return "\n".join(out)
+    finally:
+        c.close()
+
+
+async def scenario(seed: int, path: Path) -> list[str]:
+    from bridge.store.models import ReceiptIn, SubmitResult
+    from bridge.store.sqlite import SqliteStore
+    from tests.rollup_writes import LEASE, NOW, accept, owner_writes
+
+    rnd = random.Random(seed)
+    mids = [f"msg_{k:03d}" for k in range(rnd.randint(1, 40))]
+    parts = {mid: rnd.choice([1, 1, 1, 2, 3, 6]) for mid in mids}
+    ops = owner_writes(rnd, mids, parts)
+    at = ops[-1][3] if ops else NOW + 2_000
+    for _ in range(rnd.randint(1, 4)):  # whole-batch steps, inserted at random places
+        at += 1
+        states = ["delivered"] * 8 + ["undeliverable", "expired", "enroute"]
+        sub = rnd.sample(mids, rnd.randint(1, len(mids)))
+        if rnd.random() < 0.5:
+            smsc = rnd.choice(["smsc1", "smsc1", "smsc2"])
+            results = [
+                SubmitResult(m, q, "sent", "smsc1", f"x{m}-{q}-0", f"x{m}-{q}-0", None, at, at)
+                if smsc == "smsc1"
+                else SubmitResult(m, q, "sent", smsc, f"y{m}-{q}", f"y{m}-{q}", None, at, at)
+                for m in sub
+                for q in range(1, parts[m] + 1)
+            ]
+            op: Any = ("results", results, [], at)
+        else:
+            receipts = []
+            for m in sub:
+                for q in range(1, parts[m] + 1):
+                    state = rnd.choice(states)
+                    stat = {"delivered": "DELIVRD", "undeliverable": "UNDELIV"}.get(state, "X")
+                    err = None if state == "delivered" else rnd.choice([None, "001"])
+                    receipts.append(ReceiptIn("smsc1", f"x{m}-{q}-0", state, stat, err, at, at))
+            op = ("receipts", receipts, None, at)
+        ops.insert(rnd.randint(0, len(ops)), op)
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        if rnd.random() < 0.3:
+            store.one_receipt_smscs = frozenset({"smsc1"})
+        await accept(store, mids, {m: n for m, n in parts.items() if n > 1})
+        await store.claim("i1", 50, NOW + 1_000, LEASE)
+        out = [dump(path)]
+        for kind, items, releases, when in ops:
+            if kind == "results":
+                got: Any = await store.record_submits(items, releases, when, instance="i1")
+            elif kind == "receipts":
+                got = await store.apply_receipts(items, when)
+            elif kind == "claim":
+                got = [w.id for w in await store.claim("i1", 50, when, LEASE)]
+            else:
+                got = await store.sweep(when, 72 * 3_600_000)
+            out.append(repr(got) + "\n" + dump(path))
+        return out
+    finally:
+        await store.close()
+
+
+def child(first: int, seeds: int) -> None:
+    """One line per seed: its number and the hash of its dumps, then its dumps' step hashes."""
+    for seed in range(first, first + seeds):
+        with tempfile.TemporaryDirectory() as d:
+            steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
+        hashes = [hashlib.sha256(s.encode()).hexdigest()[:16] for s in steps]
+        print(json.dumps([seed, hashes]), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="the tree to compare against")
+    ap.add_argument("--tree", default=str(HERE))
+    ap.add_argument("--seeds", type=int, default=1500)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        sys.path.insert(0, args.child)
+        child(args.first, args.seeds)
+        return
+    CHILDREN.on_signals()
+    outs = []
+    more = ["--seeds", str(args.seeds), "--first", str(args.first)]
+    with tempfile.TemporaryFile("w+") as a, tempfile.TemporaryFile("w+") as b:
+        procs = [
+            CHILDREN.popen(
+                [sys.executable, __file__, "--base", args.base, "--child", tree, *more],
+                stdout=f,
+            )
+            for tree, f in ((args.base, a), (args.tree, b))
+        ]
+        try:
+            for p, f in zip(procs, (a, b), strict=True):
+                if p.wait():
+                    sys.exit(f"a child failed ({p.args!r})")
+                f.seek(0)
+                outs.append([json.loads(line) for line in f.read().splitlines()])
+        finally:
+            CHILDREN.end()
+    base, new = outs
+    differ = [b[0] for b, n in zip(base, new, strict=True) if b != n]
+    steps = sum(len(b[1]) for b in base)
+    print(f"scenarios {len(base)}, steps dumped {steps}, differing scenarios {len(differ)}")
+    if differ:
+        print("differing seeds:", differ[:20])
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
