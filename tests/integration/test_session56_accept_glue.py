@@ -4,19 +4,21 @@ reads it once, in its handler; a send skips the path and idempotency checks that
 to it; the metrics label is kept per route. A real server on a real SQLite file, real signed
 requests.
 
-The first test fails on the tree before (a send read the context three times: each
-middleware and the handler); the others hold what the cuts must not change."""
+The first two tests fail on the tree before (a send read the context three times, each
+middleware and the handler, and asked idempotency.applies); so do the last two (aiohttp's
+`current_app` middleware ran on every request); the label's holds what must not change."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from bridge.api import app as api_app
-from bridge.api import idempotency
+from bridge.api import http_errors, idempotency
 from bridge.api.context import CTX
 from tests.integration.conftest import ApiServer
 
@@ -53,7 +55,7 @@ async def test_a_send_looks_the_app_context_up_once(
     ctx_reads[0] = 0
     r = await api_server.send(creds, _text(2))
     assert r.status == 202, r.text
-    assert ctx_reads[0] == 1  # the handler's; the middlewares have theirs from make_app
+    assert ctx_reads[0] == 0  # the middlewares and the send's handler have it from make_app
 
 
 async def test_a_send_is_not_run_once_by_the_middleware(
@@ -92,3 +94,64 @@ async def test_the_metrics_label_is_the_route_method_and_template(api_server: Ap
     for route, label in api_app._LABELS.items():
         assert route.resource is not None
         assert label == f"{route.method} {route.resource.canonical}"
+
+
+def _render(status: int, code: str, message: str) -> tuple[int, bytes, str, str, str]:
+    return status, b"{}", "application/json", "req_x", code
+
+
+async def _serve(app: web.Application, path: str) -> tuple[int, str]:
+    """`app` behind the daemon's runner (http_errors.AppRunner) on a real port: GET `path`."""
+    runner = http_errors.AppRunner(app, _render, None, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+            return r.status, await r.text()
+    finally:
+        await runner.cleanup()
+
+
+def _chain(app: web.Application) -> list[str]:
+    return [m.__qualname__ for m, _ in app._middlewares_handlers]
+
+
+async def test_the_runner_drops_aiohttps_current_app_middleware() -> None:
+    """With no sub-application, `current_app` is the application anyway: the handler and the
+    middlewares see it, and the chain runs our middlewares alone."""
+    seen: list[object] = []
+
+    @web.middleware
+    async def ours(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(request.app)
+        return await handler(request)
+
+    async def hello(request: web.Request) -> web.Response:
+        seen.append(request.app)
+        seen.append(request.match_info.current_app)
+        return web.Response(text="hi")
+
+    app = web.Application(middlewares=[ours])
+    app.router.add_get("/", hello)
+    assert await _serve(app, "/") == (200, "hi")
+    assert seen == [app, app, app]
+    assert _chain(app) == ["test_the_runner_drops_aiohttps_current_app_middleware.<locals>.ours"]
+
+
+async def test_an_application_with_sub_applications_keeps_it() -> None:
+    @web.middleware
+    async def ours(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request)
+
+    sub = web.Application()
+
+    async def inner(request: web.Request) -> web.Response:
+        return web.Response(text="sub" if request.match_info.current_app is sub else "top")
+
+    sub.router.add_get("/x", inner)
+    app = web.Application(middlewares=[ours])
+    app.add_subapp("/s", sub)
+    assert await _serve(app, "/s/x") == (200, "sub")
+    assert _chain(app)[-1] == http_errors._CURRENT_APP_FIX
