@@ -386,7 +386,7 @@ def without_current_app_middleware(app: web.Application | None) -> None:
         or any(getattr(m, "__qualname__", None) == _CURRENT_APP_FIX for m, _ in handlers[:-1])
     ):
         return
-    app._middlewares_handlers = handlers[:-1]  # type: ignore[attr-defined]
+    app._middlewares_handlers = handlers[:-1]
 
 
 class AppRunner(web.AppRunner):
