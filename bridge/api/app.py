@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from bridge import audit, jsonio, logs
 from bridge.api import (
@@ -86,10 +86,25 @@ def _error_response(
 def _endpoint(request: web.Request) -> str:
     """The metrics label: method and route template; never the raw path (unbounded)."""
     match = request.match_info
-    resource = match.route.resource
+    route = match.route
+    # Kept per route of the apps' routers: the label was an f-string of property reads on every
+    # answer. A route of one method matched only that method (a "*" route, whose label follows
+    # the request, is not kept); the unmatched answers' routes, made per request, have no
+    # resource or an `http_exception` and are not kept either.
+    label = _LABELS.get(route)
+    if label is not None:
+        return label
+    resource = route.resource
     if resource is None or match.http_exception is not None:
         return "unmatched"
-    return f"{request.method} {resource.canonical}"
+    label = f"{request.method} {resource.canonical}"
+    if route.method == request.method:  # not a "*" route
+        _LABELS[route] = label
+    return label
+
+
+# The metrics label of each route of the apps' routers (bounded: routes are made at start).
+_LABELS: dict[object, str] = {}
 
 
 _PHONE_SEGMENT = re.compile(r"\+?\d{6,}")
@@ -137,56 +152,63 @@ def new_request_id() -> str:
     return "req_" + random_bytes(8).hex()
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
-    Every answer is counted, and every line logged while handling it carries the request id."""
-    request_id = new_request_id()
-    request[REQUEST_ID] = request_id
-    token = logs.REQUEST_ID.set(request_id)
-    started = time.perf_counter()
-    try:
-        # The handler awaited here, its refusals answered by a plain function: a coroutine of
-        # its own for the try was a frame and an await more on every request.
+def errors_middleware(ctx: ApiContext) -> Middleware:
+    """The app's first middleware, over its context (the app's `CTX`), which it reads from the
+    closure instead of through `request.app` (two properties and a Python `__getitem__`) on
+    every answer."""
+
+    @web.middleware
+    async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
+        Every answer is counted, and every line logged while handling it carries the request id."""
+        request_id = new_request_id()
+        request[REQUEST_ID] = request_id
+        token = logs.REQUEST_ID.set(request_id)
+        started = time.perf_counter()
         try:
-            resp, code = await handler(request), "OK"
-        except Exception as exc:
-            resp, code = _refused(request, exc, request_id)
-    finally:
-        logs.REQUEST_ID.reset(token)
-    # Server is aiohttp's default, ours for every answer (http_errors.name_every_answer).
-    resp.headers["X-Request-Id"] = request_id
-    if request.path.startswith("/admin/") and audit.mutating_method(request.method):
-        await _audit(request, resp.status, code, request_id)
-    if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
-        await close_after(request, resp, drain=code not in CLOSING_CODES)
-    elapsed = time.perf_counter() - started
-    metrics = request.app[CTX].metrics
-    # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one
-    # is looked up (a request key missing is a KeyError raised and caught, ~0.8 µs).
-    if code == "OK" and type(resp) is not web.Response and STREAM_CUT in request:
-        code = request[STREAM_CUT]
-    elif code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
-        code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"
-    elif code == "OK" and "Idempotent-Replayed" in resp.headers:
-        code = "REPLAYED"
-    elif code == "OK" and resp.status == 202 and request.path == "/v1/messages":
-        metrics.accept(elapsed)
-    metrics.request(_endpoint(request), resp.status, code)
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "answered",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": _log_path(request),
-                "status": resp.status,
-                "code": code,
-                "ms": round(elapsed * 1000, 1),
-                "remote": client_of(request),
-            },
-        )
-    return resp
+            # The handler awaited here, its refusals answered by a plain function: a coroutine of
+            # its own for the try was a frame and an await more on every request.
+            try:
+                resp, code = await handler(request), "OK"
+            except Exception as exc:
+                resp, code = _refused(request, exc, request_id)
+        finally:
+            logs.REQUEST_ID.reset(token)
+        # Server is aiohttp's default, ours for every answer (http_errors.name_every_answer).
+        resp.headers["X-Request-Id"] = request_id
+        if request.path.startswith("/admin/") and audit.mutating_method(request.method):
+            await _audit(request, resp.status, code, request_id)
+        if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
+            await close_after(request, resp, drain=code not in CLOSING_CODES)
+        elapsed = time.perf_counter() - started
+        metrics = ctx.metrics
+        # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one
+        # is looked up (a request key missing is a KeyError raised and caught, ~0.8 µs).
+        if code == "OK" and type(resp) is not web.Response and STREAM_CUT in request:
+            code = request[STREAM_CUT]
+        elif code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
+            code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"
+        elif code == "OK" and "Idempotent-Replayed" in resp.headers:
+            code = "REPLAYED"
+        elif code == "OK" and resp.status == 202 and request.path == "/v1/messages":
+            metrics.accept(elapsed)
+        metrics.request(_endpoint(request), resp.status, code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "answered",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": _log_path(request),
+                    "status": resp.status,
+                    "code": code,
+                    "ms": round(elapsed * 1000, 1),
+                    "remote": client_of(request),
+                },
+            )
+        return resp
+
+    return errors_middleware
 
 
 async def _audit(request: web.Request, status: int, code: str, request_id: str) -> None:
@@ -287,34 +309,44 @@ def _refused(
     ), "INTERNAL_ERROR"
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if path.startswith("/v1/"):
-        ctx: ApiContext = request.app[CTX]
-        # Refused from the headers (415, the signing headers' checks; a declared 413 before
-        # those) before a byte of the body is read; the connection is closed behind the answer.
-        try:
-            refuse_encoding(request)
-            # A send records its nonce inside its accept transaction (one write, not two).
+def auth_middleware(ctx: ApiContext) -> Middleware:
+    """The API app's second middleware, over its context (as `errors_middleware`)."""
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/v1/"):
+            # Refused from the headers (415, the signing headers' checks; a declared 413 before
+            # those) before a byte of the body is read; the connection is closed behind the
+            # answer. A send records its nonce inside its accept transaction (one write).
             defer = request.method == "POST" and path == "/v1/messages"
-            request[PRINCIPAL] = await ctx.auth.authenticate(
-                request, _signed_body, defer=defer, read_now=_signed_body_now
-            )
-        except ApiError as exc:
-            if body_pending(request):  # not read: the stream cannot carry another request
-                request[CLOSE_AFTER] = True
-            # A Content-Length over the limit is 413 before a signature refusal (401), as when
-            # the body was read first; asked only here, it costs the requests that pass nothing.
-            if exc.status == 401 and declared_too_large(request, ctx.config.server.max_body_bytes):
-                raise ApiError("BODY_TOO_LARGE", "the request body is too large") from None
-            raise
-    _check_path(request, path)
-    if idempotency.applies(request):  # here, not a middleware of its own: a send pays nothing
-        account_id = request[PRINCIPAL].account.id
-        ctx = request.app[CTX]
-        return await idempotency.run_once(ctx, request, account_id, request[BODY], handler)
-    return await handler(request)
+            try:
+                refuse_encoding(request)
+                request[PRINCIPAL] = await ctx.auth.authenticate(
+                    request, _signed_body, defer=defer, read_now=_signed_body_now
+                )
+            except ApiError as exc:
+                if body_pending(request):  # not read: the stream cannot carry another request
+                    request[CLOSE_AFTER] = True
+                # A Content-Length over the limit is 413 before a signature refusal (401), as
+                # when the body was read first; asked only here, it costs the requests that
+                # pass nothing.
+                if exc.status == 401 and declared_too_large(
+                    request, ctx.config.server.max_body_bytes
+                ):
+                    raise ApiError("BODY_TOO_LARGE", "the request body is too large") from None
+                raise
+            if defer:
+                # A send: its path is neither /admin/ nor one with U+0000 (_check_path), and it
+                # keeps its own idempotency record (idempotency._OWN_PATHS): its handler.
+                return await handler(request)
+        _check_path(request, path)
+        if idempotency.applies(request):  # here, not a middleware of its own: a send pays nothing
+            account_id = request[PRINCIPAL].account.id
+            return await idempotency.run_once(ctx, request, account_id, request[BODY], handler)
+        return await handler(request)
+
+    return auth_middleware
 
 
 def _check_path(request: web.Request, path: str) -> None:
@@ -546,9 +578,9 @@ def make_app(ctx: ApiContext, *, admin_only: bool = False) -> web.Application:
     operator's endpoints and the probes, no /v1/ (that port is outside max_connections)."""
     app = web.Application(
         middlewares=(
-            [errors_middleware, admin_listener_middleware]
+            [errors_middleware(ctx), admin_listener_middleware]
             if admin_only
-            else [errors_middleware, auth_middleware]
+            else [errors_middleware(ctx), auth_middleware(ctx)]
         ),
         client_max_size=ctx.config.server.max_body_bytes,
         handler_args=http_limits(ctx.config.server.max_line_size),

@@ -362,6 +362,33 @@ class JsonErrorServer(web.Server):
         return resp
 
 
+# The middleware aiohttp appends to every application with middlewares of its own (web_app's
+# `_prepare_middleware`): it sets `request.match_info.current_app` to its app around the rest
+# of the chain, for a sub-application's middlewares and handlers to see theirs.
+_CURRENT_APP_FIX = "_fix_request_current_app.<locals>.impl"
+
+
+def without_current_app_middleware(app: web.Application | None) -> None:
+    """Drops aiohttp's own `current_app` middleware from a frozen application with no
+    sub-applications. Why (session 56): with none, `current_app` is that application already
+    (the router's match sets it), and the middleware set it to the same value and back on every
+    request: a coroutine, a try/finally and four property calls, ~5 k instructions of each send.
+    aiohttp keeps the chain in private attributes: anything not as expected (another aiohttp,
+    sub-applications, not frozen yet) leaves the application as it is."""
+    handlers = getattr(app, "_middlewares_handlers", None)
+    if (
+        app is None
+        or not app.frozen
+        or getattr(app, "_subapps", True)
+        or not isinstance(handlers, tuple)
+        or not handlers
+        or getattr(handlers[-1][0], "__qualname__", None) != _CURRENT_APP_FIX
+        or any(getattr(m, "__qualname__", None) == _CURRENT_APP_FIX for m, _ in handlers[:-1])
+    ):
+        return
+    app._middlewares_handlers = handlers[:-1]
+
+
 class AppRunner(web.AppRunner):
     """`web.AppRunner` whose server is a `JsonErrorServer`."""
 
@@ -387,6 +414,7 @@ class AppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        without_current_app_middleware(self._app)
         # The application's own Server, with its handler and arguments, answering parse errors
         # itself: the class is the only difference (it adds no state of its own but these two).
         server.__class__ = JsonErrorServer

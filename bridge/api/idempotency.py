@@ -38,7 +38,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def check_key(key: str) -> str:
-    if not KEY_RE.fullmatch(key):
+    # KEY_RE's characters (! to ~: ASCII, printable, not the space) by three C calls, not the
+    # regex's match of every character (~1.2 k instructions of each send, session 56).
+    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key):
         raise ApiError(
             "INVALID_IDEMPOTENCY_KEY",
             "Idempotency-Key: 1-255 visible ASCII characters (! to ~, no spaces)",

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -126,85 +126,88 @@ def parse_json(body: bytes, request: web.Request) -> Any:
 _STALE_TRIES = 4
 
 
-async def post_messages(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    principal = request[PRINCIPAL]
-    claim = principal.deferred
-    now_ms = ctx.now_ms()
-    try:
-        # The request's own checks here, not in a coroutine of their own (a frame and an await
-        # more on every send).
-        check_accepting(ctx)
-        key = request.headers.get("Idempotency-Key")
-        if key is None:
-            raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
-        body: bytes = request[BODY]
-        # The body's hash was verified with the signature: not computed a second time.
-        req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
-        return await _post_messages(
-            ctx, request, principal.account, claim, body, check_key(key), req_hash, now_ms
-        )
-    except ApiError as exc:
-        if claim is not None and exc.code not in _AUTH_CODES and not request.get(_SPENT):
-            # A refused send still spends its nonce: the same signed request must not be
-            # accepted later by replaying it (the accept transaction that would have recorded
-            # the nonce was never committed). And a key revoked (or an account disabled) since
-            # the cached copy is the answer, before what was wrong with the request.
-            await ctx.auth.spend(claim, now_ms)
-        raise
+def send_handler(ctx: ApiContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST /v1/messages over the app's context, which it reads from the closure, not through
+    `request.app[CTX]` (two properties and a Python `__getitem__`) on every send."""
+
+    async def post_messages(request: web.Request) -> web.Response:
+        principal = request[PRINCIPAL]
+        claim = principal.deferred
+        now_ms = ctx.now_ms()
+        # Whether the request's nonce is recorded (by the accept transaction, or by auth.spend in
+        # `_accept_once`, which says so in the request): a local, not a request key set per send.
+        spent = False
+        try:
+            # The request's own checks and the tries of its accept here, not in coroutines of their
+            # own (a frame and an await more on every send each).
+            check_accepting(ctx)
+            key = request.headers.get("Idempotency-Key")
+            if key is None:
+                raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
+            key = check_key(key)
+            body: bytes = request[BODY]
+            # The body's hash was verified with the signature: not computed a second time.
+            req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
+            account = principal.account
+            for attempt in range(1, _STALE_TRIES + 1):
+                outcome, payload, messages = await _accept_once(
+                    ctx, request, account, claim, body, key, req_hash, now_ms
+                )
+                # A replay's answer. Not isinstance(outcome, web.Response): an ABC, ~0.5 µs more.
+                if not isinstance(outcome, AcceptOutcome):
+                    return outcome
+                # The accept transaction kept the nonce when it accepted or found the key's first
+                # request; a refusal took it back (the except below spends it then).
+                spent = claim is not None and (outcome.accepted or outcome.existing is not None)
+                if outcome.auth_refusal == "stale" and outcome.account is not None:
+                    # The account changed since the cached copy validated this request: validate
+                    # again with the settings the transaction saw (nothing was written). Changed
+                    # again each time (an operator script updating it in a loop): refusal("stale")
+                    # below, a retryable 503, not the "unknown app key" a second stale once became.
+                    account = outcome.account
+                    ctx.auth.remember(account)
+                    if attempt < _STALE_TRIES:
+                        continue
+                if (
+                    messages
+                    and template_changed(ctx, outcome, messages[0].template)
+                    and attempt < RENDER_TRIES
+                ):
+                    continue  # rendered from a copy corrected since: render it again
+                break
+            else:  # run only when the tries ran out on a continue (a replay returned above)
+                assert isinstance(outcome, AcceptOutcome)
+            if not outcome.accepted:
+                if outcome.auth_refusal is not None:
+                    raise refusal(outcome.auth_refusal)
+                if outcome.existing is not None:
+                    return replay(outcome.existing, req_hash)
+                raise outcome_error(outcome, account)
+            after_accept(ctx, account, messages, outcome)
+            return web.Response(body=payload, status=202, content_type="application/json")
+        except ApiError as exc:
+            if (
+                claim is not None
+                and exc.code not in _AUTH_CODES
+                and not spent
+                and not request.get(_SPENT)
+            ):
+                # A refused send still spends its nonce: the same signed request must not be
+                # accepted later by replaying it (the accept transaction that would have recorded
+                # the nonce was never committed). And a key revoked (or an account disabled) since
+                # the cached copy is the answer, before what was wrong with the request.
+                await ctx.auth.spend(claim, now_ms)
+            raise
+
+    return post_messages
 
 
-# Set once the request's nonce is recorded (by the accept transaction or by auth.spend).
+# Set when `_accept_once` spent the request's nonce itself (a replay found on a refusal's path).
 _SPENT: web.RequestKey[bool] = web.RequestKey("nonce_spent", bool)
 # Refusals that already come from the key and nonce checks (nothing to spend). ACCOUNT_DISABLED
 # is not one: refused, its nonce is still spent, or the captured request would be accepted when
 # the operator enabled the account again within the skew window.
 _AUTH_CODES = frozenset({"NONCE_REUSED", "KEY_REVOKED", "UNKNOWN_APP_KEY"})
-
-
-async def _post_messages(
-    ctx: ApiContext,
-    request: web.Request,
-    account: Account,
-    claim: NonceClaim | None,
-    body: bytes,
-    key: str,
-    req_hash: str,
-    now_ms: int,
-) -> web.Response:
-    for attempt in range(1, _STALE_TRIES + 1):
-        outcome, payload, messages = await _accept_once(
-            ctx, request, account, claim, body, key, req_hash, now_ms
-        )
-        # A replay's answer. Not isinstance(outcome, web.Response): an ABC, ~0.5 µs more a send.
-        if not isinstance(outcome, AcceptOutcome):
-            return outcome
-        if outcome.auth_refusal == "stale" and outcome.account is not None:
-            # The account changed since the cached copy validated this request: validate again
-            # with the settings the transaction saw (nothing was written). Changed again each
-            # time (an operator script updating it in a loop): refusal("stale") below, a
-            # retryable 503, not the "unknown app key" a second stale once became.
-            account = outcome.account
-            ctx.auth.remember(account)
-            if attempt < _STALE_TRIES:
-                continue
-        if (
-            messages
-            and template_changed(ctx, outcome, messages[0].template)
-            and attempt < RENDER_TRIES
-        ):
-            continue  # rendered from a copy corrected since: render it again
-        break
-    else:  # run only when the tries ran out on a continue (a replay returned above)
-        assert isinstance(outcome, AcceptOutcome)
-    if not outcome.accepted:
-        if outcome.auth_refusal is not None:
-            raise refusal(outcome.auth_refusal)
-        if outcome.existing is not None:
-            return replay(outcome.existing, req_hash)
-        raise outcome_error(outcome, account)
-    after_accept(ctx, account, messages, outcome)
-    return web.Response(body=payload, status=202, content_type="application/json")
 
 
 async def _accept_once(
@@ -280,9 +283,6 @@ async def _accept_once(
         ),
         now_ms,
     )
-    # The accept transaction kept the nonce when it accepted or found the key's first request;
-    # a refusal took it back (the caller spends it then).
-    request[_SPENT] = claim is not None and (outcome.accepted or outcome.existing is not None)
     return outcome, payload, messages
 
 
@@ -518,7 +518,7 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_post("/v1/messages", send_handler(app[CTX]))
     app.router.add_get("/v1/messages", list_messages)
     app.router.add_get("/v1/messages/{id}", get_message)
     app.router.add_post("/v1/messages/{id}/cancel", cancel_message)
