@@ -143,7 +143,7 @@ def _slow_auth_clock() -> None:
 
     real = time.monotonic
     start = real()
-    auth.time = types.SimpleNamespace(  # type: ignore[attr-defined]
+    auth.time = types.SimpleNamespace(  # type: ignore[assignment]
         monotonic=lambda: start + (real() - start) / SLOWED, time=time.time
     )
 
@@ -413,6 +413,32 @@ def _report(ctx: Any, cpu: float, n: int, stub: bool) -> None:
         f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n}; "
         f"{stored} messages stored, {rows} segment rows)"
     )
+    _cache_memory(ctx)
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cache_memory(ctx: Any) -> None:
+    """The process's RSS and how many entries its per-account caches hold (`--accounts`; their
+    bytes an entry are in the README's note 31: the RSS given back by emptying them is less,
+    malloc keeping most of what the small objects freed)."""
+    from bridge.api import signing
+    from bridge.store import account_rows
+
+    held = {
+        "Accounts by version": len(account_rows._BY_VERSION),
+        "by row": len(account_rows._BUILT),
+        "keys": len(ctx.auth._cache),
+        "validation copies": len(ctx.auth._accounts),
+        "keyed HMACs": signing._keyed.cache_info().currsize,
+        "Authorization heads": signing._usual_head.cache_info().currsize,
+    }
+    print(f"RSS {_rss_kb() / 1024:.1f} MB; held: " + ", ".join(f"{k} {v}" for k, v in held.items()))
 
 
 class _Wire:
