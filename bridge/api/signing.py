@@ -273,9 +273,9 @@ def _keyed_state(secret: str | bytes) -> Any:
 
 
 # The keys' caches hold this many (`server.account_cache`, set_key_cache): a key's keyed HMAC
-# (~0.6 KB) and its Authorization head. Until session 56 they held 1,024 and 256: a gateway
-# whose customers' keys came round more than 256 parsed each head again (~5 k instructions)
-# and past 1,024 keyed each HMAC again (~9 k), on every request.
+# (~0.8 KB) and its Authorization head (~0.95 KB; measured, README note 31). Until session 56
+# they held 1,024 and 256: a gateway whose customers' keys came round more than 256 parsed
+# each head again (~5 k instructions), and past 1,024 keyed each HMAC again, on every request.
 KEY_CACHE_DEFAULT = 10_000
 _keyed = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_keyed_state)
 

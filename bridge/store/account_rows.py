@@ -65,8 +65,9 @@ ACCOUNT_JSON_SQLITE = (
 # each cache below holds at most this many, the least recently used one dropped for a new one.
 # Why LRU and this size: until session 56 both were emptied at 256, so a gateway whose
 # customers' requests came round 256 or more accounts built the Account again on every accept
-# (the row sent as JSON, parsed and built: ~24 k instructions of the write lock, ~28% more of
-# each accept with 1,000 accounts, bench_accept_inproc.py --accounts). See README note 31.
+# (the row sent as JSON, parsed and built: ~24 k instructions of the write lock; with the other
+# caches of README note 31, +21% instructions a request with 1,000 accounts,
+# bench_accept_inproc.py --accounts). ~1.3 KB an account for both (measured, note 31).
 ACCOUNT_CACHE_DEFAULT = 10_000
 _size = ACCOUNT_CACHE_DEFAULT
 # The accounts last built by `account_json_cached`, keyed by the whole row's text: a row that
