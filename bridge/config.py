@@ -373,6 +373,11 @@ class ServerConfig:
     # auto: uvloop where it is installed (the optional extra smpp-bridge[uvloop]), else the
     # standard library's loop; asyncio: the standard library's; uvloop: refuse to start without.
     event_loop: str = field(default="auto", metadata=meta(one_of("auto", "uvloop", "asyncio")))
+    # Accounts (and keys) each process keeps what it built of, for the accept: an account's
+    # Account, its key and decrypted secret, its keyed HMAC and Authorization head. Past it the
+    # least recently used is dropped and built again (or read again) at its next send. ~4 KB
+    # an account in each process (measured, README note 31): 10,000 ~40 MB at most.
+    account_cache: int = field(default=10_000, metadata=meta(between(16, 1_000_000)))
 
     def _problems(self) -> Problems:
         if self.instance >= self.instances:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bridge.config import Config
 from bridge.crypto import Sealer, load_master_key
+from bridge.store import account_rows
 from bridge.store.base import Store
 
 
@@ -50,7 +51,9 @@ def configure_store(store: Store, config: Config) -> None:
     """The store's settings taken from the configuration, at its opening and at each reload
     (they apply to writes from then on): the zone of the daily quota's days, whether the
     roll-up reports "sent" (webhooks.send_intermediate), and the SMSCs whose one receipt
-    settles a whole long message (smscs[].receipts)."""
+    settles a whole long message (smscs[].receipts); and how many accounts' rows the process
+    keeps built (server.account_cache: account_rows)."""
+    account_rows.set_account_cache(config.server.account_cache)
     store.quota_tz = config.rules.timezone
     if hasattr(store, "send_intermediate"):
         store.send_intermediate = config.webhooks.send_intermediate

@@ -3,7 +3,7 @@
 
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
                                              [--tps N] [--kind gsm1|ucs3] [--wire]
-                                             [--in-lock [--statements]]
+                                             [--in-lock [--statements]] [--accounts N]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -37,6 +37,18 @@ called through a C function of its own that callgrind_annotate's inclusive count
 TRAMPOLINES). The wrapping costs instructions of its own (~75 k a request in all, ~1-2 k in each
 row): the rows are for where the lock's work goes and for comparing a row between two trees,
 the total without `--statements` for the lock's whole.
+
+`--accounts N` (session 56) sends the requests round-robin over N accounts, each with its own
+key and money (bench.py's `--accounts`), as an operator with many active customers sees them:
+request i is account i % N's. Before the counted loop each account sends once (not counted),
+so the count is of the steady state, where every account was seen before: what the process's
+per-account caches (the Account by row version, the keys, the HMAC states ...) hold or miss.
+Under `--callgrind` the process runs ~40 times slower than at full speed, so the authenticator's
+caches that expire by the clock (a key's for 30 s, an account's for validation) would expire
+between one account's requests where at full speed they do not: under callgrind (session 56)
+its `time.monotonic` runs SLOWED times slower (what a full-speed process, ~40 times more
+requests a second, sees between an account's requests; with one account this saves the
+validation copy's read once a second, ~1 k instructions a request).
 """
 
 from __future__ import annotations
@@ -79,6 +91,8 @@ TEXTS = {
 }
 TEXT = TEXTS["gsm1"]
 CONCURRENCY = 50
+# callgrind's slowdown of this process, measured (9,604 against ~230 µs of CPU a request).
+SLOWED = 40
 
 
 async def run(
@@ -89,19 +103,64 @@ async def run(
     tps: int = 0,
     wire: bool = False,
     in_lock: bool = False,
+    accounts: int = 1,
 ) -> None:
     async with accept_context("bench-inproc-", keep, tps) as (ctx, store, creds):
+        every = [creds, *await _more_accounts(ctx, store, accounts - 1, tps)]
+        if counting:
+            _slow_auth_clock()
         if in_lock:
             _count_in_lock(store)
         if os.environ.get("BENCH_STATEMENTS_OUT"):
             _by_statement(store)
-        await (_run_wire if wire else _run)(ctx, store, creds, n, stub, counting)
+        await (_run_wire if wire else _run)(ctx, store, every, n, stub, counting)
 
 
-def _signed(creds: Any, i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
-    """`bench.py`'s i-th send: its body and its signed headers."""
+async def _more_accounts(ctx: Any, store: Any, n: int, tps: int) -> list[Any]:
+    """`n` more accounts as accept_context makes its one (a key, money), fifty at a time (the
+    store's group commit writes them together)."""
+    from bridge.domain.ledger import topup
+
+    now = int(time.time() * 1000)
+
+    async def one(k: int) -> Any:
+        creds = await ctx.accounts.create(f"bench{k + 1}", {"raw_text": True, "tps": tps}, now)
+        await store.append_ledger(creds.account.id, topup(100_000_000 * 1_000_000, now, "bench"))
+        return creds
+
+    out: list[Any] = []
+    for k in range(0, n, CONCURRENCY):
+        out += await asyncio.gather(*(one(j) for j in range(k, min(n, k + CONCURRENCY))))
+    return out
+
+
+def _slow_auth_clock() -> None:
+    """The authenticator's monotonic clock SLOWED times slower (see the doc: `--accounts` under
+    callgrind), from now on."""
+    import types
+
+    from bridge.api import auth
+
+    real = time.monotonic
+    start = real()
+    auth.time = types.SimpleNamespace(  # type: ignore[assignment]
+        monotonic=lambda: start + (real() - start) / SLOWED, time=time.time
+    )
+
+
+def _warm_up(accounts: int) -> int:
+    """The requests sent before counting: one per account (rounded up to CONCURRENCY), none
+    with one account (as before `--accounts`). Each round of them is signed as it is sent and
+    the counted ones after them: under callgrind 5,000 accounts' first sends
+    took longer than the 300 s a signature's date may lag (REQUEST_EXPIRED)."""
+    return 0 if accounts == 1 else -(-accounts // CONCURRENCY) * CONCURRENCY
+
+
+def _signed(every: list[Any], i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
+    """`bench.py`'s i-th send: its body and its signed headers (account i % len(every)'s)."""
     from bridge.api import signing
 
+    creds = every[i % len(every)]
     # A new number each, as bench.py's: the frequency rules allow a number a few a day.
     body = json.dumps({"to": f"+86138{i:08d}", "text": TEXT}).encode()
     headers = {
@@ -359,6 +418,32 @@ def _report(ctx: Any, cpu: float, n: int, stub: bool, warm: int = 0) -> None:
         f"{cpu / n * 1e6:.1f} µs of CPU per request ({'stub' if stub else 'store'}, {n}; "
         f"{stored} messages stored, {rows} segment rows)"
     )
+    _cache_memory(ctx)
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cache_memory(ctx: Any) -> None:
+    """The process's RSS and how many entries its per-account caches hold (`--accounts`; their
+    bytes an entry are in the README's note 31: the RSS given back by emptying them is less,
+    malloc keeping most of what the small objects freed)."""
+    from bridge.api import signing
+    from bridge.store import account_rows
+
+    held = {
+        "Accounts by version": len(account_rows._BY_VERSION),
+        "by row": len(account_rows._BUILT),
+        "keys": len(ctx.auth._cache),
+        "validation copies": len(ctx.auth._accounts),
+        "keyed HMACs": signing._keyed.cache_info().currsize,
+        "Authorization heads": signing._usual_head.cache_info().currsize,
+    }
+    print(f"RSS {_rss_kb() / 1024:.1f} MB; held: " + ", ".join(f"{k} {v}" for k, v in held.items()))
 
 
 def _pin_wall_clock_work(ctx: Any) -> None:
@@ -422,7 +507,9 @@ class _Wire:
         pass
 
 
-async def _run_wire(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: bool) -> None:
+async def _run_wire(
+    ctx: Any, store: Any, every: list[Any], n: int, stub: bool, counting: bool
+) -> None:
     """--wire: the requests as bytes into the daemon's runner's connections (see the doc)."""
     from bridge.api import http_errors
     from bridge.api.app import make_app, render_unparsed
@@ -439,12 +526,19 @@ async def _run_wire(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counti
     await runner.setup()
     assert runner.server is not None
     loop = asyncio.get_running_loop()
-    signed_at = datetime.now(UTC)
-    wire = []
-    for i in range(n + CONCURRENCY):  # a first round uncounted: the caches filled
-        body, headers = _signed(creds, i, signed_at)
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        wire.append(f"POST /v1/messages HTTP/1.1\r\n{head}\r\n".encode() + body)
+
+    def build(first: int, end: int) -> list[bytes]:
+        """Requests first..end-1, signed now (signed in time: see _warm_up)."""
+        signed_at = datetime.now(UTC)
+        out = []
+        for i in range(first, end):
+            body, headers = _signed(every, i, signed_at)
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            out.append(f"POST /v1/messages HTTP/1.1\r\n{head}\r\n".encode() + body)
+        return out
+
+    # At least one uncounted round (h1): the caches filled, then pinned (_pin_wall_clock_work).
+    warm = max(_warm_up(len(every)), CONCURRENCY)
     conns = []
     for _ in range(CONCURRENCY):
         transport, proto = _Wire(), runner.server()
@@ -457,17 +551,19 @@ async def _run_wire(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counti
         answer = await transport.answered
         assert answer.startswith(b"HTTP/1.1 202 "), answer
 
-    await asyncio.gather(*(one(t, p, d) for (t, p), d in zip(conns, wire, strict=False)))
+    async def round_(wire: list[bytes]) -> None:
+        await asyncio.gather(*(one(t, p, d) for (t, p), d in zip(conns, wire, strict=True)))
+
+    for k in range(0, warm, CONCURRENCY):
+        await round_(build(k, k + CONCURRENCY))
+    wire = build(warm, warm + n)
     _pin_wall_clock_work(ctx)
-    wire = wire[CONCURRENCY:]
     gc.collect()
     if counting:
         _callgrind(True)
     t0 = time.process_time()
     for k in range(0, n, CONCURRENCY):
-        await asyncio.gather(
-            *(one(t, p, d) for (t, p), d in zip(conns, wire[k : k + CONCURRENCY], strict=True))
-        )
+        await round_(wire[k : k + CONCURRENCY])
     cpu = time.process_time() - t0
     if counting:
         _callgrind(False)
@@ -475,10 +571,10 @@ async def _run_wire(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counti
         proto.connection_lost(None)
     await runner.cleanup()
     await store.close()
-    _report(ctx, cpu, n, stub, warm=CONCURRENCY)
+    _report(ctx, cpu, n, stub, warm=warm)
 
 
-async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: bool) -> None:
+async def _run(ctx: Any, store: Any, every: list[Any], n: int, stub: bool, counting: bool) -> None:
     from aiohttp import streams, web
     from aiohttp.test_utils import make_mocked_request
     from multidict import CIMultiDict
@@ -523,24 +619,33 @@ async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: b
         async def drain(self) -> None:
             pass
 
-    signed_at = datetime.now(UTC)
-    requests = []
-    for i in range(n):
-        body, headers = _signed(creds, i, signed_at)
-        payload = streams.StreamReader(Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
-        payload.feed_data(body)
-        payload.feed_eof()
-        requests.append(
-            make_mocked_request(
-                "POST", "/v1/messages", headers=CIMultiDict(headers), payload=payload, app=app,
-                loop=loop, writer=Writer(), transport=Transport(), protocol=Protocol(),
-            )
-        )  # fmt: skip
+    def build(first: int, end: int) -> list[Any]:
+        """Requests first..end-1, signed now (signed in time: see _warm_up)."""
+        signed_at = datetime.now(UTC)
+        out = []
+        for i in range(first, end):
+            body, headers = _signed(every, i, signed_at)
+            payload = streams.StreamReader(Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
+            payload.feed_data(body)
+            payload.feed_eof()
+            out.append(
+                make_mocked_request(
+                    "POST", "/v1/messages", headers=CIMultiDict(headers), payload=payload,
+                    app=app, loop=loop, writer=Writer(), transport=Transport(),
+                    protocol=Protocol(),
+                )
+            )  # fmt: skip
+        return out
+
+    warm = _warm_up(len(every))
 
     async def one(request: Any) -> None:
         resp = await app._handle(request)
         assert resp.status == 202, (resp.status, getattr(resp, "body", None))
 
+    for k in range(0, warm, CONCURRENCY):
+        await asyncio.gather(*(one(r) for r in build(k, k + CONCURRENCY)))
+    requests = build(warm, warm + n)
     gc.collect()
     if counting:
         _callgrind(True)
@@ -552,7 +657,7 @@ async def _run(ctx: Any, store: Any, creds: Any, n: int, stub: bool, counting: b
         _callgrind(False)
     await runner.cleanup()
     await store.close()
-    _report(ctx, cpu, n, stub)
+    _report(ctx, cpu, n, stub, warm=warm)
 
 
 def under_callgrind(args: argparse.Namespace) -> None:
@@ -569,6 +674,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
     cmd += ["--kind", args.kind]
     if args.wire:
         cmd.append("--wire")
+    if args.accounts != 1:
+        cmd += ["--accounts", str(args.accounts)]
     if args.in_lock:
         cmd.append("--in-lock")
         # valgrind's own options from its environment: children.callgrind builds the command
@@ -579,7 +686,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
     per = total / args.requests
     print(stdout.strip())
     print(f"{per:,.0f} instructions per request ({'stub' if args.stub else 'store'}"
-          f"{', wire' if args.wire else ''}{', in the write lock' if args.in_lock else ''}, "
+          f"{', wire' if args.wire else ''}{', in the write lock' if args.in_lock else ''}"
+          f"{f', {args.accounts} accounts' if args.accounts != 1 else ''}, "
           f"{args.requests}; profile in {out})")  # fmt: skip
     if args.statements:
         _statements_table(out, names_file, args.requests, total)
@@ -610,7 +718,15 @@ def main() -> None:
         action="store_true",
         help="--callgrind --in-lock: the lock's instructions by statement and step (a table)",
     )
+    ap.add_argument(
+        "--accounts",
+        type=int,
+        default=1,
+        help="round-robin over this many accounts, each sending once before the count",
+    )
     args = ap.parse_args()
+    if args.accounts < 1:
+        ap.error("--accounts must be at least 1")
     if args.statements and not (args.callgrind and args.in_lock):
         ap.error("--statements needs --callgrind --in-lock")
     if args.in_lock and args.stub:
@@ -636,6 +752,7 @@ def main() -> None:
             args.tps,
             args.wire,
             args.in_lock,
+            args.accounts,
         ),
         uvloop.new_event_loop,
     )

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -85,6 +86,13 @@ def refusal(outcome: str) -> ApiError:
 
 class Authenticator:
     CACHE_S = 30.0
+    # How long the copy of an account that validates a deferred send is used. Any time is
+    # safe: the accept transaction compares the row's version (updated_at) with the copy's and
+    # answers "stale" when it changed, and a send the copy refused is checked again against the
+    # row (v1._accept_once); a copy out of date costs that send one more try. Until session 56
+    # it was one second: a gateway taking sends from more accounts than it takes sends a second
+    # (1,000s of them, round-robin) read the account from the store on every send.
+    ACCOUNT_S = 30.0
 
     def __init__(
         self,
@@ -95,6 +103,7 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         window: SkewWindow | None = None,
         aliyun_window: SkewWindow | None = None,
+        cache_size: int = signing.KEY_CACHE_DEFAULT,
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -107,8 +116,11 @@ class Authenticator:
         self._native_late = (
             None if window is None else (window.until_ms(), window.skew_s, window.prev_s)
         )
+        # Keys and accounts by id, at most `cache_size` of each (server.account_cache): a new
+        # one drops the one stored longest ago (until session 56 both were emptied at 10,000).
         self._cache: dict[str, tuple[float, AppKey, str]] = {}
         self._accounts: dict[str, tuple[float, Account]] = {}
+        self._size = max(1, cache_size)
         # A secret the master key does not open answers 500 to the customer; the operator must
         # learn why, and which key the secret needs (README, "Secrets"): one line per 10 s.
         self._unopened = logs.Throttled(log)
@@ -126,6 +138,7 @@ class Authenticator:
         aliyun = None
         if config.aliyun.enabled:
             aliyun = await store.skew_window("aliyun", config.aliyun.clock_skew_s, now_ms)
+        signing.set_key_cache(config.server.account_cache)
         return cls(
             store,
             sealer,
@@ -133,6 +146,7 @@ class Authenticator:
             clock=clock,
             window=window,
             aliyun_window=aliyun,
+            cache_size=config.server.account_cache,
         )
 
     def late_s(self, now: float, *, aliyun: bool = False) -> int | None:
@@ -172,9 +186,7 @@ class Authenticator:
             raise ApiError(
                 "INTERNAL_ERROR", "this key cannot be verified; contact the operator", status=500
             ) from None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key_id] = (now + self.CACHE_S, key, secret)
+        _store_newest(self._cache, key_id, (now + self.CACHE_S, key, secret), self._size)
         return key, secret
 
     async def lookup(self, key_id: str) -> tuple[AppKey, str] | None:
@@ -182,7 +194,9 @@ class Authenticator:
         return await self._key(key_id)
 
     def remember(self, account: Account) -> None:
-        self._accounts[account.id] = (time.monotonic() + 1.0, account)
+        _store_newest(
+            self._accounts, account.id, (time.monotonic() + self.ACCOUNT_S, account), self._size
+        )
 
     def _cached_account(self, account_id: str) -> Account | None:
         """`_account`'s answer while its cached copy is fresh, else None (see `_cached_key`)."""
@@ -192,7 +206,7 @@ class Authenticator:
         return None
 
     async def _account(self, account_id: str) -> Account | None:
-        """Account settings for validating a deferred request, cached for a second; the live
+        """Account settings for validating a deferred request, cached for ACCOUNT_S; the live
         status and rate are re-read inside the accept transaction."""
         now = time.monotonic()
         hit = self._accounts.get(account_id)
@@ -200,9 +214,7 @@ class Authenticator:
             return hit[1]
         account = await self._store.get_account(account_id)
         if account is not None:
-            if len(self._accounts) > 10_000:
-                self._accounts.clear()
-            self._accounts[account_id] = (now + 1.0, account)
+            _store_newest(self._accounts, account_id, (now + self.ACCOUNT_S, account), self._size)
         return account
 
     async def authenticate(
@@ -311,6 +323,17 @@ class Authenticator:
         if not account.active:
             raise refusal("disabled")
         return account
+
+
+def _store_newest(cache: dict[str, Any], key: str, value: Any, size: int) -> None:
+    """`value` stored under `key` as the newest entry (after every other: a dict keeps the order
+    of insertion), the oldest dropped while `cache` holds more than `size`. Why not the least
+    recently used: a hit would cost a move on every request; an entry stored again when it
+    expires moves then."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > size:
+        del cache[next(iter(cache))]
 
 
 def _utc(ts: float) -> datetime:

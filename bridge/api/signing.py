@@ -261,8 +261,7 @@ def sign(secret: str | bytes, string_to_sign: str) -> str:
     return mac.hexdigest()
 
 
-@functools.lru_cache(maxsize=1024)
-def _keyed(secret: str | bytes) -> Any:
+def _keyed_state(secret: str | bytes) -> Any:
     """HMAC-SHA256 keyed with `secret`, nothing fed yet: `sign` copies it. A server sees a few
     keys again and again; the bound keeps a process verifying many keys from holding them all.
     OpenSSL's own HMAC object where `hmac` made one (its `copy`, `update` and `hexdigest`, in C),
@@ -271,6 +270,14 @@ def _keyed(secret: str | bytes) -> Any:
     mac = hmac.new(_key(secret), digestmod=hashlib.sha256)
     inner = getattr(mac, "_hmac", None)  # absent where OpenSSL's HMAC is not used
     return mac if inner is None else inner
+
+
+# The keys' caches hold this many (`server.account_cache`, set_key_cache): a key's keyed HMAC
+# (~0.8 KB) and its Authorization head (~0.95 KB; measured, README note 31). Until session 56
+# they held 1,024 and 256: a gateway whose customers' keys came round more than 256 parsed
+# each head again (~5 k instructions), and past 1,024 keyed each HMAC again, on every request.
+KEY_CACHE_DEFAULT = 10_000
+_keyed = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_keyed_state)
 
 
 def body_sha256(body: bytes) -> str:
@@ -301,8 +308,7 @@ def parse_authorization(value: str | None) -> AuthHeader:
     return _parse_authorization_strictly(value)
 
 
-@functools.lru_cache(maxsize=256)
-def _usual_head(head: str) -> tuple[str, tuple[str, ...]] | None:
+def _usual_head_of(head: str) -> tuple[str, tuple[str, ...]] | None:
     """The app key and SignedHeaders list of a usual Authorization's head (all before
     ",Signature="), or None when it is not in the usual form or the list is not sorted and
     unique (the strict parser then says why). Cached: a client sends the same head on every
@@ -314,6 +320,18 @@ def _usual_head(head: str) -> tuple[str, tuple[str, ...]] | None:
     app_key, signed = match.groups()
     names = tuple(signed.split(";"))
     return (app_key, names) if list(names) == sorted(set(names)) else None
+
+
+_usual_head = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_usual_head_of)
+
+
+def set_key_cache(size: int) -> None:
+    """The keys' caches (`_keyed`, `_usual_head`) bounded to `size` entries each, emptied (a
+    process sets it as it starts: nothing is lost)."""
+    global _keyed, _usual_head
+    if _keyed.cache_info().maxsize != size:
+        _keyed = functools.lru_cache(maxsize=size)(_keyed_state)
+        _usual_head = functools.lru_cache(maxsize=size)(_usual_head_of)
 
 
 def _parse_authorization_strictly(value: str | None) -> AuthHeader:

@@ -3,6 +3,7 @@ SELECTs name the same columns in the same order; only the SQL around them differ
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,11 +61,29 @@ ACCOUNT_JSON_SQLITE = (
     )
     + ")"
 )
+# How many accounts a process keeps the Account of (`server.account_cache`, set_account_cache):
+# each cache below holds at most this many, the least recently used one dropped for a new one.
+# Why LRU and this size: until session 56 both were emptied at 256, so a gateway whose
+# customers' requests came round 256 or more accounts built the Account again on every accept
+# (the row sent as JSON, parsed and built: ~24 k instructions of the write lock; with the other
+# caches of README note 31, +21% instructions a request with 1,000 accounts,
+# bench_accept_inproc.py --accounts). ~1.3 KB an account for both (measured, note 31).
+ACCOUNT_CACHE_DEFAULT = 10_000
+_size = ACCOUNT_CACHE_DEFAULT
 # The accounts last built by `account_json_cached`, keyed by the whole row's text: a row that
 # differs in any column (a setting, the status, the warning mark) is another key, so no account
-# is ever answered from a stale row; bounded, cleared when full.
-_BUILT: dict[str, Account] = {}
-_BUILT_MAX = 256
+# is ever answered from a stale row.
+_BUILT: OrderedDict[str, Account] = OrderedDict()
+
+
+def set_account_cache(size: int) -> None:
+    """Both caches' bound (at least 1); entries beyond it dropped now, least recently used
+    first."""
+    global _size
+    _size = max(1, size)
+    for cache in (_BUILT, _BY_VERSION):
+        while len(cache) > _size:
+            cache.popitem(last=False)
 
 
 def account_json_cached(text: str) -> Account:
@@ -79,9 +98,11 @@ def account_json_cached(text: str) -> Account:
         for i in _BLOB_AT:
             if row[i] is not None:
                 row[i] = bytes.fromhex(row[i])
-        if len(_BUILT) >= _BUILT_MAX:
-            _BUILT.clear()
         hit = _BUILT[text] = account_row(row)
+        if len(_BUILT) > _size:
+            _BUILT.popitem(last=False)
+    else:
+        _BUILT.move_to_end(text)
     return hit
 
 
@@ -90,22 +111,26 @@ def account_json_cached(text: str) -> Account:
 # the version it holds to its key's statement, which then answers NULL for the account instead
 # of the row as JSON (sqlite._authorize): building and converting that text was ~24 k
 # instructions of each accept's write lock. Read inside the lock as before: only the unchanged
-# row is not sent again. Bounded, cleared when full.
-_BY_VERSION: dict[str, tuple[int, Account]] = {}
+# row is not sent again. Bounded as _BUILT.
+_BY_VERSION: OrderedDict[str, tuple[int, Account]] = OrderedDict()
 
 
 def account_at_version(account_id: str) -> tuple[int, Account] | None:
     """The (row_version, Account) `remember_version` last kept for `account_id`, or None."""
-    return _BY_VERSION.get(account_id)
+    hit = _BY_VERSION.get(account_id)
+    if hit is not None:
+        _BY_VERSION.move_to_end(account_id)
+    return hit
 
 
 def remember_version(version: int | None, account: Account) -> None:
     """`account` as built from its row at `version` (None: a row without one, not kept)."""
     if version is None:
         return
-    if len(_BY_VERSION) >= _BUILT_MAX:
-        _BY_VERSION.clear()
     _BY_VERSION[account.id] = (version, account)
+    _BY_VERSION.move_to_end(account.id)
+    if len(_BY_VERSION) > _size:
+        _BY_VERSION.popitem(last=False)
 
 
 def refusal_of(account: Account | None, version: int) -> str | None:

@@ -680,8 +680,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                     sets += ", " + LOW_WARNED_ON_THRESHOLD.format(f"${i}")
                 n = len(cols)
                 # A closed account stays closed: its data was erased (the caller sees the status).
+                # updated_at moves on every change (see sqlite.SqliteStore.update_account).
                 await c.execute(
-                    f"UPDATE accounts SET {sets}, updated_at = ${n + 1} "
+                    f"UPDATE accounts SET {sets}, updated_at = GREATEST(${n + 1}, updated_at + 1) "
                     f"WHERE id = ${n + 2} AND status <> 'closed'",
                     *values,
                     now,

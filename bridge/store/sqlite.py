@@ -348,8 +348,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sets += ", " + LOW_WARNED_ON_THRESHOLD.format("?")
                     values.append(changes["low_balance_threshold"])
                 # A closed account stays closed: its data was erased (the caller sees the status).
+                # updated_at is the version an accept validated against (refusal_of): it moves
+                # on every change, also two in one millisecond or with the clock set back; with
+                # `now` alone the second of two changes in one millisecond (an operator script)
+                # kept it, and a send validated between them was accepted under the first.
                 c.execute(
-                    f"UPDATE accounts SET {sets}, updated_at=? WHERE id=? AND status<>'closed'",
+                    f"UPDATE accounts SET {sets}, updated_at=MAX(?, updated_at + 1) "
+                    "WHERE id=? AND status<>'closed'",
                     (*values, now, account_id),
                 )
             if disabling:  # see base.Store.update_account

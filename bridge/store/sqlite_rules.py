@@ -389,24 +389,41 @@ def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int)
 
 def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
     """The sums `hold_plan` gathered, written: an upsert of each daily count and pocket (the
-    pockets' as `append_entries` writes them)."""
+    pockets' as `append_entries` writes them), each kind in one call for every account of the
+    batch. Why one call: with many accounts sending, a batch's accepts are of as many accounts,
+    and a call of each kind per account (an executemany of its one day, an execute of each
+    pocket) was ~1.5-2.5 k instructions more of the write lock per accept and account than the
+    rows' own (session 56). Both tables are WITHOUT ROWID: the order of the upserts changes
+    nothing stored."""
+    days: list[tuple[Any, ...]] = []
+    cash: list[tuple[Any, ...]] = []
+    expiring: list[tuple[Any, ...]] = []
     for account_id, sums in held.items():
-        c.executemany(
-            "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
-            "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages",
-            [(account_id, day, n) for day, n in sums.days.items()],
-        )
+        for day, n in sums.days.items():
+            days.append((account_id, day, n))
         for p, (amt, exp) in sums.pockets.items():
             if exp is None:  # cash: its NULL in the text (sqlite_binds)
-                c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, p, amt))
+                cash.append((account_id, p, amt))
             else:
-                c.execute(
-                    "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
-                    "VALUES (?,?,?,?) ON CONFLICT (account_id, pocket) DO UPDATE SET "
-                    "amount=amount+excluded.amount, "
-                    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)",
-                    (account_id, p, amt, exp),
-                )
+                expiring.append((account_id, p, amt, exp))
+    if days:
+        c.executemany(_DAY_COUNT_ADD, days)
+    if cash:
+        c.executemany(_POCKET_ONE_NO_EXPIRY, cash)
+    if expiring:
+        c.executemany(_POCKET_ONE, expiring)
+
+
+_DAY_COUNT_ADD = (
+    "INSERT INTO daily_counts (account_id, day, messages) VALUES (?,?,?) "
+    "ON CONFLICT (account_id, day) DO UPDATE SET messages=messages+excluded.messages"
+)
+_POCKET_ONE = (
+    "INSERT INTO pockets (account_id, pocket, amount, expires_at) "
+    "VALUES (?,?,?,?) ON CONFLICT (account_id, pocket) DO UPDATE SET "
+    "amount=amount+excluded.amount, "
+    "expires_at=COALESCE(pockets.expires_at, excluded.expires_at)"
+)
 
 
 def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pocket]:

@@ -64,13 +64,17 @@ def test_the_cache_is_bounded_and_answers_equal_rows_alike() -> None:
         return (f'["acc_{i}", "n", "prepaid", 1, 0, null, 0, 0, null, null, "73", "active", '
                 '1, 2, 0, "native", null, null, null, null]')  # fmt: skip
 
-    first = account_rows.account_json_cached(row(0))
-    assert account_rows.account_json_cached(row(0)) is first
-    assert first.webhook_secret_enc == b"s" and first.prev_webhook_secret_enc is None
-    for i in range(1, account_rows._BUILT_MAX + 10):
-        account_rows.account_json_cached(row(i))
-    assert len(account_rows._BUILT) <= account_rows._BUILT_MAX
-    assert account_rows.account_json_cached(row(0)) == first
+    account_rows.set_account_cache(64)
+    try:
+        first = account_rows.account_json_cached(row(0))
+        assert account_rows.account_json_cached(row(0)) is first
+        assert first.webhook_secret_enc == b"s" and first.prev_webhook_secret_enc is None
+        for i in range(1, 64 + 10):
+            account_rows.account_json_cached(row(i))
+        assert len(account_rows._BUILT) <= 64
+        assert account_rows.account_json_cached(row(0)) == first
+    finally:
+        account_rows.set_account_cache(account_rows.ACCOUNT_CACHE_DEFAULT)
 
 
 async def test_the_json_column_reads_the_account_as_its_columns_do(tmp_path: Path) -> None:

@@ -555,13 +555,16 @@ async def test_send_path_checks_key_account_and_nonce_in_the_accept(store: Store
 async def test_send_path_enforces_the_accounts_live_rate(store: Store) -> None:
     await store.create_account(account())
     await store.add_key(key("K1"), max_active=2)
+    # The change's version is its time (session 56: one later than the version before when
+    # that is not earlier, as here, the account created in the same millisecond).
     await store.update_account("acc_a", {"tps": 2}, NOW)
-    outs = [await store.accept(send(f"r{i}", f"n{i}"), NOW) for i in range(3)]
+    v = NOW + 1
+    outs = [await store.accept(send(f"r{i}", f"n{i}", version=v), NOW) for i in range(3)]
     assert [o.accepted for o in outs] == [True, True, False]
     assert outs[2].retry_after == pytest.approx(0.5)
     # Refused by the rate: its nonce and idempotency record are not kept, so a retry passes.
     assert await store.get_idempotency("acc_a", "idem-r2", NOW) is None
-    assert (await store.accept(send("r2", "n2"), NOW + 500)).accepted
+    assert (await store.accept(send("r2", "n2", version=v), NOW + 500)).accepted
 
 
 # ---------------------------------------------------------------- claim
