@@ -301,7 +301,14 @@ def parse_authorization(value: str | None) -> AuthHeader:
     otherwise sign differently on each side.
     """
     if value is not None and value[-_USUAL_TAIL:-64] == _SIGNATURE_PART:
-        usual = _usual_head(value[:-_USUAL_TAIL])
+        head = value[:-_USUAL_TAIL]
+        # Only a head of an SDK's size is kept (see _CACHED_HEAD_CHARS); any other is matched
+        # without the cache, with the same answer.
+        usual = (
+            _usual_head(head)
+            if len(head) <= _CACHED_HEAD_CHARS and head.count(";") < _CACHED_HEAD_NAMES
+            else _usual_head_of(head)
+        )
         signature = value[-64:]
         if usual is not None and _HEX64_RE.fullmatch(signature):
             return AuthHeader(usual[0], usual[1], signature)  # by position: no kwargs dict
@@ -323,6 +330,15 @@ def _usual_head_of(head: str) -> tuple[str, tuple[str, ...]] | None:
 
 
 _usual_head = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_usual_head_of)
+# The heads `_usual_head` keeps: at most this many characters and SignedHeaders names. Why: its
+# entries come before any key is known, from whatever anyone sends, and it holds
+# `server.account_cache` of them (10,000 by default; 256 before session 56). A head as long as
+# a header may be (8,190 characters) naming ~2,700 headers was ~160 KB held an entry: 1.6 GB a
+# process at the default, sent without a key (session 56's review). An SDK's head is ~160
+# characters and 4-6 names (a 128-character key and every header signed: ~260 and 6); capped,
+# an entry holds ~2 KB at most.
+_CACHED_HEAD_CHARS = 320
+_CACHED_HEAD_NAMES = 16
 
 
 def set_key_cache(size: int) -> None:
