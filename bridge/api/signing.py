@@ -336,7 +336,8 @@ _usual_head = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_usual_head_of)
 # a header may be (8,190 characters) naming ~2,700 headers was ~160 KB held an entry: 1.6 GB a
 # process at the default, sent without a key (session 56's review). An SDK's head is ~160
 # characters and 4-6 names (a 128-character key and every header signed: ~260 and 6); capped,
-# an entry holds ~2 KB at most.
+# an entry holds ~2 KB at most. `_signed_plan`'s lists likewise (256 of them, ~250 KB each for
+# 2,000 names: 64 MB since session 51).
 _CACHED_HEAD_CHARS = 320
 _CACHED_HEAD_NAMES = 16
 
@@ -424,7 +425,11 @@ def _check_plan(auth: AuthHeader, sent: Container[str]) -> frozenset[str]:
     """The first two refusals of both forms above: a name SignedHeaders must include, and a
     header sent that must be signed (`sent` answers `in` for a lower-case name); the signed
     names."""
-    missing, signed, unsigned = _signed_plan(auth.signed_headers)
+    names = auth.signed_headers
+    # Only an SDK's list is kept (see _CACHED_HEAD_NAMES); a longer one is asked without the
+    # cache, with the same answer.
+    plan = _signed_plan if len(names) < _CACHED_HEAD_NAMES else _signed_plan.__wrapped__
+    missing, signed, unsigned = plan(names)
     if missing is not None:
         raise _mismatch(f"SignedHeaders must include '{missing}'")
     for name in unsigned:
