@@ -428,7 +428,7 @@ def _check_plan(auth: AuthHeader, sent: Container[str]) -> frozenset[str]:
     names = auth.signed_headers
     # Only an SDK's list is kept (see _CACHED_HEAD_NAMES); a longer one is asked without the
     # cache, with the same answer.
-    plan = _signed_plan if len(names) < _CACHED_HEAD_NAMES else _signed_plan.__wrapped__
+    plan = _signed_plan if len(names) <= _CACHED_HEAD_NAMES else _signed_plan.__wrapped__
     missing, signed, unsigned = plan(names)
     if missing is not None:
         raise _mismatch(f"SignedHeaders must include '{missing}'")

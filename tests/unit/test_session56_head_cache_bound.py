@@ -32,6 +32,7 @@ def _fresh_caches() -> Iterator[None]:
     """The process-wide caches emptied before, and back at their default after."""
     signing.set_key_cache(1000)
     signing.set_key_cache(signing.KEY_CACHE_DEFAULT)
+    signing._signed_plan.cache_clear()
     yield
     signing.set_key_cache(1000)
     signing.set_key_cache(signing.KEY_CACHE_DEFAULT)
@@ -137,3 +138,18 @@ def test_every_head_answers_as_the_strict_parser_does(head: str) -> None:
             return (exc.code, exc.message)
 
     assert outcome(signing.parse_authorization) == outcome(signing._parse_authorization_strictly)
+
+
+@pytest.mark.parametrize(("names", "kept"), [(16, 1), (17, 0)])
+def test_a_head_of_up_to_16_names_is_kept(names: int, kept: int) -> None:
+    value = (
+        f"{signing.ALGORITHM} Credential=k,SignedHeaders="
+        + ";".join(_names(names))
+        + f",Signature={_SIG}"
+    )
+    parsed = signing.parse_authorization(value)
+    assert len(parsed.signed_headers) == names
+    assert signing._usual_head.cache_info().currsize == kept
+    with pytest.raises(signing.SignatureError):
+        signing._check_plan(parsed, {})
+    assert signing._signed_plan.cache_info().currsize == kept
