@@ -522,7 +522,9 @@ def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
 ) -> None:
     # Session 56. Ten accounts, ten sends in flight: each account's accept alone in its
     # transaction (BEGIN, the head, the facts, the writes, COMMIT): 3 statements, 5 round trips,
-    # a row each back (and the authenticator's read of each account once in the run: 0.1).
+    # a row each back (the authenticator's reads of the accounts fall in the uncounted first
+    # round: its validation copy is kept 30 s since session 56's h5, 1 s before, when each
+    # account was read once more in the counted run: 3.1, 5.1, 3.1).
     # Sends of one account, fifty in flight, share transactions: fewer.
     out = _run(
         "scripts/bench_pg_accept.py", "--requests", "110", "--accounts", "10",
@@ -530,9 +532,9 @@ def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
     )  # fmt: skip
     got = json.loads(out.strip().splitlines()[-1])
     assert got["requests"] == 100, got
-    assert (got["statements"], got["round_trips"], got["rows"]) == (3.1, 5.1, 3.1), got
+    assert (got["statements"], got["round_trips"], got["rows"]) == (3.0, 5.0, 3.0), got
     kinds = got["by_statement"]
-    assert kinds["BEGIN"] == kinds["COMMIT"] == 1 and len(kinds) == 6, got
+    assert kinds["BEGIN"] == kinds["COMMIT"] == 1 and len(kinds) == 5, got  # no account read
     assert got["cpu_us"] > 0 and got["server_us"] >= 0, got
     out = _run("scripts/bench_pg_accept.py", "--requests", "200", "--json")
     got = json.loads(out.strip().splitlines()[-1])
