@@ -70,27 +70,11 @@ sys.path.insert(0, ARGS.tree)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
 
 from children import Children  # noqa: E402
+from inproc_requests import mocked_sends, server_cpu  # noqa: E402
 
 # The cluster (pg_ctl's daemon), and valgrind with this script under it (--callgrind): ended
 # when main's block ends, SIGTERM and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu(postmaster: int) -> float:
-    """CPU seconds of the cluster: its postmaster and every process under it."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(entry) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 class Counted:
@@ -196,9 +180,7 @@ def _callgrind(on: bool) -> None:
 
 
 async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
-    from aiohttp import streams, web
-    from aiohttp.test_utils import make_mocked_request
-    from multidict import CIMultiDict
+    from aiohttp import web
 
     from bridge.api.app import make_app
 
@@ -210,51 +192,12 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         await runner.setup()
         loop = asyncio.get_running_loop()
 
-        class Transport:
-            def get_extra_info(self, name: str, default: Any = None) -> Any:
-                return ("127.0.0.1", 1) if name == "peername" else default
-
-            def is_closing(self) -> bool:
-                return False
-
-        class Protocol:
-            transport = Transport()
-            ssl_context = None
-            peername = ("127.0.0.1", 1)
-            sockname = ("127.0.0.1", 2)
-            _reading_paused = False
-
-            def pause_reading(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def resume_reading(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def force_close(self) -> None:
-                pass
-
-        class Writer:
-            buffer_size = 0
-            output_size = 0
-            transport = Transport()
-
-            async def drain(self) -> None:
-                pass
-
         signed_at = datetime.now(UTC)
-        requests = []
-        for i in range(ARGS.requests):
-            body, headers = _signed(accounts[i % len(accounts)], i, signed_at)
-            payload = streams.StreamReader(Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
-            payload.feed_data(body)
-            payload.feed_eof()
-            requests.append(
-                make_mocked_request(
-                    "POST", "/v1/messages", headers=CIMultiDict(headers), payload=payload,
-                    app=app, loop=loop, writer=Writer(), transport=Transport(),
-                    protocol=Protocol(),
-                )
-            )  # fmt: skip
+        requests = mocked_sends(
+            app,
+            loop,
+            (_signed(accounts[i % len(accounts)], i, signed_at) for i in range(ARGS.requests)),
+        )
 
         async def one(request: Any) -> None:
             resp = await app._handle(request)
