@@ -68,7 +68,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_accept_http import accept_context
 from children import Children
-from inproc_requests import mocked_sends
+from inproc_requests import mocked_sends, signed_send
 
 # valgrind with this script under it (--callgrind): ended with this script (children.py).
 CHILDREN = Children()
@@ -158,26 +157,8 @@ def _warm_up(accounts: int) -> int:
 
 
 def _signed(every: list[Any], i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
-    """`bench.py`'s i-th send: its body and its signed headers (account i % len(every)'s)."""
-    from bridge.api import signing
-
-    creds = every[i % len(every)]
-    # A new number each, as bench.py's: the frequency rules allow a number a few a day.
-    body = json.dumps({"to": f"+86138{i:08d}", "text": TEXT}).encode()
-    headers = {
-        "Host": "127.0.0.1:8080",
-        "Content-Type": "application/json",
-        "Idempotency-Key": uuid.uuid4().hex,
-        "Content-Length": str(len(body)),
-    }
-    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-    headers.update(
-        signing.sign_request(
-            creds.app_key, creds.app_secret, "POST", "/v1/messages", "", headers, body,
-            signed_at, nonce,
-        )
-    )  # fmt: skip
-    return body, headers
+    """`bench.py`'s i-th send (a new number each), account i % len(every)'s."""
+    return signed_send(every[i % len(every)], i, TEXT, signed_at)
 
 
 def _stub_accept(store: Any) -> None:

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,43 +69,12 @@ sys.path.insert(0, ARGS.tree)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
 
 from children import Children  # noqa: E402
-from inproc_requests import mocked_sends, server_cpu  # noqa: E402
+from inproc_requests import mocked_sends, signed_send  # noqa: E402
+from pg_counting import Counted, server_cpu  # noqa: E402
 
 # The cluster (pg_ctl's daemon), and valgrind with this script under it (--callgrind): ended
 # when main's block ends, SIGTERM and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
-
-
-class Counted:
-    """Statements, round trips and rows returned, counted at asyncpg's Connection (the pool's
-    connections forward to it)."""
-
-    def __init__(self) -> None:
-        import asyncpg
-
-        self.statements = 0
-        self.trips = 0
-        self.rows = 0
-        self.kinds: collections.Counter[str] = collections.Counter()  # by the text's start
-        conn = asyncpg.connection.Connection
-        for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
-            real = getattr(conn, name)
-
-            async def counted(
-                c: Any, query: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any
-            ) -> Any:
-                self.trips += 1
-                self.kinds[" ".join(query.split())[:60]] += 1
-                if not query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-                    self.statements += 1
-                out = await _real(c, query, *args, **kw)
-                if _name == "fetch":
-                    self.rows += len(out)
-                elif _name in ("fetchrow", "fetchval") and out is not None:
-                    self.rows += 1
-                return out
-
-            setattr(conn, name, counted)
 
 
 async def _context(dsn: str, tmp: Path) -> tuple[Any, Any, list[Any]]:
@@ -154,24 +122,8 @@ async def _context(dsn: str, tmp: Path) -> tuple[Any, Any, list[Any]]:
 
 
 def _signed(creds: Any, i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
-    """`bench.py`'s i-th send: its body and its signed headers (a new number each)."""
-    from bridge.api import signing
-
-    body = json.dumps({"to": f"+86138{i:08d}", "text": TEXTS[ARGS.kind]}).encode()
-    headers = {
-        "Host": "127.0.0.1:8080",
-        "Content-Type": "application/json",
-        "Idempotency-Key": uuid.uuid4().hex,
-        "Content-Length": str(len(body)),
-    }
-    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-    headers.update(
-        signing.sign_request(
-            creds.app_key, creds.app_secret, "POST", "/v1/messages", "", headers, body,
-            signed_at, nonce,
-        )
-    )  # fmt: skip
-    return body, headers
+    """`bench.py`'s i-th send (a new number each) in this run's --kind."""
+    return signed_send(creds, i, TEXTS[ARGS.kind], signed_at)
 
 
 def _callgrind(on: bool) -> None:
@@ -257,7 +209,7 @@ def _print(res: dict[str, Any], k: int) -> None:
 
 def counting() -> None:
     """The run under callgrind (--counting): the caller's database and cluster."""
-    counted = Counted()
+    counted = Counted(kinds=True)
     res = CHILDREN.asyncio_run(run(ARGS.dsn, ARGS.postmaster, counted))
     print(json.dumps(res), flush=True)
 
@@ -269,7 +221,7 @@ def main() -> None:
     if ARGS.counting:
         counting()
         return
-    counted = Counted()
+    counted = Counted(kinds=True)
     with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])

@@ -1,17 +1,16 @@
 """What the in-process accept benchmarks share (`bench_accept_inproc.py`, `bench_pg_accept.py`):
-signed sends made into aiohttp requests that an app's handler chain takes without sockets, and
-a PostgreSQL cluster's CPU read off /proc. A module of its own, not imported from either script:
-both parse their options and set `sys.path` (`--tree`) when imported."""
+`bench.py`'s signed sends, made into aiohttp requests that an app's handler chain takes without
+sockets. A module of its own, not imported from either script: both set `sys.path` (`--tree`)
+when imported, and `bench_pg_accept.py` parses its options."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import json
+import uuid
 from collections.abc import Iterable
-from pathlib import Path
+from datetime import datetime
 from typing import Any
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class _Transport:
@@ -72,18 +71,24 @@ def mocked_sends(
     return out
 
 
-def server_cpu(postmaster: int) -> float:
-    """CPU seconds of a PostgreSQL cluster: its postmaster and every process under it
-    (backends come and go with a pool: a run that keeps its pool open counts the same ones)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(entry) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
+def signed_send(creds: Any, i: int, text: str, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
+    """`bench.py`'s i-th send from `creds`' key: its body and its signed headers. A new number
+    each, as bench.py's (the frequency rules allow a number a few a day); random nonces and
+    Idempotency-Keys, as most clients' are."""
+    from bridge.api import signing
+
+    body = json.dumps({"to": f"+86138{i:08d}", "text": text}).encode()
+    headers = {
+        "Host": "127.0.0.1:8080",
+        "Content-Type": "application/json",
+        "Idempotency-Key": uuid.uuid4().hex,
+        "Content-Length": str(len(body)),
+    }
+    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    headers.update(
+        signing.sign_request(
+            creds.app_key, creds.app_secret, "POST", "/v1/messages", "", headers, body,
+            signed_at, nonce,
+        )
+    )  # fmt: skip
+    return body, headers
