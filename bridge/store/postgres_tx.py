@@ -62,9 +62,17 @@ KEEPALIVES: dict[str, str] = {
 }
 
 
+# The array parameters sent as literals (postgres_arrays) write SQL's NULL as an unquoted NULL,
+# which the server reads as NULL only while `array_nulls` is on: its default, but a deprecated
+# compatibility setting a database or role may turn off, and then a ledger entry's NULL ref went
+# in as the text 'NULL' and its NULL expiry refused every billed write. Set here, it overrides
+# the database's and the role's; user-settable, no privilege needed.
+ARRAY_NULLS: dict[str, str] = {"array_nulls": "on"}
+
+
 def session_settings(application_name: str) -> dict[str, str]:
     """`server_settings` of every connection this daemon opens."""
-    return {"application_name": application_name, **KEEPALIVES}
+    return {"application_name": application_name, **KEEPALIVES, **ARRAY_NULLS}
 
 
 class _PoolFloorFilter(logging.Filter):
