@@ -81,7 +81,7 @@ def test_literals_quote_every_text() -> None:
 # `array_nulls` is on (the default; a deprecated compatibility setting an operator may turn off
 # for a database or a role). Off, the ledger's NULL ref went in as the text 'NULL' and its NULL
 # expiry refused the write (`invalid input syntax for type bigint: "NULL"`): the binary arrays
-# before did not depend on it. The store's connections set it on (postgres_tx.session_settings).
+# before did not depend on it. The pool sets it on for each connection (postgres_tx.create_pool).
 
 
 async def test_the_store_reads_null_elements_as_null_whatever_the_database_sets(
