@@ -68,7 +68,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_accept_http import accept_context
 from children import Children
+from inproc_requests import mocked_sends, signed_send
 
 # valgrind with this script under it (--callgrind): ended with this script (children.py).
 CHILDREN = Children()
@@ -157,26 +157,8 @@ def _warm_up(accounts: int) -> int:
 
 
 def _signed(every: list[Any], i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
-    """`bench.py`'s i-th send: its body and its signed headers (account i % len(every)'s)."""
-    from bridge.api import signing
-
-    creds = every[i % len(every)]
-    # A new number each, as bench.py's: the frequency rules allow a number a few a day.
-    body = json.dumps({"to": f"+86138{i:08d}", "text": TEXT}).encode()
-    headers = {
-        "Host": "127.0.0.1:8080",
-        "Content-Type": "application/json",
-        "Idempotency-Key": uuid.uuid4().hex,
-        "Content-Length": str(len(body)),
-    }
-    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-    headers.update(
-        signing.sign_request(
-            creds.app_key, creds.app_secret, "POST", "/v1/messages", "", headers, body,
-            signed_at, nonce,
-        )
-    )  # fmt: skip
-    return body, headers
+    """`bench.py`'s i-th send (a new number each), account i % len(every)'s."""
+    return signed_send(every[i % len(every)], i, TEXT, signed_at)
 
 
 def _stub_accept(store: Any) -> None:
@@ -575,9 +557,7 @@ async def _run_wire(
 
 
 async def _run(ctx: Any, store: Any, every: list[Any], n: int, stub: bool, counting: bool) -> None:
-    from aiohttp import streams, web
-    from aiohttp.test_utils import make_mocked_request
-    from multidict import CIMultiDict
+    from aiohttp import web
 
     from bridge.api.app import make_app
 
@@ -588,54 +568,10 @@ async def _run(ctx: Any, store: Any, every: list[Any], n: int, stub: bool, count
     await runner.setup()
     loop = asyncio.get_running_loop()
 
-    class Transport:
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return ("127.0.0.1", 1) if name == "peername" else default
-
-        def is_closing(self) -> bool:
-            return False
-
-    class Protocol:
-        transport = Transport()
-        ssl_context = None
-        peername = ("127.0.0.1", 1)
-        sockname = ("127.0.0.1", 2)
-        _reading_paused = False
-
-        def pause_reading(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def resume_reading(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def force_close(self) -> None:
-            pass
-
-    class Writer:
-        buffer_size = 0
-        output_size = 0
-        transport = Transport()
-
-        async def drain(self) -> None:
-            pass
-
     def build(first: int, end: int) -> list[Any]:
         """Requests first..end-1, signed now (signed in time: see _warm_up)."""
         signed_at = datetime.now(UTC)
-        out = []
-        for i in range(first, end):
-            body, headers = _signed(every, i, signed_at)
-            payload = streams.StreamReader(Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
-            payload.feed_data(body)
-            payload.feed_eof()
-            out.append(
-                make_mocked_request(
-                    "POST", "/v1/messages", headers=CIMultiDict(headers), payload=payload,
-                    app=app, loop=loop, writer=Writer(), transport=Transport(),
-                    protocol=Protocol(),
-                )
-            )  # fmt: skip
-        return out
+        return mocked_sends(app, loop, (_signed(every, i, signed_at) for i in range(first, end)))
 
     warm = _warm_up(len(every))
 

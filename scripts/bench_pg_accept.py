@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,59 +69,12 @@ sys.path.insert(0, ARGS.tree)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
 
 from children import Children  # noqa: E402
+from inproc_requests import mocked_sends, signed_send  # noqa: E402
+from pg_counting import Counted, server_cpu  # noqa: E402
 
 # The cluster (pg_ctl's daemon), and valgrind with this script under it (--callgrind): ended
 # when main's block ends, SIGTERM and SIGINT included (Children.started, Children.on_signals).
 CHILDREN = Children()
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu(postmaster: int) -> float:
-    """CPU seconds of the cluster: its postmaster and every process under it."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(entry) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-
-class Counted:
-    """Statements, round trips and rows returned, counted at asyncpg's Connection (the pool's
-    connections forward to it)."""
-
-    def __init__(self) -> None:
-        import asyncpg
-
-        self.statements = 0
-        self.trips = 0
-        self.rows = 0
-        self.kinds: collections.Counter[str] = collections.Counter()  # by the text's start
-        conn = asyncpg.connection.Connection
-        for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
-            real = getattr(conn, name)
-
-            async def counted(
-                c: Any, query: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any
-            ) -> Any:
-                self.trips += 1
-                self.kinds[" ".join(query.split())[:60]] += 1
-                if not query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-                    self.statements += 1
-                out = await _real(c, query, *args, **kw)
-                if _name == "fetch":
-                    self.rows += len(out)
-                elif _name in ("fetchrow", "fetchval") and out is not None:
-                    self.rows += 1
-                return out
-
-            setattr(conn, name, counted)
 
 
 async def _context(dsn: str, tmp: Path) -> tuple[Any, Any, list[Any]]:
@@ -170,24 +122,8 @@ async def _context(dsn: str, tmp: Path) -> tuple[Any, Any, list[Any]]:
 
 
 def _signed(creds: Any, i: int, signed_at: datetime) -> tuple[bytes, dict[str, str]]:
-    """`bench.py`'s i-th send: its body and its signed headers (a new number each)."""
-    from bridge.api import signing
-
-    body = json.dumps({"to": f"+86138{i:08d}", "text": TEXTS[ARGS.kind]}).encode()
-    headers = {
-        "Host": "127.0.0.1:8080",
-        "Content-Type": "application/json",
-        "Idempotency-Key": uuid.uuid4().hex,
-        "Content-Length": str(len(body)),
-    }
-    nonce = uuid.uuid4().hex + uuid.uuid4().hex[:8]
-    headers.update(
-        signing.sign_request(
-            creds.app_key, creds.app_secret, "POST", "/v1/messages", "", headers, body,
-            signed_at, nonce,
-        )
-    )  # fmt: skip
-    return body, headers
+    """`bench.py`'s i-th send (a new number each) in this run's --kind."""
+    return signed_send(creds, i, TEXTS[ARGS.kind], signed_at)
 
 
 def _callgrind(on: bool) -> None:
@@ -196,9 +132,7 @@ def _callgrind(on: bool) -> None:
 
 
 async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
-    from aiohttp import streams, web
-    from aiohttp.test_utils import make_mocked_request
-    from multidict import CIMultiDict
+    from aiohttp import web
 
     from bridge.api.app import make_app
 
@@ -210,51 +144,12 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         await runner.setup()
         loop = asyncio.get_running_loop()
 
-        class Transport:
-            def get_extra_info(self, name: str, default: Any = None) -> Any:
-                return ("127.0.0.1", 1) if name == "peername" else default
-
-            def is_closing(self) -> bool:
-                return False
-
-        class Protocol:
-            transport = Transport()
-            ssl_context = None
-            peername = ("127.0.0.1", 1)
-            sockname = ("127.0.0.1", 2)
-            _reading_paused = False
-
-            def pause_reading(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def resume_reading(self, *args: Any, **kwargs: Any) -> None:
-                pass
-
-            def force_close(self) -> None:
-                pass
-
-        class Writer:
-            buffer_size = 0
-            output_size = 0
-            transport = Transport()
-
-            async def drain(self) -> None:
-                pass
-
         signed_at = datetime.now(UTC)
-        requests = []
-        for i in range(ARGS.requests):
-            body, headers = _signed(accounts[i % len(accounts)], i, signed_at)
-            payload = streams.StreamReader(Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
-            payload.feed_data(body)
-            payload.feed_eof()
-            requests.append(
-                make_mocked_request(
-                    "POST", "/v1/messages", headers=CIMultiDict(headers), payload=payload,
-                    app=app, loop=loop, writer=Writer(), transport=Transport(),
-                    protocol=Protocol(),
-                )
-            )  # fmt: skip
+        requests = mocked_sends(
+            app,
+            loop,
+            (_signed(accounts[i % len(accounts)], i, signed_at) for i in range(ARGS.requests)),
+        )
 
         async def one(request: Any) -> None:
             resp = await app._handle(request)
@@ -314,7 +209,7 @@ def _print(res: dict[str, Any], k: int) -> None:
 
 def counting() -> None:
     """The run under callgrind (--counting): the caller's database and cluster."""
-    counted = Counted()
+    counted = Counted(kinds=True)
     res = CHILDREN.asyncio_run(run(ARGS.dsn, ARGS.postmaster, counted))
     print(json.dumps(res), flush=True)
 
@@ -326,7 +221,7 @@ def main() -> None:
     if ARGS.counting:
         counting()
         return
-    counted = Counted()
+    counted = Counted(kinds=True)
     with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ sys.path.insert(0, ARGS.tree)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster: this tree's
 
 from children import Children  # noqa: E402
+from pg_counting import Counted, server_cpu  # noqa: E402
 
 # No child of its own; the cluster (pg_ctl's daemon) is stopped when main's block ends, SIGTERM
 # and SIGINT included (Children.started, Children.on_signals).
@@ -58,52 +58,6 @@ from bridge.store.models import (  # noqa: E402
 )
 
 STEPS = ("claim", "submit results", "receipts")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu(postmaster: int) -> float:
-    """CPU seconds of the cluster: its postmaster and every process under it (backends come
-    and go with the pool: the run keeps its pool open, so the same ones are counted)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(entry) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-
-class Counted:
-    """Statements and rows returned, counted at asyncpg's Connection (the pool's connections
-    forward to it)."""
-
-    def __init__(self) -> None:
-        import asyncpg
-
-        self.statements = 0
-        self.rows = 0
-        conn = asyncpg.connection.Connection
-        for name in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
-            real = getattr(conn, name)
-
-            async def counted(
-                c: Any, query: str, *args: Any, _real: Any = real, _name: str = name, **kw: Any
-            ) -> Any:
-                if not query.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-                    self.statements += 1
-                out = await _real(c, query, *args, **kw)
-                if _name == "fetch":
-                    self.rows += len(out)
-                elif _name in ("fetchrow", "fetchval") and out is not None:
-                    self.rows += 1
-                return out
-
-            setattr(conn, name, counted)
 
 
 async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:

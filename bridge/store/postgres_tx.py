@@ -42,9 +42,10 @@ END_AFTER_CANCEL_S = 5.0
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
-    """Pool release hook: our sessions change no settings (only SET LOCAL), hold no session locks
-    and LISTEN nowhere, so the default RESET ALL round trip per release is skipped. An open
-    transaction is still rolled back by asyncpg before this runs."""
+    """Pool release hook: our sessions change no settings (only SET LOCAL, and array_nulls once
+    at the start: _ARRAY_NULLS_ON), hold no session locks and LISTEN nowhere, so the default
+    RESET ALL round trip per release is skipped. An open transaction is still rolled back by
+    asyncpg before this runs."""
 
 
 # TCP keepalives and a send time-out on the server's side of every session. A client that
@@ -65,6 +66,17 @@ KEEPALIVES: dict[str, str] = {
 def session_settings(application_name: str) -> dict[str, str]:
     """`server_settings` of every connection this daemon opens."""
     return {"application_name": application_name, **KEEPALIVES}
+
+
+# The array parameters sent as literals (postgres_arrays) write SQL's NULL as an unquoted NULL,
+# which the server reads as NULL only while `array_nulls` is on: its default, but a deprecated
+# compatibility setting a database or role may turn off, and then every billed write was refused
+# (a ledger entry's NULL expiry: invalid input syntax for type bigint) and a frequency rule's
+# NULL sign read as the text 'NULL'. Set by each pool connection once, when it is opened
+# (user-settable, no privilege needed), rather than as a startup parameter: a pooler in session
+# mode (PgBouncer) refuses a startup parameter it does not know unless told to ignore it, and a
+# deployment that lists the keepalives there would not have connected after an upgrade.
+_ARRAY_NULLS_ON = "SET array_nulls = on"
 
 
 class _PoolFloorFilter(logging.Filter):
@@ -111,6 +123,7 @@ async def create_pool(
 
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # a StoreConnection
+        await conn.execute(_ARRAY_NULLS_ON)  # the array literals' NULL (_ARRAY_NULLS_ON)
 
     # asyncpg.create_pool's own defaults, given as its Pool requires them all.
     pool = await StorePool(

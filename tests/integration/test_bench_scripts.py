@@ -522,7 +522,10 @@ def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
 ) -> None:
     # Session 56. Ten accounts, ten sends in flight: each account's accept alone in its
     # transaction (BEGIN, the head, the facts, the writes, COMMIT): 3 statements, 5 round trips,
-    # a row each back (and the authenticator's read of each account once in the run: 0.1).
+    # a row each back. On top, the authenticator's reads of an account (a statement, a round
+    # trip and a row each), which it holds 30 s (1 s before h5's merge): none in a run shorter
+    # than that after the warm-up (an idle machine: ~0.12 s), one an account or more in a longer
+    # one (a loaded machine). Asserting 3.1 exactly failed on an idle machine (review of s56-h6).
     # Sends of one account, fifty in flight, share transactions: fewer.
     out = _run(
         "scripts/bench_pg_accept.py", "--requests", "110", "--accounts", "10",
@@ -530,9 +533,14 @@ def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
     )  # fmt: skip
     got = json.loads(out.strip().splitlines()[-1])
     assert got["requests"] == 100, got
-    assert (got["statements"], got["round_trips"], got["rows"]) == (3.1, 5.1, 3.1), got
     kinds = got["by_statement"]
-    assert kinds["BEGIN"] == kinds["COMMIT"] == 1 and len(kinds) == 6, got
+    accept = ("BEGIN", "COMMIT", "WITH a AS (", "SELECT sg.names ", "WITH w0 AS (")
+    own = {k: v for k, v in kinds.items() if k.startswith(accept)}
+    assert len(own) == 5 and set(own.values()) == {1.0}, got
+    reads = sum(v for k, v in kinds.items() if k not in own)  # the authenticator's
+    assert len(kinds) <= 6 and 0 <= reads <= 0.5, got
+    for key, base in (("statements", 3), ("round_trips", 5), ("rows", 3)):
+        assert abs(got[key] - (base + reads)) < 0.002, (key, got)
     assert got["cpu_us"] > 0 and got["server_us"] >= 0, got
     out = _run("scripts/bench_pg_accept.py", "--requests", "200", "--json")
     got = json.loads(out.strip().splitlines()[-1])

@@ -38,8 +38,11 @@ from bridge.store.models import (  # noqa: E402
     SubmitResult,
 )
 from bridge.store.postgres import PostgresStore  # noqa: E402
+from tests import pg_reuse  # noqa: E402
 from tests.integration.conftest import ApiServer, Clock, Creds, start_api  # noqa: E402
 from tests.integration.test_cancel import _cash, _tomorrow  # noqa: E402
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 engine = engines.engine
 

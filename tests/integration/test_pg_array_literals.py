@@ -74,3 +74,36 @@ def test_literals_quote_every_text() -> None:
     assert text_array(["a", None, 'b"c', "d\\e"]) == '{"a",NULL,"b\\"c","d\\\\e"}'
     assert int_array([1, None, True]) == "{1,NULL,1}"
     assert bytea_array([b"\x01\xff", None]) == '{"\\\\x01ff",NULL}'
+
+
+# -- a server whose `array_nulls` is off -----------------------------------------------------------
+# The literals write SQL's NULL as an unquoted NULL, which the server reads as NULL only while
+# `array_nulls` is on (the default; a deprecated compatibility setting an operator may turn off
+# for a database or a role). Off, the ledger's NULL ref went in as the text 'NULL' and its NULL
+# expiry refused the write (`invalid input syntax for type bigint: "NULL"`): the binary arrays
+# before did not depend on it. The pool sets it on for each connection (postgres_tx.create_pool).
+
+
+async def test_the_store_reads_null_elements_as_null_whatever_the_database_sets(
+    pg_dsn: str,
+) -> None:
+    from bridge.domain.ledger import topup
+    from bridge.store.postgres import PostgresStore
+    from tests.integration.test_store_rules import NOW, account
+
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        db = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f'ALTER DATABASE "{db}" SET array_nulls = off')
+    finally:
+        await admin.close()
+    s = PostgresStore(pg_dsn, min_size=1, max_size=2)
+    await s.open()
+    try:
+        assert await s.pool.fetchval("SELECT current_setting('array_nulls')") == "on"
+        await s.create_account(account("acc_a"))
+        await s.append_ledger("acc_a", topup(10_000, NOW))  # no ref, a pocket that never expires
+        rows = await s.pool.fetch("SELECT ref, expires_at FROM ledger WHERE account_id = 'acc_a'")
+        assert [tuple(r) for r in rows] == [(None, None)]
+    finally:
+        await s.close()

@@ -30,9 +30,12 @@ from bridge.smpp.codec import ShortMessage
 from bridge.smpp.router import Router
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
+from tests import pg_reuse
 from tests.connectors import BeforeFirst, Contexts, StandIn
 from tests.e2e.harness import free_port, wait_until
 from tests.integration.test_store import LEASE, NOW, accept, account, message
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 pytestmark = pytest.mark.postgres
 

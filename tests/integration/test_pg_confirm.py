@@ -17,9 +17,12 @@ from bridge.store.models import AcceptBatch, SubmitResult
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_confirm import Confirmer
 from bridge.store.postgres_tx import run_tx
+from tests import pg_reuse
 from tests.e2e.harness import wait_until
 from tests.integration import test_session18_review1 as review1
 from tests.integration.test_store_multi import LEASE, NOW, account, message
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 pg = review1.pg  # the fixture: a PostgresStore on this test's database
 

@@ -33,7 +33,10 @@ from bridge.smpp.connector import Connector  # noqa: E402
 from bridge.store.postgres import PostgresStore  # noqa: E402
 from bridge.store.postgres_coord import Coordinator  # noqa: E402
 from bridge.store.postgres_pipeline import NS_LANE  # noqa: E402
+from tests import pg_reuse  # noqa: E402
 from tests.e2e.harness import free_port, make_config  # noqa: E402
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 
 async def eventually(cond: Callable[[], bool], within_s: float = 5.0) -> None:

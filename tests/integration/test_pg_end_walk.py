@@ -22,9 +22,11 @@ from bridge.domain.ledger import topup
 from bridge.store import postgres_ends, postgres_pending_ends
 from bridge.store.models import AcceptBatch, Account, Sign, Template
 from bridge.store.postgres import PostgresStore
-from tests import pg_walks
+from tests import pg_reuse, pg_walks
 from tests.messages import one_part
 from tests.pg_walks import cash, refunds, spy_reads
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 pg = pg_walks.pg  # the store fixture
 

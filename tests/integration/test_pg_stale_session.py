@@ -22,7 +22,10 @@ import pytest
 
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_coord import Coordinator
+from tests import pg_reuse
 from tests.e2e.harness import free_port
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 
 async def eventually(cond: Callable[[], bool], within_s: float) -> None:

@@ -40,11 +40,14 @@ from bridge.crypto import Sealer
 from bridge.pipeline.webhooks import WebhookSender
 from bridge.store.base import is_unavailable
 from bridge.store.postgres import PostgresStore
+from tests import pg_reuse
 from tests.e2e.harness import WebhookReceiver, wait_until
 from tests.integration import test_session16_review3 as review3
 from tests.integration.test_pg_claim_unanswered import CommitAnswerLost
 from tests.integration.test_store import NOW, account
 from tests.pg_cluster import Cluster
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 pytestmark = pytest.mark.postgres
 

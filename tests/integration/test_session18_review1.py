@@ -45,6 +45,10 @@ from bridge.store.models import (  # noqa: E402
 )
 from bridge.store.postgres import PostgresStore  # noqa: E402
 from bridge.store.sqlite import SqliteStore  # noqa: E402
+from tests import pg_reuse  # noqa: E402
+from tests.sqlite_template import migrated_copy  # noqa: E402
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 NOW = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 SEC = 1_000
@@ -71,6 +75,7 @@ async def pg(pg_dsn: str) -> AsyncIterator[PostgresStore]:
 
 @pytest.fixture
 async def lite(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    migrated_copy(tmp_path / "oracle.db")  # as a first open leaves it (tests/sqlite_template.py)
     s = SqliteStore(tmp_path / "oracle.db")
     await s.open()
     try:

@@ -40,7 +40,10 @@ import pytest
 from bridge.store import postgres_dnc
 from bridge.store.models import AcceptBatch, Account, AppKey, DncInfo, IdempotencyRecord
 from bridge.store.postgres import PostgresStore
+from tests import pg_reuse
 from tests.messages import one_part
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 NOW = 1_700_000_000_000
 LEASE = 300_000

@@ -95,7 +95,10 @@ from bridge.store.models import (
     SubmitResult,
 )
 from bridge.store.postgres import PostgresStore
+from tests import pg_reuse
 from tests.messages import one_part
+
+pg_dsn = pg_reuse.migrated_pg_dsn  # a store on the worker's migrated database (tests/pg_reuse.py)
 
 NOW = 1_700_000_000_000
 LEASE = 300_000

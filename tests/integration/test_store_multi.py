@@ -4,7 +4,9 @@ processes would have) racing on the same rows.
 Each test is a guarantee the scale-out engine makes that a single SQLite process gets for free:
 claims never overlap, dead instances' claims come back, one idempotency key accepts one batch, a
 nonce is accepted once, a webhook is handed out once, a receipt racing its submit result is never
-stranded, a rate is shared, migrations run once.
+stranded, a rate is shared, migrations run once. The instances open on the worker's migrated
+database (`pg_migrated_dsn`, tests/pg_reuse.py says why), but for the migrating ones: on an
+empty one (`pg_dsn`).
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def account(aid: str = "acc_a", *, tps: int = 0, status_url: str | None = None) 
 
 
 @pytest.fixture
-async def pair(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    a = PostgresStore(pg_dsn, min_size=1, max_size=8)
-    b = PostgresStore(pg_dsn, min_size=1, max_size=8)
+async def pair(pg_migrated_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    a = PostgresStore(pg_migrated_dsn, min_size=1, max_size=8)
+    b = PostgresStore(pg_migrated_dsn, min_size=1, max_size=8)
     await asyncio.gather(a.open(), b.open())
     try:
         yield a, b
@@ -139,7 +141,7 @@ async def test_expired_lease_is_reclaimed_by_another_instance(
 
 
 async def test_dead_instance_claims_come_back_before_the_lease(
-    pair: tuple[PostgresStore, PostgresStore], pg_dsn: str
+    pair: tuple[PostgresStore, PostgresStore], pg_migrated_dsn: str
 ) -> None:
     a, b = pair
     await a.accept(AcceptBatch("acc_a", (message("m1", parts=2),), None, None), NOW)
@@ -154,7 +156,7 @@ async def test_dead_instance_claims_come_back_before_the_lease(
     # inst-b holds its instance lock (a live process whose heartbeat is late): kept.
     # inst-a holds none and is silent: its claim comes back, its unsent part marked unknown
     # because its SMSC is configured so.
-    holder = await asyncpg.connect(pg_dsn)
+    holder = await asyncpg.connect(pg_migrated_dsn)
     try:
         await holder.execute("SELECT pg_advisory_lock($1, hashtext($2))", NS_INSTANCE, "inst-b")
         out = await b.reclaim(NOW + DEAD_AFTER_MS + 1, frozenset({"smscU"}))
@@ -175,7 +177,7 @@ async def test_dead_instance_claims_come_back_before_the_lease(
 
 
 async def test_webhook_leases_of_a_live_instance_stay_theirs(
-    pair: tuple[PostgresStore, PostgresStore], pg_dsn: str
+    pair: tuple[PostgresStore, PostgresStore], pg_migrated_dsn: str
 ) -> None:
     """An instance's report leases are given back only once it is gone by the claims' test:
     a late heartbeat alone (its instance lock held) keeps them."""
@@ -185,7 +187,7 @@ async def test_webhook_leases_of_a_live_instance_stay_theirs(
     (job,) = await a.claim_webhooks(NOW, 10, 10 * DEAD_AFTER_MS, holder="inst-a")
     await a.heartbeat("inst-a", "all", NOW, "{}")
     assert await b.free_webhook_leases(NOW + DEAD_AFTER_MS - 1, at_start=False) == 0
-    holder = await asyncpg.connect(pg_dsn)
+    holder = await asyncpg.connect(pg_migrated_dsn)
     try:
         await holder.execute("SELECT pg_advisory_lock($1, hashtext($2))", NS_INSTANCE, "inst-a")
         assert await b.free_webhook_leases(NOW + DEAD_AFTER_MS + 1, at_start=False) == 0
@@ -402,13 +404,15 @@ async def test_mo_parts_arriving_on_two_instances_complete_once(
     assert await a.stale_mo_groups(NOW + 1, 100) == []
 
 
-async def test_leases_and_heartbeats_are_kept_in_the_databases_clock(pg_dsn: str) -> None:
+async def test_leases_and_heartbeats_are_kept_in_the_databases_clock(pg_migrated_dsn: str) -> None:
     """Instances on hosts whose clocks disagree: one 10 minutes ahead neither finds the other's
     live claims expired (and sends them again) nor its heartbeat stale; the leases still run out
     when the database's clock says so."""
     ahead_ms = 600_000
-    a = PostgresStore(pg_dsn, min_size=1, max_size=4)
-    b = PostgresStore(pg_dsn, min_size=1, max_size=4, local_clock=lambda: time.time() + 600)
+    a = PostgresStore(pg_migrated_dsn, min_size=1, max_size=4)
+    b = PostgresStore(
+        pg_migrated_dsn, min_size=1, max_size=4, local_clock=lambda: time.time() + 600
+    )
     await asyncio.gather(a.open(), b.open())
     try:
         assert a.clock_offset_ms == 0  # same host as the database: below the 250 ms step
