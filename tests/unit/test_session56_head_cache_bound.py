@@ -142,14 +142,20 @@ def test_every_head_answers_as_the_strict_parser_does(head: str) -> None:
 
 @pytest.mark.parametrize(("names", "kept"), [(16, 1), (17, 0)])
 def test_a_head_of_up_to_16_names_is_kept(names: int, kept: int) -> None:
-    value = (
-        f"{signing.ALGORITHM} Credential=k,SignedHeaders="
-        + ";".join(_names(names))
-        + f",Signature={_SIG}"
-    )
-    parsed = signing.parse_authorization(value)
+    """Up to 16 names the head's parse is kept; past them the strict parser parses it (None is
+    kept for the head, and its list's plan is not kept)."""
+    head = f"{signing.ALGORITHM} Credential=k,SignedHeaders=" + ";".join(_names(names))
+    parsed = signing.parse_authorization(f"{head},Signature={_SIG}")
     assert len(parsed.signed_headers) == names
-    assert signing._usual_head.cache_info().currsize == kept
+    assert (signing._usual_head(head) is not None) == bool(kept)
     with pytest.raises(signing.SignatureError):
         signing._check_plan(parsed, {})
     assert signing._signed_plan.cache_info().currsize == kept
+
+
+def test_a_value_longer_than_an_sdks_is_not_looked_up() -> None:
+    head = f"{signing.ALGORITHM} Credential={'k' * 128},SignedHeaders=" + ";".join(_names(60))
+    value = f"{head},Signature={_SIG}"
+    assert len(value) > signing._CACHED_AUTH_CHARS
+    assert signing.parse_authorization(value).app_key == "k" * 128
+    assert signing._usual_head.cache_info().currsize == 0
