@@ -300,7 +300,13 @@ def parse_authorization(value: str | None) -> AuthHeader:
     unique, because the same string goes into the canonical request and a reordered list would
     otherwise sign differently on each side.
     """
-    if value is not None and value[-_USUAL_TAIL:-64] == _SIGNATURE_PART:
+    # Only a value of an SDK's size is looked up in the head cache (_CACHED_AUTH_CHARS); any
+    # other goes to the strict parser, which answers every value as the usual form does.
+    if (
+        value is not None
+        and len(value) <= _CACHED_AUTH_CHARS
+        and value[-_USUAL_TAIL:-64] == _SIGNATURE_PART
+    ):
         usual = _usual_head(value[:-_USUAL_TAIL])
         signature = value[-64:]
         if usual is not None and _HEX64_RE.fullmatch(signature):
@@ -319,10 +325,24 @@ def _usual_head_of(head: str) -> tuple[str, tuple[str, ...]] | None:
         return None
     app_key, signed = match.groups()
     names = tuple(signed.split(";"))
+    if len(names) > _CACHED_HEAD_NAMES:  # not kept (see _CACHED_AUTH_CHARS): the strict parser
+        return None
     return (app_key, names) if list(names) == sorted(set(names)) else None
 
 
 _usual_head = functools.lru_cache(maxsize=KEY_CACHE_DEFAULT)(_usual_head_of)
+# What `_usual_head` keeps: heads of Authorization values of at most this many characters, and
+# their lists when of at most this many names (longer ones answered None: the strict parser
+# then parses them, with the same answer). Why: its entries come before any key is known, from
+# whatever anyone sends, and it holds `server.account_cache` of them (10,000 by default; 256
+# before session 56). A head as long as a header may be (8,190 characters) naming 2,000 headers
+# was ~128 KB held an entry: ~1.3 GB a process at the default, sent without a key (session 56's
+# review). An SDK's value is ~235 characters and 4-6 names (a 128-character key and every header
+# signed: ~335 and 6); capped, an entry holds ~2 KB at most. `_signed_plan`'s lists likewise
+# (256 of them, ~250 KB each for 2,000 names: 64 MB since session 51). The checks cost a send
+# ~0.2 k instructions: the length beside the tail's comparison, the names on a miss only.
+_CACHED_AUTH_CHARS = 400
+_CACHED_HEAD_NAMES = 16
 
 
 def set_key_cache(size: int) -> None:
@@ -408,7 +428,11 @@ def _check_plan(auth: AuthHeader, sent: Container[str]) -> frozenset[str]:
     """The first two refusals of both forms above: a name SignedHeaders must include, and a
     header sent that must be signed (`sent` answers `in` for a lower-case name); the signed
     names."""
-    missing, signed, unsigned = _signed_plan(auth.signed_headers)
+    names = auth.signed_headers
+    # Only an SDK's list is kept (see _CACHED_HEAD_NAMES); a longer one is asked without the
+    # cache, with the same answer.
+    plan = _signed_plan if len(names) <= _CACHED_HEAD_NAMES else _signed_plan.__wrapped__
+    missing, signed, unsigned = plan(names)
     if missing is not None:
         raise _mismatch(f"SignedHeaders must include '{missing}'")
     for name in unsigned:

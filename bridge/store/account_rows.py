@@ -86,6 +86,12 @@ def set_account_cache(size: int) -> None:
             cache.popitem(last=False)
 
 
+def cache_size() -> int:
+    """The bound `set_account_cache` set: the PostgreSQL store's accounts by version hold as
+    many (postgres.PostgresStore._by_version)."""
+    return _size
+
+
 def account_json_cached(text: str) -> Account:
     """`account_row` of an ACCOUNT_JSON_SQLITE value, the account built once per distinct text.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
@@ -55,6 +56,7 @@ from bridge.store.account_rows import (
     SEALED_SECRETS,
     audit_row,
     audit_values,
+    cache_size,
     column_value,
     refusal_of,
     senders_of,
@@ -362,7 +364,6 @@ class _Refused(Exception):
 
 
 _GROUP_MAX = 200  # accepts of one account per transaction (see PostgresStore._drain_account)
-_BY_VERSION_MAX = 256  # accounts held by version (PostgresStore._by_version)
 
 
 async def _run_group(
@@ -501,8 +502,11 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         # The Account last built for each account id with its row's `row_version` (migration
         # 0037), which every write of the row changes: an accept's first statement is given it
         # and answers NULL for the account while the row keeps it (_HEAD_COLS, _head_account).
-        # Per store: the versions are one database's. Bounded, cleared when full.
-        self._by_version: dict[str, tuple[int, Account]] = {}
+        # Per store: the versions are one database's. At most `server.account_cache` accounts
+        # (account_rows.cache_size, as SQLite's), the least recently used dropped for a new one:
+        # until session 56's review 256, emptied when full, so an instance taking sends from more
+        # accounts built the Account again on every accept.
+        self._by_version: OrderedDict[str, tuple[int, Account]] = OrderedDict()
         # webhooks.send_intermediate: also report "sent" (all parts accepted by the SMSC).
         self.send_intermediate = False
         self.claim_reports = 0  # Store.claim_reports
@@ -1111,7 +1115,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             # them: the facts are moved on by what it wrote (adm.facts_after), and the rate
             # bucket (locked by the group's first read already) is the one it left.
             fargs = rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=not prev)
-            known = self._by_version.get(batch.account_id)
+            known = _held(self._by_version, batch.account_id)
             head_args = [*_head_args(batch, now, known), *fargs[1:]]
             if prev is None:
                 row = await c.fetchrow(_RULES_HEAD_AUTH_FACTS, *head_args)
@@ -2317,7 +2321,7 @@ async def _lock_account(
     batch: AcceptBatch,
     now: int,
     head: _HeadWrites,
-    by_version: dict[str, tuple[int, Account]],
+    by_version: OrderedDict[str, tuple[int, Account]],
 ) -> float | AcceptOutcome:
     """The first statement of an accept under sending rules (see _RULES_HEAD_AUTH): the account
     lock, the deferred authorisation and the idempotency record. Returns the TPS to enforce, or
@@ -2325,7 +2329,7 @@ async def _lock_account(
     `head` says what the statement wrote."""
     idem = batch.idempotency if batch.idempotency_key is not None else None
     if batch.nonce is not None and batch.key_id is not None:
-        known = by_version.get(batch.account_id)
+        known = _held(by_version, batch.account_id)
         row = await c.fetchrow(_RULES_HEAD_AUTH, *_head_args(batch, now, known))
         return await _check_head(c, row, batch, now, head, known, by_version)
     head.locked = True
@@ -2380,8 +2384,20 @@ def _head_args(batch: AcceptBatch, now: int, known: tuple[int, Account] | None) 
     )
 
 
+def _held(
+    by_version: OrderedDict[str, tuple[int, Account]], account_id: str
+) -> tuple[int, Account] | None:
+    """The (row_version, Account) held for `account_id`, now the most recently used, or None."""
+    hit = by_version.get(account_id)
+    if hit is not None:
+        by_version.move_to_end(account_id)
+    return hit
+
+
 def _head_account(
-    row: Any, known: tuple[int, Account] | None, by_version: dict[str, tuple[int, Account]]
+    row: Any,
+    known: tuple[int, Account] | None,
+    by_version: OrderedDict[str, tuple[int, Account]],
 ) -> Account:
     """The Account of a head's row: `known`'s when the statement answered NULL for it (the row
     still has that version), else built from the row and kept with its version."""
@@ -2390,9 +2406,10 @@ def _head_account(
         return known[1]
     account = _account(tuple(row)[1 : 1 + _N_ACCOUNT_COLS])
     if version is not None:
-        if len(by_version) >= _BY_VERSION_MAX:
-            by_version.clear()
+        by_version.pop(account.id, None)  # stored again: the newest
         by_version[account.id] = (version, account)
+        while len(by_version) > cache_size():
+            by_version.popitem(last=False)
     return account
 
 
@@ -2403,7 +2420,7 @@ async def _check_head(
     now: int,
     head: _HeadWrites,
     known: tuple[int, Account] | None,
-    by_version: dict[str, tuple[int, Account]],
+    by_version: OrderedDict[str, tuple[int, Account]],
 ) -> float | AcceptOutcome:
     """The authorisation from the signed accept's first statement (see _lock_account); `known`
     the (version, Account) its parameters named, `by_version` where a new one is kept."""

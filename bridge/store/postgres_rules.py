@@ -1125,8 +1125,10 @@ class RulesStoreMixin:
             if status is None:
                 return False
             if status == "active":
+                # updated_at moves on, as every change's (PostgresStore.update_account).
                 await c.execute(
-                    "UPDATE accounts SET status = 'disabled', updated_at = $2 WHERE id = $1",
+                    "UPDATE accounts SET status = 'disabled', "
+                    "updated_at = GREATEST($2, updated_at + 1) WHERE id = $1",
                     account_id,
                     now,
                 )
@@ -1172,9 +1174,11 @@ class RulesStoreMixin:
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(await read_pockets(c, account_id), now)
             await append_entries(c, account_id, entries)
+            # updated_at never back (the first step moved it on; closed, it stays closed).
             await c.execute(
                 "WITH a AS (UPDATE accounts SET status = 'closed', closed_at = $2, "
-                "updated_at = $2, status_callback_url = NULL, mo_callback_url = NULL "
+                "updated_at = GREATEST($2, updated_at), status_callback_url = NULL, "
+                "mo_callback_url = NULL "
                 "WHERE id = $1), "
                 "k AS (UPDATE app_keys SET status = 'revoked', revoked_at = $2 "
                 "WHERE account_id = $1 AND status = 'active'), "

@@ -1133,8 +1133,11 @@ class RulesStoreMixin:
                 return False
             status = row[0]
             if status == "active":
+                # updated_at moves on, as every change's (SqliteStore.update_account): set to
+                # `now` it could go back to a version a cached copy was validated against.
                 c.execute(
-                    "UPDATE accounts SET status='disabled', updated_at=? WHERE id=?",
+                    "UPDATE accounts SET status='disabled', updated_at=MAX(?, updated_at + 1) "
+                    "WHERE id=?",
                     (now, account_id),
                 )
             if status != "closed":
@@ -1172,8 +1175,9 @@ class RulesStoreMixin:
             # After the refunds: what the account holds now is what it is owed or loses.
             entries = adm.close_plan(read_pockets(c, account_id), now)
             append_entries(c, account_id, entries)
+            # updated_at never back (the first step moved it on; closed, it stays closed).
             c.execute(
-                "UPDATE accounts SET status='closed', closed_at=?, updated_at=?, "
+                "UPDATE accounts SET status='closed', closed_at=?, updated_at=MAX(?, updated_at), "
                 "status_callback_url=NULL, mo_callback_url=NULL WHERE id=?",
                 (now, now, account_id),
             )

@@ -14,6 +14,7 @@ none held (every head reads the row, as before).
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -148,7 +149,7 @@ async def test_a_change_by_another_instance_is_seen_by_the_next_accept(
 # -- the differential --------------------------------------------------------------------------
 
 
-class _Forgetful(dict[str, Any]):
+class _Forgetful(OrderedDict[str, Any]):
     """A `_by_version` that keeps nothing: every head reads the account (the reference)."""
 
     def __setitem__(self, key: str, value: Any) -> None:
