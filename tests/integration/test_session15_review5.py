@@ -439,12 +439,13 @@ async def test_accept_plan_takes_the_dnc_lock_before_the_account_row(pg: Factory
             await conn.execute(f"SET plan_cache_mode = {mode}")
             await conn.execute("DEALLOCATE ALL")
             await conn.execute(f"PREPARE locked(text) AS {_LOCKED_ACCOUNT}")
-            types = "text, text, text, bigint, bigint, text, text, int, bytea, bigint"
+            # $11: the account's row_version the process holds (PostgreSQL migration 37): none.
+            types = "text, text, text, bigint, bigint, text, text, int, bytea, bigint, bigint"
             await conn.execute(f"PREPARE head({types}) AS {_RULES_HEAD_AUTH}")
             for sql in (
                 f"EXPLAIN (COSTS OFF) EXECUTE locked('{creds.account_id}')",
                 f"EXPLAIN (COSTS OFF) EXECUTE head('{creds.account_id}', '{creds.app_key}', "
-                "'n', 1, 1, 'k', 'h', 202, '\\x00'::bytea, 1)",
+                "'n', 1, 1, 'k', 'h', 202, '\\x00'::bytea, 1, NULL)",
             ):
                 plan = [r[0] for r in await conn.fetch(sql)]
                 assert _locks_after_dnc(plan), (mode, plan)
