@@ -313,7 +313,9 @@ def refused_details(refused: Sequence[RecipientRefusal]) -> dict[str, Any]:
     }
 
 
-def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
+def decide(rules: Rules, facts: Facts, now: int, day: str | None = None) -> Refusal | Plan:
+    """The send's Refusal, or its Plan. `day`: `day_key(now, rules.tz)` when the caller has it
+    already (the SQLite accept computes it before its write lock; session 57)."""
     if facts.template_status == "changed":  # before any other refusal: it is ours, not theirs
         return Refusal(
             "TEMPLATE_CHANGED",
@@ -347,7 +349,8 @@ def decide(rules: Rules, facts: Facts, now: int) -> Refusal | Plan:
         return Refusal(
             first.code, first.message, first.retry_after, details=refused_details(refused)
         )
-    day = day_key(now, rules.tz)
+    if day is None:
+        day = day_key(now, rules.tz)
     n = len(recipients)
     if facts.daily_quota > 0 and facts.day_count + n > facts.daily_quota:
         left = max(0, facts.daily_quota - facts.day_count)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
@@ -681,6 +682,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 )
                 if facts_row:
                     if base is None:  # read now: kept for the batch's next accepts
+                        if facts_row[6]:  # the pockets parsed once for all of them
+                            facts_row[6] = jsonio.loads(facts_row[6])
                         read_base = (fact_day, facts_row[0], facts_row[6])
                     else:
                         facts_row[0] = base[1]
@@ -761,7 +764,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                             else facts.pockets
                         ),
                     )
-                decision = adm.decide(batch.rules, facts, now)
+                decision = adm.decide(batch.rules, facts, now, fact_day)
                 if isinstance(decision, adm.Refusal):
                     raise _Refused(decision)  # rolls back the idempotency record too
                 plan = decision

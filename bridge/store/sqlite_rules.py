@@ -217,14 +217,17 @@ def one_facts_of(
     """The facts of a one-recipient send from the account's own (`_ACCOUNT_FACTS`: its row's
     values, or those of the account the key's statement read, `sqlite._authorize`) and the
     columns of `one_facts_query`; moved by what earlier accepts of the write batch hold: today's
-    count by `day_held`, the pockets by `held`'s (given when the query read them)."""
+    count by `day_held`, the pockets by `held`'s (given when the query read them). The pockets'
+    column is its JSON text, or the rows parsed from it (`HeldSums.base` keeps them parsed:
+    the batch's later accepts of the account do not parse them again, session 57); neither is
+    changed."""
     day_count, sign, template, opted, blocked, hist, pockets = row
     if not pockets:
         read = []
-    elif held is None:
-        read = [adm.Pocket(*p) for p in jsonio.loads(pockets)]
     else:
-        read = held_pockets(jsonio.loads(pockets), held)
+        if type(pockets) is str:  # the column's JSON; parsed already when a batch's base
+            pockets = jsonio.loads(pockets)
+        read = [adm.Pocket(*p) for p in pockets] if held is None else held_pockets(pockets, held)
     # By position, in the class's field order (held by tests/unit/test_session51_positional.py):
     # a frozen class called with keywords gets them as a dict its init unpacks again, ~500
     # instructions a field, and this runs in every one-recipient accept inside the write lock.
@@ -361,7 +364,8 @@ class HeldSums:
         self.days: dict[str, int] = {}
         self.pockets: dict[str, list[Any]] = {}
         # What an accept of the batch read of the account's stored sums (the day, its count
-        # column and the pockets' JSON column of `_one_cols`, None when not read), which
+        # column and the pockets' rows parsed from the JSON column of `_one_cols`, None when not
+        # read), which
         # nothing but `write_held` writes within the batch, and that empties `held`: the
         # account's later accepts of the batch take them from here, not the store (session 55).
         self.base: tuple[str | None, Any, Any] | None = None

@@ -658,6 +658,29 @@ def test_store_differential_finds_a_row_written_otherwise(tmp_path: Path) -> Non
     assert re.search(r"differing scenarios [1-4]\b", out), out
 
 
+def test_accept_differential_finds_a_row_written_otherwise(tmp_path: Path) -> None:
+    """accept_differential.py (session 57): two copies of this tree dump the same tables and
+    answers after every batch of its scenarios; a copy whose later accepts of a batch read
+    today's count one higher differs (quota refusals, counts), and the script exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        for part in ("bridge", "tests"):
+            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    out = _run("scripts/accept_differential.py", "--base", str(same), "--seeds", "6")
+    assert re.search(r"scenarios 6, steps dumped \d+, differing scenarios 0", out), out
+    store = changed / "bridge" / "store" / "sqlite.py"
+    text = store.read_text()
+    planted = text.replace("facts_row[0] = base[1]", "facts_row[0] = (base[1] or 0) + 1")
+    assert planted != text
+    store.write_text(planted)
+    out = _run(
+        "scripts/accept_differential.py", "--base", str(same), "--tree", str(changed),
+        "--seeds", "40", codes=(1,),
+    )  # fmt: skip
+    assert re.search(r"differing scenarios [1-9]\d*\b", out), out
+
+
 def _can_trace_scheduling() -> bool:
     return _can_trace_syscalls() and any(Path(d, "events/sched").is_dir() for d in TRACING)
 
