@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import random
@@ -342,6 +343,206 @@ class _Bind:
 
     def waiting(self) -> int:
         return len(self.hi) + len(self.lo)
+
+
+class _One:
+    """One part sent by `Connector.send_one`: where it is (in the window's line, on the wire,
+    in a task, over) and what its callbacks need. A task per message, with its steps and
+    coroutine frames, cost ~15 k instructions where a future's done-callback costs ~3 k
+    (README note 27)."""
+
+    __slots__ = (
+        "bind",
+        "c",
+        "context",
+        "ctx",
+        "deadline",
+        "done",
+        "fut",
+        "line",
+        "outcomes",
+        "part",
+        "proto",
+        "task",
+    )
+
+    def __init__(
+        self,
+        c: Connector,
+        bind: _Bind,
+        part: ShortMessage,
+        deadline: float | None,
+        context: Any,
+        done: Callable[[list[SubmitOutcome], BaseException | None], None] | None,
+        ctx: contextvars.Context,
+    ) -> None:
+        self.c = c
+        self.bind = bind
+        self.part = part
+        self.deadline = deadline
+        self.context = context
+        self.done = done  # None once called
+        self.ctx = ctx
+        self.line: asyncio.Future[bool] | None = None  # waiting for a window slot
+        self.fut: asyncio.Future[SubmitResult] | None = None  # waiting for the answer
+        self.proto: SmppProtocol | None = None
+        self.task: asyncio.Task[None] | None = None  # the rest in a task (_rest, _cancelled)
+        self.outcomes: list[SubmitOutcome] = []
+
+    def start(self) -> None:
+        """send_message's first steps for part 0: the usual part submitted with a free slot,
+        else `_submit_on`'s (a slot from the line, the deadline, the submit)."""
+        c, bind = self.c, self.bind
+        try:
+            deadline = self.deadline
+            if c._slot_now(bind) and (deadline is None or running(c._loop).time() < deadline):
+                proto = bind.proto
+                if proto is not None:
+                    try:
+                        fut = c._submit_now(bind, proto, self.part, self.context)
+                    except EncodeError as e:
+                        self._end([c._unencodable(0, e)])
+                        return
+                    if fut is not None:
+                        self._on_wire(proto, fut)
+                        return
+            line = c._acquire(bind, False)
+            if line is None:  # a slot at once
+                self._slot()
+            elif line.done():
+                if line.result():
+                    self._slot()
+                else:
+                    self._go_on(None, None)
+            else:
+                self.line = line
+                line.add_done_callback(self._lined, context=self.ctx)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _lined(self, line: asyncio.Future[bool]) -> None:
+        if self.line is not line or self.done is None:  # left the line (cancel)
+            return
+        self.line = None
+        try:
+            if line.result():
+                self._slot()
+            else:  # the bind went away first: not an attempt
+                self._go_on(None, None)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _slot(self) -> None:
+        """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
+        c, b = self.c, self.bind
+        fut = proto = None
+        try:
+            if self.deadline is not None and c._now() >= self.deadline:
+                outcome = SubmitOutcome(0, "expired", -1, "VALIDITY_EXPIRED", None)
+            else:
+                outcome = None
+                proto = b.proto
+                if proto is not None and proto.is_bound and not c._closing:
+                    try:
+                        fut = proto.submit(self.part, self.context)
+                    except (WindowFull, NotBound):
+                        pass
+        except EncodeError as e:
+            outcome = c._unencodable(0, e)
+        finally:
+            b.reserved -= 1
+            if fut is None:
+                c._pump(b)  # hand the unused slot on
+        if outcome is not None:
+            self._end([outcome])
+        elif fut is None:  # the bind went away before the PDU left: not an attempt
+            self._go_on(None, None)
+        else:
+            assert proto is not None  # mypy: the one `fut` came from
+            self._on_wire(proto, fut)
+
+    def _on_wire(self, proto: SmppProtocol, fut: asyncio.Future[SubmitResult]) -> None:
+        self.proto = proto
+        self.fut = fut
+        fut.add_done_callback(self._answered, context=self.ctx)
+
+    def _answered(self, fut: asyncio.Future[SubmitResult]) -> None:
+        if self.fut is not fut or self.done is None:  # cancelled meanwhile (cancel)
+            return
+        self.fut = None
+        try:
+            res = fut.result()
+            if res.error is None and res.status == _ROK:
+                c = self.c
+                self._end([c._accepted(0, self.bind, res, running(c._loop).time())])
+            else:
+                self._go_on(self.bind, res)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
+        """What send_message hands `_send_part`: in a task, as resends wait and retry."""
+        self.task = running(self.c._loop).create_task(self._rest(bind, first))
+
+    async def _rest(self, bind: _Bind | None, first: SubmitResult | None) -> None:
+        wire: list[asyncio.Future[SubmitResult]] = []
+        try:
+            try:
+                outcome, _b = await self.c._send_part(
+                    0, self.part, bind, None, self.deadline, self.context, wire, first
+                )
+            except asyncio.CancelledError:
+                if wire:
+                    await self.c._answer_after_cancel(wire[0], 0, self.outcomes)
+                raise
+        except BaseException as exc:  # told to the caller, which send_message raised to
+            self._over(exc)
+            return
+        self._end([outcome])
+
+    async def _cancelled(self, fut: asyncio.Future[SubmitResult]) -> None:
+        try:
+            await self.c._answer_after_cancel(fut, 0, self.outcomes)
+        finally:
+            self._over(asyncio.CancelledError())
+
+    def cancel(self) -> None:
+        """What a task's cancel did to send_message: a part in the line leaves it, one on the
+        wire has its answer awaited (bounded, `_answer_after_cancel`) and an acceptance kept,
+        a task is cancelled; then `done(CancelledError)`."""
+        if self.done is None:
+            return
+        if self.task is not None:
+            self.task.cancel()
+            return
+        line, fut = self.line, self.fut
+        if line is not None:
+            self.line = None
+            line.cancel()
+            self.c._left_line(self.bind, False, line)
+            self._over(asyncio.CancelledError())
+        elif fut is not None and self.proto is not None:
+            self.fut = None
+            # As a task's cancel: the awaited future cancelled, or, answered already, kept.
+            answer = self.proto.answer_after_cancel(fut) if fut.cancel() else fut
+            self.task = running(self.c._loop).create_task(self._cancelled(answer))
+
+    def _end(self, outcomes: list[SubmitOutcome]) -> None:
+        self.outcomes.extend(outcomes)
+        self._over(None)
+
+    def _fail(self, exc: Exception) -> None:
+        self._over(exc)
+
+    def _over(self, exc: BaseException | None) -> None:
+        """send_message's `finally`, then its caller told."""
+        done, self.done = self.done, None
+        if done is None:
+            return
+        c = self.c
+        c._active -= 1
+        c._check_idle()
+        done(self.outcomes, exc)
 
 
 class Connector:
@@ -754,6 +955,37 @@ class Connector:
         finally:
             self._active -= 1
             self._check_idle()
+
+    def send_one(
+        self,
+        part: ShortMessage,
+        deadline: float | None,
+        context: Any,
+        done: Callable[[list[SubmitOutcome], BaseException | None], None],
+        ctx: contextvars.Context,
+    ) -> _One | None:
+        """`send_message` for a one-part message without a task (session 57): its submit_sm
+        queued now, or its place taken in the window's line, and what comes next run by the
+        done-callbacks of the answer's (or the line's) future, in `ctx` (the message's logging
+        context). `done(outcomes, None)` with what send_message returns, `done(outcomes, exc)`
+        with what it raises (CancelledError after `_One.cancel`, an acceptance that came
+        meanwhile in `outcomes` as there), called once: from a callback or a task, or before
+        this returns.
+
+        None, with nothing done, when send_message would not take its usual way at once (not
+        started, stopping, a TPS limit, no bind up): the caller sends it with send_message.
+        An answer other than an acceptance, and a slot lost before the part left, go on in a
+        task through `_send_part`, as in send_message; the steps taken here are send_message's
+        own in the same order (the same bind picked, the same sequence numbers)."""
+        if self._stopping or not self._started or self._throttler is not None:
+            return None
+        bind = self._best_bind()  # None moves nothing (`_rr` only with two binds up)
+        if bind is None:
+            return None
+        self._active += 1
+        one = _One(self, bind, part, deadline, context, done, ctx)
+        one.start()
+        return one
 
     async def _answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult], index: int, outcomes: list[SubmitOutcome]
