@@ -35,7 +35,7 @@ from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.pipeline.wake import WaitFlag
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import LateSubmit, SubmitOutcome
+from bridge.smpp.connector import LateSubmit, OnePart, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
@@ -604,7 +604,7 @@ class Dispatcher:
 
     def _send_quick(self, q: _Quick) -> bool:
         """`_send_parts` for a one-part message sent without a task (`_Quick`): True once it is
-        the connector's (`Connector.send_one`: `q.finish` is called with its outcome). False,
+        the connector's (`Connector.send_one`: `q.finished` is called with its outcome). False,
         with nothing done, when it is not the usual case, which its task takes as before: a
         part already routed (a retry's `msg.smsc`), expired, without an SMSC up, to encode
         again for its route, for an `in_flight_on_restart: unknown` SMSC (its route recorded
@@ -645,16 +645,16 @@ class Dispatcher:
         by_smsc = self._by_smsc
         by_smsc[name] += 1
         try:
-            one = send_one(part, deadline, (msg.id, msg.segments[0].seq), q.finish, q.ctx)
+            taken = send_one(q, part, deadline, (msg.id, msg.segments[0].seq))
         except BaseException:
             q.name = None
             self._left_smsc(name)
             raise
-        if one is None:
+        if not taken:
             q.name = None
             self._left_smsc(name)
             return False
-        q.one = one
+        q.sending = True
         self._no_route.pop(msg.id, None)
         return True
 
@@ -1012,11 +1012,36 @@ class Dispatcher:
         return self._flying
 
 
-class _Flight:
+class _Holds:
     """A message's hold on its dispatch slot: its task's share, and one per batcher call of its
     results (one, usually), each ended by the batcher once the call's batch is committed or
     failed; the last frees the slot (Dispatcher._landed). A failed flush was logged by the
-    batcher and frees it too, as the wait for it did (gather's return_exceptions)."""
+    batcher and frees it too, as the wait for it did (gather's return_exceptions). Slots of
+    its own none (`_Flight`'s, `_Quick`'s: the latter's first base has slots too)."""
+
+    __slots__ = ()
+    d: Dispatcher
+    mid: str
+    waits: int
+
+    def add(self, *items: SubmitResult | Release) -> None:
+        """The message's results, to the batcher: the slot is held until they are committed."""
+        if not items:
+            return
+        self.waits += 1  # type: ignore[misc]  # a slot of each subclass
+        if len(items) == 1:
+            self.d._results.add_call(items[0], self.settled)
+        else:
+            self.d._results.add_many_call(items, self.settled)
+
+    def settled(self, _failed: BaseException | None) -> None:
+        self.waits -= 1  # type: ignore[misc]  # a slot of each subclass
+        if not self.waits:
+            self.d._landed(self.mid)
+
+
+class _Flight(_Holds):
+    """The hold of a message sent by its task (`Dispatcher._send`)."""
 
     __slots__ = ("d", "mid", "waits")
 
@@ -1025,37 +1050,23 @@ class _Flight:
         self.mid = mid
         self.waits = 1  # the task's own share, ended as it ends
 
-    def add(self, *items: SubmitResult | Release) -> None:
-        """The message's results, to the batcher: the slot is held until they are committed."""
-        if not items:
-            return
-        self.waits += 1
-        if len(items) == 1:
-            self.d._results.add_call(items[0], self.settled)
-        else:
-            self.d._results.add_many_call(items, self.settled)
 
-    def settled(self, _failed: BaseException | None) -> None:
-        self.waits -= 1
-        if not self.waits:
-            self.d._landed(self.mid)
-
-
-class _Quick(_Flight):
+class _Quick(OnePart, _Holds):
     """A one-part message sent without a task (session 57): started by a loop callback where
-    its task's first step would have run, handed to the connector (`Connector.send_one`),
-    recorded by `finish` from the callback that has its outcome. A task per message (made,
-    stepped twice, its coroutine frames) cost ~15 k instructions a message.
+    its task's first step would have run, handed to the connector (`Connector.send_one`, this
+    object its record there too), recorded by `finished` from the callback that has its
+    outcome. A task per message (made, stepped twice, its coroutine frames) cost ~15 k
+    instructions a message.
 
     What the task did, kept: its log lines carry MESSAGE_ID (every callback and task of it
-    runs in `ctx`, the message's copy of the context, as a task's own), it holds its place
-    in `_tasks` (stop() waits for `waiter()` and calls `cancel()` as it cancelled a task), the
-    dispatch slot until its results are committed (a `_Flight`: `finish` adds the results,
-    `settled` ends its own share), the SMSC's count (`_by_smsc`). Whatever is not the usual
-    case goes to `Dispatcher._send` in a task, with this as its flight (`_send_quick`)."""
+    runs in `ctx`, the message's copy of the context, as a task's own), it holds its place in
+    `_tasks` (stop() waits for `waiter()` and calls `cancel()` as it cancelled a task), the
+    dispatch slot until its results are committed (`_Holds`: `finished` adds the results, its
+    own share ends as it ends), the SMSC's count (`_by_smsc`). Whatever is not the usual case
+    goes to `Dispatcher._send` in a task, with this as its flight (`_send_quick`)."""
 
-    __slots__ = ("cancelled", "ctx", "ended", "msg", "n", "name", "one", "rule", "smsc", "task",
-                 "waiting")  # fmt: skip
+    __slots__ = ("cancelled", "d", "ended", "mid", "msg", "n", "name", "rule", "sending",
+                 "smsc", "task", "waiting", "waits")  # fmt: skip
 
     def __init__(self, d: Dispatcher, msg: WorkMessage, n: int, ctx: contextvars.Context) -> None:
         self.d = d
@@ -1067,7 +1078,7 @@ class _Quick(_Flight):
         self.name: str | None = None  # the SMSC, once the connector has it
         self.smsc: SmscConfig | None = None
         self.rule: MsgIdRule | None = None
-        self.one: Any = None  # the connector's handle (connector._One)
+        self.sending = False  # the connector's (send_one took it)
         self.task: asyncio.Task[None] | None = None  # Dispatcher._send, when not usual
         self.waiting: asyncio.Future[None] | None = None  # stop()'s (waiter)
         self.cancelled = False
@@ -1088,7 +1099,7 @@ class _Quick(_Flight):
         if not sent:
             self.task = running(d._loop).create_task(d._send(msg, self.n, self))
 
-    def finish(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
+    def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
         """The connector's answer (`_send_parts` after its send_message): the outcomes
         recorded, or, cancelled, the acceptances among them; any other exception logged and
         the message requeued, as `_send` does."""
@@ -1112,8 +1123,7 @@ class _Quick(_Flight):
     def _failed(self) -> None:
         """`_send`'s handler of a fault nobody planned for (inside an `except`)."""
         log.exception("sending a message failed; it is requeued")
-        d = self.d
-        now_ms = int(d.clock() * 1000)
+        now_ms = int(self.d.clock() * 1000)
         self.add(Release(self.mid, now_ms + retry_delay_ms(self.msg.attempts), count_attempt=True))
         self._ended()
 
@@ -1137,12 +1147,12 @@ class _Quick(_Flight):
         return self.waiting
 
     def cancel(self) -> None:
-        """stop()'s cancel of a task: its task's, the connector's (`_One.cancel`), or, not
+        """stop()'s cancel of a task: its task's, the connector's (`cancel_send`), or, not
         started yet, none of it."""
         if self.task is not None:
             self.task.cancel()
-        elif self.one is not None:
-            self.one.cancel()
+        elif self.sending:
+            self.cancel_send()
         else:
             self.cancelled = True
 

@@ -51,7 +51,14 @@ from bridge.smpp.protocol import (
 from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
 from bridge.smpp.turns import Turns
 
-__all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "LateSubmit", "SubmitOutcome"]
+__all__ = [
+    "CREDENTIAL_STATUSES",
+    "Connector",
+    "DeliverHandler",
+    "LateSubmit",
+    "OnePart",
+    "SubmitOutcome",
+]
 
 log = logging.getLogger("bridge.smpp")
 
@@ -345,66 +352,69 @@ class _Bind:
         return len(self.hi) + len(self.lo)
 
 
-class _One:
-    """One part sent by `Connector.send_one`: where it is (in the window's line, on the wire,
-    in a task, over) and what its callbacks need. A task per message, with its steps and
-    coroutine frames, cost ~15 k instructions where a future's done-callback costs ~3 k
-    (README note 27)."""
+class OnePart:
+    """A one-part message sent by `Connector.send_one` without a task (session 57): where its
+    part is (in the window's line, on the wire, in a task, over) and what its callbacks need.
+    The caller subclasses it for its own record (the dispatcher's `_Quick`: one object a
+    message), sets `ctx` (the context its callbacks run in) and gets `finished(outcomes, exc)`
+    once. A task per message, with its steps and coroutine frames, cost ~15 k instructions
+    where a future's done-callback costs ~3 k (README note 27)."""
 
     __slots__ = (
-        "bind",
-        "c",
-        "context",
+        "_bind",
+        "_c",
+        "_context",
+        "_deadline",
+        "_fut",
+        "_line",
+        "_live",
+        "_outcomes",
+        "_part",
+        "_proto",
+        "_task",
         "ctx",
-        "deadline",
-        "done",
-        "fut",
-        "line",
-        "outcomes",
-        "part",
-        "proto",
-        "task",
     )
 
-    def __init__(
-        self,
-        c: Connector,
-        bind: _Bind,
-        part: ShortMessage,
-        deadline: float | None,
-        context: Any,
-        done: Callable[[list[SubmitOutcome], BaseException | None], None] | None,
-        ctx: contextvars.Context,
-    ) -> None:
-        self.c = c
-        self.bind = bind
-        self.part = part
-        self.deadline = deadline
-        self.context = context
-        self.done = done  # None once called
-        self.ctx = ctx
-        self.line: asyncio.Future[bool] | None = None  # waiting for a window slot
-        self.fut: asyncio.Future[SubmitResult] | None = None  # waiting for the answer
-        self.proto: SmppProtocol | None = None
-        self.task: asyncio.Task[None] | None = None  # the rest in a task (_rest, _cancelled)
-        self.outcomes: list[SubmitOutcome] = []
+    ctx: contextvars.Context
 
-    def start(self) -> None:
+    def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
+        """What send_message would return (`outcomes`, exc None) or raise (`exc`; a
+        CancelledError after `cancel_send`, an acceptance that came meanwhile in `outcomes`)."""
+        raise NotImplementedError
+
+    def _taken(
+        self, c: Connector, bind: _Bind, part: ShortMessage, deadline: float | None, context: Any
+    ) -> None:
+        self._c = c
+        self._bind = bind
+        self._part = part
+        self._deadline = deadline
+        self._context = context
+        self._line: asyncio.Future[bool] | None = None  # waiting for a window slot
+        self._fut: asyncio.Future[SubmitResult] | None = None  # waiting for the answer
+        self._proto: SmppProtocol | None = None
+        self._task: asyncio.Task[None] | None = None  # the rest in a task (_rest, _cancelled)
+        self._outcomes: list[SubmitOutcome] = []
+        self._live = True  # finished not called yet
+
+    def _start(self) -> None:
         """send_message's first steps for part 0: the usual part submitted with a free slot,
         else `_submit_on`'s (a slot from the line, the deadline, the submit)."""
-        c, bind = self.c, self.bind
+        c, bind = self._c, self._bind
         try:
-            deadline = self.deadline
+            deadline = self._deadline
             if c._slot_now(bind) and (deadline is None or running(c._loop).time() < deadline):
                 proto = bind.proto
                 if proto is not None:
                     try:
-                        fut = c._submit_now(bind, proto, self.part, self.context)
+                        fut = c._submit_now(bind, proto, self._part, self._context)
                     except EncodeError as e:
-                        self._end([c._unencodable(0, e)])
+                        self._end(c._unencodable(0, e))
                         return
                     if fut is not None:
-                        self._on_wire(proto, fut)
+                        self._proto = proto
+                        self._fut = fut
+                        fut.add_done_callback(self._answered, context=self.ctx)
                         return
             line = c._acquire(bind, False)
             if line is None:  # a slot at once
@@ -415,36 +425,36 @@ class _One:
                 else:
                     self._go_on(None, None)
             else:
-                self.line = line
+                self._line = line
                 line.add_done_callback(self._lined, context=self.ctx)
         except Exception as exc:
-            self._fail(exc)
+            self._over(exc)
 
     def _lined(self, line: asyncio.Future[bool]) -> None:
-        if self.line is not line or self.done is None:  # left the line (cancel)
+        if self._line is not line:  # left the line (cancel_send)
             return
-        self.line = None
+        self._line = None
         try:
             if line.result():
                 self._slot()
             else:  # the bind went away first: not an attempt
                 self._go_on(None, None)
         except Exception as exc:
-            self._fail(exc)
+            self._over(exc)
 
     def _slot(self) -> None:
         """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
-        c, b = self.c, self.bind
+        c, b = self._c, self._bind
         fut = proto = None
+        outcome = None
         try:
-            if self.deadline is not None and c._now() >= self.deadline:
+            if self._deadline is not None and c._now() >= self._deadline:
                 outcome = SubmitOutcome(0, "expired", -1, "VALIDITY_EXPIRED", None)
             else:
-                outcome = None
                 proto = b.proto
                 if proto is not None and proto.is_bound and not c._closing:
                     try:
-                        fut = proto.submit(self.part, self.context)
+                        fut = proto.submit(self._part, self._context)
                     except (WindowFull, NotBound):
                         pass
         except EncodeError as e:
@@ -454,95 +464,88 @@ class _One:
             if fut is None:
                 c._pump(b)  # hand the unused slot on
         if outcome is not None:
-            self._end([outcome])
+            self._end(outcome)
         elif fut is None:  # the bind went away before the PDU left: not an attempt
             self._go_on(None, None)
         else:
-            assert proto is not None  # mypy: the one `fut` came from
-            self._on_wire(proto, fut)
-
-    def _on_wire(self, proto: SmppProtocol, fut: asyncio.Future[SubmitResult]) -> None:
-        self.proto = proto
-        self.fut = fut
-        fut.add_done_callback(self._answered, context=self.ctx)
+            self._proto = proto
+            self._fut = fut
+            fut.add_done_callback(self._answered, context=self.ctx)
 
     def _answered(self, fut: asyncio.Future[SubmitResult]) -> None:
-        if self.fut is not fut or self.done is None:  # cancelled meanwhile (cancel)
+        if self._fut is not fut:  # cancelled meanwhile (cancel_send)
             return
-        self.fut = None
+        self._fut = None
         try:
             res = fut.result()
             if res.error is None and res.status == _ROK:
-                c = self.c
-                self._end([c._accepted(0, self.bind, res, running(c._loop).time())])
+                c = self._c
+                self._end(c._accepted(0, self._bind, res, running(c._loop).time()))
             else:
-                self._go_on(self.bind, res)
+                self._go_on(self._bind, res)
         except Exception as exc:
-            self._fail(exc)
+            self._over(exc)
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
-        self.task = running(self.c._loop).create_task(self._rest(bind, first))
+        self._task = running(self._c._loop).create_task(self._rest(bind, first))
 
     async def _rest(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         wire: list[asyncio.Future[SubmitResult]] = []
         try:
             try:
-                outcome, _b = await self.c._send_part(
-                    0, self.part, bind, None, self.deadline, self.context, wire, first
+                outcome, _b = await self._c._send_part(
+                    0, self._part, bind, None, self._deadline, self._context, wire, first
                 )
             except asyncio.CancelledError:
                 if wire:
-                    await self.c._answer_after_cancel(wire[0], 0, self.outcomes)
+                    await self._c._answer_after_cancel(wire[0], 0, self._outcomes)
                 raise
-        except BaseException as exc:  # told to the caller, which send_message raised to
+        except BaseException as exc:  # what send_message raised, told to the caller
             self._over(exc)
             return
-        self._end([outcome])
+        self._end(outcome)
 
     async def _cancelled(self, fut: asyncio.Future[SubmitResult]) -> None:
         try:
-            await self.c._answer_after_cancel(fut, 0, self.outcomes)
+            await self._c._answer_after_cancel(fut, 0, self._outcomes)
         finally:
             self._over(asyncio.CancelledError())
 
-    def cancel(self) -> None:
+    def cancel_send(self) -> None:
         """What a task's cancel did to send_message: a part in the line leaves it, one on the
         wire has its answer awaited (bounded, `_answer_after_cancel`) and an acceptance kept,
-        a task is cancelled; then `done(CancelledError)`."""
-        if self.done is None:
+        a task is cancelled; then `finished(outcomes, CancelledError)`."""
+        if not self._live:
             return
-        if self.task is not None:
-            self.task.cancel()
+        if self._task is not None:
+            self._task.cancel()
             return
-        line, fut = self.line, self.fut
+        line, fut = self._line, self._fut
         if line is not None:
-            self.line = None
+            self._line = None
             line.cancel()
-            self.c._left_line(self.bind, False, line)
+            self._c._left_line(self._bind, False, line)
             self._over(asyncio.CancelledError())
-        elif fut is not None and self.proto is not None:
-            self.fut = None
+        elif fut is not None and self._proto is not None:
+            self._fut = None
             # As a task's cancel: the awaited future cancelled, or, answered already, kept.
-            answer = self.proto.answer_after_cancel(fut) if fut.cancel() else fut
-            self.task = running(self.c._loop).create_task(self._cancelled(answer))
+            answer = self._proto.answer_after_cancel(fut) if fut.cancel() else fut
+            self._task = running(self._c._loop).create_task(self._cancelled(answer))
 
-    def _end(self, outcomes: list[SubmitOutcome]) -> None:
-        self.outcomes.extend(outcomes)
+    def _end(self, outcome: SubmitOutcome) -> None:
+        self._outcomes.append(outcome)
         self._over(None)
 
-    def _fail(self, exc: Exception) -> None:
-        self._over(exc)
-
     def _over(self, exc: BaseException | None) -> None:
-        """send_message's `finally`, then its caller told."""
-        done, self.done = self.done, None
-        if done is None:
+        """send_message's `finally`, then the caller told."""
+        if not self._live:
             return
-        c = self.c
+        self._live = False
+        c = self._c
         c._active -= 1
         c._check_idle()
-        done(self.outcomes, exc)
+        self.finished(self._outcomes, exc)
 
 
 class Connector:
@@ -957,35 +960,28 @@ class Connector:
             self._check_idle()
 
     def send_one(
-        self,
-        part: ShortMessage,
-        deadline: float | None,
-        context: Any,
-        done: Callable[[list[SubmitOutcome], BaseException | None], None],
-        ctx: contextvars.Context,
-    ) -> _One | None:
-        """`send_message` for a one-part message without a task (session 57): its submit_sm
-        queued now, or its place taken in the window's line, and what comes next run by the
-        done-callbacks of the answer's (or the line's) future, in `ctx` (the message's logging
-        context). `done(outcomes, None)` with what send_message returns, `done(outcomes, exc)`
-        with what it raises (CancelledError after `_One.cancel`, an acceptance that came
-        meanwhile in `outcomes` as there), called once: from a callback or a task, or before
-        this returns.
+        self, one: OnePart, part: ShortMessage, deadline: float | None, context: Any
+    ) -> bool:
+        """`send_message([part], None, deadline, [context])` without a task (session 57): its
+        submit_sm queued now, or its place taken in the window's line, and what comes next run
+        by the done-callbacks of the answer's (or the line's) future, in `one.ctx` (the
+        message's logging context). True once taken: `one.finished` is called once, from a
+        callback or a task, or before this returns.
 
-        None, with nothing done, when send_message would not take its usual way at once (not
+        False, with nothing done, when send_message would not take its usual way at once (not
         started, stopping, a TPS limit, no bind up): the caller sends it with send_message.
         An answer other than an acceptance, and a slot lost before the part left, go on in a
         task through `_send_part`, as in send_message; the steps taken here are send_message's
         own in the same order (the same bind picked, the same sequence numbers)."""
         if self._stopping or not self._started or self._throttler is not None:
-            return None
+            return False
         bind = self._best_bind()  # None moves nothing (`_rr` only with two binds up)
         if bind is None:
-            return None
+            return False
         self._active += 1
-        one = _One(self, bind, part, deadline, context, done, ctx)
-        one.start()
-        return one
+        one._taken(self, bind, part, deadline, context)
+        one._start()
+        return True
 
     async def _answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult], index: int, outcomes: list[SubmitOutcome]
