@@ -154,6 +154,9 @@ class Dispatcher:
         self._inflight: dict[str, int] = {}
         self._flying = 0
         self._tasks: dict[int, asyncio.Task[None] | _Quick] = {}
+        # Messages run() claimed whose task has not made its first step: a one-part message
+        # is sent without a task, at its claim, only without any (run()).
+        self._unstarted = 0
         self._task_no = 0
         self._late_held: dict[str, list[LateAccept]] = {}  # late acceptances of those (_on_late)
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
@@ -321,20 +324,25 @@ class Dispatcher:
                 return
             loop = self._loop = running(self._loop)
             tasks, inflight, n = self._tasks, self._inflight, self._task_no
+            # Counted before any starts: a message sent here may end before the loop does.
+            self._flying += len(work)
             copy_context = contextvars.copy_context
             for msg in work:
                 n += 1
-                if len(msg.segments) == 1:
+                self._task_no = n
+                inflight[msg.id] = inflight.get(msg.id, 0) + 1
+                if len(msg.segments) == 1 and not self._unstarted:
                     # One part (the usual message): sent by plain calls and callbacks, not a
-                    # task (_Quick), started as a task's first step would be, in claim order.
+                    # task (_Quick), in its own copy of the context as a task would be, and
+                    # started here: unless a message claimed before it has not started yet (a
+                    # task's first step runs in the loop's next round), which it must not pass
+                    # (claim order is the order they take window slots in): a task then.
                     ctx = copy_context()
                     quick = tasks[n] = _Quick(self, msg, n, ctx)
-                    loop.call_soon(quick.start, context=ctx)
+                    ctx.run(quick.start)
                 else:
-                    tasks[n] = loop.create_task(self._send(msg, n))
-                inflight[msg.id] = inflight.get(msg.id, 0) + 1
-            self._task_no = n
-            self._flying += len(work)
+                    self._unstarted += 1
+                    tasks[n] = loop.create_task(self._send(msg, n, None, True))
 
     def _idle_wait(self, claimed_at_ms: int) -> float:
         """How long to wait for a wake after a claim at `claimed_at_ms` found nothing: the poll
@@ -471,7 +479,9 @@ class Dispatcher:
         self._flying -= 1
         self._slot_freed.set()
 
-    async def _send(self, msg: WorkMessage, n: int, quick: _Quick | None = None) -> None:
+    async def _send(
+        self, msg: WorkMessage, n: int, quick: _Quick | None = None, counted: bool = False
+    ) -> None:
         """Send one claimed message; it holds its dispatch slot until its results are committed.
 
         Holding the slot until the commit bounds what a crash can make us resend: at most one
@@ -484,6 +494,8 @@ class Dispatcher:
         leaves `_tasks` as it ends, which stop() waits for; the results stop() drains after.
         """
         logs.MESSAGE_ID.set(msg.id)  # this task is about one message: its log lines say which
+        if counted:  # run()'s, in `_unstarted` until now
+            self._unstarted -= 1
         flight = _Flight(self, msg.id) if quick is None else quick
         try:
             await self._send_parts(msg, flight.add)
@@ -1052,10 +1064,9 @@ class _Flight(_Holds):
 
 
 class _Quick(OnePart, _Holds):
-    """A one-part message sent without a task (session 57): started by a loop callback where
-    its task's first step would have run, handed to the connector (`Connector.send_one`, this
-    object its record there too), recorded by `finished` from the callback that has its
-    outcome. A task per message (made, stepped twice, its coroutine frames) cost ~15 k
+    """A one-part message sent without a task (session 57): started as it is claimed (run()),
+    handed to the connector (`Connector.send_one`, this object its record there too), recorded
+    by `finished` from the callback that has its outcome. A task per message (made, stepped twice, its coroutine frames) cost ~15 k
     instructions a message.
 
     What the task did, kept: its log lines carry MESSAGE_ID (every callback and task of it
@@ -1065,8 +1076,8 @@ class _Quick(OnePart, _Holds):
     own share ends as it ends), the SMSC's count (`_by_smsc`). Whatever is not the usual case
     goes to `Dispatcher._send` in a task, with this as its flight (`_send_quick`)."""
 
-    __slots__ = ("cancelled", "d", "ended", "mid", "msg", "n", "name", "rule", "sending",
-                 "smsc", "task", "waiting", "waits")  # fmt: skip
+    __slots__ = ("d", "ended", "mid", "msg", "n", "name", "rule", "sending", "smsc", "task",
+                 "waiting", "waits")  # fmt: skip
 
     def __init__(self, d: Dispatcher, msg: WorkMessage, n: int, ctx: contextvars.Context) -> None:
         self.d = d
@@ -1081,23 +1092,20 @@ class _Quick(OnePart, _Holds):
         self.sending = False  # the connector's (send_one took it)
         self.task: asyncio.Task[None] | None = None  # Dispatcher._send, when not usual
         self.waiting: asyncio.Future[None] | None = None  # stop()'s (waiter)
-        self.cancelled = False
         self.ended = False
 
     def start(self) -> None:
-        """Where its task's first step would run (a loop callback, in `ctx`)."""
+        """What its task's first step did, at its claim (run(), in `ctx`)."""
         d, msg = self.d, self.msg
         logs.MESSAGE_ID.set(msg.id)  # in ctx: this message's lines say which
-        if self.cancelled:  # by stop(), before it began: nothing sent, nothing recorded
-            self._ended()
-            return
         try:
             sent = d._send_quick(self)
         except Exception:
             self._failed()
             return
-        if not sent:
-            self.task = running(d._loop).create_task(d._send(msg, self.n, self))
+        if not sent:  # a task, as claimed messages after it until it has started (run())
+            d._unstarted += 1
+            self.task = running(d._loop).create_task(d._send(msg, self.n, self, True))
 
     def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
         """The connector's answer (`_send_parts` after its send_message): the outcomes
@@ -1114,11 +1122,18 @@ class _Quick(OnePart, _Holds):
                 else:
                     raise exc
             finally:
-                d._left_smsc(name)
+                by_smsc = d._by_smsc  # _left_smsc, inline
+                by_smsc[name] -= 1
+                if not by_smsc[name]:
+                    del by_smsc[name]
         except Exception:
             self._failed()
             return
-        self._ended()
+        del d._tasks[self.n]  # _ended, inline
+        self.ended = True
+        if self.waiting is not None:
+            self.over()
+        self.settled(None)
 
     def _failed(self) -> None:
         """`_send`'s handler of a fault nobody planned for (inside an `except`)."""
@@ -1147,14 +1162,11 @@ class _Quick(OnePart, _Holds):
         return self.waiting
 
     def cancel(self) -> None:
-        """stop()'s cancel of a task: its task's, the connector's (`cancel_send`), or, not
-        started yet, none of it."""
+        """stop()'s cancel of a task: its task's, or the connector's (`cancel_send`)."""
         if self.task is not None:
             self.task.cancel()
         elif self.sending:
             self.cancel_send()
-        else:
-            self.cancelled = True
 
 
 def _sent(

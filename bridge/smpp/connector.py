@@ -319,8 +319,9 @@ class _Bind:
         self.mode = mode
         self.proto: SmppProtocol | None = None
         self.task: asyncio.Task[None] | None = None
-        self.hi: deque[asyncio.Future[bool]] = deque()
-        self.lo: deque[asyncio.Future[bool]] = deque()
+        # Waiters for a slot: a future each, or a one-part message's record (OnePart).
+        self.hi: deque[asyncio.Future[bool] | OnePart] = deque()
+        self.lo: deque[asyncio.Future[bool] | OnePart] = deque()
         self.reserved = 0  # slots granted to a sender that has not submitted yet
         self.pause: float | None = None  # current throttle pause; None after a success
         self.pause_started = -1.0
@@ -350,6 +351,11 @@ class _Bind:
 
     def waiting(self) -> int:
         return len(self.hi) + len(self.lo)
+
+
+_NOT_IN_LINE: Final = 0
+_IN_LINE: Final = 1
+_STARTING: Final = 2  # in the line, `_start` still running (its `_pump`)
 
 
 class OnePart:
@@ -390,7 +396,7 @@ class OnePart:
         self._part = part
         self._deadline = deadline
         self._context = context
-        self._line: asyncio.Future[bool] | None = None  # waiting for a window slot
+        self._line = _NOT_IN_LINE  # in the window's line (`_IN_LINE`, `_STARTING`)
         self._fut: asyncio.Future[SubmitResult] | None = None  # waiting for the answer
         self._proto: SmppProtocol | None = None
         self._task: asyncio.Task[None] | None = None  # the rest in a task (_rest, _cancelled)
@@ -403,7 +409,8 @@ class OnePart:
         c, bind = self._c, self._bind
         try:
             deadline = self._deadline
-            if c._slot_now(bind) and (deadline is None or running(c._loop).time() < deadline):
+            free = c._slot_now(bind)
+            if free and (deadline is None or running(c._loop).time() < deadline):
                 proto = bind.proto
                 if proto is not None:
                     try:
@@ -416,26 +423,38 @@ class OnePart:
                         self._fut = fut
                         fut.add_done_callback(self._answered, context=self.ctx)
                         return
-            line = c._acquire(bind, False)
-            if line is None:  # a slot at once
+            # `_submit_on`'s `_acquire`: a slot at once, else a place in the window's line.
+            if free and c._slot_now(bind):  # its validity past, or the session refused it
+                bind.reserved += 1
                 self._slot()
-            elif line.done():
-                if line.result():
-                    self._slot()
-                else:
-                    self._go_on(None, None)
-            else:
-                self._line = line
-                line.add_done_callback(self._lined, context=self.ctx)
+                return
+            # In the line itself, not a future there: `_pump` grants it (`set_result`) by a
+            # plain call, not a future's callback a loop round later.
+            self._line = _STARTING
+            bind.lo.append(self)
+            c._pump(bind)
+            if self._line:
+                self._line = _IN_LINE
         except Exception as exc:
             self._over(exc)
 
-    def _lined(self, line: asyncio.Future[bool]) -> None:
-        if self._line is not line:  # left the line (cancel_send)
-            return
-        self._line = None
+    def done(self) -> bool:
+        """For `_pump` and `refuse_new`, as of a future in the line: False while in it."""
+        return not self._line
+
+    def set_result(self, granted: bool) -> None:
+        """Taken out of the line by `_pump` (or `refuse_new`): a slot reserved for it (True),
+        or the bind gone (False). In `ctx`, unless its own `_start` is what pumped."""
+        starting = self._line == _STARTING
+        self._line = _NOT_IN_LINE
+        if starting:
+            self._lined(granted)
+        else:
+            self.ctx.run(self._lined, granted)
+
+    def _lined(self, granted: bool) -> None:
         try:
-            if line.result():
+            if granted:
                 self._slot()
             else:  # the bind went away first: not an attempt
                 self._go_on(None, None)
@@ -478,13 +497,20 @@ class OnePart:
         self._fut = None
         try:
             res = fut.result()
-            if res.error is None and res.status == _ROK:
-                c = self._c
-                self._end(c._accepted(0, self._bind, res, running(c._loop).time()))
-            else:
+            if res.error is not None or res.status != _ROK:
                 self._go_on(self._bind, res)
+                return
+            c = self._c
+            self._outcomes.append(c._accepted(0, self._bind, res, running(c._loop).time()))
         except Exception as exc:
             self._over(exc)
+            return
+        # _end and _over, inline (one part sent, the usual case).
+        self._live = False
+        c._active -= 1
+        if c._idle is not None:
+            c._check_idle()
+        self.finished(self._outcomes, None)
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
@@ -521,11 +547,11 @@ class OnePart:
         if self._task is not None:
             self._task.cancel()
             return
-        line, fut = self._line, self._fut
-        if line is not None:
-            self._line = None
-            line.cancel()
-            self._c._left_line(self._bind, False, line)
+        fut = self._fut
+        if self._line:
+            self._line = _NOT_IN_LINE
+            with contextlib.suppress(ValueError):  # `_left_line`'s, for a place not granted
+                self._bind.lo.remove(self)
             self._over(asyncio.CancelledError())
         elif fut is not None and self._proto is not None:
             self._fut = None
@@ -544,7 +570,8 @@ class OnePart:
         self._live = False
         c = self._c
         c._active -= 1
-        c._check_idle()
+        if c._idle is not None:
+            c._check_idle()
         self.finished(self._outcomes, exc)
 
 
