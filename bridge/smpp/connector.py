@@ -353,55 +353,53 @@ class _Bind:
         return len(self.hi) + len(self.lo)
 
 
-_NOT_IN_LINE: Final = 0
+_IDLE: Final = 0  # a OnePart neither in the window's line nor on the wire
 _IN_LINE: Final = 1
 _STARTING: Final = 2  # in the line, `_start` still running (its `_pump`)
+_ON_WIRE: Final = 3  # its submit_sm sent, the answer awaited (`SmppProtocol.submit_to`)
+_CANCELLED: Final = 4  # on the wire when cancelled (`cancel_send`): its answer still awaited
 
 
 class OnePart:
     """A one-part message sent by `Connector.send_one` without a task (session 57): where its
-    part is (in the window's line, on the wire, in a task, over) and what its callbacks need.
+    part is (in the window's line, on the wire, in a task, over) and what it needs there.
     The caller subclasses it for its own record (the dispatcher's `_Quick`: one object a
-    message), sets `ctx` (the context its callbacks run in) and gets `finished(outcomes, exc)`
-    once. A task per message, with its steps and coroutine frames, cost ~15 k instructions
-    where a future's done-callback costs ~3 k (README note 27)."""
+    message), sets `ctx` (the context its steps run in) and gets `finished(outcomes, exc)`
+    once. A task per message (made, stepped twice, its coroutine frames) cost ~15 k
+    instructions, a future with its done-callback and the loop's hop to it ~3 k (README note
+    27): this object is itself what the window's line holds (`_pump` grants it a slot by a
+    plain call, `set_result`) and what the protocol resolves with the answer
+    (`SmppProtocol.submit_to`: `set_result` again, inside the read that brought it)."""
 
     __slots__ = (
         "_bind",
         "_c",
         "_context",
         "_deadline",
-        "_fut",
-        "_line",
         "_live",
         "_outcomes",
         "_part",
-        "_proto",
+        "_state",
         "_task",
         "ctx",
     )
 
     ctx: contextvars.Context
+    # Set by Connector.send_one (no __init__: the caller's subclass has its own).
+    _c: Connector
+    _bind: _Bind
+    _part: ShortMessage
+    _deadline: float | None
+    _context: Any
+    _state: int
+    _task: asyncio.Task[None] | None
+    _outcomes: list[SubmitOutcome]
+    _live: bool
 
     def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
         """What send_message would return (`outcomes`, exc None) or raise (`exc`; a
         CancelledError after `cancel_send`, an acceptance that came meanwhile in `outcomes`)."""
         raise NotImplementedError
-
-    def _taken(
-        self, c: Connector, bind: _Bind, part: ShortMessage, deadline: float | None, context: Any
-    ) -> None:
-        self._c = c
-        self._bind = bind
-        self._part = part
-        self._deadline = deadline
-        self._context = context
-        self._line = _NOT_IN_LINE  # in the window's line (`_IN_LINE`, `_STARTING`)
-        self._fut: asyncio.Future[SubmitResult] | None = None  # waiting for the answer
-        self._proto: SmppProtocol | None = None
-        self._task: asyncio.Task[None] | None = None  # the rest in a task (_rest, _cancelled)
-        self._outcomes: list[SubmitOutcome] = []
-        self._live = True  # finished not called yet
 
     def _start(self) -> None:
         """send_message's first steps for part 0: the usual part submitted with a free slot,
@@ -409,48 +407,68 @@ class OnePart:
         c, bind = self._c, self._bind
         try:
             deadline = self._deadline
-            free = c._slot_now(bind)
+            # `_slot_now`, less what `_best_bind` found a moment ago (the bind up, not closing).
+            free = (
+                not bind.hi
+                and not bind.lo
+                and bind.capacity() > 0
+                and (not bind.paused_until or c._now() >= bind.paused_until)
+            )
             if free and (deadline is None or running(c._loop).time() < deadline):
                 proto = bind.proto
                 if proto is not None:
+                    # send_message's `_submit_now`, with this as the answer's waiter.
                     try:
-                        fut = c._submit_now(bind, proto, self._part, self._context)
+                        proto.submit_to(self._part, self, self._context)
+                    except (WindowFull, NotBound):
+                        c._pump(bind)  # as _submit_on does with a slot unused
                     except EncodeError as e:
                         self._end(c._unencodable(0, e))
                         return
-                    if fut is not None:
-                        self._proto = proto
-                        self._fut = fut
-                        fut.add_done_callback(self._answered, context=self.ctx)
+                    else:
+                        self._state = _ON_WIRE
                         return
             # `_submit_on`'s `_acquire`: a slot at once, else a place in the window's line.
             if free and c._slot_now(bind):  # its validity past, or the session refused it
                 bind.reserved += 1
                 self._slot()
                 return
-            # In the line itself, not a future there: `_pump` grants it (`set_result`) by a
-            # plain call, not a future's callback a loop round later.
-            self._line = _STARTING
+            self._state = _STARTING
             bind.lo.append(self)
             c._pump(bind)
-            if self._line:
-                self._line = _IN_LINE
+            if self._state == _STARTING:
+                self._state = _IN_LINE
         except Exception as exc:
             self._over(exc)
 
     def done(self) -> bool:
-        """For `_pump` and `refuse_new`, as of a future in the line: False while in it."""
-        return not self._line
+        """As a waiter's future would answer `_pump`, `refuse_new` and the protocol's
+        `_resolve`: False while it waits in the line or for its answer."""
+        return self._state == _IDLE
 
-    def set_result(self, granted: bool) -> None:
-        """Taken out of the line by `_pump` (or `refuse_new`): a slot reserved for it (True),
-        or the bind gone (False). In `ctx`, unless its own `_start` is what pumped."""
-        starting = self._line == _STARTING
-        self._line = _NOT_IN_LINE
-        if starting:
-            self._lined(granted)
+    def cancelled(self) -> bool:
+        return False  # `_resolve` asks a done waiter: never one of these
+
+    def set_result(self, got: Any) -> None:
+        """A slot granted (True) or refused (False, the bind gone) by `_pump` or
+        `refuse_new`, or the answer (a SubmitResult) by the protocol: handled at once, in
+        `ctx` (unless its own `_start` is what pumped). Never raises into the caller."""
+        state = self._state
+        self._state = _IDLE
+        step: Callable[[Any], None]
+        if state == _ON_WIRE:
+            step = self._answered
+        elif state == _CANCELLED:
+            step = self._answer_after_cancel
+        elif state == _STARTING:
+            self._lined(got)
+            return
         else:
-            self.ctx.run(self._lined, granted)
+            step = self._lined
+        try:
+            self.ctx.run(step, got)
+        except RuntimeError:  # the context entered already (not expected): run in the caller's
+            step(got)
 
     def _lined(self, granted: bool) -> None:
         try:
@@ -464,7 +482,7 @@ class OnePart:
     def _slot(self) -> None:
         """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
         c, b = self._c, self._bind
-        fut = proto = None
+        sent = False
         outcome = None
         try:
             if self._deadline is not None and c._now() >= self._deadline:
@@ -473,30 +491,25 @@ class OnePart:
                 proto = b.proto
                 if proto is not None and proto.is_bound and not c._closing:
                     try:
-                        fut = proto.submit(self._part, self._context)
+                        proto.submit_to(self._part, self, self._context)
+                        sent = True
                     except (WindowFull, NotBound):
                         pass
         except EncodeError as e:
             outcome = c._unencodable(0, e)
         finally:
             b.reserved -= 1
-            if fut is None:
+            if not sent:
                 c._pump(b)  # hand the unused slot on
         if outcome is not None:
             self._end(outcome)
-        elif fut is None:  # the bind went away before the PDU left: not an attempt
+        elif not sent:  # the bind went away before the PDU left: not an attempt
             self._go_on(None, None)
         else:
-            self._proto = proto
-            self._fut = fut
-            fut.add_done_callback(self._answered, context=self.ctx)
+            self._state = _ON_WIRE
 
-    def _answered(self, fut: asyncio.Future[SubmitResult]) -> None:
-        if self._fut is not fut:  # cancelled meanwhile (cancel_send)
-            return
-        self._fut = None
+    def _answered(self, res: SubmitResult) -> None:
         try:
-            res = fut.result()
             if res.error is not None or res.status != _ROK:
                 self._go_on(self._bind, res)
                 return
@@ -511,6 +524,20 @@ class OnePart:
         if c._idle is not None:
             c._check_idle()
         self.finished(self._outcomes, None)
+
+    def _answer_after_cancel(self, res: SubmitResult) -> None:
+        """Connector._answer_after_cancel's, the answer come: an acceptance kept."""
+        try:
+            c = self._c
+            if c._answered(res) == "ok":
+                c._ok += 1
+                self._outcomes.append(
+                    SubmitOutcome(0, "ok", res.status, "ESME_ROK", res.message_id)
+                )
+        except Exception as exc:
+            self._over(exc)
+            return
+        self._over(asyncio.CancelledError())
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
@@ -532,32 +559,22 @@ class OnePart:
             return
         self._end(outcome)
 
-    async def _cancelled(self, fut: asyncio.Future[SubmitResult]) -> None:
-        try:
-            await self._c._answer_after_cancel(fut, 0, self._outcomes)
-        finally:
-            self._over(asyncio.CancelledError())
-
     def cancel_send(self) -> None:
         """What a task's cancel did to send_message: a part in the line leaves it, one on the
-        wire has its answer awaited (bounded, `_answer_after_cancel`) and an acceptance kept,
-        a task is cancelled; then `finished(outcomes, CancelledError)`."""
+        wire has its answer awaited and an acceptance kept (`_answer_after_cancel`: the
+        session's own time-out bounds the wait), a task is cancelled; then
+        `finished(outcomes, CancelledError)`."""
         if not self._live:
             return
         if self._task is not None:
             self._task.cancel()
-            return
-        fut = self._fut
-        if self._line:
-            self._line = _NOT_IN_LINE
+        elif self._state in (_IN_LINE, _STARTING):
+            self._state = _IDLE
             with contextlib.suppress(ValueError):  # `_left_line`'s, for a place not granted
                 self._bind.lo.remove(self)
             self._over(asyncio.CancelledError())
-        elif fut is not None and self._proto is not None:
-            self._fut = None
-            # As a task's cancel: the awaited future cancelled, or, answered already, kept.
-            answer = self._proto.answer_after_cancel(fut) if fut.cancel() else fut
-            self._task = running(self._c._loop).create_task(self._cancelled(answer))
+        elif self._state == _ON_WIRE:
+            self._state = _CANCELLED
 
     def _end(self, outcome: SubmitOutcome) -> None:
         self._outcomes.append(outcome)
@@ -1006,7 +1023,15 @@ class Connector:
         if bind is None:
             return False
         self._active += 1
-        one._taken(self, bind, part, deadline, context)
+        one._c = self
+        one._bind = bind
+        one._part = part
+        one._deadline = deadline
+        one._context = context
+        one._state = _IDLE
+        one._task = None  # the rest in a task (_rest), past the usual case
+        one._outcomes = []
+        one._live = True  # finished not called yet
         one._start()
         return True
 
@@ -1191,7 +1216,7 @@ class Connector:
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
-        self._tick(1)
+        self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
         sent_at = now - res.rtt_s
         bind.unanswered = 0
         a = self._rtt_avg
