@@ -231,9 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 landed.add(r.message_id)
             for r in releases:
                 delay = round((r.not_before - now) / 1000)
-                records[r.message_id].append(
-                    ["release", r.count_attempt, r.unanswered, delay]
-                )
+                records[r.message_id].append(["release", r.count_attempt, r.unanswered, delay])
                 landed.add(r.message_id)
             if len(landed) == len(records):
                 ended.set()
