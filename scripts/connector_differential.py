@@ -28,13 +28,16 @@ import asyncio
 import json
 import random
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from children import Children  # scripts/ is the script's own folder
+
 HERE = Path(__file__).resolve().parents[1]
+# The copy of this script for a tree: ended with this one however it ends (children.py).
+CHILDREN = Children()
 RUN_TIMEOUT_S = 120.0
 FAR_MS = 4_102_444_800_000  # 2100-01-01 UTC: a validity no run reaches
 
@@ -302,10 +305,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def one(tree: str, seed: int, messages: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--tree", tree, "--seed", str(seed),
            "--messages", str(messages), "--json"]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
-    if p.returncode:
-        raise SystemExit(f"{tree} seed {seed} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    try:
+        code, stdout, stderr = CHILDREN.run(cmd, RUN_TIMEOUT_S + 60)
+    finally:
+        CHILDREN.end()
+    if code:
+        raise SystemExit(f"{tree} seed {seed} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -345,6 +351,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=40)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    CHILDREN.on_signals()
     if not args.compare:
         got = asyncio.run(run(args))
         print(json.dumps(got) if args.json else json.dumps(got, indent=1))

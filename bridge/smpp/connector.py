@@ -467,8 +467,11 @@ class OnePart:
             step = self._lined
         try:
             self.ctx.run(step, got)
-        except RuntimeError:  # the context entered already (not expected): run in the caller's
-            step(got)
+            return
+        except RuntimeError as exc:  # its context entered already (not expected): the caller's
+            if "cannot enter context" not in str(exc):
+                raise
+        step(got)
 
     def _lined(self, granted: bool) -> None:
         try:
