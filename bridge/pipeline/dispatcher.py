@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -34,7 +35,7 @@ from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
 from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
 from bridge.pipeline.wake import WaitFlag
 from bridge.smpp.codec import ShortMessage
-from bridge.smpp.connector import LateSubmit, SubmitOutcome
+from bridge.smpp.connector import LateSubmit, OnePart, SubmitOutcome
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
@@ -152,7 +153,10 @@ class Dispatcher:
         # costs nothing to allow), and in all; and the tasks still sending, by claim order.
         self._inflight: dict[str, int] = {}
         self._flying = 0
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Task[None] | _Quick] = {}
+        # Messages run() claimed whose task has not made its first step: a one-part message
+        # is sent without a task, at its claim, only without any (run()).
+        self._unstarted = 0
         self._task_no = 0
         self._late_held: dict[str, list[LateAccept]] = {}  # late acceptances of those (_on_late)
         self._claiming: asyncio.Future[None] | None = None  # done when the last claim returned
@@ -320,12 +324,25 @@ class Dispatcher:
                 return
             loop = self._loop = running(self._loop)
             tasks, inflight, n = self._tasks, self._inflight, self._task_no
+            # Counted before any starts: a message sent here may end before the loop does.
+            self._flying += len(work)
+            copy_context = contextvars.copy_context
             for msg in work:
                 n += 1
-                tasks[n] = loop.create_task(self._send(msg, n))
+                self._task_no = n
                 inflight[msg.id] = inflight.get(msg.id, 0) + 1
-            self._task_no = n
-            self._flying += len(work)
+                if len(msg.segments) == 1 and not self._unstarted:
+                    # One part (the usual message): sent by plain calls and callbacks, not a
+                    # task (_Quick), in its own copy of the context as a task would be, and
+                    # started here: unless a message claimed before it has not started yet (a
+                    # task's first step runs in the loop's next round), which it must not pass
+                    # (claim order is the order they take window slots in): a task then.
+                    ctx = copy_context()
+                    quick = tasks[n] = _Quick(self, msg, n, ctx)
+                    ctx.run(quick.start)
+                else:
+                    self._unstarted += 1
+                    tasks[n] = loop.create_task(self._send(msg, n, None, True))
 
     def _idle_wait(self, claimed_at_ms: int) -> float:
         """How long to wait for a wake after a claim at `claimed_at_ms` found nothing: the poll
@@ -462,7 +479,9 @@ class Dispatcher:
         self._flying -= 1
         self._slot_freed.set()
 
-    async def _send(self, msg: WorkMessage, n: int) -> None:
+    async def _send(
+        self, msg: WorkMessage, n: int, quick: _Quick | None = None, counted: bool = False
+    ) -> None:
         """Send one claimed message; it holds its dispatch slot until its results are committed.
 
         Holding the slot until the commit bounds what a crash can make us resend: at most one
@@ -475,7 +494,9 @@ class Dispatcher:
         leaves `_tasks` as it ends, which stop() waits for; the results stop() drains after.
         """
         logs.MESSAGE_ID.set(msg.id)  # this task is about one message: its log lines say which
-        flight = _Flight(self, msg.id)
+        if counted:  # run()'s, in `_unstarted` until now
+            self._unstarted -= 1
+        flight = _Flight(self, msg.id) if quick is None else quick
         try:
             await self._send_parts(msg, flight.add)
         except Exception:
@@ -487,6 +508,8 @@ class Dispatcher:
             flight.add(retry)
         finally:
             del self._tasks[n]
+            if quick is not None:
+                quick.over()
             flight.settled(None)  # the task's own share: the slot frees with the last results
 
     async def _send_parts(self, msg: WorkMessage, add: Callable[..., None]) -> None:
@@ -576,11 +599,7 @@ class Dispatcher:
                 # The shutdown's grace ran out with a later part on the wire: the parts the SMSC
                 # accepted are recorded (stop() writes them), or the restart resent them and their
                 # receipts matched nothing. The claim stays for the restart's recovery.
-                at = int(self.clock() * 1000)
-                for seg, out in zip(msg.segments, so_far, strict=False):
-                    if out.kind != "ok":
-                        break
-                    add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
+                self._record_cancelled(msg, name, rule, so_far, add)
                 raise
             except _RouteNotRecorded as exc:  # nothing left
                 if exc.lost:
@@ -589,97 +608,201 @@ class Dispatcher:
                     log.warning("recording the route failed; message requeued", exc_info=True)
                     add(Release(msg.id, now_ms + 1000, count_attempt=False))
                 return
+            self._record(msg, name, smsc, rule, outcomes, add)
+        finally:
+            self._by_smsc[name] -= 1
+            if not self._by_smsc[name]:
+                del self._by_smsc[name]
+
+    def _send_quick(self, q: _Quick) -> bool:
+        """`_send_parts` for a one-part message sent without a task (`_Quick`): True once it is
+        the connector's (`Connector.send_one`: `q.finished` is called with its outcome). False,
+        with nothing done, when it is not the usual case, which its task takes as before: a
+        part already routed (a retry's `msg.smsc`), expired, without an SMSC up, to encode
+        again for its route, for an `in_flight_on_restart: unknown` SMSC (its route recorded
+        first, an await), or a connector not taking it at once (`send_one`: not started,
+        stopping, a TPS limit, no bind up)."""
+        msg = q.msg
+        now_ms = int(self.clock() * 1000)
+        if msg.smsc is not None or (msg.expires_at is not None and msg.expires_at <= now_ms):
+            return False
+        # Router.pick, inline, as _send_parts does.
+        candidates = self.router.candidates(msg.recipient)
+        name = None
+        for n in candidates:
+            c = self.connectors.get(n)
+            if c is not None and c.is_up:
+                name = n
+                break
+        if name is None:
+            return False
+        if msg.wire is not None and self._wires.get(candidates[0], msg.wire) != msg.wire:
+            if not msg.unanswered:
+                return False
+        smsc = self.smscs[name]
+        if smsc.in_flight_on_restart == "unknown":
+            return False
+        connector = self.connectors[name]
+        send_one = getattr(connector, "send_one", None)  # a stand-in connector may have none
+        if send_one is None:
+            return False
+        connector.on_late_submit = self._on_late
+        connector.is_held = self._held
+        rule = self._rules[name]
+        deadline = None
+        if msg.expires_at is not None:
+            deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
+        (part,) = build_parts(msg, smsc)
+        q.name, q.smsc, q.rule = name, smsc, rule
+        by_smsc = self._by_smsc
+        by_smsc[name] += 1
+        try:
+            taken = send_one(q, part, deadline, (msg.id, msg.segments[0].seq))
+        except BaseException:
+            q.name = None
+            self._left_smsc(name)
+            raise
+        if not taken:
+            q.name = None
+            self._left_smsc(name)
+            return False
+        q.sending = True
+        self._no_route.pop(msg.id, None)
+        return True
+
+    def _left_smsc(self, name: str) -> None:
+        self._by_smsc[name] -= 1
+        if not self._by_smsc[name]:
+            del self._by_smsc[name]
+
+    def _record(
+        self,
+        msg: WorkMessage,
+        name: str,
+        smsc: SmscConfig,
+        rule: MsgIdRule,
+        outcomes: Sequence[SubmitOutcome],
+        add: Callable[..., None],
+    ) -> None:
+        """Message `msg`'s outcomes on SMSC `name` (send_message's answer) as its results, in
+        one batcher call: a task's (`_send_parts`) and a callback's (`_Quick`) alike."""
+        if len(outcomes) == 1 and outcomes[0].kind == "ok" and len(msg.segments) == 1:
+            # One part accepted (the usual message): the loop below's first case alone.
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "message submitted",
                     extra={"smsc": name, "to": logs.number(msg.recipient),
-                           "outcomes": [o.status_name for o in outcomes]},
+                           "outcomes": [outcomes[0].status_name]},
                 )  # fmt: skip
-            now_ms = int(self.clock() * 1000)
-            release: Release | None = None
-            # One batcher call per message: its parts' results share one future.
-            results: list[SubmitResult | Release] = []
             loop = self._loop = running(self._loop)
-            for seg, out in zip(msg.segments, outcomes, strict=False):
-                if out.kind == "ok":
-                    results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
-                    self.sent += 1
-                elif out.kind == "permanent":
-                    results.append(
-                        SubmitResult(
-                            msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
-                        )
+            at = int(self.clock() * 1000)
+            add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
+            self.sent += 1
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "message submitted",
+                extra={"smsc": name, "to": logs.number(msg.recipient),
+                       "outcomes": [o.status_name for o in outcomes]},
+            )  # fmt: skip
+        now_ms = int(self.clock() * 1000)
+        release: Release | None = None
+        # One batcher call per message: its parts' results share one future.
+        results: list[SubmitResult | Release] = []
+        loop = self._loop = running(self._loop)
+        for seg, out in zip(msg.segments, outcomes, strict=False):
+            if out.kind == "ok":
+                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
+                self.sent += 1
+            elif out.kind == "permanent":
+                results.append(
+                    SubmitResult(
+                        msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
                     )
-                    self.failed += 1
-                    break
-                elif (
-                    out.kind == "transient"
-                    and out.status_name in UNANSWERED
-                    and (
-                        smsc.in_flight_on_restart == "unknown"
-                        # Unanswered claims are counted apart: transient errors before them (their
-                        # own budget, MAX_MESSAGE_ATTEMPTS) do not shorten this one.
-                        or msg.unanswered + 1 >= MAX_UNANSWERED_ATTEMPTS
+                )
+                self.failed += 1
+                break
+            elif (
+                out.kind == "transient"
+                and out.status_name in UNANSWERED
+                and (
+                    smsc.in_flight_on_restart == "unknown"
+                    # Unanswered claims are counted apart: transient errors before them (their
+                    # own budget, MAX_MESSAGE_ATTEMPTS) do not shorten this one.
+                    or msg.unanswered + 1 >= MAX_UNANSWERED_ATTEMPTS
+                )
+            ):
+                # No answer: the SMSC may well have accepted it. Resending would duplicate, so
+                # stop here when the SMSC is configured so, or after a few claims.
+                results.append(
+                    SubmitResult(
+                        msg.id,
+                        seg.seq,
+                        "unknown",
+                        name,
+                        error_code=f"SUBMIT_{out.status_name}",
+                        at=now_ms,
                     )
-                ):
-                    # No answer: the SMSC may well have accepted it. Resending would duplicate, so
-                    # stop here when the SMSC is configured so, or after a few claims.
+                )
+                self.failed += 1
+                break
+            elif out.kind in ("transient", "no_bind"):
+                if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
                     results.append(
                         SubmitResult(
                             msg.id,
                             seg.seq,
-                            "unknown",
+                            "failed",
                             name,
-                            error_code=f"SUBMIT_{out.status_name}",
+                            error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
                             at=now_ms,
                         )
                     )
                     self.failed += 1
                     break
-                elif out.kind in ("transient", "no_bind"):
-                    if out.kind == "transient" and msg.attempts >= MAX_MESSAGE_ATTEMPTS:
-                        results.append(
-                            SubmitResult(
-                                msg.id,
-                                seg.seq,
-                                "failed",
-                                name,
-                                error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
-                                at=now_ms,
-                            )
-                        )
-                        self.failed += 1
-                        break
-                    delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
-                    if out.status_name == "TIMEOUT":
-                        delay = max(delay, unanswered_wait_ms(smsc.response_timeout_s))
-                    release = Release(
-                        msg.id,
-                        now_ms + delay,
-                        count_attempt=out.kind == "transient",
-                        unanswered=out.kind == "transient" and out.status_name in UNANSWERED,
-                    )
-                    self.retried += 1
-                    break
-                elif out.kind == "throttled":
-                    requeue_ms = int(smsc.throttle_requeue_s * 1000)
-                    release = Release(msg.id, now_ms + requeue_ms, count_attempt=False)
-                    self.retried += 1
-                    break
-                elif out.kind == "expired":  # its validity passed while it waited: none goes out
-                    for rest in msg.segments[msg.segments.index(seg) :]:
-                        results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
-                    break
-                else:  # cancelled: an earlier part failed; the store fails the rest
-                    break
-            if release is not None:
-                results.append(release)
-            if results:
-                add(*results)
-        finally:
-            self._by_smsc[name] -= 1
-            if not self._by_smsc[name]:
-                del self._by_smsc[name]
+                delay = retry_delay_ms(msg.attempts) if out.kind == "transient" else 1000
+                if out.status_name == "TIMEOUT":
+                    delay = max(delay, unanswered_wait_ms(smsc.response_timeout_s))
+                release = Release(
+                    msg.id,
+                    now_ms + delay,
+                    count_attempt=out.kind == "transient",
+                    unanswered=out.kind == "transient" and out.status_name in UNANSWERED,
+                )
+                self.retried += 1
+                break
+            elif out.kind == "throttled":
+                requeue_ms = int(smsc.throttle_requeue_s * 1000)
+                release = Release(msg.id, now_ms + requeue_ms, count_attempt=False)
+                self.retried += 1
+                break
+            elif out.kind == "expired":  # its validity passed while it waited: none goes out
+                for rest in msg.segments[msg.segments.index(seg) :]:
+                    results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
+                break
+            else:  # cancelled: an earlier part failed; the store fails the rest
+                break
+        if release is not None:
+            results.append(release)
+        if results:
+            add(*results)
+
+    def _record_cancelled(
+        self,
+        msg: WorkMessage,
+        name: str,
+        rule: MsgIdRule,
+        so_far: Sequence[SubmitOutcome],
+        add: Callable[..., None],
+    ) -> None:
+        """The shutdown's grace ran out with a later part on the wire: the parts the SMSC
+        accepted are recorded (stop() writes them), or the restart resent them and their
+        receipts matched nothing. The claim stays for the restart's recovery."""
+        at = int(self.clock() * 1000)
+        for seg, out in zip(msg.segments, so_far, strict=False):
+            if out.kind != "ok":
+                break
+            add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
 
     def _route_recorder(self, mid: str, name: str) -> Callable[[], Awaitable[None]]:
         """What the connector awaits as message `mid`'s first part takes its window slot on
@@ -891,9 +1014,14 @@ class Dispatcher:
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(self._claiming)
         if self._tasks:
-            _done, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
-            for task in pending:
-                task.cancel()
+            # A one-part message sent by callbacks (_Quick) is waited for by a future it
+            # resolves as it ends, and cancelled as a task's cancel would have it.
+            sending = list(self._tasks.values())
+            waits = [t.waiter() if isinstance(t, _Quick) else t for t in sending]
+            _done, pending = await asyncio.wait(waits, timeout=grace_s)
+            for t, w in zip(sending, waits, strict=True):
+                if w in pending:
+                    t.cancel()
             if pending:
                 # Their CancelledError handlers hand in the parts the SMSC accepted: wait for
                 # them before the drain. Drained first, those results came after the store
@@ -909,11 +1037,36 @@ class Dispatcher:
         return self._flying
 
 
-class _Flight:
+class _Holds:
     """A message's hold on its dispatch slot: its task's share, and one per batcher call of its
     results (one, usually), each ended by the batcher once the call's batch is committed or
     failed; the last frees the slot (Dispatcher._landed). A failed flush was logged by the
-    batcher and frees it too, as the wait for it did (gather's return_exceptions)."""
+    batcher and frees it too, as the wait for it did (gather's return_exceptions). Slots of
+    its own none (`_Flight`'s, `_Quick`'s: the latter's first base has slots too)."""
+
+    __slots__ = ()
+    d: Dispatcher
+    mid: str
+    waits: int
+
+    def add(self, *items: SubmitResult | Release) -> None:
+        """The message's results, to the batcher: the slot is held until they are committed."""
+        if not items:
+            return
+        self.waits += 1  # type: ignore[misc]  # a slot of each subclass
+        if len(items) == 1:
+            self.d._results.add_call(items[0], self.settled)
+        else:
+            self.d._results.add_many_call(items, self.settled)
+
+    def settled(self, _failed: BaseException | None) -> None:
+        self.waits -= 1  # type: ignore[misc]  # a slot of each subclass
+        if not self.waits:
+            self.d._landed(self.mid)
+
+
+class _Flight(_Holds):
+    """The hold of a message sent by its task (`Dispatcher._send`)."""
 
     __slots__ = ("d", "mid", "waits")
 
@@ -922,20 +1075,112 @@ class _Flight:
         self.mid = mid
         self.waits = 1  # the task's own share, ended as it ends
 
-    def add(self, *items: SubmitResult | Release) -> None:
-        """The message's results, to the batcher: the slot is held until they are committed."""
-        if not items:
-            return
-        self.waits += 1
-        if len(items) == 1:
-            self.d._results.add_call(items[0], self.settled)
-        else:
-            self.d._results.add_many_call(items, self.settled)
 
-    def settled(self, _failed: BaseException | None) -> None:
-        self.waits -= 1
-        if not self.waits:
-            self.d._landed(self.mid)
+class _Quick(OnePart, _Holds):
+    """A one-part message sent without a task (session 57): started as it is claimed (run()),
+    handed to the connector (`Connector.send_one`, this object its record there too), recorded
+    by `finished` from the step that has its outcome (`OnePart`: the protocol's read of the
+    answer, usually). A task per message (made, stepped twice, its coroutine frames) cost
+    ~15 k instructions a message.
+
+    What the task did, kept: its log lines carry MESSAGE_ID (every callback and task of it
+    runs in `ctx`, the message's copy of the context, as a task's own), it holds its place in
+    `_tasks` (stop() waits for `waiter()` and calls `cancel()` as it cancelled a task), the
+    dispatch slot until its results are committed (`_Holds`: `finished` adds the results, its
+    own share ends as it ends), the SMSC's count (`_by_smsc`). Whatever is not the usual case
+    goes to `Dispatcher._send` in a task, with this as its flight (`_send_quick`)."""
+
+    __slots__ = ("d", "ended", "mid", "msg", "n", "name", "rule", "sending", "smsc", "task",
+                 "waiting", "waits")  # fmt: skip
+
+    def __init__(self, d: Dispatcher, msg: WorkMessage, n: int, ctx: contextvars.Context) -> None:
+        self.d = d
+        self.mid = msg.id
+        self.waits = 1  # its own share, ended as it ends (_ended)
+        self.msg = msg
+        self.n = n
+        self.ctx = ctx
+        self.name: str | None = None  # the SMSC, once the connector has it
+        self.smsc: SmscConfig | None = None
+        self.rule: MsgIdRule | None = None
+        self.sending = False  # the connector's (send_one took it)
+        self.task: asyncio.Task[None] | None = None  # Dispatcher._send, when not usual
+        self.waiting: asyncio.Future[None] | None = None  # stop()'s (waiter)
+        self.ended = False
+
+    def start(self) -> None:
+        """What its task's first step did, at its claim (run(), in `ctx`)."""
+        d, msg = self.d, self.msg
+        logs.MESSAGE_ID.set(msg.id)  # in ctx: this message's lines say which
+        try:
+            sent = d._send_quick(self)
+        except Exception:
+            self._failed()
+            return
+        if not sent:  # a task, as claimed messages after it until it has started (run())
+            d._unstarted += 1
+            self.task = running(d._loop).create_task(d._send(msg, self.n, self, True))
+
+    def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
+        """The connector's answer (`_send_parts` after its send_message): the outcomes
+        recorded, or, cancelled, the acceptances among them; any other exception logged and
+        the message requeued, as `_send` does."""
+        d, name = self.d, self.name
+        assert name is not None and self.smsc is not None and self.rule is not None  # mypy
+        try:
+            try:
+                if exc is None:
+                    d._record(self.msg, name, self.smsc, self.rule, outcomes, self.add)
+                elif isinstance(exc, asyncio.CancelledError):
+                    d._record_cancelled(self.msg, name, self.rule, outcomes, self.add)
+                else:
+                    raise exc
+            finally:
+                by_smsc = d._by_smsc  # _left_smsc, inline
+                by_smsc[name] -= 1
+                if not by_smsc[name]:
+                    del by_smsc[name]
+        except Exception:
+            self._failed()
+            return
+        del d._tasks[self.n]  # _ended, inline
+        self.ended = True
+        if self.waiting is not None:
+            self.over()
+        self.settled(None)
+
+    def _failed(self) -> None:
+        """`_send`'s handler of a fault nobody planned for (inside an `except`)."""
+        log.exception("sending a message failed; it is requeued")
+        now_ms = int(self.d.clock() * 1000)
+        self.add(Release(self.mid, now_ms + retry_delay_ms(self.msg.attempts), count_attempt=True))
+        self._ended()
+
+    def _ended(self) -> None:
+        """`_send`'s `finally`: out of `_tasks`, its own share of the slot ended."""
+        del self.d._tasks[self.n]
+        self.over()
+        self.settled(None)
+
+    def over(self) -> None:
+        self.ended = True
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once the message's sending ended (what stop() awaited of a task)."""
+        if self.waiting is None:
+            self.waiting = running(self.d._loop).create_future()
+            if self.ended:
+                self.waiting.set_result(None)
+        return self.waiting
+
+    def cancel(self) -> None:
+        """stop()'s cancel of a task: its task's, or the connector's (`cancel_send`)."""
+        if self.task is not None:
+            self.task.cancel()
+        elif self.sending:
+            self.cancel_send()
 
 
 def _sent(

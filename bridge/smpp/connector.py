@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import random
@@ -50,7 +51,14 @@ from bridge.smpp.protocol import (
 from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
 from bridge.smpp.turns import Turns
 
-__all__ = ["CREDENTIAL_STATUSES", "Connector", "DeliverHandler", "LateSubmit", "SubmitOutcome"]
+__all__ = [
+    "CREDENTIAL_STATUSES",
+    "Connector",
+    "DeliverHandler",
+    "LateSubmit",
+    "OnePart",
+    "SubmitOutcome",
+]
 
 log = logging.getLogger("bridge.smpp")
 
@@ -311,8 +319,9 @@ class _Bind:
         self.mode = mode
         self.proto: SmppProtocol | None = None
         self.task: asyncio.Task[None] | None = None
-        self.hi: deque[asyncio.Future[bool]] = deque()
-        self.lo: deque[asyncio.Future[bool]] = deque()
+        # Waiters for a slot: a future each, or a one-part message's record (OnePart).
+        self.hi: deque[asyncio.Future[bool] | OnePart] = deque()
+        self.lo: deque[asyncio.Future[bool] | OnePart] = deque()
         self.reserved = 0  # slots granted to a sender that has not submitted yet
         self.pause: float | None = None  # current throttle pause; None after a success
         self.pause_started = -1.0
@@ -342,6 +351,248 @@ class _Bind:
 
     def waiting(self) -> int:
         return len(self.hi) + len(self.lo)
+
+
+_IDLE: Final = 0  # a OnePart neither in the window's line nor on the wire
+_IN_LINE: Final = 1
+_STARTING: Final = 2  # in the line, `_start` still running (its `_pump`)
+_ON_WIRE: Final = 3  # its submit_sm sent, the answer awaited (`SmppProtocol.submit_to`)
+_CANCELLED: Final = 4  # on the wire when cancelled (`cancel_send`): its answer still awaited
+
+
+class OnePart:
+    """A one-part message sent by `Connector.send_one` without a task (session 57): where its
+    part is (in the window's line, on the wire, in a task, over) and what it needs there.
+    The caller subclasses it for its own record (the dispatcher's `_Quick`: one object a
+    message), sets `ctx` (the context its steps run in) and gets `finished(outcomes, exc)`
+    once. A task per message (made, stepped twice, its coroutine frames) cost ~15 k
+    instructions, a future with its done-callback and the loop's hop to it ~3 k (README note
+    27): this object is itself what the window's line holds (`_pump` grants it a slot by a
+    plain call, `set_result`) and what the protocol resolves with the answer
+    (`SmppProtocol.submit_to`: `set_result` again, inside the read that brought it)."""
+
+    __slots__ = (
+        "_bind",
+        "_c",
+        "_context",
+        "_deadline",
+        "_live",
+        "_outcomes",
+        "_part",
+        "_state",
+        "_task",
+        "ctx",
+    )
+
+    ctx: contextvars.Context
+    # Set by Connector.send_one (no __init__: the caller's subclass has its own).
+    _c: Connector
+    _bind: _Bind
+    _part: ShortMessage
+    _deadline: float | None
+    _context: Any
+    _state: int
+    _task: asyncio.Task[None] | None
+    _outcomes: list[SubmitOutcome]
+    _live: bool
+
+    def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
+        """What send_message would return (`outcomes`, exc None) or raise (`exc`; a
+        CancelledError after `cancel_send`, an acceptance that came meanwhile in `outcomes`)."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """send_message's first steps for part 0: the usual part submitted with a free slot,
+        else `_submit_on`'s (a slot from the line, the deadline, the submit)."""
+        c, bind = self._c, self._bind
+        try:
+            deadline = self._deadline
+            # `_slot_now`, less what `_best_bind` found a moment ago (the bind up, not closing).
+            free = (
+                not bind.hi
+                and not bind.lo
+                and bind.capacity() > 0
+                and (not bind.paused_until or c._now() >= bind.paused_until)
+            )
+            if free and (deadline is None or running(c._loop).time() < deadline):
+                proto = bind.proto
+                if proto is not None:
+                    # send_message's `_submit_now`, with this as the answer's waiter.
+                    try:
+                        proto.submit_to(self._part, self, self._context)
+                    except (WindowFull, NotBound):
+                        c._pump(bind)  # as _submit_on does with a slot unused
+                    except EncodeError as e:
+                        self._end(c._unencodable(0, e))
+                        return
+                    else:
+                        self._state = _ON_WIRE
+                        return
+            # `_submit_on`'s `_acquire`: a slot at once, else a place in the window's line.
+            if free and c._slot_now(bind):  # its validity past, or the session refused it
+                bind.reserved += 1
+                self._slot()
+                return
+            self._state = _STARTING
+            bind.lo.append(self)
+            c._pump(bind)
+            if self._state == _STARTING:
+                self._state = _IN_LINE
+        except Exception as exc:
+            self._over(exc)
+
+    def done(self) -> bool:
+        """As a waiter's future would answer `_pump`, `refuse_new` and the protocol's
+        `_resolve`: False while it waits in the line or for its answer."""
+        return self._state == _IDLE
+
+    def cancelled(self) -> bool:
+        return False  # `_resolve` asks a done waiter: never one of these
+
+    def set_result(self, got: Any) -> None:
+        """A slot granted (True) or refused (False, the bind gone) by `_pump` or
+        `refuse_new`, or the answer (a SubmitResult) by the protocol: handled at once, in
+        `ctx` (unless its own `_start` is what pumped). Never raises into the caller."""
+        state = self._state
+        self._state = _IDLE
+        step: Callable[[Any], None]
+        if state == _ON_WIRE:
+            step = self._answered
+        elif state == _CANCELLED:
+            step = self._answer_after_cancel
+        elif state == _STARTING:
+            self._lined(got)
+            return
+        else:
+            step = self._lined
+        try:
+            self.ctx.run(step, got)
+            return
+        except RuntimeError as exc:  # its context entered already (not expected): the caller's
+            if "cannot enter context" not in str(exc):
+                raise
+        step(got)
+
+    def _lined(self, granted: bool) -> None:
+        try:
+            if granted:
+                self._slot()
+            else:  # the bind went away first: not an attempt
+                self._go_on(None, None)
+        except Exception as exc:
+            self._over(exc)
+
+    def _slot(self) -> None:
+        """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
+        c, b = self._c, self._bind
+        sent = False
+        outcome = None
+        try:
+            if self._deadline is not None and c._now() >= self._deadline:
+                outcome = SubmitOutcome(0, "expired", -1, "VALIDITY_EXPIRED", None)
+            else:
+                proto = b.proto
+                if proto is not None and proto.is_bound and not c._closing:
+                    try:
+                        proto.submit_to(self._part, self, self._context)
+                        sent = True
+                    except (WindowFull, NotBound):
+                        pass
+        except EncodeError as e:
+            outcome = c._unencodable(0, e)
+        finally:
+            b.reserved -= 1
+            if not sent:
+                c._pump(b)  # hand the unused slot on
+        if outcome is not None:
+            self._end(outcome)
+        elif not sent:  # the bind went away before the PDU left: not an attempt
+            self._go_on(None, None)
+        else:
+            self._state = _ON_WIRE
+
+    def _answered(self, res: SubmitResult) -> None:
+        try:
+            if res.error is not None or res.status != _ROK:
+                self._go_on(self._bind, res)
+                return
+            c = self._c
+            self._outcomes.append(c._accepted(0, self._bind, res, running(c._loop).time()))
+        except Exception as exc:
+            self._over(exc)
+            return
+        # _end and _over, inline (one part sent, the usual case).
+        self._live = False
+        c._active -= 1
+        if c._idle is not None:
+            c._check_idle()
+        self.finished(self._outcomes, None)
+
+    def _answer_after_cancel(self, res: SubmitResult) -> None:
+        """Connector._answer_after_cancel's, the answer come: an acceptance kept."""
+        try:
+            c = self._c
+            if c._answered(res) == "ok":
+                c._ok += 1
+                self._outcomes.append(
+                    SubmitOutcome(0, "ok", res.status, "ESME_ROK", res.message_id)
+                )
+        except Exception as exc:
+            self._over(exc)
+            return
+        self._over(asyncio.CancelledError())
+
+    def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
+        """What send_message hands `_send_part`: in a task, as resends wait and retry."""
+        self._task = running(self._c._loop).create_task(self._rest(bind, first))
+
+    async def _rest(self, bind: _Bind | None, first: SubmitResult | None) -> None:
+        wire: list[asyncio.Future[SubmitResult]] = []
+        try:
+            try:
+                outcome, _b = await self._c._send_part(
+                    0, self._part, bind, None, self._deadline, self._context, wire, first
+                )
+            except asyncio.CancelledError:
+                if wire:
+                    await self._c._answer_after_cancel(wire[0], 0, self._outcomes)
+                raise
+        except BaseException as exc:  # what send_message raised, told to the caller
+            self._over(exc)
+            return
+        self._end(outcome)
+
+    def cancel_send(self) -> None:
+        """What a task's cancel did to send_message: a part in the line leaves it, one on the
+        wire has its answer awaited and an acceptance kept (`_answer_after_cancel`: the
+        session's own time-out bounds the wait), a task is cancelled; then
+        `finished(outcomes, CancelledError)`."""
+        if not self._live:
+            return
+        if self._task is not None:
+            self._task.cancel()
+        elif self._state in (_IN_LINE, _STARTING):
+            self._state = _IDLE
+            with contextlib.suppress(ValueError):  # `_left_line`'s, for a place not granted
+                self._bind.lo.remove(self)
+            self._over(asyncio.CancelledError())
+        elif self._state == _ON_WIRE:
+            self._state = _CANCELLED
+
+    def _end(self, outcome: SubmitOutcome) -> None:
+        self._outcomes.append(outcome)
+        self._over(None)
+
+    def _over(self, exc: BaseException | None) -> None:
+        """send_message's `finally`, then the caller told."""
+        if not self._live:
+            return
+        self._live = False
+        c = self._c
+        c._active -= 1
+        if c._idle is not None:
+            c._check_idle()
+        self.finished(self._outcomes, exc)
 
 
 class Connector:
@@ -755,6 +1006,38 @@ class Connector:
             self._active -= 1
             self._check_idle()
 
+    def send_one(
+        self, one: OnePart, part: ShortMessage, deadline: float | None, context: Any
+    ) -> bool:
+        """`send_message([part], None, deadline, [context])` without a task (session 57): its
+        submit_sm queued now, or its place taken in the window's line, and what comes next run
+        by the done-callbacks of the answer's (or the line's) future, in `one.ctx` (the
+        message's logging context). True once taken: `one.finished` is called once, from a
+        callback or a task, or before this returns.
+
+        False, with nothing done, when send_message would not take its usual way at once (not
+        started, stopping, a TPS limit, no bind up): the caller sends it with send_message.
+        An answer other than an acceptance, and a slot lost before the part left, go on in a
+        task through `_send_part`, as in send_message; the steps taken here are send_message's
+        own in the same order (the same bind picked, the same sequence numbers)."""
+        if self._stopping or not self._started or self._throttler is not None:
+            return False
+        bind = self._best_bind()  # None moves nothing (`_rr` only with two binds up)
+        if bind is None:
+            return False
+        self._active += 1
+        one._c = self
+        one._bind = bind
+        one._part = part
+        one._deadline = deadline
+        one._context = context
+        one._state = _IDLE
+        one._task = None  # the rest in a task (_rest), past the usual case
+        one._outcomes = []
+        one._live = True  # finished not called yet
+        one._start()
+        return True
+
     async def _answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult], index: int, outcomes: list[SubmitOutcome]
     ) -> None:
@@ -936,7 +1219,7 @@ class Connector:
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
-        self._tick(1)
+        self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
         sent_at = now - res.rtt_s
         bind.unanswered = 0
         a = self._rtt_avg

@@ -230,6 +230,17 @@ class SmppProtocol(asyncio.Protocol):
         self._arm_timer()
         return fut
 
+    def submit_to(self, body: ShortMessage, waiter: Any, context: Any = None) -> None:
+        """`submit` with the caller's own waiter for the result instead of a future made here:
+        an object with a future's `done()`, `cancelled()` and `set_result(result)`, called by
+        the read (or the timer, or the connection's end) that resolves it, at once, where a
+        future's done-callback ran a loop round later (Connector.send_one, session 57)."""
+        if self._transport is None or self._transport.is_closing():
+            raise NotBound("submit: the connection is closing")
+        self.session.submit(body, self._loop.time(), (waiter, time.perf_counter(), context))
+        self._schedule_flush()
+        self._arm_timer()
+
     def answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult]
     ) -> asyncio.Future[SubmitResult]:

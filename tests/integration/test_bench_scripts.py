@@ -760,3 +760,29 @@ def test_bench_lock_sched_splits_a_hold_by_what_its_loop_did() -> None:
         "woken, waiting for a CPU": 500.0,
     }, text
     assert "acceptor" not in text, text  # pid 300's flock: not a hold of this run
+
+
+def test_connector_differential_finds_an_answer_handled_otherwise(tmp_path: Path) -> None:
+    """connector_differential.py: two copies of this tree send the same PDUs and record the
+    same outcomes for a seed's scripted answers; a copy whose one-part send hands a throttled
+    part on without its bind (a fault, requeued, not the resend) differs, and the script says
+    so and exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    args = ("scripts/connector_differential.py", "--compare", str(same), "--seeds", "1-2")
+    out = _run(*args, "--tree", str(same))
+    assert re.search(r"2 seeds, \d+ submit_sm, \d+ records: 0 differing", out), out
+    connector = changed / "bridge" / "smpp" / "connector.py"
+    text = connector.read_text()
+    planted = text.replace(
+        "self._go_on(self._bind, res)",
+        "self._go_on(self._bind if res.status != 0x58 else None, res)",
+    )
+    assert planted != text
+    connector.write_text(planted)
+    out = _run(*args, "--tree", str(changed), codes=(1,))
+    assert re.search(r"records: [12] differing", out), out
