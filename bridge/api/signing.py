@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote_to_bytes
 
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 
 if TYPE_CHECKING:
     from multidict import MultiMapping
@@ -292,6 +292,10 @@ class AuthHeader:
     signature: str
 
 
+# Each request's AuthHeader built without entering the interpreter again (fastinit.maker).
+_new_auth_header = maker(AuthHeader)
+
+
 def parse_authorization(value: str | None) -> AuthHeader:
     """Strict parse: each malformation gets its own message, so client authors can fix it alone.
 
@@ -310,7 +314,7 @@ def parse_authorization(value: str | None) -> AuthHeader:
         usual = _usual_head(value[:-_USUAL_TAIL])
         signature = value[-64:]
         if usual is not None and _HEX64_RE.fullmatch(signature):
-            return AuthHeader(usual[0], usual[1], signature)  # by position: no kwargs dict
+            return _new_auth_header(usual[0], usual[1], signature)  # by position
     return _parse_authorization_strictly(value)
 
 
