@@ -106,6 +106,8 @@ codecs.register_error(_ERRORS, _stand_in_handler)
 
 # Beyond this many non-ASCII characters one str.translate beats a handler call per run.
 _MAX_STAND_INS = 12
+# How many characters of a non-ASCII text are first searched for one that is not GSM.
+_HEAD = 16
 
 # Decoding: bytes (latin-1 view) -> base-table char; the high bit is ignored (tolerant decoding of
 # SMSCs that leave it set).
@@ -142,6 +144,11 @@ def gsm_septets(text: str) -> bytes | None:
     """
     if text.isascii():
         raw = text.encode("ascii")
+    elif _NON_GSM_RE.search(text, 0, _HEAD) is not None:
+        # A non-GSM character near the start (a CJK or Cyrillic text, nearly every UCS-2 one):
+        # refused without the whole text's UTF-8 encoding below (~4,000 instructions for 141
+        # CJK characters, this ~2,000; each UCS-2 send asks twice: session 57).
+        return None
     elif len(text.encode("utf-8", "surrogatepass")) - len(text) <= _MAX_STAND_INS:
         raw = text.encode("ascii", _ERRORS)
     elif _NON_GSM_RE.search(text) is not None:

@@ -7,6 +7,7 @@ international tariffs count the segments actually transmitted.
 
 from __future__ import annotations
 
+from codecs import utf_16_le_encode
 from enum import StrEnum
 
 
@@ -27,7 +28,10 @@ def tariff_chars(text: str) -> int:
     """
     if text.isascii():
         return len(text)
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+    # The codec's function itself, not str.encode("utf-16-le", ...): that looks the name up in
+    # the codec registry on every call (~2,400 of its ~4,800 instructions for 141 CJK
+    # characters; session 57). The same bytes.
+    return len(utf_16_le_encode(text, "surrogatepass")[0]) // 2
 
 
 def billable_units(text: str, rule: CountingRule, wire_segments: int) -> int:
