@@ -250,7 +250,7 @@ class Authenticator:
                 raise signing.SignatureError(
                     "SIGNATURE_MISMATCH", "X-Bridge-Date header is missing"
                 )
-            when = signing.parse_date(date_value)
+            when, when_s = signing.parse_date_seconds(date_value)
             nonce = signing.check_nonce(nonce_value)
         except signing.SignatureError as exc:
             raise ApiError(exc.code, exc.message) from None
@@ -271,7 +271,7 @@ class Authenticator:
 
             now = self._clock()
             late = self.late_s(now)
-            if not signing.skew_clearly_within(when, now, self._max_skew, late):
+            if not signing.skew_seconds_within(when_s, now, self._max_skew, late):
                 try:
                     signing.check_skew(when, _utc(now), self._max_skew, late)
                 except signing.SignatureError as exc:

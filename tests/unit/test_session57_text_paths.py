@@ -88,3 +88,19 @@ def test_the_plain_cut_equals_the_surrogate_aware_one_without_pairs() -> None:
     for per in (132, 134):
         assert split._cut_plain(data, per) == split._cut_ucs2(data, per)
     assert split._cut_plain(b"", 134) == []
+
+
+def test_the_last_answer_kept_is_only_that_very_texts() -> None:
+    # gsm_septets and tariff_chars keep their last non-ASCII answer for the same str object (a
+    # send asks twice of its text): any other text, equal or not, is answered for itself.
+    cjk = "中文" * 50 + "😀"
+    gsm = "é" * 100
+    for _ in range(2):
+        assert gsm_septets(cjk) is None
+        assert tariff_chars(cjk) == 102
+        assert gsm_septets(gsm) == ref_septets(gsm) is not None
+        assert tariff_chars(gsm) == 100
+        other = "".join(["中文" * 50, "😀😀"])  # a new object each time
+        assert tariff_chars(other) == 104
+        assert tariff_chars(cjk) == 102
+        assert gsm_septets("".join(["é" * 99, "e"])) == ref_septets("é" * 99 + "e")
