@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Instructions per request of chosen steps of the accept, each counted alone under callgrind.
 
-Usage: python scripts/bench_accept_steps.py [--requests 500] [--store] [--out FILE]
-                                            module:attr [module:Class.attr ...]
+Usage: python scripts/bench_accept_steps.py [--requests 500] [--store] [--kind gsm1|ucs3]
+                                            [--out FILE] module:attr [module:Class.attr ...]
 
 Why (session 55): the stubbed accept's profile is flat, and callgrind names C functions only (a
 Python function is `_PyEval_EvalFrameDefault` like any other). This runs
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("targets", nargs="*", help="module:function or module:Class.method")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--store", action="store_true", help="the real store, not --stub")
+    ap.add_argument("--kind", choices=sorted(inproc.TEXTS), default="gsm1", help="bench.py's texts")
     ap.add_argument("--out", help="the profile's file (a temporary one, removed, if not given)")
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,6 +97,7 @@ def main() -> None:
         names = _wrap(args.targets)
         Path(os.environ["BENCH_STEPS_OUT"]).write_text(json.dumps(names))
         sys.argv = [inproc.__file__, "--requests", str(args.requests), "--counting", "--wire"]
+        sys.argv += ["--kind", args.kind]
         if not args.store:
             sys.argv.append("--stub")
         inproc.main()
@@ -103,6 +105,7 @@ def main() -> None:
     out = args.out or tempfile.mktemp(prefix="callgrind.steps.")
     os.environ["BENCH_STEPS_OUT"] = names_file = tempfile.mktemp(prefix="steps.")
     cmd = [sys.executable, __file__, "--counting", "--requests", str(args.requests)]
+    cmd += ["--kind", args.kind]
     cmd += ["--store"] if args.store else []
     inproc.CHILDREN.on_signals()
     try:

@@ -106,6 +106,12 @@ codecs.register_error(_ERRORS, _stand_in_handler)
 
 # Beyond this many non-ASCII characters one str.translate beats a handler call per run.
 _MAX_STAND_INS = 12
+# How many characters of a non-ASCII text are first searched for one that is not GSM.
+_HEAD = 16
+# The last text refused by that search: a UCS-2 send asks of its text twice (the build's
+# `split.one_gsm_part`, then the encoder's `_resolve_text`). Asked by identity, so only that
+# very object answers from it; one string held.
+_not_gsm: list[str | None] = [None]
 
 # Decoding: bytes (latin-1 view) -> base-table char; the high bit is ignored (tolerant decoding of
 # SMSCs that leave it set).
@@ -142,6 +148,14 @@ def gsm_septets(text: str) -> bytes | None:
     """
     if text.isascii():
         raw = text.encode("ascii")
+    elif _not_gsm[0] is text:  # the very text found not GSM last (a str never changes)
+        return None
+    elif _NON_GSM_RE.search(text, 0, _HEAD) is not None:
+        # A non-GSM character near the start (a CJK or Cyrillic text, nearly every UCS-2 one):
+        # refused without the whole text's UTF-8 encoding below (~4,000 instructions for 141
+        # CJK characters, this ~2,000; each UCS-2 send asks twice: session 57).
+        _not_gsm[0] = text
+        return None
     elif len(text.encode("utf-8", "surrogatepass")) - len(text) <= _MAX_STAND_INS:
         raw = text.encode("ascii", _ERRORS)
     elif _NON_GSM_RE.search(text) is not None:

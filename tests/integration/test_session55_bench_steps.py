@@ -33,3 +33,25 @@ def test_bench_accept_steps_counts_each_step_alone() -> None:
     # sign is called once a request inside verify_checked (the HMAC); build once a request.
     assert 1_000 < sign < verify < total, out
     assert 1_000 < build < total < 20_000_000, out
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_accept_steps_counts_the_three_part_ucs2_send_with_kind() -> None:
+    # Session 57: `--kind ucs3` sends bench.py's 3-part UCS-2 text, which the long encoder
+    # path makes (a one-part GSM send never calls encode_message).
+    steps = ("bridge.api.submit:Submitter.build", "bridge.text.split:encode_message")
+    counts = {}
+    for kind in ("gsm1", "ucs3"):
+        out = subprocess.run(
+            [sys.executable, "scripts/bench_accept_steps.py", "--requests", "50",
+             "--kind", kind, *steps],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+        ).stdout  # fmt: skip
+        counts[kind] = {
+            m.group(1): int(m.group(2).replace(",", ""))
+            for m in re.finditer(r"^(\S.*?) +([0-9,]+)$", out, re.M)
+        }
+    build, encode = steps
+    assert counts["gsm1"][encode] == 0, counts
+    assert 1_000 < counts["ucs3"][encode] < counts["ucs3"][build], counts
+    assert counts["gsm1"][build] < counts["ucs3"][build], counts

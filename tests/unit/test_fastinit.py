@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import bridge
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 
 
 def _fast_classes() -> list[type]:
@@ -223,3 +223,100 @@ def test_a_field_named_as_one_of_the_inits_own_names(name: str) -> None:
     assert type(y) is cls and getattr(y, name) == []
     with pytest.raises(dataclasses.FrozenInstanceError):
         x.a = 2
+
+
+# Session 57: `maker(cls)`, the function the hot paths build their values with instead of calling
+# the class: the same parameters and the same instance, for every class that uses fast_init.
+
+
+@pytest.mark.parametrize("cls", FAST, ids=lambda c: f"{c.__module__}.{c.__qualname__}")
+def test_a_maker_takes_the_same_parameters_and_builds_the_same_instance(cls: type) -> None:
+    make = maker(cls)
+    own = inspect.signature(cls.__dataclass_init__)
+    made = inspect.signature(make)
+    # names, kinds, defaults (by repr: a factory's is "<factory>"), order
+    assert [str(p) for p in made.parameters.values()] == [
+        str(p) for p in list(own.parameters.values())[1:]
+    ]
+    assert made.return_annotation == cls.__name__
+    args = []
+    kwargs = {}
+    for p in list(own.parameters.values())[1:]:
+        if p.default is not inspect.Parameter.empty:
+            continue
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[p.name] = object()
+        else:
+            args.append(object())
+    outcomes: list[Any] = []
+    for build in (make, cls):
+        try:
+            outcomes.append(build(*args, **kwargs))
+        except Exception as exc:
+            outcomes.append(type(exc))
+    a, b = outcomes
+    if isinstance(b, type):  # refused by __post_init__: refused alike
+        assert a is b
+        return
+    assert type(a) is cls and a.__class__ is cls
+    for f in dataclasses.fields(cls):
+        assert getattr(a, f.name) == getattr(b, f.name), f.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(a, dataclasses.fields(cls)[0].name, 1)
+
+
+def test_a_maker_keeps_defaults_factories_keywords_and_post_init() -> None:
+    make = maker(_Shape)
+    x = make(1)
+    assert x == _Shape(1) and type(x) is _Shape
+    assert (x.a, x.b, x.c, x.d, x.e) == (1, "b", [], 4, ())
+    assert make(1).c is not x.c  # a fresh list per instance
+    z = make(2, "z", [3], d=5, e=(1,))
+    assert z == _Shape(2, "z", [3], d=5, e=(1,))
+    assert make(a=2, b="z", c=[3], e=(1,), d=5) == z
+    with pytest.raises(TypeError):
+        make(1, "b", [], 5)  # type: ignore[misc]  # d is keyword-only
+    with pytest.raises(TypeError):
+        make()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="negative"):
+        maker(_Checked)(-1)
+    c = maker(_Child)(1, f=7)
+    assert type(c) is _Child and c == _Child(1, f=7)
+    assert hash(maker(_Checked)(3)) == hash(_Checked(3))
+    assert repr(maker(_Checked)(3)) == "_Checked(n=3)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del c.a
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.f = 8  # type: ignore[misc]
+
+
+def test_a_maker_of_a_class_fast_init_left_is_the_class() -> None:
+    @dataclass(frozen=True, slots=True)
+    class WithInitFalse:
+        a: int
+        b: int = field(init=False, default=0)
+
+    class Plain(_Checked):
+        __slots__ = ("extra",)
+
+    assert maker(fast_init(WithInitFalse)) is WithInitFalse
+    assert maker(Plain) is Plain  # a subclass that is no dataclass of its own
+
+
+@pytest.mark.parametrize("name", ["self", "_Alloc", "_cls", "_FACTORY", "_d_b", "_f_c"])
+def test_a_maker_with_a_field_named_as_one_of_its_own_names_is_the_class(name: str) -> None:
+    ns: dict[str, Any] = {}
+    exec(
+        "@dataclass(frozen=True, slots=True)\n"
+        f"class X:\n    a: int\n    {name}: int = 0\n    b: int = 1\n"
+        "    c: list[int] = field(default_factory=list)\n",
+        {"dataclass": dataclass, "field": field},
+        ns,
+    )
+    cls = fast_init(ns["X"])
+    make = maker(cls)
+    if name == "self":  # fast_init itself keeps the dataclass's init
+        assert make is cls
+        return
+    assert make is cls
+    assert cls(1, 2) == cls(1, 2)

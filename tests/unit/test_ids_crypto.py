@@ -78,6 +78,20 @@ def test_ids_are_unique_within_one_millisecond() -> None:
     assert len({i[-16:] for i in ids}) == 20_000
 
 
+def test_the_random_part_is_uniform_over_the_alphabet_across_draws() -> None:
+    # Session 57: the characters come from a string of 4,096 mapped at once (256 ids a draw):
+    # 20,000 ids cross ~80 draws, each id's 16 characters from the alphabet, each character
+    # about as frequent as any other (320,000 characters, 10,000 expected of each).
+    from collections import Counter
+
+    from bridge.ids import _ALPHABET
+
+    ids = [new_id("bat_", 1_700_000_000_000) for _ in range(20_000)]
+    seen = Counter("".join(i[-16:] for i in ids))
+    assert set(seen) == set(_ALPHABET)
+    assert all(9_000 < n < 11_000 for n in seen.values()), seen
+
+
 def test_a_forked_child_never_repeats_the_parents_ids() -> None:
     """The random pool is buffered: a child forked with a half-used buffer must draw fresh bytes,
     or parent and child would hand out the same ids (acceptor processes are started by fork)."""

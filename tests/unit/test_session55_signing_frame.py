@@ -99,3 +99,23 @@ def test_a_signature_is_hmac_sha256_of_the_text(secret: str | bytes, text: str) 
     want = hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
     assert signing.sign(secret, text) == want
     assert signing.sign(secret, text) == want  # the cached key is copied, never fed
+
+
+# Session 57: the canonical request joined by a builder generated per number of headers (one
+# f-string), or, past _CACHED_HEAD_NAMES names, by `_join_pieces`: the stated formula for
+# every count from none to well past the cap, and a missing header still refused by name.
+@pytest.mark.parametrize("count", [0, 1, 2, 6, 16, 17, 40])
+def test_the_canonical_request_of_any_number_of_headers_is_the_formula(count: int) -> None:
+    from bridge.api import signing
+
+    names = tuple(sorted(f"x-h{i:02d}" for i in range(count)))
+    lowered = {n: f"v{{{i}}}%s" for i, n in enumerate(names)}  # braces and % kept as text
+    lines = "".join(f"{n}:{lowered[n]}\n" for n in names)
+    want = "\n".join(["PUT", "/a%7Bb%7D", "", lines, ";".join(names), "s" * 64])
+    for _ in range(2):  # built, then from the frames' cache
+        got = signing._canonical("put", "/a{b}", "", lowered, names, "s" * 64, names_canonical=True)
+        assert got == want
+    if names:
+        del lowered[names[-1]]
+        with pytest.raises(signing.SignatureError, match=f"header '{names[-1]}' is in"):
+            signing._canonical("put", "/a{b}", "", lowered, names, "s" * 64, names_canonical=True)
