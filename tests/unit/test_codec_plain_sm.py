@@ -57,7 +57,33 @@ _ODD_INT = st.one_of(
 _ODD_BODY = st.one_of(
     st.binary(min_size=250, max_size=260), st.binary(max_size=8).map(bytearray), st.just("text")
 )
-_TLVS = st.one_of(st.just(()), st.just(()), st.just(((C.USER_MESSAGE_REFERENCE, b"\x00\x07"),)))
+_SAR = (
+    (C.SAR_MSG_REF_NUM, b"\x00\x07"),
+    (C.SAR_TOTAL_SEGMENTS, b"\x03"),
+    (C.SAR_SEGMENT_SEQNUM, b"\x02"),
+)
+# The TLVs a part carries (SAR's three, a payload's message_payload), and odd ones the general
+# path refuses (a tag or a value out of range, a value not bytes) or whose PDU would exceed
+# MAX_PDU (refused by encode; session 57's plain path takes TLVs).
+_TLVS = st.one_of(
+    st.just(()),
+    st.just(()),
+    st.just(((C.USER_MESSAGE_REFERENCE, b"\x00\x07"),)),
+    st.just(_SAR),
+    st.binary(max_size=300).map(lambda b: ((C.MESSAGE_PAYLOAD, b),)),
+    st.sampled_from(
+        [
+            ((0x10000, b"x"),),
+            ((-1, b"x"),),
+            ((C.MESSAGE_PAYLOAD, "text"),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65536),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65495),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65530),),
+            (C.MESSAGE_PAYLOAD, b"x"),
+            ((C.MESSAGE_PAYLOAD,),),
+        ]
+    ),
+)
 
 
 @st.composite
