@@ -146,6 +146,56 @@ def test_a_valid_body_reads_back_as_written(m: ShortMessage) -> None:
     assert got.short_message == bytes(m.short_message)
 
 
+def _read(fn: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        return "ok", fn(*args)
+    except PduError as e:
+        return "PduError", e.status, str(e)
+    except Exception as e:  # IndexError, struct.error: decode names them truncated
+        return (type(e).__name__,)
+
+
+@st.composite
+def sm_bodies(draw: st.DrawFn) -> bytes:
+    """A submit_sm or deliver_sm frame field by field: each C-string up to one octet past its
+    maximum (its NUL then out of reach) or without its NUL, the integers any octets, the
+    sm_length right or not, and the frame maybe cut short."""
+    out = bytearray(b"\0" * 16)
+    octet = st.integers(1, 255)
+    odd = draw(st.sampled_from([None, 0, 1, 2, 3, 4]))  # the C-string made odd, if one
+    for k, (maxlen, ints) in enumerate(((6, 2), (21, 2), (21, 3), (17, 0), (17, 5))):
+        if k == odd:
+            size = draw(st.sampled_from([maxlen - 1, maxlen, maxlen + 1]))
+        else:
+            size = draw(st.integers(0, maxlen - 1))
+        out += bytes(draw(st.lists(octet, min_size=size, max_size=size)))
+        if k != odd or draw(st.booleans()):
+            out += b"\0"
+        out += bytes(draw(st.lists(st.integers(0, 255), min_size=ints, max_size=ints)))
+    sm = draw(st.binary(max_size=40))
+    if len(out) >= 1:
+        out[-1] = draw(st.sampled_from([len(sm), len(sm) + 1, 0, 255]))
+    out += sm + draw(st.sampled_from([b"", b"\x04\x1e\x00\x02ab", b"\x04"]))
+    if draw(st.integers(0, 4)) == 0:
+        del out[draw(st.integers(16, len(out))) :]
+    return bytes(out)
+
+
+@MANY
+@given(st.one_of(sm_bodies(), short_messages()))
+def test_one_match_reads_the_c_strings_the_finds_read(got: bytes | ShortMessage) -> None:
+    """`_decode_sm` reads the five C-strings with one match (session 57), the body it does not
+    match with the finds (`_decode_sm_checked`): the same body or the same refusal for every
+    frame, valid ones and ones with a C-string at or past its maximum, without its NUL, or cut
+    short."""
+    if isinstance(got, ShortMessage):
+        try:
+            got = encode(Pdu(C.DELIVER_SM, 0, 9, got))
+        except (EncodeError, TypeError):
+            return
+    assert _read(codec._decode_sm, got, 0) == _read(codec._decode_sm_checked, got)
+
+
 def test_the_usual_submit_sm_encodes_no_c_string_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """A one-part message's submit_sm takes the plain path (no `_ecs` per C-string), and is
     smpplib's octets for octets."""
