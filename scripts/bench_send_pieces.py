@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The owner's send path in pieces, each counted alone under callgrind (instructions per call).
 
-Usage: python scripts/bench_send_pieces.py [--calls 2000] [--tree DIR] [PIECE ...]
+Usage: python scripts/bench_send_pieces.py [--calls 2000] [--tree DIR] [--parts 1] [PIECE ...]
        python scripts/bench_send_pieces.py --compare OLD_TREE [--pairs 2] [PIECE ...]
 
 Why: `bench_send_path.py --callgrind` counts a whole message (~340 k instructions, one-part),
@@ -16,7 +16,10 @@ included), the two reads alone (`decode_resp`, `decode_deliver`), the receipt's 
 batcher item (`receipt`, the batcher stubbed), and the sent part's result (`sent`). What the
 whole message costs beyond their sum is the asyncio layers' (protocol, connector, dispatcher
 tasks, futures, the loop). `--tree` imports `bridge` from another checkout; `--compare OLD`
-alternates OLD and this checkout and prints each piece's ratio.
+alternates OLD and this checkout and prints each piece's ratio. `--parts N` (N > 1) takes a UCS-2
+text of N parts, as `bench_send_path.py --parts N` sends: `build` builds all N, the other pieces
+run on its second part (a UDH part, whose shared fields the codec has encoded before, as for
+every part after a message's first).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ TIMEOUT_S = 900
 PIECES = ("build", "encode_submit", "session", "decode_resp", "decode_deliver", "receipt", "sent")
 
 
-def pieces() -> dict[str, Callable[[], Any]]:
-    """Each piece as a call of no arguments, its inputs made once (one-part, as the bench's)."""
+def pieces(parts: int = 1) -> dict[str, Callable[[], Any]]:
+    """Each piece as a call of no arguments, its inputs made once (one-part, as the bench's, or
+    the second part of a `parts`-part UCS-2 text)."""
     import asyncio
     from datetime import UTC, datetime
 
@@ -68,13 +72,14 @@ def pieces() -> dict[str, Callable[[], Any]]:
         env={},
     )
     smsc = cfg.smscs[0]
-    enc = encode_message("Your verification code is 123456.", EncodeOptions(), lambda: 7)
+    text = "Your verification code is 123456." if parts == 1 else "验" * (67 * parts - 9)
+    enc = encode_message(text, EncodeOptions(), lambda: 7)
     segs = tuple(
         WorkSegment(p.seq, p.total, p.esm_class, p.short_message, pack_tlvs(p.tlvs), 0)
         for p in enc.parts
     )
     msg = WorkMessage("msg_1", "acc", "+8613800138000", "BRIDGE", enc.data_coding, None, 0, segs)
-    part = build_parts(msg, smsc)[0]
+    part = build_parts(msg, smsc)[0 if parts == 1 else 1]
     mid = "0012D687"  # the simulator's ids: its count, in hex (its default)
     resp = encode(Pdu(C.SUBMIT_SM_RESP, 0, 2, MessageIdResp(mid)))
     at = datetime(2026, 12, 6, 11, 0, tzinfo=UTC)
@@ -127,9 +132,9 @@ def pieces() -> dict[str, Callable[[], Any]]:
     }
 
 
-def counting(name: str, calls: int) -> None:
+def counting(name: str, calls: int, parts: int) -> None:
     """Under callgrind: the loop of `name`, instrumentation on around it only."""
-    fn = (lambda: None) if name == "empty" else pieces()[name]
+    fn = (lambda: None) if name == "empty" else pieces(parts)[name]
     for _ in range(200):
         fn()
     pid = str(os.getpid())
@@ -139,12 +144,13 @@ def counting(name: str, calls: int) -> None:
     subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
 
 
-def count(tree: str, name: str, calls: int) -> float:
+def count(tree: str, name: str, calls: int, parts: int = 1) -> float:
     """Instructions counted over `calls` calls of `name` in `tree` (the toggles' own included)."""
     out = tempfile.mktemp(prefix="callgrind.pieces.")
     os.environ["PYTHONHASHSEED"] = "0"  # the copy's (CHILDREN.callgrind passes this process's)
     os.environ["PYTHONPATH"] = str(Path(tree).resolve())
-    cmd = [sys.executable, __file__, "--counting", name, "--calls", str(calls)]
+    cmd = [sys.executable, __file__, "--counting", name, "--calls", str(calls),
+           "--parts", str(parts)]  # fmt: skip
     try:
         _stdout, total = CHILDREN.callgrind(cmd, out, TIMEOUT_S)
     finally:
@@ -152,15 +158,16 @@ def count(tree: str, name: str, calls: int) -> float:
     return float(total)
 
 
-def per_call(tree: str, names: list[str], calls: int) -> dict[str, float]:
+def per_call(tree: str, names: list[str], calls: int, parts: int = 1) -> dict[str, float]:
     base = count(tree, "empty", calls)
-    return {n: (count(tree, n, calls) - base) / calls for n in names}
+    return {n: (count(tree, n, calls, parts) - base) / calls for n in names}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", metavar="PIECE", help=f"of {', '.join(PIECES)}")
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--parts", type=int, default=1, help="1, or a UCS-2 text of this many parts")
     ap.add_argument("--tree", default=str(HERE))
     ap.add_argument("--compare", help="an older checkout to compare with, alternating")
     ap.add_argument("--pairs", type=int, default=2)
@@ -170,14 +177,14 @@ def main() -> None:
     CHILDREN.on_signals()
     if args.counting:
         sys.path.insert(0, os.environ.get("PYTHONPATH", str(HERE)))
-        counting(args.counting, args.calls)
+        counting(args.counting, args.calls, args.parts)
         return
     names = args.names or list(PIECES)
     unknown = sorted(set(names) - set(PIECES))
     if unknown:
         raise SystemExit(f"unknown pieces: {', '.join(unknown)} (of {', '.join(PIECES)})")
     if not args.compare:
-        got = per_call(args.tree, names, args.calls)
+        got = per_call(args.tree, names, args.calls, args.parts)
         if args.json:
             print(json.dumps(got))
         for n, v in got.items():
@@ -185,8 +192,8 @@ def main() -> None:
         return
     ratios: dict[str, list[float]] = {n: [] for n in names}
     for i in range(args.pairs):
-        old = per_call(args.compare, names, args.calls)
-        new = per_call(str(HERE), names, args.calls)
+        old = per_call(args.compare, names, args.calls, args.parts)
+        new = per_call(str(HERE), names, args.calls, args.parts)
         for n in names:
             ratios[n].append(new[n] / old[n])
             print(f"pair {i + 1}: {n:16s} {old[n]:10,.0f} -> {new[n]:10,.0f} ({ratios[n][-1]:.3f})")

@@ -31,7 +31,7 @@ from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int_value
 from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
-from bridge.smpp.receipt import ReceiptState, receipt_values
+from bridge.smpp.receipt import ReceiptState, receipt_outcome
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
@@ -169,9 +169,16 @@ class Inbound:
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
-        # Its fields as values (receipt_values), not a Receipt made to be read once (one per
-        # part sent).
-        got = receipt_values(text, tlv_text or None, tlv_int_value(state), network)
+        # Its fields as values, not a Receipt made to be read once (one per part sent), and
+        # only the six stored (receipt_outcome: receipt_values' without sub, dlvrd, the submit
+        # date and the quoted text). A one-octet message_state (SMPP 3.4 5.3.2.35), as every
+        # SMSC sends it, read without tlv_int_value's call.
+        got = receipt_outcome(
+            text,
+            tlv_text or None,
+            state[0] if state is not None and len(state) == 1 else tlv_int_value(state),
+            network,
+        )
         if got is None:
             self.unparsable += 1
             if self.metrics is not None:
@@ -183,7 +190,7 @@ class Inbound:
             )
             out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
             return
-        message_id, rstate, stat, err, _submitted, done_date, _sub, _dlvrd, _text, net_error = got
+        message_id, rstate, stat, err, done_date, net_error = got
         rule = self._rules.get(smsc)
         if rule is None:
             key = message_id

@@ -224,10 +224,21 @@ class SmppProtocol(asyncio.Protocol):
         resolved by then."""
         if self._transport is None or self._transport.is_closing():
             raise NotBound("submit: the connection is closing")
-        fut: asyncio.Future[SubmitResult] = self._loop.create_future()
-        self.session.submit(body, self._loop.time(), (fut, time.perf_counter(), context))
-        self._schedule_flush()
-        self._arm_timer()
+        loop = self._loop
+        fut: asyncio.Future[SubmitResult] = loop.create_future()
+        now = loop.time()
+        session = self.session
+        session.submit(body, now, (fut, time.perf_counter(), context))
+        if not self._flush_scheduled:  # _schedule_flush inline: a call a part
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        # This request's deadline (now + the response time-out) is the latest of all: a timer
+        # already armed no later than it stays as it is, which _arm_timer would find after
+        # asking the session for its next deadline (a call and its reads, a part: session 57).
+        # The first request after an idle spell can come before the keep-alive's deadline the
+        # timer waits for: that one re-arms it.
+        if self._timer is None or self._timer_at > now + session.response_timeout_s:
+            self._arm_timer()
         return fut
 
     def submit_to(self, body: ShortMessage, waiter: Any, context: Any = None) -> None:
@@ -426,8 +437,11 @@ class SmppProtocol(asyncio.Protocol):
 
     def _ack(self, ev: DeliverReceived, status: int) -> None:
         self.session.ack_deliver(ev.seq, status, ev.command_id)
-        # A batch of receipts commits together and its acks leave in one write, not one each.
-        self._schedule_flush()
+        # A batch of receipts commits together and its acks leave in one write, not one each
+        # (_schedule_flush inline: one a receipt).
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _deliver_done(self, ev: DeliverReceived, pending: asyncio.Future[int]) -> None:
         self._deliver_tasks.discard(pending)

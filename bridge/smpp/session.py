@@ -38,7 +38,7 @@ from bridge.smpp.codec import (
     Pdu,
     PduError,
     ShortMessage,
-    decode,
+    decode_fields,
     encode,
     encode_sm_request,
     salvage_data_sm,
@@ -574,41 +574,40 @@ class BindSession:
         closed = [e for e in events if isinstance(e, Closed)]
         for frame in frames:
             try:
-                pdu = decode(frame)
+                cid, status, seq, body = decode_fields(frame)
             except PduError:
                 continue
-            if pdu.command_id & C.RESP_BIT:
-                self._handle_response(pdu, events)
+            if cid & C.RESP_BIT:
+                self._handle_response(cid, status, seq, body, events)
         for e in closed:
             events.remove(e)
             events.append(e)
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
         try:
-            pdu = decode(frame)
+            cid, status, seq, body = decode_fields(frame)
         except PduError as e:
             self._handle_bad_frame(frame, e, events)
             return
-        cid = pdu.command_id
         if cid & C.RESP_BIT:
-            self._handle_response(pdu, events)
+            self._handle_response(cid, status, seq, body, events)
         elif cid == C.DELIVER_SM or cid == C.DATA_SM:
             state = self.state
             if state is _BOUND or state is _UNBINDING:
-                body = pdu.body
                 if isinstance(body, DataSm):
-                    events.append(DeliverReceived(pdu.seq, body.as_short_message(), False, cid))
+                    events.append(DeliverReceived(seq, body.as_short_message(), False, cid))
                 else:  # a deliver_sm: codec._decode_sm made it a ShortMessage (unchecked: per PDU)
-                    events.append(DeliverReceived(pdu.seq, body, False))  # type: ignore[arg-type]
+                    events.append(DeliverReceived(seq, body, False))
             else:
-                self._respond(_INBOUND_RESP[cid], C.ESME_RINVBNDSTS, pdu.seq, MessageIdResp())
+                self._respond(_INBOUND_RESP[cid], C.ESME_RINVBNDSTS, seq, MessageIdResp())
                 events.append(
                     ProtocolError(f"{C.command_name(cid)} before bound ({self.state})", False)
                 )
         elif cid == C.ENQUIRE_LINK:
-            self._respond(C.ENQUIRE_LINK_RESP, C.ESME_ROK, pdu.seq)
+            self._respond(C.ENQUIRE_LINK_RESP, C.ESME_ROK, seq)
         elif cid == C.UNBIND:
-            self._respond(C.UNBIND_RESP, C.ESME_ROK, pdu.seq)
+            self._respond(C.UNBIND_RESP, C.ESME_ROK, seq)
             events.append(PeerUnbound())
             # Not _close: late answers in the rest of this read still count (receive_data
             # clears the late map after _answers_after_unbind).
@@ -618,7 +617,7 @@ class BindSession:
             events.append(ProtocolError(f"ignored {C.command_name(cid)} from the SMSC", False))
         else:
             # A request an ESME does not serve (submit_sm, bind_*, query_sm, ...).
-            self._nack(C.ESME_RINVCMDID, pdu.seq)
+            self._nack(C.ESME_RINVCMDID, seq)
             events.append(ProtocolError(f"unsupported {C.command_name(cid)} refused", False))
 
     def _handle_bad_frame(self, frame: bytes, e: PduError, events: list[Event]) -> None:
@@ -638,7 +637,7 @@ class BindSession:
             # in the header. Nacking a response is meaningless to the peer, so none is sent.
             status = _HDR.unpack_from(frame)[2]
             events.append(ProtocolError(f"malformed response: {e}", False))
-            self._handle_response(Pdu(cid, status, e.seq, None), events)
+            self._handle_response(cid, status, e.seq, None, events)
             return
         if cid == C.DELIVER_SM or cid == C.DATA_SM:
             # SMPP 3.4 4.3.1: generic_nack is for a bad length or an unknown command; a
@@ -649,11 +648,11 @@ class BindSession:
         self._nack(e.status, e.seq)
         events.append(ProtocolError(str(e), False))
 
-    def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
-        seq = pdu.seq
-        cid = pdu.command_id
+    def _handle_response(
+        self, cid: int, status: int, seq: int, body: Any, events: list[Event]
+    ) -> None:
         p = self._pending.get(seq)
-        if p is None and self._late and self._late_response(pdu, events):
+        if p is None and self._late and self._late_response(cid, status, seq, body, events):
             return
         if p is None or (cid != C.GENERIC_NACK and _RESP_FOR.get(p.command_id) != cid):
             what = "no request" if p is None else C.command_name(p.command_id)
@@ -664,12 +663,10 @@ class BindSession:
         self._last_rx = self._rx_now
         del self._pending[seq]
         req = p.command_id
-        status = pdu.status
         if cid == C.GENERIC_NACK and status == C.ESME_ROK:
             status = C.ESME_RUNKNOWNERR  # a nack is never a success
         if req == C.SUBMIT_SM:
             self._in_flight -= 1
-            body = pdu.body
             mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
             if len(mid) > 64:
                 events.append(
@@ -688,7 +685,6 @@ class BindSession:
                             "longer knows this bind")  # fmt: skip
         elif req in C.BIND_COMMANDS:
             if status == C.ESME_ROK and self.state is SessionState.BINDING:
-                body = pdu.body
                 self.peer_system_id = body.system_id if isinstance(body, BindResp) else ""
                 self.state = SessionState.BOUND
                 events.append(Bound(self.peer_system_id))
@@ -698,21 +694,20 @@ class BindSession:
         elif req == C.UNBIND:
             self._close(events, "unbound")
 
-    def _late_response(self, pdu: Pdu, events: list[Event]) -> bool:
+    def _late_response(
+        self, cid: int, status: int, seq: int, body: Any, events: list[Event]
+    ) -> bool:
         """A response for a timed-out submit_sm: a submit_sm_resp is reported, a generic_nack
         only ends the wait for it. False when it is none of those (or came past the grace)."""
-        cid = pdu.command_id
-        entry = self._late.get(pdu.seq)
+        entry = self._late.get(seq)
         if entry is None or (cid != C.SUBMIT_SM_RESP and cid != C.GENERIC_NACK):
             return False
-        del self._late[pdu.seq]
+        del self._late[seq]
         context, expiry = entry
         if expiry <= self._rx_now:
             return False
         self._last_rx = self._rx_now  # an answer all the same: the SMSC is alive
         if cid == C.SUBMIT_SM_RESP:
-            status = pdu.status
-            body = pdu.body
             mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
-            events.append(LateSubmitResponse(pdu.seq, status, mid, context))
+            events.append(LateSubmitResponse(seq, status, mid, context))
         return True

@@ -57,7 +57,33 @@ _ODD_INT = st.one_of(
 _ODD_BODY = st.one_of(
     st.binary(min_size=250, max_size=260), st.binary(max_size=8).map(bytearray), st.just("text")
 )
-_TLVS = st.one_of(st.just(()), st.just(()), st.just(((C.USER_MESSAGE_REFERENCE, b"\x00\x07"),)))
+_SAR = (
+    (C.SAR_MSG_REF_NUM, b"\x00\x07"),
+    (C.SAR_TOTAL_SEGMENTS, b"\x03"),
+    (C.SAR_SEGMENT_SEQNUM, b"\x02"),
+)
+# The TLVs a part carries (SAR's three, a payload's message_payload), and odd ones the general
+# path refuses (a tag or a value out of range, a value not bytes) or whose PDU would exceed
+# MAX_PDU (refused by encode; session 57's plain path takes TLVs).
+_TLVS = st.one_of(
+    st.just(()),
+    st.just(()),
+    st.just(((C.USER_MESSAGE_REFERENCE, b"\x00\x07"),)),
+    st.just(_SAR),
+    st.binary(max_size=300).map(lambda b: ((C.MESSAGE_PAYLOAD, b),)),
+    st.sampled_from(
+        [
+            ((0x10000, b"x"),),
+            ((-1, b"x"),),
+            ((C.MESSAGE_PAYLOAD, "text"),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65536),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65495),),
+            ((C.MESSAGE_PAYLOAD, b"x" * 65530),),
+            (C.MESSAGE_PAYLOAD, b"x"),
+            ((C.MESSAGE_PAYLOAD,),),
+        ]
+    ),
+)
 
 
 @st.composite
@@ -118,6 +144,56 @@ def test_a_valid_body_reads_back_as_written(m: ShortMessage) -> None:
     for name, _n in _STR_FIELDS:
         assert getattr(got, name) == getattr(m, name)
     assert got.short_message == bytes(m.short_message)
+
+
+def _read(fn: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        return "ok", fn(*args)
+    except PduError as e:
+        return "PduError", e.status, str(e)
+    except Exception as e:  # IndexError, struct.error: decode names them truncated
+        return (type(e).__name__,)
+
+
+@st.composite
+def sm_bodies(draw: st.DrawFn) -> bytes:
+    """A submit_sm or deliver_sm frame field by field: each C-string up to one octet past its
+    maximum (its NUL then out of reach) or without its NUL, the integers any octets, the
+    sm_length right or not, and the frame maybe cut short."""
+    out = bytearray(b"\0" * 16)
+    octet = st.integers(1, 255)
+    odd = draw(st.sampled_from([None, 0, 1, 2, 3, 4]))  # the C-string made odd, if one
+    for k, (maxlen, ints) in enumerate(((6, 2), (21, 2), (21, 3), (17, 0), (17, 5))):
+        if k == odd:
+            size = draw(st.sampled_from([maxlen - 1, maxlen, maxlen + 1]))
+        else:
+            size = draw(st.integers(0, maxlen - 1))
+        out += bytes(draw(st.lists(octet, min_size=size, max_size=size)))
+        if k != odd or draw(st.booleans()):
+            out += b"\0"
+        out += bytes(draw(st.lists(st.integers(0, 255), min_size=ints, max_size=ints)))
+    sm = draw(st.binary(max_size=40))
+    if len(out) >= 1:
+        out[-1] = draw(st.sampled_from([len(sm), len(sm) + 1, 0, 255]))
+    out += sm + draw(st.sampled_from([b"", b"\x04\x1e\x00\x02ab", b"\x04"]))
+    if draw(st.integers(0, 4)) == 0:
+        del out[draw(st.integers(16, len(out))) :]
+    return bytes(out)
+
+
+@MANY
+@given(st.one_of(sm_bodies(), short_messages()))
+def test_one_match_reads_the_c_strings_the_finds_read(got: bytes | ShortMessage) -> None:
+    """`_decode_sm` reads the five C-strings with one match (session 57), the body it does not
+    match with the finds (`_decode_sm_checked`): the same body or the same refusal for every
+    frame, valid ones and ones with a C-string at or past its maximum, without its NUL, or cut
+    short."""
+    if isinstance(got, ShortMessage):
+        try:
+            got = encode(Pdu(C.DELIVER_SM, 0, 9, got))
+        except (EncodeError, TypeError):
+            return
+    assert _read(codec._decode_sm, got, 0) == _read(codec._decode_sm_checked, got)
 
 
 def test_the_usual_submit_sm_encodes_no_c_string_alone(monkeypatch: pytest.MonkeyPatch) -> None:

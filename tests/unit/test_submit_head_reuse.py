@@ -1,11 +1,11 @@
-"""The parts of a longer message share their submit_sm's fixed fields' octets (codec._SM_SHARED).
+"""The parts of a longer message: each part's submit_sm written in one piece (codec._plain_sm).
 
-A message's parts (submit_sm.build_parts) carry the very same service type, addresses, TON/NPI
-and times; the codec encodes them once for the first part and reuses the octets for the next
-parts, found by identity. These tests check that the C-strings are encoded once a message, not
-once a part, many messages' parts interleaved too, and that whatever order parts of several
-messages come in (fields shared, equal but not the same objects, or invalid), each PDU is
-smpplib's byte for byte.
+Until session 57 a part with a UDH (esm_class UDHI) or TLVs (SAR, message_payload) was refused
+by the plain path and written by the general one, its fixed fields' octets kept per message
+(`_SM_SHARED`, session 51: five C-strings encoded for the first part, reused by the next). Now
+every part takes the plain path: no C-string is encoded alone, for any split. These tests
+check that, and that whatever order parts of several messages come in (fields shared, equal
+but not the same objects, or invalid), each PDU is smpplib's byte for byte.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bridge.config import parse_config
 from bridge.pipeline.submit_sm import build_parts
 from bridge.smpp import codec
 from bridge.smpp import constants as C
-from bridge.smpp.codec import EncodeError, Pdu, ShortMessage, encode
+from bridge.smpp.codec import EncodeError, Pdu, ShortMessage, encode, encode_sm_request
 from bridge.smpp.tlvpack import pack_tlvs
 from bridge.store.models import WorkMessage, WorkSegment
 from bridge.text import EncodeOptions, encode_message
@@ -42,8 +42,8 @@ def _parts(split: SplitMode, recipient: str) -> list[ShortMessage]:
     return build_parts(msg, cfg.smscs[0])
 
 
-@pytest.mark.parametrize("split", [SplitMode.UDH8, SplitMode.SAR])
-def test_a_messages_parts_encode_their_c_strings_once(
+@pytest.mark.parametrize("split", list(SplitMode))
+def test_a_messages_parts_encode_no_c_string_alone(
     split: SplitMode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
@@ -54,29 +54,19 @@ def test_a_messages_parts_encode_their_c_strings_once(
         return real(value, maxlen, field)
 
     monkeypatch.setattr(codec, "_ecs", counted)
-    # A cache of its own: the module's is the process's, filled by whatever ran before in it
-    # (receipts the simulator encodes carry TLVs), and one emptied at _SM_SHARED_MAX in the
-    # middle of the 40 messages below re-encodes some of them (a count over 200: a flake).
-    monkeypatch.setattr(codec, "_SM_SHARED", {})
     parts = _parts(split, "+8613800138000")
-    assert len(parts) == 3
+    assert len(parts) == (1 if split is SplitMode.PAYLOAD else 3)
     pdus = [encode(Pdu(C.SUBMIT_SM, 0, 7 + i, p)) for i, p in enumerate(parts)]
-    # service_type, source_addr, destination_addr, schedule_delivery_time, validity_period:
-    # once for the message (15 times, once a part, before)
-    assert len(calls) == 5, calls
-    # The next message (another recipient) encodes its own.
-    calls.clear()
-    other = _parts(split, "+8613800138001")
-    encode(Pdu(C.SUBMIT_SM, 0, 10, other[0]))
-    assert "destination_addr" in calls
+    # The session's own call (encode_sm_request) writes the same octets.
+    assert [encode_sm_request(C.SUBMIT_SM, 7 + i, p) for i, p in enumerate(parts)] == pdus
     # Messages in flight together interleave their parts on a bind (part k+1 leaves once part
-    # k is answered): each message's are still encoded once.
-    calls.clear()
+    # k is answered): none encodes a C-string alone either (5 a message before session 57,
+    # 15 before session 51).
     many = [_parts(split, f"+86139000000{k:02d}") for k in range(40)]
-    for seq in range(3):
+    for seq in range(len(parts)):
         for k, msg_parts in enumerate(many):
             encode(Pdu(C.SUBMIT_SM, 0, 100 * k + seq, msg_parts[seq]))
-    assert len(calls) == 5 * 40, len(calls)
+    assert calls == []
     for i, (p, pdu) in enumerate(zip(parts, pdus, strict=True)):
         fields = {
             k: getattr(p, k)
@@ -88,8 +78,10 @@ def test_a_messages_parts_encode_their_c_strings_once(
                 "sm_default_msg_id", "short_message",
             )
         }  # fmt: skip
-        tlvs = {}
-        if p.tlvs:
+        tlvs: dict[str, Any] = {}
+        if split is SplitMode.PAYLOAD:
+            tlvs = {"message_payload": dict(p.tlvs)[C.MESSAGE_PAYLOAD]}
+        elif p.tlvs:
             tlvs = {
                 "sar_msg_ref_num": int.from_bytes(dict(p.tlvs)[C.SAR_MSG_REF_NUM], "big"),
                 "sar_total_segments": dict(p.tlvs)[C.SAR_TOTAL_SEGMENTS][0],
