@@ -248,9 +248,15 @@ class SmppProtocol(asyncio.Protocol):
         future's done-callback ran a loop round later (Connector.send_one, session 57)."""
         if self._transport is None or self._transport.is_closing():
             raise NotBound("submit: the connection is closing")
-        self.session.submit(body, self._loop.time(), (waiter, time.perf_counter(), context))
-        self._schedule_flush()
-        self._arm_timer()
+        loop = self._loop
+        now = loop.time()
+        session = self.session
+        session.submit(body, now, (waiter, time.perf_counter(), context))
+        if not self._flush_scheduled:  # as in submit
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        if self._timer is None or self._timer_at > now + session.response_timeout_s:
+            self._arm_timer()
 
     def answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult]

@@ -21,9 +21,12 @@ from bridge.smpp.session import BindMode, BindSession
 from tests.integration.test_smpp_connector import PASSWORD, FakeSmsc
 
 
+@pytest.mark.parametrize("way", ["submit", "submit_to"])
 async def test_only_a_submit_due_before_the_armed_timer_asks_for_the_next_deadline(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
+    """Both ways in: `submit` (a part of a longer message) and `submit_to` (a one-part message's
+    own waiter, Connector.send_one)."""
     smsc = FakeSmsc()
     await smsc.start()
     smsc.on_submit = lambda conn, pdu: None  # never answered: each times out
@@ -41,6 +44,14 @@ async def test_only_a_submit_due_before_the_armed_timer_asks_for_the_next_deadli
         enquire_link_s=30,
     )  # fmt: skip
     proto = await open_bind("127.0.0.1", smsc.port, session, None)
+
+    def send(part: ShortMessage) -> asyncio.Future[Any]:
+        if way == "submit":
+            return proto.submit(part)
+        waiter: asyncio.Future[Any] = proto._loop.create_future()  # done/cancelled/set_result
+        proto.submit_to(part, waiter)
+        return waiter
+
     try:
         await asyncio.wait_for(proto.wait_bound(), 5)
         # The bind's own time-out armed the timer; once it fired (early: harmless) the timer
@@ -50,10 +61,10 @@ async def test_only_a_submit_due_before_the_armed_timer_asks_for_the_next_deadli
         part = ShortMessage(source_addr="SRC", destination_addr="861380013800", short_message=b"a")
         before = len(asked)
         t0 = time.monotonic()
-        first = proto.submit(part)
+        first = send(part)
         # The first after the bind: due in 0.3 s, before the keep-alive's 30 s: re-armed.
         assert len(asked) == before + 1
-        rest: list[Any] = [proto.submit(part) for _ in range(5)]
+        rest: list[Any] = [send(part) for _ in range(5)]
         assert len(asked) == before + 1  # due after the first: the armed timer stands
         results = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
         elapsed = time.monotonic() - t0
@@ -61,7 +72,7 @@ async def test_only_a_submit_due_before_the_armed_timer_asks_for_the_next_deadli
         assert 0.3 <= elapsed < 2.0, elapsed  # not the keep-alive's 30 s
         # With nothing in flight the timer waits for the keep-alive again; a submit then is
         # due first and re-arms it.
-        again = proto.submit(part)
+        again = send(part)
         r = await asyncio.wait_for(again, 5)
         assert (r.status, r.error) == (NO_STATUS, "TIMEOUT")
     finally:
