@@ -274,3 +274,64 @@ async def test_what_the_short_way_does_not_serve_goes_aiohttps_way(
     assert resp._request_id(request) == "req_0123456789abcdef"
     change(resp)
     assert resp._request_id(request) is None
+
+
+# -- the body stream's resume_reading (http_errors._Handler._resume_reading) ----------------------
+
+
+@pytest.fixture
+def empty_feeds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times aiohttp's protocol was fed b"" (what resume_reading did on every read)."""
+    from aiohttp.web_protocol import RequestHandler
+
+    feeds = [0]
+    real = RequestHandler.data_received
+
+    def counted(self: RequestHandler, data: bytes) -> None:
+        feeds[0] += not data
+        real(self, data)
+
+    monkeypatch.setattr(RequestHandler, "data_received", counted)
+    return feeds
+
+
+@pytest.mark.skipif(
+    http_errors._Handler.resume_reading is not http_errors._Handler._resume_reading,
+    reason="an aiohttp without the protocol flags _resume_reading reads (3.14.3 has no "
+    "_buffer_paused): aiohttp's resume_reading as it is",
+)
+async def test_a_send_read_unpaused_feeds_the_parser_nothing(
+    daemon: _Daemon, empty_feeds: list[int]
+) -> None:
+    creds = await daemon.api.create_account()
+    answers = await daemon.exchange([daemon.request(creds, _text(n)) for n in range(5)])
+    assert all(a.startswith(b"HTTP/1.1 202 ") for a in answers)
+    assert empty_feeds[0] == 0  # aiohttp 3.14 fed b"" once a send
+
+
+async def test_pipelined_sends_past_the_queue_and_large_bodies_are_all_answered(
+    daemon: _Daemon, empty_feeds: list[int]
+) -> None:
+    """Past aiohttp's queue of 32 pipelined requests (the transport paused, the parser holding
+    the rest) and bodies over the stream's high water (paused by the stream, 128 KiB): every
+    request answered, in order, as without the change; the pauses still resume through
+    aiohttp's resume_reading."""
+    creds = await daemon.api.create_account()
+    many = [daemon.request(creds, _text(n)) for n in range(80)]
+    big = {"to": "+8613800099999", "text": "x", "client_ref": "r", "pad": "y" * 300_000}
+    many.insert(40, daemon.request(creds, big))  # refused for its unknown field, once read
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    try:
+        writer.write(b"".join(many))
+        answers = [await asyncio.wait_for(_read_answer(reader), 30) for _ in many]
+    finally:
+        writer.close()
+    statuses = [a.split(b" ", 2)[1] for a in answers]
+    assert statuses == [b"202"] * 40 + [b"400"] + [b"202"] * 40
+    tos = [
+        json.loads(a.split(b"\r\n\r\n", 1)[1])["messages"][0]["to"]
+        for a in answers
+        if a.startswith(b"HTTP/1.1 202 ")
+    ]
+    assert tos == [f"+86138000{n:05d}" for n in range(80)]
+    assert empty_feeds[0] > 0  # the paused reads resumed aiohttp's way
