@@ -352,7 +352,7 @@ class _Handler(RequestHandler):
 # The protocol's flags `_Handler._resume_reading` reads (aiohttp 3.14's BaseProtocol slots).
 _RESUME_FLAGS = frozenset({"_reading_paused", "_buffer_paused", "_upgraded"})
 if _RESUME_FLAGS <= set(getattr(BaseProtocol, "__slots__", ())):
-    _Handler.resume_reading = _Handler._resume_reading  # type: ignore[method-assign]
+    _Handler.resume_reading = _Handler._resume_reading  # type: ignore[assignment]
 
 
 class JsonErrorServer(web.Server):
