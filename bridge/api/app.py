@@ -24,6 +24,7 @@ from bridge.api import (
     rules_api,
     v1,
 )
+from bridge.api.accepted import Accepted
 from bridge.api.auth import CALLER
 from bridge.api.bodies import (
     CLOSING_CODES,
@@ -152,6 +153,11 @@ def new_request_id() -> str:
     return "req_" + random_bytes(8).hex()
 
 
+# Answers whose body is whole when their handler returns them (no stream to be cut): their type
+# compared, not an isinstance of the ABC web.Response is (~1 k each on 3.12).
+_WHOLE = (web.Response, Accepted)
+
+
 def errors_middleware(ctx: ApiContext) -> Middleware:
     """The app's first middleware, over its context (the app's `CTX`), which it reads from the
     closure instead of through `request.app` (two properties and a Python `__getitem__`) on
@@ -182,17 +188,18 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
             await close_after(request, resp, drain=code not in CLOSING_CODES)
         elapsed = time.perf_counter() - started
         metrics = ctx.metrics
+        status = resp.status  # a property: read once
         # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one
         # is looked up (a request key missing is a KeyError raised and caught, ~0.8 µs).
-        if code == "OK" and type(resp) is not web.Response and STREAM_CUT in request:
+        if code == "OK" and type(resp) not in _WHOLE and STREAM_CUT in request:
             code = request[STREAM_CUT]
-        elif code == "OK" and resp.status >= 400:  # /readyz's 503: an answer, not a refusal
-            code = "NOT_READY" if resp.status == 503 else f"HTTP_{resp.status}"
+        elif code == "OK" and status >= 400:  # /readyz's 503: an answer, not a refusal
+            code = "NOT_READY" if status == 503 else f"HTTP_{status}"
         elif code == "OK" and "Idempotent-Replayed" in resp.headers:
             code = "REPLAYED"
-        elif code == "OK" and resp.status == 202 and request.path == "/v1/messages":
+        elif code == "OK" and status == 202 and request.path == "/v1/messages":
             metrics.accept(elapsed)
-        metrics.request(_endpoint(request), resp.status, code)
+        metrics.request(_endpoint(request), status, code)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "answered",
@@ -200,7 +207,7 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
                     "request_id": request_id,
                     "method": request.method,
                     "path": _log_path(request),
-                    "status": resp.status,
+                    "status": status,
                     "code": code,
                     "ms": round(elapsed * 1000, 1),
                     "remote": client_of(request),

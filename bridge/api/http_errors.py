@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_response
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -226,6 +227,19 @@ class _Handler(RequestHandler):
                 setattr(self, name, _BodyFailingParser(inner))
                 break
 
+    def _resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp's resume_reading when reading was paused (by the body's stream over its high
+        water, the queue of pipelined requests, an upgrade), else nothing. Why (session 57):
+        aiohttp 3.14's body stream calls it after every read that leaves it under its low water,
+        paused or not: a send's body read fed the parser b"" through data_received and resumed
+        a transport that was reading (~6.6 k instructions a send on 3.11). Unpaused, that feed
+        has nothing to parse: the parser keeps unparsed bytes only when paused, by the stream
+        (`pause_reading`, which sets `_reading_paused`) or by its queue of requests full (which
+        the protocol's `_buffer_paused` follows). Installed only where aiohttp's protocol has
+        those flags (`_RESUME_FLAGS`)."""
+        if self._reading_paused or self._buffer_paused or self._upgraded:
+            super().resume_reading(resume_parser)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
@@ -333,6 +347,12 @@ class _Handler(RequestHandler):
                 "refused a malformed HTTP request: %s (remote=%s)", reason, remote, extra=extra
             )
         return server.answer(status, reason)
+
+
+# The protocol's flags `_Handler._resume_reading` reads (aiohttp 3.14's BaseProtocol slots).
+_RESUME_FLAGS = frozenset({"_reading_paused", "_buffer_paused", "_upgraded"})
+if _RESUME_FLAGS <= set(getattr(BaseProtocol, "__slots__", ())):
+    _Handler.resume_reading = _Handler._resume_reading  # type: ignore[assignment]
 
 
 class JsonErrorServer(web.Server):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bridge import jsonio
 from bridge.accounts import public_account
+from bridge.api.accepted import Accepted
 from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
 from bridge.api.errors import ApiError
@@ -184,7 +185,7 @@ def send_handler(ctx: ApiContext) -> Callable[[web.Request], Awaitable[web.Respo
                     return replay(outcome.existing, req_hash)
                 raise outcome_error(outcome, account)
             after_accept(ctx, account, messages, outcome)
-            return web.Response(body=payload, status=202, content_type="application/json")
+            return Accepted(payload)
         except ApiError as exc:
             if (
                 claim is not None
