@@ -2473,17 +2473,15 @@ def _roll_up_idle(
     }
 
 
-def _seg_order(row: tuple[Any, ...]) -> tuple[str, int]:
-    return row[0], row[1]
-
-
 def _work(
     ids: list[str], msgs: dict[str, tuple[Any, ...]], rows: list[tuple[Any, ...]]
 ) -> list[WorkMessage]:
     """The claimed messages of a claim's rows (_Claimed), in claim order, each one's parts in
     seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
     segs: dict[str, list[WorkSegment]] = {}
-    for r in sorted(rows, key=_seg_order):
+    # By the rows themselves: each (message, seq) is one row (the parts' key), so tuples
+    # compare by those two alone, in C, not by a key function's call a part (session 57).
+    for r in sorted(rows):
         segs.setdefault(r[0], []).append(
             # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
             # called with keywords gets a dict to unpack; order held by

@@ -501,14 +501,13 @@ def record_submits(
         queued: dict[tuple[str, int], tuple[int, str | None]] = {}  # -> (total, error code)
         mids = sorted({r.message_id for r in sent})
         for chunk in _chunks(mids):
-            queued.update(
-                ((m, q), (total, error))
-                for m, q, total, error in c.execute(
-                    "SELECT s.message_id, s.seq, s.total, s.error_code FROM json_each(?) j "
-                    "CROSS JOIN segments s ON s.message_id = j.value WHERE s.state='queued'",
-                    (json_ids(chunk),),
-                )
-            )
+            # A loop, not update() of a generator: a generator's frame resumed a part.
+            for m, q, total, error in c.execute(
+                "SELECT s.message_id, s.seq, s.total, s.error_code FROM json_each(?) j "
+                "CROSS JOIN segments s ON s.message_id = j.value WHERE s.state='queued'",
+                (json_ids(chunk),),
+            ):
+                queued[m, q] = total, error
         fresh = []
         writes = []  # the parts' UPDATE rows, in fresh's order
         many: dict[str, tuple[int, dict[int, str | None]]] = {}  # -> (total, seq -> error)
