@@ -471,6 +471,7 @@ _NOT_THEIRS = (
 
 
 _SEG_SENT = lc.SEG_SENT
+_SEG_TIMEOUT = lc.SEG_TIMEOUT
 
 
 def _part_order(r: SubmitResult) -> tuple[str, int]:
@@ -869,10 +870,13 @@ def _apply(
     # A longer message's id -> (its part rows, seq -> (state, error code) of each part found
     # as a receipt here settles it; None: found, not settled)
     found: dict[str, tuple[int, dict[int, tuple[str, str | None] | None]]] = {}
+    timed_out = False  # a part found ended by the receipt timeout (count_after_timeout)
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
             for msg_id, mid, seq, state, total in _match(c, smsc, chunk):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
+                if state == _SEG_TIMEOUT:
+                    timed_out = True
                 if total == 1:
                     single.add(mid)
                 elif (got := found.get(mid)) is None:
@@ -886,8 +890,8 @@ def _apply(
             mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in _all_parts(c, whole).items()
         }
-    if late is not None:
-        lc.count_after_timeout(receipts, parts, late)
+    if late is not None and timed_out:  # it counts only receipts naming such a part: none
+        lc.count_after_timeout(receipts, parts, late)  # found, a pass a receipt less
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
