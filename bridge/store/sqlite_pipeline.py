@@ -262,24 +262,33 @@ def rollup_messages(
     rolled, f = rollup_rows.roll(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
-    # shape -> the values its UPDATE binds -> the rowids of the rows that take them. A batch's
-    # rows mostly take the same values (its one-part messages sent through one SMSC, or
-    # delivered: the flush's time is the sent or done time), and those are written by one
-    # statement listing their rowids, not one each (an executemany's row is a step, a reset,
-    # its values bound and the GIL handed over: ~14 k instructions a row less, twice a message
-    # in the owner's write lock; session 56). The rows are distinct (`ids` lists each once), so
-    # the order they are written in changes nothing.
-    shapes: dict[tuple[bool, ...], dict[tuple[Any, ...], list[int]]] = {}
+    # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
+    # -> the rowids of the rows that take them. A batch's rows mostly take the same values
+    # (its one-part messages sent through one SMSC, or delivered: the flush's time is the sent
+    # or done time), and those are written by one statement listing their rowids, not one
+    # each (an executemany's row is a step, a reset, its values bound and the GIL handed
+    # over: ~14 k instructions a row less, twice a message in the owner's write lock; session
+    # 56). The rows are distinct (`ids` lists each once), so the order they are written in
+    # changes nothing. The statement's shape and bound values are worked out once a distinct
+    # key, not once a row (session 57).
+    same: dict[tuple[Any, ...], list[int]] = {}
     for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
+        key = (smsc, nsent, route, None if u is None else u[:7])
+        if (rowids := same.get(key)) is None:
+            same[key] = [current[mid][0]]
+        else:
+            rowids.append(current[mid][0])
+    singles: dict[tuple[bool | None, ...], list[tuple[Any, ...]]] = {}
+    for (smsc, nsent, route, u), rowids in same.items():
         values: tuple[Any, ...] = ()
         if smsc is not None:
             values = (smsc, nsent) if route is None else (smsc, nsent, route)
         if u is None:
-            shape: tuple[bool, ...] = (smsc is not None, route is not None)
+            shape: tuple[bool | None, ...] = (smsc is not None, route is not None)
         else:
             # A None is not bound (_rollup_sql): the sqlite3 module adapts each bound None
             # (~1.2 k instructions), two a roll-up (the error and sent_at or done_at).
-            state, delivered, failed, error, sent_at, done_at, release, _sent, _final = u
+            state, delivered, failed, error, sent_at, done_at, release = u
             values += (state, delivered, failed)
             if error is not None:
                 values += (error,)
@@ -295,22 +304,14 @@ def rollup_messages(
                 sent_at is not None,
                 done_at is not None,
             )
-        same = shapes.get(shape)
-        if same is None:
-            shapes[shape] = {values: [current[mid][0]]}
-        elif (rowids := same.get(values)) is None:
-            same[values] = [current[mid][0]]
+        if len(rowids) > 1:
+            c.execute(_rollup_sql(*shape, many=True), (*values, orjson.dumps(rowids).decode()))
+        elif (rows := singles.get(shape)) is None:
+            singles[shape] = [(*values, rowids[0])]
         else:
-            rowids.append(current[mid][0])
-    for shape, same in shapes.items():
-        singles = []
-        for values, rowids in same.items():
-            if len(rowids) == 1:
-                singles.append((*values, rowids[0]))
-            else:
-                c.execute(_rollup_sql(*shape, many=True), (*values, orjson.dumps(rowids).decode()))
-        if singles:
-            c.executemany(_rollup_sql(*shape), singles)
+            rows.append((*values, rowids[0]))
+    for shape, rows in singles.items():
+        c.executemany(_rollup_sql(*shape), rows)
     if f.billed:
         sqlite_rules.refund_finals(c, f.billed, now)
     if f.unsent:
@@ -546,7 +547,11 @@ def record_submits(
         _apply_pending(c, fresh, now, touched, known, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
-        later = [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+        later = (
+            [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+            if one_per_message
+            else []  # no SMSC of one receipt a message: no pass over the parts
+        )
         for r in later:  # their message's other parts may take a receipt's outcome: read them
             known.pop(r.message_id, None)
         _infer_on_accept(c, later, now, inferred)
@@ -557,7 +562,7 @@ def record_submits(
     # earlier part's end ended records nothing (PostgreSQL's record_ends does the same).
     mine = "" if instance is None else " AND " + _NOT_THEIRS
     theirs = () if instance is None else (instance,)
-    ends = [r for r in results if r.outcome != "sent"]
+    ends = [r for r in results if r.outcome != "sent"] if len(sent) < len(results) else []
     for r in sorted(ends, key=_part_order) if len(ends) > 1 else ends:
         known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
