@@ -2258,7 +2258,12 @@ def _status(c: sqlite3.Connection, account_id: str) -> str | None:
     return row[0] if row else None
 
 
-_DUE_COLS = "id, recipient, q_not_before, q_park, rowid, account_id"
+# A candidate row of a claim's scan (_Scan): its id, due time, rowid and account, then, when
+# the claim may park (a route down), its recipient and the route it was parked under. Without
+# a park those two are not read (session 57): the sqlite3 module hands the GIL over around
+# every column it reads (~0.9 k instructions each, Architecture note 27).
+_DUE_COLS = "id, q_not_before, rowid, account_id"
+_DUE_COLS_PARK = _DUE_COLS + ", recipient, q_park"
 _resume_failures = Failures(logging.getLogger(__name__), is_unavailable)
 
 
@@ -2266,7 +2271,7 @@ class _Scan:
     """The candidates one claim looks at: routable ones picked, the rest parked (when the claim
     has a `park`), at most `budget` rows in all (of the due ones: see `parked`)."""
 
-    __slots__ = ("budget", "ids", "now", "park", "rowids", "seen", "taken")
+    __slots__ = ("budget", "cols", "ids", "now", "park", "rowids", "seen", "taken")
 
     def __init__(self, park: Callable[[str], str | None] | None, now: int, budget: int) -> None:
         self.park = park
@@ -2276,6 +2281,7 @@ class _Scan:
         self.rowids: dict[str, int] = {}  # each picked id's rowid, read with it (_claim_ids)
         self.seen: set[str] = set()
         self.taken: dict[str, int] = {}  # account -> how many of its rows were picked
+        self.cols = _DUE_COLS if park is None else _DUE_COLS_PARK  # the rows' (_DUE_COLS)
 
     def pick(self, c: sqlite3.Connection, account: str, want: int, ask: int, cap: int) -> bool:
         """Pick up to `want` more ids, oldest first, of `account`, asking `ask` rows at first;
@@ -2296,7 +2302,7 @@ class _Scan:
                 # No more candidates, unless the share filled up: `_take` passed over the
                 # routable rows after it, which the fill must still see.
                 return got >= want
-            after = (rows[-1][2], rows[-1][4])
+            after = (rows[-1][1], rows[-1][2])
             ask *= 4
         return True
 
@@ -2319,7 +2325,7 @@ class _Scan:
             for acc, at in after.items():
                 rows = self._due(c, acc, at, n + skip[acc])
                 more = more or len(rows) == n + skip[acc]
-                heads += [(r[2], r[4], acc, r) for r in rows if r[0] not in self.seen]
+                heads += [(r[1], r[2], acc, r) for r in rows if r[0] not in self.seen]
             heads.sort(key=lambda h: (h[0], h[1]))
             looked = heads[:n]  # each account gave its n oldest left: the n oldest of all
             self.budget -= len(looked)
@@ -2333,17 +2339,17 @@ class _Scan:
     def _due(
         self, c: sqlite3.Connection, account: str, after: tuple[int, int] | None, n: int
     ) -> list[Any]:
-        """The account's next `n` due rows (id, recipient, q_not_before, q_park, rowid,
-        account_id) after `after` (q_not_before, rowid), in the queue index's own order: by
-        rowid after the due time, not id, so SQLite stops at the limit instead of sorting every
-        row of a due time (a campaign scheduled for one moment, a batch of one request: 27 ms a
-        claim with 100,000 due at one time, measured)."""
+        """The account's next `n` due rows (`self.cols`: id, q_not_before, rowid, account_id,
+        then with a park recipient and q_park) after `after` (q_not_before, rowid), in the
+        queue index's own order: by rowid after the due time, not id, so SQLite stops at the
+        limit instead of sorting every row of a due time (a campaign scheduled for one moment,
+        a batch of one request: 27 ms a claim with 100,000 due at one time, measured)."""
         if after is not None:  # a later round (rows were parked): seek the whole cursor
             return pipe.walk_account(
-                c, _DUE_COLS, account, after, n, "q_not_before<=?", (self.now,)
+                c, self.cols, account, after, n, "q_not_before<=?", (self.now,)
             )
         return c.execute(
-            f"SELECT {_DUE_COLS} FROM messages WHERE q_state='queued' AND account_id=? "
+            f"SELECT {self.cols} FROM messages WHERE q_state='queued' AND account_id=? "
             "AND q_not_before<=? ORDER BY q_not_before, rowid LIMIT ?",
             (account, self.now, n),
         ).fetchall()
@@ -2367,7 +2373,7 @@ class _Scan:
         ):
             return
         rows = c.execute(
-            "SELECT id, recipient, q_not_before, q_park, rowid, account_id FROM messages "
+            f"SELECT {_DUE_COLS_PARK} FROM messages "
             "INDEXED BY messages_parked "
             f"WHERE q_park IN ({pipe._marks(len(keys))}) AND q_state='queued' LIMIT ?",
             (*keys, want + len(self.ids)),  # some may be picked already (due again)
@@ -2375,23 +2381,23 @@ class _Scan:
         self._take(c, rows, want)
 
     def _take(self, c: sqlite3.Connection, rows: Sequence[Any], want: int) -> int:
-        """Pick up to `want` routable ids of `rows` (id, recipient, q_not_before, q_park, rowid,
-        account_id), park the unroutable; how many were picked."""
+        """Pick up to `want` routable ids of `rows` (_DUE_COLS; with a park, _DUE_COLS_PARK),
+        park the unroutable; how many were picked."""
         got = 0
         parked: list[tuple[int, str, str]] = []
         for row in rows:
-            mid, recipient, was = row[0], row[1], row[3]
+            mid = row[0]
             if mid in self.seen:
                 continue
-            key = self.park(recipient) if self.park is not None else None
+            key = self.park(row[4]) if self.park is not None else None
             if key is not None:
-                again = key == was  # back from PARK_MS with its route still down
+                again = key == row[5]  # back from PARK_MS with its route still down
                 until = self.now + (PARK_AGAIN_MS if again else PARK_MS)
                 parked.append((until, key, mid))
             elif got < want:
                 self.ids.append(mid)
-                self.rowids[mid] = row[4]
-                self.taken[row[5]] = self.taken.get(row[5], 0) + 1
+                self.rowids[mid] = row[2]
+                self.taken[row[3]] = self.taken.get(row[3], 0) + 1
                 got += 1
             else:
                 continue
@@ -2476,17 +2482,15 @@ def _roll_up_idle(
     }
 
 
-def _seg_order(row: tuple[Any, ...]) -> tuple[str, int]:
-    return row[0], row[1]
-
-
 def _work(
     ids: list[str], msgs: dict[str, tuple[Any, ...]], rows: list[tuple[Any, ...]]
 ) -> list[WorkMessage]:
     """The claimed messages of a claim's rows (_Claimed), in claim order, each one's parts in
     seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
     segs: dict[str, list[WorkSegment]] = {}
-    for r in sorted(rows, key=_seg_order):
+    # By the rows themselves: each (message, seq) is one row (the parts' key), so tuples
+    # compare by those two alone, in C, not by a key function's call a part (session 57).
+    for r in sorted(rows):
         segs.setdefault(r[0], []).append(
             # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
             # called with keywords gets a dict to unpack; order held by

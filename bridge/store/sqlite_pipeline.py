@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
+from orjson import loads
 
 from bridge.domain import admission as adm
 from bridge.domain import lifecycle as lc
@@ -251,32 +254,43 @@ def rollup_messages(
                 parts[mid] = got
                 if len(got) > 1:
                     many.add(mid)
-        # A row a list entry (LEFT JOIN: in the list's order), its first column the rowid
-        # (NULL: no such message), by which the roll-up's UPDATE finds it again.
-        for mid, row in zip(chunk, c.execute(_ROLLUP_READ, (json_ids(chunk),)), strict=True):
+        # A row a list entry (LEFT JOIN: in the list's order), one JSON array (_ROLLUP_READ)
+        # whose first value is the rowid (null: no such message), by which the roll-up's
+        # UPDATE finds it again.
+        for mid, (packed,) in zip(chunk, c.execute(_ROLLUP_READ, (json_ids(chunk),)), strict=True):
+            row = loads(packed)
             if row[0] is not None:
                 current[mid] = row
     rolled, f = rollup_rows.roll(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
-    # shape -> the values its UPDATE binds -> the rowids of the rows that take them. A batch's
-    # rows mostly take the same values (its one-part messages sent through one SMSC, or
-    # delivered: the flush's time is the sent or done time), and those are written by one
-    # statement listing their rowids, not one each (an executemany's row is a step, a reset,
-    # its values bound and the GIL handed over: ~14 k instructions a row less, twice a message
-    # in the owner's write lock; session 56). The rows are distinct (`ids` lists each once), so
-    # the order they are written in changes nothing.
-    shapes: dict[tuple[bool, ...], dict[tuple[Any, ...], list[int]]] = {}
+    # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
+    # -> the rowids of the rows that take them. A batch's rows mostly take the same values
+    # (its one-part messages sent through one SMSC, or delivered: the flush's time is the sent
+    # or done time), and those are written by one statement listing their rowids, not one
+    # each (an executemany's row is a step, a reset, its values bound and the GIL handed
+    # over: ~14 k instructions a row less, twice a message in the owner's write lock; session
+    # 56). The rows are distinct (`ids` lists each once), so the order they are written in
+    # changes nothing. The statement's shape and bound values are worked out once a distinct
+    # key, not once a row (session 57).
+    same: dict[tuple[Any, ...], list[int]] = {}
     for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
+        key = (smsc, nsent, route, None if u is None else u[:7])
+        if (rowids := same.get(key)) is None:
+            same[key] = [current[mid][0]]
+        else:
+            rowids.append(current[mid][0])
+    singles: dict[tuple[bool | None, ...], list[tuple[Any, ...]]] = {}
+    for (smsc, nsent, route, u), rowids in same.items():
         values: tuple[Any, ...] = ()
         if smsc is not None:
             values = (smsc, nsent) if route is None else (smsc, nsent, route)
         if u is None:
-            shape: tuple[bool, ...] = (smsc is not None, route is not None)
+            shape: tuple[bool | None, ...] = (smsc is not None, route is not None)
         else:
             # A None is not bound (_rollup_sql): the sqlite3 module adapts each bound None
             # (~1.2 k instructions), two a roll-up (the error and sent_at or done_at).
-            state, delivered, failed, error, sent_at, done_at, release, _sent, _final = u
+            state, delivered, failed, error, sent_at, done_at, release = u
             values += (state, delivered, failed)
             if error is not None:
                 values += (error,)
@@ -292,22 +306,14 @@ def rollup_messages(
                 sent_at is not None,
                 done_at is not None,
             )
-        same = shapes.get(shape)
-        if same is None:
-            shapes[shape] = {values: [current[mid][0]]}
-        elif (rowids := same.get(values)) is None:
-            same[values] = [current[mid][0]]
+        if len(rowids) > 1:
+            c.execute(_rollup_sql(*shape, many=True), (*values, orjson.dumps(rowids).decode()))
+        elif (rows := singles.get(shape)) is None:
+            singles[shape] = [(*values, rowids[0])]
         else:
-            rowids.append(current[mid][0])
-    for shape, same in shapes.items():
-        singles = []
-        for values, rowids in same.items():
-            if len(rowids) == 1:
-                singles.append((*values, rowids[0]))
-            else:
-                c.execute(_rollup_sql(*shape, many=True), (*values, orjson.dumps(rowids).decode()))
-        if singles:
-            c.executemany(_rollup_sql(*shape), singles)
+            rows.append((*values, rowids[0]))
+    for shape, rows in singles.items():
+        c.executemany(_rollup_sql(*shape), rows)
     if f.billed:
         sqlite_rules.refund_finals(c, f.billed, now)
     if f.unsent:
@@ -321,11 +327,14 @@ def rollup_messages(
 # ROLLUP_COLS with the rowid in place of the id (rollup_rows.roll does not read that column):
 # the roll-up's UPDATE finds its row by the rowid, not through the id's index (an index seek
 # less a message row written, twice a message in the owner's write lock; session 55), and the
-# read keeps its column count, each of which the sqlite3 module hands the GIL over for.
+# read keeps its column count. The columns come as one JSON array (`json_array`, read back by
+# orjson): the sqlite3 module hands the GIL over around every column it reads (~0.9 k
+# instructions each, Architecture note 27), and builds a value per column; the row's values
+# are TEXT, INTEGER or NULL, which a JSON array carries as they are (session 57).
 _ROLLUP_READ = (
-    "SELECT m.rowid, "
+    "SELECT json_array(m.rowid, "
     + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:])
-    + " FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
+    + ") FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
 )
 
 
@@ -465,6 +474,7 @@ _NOT_THEIRS = (
 
 
 _SEG_SENT = lc.SEG_SENT
+_SEG_TIMEOUT = lc.SEG_TIMEOUT
 
 
 def _part_order(r: SubmitResult) -> tuple[str, int]:
@@ -495,14 +505,13 @@ def record_submits(
         queued: dict[tuple[str, int], tuple[int, str | None]] = {}  # -> (total, error code)
         mids = sorted({r.message_id for r in sent})
         for chunk in _chunks(mids):
-            queued.update(
-                ((m, q), (total, error))
-                for m, q, total, error in c.execute(
-                    "SELECT s.message_id, s.seq, s.total, s.error_code FROM json_each(?) j "
-                    "CROSS JOIN segments s ON s.message_id = j.value WHERE s.state='queued'",
-                    (json_ids(chunk),),
-                )
-            )
+            # A loop, not update() of a generator: a generator's frame resumed a part.
+            for m, q, total, error in c.execute(
+                "SELECT s.message_id, s.seq, s.total, s.error_code FROM json_each(?) j "
+                "CROSS JOIN segments s ON s.message_id = j.value WHERE s.state='queued'",
+                (json_ids(chunk),),
+            ):
+                queued[m, q] = total, error
         fresh = []
         writes = []  # the parts' UPDATE rows, in fresh's order
         many: dict[str, tuple[int, dict[int, str | None]]] = {}  # -> (total, seq -> error)
@@ -540,7 +549,11 @@ def record_submits(
         _apply_pending(c, fresh, now, touched, known, one_per_message, inferred)
         # Not a first part: parts go out in order, so none after it can have a receipt yet
         # (and a one-part message has nothing to infer): no read for most submits.
-        later = [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+        later = (
+            [r for r in fresh if r.smsc in one_per_message and r.seq > 1]
+            if one_per_message
+            else []  # no SMSC of one receipt a message: no pass over the parts
+        )
         for r in later:  # their message's other parts may take a receipt's outcome: read them
             known.pop(r.message_id, None)
         _infer_on_accept(c, later, now, inferred)
@@ -551,7 +564,7 @@ def record_submits(
     # earlier part's end ended records nothing (PostgreSQL's record_ends does the same).
     mine = "" if instance is None else " AND " + _NOT_THEIRS
     theirs = () if instance is None else (instance,)
-    ends = [r for r in results if r.outcome != "sent"]
+    ends = [r for r in results if r.outcome != "sent"] if len(sent) < len(results) else []
     for r in sorted(ends, key=_part_order) if len(ends) > 1 else ends:
         known.pop(r.message_id, None)  # its part's update below is conditional: read it
         if r.outcome == "failed":
@@ -864,10 +877,13 @@ def _apply(
     # A longer message's id -> (its part rows, seq -> (state, error code) of each part found
     # as a receipt here settles it; None: found, not settled)
     found: dict[str, tuple[int, dict[int, tuple[str, str | None] | None]]] = {}
+    timed_out = False  # a part found ended by the receipt timeout (count_after_timeout)
     for smsc, ids in by_smsc.items():
         for chunk in _chunks(sorted(set(ids))):
             for msg_id, mid, seq, state, total in _match(c, smsc, chunk):
                 parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
+                if state == _SEG_TIMEOUT:
+                    timed_out = True
                 if total == 1:
                     single.add(mid)
                 elif (got := found.get(mid)) is None:
@@ -881,8 +897,8 @@ def _apply(
             mid: [(q, st, via, at) for q, st, _e, via, _i, at, _d in rows]
             for mid, rows in _all_parts(c, whole).items()
         }
-    if late is not None:
-        lc.count_after_timeout(receipts, parts, late)
+    if late is not None and timed_out:  # it counts only receipts naming such a part: none
+        lc.count_after_timeout(receipts, parts, late)  # found, a pass a receipt less
     settled, unmatched = lc.settle_receipts(
         receipts, parts, one_per_message=one_per_message, siblings=siblings
     )
@@ -910,7 +926,7 @@ def _apply(
         else:  # every part row read and written here, as now written
             known[mid] = [v for _q, v in sorted(got[1].items()) if v is not None]
     if settled:
-        _settle(c, settled)
+        _settle(c, settled, single, found)
         if inferred is not None and siblings:
             lc.count_inferred(settled, siblings, inferred)
     return unmatched
@@ -932,13 +948,47 @@ _SETTLE_ERROR = _SETTLE_SQL[True, False]
 _SETTLE_BOTH = _SETTLE_SQL[True, True]
 
 
-def _settle(c: sqlite3.Connection, settled: list[tuple[Any, ...]]) -> None:
+# The receipts' part UPDATEs of rows taking equal values, listed by their message ids (a JSON
+# array): of every part of those messages (None), or of their part `seq` (True).
+_SETTLE_SAME = {
+    (error, source, by_seq): _SETTLE_SQL[error, source].replace(
+        " WHERE message_id=? AND seq=?",
+        (" WHERE seq=? AND" if by_seq else " WHERE")
+        + " message_id IN (SELECT value FROM json_each(?))",
+    )
+    for error in (False, True)
+    for source in (False, True)
+    for by_seq in (False, True)
+}
+
+_DONE_AT = itemgetter(3)  # a settle_receipts update's done time
+
+# The fewest part rows of equal values written by one statement listing their messages
+# (_settle_same): below it, per row by executemany is cheaper. Counted under callgrind (one-part
+# rows, a batch in a savepoint): such a statement costs ~46 k instructions more than an
+# executemany's, and each row in it ~12 k less (13.4 k against 25.8 k).
+_SAME_MIN = 4
+
+
+def _settle(
+    c: sqlite3.Connection,
+    settled: list[tuple[Any, ...]],
+    single: Collection[str] = (),
+    found: Mapping[str, tuple[int, Any]] | None = None,
+) -> None:
     """settle_receipts' part updates (message id, seq, state, done at, error code, the seq
     whose receipt it was), applied in their order, with their None values as NULL in the
     statement's text, not bound: the sqlite3 module adapts every bound None (~1.2 k
     instructions), and a delivered part's receipt has two (no error code, its own receipt).
     Consecutive updates of one shape go in one executemany; each row is built once, in its
-    shape (session 55: not a shape tuple and a row grown by parts, ~0.6 k instructions a part)."""
+    shape (session 55: not a shape tuple and a row grown by parts, ~0.6 k instructions a part).
+
+    Rows that take equal values (a batch's receipts of one millisecond: the done
+    time is the receipt's arrival) are written first by one statement listing their messages
+    when there are _SAME_MIN or more of them (_settle_same); `single` and `found` (_apply's)
+    tell a message's part count."""
+    if len(settled) >= _SAME_MIN and found is not None:
+        settled = _settle_same(c, settled, single, found)
     runs: list[tuple[str, list[tuple[Any, ...]]]] = []
     last = None
     rows: list[tuple[Any, ...]] = []
@@ -959,3 +1009,88 @@ def _settle(c: sqlite3.Connection, settled: list[tuple[Any, ...]]) -> None:
         rows.append(row)
     for sql, rows in runs:
         c.executemany(sql, rows)
+
+
+def _settle_same(
+    c: sqlite3.Connection,
+    settled: list[tuple[Any, ...]],
+    single: Collection[str],
+    found: Mapping[str, tuple[int, Any]],
+) -> list[tuple[Any, ...]]:
+    """Write the updates of `settled` that take equal values, _SAME_MIN rows or more, by one
+    statement each listing their messages (`message_id IN (SELECT value FROM json_each(?))`,
+    as the roll-up writes its rows of equal values): a message whose every part (its part
+    count: `single`, one; `found`, a longer one's) takes the same values is listed once for
+    all of them, its parts found by one seek; otherwise its parts are listed by seq. Returns
+    the updates left for the per-row path (each a distinct row: in any order). An executemany
+    row is a step, a reset, its values bound and the GIL handed over: counted alone (50
+    messages a batch, in a savepoint), a one-part row 25.8 k -> 13.4 k instructions, a 3-part
+    message's row 24.0 k -> 9.1 k. Each row is distinct, so their order changes nothing; a
+    batch that updates a part twice (the later update wins) is left to the per-row path whole.
+    """
+    # Rows of equal values share their done time: without _SAME_MIN of one time (a batch of
+    # receipts each of its own millisecond) nothing groups, and the pass below would cost
+    # ~8 k instructions a row for nothing (a copy of bench_owner.py giving each receipt its
+    # own time counted 3-part 572 k without it, 598 k with it): counted in C first.
+    if max(Counter(map(_DONE_AT, settled)).values()) < _SAME_MIN:
+        return settled
+    if len({u[:2] for u in settled}) != len(settled):
+        return settled  # a part updated twice: in order, per row
+    # (state, done at, error code, source[, seq]) -> the message ids, the updates: with a
+    # seq, that part of each; without, every part
+    groups: dict[tuple[Any, ...], tuple[list[str], list[tuple[Any, ...]]]] = {}
+    longer: dict[str, list[tuple[Any, ...]]] = {}
+    for u in settled:
+        mid = u[0]
+        if mid in single:
+            key = u[2:]
+        else:
+            if (us := longer.get(mid)) is None:
+                longer[mid] = [u]
+            else:
+                us.append(u)
+            continue
+        if (g := groups.get(key)) is None:
+            groups[key] = ([mid], [u])
+        else:
+            g[0].append(mid)
+            g[1].append(u)
+    for mid, us in longer.items():
+        values = us[0][2:]
+        got = found.get(mid)
+        whole = got is not None and got[0] == len(us)
+        if whole:
+            for u in us:
+                if u[2:] != values:
+                    whole = False
+                    break
+        if whole:
+            if (g := groups.get(values)) is None:
+                groups[values] = ([mid], us)
+            else:
+                g[0].append(mid)
+                g[1].extend(us)
+            continue
+        for u in us:
+            key = (u[2], u[3], u[4], u[5], u[1])
+            if (g := groups.get(key)) is None:
+                groups[key] = ([mid], [u])
+            else:
+                g[0].append(mid)
+                g[1].append(u)
+    left: list[tuple[Any, ...]] = []
+    for key, (mids, us) in groups.items():
+        if len(us) < _SAME_MIN:
+            left.extend(us)
+            continue
+        state, at, error, source, *seq = key
+        args: tuple[Any, ...] = (state, at)
+        if error is not None:
+            args += (error,)
+        if source is not None:
+            args += (source,)
+        c.execute(
+            _SETTLE_SAME[error is not None, source is not None, bool(seq)],
+            (*args, *seq, json_ids(mids)),
+        )
+    return left

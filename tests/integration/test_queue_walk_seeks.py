@@ -243,7 +243,9 @@ async def test_a_claim_s_later_round_from_the_middle_of_a_group_reads_no_row_beh
                 got.extend(_Scan(None, NOW, 10**6)._due(c, "acc_a", (NOW, rowids[at]), PAGE))
 
             pages.append(await _write_steps(store, due))
-            assert [r[4] for r in got] == rowids[at + 1 : at + 1 + PAGE]
+            assert [r[2] for r in got] == rowids[
+                at + 1 : at + 1 + PAGE
+            ]  # _DUE_COLS: the rowid third
         _no_reread(pages[0], pages[1])
         _no_reread(pages[0], pages[2])
     finally:
