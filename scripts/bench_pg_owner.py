@@ -2,7 +2,8 @@
 """The PostgreSQL store's cost of the owner's steps per message, in one process.
 
 Usage: python scripts/bench_pg_owner.py [--messages 20000] [--batch 50] [--parts 1]
-                                        [--early 0] [--runs 1] [--tree DIR]
+                                        [--early 0] [--runs 1] [--tree DIR] [--json]
+                                        [--callgrind]
 
 Why: `bench.py --store postgres` shows the owner's steps (claim, submit results, receipts and
 their roll-ups) only inside the whole daemon's and the server's CPU, where a shared machine's
@@ -15,6 +16,12 @@ counted), the rows they returned, this process's CPU, the server's CPU (every pr
 cluster, from /proc: on one machine) and the wall time, each by step; `--early F` applies that
 share of the receipts before their submit results (kept, matched by the results' step). `--tree`
 imports `bridge` from another checkout: run the script alternately on two trees to compare them.
+
+`--callgrind` (session 57) reruns the steps under valgrind's callgrind (`--instr-atstart=no`,
+counting switched on around the steps' loop with `callgrind_control -i`, as `bench_pg_accept.py`
+does) and prints this process's instructions per message for the three steps together: the
+owner's side of its PostgreSQL work, which does not move with the machine's load. Under it the
+server's CPU is not read (a /proc scan a step would be counted): 0.
 The cluster is stopped at the end and on SIGTERM or SIGINT (children.py).
 """
 
@@ -23,7 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,10 @@ ap.add_argument("--early", type=float, default=0.0, help="share of receipts befo
 ap.add_argument("--runs", type=int, default=1, help="runs, each on a fresh database")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--json", action="store_true", help="one JSON line a run")
+ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
+ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
+ap.add_argument("--dsn", help=argparse.SUPPRESS)  # under callgrind: the caller's database
+ap.add_argument("--postmaster", type=int, default=0, help=argparse.SUPPRESS)
 ARGS = ap.parse_args()
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, owner_messages.py
 sys.path.insert(0, ARGS.tree)
@@ -58,6 +72,11 @@ from bridge.store.models import (  # noqa: E402
 )
 
 STEPS = ("claim", "submit results", "receipts")
+
+
+def _callgrind(on: bool) -> None:
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+                   check=True, capture_output=True)  # fmt: skip
 
 
 async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
@@ -88,7 +107,7 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
 
         def mark() -> tuple[float, ...]:
             c0, w0 = time.process_time(), time.perf_counter()
-            server = server_cpu(postmaster)
+            server = 0.0 if ARGS.counting else server_cpu(postmaster)
             c1, w1 = time.process_time(), time.perf_counter()
             scans[0] += c1 - c0
             scans[1] += w1 - w0
@@ -100,6 +119,8 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
                 per[name][key] += z - a
             return mark()
 
+        if ARGS.counting:
+            _callgrind(True)
         while True:
             s = mark()
             work = await store.claim("i1", b, now, 60_000)
@@ -131,6 +152,8 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
             step("receipts", s)
             done += len(work)
             now += 1
+        if ARGS.counting:
+            _callgrind(False)
         assert done == n, done
         async with store.pool.acquire() as c:
             left = await c.fetchval("SELECT count(*) FROM messages WHERE state <> 'delivered'")
@@ -139,7 +162,7 @@ async def run(dsn: str, postmaster: int, counted: Counted) -> dict[str, Any]:
         await store.close()
     import bridge
 
-    out: dict[str, Any] = {"code": str(Path(bridge.__file__).parents[1])}
+    out: dict[str, Any] = {"code": str(Path(bridge.__file__).parents[1]), "messages": done}
     for key, scale in (("statements", 1), ("rows", 1), ("cpu", 1e6), ("server", 1e6)):
         out[key] = round(sum(v[key] for v in per.values()) / done * scale, 2)
     out["wall_ms"] = round(sum(v["wall"] for v in per.values()) / (done / ARGS.batch) * 1e3, 2)
@@ -160,6 +183,9 @@ def main() -> None:
 
     CHILDREN.on_signals()
     counted = Counted()
+    if ARGS.counting:  # under callgrind: the caller's database and cluster
+        print(json.dumps(CHILDREN.asyncio_run(run(ARGS.dsn, ARGS.postmaster, counted))))
+        return
     with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
         assert cluster.datadir is not None, "a throw-away cluster: its CPU is read from /proc"
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
@@ -167,7 +193,20 @@ def main() -> None:
             name = pgc.new_database_name("owner")
             dsn = CHILDREN.asyncio_run(pgc.create_database(cluster, name))
             try:
-                res = CHILDREN.asyncio_run(run(dsn, postmaster, counted))
+                if ARGS.callgrind:
+                    prof = tempfile.mktemp(prefix="callgrind.pg-owner.")
+                    cmd = [
+                        sys.executable, __file__, "--counting", "--dsn", dsn,
+                        "--postmaster", str(postmaster), "--messages", str(ARGS.messages),
+                        "--batch", str(ARGS.batch), "--parts", str(ARGS.parts),
+                        "--early", str(ARGS.early), "--tree", ARGS.tree,
+                    ]  # fmt: skip
+                    stdout, total = CHILDREN.callgrind(cmd, prof)
+                    res = json.loads(stdout.strip().splitlines()[-1])
+                    res["instructions"] = round(total / res["messages"])
+                    res["profile"] = prof
+                else:
+                    res = CHILDREN.asyncio_run(run(dsn, postmaster, counted))
             finally:
                 CHILDREN.asyncio_run(pgc.drop_database(cluster, name))
             if ARGS.json:
@@ -180,6 +219,9 @@ def main() -> None:
                   f"{res['wall_ms']} ms a batch (wall)")  # fmt: skip
             for step_name, v in res["by_step"].items():
                 print(f"    {step_name:15s} {json.dumps(v)}")
+            if "instructions" in res:
+                print(f"  {res['instructions']:,} instructions per message, the three steps "
+                      f"(this process; profile in {res['profile']})")  # fmt: skip
 
 
 if __name__ == "__main__":

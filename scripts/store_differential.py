@@ -2,6 +2,7 @@
 """Run seeded owner-write scenarios on the SQLite store of two trees and compare every table.
 
 Usage: python scripts/store_differential.py --base DIR [--tree DIR] [--seeds 1500] [--first 0]
+                                          [--store sqlite|postgres]
 
 Why: a change to how the owner's steps write (fewer statements, rows grouped, writes skipped)
 must leave every row of every table as it was at every point a reader can see. Each scenario
@@ -13,6 +14,10 @@ batch at one time: the shape of a daemon's flushes, where many rows get the same
 SMSC with one receipt per message in a third of them. After each write every table is dumped
 (all columns, rows sorted) with what the write returned; the two trees' dumps must be equal.
 Each tree runs in a child process that imports `bridge` and `tests` from it.
+`--store postgres` (session 57) runs the same scenarios on a PostgreSQL store: a throw-away
+cluster (tests/pg_cluster.py, started by this script), a new database a seed and tree, every
+table of the public schema dumped the same way (the schema's bookkeeping, `schema_migrations`,
+left out; each table's serial ids compared as they are).
 """
 
 from __future__ import annotations
@@ -55,7 +60,31 @@ def dump(path: Path) -> str:
         c.close()
 
 
-async def scenario(seed: int, path: Path) -> list[str]:
+async def pg_dump(dsn: str) -> str:
+    """dump's PostgreSQL twin: every table of the public schema, all columns but row_version,
+    rows sorted by their repr."""
+    import asyncpg
+
+    c = await asyncpg.connect(dsn)
+    try:
+        out = []
+        names = await c.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        for (name,) in names:
+            if name == "schema_migrations":
+                continue
+            rows = await c.fetch(f'SELECT * FROM "{name}"')
+            cols = [a.name for a in (await c.prepare(f'SELECT * FROM "{name}"')).get_attributes()]
+            keep = [i for i, col in enumerate(cols) if col != "row_version"]
+            lines = sorted(repr(tuple(r[i] for i in keep)) for r in rows)
+            out.append(f"{name} {cols}\n" + "\n".join(lines))
+        return "\n".join(out)
+    finally:
+        await c.close()
+
+
+async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
     from bridge.store.models import ReceiptIn, SubmitResult
     from bridge.store.sqlite import SqliteStore
     from tests.rollup_writes import LEASE, NOW, accept, owner_writes
@@ -89,14 +118,24 @@ async def scenario(seed: int, path: Path) -> list[str]:
                     receipts.append(ReceiptIn("smsc1", f"x{m}-{q}-0", state, stat, err, at, at))
             op = ("receipts", receipts, None, at)
         ops.insert(rnd.randint(0, len(ops)), op)
-    store = SqliteStore(path)
+    store: Any
+    if dsn is None:
+        store = SqliteStore(path)
+    else:
+        from bridge.store.postgres import PostgresStore
+
+        store = PostgresStore(dsn, min_size=1, max_size=4)
     await store.open()
+
+    async def snapshot() -> str:
+        return dump(path) if dsn is None else await pg_dump(dsn)
+
     try:
         if rnd.random() < 0.3:
             store.one_receipt_smscs = frozenset({"smsc1"})
         await accept(store, mids, {m: n for m, n in parts.items() if n > 1})
         await store.claim("i1", 50, NOW + 1_000, LEASE)
-        out = [dump(path)]
+        out = [await snapshot()]
         for kind, items, releases, when in ops:
             if kind == "results":
                 got: Any = await store.record_submits(items, releases, when, instance="i1")
@@ -106,17 +145,29 @@ async def scenario(seed: int, path: Path) -> list[str]:
                 got = [w.id for w in await store.claim("i1", 50, when, LEASE)]
             else:
                 got = await store.sweep(when, 72 * 3_600_000)
-            out.append(repr(got) + "\n" + dump(path))
+            out.append(repr(got) + "\n" + await snapshot())
         return out
     finally:
         await store.close()
 
 
-def child(first: int, seeds: int) -> None:
-    """One line per seed: its number and the hash of its dumps, then its dumps' step hashes."""
+def child(first: int, seeds: int, admin_dsn: str | None = None) -> None:
+    """One line per seed: its number and the hash of its dumps, then its dumps' step hashes.
+    With `admin_dsn` (PostgreSQL) each seed on a new database of that server, dropped after."""
     for seed in range(first, first + seeds):
-        with tempfile.TemporaryDirectory() as d:
-            steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
+        if admin_dsn is not None:
+            from tests import pg_cluster as pgc
+
+            cluster = pgc._external(admin_dsn)
+            name = pgc.new_database_name("diff")
+            dsn = asyncio.run(pgc.create_database(cluster, name))
+            try:
+                steps = asyncio.run(scenario(seed, Path("-"), dsn))
+            finally:
+                asyncio.run(pgc.drop_database(cluster, name))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
         hashes = [hashlib.sha256(s.encode()).hexdigest()[:16] for s in steps]
         print(json.dumps([seed, hashes]), flush=True)
 
@@ -127,15 +178,29 @@ def main() -> None:
     ap.add_argument("--tree", default=str(HERE))
     ap.add_argument("--seeds", type=int, default=1500)
     ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--admin-dsn", help=argparse.SUPPRESS)  # the children's server
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
-        child(args.first, args.seeds)
+        child(args.first, args.seeds, args.admin_dsn)
         return
     CHILDREN.on_signals()
+    if args.store == "postgres":
+        sys.path.insert(0, str(HERE))
+        from tests import pg_cluster as pgc
+
+        with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
+            compare(args, ["--admin-dsn", cluster.admin_dsn])
+    else:
+        compare(args, [])
+
+
+def compare(args: argparse.Namespace, extra: list[str]) -> None:
+    """The two trees' children side by side, their lines compared."""
     outs = []
-    more = ["--seeds", str(args.seeds), "--first", str(args.first)]
+    more = ["--seeds", str(args.seeds), "--first", str(args.first), *extra]
     with tempfile.TemporaryFile("w+") as a, tempfile.TemporaryFile("w+") as b:
         procs = [
             CHILDREN.popen(

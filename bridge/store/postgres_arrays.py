@@ -16,7 +16,10 @@ values cannot hold NUL (the server refuses it either way)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
 
 
 def _escaped(v: str) -> str:
@@ -47,3 +50,67 @@ def int_array(values: Iterable[int | None]) -> str:
 def bytea_array(values: Iterable[bytes | bytearray | memoryview | None]) -> str:
     """A bytea[] literal of `values`, each in bytea's hex form."""
     return "{" + ",".join(["NULL" if v is None else '"\\\\x' + v.hex() + '"' for v in values]) + "}"
+
+
+def bool_array(values: Iterable[bool | None]) -> str:
+    """A bool[] literal of `values`."""
+    return "{" + ",".join(["NULL" if v is None else ("t" if v else "f") for v in values]) + "}"
+
+
+_ENCODERS: dict[str, Callable[[Iterable[Any]], str]] = {
+    "text": text_array,
+    "int": int_array,
+    "bigint": int_array,
+    "bool": bool_array,
+    "bytea": bytea_array,
+}
+_CAST = re.compile(r"\$(\d+)::(text|int|bigint|bool|bytea)\[\](?![\w\[])")
+_PARAM = re.compile(r"\$(\d+)(?!\d)")
+
+
+@lru_cache(maxsize=1024)
+def literal_form(sql: str) -> tuple[str, tuple[tuple[int, Callable[[Iterable[Any]], str]], ...]]:
+    """`sql` with each parameter used only as `$n::T[]` (T one of _ENCODERS, every use the
+    same T) cast from text instead (`$n::text::T[]`), and (index, encoder) for each: the
+    statements that still pass Python lists (the owner's steps, the no-rules accept) send
+    literals as the rules' accept does (session 57). A parameter used otherwise anywhere in
+    the statement (bare, or cast to another type) is left as it was. Unchanged `sql` and no
+    pairs when there is nothing to do."""
+    casts: dict[str, set[str]] = {}
+    for n, t in _CAST.findall(sql):
+        casts.setdefault(n, set()).add(t)
+    if not casts:
+        return sql, ()
+    uses: dict[str, int] = {}
+    for n in _PARAM.findall(sql):
+        uses[n] = uses.get(n, 0) + 1
+    cast_uses: dict[str, int] = {}
+    for n, _t in _CAST.findall(sql):
+        cast_uses[n] = cast_uses.get(n, 0) + 1
+    keep = {
+        n: next(iter(ts)) for n, ts in casts.items() if len(ts) == 1 and uses[n] == cast_uses[n]
+    }
+    if not keep:
+        return sql, ()
+    out = _CAST.sub(lambda m: f"${m[1]}::text::{m[2]}[]" if m[1] in keep else m[0], sql)
+    return out, tuple(sorted((int(n) - 1, _ENCODERS[t]) for n, t in keep.items()))
+
+
+def as_literals(sql: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """The statement and arguments to send: the array arguments of literal_form's parameters
+    as literals (None stays NULL). A str or bytes where an array is due is refused, as asyncpg
+    refused it."""
+    out, pairs = literal_form(sql)
+    if not pairs:
+        return sql, args
+    new = list(args)
+    for i, encode in pairs:
+        if i >= len(new):
+            return sql, args  # too few arguments: asyncpg says so, as before
+        v = new[i]
+        if v is None:
+            continue
+        if isinstance(v, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"an array is expected for ${i + 1}, not {type(v).__name__}")
+        new[i] = encode(v)
+    return out, tuple(new)

@@ -517,6 +517,18 @@ def test_bench_pg_owner_counts_each_step_s_statements_and_rows(pg_cluster: Clust
     assert steps["claim"]["statements"] > 0 and got["server"] >= 0 and got["cpu"] > 0, got
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_pg_owner_counts_instructions_under_callgrind(pg_cluster: Cluster) -> None:
+    # Session 57: the owner's PostgreSQL steps counted as bench_pg_accept.py counts an accept.
+    out = _run("scripts/bench_pg_owner.py", "--messages", "100", "--callgrind", "--json")
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["messages"] == 100 and got["by_step"]["receipts"]["statements"] == 6 / 50, got
+    # The steps only: a message is ~0.3 M; the accepts or start-up counted would be far more.
+    assert 30_000 < got["instructions"] < 5_000_000, got
+    assert Path(got["profile"]).exists(), got
+    Path(got["profile"]).unlink()
+
+
 def test_bench_pg_accept_counts_an_accept_s_statements_and_round_trips(
     pg_cluster: Cluster,
 ) -> None:
