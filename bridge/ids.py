@@ -99,15 +99,24 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     """
     global _last_ms, _last_time_part, _chars, _chars_pos
     ms = int(time.time() * 1000) if now_ms is None else now_ms
+    # This id's time part is read here, beside its check, into `part`: `new_id` is called from
+    # the event loop's thread and the SQLite runner's ("evt_" ids) alike, and os.urandom below
+    # lets the other run, whose id of another millisecond moves `_last_time_part`; read after
+    # it, an id took the other thread's time (session 57's review). No call comes between the
+    # check and the read, nor between the two stores, so no thread switch does either (as for
+    # `_chars_pos`); ~30 instructions an id, where an (ms, part) tuple was ~150.
     if ms != _last_ms:
-        _last_ms, _last_time_part = ms, _time_part(ms)
+        part = _time_part(ms)
+        _last_ms, _last_time_part = ms, part
+    else:
+        part = _last_time_part
     pos = _chars_pos
     end = pos + 16
     if end > _CHARS_SIZE:
         _chars = os.urandom(_CHARS_SIZE).translate(_LOW5).decode("ascii")
         pos, end = 0, 16
     _chars_pos = end
-    return prefix + _last_time_part + _chars[pos:end]
+    return prefix + part + _chars[pos:end]
 
 
 def id_floor(prefix: str, ms: int) -> str:

@@ -693,6 +693,33 @@ def test_accept_differential_finds_a_row_written_otherwise(tmp_path: Path) -> No
     assert re.search(r"differing scenarios [1-9]\d*\b", out), out
 
 
+def test_text_sign_differential_finds_an_answer_made_otherwise(tmp_path: Path) -> None:
+    """text_sign_differential.py (session 57's review): two copies of this tree give the same
+    encodings, sends, prices and canonical requests for its seeded inputs; a copy whose UCS-2
+    texts are cut by plain slices even with a surrogate pair at a part's end differs, and the
+    script says where and exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    out = _run("scripts/text_sign_differential.py", "--base", str(same), "--seeds", "3")
+    assert re.search(r"same: 3 seeds, \d+ answers", out), out
+    split = changed / "bridge" / "text" / "split.py"
+    text = split.read_text()
+    planted = text.replace(
+        "elif encoding is _UCS2 and size == 2 * len(text):", "elif encoding is _UCS2:"
+    )
+    assert planted != text
+    split.write_text(planted)
+    out = _run(
+        "scripts/text_sign_differential.py", "--base", str(same), "--tree", str(changed),
+        "--seeds", "20", codes=(1,),
+    )  # fmt: skip
+    assert "differ at line" in out, out
+
+
 def _can_trace_scheduling() -> bool:
     return _can_trace_syscalls() and any(Path(d, "events/sched").is_dir() for d in TRACING)
 
