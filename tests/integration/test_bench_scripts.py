@@ -825,3 +825,37 @@ def test_connector_differential_finds_an_answer_handled_otherwise(tmp_path: Path
     connector.write_text(planted)
     out = _run(*args, "--tree", str(changed), codes=(1,))
     assert re.search(r"records: [12] differing", out), out
+
+
+def test_codec_differential_finds_a_field_read_otherwise(tmp_path: Path) -> None:
+    """codec_differential.py (session 57, review): two copies of this tree encode, decode, hold
+    a session and read receipts alike on every seeded case; a copy whose one-match read of a
+    deliver_sm takes a 21-octet source_addr (its maximum is 20 and the NUL) and whose receipt
+    keeps a stat word's case differs in those kinds, and the script says so and exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    args = ("scripts/codec_differential.py", "--base", str(same), "--cases", "1500")
+    out = _run(*args, "--tree", str(same))
+    for kind in ("encode", "decode", "session", "receipt"):
+        assert f"{kind}: cases 1500, differing 0" in out, out
+    codec = changed / "bridge" / "smpp" / "codec.py"
+    text = codec.read_text()
+    planted = text.replace(r'rb"([^\0]{0,5})\0..([^\0]{0,20})', r'rb"([^\0]{0,5})\0..([^\0]{0,21})')
+    assert planted != text
+    codec.write_text(planted)
+    receipt = changed / "bridge" / "smpp" / "receipt.py"
+    text = receipt.read_text()
+    planted = text.replace(
+        "        stat = text_stat.upper()\n    # state_for_stat",
+        "        stat = text_stat\n    # state_for_stat",
+    )
+    assert planted != text
+    receipt.write_text(planted)
+    out = _run(*args, "--tree", str(changed), codes=(1,))
+    assert "encode: cases 1500, differing 0" in out, out
+    for kind in ("decode", "session", "receipt"):
+        assert re.search(rf"^{kind}: cases 1500, differing [1-9]\d*$", out, re.M), out
