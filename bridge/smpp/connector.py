@@ -475,10 +475,38 @@ class OnePart:
 
     def _lined(self, granted: bool) -> None:
         try:
-            if granted:
-                self._slot()
-            else:  # the bind went away first: not an attempt
+            if not granted:  # the bind went away first: not an attempt
                 self._go_on(None, None)
+            elif self._c._throttler is not None:
+                # A TPS limit came while it waited (a reload's `update_limits`): its turn at
+                # the throttler first, as `_submit_on` takes it once granted its slot. Sent at
+                # once, a window of waiting messages went out over the limit just set.
+                self._task = running(self._c._loop).create_task(self._turn())
+            else:
+                self._slot()
+        except Exception as exc:
+            self._over(exc)
+
+    async def _turn(self) -> None:
+        """`_submit_on`'s TPS turn for a part holding its slot (`_lined`), then `_slot`. Its
+        slot handed on if cancelled (or failed) meanwhile, as `_submit_on`'s `finally` does."""
+        c, b = self._c, self._bind
+        try:
+            await c._turns.take(False)
+            try:
+                throttler = c._throttler  # the share may have been re-rated meanwhile
+                if throttler is not None:
+                    await throttler.acquire()
+            finally:
+                c._turns.give()
+        except BaseException as exc:  # a CancelledError (cancel_send): what send_message raised
+            b.reserved -= 1
+            c._pump(b)
+            self._over(exc)
+            return
+        self._task = None  # on the wire next: `cancel_send` waits for its answer, no task
+        try:
+            self._slot()
         except Exception as exc:
             self._over(exc)
 

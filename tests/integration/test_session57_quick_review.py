@@ -1,0 +1,76 @@
+"""Session 57's review of the one-part send without a task (`dispatcher._Quick`,
+`Connector.send_one`): what the task path did that the record must do too.
+
+A TPS limit that comes while one-part messages wait in the window's line (a reload giving the
+SMSC a `tps`, `Connector.update_limits`): a task waiting there took its turn at the throttler
+once granted its slot (`_submit_on`), a message sent without a task must too, or a window of
+waiting messages went out at once over the limit the reload just set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from tests.integration.test_session57_quick_send import Store, dispatcher, message
+from tests.integration.test_smpp_connector import (
+    FakeSmsc,
+    eventually,
+    running,
+    smsc,  # noqa: F401 (the fixture)
+    smsc_cfg,
+)
+
+
+async def test_a_tps_limit_set_while_messages_wait_in_the_line_holds_for_them(
+    smsc: FakeSmsc,  # noqa: F811 (the fixture)
+) -> None:
+    smsc.on_submit = lambda conn, pdu: None  # hold the first answer: the rest wait in line
+    cfg = smsc_cfg(smsc.port, window=1, tps=0)
+    async with running(cfg) as conn:
+        assert await conn.wait_up(2.0)
+        store = Store([message(f"t-{i}") for i in range(4)])
+        d = dispatcher(store, conn, cfg, windows=4)
+        runner = asyncio.create_task(d.run())
+        await eventually(lambda: len(smsc.held) == 1 and d.inflight == 4)
+        assert conn._binds[0].waiting() == 3
+        conn.update_limits(dataclasses.replace(cfg, tps=1.0))  # one submit a second from now
+        smsc.on_submit = None  # the rest answered at once
+        smsc.release()
+        released = time.monotonic()
+        await eventually(lambda: len(smsc.submits()) >= 2)
+        await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - released)))
+        # Within the limit's first second: the held one and one more, not the whole line.
+        assert len(smsc.submits()) == 2, smsc.submits()
+        await eventually(lambda: len(store.results) == 4 and not d.inflight, within_s=6.0)
+        assert [r.outcome for r in store.results] == ["sent"] * 4
+        assert conn._active == 0 and conn._binds[0].reserved == 0
+        await d.stop(1)
+        runner.cancel()
+
+
+async def test_a_stop_while_a_part_waits_for_its_tps_turn_hands_its_slot_on(
+    smsc: FakeSmsc,  # noqa: F811 (the fixture)
+) -> None:
+    """The grace runs out with a message granted its slot and waiting at the throttler (the
+    limit set while it waited in the line): nothing sent, nothing recorded (the claim stays),
+    its slot and the connector's count given back."""
+    smsc.on_submit = lambda conn, pdu: None
+    cfg = smsc_cfg(smsc.port, window=1, tps=0)
+    async with running(cfg) as conn:
+        assert await conn.wait_up(2.0)
+        store = Store([message(f"s-{i}") for i in range(3)])
+        d = dispatcher(store, conn, cfg, windows=3)
+        runner = asyncio.create_task(d.run())
+        await eventually(lambda: len(smsc.held) == 1 and d.inflight == 3)
+        conn.update_limits(dataclasses.replace(cfg, tps=0.2))  # one submit in 5 s
+        smsc.on_submit = None
+        smsc.release()
+        await eventually(lambda: len(smsc.submits()) == 2 and len(store.results) == 2)
+        await asyncio.wait_for(d.stop(0.05), 5)  # s-2 waits at the throttler meanwhile
+        runner.cancel()
+        assert [r.message_id for r in store.results] == ["s-0", "s-1"]
+        assert smsc.submits() == [b"s-0/1", b"s-1/1"]
+        assert not d._tasks and not d.inflight and not d._by_smsc
+        assert conn._active == 0 and conn._binds[0].reserved == 0
