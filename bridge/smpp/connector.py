@@ -29,7 +29,7 @@ import random
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -481,7 +481,7 @@ class OnePart:
                 # A TPS limit came while it waited (a reload's `update_limits`): its turn at
                 # the throttler first, as `_submit_on` takes it once granted its slot. Sent at
                 # once, a window of waiting messages went out over the limit just set.
-                self._task = running(self._c._loop).create_task(self._turn())
+                self._in_task(self._turn(), None)
             else:
                 self._slot()
         except Exception as exc:
@@ -572,7 +572,29 @@ class OnePart:
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
-        self._task = running(self._c._loop).create_task(self._rest(bind, first))
+        self._in_task(self._rest(bind, first), first)
+
+    def _in_task(self, coro: Coroutine[Any, Any, None], first: SubmitResult | None) -> None:
+        """`coro` (`_rest`, `_turn`) in a task, which `cancel_send` cancels. A task cancelled
+        before its first step runs none of its coroutine's handlers (a link lost with the part
+        on the wire and stop()'s cancel in the same loop round): `_task_ended` then ends the
+        message as they would have, or it was never finished (its dispatch slot, the
+        connector's `_active` and stop() waiting for it, held for ever)."""
+        task = self._task = running(self._c._loop).create_task(coro)
+        task.add_done_callback(lambda t: self._task_ended(t, first))
+
+    def _task_ended(self, task: asyncio.Task[None], first: SubmitResult | None) -> None:
+        if not self._live or not task.cancelled():
+            return  # it ended the message itself (`_over`), cancelled or not
+        try:
+            # The task's cancel as send_message's handler took it with this answer come: told
+            # to `on_submit` (`_answer_after_cancel`), an acceptance never (not sent on then).
+            if first is not None:
+                self._c._answered(first)
+        except Exception as exc:
+            self._over(exc)
+            return
+        self._over(asyncio.CancelledError())
 
     async def _rest(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         wire: list[asyncio.Future[SubmitResult]] = []

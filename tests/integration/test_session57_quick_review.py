@@ -74,3 +74,34 @@ async def test_a_stop_while_a_part_waits_for_its_tps_turn_hands_its_slot_on(
         assert smsc.submits() == [b"s-0/1", b"s-1/1"]
         assert not d._tasks and not d.inflight and not d._by_smsc
         assert conn._active == 0 and conn._binds[0].reserved == 0
+
+
+async def test_a_cancel_before_the_resend_tasks_first_step_still_ends_the_message(
+    smsc: FakeSmsc,  # noqa: F811 (the fixture)
+) -> None:
+    """The link drops with the part on the wire (CONNECTION_LOST: it goes on in a task,
+    `OnePart._rest`) and stop()'s cancel comes in the same loop round, before that task's
+    first step: a coroutine cancelled before it starts runs none of its handlers, and the
+    message was never finished (left in the dispatcher's `_tasks`, stop() waiting
+    CANCEL_WAIT_S for it, the connector's `_active` and the SMSC's count never given back, its
+    dispatch slot held for ever). Found by a seeded run of random answers, drops and stops."""
+    smsc.on_submit = lambda conn, pdu: None
+    cfg = smsc_cfg(smsc.port, window=2)
+    async with running(cfg) as conn:
+        assert await conn.wait_up(2.0)
+        store = Store([message("c-1")])
+        d = dispatcher(store, conn, cfg)
+        runner = asyncio.create_task(d.run())
+        await eventually(lambda: len(smsc.held) == 1)
+        (quick,) = d._tasks.values()
+        proto = conn._binds[0].proto
+        assert proto is not None
+        proto.abort("test: the link drops")  # connection_lost runs in the next round
+        await asyncio.sleep(0)
+        assert quick._task is not None and not quick._task.done()  # made, not started
+        quick.cancel()  # what stop() does past its grace
+        await eventually(lambda: not d._tasks and not d.inflight)
+        assert conn._active == 0 and not d._by_smsc
+        assert store.results == [] and store.releases == []  # the claim stays, as a task's did
+        await asyncio.wait_for(d.stop(1), 2)
+        runner.cancel()
