@@ -481,7 +481,7 @@ class OnePart:
                 # A TPS limit came while it waited (a reload's `update_limits`): its turn at
                 # the throttler first, as `_submit_on` takes it once granted its slot. Sent at
                 # once, a window of waiting messages went out over the limit just set.
-                self._in_task(self._turn(), None)
+                self._in_task(self._turn(), None, True)
             else:
                 self._slot()
         except Exception as exc:
@@ -572,21 +572,27 @@ class OnePart:
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
-        self._in_task(self._rest(bind, first), first)
+        self._in_task(self._rest(bind, first), first, False)
 
-    def _in_task(self, coro: Coroutine[Any, Any, None], first: SubmitResult | None) -> None:
+    def _in_task(
+        self, coro: Coroutine[Any, Any, None], first: SubmitResult | None, slot: bool
+    ) -> None:
         """`coro` (`_rest`, `_turn`) in a task, which `cancel_send` cancels. A task cancelled
         before its first step runs none of its coroutine's handlers (a link lost with the part
-        on the wire and stop()'s cancel in the same loop round): `_task_ended` then ends the
-        message as they would have, or it was never finished (its dispatch slot, the
-        connector's `_active` and stop() waiting for it, held for ever)."""
+        on the wire, or a slot granted, and stop()'s cancel in the same loop round):
+        `_task_ended` then ends the message as they would have (`slot`: the window slot
+        granted to it handed on, as `_turn`'s handler does), or it was never finished (its
+        dispatch slot, the connector's `_active` and stop() waiting for it, held for ever)."""
         task = self._task = running(self._c._loop).create_task(coro)
-        task.add_done_callback(lambda t: self._task_ended(t, first))
+        task.add_done_callback(lambda t: self._task_ended(t, first, slot))
 
-    def _task_ended(self, task: asyncio.Task[None], first: SubmitResult | None) -> None:
+    def _task_ended(self, task: asyncio.Task[None], first: SubmitResult | None, slot: bool) -> None:
         if not self._live or not task.cancelled():
             return  # it ended the message itself (`_over`), cancelled or not
         try:
+            if slot:
+                self._bind.reserved -= 1
+                self._c._pump(self._bind)
             # The task's cancel as send_message's handler took it with this answer come: told
             # to `on_submit` (`_answer_after_cancel`), an acceptance never (not sent on then).
             if first is not None:

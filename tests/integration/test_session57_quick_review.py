@@ -105,3 +105,37 @@ async def test_a_cancel_before_the_resend_tasks_first_step_still_ends_the_messag
         assert store.results == [] and store.releases == []  # the claim stays, as a task's did
         await asyncio.wait_for(d.stop(1), 2)
         runner.cancel()
+
+
+async def test_a_cancel_before_the_tps_turns_first_step_hands_the_slot_on(
+    smsc: FakeSmsc,  # noqa: F811 (the fixture)
+) -> None:
+    """The same race for a part granted its slot after a TPS limit came (its turn at the
+    throttler in a task, `OnePart._turn`): cancelled before that task's first step, the
+    message ends and the slot granted to it is handed back, or the window had one slot less
+    until the connector was stopped."""
+    smsc.on_submit = lambda conn, pdu: None
+    cfg = smsc_cfg(smsc.port, window=1, tps=0)
+    async with running(cfg) as conn:
+        assert await conn.wait_up(2.0)
+        store = Store([message("g-1"), message("g-2")])
+        d = dispatcher(store, conn, cfg, windows=2)
+        runner = asyncio.create_task(d.run())
+        await eventually(lambda: len(smsc.held) == 1 and d.inflight == 2)
+        b = conn._binds[0]
+        (second,) = b.lo
+        conn.update_limits(dataclasses.replace(cfg, tps=1.0))
+        b.lo.popleft()  # what `_pump` does granting it a slot, here without an answer
+        b.reserved += 1
+        second.set_result(True)
+        assert second._task is not None and not second._task.done()  # at the throttler
+        second.cancel_send()  # stop()'s cancel, before the task's first step
+        await eventually(lambda: len(d._tasks) == 1 and d.inflight == 1)
+        assert b.reserved == 0 and conn._active == 1  # g-1 still on the wire
+        smsc.on_submit = None
+        smsc.release()
+        await eventually(lambda: not d._tasks and not d.inflight)
+        assert [r.message_id for r in store.results] == ["g-1"]
+        assert smsc.submits() == [b"g-1/1"]
+        await d.stop(1)
+        runner.cancel()
