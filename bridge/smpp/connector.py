@@ -29,7 +29,7 @@ import random
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -475,10 +475,38 @@ class OnePart:
 
     def _lined(self, granted: bool) -> None:
         try:
-            if granted:
-                self._slot()
-            else:  # the bind went away first: not an attempt
+            if not granted:  # the bind went away first: not an attempt
                 self._go_on(None, None)
+            elif self._c._throttler is not None:
+                # A TPS limit came while it waited (a reload's `update_limits`): its turn at
+                # the throttler first, as `_submit_on` takes it once granted its slot. Sent at
+                # once, a window of waiting messages went out over the limit just set.
+                self._in_task(self._turn(), None, True)
+            else:
+                self._slot()
+        except Exception as exc:
+            self._over(exc)
+
+    async def _turn(self) -> None:
+        """`_submit_on`'s TPS turn for a part holding its slot (`_lined`), then `_slot`. Its
+        slot handed on if cancelled (or failed) meanwhile, as `_submit_on`'s `finally` does."""
+        c, b = self._c, self._bind
+        try:
+            await c._turns.take(False)
+            try:
+                throttler = c._throttler  # the share may have been re-rated meanwhile
+                if throttler is not None:
+                    await throttler.acquire()
+            finally:
+                c._turns.give()
+        except BaseException as exc:  # a CancelledError (cancel_send): what send_message raised
+            b.reserved -= 1
+            c._pump(b)
+            self._over(exc)
+            return
+        self._task = None  # on the wire next: `cancel_send` waits for its answer, no task
+        try:
+            self._slot()
         except Exception as exc:
             self._over(exc)
 
@@ -544,7 +572,35 @@ class OnePart:
 
     def _go_on(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         """What send_message hands `_send_part`: in a task, as resends wait and retry."""
-        self._task = running(self._c._loop).create_task(self._rest(bind, first))
+        self._in_task(self._rest(bind, first), first, False)
+
+    def _in_task(
+        self, coro: Coroutine[Any, Any, None], first: SubmitResult | None, slot: bool
+    ) -> None:
+        """`coro` (`_rest`, `_turn`) in a task, which `cancel_send` cancels. A task cancelled
+        before its first step runs none of its coroutine's handlers (a link lost with the part
+        on the wire, or a slot granted, and stop()'s cancel in the same loop round):
+        `_task_ended` then ends the message as they would have (`slot`: the window slot
+        granted to it handed on, as `_turn`'s handler does), or it was never finished (its
+        dispatch slot, the connector's `_active` and stop() waiting for it, held for ever)."""
+        task = self._task = running(self._c._loop).create_task(coro)
+        task.add_done_callback(lambda t: self._task_ended(t, first, slot))
+
+    def _task_ended(self, task: asyncio.Task[None], first: SubmitResult | None, slot: bool) -> None:
+        if not self._live or not task.cancelled():
+            return  # it ended the message itself (`_over`), cancelled or not
+        try:
+            if slot:
+                self._bind.reserved -= 1
+                self._c._pump(self._bind)
+            # The task's cancel as send_message's handler took it with this answer come: told
+            # to `on_submit` (`_answer_after_cancel`), an acceptance never (not sent on then).
+            if first is not None:
+                self._c._answered(first)
+        except Exception as exc:
+            self._over(exc)
+            return
+        self._over(asyncio.CancelledError())
 
     async def _rest(self, bind: _Bind | None, first: SubmitResult | None) -> None:
         wire: list[asyncio.Future[SubmitResult]] = []
