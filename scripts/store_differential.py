@@ -13,6 +13,11 @@ with whole-batch steps among them (every claimed part's result, or every part's 
 batch at one time: the shape of a daemon's flushes, where many rows get the same values), an
 SMSC with one receipt per message in a third of them. After each write every table is dumped
 (all columns, rows sorted) with what the write returned; the two trees' dumps must be equal.
+Half the seeds (odd ones) give the SMSC's texts hostile values (session 57's review): every
+message id ends in one of HOSTILE (quotes, backslashes, braces, commas, the word NULL, spaces
+at the ends, non-ASCII; ids of one seed alike, so receipts still match), and each result's raw
+id and each receipt's raw text carry another: what an SMSC may send, and what the PostgreSQL
+store now writes as array literals (postgres_arrays.as_literals).
 Each tree runs in a child process that imports `bridge` and `tests` from it.
 `--store postgres` (session 57) runs the same scenarios on a PostgreSQL store: a throw-away
 cluster (tests/pg_cluster.py, started by this script), a new database a seed and tree, every
@@ -40,6 +45,57 @@ from children import Children  # noqa: E402
 
 # The two children (one a tree), ended with this script however it ends (children.py).
 CHILDREN = Children()
+
+
+# Text an SMSC may put in a message id or a receipt (NUL aside: PostgreSQL's text refuses it,
+# both ways); each is a suffix, so a value also ends in spaces or a quote.
+HOSTILE = (
+    '"',
+    "\\",
+    '\\"',
+    "{a,b}",
+    ",",
+    " NULL",
+    "NULL",
+    "null",
+    "  ",
+    "\t\n",
+    "é汉😀",
+    '{"x"}',
+    "''",
+    "\\N",
+)
+
+
+def hostile(rnd: random.Random, ops: list[Any]) -> list[Any]:
+    """`ops` with the SMSC's texts hostile: the message ids (results' and receipts' alike)
+    ending in one of HOSTILE, the results' raw ids and the receipts' raw texts in another."""
+    from dataclasses import replace
+
+    tail = rnd.choice(HOSTILE)
+
+    def ref(v: str | None) -> str | None:
+        return None if v is None else v + tail
+
+    out = []
+    for kind, items, releases, when in ops:
+        if kind == "results":
+            items = [
+                replace(
+                    r,
+                    smsc_msg_id=ref(r.smsc_msg_id),
+                    smsc_msg_id_raw=None if r.smsc_msg_id_raw is None
+                    else r.smsc_msg_id_raw + rnd.choice(HOSTILE) + tail,
+                )
+                for r in items
+            ]  # fmt: skip
+        elif kind == "receipts":
+            items = [
+                replace(r, smsc_msg_id=ref(r.smsc_msg_id), raw=rnd.choice(HOSTILE) + "id:" + tail)
+                for r in items
+            ]
+        out.append((kind, items, releases, when))
+    return out
 
 
 def dump(path: Path) -> str:
@@ -118,6 +174,8 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                     receipts.append(ReceiptIn("smsc1", f"x{m}-{q}-0", state, stat, err, at, at))
             op = ("receipts", receipts, None, at)
         ops.insert(rnd.randint(0, len(ops)), op)
+    if seed % 2:
+        ops = hostile(random.Random(seed), ops)
     store: Any
     if dsn is None:
         store = SqliteStore(path)
