@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -236,3 +237,59 @@ async def test_the_short_way_answers_every_way_of_sending_as_aiohttp(
         with open(dump, "wb") as out:
             out.write(b"\n----\n".join(plain))
             out.write(json.dumps(plain_counts, sort_keys=True).encode())
+
+
+async def test_a_slow_reader_gets_every_202_whole_and_in_order(
+    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends of 30 numbers each (202s of ~6 KB) pipelined by a client that reads nothing for a
+    while: the server's writes wait for the socket (write_eof's drain), then every answer comes
+    whole, in order."""
+    creds = await daemon.api.create_account()
+    requests = []
+    for n in range(60):
+        body = json.dumps(
+            {"to": [f"+8613{n:03d}{i:06d}" for i in range(30)], "text": "Hi there."}
+        ).encode()
+        headers = prepare_headers(
+            f"127.0.0.1:{daemon.port}", "POST", "/v1/messages", "", body, creds=creds,
+            headers=None, content_type="application/json",
+            idempotency_key=f"idem-{secrets.token_hex(8)}", when=daemon.api.clock.utc(),
+            nonce=None,
+        )  # fmt: skip
+        headers["Content-Length"] = str(len(body))
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        requests.append(f"POST /v1/messages HTTP/1.1\r\n{lines}\r\n".encode() + body)
+    from aiohttp.web_protocol import RequestHandler
+
+    paused = [0]
+    real = RequestHandler.pause_writing
+
+    def counted(self: RequestHandler) -> None:
+        paused[0] += 1
+        real(self)
+
+    monkeypatch.setattr(RequestHandler, "pause_writing", counted)
+    made = http_errors._Handler.connection_made
+
+    def small_buffers(self: http_errors._Handler, transport: Any) -> None:
+        made(self, transport)  # the server's socket and write buffer small: it must wait
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=8192)
+
+    monkeypatch.setattr(http_errors._Handler, "connection_made", small_buffers)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client slow to take
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", daemon.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.transport.set_write_buffer_limits(high=1 << 22)
+        writer.write(b"".join(requests))
+        await asyncio.sleep(1.0)  # nothing read: the server's socket buffer fills
+        answers = [await _answer(reader) for _ in requests]
+    finally:
+        writer.close()
+    firsts = [json.loads(a.split(b"\r\n\r\n", 1)[1])["messages"][0]["to"] for a in answers]
+    assert firsts == [f"+8613{n:03d}000000" for n in range(60)]
+    assert paused[0] > 0  # the server did wait for the socket
