@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web, web_response
+from aiohttp import web, web_protocol, web_response
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import (
     BadHttpMethod,
@@ -109,6 +109,11 @@ def describe(exc: BaseException | None) -> str:
     return "the request is not valid HTTP/1.1"
 
 
+# aiohttp's limit of requests queued on a connection (3.14: 32; none before: every feed `held`).
+_QUEUE_LIMIT: int | None = getattr(web_protocol, "MAX_MSG_QUEUE_SIZE", None)
+_HOLD_AT = (_QUEUE_LIMIT or 0) - 1
+
+
 class _BodyFailingParser:
     """aiohttp's request parser, which also fails the body being read when the bytes after the
     headers are malformed (a bad chunk size), and reads nothing more after its first error.
@@ -118,9 +123,16 @@ class _BodyFailingParser:
     server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
     MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
 
-    __slots__ = ("_body", "_failed", "_inner", "_python", "message_consumed")
+    __slots__ = (
+        "_body",
+        "_failed",
+        "_inner",
+        "_owner",
+        "_python",
+        "message_consumed",
+    )
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, owner: _Handler | None = None) -> None:
         self._inner = inner
         # Called on every request (aiohttp 3.14's RequestHandler.start): found by __getattr__,
         # each call first raised and formatted an AttributeError, ~1.4 µs against 0.03 (~12 k
@@ -131,6 +143,15 @@ class _BodyFailingParser:
         # aiohttp's Python parser, whose state _not_a_request_start reads (the C one keeps
         # its own, and refuses such bytes itself).
         self._python = all(hasattr(inner, a) for a in ("_tail", "_lines", "_payload_parser"))
+        # The connection whose `_held` the C parser's feeds set (see feed_data). The Python
+        # parser counts a request in flight when its headers end, as the protocol's queue does:
+        # it stops only where the protocol pauses (`_buffer_paused`), and `_held` is False.
+        # feed_data reads `_owner` or `_python`, not both: each read is ~1 k instructions here,
+        # where __getattr__ keeps the interpreter from specialising them (why `_held` is the
+        # connection's, not this object's).
+        self._owner = None if self._python else owner
+        if owner is not None and self._python:
+            owner._held = False
         self._body: Any = None  # the body of the newest request parsed: the one being fed
         self._failed = False
 
@@ -153,7 +174,18 @@ class _BodyFailingParser:
         messages = out[0]
         if messages:
             self._body = messages[-1][1]
-        if self._python and _not_a_request_start(self._inner):
+        owner = self._owner
+        if owner is not None:
+            # The C parser (aiohttp 3.14) stops, keeping the rest of what it was fed, once its
+            # count of requests in flight reaches the protocol's queue limit (32). It counts a
+            # request when its body ends, the protocol's queue when its headers end: a request
+            # taken from the queue before its body came (a body sent after its headers, Expect:
+            # 100-continue) leaves the count one over the queue, and the parser stops at 31
+            # queued, where the protocol pauses nothing (at 32): only a feed of b""
+            # (resume_reading) parses the rest. Stopping in this feed needs the queue at 31 or
+            # more once the requests it returns are in it; under that nothing was left.
+            owner._held = len(owner._messages) + len(messages) >= _HOLD_AT
+        elif self._python and _not_a_request_start(self._inner):
             # The C parser (llhttp) refuses such bytes as they come; aiohttp's Python parser, run
             # where its extension is missing, waits for the line's end, and bytes that never end
             # one (the rest of a body longer than its Content-Length) got no answer at all: the
@@ -219,12 +251,20 @@ class _Handler(RequestHandler):
         self._refused = False  # closed unread at the cap
         self._buffered = 0  # write buffer size at the last check
         self._stalled_since: float | None = None
+        # Whether the parser may hold bytes it has not parsed when no flag says it is paused
+        # (_BodyFailingParser.feed_data sets it; True: not known, resume_reading as aiohttp's).
+        self._held = True
         # The attribute aiohttp keeps its request parser in (`_request_parser` in older ones):
         # without one, malformed bodies are answered as before, at the body timeout.
         for name in ("_parser", "_request_parser"):
             inner = getattr(self, name, None)
             if inner is not None and hasattr(inner, "feed_data"):
-                setattr(self, name, _BodyFailingParser(inner))
+                # The queue and its limit `_held` is worked out for, else it stays True.
+                known = (
+                    hasattr(self, "_messages")
+                    and getattr(self, "_max_msg_queue_size", None) == _QUEUE_LIMIT
+                )
+                setattr(self, name, _BodyFailingParser(inner, self if known else None))
                 break
 
     def _resume_reading(self, resume_parser: bool = True) -> None:
@@ -235,9 +275,12 @@ class _Handler(RequestHandler):
         a transport that was reading (~6.6 k instructions a send on 3.11). Unpaused, that feed
         has nothing to parse: the parser keeps unparsed bytes only when paused, by the stream
         (`pause_reading`, which sets `_reading_paused`) or by its queue of requests full (which
-        the protocol's `_buffer_paused` follows). Installed only where aiohttp's protocol has
-        those flags (`_RESUME_FLAGS`)."""
-        if self._reading_paused or self._buffer_paused or self._upgraded:
+        the protocol's `_buffer_paused` follows, but one request later: see
+        `_BodyFailingParser.feed_data`, which sets `_held` when its last feed may have stopped
+        short; session 57's review: 31 pipelined sends after a body sent apart from its headers
+        were answered and the rest waited, unread, for the client's next bytes). Installed only
+        where aiohttp's protocol has those flags (`_RESUME_FLAGS`)."""
+        if self._reading_paused or self._buffer_paused or self._upgraded or self._held:
             super().resume_reading(resume_parser)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
