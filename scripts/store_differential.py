@@ -23,6 +23,15 @@ Each tree runs in a child process that imports `bridge` and `tests` from it.
 cluster (tests/pg_cluster.py, started by this script), a new database a seed and tree, every
 table of the public schema dumped the same way (the schema's bookkeeping, `schema_migrations`,
 left out; each table's serial ids compared as they are).
+
+Session 57 (`spread_steps`, drawn from a random of their own, so a seed's steps above are as
+they were): receipts batches as a daemon's flush brings them, their done times the receipts'
+arrival, 1 to 8 a millisecond (a daemon at ~4,500 receipts/s: 4-5), a message's parts of one
+outcome or each its own, in arrival or shuffled order, some parts receipted twice (another
+outcome, a later time), some ids of no part (kept pending, applied by a later result), receipts
+through a second SMSC; later results of every part of some messages (a failed or unknown one
+among them); "sent" webhooks in some scenarios (webhooks.send_intermediate), and claims that
+park some recipients (a route down) with others routable (parked messages taken back).
 """
 
 from __future__ import annotations
@@ -174,7 +183,14 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                     receipts.append(ReceiptIn("smsc1", f"x{m}-{q}-0", state, stat, err, at, at))
             op = ("receipts", receipts, None, at)
         ops.insert(rnd.randint(0, len(ops)), op)
-    if seed % 2:
+    more = random.Random(f"spread-{seed}")
+    for op in spread_steps(more, mids, parts, max((op[3] for op in ops), default=NOW) + 1):
+        ops.insert(more.randint(0, len(ops)), op)
+    park: Any = None
+    routable: tuple[str, ...] = ()
+    if more.random() < 0.3:  # a route down: even recipients parked, "r-up" taken back
+        park, routable = _park_even, ("r-up",)
+    if seed % 2:  # after the spread steps, so theirs are hostile too
         ops = hostile(random.Random(seed), ops)
     store: Any
     if dsn is None:
@@ -191,6 +207,7 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
     try:
         if rnd.random() < 0.3:
             store.one_receipt_smscs = frozenset({"smsc1"})
+        store.send_intermediate = more.random() < 0.3
         await accept(store, mids, {m: n for m, n in parts.items() if n > 1})
         await store.claim("i1", 50, NOW + 1_000, LEASE)
         out = [await snapshot()]
@@ -200,13 +217,84 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
             elif kind == "receipts":
                 got = await store.apply_receipts(items, when)
             elif kind == "claim":
-                got = [w.id for w in await store.claim("i1", 50, when, LEASE)]
+                work = await store.claim("i1", 50, when, LEASE, park, routable)
+                got = [(w.id, [g.seq for g in w.segments]) for w in work]
             else:
                 got = await store.sweep(when, 72 * 3_600_000)
             out.append(repr(got) + "\n" + await snapshot())
         return out
     finally:
         await store.close()
+
+
+def _park_even(recipient: str) -> str | None:
+    """A claim's park (Router.parker): recipients ending in an even digit have their route
+    down ("r-down"); the claim also takes back those parked under "r-up" (routable)."""
+    return "r-down" if int(recipient[-1]) % 2 == 0 else None
+
+
+def spread_steps(rnd: random.Random, mids: list[str], parts: dict[str, int], at: int) -> list[Any]:
+    """Receipts batches of spread done times and results batches (see the module's doc), each
+    at a later time than the last, with claims and a sweep past the timeout among them; the
+    caller inserts each at a random place among the seed's other steps."""
+    from bridge.store.models import ReceiptIn, SubmitResult
+
+    outcomes = [  # most delivered, as a carrier's receipts mostly are
+        *[("delivered", "DELIVRD", None)] * 24,
+        ("undeliverable", "UNDELIV", "001"),
+        ("undeliverable", "UNDELIV", None),
+        ("rejected", "REJECTD", "045"),
+        ("expired", "EXPIRED", None),
+        ("unknown", "UNKNOWN", None),
+        ("enroute", "ENROUTE", None),
+    ]
+    ops: list[Any] = []
+    for _ in range(rnd.randint(2, 6)):
+        at += rnd.randint(1, 3_000)
+        kind = rnd.random()
+        if kind < 0.6:
+            per_ms = rnd.choice([1, 3, 4, 4, 5, 5, 8])
+            sub = rnd.sample(mids, rnd.randint(1, len(mids)))
+            items = []
+            for m in sub:
+                one = rnd.choice(outcomes) if rnd.random() < 0.6 else None
+                items += [(m, q, one or rnd.choice(outcomes)) for q in range(1, parts[m] + 1)]
+            if rnd.random() < 0.5:
+                rnd.shuffle(items)
+            twice = 0.05 if rnd.random() < 0.3 else 0.0  # a batch with a part receipted twice
+            receipts = []
+            for k, (m, q, (state, stat, err)) in enumerate(items):
+                t = at + k // per_ms
+                ref = f"x{m}-{q}-{int(rnd.random() < 0.05)}"
+                smsc = "smsc1"
+                if rnd.random() < 0.1:
+                    smsc, ref = "smsc2", f"y{m}-{q}"
+                receipts.append(ReceiptIn(smsc, ref, state, stat, err, t - 500, t))
+                if rnd.random() < twice:  # the same part again, later, maybe otherwise
+                    state, stat, err = rnd.choice(outcomes)
+                    receipts.append(ReceiptIn(smsc, ref, state, stat, err, t, t + 1))
+            at += len(items) // per_ms + 1
+            ops.append(("receipts", receipts, None, at))
+        elif kind < 0.8:
+            sub = rnd.sample(mids, rnd.randint(1, len(mids)))
+            results = []
+            for m in sub:
+                smsc = rnd.choice(["smsc1", "smsc1", "smsc2"])
+                for q in range(1, parts[m] + 1):
+                    out = "sent" if rnd.random() < 0.9 else rnd.choice(["failed", "unknown"])
+                    sid = (
+                        (f"x{m}-{q}-0" if smsc == "smsc1" else f"y{m}-{q}")
+                        if out == "sent"
+                        else None
+                    )
+                    code = None if out == "sent" else "ESME_RSYSERR"
+                    results.append(SubmitResult(m, q, out, smsc, sid, sid, code, at, at - 10))
+            ops.append(("results", results, [], at))
+        elif kind < 0.93:
+            ops.append(("claim", None, None, at + 600_000))
+        else:
+            ops.append(("sweep", None, None, at + 80 * 3_600_000))
+    return ops
 
 
 def child(first: int, seeds: int, admin_dsn: str | None = None) -> None:

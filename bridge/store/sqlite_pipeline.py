@@ -257,10 +257,20 @@ def rollup_messages(
         # A row a list entry (LEFT JOIN: in the list's order), one JSON array (_ROLLUP_READ)
         # whose first value is the rowid (null: no such message), by which the roll-up's
         # UPDATE finds it again.
-        for mid, (packed,) in zip(chunk, c.execute(_ROLLUP_READ, (json_ids(chunk),)), strict=True):
-            row = loads(packed)
-            if row[0] is not None:
-                current[mid] = row
+        listed = (json_ids(chunk),)
+        try:
+            for mid, (packed,) in zip(chunk, c.execute(_ROLLUP_READ, listed), strict=True):
+                row = loads(packed)
+                if row[0] is not None:
+                    current[mid] = row
+        except (sqlite3.OperationalError, orjson.JSONDecodeError):
+            # A value JSON cannot carry (a BLOB, an infinite REAL: written by hand or by
+            # another tool): the chunk's rows by their columns, as before session 57. Without
+            # this every batch naming such a message failed, every other message's results or
+            # receipts in it with it, at each retry (SMSCs redeliver a refused receipt).
+            for mid, row in zip(chunk, c.execute(_ROLLUP_READ_COLUMNS, listed), strict=True):
+                if row[0] is not None:
+                    current[mid] = row
     rolled, f = rollup_rows.roll(
         ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
@@ -330,11 +340,19 @@ def rollup_messages(
 # read keeps its column count. The columns come as one JSON array (`json_array`, read back by
 # orjson): the sqlite3 module hands the GIL over around every column it reads (~0.9 k
 # instructions each, Architecture note 27), and builds a value per column; the row's values
-# are TEXT, INTEGER or NULL, which a JSON array carries as they are (session 57).
+# are TEXT, INTEGER or NULL as the store writes them, which a JSON array carries as they are
+# (session 57). A BLOB or an infinite REAL it cannot carry (SQLite refuses the first, writes
+# the second as `Inf`, which orjson refuses): such a chunk is read by its columns
+# (_ROLLUP_READ_COLUMNS), as before.
+_ROLLUP_SELECTED = "m.rowid, " + ", ".join(
+    f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:]
+)
 _ROLLUP_READ = (
-    "SELECT json_array(m.rowid, "
-    + ", ".join(f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:])
-    + ") FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
+    f"SELECT json_array({_ROLLUP_SELECTED}) "
+    "FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
+)
+_ROLLUP_READ_COLUMNS = (
+    f"SELECT {_ROLLUP_SELECTED} FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
 )
 
 
