@@ -83,21 +83,10 @@ def fast_init(cls: type[T]) -> type[T]:
         "_open": _SET_CLASS,
         "_type": type,
     }
-    positional: list[str] = []
-    keyword: list[str] = []
-    factories: list[str] = []
+    positional, keyword, factories = _parameters(fields, ns)
     fast: list[str] = []
     slow: list[str] = []
     for f in fields:
-        param = f.name
-        if f.default is not dataclasses.MISSING:
-            ns[f"_d_{f.name}"] = f.default
-            param += f"=_d_{f.name}"
-        elif f.default_factory is not dataclasses.MISSING:
-            ns[f"_f_{f.name}"] = f.default_factory
-            param += "=_FACTORY"
-            factories.append(f"    if {f.name} is _FACTORY: {f.name} = _f_{f.name}()")
-        (keyword if f.kw_only else positional).append(param)
         ns[f"_s_{f.name}"] = inspect.getattr_static(cls, f.name).__set__
         fast.append(f"        self.{f.name} = {f.name}")
         slow.append(f"        _s_{f.name}(self, {f.name})")
@@ -126,6 +115,28 @@ def fast_init(cls: type[T]) -> type[T]:
     cls.__dataclass_init__ = cls.__init__  # type: ignore[attr-defined]  # kept for the tests
     cls.__init__ = init  # type: ignore[method-assign]  # replacing it is the point
     return cls
+
+
+def _parameters(
+    fields: tuple[dataclasses.Field[Any], ...], ns: dict[str, Any]
+) -> tuple[list[str], list[str], list[str]]:
+    """The generated function's positional and keyword-only parameters (a default by its name in
+    `ns`, a factory's by the `_FACTORY` marker) and the lines calling the factories: the same
+    signature for fast_init's `__init__` and maker's function."""
+    positional: list[str] = []
+    keyword: list[str] = []
+    factories: list[str] = []
+    for f in fields:
+        param = f.name
+        if f.default is not dataclasses.MISSING:
+            ns[f"_d_{f.name}"] = f.default
+            param += f"=_d_{f.name}"
+        elif f.default_factory is not dataclasses.MISSING:
+            ns[f"_f_{f.name}"] = f.default_factory
+            param += "=_FACTORY"
+            factories.append(f"    if {f.name} is _FACTORY: {f.name} = _f_{f.name}()")
+        (keyword if f.kw_only else positional).append(param)
+    return positional, keyword, factories
 
 
 def maker(cls: Callable[P, T]) -> Callable[P, T]:
@@ -157,19 +168,7 @@ def maker(cls: Callable[P, T]) -> Callable[P, T]:
         },
     )
     ns: dict[str, Any] = {"_FACTORY": _FACTORY, "_cls": klass, "_Alloc": alloc}
-    positional: list[str] = []
-    keyword: list[str] = []
-    body: list[str] = []
-    for f in fields:
-        param = f.name
-        if f.default is not dataclasses.MISSING:
-            ns[f"_d_{f.name}"] = f.default
-            param += f"=_d_{f.name}"
-        elif f.default_factory is not dataclasses.MISSING:
-            ns[f"_f_{f.name}"] = f.default_factory
-            param += "=_FACTORY"
-            body.append(f"    if {f.name} is _FACTORY: {f.name} = _f_{f.name}()")
-        (keyword if f.kw_only else positional).append(param)
+    positional, keyword, body = _parameters(fields, ns)
     if any(f.name == "self" or f.name in ns for f in fields):
         return cls
     body.append("    self = _Alloc()")
