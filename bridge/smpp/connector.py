@@ -492,13 +492,7 @@ class OnePart:
         slot handed on if cancelled (or failed) meanwhile, as `_submit_on`'s `finally` does."""
         c, b = self._c, self._bind
         try:
-            await c._turns.take(False)
-            try:
-                throttler = c._throttler  # the share may have been re-rated meanwhile
-                if throttler is not None:
-                    await throttler.acquire()
-            finally:
-                c._turns.give()
+            await c._tps_turn(False)
         except BaseException as exc:  # a CancelledError (cancel_send): what send_message raised
             b.reserved -= 1
             c._pump(b)
@@ -1346,6 +1340,19 @@ class Connector:
             bind.unanswered = 0
             bind.proto.abort(f"{limit} submit_sm in a row unanswered")
 
+    async def _tps_turn(self, priority: bool) -> None:
+        """A part's turn at the TPS throttler: in line with the other parts waiting (`_turns`,
+        a retry ahead when `priority`), then the throttler's own wait, read again after the
+        line (the share may have been re-rated meanwhile). `_submit_on` and a one-part
+        message's `OnePart._turn` both take it."""
+        await self._turns.take(priority)
+        try:
+            throttler = self._throttler
+            if throttler is not None:
+                await throttler.acquire()
+        finally:
+            self._turns.give()
+
     async def _submit_on(
         self,
         b: _Bind,
@@ -1375,13 +1382,7 @@ class Connector:
         fut = None
         try:
             if self._throttler is not None:
-                await self._turns.take(priority)
-                try:
-                    throttler = self._throttler  # the share may have been re-rated meanwhile
-                    if throttler is not None:
-                        await throttler.acquire()
-                finally:
-                    self._turns.give()
+                await self._tps_turn(priority)
             if deadline is not None and self._now() >= deadline:
                 raise _Expired
             if before is not None:
