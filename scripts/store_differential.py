@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py
 
 from children import Children  # noqa: E402
+from seeded_compare import compare  # noqa: E402
 
 # The two children (one a tree), ended with this script however it ends (children.py).
 CHILDREN = Children()
@@ -338,38 +339,15 @@ def main() -> None:
         from tests import pg_cluster as pgc
 
         with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
-            compare(args, ["--admin-dsn", cluster.admin_dsn])
+            compare_trees(args, ["--admin-dsn", cluster.admin_dsn])
     else:
-        compare(args, [])
+        compare_trees(args, [])
 
 
-def compare(args: argparse.Namespace, extra: list[str]) -> None:
-    """The two trees' children side by side, their lines compared."""
-    outs = []
+def compare_trees(args: argparse.Namespace, extra: list[str]) -> None:
+    """The two trees' children side by side, their lines compared (seeded_compare)."""
     more = ["--seeds", str(args.seeds), "--first", str(args.first), *extra]
-    with tempfile.TemporaryFile("w+") as a, tempfile.TemporaryFile("w+") as b:
-        procs = [
-            CHILDREN.popen(
-                [sys.executable, __file__, "--base", args.base, "--child", tree, *more],
-                stdout=f,
-            )
-            for tree, f in ((args.base, a), (args.tree, b))
-        ]
-        try:
-            for p, f in zip(procs, (a, b), strict=True):
-                if p.wait():
-                    sys.exit(f"a child failed ({p.args!r})")
-                f.seek(0)
-                outs.append([json.loads(line) for line in f.read().splitlines()])
-        finally:
-            CHILDREN.end()
-    base, new = outs
-    differ = [b[0] for b, n in zip(base, new, strict=True) if b != n]
-    steps = sum(len(b[1]) for b in base)
-    print(f"scenarios {len(base)}, steps dumped {steps}, differing scenarios {len(differ)}")
-    if differ:
-        print("differing seeds:", differ[:20])
-        sys.exit(1)
+    compare(__file__, args.base, args.tree, more, CHILDREN)
 
 
 if __name__ == "__main__":
