@@ -12,11 +12,13 @@ longest first, each to the block with the least long-test time so far, and go to
 their block: they start in the first minutes and are never what is stolen (steals take a
 queue's end). Everything else keeps its collection order.
 
-The tests of one module listed there go together, in their module's order, so a module-scoped
-fixture (a PostgreSQL cluster of its own, say) is set up once more for them at most, not once
-for each. Only xdist's workers reorder (`workerinput`: a run in one process, `-n 0`, keeps the
-collection's order, which is easier to follow when debugging), and only what is left after
-`-k`/`-m` deselected (the hook runs last). A name in the list that no longer exists only does
+The tests of one module listed there go together, in their module's order, and the module's
+other tests that use one of their module-scoped fixtures (a PostgreSQL cluster of its own, an
+11-s traffic run, say) go with them, so such a fixture is set up once for the group, not again
+for the tests left behind (70 tests in all go along with the 60 listed). Only xdist's workers
+reorder (`workerinput`: a run in one process, `-n 0`, keeps the collection's order, which is
+easier to follow when debugging), and only what is left after `-k`/`-m` deselected (the hook
+runs last). A name in the list that no longer exists only does
 nothing; tests/unit/test_long_first.py checks that each still names a test.
 """
 
@@ -51,19 +53,39 @@ def block_sizes(total: int, workers: int) -> list[int]:
     return sizes
 
 
-def order(ids: Sequence[str], seconds: Mapping[str, float], workers: int) -> list[int]:
+def order(
+    ids: Sequence[str],
+    seconds: Mapping[str, float],
+    workers: int,
+    shared: Sequence[frozenset[str]] | None = None,
+) -> list[int]:
     """A permutation of range(len(ids)): the listed tests, grouped by module, dealt longest
     group first to the block with the least listed time so far and put at its head (longest
-    group first there too); every other test in its collection order after them."""
-    groups: dict[str, list[int]] = {}
+    group first there too); every other test in its collection order after them.
+
+    `shared[i]`: the module-scoped fixtures test i uses. A test of a listed test's module that
+    uses one of the listed tests' joins their group, so the fixture is set up once for all of
+    them (test_store_ops_review.py's 11-s traffic fixture serves a listed test and its neighbour
+    not listed, which would otherwise run it again in another block)."""
+    modules: dict[str, list[int]] = {}
     for i, nodeid in enumerate(ids):
-        if nodeid in seconds:
-            groups.setdefault(nodeid.split("::", 1)[0], []).append(i)
+        modules.setdefault(nodeid.split("::", 1)[0], []).append(i)
+    groups: dict[str, list[int]] = {}
+    for module, members in modules.items():
+        listed_here = [i for i in members if ids[i] in seconds]
+        if not listed_here:
+            continue
+        held: frozenset[str] = frozenset()
+        if shared is not None:
+            held = frozenset().union(*(shared[i] for i in listed_here))
+        groups[module] = [
+            i for i in members if ids[i] in seconds or (shared is not None and shared[i] & held)
+        ]
     if not groups:
         return list(range(len(ids)))
     listed = {i for members in groups.values() for i in members}
     rest = [i for i in range(len(ids)) if i not in listed]
-    cost = {m: sum(seconds[ids[i]] for i in members) for m, members in groups.items()}
+    cost = {m: sum(seconds.get(ids[i], 0.0) for i in members) for m, members in groups.items()}
     sizes = block_sizes(len(ids), max(1, workers))
     heads: list[list[int]] = [[] for _ in sizes]
     load = [0.0] * len(sizes)
@@ -90,7 +112,20 @@ class Plugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         ids = [item.nodeid for item in items]
-        items[:] = [items[i] for i in order(ids, self.seconds, self.workers)]
+        shared = [module_fixtures(item) for item in items]
+        items[:] = [items[i] for i in order(ids, self.seconds, self.workers, shared)]
+
+
+def module_fixtures(item: pytest.Item) -> frozenset[str]:
+    """The names of the module-, class- or package-scoped fixtures `item` uses (pytest's
+    fixture info, private: without it, none, and a shared fixture may be set up once more)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) or {}
+    return frozenset(
+        name
+        for name, chain in defs.items()
+        if chain and getattr(chain[-1], "scope", "function") in ("module", "class", "package")
+    )
 
 
 def register(config: pytest.Config, path: Path = LIST) -> None:

@@ -39,6 +39,19 @@ def test_the_longest_go_to_the_heads_of_the_blocks_and_the_rest_keeps_its_order(
     assert rest == sorted(rest)
 
 
+def test_a_module_fixture_brings_the_tests_sharing_it_along() -> None:
+    """m0's t1 is listed and uses the module fixture `traffic`, which t3 uses too: t3 comes
+    along (one set-up of it); t2 uses none and stays where it was."""
+    ids = [f"t/m{i // 4}.py::t{i}" for i in range(12)]
+    shared = [frozenset()] * 12
+    shared[1] = shared[3] = frozenset({"traffic"})
+    out = long_first.order(ids, {ids[1]: 10.0}, 3, shared)
+    assert out[:2] == [1, 3]
+    assert sorted(out) == list(range(12))
+    assert [i for i in out if i not in (1, 3)] == [0, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert long_first.order(ids, {ids[1]: 10.0}, 3)[:2] == [1, 0]  # without: t1 alone
+
+
 def test_nothing_listed_keeps_the_order() -> None:
     ids = [f"t/m.py::t{i}" for i in range(5)]
     assert long_first.order(ids, {"t/other.py::x": 9.0}, 3) == [0, 1, 2, 3, 4]
