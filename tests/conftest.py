@@ -26,7 +26,7 @@ import pytest
 from hypothesis import settings
 
 import bridge
-from tests import rewrite_share
+from tests import long_first, rewrite_share
 from tests.e2e.harness import WebhookReceiver
 from tests.pg_cluster import (
     Cluster,
@@ -57,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without -n): once
         compileall.compile_dir(Path(bridge.__file__).parent, quiet=1)
     rewrite_share.write_share(config)  # a worker: its share of the test modules' rewrite
+    long_first.register(config)  # a worker: the longest tests at the heads of the blocks
     limit = float(config.getini("timeout") or 0)
     if limit > TASK_DUMP_BEFORE_S:
         threading.Thread(

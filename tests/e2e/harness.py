@@ -196,7 +196,11 @@ class WebhookReceiver:
         self.requests: list[dict[str, Any]] = []
         self.reports: list[dict[str, Any]] = []
         self.fail_with: int | None = None
-        self.hang_s: float = 0.0  # answer this late (a slow customer endpoint)
+        self.hang_s: float = 0.0  # answer this late (a slow customer endpoint), or at stop()
+        # stop() ends the hangs: the server's cleanup waits for its handlers, and a test that
+        # stopped an endpoint hung for 8 s waited out the 6 s that were left (its report's
+        # fate no longer mattered).
+        self._stopping = asyncio.Event()
         self.bad_signatures = 0
         self.port = free_port()
         self._runner: web.AppRunner | None = None
@@ -208,7 +212,8 @@ class WebhookReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if self.hang_s:
-            await asyncio.sleep(self.hang_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.hang_s)
         if self.fail_with is not None:
             return web.Response(status=self.fail_with)
         if not self.record(request, body):
@@ -236,6 +241,7 @@ class WebhookReceiver:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
