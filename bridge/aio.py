@@ -34,6 +34,24 @@ def running(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop
     return asyncio.get_running_loop()
 
 
+async def sleep_on(loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+    """`asyncio.sleep(delay_s)` on a loop the caller kept (the same timer and future, cancelled
+    alike). Why: `asyncio.sleep` asks for the running loop at every call, a getpid() system
+    call on Python 3.11 (see `running`); the loop-lag sampler sleeps ten times a second in
+    every process, the metrics' flush once a second."""
+    future: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_later(delay_s, _wake, future)
+    try:
+        await future
+    finally:
+        handle.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled meanwhile: nothing to wake
+        future.set_result(None)
+
+
 async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
     """True when `event` is set within `timeout_s`, False when the time ran out; a cancel
     of the waiting task always propagates."""

@@ -52,7 +52,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
-from bridge import tempdirs
+from bridge import aio, tempdirs
 from bridge.reload import GENERATION_DIGITS
 from bridge.store.base import WriteLockStats
 
@@ -501,7 +501,7 @@ class Metrics:
             pending = self._lag[role] = _Pending(self.loop_lag.labels(role), LAG_BUCKETS)
         while True:
             t = loop.time()
-            await asyncio.sleep(interval_s)
+            await aio.sleep_on(loop, interval_s)
             pending.observe(max(0.0, loop.time() - t - interval_s))
 
     def accepted(self, messages: int, segments: int) -> None:
@@ -662,9 +662,10 @@ class Metrics:
     async def flush_every(self, interval_s: float) -> None:
         """Multi-process mode: keep this process's files fresh for whichever process answers the
         next scrape (at most `interval_s` behind). Flushes once more when cancelled."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                await asyncio.sleep(interval_s)
+                await aio.sleep_on(loop, interval_s)
                 self.flush()
         finally:
             self.flush()

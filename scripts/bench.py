@@ -682,6 +682,7 @@ async def run(args: argparse.Namespace) -> dict:
                     after = await owner_wakes(s, ports[0]) or {}
                     wakes = {k: v - wakes_before.get(k, 0.0) for k, v in after.items()}
                 daemon_cpu, owner_cpu = spent.pop("daemons"), spent.pop("owner")
+                daemon_sys = spent.pop("daemons_system")
             rss = hwm = 0.0
             for d in daemons:
                 for pid in _tree(d.pid):
@@ -742,6 +743,8 @@ async def run(args: argparse.Namespace) -> dict:
             "webhook_p99_ms": pct(to_report, 99) * 1000,
             "daemon_cpu_s": daemon_cpu,
             "daemon_cpu_us_per_msg": daemon_cpu / max(1, len(ids)) * 1e6,
+            "daemon_user_us_per_msg": (daemon_cpu - daemon_sys) / max(1, len(ids)) * 1e6,
+            "daemon_system_us_per_msg": daemon_sys / max(1, len(ids)) * 1e6,
             # The owner process (binds, dispatcher, receipts) apart from its acceptors: with
             # --workers N the pipeline's share tells whether the owner or the HTTP side limits.
             "owner_cpu_us_per_msg": owner_cpu / max(1, len(ids)) * 1e6,
@@ -810,6 +813,7 @@ def _meter(
         "wall": time.perf_counter(),
         "daemons": sum(_cpu(d.pid) for d in daemons),
         "owner": sum(_cpu(d.pid, tree=False) for d in daemons),
+        "daemons_system": sum(_cpu(d.pid, system=True) for d in daemons),
         **_cpu_parts(sim, pg_pid),
     }
 
@@ -845,19 +849,20 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _cpu(pid: int, *, tree: bool = True, reaped: bool = False) -> float:
+def _cpu(pid: int, *, tree: bool = True, reaped: bool = False, system: bool = False) -> float:
     """CPU seconds of the process (and its descendants); `reaped` adds those of its children
     that ended and were waited for (a backend of a connection closed mid-run), which their
-    parent's stat keeps."""
+    parent's stat keeps; `system` counts the kernel's time alone (stime: its system calls,
+    page faults), the share the counts of instructions under callgrind never see."""
     total = 0.0
     for p in _tree(pid) if tree else [pid]:
         try:
             parts = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(parts[11]) + int(parts[12])
+        total += int(parts[12]) if system else int(parts[11]) + int(parts[12])
         if reaped and p == pid:
-            total += int(parts[13]) + int(parts[14])
+            total += int(parts[14]) if system else int(parts[13]) + int(parts[14])
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -1033,6 +1038,10 @@ def main() -> None:
         (
             "daemon CPU per message, all / owner process (us)",
             f"{result['daemon_cpu_us_per_msg']:.0f} / {result['owner_cpu_us_per_msg']:.0f}",
+        ),
+        (
+            "daemon CPU per message, user / system (us)",
+            f"{result['daemon_user_us_per_msg']:.0f} / {result['daemon_system_us_per_msg']:.0f}",
         ),
         cpu_row(result),
         *lock_rows(result["store_write_lock"]),

@@ -118,7 +118,8 @@ class Batcher(Generic[T]):
         if len(self._items) >= self._max:
             self._start_flush()
         elif self._timer is None:
-            self._timer = running(self._loop).call_later(self._delay, self._start_flush)
+            loop = self._loop = running(self._loop)  # add_call's items set no loop
+            self._timer = loop.call_later(self._delay, self._start_flush)
 
     async def submit(self, item: T) -> None:
         await self.add(item)
@@ -137,7 +138,8 @@ class Batcher(Generic[T]):
         else:
             items, waiters = self._items, self._waiters
             self._items, self._waiters = [], []
-        task = running(self._loop).create_task(self._run(items, waiters))
+        loop = self._loop = running(self._loop)
+        task = loop.create_task(self._run(items, waiters))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 

@@ -463,7 +463,7 @@ class SqliteRunner:
         if self._wait_fd is None:
             self._wait_fd = open_beside(self._path, ".writelock")
         fd, wait_fd = self._lock_fd, self._wait_fd
-        loop = asyncio.get_running_loop()
+        loop = self._loop = aio.running(self._loop)
         written: asyncio.Future[None] = loop.create_future()
         since = time.perf_counter()
 
@@ -741,7 +741,7 @@ class SqliteRunner:
                 conn.close()
 
     async def _sync_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = aio.running(self._loop)
         while self._unsynced:
             waiting, self._unsynced = self._unsynced, []
             try:

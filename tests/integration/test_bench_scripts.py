@@ -418,6 +418,12 @@ def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
     assert m is not None and int(m.group(1)) == 301, out
     assert 0 < int(m.group(2)) <= int(m.group(3)), out
     assert float(_row(out, "end-to-end messages/s (with receipts)")) > 0, out
+    # The daemon's CPU a message, split into user and system (session 58): the two add up.
+    user, system = (
+        int(x) for x in _row(out, "daemon CPU per message, user / system (us)").split(" / ")
+    )
+    total = int(_row(out, "daemon CPU per message, all / owner process (us)").split(" / ")[0])
+    assert user > 0 and system > 0 and abs(user + system - total) <= 1, out
 
 
 @pytest.mark.skipif(
