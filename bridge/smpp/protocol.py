@@ -20,13 +20,13 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.session import (
@@ -51,6 +51,7 @@ __all__ = [
     "NO_STATUS",
     "BindRefusedError",
     "BindTimeoutError",
+    "DeliverAnswer",
     "DeliverCallback",
     "LateSubmitCallback",
     "SmppProtocol",
@@ -83,6 +84,61 @@ class SubmitResult:
     message_id: str
     error: str | None  # None when the SMSC answered; "TIMEOUT" or "CONNECTION_LOST" otherwise
     rtt_s: float
+
+
+# Built once a part sent (its answer): fastinit.maker's function, the same frozen instance
+# without the class call's way back into the interpreter (~1.5 k instructions, session 58).
+_submit_result = maker(SubmitResult)
+
+
+class DeliverAnswer:
+    """A deliver handler's answer (the deliver_sm_resp's command_status), set once by a plain
+    call: what the receipt path returns instead of a future (`Inbound.on_deliver`, one a part
+    sent). The bind that ran the handler is attached to it (`SmppProtocol._start_deliver`) and
+    queues the deliver_sm_resp inside `set_result`, where a future's done-callback ran a loop
+    round after the batch's commit, with the future, a `partial` and `_deliver_done`'s checks
+    (session 58, README note 27). Awaitable, with a future's `done()` and `result()`, for a
+    caller outside a bind (a test): the future it then waits on is made only for it."""
+
+    __slots__ = ("_ev", "_fut", "_proto", "_status")
+
+    def __init__(self) -> None:
+        self._status: int | None = None
+        self._proto: SmppProtocol | None = None
+        self._ev: DeliverReceived | None = None
+        self._fut: asyncio.Future[int] | None = None
+
+    def done(self) -> bool:
+        return self._status is not None
+
+    def cancelled(self) -> bool:
+        return False  # never: only `set_result` ends it
+
+    def result(self) -> int:
+        if self._status is None:
+            raise asyncio.InvalidStateError("the deliver_sm's answer is not set yet")
+        return self._status
+
+    def set_result(self, status: int) -> None:
+        """The answer: written at once (queued, the bind's flush at the end of this loop round)
+        by the bind the handler ran on, if any."""
+        if self._status is not None:
+            raise asyncio.InvalidStateError("the deliver_sm's answer is set already")
+        self._status = status
+        proto = self._proto
+        if proto is not None:
+            self._proto = None
+            proto._answered(self, status)
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(status)
+
+    def __await__(self) -> Generator[Any, None, int]:
+        if self._status is None:
+            if self._fut is None:
+                self._fut = asyncio.get_running_loop().create_future()
+            return (yield from self._fut.__await__())
+        return self._status
 
 
 class BindRefusedError(Exception):
@@ -139,6 +195,10 @@ class SmppProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._flush_scheduled = False
         self._deliver_tasks: set[asyncio.Future[int]] = set()
+        # DeliverAnswers attached and not set yet (counted with _deliver_tasks), and the future
+        # drain_delivers waits on for them (made only then).
+        self._answers = 0
+        self._drained: asyncio.Future[None] | None = None
         # A submit whose waiter was cancelled -> its answer, or the future awaiting it
         # (answer_after_cancel).
         self._after_cancel: dict[
@@ -210,7 +270,7 @@ class SmppProtocol(asyncio.Protocol):
 
     @property
     def pending_delivers(self) -> int:
-        return len(self._deliver_tasks)
+        return len(self._deliver_tasks) + self._answers
 
     async def wait_bound(self) -> str:
         """The SMSC's system_id once bound; else BindRefusedError, BindTimeoutError or
@@ -309,8 +369,13 @@ class SmppProtocol(asyncio.Protocol):
 
     async def drain_delivers(self, timeout_s: float) -> None:
         """Wait (bounded) for running deliver handlers, so their acks go out before an unbind."""
-        if self._deliver_tasks:
-            await asyncio.wait(set(self._deliver_tasks), timeout=timeout_s)
+        waits: set[asyncio.Future[Any]] = set(self._deliver_tasks)
+        if self._answers:  # DeliverAnswers not set yet: a future set once the last one is
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            waits.add(self._drained)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout_s)
 
     # --- internals ----------------------------------------------------------------------------
     def _schedule_flush(self) -> None:
@@ -393,7 +458,7 @@ class SmppProtocol(asyncio.Protocol):
 
     def _resolve(self, context: Any, status: int, message_id: str, error: str | None) -> None:
         fut, t0, _ = context
-        result = SubmitResult(status, message_id, error, time.perf_counter() - t0)
+        result = _submit_result(status, message_id, error, time.perf_counter() - t0)
         if not fut.done():
             fut.set_result(result)
         elif fut.cancelled():  # its waiter was cancelled: kept for answer_after_cancel
@@ -419,19 +484,31 @@ class SmppProtocol(asyncio.Protocol):
                 self._ack(ev, C.ESME_RX_T_APPN)
                 return
             got = self._on_deliver(ev.body, ev.salvaged)
-            # A receipt's future (one per part sent) is taken as it is: ensure_future would
-            # check it in two Python calls to hand it back unchanged. A coroutine (MO) gets
-            # its task there.
-            pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
+            if type(got) is DeliverAnswer:
+                # A receipt's answer (one per part sent): answered by a call once it is set,
+                # no future, done-callback or loop round in between.
+                status = got._status
+                if status is not None:  # set already (an unparsable receipt, a refusal)
+                    self._ack(ev, status)
+                    return
+                got._proto = self
+                got._ev = ev
+                self._answers += 1
+                pending = None
+            else:
+                # A future is taken as it is: ensure_future would check it in two Python calls
+                # to hand it back unchanged. A coroutine (MO) gets its task there.
+                pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
         except Exception:
             log.exception("deliver handler failed; asking the SMSC to redeliver",
                           extra={"smsc": self.name})  # fmt: skip
             self._ack(ev, C.ESME_RX_T_APPN)
             return
-        self._deliver_tasks.add(pending)
-        pending.add_done_callback(partial(self._deliver_done, ev))
+        if pending is not None:
+            self._deliver_tasks.add(pending)
+            pending.add_done_callback(partial(self._deliver_done, ev))
         if (
-            len(self._deliver_tasks) >= self._max_pending_delivers
+            len(self._deliver_tasks) + self._answers >= self._max_pending_delivers
             and not self._reading_paused
             and self._transport is not None
         ):
@@ -460,9 +537,31 @@ class SmppProtocol(asyncio.Protocol):
                 log.error("deliver handler failed; asking the SMSC to redeliver",
                           exc_info=exc, extra={"smsc": self.name})  # fmt: skip
         self._ack(ev, status)
+        self._resume_if_drained()
+
+    def _answered(self, answer: DeliverAnswer, status: int) -> None:
+        """A DeliverAnswer set (`set_result`, inside the receipts' flush): its deliver_sm_resp
+        queued, as `_deliver_done` queues a future's. Never raises into the setter: the batch's
+        other receipts are answered after it."""
+        try:
+            self._answers -= 1
+            ev = answer._ev
+            answer._ev = None
+            if ev is not None:
+                self._ack(ev, status)
+            if self._reading_paused:
+                self._resume_if_drained()
+            if not self._answers and self._drained is not None:
+                if not self._drained.done():
+                    self._drained.set_result(None)
+                self._drained = None
+        except Exception:
+            log.exception("deliver_sm answer failed", extra={"smsc": self.name})
+
+    def _resume_if_drained(self) -> None:
         if (
             self._reading_paused
-            and len(self._deliver_tasks) < self._max_pending_delivers // 2 + 1
+            and len(self._deliver_tasks) + self._answers < self._max_pending_delivers // 2 + 1
             and self._transport is not None
         ):
             self._reading_paused = False

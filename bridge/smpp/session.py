@@ -28,7 +28,7 @@ from struct import Struct
 from struct import error as StructError
 from typing import Any, Final
 
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
 from bridge.smpp.codec import (
     Bind,
@@ -118,6 +118,9 @@ _UNBINDING: Final = SessionState.UNBINDING
 _RECEIVER: Final = BindMode.RECEIVER
 _TRANSMITTER: Final = BindMode.TRANSMITTER
 _SUBMIT_SM: Final = C.SUBMIT_SM
+_SUBMIT_SM_RESP: Final = C.SUBMIT_SM_RESP
+# The longest submit_sm_resp _handle_frame reads itself: the header, a 64-octet id and its NUL.
+_SUBMIT_RESP_MAX: Final = 16 + 65
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -215,6 +218,12 @@ Event = (
     Bound | BindRefused | SubmitResponse | RequestTimedOut | RequestAborted | DeliverReceived
     | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed | LateSubmitResponse
 )  # fmt: skip
+
+# The two events of every part sent (its submit_sm_resp, its receipt's deliver_sm), built by
+# fastinit.maker's functions: the same frozen instances, without the class call's way back into
+# the interpreter (type_call, slot_tp_init: ~1.5 k instructions an event, session 58).
+_submit_response = maker(SubmitResponse)
+_deliver_received = maker(DeliverReceived)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -584,6 +593,25 @@ class BindSession:
             events.append(e)
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        n = len(frame)
+        if 17 <= n <= _SUBMIT_RESP_MAX:
+            # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole body
+            # (one a part sent): the id read here, where decode_fields built a MessageIdResp for
+            # _handle_response to read and drop (session 58, README note 27). What
+            # decode_fields and _handle_response make of it: the id up to its NUL, the first
+            # within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64 octets at most (no
+            # warning). Any other response (an error status, TLVs, a late one, a seq we do not
+            # wait on or one of another request) takes the general path below.
+            length, cid, status, seq = _HDR.unpack_from(frame)
+            if cid == _SUBMIT_SM_RESP and not status and length == n and frame.find(0, 16) == n - 1:
+                p = self._pending.get(seq)
+                if p is not None and p.command_id == _SUBMIT_SM:
+                    self._last_rx = self._rx_now
+                    del self._pending[seq]
+                    self._in_flight -= 1
+                    mid = frame[16 : n - 1].decode("latin-1")
+                    events.append(_submit_response(seq, 0, mid, p.context))
+                    return
         # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
         try:
             cid, status, seq, body = decode_fields(frame)
@@ -596,9 +624,9 @@ class BindSession:
             state = self.state
             if state is _BOUND or state is _UNBINDING:
                 if isinstance(body, DataSm):
-                    events.append(DeliverReceived(seq, body.as_short_message(), False, cid))
+                    events.append(_deliver_received(seq, body.as_short_message(), False, cid))
                 else:  # a deliver_sm: codec._decode_sm made it a ShortMessage (unchecked: per PDU)
-                    events.append(DeliverReceived(seq, body, False))
+                    events.append(_deliver_received(seq, body, False))
             else:
                 self._respond(_INBOUND_RESP[cid], C.ESME_RINVBNDSTS, seq, MessageIdResp())
                 events.append(
@@ -673,7 +701,7 @@ class BindSession:
                     ProtocolError(f"submit_sm_resp message_id of {len(mid)} octets (SMPP 3.4 "
                                   "allows 64): kept whole", False)
                 )  # fmt: skip
-            events.append(SubmitResponse(seq, status, mid, p.context))
+            events.append(_submit_response(seq, status, mid, p.context))
         elif req == C.ENQUIRE_LINK:
             self._el_seq = 0
             if status == C.ESME_RINVBNDSTS and self._in_flight == 0:
