@@ -1,8 +1,10 @@
 """Session 58: a request whose method and target resolved before to a route without variables
-skips aiohttp's router (`bridge.api.route_cache`). The API behind the daemon's runner on a real
+skips aiohttp's router (`bridge.api.route_cache`), and its `web.Request` is built without its
+`__init__` (`bridge.api.request_maker`). The API behind the daemon's runner on a real
 port, real signed requests over raw TCP, a real SQLite file: the same requests answered through
 `app._handle` (the server's handler before) and through the cache, byte for byte (ids and Date
-masked), the same counts. The first test fails on the tree before (every send was resolved).
+masked), the same counts. The first two tests fail on the tree before (every send was resolved,
+every request made by `Request.__init__`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.web_urldispatcher import UrlDispatcher, UrlMappingMatchInfo
 
-from bridge.api import route_cache
+from bridge.api import request_maker, route_cache
 from bridge.api.app import make_app
 from tests.integration.conftest import ApiServer
 from tests.integration.test_session57_review_r4 import (
@@ -61,6 +63,35 @@ async def test_a_learned_target_skips_the_router(daemon: _Daemon, resolves: list
     assert resolves == ["/v1/messages"]  # the first only
 
 
+async def test_a_request_is_built_without_its_init(
+    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first request, whose state is compared with aiohttp's, a send's request is not
+    made by `BaseRequest.__init__`; an absolute-form target's still is."""
+    made: list[str] = []
+    real = web.BaseRequest.__init__
+
+    def counted(self: web.BaseRequest, message: Any, *a: Any, **kw: Any) -> None:
+        made.append(message.path)
+        real(self, message, *a, **kw)
+
+    monkeypatch.setattr(web.BaseRequest, "__init__", counted)
+    creds = await daemon.api.create_account()
+    reader, writer = await daemon.connect()
+    try:
+        for n in range(3):
+            writer.write(daemon.request(creds, n))
+            assert (await _answer(reader)).startswith(b"HTTP/1.1 202 ")
+        writer.write(b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _answer(reader)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+    assert made == ["/v1/messages", "http://x/healthz"]
+    server = daemon.runner.server
+    assert server is not None
+    assert server.request_factory.__self__._checked is True  # type: ignore[attr-defined]
+
+
 def _others() -> list[bytes]:
     """Requests besides sends: each twice (the second of a learned target takes the cache)."""
     host = b"Host: x\r\n"
@@ -76,6 +107,7 @@ def _others() -> list[bytes]:
         b"POST /v1/messages HTTP/1.1\r\n" + host + b"Expect: 100-continue\r\n"
         b"Content-Length: 2\r\n\r\n{}",
         b"GET /healthz HTTP/1.1\r\n" + host + b"Expect: 100-continue\r\n\r\n",
+        b"GET http://x/healthz HTTP/1.1\r\n" + host + b"\r\n",  # absolute-form
     ]
     return [r for r in one for _ in range(2)]
 
@@ -101,12 +133,14 @@ async def _all(daemon: _Daemon) -> tuple[list[bytes], dict[str, int]]:
 async def test_the_cache_answers_as_the_applications_handle(daemon: _Daemon) -> None:
     server = daemon.runner.server
     assert server is not None
-    cache = server.request_handler
+    cache, maker = server.request_handler, server.request_factory
     assert getattr(cache, "__self__", None).__class__ is route_cache.RouteCache
+    assert getattr(maker, "__self__", None).__class__ is request_maker.RequestMaker
     app: Any = daemon.runner.app
-    server.request_handler = app._handle  # new connections: the application's own way
+    # new connections: the application's own way
+    server.request_handler, server.request_factory = app._handle, app._make_request
     plain, plain_counts = await _all(daemon)
-    server.request_handler = cache
+    server.request_handler, server.request_factory = cache, maker
     cached, cached_counts = await _all(daemon)
     learned = cache.__self__._learned  # type: ignore[attr-defined]
     assert cached == plain
@@ -119,7 +153,7 @@ async def test_the_cache_answers_as_the_applications_handle(daemon: _Daemon) -> 
     }
     statuses = [a.split(b" ", 2)[1] for a in plain[14:]]
     assert statuses == [
-        *[b"200"] * 8, *[b"405"] * 2, *[b"404"] * 2, *[b"401"] * 6, *[b"200"] * 2
+        *[b"200"] * 8, *[b"405"] * 2, *[b"404"] * 2, *[b"401"] * 6, *[b"200"] * 4
     ]  # fmt: skip
 
 
