@@ -154,8 +154,8 @@ class Dispatcher:
         self._inflight: dict[str, int] = {}
         self._flying = 0
         self._tasks: dict[int, asyncio.Task[None] | _Quick] = {}
-        # Messages run() claimed whose task has not made its first step: a one-part message
-        # is sent without a task, at its claim, only without any (run()).
+        # Messages run() claimed whose task has not made its first step: a message is sent
+        # without a task, at its claim, only without any (run()).
         self._unstarted = 0
         self._task_no = 0
         self._late_held: dict[str, list[LateAccept]] = {}  # late acceptances of those (_on_late)
@@ -331,12 +331,12 @@ class Dispatcher:
                 n += 1
                 self._task_no = n
                 inflight[msg.id] = inflight.get(msg.id, 0) + 1
-                if len(msg.segments) == 1 and not self._unstarted:
-                    # One part (the usual message): sent by plain calls and callbacks, not a
-                    # task (_Quick), in its own copy of the context as a task would be, and
-                    # started here: unless a message claimed before it has not started yet (a
-                    # task's first step runs in the loop's next round), which it must not pass
-                    # (claim order is the order they take window slots in): a task then.
+                if not self._unstarted:
+                    # Sent by plain calls and callbacks, not a task (_Quick), in its own copy
+                    # of the context as a task would be, and started here: unless a message
+                    # claimed before it has not started yet (a task's first step runs in the
+                    # loop's next round), which it must not pass (claim order is the order
+                    # they take window slots in): a task then.
                     ctx = copy_context()
                     quick = tasks[n] = _Quick(self, msg, n, ctx)
                     ctx.run(quick.start)
@@ -615,16 +615,21 @@ class Dispatcher:
                 del self._by_smsc[name]
 
     def _send_quick(self, q: _Quick) -> bool:
-        """`_send_parts` for a one-part message sent without a task (`_Quick`): True once it is
-        the connector's (`Connector.send_one`: `q.finished` is called with its outcome). False,
-        with nothing done, when it is not the usual case, which its task takes as before: a
-        part already routed (a retry's `msg.smsc`), expired, without an SMSC up, to encode
-        again for its route, for an `in_flight_on_restart: unknown` SMSC (its route recorded
-        first, an await), or a connector not taking it at once (`send_one`: not started,
-        stopping, a TPS limit, no bind up)."""
+        """`_send_parts` for a message sent without a task (`_Quick`; one part until session
+        58, any number since): True once it is the connector's (`Connector.send_one`:
+        `q.finished` is called with its outcomes). False, with nothing done, when it is not
+        the usual case, which its task takes as before: no part, a part already routed (a
+        retry's `msg.smsc`), expired, without an SMSC up, to encode again for its route, for
+        an `in_flight_on_restart: unknown` SMSC (its route recorded first, an await), or a
+        connector not taking it at once (`send_one`: not started, stopping, no bind up)."""
         msg = q.msg
         now_ms = int(self.clock() * 1000)
-        if msg.smsc is not None or (msg.expires_at is not None and msg.expires_at <= now_ms):
+        segs = msg.segments
+        if (
+            not segs
+            or msg.smsc is not None
+            or (msg.expires_at is not None and msg.expires_at <= now_ms)
+        ):
             return False
         # Router.pick, inline, as _send_parts does.
         candidates = self.router.candidates(msg.recipient)
@@ -652,12 +657,17 @@ class Dispatcher:
         deadline = None
         if msg.expires_at is not None:
             deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
-        (part,) = build_parts(msg, smsc)
+        parts = build_parts(msg, smsc)
+        # A list comprehension is a call of its own on Python 3.11: one part goes without.
+        if len(segs) == 1:
+            contexts = [(msg.id, segs[0].seq)]
+        else:
+            contexts = [(msg.id, seg.seq) for seg in segs]
         q.name, q.smsc, q.rule = name, smsc, rule
         by_smsc = self._by_smsc
         by_smsc[name] += 1
         try:
-            taken = send_one(q, part, deadline, (msg.id, msg.segments[0].seq))
+            taken = send_one(q, parts, deadline, contexts)
         except BaseException:
             q.name = None
             self._left_smsc(name)
@@ -1014,7 +1024,7 @@ class Dispatcher:
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(self._claiming)
         if self._tasks:
-            # A one-part message sent by callbacks (_Quick) is waited for by a future it
+            # A message sent by callbacks (_Quick) is waited for by a future it
             # resolves as it ends, and cancelled as a task's cancel would have it.
             sending = list(self._tasks.values())
             waits = [t.waiter() if isinstance(t, _Quick) else t for t in sending]
@@ -1077,11 +1087,12 @@ class _Flight(_Holds):
 
 
 class _Quick(OnePart, _Holds):
-    """A one-part message sent without a task (session 57): started as it is claimed (run()),
-    handed to the connector (`Connector.send_one`, this object its record there too), recorded
-    by `finished` from the step that has its outcome (`OnePart`: the protocol's read of the
-    answer, usually). A task per message (made, stepped twice, its coroutine frames) cost
-    ~15 k instructions a message.
+    """A message sent without a task (session 57: one part; session 58: any number, and on a
+    bind with a TPS limit): started as it is claimed (run()), handed to the connector
+    (`Connector.send_one`, this object its record there too), recorded by `finished` from the
+    step that has its outcomes (`OnePart`: the protocol's read of the last answer, usually).
+    A task per message (made, stepped once a part and more, its coroutine frames) cost ~15 k
+    instructions a message.
 
     What the task did, kept: its log lines carry MESSAGE_ID (every callback and task of it
     runs in `ctx`, the message's copy of the context, as a task's own), it holds its place in
