@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import logs
 from bridge.aio import idle_wait_s, running, wait_event
@@ -177,6 +177,8 @@ class Dispatcher:
             self._flush_late, max_items=1000, max_delay_s=0.01, name="late-submits"
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
+        # The connector object whose hooks (`on_late_submit`, `is_held`) point here, by SMSC.
+        self._hooked: dict[str, ConnectorLike] = {}
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
         # Messages in flight per SMSC: one holding its share (in_flight_windows x its window)
         # is left out of claims like a down one, its route's messages parked, so a slow carrier
@@ -568,8 +570,8 @@ class Dispatcher:
             # 56): each coroutine level between the message's task and its submit's future is a
             # frame that every suspension and resumption of the task passes through.
             connector = self.connectors[name]
-            connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
-            connector.is_held = self._held
+            if self._hooked.get(name) is not connector:  # a reload may replace connectors
+                self._hook(name, connector)
             smsc = self.smscs[name]
             rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
             before = None
@@ -648,26 +650,24 @@ class Dispatcher:
         if smsc.in_flight_on_restart == "unknown":
             return False
         connector = self.connectors[name]
-        send_one = getattr(connector, "send_one", None)  # a stand-in connector may have none
-        if send_one is None:
+        try:
+            send_one = connector.send_one  # type: ignore[attr-defined]  # not ConnectorLike's
+        except AttributeError:  # a stand-in connector may have none
             return False
-        connector.on_late_submit = self._on_late
-        connector.is_held = self._held
+        if self._hooked.get(name) is not connector:
+            self._hook(name, connector)
         rule = self._rules[name]
         deadline = None
         if msg.expires_at is not None:
             deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
         parts = build_parts(msg, smsc)
-        # A list comprehension is a call of its own on Python 3.11: one part goes without.
-        if len(segs) == 1:
-            contexts = [(msg.id, segs[0].seq)]
-        else:
-            contexts = [(msg.id, seg.seq) for seg in segs]
+        # The parts' contexts as a list only for a message of several (the usual one: none).
+        contexts = None if len(segs) == 1 else [(msg.id, seg.seq) for seg in segs]
         q.name, q.smsc, q.rule = name, smsc, rule
         by_smsc = self._by_smsc
         by_smsc[name] += 1
         try:
-            taken = send_one(q, parts, deadline, contexts)
+            taken = send_one(q, parts, deadline, (msg.id, segs[0].seq), contexts)
         except BaseException:
             q.name = None
             self._left_smsc(name)
@@ -679,6 +679,13 @@ class Dispatcher:
         q.sending = True
         self._no_route.pop(msg.id, None)
         return True
+
+    def _hook(self, name: str, connector: ConnectorLike) -> None:
+        """Connector `name`'s hooks pointed here, once per connector object (a reload may
+        replace it): set per message, they were two bound methods made and stored a message."""
+        connector.on_late_submit = self._on_late
+        connector.is_held = self._held
+        self._hooked[name] = connector
 
     def _left_smsc(self, name: str) -> None:
         self._by_smsc[name] -= 1
@@ -1137,7 +1144,8 @@ class _Quick(OnePart, _Holds):
         recorded, or, cancelled, the acceptances among them; any other exception logged and
         the message requeued, as `_send` does."""
         d, name = self.d, self.name
-        assert name is not None and self.smsc is not None and self.rule is not None  # mypy
+        if TYPE_CHECKING:  # set by _send_quick before the connector has it (no assert's reads)
+            assert name is not None and self.smsc is not None and self.rule is not None
         try:
             try:
                 if exc is None:

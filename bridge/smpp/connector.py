@@ -379,6 +379,7 @@ class OnePart:
         "_deadline",
         "_i",
         "_live",
+        "_more",
         "_outcomes",
         "_part",
         "_parts",
@@ -392,8 +393,9 @@ class OnePart:
     _c: Connector
     _bind: _Bind
     _parts: Sequence[ShortMessage]
-    _contexts: Sequence[Any] | None
+    _contexts: Sequence[Any] | None  # with more than one part
     _i: int  # the part under way (`_part`, its `_context`)
+    _more: bool  # parts after it (one flag read per answer, not a length compared)
     _part: ShortMessage
     _deadline: float | None
     _context: Any
@@ -415,18 +417,20 @@ class OnePart:
         c, bind = self._c, self._bind
         try:
             deadline = self._deadline
-            i = self._i
-            if i:
+            if self._i:
                 free = c._slot_now(bind)
                 if not free and not bind.up:
                     self._go_on(bind, None)
                     return
             else:
-                # `_slot_now`, less what `_best_bind` found a moment ago (up, not closing).
+                # `_slot_now`, less what `_best_bind` found a moment ago (up, not closing),
+                # and `capacity()` inline (a call a message).
+                proto = bind.proto
                 free = (
                     not bind.hi
                     and not bind.lo
-                    and bind.capacity() > 0
+                    and proto is not None
+                    and proto.session.free_slots > bind.reserved
                     and (not bind.paused_until or c._now() >= bind.paused_until)
                 )
             if free and c._throttler is not None:
@@ -448,7 +452,7 @@ class OnePart:
                     except (WindowFull, NotBound):
                         c._pump(bind)  # as _submit_on does with a slot unused
                     except EncodeError as e:
-                        self._end(c._unencodable(i, e))
+                        self._end(c._unencodable(self._i, e))
                         return
                     else:
                         self._state = _ON_WIRE
@@ -459,7 +463,7 @@ class OnePart:
                 self._slot()
                 return
             self._state = _STARTING
-            (bind.hi if i else bind.lo).append(self)
+            (bind.hi if self._i else bind.lo).append(self)
             c._pump(bind)
             if self._state == _STARTING:
                 self._state = _IN_LINE
@@ -565,9 +569,8 @@ class OnePart:
                 self._go_on(self._bind, res)
                 return
             c = self._c
-            i = self._i
-            outcome = c._accepted(i, self._bind, res, running(c._loop).time())
-            if i + 1 < len(self._parts):  # the next part, from this answer's read
+            outcome = c._accepted(self._i, self._bind, res, running(c._loop).time())
+            if self._more:  # the next part, from this answer's read
                 self._answered_next(outcome)
                 return
             self._outcomes.append(outcome)
@@ -641,7 +644,7 @@ class OnePart:
         except BaseException as exc:  # what send_message raised, told to the caller
             self._over(exc)
             return
-        if outcome.kind == "ok" and self._i + 1 < len(self._parts):
+        if outcome.kind == "ok" and self._more:
             # The next part on the bind this one went out on (send_message's `bind`), by
             # callbacks again: this task ends here.
             self._task = None
@@ -675,7 +678,9 @@ class OnePart:
         """Part `_i` accepted (`outcome`): the next one started."""
         self._outcomes.append(outcome)
         i = self._i = self._i + 1
-        self._part = self._parts[i]
+        parts = self._parts
+        self._more = i + 1 < len(parts)
+        self._part = parts[i]
         contexts = self._contexts
         self._context = None if contexts is None else contexts[i]
         self._start()
@@ -1117,7 +1122,8 @@ class Connector:
         one: OnePart,
         parts: Sequence[ShortMessage],
         deadline: float | None,
-        contexts: Sequence[Any] | None,
+        context: Any,
+        contexts: Sequence[Any] | None = None,
     ) -> bool:
         """`send_message(parts, None, deadline, contexts)` without a task (session 57; a
         message of several parts, or on a bind with a TPS limit, since session 58): each
@@ -1126,6 +1132,9 @@ class Connector:
         the protocol's read of the answer (or the line's grant), in `one.ctx` (the message's
         logging context). True once taken: `one.finished` is called once, from a callback or
         a task, or before this returns.
+
+        `context`: the first part's entry of `contexts` (a message of one part needs no
+        sequence: a list a message less), `contexts` the parts' (None: theirs None too).
 
         False, with nothing done, when send_message would not take its usual way at once (not
         started, stopping, no bind up, no parts): the caller sends it with send_message. An
@@ -1144,9 +1153,10 @@ class Connector:
         one._parts = parts
         one._contexts = contexts
         one._i = 0
+        one._more = len(parts) > 1
         one._part = parts[0]
         one._deadline = deadline
-        one._context = None if contexts is None else contexts[0]
+        one._context = context
         one._state = _IDLE
         one._task = None  # the rest in a task (_rest), past the usual case
         one._outcomes = []
