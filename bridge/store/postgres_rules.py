@@ -234,7 +234,7 @@ class Writes:
         return _PLACEHOLDERS[n] if n < 512 else f"${n}"
 
     def add(self, sql: str, name: str | None = None) -> str:
-        if name is None:
+        if not name:
             k = len(self._ctes)
             name = _CTE_NAMES[k] if k < 512 else f"w{k}"
         self._ctes.append(_cte(name, sql))
