@@ -69,7 +69,7 @@ def int_array(values: Iterable[int | None]) -> str:
     if type(values) is not list and type(values) is not tuple:
         values = list(values)  # read twice when the fast form fails
     try:
-        return "{" + ",".join(map(int.__repr__, values)) + "}"  # type: ignore[arg-type]
+        return "{" + ",".join(map(int.__repr__, values)) + "}"
     except TypeError:
         pass
     return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
