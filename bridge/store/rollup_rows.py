@@ -66,8 +66,15 @@ def roll(
     *,
     intermediate: bool = False,
     instance: str | None = None,
+    grouped: dict[tuple[Any, ...], list[Any]] | None = None,
 ) -> tuple[list[RolledValues], Followups]:
     """The rows of `ids` that change (Rolled's fields, as tuples), and what follows.
+
+    `grouped`, when given, takes the rows that change in place of that list (which is then
+    empty): each distinct (SMSC, segments sent, route, the update's first seven fields: what
+    the row's UPDATE writes) -> the first values (`rows`' first column) of the rows taking it,
+    in `ids`' order: the SQLite roll-up writes each group by one statement (session 58: the
+    pass that built those groups from the list was a key a row).
 
     `rows`: each message's ROLLUP_COLS (the first, the id, is not read: SQLite gives the rowid
     there, by which its UPDATE finds the row again); `parts`: its parts' (state, error code) in
@@ -118,12 +125,21 @@ def roll(
             got = _roll_one(
                 row, rows_of, on_air, release_when, mid in many, now, instance, row_values
             )
+            if grouped is not None and (got[0] is not None or got[3] is not None):
+                smsc, new_sent, route, u, nsent = got
+                values = (smsc, new_sent, route, None if u is None else u[:7])
+                if (group := grouped.get(values)) is None:
+                    group = grouped[values] = []
+                got = (*got, group)
             if key is not None:
                 seen[key] = got
-        smsc, new_sent, route, u, nsent = got
+        smsc, new_sent, route, u, nsent = got[:5]
         if u is None and smsc is None:
             continue
-        out.append((mid, smsc, new_sent, route, u))
+        if grouped is None:
+            out.append((mid, smsc, new_sent, route, u))
+        else:
+            got[5].append(row[0])
         if u is None:
             continue
         if u[8]:  # became_final

@@ -271,25 +271,28 @@ def rollup_messages(
             for mid, row in zip(chunk, c.execute(_ROLLUP_READ_COLUMNS, listed), strict=True):
                 if row[0] is not None:
                     current[mid] = row
-    rolled, f = rollup_rows.roll(
-        ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
-    )
     # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
-    # -> the rowids of the rows that take them. A batch's rows mostly take the same values
-    # (its one-part messages sent through one SMSC, or delivered: the flush's time is the sent
-    # or done time), and those are written by one statement listing their rowids, not one
-    # each (an executemany's row is a step, a reset, its values bound and the GIL handed
-    # over: ~14 k instructions a row less, twice a message in the owner's write lock; session
-    # 56). The rows are distinct (`ids` lists each once), so the order they are written in
-    # changes nothing. The statement's shape and bound values are worked out once a distinct
-    # key, not once a row (session 57).
+    # -> the rowids of the rows that take them (roll's `grouped`: current's first column). A
+    # batch's rows mostly take the same values (its one-part messages sent through one SMSC,
+    # or delivered: the flush's time is the sent or done time), and those are written by one
+    # statement listing their rowids, not one each (an executemany's row is a step, a reset,
+    # its values bound and the GIL handed over: ~14 k instructions a row less, twice a message
+    # in the owner's write lock; session 56). The rows are distinct (`ids` lists each once),
+    # so the order they are written in changes nothing. The statement's shape and bound values
+    # are worked out once a distinct key, not once a row (session 57).
     same: dict[tuple[Any, ...], list[int]] = {}
-    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
-        key = (smsc, nsent, route, None if u is None else u[:7])
-        if (rowids := same.get(key)) is None:
-            same[key] = [current[mid][0]]
-        else:
-            rowids.append(current[mid][0])
+    _rolled, f = rollup_rows.roll(
+        ids,
+        current,
+        parts,
+        many,
+        touched,
+        air,
+        now,
+        intermediate=intermediate,
+        instance=instance,
+        grouped=same,
+    )
     singles: dict[tuple[bool | None, ...], list[tuple[Any, ...]]] = {}
     for (smsc, nsent, route, u), rowids in same.items():
         values: tuple[Any, ...] = ()
