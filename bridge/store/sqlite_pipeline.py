@@ -226,7 +226,9 @@ def rollup_messages(
     known = known or {}
     if not touched and not air:
         return 0
-    ids = list(touched) + [mid for mid in air if mid not in touched]
+    ids = list(touched)
+    if not air.keys() <= touched.keys():  # the submit results touch every message they name
+        ids += [mid for mid in air if mid not in touched]
     parts: dict[str, list[tuple[str, str | None]]] = {}  # none: no part row (roll)
     many: set[str] = set()  # messages with a second part row: not one payload PDU
     current: dict[str, tuple[Any, ...]] = {}
@@ -440,6 +442,8 @@ def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], no
     it is then (a snapshot kept an erased number in clear, and was pushed after the final
     report when its first POST failed)."""
     urls = _status_urls(c, {a for a, _m in sent})
+    if not any(urls.values()):  # no account of theirs pushes reports: no pass over them
+        return 0
     rows = [
         (f"st_{mid}_sent", account, "event", mid, mid, now, now)
         for account, mid in sent
@@ -470,6 +474,8 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
     """Outbox rows for final statuses, for accounts that configured a status callback URL; how
     many."""
     urls = _status_urls(c, {a for a, _m in finals})
+    if not any(urls.values()):  # no account of theirs pushes reports: no pass over them
+        return 0
     rows = [
         (f"st_{mid}", account, "status", mid, None, now, now)
         for account, mid in finals
@@ -553,7 +559,9 @@ def record_submits(
                 air[mid] = (smsc, 1)
                 touched[mid] = True
                 continue
-            many.setdefault(mid, (total, {}))[1][seq] = error
+            if (parts_of := many.get(mid)) is None:  # not a dict and a tuple made a part
+                parts_of = many[mid] = (total, {})
+            parts_of[1][seq] = error
             had = air.get(mid)
             air[mid] = (smsc, 1 if had is None else had[1] + 1)
             touched[mid] = True
