@@ -146,6 +146,35 @@ def _authorize_facts_sql(facts_cols: str) -> str:
     )
 
 
+# The key statement's arguments in one fixed order: a send's facts' (sqlite_rules
+# .FACTS_NAMES), the key's id, the version of the account held (`_authorize`).
+_KEY_NAMES = (*sqlite_rules.FACTS_NAMES, "key_id", "aver")
+# The places in _KEY_NAMES that may be None, in the order of `_key_plan`'s flags (the sign,
+# template and revision; the history's since, sign and template; the version held). The others
+# never are: the day and the number (str), the account and key ids (str), two int flags.
+_KEY_NONE_PLACES = ("sign", "tpl", "trev", "since", "fsign", "ftpl", "aver")
+_KEY_PLANS: dict[tuple[str, tuple[bool, ...]], tuple[str, Callable[[Any], Any], int]] = {}
+
+
+def _key_plan(cols: str, nones: tuple[bool, ...]) -> tuple[str, Callable[[Any], Any], int]:
+    """The key statement over a send's facts `cols` (`_authorize_facts_sql`), made positional
+    for values with Nones at `nones` (`_KEY_NONE_PLACES`), as `sqlite_binds.positional_at`
+    makes it from the arguments by name: its text, the getter of its values from a tuple in
+    `_KEY_NAMES`' order, and the place of `reads` among them. Kept per columns and pattern
+    (a few: the history's kind, which optional values a send has), at most 256."""
+    plan = _KEY_PLANS.get((cols, nones))
+    if plan is None:
+        none = [name for name, flag in zip(_KEY_NONE_PLACES, nones, strict=True) if flag]
+        text, pick, names = sqlite_binds.positional_plan(
+            _authorize_facts_sql(cols), _KEY_NAMES, none
+        )
+        plan = (text, pick, names.index("reads"))
+        if len(_KEY_PLANS) >= 256:
+            _KEY_PLANS.clear()
+        _KEY_PLANS[(cols, nones)] = plan
+    return plan
+
+
 _MESSAGE_COLS = (
     "id, account_id, batch_id, client_ref, recipient, sender, sign_name, template, text, encoding, "
     "data_coding, segments, billable_units, segments_sent, segments_delivered, segments_failed, "
@@ -575,29 +604,42 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             if len(messages) == 1
             else tuple(m.recipient for m in messages)
         )
-        one_facts = (
+        rules = batch.rules
+        facts_values = (
             None
-            if batch.rules is None
-            else sqlite_rules.one_facts_query(batch.account_id, batch.rules, recipients, now)
+            if rules is None
+            else sqlite_rules.one_facts_values(batch.account_id, rules, recipients, now)
+        )
+        keyed = batch.nonce is not None and batch.key_id is not None
+        # Read by a statement of their own only when the key's does not read them (no deferred
+        # authorisation): by name then, as `one_facts_query` gives them.
+        one_facts = (
+            None if facts_values is None or keyed else sqlite_rules.facts_query(facts_values)
         )
         key_facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None] | None = None
         key_facts_held = key_facts
-        if one_facts is not None and batch.key_id is not None:
-            # The key's statement reads the facts too (_authorize): its argument joins theirs
+        if facts_values is not None and keyed:
+            # The key's statement reads the facts too (_authorize): its arguments join theirs
             # here, and the statement is made positional, its Nones written as NULL
             # (sqlite_binds), not inside the write lock.
             # With the version of the account's row whose Account this process holds, if any:
             # unchanged, the statement does not send the row again (_authorize).
             known = account_at_version(batch.account_id)
-            key_sql, key_args, reads_at = sqlite_binds.positional_at(
-                _authorize_facts_sql(one_facts[0]),
-                {
-                    **one_facts[1],
-                    "key_id": batch.key_id,
-                    "aver": None if known is None else known[0],
-                },
-                "reads",
+            aver = None if known is None else known[0]
+            cols, values = facts_values
+            key_sql, pick, reads_at = _key_plan(
+                cols,
+                (
+                    values[1] is None,
+                    values[2] is None,
+                    values[3] is None,
+                    values[8] is None,
+                    values[9] is None,
+                    values[10] is None,
+                    aver is None,
+                ),
             )
+            key_args = pick((*values, batch.key_id, aver))
             key_facts = (key_sql, key_args, known)
             # The same, not reading today's count and the pockets (`:reads` 0): for an accept
             # that finds them read by an earlier accept of its batch (HeldSums.base).
@@ -608,8 +650,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             )
         # The day whose count the facts read, and whether they read the pockets: what the
         # sums held by earlier accepts of the batch move (sqlite_rules.HeldSums).
-        rules = batch.rules
-        fact_day = None if rules is None else adm.day_key(now, rules.tz)
+        fact_day = (
+            None
+            if rules is None
+            else adm.day_key(now, rules.tz)
+            if facts_values is None
+            else facts_values[1][0]  # the facts' `day` (sqlite_rules.FACTS_NAMES)
+        )
         pockets_read = rules is not None and rules.billing and bool(rules.charges)
         held = self._runner.held
         idem_record = (

@@ -154,6 +154,63 @@ def _one_sql(cols: str) -> str:
     return f"SELECT {_ACCOUNT_FACTS}{cols} FROM accounts a WHERE a.id=:acc"
 
 
+# The named arguments of `_one_cols` (and `_one_sql`'s `:acc`), in the order `one_facts_values`
+# gives their values: the history's three (`since`, `fsign`, `ftpl`) are None, and absent from
+# the statement, when the send has no frequency history to read.
+FACTS_NAMES = (
+    "day",
+    "sign",
+    "tpl",
+    "trev",
+    "to",
+    "acc",
+    "pockets",
+    "reads",
+    "since",
+    "fsign",
+    "ftpl",
+)
+_HISTORY_NAMES = frozenset(("since", "fsign", "ftpl"))
+
+
+def one_facts_values(
+    account_id: str, rules: adm.Rules, recipients: tuple[str, ...], now: int
+) -> tuple[str, tuple[Any, ...]] | None:
+    """`one_facts_query`'s columns and its arguments' values as a tuple in `FACTS_NAMES`' order
+    (no dict: session 58, the accept's key statement takes them by position, `sqlite._KeyFacts`),
+    or None for the same sends."""
+    if len(recipients) != 1 or rules.more_signs:
+        return None
+    number = recipients[0]
+    if not 5 <= len(number) <= _LONGEST:
+        return None
+    fr = rules.frequency
+    kind = since = fsign = ftpl = None
+    if fr is not None and number in fr.numbers:
+        kind = fr.kind
+        # One number limited (the usual send): its sign without the list and dict of sign_of.
+        if len(fr.numbers) == 1 and len(fr.signs) <= 1:
+            fsign = fr.signs[0] if fr.signs else fr.sign
+        else:
+            fsign = dict(fr.sign_of())[number]
+        since = now - DAY_MS
+        ftpl = fr.template
+    return _one_cols(kind), (
+        adm.day_key(now, rules.tz),
+        rules.sign_name,
+        rules.template_code,
+        rules.template_revision,
+        number,
+        account_id,
+        # An int, not a bool: the sqlite3 module binds an exact int without its adapters.
+        1 if rules.billing and rules.charges else 0,
+        1,  # reads: today's count and the pockets (`_one_cols`)
+        since,
+        fsign,
+        ftpl,
+    )
+
+
 def one_facts_query(
     account_id: str, rules: adm.Rules, recipients: tuple[str, ...], now: int
 ) -> tuple[str, dict[str, Any]] | None:
@@ -161,36 +218,19 @@ def one_facts_query(
     facts in one statement; None for a send `read_facts` reads otherwise (several recipients,
     or signs, or a number outside the lengths `_one_cols` spells the prefixes of).
     `facts_of_row` reads the row those columns give."""
-    if len(recipients) != 1 or rules.more_signs:
-        return None
-    number = recipients[0]
-    if not 5 <= len(number) <= _LONGEST:
-        return None
-    fr = rules.frequency
-    limited = fr is not None and number in fr.numbers
-    # A literal: no keyword dict for update() (the names are in any order).
-    args: dict[str, Any] = {
-        "day": adm.day_key(now, rules.tz),
-        "sign": rules.sign_name,
-        "tpl": rules.template_code,
-        "trev": rules.template_revision,
-        "to": number,
-        "acc": account_id,
-        # An int, not a bool: the sqlite3 module binds an exact int without its adapters.
-        "pockets": 1 if rules.billing and rules.charges else 0,
-        "reads": 1,  # today's count and the pockets (`_one_cols`)
-    }
-    kind = None
-    if limited:
-        assert fr is not None
-        kind = fr.kind
-        # One number limited (the usual send): its sign without the list and dict of sign_of.
-        if len(fr.numbers) == 1 and len(fr.signs) <= 1:
-            fsign = fr.signs[0] if fr.signs else fr.sign
-        else:
-            fsign = dict(fr.sign_of())[number]
-        args.update(since=now - DAY_MS, fsign=fsign, ftpl=fr.template)
-    return _one_cols(kind), args
+    got = one_facts_values(account_id, rules, recipients, now)
+    return None if got is None else facts_query(got)
+
+
+def facts_query(got: tuple[str, tuple[Any, ...]]) -> tuple[str, dict[str, Any]]:
+    """`one_facts_values`' answer as `one_facts_query`'s: the arguments by name, the history's
+    only when the columns read it."""
+    cols, values = got
+    args = dict(zip(FACTS_NAMES, values, strict=True))
+    if values[8] is None:  # no history read: no `since`, `fsign`, `ftpl` in the statement
+        for name in _HISTORY_NAMES:
+            del args[name]
+    return cols, args
 
 
 _NOBODY: frozenset[str] = frozenset()
