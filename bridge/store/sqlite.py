@@ -129,10 +129,11 @@ _AUTHORIZE_SQL = (
 
 # The key's statement of an accept that reads the facts too: the account as JSON only when its
 # row_version is not the one the accept holds the Account of (`:aver`, account_rows
-# .account_at_version; migration 0037), then the version, then the facts.
+# .account_at_version; migration 0037), then the version, then the facts; the expressions named
+# (`AS`), as `sqlite_rules._one_cols` names its own (the cursor's description: session 58).
 _AUTHORIZE_FACTS_HEAD = (
     "SELECT k.status, CASE WHEN a.row_version=:aver AND a.id=:acc THEN NULL "
-    f"ELSE {ACCOUNT_JSON_SQLITE.format(t='a')} END, a.row_version"
+    f"ELSE {ACCOUNT_JSON_SQLITE.format(t='a')} END AS account_json, a.row_version"
 )
 _AUTHORIZE_FACTS_WIDTH = 3
 
@@ -670,7 +671,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             )
         )
 
-        def job(c: sqlite3.Connection) -> AcceptOutcome | _Undone:
+        def job(c: sqlite3.Connection) -> adm.Plan | AcceptOutcome | _Undone | None:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
             # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
             # with savepoints.
@@ -702,7 +703,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
 
         def accept_writes(
             c: sqlite3.Connection, cur: sqlite3.Cursor, wrote: dict[str, Any]
-        ) -> AcceptOutcome:
+        ) -> adm.Plan | AcceptOutcome | None:
+            # Accepted: its plan (None without rules), whose AcceptOutcome `accept` makes once
+            # the write lock is given back; a replay: the outcome with the record it answers.
             # `cur` runs the statements every accept makes, `c` the others.
             tps = batch.tps
             facts_row: list[Any] = []
@@ -850,13 +853,16 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
                 if read_base is not None:
                     held[batch.account_id].base = read_base
-            return AcceptOutcome(accepted=True, plan=plan)
+            # Its outcome made after the write lock (`accepted`): the plan alone from here.
+            return plan
 
         if batch.idempotency_key is not None and self.key_warmup.due():
             before = key_warmup.blocks_read()
             await self._runner.read(partial(_warm_key, batch.account_id, batch.idempotency_key))
             self.key_warmup.seen(key_warmup.blocks_read() > before)
         out = await self._runner.write(job, bare=True)
+        if out is None or isinstance(out, adm.Plan):  # accepted (with its plan, under rules)
+            return AcceptOutcome(accepted=True, plan=out)
         if not isinstance(out, _Undone):
             return out
         exc = out.refusal
