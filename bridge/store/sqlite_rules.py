@@ -18,6 +18,7 @@ from bridge.domain.ledger import Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
+from bridge.fastinit import maker
 from bridge.store import sqlite_dnc, sqlite_erase
 from bridge.store import sqlite_ends as ends
 from bridge.store.account_rows import ASSIGNMENTS_SQL, senders_of
@@ -238,6 +239,10 @@ def facts_query(got: tuple[str, tuple[Any, ...]]) -> tuple[str, dict[str, Any]]:
 
 
 _NOBODY: frozenset[str] = frozenset()
+# The values a one-recipient accept builds inside the write lock, by `maker`'s functions rather
+# than the classes' calls (the same instances, ~1.5 k instructions less each: session 58).
+_new_facts = maker(adm.Facts)
+_new_pocket = maker(adm.Pocket)
 
 
 def facts_of_row(number: str, row: Sequence[Any] | None) -> adm.Facts:
@@ -271,11 +276,11 @@ def one_facts_of(
     else:
         if type(pockets) is str:  # the column's JSON; parsed already when a batch's base
             pockets = jsonio.loads(pockets)
-        read = [adm.Pocket(*p) for p in pockets] if held is None else held_pockets(pockets, held)
+        read = [_new_pocket(*p) for p in pockets] if held is None else held_pockets(pockets, held)
     # By position, in the class's field order (held by tests/unit/test_session51_positional.py):
     # a frozen class called with keywords gets them as a dict its init unpacks again, ~500
     # instructions a field, and this runs in every one-recipient accept inside the write lock.
-    return adm.Facts(
+    return _new_facts(
         (number,),  # recipients
         sign,  # sign_status
         {},  # more_sign_status (its default's dict)
@@ -487,7 +492,7 @@ def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pock
             amount += sum_[0]
             if expires is None:
                 expires = sum_[1]
-        out.append(adm.Pocket(name, amount, expires))
+        out.append(_new_pocket(name, amount, expires))
     if moved < len(held):  # a pocket the held sums make (no row yet)
         names = {p.pocket for p in out}
         out.extend(adm.Pocket(n, a, e) for n, (a, e) in held.items() if n not in names)
