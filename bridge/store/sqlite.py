@@ -19,6 +19,7 @@ from bridge.domain import lifecycle as lc
 from bridge.domain import mo_sets
 from bridge.domain.rate import bucket_take
 from bridge.domain.skew_window import SkewWindow, next_window
+from bridge.fastinit import maker
 from bridge.ids import id_time_ms, new_id
 from bridge.logs import Failures
 from bridge.store import (
@@ -146,6 +147,10 @@ def _authorize_facts_sql(facts_cols: str) -> str:
         "ON a.id = k.account_id WHERE k.key_id=:key_id"
     )
 
+
+# An accepted send's outcome, by `maker`'s function (the same instance, ~1.5 k instructions
+# less than the class's call: session 58).
+_new_outcome = maker(AcceptOutcome)
 
 # The key statement's arguments in one fixed order: a send's facts' (sqlite_rules
 # .FACTS_NAMES), the key's id, the version of the account held (`_authorize`).
@@ -862,7 +867,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             self.key_warmup.seen(key_warmup.blocks_read() > before)
         out = await self._runner.write(job, bare=True)
         if out is None or isinstance(out, adm.Plan):  # accepted (with its plan, under rules)
-            return AcceptOutcome(accepted=True, plan=out)
+            return _new_outcome(True, plan=out)
         if not isinstance(out, _Undone):
             return out
         exc = out.refusal
