@@ -103,7 +103,10 @@ class RouteCache:
 
     def _learn(self, key: tuple[str, str], request: web.BaseRequest) -> None:
         target = key[1]
-        info = getattr(request, "match_info", None)
+        # The attribute, not the `match_info` property: this runs in `handle`'s `finally`, and
+        # where `_handle` left none (its router raised) the property's assert raised over the
+        # request's own exception, which the connection then logged (session 58's review).
+        info = getattr(request, "_match_info", None)
         if (
             type(info) is not UrlMappingMatchInfo
             or info
