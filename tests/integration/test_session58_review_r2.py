@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.web_urldispatcher import UrlDispatcher
+from aiohttp.web_urldispatcher import PlainResource, UrlDispatcher
 
+from bridge.api import http_errors, route_cache
+from bridge.api.app import render_unparsed
 from tests.integration.conftest import ADMIN_TOKEN, ApiServer
 from tests.integration.test_session57_review_r4 import _counts, _Daemon, _masked
 
@@ -207,3 +209,55 @@ async def test_a_router_fault_is_logged_as_itself(
     assert answers[0].startswith(b"HTTP/1.1 500 ")
     assert answers[1] == answers[0]
     assert faults == [[RuntimeError], [RuntimeError]]
+
+
+async def _host_routed_app() -> web.Application:
+    """An application whose one resource answers only requests naming Host `good`: its match is
+    not a function of the method and target alone (a resource of its own, not aiohttp's)."""
+
+    class HostResource(PlainResource):
+        async def resolve(self, request: web.Request) -> Any:
+            if request.headers.get("Host") != "good":
+                return None, set()
+            return await super().resolve(request)
+
+    app = web.Application()
+    resource = HostResource("/y")
+    app.router.register_resource(resource)
+    resource.add_route("GET", _ok)
+    return app
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def test_a_resource_of_its_own_keeps_the_router() -> None:
+    """Not installed over a resource (or router) that is not aiohttp's own, whose match may read
+    more than the method and target (here the Host header): the cache answered a request for
+    another host with the route a `good` one had resolved, 200 for a 404 (fails on the merged
+    tree)."""
+    runner = http_errors.AppRunner(await _host_routed_app(), render_unparsed, None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    statuses = []
+    try:
+        for host in ("good", "good", "evil"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET /y HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                statuses.append((await _read(reader, False)).split(b" ", 2)[1])
+            finally:
+                writer.close()
+    finally:
+        await runner.cleanup()
+    assert statuses == [b"200", b"200", b"404"]
+    app: Any = web.Application()
+    app.router.add_get("/y", _ok)
+    app.freeze()
+    assert route_cache.route_cache(app, web.Server(app._handle)) is not None  # aiohttp's own
+    host_routed: Any = await _host_routed_app()
+    host_routed.freeze()
+    assert route_cache.route_cache(host_routed, web.Server(host_routed._handle)) is None
