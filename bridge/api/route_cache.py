@@ -30,7 +30,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web, web_app
-from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import (
+    DynamicResource,
+    PlainResource,
+    StaticResource,
+    UrlDispatcher,
+    UrlMappingMatchInfo,
+)
 
 log = logging.getLogger("bridge.api")
 
@@ -39,6 +45,10 @@ log = logging.getLogger("bridge.api")
 _KNOWN_HANDLE = frozenset({"1294b2b208b126cb02d2f295c89d8c6fb5d789974247276971fc063fb8f5dc21"})
 TARGET_MAX = 256
 LEARNED = 64
+# aiohttp's resources whose match reads the request's method and path alone (`Resource.resolve`
+# over `rel_url.path_safe`): a resource of another class (or a router's own `resolve`) may read
+# more, a Host header say, and the first request's match would answer every later one.
+_OWN_RESOURCES = (PlainResource, DynamicResource, StaticResource)
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 
@@ -103,7 +113,10 @@ class RouteCache:
 
     def _learn(self, key: tuple[str, str], request: web.BaseRequest) -> None:
         target = key[1]
-        info = getattr(request, "match_info", None)
+        # The attribute, not the `match_info` property: this runs in `handle`'s `finally`, and
+        # where `_handle` left none (its router raised) the property's assert raised over the
+        # request's own exception, which the connection then logged (session 58's review).
+        info = getattr(request, "_match_info", None)
         if (
             type(info) is not UrlMappingMatchInfo
             or info
@@ -124,14 +137,16 @@ class RouteCache:
 
 def route_cache(app: web.Application | None, server: web.Server) -> RouteCache | None:
     """A `RouteCache` for `server` when everything it relies on is as it was written against:
-    `_handle`'s source, a frozen application without sub-applications or domain resources whose
-    server calls its `_handle`, aiohttp's middleware chain builder; else None (the server keeps
-    `app._handle`)."""
+    `_handle`'s source, aiohttp's router and resources (`_OWN_RESOURCES`), a frozen application
+    without sub-applications or domain resources whose server calls its `_handle`, aiohttp's
+    middleware chain builder; else None (the server keeps `app._handle`)."""
     if app is None or type(app)._handle is not web.Application._handle:
         return None
     router = app.router
     if (
         _source_hash(web.Application._handle) not in _KNOWN_HANDLE
+        or type(router) is not UrlDispatcher
+        or any(type(r) not in _OWN_RESOURCES for r in router.resources())
         or not app.frozen
         or getattr(app, "_subapps", True)
         or getattr(router, "_matched_sub_app_resources", True)
