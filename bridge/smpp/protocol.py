@@ -100,7 +100,8 @@ class DeliverAnswer:
     (session 58, README note 27). Awaitable, with a future's `done()` and `result()`, for a
     caller outside a bind (a test): the future it then waits on is made only for it."""
 
-    __slots__ = ("_ev", "_fut", "_proto", "_status")
+    __slots__ = ("_drain", "_ev", "_fut", "_proto", "_status")
+    _drain: int  # the bind's drain_delivers calls at the attach: set only then (read only then)
 
     def __init__(self) -> None:
         self._status: int | None = None
@@ -195,9 +196,13 @@ class SmppProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._flush_scheduled = False
         self._deliver_tasks: set[asyncio.Future[int]] = set()
-        # DeliverAnswers attached and not set yet (counted with _deliver_tasks), and the future
-        # drain_delivers waits on for them (made only then).
+        # DeliverAnswers attached and not set yet (counted with _deliver_tasks); drain_delivers'
+        # calls so far (an answer keeps the count at its attach: `_drain`), those of the
+        # answers attached before the latest call not set yet, and the future drain_delivers
+        # waits on for them (made only then).
         self._answers = 0
+        self._drains = 0
+        self._before_drain = 0
         self._drained: asyncio.Future[None] | None = None
         # A submit whose waiter was cancelled -> its answer, or the future awaiting it
         # (answer_after_cancel).
@@ -368,9 +373,18 @@ class SmppProtocol(asyncio.Protocol):
                     sock.shutdown(socket.SHUT_RDWR)
 
     async def drain_delivers(self, timeout_s: float) -> None:
-        """Wait (bounded) for running deliver handlers, so their acks go out before an unbind."""
+        """Wait (bounded) for running deliver handlers, so their acks go out before an unbind.
+
+        Those running now, not those that come meanwhile (reading goes on until the unbind):
+        waiting until no receipt at all was unanswered, under a steady stream of them, waited
+        the whole `timeout_s` at every stop (session 58 review)."""
         waits: set[asyncio.Future[Any]] = set(self._deliver_tasks)
-        if self._answers:  # DeliverAnswers not set yet: a future set once the last one is
+        if self._answers:
+            # DeliverAnswers not set yet: a future set once the last of those is (_answered).
+            # A later call counts those of the earlier one still unset again, and may add
+            # some: the earlier call waits for them too (bounded all the same).
+            self._drains += 1
+            self._before_drain = self._answers
             if self._drained is None:
                 self._drained = self._loop.create_future()
             waits.add(self._drained)
@@ -493,6 +507,7 @@ class SmppProtocol(asyncio.Protocol):
                     return
                 got._proto = self
                 got._ev = ev
+                got._drain = self._drains
                 self._answers += 1
                 pending = None
             else:
@@ -551,10 +566,12 @@ class SmppProtocol(asyncio.Protocol):
                 self._ack(ev, status)
             if self._reading_paused:
                 self._resume_if_drained()
-            if not self._answers and self._drained is not None:
-                if not self._drained.done():
-                    self._drained.set_result(None)
-                self._drained = None
+            if answer._drain < self._drains:  # attached before the latest drain_delivers
+                self._before_drain -= 1
+                if not self._before_drain and self._drained is not None:
+                    if not self._drained.done():
+                        self._drained.set_result(None)
+                    self._drained = None
         except Exception:
             log.exception("deliver_sm answer failed", extra={"smsc": self.name})
 
