@@ -136,7 +136,9 @@ class DeliverAnswer:
 
     def __await__(self) -> Generator[Any, None, int]:
         if self._status is None:
-            if self._fut is None:
+            # A new future when the last one was cancelled with its waiter (a time-out): the
+            # answer itself is not, and awaiting it again waits for it.
+            if self._fut is None or self._fut.done():
                 self._fut = asyncio.get_running_loop().create_future()
             return (yield from self._fut.__await__())
         return self._status

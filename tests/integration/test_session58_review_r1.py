@@ -141,3 +141,20 @@ async def test_drain_waits_for_the_receipts_it_found_not_for_those_after_it() ->
         proto.abort("test over")
         await smsc.close()
         await inbound.drain()
+
+
+async def test_a_deliver_answer_awaited_again_after_a_timed_out_wait() -> None:
+    """A wait that timed out cancels the future it waited on, not the answer: awaited again,
+    the answer is waited for (the merged tree raised CancelledError at once, in a task nobody
+    cancelled), and set, it is the status."""
+    from bridge.smpp.protocol import DeliverAnswer
+
+    answer = DeliverAnswer()
+    try:
+        async with asyncio.timeout(0.01):
+            await answer
+    except TimeoutError:
+        pass
+    assert not answer.done() and not answer.cancelled()
+    asyncio.get_running_loop().call_later(0.01, answer.set_result, C.ESME_RX_T_APPN)
+    assert await answer == C.ESME_RX_T_APPN
