@@ -491,9 +491,9 @@ class SmppProtocol(asyncio.Protocol):
     def _start_deliver(self, ev: DeliverReceived) -> None:
         """Run the handler and answer once what it returns resolves.
 
-        A handler may return a future rather than a coroutine (the receipt path does): no task
-        per deliver_sm then. Receipts come one per segment, and a task with its chain of
-        coroutine frames was ~14 µs of the owner's CPU for each, measured."""
+        A handler may return a `DeliverAnswer` (the receipt path does) or a future rather than
+        a coroutine: no task per deliver_sm then. Receipts come one per segment, and a task
+        with its chain of coroutine frames was ~14 µs of the owner's CPU for each, measured."""
         self.delivers += 1
         try:
             if self._on_deliver is None:
