@@ -167,6 +167,9 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
     # Session 55: with the version of the account row held (`aver`, none here: the row's JSON is
     # read each time) and whether to read today's count and the pockets (`reads`).
     versioned = "sqlite_binds.positional_at" in source
+    # Session 58: the facts' values by position (`one_facts_values`), the statement and the
+    # getter of its values kept per pattern of Nones (`sqlite._key_plan`).
+    planned = "_key_plan(" in source
     c = sqlite3.connect(tmp / "bridge.db", isolation_level=None)
     c.execute("BEGIN IMMEDIATE")
 
@@ -175,7 +178,14 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
         number = f"+86138{i:08d}"
         query: Any = sqlite_rules.one_facts_query(ACCOUNT.id, RULES, (number,), now_ms)
         assert query is not None
-        if versioned:
+        if planned:
+            values = sqlite_rules.one_facts_values(ACCOUNT.id, RULES, (number,), now_ms)
+            assert values is not None
+            cols, v = values
+            nones = tuple(v[i] is None for i in (1, 2, 3, 8, 9, 10))
+            sql, pick, _at = sqlite_store._key_plan(cols, (*nones, True))  # no version held
+            query = (sql, pick((*v, key_id, None)), None)
+        elif versioned:
             from bridge.store import sqlite_binds
 
             sql, args, _at = sqlite_binds.positional_at(

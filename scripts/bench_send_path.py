@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The owner's CPU per message on its send and receipt paths, store stubbed, over real SMPP.
 
-Usage: python scripts/bench_send_path.py [--messages 20000] [--parts 1] [--window 100]
+Usage: python scripts/bench_send_path.py [--messages 20000] [--parts 1] [--window 100] [--tps 0]
        python scripts/bench_send_path.py --callgrind [--messages 5000]
        python scripts/bench_send_path.py --compare OLD_TREE [--pairs 3] [--callgrind]
        ... [--gc-threshold 700]  (the daemon's 5,000 by default)
@@ -96,6 +96,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "binds": 1,
             "bind_mode": "transceiver",
         }
+        if args.tps:
+            smsc_cfg["tps"] = args.tps
         cfg_data = {
             "security": {"master_key": KEY},
             "logging": {"level": "WARNING"},
@@ -224,6 +226,7 @@ def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "--tree", tree, "--messages", str(args.messages),
         "--parts", str(args.parts), "--window", str(args.window), "--counting", "--json",
+        "--tps", str(args.tps),
         "--loop", args.loop, "--gc-threshold", str(args.gc_threshold),
         "--timeout", str(args.timeout * UNDER_VALGRIND),
     ]  # fmt: skip
@@ -239,7 +242,7 @@ def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     if args.callgrind:
         return under_callgrind(args, tree)
     cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
-           "--parts", str(args.parts), "--window", str(args.window),
+           "--parts", str(args.parts), "--window", str(args.window), "--tps", str(args.tps),
            "--loop", args.loop, "--gc-threshold", str(args.gc_threshold)]  # fmt: skip
     try:
         code, stdout, stderr = CHILDREN.run(cmd, args.timeout + 120)
@@ -255,6 +258,13 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--parts", type=int, default=1, help="1, or a UCS-2 text of this many parts")
     ap.add_argument("--window", type=int, default=100)
+    ap.add_argument(
+        "--tps",
+        type=float,
+        default=0,
+        help="the SMSC's TPS limit (`tps`; 0: none): its messages took a task each until "
+        "session 58",
+    )
     ap.add_argument("--receipt-delay-ms", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")

@@ -9,7 +9,9 @@ Why: the owner sends a message through the real `Dispatcher` and `Connector`, an
 and what it records must be what the task did, for every answer an SMSC gives. Each seed makes
 a scenario (a window of 1 to 10, one or two transceiver binds, a TPS limit or none, one or two
 windows in flight, `in_flight_on_restart` resend or unknown, messages of one part mostly and of
-two or three, some already past their validity, some with one far off) and runs it over real
+two or three, some already past their validity, some with one far off; since session 58 a third
+of them with long messages mostly (2-4 parts), a third with a TPS limit of 100 or 400, some
+messages carrying on after parts an earlier claim sent) and runs it over real
 TCP against an SMSC in this script (no `bridge` import: the judge is the same for both trees)
 that answers each submit_sm by a rule of its own seeded by the message, its part and how many
 times it got that part: accepted, throttled (ESME_RTHROTTLED), a system error (ESME_RSYSERR,
@@ -51,7 +53,7 @@ ANSWERS = ["ok"] * 8 + ["throttled"] * 3 + ["syserr"] * 2 + ["refused", "timeout
 def scenario(seed: int, messages: int) -> dict[str, Any]:
     rng = random.Random(seed)
     window = rng.randint(1, 10)
-    return {
+    sc: dict[str, Any] = {
         "seed": seed,
         "window": window,
         "binds": rng.choice([1, 1, 2]),
@@ -67,6 +69,22 @@ def scenario(seed: int, messages: int) -> dict[str, Any]:
             for _ in range(messages)
         ],
     }
+    # Since session 58 a message of several parts, and one on a bind with a TPS limit, is sent
+    # without a task too: more of both, drawn apart (the draws above are as they were). A
+    # third of the scenarios send long messages (2-4 parts) mostly, a third a TPS limit that
+    # holds them back (100/s: 10 submits a 0.1-s window) or not (400/s); some messages carry
+    # on after parts an earlier claim sent (`after`: the store's `smsc` set, a task's still).
+    more = random.Random(f"{seed}/session 58")
+    msgs: list[dict[str, Any]] = sc["messages"]
+    if more.random() < 0.35:
+        for m in msgs:
+            m["parts"] = more.choice([1, 2, 2, 3, 3, 4])
+    if more.random() < 0.35:
+        sc["tps"] = more.choice([100, 100, 400])
+    for m in msgs:
+        later = m["parts"] > 1 and more.random() < 0.1
+        m["after"] = more.randint(1, m["parts"] - 1) if later else 0
+    return sc
 
 
 def answer(seed: int, dest: str, seq: int, attempt: int, drops: bool) -> str:
@@ -209,7 +227,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # A far validity fixed, not from the clock: its PDU field is the same in both runs.
         expires = {None: None, "past": now_ms - 1000, "far": FAR_MS}[m["expires"]]
         to = f"+8613800{i:06d}"
-        work.append(WorkMessage(f"m{i}", "acc", to, "BRIDGE", enc.data_coding, expires, 0, segs))
+        after = m.get("after", 0)  # parts an earlier claim sent: the rest follow on its SMSC
+        work.append(
+            WorkMessage(
+                f"m{i}", "acc", to, "BRIDGE", enc.data_coding, expires, 1 if after else 0,
+                segs[after:], "t1" if after else None,
+            )
+        )  # fmt: skip
     records: dict[str, list[Any]] = {w.id: [] for w in work}
     ended = asyncio.Event()
     landed: set[str] = set()

@@ -29,6 +29,8 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestHandler
 
 from bridge.api.connections import ConnectionCap
+from bridge.api.request_maker import request_maker
+from bridge.api.route_cache import route_cache
 from bridge.domain import forwarded
 from bridge.metrics import Metrics
 
@@ -478,6 +480,14 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         without_current_app_middleware(self._app)
+        # A request to a route it resolved before skips the router (bridge.api.route_cache).
+        cache = route_cache(self._app, server)
+        if cache is not None:
+            server.request_handler = cache.handle
+        # A request's web.Request built without its __init__ (bridge.api.request_maker).
+        maker = request_maker(self._app, server)
+        if maker is not None:
+            server.request_factory = maker.make
         # The application's own Server, with its handler and arguments, answering parse errors
         # itself: the class is the only difference (it adds no state of its own but these two).
         server.__class__ = JsonErrorServer

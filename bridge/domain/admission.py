@@ -34,7 +34,7 @@ from bridge.domain.ledger import (
     warns_low_balance,
 )
 from bridge.domain.tariffs import format_micro
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 
 DOMESTIC = "D"  # messages.price_class of domestic traffic; international carries its prefix
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -467,7 +467,13 @@ def _one_cash_charge(
         if threshold > 0 and warns_low_balance(before, after, threshold, warned=facts.low_warned)
         else None
     )
-    return Plan(((ref, Entry(CHARGE, -amount, "cash", now, ref)),), low, day)
+    # Built by `maker`'s functions, not the classes' calls: ~1.5 k instructions less each, in
+    # every billed accept's write lock (session 58).
+    return _new_plan(((ref, _new_entry(CHARGE, -amount, "cash", now, ref)),), low, day)
+
+
+_new_plan = maker(Plan)
+_new_entry = maker(Entry)
 
 
 @fast_init

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import logs
 from bridge.aio import idle_wait_s, running, wait_event
@@ -154,8 +154,8 @@ class Dispatcher:
         self._inflight: dict[str, int] = {}
         self._flying = 0
         self._tasks: dict[int, asyncio.Task[None] | _Quick] = {}
-        # Messages run() claimed whose task has not made its first step: a one-part message
-        # is sent without a task, at its claim, only without any (run()).
+        # Messages run() claimed whose task has not made its first step: a message is sent
+        # without a task, at its claim, only without any (run()).
         self._unstarted = 0
         self._task_no = 0
         self._late_held: dict[str, list[LateAccept]] = {}  # late acceptances of those (_on_late)
@@ -177,6 +177,8 @@ class Dispatcher:
             self._flush_late, max_items=1000, max_delay_s=0.01, name="late-submits"
         )
         self._unrouted: set[str] = set()  # routes the store refused: claims no longer ours
+        # The connector object whose hooks (`on_late_submit`, `is_held`) point here, by SMSC.
+        self._hooked: dict[str, ConnectorLike] = {}
         self._no_route: dict[str, int] = {}  # message id -> releases for want of a route
         # Messages in flight per SMSC: one holding its share (in_flight_windows x its window)
         # is left out of claims like a down one, its route's messages parked, so a slow carrier
@@ -331,12 +333,12 @@ class Dispatcher:
                 n += 1
                 self._task_no = n
                 inflight[msg.id] = inflight.get(msg.id, 0) + 1
-                if len(msg.segments) == 1 and not self._unstarted:
-                    # One part (the usual message): sent by plain calls and callbacks, not a
-                    # task (_Quick), in its own copy of the context as a task would be, and
-                    # started here: unless a message claimed before it has not started yet (a
-                    # task's first step runs in the loop's next round), which it must not pass
-                    # (claim order is the order they take window slots in): a task then.
+                if not self._unstarted:
+                    # Sent by plain calls and callbacks, not a task (_Quick), in its own copy
+                    # of the context as a task would be, and started here: unless a message
+                    # claimed before it has not started yet (a task's first step runs in the
+                    # loop's next round), which it must not pass (claim order is the order
+                    # they take window slots in): a task then.
                     ctx = copy_context()
                     quick = tasks[n] = _Quick(self, msg, n, ctx)
                     ctx.run(quick.start)
@@ -568,8 +570,8 @@ class Dispatcher:
             # 56): each coroutine level between the message's task and its submit's future is a
             # frame that every suspension and resumption of the task passes through.
             connector = self.connectors[name]
-            connector.on_late_submit = self._on_late  # set here: a reload may replace connectors
-            connector.is_held = self._held
+            if self._hooked.get(name) is not connector:  # a reload may replace connectors
+                self._hook(name, connector)
             smsc = self.smscs[name]
             rule = self._rules[name]  # before the await: a reload may remove the SMSC meanwhile
             before = None
@@ -615,16 +617,21 @@ class Dispatcher:
                 del self._by_smsc[name]
 
     def _send_quick(self, q: _Quick) -> bool:
-        """`_send_parts` for a one-part message sent without a task (`_Quick`): True once it is
-        the connector's (`Connector.send_one`: `q.finished` is called with its outcome). False,
-        with nothing done, when it is not the usual case, which its task takes as before: a
-        part already routed (a retry's `msg.smsc`), expired, without an SMSC up, to encode
-        again for its route, for an `in_flight_on_restart: unknown` SMSC (its route recorded
-        first, an await), or a connector not taking it at once (`send_one`: not started,
-        stopping, a TPS limit, no bind up)."""
+        """`_send_parts` for a message sent without a task (`_Quick`; one part until session
+        58, any number since): True once it is the connector's (`Connector.send_one`:
+        `q.finished` is called with its outcomes). False, with nothing done, when it is not
+        the usual case, which its task takes as before: no part, a part already routed (a
+        retry's `msg.smsc`), expired, without an SMSC up, to encode again for its route, for
+        an `in_flight_on_restart: unknown` SMSC (its route recorded first, an await), or a
+        connector not taking it at once (`send_one`: not started, stopping, no bind up)."""
         msg = q.msg
         now_ms = int(self.clock() * 1000)
-        if msg.smsc is not None or (msg.expires_at is not None and msg.expires_at <= now_ms):
+        segs = msg.segments
+        if (
+            not segs
+            or msg.smsc is not None
+            or (msg.expires_at is not None and msg.expires_at <= now_ms)
+        ):
             return False
         # Router.pick, inline, as _send_parts does.
         candidates = self.router.candidates(msg.recipient)
@@ -643,21 +650,24 @@ class Dispatcher:
         if smsc.in_flight_on_restart == "unknown":
             return False
         connector = self.connectors[name]
-        send_one = getattr(connector, "send_one", None)  # a stand-in connector may have none
-        if send_one is None:
+        try:
+            send_one = connector.send_one  # type: ignore[attr-defined]  # not ConnectorLike's
+        except AttributeError:  # a stand-in connector may have none
             return False
-        connector.on_late_submit = self._on_late
-        connector.is_held = self._held
+        if self._hooked.get(name) is not connector:
+            self._hook(name, connector)
         rule = self._rules[name]
         deadline = None
         if msg.expires_at is not None:
             deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
-        (part,) = build_parts(msg, smsc)
+        parts = build_parts(msg, smsc)
+        # The parts' contexts as a list only for a message of several (the usual one: none).
+        contexts = None if len(segs) == 1 else [(msg.id, seg.seq) for seg in segs]
         q.name, q.smsc, q.rule = name, smsc, rule
         by_smsc = self._by_smsc
         by_smsc[name] += 1
         try:
-            taken = send_one(q, part, deadline, (msg.id, msg.segments[0].seq))
+            taken = send_one(q, parts, deadline, (msg.id, segs[0].seq), contexts)
         except BaseException:
             q.name = None
             self._left_smsc(name)
@@ -669,6 +679,13 @@ class Dispatcher:
         q.sending = True
         self._no_route.pop(msg.id, None)
         return True
+
+    def _hook(self, name: str, connector: ConnectorLike) -> None:
+        """Connector `name`'s hooks pointed here, once per connector object (a reload may
+        replace it): set per message, they were two bound methods made and stored a message."""
+        connector.on_late_submit = self._on_late
+        connector.is_held = self._held
+        self._hooked[name] = connector
 
     def _left_smsc(self, name: str) -> None:
         self._by_smsc[name] -= 1
@@ -1014,7 +1031,7 @@ class Dispatcher:
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(self._claiming)
         if self._tasks:
-            # A one-part message sent by callbacks (_Quick) is waited for by a future it
+            # A message sent by callbacks (_Quick) is waited for by a future it
             # resolves as it ends, and cancelled as a task's cancel would have it.
             sending = list(self._tasks.values())
             waits = [t.waiter() if isinstance(t, _Quick) else t for t in sending]
@@ -1077,11 +1094,12 @@ class _Flight(_Holds):
 
 
 class _Quick(OnePart, _Holds):
-    """A one-part message sent without a task (session 57): started as it is claimed (run()),
-    handed to the connector (`Connector.send_one`, this object its record there too), recorded
-    by `finished` from the step that has its outcome (`OnePart`: the protocol's read of the
-    answer, usually). A task per message (made, stepped twice, its coroutine frames) cost
-    ~15 k instructions a message.
+    """A message sent without a task (session 57: one part; session 58: any number, and on a
+    bind with a TPS limit): started as it is claimed (run()), handed to the connector
+    (`Connector.send_one`, this object its record there too), recorded by `finished` from the
+    step that has its outcomes (`OnePart`: the protocol's read of the last answer, usually).
+    A task per message (made, stepped once a part and more, its coroutine frames) cost ~15 k
+    instructions a message.
 
     What the task did, kept: its log lines carry MESSAGE_ID (every callback and task of it
     runs in `ctx`, the message's copy of the context, as a task's own), it holds its place in
@@ -1126,7 +1144,8 @@ class _Quick(OnePart, _Holds):
         recorded, or, cancelled, the acceptances among them; any other exception logged and
         the message requeued, as `_send` does."""
         d, name = self.d, self.name
-        assert name is not None and self.smsc is not None and self.rule is not None  # mypy
+        if TYPE_CHECKING:  # set by _send_quick before the connector has it (no assert's reads)
+            assert name is not None and self.smsc is not None and self.rule is not None
         try:
             try:
                 if exc is None:

@@ -375,10 +375,14 @@ class OnePart:
         "_bind",
         "_c",
         "_context",
+        "_contexts",
         "_deadline",
+        "_i",
         "_live",
+        "_more",
         "_outcomes",
         "_part",
+        "_parts",
         "_state",
         "_task",
         "ctx",
@@ -388,6 +392,10 @@ class OnePart:
     # Set by Connector.send_one (no __init__: the caller's subclass has its own).
     _c: Connector
     _bind: _Bind
+    _parts: Sequence[ShortMessage]
+    _contexts: Sequence[Any] | None  # with more than one part
+    _i: int  # the part under way (`_part`, its `_context`)
+    _more: bool  # parts after it (one flag read per answer, not a length compared)
     _part: ShortMessage
     _deadline: float | None
     _context: Any
@@ -402,18 +410,39 @@ class OnePart:
         raise NotImplementedError
 
     def _start(self) -> None:
-        """send_message's first steps for part 0: the usual part submitted with a free slot,
-        else `_submit_on`'s (a slot from the line, the deadline, the submit)."""
+        """send_message's steps for part `_i`: the usual part submitted with a free slot, else
+        `_submit_on`'s (a slot from the line, a later part's in the priority line; the TPS
+        turn; the deadline; the submit). A part after the first whose bind went away goes to
+        `_send_part` in a task, which picks another, as send_message does."""
         c, bind = self._c, self._bind
         try:
             deadline = self._deadline
-            # `_slot_now`, less what `_best_bind` found a moment ago (the bind up, not closing).
-            free = (
-                not bind.hi
-                and not bind.lo
-                and bind.capacity() > 0
-                and (not bind.paused_until or c._now() >= bind.paused_until)
-            )
+            if self._i:
+                free = c._slot_now(bind)
+                if not free and not bind.up:
+                    self._go_on(bind, None)
+                    return
+            else:
+                # `_slot_now`, less what `_best_bind` found a moment ago (up, not closing),
+                # and `capacity()` inline (a call a message).
+                proto = bind.proto
+                free = (
+                    not bind.hi
+                    and not bind.lo
+                    and proto is not None
+                    and proto.session.free_slots > bind.reserved
+                    and (not bind.paused_until or c._now() >= bind.paused_until)
+                )
+            if free and c._throttler is not None:
+                # `_submit_on` with a slot at once (`_acquire`'s), then its TPS turn: taken
+                # here when nobody holds it and the throttler has room (`_tps_now`), else
+                # awaited in a task (`_turn`); then the deadline and the submit (`_slot`).
+                bind.reserved += 1
+                if c._tps_now():
+                    self._slot()
+                else:
+                    self._in_task(self._turn(), None, True)
+                return
             if free and (deadline is None or running(c._loop).time() < deadline):
                 proto = bind.proto
                 if proto is not None:
@@ -423,7 +452,7 @@ class OnePart:
                     except (WindowFull, NotBound):
                         c._pump(bind)  # as _submit_on does with a slot unused
                     except EncodeError as e:
-                        self._end(c._unencodable(0, e))
+                        self._end(c._unencodable(self._i, e))
                         return
                     else:
                         self._state = _ON_WIRE
@@ -434,7 +463,7 @@ class OnePart:
                 self._slot()
                 return
             self._state = _STARTING
-            bind.lo.append(self)
+            (bind.hi if self._i else bind.lo).append(self)
             c._pump(bind)
             if self._state == _STARTING:
                 self._state = _IN_LINE
@@ -477,10 +506,11 @@ class OnePart:
         try:
             if not granted:  # the bind went away first: not an attempt
                 self._go_on(None, None)
-            elif self._c._throttler is not None:
-                # A TPS limit came while it waited (a reload's `update_limits`): its turn at
-                # the throttler first, as `_submit_on` takes it once granted its slot. Sent at
-                # once, a window of waiting messages went out over the limit just set.
+            elif self._c._throttler is not None and not self._c._tps_now():
+                # Its turn at the throttler, as `_submit_on` takes it once granted its slot:
+                # awaited in a task when not free at once (also a TPS limit that came while it
+                # waited: a reload's `update_limits`; sent at once, a window of waiting
+                # messages went out over the limit just set).
                 self._in_task(self._turn(), None, True)
             else:
                 self._slot()
@@ -492,7 +522,7 @@ class OnePart:
         slot handed on if cancelled (or failed) meanwhile, as `_submit_on`'s `finally` does."""
         c, b = self._c, self._bind
         try:
-            await c._tps_turn(False)
+            await c._tps_turn(self._i > 0)
         except BaseException as exc:  # a CancelledError (cancel_send): what send_message raised
             b.reserved -= 1
             c._pump(b)
@@ -511,7 +541,7 @@ class OnePart:
         outcome = None
         try:
             if self._deadline is not None and c._now() >= self._deadline:
-                outcome = SubmitOutcome(0, "expired", -1, "VALIDITY_EXPIRED", None)
+                outcome = SubmitOutcome(self._i, "expired", -1, "VALIDITY_EXPIRED", None)
             else:
                 proto = b.proto
                 if proto is not None and proto.is_bound and not c._closing:
@@ -521,7 +551,7 @@ class OnePart:
                     except (WindowFull, NotBound):
                         pass
         except EncodeError as e:
-            outcome = c._unencodable(0, e)
+            outcome = c._unencodable(self._i, e)
         finally:
             b.reserved -= 1
             if not sent:
@@ -539,7 +569,11 @@ class OnePart:
                 self._go_on(self._bind, res)
                 return
             c = self._c
-            self._outcomes.append(c._accepted(0, self._bind, res, running(c._loop).time()))
+            outcome = c._accepted(self._i, self._bind, res, running(c._loop).time())
+            if self._more:  # the next part, from this answer's read
+                self._answered_next(outcome)
+                return
+            self._outcomes.append(outcome)
         except Exception as exc:
             self._over(exc)
             return
@@ -557,7 +591,7 @@ class OnePart:
             if c._answered(res) == "ok":
                 c._ok += 1
                 self._outcomes.append(
-                    SubmitOutcome(0, "ok", res.status, "ESME_ROK", res.message_id)
+                    SubmitOutcome(self._i, "ok", res.status, "ESME_ROK", res.message_id)
                 )
         except Exception as exc:
             self._over(exc)
@@ -600,15 +634,26 @@ class OnePart:
         wire: list[asyncio.Future[SubmitResult]] = []
         try:
             try:
-                outcome, _b = await self._c._send_part(
-                    0, self._part, bind, None, self._deadline, self._context, wire, first
+                outcome, b = await self._c._send_part(
+                    self._i, self._part, bind, None, self._deadline, self._context, wire, first
                 )
             except asyncio.CancelledError:
                 if wire:
-                    await self._c._answer_after_cancel(wire[0], 0, self._outcomes)
+                    await self._c._answer_after_cancel(wire[0], self._i, self._outcomes)
                 raise
         except BaseException as exc:  # what send_message raised, told to the caller
             self._over(exc)
+            return
+        if outcome.kind == "ok" and self._more:
+            # The next part on the bind this one went out on (send_message's `bind`), by
+            # callbacks again: this task ends here.
+            self._task = None
+            if b is not None:
+                self._bind = b
+            try:
+                self._answered_next(outcome)
+            except Exception as exc:
+                self._over(exc)
             return
         self._end(outcome)
 
@@ -624,13 +669,29 @@ class OnePart:
         elif self._state in (_IN_LINE, _STARTING):
             self._state = _IDLE
             with contextlib.suppress(ValueError):  # `_left_line`'s, for a place not granted
-                self._bind.lo.remove(self)
+                (self._bind.hi if self._i else self._bind.lo).remove(self)
             self._over(asyncio.CancelledError())
         elif self._state == _ON_WIRE:
             self._state = _CANCELLED
 
-    def _end(self, outcome: SubmitOutcome) -> None:
+    def _answered_next(self, outcome: SubmitOutcome) -> None:
+        """Part `_i` accepted (`outcome`): the next one started."""
         self._outcomes.append(outcome)
+        i = self._i = self._i + 1
+        parts = self._parts
+        self._more = i + 1 < len(parts)
+        self._part = parts[i]
+        contexts = self._contexts
+        self._context = None if contexts is None else contexts[i]
+        self._start()
+
+    def _end(self, outcome: SubmitOutcome) -> None:
+        """Part `_i`'s last outcome, not an acceptance (or the last part's): the parts after
+        it cancelled, as send_message reports them."""
+        outcomes = self._outcomes
+        outcomes.append(outcome)
+        if outcome.kind != "ok":
+            outcomes.extend(_cancelled(j) for j in range(self._i + 1, len(self._parts)))
         self._over(None)
 
     def _over(self, exc: BaseException | None) -> None:
@@ -1057,20 +1118,31 @@ class Connector:
             self._check_idle()
 
     def send_one(
-        self, one: OnePart, part: ShortMessage, deadline: float | None, context: Any
+        self,
+        one: OnePart,
+        parts: Sequence[ShortMessage],
+        deadline: float | None,
+        context: Any,
+        contexts: Sequence[Any] | None = None,
     ) -> bool:
-        """`send_message([part], None, deadline, [context])` without a task (session 57): its
-        submit_sm queued now, or its place taken in the window's line, and what comes next run
-        by the done-callbacks of the answer's (or the line's) future, in `one.ctx` (the
-        message's logging context). True once taken: `one.finished` is called once, from a
-        callback or a task, or before this returns.
+        """`send_message(parts, None, deadline, contexts)` without a task (session 57; a
+        message of several parts, or on a bind with a TPS limit, since session 58): each
+        part's submit_sm queued, or its place taken in the window's line (a later part's in
+        the priority line), as the part before it is accepted, and what comes next run by
+        the protocol's read of the answer (or the line's grant), in `one.ctx` (the message's
+        logging context). True once taken: `one.finished` is called once, from a callback or
+        a task, or before this returns.
+
+        `context`: the first part's entry of `contexts` (a message of one part needs no
+        sequence: a list a message less), `contexts` the parts' (None: theirs None too).
 
         False, with nothing done, when send_message would not take its usual way at once (not
-        started, stopping, a TPS limit, no bind up): the caller sends it with send_message.
-        An answer other than an acceptance, and a slot lost before the part left, go on in a
-        task through `_send_part`, as in send_message; the steps taken here are send_message's
-        own in the same order (the same bind picked, the same sequence numbers)."""
-        if self._stopping or not self._started or self._throttler is not None:
+        started, stopping, no bind up, no parts): the caller sends it with send_message. An
+        answer other than an acceptance, a slot lost before the part left, a later part whose
+        bind went down and a TPS turn not free at once go on in a task (`_send_part`,
+        `_turn`), as in send_message; the steps taken here are send_message's own in the same
+        order (the same bind picked, the same sequence numbers)."""
+        if self._stopping or not self._started or not parts:
             return False
         bind = self._best_bind()  # None moves nothing (`_rr` only with two binds up)
         if bind is None:
@@ -1078,7 +1150,11 @@ class Connector:
         self._active += 1
         one._c = self
         one._bind = bind
-        one._part = part
+        one._parts = parts
+        one._contexts = contexts
+        one._i = 0
+        one._more = len(parts) > 1
+        one._part = parts[0]
         one._deadline = deadline
         one._context = context
         one._state = _IDLE
@@ -1352,6 +1428,21 @@ class Connector:
                 await throttler.acquire()
         finally:
             self._turns.give()
+
+    def _tps_now(self) -> bool:
+        """`_tps_turn` when it would not wait, without its coroutines: nobody holds the turn
+        (so nobody waits for it) and the throttler has room now, which this takes. False,
+        nothing taken: the turn is awaited (`_tps_turn`). Only with a throttler."""
+        if self._turns.held:
+            return False
+        throttler = self._throttler
+        if throttler is None:  # dropped by a reload while the caller looked
+            return True
+        throttler.flush()
+        if len(throttler._task_logs) >= throttler.rate_limit:
+            return False
+        throttler._task_logs.append(time.monotonic())  # its `acquire`'s, not waiting
+        return True
 
     async def _submit_on(
         self,

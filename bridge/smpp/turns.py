@@ -29,6 +29,11 @@ class Turns:
         self._lo: deque[asyncio.Future[None]] = deque()
 
     @property
+    def held(self) -> bool:
+        """Someone holds the turn (and others may wait for it): `take` would wait."""
+        return self._held
+
+    @property
     def waiting(self) -> int:
         return sum(1 for q in (self._hi, self._lo) for f in q if not f.done())
 

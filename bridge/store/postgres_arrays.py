@@ -29,7 +29,23 @@ def _escaped(v: str) -> str:
 def text_array(values: Iterable[str | None]) -> str:
     """A text[] literal of `values`. (Escaped only when a value holds a quote or a backslash,
     found by two scans in C: `str.translate` with a table looked up every character in a dict
-    and raised and cleared a KeyError for each one it left alone, ~100 instructions a character.)"""
+    and raised and cleared a KeyError for each one it left alone, ~100 instructions a character.)
+
+    Session 58: one `join` of the whole list first, the elements quoted by its separator, and
+    checked once, in C (no backslash, and no quote but the separators'): an element built in
+    Python (two concatenations in a comprehension) was ~1,600 instructions, 80 k for a batch's
+    50 message ids. A None, a quote or a backslash in any element falls back to the
+    element-wise form, which gives the same literal."""
+    if type(values) is not list:
+        values = list(values)
+    if values:
+        try:
+            body = '","'.join(values)  # type: ignore[arg-type]  # a None: TypeError
+        except TypeError:
+            pass
+        else:
+            if "\\" not in body and body.count('"') == 2 * (len(values) - 1):
+                return '{"' + body + '"}'
     return (
         "{"
         + ",".join(
@@ -43,7 +59,19 @@ def text_array(values: Iterable[str | None]) -> str:
 
 
 def int_array(values: Iterable[int | None]) -> str:
-    """An int[] or bigint[] literal of `values` (ints: a bool is written as its int)."""
+    """An int[] or bigint[] literal of `values` (ints: a bool is written as its int).
+
+    Session 58: ints (bools and int subclasses too) written by `int.__repr__` mapped in C,
+    which gives a bool's and an IntEnum's number as `str(int(v))` does (~25% fewer
+    instructions for 50 ids' times; the number's decimal text is most of what is left).
+    Anything else (a None, a float, a str) raises TypeError there and is written element by
+    element as before."""
+    if type(values) is not list and type(values) is not tuple:
+        values = list(values)  # read twice when the fast form fails
+    try:
+        return "{" + ",".join(map(int.__repr__, values)) + "}"
+    except TypeError:
+        pass
     return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
 
 

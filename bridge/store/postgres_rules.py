@@ -20,6 +20,7 @@ import asyncio
 import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -185,6 +186,39 @@ _POCKET_INSERT = (
 )
 
 
+# "$1".."$511" (session 58): a parameter's placeholder made by an f-string at every
+# Writes.param cost ~1,000 instructions more, ~20 of them an accept.
+_PLACEHOLDERS = tuple(f"${n}" for n in range(512))
+_CTE_NAMES = tuple(f"w{n}" for n in range(512))
+
+
+@lru_cache(maxsize=512)
+def _formatted(template: str, *values: str) -> str:
+    """`template.format(*values)`, kept (session 58): str.format parses its template every call
+    (~16 k instructions for the ledger's insert), and an accept's statement is made of the same
+    few templates with the same placeholders, accept after accept."""
+    return template.format(*values)
+
+
+@lru_cache(maxsize=512)
+def _cte(name: str, sql: str) -> str:
+    return f"{name} AS ({sql})"
+
+
+@lru_cache(maxsize=256)
+def _joined(ctes: tuple[str, ...]) -> str:
+    """The CTEs' text, the same str object for the same pieces (session 58): asyncpg's
+    statement cache, the literal-form cache (postgres_arrays.literal_form) and _after_writes
+    look the statement up by its text, and a new str of several KB is hashed at each lookup,
+    where a kept one has its hash stored. The pieces, mostly kept strs themselves, hash cheaply."""
+    return ",\n".join(ctes)
+
+
+@lru_cache(maxsize=256)
+def _statement(ctes: str, final: str) -> str:
+    return "WITH " + ctes + "\n" + final
+
+
 class Writes:
     """Data-modifying CTEs run as one statement: one round trip for everything an accept (or a
     settlement) writes. Parameters are numbered in the order they are added."""
@@ -194,20 +228,24 @@ class Writes:
         self._ctes: list[str] = []
 
     def param(self, value: Any) -> str:
-        self.args.append(value)
-        return f"${len(self.args)}"
+        args = self.args
+        args.append(value)
+        n = len(args)
+        return _PLACEHOLDERS[n] if n < 512 else f"${n}"
 
     def add(self, sql: str, name: str | None = None) -> str:
-        name = name or f"w{len(self._ctes)}"
-        self._ctes.append(f"{name} AS ({sql})")
+        if not name:
+            k = len(self._ctes)
+            name = _CTE_NAMES[k] if k < 512 else f"w{k}"
+        self._ctes.append(_cte(name, sql))
         return name
 
     def sql(self, final: str = "SELECT 1") -> str:
-        return "WITH " + self.ctes() + "\n" + final
+        return _statement(self.ctes(), final)
 
     def ctes(self) -> str:
         """The CTEs alone, for a statement that adds its own (PostgresStore's deferred writes)."""
-        return ",\n".join(self._ctes)
+        return _joined(tuple(self._ctes))
 
     async def run(self, c: asyncpg.Connection | asyncpg.Pool, final: str = "SELECT 1") -> Any:
         if not self._ctes:
@@ -364,7 +402,7 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         text_array([e.ref for _a, e in entries]),
         int_array([e.expires_at for _a, e in entries]),
     ]
-    w.add(_LEDGER_INSERT.format(*(w.param(col) for col in cols), where))
+    w.add(_formatted(_LEDGER_INSERT, *[w.param(col) for col in cols], where))
     sums: dict[tuple[str, str], tuple[int, int | None]] = {}
     for account_id, e in entries:
         key = (account_id, e.pocket)
@@ -375,8 +413,9 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         ((account_id, pocket),) = keys
         amount, expires_at = sums[keys[0]]
         args = (w.param(account_id), w.param(pocket), w.param(amount), w.param(expires_at))
-        moved = w.add(_POCKET_UPDATE.format(*args, f"AND ({guard}) " if guard else ""))
-        w.add(_POCKET_INSERT.format(*args, f"AND ({guard}) " if guard else "", moved))
+        cond = f"AND ({guard}) " if guard else ""
+        moved = w.add(_formatted(_POCKET_UPDATE, *args, cond))
+        w.add(_formatted(_POCKET_INSERT, *args, cond, moved))
         return
     pcols = [
         text_array([a for a, _p in keys]),
@@ -384,7 +423,7 @@ def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | No
         int_array([sums[k][0] for k in keys]),
         int_array([sums[k][1] for k in keys]),
     ]
-    w.add(_POCKETS_UPSERT.format(*(w.param(col) for col in pcols), where))
+    w.add(_formatted(_POCKETS_UPSERT, *[w.param(col) for col in pcols], where))
 
 
 async def append_entries(c: asyncpg.Connection, account_id: str, entries: Sequence[Entry]) -> None:

@@ -66,8 +66,15 @@ def roll(
     *,
     intermediate: bool = False,
     instance: str | None = None,
+    grouped: dict[tuple[Any, ...], list[Any]] | None = None,
 ) -> tuple[list[RolledValues], Followups]:
     """The rows of `ids` that change (Rolled's fields, as tuples), and what follows.
+
+    `grouped`, when given, takes the rows that change in place of that list (which is then
+    empty): each distinct (SMSC, segments sent, route, the update's first seven fields: what
+    the row's UPDATE writes) -> the first values (`rows`' first column) of the rows taking it,
+    in `ids`' order: the SQLite roll-up writes each group by one statement (session 58: the
+    pass that built those groups from the list was a key a row).
 
     `rows`: each message's ROLLUP_COLS (the first, the id, is not read: SQLite gives the rowid
     there, by which its UPDATE finds the row again); `parts`: its parts' (state, error code) in
@@ -85,6 +92,12 @@ def roll(
     out: list[RolledValues] = []
     row_values = lc.row_values
     f = Followups()
+    # What a row with the same values before (those _roll_one reads), parts, results and
+    # roll-up flags became: (SMSC, segments sent, route, update, segments sent after). A
+    # batch's rows mostly share them all (its one-part messages sent through one SMSC, or
+    # delivered), and the values depend on nothing else (`now`, `instance` and `intermediate`
+    # are the call's): worked out once, not once a row (session 58).
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for mid in ids:
         row = rows.get(mid)
         if row is None:
@@ -92,25 +105,41 @@ def roll(
         (_id, old, account_id, q_state, old_delivered, old_failed, old_error, pclass, nsent, nseg,
          holder) = row  # fmt: skip
         rows_of = parts.get(mid)
-        if not rows_of:
-            if not touched.get(mid) or q_state == "done" or old in lc.MSG_FINAL:
-                continue
-            rows_of = [(lc.SEG_EXPIRED_UNSENT, NO_PARTS)]  # nothing to send: ended unsent
-        smsc = route = new_sent = None
-        if mid in air:
-            smsc, pdus = air[mid]
-            nsent = new_sent = lc.on_air(nsent, nseg, pdus, mid not in many)
-            if q_state == "claimed" and (instance is None or holder == instance):
-                route = smsc
-        u = None
-        if mid in touched:
-            u = row_values(
-                rows_of, old, q_state, old_delivered, old_failed, old_error, touched[mid], now,
-                nseg,
-            )  # fmt: skip
+        on_air = air.get(mid)  # (SMSC, PDUs): never None in `air`
+        release_when = touched.get(mid)  # None: not to roll up
+        key: tuple[Any, ...] | None = None
+        got = None
+        # Counts the roll-up writes back (segments sent, and the delivered and failed counts
+        # it scales by the segments) shared only as ints: 1 and 1.0 (a REAL written by hand)
+        # are one key, not one value written.
+        if type(nsent) is int and type(nseg) is int:
+            try:
+                key = (
+                    old, q_state, old_delivered, old_failed, old_error, nsent, nseg, holder,
+                    on_air, release_when, mid in many, *(rows_of or ()),
+                )  # fmt: skip
+                got = seen.get(key)
+            except TypeError:  # a value that does not hash (a part given as a list): not kept
+                key = None
+        if got is None:
+            got = _roll_one(
+                row, rows_of, on_air, release_when, mid in many, now, instance, row_values
+            )
+            if grouped is not None and (got[0] is not None or got[3] is not None):
+                smsc, new_sent, route, u, nsent = got
+                values = (smsc, new_sent, route, None if u is None else u[:7])
+                if (group := grouped.get(values)) is None:
+                    group = grouped[values] = []
+                got = (*got, group)
+            if key is not None:
+                seen[key] = got
+        smsc, new_sent, route, u, nsent = got[:5]
         if u is None and smsc is None:
             continue
-        out.append((mid, smsc, new_sent, route, u))
+        if grouped is None:
+            out.append((mid, smsc, new_sent, route, u))
+        else:
+            got[5].append(row[0])
         if u is None:
             continue
         if u[8]:  # became_final
@@ -123,3 +152,35 @@ def roll(
         elif u[7] and intermediate:  # became_sent
             f.sent.append((account_id, mid))
     return out, f
+
+
+def _roll_one(
+    row: Sequence[Any],
+    rows_of: Sequence[tuple[str, str | None]] | None,
+    on_air: tuple[str, int] | None,
+    release_when: bool | None,
+    one_of_many: bool,
+    now: int,
+    instance: str | None,
+    row_values: Any,
+) -> tuple[Any, ...]:
+    """One row's roll (roll): (SMSC, segments sent written, route, update, segments sent after);
+    the SMSC and the update None (nothing to write) for a row that keeps its values."""
+    (_id, old, _account, q_state, old_delivered, old_failed, old_error, _pclass, nsent, nseg,
+     holder) = row  # fmt: skip
+    if not rows_of:
+        if not release_when or q_state == "done" or old in lc.MSG_FINAL:
+            return (None, None, None, None, nsent)
+        rows_of = [(lc.SEG_EXPIRED_UNSENT, NO_PARTS)]  # nothing to send: ended unsent
+    smsc = route = new_sent = None
+    if on_air is not None:
+        smsc, pdus = on_air
+        nsent = new_sent = lc.on_air(nsent, nseg, pdus, not one_of_many)
+        if q_state == "claimed" and (instance is None or holder == instance):
+            route = smsc
+    u = None
+    if release_when is not None:
+        u = row_values(
+            rows_of, old, q_state, old_delivered, old_failed, old_error, release_when, now, nseg
+        )
+    return (smsc, new_sent, route, u, nsent)

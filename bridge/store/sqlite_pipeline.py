@@ -226,7 +226,9 @@ def rollup_messages(
     known = known or {}
     if not touched and not air:
         return 0
-    ids = list(touched) + [mid for mid in air if mid not in touched]
+    ids = list(touched)
+    if not air.keys() <= touched.keys():  # the submit results touch every message they name
+        ids += [mid for mid in air if mid not in touched]
     parts: dict[str, list[tuple[str, str | None]]] = {}  # none: no part row (roll)
     many: set[str] = set()  # messages with a second part row: not one payload PDU
     current: dict[str, tuple[Any, ...]] = {}
@@ -271,25 +273,28 @@ def rollup_messages(
             for mid, row in zip(chunk, c.execute(_ROLLUP_READ_COLUMNS, listed), strict=True):
                 if row[0] is not None:
                     current[mid] = row
-    rolled, f = rollup_rows.roll(
-        ids, current, parts, many, touched, air, now, intermediate=intermediate, instance=instance
-    )
     # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
-    # -> the rowids of the rows that take them. A batch's rows mostly take the same values
-    # (its one-part messages sent through one SMSC, or delivered: the flush's time is the sent
-    # or done time), and those are written by one statement listing their rowids, not one
-    # each (an executemany's row is a step, a reset, its values bound and the GIL handed
-    # over: ~14 k instructions a row less, twice a message in the owner's write lock; session
-    # 56). The rows are distinct (`ids` lists each once), so the order they are written in
-    # changes nothing. The statement's shape and bound values are worked out once a distinct
-    # key, not once a row (session 57).
+    # -> the rowids of the rows that take them (roll's `grouped`: current's first column). A
+    # batch's rows mostly take the same values (its one-part messages sent through one SMSC,
+    # or delivered: the flush's time is the sent or done time), and those are written by one
+    # statement listing their rowids, not one each (an executemany's row is a step, a reset,
+    # its values bound and the GIL handed over: ~14 k instructions a row less, twice a message
+    # in the owner's write lock; session 56). The rows are distinct (`ids` lists each once),
+    # so the order they are written in changes nothing. The statement's shape and bound values
+    # are worked out once a distinct key, not once a row (session 57).
     same: dict[tuple[Any, ...], list[int]] = {}
-    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
-        key = (smsc, nsent, route, None if u is None else u[:7])
-        if (rowids := same.get(key)) is None:
-            same[key] = [current[mid][0]]
-        else:
-            rowids.append(current[mid][0])
+    _rolled, f = rollup_rows.roll(
+        ids,
+        current,
+        parts,
+        many,
+        touched,
+        air,
+        now,
+        intermediate=intermediate,
+        instance=instance,
+        grouped=same,
+    )
     singles: dict[tuple[bool | None, ...], list[tuple[Any, ...]]] = {}
     for (smsc, nsent, route, u), rowids in same.items():
         values: tuple[Any, ...] = ()
@@ -437,6 +442,8 @@ def enqueue_sent_webhooks(c: sqlite3.Connection, sent: list[tuple[str, str]], no
     it is then (a snapshot kept an erased number in clear, and was pushed after the final
     report when its first POST failed)."""
     urls = _status_urls(c, {a for a, _m in sent})
+    if not any(urls.values()):  # no account of theirs pushes reports: no pass over them
+        return 0
     rows = [
         (f"st_{mid}_sent", account, "event", mid, mid, now, now)
         for account, mid in sent
@@ -467,6 +474,8 @@ def enqueue_status_webhooks(c: sqlite3.Connection, finals: list[tuple[str, str]]
     """Outbox rows for final statuses, for accounts that configured a status callback URL; how
     many."""
     urls = _status_urls(c, {a for a, _m in finals})
+    if not any(urls.values()):  # no account of theirs pushes reports: no pass over them
+        return 0
     rows = [
         (f"st_{mid}", account, "status", mid, None, now, now)
         for account, mid in finals
@@ -550,7 +559,9 @@ def record_submits(
                 air[mid] = (smsc, 1)
                 touched[mid] = True
                 continue
-            many.setdefault(mid, (total, {}))[1][seq] = error
+            if (parts_of := many.get(mid)) is None:  # not a dict and a tuple made a part
+                parts_of = many[mid] = (total, {})
+            parts_of[1][seq] = error
             had = air.get(mid)
             air[mid] = (smsc, 1 if had is None else had[1] + 1)
             touched[mid] = True

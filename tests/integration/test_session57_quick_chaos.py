@@ -29,9 +29,16 @@ class _Store(Store):
         return 0
 
 
-async def _scenario(seed: int, more: bool) -> list[str]:
+async def _scenario(
+    seed: int,
+    more: bool,
+    parts: tuple[int, ...] = (1, 1, 1, 1, 2),
+    tps: tuple[float, ...] = (0, 0, 0, 50),
+) -> list[str]:
     """`more`: validities, `in_flight_on_restart: unknown` and the connector stopped first
-    too (their draws come after the others', so seed 90 without them is the first run's)."""
+    too (their draws come after the others', so seed 90 without them is the first run's).
+    `parts`, `tps`: what a message's parts and the SMSC's limit are drawn from (session 58's
+    long messages and TPS limits, `test_session58_parts_quick.py`: one draw each as before)."""
     rng = random.Random(seed)
     smsc = FakeSmsc()
     await smsc.start()
@@ -64,7 +71,7 @@ async def _scenario(seed: int, more: bool) -> list[str]:
         window=window,
         binds=binds,
         response_timeout_s=0.25,
-        tps=rng.choice([0, 0, 0, 50]),
+        tps=rng.choice(tps),
     )
     connector_first = False
     if more:
@@ -78,7 +85,7 @@ async def _scenario(seed: int, more: bool) -> list[str]:
             now_ms = int(time.time() * 1000)
             work = []
             for i in range(n):
-                m = message(f"m{seed}-{i}", rng.choice([1, 1, 1, 1, 2]))
+                m = message(f"m{seed}-{i}", rng.choice(parts))
                 if more and rng.random() < 0.3:
                     m = dataclasses.replace(m, expires_at=now_ms + rng.randint(-50, 400))
                 work.append(m)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from bridge import logs
@@ -221,13 +222,17 @@ async def test_stop_past_the_grace_still_records_an_acceptance_on_the_wire(
 async def test_one_part_messages_claimed_after_a_task_do_not_overtake_it(
     smsc: FakeSmsc,  # noqa: F811 (the fixture)
 ) -> None:
-    """A two-part message claimed first runs in a task, whose first step comes a loop round
-    after the claim: the one-part messages claimed after it wait for it (tasks too), so the
-    window's slots go in claim order, as when every message had a task."""
+    """A message claimed first that runs in a task (its later parts, a part having gone to
+    its SMSC before: `msg.smsc`, which `_send_quick` leaves to the task), whose first step
+    comes a loop round after the claim: the messages claimed after it wait for it (tasks
+    too), so the window's slots go in claim order, as when every message had a task. (Until
+    session 58 a two-part message was such a task; it is sent at its claim now, as the
+    one-part messages: `tests/integration/test_session58_parts_quick.py`.)"""
     cfg = smsc_cfg(smsc.port, window=1)
     async with running(cfg) as conn:
         assert await conn.wait_up(2.0)
-        store = Store([message("x", parts=2), message("y"), message("z")])
+        x = replace(message("x", parts=2), smsc="t1")
+        store = Store([x, message("y"), message("z")])
         d = dispatcher(store, conn, cfg, windows=3)
         runner = asyncio.create_task(d.run())
         await eventually(lambda: len(store.results) == 4 and not d.inflight)
