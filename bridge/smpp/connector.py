@@ -1842,8 +1842,8 @@ class Connector:
             self.on_late_submit(LateSubmit(self.name, context, status, message_id))
 
     def _deliver(self, body: ShortMessage, salvaged: bool) -> Awaitable[int]:
-        # Not a coroutine: what the handler returns (a future for receipts) goes to the bind as
-        # it is, without a task per deliver_sm.
+        # Not a coroutine: what the handler returns (a DeliverAnswer for receipts) goes to the
+        # bind as it is, without a task per deliver_sm.
         self._delivers += 1
         return self._on_deliver(self.name, body)
 

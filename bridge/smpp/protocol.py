@@ -100,7 +100,8 @@ class DeliverAnswer:
     (session 58, README note 27). Awaitable, with a future's `done()` and `result()`, for a
     caller outside a bind (a test): the future it then waits on is made only for it."""
 
-    __slots__ = ("_ev", "_fut", "_proto", "_status")
+    __slots__ = ("_drain", "_ev", "_fut", "_proto", "_status")
+    _drain: int  # the bind's drain_delivers calls at the attach: set only then (read only then)
 
     def __init__(self) -> None:
         self._status: int | None = None
@@ -135,7 +136,9 @@ class DeliverAnswer:
 
     def __await__(self) -> Generator[Any, None, int]:
         if self._status is None:
-            if self._fut is None:
+            # A new future when the last one was cancelled with its waiter (a time-out): the
+            # answer itself is not, and awaiting it again waits for it.
+            if self._fut is None or self._fut.done():
                 self._fut = asyncio.get_running_loop().create_future()
             return (yield from self._fut.__await__())
         return self._status
@@ -195,9 +198,13 @@ class SmppProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._flush_scheduled = False
         self._deliver_tasks: set[asyncio.Future[int]] = set()
-        # DeliverAnswers attached and not set yet (counted with _deliver_tasks), and the future
-        # drain_delivers waits on for them (made only then).
+        # DeliverAnswers attached and not set yet (counted with _deliver_tasks); drain_delivers'
+        # calls so far (an answer keeps the count at its attach: `_drain`), those of the
+        # answers attached before the latest call not set yet, and the future drain_delivers
+        # waits on for them (made only then).
         self._answers = 0
+        self._drains = 0
+        self._before_drain = 0
         self._drained: asyncio.Future[None] | None = None
         # A submit whose waiter was cancelled -> its answer, or the future awaiting it
         # (answer_after_cancel).
@@ -368,9 +375,18 @@ class SmppProtocol(asyncio.Protocol):
                     sock.shutdown(socket.SHUT_RDWR)
 
     async def drain_delivers(self, timeout_s: float) -> None:
-        """Wait (bounded) for running deliver handlers, so their acks go out before an unbind."""
+        """Wait (bounded) for running deliver handlers, so their acks go out before an unbind.
+
+        Those running now, not those that come meanwhile (reading goes on until the unbind):
+        waiting until no receipt at all was unanswered, under a steady stream of them, waited
+        the whole `timeout_s` at every stop (session 58 review)."""
         waits: set[asyncio.Future[Any]] = set(self._deliver_tasks)
-        if self._answers:  # DeliverAnswers not set yet: a future set once the last one is
+        if self._answers:
+            # DeliverAnswers not set yet: a future set once the last of those is (_answered).
+            # A later call counts those of the earlier one still unset again, and may add
+            # some: the earlier call waits for them too (bounded all the same).
+            self._drains += 1
+            self._before_drain = self._answers
             if self._drained is None:
                 self._drained = self._loop.create_future()
             waits.add(self._drained)
@@ -475,9 +491,9 @@ class SmppProtocol(asyncio.Protocol):
     def _start_deliver(self, ev: DeliverReceived) -> None:
         """Run the handler and answer once what it returns resolves.
 
-        A handler may return a future rather than a coroutine (the receipt path does): no task
-        per deliver_sm then. Receipts come one per segment, and a task with its chain of
-        coroutine frames was ~14 µs of the owner's CPU for each, measured."""
+        A handler may return a `DeliverAnswer` (the receipt path does) or a future rather than
+        a coroutine: no task per deliver_sm then. Receipts come one per segment, and a task
+        with its chain of coroutine frames was ~14 µs of the owner's CPU for each, measured."""
         self.delivers += 1
         try:
             if self._on_deliver is None:
@@ -493,6 +509,7 @@ class SmppProtocol(asyncio.Protocol):
                     return
                 got._proto = self
                 got._ev = ev
+                got._drain = self._drains
                 self._answers += 1
                 pending = None
             else:
@@ -551,10 +568,12 @@ class SmppProtocol(asyncio.Protocol):
                 self._ack(ev, status)
             if self._reading_paused:
                 self._resume_if_drained()
-            if not self._answers and self._drained is not None:
-                if not self._drained.done():
-                    self._drained.set_result(None)
-                self._drained = None
+            if answer._drain < self._drains:  # attached before the latest drain_delivers
+                self._before_drain -= 1
+                if not self._before_drain and self._drained is not None:
+                    if not self._drained.done():
+                        self._drained.set_result(None)
+                    self._drained = None
         except Exception:
             log.exception("deliver_sm answer failed", extra={"smsc": self.name})
 
