@@ -51,9 +51,11 @@ def _receipt(mid: str) -> ShortMessage:
 
 
 class _Smsc:
-    """Answers the bind, then sends one receipt deliver_sm (seq 77); records the ESME's PDUs."""
+    """Answers the bind, then (with `greet`) sends one receipt deliver_sm (seq 77); sends one
+    (seq 100 + i) on `send(i)`; records the ESME's PDUs."""
 
-    def __init__(self) -> None:
+    def __init__(self, greet: bool = True) -> None:
+        self.greet = greet
         self.received: list[tuple[int, int, int]] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -62,6 +64,9 @@ class _Smsc:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def send(self, i: int) -> None:
+        self._writers[0].write(encode(Pdu(C.DELIVER_SM, 0, 100 + i, _receipt(f"{i:X}"))))
 
     async def close(self) -> None:
         assert self._server is not None
@@ -78,7 +83,8 @@ class _Smsc:
                 self.received.append((cid, status, seq))
                 if cid == C.BIND_TRANSCEIVER:
                     w.write(encode(Pdu(C.BIND_TRANSCEIVER_RESP, 0, seq, BindResp("smsc"))))
-                    w.write(encode(Pdu(C.DELIVER_SM, 0, 77, _receipt("0A1B"))))
+                    if self.greet:
+                        w.write(encode(Pdu(C.DELIVER_SM, 0, 77, _receipt("0A1B"))))
 
 
 async def _until(cond: Callable[[], bool], within_s: float = 3.0) -> None:

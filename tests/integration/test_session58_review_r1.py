@@ -14,74 +14,16 @@ commits wait for the test.
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from bridge.config import SmscConfig
 from bridge.pipeline.inbound import Inbound
 from bridge.smpp import constants as C
-from bridge.smpp.codec import Bind, BindResp, Pdu, ShortMessage, encode
-from bridge.smpp.framing import Framer
+from bridge.smpp.codec import Bind
 from bridge.smpp.protocol import open_bind
-from bridge.smpp.receipt import format_receipt_text
 from bridge.smpp.session import BindMode, BindSession
 from bridge.store.models import ReceiptOutcome
-
-AT = datetime(2026, 12, 6, 11, 0, tzinfo=UTC)
-
-
-def _receipt(mid: str) -> ShortMessage:
-    text = format_receipt_text(mid, "DELIVRD", submit_date=AT, done_date=AT, text="hello")
-    return ShortMessage(
-        source_addr="8613800138000",
-        destination_addr="BRIDGE",
-        esm_class=C.ESM_DELIVERY_RECEIPT,
-        short_message=text.encode(),
-    )
-
-
-class _Smsc:
-    """Answers the bind; sends a receipt deliver_sm (seq 100 + i) on `send(i)`; records the
-    ESME's PDUs."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[int, int, int]] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def send(self, i: int) -> None:
-        self._writers[0].write(encode(Pdu(C.DELIVER_SM, 0, 100 + i, _receipt(f"{i:X}"))))
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in self._writers:
-            w.transport.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self._writers.append(w)
-        framer = Framer()
-        while data := await reader.read(65536):
-            for frame in framer.feed(data):
-                _len, cid, status, seq = struct.unpack(">IIII", frame[:16])
-                self.received.append((cid, status, seq))
-                if cid == C.BIND_TRANSCEIVER:
-                    w.write(encode(Pdu(C.BIND_TRANSCEIVER_RESP, 0, seq, BindResp("smsc"))))
-
-
-async def _until(cond: Callable[[], bool], within_s: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+from tests.integration.test_session58_answers import _Smsc, _until
 
 
 async def test_drain_waits_for_the_receipts_it_found_not_for_those_after_it() -> None:
@@ -96,7 +38,7 @@ async def test_drain_waits_for_the_receipts_it_found_not_for_those_after_it() ->
             await gate.wait()
             return ReceiptOutcome(len(items), 0)
 
-    smsc = _Smsc()
+    smsc = _Smsc(greet=False)
     await smsc.start()
     cfg = SmscConfig(name="s", system_id="t", password="t", port=smsc.port)
     inbound = Inbound(Store(), {"s": cfg}, batch_delay_s=0.0)  # type: ignore[arg-type]
