@@ -305,6 +305,8 @@ class _Bind:
         "pause_started",
         "paused_until",
         "proto",
+        "pumping",
+        "repump",
         "reserved",
         "retiring",
         "stalled_at",
@@ -323,6 +325,8 @@ class _Bind:
         self.hi: deque[asyncio.Future[bool] | OnePart] = deque()
         self.lo: deque[asyncio.Future[bool] | OnePart] = deque()
         self.reserved = 0  # slots granted to a sender that has not submitted yet
+        self.pumping = False  # Connector._pump under way (not re-entered)
+        self.repump = False  # ... and asked for again meanwhile
         self.pause: float | None = None  # current throttle pause; None after a success
         self.pause_started = -1.0
         self.paused_until = 0.0
@@ -1555,9 +1559,31 @@ class Connector:
                 (b.hi if priority else b.lo).remove(fut)
 
     def _pump(self, b: _Bind) -> None:
-        """Grant free slots to waiters, priority first; fail them all when the bind is gone."""
+        """Grant free slots to waiters, priority first; fail them all when the bind is gone.
+
+        Not re-entered: a waiter granted here may hand its slot straight back by a plain call
+        (a `OnePart` past its validity, `_slot`'s `finally`), which pumped again from inside
+        this one, a level deeper for each such waiter: a line of 600 expired one-part messages
+        raised RecursionError and requeued 266 of them as faults (session 58's review). A pump
+        asked for meanwhile runs again here, after the grant that asked for it."""
         if not b.hi and not b.lo:  # nobody waiting: nothing to grant or fail (per slot freed)
             return
+        if b.pumping:
+            b.repump = True
+            return
+        b.pumping = True
+        try:
+            self._pump_once(b)
+            while b.repump:
+                b.repump = False
+                if not b.hi and not b.lo:
+                    break
+                self._pump_once(b)
+        finally:
+            b.pumping = False
+            b.repump = False
+
+    def _pump_once(self, b: _Bind) -> None:
         if not b.up or self._closing:
             for q in (b.hi, b.lo):
                 while q:

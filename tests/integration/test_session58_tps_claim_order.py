@@ -1,5 +1,5 @@
 """Session 58's review (r3) of the merge that sends messages on a bind with a TPS limit without a
-task: claim order at the TPS turn.
+task: claim order at the TPS turn; and a long line of expired waiters (the window's line).
 
 A message whose TPS turn is not free at once takes it in a task (`OnePart._turn`), which steps a
 loop round later. Until then nobody holds the turn (`Turns.held` is False), so `_tps_now`, the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -62,3 +63,41 @@ async def test_a_message_claimed_later_does_not_take_the_tps_turn_first(
         assert not d._tasks and conn._active == 0
         assert all(b.reserved == 0 and not b.hi and not b.lo for b in conn._binds)
     assert [sm.decode() for sm in smsc.submits()] == ["q/1", "a/1", "b/1"]
+
+
+async def test_a_long_line_of_expired_messages_is_ended_without_recursion(
+    smsc: FakeSmsc,  # noqa: F811 (the fixture)
+) -> None:
+    """A window of one, 600 messages waiting in its line past their validity when the slot
+    frees: each granted waiter hands the slot straight back (`OnePart._slot`'s `finally`), which
+    pumped again from inside the pump, a level deeper each: RecursionError, 266 of them requeued
+    as faults (the tree before the merge too: session 57's one-part record). All end
+    `expired`, none requeued, nothing reported to the loop."""
+    smsc.on_submit = lambda conn, pdu: None  # hold the first answer
+    cfg = smsc_cfg(smsc.port, window=1)
+    loop = asyncio.get_running_loop()
+    errors: list[Any] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx.get("message")))
+    n = 600
+    async with running(cfg) as conn:
+        assert await conn.wait_up(2.0)
+        now_ms = int(time.time() * 1000)
+        work = [message("first")]
+        work += [replace(message(f"m{i}"), expires_at=now_ms + 300) for i in range(n)]
+        store = Store(work)
+        d = dispatcher(store, conn, cfg, windows=n + 1)
+        d.claim_batch = n + 1
+        runner = asyncio.create_task(d.run())
+        await eventually(lambda: len(smsc.held) == 1 and conn._binds[0].waiting() == n)
+        await asyncio.sleep(0.4)  # their validity past, still in the line
+        smsc.on_submit = None
+        smsc.release()
+        await eventually(lambda: not d.inflight, within_s=10)
+        await d.stop(1)
+        runner.cancel()
+        assert not d._tasks and conn._active == 0
+        assert all(b.reserved == 0 and not b.hi and not b.lo for b in conn._binds)
+    outcomes = sorted((r.outcome for r in store.results), key=str)
+    assert outcomes == ["expired"] * n + ["sent"]
+    assert store.releases == []
+    assert errors == []
