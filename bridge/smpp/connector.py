@@ -305,6 +305,8 @@ class _Bind:
         "pause_started",
         "paused_until",
         "proto",
+        "pumping",
+        "repump",
         "reserved",
         "retiring",
         "stalled_at",
@@ -323,6 +325,8 @@ class _Bind:
         self.hi: deque[asyncio.Future[bool] | OnePart] = deque()
         self.lo: deque[asyncio.Future[bool] | OnePart] = deque()
         self.reserved = 0  # slots granted to a sender that has not submitted yet
+        self.pumping = False  # Connector._pump under way (not re-entered)
+        self.repump = False  # ... and asked for again meanwhile
         self.pause: float | None = None  # current throttle pause; None after a success
         self.pause_started = -1.0
         self.paused_until = 0.0
@@ -441,7 +445,7 @@ class OnePart:
                 if c._tps_now():
                     self._slot()
                 else:
-                    self._in_task(self._turn(), None, True)
+                    self._await_turn()
                 return
             if free and (deadline is None or running(c._loop).time() < deadline):
                 proto = bind.proto
@@ -511,16 +515,25 @@ class OnePart:
                 # awaited in a task when not free at once (also a TPS limit that came while it
                 # waited: a reload's `update_limits`; sent at once, a window of waiting
                 # messages went out over the limit just set).
-                self._in_task(self._turn(), None, True)
+                self._await_turn()
             else:
                 self._slot()
         except Exception as exc:
             self._over(exc)
 
+    def _await_turn(self) -> None:
+        """`_turn` in a task, counted in the connector's `_turns_due` until its first step
+        takes its place in the turn's line: `_tps_now` does not pass it meanwhile (a message
+        claimed, or granted its slot, after this one took the throttler's room first while
+        nobody held the turn yet; session 58's review)."""
+        self._c._turns_due += 1
+        self._in_task(self._turn(), None, True)
+
     async def _turn(self) -> None:
         """`_submit_on`'s TPS turn for a part holding its slot (`_lined`), then `_slot`. Its
         slot handed on if cancelled (or failed) meanwhile, as `_submit_on`'s `finally` does."""
         c, b = self._c, self._bind
+        c._turns_due -= 1  # in the turn's line from here (`_await_turn`)
         try:
             await c._tps_turn(self._i > 0)
         except BaseException as exc:  # a CancelledError (cancel_send): what send_message raised
@@ -615,8 +628,12 @@ class OnePart:
         task.add_done_callback(lambda t: self._task_ended(t, first, slot))
 
     def _task_ended(self, task: asyncio.Task[None], first: SubmitResult | None, slot: bool) -> None:
-        if not self._live or not task.cancelled():
-            return  # it ended the message itself (`_over`), cancelled or not
+        if not task.cancelled():
+            return  # it ended the message itself (`_over`), or goes on by callbacks
+        if slot:  # `_turn`, cancelled before its first step: no longer due at the turn
+            self._c._turns_due -= 1
+        if not self._live:
+            return
         try:
             if slot:
                 self._bind.reserved -= 1
@@ -729,6 +746,9 @@ class Connector:
         self._rx = [b for b in self._binds if b.mode.can_receive]
         self._throttler = _throttler(cfg.tps)
         self._turns = Turns()  # at the throttler, one waiter at a time (bridge/smpp/turns.py)
+        # `OnePart._turn` tasks made and not stepped yet: in line for the turn, though not in
+        # `_turns` yet (`_tps_now` waits behind them).
+        self._turns_due = 0
         self._tps_share = cfg.tps  # the rate self._throttler enforces (see tps_share)
         self._rr = 0
         self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() a part
@@ -1432,8 +1452,10 @@ class Connector:
     def _tps_now(self) -> bool:
         """`_tps_turn` when it would not wait, without its coroutines: nobody holds the turn
         (so nobody waits for it) and the throttler has room now, which this takes. False,
-        nothing taken: the turn is awaited (`_tps_turn`). Only with a throttler."""
-        if self._turns.held:
+        nothing taken: the turn is awaited (`_tps_turn`). Only with a throttler. Nor while a
+        part's `_turn` task has not taken its place in the turn's line yet (`_turns_due`): it
+        came first (its slot granted first), and a task steps a loop round after it is made."""
+        if self._turns.held or self._turns_due:
             return False
         throttler = self._throttler
         if throttler is None:  # dropped by a reload while the caller looked
@@ -1537,9 +1559,31 @@ class Connector:
                 (b.hi if priority else b.lo).remove(fut)
 
     def _pump(self, b: _Bind) -> None:
-        """Grant free slots to waiters, priority first; fail them all when the bind is gone."""
+        """Grant free slots to waiters, priority first; fail them all when the bind is gone.
+
+        Not re-entered: a waiter granted here may hand its slot straight back by a plain call
+        (a `OnePart` past its validity, `_slot`'s `finally`), which pumped again from inside
+        this one, a level deeper for each such waiter: a line of 600 expired one-part messages
+        raised RecursionError and requeued 266 of them as faults (session 58's review). A pump
+        asked for meanwhile runs again here, after the grant that asked for it."""
         if not b.hi and not b.lo:  # nobody waiting: nothing to grant or fail (per slot freed)
             return
+        if b.pumping:
+            b.repump = True
+            return
+        b.pumping = True
+        try:
+            self._pump_once(b)
+            while b.repump:
+                b.repump = False
+                if not b.hi and not b.lo:
+                    break
+                self._pump_once(b)
+        finally:
+            b.pumping = False
+            b.repump = False
+
+    def _pump_once(self, b: _Bind) -> None:
         if not b.up or self._closing:
             for q in (b.hi, b.lo):
                 while q:

@@ -115,6 +115,10 @@ async def _scenario(
                 )
         if conn._active:
             problems.append(f"connector: {conn._active} active")
+        if getattr(conn, "_turns_due", 0):  # session 58's review: `_turn` tasks counted
+            problems.append(f"connector: {conn._turns_due} TPS turns due")
+        if conn._turns.held:
+            problems.append("connector: the TPS turn still held")
         for b in conn._binds:
             if b.reserved or b.hi or b.lo:
                 problems.append(f"bind {b.index}: {b.reserved} reserved, {b.waiting()} waiting")
