@@ -268,11 +268,18 @@ class _Pacer(Throttler):
 
     async def acquire(self) -> None:
         while True:
-            self.flush()
-            if len(self._task_logs) < self.rate_limit:
-                break
+            if self.take_now():
+                return
             await asyncio.sleep(self._task_logs[0] + self.period - time.monotonic() + 1e-4)
+
+    def take_now(self) -> bool:
+        """`acquire` when it would not wait: room in the window now, taken (True); else False,
+        nothing taken."""
+        self.flush()
+        if len(self._task_logs) >= self.rate_limit:
+            return False
         self._task_logs.append(time.monotonic())
+        return True
 
 
 def _rate(tps: float) -> tuple[int, float]:
@@ -282,7 +289,7 @@ def _rate(tps: float) -> tuple[int, float]:
     return per, per / tps
 
 
-def _throttler(tps: float) -> Throttler | None:
+def _throttler(tps: float) -> _Pacer | None:
     if tps <= 0:
         return None
     per, period = _rate(tps)
@@ -1460,11 +1467,7 @@ class Connector:
         throttler = self._throttler
         if throttler is None:  # dropped by a reload while the caller looked
             return True
-        throttler.flush()
-        if len(throttler._task_logs) >= throttler.rate_limit:
-            return False
-        throttler._task_logs.append(time.monotonic())  # its `acquire`'s, not waiting
-        return True
+        return throttler.take_now()
 
     async def _submit_on(
         self,
