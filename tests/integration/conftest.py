@@ -43,7 +43,8 @@ from yarl import URL
 
 from bridge import logs
 from bridge.accounts import AccountService
-from bridge.api.app import make_app
+from bridge.api import http_errors
+from bridge.api.app import make_app, render_unparsed
 from bridge.api.auth import Authenticator
 from bridge.api.context import ApiContext
 from bridge.api.errors import CODES, LISTED_CODES, RECIPIENT_CODES
@@ -619,6 +620,66 @@ async def engine_api(engine: Any, tmp_path: Path, clock: Clock) -> AsyncIterator
 @pytest.fixture
 async def api_server(make_api: Callable[..., Awaitable[ApiServer]]) -> ApiServer:
     return await make_api()
+
+
+class ServedApi:
+    """The API app over `api`'s context behind the daemon's runner (`http_errors.AppRunner`,
+    its short way and unparsed-request answers) on a real port, for raw TCP: what the
+    `daemon` fixture serves."""
+
+    def __init__(self, api: ApiServer) -> None:
+        self.api = api
+        self.runner = http_errors.AppRunner(
+            make_app(api.ctx), render_unparsed, api.ctx.metrics, access_log=None
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def head_and_body(
+        self, creds: Creds, n: int, *, version: str = "1.1", extra: dict[str, str] | None = None
+    ) -> tuple[bytes, bytes]:
+        body = json.dumps({"to": f"+86138000{n:05d}", "text": "Your code is 123456."}).encode()
+        headers = prepare_headers(
+            f"127.0.0.1:{self.port}",
+            "POST",
+            "/v1/messages",
+            "",
+            body,
+            creds=creds,
+            headers=None,
+            content_type="application/json",
+            idempotency_key=f"idem-{secrets.token_hex(8)}",
+            when=self.api.clock.utc(),
+            nonce=None,
+        )
+        headers.update(extra or {})
+        if "Transfer-Encoding" not in headers:
+            headers["Content-Length"] = str(len(body))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        return f"POST /v1/messages HTTP/{version}\r\n{head}\r\n".encode(), body
+
+    def request(self, creds: Creds, n: int, **kw: Any) -> bytes:
+        head, body = self.head_and_body(creds, n, **kw)
+        return head + body
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+@pytest.fixture
+async def daemon(api_server: ApiServer) -> AsyncIterator[ServedApi]:
+    """`api_server`'s app served by the daemon's runner on a port of its own (raw TCP tests of
+    sessions 57-58: the 202's short way, the route cache; one fixture, not a copy a module).
+    A module that defines its own `daemon` fixture keeps it (pytest takes the nearest)."""
+    served = ServedApi(api_server)
+    await served.start()
+    yield served
+    await served.runner.cleanup()
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ TCP on keep-alive connections, a real SQLite file.
   a body in pieces, chunked, Expect: 100-continue, HTTP/1.0 keep-alive, a client that closed;
   the metrics' counts the same.
 
-The module keeps its own helpers (no import of the merge's test module) so that it runs on the
-tree before the merge as well: `R4_DUMP=path` writes the masked answers there, to be compared
-between two trees.
+The module imports no helper of the merge's test module, so that it runs on the tree before
+the merge as well: `R4_DUMP=path` writes the masked answers there, to be compared between two
+trees (its `daemon` fixture and `ServedApi` are tests/integration/conftest.py's since session
+59, shared with the route cache's tests: copy that conftest's along to an older tree).
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from bridge.api import http_errors
-from bridge.api.app import make_app, render_unparsed
-from tests.integration.conftest import ApiServer, Creds, prepare_headers
+from tests.integration.conftest import Creds, ServedApi, prepare_headers
 
 try:  # the tree before session 57 has no short way: every answer is aiohttp's
     from bridge.api import accepted
@@ -57,60 +55,7 @@ async def _answer(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
     return head + await asyncio.wait_for(reader.readexactly(int(length.group(1))), timeout)
 
 
-class _Daemon:
-    def __init__(self, api: ApiServer) -> None:
-        self.api = api
-        self.runner = http_errors.AppRunner(
-            make_app(api.ctx), render_unparsed, api.ctx.metrics, access_log=None
-        )
-        self.port = 0
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def head_and_body(
-        self, creds: Creds, n: int, *, version: str = "1.1", extra: dict[str, str] | None = None
-    ) -> tuple[bytes, bytes]:
-        body = json.dumps({"to": f"+86138000{n:05d}", "text": "Your code is 123456."}).encode()
-        headers = prepare_headers(
-            f"127.0.0.1:{self.port}",
-            "POST",
-            "/v1/messages",
-            "",
-            body,
-            creds=creds,
-            headers=None,
-            content_type="application/json",
-            idempotency_key=f"idem-{secrets.token_hex(8)}",
-            when=self.api.clock.utc(),
-            nonce=None,
-        )
-        headers.update(extra or {})
-        if "Transfer-Encoding" not in headers:
-            headers["Content-Length"] = str(len(body))
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        return f"POST /v1/messages HTTP/{version}\r\n{head}\r\n".encode(), body
-
-    def request(self, creds: Creds, n: int, **kw: Any) -> bytes:
-        head, body = self.head_and_body(creds, n, **kw)
-        return head + body
-
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.port)
-
-
-@pytest.fixture
-async def daemon(api_server: ApiServer) -> AsyncIterator[_Daemon]:
-    served = _Daemon(api_server)
-    await served.start()
-    yield served
-    await served.runner.cleanup()
-
-
-async def _send_apart(daemon: _Daemon, creds: Creds, writer: asyncio.StreamWriter) -> None:
+async def _send_apart(daemon: ServedApi, creds: Creds, writer: asyncio.StreamWriter) -> None:
     """A send whose body goes after its headers, once the server has taken the request."""
     head, body = daemon.head_and_body(creds, 99_999)
     writer.write(head)
@@ -121,7 +66,7 @@ async def _send_apart(daemon: _Daemon, creds: Creds, writer: asyncio.StreamWrite
 
 @pytest.mark.parametrize("count", [31, 40, 80])
 async def test_pipelined_sends_after_a_body_sent_apart_are_all_answered(
-    daemon: _Daemon, count: int
+    daemon: ServedApi, count: int
 ) -> None:
     """Fails on the merged tree (40 and 80: 31 answers, then nothing within 10 s)."""
     creds = await daemon.api.create_account()
@@ -137,7 +82,7 @@ async def test_pipelined_sends_after_a_body_sent_apart_are_all_answered(
     assert tos == [f"+86138000{n:05d}" for n in range(count)]
 
 
-async def test_pipelined_sends_after_a_continue_are_all_answered(daemon: _Daemon) -> None:
+async def test_pipelined_sends_after_a_continue_are_all_answered(daemon: ServedApi) -> None:
     """The same with Expect: 100-continue, whose body always comes after the request was taken
     (fails on the merged tree)."""
     creds = await daemon.api.create_account()
@@ -157,7 +102,7 @@ async def test_pipelined_sends_after_a_continue_are_all_answered(daemon: _Daemon
     assert all(a.startswith(b"HTTP/1.1 202 ") for a in answers)
 
 
-async def _exchanges(daemon: _Daemon, creds: Creds) -> list[bytes]:
+async def _exchanges(daemon: ServedApi, creds: Creds) -> list[bytes]:
     """A client's ways of sending, each answer read in full."""
     out: list[bytes] = []
     n = iter(range(10_000))
@@ -203,7 +148,7 @@ async def _exchanges(daemon: _Daemon, creds: Creds) -> list[bytes]:
     return out
 
 
-def _counts(daemon: _Daemon) -> dict[str, int]:
+def _counts(daemon: ServedApi) -> dict[str, int]:
     return {
         f"{endpoint} {status} {code}": count
         for (endpoint, status, code), count in sorted(daemon.api.ctx.metrics._requests.items())
@@ -211,7 +156,7 @@ def _counts(daemon: _Daemon) -> dict[str, int]:
 
 
 async def test_the_short_way_answers_every_way_of_sending_as_aiohttp(
-    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch
+    daemon: ServedApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The short way off (aiohttp's prepare and write), then on: the same bytes, the same
     counts (one more send each way: the client that went was counted as sent)."""
@@ -240,7 +185,7 @@ async def test_the_short_way_answers_every_way_of_sending_as_aiohttp(
 
 
 async def test_a_slow_reader_gets_every_202_whole_and_in_order(
-    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch
+    daemon: ServedApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sends of 30 numbers each (202s of ~6 KB) pipelined by a client that reads nothing for a
     while: the server's writes wait for the socket (write_eof's drain), then every answer comes

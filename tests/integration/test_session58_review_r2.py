@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,8 @@ from aiohttp.web_urldispatcher import PlainResource, UrlDispatcher
 
 from bridge.api import http_errors, route_cache
 from bridge.api.app import render_unparsed
-from tests.integration.conftest import ADMIN_TOKEN, ApiServer
-from tests.integration.test_session57_review_r4 import _counts, _Daemon, _masked
-
-
-@pytest.fixture
-async def daemon(api_server: ApiServer) -> AsyncIterator[_Daemon]:
-    served = _Daemon(api_server)
-    await served.start()
-    yield served
-    await served.runner.cleanup()
-
+from tests.integration.conftest import ADMIN_TOKEN, ServedApi
+from tests.integration.test_session57_review_r4 import _counts, _masked
 
 _TARGETS = [
     "/healthz", "/healthz/", "//healthz", "/HEALTHZ", "/./healthz", "/x/../healthz",
@@ -85,7 +75,7 @@ async def _read(reader: asyncio.StreamReader, head_only: bool) -> bytes:
     return head + await asyncio.wait_for(reader.readexactly(int(length.group(1))), 5)
 
 
-async def _one_by_one(daemon: _Daemon, requests: list[bytes]) -> list[bytes]:
+async def _one_by_one(daemon: ServedApi, requests: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for request in requests:
         for _ in range(2):  # the second of a learned target takes the cache
@@ -108,7 +98,7 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def test_attackers_targets_answered_as_before(
-    daemon: _Daemon, caplog: pytest.LogCaptureFixture
+    daemon: ServedApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     """~1,050 requests (35 targets: spellings of one path, `//`, a trailing slash, case, a
     fragment, `*`, absolute-form; 7 methods; with and without the admin token; Expect, a body
@@ -137,7 +127,7 @@ async def test_attackers_targets_answered_as_before(
     assert cache.__self__._learned  # type: ignore[attr-defined]
 
 
-async def _pipelined(daemon: _Daemon, requests: list[bytes]) -> list[bytes]:
+async def _pipelined(daemon: ServedApi, requests: list[bytes]) -> list[bytes]:
     """Each request twice, back to back on one connection, then the next (a refusal that closes
     the connection leaves the second unanswered: said so)."""
     out: list[bytes] = []
@@ -153,7 +143,7 @@ async def _pipelined(daemon: _Daemon, requests: list[bytes]) -> list[bytes]:
 
 
 async def test_dump_for_the_tree_differential(
-    daemon: _Daemon, caplog: pytest.LogCaptureFixture
+    daemon: ServedApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With R2_DUMP set: the answers, counts and log lines of this tree, as installed, into
     that file (run in the pre-merge tree and in this one: the files must be equal)."""
@@ -179,7 +169,7 @@ async def test_dump_for_the_tree_differential(
 
 
 async def test_a_router_fault_is_logged_as_itself(
-    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    daemon: ServedApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The router raising (no route resolved: `request.match_info` is unset) is answered and
     logged as before the cache: a 500 whose line carries the router's exception. The cache

@@ -10,7 +10,6 @@ every request made by `Request.__init__`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,22 +18,13 @@ from aiohttp.web_urldispatcher import UrlDispatcher, UrlMappingMatchInfo
 
 from bridge.api import request_maker, route_cache
 from bridge.api.app import make_app
-from tests.integration.conftest import ApiServer
+from tests.integration.conftest import ApiServer, ServedApi
 from tests.integration.test_session57_review_r4 import (
     _answer,
     _counts,
-    _Daemon,
     _exchanges,
     _masked,
 )
-
-
-@pytest.fixture
-async def daemon(api_server: ApiServer) -> AsyncIterator[_Daemon]:
-    served = _Daemon(api_server)
-    await served.start()
-    yield served
-    await served.runner.cleanup()
 
 
 @pytest.fixture
@@ -51,7 +41,7 @@ def resolves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-async def test_a_learned_target_skips_the_router(daemon: _Daemon, resolves: list[str]) -> None:
+async def test_a_learned_target_skips_the_router(daemon: ServedApi, resolves: list[str]) -> None:
     creds = await daemon.api.create_account()
     reader, writer = await daemon.connect()
     try:
@@ -64,7 +54,7 @@ async def test_a_learned_target_skips_the_router(daemon: _Daemon, resolves: list
 
 
 async def test_a_request_is_built_without_its_init(
-    daemon: _Daemon, monkeypatch: pytest.MonkeyPatch
+    daemon: ServedApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After the first request, whose state is compared with aiohttp's, a send's request is not
     made by `BaseRequest.__init__`; an absolute-form target's still is."""
@@ -112,7 +102,7 @@ def _others() -> list[bytes]:
     return [r for r in one for _ in range(2)]
 
 
-async def _all(daemon: _Daemon) -> tuple[list[bytes], dict[str, int]]:
+async def _all(daemon: ServedApi) -> tuple[list[bytes], dict[str, int]]:
     before = _counts(daemon)
     creds = await daemon.api.create_account()
     out = [_masked(a) for a in await _exchanges(daemon, creds)]
@@ -130,7 +120,7 @@ async def _all(daemon: _Daemon) -> tuple[list[bytes], dict[str, int]]:
     return out, {k: after[k] - before.get(k, 0) for k in after}
 
 
-async def test_the_cache_answers_as_the_applications_handle(daemon: _Daemon) -> None:
+async def test_the_cache_answers_as_the_applications_handle(daemon: ServedApi) -> None:
     server = daemon.runner.server
     assert server is not None
     cache, maker = server.request_handler, server.request_factory
@@ -157,7 +147,7 @@ async def test_the_cache_answers_as_the_applications_handle(daemon: _Daemon) -> 
     ]  # fmt: skip
 
 
-async def test_learned_targets_are_bounded(daemon: _Daemon) -> None:
+async def test_learned_targets_are_bounded(daemon: ServedApi) -> None:
     """The same route under 70 targets (its letters percent-encoded or not): the cache holds at
     most LEARNED of them, and every one is answered."""
     server = daemon.runner.server
