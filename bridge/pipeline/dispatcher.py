@@ -32,7 +32,7 @@ from bridge.aio import idle_wait_s, running, wait_event
 from bridge.config import PipelineConfig, SmscConfig
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.reencode import reencode_waiting, reencoded, smsc_options
-from bridge.pipeline.submit_sm import build_parts, retry_delay_ms
+from bridge.pipeline.submit_sm import build_parts, retry_delay_ms, submit_bodies
 from bridge.pipeline.wake import WaitFlag
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, OnePart, SubmitOutcome
@@ -660,7 +660,8 @@ class Dispatcher:
         deadline = None
         if msg.expires_at is not None:
             deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
-        parts = build_parts(msg, smsc)
+        # Each part's body written from the message's head (session 59), not a ShortMessage.
+        parts = submit_bodies(msg, smsc)
         # The parts' contexts as a list only for a message of several (the usual one: none).
         contexts = None if len(segs) == 1 else [(msg.id, seg.seq) for seg in segs]
         q.name, q.smsc, q.rule = name, smsc, rule

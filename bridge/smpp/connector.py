@@ -403,11 +403,11 @@ class OnePart:
     # Set by Connector.send_one (no __init__: the caller's subclass has its own).
     _c: Connector
     _bind: _Bind
-    _parts: Sequence[ShortMessage]
+    _parts: Sequence[ShortMessage | bytes]  # bytes: a body written (submit_bodies)
     _contexts: Sequence[Any] | None  # with more than one part
     _i: int  # the part under way (`_part`, its `_context`)
     _more: bool  # parts after it (one flag read per answer, not a length compared)
-    _part: ShortMessage
+    _part: ShortMessage | bytes
     _deadline: float | None
     _context: Any
     _state: int
@@ -1013,7 +1013,7 @@ class Connector:
     # --- sending ------------------------------------------------------------------------------
     async def send_message(
         self,
-        parts: Sequence[ShortMessage],
+        parts: Sequence[ShortMessage | bytes],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[Any] | None = None,
@@ -1147,7 +1147,7 @@ class Connector:
     def send_one(
         self,
         one: OnePart,
-        parts: Sequence[ShortMessage],
+        parts: Sequence[ShortMessage | bytes],
         deadline: float | None,
         context: Any,
         contexts: Sequence[Any] | None = None,
@@ -1236,7 +1236,7 @@ class Connector:
     async def _send_part(
         self,
         index: int,
-        part: ShortMessage,
+        part: ShortMessage | bytes,
         bind: _Bind | None,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
@@ -1350,7 +1350,7 @@ class Connector:
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
 
     def _submit_now(
-        self, b: _Bind, proto: SmppProtocol, part: ShortMessage, context: Any
+        self, b: _Bind, proto: SmppProtocol, part: ShortMessage | bytes, context: Any
     ) -> asyncio.Future[SubmitResult] | None:
         """send_message's usual part on `b`, a slot free (`_slot_now`): its submit_sm queued,
         the future of its answer. None when the session refused it (not expected with a slot
@@ -1472,7 +1472,7 @@ class Connector:
     async def _submit_on(
         self,
         b: _Bind,
-        part: ShortMessage,
+        part: ShortMessage | bytes,
         priority: bool,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,

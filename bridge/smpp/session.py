@@ -417,8 +417,9 @@ class BindSession:
         self._request(self.mode.bind_command, self._bind, now)
         self.state = SessionState.BINDING
 
-    def submit(self, body: ShortMessage, now: float, context: Any = None) -> int:
-        """Queue a submit_sm; returns its sequence number. The answer comes as SubmitResponse,
+    def submit(self, body: ShortMessage | bytes, now: float, context: Any = None) -> int:
+        """Queue a submit_sm (`body` a ShortMessage, or its octets: `encode` sends bytes as the
+        body as they are); returns its sequence number. The answer comes as SubmitResponse,
         RequestTimedOut or RequestAborted carrying ``context`` (after a RequestTimedOut, maybe
         a LateSubmitResponse too)."""
         if self.state is not _BOUND:
