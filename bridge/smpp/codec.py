@@ -416,25 +416,26 @@ OCTET: Final = tuple(bytes((i,)) for i in range(256))
 
 
 def plain_sm_head(
-    service_type: str,
-    source_addr_ton: int,
-    source_addr_npi: int,
-    source_addr: str,
-    dest_addr_ton: int,
-    dest_addr_npi: int,
-    destination_addr: str,
-    esm_class: int,
-    protocol_id: int,
-    priority_flag: int,
-    schedule_delivery_time: str,
-    validity_period: str,
-    registered_delivery: int,
-    replace_if_present_flag: int,
-    data_coding: int,
-    sm_default_msg_id: int,
+    st: str,
+    ston: int,
+    snpi: int,
+    sa: str,
+    dton: int,
+    dnpi: int,
+    da: str,
+    esm: int,
+    pid: int,
+    prio: int,
+    sdt: str,
+    vp: str,
+    rd: int,
+    rip: int,
+    dc: int,
+    dmid: int,
 ) -> bytes | None:
     """A submit_sm's (or deliver_sm's) body up to its sm_length octet: the fields before
-    short_message, in ShortMessage's order, as `_plain_sm` writes them (it calls this), or None
+    short_message, in ShortMessage's order (service_type, source_addr_ton, ...,
+    sm_default_msg_id, by short names), as `_plain_sm` writes them (it calls this), or None
     when one is not what the plain path takes. One text joined and encoded once, where the
     general path encodes five C-strings and packs four runs of integers, each a call (session
     55). The parts of a message share every one of these but, in principle, esm_class: the
@@ -442,22 +443,6 @@ def plain_sm_head(
     (`pipeline.submit_sm.submit_bodies`, session 59), where each part's `_plain_sm` wrote
     them again (~9 k instructions a part)."""
     try:
-        st = service_type
-        sa = source_addr
-        da = destination_addr
-        sdt = schedule_delivery_time
-        vp = validity_period
-        ston = source_addr_ton
-        snpi = source_addr_npi
-        dton = dest_addr_ton
-        dnpi = dest_addr_npi
-        esm = esm_class
-        pid = protocol_id
-        prio = priority_flag
-        rd = registered_delivery
-        rip = replace_if_present_flag
-        dc = data_coding
-        dmid = sm_default_msg_id
         if (
             len(st) > 5
             or len(sa) > 20
