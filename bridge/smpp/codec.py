@@ -82,6 +82,7 @@ from bridge.smpp.constants import (
 
 __all__ = [
     "MAX_PDU",
+    "OCTET",
     "Bind",
     "BindResp",
     "DataSm",
@@ -95,6 +96,7 @@ __all__ = [
     "encode",
     "encode_sm_request",
     "make_command",
+    "plain_sm_head",
     "salvage_data_sm",
     "salvage_deliver_sm",
     "tlv_get",
