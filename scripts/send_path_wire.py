@@ -7,8 +7,10 @@ Usage: python scripts/send_path_wire.py [--tree DIR] [--messages 2000] [--seed 5
 Why: a cut on the send path (the codec's fast paths, the session's bookkeeping) must put the same
 PDUs on the wire and match the same receipts. This sends a seeded mix of messages (GSM, UCS-2 and
 Latin-1 texts of one to four parts, UDH (8- and 16-bit references), SAR and message_payload splits,
-alphanumeric, national and international senders, with and without a validity) through the real
-`Connector` over one bind to the simulator (a separate process), through a TCP relay in between
+alphanumeric, national and international senders, with and without a validity), each message's
+parts as the dispatcher hands them over (`submit_bodies`' bodies since session 59, `build_parts`'
+ShortMessages before: a tree without the one takes the other), through the real `Connector` over
+one bind to the simulator (a separate process), through a TCP relay in between
 that keeps every octet the bridge writes, and hands every receipt to the real `Inbound` (its store
 stubbed). It prints a digest of the bridge's PDUs with their sequence numbers masked (the SMSC's
 ids, which the simulator numbers in the order it got the submits, are in no PDU the bridge writes),
@@ -86,8 +88,8 @@ async def _send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import yaml
 
     from bridge.config import parse_config
+    from bridge.pipeline import submit_sm
     from bridge.pipeline.inbound import Inbound
-    from bridge.pipeline.submit_sm import build_parts
     from bridge.smpp.codec import decode
     from bridge.smpp.connector import Connector
     from bridge.smpp.framing import Framer
@@ -95,6 +97,10 @@ async def _send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from bridge.store.models import ReceiptOutcome, WorkMessage, WorkSegment
     from bridge.text import EncodeOptions, encode_message
     from bridge.text.split import SplitMode
+
+    # The parts as the dispatcher hands them to the connector: since session 59 their submit_sm
+    # bodies (`submit_bodies`, most of them bytes), before that ShortMessages.
+    parts_of = getattr(submit_sm, "submit_bodies", submit_sm.build_parts)
 
     sim_port, ctl_port, front = free_port(), free_port(), free_port()
     smsc_cfg = {"name": "sim", "host": "127.0.0.1", "port": front, "system_id": "w",
@@ -161,9 +167,7 @@ async def _send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             msg = WorkMessage(f"m{n}", "acc", to, sender, enc.data_coding, expires, 0, segs)
             messages.append(msg)
             total["parts"] += len(segs)
-        outcomes = await asyncio.gather(
-            *(conn.send_message(build_parts(m, smsc)) for m in messages)
-        )
+        outcomes = await asyncio.gather(*(conn.send_message(parts_of(m, smsc)) for m in messages))
         ids = {o.message_id or "" for out in outcomes for o in out if o.kind == "ok"}
         await asyncio.wait_for(done.wait(), 120)
         await asyncio.sleep(0.2)  # the last deliver_sm_resp written

@@ -82,6 +82,7 @@ from bridge.smpp.constants import (
 
 __all__ = [
     "MAX_PDU",
+    "OCTET",
     "Bind",
     "BindResp",
     "DataSm",
@@ -95,6 +96,7 @@ __all__ = [
     "encode",
     "encode_sm_request",
     "make_command",
+    "plain_sm_head",
     "salvage_data_sm",
     "salvage_deliver_sm",
     "tlv_get",
@@ -411,42 +413,40 @@ _SM_INT_FIELDS: Final = (
 _CHR: Final = tuple(map(chr, range(256)))
 
 
-def _plain_sm(m: ShortMessage) -> bytes | None:
-    """The body of a submit_sm or deliver_sm (one per part sent: UDH parts, SAR and payload
-    parts with their TLVs included) as _encode_sm_general makes it, or None when a field is not
-    what that path takes without a word (it then raises its EncodeError, or what it raised
-    before). The fields go into one latin-1 text encoded once, where the general path encodes
-    five C-strings and packs four runs of integers, each a call: 22.5 k -> ~10 k instructions a
-    submit_sm (session 55). A UDH is octets of short_message, written as they are, and the
-    esm_class that flags it one octet: nothing here reads either. Until session 57 a part with
-    UDHI or TLVs was refused here, checked twice (`encode_sm_request`, then `_encode_sm`) and
-    written by the general path with its shared fields kept per message (`_SM_SHARED`, session
-    51): a UDH part's submit_sm 25.8 k -> 12.9 k. Equal octets for every value it takes:
-    tests/unit/test_codec_plain_sm.py checks both paths on random fields, strange ones
-    included."""
+# One octet of each value: a short_message's length after a body's head (plain_sm_head).
+OCTET: Final = tuple(bytes((i,)) for i in range(256))
+
+
+def plain_sm_head(
+    st: str,
+    ston: int,
+    snpi: int,
+    sa: str,
+    dton: int,
+    dnpi: int,
+    da: str,
+    esm: int,
+    pid: int,
+    prio: int,
+    sdt: str,
+    vp: str,
+    rd: int,
+    rip: int,
+    dc: int,
+    dmid: int,
+) -> bytes | None:
+    """A submit_sm's (or deliver_sm's) body up to its sm_length octet: the fields before
+    short_message, in ShortMessage's order (service_type, source_addr_ton, ...,
+    sm_default_msg_id, by short names), as `_plain_sm` writes them (it calls this), or None
+    when one is not what the plain path takes. One text joined and encoded once, where the
+    general path encodes five C-strings and packs four runs of integers, each a call (session
+    55). The parts of a message share every one of these but, in principle, esm_class: the
+    dispatcher writes them once a message and each part's body as head + `OCTET[len(sm)]` + sm
+    (`pipeline.submit_sm.submit_bodies`, session 59), where each part's `_plain_sm` wrote
+    them again (~9 k instructions a part)."""
     try:
-        sm = m.short_message
-        st = m.service_type
-        sa = m.source_addr
-        da = m.destination_addr
-        sdt = m.schedule_delivery_time
-        vp = m.validity_period
-        ston = m.source_addr_ton
-        snpi = m.source_addr_npi
-        dton = m.dest_addr_ton
-        dnpi = m.dest_addr_npi
-        esm = m.esm_class
-        pid = m.protocol_id
-        prio = m.priority_flag
-        rd = m.registered_delivery
-        rip = m.replace_if_present_flag
-        dc = m.data_coding
-        dmid = m.sm_default_msg_id
-        tlvs = m.tlvs
         if (
-            type(sm) is not bytes
-            or len(sm) > 254
-            or len(st) > 5
+            len(st) > 5
             or len(sa) > 20
             or len(da) > 20
             or len(sdt) > 16
@@ -464,24 +464,57 @@ def _plain_sm(m: ShortMessage) -> bytes | None:
         # join, not an f-string: a field that is not a str raises here (TypeError), where
         # formatting would write its repr; an int above 255 raises IndexError, a float
         # TypeError; a character beyond latin-1, UnicodeEncodeError (a ValueError).
-        text = "".join(
+        return "".join(
             (
                 st, "\0", c[ston], c[snpi], sa, "\0", c[dton], c[dnpi], da, "\0", c[esm],
                 c[pid], c[prio], sdt, "\0", vp, "\0", c[rd], c[rip], c[dc], c[dmid],
-                c[len(sm)],
             )
-        )  # fmt: skip
-        if tlvs:
-            return text.encode("latin-1") + sm + _encode_tlvs(tlvs)
-        return text.encode("latin-1") + sm
+        ).encode("latin-1")  # fmt: skip
     except (TypeError, ValueError, IndexError):
         return None
 
 
-def encode_sm_request(cid: int, seq: int, m: ShortMessage) -> bytes:
+def _plain_sm(m: ShortMessage) -> bytes | None:
+    """The body of a submit_sm or deliver_sm (UDH parts, SAR and payload parts with their TLVs
+    included) as _encode_sm_general makes it, or None when a field is not what that path takes
+    without a word (it then raises its EncodeError, or what it raised before): the head
+    (`plain_sm_head`), then sm_length, short_message and the TLVs: 22.5 k -> ~10 k instructions
+    a submit_sm (session 55). A UDH is octets of short_message, written as they are, and the
+    esm_class that flags it one octet: nothing here reads either. Until session 57 a part with
+    UDHI or TLVs was refused here, checked twice (`encode_sm_request`, then `_encode_sm`) and
+    written by the general path with its shared fields kept per message (`_SM_SHARED`, session
+    51): a UDH part's submit_sm 25.8 k -> 12.9 k. Equal octets for every value it takes:
+    tests/unit/test_codec_plain_sm.py checks both paths on random fields, strange ones
+    included."""
+    sm = m.short_message
+    if type(sm) is not bytes or len(sm) > 254:
+        return None
+    head = plain_sm_head(
+        m.service_type, m.source_addr_ton, m.source_addr_npi, m.source_addr, m.dest_addr_ton,
+        m.dest_addr_npi, m.destination_addr, m.esm_class, m.protocol_id, m.priority_flag,
+        m.schedule_delivery_time, m.validity_period, m.registered_delivery,
+        m.replace_if_present_flag, m.data_coding, m.sm_default_msg_id,
+    )  # fmt: skip
+    if head is None:
+        return None
+    try:
+        if m.tlvs:
+            return head + OCTET[len(sm)] + sm + _encode_tlvs(m.tlvs)
+    except (TypeError, ValueError, IndexError):  # the TLVs' EncodeError is a ValueError
+        return None
+    return head + OCTET[len(sm)] + sm
+
+
+def encode_sm_request(cid: int, seq: int, m: ShortMessage | bytes) -> bytes:
     """``encode(Pdu(cid, 0, seq, m))`` for a submit_sm (one per part sent), without the Pdu
-    built and dispatched on its body's type when the body takes the plain path (_plain_sm).
-    Anything else, and its errors, go through ``encode``."""
+    built and dispatched on its body's type when the body takes the plain path (_plain_sm), or
+    is its octets already (`pipeline.submit_sm.submit_bodies`, session 59: `encode` takes
+    bytes as the body as they are). Anything else, and its errors, go through ``encode``."""
+    if type(m) is bytes and len(m) <= _MAX_BODY:
+        try:
+            return _HDR.pack(16 + len(m), cid, 0, seq) + m
+        except StructError:
+            pass  # a sequence number out of range: encode names it
     b = (
         _plain_sm(m)
         if type(m) is ShortMessage and (cid == SUBMIT_SM or cid == DELIVER_SM)

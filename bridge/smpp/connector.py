@@ -31,12 +31,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Protocol
 
 from asyncio_throttle import Throttler
 
 from bridge.aio import running, wait_event
-from bridge.fastinit import fast_init
+from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
 from bridge.smpp.codec import Bind, EncodeError, ShortMessage
 from bridge.smpp.persecond import PerSecond
@@ -198,6 +199,11 @@ class SubmitOutcome:
     # When ok: the event loop's time as the accepted submit_sm left. Not part of the outcome's
     # value (equal outcomes are equal whenever they were sent).
     sent_at: float = field(default=0.0, compare=False)
+
+
+# An accepted part's outcome (`Connector._accepted`, one a part sent): fastinit.maker's function,
+# the same frozen instance without the class call's way back into the interpreter (session 59).
+_ok_outcome = maker(SubmitOutcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,11 +409,11 @@ class OnePart:
     # Set by Connector.send_one (no __init__: the caller's subclass has its own).
     _c: Connector
     _bind: _Bind
-    _parts: Sequence[ShortMessage]
+    _parts: Sequence[ShortMessage | bytes]  # bytes: a body written (submit_bodies)
     _contexts: Sequence[Any] | None  # with more than one part
     _i: int  # the part under way (`_part`, its `_context`)
     _more: bool  # parts after it (one flag read per answer, not a length compared)
-    _part: ShortMessage
+    _part: ShortMessage | bytes
     _deadline: float | None
     _context: Any
     _state: int
@@ -428,16 +434,31 @@ class OnePart:
         c, bind = self._c, self._bind
         try:
             deadline = self._deadline
+            proto = bind.proto
             if self._i:
-                free = c._slot_now(bind)
+                # `_slot_now` inline, less its `not b.lo` (`room`): a later part joins the
+                # priority line, which `_pump` serves before the ordinary one, so with nobody
+                # in it and a slot free the pump grants this part that slot whoever waits in
+                # `lo` (the usual case of a 3-part message under load: the freed slot is not
+                # pumped yet as the answer starts the next part). Sent straight away below, the
+                # line's append, the pump and its grant (`set_result`, `_lined`, `_slot`) are
+                # not made (session 59); `free` keeps its old meaning for every other step.
+                room = (
+                    not bind.hi
+                    and proto is not None
+                    and proto.is_bound
+                    and not c._closing
+                    and proto.session.free_slots > bind.reserved
+                    and (not bind.paused_until or c._now() >= bind.paused_until)
+                )
+                free = room and not bind.lo
                 if not free and not bind.up:
                     self._go_on(bind, None)
                     return
             else:
                 # `_slot_now`, less what `_best_bind` found a moment ago (up, not closing),
                 # and `capacity()` inline (a call a message).
-                proto = bind.proto
-                free = (
+                free = room = (
                     not bind.hi
                     and not bind.lo
                     and proto is not None
@@ -454,8 +475,11 @@ class OnePart:
                 else:
                     self._await_turn()
                 return
-            if free and (deadline is None or running(c._loop).time() < deadline):
-                proto = bind.proto
+            if (
+                room
+                and c._throttler is None  # else a TPS turn first: free, it went above
+                and (deadline is None or running(c._loop).time() < deadline)
+            ):
                 if proto is not None:
                     # send_message's `_submit_now`, with this as the answer's waiter.
                     try:
@@ -467,6 +491,10 @@ class OnePart:
                         return
                     else:
                         self._state = _ON_WIRE
+                        if not free and proto.session.free_slots > bind.reserved:
+                            # What the pump that granted the part its slot went on to do:
+                            # the slots still free to `lo`'s messages.
+                            c._pump(bind)
                         return
             # `_submit_on`'s `_acquire`: a slot at once, else a place in the window's line.
             if free and c._slot_now(bind):  # its validity past, or the session refused it
@@ -1013,7 +1041,7 @@ class Connector:
     # --- sending ------------------------------------------------------------------------------
     async def send_message(
         self,
-        parts: Sequence[ShortMessage],
+        parts: Sequence[ShortMessage | bytes],
         before_first: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
         contexts: Sequence[Any] | None = None,
@@ -1147,7 +1175,7 @@ class Connector:
     def send_one(
         self,
         one: OnePart,
-        parts: Sequence[ShortMessage],
+        parts: Sequence[ShortMessage | bytes],
         deadline: float | None,
         context: Any,
         contexts: Sequence[Any] | None = None,
@@ -1236,7 +1264,7 @@ class Connector:
     async def _send_part(
         self,
         index: int,
-        part: ShortMessage,
+        part: ShortMessage | bytes,
         bind: _Bind | None,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
@@ -1350,7 +1378,7 @@ class Connector:
             return SubmitOutcome(index, "permanent", res.status, name, None), bind
 
     def _submit_now(
-        self, b: _Bind, proto: SmppProtocol, part: ShortMessage, context: Any
+        self, b: _Bind, proto: SmppProtocol, part: ShortMessage | bytes, context: Any
     ) -> asyncio.Future[SubmitResult] | None:
         """send_message's usual part on `b`, a slot free (`_slot_now`): its submit_sm queued,
         the future of its answer. None when the session refused it (not expected with a slot
@@ -1383,7 +1411,7 @@ class Connector:
         if sent_at >= bind.pause_started:
             bind.pause = None
         self._ok += 1
-        return SubmitOutcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
+        return _ok_outcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
 
     def _hold_check(self, context: Any) -> Callable[[], Awaitable[None]] | None:
         """What a resend awaits holding its window slot, right before it leaves (after any
@@ -1472,7 +1500,7 @@ class Connector:
     async def _submit_on(
         self,
         b: _Bind,
-        part: ShortMessage,
+        part: ShortMessage | bytes,
         priority: bool,
         before: Callable[[], Awaitable[None]] | None = None,
         deadline: float | None = None,
@@ -1609,7 +1637,10 @@ class Connector:
                 fut.set_result(True)
 
     def _slot_freed(self, b: _Bind) -> None:
-        self._pump(b)
+        """A submit of `b` answered (`SmppProtocol.on_slot_freed`, a `partial` of this: one a
+        part sent). `_pump`'s own first look inline: nobody waiting, no call."""
+        if b.hi or b.lo:
+            self._pump(b)
         if self._idle is not None:
             self._check_idle()
 
@@ -1842,7 +1873,7 @@ class Connector:
         b.pause = None
         b.pause_started = -1.0
         b.paused_until = 0.0
-        proto.on_slot_freed = lambda: self._slot_freed(b)
+        proto.on_slot_freed = partial(self._slot_freed, b)  # a lambda's frame less a part
         proto.on_late_submit = lambda status, mid, context: self._late_submit(
             status, mid, context, b
         )

@@ -284,7 +284,9 @@ class SmppProtocol(asyncio.Protocol):
         ConnectionError."""
         return await asyncio.shield(self.bound)
 
-    def submit(self, body: ShortMessage, context: Any = None) -> asyncio.Future[SubmitResult]:
+    def submit(
+        self, body: ShortMessage | bytes, context: Any = None
+    ) -> asyncio.Future[SubmitResult]:
         """Queue a submit_sm now (raises WindowFull / NotBound synchronously) and return a future
         for its result. The future never raises: no answer is a result with an ``error``.
         ``context`` comes back with a late answer (``on_late_submit``): the future is long
@@ -308,7 +310,7 @@ class SmppProtocol(asyncio.Protocol):
             self._arm_timer()
         return fut
 
-    def submit_to(self, body: ShortMessage, waiter: Any, context: Any = None) -> None:
+    def submit_to(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
         """`submit` with the caller's own waiter for the result instead of a future made here:
         an object with a future's `done()`, `cancelled()` and `set_result(result)`, called by
         the read (or the timer, or the connection's end) that resolves it, at once, where a

@@ -31,6 +31,7 @@ from typing import Any, Final
 from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
 from bridge.smpp.codec import (
+    MAX_PDU,
     Bind,
     BindResp,
     DataSm,
@@ -69,6 +70,9 @@ __all__ = [
 
 MAX_SEQ: Final = 0x7FFFFFFF
 _HDR = Struct(">IIII")
+# The longest body a PDU carries (codec's MAX_PDU less the header): a longer one goes to
+# `encode`, which refuses it.
+_BODY_MAX: Final = MAX_PDU - 16
 # deliver_sm_resp / data_sm_resp as we send them: the header and an empty message_id (its NUL).
 _ACK = Struct(">IIIIB")
 
@@ -417,8 +421,9 @@ class BindSession:
         self._request(self.mode.bind_command, self._bind, now)
         self.state = SessionState.BINDING
 
-    def submit(self, body: ShortMessage, now: float, context: Any = None) -> int:
-        """Queue a submit_sm; returns its sequence number. The answer comes as SubmitResponse,
+    def submit(self, body: ShortMessage | bytes, now: float, context: Any = None) -> int:
+        """Queue a submit_sm (`body` a ShortMessage, or its octets: `encode` sends bytes as the
+        body as they are); returns its sequence number. The answer comes as SubmitResponse,
         RequestTimedOut or RequestAborted carrying ``context`` (after a RequestTimedOut, maybe
         a LateSubmitResponse too)."""
         if self.state is not _BOUND:
@@ -427,7 +432,21 @@ class BindSession:
             raise NotBound("submit: a receiver bind cannot send submit_sm")
         if self._in_flight >= self.window:
             raise WindowFull(self.window)
-        seq = self._request(C.SUBMIT_SM, body, now, context)
+        seq = self._seq
+        pending = self._pending
+        if type(body) is bytes and len(body) <= _BODY_MAX and seq not in pending:
+            # A body written already (`pipeline.submit_sm.submit_bodies`: one a part sent) and
+            # its seq free: `_request`'s steps inline, `_next_seq`'s and `encode_sm_request`'s
+            # calls less (session 59). The same octets: `encode` sends bytes as they are.
+            self._seq = 1 if seq >= MAX_SEQ else seq + 1
+            if self._late:
+                self._late.pop(seq, None)
+            out = self._out
+            out += _HDR.pack(16 + len(body), _SUBMIT_SM, 0, seq)
+            out += body
+            pending[seq] = _Pending(_SUBMIT_SM, now + self.response_timeout_s, context, now)
+        else:
+            seq = self._request(_SUBMIT_SM, body, now, context)
         self._in_flight += 1
         return seq
 
