@@ -48,6 +48,7 @@ from bridge.api.context import (
     STORE_DOWN,
     STREAM_CUT,
     ApiContext,
+    keys_of,
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
@@ -164,7 +165,7 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
         """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
         Every answer is counted, and every line logged while handling it carries the request id."""
         request_id = new_request_id()
-        request[REQUEST_ID] = request_id
+        keys_of(request)[REQUEST_ID] = request_id
         token = logs.REQUEST_ID.set(request_id)
         started = time.perf_counter()
         try:
@@ -334,7 +335,7 @@ def auth_middleware(ctx: ApiContext) -> Middleware:
             defer = request.method == "POST" and path == "/v1/messages"
             try:
                 refuse_encoding(request)
-                request[PRINCIPAL] = await ctx.auth.authenticate(
+                keys_of(request)[PRINCIPAL] = await ctx.auth.authenticate(
                     request, _signed_body, defer=defer, read_now=_signed_body_now
                 )
             except ApiError as exc:
@@ -393,7 +394,7 @@ def _signed_body_now(request: web.Request) -> bytes | None:
     """`_signed_body`'s answer when it has nothing to wait for (`sent_body_now`), else None."""
     body = sent_body_now(request)
     if body is not None:
-        request[BODY] = body
+        keys_of(request)[BODY] = body
     return body
 
 

@@ -16,7 +16,7 @@ from bridge import jsonio
 from bridge.accounts import public_account
 from bridge.api.accepted import Accepted
 from bridge.api.auth import NonceClaim, refusal
-from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, query_of
+from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, keys_of, query_of
 from bridge.api.errors import ApiError
 from bridge.api.idempotency import check_key, replay
 from bridge.api.sending import (
@@ -141,7 +141,8 @@ def send_handler(ctx: ApiContext) -> Callable[[web.Request], Awaitable[web.Respo
     `request.app[CTX]` (two properties and a Python `__getitem__`) on every send."""
 
     async def post_messages(request: web.Request) -> web.Response:
-        principal = request[PRINCIPAL]
+        keys = keys_of(request)
+        principal = keys[PRINCIPAL]
         claim = principal.deferred
         now_ms = ctx.now_ms()
         # Whether the request's nonce is recorded (by the accept transaction, or by auth.spend in
@@ -150,12 +151,13 @@ def send_handler(ctx: ApiContext) -> Callable[[web.Request], Awaitable[web.Respo
         try:
             # The request's own checks and the tries of its accept here, not in coroutines of their
             # own (a frame and an await more on every send each).
-            check_accepting(ctx)
+            if not ctx.accepting:  # check_accepting's refusal, without its call on every send
+                check_accepting(ctx)
             key = request.headers.get("Idempotency-Key")
             if key is None:
                 raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
             key = check_key(key)
-            body: bytes = request[BODY]
+            body: bytes = keys[BODY]
             # The body's hash was verified with the signature: not computed a second time.
             req_hash = principal.body_sha256 or hashlib.sha256(body).hexdigest()
             account = principal.account

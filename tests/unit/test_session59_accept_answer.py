@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from bridge import ids, jsonio
-from bridge.api import app, v1
+from bridge.api import app, context, v1
 from bridge.api.errors import ApiError
 from bridge.store.models import NewMessage, NewSegment
 
@@ -143,3 +143,17 @@ def test_a_forked_child_draws_its_own_request_ids() -> None:
     parent = [ids.new_request_id() for _ in range(8)]
     assert len(child) == 8
     assert not set(child) & set(parent)
+
+
+def test_a_requests_keys_are_its_own() -> None:
+    """`keys_of` is the dict aiohttp's `request[KEY]` reads and stores (this aiohttp keeps them
+    in `_state`), so a key stored either way reads back either way (fails on the tree before:
+    no `keys_of`)."""
+    assert context._keys_in_state()
+    request = make_mocked_request("POST", "/v1/messages")
+    keys_of = context.keys_of
+    keys_of(request)[context.REQUEST_ID] = "req_0123456789abcdef"
+    request[context.BODY] = b"{}"
+    assert request[context.REQUEST_ID] == "req_0123456789abcdef"
+    assert keys_of(request)[context.BODY] == b"{}"
+    assert dict(keys_of(request)) == dict(request)
