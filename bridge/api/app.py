@@ -48,12 +48,13 @@ from bridge.api.context import (
     STORE_DOWN,
     STREAM_CUT,
     ApiContext,
+    keys_of,
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
 from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
-from bridge.ids import random_bytes
+from bridge.ids import new_request_id
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.store.base import CHUNKED_KINDS, is_unavailable
 from bridge.store.models import AuditEntry
@@ -149,10 +150,6 @@ def client_of(request: web.Request) -> str | None:
     )
 
 
-def new_request_id() -> str:
-    return "req_" + random_bytes(8).hex()
-
-
 # Answers whose body is whole when their handler returns them (no stream to be cut): their type
 # compared, not an isinstance of the ABC web.Response is (~1 k each on 3.12).
 _WHOLE = (web.Response, Accepted)
@@ -168,7 +165,7 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
         """Every response carries a request id; every refusal is the JSON envelope, not a traceback.
         Every answer is counted, and every line logged while handling it carries the request id."""
         request_id = new_request_id()
-        request[REQUEST_ID] = request_id
+        keys_of(request)[REQUEST_ID] = request_id
         token = logs.REQUEST_ID.set(request_id)
         started = time.perf_counter()
         try:
@@ -182,7 +179,8 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
             logs.REQUEST_ID.reset(token)
         # Server is aiohttp's default, ours for every answer (http_errors.name_every_answer).
         resp.headers["X-Request-Id"] = request_id
-        if request.path.startswith("/admin/") and audit.mutating_method(request.method):
+        path = request.path  # a property: read once
+        if path.startswith("/admin/") and audit.mutating_method(request.method):
             await _audit(request, resp.status, code, request_id)
         if code != "OK" and (code in CLOSING_CODES or CLOSE_AFTER in request):
             await close_after(request, resp, drain=code not in CLOSING_CODES)
@@ -191,13 +189,21 @@ def errors_middleware(ctx: ApiContext) -> Middleware:
         status = resp.status  # a property: read once
         # Headers said 200, then the stream broke: only a streamed answer (reports.py), so only one
         # is looked up (a request key missing is a KeyError raised and caught, ~0.8 µs).
-        if code == "OK" and type(resp) not in _WHOLE and STREAM_CUT in request:
+        if code != "OK":
+            pass
+        elif type(resp) is Accepted:
+            # A send's 202 (v1's handler): a whole answer, its headers Accepted's Content-Type and
+            # the request id above, never a replay's (~1,000 instructions of each send: the
+            # headers' lookup, the stream's check).
+            if status == 202 and path == "/v1/messages":
+                metrics.accept(elapsed)
+        elif type(resp) not in _WHOLE and STREAM_CUT in request:
             code = request[STREAM_CUT]
-        elif code == "OK" and status >= 400:  # /readyz's 503: an answer, not a refusal
+        elif status >= 400:  # /readyz's 503: an answer, not a refusal
             code = "NOT_READY" if status == 503 else f"HTTP_{status}"
-        elif code == "OK" and "Idempotent-Replayed" in resp.headers:
+        elif "Idempotent-Replayed" in resp.headers:
             code = "REPLAYED"
-        elif code == "OK" and status == 202 and request.path == "/v1/messages":
+        elif status == 202 and path == "/v1/messages":
             metrics.accept(elapsed)
         metrics.request(_endpoint(request), status, code)
         if log.isEnabledFor(logging.DEBUG):
@@ -329,7 +335,7 @@ def auth_middleware(ctx: ApiContext) -> Middleware:
             defer = request.method == "POST" and path == "/v1/messages"
             try:
                 refuse_encoding(request)
-                request[PRINCIPAL] = await ctx.auth.authenticate(
+                keys_of(request)[PRINCIPAL] = await ctx.auth.authenticate(
                     request, _signed_body, defer=defer, read_now=_signed_body_now
                 )
             except ApiError as exc:
@@ -388,7 +394,7 @@ def _signed_body_now(request: web.Request) -> bytes | None:
     """`_signed_body`'s answer when it has nothing to wait for (`sent_body_now`), else None."""
     body = sent_body_now(request)
     if body is not None:
-        request[BODY] = body
+        keys_of(request)[BODY] = body
     return body
 
 
