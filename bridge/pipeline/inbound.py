@@ -29,10 +29,18 @@ from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
 from bridge.smpp import constants as C
 from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int_value
-from bridge.smpp.msgid import normalize_receipt_id, normalize_tlv_id
+from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_id
 from bridge.smpp.protocol import DeliverAnswer
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
-from bridge.smpp.receipt import ReceiptState, receipt_outcome
+from bridge.smpp.receipt import (
+    MESSAGE_STATE_STAT,
+    STANDARD_OUTCOME_RE,
+    STAT_STATES,
+    ReceiptState,
+    network_error,
+    parse_done_date,
+    receipt_outcome,
+)
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
@@ -41,6 +49,12 @@ _RECEIPTED_MESSAGE_ID = C.RECEIPTED_MESSAGE_ID
 _MESSAGE_STATE = C.MESSAGE_STATE
 _NETWORK_ERROR_CODE = C.NETWORK_ERROR_CODE
 _MESSAGE_PAYLOAD = C.MESSAGE_PAYLOAD
+_MSG_TYPE_MASK = C.ESM_MSG_TYPE_MASK
+_INTERMEDIATE = C.ESM_INTERMEDIATE_NOTIFICATION
+_RECEIPT_TYPES = (0x04, 0x08, 0x10, 0x20)  # is_receipt's
+# Read once (an enum member read off its class is ~900 instructions on Python 3.11).
+_STR, _UNKNOWN, _ENROUTE = IdBase.STR, ReceiptState.UNKNOWN, ReceiptState.ENROUTE
+_standard_outcome = STANDARD_OUTCOME_RE.fullmatch
 _store_down = logs.Throttled(log)
 # One a receipt (a part sent): fastinit.maker's function, the same frozen value without the
 # class call's way back into the interpreter (~1.5 k instructions, session 58).
@@ -77,6 +91,7 @@ class Inbound:
         self.clock = clock
         self.metrics = metrics
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
         # The last receipt's done date and its milliseconds (_receipt).
         self._done_date: datetime | None = None
@@ -116,6 +131,7 @@ class Inbound:
 
     def reconfigure(self, smscs: Mapping[str, SmscConfig]) -> None:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
+        self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
 
     def on_deliver(self, smsc: str, body: ShortMessage) -> Awaitable[int]:
@@ -124,7 +140,11 @@ class Inbound:
         A receipt gets a `DeliverAnswer`, not a coroutine: one comes per segment sent, and a task
         per receipt (the bind's, with a coroutine chain five frames deep) cost ~14 µs of the
         owner's CPU each, measured; the answer is set from its batch's commit."""
-        if not is_receipt(body):
+        # is_receipt inline (a call a receipt, one per part sent).
+        if not (
+            (body.esm_class & 0x3C) in _RECEIPT_TYPES
+            or tlv_get(body.tlvs, _RECEIPTED_MESSAGE_ID) is not None
+        ):
             return self._mo_guarded(smsc, body)
         # Not a future: the bind answers the deliver_sm inside `set_result`, called from the
         # batch's flush (protocol.DeliverAnswer, session 58).
@@ -173,46 +193,65 @@ class Inbound:
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
-        # Its fields as values, not a Receipt made to be read once (one per part sent), and
-        # only the six stored (receipt_outcome: receipt_values' without sub, dlvrd, the submit
-        # date and the quoted text). A one-octet message_state (SMPP 3.4 5.3.2.35), as every
-        # SMSC sends it, read without tlv_int_value's call.
-        got = receipt_outcome(
-            text,
-            tlv_text or None,
-            state[0] if state is not None and len(state) == 1 else tlv_int_value(state),
-            network,
-        )
-        if got is None:
-            self.unparsable += 1
-            if self.metrics is not None:
-                self.metrics.receipt(smsc, "unparsable")
-            # The receipt text quotes the start of the message ("text:..."): a body.
-            log.warning(
-                "receipt without a message id",
-                extra={"smsc": smsc, "receipt": logs.body(text[:120])},
-            )
-            out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
-            return
-        message_id, rstate, stat, err, done_date, net_error = got
-        rule = self._rules.get(smsc)
-        if rule is None:
+        # A one-octet message_state (SMPP 3.4 5.3.2.35), as every SMSC sends it, read without
+        # tlv_int_value's call.
+        st = state[0] if state is not None and len(state) == 1 else tlv_int_value(state)
+        m = _standard_outcome(text)
+        if m is not None:
+            # receipt_outcome's standard layout inline (one a part sent; session 59): its call,
+            # the tuple it made and took apart, its _clean of the TLV's id (tlv_text is clean
+            # already: no NUL, stripped) and its NUL check (none left in `text`), and the
+            # match's four groups of eight it does not read (STANDARD_OUTCOME_RE). The same
+            # values: tests/unit/test_session59_receipt_inline.py checks them against
+            # receipt_values' on random and odd receipts.
+            text_id, done_text, text_stat, err = m.groups()
+            message_id = tlv_text or text_id
+            stat = MESSAGE_STATE_STAT.get(st) or text_stat.upper()  # type: ignore[arg-type]
+            rstate = STAT_STATES.get(stat, _UNKNOWN)
+            done_date = parse_done_date(done_text)
+            net_error = network_error(network) if network is not None else None
+        else:
+            # Its fields as values, not a Receipt made to be read once, and only the six stored
+            # (receipt_outcome: receipt_values' without sub, dlvrd, the submit date and the
+            # quoted text).
+            got = receipt_outcome(text, tlv_text or None, st, network)
+            if got is None:
+                self.unparsable += 1
+                if self.metrics is not None:
+                    self.metrics.receipt(smsc, "unparsable")
+                # The receipt text quotes the start of the message ("text:..."): a body.
+                log.warning(
+                    "receipt without a message id",
+                    extra={"smsc": smsc, "receipt": logs.body(text[:120])},
+                )
+                out.set_result(C.ESME_ROK)  # nothing to correlate; redelivery would not help
+                return
+            message_id, rstate, stat, err, done_date, net_error = got
+        keys = self._keys.get(smsc)
+        if keys is None:
             key = message_id
-        elif tlv_text:
+        else:
             # SMPP 3.4 5.3.2.12: receipted_message_id is the id the submit_sm_resp returned, in
             # its format (unless the SMSC's tlv_id_base says otherwise); receipt_id_base is for
-            # the id in the receipt's text.
-            key = normalize_tlv_id(message_id, rule)
-        else:
-            key = normalize_receipt_id(message_id, rule)
+            # the id in the receipt's text (msgid.normalize_tlv_id, normalize_receipt_id: their
+            # bases read once an SMSC, _key_rules). normalize_id's usual id inline: letters
+            # and digits only, nothing to trim.
+            rule, tlv_base, text_base = keys
+            base = tlv_base if tlv_text else text_base
+            if base is _STR and message_id.isascii() and message_id.isalnum():
+                key = message_id.upper() if rule.case_insensitive else message_id
+                if rule.strip_leading_zeros:
+                    key = key.lstrip("0") or "0"
+            else:
+                key = normalize_id(message_id, base, rule)
         now_ms = int(self.clock() * 1000)
         if net_error is not None and not (err and err.strip("0")):
             err = str(net_error)
-        if C.is_intermediate_notification(body.esm_class):
+        if (body.esm_class & _MSG_TYPE_MASK) == _INTERMEDIATE:  # is_intermediate_notification
             # SMPP 3.4 2.11.2: one delivery attempt's outcome while the SMSC keeps trying; its
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.
-            rstate = ReceiptState.ENROUTE
+            rstate = _ENROUTE
         # Told inside the batch's flush, once it committed: no future per receipt, and its
         # answer (`out`) is set one loop hop earlier (Batcher.add_call). ReceiptIn by position,
         # in its fields' order (tests/unit/test_session52_positional.py holds it): called by
@@ -254,11 +293,11 @@ class Inbound:
         if failed is not None:
             # The batcher logged the failed batch once; a line per receipt repeated it up to a
             # thousand times. The SMSC redelivers.
-            if not out.done():
-                out.set_result(C.ESME_RX_T_APPN)
+            out.settle(C.ESME_RX_T_APPN)  # unless answered already
             return
-        if not out.done():  # first: nothing below may keep the SMSC's answer back
-            out.set_result(C.ESME_ROK)
+        # First: nothing below may keep the SMSC's answer back. Unless answered already
+        # (settle: done() and set_result in one call).
+        out.settle(C.ESME_ROK)
         self.receipts += 1
         # Counted once committed, so one refused and redelivered counts once; the SMSC's resend
         # of one whose answer it lost counts again (it was received again).
@@ -684,6 +723,15 @@ class Inbound:
 
     async def drain(self) -> None:
         await self._receipts.drain()
+
+
+def _key_rules(rules: Mapping[str, MsgIdRule]) -> dict[str, tuple[MsgIdRule, IdBase, IdBase]]:
+    """Each SMSC's id rule with the bases a receipt's key takes (Inbound._receipt): from its
+    receipted_message_id TLV (normalize_tlv_id's) and from its text (normalize_receipt_id's)."""
+    return {
+        name: (r, r.receipt_base if r.tlv_as_receipt else r.resp_base, r.receipt_base)
+        for name, r in rules.items()
+    }
 
 
 # How long the same MO from the SMSC counts as a repeat of the first: ids are derived from the

@@ -134,6 +134,21 @@ class DeliverAnswer:
         if fut is not None and not fut.done():
             fut.set_result(status)
 
+    def settle(self, status: int) -> None:
+        """`set_result` unless the answer is set already (then nothing): the receipt's call from
+        its batch's flush (`Inbound._receipt_committed`, one a part sent), where `done()` and
+        `set_result` were two Python calls (session 59)."""
+        if self._status is not None:
+            return
+        self._status = status
+        proto = self._proto
+        if proto is not None:
+            self._proto = None
+            proto._answered(self, status)
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(status)
+
     def __await__(self) -> Generator[Any, None, int]:
         if self._status is None:
             # A new future when the last one was cancelled with its waiter (a time-out): the
@@ -567,7 +582,11 @@ class SmppProtocol(asyncio.Protocol):
             ev = answer._ev
             answer._ev = None
             if ev is not None:
-                self._ack(ev, status)
+                # _ack inline (one a receipt: a call less, session 59).
+                self.session.ack_deliver(ev.seq, status, ev.command_id)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
             if self._reading_paused:
                 self._resume_if_drained()
             if answer._drain < self._drains:  # attached before the latest drain_delivers

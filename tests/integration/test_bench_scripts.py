@@ -861,6 +861,15 @@ def test_codec_differential_finds_a_field_read_otherwise(tmp_path: Path) -> None
     )
     assert planted != text
     receipt.write_text(planted)
+    # Session 59: Inbound._receipt reads the standard layout itself (receipt_outcome takes the
+    # others): the same case kept there.
+    inbound = changed / "bridge" / "pipeline" / "inbound.py"
+    text = inbound.read_text()
+    planted = text.replace(
+        "MESSAGE_STATE_STAT.get(st) or text_stat.upper()", "MESSAGE_STATE_STAT.get(st) or text_stat"
+    )
+    assert planted != text
+    inbound.write_text(planted)
     out = _run(*args, "--tree", str(changed), codes=(1,))
     assert "encode: cases 1500, differing 0" in out, out
     for kind in ("decode", "session", "receipt"):
