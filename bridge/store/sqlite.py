@@ -2510,14 +2510,12 @@ def _claim_ids(
             keys,
         )
     }
-    # The PDUs' bytes as hex text (JSON holds no BLOB), made bytes again by _work.
-    segs = pipe.packed_rows(
-        c,
-        "s.message_id, s.seq, s.total, s.esm_class, hex(s.short_message), hex(s.tlvs), s.attempts",
+    segs = c.execute(
+        "SELECT s.message_id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts "
         "FROM json_each(?) j CROSS JOIN segments s ON s.message_id = j.value "
         "WHERE s.state='queued'",
         listed,
-    )
+    ).fetchall()
     if idle := set(ids).difference(r[0] for r in segs):
         done = _roll_up_idle(c, sorted(idle), now, intermediate, reports)
         ids = [mid for mid in ids if mid not in done]
@@ -2564,7 +2562,6 @@ def _work(
     seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
     segs: dict[str, list[WorkSegment]] = {}
     new_segment = _new_work_segment
-    fromhex = bytes.fromhex
     # By the rows themselves: each (message, seq) is one row (the parts' key), so tuples
     # compare by those two alone, in C, not by a key function's call a part (session 57).
     for r in sorted(rows):
@@ -2572,7 +2569,7 @@ def _work(
             # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
             # called with keywords gets a dict to unpack; order held by
             # tests/unit/test_session52_positional_claim.py.
-            new_segment(r[1], r[2], r[3], fromhex(r[4]), fromhex(r[5]), r[6])
+            new_segment(r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
         )
     new_message = _new_work_message
     out = []
