@@ -2471,6 +2471,14 @@ _Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 _NONE_CLAIMED: _Claimed = ([], {}, [])
 
 
+# The claim's read of its message rows (pipe.packed_rows: one JSON value for the claim, not a
+# step and a tuple a message; session 59).
+_CLAIM_SELECTED = (
+    "m.id, m.account_id, m.recipient, m.sender, m.data_coding, m.expires_at, "
+    "m.q_attempts, CASE WHEN m.segments_sent>0 THEN m.smsc END, m.q_unanswered, m.wire"
+)
+
+
 def _claim_ids(
     c: sqlite3.Connection,
     ids: list[str],
@@ -2495,9 +2503,9 @@ def _claim_ids(
     )
     msgs = {
         r[0]: r
-        for r in c.execute(
-            "SELECT m.id, m.account_id, m.recipient, m.sender, m.data_coding, m.expires_at, "
-            "m.q_attempts, CASE WHEN m.segments_sent>0 THEN m.smsc END, m.q_unanswered, m.wire "
+        for r in pipe.packed_rows(
+            c,
+            _CLAIM_SELECTED,
             "FROM json_each(?) j CROSS JOIN messages m ON m.rowid = j.value",
             keys,
         )

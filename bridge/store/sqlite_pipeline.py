@@ -73,6 +73,26 @@ def json_ids(ids: Sequence[str]) -> str:
     return orjson.dumps(ids).decode()
 
 
+def packed_rows(c: sqlite3.Connection, cols: str, tail: str, args: Sequence[Any]) -> list[Any]:
+    """The rows of `SELECT cols tail` (`args`), read as one JSON array of JSON arrays
+    (`json_group_array(json_array(cols))`, parsed by orjson): one step and one value for the
+    statement, not a step and a tuple a row and a value a column (the sqlite3 module hands the
+    GIL over around every step; session 59, `bench_owner.py --callgrind`: ~2-3 k instructions
+    a row less on the owner's hot reads). The rows come in the join's order, as the rows of
+    the plain SELECT do (its loop feeds the aggregate). The store writes TEXT, INTEGER or NULL
+    in the columns read so; a value JSON cannot carry (a BLOB, which SQLite refuses in
+    `json_array`, or an infinite REAL, written `Inf`, which orjson refuses: a hand edit or
+    another tool's write) reads the statement's rows by their columns, as before: without that
+    every batch naming such a row failed, every other message's results or receipts in it
+    with it, at each retry (SMSCs deliver a refused receipt again)."""
+    try:
+        ((packed,),) = c.execute(f"SELECT json_group_array(json_array({cols})) {tail}", args)
+        rows: list[Any] = loads(packed)
+        return rows
+    except (sqlite3.OperationalError, orjson.JSONDecodeError):
+        return c.execute(f"SELECT {cols} {tail}", args).fetchall()
+
+
 def in_list(ids: Sequence[Any]) -> tuple[str, Sequence[Any]]:
     """The marks of an `IN (...)` list of `ids` and its arguments, padded with the last id to
     one of a few lengths (_IN_SIZES), for the owner's reads that keep a list (the rarer ones,
@@ -256,23 +276,14 @@ def rollup_messages(
                 parts[mid] = got
                 if len(got) > 1:
                     many.add(mid)
-        # A row a list entry (LEFT JOIN: in the list's order), one JSON array (_ROLLUP_READ)
-        # whose first value is the rowid (null: no such message), by which the roll-up's
-        # UPDATE finds it again.
-        listed = (json_ids(chunk),)
-        try:
-            for mid, (packed,) in zip(chunk, c.execute(_ROLLUP_READ, listed), strict=True):
-                row = loads(packed)
-                if row[0] is not None:
-                    current[mid] = row
-        except (sqlite3.OperationalError, orjson.JSONDecodeError):
-            # A value JSON cannot carry (a BLOB, an infinite REAL: written by hand or by
-            # another tool): the chunk's rows by their columns, as before session 57. Without
-            # this every batch naming such a message failed, every other message's results or
-            # receipts in it with it, at each retry (SMSCs redeliver a refused receipt).
-            for mid, row in zip(chunk, c.execute(_ROLLUP_READ_COLUMNS, listed), strict=True):
-                if row[0] is not None:
-                    current[mid] = row
+        # A row a list entry (LEFT JOIN: in the list's order), its first value the rowid
+        # (null: no such message), by which the roll-up's UPDATE finds it again; the chunk's
+        # rows as one JSON value (packed_rows, _ROLLUP_SELECTED).
+        for mid, row in zip(
+            chunk, packed_rows(c, _ROLLUP_SELECTED, _ROLLUP_FROM, (json_ids(chunk),)), strict=True
+        ):
+            if row[0] is not None:
+                current[mid] = row
     # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
     # -> the rowids of the rows that take them (roll's `grouped`: current's first column). A
     # batch's rows mostly take the same values (its one-part messages sent through one SMSC,
@@ -342,23 +353,17 @@ def rollup_messages(
 # ROLLUP_COLS with the rowid in place of the id (rollup_rows.roll does not read that column):
 # the roll-up's UPDATE finds its row by the rowid, not through the id's index (an index seek
 # less a message row written, twice a message in the owner's write lock; session 55), and the
-# read keeps its column count. The columns come as one JSON array (`json_array`, read back by
-# orjson): the sqlite3 module hands the GIL over around every column it reads (~0.9 k
-# instructions each, Architecture note 27), and builds a value per column; the row's values
-# are TEXT, INTEGER or NULL as the store writes them, which a JSON array carries as they are
-# (session 57). A BLOB or an infinite REAL it cannot carry (SQLite refuses the first, writes
-# the second as `Inf`, which orjson refuses): such a chunk is read by its columns
-# (_ROLLUP_READ_COLUMNS), as before.
+# read keeps its column count. Read by packed_rows: a chunk's rows as one JSON value (one
+# column a row since session 57, one value a chunk since session 59: the sqlite3 module hands
+# the GIL over around every step and builds a value per column, ~0.9 k instructions each,
+# Architecture note 27); the row's values are TEXT, INTEGER or NULL as the store writes them,
+# which JSON carries as they are. A BLOB or an infinite REAL it cannot carry (SQLite refuses
+# the first, writes the second as `Inf`, which orjson refuses): such a chunk is read by its
+# columns, as before session 57.
 _ROLLUP_SELECTED = "m.rowid, " + ", ".join(
     f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:]
 )
-_ROLLUP_READ = (
-    f"SELECT json_array({_ROLLUP_SELECTED}) "
-    "FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
-)
-_ROLLUP_READ_COLUMNS = (
-    f"SELECT {_ROLLUP_SELECTED} FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
-)
+_ROLLUP_FROM = "FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
 
 
 @functools.cache
@@ -533,9 +538,11 @@ def record_submits(
         mids = sorted({r.message_id for r in sent})
         for chunk in _chunks(mids):
             # A loop, not update() of a generator: a generator's frame resumed a part.
-            for m, q, total, error in c.execute(
-                "SELECT s.message_id, s.seq, s.total, s.error_code FROM json_each(?) j "
-                "CROSS JOIN segments s ON s.message_id = j.value WHERE s.state='queued'",
+            for m, q, total, error in packed_rows(
+                c,
+                "s.message_id, s.seq, s.total, s.error_code",
+                "FROM json_each(?) j CROSS JOIN segments s ON s.message_id = j.value "
+                "WHERE s.state='queued'",
                 (json_ids(chunk),),
             ):
                 queued[m, q] = total, error
@@ -869,9 +876,10 @@ def _match(c: sqlite3.Connection, smsc: str, ids: Sequence[str]) -> Iterable[tup
     statement instead (in_list: a text per padded length)."""
     joined = "".join(ids)
     if joined.isascii() and joined.isprintable():
-        return c.execute(
-            "SELECT s.smsc_msg_id, s.message_id, s.seq, s.state, s.total FROM json_each(?) j "
-            "CROSS JOIN segments s ON s.smsc=? AND s.smsc_msg_id = j.value",
+        return packed_rows(
+            c,
+            "s.smsc_msg_id, s.message_id, s.seq, s.state, s.total",
+            "FROM json_each(?) j CROSS JOIN segments s ON s.smsc=? AND s.smsc_msg_id = j.value",
             (json_ids(ids), smsc),
         )
     marks, args = in_list(ids)
