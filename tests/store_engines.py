@@ -207,6 +207,18 @@ _UNDO_SQLITE: dict[int, tuple[str, ...]] = {
         "DROP TRIGGER accounts_version_update",
         "ALTER TABLE accounts DROP COLUMN row_version",
     ),
+    # The ledger with AUTOINCREMENT again, every row and id kept, its sequence at the top id.
+    38: (
+        "CREATE TABLE ledger_auto (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "account_id TEXT NOT NULL, kind TEXT NOT NULL, amount INTEGER NOT NULL, "
+        "pocket TEXT NOT NULL, at INTEGER NOT NULL, ref TEXT, expires_at INTEGER)",
+        "INSERT INTO ledger_auto SELECT id, account_id, kind, amount, pocket, at, ref, "
+        "expires_at FROM ledger ORDER BY id",
+        "DROP TABLE ledger",
+        "ALTER TABLE ledger_auto RENAME TO ledger",
+        "UPDATE sqlite_sequence SET name='ledger' WHERE name='ledger_auto'",
+        "CREATE INDEX ledger_account_ref ON ledger(account_id, ref)",
+    ),
 }
 _UNDO_POSTGRES: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE messages DROP COLUMN q_route",),

@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge import aio, logs
-from bridge.store import sqlite_binds  # noqa: F401  (registers the sqlite3 adapters)
+from bridge.store import (
+    sqlite_binds,  # noqa: F401  (registers the sqlite3 adapters)
+    sqlite_library,
+)
 from bridge.store.base import (
     StoreClosedError,
     StoreInUseError,
@@ -106,6 +109,9 @@ CACHED_STATEMENTS = 512
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
+    # Before the process's first connection: SQLite's memory statistics off (sqlite_library).
+    if sqlite_library.state is None:
+        sqlite_library.memstatus_off()
     conn = sqlite3.connect(
         str(path),
         isolation_level=None,

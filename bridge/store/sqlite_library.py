@@ -1,0 +1,86 @@
+"""SQLite's memory statistics turned off in this process, before its first store connection.
+
+Why: the SQLite the sqlite3 module links (Debian's 3.40.1 here) is built with memory statistics
+on (`SQLITE_DEFAULT_MEMSTATUS`) and without lookaside, so every allocation a statement makes (its
+cursors, the records it builds, each text or blob bound: ~120 allocations and as many frees a
+one-part accept) takes SQLite's global memory mutex and updates the statistics under it: ~7% of
+an accept's instructions inside the store's write lock (session 59). Nothing of the bridge reads
+those statistics (`sqlite3_memory_used`, `sqlite3_status`, a soft or hard heap limit: none is
+set), and without them SQLite calls malloc and free directly; every statement runs, reads and
+writes as before.
+
+The setting (`SQLITE_CONFIG_MEMSTATUS`) is taken only while the library is not initialised, and
+the sqlite3 module initialises it when it is imported: it is shut down (`sqlite3_shutdown`),
+configured and initialised again, through ctypes, on the very library the module's extension
+links. That is safe only while no connection is open anywhere in the process (a shut-down
+library frees what open connections use): it is done once, at the first store connection
+(`sqlite_runner.connect`), and only if SQLite has no memory in use then (`sqlite3_memory_used()`
+is 0: with statistics on, any open connection holds some). Otherwise, or where the library
+cannot be reached (no ctypes, another build, a statically linked module without the symbols),
+nothing changes: the statistics stay on and everything works as before, a little slower.
+`SMPP_BRIDGE_SQLITE_MEMSTATUS=1` keeps them on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sqlite3
+import threading
+
+_SQLITE_OK = 0
+_SQLITE_CONFIG_MEMSTATUS = 9
+
+_lock = threading.Lock()
+_tried = False
+# What the one try did: "off" (statistics off), or why not ("in use", "kept", "unreachable",
+# "refused"); None before it.
+state: str | None = None
+
+
+def _library() -> ctypes.CDLL | None:
+    """The SQLite the sqlite3 module uses, by ctypes, or None."""
+    try:
+        import _sqlite3
+
+        # dlsym on the extension's handle finds the symbols in the library it links (or in
+        # the extension itself, when SQLite is linked into it).
+        lib = ctypes.CDLL(_sqlite3.__file__)
+        lib.sqlite3_libversion_number.restype = ctypes.c_int
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        for name in ("sqlite3_shutdown", "sqlite3_initialize", "sqlite3_config"):
+            getattr(lib, name).restype = ctypes.c_int
+    except (ImportError, OSError, AttributeError):
+        return None
+    major, minor, patch = sqlite3.sqlite_version_info
+    if lib.sqlite3_libversion_number() != major * 1_000_000 + minor * 1_000 + patch:
+        return None  # not the library the module reports: left alone
+    return lib
+
+
+def memstatus_off() -> str:
+    """Turn SQLite's memory statistics off if no connection is open yet; once a process (later
+    calls answer what the first did). Returns `state`."""
+    global _tried, state
+    with _lock:
+        if _tried:
+            return state or "refused"
+        _tried = True
+        if os.environ.get("SMPP_BRIDGE_SQLITE_MEMSTATUS") == "1":
+            state = "kept"
+            return state
+        api = _library()
+        if api is None:
+            state = "unreachable"
+            return state
+        if api.sqlite3_memory_used() != 0:
+            state = "in use"  # a connection is open: a shutdown would pull it from under it
+            return state
+        if api.sqlite3_shutdown() != _SQLITE_OK:
+            state = "refused"
+            return state
+        ok = api.sqlite3_config(ctypes.c_int(_SQLITE_CONFIG_MEMSTATUS), ctypes.c_int(0))
+        if api.sqlite3_initialize() != _SQLITE_OK:  # pragma: no cover - initialised before
+            raise sqlite3.OperationalError("SQLite could not be initialised again")
+        state = "off" if ok == _SQLITE_OK else "refused"
+        return state
