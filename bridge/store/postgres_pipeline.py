@@ -509,9 +509,16 @@ class Known:
         """message id -> every part's (state, error code) in seq order, for the messages whose
         every part row was written here."""
         out = {}
+        total = self._total
         for mid, got in self._parts.items():
-            n = self._total[mid]
-            if len(got) == n and all(q in got for q in range(1, n + 1)):
+            n = total[mid]
+            if len(got) != n:
+                continue
+            if n == 1:  # a one-part message (session 59: no generator and list built for it)
+                one = got.get(1)
+                if one is not None:
+                    out[mid] = [one]
+            elif all(q in got for q in range(1, n + 1)):
                 out[mid] = [got[q] for q in range(1, n + 1)]
         return out
 

@@ -40,6 +40,9 @@ RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Serial
 ATTEMPTS = 8
 # How long a COMMIT or ROLLBACK under way is waited for once its task is cancelled.
 END_AFTER_CANCEL_S = 5.0
+# The bound on a statement's answer: asyncpg's `command_timeout` of the pool's connections.
+COMMAND_TIMEOUT_S = 60.0
+_monotonic = time.monotonic
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -112,9 +115,16 @@ class StoreConnection(asyncpg.Connection):
     """A connection of a store's pool: it knows that store's zone of the daily quota's days
     (`quota_zone`, PostgresStore.quota_tz as configure_store last set it), which the roll-up
     asks of it (postgres_pipeline.quota_tz) rather than of every caller that may end messages
-    unsent. No __slots__, so the pool's init can attach it."""
+    unsent. No __slots__, so the pool's init can attach it.
+
+    Its statements note when they start (`began`, and the protocol's count of queries then:
+    `began_n`) for the _Deadline of the transaction or call they run in."""
 
     quota_zone: Callable[[], str]
+    began: float = 0.0
+    began_n: int = 0
+    timed: Any = None  # asyncpg's configuration of the connection, command_timeout set
+    untimed: Any = None  # the same without it: no timer of asyncpg's a statement
 
     # Array parameters as literals (postgres_arrays.as_literals, session 57): asyncpg checks a
     # list and each element against three collections.abc ABCs (~5 k instructions an element),
@@ -124,21 +134,94 @@ class StoreConnection(asyncpg.Connection):
     def execute(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> Coroutine[Any, Any, str]:
+        self.began, self.began_n = _monotonic(), self._protocol.queries_count
         if args:
             query, args = as_literals(query, args)
         return super().execute(query, *args, timeout=timeout)
 
     def fetch(self, query: str, *args: Any, **kw: Any) -> Coroutine[Any, Any, list[Any]]:
+        self.began, self.began_n = _monotonic(), self._protocol.queries_count
         query, args = as_literals(query, args)
         return super().fetch(query, *args, **kw)
 
     def fetchrow(self, query: str, *args: Any, **kw: Any) -> Coroutine[Any, Any, Any]:
+        self.began, self.began_n = _monotonic(), self._protocol.queries_count
         query, args = as_literals(query, args)
         return super().fetchrow(query, *args, **kw)
 
     def fetchval(self, query: str, *args: Any, **kw: Any) -> Coroutine[Any, Any, Any]:
+        self.began, self.began_n = _monotonic(), self._protocol.queries_count
         query, args = as_literals(query, args)
         return super().fetchval(query, *args, **kw)
+
+
+class _Deadline:
+    """asyncpg's `command_timeout` for the statements of one transaction (run_tx), one read
+    (run_reads) or one of the pool's calls, with one timer for all of them (session 59).
+
+    Why: asyncpg arms a timer for every statement (`loop.call_later` as it sends, a cancel as
+    the answer comes, the cancelled handle left in the loop's heap until it is cleaned out):
+    ~30 k instructions a round trip under asyncio's own loop, 3.5% of an accept grouped with
+    others (one statement an accept) and 5% of the owner's steps. Here the connection runs the
+    section with a configuration without `command_timeout` (`untimed`: asyncpg reads it as each
+    statement starts) and one timer watches: when it comes due, it looks at the statement the
+    connection started last (StoreConnection.began) and, if that is younger than the bound,
+    comes back at its end. A statement that is COMMAND_TIMEOUT_S old still under way is then
+    ended as asyncpg's timer ended it: the configuration with the bound is put back first (so
+    asyncpg's cancel request and the wait for it before the ROLLBACK are bounded by it as
+    before), the task is cancelled (asyncpg sends the server the cancel, as on its own timer),
+    the transaction rolls back, and the caller gets TimeoutError (timed_out): the same error, the
+    store unavailable (is_unavailable), a 503 with Retry-After for an accept.
+
+    A statement the wrappers do not note (a cursor's FETCH, executemany) shows in the protocol's
+    count of queries: the timer then counts from the moment it saw it (later than the statement
+    began: such a statement is given at most twice the bound, never less than before)."""
+
+    __slots__ = ("_base", "_con", "_handle", "_loop", "_task", "fired")
+
+    def __init__(self, proxy: Any) -> None:
+        con = proxy._con  # the pool's proxy: its connection
+        loop = asyncio.get_running_loop()
+        self._task = task = asyncio.current_task(loop)
+        self._con, self._loop, self.fired = con, loop, False
+        self._base = task.cancelling() if task is not None else 0
+        if task is None or getattr(con, "untimed", None) is None:  # not a store's pool's
+            self._handle = None
+            return
+        con._config = con.untimed
+        con.began, con.began_n = _monotonic(), con._protocol.queries_count
+        self._handle = loop.call_later(COMMAND_TIMEOUT_S, self._due)
+
+    def _due(self) -> None:
+        con, now = self._con, _monotonic()
+        n = con._protocol.queries_count
+        if n > con.began_n + 1:  # a statement not noted began since: as if now
+            con.began, con.began_n = now, n - 1
+        left = con.began + COMMAND_TIMEOUT_S - now
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._due)
+            return
+        self._handle = None
+        con._config = con.timed
+        self.fired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def end(self) -> None:
+        """The section is over: the timer off, the connection's bound back."""
+        handle = self._handle
+        if handle is not None:  # armed, not fired (_due put the bound back when it fired)
+            handle.cancel()
+            self._handle = None
+            self._con._config = self._con.timed
+
+    def timed_out(self, exc: BaseException) -> bool:
+        """`exc` is this deadline's cancel (then taken back from the task: the caller raises
+        TimeoutError in its place), not one of the task's own."""
+        if not self.fired or not isinstance(exc, asyncio.CancelledError):
+            return False
+        assert self._task is not None
+        return self._task.uncancel() <= self._base
 
 
 async def create_pool(
@@ -149,6 +232,9 @@ async def create_pool(
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # a StoreConnection
         await conn.execute(_ARRAY_NULLS_ON)  # the array literals' NULL (_ARRAY_NULLS_ON)
+        # Its configuration with and without command_timeout (_Deadline).
+        conn.timed = conn._config
+        conn.untimed = conn._config._replace(command_timeout=None)
 
     # asyncpg.create_pool's own defaults, given as its Pool requires them all.
     pool = await StorePool(
@@ -162,7 +248,7 @@ async def create_pool(
         record_class=asyncpg.Record,
         init=init,
         reset=_no_reset,
-        command_timeout=60,
+        command_timeout=COMMAND_TIMEOUT_S,
         server_settings=session_settings("smpp-bridge"),
     )
     assert pool is not None
@@ -175,25 +261,32 @@ class StorePool(asyncpg.Pool):
     the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
     the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
 
+    # Each as asyncpg's Pool does it (a connection acquired, the call, released), under a
+    # _Deadline (session 59).
     async def execute(self, query: str, *args: Any, **kw: Any) -> str:
-        sup = super().execute
-        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
+        return await _on_a_live_session(
+            self, lambda: _bounded(self, lambda c: c.execute(query, *args, **kw))
+        )
 
     async def executemany(self, command: str, args: Any, **kw: Any) -> None:
-        sup = super().executemany
-        await _on_a_live_session(self, lambda: sup(command, args, **kw))
+        await _on_a_live_session(
+            self, lambda: _bounded(self, lambda c: c.executemany(command, args, **kw))
+        )
 
     async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
-        sup = super().fetch
-        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
+        return await _on_a_live_session(
+            self, lambda: _bounded(self, lambda c: c.fetch(query, *args, **kw))
+        )
 
     async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
-        sup = super().fetchval
-        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
+        return await _on_a_live_session(
+            self, lambda: _bounded(self, lambda c: c.fetchval(query, *args, **kw))
+        )
 
     async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
-        sup = super().fetchrow
-        return await _on_a_live_session(self, lambda: sup(query, *args, **kw))
+        return await _on_a_live_session(
+            self, lambda: _bounded(self, lambda c: c.fetchrow(query, *args, **kw))
+        )
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """asyncpg's release, less its "release() called on a free connection holder" when the
@@ -209,6 +302,20 @@ class StorePool(asyncpg.Pool):
             if "free connection holder" not in str(exc):
                 raise
             log.debug("store connection ended by the server as it was released")
+
+
+async def _bounded(pool: asyncpg.Pool, job: Job[T]) -> T:
+    """`job(conn)` on a connection of the pool, its statements under one _Deadline."""
+    async with pool.acquire() as conn:
+        deadline = _Deadline(conn)
+        try:
+            return await job(conn)
+        except asyncio.CancelledError as exc:
+            if deadline.timed_out(exc):
+                raise TimeoutError from None
+            raise
+        finally:
+            deadline.end()
 
 
 async def _on_a_live_session(pool: asyncpg.Pool, call: Callable[[], Awaitable[T]]) -> T:
@@ -303,30 +410,40 @@ async def run_tx(pool: asyncpg.Pool, job: Job[T], *, durable: bool = True) -> T:
     ended = 0
     while True:
         async with pool.acquire() as conn:
+            deadline = _Deadline(conn)  # the statements' bound (command_timeout), one timer
             try:
-                # Inside: a cancel while the BEGIN is under way leaves the session in the
-                # transaction it opened, which must be rolled back here too.
-                await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
-                result = await job(conn)
-            except BaseException as exc:
-                if not _ended_by_server(exc):
-                    with contextlib.suppress(Exception):
-                        await end_tx(conn, "ROLLBACK")  # else the pool's release rolls it back
-                    if isinstance(exc, RETRYABLE) and retries + 1 < ATTEMPTS:
-                        retries += 1
-                        log.info("store transaction retried after %s", type(exc).__name__)
-                        await asyncio.sleep(0.002 * retries)
-                        continue
-                    raise
-                failed = exc
-            else:
                 try:
-                    await end_tx(conn, "COMMIT")
-                    return result
-                except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
+                    # Inside: a cancel while the BEGIN is under way leaves the session in the
+                    # transaction it opened, which must be rolled back here too.
+                    await conn.execute(_BEGIN if durable else _BEGIN_ASYNC)
+                    result = await job(conn)
+                except BaseException as exc:
                     if not _ended_by_server(exc):
+                        with contextlib.suppress(Exception):
+                            await end_tx(conn, "ROLLBACK")  # else the pool's release does
+                        if isinstance(exc, RETRYABLE) and retries + 1 < ATTEMPTS:
+                            retries += 1
+                            log.info("store transaction retried after %s", type(exc).__name__)
+                            await asyncio.sleep(0.002 * retries)
+                            continue
                         raise
-                    failed = exc  # the COMMIT was not sent: rolled back with the session
+                    failed = exc
+                else:
+                    try:
+                        await end_tx(conn, "COMMIT")
+                        return result
+                    except (asyncpg.exceptions.InternalClientError, asyncpg.InterfaceError) as exc:
+                        if not _ended_by_server(exc):
+                            raise
+                        failed = exc  # the COMMIT was not sent: rolled back with the session
+            except asyncio.CancelledError as exc:
+                # The deadline's (a statement, the ROLLBACK or the COMMIT past the bound):
+                # rolled back, as asyncpg's TimeoutError left it.
+                if deadline.timed_out(exc):
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadline.end()
             _end_session(conn)  # never back to the pool alive, nor a ROLLBACK on it
         ended += 1
         if ended > pool.get_max_size():
@@ -340,11 +457,7 @@ async def run_reads(pool: asyncpg.Pool, job: Job[T]) -> T:
     server had ended the session before one of them was sent: reads change nothing, so
     running them twice is safe. As often as run_tx, then the store is unavailable."""
 
-    async def once() -> T:
-        async with pool.acquire() as conn:
-            return await job(conn)
-
-    return await _on_a_live_session(pool, once)
+    return await _on_a_live_session(pool, lambda: _bounded(pool, job))
 
 
 def scalar(value: Any) -> int:

@@ -105,5 +105,8 @@ async def test_the_store_reads_null_elements_as_null_whatever_the_database_sets(
         await s.append_ledger("acc_a", topup(10_000, NOW))  # no ref, a pocket that never expires
         rows = await s.pool.fetch("SELECT ref, expires_at FROM ledger WHERE account_id = 'acc_a'")
         assert [tuple(r) for r in rows] == [(None, None)]
+        # One entry goes by values since session 59: literals with NULLs, as the roll-ups send.
+        assert await s.pool.fetchval("SELECT $1::text[]", [None, "a", None]) == [None, "a", None]
+        assert await s.pool.fetchval("SELECT $1::bigint[]", [None, None]) == [None, None]
     finally:
         await s.close()
