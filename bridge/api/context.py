@@ -98,11 +98,28 @@ OPERATOR: web.RequestKey[str] = web.RequestKey("operator", str)
 STREAM_CUT: web.RequestKey[str] = web.RequestKey("stream_cut", str)
 
 
+_PROBE: web.RequestKey[int] = web.RequestKey("keys_of_probe", int)
+
+
 def _keys_in_state() -> bool:
-    """Whether aiohttp keeps a request's keys in its `_state` dict (BaseRequest's `__getitem__`
-    and `__setitem__` read and store there, as aiohttp 3.9 to 3.14 do)."""
-    get, put = web.BaseRequest.__getitem__, web.BaseRequest.__setitem__
-    return all("_state" in f.__code__.co_names for f in (get, put))
+    """Whether aiohttp keeps a request's keys in its `_state` dict (as aiohttp 3.9 to 3.14 do),
+    found by what `[]` does on a bare `web.Request`, the class of every request the server
+    makes (aiohttp's `_make_request`, `request_maker`): a key stored by `request[KEY] = v` is in
+    `_state`, and one put in `_state` is what `request[KEY]` and `in` read. Not by the names
+    BaseRequest's two methods use (session 59's first check): a `Request` of its own methods,
+    or methods naming `_state` but keeping the keys elsewhere, passed that (session 59's
+    review)."""
+    try:
+        probe = web.Request.__new__(web.Request)
+        state: dict[Any, Any] = {}
+        probe._state = state
+        probe[_PROBE] = 1
+        if state != {_PROBE: 1}:
+            return False
+        state[_PROBE] = 2
+        return probe[_PROBE] == 2 and _PROBE in probe
+    except Exception:  # an aiohttp whose request cannot be probed so: the request itself
+        return False
 
 
 # A request's keys as a plain dict, for the send's own keys (REQUEST_ID, PRINCIPAL, BODY): its

@@ -133,9 +133,13 @@ def test_a_forked_child_draws_its_own_request_ids() -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.close(read)
-        os.write(write, " ".join(ids.new_request_id() for _ in range(8)).encode())
-        os._exit(0)
+        # Whatever happens, the child ends here: an exception escaping would carry it on
+        # through the rest of the pytest session (a second runner of the same tests).
+        try:
+            os.close(read)
+            os.write(write, " ".join(ids.new_request_id() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         child = f.read().split()
