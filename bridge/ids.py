@@ -17,32 +17,6 @@ _FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.e
 _LOW5 = bytes(_ALPHABET.encode()[b & 31] for b in range(256))
 
 
-class _RandomPool:
-    """os.urandom in 4 KiB draws, handed out in slices: the same CSPRNG output, one syscall per
-    ~400 ids instead of one per id (each syscall also drops the GIL). A forked child starts with
-    an empty pool (os.register_at_fork), so parent and child never hand out the same bytes."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._buf = b""
-        self._pos = 0
-
-    def reset(self) -> None:
-        self._buf = b""
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        pos = self._pos
-        if pos + n > len(self._buf):
-            self._buf = os.urandom(max(self._size, n))
-            pos = 0
-        self._pos = pos + n
-        return self._buf[pos : pos + n]
-
-
-_POOL = _RandomPool()
-os.register_at_fork(after_in_child=_POOL.reset)
-
 # The ids' random characters: os.urandom in 4 KiB draws, each byte mapped to its base32
 # character (its low five bits) in one translate for the whole draw, then handed out 16 at a
 # time as a slice of the string. Why: the pool's method call, the slice of bytes, a translate
@@ -60,9 +34,6 @@ def _reset_chars() -> None:
 
 os.register_at_fork(after_in_child=_reset_chars)
 
-
-# The pool's own method, not a function calling it.
-random_bytes = _POOL.take
 
 # The request ids' random hex digits: os.urandom in 4 KiB draws, hexed at once, handed out 16 at
 # a time as a slice of the string (as `_chars` for the ids). Why: the pool's method, a slice of

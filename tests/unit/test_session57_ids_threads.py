@@ -34,7 +34,6 @@ def test_an_id_keeps_its_own_time_when_another_thread_makes_one_during_the_refil
 
     monkeypatch.setattr(ids, "os", types.SimpleNamespace(urandom=urandom))
     monkeypatch.setattr(ids, "_chars_pos", ids._CHARS_SIZE)  # the next id refills
-    monkeypatch.setattr(ids._POOL, "_pos", 1 << 20)  # (the pre-session-57 pool's refill)
     mine = new_id("msg_", ours)
     assert others, "no refill happened"
     assert id_time_ms(others[1], "evt_") == theirs
