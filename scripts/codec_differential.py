@@ -384,8 +384,10 @@ class ReceiptCase:
             for s in RECEIPT_SMSCS
         ]
         self.calls = 0
-        self.inbound = Inbound(  # type: ignore[arg-type]
-            Store(), self.configs[0], clock=lambda: 1_796_000_000.0
+        self.inbound = Inbound(
+            Store(),  # type: ignore[arg-type]
+            self.configs[0],
+            clock=lambda: 1_796_000_000.0,
         )
         queued = self.queued
 
