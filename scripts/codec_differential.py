@@ -25,7 +25,9 @@ digests are compared. The kinds:
   separators, 64 and 70 characters; stat words known, unknown, lower case, non-ASCII; err forms;
   NULs, noise ahead; the receipted_message_id, message_state and network_error_code TLVs, odd
   lengths included; intermediate notifications) through the real `Inbound._receipt`, its batcher
-  stubbed: the `ReceiptIn` it queues, its answer, the unparsable count.
+  stubbed: the `ReceiptIn` it queues and the arguments its commit is told, its answer, the
+  unparsable count. Its SMSC one of five with their id rules (hex, decimal and string bases,
+  tlv_id_base, case, leading zeros) or an unknown one, the set reloaded every 500 cases.
 `--loose-errors` compares a refusal by its kind only (an encode error naming another field of a
 value with two wrong, say). The exit status is 1 when a case differs; the first few are shown.
 """
@@ -78,7 +80,29 @@ RECEIPT_TEXTS = [
     " err:{err}\x00",
 ]
 RECEIPT_IDS = ["0012D687", "abc", "12345", "A1b2C3", "\xa0x", "x\x85", "1" * 64, "1" * 70, "é",
-               "id\x1c"]  # fmt: skip
+               "id\x1c", "00b8be19", "12107289", "0x1F", "000", "1_000", "12 34"]  # fmt: skip
+# The receipt kind's SMSCs, each with its id rules (the key's bases, case, leading zeros), and
+# the set a reload swaps in every RELOAD_EVERY cases (options changed, one SMSC gone, one new):
+# the key a receipt is stored under is its SMSC's rules' (session 59 review: with none
+# configured, the key's own code never ran here).
+RECEIPT_SMSCS: list[dict[str, dict[str, Any]]] = [
+    {
+        "plain": {},
+        "hexdec": {"resp_id_base": "hex", "receipt_id_base": "dec"},
+        "tlvrec": {"resp_id_base": "hex", "receipt_id_base": "dec", "tlv_id_base": "receipt",
+                   "id_strip_leading_zeros": False},
+        "asis": {"id_case_insensitive": False, "id_strip_leading_zeros": False},
+        "strhex": {"receipt_id_base": "hex", "id_case_insensitive": False},
+    },
+    {
+        "plain": {"resp_id_base": "hex", "receipt_id_base": "hex"},
+        "hexdec": {"id_case_insensitive": False},
+        "asis": {"resp_id_base": "dec", "receipt_id_base": "dec", "tlv_id_base": "receipt"},
+        "new": {"id_strip_leading_zeros": False},
+    },
+]  # fmt: skip
+RECEIPT_SMSC_NAMES = ["plain", "hexdec", "tlvrec", "asis", "strhex", "new", "unknown"]
+RELOAD_EVERY = 500
 STATS = ["DELIVRD", "delivrd", "UNDELIV", "ExPiReD", "BOGUS", "ACKED", "deleted", "ß", "\xff",
          "ÿÿ", "DELIVERED", "accepted", "µ", "REJECTD\x1f"]  # fmt: skip
 ERRS = ["000", "0", "001", "err", "ÿ", "00"]
@@ -156,7 +180,8 @@ def receipt_fields(r: random.Random) -> list[Any]:
             v = r.choice([b"", b"\x00", b"\x02", b"\x05", b"\x09", b"\xff", b"\x00\x02",
                           b"\x00\x00\x00\x00\x02", b"\x01\x00\x00\x00\x02"])  # fmt: skip
         elif tag == RECEIPTED_MESSAGE_ID:
-            v = r.choice([b"", b"\x00", b"0012D687\x00", b" abc ", b"X", b"\xe9"])
+            v = r.choice([b"", b"\x00", b"0012D687\x00", b" abc ", b"X", b"\xe9", b"12107289",
+                          b"00B8BE19", b"0x00ff\x00", b"000"])  # fmt: skip
         elif tag == NETWORK_ERROR_CODE:
             v = r.choice([b"", b"\x03\x00\x01", b"\x00\x05", b"\x01"])
         else:
@@ -341,9 +366,12 @@ def session_case(t: Tree, r: random.Random) -> str:
 
 
 class ReceiptCase:
-    """`Inbound._receipt` with its batcher stubbed: what it queues, what it answers."""
+    """`Inbound._receipt` with its batcher stubbed: what it queues (the `ReceiptIn` and the
+    arguments its commit is told), what it answers; its SMSC one of RECEIPT_SMSCS' (or none
+    configured), the set reloaded every RELOAD_EVERY cases."""
 
     def __init__(self, t: Tree) -> None:
+        from bridge.config import SmscConfig
         from bridge.pipeline.inbound import Inbound
 
         class Store:
@@ -351,16 +379,29 @@ class ReceiptCase:
 
         self.t = t
         self.queued: list[Any] = []
-        self.inbound = Inbound(Store(), {}, clock=lambda: 1_796_000_000.0)  # type: ignore[arg-type]
+        self.configs = [
+            {n: SmscConfig(name=n, system_id="t", password="t", **kw) for n, kw in s.items()}
+            for s in RECEIPT_SMSCS
+        ]
+        self.calls = 0
+        self.inbound = Inbound(
+            Store(),  # type: ignore[arg-type]
+            self.configs[0],
+            clock=lambda: 1_796_000_000.0,
+        )
         queued = self.queued
 
         class Batcher:
-            def add_call(self, item: Any, _done: Any) -> None:
-                queued.append(item)
+            def add_call(self, item: Any, done: Any) -> None:
+                queued.append((item, getattr(done, "args", ())[2:]))
 
         self.inbound._receipts = Batcher()  # type: ignore[assignment]
 
     def __call__(self, r: random.Random) -> str:
+        self.calls += 1
+        if self.calls % RELOAD_EVERY == 0:
+            self.inbound.reconfigure(self.configs[self.calls // RELOAD_EVERY % 2])
+        smsc = r.choice(RECEIPT_SMSC_NAMES)
         body = self.t.sm(receipt_fields(r))
         self.queued.clear()
 
@@ -375,7 +416,7 @@ class ReceiptCase:
 
         answer = Answer()
         try:
-            self.inbound._receipt("smsc1", body, answer)  # type: ignore[arg-type]
+            self.inbound._receipt(smsc, body, answer)  # type: ignore[arg-type]
         except Exception as e:  # compared
             return self.t.outcome(e)
         return f"{answer.value} {self.queued!r} {self.inbound.unparsable}"

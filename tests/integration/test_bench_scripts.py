@@ -874,3 +874,45 @@ def test_codec_differential_finds_a_field_read_otherwise(tmp_path: Path) -> None
     assert "encode: cases 1500, differing 0" in out, out
     for kind in ("decode", "session", "receipt"):
         assert re.search(rf"^{kind}: cases 1500, differing [1-9]\d*$", out, re.M), out
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        # normalize_id's usual id inline in Inbound._receipt (session 59): "000" keyed "".
+        ('key = key.lstrip("0") or "0"', 'key = key.lstrip("0")'),
+        # A receipted_message_id TLV's id read in the text's base.
+        ("base = tlv_base if tlv_text else text_base", "base = text_base"),
+        # A reload that leaves the key's bases (_key_rules) as they were.
+        (
+            "        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}\n"
+            "        self._keys = _key_rules(self._rules)\n"
+            "        self._smscs = dict(smscs)\n\n    def on_deliver",
+            "        self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}\n"
+            "        self._smscs = dict(smscs)\n\n    def on_deliver",
+        ),
+    ],
+    ids=["leading-zeros", "tlv-base", "reload"],
+)
+def test_codec_differential_sees_a_receipt_keyed_otherwise(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    """codec_differential.py's receipt kind (session 59 review): its receipts come from SMSCs
+    with id rules (and a reload), so a receipt stored under another key differs. With no SMSC
+    configured, as before, `_receipt`'s key was the text's id as it came and none of these
+    planted changes showed."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    args = ("scripts/codec_differential.py", "--base", str(same), "--kinds", "receipt")
+    out = _run(*args, "--cases", "1500", "--tree", str(same))
+    assert "receipt: cases 1500, differing 0" in out, out
+    inbound = changed / "bridge" / "pipeline" / "inbound.py"
+    text = inbound.read_text()
+    assert text.count(old) == 1
+    inbound.write_text(text.replace(old, new))
+    out = _run(*args, "--cases", "1500", "--tree", str(changed), codes=(1,))
+    assert re.search(r"^receipt: cases 1500, differing [1-9]\d*$", out, re.M), out
