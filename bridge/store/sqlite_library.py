@@ -25,10 +25,13 @@ nothing changes: the statistics stay on and everything works as before, a little
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sqlite3
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 _SQLITE_OK = 0
 _SQLITE_CONFIG_MEMSTATUS = 9
@@ -42,9 +45,11 @@ state: str | None = None
 
 
 def _library() -> ctypes.CDLL | None:
-    """The SQLite the sqlite3 module uses, by ctypes, or None."""
+    """The SQLite the sqlite3 module uses, by ctypes, or None (ctypes imported here: a Python
+    built without it, libffi missing, still runs the store, as before session 59)."""
     try:
         import _sqlite3
+        import ctypes
 
         # dlsym on the extension's handle finds the symbols in the library it links (or in
         # the extension itself, when SQLite is linked into it).
@@ -104,7 +109,9 @@ def memstatus_off() -> str:
         if api.sqlite3_shutdown() != _SQLITE_OK:
             state = "refused"
             return state
-        ok = api.sqlite3_config(ctypes.c_int(_SQLITE_CONFIG_MEMSTATUS), ctypes.c_int(0))
+        from ctypes import c_int  # importable: _library used it
+
+        ok = api.sqlite3_config(c_int(_SQLITE_CONFIG_MEMSTATUS), c_int(0))
         if api.sqlite3_initialize() != _SQLITE_OK:  # pragma: no cover - initialised before
             raise sqlite3.OperationalError("SQLite could not be initialised again")
         state = "off" if ok == _SQLITE_OK else "refused"

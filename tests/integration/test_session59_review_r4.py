@@ -16,6 +16,8 @@
    else, as such a build starts) nothing is counted: the 0 held with a connection open, and the
    library was shut down and started again under it (SQLite requires every connection closed
    first), for no gain.
+3. `sqlite_library` imported ctypes at its top: a Python without ctypes could not import the
+   store at all.
 """
 
 from __future__ import annotations
@@ -186,3 +188,38 @@ def test_statistics_already_off_leave_the_library_running(tmp_path: Path) -> Non
     assert "sqlite3_shutdown" not in got["calls"], got
     assert got["state"] == "already off"
     assert got["early"] == "still works"
+
+
+_NO_CTYPES = r"""
+import asyncio, json, sys
+sys.modules["ctypes"] = None  # a Python built without it (libffi missing): import fails
+sys.path.insert(0, sys.argv[1])
+from bridge.store.sqlite import SqliteStore
+from bridge.store import sqlite_library
+
+
+async def main():
+    s = SqliteStore(sys.argv[2])
+    await s.open()
+    version = await s.schema_version()
+    await s.close()
+    print(json.dumps({"state": sqlite_library.state, "version": version}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_python_without_ctypes_still_opens_the_store(tmp_path: Path) -> None:
+    """3. The module imported ctypes at its top: in a Python without it, importing the store
+    failed (every store command, the daemon), though its docstring says such a process keeps
+    the statistics on and works as before, as it did before session 59."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_CTYPES, str(_ROOT), str(tmp_path / "bridge.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["state"] == "unreachable"
+    assert got["version"] >= 38
