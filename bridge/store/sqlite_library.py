@@ -15,7 +15,9 @@ configured and initialised again, through ctypes, on the very library the module
 links. That is safe only while no connection is open anywhere in the process (a shut-down
 library frees what open connections use): it is done once, at the first store connection
 (`sqlite_runner.connect`), and only if SQLite has no memory in use then (`sqlite3_memory_used()`
-is 0: with statistics on, any open connection holds some). Otherwise, or where the library
+is 0: with statistics on, any open connection holds some), and only if the library counts at
+all (a block of its own shows in that count: with the statistics off already, a build's default,
+the 0 proves nothing and there is nothing to gain). Otherwise, or where the library
 cannot be reached (no ctypes, another build, a statically linked module without the symbols),
 nothing changes: the statistics stay on and everything works as before, a little slower.
 `SMPP_BRIDGE_SQLITE_MEMSTATUS=1` keeps them on.
@@ -23,10 +25,13 @@ nothing changes: the statistics stay on and everything works as before, a little
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sqlite3
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 _SQLITE_OK = 0
 _SQLITE_CONFIG_MEMSTATUS = 9
@@ -34,20 +39,27 @@ _SQLITE_CONFIG_MEMSTATUS = 9
 _lock = threading.Lock()
 _tried = False
 # What the one try did: "off" (statistics off), or why not ("in use", "kept", "unreachable",
-# "refused"); None before it.
+# "refused", "already off": the library counts nothing, so the shutdown's guard is blind);
+# None before it.
 state: str | None = None
 
 
 def _library() -> ctypes.CDLL | None:
-    """The SQLite the sqlite3 module uses, by ctypes, or None."""
+    """The SQLite the sqlite3 module uses, by ctypes, or None (ctypes imported here: a Python
+    built without it, libffi missing, still runs the store, as before session 59)."""
     try:
         import _sqlite3
+        import ctypes
 
         # dlsym on the extension's handle finds the symbols in the library it links (or in
         # the extension itself, when SQLite is linked into it).
         lib = ctypes.CDLL(_sqlite3.__file__)
         lib.sqlite3_libversion_number.restype = ctypes.c_int
         lib.sqlite3_memory_used.restype = ctypes.c_int64
+        lib.sqlite3_malloc.restype = ctypes.c_void_p
+        lib.sqlite3_malloc.argtypes = [ctypes.c_int]
+        lib.sqlite3_free.restype = None
+        lib.sqlite3_free.argtypes = [ctypes.c_void_p]
         for name in ("sqlite3_shutdown", "sqlite3_initialize", "sqlite3_config"):
             getattr(lib, name).restype = ctypes.c_int
     except (ImportError, OSError, AttributeError):
@@ -56,6 +68,18 @@ def _library() -> ctypes.CDLL | None:
     if lib.sqlite3_libversion_number() != major * 1_000_000 + minor * 1_000 + patch:
         return None  # not the library the module reports: left alone
     return lib
+
+
+def _counting(api: ctypes.CDLL) -> bool:
+    """Whether SQLite counts its memory now: an allocation of its own shows in
+    `sqlite3_memory_used()` only with the statistics on (review r4, session 59)."""
+    block = api.sqlite3_malloc(64)
+    if not block:
+        return False  # no memory to probe with: left alone
+    try:
+        return bool(api.sqlite3_memory_used() > 0)
+    finally:
+        api.sqlite3_free(block)
 
 
 def memstatus_off() -> str:
@@ -76,10 +100,18 @@ def memstatus_off() -> str:
         if api.sqlite3_memory_used() != 0:
             state = "in use"  # a connection is open: a shutdown would pull it from under it
             return state
+        if not _counting(api):
+            # Statistics off already (a build with SQLITE_DEFAULT_MEMSTATUS=0, one of SQLite's
+            # recommended options): nothing to gain, and the 0 above said nothing about open
+            # connections (uncounted), so a shutdown could pull one from under its user.
+            state = "already off"
+            return state
         if api.sqlite3_shutdown() != _SQLITE_OK:
             state = "refused"
             return state
-        ok = api.sqlite3_config(ctypes.c_int(_SQLITE_CONFIG_MEMSTATUS), ctypes.c_int(0))
+        from ctypes import c_int  # importable: _library used it
+
+        ok = api.sqlite3_config(c_int(_SQLITE_CONFIG_MEMSTATUS), c_int(0))
         if api.sqlite3_initialize() != _SQLITE_OK:  # pragma: no cover - initialised before
             raise sqlite3.OperationalError("SQLite could not be initialised again")
         state = "off" if ok == _SQLITE_OK else "refused"

@@ -84,12 +84,21 @@ def packed_rows(c: sqlite3.Connection, cols: str, tail: str, args: Sequence[Any]
     `json_array`, or an infinite REAL, written `Inf`, which orjson refuses: a hand edit or
     another tool's write) reads the statement's rows by their columns, as before: without that
     every batch naming such a row failed, every other message's results or receipts in it
-    with it, at each retry (SMSCs deliver a refused receipt again)."""
+    with it, at each retry (SMSCs deliver a refused receipt again).
+
+    Only such a value is read again: an error that made SQLite roll the transaction back by
+    itself (an I/O error reading a page, even in a SELECT) is raised, as the plain SELECT
+    raised it. Read again, it succeeded in autocommit, the job's later writes each committed
+    on their own and the runner, finding no transaction, failed every job of the batch: half a
+    job on disk behind callers told it failed (review r4, session 59)."""
+    inside = c.in_transaction
     try:
         ((packed,),) = c.execute(f"SELECT json_group_array(json_array({cols})) {tail}", args)
         rows: list[Any] = loads(packed)
         return rows
     except (sqlite3.OperationalError, orjson.JSONDecodeError):
+        if inside and not c.in_transaction:
+            raise
         return c.execute(f"SELECT {cols} {tail}", args).fetchall()
 
 
