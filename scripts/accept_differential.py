@@ -2,19 +2,26 @@
 """Run seeded accept batches on the SQLite store of two trees and compare every table.
 
 Usage: python scripts/accept_differential.py --base DIR [--tree DIR] [--seeds 300] [--first 0]
+                                           [--store sqlite|postgres]
 
 Why: a change to what an accept does inside the write lock (statements, values prepared before
 it, sums held for a batch, reads kept across accepts) must leave every answer and every row of
 every table as it was (`store_differential.py` does the same for the owner's writes). Each
 scenario (seed) makes three accounts (cash with a low-balance threshold and a quota, cash and an
 expiring voucher, postpaid) with keys and signs, then runs 1 to 6 write batches, each one
-`gather` of 1 to 12 calls: accepts (keyed or not, one or two recipients, billed or not, an
-approved or a pending sign, 0 to 500 a message, clocks on both sides of midnight, replays of an
-Idempotency-Key) with top-ups and account changes (quota, threshold, disabled, enabled) among
-them. After each batch every table is dumped (all columns, rows sorted; `row_version`, a random
-stamp, left out; the random part of generated ids masked) with the batch's answers; the two
-trees' dumps must be equal. Each tree runs in a child process that imports `bridge` and `tests`
-from it.
+`gather` of 1 to 12 calls: accepts (keyed or not, one or two recipients, billed or not, without
+sending rules now and then, an approved or a pending sign, 0 to 500 a message, clocks on both
+sides of midnight, replays of an Idempotency-Key) with top-ups and account changes (quota,
+threshold, disabled, enabled) among them. After each batch every table is dumped (all columns,
+rows sorted; `row_version`, a random stamp, left out; the random part of generated ids masked)
+with the batch's answers; the two trees' dumps must be equal. Each tree runs in a child process
+that imports `bridge` and `tests` from it.
+`--store postgres` (session 59's review) runs the same scenarios on a PostgreSQL store: a
+throw-away cluster (tests/pg_cluster.py, started by this script), a new database a seed and tree,
+every table of the public schema dumped the same way (`schema_version` left out). Its pool has
+one connection, so a batch's calls reach the server in the order they were made, as the SQLite
+store's write lock takes them: the serial ids (the ledger's, the outbox's) and the decisions
+that depend on that order (a balance, a quota) are then the same in both trees.
 """
 
 from __future__ import annotations
@@ -77,6 +84,30 @@ def dump(path: Path) -> str:
         c.close()
 
 
+async def pg_dump(dsn: str) -> str:
+    """dump's PostgreSQL twin: every table of the public schema, all columns but row_version,
+    rows sorted by their repr, random ids masked."""
+    import asyncpg
+
+    c = await asyncpg.connect(dsn)
+    try:
+        out = []
+        names = await c.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        )
+        for (name,) in names:
+            if name in ("schema_migrations", "schema_version"):  # the trees' migrations
+                continue
+            stmt = await c.prepare(f'SELECT * FROM "{name}"')
+            cols = [a.name for a in stmt.get_attributes()]
+            keep = [i for i, col in enumerate(cols) if col != "row_version"]
+            rows = sorted(repr(tuple(_masked(r[i]) for i in keep)) for r in await stmt.fetch())
+            out.append(f"{name} {cols}\n" + "\n".join(rows))
+        return "\n".join(out)
+    finally:
+        await c.close()
+
+
 def answer(out: Any) -> str:
     """A call's answer as text (an accept's every field, a fault's repr)."""
     if out is None or isinstance(out, (bool, BaseException)):
@@ -97,7 +128,7 @@ def answer(out: Any) -> str:
     )
 
 
-async def scenario(seed: int, path: Path) -> list[str]:
+async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
     from dataclasses import replace
 
     from bridge.domain import admission as adm
@@ -107,14 +138,28 @@ async def scenario(seed: int, path: Path) -> list[str]:
     from tests.integration.test_store_rules import NOW, account, billed, message, sign
 
     rnd = random.Random(seed)
+    # Drawn apart (session 59's review), so the draws above stay each seed's as they were: some
+    # accepts without sending rules (AcceptBatch.rules None), the API's send path (PostgreSQL's
+    # one statement, _ACCEPT_SEND, when keyed; the general transaction otherwise).
+    plain = random.Random(f"plain-{seed}")
     midnight = NOW
     day = adm.day_key(NOW, "UTC")
     while adm.day_key(midnight, "UTC") == day:
         midnight += MIN
     clocks = (NOW, NOW, NOW + 1, midnight - 1, midnight, midnight + MIN)
     aids = ("acc_a", "acc_b", "acc_c")
-    s = SqliteStore(path)
+    s: Any
+    if dsn is None:
+        s = SqliteStore(path)
+    else:
+        from bridge.store.postgres import PostgresStore
+
+        s = PostgresStore(dsn, min_size=1, max_size=1)  # the calls in order (see the doc)
     await s.open()
+
+    async def snapshot() -> str:
+        return dump(path) if dsn is None else await pg_dump(dsn)
+
     try:
         await s.create_account(
             account("acc_a", status_url="https://hook.example/a", threshold=1_150, daily_quota=6)
@@ -129,7 +174,7 @@ async def scenario(seed: int, path: Path) -> list[str]:
         await s.append_ledger("acc_b", grant_voucher(900, NOW, "v1", NOW + DAY))
         for aid in aids:
             await s.add_key(AppKey(f"K{aid}", aid, b"sealed", "active", NOW), max_active=2)
-        out = [dump(path)]
+        out = [await snapshot()]
         n = 0
         for _batch in range(rnd.randint(1, 6)):
             calls: list[Coroutine[Any, Any, Any]] = []
@@ -173,6 +218,8 @@ async def scenario(seed: int, path: Path) -> list[str]:
                             nonce=f"n{rnd.randint(1, n) if rnd.random() < 0.05 else n}",
                             nonce_expires_at=clock + 10 * MIN,
                         )
+                    if plain.random() < 0.2:
+                        batch = replace(batch, rules=None)
                     calls.append(s.accept(batch, clock))
                 elif what < 0.87:
                     calls.append(s.append_ledger(aid, topup(rnd.choice((50, 400)), NOW, f"t{n}")))
@@ -189,17 +236,29 @@ async def scenario(seed: int, path: Path) -> list[str]:
                     )
                     calls.append(s.update_account(aid, change, NOW + n))
             got = await asyncio.gather(*calls, return_exceptions=True)
-            out.append("\n".join(answer(g) for g in got) + "\n" + dump(path))
+            out.append("\n".join(answer(g) for g in got) + "\n" + await snapshot())
         return out
     finally:
         await s.close()
 
 
-def child(first: int, seeds: int) -> None:
-    """One line per seed: its number and the hashes of its dumps."""
+def child(first: int, seeds: int, admin_dsn: str | None = None) -> None:
+    """One line per seed: its number and the hashes of its dumps. With `admin_dsn`
+    (PostgreSQL) each seed on a new database of that server, dropped after."""
     for seed in range(first, first + seeds):
-        with tempfile.TemporaryDirectory() as d:
-            steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
+        if admin_dsn is not None:
+            from tests import pg_cluster as pgc
+
+            cluster = pgc._external(admin_dsn)
+            name = pgc.new_database_name("adiff")
+            dsn = asyncio.run(pgc.create_database(cluster, name))
+            try:
+                steps = asyncio.run(scenario(seed, Path("-"), dsn))
+            finally:
+                asyncio.run(pgc.drop_database(cluster, name))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
         hashes = [hashlib.sha256(s.encode()).hexdigest()[:16] for s in steps]
         print(json.dumps([seed, hashes]), flush=True)
 
@@ -210,15 +269,26 @@ def main() -> None:
     ap.add_argument("--tree", default=str(HERE))
     ap.add_argument("--seeds", type=int, default=300)
     ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--admin-dsn", help=argparse.SUPPRESS)  # the children's server
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
-        child(args.first, args.seeds)
+        child(args.first, args.seeds, args.admin_dsn)
         return
     CHILDREN.on_signals()
     more = ["--seeds", str(args.seeds), "--first", str(args.first)]
-    compare(__file__, args.base, args.tree, more, CHILDREN)
+    if args.store == "postgres":
+        sys.path.insert(0, str(HERE))
+        from tests import pg_cluster as pgc
+
+        with CHILDREN.started(pgc.start_cluster, pgc.Cluster.stop) as cluster:
+            compare(
+                __file__, args.base, args.tree, [*more, "--admin-dsn", cluster.admin_dsn], CHILDREN
+            )
+    else:
+        compare(__file__, args.base, args.tree, more, CHILDREN)
 
 
 if __name__ == "__main__":

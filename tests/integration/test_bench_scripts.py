@@ -699,6 +699,39 @@ def test_accept_differential_finds_a_row_written_otherwise(tmp_path: Path) -> No
     assert re.search(r"differing scenarios [1-9]\d*\b", out), out
 
 
+def test_accept_differential_on_postgres_finds_a_row_written_otherwise(
+    tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    """accept_differential.py --store postgres (session 59's review): two copies of this tree
+    dump the same tables and answers after every batch on a PostgreSQL store of their own
+    (the script starts a cluster; `pg_cluster` only skips this without PostgreSQL); a copy
+    whose one-part messages' part goes with its esm_class one higher (postgres._SEGMENT_SCALARS)
+    differs, and the script exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        for part in ("bridge", "tests"):
+            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    store = changed / "bridge" / "store" / "postgres.py"
+    text = store.read_text()
+    planted = text.replace(
+        "SELECT $21::text, $22::int, $23::int, $24::int,",
+        "SELECT $21::text, $22::int, $23::int, $24::int + 1,",
+    )
+    assert planted != text
+    store.write_text(planted)
+    out = _run(
+        "scripts/accept_differential.py", "--base", str(same), "--tree", str(same),
+        "--store", "postgres", "--seeds", "3",
+    )  # fmt: skip
+    assert re.search(r"scenarios 3, steps dumped \d+, differing scenarios 0", out), out
+    out = _run(
+        "scripts/accept_differential.py", "--base", str(same), "--tree", str(changed),
+        "--store", "postgres", "--seeds", "3", codes=(1,),
+    )  # fmt: skip
+    assert re.search(r"differing scenarios [1-3]\b", out), out
+
+
 def test_text_sign_differential_finds_an_answer_made_otherwise(tmp_path: Path) -> None:
     """text_sign_differential.py (session 57's review): two copies of this tree give the same
     encodings, sends, prices and canonical requests for its seeded inputs; a copy whose UCS-2
