@@ -125,14 +125,7 @@ class DeliverAnswer:
         by the bind the handler ran on, if any."""
         if self._status is not None:
             raise asyncio.InvalidStateError("the deliver_sm's answer is set already")
-        self._status = status
-        proto = self._proto
-        if proto is not None:
-            self._proto = None
-            proto._answered(self, status)
-        fut = self._fut
-        if fut is not None and not fut.done():
-            fut.set_result(status)
+        self.settle(status)
 
     def settle(self, status: int) -> None:
         """`set_result` unless the answer is set already (then nothing): the receipt's call from
