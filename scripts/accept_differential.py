@@ -28,13 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import random
 import re
-import sqlite3
 import sys
-import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -43,7 +39,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py
 
 from children import Children  # noqa: E402
-from seeded_compare import compare  # noqa: E402
+from seeded_compare import compare, dump, pg_dump, run_seeds  # noqa: E402
 
 # The two children (one a tree), ended with this script however it ends (children.py).
 CHILDREN = Children()
@@ -57,55 +53,6 @@ DAY = 24 * 60 * MIN
 
 def _masked(value: Any) -> Any:
     return _RANDOM_ID.sub(r"\1*", value) if isinstance(value, str) else value
-
-
-def dump(path: Path) -> str:
-    """Every table's rows, all columns, sorted (row_version left out, random ids masked)."""
-    c = sqlite3.connect(path)
-    try:
-        out = []
-        for (name,) in c.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
-        ).fetchall():
-            if name == "schema_version":  # the trees' migrations, not what they wrote
-                continue
-            # sqlite_sequence less the ledger's row: the ledger has no AUTOINCREMENT since
-            # migration 0038 (the same ids), the trees before it keep a row there.
-            cur = c.execute(
-                f'SELECT * FROM "{name}"'
-                + (" WHERE name <> 'ledger'" if name == "sqlite_sequence" else "")
-            )
-            cols = [d[0] for d in cur.description]
-            keep = [i for i, col in enumerate(cols) if col != "row_version"]
-            rows = sorted(repr(tuple(_masked(r[i]) for i in keep)) for r in cur.fetchall())
-            out.append(f"{name} {cols}\n" + "\n".join(rows))
-        return "\n".join(out)
-    finally:
-        c.close()
-
-
-async def pg_dump(dsn: str) -> str:
-    """dump's PostgreSQL twin: every table of the public schema, all columns but row_version,
-    rows sorted by their repr, random ids masked."""
-    import asyncpg
-
-    c = await asyncpg.connect(dsn)
-    try:
-        out = []
-        names = await c.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
-        )
-        for (name,) in names:
-            if name in ("schema_migrations", "schema_version"):  # the trees' migrations
-                continue
-            stmt = await c.prepare(f'SELECT * FROM "{name}"')
-            cols = [a.name for a in stmt.get_attributes()]
-            keep = [i for i, col in enumerate(cols) if col != "row_version"]
-            rows = sorted(repr(tuple(_masked(r[i]) for i in keep)) for r in await stmt.fetch())
-            out.append(f"{name} {cols}\n" + "\n".join(rows))
-        return "\n".join(out)
-    finally:
-        await c.close()
 
 
 def answer(out: Any) -> str:
@@ -158,7 +105,7 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
     await s.open()
 
     async def snapshot() -> str:
-        return dump(path) if dsn is None else await pg_dump(dsn)
+        return dump(path, _masked) if dsn is None else await pg_dump(dsn, _masked)
 
     try:
         await s.create_account(
@@ -242,27 +189,6 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
         await s.close()
 
 
-def child(first: int, seeds: int, admin_dsn: str | None = None) -> None:
-    """One line per seed: its number and the hashes of its dumps. With `admin_dsn`
-    (PostgreSQL) each seed on a new database of that server, dropped after."""
-    for seed in range(first, first + seeds):
-        if admin_dsn is not None:
-            from tests import pg_cluster as pgc
-
-            cluster = pgc._external(admin_dsn)
-            name = pgc.new_database_name("adiff")
-            dsn = asyncio.run(pgc.create_database(cluster, name))
-            try:
-                steps = asyncio.run(scenario(seed, Path("-"), dsn))
-            finally:
-                asyncio.run(pgc.drop_database(cluster, name))
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
-        hashes = [hashlib.sha256(s.encode()).hexdigest()[:16] for s in steps]
-        print(json.dumps([seed, hashes]), flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the tree to compare against")
@@ -275,7 +201,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
-        child(args.first, args.seeds, args.admin_dsn)
+        run_seeds(args.first, args.seeds, args.admin_dsn, scenario, "adiff")
         return
     CHILDREN.on_signals()
     more = ["--seeds", str(args.seeds), "--first", str(args.first)]

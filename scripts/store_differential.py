@@ -38,12 +38,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import random
-import sqlite3
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +47,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py
 
 from children import Children  # noqa: E402
-from seeded_compare import compare  # noqa: E402
+from seeded_compare import compare, dump, pg_dump, run_seeds  # noqa: E402
 
 # The two children (one a tree), ended with this script however it ends (children.py).
 CHILDREN = Children()
@@ -106,55 +102,6 @@ def hostile(rnd: random.Random, ops: list[Any]) -> list[Any]:
             ]
         out.append((kind, items, releases, when))
     return out
-
-
-def dump(path: Path) -> str:
-    """Every table's rows, all columns, sorted (row_version, a random stamp, left out)."""
-    c = sqlite3.connect(path)
-    try:
-        out = []
-        for (name,) in c.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
-        ).fetchall():
-            if name == "schema_version":  # the trees' migrations, not what they wrote
-                continue
-            # sqlite_sequence less the ledger's row: the ledger has no AUTOINCREMENT since
-            # migration 0038 (the same ids), the trees before it keep a row there.
-            cur = c.execute(
-                f'SELECT * FROM "{name}"'
-                + (" WHERE name <> 'ledger'" if name == "sqlite_sequence" else "")
-            )
-            cols = [d[0] for d in cur.description]
-            keep = [i for i, col in enumerate(cols) if col != "row_version"]
-            rows = sorted(repr(tuple(r[i] for i in keep)) for r in cur.fetchall())
-            out.append(f"{name} {cols}\n" + "\n".join(rows))
-        return "\n".join(out)
-    finally:
-        c.close()
-
-
-async def pg_dump(dsn: str) -> str:
-    """dump's PostgreSQL twin: every table of the public schema, all columns but row_version,
-    rows sorted by their repr."""
-    import asyncpg
-
-    c = await asyncpg.connect(dsn)
-    try:
-        out = []
-        names = await c.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
-        )
-        for (name,) in names:
-            if name in ("schema_migrations", "schema_version"):  # the trees' migrations
-                continue
-            rows = await c.fetch(f'SELECT * FROM "{name}"')
-            cols = [a.name for a in (await c.prepare(f'SELECT * FROM "{name}"')).get_attributes()]
-            keep = [i for i, col in enumerate(cols) if col != "row_version"]
-            lines = sorted(repr(tuple(r[i] for i in keep)) for r in rows)
-            out.append(f"{name} {cols}\n" + "\n".join(lines))
-        return "\n".join(out)
-    finally:
-        await c.close()
 
 
 async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
@@ -305,27 +252,6 @@ def spread_steps(rnd: random.Random, mids: list[str], parts: dict[str, int], at:
     return ops
 
 
-def child(first: int, seeds: int, admin_dsn: str | None = None) -> None:
-    """One line per seed: its number and the hash of its dumps, then its dumps' step hashes.
-    With `admin_dsn` (PostgreSQL) each seed on a new database of that server, dropped after."""
-    for seed in range(first, first + seeds):
-        if admin_dsn is not None:
-            from tests import pg_cluster as pgc
-
-            cluster = pgc._external(admin_dsn)
-            name = pgc.new_database_name("diff")
-            dsn = asyncio.run(pgc.create_database(cluster, name))
-            try:
-                steps = asyncio.run(scenario(seed, Path("-"), dsn))
-            finally:
-                asyncio.run(pgc.drop_database(cluster, name))
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                steps = asyncio.run(scenario(seed, Path(d) / "s.db"))
-        hashes = [hashlib.sha256(s.encode()).hexdigest()[:16] for s in steps]
-        print(json.dumps([seed, hashes]), flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the tree to compare against")
@@ -338,7 +264,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
-        child(args.first, args.seeds, args.admin_dsn)
+        run_seeds(args.first, args.seeds, args.admin_dsn, scenario, "diff")
         return
     CHILDREN.on_signals()
     if args.store == "postgres":
