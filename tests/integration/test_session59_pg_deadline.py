@@ -139,3 +139,48 @@ async def test_one_timer_a_transaction(pg_dsn: str) -> None:
         assert len(bound) == 1, bound
     finally:
         await p.close()
+
+
+# Session 59's review (r5) of postgres_tx._Deadline: the statements its connection's wrappers do
+# not note (`executemany`, in a transaction and as the pool's call) are bounded as the merged
+# tests bound a cursor's FETCHes: one past the bound times out (TimeoutError, the session back
+# in the pool with its bound), and such statements each within the bound, between noted ones,
+# are not cut however long the transaction. Fails with a deadline that judges by the last noted
+# statement alone (the protocol's count of queries ignored in `_due`). The bound is 1 s here.
+
+
+async def _bound_back(pool: asyncpg.Pool) -> None:
+    assert await pool.fetchval("SELECT 1") == 1
+    async with pool.acquire() as conn:
+        assert not conn.is_in_transaction()
+        assert conn._con._config.command_timeout == BOUND_S
+
+
+async def test_an_unnoted_statement_past_the_bound_times_out(pool: asyncpg.Pool) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await pool.executemany("SELECT pg_sleep($1)", [(5,)])
+    assert time.monotonic() - t0 < 3.0
+    await _bound_back(pool)
+
+    async def job(c: asyncpg.Connection) -> None:
+        await c.execute("SELECT 1")
+        await c.executemany("SELECT pg_sleep($1)", [(5,)])
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await run_tx(pool, job)
+    assert time.monotonic() - t0 < 4.0  # at most twice the bound, then the cancel's round trip
+    await _bound_back(pool)
+
+
+async def test_unnoted_statements_each_within_the_bound_are_not_cut(pool: asyncpg.Pool) -> None:
+    async def job(c: asyncpg.Connection) -> int:
+        await c.execute("SELECT pg_sleep(0.7)")
+        await c.executemany("SELECT pg_sleep($1)", [(0.7,)])
+        await c.executemany("SELECT pg_sleep($1)", [(0.7,)])
+        await c.execute("SELECT pg_sleep(0.7)")
+        return 1
+
+    assert await run_tx(pool, job) == 1
+    await _bound_back(pool)
