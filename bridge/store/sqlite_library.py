@@ -28,8 +28,8 @@ lock, 3.4% of its instructions). It holds only if no connection or statement is 
 threads at once, and the sqlite3 module cannot promise that: it resets a cursor's statement when
 the cursor is cleared, and finalises a statement when its last reference goes, on whichever
 thread that happens; a cursor held by a frame of a kept exception's traceback is cleared by the
-cyclic collector, on the thread whose allocation started the collection: the fsync thread among
-them, which runs while the loop steps the next batch on that same connection. Serialized, the
+cyclic collector, on the thread whose allocation started the collection: most often a read
+lane's (a report's rows) while the loop writes on that same connection. Serialized, the
 connection's mutex makes that reset wait its turn. The settings that could save allocations
 (a page-cache arena, lookaside: omitted by this build; small-malloc) saved under 0.2%.
 """

@@ -5,10 +5,12 @@ in the same window as the memory statistics (session 59), drops the connection's
 every API call: 85 mutex enters an accept inside the write lock, 206.4 k -> 199.4 k instructions
 (3.4%). It is safe only if no connection is ever used by two threads at once, and the sqlite3
 module breaks that by itself: a cursor left in cyclic garbage is reset (`sqlite3_reset` on its
-connection) by whichever thread runs the collector, and the store's own accept leaves one there
-whenever it refuses (the job's cursor, its statement stepped once, is held by the refusal's
-traceback). The collector runs on the thread whose allocation crosses its threshold: the fsync
-thread among them, while the loop steps the next batch's statements on the same connection.
+connection) by whichever thread runs the collector. The store's own accept leaves its job's
+cursor there when it refuses (held by the refusal's traceback; its statements are finished by
+then), and a job that raises between the rows of a cursor it holds leaves a stepped statement
+there (the first test's read). The collector runs on the thread whose allocation crosses its
+threshold: a read lane's building a report's rows, while the loop steps its batches on the same
+connection.
 
 The first test shows that reset on another thread with a real store; the second that the store
 leaves the process's connections with their mutex (a connection opened as the sqlite3 module
