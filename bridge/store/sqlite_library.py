@@ -21,6 +21,17 @@ the 0 proves nothing and there is nothing to gain). Otherwise, or where the libr
 cannot be reached (no ctypes, another build, a statically linked module without the symbols),
 nothing changes: the statistics stay on and everything works as before, a little slower.
 `SMPP_BRIDGE_SQLITE_MEMSTATUS=1` keeps them on.
+
+Not set in the same window (session 60, README note 31): `SQLITE_CONFIG_MULTITHREAD`, which
+drops the connection's own mutex from every API call (85 mutex enters an accept in the write
+lock, 3.4% of its instructions). It holds only if no connection or statement is ever used by two
+threads at once, and the sqlite3 module cannot promise that: it resets a cursor's statement when
+the cursor is cleared, and finalises a statement when its last reference goes, on whichever
+thread that happens; a cursor held by a frame of a kept exception's traceback is cleared by the
+cyclic collector, on the thread whose allocation started the collection: most often a read
+lane's (a report's rows) while the loop writes on that same connection. Serialized, the
+connection's mutex makes that reset wait its turn. The settings that could save allocations
+(a page-cache arena, lookaside: omitted by this build; small-malloc) saved under 0.2%.
 """
 
 from __future__ import annotations
