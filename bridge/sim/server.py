@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import socket
+import struct
 import sys
 import time
 import urllib.error
@@ -32,16 +33,17 @@ from typing import IO, Any, Final
 
 from bridge.config import SimConfig
 from bridge.smpp.codec import (
+    OCTET,
     Bind,
     BindResp,
     DataSm,
     EncodeError,
-    MessageIdResp,
     Pdu,
     PduError,
     ShortMessage,
     decode,
     encode,
+    plain_sm_head,
 )
 from bridge.smpp.constants import (
     BIND_COMMANDS,
@@ -79,7 +81,8 @@ from bridge.smpp.constants import (
 )
 from bridge.smpp.framing import FrameError, Framer
 from bridge.smpp.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
-from bridge.smpp.receipt import format_receipt_text
+from bridge.smpp.receipt import format_receipt_text, format_smpp_date
+from bridge.text.gsm import gsm_decode
 from bridge.text.split import EncodeOptions, SplitMode, TextError, encode_message
 
 __all__ = [
@@ -120,6 +123,17 @@ _SWEEP_S: Final = 1.0
 _MAX_WAITING: Final = 1_000_000  # queued receipts per system_id while nothing can receive them
 _SEQ_MAX: Final = 0x7FFFFFFF
 _DATE_CACHE_S: Final = 1.0
+_HDR: Final = struct.Struct(">IIII")  # command_length, command_id, command_status, seq
+_DELIVER_SM_RESP_ID: Final = DELIVER_SM_RESP.to_bytes(4, "big")
+_ZERO4: Final = bytes(4)
+_TLVH: Final = struct.Struct(">HH")
+# The TLVs after receipted_message_id in a receipt, per stat (_receipt_tlvs' octets).
+_STAT_TLVS: Final = {
+    stat: _TLVH.pack(MESSAGE_STATE, 1) + bytes((_STAT_STATE.get(stat, 7),))
+    + (b"" if stat == "DELIVRD"
+       else _TLVH.pack(NETWORK_ERROR_CODE, 3) + bytes((_NETWORK_TYPE_GSM, err >> 8, err & 0xFF)))
+    for stat, err in _STAT_ERR.items()
+}  # fmt: skip
 
 COUNTER_NAMES: Final = (
     "connections",
@@ -171,13 +185,16 @@ class _Job:
     or given up."""
 
     system_id: str
-    body: ShortMessage | DataSm
+    body: ShortMessage | DataSm | bytes  # bytes: the PDU's body encoded (``cid`` says which)
     kind: str  # "receipt" | "mo"
     attempts: int = 0
     sent_at: float = 0.0
+    cid: int = 0  # the command of a body given as its octets
 
     @property
     def command_id(self) -> int:
+        if type(self.body) is bytes:
+            return self.cid
         return DATA_SM if type(self.body) is DataSm else DELIVER_SM
 
 
@@ -304,6 +321,11 @@ class SimSmsc:
         self._tokens_at = 0.0
         self._date_at = -1.0
         self._date: datetime = datetime.now(UTC)
+        # The receipt text's dates and the text between the id and the message's, as of
+        # (self._date, receipt_delay_ms): formatted once a second, not twice a receipt.
+        self._date_key: tuple[datetime, int] | None = None
+        self._date_texts = ("", "")
+        self._middles: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._control: Any = None
         self._record: IO[str] | None = None
@@ -485,6 +507,18 @@ class SimSmsc:
         c = self.counters
         c["pdus_in"] += 1
         sess.pdus += 1
+        if frame[4:8] == _DELIVER_SM_RESP_ID:
+            # What decode accepts of a deliver_sm_resp (codec._decode_msgid), its body not
+            # built: a bare header, an error status, or a NUL after the header; else it
+            # raised, and an unparsable response is dropped (_answer_error).
+            if len(frame) == 16 or frame[8:12] != _ZERO4 or frame.find(0, 16) >= 0:
+                _, _, status, seq = _HDR.unpack_from(frame)
+                self._on_deliver_resp(sess, seq, status, now)
+            drop = self.drop_after_pdus
+            if drop and sess.pdus >= drop and not sess.closing:
+                c["dropped_connections"] += 1
+                sess.closing = True
+            return
         try:
             pdu = decode(frame)
         except PduError as e:
@@ -639,12 +673,25 @@ class SimSmsc:
         self._next_id = n + 1
         mid = f"{n:08X}" if self.id_format == "hex" else str(n)
         c["submit_ok"] += 1
-        out.append(encode(Pdu(SUBMIT_SM_RESP, ESME_ROK, seq, MessageIdResp(mid))))
+        # encode(Pdu(SUBMIT_SM_RESP, ESME_ROK, seq, MessageIdResp(mid))), written here: the
+        # id is ours (hex or decimal digits, never 65 octets).
+        b = mid.encode("ascii")
+        out.append(_HDR.pack(17 + len(b), SUBMIT_SM_RESP, ESME_ROK, seq) + b + b"\0")
         seg = parse_segment(sm, self.packed_gsm)
         wall = time.time()
-        msg = self.reassembler.add(
-            sess.system_id, sm.source_addr, sm.destination_addr, seg, mid, wall
-        )
+        text = None
+        if not seg.scheme:
+            # Reassembler.add's single part (it keeps nothing for one), its text decoded once
+            # for the message and its receipt.
+            text = _segment_text(seg)
+            msg: SimMessage | None = SimMessage(
+                sess.system_id, sm.source_addr, sm.destination_addr, seg.data_coding, text, 1,
+                [mid], wall,
+            )  # fmt: skip
+        else:
+            msg = self.reassembler.add(
+                sess.system_id, sm.source_addr, sm.destination_addr, seg, mid, wall
+            )
         if msg is not None:
             self._on_message(msg)
         rd = sm.registered_delivery & 0x03
@@ -652,12 +699,19 @@ class SimSmsc:
             stat = self._draw_outcome()
             if rd == 2 and stat == "DELIVRD":
                 return  # receipt on failure only
-            text = msg.text if msg is not None and msg.parts == 1 else segment_text(seg)
-            body = self._receipt(sm, n, mid, stat, text, now)
             c["receipts_scheduled"] += 1
-            self._schedule(
-                _Job(sess.system_id, body, "receipt"), now + self.receipt_delay_ms / 1000.0
-            )
+            due = now + self.receipt_delay_ms / 1000.0
+            if self.receipt_pdu == "deliver_sm":
+                if text is None and self.receipts_as != "tlv":
+                    text = _segment_text(seg)  # a part's own, not the whole message's
+                octets = self._receipt_octets(sm, n, mid, stat, text or "", now)
+                if octets is not None:
+                    self._schedule(_Job(sess.system_id, octets, "receipt", 0, 0.0, DELIVER_SM), due)
+                    return
+            if text is None:
+                text = _segment_text(seg)
+            body = self._receipt(sm, n, mid, stat, text, now)
+            self._schedule(_Job(sess.system_id, body, "receipt"), due)
 
     def _receipt_due(self, seg: Segment) -> bool:
         """Whether this part gets a receipt: a carrier reporting a long message once reports
@@ -739,6 +793,64 @@ class SimSmsc:
         tlvs = self._receipt_tlvs(mid, stat, err) if kind != "text" else ()
         return ShortMessage(**back, short_message=short, tlvs=tlvs)
 
+    def _receipt_octets(
+        self, sm: ShortMessage, n: int, mid: str, stat: str, text: str, now: float
+    ) -> bytes | None:
+        """The deliver_sm body `_receipt` makes, encoded as `encode` writes it, built from its
+        pieces: the head by `plain_sm_head`, the text from the dates' and the stat's part
+        formatted once (`_receipt_middle`), the TLVs from their octets per stat. None when
+        the head is not what the plain path takes (`_receipt`'s body is then sent, as
+        before)."""
+        head = plain_sm_head(
+            "", sm.dest_addr_ton, sm.dest_addr_npi, sm.destination_addr, sm.source_addr_ton,
+            sm.source_addr_npi, sm.source_addr, ESM_DELIVERY_RECEIPT, 0, 0, "", "", 0, 0, 0, 0,
+        )  # fmt: skip
+        if head is None:
+            return None
+        kind = self.receipts_as
+        short = b""
+        if kind != "tlv":
+            tid = self.receipt_text_id
+            if tid == "dec":
+                text_id = str(n)
+            elif tid == "hex":
+                text_id = f"{n:08X}"
+            else:
+                text_id = mid
+            middle = self._receipt_middle(stat, now)
+            short = ("id:" + text_id + middle + text[:20]).encode("ascii", "replace")
+            if len(short) > 254:
+                return None
+        if kind == "text":
+            return head + OCTET[len(short)] + short
+        b = mid.encode("ascii") + b"\0"
+        tlvs = _STAT_TLVS.get(stat)
+        if tlvs is None:
+            return None
+        return (
+            head + OCTET[len(short)] + short + _TLVH.pack(RECEIPTED_MESSAGE_ID, len(b)) + b + tlvs
+        )
+
+    def _receipt_middle(self, stat: str, now: float) -> str:
+        """format_receipt_text's text between the id and the message's first characters for
+        ``stat`` and the dates `_dates` gives at ``now``; formatted when the dates change."""
+        submit, done = self._dates(now)
+        key = (submit, self.receipt_delay_ms)
+        if key != self._date_key:
+            self._date_key = key
+            self._date_texts = (format_smpp_date(submit), format_smpp_date(done))
+            self._middles = {}
+        middle = self._middles.get(stat)
+        if middle is None:
+            s, d = self._date_texts
+            delivered = 1 if stat == "DELIVRD" else 0
+            err = _STAT_ERR.get(stat, 255)
+            middle = self._middles[stat] = (
+                f" sub:{1:03d} dlvrd:{delivered:03d} submit date:{s} done date:{d} "
+                f"stat:{stat} err:{err:03d} text:"
+            )
+        return middle
+
     @staticmethod
     def _receipt_tlvs(mid: str, stat: str, err: int) -> tuple[tuple[int, bytes], ...]:
         tlvs: tuple[tuple[int, bytes], ...] = (
@@ -790,7 +902,11 @@ class SimSmsc:
             chunks = batches.get(sess)
             if chunks is None:
                 chunks = batches[sess] = []
-            chunks.append(encode(Pdu(job.command_id, 0, seq, job.body)))
+            body = job.body
+            if type(body) is bytes:
+                chunks.append(_HDR.pack(16 + len(body), job.cid, 0, seq) + body)
+            else:
+                chunks.append(encode(Pdu(job.command_id, 0, seq, body)))
             if job.kind == "receipt":
                 c["receipts_sent"] += 1
             sent += 1
@@ -976,6 +1092,17 @@ class SimSmsc:
             # If the bind dies now, its outstanding MO parts are requeued by _forget.
             await sess.writer.drain()
         return len(chunks)
+
+
+def _segment_text(seg: Segment) -> str:
+    """segment_text(seg), the common codings' text without its calls: UCS-2, and GSM 7-bit in
+    the default tables not ending in an escape (national.decode_parts' own fast path)."""
+    dc = seg.data_coding
+    if dc == 8:
+        return seg.payload.decode("utf-16-be", "replace")
+    if dc == 0 and not seg.locking and not seg.single and not seg.payload.endswith(b"\x1b"):
+        return gsm_decode(seg.payload)
+    return segment_text(seg)
 
 
 async def run_sim(cfg: SimConfig) -> None:
