@@ -72,6 +72,12 @@ MIX_TEXTS = (
 )
 
 
+# The simulator child's interpreter, and whether it runs with `-X perf` (Python 3.12: each
+# function entered through a trampoline of its own, named in /tmp/perf-PID.map, so that
+# callgrind_annotate's inclusive counts attribute per Python function; README note 27).
+CHILD_PYTHON: list[Any] = [sys.executable, False]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,7 +157,8 @@ class Child:
                  fixed_now: str | None = None, ctl_port: int | None = None) -> None:  # fmt: skip
         self.sim_port = free_port()
         self.ctl_port = ctl_port if ctl_port is not None else free_port()
-        argv = [sys.executable, __file__, "--serve", "--sim-port", str(self.sim_port),
+        python = [CHILD_PYTHON[0], *(["-X", "perf"] if CHILD_PYTHON[1] else [])]
+        argv = [*python, __file__, "--serve", "--sim-port", str(self.sim_port),
                 "--ctl-port", str(self.ctl_port), "--seed", str(seed), "--knobs",
                 json.dumps(knobs)]  # fmt: skip
         if fixed_now:
@@ -570,6 +577,8 @@ def main() -> None:
     ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
     ap.add_argument("--out", help="--callgrind: keep the profile in this file")
     ap.add_argument("--compare", metavar="OLD_TREE")
+    ap.add_argument("--python", default=sys.executable, help="the simulator's interpreter")
+    ap.add_argument("--xperf", action="store_true", help="run it with -X perf (Python 3.12)")
     ap.add_argument("--seed", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=5)
     # The child's (the simulator's) own options.
@@ -584,6 +593,7 @@ def main() -> None:
         sys.path.remove(str(HERE))  # the tree is the one PYTHONPATH names
         serve(args)
         return
+    CHILD_PYTHON[:] = [args.python, args.xperf]
     CHILDREN.on_signals()
     if args.compare:
         if args.messages == 2000:

@@ -43,7 +43,6 @@ from bridge.smpp.codec import (
     ShortMessage,
     decode,
     encode,
-    plain_sm_head,
 )
 from bridge.smpp.constants import (
     BIND_COMMANDS,
@@ -58,6 +57,7 @@ from bridge.smpp.constants import (
     ENQUIRE_LINK,
     ENQUIRE_LINK_RESP,
     ESM_DELIVERY_RECEIPT,
+    ESM_UDHI,
     ESME_RALYBND,
     ESME_RBINDFAIL,
     ESME_RINVBNDSTS,
@@ -126,6 +126,11 @@ _DATE_CACHE_S: Final = 1.0
 _HDR: Final = struct.Struct(">IIII")  # command_length, command_id, command_status, seq
 _DELIVER_SM_RESP_ID: Final = DELIVER_SM_RESP.to_bytes(4, "big")
 _ZERO4: Final = bytes(4)
+_CHR: Final = tuple(map(chr, range(256)))
+# A receipt's body after its destination_addr, up to sm_length: esm_class, protocol_id,
+# priority_flag, the two empty times, registered_delivery, replace_if_present_flag,
+# data_coding, sm_default_msg_id.
+_RECEIPT_HEAD_TAIL: Final = "\0" + _CHR[ESM_DELIVERY_RECEIPT] + "\0\0\0\0\0\0\0\0"
 _TLVH: Final = struct.Struct(">HH")
 # The TLVs after receipted_message_id in a receipt, per stat (_receipt_tlvs' octets).
 _STAT_TLVS: Final = {
@@ -677,7 +682,7 @@ class SimSmsc:
         # id is ours (hex or decimal digits, never 65 octets).
         b = mid.encode("ascii")
         out.append(_HDR.pack(17 + len(b), SUBMIT_SM_RESP, ESME_ROK, seq) + b + b"\0")
-        seg = parse_segment(sm, self.packed_gsm)
+        seg = _parse_segment(sm, self.packed_gsm)
         wall = time.time()
         text = None
         if not seg.scheme:
@@ -801,11 +806,20 @@ class SimSmsc:
         formatted once (`_receipt_middle`), the TLVs from their octets per stat. None when
         the head is not what the plain path takes (`_receipt`'s body is then sent, as
         before)."""
-        head = plain_sm_head(
-            "", sm.dest_addr_ton, sm.dest_addr_npi, sm.destination_addr, sm.source_addr_ton,
-            sm.source_addr_npi, sm.source_addr, ESM_DELIVERY_RECEIPT, 0, 0, "", "", 0, 0, 0, 0,
-        )  # fmt: skip
-        if head is None:
+        sa = sm.source_addr
+        da = sm.destination_addr
+        try:
+            if len(sa) > 20 or len(da) > 20 or "\0" in sa or "\0" in da:
+                return None
+            # plain_sm_head's octets for the receipt's fields (the submit's addresses turned
+            # round; the rest "" and 0 but esm_class), joined here: a decoded submit_sm's
+            # TONs and NPIs are octets, its addresses latin-1 text without NUL.
+            c = _CHR
+            head = "".join(
+                ("\0", c[sm.dest_addr_ton], c[sm.dest_addr_npi], da, "\0", c[sm.source_addr_ton],
+                 c[sm.source_addr_npi], sa, _RECEIPT_HEAD_TAIL)
+            ).encode("latin-1")  # fmt: skip
+        except (TypeError, ValueError, IndexError):
             return None
         kind = self.receipts_as
         short = b""
@@ -834,10 +848,13 @@ class SimSmsc:
     def _receipt_middle(self, stat: str, now: float) -> str:
         """format_receipt_text's text between the id and the message's first characters for
         ``stat`` and the dates `_dates` gives at ``now``; formatted when the dates change."""
-        submit, done = self._dates(now)
-        key = (submit, self.receipt_delay_ms)
-        if key != self._date_key:
-            self._date_key = key
+        # What _dates(now) gives, formatted when the date it keeps or the delay changes: the
+        # wall clock read as it reads it, the done date not computed a receipt.
+        submit = self._date if now - self._date_at < _DATE_CACHE_S else self._dates(now)[0]
+        key = self._date_key
+        if key is None or key[0] is not submit or key[1] != self.receipt_delay_ms:
+            submit, done = self._dates(now)
+            self._date_key = (submit, self.receipt_delay_ms)
             self._date_texts = (format_smpp_date(submit), format_smpp_date(done))
             self._middles = {}
         middle = self._middles.get(stat)
@@ -1092,6 +1109,28 @@ class SimSmsc:
             # If the bind dies now, its outstanding MO parts are requeued by _forget.
             await sess.writer.drain()
         return len(chunks)
+
+
+_UDH8: Final = b"\x05\x00\x03"
+
+
+def _parse_segment(sm: ShortMessage, packed_gsm: bool) -> Segment:
+    """parse_segment(sm, packed_gsm), the two shapes a sender's parts mostly take without its
+    calls: a single part of octets (no UDH, no TLV), and a part whose UDH is the 8-bit
+    reference concatenation IE alone, consistent (every other one goes through it). GSM
+    text of a packed_gsm simulator goes through it too (its septets unpacked there)."""
+    data = sm.short_message
+    if not packed_gsm and data:
+        esm = sm.esm_class
+        if not esm & ESM_UDHI:
+            if not sm.tlvs:
+                return Segment(sm.data_coding, data)
+        elif data[:3] == _UDH8 and len(data) >= 6:
+            total = data[4]
+            seq = data[5]
+            if total >= 2 and 1 <= seq <= total:
+                return Segment(sm.data_coding, data[6:], "udh8", data[3], total, seq)
+    return parse_segment(sm, packed_gsm)
 
 
 def _segment_text(seg: Segment) -> str:
