@@ -144,6 +144,9 @@ def serve(args: argparse.Namespace) -> None:
         loop.add_reader(sys.stdin.fileno(), on_line)
         print(f"port {sim.port}", flush=True)
         await done.wait()
+        # The ESME's close read first: a session still open at stop is cancelled in its
+        # close, which asyncio logs as an error of the callback.
+        await sim.wait_for(lambda s: not s.binds(), 5.0)
         await sim.stop()
 
     asyncio.run(main())
