@@ -99,7 +99,7 @@ def serve(args: argparse.Namespace) -> None:
 
         class FixedClock(datetime):
             @classmethod
-            def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            def now(cls, tz: Any = None) -> Any:
                 return fixed
 
         server.datetime = FixedClock  # type: ignore[misc]
@@ -501,7 +501,7 @@ async def one_tree(tree: Path, seed: int, args: argparse.Namespace) -> dict[str,
         await esme.connect(child.sim_port, args.window)
         half = len(msgs) // 2
         await asyncio.gather(*(_parts(esme, m) for m in msgs[:half]))
-        mo = [
+        mo: list[dict[str, Any]] = [
             {"source": "8613800138000", "destination": "BRIDGE", "text": "STOP 你好"},
             {"source": "8613800138001", "destination": "12345", "text": "x" * 300, "split": "sar"},
             {"source": "447700900123", "destination": "12345", "text": "長" * 80, "ref": 7,
