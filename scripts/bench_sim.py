@@ -146,7 +146,7 @@ def serve(args: argparse.Namespace) -> None:
         await done.wait()
         # The ESME's close read first: a session still open at stop is cancelled in its
         # close, which asyncio logs as an error of the callback.
-        await sim.wait_for(lambda s: not s.binds(), 5.0)
+        await sim.wait_for(lambda s: not s._tasks, 5.0)
         await sim.stop()
 
     asyncio.run(main())

@@ -890,7 +890,8 @@ class SimSmsc:
     def _schedule(self, job: _Job, due: float) -> None:
         self._heap_n += 1
         heapq.heappush(self._heap, (due, self._heap_n, job))
-        self._arm(due)
+        if self._timer is None or due < self._timer_at:  # else _arm would leave it as it is
+            self._arm(due)
 
     def _arm(self, due: float) -> None:
         loop = self._loop
@@ -911,14 +912,30 @@ class SimSmsc:
         heap = self._heap
         batches: dict[_Session, list[bytes]] = {}
         c = self.counters
+        receivers = self._receivers
+        window = self.deliver_window
         sent = 0
         while heap and heap[0][0] <= now and sent < _FIRE_BATCH:
             job = heapq.heappop(heap)[2]
-            sess = self._pick_receiver(job.system_id)
+            sid = job.system_id
+            lst = receivers.get(sid)
+            if lst is not None and len(lst) == 1:
+                # _pick_receiver's answer for one bind, without its call and loop.
+                sess: _Session | None = lst[0]
+                assert sess is not None
+                if window and len(sess.outstanding) >= window:
+                    sess = None
+                else:
+                    self._rr[sid] = 1
+            else:
+                sess = self._pick_receiver(sid)
             if sess is None:
                 self._park(job)
                 continue
-            seq = sess.next_seq()
+            seq = sess._seq + 1  # sess.next_seq()
+            if seq > _SEQ_MAX:
+                seq = 1
+            sess._seq = seq
             if job.attempts:
                 c["receipts_resent" if job.kind == "receipt" else "mo_resent"] += 1
             job.attempts += 1
