@@ -9,17 +9,26 @@ Throughput design (the benchmark pushes 10,000+ submit_sm/s through one bind, ea
 receipt): all PDUs of one read are answered with one write; receipts wait in one heap driven by a
 single ``loop.call_at`` timer (no task or timer per receipt) and each firing writes one batch per
 bind; acknowledgement timeouts are found by one periodic sweep over insertion-ordered dicts.
+Its CPU comes out of the daemon's in `bench.py` (one machine), so a submit_sm costs what it must
+(session 60, `scripts/bench_sim.py`): the receipt's deliver_sm body is built as octets when the
+submit is taken (the text from its dates and stat formatted once a second, not per receipt; the
+TLVs' octets per stat) and sent as they are; the submit_sm_resp is written and a deliver_sm_resp
+read without the codec's objects; a single part's text is decoded once, for its message and its
+receipt, and the common parts' headers read without parse_segment's calls. What goes out is the
+same octets as before (`bench_sim.py --compare`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import heapq
 import json
 import logging
 import random
 import socket
+import struct
 import sys
 import time
 import urllib.error
@@ -32,11 +41,11 @@ from typing import IO, Any, Final
 
 from bridge.config import SimConfig
 from bridge.smpp.codec import (
+    OCTET,
     Bind,
     BindResp,
     DataSm,
     EncodeError,
-    MessageIdResp,
     Pdu,
     PduError,
     ShortMessage,
@@ -56,6 +65,7 @@ from bridge.smpp.constants import (
     ENQUIRE_LINK,
     ENQUIRE_LINK_RESP,
     ESM_DELIVERY_RECEIPT,
+    ESM_UDHI,
     ESME_RALYBND,
     ESME_RBINDFAIL,
     ESME_RINVBNDSTS,
@@ -79,7 +89,8 @@ from bridge.smpp.constants import (
 )
 from bridge.smpp.framing import FrameError, Framer
 from bridge.smpp.reassembly import Reassembler, Segment, SimMessage, parse_segment, segment_text
-from bridge.smpp.receipt import format_receipt_text
+from bridge.smpp.receipt import format_receipt_text, format_smpp_date
+from bridge.text.gsm import gsm_decode
 from bridge.text.split import EncodeOptions, SplitMode, TextError, encode_message
 
 __all__ = [
@@ -120,6 +131,22 @@ _SWEEP_S: Final = 1.0
 _MAX_WAITING: Final = 1_000_000  # queued receipts per system_id while nothing can receive them
 _SEQ_MAX: Final = 0x7FFFFFFF
 _DATE_CACHE_S: Final = 1.0
+_HDR: Final = struct.Struct(">IIII")  # command_length, command_id, command_status, seq
+_DELIVER_SM_RESP_ID: Final = DELIVER_SM_RESP.to_bytes(4, "big")
+_ZERO4: Final = bytes(4)
+_CHR: Final = tuple(map(chr, range(256)))
+# A receipt's body after its destination_addr, up to sm_length: esm_class, protocol_id,
+# priority_flag, the two empty times, registered_delivery, replace_if_present_flag,
+# data_coding, sm_default_msg_id.
+_RECEIPT_HEAD_TAIL: Final = "\0" + _CHR[ESM_DELIVERY_RECEIPT] + "\0\0\0\0\0\0\0\0"
+_TLVH: Final = struct.Struct(">HH")
+# The TLVs after receipted_message_id in a receipt, per stat (_receipt_tlvs' octets).
+_STAT_TLVS: Final = {
+    stat: _TLVH.pack(MESSAGE_STATE, 1) + bytes((_STAT_STATE.get(stat, 7),))
+    + (b"" if stat == "DELIVRD"
+       else _TLVH.pack(NETWORK_ERROR_CODE, 3) + bytes((_NETWORK_TYPE_GSM, err >> 8, err & 0xFF)))
+    for stat, err in _STAT_ERR.items()
+}  # fmt: skip
 
 COUNTER_NAMES: Final = (
     "connections",
@@ -171,13 +198,16 @@ class _Job:
     or given up."""
 
     system_id: str
-    body: ShortMessage | DataSm
+    body: ShortMessage | DataSm | bytes  # bytes: the PDU's body encoded (``cid`` says which)
     kind: str  # "receipt" | "mo"
     attempts: int = 0
     sent_at: float = 0.0
+    cid: int = 0  # the command of a body given as its octets
 
     @property
     def command_id(self) -> int:
+        if type(self.body) is bytes:
+            return self.cid
         return DATA_SM if type(self.body) is DataSm else DELIVER_SM
 
 
@@ -304,6 +334,11 @@ class SimSmsc:
         self._tokens_at = 0.0
         self._date_at = -1.0
         self._date: datetime = datetime.now(UTC)
+        # The receipt text's dates and the text between the id and the message's, as of
+        # (self._date, receipt_delay_ms): formatted once a second, not twice a receipt.
+        self._date_key: tuple[datetime, int] | None = None
+        self._date_texts = ("", "")
+        self._middles: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._control: Any = None
         self._record: IO[str] | None = None
@@ -485,6 +520,18 @@ class SimSmsc:
         c = self.counters
         c["pdus_in"] += 1
         sess.pdus += 1
+        if frame[4:8] == _DELIVER_SM_RESP_ID:
+            # What decode accepts of a deliver_sm_resp (codec._decode_msgid), its body not
+            # built: a bare header, an error status, or a NUL after the header; else it
+            # raised, and an unparsable response is dropped (_answer_error).
+            if len(frame) == 16 or frame[8:12] != _ZERO4 or frame.find(0, 16) >= 0:
+                _, _, status, seq = _HDR.unpack_from(frame)
+                self._on_deliver_resp(sess, seq, status, now)
+            drop = self.drop_after_pdus
+            if drop and sess.pdus >= drop and not sess.closing:
+                c["dropped_connections"] += 1
+                sess.closing = True
+            return
         try:
             pdu = decode(frame)
         except PduError as e:
@@ -639,12 +686,25 @@ class SimSmsc:
         self._next_id = n + 1
         mid = f"{n:08X}" if self.id_format == "hex" else str(n)
         c["submit_ok"] += 1
-        out.append(encode(Pdu(SUBMIT_SM_RESP, ESME_ROK, seq, MessageIdResp(mid))))
-        seg = parse_segment(sm, self.packed_gsm)
+        # encode(Pdu(SUBMIT_SM_RESP, ESME_ROK, seq, MessageIdResp(mid))), written here: the
+        # id is ours (hex or decimal digits, never 65 octets).
+        b = mid.encode("ascii")
+        out.append(_HDR.pack(17 + len(b), SUBMIT_SM_RESP, ESME_ROK, seq) + b + b"\0")
+        seg = _parse_segment(sm, self.packed_gsm)
         wall = time.time()
-        msg = self.reassembler.add(
-            sess.system_id, sm.source_addr, sm.destination_addr, seg, mid, wall
-        )
+        text = None
+        if not seg.scheme:
+            # Reassembler.add's single part (it keeps nothing for one), its text decoded once
+            # for the message and its receipt.
+            text = _segment_text(seg)
+            msg: SimMessage | None = SimMessage(
+                sess.system_id, sm.source_addr, sm.destination_addr, seg.data_coding, text, 1,
+                [mid], wall,
+            )  # fmt: skip
+        else:
+            msg = self.reassembler.add(
+                sess.system_id, sm.source_addr, sm.destination_addr, seg, mid, wall
+            )
         if msg is not None:
             self._on_message(msg)
         rd = sm.registered_delivery & 0x03
@@ -652,12 +712,19 @@ class SimSmsc:
             stat = self._draw_outcome()
             if rd == 2 and stat == "DELIVRD":
                 return  # receipt on failure only
-            text = msg.text if msg is not None and msg.parts == 1 else segment_text(seg)
-            body = self._receipt(sm, n, mid, stat, text, now)
             c["receipts_scheduled"] += 1
-            self._schedule(
-                _Job(sess.system_id, body, "receipt"), now + self.receipt_delay_ms / 1000.0
-            )
+            due = now + self.receipt_delay_ms / 1000.0
+            if self.receipt_pdu == "deliver_sm":
+                if text is None and self.receipts_as != "tlv":
+                    text = _segment_text(seg)  # a part's own, not the whole message's
+                octets = self._receipt_octets(sm, n, mid, stat, text or "", now)
+                if octets is not None:
+                    self._schedule(_Job(sess.system_id, octets, "receipt", 0, 0.0, DELIVER_SM), due)
+                    return
+            if text is None:
+                text = _segment_text(seg)
+            body = self._receipt(sm, n, mid, stat, text, now)
+            self._schedule(_Job(sess.system_id, body, "receipt"), due)
 
     def _receipt_due(self, seg: Segment) -> bool:
         """Whether this part gets a receipt: a carrier reporting a long message once reports
@@ -739,6 +806,76 @@ class SimSmsc:
         tlvs = self._receipt_tlvs(mid, stat, err) if kind != "text" else ()
         return ShortMessage(**back, short_message=short, tlvs=tlvs)
 
+    def _receipt_octets(
+        self, sm: ShortMessage, n: int, mid: str, stat: str, text: str, now: float
+    ) -> bytes | None:
+        """The deliver_sm body `_receipt` makes, encoded as `encode` writes it, built from its
+        pieces: the head by `plain_sm_head`, the text from the dates' and the stat's part
+        formatted once (`_receipt_middle`), the TLVs from their octets per stat. None when
+        the head is not what the plain path takes (`_receipt`'s body is then sent, as
+        before)."""
+        sa = sm.source_addr
+        da = sm.destination_addr
+        try:
+            if len(sa) > 20 or len(da) > 20 or "\0" in sa or "\0" in da:
+                return None
+            # plain_sm_head's octets for the receipt's fields (the submit's addresses turned
+            # round; the rest "" and 0 but esm_class), joined here: a decoded submit_sm's
+            # TONs and NPIs are octets, its addresses latin-1 text without NUL.
+            c = _CHR
+            head = "".join(
+                ("\0", c[sm.dest_addr_ton], c[sm.dest_addr_npi], da, "\0", c[sm.source_addr_ton],
+                 c[sm.source_addr_npi], sa, _RECEIPT_HEAD_TAIL)
+            ).encode("latin-1")  # fmt: skip
+        except (TypeError, ValueError, IndexError):
+            return None
+        kind = self.receipts_as
+        short = b""
+        if kind != "tlv":
+            tid = self.receipt_text_id
+            if tid == "dec":
+                text_id = str(n)
+            elif tid == "hex":
+                text_id = f"{n:08X}"
+            else:
+                text_id = mid
+            middle = self._receipt_middle(stat, now)
+            short = ("id:" + text_id + middle + text[:20]).encode("ascii", "replace")
+            if len(short) > 254:
+                return None
+        if kind == "text":
+            return head + OCTET[len(short)] + short
+        b = mid.encode("ascii") + b"\0"
+        tlvs = _STAT_TLVS.get(stat)
+        if tlvs is None:
+            return None
+        return (
+            head + OCTET[len(short)] + short + _TLVH.pack(RECEIPTED_MESSAGE_ID, len(b)) + b + tlvs
+        )
+
+    def _receipt_middle(self, stat: str, now: float) -> str:
+        """format_receipt_text's text between the id and the message's first characters for
+        ``stat`` and the dates `_dates` gives at ``now``; formatted when the dates change."""
+        # What _dates(now) gives, formatted when the date it keeps or the delay changes: the
+        # wall clock read as it reads it, the done date not computed a receipt.
+        submit = self._date if now - self._date_at < _DATE_CACHE_S else self._dates(now)[0]
+        key = self._date_key
+        if key is None or key[0] is not submit or key[1] != self.receipt_delay_ms:
+            submit, done = self._dates(now)
+            self._date_key = (submit, self.receipt_delay_ms)
+            self._date_texts = (format_smpp_date(submit), format_smpp_date(done))
+            self._middles = {}
+        middle = self._middles.get(stat)
+        if middle is None:
+            s, d = self._date_texts
+            delivered = 1 if stat == "DELIVRD" else 0
+            err = _STAT_ERR.get(stat, 255)
+            middle = self._middles[stat] = (
+                f" sub:{1:03d} dlvrd:{delivered:03d} submit date:{s} done date:{d} "
+                f"stat:{stat} err:{err:03d} text:"
+            )
+        return middle
+
     @staticmethod
     def _receipt_tlvs(mid: str, stat: str, err: int) -> tuple[tuple[int, bytes], ...]:
         tlvs: tuple[tuple[int, bytes], ...] = (
@@ -753,7 +890,8 @@ class SimSmsc:
     def _schedule(self, job: _Job, due: float) -> None:
         self._heap_n += 1
         heapq.heappush(self._heap, (due, self._heap_n, job))
-        self._arm(due)
+        if self._timer is None or due < self._timer_at:  # else _arm would leave it as it is
+            self._arm(due)
 
     def _arm(self, due: float) -> None:
         loop = self._loop
@@ -774,14 +912,30 @@ class SimSmsc:
         heap = self._heap
         batches: dict[_Session, list[bytes]] = {}
         c = self.counters
+        receivers = self._receivers
+        window = self.deliver_window
         sent = 0
         while heap and heap[0][0] <= now and sent < _FIRE_BATCH:
             job = heapq.heappop(heap)[2]
-            sess = self._pick_receiver(job.system_id)
+            sid = job.system_id
+            lst = receivers.get(sid)
+            if lst is not None and len(lst) == 1:
+                # _pick_receiver's answer for one bind, without its call and loop.
+                sess: _Session | None = lst[0]
+                assert sess is not None
+                if window and len(sess.outstanding) >= window:
+                    sess = None
+                else:
+                    self._rr[sid] = 1
+            else:
+                sess = self._pick_receiver(sid)
             if sess is None:
                 self._park(job)
                 continue
-            seq = sess.next_seq()
+            seq = sess._seq + 1  # sess.next_seq()
+            if seq > _SEQ_MAX:
+                seq = 1
+            sess._seq = seq
             if job.attempts:
                 c["receipts_resent" if job.kind == "receipt" else "mo_resent"] += 1
             job.attempts += 1
@@ -790,7 +944,11 @@ class SimSmsc:
             chunks = batches.get(sess)
             if chunks is None:
                 chunks = batches[sess] = []
-            chunks.append(encode(Pdu(job.command_id, 0, seq, job.body)))
+            body = job.body
+            if type(body) is bytes:
+                chunks.append(_HDR.pack(16 + len(body), job.cid, 0, seq) + body)
+            else:
+                chunks.append(encode(Pdu(job.command_id, 0, seq, body)))
             if job.kind == "receipt":
                 c["receipts_sent"] += 1
             sent += 1
@@ -976,6 +1134,41 @@ class SimSmsc:
             # If the bind dies now, its outstanding MO parts are requeued by _forget.
             await sess.writer.drain()
         return len(chunks)
+
+
+_UDH8: Final = b"\x05\x00\x03"
+_utf_16_be_decode: Final = codecs.utf_16_be_decode
+
+
+def _parse_segment(sm: ShortMessage, packed_gsm: bool) -> Segment:
+    """parse_segment(sm, packed_gsm), the two shapes a sender's parts mostly take without its
+    calls: a single part of octets (no UDH, no TLV), and a part whose UDH is the 8-bit
+    reference concatenation IE alone, consistent (every other one goes through it). GSM
+    text of a packed_gsm simulator goes through it too (its septets unpacked there)."""
+    data = sm.short_message
+    if not packed_gsm and data:
+        esm = sm.esm_class
+        if not esm & ESM_UDHI:
+            if not sm.tlvs:
+                return Segment(sm.data_coding, data)
+        elif data[:3] == _UDH8 and len(data) >= 6:
+            total = data[4]
+            seq = data[5]
+            if total >= 2 and 1 <= seq <= total:
+                return Segment(sm.data_coding, data[6:], "udh8", data[3], total, seq)
+    return parse_segment(sm, packed_gsm)
+
+
+def _segment_text(seg: Segment) -> str:
+    """segment_text(seg), the common codings' text without its calls: UCS-2, and GSM 7-bit in
+    the default tables not ending in an escape (national.decode_parts' own fast path)."""
+    dc = seg.data_coding
+    if dc == 8:
+        # bytes.decode's own function, not looked up by the codec's name each part.
+        return _utf_16_be_decode(seg.payload, "replace", True)[0]
+    if dc == 0 and not seg.locking and not seg.single and not seg.payload.endswith(b"\x1b"):
+        return gsm_decode(seg.payload)
+    return segment_text(seg)
 
 
 async def run_sim(cfg: SimConfig) -> None:

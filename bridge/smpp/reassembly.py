@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from bridge.fastinit import fast_init
 from bridge.smpp.codec import ShortMessage, tlv_get
 from bridge.smpp.constants import (
     ESM_UDHI,
@@ -47,6 +48,7 @@ __all__ = [
 _CR = 0x0D
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SimMessage:
     """One reassembled message: what the recipient's handset would show."""
@@ -73,6 +75,7 @@ class SimMessage:
         }
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One submit_sm reduced to its concatenation header and its payload.

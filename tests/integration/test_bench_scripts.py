@@ -391,6 +391,47 @@ def test_send_path_wire_keys_every_receipt_to_a_part_it_sent() -> None:
     assert got["pdus"] == 2 * parts + 2, got
 
 
+def test_bench_sim_counts_the_simulator_s_cpu_for_every_receipt_it_sent() -> None:
+    out = _run("scripts/bench_sim.py", "--kind", "ucs3", "--messages", "200", "--warm", "20")
+    got = json.loads(out.strip().splitlines()[-1])
+    # Every part of every message (the warm ones too) got its receipt, answered.
+    assert got["parts"] == 3 and got["receipts"] == 220 * 3, got
+    assert got["cpu_us_per_message"] > 0, got
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_bench_sim_counts_instructions_under_callgrind() -> None:
+    out = _run("scripts/bench_sim.py", "--messages", "200", "--warm", "20", "--callgrind")
+    got = json.loads(out.strip().splitlines()[-1])
+    # The sending span only: a 1-part message is ~0.1 M; the simulator's start-up counted too
+    # would be hundreds of millions.
+    assert 20_000 < got["instructions_per_message"] < 2_000_000, got
+
+
+def test_bench_sim_compare_finds_a_receipt_written_otherwise(tmp_path: Path) -> None:
+    """bench_sim.py --compare (session 60): two copies of this tree write the same PDUs,
+    counters and messages for its seeded mix; a copy whose receipts say `err:` otherwise
+    differs, and the script exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    out = _run("scripts/bench_sim.py", "--compare", str(same), "--seeds", "2", "--messages", "40")
+    assert "same PDUs, counters and messages" in out, out
+    server = changed / "bridge" / "sim" / "server.py"
+    text = server.read_text()
+    planted = text.replace("err:{err:03d}", "err:{err:02d}")
+    assert planted != text
+    server.write_text(planted)
+    out = _run(
+        "scripts/bench_sim.py", "--compare", str(same), "--tree", str(changed), "--seeds", "2",
+        "--messages", "40", codes=(1,),
+    )  # fmt: skip
+    assert "DIFFERENT in" in out, out
+
+
 def test_bench_dispatch_wait_times_the_three_ways() -> None:
     out = _run("scripts/bench_dispatch_wait.py", "--messages", "200", "--rounds", "2")
     for way in ("gather", "_settled", "batcher call"):
