@@ -42,6 +42,9 @@ ATTEMPTS = 8
 END_AFTER_CANCEL_S = 5.0
 # The bound on a statement's answer: asyncpg's `command_timeout` of the pool's connections.
 COMMAND_TIMEOUT_S = 60.0
+# How long a connection of the pool past its floor may sit idle before it is closed: asyncpg's
+# `max_inactive_connection_lifetime` (its default), kept by StorePool's sweep (session 60).
+IDLE_LIFETIME_S = 300.0
 _monotonic = time.monotonic
 
 
@@ -121,6 +124,7 @@ class StoreConnection(asyncpg.Connection):
     `began_n`) for the _Deadline of the transaction or call they run in."""
 
     quota_zone: Callable[[], str]
+    idle_at: float | None = None  # back in the pool since (monotonic); None: kept as its floor
     began: float = 0.0
     began_n: int = 0
     timed: Any = None  # asyncpg's configuration of the connection, command_timeout set
@@ -231,6 +235,7 @@ async def create_pool(
 
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # a StoreConnection
+        conn.idle_at = _monotonic()  # idle from its opening (StorePool's sweep)
         await conn.execute(_ARRAY_NULLS_ON)  # the array literals' NULL (_ARRAY_NULLS_ON)
         # Its configuration with and without command_timeout (_Deadline).
         conn.timed = conn._config
@@ -242,7 +247,9 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         max_queries=50000,
-        max_inactive_connection_lifetime=300.0,
+        # Not asyncpg's timer a connection, armed at every release and cancelled at the next
+        # acquire: StorePool's sweep closes idle connections after IDLE_LIFETIME_S instead.
+        max_inactive_connection_lifetime=0.0,
         loop=None,
         connection_class=StoreConnection,
         record_class=asyncpg.Record,
@@ -252,6 +259,7 @@ async def create_pool(
         server_settings=session_settings("smpp-bridge"),
     )
     assert pool is not None
+    pool.sweep_later()
     return pool
 
 
@@ -259,7 +267,19 @@ class StorePool(asyncpg.Pool):
     """The pool's one-statement calls (outside run_tx), run again on another connection when
     the one handed out had been ended by the server while idle in the pool (`_ended_by_server`:
     the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
-    the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
+    the call: a 503, or a background step's ERROR line, for a session killed or timed out.
+
+    Its release and the idle connections' lifetime (session 60). asyncpg's release runs the
+    holder's release as a task of its own under `asyncio.shield` (a task, a future, a loop turn
+    more) and then arms a timer of `max_inactive_connection_lifetime` for the connection, which
+    the next acquire cancels (`loop.call_later` and the cancelled handle left in the loop's
+    heap): per transaction or pool call. Here a connection that needs nothing done on release
+    (open, not in a transaction, no cancel under way, not past `max_queries`, not expired) is
+    put back at once, as the holder's release would have put it, and one timer for the whole
+    pool (`_sweep`) closes a connection idle for IDLE_LIFETIME_S unless the pool is at its floor,
+    as asyncpg's timer did; anything else goes through asyncpg's release as before."""
+
+    _sweep_handle: asyncio.TimerHandle | None = None
 
     # Each as asyncpg's Pool does it (a connection acquired, the call, released), under a
     # _Deadline (session 59).
@@ -296,12 +316,84 @@ class StorePool(asyncpg.Pool):
         after a COMMIT) had asyncpg's cleanup hand the holder back already. Nothing was left to
         do, but the caller got an InternalClientError for a transaction that had committed
         (tests/integration/test_pg_release_race.py)."""
+        holder = getattr(connection, "_holder", None)
+        con = getattr(connection, "_con", None)
+        if (
+            type(connection) is asyncpg.pool.PoolConnectionProxy
+            and con is not None
+            and holder._pool is self
+            and holder._in_use is not None
+            and self._initialized
+            and not self._closed
+            and not con.is_closed()
+            and con._protocol.queries_count < holder._max_queries
+            and holder._generation == self._generation
+            and not con._protocol._is_cancelling()
+            and not con._protocol.is_in_transaction()
+            and con._top_xact is None
+        ):
+            # What Pool.release and the holder's release do for such a connection, its reset
+            # (_no_reset) included, in this task and now.
+            con._on_release()
+            holder._timeout = None
+            con._listeners.clear()
+            con._log_listeners.clear()
+            con.idle_at = _monotonic()
+            holder._release()
+            return
         try:
             await super().release(connection, timeout=timeout)
         except asyncpg.exceptions.InternalClientError as exc:
             if "free connection holder" not in str(exc):
                 raise
             log.debug("store connection ended by the server as it was released")
+        if con is not None and holder is not None and holder._con is con:
+            con.idle_at = _monotonic()
+
+    def sweep_later(self, at: float | None = None) -> None:
+        """The sweep's timer, at `at` (monotonic) or IDLE_LIFETIME_S from now."""
+        loop = self._loop
+        delay = IDLE_LIFETIME_S if at is None else max(0.0, at - _monotonic())
+        self._sweep_handle = loop.call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """asyncpg's `_deactivate_inactive_connection` for each connection idle for
+        IDLE_LIFETIME_S, the oldest first: closed (terminate: it is idle) unless the pool is at
+        its floor, where it is kept until its next use (as asyncpg's timer, not armed again).
+        Then again at the next connection's due time, or IDLE_LIFETIME_S from now."""
+        self._sweep_handle = None
+        if self.is_closing():
+            return
+        now, first = _monotonic(), None
+        idle = []
+        for holder in self._holders:
+            con = holder._con
+            at = getattr(con, "idle_at", None)
+            if con is not None and holder._in_use is None and at is not None:
+                idle.append((at, id(holder), holder))
+        for at, _id, holder in sorted(idle):
+            con = holder._con
+            due = at + IDLE_LIFETIME_S
+            if due > now:
+                first = due if first is None else min(first, due)
+            elif holder.is_connected() and self.get_size() <= self.get_min_size():
+                con.idle_at = None  # the floor's: no further checks until it is used again
+            else:
+                con.terminate()
+        self.sweep_later(first)
+
+    def _stop_sweep(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    async def close(self) -> None:
+        self._stop_sweep()
+        await super().close()
+
+    def terminate(self) -> None:
+        self._stop_sweep()
+        super().terminate()
 
 
 async def _bounded(pool: asyncpg.Pool, job: Job[T]) -> T:
