@@ -350,6 +350,44 @@ class StorePool(asyncpg.Pool):
         if con is not None and holder is not None and holder._con is con:
             con.idle_at = _monotonic()
 
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        """asyncpg's acquire, in this coroutine for a connection the queue has ready (open, of
+        the pool's generation): what its `_acquire_impl`, the queue's `get` and the holder's
+        `acquire` do then, without their three coroutines. Neither awaits anything for such a
+        connection, so the order in which callers get connections is asyncpg's. Anything else
+        (a time-out given, an empty queue, a holder to connect) is asyncpg's own."""
+        queue = self._queue
+        if (
+            timeout is None
+            and queue is not None
+            and not self._closing
+            and self._initialized
+            and not self._closed
+            and not queue.empty()
+        ):
+            holder = queue.get_nowait()
+            con = holder._con
+            if (
+                con is not None
+                and holder._generation == self._generation
+                and not con.is_closed()
+                and holder._setup is None
+                and holder._inactive_callback is None
+            ):
+                holder._proxy = proxy = asyncpg.pool.PoolConnectionProxy(holder, con)
+                holder._in_use = self._loop.create_future()
+                holder._timeout = None
+                return proxy
+            try:  # as asyncpg's _acquire_impl with the holder it got
+                proxy = await holder.acquire()
+            except (Exception, asyncio.CancelledError):
+                queue.put_nowait(holder)
+                self._schedule_min_size_maintenance()
+                raise
+            holder._timeout = timeout
+            return proxy
+        return await super()._acquire(timeout)
+
     def sweep_later(self, at: float | None = None) -> None:
         """The sweep's timer, at `at` (monotonic) or IDLE_LIFETIME_S from now."""
         loop = self._loop
