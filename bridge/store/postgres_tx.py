@@ -275,9 +275,10 @@ class StorePool(asyncpg.Pool):
     the next acquire cancels (`loop.call_later` and the cancelled handle left in the loop's
     heap): per transaction or pool call. Here a connection that needs nothing done on release
     (open, not in a transaction, no cancel under way, not past `max_queries`, not expired) is
-    put back at once, as the holder's release would have put it, and one timer for the whole
-    pool (`_sweep`) closes a connection idle for IDLE_LIFETIME_S unless the pool is at its floor,
-    as asyncpg's timer did; anything else goes through asyncpg's release as before."""
+    put back by a callback in the turn of the loop where asyncpg's task would have put it, the
+    releasing task going on when it would have (the same order of callers), and one timer for
+    the whole pool (`_sweep`) closes a connection idle for IDLE_LIFETIME_S unless the pool is at
+    its floor, as asyncpg's timer did; anything else goes through asyncpg's release as before."""
 
     _sweep_handle: asyncio.TimerHandle | None = None
 
@@ -315,32 +316,39 @@ class StorePool(asyncpg.Pool):
         starts a loop turn later; the close read in between (a shutdown, a killed backend just
         after a COMMIT) had asyncpg's cleanup hand the holder back already. Nothing was left to
         do, but the caller got an InternalClientError for a transaction that had committed
-        (tests/integration/test_pg_release_race.py)."""
-        holder = getattr(connection, "_holder", None)
-        con = getattr(connection, "_con", None)
+        (tests/integration/test_pg_release_race.py). The holder's part is _release_turn's now
+        (session 60: see the class), which hands such a race to asyncpg's release."""
+        holder: Any = getattr(connection, "_holder", None)
+        con: Any = getattr(connection, "_con", None)
         if (
-            type(connection) is asyncpg.pool.PoolConnectionProxy
-            and con is not None
-            and holder._pool is self
-            and holder._in_use is not None
-            and self._initialized
-            and not self._closed
-            and not con.is_closed()
-            and con._protocol.queries_count < holder._max_queries
-            and holder._generation == self._generation
-            and not con._protocol._is_cancelling()
-            and not con._protocol.is_in_transaction()
-            and con._top_xact is None
+            type(connection) is not asyncpg.pool.PoolConnectionProxy
+            or con is None
+            or holder._pool is not self
+            or not self._initialized
+            or self._closed
         ):
-            # What Pool.release and the holder's release do for such a connection, its reset
-            # (_no_reset) included, in this task and now.
-            con._on_release()
-            holder._timeout = None
-            con._listeners.clear()
-            con._log_listeners.clear()
-            con.idle_at = _monotonic()
-            holder._release()
+            await self._asyncpg_release(connection, timeout)
             return
+        # Pool.release's own part, now; the holder's in the next turn of the loop, where
+        # asyncpg's task for it would run, and this task on again two turns later, as it came
+        # back from asyncpg's shield: the order in which tasks get and use the connections is
+        # asyncpg's (a pool of one serves its callers in the order they came).
+        con._on_release()
+        loop = self._loop
+        done = loop.create_future()
+        loop.call_soon(
+            self._release_turn, holder, con, holder._timeout if timeout is None else timeout, done
+        )
+        try:
+            await done
+        except asyncpg.exceptions.InternalClientError as exc:
+            if "free connection holder" not in str(exc):
+                raise
+            log.debug("store connection ended by the server as it was released")
+
+    async def _asyncpg_release(self, connection: Any, timeout: float | None) -> None:  # noqa: ASYNC109
+        holder: Any = getattr(connection, "_holder", None)
+        con: Any = getattr(connection, "_con", None)
         try:
             await super().release(connection, timeout=timeout)
         except asyncpg.exceptions.InternalClientError as exc:
@@ -349,6 +357,41 @@ class StorePool(asyncpg.Pool):
             log.debug("store connection ended by the server as it was released")
         if con is not None and holder is not None and holder._con is con:
             con.idle_at = _monotonic()
+
+    def _release_turn(
+        self, holder: Any, con: Any, timeout: float | None, done: asyncio.Future[None]
+    ) -> None:
+        """The holder's release (asyncpg's PoolConnectionHolder.release), for a connection that
+        needs nothing done (open, not in a transaction, no cancel under way, under
+        `max_queries`, not expired) done here: its reset (_no_reset) included, without the
+        task, and no idle timer armed (the pool's sweep). Anything else: asyncpg's, as a task."""
+        loop = self._loop
+        if (
+            holder._in_use is not None
+            and holder._con is con
+            and not con.is_closed()
+            and con._protocol.queries_count < holder._max_queries
+            and holder._generation == self._generation
+            and not con._protocol._is_cancelling()
+            and not con._protocol.is_in_transaction()
+            and con._top_xact is None
+        ):
+            holder._timeout = None
+            con._listeners.clear()
+            con._log_listeners.clear()
+            con.idle_at = _monotonic()
+            holder._release()
+            loop.call_soon(_settle, done, None)
+            return
+        step = asyncio.ensure_future(holder.release(timeout))
+
+        def ended(step: asyncio.Future[None]) -> None:
+            exc = None if step.cancelled() else step.exception()
+            if exc is None and holder._con is con:
+                con.idle_at = _monotonic()
+            _settle(done, exc)
+
+        step.add_done_callback(ended)
 
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
         """asyncpg's acquire, in this coroutine for a connection the queue has ready (open, of
@@ -432,6 +475,15 @@ class StorePool(asyncpg.Pool):
     def terminate(self) -> None:
         self._stop_sweep()
         super().terminate()
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    """The releasing task's wait ended (unless it was cancelled meanwhile, as under a shield)."""
+    if not done.done():
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
 
 
 async def _bounded(pool: asyncpg.Pool, job: Job[T]) -> T:

@@ -94,3 +94,48 @@ async def test_sweep_ends_with_the_pool(pool: asyncpg.Pool) -> None:
     assert pool._sweep_handle is not None
     await pool.close()
     assert pool._sweep_handle is None
+
+
+async def test_acquire_falls_back_to_asyncpg_for_a_holder_to_reconnect(pool: asyncpg.Pool) -> None:
+    """A closed or expired connection in the queue, or a time-out given: asyncpg's own acquire
+    (a new connection opened), the same answers."""
+    async with pool.acquire() as con:
+        first = con._con
+    first.terminate()  # idle in the queue, closed
+    async with pool.acquire() as con:
+        assert con._con is not first
+        assert await con.fetchval("SELECT 3") == 3
+        second = con._con
+    await pool.expire_connections()  # the next acquire reconnects the holder
+    async with pool.acquire(timeout=5) as con:
+        assert await con.fetchval("SELECT 4") == 4
+        assert con._con is not second
+    assert await run_tx(pool, lambda c: c.fetchval("SELECT 5")) == 5
+
+
+async def _turns(pool: asyncpg.Pool) -> list[int]:
+    """Which of five tasks, each taking the one connection three times in a row, had it when."""
+    order: list[int] = []
+
+    async def user(k: int) -> None:
+        for _ in range(3):
+            async with pool.acquire() as con:
+                order.append(k)
+                await con.fetchval("SELECT 1")
+            order.append(-1)  # back from the release
+
+    await asyncio.gather(*(user(k) for k in range(5)))
+    return order
+
+
+async def test_callers_get_the_connection_in_asyncpgs_order(pg_dsn: str) -> None:
+    """A release hands the connection to the task waiting for it, not back to the releasing
+    task that asks again at once (a first version did: the differentials' pool of one then
+    served its callers in another order)."""
+    ours = await create_pool(pg_dsn, min_size=1, max_size=1, quota_zone=lambda: "UTC")
+    theirs = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1, reset=postgres_tx._no_reset)
+    try:
+        assert await _turns(ours) == await _turns(theirs)
+    finally:
+        await ours.close()
+        await theirs.close()
