@@ -581,13 +581,24 @@ async def rollup_messages(
     rolled, f = rollup_rows.roll(
         ids, locked, parts, many, touched, air, now, intermediate=intermediate, instance=instance
     )
-    upd: list[list[Any]] = [[] for _ in range(12)]
-    for mid, smsc, nsent, route, u in rolled:  # rollup_rows.Rolled's fields
-        values = u[:7] if u is not None else (None, None, None, None, None, None, False)
-        for col, value in zip(upd, (mid, u is not None, *values, smsc, nsent, route), strict=True):
-            col.append(value)
-    if upd[0]:
-        await c.execute(_ROLLUP, *upd)
+    if rolled:
+        # Each row's twelve values in one tuple, the columns by one transposition in C
+        # (session 60: twelve appends a row through a zip were ~2.5 k instructions a row).
+        await c.execute(
+            _ROLLUP,
+            *map(
+                list,
+                zip(
+                    *[
+                        (mid, True, *u[:7], smsc, nsent, route)
+                        if u is not None
+                        else (mid, False, *_KEPT, smsc, nsent, route)
+                        for mid, smsc, nsent, route, u in rolled  # rollup_rows.Rolled's fields
+                    ],
+                    strict=True,
+                ),
+            ),
+        )
     if later is not None:
         later[0].extend(f.billed)
         later[1].extend(f.unsent)
@@ -601,6 +612,9 @@ async def rollup_messages(
         queued += await enqueue_sent_webhooks(c, [mid for _acc, mid in f.sent], now)
     return queued
 
+
+# A row the roll-up keeps (its update None): u.state to u.release of _ROLLUP, each kept.
+_KEPT = (None, None, None, None, None, None, False)
 
 # The roll-up's one UPDATE: a NULL keeps the column (`rolled` false: no roll-up change, only the
 # submit results' counts; a NULL SMSC: no submit result). The error code may become NULL.

@@ -42,6 +42,9 @@ ATTEMPTS = 8
 END_AFTER_CANCEL_S = 5.0
 # The bound on a statement's answer: asyncpg's `command_timeout` of the pool's connections.
 COMMAND_TIMEOUT_S = 60.0
+# How long a connection of the pool past its floor may sit idle before it is closed: asyncpg's
+# `max_inactive_connection_lifetime` (its default), kept by StorePool's sweep (session 60).
+IDLE_LIFETIME_S = 300.0
 _monotonic = time.monotonic
 
 
@@ -121,6 +124,7 @@ class StoreConnection(asyncpg.Connection):
     `began_n`) for the _Deadline of the transaction or call they run in."""
 
     quota_zone: Callable[[], str]
+    idle_at: float | None = None  # back in the pool since (monotonic); None: kept as its floor
     began: float = 0.0
     began_n: int = 0
     timed: Any = None  # asyncpg's configuration of the connection, command_timeout set
@@ -231,6 +235,7 @@ async def create_pool(
 
     async def init(conn: asyncpg.Connection) -> None:
         conn.quota_zone = quota_zone  # a StoreConnection
+        conn.idle_at = _monotonic()  # idle from its opening (StorePool's sweep)
         await conn.execute(_ARRAY_NULLS_ON)  # the array literals' NULL (_ARRAY_NULLS_ON)
         # Its configuration with and without command_timeout (_Deadline).
         conn.timed = conn._config
@@ -242,7 +247,9 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         max_queries=50000,
-        max_inactive_connection_lifetime=300.0,
+        # Not asyncpg's timer a connection, armed at every release and cancelled at the next
+        # acquire: StorePool's sweep closes idle connections after IDLE_LIFETIME_S instead.
+        max_inactive_connection_lifetime=0.0,
         loop=None,
         connection_class=StoreConnection,
         record_class=asyncpg.Record,
@@ -252,6 +259,7 @@ async def create_pool(
         server_settings=session_settings("smpp-bridge"),
     )
     assert pool is not None
+    pool.sweep_later()
     return pool
 
 
@@ -259,7 +267,20 @@ class StorePool(asyncpg.Pool):
     """The pool's one-statement calls (outside run_tx), run again on another connection when
     the one handed out had been ended by the server while idle in the pool (`_ended_by_server`:
     the statement was not sent). Otherwise asyncpg's "another operation is in progress" failed
-    the call: a 503, or a background step's ERROR line, for a session killed or timed out."""
+    the call: a 503, or a background step's ERROR line, for a session killed or timed out.
+
+    Its release and the idle connections' lifetime (session 60). asyncpg's release runs the
+    holder's release as a task of its own under `asyncio.shield` (a task, a future, a loop turn
+    more) and then arms a timer of `max_inactive_connection_lifetime` for the connection, which
+    the next acquire cancels (`loop.call_later` and the cancelled handle left in the loop's
+    heap): per transaction or pool call. Here a connection that needs nothing done on release
+    (open, not in a transaction, no cancel under way, not past `max_queries`, not expired) is
+    put back by a callback in the turn of the loop where asyncpg's task would have put it, the
+    releasing task going on when it would have (the same order of callers), and one timer for
+    the whole pool (`_sweep`) closes a connection idle for IDLE_LIFETIME_S unless the pool is at
+    its floor, as asyncpg's timer did; anything else goes through asyncpg's release as before."""
+
+    _sweep_handle: asyncio.TimerHandle | None = None
 
     # Each as asyncpg's Pool does it (a connection acquired, the call, released), under a
     # _Deadline (session 59).
@@ -295,13 +316,174 @@ class StorePool(asyncpg.Pool):
         starts a loop turn later; the close read in between (a shutdown, a killed backend just
         after a COMMIT) had asyncpg's cleanup hand the holder back already. Nothing was left to
         do, but the caller got an InternalClientError for a transaction that had committed
-        (tests/integration/test_pg_release_race.py)."""
+        (tests/integration/test_pg_release_race.py). The holder's part is _release_turn's now
+        (session 60: see the class), which hands such a race to asyncpg's release."""
+        holder: Any = getattr(connection, "_holder", None)
+        con: Any = getattr(connection, "_con", None)
+        if (
+            type(connection) is not asyncpg.pool.PoolConnectionProxy
+            or con is None
+            or holder._pool is not self
+            or not self._initialized
+            or self._closed
+        ):
+            await self._asyncpg_release(connection, timeout)
+            return
+        # Pool.release's own part, now; the holder's in the next turn of the loop, where
+        # asyncpg's task for it would run, and this task on again two turns later, as it came
+        # back from asyncpg's shield: the order in which tasks get and use the connections is
+        # asyncpg's (a pool of one serves its callers in the order they came).
+        con._on_release()
+        loop = self._loop
+        done = loop.create_future()
+        loop.call_soon(
+            self._release_turn, holder, con, holder._timeout if timeout is None else timeout, done
+        )
+        try:
+            await done
+        except asyncpg.exceptions.InternalClientError as exc:
+            if "free connection holder" not in str(exc):
+                raise
+            log.debug("store connection ended by the server as it was released")
+
+    async def _asyncpg_release(self, connection: Any, timeout: float | None) -> None:  # noqa: ASYNC109
+        holder: Any = getattr(connection, "_holder", None)
+        con: Any = getattr(connection, "_con", None)
         try:
             await super().release(connection, timeout=timeout)
         except asyncpg.exceptions.InternalClientError as exc:
             if "free connection holder" not in str(exc):
                 raise
             log.debug("store connection ended by the server as it was released")
+        if con is not None and holder is not None and holder._con is con:
+            con.idle_at = _monotonic()
+
+    def _release_turn(
+        self, holder: Any, con: Any, timeout: float | None, done: asyncio.Future[None]
+    ) -> None:
+        """The holder's release (asyncpg's PoolConnectionHolder.release), for a connection that
+        needs nothing done (open, not in a transaction, no cancel under way, under
+        `max_queries`, not expired) done here: its reset (_no_reset) included, without the
+        task, and no idle timer armed (the pool's sweep). Anything else: asyncpg's, as a task."""
+        loop = self._loop
+        if (
+            holder._in_use is not None
+            and holder._con is con
+            and not con.is_closed()
+            and con._protocol.queries_count < holder._max_queries
+            and holder._generation == self._generation
+            and not con._protocol._is_cancelling()
+            and not con._protocol.is_in_transaction()
+            and con._top_xact is None
+        ):
+            holder._timeout = None
+            con._listeners.clear()
+            con._log_listeners.clear()
+            con.idle_at = _monotonic()
+            holder._release()
+            loop.call_soon(_settle, done, None)
+            return
+        step = asyncio.ensure_future(holder.release(timeout))
+
+        def ended(step: asyncio.Future[None]) -> None:
+            exc = None if step.cancelled() else step.exception()
+            if exc is None and holder._con is con:
+                con.idle_at = _monotonic()
+            _settle(done, exc)
+
+        step.add_done_callback(ended)
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        """asyncpg's acquire, in this coroutine for a connection the queue has ready (open, of
+        the pool's generation): what its `_acquire_impl`, the queue's `get` and the holder's
+        `acquire` do then, without their three coroutines. Neither awaits anything for such a
+        connection, so the order in which callers get connections is asyncpg's. Anything else
+        (a time-out given, an empty queue, a holder to connect) is asyncpg's own."""
+        queue = self._queue
+        if (
+            timeout is None
+            and queue is not None
+            and not self._closing
+            and self._initialized
+            and not self._closed
+            and not queue.empty()
+        ):
+            holder = queue.get_nowait()
+            con = holder._con
+            if (
+                con is not None
+                and holder._generation == self._generation
+                and not con.is_closed()
+                and holder._setup is None
+                and holder._inactive_callback is None
+            ):
+                holder._proxy = proxy = asyncpg.pool.PoolConnectionProxy(holder, con)
+                holder._in_use = self._loop.create_future()
+                holder._timeout = None
+                return proxy
+            try:  # as asyncpg's _acquire_impl with the holder it got
+                proxy = await holder.acquire()
+            except (Exception, asyncio.CancelledError):
+                queue.put_nowait(holder)
+                self._schedule_min_size_maintenance()
+                raise
+            holder._timeout = timeout
+            return proxy
+        return await super()._acquire(timeout)
+
+    def sweep_later(self, at: float | None = None) -> None:
+        """The sweep's timer, at `at` (monotonic) or IDLE_LIFETIME_S from now."""
+        loop = self._loop
+        delay = IDLE_LIFETIME_S if at is None else max(0.0, at - _monotonic())
+        self._sweep_handle = loop.call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """asyncpg's `_deactivate_inactive_connection` for each connection idle for
+        IDLE_LIFETIME_S, the oldest first: closed (terminate: it is idle) unless the pool is at
+        its floor, where it is kept until its next use (as asyncpg's timer, not armed again).
+        Then again at the next connection's due time, or IDLE_LIFETIME_S from now."""
+        self._sweep_handle = None
+        if self.is_closing():
+            return
+        now, first = _monotonic(), None
+        idle = []
+        for holder in self._holders:
+            con = holder._con
+            at = getattr(con, "idle_at", None)
+            if con is not None and holder._in_use is None and at is not None:
+                idle.append((at, id(holder), holder))
+        for at, _id, holder in sorted(idle):
+            con = holder._con
+            due = at + IDLE_LIFETIME_S
+            if due > now:
+                first = due if first is None else min(first, due)
+            elif holder.is_connected() and self.get_size() <= self.get_min_size():
+                con.idle_at = None  # the floor's: no further checks until it is used again
+            else:
+                con.terminate()
+        self.sweep_later(first)
+
+    def _stop_sweep(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    async def close(self) -> None:
+        self._stop_sweep()
+        await super().close()
+
+    def terminate(self) -> None:
+        self._stop_sweep()
+        super().terminate()
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    """The releasing task's wait ended (unless it was cancelled meanwhile, as under a shield)."""
+    if not done.done():
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
 
 
 async def _bounded(pool: asyncpg.Pool, job: Job[T]) -> T:
