@@ -580,7 +580,7 @@ class Daemon:
         from bridge.smpp.connector import Connector
 
         assert self.inbound is not None
-        connector = Connector(smsc, self.inbound.on_deliver)
+        connector = Connector(smsc, self.inbound.on_deliver, on_receipt=self.inbound.on_receipt)
         connector.on_submit = self.metrics.on_submit
         connector.on_bind_change = self._bind_changed
         return connector

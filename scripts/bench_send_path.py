@@ -170,7 +170,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await wait_port(sim_port)
         store = StubStore()
         inbound = Inbound(store, {"sim": smsc})  # type: ignore[arg-type]
-        conn = Connector(smsc, inbound.on_deliver)
+        # The receipt handler where the tree has one (session 60: receipts read without
+        # their ShortMessage), as the daemon wires it (app.py).
+        receipts = getattr(inbound, "on_receipt", None)
+        conn = Connector(smsc, inbound.on_deliver, **({"on_receipt": receipts} if receipts else {}))
         await conn.start()
         if not await conn.wait_up(10):
             raise SystemExit("bind did not come up")

@@ -2,7 +2,7 @@
 """The codec, the bind's session and the receipt path on seeded random and mutated PDUs: two trees.
 
 Usage: python scripts/codec_differential.py --base DIR [--tree DIR] [--seed 57] [--cases 20000]
-           [--kinds encode,decode,session,receipt] [--loose-errors]
+           [--kinds encode,decode,session,receipt,bind] [--loose-errors]
 
 Why: a cut in what the owner does per part sent (the submit_sm's encoder, the read of each PDU an
 SMSC sends, the receipt's fields) must write the same octets and read the same fields, events and
@@ -28,6 +28,13 @@ digests are compared. The kinds:
   stubbed: the `ReceiptIn` it queues and the arguments its commit is told, its answer, the
   unparsable count. Its SMSC one of five with their id rules (hex, decimal and string bases,
   tlv_id_base, case, leading zeros) or an unknown one, the set reloaded every 500 cases.
+- `bind`: the receipt kind's receipts and the decode kind's deliver_sm (MOs among them), as
+  frames, mutated half the time, read by a bound `BindSession` as the daemon's bind reads them
+  (`read_receipts` set where the tree has it: session 60's receipts read without their
+  ShortMessage) and handed to the real `Inbound` as the daemon's bind hands them
+  (`on_receipt` for a `ReceiptReceived`, `on_deliver` for a `DeliverReceived`): every other
+  event, each deliver's seq, command_id and salvaged flag, its answer or that it is an MO, what
+  was queued and its commit's arguments, the unparsable count, what the session writes.
 `--loose-errors` compares a refusal by its kind only (an encode error naming another field of a
 value with two wrong, say). The exit status is 1 when a case differs; the first few are shown.
 """
@@ -48,7 +55,7 @@ from children import Children  # scripts/ is the script's own folder
 HERE = Path(__file__).resolve().parents[1]
 CHILDREN = Children()  # the two trees' copies, ended with this script however it ends
 RUN_TIMEOUT_S = 900.0
-KINDS = ("encode", "decode", "session", "receipt")
+KINDS = ("encode", "decode", "session", "receipt", "bind")
 
 # Constants written out, not read from `bridge`: the cases are the same whatever a tree says.
 SUBMIT_SM, SUBMIT_SM_RESP, DELIVER_SM, DATA_SM = 0x04, 0x80000004, 0x05, 0x103
@@ -422,6 +429,58 @@ class ReceiptCase:
         return f"{answer.value} {self.queued!r} {self.inbound.unparsable}"
 
 
+class BindCase(ReceiptCase):
+    """A deliver_sm frame through a bound `BindSession` and the real `Inbound`, as the daemon's
+    bind takes it (the `bind` kind)."""
+
+    def __call__(self, r: random.Random) -> str:
+        from bridge.smpp import session as session_mod
+        from bridge.smpp.session import BindMode, BindSession, DeliverReceived
+
+        receipt_event = getattr(session_mod, "ReceiptReceived", None)  # session 60's
+
+        self.calls += 1
+        if self.calls % RELOAD_EVERY == 0:
+            self.inbound.reconfigure(self.configs[self.calls // RELOAD_EVERY % 2])
+        smsc = r.choice(RECEIPT_SMSC_NAMES)
+        c = self.t.codec
+        s = BindSession(c.Bind("esme", "pw"), BindMode.TRANSCEIVER, window=10)
+        receipts = getattr(self.inbound, "on_receipt", None)
+        if receipts is not None:
+            s.read_receipts = True
+        s.start(0.0)
+        s.data_to_send()
+        s.receive_data(c.encode(c.Pdu(BIND_TRX_RESP, 0, 1, c.BindResp("smsc"))), 0.1)
+        fields = receipt_fields(r) if r.random() < 0.7 else wire_fields(r)
+        seq = r.randrange(1, 50)
+        body = body_octets(fields)
+        f = struct.pack(">IIII", 16 + len(body), DELIVER_SM, 0, seq) + body
+        if r.random() < 0.5:
+            f = mutated(r, f)
+        log = []
+        for ev in s.receive_data(f, 0.3):
+            self.queued.clear()
+            before = self.inbound.unparsable
+            if isinstance(ev, DeliverReceived):
+                got: Any = self.inbound.on_deliver(smsc, ev.body)
+            elif receipt_event is not None and isinstance(ev, receipt_event):
+                got = receipts(smsc, ev)  # type: ignore[misc]
+            else:
+                log.append(repr(ev))
+                continue
+            if hasattr(got, "close"):  # an MO's coroutine: not run here
+                got.close()
+                answer: Any = "mo"
+            else:
+                answer = got.result() if got.done() else "pending"
+            log.append(
+                f"deliver {ev.seq} {ev.command_id} {getattr(ev, 'salvaged', False)} {answer} "
+                f"{self.queued!r} {self.inbound.unparsable - before}"
+            )
+        log.append(f"{s.state} {s.data_to_send().hex()}")
+        return "\n".join(log)
+
+
 def child(kind: str, seed: int, cases: int, loose: bool, show: set[int]) -> None:
     t = Tree(loose)
     r = random.Random(f"{kind}/{seed}")
@@ -430,7 +489,7 @@ def child(kind: str, seed: int, cases: int, loose: bool, show: set[int]) -> None
         "decode": lambda: decode_case(t, r),
         "session": lambda: session_case(t, r),
     }.get(kind)
-    receipt = ReceiptCase(t) if kind == "receipt" else None
+    receipt = ReceiptCase(t) if kind == "receipt" else BindCase(t) if kind == "bind" else None
     for i in range(cases):
         got = run() if run is not None else receipt(r)  # type: ignore[misc]
         if i in show:

@@ -146,7 +146,10 @@ async def _send(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 return ReceiptOutcome(len(items), 0)
 
         inbound = Inbound(Store(), {"sim": smsc})  # type: ignore[arg-type]
-        conn = Connector(smsc, inbound.on_deliver)
+        # The receipt handler where the tree has one (session 60: receipts read without
+        # their ShortMessage), as the daemon wires it (app.py).
+        receipts = getattr(inbound, "on_receipt", None)
+        conn = Connector(smsc, inbound.on_deliver, **({"on_receipt": receipts} if receipts else {}))
         await conn.start()
         if not await conn.wait_up(10):
             raise SystemExit("bind did not come up")

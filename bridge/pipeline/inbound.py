@@ -28,7 +28,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline.batcher import Batcher
 from bridge.pipeline.dispatcher import msgid_rule
 from bridge.smpp import constants as C
-from bridge.smpp.codec import ShortMessage, tlv_get, tlv_int_value
+from bridge.smpp.codec import ReceiptFields, ShortMessage, tlv_get, tlv_int_value
 from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_id
 from bridge.smpp.protocol import DeliverAnswer
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
@@ -41,6 +41,7 @@ from bridge.smpp.receipt import (
     parse_done_date,
     receipt_outcome,
 )
+from bridge.smpp.session import ReceiptReceived
 from bridge.store.base import Store, is_unavailable
 from bridge.store.models import MoMessage, MoPart, ReceiptIn
 
@@ -169,12 +170,23 @@ class Inbound:
         else:
             log.error("could not store deliver_sm from smsc=%s; redelivery", smsc, exc_info=exc)
 
+    def on_receipt(self, smsc: str, ev: ReceiptReceived) -> DeliverAnswer:
+        """`on_deliver` for a deliver_sm marked a receipt that the bind read without its
+        ShortMessage (`codec.read_receipt_sm`: the esm_class, short_message and four TLVs
+        `_receipt` reads; one a part sent): the same answer and the same receipt stored, without
+        the deliver_sm's general decode (session 60, README note 27)."""
+        out = DeliverAnswer()
+        try:
+            self._receipt_read(smsc, ev.fields, out)
+        except Exception as exc:
+            self._not_stored(smsc, exc)
+            out.set_result(C.ESME_RX_T_APPN)
+        return out
+
     def _receipt(self, smsc: str, body: ShortMessage, out: DeliverAnswer) -> None:
-        # The text may come in message_payload instead (sm_length 0). NUL octets go, wherever
-        # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
-        # one inside failed to store every time and the SMSC redelivered it for ever.
         # The four TLVs a receipt may carry, found in one pass (the first of a tag wins, as
-        # tlv_get's): four scans of the list before, each a call.
+        # tlv_get's): four scans of the list before, each a call. The values read_receipt_sm
+        # gives a receipt the bind read itself (on_receipt).
         payload = tlv_id = state = network = None
         for tag, value in body.tlvs:
             if tag == _RECEIPTED_MESSAGE_ID:
@@ -188,7 +200,19 @@ class Inbound:
                     network = value
             elif tag == _MESSAGE_PAYLOAD and payload is None:
                 payload = value
-        raw = body.short_message or payload or b""
+        self._receipt_read(
+            smsc, (body.esm_class, body.short_message, tlv_id, state, network, payload), out
+        )
+
+    def _receipt_read(self, smsc: str, fields: ReceiptFields, out: DeliverAnswer) -> None:
+        """A receipt's parse, key and batcher entry from its deliver_sm's fields (ReceiptFields:
+        esm_class, short_message, the first receipted_message_id, message_state,
+        network_error_code and message_payload TLVs' values or None)."""
+        esm_class, short_message, tlv_id, state, network, payload = fields
+        # The text may come in message_payload instead (sm_length 0). NUL octets go, wherever
+        # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
+        # one inside failed to store every time and the SMSC redelivered it for ever.
+        raw = short_message or payload or b""
         text = raw.replace(b"\x00", b"").decode("latin-1")
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
@@ -247,7 +271,7 @@ class Inbound:
         now_ms = int(self.clock() * 1000)
         if net_error is not None and not (err and err.strip("0")):
             err = str(net_error)
-        if (body.esm_class & _MSG_TYPE_MASK) == _INTERMEDIATE:  # is_intermediate_notification
+        if (esm_class & _MSG_TYPE_MASK) == _INTERMEDIATE:  # is_intermediate_notification
             # SMPP 3.4 2.11.2: one delivery attempt's outcome while the SMSC keeps trying; its
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.

@@ -63,6 +63,9 @@ from bridge.smpp.constants import (
     ESME_RINVSYSTYP,
     ESME_RSYSERR,
     GENERIC_NACK,
+    MESSAGE_PAYLOAD,
+    MESSAGE_STATE,
+    NETWORK_ERROR_CODE,
     OUTBIND,
     QUERY_SM,
     QUERY_SM_RESP,
@@ -90,6 +93,7 @@ __all__ = [
     "MessageIdResp",
     "Pdu",
     "PduError",
+    "ReceiptFields",
     "ShortMessage",
     "decode",
     "decode_fields",
@@ -97,6 +101,7 @@ __all__ = [
     "encode_sm_request",
     "make_command",
     "plain_sm_head",
+    "read_receipt_sm",
     "salvage_data_sm",
     "salvage_deliver_sm",
     "tlv_get",
@@ -686,6 +691,62 @@ def _decode_sm_checked(f: bytes) -> ShortMessage:
         f[p:e],
         _decode_tlvs(f, e, n) if e < n else (),
     )  # fmt: skip
+
+
+# A receipt's deliver_sm as the owner reads it (Inbound.on_receipt): its esm_class, its
+# short_message and the first receipted_message_id, message_state, network_error_code and
+# message_payload TLVs' values (None when absent), what Inbound._receipt took from the ShortMessage.
+ReceiptFields = tuple[int, bytes, bytes | None, bytes | None, bytes | None, bytes | None]
+# SMPP 3.4 5.2.12's message types of a delivery receipt (esm_class bits 2-5): Inbound's is_receipt.
+_RECEIPT_TYPES: Final = frozenset((0x04, 0x08, 0x10, 0x20))
+
+
+def read_receipt_sm(f: bytes) -> ReceiptFields | None:
+    """A deliver_sm body marked a receipt by its esm_class (one a part sent), read for the
+    receipt path without `_decode_sm`'s ShortMessage: its five C-strings skipped by the same
+    match (none decoded), esm_class, the short_message and the four TLVs a receipt may carry
+    found in the one pass that checks the TLV stream (no tuple of every TLV). None for any body
+    `_decode_sm` would not decode (a C-string without its NUL in reach, sm_length past the end,
+    a TLV cut short: the general path raises there what it raised) and for one whose esm_class
+    does not mark a receipt (an MO, or a receipt marked only by its TLV): those take the general
+    path, as before (session 60, README note 27). The values are the very slices `_decode_sm`
+    stores (tests/unit/test_session60_receipt_frame.py)."""
+    m = _SM_CSTRINGS.match(f, 16)
+    if m is None:
+        return None
+    esm = f[m.start(4) - 3]  # the octet after destination_addr's NUL
+    if (esm & 0x3C) not in _RECEIPT_TYPES:
+        return None
+    p = m.end() + 5  # registered_delivery .. sm_default_msg_id, sm_length: the short_message
+    n = len(f)
+    if p > n:
+        return None
+    e = p + f[p - 1]
+    if e > n:
+        return None
+    tlv_id = state = network = payload = None
+    q = e
+    while q < n:
+        if n - q < 4:
+            return None
+        tag, ln = _unpack_tlvh(f, q)
+        q += 4
+        end = q + ln
+        if end > n:
+            return None
+        if tag == RECEIPTED_MESSAGE_ID:
+            if tlv_id is None:
+                tlv_id = f[q:end]
+        elif tag == MESSAGE_STATE:
+            if state is None:
+                state = f[q:end]
+        elif tag == NETWORK_ERROR_CODE:
+            if network is None:
+                network = f[q:end]
+        elif tag == MESSAGE_PAYLOAD and payload is None:
+            payload = f[q:end]
+        q = end
+    return esm, f[p:e], tlv_id, state, network, payload
 
 
 # --- data_sm --------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from bridge.smpp.protocol import (
     make_ssl_context,
     open_bind,
 )
-from bridge.smpp.session import BindMode, BindSession, NotBound, WindowFull
+from bridge.smpp.session import BindMode, BindSession, NotBound, ReceiptReceived, WindowFull
 from bridge.smpp.turns import Turns
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "DeliverHandler",
     "LateSubmit",
     "OnePart",
+    "ReceiptHandler",
     "SubmitOutcome",
 ]
 
@@ -67,6 +68,9 @@ SubmitHook = Callable[[str, str, str, float | None], None]
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 """(smsc name, deliver_sm body) -> status for deliver_sm_resp: ESME_ROK once the pipeline has
 committed it, ESME_RX_T_APPN when it could not (the SMSC will redeliver)."""
+ReceiptHandler = Callable[[str, ReceiptReceived], Awaitable[int]]
+"""(smsc name, a deliver_sm marked a receipt, read without its ShortMessage) -> the same status:
+`Inbound.on_receipt`. Without one, receipts go to the DeliverHandler as ShortMessages."""
 
 CREDENTIAL_STATUSES: Final = frozenset({C.ESME_RBINDFAIL, C.ESME_RINVPASWD, C.ESME_RINVSYSID})
 NO_BIND_WAIT_S: Final = 1.0
@@ -768,10 +772,12 @@ class Connector:
         *,
         ssl_context: ssl.SSLContext | None = None,
         transient_backoff_s: tuple[float, float] = (0.1, 2.0),
+        on_receipt: ReceiptHandler | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._on_deliver = on_deliver
+        self._on_receipt = on_receipt
         if ssl_context is None and cfg.tls:
             ssl_context = make_ssl_context(cfg.tls_verify, cfg.tls_ca_file)
         self._ssl = ssl_context if cfg.tls or ssl_context is not None else None
@@ -1748,6 +1754,7 @@ class Connector:
                     ssl_context=self._ssl,
                     connect_timeout=cfg.response_timeout_s,
                     name=self.name,
+                    on_receipt=self._receipt if self._on_receipt is not None else None,
                 )
                 peer = await proto.wait_bound()
             except BindRefusedError as e:
@@ -1924,6 +1931,11 @@ class Connector:
         # bind as it is, without a task per deliver_sm.
         self._delivers += 1
         return self._on_deliver(self.name, body)
+
+    def _receipt(self, ev: ReceiptReceived) -> Awaitable[int]:
+        # _deliver's for a receipt read without its ShortMessage (session 60).
+        self._delivers += 1
+        return self._on_receipt(self.name, ev)  # type: ignore[misc]  # set: the bind's
 
     # --- stats --------------------------------------------------------------------------------
     def _tick(self, n: int) -> None:

@@ -41,6 +41,7 @@ from bridge.smpp.session import (
     NotBound,
     PeerUnbound,
     ProtocolError,
+    ReceiptReceived,
     RequestAborted,
     RequestTimedOut,
     SessionState,
@@ -54,6 +55,7 @@ __all__ = [
     "DeliverAnswer",
     "DeliverCallback",
     "LateSubmitCallback",
+    "ReceiptCallback",
     "SmppProtocol",
     "SubmitResult",
     "make_ssl_context",
@@ -71,6 +73,10 @@ _BOUND: Final = SessionState.BOUND
 DeliverCallback = Callable[[ShortMessage, bool], Awaitable[int]]
 """(deliver_sm body, salvaged) -> command_status for the deliver_sm_resp (data_sm_resp when the
 SMSC sent a data_sm: its body arrives converted, see ``DeliverReceived``)."""
+
+ReceiptCallback = Callable[[ReceiptReceived], Awaitable[int]]
+"""A deliver_sm marked a receipt, read without its ShortMessage (``ReceiptReceived``) ->
+command_status for its deliver_sm_resp, as a DeliverCallback's (a `DeliverAnswer`, usually)."""
 
 LateSubmitCallback = Callable[[int, str, Any], None]
 """(command_status, message_id, the context given to ``submit``) of a submit_sm_resp that came
@@ -91,6 +97,10 @@ class SubmitResult:
 _submit_result = maker(SubmitResult)
 
 
+# The two events a deliver_sm comes as (a tuple: isinstance reads it without a union's call).
+_DELIVERS: Final = (ReceiptReceived, DeliverReceived)
+
+
 class DeliverAnswer:
     """A deliver handler's answer (the deliver_sm_resp's command_status), set once by a plain
     call: what the receipt path returns instead of a future (`Inbound.on_deliver`, one a part
@@ -106,7 +116,7 @@ class DeliverAnswer:
     def __init__(self) -> None:
         self._status: int | None = None
         self._proto: SmppProtocol | None = None
-        self._ev: DeliverReceived | None = None
+        self._ev: DeliverReceived | ReceiptReceived | None = None
         self._fut: asyncio.Future[int] | None = None
 
     def done(self) -> bool:
@@ -196,10 +206,15 @@ class SmppProtocol(asyncio.Protocol):
         *,
         name: str = "",
         max_pending_delivers: int = 256,
+        on_receipt: ReceiptCallback | None = None,
     ) -> None:
         self.session = session
         self.name = name
         self._on_deliver = on_deliver
+        # A deliver_sm marked a receipt goes to `on_receipt`, read without its ShortMessage
+        # (session.ReceiptReceived), when there is one; to `on_deliver` otherwise.
+        self._on_receipt = on_receipt
+        session.read_receipts = on_receipt is not None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -440,7 +455,7 @@ class SmppProtocol(asyncio.Protocol):
         for ev in events:
             if isinstance(ev, SubmitResponse):
                 self._resolve(ev.context, ev.status, ev.message_id, None)
-            elif isinstance(ev, DeliverReceived):
+            elif isinstance(ev, _DELIVERS):
                 self._start_deliver(ev)
             elif isinstance(ev, LateSubmitResponse):
                 self._late(ev)
@@ -498,7 +513,7 @@ class SmppProtocol(asyncio.Protocol):
         if self.on_slot_freed is not None:
             self.on_slot_freed()
 
-    def _start_deliver(self, ev: DeliverReceived) -> None:
+    def _start_deliver(self, ev: DeliverReceived | ReceiptReceived) -> None:
         """Run the handler and answer once what it returns resolves.
 
         A handler may return a `DeliverAnswer` (the receipt path does) or a future rather than
@@ -506,10 +521,14 @@ class SmppProtocol(asyncio.Protocol):
         with its chain of coroutine frames was ~14 µs of the owner's CPU for each, measured."""
         self.delivers += 1
         try:
-            if self._on_deliver is None:
+            if type(ev) is ReceiptReceived:
+                # Only a session with `read_receipts` (set with `on_receipt`) makes them.
+                got = self._on_receipt(ev)  # type: ignore[misc]
+            elif self._on_deliver is None:
                 self._ack(ev, C.ESME_RX_T_APPN)
                 return
-            got = self._on_deliver(ev.body, ev.salvaged)
+            else:
+                got = self._on_deliver(ev.body, ev.salvaged)  # type: ignore[union-attr]
             if type(got) is DeliverAnswer:
                 # A receipt's answer (one per part sent): answered by a call once it is set,
                 # no future, done-callback or loop round in between.
@@ -545,7 +564,7 @@ class SmppProtocol(asyncio.Protocol):
             self._paused_at = self._loop.time()
             self._transport.pause_reading()
 
-    def _ack(self, ev: DeliverReceived, status: int) -> None:
+    def _ack(self, ev: DeliverReceived | ReceiptReceived, status: int) -> None:
         self.session.ack_deliver(ev.seq, status, ev.command_id)
         # A batch of receipts commits together and its acks leave in one write, not one each
         # (_schedule_flush inline: one a receipt).
@@ -553,7 +572,9 @@ class SmppProtocol(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _deliver_done(self, ev: DeliverReceived, pending: asyncio.Future[int]) -> None:
+    def _deliver_done(
+        self, ev: DeliverReceived | ReceiptReceived, pending: asyncio.Future[int]
+    ) -> None:
         self._deliver_tasks.discard(pending)
         status = C.ESME_RX_T_APPN
         if not pending.cancelled():
@@ -616,12 +637,13 @@ async def open_bind(
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float = 30.0,
     name: str = "",
+    on_receipt: ReceiptCallback | None = None,
 ) -> SmppProtocol:
     """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(connect_timeout):
         _, proto = await loop.create_connection(
-            lambda: SmppProtocol(session, on_deliver, name=name),
+            lambda: SmppProtocol(session, on_deliver, name=name, on_receipt=on_receipt),
             host,
             port,
             ssl=ssl_context,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
 from struct import error as StructError
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
@@ -38,10 +38,12 @@ from bridge.smpp.codec import (
     MessageIdResp,
     Pdu,
     PduError,
+    ReceiptFields,
     ShortMessage,
     decode_fields,
     encode,
     encode_sm_request,
+    read_receipt_sm,
     salvage_data_sm,
     salvage_deliver_sm,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "NotBound",
     "PeerUnbound",
     "ProtocolError",
+    "ReceiptReceived",
     "RequestAborted",
     "RequestTimedOut",
     "SessionState",
@@ -123,6 +126,7 @@ _RECEIVER: Final = BindMode.RECEIVER
 _TRANSMITTER: Final = BindMode.TRANSMITTER
 _SUBMIT_SM: Final = C.SUBMIT_SM
 _SUBMIT_SM_RESP: Final = C.SUBMIT_SM_RESP
+_DELIVER_SM: Final = C.DELIVER_SM
 # The longest submit_sm_resp _handle_frame reads itself: the header, a 64-octet id and its NUL.
 _SUBMIT_RESP_MAX: Final = 16 + 65
 
@@ -197,6 +201,20 @@ class DeliverReceived:
     command_id: int = C.DELIVER_SM
 
 
+@fast_init
+@dataclass(frozen=True, slots=True)
+class ReceiptReceived:
+    """A deliver_sm marked a receipt by its esm_class, read without its ShortMessage
+    (``codec.read_receipt_sm``: esm_class, short_message and the receipt's four TLVs), for a
+    session with ``read_receipts`` set (the bind has a receipt handler: ``SmppProtocol``'s
+    ``on_receipt``); answer it as a DeliverReceived (``ack_deliver(seq, status,
+    command_id)``). One a part sent (session 60, README note 27)."""
+
+    command_id: ClassVar[int] = C.DELIVER_SM
+    seq: int
+    fields: ReceiptFields
+
+
 @dataclass(frozen=True, slots=True)
 class PeerUnbound:
     pass
@@ -220,7 +238,8 @@ class Closed:
 
 Event = (
     Bound | BindRefused | SubmitResponse | RequestTimedOut | RequestAborted | DeliverReceived
-    | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed | LateSubmitResponse
+    | ReceiptReceived | PeerUnbound | ProtocolError | EnquireLinkMissed | Closed
+    | LateSubmitResponse
 )  # fmt: skip
 
 # The two events of every part sent (its submit_sm_resp, its receipt's deliver_sm), built by
@@ -228,6 +247,7 @@ Event = (
 # the interpreter (type_call, slot_tp_init: ~1.5 k instructions an event, session 58).
 _submit_response = maker(SubmitResponse)
 _deliver_received = maker(DeliverReceived)
+_receipt_received = maker(ReceiptReceived)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -309,6 +329,7 @@ class BindSession:
         "late_max",
         "mode",
         "peer_system_id",
+        "read_receipts",
         "response_timeout_s",
         "state",
         "window",
@@ -356,6 +377,9 @@ class BindSession:
         self._late: dict[int, tuple[Any, float]] = {}
         self.late_grace_s = late_grace(response_timeout_s) if late_grace_s is None else late_grace_s
         self.late_max = late_max
+        # A deliver_sm marked a receipt comes as ReceiptReceived, not DeliverReceived (set by a
+        # protocol with a receipt handler).
+        self.read_receipts = False
 
     # --- properties ---------------------------------------------------------------------------
     @property
@@ -630,6 +654,21 @@ class BindSession:
                     self._in_flight -= 1
                     mid = frame[16 : n - 1].decode("latin-1")
                     events.append(_submit_response(seq, 0, mid, p.context))
+                    return
+        elif n >= 16 and self.read_receipts:
+            length, cid, status, seq = _HDR.unpack_from(frame)
+        else:
+            cid = length = 0
+        if cid == _DELIVER_SM and length == n and self.read_receipts:
+            # A receipt (one a part sent) read for the receipt handler without its ShortMessage
+            # (codec.read_receipt_sm), where the general path below would give it a
+            # DeliverReceived: a body it does not take (an MO, one decode_fields refuses) goes
+            # there, as does one the session would not take now (session 60, README note 27).
+            state = self.state
+            if state is _BOUND or state is _UNBINDING:
+                got = read_receipt_sm(frame)
+                if got is not None:
+                    events.append(_receipt_received(seq, got))
                     return
         # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
         try:
