@@ -981,7 +981,7 @@ def _apply(
             # Its parts' values in seq order, by C (sorted ints, map): not a comprehension
             # (on 3.11 a function made and called a message) over the sorted (seq, value)
             # pairs (~1.5 k instructions a 3-part message less; session 60).
-            now_as = list(map(seqs.__getitem__, sorted(seqs)))
+            now_as: list[Any] = list(map(seqs.__getitem__, sorted(seqs)))  # None: unsettled
             if None not in now_as and (siblings is None or mid not in siblings):
                 known[mid] = now_as  # every part row read and written here, as now written
                 continue
