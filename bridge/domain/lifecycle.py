@@ -595,8 +595,9 @@ def settle_receipts(
             continue  # intermediate
         if now_final:
             found = parts[key] = [(m, q, now_final.get((m, q), st)) for m, q, st in found]
-        new_state = SEG_DELIVERED if r.state == "delivered" else r.state
-        error = receipt_error_code(r.state, r.stat, r.err)
+        new_state = SEG_DELIVERED if (got := r.state) == "delivered" else got
+        # A positive receipt has none: not a call a receipt to learn it (session 60).
+        error = receipt_error_code(got, r.stat, r.err) if got in _RECEIPT_ERROR else None
         if len(found) == 1:  # the usual case: one part has the id
             mid, seq, state = found[0]
             if state in SEG_FINAL:
