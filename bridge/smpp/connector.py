@@ -452,7 +452,9 @@ class OnePart:
                     and (not bind.paused_until or c._now() >= bind.paused_until)
                 )
                 free = room and not bind.lo
-                if not free and not bind.up:
+                # `not free and not bind.up`, less the property's two calls when `room` (the
+                # same `proto`, bound: up) has it already (session 60).
+                if not room and not bind.up:
                     self._go_on(bind, None)
                     return
             else:
@@ -483,7 +485,7 @@ class OnePart:
                 if proto is not None:
                     # send_message's `_submit_now`, with this as the answer's waiter.
                     try:
-                        proto.submit_to(self._part, self, self._context)
+                        proto.submit_told(self._part, self, self._context)
                     except (WindowFull, NotBound):
                         c._pump(bind)  # as _submit_on does with a slot unused
                     except EncodeError as e:
@@ -594,7 +596,7 @@ class OnePart:
                 proto = b.proto
                 if proto is not None and proto.is_bound and not c._closing:
                     try:
-                        proto.submit_to(self._part, self, self._context)
+                        proto.submit_told(self._part, self, self._context)
                         sent = True
                     except (WindowFull, NotBound):
                         pass
@@ -611,26 +613,61 @@ class OnePart:
         else:
             self._state = _ON_WIRE
 
+    def accepted(self, message_id: str, rtt_s: float) -> None:
+        """The part on the wire accepted (ESME_ROK), told by the protocol's read by the
+        answer's fields (`SmppProtocol.submit_told`: one a part sent), where `done()` and
+        `set_result` took a `SubmitResult` built for it (session 60): handled at once, in
+        `ctx`, as `set_result` handles the answer. A part cancelled meanwhile takes it as
+        `set_result` gave it (`_answer_after_cancel`); one done already (not expected) does
+        not, as `_resolve` did not give it."""
+        state = self._state
+        if state == _ON_WIRE:
+            self._state = _IDLE
+            try:
+                self.ctx.run(self._took, message_id, rtt_s)
+                return
+            except RuntimeError as exc:  # its context entered already (as in `set_result`)
+                if "cannot enter context" not in str(exc):
+                    raise
+            self._took(message_id, rtt_s)
+        elif state == _CANCELLED:
+            self.set_result(SubmitResult(_ROK, message_id, None, rtt_s))
+
     def _answered(self, res: SubmitResult) -> None:
-        try:
-            if res.error is not None or res.status != _ROK:
+        if res.error is not None or res.status != _ROK:
+            try:
                 self._go_on(self._bind, res)
-                return
+            except Exception as exc:
+                self._over(exc)
+            return
+        self._took(res.message_id, res.rtt_s)
+
+    def _took(self, message_id: str, rtt_s: float) -> None:
+        """Part `_i` accepted: the next one started (`_answered_next`'s steps inline, a call
+        a later part), or the message finished."""
+        try:
             c = self._c
-            outcome = c._accepted(self._i, self._bind, res, running(c._loop).time())
+            outcome = c._accepted(self._i, self._bind, rtt_s, message_id, running(c._loop).time())
+            outcomes = self._outcomes
+            outcomes.append(outcome)
             if self._more:  # the next part, from this answer's read
-                self._answered_next(outcome)
+                i = self._i = self._i + 1
+                parts = self._parts
+                self._more = i + 1 < len(parts)
+                self._part = parts[i]
+                contexts = self._contexts
+                self._context = None if contexts is None else contexts[i]
+                self._start()
                 return
-            self._outcomes.append(outcome)
         except Exception as exc:
             self._over(exc)
             return
-        # _end and _over, inline (one part sent, the usual case).
+        # _end and _over, inline (the last part accepted, the usual case).
         self._live = False
         c._active -= 1
         if c._idle is not None:
             c._check_idle()
-        self.finished(self._outcomes, None)
+        self.finished(outcomes, None)
 
     def _answer_after_cancel(self, res: SubmitResult) -> None:
         """Connector._answer_after_cancel's, the answer come: an acceptance kept."""
@@ -1132,7 +1169,9 @@ class Connector:
                                     i, part, None, None, deadline, context, wire
                                 )
                             elif got.error is None and got.status == _ROK:
-                                outcome = self._accepted(i, bind, got, loop.time())
+                                outcome = self._accepted(
+                                    i, bind, got.rtt_s, got.message_id, loop.time()
+                                )
                             else:
                                 outcome, bind = await self._send_part(
                                     i, part, bind, None, deadline, context, wire, got
@@ -1154,7 +1193,9 @@ class Connector:
                             raise
                         assert bind is not None  # mypy: the bind `fut` went out on
                         if res.error is None and res.status == _ROK:
-                            outcome = self._accepted(i, bind, res, loop.time())
+                            outcome = self._accepted(
+                                i, bind, res.rtt_s, res.message_id, loop.time()
+                            )
                         else:
                             outcome, bind = await self._send_part(
                                 i, part, bind, None, deadline, context, wire, res
@@ -1314,7 +1355,7 @@ class Connector:
                 bind = None
                 continue
             if res.error is None and res.status == _ROK:
-                return self._accepted(index, bind, res, loop.time()), bind
+                return self._accepted(index, bind, res.rtt_s, res.message_id, loop.time()), bind
             before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
             now = loop.time()
@@ -1395,23 +1436,27 @@ class Connector:
         self._error(f"part {index} cannot be encoded: {e}")
         return SubmitOutcome(index, "permanent", -1, e.code, None)
 
-    def _accepted(self, index: int, bind: _Bind, res: SubmitResult, now: float) -> SubmitOutcome:
-        """Part `index` accepted (ESME_ROK, answered on `bind` by loop time `now`): the bind's
+    def _accepted(
+        self, index: int, bind: _Bind, rtt_s: float, message_id: str, now: float
+    ) -> SubmitOutcome:
+        """Part `index` accepted (ESME_ROK with `message_id`, its round trip `rtt_s`, answered
+        on `bind` by loop time `now`; the answer's fields, not its `SubmitResult`, which a part
+        told by `SmppProtocol.submit_told` has none of, session 60): the bind's
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
         self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
-        sent_at = now - res.rtt_s
+        sent_at = now - rtt_s
         bind.unanswered = 0
         a = self._rtt_avg
-        self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
+        self._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
         if self.on_submit is not None:
-            self.on_submit(self.name, "ok", "ESME_ROK", res.rtt_s)
+            self.on_submit(self.name, "ok", "ESME_ROK", rtt_s)
         bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
         if sent_at >= bind.pause_started:
             bind.pause = None
         self._ok += 1
-        return _ok_outcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
+        return _ok_outcome(index, "ok", _ROK, "ESME_ROK", message_id, sent_at)
 
     def _hold_check(self, context: Any) -> Callable[[], Awaitable[None]] | None:
         """What a resend awaits holding its window slot, right before it leaves (after any
@@ -1615,7 +1660,11 @@ class Connector:
             b.repump = False
 
     def _pump_once(self, b: _Bind) -> None:
-        if not b.up or self._closing:
+        # `b.up` and `b.capacity()` inline (a call each, the latter per waiter granted: one a
+        # part sent from the line, session 60); `b.proto` read again after each grant, as
+        # `capacity()` read it.
+        proto = b.proto
+        if proto is None or not proto.is_bound or self._closing:
             for q in (b.hi, b.lo):
                 while q:
                     fut = q.popleft()
@@ -1629,7 +1678,8 @@ class Connector:
                     b.timer = loop.call_at(b.paused_until, self._pause_over, b)
                 return
         while b.hi or b.lo:
-            if b.capacity() <= 0:
+            proto = b.proto
+            if proto is None or proto.session.free_slots - b.reserved <= 0:
                 return
             fut = (b.hi or b.lo).popleft()
             if not fut.done():
