@@ -647,7 +647,10 @@ class OnePart:
         a later part), or the message finished."""
         try:
             c = self._c
-            outcome = c._accepted(self._i, self._bind, rtt_s, message_id, running(c._loop).time())
+            loop = c._loop  # `running(c._loop)` inline: a call a part
+            if loop is None or not loop.is_running():
+                loop = running(loop)
+            outcome = c._accepted(self._i, self._bind, rtt_s, message_id, loop.time())
             outcomes = self._outcomes
             outcomes.append(outcome)
             if self._more:  # the next part, from this answer's read
