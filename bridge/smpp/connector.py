@@ -443,14 +443,15 @@ class OnePart:
                 # pumped yet as the answer starts the next part). Sent straight away below, the
                 # line's append, the pump and its grant (`set_result`, `_lined`, `_slot`) are
                 # not made (session 59); `free` keeps its old meaning for every other step.
-                room = (
-                    not bind.hi
-                    and proto is not None
-                    and proto.is_bound
-                    and not c._closing
-                    and proto.session.free_slots > bind.reserved
-                    and (not bind.paused_until or c._now() >= bind.paused_until)
-                )
+                # The window's free slots read once (`slots`): less one after the submit
+                # below, which takes one (session 60: a property's call a later part).
+                room = False
+                slots = 0
+                if not bind.hi and proto is not None and proto.is_bound and not c._closing:
+                    slots = proto.session.free_slots
+                    room = slots > bind.reserved and (
+                        not bind.paused_until or c._now() >= bind.paused_until
+                    )
                 free = room and not bind.lo
                 # `not free and not bind.up`, less the property's two calls when `room` (the
                 # same `proto`, bound: up) has it already (session 60).
@@ -467,6 +468,7 @@ class OnePart:
                     and proto.session.free_slots > bind.reserved
                     and (not bind.paused_until or c._now() >= bind.paused_until)
                 )
+                slots = 0  # read below only when not `free`: never on this path
             if free and c._throttler is not None:
                 # `_submit_on` with a slot at once (`_acquire`'s), then its TPS turn: taken
                 # here when nobody holds it and the throttler has room (`_tps_now`), else
@@ -493,7 +495,7 @@ class OnePart:
                         return
                     else:
                         self._state = _ON_WIRE
-                        if not free and proto.session.free_slots > bind.reserved:
+                        if not free and slots - 1 > bind.reserved:  # free_slots after it
                             # What the pump that granted the part its slot went on to do:
                             # the slots still free to `lo`'s messages.
                             c._pump(bind)
@@ -650,7 +652,20 @@ class OnePart:
             loop = c._loop  # `running(c._loop)` inline: a call a part
             if loop is None or not loop.is_running():
                 loop = running(loop)
-            outcome = c._accepted(self._i, self._bind, rtt_s, message_id, loop.time())
+            # `Connector._accepted`, inline (a call a part sent).
+            c._per_second.add(int(time.monotonic()), 1)
+            sent_at = loop.time() - rtt_s
+            bind = self._bind
+            bind.unanswered = 0
+            a = c._rtt_avg
+            c._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
+            if c.on_submit is not None:
+                c.on_submit(c.name, "ok", "ESME_ROK", rtt_s)
+            bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
+            if sent_at >= bind.pause_started:
+                bind.pause = None
+            c._ok += 1
+            outcome = _ok_outcome(self._i, "ok", _ROK, "ESME_ROK", message_id, sent_at)
             outcomes = self._outcomes
             outcomes.append(outcome)
             if self._more:  # the next part, from this answer's read
@@ -1691,9 +1706,21 @@ class Connector:
 
     def _slot_freed(self, b: _Bind) -> None:
         """A submit of `b` answered (`SmppProtocol.on_slot_freed`, a `partial` of this: one a
-        part sent). `_pump`'s own first look inline: nobody waiting, no call."""
+        part sent). `_pump`'s own first look inline: nobody waiting, no call. Nor when the
+        pump would find what it does nothing with: the bind up, not paused, no pump under way
+        and no slot left to grant, the freed one taken already by the next part its answer
+        started (`OnePart._took`: two parts of three under load, session 60)."""
         if b.hi or b.lo:
-            self._pump(b)
+            proto = b.proto
+            if (
+                proto is None
+                or b.paused_until
+                or b.pumping
+                or self._closing
+                or proto.session.free_slots > b.reserved
+                or not proto.is_bound
+            ):
+                self._pump(b)
         if self._idle is not None:
             self._check_idle()
 
