@@ -719,7 +719,9 @@ class Dispatcher:
                     extra={"smsc": name, "to": logs.number(msg.recipient),
                            "outcomes": [outcomes[0].status_name]},
                 )  # fmt: skip
-            loop = self._loop = running(self._loop)
+            loop = self._loop  # `running(self._loop)` inline: a call a message (session 60)
+            if loop is None or not loop.is_running():
+                loop = self._loop = running(loop)
             at = int(self.clock() * 1000)
             add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
             self.sent += 1

@@ -1005,7 +1005,8 @@ class Connector:
         # A loop, not any() over a generator: asked several times per message (the dispatcher's
         # route pick, its window), a generator object each time.
         for b in self._tx:
-            if b.up:
+            proto = b.proto  # `b.up` inline: a call a message (session 60)
+            if proto is not None and proto.is_bound:
                 return True
         return False
 
@@ -1764,7 +1765,8 @@ class Connector:
         tx = self._tx
         if len(tx) == 1:  # one transmitting bind (the usual configuration): no list, no turn
             b = tx[0]
-            return b if b.up else None
+            proto = b.proto  # `b.up` inline: a call a message (session 60)
+            return b if proto is not None and proto.is_bound else None
         up = [b for b in tx if b.up]
         if not up:
             return None
