@@ -736,7 +736,9 @@ class Dispatcher:
         release: Release | None = None
         # One batcher call per message: its parts' results share one future.
         results: list[SubmitResult | Release] = []
-        loop = self._loop = running(self._loop)
+        loop = self._loop  # `running(self._loop)` inline, as above
+        if loop is None or not loop.is_running():
+            loop = self._loop = running(loop)
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
                 results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
