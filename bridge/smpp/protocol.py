@@ -253,9 +253,17 @@ class SmppProtocol(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._handle(self.session.receive_data(data, self._loop.time()))
-        self._schedule_flush()
-        self._arm_timer()
+        session = self.session
+        self._handle(session.receive_data(data, self._loop.time()))
+        if not self._flush_scheduled:  # _schedule_flush inline: a call a read
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        # _arm_timer's look inline (a call a read, two or more a part sent, session 60): it
+        # re-arms only for a deadline earlier than the armed timer's, which a read seldom
+        # brings (answers move the deadlines later).
+        deadline = session.next_deadline()
+        if deadline is not None and (self._timer is None or self._timer_at > deadline):
+            self._arm_timer()
 
     def eof_received(self) -> bool:
         return False  # close our side too
