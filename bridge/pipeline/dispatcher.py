@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from bridge import logs
 from bridge.aio import idle_wait_s, running, wait_event
@@ -37,7 +37,7 @@ from bridge.pipeline.submit_sm import build_parts, retry_delay_ms, submit_bodies
 from bridge.pipeline.wake import WaitFlag
 from bridge.smpp.codec import ShortMessage
 from bridge.smpp.connector import LateSubmit, OnePart, SubmitOutcome
-from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_resp_id
+from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_id, normalize_resp_id
 from bridge.smpp.router import Router
 from bridge.smpp.session import late_grace
 from bridge.store.base import Store, is_unavailable
@@ -70,6 +70,9 @@ _Park = Callable[[str], str | None] | None  # a claim's park function (Router.pa
 # A sent part's result (`_sent`, one a part): fastinit.maker's function, the same frozen instance
 # without the class call's way back into the interpreter (session 59, README note 27).
 _new_result = maker(SubmitResult)
+# Read once (`_sent`, a part sent): a member read off its enum class costs ~900 instructions on
+# Python 3.11 (msgid.py's own `_STR`).
+_STR: Final = IdBase.STR
 # How long stop() waits for the messages it cancelled to record what the SMSC already took.
 CANCEL_WAIT_S = 5.0
 
@@ -716,7 +719,9 @@ class Dispatcher:
                     extra={"smsc": name, "to": logs.number(msg.recipient),
                            "outcomes": [outcomes[0].status_name]},
                 )  # fmt: skip
-            loop = self._loop = running(self._loop)
+            loop = self._loop  # `running(self._loop)` inline: a call a message (session 60)
+            if loop is None or not loop.is_running():
+                loop = self._loop = running(loop)
             at = int(self.clock() * 1000)
             add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
             self.sent += 1
@@ -731,7 +736,9 @@ class Dispatcher:
         release: Release | None = None
         # One batcher call per message: its parts' results share one future.
         results: list[SubmitResult | Release] = []
-        loop = self._loop = running(self._loop)
+        loop = self._loop  # `running(self._loop)` inline, as above
+        if loop is None or not loop.is_running():
+            loop = self._loop = running(loop)
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
                 results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
@@ -1223,8 +1230,17 @@ def _sent(
     sent_at = 0
     if out.sent_at:
         sent_at = at - int((loop.time() - out.sent_at) * 1000)
+    # normalize_resp_id's usual id inline (letters and digits only, in a string base: nothing
+    # to trim), as `Inbound._receipt` keys a receipt's: two calls a part sent less (session 60).
+    base = rule.resp_base
+    if base is _STR and raw.isascii() and raw.isalnum():
+        key = raw.upper() if rule.case_insensitive else raw
+        if rule.strip_leading_zeros:
+            key = key.lstrip("0") or "0"
+    else:
+        key = normalize_id(raw, base, rule)
     # By position, in SubmitResult's fields' order (tests/unit/test_session52_positional.py):
     # one per part sent, and a class called by keyword gets a dict to unpack.
     return _new_result(
-        mid, seq, "sent", smsc, normalize_resp_id(raw, rule), raw, None, at, sent_at
+        mid, seq, "sent", smsc, key, raw, None, at, sent_at
     )  # message_id, seq, outcome, smsc, smsc_msg_id, smsc_msg_id_raw, error_code, at, sent_at

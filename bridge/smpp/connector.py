@@ -447,16 +447,19 @@ class OnePart:
                 # pumped yet as the answer starts the next part). Sent straight away below, the
                 # line's append, the pump and its grant (`set_result`, `_lined`, `_slot`) are
                 # not made (session 59); `free` keeps its old meaning for every other step.
-                room = (
-                    not bind.hi
-                    and proto is not None
-                    and proto.is_bound
-                    and not c._closing
-                    and proto.session.free_slots > bind.reserved
-                    and (not bind.paused_until or c._now() >= bind.paused_until)
-                )
+                # The window's free slots read once (`slots`): less one after the submit
+                # below, which takes one (session 60: a property's call a later part).
+                room = False
+                slots = 0
+                if not bind.hi and proto is not None and proto.is_bound and not c._closing:
+                    slots = proto.session.free_slots
+                    room = slots > bind.reserved and (
+                        not bind.paused_until or c._now() >= bind.paused_until
+                    )
                 free = room and not bind.lo
-                if not free and not bind.up:
+                # `not free and not bind.up`, less the property's two calls when `room` (the
+                # same `proto`, bound: up) has it already (session 60).
+                if not room and not bind.up:
                     self._go_on(bind, None)
                     return
             else:
@@ -469,6 +472,7 @@ class OnePart:
                     and proto.session.free_slots > bind.reserved
                     and (not bind.paused_until or c._now() >= bind.paused_until)
                 )
+                slots = 0  # read below only when not `free`: never on this path
             if free and c._throttler is not None:
                 # `_submit_on` with a slot at once (`_acquire`'s), then its TPS turn: taken
                 # here when nobody holds it and the throttler has room (`_tps_now`), else
@@ -487,7 +491,7 @@ class OnePart:
                 if proto is not None:
                     # send_message's `_submit_now`, with this as the answer's waiter.
                     try:
-                        proto.submit_to(self._part, self, self._context)
+                        proto.submit_told(self._part, self, self._context)
                     except (WindowFull, NotBound):
                         c._pump(bind)  # as _submit_on does with a slot unused
                     except EncodeError as e:
@@ -495,7 +499,7 @@ class OnePart:
                         return
                     else:
                         self._state = _ON_WIRE
-                        if not free and proto.session.free_slots > bind.reserved:
+                        if not free and slots - 1 > bind.reserved:  # free_slots after it
                             # What the pump that granted the part its slot went on to do:
                             # the slots still free to `lo`'s messages.
                             c._pump(bind)
@@ -598,7 +602,7 @@ class OnePart:
                 proto = b.proto
                 if proto is not None and proto.is_bound and not c._closing:
                     try:
-                        proto.submit_to(self._part, self, self._context)
+                        proto.submit_told(self._part, self, self._context)
                         sent = True
                     except (WindowFull, NotBound):
                         pass
@@ -615,26 +619,77 @@ class OnePart:
         else:
             self._state = _ON_WIRE
 
+    def accepted(self, message_id: str, rtt_s: float) -> None:
+        """The part on the wire accepted (ESME_ROK), told by the protocol's read by the
+        answer's fields (`SmppProtocol.submit_told`: one a part sent), where `done()` and
+        `set_result` took a `SubmitResult` built for it (session 60): handled at once, in
+        `ctx`, as `set_result` handles the answer. A part cancelled meanwhile takes it as
+        `set_result` gave it (`_answer_after_cancel`); one done already (not expected) does
+        not, as `_resolve` did not give it."""
+        state = self._state
+        if state == _ON_WIRE:
+            self._state = _IDLE
+            try:
+                self.ctx.run(self._took, message_id, rtt_s)
+                return
+            except RuntimeError as exc:  # its context entered already (as in `set_result`)
+                if "cannot enter context" not in str(exc):
+                    raise
+            self._took(message_id, rtt_s)
+        elif state == _CANCELLED:
+            self.set_result(SubmitResult(_ROK, message_id, None, rtt_s))
+
     def _answered(self, res: SubmitResult) -> None:
-        try:
-            if res.error is not None or res.status != _ROK:
+        if res.error is not None or res.status != _ROK:
+            try:
                 self._go_on(self._bind, res)
-                return
+            except Exception as exc:
+                self._over(exc)
+            return
+        self._took(res.message_id, res.rtt_s)
+
+    def _took(self, message_id: str, rtt_s: float) -> None:
+        """Part `_i` accepted: the next one started (`_answered_next`'s steps inline, a call
+        a later part), or the message finished."""
+        try:
             c = self._c
-            outcome = c._accepted(self._i, self._bind, res, running(c._loop).time())
+            loop = c._loop  # `running(c._loop)` inline: a call a part
+            if loop is None or not loop.is_running():
+                loop = running(loop)
+            # `Connector._accepted`, inline (a call a part sent).
+            c._per_second.add(int(time.monotonic()), 1)
+            sent_at = loop.time() - rtt_s
+            bind = self._bind
+            bind.unanswered = 0
+            a = c._rtt_avg
+            c._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
+            if c.on_submit is not None:
+                c.on_submit(c.name, "ok", "ESME_ROK", rtt_s)
+            bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
+            if sent_at >= bind.pause_started:
+                bind.pause = None
+            c._ok += 1
+            outcome = _ok_outcome(self._i, "ok", _ROK, "ESME_ROK", message_id, sent_at)
+            outcomes = self._outcomes
+            outcomes.append(outcome)
             if self._more:  # the next part, from this answer's read
-                self._answered_next(outcome)
+                i = self._i = self._i + 1
+                parts = self._parts
+                self._more = i + 1 < len(parts)
+                self._part = parts[i]
+                contexts = self._contexts
+                self._context = None if contexts is None else contexts[i]
+                self._start()
                 return
-            self._outcomes.append(outcome)
         except Exception as exc:
             self._over(exc)
             return
-        # _end and _over, inline (one part sent, the usual case).
+        # _end and _over, inline (the last part accepted, the usual case).
         self._live = False
         c._active -= 1
         if c._idle is not None:
             c._check_idle()
-        self.finished(self._outcomes, None)
+        self.finished(outcomes, None)
 
     def _answer_after_cancel(self, res: SubmitResult) -> None:
         """Connector._answer_after_cancel's, the answer come: an acceptance kept."""
@@ -956,7 +1011,8 @@ class Connector:
         # A loop, not any() over a generator: asked several times per message (the dispatcher's
         # route pick, its window), a generator object each time.
         for b in self._tx:
-            if b.up:
+            proto = b.proto  # `b.up` inline: a call a message (session 60)
+            if proto is not None and proto.is_bound:
                 return True
         return False
 
@@ -1138,7 +1194,9 @@ class Connector:
                                     i, part, None, None, deadline, context, wire
                                 )
                             elif got.error is None and got.status == _ROK:
-                                outcome = self._accepted(i, bind, got, loop.time())
+                                outcome = self._accepted(
+                                    i, bind, got.rtt_s, got.message_id, loop.time()
+                                )
                             else:
                                 outcome, bind = await self._send_part(
                                     i, part, bind, None, deadline, context, wire, got
@@ -1160,7 +1218,9 @@ class Connector:
                             raise
                         assert bind is not None  # mypy: the bind `fut` went out on
                         if res.error is None and res.status == _ROK:
-                            outcome = self._accepted(i, bind, res, loop.time())
+                            outcome = self._accepted(
+                                i, bind, res.rtt_s, res.message_id, loop.time()
+                            )
                         else:
                             outcome, bind = await self._send_part(
                                 i, part, bind, None, deadline, context, wire, res
@@ -1320,7 +1380,7 @@ class Connector:
                 bind = None
                 continue
             if res.error is None and res.status == _ROK:
-                return self._accepted(index, bind, res, loop.time()), bind
+                return self._accepted(index, bind, res.rtt_s, res.message_id, loop.time()), bind
             before = None  # done once the part left (repeating it is harmless)
             self._tick(1)
             now = loop.time()
@@ -1401,23 +1461,27 @@ class Connector:
         self._error(f"part {index} cannot be encoded: {e}")
         return SubmitOutcome(index, "permanent", -1, e.code, None)
 
-    def _accepted(self, index: int, bind: _Bind, res: SubmitResult, now: float) -> SubmitOutcome:
-        """Part `index` accepted (ESME_ROK, answered on `bind` by loop time `now`): the bind's
+    def _accepted(
+        self, index: int, bind: _Bind, rtt_s: float, message_id: str, now: float
+    ) -> SubmitOutcome:
+        """Part `index` accepted (ESME_ROK with `message_id`, its round trip `rtt_s`, answered
+        on `bind` by loop time `now`; the answer's fields, not its `SubmitResult`, which a part
+        told by `SmppProtocol.submit_told` has none of, session 60): the bind's
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
         self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
-        sent_at = now - res.rtt_s
+        sent_at = now - rtt_s
         bind.unanswered = 0
         a = self._rtt_avg
-        self._rtt_avg = res.rtt_s if a is None else a + 0.05 * (res.rtt_s - a)
+        self._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
         if self.on_submit is not None:
-            self.on_submit(self.name, "ok", "ESME_ROK", res.rtt_s)
+            self.on_submit(self.name, "ok", "ESME_ROK", rtt_s)
         bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
         if sent_at >= bind.pause_started:
             bind.pause = None
         self._ok += 1
-        return _ok_outcome(index, "ok", res.status, "ESME_ROK", res.message_id, sent_at)
+        return _ok_outcome(index, "ok", _ROK, "ESME_ROK", message_id, sent_at)
 
     def _hold_check(self, context: Any) -> Callable[[], Awaitable[None]] | None:
         """What a resend awaits holding its window slot, right before it leaves (after any
@@ -1621,7 +1685,11 @@ class Connector:
             b.repump = False
 
     def _pump_once(self, b: _Bind) -> None:
-        if not b.up or self._closing:
+        # `b.up` and `b.capacity()` inline (a call each, the latter per waiter granted: one a
+        # part sent from the line, session 60); `b.proto` read again after each grant, as
+        # `capacity()` read it.
+        proto = b.proto
+        if proto is None or not proto.is_bound or self._closing:
             for q in (b.hi, b.lo):
                 while q:
                     fut = q.popleft()
@@ -1635,7 +1703,8 @@ class Connector:
                     b.timer = loop.call_at(b.paused_until, self._pause_over, b)
                 return
         while b.hi or b.lo:
-            if b.capacity() <= 0:
+            proto = b.proto
+            if proto is None or proto.session.free_slots - b.reserved <= 0:
                 return
             fut = (b.hi or b.lo).popleft()
             if not fut.done():
@@ -1644,9 +1713,21 @@ class Connector:
 
     def _slot_freed(self, b: _Bind) -> None:
         """A submit of `b` answered (`SmppProtocol.on_slot_freed`, a `partial` of this: one a
-        part sent). `_pump`'s own first look inline: nobody waiting, no call."""
+        part sent). `_pump`'s own first look inline: nobody waiting, no call. Nor when the
+        pump would find what it does nothing with: the bind up, not paused, no pump under way
+        and no slot left to grant, the freed one taken already by the next part its answer
+        started (`OnePart._took`: two parts of three under load, session 60)."""
         if b.hi or b.lo:
-            self._pump(b)
+            proto = b.proto
+            if (
+                proto is None
+                or b.paused_until
+                or b.pumping
+                or self._closing
+                or proto.session.free_slots > b.reserved
+                or not proto.is_bound
+            ):
+                self._pump(b)
         if self._idle is not None:
             self._check_idle()
 
@@ -1690,7 +1771,8 @@ class Connector:
         tx = self._tx
         if len(tx) == 1:  # one transmitting bind (the usual configuration): no list, no turn
             b = tx[0]
-            return b if b.up else None
+            proto = b.proto  # `b.up` inline: a call a message (session 60)
+            return b if proto is not None and proto.is_bound else None
         up = [b for b in tx if b.up]
         if not up:
             return None

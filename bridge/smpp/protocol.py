@@ -268,9 +268,17 @@ class SmppProtocol(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._handle(self.session.receive_data(data, self._loop.time()))
-        self._schedule_flush()
-        self._arm_timer()
+        session = self.session
+        self._handle(session.receive_data(data, self._loop.time()))
+        if not self._flush_scheduled:  # _schedule_flush inline: a call a read
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        # _arm_timer's look inline (a call a read, two or more a part sent, session 60): it
+        # re-arms only for a deadline earlier than the armed timer's, which a read seldom
+        # brings (answers move the deadlines later).
+        deadline = session.next_deadline()
+        if deadline is not None and (self._timer is None or self._timer_at > deadline):
+            self._arm_timer()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -344,6 +352,25 @@ class SmppProtocol(asyncio.Protocol):
         now = loop.time()
         session = self.session
         session.submit(body, now, (waiter, time.perf_counter(), context))
+        if not self._flush_scheduled:  # as in submit
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        if self._timer is None or self._timer_at > now + session.response_timeout_s:
+            self._arm_timer()
+
+    def submit_told(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
+        """`submit_to` for a waiter told a plain acceptance by its fields: the read of an
+        ESME_ROK submit_sm_resp calls `waiter.accepted(message_id, rtt_s)`, without the
+        `SubmitResult` built, the `done()` asked and the `set_result` that would take it apart
+        again (`OnePart`: one a part sent, session 60). Any other answer, a time-out or the
+        connection's end reaches it as `submit_to`'s does (`done()`, `set_result`). The
+        fourth entry of the request's context says so (`_handle`)."""
+        if self._transport is None or self._transport.is_closing():
+            raise NotBound("submit: the connection is closing")
+        loop = self._loop
+        now = loop.time()
+        session = self.session
+        session.submit(body, now, (waiter, time.perf_counter(), context, True))
         if not self._flush_scheduled:  # as in submit
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -454,7 +481,14 @@ class SmppProtocol(asyncio.Protocol):
     def _handle(self, events: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, SubmitResponse):
-                self._resolve(ev.context, ev.status, ev.message_id, None)
+                context = ev.context
+                if len(context) == 4 and not ev.status and self.on_submit_result is None:
+                    # A plain acceptance for `submit_told`'s waiter: told its fields.
+                    context[0].accepted(ev.message_id, time.perf_counter() - context[1])
+                    if self.on_slot_freed is not None:
+                        self.on_slot_freed()
+                else:
+                    self._resolve(context, ev.status, ev.message_id, None)
             elif isinstance(ev, _DELIVERS):
                 self._start_deliver(ev)
             elif isinstance(ev, LateSubmitResponse):
@@ -498,8 +532,8 @@ class SmppProtocol(asyncio.Protocol):
             log.exception("late submit_sm_resp handler failed", extra={"smsc": self.name})
 
     def _resolve(self, context: Any, status: int, message_id: str, error: str | None) -> None:
-        fut, t0, _ = context
-        result = _submit_result(status, message_id, error, time.perf_counter() - t0)
+        fut = context[0]  # a future, or submit_to's (or submit_told's) waiter
+        result = _submit_result(status, message_id, error, time.perf_counter() - context[1])
         if not fut.done():
             fut.set_result(result)
         elif fut.cancelled():  # its waiter was cancelled: kept for answer_after_cancel
