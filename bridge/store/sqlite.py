@@ -597,25 +597,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 [_message_nones(m) for m in batch.messages],
             )
         )
-        blob = sqlite_binds.blob
-        # No None in a segment's row (NewSegment): its text as it is. A one-message send of
-        # several parts (a long text) writes them by one statement of that many rows.
-        segment_rows: list[tuple[Any, ...]] | None = None
-        segment_args: list[Any] = []
-        one = batch.messages[0] if len(batch.messages) == 1 else None
-        if one is not None and 1 < len(one.segments) <= _SEGMENTS_AT_ONCE:
-            mid = one.id
-            for s in one.segments:
-                segment_args += (mid, s.seq, s.total, s.esm_class, blob(s.short_message),
-                                 blob(s.tlvs))  # fmt: skip
-            segments_sql = _SEGMENTS_INSERT_ROWS[len(one.segments)]
-        else:
-            segment_rows = [
-                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
-                for m in batch.messages
-                for s in m.segments
-            ]
-            segments_sql = _SEGMENTS_INSERT
+        # `sqlite_binds.blob` is `bytearray(value)`: the type called itself, no Python frame a
+        # value (three a one-part send, seven a 3-part one; ~0.5 k each, session 60).
+        blob = bytearray
+        segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
+            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+            for m in batch.messages
+            for s in m.segments
+        ]
 
         messages = batch.messages
         recipients = (
@@ -855,10 +844,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (batch.account_id, tokens, at),
                 )
             cur.executemany(messages_sql, message_rows)
-            if segment_rows is None:
-                cur.execute(segments_sql, segment_args)
-            else:
-                cur.executemany(segments_sql, segment_rows)
+            cur.executemany(_SEGMENTS_INSERT, segment_rows)
             if plan is not None:
                 if plan.entries:
                     sqlite_rules.write_ledger(cur, batch.account_id, plan)
@@ -2187,13 +2173,6 @@ _SEGMENTS_INSERT = (
     "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
     "VALUES (?,?,?,?,?,?)"
 )
-# A message's parts, up to this many, by one INSERT of that many rows (session 60): one step
-# of the statement, not one a row (`executemany` binds, steps, hands the GIL over and back and
-# resets each row as `execute` does; note 28). The same rows, in the same order.
-_SEGMENTS_AT_ONCE = 8
-_SEGMENTS_INSERT_ROWS = {
-    n: _SEGMENTS_INSERT + ",(?,?,?,?,?,?)" * (n - 1) for n in range(2, _SEGMENTS_AT_ONCE + 1)
-}
 _NONCE_NEW = (
     "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
     "ON CONFLICT (key_id, nonce) DO NOTHING"

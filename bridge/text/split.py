@@ -482,8 +482,11 @@ def udh_ucs2_parts(
         per, bits = _UCS2_LIMITS[2], 16
     else:
         return None
-    resolved, septets = _resolve_text(text, opts)
-    if septets is not None or resolved is not text:  # GSM-7, or smart mapping kept
+    if opts.smart:
+        resolved, septets = _resolve_text(text, opts)
+        if septets is not None or resolved is not text:  # GSM-7, or smart mapping kept
+            return None
+    elif gsm_septets(text) is not None:  # `_resolve_text` without smart mapping
         return None
     if opts.allow_latin1 and _is_latin1(text):
         return None
