@@ -4,18 +4,18 @@
 Usage: python scripts/accept_differential.py --base DIR [--tree DIR] [--seeds 300] [--first 0]
                                            [--store sqlite|postgres]
 
-Why: a change to what an accept does inside the write lock (statements, values prepared before
-it, sums held for a batch, reads kept across accepts) must leave every answer and every row of
-every table as it was (`store_differential.py` does the same for the owner's writes). Each
-scenario (seed) makes three accounts (cash with a low-balance threshold and a quota, cash and an
-expiring voucher, postpaid) with keys and signs, then runs 1 to 6 write batches, each one
-`gather` of 1 to 12 calls: accepts (keyed or not, one or two recipients, billed or not, without
-sending rules now and then, an approved or a pending sign, 0 to 500 a message, clocks on both
-sides of midnight, replays of an Idempotency-Key) with top-ups and account changes (quota,
-threshold, disabled, enabled) among them. After each batch every table is dumped (all columns,
-rows sorted; `row_version`, a random stamp, left out; the random part of generated ids masked)
-with the batch's answers; the two trees' dumps must be equal. Each tree runs in a child process
-that imports `bridge` and `tests` from it.
+Why: a change to what an accept does inside the write lock (statements, values prepared before it,
+sums held for a batch, reads kept across accepts) must leave every answer and every row of every
+table as it was (`store_differential.py` does the same for the owner's writes). Each scenario
+(seed) makes three accounts (cash with a low-balance threshold and a quota, cash and an expiring
+voucher, postpaid) with keys and signs, then runs 1 to 6 write batches, each one `gather` of 1 to
+12 calls: accepts (keyed or not, one or two recipients, 1 to 9 parts a message, billed or not,
+without sending rules now and then, an approved or a pending sign, 0 to 500 a message, clocks on
+both sides of midnight, replays of an Idempotency-Key) with top-ups and account changes (quota,
+threshold, disabled, enabled) among them. After each batch every table is dumped (all columns, rows
+sorted; `row_version`, a random stamp, left out; the random part of generated ids masked) with the
+batch's answers; the two trees' dumps must be equal. Each tree runs in a child process that imports
+`bridge` and `tests` from it.
 `--store postgres` (session 59's review) runs the same scenarios on a PostgreSQL store: a
 throw-away cluster (tests/pg_cluster.py, started by this script), a new database a seed and tree,
 every table of the public schema dumped the same way (`schema_version` left out). Its pool has
@@ -132,6 +132,8 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                 if what < 0.75:
                     clock = rnd.choice(clocks)
                     sign_name = rnd.choice(("Acme",) * 5 + ("Pending",))
+                    # A long text's parts too (session 60: one INSERT of a message's parts).
+                    parts = rnd.choice((1, 1, 1, 2, 3, 8, 9))
                     msgs = tuple(
                         message(
                             f"m{n}-{i}",
@@ -139,6 +141,7 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                             account_id=aid,
                             sign=sign_name,
                             at=clock,
+                            parts=parts,
                         )
                         for i in range(rnd.choice((1, 1, 1, 1, 2)))
                     )

@@ -32,6 +32,7 @@ from bridge.smpp.tlvpack import pack_tlvs
 from bridge.store.models import Account, NewMessage, NewSegment, Template
 from bridge.text.preview import with_sign
 from bridge.text.split import (
+    ESM_UDHI,
     EncodeOptions,
     Encoding,
     RefCounter,
@@ -39,6 +40,7 @@ from bridge.text.split import (
     TextError,
     encode_message,
     one_gsm_part,
+    udh_ucs2_parts,
     wire_code,
 )
 from bridge.text.units import CountingRule, billable_units, tariff_chars
@@ -66,6 +68,7 @@ _MAX_SCHEDULE_DAYS = 30
 # Read once: a member read off its enum class costs ~1,000 instructions on Python 3.11.
 _UDH8 = SplitMode.UDH8
 _GSM7_NAME = str(Encoding.GSM7)  # the name NewMessage stores (str(enc.encoding))
+_UCS2_NAME = str(Encoding.UCS2)
 
 
 @fast_init
@@ -524,6 +527,14 @@ class Submitter:
                 # other cases' checks and a TLV packing of nothing (~16,000 instructions).
                 enc_text, encoding, data_coding, air = text, _GSM7_NAME, 0, 1
                 segments: tuple[NewSegment, ...] = (_new_segment(1, 1, 0, septets, b""),)
+            elif len(text) > 70 and (sms := udh_ucs2_parts(text, opts, self.refs, number)):
+                # A long UCS-2 text behind UDHs (a Chinese text over 70 characters): its parts
+                # as encode_message would make them, without its Part and EncodedMessage
+                # (tests/unit/test_session60_ucs2_parts.py); the text is not mapped.
+                enc_text, encoding, data_coding, air = text, _UCS2_NAME, 8, len(sms)
+                segments = tuple(
+                    [_new_segment(seq, air, ESM_UDHI, sm, b"") for seq, sm in enumerate(sms, 1)]
+                )
             else:
                 enc_text, encoding, data_coding, air, segments = self._encoded(text, opts, number)
             mid = id_factory("msg_", now_ms)

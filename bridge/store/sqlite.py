@@ -597,7 +597,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 [_message_nones(m) for m in batch.messages],
             )
         )
-        blob = sqlite_binds.blob
+        # `sqlite_binds.blob` is `bytearray(value)`: the type called itself, no Python frame a
+        # value (three a one-part send, seven a 3-part one; ~0.5 k each, session 60).
+        blob = bytearray
         segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
             (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
             for m in batch.messages
