@@ -15,7 +15,7 @@ queue's end). Everything else keeps its collection order.
 The tests of one module listed there go together, in their module's order, and the module's
 other tests that use one of their module-scoped fixtures (a PostgreSQL cluster of its own, an
 11-s traffic run, say) go with them, so such a fixture is set up once for the group, not again
-for the tests left behind (70 tests in all go along with the 61 listed). Only xdist's workers
+for the tests left behind (50 tests go along with the 60 listed). Only xdist's workers
 reorder (`workerinput`: a run in one process, `-n 0`, keeps the collection's order, which is
 easier to follow when debugging), and only what is left after `-k`/`-m` deselected (the hook
 runs last). A name in the list that no longer exists only does
