@@ -656,20 +656,10 @@ class OnePart:
             loop = c._loop  # `running(c._loop)` inline: a call a part
             if loop is None or not loop.is_running():
                 loop = running(loop)
-            # `Connector._accepted`, inline (a call a part sent).
-            c._per_second.add(int(time.monotonic()), 1)
-            sent_at = loop.time() - rtt_s
-            bind = self._bind
-            bind.unanswered = 0
-            a = c._rtt_avg
-            c._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
-            if c.on_submit is not None:
-                c.on_submit(c.name, "ok", "ESME_ROK", rtt_s)
-            bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
-            if sent_at >= bind.pause_started:
-                bind.pause = None
-            c._ok += 1
-            outcome = _ok_outcome(self._i, "ok", _ROK, "ESME_ROK", message_id, sent_at)
+            # One place for an acceptance's bookkeeping (session 60 inlined it here: a call a
+            # part, ~0.15% of a 3-part message, against two copies of the throttle and pause
+            # rules to keep alike).
+            outcome = c._accepted(self._i, self._bind, rtt_s, message_id, loop.time())
             outcomes = self._outcomes
             outcomes.append(outcome)
             if self._more:  # the next part, from this answer's read
