@@ -40,7 +40,7 @@ class Router:
     for that route: a Latin-1 message went out through an SMSC without Latin-1 that way.
     """
 
-    __slots__ = ("_default", "_encodings", "_lengths", "_routes")
+    __slots__ = ("_candidates", "_default", "_encodings", "_lengths", "_routes")
 
     def __init__(
         self,
@@ -63,6 +63,10 @@ class Router:
         self._default = _unique(default)
         self._encodings = dict(encodings or {})
         self._lengths = sorted({len(prefix) for prefix in table}, reverse=True)
+        # Each route's candidates worked out once: the table never changes (a reload builds a
+        # new Router), and the dispatcher asks for a message's at every claim (a tuple made
+        # through a generator each time before session 60).
+        self._candidates = {prefix: self._build(prefix) for prefix in table}
 
     def _match(self, destination: str) -> str | None:
         """The longest configured prefix of `destination`, or None (the default route)."""
@@ -76,6 +80,10 @@ class Router:
     def _for(self, prefix: str | None) -> tuple[str, ...]:
         if prefix is None:
             return self._default
+        return self._candidates[prefix]
+
+    def _build(self, prefix: str) -> tuple[str, ...]:
+        """A route's SMSCs, then the default route's that encode as its first does."""
         smscs = self._routes[prefix]
         enc = self._encodings
         first = enc.get(smscs[0])

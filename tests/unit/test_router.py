@@ -209,3 +209,18 @@ def test_rewired_keys_name_the_routes_whose_first_smsc_now_encodes_otherwise() -
     same = Router([Route("+86", ("latin",)), Route("+8613", ("latin",)), Route("+44", ("plain",))],
                   ["other"], enc)  # fmt: skip
     assert Router.rewired_keys(old, same) == []
+
+
+def test_a_routes_candidates_are_worked_out_once_and_filtered_by_encoding() -> None:
+    """Session 60: the dispatcher asks a message's candidates at every claim; a routed
+    prefix's tuple was made through a generator each time. Now built with the Router (its
+    table never changes: a reload builds a new one), the same tuple every time, still the
+    route's SMSCs then the default's that encode as its first."""
+    enc = {"a": 1, "b": 2, "c": 1, "d": 1}
+    router = Router([Route("+86", ("a", "b")), Route("+8613", ("b",))], ["c", "b", "d", "a"], enc)
+    first = router.candidates("+8612345")
+    assert first == ("a", "b", "c", "d")
+    assert router.candidates("+8698765") is first
+    assert router.candidates("+8613000") == ("b",)  # only "b" encodes as 2
+    assert router.candidates("+4412345") == ("c", "b", "d", "a")
+    assert router.pick("+8612345", {"c", "d"}.__contains__) == "c"
