@@ -349,6 +349,10 @@ class StorePool(asyncpg.Pool):
     async def _asyncpg_release(self, connection: Any, timeout: float | None) -> None:  # noqa: ASYNC109
         holder: Any = getattr(connection, "_holder", None)
         con: Any = getattr(connection, "_con", None)
+        if con is not None:
+            # Before the holder is put back (a loop turn or more before this task goes on): a
+            # sweep in between saw the time of its previous release and closed it at once.
+            con.idle_at = _monotonic()
         try:
             await super().release(connection, timeout=timeout)
         except asyncpg.exceptions.InternalClientError as exc:
@@ -383,6 +387,10 @@ class StorePool(asyncpg.Pool):
             holder._release()
             loop.call_soon(_settle, done, None)
             return
+        # Idle from now on, set while it is still handed out (the sweep passes it by): the
+        # holder goes back inside asyncpg's release, `ended` a loop turn later, and a sweep in
+        # between took the time of its previous release for its idle time (r1, session 60).
+        con.idle_at = _monotonic()
         step = asyncio.ensure_future(holder.release(timeout))
 
         def ended(step: asyncio.Future[None]) -> None:

@@ -1,0 +1,102 @@
+"""Session 60 review (r1) of StorePool's own release, acquire and idle sweep (merge 00a6868):
+callers under contention (more tasks than connections, time-outs given, a task cancelled while
+waiting or releasing) served in asyncpg's own pool's order; a connection released through
+asyncpg's release (an open transaction rolled back there) not closed by a sweep falling between
+the holder's release and the releasing task's return."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bridge.store import postgres_tx
+from bridge.store.postgres_tx import create_pool
+
+pytestmark = pytest.mark.postgres
+
+
+async def _contended(pool: asyncpg.Pool, seed: int) -> list[object]:
+    """Seven tasks taking the pool's connections four times each (some with a time-out, some
+    holding it a few loop turns), one of them cancelled a few turns in: who had which
+    connection when, how each task ended, and the pool's holders after. No statements: their
+    answers' timing is the network's, the rest is the loop's turns only."""
+    rnd = random.Random(seed)
+    order: list[object] = []
+    names: dict[int, int] = {}
+
+    def name(con: Any) -> int:
+        return names.setdefault(id(con._con), len(names))
+
+    async def user(k: int) -> None:
+        for i in range(4):
+            timeout = rnd.choice([None, None, 5.0])
+            async with pool.acquire(timeout=timeout) as con:
+                order.append((k, i, name(con)))
+                for _ in range(rnd.randrange(3)):
+                    await asyncio.sleep(0)
+            order.append((k, i, "back"))
+
+    tasks = [asyncio.ensure_future(user(k)) for k in range(7)]
+    for _ in range(rnd.randrange(3, 12)):
+        await asyncio.sleep(0)
+    tasks[rnd.randrange(len(tasks))].cancel()
+    ended = await asyncio.gather(*tasks, return_exceptions=True)
+    order.append([type(r).__name__ for r in ended])
+    order.append((pool.get_size(), [h._in_use is None for h in pool._holders]))
+    order.append(pool._queue.qsize())
+    return order
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+async def test_contended_callers_are_served_in_asyncpgs_order(pg_dsn: str, size: int) -> None:
+    ours = await create_pool(pg_dsn, min_size=size, max_size=size, quota_zone=lambda: "UTC")
+    theirs = await asyncpg.create_pool(
+        pg_dsn, min_size=size, max_size=size, reset=postgres_tx._no_reset
+    )
+    try:
+        for seed in range(30):
+            assert await _contended(ours, seed) == await _contended(theirs, seed), seed
+    finally:
+        await asyncio.wait_for(ours.close(), 10)
+        await asyncio.wait_for(theirs.close(), 10)
+
+
+async def test_a_sweep_right_after_asyncpgs_release_keeps_the_connection(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection held past IDLE_LIFETIME_S in an open transaction goes back through
+    asyncpg's release (the ROLLBACK); a sweep in the loop turn where the holder is back but the
+    release not yet returned must count its idle time from this release, not the one before
+    (the merged version closed it there: a connection just used, closed as idle)."""
+    monkeypatch.setattr(postgres_tx, "IDLE_LIFETIME_S", 0.2)
+    pool = await create_pool(pg_dsn, min_size=0, max_size=2, quota_zone=lambda: "UTC")
+    pool._loop.set_exception_handler(lambda _loop, _ctx: None)  # asyncpg's "active transaction"
+    try:
+        pool._stop_sweep()  # the sweep run by hand below, at the turn in question
+        con = await pool.acquire()
+        holder, raw = con._holder, con._con
+        await con.execute("BEGIN")
+        await asyncio.sleep(0.3)  # held past the lifetime
+        swept: list[bool] = []
+
+        async def sweep_when_back() -> None:
+            # Each loop turn until the holder is back: polled, as no event tells it.
+            while holder._in_use is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            pool._sweep()
+            swept.append(raw.is_closed())
+
+        watch = asyncio.ensure_future(sweep_when_back())
+        await pool.release(con)
+        await watch
+        assert swept == [False]
+        assert holder._con is raw and not raw.is_closed()
+        async with pool.acquire() as again:
+            assert again._con is raw
+            assert await again.fetchval("SELECT 1") == 1
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
