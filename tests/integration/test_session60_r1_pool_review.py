@@ -15,6 +15,7 @@ import pytest
 
 from bridge.store import postgres_tx
 from bridge.store.postgres_tx import create_pool
+from tests.ports import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -98,5 +99,26 @@ async def test_a_sweep_right_after_asyncpgs_release_keeps_the_connection(
         async with pool.acquire() as again:
             assert again._con is raw
             assert await again.fetchval("SELECT 1") == 1
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_a_holder_that_cannot_reconnect_fails_the_acquire_with_the_connect_error(
+    pg_dsn: str,
+) -> None:
+    """StorePool._acquire's own branch for a popped holder to reconnect, the server away: the
+    caller sees the connect's error (an OSError: the store unavailable), the holder back in the
+    queue. On asyncpg 0.30/0.31 (which pyproject allowed) the branch's
+    `_schedule_min_size_maintenance`, new in 0.32, raised AttributeError in its place."""
+    pool = await create_pool(pg_dsn, min_size=1, max_size=1, quota_zone=lambda: "UTC")
+    try:
+        async with pool.acquire() as con:
+            raw = con._con
+        raw.terminate()  # idle in the queue, closed
+        pool.set_connect_args(dsn=f"postgresql://bridge@127.0.0.1:{free_port()}/x")
+        with pytest.raises(OSError):
+            await pool.acquire()
+        assert pool._queue.qsize() == 1
+        assert all(h._in_use is None for h in pool._holders)
     finally:
         await asyncio.wait_for(pool.close(), 10)
