@@ -122,3 +122,32 @@ async def test_a_holder_that_cannot_reconnect_fails_the_acquire_with_the_connect
         assert all(h._in_use is None for h in pool._holders)
     finally:
         await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_the_sweep_goes_on_after_a_close_that_raised(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close that raised in the sweep (logged) keeps neither the other idle connections from
+    theirs nor the sweep from its next round: asyncpg's timer a connection lost that one
+    connection's check; the merged version's one sweep of the pool stopped for good, no
+    connection past the floor closed as idle again."""
+    monkeypatch.setattr(postgres_tx, "IDLE_LIFETIME_S", 0.1)
+    pool = await create_pool(pg_dsn, min_size=0, max_size=2, quota_zone=lambda: "UTC")
+    pool._loop.set_exception_handler(lambda _loop, _ctx: None)
+    a, b = await pool.acquire(), await pool.acquire()
+    bad, good = a._con, b._con
+    try:
+        await pool.release(a)  # the older: swept first
+        await pool.release(b)
+
+        def boom() -> None:
+            raise RuntimeError("close failed")
+
+        bad.terminate = boom  # type: ignore[method-assign]
+        await asyncio.sleep(0.5)
+        assert pool._sweep_handle is not None
+        assert good.is_closed()
+        assert "closing an idle connection failed" in caplog.text
+    finally:
+        del bad.terminate
+        await asyncio.wait_for(pool.close(), 10)
