@@ -151,3 +151,27 @@ async def test_the_sweep_goes_on_after_a_close_that_raised(
     finally:
         del bad.terminate
         await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_a_double_release_and_a_terminate_between_release_and_its_turn(pg_dsn: str) -> None:
+    """Two releases of one connection in a turn put its holder back once (the second's turn
+    runs right after the first's, as asyncpg's two tasks did, and finds it free: swallowed); a
+    pool terminated between a release and its turn: nothing raised, the holder free, close
+    quick."""
+    pool = await create_pool(pg_dsn, min_size=2, max_size=2, quota_zone=lambda: "UTC")
+    try:
+        con = await pool.acquire()
+        other = asyncio.ensure_future(pool.acquire())  # takes the other connection at once
+        await asyncio.gather(pool.release(con), pool.release(con))
+        assert pool._queue.qsize() == 1
+        assert sorted(h._in_use is None for h in pool._holders) == [False, True]
+        await pool.release(await other)
+        assert pool._queue.qsize() == 2
+        con = await pool.acquire()
+        releasing = asyncio.ensure_future(pool.release(con))
+        await asyncio.sleep(0)  # release's part done, the holder's turn next
+        pool.terminate()
+        await releasing
+        assert all(h._in_use is None for h in pool._holders)
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
