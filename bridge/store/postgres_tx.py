@@ -349,6 +349,10 @@ class StorePool(asyncpg.Pool):
     async def _asyncpg_release(self, connection: Any, timeout: float | None) -> None:  # noqa: ASYNC109
         holder: Any = getattr(connection, "_holder", None)
         con: Any = getattr(connection, "_con", None)
+        if con is not None:
+            # Before the holder is put back (a loop turn or more before this task goes on): a
+            # sweep in between saw the time of its previous release and closed it at once.
+            con.idle_at = _monotonic()
         try:
             await super().release(connection, timeout=timeout)
         except asyncpg.exceptions.InternalClientError as exc:
@@ -383,6 +387,10 @@ class StorePool(asyncpg.Pool):
             holder._release()
             loop.call_soon(_settle, done, None)
             return
+        # Idle from now on, set while it is still handed out (the sweep passes it by): the
+        # holder goes back inside asyncpg's release, `ended` a loop turn later, and a sweep in
+        # between took the time of its previous release for its idle time (r1, session 60).
+        con.idle_at = _monotonic()
         step = asyncio.ensure_future(holder.release(timeout))
 
         def ended(step: asyncio.Future[None]) -> None:
@@ -446,22 +454,30 @@ class StorePool(asyncpg.Pool):
         if self.is_closing():
             return
         now, first = _monotonic(), None
-        idle = []
-        for holder in self._holders:
-            con = holder._con
-            at = getattr(con, "idle_at", None)
-            if con is not None and holder._in_use is None and at is not None:
-                idle.append((at, id(holder), holder))
-        for at, _id, holder in sorted(idle):
-            con = holder._con
-            due = at + IDLE_LIFETIME_S
-            if due > now:
-                first = due if first is None else min(first, due)
-            elif holder.is_connected() and self.get_size() <= self.get_min_size():
-                con.idle_at = None  # the floor's: no further checks until it is used again
-            else:
-                con.terminate()
-        self.sweep_later(first)
+        # Armed again whatever happens here, and a close that raises (logged) does not keep the
+        # others from theirs: asyncpg's timer a connection lost one check; the pool's one sweep
+        # stopped for good, no connection past the floor closed as idle again (r1, session 60).
+        try:
+            idle = []
+            for holder in self._holders:
+                con = holder._con
+                at = getattr(con, "idle_at", None)
+                if con is not None and holder._in_use is None and at is not None:
+                    idle.append((at, id(holder), holder))
+            for at, _id, holder in sorted(idle):
+                con = holder._con
+                due = at + IDLE_LIFETIME_S
+                if due > now:
+                    first = due if first is None else min(first, due)
+                elif holder.is_connected() and self.get_size() <= self.get_min_size():
+                    con.idle_at = None  # the floor's: no further checks until it is used again
+                else:
+                    try:
+                        con.terminate()
+                    except Exception:
+                        log.exception("store pool: closing an idle connection failed")
+        finally:
+            self.sweep_later(first)
 
     def _stop_sweep(self) -> None:
         if self._sweep_handle is not None:

@@ -41,7 +41,9 @@ N = 1200
 WINDOW = 20
 BINDS = 2
 SYSTEM_ID = "bridge"
-_RECEIPT_ID = re.compile(r"\bid:(\S+)")
+# The receipt's first "id:" (no \b: in the simulator's octets the sm_length byte before it may
+# be a word character).
+_RECEIPT_ID = re.compile(r"id:(\S+)")
 
 
 class WatchingSim(SimSmsc):
@@ -79,7 +81,10 @@ class WatchingSim(SimSmsc):
     def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float, *args: Any) -> None:
         job = sess.outstanding.get(seq)
         if job is not None and job.kind == "receipt" and status == 0:
-            found = _RECEIPT_ID.search(job.body.short_message.decode("latin-1"))
+            # The simulator's receipt body: its octets (session 60), the text in them.
+            body = job.body
+            text = body if type(body) is bytes else body.short_message
+            found = _RECEIPT_ID.search(text.decode("latin-1"))
             if found:
                 self.receipt_acked_by[found.group(1)] = self.owner.get(sess, "?")
         super()._on_deliver_resp(sess, seq, status, now, *args)
