@@ -79,7 +79,10 @@ class WatchingSim(SimSmsc):
     def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float, *args: Any) -> None:
         job = sess.outstanding.get(seq)
         if job is not None and job.kind == "receipt" and status == 0:
-            found = _RECEIPT_ID.search(job.body.short_message.decode("latin-1"))
+            # Since session 60 a receipt's body is its deliver_sm octets (the text is in them).
+            body = job.body
+            raw = body if type(body) is bytes else body.short_message
+            found = _RECEIPT_ID.search(raw.decode("latin-1"))
             if found:
                 self.receipt_acked_by[found.group(1)] = self.owner.get(sess, "?")
         super()._on_deliver_resp(sess, seq, status, now, *args)

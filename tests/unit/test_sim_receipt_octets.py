@@ -177,3 +177,35 @@ def test_deliver_sm_resp_read_from_its_header_exactly_when_decode_accepts_it() -
         assert (seq not in sess.outstanding) == accepted, frame
         assert out == []
         sess.outstanding.clear()
+
+
+class _Capture(_Writer):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_a_job_made_again_from_a_receipt_s_octets_goes_out_as_a_deliver_sm() -> None:
+    """Hooks and tests hold a scheduled receipt and schedule `_Job(sid, job.body, "receipt")`
+    again (tests/integration/test_retention_review.py: an SMSC repeating a receipt). With the
+    body its octets, the job's command defaulted to 0: the simulator wrote command_id 0, which
+    the ESME answers with generic_nack, and the receipt never arrived."""
+    sim = _sim()
+    sm = ShortMessage(source_addr="447700900123", destination_addr="8613800138000")
+    octets = sim._receipt_octets(sm, 1, "00000001", "DELIVRD", "hello", 1.0)
+    assert octets is not None
+    writer = _Capture()
+    sess = server._Session(sim, writer)  # type: ignore[arg-type]
+    sess.mode = "transceiver"
+    sess.system_id = "a"
+    sim._receivers["a"] = [sess]
+    job = server._Job("a", octets, "receipt")
+    assert job.command_id == DELIVER_SM
+    sim._schedule(job, 0.0)
+    sim._fire()
+    pdu = decode(writer.data)
+    assert pdu.command_id == DELIVER_SM
+    want = encode(Pdu(DELIVER_SM, 0, 1, sim._receipt(sm, 1, "00000001", "DELIVRD", "hello", 1.0)))
+    assert writer.data == want
