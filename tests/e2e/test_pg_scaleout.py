@@ -25,6 +25,7 @@ import pytest
 
 from bridge.client import BridgeError
 from bridge.sim.server import SimSmsc
+from bridge.smpp.codec import decode
 from tests.e2e.harness import (
     DaemonProcess,
     client_for,
@@ -79,10 +80,11 @@ class WatchingSim(SimSmsc):
     def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float, *args: Any) -> None:
         job = sess.outstanding.get(seq)
         if job is not None and job.kind == "receipt" and status == 0:
-            # Since session 60 a receipt's body is its deliver_sm octets (the text is in them).
             body = job.body
-            raw = body if type(body) is bytes else body.short_message
-            found = _RECEIPT_ID.search(raw.decode("latin-1"))
+            if type(body) is bytes:  # since session 60 a receipt's deliver_sm body as octets
+                frame = (16 + len(body)).to_bytes(4, "big") + job.cid.to_bytes(4, "big")
+                body = decode(frame + bytes(8) + body).body
+            found = _RECEIPT_ID.search(body.short_message.decode("latin-1"))
             if found:
                 self.receipt_acked_by[found.group(1)] = self.owner.get(sess, "?")
         super()._on_deliver_resp(sess, seq, status, now, *args)
