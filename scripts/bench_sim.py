@@ -2,7 +2,7 @@
 """The simulated SMSC's own CPU per message, and what it writes for a seeded load, two trees.
 
 Usage: python scripts/bench_sim.py [--kind gsm1|ucs3] [--messages 2000] [--callgrind] [--tree DIR]
-       python scripts/bench_sim.py --compare OLD_TREE [--seeds 3] [--messages 600]
+       python scripts/bench_sim.py --compare OLD_TREE [--seeds 6] [--messages 600]
 
 Why (session 60): `bench.py` runs the daemon, its load and the simulator (`smpp-bridge sim`) on
 the same two cores, so the simulator's CPU comes out of the daemon's throughput; at session 60's
@@ -22,12 +22,15 @@ last deliver_sm_resp marks that the child has read them all), and prints instruc
 with 8- and 16-bit references, SAR, message_payload; registered_delivery 0, 1 and 2; refused
 destinations) against OLD_TREE's simulator and this one's, for each of `--seeds` seeds with other
 knobs each (outcome mixes, throttle and syserr ratios, receipts_as, receipt_text_id, id_format,
-receipt_parts, receipt_pdu data_sm, packed_gsm, answer_delay_ms), some receipts nacked (resent
-after receipt_retry_delay_ms), MO injected through the control API, the simulator's RNG seeded and
-its wall clock fixed (a date near a year's end, another each seed). It compares what the
-simulator wrote: every submit_sm_resp in order (octets), every deliver_sm / data_sm with its
-sequence number masked (sorted: a resent receipt's place depends on timing), the control API's
-counters and messages (their arrival time left out). Exit 1 when they differ.
+receipt_parts, receipt_pdu data_sm, packed_gsm, answer_delay_ms; the sixth: two binds of the
+system_id with a window of 3, deliver_sm_resps in every shape `decode` reads or refuses, the
+receipt delay changed half-way, TONs, NPIs, service_type and 20-character addresses varied),
+some receipts nacked (resent after receipt_retry_delay_ms), MO injected through the control API,
+the simulator's RNG seeded and its wall clock fixed (a date near a year's end, another each
+seed). It compares what the simulator wrote: every submit_sm_resp in order (octets), every
+deliver_sm / data_sm with its sequence number masked (sorted: a resent receipt's place depends on
+timing), the control API's counters and messages (their arrival time left out). Exit 1 when they
+differ.
 """
 
 from __future__ import annotations
@@ -277,6 +280,8 @@ class Esme:
                     status = self.answer(f) if self.answer is not None else 0
                     resp = DELIVER_SM_RESP if cid == DELIVER_SM else DATA_SM_RESP
                     body = b"\0"
+                    if type(status) is tuple:  # (status, the resp's body)
+                        status, body = status
                     out.append(
                         (16 + len(body)).to_bytes(4, "big") + resp.to_bytes(4, "big")
                         + status.to_bytes(4, "big") + f[12:16] + body
@@ -440,6 +445,15 @@ SCENARIOS: tuple[dict[str, Any], ...] = (
     {"receipts_as": "tlv", "receipt_parts": "first", "receipt_retry_delay_ms": 5,
      "outcomes": {"EXPIRED": 1}},
     {"receipt_pdu": "data_sm", "outcomes": {"DELIVRD": 2, "REJECTD": 1}, "receipt_delay_ms": 0},
+    # Two transceivers of the system_id (receipts dealt round-robin, a window of 3 each, parked
+    # when both are full); their deliver_sm_resps in odd shapes (a bare header, an id past 64
+    # octets, NUL padding, an error with a body without NUL, and once a body without NUL with
+    # status 0, which the simulator drops: resent at the ack timeout); the delay changed
+    # through the control API half-way; the submits' TONs, NPIs, service_type and
+    # 20-character addresses varied (session 60, r2).
+    {"binds": 2, "deliver_window": 3, "odd_resps": True, "odd_fields": True,
+     "receipt_ack_timeout_s": 1.0, "delay_after_half_ms": 17, "receipts_as": "both",
+     "receipt_text_id": "hex", "outcomes": {"DELIVRD": 2, "UNDELIV": 1, "DELETED": 1}},
 )
 # fmt: on
 FIXED_NOWS = (
@@ -451,10 +465,11 @@ FIXED_NOWS = (
 )
 
 
-def mix(seed: int, n: int) -> list[list[Any]]:
+def mix(seed: int, n: int, odd_fields: bool = False) -> list[list[Any]]:
     from bridge.text.split import SplitMode
 
     rng = random.Random(seed)
+    odd = random.Random(seed + 1)  # its own: the other scenarios' mix stays as it was
     out = []
     for i in range(n):
         text = rng.choice(MIX_TEXTS).format(n=rng.randrange(10**6))
@@ -469,6 +484,14 @@ def mix(seed: int, n: int) -> list[list[Any]]:
         }
         if rng.random() < 0.3:
             extra["validity_minutes"] = rng.choice([5, 1440])
+        if odd_fields:
+            extra["source_npi"] = odd.choice([0, 1, 9, 18])
+            extra["dest_ton"] = odd.randrange(7)
+            extra["dest_npi"] = odd.choice([0, 1, 8, 18])
+            extra["service_type"] = odd.choice(["", "CMT", "WAP", "USSD5"])
+            if odd.random() < 0.3:  # both addresses at their 20 characters
+                extra["to"] = "+" + str(10**19 + i)
+                extra["sender"] = str(10**19 + 7 * i)
         out.append(bodies_for(text, i, split, **extra))
     return out
 
@@ -482,23 +505,46 @@ async def one_tree(tree: Path, seed: int, args: argparse.Namespace) -> dict[str,
     knobs["refused_destinations"] = ["+15550000003", "15550000003"]
     knobs["receipt_delay_ms"] = knobs.pop("receipt_delay_ms", 5)
     answer_delay = knobs.pop("answer_delay_ms", 0)
+    binds = knobs.pop("binds", 1)
+    odd_resps = knobs.pop("odd_resps", False)
+    delay_after_half = knobs.pop("delay_after_half_ms", None)
+    msgs = mix(seed, args.messages, knobs.pop("odd_fields", False))
     child = Child(tree, seed, knobs, callgrind=None, fixed_now=FIXED_NOWS[seed % len(FIXED_NOWS)])
     if answer_delay:
         await asyncio.to_thread(_post, child.ctl_port, "/config", {"answer_delay_ms": answer_delay})
-    msgs = mix(seed, args.messages)
 
     seen: dict[bytes, int] = {}
 
-    def answer(f: bytes) -> int:
+    def answer(f: bytes) -> int | tuple[int, bytes]:
         # Nacked by what it says, not by when it came: some receipts once (resent, then
-        # acked), a few every time (given up).
-        h = hashlib.sha256(f[16:]).digest()[0]
+        # acked), a few every time (given up). Shared by the binds: which one a receipt
+        # reaches depends on timing.
+        d = hashlib.sha256(f[16:]).digest()
+        h = d[0]
         seen[f[16:]] = tries = seen.get(f[16:], 0) + 1
-        return 0x08 if h < 8 or (h < 48 and tries == 1) else 0
+        status = 0x08 if h < 8 or (h < 48 and tries == 1) else 0
+        if not odd_resps:
+            return status
+        shape = d[1] % 8
+        if shape == 0:
+            return status, b""
+        if shape == 1 and (status or tries == 1):
+            return status, b"XYZ"  # no NUL: read for its status, or (0) dropped
+        if shape == 2:
+            return status, b"abc\0\0\0"
+        if shape == 3:
+            return status, b"A" * 70 + b"\0"
+        return status
 
+    esmes: list[Esme] = []
     try:
         esme = Esme(answer)
+        esmes.append(esme)
         await esme.connect(child.sim_port, args.window)
+        for _ in range(binds - 1):
+            other = Esme(answer)
+            esmes.append(other)
+            await other.connect(child.sim_port, args.window)
         half = len(msgs) // 2
         await asyncio.gather(*(_parts(esme, m) for m in msgs[:half]))
         mo: list[dict[str, Any]] = [
@@ -511,6 +557,10 @@ async def one_tree(tree: Path, seed: int, args: argparse.Namespace) -> dict[str,
         ]  # fmt: skip
         for body in mo:
             await asyncio.to_thread(_post, child.ctl_port, "/mo", body)
+        if delay_after_half is not None:
+            await asyncio.to_thread(
+                _post, child.ctl_port, "/config", {"receipt_delay_ms": delay_after_half}
+            )
         await asyncio.gather(*(_parts(esme, m) for m in msgs[half:]))
         while True:  # (no enquire_link: how many the wait takes depends on timing)
             c = json.loads(await asyncio.to_thread(child.ask, "stats"))
@@ -520,11 +570,13 @@ async def one_tree(tree: Path, seed: int, args: argparse.Namespace) -> dict[str,
             await asyncio.sleep(0.05)
         stats = await asyncio.to_thread(_get, child.ctl_port, "/stats")
         kept = await asyncio.to_thread(_get, child.ctl_port, "/messages?limit=10000")
-        await esme.close()
+        for e in esmes:
+            await e.close()
     finally:
         child.close()
-    resps = [f for f in esme.frames if int.from_bytes(f[4:8], "big") & 0x80000000]
-    owed = sorted(f[:12] + b"\0\0\0\0" + f[16:] for f in esme.frames
+    frames = [f for e in esmes for f in e.frames]
+    resps = [f for f in frames if int.from_bytes(f[4:8], "big") & 0x80000000]
+    owed = sorted(f[:12] + b"\0\0\0\0" + f[16:] for f in frames
                   if not int.from_bytes(f[4:8], "big") & 0x80000000)  # fmt: skip
     for m in kept["messages"]:
         m.pop("received_at")
@@ -583,7 +635,7 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable, help="the simulator's interpreter")
     ap.add_argument("--xperf", action="store_true", help="run it with -X perf (Python 3.12)")
     ap.add_argument("--seed", type=int, default=60)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=6)
     # The child's (the simulator's) own options.
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)

@@ -202,7 +202,11 @@ class _Job:
     kind: str  # "receipt" | "mo"
     attempts: int = 0
     sent_at: float = 0.0
-    cid: int = 0  # the command of a body given as its octets
+    # The command of a body given as its octets: a deliver_sm unless said. Not 0: a job made
+    # again from a scheduled receipt's body, `_Job(sid, job.body, "receipt")` as hooks and tests
+    # do, went out as command_id 0 (the ESME's protocol error, answered by generic_nack: the
+    # receipt never delivered; session 60 r2).
+    cid: int = DELIVER_SM
 
     @property
     def command_id(self) -> int:

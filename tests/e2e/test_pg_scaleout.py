@@ -25,6 +25,7 @@ import pytest
 
 from bridge.client import BridgeError
 from bridge.sim.server import SimSmsc
+from bridge.smpp.codec import decode
 from tests.e2e.harness import (
     DaemonProcess,
     client_for,
@@ -81,10 +82,11 @@ class WatchingSim(SimSmsc):
     def _on_deliver_resp(self, sess: Any, seq: int, status: int, now: float, *args: Any) -> None:
         job = sess.outstanding.get(seq)
         if job is not None and job.kind == "receipt" and status == 0:
-            # The simulator's receipt body: its octets (session 60), the text in them.
             body = job.body
-            text = body if type(body) is bytes else body.short_message
-            found = _RECEIPT_ID.search(text.decode("latin-1"))
+            if type(body) is bytes:  # since session 60 a receipt's deliver_sm body as octets
+                frame = (16 + len(body)).to_bytes(4, "big") + job.cid.to_bytes(4, "big")
+                body = decode(frame + bytes(8) + body).body
+            found = _RECEIPT_ID.search(body.short_message.decode("latin-1"))
             if found:
                 self.receipt_acked_by[found.group(1)] = self.owner.get(sess, "?")
         super()._on_deliver_resp(sess, seq, status, now, *args)

@@ -432,6 +432,35 @@ def test_bench_sim_compare_finds_a_receipt_written_otherwise(tmp_path: Path) -> 
     assert "DIFFERENT in" in out, out
 
 
+def test_bench_sim_compare_two_binds_and_odd_resps_find_a_bare_resp_dropped(
+    tmp_path: Path,
+) -> None:
+    """bench_sim.py --compare's sixth scenario (session 60, r2): two binds of the system_id, the
+    deliver_sm_resps in every shape decode reads or refuses, the delay changed half-way. A
+    simulator that drops a bare-header deliver_sm_resp (which decode reads) differs; the other
+    scenarios, whose ESME always answers with an empty id, could not tell."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        shutil.copytree(
+            ROOT / "bridge", tree / "bridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    args = ("--seed", "65", "--seeds", "1", "--messages", "60")
+    out = _run("scripts/bench_sim.py", "--compare", str(same), *args)
+    assert "same PDUs, counters and messages" in out, out
+    got = json.loads(out.splitlines()[0].split(" ", 3)[3])
+    assert got["counters"]["binds"] == 2, got
+    server = changed / "bridge" / "sim" / "server.py"
+    text = server.read_text()
+    planted = text.replace("if len(frame) == 16 or", "if len(frame) == 15 or")
+    assert planted != text
+    server.write_text(planted)
+    out = _run(
+        "scripts/bench_sim.py", "--compare", str(same), "--tree", str(changed), *args, codes=(1,)
+    )
+    assert "DIFFERENT in" in out, out
+
+
 def test_bench_dispatch_wait_times_the_three_ways() -> None:
     out = _run("scripts/bench_dispatch_wait.py", "--messages", "200", "--rounds", "2")
     for way in ("gather", "_settled", "batcher call"):
