@@ -788,13 +788,7 @@ class SimSmsc:
         kind = self.receipts_as
         short = b""
         if kind != "tlv":
-            tid = self.receipt_text_id
-            if tid == "dec":
-                text_id = str(n)
-            elif tid == "hex":
-                text_id = f"{n:08X}"
-            else:
-                text_id = mid
+            text_id = self._text_id(n, mid)
             submit, done = self._dates(now)
             delivered = 1 if stat == "DELIVRD" else 0
             short = format_receipt_text(
@@ -836,13 +830,7 @@ class SimSmsc:
         kind = self.receipts_as
         short = b""
         if kind != "tlv":
-            tid = self.receipt_text_id
-            if tid == "dec":
-                text_id = str(n)
-            elif tid == "hex":
-                text_id = f"{n:08X}"
-            else:
-                text_id = mid
+            text_id = self._text_id(n, mid)
             middle = self._receipt_middle(stat, now)
             short = ("id:" + text_id + middle + text[:20]).encode("ascii", "replace")
             if len(short) > 254:
@@ -879,6 +867,16 @@ class SimSmsc:
                 f"stat:{stat} err:{err:03d} text:"
             )
         return middle
+
+    def _text_id(self, n: int, mid: str) -> str:
+        """The id a receipt's text carries (`receipt_text_id`): the message id as answered, or
+        its number in decimal or hex, as some carriers write it."""
+        tid = self.receipt_text_id
+        if tid == "dec":
+            return str(n)
+        if tid == "hex":
+            return f"{n:08X}"
+        return mid
 
     @staticmethod
     def _receipt_tlvs(mid: str, stat: str, err: int) -> tuple[tuple[int, bytes], ...]:
