@@ -697,9 +697,11 @@ class SimSmsc:
         seg = _parse_segment(sm, self.packed_gsm)
         wall = time.time()
         text = None
-        if not seg.scheme:
+        if not seg.scheme and type(self.reassembler) is Reassembler:
             # Reassembler.add's single part (it keeps nothing for one), its text decoded once
-            # for the message and its receipt.
+            # for the message and its receipt. Not for a reassembler put in its place (a
+            # subclass recording every segment, as tests/e2e/test_chaos_soak.py's): it is told
+            # of each part, single or not, as before session 60.
             text = _segment_text(seg)
             msg: SimMessage | None = SimMessage(
                 sess.system_id, sm.source_addr, sm.destination_addr, seg.data_coding, text, 1,

@@ -38,8 +38,9 @@ def test_bench_accept_steps_counts_each_step_alone() -> None:
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_bench_accept_steps_counts_the_three_part_ucs2_send_with_kind() -> None:
     # Session 57: `--kind ucs3` sends bench.py's 3-part UCS-2 text, which the long encoder
-    # path makes (a one-part GSM send never calls encode_message).
-    steps = ("bridge.api.submit:Submitter.build", "bridge.text.split:encode_message")
+    # path makes (a one-part GSM send never calls it). Since session 60 that path for a long
+    # UCS-2 text behind UDHs is split.udh_ucs2_parts, not encode_message.
+    steps = ("bridge.api.submit:Submitter.build", "bridge.text.split:udh_ucs2_parts")
     counts = {}
     for kind in ("gsm1", "ucs3"):
         out = subprocess.run(
