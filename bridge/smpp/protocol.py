@@ -322,23 +322,8 @@ class SmppProtocol(asyncio.Protocol):
         for its result. The future never raises: no answer is a result with an ``error``.
         ``context`` comes back with a late answer (``on_late_submit``): the future is long
         resolved by then."""
-        if self._transport is None or self._transport.is_closing():
-            raise NotBound("submit: the connection is closing")
-        loop = self._loop
-        fut: asyncio.Future[SubmitResult] = loop.create_future()
-        now = loop.time()
-        session = self.session
-        session.submit(body, now, (fut, time.perf_counter(), context))
-        if not self._flush_scheduled:  # _schedule_flush inline: a call a part
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        # This request's deadline (now + the response time-out) is the latest of all: a timer
-        # already armed no later than it stays as it is, which _arm_timer would find after
-        # asking the session for its next deadline (a call and its reads, a part: session 57).
-        # The first request after an idle spell can come before the keep-alive's deadline the
-        # timer waits for: that one re-arms it.
-        if self._timer is None or self._timer_at > now + session.response_timeout_s:
-            self._arm_timer()
+        fut: asyncio.Future[SubmitResult] = self._loop.create_future()
+        self._queue(body, fut, context, False)
         return fut
 
     def submit_to(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
@@ -346,17 +331,7 @@ class SmppProtocol(asyncio.Protocol):
         an object with a future's `done()`, `cancelled()` and `set_result(result)`, called by
         the read (or the timer, or the connection's end) that resolves it, at once, where a
         future's done-callback ran a loop round later (Connector.send_one, session 57)."""
-        if self._transport is None or self._transport.is_closing():
-            raise NotBound("submit: the connection is closing")
-        loop = self._loop
-        now = loop.time()
-        session = self.session
-        session.submit(body, now, (waiter, time.perf_counter(), context))
-        if not self._flush_scheduled:  # as in submit
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        if self._timer is None or self._timer_at > now + session.response_timeout_s:
-            self._arm_timer()
+        self._queue(body, waiter, context, False)
 
     def submit_told(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
         """`submit_to` for a waiter told a plain acceptance by its fields: the read of an
@@ -365,15 +340,32 @@ class SmppProtocol(asyncio.Protocol):
         again (`OnePart`: one a part sent, session 60). Any other answer, a time-out or the
         connection's end reaches it as `submit_to`'s does (`done()`, `set_result`). The
         fourth entry of the request's context says so (`_handle`)."""
+        self._queue(body, waiter, context, True)
+
+    def _queue(self, body: ShortMessage | bytes, waiter: Any, context: Any, told: bool) -> None:
+        """The three ways in (`submit`, `submit_to`, `submit_told`): the request queued on the
+        session with its waiter, the send of the octets and the response timer seen to. One
+        body for the three (they were three copies until session 60's review)."""
         if self._transport is None or self._transport.is_closing():
             raise NotBound("submit: the connection is closing")
         loop = self._loop
         now = loop.time()
         session = self.session
-        session.submit(body, now, (waiter, time.perf_counter(), context, True))
-        if not self._flush_scheduled:  # as in submit
+        session.submit(
+            body,
+            now,
+            (waiter, time.perf_counter(), context, True)
+            if told
+            else (waiter, time.perf_counter(), context),
+        )
+        if not self._flush_scheduled:  # _schedule_flush inline: a call a part
             self._flush_scheduled = True
             loop.call_soon(self._flush)
+        # This request's deadline (now + the response time-out) is the latest of all: a timer
+        # already armed no later than it stays as it is, which _arm_timer would find after
+        # asking the session for its next deadline (a call and its reads, a part: session 57).
+        # The first request after an idle spell can come before the keep-alive's deadline the
+        # timer waits for: that one re-arms it.
         if self._timer is None or self._timer_at > now + session.response_timeout_s:
             self._arm_timer()
 
