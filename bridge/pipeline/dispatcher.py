@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import logs
 from bridge.aio import idle_wait_s, running, wait_event
@@ -70,9 +70,6 @@ _Park = Callable[[str], str | None] | None  # a claim's park function (Router.pa
 # A sent part's result (`_sent`, one a part): fastinit.maker's function, the same frozen instance
 # without the class call's way back into the interpreter (session 59, README note 27).
 _new_result = maker(SubmitResult)
-# Read once (`_sent`, a part sent): a member read off its enum class costs ~900 instructions on
-# Python 3.11 (msgid.py's own `_STR`).
-_STR: Final = IdBase.STR
 # How long stop() waits for the messages it cancelled to record what the SMSC already took.
 CANCEL_WAIT_S = 5.0
 
@@ -1230,15 +1227,9 @@ def _sent(
     sent_at = 0
     if out.sent_at:
         sent_at = at - int((loop.time() - out.sent_at) * 1000)
-    # normalize_resp_id's usual id inline (letters and digits only, in a string base: nothing
-    # to trim), as `Inbound._receipt` keys a receipt's: two calls a part sent less (session 60).
-    base = rule.resp_base
-    if base is _STR and raw.isascii() and raw.isalnum():
-        key = raw.upper() if rule.case_insensitive else raw
-        if rule.strip_leading_zeros:
-            key = key.lstrip("0") or "0"
-    else:
-        key = normalize_id(raw, base, rule)
+    # normalize_resp_id's one call, not two (its usual-id path is normalize_id's first lines;
+    # session 60 had them copied here, a call less a part).
+    key = normalize_id(raw, rule.resp_base, rule)
     # By position, in SubmitResult's fields' order (tests/unit/test_session52_positional.py):
     # one per part sent, and a class called by keyword gets a dict to unpack.
     return _new_result(
