@@ -106,20 +106,36 @@ async def test_concurrent_claims_never_overlap(pair: tuple[PostgresStore, Postgr
         msgs = tuple(message(f"{acc}-{i:04d}", acc, at=NOW + i) for i in range(n // 3))
         await a.accept(AcceptBatch(acc, msgs, None, None), NOW)
 
+    # Six claimers, three per instance. Each waits for the others' first claim before its
+    # second: the whole queue drains in ~100 ms, and a claimer whose first claim waited that
+    # long (a pool connection opened under CI load) found nothing left, so "every claimer got
+    # work" failed once although nothing overlapped. Those first six claims start together,
+    # each holding its rows while the others skip them.
+    claimers = [(s, f"inst-{i}") for i in range(3) for s in (a, b)]
+    first_round = asyncio.Barrier(len(claimers))
+    spans: list[tuple[float, float]] = []
+    firsts: list[int] = []
+
     async def drain(store: PostgresStore, name: str) -> list[str]:
         got: list[str] = []
         while True:
+            began = time.monotonic()
             work = await store.claim(name, 37, NOW + DAY, LEASE)
+            if not got:
+                spans.append((began, time.monotonic()))
+                firsts.append(len(work))
+                await first_round.wait()
             if not work:
                 return got
             got += [w.id for w in work]
 
-    loops = [drain(s, f"inst-{i}") for i in range(3) for s in (a, b)]
-    claimed = await asyncio.gather(*loops)
+    claimed = await asyncio.gather(*(drain(s, name) for s, name in claimers))
     everything = Counter(mid for got in claimed for mid in got)
     assert len(everything) == n
     assert set(everything.values()) == {1}, "a message was claimed twice"
-    assert all(claimed), "every claimer got work: they ran concurrently"
+    # Claims running at the same time skip each other's rows, they do not come back short.
+    assert firsts == [37] * len(claimers)
+    assert max(s for s, _ in spans) < min(e for _, e in spans), "the first claims overlapped"
     assert await a.queue_depth() == n  # claimed, not yet sent
 
 
