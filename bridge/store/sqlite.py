@@ -680,8 +680,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         one_ledger = (
             None
             if one_entries is None
-            else sqlite_rules.ledger_one_values(batch.account_id, one_entries[0][1])
+            else sqlite_rules.ledger_one(batch.account_id, one_entries[0][1])
         )
+        one_moved = 0 if one_entries is None else one_entries[0][1].amount
         held = self._runner.held
         idem_record = (
             None
@@ -879,8 +880,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             cur.executemany(_SEGMENTS_INSERT, segment_rows)
             if plan is not None:
                 quick = one_ledger if plan.entries is one_entries else None
-                if quick is not None:  # `one`'s cash charge: its values made before the lock
-                    cur.execute(sqlite_rules.LEDGER_ONE_NO_EXPIRY, quick)
+                if quick is not None:  # `one`'s cash charge: its row made before the lock
+                    cur.execute(*quick)
                 elif plan.entries:
                     sqlite_rules.write_ledger(cur, batch.account_id, plan)
                 if plan.low_balance is not None:
@@ -894,7 +895,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # and before COMMIT), one upsert each for all the batch's accepts of the account.
                 if quick is not None:  # its one entry's amount, the cash pocket's move
                     sqlite_rules.hold_cash(
-                        held, batch.account_id, plan.day, len(batch.messages), quick[2]
+                        held, batch.account_id, plan.day, len(batch.messages), one_moved
                     )
                 else:
                     sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))

@@ -14,7 +14,7 @@ from typing import Any
 from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
-from bridge.domain.ledger import Entry
+from bridge.domain.ledger import CHARGE, Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
@@ -559,13 +559,17 @@ def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pock
     return out
 
 
-def ledger_one_values(account_id: str, e: Entry) -> tuple[Any, ...] | None:
-    """The values `write_ledger` binds for a plan of `e` alone with `LEDGER_ONE_NO_EXPIRY`, or
-    None when it writes `e` otherwise (an expiry): for an accept's cash charge, made before the
-    write lock (session 61)."""
+def ledger_one(account_id: str, e: Entry) -> tuple[str, tuple[Any, ...]] | None:
+    """The statement and values that write a plan of `e` alone as `write_ledger` does, or None
+    when that is not an entry without an expiry: for an accept's cash charge, made before the
+    write lock (session 61). A cash charge's kind and pocket are in the statement's text
+    (`LEDGER_CASH_CHARGE`), not bound: the same text stored, two values fewer bound (a str bound
+    is copied by SQLite, ~550 instructions in the lock)."""
     if e.expires_at is not None:
         return None
-    return (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+    if e.kind is CHARGE and e.pocket == "cash":
+        return LEDGER_CASH_CHARGE, (account_id, e.amount, e.at, e.ref)
+    return LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
 
 
 def write_ledger(c: sqlite3.Cursor, account_id: str, plan: adm.Plan) -> None:
@@ -600,6 +604,11 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
 LEDGER_ONE_NO_EXPIRY = (
     "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
     "VALUES (?,?,?,?,?,?,NULL)"
+)
+# A cash charge (the usual accept's): its kind and pocket in the text as well.
+LEDGER_CASH_CHARGE = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "VALUES (?,'charge',?,'cash',?,?,NULL)"
 )
 _POCKET_ONE_NO_EXPIRY = (
     "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,NULL) "

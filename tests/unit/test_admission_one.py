@@ -185,21 +185,23 @@ def test_decide_one_answers_the_usual_sends() -> None:
     )
     held = sqlite_rules.HeldSums()
     held.pockets["cash"] = [-300, None]
-    for row, day_held, sums, want in [
-        ([None, None, None, 0, 0, "[]", '[["cash",1000,null]]'], 0, None, 1000),
-        ([2, None, None, 0, 0, None, [["cash", 1000, None]]], 1, held, 700),
+    for row, day_held, sums in [
+        ([None, None, None, 0, 0, "[]", '[["cash",1000,null]]'], 0, None),
+        ([2, None, None, 0, 0, None, [["cash", 1000, None]]], 1, held),  # 700 after the held
     ]:
         case = (rules, row, 0, "prepaid", 0, False, day_held, sums, NOW)
         fast, general = _decided(case)
         assert fast is not None and fast == general
         assert fast.entries[0][1].amount == -300
-        del want
     # The last micro-unit, one short (refused: decide answers), the threshold crossed.
     for cash, threshold, warned, answered in [
         (300, 0, False, True),
         (299, 0, False, False),
-        (500, 201, False, True),
-        (500, 200, True, True),
+        (500, 201, False, True),  # ends one under the threshold: warns
+        (500, 200, True, True),  # ends at it: silent
+        (500, 201, True, True),  # crossed: warns whatever the mark says
+        (300, 400, True, True),  # under it before and warned: silent
+        (300, 400, False, True),  # under it before, never warned: warns
     ]:
         row = [None, None, None, 0, 0, "[]", [["cash", cash, None]]]
         case = (rules, row, 0, "prepaid", threshold, warned, 0, None, NOW)
