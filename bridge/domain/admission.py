@@ -478,6 +478,115 @@ _new_entry = maker(Entry)
 
 @fast_init
 @dataclass(frozen=True, slots=True)
+class OneSend:
+    """What `decide_one` needs of a one-recipient send's rules, and its cash charge's Plan made
+    before the write lock (`one_send`): the store's lock then only checks what it read against
+    them (session 61). Every field is the rules' (`now` and `day` the accept's)."""
+
+    sign: bool  # a sign name to find approved (rules.sign_name is not None)
+    template: bool  # a template to find approved (rules.template_code is not None)
+    billed: bool  # rules.billing and rules.charges: the one charge below
+    amount: int  # the charge (0: not billed)
+    international: bool
+    # The Plan of the charge taken from a lone cash pocket with no low-balance warning, and
+    # its entries (message id, Entry): the Plan `decide` makes then, built here once.
+    plan: Plan
+    day: str
+
+
+def one_send(rules: Rules, now: int, day: str) -> OneSend | None:
+    """The usual send's rules taken before the write lock, for `decide_one`; None for what only
+    `decide` decides: more signs, a frequency rule over more than one number, several charges,
+    a charge not a positive int (plan_charge's ValueError)."""
+    if rules.more_signs:
+        return None
+    fr = rules.frequency
+    if fr is not None and len(fr.numbers) > 1:
+        return None
+    charges = rules.charges
+    if rules.billing and charges:
+        if len(charges) != 1:
+            return None
+        only = charges[0]
+        amount = only.amount
+        if type(amount) is not int or amount <= 0:
+            return None
+        ref = only.message_id
+        plan = _new_plan(((ref, _new_entry(CHARGE, -amount, "cash", now, ref)),), None, day)
+        return _new_one(
+            rules.sign_name is not None,
+            rules.template_code is not None,
+            True,
+            amount,
+            only.international,
+            plan,
+            day,
+        )
+    return _new_one(
+        rules.sign_name is not None,
+        rules.template_code is not None,
+        False,
+        0,
+        False,
+        _new_plan((), None, day),
+        day,
+    )
+
+
+def decide_one(
+    one: OneSend,
+    sign_status: str | None,
+    template_status: str | None,
+    listed: bool,
+    sent_before: bool,
+    day_count: int,
+    quota: int,
+    kind: str,
+    threshold: int,
+    warned: bool,
+    cash: int | None,
+) -> Plan | None:
+    """`decide`'s Plan for a one-recipient send of `one`'s rules over what the accept read, or
+    None when `decide` must answer (any refusal, a number listed or with a history the rule
+    counts, pockets other than one cash pocket: `cash` None). The facts are those `decide`
+    would be given: the sign's and template's statuses, the number opted out or blocked
+    (`listed`), sent to in the frequency rule's window (`sent_before`), today's count, the
+    account's quota, kind, threshold and mark, the lone cash pocket's amount. Why: `decide`
+    over a `Facts` built for it was ~25 k instructions of every accept's write lock, this is
+    a few (session 61). Held equal to `decide` by tests/unit/test_admission_one.py."""
+    if template_status == "changed":
+        return None
+    if one.sign and sign_status != "approved":
+        return None
+    if one.template and template_status != "approved":
+        return None
+    if listed or sent_before:
+        return None
+    if quota > 0 and day_count + 1 > quota:
+        return None
+    if not one.billed:
+        return one.plan
+    if cash is None:
+        return None
+    if not one.international and kind == "postpaid":
+        return _new_plan((), None, one.day)  # accrued, never taken from the balance
+    before = cash if cash > 0 else 0  # available_domestic: max(cash, 0), no voucher
+    amount = one.amount
+    if amount > before:
+        return None  # INSUFFICIENT_BALANCE: decide's refusal
+    if threshold > 0:
+        after = before - amount
+        if warns_low_balance(before, after, threshold, warned=warned):
+            plan = one.plan
+            return _new_plan(plan.entries, (before, after), plan.day)
+    return one.plan
+
+
+_new_one = maker(OneSend)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Sent:
     """A message an earlier accept of the same transaction wrote, as the frequency history
     reads it back (see facts_after)."""

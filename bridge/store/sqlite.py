@@ -666,6 +666,23 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             else facts_values[1][0]  # the facts' `day` (sqlite_rules.FACTS_NAMES)
         )
         pockets_read = rules is not None and rules.billing and bool(rules.charges)
+        # The usual send's rules and its charge's Plan, made here: inside the lock the key's
+        # statement's row is checked against them (`sqlite_rules.decide_one_of`), no Facts or
+        # Plan built there unless `decide` must answer (session 61).
+        one = (
+            None
+            if rules is None or key_facts is None or fact_day is None
+            else adm.one_send(rules, now, fact_day)
+        )
+        # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
+        # the statement's text, as `sqlite_rules.write_ledger` writes it).
+        one_entries = None if one is None or not one.plan.entries else one.plan.entries
+        one_ledger = (
+            None
+            if one_entries is None
+            else sqlite_rules.ledger_one(batch.account_id, one_entries[0][1])
+        )
+        one_moved = 0 if one_entries is None else one_entries[0][1].amount
         held = self._runner.held
         idem_record = (
             None
@@ -791,7 +808,21 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # What earlier accepts of this batch left to write for the account (their
                 # daily count and pockets, written at the batch's end): the read misses it.
                 sums = held.get(batch.account_id)
-                if facts_row and key_account is not None:  # read with the key and account
+                decision: adm.Plan | adm.Refusal | None = None
+                if facts_row and key_account is not None and one is not None:
+                    decision = sqlite_rules.decide_one_of(
+                        one,
+                        key_account.daily_quota,
+                        key_account.kind,
+                        key_account.low_balance_threshold,
+                        key_account.low_balance_warned_at is not None,
+                        facts_row,
+                        0 if sums is None else sums.days.get(fact_day, 0),
+                        sums if pockets_read else None,
+                    )
+                if decision is not None:
+                    sums = None  # moved
+                elif facts_row and key_account is not None:  # read with the key and account
                     facts = sqlite_rules.one_facts_of(
                         recipients[0],
                         key_account.daily_quota,
@@ -809,19 +840,21 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     facts = sqlite_rules.read_facts(
                         c, batch.account_id, batch.rules, recipients, now
                     )
-                if sums is not None:
-                    facts = replace(
-                        facts,
-                        day_count=facts.day_count + sums.days.get(fact_day, 0),
-                        pockets=(
-                            sqlite_rules.held_pockets(
-                                [(p.pocket, p.amount, p.expires_at) for p in facts.pockets], sums
-                            )
-                            if pockets_read
-                            else facts.pockets
-                        ),
-                    )
-                decision = adm.decide(batch.rules, facts, now, fact_day)
+                if decision is None:
+                    if sums is not None:
+                        facts = replace(
+                            facts,
+                            day_count=facts.day_count + sums.days.get(fact_day, 0),
+                            pockets=(
+                                sqlite_rules.held_pockets(
+                                    [(p.pocket, p.amount, p.expires_at) for p in facts.pockets],
+                                    sums,
+                                )
+                                if pockets_read
+                                else facts.pockets
+                            ),
+                        )
+                    decision = adm.decide(batch.rules, facts, now, fact_day)
                 if isinstance(decision, adm.Refusal):
                     raise _Refused(decision)  # rolls back the idempotency record too
                 plan = decision
@@ -846,7 +879,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             cur.executemany(messages_sql, message_rows)
             cur.executemany(_SEGMENTS_INSERT, segment_rows)
             if plan is not None:
-                if plan.entries:
+                quick = one_ledger if plan.entries is one_entries else None
+                if quick is not None:  # `one`'s cash charge: its row made before the lock
+                    cur.execute(*quick)
+                elif plan.entries:
                     sqlite_rules.write_ledger(cur, batch.account_id, plan)
                 if plan.low_balance is not None:
                     payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
@@ -857,7 +893,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # Last, after every statement that may fail: the daily count and the pockets'
                 # sums, held for the batch's end (the runner writes them before any other job
                 # and before COMMIT), one upsert each for all the batch's accepts of the account.
-                sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
+                if quick is not None:  # its one entry's amount, the cash pocket's move
+                    sqlite_rules.hold_cash(
+                        held, batch.account_id, plan.day, len(batch.messages), one_moved
+                    )
+                else:
+                    sqlite_rules.hold_plan(held, batch.account_id, plan, len(batch.messages))
                 if read_base is not None:
                     held[batch.account_id].base = read_base
             # Its outcome made after the write lock (`accepted`): the plan alone from here.

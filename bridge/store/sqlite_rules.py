@@ -14,7 +14,7 @@ from typing import Any
 from bridge import jsonio
 from bridge.domain import admission as adm
 from bridge.domain.frequency import DAY_MS
-from bridge.domain.ledger import Entry
+from bridge.domain.ledger import CHARGE, Entry
 from bridge.domain.lifecycle import STILL_COUNTS_SQL
 from bridge.domain.phone import mo_source_forms, mo_source_numbers, reply_destinations
 from bridge.domain.senders import held_alone
@@ -298,6 +298,50 @@ def one_facts_of(
     )
 
 
+def decide_one_of(
+    one: adm.OneSend,
+    quota: int,
+    kind: str,
+    threshold: int,
+    warned: bool,
+    row: Sequence[Any],
+    day_held: int = 0,
+    held: HeldSums | None = None,
+) -> adm.Plan | None:
+    """`adm.decide_one` over what `one_facts_of` takes (the same arguments, `one` for the
+    number): the Plan `decide` gives the `Facts` `one_facts_of` builds, or None when `decide`
+    must answer. Neither the Facts nor its Pockets are built, nor the history parsed: a history
+    other than "[]" (nothing sent in the window) and pockets other than one cash pocket (with
+    the held sums: none, or the cash one's) go to `decide`. Held equal by
+    tests/unit/test_admission_one.py (session 61)."""
+    day_count, sign, template, opted, blocked, hist, pockets = row
+    cash = None
+    if pockets:
+        if type(pockets) is str:
+            pockets = jsonio.loads(pockets)
+        if len(pockets) == 1:
+            name, cash, _expires = pockets[0]
+            if name != "cash":
+                cash = None
+            elif held is not None and held.pockets:
+                sums = held.pockets
+                moved = sums.get("cash")
+                cash = None if moved is None or len(sums) != 1 else cash + moved[0]
+    return adm.decide_one(
+        one,
+        sign,
+        template,
+        bool(opted or blocked),
+        bool(hist) and hist != "[]",
+        (day_count or 0) + day_held,
+        quota,
+        kind,
+        threshold,
+        warned,
+        cash,
+    )
+
+
 def read_one(c: sqlite3.Connection, query: tuple[str, dict[str, Any]], number: str) -> adm.Facts:
     """The facts of a one-recipient send, `query` as `one_facts_query` made it."""
     cols, args = query
@@ -440,6 +484,21 @@ def hold_plan(held: dict[Any, Any], account_id: str, plan: adm.Plan, count: int)
                 sum_[1] = e.expires_at
 
 
+def hold_cash(held: dict[Any, Any], account_id: str, day: str, count: int, amount: int) -> None:
+    """`hold_plan` of a plan whose one entry moves the cash pocket by `amount` (no expiry): the
+    same sums, without the loop over its entries (session 61)."""
+    sums = held.get(account_id)
+    if sums is None:
+        sums = held[account_id] = HeldSums()
+    days = sums.days
+    days[day] = days.get(day, 0) + count
+    sum_ = sums.pockets.get("cash")
+    if sum_ is None:
+        sums.pockets["cash"] = [amount, None]
+    else:
+        sum_[0] += amount
+
+
 def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
     """The sums `hold_plan` gathered, written: an upsert of each daily count and pocket (the
     pockets' as `append_entries` writes them), each kind in one call for every account of the
@@ -500,13 +559,26 @@ def held_pockets(read: Sequence[Sequence[Any]], sums: HeldSums) -> list[adm.Pock
     return out
 
 
+def ledger_one(account_id: str, e: Entry) -> tuple[str, tuple[Any, ...]] | None:
+    """The statement and values that write a plan of `e` alone as `write_ledger` does, or None
+    when that is not an entry without an expiry: for an accept's cash charge, made before the
+    write lock (session 61). A cash charge's kind and pocket are in the statement's text
+    (`LEDGER_CASH_CHARGE`), not bound: the same text stored, two values fewer bound (a str bound
+    is copied by SQLite, ~550 instructions in the lock)."""
+    if e.expires_at is not None:
+        return None
+    if e.kind is CHARGE and e.pocket == "cash":
+        return LEDGER_CASH_CHARGE, (account_id, e.amount, e.at, e.ref)
+    return LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+
+
 def write_ledger(c: sqlite3.Cursor, account_id: str, plan: adm.Plan) -> None:
     """The ledger rows of `plan` (their sums held: `hold_plan`)."""
     if len(plan.entries) == 1:
         e = plan.entries[0][1]
         if e.expires_at is None:  # a cash charge: the NULL in the text (sqlite_binds)
             c.execute(
-                _LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+                LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
             )
             return
     c.executemany(
@@ -529,9 +601,14 @@ def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
 
 
 # One entry without an expiry (a cash charge, the usual accept's): as below, the NULL written.
-_LEDGER_ONE_NO_EXPIRY = (
+LEDGER_ONE_NO_EXPIRY = (
     "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
     "VALUES (?,?,?,?,?,?,NULL)"
+)
+# A cash charge (the usual accept's): its kind and pocket in the text as well.
+LEDGER_CASH_CHARGE = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "VALUES (?,'charge',?,'cash',?,?,NULL)"
 )
 _POCKET_ONE_NO_EXPIRY = (
     "INSERT INTO pockets (account_id, pocket, amount, expires_at) VALUES (?,?,?,NULL) "
@@ -548,7 +625,7 @@ def append_entries(
         e = entries[0]
         if e.expires_at is None:  # cash: the NULL in the text, not bound (sqlite_binds)
             c.execute(
-                _LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
+                LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref)
             )
             c.execute(_POCKET_ONE_NO_EXPIRY, (account_id, e.pocket, e.amount))
             return
