@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,7 @@ from bridge.store.postgres_tx import run_tx
 from bridge.store.rules_rows import (
     CHARGE_KINDS_SQL,
     CLOSED_AMONG,
+    DNC_EXACT,
     EDIT_SIGN_PG,
     EDIT_TEMPLATE_PG,
     LEDGER_COLS,
@@ -358,8 +360,14 @@ def _one_number_facts_args(
             values = '{"' + one + '"}'
         else:
             return None
-    prefixes = number_prefixes(number)
-    prefixes.sort()
+    # number_prefixes(number) by accumulate (its prefixes from five characters, then the exact
+    # entry), ~3 k instructions fewer than its slices; already in order when the number sorts
+    # before the exact entry's "=" (every E.164 number: "+" or a digit first).
+    prefixes = list(accumulate(number))
+    del prefixes[:4]
+    prefixes.append(DNC_EXACT + number)
+    if number[:1] >= DNC_EXACT:
+        prefixes.sort()
     return [
         account_id,
         "{}" if sign is None else '{"' + sign + '"}',
@@ -398,7 +406,11 @@ def facts_from_row(
     else:
         blocked = _NOBODY
     status = dict(zip(sign_names, sign_statuses, strict=True)) if sign_names else {}
-    history: dict[str, list[int]] = {n: [] for n, _s in fr.sign_of()} if fr is not None else {}
+    # The rule's numbers as sign_of() gives them (its per-number signs zipped in: a length
+    # that differs raised there, and does here), without its list of pairs when it has none.
+    history: dict[str, list[int]] = (
+        {} if fr is None else {n: [] for n in (fr.numbers if not fr.signs else dict(fr.sign_of()))}
+    )
     if h_numbers:
         for number, t in zip(h_numbers, h_times, strict=True):
             history[number].append(t)
@@ -410,7 +422,7 @@ def facts_from_row(
     facts = adm.Facts(
         recipients,  # recipients
         status.get(rules.sign_name) if rules.sign_name is not None else None,  # sign_status
-        {name: status.get(name) for name in rules.more_signs},  # more_sign_status
+        {name: status.get(name) for name in rules.more_signs} if rules.more_signs else {},
         template_status,  # template_status
         frozenset(opted) if opted else _NOBODY,  # opted_out
         blocked,  # blocked

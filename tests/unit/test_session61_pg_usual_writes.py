@@ -238,3 +238,84 @@ def test_usual_writes_format_nothing_after_the_first(monkeypatch: pytest.MonkeyP
     assert second is not None
     assert second.ctes() is first.ctes()
     assert second.args == first.args
+
+
+def reference_facts_from_row(
+    row: Any, rules: adm.Rules, recipients: tuple[str, ...]
+) -> tuple[adm.Facts, tuple[float | None, float | None]]:
+    """Session 60's facts_from_row (at 0)."""
+    (sign_names, sign_statuses, template_status, opted, dnc, h_numbers, h_times, quota, kind,
+     threshold, warned, day_count, pockets, amounts, expiries, tokens, at_) = row[:17]  # fmt: skip
+    fr = rules.frequency
+    if dnc:
+        found = set(dnc)
+        blocked = frozenset(n for n in recipients if any(p in found for p in number_prefixes(n)))
+    else:
+        blocked = frozenset()
+    status = dict(zip(sign_names, sign_statuses, strict=True)) if sign_names else {}
+    history: dict[str, list[int]] = {n: [] for n, _s in fr.sign_of()} if fr is not None else {}
+    if h_numbers:
+        for number, t in zip(h_numbers, h_times, strict=True):
+            history[number].append(t)
+    read = (
+        [adm.Pocket(p, a, e) for p, a, e in zip(pockets, amounts, expiries, strict=True)]
+        if pockets
+        else []
+    )
+    facts = adm.Facts(
+        recipients,
+        status.get(rules.sign_name) if rules.sign_name is not None else None,
+        {name: status.get(name) for name in rules.more_signs},
+        template_status,
+        frozenset(opted) if opted else frozenset(),
+        blocked,
+        history,
+        day_count or 0,
+        quota if quota is not None else 0,
+        kind if kind is not None else "prepaid",
+        threshold or 0,
+        bool(warned),
+        read,
+    )
+    return facts, (tokens, at_)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_facts_from_row_as_before(seed: int) -> None:
+    """facts_from_row's history keys from the rule's numbers (its pairs only with per-number
+    signs) and no comprehension for no further signs: the same Facts as session 60's."""
+    rnd = random.Random(seed)
+    for _ in range(2_000):
+        recipients = tuple(_text(rnd) for _ in range(rnd.randint(1, 3)))
+        rules = _rules(rnd, recipients)
+        fr = rules.frequency
+        numbers = [] if fr is None else [n for n in fr.numbers if rnd.random() < 0.6]
+        signs = [s for s in (rules.sign_name, *rules.more_signs) if s and rnd.random() < 0.7]
+        row = (
+            signs or None,
+            [rnd.choice(["approved", "pending"]) for _ in signs] or None,
+            rnd.choice([None, "approved"]),
+            [r for r in recipients if rnd.random() < 0.2] or None,
+            [p for r in recipients for p in number_prefixes(r) if rnd.random() < 0.05] or None,
+            numbers or None,
+            [rnd.randrange(10**12) for _ in numbers] or None,
+            rnd.choice([None, 0, 50]),
+            rnd.choice([None, "prepaid", "postpaid"]),
+            rnd.choice([None, 0, 100]),
+            rnd.choice([None, False, True]),
+            rnd.choice([None, 3]),
+            ["cash"] if rnd.random() < 0.5 else None,
+            [100],
+            [None],
+            rnd.choice([None, 1.5]),
+            rnd.choice([None, 2.5]),
+        )
+        try:
+            want = reference_facts_from_row(row, rules, recipients)
+        except ValueError:  # a rule's signs not one a number: refused both ways
+            with pytest.raises(ValueError):
+                rules_sql.facts_from_row(row, rules, recipients)
+            continue
+        got = rules_sql.facts_from_row(row, rules, recipients)
+        assert got == want
+        assert list(got[0].history) == list(want[0].history)
