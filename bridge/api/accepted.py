@@ -21,6 +21,7 @@ Checked against aiohttp 3.14.3 and 3.14.5 (`tests/integration/test_session57_acc
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any
 
 from aiohttp import web, web_response
@@ -98,6 +99,15 @@ def _head(reason: str, rid: str, length: int, date: str, server: str) -> bytes:
     ).encode()
 
 
+_answer_state = operator.attrgetter(
+    "_status", "_keep_alive", "_chunked", "_compression", "_cookies", "_eof_sent",
+    "_payload_writer",
+)  # fmt: skip
+_PLAIN_ANSWER = (202, None, False, False, None, False, None)
+_request_state = operator.attrgetter("version", "keep_alive")
+_PLAIN_REQUEST = (HttpVersion11, True)
+
+
 class Accepted(web.Response):
     """The 202 of POST /v1/messages (its JSON body): a `web.Response` in every way but its
     prepare, which writes the whole answer at once where that is the same bytes."""
@@ -122,19 +132,14 @@ class Accepted(web.Response):
         else None (aiohttp's own attributes, which `_has_state` found at import). ~8 k
         instructions on 3.11, most of it the answer's eight attributes, its headers' items and
         the request's version, keep-alive and route."""
-        body = self._body
         if (
-            type(body) is not bytes
-            or self._status != 202
-            or self._keep_alive is not None  # force_close() or keep_alive set
-            or self._chunked
-            or self._compression
-            or self._cookies
-            or self._eof_sent
-            or self._payload_writer is not None
+            type(self._body) is not bytes
+            # 202, no force_close() nor keep_alive set, no chunking, compression or cookie, not
+            # sent: in one C call and one compare (~1,000 instructions less on 3.11, session 61;
+            # a value other than the plain one, even an equal-in-truth one, goes aiohttp's way).
+            or _answer_state(self) != _PLAIN_ANSWER
             # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither).
-            or request.version != HttpVersion11
-            or not request.keep_alive
+            or _request_state(request) != _PLAIN_REQUEST
         ):
             return None
         try:
