@@ -29,6 +29,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import HttpVersion11
 from multidict import CIMultiDict
 
+from bridge.api.plain_request import PLAIN_REQUEST
+
 try:  # where aiohttp 3.9 to 3.14 make the Date header (cached per second)
     from aiohttp.helpers import rfc822_formatted_time
 except ImportError:  # pragma: no cover - another aiohttp: the plain way
@@ -138,9 +140,14 @@ class Accepted(web.Response):
             # sent: in one C call and one compare (~1,000 instructions less on 3.11, session 61;
             # a value other than the plain one, even an equal-in-truth one, goes aiohttp's way).
             or _answer_state(self) != _PLAIN_ANSWER
-            # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither).
-            or _request_state(request) != _PLAIN_REQUEST
         ):
+            return None
+        # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither). The
+        # getters' attributes where they answer them (bridge.api.plain_request).
+        if PLAIN_REQUEST:
+            if request._version != HttpVersion11 or request._message.should_close:
+                return None
+        elif _request_state(request) != _PLAIN_REQUEST:
             return None
         try:
             (ctype, ctype_value), (rid_name, rid) = self._headers.items()
@@ -155,7 +162,10 @@ class Accepted(web.Response):
         ):
             return None
         # No receiver of on_response_prepare, which aiohttp's prepare would call with it.
-        match_info = getattr(request, "match_info", None)
+        if PLAIN_REQUEST:
+            match_info = getattr(request, "_match_info", None)
+        else:
+            match_info = getattr(request, "match_info", None)
         if match_info is None:
             return None
         route = match_info.route
@@ -189,7 +199,7 @@ class Accepted(web.Response):
         headers["Server"] = server
         self._keep_alive = True
         self._must_be_empty_body = False
-        writer = request.writer
+        writer = request._payload_writer if PLAIN_REQUEST else request.writer  # (plain_request)
         self._payload_writer = writer
         self._req = request
         await writer.write_eof(_head(self._reason, rid, length, date, server) + body)

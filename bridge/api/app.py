@@ -88,7 +88,10 @@ def _error_response(
 
 def _endpoint(request: web.Request) -> str:
     """The metrics label: method and route template; never the raw path (unbounded)."""
-    match = request.match_info
+    # The getter's attribute where it answers it (bridge.api.plain_request); none: the getter.
+    match = request._match_info if PLAIN_REQUEST else None
+    if match is None:
+        match = request.match_info
     route = match.route
     # Kept per route of the apps' routers: the label was an f-string of property reads on every
     # answer. A route of one method matched only that method (a "*" route, whose label follows

@@ -77,7 +77,7 @@ def sent_body_now(request: web.Request) -> bytes | None:
     if body is not None:
         return body
     body = content.read_nowait()
-    limit = request.client_max_size
+    limit = request._client_max_size if PLAIN_REQUEST else request.client_max_size
     if limit and len(body) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     request._read_bytes = body
