@@ -21,7 +21,6 @@ Checked against aiohttp 3.14.3 and 3.14.5 (`tests/integration/test_session57_acc
 from __future__ import annotations
 
 import logging
-import operator
 from typing import Any
 
 from aiohttp import web, web_response
@@ -101,15 +100,6 @@ def _head(reason: str, rid: str, length: int, date: str, server: str) -> bytes:
     ).encode()
 
 
-_answer_state = operator.attrgetter(
-    "_status", "_keep_alive", "_chunked", "_compression", "_cookies", "_eof_sent",
-    "_payload_writer",
-)  # fmt: skip
-_PLAIN_ANSWER = (202, None, False, False, None, False, None)
-_request_state = operator.attrgetter("version", "keep_alive")
-_PLAIN_REQUEST = (HttpVersion11, True)
-
-
 class Accepted(web.Response):
     """The 202 of POST /v1/messages (its JSON body): a `web.Response` in every way but its
     prepare, which writes the whole answer at once where that is the same bytes."""
@@ -136,10 +126,13 @@ class Accepted(web.Response):
         the request's version, keep-alive and route."""
         if (
             type(self._body) is not bytes
-            # 202, no force_close() nor keep_alive set, no chunking, compression or cookie, not
-            # sent: in one C call and one compare (~1,000 instructions less on 3.11, session 61;
-            # a value other than the plain one, even an equal-in-truth one, goes aiohttp's way).
-            or _answer_state(self) != _PLAIN_ANSWER
+            or self._status != 202
+            or self._keep_alive is not None  # force_close() or keep_alive set
+            or self._chunked
+            or self._compression
+            or self._cookies
+            or self._eof_sent
+            or self._payload_writer is not None
         ):
             return None
         # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither). The
@@ -147,7 +140,7 @@ class Accepted(web.Response):
         if PLAIN_REQUEST:
             if request._version != HttpVersion11 or request._message.should_close:
                 return None
-        elif _request_state(request) != _PLAIN_REQUEST:
+        elif request.version != HttpVersion11 or not request.keep_alive:
             return None
         try:
             (ctype, ctype_value), (rid_name, rid) = self._headers.items()
