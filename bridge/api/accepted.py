@@ -28,6 +28,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import HttpVersion11
 from multidict import CIMultiDict
 
+from bridge.api.plain_request import PLAIN_REQUEST
+
 try:  # where aiohttp 3.9 to 3.14 make the Date header (cached per second)
     from aiohttp.helpers import rfc822_formatted_time
 except ImportError:  # pragma: no cover - another aiohttp: the plain way
@@ -122,9 +124,8 @@ class Accepted(web.Response):
         else None (aiohttp's own attributes, which `_has_state` found at import). ~8 k
         instructions on 3.11, most of it the answer's eight attributes, its headers' items and
         the request's version, keep-alive and route."""
-        body = self._body
         if (
-            type(body) is not bytes
+            type(self._body) is not bytes
             or self._status != 202
             or self._keep_alive is not None  # force_close() or keep_alive set
             or self._chunked
@@ -132,10 +133,14 @@ class Accepted(web.Response):
             or self._cookies
             or self._eof_sent
             or self._payload_writer is not None
-            # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither).
-            or request.version != HttpVersion11
-            or not request.keep_alive
         ):
+            return None
+        # The method is POST, the route's (HEAD answers no body; CONNECT's 2xx neither). The
+        # getters' attributes where they answer them (bridge.api.plain_request).
+        if PLAIN_REQUEST:
+            if request._version != HttpVersion11 or request._message.should_close:
+                return None
+        elif request.version != HttpVersion11 or not request.keep_alive:
             return None
         try:
             (ctype, ctype_value), (rid_name, rid) = self._headers.items()
@@ -150,7 +155,10 @@ class Accepted(web.Response):
         ):
             return None
         # No receiver of on_response_prepare, which aiohttp's prepare would call with it.
-        match_info = getattr(request, "match_info", None)
+        if PLAIN_REQUEST:
+            match_info = getattr(request, "_match_info", None)
+        else:
+            match_info = getattr(request, "match_info", None)
         if match_info is None:
             return None
         route = match_info.route
@@ -184,7 +192,7 @@ class Accepted(web.Response):
         headers["Server"] = server
         self._keep_alive = True
         self._must_be_empty_body = False
-        writer = request.writer
+        writer = request._payload_writer if PLAIN_REQUEST else request.writer  # (plain_request)
         self._payload_writer = writer
         self._req = request
         await writer.write_eof(_head(self._reason, rid, length, date, server) + body)

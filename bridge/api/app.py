@@ -52,6 +52,7 @@ from bridge.api.context import (
 )
 from bridge.api.errors import CODES, STORE_RETRY_AFTER_S, ApiError, envelope
 from bridge.api.openapi import openapi_document
+from bridge.api.plain_request import PLAIN_REQUEST
 from bridge.domain import forwarded
 from bridge.domain.phone import mask as mask_phone
 from bridge.ids import new_request_id
@@ -87,7 +88,10 @@ def _error_response(
 
 def _endpoint(request: web.Request) -> str:
     """The metrics label: method and route template; never the raw path (unbounded)."""
-    match = request.match_info
+    # The getter's attribute where it answers it (bridge.api.plain_request); none: the getter.
+    match = request._match_info if PLAIN_REQUEST else None
+    if match is None:
+        match = request.match_info
     route = match.route
     # Kept per route of the apps' routers: the label was an f-string of property reads on every
     # answer. A route of one method matched only that method (a "*" route, whose label follows
@@ -332,7 +336,8 @@ def auth_middleware(ctx: ApiContext) -> Middleware:
             # Refused from the headers (415, the signing headers' checks; a declared 413 before
             # those) before a byte of the body is read; the connection is closed behind the
             # answer. A send records its nonce inside its accept transaction (one write).
-            defer = request.method == "POST" and path == "/v1/messages"
+            method = request._method if PLAIN_REQUEST else request.method
+            defer = method == "POST" and path == "/v1/messages"
             try:
                 refuse_encoding(request)
                 keys_of(request)[PRINCIPAL] = await ctx.auth.authenticate(

@@ -21,6 +21,7 @@ from bridge import logs
 from bridge.api import signing
 from bridge.api.errors import ApiError
 from bridge.api.key_use import KeyUse
+from bridge.api.plain_request import PLAIN_REQUEST
 from bridge.config import Config
 from bridge.crypto import MasterKeyError, Sealer
 from bridge.domain.skew_window import SkewWindow
@@ -236,7 +237,8 @@ class Authenticator:
         `read_now`: `read`'s answer from a plain call when it has nothing to wait for, else None
         (then `read` is awaited)."""
         try:
-            headers = request.headers
+            # The getters' attributes where they answer them (bridge.api.plain_request).
+            headers = request._headers if PLAIN_REQUEST else request.headers
             auth = signing.parse_authorization(headers.get("Authorization"))
             # The signed headers' values, by name: x-bridge-date and x-bridge-nonce among them.
             lowered, once = signing.signed_values(auth, headers)
@@ -280,11 +282,15 @@ class Authenticator:
             if body is None:
                 body = await read(request)
             try:
+                if PLAIN_REQUEST:
+                    method, url = request._method, request._rel_url
+                else:
+                    method, url = request.method, request.rel_url
                 signing.verify_checked(
                     secret,
-                    request.method,
-                    request.rel_url.raw_path,
-                    request.rel_url.raw_query_string,
+                    method,
+                    url.raw_path,
+                    url.raw_query_string,
                     lowered,
                     body,
                     auth,

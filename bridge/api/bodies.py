@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from bridge.api.context import CONTINUE, CTX
 from bridge.api.errors import ApiError
 from bridge.api.http_errors import BODY_FRAMING
+from bridge.api.plain_request import PLAIN_REQUEST
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
@@ -64,15 +65,19 @@ def sent_body_now(request: web.Request) -> bytes | None:
     `read_sent_body` words as a refusal), from a plain call; else None, and the caller awaits
     `read_sent_body`. Why: nearly every body has arrived with its headers, and awaiting a
     coroutine that returns at once was ~1,200 instructions more (session 55)."""
-    content = request.content
-    if "Expect" in request.headers or not content.is_eof() or content.exception() is not None:
+    # The getters' attributes where they answer them (bridge.api.plain_request).
+    if PLAIN_REQUEST:
+        content, headers = request._payload, request._headers
+    else:
+        content, headers = request.content, request.headers
+    if "Expect" in headers or not content.is_eof() or content.exception() is not None:
         return None
     # buffered_body's lines, not a call of it: a frame less on every send.
     body = request._read_bytes
     if body is not None:
         return body
     body = content.read_nowait()
-    limit = request.client_max_size
+    limit = request._client_max_size if PLAIN_REQUEST else request.client_max_size
     if limit and len(body) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     request._read_bytes = body
@@ -133,7 +138,10 @@ def refuse_encoding(request: web.Request) -> None:
     """415 for a compressed body. The servers do not decompress (auto_decompress=False): the
     signed body hash is over the bytes the client sent, and a body that is not what its header
     says made aiohttp log a traceback per request. Say what is wrong instead."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    sent = (request._headers if PLAIN_REQUEST else request.headers).get("Content-Encoding")
+    if sent is None:  # nearly every request: no strip, lower and compare of a default (session 61)
+        return
+    encoding = sent.strip().lower()
     if encoding != "identity":
         raise ApiError(
             "UNSUPPORTED_MEDIA_TYPE",

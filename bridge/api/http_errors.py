@@ -123,16 +123,14 @@ class _BodyFailingParser:
     Why: the parser drops the body stream it was feeding and raises; aiohttp queues the error as
     a next request, behind the handler still reading that body. The handler waited for
     server.body_timeout_s (30 s by default) and answered 408 REQUEST_TIMEOUT, not 400
-    MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once."""
+    MALFORMED_HTTP. The body now fails with the parser's error, and read_body says so at once.
 
-    __slots__ = (
-        "_body",
-        "_failed",
-        "_inner",
-        "_owner",
-        "_python",
-        "message_consumed",
-    )
+    `feed_data` is `_Feed.feed` of a state of its own (session 61): an attribute read of this
+    object goes through its `__getattr__` hook, which the interpreter does not specialise (~1 k
+    instructions each, where a slot of a class without the hook is read in a few dozen), and
+    the feed read three a request."""
+
+    __slots__ = ("_inner", "feed_data", "message_consumed")
 
     def __init__(self, inner: Any, owner: _Handler | None = None) -> None:
         self._inner = inner
@@ -144,20 +142,34 @@ class _BodyFailingParser:
             self.message_consumed = consumed
         # aiohttp's Python parser, whose state _not_a_request_start reads (the C one keeps
         # its own, and refuses such bytes itself).
-        self._python = all(hasattr(inner, a) for a in ("_tail", "_lines", "_payload_parser"))
-        # The connection whose `_held` the C parser's feeds set (see feed_data). The Python
+        python = all(hasattr(inner, a) for a in ("_tail", "_lines", "_payload_parser"))
+        # The connection whose `_held` the C parser's feeds set (see _Feed.feed). The Python
         # parser counts a request in flight when its headers end, as the protocol's queue does:
         # it stops only where the protocol pauses (`_buffer_paused`), and `_held` is False.
-        # feed_data reads `_owner` or `_python`, not both: each read is ~1 k instructions here,
-        # where __getattr__ keeps the interpreter from specialising them (why `_held` is the
-        # connection's, not this object's).
-        self._owner = None if self._python else owner
-        if owner is not None and self._python:
+        if owner is not None and python:
             owner._held = False
+        self.feed_data = _Feed(inner, None if python else owner, python).feed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Feed:
+    """`_BodyFailingParser.feed_data` and its state: the parser, the connection whose `_held`
+    it sets (None: the Python parser's, or an unknown queue), the newest body, whether it
+    failed."""
+
+    __slots__ = ("_body", "_failed", "_inner", "_owner", "_python")
+
+    def __init__(self, inner: Any, owner: _Handler | None, python: bool) -> None:
+        self._inner = inner
+        # feed reads `_owner` or `_python`, not both.
+        self._owner = owner
+        self._python = python
         self._body: Any = None  # the body of the newest request parsed: the one being fed
         self._failed = False
 
-    def feed_data(self, data: bytes) -> Any:
+    def feed(self, data: bytes) -> Any:
         if self._failed:
             # The connection is answered 400 and closed; until then aiohttp feeds what keeps
             # arriving, and the failed parser raised again on each read, an error holding that
@@ -196,9 +208,6 @@ class _BodyFailingParser:
             self._body = None
             raise BadHttpMethod(self._inner._tail[:40].decode("latin-1"))
         return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 # The methods the C parser (llhttp, HTTP_ALL_METHOD_MAP: HTTP's, WebDAV's, UPnP's, RTSP's and

@@ -681,37 +681,76 @@ def verify_checked(
     auth: AuthHeader,
 ) -> None:
     """`verify_signature` for a server that already lowered the headers and ran
-    `check_signed_headers` on them (its first check, before the key lookup): once per request."""
-    for name in auth.signed_headers:
-        value = lowered[name]
-        if value.isascii():  # nearly every header: no copy made to find it is UTF-8
-            continue
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            # Bytes that are not UTF-8 reach us as surrogates: refused by name, not a 500.
-            raise _mismatch(f"header '{name}' is not valid UTF-8") from None
-    claimed = lowered["x-bridge-content-sha256"]
-    actual = body_sha256(body)
-    if not hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii")):
+    `check_signed_headers` on them (its first check, before the key lookup): once per request.
+
+    The refusals and their order: a signed value that is not UTF-8, the body hash, the
+    signature (both compared in constant time). The canonical request is built first (pure,
+    and every signed name is in `lowered`): when it is all ASCII, so is every signed value,
+    which then needs no check each, and the hex digests compare as `str`s (ASCII only, which
+    `compare_digest` takes as it takes their bytes) without an encoding each; the string to sign
+    and its HMAC are made here, not through `string_to_sign` and `sign` (the same bytes; two
+    frames less). ~4,000 instructions of each send less (session 61)."""
+    names = auth.signed_headers
+    try:
+        claimed = lowered["x-bridge-content-sha256"]
+        canonical = _canonical(
+            method, path, raw_query, lowered, names, claimed, names_canonical=True
+        )
+    except (KeyError, SignatureError):  # a name absent: refused below as it always was
+        canonical = None
+    if canonical is None or not canonical.isascii():
+        _check_utf8(names, lowered)
+        claimed = lowered["x-bridge-content-sha256"]
+        if canonical is None:  # every signed name is in `lowered` by now: nothing raised
+            canonical = _canonical(
+                method, path, raw_query, lowered, names, claimed, names_canonical=True
+            )
+        ascii_values = False
+    else:
+        ascii_values = True
+    actual = _sha256(body).hexdigest()
+    same_body = (
+        hmac.compare_digest(claimed, actual)
+        if ascii_values
+        else hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii"))
+    )
+    if not same_body:
         raise SignatureError(
             "BODY_HASH_MISMATCH",
             "X-Bridge-Content-SHA256 is not the lower-case hex SHA-256 of the body received "
             f"(server computed {actual})",
         )
-    date = lowered["x-bridge-date"]
-    canonical = _canonical(
-        method, path, raw_query, lowered, auth.signed_headers, claimed, names_canonical=True
+    to_sign = (
+        f"{ALGORITHM}\n{lowered['x-bridge-date']}\n{_sha256(canonical.encode('utf-8')).hexdigest()}"
     )
-    to_sign = string_to_sign(date, canonical)
-    expected = sign(secret, to_sign)
-    if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("utf-8")):
+    mac = _keyed(secret).copy()
+    mac.update(to_sign.encode("utf-8"))
+    # The digest is hex, and so is a signature parse_authorization gave (64 lower-case digits);
+    # one that is not ASCII (an AuthHeader of another caller) cannot be equal.
+    signature = auth.signature
+    if not (signature.isascii() and hmac.compare_digest(mac.hexdigest(), signature)):
         raise SignatureError(
             "SIGNATURE_MISMATCH",
             "the signature does not match the request; check the canonical request and the secret",
             canonical=canonical,
             string_to_sign=to_sign,
         )
+
+
+_sha256 = hashlib.sha256
+
+
+def _check_utf8(names: Sequence[str], lowered: Mapping[str, str]) -> None:
+    """A signed value whose bytes were not UTF-8 (they reach us as surrogates), refused by name,
+    not a 500; the first in SignedHeaders' order. A name absent is a KeyError, as before."""
+    for name in names:
+        value = lowered[name]
+        if value.isascii():  # nearly every header: no copy made to find it is UTF-8
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _mismatch(f"header '{name}' is not valid UTF-8") from None
 
 
 def _webhook_hmac(secret: str | bytes, body: bytes, t: int) -> str:

@@ -19,6 +19,7 @@ from bridge.api.auth import NonceClaim, refusal
 from bridge.api.context import BODY, CTX, PRINCIPAL, ApiContext, keys_of, query_of
 from bridge.api.errors import ApiError
 from bridge.api.idempotency import check_key, replay
+from bridge.api.plain_request import PLAIN_REQUEST
 from bridge.api.sending import (
     RENDER_TRIES,
     after_accept,
@@ -95,7 +96,8 @@ def _media_type(header: str) -> tuple[str, str | None]:
 
 
 def parse_json(body: bytes, request: web.Request) -> Any:
-    ctype, charset = _media_type(request.headers.get("Content-Type", "application/json"))
+    headers = request._headers if PLAIN_REQUEST else request.headers  # (plain_request)
+    ctype, charset = _media_type(headers.get("Content-Type", "application/json"))
     if ctype not in ("application/json", ""):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r}: send application/json")
     if charset not in (None, "utf-8"):
@@ -153,7 +155,8 @@ def send_handler(ctx: ApiContext) -> Callable[[web.Request], Awaitable[web.Respo
             # own (a frame and an await more on every send each).
             if not ctx.accepting:  # check_accepting's refusal, without its call on every send
                 check_accepting(ctx)
-            key = request.headers.get("Idempotency-Key")
+            headers = request._headers if PLAIN_REQUEST else request.headers  # (plain_request)
+            key = headers.get("Idempotency-Key")
             if key is None:
                 raise ApiError("IDEMPOTENCY_KEY_REQUIRED", "Idempotency-Key header is required")
             key = check_key(key)
