@@ -539,6 +539,17 @@ class OnePart:
         elif state == _STARTING:
             self._lined(got)
             return
+        elif got and self._c._throttler is None:
+            # A slot granted, no TPS turn to take: `_lined`'s step, without its call (one a
+            # part sent from the line; `_slot` has `_lined`'s handler, session 61).
+            try:
+                self.ctx.run(self._slot)
+                return
+            except RuntimeError as exc:  # as below
+                if "cannot enter context" not in str(exc):
+                    raise
+            self._slot()
+            return
         else:
             step = self._lined
         try:
@@ -591,33 +602,41 @@ class OnePart:
             self._over(exc)
 
     def _slot(self) -> None:
-        """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
-        c, b = self._c, self._bind
-        sent = False
-        outcome = None
+        """A window slot reserved for the part (`_submit_on` after its `_acquire`). A fault
+        ends the message (`_over`), as each caller's handler did (`_lined`, `_turn`, `_start`):
+        `set_result` calls it for a granted part without `_lined`'s call."""
         try:
-            if self._deadline is not None and c._now() >= self._deadline:
-                outcome = SubmitOutcome(self._i, "expired", -1, "VALIDITY_EXPIRED", None)
+            c, b = self._c, self._bind
+            sent = False
+            outcome = None
+            try:
+                if self._deadline is not None and c._now() >= self._deadline:
+                    outcome = SubmitOutcome(self._i, "expired", -1, "VALIDITY_EXPIRED", None)
+                else:
+                    proto = b.proto
+                    # Not `proto.is_bound` first (a property's call, a part granted its slot):
+                    # submit_told raises NotBound itself for a transport closing or gone and a
+                    # session not bound (or a receiver), before anything is encoded or queued.
+                    if proto is not None and not c._closing:
+                        try:
+                            proto.submit_told(self._part, self, self._context)
+                            sent = True
+                        except (WindowFull, NotBound):
+                            pass
+            except EncodeError as e:
+                outcome = c._unencodable(self._i, e)
+            finally:
+                b.reserved -= 1
+                if not sent:
+                    c._pump(b)  # hand the unused slot on
+            if outcome is not None:
+                self._end(outcome)
+            elif not sent:  # the bind went away before the PDU left: not an attempt
+                self._go_on(None, None)
             else:
-                proto = b.proto
-                if proto is not None and proto.is_bound and not c._closing:
-                    try:
-                        proto.submit_told(self._part, self, self._context)
-                        sent = True
-                    except (WindowFull, NotBound):
-                        pass
-        except EncodeError as e:
-            outcome = c._unencodable(self._i, e)
-        finally:
-            b.reserved -= 1
-            if not sent:
-                c._pump(b)  # hand the unused slot on
-        if outcome is not None:
-            self._end(outcome)
-        elif not sent:  # the bind went away before the PDU left: not an attempt
-            self._go_on(None, None)
-        else:
-            self._state = _ON_WIRE
+                self._state = _ON_WIRE
+        except Exception as exc:
+            self._over(exc)
 
     def accepted(self, message_id: str, rtt_s: float) -> None:
         """The part on the wire accepted (ESME_ROK), told by the protocol's read by the
@@ -1460,7 +1479,12 @@ class Connector:
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
-        self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
+        # _tick, and `PerSecond.add` inline: its second in progress counted (a call a part).
+        per_second = self._per_second
+        sec = int(time.monotonic())
+        if sec > per_second._sec:
+            per_second._advance(sec)
+        per_second._counts[0] += 1
         sent_at = now - rtt_s
         bind.unanswered = 0
         a = self._rtt_avg
@@ -1697,7 +1721,8 @@ class Connector:
             if proto is None or proto.session.free_slots - b.reserved <= 0:
                 return
             fut = (b.hi or b.lo).popleft()
-            if not fut.done():
+            # A OnePart's `done()` read inline (a Python call a part granted its slot).
+            if (fut._state != _IDLE) if isinstance(fut, OnePart) else not fut.done():
                 b.reserved += 1
                 fut.set_result(True)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
 from struct import error as StructError
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
@@ -144,10 +144,13 @@ class BindRefused:
     status: int
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SubmitResponse:
-    """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too)."""
+class SubmitResponse(NamedTuple):
+    """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too).
+
+    A NamedTuple built by `tuple.__new__` (`_submit_response`, a C call; one a part sent), not
+    a frozen dataclass built by `fastinit.maker`'s Python function (~1.6 k instructions more,
+    session 61, README note 27): read by field as before, immutable, with the same repr; an
+    event, never compared with a plain tuple nor given to `dataclasses.replace`."""
 
     seq: int
     status: int
@@ -242,10 +245,10 @@ Event = (
     | LateSubmitResponse
 )  # fmt: skip
 
-# The two events of every part sent (its submit_sm_resp, its receipt's deliver_sm), built by
-# fastinit.maker's functions: the same frozen instances, without the class call's way back into
-# the interpreter (type_call, slot_tp_init: ~1.5 k instructions an event, session 58).
-_submit_response = maker(SubmitResponse)
+# A deliver_sm's events (a receipt's: one a part sent), built by fastinit.maker's functions: the
+# same frozen instances, without the class call's way back into the interpreter (type_call,
+# slot_tp_init: ~1.5 k instructions an event, session 58). A part's submit_sm_resp is a
+# SubmitResponse tuple (`_new_tuple`, session 61).
 _deliver_received = maker(DeliverReceived)
 _receipt_received = maker(ReceiptReceived)
 
@@ -286,12 +289,23 @@ LATE_MAX: Final = 4096
 """At most this many timed-out submit_sm are remembered per bind; the oldest go first."""
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(NamedTuple):
+    """A request waiting for its answer. A tuple built by `_pending` (`tuple.__new__`, a C
+    call), where a slots dataclass's `__init__` was a Python call per request, one a part sent
+    (session 61, README note 27); read by field (`_tuplegetter`s). `postpone` replaces an entry
+    with its deadline moved."""
+
     command_id: int
     deadline: float
     context: Any
     sent_at: float
+
+
+def _pending(command_id: int, deadline: float, context: Any, sent_at: float) -> _Pending:
+    return _new_tuple(_Pending, (command_id, deadline, context, sent_at))
+
+
+_new_tuple: Final = tuple.__new__
 
 
 _RESP_FOR: Final = {
@@ -421,7 +435,9 @@ class BindSession:
         if self._late:
             self._late.pop(seq, None)  # a wrapped seq in use again: its answers are the new one's
         self._out += data
-        self._pending[seq] = _Pending(cid, now + self.response_timeout_s, context, now)
+        self._pending[seq] = _new_tuple(
+            _Pending, (cid, now + self.response_timeout_s, context, now)
+        )  # _pending's, inline
         return seq
 
     def _respond(self, cid: int, status: int, seq: int, body: Any = None) -> None:
@@ -468,7 +484,9 @@ class BindSession:
             out = self._out
             out += _HDR.pack(16 + len(body), _SUBMIT_SM, 0, seq)
             out += body
-            pending[seq] = _Pending(_SUBMIT_SM, now + self.response_timeout_s, context, now)
+            pending[seq] = _new_tuple(
+                _Pending, (_SUBMIT_SM, now + self.response_timeout_s, context, now)
+            )  # _pending's, inline: a C call, no Python __init__
         else:
             seq = self._request(_SUBMIT_SM, body, now, context)
         self._in_flight += 1
@@ -521,8 +539,9 @@ class BindSession:
         """Move every deadline `delta` seconds later: the time we did not read (the protocol
         paused reading while deliver handlers caught up) was not the SMSC's to answer in; its
         responses waited unread in the socket."""
-        for p in self._pending.values():
-            p.deadline += delta
+        pending = self._pending
+        for seq, p in pending.items():  # a value replaced: the dict's size and order stay
+            pending[seq] = _pending(p.command_id, p.deadline + delta, p.context, p.sent_at)
         # The late answers' grace too: one that waited unread was not late by that time.
         late = self._late
         for seq, (context, expiry) in late.items():
@@ -653,7 +672,7 @@ class BindSession:
                     del self._pending[seq]
                     self._in_flight -= 1
                     mid = frame[16 : n - 1].decode("latin-1")
-                    events.append(_submit_response(seq, 0, mid, p.context))
+                    events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
                     return
         elif n >= 16 and self.read_receipts:
             length, cid, status, seq = _HDR.unpack_from(frame)
@@ -759,7 +778,7 @@ class BindSession:
                     ProtocolError(f"submit_sm_resp message_id of {len(mid)} octets (SMPP 3.4 "
                                   "allows 64): kept whole", False)
                 )  # fmt: skip
-            events.append(_submit_response(seq, status, mid, p.context))
+            events.append(_new_tuple(SubmitResponse, (seq, status, mid, p.context)))
         elif req == C.ENQUIRE_LINK:
             self._el_seq = 0
             if status == C.ESME_RINVBNDSTS and self._in_flight == 0:
