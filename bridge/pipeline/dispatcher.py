@@ -333,6 +333,7 @@ class Dispatcher:
             # Counted before any starts: a message sent here may end before the loop does.
             self._flying += len(work)
             copy_context = contextvars.copy_context
+            send_quick = self._send_quick
             for msg in work:
                 n += 1
                 self._task_no = n
@@ -345,7 +346,19 @@ class Dispatcher:
                     # they take window slots in): a task then.
                     ctx = copy_context()
                     quick = tasks[n] = _Quick(self, msg, n, ctx)
-                    ctx.run(quick.start)
+                    # What its task's first step did (`_Quick.start` until session 61: a call
+                    # a message less), in ctx; a message not sent so goes on in a task of ctx's.
+                    try:
+                        sent = ctx.run(send_quick, quick)
+                    except Exception:
+                        ctx.run(quick._failed)  # inside the except: its log has the traceback
+                        continue
+                    if not sent:  # a task, as claimed messages after it until it has started
+                        self._unstarted += 1
+                        # Created in ctx, as inside `ctx.run` (a task copies the context).
+                        quick.task = loop.create_task(
+                            self._send(msg, n, quick, True), context=ctx.copy()
+                        )
                 else:
                     self._unstarted += 1
                     tasks[n] = loop.create_task(self._send(msg, n, None, True))
@@ -627,16 +640,19 @@ class Dispatcher:
         the usual case, which its task takes as before: no part, a part already routed (a
         retry's `msg.smsc`), expired, without an SMSC up, to encode again for its route, for
         an `in_flight_on_restart: unknown` SMSC (its route recorded first, an await), or a
-        connector not taking it at once (`send_one`: not started, stopping, no bind up)."""
+        connector not taking it at once (`send_one`: not started, stopping, no bind up).
+        Called by run() at the claim, in `q.ctx` (what `_Quick.start` did, a call, until
+        session 61): the message's id set there first, for every log line of its sending."""
         msg = q.msg
-        now_ms = int(self.clock() * 1000)
+        logs.MESSAGE_ID.set(msg.id)  # in q.ctx: this message's lines say which
         segs = msg.segments
-        if (
-            not segs
-            or msg.smsc is not None
-            or (msg.expires_at is not None and msg.expires_at <= now_ms)
-        ):
+        expires_at = msg.expires_at
+        if not segs or msg.smsc is not None:
             return False
+        if expires_at is not None:  # the clock read only for a message with a validity
+            now_ms = int(self.clock() * 1000)
+            if expires_at <= now_ms:
+                return False
         # Router.pick, inline, as _send_parts does.
         candidates = self.router.candidates(msg.recipient)
         name = None
@@ -662,8 +678,8 @@ class Dispatcher:
             self._hook(name, connector)
         rule = self._rules[name]
         deadline = None
-        if msg.expires_at is not None:
-            deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
+        if expires_at is not None:
+            deadline = running(self._loop).time() + (expires_at - now_ms) / 1000
         # Each part's body written from the message's head (session 59), not a ShortMessage.
         parts = submit_bodies(msg, smsc)
         # The parts' contexts as a list only for a message of several (the usual one: none).
@@ -1134,19 +1150,6 @@ class _Quick(OnePart, _Holds):
         self.task: asyncio.Task[None] | None = None  # Dispatcher._send, when not usual
         self.waiting: asyncio.Future[None] | None = None  # stop()'s (waiter)
         self.ended = False
-
-    def start(self) -> None:
-        """What its task's first step did, at its claim (run(), in `ctx`)."""
-        d, msg = self.d, self.msg
-        logs.MESSAGE_ID.set(msg.id)  # in ctx: this message's lines say which
-        try:
-            sent = d._send_quick(self)
-        except Exception:
-            self._failed()
-            return
-        if not sent:  # a task, as claimed messages after it until it has started (run())
-            d._unstarted += 1
-            self.task = running(d._loop).create_task(d._send(msg, self.n, self, True))
 
     def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
         """The connector's answer (`_send_parts` after its send_message): the outcomes

@@ -459,7 +459,9 @@ class OnePart:
                 free = room and not bind.lo
                 # `not free and not bind.up`, less the property's two calls when `room` (the
                 # same `proto`, bound: up) has it already (session 60).
-                if not room and not bind.up:
+                # `bind.up` inline (the same `proto`): a call less for a later part meeting
+                # others in the priority line (session 61).
+                if not room and (proto is None or not proto.is_bound):
                     self._go_on(bind, None)
                     return
             else:

@@ -110,14 +110,14 @@ class DeliverAnswer:
     (session 58, README note 27). Awaitable, with a future's `done()` and `result()`, for a
     caller outside a bind (a test): the future it then waits on is made only for it."""
 
-    __slots__ = ("_drain", "_ev", "_fut", "_proto", "_status")
+    # No `__init__` (session 61): an answer starts from these class values, each set on the
+    # instance when it changes, so `DeliverAnswer()` is the type's own C call, where a slotted
+    # class ran its Python `__init__` (~1 k instructions a receipt, one a part sent).
+    _status: int | None = None
+    _proto: SmppProtocol | None = None
+    _ev: DeliverReceived | ReceiptReceived | None = None
+    _fut: asyncio.Future[int] | None = None
     _drain: int  # the bind's drain_delivers calls at the attach: set only then (read only then)
-
-    def __init__(self) -> None:
-        self._status: int | None = None
-        self._proto: SmppProtocol | None = None
-        self._ev: DeliverReceived | ReceiptReceived | None = None
-        self._fut: asyncio.Future[int] | None = None
 
     def done(self) -> bool:
         return self._status is not None
