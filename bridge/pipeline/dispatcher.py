@@ -25,6 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import logs
@@ -45,6 +47,7 @@ from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage, 
 from bridge.text.split import RefCounter, SplitMode, TextError, wire_code
 
 log = logging.getLogger("bridge.dispatcher")
+_SEQ = attrgetter("seq")  # a WorkSegment's seq (the parts' contexts, _send_quick)
 
 MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
@@ -145,6 +148,9 @@ class Dispatcher:
         self._due_ms: int | None = None  # the earliest retry this dispatcher released
         self.lease_ms = lease_ms
         self.clock = clock
+        # `log.isEnabledFor(DEBUG)` read once a claim, for the results `_record` logs (a Python
+        # call a message until session 61).
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._encodings(smscs)
         self._wake = asyncio.Event()
@@ -323,6 +329,7 @@ class Dispatcher:
             if self.wait_flag is not None:  # busy: it claims again by itself (a slot freed)
                 self.wait_flag.clear()
             self._empty_claims = 0
+            self._debug = log.isEnabledFor(logging.DEBUG)  # for `_record` (see __init__)
             if self._stopping:  # stop() began during the claim: these go back unsent
                 at = int(self.clock() * 1000)
                 for m in work:
@@ -683,7 +690,10 @@ class Dispatcher:
         # Each part's body written from the message's head (session 59), not a ShortMessage.
         parts = submit_bodies(msg, smsc)
         # The parts' contexts as a list only for a message of several (the usual one: none).
-        contexts = None if len(segs) == 1 else [(msg.id, seg.seq) for seg in segs]
+        # (By C calls, not a comprehension's function: session 61.)
+        contexts = (
+            None if len(segs) == 1 else list(zip(repeat(msg.id), map(_SEQ, segs), strict=False))
+        )
         q.name, q.smsc, q.rule = name, smsc, rule
         by_smsc = self._by_smsc
         by_smsc[name] += 1
@@ -726,7 +736,7 @@ class Dispatcher:
         one batcher call: a task's (`_send_parts`) and a callback's (`_Quick`) alike."""
         if len(outcomes) == 1 and outcomes[0].kind == "ok" and len(msg.segments) == 1:
             # One part accepted (the usual message): the loop below's first case alone.
-            if log.isEnabledFor(logging.DEBUG):
+            if self._debug:
                 log.debug(
                     "message submitted",
                     extra={"smsc": name, "to": logs.number(msg.recipient),
@@ -739,7 +749,7 @@ class Dispatcher:
             add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
             self.sent += 1
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug(
                 "message submitted",
                 extra={"smsc": name, "to": logs.number(msg.recipient),
