@@ -25,6 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import logs
@@ -45,6 +47,7 @@ from bridge.store.models import LateAccept, Release, SubmitResult, WorkMessage, 
 from bridge.text.split import RefCounter, SplitMode, TextError, wire_code
 
 log = logging.getLogger("bridge.dispatcher")
+_SEQ = attrgetter("seq")  # a WorkSegment's seq (the parts' contexts, _send_quick)
 
 MAX_MESSAGE_ATTEMPTS = 10
 # Submits that got no answer at all may have been accepted: resend them at most this many claims.
@@ -145,6 +148,9 @@ class Dispatcher:
         self._due_ms: int | None = None  # the earliest retry this dispatcher released
         self.lease_ms = lease_ms
         self.clock = clock
+        # `log.isEnabledFor(DEBUG)` read once a claim, for the results `_record` logs (a Python
+        # call a message until session 61).
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._encodings(smscs)
         self._wake = asyncio.Event()
@@ -323,6 +329,7 @@ class Dispatcher:
             if self.wait_flag is not None:  # busy: it claims again by itself (a slot freed)
                 self.wait_flag.clear()
             self._empty_claims = 0
+            self._debug = log.isEnabledFor(logging.DEBUG)  # for `_record` (see __init__)
             if self._stopping:  # stop() began during the claim: these go back unsent
                 at = int(self.clock() * 1000)
                 for m in work:
@@ -333,6 +340,7 @@ class Dispatcher:
             # Counted before any starts: a message sent here may end before the loop does.
             self._flying += len(work)
             copy_context = contextvars.copy_context
+            send_quick = self._send_quick
             for msg in work:
                 n += 1
                 self._task_no = n
@@ -345,7 +353,19 @@ class Dispatcher:
                     # they take window slots in): a task then.
                     ctx = copy_context()
                     quick = tasks[n] = _Quick(self, msg, n, ctx)
-                    ctx.run(quick.start)
+                    # What its task's first step did (`_Quick.start` until session 61: a call
+                    # a message less), in ctx; a message not sent so goes on in a task of ctx's.
+                    try:
+                        sent = ctx.run(send_quick, quick)
+                    except Exception:
+                        ctx.run(quick._failed)  # inside the except: its log has the traceback
+                        continue
+                    if not sent:  # a task, as claimed messages after it until it has started
+                        self._unstarted += 1
+                        # Created in ctx, as inside `ctx.run` (a task copies the context).
+                        quick.task = loop.create_task(
+                            self._send(msg, n, quick, True), context=ctx.copy()
+                        )
                 else:
                     self._unstarted += 1
                     tasks[n] = loop.create_task(self._send(msg, n, None, True))
@@ -627,16 +647,19 @@ class Dispatcher:
         the usual case, which its task takes as before: no part, a part already routed (a
         retry's `msg.smsc`), expired, without an SMSC up, to encode again for its route, for
         an `in_flight_on_restart: unknown` SMSC (its route recorded first, an await), or a
-        connector not taking it at once (`send_one`: not started, stopping, no bind up)."""
+        connector not taking it at once (`send_one`: not started, stopping, no bind up).
+        Called by run() at the claim, in `q.ctx` (what `_Quick.start` did, a call, until
+        session 61): the message's id set there first, for every log line of its sending."""
         msg = q.msg
-        now_ms = int(self.clock() * 1000)
+        logs.MESSAGE_ID.set(msg.id)  # in q.ctx: this message's lines say which
         segs = msg.segments
-        if (
-            not segs
-            or msg.smsc is not None
-            or (msg.expires_at is not None and msg.expires_at <= now_ms)
-        ):
+        expires_at = msg.expires_at
+        if not segs or msg.smsc is not None:
             return False
+        if expires_at is not None:  # the clock read only for a message with a validity
+            now_ms = int(self.clock() * 1000)
+            if expires_at <= now_ms:
+                return False
         # Router.pick, inline, as _send_parts does.
         candidates = self.router.candidates(msg.recipient)
         name = None
@@ -662,12 +685,15 @@ class Dispatcher:
             self._hook(name, connector)
         rule = self._rules[name]
         deadline = None
-        if msg.expires_at is not None:
-            deadline = running(self._loop).time() + (msg.expires_at - now_ms) / 1000
+        if expires_at is not None:
+            deadline = running(self._loop).time() + (expires_at - now_ms) / 1000
         # Each part's body written from the message's head (session 59), not a ShortMessage.
         parts = submit_bodies(msg, smsc)
         # The parts' contexts as a list only for a message of several (the usual one: none).
-        contexts = None if len(segs) == 1 else [(msg.id, seg.seq) for seg in segs]
+        # (By C calls, not a comprehension's function: session 61.)
+        contexts = (
+            None if len(segs) == 1 else list(zip(repeat(msg.id), map(_SEQ, segs), strict=False))
+        )
         q.name, q.smsc, q.rule = name, smsc, rule
         by_smsc = self._by_smsc
         by_smsc[name] += 1
@@ -710,7 +736,7 @@ class Dispatcher:
         one batcher call: a task's (`_send_parts`) and a callback's (`_Quick`) alike."""
         if len(outcomes) == 1 and outcomes[0].kind == "ok" and len(msg.segments) == 1:
             # One part accepted (the usual message): the loop below's first case alone.
-            if log.isEnabledFor(logging.DEBUG):
+            if self._debug:
                 log.debug(
                     "message submitted",
                     extra={"smsc": name, "to": logs.number(msg.recipient),
@@ -723,7 +749,7 @@ class Dispatcher:
             add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
             self.sent += 1
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug(
                 "message submitted",
                 extra={"smsc": name, "to": logs.number(msg.recipient),
@@ -1134,19 +1160,6 @@ class _Quick(OnePart, _Holds):
         self.task: asyncio.Task[None] | None = None  # Dispatcher._send, when not usual
         self.waiting: asyncio.Future[None] | None = None  # stop()'s (waiter)
         self.ended = False
-
-    def start(self) -> None:
-        """What its task's first step did, at its claim (run(), in `ctx`)."""
-        d, msg = self.d, self.msg
-        logs.MESSAGE_ID.set(msg.id)  # in ctx: this message's lines say which
-        try:
-            sent = d._send_quick(self)
-        except Exception:
-            self._failed()
-            return
-        if not sent:  # a task, as claimed messages after it until it has started (run())
-            d._unstarted += 1
-            self.task = running(d._loop).create_task(d._send(msg, self.n, self, True))
 
     def finished(self, outcomes: list[SubmitOutcome], exc: BaseException | None) -> None:
         """The connector's answer (`_send_parts` after its send_message): the outcomes

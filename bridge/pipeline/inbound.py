@@ -91,6 +91,9 @@ class Inbound:
         self.store = store
         self.clock = clock
         self.metrics = metrics
+        # `log.isEnabledFor(DEBUG)` read once a receipts' flush, for each receipt it settles
+        # (`_receipt_committed`: a Python call a receipt until session 61).
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
@@ -327,7 +330,7 @@ class Inbound:
         # of one whose answer it lost counts again (it was received again).
         if self.metrics is not None:
             self.metrics.receipt(smsc, state.value)
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:  # the flush's look at the level (see __init__)
             log.debug(
                 "receipt received",
                 extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
@@ -336,6 +339,7 @@ class Inbound:
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))
+        self._debug = log.isEnabledFor(logging.DEBUG)  # for the receipts settled next
         if out.reports and self.on_reports is not None:
             self.on_reports()
         self.matched += out.matched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from bridge.config import SmscConfig
 from bridge.smpp.codec import OCTET, ShortMessage, plain_sm_head
@@ -75,7 +76,79 @@ def build_parts(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage]:
     ]
 
 
+# A message's submit_sm head (`plain_sm_head`) in two pieces around its destination address,
+# kept per sender, SMSC object, first esm_class and data_coding (submit_bodies): the sender's
+# address, the SMSC's fields and the validity are the same message after message, the recipient
+# is the message's own. None: a head the plain path refuses whatever the recipient. Emptied when
+# it holds _HEADS_MAX (a sender per message would otherwise grow it without end). The SMSC
+# object is kept in the value and compared by identity: a reload's new one is another key.
+_HEADS: dict[tuple[Any, ...], tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]] = {}
+_HEADS_MAX = 4096
+
+
+def _head_ends(
+    key: tuple[Any, ...], msg: WorkMessage, smsc: SmscConfig, esm: int
+) -> tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]:
+    """The head's octets before the destination address and from its NUL on, written by
+    `plain_sm_head` itself with an empty destination (the address is one field of it: the
+    head with the recipient's is the two pieces around its octets), and kept in `_HEADS`."""
+    ton, npi, source = source_address(msg.sender, smsc)
+    st = smsc.service_type
+    head = plain_sm_head(
+        st, ton, npi, source, smsc.dest_ton, smsc.dest_npi, "", esm, 0, smsc.priority, "",
+        smpp_relative_time(smsc.validity_minutes) if smsc.validity_minutes else "",
+        smsc.registered_delivery, 0, msg.data_coding, 0,
+    )  # fmt: skip
+    got: tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]
+    if head is None:
+        got = (smsc, None, None)
+    else:
+        # service_type, its NUL, two octets, source_addr, its NUL, two octets: one octet a
+        # character (latin-1, which plain_sm_head has encoded them in).
+        cut = len(st) + len(source) + 6
+        got = (smsc, head[:cut], head[cut:])
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    _HEADS[key] = got
+    return got
+
+
 def submit_bodies(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage | bytes]:
+    """`_submit_bodies`' bodies, the usual message's head from `_HEADS` (session 61, README
+    note 27): its pieces around the destination address written once per sender and SMSC,
+    where each message had its source address classified (`source_address`) and its head's
+    21 fields checked, joined and encoded (`plain_sm_head`) again, ~7 k instructions. A message
+    with a validity of its own (`expires_at`: its time is in the head), a recipient the plain
+    path refuses, or a part it does not take (see `_submit_bodies`) is written by
+    `_submit_bodies` as before: the same octets."""
+    segs = msg.segments
+    if not segs or msg.expires_at is not None:
+        return _submit_bodies(msg, smsc)
+    esm = segs[0].esm_class
+    key = (msg.sender, id(smsc), esm, msg.data_coding)
+    got = _HEADS.get(key)
+    if got is None or got[0] is not smsc:
+        got = _head_ends(key, msg, smsc, esm)
+    start, end = got[1], got[2]
+    recipient = msg.recipient
+    dest = recipient[1:] if recipient.startswith("+") else recipient
+    if start is None or end is None or len(dest) > 20 or "\0" in dest:
+        return _submit_bodies(msg, smsc)
+    try:
+        head = start + dest.encode("latin-1") + end
+    except (AttributeError, UnicodeEncodeError):  # not a str, or beyond latin-1
+        return _submit_bodies(msg, smsc)
+    out: list[ShortMessage | bytes] = []
+    for seg in segs:
+        sm = seg.short_message
+        if seg.esm_class is esm and type(sm) is bytes and len(sm) <= 254 and not seg.tlvs:
+            out.append(head + OCTET[len(sm)] + sm)
+        else:
+            return _submit_bodies(msg, smsc)
+    return out
+
+
+def _submit_bodies(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage | bytes]:
     """`build_parts`' parts as the bodies their submit_sm carry (the session sends bytes as
     they are: `codec.encode_sm_request`): the fields the parts share written once a message
     (`codec.plain_sm_head`), each part's body that head, its sm_length octet and its

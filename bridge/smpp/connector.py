@@ -459,7 +459,9 @@ class OnePart:
                 free = room and not bind.lo
                 # `not free and not bind.up`, less the property's two calls when `room` (the
                 # same `proto`, bound: up) has it already (session 60).
-                if not room and not bind.up:
+                # `bind.up` inline (the same `proto`): a call less for a later part meeting
+                # others in the priority line (session 61).
+                if not room and (proto is None or not proto.is_bound):
                     self._go_on(bind, None)
                     return
             else:
@@ -539,6 +541,17 @@ class OnePart:
         elif state == _STARTING:
             self._lined(got)
             return
+        elif got and self._c._throttler is None:
+            # A slot granted, no TPS turn to take: `_lined`'s step, without its call (one a
+            # part sent from the line; `_slot` has `_lined`'s handler, session 61).
+            try:
+                self.ctx.run(self._slot)
+                return
+            except RuntimeError as exc:  # as below
+                if "cannot enter context" not in str(exc):
+                    raise
+            self._slot()
+            return
         else:
             step = self._lined
         try:
@@ -591,66 +604,57 @@ class OnePart:
             self._over(exc)
 
     def _slot(self) -> None:
-        """A window slot reserved for the part (`_submit_on` after its `_acquire`)."""
-        c, b = self._c, self._bind
-        sent = False
-        outcome = None
+        """A window slot reserved for the part (`_submit_on` after its `_acquire`). A fault
+        ends the message (`_over`), as each caller's handler did (`_lined`, `_turn`, `_start`):
+        `set_result` calls it for a granted part without `_lined`'s call."""
         try:
-            if self._deadline is not None and c._now() >= self._deadline:
-                outcome = SubmitOutcome(self._i, "expired", -1, "VALIDITY_EXPIRED", None)
+            c, b = self._c, self._bind
+            sent = False
+            outcome = None
+            try:
+                if self._deadline is not None and c._now() >= self._deadline:
+                    outcome = SubmitOutcome(self._i, "expired", -1, "VALIDITY_EXPIRED", None)
+                else:
+                    proto = b.proto
+                    # Not `proto.is_bound` first (a property's call, a part granted its slot):
+                    # submit_told raises NotBound itself for a transport closing or gone and a
+                    # session not bound (or a receiver), before anything is encoded or queued.
+                    if proto is not None and not c._closing:
+                        try:
+                            proto.submit_told(self._part, self, self._context)
+                            sent = True
+                        except (WindowFull, NotBound):
+                            pass
+            except EncodeError as e:
+                outcome = c._unencodable(self._i, e)
+            finally:
+                b.reserved -= 1
+                if not sent:
+                    c._pump(b)  # hand the unused slot on
+            if outcome is not None:
+                self._end(outcome)
+            elif not sent:  # the bind went away before the PDU left: not an attempt
+                self._go_on(None, None)
             else:
-                proto = b.proto
-                if proto is not None and proto.is_bound and not c._closing:
-                    try:
-                        proto.submit_told(self._part, self, self._context)
-                        sent = True
-                    except (WindowFull, NotBound):
-                        pass
-        except EncodeError as e:
-            outcome = c._unencodable(self._i, e)
-        finally:
-            b.reserved -= 1
-            if not sent:
-                c._pump(b)  # hand the unused slot on
-        if outcome is not None:
-            self._end(outcome)
-        elif not sent:  # the bind went away before the PDU left: not an attempt
-            self._go_on(None, None)
-        else:
-            self._state = _ON_WIRE
+                self._state = _ON_WIRE
+        except Exception as exc:
+            self._over(exc)
 
     def accepted(self, message_id: str, rtt_s: float) -> None:
         """The part on the wire accepted (ESME_ROK), told by the protocol's read by the
         answer's fields (`SmppProtocol.submit_told`: one a part sent), where `done()` and
-        `set_result` took a `SubmitResult` built for it (session 60): handled at once, in
-        `ctx`, as `set_result` handles the answer. A part cancelled meanwhile takes it as
-        `set_result` gave it (`_answer_after_cancel`); one done already (not expected) does
-        not, as `_resolve` did not give it."""
+        `set_result` took a `SubmitResult` built for it (session 60), and called in `ctx` by
+        that read (`ctx.run`: session 61, where this ran `_took` so, a call a part more): the
+        next part started (`_answered_next`'s steps inline, a call a later part), or the
+        message finished. A part cancelled meanwhile takes it as `set_result` gave it
+        (`_answer_after_cancel`); one done already (not expected) does not, as `_resolve`
+        did not give it."""
         state = self._state
-        if state == _ON_WIRE:
-            self._state = _IDLE
-            try:
-                self.ctx.run(self._took, message_id, rtt_s)
-                return
-            except RuntimeError as exc:  # its context entered already (as in `set_result`)
-                if "cannot enter context" not in str(exc):
-                    raise
-            self._took(message_id, rtt_s)
-        elif state == _CANCELLED:
-            self.set_result(SubmitResult(_ROK, message_id, None, rtt_s))
-
-    def _answered(self, res: SubmitResult) -> None:
-        if res.error is not None or res.status != _ROK:
-            try:
-                self._go_on(self._bind, res)
-            except Exception as exc:
-                self._over(exc)
+        if state != _ON_WIRE:
+            if state == _CANCELLED:
+                self.set_result(SubmitResult(_ROK, message_id, None, rtt_s))
             return
-        self._took(res.message_id, res.rtt_s)
-
-    def _took(self, message_id: str, rtt_s: float) -> None:
-        """Part `_i` accepted: the next one started (`_answered_next`'s steps inline, a call
-        a later part), or the message finished."""
+        self._state = _IDLE
         try:
             c = self._c
             loop = c._loop  # `running(c._loop)` inline: a call a part
@@ -680,6 +684,18 @@ class OnePart:
         if c._idle is not None:
             c._check_idle()
         self.finished(outcomes, None)
+
+    def _answered(self, res: SubmitResult) -> None:
+        """The answer as a `SubmitResult` (`set_result`, in `ctx`: a part's answer while the
+        protocol's `on_submit_result` is set, or a `submit_to`'s)."""
+        if res.error is not None or res.status != _ROK:
+            try:
+                self._go_on(self._bind, res)
+            except Exception as exc:
+                self._over(exc)
+            return
+        self._state = _ON_WIRE  # as it was until `set_result`: `accepted` takes it from there
+        self.accepted(res.message_id, res.rtt_s)
 
     def _answer_after_cancel(self, res: SubmitResult) -> None:
         """Connector._answer_after_cancel's, the answer come: an acceptance kept."""
@@ -1460,7 +1476,12 @@ class Connector:
         and the connector's bookkeeping of an answer (`_count_unanswered`'s reset, the round
         trip's average, `on_submit`, `_answered`'s "ok" inline: two calls a part sent) and of a
         success (the throttle rate, the pause over), and its outcome."""
-        self._per_second.add(int(time.monotonic()), 1)  # _tick, inline
+        # _tick, and `PerSecond.add` inline: its second in progress counted (a call a part).
+        per_second = self._per_second
+        sec = int(time.monotonic())
+        if sec > per_second._sec:
+            per_second._advance(sec)
+        per_second._counts[0] += 1
         sent_at = now - rtt_s
         bind.unanswered = 0
         a = self._rtt_avg
@@ -1664,49 +1685,56 @@ class Connector:
             return
         b.pumping = True
         try:
-            self._pump_once(b)
-            while b.repump:
+            # One pass (`_pump_once` until session 61: a call a pump, ~2 a 3-part message),
+            # then again while one was asked for meanwhile and somebody still waits.
+            while True:
+                # `b.up` and `b.capacity()` inline (a call each, the latter per waiter granted:
+                # one a part sent from the line, session 60); `b.proto` read again after each
+                # grant, as `capacity()` read it.
+                proto = b.proto
+                if proto is None or not proto.is_bound or self._closing:
+                    for q in (b.hi, b.lo):
+                        while q:
+                            fut = q.popleft()
+                            if not fut.done():
+                                fut.set_result(False)
+                elif b.paused_until and self._paused(b):
+                    pass  # never paused (0.0): no clock read, once per slot freed
+                else:
+                    while b.hi or b.lo:
+                        proto = b.proto
+                        if proto is None or proto.session.free_slots - b.reserved <= 0:
+                            break
+                        fut = (b.hi or b.lo).popleft()
+                        # A OnePart's `done()` read inline (a Python call a part granted).
+                        if (fut._state != _IDLE) if isinstance(fut, OnePart) else not fut.done():
+                            b.reserved += 1
+                            fut.set_result(True)
+                if not b.repump:
+                    break
                 b.repump = False
                 if not b.hi and not b.lo:
                     break
-                self._pump_once(b)
         finally:
             b.pumping = False
             b.repump = False
 
-    def _pump_once(self, b: _Bind) -> None:
-        # `b.up` and `b.capacity()` inline (a call each, the latter per waiter granted: one a
-        # part sent from the line, session 60); `b.proto` read again after each grant, as
-        # `capacity()` read it.
-        proto = b.proto
-        if proto is None or not proto.is_bound or self._closing:
-            for q in (b.hi, b.lo):
-                while q:
-                    fut = q.popleft()
-                    if not fut.done():
-                        fut.set_result(False)
-            return
-        if b.paused_until:  # never paused (0.0): no clock read, once per slot freed
-            loop = self._loop = running(self._loop)
-            if loop.time() < b.paused_until:
-                if b.timer is None and (b.hi or b.lo):
-                    b.timer = loop.call_at(b.paused_until, self._pause_over, b)
-                return
-        while b.hi or b.lo:
-            proto = b.proto
-            if proto is None or proto.session.free_slots - b.reserved <= 0:
-                return
-            fut = (b.hi or b.lo).popleft()
-            if not fut.done():
-                b.reserved += 1
-                fut.set_result(True)
+    def _paused(self, b: _Bind) -> bool:
+        """The pump's look at a bind paused after a throttle (`paused_until` set): True while
+        the pause lasts, its timer armed for its end if somebody waits."""
+        loop = self._loop = running(self._loop)
+        if loop.time() < b.paused_until:
+            if b.timer is None and (b.hi or b.lo):
+                b.timer = loop.call_at(b.paused_until, self._pause_over, b)
+            return True
+        return False
 
     def _slot_freed(self, b: _Bind) -> None:
         """A submit of `b` answered (`SmppProtocol.on_slot_freed`, a `partial` of this: one a
         part sent). `_pump`'s own first look inline: nobody waiting, no call. Nor when the
         pump would find what it does nothing with: the bind up, not paused, no pump under way
         and no slot left to grant, the freed one taken already by the next part its answer
-        started (`OnePart._took`: two parts of three under load, session 60)."""
+        started (`OnePart.accepted`: two parts of three under load, session 60)."""
         if b.hi or b.lo:
             proto = b.proto
             if (

@@ -110,14 +110,14 @@ class DeliverAnswer:
     (session 58, README note 27). Awaitable, with a future's `done()` and `result()`, for a
     caller outside a bind (a test): the future it then waits on is made only for it."""
 
-    __slots__ = ("_drain", "_ev", "_fut", "_proto", "_status")
+    # No `__init__` (session 61): an answer starts from these class values, each set on the
+    # instance when it changes, so `DeliverAnswer()` is the type's own C call, where a slotted
+    # class ran its Python `__init__` (~1 k instructions a receipt, one a part sent).
+    _status: int | None = None
+    _proto: SmppProtocol | None = None
+    _ev: DeliverReceived | ReceiptReceived | None = None
+    _fut: asyncio.Future[int] | None = None
     _drain: int  # the bind's drain_delivers calls at the attach: set only then (read only then)
-
-    def __init__(self) -> None:
-        self._status: int | None = None
-        self._proto: SmppProtocol | None = None
-        self._ev: DeliverReceived | ReceiptReceived | None = None
-        self._fut: asyncio.Future[int] | None = None
 
     def done(self) -> bool:
         return self._status is not None
@@ -335,7 +335,8 @@ class SmppProtocol(asyncio.Protocol):
 
     def submit_told(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
         """`submit_to` for a waiter told a plain acceptance by its fields: the read of an
-        ESME_ROK submit_sm_resp calls `waiter.accepted(message_id, rtt_s)`, without the
+        ESME_ROK submit_sm_resp calls `waiter.accepted(message_id, rtt_s)` in the waiter's
+        `ctx` (a `contextvars.Context`: `waiter.ctx.run`, session 61), without the
         `SubmitResult` built, the `done()` asked and the `set_result` that would take it apart
         again (`OnePart`: one a part sent, session 60). Any other answer, a time-out or the
         connection's end reaches it as `submit_to`'s does (`done()`, `set_result`). The
@@ -475,8 +476,17 @@ class SmppProtocol(asyncio.Protocol):
             if isinstance(ev, SubmitResponse):
                 context = ev.context
                 if len(context) == 4 and not ev.status and self.on_submit_result is None:
-                    # A plain acceptance for `submit_told`'s waiter: told its fields.
-                    context[0].accepted(ev.message_id, time.perf_counter() - context[1])
+                    # A plain acceptance for `submit_told`'s waiter: told its fields, in its
+                    # context (`waiter.ctx`; session 61: the waiter's own `ctx.run` was a call
+                    # a part more).
+                    waiter = context[0]
+                    rtt_s = time.perf_counter() - context[1]
+                    try:
+                        waiter.ctx.run(waiter.accepted, ev.message_id, rtt_s)
+                    except RuntimeError as exc:  # its context entered already (not expected)
+                        if "cannot enter context" not in str(exc):
+                            raise
+                        waiter.accepted(ev.message_id, rtt_s)
                     if self.on_slot_freed is not None:
                         self.on_slot_freed()
                 else:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
 from struct import error as StructError
-from typing import Any, ClassVar, Final
+from typing import Any, Final, NamedTuple
 
 from bridge.fastinit import fast_init, maker
 from bridge.smpp import constants as C
@@ -144,10 +144,13 @@ class BindRefused:
     status: int
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SubmitResponse:
-    """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too)."""
+class SubmitResponse(NamedTuple):
+    """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too).
+
+    A NamedTuple built by `tuple.__new__` (`_submit_response`, a C call; one a part sent), not
+    a frozen dataclass built by `fastinit.maker`'s Python function (~1.6 k instructions more,
+    session 61, README note 27): read by field as before, immutable, with the same repr; an
+    event, never compared with a plain tuple nor given to `dataclasses.replace`."""
 
     seq: int
     status: int
@@ -201,18 +204,21 @@ class DeliverReceived:
     command_id: int = C.DELIVER_SM
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ReceiptReceived:
+class ReceiptReceived(NamedTuple):
     """A deliver_sm marked a receipt by its esm_class, read without its ShortMessage
     (``codec.read_receipt_sm``: esm_class, short_message and the receipt's four TLVs), for a
     session with ``read_receipts`` set (the bind has a receipt handler: ``SmppProtocol``'s
     ``on_receipt``); answer it as a DeliverReceived (``ack_deliver(seq, status,
-    command_id)``). One a part sent (session 60, README note 27)."""
+    command_id)``). One a part sent (session 60, README note 27). A NamedTuple built by
+    `tuple.__new__` (a C call), as `SubmitResponse` (session 61): read by field, the same
+    repr; ``command_id`` is the class's."""
 
-    command_id: ClassVar[int] = C.DELIVER_SM
     seq: int
     fields: ReceiptFields
+
+    # Not a field: the class's, as DeliverReceived's default (mypy takes a NamedTuple's body for
+    # fields only).
+    command_id = C.DELIVER_SM  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +248,11 @@ Event = (
     | LateSubmitResponse
 )  # fmt: skip
 
-# The two events of every part sent (its submit_sm_resp, its receipt's deliver_sm), built by
-# fastinit.maker's functions: the same frozen instances, without the class call's way back into
-# the interpreter (type_call, slot_tp_init: ~1.5 k instructions an event, session 58).
-_submit_response = maker(SubmitResponse)
+# An MO's deliver_sm event, built by fastinit.maker's function: the same frozen instance, without
+# the class call's way back into the interpreter (type_call, slot_tp_init: ~1.5 k instructions
+# an event, session 58). A part's two events, its submit_sm_resp's SubmitResponse and its
+# receipt's ReceiptReceived, are tuples (`_new_tuple`, session 61).
 _deliver_received = maker(DeliverReceived)
-_receipt_received = maker(ReceiptReceived)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -286,12 +291,23 @@ LATE_MAX: Final = 4096
 """At most this many timed-out submit_sm are remembered per bind; the oldest go first."""
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(NamedTuple):
+    """A request waiting for its answer. A tuple built by `_pending` (`tuple.__new__`, a C
+    call), where a slots dataclass's `__init__` was a Python call per request, one a part sent
+    (session 61, README note 27); read by field (`_tuplegetter`s). `postpone` replaces an entry
+    with its deadline moved."""
+
     command_id: int
     deadline: float
     context: Any
     sent_at: float
+
+
+def _pending(command_id: int, deadline: float, context: Any, sent_at: float) -> _Pending:
+    return _new_tuple(_Pending, (command_id, deadline, context, sent_at))
+
+
+_new_tuple: Final = tuple.__new__
 
 
 _RESP_FOR: Final = {
@@ -325,6 +341,7 @@ class BindSession:
         "_rx_now",
         "_seq",
         "enquire_link_s",
+        "free_slots",
         "late_grace_s",
         "late_max",
         "mode",
@@ -359,6 +376,8 @@ class BindSession:
         self.response_timeout_s = response_timeout_s
         self.enquire_link_s = enquire_link_s
         self.state = SessionState.OPEN
+        # Submit slots free now (`_refree`): none until bound.
+        self.free_slots = 0
         self.peer_system_id = ""
         self._framer = Framer()
         self._out = bytearray()
@@ -386,12 +405,16 @@ class BindSession:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def free_slots(self) -> int:
-        # `mode.can_transmit` inline (a property: a call, per part sent and per slot freed).
-        if self.state is not _BOUND or self.mode is _RECEIVER:
-            return 0
-        return self.window - self._in_flight
+    def _refree(self) -> None:
+        """`free_slots` again after a change of state or of the submits in flight: the window's
+        free slots while bound (a transmitter or transceiver), else 0. An attribute kept so,
+        not a property (until session 61): the connector reads it ~2 times a part sent, each
+        a Python call; `submit` and the usual submit_sm_resp keep it in step themselves."""
+        self.free_slots = (
+            self.window - self._in_flight
+            if self.state is _BOUND and self.mode is not _RECEIVER
+            else 0
+        )
 
     @property
     def is_bound(self) -> bool:
@@ -421,7 +444,9 @@ class BindSession:
         if self._late:
             self._late.pop(seq, None)  # a wrapped seq in use again: its answers are the new one's
         self._out += data
-        self._pending[seq] = _Pending(cid, now + self.response_timeout_s, context, now)
+        self._pending[seq] = _new_tuple(
+            _Pending, (cid, now + self.response_timeout_s, context, now)
+        )  # _pending's, inline
         return seq
 
     def _respond(self, cid: int, status: int, seq: int, body: Any = None) -> None:
@@ -444,6 +469,7 @@ class BindSession:
         self._last_rx = now
         self._request(self.mode.bind_command, self._bind, now)
         self.state = SessionState.BINDING
+        self._refree()
 
     def submit(self, body: ShortMessage | bytes, now: float, context: Any = None) -> int:
         """Queue a submit_sm (`body` a ShortMessage, or its octets: `encode` sends bytes as the
@@ -468,10 +494,13 @@ class BindSession:
             out = self._out
             out += _HDR.pack(16 + len(body), _SUBMIT_SM, 0, seq)
             out += body
-            pending[seq] = _Pending(_SUBMIT_SM, now + self.response_timeout_s, context, now)
+            pending[seq] = _new_tuple(
+                _Pending, (_SUBMIT_SM, now + self.response_timeout_s, context, now)
+            )  # _pending's, inline: a C call, no Python __init__
         else:
             seq = self._request(_SUBMIT_SM, body, now, context)
         self._in_flight += 1
+        self.free_slots -= 1  # bound, not a receiver (checked above): `_refree`'s, in step
         return seq
 
     def ack_deliver(
@@ -500,6 +529,7 @@ class BindSession:
             self.state = SessionState.UNBINDING
         elif self.state in (SessionState.OPEN, SessionState.BINDING):
             self.state = SessionState.CLOSED
+        self._refree()
 
     def connection_lost(self, reason: str = "connection lost") -> list[Event]:
         """The transport is gone: every outstanding request is aborted (their outcome is unknown:
@@ -514,6 +544,7 @@ class BindSession:
         if self.state is not SessionState.CLOSED:
             self.state = SessionState.CLOSED
             events.append(Closed(reason))
+        self._refree()
         return events
 
     # --- timers -------------------------------------------------------------------------------
@@ -521,8 +552,9 @@ class BindSession:
         """Move every deadline `delta` seconds later: the time we did not read (the protocol
         paused reading while deliver handlers caught up) was not the SMSC's to answer in; its
         responses waited unread in the socket."""
-        for p in self._pending.values():
-            p.deadline += delta
+        pending = self._pending
+        for seq, p in pending.items():  # a value replaced: the dict's size and order stay
+            pending[seq] = _pending(p.command_id, p.deadline + delta, p.context, p.sent_at)
         # The late answers' grace too: one that waited unread was not late by that time.
         late = self._late
         for seq, (context, expiry) in late.items():
@@ -561,6 +593,7 @@ class BindSession:
             cid = p.command_id
             if cid == C.SUBMIT_SM:
                 self._in_flight -= 1
+                self._refree()
                 self._remember_late(seq, p.context, now)
                 events.append(RequestTimedOut(seq, cid, p.context))
             elif cid == C.ENQUIRE_LINK:
@@ -588,6 +621,7 @@ class BindSession:
 
     def _close(self, events: list[Event], reason: str) -> list[Event]:
         self.state = SessionState.CLOSED
+        self.free_slots = 0  # `_refree`'s, closed
         self._late.clear()
         events.append(Closed(reason))
         return events
@@ -652,8 +686,10 @@ class BindSession:
                     self._last_rx = self._rx_now
                     del self._pending[seq]
                     self._in_flight -= 1
+                    if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
+                        self.free_slots += 1
                     mid = frame[16 : n - 1].decode("latin-1")
-                    events.append(_submit_response(seq, 0, mid, p.context))
+                    events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
                     return
         elif n >= 16 and self.read_receipts:
             length, cid, status, seq = _HDR.unpack_from(frame)
@@ -668,7 +704,7 @@ class BindSession:
             if state is _BOUND or state is _UNBINDING:
                 got = read_receipt_sm(frame)
                 if got is not None:
-                    events.append(_receipt_received(seq, got))
+                    events.append(_new_tuple(ReceiptReceived, (seq, got)))
                     return
         # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
         try:
@@ -698,6 +734,7 @@ class BindSession:
             # Not _close: late answers in the rest of this read still count (receive_data
             # clears the late map after _answers_after_unbind).
             self.state = SessionState.CLOSED
+            self.free_slots = 0  # `_refree`'s, closed
             events.append(Closed("unbound by the SMSC"))
         elif cid in _NO_RESPONSE:
             events.append(ProtocolError(f"ignored {C.command_name(cid)} from the SMSC", False))
@@ -753,13 +790,14 @@ class BindSession:
             status = C.ESME_RUNKNOWNERR  # a nack is never a success
         if req == C.SUBMIT_SM:
             self._in_flight -= 1
+            self._refree()
             mid = body.message_id if isinstance(body, MessageIdResp) and not status else ""
             if len(mid) > 64:
                 events.append(
                     ProtocolError(f"submit_sm_resp message_id of {len(mid)} octets (SMPP 3.4 "
                                   "allows 64): kept whole", False)
                 )  # fmt: skip
-            events.append(_submit_response(seq, status, mid, p.context))
+            events.append(_new_tuple(SubmitResponse, (seq, status, mid, p.context)))
         elif req == C.ENQUIRE_LINK:
             self._el_seq = 0
             if status == C.ESME_RINVBNDSTS and self._in_flight == 0:
@@ -773,6 +811,7 @@ class BindSession:
             if status == C.ESME_ROK and self.state is SessionState.BINDING:
                 self.peer_system_id = body.system_id if isinstance(body, BindResp) else ""
                 self.state = SessionState.BOUND
+                self._refree()
                 events.append(Bound(self.peer_system_id))
             else:
                 events.append(BindRefused(status))

@@ -15,6 +15,7 @@ key (`dispatcher._sent`, its usual id keyed inline since session 60) against
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from typing import Any
@@ -101,6 +102,8 @@ async def test_other_answers_still_take_set_result(
     told = asyncio.Event()
 
     class Waiter:
+        ctx = contextvars.copy_context()  # `accepted` is called in it (session 61)
+
         def done(self) -> bool:
             calls.append(("done", None))
             return False
