@@ -693,32 +693,33 @@ def verify_checked(
     names = auth.signed_headers
     try:
         claimed = lowered["x-bridge-content-sha256"]
-        canonical = _canonical(
+        canonical: str | None = _canonical(
             method, path, raw_query, lowered, names, claimed, names_canonical=True
         )
-    except (KeyError, SignatureError):  # a name absent: refused below as it always was
+    except (KeyError, SignatureError, UnicodeEncodeError):
+        # A name absent, or a path or query that is not UTF-8 (aiohttp's Python parser hands
+        # a raw byte of the target on as a surrogate): refused, or raised, below as it always
+        # was, after the values' and the body's checks (session 61's review: an unsigned body
+        # behind such a target was a 500 here, not BODY_HASH_MISMATCH).
         canonical = None
-    if canonical is None or not canonical.isascii():
+    if canonical is not None and canonical.isascii():
+        actual = _sha256(body).hexdigest()
+        same_body = hmac.compare_digest(claimed, actual)
+    else:  # the steps before session 61, in their order
         _check_utf8(names, lowered)
         claimed = lowered["x-bridge-content-sha256"]
-        if canonical is None:  # every signed name is in `lowered` by now: nothing raised
-            canonical = _canonical(
-                method, path, raw_query, lowered, names, claimed, names_canonical=True
-            )
-        ascii_values = False
-    else:
-        ascii_values = True
-    actual = _sha256(body).hexdigest()
-    same_body = (
-        hmac.compare_digest(claimed, actual)
-        if ascii_values
-        else hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii"))
-    )
+        actual = _sha256(body).hexdigest()
+        same_body = hmac.compare_digest(claimed.encode("utf-8"), actual.encode("ascii"))
     if not same_body:
         raise SignatureError(
             "BODY_HASH_MISMATCH",
             "X-Bridge-Content-SHA256 is not the lower-case hex SHA-256 of the body received "
             f"(server computed {actual})",
+        )
+    if canonical is None:  # every signed name is in `lowered` by now (_check_utf8)
+        lowered["x-bridge-date"]  # a KeyError before the canonical's, as before
+        canonical = _canonical(
+            method, path, raw_query, lowered, names, claimed, names_canonical=True
         )
     to_sign = (
         f"{ALGORITHM}\n{lowered['x-bridge-date']}\n{_sha256(canonical.encode('utf-8')).hexdigest()}"
