@@ -68,3 +68,32 @@ async def test_a_raw_byte_in_the_target_is_refused_for_its_body_hash(
     assert json.loads(body)["error"]["code"] == "BODY_HASH_MISMATCH"
     assert [r.levelname for r in caplog.records if r.name == "bridge.api"] == ["INFO"]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("target", ["/v1/messages?a=\udcff", "/v1/messages/\udcff"])
+async def test_a_raw_byte_in_the_target_with_the_right_body_hash_is_a_signature_mismatch(
+    daemon: ServedApi,
+    target: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under the Python parser, a target no client could have signed (a raw byte that is not
+    UTF-8) behind a body whose hash is right: 401 SIGNATURE_MISMATCH and an INFO line, as a
+    header value that is not UTF-8 is refused. Before, on every tree, a 500 INTERNAL_ERROR and an
+    ERROR line with a traceback, which a request needing no secret could repeat at will."""
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    caplog.set_level(logging.INFO, logger="bridge.api")
+    creds = await daemon.api.create_account()
+    reader, writer = await daemon.connect()
+    try:
+        writer.write(_send(daemon, creds, target, body_sha256=None))
+        answer = _masked(await _read(reader, False))
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    _, _, body = answer.partition(b"\r\n\r\n")
+    error = json.loads(body)["error"]
+    assert error["code"] == "SIGNATURE_MISMATCH"
+    assert "target is not valid UTF-8" in error["message"]
+    assert [r.levelname for r in caplog.records if r.name == "bridge.api"] == ["INFO"]
+    assert not [r for r in caplog.records if r.exc_info]

@@ -139,7 +139,13 @@ def test_verify_checked_answers_as_before() -> None:
     for _ in range(3000):
         case = _case(rng)
         new = _outcome(signing.verify_checked, *case)
-        assert new == _outcome(_old_verify_checked, *case), case
+        old = _outcome(_old_verify_checked, *case)
+        if old[:2] == ("raised", "UnicodeEncodeError"):
+            # A target that is not UTF-8 no client can have signed: refused since session 61's
+            # review, where every tree before raised (a 500 with a traceback).
+            old = ("refused", "SIGNATURE_MISMATCH", "the request target is not valid UTF-8")
+            old += (None, None)
+        assert new == old, case
         kinds[new[1] if new[0] != "ok" else "ok"] = (
             kinds.get(new[1] if new[0] != "ok" else "ok", 0) + 1
         )
