@@ -22,6 +22,15 @@ every table of the public schema dumped the same way (`schema_version` left out)
 one connection, so a batch's calls reach the server in the order they were made, as the SQLite
 store's write lock takes them: the serial ids (the ledger's, the outbox's) and the decisions
 that depend on that order (a balance, a quota) are then the same in both trees.
+`--rules` (session 61's review of the PostgreSQL accept's facts arguments written directly):
+the same scenarios with the sending rules the plain ones leave out, drawn from a random of their
+own (so a seed without it runs what it ran): frequency rules of every kind (a sign, per-number
+signs, a number exempt, limits of 1 to 5 a minute, hour and day in three time zones),
+templates (approved, pending, an unknown code; a revision current or stale), further signs
+of a two-recipient batch (approved, pending, unregistered), opt-outs (at the start and among
+the calls) and a do-not-contact list (numbers and prefixes), an account with a rate, and
+recipients of every shape an array literal must carry (quotes, backslashes, braces, commas,
+spaces, NULL in any case, the empty text, non-ASCII, "=" or a letter first, 300 digits).
 """
 
 from __future__ import annotations
@@ -49,6 +58,25 @@ _RANDOM_ID = re.compile(r"\b([a-z]+_[0-9A-Z]{10})[0-9A-Z]{16}\b")
 
 MIN = 60_000
 DAY = 24 * 60 * MIN
+RULES = False  # --rules: the sending rules' draws (see the doc)
+# Recipients for --rules: the usual numbers, and texts an array literal must quote or escape.
+HOSTILE_NUMBERS = (
+    '+86138"00',
+    "+86\\138000",
+    "NULL",
+    "null",
+    "",
+    "{+8613800,1}",
+    " +86 138 ",
+    "=+86138000",
+    "é汉1380000",
+    "9" * 300,
+    "abc12345",
+    "8613800000001",
+    "+86138",
+    ">1234567",
+    "NuLl",
+)
 
 
 def _masked(value: Any) -> Any:
@@ -57,7 +85,7 @@ def _masked(value: Any) -> Any:
 
 def answer(out: Any) -> str:
     """A call's answer as text (an accept's every field, a fault's repr)."""
-    if out is None or isinstance(out, (bool, BaseException)):
+    if out is None or isinstance(out, (bool, int, BaseException)):  # int: add_optouts
         return repr(out)
     if not hasattr(out, "accepted"):  # an account change's answer
         return repr((out.daily_quota, out.low_balance_threshold, out.status, out.updated_at))
@@ -124,6 +152,11 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
         await s.append_ledger("acc_b", grant_voucher(900, NOW, "v1", NOW + DAY))
         for aid in aids:
             await s.add_key(AppKey(f"K{aid}", aid, b"sealed", "active", NOW), max_active=2)
+        rr = random.Random(f"rules-{seed}")
+        pool: tuple[str, ...] = ()
+        seen: dict[str, Any] = {}  # --rules: each account's last send (_with_rules)
+        if RULES:
+            pool = await _rules_setup(s, rr)
         out = [await snapshot()]
         n = 0
         for _batch in range(rnd.randint(1, 6)):
@@ -132,8 +165,16 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                 n += 1
                 aid = rnd.choice(aids)
                 what = rnd.random()
+                if RULES and rr.random() < 0.15:
+                    aid = "acc_d"  # a rate
+                if RULES and rr.random() < 0.06:
+                    numbers = rr.sample(pool, rr.randint(1, 3))
+                    calls.append(s.add_optouts(aid, numbers, rr.choice(("api", "mo")), NOW + n))
+                    continue
                 if what < 0.75:
                     clock = rnd.choice(clocks)
+                    if RULES and rr.random() < 0.7:
+                        clock = NOW + rr.randint(0, 1)  # within a frequency rule's minute
                     sign_name = rnd.choice(("Acme",) * 5 + ("Pending",))
                     # A long text's parts too (session 60: one INSERT of a message's parts).
                     parts = longer.choice((1, 1, 1, 2, 3, 8, 9))
@@ -156,6 +197,8 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
                     )
                     if rnd.random() < 0.2:
                         rules = replace(rules, billing=False)
+                    if RULES:
+                        msgs, rules = _with_rules(rr, pool, seen, msgs, rules)
                     batch = AcceptBatch(
                         aid,
                         msgs,
@@ -195,6 +238,121 @@ async def scenario(seed: int, path: Path, dsn: str | None = None) -> list[str]:
         await s.close()
 
 
+async def _rules_setup(s: Any, rr: random.Random) -> tuple[str, ...]:
+    """--rules: a fourth account with a rate, more signs and templates, opt-outs and a
+    do-not-contact list; the recipients' pool."""
+    from bridge.domain.ledger import topup
+    from bridge.store.models import AppKey, DncInfo, Template
+    from tests.integration.test_store_rules import NOW, account, sign
+
+    await s.create_account(account("acc_d", tps=rr.choice((1, 3)), daily_quota=rr.choice((0, 9))))
+    await s.add_key(AppKey("Kacc_d", "acc_d", b"sealed", "active", NOW), max_active=2)
+    for aid in ("acc_a", "acc_b", "acc_c", "acc_d"):
+        await sign(s, "Beta", rr.choice(("approved", "approved", "pending")), aid=aid)
+        await sign(s, 'Q"u\\o', aid=aid)
+        await s.append_ledger(aid, topup(rr.choice((3_000, 9_000)), NOW, f"funds-r-{aid}"))
+        # Each account's verification and notification templates (the second at revision 2).
+        for code, kind, revision in (
+            (f"V-{aid}", "verification", 1),
+            (f"N-{aid}", "notification", 2),
+        ):
+            await s.add_template(
+                Template(code, aid, kind, code, "x", "", False, "approved", None, NOW, None,
+                         revision)
+            )  # fmt: skip
+    await sign(s, "Acme", aid="acc_d")
+    await s.add_template(
+        Template("T3", "acc_b", "notification", "T3", "x", "", False, "pending", None, NOW)
+    )
+    usual = tuple(f"+86138{k:06d}{i:02d}" for k in range(4) for i in range(2))
+    pool = usual + tuple(rr.sample(HOSTILE_NUMBERS, 6))
+    for aid in ("acc_a", "acc_b", "acc_d"):
+        await s.add_optouts(aid, rr.sample(pool, 2), "api", NOW)
+    listed = rr.sample(usual, 1)  # E.164 numbers only
+    await s.import_dnc(
+        DncInfo("dnc_1", "list", None, len(listed), 1, NOW), listed, [rr.choice(usual)[:13]]
+    )
+    return pool
+
+
+def _with_rules(
+    rr: random.Random, pool: tuple[str, ...], seen: dict[str, Any], msgs: Any, rules: Any
+) -> Any:
+    """--rules: the batch's recipients from `pool`, its messages' template, kind and sign, and
+    its rules' frequency rule, template and further signs (see the doc); now and then the
+    account's previous send's (`seen`) again."""
+    from dataclasses import replace
+
+    from bridge.domain import admission as adm
+    from bridge.domain.frequency import Limits
+    from tests.integration.test_store_rules import charges
+
+    aid = msgs[0].account_id
+    again = seen.get(aid)
+    if again is not None and len(again[0]) == len(msgs) and rr.random() < 0.45:
+        # The account's previous send again (new ids): what its frequency rule counts.
+        recipients, names, tpl, kind, fr, revision = again
+        msgs = tuple(
+            replace(m, recipient=r, template=tpl, kind=kind, sign_name=n)
+            for m, r, n in zip(msgs, recipients, names, strict=True)
+        )
+    else:
+        signs = ("Acme",) * 10 + ("Beta",) * 2 + ('Q"u\\o', None, None, "Pending", "Gamma")
+        tpl = rr.choice((None,) * 10 + (f"V-{aid}",) * 4 + (f"N-{aid}",) * 2 + ("T3", "T9"))
+        kind = rr.choice((None, "verification", "notification")) if tpl else None
+        rev = 2 if tpl and tpl.startswith("N-") else 1
+        msgs = tuple(
+            replace(
+                m,
+                recipient=rr.choice(pool[:2] if rr.random() < 0.6 else pool),
+                template=tpl,
+                kind=kind,
+                sign_name=rr.choice(signs),
+            )
+            for m in msgs
+        )
+        names = [m.sign_name for m in msgs]
+        fr = None
+        if rr.random() < 0.75:
+            numbers = tuple(m.recipient for m in msgs)
+            if rr.random() < 0.1:
+                numbers = numbers[1:]  # the first exempt
+            per = tuple(rr.choice(signs) for _ in numbers) if rr.random() < 0.3 else ()
+            fr = adm.FrequencyRule(
+                # Mostly the kind the messages are counted under (the API's choice), else any.
+                rr.choice(("raw", "verification", "template"))
+                if rr.random() < 0.15
+                else (
+                    "raw"
+                    if tpl is None
+                    else "verification"
+                    if kind == "verification"
+                    else "template"
+                ),
+                rr.choice((names[0],) * 5 + (None, "Beta")),
+                tpl if rr.random() < 0.9 else "T2",
+                Limits(rr.choice((0, 1, 1, 2)), rr.choice((0, 2, 3)), rr.choice((0, 2, 4))),
+                rr.choice(("UTC", "Asia/Shanghai", "America/New_York")),
+                numbers,
+                per,
+            )
+        # The stored revision mostly (V- 1, N- 2), None (not checked) or a stale one now and then.
+        revision = rr.choice((None, rev, rev, rev, rev - 1)) if tpl else None
+    seen[aid] = (tuple(m.recipient for m in msgs), names, tpl, kind, fr, revision)
+    more = tuple(dict.fromkeys(n for n in names[1:] if n is not None and n != names[0]))
+    rules = replace(
+        rules,
+        sign_name=names[0],
+        more_signs=more,
+        template_code=tpl,
+        template_revision=revision,
+        frequency=fr,
+        charges=charges(*msgs, amount=rr.choice((0, 100, 300))) if rules.charges else (),
+        tz=rr.choice(("UTC", "Asia/Shanghai")),
+    )
+    return msgs, rules
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the tree to compare against")
@@ -202,15 +360,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=300)
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--rules", action="store_true", help="sending rules' draws too (see above)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--admin-dsn", help=argparse.SUPPRESS)  # the children's server
     args = ap.parse_args()
+    global RULES
+    RULES = args.rules
     if args.child:
         sys.path.insert(0, args.child)
         run_seeds(args.first, args.seeds, args.admin_dsn, scenario, "adiff")
         return
     CHILDREN.on_signals()
-    more = ["--seeds", str(args.seeds), "--first", str(args.first)]
+    more = ["--seeds", str(args.seeds), "--first", str(args.first), *(["--rules"] * RULES)]
     if args.store == "postgres":
         sys.path.insert(0, str(HERE))
         from tests import pg_cluster as pgc

@@ -802,6 +802,35 @@ def test_accept_differential_on_postgres_finds_a_row_written_otherwise(
     assert re.search(r"differing scenarios [1-3]\b", out), out
 
 
+def test_accept_differential_rules_on_postgres_finds_a_frequency_count_read_otherwise(
+    tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    """accept_differential.py --rules --store postgres (session 61's review): the scenarios
+    with frequency rules, templates, opt-outs, do-not-contact entries, a rated account and
+    hostile recipients dump alike for two copies of this tree; a copy whose one-number facts
+    arguments (postgres_rules._one_number_facts_args) leave the rule's number out of those
+    counted (so no earlier send is counted against it) lets through sends the rule refuses,
+    and the script exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        for part in ("bridge", "tests"):
+            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    rules = changed / "bridge" / "store" / "postgres_rules.py"
+    text = rules.read_text()
+    planted = text.replace("""counted = '{"' + number + '"}'""", 'counted = "{}"')
+    assert planted != text
+    rules.write_text(planted)
+    args = ("--rules", "--store", "postgres", "--first", "7003", "--seeds", "2")
+    out = _run("scripts/accept_differential.py", "--base", str(same), "--tree", str(same), *args)
+    assert re.search(r"scenarios 2, steps dumped \d+, differing scenarios 0", out), out
+    out = _run(
+        "scripts/accept_differential.py", "--base", str(same), "--tree", str(changed), *args,
+        codes=(1,),
+    )  # fmt: skip
+    assert re.search(r"differing scenarios [12]\b", out), out
+
+
 def test_text_sign_differential_finds_an_answer_made_otherwise(tmp_path: Path) -> None:
     """text_sign_differential.py (session 57's review): two copies of this tree give the same
     encodings, sends, prices and canonical requests for its seeded inputs; a copy whose UCS-2
