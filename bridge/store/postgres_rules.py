@@ -253,7 +253,8 @@ class Writes:
         return _PLACEHOLDERS[n] if n < 512 else f"${n}"
 
     def add(self, sql: str, name: str | None = None) -> str:
-        assert self._text is None, "a fixed Writes takes no more CTEs"
+        if self._text is not None:  # not an assert: `python -O` would drop it, and the CTE
+            raise RuntimeError("a fixed Writes takes no more CTEs")  # with it (session 61, r2)
         if not name:
             k = len(self._ctes)
             name = _CTE_NAMES[k] if k < 512 else f"w{k}"

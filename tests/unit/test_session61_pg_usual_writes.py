@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -319,3 +321,32 @@ def test_facts_from_row_as_before(seed: int) -> None:
         got = rules_sql.facts_from_row(row, rules, recipients)
         assert got == want
         assert list(got[0].history) == list(want[0].history)
+
+
+def test_a_fixed_writes_refuses_another_cte_even_without_asserts() -> None:
+    """An `add` on Writes whose text is fixed raises whatever the interpreter's flags: an assert
+    there would be gone under `python -O` and the CTE silently dropped (r2 noticed)."""
+    w = rules_sql.Writes.fixed([1], "w0 AS (SELECT $1)")
+    with pytest.raises(RuntimeError, match="no more CTEs"):
+        w.add("SELECT 2")
+    assert w.ctes() == "w0 AS (SELECT $1)"
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", _UNDER_O],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "refused", out.stdout + out.stderr
+
+
+_UNDER_O = """
+from bridge.store import postgres_rules as rules_sql
+w = rules_sql.Writes.fixed([1], "w0 AS (SELECT $1)")
+try:
+    w.add("SELECT 2")
+except RuntimeError:
+    print("refused")
+else:
+    print("dropped")
+"""
