@@ -81,14 +81,15 @@ def build_parts(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage]:
 # address, the SMSC's fields and the validity are the same message after message, the recipient
 # is the message's own. None: a head the plain path refuses whatever the recipient. Emptied when
 # it holds _HEADS_MAX (a sender per message would otherwise grow it without end). The SMSC
-# object is kept in the value and compared by identity: a reload's new one is another key.
-_HEADS: dict[tuple[Any, ...], tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]] = {}
+# object, the esm_class and the data_coding are kept in the value and compared by identity: a
+# reload's new SMSC is another key, and a key's `==` takes 1.0 or True for 1, which the plain
+# path refuses or writes otherwise (session 61's review, r4: a float's head was the int's).
+_Head = tuple[SmscConfig, Any, Any, bytes, bytes] | tuple[SmscConfig, Any, Any, None, None]
+_HEADS: dict[tuple[Any, ...], _Head] = {}
 _HEADS_MAX = 4096
 
 
-def _head_ends(
-    key: tuple[Any, ...], msg: WorkMessage, smsc: SmscConfig, esm: int
-) -> tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]:
+def _head_ends(key: tuple[Any, ...], msg: WorkMessage, smsc: SmscConfig, esm: int) -> _Head:
     """The head's octets before the destination address and from its NUL on, written by
     `plain_sm_head` itself with an empty destination (the address is one field of it: the
     head with the recipient's is the two pieces around its octets), and kept in `_HEADS`."""
@@ -99,14 +100,14 @@ def _head_ends(
         smpp_relative_time(smsc.validity_minutes) if smsc.validity_minutes else "",
         smsc.registered_delivery, 0, msg.data_coding, 0,
     )  # fmt: skip
-    got: tuple[SmscConfig, bytes, bytes] | tuple[SmscConfig, None, None]
+    got: _Head
     if head is None:
-        got = (smsc, None, None)
+        got = (smsc, esm, msg.data_coding, None, None)
     else:
         # service_type, its NUL, two octets, source_addr, its NUL, two octets: one octet a
         # character (latin-1, which plain_sm_head has encoded them in).
         cut = len(st) + len(source) + 6
-        got = (smsc, head[:cut], head[cut:])
+        got = (smsc, esm, msg.data_coding, head[:cut], head[cut:])
     if len(_HEADS) >= _HEADS_MAX:
         _HEADS.clear()
     _HEADS[key] = got
@@ -125,11 +126,17 @@ def submit_bodies(msg: WorkMessage, smsc: SmscConfig) -> list[ShortMessage | byt
     if not segs or msg.expires_at is not None:
         return _submit_bodies(msg, smsc)
     esm = segs[0].esm_class
-    key = (msg.sender, id(smsc), esm, msg.data_coding)
-    got = _HEADS.get(key)
-    if got is None or got[0] is not smsc:
+    coding = msg.data_coding
+    key = (msg.sender, id(smsc), esm, coding)
+    try:
+        got = _HEADS.get(key)
+    except TypeError:  # a field not hashable (not an int): the plain path refuses it
+        return _submit_bodies(msg, smsc)
+    # By identity (ints up to 256 are one object each): an equal float or bool is not the int
+    # whose head is kept.
+    if got is None or got[0] is not smsc or got[1] is not esm or got[2] is not coding:
         got = _head_ends(key, msg, smsc, esm)
-    start, end = got[1], got[2]
+    start, end = got[3], got[4]
     recipient = msg.recipient
     dest = recipient[1:] if recipient.startswith("+") else recipient
     if start is None or end is None or len(dest) > 20 or "\0" in dest:

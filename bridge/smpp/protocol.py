@@ -482,11 +482,14 @@ class SmppProtocol(asyncio.Protocol):
                     waiter = context[0]
                     rtt_s = time.perf_counter() - context[1]
                     try:
-                        waiter.ctx.run(waiter.accepted, ev.message_id, rtt_s)
-                    except RuntimeError as exc:  # its context entered already (not expected)
-                        if "cannot enter context" not in str(exc):
-                            raise
-                        waiter.accepted(ev.message_id, rtt_s)
+                        try:
+                            waiter.ctx.run(waiter.accepted, ev.message_id, rtt_s)
+                        except RuntimeError as exc:  # its context entered already (not expected)
+                            if "cannot enter context" not in str(exc):
+                                raise
+                            waiter.accepted(ev.message_id, rtt_s)
+                    except Exception:  # the read's other events still handled (`_waiter_failed`)
+                        self._waiter_failed()
                     if self.on_slot_freed is not None:
                         self.on_slot_freed()
                 else:
@@ -525,6 +528,15 @@ class SmppProtocol(asyncio.Protocol):
                     self._flush()
                     self._transport.close()
 
+    def _waiter_failed(self) -> None:
+        """A submit's waiter raised as it was handed its answer (a fault in a message's
+        `finished()`, say): logged, inside the `except`, and the read's other events handled.
+        It went out of `data_received` (or `connection_lost`) until session 61's review (r4):
+        the answers after it in that read were never handed over, and asyncio closed the
+        connection on the error, so the parts those answers had accepted came back
+        CONNECTION_LOST and were sent again."""
+        log.exception("submit_sm answer handler failed", extra={"smsc": self.name})
+
     def _late(self, ev: LateSubmitResponse) -> None:
         if self.on_late_submit is None:
             return
@@ -537,7 +549,10 @@ class SmppProtocol(asyncio.Protocol):
         fut = context[0]  # a future, or submit_to's (or submit_told's) waiter
         result = _submit_result(status, message_id, error, time.perf_counter() - context[1])
         if not fut.done():
-            fut.set_result(result)
+            try:
+                fut.set_result(result)
+            except Exception:  # the read's other events still handled (`_waiter_failed`)
+                self._waiter_failed()
         elif fut.cancelled():  # its waiter was cancelled: kept for answer_after_cancel
             waiting = self._after_cancel.pop(fut, None)
             if waiting is None:

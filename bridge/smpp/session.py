@@ -147,7 +147,7 @@ class BindRefused:
 class SubmitResponse(NamedTuple):
     """The SMSC's answer to one of our submit_sm (a generic_nack for it arrives here too).
 
-    A NamedTuple built by `tuple.__new__` (`_submit_response`, a C call; one a part sent), not
+    A NamedTuple built by `tuple.__new__` (`_new_tuple`, a C call; one a part sent), not
     a frozen dataclass built by `fastinit.maker`'s Python function (~1.6 k instructions more,
     session 61, README note 27): read by field as before, immutable, with the same repr; an
     event, never compared with a plain tuple nor given to `dataclasses.replace`."""
