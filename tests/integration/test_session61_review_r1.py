@@ -6,7 +6,8 @@ Random write batches (one `gather` each, so several accepts of an account share 
 its held sums) of keyed and unkeyed accepts (one or two recipients from a small pool, so the
 frequency history builds up; raw or template sends with frequency rules; approved, pending or
 unknown signs; an approved, pending or corrected template; amounts at the balance's edge, zero;
-domestic or international; replays of an Idempotency-Key; a reused nonce) with top-ups, vouchers
+domestic or international; replays of an Idempotency-Key; a reused nonce; a message id taken
+already, the batch rerun with savepoints after its store error) with top-ups, vouchers
 and cards (some lapsing during the run), opt-outs, do-not-contact lists, sign and template reviews,
 account changes (quota, threshold, disabled and enabled) among them, and clocks on both sides of
 midnight and of a voucher's expiry, run on a store as it is and on one whose `one_send` answers
@@ -89,6 +90,9 @@ def accept_op(draw: st.DrawFn) -> tuple[Any, ...]:
         draw(st.sampled_from([False] * 8 + [True])),  # a replay of an earlier key
         draw(st.sampled_from([False] * 12 + [True])),  # a nonce used before
         draw(st.sampled_from([1, 1, 1, 2, 3])),  # parts
+        # The id of the call before's message: a store error mid-batch (the INSERT's
+        # IntegrityError when that one was written), the batch rerun with savepoints.
+        draw(st.sampled_from([False] * 14 + [True])),
     )
 
 
@@ -211,11 +215,12 @@ def _call(s: SqliteStore, op: tuple[Any, ...], n: int) -> Coroutine[Any, Any, An
         replay,
         reuse,
         parts,
+        dup,
     ) = op
     code = None if tpl is None else (tpl if aid == "acc_a" else f"{tpl}{aid}")
     msgs = tuple(
         message(
-            f"m{n}-{i}",
+            f"m{n - 1 if dup else n}-{i}",
             to,
             account_id=aid,
             sign=sign_name,
