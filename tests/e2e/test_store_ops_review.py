@@ -797,8 +797,9 @@ async def test_store_newer_than_the_code_is_refused_at_start(tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def steady_traffic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A daemon with a status callback taking steady traffic for 10 s, the WAL size sampled every
-    0.25 s; the stopped store is left for the tests to inspect."""
+    """A daemon with a status callback taking steady traffic for 10 s and at least 1,200 accepts
+    (60 s at most), the WAL size sampled every 0.25 s; the stopped store is left for the tests to
+    inspect."""
     tmp = tmp_path_factory.mktemp("growth")
 
     async def run() -> dict[str, Any]:
@@ -818,8 +819,12 @@ def steady_traffic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 load.start()
                 wal_max = 0
                 try:
+                    # 10 s, and on until 1,200 were accepted (up to 60 s): on a loaded CI
+                    # machine 10 s once took 486, too few for the growth the test reads.
                     t0 = time.monotonic()
-                    while time.monotonic() - t0 < 10:
+                    while (elapsed := time.monotonic() - t0) < 10 or (
+                        len(load.ids) < 1200 and elapsed < 60
+                    ):
                         await asyncio.sleep(0.25)
                         wal_max = max(wal_max, _size(wal))
                 finally:
