@@ -161,7 +161,7 @@ ANSWERED = {"fast": 0, "all": 0}
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
-def test_decide_one_plans_as_decide(case: tuple[Any, ...]) -> None:
+def _plans_as_decide(case: tuple[Any, ...]) -> None:
     fast, general = _decided(case)
     ANSWERED["all"] += 1
     if fast is None:
@@ -173,11 +173,18 @@ def test_decide_one_plans_as_decide(case: tuple[Any, ...]) -> None:
     assert fast == general
 
 
+def test_decide_one_plans_as_decide() -> None:
+    """The hypothesis comparison, and the fast answer given often enough for it to mean
+    something: counted in the same test (a separate test counting after it skipped its check
+    whenever pytest-xdist ran the two on different workers)."""
+    ANSWERED.update(fast=0, all=0)
+    _plans_as_decide()
+    assert ANSWERED["all"] >= 100, ANSWERED
+    assert ANSWERED["fast"] >= ANSWERED["all"] // 20, ANSWERED
+
+
 def test_decide_one_answers_the_usual_sends() -> None:
-    """The fast answer is given often enough for the comparison above to mean something (run
-    after it, in this module's order), and for the usual send itself."""
-    if ANSWERED["all"]:
-        assert ANSWERED["fast"] >= ANSWERED["all"] // 20, ANSWERED
+    """The usual send itself, and the edges of its charge."""
     rules = adm.Rules(
         frequency=adm.FrequencyRule("raw", None, None, Limits(0, 0, 50), "UTC", (NUMBER,)),
         charges=(adm.Priced("m0", 300, False),),
