@@ -311,9 +311,14 @@ def decide_one_of(
     """`adm.decide_one` over what `one_facts_of` takes (the same arguments, `one` for the
     number): the Plan `decide` gives the `Facts` `one_facts_of` builds, or None when `decide`
     must answer. Neither the Facts nor its Pockets are built, nor the history parsed: a history
-    other than "[]" (nothing sent in the window) and pockets other than one cash pocket (with
-    the held sums: none, or the cash one's) go to `decide`. Held equal by
-    tests/unit/test_admission_one.py (session 61)."""
+    other than "[]" (nothing sent in the window) and pockets other than a cash pocket beside
+    pockets at 0 (with the held sums: none, or the cash one's) go to `decide`. Held equal by
+    tests/unit/test_admission_one.py (session 61).
+
+    Pockets at 0 beside the cash one: pocket rows are never deleted, so an account that once
+    held a voucher or a card keeps it at 0 for ever, and every later accept went to `decide`
+    (r1 noticed). `decide` does nothing with a pocket at 0 (its balances skip it, a lapsed
+    pocket's write-off needs an amount over 0, and only a negative one is an error)."""
     day_count, sign, template, opted, blocked, hist, pockets = row
     cash = None
     if pockets:
@@ -323,10 +328,17 @@ def decide_one_of(
             name, cash, _expires = pockets[0]
             if name != "cash":
                 cash = None
-            elif held is not None and held.pockets:
-                sums = held.pockets
-                moved = sums.get("cash")
-                cash = None if moved is None or len(sums) != 1 else cash + moved[0]
+        else:
+            for name, amount, _expires in pockets:
+                if name == "cash":
+                    cash = amount
+                elif amount != 0:
+                    cash = None
+                    break
+        if cash is not None and held is not None and held.pockets:
+            sums = held.pockets
+            moved = sums.get("cash")
+            cash = None if moved is None or len(sums) != 1 else cash + moved[0]
     return adm.decide_one(
         one,
         sign,

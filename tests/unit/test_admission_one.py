@@ -217,3 +217,34 @@ def test_decide_one_answers_the_usual_sends() -> None:
         if fast is not None:
             assert fast == general
             assert fast.low_balance == general.low_balance
+
+
+def test_pockets_at_0_beside_cash_are_answered_fast() -> None:
+    """An account that once held a voucher or a card keeps that pocket at 0 (pocket rows are
+    never deleted): its sends are answered by the fast path, as `decide` answers them; a pocket
+    holding money (or overdrawn) beside the cash one still goes to `decide`."""
+    rules = adm.Rules(charges=(adm.Priced("m0", 300, False),), billing=True)
+    spent = [["cash", 1000, None], ["card:x", 0, NOW + 1], ["voucher:a", 0, NOW - 1]]
+    for pockets, answered in [
+        (spent, True),
+        (list(reversed(spent)), True),
+        ([["invoice", 0, None], ["cash", 1000, None]], True),
+        ([["cash", 1000, None], ["voucher:a", 5, None]], False),
+        ([["cash", 1000, None], ["voucher:a", 5, NOW - 1]], False),  # lapsed: written off
+        ([["cash", 1000, None], ["voucher:a", -1, None]], False),  # overdrawn: decide raises
+        ([["voucher:a", 0, None]], False),  # no cash pocket
+    ]:
+        for form in (pockets, orjson.dumps(pockets).decode()):
+            row = [None, None, None, 0, 0, "[]", form]
+            case = (rules, row, 0, "prepaid", 0, False, 0, None, NOW)
+            fast, general = _decided(case)
+            assert (fast is not None) == answered, pockets
+            if fast is not None:
+                assert fast == general
+                assert fast.entries[0][1].pocket == "cash"
+    # With the batch's held sums: the cash one's only.
+    held = sqlite_rules.HeldSums()
+    held.pockets["cash"] = [-300, None]
+    case = (rules, [None, None, None, 0, 0, "[]", spent], 0, "prepaid", 0, False, 1, held, NOW)
+    fast, general = _decided(case)
+    assert fast is not None and fast == general
