@@ -73,10 +73,6 @@ from bridge.store.models import (  # noqa: E402
 )
 from bridge.store.sqlite import SqliteStore  # noqa: E402
 
-# A tree whose results carry their message's key (SubmitResult.key, session 62): given it as
-# the dispatcher gives it; an older tree's results are built as before.
-KEYED = "key" in SubmitResult.__dataclass_fields__
-
 COLS = (
     "id, account_id, batch_id, recipient, encoding, data_coding, segments, billable_units, "
     "accepted_at, q_not_before, state, q_state, segments_sent, segments_delivered, sent_at, "
@@ -155,20 +151,19 @@ async def run(path: Path) -> dict[str, float]:
             assert out.pending == len(early), out
         s = step("receipts", s)
         await store.record_submits(
-            # By position, as the dispatcher builds them (fastinit.maker's function, by
-            # position: `_sent`); keywords cost ~1.5 k instructions a part more (session 62).
             [
-                SubmitResult(w.id, g.seq, "sent", "a", sid, sid, None, now, now, w.key)
+                SubmitResult(
+                    w.id,
+                    g.seq,
+                    "sent",
+                    "a",
+                    f"x{w.id}-{g.seq}",
+                    f"x{w.id}-{g.seq}",
+                    at=now,
+                    sent_at=now,
+                )
                 for w in work
                 for g in w.segments
-                for sid in (f"x{w.id}-{g.seq}",)
-            ]
-            if KEYED  # the dispatcher carries the claim's key (session 62)
-            else [
-                SubmitResult(w.id, g.seq, "sent", "a", sid, sid, None, now, now)
-                for w in work
-                for g in w.segments
-                for sid in (f"x{w.id}-{g.seq}",)
             ],
             [],
             now,

@@ -549,12 +549,7 @@ class Dispatcher:
             add(Release(msg.id, now_ms, count_attempt=False))
             return
         if msg.expires_at is not None and msg.expires_at <= now_ms:
-            add(
-                *(
-                    SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms, key=msg.key)
-                    for seg in msg.segments
-                )
-            )
+            add(*(SubmitResult(msg.id, seg.seq, "expired", "", at=now_ms) for seg in msg.segments))
             return
         if msg.smsc is not None and (msg.smsc in self.connectors or msg.smsc in self.smscs):
             # Earlier parts went there: the rest follow, or wait for it (one concatenated SMS
@@ -751,7 +746,7 @@ class Dispatcher:
             if loop is None or not loop.is_running():
                 loop = self._loop = running(loop)
             at = int(self.clock() * 1000)
-            add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop, msg.key))
+            add(_sent(msg.id, msg.segments[0].seq, name, outcomes[0], rule, at, loop))
             self.sent += 1
             return
         if self._debug:
@@ -769,18 +764,12 @@ class Dispatcher:
             loop = self._loop = running(loop)
         for seg, out in zip(msg.segments, outcomes, strict=False):
             if out.kind == "ok":
-                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop, msg.key))
+                results.append(_sent(msg.id, seg.seq, name, out, rule, now_ms, loop))
                 self.sent += 1
             elif out.kind == "permanent":
                 results.append(
                     SubmitResult(
-                        msg.id,
-                        seg.seq,
-                        "failed",
-                        name,
-                        error_code=out.status_name,
-                        at=now_ms,
-                        key=msg.key,
+                        msg.id, seg.seq, "failed", name, error_code=out.status_name, at=now_ms
                     )
                 )
                 self.failed += 1
@@ -805,7 +794,6 @@ class Dispatcher:
                         name,
                         error_code=f"SUBMIT_{out.status_name}",
                         at=now_ms,
-                        key=msg.key,
                     )
                 )
                 self.failed += 1
@@ -820,7 +808,6 @@ class Dispatcher:
                             name,
                             error_code=f"RETRIES_EXHAUSTED:{out.status_name}",
                             at=now_ms,
-                            key=msg.key,
                         )
                     )
                     self.failed += 1
@@ -843,9 +830,7 @@ class Dispatcher:
                 break
             elif out.kind == "expired":  # its validity passed while it waited: none goes out
                 for rest in msg.segments[msg.segments.index(seg) :]:
-                    results.append(
-                        SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms, key=msg.key)
-                    )
+                    results.append(SubmitResult(msg.id, rest.seq, "expired", "", at=now_ms))
                 break
             else:  # cancelled: an earlier part failed; the store fails the rest
                 break
@@ -869,7 +854,7 @@ class Dispatcher:
         for seg, out in zip(msg.segments, so_far, strict=False):
             if out.kind != "ok":
                 break
-            add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop), msg.key))
+            add(_sent(msg.id, seg.seq, name, out, rule, at, running(self._loop)))
 
     def _route_recorder(self, mid: str, name: str) -> Callable[[], Awaitable[None]]:
         """What the connector awaits as message `mid`'s first part takes its window slot on
@@ -1247,7 +1232,6 @@ def _sent(
     rule: MsgIdRule,
     at: int,
     loop: asyncio.AbstractEventLoop,
-    msg_key: int | None = None,
 ) -> SubmitResult:
     """The result of a part the SMSC accepted, with its id as given and as receipts will name
     it, and when it left (on `at`'s clock; `out.sent_at` is on the running `loop`'s): a
@@ -1262,6 +1246,5 @@ def _sent(
     # By position, in SubmitResult's fields' order (tests/unit/test_session52_positional.py):
     # one per part sent, and a class called by keyword gets a dict to unpack.
     return _new_result(
-        mid, seq, "sent", smsc, key, raw, None, at, sent_at, msg_key
-    )  # message_id, seq, outcome, smsc, smsc_msg_id, smsc_msg_id_raw, error_code, at, sent_at,
-    # key (the message's WorkMessage.key: the SQLite roll-up finds its row by it)
+        mid, seq, "sent", smsc, key, raw, None, at, sent_at
+    )  # message_id, seq, outcome, smsc, smsc_msg_id, smsc_msg_id_raw, error_code, at, sent_at

@@ -308,11 +308,6 @@ class WorkMessage:
     unanswered: int = 0  # earlier claims whose submit went unanswered
     # The wire options its parts were encoded for (text.split.wire_code); None: not known.
     wire: int | None = None
-    # The store's own key of its row (SQLite: the rowid the claim found it by; None: PostgreSQL,
-    # or not known), carried into its SubmitResults: the owner's roll-up finds the row by it.
-    # Not part of the value (equality, hash, repr): the same message claimed from a restored
-    # copy, or from the other engine, is the same message.
-    key: int | None = field(default=None, compare=False, repr=False)
 
 
 @fast_init
@@ -336,11 +331,6 @@ class SubmitResult:
     # before then belongs to an earlier message that had the same id (a counter the SMSC
     # started over), not to this part. See KEPT_RECEIPT_SLACK_MS.
     sent_at: int = 0
-    # Its message's WorkMessage.key (SQLite: the message row's rowid; None: not known). The
-    # SQLite roll-up reads the message row by it, the text id checked, not through the id's
-    # index (a seek less a message; session 62); PostgreSQL does not read it. A hint, not part
-    # of the result (equality, hash, repr): WorkMessage.key.
-    key: int | None = field(default=None, compare=False, repr=False)
 
 
 # How far before a part's sent_at a kept receipt may have arrived and still be applied to it:

@@ -2503,10 +2503,9 @@ class _Scan:
 
 
 # A claim's rows as read in its transaction: the ids in claim order, each one's message columns
-# (_claim_ids), its queued parts' rows (message, seq, ...) in no set order (_work sorts them),
-# and each id's rowid (the claim's scan's: WorkMessage.key).
-_Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]], Mapping[str, int]]
-_NONE_CLAIMED: _Claimed = ([], {}, [], {})
+# (_claim_ids), its queued parts' rows (message, seq, ...) in no set order (_work sorts them).
+_Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+_NONE_CLAIMED: _Claimed = ([], {}, [])
 
 
 # The claim's read of its message rows (pipe.packed_rows: one JSON value for the claim, not a
@@ -2557,7 +2556,7 @@ def _claim_ids(
     if idle := set(ids).difference(r[0] for r in segs):
         done = _roll_up_idle(c, sorted(idle), now, intermediate, reports)
         ids = [mid for mid in ids if mid not in done]
-    return ids, msgs, segs, rowids
+    return ids, msgs, segs
 
 
 def _roll_up_idle(
@@ -2595,15 +2594,10 @@ _BYTES = bytes  # what the sqlite3 module reads a BLOB as (_work)
 
 
 def _work(
-    ids: list[str],
-    msgs: dict[str, tuple[Any, ...]],
-    rows: list[tuple[Any, ...]],
-    rowids: Mapping[str, int],
+    ids: list[str], msgs: dict[str, tuple[Any, ...]], rows: list[tuple[Any, ...]]
 ) -> list[WorkMessage]:
     """The claimed messages of a claim's rows (_Claimed), in claim order, each one's parts in
-    seq order: sorted here, after the commit, not by the claim's read inside the write lock.
-    Each carries its rowid (WorkMessage.key), which its submit results carry back to the
-    roll-up (sqlite_pipeline.rollup_messages' `keys`)."""
+    seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
     segs: dict[str, list[WorkSegment]] = {}
     new_segment = _new_work_segment
     last = None
@@ -2638,20 +2632,9 @@ def _work(
         m = msgs[mid]
         out.append(
             # By position: id, account_id, recipient, sender, data_coding, expires_at,
-            # attempts, segments, smsc, unanswered, wire, key.
+            # attempts, segments, smsc, unanswered, wire.
             new_message(
-                m[0],
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5],
-                m[6],
-                tuple(segs.get(mid, ())),
-                m[7],
-                m[8],
-                m[9],
-                rowids[mid],
+                m[0], m[1], m[2], m[3], m[4], m[5], m[6], tuple(segs.get(mid, ())), m[7], m[8], m[9]
             )
         )
     return out

@@ -234,7 +234,6 @@ def rollup_messages(
     air: dict[str, tuple[str, int]] | None = None,
     known: dict[str, list[tuple[str, str | None]]] | None = None,
     instance: str | None = None,
-    keys: dict[str, int] | None = None,
 ) -> int:
     """Recompute the message rows of `touched` (id -> release the claim when nothing is left to
     send) from their parts, and queue a status webhook for each that just became final; returns
@@ -251,13 +250,7 @@ def rollup_messages(
     message's submit results and receipts each read its parts before writing them, so the
     roll-up's read of its parts was the same rows once more, twice a message in the owner's
     write lock (one-part messages since session 48; all of a message's parts, answered or
-    receipted together, since session 51).
-
-    `keys` (id -> the rowid its claim found it by: the submit results' SubmitResult.key) find
-    those rows by their rowid, the id checked in the same join, not through the id's index
-    (_ROLLUP_BY_KEY); a row the rowid does not find with that id (a rowid SQLite gave another
-    message after this one was deleted, renumbered by a VACUUM or a restore) is read by its id,
-    as every row was before session 62."""
+    receipted together, since session 51)."""
     air = air or {}
     known = known or {}
     if not touched and not air:
@@ -294,40 +287,12 @@ def rollup_messages(
                     many.add(mid)
         # A row a list entry (LEFT JOIN: in the list's order), its first value the rowid
         # (null: no such message), by which the roll-up's UPDATE finds it again; the chunk's
-        # rows as one JSON value (packed_rows, _ROLLUP_SELECTED). Those with a key first, by
-        # it (a JSON object id -> rowid); those without, or not found so, by their ids.
-        by_id = chunk
-        if keys:
-            by_key: dict[str, int]
-            if len(chunk) == len(ids) == len(keys) and keys.keys() <= touched.keys():
-                by_key, by_id = keys, []  # every id has its key (a batch of results: usual)
-            else:
-                by_key, by_id = {}, []
-                for mid in chunk:
-                    if (key := keys.get(mid)) is None:
-                        by_id.append(mid)
-                    else:
-                        by_key[mid] = key
-            if by_key:
-                for mid, row in zip(
-                    by_key,
-                    packed_rows(
-                        c, _ROLLUP_SELECTED, _ROLLUP_BY_KEY, (orjson.dumps(by_key).decode(),)
-                    ),
-                    strict=True,
-                ):
-                    if row[0] is not None:
-                        current[mid] = row
-                    else:
-                        by_id.append(mid)
-        if by_id:
-            for mid, row in zip(
-                by_id,
-                packed_rows(c, _ROLLUP_SELECTED, _ROLLUP_FROM, (json_ids(by_id),)),
-                strict=True,
-            ):
-                if row[0] is not None:
-                    current[mid] = row
+        # rows as one JSON value (packed_rows, _ROLLUP_SELECTED).
+        for mid, row in zip(
+            chunk, packed_rows(c, _ROLLUP_SELECTED, _ROLLUP_FROM, (json_ids(chunk),)), strict=True
+        ):
+            if row[0] is not None:
+                current[mid] = row
     # A row's new values (its SMSC, PDUs on air, route and the update's first seven fields)
     # -> the rowids of the rows that take them (roll's `grouped`: current's first column). A
     # batch's rows mostly take the same values (its one-part messages sent through one SMSC,
@@ -408,13 +373,6 @@ _ROLLUP_SELECTED = "m.rowid, " + ", ".join(
     f"m.{col.strip()}" for col in rollup_rows.ROLLUP_COLS.split(",")[1:]
 )
 _ROLLUP_FROM = "FROM json_each(?) j LEFT JOIN messages m ON m.id = j.value"
-# The same read of rows whose rowid is known (rollup_messages' `keys`), a JSON object id ->
-# rowid (json_each: `key` the id, `value` the rowid; the rows in the object's order): each row
-# found by its rowid, the table's own b-tree, not a seek of the id's index first (whose text
-# keys SQLite compares by its general record comparator), and taken only if its id is the
-# one named (null otherwise: read again by the id). Counted under callgrind (session 61, a
-# batch's read): 21.3 k instructions a message against 24.9 k by the id.
-_ROLLUP_BY_KEY = "FROM json_each(?) j LEFT JOIN messages m ON m.rowid = j.value AND m.id = j.key"
 
 
 @functools.cache
@@ -593,7 +551,6 @@ def record_submits(
     another part's receipt (the smpp_bridge_receipts_inferred metric)."""
     touched: dict[str, bool] = {}
     air: dict[str, tuple[str, int]] = {}
-    keys: dict[str, int] = {}  # id -> rowid, from the results (SubmitResult.key)
     # Messages whose every part row was queued and is now sent, as now written (rollup_messages).
     known: dict[str, list[tuple[str, str | None]]] = {}
     sent = [r for r in results if r.outcome == "sent"]
@@ -634,13 +591,9 @@ def record_submits(
                 known[mid] = [(_SEG_SENT, error)]
                 air[mid] = (smsc, 1)
                 touched[mid] = True
-                if (key := r.key) is not None:  # its row's rowid (rollup_messages' keys)
-                    keys[mid] = key
                 continue
             if (parts_of := many.get(mid)) is None:  # not a dict and a tuple made a part
                 parts_of = many[mid] = (total, {})
-                if (key := r.key) is not None:  # a message's parts carry one rowid
-                    keys[mid] = key
             parts_of[1][seq] = error
             had = air.get(mid)
             air[mid] = (smsc, 1 if had is None else had[1] + 1)
@@ -721,8 +674,6 @@ def record_submits(
         else:
             continue
         touched[r.message_id] = True
-        if r.key is not None:
-            keys[r.message_id] = r.key
     if releases:
         # A released message stays in the roll-up: a part ended in this batch beside its
         # release (none left queued) would leave it queued with nothing to send, never
@@ -745,14 +696,7 @@ def record_submits(
             ],
         )
     return rollup_messages(
-        c,
-        touched,
-        now,
-        intermediate=intermediate,
-        air=air,
-        known=known,
-        instance=instance,
-        keys=keys,
+        c, touched, now, intermediate=intermediate, air=air, known=known, instance=instance
     )
 
 

@@ -32,7 +32,7 @@ def test_the_classes_built_by_position_keep_the_order_their_callers_write() -> N
     ]  # fmt: skip
     assert _names(SubmitResult) == [
         "message_id", "seq", "outcome", "smsc", "smsc_msg_id", "smsc_msg_id_raw", "error_code",
-        "at", "sent_at", "key",
+        "at", "sent_at",
     ]  # fmt: skip
 
 

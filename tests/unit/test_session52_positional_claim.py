@@ -46,7 +46,7 @@ def test_the_classes_built_by_position_keep_the_order_their_callers_write() -> N
     assert _names(WorkSegment) == ["seq", "total", "esm_class", "short_message", "tlvs", "attempts"]
     assert _names(WorkMessage) == [
         "id", "account_id", "recipient", "sender", "data_coding", "expires_at", "attempts",
-        "segments", "smsc", "unanswered", "wire", "key",
+        "segments", "smsc", "unanswered", "wire",
     ]  # fmt: skip
     assert _names(lc.Summary) == ["state", "delivered", "failed", "error", "all_dispatched"]
     assert _names(lc.RowUpdate) == [
