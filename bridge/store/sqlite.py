@@ -773,13 +773,20 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     None if chosen is None else (*chosen, got),
                 )
                 if got:  # the key's row: `_one_cols`' seven values from its columns
+                    facts_row = [
+                        *(key_row if base is None else key_row_held)(  # type: ignore[misc]
+                            got[0] + _ROW_END
+                        )
+                    ]
+                    flags = facts_row[3]  # opted out 1, blocked 2 (sqlite_rules.KEY_FLAGS)
+                    if flags:
+                        facts_row[3] = flags & 1
+                        facts_row[4] = flags >> 1
                     if base is None:  # read now: kept for the batch's next accepts
-                        facts_row = [*key_row(got[0] + _ROW_END)]  # type: ignore[misc]
                         if facts_row[6]:  # the pockets parsed once for all of them
                             facts_row[6] = jsonio.loads(facts_row[6])
                         read_base = (fact_day, facts_row[0], facts_row[6])
                     else:
-                        facts_row = [*key_row_held(got[0] + _ROW_END)]  # type: ignore[misc]
                         facts_row[0] = base[1]
                         facts_row[6] = base[2]
                 if outcome == "ok":

@@ -154,6 +154,10 @@ def _one_cols(history: str | None) -> str:
     return ", ".join(f"{col} AS facts_{i}" for i, col in enumerate(cols))
 
 
+# The place in `_one_cols`' row of the opted-out value, which `key_cols`' row gives with the
+# blocked one as one number (opted out 1, blocked 2), at both places: the caller splits it when
+# not 0, `opted, blocked = flags & 1, flags >> 1` (each 0 or 1, as `_one_cols` gives them).
+KEY_FLAGS = 3
 # The history kind each `_one_cols` text was made for (`key_cols` takes the text).
 _KIND_OF_COLS = {_one_cols(kind): kind for kind in (None, *_HISTORY_COND)}
 # The values of `_one_cols`' row, in its order, that `key_cols` may leave out.
@@ -175,7 +179,8 @@ def key_cols(
     pockets when not billed. Each column cost ~1.5 k instructions of the write lock as a NULL
     (the sqlite3 module describes and converts it, 3.11's `fetchone` hands the GIL over around
     its type), and a subquery's cursor more (session 62). The values are those of `_one_cols`'
-    columns: a subquery under a CASE that is true, or a NULL the CASE or the `=NULL` gave."""
+    columns: a subquery under a CASE that is true, or a NULL the CASE or the `=NULL` gave; the
+    opted-out and blocked ones in one column (`KEY_FLAGS`)."""
     kind = _KIND_OF_COLS[cols]
     chosen: list[tuple[int, str]] = []
     if reads:
@@ -184,12 +189,13 @@ def key_cols(
         chosen.append((1, "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign)"))
     if template:
         chosen.append((2, f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')})"))
-    chosen.append((3, "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to)"))
+    # Opted out and blocked in one column, 1 and 2 (`KEY_FLAGS`: the caller splits it).
     chosen.append(
         (
-            4,
-            "CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
-            f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({_PREFIXES_SQL})) ELSE 0 END",
+            3,
+            "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to) + 2 * "
+            "(CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
+            f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({_PREFIXES_SQL})) ELSE 0 END)",
         )
     )
     if kind is not None:
@@ -212,6 +218,7 @@ def key_cols(
     places = [len(chosen) + 1] * _ONE_WIDTH  # absent: the None after the row's last column
     for at, (value, _col) in enumerate(chosen, 1):
         places[value] = at
+    places[KEY_FLAGS + 1] = places[KEY_FLAGS]  # blocked: the flags too
     # Named (`AS`) as `_one_cols` names its own (session 58).
     return ", ".join(f"{col} AS facts_{v}" for v, col in chosen), tuple(places)
 
