@@ -170,8 +170,6 @@ _KEY_NONE_PLACES = ("sign", "tpl", "trev", "since", "fsign", "ftpl", "aver")
 # and the getter of `sqlite_rules._one_cols`' seven values from its row with a None appended.
 _KeyPlan = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
 _KEY_PLANS: dict[tuple[str, tuple[bool, ...], bool], tuple[_KeyPlan, _KeyPlan]] = {}
-# Appended to a key statement's row: the value of the facts' columns it leaves out.
-_ROW_END = (None,)
 
 
 def _key_plan(cols: str, nones: tuple[bool, ...], pockets: bool) -> tuple[_KeyPlan, _KeyPlan]:
@@ -773,15 +771,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     None if chosen is None else (*chosen, got),
                 )
                 if got:  # the key's row: `_one_cols`' seven values from its columns
-                    facts_row = [
-                        *(key_row if base is None else key_row_held)(  # type: ignore[misc]
-                            got[0] + _ROW_END
-                        )
-                    ]
-                    flags = facts_row[3]  # opted out 1, blocked 2 (sqlite_rules.KEY_FLAGS)
-                    if flags:
-                        facts_row[3] = flags & 1
-                        facts_row[4] = flags >> 1
+                    facts_row = sqlite_rules.key_facts(
+                        got[0],
+                        key_row if base is None else key_row_held,  # type: ignore[arg-type]
+                    )
                     if base is None:  # read now: kept for the batch's next accepts
                         if facts_row[6]:  # the pockets parsed once for all of them
                             facts_row[6] = jsonio.loads(facts_row[6])

@@ -6,7 +6,7 @@ DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, set
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import zip_longest
 from typing import Any
@@ -221,6 +221,21 @@ def key_cols(
     places[KEY_FLAGS + 1] = places[KEY_FLAGS]  # blocked: the flags too
     # Named (`AS`) as `_one_cols` names its own (session 58).
     return ", ".join(f"{col} AS facts_{v}" for v, col in chosen), tuple(places)
+
+
+# Appended to a key statement's row: the value of the facts' columns it leaves out.
+_ROW_END = (None,)
+
+
+def key_facts(row: tuple[Any, ...], at: Callable[[Any], Any]) -> list[Any]:
+    """`_one_cols`' seven values from a key statement's `row`, `at` the getter of `key_cols`'
+    places: the columns left out None, the opted-out and blocked flags split (`KEY_FLAGS`)."""
+    facts = [*at(row + _ROW_END)]
+    flags = facts[KEY_FLAGS]
+    if flags:
+        facts[KEY_FLAGS] = flags & 1
+        facts[KEY_FLAGS + 1] = flags >> 1
+    return facts
 
 
 @lru_cache(maxsize=64)
