@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache, partial
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -616,11 +616,26 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # `sqlite_binds.blob` is `bytearray(value)`: the type called itself, no Python frame a
         # value (three a one-part send, seven a 3-part one; ~0.5 k each, session 60).
         blob = bytearray
-        segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
-            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+        # No None in a segment's row (NewSegment): its text as it is. Its TLVs are empty but for
+        # a message with optional parameters of its own: then the zero-length blob is in the
+        # text (X''), not bound (session 62), when every segment of the send has none.
+        segments_sql = _SEGMENTS_NO_TLVS
+        segment_rows: list[tuple[Any, ...]] = [
+            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
             for m in batch.messages
             for s in m.segments
         ]
+        if (
+            any(map(_TLVS_OF, batch.messages[0].segments))
+            if len(batch.messages) == 1
+            else any(s.tlvs for m in batch.messages for s in m.segments)
+        ):
+            segments_sql = _SEGMENTS_INSERT
+            segment_rows = [
+                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+                for m in batch.messages
+                for s in m.segments
+            ]
 
         messages = batch.messages
         recipients = (
@@ -891,7 +906,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (batch.account_id, tokens, at),
                 )
             cur.executemany(messages_sql, message_rows)
-            cur.executemany(_SEGMENTS_INSERT, segment_rows)
+            cur.executemany(segments_sql, segment_rows)
             if plan is not None:
                 quick = one_ledger if plan.entries is one_entries else None
                 if quick is not None:  # `one`'s cash charge: its row made before the lock
@@ -2235,6 +2250,13 @@ _SEGMENTS_INSERT = (
     "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
     "VALUES (?,?,?,?,?,?)"
 )
+# A send's segments whose TLVs are all empty: the zero-length blob in the text, the same value
+# stored as a bound empty bytearray gave (a BLOB of no bytes), one value fewer bound a segment.
+_SEGMENTS_NO_TLVS = (
+    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
+    "VALUES (?,?,?,?,?,X'')"
+)
+_TLVS_OF = attrgetter("tlvs")
 _NONCE_NEW = (
     "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
     "ON CONFLICT (key_id, nonce) DO NOTHING"
