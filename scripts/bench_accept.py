@@ -170,6 +170,9 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
     # Session 58: the facts' values by position (`one_facts_values`), the statement and the
     # getter of its values kept per pattern of Nones (`sqlite._key_plan`).
     planned = "_key_plan(" in source
+    # Session 62: two statements a pattern (reading today's count and the pockets or not), only
+    # the columns whose value the accept cannot know; the first, which reads them, here.
+    two = "key_row_held" in source
     c = sqlite3.connect(tmp / "bridge.db", isolation_level=None)
     c.execute("BEGIN IMMEDIATE")
 
@@ -183,7 +186,12 @@ def key_check(tmp: Path, now_ms: int) -> Callable[[int], None]:
             assert values is not None
             cols, v = values
             nones = tuple(v[i] is None for i in (1, 2, 3, 8, 9, 10))
-            sql, pick, _at = sqlite_store._key_plan(cols, (*nones, True))  # no version held
+            if two:
+                plans: Any = sqlite_store._key_plan(cols, (*nones, True), v[6] == 1)
+                sql, pick, _row = plans[0]
+            else:
+                before: Any = sqlite_store._key_plan  # its signature before session 62
+                sql, pick, _at = before(cols, (*nones, True))  # no version held
             query = (sql, pick((*v, key_id, None)), None)
         elif versioned:
             from bridge.store import sqlite_binds

@@ -282,11 +282,12 @@ TRAMPOLINES = [
     (_tramp_tracing, "sys_call_tracing"),
 ]
 
-# A statement's kind by its text's start (the first that matches).
-STATEMENTS = [
+# A statement's kind by its text's start (the first that matches; a tuple: any of them).
+STATEMENTS: list[tuple[str | tuple[str, ...], str]] = [
     ("BEGIN", "BEGIN"),
     ("COMMIT", "COMMIT"),
-    ("SELECT k.status", "key + account + facts SELECT"),
+    # (its head column a CASE since session 62)
+    (("SELECT k.status", "SELECT CASE WHEN k.status"), "key + account + facts SELECT"),
     ("INSERT INTO nonces", "nonce INSERT"),
     ("INSERT INTO idempotency", "idempotency INSERT"),
     ("INSERT INTO messages", "message INSERT (executemany)"),
@@ -314,7 +315,7 @@ def _by_statement(store: Any) -> None:
 
     tramps = iter(TRAMPOLINES)
     names: list[tuple[str, str]] = []
-    by_prefix: list[tuple[str, Any]] = []
+    by_prefix: list[tuple[str | tuple[str, ...], Any]] = []
     for prefix, label in STATEMENTS:
         tramp, cname = next(tramps)
         by_prefix.append((prefix, tramp))

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache, partial
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +129,26 @@ _AUTHORIZE_SQL = (
 )
 
 
-# The key's statement of an accept that reads the facts too: the account as JSON only when its
-# row_version is not the one the accept holds the Account of (`:aver`, account_rows
-# .account_at_version; migration 0037), then the version, then the facts; the expressions named
-# (`AS`), as `sqlite_rules._one_cols` names its own (the cursor's description: session 58).
+# The key's statement of an accept that reads the facts too: its first column, the head, is NULL
+# when the key is active and the account's row has the version whose Account the accept holds
+# (`:aver`, account_rows.account_at_version; migration 0037), the usual; else the text
+# "F V J": F 1 when the key is not active (0 when it is), V the row's version (empty unless an
+# integer), J the account as JSON, empty when the row has the version held. Then the facts'
+# columns (`sqlite_rules.key_cols`), named (`AS`), as `sqlite_rules._one_cols` names its own (the
+# cursor's description: session 58). One column where three were (the key's status, the
+# account's JSON and its version): each column ~1.5 k instructions of the write lock (session 62).
 _AUTHORIZE_FACTS_HEAD = (
-    "SELECT k.status, CASE WHEN a.row_version=:aver AND a.id=:acc THEN NULL "
-    f"ELSE {ACCOUNT_JSON_SQLITE.format(t='a')} END AS account_json, a.row_version"
+    "SELECT CASE WHEN k.status='active' AND a.row_version=:aver AND a.id=:acc THEN NULL "
+    "ELSE (k.status IS NOT 'active') || ' ' || "
+    "CASE WHEN typeof(a.row_version)='integer' THEN a.row_version ELSE '' END || ' ' || "
+    "CASE WHEN a.row_version=:aver AND a.id=:acc THEN '' "
+    f"ELSE {ACCOUNT_JSON_SQLITE.format(t='a')} END END AS head"
 )
-_AUTHORIZE_FACTS_WIDTH = 3
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _authorize_facts_sql(facts_cols: str) -> str:
-    """_AUTHORIZE_FACTS_HEAD with a send's facts (sqlite_rules.one_facts_query) after it."""
+    """_AUTHORIZE_FACTS_HEAD with a send's facts (sqlite_rules.key_cols) after it."""
     return (
         f"{_AUTHORIZE_FACTS_HEAD}, {facts_cols} FROM app_keys k JOIN accounts a "
         "ON a.id = k.account_id WHERE k.key_id=:key_id"
@@ -159,25 +166,34 @@ _KEY_NAMES = (*sqlite_rules.FACTS_NAMES, "key_id", "aver")
 # template and revision; the history's since, sign and template; the version held). The others
 # never are: the day and the number (str), the account and key ids (str), two int flags.
 _KEY_NONE_PLACES = ("sign", "tpl", "trev", "since", "fsign", "ftpl", "aver")
-_KEY_PLANS: dict[tuple[str, tuple[bool, ...]], tuple[str, Callable[[Any], Any], int]] = {}
+# A key statement: its text, the getter of its arguments from a tuple in `_KEY_NAMES`' order,
+# and the getter of `sqlite_rules._one_cols`' seven values from its row with a None appended.
+_KeyPlan = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
+_KEY_PLANS: dict[tuple[str, tuple[bool, ...], bool], tuple[_KeyPlan, _KeyPlan]] = {}
 
 
-def _key_plan(cols: str, nones: tuple[bool, ...]) -> tuple[str, Callable[[Any], Any], int]:
-    """The key statement over a send's facts `cols` (`_authorize_facts_sql`), made positional
-    for values with Nones at `nones` (`_KEY_NONE_PLACES`), as `sqlite_binds.positional_at`
-    makes it from the arguments by name: its text, the getter of its values from a tuple in
-    `_KEY_NAMES`' order, and the place of `reads` among them. Kept per columns and pattern
-    (a few: the history's kind, which optional values a send has), at most 256."""
-    plan = _KEY_PLANS.get((cols, nones))
+def _key_plan(cols: str, nones: tuple[bool, ...], pockets: bool) -> tuple[_KeyPlan, _KeyPlan]:
+    """The key statement over a send's facts `cols` (`sqlite_rules.one_facts_values`' text),
+    made positional for values with Nones at `nones` (`_KEY_NONE_PLACES`), as
+    `sqlite_binds.positional_at` makes it from the arguments by name, twice: reading today's
+    count and the pockets (`pockets`: billed), and not reading them (an earlier accept of the
+    batch read them: `HeldSums.base`). Kept per columns and pattern (a few: the history's
+    kind, which optional values a send has), at most 256."""
+    plan = _KEY_PLANS.get((cols, nones, pockets))
     if plan is None:
         none = [name for name, flag in zip(_KEY_NONE_PLACES, nones, strict=True) if flag]
-        text, pick, names = sqlite_binds.positional_plan(
-            _authorize_facts_sql(cols), _KEY_NAMES, none
-        )
-        plan = (text, pick, names.index("reads"))
+
+        def one(reads: bool) -> _KeyPlan:
+            facts, places = sqlite_rules.key_cols(cols, not nones[0], not nones[1], reads, pockets)
+            text, pick, _names = sqlite_binds.positional_plan(
+                _authorize_facts_sql(facts), _KEY_NAMES, none
+            )
+            return text, pick, itemgetter(*places)
+
+        plan = (one(True), one(False))
         if len(_KEY_PLANS) >= 256:
             _KEY_PLANS.clear()
-        _KEY_PLANS[(cols, nones)] = plan
+        _KEY_PLANS[(cols, nones, pockets)] = plan
     return plan
 
 
@@ -600,11 +616,26 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # `sqlite_binds.blob` is `bytearray(value)`: the type called itself, no Python frame a
         # value (three a one-part send, seven a 3-part one; ~0.5 k each, session 60).
         blob = bytearray
-        segment_rows = [  # no None in a segment's row (NewSegment): its text as it is
-            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+        # No None in a segment's row (NewSegment): its text as it is. Its TLVs are empty but for
+        # a message with optional parameters of its own: then the zero-length blob is in the
+        # text (X''), not bound (session 62), when every segment of the send has none.
+        segments_sql = _SEGMENTS_NO_TLVS
+        segment_rows: list[tuple[Any, ...]] = [
+            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
             for m in batch.messages
             for s in m.segments
         ]
+        if (
+            any(map(_TLVS_OF, batch.messages[0].segments))
+            if len(batch.messages) == 1
+            else any(s.tlvs for m in batch.messages for s in m.segments)
+        ):
+            segments_sql = _SEGMENTS_INSERT
+            segment_rows = [
+                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+                for m in batch.messages
+                for s in m.segments
+            ]
 
         messages = batch.messages
         recipients = (
@@ -626,6 +657,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         key_facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None] | None = None
         key_facts_held = key_facts
+        key_row: Callable[[Any], Any] | None = None
+        key_row_held = key_row
         if facts_values is not None and keyed:
             # The key's statement reads the facts too (_authorize): its arguments join theirs
             # here, and the statement is made positional, its Nones written as NULL
@@ -635,7 +668,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             known = account_at_version(batch.account_id)
             aver = None if known is None else known[0]
             cols, values = facts_values
-            key_sql, pick, reads_at = _key_plan(
+            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _key_plan(
                 cols,
                 (
                     values[1] is None,
@@ -646,16 +679,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     values[10] is None,
                     aver is None,
                 ),
+                values[6] == 1,  # the pockets read (sqlite_rules.one_facts_values)
             )
-            key_args = pick((*values, batch.key_id, aver))
-            key_facts = (key_sql, key_args, known)
-            # The same, not reading today's count and the pockets (`:reads` 0): for an accept
-            # that finds them read by an earlier accept of its batch (HeldSums.base).
-            key_facts_held = (
-                key_sql,
-                (*key_args[:reads_at], 0, *key_args[reads_at + 1 :]),
-                known,
-            )
+            key_values = (*values, batch.key_id, aver)
+            key_facts = (key_sql, pick(key_values), known)
+            # The same, not reading today's count and the pockets: for an accept that finds
+            # them read by an earlier accept of its batch (HeldSums.base).
+            key_facts_held = (held_sql, held_pick(key_values), known)
         # The day whose count the facts read, and whether they read the pockets: what the
         # sums held by earlier accepts of the batch move (sqlite_rules.HeldSums).
         fact_day = (
@@ -745,6 +775,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 if base is not None and (base[0] != fact_day or (pockets_read and base[2] is None)):
                     base = None
                 chosen = key_facts if base is None else key_facts_held
+                got: list[Any] = []
                 outcome, account = _authorize(
                     cur,
                     batch.key_id,
@@ -752,9 +783,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     batch.nonce_expires_at,
                     now,
                     replaced,
-                    None if chosen is None else (*chosen, facts_row),
+                    None if chosen is None else (*chosen, got),
                 )
-                if facts_row:
+                if got:  # the key's row: `_one_cols`' seven values from its columns
+                    facts_row = sqlite_rules.key_facts(
+                        got[0],
+                        key_row if base is None else key_row_held,  # type: ignore[arg-type]
+                    )
                     if base is None:  # read now: kept for the batch's next accepts
                         if facts_row[6]:  # the pockets parsed once for all of them
                             facts_row[6] = jsonio.loads(facts_row[6])
@@ -871,7 +906,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     (batch.account_id, tokens, at),
                 )
             cur.executemany(messages_sql, message_rows)
-            cur.executemany(_SEGMENTS_INSERT, segment_rows)
+            cur.executemany(segments_sql, segment_rows)
             if plan is not None:
                 quick = one_ledger if plan.entries is one_entries else None
                 if quick is not None:  # `one`'s cash charge: its row made before the lock
@@ -2128,32 +2163,39 @@ def _authorize(
     is replaced, its expiry added to `replaced` (an accept refused later restores it).
 
     `facts`: the key's statement that reads a send's facts too, and its parameters
-    (`_authorize_facts_sql` over the columns of `sqlite_rules.one_facts_query`, with `key_id`,
-    made positional by `sqlite_binds.positional`), read in one statement instead of two: ~1.2 µs
-    less of each accept's write lock; the facts' values are appended to its list. Read before
-    the nonce and idempotency writes, they read the same: neither writes what they read. With
-    it, the (row_version, Account) held for the send's account (`account_at_version`): when the
-    row still has that version the statement answers NULL for it and that Account is the row's
-    (every write of the row changes its version: migration 0037); otherwise the row's JSON is
-    read and its Account kept with the version read."""
+    (`_authorize_facts_sql` over the columns of `sqlite_rules.key_cols`, with `key_id`, made
+    positional by `_key_plan`), read in one statement instead of two: ~1.2 µs less of each
+    accept's write lock; its row is appended to the list. Read before the nonce and idempotency
+    writes, they read the same: neither writes what they read. With it, the (row_version,
+    Account) held for the send's account (`account_at_version`): when the row still has that
+    version the statement's head does not carry it and that Account is the row's (every write
+    of the row changes its version: migration 0037); otherwise the row's JSON is read and its
+    Account kept with the version read (`_AUTHORIZE_FACTS_HEAD`)."""
     if facts is None:
         row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
         if row is None:
             return "unknown_key", None
         account = account_json_cached(row[1])
+        if row[0] != "active":
+            return "revoked", account
     else:
         sql, params, known, out = facts
         row = c.execute(sql, params).fetchone()
         if row is None:
             return "unknown_key", None
-        out.extend(row[_AUTHORIZE_FACTS_WIDTH:])
-        if row[1] is None and known is not None:  # the row as it was at the version held
-            account = known[1]
+        out.append(row)
+        head = row[0]
+        if head is None:  # active, and the row as it was at the version held
+            account = known[1]  # type: ignore[index]
         else:
-            account = account_json_cached(row[1])
-            remember_version(row[2], account)
-    if row[0] != "active":
-        return "revoked", account
+            inactive, version, text = head.split(" ", 2)
+            if text:
+                account = account_json_cached(text)
+                remember_version(int(version) if version else None, account)
+            else:  # the row as it was at the version held
+                account = known[1]  # type: ignore[index]
+            if inactive != "0":
+                return "revoked", account
     key = (key_id, nonce)
     if c.execute(_NONCE_NEW, (*key, expires_at)).rowcount == 1:
         return "ok", account
@@ -2208,6 +2250,13 @@ _SEGMENTS_INSERT = (
     "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
     "VALUES (?,?,?,?,?,?)"
 )
+# A send's segments whose TLVs are all empty: the zero-length blob in the text, the same value
+# stored as a bound empty bytearray gave (a BLOB of no bytes), one value fewer bound a segment.
+_SEGMENTS_NO_TLVS = (
+    "INSERT INTO segments (message_id, seq, total, esm_class, short_message, tlvs) "
+    "VALUES (?,?,?,?,?,X'')"
+)
+_TLVS_OF = attrgetter("tlvs")
 _NONCE_NEW = (
     "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?) "
     "ON CONFLICT (key_id, nonce) DO NOTHING"

@@ -6,7 +6,7 @@ DNC, tariffs, bills). The decisions are in bridge.domain (admission, ledger, set
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import zip_longest
 from typing import Any
@@ -152,6 +152,90 @@ def _one_cols(history: str | None) -> str:
     # execution (the cursor's description), and an expression's name is its text, ~1,300
     # characters here (session 58).
     return ", ".join(f"{col} AS facts_{i}" for i, col in enumerate(cols))
+
+
+# The place in `_one_cols`' row of the opted-out value, which `key_cols`' row gives with the
+# blocked one as one number (opted out 1, blocked 2), at both places: the caller splits it when
+# not 0, `opted, blocked = flags & 1, flags >> 1` (each 0 or 1, as `_one_cols` gives them).
+KEY_FLAGS = 3
+# The history kind each `_one_cols` text was made for (`key_cols` takes the text).
+_KIND_OF_COLS = {_one_cols(kind): kind for kind in (None, *_HISTORY_COND)}
+# The values of `_one_cols`' row, in its order, that `key_cols` may leave out.
+_ONE_WIDTH = 7
+
+
+@lru_cache(maxsize=256)
+def key_cols(
+    cols: str, sign: bool, template: bool, reads: bool, pockets: bool
+) -> tuple[str, tuple[int, ...]]:
+    """The columns of `_one_cols` (`cols`, the text `one_facts_values` gave) that the key's
+    statement reads (`sqlite._authorize`), and where each of `_one_cols`' seven values is in
+    that statement's row (its head column first, then these): only the columns whose value the
+    accept cannot know before the lock. A column whose value is NULL whatever the store holds is
+    left out, its place the one after the row's last (the caller appends a None there): the
+    sign's status without a sign (`name=NULL` finds none), the template's without a template,
+    the history without a frequency rule over the number, today's count and the pockets when
+    not read (`reads` false: an earlier accept of the batch read them, HeldSums.base) and the
+    pockets when not billed. Each column cost ~1.5 k instructions of the write lock as a NULL
+    (the sqlite3 module describes and converts it, 3.11's `fetchone` hands the GIL over around
+    its type), and a subquery's cursor more (session 62). The values are those of `_one_cols`'
+    columns: a subquery under a CASE that is true, or a NULL the CASE or the `=NULL` gave; the
+    opted-out and blocked ones in one column (`KEY_FLAGS`)."""
+    kind = _KIND_OF_COLS[cols]
+    chosen: list[tuple[int, str]] = []
+    if reads:
+        chosen.append((0, "(SELECT messages FROM daily_counts WHERE account_id=a.id AND day=:day)"))
+    if sign:
+        chosen.append((1, "(SELECT status FROM signs WHERE account_id=a.id AND name=:sign)"))
+    if template:
+        chosen.append((2, f"({_TEMPLATE_STATUS.format(code=':tpl', rev=':trev')})"))
+    # Opted out and blocked in one column, 1 and 2 (`KEY_FLAGS`: the caller splits it).
+    chosen.append(
+        (
+            3,
+            "EXISTS(SELECT 1 FROM optouts WHERE account_id=a.id AND recipient=:to) + 2 * "
+            "(CASE WHEN EXISTS(SELECT 1 FROM dnc_entries) THEN "
+            f"EXISTS(SELECT 1 FROM dnc_entries WHERE prefix IN ({_PREFIXES_SQL})) ELSE 0 END)",
+        )
+    )
+    if kind is not None:
+        chosen.append(
+            (
+                5,
+                "(SELECT json_group_array(accepted_at) FROM messages WHERE account_id=a.id "
+                f"AND recipient=:to AND accepted_at>:since AND {_HISTORY_COND[kind]} "
+                f"AND {_STILL_COUNTS})",
+            )
+        )
+    if reads and pockets:
+        chosen.append(
+            (
+                6,
+                "(SELECT json_group_array(json_array(pocket, amount, expires_at)) FROM pockets "
+                "WHERE account_id=a.id)",
+            )
+        )
+    places = [len(chosen) + 1] * _ONE_WIDTH  # absent: the None after the row's last column
+    for at, (value, _col) in enumerate(chosen, 1):
+        places[value] = at
+    places[KEY_FLAGS + 1] = places[KEY_FLAGS]  # blocked: the flags too
+    # Named (`AS`) as `_one_cols` names its own (session 58).
+    return ", ".join(f"{col} AS facts_{v}" for v, col in chosen), tuple(places)
+
+
+# Appended to a key statement's row: the value of the facts' columns it leaves out.
+_ROW_END = (None,)
+
+
+def key_facts(row: tuple[Any, ...], at: Callable[[Any], Any]) -> list[Any]:
+    """`_one_cols`' seven values from a key statement's `row`, `at` the getter of `key_cols`'
+    places: the columns left out None, the opted-out and blocked flags split (`KEY_FLAGS`)."""
+    facts = [*at(row + _ROW_END)]
+    flags = facts[KEY_FLAGS]
+    if flags:
+        facts[KEY_FLAGS] = flags & 1
+        facts[KEY_FLAGS + 1] = flags >> 1
+    return facts
 
 
 @lru_cache(maxsize=64)

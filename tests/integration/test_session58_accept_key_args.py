@@ -78,7 +78,7 @@ def test_the_key_statement_is_positional_at_s(
     assert values is not None and query is not None
     assert sqlite_rules.facts_query(values) == query
     cols, v = values
-    text, pick, reads_at = sqlite_store._key_plan(
+    plans = sqlite_store._key_plan(
         cols,
         (
             v[1] is None,
@@ -89,13 +89,18 @@ def test_the_key_statement_is_positional_at_s(
             v[10] is None,
             aver is None,
         ),
+        True,
     )
-    want = sqlite_binds.positional_at(
-        sqlite_store._authorize_facts_sql(query[0]),
-        {**query[1], "key_id": "K1", "aver": aver},
-        "reads",
-    )
-    assert (text, pick((*v, "K1", aver)), reads_at) == want
+    # Session 62: two statements, reading today's count and the pockets or not, each with only
+    # the columns `sqlite_rules.key_cols` keeps (no `:reads` bound).
+    for (text, pick, _row), reads in zip(plans, (True, False), strict=True):
+        facts, _places = sqlite_rules.key_cols(
+            cols, sign is not None, template is not None, reads, True
+        )
+        args = {**query[1], "key_id": "K1", "aver": aver}
+        del args["reads"], args["pockets"]
+        want = sqlite_binds.positional_at(sqlite_store._authorize_facts_sql(facts), args, "key_id")
+        assert (text, pick((*v, "K1", aver))) == want[:2]
 
 
 def test_no_facts_statement_for_the_sends_read_otherwise() -> None:

@@ -74,7 +74,7 @@ async def test_the_key_statement_reads_the_accounts_facts_once(store: SqliteStor
     seen: list[str] = []
     conn.set_trace_callback(seen.append)
     assert (await send(store, 1, 100)).accepted
-    (head,) = [s for s in seen if s.startswith("SELECT k.status")]
+    (head,) = [s for s in seen if s.startswith("SELECT CASE WHEN k.status")]
     for column in ("daily_quota", "low_balance_threshold", "low_warned_at"):
         assert head.count(f"a.{column}") == 1, column  # in the account's JSON array only
     assert "EXISTS(SELECT 1 FROM optouts" in head  # the send's facts are still read there
