@@ -102,6 +102,7 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    NewMessage,
     NewSegment,
     QueueGroup,
     ReceiptIn,
@@ -368,6 +369,7 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
+_RATE_AT = rules_sql.FACT_COLS.index("tokens")  # then `at`: the rate bucket's columns
 _GROUP_MAX = 200  # accepts of one account per transaction (see PostgresStore._drain_account)
 
 
@@ -400,8 +402,19 @@ class _Deferred:
     writes: rules_sql.Writes
     plan: adm.Plan
     count: int
-    sent: tuple[adm.Sent, ...]
+    # Its messages, whose adm.Sent records facts_after takes: made only when the next accept
+    # goes to `decide` (session 62: ~4 k instructions an accept otherwise).
+    messages: tuple[NewMessage, ...]
     rate: tuple[float | None, float | None]  # the rate bucket it left (tokens, at)
+
+    def sent(self) -> tuple[adm.Sent, ...]:
+        return tuple(
+            adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
+            for m in self.messages
+        )
+
+    def recipients(self) -> Iterable[str]:
+        return (m.recipient for m in self.messages)
 
 
 _RATE_BUCKET = "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE"
@@ -1130,23 +1143,45 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             tps = await _check_head(c, row, batch, now, head, known, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps
-            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, _HEAD_FACTS_AT)
-            if prev is not None:
-                facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent, rules, now)
-                tokens, at = prev.rate
-                if tps > 0 and tokens is None:  # it took no token (no rate then): read it
-                    bucket = await c.fetchrow(_RATE_BUCKET, batch.account_id)
-                    tokens, at = (bucket[0], bucket[1]) if bucket is not None else (None, None)
+            facts_at = _HEAD_FACTS_AT
         else:
             if prev is not None:
                 await prev.writes.run(c)
             tps = await _lock_account(c, batch, now, head, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
-            facts, (tokens, at) = await rules_sql.read_facts(
-                c, batch.account_id, rules, recipients, now, rate=tps > 0
+            fargs = rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=tps > 0)
+            row = await c.fetchrow(rules_sql.FACTS, *fargs)
+            assert row is not None  # FROM (SELECT 1): always one row
+            facts_at = 0
+            prev = None  # its writes are in: this read sees them
+        # The usual one-recipient send decided from the row (session 62): `decide_one`, the
+        # pure function SQLite's accept calls, over the columns; anything else (None) by
+        # `decide` over the Facts, as before. fargs[5] is the facts' day (day_key).
+        one = adm.one_send(rules, now, fargs[5]) if n == 1 else None
+        plan: adm.Plan | adm.Refusal | None = (
+            None
+            if one is None
+            else rules_sql.decide_one_of_row(
+                one,
+                rules,
+                row,
+                facts_at,
+                None if prev is None else (prev.plan, prev.count, prev.recipients()),
             )
-        plan = adm.decide(rules, facts, now)
+        )
+        if plan is None:
+            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, facts_at)
+            if prev is not None:
+                facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent(), rules, now)
+            plan = adm.decide(rules, facts, now)
+        else:
+            tokens, at = row[facts_at + _RATE_AT], row[facts_at + _RATE_AT + 1]
+        if prev is not None:
+            tokens, at = prev.rate
+            if tps > 0 and tokens is None:  # it took no token (no rate then): read it
+                bucket = await c.fetchrow(_RATE_BUCKET, batch.account_id)
+                tokens, at = (bucket[0], bucket[1]) if bucket is not None else (None, None)
         if isinstance(plan, adm.Refusal):
             raise _Refused(plan)
         shape = _shape(batch)
@@ -1180,11 +1215,9 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if deferred is None:
             await w.run(c)
         else:
-            sent = tuple(
-                adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
-                for m in batch.messages
+            deferred.append(
+                _Deferred(w, plan, n, batch.messages, (tokens, at) if tps > 0 else (None, None))
             )
-            deferred.append(_Deferred(w, plan, n, sent, (tokens, at) if tps > 0 else (None, None)))
         return AcceptOutcome(accepted=True, plan=plan)
 
     async def _accept_send(self, batch: AcceptBatch, now: int) -> AcceptOutcome | None:
