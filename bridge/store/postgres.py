@@ -405,6 +405,7 @@ class _Deferred:
     # Its messages, whose adm.Sent records facts_after takes: made only when the next accept
     # goes to `decide` (session 62: ~4 k instructions an accept otherwise).
     messages: tuple[NewMessage, ...]
+    recipients: tuple[str, ...]  # theirs, as _accept_one made them
     rate: tuple[float | None, float | None]  # the rate bucket it left (tokens, at)
 
     def sent(self) -> tuple[adm.Sent, ...]:
@@ -412,9 +413,6 @@ class _Deferred:
             adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
             for m in self.messages
         )
-
-    def recipients(self) -> Iterable[str]:
-        return (m.recipient for m in self.messages)
 
 
 _RATE_BUCKET = "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE"
@@ -1167,7 +1165,7 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
                 rules,
                 row,
                 facts_at,
-                None if prev is None else (prev.plan, prev.count, prev.recipients()),
+                None if prev is None else (prev.plan, prev.count, prev.recipients),
             )
         )
         if plan is None:
@@ -1216,7 +1214,14 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             await w.run(c)
         else:
             deferred.append(
-                _Deferred(w, plan, n, batch.messages, (tokens, at) if tps > 0 else (None, None))
+                _Deferred(
+                    w,
+                    plan,
+                    n,
+                    batch.messages,
+                    recipients,
+                    (tokens, at) if tps > 0 else (None, None),
+                )
             )
         return AcceptOutcome(accepted=True, plan=plan)
 
@@ -2471,19 +2476,22 @@ async def _check_head(
     if row is None:  # no such key, or a key of another account
         raise _AuthRefused("unknown_key")
     head.locked = True
-    head.nonce, head.idempotency = row["fresh"] > 0, row["stored"] > 0
-    head.replaced = row["replaced"] > 0
+    # By position (_HEAD_COLS: the key's status first, then the account's columns, its
+    # version, fresh, stored, replaced): a Record's lookup by name is a mapping's (session 62).
+    fresh, stored, replaced = row[_HEAD_VERSION_AT + 1 : _HEAD_VERSION_AT + 4]
+    head.nonce, head.idempotency = fresh > 0, stored > 0
+    head.replaced = replaced > 0
     account = _head_account(row, known, by_version)
     # The order of the SQLite engine's checks (_authorize, then the account's state).
-    if row["key_status"] != "active":
+    if row[0] != "active":  # key_status
         raise _AuthRefused("revoked")
-    if not row["fresh"]:
+    if not fresh:
         raise _AuthRefused("nonce_reused")
     if not account.active:
         raise _AuthRefused("disabled")
     if batch.account_version is not None and account.updated_at != batch.account_version:
         raise _AuthRefused("stale", account)
-    if batch.idempotency_key is not None and batch.idempotency is not None and not row["stored"]:
+    if batch.idempotency_key is not None and batch.idempotency is not None and not stored:
         return await _replayed(c, batch, now)
     return account.tps
 

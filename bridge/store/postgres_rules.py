@@ -479,8 +479,10 @@ def decide_one_of_row(
     if before is not None:
         plan, count, sent_to = before
         fr = rules.frequency
-        if fr is not None and fr.numbers and any(r in fr.numbers for r in sent_to):
-            return None  # its history may have grown (facts_after): decide answers
+        if fr is not None and fr.numbers:
+            for r in sent_to:
+                if r in fr.numbers:
+                    return None  # its history may have grown (facts_after): decide answers
         if plan.day == one.day:
             day_count += count
         if plan.low_balance is not None:
