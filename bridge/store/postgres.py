@@ -264,7 +264,7 @@ _ACCEPT_SEND = tuple(
 # meanwhile read their facts after its commit.
 #
 # It also sets plan_cache_mode to force_generic_plan for the rest of the transaction: the facts'
-# statement (rules_sql.read_facts) next, with arrays of unknown length in a generic plan, is
+# statement (rules_sql.FACTS) next, with arrays of unknown length in a generic plan, is
 # costed above a custom plan for each accept's arrays, so PostgreSQL planned it again at every
 # execution (~350-400 us of planning for ~45 us of execution, every transaction; measured with
 # pg_stat_statements.track_planning). Its generic plan is the one it already runs in the later

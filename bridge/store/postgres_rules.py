@@ -139,7 +139,9 @@ FACT_COLS = (
     "amounts", "expiries", "tokens", "at",
 )  # fmt: skip
 _N_FACT_COLS = len(FACT_COLS)
-FACTS = _FACTS  # read_facts' statement, for a caller that reads its row itself
+# read_facts' statement, for a caller that reads its row itself (PostgresStore._accept_one:
+# facts_from_row or decide_one_of_row its row).
+FACTS = _FACTS
 _NOBODY: frozenset[str] = frozenset()
 
 

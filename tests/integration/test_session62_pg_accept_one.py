@@ -117,3 +117,97 @@ async def test_usual_sends_are_decided_without_decide(
         "SELECT amount, pocket, ref FROM ledger WHERE kind = 'charge' ORDER BY id"
     )
     assert [tuple(r) for r in ledger] == [(-30, "cash", f"m{i:04d}") for i in range(5)]
+
+
+async def _scenario(
+    store: PostgresStore, aid: str, seed: int, *, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> list[Any]:
+    """Seeded rounds of one account's accepts, each round at once (a group): numbers drawn from
+    a few (the frequency rule bites), charges of 0 to 300 against 1,500 (the balance runs out),
+    a quota of 4 to 10 and a threshold of 600 (warnings). Returns the answers and the rows, the
+    account's id left out."""
+    import random
+
+    from bridge.domain import admission
+    from bridge.store import postgres_rules
+
+    if not fast:  # every accept through decide, as before session 62
+        monkeypatch.setattr(postgres_rules, "decide_one_of_row", lambda *a, **k: None)
+    rnd = random.Random(seed)
+    await store.create_account(
+        Account(
+            id=aid,
+            name=aid,
+            created_at=NOW,
+            updated_at=NOW,
+            daily_quota=rnd.randint(4, 10),
+            low_balance_threshold=600,
+            status_callback_url="http://cb.invalid/s",
+        )
+    )
+    await store.add_key(AppKey(f"K{aid}", aid, b"sealed", "active", NOW), max_active=2)
+    await store.append_ledger(aid, topup(1_500, NOW, f"funds-{aid}"))
+    answers: list[Any] = []
+    i = 0
+    for _round in range(6):
+        batches = []
+        for _ in range(rnd.randint(1, 6)):
+            to = f"+861380000{rnd.randint(0, 9):04d}"
+            m = one_part(f"{aid}-m{i:03d}", aid, to, NOW + i)
+            limits = Limits(0, 0, rnd.choice([1, 2, 50]))
+            batches.append(
+                AcceptBatch(
+                    aid,
+                    (m,),
+                    f"idem-{i}",
+                    IdempotencyRecord(f"h{i}", 202, b"{}"),
+                    NOW + 86_400_000,
+                    key_id=f"K{aid}",
+                    nonce=f"n{i}",
+                    nonce_expires_at=NOW + 300_000,
+                    account_version=NOW,
+                    rules=admission.Rules(
+                        frequency=admission.FrequencyRule("raw", None, None, limits, "UTC", (to,)),
+                        charges=(admission.Priced(m.id, rnd.randint(0, 300), False),),
+                        billing=rnd.random() < 0.9,
+                    ),
+                )
+            )
+            i += 1
+        for o in await _accept_all(store, batches):
+            plan = o.plan
+            answers.append(
+                (
+                    o.accepted,
+                    None if o.refusal is None else o.refusal.code,
+                    None if plan is None else (plan.low_balance, len(plan.entries)),
+                    None if plan is None else [(e.amount, e.pocket) for _m, e in plan.entries],
+                )
+            )
+    rows = []
+    for sql in (
+        "SELECT kind, amount, pocket, at, replace(ref, $1, '') FROM ledger "
+        "WHERE account_id = $1 ORDER BY id",
+        "SELECT pocket, amount FROM pockets WHERE account_id = $1 ORDER BY pocket",
+        "SELECT day, messages FROM daily_counts WHERE account_id = $1",
+        "SELECT low_warned_at FROM accounts WHERE id = $1",
+        "SELECT count(*) FROM webhook_outbox WHERE account_id = $1 AND kind = 'event'",
+        "SELECT replace(id, $1, ''), recipient FROM messages WHERE account_id = $1 ORDER BY id",
+    ):
+        rows.append([tuple(r) for r in await store.pool.fetch(sql, aid)])
+    monkeypatch.undo()
+    return [answers, rows]
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_grouped_accepts_answer_and_write_as_decide(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """The same seeded rounds on two accounts, one through the row's decision, one through
+    `decide` alone: the same answers, plans and rows (ledger, pockets, the day's count, the
+    warning's mark and events, messages)."""
+    fast = await _scenario(store, "fa", seed, fast=True, monkeypatch=monkeypatch)
+    general = await _scenario(store, "ge", seed, fast=False, monkeypatch=monkeypatch)
+    assert fast == general
+    answers = fast[0]
+    assert any(a[0] for a in answers) and not all(a[0] for a in answers), answers
