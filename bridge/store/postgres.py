@@ -102,6 +102,7 @@ from bridge.store.models import (
     MessageRecord,
     MoMessage,
     MoPart,
+    NewMessage,
     NewSegment,
     QueueGroup,
     ReceiptIn,
@@ -263,7 +264,7 @@ _ACCEPT_SEND = tuple(
 # meanwhile read their facts after its commit.
 #
 # It also sets plan_cache_mode to force_generic_plan for the rest of the transaction: the facts'
-# statement (rules_sql.read_facts) next, with arrays of unknown length in a generic plan, is
+# statement (rules_sql.FACTS) next, with arrays of unknown length in a generic plan, is
 # costed above a custom plan for each accept's arrays, so PostgreSQL planned it again at every
 # execution (~350-400 us of planning for ~45 us of execution, every transaction; measured with
 # pg_stat_statements.track_planning). Its generic plan is the one it already runs in the later
@@ -368,6 +369,7 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
+_RATE_AT = rules_sql.FACT_COLS.index("tokens")  # then `at`: the rate bucket's columns
 _GROUP_MAX = 200  # accepts of one account per transaction (see PostgresStore._drain_account)
 
 
@@ -400,8 +402,17 @@ class _Deferred:
     writes: rules_sql.Writes
     plan: adm.Plan
     count: int
-    sent: tuple[adm.Sent, ...]
+    # Its messages, whose adm.Sent records facts_after takes: made only when the next accept
+    # goes to `decide` (session 62: ~4 k instructions an accept otherwise).
+    messages: tuple[NewMessage, ...]
+    recipients: tuple[str, ...]  # theirs, as _accept_one made them
     rate: tuple[float | None, float | None]  # the rate bucket it left (tokens, at)
+
+    def sent(self) -> tuple[adm.Sent, ...]:
+        return tuple(
+            adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
+            for m in self.messages
+        )
 
 
 _RATE_BUCKET = "SELECT tokens, at FROM rate_buckets WHERE account_id = $1 FOR UPDATE"
@@ -1130,23 +1141,45 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
             tps = await _check_head(c, row, batch, now, head, known, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps
-            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, _HEAD_FACTS_AT)
-            if prev is not None:
-                facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent, rules, now)
-                tokens, at = prev.rate
-                if tps > 0 and tokens is None:  # it took no token (no rate then): read it
-                    bucket = await c.fetchrow(_RATE_BUCKET, batch.account_id)
-                    tokens, at = (bucket[0], bucket[1]) if bucket is not None else (None, None)
+            facts_at = _HEAD_FACTS_AT
         else:
             if prev is not None:
                 await prev.writes.run(c)
             tps = await _lock_account(c, batch, now, head, self._by_version)
             if isinstance(tps, AcceptOutcome):
                 return tps  # an idempotent replay (the nonce stays spent, as in SQLite)
-            facts, (tokens, at) = await rules_sql.read_facts(
-                c, batch.account_id, rules, recipients, now, rate=tps > 0
+            fargs = rules_sql.facts_args(batch.account_id, rules, recipients, now, rate=tps > 0)
+            row = await c.fetchrow(rules_sql.FACTS, *fargs)
+            assert row is not None  # FROM (SELECT 1): always one row
+            facts_at = 0
+            prev = None  # its writes are in: this read sees them
+        # The usual one-recipient send decided from the row (session 62): `decide_one`, the
+        # pure function SQLite's accept calls, over the columns; anything else (None) by
+        # `decide` over the Facts, as before. fargs[5] is the facts' day (day_key).
+        one = adm.one_send(rules, now, fargs[5]) if n == 1 else None
+        plan: adm.Plan | adm.Refusal | None = (
+            None
+            if one is None
+            else rules_sql.decide_one_of_row(
+                one,
+                rules,
+                row,
+                facts_at,
+                None if prev is None else (prev.plan, prev.count, prev.recipients),
             )
-        plan = adm.decide(rules, facts, now)
+        )
+        if plan is None:
+            facts, (tokens, at) = rules_sql.facts_from_row(row, rules, recipients, facts_at)
+            if prev is not None:
+                facts = adm.facts_after(facts, prev.plan, prev.count, prev.sent(), rules, now)
+            plan = adm.decide(rules, facts, now)
+        else:
+            tokens, at = row[facts_at + _RATE_AT], row[facts_at + _RATE_AT + 1]
+        if prev is not None:
+            tokens, at = prev.rate
+            if tps > 0 and tokens is None:  # it took no token (no rate then): read it
+                bucket = await c.fetchrow(_RATE_BUCKET, batch.account_id)
+                tokens, at = (bucket[0], bucket[1]) if bucket is not None else (None, None)
         if isinstance(plan, adm.Refusal):
             raise _Refused(plan)
         shape = _shape(batch)
@@ -1180,11 +1213,16 @@ class PostgresStore(RulesStoreMixin, RetentionMixin):
         if deferred is None:
             await w.run(c)
         else:
-            sent = tuple(
-                adm.Sent(m.recipient, m.accepted_at, m.sign_name, m.template, m.kind)
-                for m in batch.messages
+            deferred.append(
+                _Deferred(
+                    w,
+                    plan,
+                    n,
+                    batch.messages,
+                    recipients,
+                    (tokens, at) if tps > 0 else (None, None),
+                )
             )
-            deferred.append(_Deferred(w, plan, n, sent, (tokens, at) if tps > 0 else (None, None)))
         return AcceptOutcome(accepted=True, plan=plan)
 
     async def _accept_send(self, batch: AcceptBatch, now: int) -> AcceptOutcome | None:
@@ -2438,19 +2476,22 @@ async def _check_head(
     if row is None:  # no such key, or a key of another account
         raise _AuthRefused("unknown_key")
     head.locked = True
-    head.nonce, head.idempotency = row["fresh"] > 0, row["stored"] > 0
-    head.replaced = row["replaced"] > 0
+    # By position (_HEAD_COLS: the key's status first, then the account's columns, its
+    # version, fresh, stored, replaced): a Record's lookup by name is a mapping's (session 62).
+    fresh, stored, replaced = row[_HEAD_VERSION_AT + 1 : _HEAD_VERSION_AT + 4]
+    head.nonce, head.idempotency = fresh > 0, stored > 0
+    head.replaced = replaced > 0
     account = _head_account(row, known, by_version)
     # The order of the SQLite engine's checks (_authorize, then the account's state).
-    if row["key_status"] != "active":
+    if row[0] != "active":  # key_status
         raise _AuthRefused("revoked")
-    if not row["fresh"]:
+    if not fresh:
         raise _AuthRefused("nonce_reused")
     if not account.active:
         raise _AuthRefused("disabled")
     if batch.account_version is not None and account.updated_at != batch.account_version:
         raise _AuthRefused("stale", account)
-    if batch.idempotency_key is not None and batch.idempotency is not None and not row["stored"]:
+    if batch.idempotency_key is not None and batch.idempotency is not None and not stored:
         return await _replayed(c, batch, now)
     return account.tps
 

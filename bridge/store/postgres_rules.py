@@ -139,6 +139,9 @@ FACT_COLS = (
     "amounts", "expiries", "tokens", "at",
 )  # fmt: skip
 _N_FACT_COLS = len(FACT_COLS)
+# read_facts' statement, for a caller that reads its row itself (PostgresStore._accept_one:
+# facts_from_row or decide_one_of_row its row).
+FACTS = _FACTS
 _NOBODY: frozenset[str] = frozenset()
 
 
@@ -436,6 +439,81 @@ def facts_from_row(
         read,  # pockets
     )
     return facts, (tokens, at_)
+
+
+def decide_one_of_row(
+    one: adm.OneSend,
+    rules: adm.Rules,
+    row: Any,
+    at: int = 0,
+    before: tuple[adm.Plan, int, Iterable[str]] | None = None,
+) -> adm.Plan | None:
+    """`adm.decide_one` over _FACTS's columns (FACT_COLS from `at`) of a one-recipient send
+    whose facts `facts_args` read for `rules` (`one`: adm.one_send of them, the facts' day):
+    the Plan `decide` gives the Facts `facts_from_row` builds, moved by `before` (the plan,
+    message count and recipients of the group's earlier accept whose writes share the
+    statement, as adm.facts_after moves them), or None when `decide` must answer.
+
+    Why (session 62): facts_from_row, the Facts, facts_after and `decide` were most of a
+    grouped accept's own Python; this reads the row and calls the pure function SQLite's
+    accept calls. Only the usual row is answered: no opt-out, do-not-contact entry or history
+    (nor an earlier accept to a number the rule counts), one cash pocket (beside pockets at 0,
+    as sqlite_rules.decide_one_of), an earlier accept's entries all cash. Anything else is
+    None. Held equal to the general form by tests/unit/test_session62_pg_one.py."""
+    (sign_names, sign_statuses, template_status, opted, dnc, h_numbers, _times, quota, kind,
+     threshold, warned, day_count, pockets, amounts, _expiries) = row[at : at + 15]  # fmt: skip
+    if opted or dnc or h_numbers:
+        return None  # listed or sent to before: decide answers (it refuses or counts)
+    cash = None
+    if pockets:
+        if len(pockets) == 1:
+            if pockets[0] == "cash":
+                cash = amounts[0]
+        else:  # pockets at 0 beside the cash one do nothing in decide (decide_one_of)
+            for name, amount in zip(pockets, amounts, strict=True):
+                if name == "cash":
+                    cash = amount
+                elif amount != 0:
+                    cash = None
+                    break
+    day_count = day_count or 0
+    warned = bool(warned)
+    if before is not None:
+        plan, count, sent_to = before
+        fr = rules.frequency
+        if fr is not None and fr.numbers:
+            for r in sent_to:
+                if r in fr.numbers:
+                    return None  # its history may have grown (facts_after): decide answers
+        if plan.day == one.day:
+            day_count += count
+        if plan.low_balance is not None:
+            warned = True
+        if cash is not None and plan.entries:
+            for _m, e in plan.entries:  # apply_entries' sums, the cash pocket's only
+                if e.pocket != "cash":
+                    return None
+                cash += e.amount
+    # The statuses by name as facts_from_row's dict gives them (the last row of a name): the
+    # statement reads only `sign`'s rows, so a last row of another name is never there (and
+    # would only send the accept to decide).
+    sign = rules.sign_name
+    status = (
+        sign_statuses[-1] if sign is not None and sign_names and sign_names[-1] == sign else None
+    )
+    return adm.decide_one(
+        one,
+        status,
+        template_status,
+        False,
+        False,
+        day_count,
+        quota if quota is not None else 0,
+        kind if kind is not None else "prepaid",
+        threshold or 0,
+        warned,
+        cash,
+    )
 
 
 def add_plan(w: Writes, account_id: str, plan: adm.Plan, count: int) -> None:
