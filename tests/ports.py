@@ -96,7 +96,8 @@ def _reserve(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A free port, not handed out again by this process until its block of 1,400 wraps."""
+    """A free port, not handed out again by this process until its block of 1,400 wraps, nor
+    by another test process while this one lives (_reserve)."""
     global _next
     if _RANGE is not None:
         for _ in range(_BLOCK):
@@ -111,6 +112,6 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        if port not in _HANDED_OUT and _reserve(port):
             _HANDED_OUT.add(port)
             return port

@@ -65,7 +65,8 @@ def test_two_runs_with_the_same_worker_never_hand_out_the_same_port(tmp_path: Pa
     """A run's gw0 and another run's gw0 (CI's beside a helper's) draw from one block: each half
     of it, from random starts, overlapped the other's before a process reserved what it handed
     out (a daemon of one run found its port bound by the other's server)."""
-    env = {**os.environ, "PYTEST_XDIST_WORKER": "gw3", "PYTHONPATH": str(_ROOT)}
+    # gw6: the block of a seventh worker, which the runs on this machine (-n 2 to 4) do not have
+    env = {**os.environ, "PYTEST_XDIST_WORKER": "gw6", "PYTHONPATH": str(_ROOT)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _HAND_OUT],
