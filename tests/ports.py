@@ -8,13 +8,23 @@ Between our choice and the child's bind, another test could get the same port: C
 in one run on it (a daemon's "address already in use", and a test's SMPP peer, bound to port 0,
 receiving another test's readiness `GET /readyz`). So ports here come from below the ephemeral
 range, in one block per xdist worker, handed out in turn, each checked free when handed out.
+
+Two test runs on one machine (CI's and a helper's, both with a worker gw0) share a block: one
+run's port, checked free and named in a daemon's config, was bound by the other run's server
+before the daemon started ("address already in use", session 44's first-day test). So a port
+handed out is also reserved for as long as the handing process lives: a POSIX record lock on the
+port's byte of one file in the temporary directory (released by the kernel when the process
+exits, not inherited by its children), and a port another process holds is skipped as a bound
+one is.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
+import tempfile
 from pathlib import Path
 
 _BLOCKS = 8
@@ -57,14 +67,43 @@ def _bindable(port: int) -> bool:
 _HANDED_OUT: set[int] = set()  # by the kernel's choice (the fallback below)
 
 
+def _open_reservations() -> int | None:
+    """The shared file whose byte N a process locks while it holds port N (None: no file, and
+    then no reservations, as before)."""
+    try:
+        return os.open(
+            Path(tempfile.gettempdir()) / "smpp-bridge-test-ports.lock",
+            os.O_RDWR | os.O_CREAT,
+            0o666,
+        )
+    except OSError:
+        return None
+
+
+_RESERVATIONS = _open_reservations()
+
+
+def _reserve(port: int) -> bool:
+    """Whether this process holds `port` now (again, if it held it already) and no other test
+    process does: every test process locks a port's byte before handing the port out."""
+    if _RESERVATIONS is None:
+        return True
+    try:
+        fcntl.lockf(_RESERVATIONS, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
-    """A free port, not handed out again by this process until its block of 1,400 wraps."""
+    """A free port, not handed out again by this process until its block of 1,400 wraps, nor
+    by another test process while this one lives (_reserve)."""
     global _next
     if _RANGE is not None:
         for _ in range(_BLOCK):
             port = _RANGE[_next % _BLOCK]
             _next += 1
-            if _bindable(port):
+            if _bindable(port) and _reserve(port):
                 return port
     # No room below the ephemeral range, or the block is all taken: the kernel's choice, never
     # one handed out before (it may give a just-closed port again, and one config naming the
@@ -73,6 +112,6 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        if port not in _HANDED_OUT and _reserve(port):
             _HANDED_OUT.add(port)
             return port

@@ -247,6 +247,9 @@ class WebhookReceiver:
             self._runner = None
 
 
+READY_S = 60.0  # DaemonProcess.wait_ready's least wait
+
+
 class DaemonProcess:
     """`smpp-bridge run` as a real subprocess, for crash tests (kill -9)."""
 
@@ -278,8 +281,13 @@ class DaemonProcess:
                 env=env,
             )
 
-    async def wait_ready(self, timeout: float = 15.0) -> None:
+    async def wait_ready(self, timeout: float = READY_S) -> None:
+        """Until /readyz answers 200, failing at once if the daemon exits. Waits READY_S at the
+        least, whatever `timeout` says: no test measures a start's time here, and at load ~22 a
+        start (the interpreter, the imports, the store) ran past 15 s."""
         import aiohttp
+
+        timeout = max(timeout, READY_S)
 
         async def ready() -> bool:
             try:

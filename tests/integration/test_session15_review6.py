@@ -1290,10 +1290,16 @@ class Sent:
 async def test_rolling_upgrade_load_sends_on_both_dnc_import_and_optouts_through_new(
     fleet: Fleet, sim: CountingSim
 ) -> None:
-    """Two senders per instance for ~3 s over two accounts, to numbers some of which a DNC
-    import and opt-outs through the new instance list midway. No 5xx, nothing deadlocks, no
-    error in either log; once the import (the opt-outs) answered, every accept on either
-    instance refuses those numbers; every 202 message ends final; the books balance."""
+    """Two senders per instance over two accounts, to numbers some of which a DNC import and
+    opt-outs through the new instance list midway. No 5xx, nothing deadlocks, no error in either
+    log; once the import (the opt-outs) answered, every accept on either instance refuses those
+    numbers; every 202 message ends final; the books balance.
+
+    The changes wait for sends, not for the clock: the import after each instance answered 12,
+    the opt-outs after 8 more each, and the senders stop once each answered 15 more after the
+    opt-outs (60 s at most).
+    A fixed 3 s (the import at 0.8 s, the opt-outs at 1.2 s) got 43 sends at load ~15 (a "50 at
+    least" failed), too few to race the changes."""
     accounts = [
         await make_account(fleet.new, f"load{i}", f"Load{i}", topup=1_000_000_000) for i in range(2)
     ]
@@ -1302,12 +1308,21 @@ async def test_rolling_upgrade_load_sends_on_both_dnc_import_and_optouts_through
     plain = [f"+86138200{i:05d}" for i in range(400)]
     sends: list[Sent] = []
     marks: dict[str, tuple[float, float]] = {}
-    stop = time.monotonic() + 3.0
+    stop = time.monotonic() + 60.0
+    done = asyncio.Event()
+
+    async def answered(n: int) -> None:
+        """Until each instance answered n more sends (or the 60 s ran out)."""
+        goal = Counter(s.on for s in sends) + Counter({"old": n, "new": n})
+        for _ in range(6_000):  # 0.01 s apart: the 60 s
+            if Counter(s.on for s in sends) >= goal or time.monotonic() > stop:
+                return
+            await asyncio.sleep(0.01)
 
     async def sender(on: str, acc: dict[str, Any], k: int) -> None:
         async with Client(fleet.procs(on).base, acc) as c:
             i = 0
-            while time.monotonic() < stop:
+            while not done.is_set() and time.monotonic() < stop:
                 i += 1
                 pool = (dnc, opt, plain)[i % 3]
                 to = pool[(i * 7 + k) % len(pool)]
@@ -1321,19 +1336,21 @@ async def test_rolling_upgrade_load_sends_on_both_dnc_import_and_optouts_through
                     sends.append(Sent(on, to, t0, time.monotonic(), exc.status, exc.code, None))
 
     async def changes() -> None:
-        await asyncio.sleep(0.8)
+        await answered(12)
         t0 = time.monotonic()
         r = await fleet.new.admin(
             "PUT", "/admin/dnc/load?country=CN", raw=dnc_csv(dnc), content_type="text/csv"
         )
         assert r.status == 200, r.text
         marks["dnc"] = (t0, time.monotonic())
-        await asyncio.sleep(0.4)
+        await answered(8)
         t0 = time.monotonic()
         for acc in accounts:
             async with Client(fleet.new.base, acc) as c:
                 await c.request("POST", "/v1/optouts", json_body={"numbers": opt})
         marks["opt"] = (t0, time.monotonic())
+        await answered(15)
+        done.set()
 
     await asyncio.gather(
         changes(),
@@ -1342,9 +1359,12 @@ async def test_rolling_upgrade_load_sends_on_both_dnc_import_and_optouts_through
             for k, (on, acc) in enumerate((on, acc) for on in ("old", "new") for acc in accounts)
         ),
     )
-    # Enough load to race the changes: CI's slowest run managed 73 in the window (this machine's
-    # speed varies 2-3 times between hours), where 100 were asked.
-    assert len(sends) >= 50, len(sends)
+    # Sends on both sides of each change, as the waits above asked (not cut short by the 60 s).
+    print(f"{len(sends)} sends in {max(s.t1 for s in sends) - min(s.t0 for s in sends):.1f} s")
+    assert done.is_set(), Counter(s.on for s in sends)
+    for on in ("old", "new"):
+        assert sum(s.on == on and s.t1 < marks["dnc"][0] for s in sends) >= 12, len(sends)
+        assert sum(s.on == on and s.t0 > marks["opt"][1] for s in sends) >= 10, len(sends)
     assert {(s.status, s.code) for s in sends} <= {
         (202, None),
         (422, "RECIPIENT_BLOCKED"),
