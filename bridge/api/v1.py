@@ -95,9 +95,10 @@ def _media_type(header: str) -> tuple[str, str | None]:
     return header.split(";")[0].strip().lower(), _charset(header)
 
 
-def parse_json(body: bytes, request: web.Request) -> Any:
-    headers = request._headers if PLAIN_REQUEST else request.headers  # (plain_request)
-    ctype, charset = _media_type(headers.get("Content-Type", "application/json"))
+def _check_media_type(sent: str) -> None:
+    """UNSUPPORTED_MEDIA_TYPE unless the Content-Type `sent` is JSON in UTF-8 (or says no type
+    or charset)."""
+    ctype, charset = _media_type(sent)
     if ctype not in ("application/json", ""):
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type {ctype!r}: send application/json")
     if charset not in (None, "utf-8"):
@@ -108,6 +109,15 @@ def parse_json(body: bytes, request: web.Request) -> Any:
             f"Content-Type charset {charset[:40]!r}: send the JSON body as UTF-8 "
             "(charset=utf-8, or no charset)",
         )
+
+
+def parse_json(body: bytes, request: web.Request) -> Any:
+    headers = request._headers if PLAIN_REQUEST else request.headers  # (plain_request)
+    sent = headers.get("Content-Type")
+    # The usual header spelled as sent (or none) passes both checks below: not taken apart
+    # (~600 instructions a send, session 62).
+    if sent is not None and sent != "application/json":
+        _check_media_type(sent)
     if not body:
         raise ApiError("INVALID_JSON", "the request body is empty; send a JSON object")
     try:
