@@ -42,7 +42,15 @@ from bridge.app import make_router
 from bridge.billing import tariff_from_config
 from bridge.config import parse_config
 from bridge.domain.content_filter import ContentFilter
-from bridge.text.split import RefCounter
+from bridge.text.gsm import gsm_septets
+from bridge.text.split import (
+    GSM_ONE_PART,
+    EncodeOptions,
+    RefCounter,
+    SplitMode,
+    one_gsm_part,
+    plain_gsm_options,
+)
 
 NOW = 1_780_000_000_000
 ACCOUNT = types.SimpleNamespace(id="acc_62", raw_text=True, marketing=False, default_country="CN")
@@ -134,7 +142,9 @@ def test_the_usual_body_is_parsed_in_a_straight_line() -> None:
 
 # -- the build ---------------------------------------------------------------------------------
 
-SMSCS = [{"split": s, "packed_gsm": p} for s, p in itertools.product(("udh8", "payload"), (False, True))]
+SMSCS = [
+    {"split": s, "packed_gsm": p} for s, p in itertools.product(("udh8", "payload"), (False, True))
+]
 TEXT_CONFIGS = [
     {"sign_format": "【{sign}】", "counting_rule": r, "smart_encoding": smart, "max_chars": n}
     for r, smart, n in itertools.product(("chars_70_67", "wire_segments"), (False, True), (500, 80))
@@ -382,3 +392,41 @@ def test_the_usual_content_type_is_not_taken_apart() -> None:
     )
     with mock.patch.object(v1, "_media_type", side_effect=AssertionError):
         assert v1.parse_json(b'{"a":1}', request) == {"a": 1}
+
+
+# -- one_gsm_part's options per route ----------------------------------------------------------
+
+GSM_OPTIONS = [
+    EncodeOptions(
+        split=split, gsm_data_coding=dc, packed_gsm=packed, smart=smart, allow_latin1=latin1
+    )
+    for split, dc, packed, smart, latin1 in itertools.product(
+        list(SplitMode), (0, 1), (False, True), (False, True), (False, True)
+    )
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        TEXTS,
+        st.text(st.sampled_from(["a", "^", "{", "€", "é", "Ω", "\x1b"]), min_size=75, max_size=170),
+    )
+)
+def test_the_route_s_gsm_flag_and_septets_are_one_gsm_part(text: str) -> None:
+    for opts in GSM_OPTIONS:
+        septets = gsm_septets(text) if plain_gsm_options(opts) else None
+        if septets is not None and not 0 < len(septets) <= GSM_ONE_PART:
+            septets = None
+        assert septets == one_gsm_part(text, opts), (text, opts)
+
+
+def test_build_asks_no_one_gsm_part(tmp_path: Any) -> None:
+    """Fails on the tree before (build called one_gsm_part for every message)."""
+    cfg = _config(tmp_path, 0, 0)
+    submitter = Submitter(cfg, make_router(cfg), refs=RefCounter(start=lambda: 1))
+    body = {"to": NUMBERS[0], "text": "Your verification code is 123456."}
+    req = parse_send_request(body, ACCOUNT, max_recipients=5, now_ms=NOW)  # type: ignore[arg-type]
+    with mock.patch.object(submit, "one_gsm_part", side_effect=AssertionError, create=True):
+        _, messages, _ = submitter.build(req, ACCOUNT, NOW)  # type: ignore[arg-type]
+    assert messages[0].segments[0].short_message == body["text"].encode()
