@@ -13,7 +13,7 @@ from bridge.api.errors import ApiError
 from bridge.api.submit import SendRequest
 from bridge.domain import senders
 from bridge.domain.admission import Priced, Rules
-from bridge.domain.tariffs import BillingError, Tariff
+from bridge.domain.tariffs import BillingError, Tariff, tariff_at
 from bridge.fastinit import maker
 from bridge.store.models import AcceptOutcome, Account, NewMessage, Template
 
@@ -109,7 +109,7 @@ def prepare_now(
         if not book.versions:
             return None
         try:
-            tariff: Tariff | None = book.at(now_ms)
+            tariff: Tariff | None = tariff_at(book.versions, now_ms)  # Tariffs.at's own call
         except BillingError as exc:
             raise _tariff_refusal(exc) from None
     else:

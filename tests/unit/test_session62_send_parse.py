@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import itertools
 import os
 import random
@@ -37,6 +38,7 @@ from hypothesis import strategies as st
 from bridge import jsonio
 from bridge.api import bodies, submit, v1
 from bridge.api.errors import ApiError
+from bridge.api.idempotency import check_key
 from bridge.api.submit import Submitter, parse_any_send_request, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
@@ -430,3 +432,21 @@ def test_build_asks_no_one_gsm_part(tmp_path: Any) -> None:
     with mock.patch.object(submit, "one_gsm_part", side_effect=AssertionError, create=True):
         _, messages, _ = submitter.build(req, ACCOUNT, NOW)  # type: ignore[arg-type]
     assert messages[0].segments[0].short_message == body["text"].encode()
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["k", "a" * 255, "a" * 256, "", " ", "a b", "a\tb", "é", "a\x7f", "!~", "a\u2028", "\x00"],
+)
+def test_the_key_s_inline_test_is_check_key_s(key: str) -> None:
+    inline = 0 < len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key
+    try:
+        check_key(key)
+        passed = True
+    except ApiError:
+        passed = False
+    assert inline == passed
+    source = inspect.getsource(v1.send_handler)
+    assert (
+        '0 < len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key' in source
+    )
