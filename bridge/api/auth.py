@@ -95,7 +95,7 @@ class Authenticator:
     # How long the copy of an account that validates a deferred send is used. Any time is
     # safe: the accept transaction compares the row's version (updated_at) with the copy's and
     # answers "stale" when it changed, and a send the copy refused is checked again against the
-    # row (v1._accept_once); a copy out of date costs that send one more try. Until session 56
+    # row (v1.post_messages); a copy out of date costs that send one more try. Until session 56
     # it was one second: a gateway taking sends from more accounts than it takes sends a second
     # (1,000s of them, round-robin) read the account from the store on every send.
     ACCOUNT_S = 30.0

@@ -21,6 +21,7 @@ from bridge.billing import PriceNotFound, price
 from bridge.config import Config, SmscConfig, TextConfig
 from bridge.domain.admission import Priced, RecipientRefusal, refused_details
 from bridge.domain.content_filter import ContentFilter
+from bridge.domain.phone import E164_FULLMATCH as _e164
 from bridge.domain.phone import PhoneError, normalize
 from bridge.domain.signs import SignError, validate_sign_name
 from bridge.domain.tariffs import Tariff
@@ -30,16 +31,18 @@ from bridge.ids import new_id
 from bridge.smpp.router import Router
 from bridge.smpp.tlvpack import pack_tlvs
 from bridge.store.models import Account, NewMessage, NewSegment, Template
+from bridge.text.gsm import gsm_septets
 from bridge.text.preview import with_sign
 from bridge.text.split import (
     ESM_UDHI,
+    GSM_ONE_PART,
     EncodeOptions,
     Encoding,
     RefCounter,
     SplitMode,
     TextError,
     encode_message,
-    one_gsm_part,
+    plain_gsm_options,
     udh_ucs2_parts,
     wire_code,
 )
@@ -69,6 +72,10 @@ _MAX_SCHEDULE_DAYS = 30
 _UDH8 = SplitMode.UDH8
 _GSM7_NAME = str(Encoding.GSM7)  # the name NewMessage stores (str(enc.encoding))
 _UCS2_NAME = str(Encoding.UCS2)
+_CHARS_70_67 = CountingRule.CHARS_70_67
+# Submitter.build's straight way for a free text (False: every text through final_text and
+# billable_units, as before session 62; tests/unit/test_session62_send_parse.py compares both).
+_STRAIGHT = True
 
 
 @fast_init
@@ -167,7 +174,43 @@ def _numbers(raw_to: Any, account: Account, max_recipients: int) -> list[str]:
 def parse_send_request(
     body: Any, account: Account, *, max_recipients: int, now_ms: int
 ) -> SendRequest:
-    """Validate the JSON body of POST /v1/messages (pure)."""
+    """Validate the JSON body of POST /v1/messages (pure).
+
+    The usual send, an object of a "to" already in E.164, a "text" and perhaps a "client_ref"
+    and a "sign_name" (each a string of 1 to 64 and 32 characters, or null), is answered here
+    in a straight line: what `parse_any_send_request` answers for it, without its ~25 lookups
+    and checks of the fields it does not hold (~5,000 instructions a send, session 62). Any
+    other body, and any such body with a value it would refuse, goes its way
+    (tests/unit/test_session62_send_parse.py holds the two to each other)."""
+    if body.__class__ is dict:
+        to = body.get("to")
+        text = body.get("text")
+        if to.__class__ is str and text.__class__ is str and _e164(to) is not None:
+            # Only these keys: two, and each other one of the two optional ones it holds.
+            n = len(body)
+            ref = sign = None
+            if n != 2:
+                if "client_ref" in body:
+                    n -= 1
+                    ref = body["client_ref"]
+                    if ref is not None and (ref.__class__ is not str or not 0 < len(ref) <= 64):
+                        n = -1
+                if "sign_name" in body:
+                    n -= 1
+                    sign = body["sign_name"]
+                    if sign is not None and (sign.__class__ is not str or not 0 < len(sign) <= 32):
+                        n = -1
+            if n == 2:
+                # By position, in the class's order (see NewMessage in Submitter.build).
+                return _new_send_request((to,), text, None, {}, sign, ref, None, None, None, None)
+    return parse_any_send_request(body, account, max_recipients=max_recipients, now_ms=now_ms)
+
+
+def parse_any_send_request(
+    body: Any, account: Account, *, max_recipients: int, now_ms: int
+) -> SendRequest:
+    """Validate the JSON body of POST /v1/messages (pure): any body (`parse_send_request`
+    answers the usual one in a straight line)."""
     if not isinstance(body, dict):
         raise _field_error("INVALID_REQUEST", "the body must be a JSON object")
     if not ALLOWED_FIELDS.issuperset(body):  # one C call; the set of the others only if any
@@ -368,6 +411,13 @@ class Submitter:
         # Per SMSC, the stamp of its wire options each message carries (wire_code): the
         # dispatcher encodes again a message whose stamp is not its route's now.
         self._wires = {s.name: wire_code(encode_options(s, False)) for s in config.smscs}
+        # Per SMSC and smart flag, what build reads of it for each message: the options,
+        # whether a plain GSM-7 part may be made under them (`one_gsm_part`'s first test), the
+        # wire stamp. One lookup a message, not three and one_gsm_part's frame (session 62).
+        self._routes = {
+            (name, smart): (opts, plain_gsm_options(opts), self._wires[name])
+            for (name, smart), opts in self._options.items()
+        }
         self._rule = CountingRule(config.text.counting_rule)
 
     def render_template(self, template: Template, params: dict[str, Any]) -> str:
@@ -502,7 +552,33 @@ class Submitter:
         tariff: Tariff | None = None,
     ) -> tuple[str, list[NewMessage], tuple[Priced, ...]]:
         """Messages ready to store, and what each costs under `tariff` (None: billing off)."""
-        text = self.final_text(req, account, template)
+        # A free text without a sign (a raw-text account's usual send): `final_text`'s answer
+        # where it passes it as it is (not blank, within text.max_chars; the tariff's count of
+        # it kept for its units below), without its calls (final_text, signed_text, with_sign,
+        # _blank, tariff_chars, screen with no filter: ~2,500 instructions, session 62). Any
+        # other send, or a text it may refuse, goes its way and is refused there alike.
+        free = req.text
+        chars = -1  # tariff_chars of the text where the straight way counted it
+        if (
+            _STRAIGHT
+            and free is not None
+            and req.sign_name is None
+            and req.template is None
+            and template is None
+            and account.raw_text
+        ):
+            if free.isascii():
+                if free and not free.isspace():  # `_blank` of an ASCII text
+                    chars = len(free)
+            elif not _blank(free):
+                chars = tariff_chars(free)
+        if 0 <= chars <= self.config.text.max_chars and free is not None:
+            text = free
+            if self.content_filter is not None:
+                self.screen(text, None)
+        else:
+            chars = -1
+            text = self.final_text(req, account, template)
         kind = template.kind if template is not None else None
         smart = (
             self.config.text.smart_encoding if req.smart_encoding is None else req.smart_encoding
@@ -513,15 +589,17 @@ class Submitter:
         messages: list[NewMessage] = []
         charges: list[Priced] = []
         problems: list[RecipientRefusal] = []  # no route, no price: every one named at once
+        rule = self._rule if tariff is None else _rule_of(tariff)  # once a send, not a message
         for i, number in enumerate(req.to):
             candidates = self.router.candidates(number)
             if not candidates:
                 why = f"to: no route to {number}"
                 problems.append(RecipientRefusal(i, number, "NO_ROUTE", why))
                 continue
-            opts = self._options[candidates[0], smart]
-            septets = one_gsm_part(text, opts)
-            if septets is not None:
+            opts, plain, wire = self._routes[candidates[0], smart]
+            # one_gsm_part(text, opts), its options asked once per route (plain_gsm_options).
+            septets = gsm_septets(text) if plain else None
+            if septets is not None and 0 < len(septets) <= GSM_ONE_PART:
                 # Nearly every send: one plain GSM-7 part, as encode_message would make it
                 # (tests/unit/test_one_gsm_part.py), without its Part and EncodedMessage, its
                 # other cases' checks and a TLV packing of nothing (~16,000 instructions).
@@ -532,19 +610,26 @@ class Submitter:
                 # as encode_message would make them, without its Part and EncodedMessage
                 # (tests/unit/test_session60_ucs2_parts.py); the text is not mapped.
                 enc_text, encoding, data_coding, air = text, _UCS2_NAME, 8, len(sms)
-                segments = tuple(
-                    [_new_segment(seq, air, ESM_UDHI, sm, b"") for seq, sm in enumerate(sms, 1)]
-                )
+                # A loop, not a comprehension over enumerate: on 3.11 a comprehension is a
+                # function of its own (~1,000 instructions a send, session 62).
+                parts: list[NewSegment] = []
+                seq = 0
+                for sm in sms:
+                    seq += 1
+                    parts.append(_new_segment(seq, air, ESM_UDHI, sm, b""))
+                segments = tuple(parts)
             else:
                 enc_text, encoding, data_coding, air, segments = self._encoded(text, opts, number)
             mid = id_factory("msg_", now_ms)
             price_class = None
-            if tariff is None:
-                units = billable_units(enc_text, self._rule, air)
+            # The tariff in force decides how units are counted; international traffic is
+            # counted (and priced) by transmitted segments. billable_units' count of the text
+            # as sent, its characters known (the text not mapped): without its two calls.
+            if chars >= 0 and rule is _CHARS_70_67 and enc_text is text:
+                units = 1 if chars <= 70 else -(-chars // 67)
             else:
-                # The tariff in force decides how units are counted; international traffic is
-                # counted (and priced) by transmitted segments.
-                units = billable_units(enc_text, _rule_of(tariff), air)
+                units = billable_units(enc_text, rule, air)
+            if tariff is not None:
                 try:
                     price_class, amount, intl = price(tariff, number, units, air)
                 except PriceNotFound as exc:
@@ -577,7 +662,7 @@ class Submitter:
                     air,  # air_segments
                     kind,  # kind
                     price_class,  # price_class
-                    self._wires[candidates[0]],  # wire
+                    wire,  # wire
                 )
             )
         if problems:

@@ -15,6 +15,9 @@ _SEPARATORS = re.compile(r"[\s\-().]")
 # ASCII digits only: `\d` and str.isdigit() also accept "١٣٨" (Arabic-Indic) and "²", which
 # would reach the SMSC as a destination address no network can route.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+# `normalize`'s first check, for a caller that takes a number already in E.164 its own way
+# (bridge/api/submit.py's usual send): the number is its own E.164 form when this matches.
+E164_FULLMATCH = _E164.fullmatch
 _DIGITS = re.compile(r"[0-9]+")
 
 

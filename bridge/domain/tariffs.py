@@ -130,6 +130,8 @@ def tariff_at(tariffs: Sequence[Tariff], at_ms: int) -> Tariff:
     Two versions with the same effective time are refused rather than picked by list order, because
     list order comes from a query and must not decide a price.
     """
+    if len(tariffs) == 1 and tariffs[0].effective_at <= at_ms:
+        return tariffs[0]  # one version in force: the loop's answer (nearly every send)
     best: Tariff | None = None
     tie = False
     for t in tariffs:

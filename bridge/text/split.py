@@ -30,6 +30,7 @@ from bridge.text.smart import smart_map
 from bridge.text.units import CountingRule, billable_units
 
 __all__ = [
+    "GSM_ONE_PART",
     "EncodeOptions",
     "EncodedMessage",
     "Encoding",
@@ -40,6 +41,7 @@ __all__ = [
     "choose_encoding",
     "encode_message",
     "one_gsm_part",
+    "plain_gsm_options",
     "udh_ucs2_parts",
     "wire_code",
 ]
@@ -445,6 +447,18 @@ def _encode(text: str, opts: EncodeOptions, ref: int | Callable[[], int]) -> Enc
             sm = head + _OCTETS[seq] + body
             parts.append(_new_part(seq, total, sm, ESM_UDHI, (), count(chunk), len(chunk)))
     return _new_encoded(text, encoding, data_coding, tuple(parts), opts)
+
+
+# The most septets of a single plain GSM-7 part (`one_gsm_part`).
+GSM_ONE_PART = _GSM_LIMITS[0]
+
+
+def plain_gsm_options(opts: EncodeOptions) -> bool:
+    """Whether `one_gsm_part` may answer under `opts`: it answers None under any other. Under
+    these its answer is `gsm_septets(text)` when that is 1 to GSM_ONE_PART septets, else None
+    (`Submitter.build` asks per route once, then the septets itself: a frame less a message;
+    tests/unit/test_session62_send_parse.py holds the two to `one_gsm_part`)."""
+    return not (opts.packed_gsm or opts.gsm_data_coding or opts.split is _PAYLOAD)
 
 
 def one_gsm_part(text: str, opts: EncodeOptions) -> bytes | None:
