@@ -147,7 +147,30 @@ class DeliverAnswer:
         proto = self._proto
         if proto is not None:
             self._proto = None
-            proto._answered(self, status)
+            # The bind's part (`SmppProtocol._answered` until session 62, called only from here:
+            # a Python call a receipt): the deliver_sm_resp queued, as `_deliver_done` queues a
+            # future's. Never raises into the setter: the batch's other receipts are answered
+            # after it.
+            try:
+                proto._answers -= 1
+                ev = self._ev
+                self._ev = None
+                if ev is not None:
+                    # _ack inline (one a receipt: a call less, session 59).
+                    proto.session.ack_deliver(ev.seq, status, ev.command_id)
+                    if not proto._flush_scheduled:
+                        proto._flush_scheduled = True
+                        proto._loop.call_soon(proto._flush)
+                if proto._reading_paused:
+                    proto._resume_if_drained()
+                if self._drain < proto._drains:  # attached before the latest drain_delivers
+                    proto._before_drain -= 1
+                    if not proto._before_drain and proto._drained is not None:
+                        if not proto._drained.done():
+                            proto._drained.set_result(None)
+                        proto._drained = None
+            except Exception:
+                log.exception("deliver_sm answer failed", extra={"smsc": proto.name})
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(status)
@@ -333,20 +356,23 @@ class SmppProtocol(asyncio.Protocol):
         future's done-callback ran a loop round later (Connector.send_one, session 57)."""
         self._queue(body, waiter, context, False)
 
-    def submit_told(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
-        """`submit_to` for a waiter told a plain acceptance by its fields: the read of an
-        ESME_ROK submit_sm_resp calls `waiter.accepted(message_id, rtt_s)` in the waiter's
-        `ctx` (a `contextvars.Context`: `waiter.ctx.run`, session 61), without the
-        `SubmitResult` built, the `done()` asked and the `set_result` that would take it apart
-        again (`OnePart`: one a part sent, session 60). Any other answer, a time-out or the
-        connection's end reaches it as `submit_to`'s does (`done()`, `set_result`). The
-        fourth entry of the request's context says so (`_handle`)."""
-        self._queue(body, waiter, context, True)
+    def _queue(
+        self, body: ShortMessage | bytes, waiter: Any, context: Any = None, told: bool = True
+    ) -> None:
+        """The three ways in (`submit`, `submit_to`, `submit_told`, which is this function
+        itself): the request queued on the session with its waiter, the send of the octets and
+        the response timer seen to. One body for the three (they were three copies until
+        session 60's review).
 
-    def _queue(self, body: ShortMessage | bytes, waiter: Any, context: Any, told: bool) -> None:
-        """The three ways in (`submit`, `submit_to`, `submit_told`): the request queued on the
-        session with its waiter, the send of the octets and the response timer seen to. One
-        body for the three (they were three copies until session 60's review)."""
+        `submit_told` (`told` True, its default): `submit_to` for a waiter told a plain
+        acceptance by its fields: the read of an ESME_ROK submit_sm_resp calls
+        `waiter.accepted(message_id, rtt_s)` in the waiter's `ctx` (a `contextvars.Context`:
+        `waiter.ctx.run`, session 61), without the `SubmitResult` built, the `done()` asked and
+        the `set_result` that would take it apart again (`OnePart`: one a part sent, session
+        60). Any other answer, a time-out or the connection's end reaches it as `submit_to`'s
+        does (`done()`, `set_result`). The fourth entry of the request's context says so
+        (`_handle`). Not a method calling this one (until session 62: a Python call a part
+        sent, ~0.6 k instructions)."""
         if self._transport is None or self._transport.is_closing():
             raise NotBound("submit: the connection is closing")
         loop = self._loop
@@ -369,6 +395,8 @@ class SmppProtocol(asyncio.Protocol):
         # timer waits for: that one re-arms it.
         if self._timer is None or self._timer_at > now + session.response_timeout_s:
             self._arm_timer()
+
+    submit_told = _queue
 
     def answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult]
@@ -427,9 +455,10 @@ class SmppProtocol(asyncio.Protocol):
         the whole `timeout_s` at every stop (session 58 review)."""
         waits: set[asyncio.Future[Any]] = set(self._deliver_tasks)
         if self._answers:
-            # DeliverAnswers not set yet: a future set once the last of those is (_answered).
-            # A later call counts those of the earlier one still unset again, and may add
-            # some: the earlier call waits for them too (bounded all the same).
+            # DeliverAnswers not set yet: a future set once the last of those is
+            # (`DeliverAnswer.settle`). A later call counts those of the earlier one still
+            # unset again, and may add some: the earlier call waits for them too (bounded all
+            # the same).
             self._drains += 1
             self._before_drain = self._answers
             if self._drained is None:
@@ -637,31 +666,6 @@ class SmppProtocol(asyncio.Protocol):
                           exc_info=exc, extra={"smsc": self.name})  # fmt: skip
         self._ack(ev, status)
         self._resume_if_drained()
-
-    def _answered(self, answer: DeliverAnswer, status: int) -> None:
-        """A DeliverAnswer set (`set_result`, inside the receipts' flush): its deliver_sm_resp
-        queued, as `_deliver_done` queues a future's. Never raises into the setter: the batch's
-        other receipts are answered after it."""
-        try:
-            self._answers -= 1
-            ev = answer._ev
-            answer._ev = None
-            if ev is not None:
-                # _ack inline (one a receipt: a call less, session 59).
-                self.session.ack_deliver(ev.seq, status, ev.command_id)
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._flush)
-            if self._reading_paused:
-                self._resume_if_drained()
-            if answer._drain < self._drains:  # attached before the latest drain_delivers
-                self._before_drain -= 1
-                if not self._before_drain and self._drained is not None:
-                    if not self._drained.done():
-                        self._drained.set_result(None)
-                    self._drained = None
-        except Exception:
-            log.exception("deliver_sm answer failed", extra={"smsc": self.name})
 
     def _resume_if_drained(self) -> None:
         if (

@@ -22,6 +22,7 @@ submit_sm_resp for it comes out as ``LateSubmitResponse`` rather than as a proto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
@@ -635,20 +636,16 @@ class BindSession:
         try:
             frames = self._framer.feed(data)
         except FrameError as e:
-            for frame in e.frames:
-                self._handle_frame(frame, now, events)
-                if self.state is SessionState.CLOSED:
-                    self._late.clear()
-                    return events
+            if self._handle_frames(e.frames, events) is not None:
+                self._late.clear()
+                return events
             self._nack(e.status, e.seq)
             events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
             return self._close(events, "bad command_length")
-        for i, frame in enumerate(frames):
-            self._handle_frame(frame, now, events)
-            if self.state is _CLOSED:
-                self._answers_after_unbind(frames[i + 1 :], events)
-                self._late.clear()
-                break
+        closed_at = self._handle_frames(frames, events)
+        if closed_at is not None:
+            self._answers_after_unbind(frames[closed_at + 1 :], events)
+            self._late.clear()
         return events
 
     def _answers_after_unbind(self, frames: list[bytes], events: list[Event]) -> None:
@@ -670,43 +667,70 @@ class BindSession:
             events.append(e)
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
-        n = len(frame)
-        if 17 <= n <= _SUBMIT_RESP_MAX:
-            # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole body
-            # (one a part sent): the id read here, where decode_fields built a MessageIdResp for
-            # _handle_response to read and drop (session 58, README note 27). What
-            # decode_fields and _handle_response make of it: the id up to its NUL, the first
-            # within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64 octets at most (no
-            # warning). Any other response (an error status, TLVs, a late one, a seq we do not
-            # wait on or one of another request) takes the general path below.
-            length, cid, status, seq = _HDR.unpack_from(frame)
-            if cid == _SUBMIT_SM_RESP and not status and length == n and frame.find(0, 16) == n - 1:
-                p = self._pending.get(seq)
-                if p is not None and p.command_id == _SUBMIT_SM:
-                    self._last_rx = self._rx_now
-                    del self._pending[seq]
-                    self._in_flight -= 1
-                    if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
-                        self.free_slots += 1
-                    mid = frame[16 : n - 1].decode("latin-1")
-                    events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
-                    return
-        elif n >= 16 and self.read_receipts:
-            length, cid, status, seq = _HDR.unpack_from(frame)
-        else:
-            cid = length = 0
-        if cid == _DELIVER_SM and length == n and self.read_receipts:
-            # A receipt (one a part sent) read for the receipt handler without its ShortMessage
-            # (codec.read_receipt_sm), where the general path below would give it a
-            # DeliverReceived: a body it does not take (an MO, one decode_fields refuses) goes
-            # there, as does one the session would not take now (session 60, README note 27).
-            state = self.state
-            if state is _BOUND or state is _UNBINDING:
-                got = read_receipt_sm(frame)
-                if got is not None:
-                    events.append(_new_tuple(ReceiptReceived, (seq, got)))
-                    return
-        # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
+        """One frame: `_handle_frames` of one (`now` is the read's, `_rx_now`)."""
+        self._handle_frames((frame,), events)
+
+    def _handle_frames(self, frames: Sequence[bytes], events: list[Event]) -> int | None:
+        """A read's frames in order, their events appended to `events`; the index of the frame
+        after which the session closed (the frames after it not handled), else None. The two
+        frames a part sent brings (its submit_sm_resp, its receipt) are read in this loop, any
+        other by `_handle_general`: a Python call a frame less than one `_handle_frame` call
+        each (until session 62), and the closed state looked at only after a frame that can
+        close it (neither of those two)."""
+        pending = self._pending
+        read_receipts = self.read_receipts
+        for i, frame in enumerate(frames):
+            n = len(frame)
+            if 17 <= n <= _SUBMIT_RESP_MAX:
+                # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole
+                # body (one a part sent): the id read here, where decode_fields built a
+                # MessageIdResp for _handle_response to read and drop (session 58, README note
+                # 27). What decode_fields and _handle_response make of it: the id up to its
+                # NUL, the first within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64
+                # octets at most (no warning). Any other response (an error status, TLVs, a
+                # late one, a seq we do not wait on or one of another request) takes the
+                # general path.
+                length, cid, status, seq = _HDR.unpack_from(frame)
+                if (
+                    cid == _SUBMIT_SM_RESP
+                    and not status
+                    and length == n
+                    and frame.find(0, 16) == n - 1
+                ):
+                    p = pending.get(seq)
+                    if p is not None and p.command_id == _SUBMIT_SM:
+                        self._last_rx = self._rx_now
+                        del pending[seq]
+                        self._in_flight -= 1
+                        if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
+                            self.free_slots += 1
+                        mid = frame[16 : n - 1].decode("latin-1")
+                        events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
+                        continue
+            elif n >= 16 and read_receipts:
+                length, cid, status, seq = _HDR.unpack_from(frame)
+            else:
+                cid = length = 0
+            if cid == _DELIVER_SM and length == n and read_receipts:
+                # A receipt (one a part sent) read for the receipt handler without its
+                # ShortMessage (codec.read_receipt_sm), where the general path would give it a
+                # DeliverReceived: a body it does not take (an MO, one decode_fields refuses)
+                # goes there, as does one the session would not take now (session 60, README
+                # note 27).
+                state = self.state
+                if state is _BOUND or state is _UNBINDING:
+                    got = read_receipt_sm(frame)
+                    if got is not None:
+                        events.append(_new_tuple(ReceiptReceived, (seq, got)))
+                        continue
+            self._handle_general(frame, events)
+            if self.state is _CLOSED:
+                return i
+        return None
+
+    def _handle_general(self, frame: bytes, events: list[Event]) -> None:
+        """A frame `_handle_frames` does not read itself: its fields, no Pdu built
+        (codec.decode_fields)."""
         try:
             cid, status, seq, body = decode_fields(frame)
         except PduError as e:
