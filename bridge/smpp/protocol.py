@@ -523,6 +523,27 @@ class SmppProtocol(asyncio.Protocol):
                         self.on_slot_freed()
                 else:
                     self._resolve(context, ev.status, ev.message_id, None)
+            elif type(ev) is ReceiptReceived:
+                # `_start_deliver`'s steps for a receipt read without its ShortMessage (one a
+                # part sent; only a session with `read_receipts`, set with `on_receipt`, makes
+                # them), inline: a Python call a receipt less (session 62). What the handler
+                # returns other than a `DeliverAnswer` to wait for goes to `_deliver_got`.
+                self.delivers += 1
+                try:
+                    got = self._on_receipt(ev)  # type: ignore[misc]
+                except Exception:
+                    self._deliver_failed(ev)
+                    continue
+                if type(got) is DeliverAnswer and got._status is None:
+                    # `_deliver_got`'s, for the usual answer.
+                    got._proto = self
+                    got._ev = ev
+                    got._drain = self._drains
+                    self._answers += 1
+                    if len(self._deliver_tasks) + self._answers >= self._max_pending_delivers:
+                        self._back_pressure()
+                else:
+                    self._deliver_got(ev, got)
             elif isinstance(ev, _DELIVERS):
                 self._start_deliver(ev)
             elif isinstance(ev, LateSubmitResponse):
@@ -594,7 +615,8 @@ class SmppProtocol(asyncio.Protocol):
             self.on_slot_freed()
 
     def _start_deliver(self, ev: DeliverReceived | ReceiptReceived) -> None:
-        """Run the handler and answer once what it returns resolves.
+        """Run the handler and answer once what it returns resolves (a receipt read without
+        its ShortMessage, the usual deliver_sm, has these steps inline in `_handle`).
 
         A handler may return a `DeliverAnswer` (the receipt path does) or a future rather than
         a coroutine: no task per deliver_sm then. Receipts come one per segment, and a task
@@ -609,37 +631,50 @@ class SmppProtocol(asyncio.Protocol):
                 return
             else:
                 got = self._on_deliver(ev.body, ev.salvaged)  # type: ignore[union-attr]
-            if type(got) is DeliverAnswer:
-                # A receipt's answer (one per part sent): answered by a call once it is set,
-                # no future, done-callback or loop round in between.
-                status = got._status
-                if status is not None:  # set already (an unparsable receipt, a refusal)
-                    self._ack(ev, status)
-                    return
-                got._proto = self
-                got._ev = ev
-                got._drain = self._drains
-                self._answers += 1
-                pending = None
-            else:
-                # A future is taken as it is: ensure_future would check it in two Python calls
-                # to hand it back unchanged. A coroutine (MO) gets its task there.
-                pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
         except Exception:
-            log.exception("deliver handler failed; asking the SMSC to redeliver",
-                          extra={"smsc": self.name})  # fmt: skip
-            self._ack(ev, C.ESME_RX_T_APPN)
+            self._deliver_failed(ev)
             return
-        if pending is not None:
+        self._deliver_got(ev, got)
+
+    def _deliver_failed(self, ev: DeliverReceived | ReceiptReceived) -> None:
+        """The deliver handler raised (inside the `except`): the SMSC asked to redeliver."""
+        log.exception("deliver handler failed; asking the SMSC to redeliver",
+                      extra={"smsc": self.name})  # fmt: skip
+        self._ack(ev, C.ESME_RX_T_APPN)
+
+    def _deliver_got(
+        self, ev: DeliverReceived | ReceiptReceived, got: Awaitable[int] | DeliverAnswer
+    ) -> None:
+        """What the deliver handler returned for `ev`: answered once it is set (a
+        `DeliverAnswer`), or once it resolves (a future; a coroutine, an MO's, in a task)."""
+        if type(got) is DeliverAnswer:
+            # A receipt's answer (one per part sent): answered by a call once it is set,
+            # no future, done-callback or loop round in between.
+            status = got._status
+            if status is not None:  # set already (an unparsable receipt, a refusal)
+                self._ack(ev, status)
+                return
+            got._proto = self
+            got._ev = ev
+            got._drain = self._drains
+            self._answers += 1
+        else:
+            try:
+                # A future is taken as it is: ensure_future would check it in two Python
+                # calls to hand it back unchanged. A coroutine (MO) gets its task there.
+                pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
+            except Exception:
+                self._deliver_failed(ev)
+                return
             self._deliver_tasks.add(pending)
             pending.add_done_callback(partial(self._deliver_done, ev))
-        if (
-            len(self._deliver_tasks) + self._answers >= self._max_pending_delivers
-            and not self._reading_paused
-            and self._transport is not None
-        ):
-            # Back-pressure: the SMSC waits for our deliver_sm_resp anyway; stop reading rather
-            # than pile up handlers without bound.
+        if len(self._deliver_tasks) + self._answers >= self._max_pending_delivers:
+            self._back_pressure()
+
+    def _back_pressure(self) -> None:
+        """As many deliver handlers unanswered as `max_pending_delivers`: the SMSC waits for
+        our deliver_sm_resp anyway; stop reading rather than pile up handlers without bound."""
+        if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._paused_at = self._loop.time()
             self._transport.pause_reading()
