@@ -230,6 +230,7 @@ class SmppProtocol(asyncio.Protocol):
         name: str = "",
         max_pending_delivers: int = 256,
         on_receipt: ReceiptCallback | None = None,
+        receipt_tally: list[int] | None = None,
     ) -> None:
         self.session = session
         self.name = name
@@ -237,6 +238,10 @@ class SmppProtocol(asyncio.Protocol):
         # A deliver_sm marked a receipt goes to `on_receipt`, read without its ShortMessage
         # (session.ReceiptReceived), when there is one; to `on_deliver` otherwise.
         self._on_receipt = on_receipt
+        # The receipts handed to `on_receipt`, counted in `receipt_tally[0]` too: the caller's
+        # count over all its binds (the connector's `delivers`), where its handler between the
+        # bind and `on_receipt` counted each (a Python call a receipt, session 62).
+        self._tally = receipt_tally if receipt_tally is not None else [0]
         session.read_receipts = on_receipt is not None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -529,6 +534,7 @@ class SmppProtocol(asyncio.Protocol):
                 # them), inline: a Python call a receipt less (session 62). What the handler
                 # returns other than a `DeliverAnswer` to wait for goes to `_deliver_got`.
                 self.delivers += 1
+                self._tally[0] += 1
                 try:
                     got = self._on_receipt(ev)  # type: ignore[misc]
                 except Exception:
@@ -625,6 +631,7 @@ class SmppProtocol(asyncio.Protocol):
         try:
             if type(ev) is ReceiptReceived:
                 # Only a session with `read_receipts` (set with `on_receipt`) makes them.
+                self._tally[0] += 1
                 got = self._on_receipt(ev)  # type: ignore[misc]
             elif self._on_deliver is None:
                 self._ack(ev, C.ESME_RX_T_APPN)
@@ -728,12 +735,16 @@ async def open_bind(
     connect_timeout: float = 30.0,
     name: str = "",
     on_receipt: ReceiptCallback | None = None,
+    receipt_tally: list[int] | None = None,
 ) -> SmppProtocol:
-    """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp."""
+    """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp.
+    `receipt_tally`: see `SmppProtocol`."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(connect_timeout):
         _, proto = await loop.create_connection(
-            lambda: SmppProtocol(session, on_deliver, name=name, on_receipt=on_receipt),
+            lambda: SmppProtocol(
+                session, on_deliver, name=name, on_receipt=on_receipt, receipt_tally=receipt_tally
+            ),
             host,
             port,
             ssl=ssl_context,
