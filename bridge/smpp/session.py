@@ -22,7 +22,6 @@ submit_sm_resp for it comes out as ``LateSubmitResponse`` rather than as a proto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
@@ -128,7 +127,7 @@ _TRANSMITTER: Final = BindMode.TRANSMITTER
 _SUBMIT_SM: Final = C.SUBMIT_SM
 _SUBMIT_SM_RESP: Final = C.SUBMIT_SM_RESP
 _DELIVER_SM: Final = C.DELIVER_SM
-# The longest submit_sm_resp _handle_frame reads itself: the header, a 64-octet id and its NUL.
+# The longest submit_sm_resp `_read` reads itself: the header, a 64-octet id and its NUL.
 _SUBMIT_RESP_MAX: Final = 16 + 65
 
 
@@ -634,19 +633,23 @@ class BindSession:
             return events
         self._rx_now = now
         try:
-            frames = self._framer.feed(data)
+            src = self._framer.take(data)
         except FrameError as e:
-            if self._handle_frames(e.frames, events) is not None:
+            return self._frame_error(e, events)
+        self._read(src, events)
+        return events
+
+    def _frame_error(self, e: FrameError, events: list[Event]) -> list[Event]:
+        """A command_length the stream cannot be resynchronised after: the frames before it
+        in the octets the framer was given handled, then a generic_nack and the close."""
+        if e.frames:
+            self._read(b"".join(e.frames), events)
+            if self.state is _CLOSED:
                 self._late.clear()
                 return events
-            self._nack(e.status, e.seq)
-            events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
-            return self._close(events, "bad command_length")
-        closed_at = self._handle_frames(frames, events)
-        if closed_at is not None:
-            self._answers_after_unbind(frames[closed_at + 1 :], events)
-            self._late.clear()
-        return events
+        self._nack(e.status, e.seq)
+        events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
+        return self._close(events, "bad command_length")
 
     def _answers_after_unbind(self, frames: list[bytes], events: list[Event]) -> None:
         """Responses that came in the same read as the SMSC's unbind still answer their
@@ -666,21 +669,29 @@ class BindSession:
             events.remove(e)
             events.append(e)
 
-    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
-        """One frame: `_handle_frames` of one (`now` is the read's, `_rx_now`)."""
-        self._handle_frames((frame,), events)
-
-    def _handle_frames(self, frames: Sequence[bytes], events: list[Event]) -> int | None:
-        """A read's frames in order, their events appended to `events`; the index of the frame
-        after which the session closed (the frames after it not handled), else None. The two
-        frames a part sent brings (its submit_sm_resp, its receipt) are read in this loop, any
-        other by `_handle_general`: a Python call a frame less than one `_handle_frame` call
-        each (until session 62), and the closed state looked at only after a frame that can
-        close it (neither of those two)."""
+    def _read(self, src: bytes, events: list[Event]) -> None:
+        """The frames of `src` (`Framer.take`'s: the stream's octets from the first not yet
+        framed), in order, their events appended to `events`; a frame not whole, or whose
+        command_length the stream cannot go on from, and what follows it, to `Framer.feed`,
+        which keeps the part or raises as it did when it framed every read (until session
+        62: a list of frames built, then walked here, the command_length read twice). The
+        two frames a part sent brings (its submit_sm_resp, its receipt) are read in this loop,
+        any other by `_handle_general`, after which the closed state is looked at (neither of
+        those two can close it): a Python call a frame less than `_handle_frame`'s.
+        The frames after one that closed the session are answers still read
+        (`_answers_after_unbind`), unless the framer refuses what follows."""
+        framer = self._framer
+        max_pdu = framer.max_pdu
         pending = self._pending
         read_receipts = self.read_receipts
-        for i, frame in enumerate(frames):
-            n = len(frame)
+        end = len(src)
+        off = 0
+        while end - off >= 16:
+            n, cid, status, seq = _HDR.unpack_from(src, off)
+            if n < 16 or n > max_pdu or off + n > end:
+                break  # the framer's to keep or refuse
+            frame = src[off : off + n]
+            off += n
             if 17 <= n <= _SUBMIT_RESP_MAX:
                 # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole
                 # body (one a part sent): the id read here, where decode_fields built a
@@ -690,13 +701,7 @@ class BindSession:
                 # octets at most (no warning). Any other response (an error status, TLVs, a
                 # late one, a seq we do not wait on or one of another request) takes the
                 # general path.
-                length, cid, status, seq = _HDR.unpack_from(frame)
-                if (
-                    cid == _SUBMIT_SM_RESP
-                    and not status
-                    and length == n
-                    and frame.find(0, 16) == n - 1
-                ):
+                if cid == _SUBMIT_SM_RESP and not status and frame.find(0, 16) == n - 1:
                     p = pending.get(seq)
                     if p is not None and p.command_id == _SUBMIT_SM:
                         self._last_rx = self._rx_now
@@ -707,11 +712,7 @@ class BindSession:
                         mid = frame[16 : n - 1].decode("latin-1")
                         events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
                         continue
-            elif n >= 16 and read_receipts:
-                length, cid, status, seq = _HDR.unpack_from(frame)
-            else:
-                cid = length = 0
-            if cid == _DELIVER_SM and length == n and read_receipts:
+            if cid == _DELIVER_SM and read_receipts:
                 # A receipt (one a part sent) read for the receipt handler without its
                 # ShortMessage (codec.read_receipt_sm), where the general path would give it a
                 # DeliverReceived: a body it does not take (an MO, one decode_fields refuses)
@@ -725,11 +726,25 @@ class BindSession:
                         continue
             self._handle_general(frame, events)
             if self.state is _CLOSED:
-                return i
-        return None
+                try:
+                    rest = framer.feed(src[off:]) if off < end else []
+                except FrameError:
+                    rest = []  # the frames before a bad length went unread after a close
+                else:
+                    self._answers_after_unbind(rest, events)
+                self._late.clear()
+                return
+        if off < end:
+            try:
+                frames = framer.feed(src[off:] if off else src)
+            except FrameError as e:
+                self._frame_error(e, events)
+                return
+            if frames:  # none: what it was given starts at a frame not whole, or refused
+                self._read(b"".join(frames), events)
 
     def _handle_general(self, frame: bytes, events: list[Event]) -> None:
-        """A frame `_handle_frames` does not read itself: its fields, no Pdu built
+        """A frame `_read` does not read itself: its fields, no Pdu built
         (codec.decode_fields)."""
         try:
             cid, status, seq, body = decode_fields(frame)
