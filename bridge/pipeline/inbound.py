@@ -97,6 +97,9 @@ class Inbound:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
+        # `_receipt_committed` bound once, for each receipt's `partial` (a bound method made
+        # a receipt until session 62).
+        self._committed_call = self._receipt_committed
         # The last receipt's done date and its milliseconds (_receipt).
         self._done_date: datetime | None = None
         self._done_at: int | None = None
@@ -307,7 +310,7 @@ class Inbound:
                 now_ms,  # received_at
                 text[:250],  # raw
             ),
-            partial(self._receipt_committed, out, smsc, key, rstate, stat, err),
+            partial(self._committed_call, out, smsc, key, rstate, stat, err),
         )
 
     def _receipts_committed(self, calls: list[partial[None]]) -> None:

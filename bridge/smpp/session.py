@@ -690,7 +690,7 @@ class BindSession:
             n, cid, status, seq = _HDR.unpack_from(src, off)
             if n < 16 or n > max_pdu or off + n > end:
                 break  # the framer's to keep or refuse
-            frame = src[off : off + n]
+            start = off
             off += n
             if 17 <= n <= _SUBMIT_RESP_MAX:
                 # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole
@@ -700,8 +700,13 @@ class BindSession:
                 # NUL, the first within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64
                 # octets at most (no warning). Any other response (an error status, TLVs, a
                 # late one, a seq we do not wait on or one of another request) takes the
-                # general path.
-                if cid == _SUBMIT_SM_RESP and not status and frame.find(0, 16) == n - 1:
+                # general path. Read in `src`, the frame not sliced out of it (a copy a part
+                # sent, session 62).
+                if (
+                    cid == _SUBMIT_SM_RESP
+                    and not status
+                    and src.find(0, start + 16, off) == off - 1
+                ):
                     p = pending.get(seq)
                     if p is not None and p.command_id == _SUBMIT_SM:
                         self._last_rx = self._rx_now
@@ -709,9 +714,10 @@ class BindSession:
                         self._in_flight -= 1
                         if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
                             self.free_slots += 1
-                        mid = frame[16 : n - 1].decode("latin-1")
+                        mid = src[start + 16 : off - 1].decode("latin-1")
                         events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
                         continue
+            frame = src[start:off]
             if cid == _DELIVER_SM and read_receipts:
                 # A receipt (one a part sent) read for the receipt handler without its
                 # ShortMessage (codec.read_receipt_sm), where the general path would give it a
