@@ -37,13 +37,20 @@ class Batcher(Generic[T]):
         max_delay_s: float = 0.002,
         name: str = "batch",
         ordered: bool = False,
+        committed: Callable[[list[Any]], None] | None = None,
     ) -> None:
         """`ordered`: one flush at a time, each after the one before it has ended, for items
         whose effect depends on their order (receipts: the first final one of a long message
         stands). What comes meanwhile gathers into the next batch, so a slow flush makes the
-        next one bigger, not a queue of small ones."""
+        next one bigger, not a queue of small ones.
+
+        `committed`: for a batcher whose items come by `add_call` only (the receipts': one a
+        part sent), called once a batch is committed with the callables its items were given,
+        in their order, in place of a call of each with None (a Python call an item, session
+        62); a failed or cancelled batch still calls each with its exception."""
         self._flush = flush
         self._ordered = ordered
+        self._committed = committed
         self._busy = False
         self._max = max_items
         self._delay = max_delay_s
@@ -59,6 +66,8 @@ class Batcher(Generic[T]):
 
     def add(self, item: T) -> asyncio.Future[None]:
         """Queue an item; the returned future resolves when its batch is committed."""
+        if self._committed is not None:
+            raise ValueError("add: a batcher with `committed` takes add_call's items only")
         loop = self._loop = running(self._loop)
         fut: asyncio.Future[None] = loop.create_future()
         self._items.append(item)
@@ -73,6 +82,8 @@ class Batcher(Generic[T]):
         Unordered batches take every queued item, so `items` share one flush; an ordered
         batcher may cut them over two, so there each item gets its own future, gathered (its
         result a list of Nones, not None: awaited, never read)."""
+        if self._committed is not None:
+            raise ValueError("add_many: a batcher with `committed` takes add_call's items only")
         if self._ordered:
             return asyncio.gather(*(self.add(item) for item in items))
         loop = self._loop = running(self._loop)
@@ -105,13 +116,18 @@ class Batcher(Generic[T]):
         them ends. Unordered batchers only: an ordered one may cut them over two batches."""
         if self._ordered:
             raise ValueError("add_many_call: an ordered batcher may split the items")
+        if self._committed is not None:
+            raise ValueError("add_many_call: a batcher with `committed` takes add_call's only")
         if not items:
             settled(None)
             return
         self._items.extend(items)
         self._waiters.extend([None] * (len(items) - 1))
         self._waiters.append(settled)
-        self._queued()
+        # `_queued` only when it has something to do, as add_call (a call less for most
+        # messages of several parts, whose results come here: session 62).
+        if self._timer is None or len(self._items) >= self._max:
+            self._queued()
 
     def _queued(self) -> None:
         """After items were queued: flush now when the batch is full, else within the delay."""
@@ -181,6 +197,12 @@ class Batcher(Generic[T]):
             raise
         self.flushes += 1
         self.items += len(items)
+        if self._committed is not None:
+            try:
+                self._committed(waiters)
+            except Exception:
+                log.exception("%s: the committed items' callback failed", self._name)
+            return
         for w in waiters:
             if isinstance(w, asyncio.Future):
                 if not w.done():

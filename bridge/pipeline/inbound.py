@@ -97,6 +97,9 @@ class Inbound:
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
+        # `_receipt_committed` bound once, for each receipt's `partial` (a bound method made
+        # a receipt until session 62).
+        self._committed_call = self._receipt_committed
         # The last receipt's done date and its milliseconds (_receipt).
         self._done_date: datetime | None = None
         self._done_at: int | None = None
@@ -110,6 +113,9 @@ class Inbound:
             # commits them in order anyway: there it cost receipt p99 (3-part, 143 against 121
             # ms), each batch waiting for the one before it to be synced.
             ordered=not getattr(store, "commits_in_order", False),
+            # A committed batch's receipts answered in one call (`_receipts_committed`), not
+            # a call of each receipt's `partial` (session 62).
+            committed=self._receipts_committed,
         )
         self.receipts = 0
         self.matched = 0
@@ -304,8 +310,39 @@ class Inbound:
                 now_ms,  # received_at
                 text[:250],  # raw
             ),
-            partial(self._receipt_committed, out, smsc, key, rstate, stat, err),
+            partial(self._committed_call, out, smsc, key, rstate, stat, err),
         )
+
+    def _receipts_committed(self, calls: list[partial[None]]) -> None:
+        """A committed batch's receipts, in order (the batcher's `committed`): each answered,
+        then counted. Each receipt's `partial` of `_receipt_committed` (what `_receipt_read`
+        queued with it) is read here for its arguments (`args`: the answer, SMSC, key, state,
+        stat, err), not called: the batcher called each with None, which did this for one (a
+        Python call a receipt, one a part sent, until session 62)."""
+        metrics = self.metrics
+        debug = self._debug  # the flush's look at the level (see __init__)
+        n = 0
+        for call in calls:
+            try:
+                out, smsc, key, state, stat, err = call.args
+                # First: nothing below may keep the SMSC's answer back. Unless answered
+                # already (settle: done() and set_result in one call).
+                out.settle(C.ESME_ROK)
+                n += 1
+                # Counted once committed, so one refused and redelivered counts once; the
+                # SMSC's resend of one whose answer it lost counts again (it was received
+                # again).
+                if metrics is not None:
+                    metrics.receipt(smsc, state.value)
+                if debug:
+                    log.debug(
+                        "receipt received",
+                        extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
+                               "stat": stat, "err": err},
+                    )  # fmt: skip
+            except Exception:  # the receipts after it are answered all the same
+                log.exception("receipts: a committed item's callback failed")
+        self.receipts += n
 
     def _receipt_committed(
         self,
@@ -317,25 +354,17 @@ class Inbound:
         err: str | None,
         failed: BaseException | None,
     ) -> None:
-        if failed is not None:
-            # The batcher logged the failed batch once; a line per receipt repeated it up to a
-            # thousand times. The SMSC redelivers.
-            out.settle(C.ESME_RX_T_APPN)  # unless answered already
+        """How a receipt's batch ended (`failed`: None once committed, else the flush's
+        exception): the call `_receipt_read` queued it with, as a `partial`. The batcher calls
+        it for a failed or cancelled batch; a committed batch's go to `_receipts_committed` at
+        once, which reads the same `partial`'s arguments (session 62)."""
+        if failed is None:  # not from the batcher (it tells a committed batch at once)
+            self._receipts_committed([partial(self._receipt_committed, out, smsc, key, state,
+                                              stat, err)])  # fmt: skip
             return
-        # First: nothing below may keep the SMSC's answer back. Unless answered already
-        # (settle: done() and set_result in one call).
-        out.settle(C.ESME_ROK)
-        self.receipts += 1
-        # Counted once committed, so one refused and redelivered counts once; the SMSC's resend
-        # of one whose answer it lost counts again (it was received again).
-        if self.metrics is not None:
-            self.metrics.receipt(smsc, state.value)
-        if self._debug:  # the flush's look at the level (see __init__)
-            log.debug(
-                "receipt received",
-                extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
-                       "stat": stat, "err": err},
-            )  # fmt: skip
+        # The batcher logged the failed batch once; a line per receipt repeated it up to a
+        # thousand times. The SMSC redelivers.
+        out.settle(C.ESME_RX_T_APPN)  # unless answered already
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))

@@ -880,6 +880,9 @@ class Connector:
         self._rtt_avg: float | None = None
         self._per_second = PerSecond()
         self._delivers = 0
+        # Receipts the binds handed to `on_receipt` (each bind's protocol counts them here:
+        # `receipt_tally`); `delivers` is both.
+        self._receipts_read = [0]
         # Called once per submit_sm answered (or timed out): (smsc, kind, status name, rtt in s
         # or None without an answer). The daemon points it at its metrics.
         self.on_submit: SubmitHook | None = None
@@ -1103,7 +1106,7 @@ class Connector:
             "last_error": self._last_error,
             "submits": {"ok": self._ok, "failed": dict(self._failed)},
             "rtt_ms_avg": None if self._rtt_avg is None else round(self._rtt_avg * 1000, 3),
-            "delivers": self._delivers,
+            "delivers": self._delivers + self._receipts_read[0],
         }
 
     # --- sending ------------------------------------------------------------------------------
@@ -1706,8 +1709,24 @@ class Connector:
                         if proto is None or proto.session.free_slots - b.reserved <= 0:
                             break
                         fut = (b.hi or b.lo).popleft()
-                        # A OnePart's `done()` read inline (a Python call a part granted).
-                        if (fut._state != _IDLE) if isinstance(fut, OnePart) else not fut.done():
+                        if not isinstance(fut, OnePart):
+                            if not fut.done():
+                                b.reserved += 1
+                                fut.set_result(True)
+                        elif fut._state == _IN_LINE and self._throttler is None:
+                            # `set_result(True)`'s step for a part waiting in the line with no
+                            # TPS turn to take (`_slot` in its `ctx`), inline: a Python call a
+                            # part granted from the line, ~1 a part sent under load (session
+                            # 62). A OnePart's `done()` read as its state (session 61).
+                            b.reserved += 1
+                            fut._state = _IDLE
+                            try:
+                                fut.ctx.run(fut._slot)
+                            except RuntimeError as exc:  # its context entered already (as
+                                if "cannot enter context" not in str(exc):  # set_result's)
+                                    raise
+                                fut._slot()
+                        elif fut._state != _IDLE:
                             b.reserved += 1
                             fut.set_result(True)
                 if not b.repump:
@@ -1854,7 +1873,15 @@ class Connector:
                     ssl_context=self._ssl,
                     connect_timeout=cfg.response_timeout_s,
                     name=self.name,
-                    on_receipt=self._receipt if self._on_receipt is not None else None,
+                    # The handler itself, its SMSC's name given (a C call): the bind counts
+                    # the receipts it hands over in `_receipts_read` (session 62; `_receipt`, a
+                    # Python call a receipt, counted them in `_delivers` before).
+                    on_receipt=(
+                        partial(self._on_receipt, self.name)
+                        if self._on_receipt is not None
+                        else None
+                    ),
+                    receipt_tally=self._receipts_read,
                 )
                 peer = await proto.wait_bound()
             except BindRefusedError as e:
@@ -2031,11 +2058,6 @@ class Connector:
         # bind as it is, without a task per deliver_sm.
         self._delivers += 1
         return self._on_deliver(self.name, body)
-
-    def _receipt(self, ev: ReceiptReceived) -> Awaitable[int]:
-        # _deliver's for a receipt read without its ShortMessage (session 60).
-        self._delivers += 1
-        return self._on_receipt(self.name, ev)  # type: ignore[misc]  # set: the bind's
 
     # --- stats --------------------------------------------------------------------------------
     def _tick(self, n: int) -> None:

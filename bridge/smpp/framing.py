@@ -64,6 +64,23 @@ class Framer:
         """Octets held for an incomplete frame (for limits and tests)."""
         return len(self._buf) - self._off
 
+    def take(self, data: bytes) -> bytes:
+        """The stream's octets from the first not yet framed: those held before `data` (the
+        buffer emptied) and `data`, or `data` itself when none are held (the usual read). For a
+        reader that frames them itself (`BindSession.receive_data`, session 62: a list of
+        frames built and walked again a read, the length read twice a frame) and hands `feed`
+        what it does not take whole: it then keeps it, or raises, as it would have. Raises
+        FrameError once broken, as `feed`."""
+        if self._error is not None:
+            raise FrameError(self._error)
+        buf = self._buf
+        if self._off == len(buf):
+            return data if type(data) is bytes else bytes(data)
+        src = bytes(memoryview(buf)[self._off :]) + data
+        buf.clear()
+        self._off = 0
+        return src
+
     def feed(self, data: bytes) -> list[bytes]:
         if self._error is not None:
             raise FrameError(self._error)

@@ -147,7 +147,30 @@ class DeliverAnswer:
         proto = self._proto
         if proto is not None:
             self._proto = None
-            proto._answered(self, status)
+            # The bind's part (`SmppProtocol._answered` until session 62, called only from here:
+            # a Python call a receipt): the deliver_sm_resp queued, as `_deliver_done` queues a
+            # future's. Never raises into the setter: the batch's other receipts are answered
+            # after it.
+            try:
+                proto._answers -= 1
+                ev = self._ev
+                self._ev = None
+                if ev is not None:
+                    # _ack inline (one a receipt: a call less, session 59).
+                    proto.session.ack_deliver(ev.seq, status, ev.command_id)
+                    if not proto._flush_scheduled:
+                        proto._flush_scheduled = True
+                        proto._loop.call_soon(proto._flush)
+                if proto._reading_paused:
+                    proto._resume_if_drained()
+                if self._drain < proto._drains:  # attached before the latest drain_delivers
+                    proto._before_drain -= 1
+                    if not proto._before_drain and proto._drained is not None:
+                        if not proto._drained.done():
+                            proto._drained.set_result(None)
+                        proto._drained = None
+            except Exception:
+                log.exception("deliver_sm answer failed", extra={"smsc": proto.name})
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(status)
@@ -207,6 +230,7 @@ class SmppProtocol(asyncio.Protocol):
         name: str = "",
         max_pending_delivers: int = 256,
         on_receipt: ReceiptCallback | None = None,
+        receipt_tally: list[int] | None = None,
     ) -> None:
         self.session = session
         self.name = name
@@ -214,6 +238,10 @@ class SmppProtocol(asyncio.Protocol):
         # A deliver_sm marked a receipt goes to `on_receipt`, read without its ShortMessage
         # (session.ReceiptReceived), when there is one; to `on_deliver` otherwise.
         self._on_receipt = on_receipt
+        # The receipts handed to `on_receipt`, counted in `receipt_tally[0]` too: the caller's
+        # count over all its binds (the connector's `delivers`), where its handler between the
+        # bind and `on_receipt` counted each (a Python call a receipt, session 62).
+        self._tally = receipt_tally if receipt_tally is not None else [0]
         session.read_receipts = on_receipt is not None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -333,20 +361,23 @@ class SmppProtocol(asyncio.Protocol):
         future's done-callback ran a loop round later (Connector.send_one, session 57)."""
         self._queue(body, waiter, context, False)
 
-    def submit_told(self, body: ShortMessage | bytes, waiter: Any, context: Any = None) -> None:
-        """`submit_to` for a waiter told a plain acceptance by its fields: the read of an
-        ESME_ROK submit_sm_resp calls `waiter.accepted(message_id, rtt_s)` in the waiter's
-        `ctx` (a `contextvars.Context`: `waiter.ctx.run`, session 61), without the
-        `SubmitResult` built, the `done()` asked and the `set_result` that would take it apart
-        again (`OnePart`: one a part sent, session 60). Any other answer, a time-out or the
-        connection's end reaches it as `submit_to`'s does (`done()`, `set_result`). The
-        fourth entry of the request's context says so (`_handle`)."""
-        self._queue(body, waiter, context, True)
+    def _queue(
+        self, body: ShortMessage | bytes, waiter: Any, context: Any = None, told: bool = True
+    ) -> None:
+        """The three ways in (`submit`, `submit_to`, `submit_told`, which is this function
+        itself): the request queued on the session with its waiter, the send of the octets and
+        the response timer seen to. One body for the three (they were three copies until
+        session 60's review).
 
-    def _queue(self, body: ShortMessage | bytes, waiter: Any, context: Any, told: bool) -> None:
-        """The three ways in (`submit`, `submit_to`, `submit_told`): the request queued on the
-        session with its waiter, the send of the octets and the response timer seen to. One
-        body for the three (they were three copies until session 60's review)."""
+        `submit_told` (`told` True, its default): `submit_to` for a waiter told a plain
+        acceptance by its fields: the read of an ESME_ROK submit_sm_resp calls
+        `waiter.accepted(message_id, rtt_s)` in the waiter's `ctx` (a `contextvars.Context`:
+        `waiter.ctx.run`, session 61), without the `SubmitResult` built, the `done()` asked and
+        the `set_result` that would take it apart again (`OnePart`: one a part sent, session
+        60). Any other answer, a time-out or the connection's end reaches it as `submit_to`'s
+        does (`done()`, `set_result`). The fourth entry of the request's context says so
+        (`_handle`). Not a method calling this one (until session 62: a Python call a part
+        sent, ~0.6 k instructions)."""
         if self._transport is None or self._transport.is_closing():
             raise NotBound("submit: the connection is closing")
         loop = self._loop
@@ -369,6 +400,8 @@ class SmppProtocol(asyncio.Protocol):
         # timer waits for: that one re-arms it.
         if self._timer is None or self._timer_at > now + session.response_timeout_s:
             self._arm_timer()
+
+    submit_told = _queue
 
     def answer_after_cancel(
         self, fut: asyncio.Future[SubmitResult]
@@ -427,9 +460,10 @@ class SmppProtocol(asyncio.Protocol):
         the whole `timeout_s` at every stop (session 58 review)."""
         waits: set[asyncio.Future[Any]] = set(self._deliver_tasks)
         if self._answers:
-            # DeliverAnswers not set yet: a future set once the last of those is (_answered).
-            # A later call counts those of the earlier one still unset again, and may add
-            # some: the earlier call waits for them too (bounded all the same).
+            # DeliverAnswers not set yet: a future set once the last of those is
+            # (`DeliverAnswer.settle`). A later call counts those of the earlier one still
+            # unset again, and may add some: the earlier call waits for them too (bounded all
+            # the same).
             self._drains += 1
             self._before_drain = self._answers
             if self._drained is None:
@@ -494,6 +528,28 @@ class SmppProtocol(asyncio.Protocol):
                         self.on_slot_freed()
                 else:
                     self._resolve(context, ev.status, ev.message_id, None)
+            elif type(ev) is ReceiptReceived:
+                # `_start_deliver`'s steps for a receipt read without its ShortMessage (one a
+                # part sent; only a session with `read_receipts`, set with `on_receipt`, makes
+                # them), inline: a Python call a receipt less (session 62). What the handler
+                # returns other than a `DeliverAnswer` to wait for goes to `_deliver_got`.
+                self.delivers += 1
+                self._tally[0] += 1
+                try:
+                    got = self._on_receipt(ev)  # type: ignore[misc]
+                except Exception:
+                    self._deliver_failed(ev)
+                    continue
+                if type(got) is DeliverAnswer and got._status is None:
+                    # `_deliver_got`'s, for the usual answer.
+                    got._proto = self
+                    got._ev = ev
+                    got._drain = self._drains
+                    self._answers += 1
+                    if len(self._deliver_tasks) + self._answers >= self._max_pending_delivers:
+                        self._back_pressure()
+                else:
+                    self._deliver_got(ev, got)
             elif isinstance(ev, _DELIVERS):
                 self._start_deliver(ev)
             elif isinstance(ev, LateSubmitResponse):
@@ -565,7 +621,8 @@ class SmppProtocol(asyncio.Protocol):
             self.on_slot_freed()
 
     def _start_deliver(self, ev: DeliverReceived | ReceiptReceived) -> None:
-        """Run the handler and answer once what it returns resolves.
+        """Run the handler and answer once what it returns resolves (a receipt read without
+        its ShortMessage, the usual deliver_sm, has these steps inline in `_handle`).
 
         A handler may return a `DeliverAnswer` (the receipt path does) or a future rather than
         a coroutine: no task per deliver_sm then. Receipts come one per segment, and a task
@@ -574,43 +631,57 @@ class SmppProtocol(asyncio.Protocol):
         try:
             if type(ev) is ReceiptReceived:
                 # Only a session with `read_receipts` (set with `on_receipt`) makes them.
+                self._tally[0] += 1
                 got = self._on_receipt(ev)  # type: ignore[misc]
             elif self._on_deliver is None:
                 self._ack(ev, C.ESME_RX_T_APPN)
                 return
             else:
                 got = self._on_deliver(ev.body, ev.salvaged)  # type: ignore[union-attr]
-            if type(got) is DeliverAnswer:
-                # A receipt's answer (one per part sent): answered by a call once it is set,
-                # no future, done-callback or loop round in between.
-                status = got._status
-                if status is not None:  # set already (an unparsable receipt, a refusal)
-                    self._ack(ev, status)
-                    return
-                got._proto = self
-                got._ev = ev
-                got._drain = self._drains
-                self._answers += 1
-                pending = None
-            else:
-                # A future is taken as it is: ensure_future would check it in two Python calls
-                # to hand it back unchanged. A coroutine (MO) gets its task there.
-                pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
         except Exception:
-            log.exception("deliver handler failed; asking the SMSC to redeliver",
-                          extra={"smsc": self.name})  # fmt: skip
-            self._ack(ev, C.ESME_RX_T_APPN)
+            self._deliver_failed(ev)
             return
-        if pending is not None:
+        self._deliver_got(ev, got)
+
+    def _deliver_failed(self, ev: DeliverReceived | ReceiptReceived) -> None:
+        """The deliver handler raised (inside the `except`): the SMSC asked to redeliver."""
+        log.exception("deliver handler failed; asking the SMSC to redeliver",
+                      extra={"smsc": self.name})  # fmt: skip
+        self._ack(ev, C.ESME_RX_T_APPN)
+
+    def _deliver_got(
+        self, ev: DeliverReceived | ReceiptReceived, got: Awaitable[int] | DeliverAnswer
+    ) -> None:
+        """What the deliver handler returned for `ev`: answered once it is set (a
+        `DeliverAnswer`), or once it resolves (a future; a coroutine, an MO's, in a task)."""
+        if type(got) is DeliverAnswer:
+            # A receipt's answer (one per part sent): answered by a call once it is set,
+            # no future, done-callback or loop round in between.
+            status = got._status
+            if status is not None:  # set already (an unparsable receipt, a refusal)
+                self._ack(ev, status)
+                return
+            got._proto = self
+            got._ev = ev
+            got._drain = self._drains
+            self._answers += 1
+        else:
+            try:
+                # A future is taken as it is: ensure_future would check it in two Python
+                # calls to hand it back unchanged. A coroutine (MO) gets its task there.
+                pending = got if isinstance(got, asyncio.Future) else asyncio.ensure_future(got)
+            except Exception:
+                self._deliver_failed(ev)
+                return
             self._deliver_tasks.add(pending)
             pending.add_done_callback(partial(self._deliver_done, ev))
-        if (
-            len(self._deliver_tasks) + self._answers >= self._max_pending_delivers
-            and not self._reading_paused
-            and self._transport is not None
-        ):
-            # Back-pressure: the SMSC waits for our deliver_sm_resp anyway; stop reading rather
-            # than pile up handlers without bound.
+        if len(self._deliver_tasks) + self._answers >= self._max_pending_delivers:
+            self._back_pressure()
+
+    def _back_pressure(self) -> None:
+        """As many deliver handlers unanswered as `max_pending_delivers`: the SMSC waits for
+        our deliver_sm_resp anyway; stop reading rather than pile up handlers without bound."""
+        if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._paused_at = self._loop.time()
             self._transport.pause_reading()
@@ -638,31 +709,6 @@ class SmppProtocol(asyncio.Protocol):
         self._ack(ev, status)
         self._resume_if_drained()
 
-    def _answered(self, answer: DeliverAnswer, status: int) -> None:
-        """A DeliverAnswer set (`set_result`, inside the receipts' flush): its deliver_sm_resp
-        queued, as `_deliver_done` queues a future's. Never raises into the setter: the batch's
-        other receipts are answered after it."""
-        try:
-            self._answers -= 1
-            ev = answer._ev
-            answer._ev = None
-            if ev is not None:
-                # _ack inline (one a receipt: a call less, session 59).
-                self.session.ack_deliver(ev.seq, status, ev.command_id)
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._flush)
-            if self._reading_paused:
-                self._resume_if_drained()
-            if answer._drain < self._drains:  # attached before the latest drain_delivers
-                self._before_drain -= 1
-                if not self._before_drain and self._drained is not None:
-                    if not self._drained.done():
-                        self._drained.set_result(None)
-                    self._drained = None
-        except Exception:
-            log.exception("deliver_sm answer failed", extra={"smsc": self.name})
-
     def _resume_if_drained(self) -> None:
         if (
             self._reading_paused
@@ -689,12 +735,16 @@ async def open_bind(
     connect_timeout: float = 30.0,
     name: str = "",
     on_receipt: ReceiptCallback | None = None,
+    receipt_tally: list[int] | None = None,
 ) -> SmppProtocol:
-    """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp."""
+    """Connect and send the bind; await ``.wait_bound()`` on the result for the bind_resp.
+    `receipt_tally`: see `SmppProtocol`."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(connect_timeout):
         _, proto = await loop.create_connection(
-            lambda: SmppProtocol(session, on_deliver, name=name, on_receipt=on_receipt),
+            lambda: SmppProtocol(
+                session, on_deliver, name=name, on_receipt=on_receipt, receipt_tally=receipt_tally
+            ),
             host,
             port,
             ssl=ssl_context,

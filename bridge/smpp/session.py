@@ -127,7 +127,7 @@ _TRANSMITTER: Final = BindMode.TRANSMITTER
 _SUBMIT_SM: Final = C.SUBMIT_SM
 _SUBMIT_SM_RESP: Final = C.SUBMIT_SM_RESP
 _DELIVER_SM: Final = C.DELIVER_SM
-# The longest submit_sm_resp _handle_frame reads itself: the header, a 64-octet id and its NUL.
+# The longest submit_sm_resp `_read` reads itself: the header, a 64-octet id and its NUL.
 _SUBMIT_RESP_MAX: Final = 16 + 65
 
 
@@ -633,23 +633,23 @@ class BindSession:
             return events
         self._rx_now = now
         try:
-            frames = self._framer.feed(data)
+            src = self._framer.take(data)
         except FrameError as e:
-            for frame in e.frames:
-                self._handle_frame(frame, now, events)
-                if self.state is SessionState.CLOSED:
-                    self._late.clear()
-                    return events
-            self._nack(e.status, e.seq)
-            events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
-            return self._close(events, "bad command_length")
-        for i, frame in enumerate(frames):
-            self._handle_frame(frame, now, events)
-            if self.state is _CLOSED:
-                self._answers_after_unbind(frames[i + 1 :], events)
-                self._late.clear()
-                break
+            return self._frame_error(e, events)
+        self._read(src, events)
         return events
+
+    def _frame_error(self, e: FrameError, events: list[Event]) -> list[Event]:
+        """A command_length the stream cannot be resynchronised after: the frames before it
+        in the octets the framer was given handled, then a generic_nack and the close."""
+        if e.frames:
+            self._read(b"".join(e.frames), events)
+            if self.state is _CLOSED:
+                self._late.clear()
+                return events
+        self._nack(e.status, e.seq)
+        events.append(ProtocolError(f"{e.code}: {e.message}", fatal=True))
+        return self._close(events, "bad command_length")
 
     def _answers_after_unbind(self, frames: list[bytes], events: list[Event]) -> None:
         """Responses that came in the same read as the SMSC's unbind still answer their
@@ -669,44 +669,89 @@ class BindSession:
             events.remove(e)
             events.append(e)
 
-    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> None:
-        n = len(frame)
-        if 17 <= n <= _SUBMIT_RESP_MAX:
-            # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole body
-            # (one a part sent): the id read here, where decode_fields built a MessageIdResp for
-            # _handle_response to read and drop (session 58, README note 27). What
-            # decode_fields and _handle_response make of it: the id up to its NUL, the first
-            # within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64 octets at most (no
-            # warning). Any other response (an error status, TLVs, a late one, a seq we do not
-            # wait on or one of another request) takes the general path below.
-            length, cid, status, seq = _HDR.unpack_from(frame)
-            if cid == _SUBMIT_SM_RESP and not status and length == n and frame.find(0, 16) == n - 1:
-                p = self._pending.get(seq)
-                if p is not None and p.command_id == _SUBMIT_SM:
-                    self._last_rx = self._rx_now
-                    del self._pending[seq]
-                    self._in_flight -= 1
-                    if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
-                        self.free_slots += 1
-                    mid = frame[16 : n - 1].decode("latin-1")
-                    events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
-                    return
-        elif n >= 16 and self.read_receipts:
-            length, cid, status, seq = _HDR.unpack_from(frame)
-        else:
-            cid = length = 0
-        if cid == _DELIVER_SM and length == n and self.read_receipts:
-            # A receipt (one a part sent) read for the receipt handler without its ShortMessage
-            # (codec.read_receipt_sm), where the general path below would give it a
-            # DeliverReceived: a body it does not take (an MO, one decode_fields refuses) goes
-            # there, as does one the session would not take now (session 60, README note 27).
-            state = self.state
-            if state is _BOUND or state is _UNBINDING:
-                got = read_receipt_sm(frame)
-                if got is not None:
-                    events.append(_new_tuple(ReceiptReceived, (seq, got)))
-                    return
-        # The PDU's fields, no Pdu built (codec.decode_fields: two PDUs a part sent).
+    def _read(self, src: bytes, events: list[Event]) -> None:
+        """The frames of `src` (`Framer.take`'s: the stream's octets from the first not yet
+        framed), in order, their events appended to `events`; a frame not whole, or whose
+        command_length the stream cannot go on from, and what follows it, to `Framer.feed`,
+        which keeps the part or raises as it did when it framed every read (until session
+        62: a list of frames built, then walked here, the command_length read twice). The
+        two frames a part sent brings (its submit_sm_resp, its receipt) are read in this loop,
+        any other by `_handle_general`, after which the closed state is looked at (neither of
+        those two can close it): a Python call a frame less than `_handle_frame`'s.
+        The frames after one that closed the session are answers still read
+        (`_answers_after_unbind`), unless the framer refuses what follows."""
+        framer = self._framer
+        max_pdu = framer.max_pdu
+        pending = self._pending
+        read_receipts = self.read_receipts
+        end = len(src)
+        off = 0
+        while end - off >= 16:
+            n, cid, status, seq = _HDR.unpack_from(src, off)
+            if n < 16 or n > max_pdu or off + n > end:
+                break  # the framer's to keep or refuse
+            start = off
+            off += n
+            if 17 <= n <= _SUBMIT_RESP_MAX:
+                # A submit_sm_resp accepting a submit_sm we wait for, its message_id the whole
+                # body (one a part sent): the id read here, where decode_fields built a
+                # MessageIdResp for _handle_response to read and drop (session 58, README note
+                # 27). What decode_fields and _handle_response make of it: the id up to its
+                # NUL, the first within 65 octets, nothing after it (no TLVs), SMPP 3.4's 64
+                # octets at most (no warning). Any other response (an error status, TLVs, a
+                # late one, a seq we do not wait on or one of another request) takes the
+                # general path. Read in `src`, the frame not sliced out of it (a copy a part
+                # sent, session 62).
+                if (
+                    cid == _SUBMIT_SM_RESP
+                    and not status
+                    and src.find(0, start + 16, off) == off - 1
+                ):
+                    p = pending.get(seq)
+                    if p is not None and p.command_id == _SUBMIT_SM:
+                        self._last_rx = self._rx_now
+                        del pending[seq]
+                        self._in_flight -= 1
+                        if self.state is _BOUND and self.mode is not _RECEIVER:  # `_refree`'s
+                            self.free_slots += 1
+                        mid = src[start + 16 : off - 1].decode("latin-1")
+                        events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
+                        continue
+            frame = src[start:off]
+            if cid == _DELIVER_SM and read_receipts:
+                # A receipt (one a part sent) read for the receipt handler without its
+                # ShortMessage (codec.read_receipt_sm), where the general path would give it a
+                # DeliverReceived: a body it does not take (an MO, one decode_fields refuses)
+                # goes there, as does one the session would not take now (session 60, README
+                # note 27).
+                state = self.state
+                if state is _BOUND or state is _UNBINDING:
+                    got = read_receipt_sm(frame)
+                    if got is not None:
+                        events.append(_new_tuple(ReceiptReceived, (seq, got)))
+                        continue
+            self._handle_general(frame, events)
+            if self.state is _CLOSED:
+                try:
+                    rest = framer.feed(src[off:]) if off < end else []
+                except FrameError:
+                    rest = []  # the frames before a bad length went unread after a close
+                else:
+                    self._answers_after_unbind(rest, events)
+                self._late.clear()
+                return
+        if off < end:
+            try:
+                frames = framer.feed(src[off:] if off else src)
+            except FrameError as e:
+                self._frame_error(e, events)
+                return
+            if frames:  # none: what it was given starts at a frame not whole, or refused
+                self._read(b"".join(frames), events)
+
+    def _handle_general(self, frame: bytes, events: list[Event]) -> None:
+        """A frame `_read` does not read itself: its fields, no Pdu built
+        (codec.decode_fields)."""
         try:
             cid, status, seq, body = decode_fields(frame)
         except PduError as e:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bridge.smpp.connector import _IN_LINE, _STARTING, OnePart
+from bridge.smpp.connector import OnePart
 from tests.integration.test_session57_quick_send import Store, dispatcher, message
 from tests.integration.test_smpp_connector import (
     FakeSmsc,
@@ -32,18 +32,18 @@ from tests.integration.test_smpp_connector import (
 
 
 def _count_lined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The part (`_i`) of each grant from the window's line: `set_result` given a slot while
-    the part waits there (`_lined` counted it until session 61, which takes a granted slot
-    without that call)."""
+    """The part (`_i`) of each grant from the window's line: `_slot` run while the pump
+    grants (`_lined` counted it until session 61, `set_result` given a slot until session 62,
+    whose pump runs a granted part's `_slot` itself)."""
     lined: list[int] = []
-    real = OnePart.set_result
+    real = OnePart._slot
 
-    def counted(self: OnePart, got: Any) -> None:
-        if self._state in (_IN_LINE, _STARTING) and got is True:
+    def counted(self: OnePart) -> None:
+        if self._bind.pumping:
             lined.append(self._i)
-        real(self, got)
+        real(self)
 
-    monkeypatch.setattr(OnePart, "set_result", counted)
+    monkeypatch.setattr(OnePart, "_slot", counted)
     return lined
 
 
