@@ -152,7 +152,7 @@ async def test_a_slow_smsc_does_not_starve_another_smscs_route(store: Store) -> 
     fast_cfg = smsc_cfg(sims[1].port, name="fast", window=5)
     try:
         async with connector(slow_cfg) as slow, connector(fast_cfg) as fast:
-            assert await slow.wait_up(2.0) and await fast.wait_up(2.0)
+            assert await slow.wait_up(30.0) and await fast.wait_up(30.0)
             d = Dispatcher(
                 store,
                 {"slow": slow, "fast": fast},
@@ -202,7 +202,7 @@ async def test_sigterm_mid_message_records_the_parts_already_accepted(store: Sto
     try:
         cfg = smsc_cfg(smsc.port, response_timeout_s=5.0)
         async with connector(cfg) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = Dispatcher(
                 store, {"t1": conn}, Router([], ["t1"]), {"t1": cfg},
                 instance="inst-1", idle_s=0.01,
@@ -285,7 +285,7 @@ async def test_unanswered_attempts_are_counted_apart_from_other_errors(store: St
     try:
         cfg = smsc_cfg(smsc.port, response_timeout_s=0.2, max_transient_retries=0)
         async with connector(cfg) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = Dispatcher(
                 store, {"t1": conn}, Router([], ["t1"]), {"t1": cfg},
                 instance="inst-1", idle_s=0.01, clock=StepClock(NOW, 60.0),
@@ -345,7 +345,7 @@ async def test_a_claim_whose_results_could_not_be_written_is_taken_back(
     try:
         cfg = smsc_cfg(smsc.port)
         async with connector(cfg) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = Dispatcher(
                 store, {"t1": conn}, Router([], ["t1"]), {"t1": cfg},
                 instance="inst-1", idle_s=0.01, clock=lambda: NOW / 1000,
@@ -397,7 +397,7 @@ async def test_the_rest_of_a_message_follows_its_first_parts_smsc(store: Store) 
     cfg_b = smsc_cfg(b.port, name="B")
     try:
         async with connector(cfg_a) as ca, connector(cfg_b) as cb:
-            assert await ca.wait_up(2.0) and await cb.wait_up(2.0)
+            assert await ca.wait_up(30.0) and await cb.wait_up(30.0)
             d = Dispatcher(
                 store, {"A": ca, "B": cb}, Router([], ["A", "B"]), {"A": cfg_a, "B": cfg_b},
                 instance="inst-1", idle_s=0.01, clock=StepClock(NOW, 60.0),

@@ -139,7 +139,7 @@ async def _two_on_the_wire_then(store: Store, *, stop: bool) -> set[str]:
     smsc.on_submit = lambda conn, pdu: None
     try:
         async with running(smsc_cfg(smsc.port, window=2)) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = _dispatcher(store, conn, 2, window=2, in_flight_on_restart="unknown")
             task = asyncio.create_task(d.run())
             for _ in range(300):
@@ -265,7 +265,7 @@ async def test_an_unknown_mode_smsc_never_gets_an_unanswered_part_twice(store: S
     try:
         cfg = smsc_cfg(smsc.port, response_timeout_s=0.2, in_flight_on_restart="unknown")
         async with running(cfg, transient_backoff_s=(0.01, 0.02)) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = _dispatcher(store, conn, 2, window=10, in_flight_on_restart="unknown")
             task = asyncio.create_task(d.run())
             for _ in range(300):
@@ -295,7 +295,7 @@ async def test_stop_after_an_unanswered_first_part_counts_the_attempt(store: Sto
     try:
         cfg = smsc_cfg(smsc.port, response_timeout_s=0.1)
         async with running(cfg, transient_backoff_s=(1.0, 1.0)) as conn:  # stop lands in it
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = _dispatcher(store, conn, 2, window=10)
             task = asyncio.create_task(d.run())
             for _ in range(300):
@@ -411,7 +411,7 @@ async def test_a_part_the_smsc_keeps_throttling_is_requeued_without_counting(
     smsc.on_submit = lambda conn, pdu: C.ESME_RMSGQFUL if pdu.body.short_message == b"m0/2" else 0
     try:
         async with running(smsc_cfg(smsc.port, **connector_cfg)) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = _dispatcher(store, conn, 2, window=10, **per_smsc)
             task = asyncio.create_task(d.run())
             for _ in range(300):

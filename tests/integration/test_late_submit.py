@@ -215,7 +215,7 @@ async def _timing_out(
     task = None
     try:
         async with running(cfg, _receipt_handler(store, cfg, clock)) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = Dispatcher(store, {SMSC: conn}, Router([], [SMSC]), {SMSC: cfg},
                            instance="inst-1", idle_s=0.01, clock=clock)  # fmt: skip
             task = asyncio.create_task(d.run())
@@ -288,7 +288,7 @@ async def test_the_connector_reports_only_late_acceptances_with_the_parts_contex
     try:
         async with running(smsc_cfg(smsc.port, response_timeout_s=0.2)) as c:
             c.on_late_submit = seen.append
-            assert await c.wait_up(2.0)
+            assert await c.wait_up(30.0)
             out = await c.send_message([part("a")], contexts=[("mA", 1)])
             assert [o.status_name for o in out] == ["TIMEOUT"]
             out = await c.send_message([part("b")], contexts=[("mB", 1)])

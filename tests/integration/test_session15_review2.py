@@ -243,7 +243,7 @@ class Stack:
     async def up(self, **kw: Any) -> Connector:
         self.conn = Connector(smsc_cfg(self.peer.port, **kw), self.inbound.on_deliver)
         await self.conn.start()
-        assert await self.conn.wait_up(3.0)
+        assert await self.conn.wait_up(30.0)
         await eventually(lambda: bool(self.peer.writers))
         return self.conn
 
@@ -589,7 +589,7 @@ async def test_a_disconnect_before_the_commit_sends_nothing_and_the_redelivery_i
     stack.peer.writers[-1].transport.abort()
     await eventually(lambda: stack.peer.connections == 2 and len(stack.peer.writers) == 2)
     assert stack.conn is not None
-    assert await stack.conn.wait_up(3.0)
+    assert await stack.conn.wait_up(30.0)
     gate.open()
     await asyncio.sleep(0.1)
     assert first not in stack.peer.resps(), "answered on the new bind for the old bind's seq"

@@ -146,7 +146,7 @@ async def test_late_answers_count_as_answers_so_a_slow_smsc_keeps_its_bind_and_i
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.3, recycle_after_timeouts=3)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
         c.on_late_submit = lates.append
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         outs = []
         for i in range(4):
             (out,) = await c.send_message([part(f"m{i}")], contexts=[i])
@@ -173,7 +173,7 @@ async def test_a_window_timing_out_at_once_is_one_stall_so_its_late_acceptances_
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.3, recycle_after_timeouts=2)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
         c.on_late_submit = lates.append
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         outs = await asyncio.gather(
             *(c.send_message([part(f"m{i}")], contexts=[i]) for i in range(6))
         )
@@ -201,7 +201,7 @@ async def test_a_part_granted_a_slot_on_a_bind_being_aborted_is_sent_on_the_next
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, window=1)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         ta = asyncio.create_task(c.send_message([part("A")]))
         await eventually(lambda: len(smsc.held) == 1)
         tb = asyncio.create_task(c.send_message([part("B")]))
@@ -247,7 +247,7 @@ async def test_a_part_that_never_left_is_not_ended_unknown_after_a_recycle(
         await store.create_account(account())
         await accept(store, message("mm", parts=2), message("m0", at=NOW + 1))
         async with running(cfg, transient_backoff_s=FAST_BACKOFF) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
 
             async def settled() -> bool:
                 states = [(await get(store, m)).state for m in ("m0", "mm")]
@@ -278,7 +278,7 @@ async def test_submits_refused_with_rinvbndsts_after_the_first_are_resent_not_re
     unanswered attempt the SMSC may have taken: held back, counted toward "unknown")."""
     smsc.on_submit = lambda conn, pdu: None if conn.id == 1 else 0
     async with running(smsc_cfg(smsc.port, window=3), transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         tasks = [asyncio.create_task(c.send_message([part(f"m{i}")])) for i in range(3)]
         await eventually(lambda: len(smsc.held) == 3)
         for conn, seq in list(smsc.held):
@@ -312,7 +312,7 @@ async def test_a_generic_nack_with_esme_rthrottled_is_a_throttle_not_a_failure(
 
     smsc.on_submit = hook
     async with running(smsc_cfg(smsc.port), transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (out,) = await asyncio.wait_for(c.send_message([part("nacked")]), 5.0)
         assert out.kind == "ok" and out.message_id
         assert smsc.submits() == [b"nacked", b"nacked"]
@@ -351,7 +351,7 @@ async def test_the_smscs_enquire_link_is_answered_while_the_window_is_full() -> 
                     w.write(encode(Pdu(C.UNBIND_RESP, 0, p.seq)))
 
     async with raw_server(script) as port, running(smsc_cfg(port, window=2)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         tasks = [asyncio.create_task(c.send_message([part(f"w{i}")])) for i in range(2)]
         await asyncio.wait_for(el_resp.wait(), 2.0)
         outs = [o for (o,) in await asyncio.wait_for(asyncio.gather(*tasks), 2.0)]
@@ -392,7 +392,7 @@ async def test_a_receipt_in_the_same_segment_as_bind_resp_is_handed_over_and_ack
         return C.ESME_ROK
 
     async with raw_server(script) as port, running(smsc_cfg(port), handler) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         await eventually(lambda: bool(acks))
         assert [b.short_message for b in got] == [receipt.short_message]
         assert [(a.seq, a.status) for a in acks] == [(42, C.ESME_ROK)]
@@ -418,7 +418,7 @@ async def test_a_mix_of_throttles_and_transient_errors_keeps_part_order_and_lose
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, window=4, max_transient_retries=5, throttle_tolerance=1.0)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         tasks = [
             asyncio.create_task(c.send_message([part(f"{m}/{k}") for k in (1, 2, 3)]))
             for m in "abc"
@@ -461,7 +461,7 @@ async def test_a_link_closed_without_unbind_mid_message_keeps_the_sent_part_and_
         await store.create_account(account())
         await accept(store, message("mm", parts=2))
         async with running(cfg, transient_backoff_s=FAST_BACKOFF) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             async with _dispatching(store, conn, cfg, clock):
                 for _ in range(100):
                     rec = await get(store, "mm")

@@ -49,7 +49,7 @@ async def test_a_part_with_a_free_slot_waits_for_its_answer_in_send_message(
 ) -> None:
     smsc.on_submit = lambda conn, pdu: None  # hold the answer: the task stays suspended on it
     async with running(smsc_cfg(smsc.port, window=5)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         task = asyncio.create_task(c.send_message([part("one")]))
         await eventually(lambda: len(smsc.held) == 1)
         # Until session 56: send_message -> _send_part -> _submit_on -> the answer's future.
@@ -65,7 +65,7 @@ async def test_a_part_waiting_for_a_slot_waits_one_level_below_send_message(
 ) -> None:
     smsc.on_submit = lambda conn, pdu: None
     async with running(smsc_cfg(smsc.port, window=1)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         first = asyncio.create_task(c.send_message([part("first")]))
         await eventually(lambda: len(smsc.held) == 1)
         second = asyncio.create_task(c.send_message([part("second")]))

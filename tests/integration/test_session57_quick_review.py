@@ -29,7 +29,7 @@ async def test_a_tps_limit_set_while_messages_wait_in_the_line_holds_for_them(
     smsc.on_submit = lambda conn, pdu: None  # hold the first answer: the rest wait in line
     cfg = smsc_cfg(smsc.port, window=1, tps=0)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message(f"t-{i}") for i in range(4)])
         d = dispatcher(store, conn, cfg, windows=4)
         runner = asyncio.create_task(d.run())
@@ -59,7 +59,7 @@ async def test_a_stop_while_a_part_waits_for_its_tps_turn_hands_its_slot_on(
     smsc.on_submit = lambda conn, pdu: None
     cfg = smsc_cfg(smsc.port, window=1, tps=0)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message(f"s-{i}") for i in range(3)])
         d = dispatcher(store, conn, cfg, windows=3)
         runner = asyncio.create_task(d.run())
@@ -88,7 +88,7 @@ async def test_a_cancel_before_the_resend_tasks_first_step_still_ends_the_messag
     smsc.on_submit = lambda conn, pdu: None
     cfg = smsc_cfg(smsc.port, window=2)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("c-1")])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())
@@ -117,7 +117,7 @@ async def test_a_cancel_before_the_tps_turns_first_step_hands_the_slot_on(
     smsc.on_submit = lambda conn, pdu: None
     cfg = smsc_cfg(smsc.port, window=1, tps=0)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("g-1"), message("g-2")])
         d = dispatcher(store, conn, cfg, windows=2)
         runner = asyncio.create_task(d.run())

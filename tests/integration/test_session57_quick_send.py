@@ -119,7 +119,7 @@ async def test_a_one_part_message_waits_for_its_answer_without_a_task(
     smsc.on_submit = lambda conn, pdu: None  # hold the answers
     cfg = smsc_cfg(smsc.port, window=1)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("a"), message("b")])
         d = dispatcher(store, conn, cfg, windows=2)
         runner = asyncio.create_task(d.run())
@@ -148,7 +148,7 @@ async def test_a_non_acceptance_goes_on_in_a_task_with_the_messages_log_context(
     cfg = smsc_cfg(smsc.port, window=2)
     try:
         async with running(cfg, transient_backoff_s=(0.01, 0.02)) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             store = Store([message("m-1")])
             d = dispatcher(store, conn, cfg)
             runner = asyncio.create_task(d.run())
@@ -174,7 +174,7 @@ async def test_a_fault_after_the_answer_requeues_the_message_under_its_id(
     cfg = smsc_cfg(smsc.port, window=2)
     try:
         async with running(cfg) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
 
             def broken(*_a: Any) -> None:
                 raise RuntimeError("metrics down")
@@ -203,7 +203,7 @@ async def test_stop_past_the_grace_still_records_an_acceptance_on_the_wire(
     smsc.on_submit = lambda conn, pdu: None
     cfg = smsc_cfg(smsc.port, window=2)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("m-3")])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())
@@ -230,7 +230,7 @@ async def test_one_part_messages_claimed_after_a_task_do_not_overtake_it(
     one-part messages: `tests/integration/test_session58_parts_quick.py`.)"""
     cfg = smsc_cfg(smsc.port, window=1)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         x = replace(message("x", parts=2), smsc="t1")
         store = Store([x, message("y"), message("z")])
         d = dispatcher(store, conn, cfg, windows=3)

@@ -50,7 +50,7 @@ async def test_a_long_message_goes_part_after_part_without_a_task(
     smsc.on_submit = lambda conn, pdu: None  # hold the answers
     cfg = smsc_cfg(smsc.port, window=5)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("x", parts=3)])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())
@@ -80,7 +80,7 @@ async def test_parts_keep_their_order_and_are_not_overtaken_on_a_full_window(
     the priority line as the answer before it frees the slot)."""
     cfg = smsc_cfg(smsc.port, window=1)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("a", 3), message("b", 2), message("c"), message("d", 2)])
         d = dispatcher(store, conn, cfg, windows=4)
         runner = asyncio.create_task(d.run())
@@ -101,7 +101,7 @@ async def test_a_refused_later_part_ends_the_message_and_the_rest_stay_unsent(
     smsc.on_submit = lambda conn, pdu: answers.get(pdu.body.short_message[-3:], 0)
     cfg = smsc_cfg(smsc.port, window=3)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("r", 3), message("s", 2)])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())
@@ -144,7 +144,7 @@ async def test_a_throttled_later_part_is_resent_under_the_messages_id(
     )  # fmt: skip
     try:
         async with running(cfg) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             store = Store([message("t", 3)])
             d = dispatcher(store, conn, cfg)
             runner = asyncio.create_task(d.run())
@@ -169,7 +169,7 @@ async def test_a_tps_limited_message_is_sent_without_a_task_and_the_limit_holds(
     smsc.on_submit = lambda conn, pdu: None  # hold the answers
     cfg = smsc_cfg(smsc.port, window=10, tps=20.0)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("q")])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())
@@ -202,7 +202,7 @@ async def test_stop_with_a_later_part_unanswered_records_the_parts_accepted(
     cfg = smsc_cfg(smsc.port, window=2)
     smsc.on_submit = lambda conn, pdu: None if pdu.body.short_message.endswith(b"w/2") else 0
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         store = Store([message("w", 3)])
         d = dispatcher(store, conn, cfg)
         runner = asyncio.create_task(d.run())

@@ -49,7 +49,7 @@ async def test_a_message_claimed_later_does_not_take_the_tps_turn_first(
     monkeypatch.setattr(dispatcher_module, "build_parts", slow_build)
     cfg = smsc_cfg(smsc.port, window=10, tps=10.0)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         await asyncio.sleep(0.15)  # nothing of the bind's start in the throttler's window
         store = Store([message("q")])
         d = dispatcher(store, conn, cfg, windows=2)
@@ -80,7 +80,7 @@ async def test_a_long_line_of_expired_messages_is_ended_without_recursion(
     loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx.get("message")))
     n = 600
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         now_ms = int(time.time() * 1000)
         work = [message("first")]
         work += [replace(message(f"m{i}"), expires_at=now_ms + 300) for i in range(n)]

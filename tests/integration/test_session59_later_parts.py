@@ -56,7 +56,7 @@ async def test_later_parts_take_a_free_slot_without_the_line(
     lined = _count_lined(monkeypatch)
     cfg = smsc_cfg(smsc.port, window=window)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         msgs = [message("a", 3), message("b", 2), message("c"), message("d", 2), message("e", 3)]
         store = Store(msgs)
         d = dispatcher(store, conn, cfg, windows=5)
@@ -91,7 +91,7 @@ async def test_a_later_part_past_its_validity_still_ends_through_the_line(
     held: list[Any] = []
     smsc.on_submit = lambda conn, pdu: held.append(1)  # hold the answers
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         soon = int(time.time() * 1000) + 300
         store = Store([replace(message("a", 3), expires_at=soon), message("b")])
         d = dispatcher(store, conn, cfg, windows=2)

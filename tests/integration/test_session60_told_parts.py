@@ -62,7 +62,7 @@ async def test_accepted_parts_are_told_without_a_submit_result(
     monkeypatch.setattr(protocol, "_submit_result", refused)
     cfg = smsc_cfg(smsc.port, window=2)
     async with running(cfg) as conn:
-        assert await conn.wait_up(2.0)
+        assert await conn.wait_up(30.0)
         msgs = [message("a", 3), message("b"), message("c", 2), message("d"), message("e", 3)]
         store = Store(msgs)
         d = dispatcher(store, conn, cfg, windows=5)

@@ -28,6 +28,9 @@ from bridge.smpp.protocol import make_ssl_context
 from tests.certs import private_ca_chain, self_signed
 
 PASSWORD = "s3cr3tpw"
+# How long a bind to a local SMSC may take to come up: seconds on a machine at load 18 (2.0 s
+# ran out there once, session 62), where quiet it takes milliseconds; only a failure waits it out.
+UP_S = 30.0
 
 # A submit hook returns the status to answer, or None to hold the response (see FakeSmsc.held).
 SubmitHook = Callable[["Conn", Pdu], Awaitable[int | None] | int | None]
@@ -252,7 +255,8 @@ async def test_bind_modes(
             got[conn.mode] = got.get(conn.mode, 0) + 1
         assert got == expected
         assert all(conn.system_id == "esme" for conn in smsc.bound())
-        assert await c.wait_up(1.0) is can_send  # one transmit bind up is enough for it
+        # One transmit bind up is enough for it.
+        assert await c.wait_up(UP_S if can_send else 1.0) is can_send
         # The SMSC counts a bind once it answers; the connector counts it once it reads that
         # answer, a moment later (and for each bind apart).
         await eventually(lambda: sum(v["up"] for v in c.snapshot()["binds"].values()) == total)
@@ -273,7 +277,7 @@ async def test_bind_modes(
 async def test_window_fills_to_exactly_n_and_drains(smsc: FakeSmsc) -> None:
     smsc.on_submit = lambda conn, pdu: None  # hold every response
     async with running(smsc_cfg(smsc.port, window=5)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         assert c.free_slots() == 5
         tasks = [asyncio.create_task(c.send_message([part(f"m{i}")])) for i in range(8)]
         await eventually(lambda: len(smsc.held) == 5)
@@ -298,7 +302,7 @@ async def test_a_part_whose_validity_passes_while_it_waits_is_not_sent(smsc: Fak
     after it; one whose deadline is still ahead goes out."""
     smsc.on_submit = lambda conn, pdu: None  # hold every response: the window stays full
     async with running(smsc_cfg(smsc.port, window=1)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         first = asyncio.create_task(c.send_message([part("first")]))
         await eventually(lambda: len(smsc.held) == 1)
         loop = asyncio.get_running_loop()
@@ -322,7 +326,7 @@ async def test_refuse_new_sends_back_what_has_not_left_and_finishes_the_rest(
     dispatcher requeues it unsent), a message with a part on the wire sends its other parts."""
     smsc.on_submit = lambda conn, pdu: None  # hold every response
     async with running(smsc_cfg(smsc.port, window=2)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         a = asyncio.create_task(c.send_message([part("a1"), part("a2")]))
         b = asyncio.create_task(c.send_message([part("b1")]))
         await eventually(lambda: len(smsc.held) == 2)
@@ -343,7 +347,7 @@ async def test_response_timeout_is_transient_and_bounded(smsc: FakeSmsc) -> None
     smsc.on_submit = lambda conn, pdu: None  # never answer
     cfg = smsc_cfg(smsc.port, response_timeout_s=0.15, max_transient_retries=1)
     async with running(cfg, transient_backoff_s=(0.01, 0.02)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         t0 = time.monotonic()
         out = await c.send_message([part("a"), part("b")])
         elapsed = time.monotonic() - t0
@@ -375,7 +379,7 @@ async def test_throttle_pauses_and_resubmits_the_same_pdu_first(smsc: FakeSmsc) 
         smsc.port, throttle_pause_min_s=0.15, max_transient_retries=0, throttle_tolerance=0
     )
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("p1"), part("p2"), part("p3")])
         assert [o.kind for o in out] == ["ok", "ok", "ok"]
         assert all(o.message_id for o in out)
@@ -402,7 +406,7 @@ async def test_throttle_pause_is_observed(smsc: FakeSmsc) -> None:
         smsc.port, throttle_pause_min_s=0.1, throttle_pause_max_s=1.0, throttle_tolerance=0
     )
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("x")])
         assert out[0].kind == "ok"
         t = times[b"x"]
@@ -425,7 +429,7 @@ async def test_a_sporadic_throttle_is_resent_at_once_without_pausing(smsc: FakeS
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, throttle_pause_min_s=0.5, throttle_pause_max_s=1.0)
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         for i in range(40):
             out = await c.send_message([part(f"m{i}")])
             assert out[0].kind == "ok"
@@ -453,7 +457,7 @@ async def test_repeated_throttles_pause_the_bind(smsc: FakeSmsc) -> None:
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, throttle_pause_min_s=0.05, throttle_pause_max_s=0.2)
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         kinds = []
         while not kinds or kinds[-1] == "throttled":
             (out,) = await c.send_message([part("x")])
@@ -489,7 +493,7 @@ async def _throttles_against_a_capped_smsc(tolerance: float) -> tuple[int, int]:
         # the paused runs at load 18 (its 2x failed); these keep it 8.8-22 times.
         cfg = smsc_cfg(sim.port, throttle_tolerance=tolerance)
         async with running(cfg) as c:
-            assert await c.wait_up(2.0)
+            assert await c.wait_up(UP_S)
             t0 = time.monotonic()
 
             async def send(i: int) -> str:  # a part given back "throttled" is sent again
@@ -530,7 +534,7 @@ async def test_transient_status_retried_then_returned(smsc: FakeSmsc) -> None:
     async with running(
         smsc_cfg(smsc.port, max_transient_retries=2), transient_backoff_s=(0.01, 0.02)
     ) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("a"), part("b")])
         assert out == [
             SubmitOutcome(0, "transient", C.ESME_RSYSERR, "ESME_RSYSERR", None),
@@ -551,7 +555,7 @@ async def test_submit_errors_are_logged_at_most_every_10_s_with_their_counts(
     async with running(
         smsc_cfg(smsc.port, max_transient_retries=2), transient_backoff_s=(0.01, 0.02)
     ) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         await c.send_message([part("a")])
         await c.send_message([part("x")])
         lines = [r for r in caplog.records if r.getMessage() == "smpp submits answered with errors"]
@@ -567,7 +571,7 @@ async def test_transient_then_success(smsc: FakeSmsc) -> None:
     answers = iter([C.ESME_RSYSERR, 0, 0])
     smsc.on_submit = lambda conn, pdu: next(answers)
     async with running(smsc_cfg(smsc.port), transient_backoff_s=(0.01, 0.02)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("a"), part("b")])
         assert [o.kind for o in out] == ["ok", "ok"]
         assert smsc.submits() == [b"a", b"a", b"b"]
@@ -576,7 +580,7 @@ async def test_transient_then_success(smsc: FakeSmsc) -> None:
 async def test_permanent_error_cancels_the_rest(smsc: FakeSmsc) -> None:
     smsc.on_submit = lambda conn, pdu: C.ESME_RINVDSTADR if pdu.body.short_message == b"b" else 0
     async with running(smsc_cfg(smsc.port)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("a"), part("b"), part("c")])
         assert out[0].kind == "ok"
         assert out[1:] == [
@@ -593,7 +597,7 @@ async def test_generic_nack_for_a_submit_is_permanent_with_its_status(smsc: Fake
 
     smsc.on_submit = hook
     async with running(smsc_cfg(smsc.port)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("a")])
         assert out == [SubmitOutcome(0, "permanent", C.ESME_RINVCMDLEN, "ESME_RINVCMDLEN", None)]
 
@@ -649,7 +653,7 @@ async def test_under_a_tps_limit_one_waiter_paces_and_started_messages_go_first(
 
     smsc.on_submit = stamp
     async with running(smsc_cfg(smsc.port, window=10, tps=10)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         assert c._throttler is not None
         inside = 0
         most = 0
@@ -709,7 +713,7 @@ async def test_reconnect_after_the_smsc_is_killed_and_restarted(smsc: FakeSmsc) 
         assert c.free_slots() == 0
         await asyncio.sleep(0.3)  # a few refused connection attempts
         await smsc.start(smsc.port)
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         await eventually(lambda: len(smsc.bound()) == 2)
         assert (await c.send_message([part("after")]))[0].kind == "ok"
         assert c.snapshot()["reconnects"] == 2
@@ -733,14 +737,14 @@ async def test_submit_in_flight_when_the_connection_drops_is_handed_back(
 
     smsc.on_submit = hook
     async with running(smsc_cfg(smsc.port), transient_backoff_s=(0.01, 0.02)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         out = await c.send_message([part("a"), part("b")])
         assert [(o.kind, o.status_name) for o in out] == [
             ("transient", "CONNECTION_LOST"),
             ("cancelled", out[1].status_name),
         ]
         assert [p.body.short_message for _, p in smsc.received(C.SUBMIT_SM)] == [b"a"]
-        assert await c.wait_up(2.0)  # waits for the new bind (the old one's event is stale)
+        assert await c.wait_up(UP_S)  # waits for the new bind (the old one's event is stale)
         again = await c.send_message([part("a"), part("b")])
         assert [o.kind for o in again] == ["ok", "ok"]
 
@@ -749,10 +753,10 @@ async def test_missed_enquire_link_resp_reconnects(smsc: FakeSmsc) -> None:
     smsc.answer_enquire_link = False
     cfg = smsc_cfg(smsc.port, enquire_link_s=0.1, response_timeout_s=0.1)
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         await eventually(lambda: c.snapshot()["reconnects"] >= 1)
         assert len(smsc.received(C.ENQUIRE_LINK)) >= 1
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
 
 
 async def test_credentials_refused_are_retried_at_the_cap(
@@ -822,7 +826,7 @@ async def test_stop_drains_the_window_then_unbinds(smsc: FakeSmsc) -> None:
     smsc.on_submit = slow
     c = Connector(smsc_cfg(smsc.port), no_deliver)
     await c.start()
-    assert await c.wait_up(2.0)
+    assert await c.wait_up(UP_S)
     task = asyncio.create_task(c.send_message([part("last")]))
     await eventually(lambda: len(smsc.received(C.SUBMIT_SM)) == 1)
     await c.stop(grace_s=2.0)
@@ -838,7 +842,7 @@ async def test_stop_is_bounded_when_the_smsc_ignores_unbind(smsc: FakeSmsc) -> N
     smsc.answer_unbind = False
     c = Connector(smsc_cfg(smsc.port, unbind_timeout_s=0.2), no_deliver)
     await c.start()
-    assert await c.wait_up(2.0)
+    assert await c.wait_up(UP_S)
     t0 = time.monotonic()
     await c.stop(grace_s=1.0)
     assert 0.15 <= time.monotonic() - t0 < 0.6
@@ -849,7 +853,7 @@ async def test_stop_gives_up_on_the_window_after_the_grace(smsc: FakeSmsc) -> No
     smsc.on_submit = lambda conn, pdu: None
     c = Connector(smsc_cfg(smsc.port, response_timeout_s=10), no_deliver)
     await c.start()
-    assert await c.wait_up(2.0)
+    assert await c.wait_up(UP_S)
     task = asyncio.create_task(c.send_message([part("stuck")]))
     await eventually(lambda: len(smsc.held) == 1)
     t0 = time.monotonic()
@@ -870,7 +874,7 @@ async def test_a_cancelled_send_still_reads_the_answer_of_its_part_on_the_wire(
     SMSC 207 against 201 parts stored in a full run)."""
     smsc.on_submit = lambda conn, pdu: None if pdu.body.short_message == b"a2" else 0
     async with running(smsc_cfg(smsc.port, response_timeout_s=5)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         so_far: list[SubmitOutcome] = []
         task = asyncio.create_task(
             c.send_message([part("a1"), part("a2"), part("a3")], outcomes=so_far)
@@ -899,7 +903,7 @@ async def test_a_send_cancelled_as_the_answers_are_read_keeps_them(smsc: FakeSms
     kept: A's from its own future, B's for the cancelled wait."""
     smsc.on_submit = lambda conn, pdu: None
     async with running(smsc_cfg(smsc.port, response_timeout_s=5)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         got: dict[str, list[SubmitOutcome]] = {"a": [], "b": []}
         tasks = {k: asyncio.create_task(c.send_message([part(k)], outcomes=got[k])) for k in got}
         await eventually(lambda: len(smsc.held) == 2)
@@ -927,7 +931,7 @@ async def test_a_cancelled_send_gives_up_on_an_unanswered_part_at_the_response_t
 ) -> None:
     smsc.on_submit = lambda conn, pdu: None  # never answers
     async with running(smsc_cfg(smsc.port, response_timeout_s=0.3)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         so_far: list[SubmitOutcome] = []
         # The response timeout runs from the submit, which comes after `started`: measured
         # from the cancel, a loaded machine's late look at the SMSC left less than 0.2 s.
@@ -962,14 +966,14 @@ async def test_tls_verified_with_a_ca_file_and_refused_without(tmp_path: Path) -
     port = await s.start()
     try:
         async with running(smsc_cfg(port, tls=True, tls_ca_file=cert)) as c:
-            assert await c.wait_up(2.0)
+            assert await c.wait_up(UP_S)
             assert (await c.send_message([part("tls")]))[0].kind == "ok"
         # verification is on by default: the system CAs do not know this certificate
         async with running(smsc_cfg(port, tls=True)) as c:
             assert not await c.wait_up(0.5)
             assert "CERTIFICATE_VERIFY_FAILED" in c.snapshot()["last_error"]["message"]
         async with running(smsc_cfg(port, tls=True, tls_verify=False)) as c:
-            assert await c.wait_up(2.0)
+            assert await c.wait_up(UP_S)
         assert make_ssl_context().verify_mode == ssl.CERT_REQUIRED
     finally:
         await s.kill()
@@ -987,7 +991,7 @@ async def test_tls_verifies_a_private_ca_chain_without_key_identifiers(tmp_path:
     port = await s.start()
     try:
         async with running(smsc_cfg(port, tls=True, tls_ca_file=ca)) as c:
-            assert await c.wait_up(2.0), c.snapshot()["last_error"]
+            assert await c.wait_up(UP_S), c.snapshot()["last_error"]
             assert (await c.send_message([part("private CA")]))[0].kind == "ok"
         async with running(smsc_cfg(port, tls=True, tls_ca_file=other)) as c:
             assert not await c.wait_up(0.5)
@@ -1012,5 +1016,5 @@ async def test_unknown_command_is_nacked_and_bad_length_forces_a_reconnect(smsc:
         nack = smsc.received(C.GENERIC_NACK)[1][1]
         assert (nack.status, nack.seq) == (C.ESME_RINVCMDLEN, 502)
         await eventually(lambda: c.snapshot()["reconnects"] == 1)
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(UP_S)
         assert (await c.send_message([part("again")]))[0].kind == "ok"

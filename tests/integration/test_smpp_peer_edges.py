@@ -147,7 +147,7 @@ async def test_a_late_submit_sm_resp_is_not_thrown_away_and_the_part_resent(
     async with running(
         cfg(smsc.port, max_transient_retries=5), transient_backoff_s=(0.01, 0.02)
     ) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (outcome,) = await c.send_message([part("hello")])
         await asyncio.sleep(0.1)  # let the last late answer arrive
         copies_accepted = len(smsc.accepted)
@@ -197,7 +197,7 @@ async def test_pausing_reading_for_pending_delivers_does_not_time_out_answered_s
     async with running(
         cfg(smsc.port, max_transient_retries=0), slow_handler, transient_backoff_s=(0.01, 0.02)
     ) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (w,) = smsc.writers
         receipt = ShortMessage(
             esm_class=C.ESM_DELIVERY_RECEIPT, short_message=b"id:1 stat:DELIVRD err:000"
@@ -226,7 +226,7 @@ async def test_responses_that_follow_the_smscs_unbind_in_the_same_read_are_used(
     (a duplicate), and its message_id is lost."""
     smsc.answer_submits = False
     async with running(cfg(smsc.port), transient_backoff_s=(0.01, 0.02)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         task = asyncio.create_task(c.send_message([part("x")]))
         await eventually(lambda: len(smsc.submits) == 1)
         ((seq, _),) = smsc.submits
@@ -253,7 +253,7 @@ async def test_a_hung_smsc_that_still_pings_us_is_detected_dead(smsc: MiniSmsc) 
     smsc.ping_every_s = 0.1
     c_cfg = cfg(smsc.port, enquire_link_s=0.3, response_timeout_s=0.3, max_transient_retries=0)
     async with running(c_cfg, transient_backoff_s=(0.01, 0.02)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (outcome,) = await c.send_message([part("into the void")])
         assert outcome.status_name == "TIMEOUT"
         await asyncio.sleep(1.5)  # 5 x enquire_link_s, 5 x response_timeout_s

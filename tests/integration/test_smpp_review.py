@@ -181,7 +181,7 @@ async def test_esme_rinvbndsts_on_submit_gets_a_fresh_bind_not_retries_on_the_st
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, max_transient_retries=2)
     async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (outcome,) = await asyncio.wait_for(c.send_message([part("after failover")]), 5.0)
         stale = sum(1 for cid, p in smsc.received(C.SUBMIT_SM) if cid == 1)
         assert outcome.kind == "ok" and len(smsc.conns) >= 2, (
@@ -244,7 +244,7 @@ async def dead_tls_link(tmp_path: Path) -> AsyncIterator[tuple[Connector, Relay]
     c = Connector(cfg, no_deliver)
     await c.start()
     try:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         relay.blackhole(0)
         await eventually(lambda: not c.is_up, 2.0)  # found dead after ~0.6 s
         yield c, relay
@@ -307,7 +307,7 @@ async def test_a_submit_lost_with_the_connection_is_not_reported_no_bind(smsc: F
 
     smsc.on_submit = hook
     async with running(smsc_cfg(smsc.port), transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (outcome,) = await asyncio.wait_for(c.send_message([part("poison")]), 5.0)
         assert len(smsc.received(C.SUBMIT_SM)) == 1
         assert (outcome.kind, outcome.status_name) == ("transient", "CONNECTION_LOST"), (
@@ -343,7 +343,7 @@ async def test_a_part_unanswered_because_the_link_drops_goes_out_at_most_three_t
         await store.create_account(account())
         await accept(store, message("m0"))
         async with running(cfg, transient_backoff_s=FAST_BACKOFF) as conn:
-            assert await conn.wait_up(2.0)
+            assert await conn.wait_up(30.0)
             d = Dispatcher(store, {name: conn}, Router([], [name]), {name: cfg},
                            instance="inst-1", idle_s=0.01, clock=clock)  # fmt: skip
             task = asyncio.create_task(d.run())
@@ -380,7 +380,7 @@ async def test_an_smsc_unbind_with_submits_in_flight_loses_and_duplicates_nothin
     resend); unbind_resp goes back and the bind comes up again."""
     smsc.on_submit = lambda conn, pdu: None  # hold
     async with running(smsc_cfg(smsc.port, window=5), transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         tasks = [asyncio.create_task(c.send_message([part(f"m{i}")])) for i in range(3)]
         await eventually(lambda: len(smsc.held) == 3)
         smsc.on_submit = None  # answer whatever comes on the next bind
@@ -407,7 +407,7 @@ async def test_a_half_open_plain_tcp_link_is_found_dead_and_replaced(smsc: FakeS
         cfg = smsc_cfg(relay.port, enquire_link_s=0.3, response_timeout_s=0.3,
                        max_transient_retries=0)  # fmt: skip
         async with running(cfg, transient_backoff_s=FAST_BACKOFF) as c:
-            assert await c.wait_up(2.0)
+            assert await c.wait_up(30.0)
             relay.blackhole(0)
             t0 = time.monotonic()
             (outcome,) = await c.send_message([part("into the hole")])
@@ -452,7 +452,7 @@ async def test_stray_duplicate_and_mistyped_responses_leave_the_window_and_bind_
                     w.write(encode(Pdu(C.UNBIND_RESP, 0, p.seq)))
 
     async with raw_server(script) as port, running(smsc_cfg(port, window=2)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         for text in ("one", "two", "three"):
             (out,) = await c.send_message([part(text)])
             assert out.kind == "ok" and out.message_id and out.message_id.startswith("id")
@@ -495,7 +495,7 @@ async def test_every_pdu_split_at_every_byte_across_tcp_reads() -> None:
         return C.ESME_ROK
 
     async with raw_server(script) as port, running(smsc_cfg(port), on_deliver) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (out,) = await c.send_message([part("x")])
         assert (out.kind, out.message_id) == ("ok", "0A1B")
         await eventually(lambda: len(acks) == 1)
@@ -519,7 +519,7 @@ async def test_command_length_below_16_with_a_submit_in_flight_nacks_and_rebinds
 
     smsc.on_submit = hook
     async with running(smsc_cfg(smsc.port), transient_backoff_s=FAST_BACKOFF) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (out,) = await c.send_message([part("x")])
         assert (out.kind, out.status_name) in {("ok", "ESME_ROK"), ("transient", "CONNECTION_LOST")}
         await eventually(lambda: len(smsc.received(C.GENERIC_NACK)) == 1)
@@ -560,7 +560,7 @@ async def test_deliver_sm_before_bind_resp_is_refused_and_the_bind_still_complet
         return C.ESME_ROK
 
     async with raw_server(script) as port, running(smsc_cfg(port), on_deliver) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         await eventually(lambda: len(resps) == 1)
         assert (resps[0].seq, resps[0].status) == (77, C.ESME_RINVBNDSTS)
         assert got == []
@@ -587,7 +587,7 @@ async def test_outbind_on_a_client_bind_is_ignored_without_a_response() -> None:
                     w.write(encode(Pdu(C.UNBIND_RESP, 0, p.seq)))
 
     async with raw_server(script) as port, running(smsc_cfg(port)) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         await asyncio.sleep(0.1)
         assert (await c.send_message([part("x")]))[0].kind == "ok"
         assert [p.command_id for p in seen][:2] == [C.BIND_TRANSCEIVER, C.SUBMIT_SM]
@@ -755,10 +755,10 @@ async def test_a_bind_whose_submits_all_time_out_is_recycled(smsc: FakeSmsc) -> 
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, recycle_after_timeouts=2, enquire_link_s=0.2)
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         first = [await c.send_message([part(f"m{i}")]) for i in range(2)]
         assert [o.status_name for (o,) in first] == ["TIMEOUT", "TIMEOUT"]
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         (after,) = await asyncio.wait_for(c.send_message([part("after")]), 3.0)
         assert after.kind == "ok"
         assert len(smsc.conns) == 2
@@ -775,7 +775,7 @@ async def test_a_single_timeout_between_answers_keeps_the_bind(smsc: FakeSmsc) -
     smsc.on_submit = hook
     cfg = smsc_cfg(smsc.port, recycle_after_timeouts=2)
     async with running(cfg) as c:
-        assert await c.wait_up(2.0)
+        assert await c.wait_up(30.0)
         kinds = [
             (await asyncio.wait_for(c.send_message([part(f"m{i}")]), 3.0))[0].status_name
             for i in range(4)
