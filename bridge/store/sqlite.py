@@ -706,7 +706,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
         # the statement's text, as `sqlite_rules.write_ledger` writes it).
-        one_entries = None if one is None or not one.plan.entries else one.plan.entries
+        one_entries = None if one is None or not one[5].entries else one[5].entries
         one_ledger = (
             None
             if one_entries is None
