@@ -705,14 +705,19 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             else adm.one_send(rules, now, fact_day)
         )
         # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
-        # the statement's text, as `sqlite_rules.write_ledger` writes it).
-        one_entries = None if one is None or not one[5].entries else one[5].entries
-        one_ledger = (
-            None
-            if one_entries is None
-            else sqlite_rules.ledger_one(batch.account_id, one_entries[0][1])
-        )
-        one_moved = 0 if one_entries is None else one_entries[0][1].amount
+        # the statement's text, as `sqlite_rules.write_ledger` writes it). `one` billed, its one
+        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its row is
+        # `sqlite_rules.ledger_one`'s, without the call (session 62).
+        one_entries = None if one is None or not one[2] else one[5].entries
+        one_ledger: tuple[str, tuple[Any, ...]] | None = None
+        one_moved = 0
+        if one_entries is not None:
+            ref, entry = one_entries[0]
+            one_moved = entry.amount
+            one_ledger = (
+                sqlite_rules.LEDGER_CASH_CHARGE,
+                (batch.account_id, one_moved, entry.at, ref),
+            )
         held = self._runner.held
         idem_record = (
             None
