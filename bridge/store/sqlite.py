@@ -668,7 +668,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             known = account_at_version(batch.account_id)
             aver = None if known is None else known[0]
             cols, values = facts_values
-            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _key_plan(
+            pattern = (
                 cols,
                 (
                     values[1] is None,
@@ -681,7 +681,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 ),
                 values[6] == 1,  # the pockets read (sqlite_rules.one_facts_values)
             )
-            key_values = (*values, batch.key_id, aver)
+            # Kept by `_key_plan`: looked up here first, without its call (session 62).
+            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _KEY_PLANS.get(
+                pattern
+            ) or _key_plan(*pattern)
+            # A concatenation, not `(*values, ...)` (a list built and copied): ~0.45 k less.
+            key_values = values + (batch.key_id, aver)  # noqa: RUF005 (cheaper, above)
             key_facts = (key_sql, pick(key_values), known)
             # The same, not reading today's count and the pockets: for an accept that finds
             # them read by an earlier accept of its batch (HeldSums.base).
