@@ -139,7 +139,7 @@ def _parameters(
     return positional, keyword, factories
 
 
-def maker(cls: Callable[P, T]) -> Callable[P, T]:
+def maker(cls: Callable[P, T], *, checked: bool = True) -> Callable[P, T]:
     """A function that builds `cls(...)`, for the hot paths: the same parameters (names, order,
     defaults, factories, keyword-only ones), the same instance (of `cls` itself, equal, frozen,
     `__post_init__` run), ~1,500 instructions less a call (session 57). Why: calling a class
@@ -151,7 +151,12 @@ def maker(cls: Callable[P, T]) -> Callable[P, T]:
     and gives the instance its class once. A class `fast_init` leaves with the dataclass's own
     init (init=False fields, `InitVar`s, a field named as one of this function's own names) is
     returned as it is: calling it is then the same thing, as slow as before.
-    tests/unit/test_fastinit.py compares it with the class for every class that uses `fast_init`."""
+    tests/unit/test_fastinit.py compares it with the class for every class that uses `fast_init`.
+
+    `checked=False`: the function does not run `__post_init__` (its checks and conversions), for
+    a caller whose values are proved already, which must say why where it builds one (session
+    62: `admission.one_send`'s cash charge, whose Entry's checks were ~2.2 k instructions of
+    every billed accept). A class without `__post_init__` is built the same either way."""
     klass: Any = cls
     if "__dataclass_init__" not in klass.__dict__:  # fast_init left it as it was
         return cls
@@ -174,7 +179,7 @@ def maker(cls: Callable[P, T]) -> Callable[P, T]:
     body.append("    self = _Alloc()")
     body += [f"    self.{f.name} = {f.name}" for f in fields]
     body.append("    self.__class__ = _cls")
-    if hasattr(klass, "__post_init__"):
+    if checked and hasattr(klass, "__post_init__"):
         body.append("    self.__post_init__()")
     body.append("    return self")
     params = ", ".join([*positional, *(["*", *keyword] if keyword else [])])

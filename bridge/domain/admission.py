@@ -171,9 +171,25 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+# The last (minute, zone, day) `day_key` answered, replaced whole (one global store: a thread
+# reading it sees one answer or the other, never a mix).
+_last_day: tuple[int, str, str] = (-1, "", "")
+
+
 def day_key(now_ms: int, tz: str) -> str:
-    """The local calendar day of `now_ms` ("YYYY-MM-DD"), the unit of the daily quota."""
-    return _day_of_minute(now_ms // 60_000, tz)
+    """The local calendar day of `now_ms` ("YYYY-MM-DD"), the unit of the daily quota.
+
+    The last answer is kept beside the lru_cache (session 62): the accepts of one minute ask the
+    same, and the cache's call (its key tuple hashed, its list moved) was ~1.7 k instructions of
+    every accept's ~2.3 k here."""
+    global _last_day
+    minute = now_ms // 60_000
+    last = _last_day
+    if last[0] == minute and last[1] == tz:
+        return last[2]
+    day = _day_of_minute(minute, tz)
+    _last_day = (minute, tz, day)
+    return day
 
 
 @lru_cache(maxsize=256)
@@ -476,28 +492,33 @@ _new_plan = maker(Plan)
 _new_entry = maker(Entry)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OneSend:
-    """What `decide_one` needs of a one-recipient send's rules, and its cash charge's Plan made
-    before the write lock (`one_send`): the store's lock then only checks what it read against
-    them (session 61). Every field is the rules' (`now` and `day` the accept's)."""
+# An Entry built without its checks (`maker(..., checked=False)`): only for values proved
+# already where it is built (`one_send`'s cash charge).
+_proved_entry = maker(Entry, checked=False)
 
-    sign: bool  # a sign name to find approved (rules.sign_name is not None)
-    template: bool  # a template to find approved (rules.template_code is not None)
-    billed: bool  # rules.billing and rules.charges: the one charge below
-    amount: int  # the charge (0: not billed)
-    international: bool
-    # The Plan of the charge taken from a lone cash pocket with no low-balance warning, and
-    # its entries (message id, Entry): the Plan `decide` makes then, built here once.
-    plan: Plan
-    day: str
+# What `decide_one` needs of a one-recipient send's rules, and its cash charge's Plan made before
+# the write lock (`one_send`): the store's lock then only checks what it read against them
+# (session 61). (sign, template, billed, amount, international, plan): a sign name to find
+# approved (rules.sign_name is not None), a template to find approved (rules.template_code is
+# not None), rules.billing and rules.charges (the one charge: its amount, 0 when not billed, and
+# whether international), and the Plan `decide` makes when the charge is taken from a lone cash
+# pocket with no low-balance warning (its day the facts'; no entries when not billed).
+# A tuple, not a class (session 62): a frozen dataclass's instance, even by `maker`, was ~2.2 k
+# instructions of every accept before the lock (the call, `_Alloc()`, the class assignment, its
+# release), the tuple ~0.1 k; `decide_one` unpacks it at once, no attribute read in the lock.
+OneSend = tuple[bool, bool, bool, int, bool, Plan]
 
 
 def one_send(rules: Rules, now: int, day: str) -> OneSend | None:
     """The usual send's rules taken before the write lock, for `decide_one`; None for what only
     `decide` decides: more signs, a frequency rule over more than one number, several charges,
-    a charge not a positive int (plan_charge's ValueError)."""
+    a charge not a positive int (plan_charge's ValueError).
+
+    The charge's Entry is built without its checks when `now` is an int (session 62): every one
+    holds then. Its kind is CHARGE (a member), its amount `-amount` an int below 0 (`amount` an
+    int over 0, checked here: a charge's sign), its pocket "cash" (a charge's family), `at` an
+    int, no expiry (an int or None either way). `now` of another type is built checked, raising
+    as before."""
     if rules.more_signs:
         return None
     fr = rules.frequency
@@ -512,24 +533,26 @@ def one_send(rules: Rules, now: int, day: str) -> OneSend | None:
         if type(amount) is not int or amount <= 0:
             return None
         ref = only.message_id
-        plan = _new_plan(((ref, _new_entry(CHARGE, -amount, "cash", now, ref)),), None, day)
-        return _new_one(
+        entry = (
+            _proved_entry(CHARGE, -amount, "cash", now, ref)
+            if type(now) is int
+            else _new_entry(CHARGE, -amount, "cash", now, ref)
+        )
+        return (
             rules.sign_name is not None,
             rules.template_code is not None,
             True,
             amount,
             only.international,
-            plan,
-            day,
+            _new_plan(((ref, entry),), None, day),
         )
-    return _new_one(
+    return (
         rules.sign_name is not None,
         rules.template_code is not None,
         False,
         0,
         False,
         _new_plan((), None, day),
-        day,
     )
 
 
@@ -554,35 +577,31 @@ def decide_one(
     account's quota, kind, threshold and mark, the lone cash pocket's amount. Why: `decide`
     over a `Facts` built for it was ~25 k instructions of every accept's write lock, this is
     a few (session 61). Held equal to `decide` by tests/unit/test_admission_one.py."""
+    sign, template, billed, amount, international, plan = one
     if template_status == "changed":
         return None
-    if one.sign and sign_status != "approved":
+    if sign and sign_status != "approved":
         return None
-    if one.template and template_status != "approved":
+    if template and template_status != "approved":
         return None
     if listed or sent_before:
         return None
     if quota > 0 and day_count + 1 > quota:
         return None
-    if not one.billed:
-        return one.plan
+    if not billed:
+        return plan
     if cash is None:
         return None
-    if not one.international and kind == "postpaid":
-        return _new_plan((), None, one.day)  # accrued, never taken from the balance
+    if not international and kind == "postpaid":
+        return _new_plan((), None, plan.day)  # accrued, never taken from the balance
     before = cash if cash > 0 else 0  # available_domestic: max(cash, 0), no voucher
-    amount = one.amount
     if amount > before:
         return None  # INSUFFICIENT_BALANCE: decide's refusal
     if threshold > 0:
         after = before - amount
         if warns_low_balance(before, after, threshold, warned=warned):
-            plan = one.plan
             return _new_plan(plan.entries, (before, after), plan.day)
-    return one.plan
-
-
-_new_one = maker(OneSend)
+    return plan
 
 
 @fast_init

@@ -485,7 +485,7 @@ def decide_one_of_row(
             for r in sent_to:
                 if r in fr.numbers:
                     return None  # its history may have grown (facts_after): decide answers
-        if plan.day == one.day:
+        if plan.day == one[5].day:  # the facts' day (adm.OneSend's Plan)
             day_count += count
         if plan.low_balance is not None:
             warned = True

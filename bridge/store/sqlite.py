@@ -668,7 +668,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             known = account_at_version(batch.account_id)
             aver = None if known is None else known[0]
             cols, values = facts_values
-            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _key_plan(
+            pattern = (
                 cols,
                 (
                     values[1] is None,
@@ -681,7 +681,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 ),
                 values[6] == 1,  # the pockets read (sqlite_rules.one_facts_values)
             )
-            key_values = (*values, batch.key_id, aver)
+            # Kept by `_key_plan`: looked up here first, without its call (session 62).
+            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _KEY_PLANS.get(
+                pattern
+            ) or _key_plan(*pattern)
+            # A concatenation, not `(*values, ...)` (a list built and copied): ~0.45 k less.
+            key_values = values + (batch.key_id, aver)  # noqa: RUF005 (cheaper, above)
             key_facts = (key_sql, pick(key_values), known)
             # The same, not reading today's count and the pockets: for an accept that finds
             # them read by an earlier accept of its batch (HeldSums.base).
@@ -705,14 +710,19 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             else adm.one_send(rules, now, fact_day)
         )
         # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
-        # the statement's text, as `sqlite_rules.write_ledger` writes it).
-        one_entries = None if one is None or not one.plan.entries else one.plan.entries
-        one_ledger = (
-            None
-            if one_entries is None
-            else sqlite_rules.ledger_one(batch.account_id, one_entries[0][1])
-        )
-        one_moved = 0 if one_entries is None else one_entries[0][1].amount
+        # the statement's text, as `sqlite_rules.write_ledger` writes it). `one` billed, its one
+        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its row is
+        # `sqlite_rules.ledger_one`'s, without the call (session 62).
+        one_entries = None if one is None or not one[2] else one[5].entries
+        one_ledger: tuple[str, tuple[Any, ...]] | None = None
+        one_moved = 0
+        if one_entries is not None:
+            ref, entry = one_entries[0]
+            one_moved = entry.amount
+            one_ledger = (
+                sqlite_rules.LEDGER_CASH_CHARGE,
+                (batch.account_id, one_moved, entry.at, ref),
+            )
         held = self._runner.held
         idem_record = (
             None

@@ -153,8 +153,11 @@ class KnownNones:
         return got
 
     def row(self, row: Sequence[Any], nones: tuple[bool, ...]) -> tuple[str, Sequence[Any]]:
-        """One row (`rows` of one, as a tuple of it)."""
-        text, pick = self.text(nones)
+        """One row (`rows` of one, as a tuple of it). The kept pattern looked up here first,
+        without `text`'s call (~0.6 k of every one-recipient accept before its lock: session
+        62)."""
+        got = self._texts.get(nones)
+        text, pick = self.text(nones) if got is None else got
         return text, ((row,) if pick is None else (pick(row),))
 
     def rows(

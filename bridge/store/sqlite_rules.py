@@ -158,8 +158,10 @@ def _one_cols(history: str | None) -> str:
 # blocked one as one number (opted out 1, blocked 2), at both places: the caller splits it when
 # not 0, `opted, blocked = flags & 1, flags >> 1` (each 0 or 1, as `_one_cols` gives them).
 KEY_FLAGS = 3
-# The history kind each `_one_cols` text was made for (`key_cols` takes the text).
+# The history kind each `_one_cols` text was made for (`key_cols` takes the text), and the
+# text of each kind (`one_facts_values`: a dict's lookup, not the lru_cache's call).
 _KIND_OF_COLS = {_one_cols(kind): kind for kind in (None, *_HISTORY_COND)}
+_COLS_OF = {kind: cols for cols, kind in _KIND_OF_COLS.items()}
 # The values of `_one_cols`' row, in its order, that `key_cols` may leave out.
 _ONE_WIDTH = 7
 
@@ -284,7 +286,7 @@ def one_facts_values(
             fsign = dict(fr.sign_of())[number]
         since = now - DAY_MS
         ftpl = fr.template
-    return _one_cols(kind), (
+    return _COLS_OF[kind], (
         adm.day_key(now, rules.tz),
         rules.sign_name,
         rules.template_code,
