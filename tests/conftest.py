@@ -26,7 +26,7 @@ import pytest
 from hypothesis import settings
 
 import bridge
-from tests import long_first, rewrite_share
+from tests import long_first, ports, rewrite_share
 from tests.e2e.harness import WebhookReceiver
 from tests.pg_cluster import (
     Cluster,
@@ -47,6 +47,11 @@ from tests.pg_cluster import (
 settings.register_profile("ci", derandomize=True, database=None)
 if ci():
     settings.load_profile("ci")
+
+# tests/ports.py's reservations, shared by every test run on the machine and the scripts their
+# tests start (inherited): a fixed path, outside each run's TMPDIR.
+if Path("/tmp").is_dir():
+    os.environ.setdefault(ports.LOCK_ENV, "/tmp/smpp-bridge-test-ports.lock")
 
 
 def pytest_configure(config: pytest.Config) -> None:

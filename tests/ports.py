@@ -24,7 +24,6 @@ import fcntl
 import os
 import random
 import socket
-import tempfile
 from pathlib import Path
 
 _BLOCKS = 8
@@ -67,29 +66,38 @@ def _bindable(port: int) -> bool:
 _HANDED_OUT: set[int] = set()  # by the kernel's choice (the fallback below)
 
 
-def _open_reservations() -> int | None:
+# The reservations' file: named by the test run (tests/conftest.py sets it, and the scripts a
+# test starts inherit it), a fixed path outside any TMPDIR so that two runs with different ones
+# share it, and scripts run by hand (bench.py takes its ports here) make no file at all. Not
+# under TMPDIR: the bench scripts' tests assert their temporary directory is left empty.
+LOCK_ENV = "SMPP_BRIDGE_TEST_PORTS_LOCK"
+_RESERVATIONS: int | None = None
+_OPENED = False
+
+
+def _reservations() -> int | None:
     """The shared file whose byte N a process locks while it holds port N (None: no file, and
-    then no reservations, as before)."""
-    try:
-        return os.open(
-            Path(tempfile.gettempdir()) / "smpp-bridge-test-ports.lock",
-            os.O_RDWR | os.O_CREAT,
-            0o666,
-        )
-    except OSError:
-        return None
-
-
-_RESERVATIONS = _open_reservations()
+    then no reservations, as before), opened at the first port handed out."""
+    global _RESERVATIONS, _OPENED
+    if not _OPENED:
+        _OPENED = True
+        path = os.environ.get(LOCK_ENV)
+        if path:
+            try:
+                _RESERVATIONS = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                _RESERVATIONS = None
+    return _RESERVATIONS
 
 
 def _reserve(port: int) -> bool:
     """Whether this process holds `port` now (again, if it held it already) and no other test
     process does: every test process locks a port's byte before handing the port out."""
-    if _RESERVATIONS is None:
+    fd = _reservations()
+    if fd is None:
         return True
     try:
-        fcntl.lockf(_RESERVATIONS, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
     except OSError:
         return False
     return True
