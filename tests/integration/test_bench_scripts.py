@@ -860,6 +860,31 @@ def test_text_sign_differential_finds_an_answer_made_otherwise(tmp_path: Path) -
     assert "differ at line" in out, out
 
 
+def test_send_api_differential_finds_a_send_billed_otherwise(tmp_path: Path) -> None:
+    """send_api_differential.py (session 62's review r3): two copies of this tree answer its
+    seeded raw-TCP sends alike (answers, log lines, tables); a copy whose straight parse takes
+    the client_ref for the sign_name and the sign_name for the client_ref differs, and the
+    script says where and exits 1."""
+    same = tmp_path / "same"
+    changed = tmp_path / "changed"
+    for tree in (same, changed):
+        for part in ("bridge", "tests"):
+            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    args = ("--first", "200", "--seeds", "2")
+    out = _run("scripts/send_api_differential.py", "--base", str(same), "--tree", str(same), *args)
+    assert re.search(r"seeds 2, answers \d+, differing seeds 0", out), out
+    submit = changed / "bridge" / "api" / "submit.py"
+    text = submit.read_text()
+    planted = text.replace("text, None, {}, sign, ref, None", "text, None, {}, ref, sign, None")
+    assert planted != text
+    submit.write_text(planted)
+    out = _run(
+        "scripts/send_api_differential.py", "--base", str(same), "--tree", str(changed), *args,
+        codes=(1,),
+    )  # fmt: skip
+    assert "differ at line" in out and re.search(r"differing seeds [12]\b", out), out
+
+
 def _can_trace_scheduling() -> bool:
     return _can_trace_syscalls() and any(Path(d, "events/sched").is_dir() for d in TRACING)
 
