@@ -172,8 +172,10 @@ def _zone(name: str) -> ZoneInfo:
 
 
 # The last (minute, zone, day) `day_key` answered, replaced whole (one global store: a thread
-# reading it sees one answer or the other, never a mix).
-_last_day: tuple[int, str, str] = (-1, "", "")
+# reading it sees one answer or the other, never a mix). At first no minute (None equals none):
+# not (-1, "", ""), which answered "" for the last minute of 1969 in a zone "", where the cache
+# raises (ZoneInfo's ValueError), as it does for any zone no ZoneInfo names (r5).
+_last_day: tuple[int | None, str, str] = (None, "", "")
 
 
 def day_key(now_ms: int, tz: str) -> str:

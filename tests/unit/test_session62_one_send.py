@@ -11,6 +11,8 @@ over wide rules and rows (the Plans field by field, so the entries too).
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -122,3 +124,22 @@ def test_day_key_answers_each_zone_and_minute_in_any_order(
         other = ZONES[(ZONES.index(tz) + 1) % len(ZONES)]
         assert adm.day_key(now, other) == _day(now, other)
         assert adm.day_key(now, tz) == _day(now, tz)
+
+
+@pytest.mark.parametrize("now", [-1, -60_000, 0, NOW])
+def test_day_key_of_a_zone_no_zoneinfo_names_raises_in_a_fresh_process(now: int) -> None:
+    """The memo as the module starts it must answer for no zone: "" is none, and its day is
+    ZoneInfo's ValueError as the lru_cache gives it (r5: the memo began (-1, "", ""), so a
+    fresh process answered "" for the last minute of 1969 in zone ""). A fresh interpreter:
+    the memo of this one holds what earlier tests asked."""
+    code = (
+        "from bridge.domain import admission as adm\n"
+        "try:\n"
+        f"    print(repr(adm.day_key({now}, '')))\n"
+        "except ValueError:\n"
+        "    print('ValueError')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "ValueError"
