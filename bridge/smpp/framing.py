@@ -75,10 +75,10 @@ class Framer:
         if self._error is not None:
             raise FrameError(self._error)
         buf = self._buf
+        if self._off == len(buf):
+            return data if type(data) is bytes else bytes(data)
         off = self._off
         held = len(buf) - off
-        if not held:
-            return data if type(data) is bytes else bytes(data)
         if held >= 4:
             (length,) = _U32.unpack_from(buf, off)
             if MIN_PDU <= length <= self.max_pdu and held + len(data) < length:
