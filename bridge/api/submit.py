@@ -46,7 +46,7 @@ from bridge.text.split import (
     udh_ucs2_parts,
     wire_code,
 )
-from bridge.text.units import CountingRule, billable_units, tariff_chars
+from bridge.text.units import CountingRule, billable_units, tariff_chars, units_of_chars
 
 ALLOWED_FIELDS = frozenset(
     {
@@ -626,7 +626,7 @@ class Submitter:
             # counted (and priced) by transmitted segments. billable_units' count of the text
             # as sent, its characters known (the text not mapped): without its two calls.
             if chars >= 0 and rule is _CHARS_70_67 and enc_text is text:
-                units = 1 if chars <= 70 else -(-chars // 67)
+                units = units_of_chars(chars)
             else:
                 units = billable_units(enc_text, rule, air)
             if tariff is not None:

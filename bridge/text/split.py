@@ -468,10 +468,10 @@ def one_gsm_part(text: str, opts: EncodeOptions) -> bytes | None:
     other text or options, which `encode_message` encodes. Why: nearly every send is such a
     part, and the whole encoding (its `Part` and `EncodedMessage`, the checks the other cases
     need) was ~16,000 instructions of an accept's ~630,000, this ~2,500."""
-    if opts.packed_gsm or opts.gsm_data_coding or opts.split is _PAYLOAD:
+    if not plain_gsm_options(opts):
         return None
     septets = gsm_septets(text)
-    if septets is None or not septets or len(septets) > _GSM_LIMITS[0]:
+    if septets is None or not septets or len(septets) > GSM_ONE_PART:
         return None
     return septets
 

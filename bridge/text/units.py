@@ -46,11 +46,17 @@ def tariff_chars(text: str) -> int:
 _last: tuple[str | None, int] = (None, 0)
 
 
+def units_of_chars(n: int) -> int:
+    """Units of a text of `n` characters (`tariff_chars`) under CHARS_70_67: one up to 70, then
+    one per 67. Apart from `billable_units` for a caller that has counted the text already
+    (`Submitter.build`'s usual send)."""
+    return 1 if n <= 70 else -(-n // 67)
+
+
 def billable_units(text: str, rule: CountingRule, wire_segments: int) -> int:
     """Units billed for ``text`` (which already includes the sign name)."""
     if rule == _CHARS_70_67:
-        n = tariff_chars(text)
-        return 1 if n <= 70 else -(-n // 67)
+        return units_of_chars(tariff_chars(text))
     if rule == _WIRE_SEGMENTS:
         return wire_segments
     raise ValueError(f"rule: unknown counting rule {rule!r}")
