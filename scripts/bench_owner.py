@@ -3,7 +3,7 @@
 
 Usage: python scripts/bench_owner.py [--messages 20000] [--batch 50] [--history 200000]
                                      [--early 0.33] [--parts 3] [--vary] [--tree DIR]
-                                     [--callgrind]
+                                     [--callgrind] [--wal]
 
 Why: `scripts/bench_store.py` isolates the accept's part of the write lock; the owner's part
 (claim, submit results, receipts and the roll-ups they make) was only seen end to end, where the
@@ -25,17 +25,23 @@ that many ids, as in a daemon, where a fixed batch reuses one SQL text per state
 `--callgrind` reruns it under valgrind's callgrind, counting the owner's steps only (from the
 first claim to the last receipts, the other connection's commits between them included:
 `callgrind_control -i on|off`, as `bench_accept_inproc.py` does), and prints instructions per
-message: load-independent, where the lock's CPU on a shared machine is not.
+message: load-independent, where the lock's CPU on a shared machine is not. `--wal` turns the
+store's checkpoints off (and the other connection's) and prints the WAL frames (pages) the owner's
+steps wrote per message, by step and b-tree (`dbstat` names each page at the end): the pages each
+commit dirties, which every process's next transaction reads again (README note 29), counted
+without the daemon's noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import random
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,6 +59,7 @@ ap.add_argument("--parts", type=int, default=1, help="parts per message (UCS-2 w
 ap.add_argument("--vary", action="store_true", help="claim 1 to --batch messages at a time")
 ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
 ap.add_argument("--callgrind", action="store_true", help="count instructions under callgrind")
+ap.add_argument("--wal", action="store_true", help="WAL frames per message, by step and b-tree")
 ap.add_argument("--counting", action="store_true", help=argparse.SUPPRESS)  # under callgrind
 ARGS = ap.parse_args()
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # children.py, owner_messages.py
@@ -65,6 +72,7 @@ CHILDREN = Children()
 
 from owner_messages import NOW, message  # noqa: E402  (after --tree: it imports bridge)
 
+from bridge.store import sqlite_runner  # noqa: E402
 from bridge.store.models import (  # noqa: E402
     AcceptBatch,
     Account,
@@ -104,6 +112,8 @@ async def run(path: Path) -> dict[str, float]:
     await made.create_account(Account(id="acc", name="acc", created_at=NOW, updated_at=NOW))
     await made.close()
     history(path, ARGS.history)
+    if ARGS.wal:  # no checkpoint restarts the WAL: its frames are read back at the end
+        sqlite_runner.CHECKPOINT_EVERY = sqlite_runner.WAL_MAX_BYTES = 2**62
     store = SqliteStore(path)
     await store.open()
     n, b = ARGS.messages, ARGS.batch
@@ -114,9 +124,13 @@ async def run(path: Path) -> dict[str, float]:
         )
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("PRAGMA synchronous=OFF")  # its commits only empty the store's page cache
+    other.execute("PRAGMA wal_autocheckpoint=0")  # nor do its checkpoints (--wal)
     other.execute("CREATE TABLE IF NOT EXISTS bench_other (x INTEGER)")
     held = lock_cpu = cpu = 0.0
     steps = dict.fromkeys(("claim", "submit results", "receipts"), 0.0)  # lock CPU by step
+    wal = Path(f"{path}-wal")
+    spans: list[tuple[str, int, int]] = []  # (step, WAL byte it began at, where it ended): --wal
+    at = wal.stat().st_size if ARGS.wal else 0
     done = 0
     now = NOW + 1_000  # every message due
     sizes = random.Random(53)
@@ -125,20 +139,27 @@ async def run(path: Path) -> dict[str, float]:
                        capture_output=True)  # fmt: skip
 
     def step(name: str, before: Any) -> Any:
+        nonlocal at
         after = store.write_lock_stats()
         assert after is not None  # a SQLite store has the lock
         steps[name] += after.cpu_s - before.cpu_s
+        if ARGS.wal:
+            end = wal.stat().st_size
+            spans.append((name, at, end))
+            at = end
         other.execute("INSERT INTO bench_other VALUES (1)")
         return store.write_lock_stats()
 
     while True:
         other.execute("INSERT INTO bench_other VALUES (1)")
+        at = wal.stat().st_size if ARGS.wal else 0
         s0, c0 = store.write_lock_stats(), time.process_time()
         want = sizes.randint(1, b) if ARGS.vary else b
         work = await store.claim("i1", want, now, 60_000)
         if not work:
             break
         s = step("claim", s0)
+        at = wal.stat().st_size if ARGS.wal else 0
         receipts = [
             ReceiptIn("a", f"x{w.id}-{g.seq}", "delivered", "DELIVRD", None, now, now)
             for w in work
@@ -150,6 +171,7 @@ async def run(path: Path) -> dict[str, float]:
             out = await store.apply_receipts(early, now)
             assert out.pending == len(early), out
         s = step("receipts", s)
+        at = wal.stat().st_size if ARGS.wal else 0
         await store.record_submits(
             [
                 SubmitResult(
@@ -169,6 +191,7 @@ async def run(path: Path) -> dict[str, float]:
             now,
         )
         s = step("submit results", s)
+        at = wal.stat().st_size if ARGS.wal else 0
         if len(early) < len(receipts):
             out = await store.apply_receipts(receipts[len(early) :], now)
             assert out.matched == len(receipts) - len(early), out
@@ -183,11 +206,32 @@ async def run(path: Path) -> dict[str, float]:
     if ARGS.counting:
         subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True,
                        capture_output=True)  # fmt: skip
+    frames = wal_frames(path, spans) if ARGS.wal else {}
     other.close()
     await store.close()
     assert done == n, done
     per = {"held": held / done * 1e6, "lock_cpu": lock_cpu / done * 1e6, "cpu": cpu / done * 1e6}
-    return per | {name: v / done * 1e6 for name, v in steps.items()}
+    return (
+        per
+        | {name: v / done * 1e6 for name, v in steps.items()}
+        | {f"wal {k}": v / done for k, v in frames.items()}
+    )
+
+
+def wal_frames(path: Path, spans: list[tuple[str, int, int]]) -> dict[str, int]:
+    """The WAL frames the owner's steps wrote (the other connection's between them left out),
+    counted by "step/b-tree" (the page's b-tree named by `dbstat` at the end)."""
+    reader = sqlite3.connect(path)
+    names = dict(reader.execute("SELECT pageno, name FROM dbstat"))
+    reader.close()
+    data = Path(f"{path}-wal").read_bytes()
+    page = 24 + struct.unpack(">I", data[8:12])[0]
+    out: collections.Counter[str] = collections.Counter()
+    for name, begin, end in spans:
+        for off in range(begin, end, page):
+            pageno = struct.unpack(">I", data[off : off + 4])[0]
+            out[f"{name}/{names.get(pageno, '(free list)')}"] += 1
+    return dict(out)
 
 
 def under_callgrind() -> None:
@@ -227,6 +271,12 @@ def main() -> None:
         + " / ".join(f"{med[k]:.1f}" for k in ("claim", "submit results", "receipts"))
         + "  (claim / submit results / receipts)"
     )
+    if ARGS.wal:
+        frames = {k[4:]: v for k, v in med.items() if k.startswith("wal ")}
+        total = sum(frames.values())
+        print(f"WAL frames per message                   {total:.3f}, by step/b-tree:")
+        for name, per in sorted(frames.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:38s} {per:.3f}")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,37 @@ def test_bench_owner_times_each_step_of_messages_it_delivered() -> None:
         assert steps is not None and all(float(v) > 0 for v in steps.groups()), out
 
 
+def _owner_wal(*extra: str) -> dict[str, float]:
+    out = _run(
+        "scripts/bench_owner.py", "--messages", "200", "--batch", "20", "--history", "500",
+        "--wal", *extra,
+    )  # fmt: skip
+    m = re.search(r"^WAL frames per message +([0-9.]+), by step/b-tree:$", out, re.M)
+    assert m is not None, out
+    frames = {
+        name: float(n) for name, n in re.findall(r"^  (\S+(?: \S+)?/\S+) +([0-9.]+)$", out, re.M)
+    }
+    assert frames and abs(sum(frames.values()) - float(m.group(1))) < 0.01, out
+    return frames
+
+
+def test_bench_owner_wal_counts_the_pages_each_step_writes() -> None:
+    # Each step writes its messages' rows; the parts' rows of a 3-part message take more pages
+    # than one part's; receipts before their results are kept (their table written) only when
+    # asked for; the other connection's commits between the steps are not the owner's.
+    one, three = _owner_wal("--parts", "1"), _owner_wal("--parts", "3", "--early", "0.5")
+    for frames in (one, three):
+        assert not any("bench_other" in k for k in frames), frames
+        for key in ("claim/messages", "submit results/messages", "receipts/messages"):
+            assert frames.get(key, 0) > 0, (key, frames)
+        assert frames.get("submit results/segments_smsc_id", 0) > 0, frames
+    assert not any("pending_receipts" in k for k in one), one
+    assert three.get("receipts/pending_receipts", 0) > 0, three  # kept ...
+    assert three.get("submit results/pending_receipts", 0) > 0, three  # ... matched
+    parts = ("submit results/segments", "receipts/segments")
+    assert sum(three[k] for k in parts) > 1.3 * sum(one[k] for k in parts), (one, three)
+
+
 def _wal_by_tree(out: str) -> dict[str, float]:
     m = re.search(r"^WAL frames per accept +([0-9.]+), by b-tree:$", out, re.M)
     assert m is not None, out
