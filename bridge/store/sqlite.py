@@ -2561,10 +2561,12 @@ class _Scan:
         return got
 
 
-# A claim's rows as read in its transaction: the ids in claim order, each one's message columns
-# (_claim_ids), its queued parts' rows (message, seq, ...) in no set order (_work sorts them).
-_Claimed = tuple[list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
-_NONE_CLAIMED: _Claimed = ([], {}, [])
+# A claim's rows as read in its transaction: the ids it listed, those it hands out (in claim
+# order), each one's message columns (_claim_ids), its queued parts' rows (the message's place
+# in the listed ids, seq, ...) in no set order (_work sorts them).
+_Claimed = tuple[list[str], list[str], dict[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+_NONE_CLAIMED: _Claimed = ([], [], {}, [])
+_FIRST = itemgetter(0)
 
 
 # The claim's read of its message rows (pipe.packed_rows: one JSON value for the claim, not a
@@ -2606,16 +2608,21 @@ def _claim_ids(
             keys,
         )
     }
+    # Each part names its message by its place in the claim's list (`j.key`, an INTEGER), not
+    # by its text id: the sqlite3 module makes an int, not a str, a part, and _work sorts
+    # and groups the parts by it (session 63).
     segs = c.execute(
-        "SELECT s.message_id, s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts "
+        "SELECT j.key, s.seq, s.total, s.esm_class, s.short_message, s.tlvs, s.attempts "
         "FROM json_each(?) j CROSS JOIN segments s ON s.message_id = j.value "
         "WHERE s.state='queued'",
         listed,
     ).fetchall()
-    if idle := set(ids).difference(r[0] for r in segs):
+    claimed = ids
+    if len(have := set(map(_FIRST, segs))) < len(ids):
+        idle = {mid for k, mid in enumerate(ids) if k not in have}
         done = _roll_up_idle(c, sorted(idle), now, intermediate, reports)
         ids = [mid for mid in ids if mid not in done]
-    return ids, msgs, segs
+    return claimed, ids, msgs, segs
 
 
 def _roll_up_idle(
@@ -2653,7 +2660,10 @@ _BYTES = bytes  # what the sqlite3 module reads a BLOB as (_work)
 
 
 def _work(
-    ids: list[str], msgs: dict[str, tuple[Any, ...]], rows: list[tuple[Any, ...]]
+    listed: list[str],
+    ids: list[str],
+    msgs: dict[str, tuple[Any, ...]],
+    rows: list[tuple[Any, ...]],
 ) -> list[WorkMessage]:
     """The claimed messages of a claim's rows (_Claimed), in claim order, each one's parts in
     seq order: sorted here, after the commit, not by the claim's read inside the write lock."""
@@ -2665,10 +2675,10 @@ def _work(
     # compare by those two alone, in C, not by a key function's call a part (session 57); a
     # message's rows are then next to each other, its list made once (not a setdefault's
     # list a part), and each row unpacked at once, not read a field at a time (session 60).
-    for mid, seq, total, esm_class, short_message, tlvs, attempts in sorted(rows):
-        if mid != last:
-            parts = segs[mid] = []
-            last = mid
+    for k, seq, total, esm_class, short_message, tlvs, attempts in sorted(rows):
+        if k != last:
+            parts = segs[listed[k]] = []
+            last = k
         parts.append(
             # By position (seq, total, esm_class, short_message, tlvs, attempts): a class
             # called with keywords gets a dict to unpack; order held by

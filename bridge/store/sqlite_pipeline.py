@@ -571,11 +571,14 @@ def record_submits(
         fresh = []
         writes = []  # the parts' UPDATE rows, in fresh's order
         same_raw = []  # ... of those whose SMSC id is its raw id too (_SUBMITTED_SAME_RAW)
-        many: dict[str, tuple[int, dict[int, str | None]]] = {}  # -> (total, seq -> error)
+        # A longer message -> [its part count, seq -> error code of each part sent now, the
+        # SMSC of its last such part]
+        many: dict[str, list[Any]] = {}
         # Each message's SMSC (its last result's) and parts accepted now (lifecycle.on_air):
         # written by the roll-up's UPDATE, after the releases (a released message's route was
         # its claim's, and goes with it). One pass: a pass per use was ~1 k instructions a
-        # message in the owner's write lock (session 55).
+        # message in the owner's write lock (session 55); a longer message's are taken from
+        # `many` after it, once a message, not counted up a part (session 63).
         for r in sent:
             mid, seq, smsc = r.message_id, r.seq, r.smsc
             got = queued.pop((mid, seq), None)
@@ -593,12 +596,16 @@ def record_submits(
                 touched[mid] = True
                 continue
             if (parts_of := many.get(mid)) is None:  # not a dict and a tuple made a part
-                parts_of = many[mid] = (total, {})
+                many[mid] = [total, {seq: error}, smsc]
+                touched[mid] = True  # in the order of each message's first result, as before
+                continue
             parts_of[1][seq] = error
-            had = air.get(mid)
-            air[mid] = (smsc, 1 if had is None else had[1] + 1)
-            touched[mid] = True
-        for mid, (total, errors) in many.items():
+            parts_of[2] = smsc
+        for mid, (total, errors, smsc) in many.items():
+            if mid in air:  # a part row of total 1 too (a hand edit): counted as before
+                air[mid] = _odd_air(c, mid, fresh)
+            else:
+                air[mid] = (smsc, len(errors))  # each a distinct part (queued.pop)
             # Every part was still queued and is 'sent' by the UPDATE below (the dispatcher
             # hands a message's results in together, once its last part is answered).
             if len(errors) == total:
@@ -698,6 +705,21 @@ def record_submits(
     return rollup_messages(
         c, touched, now, intermediate=intermediate, air=air, known=known, instance=instance
     )
+
+
+def _odd_air(c: sqlite3.Connection, mid: str, fresh: list[SubmitResult]) -> tuple[str, int]:
+    """(SMSC, PDUs accepted now) of a message whose part rows disagree on its part count (one
+    of total 1 beside longer ones: only a hand edit writes that), counted a part in order as
+    record_submits counted every message before session 63: a part of total 1 starts the count
+    again at 1, any other adds 1; the SMSC is the last part's. Read before the parts' UPDATE."""
+    totals = dict(c.execute("SELECT seq, total FROM segments WHERE message_id=?", (mid,)))
+    air: tuple[str, int] | None = None
+    for r in fresh:
+        if r.message_id == mid:
+            one = totals.get(r.seq) == 1
+            air = (r.smsc, 1 if one or air is None else air[1] + 1)
+    assert air is not None  # `mid` has a fresh part
+    return air
 
 
 def record_late_submits(

@@ -119,18 +119,19 @@ def test_the_claims_parts_take_their_pdus_as_read(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(sqlite_store, "bytes", counting, raising=False)
     msgs = {"m1": ("m1", "acc", "+1", None, 8, None, 0, None, 0, None)}
     sm, tlvs = b"\x05\x00\x03\x01\x02\x01" + b"\x4f\x60" * 64, b""
-    rows: list[tuple[Any, ...]] = [("m1", 2, 2, 0x40, sm, tlvs, 0), ("m1", 1, 2, 0x40, sm, tlvs, 1)]
-    (work,) = sqlite_store._work(["m1"], msgs, rows)
+    # A part's message by its place in the claim's list (session 63).
+    rows: list[tuple[Any, ...]] = [(0, 2, 2, 0x40, sm, tlvs, 0), (0, 1, 2, 0x40, sm, tlvs, 1)]
+    (work,) = sqlite_store._work(["m1"], ["m1"], msgs, rows)
     assert calls == []
     assert [(s.seq, s.attempts) for s in work.segments] == [(1, 1), (2, 0)]
     assert all(s.short_message is sm and s.tlvs is tlvs for s in work.segments)
-    odd = [("m1", 1, 1, 0, bytearray(b"ab"), b"", 0)]
-    (work,) = sqlite_store._work(["m1"], msgs, odd)
+    odd = [(0, 1, 1, 0, bytearray(b"ab"), b"", 0)]
+    (work,) = sqlite_store._work(["m1"], ["m1"], msgs, odd)
     assert calls == [bytearray(b"ab")]
     assert work.segments[0].short_message == b"ab"
     assert type(work.segments[0].short_message) is bytes
     with pytest.raises(TypeError):
-        sqlite_store._work(["m1"], msgs, [("m1", 1, 1, 0, "text", b"", 0)])
+        sqlite_store._work(["m1"], ["m1"], msgs, [(0, 1, 1, 0, "text", b"", 0)])
 
 
 def test_a_positive_receipt_does_not_ask_for_its_error_code(
