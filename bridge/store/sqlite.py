@@ -735,10 +735,20 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             )
         )
 
+        # What the job reads of this accept, as one tuple that `accept_writes` unpacks into its
+        # locals: closures over the names themselves made a cell of each (twenty, made and freed
+        # with every accept) and the job read each through it (session 63).
+        state = (
+            batch, now, fact_day, held, idem_record, key_facts, key_facts_held, key_row,
+            key_row_held, message_rows, messages_sql, one, one_entries, one_facts, one_ledger,
+            one_moved, pockets_read, recipients, segment_rows, segments_sql,
+        )  # fmt: skip
+
         def job(c: sqlite3.Connection) -> adm.Plan | AcceptOutcome | _Undone | None:
             # Bare (no savepoint): a refusal takes back the only writes made before it, the
             # nonce and the idempotency record, itself; a fault makes the runner rerun the batch
             # with savepoints.
+            batch = state[0]
             # What this accept wrote so far, only that is taken back: the nonce and the
             # idempotency record, each with the expired record it replaced (restored, so a
             # request dated before that expiry is still answered by it), or None.
@@ -771,6 +781,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # Accepted: its plan (None without rules), whose AcceptOutcome `accept` makes once
             # the write lock is given back; a replay: the outcome with the record it answers.
             # `cur` runs the statements every accept makes, `c` the others.
+            (
+                batch, now, fact_day, held, idem_record, key_facts, key_facts_held, key_row,
+                key_row_held, message_rows, messages_sql, one, one_entries, one_facts, one_ledger,
+                one_moved, pockets_read, recipients, segment_rows, segments_sql,
+            ) = state  # fmt: skip
             tps = batch.tps
             facts_row: list[Any] = []
             read_base: tuple[str | None, Any, Any] | None = None
