@@ -5,6 +5,8 @@
   own millisecond, after any sequence of others (in the same span, the next, or far away).
 - `SendRules.raw_frequency` is `frequency(None, ...)` (a free text's rule, whatever template
   the request names) with its limits found at load and again at each reload.
+- `sqlite._message_row` is `_MESSAGE_NONES.row(m.insert_values(), _message_nones(m))`: the
+  same text and row for a message of any pattern of Nones.
 - `SqliteStore.accept`'s job reads what it needs from one tuple (`state`) that `accept_writes`
   unpacks, not through a cell for each name: the two lists of names must be the same list.
 """
@@ -25,6 +27,8 @@ from hypothesis import strategies as st
 from bridge import ids
 from bridge.config import parse_config
 from bridge.rules import SendRules
+from bridge.store import sqlite
+from bridge.store.models import NewMessage, NewSegment
 from bridge.store.sqlite import SqliteStore
 
 MAX_MS = 2**48 - 1
@@ -146,3 +150,52 @@ def test_the_accepts_closures_hold_two_cells_not_one_a_name() -> None:
     inner = {c.co_name: c for c in code.co_consts if inspect.iscode(c)}
     assert sorted(inner["accept_writes"].co_freevars) == ["state"]
     assert sorted(inner["job"].co_freevars) == ["accept_writes", "state"]
+
+
+def _optional(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), values)
+
+
+MESSAGES = st.builds(
+    NewMessage,
+    id=st.text(min_size=1, max_size=8),
+    account_id=st.text(min_size=1, max_size=8),
+    batch_id=st.text(min_size=1, max_size=8),
+    recipient=st.text(min_size=1, max_size=8),
+    encoding=st.sampled_from(["GSM7", "UCS2", "LATIN1"]),
+    data_coding=st.integers(0, 8),
+    billable_units=st.integers(0, 9),
+    segments=st.lists(
+        st.builds(
+            NewSegment,
+            st.integers(1, 3),
+            st.integers(1, 3),
+            st.integers(0, 64),
+            st.binary(max_size=4),
+            st.binary(max_size=2),
+        ),
+        max_size=3,
+    ).map(tuple),
+    accepted_at=st.integers(0, 2**42),
+    text=_optional(st.text(max_size=5)),
+    client_ref=_optional(st.text(max_size=5)),
+    sender=_optional(st.text(max_size=5)),
+    sign_name=_optional(st.text(max_size=5)),
+    template=_optional(st.text(max_size=5)),
+    # 0 and None alike falsy: `or` picks the accepted time for both
+    scheduled_at=_optional(st.integers(0, 2**42)),
+    expires_at=_optional(st.integers(0, 2**42)),
+    air_segments=st.integers(0, 4),
+    kind=_optional(st.sampled_from(["verification", "notification", "marketing"])),
+    price_class=_optional(st.sampled_from(["D", "44", "1"])),
+    wire=_optional(st.integers(0, 63)),
+)
+
+
+@settings(max_examples=1_500, deadline=None)
+@given(MESSAGES)
+def test_a_messages_row_is_the_known_nones_row_of_its_insert_values(m: NewMessage) -> None:
+    assert sqlite._message_row(m) == sqlite._MESSAGE_NONES.row(
+        m.insert_values(), sqlite._message_nones(m)
+    )
+    assert tuple(eval(e, {"m": m}) for e in sqlite._MESSAGE_EXPRS) == m.insert_values()
