@@ -78,17 +78,24 @@ _last_ms = -1
 _last_time_part = ""
 _last_high = -1
 _last_high_part = ""
+# The time part's first eight characters (`ms >> 10`, a span of 1,024 ms) as `_time_part` last
+# made them: an id of a new millisecond within that span adds the last two to them in `new_id`
+# itself, without `_time_part`'s call (session 63).
+_last_kms = -1
+_last_kms_part = ""
 
 
 def _time_part(ms: int) -> str:
     """`_b32(ms, 10)`: the high 30 bits change every ~17 minutes and are kept, the low 20 come
     from `_PAIRS` (at a few hundred requests a second nearly every id starts a new millisecond,
-    and `_b32` costs ~5 us)."""
-    global _last_high, _last_high_part
+    and `_b32` costs ~5 us). Its first eight characters are kept for `new_id` (`_last_kms`)."""
+    global _last_high, _last_high_part, _last_kms, _last_kms_part
     high = ms >> 20
     if high != _last_high:
         _last_high, _last_high_part = high, _b32(high, 6)
-    return _last_high_part + _PAIRS[(ms >> 10) & 1023] + _PAIRS[ms & 1023]
+    kms_part = _last_high_part + _PAIRS[(ms >> 10) & 1023]
+    _last_kms, _last_kms_part = ms >> 10, kms_part
+    return kms_part + _PAIRS[ms & 1023]
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
@@ -105,9 +112,14 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     # lets the other run, whose id of another millisecond moves `_last_time_part`; read after
     # it, an id took the other thread's time (session 57's review). No call comes between the
     # check and the read, nor between the two stores, so no thread switch does either (as for
-    # `_chars_pos`); ~30 instructions an id, where an (ms, part) tuple was ~150.
+    # `_chars_pos`); ~30 instructions an id, where an (ms, part) tuple was ~150. The same holds
+    # for `_last_kms` and `_last_kms_part`, which `_time_part` stores together: a new
+    # millisecond of the span they spell is their part and two characters (no call).
     if ms != _last_ms:
-        part = _time_part(ms)
+        if ms >> 10 == _last_kms:
+            part = _last_kms_part + _PAIRS[ms & 1023]
+        else:
+            part = _time_part(ms)
         _last_ms, _last_time_part = ms, part
     else:
         part = _last_time_part

@@ -166,7 +166,11 @@ def _admission(
         template.revision if template is not None else None,  # template_revision
         # req.to, not the messages' recipients gathered again: build made one message of each
         # number, in order, or refused the send (a generator per send, ~3,000 instructions).
-        rules.frequency(kind, req.sign_name, req.template, req.to),  # frequency
+        (
+            rules.raw_frequency(req.sign_name, req.to)  # a free text's (nearly every send)
+            if kind is None
+            else rules.frequency(kind, req.sign_name, req.template, req.to)
+        ),  # frequency
         charges,  # charges
         tariff is not None,  # billing
         ctx.config.rules.timezone,  # tz
