@@ -718,6 +718,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # `sqlite_rules.ledger_one`'s, without the call (session 62).
         one_entries = None if one is None or not one[2] else one[5].entries
         one_ledger: tuple[str, tuple[Any, ...]] | None = None
+        # The same as the rows an accept holds for its batch's end (sqlite_rows).
+        one_ledger_rows: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
         one_moved = 0
         if one_entries is not None:
             ref, entry = one_entries[0]
@@ -726,6 +728,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 sqlite_rules.LEDGER_CASH_CHARGE,
                 (batch.account_id, one_moved, entry.at, ref),
             )
+            one_ledger_rows = (one_ledger,)
         runner = self._runner
         held = runner.held
         # The numbers whose history the facts read: rows held by earlier accepts of the batch to
@@ -932,18 +935,28 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 )
             # `one`'s cash charge: its row made before the lock.
             quick = None if plan is None or plan.entries is not one_entries else one_ledger
-            if runner.deferring and (quick is not None or plan is None or not plan.entries):
+            if runner.deferring:
                 # Written at the batch's end with the other accepts' rows, by multi-row
-                # INSERTs (sqlite_rows: session 63).
+                # INSERTs (sqlite_rows: session 63); the ledger's as `write_ledger` writes them.
                 # (`sqlite_rows.hold_rows`, inline: its call was ~0.5 k a send.)
                 pending = held.get(PENDING)
                 if pending is None:
                     pending = held[PENDING] = sqlite_rows.PendingRows()
                 pending.accepts.append(
-                    (messages_sql, message_rows, segments_sql, segment_rows, quick)
+                    (
+                        messages_sql,
+                        message_rows,
+                        segments_sql,
+                        segment_rows,
+                        one_ledger_rows
+                        if quick is not None
+                        else None
+                        if plan is None or not plan.entries
+                        else sqlite_rules.ledger_rows(batch.account_id, plan),
+                    )
                 )
                 pending.numbers.update(recipients)
-            else:
+            else:  # a batch run again with savepoints, or an accept alone in its batch
                 if PENDING in held:  # the rows held before this accept's: written first
                     sqlite_rows.flush(c, held)
                 cur.executemany(messages_sql, message_rows)

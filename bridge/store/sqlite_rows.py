@@ -13,7 +13,9 @@ sums, and they are written, in the order the accepts made them, before any job t
 accept, before the COMMIT, and before an accept whose frequency history reads a number one of
 them was sent to (`flush`). A failure writing them fails no one yet: the runner rolls the batch
 back and runs it again with a savepoint a job, where each accept writes its own rows at once,
-so the failure is its own caller's (`SqliteRunner._write_held`).
+so the failure is its own caller's (`SqliteRunner._write_held`). Only in a batch of eight jobs or
+more (`SqliteRunner.defer_min_jobs`): below that the holding's Python costs more than the
+statements it saves.
 
 The rows of one run share one statement text (the same table and the same pattern of NULLs
 written in it, `sqlite_binds`), and are written in chunks of 32, 16, 8, 4, 2 and 1 rows: a text
@@ -57,8 +59,8 @@ class PendingRows:
     __slots__ = ("accepts", "numbers")
 
     def __init__(self) -> None:
-        # (messages' text, their rows, segments' text, their rows, the ledger row's statement
-        # and values or None), in the order the accepts ran.
+        # (messages' text, their rows, segments' text, their rows, the ledger rows' statement
+        # and values pairs or None), in the order the accepts ran.
         self.accepts: list[tuple[Any, ...]] = []
         # The recipients of the held messages: an accept whose frequency history reads one of
         # these numbers has the rows written first (`flush`), so its read finds them.
@@ -71,11 +73,11 @@ def hold_rows(
     message_rows: Sequence[Sequence[Any]],
     segments_sql: str,
     segment_rows: Sequence[Sequence[Any]],
-    ledger: tuple[str, Sequence[Any]] | None,
+    ledger: Sequence[tuple[str, Sequence[Any]]] | None,
     recipients: Iterable[str],
 ) -> None:
-    """An accept's rows, held for its batch's end: its messages, their segments, and its one
-    ledger row (`ledger`: the statement and values a cash charge runs, or None). (The accept's
+    """An accept's rows, held for its batch's end: its messages, their segments, and its
+    ledger rows (`ledger`: the statement and values of each, in order, or None). (The accept's
     job does the same inline: this is its reference, for tests and the other callers.)"""
     pending = held.get(PENDING)
     if pending is None:
@@ -94,7 +96,9 @@ def flush(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
 def write_held(c: sqlite3.Connection, held: dict[Any, Any]) -> None:
     """The runner's `write_held`: the held rows, then the held sums (`sqlite_rules.write_held`:
     neither reads the other's tables)."""
-    flush(c, held)
+    pending = held.pop(PENDING, None)
+    if pending is not None:
+        write_rows(c, pending)
     sqlite_rules.write_held(c, held)
 
 
@@ -120,7 +124,12 @@ def write_rows(c: sqlite3.Connection, pending: PendingRows) -> None:
     """Each table's rows in the order they were held, a run of one text at a time, each run in
     chunks of MAX_ROWS and then of the powers of two below it, largest first."""
     accepts = pending.accepts
-    ledger = [(e[0], (e[1],)) for e in map(_LEDGER, accepts) if e is not None]
+    ledger = [
+        (text, (values,))
+        for rows in map(_LEDGER, accepts)
+        if rows is not None
+        for text, values in rows
+    ]
     cur = c.cursor()  # one for the batch's statements (`Connection.execute` makes one each)
     for text, flat, n in (
         *runs(map(_MESSAGES, accepts)),

@@ -209,6 +209,7 @@ class SqliteRunner:
         # the batch with savepoints (`_write_held`). False in that rerun: each job writes its
         # own, so a failure is its own caller's.
         self.deferring = False
+        self.defer_min_jobs = DEFER_MIN_JOBS
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
         # The last write failed for a full disk, and none has committed since (see disk_full).
         self._full = False
@@ -612,7 +613,11 @@ class SqliteRunner:
         conn.execute("BEGIN IMMEDIATE")
         held = self.held
         held.clear()
-        self.deferring = not guard_all
+        # Only in a batch of `defer_min_jobs` jobs or more: writing the held rows costs ~45 k
+        # instructions of Python a batch, and multi-row statements save ~7 k a row of each
+        # table (1-part, counted: 4 accepts a batch even, 2 worse by 18 k an accept, 8 better
+        # by 14 k).
+        self.deferring = not guard_all and len(batch) >= self.defer_min_jobs
         for i, (job, fut, kind, durable) in enumerate(batch):
             out = results if durable else at_once
             if held and kind != _BARE:
@@ -871,6 +876,9 @@ def _check_usable(path: Path) -> None:
             f"{path.parent} (the -wal and -shm files go there)"
         )
 
+
+# The fewest jobs a batch runs bare with its accepts' rows held to its end (`deferring`).
+DEFER_MIN_JOBS = 8
 
 # How a job is kept apart from the others of its batch (see write()).
 _GUARDED, _SINGLE, _BARE = 0, 1, 2

@@ -50,6 +50,9 @@ from tests.integration.test_store_rules import (  # noqa: E402
 async def _store(path: Path, cash: int = 1_000_000) -> SqliteStore:
     s = SqliteStore(path)
     await s.open()
+    # Rows held in a batch of two jobs or more here (the daemon: eight), so that these batches
+    # of a few calls hold them.
+    s._runner.defer_min_jobs = 2
     await s.create_account(account())
     await sign(s)
     await sign(s, "Pending", "pending")
@@ -304,3 +307,29 @@ def test_write_rows_writes_every_row_once_in_order(n: int) -> None:
             want.append((i, f"s{i}", bytes([i % 256]) if "X''" not in text else b""))
         sqlite_rows.write_rows(c, pending)
         assert c.execute("SELECT i, s, b FROM t ORDER BY rowid").fetchall() == want
+
+
+@pytest.mark.parametrize("jobs", [7, 8])
+async def test_rows_are_held_in_a_batch_of_eight_jobs_or_more(tmp_path: Path, jobs: int) -> None:
+    s = SqliteStore(tmp_path / "bridge.db")
+    await s.open()
+    try:
+        assert s._runner.defer_min_jobs == 8  # the daemon's
+        await s.create_account(account())
+        await sign(s)
+        await s.append_ledger("acc_a", topup(1_000_000, NOW, "funds"))
+        await s.add_key(AppKey("K1", "acc_a", b"sealed", "active", NOW), max_active=2)
+        seen: list[str] = []
+        conn = s._runner._conn
+        assert conn is not None
+        conn.set_trace_callback(seen.append)
+        outs = await one_batch(s, *(s.accept(send(n), NOW) for n in range(jobs)))
+        conn.set_trace_callback(None)
+        assert [answer(o) for o in outs] == ["accepted"] * jobs
+        inserts = [q.split(" (")[0] for q in seen if q.startswith("INSERT") and "ledger" in q]
+        # Seven: each accept's own ledger row; eight: one statement of all eight.
+        assert inserts == (
+            ["INSERT INTO ledger"] * 7 if jobs == 7 else ["INSERT OR FAIL INTO ledger"]
+        )
+    finally:
+        await s.close()

@@ -88,10 +88,8 @@ async def test_an_accept_makes_one_cursor_for_its_statements(store: SqliteStore)
     assert out.accepted
     # BEGIN IMMEDIATE and COMMIT on the connection, and the runner's writes of the sums the
     # batch's accepts held (the daily counts and the pockets: session 53), one executemany of
-    # each for all the batch's accounts since session 56; the job's three statements on its
-    # cursor, and the batch's held message, segment and ledger rows on one of their own
-    # (sqlite_rows: session 63).
-    assert counting.calls == Counter(execute=2, executemany=2, cursor=2), counting.calls
+    # each for all the batch's accounts since session 56; the job's six statements on its cursor.
+    assert counting.calls == Counter(execute=2, executemany=2, cursor=1), counting.calls
 
 
 async def test_the_answers_are_the_accepts_own(store: SqliteStore) -> None:
