@@ -4,6 +4,7 @@
 Usage: python scripts/bench_accept_inproc.py [--requests 2000] [--stub] [--callgrind] [--keep]
                                              [--tps N] [--kind gsm1|ucs3] [--wire]
                                              [--in-lock [--statements]] [--accounts N]
+                                             [--concurrency 50]
 
 Why: the accept is CPU-bound, and on a shared machine its timings move by more than a cut of a
 few µs; instruction counts do not (±0.4% between runs at load 8-10, session 49). This drives
@@ -37,6 +38,9 @@ called through a C function of its own that callgrind_annotate's inclusive count
 TRAMPOLINES). The wrapping costs instructions of its own (~75 k a request in all, ~1-2 k in each
 row): the rows are for where the lock's work goes and for comparing a row between two trees,
 the total without `--statements` for the lock's whole.
+
+`--concurrency N` (session 63) sends N requests at once instead of fifty: the largest write
+batch an accept shares (the accepts' held rows are written at a batch's end, note 28).
 
 `--accounts N` (session 56) sends the requests round-robin over N accounts, each with its own
 key and money (bench.py's `--accounts`), as an operator with many active customers sees them:
@@ -90,7 +94,8 @@ TEXTS = {
     * 3,
 }
 TEXT = TEXTS["gsm1"]
-CONCURRENCY = 50
+CONCURRENCY = 50  # requests sent at once: `--concurrency` (session 63)
+DEFAULT_CONCURRENCY = CONCURRENCY
 # callgrind's slowdown of this process, measured (9,604 against ~230 µs of CPU a request).
 SLOWED = 40
 
@@ -613,6 +618,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
         cmd.append("--wire")
     if args.accounts != 1:
         cmd += ["--accounts", str(args.accounts)]
+    if args.concurrency != DEFAULT_CONCURRENCY:
+        cmd += ["--concurrency", str(args.concurrency)]
     if args.in_lock:
         cmd.append("--in-lock")
         # valgrind's own options from its environment: children.callgrind builds the command
@@ -656,12 +663,20 @@ def main() -> None:
         help="--callgrind --in-lock: the lock's instructions by statement and step (a table)",
     )
     ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="requests sent at once (the largest write batch an accept is in; session 63)",
+    )
+    ap.add_argument(
         "--accounts",
         type=int,
         default=1,
         help="round-robin over this many accounts, each sending once before the count",
     )
     args = ap.parse_args()
+    if args.concurrency < 1:
+        ap.error("--concurrency must be at least 1")
     if args.accounts < 1:
         ap.error("--accounts must be at least 1")
     if args.statements and not (args.callgrind and args.in_lock):
@@ -669,8 +684,9 @@ def main() -> None:
     if args.in_lock and args.stub:
         ap.error("--in-lock counts the store's batches: not with --stub")
     CHILDREN.on_signals()
-    global TEXT
+    global TEXT, CONCURRENCY
     TEXT = TEXTS[args.kind]
+    CONCURRENCY = args.concurrency
     if args.requests % CONCURRENCY:
         ap.error(f"--requests must be a multiple of {CONCURRENCY}")
     if args.callgrind:

@@ -30,6 +30,7 @@ from bridge.store import (
     sqlite_binds,
     sqlite_clock,
     sqlite_dnc,
+    sqlite_rows,
     sqlite_rules,
     sqlite_senders,
 )
@@ -119,6 +120,7 @@ from bridge.store.models import (
 )
 from bridge.store.rules_rows import END_ERROR, LOW_WARNED_ON_THRESHOLD, NEVER_TRIED
 from bridge.store.sqlite_retention import RetentionMixin
+from bridge.store.sqlite_rows import PENDING
 from bridge.store.sqlite_rules import RulesStoreMixin
 from bridge.store.sqlite_runner import SqliteRunner, T
 
@@ -246,7 +248,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
     # -- life cycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._runner.write_held = sqlite_rules.write_held
+        # The accepts' held rows and running sums (sqlite_rows, sqlite_rules.HeldSums).
+        self._runner.write_held = sqlite_rows.write_held
         self._runner.start(self._setup)
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -715,6 +718,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # `sqlite_rules.ledger_one`'s, without the call (session 62).
         one_entries = None if one is None or not one[2] else one[5].entries
         one_ledger: tuple[str, tuple[Any, ...]] | None = None
+        # The same as the rows an accept holds for its batch's end (sqlite_rows).
+        one_ledger_rows: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
         one_moved = 0
         if one_entries is not None:
             ref, entry = one_entries[0]
@@ -723,7 +728,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 sqlite_rules.LEDGER_CASH_CHARGE,
                 (batch.account_id, one_moved, entry.at, ref),
             )
-        held = self._runner.held
+            one_ledger_rows = (one_ledger,)
+        runner = self._runner
+        held = runner.held
+        # The numbers whose history the facts read: rows held by earlier accepts of the batch to
+        # one of them are written first (sqlite_rows.flush), so the read finds them.
+        history_numbers = (
+            () if rules is None or rules.frequency is None else rules.frequency.numbers
+        )
         idem_record = (
             None
             if batch.idempotency is None
@@ -736,12 +748,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
 
         # What the job reads of this accept, as one tuple that `accept_writes` unpacks into its
-        # locals: closures over the names themselves made a cell of each (twenty, made and freed
-        # with every accept) and the job read each through it (session 63).
+        # locals: closures over the names themselves made a cell of each (twenty-three since
+        # session 63's held rows, made and freed with every accept) and the job read each
+        # through it (session 63).
         state = (
-            batch, now, fact_day, held, idem_record, key_facts, key_facts_held, key_row,
-            key_row_held, message_rows, messages_sql, one, one_entries, one_facts, one_ledger,
-            one_moved, pockets_read, recipients, segment_rows, segments_sql,
+            batch, now, fact_day, held, history_numbers, idem_record, key_facts, key_facts_held,
+            key_row, key_row_held, message_rows, messages_sql, one, one_entries, one_facts,
+            one_ledger, one_ledger_rows, one_moved, pockets_read, recipients, runner, segment_rows,
+            segments_sql,
         )  # fmt: skip
 
         def job(c: sqlite3.Connection) -> adm.Plan | AcceptOutcome | _Undone | None:
@@ -782,11 +796,18 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # the write lock is given back; a replay: the outcome with the record it answers.
             # `cur` runs the statements every accept makes, `c` the others.
             (
-                batch, now, fact_day, held, idem_record, key_facts, key_facts_held, key_row,
-                key_row_held, message_rows, messages_sql, one, one_entries, one_facts, one_ledger,
-                one_moved, pockets_read, recipients, segment_rows, segments_sql,
+                batch, now, fact_day, held, history_numbers, idem_record, key_facts,
+                key_facts_held, key_row, key_row_held, message_rows, messages_sql, one,
+                one_entries, one_facts, one_ledger, one_ledger_rows, one_moved, pockets_read,
+                recipients, runner, segment_rows, segments_sql,
             ) = state  # fmt: skip
             tps = batch.tps
+            if (
+                history_numbers
+                and PENDING in held
+                and not held[PENDING].numbers.isdisjoint(history_numbers)
+            ):
+                sqlite_rows.flush(c, held)
             facts_row: list[Any] = []
             read_base: tuple[str | None, Any, Any] | None = None
             key_account: Account | None = None  # the account the key's statement read
@@ -930,14 +951,39 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     "ON CONFLICT (account_id) DO UPDATE SET tokens=excluded.tokens, at=excluded.at",
                     (batch.account_id, tokens, at),
                 )
-            cur.executemany(messages_sql, message_rows)
-            cur.executemany(segments_sql, segment_rows)
-            if plan is not None:
-                quick = one_ledger if plan.entries is one_entries else None
-                if quick is not None:  # `one`'s cash charge: its row made before the lock
+            # `one`'s cash charge: its row made before the lock.
+            quick = None if plan is None or plan.entries is not one_entries else one_ledger
+            if runner.deferring:
+                # Written at the batch's end with the other accepts' rows, by multi-row
+                # INSERTs (sqlite_rows: session 63); the ledger's as `write_ledger` writes them.
+                # (`sqlite_rows.hold_rows`, inline: its call was ~0.5 k a send.)
+                pending = held.get(PENDING)
+                if pending is None:
+                    pending = held[PENDING] = sqlite_rows.PendingRows()
+                pending.accepts.append(
+                    (
+                        messages_sql,
+                        message_rows,
+                        segments_sql,
+                        segment_rows,
+                        one_ledger_rows
+                        if quick is not None
+                        else None
+                        if plan is None or not plan.entries
+                        else sqlite_rules.ledger_rows(batch.account_id, plan),
+                    )
+                )
+                pending.numbers.update(recipients)
+            else:  # a batch run again with savepoints, or an accept alone in its batch
+                if PENDING in held:  # the rows held before this accept's: written first
+                    sqlite_rows.flush(c, held)
+                cur.executemany(messages_sql, message_rows)
+                cur.executemany(segments_sql, segment_rows)
+                if quick is not None:
                     cur.execute(*quick)
-                elif plan.entries:
+                elif plan is not None and plan.entries:
                     sqlite_rules.write_ledger(cur, batch.account_id, plan)
+            if plan is not None:
                 if plan.low_balance is not None:
                     payload = adm.low_balance_event(batch.account_id, plan.low_balance, now)
                     _enqueue_webhook(

@@ -689,6 +689,28 @@ def write_ledger(c: sqlite3.Cursor, account_id: str, plan: adm.Plan) -> None:
     )
 
 
+_LEDGER_ROW = (
+    "INSERT INTO ledger (account_id, kind, amount, pocket, at, ref, expires_at) "
+    "VALUES (?,?,?,?,?,?,?)"
+)
+
+
+def ledger_rows(account_id: str, plan: adm.Plan) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """`write_ledger`'s rows of `plan` as (statement, values) pairs, in its order, for an
+    accept's rows held to its batch's end (`sqlite_rows`, session 63): the same values stored
+    (an entry without an expiry has its NULL in the text, as `write_ledger` writes a lone one;
+    bound, as it binds them in a plan of several, it is the same NULL)."""
+    return tuple(
+        (LEDGER_ONE_NO_EXPIRY, (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref))
+        if e.expires_at is None
+        else (
+            _LEDGER_ROW,
+            (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at),
+        )
+        for _m, e in plan.entries
+    )
+
+
 def read_pockets(c: sqlite3.Connection, account_id: str) -> list[adm.Pocket]:
     return [
         adm.Pocket(r[0], r[1], r[2])

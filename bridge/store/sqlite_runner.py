@@ -204,6 +204,12 @@ class SqliteRunner:
         # it with the rest).
         self.held: dict[Any, Any] = {}
         self.write_held: Callable[[sqlite3.Connection, dict[Any, Any]], None] | None = None
+        # True while the open batch runs its bare jobs without savepoints: they may leave rows
+        # to `held` (SqliteStore's accepts: sqlite_rows), since a failure writing them reruns
+        # the batch with savepoints (`_write_held`). False in that rerun: each job writes its
+        # own, so a failure is its own caller's.
+        self.deferring = False
+        self.defer_min_jobs = DEFER_MIN_JOBS
         self._sync_failed: OSError | None = None  # a WAL fsync failed: no durable write since
         # The last write failed for a full disk, and none has committed since (see disk_full).
         self._full = False
@@ -607,10 +613,15 @@ class SqliteRunner:
         conn.execute("BEGIN IMMEDIATE")
         held = self.held
         held.clear()
+        # Only in a batch of `defer_min_jobs` jobs or more: writing the held rows costs ~45 k
+        # instructions of Python a batch, and multi-row statements save ~7 k a row of each
+        # table (1-part, counted: 4 accepts a batch even, 2 worse by 18 k an accept, 8 better
+        # by 14 k).
+        self.deferring = not guard_all and len(batch) >= self.defer_min_jobs
         for i, (job, fut, kind, durable) in enumerate(batch):
             out = results if durable else at_once
             if held and kind != _BARE:
-                self._write_held(conn)
+                self._write_held(conn, guard_all)
             if kind == _SINGLE or (kind == _BARE and not guard_all):
                 try:
                     out.append((fut, True, job(conn)))
@@ -635,15 +646,27 @@ class SqliteRunner:
                 conn.execute("RELEASE job")
                 out.append((fut, True, value))
         if held:
-            self._write_held(conn)
+            self._write_held(conn, guard_all)
         return results, at_once
 
-    def _write_held(self, conn: sqlite3.Connection) -> None:
-        """What the batch's bare jobs left to write (`held`), written now. A failure fails the
-        whole batch (the caller's rollback): those writes are every holder's."""
+    def _write_held(self, conn: sqlite3.Connection, guard_all: bool) -> None:
+        """What the batch's bare jobs left to write (`held`), written now. A failure in a batch
+        run bare rolls it back and runs it again with savepoints (`_RerunGuarded`), where the
+        bare jobs write their own rows at once (`deferring` false): a row that cannot be written
+        (a constraint, a full disk) fails its own caller, not the batch (session 63). There, a
+        failure fails the whole batch (the caller's rollback): what is still held then is every
+        holder's (the running sums)."""
         assert self.write_held is not None, "a job held writes with no writer set"
-        self.write_held(conn, self.held)
-        self.held.clear()
+        try:
+            self.write_held(conn, self.held)
+        except Exception as exc:
+            if guard_all:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _RerunGuarded from exc
+        finally:
+            self.held.clear()
 
     def _wal_bytes(self) -> int:
         """Bytes in the WAL since it last started over: what the next checkpoint copies.
@@ -853,6 +876,9 @@ def _check_usable(path: Path) -> None:
             f"{path.parent} (the -wal and -shm files go there)"
         )
 
+
+# The fewest jobs a batch runs bare with its accepts' rows held to its end (`deferring`).
+DEFER_MIN_JOBS = 8
 
 # How a job is kept apart from the others of its batch (see write()).
 _GUARDED, _SINGLE, _BARE = 0, 1, 2
