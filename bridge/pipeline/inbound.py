@@ -33,8 +33,8 @@ from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_id
 from bridge.smpp.protocol import DeliverAnswer
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp.receipt import (
+    LATIN1_OUTCOME_RE,
     MESSAGE_STATE_STAT,
-    STANDARD_OUTCOME_RE,
     STAT_STATES,
     ReceiptState,
     network_error,
@@ -55,7 +55,8 @@ _INTERMEDIATE = C.ESM_INTERMEDIATE_NOTIFICATION
 _RECEIPT_TYPES = (0x04, 0x08, 0x10, 0x20)  # is_receipt's
 # Read once (an enum member read off its class is ~900 instructions on Python 3.11).
 _STR, _UNKNOWN, _ENROUTE = IdBase.STR, ReceiptState.UNKNOWN, ReceiptState.ENROUTE
-_standard_outcome = STANDARD_OUTCOME_RE.fullmatch
+# The text is latin-1 decoded octets: the pattern made for those (session 63, receipt.py).
+_standard_outcome = LATIN1_OUTCOME_RE.fullmatch
 _store_down = logs.Throttled(log)
 # One a receipt (a part sent): fastinit.maker's function, the same frozen value without the
 # class call's way back into the interpreter (~1.5 k instructions, session 58).
@@ -234,7 +235,7 @@ class Inbound:
             # receipt_outcome's standard layout inline (one a part sent; session 59): its call,
             # the tuple it made and took apart, its _clean of the TLV's id (tlv_text is clean
             # already: no NUL, stripped) and its NUL check (none left in `text`), and the
-            # match's four groups of eight it does not read (STANDARD_OUTCOME_RE). The same
+            # match's four groups of eight it does not read (LATIN1_OUTCOME_RE). The same
             # values: tests/unit/test_session59_receipt_inline.py checks them against
             # receipt_values' on random and odd receipts.
             text_id, done_text, text_stat, err = m.groups()
