@@ -523,6 +523,16 @@ class Metrics:
     def receipt(self, smsc: str, state: str) -> None:
         self._receipts[(smsc, state)] += 1
 
+    def receipts_counted(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """A committed batch's receipts, counted by (SMSC, state) in bulk (`Inbound.
+        _receipts_committed`): one call a batch, where `receipt` was one a receipt (one a part
+        sent; with the state's `.value`, a Python descriptor on 3.11: ~2 k instructions a
+        receipt, session 63). A state may be a `ReceiptState` (a StrEnum: the same key as its
+        value); it is kept as its value."""
+        pending = self._receipts
+        for (smsc, state), n in counts.items():
+            pending[(smsc, str(state))] += n
+
     def receipts_inferred(self, counts: Mapping[str, int]) -> None:
         """The store's report of a committed write: parts (by SMSC) it settled by inference."""
         for smsc, n in counts.items():

@@ -323,6 +323,10 @@ class Inbound:
         metrics = self.metrics
         debug = self._debug  # the flush's look at the level (see __init__)
         n = 0
+        # The metrics' counts by (SMSC, state), told in one call after the batch's answers
+        # (`Metrics.receipts_counted`): a call of `Metrics.receipt` and the state's `.value`
+        # a receipt (one a part sent) before (session 63).
+        tally: dict[tuple[str, str], int] = {}
         for call in calls:
             try:
                 out, smsc, key, state, stat, err = call.args
@@ -334,7 +338,8 @@ class Inbound:
                 # SMSC's resend of one whose answer it lost counts again (it was received
                 # again).
                 if metrics is not None:
-                    metrics.receipt(smsc, state.value)
+                    k = (smsc, state)
+                    tally[k] = tally.get(k, 0) + 1
                 if debug:
                     log.debug(
                         "receipt received",
@@ -344,6 +349,11 @@ class Inbound:
             except Exception:  # the receipts after it are answered all the same
                 log.exception("receipts: a committed item's callback failed")
         self.receipts += n
+        if tally and metrics is not None:
+            try:
+                metrics.receipts_counted(tally)
+            except Exception:
+                log.exception("receipts: a committed item's callback failed")
 
     def _receipt_committed(
         self,
