@@ -518,7 +518,9 @@ class Metrics:
             h = self._rtt.get(smsc)
             if h is None:
                 h = self._rtt[smsc] = _Pending(self.submit_rtt.labels(smsc), RTT_BUCKETS)
-            h.observe(rtt_s)
+            # `h.observe(rtt_s)` inline: a Python call a part answered (session 63).
+            h.counts[bisect_left(h.bounds, rtt_s)] += 1
+            h.total += rtt_s
 
     def receipt(self, smsc: str, state: str) -> None:
         self._receipts[(smsc, state)] += 1
