@@ -183,6 +183,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         conn = Connector(smsc, inbound.on_deliver, **({"on_receipt": receipts} if receipts else {}))
         if metrics is not None:
             conn.on_submit = metrics.on_submit
+            if hasattr(metrics, "ok_sink"):  # as app.py wires it (session 63)
+                conn.ok_sink = metrics.ok_sink("sim")
         await conn.start()
         if not await conn.wait_up(10):
             raise SystemExit("bind did not come up")
@@ -211,6 +213,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(done.wait(), args.timeout)
         while disp.inflight:  # the last results' flush  # noqa: ASYNC110
             await asyncio.sleep(0.001)
+        if metrics is not None:
+            metrics.flush()  # what waits for it counted too (the daemon's flush_every)
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - t0
         if args.counting:

@@ -126,3 +126,85 @@ def test_on_submit_buckets_a_round_trip_as_observe_did(monkeypatch: pytest.Monke
         values
     )
     assert _sample(m, "smpp_bridge_submit_rtt_seconds_count", smsc="x") == len(values)
+
+
+def _connector(name: str) -> Any:
+    from bridge.smpp.connector import Connector
+
+    async def deliver(_smsc: str, _body: Any) -> int:
+        return 0
+
+    return Connector(SmscConfig(name=name, system_id="t", password="t"), deliver)
+
+
+def _bind() -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(unanswered=0, throttle_rate=0.0, pause_started=0.0, pause=None)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_acceptances_in_the_ok_sink_scrape_as_on_submit_calls(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three connectors' told acceptances (`Connector._accepted`) into the daemon's metrics as
+    app.py wires them (`ok_sink`), other answers (throttled and failed with a round trip,
+    time-outs without) told to `on_submit` between them, flushes and a small OK_RTTS_MAX: the
+    exposition after each flush is, octet for octet (series, their order, every bucket and
+    sum), what a Metrics given an `on_submit` call for each acceptance exposes. A reload's new
+    connector of an SMSC takes the same list."""
+    from prometheus_client import generate_latest
+
+    from bridge.smpp import connector as connector_module
+
+    monkeypatch.setattr(connector_module, "OK_RTTS_MAX", 7)
+    rng = random.Random(seed)
+    got, want = Metrics(), Metrics()
+    conns: dict[str, Any] = {}
+
+    def wired(name: str) -> Any:
+        c = _connector(name)
+        c.on_submit = got.on_submit
+        c.ok_sink = got.ok_sink(name)
+        conns[name] = c
+        return c
+
+    for name in ("a", "b", "c"):
+        wired(name)
+    bind = _bind()
+    longest = 0
+    for step in range(600):
+        name = rng.choice("abc")
+        r = rng.random()
+        rtt = rng.choice([rng.uniform(0, 3), rng.choice(RTT_BUCKETS)])
+        if r < 0.75:
+            conns[name]._accepted(step, bind, rtt, f"m{step}", 10.0 + step)
+            want.on_submit(name, "ok", "ESME_ROK", rtt)
+        elif r < 0.85:
+            args = rng.choice(
+                [("throttled", "ESME_RTHROTTLED", rtt), ("permanent", "ESME_RINVDSTADR", rtt),
+                 ("timeout", "TIMEOUT", None), ("ok", "ESME_ROK", rtt)]
+            )  # fmt: skip
+            got.on_submit(name, *args)
+            want.on_submit(name, *args)
+        elif r < 0.95:
+            assert generate_latest(got.registry) == generate_latest(want.registry)
+            got.flush()
+            want.flush()
+            assert generate_latest(got.registry) == generate_latest(want.registry)
+        else:
+            wired(name)  # a reload's new connector: its first acceptance told, then the list
+        longest = max(longest, *(len(rtts) for rtts in got._ok_rtts.values()))
+    got.flush()
+    want.flush()
+    assert generate_latest(got.registry) == generate_latest(want.registry)
+    assert 0 < longest < 7  # the list was used, and counted when full
+
+
+def test_a_connector_without_an_ok_sink_tells_on_submit_each_acceptance() -> None:
+    calls: list[tuple[Any, ...]] = []
+    c = _connector("a")
+    c.on_submit = lambda *a: calls.append(a)
+    for i in range(3):
+        c._accepted(i, _bind(), 0.01, "m", 1.0)
+    assert calls == [("a", "ok", "ESME_ROK", 0.01)] * 3
