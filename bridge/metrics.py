@@ -21,7 +21,10 @@ Hot-path cost: an observation only adds to a plain int (a histogram: one bisect)
 microsecond; `flush` moves the totals into the prometheus values before each scrape and, in
 multi-process mode, every second (`flush_every`), so the mmap writes happen once per series per
 second rather than per message. Calling prometheus_client's inc/observe per event instead
-measured about 10 microseconds per message (20 with files), against about 2 this way.
+measured about 10 microseconds per message (20 with files), against about 2 this way. The two
+per-part events of the owner are cheaper still (session 63): a connector appends an accepted
+part's round trip to its SMSC's list (`ok_sink`), counted at the flush, and a committed batch
+of receipts is counted in one call (`receipts_counted`).
 """
 
 from __future__ import annotations
