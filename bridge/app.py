@@ -582,6 +582,7 @@ class Daemon:
         assert self.inbound is not None
         connector = Connector(smsc, self.inbound.on_deliver, on_receipt=self.inbound.on_receipt)
         connector.on_submit = self.metrics.on_submit
+        connector.ok_sink = self.metrics.ok_sink(smsc.name)  # its acceptances, in bulk
         connector.on_bind_change = self._bind_changed
         return connector
 

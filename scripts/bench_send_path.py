@@ -5,6 +5,7 @@ Usage: python scripts/bench_send_path.py [--messages 20000] [--parts 1] [--windo
        python scripts/bench_send_path.py --callgrind [--messages 5000]
        python scripts/bench_send_path.py --compare OLD_TREE [--pairs 3] [--callgrind]
        ... [--gc-threshold 700]  (the daemon's 5,000 by default)
+       ... [--metrics]  (the daemon's metrics wired: off by default)
 
 Why: `bench.py` shows the owner's CPU per message with the store's SQL and a loaded machine in
 it; a cut of a few µs on the dispatcher's or the connector's path drowns there. This runs what
@@ -169,11 +170,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         await wait_port(sim_port)
         store = StubStore()
-        inbound = Inbound(store, {"sim": smsc})  # type: ignore[arg-type]
+        metrics: Any = None
+        if args.metrics:
+            # The daemon's wiring (app.py): the receipts' counts and each answer's hook.
+            from bridge.metrics import Metrics
+
+            metrics = Metrics()
+        inbound = Inbound(store, {"sim": smsc}, metrics=metrics)  # type: ignore[arg-type]
         # The receipt handler where the tree has one (session 60: receipts read without
         # their ShortMessage), as the daemon wires it (app.py).
         receipts = getattr(inbound, "on_receipt", None)
         conn = Connector(smsc, inbound.on_deliver, **({"on_receipt": receipts} if receipts else {}))
+        if metrics is not None:
+            conn.on_submit = metrics.on_submit
+            if hasattr(metrics, "ok_sink"):  # as app.py wires it (session 63)
+                conn.ok_sink = metrics.ok_sink("sim")
         await conn.start()
         if not await conn.wait_up(10):
             raise SystemExit("bind did not come up")
@@ -202,6 +213,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(done.wait(), args.timeout)
         while disp.inflight:  # the last results' flush  # noqa: ASYNC110
             await asyncio.sleep(0.001)
+        if metrics is not None:
+            metrics.flush()  # what waits for it counted too (the daemon's flush_every)
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - t0
         if args.counting:
@@ -232,7 +245,7 @@ def under_callgrind(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         "--tps", str(args.tps),
         "--loop", args.loop, "--gc-threshold", str(args.gc_threshold),
         "--timeout", str(args.timeout * UNDER_VALGRIND),
-    ]  # fmt: skip
+    ] + (["--metrics"] if args.metrics else [])  # fmt: skip
     # Its own time-out past the copy's: valgrind, the copy and its simulator ended together.
     stdout, total = CHILDREN.callgrind(cmd, out, args.timeout * UNDER_VALGRIND + VALGRIND_START_S)
     got = json.loads(stdout.strip().splitlines()[-1])
@@ -246,7 +259,8 @@ def one(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         return under_callgrind(args, tree)
     cmd = [sys.executable, __file__, "--tree", tree, "--json", "--messages", str(args.messages),
            "--parts", str(args.parts), "--window", str(args.window), "--tps", str(args.tps),
-           "--loop", args.loop, "--gc-threshold", str(args.gc_threshold)]  # fmt: skip
+           "--loop", args.loop, "--gc-threshold", str(args.gc_threshold)] + (
+        ["--metrics"] if args.metrics else [])  # fmt: skip
     try:
         code, stdout, stderr = CHILDREN.run(cmd, args.timeout + 120)
     finally:
@@ -278,6 +292,12 @@ def main() -> None:
         help="the cyclic collector's young threshold while counted (default: the daemon's, "
         "bridge/cli.py GC_THRESHOLD; 700 is CPython's own, what this measured until session 56; "
         "0 leaves the interpreter's)",
+    )
+    ap.add_argument(
+        "--metrics",
+        action="store_true",
+        help="wire a Metrics as the daemon does (the receipts' counts, the connector's "
+        "on_submit); off by default, as every count before session 63 was taken",
     )
     ap.add_argument("--tree", default=str(HERE))
     ap.add_argument("--compare", help="an older checkout to compare with, alternating")

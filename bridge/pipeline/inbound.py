@@ -33,8 +33,8 @@ from bridge.smpp.msgid import IdBase, MsgIdRule, normalize_id
 from bridge.smpp.protocol import DeliverAnswer
 from bridge.smpp.reassembly import Decoded, Segment, decode_segments, parse_segment
 from bridge.smpp.receipt import (
+    LATIN1_OUTCOME_RE,
     MESSAGE_STATE_STAT,
-    STANDARD_OUTCOME_RE,
     STAT_STATES,
     ReceiptState,
     network_error,
@@ -55,7 +55,8 @@ _INTERMEDIATE = C.ESM_INTERMEDIATE_NOTIFICATION
 _RECEIPT_TYPES = (0x04, 0x08, 0x10, 0x20)  # is_receipt's
 # Read once (an enum member read off its class is ~900 instructions on Python 3.11).
 _STR, _UNKNOWN, _ENROUTE = IdBase.STR, ReceiptState.UNKNOWN, ReceiptState.ENROUTE
-_standard_outcome = STANDARD_OUTCOME_RE.fullmatch
+# The text is latin-1 decoded octets: the pattern made for those (session 63, receipt.py).
+_standard_outcome = LATIN1_OUTCOME_RE.fullmatch
 _store_down = logs.Throttled(log)
 # One a receipt (a part sent): fastinit.maker's function, the same frozen value without the
 # class call's way back into the interpreter (~1.5 k instructions, session 58).
@@ -234,7 +235,7 @@ class Inbound:
             # receipt_outcome's standard layout inline (one a part sent; session 59): its call,
             # the tuple it made and took apart, its _clean of the TLV's id (tlv_text is clean
             # already: no NUL, stripped) and its NUL check (none left in `text`), and the
-            # match's four groups of eight it does not read (STANDARD_OUTCOME_RE). The same
+            # match's four groups of eight it does not read (LATIN1_OUTCOME_RE). The same
             # values: tests/unit/test_session59_receipt_inline.py checks them against
             # receipt_values' on random and odd receipts.
             text_id, done_text, text_stat, err = m.groups()
@@ -322,6 +323,10 @@ class Inbound:
         metrics = self.metrics
         debug = self._debug  # the flush's look at the level (see __init__)
         n = 0
+        # The metrics' counts by (SMSC, state), told in one call after the batch's answers
+        # (`Metrics.receipts_counted`): a call of `Metrics.receipt` and the state's `.value`
+        # a receipt (one a part sent) before (session 63).
+        tally: dict[tuple[str, str], int] = {}
         for call in calls:
             try:
                 out, smsc, key, state, stat, err = call.args
@@ -333,7 +338,8 @@ class Inbound:
                 # SMSC's resend of one whose answer it lost counts again (it was received
                 # again).
                 if metrics is not None:
-                    metrics.receipt(smsc, state.value)
+                    k = (smsc, state)
+                    tally[k] = tally.get(k, 0) + 1
                 if debug:
                     log.debug(
                         "receipt received",
@@ -343,6 +349,11 @@ class Inbound:
             except Exception:  # the receipts after it are answered all the same
                 log.exception("receipts: a committed item's callback failed")
         self.receipts += n
+        if tally and metrics is not None:
+            try:
+                metrics.receipts_counted(tally)
+            except Exception:
+                log.exception("receipts: a committed item's callback failed")
 
     def _receipt_committed(
         self,

@@ -65,6 +65,15 @@ __all__ = [
 log = logging.getLogger("bridge.smpp")
 
 SubmitHook = Callable[[str, str, str, float | None], None]
+# The most round trips of accepted parts a connector leaves in its metrics' list (`ok_sink`)
+# before it has them counted: ~32 KiB of floats, where a flush may be a scrape apart.
+OK_RTTS_MAX: Final = 1024
+
+
+def _no_sink(smsc: str) -> None:
+    """`Connector._ok_full` before an ok sink is taken (never called: no list to fill)."""
+
+
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 """(smsc name, deliver_sm body) -> status for deliver_sm_resp: ESME_ROK once the pipeline has
 committed it, ESME_RX_T_APPN when it could not (the SMSC will redeliver)."""
@@ -886,6 +895,12 @@ class Connector:
         # Called once per submit_sm answered (or timed out): (smsc, kind, status name, rtt in s
         # or None without an answer). The daemon points it at its metrics.
         self.on_submit: SubmitHook | None = None
+        # The daemon's metrics' list for a told acceptance's round trip and the call for a full
+        # one (`Metrics.ok_sink`): `_accepted` appends to it, from the second acceptance on
+        # (`_ok_rtts` set by the first, told to `on_submit`), in place of that call.
+        self.ok_sink: tuple[list[float], Callable[[str], None]] | None = None
+        self._ok_rtts: list[float] | None = None
+        self._ok_full: Callable[[str], None] = _no_sink
         # Set before start() to share the configured binds with other instances (see BindGate).
         self.bind_gate: BindGate | None = None
         # Called for each part the SMSC accepted after its TIMEOUT was reported (see LateSubmit).
@@ -1489,8 +1504,17 @@ class Connector:
         bind.unanswered = 0
         a = self._rtt_avg
         self._rtt_avg = rtt_s if a is None else a + 0.05 * (rtt_s - a)
-        if self.on_submit is not None:
+        rtts = self._ok_rtts
+        if rtts is not None:
+            # `on_submit`'s acceptance as its round trip in the metrics' list (`ok_sink`): a
+            # call a part answered, ~4.3 k instructions, less (session 63).
+            rtts.append(rtt_s)
+            if len(rtts) >= OK_RTTS_MAX:
+                self._ok_full(self.name)
+        elif self.on_submit is not None:
             self.on_submit(self.name, "ok", "ESME_ROK", rtt_s)
+            if self.ok_sink is not None:  # told once: the series made as before, then the list
+                self._ok_rtts, self._ok_full = self.ok_sink
         bind.throttle_rate -= THROTTLE_RATE_WEIGHT * bind.throttle_rate
         if sent_at >= bind.pause_started:
             bind.pause = None

@@ -391,6 +391,13 @@ def test_bench_send_path_times_messages_it_sent_and_settled(parts: str) -> None:
     assert cpu is not None and float(cpu.group(1).replace(",", "")) > 0, out
 
 
+def test_bench_send_path_with_the_daemon_s_metrics() -> None:
+    # Session 63: --metrics wires a Metrics as app.py does (the receipts' counts, on_submit and
+    # the acceptances' ok sink); the run still ends only once every part and receipt settled.
+    out = _run("scripts/bench_send_path.py", "--messages", "300", "--parts", "3", "--metrics")
+    assert re.search(r"^  parts +3$", out, re.M), out
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_bench_send_path_counts_instructions_under_callgrind() -> None:
     out = _run("scripts/bench_send_path.py", "--messages", "200", "--callgrind")

@@ -183,6 +183,12 @@ async def test_a_committed_batch_s_receipts_are_answered_and_counted_in_order(
         def receipt(self, smsc: str, state: str) -> None:
             self.seen.append((smsc, state))
 
+        def receipts_counted(self, counts: dict[tuple[str, str], int]) -> None:
+            # Session 63: a batch's counts told in one call (by SMSC and state, in the order
+            # first seen).
+            for (smsc, state), n in counts.items():
+                self.seen.extend([(smsc, str(state))] * n)
+
         def unmatched(self, n: int) -> None:
             pass
 
