@@ -618,13 +618,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         blob = bytearray
         # No None in a segment's row (NewSegment): its text as it is. Its TLVs are empty but for
         # a message with optional parameters of its own: then the zero-length blob is in the
-        # text (X''), not bound (session 62), when every segment of the send has none.
-        segments_sql = _SEGMENTS_NO_TLVS
-        segment_rows: list[tuple[Any, ...]] = [
-            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
-            for m in batch.messages
-            for s in m.segments
-        ]
+        # text (X''), not bound (session 62), when every segment of the send has none. Which
+        # statement is known first, and the rows built once for it (until session 63 a send
+        # with TLVs had its rows built twice: without them, then again with them).
+        segment_rows: list[tuple[Any, ...]]
         if (
             any(map(_TLVS_OF, batch.messages[0].segments))
             if len(batch.messages) == 1
@@ -633,6 +630,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             segments_sql = _SEGMENTS_INSERT
             segment_rows = [
                 (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+                for m in batch.messages
+                for s in m.segments
+            ]
+        else:
+            segments_sql = _SEGMENTS_NO_TLVS
+            segment_rows = [
+                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
                 for m in batch.messages
                 for s in m.segments
             ]
