@@ -715,8 +715,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
         # the statement's text, as `sqlite_rules.write_ledger` writes it). `one` billed, its one
-        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its row is
-        # `sqlite_rules.ledger_one`'s, without the call (session 62).
+        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its kind and
+        # pocket are in `LEDGER_CASH_CHARGE`'s text, not bound (a str bound is copied by SQLite,
+        # ~550 instructions in the lock; session 61's `ledger_one`, made here since session 62).
         one_entries = None if one is None or not one[2] else one[5].entries
         one_ledger: tuple[str, tuple[Any, ...]] | None = None
         one_moved = 0
