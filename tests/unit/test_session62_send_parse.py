@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import itertools
 import os
 import random
@@ -37,7 +38,7 @@ from hypothesis import strategies as st
 from bridge import jsonio
 from bridge.api import bodies, submit, v1
 from bridge.api.errors import ApiError
-from bridge.api.idempotency import KEY_RE, check_key
+from bridge.api.idempotency import check_key
 from bridge.api.submit import Submitter, parse_any_send_request, parse_send_request
 from bridge.app import make_router
 from bridge.billing import tariff_from_config
@@ -437,13 +438,15 @@ def test_build_asks_no_one_gsm_part(tmp_path: Any) -> None:
     "key",
     ["k", "a" * 255, "a" * 256, "", " ", "a b", "a\tb", "é", "a\x7f", "!~", "a\u2028", "\x00"],
 )
-def test_check_key_takes_the_keys_of_key_re(key: str) -> None:
-    """check_key's three C calls take what KEY_RE (1-255 of ! to ~) matches. The send handler
-    calls it on every send since session 63 (it had the test written again inline, session 62,
-    held alike by this test's reading of its source)."""
+def test_the_key_s_inline_test_is_check_key_s(key: str) -> None:
+    inline = 0 < len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key
     try:
         check_key(key)
         passed = True
     except ApiError:
         passed = False
-    assert passed == (KEY_RE.fullmatch(key) is not None)
+    assert inline == passed
+    source = inspect.getsource(v1.send_handler)
+    assert (
+        '0 < len(key) <= 255 and key.isascii() and key.isprintable() and " " not in key' in source
+    )
