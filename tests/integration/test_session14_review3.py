@@ -901,10 +901,11 @@ async def test_sigterm_under_load_stops_in_time_and_a_restart_delivers_every_202
     (until session 63 "took < 6 s" from the test's send of the signal and "no 202 later than
     0.5 s after it" by the client's receipt: on a loaded machine both measured the scheduler).
     - The bound (README, "Running in production": the grace for what is on the wire, plus the
-      unbind; TimeoutStopSec above both) from the daemon's receipt of the signal to each of its
-      three processes' "smpp-bridge stopped", by its own log. Not to the exit: the interpreter's
-      teardown after it took 4-5 s more on a loaded machine (2 of 8 runs), which the drain's
-      bound never promised; the exit is waited for 30 s.
+      unbind; TimeoutStopSec above both) from the daemon's receipt of the signal to the owner's
+      "smpp-bridge stopped", by its own log; every process's within the README's floor for
+      TimeoutStopSec (grace + unbind + 5 s). Not to the exit: the teardown after the last line
+      took 4-5 s more on a loaded machine (2 of 7 runs), which the bound never promised; the
+      exit is waited for 30 s.
     - "At the first SIGTERM the acceptors answer sends 503 while the owner drains" (Architecture
       note 7): each acceptor logged its drain before the owner's stop ended (the log's order),
       and no message stored was accepted after the last acceptor's drain (its `accepted_at`,
@@ -919,7 +920,11 @@ async def test_sigterm_under_load_stops_in_time_and_a_restart_delivers_every_202
     stopped = [(at - signal_at) / 1000 for at, w in events if w == "stopped"]
     exit_s = r["exited_at"] - signal_at / 1000
     print(f"stop: every process {stopped} s, the exit {exit_s:.2f} s after the signal's receipt")
-    assert len(stopped) == 3 and max(stopped) < 2 + 1 + 3, (stopped, exit_s, events)
+    # The owner's (the first: the acceptors stop at the second signal, sent once it has) within
+    # the drain's bound; every process within the README's floor for TimeoutStopSec (the grace,
+    # the unbind and 5 s for an answer on the wire).
+    assert len(stopped) == 3 and stopped[0] < 2 + 1 + 3, (stopped, exit_s, events)
+    assert max(stopped) < 2 + 1 + 5, (stopped, exit_s, events)
     # The owner's stop is the first process's end: the acceptors stop only after it.
     first_stop = whats.index("stopped")
     assert whats.index("signal") < first_stop, events
