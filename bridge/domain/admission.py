@@ -616,11 +616,12 @@ def lone_cash(pockets: Iterable[Sequence[Any]]) -> int | None:
     a voucher or a card keeps it at 0 for ever, and every later accept went to `decide` (r1 of
     session 61 noticed); `decide` does nothing with a pocket at 0 (its balances skip it, a
     lapsed pocket's write-off needs an amount over 0, and only a negative one is an error).
-    One function for both engines' accepts (sqlite_rules.decide_one_of, postgres_rules.
-    decide_one_of_row wrote the loop each until session 63), called where there are several
-    pockets: a lone pocket's test stays inline in each (the call, ~0.6 k instructions, would be
-    in SQLite's write lock on every send). Held equal to the loops they wrote by
-    tests/unit/test_session63_lone_cash.py."""
+    SQLite's accept (sqlite_rules.decide_one_of) calls it where there are several pockets, a
+    lone pocket's test inline (the call, ~0.6 k instructions, would be in the write lock on
+    every send). PostgreSQL's (postgres_rules.decide_one_of_row) keeps its own loop over the two
+    columns: called with them zipped, this cost its accept 1.3-1.6 k instructions a send
+    (session 63; the bench's account has pockets at 0 beside its cash). Held equal to both
+    loops by tests/unit/test_session63_lone_cash.py."""
     cash = None
     for p in pockets:
         if p[0] == "cash":

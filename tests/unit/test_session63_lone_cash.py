@@ -1,5 +1,6 @@
-"""`admission.lone_cash`, the one "lone cash pocket beside pockets at 0" loop both engines'
-accepts call (session 63), gives what each engine's own loop gave before it.
+"""`admission.lone_cash`, the "lone cash pocket beside pockets at 0" loop SQLite's accept calls
+(session 63; PostgreSQL's keeps its own, cheaper over its two columns), gives what each engine's
+own loop gives.
 
 Until session 63 `sqlite_rules.decide_one_of` (over the statement's JSON rows: name, amount,
 expiry) and `postgres_rules.decide_one_of_row` (over two array columns, names and amounts) each
