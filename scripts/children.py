@@ -26,6 +26,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -134,6 +135,31 @@ class Children:
         if totals is None:
             raise SystemExit(f"no totals in {out}")
         return stdout, int(totals.group(1))
+
+    def two_trees(
+        self, script: str, base: str, tree: str, args: Sequence[str], *, cwd_tree: bool
+    ) -> tuple[list[str], list[str]]:
+        """A differential script's run of itself on two trees side by side: `script --child
+        TREE *args --out FILE` for `base` and `tree` (PYTHONHASHSEED=0), waited for and their
+        children ended; the lines each wrote (UTF-8, lone surrogates kept). A child that failed
+        exits the script saying so. `cwd_tree`: each child runs in its tree's directory (its
+        `bridge` and `tests` imported, sys.path[0] too), else in the temporary directory.
+        Why: send_api_differential.py and text_sign_differential.py each wrote it (session 63)."""
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [os.path.join(tmp, f"{i}.txt") for i in range(2)]
+            procs = []
+            for out, where in zip(files, (base, tree), strict=True):
+                cmd = [sys.executable, script, "--child", where, *args, "--out", out]
+                procs.append(self.popen(cmd, env=env, cwd=where if cwd_tree else tmp))
+            try:
+                codes = [p.wait() for p in procs]
+            finally:
+                self.end()
+            if any(codes):
+                sys.exit(f"a child failed: {codes}")
+            old, new = (Path(f).read_text("utf-8", "surrogatepass").splitlines() for f in files)
+        return old, new
 
     def _signal(self, p: subprocess.Popen[Any], sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

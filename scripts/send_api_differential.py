@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -395,22 +394,9 @@ def main() -> None:
     if not args.base:
         ap.error("--base is required")
     CHILDREN.on_signals()
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [os.path.join(tmp, f"{i}.txt") for i in range(2)]
-        procs = []
-        for out, tree in zip(files, (args.base, args.tree), strict=True):
-            cmd = [sys.executable, __file__, "--child", tree, "--seeds", str(args.seeds)]
-            cmd += ["--first", str(args.first), "--out", out]
-            # The tree's directory: its `bridge` and `tests` are imported (sys.path[0] too).
-            procs.append(CHILDREN.popen(cmd, env=env, cwd=tree))
-        try:
-            codes = [p.wait() for p in procs]
-        finally:
-            CHILDREN.end()
-        if any(codes):
-            sys.exit(f"a child failed: {codes}")
-        base, new = (Path(f).read_text("utf-8", "surrogatepass").splitlines() for f in files)
+    # In each tree's directory: its `bridge` and `tests` are imported (sys.path[0] too).
+    seeds = ["--seeds", str(args.seeds), "--first", str(args.first)]
+    base, new = CHILDREN.two_trees(__file__, args.base, args.tree, seeds, cwd_tree=True)
     seed, answers = "", 0
     differing: list[tuple[str, int, str, str]] = []
     for i, (a, b) in enumerate(zip(base, new, strict=False)):

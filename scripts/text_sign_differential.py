@@ -28,7 +28,6 @@ import argparse
 import base64
 import functools
 import itertools
-import os
 import random
 import sys
 import tempfile
@@ -412,23 +411,8 @@ def main() -> None:
     if not args.base:
         ap.error("--base is required")
     CHILDREN.on_signals()
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    files = []
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = []
-        for i, tree in enumerate((args.base, args.tree)):
-            out = os.path.join(tmp, f"{i}.txt")
-            files.append(out)
-            cmd = [sys.executable, __file__, "--child", tree, "--seeds", str(args.seeds)]
-            cmd += ["--first", str(args.first), "--out", out]
-            procs.append(CHILDREN.popen(cmd, env=env, cwd=tmp))
-        try:
-            codes = [p.wait() for p in procs]
-        finally:
-            CHILDREN.end()
-        if any(codes):
-            sys.exit(f"a child failed: {codes}")
-        base, new = (Path(f).read_text("utf-8", "surrogatepass").splitlines() for f in files)
+    seeds = ["--seeds", str(args.seeds), "--first", str(args.first)]
+    base, new = CHILDREN.two_trees(__file__, args.base, args.tree, seeds, cwd_tree=False)
     seed = ""
     for i, (a, b) in enumerate(zip(base, new, strict=False)):
         if a.startswith("seed "):

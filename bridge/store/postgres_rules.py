@@ -469,7 +469,8 @@ def decide_one_of_row(
         if len(pockets) == 1:
             if pockets[0] == "cash":
                 cash = amounts[0]
-        else:  # pockets at 0 beside the cash one do nothing in decide (decide_one_of)
+        else:  # pockets at 0 beside the cash one do nothing in decide (adm.lone_cash's loop,
+            # written again here: called with the columns zipped, 1.3-1.6 k more a send)
             for name, amount in zip(pockets, amounts, strict=True):
                 if name == "cash":
                     cash = amount

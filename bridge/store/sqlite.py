@@ -621,13 +621,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         blob = bytearray
         # No None in a segment's row (NewSegment): its text as it is. Its TLVs are empty but for
         # a message with optional parameters of its own: then the zero-length blob is in the
-        # text (X''), not bound (session 62), when every segment of the send has none.
-        segments_sql = _SEGMENTS_NO_TLVS
-        segment_rows: list[tuple[Any, ...]] = [
-            (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
-            for m in batch.messages
-            for s in m.segments
-        ]
+        # text (X''), not bound (session 62), when every segment of the send has none. Which
+        # statement is known first, and the rows built once for it (until session 63 a send
+        # with TLVs had its rows built twice: without them, then again with them).
+        segment_rows: list[tuple[Any, ...]]
         if (
             any(map(_TLVS_OF, batch.messages[0].segments))
             if len(batch.messages) == 1
@@ -636,6 +633,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             segments_sql = _SEGMENTS_INSERT
             segment_rows = [
                 (m.id, s.seq, s.total, s.esm_class, blob(s.short_message), blob(s.tlvs))
+                for m in batch.messages
+                for s in m.segments
+            ]
+        else:
+            segments_sql = _SEGMENTS_NO_TLVS
+            segment_rows = [
+                (m.id, s.seq, s.total, s.esm_class, blob(s.short_message))
                 for m in batch.messages
                 for s in m.segments
             ]
@@ -714,8 +718,9 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         # Its ledger row's values, for the Plan `one` holds (a cash charge: the NULL expiry in
         # the statement's text, as `sqlite_rules.write_ledger` writes it). `one` billed, its one
-        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its row is
-        # `sqlite_rules.ledger_one`'s, without the call (session 62).
+        # entry is a cash charge without an expiry (`adm.one_send` makes no other): its kind and
+        # pocket are in `LEDGER_CASH_CHARGE`'s text, not bound (a str bound is copied by SQLite,
+        # ~550 instructions in the lock; session 61's `ledger_one`, made here since session 62).
         one_entries = None if one is None or not one[2] else one[5].entries
         one_ledger: tuple[str, tuple[Any, ...]] | None = None
         # The same as the rows an accept holds for its batch's end (sqlite_rows).

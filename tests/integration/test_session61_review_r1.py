@@ -1,6 +1,7 @@
 """Session 61's review (r1) of the usual accept decided in the write lock from its key row
-(`admission.one_send`, `decide_one`, `sqlite_rules.decide_one_of`, `hold_cash`, `ledger_one`):
-a hypothesis differential over real SQLite files.
+(`admission.one_send`, `decide_one`, `sqlite_rules.decide_one_of`, `hold_cash`, the cash
+charge's ledger row made before the lock: `ledger_one` until session 63, in `SqliteStore.accept`
+since): a hypothesis differential over real SQLite files.
 
 Random write batches (one `gather` each, so several accepts of an account share a write batch and
 its held sums) of keyed and unkeyed accepts (one or two recipients from a small pool, so the
