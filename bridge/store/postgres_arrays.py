@@ -98,7 +98,7 @@ def bytea_array(values: Iterable[bytes | bytearray | memoryview | None]) -> str:
         values = list(values)
     if values:
         try:
-            return '{"\\\\x' + '","\\\\x'.join(map(bytes.hex, values)) + '"}'  # type: ignore[arg-type]
+            return '{"\\\\x' + '","\\\\x'.join(map(bytes.hex, values)) + '"}'
         except TypeError:
             pass
     return "{" + ",".join(["NULL" if v is None else '"\\\\x' + v.hex() + '"' for v in values]) + "}"
