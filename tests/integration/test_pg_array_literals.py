@@ -141,3 +141,89 @@ async def test_the_store_reads_null_elements_as_null_whatever_the_database_sets(
         assert await s.pool.fetchval("SELECT $1::bigint[]", [None, None]) == [None, None]
     finally:
         await s.close()
+
+
+# -- session 63 (r5): the accept's literals against what the server reads ------------------------
+# h5's literals (a number's prefixes by one kept format, the parts' columns by "%d" formats and
+# bytes.hex joined) are checked against the earlier literals in tests/unit; here against the
+# values themselves, as the server parses them: every kind of input the fast forms take or hand
+# on (hostile numbers and signs of every length, int subclasses, int32's ends, bytes-likes).
+
+
+async def test_the_server_reads_a_numbers_facts_as_the_number_and_its_prefixes(
+    conn: asyncpg.Connection,
+) -> None:
+    import random
+
+    from bridge.domain import admission as adm
+    from bridge.domain.frequency import Limits
+    from bridge.store.postgres_rules import _PREFIX_FORMS, facts_args
+    from bridge.store.rules_rows import number_prefixes
+
+    rnd = random.Random(63)
+    chars = '0123456789+%{}, NaUL"\\éé汉=-xs\t'
+    firsts = ["+", "0", "9", "%", "{", " ", '"', "\\", "=", ">", "a", "é", "汉", ""]
+    signs = [None, "Acme", "示例", "a%s", 'q"', "b\\", "NULL", "", " {,} "]
+    for size in range(_PREFIX_FORMS + 8):
+        for first in firsts:
+            number = (first + "".join(rnd.choice(chars) for _ in range(size)))[:size]
+            sign = rnd.choice(signs)
+            counted = rnd.choice([None, sign, "Other"])
+            fr = None
+            if rnd.random() < 0.7:
+                fr = adm.FrequencyRule("raw", counted, None, Limits(0, 0, 5), "UTC", (number,), ())
+            rules = adm.Rules(sign_name=sign, frequency=fr, billing=True, tz="UTC")
+            args = facts_args("acc_1", rules, (number,), 1_796_622_213_290, rate=False)
+            row = await conn.fetchrow(
+                "SELECT $1::text::text[], $2::text::text[], $3::text::text[], $4::text::text[], "
+                "$5::text::text[]",
+                *(args[i] for i in (1, 3, 4, 6, 10)),
+            )
+            want = [
+                [] if sign is None else [sign],
+                [number],
+                sorted(number_prefixes(number)),
+                [] if fr is None else [number],
+                [] if fr is None else [counted],
+            ]
+            assert [list(col) for col in row] == want, (number, sign, counted)
+
+
+async def test_the_server_reads_the_parts_columns_as_the_parts(conn: asyncpg.Connection) -> None:
+    import enum
+    import random
+
+    from bridge.store import postgres as pg
+    from bridge.store.models import NewSegment
+
+    class Esm(enum.IntEnum):
+        UDHI = 0x40
+
+    rnd = random.Random(63)
+    ints: list[Any] = [0, 1, 3, 255, 2**31 - 1, -(2**31), True, False, Esm.UDHI, 2.0]
+    ids = ["01JZ" + "X" * 22, 'q"t', "b\\s", "NULL", "", " {,} ", "汉😀"]
+
+    def octets() -> Any:
+        raw = rnd.randbytes(rnd.choice([0, 1, 9, 140]))
+        return rnd.choice([raw, raw, raw, bytearray(raw), memoryview(raw), b'\\"{},NULL'])
+
+    for n in [1, 2, 3, 254, 255, 256, 257] * 6:
+        one = rnd.choice(ints) if rnd.random() < 0.3 else None  # a column of one value
+        parts = [
+            NewSegment(
+                *(one if one is not None else rnd.choice(ints) for _ in "abc"), octets(), octets()
+            )
+            for _ in range(n)
+        ]
+        segs = [(rnd.choice(ids), s) for s in parts]
+        cols = await conn.fetchrow(
+            "SELECT $1::text::text[], $2::text::int[], $3::text::int[], $4::text::int[], "
+            "$5::text::bytea[], $6::text::bytea[]",
+            *pg._segment_arrays(segs),
+        )
+        assert list(cols[0]) == [m for m, _s in segs]
+        assert list(cols[1]) == [int(s.seq) for s in parts]
+        assert list(cols[2]) == [int(s.total) for s in parts]
+        assert list(cols[3]) == [int(s.esm_class) for s in parts]
+        assert list(cols[4]) == [bytes(s.short_message) for s in parts]
+        assert list(cols[5]) == [bytes(s.tlvs) for s in parts]
