@@ -85,6 +85,7 @@ WEBHOOK_TIMEOUT_S = 1.0
 WEBHOOK_KEEPALIVE_S = 2.0  # webhooks.keepalive_s (default 15): the idle wait at the end
 IDLE_TIMEOUT_S = 4.0
 BODY_TIMEOUT_S = 2.0
+SLACK_S = 8.0  # a timer's lateness on a loaded machine (see the timing assertions)
 FINAL = ("delivered", "failed", "expired", "unknown")
 # What may differ from the baseline (the end of the warm-up phase) once idle:
 # - fds: sockets, pipes and epoll none. Files 2: a SQLite connection a process opens lazily (its
@@ -1045,9 +1046,15 @@ async def test_leak_soak(tmp_path, monkeypatch):
         assert dict(rig.abuse_seen) == {k: v * PHASES for k, v in want_abuse.items()}
         # ... and in time: body_timeout_s after the headers, idle_timeout_s after the opening
         # or the last answer, however slowly the headers trickle (README "TLS termination").
-        assert max(rig.closed_after["mid-body stall"]) < BODY_TIMEOUT_S + 3, rig.closed_after
+        # The margin is the scheduler's, not the product's: on a machine at load 20 (CI beside
+        # other work) the daemon's timers fired up to 3.2 s late (an idle keep-alive closed at
+        # 7.2 s, session 63); what this soak tells apart is the timeout applied or not (aiohttp's
+        # own keep-alive default is 75 s; an unbounded one never closes), and the timers' own
+        # precision is held on a small scale elsewhere (test_session35_security_review,
+        # test_unparsable_http).
+        assert max(rig.closed_after["mid-body stall"]) < BODY_TIMEOUT_S + SLACK_S, rig.closed_after
         for kind in ("slow headers", "silent", "idle keep-alive"):
-            assert max(rig.closed_after[kind]) < IDLE_TIMEOUT_S + 3, (kind, rig.closed_after)
+            assert max(rig.closed_after[kind]) < IDLE_TIMEOUT_S + SLACK_S, (kind, rig.closed_after)
         # Nothing in use when idle, every bind up again, ready.
         assert ready[0] == 200, ready
         assert idle.gauges["window_in_use"] == 0 and idle.gauges["queue_depth"] == 0, idle.gauges

@@ -126,10 +126,16 @@ async def test_instances_a_few_milliseconds_apart_share_the_accounts_rate(
 
 
 async def _claim_until(
-    store: PostgresStore, name: str, done: asyncio.Event, out: list[str]
+    store: PostgresStore,
+    name: str,
+    done: asyncio.Event,
+    out: list[str],
+    first: asyncio.Event | None = None,
 ) -> None:
     while not done.is_set():
         out.extend(m.id for m in await store.claim(name, 5, NOW + 1, LEASE))
+        if first is not None and out:
+            first.set()
         await asyncio.sleep(0)
 
 
@@ -139,8 +145,12 @@ async def test_a_disable_racing_claims_on_another_instance_leaves_nothing_to_sen
     a, b = pair
     await _fill(a, "acc", 600)
     done, claimed = asyncio.Event(), []
-    claims = asyncio.create_task(_claim_until(b, "inst-b", done, claimed))
-    await asyncio.sleep(0.05)
+    first = asyncio.Event()
+    claims = asyncio.create_task(_claim_until(b, "inst-b", done, claimed, first))
+    # The disable races claims already going: it waits for the first (50 ms of wall clock was
+    # not always one on a loaded machine, session 63), however long that takes.
+    async with asyncio.timeout(60):
+        await first.wait()
     await a.update_account("acc", {"status": "disabled"}, NOW + 2)
     done.set()
     await claims
