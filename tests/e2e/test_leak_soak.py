@@ -88,10 +88,12 @@ BODY_TIMEOUT_S = 2.0
 SLACK_S = 8.0  # a timer's lateness on a loaded machine (see the timing assertions)
 FINAL = ("delivered", "failed", "expired", "unknown")
 # What may differ from the baseline (the end of the warm-up phase) once idle:
-# - fds: sockets, pipes and epoll none. Files 2: a SQLite connection a process opens lazily (its
+# - fds: sockets, pipes and epoll none. Files 3: a SQLite connection a process opens lazily (its
 #   report reader at its first admin list, its checkpointer at its 50th commit) is its .db and
-#   -wal, and the warm-up makes both likely, not certain. A file leaked per phase shows as 4.
-FD_SLACK = 2
+#   -wal, and .writelock with them when it writes (an acceptor opened all three in phase 2 of a
+#   CI run, session 63), and the warm-up makes them likely, not certain. A file leaked per phase
+#   shows as 4.
+FD_SLACK = 3
 # - threads: the store's lazily started single-thread pools (report reader, write-lock waiter).
 THREAD_SLACK = 2
 # - RSS, per process, between the end of phase 2 and the end of the last one. Measured over 16
