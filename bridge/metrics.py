@@ -325,6 +325,21 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.store_fsyncs = Counter(
+            "smpp_bridge_store_fsyncs",
+            "WAL fsyncs of the SQLite store that durable commits (accepts, receipts, MO) waited "
+            "for before their answers, by role",
+            ["role"],
+            registry=r,
+        )
+        self.store_fsync_seconds = Counter(
+            "smpp_bridge_store_fsync_seconds",
+            "Seconds those fsyncs took, from their hand-over to the fsync thread to their end: "
+            "divided by smpp_bridge_store_fsyncs_total, the disk's sync latency every durable "
+            "answer waits for",
+            ["role"],
+            registry=r,
+        )
         self.store_jobs = Counter(
             "smpp_bridge_store_write_jobs",
             "Writes committed in those transactions (an accept, a claim, a batch of submit "
@@ -668,6 +683,8 @@ class Metrics:
             (self.store_lock_wait, now.wait_s - seen.wait_s),
             (self.store_commits, now.commits - seen.commits),
             (self.store_jobs, now.jobs - seen.jobs),
+            (self.store_fsyncs, now.fsyncs - seen.fsyncs),
+            (self.store_fsync_seconds, now.fsync_s - seen.fsync_s),
         ):
             family.labels(role).inc(max(0, delta))
 

@@ -279,6 +279,8 @@ LOCK_FAMILIES = {
     "smpp_bridge_store_write_lock_cpu_seconds": "cpu_s",
     "smpp_bridge_store_commits": "commits",
     "smpp_bridge_store_write_jobs": "jobs",
+    "smpp_bridge_store_fsyncs": "fsyncs",
+    "smpp_bridge_store_fsync_seconds": "fsync_s",
 }
 
 
@@ -354,6 +356,11 @@ def lock_summary(
         "held_us_per_msg": held / max(1, messages) * 1e6,
         "jobs_per_commit": sum(d["jobs"] for d in delta.values()) / max(1, commits),
         "commits_per_msg": {role: d["commits"] / max(1, messages) for role, d in delta.items()},
+        # (fsyncs a message, ms an fsync): 0 / 0 from a daemon without the metric (session 64)
+        "fsyncs": {
+            role: (d["fsyncs"] / max(1, messages), d["fsync_s"] / max(1, d["fsyncs"]) * 1e3)
+            for role, d in sorted(delta.items())
+        },
     }
 
 
@@ -903,6 +910,10 @@ def lock_rows(lock: dict | None) -> list[tuple[str, str]]:
         (
             "store commits per message (by role)",
             " / ".join(f"{role} {n:.3f}" for role, n in sorted(lock["commits_per_msg"].items())),
+        ),
+        (
+            "store WAL fsyncs per message, ms each (by role)",
+            " / ".join(f"{role} {n:.3f}, {ms:.1f}" for role, (n, ms) in lock["fsyncs"].items()),
         ),
     ]
 

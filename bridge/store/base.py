@@ -241,14 +241,17 @@ def report_inferred(store: Any, counts: dict[str, int]) -> None:
 class WriteLockStats(NamedTuple):
     """One process's use of the SQLite store's single write lock, since it opened the store:
     seconds held (writing batches, finishing WAL checkpoints; from when its lock thread took it),
-    seconds its batches waited for another process to release it, commits, jobs committed, and
-    the CPU seconds the holding thread used while it held the lock."""
+    seconds its batches waited for another process to release it, commits, jobs committed, the
+    CPU seconds the holding thread used while it held the lock, and the WAL fsyncs its durable
+    commits waited for with their seconds (the disk's share of an accept's latency)."""
 
     held_s: float
     wait_s: float
     commits: int
     jobs: int
     cpu_s: float = 0.0
+    fsyncs: int = 0
+    fsync_s: float = 0.0
 
 
 class Store(Protocol):

@@ -315,6 +315,8 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             commits=r.commits,
             jobs=r.jobs_done,
             cpu_s=r.lock_cpu_s + r.ckpt_lock_cpu_s,
+            fsyncs=r.fsyncs,
+            fsync_s=r.fsync_s,
         )
 
     # -- accounts and keys -----------------------------------------------------------------------

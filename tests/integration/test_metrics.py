@@ -161,6 +161,19 @@ async def test_a_send_through_the_simulator_moves_each_metric_by_what_happened(d
     assert val(m, jobs, role="all") - val(before, jobs, role="all") >= 5
     assert 0 < val(m, commits, role="all") - val(before, commits, role="all")
     assert val(m, commits, role="all") <= val(m, jobs, role="all")
+    # The accepts were durable: each answer waited for a WAL fsync, counted with its time, and
+    # no more fsyncs than commits (one fsync covers the group committed before it began).
+    fsyncs = val(m, "smpp_bridge_store_fsyncs_total", role="all") - val(
+        before, "smpp_bridge_store_fsyncs_total", role="all"
+    )
+    assert 0 < fsyncs <= val(m, commits, role="all") - val(before, commits, role="all")
+    fsync_s = "smpp_bridge_store_fsync_seconds_total"
+    # One fsync in flight at a time in a process: their seconds fit in the time between scrapes.
+    assert (
+        0
+        < val(m, fsync_s, role="all") - val(before, fsync_s, role="all")
+        < (time.monotonic() - t_before)
+    )
     # Every earlier scrape was counted too, by its route template (at least `before` and `m`).
     again = await metrics_of(d.http_port)
     scrapes = val(again, "smpp_bridge_api_requests_total", endpoint="GET /metrics", status="200",

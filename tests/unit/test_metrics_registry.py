@@ -55,7 +55,9 @@ def test_the_store_write_lock_counters_move_by_what_the_store_reports_since() ->
     now = WriteLockStats(held_s=0.25, wait_s=0.0, commits=3, jobs=7)
     m.watch_store("acceptor", lambda: now)
     assert v(m, "smpp_bridge_store_write_lock_seconds_total", role="acceptor") == 0.25
-    now = WriteLockStats(held_s=1.0, wait_s=0.5, commits=10, jobs=40, cpu_s=0.75)
+    now = WriteLockStats(
+        held_s=1.0, wait_s=0.5, commits=10, jobs=40, cpu_s=0.75, fsyncs=6, fsync_s=0.03
+    )
     m.flush()
     by_name = {
         name: value
@@ -69,6 +71,8 @@ def test_the_store_write_lock_counters_move_by_what_the_store_reports_since() ->
         "smpp_bridge_store_write_lock_wait_seconds_total": 0.5,
         "smpp_bridge_store_commits_total": 10,
         "smpp_bridge_store_write_jobs_total": 40,
+        "smpp_bridge_store_fsyncs_total": 6,
+        "smpp_bridge_store_fsync_seconds_total": 0.03,
     }
     assert v(m, "smpp_bridge_store_write_jobs_total", role="owner") == 0
 
