@@ -534,6 +534,11 @@ def test_bench_with_webhooks_counts_each_report_once_delivered() -> None:
     )
     total = int(_row(out, "daemon CPU per message, all / owner process (us)").split(" / ")[0])
     assert user > 0 and system > 0 and abs(user + system - total) <= 1, out
+    # The accepts' and receipts' WAL fsyncs (session 64): some a message, none free.
+    fsyncs = re.findall(
+        r"(\w+) ([0-9.]+), ([0-9.]+)", _row(out, "store WAL fsyncs per message, ms each (by role)")
+    )
+    assert fsyncs and all(float(n) > 0 and float(ms) > 0 for _r, n, ms in fsyncs), out
 
 
 @pytest.mark.skipif(
