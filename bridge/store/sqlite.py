@@ -244,6 +244,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # Whether accepts read their Idempotency-Key's index pages before the write lock: only
         # while sampled reads show the disk (key_warmup).
         self.key_warmup = key_warmup.KeyWarmup()
+        self._sent: pipe.SentValues | None = None  # its connection's (_setup)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -256,6 +257,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         # The zone as the connection's SQL function (sqlite_pipeline.quota_tz): every write job
         # that ends a message unsent sees this store's zone as it is then, a reload's included.
         conn.create_function(pipe.QUOTA_TZ_SQL_FN, 0, lambda: self.quota_tz)
+        self._sent = pipe.register_functions(conn)  # the submit results' (_SUBMITTED_SET_*)
         found = self._migrate(conn)
         if self.migrated_from is None:  # the first connection's: the others find it migrated
             self.migrated_from = found
@@ -1510,6 +1512,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 instance=instance,
                 one_per_message=self.one_receipt_smscs,
                 inferred=counts,
+                values=self._sent,
             )
 
         return await self._write_counting(job, durable=False)

@@ -531,6 +531,56 @@ _SUBMITTED_SAME_RAW = (
 )
 
 
+# A longer message's parts sent now, all of them still queued, through one SMSC at one time, each
+# with its SMSC id as its raw id (the usual 3-part message), are written by one UPDATE listing
+# their messages (as `_settle_same` writes the receipts' rows), not an `executemany` row a part:
+# the message's parts found by one seek of its id, no step, reset and bound values a row. Each
+# part's own SMSC id (and, when the listed messages' times differ, its message's time) comes
+# from the connection's SQL functions below: the `__getitem__` of dicts of that connection
+# (`SentValues`), filled by `record_submits` just before, keyed by `message_id || '/' || seq` (a C
+# call a part, no Python frame; seq, digits, ends the key, so no two parts share one). The row
+# value subquery calls the id's once for both columns. `state='queued'` with every queued part
+# of the message one of these results (the queued read of the same transaction) names exactly
+# those rows. `bench_owner.py --callgrind --parts 3`: 473.2 k -> 454.4 k instructions a message
+# (459.1 k with the time read per row); one-part messages stay per row (README note 23).
+SENT_ID_SQL_FN = "bridge_part_sent_id"
+SENT_AT_SQL_FN = "bridge_part_sent_at"
+_SUBMITTED_SET_HEAD = (
+    "UPDATE segments SET state='sent', smsc=?1, (smsc_msg_id, smsc_msg_id_raw)="
+    f"(SELECT x, x FROM (SELECT {SENT_ID_SQL_FN}(message_id || '/' || seq) AS x LIMIT 1)), "
+)
+_SUBMITTED_SET_TAIL = (
+    "attempts=attempts+1 WHERE message_id IN (SELECT value FROM json_each(?2)) AND state='queued'"
+)
+_SUBMITTED_SET_AT = _SUBMITTED_SET_HEAD + "submitted_at=?3, " + _SUBMITTED_SET_TAIL  # one time
+_SUBMITTED_SET_ATS = (
+    _SUBMITTED_SET_HEAD + f"submitted_at={SENT_AT_SQL_FN}(message_id), " + _SUBMITTED_SET_TAIL
+)
+
+
+class SentValues:
+    """A connection's values for `_SUBMITTED_SET_*`'s functions (register_functions): part key
+    -> SMSC id, message id -> submitted at. The store that set the connection up passes them to
+    `record_submits`, which fills them just before the statement and empties them after it.
+    One per connection, which one thread uses at a time: the sqlite3 module hands the GIL over
+    inside each step, and a function runs inside it."""
+
+    __slots__ = ("ats", "ids")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str | None] = {}
+        self.ats: dict[str, int] = {}
+
+
+def register_functions(c: sqlite3.Connection) -> SentValues:
+    """The owner's SQL functions on a store's connection (`_SUBMITTED_SET_*`), and the values
+    they read (record_submits' `values`)."""
+    values = SentValues()
+    c.create_function(SENT_ID_SQL_FN, 1, values.ids.__getitem__)
+    c.create_function(SENT_AT_SQL_FN, 1, values.ats.__getitem__)
+    return values
+
+
 def _part_order(r: SubmitResult) -> tuple[str, int]:
     return r.message_id, r.seq
 
@@ -545,10 +595,12 @@ def record_submits(
     instance: str | None = None,
     one_per_message: frozenset[str] = frozenset(),
     inferred: dict[str, int] | None = None,
+    values: SentValues | None = None,
 ) -> int:
     """Record submit results; `one_per_message` names the SMSCs whose one receipt stands for a
     whole message (smscs[].receipts). `inferred` (SMSC -> parts) counts the parts settled by
-    another part's receipt (the smpp_bridge_receipts_inferred metric)."""
+    another part's receipt (the smpp_bridge_receipts_inferred metric). `values`: those of `c`'s
+    functions (register_functions), for `_SUBMITTED_SET_*`; None writes every part per row."""
     touched: dict[str, bool] = {}
     air: dict[str, tuple[str, int]] = {}
     # Messages whose every part row was queued and is now sent, as now written (rollup_messages).
@@ -586,31 +638,77 @@ def record_submits(
                 continue
             total, error = got
             fresh.append(r)
-            if (smsc_id := r.smsc_msg_id) == (raw := r.smsc_msg_id_raw):
-                same_raw.append((smsc, smsc_id, r.at or now, mid, seq))
-            else:
-                writes.append((smsc, smsc_id, raw, r.at or now, mid, seq))
             if total == 1:  # its only part row, 'sent' by the UPDATE below
+                if (smsc_id := r.smsc_msg_id) == (raw := r.smsc_msg_id_raw):
+                    same_raw.append((smsc, smsc_id, r.at or now, mid, seq))
+                else:
+                    writes.append((smsc, smsc_id, raw, r.at or now, mid, seq))
                 known[mid] = [(_SEG_SENT, error)]
                 air[mid] = (smsc, 1)
                 touched[mid] = True
                 continue
             if (parts_of := many.get(mid)) is None:  # not a dict and a tuple made a part
-                many[mid] = [total, {seq: error}, smsc]
+                many[mid] = [total, {seq: error}, smsc, [r]]  # its results: written below
                 touched[mid] = True  # in the order of each message's first result, as before
                 continue
             parts_of[1][seq] = error
             parts_of[2] = smsc
-        for mid, (total, errors, smsc) in many.items():
+            parts_of[3].append(r)
+        # Messages with a queued part no result of this batch names: not written by the set.
+        left = {m for m, _q in queued} if queued else ()
+        by_smsc: dict[str, list[str]] = {}  # _SUBMITTED_SET's messages, by SMSC
+        ids: dict[str, str | None] = {} if values is None else values.ids
+        ats: dict[str, int] = {} if values is None else values.ats
+        if ids or ats:  # left by a batch that failed before its set (it names none of them)
+            ids.clear()
+            ats.clear()
+        for mid, (total, errors, smsc, rs) in many.items():
+            alike = len(rs) > 1 and mid not in left and values is not None  # the set (below)?
             if mid in air:  # a part row of total 1 too (a hand edit): counted as before
                 air[mid] = _odd_air(c, mid, fresh)
+                alike = False  # that row is written per row: the set would name it too
             else:
                 air[mid] = (smsc, len(errors))  # each a distinct part (queued.pop)
             # Every part was still queued and is 'sent' by the UPDATE below (the dispatcher
             # hands a message's results in together, once its last part is answered).
             if len(errors) == total:
                 known[mid] = [(_SEG_SENT, errors[q]) for q in sorted(errors)]
-        # Each row is a distinct part (queued.pop): the two statements' order changes nothing.
+            if alike:
+                at = rs[0].at or now
+                for r in rs:
+                    if (
+                        r.smsc != smsc
+                        or (r.at or now) != at
+                        or (smsc_id := r.smsc_msg_id) != r.smsc_msg_id_raw
+                    ):
+                        break
+                    ids[f"{mid}/{r.seq}"] = smsc_id
+                else:  # all its parts alike: written by the set
+                    ats[mid] = at
+                    if (listed := by_smsc.get(smsc)) is None:
+                        by_smsc[smsc] = [mid]
+                    else:
+                        listed.append(mid)
+                    continue
+            for r in rs:  # per row, as a one-part message's
+                if (smsc_id := r.smsc_msg_id) == (raw := r.smsc_msg_id_raw):
+                    same_raw.append((r.smsc, smsc_id, r.at or now, mid, r.seq))
+                else:
+                    writes.append((r.smsc, smsc_id, raw, r.at or now, mid, r.seq))
+        # Each row is a distinct part (queued.pop): the statements' order changes nothing.
+        if by_smsc:
+            try:
+                for smsc, listed in by_smsc.items():
+                    at = ats[listed[0]]
+                    for mid in listed:
+                        if ats[mid] != at:
+                            c.execute(_SUBMITTED_SET_ATS, (smsc, json_ids(listed)))
+                            break
+                    else:  # one time: bound, not a call a part
+                        c.execute(_SUBMITTED_SET_AT, (smsc, json_ids(listed), at))
+            finally:
+                ids.clear()
+                ats.clear()
         if same_raw:
             c.executemany(_SUBMITTED_SAME_RAW, same_raw)
         if writes:
