@@ -1162,12 +1162,13 @@ async def _match(
 
 # The parts of receipt keys ((SMSC, id) pairs, $1 and $2), each row naming its key by its
 # ordinal in them (session 64): the SMSC and the id the caller holds were sent back and decoded
-# again, two texts a row, and a tuple made of them a row. DISTINCT ON keeps one ordinal of a
-# key given twice (either names the same pair), the rows those of DISTINCT over the pairs.
+# again, two texts a row, and a tuple made of them a row. GROUP BY the pair keeps one ordinal
+# of a pair given twice (either names it) and the plan of the DISTINCT before (a HashAggregate
+# of the pairs; DISTINCT ON sorted them), the rows those of DISTINCT over the pairs.
 _MATCH_PARTS = (
     "SELECT k.n, {} FROM segments s "
-    "JOIN (SELECT DISTINCT ON (smsc, msg_id) * FROM unnest($1::text[], $2::text[]) "
-    "WITH ORDINALITY AS u(smsc, msg_id, n)) AS k "
+    "JOIN (SELECT smsc, msg_id, min(n) AS n FROM unnest($1::text[], $2::text[]) "
+    "WITH ORDINALITY AS u(smsc, msg_id, n) GROUP BY smsc, msg_id) AS k "
     "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id"
 )
 _MATCH = _MATCH_PARTS.format("s.message_id")
