@@ -2613,9 +2613,10 @@ def _usual_writes(
     joins the same seven CTEs accept after accept, ~50 k instructions (callgrind, Python
     3.11): here the text is the one that form made for the first accept of the same shape
     (kept in _USUAL_WRITES) and the arguments are listed in the order it adds them (the
-    messages' columns, then add_plan's account, day and count, then add_entries' seven
-    ledger values and the pocket's four). tests/unit/test_session61_pg_usual_writes.py holds
-    the two forms to the same text and arguments."""
+    messages' columns, then add_plan's account, day and count, then add_entries' six ledger
+    values after the account, whose placeholders the pocket's CTEs name again: session 64).
+    tests/unit/test_session61_pg_usual_writes.py holds the two forms to the same text and
+    arguments."""
     entries = plan.entries
     if plan.low_balance is not None or len(entries) > 1:
         return None
@@ -2632,9 +2633,7 @@ def _usual_writes(
         return w
     if entries:
         ((_m, e),) = entries
-        ex, pocket, amount = e.expires_at, e.pocket, e.amount
-        args += (acc, plan.day, n, acc, str(e.kind), amount, pocket, e.at, e.ref, ex)
-        args += (acc, pocket, amount, ex)
+        args += (acc, plan.day, n, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at)
     else:
         args += (acc, plan.day, n)
     return rules_sql.Writes.fixed(args, text)

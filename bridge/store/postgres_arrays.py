@@ -68,19 +68,31 @@ def _repeated(one: str, n: int) -> str:
     return "{" + ",".join([one[1:-1]] * n) + "}"
 
 
+# The literal of n ints by one printf-style format (session 64), n up to _INT_FORMS_N.
+_INT_FORMS_N = 256
+_INT_FORMS = tuple("{" + ",".join(["%d"] * n) + "}" for n in range(_INT_FORMS_N))
+
+
 def int_array(values: Iterable[int | None]) -> str:
     """An int[] or bigint[] literal of `values` (ints: a bool is written as its int).
 
     Session 58: ints (bools and int subclasses too) written by `int.__repr__` mapped in C,
     which gives a bool's and an IntEnum's number as `str(int(v))` does (~25% fewer
     instructions for 50 ids' times; the number's decimal text is most of what is left).
-    Anything else (a None, a float, a str) raises TypeError there and is written element by
-    element as before."""
+    Session 64: up to _INT_FORMS_N of them by one "%d" format kept by their count, which
+    writes each number's text straight into the literal (no str an element, no join): 50
+    distinct 13-digit times 71.3 k -> 50.2 k instructions (callgrind, Python 3.11), the
+    owner's batches' times, counts and seqs. "%d" writes a bool, an int subclass and a float
+    as `str(int(v))` does; anything it refuses (a None, a str) raises TypeError there and is
+    written element by element as before (NaN and infinities raise as `int()` raises)."""
     if type(values) is not list and type(values) is not tuple:
         values = list(values)  # read twice when the fast form fails
-    if len(values) > 1 and values[-1] == values[0] and values.count(values[0]) == len(values):
-        return _repeated(int_array(values[:1]), len(values))  # one value (_repeated)
+    n = len(values)
+    if n > 1 and values[-1] == values[0] and values.count(values[0]) == n:
+        return _repeated(int_array(values[:1]), n)  # one value (_repeated)
     try:
+        if n < _INT_FORMS_N:
+            return _INT_FORMS[n] % (values if type(values) is tuple else tuple(values))
         return "{" + ",".join(map(int.__repr__, values)) + "}"
     except TypeError:
         pass

@@ -1153,17 +1153,31 @@ async def _match(
 ) -> dict[tuple[str, str], set[str]]:
     """(SMSC, normalised id) -> message ids, for the receipts whose part is known (an SMSC that
     reuses ids, or gives all parts one id, has several)."""
-    rows = await c.fetch(
-        "SELECT s.smsc, s.smsc_msg_id, s.message_id FROM segments s "
-        "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
-        "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id",
-        [r.smsc for r in receipts],
-        [r.smsc_msg_id for r in receipts],
-    )
+    keys = [(r.smsc, r.smsc_msg_id) for r in receipts]
     found: dict[tuple[str, str], set[str]] = {}
-    for r in rows:
-        found.setdefault((r[0], r[1]), set()).add(r[2])
+    for n, mid in await c.fetch(_MATCH, *_pairs(keys)):
+        found.setdefault(keys[n - 1], set()).add(mid)
     return found
+
+
+# The parts of receipt keys ((SMSC, id) pairs, $1 and $2), each row naming its key by its
+# ordinal in them (session 64): the SMSC and the id the caller holds were sent back and decoded
+# again, two texts a row, and a tuple made of them a row. GROUP BY the pair keeps one ordinal
+# of a pair given twice (either names it) and the plan of the DISTINCT before (a HashAggregate
+# of the pairs; DISTINCT ON sorted them), the rows those of DISTINCT over the pairs.
+_MATCH_PARTS = (
+    "SELECT k.n, {} FROM segments s "
+    "JOIN (SELECT smsc, msg_id, min(n) AS n FROM unnest($1::text[], $2::text[]) "
+    "WITH ORDINALITY AS u(smsc, msg_id, n) GROUP BY smsc, msg_id) AS k "
+    "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id"
+)
+_MATCH = _MATCH_PARTS.format("s.message_id")
+_MATCHED_PARTS = _MATCH_PARTS.format("s.message_id, s.seq, s.state")
+
+
+def _pairs(keys: list[tuple[str, str]]) -> list[list[str]]:
+    """The SMSCs and the ids of `keys`, $1 and $2 of _MATCH_PARTS (one transposition in C)."""
+    return [list(column) for column in zip(*keys, strict=True)] if keys else [[], []]
 
 
 async def _apply(
@@ -1192,14 +1206,9 @@ async def _apply(
     if locked is not None:
         locked.update(rows)  # unchanged by what follows (only parts change): for the roll-up
     parts: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
-    for smsc, msg_id, mid, seq, state in await c.fetch(
-        "SELECT s.smsc, s.smsc_msg_id, s.message_id, s.seq, s.state FROM segments s "
-        "JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(smsc, msg_id) "
-        "ON s.smsc = k.smsc AND s.smsc_msg_id = k.msg_id",
-        [k[0] for k in where],
-        [k[1] for k in where],
-    ):
-        parts.setdefault((smsc, msg_id), []).append((mid, seq, state))
+    keys = list(where)
+    for n, mid, seq, state in await c.fetch(_MATCHED_PARTS, *_pairs(keys)):
+        parts.setdefault(keys[n - 1], []).append((mid, seq, state))
     siblings = None
     whole = lc.whole_messages(parts, one_per_message)
     if whole:  # one receipt per message: the parts it also settles (their messages locked)

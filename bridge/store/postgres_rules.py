@@ -551,7 +551,7 @@ def add_plan(w: Writes, account_id: str, plan: adm.Plan, count: int) -> None:
         "messages = daily_counts.messages + EXCLUDED.messages"
     )
     if plan.entries:
-        add_entries(w, [(account_id, e) for _m, e in plan.entries])
+        add_entries(w, [(account_id, e) for _m, e in plan.entries], account=acc)
 
 
 async def write_plan(c: asyncpg.Connection, account_id: str, plan: adm.Plan, count: int) -> None:
@@ -574,17 +574,30 @@ def add_low_balance_event(w: Writes, account_id: str, crossing: tuple[int, int],
     )
 
 
-def add_entries(w: Writes, entries: Sequence[tuple[str, Entry]], guard: str | None = None) -> None:
+def add_entries(
+    w: Writes,
+    entries: Sequence[tuple[str, Entry]],
+    guard: str | None = None,
+    *,
+    account: str | None = None,
+) -> None:
     """Append (account, entry) pairs to the ledger and move the running pocket sums, as two CTEs
-    (`guard`: an SQL condition both run under, e.g. that a bill row was inserted)."""
+    (`guard`: an SQL condition both run under, e.g. that a bill row was inserted). `account`:
+    a placeholder `w` already holds every entry's account in (add_plan's), used for it.
+
+    One entry (session 64): the pocket's CTEs name the ledger row's own placeholders for the
+    account, pocket, amount and expiry (the same values), and the account's is `account` when
+    given: an accept's charge sent the account three times, the pocket, amount and expiry twice
+    each, ~480 instructions a parameter in asyncpg's encoding (callgrind, Python 3.11)."""
     if not entries:
         return
     where = f"WHERE {guard}" if guard else ""
     if len(entries) == 1:
         ((account_id, e),) = entries
-        one = (account_id, str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at)
-        w.add(_formatted(_LEDGER_INSERT_ONE, *[w.param(v) for v in one], where))
-        args = (w.param(account_id), w.param(e.pocket), w.param(e.amount), w.param(e.expires_at))
+        one = (str(e.kind), e.amount, e.pocket, e.at, e.ref, e.expires_at)
+        p = (account if account is not None else w.param(account_id), *map(w.param, one))
+        w.add(_formatted(_LEDGER_INSERT_ONE, *p, where))
+        args = (p[0], p[3], p[2], p[6])  # the account, pocket, amount and expiry
         cond = f"AND ({guard}) " if guard else ""
         moved = w.add(_formatted(_POCKET_UPDATE, *args, cond))
         w.add(_formatted(_POCKET_INSERT, *args, cond, moved))
