@@ -400,7 +400,9 @@ class ReceiptCase:
 
         class Batcher:
             def add_call(self, item: Any, done: Any) -> None:
-                queued.append((item, getattr(done, "args", ())[2:]))
+                # The commit's arguments: a partial's `args` (sessions 59-63), or the tuple
+                # the receipt is queued with (session 64).
+                queued.append((item, getattr(done, "args", done)[2:]))
 
         self.inbound._receipts = Batcher()  # type: ignore[assignment]
 
