@@ -226,7 +226,10 @@ class Inbound:
         # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
         # one inside failed to store every time and the SMSC redelivered it for ever.
         raw = short_message or payload or b""
-        text = raw.replace(b"\x00", b"").decode("latin-1")
+        # Looked for first (`0 in`: no call; an int, as `b"\x00" in` tries the needle as an
+        # int first and builds a TypeError each time), as most receipts carry none: replace()
+        # is a method call even when it hands `raw` back (session 64).
+        text = (raw.replace(b"\x00", b"") if 0 in raw else raw).decode("latin-1")
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
