@@ -400,7 +400,11 @@ class ReceiptCase:
 
         class Batcher:
             def add_call(self, item: Any, done: Any) -> None:
-                queued.append((item, getattr(done, "args", ())[2:]))
+                # The commit's arguments: a partial's `args` (sessions 59-63), or the tuple
+                # the receipt is queued with (session 64), whose state is the ReceiptState's
+                # text (str() of the member the trees before queued: compared as that).
+                key, state, stat, err = getattr(done, "args", done)[2:]
+                queued.append((item, (key, str(state), stat, err)))
 
         self.inbound._receipts = Batcher()  # type: ignore[assignment]
 

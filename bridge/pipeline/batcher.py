@@ -22,7 +22,8 @@ T = TypeVar("T")
 # CancelledError when it was cancelled). Called from the flush, not scheduled.
 Settled = Callable[[BaseException | None], None]
 # Per item: the future its caller awaits, the callback it gave, or None (the item shares the
-# call of a later one: add_many_call).
+# call of a later one: add_many_call). A batcher with `failed` holds the tuples its caller gave
+# instead (never called): its lists of waiters are typed `list[Any]`.
 _Waiter = asyncio.Future[None] | Settled | None
 
 log = logging.getLogger("bridge.pipeline")
@@ -38,6 +39,7 @@ class Batcher(Generic[T]):
         name: str = "batch",
         ordered: bool = False,
         committed: Callable[[list[Any]], None] | None = None,
+        failed: Callable[[list[Any], BaseException], None] | None = None,
     ) -> None:
         """`ordered`: one flush at a time, each after the one before it has ended, for items
         whose effect depends on their order (receipts: the first final one of a long message
@@ -47,16 +49,25 @@ class Batcher(Generic[T]):
         `committed`: for a batcher whose items come by `add_call` only (the receipts': one a
         part sent), called once a batch is committed with the callables its items were given,
         in their order, in place of a call of each with None (a Python call an item, session
-        62); a failed or cancelled batch still calls each with its exception."""
+        62); a failed or cancelled batch still calls each with its exception.
+
+        `failed` (with `committed` only): called once a batch failed or was cancelled, with what
+        its items were given and the exception, in place of a call of each. What `add_call` is
+        given is then the caller's own value, never called by the batcher (the receipts': a
+        tuple of a receipt's answer and its arguments, where a `partial` to call was built a
+        receipt, ~1.2 k instructions; session 64)."""
+        if failed is not None and committed is None:
+            raise ValueError("failed: a batcher with `committed` only")
         self._flush = flush
         self._ordered = ordered
         self._committed = committed
+        self._failed = failed
         self._busy = False
         self._max = max_items
         self._delay = max_delay_s
         self._name = name
         self._items: list[T] = []
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[Any] = []  # _Waiter, or `failed`'s tuples
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # aio.running: no getpid() per item
@@ -96,9 +107,10 @@ class Batcher(Generic[T]):
         self._queued()
         return fut
 
-    def add_call(self, item: T, settled: Settled) -> None:
+    def add_call(self, item: T, settled: Settled | tuple[Any, ...]) -> None:
         """Queue an item; `settled` is called with None once its batch is committed, or with
-        the flush's exception (see `Settled`).
+        the flush's exception (see `Settled`). A batcher with `failed` takes a tuple instead,
+        handed to `committed` or `failed` with the batch's others, never called.
 
         Why not a future: a future per item costs its creation, the caller's done-callback and
         a loop hop (call_soon) before that callback runs. A receipt (one per part sent) and a
@@ -159,7 +171,7 @@ class Batcher(Generic[T]):
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, items: list[T], waiters: list[_Waiter]) -> None:
+    async def _run(self, items: list[T], waiters: list[Any]) -> None:
         try:
             await self._settle(items, waiters)
         finally:
@@ -168,7 +180,7 @@ class Batcher(Generic[T]):
                 if self._items and not _cancelling():
                     self._start_flush()
 
-    async def _settle(self, items: list[T], waiters: list[_Waiter]) -> None:
+    async def _settle(self, items: list[T], waiters: list[Any]) -> None:
         try:
             await self._flush(items)
         except Exception as exc:
@@ -178,6 +190,9 @@ class Batcher(Generic[T]):
                 self._down.error(f"{self._name} flush of {len(items)} items failed", exc)
             else:
                 log.exception("%s flush of %d items failed", self._name, len(items))
+            if self._failed is not None:
+                self._tell_failed(waiters, exc)
+                return
             for w in waiters:
                 if isinstance(w, asyncio.Future):
                     if not w.done():
@@ -189,6 +204,9 @@ class Batcher(Generic[T]):
         except asyncio.CancelledError as exc:
             # Whether the batch committed is unknown: its waiters end too (a receipt is then
             # refused and redelivered) instead of waiting for ever.
+            if self._failed is not None:
+                self._tell_failed(waiters, exc)
+                raise
             for w in waiters:
                 if isinstance(w, asyncio.Future):
                     w.cancel()
@@ -212,6 +230,13 @@ class Batcher(Generic[T]):
                     w(None)
                 except Exception:  # the items after it are told all the same
                     log.exception("%s: a committed item's callback failed", self._name)
+
+    def _tell_failed(self, waiters: list[Any], exc: BaseException) -> None:
+        assert self._failed is not None
+        try:
+            self._failed(waiters, exc)
+        except Exception:
+            log.exception("%s: the failed items' callback failed", self._name)
 
     def _call(self, settled: Settled, exc: BaseException) -> None:
         try:

@@ -61,6 +61,9 @@ _store_down = logs.Throttled(log)
 # One a receipt (a part sent): fastinit.maker's function, the same frozen value without the
 # class call's way back into the interpreter (~1.5 k instructions, session 58).
 _receipt_in = maker(ReceiptIn)
+# What a receipt is queued with beside its ReceiptIn (`_receipt_read`): its answer, SMSC, key,
+# state, stat and err, read by `_receipts_committed` or `_receipts_failed`.
+_Told = tuple[DeliverAnswer, str, str, str, str, str | None]
 
 # Most groups of stale MO parts one sweep delivers (each is a few store round trips): a backlog
 # is worked off over a few 5-second rounds instead of holding up the sweeper's other steps.
@@ -93,14 +96,11 @@ class Inbound:
         self.clock = clock
         self.metrics = metrics
         # `log.isEnabledFor(DEBUG)` read once a receipts' flush, for each receipt it settles
-        # (`_receipt_committed`: a Python call a receipt until session 61).
+        # (`_receipts_committed`: a Python call a receipt until session 61).
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._rules = {name: msgid_rule(cfg) for name, cfg in smscs.items()}
         self._keys = _key_rules(self._rules)
         self._smscs = dict(smscs)
-        # `_receipt_committed` bound once, for each receipt's `partial` (a bound method made
-        # a receipt until session 62).
-        self._committed_call = self._receipt_committed
         # The last receipt's done date and its milliseconds (_receipt).
         self._done_date: datetime | None = None
         self._done_at: int | None = None
@@ -115,8 +115,11 @@ class Inbound:
             # ms), each batch waiting for the one before it to be synced.
             ordered=not getattr(store, "commits_in_order", False),
             # A committed batch's receipts answered in one call (`_receipts_committed`), not
-            # a call of each receipt's `partial` (session 62).
+            # a call of each receipt's `partial` (session 62); a failed one's refused in one
+            # (`_receipts_failed`): each receipt is queued with a tuple of its answer and
+            # arguments, not a `partial` (session 64).
             committed=self._receipts_committed,
+            failed=self._receipts_failed,
         )
         self.receipts = 0
         self.matched = 0
@@ -223,7 +226,10 @@ class Inbound:
         # they are: SMSCs pad with them, and PostgreSQL's text refuses them, so a receipt with
         # one inside failed to store every time and the SMSC redelivered it for ever.
         raw = short_message or payload or b""
-        text = raw.replace(b"\x00", b"").decode("latin-1")
+        # Looked for first (`0 in`: no call; an int, as `b"\x00" in` tries the needle as an
+        # int first and builds a TypeError each time), as most receipts carry none: replace()
+        # is a method call even when it hands `raw` back (session 64).
+        text = (raw.replace(b"\x00", b"") if 0 in raw else raw).decode("latin-1")
         tlv_text = (
             tlv_id.replace(b"\x00", b"").decode("latin-1").strip() if tlv_id is not None else ""
         )
@@ -286,6 +292,10 @@ class Inbound:
             # UNDELIV (or even DELIVRD) is not the message's. The first final state stands, so
             # taking it as one would have hidden the receipt that settles the message.
             rstate = _ENROUTE
+        # The state's text (what str() gives a StrEnum member, without its call), stored and
+        # queued with the receipt: its metrics' key and log field (session 64: the member was
+        # queued, and hashing it for the metrics' count ran Enum's Python __hash__).
+        state_text = rstate._value_
         # Told inside the batch's flush, once it committed: no future per receipt, and its
         # answer (`out`) is set one loop hop earlier (Batcher.add_call). ReceiptIn by position,
         # in its fields' order (tests/unit/test_session52_positional.py holds it): called by
@@ -304,22 +314,27 @@ class Inbound:
             _receipt_in(
                 smsc,  # smsc
                 key,  # smsc_msg_id
-                str(rstate),  # state
+                state_text,  # state
                 stat or None,  # stat
                 err,  # err
                 done_at,  # done_at
                 now_ms,  # received_at
                 text[:250],  # raw
             ),
-            partial(self._committed_call, out, smsc, key, rstate, stat, err),
+            # Its answer and what `_receipts_committed` reads, as a tuple: a `partial` of
+            # `_receipt_committed` until session 64 (~1.2 k instructions a receipt more, one a
+            # part sent), read for its `args` (session 62) or called with a failed batch's
+            # exception (`_receipts_failed` now).
+            (out, smsc, key, state_text, stat, err),
         )
 
-    def _receipts_committed(self, calls: list[partial[None]]) -> None:
+    def _receipts_committed(self, told: list[_Told]) -> None:
         """A committed batch's receipts, in order (the batcher's `committed`): each answered,
-        then counted. Each receipt's `partial` of `_receipt_committed` (what `_receipt_read`
-        queued with it) is read here for its arguments (`args`: the answer, SMSC, key, state,
-        stat, err), not called: the batcher called each with None, which did this for one (a
-        Python call a receipt, one a part sent, until session 62)."""
+        then counted. Each receipt's tuple (what `_receipt_read` queued with it: the answer,
+        SMSC, key, the state's text, stat, err) is read here; the batcher called a `partial`
+        of each with None until session 62, which did this for one (a Python call a receipt,
+        one a part sent), then handed over those `partial`s for their `args` until session
+        64."""
         metrics = self.metrics
         debug = self._debug  # the flush's look at the level (see __init__)
         n = 0
@@ -327,9 +342,9 @@ class Inbound:
         # (`Metrics.receipts_counted`): a call of `Metrics.receipt` and the state's `.value`
         # a receipt (one a part sent) before (session 63).
         tally: dict[tuple[str, str], int] = {}
-        for call in calls:
+        for item in told:
             try:
-                out, smsc, key, state, stat, err = call.args
+                out, smsc, key, state, stat, err = item
                 # First: nothing below may keep the SMSC's answer back. Unless answered
                 # already (settle: done() and set_result in one call).
                 out.settle(C.ESME_ROK)
@@ -343,7 +358,7 @@ class Inbound:
                 if debug:
                     log.debug(
                         "receipt received",
-                        extra={"smsc": smsc, "smsc_message_id": key, "state": state.value,
+                        extra={"smsc": smsc, "smsc_message_id": key, "state": state,
                                "stat": stat, "err": err},
                     )  # fmt: skip
             except Exception:  # the receipts after it are answered all the same
@@ -355,27 +370,17 @@ class Inbound:
             except Exception:
                 log.exception("receipts: a committed item's callback failed")
 
-    def _receipt_committed(
-        self,
-        out: DeliverAnswer,
-        smsc: str,
-        key: str,
-        state: ReceiptState,
-        stat: str,
-        err: str | None,
-        failed: BaseException | None,
-    ) -> None:
-        """How a receipt's batch ended (`failed`: None once committed, else the flush's
-        exception): the call `_receipt_read` queued it with, as a `partial`. The batcher calls
-        it for a failed or cancelled batch; a committed batch's go to `_receipts_committed` at
-        once, which reads the same `partial`'s arguments (session 62)."""
-        if failed is None:  # not from the batcher (it tells a committed batch at once)
-            self._receipts_committed([partial(self._receipt_committed, out, smsc, key, state,
-                                              stat, err)])  # fmt: skip
-            return
-        # The batcher logged the failed batch once; a line per receipt repeated it up to a
-        # thousand times. The SMSC redelivers.
-        out.settle(C.ESME_RX_T_APPN)  # unless answered already
+    def _receipts_failed(self, told: list[_Told], failed: BaseException) -> None:
+        """A failed or cancelled batch's receipts (the batcher's `failed`, with the flush's
+        exception): each refused unless answered already; the SMSC redelivers. The batcher
+        logged the failed batch once; a line per receipt repeated it up to a thousand times.
+        Each answer settled on its own: one that raises leaves the others refused all the
+        same, as a call of each receipt's `partial` did until session 64."""
+        for item in told:
+            try:
+                item[0].settle(C.ESME_RX_T_APPN)  # unless answered already
+            except Exception:
+                log.exception("receipts: a failed item's callback failed")
 
     async def _flush_receipts(self, items: list[ReceiptIn]) -> None:
         out = await self.store.apply_receipts(items, int(self.clock() * 1000))

@@ -101,6 +101,7 @@ __all__ = [
     "encode_sm_request",
     "make_command",
     "plain_sm_head",
+    "read_receipt_at",
     "read_receipt_sm",
     "salvage_data_sm",
     "salvage_deliver_sm",
@@ -710,18 +711,37 @@ def read_receipt_sm(f: bytes) -> ReceiptFields | None:
     a TLV cut short: the general path raises there what it raised) and for one whose esm_class
     does not mark a receipt (an MO, or a receipt marked only by its TLV): those take the general
     path, as before (session 60, README note 27). The values are the very slices `_decode_sm`
-    stores (tests/unit/test_session60_receipt_frame.py)."""
-    m = _SM_CSTRINGS.match(f, 16)
+    stores (tests/unit/test_session60_receipt_frame.py). `f` is the whole PDU, its header
+    included (`read_receipt_at` over all of it)."""
+    return read_receipt_at(f, 0, len(f))
+
+
+# _SM_CSTRINGS' language with one group, empty, where the esm_class follows destination_addr's
+# NUL: the receipt's read needs no C-string's octets, only where they end (session 64: five
+# groups of marks kept, read as `m.start(4) - 3`).
+_SM_RECEIPT_SKIP: Final = re.compile(
+    rb"[^\0]{0,5}\0..[^\0]{0,20}\0..[^\0]{0,20}\0()...[^\0]{0,16}\0[^\0]{0,16}\0",
+    re.DOTALL,
+)
+_skip_cstrings = _SM_RECEIPT_SKIP.match
+
+
+def read_receipt_at(src: bytes, start: int, n: int) -> ReceiptFields | None:
+    """`read_receipt_sm` of the PDU that is `src[start:n]`, read in place: the bind's read
+    (`BindSession._read`) hands the octets it got with the frame's bounds, where a copy of the
+    frame was sliced out of them for each receipt (one a part sent; session 64). Nothing past
+    `n` is read (the match's end, every bound and the TLV walk stop there): the same values
+    as `read_receipt_sm(src[start:n])`, tests/unit/test_session64_receipt_at.py."""
+    m = _skip_cstrings(src, start + 16, n)
     if m is None:
         return None
-    esm = f[m.start(4) - 3]  # the octet after destination_addr's NUL
+    esm = src[m.start(1)]  # the octet after destination_addr's NUL
     if (esm & 0x3C) not in _RECEIPT_TYPES:
         return None
     p = m.end() + 5  # registered_delivery .. sm_default_msg_id, sm_length: the short_message
-    n = len(f)
     if p > n:
         return None
-    e = p + f[p - 1]
+    e = p + src[p - 1]
     if e > n:
         return None
     tlv_id = state = network = payload = None
@@ -729,24 +749,24 @@ def read_receipt_sm(f: bytes) -> ReceiptFields | None:
     while q < n:
         if n - q < 4:
             return None
-        tag, ln = _unpack_tlvh(f, q)
+        tag, ln = _unpack_tlvh(src, q)
         q += 4
         end = q + ln
         if end > n:
             return None
         if tag == RECEIPTED_MESSAGE_ID:
             if tlv_id is None:
-                tlv_id = f[q:end]
+                tlv_id = src[q:end]
         elif tag == MESSAGE_STATE:
             if state is None:
-                state = f[q:end]
+                state = src[q:end]
         elif tag == NETWORK_ERROR_CODE:
             if network is None:
-                network = f[q:end]
+                network = src[q:end]
         elif tag == MESSAGE_PAYLOAD and payload is None:
-            payload = f[q:end]
+            payload = src[q:end]
         q = end
-    return esm, f[p:e], tlv_id, state, network, payload
+    return esm, src[p:e], tlv_id, state, network, payload
 
 
 # --- data_sm --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from bridge.smpp.codec import (
     decode_fields,
     encode,
     encode_sm_request,
-    read_receipt_sm,
+    read_receipt_at,
     salvage_data_sm,
     salvage_deliver_sm,
 )
@@ -717,20 +717,20 @@ class BindSession:
                         mid = src[start + 16 : off - 1].decode("latin-1")
                         events.append(_new_tuple(SubmitResponse, (seq, 0, mid, p.context)))
                         continue
-            frame = src[start:off]
             if cid == _DELIVER_SM and read_receipts:
                 # A receipt (one a part sent) read for the receipt handler without its
                 # ShortMessage (codec.read_receipt_sm), where the general path would give it a
                 # DeliverReceived: a body it does not take (an MO, one decode_fields refuses)
                 # goes there, as does one the session would not take now (session 60, README
-                # note 27).
+                # note 27). Read in `src` (`read_receipt_at`), the frame not sliced out of it
+                # (a copy a receipt, session 64).
                 state = self.state
                 if state is _BOUND or state is _UNBINDING:
-                    got = read_receipt_sm(frame)
+                    got = read_receipt_at(src, start, off)
                     if got is not None:
                         events.append(_new_tuple(ReceiptReceived, (seq, got)))
                         continue
-            self._handle_general(frame, events)
+            self._handle_general(src[start:off], events)
             if self.state is _CLOSED:
                 try:
                     rest = framer.feed(src[off:]) if off < end else []

@@ -127,9 +127,9 @@ async def test_scrapes_of_a_running_daemon_are_the_per_call_metrics(
     def per_receipt(self: Inbound, calls: list[Any]) -> None:
         # The tree before: `receipt(smsc, state.value)` a committed receipt, in order.
         if isinstance(self.metrics, _Compared):
-            for call in calls:
-                _out, smsc, _key, state, _stat, _err = call.args
-                self.metrics.reference.receipt(smsc, state.value)
+            for call in calls:  # each receipt's tuple (session 64; a partial's args before)
+                _out, smsc, _key, state, _stat, _err = call
+                self.metrics.reference.receipt(smsc, str(state))  # its text (session 64)
         committed(self, calls)
 
     monkeypatch.setattr(Inbound, "_receipts_committed", per_receipt)

@@ -175,7 +175,7 @@ def _through(read_receipts: bool, smsc: str, f: bytes) -> list[Any]:
             out.append(("mo", ev.seq))
             continue
         out.append((ev.seq, ev.command_id, got.result() if got.done() else None))
-        out.append([(item, call.args[2:]) for item, call in batch.calls])
+        out.append([(item, call[2:]) for item, call in batch.calls])  # its tuple (session 64)
         out.append(inbound.unparsable)
     out.append(s.data_to_send())
     return out

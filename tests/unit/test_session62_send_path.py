@@ -164,8 +164,9 @@ async def test_a_committed_batch_s_receipts_are_answered_and_counted_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each receipt's answer set ESME_ROK, counted, and told to the metrics in the batch's
-    order, without a call of its `_receipt_committed` (made to record here: the tree before
-    called it for each); a failed batch answers each ESME_RX_T_APPN and counts none."""
+    order, without a call of `_receipts_failed` (made to record here; the tree before called
+    each receipt's `_receipt_committed`, its `partial`, since session 64 a tuple); a failed
+    batch answers each ESME_RX_T_APPN and counts none."""
     fail = False
 
     class Store:
@@ -193,13 +194,13 @@ async def test_a_committed_batch_s_receipts_are_answered_and_counted_in_order(
             pass
 
     committed: list[Any] = []
-    real = Inbound._receipt_committed
+    real = Inbound._receipts_failed
 
-    def recorded(self: Inbound, *args: Any) -> None:
-        committed.append(args[-1])
-        real(self, *args)
+    def recorded(self: Inbound, told: list[Any], failed: BaseException) -> None:
+        committed.append(failed)
+        real(self, told, failed)
 
-    monkeypatch.setattr(Inbound, "_receipt_committed", recorded)
+    monkeypatch.setattr(Inbound, "_receipts_failed", recorded)
     metrics = Metrics()
     cfg = SmscConfig(name="s", system_id="t", password="t")
     inbound = Inbound(Store(), {"s": cfg}, batch_delay_s=0.0, metrics=metrics)  # type: ignore[arg-type]
