@@ -139,6 +139,10 @@ _AUTHORIZE_SQL = (
 # columns (`sqlite_rules.key_cols`), named (`AS`), as `sqlite_rules._one_cols` names its own (the
 # cursor's description: session 58). One column where three were (the key's status, the
 # account's JSON and its version): each column ~1.5 k instructions of the write lock (session 62).
+# Probed (an accept whose nonce and idempotency record are held to its batch's end: session 64,
+# `_probed`), the head is NULL only when the nonce is not stored either, nor (when the send has
+# one) the account's Idempotency-Key, and F is then a flag a probe more: "0" or "1" for the key's
+# status, for the nonce stored, for the Idempotency-Key stored.
 _AUTHORIZE_FACTS_HEAD = (
     "SELECT CASE WHEN k.status='active' AND a.row_version=:aver AND a.id=:acc THEN NULL "
     "ELSE (k.status IS NOT 'active') || ' ' || "
@@ -157,6 +161,37 @@ def _authorize_facts_sql(facts_cols: str) -> str:
     )
 
 
+# Where the probes go in a key statement made positional (`_probed`): the head's usual case.
+_HEAD_USUAL = " THEN NULL ELSE (k.status IS NOT 'active')"
+
+
+def _probed(text: str, names: Sequence[str], idem: bool) -> str:
+    """The key statement `text` (made positional, its parameters `names` in their numbers'
+    order) with the nonce's probe, and the Idempotency-Key's when `idem`, in its head (see
+    _AUTHORIZE_FACTS_HEAD), their values the parameters after `names`' (so its arguments are the
+    unprobed statement's with the nonce and the key appended: no second getter of them a send).
+    Each probe is an EXISTS of parameters only, not correlated with the key's row: SQLite runs
+    it once (~3.9 k instructions in the lock, counted: a cursor opened on the index and one
+    seek)."""
+    n = len(names)
+    probes = [
+        f"EXISTS(SELECT 1 FROM nonces WHERE key_id=?{names.index('key_id') + 1} AND nonce=?{n + 1})"
+    ]
+    if idem:
+        probes.append(
+            f"EXISTS(SELECT 1 FROM idempotency WHERE account_id=?{names.index('acc') + 1} "
+            f"AND key=?{n + 2})"
+        )
+    if text.count(_HEAD_USUAL) != 1:
+        raise ValueError(f"not a key statement's head: {text[:200]}")
+    return text.replace(
+        _HEAD_USUAL,
+        "".join(f" AND NOT {p}" for p in probes)
+        + _HEAD_USUAL
+        + "".join(f" || {p}" for p in probes),
+    )
+
+
 # An accepted send's outcome, by `maker`'s function (the same instance, ~1.5 k instructions
 # less than the class's call: session 58).
 _new_outcome = maker(AcceptOutcome)
@@ -171,31 +206,37 @@ _KEY_NONE_PLACES = ("sign", "tpl", "trev", "since", "fsign", "ftpl", "aver")
 # A key statement: its text, the getter of its arguments from a tuple in `_KEY_NAMES`' order,
 # and the getter of `sqlite_rules._one_cols`' seven values from its row with a None appended.
 _KeyPlan = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
-_KEY_PLANS: dict[tuple[str, tuple[bool, ...], bool], tuple[_KeyPlan, _KeyPlan]] = {}
+# The two plans (reading today's count and the pockets, and not), then the text of each with
+# the probes (`_probed`).
+_KeyPlans = tuple[_KeyPlan, _KeyPlan, str, str]
+_KEY_PLANS: dict[tuple[str, tuple[bool, ...], bool, bool], _KeyPlans] = {}
 
 
-def _key_plan(cols: str, nones: tuple[bool, ...], pockets: bool) -> tuple[_KeyPlan, _KeyPlan]:
+def _key_plan(cols: str, nones: tuple[bool, ...], pockets: bool, idem: bool = False) -> _KeyPlans:
     """The key statement over a send's facts `cols` (`sqlite_rules.one_facts_values`' text),
     made positional for values with Nones at `nones` (`_KEY_NONE_PLACES`), as
     `sqlite_binds.positional_at` makes it from the arguments by name, twice: reading today's
     count and the pockets (`pockets`: billed), and not reading them (an earlier accept of the
-    batch read them: `HeldSums.base`). Kept per columns and pattern (a few: the history's
-    kind, which optional values a send has), at most 256."""
-    plan = _KEY_PLANS.get((cols, nones, pockets))
+    batch read them: `HeldSums.base`); then each of the two texts with the nonce's probe, and
+    the Idempotency-Key's when the send has one (`idem`), for an accept whose nonce and record
+    are held to its batch's end (`_probed`, session 64). Kept per columns and pattern (a few:
+    the history's kind, which optional values a send has), at most 256."""
+    plan = _KEY_PLANS.get((cols, nones, pockets, idem))
     if plan is None:
         none = [name for name, flag in zip(_KEY_NONE_PLACES, nones, strict=True) if flag]
 
-        def one(reads: bool) -> _KeyPlan:
+        def one(reads: bool) -> tuple[_KeyPlan, str]:
             facts, places = sqlite_rules.key_cols(cols, not nones[0], not nones[1], reads, pockets)
-            text, pick, _names = sqlite_binds.positional_plan(
+            text, pick, names = sqlite_binds.positional_plan(
                 _authorize_facts_sql(facts), _KEY_NAMES, none
             )
-            return text, pick, itemgetter(*places)
+            return (text, pick, itemgetter(*places)), _probed(text, names, idem)
 
-        plan = (one(True), one(False))
+        (reads, reads_probed), (held, held_probed) = one(True), one(False)
+        plan = (reads, held, reads_probed, held_probed)
         if len(_KEY_PLANS) >= 256:
             _KEY_PLANS.clear()
-        _KEY_PLANS[(cols, nones, pockets)] = plan
+        _KEY_PLANS[(cols, nones, pockets, idem)] = plan
     return plan
 
 
@@ -664,8 +705,14 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
         )
         key_facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None] | None = None
         key_facts_held = key_facts
+        # The plans (`_key_plan`): their last two the same statements' texts with the nonce's
+        # and the Idempotency-Key's probes, for an accept that holds its nonce and record for
+        # its batch's end (session 64), whose arguments are theirs and `probe_values`.
+        key_plans: _KeyPlans | None = None
         key_row: Callable[[Any], Any] | None = None
         key_row_held = key_row
+        # Whether the send carries an idempotency record to keep (its key and the record).
+        idem = batch.idempotency_key is not None and batch.idempotency is not None
         if facts_values is not None and keyed:
             # The key's statement reads the facts too (_authorize): its arguments join theirs
             # here, and the statement is made positional, its Nones written as NULL
@@ -687,11 +734,11 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     aver is None,
                 ),
                 values[6] == 1,  # the pockets read (sqlite_rules.one_facts_values)
+                idem,
             )
             # Kept by `_key_plan`: looked up here first, without its call (session 62).
-            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held) = _KEY_PLANS.get(
-                pattern
-            ) or _key_plan(*pattern)
+            key_plans = _KEY_PLANS.get(pattern) or _key_plan(*pattern)
+            (key_sql, pick, key_row), (held_sql, held_pick, key_row_held), _, _ = key_plans
             # A concatenation, not `(*values, ...)` (a list built and copied): ~0.45 k less.
             key_values = values + (batch.key_id, aver)  # noqa: RUF005 (cheaper, above)
             key_facts = (key_sql, pick(key_values), known)
@@ -751,16 +798,25 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 batch.idempotency_expires_at,
             )
         )
+        # The nonce's and the idempotency record's rows as an accept holds them for its batch's
+        # end (sqlite_rows.PendingRows: by their keys, which the batch's later accepts look up).
+        nonce_key = (batch.key_id, batch.nonce)
+        nonce_row = (batch.key_id, batch.nonce, batch.nonce_expires_at)
+        idem_key = (batch.account_id, batch.idempotency_key) if idem else None
+        idem_row = None if idem_key is None or idem_record is None else idem_key + idem_record
+        # The probed key statement's arguments after the unprobed one's (`_probed`).
+        probe_values = (batch.nonce, batch.idempotency_key) if idem else (batch.nonce,)
 
         # What the job reads of this accept, as one tuple that `accept_writes` unpacks into its
         # locals: closures over the names themselves made a cell of each (twenty-three since
-        # session 63's held rows, made and freed with every accept) and the job read each
-        # through it (session 63).
+        # session 63's held rows, twenty-nine since session 64's held nonce and record, made and
+        # freed with every accept) and the job read each through it (session 63).
         state = (
-            batch, now, fact_day, held, history_numbers, idem_record, key_facts, key_facts_held,
-            key_row, key_row_held, message_rows, messages_sql, one, one_entries, one_facts,
-            one_ledger, one_ledger_rows, one_moved, pockets_read, recipients, runner, segment_rows,
-            segments_sql,
+            batch, now, fact_day, held, history_numbers, idem_key, idem_record, idem_row,
+            key_facts, key_facts_held, key_plans, key_row, key_row_held, message_rows,
+            messages_sql, nonce_key, nonce_row, one, one_entries, one_facts, one_ledger,
+            one_ledger_rows, one_moved, pockets_read, probe_values, recipients, runner,
+            segment_rows, segments_sql,
         )  # fmt: skip
 
         def job(c: sqlite3.Connection) -> adm.Plan | AcceptOutcome | _Undone | None:
@@ -801,18 +857,26 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
             # the write lock is given back; a replay: the outcome with the record it answers.
             # `cur` runs the statements every accept makes, `c` the others.
             (
-                batch, now, fact_day, held, history_numbers, idem_record, key_facts,
-                key_facts_held, key_row, key_row_held, message_rows, messages_sql, one,
-                one_entries, one_facts, one_ledger, one_ledger_rows, one_moved, pockets_read,
-                recipients, runner, segment_rows, segments_sql,
+                batch, now, fact_day, held, history_numbers, idem_key, idem_record, idem_row,
+                key_facts, key_facts_held, key_plans, key_row, key_row_held, message_rows,
+                messages_sql, nonce_key, nonce_row, one, one_entries, one_facts, one_ledger,
+                one_ledger_rows, one_moved, pockets_read, probe_values, recipients, runner,
+                segment_rows, segments_sql,
             ) = state  # fmt: skip
             tps = batch.tps
+            # The rows earlier accepts of the batch hold (only while it runs bare: `deferring`).
+            pending = held.get(PENDING)
             if (
                 history_numbers
-                and PENDING in held
-                and not held[PENDING].numbers.isdisjoint(history_numbers)
+                and pending is not None
+                and not pending.numbers.isdisjoint(history_numbers)
             ):
                 sqlite_rows.flush(c, held)
+                pending = None
+            # This accept's nonce and idempotency record held for the batch's end too, not
+            # written (session 64): when the key's statement probed them (`_authorize`'s
+            # `probed`) and found neither stored.
+            nonce_held = idem_held = False
             facts_row: list[Any] = []
             read_base: tuple[str | None, Any, Any] | None = None
             key_account: Account | None = None  # the account the key's statement read
@@ -825,7 +889,21 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 base = None if sums is None else sums.base
                 if base is not None and (base[0] != fact_day or (pockets_read and base[2] is None)):
                     base = None
+                if pending is not None and (
+                    nonce_key in pending.nonces or idem_key in pending.idem
+                ):
+                    # An earlier accept of the batch holds this nonce or this key: the held rows
+                    # written first, its conflict is then found in the store, as one by one.
+                    sqlite_rows.flush(c, held)
+                    pending = None
                 chosen = key_facts if base is None else key_facts_held
+                probed = runner.deferring and key_plans is not None
+                if probed:  # its probed text, the nonce (and key) after its arguments
+                    chosen = (
+                        key_plans[2 if base is None else 3],  # type: ignore[index]
+                        chosen[1] + probe_values,  # type: ignore[index]
+                        chosen[2],  # type: ignore[index]
+                    )
                 got: list[Any] = []
                 outcome, account = _authorize(
                     cur,
@@ -835,6 +913,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     now,
                     replaced,
                     None if chosen is None else (*chosen, got),
+                    probed,
                 )
                 if got:  # the key's row: `_one_cols`' seven values from its columns
                     facts_row = sqlite_rules.key_facts(
@@ -850,6 +929,13 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                         facts_row[6] = base[2]
                 if outcome == "ok":
                     wrote["nonce"] = replaced[0] if replaced else None
+                elif outcome == "held":  # not stored: held (if accepted or a replay)
+                    outcome = "ok"
+                    nonce_held = True
+                # The key not stored: the head NULL, or its third flag "0".
+                if probed and idem_key is not None:
+                    head = got[0][0]
+                    idem_held = head is None or head[2] == "0"
                 if account is not None and account.id != batch.account_id:
                     # Another account's key: unknown, its nonce not spent, as PostgreSQL's head
                     # (which joins the key on the account) answers.
@@ -877,15 +963,26 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 if why is not None or current is None:
                     raise _AuthRefused(why or "disabled", current if why == "stale" else None)
                 tps = current.tps
-            if batch.idempotency_key is not None and idem_record is not None:
-                key = (batch.account_id, batch.idempotency_key)
+            if idem_key is not None and not idem_held:
+                if pending is not None and pending.idem:
+                    # Records held by earlier accepts of the batch: written first, so a record
+                    # written now comes after them (the table's ids in the accepts' order) and
+                    # a key they hold is found.
+                    sqlite_rows.flush(c, held)
+                    pending = None
+                key = idem_key
                 record = idem_record
-                if cur.execute(_IDEM_NEW, (*key, *record)).rowcount == 1:
+                if cur.execute(_IDEM_NEW, idem_row).rowcount == 1:
                     wrote["idempotency"] = None
                 else:
                     old = c.execute(_IDEM_GET, key).fetchone()
                     if old[3] > now:  # a live record for this key: the first request won
                         existing = _idem_record(c, batch.account_id, old)
+                        if nonce_held:  # its nonce spent all the same, as when written
+                            pending = held.get(PENDING)
+                            if pending is None:
+                                pending = held[PENDING] = sqlite_rows.PendingRows()
+                            pending.nonces[nonce_key] = nonce_row
                         return AcceptOutcome(accepted=False, existing=existing)
                     c.execute(_IDEM_SET, (*record, *key))  # it had expired: replaced
                     wrote["idempotency"] = tuple(old[:4])
@@ -962,9 +1059,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                 # Written at the batch's end with the other accepts' rows, by multi-row
                 # INSERTs (sqlite_rows: session 63); the ledger's as `write_ledger` writes them.
                 # (`sqlite_rows.hold_rows`, inline: its call was ~0.5 k a send.)
-                pending = held.get(PENDING)
                 if pending is None:
-                    pending = held[PENDING] = sqlite_rows.PendingRows()
+                    pending = held.get(PENDING)  # (flushed by this accept: then None)
+                    if pending is None:
+                        pending = held[PENDING] = sqlite_rows.PendingRows()
                 pending.accepts.append(
                     (
                         messages_sql,
@@ -979,6 +1077,10 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     )
                 )
                 pending.numbers.update(recipients)
+                if nonce_held:
+                    pending.nonces[nonce_key] = nonce_row
+                if idem_held:
+                    pending.idem[idem_key] = idem_row
             else:  # a batch run again with savepoints, or an accept alone in its batch
                 if PENDING in held:  # the rows held before this accept's: written first
                     sqlite_rows.flush(c, held)
@@ -2234,6 +2336,7 @@ def _authorize(
     now: int,
     replaced: list[int] | None = None,
     facts: tuple[str, tuple[Any, ...], tuple[int, Account] | None, list[Any]] | None = None,
+    probed: bool = False,
 ) -> tuple[str, Account | None]:
     """Outcome and account; the nonce recorded when "ok". An expired record of the same nonce
     is replaced, its expiry added to `replaced` (an accept refused later restores it).
@@ -2246,7 +2349,13 @@ def _authorize(
     Account) held for the send's account (`account_at_version`): when the row still has that
     version the statement's head does not carry it and that Account is the row's (every write
     of the row changes its version: migration 0037); otherwise the row's JSON is read and its
-    Account kept with the version read (`_AUTHORIZE_FACTS_HEAD`)."""
+    Account kept with the version read (`_AUTHORIZE_FACTS_HEAD`).
+
+    `probed` (session 64): the statement is a probed one (`_authorize_facts_sql`'s "n" or
+    "ni"), whose head says whether the nonce is stored: when it is not, the outcome is "held",
+    "ok" with the nonce not written: the caller holds it for its batch's end (sqlite_rows),
+    having made sure no earlier accept of the batch holds it. Stored, it is written (or found
+    spent) here as without the probe."""
     if facts is None:
         row = c.execute(_AUTHORIZE_SQL, (key_id,)).fetchone()
         if row is None:
@@ -2261,17 +2370,21 @@ def _authorize(
             return "unknown_key", None
         out.append(row)
         head = row[0]
-        if head is None:  # active, and the row as it was at the version held
+        if head is None:  # active, and the row as it was at the version held (probed: no nonce)
             account = known[1]  # type: ignore[index]
+            if probed:
+                return "held", account
         else:
-            inactive, version, text = head.split(" ", 2)
+            flags, version, text = head.split(" ", 2)
             if text:
                 account = account_json_cached(text)
                 remember_version(int(version) if version else None, account)
             else:  # the row as it was at the version held
                 account = known[1]  # type: ignore[index]
-            if inactive != "0":
+            if flags[0] != "0":
                 return "revoked", account
+            if probed and flags[1] == "0":
+                return "held", account
     key = (key_id, nonce)
     if c.execute(_NONCE_NEW, (*key, expires_at)).rowcount == 1:
         return "ok", account

@@ -56,7 +56,7 @@ class PendingRows:
     runs of one text is done once, at the batch's end, by C iterators: a Python call per table
     and accept cost ~5 k instructions more in the lock than it saved)."""
 
-    __slots__ = ("accepts", "numbers")
+    __slots__ = ("accepts", "idem", "nonces", "numbers")
 
     def __init__(self) -> None:
         # (messages' text, their rows, segments' text, their rows, the ledger rows' statement
@@ -65,6 +65,12 @@ class PendingRows:
         # The recipients of the held messages: an accept whose frequency history reads one of
         # these numbers has the rows written first (`flush`), so its read finds them.
         self.numbers: set[str] = set()
+        # The accepts' nonces and idempotency records (session 64), by their keys ((key id,
+        # nonce), (account id, Idempotency-Key)): a later accept of the batch with one of these
+        # keys has the held rows written first, so its conflict is found in the store as one by
+        # one. Their rows in the order held (the idempotency table's ids are the accepts').
+        self.nonces: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.idem: dict[tuple[str, str], tuple[Any, ...]] = {}
 
 
 def hold_rows(
@@ -131,10 +137,17 @@ def write_rows(c: sqlite3.Connection, pending: PendingRows) -> None:
         for text, values in rows
     ]
     cur = c.cursor()  # one for the batch's statements (`Connection.execute` makes one each)
+    nonces, idem = pending.nonces, pending.idem
     for text, flat, n in (
         *runs(map(_MESSAGES, accepts)),
         *runs(map(_SEGMENTS, accepts)),
         *runs(ledger),
+        *(
+            ((NONCE_ROW, list(chain.from_iterable(nonces.values())), len(nonces)),)
+            if nonces
+            else ()
+        ),
+        *(((IDEM_ROW, list(chain.from_iterable(idem.values())), len(idem)),) if idem else ()),
     ):
         if n <= MAX_ROWS and n & (n - 1) == 0:  # one chunk: the list as it is
             cur.execute(multi_row(text, n), flat)
@@ -147,6 +160,14 @@ def write_rows(c: sqlite3.Connection, pending: PendingRows) -> None:
             at += k * width
             n -= k
 
+
+# A nonce's and an idempotency record's row (`sqlite._NONCE_NEW`, `_IDEM_NEW` without their
+# ON CONFLICT: a held row conflicts with none, `PendingRows`).
+NONCE_ROW = "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?,?,?)"
+IDEM_ROW = (
+    "INSERT INTO idempotency (account_id, key, request_hash, status_code, response, expires_at) "
+    "VALUES (?,?,?,?,?,?)"
+)
 
 _MULTI: dict[tuple[str, int], str] = {}
 

@@ -62,15 +62,25 @@ FREQUENCIES = [
 
 
 @pytest.mark.parametrize(
-    ("sign", "template", "revision", "fr", "aver"),
+    ("sign", "template", "revision", "fr", "aver", "idem"),
     list(
         itertools.product(
-            (None, "Acme"), (None, "T1"), (None, 3), FREQUENCIES, (None, 8419031815942872041)
+            (None, "Acme"),
+            (None, "T1"),
+            (None, 3),
+            FREQUENCIES,
+            (None, 8419031815942872041),
+            (False, True),
         )
     ),
 )
 def test_the_key_statement_is_positional_at_s(
-    sign: str | None, template: str | None, revision: int | None, fr: object, aver: int | None
+    sign: str | None,
+    template: str | None,
+    revision: int | None,
+    fr: object,
+    aver: int | None,
+    idem: bool,
 ) -> None:
     rules = _rules(sign, template, revision, fr)
     values = sqlite_rules.one_facts_values("acc_a", rules, (CN,), NOW)
@@ -90,10 +100,15 @@ def test_the_key_statement_is_positional_at_s(
             aver is None,
         ),
         True,
+        idem,
     )
     # Session 62: two statements, reading today's count and the pockets or not, each with only
-    # the columns `sqlite_rules.key_cols` keeps (no `:reads` bound).
-    for (text, pick, _row), reads in zip(plans, (True, False), strict=True):
+    # the columns `sqlite_rules.key_cols` keeps (no `:reads` bound); session 64: each with the
+    # nonce's probe too, and the Idempotency-Key's when the send has one (`idem`), its arguments
+    # the same with the nonce (and the key) after them.
+    for (text, pick, _row), probed_text, reads in zip(
+        plans[:2], plans[2:], (True, False), strict=True
+    ):
         facts, _places = sqlite_rules.key_cols(
             cols, sign is not None, template is not None, reads, True
         )
@@ -101,6 +116,33 @@ def test_the_key_statement_is_positional_at_s(
         del args["reads"], args["pockets"]
         want = sqlite_binds.positional_at(sqlite_store._authorize_facts_sql(facts), args, "key_id")
         assert (text, pick((*v, "K1", aver))) == want[:2]
+        # The probed text: the same statement, its head NULL only when neither probe finds a
+        # row, its flags then "F N I" (`_authorize`'s reading).
+        probes = ["EXISTS(SELECT 1 FROM nonces WHERE key_id=:key_id AND nonce=:nonce)"]
+        if idem:
+            probes.append("EXISTS(SELECT 1 FROM idempotency WHERE account_id=:acc AND key=:ikey)")
+        named = sqlite_store._authorize_facts_sql(facts).replace(
+            " THEN NULL ELSE (k.status IS NOT 'active')",
+            "".join(f" AND NOT {p}" for p in probes)
+            + " THEN NULL ELSE (k.status IS NOT 'active')"
+            + "".join(f" || {p}" for p in probes),
+        )
+        probed_args = {**args, "nonce": "n1", "ikey": "i1"} if idem else {**args, "nonce": "n1"}
+        text_by_name, values_by_name, _at = sqlite_binds.positional_at(named, probed_args, "key_id")
+        # Numbered otherwise (the probes' values last), the same statement: the same values at
+        # each parameter's place.
+        got = pick((*v, "K1", aver)) + (("n1", "i1") if idem else ("n1",))
+        assert _by_place(probed_text, got) == _by_place(text_by_name, values_by_name)
+
+
+def _by_place(text: str, values: tuple[object, ...]) -> list[tuple[str, object]]:
+    """The text with each `?N` read as its value: (the text between, the value) in order."""
+    import re
+
+    parts = re.split(r"\?(\d+)", text)
+    return [(parts[i], values[int(parts[i + 1]) - 1]) for i in range(0, len(parts) - 1, 2)] + [
+        (parts[-1], None)
+    ]
 
 
 def test_no_facts_statement_for_the_sends_read_otherwise() -> None:
