@@ -222,3 +222,48 @@ def test_probed_text_reads_its_parameters_by_number() -> None:
     assert heads["n-stored", "k-new"].startswith("010 ")
     assert heads["n-new", "k-stored"].startswith("001 ")
     assert heads["n-stored", "k-stored"].startswith("011 ")
+
+
+_CHILD = """
+import asyncio, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.integration.test_session63_held_rows import NOW, _store, send
+
+async def main():
+    s = await _store(Path(sys.argv[1]))
+    s._runner.defer_min_jobs = 8  # the daemon's
+    outs = await asyncio.gather(*(s.accept(send(n), NOW) for n in range(64)))
+    assert all(o.accepted for o in outs), outs
+    assert s._runner.commits < 64  # shared batches: held rows
+    print("ok", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_a_held_nonce_and_record_survive_kill_9(tmp_path: Path) -> None:
+    """Answered accepted, then SIGKILL: each send's nonce and idempotency record are on disk
+    with its message (the held rows are written before the COMMIT the answer waits for)."""
+    import os
+    import subprocess
+    from contextlib import closing
+
+    path = tmp_path / "bridge.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(root=_ROOT), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    assert proc.stdout == "ok\n", proc.stderr
+    assert proc.returncode == -9
+    with closing(sqlite3.connect(path)) as db:
+        nonces = {r[0] for r in db.execute("SELECT nonce FROM nonces WHERE key_id='K1'")}
+        keys = {r[0] for r in db.execute("SELECT key FROM idempotency WHERE account_id='acc_a'")}
+        messages = {r[0] for r in db.execute("SELECT id FROM messages")}
+    assert nonces == {f"n{n}" for n in range(64)}
+    assert keys == {f"k{n}" for n in range(64)}
+    assert messages == {f"m{n}" for n in range(64)}
