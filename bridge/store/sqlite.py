@@ -897,13 +897,12 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     sqlite_rows.flush(c, held)
                     pending = None
                 chosen = key_facts if base is None else key_facts_held
-                probed = runner.deferring and key_plans is not None
-                if probed:  # its probed text, the nonce (and key) after its arguments
-                    chosen = (
-                        key_plans[2 if base is None else 3],  # type: ignore[index]
-                        chosen[1] + probe_values,  # type: ignore[index]
-                        chosen[2],  # type: ignore[index]
-                    )
+                probed = False
+                if runner.deferring and key_plans is not None and chosen is not None:
+                    # Its probed text, the nonce (and key) after its arguments (`_probed`).
+                    probed = True
+                    text = key_plans[2] if base is None else key_plans[3]
+                    chosen = (text, chosen[1] + probe_values, chosen[2])
                 got: list[Any] = []
                 outcome, account = _authorize(
                     cur,
@@ -972,7 +971,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                     pending = None
                 key = idem_key
                 record = idem_record
-                if cur.execute(_IDEM_NEW, idem_row).rowcount == 1:
+                if cur.execute(_IDEM_NEW, idem_row).rowcount == 1:  # type: ignore[arg-type]
                     wrote["idempotency"] = None
                 else:
                     old = c.execute(_IDEM_GET, key).fetchone()
@@ -984,7 +983,7 @@ class SqliteStore(RulesStoreMixin, RetentionMixin):
                                 pending = held[PENDING] = sqlite_rows.PendingRows()
                             pending.nonces[nonce_key] = nonce_row
                         return AcceptOutcome(accepted=False, existing=existing)
-                    c.execute(_IDEM_SET, (*record, *key))  # it had expired: replaced
+                    c.execute(_IDEM_SET, (*record, *key))  # type: ignore[misc]  # expired: replaced
                     wrote["idempotency"] = tuple(old[:4])
             plan = None
             if batch.rules is not None:
