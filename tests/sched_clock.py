@@ -27,52 +27,50 @@ from collections.abc import Iterable
 
 
 class Stopwatch:
-    """Wall time since start, and that time less the run-queue delay it contained."""
+    """Wall time since start, and that time less the run-queue delay it contained.
+
+    Each thread's delay is counted from its own reading at the start (or from 0 for a thread
+    started since): a long-lived thread that ends meanwhile takes only what it waited since the
+    start with it, never its whole history."""
 
     def __init__(self, pids: Iterable[int] = ()) -> None:
-        self.pids = tuple(pids)
+        self.pids = (os.getpid(), *pids)
+        self._delay0 = thread_delays(self.pids)
         self.started = time.monotonic()
-        self._delay0 = self._delay_by_pid()
-
-    def _delay_by_pid(self) -> dict[int, float]:
-        return {pid: run_queue_delay_s_of(pid) for pid in (os.getpid(), *self.pids)}
 
     def wall(self) -> float:
         """Seconds since start, by the monotonic clock (for lower bounds)."""
         return time.monotonic() - self.started
 
     def waited(self) -> float:
-        """Seconds of run-queue delay since start, summed over the processes watched.
-
-        A process that was not there at the start (or is gone now) counts 0 on both sides."""
-        now = self._delay_by_pid()
-        return sum(max(0.0, now[pid] - self._delay0.get(pid, now[pid])) for pid in now)
+        """Seconds of run-queue delay since start, summed over the threads watched."""
+        first = self._delay0
+        return sum(ns - first.get(key, 0) for key, ns in thread_delays(self.pids).items()) / 1e9
 
     def unloaded(self) -> float:
-        """Seconds since start less the time spent waiting for a CPU (for upper bounds)."""
+        """Seconds since start less the time spent waiting for a CPU (for upper bounds).
+
+        Read at several moments (a hook's stamps), the differences are unloaded durations."""
         waited = self.waited()
         return max(0.0, time.monotonic() - self.started - waited)
 
     def __repr__(self) -> str:
-        wall = self.wall()
-        waited = self.waited()
-        return f"Stopwatch(wall={wall:.3f} s, run-queue delay={waited:.3f} s)"
+        return f"Stopwatch(wall={self.wall():.3f} s, run-queue delay={self.waited():.3f} s)"
 
 
-def run_queue_delay_s_of(pid: int) -> float:
-    """One process's threads' run-queue delay so far, in seconds (0 where it cannot be read).
-
-    A thread that ended takes its count with it: the delay read is then a little smaller (the
-    bound a little stricter), never larger than what was waited."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tids:
+def thread_delays(pids: Iterable[int]) -> dict[tuple[int, str], int]:
+    """Each thread's run-queue delay so far, in ns, by (pid, tid); none where it cannot be
+    read (a process gone, a kernel without schedstat)."""
+    out: dict[tuple[int, str], int] = {}
+    for pid in pids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
             continue
-    return total / 1e9
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    out[pid, tid] = int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
