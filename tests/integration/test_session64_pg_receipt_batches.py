@@ -131,7 +131,8 @@ def test_a_batch_of_receipts_settles_what_they_settle_one_by_one(pg_cluster: Clu
         names = [new_database_name("rb") for _ in range(2)]
         dsns = [run_async(create_database(pg_cluster, n)) for n in names]
         try:
-            used = [run_async(_ready(d, random.Random(seed))) for d in dsns][0]
+            used, twin = (run_async(_ready(d, random.Random(seed))) for d in dsns)
+            assert used == twin  # the same parts on the same pairs
             batches = _batches(rnd, used)
             together = run_async(_run(dsns[0], batches, alone=False))
             alone = run_async(_run(dsns[1], batches, alone=True))
