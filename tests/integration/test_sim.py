@@ -362,12 +362,27 @@ async def test_answer_delay_holds_each_resp_in_order_and_a_receipt_may_come_firs
 
 
 async def test_an_answer_due_on_a_closed_connection_is_lost_and_counted(sim_factory) -> None:
-    s = await sim_factory(answer_delay_ms=200)
-    e = await sim_factory.connect(s)
-    e.request(C.SUBMIT_SM, sm("gone"))
-    assert await s.wait_for(lambda x: x.counters["submit_ok"] == 1, GUARD_S)
-    await e.close()
-    assert await s.wait_for(lambda x: x.counters["answers_lost"] == 1, GUARD_S)
+    """The client closes while its submit_sm's answer is delayed: when it falls due, the answer
+    is not written and is counted lost. That needs the simulator to have seen the close before
+    the answer fell due; a close slower than the delay (200 ms, on a loaded machine) let the
+    answer out on the still open connection, counted nothing and failed the test. So the close
+    is awaited, and if the answer may have fallen due by then, the test starts over on a new
+    simulator with a longer delay."""
+    loop = asyncio.get_running_loop()
+    for delay_ms in (200, 1_000, 5_000):
+        s = await sim_factory(answer_delay_ms=delay_ms)
+        e = await sim_factory.connect(s)
+        submitted = loop.time()  # the answer falls due delay_ms after this, or later
+        answer = e.request(C.SUBMIT_SM, sm("gone"))
+        assert await s.wait_for(lambda x: x.counters["submit_ok"] == 1, GUARD_S)
+        await e.close()
+        assert await s.wait_for(lambda x: not x.binds(), GUARD_S)  # the close seen
+        if loop.time() - submitted < delay_ms / 1000:
+            break
+    else:
+        pytest.fail("the simulator never saw the close within 5 s of the submit")
+    assert not answer.done(), f"answered before the close, not {delay_ms} ms after the submit"
+    assert await s.wait_for(lambda x: x.counters["answers_lost"] == 1, GUARD_S), s.counters
 
 
 async def test_receipts_as_text_tlv_and_decimal_text_id(sim: SimSmsc, connect) -> None:
@@ -586,21 +601,45 @@ async def test_throttle_and_syserr_ratios(sim_factory) -> None:
     assert [r.status for r in resps2] == [r.status for r in resps]
 
 
-async def test_tps_limit(sim_factory) -> None:
+class SimClock:
+    """The time the simulator's PDUs are handled at (SimSmsc._loop_time), moved only by the
+    test: from the event loop's time when it is set, so the bucket the simulator filled at its
+    start (from the loop's time) is not read as emptied by a step back. On the wall, a burst
+    read over more than one pass of the loop, or a sleep overslept on a loaded machine, gave
+    back tokens and moved the counts (a count in one wall second failed under load)."""
+
+    def __init__(self, sim: SimSmsc, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.t = asyncio.get_running_loop().time()
+        monkeypatch.setattr(sim, "_loop_time", self)
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_tps_limit(sim_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tps_limit 5: a bucket of 5 tokens, full at the start, 5 back a second, never above 5."""
     s = await sim_factory(tps_limit=5)
     e = await sim_factory.connect(s)
+    clock = SimClock(s, monkeypatch)
     resps = await e.submit_many([sm(rd=0) for _ in range(20)])
     assert [r.status for r in resps] == [0] * 5 + [C.ESME_RTHROTTLED] * 15
     assert s.counters["tps_throttled"] == 15
-    await asyncio.sleep(0.45)  # ~2 tokens back at 5/s
+    clock.t += 0.45  # 2.25 tokens back at 5/s
     resps = await e.submit_many([sm(rd=0) for _ in range(4)])
     assert [r.status for r in resps] == [0, 0, C.ESME_RTHROTTLED, C.ESME_RTHROTTLED]
+    clock.t += 10  # 50 tokens' worth, the bucket holds 5
+    resps = await e.submit_many([sm(rd=0) for _ in range(8)])
+    assert [r.status for r in resps] == [0] * 5 + [C.ESME_RTHROTTLED] * 3
+    assert s.counters["tps_throttled"] == 15 + 2 + 3
 
 
-async def test_tps_limit_is_shared_by_all_binds(sim_factory) -> None:
+async def test_tps_limit_is_shared_by_all_binds(
+    sim_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = await sim_factory(tps_limit=4)
     a = await sim_factory.connect(s)
     b = await sim_factory.connect(s)
+    SimClock(s, monkeypatch)  # no token back between the two binds' submits
     ra = await a.submit_many([sm(rd=0) for _ in range(3)])
     rb = await b.submit_many([sm(rd=0) for _ in range(3)])
     assert [r.status for r in ra + rb] == [0, 0, 0, 0] + [C.ESME_RTHROTTLED] * 2

@@ -656,6 +656,109 @@ async def _posted(receiver: Receiver, webhook_id: str) -> bool:
     return receiver.posts_per_id[webhook_id] > 0
 
 
+# The cap itself, counted where it is felt: the receiver holds every POST open and counts them per
+# account, so nothing finishes while the sender fills its senders, and the test reads the peak once
+# the sender can start nothing more (every sender busy, or its last claim found nothing it may
+# start and every POST it holds has arrived). The test above and test_webhooks_review.py's
+# quarter test time a healthy customer's report behind hanging ones and count nothing per account;
+# at their concurrency (2 and 4) a quarter is the floor, 1, so a cap one less is the same there,
+# and the review's test passed with the POSTs in flight not counted against their account.
+
+CAP_CONCURRENCY = 10  # a quarter, rounded down: 2 (a rounded-up or +1 cap is 3, a -1 cap is 1)
+CAP = 2
+
+
+async def test_each_account_holds_exactly_its_quarter_of_the_senders(
+    store: Store, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, Webhooks: at most `webhooks.concurrency` POSTs in flight, at most a quarter of them
+    (at least one) to one account. Account "a" has the oldest backlog (12 reports, one per POST),
+    then b..e have 4 each: "a" holds 2 senders, not every one the oldest-first claim would give
+    it, and b..e take the rest, 2 each, until every sender is busy. Then the receiver answers:
+    every report is POSTed once, none of the accounts ever above 2."""
+    clock = FrozenClock()
+    accounts = AccountService(store, sealer())
+    release = asyncio.Event()  # the held POSTs answer when the test has read the peak
+    changed = asyncio.Event()  # a POST arrived or ended, or the sender claimed
+    held: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    claims: list[int] = []  # reports each claim returned
+
+    def holding(name: str) -> Callable[[web.Request, bytes], Awaitable[web.Response]]:
+        async def handle(_request: web.Request, _body: bytes) -> web.Response:
+            held[name] += 1
+            peak[name] = max(peak[name], held[name])
+            changed.set()
+            try:
+                await release.wait()
+            finally:
+                held[name] -= 1
+                changed.set()
+            return web.Response(status=200)
+
+        return handle
+
+    backlog = {"a": 12, "b": 4, "c": 4, "d": 4, "e": 4}
+    at = clock.ms() - 60 * SEC  # all due, "a"'s oldest, then b's...: the claim's order
+    for name, n in backlog.items():
+        receiver.routes[f"/hold/{name}"] = holding(name)
+        acc = await make_account(accounts, f"cap_{name}", receiver.url(f"/hold/{name}"), at)
+        for i in range(n):
+            at += 1
+            await event(store, acc, f"ev_{name}_{i}", at)
+    total = sum(backlog.values())
+
+    claim = store.claim_webhooks
+
+    async def counted_claim(*a: Any, **kw: Any) -> list[Any]:
+        jobs = await claim(*a, **kw)
+        claims.append(len(jobs))
+        changed.set()
+        return jobs
+
+    monkeypatch.setattr(store, "claim_webhooks", counted_claim)
+    sender = WebhookSender(
+        store,
+        accounts,
+        # timeout_s far above the test's waits: no held POST ends on its own
+        config(timeout_s=120, concurrency=CAP_CONCURRENCY, batch_max=1),
+        clock=clock,
+        poll_s=0.02,
+    )
+
+    async def until(done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(30):  # a guard: each wait ends on an event
+            while not done():
+                await changed.wait()
+                changed.clear()
+
+    def settled() -> bool:
+        """The sender can start nothing more: every sender busy, or its last claim came back
+        empty (every account with reports left is at its cap) with all it holds arrived."""
+        in_flight = sum(held.values())
+        if in_flight >= CAP_CONCURRENCY:
+            return True
+        return bool(claims) and claims[-1] == 0 and in_flight == len(sender.leased)
+
+    task = asyncio.create_task(sender.run())
+    try:
+        await until(settled)
+        at_peak = dict(peak)
+        release.set()
+        await until(lambda: sum(receiver.posts_per_id.values()) >= total and not any(held.values()))
+    finally:
+        release.set()
+        await sender.stop()
+        await task
+    assert at_peak == {"a": CAP, "b": CAP, "c": CAP, "d": CAP, "e": CAP}, (
+        f"POSTs held per account when the sender could start no more: {at_peak} (concurrency "
+        f"{CAP_CONCURRENCY}, a quarter is {CAP}: each account {CAP}, all senders busy)"
+    )
+    assert max(peak.values()) == CAP, f"POSTs in flight per account at most: {dict(peak)}"
+    assert set(receiver.posts_per_id.values()) == {1} and len(receiver.posts_per_id) == total
+    assert await counts(store) == {"delivered": total}
+
+
 class BlinkingStore(SqliteStore):
     """The store unreachable for the next `fail[name]` calls of each named method: a blip of
     the store while reports are in flight."""
