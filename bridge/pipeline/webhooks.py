@@ -216,10 +216,12 @@ class WebhookSender:
                         await self._release(spare, now_ms)
                     finally:
                         self.leased.difference_update(j.id for j in spare)
-                if not chunks:  # every due report's URL is at its cap: wait for one to finish
+                if not chunks and running:  # every due report's account is at its cap
                     await asyncio.wait(
                         running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
                     )
+                elif not chunks:  # nothing startable and nothing to wait for (asyncio.wait
+                    await asyncio.sleep(self.poll_s)  # of an empty set raises, ending the sender)
         finally:
             if running:
                 await asyncio.wait(running, timeout=self.config.timeout_s + 1)

@@ -247,6 +247,39 @@ async def test_redirect_to_get_is_not_booked_as_delivered(
     )
 
 
+async def test_a_claim_with_nothing_startable_and_nothing_running_does_not_end_the_sender(
+    sqlite_store: SqliteStore, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose reports all stay spare while no POST is in flight (the stores leave capped
+    accounts out, so a plan with nothing to start needs something running; a session 64 helper
+    reached it with a store ignoring that) waits a poll and claims again: it ended the sender
+    with asyncio.wait's ValueError on an empty set, and no report was sent again until a restart."""
+    import bridge.pipeline.webhooks as webhooks_mod
+
+    real = webhooks_mod.plan_chunks
+    plans: list[int] = []
+
+    def nothing_first(jobs: Any, *args: Any) -> Any:
+        plans.append(len(jobs))
+        if len(plans) == 1:
+            return [], list(jobs)  # nothing startable, everything given back
+        return real(jobs, *args)
+
+    monkeypatch.setattr(webhooks_mod, "plan_chunks", nothing_first)
+    clock = FrozenClock()
+    accounts = AccountService(sqlite_store, sealer())
+    receiver.routes["/hook"] = ok
+    acc = await make_account(accounts, "spare", receiver.url("/hook"), clock.ms())
+    await event(sqlite_store, acc, "ev_spare", clock.ms())
+    sender = WebhookSender(sqlite_store, accounts, config(), clock=clock, poll_s=0.02)
+
+    async def settled() -> bool:
+        return (await counts(sqlite_store)).get("delivered", 0) == 1
+
+    await run_until(sender, settled)
+    assert len(plans) >= 2 and [s for s in receiver.seen if b"ev_spare" in s["body"]]
+
+
 # A 307/308 makes aiohttp re-POST the signed body (phone numbers, MO text) to whatever host the
 # receiver names, internal addresses included (SSRF from the daemon's network position).
 
