@@ -139,8 +139,9 @@ class DeliverAnswer:
 
     def settle(self, status: int) -> None:
         """`set_result` unless the answer is set already (then nothing): the receipt's call from
-        its batch's flush (`Inbound._receipt_committed`, one a part sent), where `done()` and
-        `set_result` were two Python calls (session 59)."""
+        its batch's flush (`Inbound._receipts_committed`, or `_receipts_failed` for a batch that
+        failed; one a part sent), where `done()` and `set_result` were two Python calls (session
+        59)."""
         if self._status is not None:
             return
         self._status = status
