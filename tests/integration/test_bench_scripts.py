@@ -1140,8 +1140,9 @@ def test_codec_differential_sees_a_receipt_frame_read_otherwise(tmp_path: Path) 
     assert "bind: cases 3000, differing 0" in out, out
     codec = changed / "bridge" / "smpp" / "codec.py"
     text = codec.read_text()
-    old = "            if tlv_id is None:\n                tlv_id = f[q:end]\n"
+    # The read in the read's octets (session 64: `read_receipt_at` over `src`, not a frame `f`).
+    old = "            if tlv_id is None:\n                tlv_id = src[q:end]\n"
     assert text.count(old) == 1
-    codec.write_text(text.replace(old, "            tlv_id = f[q:end]\n"))
+    codec.write_text(text.replace(old, "            tlv_id = src[q:end]\n"))
     out = _run(*args, "--cases", "3000", "--tree", str(changed), codes=(1,))
     assert re.search(r"^bind: cases 3000, differing [1-9]\d*$", out, re.M), out
